@@ -25,6 +25,7 @@ pysyncobj, sqlite3) are translated into this tree at the adapter that met them.
     │   ├── NoQuorumError                       Raft could not commit (minority, no leader)
     │   ├── PeerUnavailableError                a peer did not answer
     │   └── StoreFullError                      the data dir is full (ENOSPC)
+    ├── ToolError                      exit 1   an external tool (mke2fs, debugfs, e2fsck) failed
     └── InternalError                  exit 70  a bug; carries the original exception text
 
 ``is_transient(err)`` is the one place that decides whether an operation is retried.
@@ -191,6 +192,15 @@ class StoreFullError(UnavailableError):
 
     code = "store_full"
     http_status = 507
+
+
+class ToolError(ReplicadError):
+    """An external program (e2fsprogs ``mke2fs``/``debugfs``/``e2fsck``) could not run or
+    failed; evidence holds the ``command``, its ``returncode`` and its ``stderr_tail``."""
+
+    code = "tool_failed"
+    exit_code = 1
+    http_status = 500
 
 
 class InternalError(ReplicadError):

@@ -1,0 +1,853 @@
+"""The site configuration: one TOML file per site, validated into one frozen model.
+
+``load_config(path)`` reads the file and returns a :class:`SiteConfig`, or raises
+:class:`~replicad.errors.ConfigError` whose ``problems`` lists *every* problem found, each
+as ``"key.path: message"`` (``"volumes[0].block_size: must be a power of two ..."``).
+``replicad check-config PATH`` prints exactly that list. The layout and every key, with
+unit and default, are documented in ``config/README.md``; in short::
+
+    site_id  = "site-a"
+    data_dir = "/var/lib/replicad/site-a"
+    [raft]   bind = "127.0.0.1:7101"   password_file = "raft.key"   # or password = "..."
+    [peer]   listen = "127.0.0.1:7201"
+    [admin]  listen = "127.0.0.1:7301"
+    [[sites]]   site_id, raft, peer_url, admin_url, kind = "data" | "witness"
+    [[volumes]] name, path, block_size, interval, min_copies, initial_primary, ...
+    [volumes.source] / [volumes.retention] / [volumes.anomaly]
+
+Decisions the operator must know:
+
+* Unknown keys are errors everywhere (a typo must not silently fall back to a default).
+* Relative paths (``data_dir``, ``volumes.path``, ``raft.password_file``, ``tls.*``) are
+  resolved against the directory of the config file (:func:`parse_config`: against
+  ``base_dir``, by default the current directory). ``~`` is not expanded.
+* Topology: at least 3 voting sites, of which at least 2 are data sites (2 data sites +
+  1 witness is the smallest cluster that survives the loss of any one site). A 2-site
+  cluster is refused: Raft cannot keep a majority when either is lost. ``lab = true``
+  lifts this (1 or 2 sites, 1 data site) for test benches only.
+* The Raft port speaks pickle (see FIELD-NOTES): the shared password is mandatory and at
+  least 16 characters; ``password_file`` is preferred over an inline ``password``.
+
+Models built directly in Python (``SiteConfig(...)``) are validated the same way but raise
+``pydantic.ValidationError``; only :func:`parse_config`/:func:`load_config` translate into
+``ConfigError`` and resolve relative paths.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import os
+import re
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictBool,
+    StrictInt,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from replicad.errors import ConfigError, NotFoundError
+from replicad.units import format_duration, format_size, parse_duration, parse_size
+
+__all__ = [
+    "SiteRef",
+    "RetentionConfig",
+    "SourceConfig",
+    "AnomalyConfig",
+    "VolumeConfig",
+    "TlsConfig",
+    "SiteConfig",
+    "load_config",
+    "parse_config",
+    "split_host_port",
+    "MIN_BLOCK_SIZE_BYTES",
+    "MAX_BLOCK_SIZE_BYTES",
+    "MIN_RAFT_PASSWORD_CHARS",
+    "LOG_LEVELS",
+]
+
+MIN_BLOCK_SIZE_BYTES = 4 * 1024
+MAX_BLOCK_SIZE_BYTES = 4 * 1024 * 1024
+DEFAULT_BLOCK_SIZE_BYTES = 64 * 1024
+MIN_INTERVAL_S = 0.1
+MIN_RAFT_PASSWORD_CHARS = 16
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+_IDENTIFIER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
+
+# --------------------------------------------------------------------------- field types
+
+
+def _check_identifier(value: str) -> str:
+    if not _IDENTIFIER_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid name: 1-64 characters from A-Z a-z 0-9 _ . -, starting with a letter or digit"
+        )
+    return value
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """Split ``"host:port"`` into ``(host, port)``.
+
+    ``host`` is an IPv4 address, a DNS name, or an IPv6 address in brackets
+    (``"[::1]:7101"``, returned without brackets); ``port`` is 1..65535.
+
+    Raises:
+        ValueError: with a message naming what is wrong.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"expected 'host:port', got {type(text).__name__}")
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] != ":":
+            raise ValueError(f"{text!r} is not 'host:port' (IPv6 as '[::1]:7101')")
+        host, port_text = text[1:end], text[end + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in {text!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{text!r} is not 'host:port'")
+        if ":" in host:
+            raise ValueError(f"{text!r}: write an IPv6 address in brackets, as '[::1]:7101'")
+        if not _HOSTNAME_RE.match(host):
+            raise ValueError(f"{host!r} in {text!r} is not a valid host name or IPv4 address")
+    return host, _check_port(port_text, text)
+
+
+def _check_port(port_text: str, whole: str) -> int:
+    if not port_text.isdigit():
+        raise ValueError(f"port {port_text!r} in {whole!r} is not a number")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} in {whole!r} is out of range 1..65535")
+    return port
+
+
+def _check_host_port(value: str) -> str:
+    split_host_port(value)
+    return value
+
+
+def _check_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{value!r} must start with http:// or https://")
+    if not parts.hostname:
+        raise ValueError(f"{value!r} has no host")
+    if parts.username or parts.password:
+        raise ValueError(f"{value!r} must not carry credentials")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{value!r} must not have a query or fragment")
+    netloc = parts.netloc
+    if netloc.startswith("["):
+        split_host_port(netloc if "]:" in netloc else netloc + ":1")
+    elif ":" in netloc:
+        split_host_port(netloc)
+    elif not _HOSTNAME_RE.match(netloc):
+        raise ValueError(f"{netloc!r} in {value!r} is not a valid host name or IPv4 address")
+    return value.rstrip("/")
+
+
+def _url_host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.hostname or "", port
+
+
+def _check_nonempty_path(value: Path) -> Path:
+    text = str(value)
+    if text in ("", "."):
+        raise ValueError("must not be empty")
+    if text.startswith("~"):
+        raise ValueError(f"'~' is not expanded in {text!r}; write an absolute path or one relative to the config file")
+    return value
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    """Relative paths are resolved against ``context["base_dir"]`` (the config file's folder)."""
+    base_dir = (info.context or {}).get("base_dir")
+    if base_dir is not None and not value.is_absolute():
+        return Path(base_dir) / value
+    return value
+
+
+def _check_power_of_two_block(value: int) -> int:
+    if value & (value - 1) or value == 0:
+        raise ValueError(f"{format_size(value)} ({value} bytes) must be a power of two")
+    if not MIN_BLOCK_SIZE_BYTES <= value <= MAX_BLOCK_SIZE_BYTES:
+        raise ValueError(
+            f"{format_size(value)} is outside {format_size(MIN_BLOCK_SIZE_BYTES)}..{format_size(MAX_BLOCK_SIZE_BYTES)}"
+        )
+    return value
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    return value
+
+
+SiteId = Annotated[str, AfterValidator(_check_identifier)]
+HostPort = Annotated[str, AfterValidator(_check_host_port)]
+HttpUrl = Annotated[str, AfterValidator(_check_url)]
+SizeBytes = Annotated[int, BeforeValidator(parse_size)]
+DurationS = Annotated[float, BeforeValidator(parse_duration)]
+Number = Annotated[float, BeforeValidator(_not_bool), AfterValidator(_finite)]
+ConfigPath = Annotated[Path, AfterValidator(_check_nonempty_path)]
+Command = tuple[Annotated[str, Field(min_length=1)], ...]
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True)
+
+
+# --------------------------------------------------------------------------- models
+
+
+class SiteRef(BaseModel):
+    """One member of the cluster, as every site's config lists it (``[[sites]]``).
+
+    ``raft`` is the pysyncobj node address ``"host:port"`` (its identity in the Raft
+    group); ``peer_url``/``admin_url`` are base URLs (trailing ``/`` removed) of the peer
+    data-plane API and the admin API. A ``witness`` votes in Raft but stores no volume.
+    """
+
+    model_config = _FROZEN
+
+    site_id: SiteId
+    raft: HostPort
+    peer_url: HttpUrl
+    admin_url: HttpUrl
+    kind: Literal["data", "witness"] = "data"
+
+
+class RetentionConfig(BaseModel):
+    """Snapshot retention policy of a volume (seconds; TOML keys take durations).
+
+    Every snapshot is kept for ``keep_all_s``; then one per hour up to ``hourly_s``; then
+    one per day up to ``daily_s``; older ones are pruned. No snapshot younger than
+    ``lock_s`` is ever deleted, whatever any site asks (O4). Requires
+    ``keep_all_s <= hourly_s <= daily_s``.
+    """
+
+    model_config = _FROZEN
+
+    keep_all_s: DurationS = Field(24 * 3600.0, alias="keep_all", ge=0)
+    hourly_s: DurationS = Field(7 * 86400.0, alias="hourly", ge=0)
+    daily_s: DurationS = Field(30 * 86400.0, alias="daily", ge=0)
+    lock_s: DurationS = Field(24 * 3600.0, alias="lock", ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetentionConfig:
+        if self.keep_all_s > self.hourly_s:
+            raise ValueError(
+                f"keep_all ({format_duration(self.keep_all_s)}) must not exceed hourly ({format_duration(self.hourly_s)})"
+            )
+        if self.hourly_s > self.daily_s:
+            raise ValueError(
+                f"hourly ({format_duration(self.hourly_s)}) must not exceed daily ({format_duration(self.daily_s)})"
+            )
+        return self
+
+
+class SourceConfig(BaseModel):
+    """How the primary reads a volume. ``kind = "file"``: a raw image file or block device.
+
+    ``pre_snapshot``/``post_snapshot`` are optional commands as argv lists (run without a
+    shell) around each snapshot scan, e.g. ``["fsfreeze", "-f", "/mnt/ehr"]``.
+    """
+
+    model_config = _FROZEN
+
+    kind: Literal["file"] = "file"
+    pre_snapshot: Command = ()
+    post_snapshot: Command = ()
+
+
+class AnomalyConfig(BaseModel):
+    """Ransomware signal thresholds of a volume (DESIGN §7).
+
+    A snapshot is ``suspect`` when its score (share of changed blocks that look random)
+    is at least ``min_score`` and at least ``factor`` times the volume's baseline.
+    """
+
+    model_config = _FROZEN
+
+    min_score: Number = Field(0.02, ge=0.0, le=1.0)
+    factor: Number = Field(4.0, ge=1.0)
+
+
+class VolumeConfig(BaseModel):
+    """One protected volume (``[[volumes]]``).
+
+    ``path`` is this site's image file or block device: the source while this site is the
+    volume's primary, the standby target (when ``standby``) while it is a replica.
+    ``block_size_bytes`` (TOML ``block_size``, e.g. ``"64KiB"``) is a power of two in
+    4 KiB..4 MiB; ``interval_s`` (TOML ``interval``) is the snapshot period, at least
+    100 ms; ``min_copies`` sites must store a snapshot before it commits (O2);
+    ``apply_delay_s`` (TOML ``apply_delay``) delays standby apply on replicas.
+    """
+
+    model_config = _FROZEN
+
+    name: SiteId
+    path: ConfigPath
+    block_size_bytes: SizeBytes = Field(DEFAULT_BLOCK_SIZE_BYTES, alias="block_size")
+    interval_s: DurationS = Field(10.0, alias="interval")
+    min_copies: StrictInt = Field(2, ge=1)
+    initial_primary: SiteId
+    apply_delay_s: DurationS = Field(0.0, alias="apply_delay", ge=0)
+    standby: StrictBool = True
+    source: SourceConfig = SourceConfig()
+    retention: RetentionConfig = RetentionConfig()
+    anomaly: AnomalyConfig = AnomalyConfig()
+
+    @field_validator("path", mode="after")
+    @classmethod
+    def _resolve_path(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+    @field_validator("block_size_bytes", mode="after")
+    @classmethod
+    def _block_size(cls, value: int) -> int:
+        return _check_power_of_two_block(value)
+
+    @field_validator("interval_s", mode="after")
+    @classmethod
+    def _interval(cls, value: float) -> float:
+        if value < MIN_INTERVAL_S:
+            raise ValueError(f"{format_duration(value)} is too short; at least {format_duration(MIN_INTERVAL_S)}")
+        return value
+
+
+class TlsConfig(BaseModel):
+    """Mutual TLS material of this site (``[tls]``, PEM files): its certificate and key,
+    and the CA that signs every site's certificate. Required when peer URLs use https."""
+
+    model_config = _FROZEN
+
+    cert_file: ConfigPath
+    key_file: ConfigPath
+    ca_file: ConfigPath
+
+    @field_validator("cert_file", "key_file", "ca_file", mode="after")
+    @classmethod
+    def _readable(cls, value: Path, info: ValidationInfo) -> Path:
+        value = _resolve(value, info)
+        if (info.context or {}).get("check_files") and not os.access(value, os.R_OK):
+            raise ValueError(f"cannot read {value}")
+        return value
+
+
+class SiteConfig(BaseModel):
+    """The whole configuration of one site (one daemon).
+
+    Flat fields map to TOML tables: ``raft_bind`` ← ``raft.bind``, ``raft_password`` ←
+    ``raft.password`` or the content of ``raft.password_file``, ``peer_listen`` ←
+    ``peer.listen``, ``admin_listen`` ← ``admin.listen``. Cross-field rules (site listed,
+    unique ids/addresses, topology, primaries, min_copies, volume names) are checked on
+    construction; see the module docstring and ``config/README.md``.
+    """
+
+    model_config = _FROZEN
+
+    site_id: SiteId
+    data_dir: ConfigPath
+    raft_bind: HostPort
+    raft_password: SecretStr
+    peer_listen: HostPort
+    admin_listen: HostPort
+    sites: tuple[SiteRef, ...]
+    volumes: tuple[VolumeConfig, ...] = ()
+    log_level: str = "info"
+    lab: StrictBool = False
+    tls: TlsConfig | None = None
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _resolve_data_dir(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+    @field_validator("raft_password", mode="after")
+    @classmethod
+    def _password(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < MIN_RAFT_PASSWORD_CHARS:
+            raise ValueError(f"must be at least {MIN_RAFT_PASSWORD_CHARS} characters")
+        return value
+
+    @field_validator("log_level", mode="after")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.lower() not in LOG_LEVELS:
+            raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _cross_fields(self) -> SiteConfig:
+        problems = _cross_problems(
+            site_id=self.site_id,
+            raft_bind=self.raft_bind,
+            peer_listen=self.peer_listen,
+            admin_listen=self.admin_listen,
+            sites=list(enumerate(self.sites)),
+            sites_complete=True,
+            site_ids={site.site_id for site in self.sites},
+            volumes=list(enumerate(self.volumes)),
+            lab=self.lab,
+            tls_set=self.tls is not None,
+        )
+        if problems:
+            raise PydanticCustomError(
+                "config_cross", "{summary}", {"summary": "; ".join(problems), "problems": problems}
+            )
+        return self
+
+    def self_ref(self) -> SiteRef:
+        """This site's own ``[[sites]]`` entry (validation guarantees it exists)."""
+        for site in self.sites:
+            if site.site_id == self.site_id:
+                return site
+        raise NotFoundError(f"site {self.site_id!r} is not listed in sites", site=self.site_id)
+
+    def peers(self) -> tuple[SiteRef, ...]:
+        """The other sites, in the order of the config file."""
+        return tuple(site for site in self.sites if site.site_id != self.site_id)
+
+    def data_sites(self) -> tuple[SiteRef, ...]:
+        """All sites of kind ``data`` (this one included when it is one)."""
+        return tuple(site for site in self.sites if site.kind == "data")
+
+    @property
+    def is_witness(self) -> bool:
+        """True when this site only votes and stores no volume data."""
+        return self.self_ref().kind == "witness"
+
+    def volume(self, name: str) -> VolumeConfig:
+        """The volume called ``name``.
+
+        Raises:
+            NotFoundError: no such volume in this config (evidence lists the known ones).
+        """
+        for volume in self.volumes:
+            if volume.name == name:
+                return volume
+        raise NotFoundError(
+            f"unknown volume {name!r}", volume=name, known=[volume.name for volume in self.volumes]
+        )
+
+
+# --------------------------------------------------------------------------- cross-field rules
+
+
+def _cross_problems(
+    *,
+    site_id: str | None,
+    raft_bind: str | None,
+    peer_listen: str | None,
+    admin_listen: str | None,
+    sites: list[tuple[int, SiteRef]],
+    sites_complete: bool,
+    site_ids: set[str] | None,
+    volumes: list[tuple[int, VolumeConfig]],
+    lab: bool | None,
+    tls_set: bool | None,
+) -> list[str]:
+    """Every rule that involves more than one field, as ``"key.path: message"`` strings.
+
+    Works on the parts that validated on their own (``None`` / missing entries are
+    skipped), so that a file with field errors still gets its cross-field problems
+    reported in the same run. ``sites_complete`` is False when some ``[[sites]]`` entry
+    failed validation: counting and kind rules are then skipped. ``site_ids`` holds every
+    listed site id (also of invalid entries), or None when not all are known: membership
+    rules are skipped then.
+    """
+    problems: list[str] = []
+    by_id: dict[str, tuple[int, SiteRef]] = {}
+    seen: dict[tuple[str, str], int] = {}
+    for index, site in sites:
+        for key, value in (("site_id", site.site_id), ("raft", site.raft), ("peer_url", site.peer_url),
+                           ("admin_url", site.admin_url)):
+            first = seen.setdefault((key, value), index)
+            if first != index:
+                problems.append(f"sites[{index}].{key}: duplicate {value!r} (also sites[{first}])")
+        by_id.setdefault(site.site_id, (index, site))
+
+    data_ids = [site.site_id for _, site in sites if site.kind == "data"]
+    if sites_complete:
+        min_sites, min_data = (1, 1) if lab else (3, 2)
+        if len(sites) < min_sites:
+            problems.append(
+                f"sites: {len(sites)} site(s) listed; at least 3 voting sites are needed so that Raft keeps a "
+                "majority when one is lost (2 data sites + 1 witness is the smallest); set lab = true for a test bench"
+            )
+        elif len(data_ids) < min_data:
+            problems.append(
+                f"sites: {len(data_ids)} data site(s) listed; at least {min_data} are needed to hold copies"
+                + ("" if lab else "; set lab = true for a test bench")
+            )
+
+    own = by_id.get(site_id) if site_id is not None else None
+    if site_id is not None and site_ids is not None and site_id not in site_ids:
+        problems.append(f"site_id: {site_id!r} is not listed in [[sites]] ({_names(site_ids)})")
+    if own is not None:
+        own_index, own_site = own
+        if raft_bind is not None and raft_bind != own_site.raft:
+            problems.append(
+                f"raft.bind: {raft_bind!r} differs from this site's raft address {own_site.raft!r} "
+                f"(sites[{own_index}].raft); Raft identifies nodes by this address"
+            )
+        for key, listen, url in (("peer.listen", peer_listen, own_site.peer_url),
+                                 ("admin.listen", admin_listen, own_site.admin_url)):
+            if listen is not None and split_host_port(listen)[1] != _url_host_port(url)[1]:
+                problems.append(f"{key}: port of {listen!r} differs from this site's URL {url!r}")
+        if own_site.kind == "witness" and volumes:
+            problems.append("volumes: a witness site stores no volume data; remove the [[volumes]] tables")
+
+    listens = [(key, value) for key, value in (("raft.bind", raft_bind), ("peer.listen", peer_listen),
+                                                ("admin.listen", admin_listen)) if value is not None]
+    for i, (key_a, addr_a) in enumerate(listens):
+        for key_b, addr_b in listens[i + 1:]:
+            if _same_socket(addr_a, addr_b):
+                problems.append(f"{key_b}: {addr_b!r} collides with {key_a} {addr_a!r}")
+
+    schemes = {urlsplit(site.peer_url).scheme for _, site in sites}
+    if tls_set is False and "https" in schemes:
+        problems.append("tls: peer URLs use https:// but no [tls] table gives the certificate files")
+    if tls_set and "http" in schemes:
+        problems.append("sites: with [tls] set, every peer_url must use https://")
+
+    names: dict[str, int] = {}
+    paths: dict[Path, int] = {}
+    for index, volume in volumes:
+        first = names.setdefault(volume.name, index)
+        if first != index:
+            problems.append(f"volumes[{index}].name: duplicate volume name {volume.name!r} (also volumes[{first}])")
+        first = paths.setdefault(volume.path, index)
+        if first != index:
+            problems.append(f"volumes[{index}].path: same path as volumes[{first}]")
+        primary = by_id.get(volume.initial_primary)
+        if site_ids is not None and volume.initial_primary not in site_ids:
+            problems.append(
+                f"volumes[{index}].initial_primary: {volume.initial_primary!r} is not a site ({_names(site_ids)})"
+            )
+        elif primary is not None and primary[1].kind != "data":
+            problems.append(
+                f"volumes[{index}].initial_primary: {volume.initial_primary!r} is a witness; the primary must be a data site"
+            )
+        if sites_complete and data_ids and volume.min_copies > len(data_ids):
+            problems.append(
+                f"volumes[{index}].min_copies: {volume.min_copies} is more than the {len(data_ids)} data site(s)"
+            )
+    return problems
+
+
+def _names(site_ids: set[str]) -> str:
+    return "sites: " + ", ".join(sorted(site_ids)) if site_ids else "no sites"
+
+
+def _same_socket(a: str, b: str) -> bool:
+    host_a, port_a = split_host_port(a)
+    host_b, port_b = split_host_port(b)
+    return port_a == port_b and (host_a == host_b or host_a in _WILDCARD_HOSTS or host_b in _WILDCARD_HOSTS)
+
+
+# --------------------------------------------------------------------------- loading
+
+# TOML tables that hold flat SiteConfig fields: table -> {key in table: field name}.
+_TABLES: dict[str, dict[str, str]] = {
+    "raft": {"bind": "raft_bind", "password": "raft_password", "password_file": "raft_password"},
+    "peer": {"listen": "peer_listen"},
+    "admin": {"listen": "admin_listen"},
+}
+_FLAT_TO_KEY = {"raft_bind": "raft.bind", "raft_password": "raft.password",
+                "peer_listen": "peer.listen", "admin_listen": "admin.listen"}
+
+_SITE_ID = TypeAdapter(SiteId)
+_HOST_PORT = TypeAdapter(HostPort)
+
+
+def load_config(path: Path | str) -> SiteConfig:
+    """Read and validate the TOML config file at ``path``.
+
+    Relative paths inside the file are resolved against the file's directory.
+
+    Raises:
+        ConfigError: unreadable file, TOML syntax error, or validation problems; its
+            ``problems`` lists each as ``"key.path: message"`` (all of them at once).
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        problem = f"file: cannot read {path}: {err.strerror or err}"
+        raise ConfigError(f"invalid configuration {path}: {problem}", problems=[problem], path=str(path)) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        problem = f"toml: {path} is not UTF-8 text ({err.reason} at byte {err.start})"
+        raise ConfigError(f"invalid configuration {path}: {problem}", problems=[problem], path=str(path)) from None
+    except tomllib.TOMLDecodeError as err:
+        problem = f"toml: invalid TOML syntax: {err}"
+        raise ConfigError(f"invalid configuration {path}: {problem}", problems=[problem], path=str(path)) from None
+    return parse_config(data, source=str(path), base_dir=path.absolute().parent)
+
+
+def parse_config(data: dict[str, Any], source: str = "<dict>", base_dir: Path | None = None) -> SiteConfig:
+    """Validate a parsed TOML document (a dict in the file's layout) into a SiteConfig.
+
+    Args:
+        data: the document, e.g. from ``tomllib.loads``.
+        source: where it came from, for the error message.
+        base_dir: folder that relative paths are resolved against; default: the current
+            directory. ``raft.password_file`` is read from there.
+
+    Raises:
+        ConfigError: ``problems`` holds every problem as ``"key.path: message"``.
+    """
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    context = {"base_dir": base, "check_files": True}
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        problems.append(f"document: expected a table, got {type(data).__name__}")
+        raise _config_error(source, problems)
+    flat, skip_fields, password_key = _flatten(data, base, problems)
+    try:
+        config = SiteConfig.model_validate(flat, context=context)
+    except ValidationError as err:
+        cross_done = False
+        for error in err.errors(include_url=False):
+            if error["type"] == "config_cross":
+                problems.extend(error["ctx"]["problems"])
+                cross_done = True
+            elif not (error["loc"] and error["loc"][0] in skip_fields):
+                problems.append(_format_error(error, password_key))
+        if not cross_done:
+            problems.extend(_salvage_cross_problems(flat, context))
+        raise _config_error(source, problems) from None
+    if problems:
+        raise _config_error(source, problems)
+    return config
+
+
+def _config_error(source: str, problems: list[str]) -> ConfigError:
+    unique = list(dict.fromkeys(problems))
+    more = f" (and {len(unique) - 1} more)" if len(unique) > 1 else ""
+    return ConfigError(f"invalid configuration {source}: {unique[0]}{more}", problems=unique, source=source)
+
+
+def _flatten(data: dict[str, Any], base: Path, problems: list[str]) -> tuple[dict[str, Any], set[str], str]:
+    """Move ``[raft]``, ``[peer]``, ``[admin]`` keys to flat fields and read the password file.
+
+    Returns ``(flat, fields already reported, key the password came from)``.
+    """
+    flat: dict[str, Any] = {}
+    skip: set[str] = set()
+    password_key = "raft.password"
+    for key, value in data.items():
+        if key in _FLAT_TO_KEY:
+            problems.append(f"{key}: unknown key (write it as {_FLAT_TO_KEY[key]})")
+        elif key in _TABLES:
+            if not isinstance(value, dict):
+                problems.append(f"{key}: must be a table ([{key}])")
+                skip.update(_TABLES[key].values())
+                continue
+            for sub_key in value:
+                if sub_key not in _TABLES[key]:
+                    problems.append(f"{key}.{sub_key}: unknown key{_suggest(sub_key, _TABLES[key])}")
+            for sub_key, field in _TABLES[key].items():
+                if sub_key in value and field != "raft_password":
+                    flat[field] = value[sub_key]
+        else:
+            flat[key] = value
+
+    raft = data.get("raft") if isinstance(data.get("raft"), dict) else None
+    if raft is not None:
+        has_inline, has_file = "password" in raft, "password_file" in raft
+        if has_inline and has_file:
+            problems.append("raft: give exactly one of password and password_file, not both")
+            skip.add("raft_password")
+        elif not has_inline and not has_file:
+            problems.append("raft.password: missing; set raft.password_file (preferred) or raft.password")
+            skip.add("raft_password")
+        elif has_inline:
+            flat["raft_password"] = raft["password"]
+        else:
+            password_key = "raft.password_file"
+            secret = _read_password_file(raft["password_file"], base, problems)
+            if secret is None:
+                skip.add("raft_password")
+            else:
+                flat["raft_password"] = secret
+    return flat, skip, password_key
+
+
+def _read_password_file(value: Any, base: Path, problems: list[str]) -> str | None:
+    if not isinstance(value, str) or not value:
+        problems.append("raft.password_file: must be a non-empty path string")
+        return None
+    path = Path(value)
+    if not path.is_absolute():
+        path = base / path
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except OSError as err:
+        problems.append(f"raft.password_file: cannot read {path}: {err.strerror or err}")
+        return None
+    except UnicodeDecodeError:
+        problems.append(f"raft.password_file: {path} is not UTF-8 text")
+        return None
+    if not secret:
+        problems.append(f"raft.password_file: {path} is empty")
+        return None
+    return secret
+
+
+def _salvage_cross_problems(flat: dict[str, Any], context: dict[str, Any]) -> list[str]:
+    """Cross-field problems computed from the parts that are valid on their own."""
+
+    def valid(adapter: TypeAdapter[Any], value: Any) -> Any:
+        try:
+            return adapter.validate_python(value, context=context)
+        except ValidationError:
+            return None
+
+    sites: list[tuple[int, SiteRef]] = []
+    raw_sites = flat.get("sites")
+    complete = isinstance(raw_sites, list)
+    site_ids: set[str] | None = set() if complete else None
+    for index, item in enumerate(raw_sites if isinstance(raw_sites, list) else []):
+        site = valid(TypeAdapter(SiteRef), item)
+        if site is None:
+            complete = False
+        else:
+            sites.append((index, site))
+        listed_id = valid(_SITE_ID, item.get("site_id")) if isinstance(item, dict) else None
+        if listed_id is None:
+            site_ids = None
+        elif site_ids is not None:
+            site_ids.add(listed_id)
+    volumes: list[tuple[int, VolumeConfig]] = []
+    raw_volumes = flat.get("volumes", [])
+    for index, item in enumerate(raw_volumes if isinstance(raw_volumes, list) else []):
+        volume = valid(TypeAdapter(VolumeConfig), item)
+        if volume is not None:
+            volumes.append((index, volume))
+    lab = flat.get("lab", False)
+    return _cross_problems(
+        site_id=valid(_SITE_ID, flat.get("site_id")),
+        raft_bind=valid(_HOST_PORT, flat.get("raft_bind")),
+        peer_listen=valid(_HOST_PORT, flat.get("peer_listen")),
+        admin_listen=valid(_HOST_PORT, flat.get("admin_listen")),
+        sites=sites,
+        sites_complete=complete,
+        site_ids=site_ids,
+        volumes=volumes,
+        lab=lab if isinstance(lab, bool) else None,
+        tls_set="tls" in flat,
+    )
+
+
+def _format_error(error: Any, password_key: str) -> str:
+    """One pydantic error as ``"key.path: message"`` in the file's own key names."""
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        key = loc[-1]
+        field = model.model_fields.get(key) if model is not None and isinstance(key, str) else None
+        if field is not None and field.alias and field.alias != key:
+            message = f"given twice, as {field.alias!r} and {key!r}; keep {field.alias!r}"
+        else:
+            message = "unknown key" + (_suggest(str(key), _document_keys(model)) if model is not None else "")
+    elif kind == "missing":
+        message = "required key is missing"
+    elif kind == "tuple_type":
+        message = "expected an array ([[...]] tables, or a [...] list)"
+    else:
+        message = error["msg"]
+        for prefix in ("Value error, ", "Assertion failed, "):
+            if message.startswith(prefix):
+                message = message[len(prefix):]
+        message = message[:1].lower() + message[1:]
+    return f"{_loc_to_key(loc, password_key)}: {message}"
+
+
+def _loc_to_key(loc: tuple[Any, ...], password_key: str) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part == "raft_password":
+            out += password_key
+        else:
+            part = _FLAT_TO_KEY.get(part, part) if not out else part
+            out += f".{part}" if out else str(part)
+    return out or "document"
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class whose table sits at ``loc`` (e.g. ``("volumes", 0, "retention")``)."""
+    model: type[BaseModel] | None = SiteConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model is None:
+            return None
+        field = next((f for name, f in model.model_fields.items() if part in (name, f.alias)), None)
+        if field is None:
+            return None
+        model = _inner_model(field.annotation)
+    return model
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (tuple, typing.Union, types.UnionType, Annotated):
+        for arg in typing.get_args(annotation):
+            found = _inner_model(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _document_keys(model: type[BaseModel]) -> list[str]:
+    """The keys a TOML table for ``model`` may hold, as written in the file."""
+    keys = [field.alias or name for name, field in model.model_fields.items()]
+    if model is SiteConfig:
+        keys = [key for key in keys if key not in _FLAT_TO_KEY] + list(_TABLES)
+    return keys
+
+
+def _suggest(key: str, known: Any) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

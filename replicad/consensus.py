@@ -1,0 +1,663 @@
+"""Raft through pysyncobj 0.3.17, hardened, with an asyncio bridge.
+
+:class:`RaftNode` replicates the pure state machine of :mod:`replicad.state`. Everything
+pysyncobj-specific stays in this module; callers see :mod:`replicad.errors` only.
+
+Design (FIELD-NOTES.md, "pysyncobj"):
+
+* **One replicated entry point** taking msgpack bytes (``_StateConsumer.apply_command``).
+  It decodes, calls :func:`replicad.state.apply` (which never raises) and never raises
+  itself: an exception inside a replicated method wedges every node.
+* **Consumer pattern**: the state lives on a ``SyncObjConsumer`` built before the
+  ``SyncObj`` starts, so full dumps and restores find it.
+* **journalFile and fullDumpFile both set** (``raft.journal``, ``raft.dump`` in ``data_dir``).
+* **asyncio bridge**: :meth:`RaftNode.propose` hands the command to pysyncobj's queue with
+  a callback (never a ``sync=True`` call on the loop); the callback runs on the tick thread
+  and settles an ``asyncio.Future`` through ``loop.call_soon_threadsafe``.
+* ``appendEntriesUseBatch=False`` (commit ~1 ms instead of ~100 ms on loopback),
+  ``dynamicMembershipChange=False``, ``password`` set (Fernet), and the server bound to
+  the configured address only.
+
+Hardening installed at import (idempotent, process-wide, since pysyncobj looks these
+names up in its own modules):
+
+1. **Restricted unpickler.** pysyncobj's wire format and log entries are pickle. Its
+   modules do ``import pysyncobj.pickle as pickle`` and call ``pickle.loads`` /
+   ``pickle.load`` at call time; ``journal.py`` bound ``loads`` at import. Both are
+   replaced by :func:`restricted_loads` / :func:`restricted_load`, which only resolve the
+   globals a protocol-2 pickle of pysyncobj's own messages needs: ``_codecs.encode``
+   (how protocol 2 spells ``bytes``; only the ``latin1`` codec is allowed),
+   ``builtins.bytes``/``bytearray`` (only from bytes-like or no arguments) and
+   ``builtins.set``/``frozenset``. Everything else (``os.system``, ``TCPNode`` ...) raises
+   ``pickle.UnpicklingError``. Node objects are never needed: membership changes are
+   disabled and the full dump is msgpack (below). A refused frame makes pysyncobj drop the
+   connection; a refused log entry is skipped (point 4).
+2. **Durable log (O6).** pysyncobj's ``FileJournal`` appends through an mmap that is never
+   msync'ed, and its meta file (currentTerm, votedFor) is written without fsync: a power
+   loss on a majority could lose acknowledged entries or let a node vote twice in a term.
+   ``pysyncobj.syncobj.createJournal`` (imported by name into ``syncobj``) is replaced to
+   build a :class:`DurableJournal`: a plain append-only file of CRC-checked records where
+   ``add()`` writes and ``fdatasync``s before returning, ``deleteEntriesFrom()`` truncates
+   and syncs, compaction rewrites into a temporary file that is fsync'ed and renamed (and
+   the directory fsync'ed), and the meta file is written tmp + fsync + rename + directory
+   fsync. A follower acknowledges entries (``next_node_idx``) in the same tick, *after*
+   ``add()`` returned, and the leader counts its own copy only after its own ``add()``:
+   so every acknowledged entry is on disk first. A torn record at the tail (crash during
+   a write) fails its CRC and is dropped at load; it was never acknowledged.
+3. **Full dump written atomically and durably, without pickle.** With pysyncobj's own
+   serializer the dump is a forked child's gzip pickle renamed into place without fsync.
+   We pass ``serializer``/``deserializer`` to ``SyncObjConf``: the dump is a msgpack
+   document ``{v, state, last, prev, cluster}`` written to pysyncobj's temporary name
+   and fsync'ed; pysyncobj renames it; the journal compaction that follows fsyncs the
+   directory before and after rewriting the log. The deserializer (also used when a
+   leader installs its dump on a lagging follower, after pysyncobj renamed the received
+   file) fsyncs the file and directory before trusting it. A dump that cannot be read
+   marks the node broken: :meth:`RaftNode.propose` then raises ``InternalError`` and
+   :meth:`RaftNode.status` reports ``dump_error`` (pysyncobj itself only logs it).
+4. **Log entries checked at both ends.** ``_HardenedSyncObj._applyCommand`` (every
+   command reaching a leader, local or forwarded) accepts only a regular command calling
+   our one method with one ``bytes`` argument of at most :data:`MAX_COMMAND_BYTES`;
+   membership and code-version commands are refused (a password holder could otherwise
+   change the membership even with dynamic membership disabled, or wedge every node with
+   an unknown code version). When applying, entries other than regular and no-op are
+   skipped, and an entry that fails to decode is logged and skipped instead of raising
+   out of the tick (which would retry it forever).
+5. **Bounded frames.** ``tcp_connection.py`` has no maximum message size: it buffers until
+   the declared length arrived (64 MiB of junk grew a process by ~115 MB). Connections are
+   built from :class:`_BoundedTcpConnection` (patched into ``pysyncobj.transport`` and
+   ``pysyncobj.tcp_server``): a declared frame length outside ``[0, MAX_FRAME_BYTES]``
+   (16 MiB) or a read buffer above twice that drops the connection.
+
+Not fixed here (operator's job, see ARCHITECTURE.md): the Fernet key is one shared
+secret without per-site identity; pysyncobj checks replayed timestamps and session keys
+with ``assert`` (never run replicad with ``python -O``); the Raft port must be reachable
+only through an authenticated encrypted channel. Leadership is a hint: fencing rests on
+committed epochs, never on ``is_leader``.
+
+Threading: ``SyncObj`` runs its tick thread until :meth:`RaftNode.close`, and stops when
+the thread that called :meth:`RaftNode.start` ends, so call ``start`` from the main thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import copy
+import io
+import json
+import logging
+import os
+import pickle
+import struct
+import threading
+import uuid
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import msgpack
+import pysyncobj.journal
+import pysyncobj.pickle
+import pysyncobj.syncobj
+import pysyncobj.tcp_server
+import pysyncobj.transport
+from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.config import FAIL_REASON
+from pysyncobj.journal import Journal
+from pysyncobj.node import TCPNode
+from pysyncobj.tcp_connection import TcpConnection
+
+from replicad import errors, state as cluster_state
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+"""Largest pysyncobj frame accepted from a peer; beyond it the connection is dropped."""
+MAX_COMMAND_BYTES = 40 * 1024
+"""Largest msgpack command proposed (FIELD-NOTES: > 64 KiB hit a pysyncobj chunking bug)."""
+JOURNAL_MAGIC = b"REPLICAD-RAFTLOG"
+JOURNAL_VERSION = 1
+DUMP_VERSION = 1
+META_VERSION = 1
+_REGULAR = b"\x00"  # pysyncobj _COMMAND_TYPE.REGULAR
+_NO_OP = b"\x01"  # pysyncobj _COMMAND_TYPE.NO_OP
+_FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if isinstance(v, int)}
+
+
+# --------------------------------------------------------------------------- 1. unpickler
+
+
+def _latin1_encode(text: Any, encoding: str = "latin1", errors_: str = "strict") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("refused _codecs.encode outside of protocol-2 bytes")
+    return codecs.encode(text, "latin1")
+
+
+def _safe_bytes_factory(kind: type) -> Callable[..., Any]:
+    def build(*args: Any) -> Any:
+        if len(args) > 1 or (args and not isinstance(args[0], (bytes, bytearray))):
+            raise pickle.UnpicklingError(f"refused {kind.__name__}() from {type(args[0]).__name__}")
+        return kind(*args)
+    return build
+
+
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("_codecs", "encode"): _latin1_encode,
+    ("builtins", "bytes"): _safe_bytes_factory(bytes),
+    ("builtins", "bytearray"): _safe_bytes_factory(bytearray),
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only :data:`_ALLOWED_GLOBALS`; everything else is ``UnpicklingError``."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        module = "builtins" if module == "__builtin__" else module
+        found = _ALLOWED_GLOBALS.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+        return found
+
+
+def restricted_loads(data: bytes | str) -> Any:
+    """``pickle.loads`` limited to the globals pysyncobj's messages need.
+
+    Raises:
+        pickle.UnpicklingError: the pickle names any other global.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return _RestrictedUnpickler(io.BytesIO(data)).load()
+
+
+def restricted_load(file: Any) -> Any:
+    """``pickle.load`` limited like :func:`restricted_loads`."""
+    return _RestrictedUnpickler(file).load()
+
+
+# --------------------------------------------------------------------------- 2. durable journal
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: tmp file, fsync, rename, fsync directory."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class DurableJournal(Journal):
+    """pysyncobj ``Journal`` whose every mutation is on disk before it returns (O6).
+
+    File: ``JOURNAL_MAGIC`` + ``<I version``, then records ``<I payload_len`` ``<I crc32``
+    ``payload`` with payload ``<QQ idx term`` + command bytes. Meta (``<file>.meta``):
+    JSON ``{v, currentTerm, votedForNodeId, raftCommitIndex}``.
+
+    Raises:
+        errors.RemoteProtocolError: the file carries another magic or version.
+    """
+
+    _HEADER = JOURNAL_MAGIC + struct.pack("<I", JOURNAL_VERSION)
+
+    def __init__(self, journal_file: str) -> None:
+        self._path = Path(journal_file)
+        self._meta_path = self._path.with_name(self._path.name + ".meta")
+        self._entries: list[tuple[bytes, int, int]] = []
+        self._offsets: list[int] = []
+        self._meta = self._load_meta()
+        self._meta_dirty = False
+        if not self._path.exists():
+            _write_durably(self._path, self._HEADER)
+        self._fd = os.open(self._path, os.O_RDWR)
+        self._end = self._load_records()
+
+    def _load_meta(self) -> dict:
+        try:
+            meta = json.loads(self._meta_path.read_bytes())
+        except FileNotFoundError:
+            return {"v": META_VERSION}
+        except ValueError as exc:
+            raise errors.RemoteProtocolError("raft meta file is not valid JSON",
+                                             path=str(self._meta_path), detail=str(exc)) from exc
+        if not isinstance(meta, dict) or meta.get("v") != META_VERSION:
+            raise errors.RemoteProtocolError("raft meta file has an unknown version",
+                                             path=str(self._meta_path))
+        return meta
+
+    def _load_records(self) -> int:
+        data = self._path.read_bytes()
+        if data[:len(self._HEADER)] != self._HEADER:
+            raise errors.RemoteProtocolError("raft journal has an unknown format or version",
+                                             path=str(self._path), header=data[:len(self._HEADER)])
+        offset = len(self._HEADER)
+        while offset + 8 <= len(data):
+            length, crc = struct.unpack_from("<II", data, offset)
+            payload = data[offset + 8:offset + 8 + length]
+            if length < 16 or len(payload) != length or zlib.crc32(payload) != crc:
+                break  # torn tail: written but never acknowledged (O6)
+            idx, term = struct.unpack_from("<QQ", payload)
+            self._entries.append((bytes(payload[16:]), idx, term))
+            self._offsets.append(offset)
+            offset += 8 + length
+        if offset != len(data):
+            log.warning("raft journal %s: dropping %d bytes of torn tail", self._path, len(data) - offset)
+            os.truncate(self._path, offset)
+        return offset
+
+    # -- records
+    def add(self, command: bytes | str, idx: int, term: int) -> None:
+        command = command if isinstance(command, bytes) else bytes(command, "utf-8")
+        payload = struct.pack("<QQ", idx, term) + command
+        record = struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
+        os.pwrite(self._fd, record, self._end)
+        os.fdatasync(self._fd)  # O6: durable before pysyncobj acknowledges it
+        self._entries.append((command, idx, term))
+        self._offsets.append(self._end)
+        self._end += len(record)
+
+    def clear(self) -> None:
+        self._rewrite([])
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:
+        if entryFrom >= len(self._entries):
+            return
+        self._end = self._offsets[entryFrom]
+        os.ftruncate(self._fd, self._end)
+        os.fdatasync(self._fd)
+        del self._entries[entryFrom:]
+        del self._offsets[entryFrom:]
+
+    def deleteEntriesTo(self, entryTo: int) -> None:
+        self._rewrite(self._entries[entryTo:])
+
+    def _rewrite(self, entries: list[tuple[bytes, int, int]]) -> None:
+        # Persist any rename done just before (pysyncobj renames the full dump into place
+        # and then compacts the log): the dump must be durable before the log shrinks.
+        _fsync_dir(self._path.parent)
+        chunks = [self._HEADER]
+        offsets = []
+        end = len(self._HEADER)
+        for command, idx, term in entries:
+            payload = struct.pack("<QQ", idx, term) + command
+            offsets.append(end)
+            chunks.append(struct.pack("<II", len(payload), zlib.crc32(payload)) + payload)
+            end += len(chunks[-1])
+        _write_durably(self._path, b"".join(chunks))
+        os.close(self._fd)
+        self._fd = os.open(self._path, os.O_RDWR)
+        self._entries = list(entries)
+        self._offsets = offsets
+        self._end = end
+
+    def __getitem__(self, item: Any) -> Any:
+        return self._entries[item]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def flush(self) -> None:
+        os.fdatasync(self._fd)
+
+    def _destroy(self) -> None:
+        if self._meta_dirty:
+            self._store_meta()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    # -- meta
+    def _store_meta(self) -> None:
+        _write_durably(self._meta_path, json.dumps(self._meta, sort_keys=True).encode())
+        self._meta_dirty = False
+
+    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
+        if self._meta.get("raftCommitIndex") != raftCommitIndex:
+            self._meta["raftCommitIndex"] = raftCommitIndex
+            self._meta_dirty = True
+
+    def getRaftCommitIndex(self) -> int:
+        return self._meta.get("raftCommitIndex", 1)
+
+    def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:
+        # Raft §5: currentTerm and votedFor durable before any vote is sent.
+        self._meta["currentTerm"] = term
+        self._meta["votedForNodeId"] = None if votedForNodeId is None else str(votedForNodeId)
+        self._store_meta()
+
+    def getCurrentTerm(self) -> int:
+        return self._meta.get("currentTerm", 0)
+
+    def getVotedForNodeId(self) -> Any:
+        return self._meta.get("votedForNodeId")
+
+    def onOneSecondTimer(self) -> None:
+        if self._meta_dirty:  # the commit index is volatile in Raft; stored lazily
+            self._store_meta()
+
+
+def _create_journal(journalFile: str | None = None) -> Journal:
+    if journalFile is None:
+        return pysyncobj.journal.MemoryJournal()
+    return DurableJournal(journalFile)
+
+
+# --------------------------------------------------------------------------- 5. bounded frames
+
+
+class _BoundedTcpConnection(TcpConnection):
+    """pysyncobj connection that drops peers announcing frames above ``MAX_FRAME_BYTES``."""
+
+    def _TcpConnection__processRead(self) -> bool:
+        more = TcpConnection._TcpConnection__processRead(self)
+        buffer = self._TcpConnection__readBuffer
+        if len(buffer) >= 4:
+            (length,) = struct.unpack("i", buffer[:4])
+            if not 0 <= length <= MAX_FRAME_BYTES or len(buffer) > 2 * MAX_FRAME_BYTES:
+                log.warning("raft peer sent a %d-byte frame header (max %d): dropping the connection",
+                            length, MAX_FRAME_BYTES)
+                self.disconnect()
+                return False
+        return more
+
+
+def install_hardening() -> None:
+    """Install points 1, 2 and 5 of the module docstring into pysyncobj. Idempotent."""
+    pysyncobj.pickle.loads = restricted_loads
+    pysyncobj.pickle.load = restricted_load
+    pysyncobj.journal.loads = restricted_loads
+    pysyncobj.syncobj.createJournal = _create_journal
+    pysyncobj.transport.TcpConnection = _BoundedTcpConnection
+    pysyncobj.tcp_server.TcpConnection = _BoundedTcpConnection
+
+
+install_hardening()
+
+
+# --------------------------------------------------------------------------- 4. hardened SyncObj
+
+
+class _HardenedSyncObj(SyncObj):
+    """SyncObj that refuses foreign log entries at the leader and skips them when applying."""
+
+    def _applyCommand(self, command: bytes, callback: Any, commandType: int | None = None) -> None:
+        full = command if commandType is None else bytes([commandType]) + command
+        if not self._acceptable(full):
+            log.warning("refused a raft command that is not a replicad command (%d bytes)", len(full))
+            self._SyncObj__callErrCallback(FAIL_REASON.REQUEST_DENIED, callback)
+            return
+        SyncObj._applyCommand(self, full, callback)
+
+    def _acceptable(self, full: Any) -> bool:
+        if not isinstance(full, bytes) or full[:1] != _REGULAR or len(full) > 2 * MAX_COMMAND_BYTES:
+            return False
+        try:
+            decoded = restricted_loads(full[1:])
+        except Exception:  # any undecodable entry is simply refused
+            return False
+        return (isinstance(decoded, tuple) and len(decoded) == 2 and decoded[0] in self._idToMethod
+                and isinstance(decoded[1], tuple) and len(decoded[1]) == 1
+                and isinstance(decoded[1][0], bytes) and len(decoded[1][0]) <= MAX_COMMAND_BYTES)
+
+    def _SyncObj__doApplyCommand(self, command: bytes) -> Any:
+        kind = command[:1]
+        if kind == _NO_OP:
+            return None
+        if kind != _REGULAR:
+            log.error("skipping a raft log entry of type %r (membership/version entries are disabled)", kind)
+            return None
+        try:
+            return SyncObj._SyncObj__doApplyCommand(self, command)
+        except Exception:
+            log.exception("skipping a raft log entry that cannot be applied")
+            return None
+
+
+# --------------------------------------------------------------------------- state consumer
+
+
+class _StateConsumer(SyncObjConsumer):
+    """Holds the cluster state; its one replicated method applies msgpack commands."""
+
+    def __init__(self, on_applied: Callable[[dict, dict], None] | None) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.cluster = cluster_state.initial_state()
+        self.on_applied = on_applied
+
+    @replicated
+    def apply_command(self, payload: bytes) -> dict:
+        """Apply one msgpack command. Runs on the tick thread of every node; never raises."""
+        try:
+            command = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        except Exception:  # undecodable: the state machine refuses a non-map command
+            command = None
+        with self.lock:
+            new_state, result = cluster_state.apply(self.cluster, command)
+            self.cluster = new_state
+        if self.on_applied is not None:
+            try:
+                self.on_applied(command if isinstance(command, dict) else {}, result)
+            except Exception:
+                log.exception("on_applied callback failed")
+        return result
+
+
+# --------------------------------------------------------------------------- RaftNode
+
+
+class RaftNode:
+    """One site's Raft member replicating :mod:`replicad.state`.
+
+    Args:
+        self_addr: ``"host:port"`` of this node's Raft port, as the partners know it.
+        partner_addrs: the other members' ``"host:port"``.
+        data_dir: directory for ``raft.journal``, ``raft.journal.meta`` and ``raft.dump``.
+        password: shared cluster secret (pysyncobj Fernet encryption + authentication).
+        bind_host: host to bind instead of ``self_addr``'s host (the port stays the same).
+        on_applied: ``(command, result)`` called on the tick thread after each applied
+            command, including commands replayed from the journal after a restart.
+        compaction_min_entries: log entries that trigger a full dump + log compaction.
+    """
+
+    def __init__(self, self_addr: str, partner_addrs: Sequence[str], data_dir: Path, password: str,
+                 *, bind_host: str | None = None, on_applied: Callable[[dict, dict], None] | None = None,
+                 compaction_min_entries: int = 5000) -> None:
+        if not password:
+            raise errors.ConfigError("raft password must be set", problems=["raft.password: empty"])
+        self._self_addr = self_addr
+        self._partners = [a for a in partner_addrs if a != self_addr]
+        self._data_dir = Path(data_dir)
+        self._password = password
+        port = self_addr.rsplit(":", 1)[1]
+        self._bind_addr = f"{bind_host}:{port}" if bind_host else self_addr
+        self._compaction_min_entries = max(2, compaction_min_entries)
+        self._consumer = _StateConsumer(on_applied)  # consumer pattern: built before SyncObj
+        self._syncobj: _HardenedSyncObj | None = None
+        self._dump_error: str | None = None
+        self._status_lock = threading.Lock()
+        self._status: dict = self._empty_status()
+
+    # -- lifecycle
+    def start(self) -> None:
+        """Open the journal, bind the Raft port and start the tick thread. Idempotent.
+
+        Raises:
+            errors.StoreFullError / errors.InternalError: the data dir cannot be prepared.
+            errors.RemoteProtocolError: the journal or meta has an unknown format.
+        """
+        if self._syncobj is not None:
+            return
+        try:
+            self._data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise errors.from_os_error(exc, "creating the raft data dir") from exc
+        conf = SyncObjConf(
+            password=self._password,
+            journalFile=str(self._data_dir / "raft.journal"),
+            fullDumpFile=str(self._data_dir / "raft.dump"),
+            serializer=self._serialize_dump,
+            deserializer=self._deserialize_dump,
+            appendEntriesUseBatch=False,
+            bindAddress=self._bind_addr,
+            dynamicMembershipChange=False,
+            logCompactionMinEntries=self._compaction_min_entries,
+        )
+        try:
+            self._syncobj = _HardenedSyncObj(self._self_addr, self._partners, conf=conf,
+                                             consumers=[self._consumer])
+        except OSError as exc:
+            raise errors.from_os_error(exc, "opening the raft journal") from exc
+        self._syncobj.addOnTickCallback(self._refresh_status)
+
+    def close(self) -> None:
+        """Stop the tick thread and close the journal and sockets. Idempotent."""
+        syncobj, self._syncobj = self._syncobj, None
+        if syncobj is not None:
+            syncobj.destroy_synchronous()
+
+    # -- dump (point 3)
+    def _serialize_dump(self, tmp_file: str, raft_data: tuple) -> None:
+        last, prev, cluster = raft_data
+        with self._consumer.lock:
+            snapshot = self._consumer.cluster
+        document = {"v": DUMP_VERSION, "state": snapshot, "last": list(last), "prev": list(prev),
+                    "cluster": sorted(str(getattr(n, "id", n)) for n in cluster)}
+        with open(tmp_file, "wb") as f:
+            f.write(msgpack.packb(document, use_bin_type=True))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _deserialize_dump(self, dump_file: str) -> tuple:
+        try:
+            path = Path(dump_file)
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+                data = f.read()
+            _fsync_dir(path.parent)
+            document = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            if not isinstance(document, dict) or document.get("v") != DUMP_VERSION or \
+                    not isinstance(document.get("state"), dict) or \
+                    document["state"].get("v") != cluster_state.STATE_VERSION:
+                raise errors.RemoteProtocolError("raft dump has an unknown version", path=dump_file)
+            last = (bytes(document["last"][0]), int(document["last"][1]), int(document["last"][2]))
+            prev = (bytes(document["prev"][0]), int(document["prev"][1]), int(document["prev"][2]))
+            cluster = {TCPNode(addr) for addr in document["cluster"]}
+        except Exception as exc:
+            self._dump_error = f"{type(exc).__name__}: {exc}"
+            log.error("cannot load raft dump %s: %s", dump_file, self._dump_error)
+            raise
+        with self._consumer.lock:
+            self._consumer.cluster = document["state"]
+        self._dump_error = None
+        return last, prev, cluster
+
+    # -- proposals
+    async def propose(self, command: dict, timeout_s: float = 5.0) -> dict:
+        """Replicate ``command`` through Raft and return its ``{"ok": True, ...}`` result.
+
+        Fills ``v`` and ``op_id`` (uuid4 hex) when missing. A retry with the same
+        ``op_id`` after a timeout is safe: the state machine answers it exactly once.
+
+        Raises:
+            errors.NoQuorumError: not committed within ``timeout_s`` or pysyncobj gave up
+                (evidence: ``reason``, ``op``, ``op_id``); the command may still commit later.
+            errors.LocalProtocolError: the encoded command exceeds ``MAX_COMMAND_BYTES``.
+            errors.InternalError: the node is not started or its dump could not be loaded.
+            errors.ReplicadError subclasses: the state machine refused it
+                (``errors.from_dict(result)``: StaleEpochError, NotPrimaryError ...).
+        """
+        syncobj = self._syncobj
+        if syncobj is None:
+            raise errors.InternalError("raft node is not started", op=command.get("op"))
+        if self._dump_error is not None:
+            raise errors.InternalError("raft dump could not be loaded", detail=self._dump_error)
+        command = dict(command)
+        command.setdefault("v", cluster_state.COMMAND_VERSION)
+        command.setdefault("op_id", uuid.uuid4().hex)
+        op, op_id = command.get("op"), command["op_id"]
+        payload = msgpack.packb(command, use_bin_type=True)
+        if len(payload) > MAX_COMMAND_BYTES:
+            raise errors.LocalProtocolError("raft command too large", op=op, size_bytes=len(payload),
+                                            max_bytes=MAX_COMMAND_BYTES)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+
+        def settle(result: Any, reason: Any) -> None:  # on the loop
+            if not future.done():
+                future.set_result((result, reason))
+
+        def on_done(result: Any, reason: Any) -> None:  # on the tick thread: must never raise
+            try:
+                loop.call_soon_threadsafe(settle, result, reason)
+            except RuntimeError:
+                pass  # the loop is closed: nobody waits any more
+
+        self._consumer.apply_command(payload, callback=on_done)
+        try:
+            result, reason = await asyncio.wait_for(future, timeout_s)
+        except asyncio.TimeoutError:
+            raise errors.NoQuorumError("raft did not commit the command in time", reason="timeout",
+                                       op=op, op_id=op_id, timeout_s=timeout_s) from None
+        if reason != FAIL_REASON.SUCCESS or not isinstance(result, dict):
+            raise errors.NoQuorumError("raft did not commit the command",
+                                       reason=_FAIL_NAMES.get(reason, str(reason)).lower(), op=op, op_id=op_id)
+        if not result.get("ok"):
+            raise errors.from_dict(result)
+        return result
+
+    # -- reads
+    def state(self) -> dict:
+        """A deep copy of the applied cluster state (see :mod:`replicad.state`)."""
+        with self._consumer.lock:
+            current = self._consumer.cluster
+        return copy.deepcopy(current)  # states are never mutated in place: copy outside the lock
+
+    def status(self) -> dict:
+        """Raft status, refreshed on every tick (a hint only: fencing uses epochs).
+
+        ``{"self": addr, "leader": addr|None, "is_leader": bool, "term": int,
+        "commit_index": int, "last_applied": int, "has_quorum": bool,
+        "partners": {addr: connected}, "dump_error": str|None}``
+        """
+        with self._status_lock:
+            status = dict(self._status)
+            status["partners"] = dict(self._status["partners"])
+        status["dump_error"] = self._dump_error
+        if self._syncobj is None:
+            status.update(leader=None, is_leader=False, has_quorum=False)
+        return status
+
+    def _empty_status(self) -> dict:
+        return {"self": self._self_addr, "leader": None, "is_leader": False, "term": 0,
+                "commit_index": 0, "last_applied": 0, "has_quorum": False,
+                "partners": {addr: False for addr in self._partners}}
+
+    def _refresh_status(self) -> None:  # tick thread: the only place reading pysyncobj internals
+        syncobj = self._syncobj
+        if syncobj is None:
+            return
+        try:
+            leader = syncobj._getLeader()
+            status = {"self": self._self_addr, "leader": None if leader is None else str(leader.id),
+                      "is_leader": bool(syncobj._isLeader()), "term": syncobj.raftCurrentTerm,
+                      "commit_index": syncobj.raftCommitIndex, "last_applied": syncobj.raftLastApplied,
+                      "has_quorum": bool(syncobj.hasQuorum),
+                      "partners": {str(n.id): syncobj.isNodeConnected(n) for n in syncobj.otherNodes}}
+        except Exception:
+            log.exception("cannot read raft status")
+            return
+        with self._status_lock:
+            self._status = status

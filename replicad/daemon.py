@@ -1,0 +1,762 @@
+"""The site daemon: one process per site, wiring store, catalog, Raft, peer and admin servers,
+and one :class:`VolumeRunner` per protected volume.
+
+What a runner does each tick (every 0.5 s or when woken):
+
+* **primary** (Raft says ``primary == me`` and this site acts under that epoch): when the
+  interval is due, run one replication cycle — capture+scan (:mod:`replicad.scan`), judge
+  (:mod:`replicad.anomaly`), ship to every data peer concurrently (:mod:`replicad.transport`),
+  commit through Raft once ``min_copies`` sites stored it (O2).
+* **newly granted primary** (promotion): role ``restoring`` — bring the local image to the
+  newest clean committed snapshot (only differing blocks), verify its root (O5), then act
+  under the new epoch.
+* **fenced** (Raft shows a newer epoch than the one this site acts under): stop producing
+  at once (O3: the Raft apply callback sets the fence flag on the tick thread, before the
+  loop even wakes), keep any uncommitted snapshots and the image's current content as a
+  ``divergent`` branch, then resync as a replica.
+* **replica**: hold the newest committed and newest clean snapshots (pull what is missing
+  from holders), and apply the newest clean one to the standby image after ``apply_delay``;
+  never a suspect snapshot.
+
+Pure decisions live elsewhere (state machine, role table, anomaly, retention); this module
+does I/O and ordering. Blocking work goes to worker threads (``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from . import anomaly, retention, roles
+from .catalog import Catalog, SnapshotRecord
+from .chunkstore import ChunkStore
+from .config import SiteConfig, VolumeConfig
+from .consensus import RaftNode
+from .errors import (ConflictError, IntegrityError, NoQuorumError, NotFoundError, NotPrimaryError,
+                     ReplicadError, StaleEpochError, UsageError, is_transient)
+from .manifest import Manifest, chunk_digests, diff, iter_block_digests, page_entries
+from .restore import apply_snapshot, needed_digests, verify_image
+from .scan import take_snapshot
+from .state import newest_clean, newest_committed
+from .transport import PeerClient, peer_routes, snapshot_complete
+
+log = logging.getLogger("replicad.daemon")
+
+TICK_S = 0.5
+PROPOSE_TIMEOUT_S = 5.0
+PROPOSE_DEADLINE_S = 15.0   # how long a proposal waits for a leader election (seen: 0.5-2.1 s)
+
+
+def _host_port(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
+class VolumeRunner:
+    """Per-volume state of this site (mutated only on the event loop, except ``fence_flag``)."""
+
+    cfg: VolumeConfig
+    role: str = "replica"
+    acting_epoch: int | None = None
+    parent: Manifest | None = None          # newest committed manifest of our line (primary)
+    last_cycle_at: float = 0.0              # monotonic
+    fence_flag: threading.Event = field(default_factory=threading.Event)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    became_primary: asyncio.Event = field(default_factory=asyncio.Event)
+    last_error: str | None = None
+    last_report: dict[str, Any] = field(default_factory=dict)
+    snapshot_now: bool = False
+
+
+class SiteDaemon:
+    """One site. ``await start()``, then ``await run_until_stopped()``; ``await stop()`` cleans up.
+
+    Args:
+        cfg: the validated site configuration.
+    """
+
+    def __init__(self, cfg: SiteConfig) -> None:
+        self.cfg = cfg
+        self.site_id = cfg.site_id
+        self.data_dir = Path(cfg.data_dir)
+        self.runners = {v.name: VolumeRunner(cfg=v) for v in cfg.volumes}
+        self.store: ChunkStore | None = None
+        self.catalog: Catalog | None = None
+        self.raft: RaftNode | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.peers: PeerClient | None = None
+        self._web_runners: list[web.AppRunner] = []
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.started_at = time.time()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Open the store and catalog, start Raft, the peer and admin servers and the runners."""
+        self._loop = asyncio.get_running_loop()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = await asyncio.to_thread(ChunkStore, self.data_dir / "chunks")
+        self.catalog = Catalog(self.data_dir / "catalog.db")
+        me = self.cfg.self_ref()
+        partners = [s.raft for s in self.cfg.sites if s.site_id != self.site_id]
+        (self.data_dir / "raft").mkdir(exist_ok=True)
+        self.raft = RaftNode(me.raft, partners, self.data_dir / "raft",
+                             self.cfg.raft_password.get_secret_value(), on_applied=self._on_applied)
+        for name, runner in self.runners.items():
+            runner.acting_epoch = self.catalog.acting_epoch(name)
+            runner.role = "primary" if runner.acting_epoch is not None else "replica"
+        self.raft.start()
+        self.session = aiohttp.ClientSession()
+        self.peers = PeerClient(self.session, self.site_id)
+        from .admin import admin_routes  # admin imports daemon types
+
+        await self._serve(peer_routes(self), self.cfg.peer_listen, client_max_size=64 * 2**20)
+        await self._serve(admin_routes(self), self.cfg.admin_listen)
+        self._tasks.append(asyncio.create_task(self._bootstrap(), name="bootstrap"))
+        for runner in self.runners.values():
+            self._tasks.append(asyncio.create_task(self._run_volume(runner), name=f"volume:{runner.cfg.name}"))
+        self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
+        log.info("site %s started: peer %s admin %s raft %s", self.site_id, self.cfg.peer_listen,
+                 self.cfg.admin_listen, me.raft)
+
+    async def _serve(self, routes: list[web.RouteDef], listen: str, **app_kw: Any) -> None:
+        app = web.Application(**app_kw)
+        app.add_routes(routes)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        host, port = _host_port(listen)
+        await web.TCPSite(runner, host, port).start()
+        self._web_runners.append(runner)
+
+    def request_stop(self) -> None:
+        """Ask the daemon to stop (signal handlers call this)."""
+        self._stopping.set()
+
+    async def run_until_stopped(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self._stopping.wait()
+
+    async def stop(self) -> None:
+        """Cancel runners, close servers, Raft, catalog and store — each only if it was opened."""
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for r in self._web_runners:
+            await r.cleanup()
+        if self.session is not None:
+            await self.session.close()
+        if self.raft is not None:
+            await asyncio.to_thread(self.raft.close)
+        if self.catalog is not None:
+            self.catalog.close()
+        if self.store is not None:
+            self.store.close()
+
+    # ------------------------------------------------------------------ raft bridge
+    def _on_applied(self, command: dict, result: dict) -> None:
+        """Called on the Raft tick thread after each applied command.
+
+        O3: a promotion/demotion that advances a volume's epoch past the one this site acts
+        under sets the runner's fence flag right here, before anything else runs for it.
+        """
+        if not result.get("ok") or command.get("op") not in ("promote", "demote"):
+            return
+        runner = self.runners.get(command.get("volume", ""))
+        if runner is None:
+            return
+        new_epoch = result.get("epoch")
+        if runner.acting_epoch is not None and isinstance(new_epoch, int) and new_epoch > runner.acting_epoch \
+                and not (command.get("op") == "promote" and command.get("to") == self.site_id):
+            runner.fence_flag.set()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(runner.wake.set)
+
+    async def propose(self, op: str, *, deadline_s: float = PROPOSE_DEADLINE_S, **args: Any) -> dict:
+        """Propose a command through Raft as this site and return its result.
+
+        Retries the *same* command (same ``op_id``, so it applies at most once) while no
+        leader is reachable — e.g. during the election that follows the loss of the leader
+        — until ``deadline_s``; then NoQuorumError: a minority partition cannot commit.
+        State machine refusals (StaleEpochError, ConflictError ...) are raised at once.
+        """
+        assert self.raft is not None
+        cmd = {"op": op, "by": self.site_id, "now_ns": time.time_ns(), "op_id": uuid.uuid4().hex, **args}
+        deadline = time.monotonic() + deadline_s
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return await self.raft.propose(cmd, timeout_s=max(0.5, min(PROPOSE_TIMEOUT_S, remaining)))
+            except NoQuorumError:
+                if time.monotonic() + 0.3 >= deadline:
+                    raise
+                await asyncio.sleep(0.3)
+
+    def volume_state(self, name: str) -> dict | None:
+        assert self.raft is not None
+        return self.raft.state()["volumes"].get(name)
+
+    async def _bootstrap(self) -> None:
+        """Register this site and its volumes in the Raft state (idempotent; retried until a quorum)."""
+        me = self.cfg.self_ref()
+        while True:
+            try:
+                await self.propose("register_site", site_id=self.site_id, peer_url=me.peer_url, kind=me.kind)
+                for v in self.cfg.volumes:
+                    vs = self.volume_state(v.name)
+                    if vs is None:
+                        await self.propose("add_volume", volume=v.name, primary=v.initial_primary,
+                                           block_size=v.block_size_bytes, size_bytes=0, min_copies=v.min_copies,
+                                           retention=_retention_dict(v))
+                log.info("site %s registered in the cluster", self.site_id)
+                return
+            except ConflictError as err:
+                log.warning("bootstrap refused: %s %s", err, err.evidence)
+                return
+            except ReplicadError as err:
+                log.info("bootstrap waiting for a quorum: %s", err)
+                await asyncio.sleep(1.0)
+
+    # ------------------------------------------------------------------ helpers
+    def peer_url(self, site_id: str) -> str:
+        for s in self.cfg.sites:
+            if s.site_id == site_id:
+                return s.peer_url
+        raise NotFoundError(f"unknown site {site_id}", site=site_id)
+
+    def data_peers(self) -> list[str]:
+        return [s.site_id for s in self.cfg.sites if s.site_id != self.site_id and s.kind == "data"]
+
+    def load_manifest(self, root: bytes) -> Manifest:
+        assert self.store is not None
+        return Manifest.decode(self.store.get(root))
+
+    # PeerHost ---------------------------------------------------------------
+    def check_write_epoch(self, volume: str, epoch: int, sender: str) -> None:
+        """Fencing of peer writes: refuse an epoch older than the committed one."""
+        vs = self.volume_state(volume)
+        if vs is None:
+            raise NotFoundError(f"unknown volume {volume}", volume=volume)
+        if epoch < vs["epoch"]:
+            raise StaleEpochError(f"{sender} writes {volume} under epoch {epoch}, committed epoch is {vs['epoch']}",
+                                  volume=volume, got_epoch=epoch, committed_epoch=vs["epoch"], sender=sender)
+        if epoch == vs["epoch"] and vs["primary"] != sender:
+            raise NotPrimaryError(f"{sender} is not the primary of {volume} at epoch {epoch}",
+                                  volume=volume, epoch=epoch, sender=sender, primary=vs["primary"])
+
+    def snapshot_received(self, volume: str, epoch: int, seq: int, root: bytes, created_at_ns: int) -> None:
+        assert self.catalog is not None
+        if self.catalog.find_root(volume, root) is None:
+            self.catalog.put(SnapshotRecord(volume, epoch, seq, root, "received", created_at_ns))
+
+    # ------------------------------------------------------------------ volume loop
+    async def _run_volume(self, runner: VolumeRunner) -> None:
+        name = runner.cfg.name
+        while True:
+            try:
+                async with runner.lock:
+                    await self._step(runner)
+                runner.last_error = None
+            except asyncio.CancelledError:
+                raise
+            except ReplicadError as err:
+                runner.last_error = f"{err.code}: {err}"
+                (log.info if is_transient(err) else log.warning)("volume %s: %s %s", name, err, err.evidence)
+            except Exception as err:  # noqa: BLE001 — a runner must survive its own bugs, loudly
+                runner.last_error = f"internal: {err!r}"
+                log.exception("volume %s: unexpected error", name)
+            runner.wake.clear()
+            try:
+                await asyncio.wait_for(runner.wake.wait(), TICK_S)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _step(self, runner: VolumeRunner) -> None:
+        vs = self.volume_state(runner.cfg.name)
+        if vs is None:
+            return
+        if runner.fence_flag.is_set() or (runner.acting_epoch is not None and
+                                          (vs["primary"] != self.site_id or vs["epoch"] > runner.acting_epoch)):
+            await self._fence(runner, vs)
+            return
+        if vs["primary"] == self.site_id:
+            if runner.acting_epoch != vs["epoch"]:
+                await self._become_primary(runner, vs)
+            due = time.monotonic() - runner.last_cycle_at >= runner.cfg.interval_s
+            if due or runner.snapshot_now:
+                runner.snapshot_now = False
+                await self.cycle(runner)
+        else:
+            await self._replica_step(runner, vs)
+
+    # ------------------------------------------------------------------ primary
+    async def _become_primary(self, runner: VolumeRunner, vs: dict) -> None:
+        """Granted primary at ``vs['epoch']``: restore the newest clean snapshot (O5), then act."""
+        assert self.catalog is not None
+        name = runner.cfg.name
+        t0 = time.monotonic()
+        seq = newest_clean(vs)
+        report: dict[str, Any] = {"epoch": vs["epoch"], "restored_seq": seq}
+        if seq is not None:
+            runner.role = "restoring"
+            manifest = await self.ensure_snapshot(name, seq, vs)
+            standby = self.catalog.standby(name)
+            base = None
+            if standby is not None and standby.root != manifest.root and self.store.has(standby.root):
+                base = self.load_manifest(standby.root)
+            elif standby is not None and standby.root == manifest.root:
+                base = manifest
+            applied = await asyncio.to_thread(apply_snapshot, runner.cfg.path, manifest, self.store, base=base)
+            await asyncio.to_thread(verify_image, runner.cfg.path, manifest)  # O5
+            self.catalog.set_standby(name, seq, manifest.root)
+            runner.parent = manifest
+            report.update(blocks_written=applied.blocks_written, bytes_written=applied.bytes_written)
+        else:
+            runner.parent = None
+        runner.acting_epoch = vs["epoch"]
+        self.catalog.set_acting_epoch(name, vs["epoch"])
+        runner.fence_flag.clear()
+        runner.role = "primary"
+        report["rto_s"] = time.monotonic() - t0
+        runner.last_report = report
+        runner.last_cycle_at = 0.0
+        runner.became_primary.set()
+        log.info("site %s is primary of %s at epoch %d (restored seq %s in %.2fs)", self.site_id, name,
+                 vs["epoch"], seq, report["rto_s"])
+
+    async def cycle(self, runner: VolumeRunner) -> dict:
+        """One replication cycle (caller holds ``runner.lock``). Returns a report dict.
+
+        Raises NotPrimaryError / StaleEpochError if fenced meanwhile, NoQuorumError if the
+        commit could not reach a majority.
+        """
+        assert self.store is not None and self.catalog is not None
+        cfg = runner.cfg
+        epoch = runner.acting_epoch
+        vs = self.volume_state(cfg.name)
+        if epoch is None or vs is None or vs["primary"] != self.site_id or vs["epoch"] != epoch:
+            raise NotPrimaryError(f"{self.site_id} is not the primary of {cfg.name}", volume=cfg.name)
+        runner.last_cycle_at = time.monotonic()
+        t0 = time.monotonic()
+        if runner.parent is None and newest_committed(vs) is not None:
+            runner.parent = self.load_manifest(vs["snapshots"][newest_committed(vs)]["root"])
+        local_max = max((r.seq for r in self.catalog.list(cfg.name) if r.epoch == epoch), default=0)
+        seq = max(vs["last_seq"], local_max) + 1
+        result = await take_snapshot(Path(cfg.path), volume=cfg.name, seq=seq, epoch=epoch, parent=runner.parent,
+                                     store=self.store, now_ns=time.time_ns(),
+                                     pre_snapshot=cfg.source.pre_snapshot, post_snapshot=cfg.source.post_snapshot,
+                                     block_size=cfg.block_size_bytes)
+        m = result.manifest
+        self.catalog.put(SnapshotRecord(cfg.name, epoch, seq, m.root, "local", m.created_at_ns))
+        history = [s["stats"] for _, s in sorted(vs["snapshots"].items()) if s["verdict"] == "clean"]
+        verdict = anomaly.judge(m.stats, history, min_score=cfg.anomaly.min_score, factor=cfg.anomaly.factor)
+        t_scan = time.monotonic() - t0
+        if runner.fence_flag.is_set():  # O3
+            raise StaleEpochError("fenced during the cycle", volume=cfg.name, acting_epoch=epoch)
+        shipped = await self._ship_all(runner, vs, m)
+        holders = [self.site_id] + [p for p, r in shipped.items() if r.get("ok")]
+        report = {"seq": seq, "changed_blocks": len(result.changed_blocks), "verdict": verdict.verdict,
+                  "score": verdict.score, "baseline": verdict.baseline, "holders": holders,
+                  "bytes_shipped": sum(r.get("bytes", 0) for r in shipped.values()),
+                  "scan_s": t_scan, "peers": shipped}
+        if runner.fence_flag.is_set():  # O3: never commit after learning a newer epoch
+            raise StaleEpochError("fenced during the cycle", volume=cfg.name, acting_epoch=epoch)
+        if len(holders) < cfg.min_copies:  # O2
+            report["committed"] = False
+            runner.last_report = report
+            log.warning("snapshot %s#%d stored at %d site(s), min_copies=%d: not committed", cfg.name, seq,
+                        len(holders), cfg.min_copies)
+            return report
+        await self.propose("commit_snapshot", volume=cfg.name, seq=seq, epoch=epoch, root=m.root,
+                           parent_seq=runner.parent.seq if runner.parent else None, created_at_ns=m.created_at_ns,
+                           holders=holders, stats=m.stats, verdict=verdict.verdict, size_bytes=m.size_bytes)
+        self.catalog.set_state(cfg.name, epoch, seq, "committed")
+        runner.parent = m
+        report["committed"] = True
+        report["cycle_s"] = time.monotonic() - t0
+        runner.last_report = report
+        if verdict.verdict == "suspect":
+            log.warning("SUSPECT snapshot %s#%d: score %.3f vs baseline %.3f (%s)", cfg.name, seq, verdict.score,
+                        verdict.baseline, verdict.reason)
+        log.info("committed %s#%d epoch %d: %d changed blocks, %s, holders %s, %.2fs", cfg.name, seq, epoch,
+                 len(result.changed_blocks), verdict.verdict, holders, report["cycle_s"])
+        return report
+
+    async def _ship_all(self, runner: VolumeRunner, vs: dict, m: Manifest) -> dict[str, dict]:
+        async def one(peer: str) -> tuple[str, dict]:
+            try:
+                return peer, await self.ship(peer, vs, m, runner.acting_epoch)
+            except ReplicadError as err:
+                log.info("ship %s#%d to %s failed: %s", m.volume, m.seq, peer, err)
+                return peer, {"ok": False, "error": err.code, "message": str(err)}
+
+        results = await asyncio.gather(*(one(p) for p in self.data_peers()))
+        return dict(results)
+
+    async def ship(self, peer: str, vs: dict, m: Manifest, epoch: int) -> dict:
+        """Ship snapshot ``m`` to ``peer``: offer only what differs from the newest snapshot both
+        hold (delta), stream what it lacks, then get its O2 "stored" acknowledgement."""
+        assert self.peers is not None and self.store is not None
+        url = self.peer_url(peer)
+        base_seq = max((s for s, snap in vs["snapshots"].items() if peer in snap["holders"]
+                        and self.site_id in snap["holders"]), default=None)
+        base = self.load_manifest(vs["snapshots"][base_seq]["root"]) if base_seq is not None else None
+        offer = await asyncio.to_thread(offer_digests, self.store, m, base)
+        lacking = await self.peers.missing(url, m.volume, epoch, offer)
+        sent_bytes = 0
+        if lacking:
+            _, sent_bytes = await self.peers.send_chunks(url, m.volume, epoch, self.store, lacking)
+        ok = await self.peers.snapshot_stored(url, m.volume, epoch, m.seq, m.root)
+        return {"ok": ok, "offered": len(offer), "sent": len(lacking), "bytes": sent_bytes,
+                "base_seq": base_seq}
+
+    # ------------------------------------------------------------------ fencing
+    async def _fence(self, runner: VolumeRunner, vs: dict) -> None:
+        """O3: stop producing, keep uncommitted work as a divergent branch, resync as replica."""
+        assert self.catalog is not None and self.store is not None
+        name = runner.cfg.name
+        old_epoch = runner.acting_epoch
+        runner.fence_flag.set()
+        runner.role = "fenced"
+        log.warning("site %s fenced for %s: acting epoch %s, committed epoch %d (primary %s)", self.site_id, name,
+                    old_epoch, vs["epoch"], vs["primary"])
+        committed_roots = {s["root"] for s in vs["snapshots"].values()}
+        divergent = []
+        for rec in self.catalog.list(name, "local"):
+            if rec.root not in committed_roots:
+                self.catalog.set_state(name, rec.epoch, rec.seq, "divergent")
+                divergent.append(rec.seq)
+        # Capture what the image holds now, for forensics, if it differs from what is committed.
+        if old_epoch is not None and Path(runner.cfg.path).exists():
+            parent = runner.parent
+            seq = max((r.seq for r in self.catalog.list(name) if r.epoch == old_epoch), default=0) + 1
+            res = await take_snapshot(Path(runner.cfg.path), volume=name, seq=seq, epoch=old_epoch, parent=parent,
+                                      store=self.store, now_ns=time.time_ns(), block_size=runner.cfg.block_size_bytes)
+            if res.changed_blocks or parent is None or parent.root not in committed_roots:
+                self.catalog.put(SnapshotRecord(name, old_epoch, seq, res.manifest.root, "divergent",
+                                                res.manifest.created_at_ns))
+                divergent.append(seq)
+            self.catalog.set_standby(name, seq, res.manifest.root)  # the image is exactly this now
+        if divergent:
+            runner.role = "divergent"
+            log.warning("volume %s: kept divergent snapshots %s of epoch %s (never shipped)", name, divergent,
+                        old_epoch)
+        runner.acting_epoch = None
+        self.catalog.set_acting_epoch(name, None)
+        runner.parent = None
+        runner.became_primary.clear()
+        runner.fence_flag.clear()
+        runner.role = "replica"
+
+    # ------------------------------------------------------------------ replica
+    async def _replica_step(self, runner: VolumeRunner, vs: dict) -> None:
+        assert self.catalog is not None and self.store is not None
+        name = runner.cfg.name
+        runner.role = "replica"
+        for seq in {newest_committed(vs), newest_clean(vs)} - {None}:
+            snap = vs["snapshots"][seq]
+            if self.site_id not in snap["holders"]:
+                await self.ensure_snapshot(name, seq, vs)
+                try:
+                    await self.propose("add_holder", volume=name, seq=seq, site_id=self.site_id)
+                except ConflictError as err:
+                    log.info("add_holder %s#%d refused: %s", name, seq, err)
+        target = newest_clean(vs)
+        if target is None or not runner.cfg.standby:
+            return
+        snap = vs["snapshots"][target]
+        standby = self.catalog.standby(name)
+        if standby is not None and standby.root == snap["root"]:
+            return
+        if time.time_ns() - snap["created_at_ns"] < runner.cfg.apply_delay_s * 1e9:
+            return
+        manifest = await self.ensure_snapshot(name, target, vs)
+        base = self.load_manifest(standby.root) if standby is not None and self.store.has(standby.root) else None
+        self.catalog.set_standby(name, None, None)  # unknown while rewriting (crash-safe)
+        rep = await asyncio.to_thread(apply_snapshot, Path(runner.cfg.path), manifest, self.store, base=base)
+        self.catalog.set_standby(name, target, manifest.root)
+        log.info("standby %s now at #%d (%d blocks rewritten)", name, target, rep.blocks_written)
+
+    async def ensure_snapshot(self, volume: str, seq: int, vs: dict | None = None) -> Manifest:
+        """Make sure committed snapshot ``seq`` is complete in the local store, fetching what is
+        missing from its holders; chunks found corrupt locally are dropped and re-fetched.
+
+        Returns its manifest. Raises NotFoundError if unknown, PeerUnavailableError /
+        IntegrityError if no holder could supply it.
+        """
+        assert self.store is not None and self.catalog is not None and self.peers is not None
+        vs = vs or self.volume_state(volume)
+        if vs is None or seq not in vs["snapshots"]:
+            raise NotFoundError(f"no committed snapshot {volume}#{seq}", volume=volume, seq=seq)
+        snap = vs["snapshots"][seq]
+        root = snap["root"]
+        holders = [h for h in snap["holders"] if h != self.site_id]
+        last_err: ReplicadError | None = None
+        for attempt in range(3):
+            try:
+                await self._fetch_missing(volume, vs["epoch"], [root], holders)
+                manifest = self.load_manifest(root)
+                await self._fetch_missing(volume, vs["epoch"], list(manifest.pages), holders)
+                need = await asyncio.to_thread(
+                    lambda: self.store.missing(d for d in iter_block_digests(manifest, self.store.get) if any(d)))
+                await self._fetch_missing(volume, vs["epoch"], need, holders)
+                await asyncio.to_thread(snapshot_complete, self.store, volume, snap["epoch"], seq, root)
+                if self.catalog.find_root(volume, root) is None:
+                    self.catalog.put(SnapshotRecord(volume, snap["epoch"], seq, root, "committed",
+                                                    snap["created_at_ns"]))
+                else:
+                    rec = self.catalog.find_root(volume, root)
+                    if rec.state in ("local", "received"):
+                        self.catalog.set_state(volume, rec.epoch, rec.seq, "committed")
+                return manifest
+            except IntegrityError as err:
+                bad = err.evidence.get("digest")
+                log.error("corrupt chunk at %s (%s): dropping and re-fetching from a peer", self.site_id,
+                          err.evidence)
+                if isinstance(bad, str):
+                    self.store.delete_corrupt(bytes.fromhex(bad))
+                elif isinstance(bad, bytes):
+                    self.store.delete_corrupt(bad)
+                last_err = err
+            except NotFoundError as err:
+                last_err = err
+        assert last_err is not None
+        raise last_err
+
+    async def _fetch_missing(self, volume: str, epoch: int, digests: list[bytes], holders: list[str]) -> None:
+        assert self.store is not None and self.peers is not None
+        need = await asyncio.to_thread(self.store.missing, digests)
+        for holder in holders:
+            if not need:
+                return
+            try:
+                await self.peers.fetch(self.peer_url(holder), volume, epoch, need, self.store)
+            except ReplicadError as err:
+                log.info("fetch from %s failed: %s", holder, err)
+            need = await asyncio.to_thread(self.store.missing, need)
+        if need:
+            raise NotFoundError(f"{len(need)} chunks of {volume} not available from any holder",
+                                volume=volume, missing=len(need), holders=holders)
+
+    # ------------------------------------------------------------------ operations (admin)
+    async def snapshot_now(self, volume: str) -> dict:
+        """Take, ship and commit a snapshot right now (primary only)."""
+        runner = self._runner(volume)
+        async with runner.lock:
+            vs = self.volume_state(volume)
+            if (vs is not None and vs["primary"] == self.site_id and runner.acting_epoch != vs["epoch"]
+                    and not runner.fence_flag.is_set() and runner.acting_epoch is None):
+                await self._become_primary(runner, vs)
+            if vs is None or vs["primary"] != self.site_id or runner.acting_epoch != vs["epoch"]:
+                raise NotPrimaryError(f"{self.site_id} is not the primary of {volume}", volume=volume,
+                                      primary=vs["primary"] if vs else None)
+            return await self.cycle(runner)
+
+    async def promote(self, volume: str, to: str | None, force: bool, wait_s: float = 120.0) -> dict:
+        """Planned switchover (``to``, run at the current primary) or forced failover (at ``to``).
+
+        Raises NoQuorumError when this site cannot reach a majority (a minority partition
+        cannot promote), StaleEpochError if the epoch moved meanwhile, ConflictError otherwise.
+        """
+        runner = self._runner(volume)
+        vs = self.volume_state(volume)
+        if vs is None:
+            raise NotFoundError(f"unknown volume {volume}", volume=volume)
+        target = to or self.site_id
+        t0 = time.monotonic()
+        if force:
+            if target != self.site_id:
+                raise UsageError("a forced promotion is run at the site to promote (omit --to)", volume=volume)
+            if vs["primary"] == self.site_id and runner.acting_epoch == vs["epoch"]:
+                raise ConflictError(f"{self.site_id} is already the primary of {volume}", volume=volume)
+            runner.became_primary.clear()
+            res = await self.propose("promote", volume=volume, to=target, expected_epoch=vs["epoch"], force=True)
+        else:
+            if vs["primary"] != self.site_id:
+                raise NotPrimaryError(f"a planned switchover runs at the primary ({vs['primary']})", volume=volume,
+                                      primary=vs["primary"])
+            if target == self.site_id:
+                raise UsageError("--to names the site to hand the volume to", volume=volume)
+            async with runner.lock:
+                final = await self.cycle(runner)  # final snapshot: no data lost
+                if not final.get("committed"):
+                    raise NoQuorumError("final snapshot could not be committed; switchover aborted", volume=volume)
+                res = await self.propose("promote", volume=volume, to=target, expected_epoch=vs["epoch"], force=False)
+            return {"volume": volume, "primary": target, "epoch": res.get("epoch"), "final_seq": final["seq"],
+                    "elapsed_s": time.monotonic() - t0}
+        runner.wake.set()
+        try:
+            await asyncio.wait_for(runner.became_primary.wait(), wait_s)
+        except asyncio.TimeoutError:
+            raise ConflictError("promotion granted but the restore did not finish in time", volume=volume,
+                                last_error=runner.last_error) from None
+        return {"volume": volume, "primary": target, "epoch": res.get("epoch"),
+                "restored_seq": runner.last_report.get("restored_seq"),
+                "rto_s": time.monotonic() - t0, "restore": runner.last_report}
+
+    async def demote(self, volume: str) -> dict:
+        """Leave the volume without a primary (epoch + 1); the current primary fences itself."""
+        vs = self.volume_state(volume)
+        if vs is None:
+            raise NotFoundError(f"unknown volume {volume}", volume=volume)
+        res = await self.propose("demote", volume=volume, expected_epoch=vs["epoch"])
+        return {"volume": volume, "epoch": res.get("epoch")}
+
+    async def restore(self, volume: str, target: Path, seq: int | None, last_clean: bool,
+                      progress=None) -> dict:
+        """Restore a committed snapshot into ``target``, then verify its root (O5)."""
+        vs = self.volume_state(volume)
+        if vs is None:
+            raise NotFoundError(f"unknown volume {volume}", volume=volume)
+        if seq is None:
+            seq = newest_clean(vs)  # the default, and what --last-clean asks for explicitly
+        if seq is None:
+            raise NotFoundError(f"{volume} has no clean committed snapshot", volume=volume)
+        t0 = time.monotonic()
+        manifest = await self.ensure_snapshot(volume, seq, vs)
+        if Path(target).resolve() == Path(self._runner(volume).cfg.path).resolve():
+            raise UsageError("restore target is the live volume path; use promote", volume=volume)
+        rep = await asyncio.to_thread(apply_snapshot, Path(target), manifest, self.store, progress=progress)
+        root = await asyncio.to_thread(verify_image, Path(target), manifest)  # O5
+        return {"volume": volume, "seq": seq, "target": str(target), "root": root.hex(), "verified": True,
+                "blocks_written": rep.blocks_written, "bytes_written": rep.bytes_written,
+                "seconds": time.monotonic() - t0}
+
+    def _runner(self, volume: str) -> VolumeRunner:
+        runner = self.runners.get(volume)
+        if runner is None:
+            raise NotFoundError(f"volume {volume} is not configured at {self.site_id}", volume=volume)
+        return runner
+
+    # ------------------------------------------------------------------ retention
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(30)
+            for runner in self.runners.values():
+                try:
+                    await self._retention_step(runner)
+                except ReplicadError as err:
+                    log.info("retention %s: %s", runner.cfg.name, err)
+
+    async def _retention_step(self, runner: VolumeRunner) -> None:
+        """Primary proposes prunes planned by the pure planner (the state machine enforces the
+        lock, O4); every site forgets pruned snapshots and collects unreferenced chunks."""
+        assert self.catalog is not None and self.store is not None
+        name = runner.cfg.name
+        vs = self.volume_state(name)
+        if vs is None:
+            return
+        if vs["primary"] == self.site_id and runner.acting_epoch == vs["epoch"]:
+            protected = {s for s, snap in vs["snapshots"].items()
+                         if all(p in snap["holders"] for p in self.data_peers())
+                         and s == max((x for x, sn in vs["snapshots"].items()
+                                       if all(p in sn["holders"] for p in self.data_peers())), default=None)}
+            plan = retention.plan_prune(vs["snapshots"], vs["retention"], time.time_ns(), protected)
+            if plan:
+                await self.propose("prune_snapshots", volume=name, seqs=plan, now_ns=time.time_ns())
+                vs = self.volume_state(name) or vs
+        live_roots = {s["root"] for s in vs["snapshots"].values()}
+        dropped = 0
+        for rec in self.catalog.list(name):
+            if rec.state == "committed" and rec.root not in live_roots:
+                if time.time_ns() - rec.created_at_ns < vs["retention"]["lock_s"] * 1e9:
+                    log.warning("AUDIT refused local delete of %s#%d inside the lock window", name, rec.seq)
+                    continue
+                self.catalog.delete(name, rec.epoch, rec.seq)
+                dropped += 1
+        if dropped:
+            await asyncio.to_thread(self._gc)
+
+    def _gc(self) -> dict:
+        """Collect chunks that no snapshot this site keeps references (O4: retained ones stay)."""
+        assert self.catalog is not None and self.store is not None
+        live: set[bytes] = set()
+        for name in self.runners:
+            for rec in self.catalog.list(name):
+                if self.store.has(rec.root):
+                    live |= chunk_digests(self.load_manifest(rec.root), self.store.get)
+        stats = self.store.gc(live)
+        log.info("gc: %s", stats)
+        return stats
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict:
+        """Site status for the admin API: Raft view, per-volume role/epoch/RPO/last report."""
+        assert self.raft is not None and self.catalog is not None
+        st = self.raft.state()
+        vols = {}
+        now = time.time_ns()
+        for name, runner in self.runners.items():
+            vs = st["volumes"].get(name)
+            entry: dict[str, Any] = {"role": runner.role, "acting_epoch": runner.acting_epoch,
+                                     "last_error": runner.last_error}
+            if vs is not None:
+                nc = newest_committed(vs)
+                ncl = newest_clean(vs)
+                entry.update(primary=vs["primary"], epoch=vs["epoch"], newest_committed=nc, newest_clean=ncl,
+                             suspect=[s for s, snap in sorted(vs["snapshots"].items()) if snap["verdict"] == "suspect"],
+                             rpo_s=(now - vs["snapshots"][nc]["created_at_ns"]) / 1e9 if nc is not None else None)
+            sb = self.catalog.standby(name)
+            entry["standby_seq"] = sb.seq if sb else None
+            entry["divergent"] = [{"epoch": r.epoch, "seq": r.seq, "root": r.root.hex()}
+                                  for r in self.catalog.list(name, "divergent")]
+            entry["last_report"] = _jsonable_report(runner.last_report)
+            vols[name] = entry
+        return {"site_id": self.site_id, "raft": self.raft.status(), "volumes": vols,
+                "sites": st.get("sites", {}), "store": self.store.stats() if self.store else {}}
+
+
+def offer_digests(store: ChunkStore, m: Manifest, base: Manifest | None) -> list[bytes]:
+    """Digests a peer holding ``base`` may lack to hold ``m``: changed blocks, new pages, the root."""
+    changed = set(diff(base, m, store.get))
+    out: dict[bytes, None] = {}
+    base_pages = set(base.pages) if base is not None else set()
+    from .manifest import PAGE_ENTRIES
+
+    for i, pd in enumerate(m.pages):
+        if pd in base_pages:
+            continue
+        out[pd] = None
+        for j, d in enumerate(page_entries(store.get(pd))):
+            if any(d) and (base is None or i * PAGE_ENTRIES + j in changed):
+                out[d] = None
+    out[m.root] = None
+    return list(out)
+
+
+def _retention_dict(v: VolumeConfig) -> dict:
+    r = v.retention
+    return {"keep_all_s": int(r.keep_all_s), "hourly_s": int(r.hourly_s), "daily_s": int(r.daily_s),
+            "lock_s": int(r.lock_s)}
+
+
+def _jsonable_report(rep: dict) -> dict:
+    from .errors import _jsonable
+
+    return _jsonable(rep)
+
+
+async def run_site(cfg: SiteConfig) -> int:
+    """Run a site until SIGTERM/SIGINT. Returns the process exit code."""
+    daemon = SiteDaemon(cfg)
+    try:
+        await daemon.start()
+        await daemon.run_until_stopped()
+    finally:
+        await daemon.stop()
+    return 0

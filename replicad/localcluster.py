@@ -1,0 +1,220 @@
+"""A cluster of real site daemons on this machine (loopback), for the demo and the tests.
+
+Each site is a separate ``python -m replicad run CONFIG`` process with its own data dir,
+config file and log under ``root/<site_id>/``. Ports are free loopback ports picked at
+start. Processes are stopped by PID (SIGTERM, then SIGKILL after a grace period), never by
+name. :class:`LocalCluster` is a context manager: leaving it kills every process it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import PeerUnavailableError, ReplicadError, UnavailableError, from_dict
+
+RAFT_KEY = "demo-cluster-shared-raft-password-0123456789"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (bind to port 0, read it, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class SiteProc:
+    """One site of the local cluster: its ports, paths and (when running) its process."""
+
+    site_id: str
+    kind: str
+    raft_port: int
+    peer_port: int
+    admin_port: int
+    dir: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "site.toml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "replicad.log"
+
+    def volume_path(self, volume: str) -> Path:
+        return self.dir / f"{volume}.img"
+
+
+class LocalCluster:
+    """Write configs for ``n_data`` data sites (+ ``n_witness`` witnesses) and run them.
+
+    Args:
+        root: directory that holds every site's dir.
+        volumes: names of the volumes every data site protects; the first data site is
+            their initial primary.
+        interval: snapshot interval (config duration string).
+        min_copies: O2 threshold per volume.
+        extra_volume_toml: appended to each ``[[volumes]]`` entry (e.g. retention tables).
+    """
+
+    def __init__(self, root: Path, *, n_data: int = 3, n_witness: int = 0, volumes: tuple[str, ...] = ("ehr",),
+                 interval: str = "1h", min_copies: int = 2, block_size: str = "64KiB",
+                 apply_delay: str = "0s", extra_volume_toml: str = "") -> None:
+        self.root = Path(root)
+        self.volumes = volumes
+        names = [f"site-{chr(ord('a') + i)}" for i in range(n_data + n_witness)]
+        self.sites: dict[str, SiteProc] = {}
+        for i, name in enumerate(names):
+            kind = "data" if i < n_data else "witness"
+            self.sites[name] = SiteProc(name, kind, free_port(), free_port(), free_port(), self.root / name)
+        self.primary = names[0]
+        self._write_configs(interval, min_copies, block_size, apply_delay, extra_volume_toml)
+
+    def _write_configs(self, interval: str, min_copies: int, block_size: str, apply_delay: str, extra: str) -> None:
+        members = "".join(
+            f'\n[[sites]]\nsite_id = "{s.site_id}"\nraft = "127.0.0.1:{s.raft_port}"\n'
+            f'peer_url = "http://127.0.0.1:{s.peer_port}"\nadmin_url = "{s.admin_url}"\nkind = "{s.kind}"\n'
+            for s in self.sites.values())
+        for s in self.sites.values():
+            s.dir.mkdir(parents=True, exist_ok=True)
+            (s.dir / "raft.key").write_text(RAFT_KEY)
+            os.chmod(s.dir / "raft.key", 0o600)
+            vols = ""
+            if s.kind == "data":
+                for v in self.volumes:
+                    vols += (f'\n[[volumes]]\nname = "{v}"\npath = "{v}.img"\nblock_size = "{block_size}"\n'
+                             f'interval = "{interval}"\nmin_copies = {min_copies}\ninitial_primary = "{self.primary}"\n'
+                             f'apply_delay = "{apply_delay}"\n{extra}\n')
+            s.config_path.write_text(
+                f'site_id = "{s.site_id}"\ndata_dir = "data"\nlog_level = "info"\n'
+                f'[raft]\nbind = "127.0.0.1:{s.raft_port}"\npassword_file = "raft.key"\n'
+                f'[peer]\nlisten = "127.0.0.1:{s.peer_port}"\n[admin]\nlisten = "127.0.0.1:{s.admin_port}"\n'
+                + members + vols)
+
+    # ------------------------------------------------------------------ processes
+    def start(self, site_id: str) -> None:
+        """Start (or restart) one site's daemon process."""
+        s = self.sites[site_id]
+        if s.proc is not None and s.proc.poll() is None:
+            return
+        log = open(s.log_path, "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        s.proc = subprocess.Popen([sys.executable, "-m", "replicad", "run", str(s.config_path)], stdout=log,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=s.dir)
+        log.close()
+
+    def start_all(self) -> None:
+        for name in self.sites:
+            self.start(name)
+
+    def kill(self, site_id: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to one site's process (by PID); SIGKILL also reaps it."""
+        s = self.sites[site_id]
+        if s.proc is None or s.proc.poll() is not None:
+            return
+        s.proc.send_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            try:
+                s.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                s.proc.kill()
+                s.proc.wait(timeout=10)
+
+    def stop_all(self) -> None:
+        """SIGCONT (in case one is stopped), SIGTERM, then SIGKILL what is left; by PID."""
+        for s in self.sites.values():
+            if s.proc is not None and s.proc.poll() is None:
+                s.proc.send_signal(signal.SIGCONT)
+                s.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for s in self.sites.values():
+            if s.proc is None:
+                continue
+            try:
+                s.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                s.proc.kill()
+                s.proc.wait(timeout=10)
+
+    def __enter__(self) -> "LocalCluster":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop_all()
+
+    def log_tail(self, site_id: str, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.sites[site_id].log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    # ------------------------------------------------------------------ admin API
+    def api(self, site_id: str, method: str, path: str, body: dict | None = None, timeout_s: float = 120) -> Any:
+        """Call a site's admin API; raises the error class named in its JSON error body."""
+        url = self.sites[site_id].admin_url + path
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+                return json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as err:
+            try:
+                payload = json.loads(err.read() or b"{}")
+            except ValueError:
+                payload = {}
+            if isinstance(payload, dict) and "error" in payload:
+                raise from_dict(payload, err.code) from None
+            raise PeerUnavailableError(f"{url}: HTTP {err.code}") from None
+        except (urllib.error.URLError, OSError) as err:
+            raise PeerUnavailableError(f"{url}: {err}") from None
+
+    def wait_for(self, what: str, predicate, timeout_s: float = 60, interval_s: float = 0.2) -> Any:
+        """Poll ``predicate()`` until it returns a truthy value; UnavailableError after ``timeout_s``.
+
+        Exceptions of type ReplicadError raised by the predicate count as "not yet".
+        """
+        deadline = time.monotonic() + timeout_s
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                last = predicate()
+                if last:
+                    return last
+            except ReplicadError as err:
+                last = err
+            time.sleep(interval_s)
+        raise UnavailableError(f"timed out after {timeout_s}s waiting for {what}", last=str(last)[:500])
+
+    def status(self, site_id: str) -> dict:
+        return self.api(site_id, "GET", "/v1/status", timeout_s=10)
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        """Every running data site knows every volume and the Raft group has a leader."""
+        def ready() -> bool:
+            for s in self.sites.values():
+                if s.proc is None or s.proc.poll() is not None:
+                    continue
+                st = self.status(s.site_id)
+                if st["raft"].get("leader") is None:
+                    return False
+                if s.kind == "data" and any(st["volumes"].get(v, {}).get("epoch") is None for v in self.volumes):
+                    return False
+            return True
+
+        self.wait_for("cluster ready", ready, timeout_s)

@@ -1,0 +1,311 @@
+"""Peer transport between sites over aiohttp: the chunk-shipping protocol, both ends.
+
+Routes (all ``POST``, msgpack bodies from :mod:`replicad.wire`, errors as JSON
+``{error, message, evidence}`` with the status of the error class):
+
+* ``/v1/peer/missing``  ``{volume, epoch, from, digests}`` → ``{missing}``: which it lacks.
+* ``/v1/peer/chunks``   header doc then frames ``[digest, codec, payload]`` → ``{stored}``.
+  The receiver verifies every digest, appends in batches and fsyncs each batch before it
+  counts it (O1); a stream cut in the middle keeps the batches already stored, so the
+  sender's next ``missing`` resumes where it broke.
+* ``/v1/peer/snapshot`` ``{volume, epoch, from, seq, root}`` → ``{stored: true}`` only if
+  the manifest, all its pages and all its chunks are durable here. This is the "stored"
+  acknowledgement that O2 counts.
+* ``/v1/peer/fetch``    ``{volume, epoch, from, digests}`` → a frame stream of those it has
+  (read path of restore and catch-up; every chunk verified before it leaves the process).
+
+Writes (``chunks``, ``snapshot``) are fenced: the :class:`PeerHost` refuses an epoch older
+than the committed one with :class:`~replicad.errors.StaleEpochError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
+
+import aiohttp
+from aiohttp import web
+
+from . import wire
+from .chunkstore import ChunkStore
+from .errors import (IntegrityError, NotFoundError, PeerUnavailableError, RemoteProtocolError, ReplicadError,
+                     from_dict)
+from .manifest import Manifest, iter_block_digests
+
+log = logging.getLogger("replicad.transport")
+
+BATCH_BYTES = 8 * 2**20        # receiver: store (and fsync) once this much is buffered
+BATCH_ITEMS = 512
+READ_BATCH = 64                # sender: chunks read from the store per worker-thread call
+PEER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=3, sock_read=30)
+
+
+class PeerHost(Protocol):
+    """What the peer server needs from its site (implemented by the daemon)."""
+
+    site_id: str
+    store: ChunkStore
+
+    def check_write_epoch(self, volume: str, epoch: int, sender: str) -> None:
+        """Raise StaleEpochError / NotFoundError if ``sender`` may not write ``volume`` at ``epoch``."""
+
+    def snapshot_received(self, volume: str, epoch: int, seq: int, root: bytes, created_at_ns: int) -> None:
+        """Record a fully stored snapshot in the local catalog."""
+
+
+def error_response(err: ReplicadError) -> web.Response:
+    """JSON error body with the status of the error class."""
+    return web.json_response(err.to_dict(), status=err.http_status)
+
+
+def _msgpack_response(**fields: Any) -> web.Response:
+    return web.Response(body=wire.encode_reply(**fields), content_type=wire.CONTENT_TYPE)
+
+
+async def _read_doc(request: web.Request, kind: str) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > wire.MAX_DOC_BYTES:
+        raise RemoteProtocolError(f"{kind} document too large", bytes=request.content_length)
+    body = await request.content.read(wire.MAX_DOC_BYTES + 1)
+    return wire.decode_doc(kind, body)
+
+
+def snapshot_complete(store: ChunkStore, volume: str, epoch: int, seq: int, root: bytes) -> Manifest:
+    """Check that the manifest ``root`` and everything it references is in ``store``.
+
+    Returns the decoded manifest. Raises NotFoundError (with the count of missing chunks)
+    or RemoteProtocolError if the manifest is not the announced snapshot. Synchronous.
+    """
+    if not store.has(root):
+        raise NotFoundError("manifest not stored here", volume=volume, seq=seq, root=root.hex())
+    manifest = Manifest.decode(store.get(root))
+    if (manifest.volume, manifest.seq, manifest.epoch) != (volume, seq, epoch):
+        raise RemoteProtocolError("manifest does not describe the announced snapshot", volume=volume, seq=seq,
+                                  epoch=epoch, manifest=[manifest.volume, manifest.seq, manifest.epoch])
+    lacking = store.missing(manifest.pages)
+    if lacking:
+        raise NotFoundError(f"{len(lacking)} manifest pages missing", volume=volume, seq=seq)
+    lacking = store.missing(d for d in iter_block_digests(manifest, store.get) if any(d))
+    if lacking:
+        raise NotFoundError(f"{len(lacking)} chunks missing", volume=volume, seq=seq, missing=len(lacking))
+    return manifest
+
+
+def peer_routes(host: PeerHost) -> list[web.RouteDef]:
+    """The peer API of ``host`` as aiohttp route definitions."""
+
+    async def missing(request: web.Request) -> web.Response:
+        try:
+            doc = await _read_doc(request, "missing")
+            lacking = await asyncio.to_thread(host.store.missing, doc["digests"])
+            return _msgpack_response(missing=lacking)
+        except ReplicadError as err:
+            return error_response(err)
+
+    async def chunks(request: web.Request) -> web.Response:
+        reader = wire.FrameReader("chunks")
+        stored = 0
+        batch: list[tuple[bytes, int, bytes]] = []
+        batch_bytes = 0
+        checked = False
+        try:
+            async for data in request.content.iter_chunked(2**20):
+                reader.feed(data)
+                for frame in reader.frames():
+                    if not checked:
+                        # fencing: refuse the stream of a stale primary before storing anything
+                        host.check_write_epoch(reader.header["volume"], reader.header["epoch"],
+                                               reader.header["from"])
+                        checked = True
+                    batch.append(frame)
+                    batch_bytes += len(frame[2])
+                    if batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_ITEMS:
+                        stored += await asyncio.to_thread(host.store.put_encoded, batch)  # O1
+                        batch, batch_bytes = [], 0
+            header = reader.finish()
+            if not checked:
+                host.check_write_epoch(header["volume"], header["epoch"], header["from"])
+            if batch:
+                stored += await asyncio.to_thread(host.store.put_encoded, batch)  # O1
+            return _msgpack_response(stored=stored)
+        except ReplicadError as err:
+            if isinstance(err, IntegrityError):
+                log.warning("peer sent a corrupt chunk: %s", err.evidence)
+            return error_response(err)
+        except (aiohttp.ClientPayloadError, ConnectionResetError) as err:
+            log.info("chunk stream cut after %d stored: %s", stored, err)
+            return error_response(PeerUnavailableError("chunk stream cut", stored=stored))
+
+    async def snapshot(request: web.Request) -> web.Response:
+        try:
+            doc = await _read_doc(request, "snapshot")
+            host.check_write_epoch(doc["volume"], doc["epoch"], doc["from"])
+            manifest = await asyncio.to_thread(snapshot_complete, host.store, doc["volume"], doc["epoch"],
+                                               doc["seq"], doc["root"])
+            host.snapshot_received(doc["volume"], doc["epoch"], doc["seq"], doc["root"], manifest.created_at_ns)
+            return _msgpack_response(stored=True)
+        except ReplicadError as err:
+            return error_response(err)
+
+    async def fetch(request: web.Request) -> web.StreamResponse:
+        try:
+            doc = await _read_doc(request, "fetch")
+        except ReplicadError as err:
+            return error_response(err)
+        resp = web.StreamResponse(headers={"Content-Type": wire.CONTENT_TYPE})
+        await resp.prepare(request)
+        await resp.write(wire.encode_doc("chunks", volume=doc["volume"], epoch=doc["epoch"], **{"from": host.site_id}))
+        digests: list[bytes] = doc["digests"]
+        for i in range(0, len(digests), READ_BATCH):
+            frames = await asyncio.to_thread(_read_frames, host.store, digests[i:i + READ_BATCH])
+            for frame in frames:
+                await resp.write(frame)
+        await resp.write_eof()
+        return resp
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.json_response({"site_id": host.site_id, "wire_version": wire.WIRE_VERSION})
+
+    return [web.post("/v1/peer/missing", missing), web.post("/v1/peer/chunks", chunks),
+            web.post("/v1/peer/snapshot", snapshot), web.post("/v1/peer/fetch", fetch),
+            web.get("/v1/peer/hello", hello)]
+
+
+def _read_frames(store: ChunkStore, digests: Sequence[bytes]) -> list[bytes]:
+    """Encoded frames of the digests this store holds intact (corrupt ones are dropped and logged)."""
+    out = []
+    for d in digests:
+        try:
+            codec, payload = store.get_encoded(d)  # verified before it leaves the process
+        except NotFoundError:
+            continue
+        except IntegrityError as err:
+            log.error("corrupt chunk %s found while serving a fetch; dropped from the index: %s", d.hex(),
+                      err.evidence)
+            store.delete_corrupt(d)
+            continue
+        out.append(wire.encode_frame(d, codec, payload))
+    return out
+
+
+class PeerClient:
+    """Client side of the peer API, one per site, sharing one aiohttp session.
+
+    Every method raises PeerUnavailableError when the peer cannot be reached, or the peer's
+    own error (rebuilt from its JSON body: StaleEpochError, IntegrityError, ...).
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, site_id: str) -> None:
+        self.session = session
+        self.site_id = site_id
+
+    async def _post(self, url: str, body: Any, *, timeout: aiohttp.ClientTimeout = PEER_TIMEOUT) -> dict[str, Any]:
+        try:
+            async with self.session.post(url, data=body, timeout=timeout,
+                                         headers={"Content-Type": wire.CONTENT_TYPE}) as resp:
+                data = await resp.read()
+                if resp.status != 200:
+                    raise _error_from(resp.status, data, url)
+                return wire.decode_reply(data)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+            raise PeerUnavailableError(f"peer {url} unreachable: {err.__class__.__name__}: {err}",
+                                       url=url) from None
+
+    async def missing(self, peer_url: str, volume: str, epoch: int, digests: Sequence[bytes]) -> list[bytes]:
+        """Which of ``digests`` the peer lacks (asked in bounded batches)."""
+        out: list[bytes] = []
+        for i in range(0, len(digests), wire.MAX_DIGESTS_PER_DOC):
+            body = wire.encode_doc("missing", volume=volume, epoch=epoch, digests=list(digests[i:i + wire.MAX_DIGESTS_PER_DOC]),
+                                   **{"from": self.site_id})
+            reply = await self._post(peer_url + "/v1/peer/missing", body)
+            lacking = reply.get("missing")
+            if not isinstance(lacking, list) or not all(isinstance(d, bytes) and len(d) == 32 for d in lacking):
+                raise RemoteProtocolError("missing reply malformed", url=peer_url)
+            out.extend(lacking)
+        return out
+
+    async def send_chunks(self, peer_url: str, volume: str, epoch: int, store: ChunkStore,
+                          digests: Sequence[bytes]) -> tuple[int, int]:
+        """Stream ``digests`` (read verified from ``store``, already compressed) to the peer.
+
+        Returns ``(newly_stored_count, bytes_sent)``. The stream is read from the store in
+        batches in a worker thread as aiohttp sends it (bounded memory).
+        """
+        header = wire.encode_doc("chunks", volume=volume, epoch=epoch, **{"from": self.site_id})
+
+        sent = 0
+
+        async def body() -> AsyncIterator[bytes]:
+            nonlocal sent
+            yield header
+            for i in range(0, len(digests), READ_BATCH):
+                frames = await asyncio.to_thread(_read_frames_strict, store, digests[i:i + READ_BATCH])
+                data = b"".join(frames)
+                sent += len(data)
+                yield data
+
+        reply = await self._post(peer_url + "/v1/peer/chunks", body())
+        stored = reply.get("stored")
+        if not isinstance(stored, int):
+            raise RemoteProtocolError("chunks reply malformed", url=peer_url)
+        return stored, sent + len(header)
+
+    async def snapshot_stored(self, peer_url: str, volume: str, epoch: int, seq: int, root: bytes) -> bool:
+        """Ask the peer to confirm the whole snapshot is durable there (the O2 acknowledgement)."""
+        body = wire.encode_doc("snapshot", volume=volume, epoch=epoch, seq=seq, root=root, **{"from": self.site_id})
+        reply = await self._post(peer_url + "/v1/peer/snapshot", body)
+        return reply.get("stored") is True
+
+    async def fetch(self, peer_url: str, volume: str, epoch: int, digests: Sequence[bytes],
+                    store: ChunkStore) -> int:
+        """Fetch ``digests`` from the peer into ``store`` (each verified, fsynced per batch).
+
+        Returns how many were newly stored; digests the peer does not have are simply not
+        stored (the caller checks what is still missing and asks another holder).
+        """
+        stored = 0
+        for i in range(0, len(digests), wire.MAX_DIGESTS_PER_DOC):
+            body = wire.encode_doc("fetch", volume=volume, epoch=epoch,
+                                   digests=list(digests[i:i + wire.MAX_DIGESTS_PER_DOC]), **{"from": self.site_id})
+            try:
+                async with self.session.post(peer_url + "/v1/peer/fetch", data=body, timeout=PEER_TIMEOUT,
+                                             headers={"Content-Type": wire.CONTENT_TYPE}) as resp:
+                    if resp.status != 200:
+                        raise _error_from(resp.status, await resp.read(), peer_url)
+                    reader = wire.FrameReader("chunks")
+                    batch: list[tuple[bytes, int, bytes]] = []
+                    batch_bytes = 0
+                    async for data in resp.content.iter_chunked(2**20):
+                        reader.feed(data)
+                        for frame in reader.frames():
+                            batch.append(frame)
+                            batch_bytes += len(frame[2])
+                            if batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_ITEMS:
+                                stored += await asyncio.to_thread(store.put_encoded, batch)
+                                batch, batch_bytes = [], 0
+                    reader.finish()
+                    if batch:
+                        stored += await asyncio.to_thread(store.put_encoded, batch)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+                raise PeerUnavailableError(f"peer {peer_url} unreachable: {err.__class__.__name__}: {err}",
+                                           url=peer_url) from None
+        return stored
+
+
+def _read_frames_strict(store: ChunkStore, digests: Sequence[bytes]) -> list[bytes]:
+    """Frames for shipping: every digest must be present and intact here (IntegrityError else)."""
+    return [wire.encode_frame(d, *store.get_encoded(d)) for d in digests]
+
+
+def _error_from(status: int, data: bytes, url: str) -> ReplicadError:
+    try:
+        body = json.loads(data)
+        if isinstance(body, dict) and "error" in body:
+            err = from_dict(body, status)
+            err.evidence.setdefault("url", url)
+            return err
+    except ValueError:
+        pass
+    return PeerUnavailableError(f"peer {url} answered HTTP {status}", url=url, status=status)

@@ -1,0 +1,375 @@
+"""RaftNode across three real processes on loopback, plus the hardening of pysyncobj.
+
+Each node runs :data:`HELPER` (``python -c``): a RaftNode driven by JSON lines on stdin
+(``{"id", "cmd": "propose"|"state"|"status", ...}``), answering JSON lines on stdout.
+Bytes travel as ``{"__bytes__": hex}``. Every process is killed by PID in a fixture
+finaliser; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from replicad import errors
+from replicad.consensus import DurableJournal, MAX_FRAME_BYTES, restricted_loads
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "test-cluster-secret"
+
+HELPER = r'''
+import asyncio, json, sys, threading
+from pathlib import Path
+from replicad import errors
+from replicad.consensus import RaftNode
+
+self_addr, partners, data_dir, compaction = sys.argv[1], sys.argv[2].split(","), sys.argv[3], int(sys.argv[4])
+
+def to_json(v):
+    if isinstance(v, bytes):
+        return {"__bytes__": v.hex()}
+    if isinstance(v, dict):
+        return {str(k): to_json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [to_json(x) for x in v]
+    return v
+
+def from_json(v):
+    if isinstance(v, dict):
+        if set(v) == {"__bytes__"}:
+            return bytes.fromhex(v["__bytes__"])
+        return {k: from_json(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [from_json(x) for x in v]
+    return v
+
+async def main():
+    node = RaftNode(self_addr, partners, Path(data_dir), "%s", compaction_min_entries=compaction)
+    node.start()
+    loop = asyncio.get_running_loop()
+    lines = asyncio.Queue()
+    def read():
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(lines.put_nowait, line)
+        loop.call_soon_threadsafe(lines.put_nowait, None)
+    threading.Thread(target=read, daemon=True).start()
+    print(json.dumps({"ready": True}), flush=True)
+
+    async def handle(req):
+        try:
+            if req["cmd"] == "propose":
+                res = await node.propose(from_json(req["command"]), timeout_s=req.get("timeout_s", 5.0))
+                out = {"ok": True, "result": to_json(res)}
+            elif req["cmd"] == "state":
+                out = {"ok": True, "result": to_json(node.state())}
+            else:
+                out = {"ok": True, "result": to_json(node.status())}
+        except errors.ReplicadError as exc:
+            out = {"ok": False, "error": exc.code, "evidence": to_json(exc.evidence)}
+        print(json.dumps({"id": req["id"], **out}), flush=True)
+
+    while (line := await lines.get()) is not None:
+        asyncio.ensure_future(handle(json.loads(line)))
+    node.close()
+
+asyncio.run(main())
+''' % PASSWORD
+
+
+def free_port() -> int:
+    """A random free loopback port (bind-checked)."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(20000, 60000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found")
+
+
+class Node:
+    """One helper process and its JSON-lines channel."""
+
+    def __init__(self, addr: str, partners: list[str], data_dir: Path, compaction: int) -> None:
+        self.addr = addr
+        self.args = [sys.executable, "-c", HELPER, addr, ",".join(partners), str(data_dir), str(compaction)]
+        self.proc: subprocess.Popen | None = None
+        self.replies: dict[str, dict] = {}
+        self.cond = threading.Condition()
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO_ROOT)
+        self.replies = {}
+        ready = self.proc.stdout.readline()
+        assert json.loads(ready) == {"ready": True}
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            reply = json.loads(line)
+            with self.cond:
+                self.replies[reply["id"]] = reply
+                self.cond.notify_all()
+
+    def call(self, cmd: str, wait_s: float = 15.0, **kw) -> dict:
+        req_id = uuid.uuid4().hex
+        self.proc.stdin.write(json.dumps({"id": req_id, "cmd": cmd, **kw}) + "\n")
+        self.proc.stdin.flush()
+        deadline = time.monotonic() + wait_s
+        with self.cond:
+            while req_id not in self.replies:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{self.addr}: no reply to {cmd}")
+                self.cond.wait(left)
+            return self.replies.pop(req_id)
+
+    def propose(self, command: dict, timeout_s: float = 5.0) -> dict:
+        return self.call("propose", wait_s=timeout_s + 10, command=command, timeout_s=timeout_s)
+
+    def state(self) -> dict:
+        return self.call("state")["result"]
+
+    def status(self) -> dict:
+        return self.call("status")["result"]
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def make_cluster(tmp_path):
+    nodes: list[Node] = []
+
+    def make(compaction: int = 5000) -> list[Node]:
+        addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+        for i, addr in enumerate(addrs):
+            nodes.append(Node(addr, [a for a in addrs if a != addr], tmp_path / f"site{i}", compaction))
+        for node in nodes:
+            node.start()
+        return nodes
+
+    yield make
+    for node in nodes:
+        node.kill()
+
+
+def wait_for(predicate, what: str, timeout_s: float = 30.0, interval_s: float = 0.1):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def leader_of(nodes: list[Node]) -> Node:
+    def find():
+        for node in nodes:
+            if node.proc.poll() is None and node.status()["is_leader"]:
+                return node
+        return None
+    return wait_for(find, "a leader")
+
+
+def cmd(op: str, by: str = "a", **args) -> dict:
+    return {"op": op, "by": by, "now_ns": time.time_ns(), **args}
+
+
+def propose_until_ok(node: Node, command: dict, timeout_s: float = 30.0) -> dict:
+    """Propose (same op_id on every retry) until committed; retries only on no_quorum."""
+    command = {**command, "op_id": command.get("op_id") or uuid.uuid4().hex}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reply = node.propose(command, timeout_s=3.0)
+        if reply["ok"] or reply["error"] != "no_quorum" or time.monotonic() > deadline:
+            return reply
+        time.sleep(0.2)
+
+
+def register(node: Node, site: str) -> dict:
+    return propose_until_ok(node, cmd("register_site", by=site, site_id=site,
+                                      peer_url=f"https://{site}.example:7443", kind="data"))
+
+
+# --------------------------------------------------------------------------- three processes
+
+
+def test_propose_is_applied_on_all_three_and_refusals_are_typed(make_cluster):
+    nodes = make_cluster()
+    leader_of(nodes)
+    follower = next(n for n in nodes if not n.status()["is_leader"])
+    assert register(follower, "a")["ok"]  # forwarded to the leader
+    assert register(nodes[0], "b")["ok"]
+    for node in nodes:
+        wait_for(lambda: set(node.state()["sites"]) == {"a", "b"}, f"sites on {node.addr}")
+    reply = propose_until_ok(nodes[1], cmd("promote", volume="nope", to="b", expected_epoch=1))
+    assert reply == {"id": reply["id"], "ok": False, "error": "not_found", "evidence": {"volume": "nope"}}
+
+
+def test_same_op_id_is_applied_once(make_cluster):
+    nodes = make_cluster()
+    leader_of(nodes)
+    command = {**cmd("register_site", site_id="a", peer_url="https://a", kind="data"), "op_id": "op-once"}
+    first = propose_until_ok(nodes[0], command)
+    second = propose_until_ok(nodes[2], command)
+    assert first["ok"] and second["ok"]
+    assert first["result"] == second["result"]
+    # the proposer's callback fires once the command is applied on the proposer itself
+    assert [r["op"] for r in nodes[2].state()["audit"]] == ["register_site"]
+
+
+def test_commits_resume_after_kill_9_of_the_leader(make_cluster):
+    nodes = make_cluster()
+    old_leader = leader_of(nodes)
+    assert register(old_leader, "a")["ok"]
+    old_leader.signal(signal.SIGKILL)
+    old_leader.proc.wait(timeout=10)
+    survivors = [n for n in nodes if n is not old_leader]
+    reply = propose_until_ok(survivors[0], cmd("register_site", by="b", site_id="b",
+                                                peer_url="https://b", kind="data"))
+    assert reply["ok"], reply
+    for node in survivors:
+        wait_for(lambda: set(node.state()["sites"]) == {"a", "b"}, f"sites on {node.addr}")
+
+
+def test_a_node_alone_gets_no_quorum_within_the_timeout(make_cluster):
+    nodes = make_cluster()
+    leader_of(nodes)
+    for node in nodes:  # the lone node may be the leader (a stale hint) or a follower
+        lone, others = node, [n for n in nodes if n is not node]
+        for other in others:
+            other.signal(signal.SIGSTOP)
+        try:
+            reply = lone.propose(cmd("register_site", site_id="z", peer_url="https://z", kind="data"),
+                                 timeout_s=2.0)
+        finally:
+            for other in others:
+                other.signal(signal.SIGCONT)
+        assert reply["ok"] is False and reply["error"] == "no_quorum", reply
+        assert reply["evidence"]["op"] == "register_site"
+        leader_of(nodes)
+
+
+def test_restart_of_all_three_keeps_the_state(make_cluster):
+    nodes = make_cluster(compaction=4)  # forces full dumps + log compaction on the way
+    leader_of(nodes)
+    sites = [f"s{i}" for i in range(12)]
+    for site in sites:
+        assert register(nodes[0], site)["ok"]
+    for node in nodes:
+        wait_for(lambda: set(node.state()["sites"]) == set(sites), f"sites on {node.addr}")
+    for node in nodes:
+        node.kill()
+    assert any((node_dir / "raft.dump").exists() for node_dir in (Path(n.args[5]) for n in nodes))
+    for node in nodes:
+        node.start()
+    for node in nodes:
+        wait_for(lambda: set(node.state()["sites"]) == set(sites), f"restored sites on {node.addr}")
+    assert register(nodes[1], "after")["ok"]
+    for node in nodes:
+        wait_for(lambda: "after" in node.state()["sites"], f"new site on {node.addr}")
+
+
+def test_a_node_behind_a_compacted_log_catches_up_from_the_dump(make_cluster):
+    nodes = make_cluster(compaction=4)
+    leader = leader_of(nodes)
+    lagging = next(n for n in nodes if n is not leader)
+    lagging.kill()
+    sites = [f"s{i}" for i in range(12)]
+    for site in sites:
+        assert register(leader, site)["ok"]
+    lagging.start()
+    wait_for(lambda: set(lagging.state()["sites"]) == set(sites), "the lagging node's state")
+    assert (Path(lagging.args[5]) / "raft.dump").exists()  # installed from the leader
+    assert lagging.status()["dump_error"] is None
+
+
+def test_oversized_frame_header_drops_the_connection(make_cluster):
+    nodes = make_cluster()
+    host, port = nodes[0].addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall((MAX_FRAME_BYTES + 1).to_bytes(4, "little", signed=True) + b"x" * 1024)
+        s.settimeout(10)
+        closed = False
+        try:
+            closed = s.recv(1) == b""
+        except ConnectionResetError:
+            closed = True
+    assert closed
+    assert nodes[0].status()["self"] == nodes[0].addr  # still serving
+
+
+# --------------------------------------------------------------------------- hardening, in process
+
+
+def test_restricted_unpickler_refuses_code_execution_globals():
+    import pysyncobj.journal
+    import pysyncobj.pickle
+    for payload in (pickle.dumps(os.system, 2), pickle.dumps(DurableJournal, 2),
+                    pickle.dumps(Path("/"), 2)):
+        with pytest.raises(pickle.UnpicklingError):
+            restricted_loads(payload)
+        with pytest.raises(pickle.UnpicklingError):
+            pysyncobj.pickle.loads(payload)
+        with pytest.raises(pickle.UnpicklingError):
+            pysyncobj.journal.loads(payload)
+    message = {"type": "append_entries", "entries": [(b"\x00abc", 2, 3)], "ids": {1, 2},
+               "serialized": (b"", True, False), "term": 5}
+    assert pysyncobj.pickle.loads(pickle.dumps(message, 2)) == message
+
+
+def test_durable_journal_survives_reopen_drops_a_torn_tail_and_compacts(tmp_path):
+    path = tmp_path / "raft.journal"
+    journal = DurableJournal(str(path))
+    for idx in range(1, 6):
+        journal.add(b"\x00cmd%d" % idx, idx, 1)
+    journal.setCurrentTerm(3, "127.0.0.1:1")
+    journal._destroy()
+    with open(path, "ab") as f:
+        f.write(b"\x40\x00\x00\x00garbage")  # a record torn by a crash mid-write
+    journal = DurableJournal(str(path))
+    assert [e[1] for e in journal] == [1, 2, 3, 4, 5]
+    assert (journal.getCurrentTerm(), journal.getVotedForNodeId()) == (3, "127.0.0.1:1")
+    journal.deleteEntriesFrom(3)
+    journal.add(b"\x00new", 4, 2)
+    journal.deleteEntriesTo(1)
+    journal._destroy()
+    journal = DurableJournal(str(path))
+    assert list(journal[i] for i in range(len(journal))) == [(b"\x00cmd2", 2, 1), (b"\x00cmd3", 3, 1),
+                                                            (b"\x00new", 4, 2)]
+    journal._destroy()
+
+
+def test_journal_of_another_format_is_refused(tmp_path):
+    path = tmp_path / "raft.journal"
+    path.write_bytes(b"PYSYNCOBJ" + b"\0" * 40)
+    with pytest.raises(errors.RemoteProtocolError):
+        DurableJournal(str(path))
