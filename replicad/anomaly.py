@@ -28,6 +28,8 @@ Choices:
 * Full snapshots in ``history`` are skipped for the same reason.
 * With no usable history the baseline is 0, so the threshold is ``min_score`` (2 % of the
   volume's data turning random in one snapshot).
+* Only clean snapshots feed the baseline (the caller's history), so a legitimate jump stays
+  ``suspect`` until an operator clears it; the baseline never learns from an attack.
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ def judge(stats: dict, history: Sequence[dict], *, min_score: float = 0.02,
     Args:
         stats: the snapshot's ``manifest.stats``.
         history: stats of previous CLEAN snapshots of the same volume, newest last; only the
-            last ``window`` incremental ones count.
+            last ``window`` incremental ones count (``window <= 0``: no baseline).
         min_score: floor of the threshold (share of data blocks).
         factor: how many times the baseline a score may reach before being suspect.
 
@@ -121,7 +123,8 @@ def judge(stats: dict, history: Sequence[dict], *, min_score: float = 0.02,
         a :class:`Verdict`; see the module docstring for the rules.
     """
     score = score_of(stats)
-    incremental = [score_of(h) for h in history if not is_full(h)][-window:]
+    incremental = [score_of(h) for h in history if not is_full(h)]
+    incremental = incremental[len(incremental) - window:] if window > 0 else []
     baseline = statistics.median(incremental) if incremental else 0.0
     if is_full(stats):
         return Verdict(VERDICT_CLEAN, score, baseline,

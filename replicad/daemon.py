@@ -290,6 +290,8 @@ class SiteDaemon:
         vs = self.volume_state(runner.cfg.name)
         if vs is None:
             return
+        if not runner.fence_flag.is_set() and self.raft.status().get("leader") is None:
+            return  # no leader known: our view of epochs may be stale; fencing (above all) still runs
         if runner.fence_flag.is_set() or (runner.acting_epoch is not None and
                                           (vs["primary"] != self.site_id or vs["epoch"] > runner.acting_epoch)):
             await self._fence(runner, vs)
@@ -321,7 +323,7 @@ class SiteDaemon:
                 base = self.load_manifest(standby.root)
             elif standby is not None and standby.root == manifest.root:
                 base = manifest
-            applied = await asyncio.to_thread(apply_snapshot, runner.cfg.path, manifest, self.store, base=base)
+            applied = await self.apply_repairing(name, Path(runner.cfg.path), manifest, base=base)
             await asyncio.to_thread(verify_image, runner.cfg.path, manifest)  # O5
             self.catalog.set_standby(name, seq, manifest.root)
             runner.parent = manifest
@@ -488,7 +490,7 @@ class SiteDaemon:
         manifest = await self.ensure_snapshot(name, target, vs)
         base = self.load_manifest(standby.root) if standby is not None and self.store.has(standby.root) else None
         self.catalog.set_standby(name, None, None)  # unknown while rewriting (crash-safe)
-        rep = await asyncio.to_thread(apply_snapshot, Path(runner.cfg.path), manifest, self.store, base=base)
+        rep = await self.apply_repairing(name, Path(runner.cfg.path), manifest, base=base)
         self.catalog.set_standby(name, target, manifest.root)
         log.info("standby %s now at #%d (%d blocks rewritten)", name, target, rep.blocks_written)
 
@@ -537,6 +539,32 @@ class SiteDaemon:
                 last_err = err
         assert last_err is not None
         raise last_err
+
+    async def apply_repairing(self, volume: str, target: Path, manifest: Manifest, *, base: Manifest | None = None,
+                              progress=None, attempts: int = 8):
+        """:func:`~replicad.restore.apply_snapshot`, healing bit rot on the way: a chunk found
+        corrupt in the local store is dropped, re-fetched from another holder (verified) and
+        the apply resumed. Raises the IntegrityError if no holder has a good copy."""
+        assert self.store is not None
+        vs = self.volume_state(volume)
+        snap = (vs or {}).get("snapshots", {}).get(manifest.seq, {})
+        holders = [h for h in snap.get("holders", self.data_peers()) if h != self.site_id] or self.data_peers()
+        for attempt in range(attempts):
+            try:
+                return await asyncio.to_thread(apply_snapshot, target, manifest, self.store, base=base,
+                                               progress=progress)
+            except IntegrityError as err:
+                bad = err.evidence.get("digest")
+                if not isinstance(bad, str) or attempt == attempts - 1:
+                    raise
+                log.error("corrupt chunk %s in the store of %s: re-fetching it from %s", bad, self.site_id, holders)
+                digest = bytes.fromhex(bad)
+                await asyncio.to_thread(self.store.delete_corrupt, digest)
+                try:
+                    await self._fetch_missing(volume, vs["epoch"] if vs else 0, [digest], holders)
+                except NotFoundError:
+                    raise err from None
+        raise AssertionError("unreachable")
 
     async def _fetch_missing(self, volume: str, epoch: int, digests: list[bytes], holders: list[str]) -> None:
         assert self.store is not None and self.peers is not None
@@ -631,7 +659,7 @@ class SiteDaemon:
         manifest = await self.ensure_snapshot(volume, seq, vs)
         if Path(target).resolve() == Path(self._runner(volume).cfg.path).resolve():
             raise UsageError("restore target is the live volume path; use promote", volume=volume)
-        rep = await asyncio.to_thread(apply_snapshot, Path(target), manifest, self.store, progress=progress)
+        rep = await self.apply_repairing(volume, Path(target), manifest, progress=progress)
         root = await asyncio.to_thread(verify_image, Path(target), manifest)  # O5
         return {"volume": volume, "seq": seq, "target": str(target), "root": root.hex(), "verified": True,
                 "blocks_written": rep.blocks_written, "bytes_written": rep.bytes_written,

@@ -238,7 +238,7 @@ async def _scan(source_path: Path, block_size: int, read_size_bytes: int,
     try:
         fd, size = await asyncio.to_thread(_open_source, source_path)
     except OSError as err:
-        raise from_os_error(err, "opening the snapshot source", path=str(source_path)) from err
+        raise from_os_error(err, "opening the snapshot source", source=str(source_path)) from err
     totals = _Totals()
     parents = _ParentDigests(parent, store)
     read_len = max(block_size, read_size_bytes // block_size * block_size)
@@ -256,7 +256,7 @@ async def _scan(source_path: Path, block_size: int, read_size_bytes: int,
                 buf = await pending
             except OSError as err:
                 raise from_os_error(err, "reading the snapshot source",
-                                    path=str(source_path), offset=offset) from err
+                                    source=str(source_path), offset=offset) from err
             pending = None
             if len(buf) != want:
                 raise UnavailableError("snapshot source shrank during the scan",

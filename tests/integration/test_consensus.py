@@ -8,6 +8,7 @@ finaliser; every wait is bounded.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pickle
@@ -373,3 +374,43 @@ def test_journal_of_another_format_is_refused(tmp_path):
     path.write_bytes(b"PYSYNCOBJ" + b"\0" * 40)
     with pytest.raises(errors.RemoteProtocolError):
         DurableJournal(str(path))
+
+
+async def test_in_process_bridge_raises_typed_errors_and_reopens(tmp_path):
+    from replicad.consensus import RaftNode
+
+    addr = f"127.0.0.1:{free_port()}"
+    applied: list[tuple[dict, dict]] = []
+    node = RaftNode(addr, [], tmp_path, PASSWORD, on_applied=lambda c, r: applied.append((c, r)))
+    node.start()
+    try:
+        site = {"op": "register_site", "by": "a", "now_ns": 1, "site_id": "a",
+                "peer_url": "https://a", "kind": "data"}
+        result = await node.propose(site)
+        assert result == {"ok": True, "site_id": "a", "created": True}
+        with pytest.raises(errors.NotFoundError) as info:
+            await node.propose({"op": "promote", "by": "a", "now_ns": 1, "volume": "v", "to": "a",
+                                "expected_epoch": 1})
+        assert info.value.evidence == {"volume": "v"}
+        with pytest.raises(errors.UsageError):
+            await node.propose({"op": "register_site", "by": "a", "now_ns": 1})
+        with pytest.raises(errors.LocalProtocolError):
+            await node.propose({**site, "peer_url": "u" * 50_000})
+        assert [r["ok"] for _, r in applied] == [True, False, False]
+        assert applied[0][0]["op_id"] and applied[0][0]["v"] == 1
+        state = node.state()
+        state["sites"].clear()  # a copy: the node's state is untouched
+        assert list(node.state()["sites"]) == ["a"]
+        assert node.status()["self"] == addr
+    finally:
+        node.close()
+    node = RaftNode(addr, [], tmp_path, PASSWORD)
+    node.start()
+    try:
+        deadline = time.monotonic() + 20
+        while "a" not in node.state()["sites"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert list(node.state()["sites"]) == ["a"]
+        assert len(node.state()["audit"]) == 3
+    finally:
+        node.close()

@@ -1,0 +1,423 @@
+"""The cluster state machine: every op, every refusal, exactly-once, never raises."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from replicad import errors
+from replicad.state import (APPLIED_OPS_MAX, AUDIT_MAX, apply, initial_state, newest_clean,
+                            newest_committed)
+
+S = 1_000_000_000
+NOW = 1_700_000_000 * S
+ROOT = bytes(range(32))
+RETENTION = {"keep_all_s": 3600, "hourly_s": 86400, "daily_s": 7 * 86400, "lock_s": 600}
+_ids = itertools.count()
+
+
+def cmd(op: str, by: str = "a", now_ns: int = NOW, **args) -> dict:
+    return {"v": 1, "op": op, "op_id": f"op-{next(_ids)}", "by": by, "now_ns": now_ns, **args}
+
+
+def run(state: dict, command: dict) -> tuple[dict, dict]:
+    before = copy.deepcopy(state)
+    new, result = apply(state, command)
+    assert state == before, "apply must never mutate its input"
+    return new, result
+
+
+def ok(state: dict, command: dict) -> tuple[dict, dict]:
+    new, result = run(state, command)
+    assert result["ok"] is True, result
+    return new, result
+
+
+def refused(state: dict, command: dict, code: str) -> dict:
+    """Apply a command that must be refused with ``code``; data must stay untouched."""
+    new, result = run(state, command)
+    assert result["ok"] is False and result["error"] == code, result
+    assert isinstance(errors.from_dict(result), errors.ReplicadError)
+    assert errors.from_dict(result).code == code
+    assert _data(new) == _data(state)
+    assert new["audit"][-1] == {"op": command.get("op"), "by": command.get("by"),
+                                "volume": command.get("volume"), "ok": False, "error": code,
+                                "at_ns": command.get("now_ns")}
+    return result
+
+
+def _data(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k not in ("audit", "applied_ops")}
+
+
+def commit(seq: int, epoch: int = 1, by: str = "a", holders=("a", "b"), verdict: str = "clean",
+           created_at_ns: int = NOW - 10 * 86400 * S, parent_seq=None, **extra) -> dict:
+    return cmd("commit_snapshot", by=by, volume="vol", seq=seq, epoch=epoch, root=ROOT,
+               parent_seq=parent_seq, created_at_ns=created_at_ns, holders=list(holders),
+               stats={"changed_blocks": 3, "random_share": 0.01}, verdict=verdict, **extra)
+
+
+@pytest.fixture
+def cluster() -> dict:
+    state = initial_state()
+    for site, kind in (("a", "data"), ("b", "data"), ("c", "data"), ("w", "witness")):
+        state, _ = ok(state, cmd("register_site", by=site, site_id=site,
+                                 peer_url=f"https://{site}:7443", kind=kind))
+    state, _ = ok(state, cmd("add_volume", volume="vol", primary="a", block_size=65536,
+                             size_bytes=1 << 30, min_copies=2, retention=dict(RETENTION)))
+    return state
+
+
+@pytest.fixture
+def with_snaps(cluster) -> dict:
+    state = cluster
+    for seq in (1, 2, 3):
+        state, _ = ok(state, commit(seq, created_at_ns=NOW - (10 - seq) * 86400 * S))
+    return state
+
+
+# --------------------------------------------------------------------------- envelope
+
+
+@pytest.mark.parametrize("command", [
+    None, [], "x", {},
+    {"v": 2, "op": "register_site", "op_id": "x", "by": "a", "now_ns": 1},
+    {"v": True, "op": "register_site", "op_id": "x", "by": "a", "now_ns": 1},
+    {"v": 1, "op": "nope", "op_id": "x", "by": "a", "now_ns": 1},
+    {"v": 1, "op": "register_site", "op_id": "", "by": "a", "now_ns": 1,
+     "site_id": "a", "peer_url": "u", "kind": "data"},
+    {"v": 1, "op": "register_site", "op_id": "x", "by": 3, "now_ns": 1,
+     "site_id": "a", "peer_url": "u", "kind": "data"},
+    {"v": 1, "op": "register_site", "op_id": "x", "by": "a", "now_ns": -1,
+     "site_id": "a", "peer_url": "u", "kind": "data"},
+    {"v": 1, "op": "register_site", "op_id": "x", "by": "a", "now_ns": 1, "site_id": "a", "kind": "data"},
+    {"v": 1, "op": "register_site", "op_id": "x", "by": "a", "now_ns": 1,
+     "site_id": "a", "peer_url": "u", "kind": "data", "extra": 1},
+])
+def test_malformed_commands_are_bad_requests(command):
+    state = initial_state()
+    new, result = run(state, command)
+    assert result["ok"] is False and result["error"] == "bad_request"
+    assert _data(new) == _data(state)
+    assert len(new["audit"]) == 1 and new["audit"][0]["ok"] is False
+
+
+def test_unknown_state_version_is_refused():
+    state = {**initial_state(), "v": 99}
+    new, result = apply(state, cmd("register_site", site_id="a", peer_url="u", kind="data"))
+    assert result["error"] == "bad_request" and new is state
+
+
+def test_broken_state_gives_internal_not_an_exception():
+    state = {**initial_state(), "volumes": None}  # corrupt: volumes must be a map
+    new, result = apply(state, cmd("promote", volume="vol", to="a", expected_epoch=1))
+    assert result["ok"] is False and result["error"] == "internal"
+    assert isinstance(errors.from_dict(result), errors.InternalError)
+    assert new["audit"][-1]["error"] == "internal"
+
+
+# --------------------------------------------------------------------------- idempotency, audit
+
+
+def test_same_op_id_returns_the_stored_result_and_changes_nothing(cluster):
+    command = cmd("register_site", site_id="d", peer_url="https://d", kind="data")
+    once, first = ok(cluster, command)
+    twice, second = run(once, command)
+    assert second == first and twice is once
+    refusal = cmd("promote", by="b", volume="vol", to="b", expected_epoch=1)
+    after, r1 = run(twice, refusal)
+    # the refusal is remembered too, even once the command would now pass
+    after, _ = ok(after, cmd("promote", by="a", volume="vol", to="c", expected_epoch=1))
+    again, r2 = run(after, {**refusal, "expected_epoch": 2})
+    assert r2 == r1 and again is after
+
+
+def test_audit_and_applied_ops_are_bounded():
+    state = initial_state()
+    for i in range(max(AUDIT_MAX, APPLIED_OPS_MAX) + 5):
+        state, _ = apply(state, cmd("register_site", site_id=f"s{i % 3}", peer_url="u", kind="data"))
+    assert len(state["audit"]) == AUDIT_MAX
+    assert len(state["applied_ops"]) == APPLIED_OPS_MAX
+    assert list(state["applied_ops"])[-1] == f"op-{next(_ids) - 1}"
+
+
+def test_state_survives_a_msgpack_round_trip(with_snaps):
+    packed = msgpack.packb(with_snaps, use_bin_type=True)
+    assert msgpack.unpackb(packed, raw=False, strict_map_key=False) == with_snaps
+
+
+# --------------------------------------------------------------------------- sites and volumes
+
+
+def test_register_site_upserts(cluster):
+    state, result = ok(cluster, cmd("register_site", site_id="a", peer_url="https://new", kind="data"))
+    assert result["created"] is False and state["sites"]["a"]["peer_url"] == "https://new"
+    refused(cluster, cmd("register_site", site_id="b", peer_url="u", kind="tape"), "bad_request")
+    refused(cluster, cmd("register_site", site_id="a", peer_url="u", kind="witness"), "conflict")
+
+
+def test_add_volume(cluster):
+    vol = cluster["volumes"]["vol"]
+    assert (vol["primary"], vol["epoch"], vol["last_seq"], vol["snapshots"]) == ("a", 1, 0, {})
+    same, result = ok(cluster, cmd("add_volume", volume="vol", primary="b", block_size=65536,
+                                   size_bytes=1, min_copies=1, retention=dict(RETENTION)))
+    assert result["created"] is False and _data(same) == _data(cluster)
+    base = dict(size_bytes=1, min_copies=1, retention=dict(RETENTION))
+    refused(cluster, cmd("add_volume", volume="vol", primary="a", block_size=4096, **base), "conflict")
+    refused(cluster, cmd("add_volume", volume="v2", primary="zz", block_size=4096, **base), "not_found")
+    refused(cluster, cmd("add_volume", volume="v2", primary="w", block_size=4096, **base), "conflict")
+    refused(cluster, cmd("add_volume", volume="v2", primary="a", block_size=1000, **base), "bad_request")
+    refused(cluster, cmd("add_volume", volume="v2", primary="a", block_size=4096, size_bytes=1,
+                         min_copies=0, retention=dict(RETENTION)), "bad_request")
+    refused(cluster, cmd("add_volume", volume="v2", primary="a", block_size=4096, size_bytes=1,
+                         min_copies=1, retention={"keep_all_s": 1}), "bad_request")
+
+
+# --------------------------------------------------------------------------- commit_snapshot
+
+
+def test_commit_snapshot(cluster):
+    state, result = ok(cluster, commit(1, size_bytes=2 << 30))
+    assert result == {"ok": True, "volume": "vol", "seq": 1, "epoch": 1}
+    vol = state["volumes"]["vol"]
+    assert vol["last_seq"] == 1 and vol["size_bytes"] == 2 << 30
+    snap = vol["snapshots"][1]
+    assert (snap["root"], snap["holders"], snap["verdict"], snap["parent_seq"]) == (ROOT, ["a", "b"], "clean", None)
+    state, _ = ok(state, commit(5, parent_seq=1, size_bytes=1))
+    assert state["volumes"]["vol"]["size_bytes"] == 2 << 30  # never shrinks
+
+
+def test_commit_snapshot_refusals(cluster):
+    state, _ = ok(cluster, commit(1))
+    result = refused(state, commit(2, epoch=2), "stale_epoch")
+    assert result["evidence"]["epoch"] == 2 and result["evidence"]["current_epoch"] == 1
+    assert isinstance(errors.from_dict(result), errors.StaleEpochError)
+    refused(state, commit(2, by="b"), "not_primary")  # O3
+    refused(state, commit(1), "conflict")  # seq must grow
+    refused(state, commit(2, holders=["a"]), "conflict")  # O2: min_copies
+    refused(state, commit(2, holders=["a", "zz"]), "not_found")
+    refused(state, commit(2, holders=["a", "w"]), "conflict")
+    refused(state, commit(2, holders=["a", "a"]), "bad_request")
+    refused(state, commit(2, parent_seq=9), "not_found")
+    refused(state, commit(2, verdict="maybe"), "bad_request")
+    refused(state, {**commit(2), "root": b"short"}, "bad_request")
+    refused(state, {**commit(2), "root": ROOT.hex()}, "bad_request")
+    refused(state, {**commit(2), "stats": {"x": [1]}}, "bad_request")
+    refused(state, {**commit(2), "volume": "nope"}, "not_found")
+
+
+# --------------------------------------------------------------------------- holders, verdicts
+
+
+def test_add_and_remove_holder(with_snaps):
+    state, result = ok(with_snaps, cmd("add_holder", volume="vol", seq=2, site_id="c"))
+    assert result["changed"] and state["volumes"]["vol"]["snapshots"][2]["holders"] == ["a", "b", "c"]
+    same, result = ok(state, cmd("add_holder", volume="vol", seq=2, site_id="c"))
+    assert result["changed"] is False
+    state, result = ok(state, cmd("remove_holder", by="b", volume="vol", seq=2, site_id="b"))
+    assert state["volumes"]["vol"]["snapshots"][2]["holders"] == ["a", "c"] and not result["under_replicated"]
+    state, result = ok(state, cmd("remove_holder", by="c", volume="vol", seq=2, site_id="c"))
+    assert result["under_replicated"] is True
+    refused(state, cmd("add_holder", volume="vol", seq=9, site_id="c"), "not_found")
+    refused(state, cmd("add_holder", volume="vol", seq=2, site_id="w"), "conflict")
+    refused(state, cmd("add_holder", volume="vol", seq=2, site_id="zz"), "not_found")
+    refused(state, cmd("remove_holder", by="b", volume="vol", seq=2, site_id="a"), "conflict")
+    refused(state, cmd("remove_holder", by="a", volume="vol", seq=9, site_id="a"), "not_found")
+
+
+def test_mark_verdict_and_the_two_party_rule_to_clear_it(with_snaps):
+    state, _ = ok(with_snaps, cmd("mark_verdict", by="b", volume="vol", seq=3, verdict="suspect",
+                                  reason="82% of changed blocks look random"))
+    snap = state["volumes"]["vol"]["snapshots"][3]
+    assert snap["verdict"] == "suspect" and "random" in snap["verdict_reason"]
+    assert newest_clean(state["volumes"]["vol"]) == 2
+    clear = dict(volume="vol", seq=3, verdict="clean", reason="false positive")
+    refused(state, cmd("mark_verdict", **clear), "retention_locked")
+    refused(state, cmd("mark_verdict", approved_by=["a"], **clear), "retention_locked")
+    refused(state, cmd("mark_verdict", approved_by=["nobody"], **clear), "retention_locked")
+    state, _ = ok(state, cmd("mark_verdict", approved_by=["b"], **clear))
+    assert newest_clean(state["volumes"]["vol"]) == 3
+    refused(state, cmd("mark_verdict", volume="vol", seq=9, verdict="clean", reason=""), "not_found")
+    refused(state, cmd("mark_verdict", volume="vol", seq=3, verdict="bad", reason=""), "bad_request")
+
+
+# --------------------------------------------------------------------------- promote, demote
+
+
+def test_planned_promote_by_the_primary(with_snaps):
+    state, result = ok(with_snaps, cmd("promote", by="a", volume="vol", to="b", expected_epoch=1))
+    assert (result["epoch"], result["primary"], result["previous_primary"]) == (2, "b", "a")
+    vol = state["volumes"]["vol"]
+    assert (vol["primary"], vol["epoch"]) == ("b", 2)
+    refused(state, commit(4, by="a", epoch=1), "stale_epoch")  # the old primary is fenced
+    state, _ = ok(state, commit(4, by="b", epoch=2))
+
+
+def test_promote_refusals(with_snaps):
+    result = refused(with_snaps, cmd("promote", by="a", volume="vol", to="b", expected_epoch=0), "stale_epoch")
+    assert result["evidence"]["current_epoch"] == 1
+    refused(with_snaps, cmd("promote", by="b", volume="vol", to="b", expected_epoch=1), "not_primary")
+    refused(with_snaps, cmd("promote", by="a", volume="vol", to="a", expected_epoch=1), "conflict")
+    refused(with_snaps, cmd("promote", by="a", volume="vol", to="w", expected_epoch=1), "conflict")
+    refused(with_snaps, cmd("promote", by="a", volume="vol", to="zz", expected_epoch=1), "not_found")
+    refused(with_snaps, cmd("promote", by="w", volume="vol", to="b", expected_epoch=1, force=True), "conflict")
+    refused(with_snaps, cmd("promote", by="a", volume="vol", to="b", expected_epoch=1, force="yes"),
+            "bad_request")
+
+
+def test_forced_promote_by_any_data_site_is_a_compare_and_set(with_snaps):
+    state, result = ok(with_snaps, cmd("promote", by="b", volume="vol", to="b", expected_epoch=1, force=True))
+    assert result["epoch"] == 2 and result["forced"] is True
+    # a concurrent forced promotion computed against the old epoch loses
+    refused(state, cmd("promote", by="c", volume="vol", to="c", expected_epoch=1, force=True), "stale_epoch")
+
+
+def test_demote(with_snaps):
+    refused(with_snaps, cmd("demote", by="b", volume="vol", expected_epoch=1), "not_primary")
+    refused(with_snaps, cmd("demote", by="a", volume="vol", expected_epoch=5), "stale_epoch")
+    state, result = ok(with_snaps, cmd("demote", by="a", volume="vol", expected_epoch=1))
+    assert result["epoch"] == 2 and state["volumes"]["vol"]["primary"] is None
+    refused(state, cmd("promote", by="a", volume="vol", to="b", expected_epoch=2), "not_primary")
+    state, _ = ok(state, cmd("promote", by="b", volume="vol", to="b", expected_epoch=2, force=True))
+    state, _ = ok(state, cmd("demote", by="c", volume="vol", expected_epoch=3, force=True))
+    assert state["volumes"]["vol"]["epoch"] == 4
+
+
+# --------------------------------------------------------------------------- retention
+
+
+def test_set_retention_lengthening_is_free_shortening_needs_a_second_site(cluster):
+    longer = {**RETENTION, "keep_all_s": 7200, "lock_s": 1200}
+    state, _ = ok(cluster, cmd("set_retention", volume="vol", retention=longer))
+    shorter = {**longer, "lock_s": 60}
+    result = refused(state, cmd("set_retention", volume="vol", retention=shorter), "retention_locked")
+    assert result["evidence"]["shortened"] == ["lock_s"]
+    refused(state, cmd("set_retention", volume="vol", retention=shorter, approved_by=["a"]), "retention_locked")
+    refused(state, cmd("set_retention", volume="vol", retention=shorter, approved_by="b"), "bad_request")
+    state, _ = ok(state, cmd("set_retention", volume="vol", retention=shorter, approved_by=["b"]))
+    assert state["volumes"]["vol"]["retention"]["lock_s"] == 60
+    state, _ = ok(state, cmd("set_retention", volume="vol", retention={**shorter, "hourly_s": 0}))
+
+
+def test_prune_snapshots(with_snaps):
+    state, result = ok(with_snaps, cmd("prune_snapshots", volume="vol", seqs=[1, 2]))
+    assert result["pruned"] == [1, 2] and list(state["volumes"]["vol"]["snapshots"]) == [3]
+
+
+def test_prune_refusals_are_all_or_nothing(with_snaps):
+    vol = with_snaps["volumes"]["vol"]
+    assert (newest_committed(vol), newest_clean(vol)) == (3, 3)
+    refused(with_snaps, cmd("prune_snapshots", volume="vol", seqs=[1, 3]), "retention_locked")
+    refused(with_snaps, cmd("prune_snapshots", volume="vol", seqs=[1, 9]), "not_found")
+    refused(with_snaps, cmd("prune_snapshots", volume="vol", seqs=[1, 1]), "bad_request")
+    refused(with_snaps, cmd("prune_snapshots", volume="vol", seqs=[]), "bad_request")
+    # O4: inside the lock window (now is 100 s after seq 1 was created, lock_s is 600)
+    young = vol["snapshots"][1]["created_at_ns"] + 100 * S
+    refused(with_snaps, cmd("prune_snapshots", volume="vol", seqs=[1], now_ns=young), "retention_locked")
+
+
+def test_prune_keeps_the_newest_clean_and_freezes_while_the_newest_is_suspect(with_snaps):
+    state, _ = ok(with_snaps, commit(4, verdict="suspect"))
+    refused(state, cmd("prune_snapshots", volume="vol", seqs=[1]), "retention_locked")
+    state, _ = ok(state, commit(5, verdict="clean"))
+    state, _ = ok(state, cmd("mark_verdict", by="b", volume="vol", seq=5, verdict="suspect", reason="x"))
+    state, _ = ok(state, commit(6))
+    assert newest_clean(state["volumes"]["vol"]) == 6
+    state, _ = ok(state, commit(7, verdict="suspect"))
+    refused(state, cmd("prune_snapshots", volume="vol", seqs=[1]), "retention_locked")
+
+
+def test_prune_never_touches_the_newest_clean(with_snaps):
+    state, _ = ok(with_snaps, commit(4, verdict="suspect"))
+    state, _ = ok(state, commit(5, verdict="clean"))
+    state, _ = ok(state, cmd("mark_verdict", by="b", volume="vol", seq=5, verdict="suspect", reason="x"))
+    state, _ = ok(state, cmd("mark_verdict", by="b", volume="vol", seq=4, verdict="clean", reason="x",
+                             approved_by=["c"]))
+    state, _ = ok(state, commit(6))
+    state, _ = ok(state, cmd("mark_verdict", by="b", volume="vol", seq=6, verdict="suspect", reason="x"))
+    # the newest is suspect: frozen; make the newest clean again by committing a clean one
+    state, _ = ok(state, commit(7))
+    state, _ = ok(state, cmd("mark_verdict", by="b", volume="vol", seq=7, verdict="suspect", reason="x"))
+    assert newest_clean(state["volumes"]["vol"]) == 4
+    state, _ = ok(state, commit(8))
+    assert newest_clean(state["volumes"]["vol"]) == 8
+    refused(state, cmd("prune_snapshots", volume="vol", seqs=[8]), "retention_locked")
+    state, _ = ok(state, cmd("prune_snapshots", volume="vol", seqs=[1, 2, 3, 4]))
+
+
+def test_helpers_on_empty_volume(cluster):
+    vol = cluster["volumes"]["vol"]
+    assert newest_committed(vol) is None and newest_clean(vol) is None
+
+
+# --------------------------------------------------------------------------- property
+
+
+SITES = ["a", "b", "c", "w", "zz"]
+ints = st.one_of(st.integers(-2, 12), st.just(NOW), st.sampled_from([True, None, "1"]))
+sites = st.sampled_from(SITES + [3, None])
+retention = st.one_of(st.fixed_dictionaries({k: st.integers(0, 10**6) for k in RETENTION}),
+                      st.just({"keep_all_s": 1}), st.none())
+args = {
+    "register_site": st.fixed_dictionaries({"site_id": sites, "peer_url": st.just("u"),
+                                            "kind": st.sampled_from(["data", "witness", "x"])}),
+    "add_volume": st.fixed_dictionaries({"volume": st.sampled_from(["vol", "v2"]), "primary": sites,
+                                         "block_size": st.sampled_from([4096, 65536, 1000, 0]),
+                                         "size_bytes": ints, "min_copies": ints, "retention": retention}),
+    "commit_snapshot": st.fixed_dictionaries({
+        "volume": st.sampled_from(["vol", "v2"]), "seq": ints, "epoch": ints,
+        "root": st.sampled_from([ROOT, b"x", None]), "parent_seq": st.one_of(st.none(), ints),
+        "created_at_ns": ints, "holders": st.lists(sites, max_size=3),
+        "stats": st.sampled_from([{}, {"n": 1}, {"n": [1]}, None]),
+        "verdict": st.sampled_from(["clean", "suspect", "x"])}),
+    "add_holder": st.fixed_dictionaries({"volume": st.just("vol"), "seq": ints, "site_id": sites}),
+    "remove_holder": st.fixed_dictionaries({"volume": st.just("vol"), "seq": ints, "site_id": sites}),
+    "promote": st.fixed_dictionaries({"volume": st.just("vol"), "to": sites, "expected_epoch": ints},
+                                     optional={"force": st.sampled_from([True, False, 1])}),
+    "demote": st.fixed_dictionaries({"volume": st.just("vol"), "expected_epoch": ints},
+                                    optional={"force": st.booleans()}),
+    "mark_verdict": st.fixed_dictionaries({"volume": st.just("vol"), "seq": ints,
+                                           "verdict": st.sampled_from(["clean", "suspect"]),
+                                           "reason": st.just("r")},
+                                          optional={"approved_by": st.lists(sites, max_size=2)}),
+    "set_retention": st.fixed_dictionaries({"volume": st.just("vol"), "retention": retention},
+                                           optional={"approved_by": st.lists(sites, max_size=2)}),
+    "prune_snapshots": st.fixed_dictionaries({"volume": st.just("vol"),
+                                              "seqs": st.lists(ints, max_size=3)}),
+}
+commands = st.one_of(
+    *[st.builds(lambda a, op=op, by=None, now=None, v=1: {"v": v, "op": op, "op_id": None, "by": by,
+                                                          "now_ns": now, **a},
+                a, by=sites, now=st.sampled_from([NOW, NOW + 86400 * S * 30, -1]),
+                v=st.sampled_from([1, 1, 1, 2]))
+      for op, a in args.items()],
+    st.sampled_from([None, {}, {"v": 1, "op": "nope"}, [1, 2]]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(commands, max_size=40), st.data())
+def test_random_commands_never_raise_and_refusals_change_nothing(command_list, data):
+    state = initial_state()
+    for i, command in enumerate(command_list):
+        if isinstance(command, dict) and "op_id" in command:
+            reuse = data.draw(st.booleans()) and i > 0
+            command["op_id"] = f"op-{data.draw(st.integers(0, i))}" if reuse else f"op-{i}"
+        before = copy.deepcopy(state)
+        new, result = apply(state, command)
+        assert state == before
+        assert isinstance(result, dict) and isinstance(result.get("ok"), bool)
+        if not result["ok"]:
+            assert result["error"] in ("bad_request", "not_found", "conflict", "stale_epoch",
+                                       "not_primary", "retention_locked")
+            assert _data(new) == _data(state)
+        for vol in new["volumes"].values():
+            assert vol["epoch"] >= 1
+            assert all(s <= vol["last_seq"] for s in vol["snapshots"])
+        msgpack.packb(new, use_bin_type=True)
+        state = new
