@@ -29,7 +29,8 @@ Recovery at open:
 * the active pack is validated from the end of its last indexed record on. Valid records
   there (written and fsynced, but the crash came before the index commit) are
   **re-indexed** after a full check (crc32, decode, BLAKE3 == digest); the first invalid
-  record and everything after it is truncated away.
+  record and everything after it is truncated away. (Records of an earlier pack of a batch
+  that spanned packs stay unindexed: waste that gc reclaims.)
 
 Garbage collection takes the packs that hold dead (or unindexed) records one at a time,
 appends their live chunks to the active pack (a fresh one if the active pack is itself being

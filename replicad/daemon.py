@@ -306,6 +306,13 @@ class SiteDaemon:
         else:
             await self._replica_step(runner, vs)
 
+    def _transition(self, runner: VolumeRunner, event: str) -> None:
+        """Change the runner's role through the one role table (ConflictError if illegal)."""
+        new = roles.next_role(runner.role, event)
+        if new != runner.role:
+            log.info("volume %s: role %s -> %s (%s)", runner.cfg.name, runner.role, new, event)
+        runner.role = new
+
     # ------------------------------------------------------------------ primary
     async def _become_primary(self, runner: VolumeRunner, vs: dict) -> None:
         """Granted primary at ``vs['epoch']``: restore the newest clean snapshot (O5), then act."""
@@ -314,8 +321,13 @@ class SiteDaemon:
         t0 = time.monotonic()
         seq = newest_clean(vs)
         report: dict[str, Any] = {"epoch": vs["epoch"], "restored_seq": seq}
+        if runner.role in ("fenced", "divergent"):
+            # promoted before its resync finished: the restore below *is* the resync (the
+            # divergent snapshots stay listed in the catalog)
+            self._transition(runner, "resynced")
+        self._transition(runner, "granted_primary")
         if seq is not None:
-            runner.role = "restoring"
+            self._transition(runner, "restore_started")
             manifest = await self.ensure_snapshot(name, seq, vs)
             standby = self.catalog.standby(name)
             base = None
@@ -333,7 +345,8 @@ class SiteDaemon:
         runner.acting_epoch = vs["epoch"]
         self.catalog.set_acting_epoch(name, vs["epoch"])
         runner.fence_flag.clear()
-        runner.role = "primary"
+        if runner.role == "restoring":
+            self._transition(runner, "restore_done")  # O5: the root matched
         report["rto_s"] = time.monotonic() - t0
         runner.last_report = report
         runner.last_cycle_at = 0.0
@@ -434,7 +447,8 @@ class SiteDaemon:
         name = runner.cfg.name
         old_epoch = runner.acting_epoch
         runner.fence_flag.set()
-        runner.role = "fenced"
+        if runner.role in ("primary", "restoring"):
+            self._transition(runner, "epoch_advanced_elsewhere")  # O3
         log.warning("site %s fenced for %s: acting epoch %s, committed epoch %d (primary %s)", self.site_id, name,
                     old_epoch, vs["epoch"], vs["primary"])
         committed_roots = {s["root"] for s in vs["snapshots"].values()}
@@ -446,6 +460,10 @@ class SiteDaemon:
         # Capture what the image holds now, for forensics, if it differs from what is committed.
         if old_epoch is not None and Path(runner.cfg.path).exists():
             parent = runner.parent
+            if parent is None:
+                ours = [q for q, snap in vs["snapshots"].items() if snap["epoch"] == old_epoch
+                        and self.store.has(snap["root"])]
+                parent = self.load_manifest(vs["snapshots"][max(ours)]["root"]) if ours else None
             seq = max((r.seq for r in self.catalog.list(name) if r.epoch == old_epoch), default=0) + 1
             res = await take_snapshot(Path(runner.cfg.path), volume=name, seq=seq, epoch=old_epoch, parent=parent,
                                       store=self.store, now_ns=time.time_ns(), block_size=runner.cfg.block_size_bytes)
@@ -454,8 +472,8 @@ class SiteDaemon:
                                                 res.manifest.created_at_ns))
                 divergent.append(seq)
             self.catalog.set_standby(name, seq, res.manifest.root)  # the image is exactly this now
-        if divergent:
-            runner.role = "divergent"
+        if divergent and runner.role == "fenced":
+            self._transition(runner, "found_uncommitted_snapshots")
             log.warning("volume %s: kept divergent snapshots %s of epoch %s (never shipped)", name, divergent,
                         old_epoch)
         runner.acting_epoch = None
@@ -463,13 +481,13 @@ class SiteDaemon:
         runner.parent = None
         runner.became_primary.clear()
         runner.fence_flag.clear()
-        runner.role = "replica"
+        if runner.role == "fenced" and not divergent:
+            self._transition(runner, "resynced")  # nothing diverged: the image is committed content
 
     # ------------------------------------------------------------------ replica
     async def _replica_step(self, runner: VolumeRunner, vs: dict) -> None:
         assert self.catalog is not None and self.store is not None
         name = runner.cfg.name
-        runner.role = "replica"
         for seq in {newest_committed(vs), newest_clean(vs)} - {None}:
             snap = vs["snapshots"][seq]
             if self.site_id not in snap["holders"]:
@@ -484,6 +502,8 @@ class SiteDaemon:
         snap = vs["snapshots"][target]
         standby = self.catalog.standby(name)
         if standby is not None and standby.root == snap["root"]:
+            if runner.role == "divergent":
+                self._transition(runner, "resynced")
             return
         if time.time_ns() - snap["created_at_ns"] < runner.cfg.apply_delay_s * 1e9:
             return
@@ -492,6 +512,8 @@ class SiteDaemon:
         self.catalog.set_standby(name, None, None)  # unknown while rewriting (crash-safe)
         rep = await self.apply_repairing(name, Path(runner.cfg.path), manifest, base=base)
         self.catalog.set_standby(name, target, manifest.root)
+        if runner.role == "divergent":
+            self._transition(runner, "resynced")  # resynced from the newest common snapshot
         log.info("standby %s now at #%d (%d blocks rewritten)", name, target, rep.blocks_written)
 
     async def ensure_snapshot(self, volume: str, seq: int, vs: dict | None = None) -> Manifest:
@@ -625,6 +647,13 @@ class SiteDaemon:
                 if not final.get("committed"):
                     raise NoQuorumError("final snapshot could not be committed; switchover aborted", volume=volume)
                 res = await self.propose("promote", volume=volume, to=target, expected_epoch=vs["epoch"], force=False)
+                # planned handover: this site gave the epoch up itself, nothing diverged
+                runner.acting_epoch = None
+                self.catalog.set_acting_epoch(volume, None)
+                runner.parent = None
+                runner.became_primary.clear()
+                self._transition(runner, "demoted")
+                runner.fence_flag.clear()
             return {"volume": volume, "primary": target, "epoch": res.get("epoch"), "final_seq": final["seq"],
                     "elapsed_s": time.monotonic() - t0}
         runner.wake.set()

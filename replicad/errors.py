@@ -226,12 +226,16 @@ def is_transient(err: BaseException) -> bool:
 
 
 def from_os_error(err: OSError, what: str, **evidence: Any) -> ReplicadError:
-    """Translate an ``OSError`` met while doing ``what`` into the tree (disk full → StoreFullError)."""
+    """Translate an ``OSError`` met while doing ``what`` into the tree (disk full → StoreFullError).
+
+    ``evidence`` may override the ``path`` and ``errno`` taken from ``err``.
+    """
+    facts = {"errno": err.errno, "path": err.filename, **evidence}
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StoreFullError(f"{what}: no space left on device", errno=err.errno, **evidence)
+        return StoreFullError(f"{what}: no space left on device", **facts)
     if err.errno == errno.ENOENT:
-        return NotFoundError(f"{what}: {err.strerror}", path=err.filename, **evidence)
-    return InternalError(f"{what}: {err.strerror or err}", errno=err.errno, path=err.filename, **evidence)
+        return NotFoundError(f"{what}: {err.strerror}", **facts)
+    return InternalError(f"{what}: {err.strerror or err}", **facts)
 
 
 _BY_CODE: dict[str, type[ReplicadError]] = {}

@@ -22,8 +22,9 @@ Durability (O1): changed blocks, then pages, then the manifest (under its root) 
 in the chunk store before :func:`take_snapshot` returns.
 
 Hooks: ``pre_snapshot`` runs before the first read, ``post_snapshot`` right after the last
-block is read and stored (before pages and manifest are written) — also when the pre hook or
-the scan failed or was cancelled, so that a frozen filesystem is always thawed.
+block is read and stored (before the last page and the manifest are written) — also when
+the pre hook or the scan failed or was cancelled, so that a frozen filesystem is always
+thawed.
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ async def test_multi_page_volume_with_small_batches(tmp_path: Path, store: Chunk
     n = 2 * 4096 + 300
     img = tmp_path / "big.img"
     img.write_bytes(b"".join(text(rng, bs) if i % 3 else bytes(bs) for i in range(n)))
-    m1 = (await snap(img, store, 1, None, block_size=bs, read_size_bytes=7 * bs)).manifest
+    m1 = (await snap(img, store, 1, None, block_size=bs, read_size_bytes=61 * bs)).manifest
     assert len(m1.pages) == 3
     changed = sorted(rng.sample(range(n), 25))
     for i in changed:
