@@ -228,6 +228,9 @@ class SiteDaemon:
             except ConflictError as err:
                 log.warning("bootstrap refused: %s %s", err, err.evidence)
                 return
+            except NotFoundError as err:  # e.g. the initial primary has not registered yet
+                log.info("bootstrap waiting: %s", err)
+                await asyncio.sleep(1.0)
             except ReplicadError as err:
                 log.info("bootstrap waiting for a quorum: %s", err)
                 await asyncio.sleep(1.0)
@@ -425,7 +428,23 @@ class SiteDaemon:
 
     async def ship(self, peer: str, vs: dict, m: Manifest, epoch: int) -> dict:
         """Ship snapshot ``m`` to ``peer``: offer only what differs from the newest snapshot both
-        hold (delta), stream what it lacks, then get its O2 "stored" acknowledgement."""
+        hold (delta), stream what it lacks, then get its O2 "stored" acknowledgement.
+
+        A chunk found corrupt in the local store while reading it for shipping is dropped,
+        re-fetched (verified) from another data site that has it, and the ship retried once.
+        """
+        try:
+            return await self._ship_once(peer, vs, m, epoch)
+        except IntegrityError as err:
+            bad = err.evidence.get("digest")
+            if not isinstance(bad, str) or err.code != "integrity" or "url" in err.evidence:
+                raise  # a peer's verdict on what it received (it carries the peer url): not our store
+            log.error("corrupt chunk %s in the store of %s while shipping: re-fetching it", bad, self.site_id)
+            await asyncio.to_thread(self.store.delete_corrupt, bytes.fromhex(bad))
+            await self._fetch_missing(m.volume, epoch, [bytes.fromhex(bad)], self.data_peers())
+            return await self._ship_once(peer, vs, m, epoch)
+
+    async def _ship_once(self, peer: str, vs: dict, m: Manifest, epoch: int) -> dict:
         assert self.peers is not None and self.store is not None
         url = self.peer_url(peer)
         base_seq = max((s for s, snap in vs["snapshots"].items() if peer in snap["holders"]
@@ -647,13 +666,7 @@ class SiteDaemon:
                 if not final.get("committed"):
                     raise NoQuorumError("final snapshot could not be committed; switchover aborted", volume=volume)
                 res = await self.propose("promote", volume=volume, to=target, expected_epoch=vs["epoch"], force=False)
-                # planned handover: this site gave the epoch up itself, nothing diverged
-                runner.acting_epoch = None
-                self.catalog.set_acting_epoch(volume, None)
-                runner.parent = None
-                runner.became_primary.clear()
-                self._transition(runner, "demoted")
-                runner.fence_flag.clear()
+                self._step_down(runner)
             return {"volume": volume, "primary": target, "epoch": res.get("epoch"), "final_seq": final["seq"],
                     "elapsed_s": time.monotonic() - t0}
         runner.wake.set()
@@ -666,12 +679,33 @@ class SiteDaemon:
                 "restored_seq": runner.last_report.get("restored_seq"),
                 "rto_s": time.monotonic() - t0, "restore": runner.last_report}
 
+    def _step_down(self, runner: VolumeRunner) -> None:
+        """This site gave its epoch up itself (planned switchover, demote): nothing diverged."""
+        assert self.catalog is not None
+        runner.acting_epoch = None
+        self.catalog.set_acting_epoch(runner.cfg.name, None)
+        runner.parent = None
+        runner.became_primary.clear()
+        if runner.role in ("primary", "restoring"):
+            self._transition(runner, "demoted")
+        runner.fence_flag.clear()
+
     async def demote(self, volume: str) -> dict:
-        """Leave the volume without a primary (epoch + 1); the current primary fences itself."""
+        """Leave the volume without a primary (epoch + 1).
+
+        At the primary it steps down cleanly; at another data site it is a forced demote
+        (the primary fences itself when it learns the new epoch, O3).
+        """
         vs = self.volume_state(volume)
         if vs is None:
             raise NotFoundError(f"unknown volume {volume}", volume=volume)
-        res = await self.propose("demote", volume=volume, expected_epoch=vs["epoch"])
+        runner = self.runners.get(volume)
+        if vs["primary"] == self.site_id and runner is not None:
+            async with runner.lock:
+                res = await self.propose("demote", volume=volume, expected_epoch=vs["epoch"])
+                self._step_down(runner)
+        else:
+            res = await self.propose("demote", volume=volume, expected_epoch=vs["epoch"], force=True)
         return {"volume": volume, "epoch": res.get("epoch")}
 
     async def restore(self, volume: str, target: Path, seq: int | None, last_clean: bool,
