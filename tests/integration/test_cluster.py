@@ -182,3 +182,55 @@ def test_corrupt_chunk_is_detected_and_refetched(cluster: LocalCluster, tmp_path
     assert rest["verified"] and target.read_bytes() == expected
     log = cluster.sites["site-b"].log_path.read_text()
     assert "corrupt chunk" in log
+
+
+def test_planned_switchover_loses_nothing(cluster: LocalCluster) -> None:
+    rng = random.Random(5)
+    a_img = cluster.sites["site-a"].volume_path(VOL)
+    snapshot(cluster, "site-a")
+    overwrite_blocks(a_img, [30, 31], rng)  # written after the last snapshot: the final one must carry it
+    expected = a_img.read_bytes()
+    # asked at site-c (not the primary): forwarded to site-a, which runs the switchover
+    res = cluster.api("site-c", "POST", f"/v1/volumes/{VOL}/promote", {"to": "site-b"})
+    assert res["primary"] == "site-b" and res["epoch"] == 2
+    cluster.wait_for("site-b acting as primary", lambda: cluster.status("site-b")["volumes"][VOL]["acting_epoch"] == 2,
+                     30)
+    assert cluster.sites["site-b"].volume_path(VOL).read_bytes() == expected
+    st_a = cluster.status("site-a")["volumes"][VOL]
+    assert st_a["role"] == "replica" and st_a["acting_epoch"] is None and st_a["divergent"] == []
+    overwrite_blocks(cluster.sites["site-b"].volume_path(VOL), [40], rng)
+    nxt = snapshot(cluster, "site-b")
+    assert nxt["committed"] and set(nxt["holders"]) == {"site-a", "site-b", "site-c"}
+    cluster.wait_for("site-a follows site-b", lambda: cluster.status("site-a")["volumes"][VOL]["standby_seq"]
+                     == nxt["seq"], 30)
+    assert a_img.read_bytes() == cluster.sites["site-b"].volume_path(VOL).read_bytes()
+
+
+def test_cli_against_a_live_site(cluster: LocalCluster, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    admin = cluster.sites["site-b"].admin_url
+    snapshot(cluster, "site-a")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "replicad", "--admin", admin, *args], capture_output=True,
+                              text=True, timeout=120)
+
+    st = cli("--json", "status")
+    assert st.returncode == 0, st.stderr
+    assert json.loads(st.stdout)["volumes"][VOL]["primary"] == "site-a"
+    table = cli("snapshots", VOL)
+    assert table.returncode == 0 and "clean" in table.stdout
+    refused = cli("snapshot", VOL)  # site-b is not the primary
+    assert refused.returncode == 4 and "not_primary" in refused.stderr and "Traceback" not in refused.stderr
+    missing = cli("snapshots", "nope")
+    assert missing.returncode == 3 and "not_found" in missing.stderr
+    target = tmp_path / "cli-restore.img"
+    rest = cli("restore", VOL, "--target", str(target), "--last-clean")
+    assert rest.returncode == 0, rest.stderr
+    assert target.read_bytes() == cluster.sites["site-a"].volume_path(VOL).read_bytes()
+    down = subprocess.run([sys.executable, "-m", "replicad", "--admin", "http://127.0.0.1:9", "status"],
+                          capture_output=True, text=True, timeout=60)
+    assert down.returncode == 7 and "Traceback" not in down.stderr
