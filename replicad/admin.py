@@ -11,6 +11,9 @@ Routes::
     POST /v1/volumes/{volume}/promote          {"to": site?, "force": bool}
     POST /v1/volumes/{volume}/demote           {}
     POST /v1/volumes/{volume}/restore          {"target": path, "seq": int?, "last_clean": bool?}
+    POST /v1/volumes/{volume}/prune            {"seqs": [int]}: refused inside the lock window (O4)
+    POST /v1/volumes/{volume}/retention/run    apply the retention policy at this site now
+    GET  /v1/audit                             the newest Raft audit records
 
 Errors are ``{error, message, evidence}`` with the HTTP status of the error class; the CLI
 maps ``error`` back to the same class and its exit code. A planned switchover asked at a
@@ -150,10 +153,33 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
             raise UsageError("target (a path on this site) is required", field="target")
         return _ok(await site.restore(name, Path(target), _opt_int(body, "seq"), bool(body.get("last_clean"))))
 
+    @_handler
+    async def prune(request: web.Request) -> web.Response:
+        name = request.match_info["volume"]
+        body = await _json_body(request)
+        seqs = body.get("seqs")
+        if not isinstance(seqs, list) or not seqs or not all(isinstance(x, int) and not isinstance(x, bool)
+                                                            and x >= 0 for x in seqs):
+            raise UsageError("seqs must be a non-empty list of snapshot numbers", field="seqs")
+        return _ok(await site.prune(name, seqs))
+
+    @_handler
+    async def retention_run(request: web.Request) -> web.Response:
+        name = request.match_info["volume"]
+        runner = site._runner(name)
+        async with runner.lock:
+            return _ok(await site.retention_step(name))
+
+    @_handler
+    async def audit(request: web.Request) -> web.Response:
+        return _ok({"audit": site.raft.state().get("audit", [])[-200:]})
+
     return [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/v1/status", status),
             web.get("/v1/volumes", volumes), web.get("/v1/volumes/{volume}/snapshots", snapshots),
             web.post("/v1/volumes/{volume}/snapshot", snapshot), web.post("/v1/volumes/{volume}/promote", promote),
-            web.post("/v1/volumes/{volume}/demote", demote), web.post("/v1/volumes/{volume}/restore", restore)]
+            web.post("/v1/volumes/{volume}/demote", demote), web.post("/v1/volumes/{volume}/restore", restore),
+            web.post("/v1/volumes/{volume}/prune", prune), web.post("/v1/volumes/{volume}/retention/run", retention_run),
+            web.get("/v1/audit", audit)]
 
 
 async def _forward(site: "SiteDaemon", primary: str, path: str, body: dict) -> Any:

@@ -55,6 +55,7 @@ log = logging.getLogger("replicad.daemon")
 
 TICK_S = 0.5
 PROPOSE_TIMEOUT_S = 5.0
+RETENTION_TICK_S = 60.0
 PROPOSE_DEADLINE_S = 15.0   # how long a proposal waits for a leader election (seen: 0.5-2.1 s)
 
 
@@ -737,41 +738,78 @@ class SiteDaemon:
     # ------------------------------------------------------------------ retention
     async def _retention_loop(self) -> None:
         while True:
-            await asyncio.sleep(30)
+            await asyncio.sleep(RETENTION_TICK_S)
             for runner in self.runners.values():
                 try:
-                    await self._retention_step(runner)
+                    async with runner.lock:
+                        await self.retention_step(runner.cfg.name)
                 except ReplicadError as err:
                     log.info("retention %s: %s", runner.cfg.name, err)
 
-    async def _retention_step(self, runner: VolumeRunner) -> None:
-        """Primary proposes prunes planned by the pure planner (the state machine enforces the
-        lock, O4); every site forgets pruned snapshots and collects unreferenced chunks."""
+    def _common_snapshots(self, vs: dict) -> set[int]:
+        """For each data peer, the newest committed snapshot both it and this site hold.
+
+        These are the bases of the next delta ship and of a resync; they are never pruned.
+        """
+        out = set()
+        for peer in self.data_peers():
+            both = [s for s, snap in vs["snapshots"].items() if peer in snap["holders"]
+                    and self.site_id in snap["holders"]]
+            if both:
+                out.add(max(both))
+        return out
+
+    async def retention_step(self, volume: str) -> dict:
+        """Apply the Raft-agreed retention policy of ``volume`` at this site.
+
+        At the primary: plan with the pure planner (never the lock window, the newest
+        committed/clean snapshot, or the newest snapshot shared with each replica) and
+        propose ``prune_snapshots`` (the state machine re-checks the lock, O4). At every
+        site: forget local records of snapshots no longer in the catalog — re-checking the
+        lock window with this site's own clock, refusing (and logging) otherwise — then
+        collect chunks that no kept snapshot references. Divergent records are never touched.
+        Returns ``{"pruned": [...], "forgotten": n, "refused": [...], "gc": {...}}``.
+        """
         assert self.catalog is not None and self.store is not None
-        name = runner.cfg.name
-        vs = self.volume_state(name)
+        vs = self.volume_state(volume)
         if vs is None:
-            return
+            raise NotFoundError(f"unknown volume {volume}", volume=volume)
+        runner = self._runner(volume)
+        report: dict[str, Any] = {"pruned": [], "forgotten": 0, "refused": [], "gc": None}
         if vs["primary"] == self.site_id and runner.acting_epoch == vs["epoch"]:
-            protected = {s for s, snap in vs["snapshots"].items()
-                         if all(p in snap["holders"] for p in self.data_peers())
-                         and s == max((x for x, sn in vs["snapshots"].items()
-                                       if all(p in sn["holders"] for p in self.data_peers())), default=None)}
-            plan = retention.plan_prune(vs["snapshots"], vs["retention"], time.time_ns(), protected)
+            plan = retention.plan_prune(vs["snapshots"], vs["retention"], time.time_ns(),
+                                        self._common_snapshots(vs))
             if plan:
-                await self.propose("prune_snapshots", volume=name, seqs=plan, now_ns=time.time_ns())
-                vs = self.volume_state(name) or vs
+                res = await self.propose("prune_snapshots", volume=volume, seqs=plan)
+                report["pruned"] = res.get("pruned", plan)
+                vs = self.volume_state(volume) or vs
         live_roots = {s["root"] for s in vs["snapshots"].values()}
-        dropped = 0
-        for rec in self.catalog.list(name):
-            if rec.state == "committed" and rec.root not in live_roots:
-                if time.time_ns() - rec.created_at_ns < vs["retention"]["lock_s"] * 1e9:
-                    log.warning("AUDIT refused local delete of %s#%d inside the lock window", name, rec.seq)
-                    continue
-                self.catalog.delete(name, rec.epoch, rec.seq)
-                dropped += 1
-        if dropped:
-            await asyncio.to_thread(self._gc)
+        lock_ns = vs["retention"]["lock_s"] * 1e9
+        now = time.time_ns()
+        for rec in self.catalog.list(volume):
+            stale_received = rec.state == "received" and rec.seq <= vs["last_seq"]
+            if rec.root in live_roots or rec.state not in ("committed", "received") or \
+                    (rec.state == "received" and not stale_received):
+                continue
+            if now - rec.created_at_ns < lock_ns:  # O4, with this site's own clock
+                log.warning("AUDIT refused to delete %s#%d (epoch %d) at %s: inside the lock window", volume,
+                            rec.seq, rec.epoch, self.site_id)
+                report["refused"].append(rec.seq)
+                continue
+            self.catalog.delete(volume, rec.epoch, rec.seq)
+            report["forgotten"] += 1
+        if report["forgotten"]:
+            report["gc"] = await asyncio.to_thread(self._gc)
+        return report
+
+    async def prune(self, volume: str, seqs: list[int]) -> dict:
+        """Operator request to prune committed snapshots now; the state machine refuses
+        (``retention_locked``, audited in the Raft log) anything inside the lock window."""
+        res = await self.propose("prune_snapshots", volume=volume, seqs=list(seqs))
+        runner = self._runner(volume)
+        async with runner.lock:
+            local = await self.retention_step(volume)
+        return {"volume": volume, "pruned": res.get("pruned", seqs), "local": local}
 
     def _gc(self) -> dict:
         """Collect chunks that no snapshot this site keeps references (O4: retained ones stay)."""

@@ -114,7 +114,10 @@ class LocalCluster:
         if s.proc is not None and s.proc.poll() is None:
             return
         log = open(s.log_path, "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # run the same replicad as the caller's, whatever is installed in site-packages
+        src = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ, PYTHONUNBUFFERED="1",
+                   PYTHONPATH=os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])]))
         s.proc = subprocess.Popen([sys.executable, "-m", "replicad", "run", str(s.config_path)], stdout=log,
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=s.dir)
         log.close()
