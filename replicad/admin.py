@@ -10,7 +10,9 @@ Routes::
     POST /v1/volumes/{volume}/snapshot         take, ship and commit one now (primary only)
     POST /v1/volumes/{volume}/promote          {"to": site?, "force": bool}
     POST /v1/volumes/{volume}/demote           {}
-    POST /v1/volumes/{volume}/restore          {"target": path, "seq": int?, "last_clean": bool?}
+    POST /v1/volumes/{volume}/restore          {"target": path, "seq": int?, "last_clean": bool?,
+                                                "overwrite": bool?, "wait": bool? (false: 202 + operation)}
+    GET  /v1/operations/{id}                   state, phase, progress (blocks), result or error
     POST /v1/volumes/{volume}/prune            {"seqs": [int]}: refused inside the lock window (O4)
     POST /v1/volumes/{volume}/retention/run    apply the retention policy at this site now
     GET  /v1/audit                             the newest Raft audit records
@@ -30,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
-from .errors import InternalError, PeerUnavailableError, ReplicadError, UsageError, _jsonable, from_dict
+from .errors import (InternalError, NotFoundError, PeerUnavailableError, ReplicadError, UsageError, _jsonable,
+                     from_dict)
 
 if TYPE_CHECKING:
     from .daemon import SiteDaemon
@@ -80,6 +83,19 @@ def _opt_int(body: dict, key: str) -> int | None:
     return value
 
 
+def _opt_bool(body: dict, key: str, default: bool = False) -> bool:
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise UsageError(f"{key} must be true or false", field=key)
+    return value
+
+
+def _raise_not_found(name: str, what: str = "volume") -> None:
+    raise NotFoundError(f"unknown {what} {name}", **{what: name})
+
+
 def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
     """The admin API of ``site`` as aiohttp route definitions."""
 
@@ -109,9 +125,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         name = request.match_info["volume"]
         vs = site.volume_state(name)
         if vs is None:
-            from .errors import NotFoundError
-
-            raise NotFoundError(f"unknown volume {name}", volume=name)
+            _raise_not_found(name)
         committed = [{"seq": seq, **{k: v for k, v in snap.items()}} for seq, snap in sorted(vs["snapshots"].items())]
         divergent = []
         if site.catalog is not None and name in site.runners:
@@ -129,7 +143,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         name = request.match_info["volume"]
         body = await _json_body(request)
         to = body.get("to")
-        force = bool(body.get("force", False))
+        force = _opt_bool(body, "force")
         if to is not None and not isinstance(to, str):
             raise UsageError("to must be a site id", field="to")
         if not force:
@@ -151,7 +165,22 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         target = body.get("target")
         if not isinstance(target, str) or not target:
             raise UsageError("target (a path on this site) is required", field="target")
-        return _ok(await site.restore(name, Path(target), _opt_int(body, "seq"), bool(body.get("last_clean"))))
+        seq = _opt_int(body, "seq")
+        overwrite = _opt_bool(body, "overwrite")
+        last_clean = _opt_bool(body, "last_clean")
+        if _opt_bool(body, "wait", default=True):
+            return _ok(await site.restore(name, Path(target), seq, last_clean, overwrite=overwrite))
+        site.volume_state(name) or _raise_not_found(name)
+        op = site.start_operation("restore", name, lambda op: site.restore(name, Path(target), seq, last_clean,
+                                                                             overwrite=overwrite, op=op))
+        return _ok(op.to_dict(), status=202)
+
+    @_handler
+    async def operation(request: web.Request) -> web.Response:
+        op = site.operations.get(request.match_info["op_id"])
+        if op is None:
+            _raise_not_found(request.match_info["op_id"], what="operation")
+        return _ok(op.to_dict())
 
     @_handler
     async def prune(request: web.Request) -> web.Response:
@@ -179,7 +208,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
             web.post("/v1/volumes/{volume}/snapshot", snapshot), web.post("/v1/volumes/{volume}/promote", promote),
             web.post("/v1/volumes/{volume}/demote", demote), web.post("/v1/volumes/{volume}/restore", restore),
             web.post("/v1/volumes/{volume}/prune", prune), web.post("/v1/volumes/{volume}/retention/run", retention_run),
-            web.get("/v1/audit", audit)]
+            web.get("/v1/audit", audit), web.get("/v1/operations/{op_id}", operation)]
 
 
 async def _forward(site: "SiteDaemon", primary: str, path: str, body: dict) -> Any:

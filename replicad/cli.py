@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", required=True)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--snapshot", type=int, dest="seq")
-    g.add_argument("--last-clean", action="store_true")
+    g.add_argument("--last-clean", action="store_true", help="the newest clean snapshot (the default)")
+    p.add_argument("--overwrite", action="store_true", help="rewrite an existing target (only differing blocks)")
     p.set_defaults(fn=cmd_restore)
 
     args = parser.parse_args(argv)
@@ -206,14 +207,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from rich.progress import Progress, SpinnerColumn, TimeElapsedColumn
+    """Start the restore as an operation, show a progress bar while polling it, print the result."""
+    import time
 
-    body = {"target": str(Path(args.target).absolute()), "seq": args.seq, "last_clean": args.last_clean}
-    with Progress(SpinnerColumn(), "[progress.description]{task.description}", TimeElapsedColumn(),
-                  console=err_console, transient=True, disable=args.json) as progress:
-        progress.add_task(f"restoring {args.volume} into {args.target}", total=None)
-        result = api(args, "POST", f"/v1/volumes/{args.volume}/restore", body)
-    _print(args, result, lambda r: console.print(
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    body = {"target": str(Path(args.target).absolute()), "seq": args.seq, "last_clean": args.last_clean,
+            "overwrite": args.overwrite, "wait": False}
+    op = api(args, "POST", f"/v1/volumes/{args.volume}/restore", body)
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("blocks"), TimeElapsedColumn(), console=err_console, disable=args.json) as progress:
+        task = progress.add_task(f"restore {args.volume}: starting", total=None)
+        while op["state"] == "running":
+            time.sleep(0.2)
+            op = api(args, "GET", f"/v1/operations/{op['id']}")
+            progress.update(task, description=f"restore {args.volume}: {op['phase']}",
+                            completed=op["done_blocks"], total=op["total_blocks"] or None)
+    if op["state"] == "failed":
+        raise from_dict(op["error"] or {"error": "internal", "message": "restore failed"})
+    _print(args, op["result"], lambda r: console.print(
         f"restored {r['volume']}#{r['seq']} into {r['target']}: root verified {r['root'][:16]}…, "
         f"{r['blocks_written']} blocks written in {r['seconds']:.2f}s"))
     return 0

@@ -56,12 +56,40 @@ log = logging.getLogger("replicad.daemon")
 TICK_S = 0.5
 PROPOSE_TIMEOUT_S = 5.0
 RETENTION_TICK_S = 60.0
+OPERATIONS_KEPT = 100
 PROPOSE_DEADLINE_S = 15.0   # how long a proposal waits for a leader election (seen: 0.5-2.1 s)
 
 
 def _host_port(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+@dataclass
+class Operation:
+    """A long-running admin operation (restore) with progress, polled by the CLI."""
+
+    id: str
+    kind: str
+    volume: str
+    state: str = "running"                  # running | done | failed
+    phase: str = "starting"                 # fetching | writing | verifying
+    done_blocks: int = 0
+    total_blocks: int = 0
+    result: dict | None = None
+    error: ReplicadError | None = None
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+
+    def progress(self, done: int, total: int) -> None:
+        """Progress callback (called from worker threads; plain attribute stores)."""
+        self.done_blocks, self.total_blocks = done, total
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "volume": self.volume, "state": self.state, "phase": self.phase,
+                "done_blocks": self.done_blocks, "total_blocks": self.total_blocks, "result": self.result,
+                "error": self.error.to_dict() if self.error else None, "started_at": self.started_at,
+                "finished_at": self.finished_at}
 
 
 @dataclass
@@ -102,6 +130,7 @@ class SiteDaemon:
         self._web_runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
+        self.operations: dict[str, Operation] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started_at = time.time()
 
@@ -709,25 +738,67 @@ class SiteDaemon:
             res = await self.propose("demote", volume=volume, expected_epoch=vs["epoch"], force=True)
         return {"volume": volume, "epoch": res.get("epoch")}
 
-    async def restore(self, volume: str, target: Path, seq: int | None, last_clean: bool,
-                      progress=None) -> dict:
-        """Restore a committed snapshot into ``target``, then verify its root (O5)."""
+    async def restore(self, volume: str, target: Path, seq: int | None, last_clean: bool = True, *,
+                      overwrite: bool = False, op: "Operation | None" = None) -> dict:
+        """Restore committed snapshot ``seq`` (default: the newest clean one) into ``target``,
+        fetching missing chunks from holders and healing corrupt ones, then verify the
+        image's root against the manifest's (O5) before reporting success.
+
+        Raises UsageError (target is the live volume, or exists without ``overwrite``),
+        NotFoundError (no such snapshot / no clean one), IntegrityError / RestoreVerifyError.
+        """
         vs = self.volume_state(volume)
         if vs is None:
             raise NotFoundError(f"unknown volume {volume}", volume=volume)
+        target = Path(target)
+        if target.resolve() == Path(self._runner(volume).cfg.path).resolve():
+            raise UsageError("restore target is this site's live volume path; use promote", volume=volume,
+                             target=str(target))
+        if target.exists() and not overwrite:
+            raise UsageError(f"restore target {target} exists; pass overwrite to rewrite it", target=str(target))
         if seq is None:
             seq = newest_clean(vs)  # the default, and what --last-clean asks for explicitly
         if seq is None:
             raise NotFoundError(f"{volume} has no clean committed snapshot", volume=volume)
         t0 = time.monotonic()
+        if op is not None:
+            op.phase = "fetching"
         manifest = await self.ensure_snapshot(volume, seq, vs)
-        if Path(target).resolve() == Path(self._runner(volume).cfg.path).resolve():
-            raise UsageError("restore target is the live volume path; use promote", volume=volume)
-        rep = await self.apply_repairing(volume, Path(target), manifest, progress=progress)
-        root = await asyncio.to_thread(verify_image, Path(target), manifest)  # O5
+        if op is not None:
+            op.phase = "writing"
+        rep = await self.apply_repairing(volume, target, manifest, progress=op.progress if op else None)
+        if op is not None:
+            op.phase = "verifying"
+        root = await asyncio.to_thread(verify_image, target, manifest,
+                                       progress=op.progress if op else None)  # O5
         return {"volume": volume, "seq": seq, "target": str(target), "root": root.hex(), "verified": True,
                 "blocks_written": rep.blocks_written, "bytes_written": rep.bytes_written,
                 "seconds": time.monotonic() - t0}
+
+    def start_operation(self, kind: str, volume: str, coro_fn) -> "Operation":
+        """Run ``coro_fn(op)`` in the background as a pollable operation (``GET /v1/operations/ID``)."""
+        op = Operation(id=uuid.uuid4().hex[:12], kind=kind, volume=volume)
+        self.operations[op.id] = op
+        while len(self.operations) > OPERATIONS_KEPT:
+            self.operations.pop(next(iter(self.operations)))
+
+        async def run() -> None:
+            try:
+                op.result = await coro_fn(op)
+                op.state = "done"
+            except ReplicadError as err:
+                op.error = err
+                op.state = "failed"
+            except Exception as err:  # noqa: BLE001 — reported to the operator, logged with its traceback
+                log.exception("operation %s %s failed", kind, op.id)
+                from .errors import InternalError
+
+                op.error = InternalError(f"internal error: {err!r}")
+                op.state = "failed"
+            op.finished_at = time.time()
+
+        self._tasks.append(asyncio.create_task(run(), name=f"op:{op.id}"))
+        return op
 
     def _runner(self, volume: str) -> VolumeRunner:
         runner = self.runners.get(volume)

@@ -231,6 +231,10 @@ def test_cli_against_a_live_site(cluster: LocalCluster, tmp_path: Path) -> None:
     rest = cli("restore", VOL, "--target", str(target), "--last-clean")
     assert rest.returncode == 0, rest.stderr
     assert target.read_bytes() == cluster.sites["site-a"].volume_path(VOL).read_bytes()
+    again = cli("restore", VOL, "--target", str(target))
+    assert again.returncode == 2 and "exists" in again.stderr  # never overwrite by surprise
+    again = cli("--json", "restore", VOL, "--target", str(target), "--overwrite")
+    assert again.returncode == 0 and json.loads(again.stdout)["blocks_written"] == 0  # only differing blocks
     down = subprocess.run([sys.executable, "-m", "replicad", "--admin", "http://127.0.0.1:9", "status"],
                           capture_output=True, text=True, timeout=60)
     assert down.returncode == 7 and "Traceback" not in down.stderr
