@@ -24,7 +24,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .errors import ConfigError, InternalError, PeerUnavailableError, ReplicadError, from_dict
+from .adminclient import call_admin
+from .errors import ConfigError, InternalError, ReplicadError, from_dict
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -42,26 +43,8 @@ def _admin_url(args: argparse.Namespace) -> str:
 
 
 def api(args: argparse.Namespace, method: str, path: str, body: dict | None = None, timeout_s: float = 600) -> Any:
-    """Call the admin API; returns the decoded JSON or raises the error class it names."""
-    import urllib.error
-    import urllib.request
-
-    url = _admin_url(args) + path
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            return json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as err:
-        try:
-            payload = json.loads(err.read() or b"{}")
-        except ValueError:
-            payload = {}
-        if isinstance(payload, dict) and "error" in payload:
-            raise from_dict(payload, err.code) from None
-        raise PeerUnavailableError(f"admin API {url} answered HTTP {err.code}", url=url) from None
-    except (urllib.error.URLError, OSError, TimeoutError) as err:
-        raise PeerUnavailableError(f"admin API {url} unreachable: {getattr(err, 'reason', err)}", url=url) from None
+    """Call the admin API of the chosen site; returns the decoded JSON or raises the error class it names."""
+    return call_admin(_admin_url(args), method, path, body, timeout_s)
 
 
 def _print(args: argparse.Namespace, data: Any, render=None) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import threading
 import time
@@ -46,7 +45,7 @@ from .consensus import RaftNode
 from .errors import (ConflictError, IntegrityError, NoQuorumError, NotFoundError, NotPrimaryError,
                      ReplicadError, StaleEpochError, UsageError, is_transient)
 from .manifest import Manifest, chunk_digests, diff, iter_block_digests, page_entries
-from .restore import apply_snapshot, needed_digests, verify_image
+from .restore import apply_snapshot, verify_image
 from .scan import take_snapshot
 from .state import newest_clean, newest_committed
 from .transport import PeerClient, peer_routes, snapshot_complete

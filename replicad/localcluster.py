@@ -8,20 +8,18 @@ name. :class:`LocalCluster` is a context manager: leaving it kills every process
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import PeerUnavailableError, ReplicadError, UnavailableError, from_dict
+from .adminclient import call_admin
+from .errors import ReplicadError, UnavailableError
 
 RAFT_KEY = "demo-cluster-shared-raft-password-0123456789"
 
@@ -170,22 +168,7 @@ class LocalCluster:
     # ------------------------------------------------------------------ admin API
     def api(self, site_id: str, method: str, path: str, body: dict | None = None, timeout_s: float = 120) -> Any:
         """Call a site's admin API; raises the error class named in its JSON error body."""
-        url = self.sites[site_id].admin_url + path
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-                return json.loads(resp.read() or b"{}")
-        except urllib.error.HTTPError as err:
-            try:
-                payload = json.loads(err.read() or b"{}")
-            except ValueError:
-                payload = {}
-            if isinstance(payload, dict) and "error" in payload:
-                raise from_dict(payload, err.code) from None
-            raise PeerUnavailableError(f"{url}: HTTP {err.code}") from None
-        except (urllib.error.URLError, OSError) as err:
-            raise PeerUnavailableError(f"{url}: {err}") from None
+        return call_admin(self.sites[site_id].admin_url, method, path, body, timeout_s)
 
     def wait_for(self, what: str, predicate, timeout_s: float = 60, interval_s: float = 0.2) -> Any:
         """Poll ``predicate()`` until it returns a truthy value; UnavailableError after ``timeout_s``.

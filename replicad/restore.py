@@ -10,8 +10,8 @@ manifest page = 4096 blocks) so memory does not grow with the volume size.
 * :func:`verify_image` re-reads the image and recomputes its Merkle root (O5): a restore
   reports success only if it equals the manifest's root.
 
-All chunks needed must be in the local store; :func:`needed_digests` lists them so the
-caller can fetch the missing ones from peers first.
+All chunks needed must be in the local store (the daemon's ``ensure_snapshot`` fetches the
+missing ones from peers first).
 """
 
 from __future__ import annotations
@@ -41,21 +41,6 @@ def _pages_to_visit(manifest: Manifest, base: Manifest | None) -> list[int]:
     if base is None or base.block_size != manifest.block_size:
         return list(range(len(manifest.pages)))
     return [i for i, pd in enumerate(manifest.pages) if i >= len(base.pages) or base.pages[i] != pd]
-
-
-def needed_digests(manifest: Manifest, store: ChunkStore, base: Manifest | None = None) -> list[bytes]:
-    """Chunk digests (non-zero blocks and pages) that applying ``manifest`` over ``base`` reads.
-
-    Pages must already be in the store (callers fetch the manifest and its pages first).
-    Returns digests in block order, without duplicates.
-    """
-    seen: dict[bytes, None] = {}
-    for i in _pages_to_visit(manifest, base):
-        old = page_entries(store.get(base.pages[i])) if base is not None and i < len(base.pages) else []
-        for j, d in enumerate(page_entries(store.get(manifest.pages[i]))):
-            if d != ZERO_DIGEST and (j >= len(old) or old[j] != d):
-                seen[d] = None
-    return list(seen)
 
 
 def _block_len(manifest: Manifest, index: int) -> int:

@@ -19,48 +19,14 @@ from replicad.localcluster import LocalCluster
 from replicad.manifest import Manifest
 from replicad.restore import verify_image
 
+from .conftest import VOL, overwrite_blocks, snapshot
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-
-BLOCK = 65536
-VOL = "ehr"
-
-
-def write_image(path: Path, n_blocks: int, rng: random.Random) -> None:
-    """A volume image: a third zero blocks, the rest text-like (compressible) or random."""
-    with open(path, "wb") as f:
-        for i in range(n_blocks):
-            if i % 3 == 0:
-                f.write(bytes(BLOCK))
-            elif i % 3 == 1:
-                f.write((f"patient {i} record {rng.random()}\n" * 4000).encode()[:BLOCK])
-            else:
-                f.write(rng.randbytes(BLOCK))
-
-
-def overwrite_blocks(path: Path, blocks: list[int], rng: random.Random, *, random_data: bool = False) -> None:
-    with open(path, "r+b") as f:
-        for b in blocks:
-            f.seek(b * BLOCK)
-            f.write(rng.randbytes(BLOCK) if random_data else (f"edit {b} {rng.random()}\n" * 3000).encode()[:BLOCK])
-        f.flush()
-        os.fsync(f.fileno())
 
 
 @pytest.fixture
-def cluster(tmp_path: Path):
-    c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2)
-    write_image(c.sites["site-a"].volume_path(VOL), 192, random.Random(1))
-    try:
-        c.start_all()
-        c.wait_ready(60)
-        yield c
-    finally:
-        c.stop_all()
-
-
-def snapshot(c: LocalCluster, site: str) -> dict:
-    return c.api(site, "POST", f"/v1/volumes/{VOL}/snapshot", {})
-
+def cluster(cluster_factory):
+    return cluster_factory()
 
 def manifest_at(c: LocalCluster, site: str, root_hex: str) -> Manifest:
     store = ChunkStore(c.sites[site].dir / "data" / "chunks")

@@ -12,7 +12,7 @@ import pytest
 from replicad.errors import RetentionLockedError
 from replicad.localcluster import LocalCluster
 
-from .test_cluster import VOL, overwrite_blocks, snapshot, write_image
+from .conftest import VOL, overwrite_blocks, snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -20,15 +20,8 @@ SHORT = '[volumes.retention]\nkeep_all = "1s"\nhourly = "1s"\ndaily = "1s"\nlock
 
 
 @pytest.fixture
-def cluster(tmp_path: Path):
-    c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2, extra_volume_toml=SHORT)
-    write_image(c.sites["site-a"].volume_path(VOL), 96, random.Random(1))
-    try:
-        c.start_all()
-        c.wait_ready(60)
-        yield c
-    finally:
-        c.stop_all()
+def cluster(cluster_factory):
+    return cluster_factory(SHORT, n_blocks=96)
 
 
 def store_bytes(c: LocalCluster, site: str) -> int:
