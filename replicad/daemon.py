@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import stat
 import threading
 import time
 import uuid
@@ -56,6 +57,8 @@ TICK_S = 0.5
 PROPOSE_TIMEOUT_S = 5.0
 RETENTION_TICK_S = 60.0
 OPERATIONS_KEPT = 100
+STRAGGLER_GRACE_S = 2.0    # after min_copies stored, how long to wait for the other replicas
+EPOCH_CATCH_UP_S = 2.0     # how long a receiver waits to apply an epoch a sender already has
 PROPOSE_DEADLINE_S = 15.0   # how long a proposal waits for a leader election (seen: 0.5-2.1 s)
 
 
@@ -130,6 +133,7 @@ class SiteDaemon:
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
         self.operations: dict[str, Operation] = {}
+        self._background: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started_at = time.time()
 
@@ -183,9 +187,10 @@ class SiteDaemon:
 
     async def stop(self) -> None:
         """Cancel runners, close servers, Raft, catalog and store — each only if it was opened."""
-        for t in self._tasks:
+        tasks = [*self._tasks, *self._background]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         for r in self._web_runners:
             await r.cleanup()
         if self.session is not None:
@@ -279,15 +284,30 @@ class SiteDaemon:
         return Manifest.decode(self.store.get(root))
 
     # PeerHost ---------------------------------------------------------------
-    def check_write_epoch(self, volume: str, epoch: int, sender: str) -> None:
-        """Fencing of peer writes: refuse an epoch older than the committed one."""
-        vs = self.volume_state(volume)
-        if vs is None:
-            raise NotFoundError(f"unknown volume {volume}", volume=volume)
-        if epoch < vs["epoch"]:
-            raise StaleEpochError(f"{sender} writes {volume} under epoch {epoch}, committed epoch is {vs['epoch']}",
-                                  volume=volume, got_epoch=epoch, committed_epoch=vs["epoch"], sender=sender)
-        if epoch == vs["epoch"] and vs["primary"] != sender:
+    async def check_write_epoch(self, volume: str, epoch: int, sender: str) -> None:
+        """Fencing of peer writes: only the primary named by Raft, at exactly the committed
+        epoch, may store snapshots here.
+
+        An epoch newer than this site has applied (its Raft view lags the sender's by a few
+        milliseconds after a promotion) is given up to EPOCH_CATCH_UP_S to arrive; it is
+        never trusted on the sender's word. Raises NotFoundError (unknown volume or sender),
+        StaleEpochError (older epoch, or a newer one this site never learns), NotPrimaryError.
+        """
+        if not any(s.site_id == sender and s.kind == "data" for s in self.cfg.sites):
+            raise NotFoundError(f"{sender!r} is not a data site of this cluster", sender=sender, volume=volume)
+        deadline = time.monotonic() + EPOCH_CATCH_UP_S
+        while True:
+            vs = self.volume_state(volume)
+            if vs is None:
+                raise NotFoundError(f"unknown volume {volume}", volume=volume)
+            if epoch <= vs["epoch"] or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        if epoch != vs["epoch"]:
+            raise StaleEpochError(f"{sender} writes {volume} under epoch {epoch}, committed epoch here is "
+                                  f"{vs['epoch']}", volume=volume, got_epoch=epoch, committed_epoch=vs["epoch"],
+                                  sender=sender)
+        if vs["primary"] != sender:
             raise NotPrimaryError(f"{sender} is not the primary of {volume} at epoch {epoch}",
                                   volume=volume, epoch=epoch, sender=sender, primary=vs["primary"])
 
@@ -402,7 +422,7 @@ class SiteDaemon:
         t0 = time.monotonic()
         if runner.parent is None and newest_committed(vs) is not None:
             runner.parent = self.load_manifest(vs["snapshots"][newest_committed(vs)]["root"])
-        local_max = max((r.seq for r in self.catalog.list(cfg.name) if r.epoch == epoch), default=0)
+        local_max = max((r.seq for r in self.catalog.list(cfg.name, "local") if r.epoch == epoch), default=0)
         seq = max(vs["last_seq"], local_max) + 1
         result = await take_snapshot(Path(cfg.path), volume=cfg.name, seq=seq, epoch=epoch, parent=runner.parent,
                                      store=self.store, now_ns=time.time_ns(),
@@ -445,15 +465,40 @@ class SiteDaemon:
         return report
 
     async def _ship_all(self, runner: VolumeRunner, vs: dict, m: Manifest) -> dict[str, dict]:
+        """Ship ``m`` to every data peer concurrently; return ``{peer: report}``.
+
+        Returns once every peer answered, or STRAGGLER_GRACE_S after enough peers stored it
+        for ``min_copies`` (O2): one slow or frozen replica must not hold every commit for a
+        socket timeout. A straggler's ship keeps running in the background; once the snapshot
+        is committed, that replica adds itself as a holder (``_replica_step``).
+        """
         async def one(peer: str) -> tuple[str, dict]:
             try:
                 return peer, await self.ship(peer, vs, m, runner.acting_epoch)
             except ReplicadError as err:
-                log.info("ship %s#%d to %s failed: %s", m.volume, m.seq, peer, err)
+                log.warning("ship %s#%d to %s failed: %s", m.volume, m.seq, peer, err)
                 return peer, {"ok": False, "error": err.code, "message": str(err)}
 
-        results = await asyncio.gather(*(one(p) for p in self.data_peers()))
-        return dict(results)
+        tasks = {asyncio.create_task(one(p), name=f"ship:{m.volume}#{m.seq}:{p}"): p for p in self.data_peers()}
+        results: dict[str, dict] = {}
+        pending: set[asyncio.Task] = set(tasks)
+        grace_until: float | None = None
+        while pending:
+            timeout = None if grace_until is None else max(0.0, grace_until - time.monotonic())
+            done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                break
+            for t in done:
+                peer, rep = t.result()
+                results[peer] = rep
+            stored = 1 + sum(1 for r in results.values() if r.get("ok"))
+            if grace_until is None and stored >= runner.cfg.min_copies:
+                grace_until = time.monotonic() + STRAGGLER_GRACE_S
+        for t in pending:
+            results[tasks[t]] = {"ok": False, "error": "straggler", "message": "still shipping in the background"}
+            self._background.add(t)
+            t.add_done_callback(self._background.discard)
+        return results
 
     async def ship(self, peer: str, vs: dict, m: Manifest, epoch: int) -> dict:
         """Ship snapshot ``m`` to ``peer``: offer only what differs from the newest snapshot both
@@ -750,11 +795,8 @@ class SiteDaemon:
         if vs is None:
             raise NotFoundError(f"unknown volume {volume}", volume=volume)
         target = Path(target)
-        if target.resolve() == Path(self._runner(volume).cfg.path).resolve():
-            raise UsageError("restore target is this site's live volume path; use promote", volume=volume,
-                             target=str(target))
-        if target.exists() and not overwrite:
-            raise UsageError(f"restore target {target} exists; pass overwrite to rewrite it", target=str(target))
+        self._runner(volume)
+        self._check_restore_target(target, overwrite)
         if seq is None:
             seq = newest_clean(vs)  # the default, and what --last-clean asks for explicitly
         if seq is None:
@@ -773,6 +815,24 @@ class SiteDaemon:
         return {"volume": volume, "seq": seq, "target": str(target), "root": root.hex(), "verified": True,
                 "blocks_written": rep.blocks_written, "bytes_written": rep.bytes_written,
                 "seconds": time.monotonic() - t0}
+
+    def _check_restore_target(self, target: Path, overwrite: bool) -> None:
+        """Refuse targets that would destroy this site's own state: a protected volume's
+        path (use promote), anything inside the data dir, a non-file, or an existing file
+        without ``overwrite``. Raises UsageError."""
+        resolved = target.resolve()
+        if any(resolved == Path(v.path).resolve() for v in self.cfg.volumes):
+            raise UsageError("restore target is a protected volume's live path at this site; use promote",
+                             target=str(target))
+        if resolved == self.data_dir.resolve() or self.data_dir.resolve() in resolved.parents:
+            raise UsageError(f"restore target is inside the data dir {self.data_dir}", target=str(target))
+        if target.exists():
+            mode = target.stat().st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+                raise UsageError(f"restore target {target} is neither a regular file nor a block device",
+                                 target=str(target))
+            if not overwrite:
+                raise UsageError(f"restore target {target} exists; pass overwrite to rewrite it", target=str(target))
 
     def start_operation(self, kind: str, volume: str, coro_fn) -> "Operation":
         """Run ``coro_fn(op)`` in the background as a pollable operation (``GET /v1/operations/ID``)."""

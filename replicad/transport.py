@@ -49,8 +49,8 @@ class PeerHost(Protocol):
     site_id: str
     store: ChunkStore
 
-    def check_write_epoch(self, volume: str, epoch: int, sender: str) -> None:
-        """Raise StaleEpochError / NotFoundError if ``sender`` may not write ``volume`` at ``epoch``."""
+    async def check_write_epoch(self, volume: str, epoch: int, sender: str) -> None:
+        """Raise StaleEpochError / NotPrimaryError / NotFoundError unless ``sender`` may write ``volume`` at ``epoch``."""
 
     def snapshot_received(self, volume: str, epoch: int, seq: int, root: bytes, created_at_ns: int) -> None:
         """Record a fully stored snapshot in the local catalog."""
@@ -66,10 +66,17 @@ def _msgpack_response(**fields: Any) -> web.Response:
 
 
 async def _read_doc(request: web.Request, kind: str) -> dict[str, Any]:
+    """Read the whole request body (however the network splits it), at most MAX_DOC_BYTES."""
     if request.content_length is not None and request.content_length > wire.MAX_DOC_BYTES:
         raise RemoteProtocolError(f"{kind} document too large", bytes=request.content_length)
-    body = await request.content.read(wire.MAX_DOC_BYTES + 1)
-    return wire.decode_doc(kind, body)
+    parts: list[bytes] = []
+    size = 0
+    async for data in request.content.iter_chunked(2**16):
+        size += len(data)
+        if size > wire.MAX_DOC_BYTES:
+            raise RemoteProtocolError(f"{kind} document too large", bytes=size)
+        parts.append(data)
+    return wire.decode_doc(kind, b"".join(parts))
 
 
 def snapshot_complete(store: ChunkStore, volume: str, epoch: int, seq: int, root: bytes) -> Manifest:
@@ -116,7 +123,7 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
                 for frame in reader.frames():
                     if not checked:
                         # fencing: refuse the stream of a stale primary before storing anything
-                        host.check_write_epoch(reader.header["volume"], reader.header["epoch"],
+                        await host.check_write_epoch(reader.header["volume"], reader.header["epoch"],
                                                reader.header["from"])
                         checked = True
                     batch.append(frame)
@@ -126,7 +133,7 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
                         batch, batch_bytes = [], 0
             header = reader.finish()
             if not checked:
-                host.check_write_epoch(header["volume"], header["epoch"], header["from"])
+                await host.check_write_epoch(header["volume"], header["epoch"], header["from"])
             if batch:
                 stored += await asyncio.to_thread(host.store.put_encoded, batch)  # O1
             return _msgpack_response(stored=stored)
@@ -141,7 +148,7 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
     async def snapshot(request: web.Request) -> web.Response:
         try:
             doc = await _read_doc(request, "snapshot")
-            host.check_write_epoch(doc["volume"], doc["epoch"], doc["from"])
+            await host.check_write_epoch(doc["volume"], doc["epoch"], doc["from"])
             manifest = await asyncio.to_thread(snapshot_complete, host.store, doc["volume"], doc["epoch"],
                                                doc["seq"], doc["root"])
             host.snapshot_received(doc["volume"], doc["epoch"], doc["seq"], doc["root"], manifest.created_at_ns)

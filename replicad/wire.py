@@ -26,6 +26,7 @@ MAX_DOC_BYTES = 8 * 2**20          # one request/response document
 MAX_DIGESTS_PER_DOC = 65536        # digests listed in one ``missing`` request
 MAX_FRAME_BYTES = 5 * 2**20        # one chunk frame: block sizes are at most 4 MiB (+ lz4 slack)
 CONTENT_TYPE = "application/x-msgpack"
+MAX_COUNTER = 2**53                # epochs and seqs: far beyond any real count, fits SQLite and JSON
 
 _INT = int
 _STR = str
@@ -123,8 +124,9 @@ def _check(kind: str, doc: Any, err_cls: type) -> None:
         value = doc.get(name)
         if not isinstance(value, typ) or isinstance(value, bool):
             raise err_cls(f"{kind} document: field {name!r} missing or not {typ.__name__}", kind=kind, field=name)
-    if doc["epoch"] < 0:
-        raise err_cls(f"{kind} document: negative epoch", kind=kind)
+    for name in ("epoch", "seq"):
+        if name in doc and not 0 <= doc[name] <= MAX_COUNTER:
+            raise err_cls(f"{kind} document: {name} out of range 0..{MAX_COUNTER}", kind=kind, field=name)
     if "digests" in schema:
         digests = doc["digests"]
         if len(digests) > MAX_DIGESTS_PER_DOC:
