@@ -177,6 +177,9 @@ class SiteDaemon:
 
     def request_stop(self) -> None:
         """Ask the daemon to stop (signal handlers call this)."""
+        if not self._stopping.is_set():
+            log.info("site %s stopping: in-flight work is abandoned; everything already stored stays stored",
+                     self.site_id)
         self._stopping.set()
 
     async def run_until_stopped(self) -> None:
@@ -403,8 +406,9 @@ class SiteDaemon:
         runner.last_report = report
         runner.last_cycle_at = 0.0
         runner.became_primary.set()
-        log.info("site %s is primary of %s at epoch %d (restored seq %s in %.2fs)", self.site_id, name,
-                 vs["epoch"], seq, report["rto_s"])
+        log.info("site %s is primary of %s at epoch %d (%s)", self.site_id, name, vs["epoch"],
+                 f"restored snapshot #{seq}, root verified, in {report['rto_s']:.2f}s" if seq is not None
+                 else "no committed snapshot yet: producing from the volume as it is")
 
     async def cycle(self, runner: VolumeRunner) -> dict:
         """One replication cycle (caller holds ``runner.lock``). Returns a report dict.
@@ -460,8 +464,8 @@ class SiteDaemon:
         if verdict.verdict == "suspect":
             log.warning("SUSPECT snapshot %s#%d: score %.3f vs baseline %.3f (%s)", cfg.name, seq, verdict.score,
                         verdict.baseline, verdict.reason)
-        log.info("committed %s#%d epoch %d: %d changed blocks, %s, holders %s, %.2fs", cfg.name, seq, epoch,
-                 len(result.changed_blocks), verdict.verdict, holders, report["cycle_s"])
+        log.info("committed %s#%d epoch %d: %d changed blocks, %s, held by %s, %.2fs", cfg.name, seq, epoch,
+                 len(result.changed_blocks), verdict.verdict, ", ".join(holders), report["cycle_s"])
         return report
 
     async def _ship_all(self, runner: VolumeRunner, vs: dict, m: Manifest) -> dict[str, dict]:
@@ -801,7 +805,10 @@ class SiteDaemon:
             seq = newest_clean(vs)  # the default, and what --last-clean asks for explicitly
         if seq is None:
             raise NotFoundError(f"{volume} has no clean committed snapshot", volume=volume)
+        if seq not in vs["snapshots"]:
+            raise NotFoundError(f"no committed snapshot {volume}#{seq}", volume=volume, seq=seq)
         t0 = time.monotonic()
+        log.info("restoring %s#%d into %s", volume, seq, target)
         if op is not None:
             op.phase = "fetching"
         manifest = await self.ensure_snapshot(volume, seq, vs)
@@ -812,7 +819,11 @@ class SiteDaemon:
             op.phase = "verifying"
         root = await asyncio.to_thread(verify_image, target, manifest,
                                        progress=op.progress if op else None)  # O5
-        return {"volume": volume, "seq": seq, "target": str(target), "root": root.hex(), "verified": True,
+        verdict = vs["snapshots"][seq]["verdict"]
+        log.info("restored %s#%d (%s) into %s: root verified, %d blocks written, %.2fs", volume, seq, verdict,
+                 target, rep.blocks_written, time.monotonic() - t0)
+        return {"volume": volume, "seq": seq, "verdict": verdict, "target": str(target), "root": root.hex(),
+                "verified": True,
                 "blocks_written": rep.blocks_written, "bytes_written": rep.bytes_written,
                 "seconds": time.monotonic() - t0}
 
@@ -977,6 +988,7 @@ class SiteDaemon:
             entry["last_report"] = _jsonable_report(runner.last_report)
             vols[name] = entry
         return {"site_id": self.site_id, "raft": self.raft.status(), "volumes": vols,
+                "raft_sites": {s.raft: s.site_id for s in self.cfg.sites},
                 "sites": st.get("sites", {}), "store": self.store.stats() if self.store else {}}
 
 

@@ -100,6 +100,9 @@ class LocalCluster:
                              f'interval = "{interval}"\nmin_copies = {min_copies}\ninitial_primary = "{self.primary}"\n'
                              f'apply_delay = "{apply_delay}"\n{extra}\n')
             s.config_path.write_text(
+                f"# replicad site config written by LocalCluster (demo/tests): {len(self.sites)} sites on\n"
+                f"# 127.0.0.1 with free ports picked at start. interval = {interval!r}: the demo and the tests\n"
+                f"# take snapshots on demand (POST /v1/volumes/VOL/snapshot). Keys: config/README.md.\n"
                 f'site_id = "{s.site_id}"\ndata_dir = "data"\nlog_level = "info"\n'
                 f'[raft]\nbind = "127.0.0.1:{s.raft_port}"\npassword_file = "raft.key"\n'
                 f'[peer]\nlisten = "127.0.0.1:{s.peer_port}"\n[admin]\nlisten = "127.0.0.1:{s.admin_port}"\n'
