@@ -4,6 +4,7 @@ Routes::
 
     GET  /healthz                              process is up
     GET  /readyz                               store open and Raft has a leader
+    GET  /metrics                              Prometheus text exposition (replicad/metrics.py)
     GET  /v1/status                            site, Raft view, per-volume role/epoch/RPO
     GET  /v1/volumes                           Raft's volume table
     GET  /v1/volumes/{volume}/snapshots        committed catalog + this site's divergent branch
@@ -24,6 +25,7 @@ site that is not the primary is forwarded to the primary's admin endpoint.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -108,6 +110,13 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         raft = site.raft.status() if site.raft else {}
         ready = site.store is not None and raft.get("leader") is not None
         return _ok({"ready": ready, "leader": raft.get("leader")}, status=200 if ready else 503)
+
+    @_handler
+    async def metrics(request: web.Request) -> web.Response:
+        from .metrics import CONTENT_TYPE
+
+        body = await asyncio.to_thread(site.metrics.render)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     @_handler
     async def status(request: web.Request) -> web.Response:
@@ -203,7 +212,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
     async def audit(request: web.Request) -> web.Response:
         return _ok({"audit": site.raft.state().get("audit", [])[-200:]})
 
-    return [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/v1/status", status),
+    return [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics), web.get("/v1/status", status),
             web.get("/v1/volumes", volumes), web.get("/v1/volumes/{volume}/snapshots", snapshots),
             web.post("/v1/volumes/{volume}/snapshot", snapshot), web.post("/v1/volumes/{volume}/promote", promote),
             web.post("/v1/volumes/{volume}/demote", demote), web.post("/v1/volumes/{volume}/restore", restore),

@@ -45,6 +45,7 @@ from .config import SiteConfig, VolumeConfig
 from .consensus import RaftNode
 from .errors import (ConflictError, IntegrityError, NoQuorumError, NotFoundError, NotPrimaryError,
                      ReplicadError, StaleEpochError, UsageError, is_transient)
+from .metrics import SiteMetrics
 from .manifest import Manifest, chunk_digests, diff, iter_block_digests, page_entries
 from .restore import apply_snapshot, verify_image
 from .scan import take_snapshot
@@ -133,6 +134,7 @@ class SiteDaemon:
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
         self.operations: dict[str, Operation] = {}
+        self.metrics = SiteMetrics(cfg.site_id, self.status)
         self._background: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started_at = time.time()
@@ -314,6 +316,9 @@ class SiteDaemon:
             raise NotPrimaryError(f"{sender} is not the primary of {volume} at epoch {epoch}",
                                   volume=volume, epoch=epoch, sender=sender, primary=vs["primary"])
 
+    def chunks_received(self, volume: str, sender: str, payload_bytes: int) -> None:
+        self.metrics.received(volume, sender, payload_bytes)
+
     def snapshot_received(self, volume: str, epoch: int, seq: int, root: bytes, created_at_ns: int) -> None:
         assert self.catalog is not None
         if self.catalog.find_root(volume, root) is None:
@@ -331,6 +336,8 @@ class SiteDaemon:
                 raise
             except ReplicadError as err:
                 runner.last_error = f"{err.code}: {err}"
+                if runner.role == "primary":
+                    self.metrics.cycle_failed(name)
                 (log.info if is_transient(err) else log.warning)("volume %s: %s %s", name, err, err.evidence)
             except Exception as err:  # noqa: BLE001 — a runner must survive its own bugs, loudly
                 runner.last_error = f"internal: {err!r}"
@@ -450,6 +457,7 @@ class SiteDaemon:
         if len(holders) < cfg.min_copies:  # O2
             report["committed"] = False
             runner.last_report = report
+            self.metrics.cycle_done(cfg.name, report)
             log.warning("snapshot %s#%d stored at %d site(s), min_copies=%d: not committed", cfg.name, seq,
                         len(holders), cfg.min_copies)
             return report
@@ -461,6 +469,7 @@ class SiteDaemon:
         report["committed"] = True
         report["cycle_s"] = time.monotonic() - t0
         runner.last_report = report
+        self.metrics.cycle_done(cfg.name, report)
         if verdict.verdict == "suspect":
             log.warning("SUSPECT snapshot %s#%d: score %.3f vs baseline %.3f (%s)", cfg.name, seq, verdict.score,
                         verdict.baseline, verdict.reason)
@@ -533,6 +542,7 @@ class SiteDaemon:
         sent_bytes = 0
         if lacking:
             _, sent_bytes = await self.peers.send_chunks(url, m.volume, epoch, self.store, lacking)
+            self.metrics.shipped(m.volume, peer, sent_bytes)
         ok = await self.peers.snapshot_stored(url, m.volume, epoch, m.seq, m.root)
         return {"ok": ok, "offered": len(offer), "sent": len(lacking), "bytes": sent_bytes,
                 "base_seq": base_seq}
@@ -942,6 +952,96 @@ class SiteDaemon:
         if report["forgotten"]:
             report["gc"] = await asyncio.to_thread(self._gc)
         return report
+
+    async def verify(self, volume: str, seq: int | None = None) -> dict:
+        """Re-read and check every chunk (manifest, pages, blocks) of a committed snapshot held
+        here (default: the newest this site holds). A corrupt chunk is dropped and re-fetched,
+        verified, from another holder ("healed"); one no holder can supply stays "lost".
+
+        Returns ``{volume, seq, checked, corrupt: [digest hex], healed, lost, seconds}``.
+        Raises NotFoundError if this site holds no such snapshot.
+        """
+        assert self.store is not None
+        vs = self.volume_state(volume)
+        if vs is None:
+            raise NotFoundError(f"unknown volume {volume}", volume=volume)
+        held = [s for s, snap in vs["snapshots"].items() if self.site_id in snap["holders"]]
+        if seq is None:
+            if not held:
+                raise NotFoundError(f"{self.site_id} holds no committed snapshot of {volume}", volume=volume)
+            seq = max(held)
+        if seq not in held:
+            raise NotFoundError(f"{self.site_id} does not hold {volume}#{seq}", volume=volume, seq=seq)
+        t0 = time.monotonic()
+        snap = vs["snapshots"][seq]
+        checked, corrupt = await asyncio.to_thread(self._verify_chunks, snap["root"])
+        healed = lost = 0
+        holders = [h for h in snap["holders"] if h != self.site_id]
+        for digest in corrupt:
+            try:
+                await self._fetch_missing(volume, vs["epoch"], [digest], holders)
+                healed += 1
+            except NotFoundError:
+                lost += 1
+        self.metrics.verify_done(volume, checked, len(corrupt))
+        report = {"volume": volume, "seq": seq, "checked": checked,
+                  "corrupt": [d.hex() for d in corrupt], "healed": healed, "lost": lost,
+                  "seconds": time.monotonic() - t0}
+        (log.warning if corrupt else log.info)("verify %s#%d at %s: %d chunks checked, %d corrupt, %d healed, %d lost",
+                                               volume, seq, self.site_id, report["checked"], len(corrupt), healed,
+                                               lost)
+        return report
+
+    def _verify_chunks(self, root: bytes) -> tuple[int, list[bytes]]:
+        """Read every chunk of the snapshot ``root`` (verified reads); drop the corrupt ones.
+
+        Returns ``(chunks_checked, corrupt_digests)``."""
+        assert self.store is not None
+        corrupt: list[bytes] = []
+        checked = 0
+
+        def check(d: bytes) -> bytes | None:
+            nonlocal checked
+            checked += 1
+            try:
+                return self.store.get(d)
+            except IntegrityError:
+                self.store.delete_corrupt(d)
+                corrupt.append(d)
+                return None
+
+        raw = check(root)
+        if raw is not None:
+            manifest = Manifest.decode(raw)
+            seen: set[bytes] = set()
+            for pd in manifest.pages:
+                page = check(pd)
+                if page is None:
+                    continue
+                for d in page_entries(page):
+                    if any(d) and d not in seen:
+                        seen.add(d)
+                        check(d)
+        return checked, corrupt
+
+    async def drill(self, volume: str, seq: int | None, sandbox: Path, keep: bool = False,
+                    op: "Operation | None" = None) -> dict:
+        """Recovery drill: restore ``seq`` (default newest clean) into a new image under
+        ``sandbox`` while replication goes on, verify its root, report the timings, and
+        delete the image unless ``keep``. Raises like :meth:`restore`."""
+        sandbox = Path(sandbox)
+        if not sandbox.is_dir():
+            raise UsageError(f"drill sandbox {sandbox} is not a directory", sandbox=str(sandbox))
+        target = sandbox / f"drill-{volume}-{int(time.time())}-{uuid.uuid4().hex[:6]}.img"
+        t0 = time.monotonic()
+        try:
+            rep = await self.restore(volume, target, seq, True, op=op)
+        finally:
+            if not keep:
+                target.unlink(missing_ok=True)
+        rep.update(drill=True, kept=keep, rto_s=time.monotonic() - t0)
+        log.info("drill %s#%d at %s: restored and verified in %.2fs", volume, rep["seq"], self.site_id, rep["rto_s"])
+        return rep
 
     async def prune(self, volume: str, seqs: list[int]) -> dict:
         """Operator request to prune committed snapshots now; the state machine refuses

@@ -55,6 +55,9 @@ class PeerHost(Protocol):
     def snapshot_received(self, volume: str, epoch: int, seq: int, root: bytes, created_at_ns: int) -> None:
         """Record a fully stored snapshot in the local catalog."""
 
+    def chunks_received(self, volume: str, sender: str, payload_bytes: int) -> None:
+        """Account chunk bytes received from ``sender`` (metrics)."""
+
 
 def error_response(err: ReplicadError) -> web.Response:
     """JSON error body with the status of the error class."""
@@ -117,6 +120,7 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
         batch: list[tuple[bytes, int, bytes]] = []
         batch_bytes = 0
         checked = False
+        received_bytes = 0
         try:
             async for data in request.content.iter_chunked(2**20):
                 reader.feed(data)
@@ -128,6 +132,7 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
                         checked = True
                     batch.append(frame)
                     batch_bytes += len(frame[2])
+                    received_bytes += len(frame[2])
                     if batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_ITEMS:
                         stored += await asyncio.to_thread(host.store.put_encoded, batch)  # O1
                         batch, batch_bytes = [], 0
@@ -136,6 +141,7 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
                 await host.check_write_epoch(header["volume"], header["epoch"], header["from"])
             if batch:
                 stored += await asyncio.to_thread(host.store.put_encoded, batch)  # O1
+            host.chunks_received(header["volume"], header["from"], received_bytes)
             return _msgpack_response(stored=stored)
         except ReplicadError as err:
             if isinstance(err, IntegrityError):
