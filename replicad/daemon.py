@@ -58,6 +58,7 @@ TICK_S = 0.5
 PROPOSE_TIMEOUT_S = 5.0
 RETENTION_TICK_S = 60.0
 OPERATIONS_KEPT = 100
+SHUTDOWN_GRACE_S = 10.0    # well inside systemd's TimeoutStopSec=60
 STRAGGLER_GRACE_S = 2.0    # after min_copies stored, how long to wait for the other replicas
 EPOCH_CATCH_UP_S = 2.0     # how long a receiver waits to apply an epoch a sender already has
 PROPOSE_DEADLINE_S = 15.0   # how long a proposal waits for a leader election (seen: 0.5-2.1 s)
@@ -171,7 +172,8 @@ class SiteDaemon:
     async def _serve(self, routes: list[web.RouteDef], listen: str, **app_kw: Any) -> None:
         app = web.Application(**app_kw)
         app.add_routes(routes)
-        runner = web.AppRunner(app, access_log=None)
+        # on stop, in-flight requests get SHUTDOWN_GRACE_S to finish, then are abandoned
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
         await runner.setup()
         host, port = _host_port(listen)
         await web.TCPSite(runner, host, port).start()
@@ -189,6 +191,48 @@ class SiteDaemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         await self._stopping.wait()
+
+    async def wait_joined(self, notifier) -> None:
+        """Wait until Raft knows a leader, then notify READY (systemd ``Type=notify``)."""
+        assert self.raft is not None
+        t0 = time.monotonic()
+        while self.raft.status().get("leader") is None:
+            notifier.status(f"waiting for a Raft leader ({time.monotonic() - t0:.0f}s): a majority of the "
+                            f"{len(self.cfg.sites)} sites must be reachable")
+            await asyncio.sleep(0.5)
+        notifier.ready(f"serving: site {self.site_id}, {len(self.runners)} volume(s), "
+                       f"Raft leader {self.raft.status().get('leader')}")
+        log.info("site %s ready (Raft leader known)", self.site_id)
+
+    async def reload_from(self, config_path: Path, notifier) -> dict:
+        """SIGHUP: re-read the config file; apply it if only reloadable fields changed.
+
+        A config that fails validation, or that changes anything needing a restart, is
+        refused as a whole (logged with every problem); the daemon keeps its current config.
+        Returns ``{"applied": [...], "refused": [...]}``.
+        """
+        from .config import load_config
+        from .systemd import configure_logging
+
+        notifier.reloading()
+        try:
+            new = load_config(config_path)
+        except ReplicadError as err:
+            log.error("reload refused, config invalid: %s", "; ".join(getattr(err, "problems", []) or [str(err)]))
+            notifier.ready("serving (reload refused: config invalid)")
+            return {"applied": [], "refused": ["invalid config"]}
+        safe, unsafe = reload_plan(self.cfg, new)
+        if unsafe:
+            log.error("reload refused: these changes need a restart: %s", ", ".join(unsafe))
+            notifier.ready("serving (reload refused: restart needed)")
+            return {"applied": [], "refused": unsafe}
+        self.cfg = new
+        for v in new.volumes:
+            self.runners[v.name].cfg = v
+        configure_logging(new.log_level)
+        log.info("reloaded %s: %s", config_path, ", ".join(safe) or "no change")
+        notifier.ready("serving (configuration reloaded)")
+        return {"applied": safe, "refused": []}
 
     async def stop(self) -> None:
         """Cancel runners, close servers, Raft, catalog and store — each only if it was opened."""
@@ -1122,12 +1166,61 @@ def _jsonable_report(rep: dict) -> dict:
     return _jsonable(rep)
 
 
-async def run_site(cfg: SiteConfig) -> int:
-    """Run a site until SIGTERM/SIGINT. Returns the process exit code."""
+# Fields a SIGHUP may change; anything else needs a restart (identity, addresses, storage,
+# membership, volume geometry, Raft-agreed settings).
+RELOADABLE_SITE_FIELDS = frozenset({"log_level", "volumes"})
+RELOADABLE_VOLUME_FIELDS = frozenset({"interval_s", "apply_delay_s", "anomaly", "source", "standby"})
+
+
+def reload_plan(old: SiteConfig, new: SiteConfig) -> tuple[list[str], list[str]]:
+    """Compare two configs of one site: ``(changed_reloadable, changed_needing_restart)``,
+    as key paths (``"volumes[ehr].interval_s"``). Pure."""
+    safe: list[str] = []
+    unsafe: list[str] = []
+    a, b = old.model_dump(), new.model_dump()
+    for key in sorted(set(a) | set(b)):
+        if key == "volumes" or a.get(key) == b.get(key):
+            continue
+        (safe if key in RELOADABLE_SITE_FIELDS else unsafe).append(key)
+    old_vols = {v["name"]: v for v in a.get("volumes", ())}
+    new_vols = {v["name"]: v for v in b.get("volumes", ())}
+    for name in sorted(set(old_vols) ^ set(new_vols)):
+        unsafe.append(f"volumes[{name}] added or removed")
+    for name in sorted(set(old_vols) & set(new_vols)):
+        for key in sorted(set(old_vols[name]) | set(new_vols[name])):
+            if old_vols[name].get(key) != new_vols[name].get(key):
+                (safe if key in RELOADABLE_VOLUME_FIELDS else unsafe).append(f"volumes[{name}].{key}")
+    return safe, unsafe
+
+
+async def run_site(cfg: SiteConfig, config_path: Path | None = None) -> int:
+    """Run a site until SIGTERM/SIGINT; returns the process exit code (0 on a clean stop).
+
+    Under systemd (``Type=notify``): READY=1 is sent once the store and catalog are open,
+    the servers listen and Raft knows a leader (STATUS tells what it waits for meanwhile);
+    WATCHDOG=1 pings come from the event loop; SIGHUP re-reads ``config_path`` and applies
+    what can change safely (:func:`reload_plan`); STOPPING=1 precedes the shutdown.
+    """
+    from .systemd import Notifier, configure_logging
+
+    configure_logging(cfg.log_level)
+    notifier = Notifier.from_env()
     daemon = SiteDaemon(cfg)
+    loop = asyncio.get_running_loop()
+    watchdog: asyncio.Task | None = None
     try:
         await daemon.start()
+        watchdog = asyncio.create_task(notifier.watchdog_loop(), name="watchdog")
+        if config_path is not None:
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.create_task(
+                daemon.reload_from(config_path, notifier), name="reload"))
+        ready = asyncio.create_task(daemon.wait_joined(notifier), name="ready")
         await daemon.run_until_stopped()
+        ready.cancel()
     finally:
+        notifier.stopping()
+        if watchdog is not None:
+            watchdog.cancel()
         await daemon.stop()
+        log.info("site %s stopped", cfg.site_id)
     return 0
