@@ -71,6 +71,7 @@ class Catalog:
         elif row[0] != str(SCHEMA_VERSION):
             from .errors import RemoteProtocolError
 
+            self._db.close()
             raise RemoteProtocolError(f"catalog {path} has schema {row[0]}, this version reads {SCHEMA_VERSION}")
 
     def put(self, rec: SnapshotRecord) -> None:
@@ -84,7 +85,9 @@ class Catalog:
             )
 
     def set_state(self, volume: str, epoch: int, seq: int, state: str) -> None:
-        """Change the state of one record (no-op if absent)."""
+        """Change the state of one record (no-op if absent); ValueError for an unknown state."""
+        if state not in STATES:
+            raise ValueError(f"unknown snapshot state {state!r}")
         with self._lock:
             self._db.execute("UPDATE snapshots SET state=? WHERE volume=? AND epoch=? AND seq=?",
                              (state, volume, epoch, seq))

@@ -65,8 +65,22 @@ names up in its own modules):
 5. **Bounded frames.** ``tcp_connection.py`` has no maximum message size: it buffers until
    the declared length arrived (64 MiB of junk grew a process by ~115 MB). Connections are
    built from :class:`_BoundedTcpConnection` (patched into ``pysyncobj.transport`` and
-   ``pysyncobj.tcp_server``): a declared frame length outside ``[0, MAX_FRAME_BYTES]``
-   (16 MiB) or a read buffer above twice that drops the connection.
+   ``pysyncobj.tcp_server``): every frame header is checked as it arrives, and a declared
+   length outside ``[0, MAX_FRAME_BYTES]`` (2 MiB, ten times the largest legitimate frame)
+   drops the connection. Until a connection delivered a frame that decrypted (the peer's
+   session key), the limit is :data:`MAX_HANDSHAKE_FRAME_BYTES` (4 KiB) and the buffer at
+   most twice that: a client without the password holds at most ~70 KiB per connection.
+6. **Raft's append rule.** pysyncobj's leader pipelines ``append_entries`` and moves
+   ``nextIndex`` back to the index in each success answer, so it resends entries already
+   in flight; its follower then deletes everything after ``prevLogIdx`` and appends the
+   message's entries, even when they are identical, logging at CRITICAL "truncating
+   already-applied log entries" when some were applied. The re-appended entries were the
+   same (the state stayed equal on all nodes), but an entry the follower had acknowledged
+   was briefly missing from its durable log (a crash then loses it: O6), and a shorter
+   resend batch (64 KiB) could leave it missing until the next message. The follower now
+   follows Raft §5.3 (:func:`plan_append_entries`: delete only from a conflicting entry,
+   acknowledge only what the message vouched for, commit at most up to it) and the leader
+   never moves ``nextIndex`` back on a success answer (a reset still does).
 
 Not fixed here (operator's job, see ARCHITECTURE.md): the Fernet key is one shared
 secret without per-site identity; pysyncobj checks replayed timestamps and session keys
@@ -111,8 +125,21 @@ from replicad import errors, state as cluster_state
 
 log = logging.getLogger(__name__)
 
-MAX_FRAME_BYTES = 16 * 1024 * 1024
-"""Largest pysyncobj frame accepted from a peer; beyond it the connection is dropped."""
+MAX_FRAME_BYTES = 2 * 1024 * 1024
+"""Largest pysyncobj frame accepted from an authenticated peer; beyond it the connection is dropped.
+
+The largest legitimate frame is an ``append_entries`` batch: pysyncobj adds entries until
+their commands reach ``appendEntriesBatchSizeBytes`` (64 KiB), so at most 64 KiB plus one
+command (<= 2 * :data:`MAX_COMMAND_BYTES` after the leader's filter) plus per-entry pickle
+overhead, zlib-compressed, then Fernet (x 4/3 base64, + 73 bytes): at most about 140 KiB
+(measured on loopback with incompressible 40 KiB commands: 77 KiB). A full dump travels in
+``logCompactionBatchSize`` (64 KiB) chunks: about 85 KiB per frame (measured: 83 KiB)."""
+MAX_HANDSHAKE_FRAME_BYTES = 4 * 1024
+"""Largest frame accepted before a connection delivered its first valid (decrypted) frame.
+
+Until then the peer may only have sent its 32-byte session key (about 170 bytes once
+pickled, compressed and encrypted): whoever does not know the password cannot make a
+connection hold more than this (plus one ``recv`` of 64 KiB, checked at once)."""
 MAX_COMMAND_BYTES = 40 * 1024
 """Largest msgpack command proposed (FIELD-NOTES: > 64 KiB hit a pysyncobj chunking bug)."""
 JOURNAL_MAGIC = b"REPLICAD-RAFTLOG"
@@ -358,23 +385,55 @@ def _create_journal(journalFile: str | None = None) -> Journal:
 
 
 class _BoundedTcpConnection(TcpConnection):
-    """pysyncobj connection that drops peers announcing frames above ``MAX_FRAME_BYTES``."""
+    """pysyncobj connection that drops peers announcing oversized frames.
+
+    Every frame header in the read buffer is checked as it arrives: its declared length
+    must lie in ``[0, limit]``. Before the first frame was decrypted (``sendRandKey``
+    unset on an encrypted connection) the limit is :data:`MAX_HANDSHAKE_FRAME_BYTES` and
+    the buffer may hold at most twice that; afterwards the limit is :data:`MAX_FRAME_BYTES`,
+    so a partial frame never holds more than that (complete frames are parsed right after
+    the reads).
+    """
+
+    _scan_offset_bytes = 0  # first frame header in the read buffer not checked yet
+
+    def _frame_limit_bytes(self) -> int:
+        if self.encryptor is not None and not self.sendRandKey:
+            return MAX_HANDSHAKE_FRAME_BYTES  # nothing authenticated on this connection yet
+        return MAX_FRAME_BYTES
+
+    def _TcpConnection__tryReadBuffer(self) -> None:
+        # pysyncobj parses only after this drain, and parsing consumes whole frames: the
+        # buffer starts at a frame boundary here and only grows until the drain ends.
+        self._scan_offset_bytes = 0
+        TcpConnection._TcpConnection__tryReadBuffer(self)
 
     def _TcpConnection__processRead(self) -> bool:
         more = TcpConnection._TcpConnection__processRead(self)
         buffer = self._TcpConnection__readBuffer
-        if len(buffer) >= 4:
-            (length,) = struct.unpack("i", buffer[:4])
-            if not 0 <= length <= MAX_FRAME_BYTES or len(buffer) > 2 * MAX_FRAME_BYTES:
-                log.warning("raft peer sent a %d-byte frame header (max %d): dropping the connection",
-                            length, MAX_FRAME_BYTES)
-                self.disconnect()
-                return False
+        limit = self._frame_limit_bytes()
+        offset = self._scan_offset_bytes
+        while offset + 4 <= len(buffer):
+            (length,) = struct.unpack_from("i", buffer, offset)
+            if not 0 <= length <= limit:
+                return self._drop(f"a {length}-byte frame header", limit)
+            offset += 4 + length
+        self._scan_offset_bytes = offset
+        if limit == MAX_HANDSHAKE_FRAME_BYTES and len(buffer) > 2 * limit:
+            return self._drop(f"{len(buffer)} bytes before authenticating", limit)
         return more
+
+    def _drop(self, what: str, limit: int) -> bool:
+        log.warning("raft peer sent %s (frame limit %d bytes): dropping the connection", what, limit)
+        self.disconnect()
+        return False
 
 
 def install_hardening() -> None:
-    """Install points 1, 2 and 5 of the module docstring into pysyncobj. Idempotent."""
+    """Install points 1, 2 and 5 of the module docstring into pysyncobj. Idempotent.
+
+    Points 3, 4 and 6 live in :class:`RaftNode` and :class:`_HardenedSyncObj`.
+    """
     pysyncobj.pickle.loads = restricted_loads
     pysyncobj.pickle.load = restricted_load
     pysyncobj.journal.loads = restricted_loads
@@ -386,11 +445,107 @@ def install_hardening() -> None:
 install_hardening()
 
 
-# --------------------------------------------------------------------------- 4. hardened SyncObj
+# --------------------------------------------------------------------------- 4 + 6. hardened SyncObj
+
+
+def plan_append_entries(log_entries: Sequence[tuple], prev_idx: Any, prev_term: Any,
+                        entries: Sequence[tuple]) -> tuple[int, int, list, int | None] | None:
+    """Raft §5.3 receiver rule for an ``append_entries`` that pysyncobj would mis-handle.
+
+    pysyncobj's follower deletes every entry after ``prevLogIdx`` before appending the
+    message's entries, even entries it already holds identically. Raft (Ongaro &
+    Ousterhout 2014, Figure 2, AppendEntries receiver, steps 3-4) deletes only from the
+    first entry whose term conflicts, and appends only entries not already in the log.
+
+    Args:
+        log_entries: the follower's log, ``(command, idx, term)`` with consecutive ``idx``.
+        prev_idx, prev_term: the message's ``prevLogIdx`` / ``prevLogTerm``.
+        entries: the message's ``(command, idx, term)`` entries, consecutive after ``prev_idx``.
+
+    Returns:
+        ``None`` when pysyncobj's own handling is already right (the previous entry is
+        missing or differs, so pysyncobj answers with a reset; or the log ends at
+        ``prev_idx``, a plain append; or the message is malformed). Otherwise
+        ``(prev_idx, prev_term, entries, ack_next_idx)`` to hand to pysyncobj instead:
+        entries already present are dropped and ``prev_idx`` moved to the last of them,
+        so pysyncobj truncates only at a genuine conflict. When every entry is already
+        present and the log goes on beyond them, the result is a heartbeat at the log's
+        end (nothing deleted) and ``ack_next_idx`` is the index to acknowledge (the entry
+        after the last one the message vouched for); otherwise ``ack_next_idx`` is None.
+    """
+    if not log_entries or not isinstance(prev_idx, int) or not isinstance(entries, (list, tuple)):
+        return None
+    first_idx, last_idx = log_entries[0][1], log_entries[-1][1]
+    if prev_idx < first_idx or prev_idx >= last_idx:
+        return None
+    if log_entries[prev_idx - first_idx][2] != prev_term:
+        return None
+    matched_idx, matched_term, present = prev_idx, prev_term, 0
+    for entry in entries:
+        if not isinstance(entry, (list, tuple)) or len(entry) != 3 or entry[1] != matched_idx + 1:
+            return None
+        if entry[1] > last_idx or log_entries[entry[1] - first_idx][2] != entry[2]:
+            break  # first entry missing or in conflict: pysyncobj deletes from here on
+        matched_idx, matched_term, present = entry[1], entry[2], present + 1
+    rest = list(entries[present:])
+    if rest:
+        return matched_idx, matched_term, rest, None
+    return last_idx, log_entries[-1][2], [], matched_idx + 1
 
 
 class _HardenedSyncObj(SyncObj):
-    """SyncObj that refuses foreign log entries at the leader and skips them when applying."""
+    """SyncObj that refuses foreign log entries at the leader and skips them when applying.
+
+    Also point 6 of the module docstring: Raft's append rule on the follower and a
+    ``nextIndex`` that success answers never move back on the leader.
+    """
+
+    _ack_next_idx: int | None = None  # set while handling a rewritten append_entries
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        if isinstance(message, dict) and message.get("type") == "append_entries" \
+                and "prevLogIdx" in message and "transmission" not in message:
+            self._on_append_entries(node, message)
+        elif isinstance(message, dict) and message.get("type") == "next_node_idx" \
+                and message.get("success") and not message.get("reset"):
+            next_index = self._SyncObj__raftNextIndex
+            sent_up_to = next_index.get(node)
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
+            if sent_up_to is not None and next_index.get(node, sent_up_to) < sent_up_to:
+                # An answer to an earlier pipelined message: the entries up to sent_up_to
+                # are already on their way; resending them made followers delete and
+                # re-append entries they had applied.
+                next_index[node] = sent_up_to
+        else:
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
+
+    def _on_append_entries(self, node: Any, message: dict) -> None:
+        plan = None
+        if isinstance(message.get("term"), int) and message["term"] >= self.raftCurrentTerm:
+            plan = plan_append_entries(self._SyncObj__raftLog, message.get("prevLogIdx"),
+                                       message.get("prevLogTerm"), message.get("entries", []))
+        if plan is None:
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
+            return
+        prev_idx, prev_term, entries, ack_next_idx = plan
+        message = {**message, "prevLogIdx": prev_idx, "prevLogTerm": prev_term, "entries": entries}
+        if ack_next_idx is not None:
+            # Raft: commitIndex = min(leaderCommit, index of last new entry); the entries
+            # after it in this log are not vouched for by this message.
+            commit_index = message.get("commit_index")
+            if isinstance(commit_index, int):
+                message["commit_index"] = min(commit_index, ack_next_idx - 1)
+        self._ack_next_idx = ack_next_idx
+        try:
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
+        finally:
+            self._ack_next_idx = None
+
+    def _SyncObj__sendNextNodeIdx(self, node: Any, reset: bool = False, nextNodeIdx: int | None = None,
+                                  success: bool = False) -> None:
+        if success and not reset and self._ack_next_idx is not None:
+            nextNodeIdx = self._ack_next_idx  # only what the leader's message vouched for
+        SyncObj._SyncObj__sendNextNodeIdx(self, node, reset=reset, nextNodeIdx=nextNodeIdx, success=success)
 
     def _applyCommand(self, command: bytes, callback: Any, commandType: int | None = None) -> None:
         full = command if commandType is None else bytes([commandType]) + command

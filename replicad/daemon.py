@@ -135,7 +135,7 @@ class SiteDaemon:
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
         self.operations: dict[str, Operation] = {}
-        self.metrics = SiteMetrics(cfg.site_id, self.status)
+        self.metrics = SiteMetrics.for_site(cfg, self.status, lambda: self.raft.state() if self.raft else {})
         self._background: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started_at = time.time()
@@ -363,10 +363,11 @@ class SiteDaemon:
     def chunks_received(self, volume: str, sender: str, payload_bytes: int) -> None:
         self.metrics.received(volume, sender, payload_bytes)
 
-    def snapshot_received(self, volume: str, epoch: int, seq: int, root: bytes, created_at_ns: int) -> None:
+    async def snapshot_received(self, volume: str, epoch: int, seq: int, root: bytes, created_at_ns: int) -> None:
         assert self.catalog is not None
         if self.catalog.find_root(volume, root) is None:
-            self.catalog.put(SnapshotRecord(volume, epoch, seq, root, "received", created_at_ns))
+            await asyncio.to_thread(self.catalog.put, SnapshotRecord(volume, epoch, seq, root, "received",
+                                                                     created_at_ns))
 
     # ------------------------------------------------------------------ volume loop
     async def _run_volume(self, runner: VolumeRunner) -> None:
@@ -443,13 +444,13 @@ class SiteDaemon:
                 base = manifest
             applied = await self.apply_repairing(name, Path(runner.cfg.path), manifest, base=base)
             await asyncio.to_thread(verify_image, runner.cfg.path, manifest)  # O5
-            self.catalog.set_standby(name, seq, manifest.root)
+            await asyncio.to_thread(self.catalog.set_standby, name, seq, manifest.root)
             runner.parent = manifest
             report.update(blocks_written=applied.blocks_written, bytes_written=applied.bytes_written)
         else:
             runner.parent = None
         runner.acting_epoch = vs["epoch"]
-        self.catalog.set_acting_epoch(name, vs["epoch"])
+        await asyncio.to_thread(self.catalog.set_acting_epoch, name, vs["epoch"])
         runner.fence_flag.clear()
         if runner.role == "restoring":
             self._transition(runner, "restore_done")  # O5: the root matched
@@ -484,7 +485,8 @@ class SiteDaemon:
                                      pre_snapshot=cfg.source.pre_snapshot, post_snapshot=cfg.source.post_snapshot,
                                      block_size=cfg.block_size_bytes)
         m = result.manifest
-        self.catalog.put(SnapshotRecord(cfg.name, epoch, seq, m.root, "local", m.created_at_ns))
+        await asyncio.to_thread(self.catalog.put, SnapshotRecord(cfg.name, epoch, seq, m.root, "local",
+                                                                 m.created_at_ns))
         history = [s["stats"] for _, s in sorted(vs["snapshots"].items()) if s["verdict"] == "clean"]
         verdict = anomaly.judge(m.stats, history, min_score=cfg.anomaly.min_score, factor=cfg.anomaly.factor)
         t_scan = time.monotonic() - t0
@@ -508,7 +510,7 @@ class SiteDaemon:
         await self.propose("commit_snapshot", volume=cfg.name, seq=seq, epoch=epoch, root=m.root,
                            parent_seq=runner.parent.seq if runner.parent else None, created_at_ns=m.created_at_ns,
                            holders=holders, stats=m.stats, verdict=verdict.verdict, size_bytes=m.size_bytes)
-        self.catalog.set_state(cfg.name, epoch, seq, "committed")
+        await asyncio.to_thread(self.catalog.set_state, cfg.name, epoch, seq, "committed")
         runner.parent = m
         report["committed"] = True
         report["cycle_s"] = time.monotonic() - t0
@@ -606,7 +608,7 @@ class SiteDaemon:
         divergent = []
         for rec in self.catalog.list(name, "local"):
             if rec.root not in committed_roots:
-                self.catalog.set_state(name, rec.epoch, rec.seq, "divergent")
+                await asyncio.to_thread(self.catalog.set_state, name, rec.epoch, rec.seq, "divergent")
                 divergent.append(rec.seq)
         # Capture what the image holds now, for forensics, if it differs from what is committed.
         if old_epoch is not None and Path(runner.cfg.path).exists():
@@ -619,16 +621,17 @@ class SiteDaemon:
             res = await take_snapshot(Path(runner.cfg.path), volume=name, seq=seq, epoch=old_epoch, parent=parent,
                                       store=self.store, now_ns=time.time_ns(), block_size=runner.cfg.block_size_bytes)
             if res.changed_blocks or parent is None or parent.root not in committed_roots:
-                self.catalog.put(SnapshotRecord(name, old_epoch, seq, res.manifest.root, "divergent",
-                                                res.manifest.created_at_ns))
+                await asyncio.to_thread(self.catalog.put, SnapshotRecord(
+                    name, old_epoch, seq, res.manifest.root, "divergent", res.manifest.created_at_ns))
                 divergent.append(seq)
-            self.catalog.set_standby(name, seq, res.manifest.root)  # the image is exactly this now
+            # the image is exactly this now
+            await asyncio.to_thread(self.catalog.set_standby, name, seq, res.manifest.root)
         if divergent and runner.role == "fenced":
             self._transition(runner, "found_uncommitted_snapshots")
             log.warning("volume %s: kept divergent snapshots %s of epoch %s (never shipped)", name, divergent,
                         old_epoch)
         runner.acting_epoch = None
-        self.catalog.set_acting_epoch(name, None)
+        await asyncio.to_thread(self.catalog.set_acting_epoch, name, None)
         runner.parent = None
         runner.became_primary.clear()
         runner.fence_flag.clear()
@@ -660,9 +663,10 @@ class SiteDaemon:
             return
         manifest = await self.ensure_snapshot(name, target, vs)
         base = self.load_manifest(standby.root) if standby is not None and self.store.has(standby.root) else None
-        self.catalog.set_standby(name, None, None)  # unknown while rewriting (crash-safe)
+        # unknown while rewriting (crash-safe: a restart compares the image block by block)
+        await asyncio.to_thread(self.catalog.set_standby, name, None, None)
         rep = await self.apply_repairing(name, Path(runner.cfg.path), manifest, base=base)
-        self.catalog.set_standby(name, target, manifest.root)
+        await asyncio.to_thread(self.catalog.set_standby, name, target, manifest.root)
         if runner.role == "divergent":
             self._transition(runner, "resynced")  # resynced from the newest common snapshot
         log.info("standby %s now at #%d (%d blocks rewritten)", name, target, rep.blocks_written)
@@ -692,12 +696,12 @@ class SiteDaemon:
                 await self._fetch_missing(volume, vs["epoch"], need, holders)
                 await asyncio.to_thread(snapshot_complete, self.store, volume, snap["epoch"], seq, root)
                 if self.catalog.find_root(volume, root) is None:
-                    self.catalog.put(SnapshotRecord(volume, snap["epoch"], seq, root, "committed",
-                                                    snap["created_at_ns"]))
+                    await asyncio.to_thread(self.catalog.put, SnapshotRecord(
+                        volume, snap["epoch"], seq, root, "committed", snap["created_at_ns"]))
                 else:
                     rec = self.catalog.find_root(volume, root)
                     if rec.state in ("local", "received"):
-                        self.catalog.set_state(volume, rec.epoch, rec.seq, "committed")
+                        await asyncio.to_thread(self.catalog.set_state, volume, rec.epoch, rec.seq, "committed")
                 return manifest
             except IntegrityError as err:
                 bad = err.evidence.get("digest")
@@ -798,7 +802,7 @@ class SiteDaemon:
                 if not final.get("committed"):
                     raise NoQuorumError("final snapshot could not be committed; switchover aborted", volume=volume)
                 res = await self.propose("promote", volume=volume, to=target, expected_epoch=vs["epoch"], force=False)
-                self._step_down(runner)
+                await self._step_down(runner)
             return {"volume": volume, "primary": target, "epoch": res.get("epoch"), "final_seq": final["seq"],
                     "elapsed_s": time.monotonic() - t0}
         runner.wake.set()
@@ -811,11 +815,11 @@ class SiteDaemon:
                 "restored_seq": runner.last_report.get("restored_seq"),
                 "rto_s": time.monotonic() - t0, "restore": runner.last_report}
 
-    def _step_down(self, runner: VolumeRunner) -> None:
+    async def _step_down(self, runner: VolumeRunner) -> None:
         """This site gave its epoch up itself (planned switchover, demote): nothing diverged."""
         assert self.catalog is not None
         runner.acting_epoch = None
-        self.catalog.set_acting_epoch(runner.cfg.name, None)
+        await asyncio.to_thread(self.catalog.set_acting_epoch, runner.cfg.name, None)
         runner.parent = None
         runner.became_primary.clear()
         if runner.role in ("primary", "restoring"):
@@ -835,7 +839,7 @@ class SiteDaemon:
         if vs["primary"] == self.site_id and runner is not None:
             async with runner.lock:
                 res = await self.propose("demote", volume=volume, expected_epoch=vs["epoch"])
-                self._step_down(runner)
+                await self._step_down(runner)
         else:
             res = await self.propose("demote", volume=volume, expected_epoch=vs["epoch"], force=True)
         return {"volume": volume, "epoch": res.get("epoch")}
@@ -991,7 +995,7 @@ class SiteDaemon:
                             rec.seq, rec.epoch, self.site_id)
                 report["refused"].append(rec.seq)
                 continue
-            self.catalog.delete(volume, rec.epoch, rec.seq)
+            await asyncio.to_thread(self.catalog.delete, volume, rec.epoch, rec.seq)
             report["forgotten"] += 1
         if report["forgotten"]:
             report["gc"] = await asyncio.to_thread(self._gc)

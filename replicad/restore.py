@@ -57,6 +57,24 @@ def digest_region(data: bytes, block_size: int) -> list[bytes]:
     return out
 
 
+READ_BYTES = 8 * 2**20  # reads of the target/image: bounded memory whatever the block size
+
+
+def _read_digests(fd: int, offset: int, length: int, block_size: int) -> list[bytes]:
+    """Digests of the blocks in ``[offset, offset + length)`` of ``fd``, read READ_BYTES at a time."""
+    step = max(1, READ_BYTES // block_size) * block_size
+    out: list[bytes] = []
+    done = 0
+    while done < length:
+        want = min(step, length - done)
+        data = os.pread(fd, want, offset + done)
+        if len(data) != want:
+            data += bytes(want - len(data))  # past the end of a device/file reads as absent: zeros
+        out.extend(digest_region(data, block_size))
+        done += want
+    return out
+
+
 def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base: Manifest | None = None,
                    progress: Progress | None = None) -> ApplyReport:
     """Make the file ``target`` hold exactly the snapshot ``manifest``.
@@ -64,8 +82,9 @@ def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base:
     Args:
         target: image file or block device; created (sparse) if absent, resized to
             ``manifest.size_bytes`` if a regular file.
-        base: a manifest the target is *known* to hold (standby record); when given, only
-            pages that differ from it are visited and the target is not read.
+        base: a manifest the target is *known* to hold (standby record); when given (and of
+            the same block size), only pages that differ from it are visited and the target is
+            not read. Otherwise the target is read and compared block by block.
         progress: called as ``progress(done_blocks, total_blocks)``.
     Returns:
         :class:`ApplyReport`.
@@ -76,30 +95,32 @@ def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base:
     """
     bs = manifest.block_size
     total = manifest.n_blocks
+    if base is not None and base.block_size != bs:
+        base = None  # its page entries describe other blocks: compare the target itself
     written = bytes_written = 0
     try:
         fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o640)
     except OSError as err:
         raise from_os_error(err, f"open restore target {target}") from err
     try:
-        is_regular = os.path.isfile(target)
-        if is_regular and os.fstat(fd).st_size != manifest.size_bytes:
-            os.ftruncate(fd, manifest.size_bytes)
-        pages = _pages_to_visit(manifest, base)
-        for i in pages:
+        zero_from = manifest.size_bytes  # offsets at or past this already read as zeros
+        if os.path.isfile(target):
+            old_size = os.fstat(fd).st_size
+            if old_size != manifest.size_bytes:
+                os.ftruncate(fd, manifest.size_bytes)
+            zero_from = min(old_size, manifest.size_bytes)
+        for i in _pages_to_visit(manifest, base):
             want = page_entries(store.get(manifest.pages[i]))
             first = i * PAGE_ENTRIES
-            if base is not None and i < len(base.pages):
-                have = page_entries(store.get(base.pages[i]))
-            elif base is not None:
-                have = []
+            if base is not None:
+                have = page_entries(store.get(base.pages[i])) if i < len(base.pages) else []
             else:
-                region = os.pread(fd, sum(_block_len(manifest, first + j) for j in range(len(want))), first * bs)
-                have = digest_region(region, bs)
+                span = sum(_block_len(manifest, first + j) for j in range(len(want)))
+                have = _read_digests(fd, first * bs, span, bs)
             for j, d in enumerate(want):
-                if j < len(have) and have[j] == d:
-                    continue
                 index = first + j
+                if (j < len(have) and have[j] == d) or (d == ZERO_DIGEST and index * bs >= zero_from):
+                    continue
                 length = _block_len(manifest, index)
                 data = bytes(length) if d == ZERO_DIGEST else store.get(d)
                 os.pwrite(fd, data, index * bs)
@@ -120,30 +141,35 @@ def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base:
 def image_manifest(path: Path, like: Manifest, *, progress: Progress | None = None) -> Manifest:
     """Re-read ``path`` and build the manifest it would have with ``like``'s header fields.
 
-    Reads ``like.size_bytes`` bytes page region by page region. Raises InternalError /
+    Reads ``like.size_bytes`` bytes, READ_BYTES at a time (memory does not grow with the
+    block size). Raises RestoreVerifyError if the image is shorter, InternalError /
     NotFoundError on I/O errors.
     """
     bs = like.block_size
-    region_bytes = bs * PAGE_ENTRIES
     page_digests: list[bytes] = []
     try:
-        with open(path, "rb", buffering=0) as f:
-            if f.seek(0, os.SEEK_END) < like.size_bytes:
-                raise RestoreVerifyError(f"image {path} is shorter than the snapshot ({like.size_bytes} bytes)",
-                                         path=str(path), size_bytes=like.size_bytes)
-            f.seek(0)
-            done = 0
-            while done < like.size_bytes:
-                want = min(region_bytes, like.size_bytes - done)
-                data = f.read(want)
-                if len(data) != want:
-                    raise RestoreVerifyError(f"short read of {path} at {done}", path=str(path))
-                page_digests.extend(digest_of(p) for p in pages_from_digests(digest_region(data, bs)))
-                done += want
-                if progress is not None:
-                    progress(done // bs, like.n_blocks)
+        fd = os.open(path, os.O_RDONLY)
     except OSError as err:
         raise from_os_error(err, f"read image {path}") from err
+    try:
+        if os.lseek(fd, 0, os.SEEK_END) < like.size_bytes:
+            raise RestoreVerifyError(f"image {path} is shorter than the snapshot ({like.size_bytes} bytes)",
+                                     path=str(path), size_bytes=like.size_bytes)
+        for i in range(len(like.pages) if like.size_bytes else 0):
+            first = i * PAGE_ENTRIES
+            span = min(PAGE_ENTRIES * bs, like.size_bytes - first * bs)
+            page_digests.extend(digest_of(p) for p in pages_from_digests(_read_digests(fd, first * bs, span, bs)))
+            if progress is not None:
+                progress(min(like.n_blocks, first + PAGE_ENTRIES), like.n_blocks)
+        # blocks past the manifest's pages (should not exist) would make the roots differ below
+        while len(page_digests) * PAGE_ENTRIES < like.n_blocks:
+            first = len(page_digests) * PAGE_ENTRIES
+            span = min(PAGE_ENTRIES * bs, like.size_bytes - first * bs)
+            page_digests.extend(digest_of(p) for p in pages_from_digests(_read_digests(fd, first * bs, span, bs)))
+    except OSError as err:
+        raise from_os_error(err, f"read image {path}") from err
+    finally:
+        os.close(fd)
     return replace(like, pages=tuple(page_digests))
 
 

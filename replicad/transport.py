@@ -52,7 +52,7 @@ class PeerHost(Protocol):
     async def check_write_epoch(self, volume: str, epoch: int, sender: str) -> None:
         """Raise StaleEpochError / NotPrimaryError / NotFoundError unless ``sender`` may write ``volume`` at ``epoch``."""
 
-    def snapshot_received(self, volume: str, epoch: int, seq: int, root: bytes, created_at_ns: int) -> None:
+    async def snapshot_received(self, volume: str, epoch: int, seq: int, root: bytes, created_at_ns: int) -> None:
         """Record a fully stored snapshot in the local catalog."""
 
     def chunks_received(self, volume: str, sender: str, payload_bytes: int) -> None:
@@ -68,18 +68,25 @@ def _msgpack_response(**fields: Any) -> web.Response:
     return web.Response(body=wire.encode_reply(**fields), content_type=wire.CONTENT_TYPE)
 
 
-async def _read_doc(request: web.Request, kind: str) -> dict[str, Any]:
-    """Read the whole request body (however the network splits it), at most MAX_DOC_BYTES."""
-    if request.content_length is not None and request.content_length > wire.MAX_DOC_BYTES:
-        raise RemoteProtocolError(f"{kind} document too large", bytes=request.content_length)
+async def read_bounded(stream: aiohttp.StreamReader, declared: int | None, limit: int, what: str) -> bytes:
+    """Read a whole HTTP body (however the network splits it), refusing more than ``limit`` bytes.
+
+    Raises RemoteProtocolError when the declared or actual size exceeds ``limit``."""
+    if declared is not None and declared > limit:
+        raise RemoteProtocolError(f"{what} too large", bytes=declared, limit=limit)
     parts: list[bytes] = []
     size = 0
-    async for data in request.content.iter_chunked(2**16):
+    async for data in stream.iter_chunked(2**16):
         size += len(data)
-        if size > wire.MAX_DOC_BYTES:
-            raise RemoteProtocolError(f"{kind} document too large", bytes=size)
+        if size > limit:
+            raise RemoteProtocolError(f"{what} too large", bytes=size, limit=limit)
         parts.append(data)
-    return wire.decode_doc(kind, b"".join(parts))
+    return b"".join(parts)
+
+
+async def _read_doc(request: web.Request, kind: str) -> dict[str, Any]:
+    body = await read_bounded(request.content, request.content_length, wire.MAX_DOC_BYTES, f"{kind} document")
+    return wire.decode_doc(kind, body)
 
 
 def snapshot_complete(store: ChunkStore, volume: str, epoch: int, seq: int, root: bytes) -> Manifest:
@@ -122,7 +129,7 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
         checked = False
         received_bytes = 0
         try:
-            async for data in request.content.iter_chunked(2**20):
+            async for data in request.content.iter_chunked(wire.FEED_MAX_BYTES):
                 reader.feed(data)
                 for frame in reader.frames():
                     if not checked:
@@ -157,7 +164,7 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
             await host.check_write_epoch(doc["volume"], doc["epoch"], doc["from"])
             manifest = await asyncio.to_thread(snapshot_complete, host.store, doc["volume"], doc["epoch"],
                                                doc["seq"], doc["root"])
-            host.snapshot_received(doc["volume"], doc["epoch"], doc["seq"], doc["root"], manifest.created_at_ns)
+            await host.snapshot_received(doc["volume"], doc["epoch"], doc["seq"], doc["root"], manifest.created_at_ns)
             return _msgpack_response(stored=True)
         except ReplicadError as err:
             return error_response(err)
@@ -218,7 +225,7 @@ class PeerClient:
         try:
             async with self.session.post(url, data=body, timeout=timeout,
                                          headers={"Content-Type": wire.CONTENT_TYPE}) as resp:
-                data = await resp.read()
+                data = await read_bounded(resp.content, resp.content_length, wire.MAX_DOC_BYTES, "peer reply")
                 if resp.status != 200:
                     raise _error_from(resp.status, data, url)
                 return wire.decode_reply(data)
@@ -286,11 +293,12 @@ class PeerClient:
                 async with self.session.post(peer_url + "/v1/peer/fetch", data=body, timeout=PEER_TIMEOUT,
                                              headers={"Content-Type": wire.CONTENT_TYPE}) as resp:
                     if resp.status != 200:
-                        raise _error_from(resp.status, await resp.read(), peer_url)
+                        raise _error_from(resp.status, await read_bounded(
+                            resp.content, resp.content_length, wire.MAX_DOC_BYTES, "peer error"), peer_url)
                     reader = wire.FrameReader("chunks")
                     batch: list[tuple[bytes, int, bytes]] = []
                     batch_bytes = 0
-                    async for data in resp.content.iter_chunked(2**20):
+                    async for data in resp.content.iter_chunked(wire.FEED_MAX_BYTES):
                         reader.feed(data)
                         for frame in reader.frames():
                             batch.append(frame)

@@ -23,8 +23,11 @@ from .errors import LocalProtocolError, RemoteProtocolError
 WIRE_VERSION = 1
 DIGEST_SIZE = 32
 MAX_DOC_BYTES = 8 * 2**20          # one request/response document
-MAX_DIGESTS_PER_DOC = 65536        # digests listed in one ``missing`` request
+MAX_DIGESTS_PER_DOC = 4096         # digests in one request: msgpack allocates declared array
+                                   # lengths up front, so this also bounds what nesting can cost
+MAX_NAME_CHARS = 255               # volume and site names
 MAX_FRAME_BYTES = 5 * 2**20        # one chunk frame: block sizes are at most 4 MiB (+ lz4 slack)
+FEED_MAX_BYTES = 2**20             # callers feed a FrameReader pieces of at most this size
 CONTENT_TYPE = "application/x-msgpack"
 MAX_COUNTER = 2**53                # epochs and seqs: far beyond any real count, fits SQLite and JSON
 
@@ -40,16 +43,18 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "fetch": {"digests": list},
 }
 _COMMON = {"v": _INT, "volume": _STR, "epoch": _INT, "from": _STR}
+STREAM_KINDS = ("chunks",)  # kinds whose document heads a frame stream (no list fields)
 
 
-def _unpacker(max_bytes: int) -> msgpack.Unpacker:
+def _unpacker(max_bytes: int, max_array_len: int = MAX_DIGESTS_PER_DOC,
+              buffer_bytes: int | None = None) -> msgpack.Unpacker:
     return msgpack.Unpacker(
         raw=False,
         strict_map_key=False,
-        max_buffer_size=max_bytes,
+        max_buffer_size=buffer_bytes or max_bytes,
         max_bin_len=max_bytes,
         max_str_len=min(max_bytes, 2**20),
-        max_array_len=max(MAX_DIGESTS_PER_DOC, 16),
+        max_array_len=max_array_len,
         max_map_len=64,
     )
 
@@ -95,12 +100,17 @@ def decode_doc(kind: str, data: bytes) -> dict[str, Any]:
 
 def decode_reply(data: bytes) -> dict[str, Any]:
     """Decode a reply document (a msgpack map) from a peer; RemoteProtocolError if it is not one."""
+    if len(data) > MAX_DOC_BYTES:
+        raise RemoteProtocolError(f"reply too large: {len(data)} bytes")
     unpacker = _unpacker(MAX_DOC_BYTES)
     try:
         unpacker.feed(data)
         doc = unpacker.unpack()
+        extra = unpacker.tell() != len(data)
     except (msgpack.OutOfData, ValueError, TypeError, msgpack.FormatError, msgpack.StackError) as err:
         raise RemoteProtocolError(f"reply malformed: {err}") from None
+    if extra:
+        raise RemoteProtocolError("reply has trailing bytes")
     if not isinstance(doc, dict):
         raise RemoteProtocolError("reply is not a map")
     return doc
@@ -124,9 +134,13 @@ def _check(kind: str, doc: Any, err_cls: type) -> None:
         value = doc.get(name)
         if not isinstance(value, typ) or isinstance(value, bool):
             raise err_cls(f"{kind} document: field {name!r} missing or not {typ.__name__}", kind=kind, field=name)
+    for name in ("volume", "from"):
+        if len(doc[name]) > MAX_NAME_CHARS:
+            raise err_cls(f"{kind} document: {name} longer than {MAX_NAME_CHARS} characters", kind=kind, field=name)
     for name in ("epoch", "seq"):
-        if name in doc and not 0 <= doc[name] <= MAX_COUNTER:
-            raise err_cls(f"{kind} document: {name} out of range 0..{MAX_COUNTER}", kind=kind, field=name)
+        if name in _COMMON or name in schema:
+            if not 0 <= doc[name] <= MAX_COUNTER:
+                raise err_cls(f"{kind} document: {name} out of range 0..{MAX_COUNTER}", kind=kind, field=name)
     if "digests" in schema:
         digests = doc["digests"]
         if len(digests) > MAX_DIGESTS_PER_DOC:
@@ -157,10 +171,14 @@ class FrameReader:
     """
 
     def __init__(self, kind: str) -> None:
+        if kind not in STREAM_KINDS:
+            raise LocalProtocolError(f"{kind!r} does not head a chunk stream", kind=kind)
         self.kind = kind
         self.header: dict[str, Any] | None = None
-        self._unpacker = _unpacker(MAX_FRAME_BYTES)
+        # the buffer holds one whole frame plus the network piece that completes it
+        self._unpacker = _unpacker(MAX_FRAME_BYTES, max_array_len=3, buffer_bytes=MAX_FRAME_BYTES + FEED_MAX_BYTES)
         self._fed_bytes = 0
+        self._complete_at = 0  # stream offset just after the last complete object
 
     def feed(self, data: bytes) -> None:
         try:
@@ -177,6 +195,7 @@ class FrameReader:
                 return
             except (ValueError, TypeError, msgpack.FormatError, msgpack.StackError) as err:
                 raise RemoteProtocolError(f"chunk stream malformed: {err}") from None
+            self._complete_at = self._unpacker.tell()
             if self.header is None:
                 _check(self.kind, obj, RemoteProtocolError)
                 self.header = obj
@@ -199,6 +218,6 @@ class FrameReader:
             raise RemoteProtocolError(f"chunk stream malformed: {err}") from None
         else:
             raise RemoteProtocolError("chunk stream: unread frame at end")
-        if self._unpacker.tell() != self._fed_bytes:
+        if self._complete_at != self._fed_bytes:
             raise RemoteProtocolError("chunk stream truncated in the middle of a frame")
         return self.header

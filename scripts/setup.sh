@@ -5,10 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 command -v mke2fs >/dev/null 2>&1 || [ -x /usr/sbin/mke2fs ] || need+=(e2fsprogs)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)          # alert rule and dashboard tests
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)      # unit file verification
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+        # policy-rc.d 101: the packages' services must not start on this machine
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+        rm -f /usr/sbin/policy-rc.d
     else
         echo "missing Debian packages: ${need[*]} (run as root or install them)" >&2
         exit 1

@@ -33,10 +33,17 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "test-cluster-secret"
 
 HELPER = r'''
-import asyncio, json, sys, threading
+import asyncio, json, sys, threading, zlib
 from pathlib import Path
 from replicad import errors
-from replicad.consensus import RaftNode
+from replicad.consensus import DurableJournal, RaftNode
+
+deleted = []  # (idx, term, crc32) of every journal entry this node deleted
+_delete_entries_from = DurableJournal.deleteEntriesFrom
+def _recording_delete_entries_from(journal, entry_from):
+    deleted.extend([e[1], e[2], zlib.crc32(e[0])] for e in journal[entry_from:])
+    _delete_entries_from(journal, entry_from)
+DurableJournal.deleteEntriesFrom = _recording_delete_entries_from
 
 self_addr, partners, data_dir, compaction = sys.argv[1], sys.argv[2].split(","), sys.argv[3], int(sys.argv[4])
 
@@ -77,6 +84,9 @@ async def main():
                 out = {"ok": True, "result": to_json(res)}
             elif req["cmd"] == "state":
                 out = {"ok": True, "result": to_json(node.state())}
+            elif req["cmd"] == "journal":
+                entries = [[e[1], e[2], zlib.crc32(e[0])] for e in list(node._syncobj._SyncObj__raftLog)]
+                out = {"ok": True, "result": {"entries": entries, "deleted": list(deleted)}}
             else:
                 out = {"ok": True, "result": to_json(node.status())}
         except errors.ReplicadError as exc:
@@ -111,14 +121,17 @@ class Node:
     def __init__(self, addr: str, partners: list[str], data_dir: Path, compaction: int) -> None:
         self.addr = addr
         self.args = [sys.executable, "-c", HELPER, addr, ",".join(partners), str(data_dir), str(compaction)]
+        self.stderr_path = Path(data_dir).with_name(Path(data_dir).name + ".stderr")
         self.proc: subprocess.Popen | None = None
         self.replies: dict[str, dict] = {}
         self.cond = threading.Condition()
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-        self.proc = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO_ROOT)
+        self.stderr_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.stderr_path, "ab") as stderr:
+            self.proc = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=stderr, text=True, env=env, cwd=REPO_ROOT)
         self.replies = {}
         ready = self.proc.stdout.readline()
         assert json.loads(ready) == {"ready": True}
@@ -297,6 +310,46 @@ def test_restart_of_all_three_keeps_the_state(make_cluster):
     assert register(nodes[1], "after")["ok"]
     for node in nodes:
         wait_for(lambda: "after" in node.state()["sites"], f"new site on {node.addr}")
+
+
+def test_concurrent_startup_proposals_leave_identical_logs_and_states(tmp_path):
+    """All three nodes propose at once right after start, as sites do when they register.
+
+    pysyncobj's pipelining leader used to resend entries already in flight and its
+    follower to delete and re-append them (CRITICAL "truncating already-applied log
+    entries" when some were applied). Raft never deletes an entry the leader sends again
+    identically: no node may delete an entry its final log holds unchanged.
+    """
+    for start in range(4):
+        addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+        nodes = [Node(addr, [a for a in addrs if a != addr], tmp_path / f"start{start}" / f"site{i}", 5000)
+                 for i, addr in enumerate(addrs)]
+        try:
+            for node in nodes:
+                node.start()
+            replies: list[dict] = []
+            threads = [threading.Thread(target=lambda n=node, s=f"s{i}x{k}": replies.append(register(n, s)))
+                       for i, node in enumerate(nodes) for k in range(6)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+            assert len(replies) == 18 and all(r["ok"] for r in replies), replies
+            for node in nodes:
+                wait_for(lambda: len(node.state()["sites"]) == 18, f"sites on {node.addr}")
+            journals = [node.call("journal")["result"] for node in nodes]
+            wait_for(lambda: len({n.status()["last_applied"] for n in nodes}) == 1, "equal last_applied")
+            states = [node.state() for node in nodes]
+        finally:
+            for node in nodes:
+                node.kill()
+        assert states[0] == states[1] == states[2]
+        for journal in journals:
+            final = {tuple(e) for e in journal["entries"]}
+            reappended = [e for e in journal["deleted"] if tuple(e) in final]
+            assert reappended == [], f"start {start}: entries deleted and re-appended identically"
+        for node in nodes:
+            assert "truncating already-applied" not in node.stderr_path.read_text(errors="replace")
 
 
 def test_a_node_behind_a_compacted_log_catches_up_from_the_dump(make_cluster):

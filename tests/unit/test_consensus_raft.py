@@ -1,0 +1,254 @@
+"""Raft append rule, leader nextIndex and frame limits of :mod:`replicad.consensus`.
+
+The append tests drive a real ``_HardenedSyncObj`` (real :class:`DurableJournal` in
+``tmp_path``, no auto tick) with ``append_entries`` messages as a pipelining pysyncobj
+leader sends them, and record the answers it sends back.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import time
+
+import pytest
+from hypothesis import given, settings, strategies as st
+from pysyncobj import SyncObjConf
+from pysyncobj.node import TCPNode
+
+from replicad import consensus
+from replicad.consensus import (MAX_FRAME_BYTES, MAX_HANDSHAKE_FRAME_BYTES, DurableJournal, RaftNode,
+                                plan_append_entries)
+
+PASSWORD = "unit-secret"
+
+
+def free_port() -> int:
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(20000, 60000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+# --------------------------------------------------------------------------- the pure rule
+
+
+def raft_reference(log: list, prev_idx: int, prev_term: int, entries: list) -> list | None:
+    """Ongaro & Ousterhout 2014, Figure 2, AppendEntries receiver steps 2-4 (None: reply false)."""
+    by_idx = {e[1]: e for e in log}
+    if prev_idx not in by_idx or by_idx[prev_idx][2] != prev_term:
+        return None
+    out = list(log)
+    for entry in entries:
+        pos = entry[1] - log[0][1]
+        if pos < len(out) and out[pos][2] != entry[2]:
+            del out[pos:]
+        if pos >= len(out):
+            out.append(entry)
+    return out
+
+
+def pysyncobj_follower(log: list, prev_idx: int, prev_term: int, entries: list) -> list:
+    """What pysyncobj 0.3.17's follower does with an accepted message: cut after prev, append."""
+    keep = prev_idx - log[0][1] + 1
+    return log[:keep] + list(entries)
+
+
+def apply_plan(log: list, prev_idx: int, prev_term: int, entries: list) -> tuple[list, int]:
+    """The follower log and acknowledged next index with plan_append_entries in front of pysyncobj."""
+    plan = plan_append_entries(log, prev_idx, prev_term, entries)
+    if plan is None:
+        out = pysyncobj_follower(log, prev_idx, prev_term, entries)
+        return out, out[-1][1] + 1
+    new_prev, new_term, new_entries, ack = plan
+    out = pysyncobj_follower(log, new_prev, new_term, new_entries)
+    return out, ack if ack is not None else out[-1][1] + 1
+
+
+def entries_of(terms: list[int], first_idx: int = 1) -> list:
+    return [(b"\x00c%d-%d" % (i, t), first_idx + i, t) for i, t in enumerate(terms)]
+
+
+def test_a_stale_resend_of_present_entries_deletes_nothing_and_acknowledges_only_them():
+    log = entries_of([0, 1, 1, 1, 1, 1])  # idx 1..6
+    plan = plan_append_entries(log, 3, 1, log[3:5])  # prev 3, entries 4..5: the log goes on to 6
+    assert plan == (6, 1, [], 6)  # heartbeat at the log's end, acknowledge up to 5 only
+
+
+def test_a_conflicting_entry_is_cut_from_there_and_new_ones_follow_the_matching_prefix():
+    log = entries_of([0, 1, 1, 2, 2])  # idx 1..5
+    leader = entries_of([0, 1, 1, 2, 3, 3])
+    assert plan_append_entries(log, 2, 1, leader[2:]) == (4, 2, leader[4:], None)
+    assert plan_append_entries(log, 3, 1, leader[3:4]) == (5, 2, [], 5)
+
+
+def test_messages_pysyncobj_already_handles_right_are_left_alone():
+    log = entries_of([0, 1, 1])
+    assert plan_append_entries(log, 3, 1, entries_of([1], 4)) is None  # plain append at the end
+    assert plan_append_entries(log, 5, 1, []) is None  # prev missing: pysyncobj resets
+    assert plan_append_entries(log, 2, 2, log[2:]) is None  # prev term differs: pysyncobj resets
+    assert plan_append_entries(log, 1, 0, [(b"x", 3, 1)]) is None  # not consecutive
+    assert plan_append_entries(log, 1, 0, ["junk"]) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_the_plan_in_front_of_pysyncobj_is_raft_figure_2(data):
+    # A leader log, and a follower log sharing a prefix of it then diverging (older terms).
+    leader_terms = sorted(data.draw(st.lists(st.integers(1, 4), min_size=1, max_size=12)))
+    leader = entries_of([0] + leader_terms)
+    shared = data.draw(st.integers(1, len(leader)))
+    tail = sorted(data.draw(st.lists(st.integers(1, 4), max_size=6)))
+    tail = [t for t in tail if t >= leader[shared - 1][2]]
+    follower = leader[:shared] + [(b"\x00old", shared + 1 + i, t) for i, t in enumerate(tail)]
+    if any(f[2] == l[2] and f != l for f, l in zip(follower, leader)):
+        return  # would break the Log Matching property: not a reachable state
+    prev_idx = data.draw(st.integers(1, len(leader)))
+    count = data.draw(st.integers(0, len(leader) - prev_idx))
+    prev_term = leader[prev_idx - 1][2]
+    sent = leader[prev_idx:prev_idx + count]
+    expected = raft_reference(follower, prev_idx, prev_term, sent)
+    if expected is None:
+        assert plan_append_entries(follower, prev_idx, prev_term, sent) is None
+        return
+    got, ack_next_idx = apply_plan(follower, prev_idx, prev_term, sent)
+    assert got == expected
+    assert ack_next_idx == prev_idx + count + 1  # only what the message vouched for
+
+
+# --------------------------------------------------------------------------- a real SyncObj
+
+
+@pytest.fixture
+def follower(tmp_path):
+    """A hardened follower (no auto tick) whose next_node_idx answers are recorded in ``answers``."""
+    leader_addr = f"127.0.0.1:{free_port()}"
+    conf = SyncObjConf(password=PASSWORD, journalFile=str(tmp_path / "raft.journal"), autoTick=False,
+                       appendEntriesUseBatch=False, dynamicMembershipChange=False)
+    obj = consensus._HardenedSyncObj(f"127.0.0.1:{free_port()}", [leader_addr], conf=conf,
+                                     consumers=[consensus._StateConsumer(None)])
+    transport = obj._SyncObj__transport
+    real_send = transport.send
+    obj.answers = []
+
+    def send(node, message):  # the real transport, its answers recorded on the way out
+        if message.get("type") == "next_node_idx":
+            obj.answers.append((message["next_node_idx"], message["success"], message["reset"]))
+        return real_send(node, message)
+
+    transport.send = send
+    yield obj, TCPNode(leader_addr)
+    obj._destroy()
+
+
+def append(obj, leader, prev_idx, prev_term, entries, commit_index):
+    obj._SyncObj__onMessageReceived(leader, {
+        "type": "append_entries", "term": 1, "commit_index": commit_index, "entries": entries,
+        "prevLogIdx": prev_idx, "prevLogTerm": prev_term})
+
+
+def test_a_pipelined_resend_truncates_no_applied_entry(follower, caplog, monkeypatch):
+    obj, leader = follower
+    deleted: list[int] = []
+    real_delete = DurableJournal.deleteEntriesFrom
+    monkeypatch.setattr(DurableJournal, "deleteEntriesFrom",
+                        lambda self, pos: (deleted.append(len(self) - pos), real_delete(self, pos))[1])
+    commands = [(b"\x01", 2, 1)] + [(b"\x01", i, 1) for i in range(3, 7)]
+    append(obj, leader, 1, 0, commands, commit_index=6)  # entries 2..6, all committed
+    obj._SyncObj__applyLogEntries()
+    assert obj.raftLastApplied == 6
+    with caplog.at_level(logging.CRITICAL, logger="pysyncobj"):
+        append(obj, leader, 3, 1, commands[2:4], commit_index=6)  # a resend of 4..5, in flight before
+    assert not [r for r in caplog.records if "truncating" in r.getMessage()]
+    assert deleted == []
+    journal = obj._SyncObj__raftLog
+    assert [(e[1], e[2]) for e in journal] == [(i, 0 if i == 1 else 1) for i in range(1, 7)]
+    assert obj.answers[-1] == (6, True, False)  # acknowledges 4..5 only (next index 6)
+    assert obj.raftCommitIndex == 6 and obj.raftLastApplied == 6
+
+
+def test_extra_entries_beyond_a_message_are_not_committed_by_it(follower):
+    obj, leader = follower
+    append(obj, leader, 1, 0, [(b"\x01", 2, 1), (b"\x00a", 3, 1), (b"\x00b", 4, 1)], commit_index=1)
+    append(obj, leader, 1, 0, [(b"\x01", 2, 1)], commit_index=4)  # vouches for 2 only
+    assert len(obj._SyncObj__raftLog) == 4  # 3..4 kept (no conflict) ...
+    assert obj.raftCommitIndex == 2  # ... but not committed on this message's word
+    assert obj.answers[-1] == (3, True, False)
+
+
+def test_a_conflicting_uncommitted_entry_is_replaced(follower):
+    obj, leader = follower
+    append(obj, leader, 1, 0, [(b"\x01", 2, 1), (b"\x00old", 3, 1)], commit_index=2)
+    obj._SyncObj__onMessageReceived(leader, {
+        "type": "append_entries", "term": 2, "commit_index": 3,
+        "entries": [(b"\x01", 2, 1), (b"\x00new", 3, 2)], "prevLogIdx": 1, "prevLogTerm": 0})
+    assert list(obj._SyncObj__raftLog)[1:] == [(b"\x01", 2, 1), (b"\x00new", 3, 2)]
+    assert obj.raftCommitIndex == 3
+
+
+def test_a_success_answer_to_an_earlier_message_does_not_move_next_index_back(tmp_path):
+    conf = SyncObjConf(password=PASSWORD, journalFile=str(tmp_path / "raft.journal"), autoTick=False,
+                       appendEntriesUseBatch=False, dynamicMembershipChange=False)
+    partners = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    obj = consensus._HardenedSyncObj(f"127.0.0.1:{free_port()}", partners, conf=conf,
+                                     consumers=[consensus._StateConsumer(None)])
+    try:
+        obj._SyncObj__setCurrentTerm(1, None)
+        obj._SyncObj__onBecomeLeader()  # noop at idx 2; nextIndex = 2 for both partners
+        peer = TCPNode(partners[0])
+        for idx in (3, 4, 5):
+            obj._SyncObj__raftLog.add(b"\x00c", idx, 1)
+        obj._SyncObj__raftNextIndex[peer] = 6  # 2..5 sent in three pipelined messages
+        obj._SyncObj__onMessageReceived(peer, {"type": "next_node_idx", "next_node_idx": 3,
+                                               "success": True, "reset": False})
+        assert obj._SyncObj__raftMatchIndex[peer] == 2
+        assert obj._SyncObj__raftNextIndex[peer] == 6
+        obj._SyncObj__onMessageReceived(peer, {"type": "next_node_idx", "next_node_idx": 4,
+                                               "success": False, "reset": True})
+        assert obj._SyncObj__raftNextIndex[peer] == 4  # a reset still moves it back
+    finally:
+        obj._destroy()
+
+
+# --------------------------------------------------------------------------- frame limits
+
+
+def test_frame_limits_fit_the_largest_legitimate_frame():
+    # append_entries: 64 KiB batch + one command (<= 2 * MAX_COMMAND_BYTES), Fernet x 4/3
+    largest = (64 * 1024 + 2 * consensus.MAX_COMMAND_BYTES) * 4 // 3 + 1024
+    assert largest * 8 < MAX_FRAME_BYTES <= 4 * 1024 * 1024
+    assert MAX_HANDSHAKE_FRAME_BYTES >= 1024
+
+
+def test_a_connection_that_never_authenticated_cannot_announce_a_big_frame(tmp_path):
+    addr = f"127.0.0.1:{free_port()}"
+    node = RaftNode(addr, [], tmp_path, PASSWORD)
+    node.start()
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                sock = socket.create_connection(("127.0.0.1", int(addr.rsplit(":", 1)[1])), timeout=10)
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        with sock:
+            # well below MAX_FRAME_BYTES, above the handshake limit, body not sent yet:
+            # an unpatched connection would wait for (and buffer) the whole frame
+            sock.sendall((64 * 1024).to_bytes(4, "little", signed=True) + b"x" * 100)
+            try:
+                closed = sock.recv(1) == b""
+            except ConnectionResetError:
+                closed = True
+        assert closed
+    finally:
+        node.close()
