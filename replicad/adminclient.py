@@ -1,5 +1,6 @@
 """A minimal synchronous client of the admin API (stdlib ``urllib``), shared by the CLI, the
-demo and the tests. Errors come back as the class named in the JSON error body."""
+demo and the tests. Errors come back as the class named in the JSON error body. A token is
+sent as ``Authorization: Bearer <token>`` (:mod:`replicad.auth`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from typing import Any
 from .errors import PeerUnavailableError, from_dict
 
 
-def call_admin(base_url: str, method: str, path: str, body: dict | None = None, timeout_s: float = 600) -> Any:
-    """``method`` ``base_url + path`` with a JSON body; returns the decoded JSON answer.
+def call_admin(base_url: str, method: str, path: str, body: dict | None = None, timeout_s: float = 600,
+               token: str | None = None) -> Any:
+    """``method`` ``base_url + path`` with a JSON body (and ``token`` as a bearer token when
+    given); returns the decoded JSON answer.
 
     Raises:
         the ReplicadError subclass named by an error answer ({error, message, evidence});
@@ -20,7 +23,10 @@ def call_admin(base_url: str, method: str, path: str, body: dict | None = None, 
     """
     url = base_url.rstrip("/") + path
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             return json.loads(resp.read() or b"{}")

@@ -7,7 +7,12 @@ other commands talk to a site's admin API (``--admin URL``, or the ``admin.liste
 Human output is a rich table; ``--json`` prints the API's JSON for scripts. Errors print
 one line (never a traceback) and exit with the code of their class in
 :mod:`replicad.errors` (2 usage/config, 3 not found, 4 conflict, 5 integrity, 6 protocol,
-7 unavailable, 70 internal).
+7 unavailable, 8 access denied, 70 internal).
+
+The admin token (:mod:`replicad.auth`) is taken from ``--token``, else the first line of
+``--token-file``, else ``$REPLICAD_TOKEN``, and sent as ``Authorization: Bearer``. Prefer
+the file or the variable: a ``--token`` argument is visible to other users in ``ps``.
+``hash-token`` and ``audit verify`` work offline.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .adminclient import call_admin
-from .errors import ConfigError, InternalError, ReplicadError, from_dict
+from .errors import ConfigError, IntegrityError, InternalError, ReplicadError, UsageError, from_dict
 
 def _console(stderr: bool) -> Console:
     """A rich console; when output is not a terminal, wide enough that tables are not cut."""
@@ -48,9 +53,24 @@ def _admin_url(args: argparse.Namespace) -> str:
     return os.environ.get("REPLICAD_ADMIN", "http://127.0.0.1:7301").rstrip("/")
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    """The bearer token: ``--token``, else ``--token-file`` (first line), else ``$REPLICAD_TOKEN``."""
+    if getattr(args, "token", None):
+        return args.token.strip()
+    if getattr(args, "token_file", None):
+        try:
+            lines = Path(args.token_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"cannot read token file {args.token_file}: {err}", path=args.token_file) from None
+        if not lines or not lines[0].strip():
+            raise UsageError(f"token file {args.token_file} is empty", path=args.token_file)
+        return lines[0].strip()
+    return os.environ.get("REPLICAD_TOKEN", "").strip() or None
+
+
 def api(args: argparse.Namespace, method: str, path: str, body: dict | None = None, timeout_s: float = 600) -> Any:
     """Call the admin API of the chosen site; returns the decoded JSON or raises the error class it names."""
-    return call_admin(_admin_url(args), method, path, body, timeout_s)
+    return call_admin(_admin_url(args), method, path, body, timeout_s, token=_token(args))
 
 
 def _print(args: argparse.Namespace, data: Any, render=None) -> None:
@@ -72,6 +92,10 @@ def _render_status(data: dict) -> None:
     console.print(f"[bold]site[/bold] {data['site_id']}   raft leader: {_site_name(data, raft.get('leader'))}   "
                   f"term {raft.get('term')}   commit index {raft.get('commit_index')}   "
                   f"quorum: {'yes' if raft.get('has_quorum') else 'NO'}")
+    if data.get("members"):
+        console.print("members: " + ", ".join(
+            m["site_id"] + (" (this site)" if m.get("self") else "" if m.get("reachable") else " (UNREACHABLE)")
+            for m in data["members"]))
     t = Table(title="volumes")
     for col in ("volume", "role", "primary", "epoch", "newest", "newest clean", "standby", "RPO s", "suspect",
                 "divergent", "last error"):
@@ -138,6 +162,137 @@ def _render_snapshots(data: dict) -> None:
     console.print(t)
 
 
+def _render_members(data: dict) -> None:
+    quorum = "yes" if data.get("has_quorum") else "NO"
+    t = Table(title=f"members — leader {data.get('leader') or 'none'}, term {data.get('term')}, quorum {quorum}")
+    for col in ("site", "kind", "raft", "admin", "registered", "reachable", "leader"):
+        t.add_column(col)
+    for m in data.get("members", []):
+        reach = "this site" if m.get("self") else ("yes" if m.get("reachable") else "NO")
+        t.add_row(m["site_id"], m["kind"], m["raft"], m["admin_url"], "yes" if m.get("registered") else "no",
+                  reach, "*" if m.get("leader") else "", style=None if m.get("reachable") else "red")
+    console.print(t)
+
+
+def _render_retention(data: dict) -> None:
+    from .units import format_duration
+
+    r = data["retention"]
+    line = ", ".join(f"{k.removesuffix('_s')} {format_duration(r[k])}" for k in ("keep_all_s", "hourly_s",
+                                                                                 "daily_s", "lock_s"))
+    console.print(f"{data['volume']} retention: {line}")
+    if "previous" in data:
+        console.print("  (agreed through Raft; every site applies it)")
+
+
+def _render_verify(r: dict) -> None:
+    style = "red" if r.get("lost") else "yellow" if r.get("corrupt") else "green"
+    console.print(f"verify {r['volume']}#{r['seq']}: {r['checked']} chunks checked, "
+                  f"[{style}]{len(r['corrupt'])} corrupt, {r['healed']} healed, {r['lost']} lost[/{style}] "
+                  f"in {r['seconds']:.2f}s")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify a held snapshot; exit 5 (integrity) if a corrupt chunk could not be healed."""
+    report = api(args, "POST", f"/v1/volumes/{args.volume}/verify", {"seq": args.seq})
+    _print(args, report, _render_verify)
+    if report.get("lost"):
+        raise IntegrityError(f"{report['lost']} corrupt chunk(s) of {args.volume}#{report['seq']} could not be "
+                             "healed from any holder", volume=args.volume, seq=report["seq"], lost=report["lost"])
+    return 0
+
+
+def _follow(args: argparse.Namespace, op: dict, title: str) -> dict:
+    """Poll operation ``op`` with a progress bar (on stderr) until it ends; return its result
+    or raise its error."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("blocks"), TimeElapsedColumn(), console=err_console,
+                  disable=getattr(args, "json", False)) as progress:
+        task = progress.add_task(f"{title}: starting", total=None)
+        while op["state"] == "running":
+            time.sleep(0.2)
+            op = api(args, "GET", f"/v1/operations/{op['id']}")
+            progress.update(task, description=f"{title}: {op['phase']}",
+                            completed=op["done_blocks"], total=op["total_blocks"] or None)
+    if op["state"] == "failed":
+        raise from_dict(op["error"] or {"error": "internal", "message": f"{title} failed"})
+    return op["result"]
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    """Recovery drill as an operation with a progress bar."""
+    body = {"sandbox": str(Path(args.sandbox).absolute()), "seq": args.seq, "keep": args.keep}
+    op = api(args, "POST", f"/v1/volumes/{args.volume}/drill", body)
+    result = _follow(args, op, f"drill {args.volume}")
+    _print(args, result, lambda r: console.print(
+        f"drill {r['volume']}#{r['seq']} ({r.get('verdict')}): restored and root verified "
+        f"{r['root'][:16]}… in {r.get('rto_s', r['seconds']):.2f}s, {r['blocks_written']} blocks written; "
+        + (f"image kept at {r['target']}" if r.get("kept") else "image deleted")))
+    return 0
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    """Show the retention policy, or change it (``--set key=duration``, admin role)."""
+    path = f"/v1/volumes/{args.volume}/retention"
+    if not args.set:
+        if args.approved_by:
+            raise UsageError("--approved-by goes with --set")
+        _print(args, api(args, "GET", path), _render_retention)
+        return 0
+    retention: dict[str, str] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UsageError(f"--set takes KEY=DURATION (keep_all, hourly, daily, lock), got {item!r}")
+        retention[key.strip()] = value.strip()
+    body: dict[str, Any] = {"retention": retention}
+    if args.approved_by:
+        body["approved_by"] = args.approved_by
+    _print(args, api(args, "PUT", path, body), _render_retention)
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Check the hash chain of an admin audit file; exit 5 (integrity) if it is broken."""
+    from .audit import verify_chain
+
+    ok, n, bad = verify_chain(Path(args.file))
+    result = {"file": args.file, "ok": ok, "n_records": n, "first_bad_seq": bad}
+    _print(args, result, lambda r: console.print(
+        f"{r['file']}: {r['n_records']} records, chain intact" if r["ok"] else
+        f"[red]{r['file']}: chain BROKEN at record {r['first_bad_seq']}[/red] ({r['n_records']} lines)"))
+    if not ok:
+        raise IntegrityError(f"audit chain of {args.file} is broken at record {bad}", file=args.file,
+                             first_bad_seq=bad, n_records=n)
+    return 0
+
+
+def cmd_hash_token(args: argparse.Namespace) -> int:
+    """Print the SHA-256 of a token read from stdin (or of a new random one with --generate)."""
+    from .auth import MIN_TOKEN_CHARS, generate_token, hash_token
+
+    if args.generate:
+        token = generate_token()
+    else:
+        lines = sys.stdin.read().splitlines()
+        token = lines[0].strip() if lines else ""
+        if len(token) < MIN_TOKEN_CHARS:
+            raise UsageError(f"a token must have at least {MIN_TOKEN_CHARS} characters; make one with "
+                             "'replicad hash-token --generate'", length=len(token))
+    digest = hash_token(token)
+    if args.generate:
+        _print(args, {"token": token, "sha256": digest}, lambda r: console.print(
+            f"token:  {r['token']}\nsha256: {r['sha256']}\n"
+            "give the token to its holder; put only the sha256 in [[admin.tokens]]", soft_wrap=True))
+    else:
+        _print(args, {"sha256": digest}, lambda r: console.print(r["sha256"], soft_wrap=True))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .daemon import run_site
@@ -150,7 +305,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
-    return asyncio.run(run_site(cfg))
+    return asyncio.run(run_site(cfg, Path(args.config)))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -174,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--config", dest="site_config", default=argparse.SUPPRESS,
                         help="site config file (its admin_url is used)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts")
+    common.add_argument("--token", default=argparse.SUPPRESS,
+                        help="admin API bearer token (visible in ps: prefer --token-file or $REPLICAD_TOKEN)")
+    common.add_argument("--token-file", default=argparse.SUPPRESS, help="file whose first line is the token")
     parser = argparse.ArgumentParser(prog="replicad", parents=[common],
                                      description="replicad: block-level snapshot replication between sites, "
                                                  "agreed through Raft, for recovery after ransomware.")
@@ -223,6 +381,33 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--last-clean", action="store_true", help="the newest clean snapshot (the default)")
     p.add_argument("--overwrite", action="store_true", help="rewrite an existing target (only differing blocks)")
     p.set_defaults(fn=cmd_restore)
+    p = command("verify", help="re-read every chunk of a snapshot held here; heal corrupt ones from holders")
+    p.add_argument("volume")
+    p.add_argument("--snapshot", type=int, dest="seq", help="snapshot seq (default: the newest held here)")
+    p.set_defaults(fn=cmd_verify)
+    p = command("drill", help="recovery drill: restore into a sandbox while replication goes on, verify, clean up")
+    p.add_argument("volume")
+    p.add_argument("--sandbox", required=True, help="directory on the site where the drill image is written")
+    p.add_argument("--snapshot", type=int, dest="seq", help="snapshot seq (default: the newest clean)")
+    p.add_argument("--keep", action="store_true", help="keep the restored image")
+    p.set_defaults(fn=cmd_drill)
+    p = command("members", help="the sites of the Raft group and whether this site reaches them")
+    p.set_defaults(fn=lambda a: _print(a, api(a, "GET", "/v1/members"), _render_members))
+    p = command("retention", help="show or change a volume's retention policy (agreed through Raft)")
+    p.add_argument("volume")
+    p.add_argument("--set", action="append", metavar="KEY=DURATION",
+                   help="keep_all, hourly, daily or lock, e.g. --set lock=48h (repeatable)")
+    p.add_argument("--approved-by", action="append", metavar="SITE",
+                   help="a second site whose operators approved shortening keep_all or lock (two-party rule)")
+    p.set_defaults(fn=cmd_retention)
+    p = command("audit", help="the admin audit log")
+    audit_sub = p.add_subparsers(dest="audit_command", required=True)
+    pv = audit_sub.add_parser("verify", help="check the hash chain of an admin-audit.jsonl file", parents=[common])
+    pv.add_argument("file")
+    pv.set_defaults(fn=cmd_audit_verify)
+    p = command("hash-token", help="print the sha256 of a token read from stdin, for [[admin.tokens]]")
+    p.add_argument("--generate", action="store_true", help="make a new random token and print it with its hash")
+    p.set_defaults(fn=cmd_hash_token)
 
     args = parser.parse_args(argv)
     try:
@@ -253,24 +438,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     """Start the restore as an operation, show a progress bar while polling it, print the result."""
-    import time
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     body = {"target": str(Path(args.target).absolute()), "seq": args.seq, "last_clean": args.last_clean,
             "overwrite": args.overwrite, "wait": False}
     op = api(args, "POST", f"/v1/volumes/{args.volume}/restore", body)
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("blocks"), TimeElapsedColumn(), console=err_console, disable=getattr(args, "json", False)) as progress:
-        task = progress.add_task(f"restore {args.volume}: starting", total=None)
-        while op["state"] == "running":
-            time.sleep(0.2)
-            op = api(args, "GET", f"/v1/operations/{op['id']}")
-            progress.update(task, description=f"restore {args.volume}: {op['phase']}",
-                            completed=op["done_blocks"], total=op["total_blocks"] or None)
-    if op["state"] == "failed":
-        raise from_dict(op["error"] or {"error": "internal", "message": "restore failed"})
-    result = op["result"]
+    result = _follow(args, op, f"restore {args.volume}")
     if result.get("verdict") == "suspect":
         err_console.print(f"[red]warning[/red]: snapshot #{result['seq']} is SUSPECT (ransomware signal): its "
                           "content may be encrypted; the newest clean snapshot is the default")

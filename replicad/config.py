@@ -11,6 +11,7 @@ unit and default, are documented in ``config/README.md``; in short::
     [raft]   bind = "127.0.0.1:7101"   password_file = "raft.key"   # or password = "..."
     [peer]   listen = "127.0.0.1:7201"
     [admin]  listen = "127.0.0.1:7301"
+    [[admin.tokens]]  name = "ops-alice"  role = "viewer" | "operator" | "admin"  sha256 = "<hex>"
     [[sites]]   site_id, raft, peer_url, admin_url, kind = "data" | "witness"
     [[volumes]] name, path, block_size, interval, min_copies, initial_primary, ...
     [volumes.source] / [volumes.retention] / [volumes.anomaly]
@@ -27,6 +28,10 @@ Decisions the operator must know:
   lifts this (1 or 2 sites, 1 data site) for test benches only.
 * The Raft port speaks pickle (see FIELD-NOTES): the shared password is mandatory and at
   least 16 characters; ``password_file`` is preferred over an inline ``password``.
+* Admin API tokens (``[[admin.tokens]]``) are stored as the SHA-256 of the token, never the
+  token (``replicad hash-token``). Without any token the admin API is open, which is
+  allowed only when ``admin.listen`` is a loopback address (``127.0.0.0/8``, ``::1``,
+  ``localhost``).
 
 Models built directly in Python (``SiteConfig(...)``) are validated the same way but raise
 ``pydantic.ValidationError``; only :func:`parse_config`/:func:`load_config` translate into
@@ -74,6 +79,8 @@ __all__ = [
     "AnomalyConfig",
     "VolumeConfig",
     "TlsConfig",
+    "AdminToken",
+    "ADMIN_ROLES",
     "SiteConfig",
     "load_config",
     "parse_config",
@@ -90,6 +97,8 @@ DEFAULT_BLOCK_SIZE_BYTES = 64 * 1024
 MIN_INTERVAL_S = 0.1
 MIN_RAFT_PASSWORD_CHARS = 16
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+ADMIN_ROLES = ("viewer", "operator", "admin")   # increasing power; see replicad/auth.py
+_SHA256_HEX_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
 _IDENTIFIER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
@@ -367,12 +376,47 @@ class TlsConfig(BaseModel):
         return value
 
 
+class AdminToken(BaseModel):
+    """One bearer token of the admin API (``[[admin.tokens]]``).
+
+    ``sha256`` is the hex SHA-256 of the token's UTF-8 bytes (``replicad hash-token``
+    prints it; stored lower-case); the token itself is never written in the config.
+    ``role`` is ``viewer`` (read), ``operator`` (snapshot, verify, drill, restore to a new
+    path) or ``admin`` (everything); the table is in :mod:`replicad.auth`.
+    """
+
+    model_config = _FROZEN
+
+    name: SiteId
+    role: Literal["viewer", "operator", "admin"]
+    sha256: str
+
+    @field_validator("sha256", mode="after")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        if not _SHA256_HEX_RE.match(value):
+            raise ValueError("must be 64 hex digits: the SHA-256 of the token (replicad hash-token), not the token")
+        return value.lower()
+
+
+def is_loopback_host(host: str) -> bool:
+    """True when ``host`` (from ``split_host_port``) is ``localhost`` or a loopback IP
+    address. A DNS name other than ``localhost`` is not assumed to be loopback."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class SiteConfig(BaseModel):
     """The whole configuration of one site (one daemon).
 
     Flat fields map to TOML tables: ``raft_bind`` ← ``raft.bind``, ``raft_password`` ←
     ``raft.password`` or the content of ``raft.password_file``, ``peer_listen`` ←
-    ``peer.listen``, ``admin_listen`` ← ``admin.listen``. Cross-field rules (site listed,
+    ``peer.listen``, ``admin_listen`` ← ``admin.listen``, ``admin_tokens`` ←
+    ``[[admin.tokens]]``. Cross-field rules (site listed,
     unique ids/addresses, topology, primaries, min_copies, volume names) are checked on
     construction; see the module docstring and ``config/README.md``.
     """
@@ -385,6 +429,7 @@ class SiteConfig(BaseModel):
     raft_password: SecretStr
     peer_listen: HostPort
     admin_listen: HostPort
+    admin_tokens: tuple[AdminToken, ...] = ()
     sites: tuple[SiteRef, ...]
     volumes: tuple[VolumeConfig, ...] = ()
     log_level: str = "info"
@@ -417,6 +462,7 @@ class SiteConfig(BaseModel):
             raft_bind=self.raft_bind,
             peer_listen=self.peer_listen,
             admin_listen=self.admin_listen,
+            admin_tokens=list(enumerate(self.admin_tokens)),
             sites=list(enumerate(self.sites)),
             sites_complete=True,
             site_ids={site.site_id for site in self.sites},
@@ -474,6 +520,7 @@ def _cross_problems(
     peer_listen: str | None,
     admin_listen: str | None,
     sites: list[tuple[int, SiteRef]],
+    admin_tokens: list[tuple[int, AdminToken]] | None = None,
     sites_complete: bool,
     site_ids: set[str] | None,
     volumes: list[tuple[int, VolumeConfig]],
@@ -531,6 +578,9 @@ def _cross_problems(
         if own_site.kind == "witness" and volumes:
             problems.append("volumes: a witness site stores no volume data; remove the [[volumes]] tables")
 
+    if admin_tokens is not None:
+        problems.extend(_admin_token_problems(admin_listen, admin_tokens))
+
     listens = [(key, value) for key, value in (("raft.bind", raft_bind), ("peer.listen", peer_listen),
                                                 ("admin.listen", admin_listen)) if value is not None]
     for i, (key_a, addr_a) in enumerate(listens):
@@ -569,6 +619,24 @@ def _cross_problems(
     return problems
 
 
+def _admin_token_problems(admin_listen: str | None, tokens: list[tuple[int, AdminToken]]) -> list[str]:
+    """Unique token names and hashes; an open admin API (no token) only on loopback."""
+    problems: list[str] = []
+    seen: dict[tuple[str, str], int] = {}
+    for index, token in tokens:
+        for key, value in (("name", token.name), ("sha256", token.sha256)):
+            first = seen.setdefault((key, value), index)
+            if first != index:
+                problems.append(f"admin.tokens[{index}].{key}: duplicate (also admin.tokens[{first}])")
+    if not tokens and admin_listen is not None and not is_loopback_host(split_host_port(admin_listen)[0]):
+        problems.append(
+            f"admin.listen: {admin_listen!r} is not a loopback address and no [[admin.tokens]] is configured: "
+            "the admin API would be open to anyone who reaches it; add tokens (replicad hash-token) "
+            "or listen on 127.0.0.1"
+        )
+    return problems
+
+
 def _names(site_ids: set[str]) -> str:
     return "sites: " + ", ".join(sorted(site_ids)) if site_ids else "no sites"
 
@@ -585,10 +653,10 @@ def _same_socket(a: str, b: str) -> bool:
 _TABLES: dict[str, dict[str, str]] = {
     "raft": {"bind": "raft_bind", "password": "raft_password", "password_file": "raft_password"},
     "peer": {"listen": "peer_listen"},
-    "admin": {"listen": "admin_listen"},
+    "admin": {"listen": "admin_listen", "tokens": "admin_tokens"},
 }
 _FLAT_TO_KEY = {"raft_bind": "raft.bind", "raft_password": "raft.password",
-                "peer_listen": "peer.listen", "admin_listen": "admin.listen"}
+                "peer_listen": "peer.listen", "admin_listen": "admin.listen", "admin_tokens": "admin.tokens"}
 
 _SITE_ID = TypeAdapter(SiteId)
 _HOST_PORT = TypeAdapter(HostPort)
@@ -761,11 +829,15 @@ def _salvage_cross_problems(flat: dict[str, Any], context: dict[str, Any]) -> li
         if volume is not None:
             volumes.append((index, volume))
     lab = flat.get("lab", False)
+    raw_tokens = flat.get("admin_tokens", [])
+    tokens = [valid(TypeAdapter(AdminToken), item) for item in raw_tokens] if isinstance(raw_tokens, list) else None
+    admin_tokens = None if tokens is None or None in tokens else list(enumerate(tokens))
     return _cross_problems(
         site_id=valid(_SITE_ID, flat.get("site_id")),
         raft_bind=valid(_HOST_PORT, flat.get("raft_bind")),
         peer_listen=valid(_HOST_PORT, flat.get("peer_listen")),
         admin_listen=valid(_HOST_PORT, flat.get("admin_listen")),
+        admin_tokens=admin_tokens,
         sites=sites,
         sites_complete=complete,
         site_ids=site_ids,

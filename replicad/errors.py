@@ -11,6 +11,7 @@ pysyncobj, sqlite3) are translated into this tree at the adapter that met them.
     ReplicadError                      exit 1
     ├── ConfigError                    exit 2   bad TOML / values; .problems lists all
     ├── UsageError                     exit 2   bad CLI/API arguments
+    │   └── NotSupportedError                   (HTTP 501) a feature replicad refuses on purpose
     ├── NotFoundError                  exit 3   unknown volume, snapshot, site, chunk
     ├── ConflictError                  exit 4   state does not allow it (state machine refusal)
     │   ├── StaleEpochError                     a message or command under an older epoch
@@ -25,6 +26,9 @@ pysyncobj, sqlite3) are translated into this tree at the adapter that met them.
     │   ├── NoQuorumError                       Raft could not commit (minority, no leader)
     │   ├── PeerUnavailableError                a peer did not answer
     │   └── StoreFullError                      the data dir is full (ENOSPC)
+    ├── AccessError                    exit 8   admin API access control
+    │   ├── UnauthenticatedError                (HTTP 401) no bearer token, or an unknown one
+    │   └── ForbiddenError                      (HTTP 403) the token's role is too low
     ├── ToolError                      exit 1   an external tool (mke2fs, debugfs, e2fsck) failed
     └── InternalError                  exit 70  a bug; carries the original exception text
 
@@ -94,6 +98,14 @@ class UsageError(ReplicadError):
     code = "bad_request"
     exit_code = 2
     http_status = 400
+
+
+class NotSupportedError(UsageError):
+    """The request asks for something replicad does not do on purpose (evidence says what to
+    do instead), e.g. changing Raft membership at runtime."""
+
+    code = "not_supported"
+    http_status = 501
 
 
 class NotFoundError(ReplicadError):
@@ -192,6 +204,28 @@ class StoreFullError(UnavailableError):
 
     code = "store_full"
     http_status = 507
+
+
+class AccessError(ReplicadError):
+    """The admin API refused the caller (see :mod:`replicad.auth`)."""
+
+    code = "access_denied"
+    exit_code = 8
+    http_status = 403
+
+
+class UnauthenticatedError(AccessError):
+    """No bearer token was presented, or it matches no configured token."""
+
+    code = "unauthenticated"
+    http_status = 401
+
+
+class ForbiddenError(AccessError):
+    """The token is valid but its role does not allow this request."""
+
+    code = "forbidden"
+    http_status = 403
 
 
 class ToolError(ReplicadError):

@@ -69,11 +69,15 @@ class LocalCluster:
         interval: snapshot interval (config duration string).
         min_copies: O2 threshold per volume.
         extra_volume_toml: appended to each ``[[volumes]]`` entry (e.g. retention tables).
+        tokens: optional admin tokens per site, ``{site_id: {token_name: (role, token)}}``;
+            written hashed as ``[[admin.tokens]]``. :meth:`api` then sends that site's first
+            ``admin`` token (or the first token) unless told otherwise.
     """
 
     def __init__(self, root: Path, *, n_data: int = 3, n_witness: int = 0, volumes: tuple[str, ...] = ("ehr",),
                  interval: str = "1h", min_copies: int = 2, block_size: str = "64KiB",
-                 apply_delay: str = "0s", extra_volume_toml: str = "") -> None:
+                 apply_delay: str = "0s", extra_volume_toml: str = "",
+                 tokens: dict[str, dict[str, tuple[str, str]]] | None = None) -> None:
         self.root = Path(root)
         self.volumes = volumes
         names = [f"site-{chr(ord('a') + i)}" for i in range(n_data + n_witness)]
@@ -82,7 +86,20 @@ class LocalCluster:
             kind = "data" if i < n_data else "witness"
             self.sites[name] = SiteProc(name, kind, free_port(), free_port(), free_port(), self.root / name)
         self.primary = names[0]
+        self.tokens = {site: dict(named) for site, named in (tokens or {}).items()}
         self._write_configs(interval, min_copies, block_size, apply_delay, extra_volume_toml)
+
+    def _tokens_toml(self, site_id: str) -> str:
+        from .auth import hash_token
+
+        return "".join(f'[[admin.tokens]]\nname = "{name}"\nrole = "{role}"\nsha256 = "{hash_token(token)}"\n'
+                       for name, (role, token) in self.tokens.get(site_id, {}).items())
+
+    def default_token(self, site_id: str) -> str | None:
+        """The token :meth:`api` sends to ``site_id`` by default (None: its API is open)."""
+        named = list(self.tokens.get(site_id, {}).values())
+        admins = [token for role, token in named if role == "admin"]
+        return (admins or [token for _, token in named] or [None])[0]
 
     def _write_configs(self, interval: str, min_copies: int, block_size: str, apply_delay: str, extra: str) -> None:
         members = "".join(
@@ -106,7 +123,7 @@ class LocalCluster:
                 f'site_id = "{s.site_id}"\ndata_dir = "data"\nlog_level = "info"\n'
                 f'[raft]\nbind = "127.0.0.1:{s.raft_port}"\npassword_file = "raft.key"\n'
                 f'[peer]\nlisten = "127.0.0.1:{s.peer_port}"\n[admin]\nlisten = "127.0.0.1:{s.admin_port}"\n'
-                + members + vols)
+                + self._tokens_toml(s.site_id) + members + vols)
 
     # ------------------------------------------------------------------ processes
     def start(self, site_id: str) -> None:
@@ -169,9 +186,15 @@ class LocalCluster:
             return ""
 
     # ------------------------------------------------------------------ admin API
-    def api(self, site_id: str, method: str, path: str, body: dict | None = None, timeout_s: float = 120) -> Any:
-        """Call a site's admin API; raises the error class named in its JSON error body."""
-        return call_admin(self.sites[site_id].admin_url, method, path, body, timeout_s)
+    def api(self, site_id: str, method: str, path: str, body: dict | None = None, timeout_s: float = 120,
+            token: str | None = None) -> Any:
+        """Call a site's admin API; raises the error class named in its JSON error body.
+
+        ``token``: the bearer token to send; default :meth:`default_token`; ``""`` sends none.
+        """
+        if token is None:
+            token = self.default_token(site_id)
+        return call_admin(self.sites[site_id].admin_url, method, path, body, timeout_s, token=token or None)
 
     def wait_for(self, what: str, predicate, timeout_s: float = 60, interval_s: float = 0.2) -> Any:
         """Poll ``predicate()`` until it returns a truthy value; UnavailableError after ``timeout_s``.

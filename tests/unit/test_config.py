@@ -232,7 +232,7 @@ def test_direct_construction_validates_cross_fields() -> None:
     site = SiteRef(site_id="a", raft="h:1", peer_url="http://h:2/", admin_url="http://h:3")
     assert site.peer_url == "http://h:2"
     fields = dict(site_id="a", data_dir=Path("/d"), raft_bind="h:1", raft_password=PASSWORD,
-                  peer_listen="h:2", admin_listen="h:3", sites=[site])
+                  peer_listen="h:2", admin_listen="127.0.0.1:3", sites=[site])
     assert SiteConfig(**fields, lab=True).peers() == ()
     with pytest.raises(ValidationError, match="at least 3 voting sites"):
         SiteConfig(**fields)
@@ -374,6 +374,7 @@ def test_listen_collision_on_wildcard(doc: dict[str, Any]) -> None:
     doc["raft"]["bind"] = "127.0.0.1:7101"
     doc["sites"][0]["admin_url"] = "http://127.0.0.1:7201"
     doc["admin"]["listen"] = "0.0.0.0:7201"
+    doc["admin"]["tokens"] = [{"name": "t", "role": "admin", "sha256": "0" * 64}]  # not loopback: tokens needed
     assert _problems(doc) == ["admin.listen: '0.0.0.0:7201' collides with peer.listen '127.0.0.1:7201'"]
 
 

@@ -1,0 +1,1 @@
+"""Deterministic, seeded simulation of the cluster logic (see ``simulator.py``)."""
