@@ -432,9 +432,12 @@ class SiteDaemon:
             # promoted before its resync finished: the restore below *is* the resync (the
             # divergent snapshots stay listed in the catalog)
             self._transition(runner, "resynced")
-        self._transition(runner, "granted_primary")
+        retry = runner.role == "restoring"  # a previous restore attempt failed: resume it
+        if not retry:
+            self._transition(runner, "granted_primary")
         if seq is not None:
-            self._transition(runner, "restore_started")
+            if not retry:
+                self._transition(runner, "restore_started")
             manifest = await self.ensure_snapshot(name, seq, vs)
             standby = self.catalog.standby(name)
             base = None
@@ -476,8 +479,14 @@ class SiteDaemon:
             raise NotPrimaryError(f"{self.site_id} is not the primary of {cfg.name}", volume=cfg.name)
         runner.last_cycle_at = time.monotonic()
         t0 = time.monotonic()
-        if runner.parent is None and newest_committed(vs) is not None:
-            runner.parent = self.load_manifest(vs["snapshots"][newest_committed(vs)]["root"])
+        # The parent is the newest committed snapshot as Raft says, not what this runner last
+        # saw commit: a commit whose reply was lost may have applied, and retention may have
+        # pruned an older parent (found by the seeded simulation, GAP_STALE_PARENT).
+        nc = newest_committed(vs)
+        if nc is None:
+            runner.parent = None
+        elif runner.parent is None or runner.parent.root != vs["snapshots"][nc]["root"]:
+            runner.parent = self.load_manifest(vs["snapshots"][nc]["root"])
         local_max = max((r.seq for r in self.catalog.list(cfg.name, "local") if r.epoch == epoch), default=0)
         seq = max(vs["last_seq"], local_max) + 1
         result = await take_snapshot(Path(cfg.path), volume=cfg.name, seq=seq, epoch=epoch, parent=runner.parent,

@@ -38,8 +38,9 @@ Deliberate bugs (``bug=``), to prove the checker can fail:
 * ``prune_in_lock`` — the primary plans with a zero lock window and deletes locally without
   the state machine's check (O4).
 
-Gaps found in ``replicad/daemon.py`` (``daemon_gaps=True`` mirrors the daemon exactly as it
-is; the default models the obvious fix, so that the other invariants keep being exercised):
+Gaps this simulation found in ``replicad/daemon.py``, since fixed there as modelled by the
+default; ``daemon_gaps=True`` keeps the old behaviour so that tests prove the checker still
+catches it:
 
 * ``GAP_STALE_PARENT`` — ``cycle`` updates ``runner.parent`` only when ``commit_snapshot``
   returns. When the commit applied but its reply was lost (NoQuorumError after a leader
