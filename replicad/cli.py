@@ -287,7 +287,7 @@ def cmd_hash_token(args: argparse.Namespace) -> int:
     if args.generate:
         _print(args, {"token": token, "sha256": digest}, lambda r: console.print(
             f"token:  {r['token']}\nsha256: {r['sha256']}\n"
-            "give the token to its holder; put only the sha256 in [[admin.tokens]]", soft_wrap=True))
+            "give the token to its holder; put only the sha256 in [[admin.tokens]]", soft_wrap=True, markup=False))
     else:
         _print(args, {"sha256": digest}, lambda r: console.print(r["sha256"], soft_wrap=True))
     return 0

@@ -1181,7 +1181,7 @@ def _jsonable_report(rep: dict) -> dict:
 
 # Fields a SIGHUP may change; anything else needs a restart (identity, addresses, storage,
 # membership, volume geometry, Raft-agreed settings).
-RELOADABLE_SITE_FIELDS = frozenset({"log_level", "volumes"})
+RELOADABLE_SITE_FIELDS = frozenset({"log_level", "volumes", "admin_tokens"})  # tokens: revocation
 RELOADABLE_VOLUME_FIELDS = frozenset({"interval_s", "apply_delay_s", "anomaly", "source", "standby"})
 
 
