@@ -780,6 +780,16 @@ class RaftNode:
             current = self._consumer.cluster
         return copy.deepcopy(current)  # states are never mutated in place: copy outside the lock
 
+    def view(self) -> dict:
+        """The applied cluster state itself, without a copy: READ ONLY.
+
+        :func:`replicad.state.apply` never mutates a state (copy on write), so holding a
+        reference is safe as long as the caller never mutates it either. Use :meth:`state`
+        for a copy that may be changed. O(1), for hot paths (every tick, every peer write).
+        """
+        with self._consumer.lock:
+            return self._consumer.cluster
+
     def status(self) -> dict:
         """Raft status, refreshed on every tick (a hint only: fencing uses epochs).
 

@@ -135,7 +135,7 @@ class SiteDaemon:
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
         self.operations: dict[str, Operation] = {}
-        self.metrics = SiteMetrics.for_site(cfg, self.status, lambda: self.raft.state() if self.raft else {})
+        self.metrics = SiteMetrics.for_site(cfg, self.status, lambda: self.raft.view() if self.raft else {})
         self._background: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started_at = time.time()
@@ -292,7 +292,7 @@ class SiteDaemon:
 
     def volume_state(self, name: str) -> dict | None:
         assert self.raft is not None
-        return self.raft.state()["volumes"].get(name)
+        return self.raft.view()["volumes"].get(name)  # read only: never mutate what this returns
 
     async def _bootstrap(self) -> None:
         """Register this site and its volumes in the Raft state (idempotent; retried until a quorum)."""
@@ -1125,7 +1125,7 @@ class SiteDaemon:
     def status(self) -> dict:
         """Site status for the admin API: Raft view, per-volume role/epoch/RPO/last report."""
         assert self.raft is not None and self.catalog is not None
-        st = self.raft.state()
+        st = self.raft.view()
         vols = {}
         now = time.time_ns()
         for name, runner in self.runners.items():
