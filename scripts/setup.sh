@@ -7,6 +7,7 @@ need=()
 command -v mke2fs >/dev/null 2>&1 || [ -x /usr/sbin/mke2fs ] || need+=(e2fsprogs)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)          # alert rule and dashboard tests
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)      # unit file verification
+command -v rsync >/dev/null 2>&1 || need+=(rsync)                  # the benchmark's peer tool
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get update -qq
