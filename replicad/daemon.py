@@ -290,6 +290,24 @@ class SiteDaemon:
                     raise
                 await asyncio.sleep(0.3)
 
+    def raft_synced(self) -> bool:
+        """True when this site's applied Raft state is current: a leader is known and every
+        entry it reported committed is applied here. A restarted site replays an old log
+        first; acting on that view would act under a superseded epoch (found by the chaos
+        campaign, crash-all seeds 2 and 3)."""
+        assert self.raft is not None
+        st = self.raft.status()
+        return st.get("leader") is not None and st.get("last_applied", 0) >= st.get("commit_index", 0)
+
+    async def wait_synced(self, timeout_s: float = PROPOSE_DEADLINE_S) -> None:
+        """Wait until :meth:`raft_synced`; NoQuorumError after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while not self.raft_synced():
+            if time.monotonic() >= deadline:
+                raise NoQuorumError("this site's view of the cluster is not current (no Raft leader, or the log "
+                                    "is still being applied)", site=self.site_id, raft=self.raft.status())
+            await asyncio.sleep(0.1)
+
     def volume_state(self, name: str) -> dict | None:
         assert self.raft is not None
         return self.raft.view()["volumes"].get(name)  # read only: never mutate what this returns
@@ -397,8 +415,8 @@ class SiteDaemon:
         vs = self.volume_state(runner.cfg.name)
         if vs is None:
             return
-        if not runner.fence_flag.is_set() and self.raft.status().get("leader") is None:
-            return  # no leader known: our view of epochs may be stale; fencing (above all) still runs
+        if not runner.fence_flag.is_set() and not self.raft_synced():
+            return  # our view of epochs may be stale (no leader, log not applied); fencing still runs
         if runner.fence_flag.is_set() or (runner.acting_epoch is not None and
                                           (vs["primary"] != self.site_id or vs["epoch"] > runner.acting_epoch)):
             await self._fence(runner, vs)
@@ -771,6 +789,7 @@ class SiteDaemon:
     async def snapshot_now(self, volume: str) -> dict:
         """Take, ship and commit a snapshot right now (primary only)."""
         runner = self._runner(volume)
+        await self.wait_synced()
         async with runner.lock:
             vs = self.volume_state(volume)
             if (vs is not None and vs["primary"] == self.site_id and runner.acting_epoch != vs["epoch"]
@@ -788,6 +807,7 @@ class SiteDaemon:
         cannot promote), StaleEpochError if the epoch moved meanwhile, ConflictError otherwise.
         """
         runner = self._runner(volume)
+        await self.wait_synced()
         vs = self.volume_state(volume)
         if vs is None:
             raise NotFoundError(f"unknown volume {volume}", volume=volume)
@@ -841,6 +861,7 @@ class SiteDaemon:
         At the primary it steps down cleanly; at another data site it is a forced demote
         (the primary fences itself when it learns the new epoch, O3).
         """
+        await self.wait_synced()
         vs = self.volume_state(volume)
         if vs is None:
             raise NotFoundError(f"unknown volume {volume}", volume=volume)

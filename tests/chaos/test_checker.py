@@ -1,0 +1,177 @@
+"""The chaos checker must fail: hand-made histories with one broken invariant each (and a
+tampered restored image) are reported; a clean history is not. Pure and fast: no processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chaos.checker import Topology, check
+from chaos.workload import block_bytes, expected_image, parse_block
+
+BS = 4096
+N = 4
+VOL = "ehr"
+
+
+def good_history(tmp_path: Path) -> list[dict]:
+    """Two committed snapshots at site-a, held by a and b, restored at both, converged."""
+    img1, img2 = [1, 1, 1, 1], [1, 2, 1, 3]
+    ev: list[dict] = [
+        {"t": 0.0, "type": "info", "op": "setup", "volume": VOL, "n_blocks": N, "block_size": BS,
+         "sites": {"site-a": "data", "site-b": "data", "site-c": "witness"}},
+        {"t": 1.0, "type": "ok", "op": "write", "site": "site-a", "blocks": [0, 1, 2, 3], "gens": [1, 1, 1, 1],
+         "image": img1},
+        {"t": 1.1, "type": "invoke", "op": "snapshot", "site": "site-a", "image": img1},
+        {"t": 1.2, "type": "ok", "op": "snapshot", "site": "site-a", "image": img1, "seq": 1, "committed": True},
+        {"t": 1.3, "type": "ok", "op": "write", "site": "site-a", "blocks": [1, 3], "gens": [2, 3], "image": img2},
+        {"t": 1.4, "type": "invoke", "op": "snapshot", "site": "site-a", "image": img2},
+        {"t": 1.5, "type": "ok", "op": "snapshot", "site": "site-a", "image": img2, "seq": 2, "committed": True},
+        {"t": 1.6, "type": "info", "op": "status", "site": "site-a", "leader": "x", "epoch": 1, "role": "primary",
+         "acting_epoch": 1, "newest_committed": 2},
+        {"t": 1.6, "type": "info", "op": "status", "site": "site-b", "leader": "x", "epoch": 1, "role": "replica",
+         "acting_epoch": None, "newest_committed": 2},
+        {"t": 2.0, "type": "ok", "op": "converge", "elapsed_s": 1.0, "bound_s": 90},
+        {"t": 2.5, "type": "info", "op": "rpo", "site": "site-a", "rpo_s": 1.0, "target_s": 30},
+    ]
+    cat = {"1": {"root": "r1", "epoch": 1, "holders": ["site-a", "site-b"]},
+           "2": {"root": "r2", "epoch": 1, "holders": ["site-a", "site-b"]}}
+    for site in ("site-a", "site-b", "site-c"):
+        ev.append({"t": 2.1, "type": "info", "op": "catalog", "site": site, "final": True, "epoch": 1,
+                   "primary": "site-a", "snapshots": cat, "divergent": []})
+    t = 3.0
+    for seq, img in ((1, img1), (2, img2)):
+        for site in ("site-a", "site-b"):
+            target = tmp_path / f"{site}-{seq}.img"
+            target.write_bytes(expected_image(VOL, img, BS))
+            ev.append({"t": t, "type": "ok", "op": "restore", "site": site, "seq": seq, "target": str(target)})
+            t += 0.1
+    for site in ("site-a", "site-b"):
+        path = tmp_path / f"{site}.img"
+        path.write_bytes(expected_image(VOL, img2, BS))
+        ev.append({"t": t, "type": "info", "op": "final_image", "site": site, "seq": 2, "path": str(path),
+                   "role": "replica"})
+    return ev
+
+
+def invariants(ev: list[dict]) -> set[str]:
+    return {v.invariant for v in check(ev)}
+
+
+def test_block_format_roundtrip_and_tamper() -> None:
+    b = block_bytes(VOL, 7, 3, BS)
+    assert len(b) == BS and parse_block(b, VOL, 7) == 3
+    assert parse_block(bytes(BS), VOL, 7) == 0
+    assert parse_block(b, VOL, 8) is None  # a block at the wrong place
+    flipped = bytearray(b)
+    flipped[BS // 2] ^= 1
+    assert parse_block(bytes(flipped), VOL, 7) is None
+
+
+def test_clean_history_passes(tmp_path: Path) -> None:
+    assert check(good_history(tmp_path)) == []
+
+
+def test_tampered_restored_image_is_reported(tmp_path: Path) -> None:
+    ev = good_history(tmp_path)
+    target = Path(next(e["target"] for e in ev if e["op"] == "restore" and e["site"] == "site-b" and e["seq"] == 2))
+    data = bytearray(target.read_bytes())
+    data[BS + 100] ^= 0xFF
+    target.write_bytes(bytes(data))
+    vs = [v for v in check(ev) if v.invariant == "restorable"]
+    assert any("#2" in v.detail and "site-b" in v.detail for v in vs)
+    assert any("different bytes" in v.detail for v in vs)
+
+
+def test_old_generation_restored_is_reported(tmp_path: Path) -> None:
+    ev = good_history(tmp_path)
+    target = Path(next(e["target"] for e in ev if e["op"] == "restore" and e["site"] == "site-a" and e["seq"] == 2))
+    target.write_bytes(expected_image(VOL, [1, 1, 1, 1], BS))  # rolled back to #1's content
+    assert "restorable" in invariants(ev)
+
+
+def test_failed_or_missing_restore_is_reported(tmp_path: Path) -> None:
+    ev = [e for e in good_history(tmp_path) if not (e["op"] == "restore" and e["seq"] == 1 and e["site"] == "site-b")]
+    assert "restorable" in invariants(ev)
+
+
+def test_two_primaries_in_one_epoch_are_reported(tmp_path: Path) -> None:
+    ev = good_history(tmp_path)
+    ev.append({"t": 1.7, "type": "info", "op": "status", "site": "site-b", "leader": "x", "epoch": 1,
+               "role": "primary", "acting_epoch": 1, "newest_committed": 2})
+    assert "one_primary_per_epoch" in invariants(ev)
+
+
+def test_epoch_rollback_is_reported(tmp_path: Path) -> None:
+    ev = good_history(tmp_path)
+    ev.append({"t": 1.65, "type": "info", "op": "status", "site": "site-a", "leader": "x", "epoch": 2,
+               "role": "replica", "acting_epoch": None, "newest_committed": 2})
+    assert "epoch_monotonic" not in invariants(ev)  # 1 -> 2 is forward
+    ev.append({"t": 1.7, "type": "info", "op": "status", "site": "site-a", "leader": "x", "epoch": 1,
+               "role": "replica", "acting_epoch": None, "newest_committed": 1})
+    assert any(v.invariant == "epoch_monotonic" and "from 2 to 1" in v.detail for v in check(ev))
+
+
+def test_promotion_in_a_minority_is_reported(tmp_path: Path) -> None:
+    ev = good_history(tmp_path)
+    ev += [{"t": 1.70, "type": "ok", "op": "nemesis", "f": "isolate", "site": "site-b"},
+           {"t": 1.71, "type": "invoke", "op": "promote", "site": "site-b"},
+           {"t": 1.72, "type": "ok", "op": "promote", "site": "site-b", "primary": "site-b", "epoch": 2},
+           {"t": 1.73, "type": "ok", "op": "nemesis", "f": "heal", "site": "site-b"}]
+    assert "promotion_needs_majority" in invariants(ev)
+    topo = Topology(["a", "b", "c"])
+    topo.apply({"f": "blackhole", "site": "a", "peer": "b"})
+    # one-way cut a->b: a and b still meet through c (a component, as Raft relays through a leader)
+    assert topo.in_majority("a") and topo.component("b") == {"a", "b", "c"}
+    topo.apply({"f": "pause", "site": "c"})
+    assert not topo.in_majority("a")
+
+
+def test_commit_by_fenced_primary_is_reported(tmp_path: Path) -> None:
+    ev = good_history(tmp_path)
+    ev += [{"t": 1.70, "type": "ok", "op": "promote", "site": "site-b", "primary": "site-b", "epoch": 2},
+           {"t": 1.71, "type": "invoke", "op": "snapshot", "site": "site-a", "image": [1, 2, 1, 3]},
+           {"t": 1.72, "type": "ok", "op": "snapshot", "site": "site-a", "image": [1, 2, 1, 3], "seq": 3,
+            "committed": True}]
+    assert "fenced_produces_nothing" in invariants(ev)
+
+
+def test_epoch_going_down_along_the_catalog_is_reported(tmp_path: Path) -> None:
+    ev = good_history(tmp_path)
+    for e in ev:
+        if e["op"] == "catalog":
+            e["snapshots"] = {"1": dict(e["snapshots"]["1"], epoch=2), "2": e["snapshots"]["2"]}
+    assert "fenced_produces_nothing" in invariants(ev)
+
+
+def test_lost_committed_snapshot_is_reported(tmp_path: Path) -> None:
+    ev = good_history(tmp_path)
+    ev.append({"t": 1.8, "type": "info", "op": "catalog", "site": "site-a", "epoch": 1,
+               "snapshots": {"3": {"root": "r3", "epoch": 1, "holders": ["site-a", "site-b"]}}})
+    vs = [v for v in check(ev) if v.invariant == "no_committed_loss"]
+    assert vs and "#3" in vs[0].detail
+
+
+def test_stale_primary_from_the_log_is_reported(tmp_path: Path) -> None:
+    ev = good_history(tmp_path)
+    ev += [{"t": 1.70, "type": "ok", "op": "promote", "site": "site-b", "primary": "site-b", "epoch": 2},
+           {"t": 9.0, "type": "info", "op": "acted_primary", "site": "site-a", "epoch": 1, "log_t": 1.9}]
+    assert "no_stale_primary" in invariants(ev)
+
+
+@pytest.mark.parametrize("bad", [
+    {"t": 2.0, "type": "fail", "op": "converge", "elapsed_s": 90, "bound_s": 90, "reason": "standby behind"},
+    {"t": 2.5, "type": "info", "op": "rpo", "site": "site-a", "rpo_s": 99.0, "target_s": 30},
+    {"t": 2.5, "type": "info", "op": "expect", "name": "x", "passed": False, "detail": "y"},
+])
+def test_convergence_rpo_and_expectation_failures_are_reported(tmp_path: Path, bad: dict) -> None:
+    ev = good_history(tmp_path) + [bad]
+    assert {"converge": "converged", "rpo": "rpo", "expect": "expectation"}[bad["op"]] in invariants(ev)
+
+
+def test_standby_image_not_at_newest_clean_is_reported(tmp_path: Path) -> None:
+    ev = good_history(tmp_path)
+    path = Path(next(e["path"] for e in ev if e["op"] == "final_image" and e["site"] == "site-b"))
+    path.write_bytes(expected_image(VOL, [1, 1, 1, 1], BS))
+    assert "converged" in invariants(ev)
