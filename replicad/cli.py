@@ -92,6 +92,9 @@ def _render_status(data: dict) -> None:
     console.print(f"[bold]site[/bold] {data['site_id']}   raft leader: {_site_name(data, raft.get('leader'))}   "
                   f"term {raft.get('term')}   commit index {raft.get('commit_index')}   "
                   f"quorum: {'yes' if raft.get('has_quorum') else 'NO'}")
+    if raft.get("synced") is False:
+        console.print("[yellow]this site's view is not current yet (no leader, or the Raft log is still being "
+                      "applied): the figures below may be old[/yellow]")
     if data.get("members"):
         console.print("members: " + ", ".join(
             m["site_id"] + (" (this site)" if m.get("self") else "" if m.get("reachable") else " (UNREACHABLE)")

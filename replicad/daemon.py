@@ -1165,7 +1165,9 @@ class SiteDaemon:
                                   for r in self.catalog.list(name, "divergent")]
             entry["last_report"] = _jsonable_report(runner.last_report)
             vols[name] = entry
-        return {"site_id": self.site_id, "raft": self.raft.status(), "volumes": vols,
+        # "synced": false means the figures below may be an old view (restart, no leader)
+        return {"site_id": self.site_id, "raft": {**self.raft.status(), "synced": self.raft_synced()},
+                "volumes": vols,
                 "raft_sites": {s.raft: s.site_id for s in self.cfg.sites},
                 "sites": st.get("sites", {}), "store": self.store.stats() if self.store else {}}
 

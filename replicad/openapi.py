@@ -48,7 +48,7 @@ SCHEMAS: dict[str, dict] = {
     "Members": _object({"members": {"type": "array", "items": _ref("Member")}, "leader": _NSTR,
                         "term": _NINT, "has_quorum": _BOOL}),
     "RaftStatus": _object({"leader": _NSTR, "term": _INT, "commit_index": _INT, "has_quorum": _BOOL,
-                           "partners": _OBJ}),
+                           "partners": _OBJ, "synced": _BOOL}),
     "VolumeStatus": _object({"role": _STR, "acting_epoch": _NINT, "last_error": _NSTR, "standby_seq": _NINT,
                              "divergent": {"type": "array"}},
                             {"primary": _NSTR, "epoch": _INT, "newest_committed": _NINT, "newest_clean": _NINT,
