@@ -376,6 +376,28 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
             raise UsageError("seqs must be a non-empty list of snapshot numbers", field="seqs")
         return _ok(await site.prune(name, seqs))
 
+    async def verdict(request: web.Request) -> web.Response:
+        name = request.match_info["volume"]
+        try:
+            seq = int(request.match_info["seq"])
+        except ValueError:
+            raise UsageError("seq must be a snapshot number", field="seq") from None
+        body = await _json_body(request)
+        unknown = set(body) - {"verdict", "reason", "approved_by"}
+        if unknown:
+            raise UsageError(f"unknown keys {sorted(unknown)}", known=["verdict", "reason", "approved_by"])
+        value, reason = body.get("verdict"), body.get("reason", "")
+        if value not in ("clean", "suspect"):
+            raise UsageError("verdict must be 'clean' or 'suspect'", field="verdict")
+        if not isinstance(reason, str) or len(reason) > 1024:
+            raise UsageError("reason must be a string of at most 1024 characters", field="reason")
+        approved = body.get("approved_by", [])
+        known = {s.site_id for s in site.cfg.sites}
+        if not isinstance(approved, list) or not all(isinstance(a, str) and a in known for a in approved):
+            raise UsageError("approved_by must be a list of site ids of this cluster", field="approved_by",
+                             sites=sorted(known))
+        return _ok(await site.set_verdict(name, seq, value, reason, approved))
+
     async def retention_get(request: web.Request) -> web.Response:
         name = request.match_info["volume"]
         vs = site.volume_state(name)
@@ -448,6 +470,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         ("POST", "/v1/volumes/{volume}/restore", restore),
         ("GET", "/v1/operations/{op_id}", operation),
         ("POST", "/v1/volumes/{volume}/prune", prune),
+        ("POST", "/v1/volumes/{volume}/snapshots/{seq}/verdict", verdict),
         ("GET", "/v1/volumes/{volume}/retention", retention_get),
         ("PUT", "/v1/volumes/{volume}/retention", retention_put),
         ("POST", "/v1/volumes/{volume}/retention/run", retention_run),

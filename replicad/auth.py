@@ -64,6 +64,7 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("PUT", "/v1/volumes/{volume}/retention"): "admin",
     ("POST", "/v1/volumes/{volume}/retention/run"): "admin",
     ("POST", "/v1/volumes/{volume}/prune"): "admin",
+    ("POST", "/v1/volumes/{volume}/snapshots/{seq}/verdict"): "admin",
     ("POST", "/v1/members"): "admin",
     ("DELETE", "/v1/members/{site_id}"): "admin",
 }

@@ -327,7 +327,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``replicad`` console script. Returns (and exits with) the exit code."""
-    common = argparse.ArgumentParser(add_help=False)
+    # allow_abbrev=False: "--to" must never be read as an abbreviation of "--token"
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     common.add_argument("--admin", default=argparse.SUPPRESS, help="admin API URL of the site to talk to")
     common.add_argument("--config", dest="site_config", default=argparse.SUPPRESS,
                         help="site config file (its admin_url is used)")
@@ -335,13 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--token", default=argparse.SUPPRESS,
                         help="admin API bearer token (visible in ps: prefer --token-file or $REPLICAD_TOKEN)")
     common.add_argument("--token-file", default=argparse.SUPPRESS, help="file whose first line is the token")
-    parser = argparse.ArgumentParser(prog="replicad", parents=[common],
+    parser = argparse.ArgumentParser(prog="replicad", parents=[common], allow_abbrev=False,
                                      description="replicad: block-level snapshot replication between sites, "
                                                  "agreed through Raft, for recovery after ransomware.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, parents=[common])
+        return sub.add_parser(name, help=help, parents=[common], allow_abbrev=False)
 
     p = command("run", help="run a site daemon")
     p.add_argument("config")
@@ -403,6 +404,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--approved-by", action="append", metavar="SITE",
                    help="a second site whose operators approved shortening keep_all or lock (two-party rule)")
     p.set_defaults(fn=cmd_retention)
+    p = command("verdict", help="operator verdict on a snapshot; clearing a suspect one needs --approved-by")
+    p.add_argument("volume")
+    p.add_argument("seq", type=int)
+    p.add_argument("verdict", choices=("clean", "suspect"))
+    p.add_argument("--reason", default="", help="why (kept in the audit logs)")
+    p.add_argument("--approved-by", action="append", metavar="SITE",
+                   help="a second site whose operators approved clearing a suspect snapshot (two-party rule)")
+    p.set_defaults(fn=lambda a: _print(a, api(a, "POST", f"/v1/volumes/{a.volume}/snapshots/{a.seq}/verdict",
+                                               {"verdict": a.verdict, "reason": a.reason,
+                                                "approved_by": a.approved_by or []}),
+                                       lambda r: console.print(f"{r['volume']}#{r['seq']} is now {r['verdict']}")))
     p = command("audit", help="the admin audit log")
     audit_sub = p.add_subparsers(dest="audit_command", required=True)
     pv = audit_sub.add_parser("verify", help="check the hash chain of an admin-audit.jsonl file", parents=[common])

@@ -25,6 +25,7 @@ does I/O and ordering. Blocking work goes to worker threads (``asyncio.to_thread
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import stat
@@ -516,6 +517,13 @@ class SiteDaemon:
                                                                  m.created_at_ns))
         history = [s["stats"] for _, s in sorted(vs["snapshots"].items()) if s["verdict"] == "clean"]
         verdict = anomaly.judge(m.stats, history, min_score=cfg.anomaly.min_score, factor=cfg.anomaly.factor)
+        parent_snap = vs["snapshots"].get(runner.parent.seq) if runner.parent is not None else None
+        if verdict.verdict == "clean" and parent_snap is not None and parent_snap["verdict"] == "suspect":
+            # A suspect state stays suspect until an operator clears it: the cycle after an attack
+            # changes nothing, scores 0, and must not become "the newest clean snapshot".
+            verdict = dataclasses.replace(verdict, verdict="suspect", reason=(
+                f"descends from suspect snapshot #{runner.parent.seq}; an operator clears it with "
+                f"'replicad verdict {cfg.name} {runner.parent.seq} clean' (two sites)"))
         t_scan = time.monotonic() - t0
         if runner.fence_flag.is_set():  # O3
             raise StaleEpochError("fenced during the cycle", volume=cfg.name, acting_epoch=epoch)
@@ -1030,6 +1038,22 @@ class SiteDaemon:
         if report["forgotten"]:
             report["gc"] = await asyncio.to_thread(self._gc)
         return report
+
+    async def set_verdict(self, volume: str, seq: int, verdict: str, reason: str,
+                          approved_by: list[str] | None = None) -> dict:
+        """Operator verdict on a committed snapshot through Raft. Clearing a ``suspect``
+        snapshot needs ``approved_by`` naming another site (two-party rule, enforced by the
+        state machine). Clearing the newest suspect snapshot makes it the newest clean one:
+        standbys apply it and the next snapshots descend from a clean parent."""
+        args: dict[str, Any] = {"volume": volume, "seq": seq, "verdict": verdict, "reason": reason}
+        if approved_by:
+            args["approved_by"] = list(approved_by)
+        res = await self.propose("mark_verdict", **args)
+        log.warning("AUDIT snapshot %s#%d marked %s at %s: %s (approved by %s)", volume, seq, verdict, self.site_id,
+                    reason, ", ".join(approved_by or []) or "nobody else")
+        for runner in self.runners.values():
+            runner.wake.set()
+        return {"volume": volume, "seq": seq, "verdict": res.get("verdict", verdict)}
 
     async def verify(self, volume: str, seq: int | None = None) -> dict:
         """Re-read and check every chunk (manifest, pages, blocks) of a committed snapshot held

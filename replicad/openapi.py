@@ -88,6 +88,7 @@ SCHEMAS: dict[str, dict] = {
     "RetentionSet": _object({"volume": _STR, "retention": _RETENTION, "previous": _RETENTION}),
     "RetentionReport": _object({"pruned": {"type": "array", "items": _INT}, "forgotten": _INT,
                                 "refused": {"type": "array", "items": _INT}, "gc": {"type": ["object", "null"]}}),
+    "VerdictResult": _object({"volume": _STR, "seq": _INT, "verdict": {"enum": ["clean", "suspect"]}}),
     "PruneResult": _object({"volume": _STR, "pruned": {"type": "array", "items": _INT},
                             "local": _ref("RetentionReport")}),
     "RaftAudit": _object({"audit": {"type": "array", "items": _OBJ}}),
@@ -107,6 +108,8 @@ _BODIES: dict[str, dict] = {
     "Verify": _object({}, {"seq": _NINT}),
     "Drill": _object({"sandbox": _STR}, {"seq": _NINT, "keep": _BOOL}),
     "Prune": _object({"seqs": {"type": "array", "items": _INT, "minItems": 1}}),
+    "Verdict": _object({"verdict": {"enum": ["clean", "suspect"]}},
+                       {"reason": _STR, "approved_by": {"type": "array", "items": _STR}}),
     "RetentionPut": _object({"retention": {"type": "object", "description": (
         "any of keep_all_s, hourly_s, daily_s, lock_s (seconds) or keep_all, hourly, daily, lock "
         "(durations such as \"48h\"); missing keys keep their value")}},
@@ -156,6 +159,9 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
      "Empty", {"200": "RetentionReport"}, (400, 404, 409, 503)),
     ("prune", "POST", "/v1/volumes/{volume}/prune", "Prune snapshots now; refused inside the lock window (O4)",
      "Prune", {"200": "PruneResult"}, (400, 404, 409, 503)),
+    ("verdict", "POST", "/v1/volumes/{volume}/snapshots/{seq}/verdict",
+     "Operator verdict on a committed snapshot; clearing a suspect one needs approved_by (two sites)",
+     "Verdict", {"200": "VerdictResult"}, (400, 404, 409, 503)),
     ("members", "GET", "/v1/members", "Sites of the Raft group and their reachability", None,
      {"200": "Members"}, ()),
     ("membersAdd", "POST", "/v1/members",
@@ -171,6 +177,7 @@ _PARAMS = {
     "volume": {"name": "volume", "in": "path", "required": True, "schema": _STR, "description": "volume name"},
     "op_id": {"name": "op_id", "in": "path", "required": True, "schema": _STR, "description": "operation id"},
     "site_id": {"name": "site_id", "in": "path", "required": True, "schema": _STR, "description": "site id"},
+    "seq": {"name": "seq", "in": "path", "required": True, "schema": _INT, "description": "snapshot number"},
 }
 
 _STATUS_TEXT = {400: "bad request", 401: "no or unknown bearer token", 403: "role too low", 404: "not found",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,8 @@ def test_kill_primary_forced_promotion_restores_verified(cluster: LocalCluster, 
     overwrite_blocks(a_img, list(range(1, 190, 2)), rng, random_data=True)  # "encryption"
     bad = snapshot(cluster, "site-a")
     assert bad["verdict"] == "suspect"
+    quiet = snapshot(cluster, "site-a")  # nothing changed since the attack: still suspect (taint)
+    assert quiet["changed_blocks"] == 0 and quiet["verdict"] == "suspect"
     cluster.kill("site-a", signal.SIGKILL)
     promo = cluster.api("site-b", "POST", f"/v1/volumes/{VOL}/promote", {"force": True})
     assert promo["restored_seq"] == good["seq"] and promo["epoch"] == 2
@@ -201,6 +204,40 @@ def test_cli_against_a_live_site(cluster: LocalCluster, tmp_path: Path) -> None:
     assert again.returncode == 2 and "exists" in again.stderr  # never overwrite by surprise
     again = cli("--json", "restore", VOL, "--target", str(target), "--overwrite")
     assert again.returncode == 0 and json.loads(again.stdout)["blocks_written"] == 0  # only differing blocks
+    switch = cli("promote", VOL, "--to", "site-c")  # planned switchover through the CLI (forwarded)
+    assert switch.returncode == 0, switch.stderr
+    assert "primary is now site-c" in switch.stdout
     down = subprocess.run([sys.executable, "-m", "replicad", "--admin", "http://127.0.0.1:9", "status"],
                           capture_output=True, text=True, timeout=60)
     assert down.returncode == 7 and "Traceback" not in down.stderr
+
+
+def test_suspect_state_persists_until_two_sites_clear_it(cluster: LocalCluster) -> None:
+    import subprocess
+    import sys
+
+    rng = random.Random(6)
+    a_img = cluster.sites["site-a"].volume_path(VOL)
+    good = snapshot(cluster, "site-a")
+    overwrite_blocks(a_img, list(range(1, 190, 2)), rng, random_data=True)  # a legitimate bulk import, say
+    bad = snapshot(cluster, "site-a")
+    again = snapshot(cluster, "site-a")
+    assert (bad["verdict"], again["verdict"]) == ("suspect", "suspect")
+    time.sleep(1.5)
+    assert cluster.status("site-b")["volumes"][VOL]["standby_seq"] == good["seq"]  # never applied
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "replicad", "--admin", cluster.sites["site-a"].admin_url,
+                               *args], capture_output=True, text=True, timeout=60)
+
+    alone = cli("verdict", VOL, str(again["seq"]), "clean", "--reason", "bulk import")
+    assert alone.returncode == 4, alone.stderr  # one site cannot clear a suspect snapshot
+    cleared = cli("verdict", VOL, str(again["seq"]), "clean", "--reason", "bulk import reviewed",
+                  "--approved-by", "site-b")
+    assert cleared.returncode == 0, cleared.stderr
+    nxt = snapshot(cluster, "site-a")
+    assert nxt["verdict"] == "clean"  # descends from a cleared parent, nothing new changed
+    cluster.wait_for("standby b at the cleared line", lambda: cluster.status("site-b")["volumes"][VOL]
+                     ["standby_seq"] == nxt["seq"], 30)
+    audit = cluster.api("site-b", "GET", "/v1/audit")["audit"]
+    assert [a["ok"] for a in audit if a["op"] == "mark_verdict"] == [False, True]
