@@ -233,7 +233,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     result = _follow(args, op, f"drill {args.volume}")
     _print(args, result, lambda r: console.print(
         f"drill {r['volume']}#{r['seq']} ({r.get('verdict')}): restored and root verified "
-        f"{r['root'][:16]}… in {r.get('rto_s', r['seconds']):.2f}s, {r['blocks_written']} blocks written; "
+        f"{r['root'][:16]}…: RTO {r.get('rto_s', r['seconds']):.2f}s, {r['blocks_written']} blocks written; "
         + (f"image kept at {r['target']}" if r.get("kept") else "image deleted")))
     return 0
 

@@ -20,4 +20,7 @@ if [ ${#need[@]} -gt 0 ]; then
         exit 1
     fi
 fi
-python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# A Debian system Python marks itself externally managed (PEP 668): this script installs into
+# the interpreter it is given, as a throwaway test/demo machine wants; sites use a venv
+# (README, "Install on a site").
+PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
