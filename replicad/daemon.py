@@ -293,12 +293,16 @@ class SiteDaemon:
 
     def raft_synced(self) -> bool:
         """True when this site's applied Raft state is current: a leader is known and every
-        entry it reported committed is applied here. A restarted site replays an old log
+        entry it reported committed is applied here, and a majority is connected. A restarted
+        site replays an old log
         first; acting on that view would act under a superseded epoch (found by the chaos
         campaign, crash-all seeds 2 and 3)."""
         assert self.raft is not None
         st = self.raft.status()
-        return st.get("leader") is not None and st.get("last_applied", 0) >= st.get("commit_index", 0)
+        # has_quorum: pysyncobj keeps a lone node's last leader forever (it only starts an
+        # election when connected to someone), so "a leader is known" alone proves nothing.
+        return (st.get("leader") is not None and bool(st.get("has_quorum"))
+                and st.get("last_applied", 0) >= st.get("commit_index", 0))
 
     async def wait_synced(self, timeout_s: float = PROPOSE_DEADLINE_S) -> None:
         """Wait until :meth:`raft_synced`; NoQuorumError after ``timeout_s``."""
@@ -416,14 +420,18 @@ class SiteDaemon:
         vs = self.volume_state(runner.cfg.name)
         if vs is None:
             return
-        if not runner.fence_flag.is_set() and not self.raft_synced():
-            return  # our view of epochs may be stale (no leader, log not applied); fencing still runs
+        # A stale view (restart, cut off from the majority) can only show an older epoch than the
+        # truth: fencing on it is safe, and so is going on producing under the epoch this site
+        # already acts under (nothing commits without a majority; uncommitted snapshots become
+        # divergent). Taking a role over on it is not.
         if runner.fence_flag.is_set() or (runner.acting_epoch is not None and
                                           (vs["primary"] != self.site_id or vs["epoch"] > runner.acting_epoch)):
             await self._fence(runner, vs)
             return
         if vs["primary"] == self.site_id:
             if runner.acting_epoch != vs["epoch"]:
+                if not self.raft_synced():
+                    return  # never become primary on a stale view (chaos crash-all seeds 2, 3)
                 await self._become_primary(runner, vs)
             due = time.monotonic() - runner.last_cycle_at >= runner.cfg.interval_s
             if due or runner.snapshot_now:
@@ -797,12 +805,14 @@ class SiteDaemon:
     async def snapshot_now(self, volume: str) -> dict:
         """Take, ship and commit a snapshot right now (primary only)."""
         runner = self._runner(volume)
-        await self.wait_synced()
         async with runner.lock:
             vs = self.volume_state(volume)
             if (vs is not None and vs["primary"] == self.site_id and runner.acting_epoch != vs["epoch"]
                     and not runner.fence_flag.is_set() and runner.acting_epoch is None):
-                await self._become_primary(runner, vs)
+                await self.wait_synced()  # never become primary on a stale view
+                vs = self.volume_state(volume)
+                if vs is not None and vs["primary"] == self.site_id and runner.acting_epoch != vs["epoch"]:
+                    await self._become_primary(runner, vs)
             if vs is None or vs["primary"] != self.site_id or runner.acting_epoch != vs["epoch"]:
                 raise NotPrimaryError(f"{self.site_id} is not the primary of {volume}", volume=volume,
                                       primary=vs["primary"] if vs else None)
