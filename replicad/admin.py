@@ -352,13 +352,18 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         seq = _opt_int(body, "seq")
         overwrite = _opt_bool(body, "overwrite")
         last_clean = _opt_bool(body, "last_clean")
+        divergent_epoch = _opt_int(body, "divergent_epoch")
+        if divergent_epoch is not None and seq is None:
+            raise UsageError("divergent_epoch needs seq: name the divergent snapshot (epoch, seq)", field="seq")
         if overwrite:
             _require(request, "admin")  # rewriting an existing image is an admin's decision
         if _opt_bool(body, "wait", default=True):
-            return _ok(await site.restore(name, Path(target), seq, last_clean, overwrite=overwrite))
+            return _ok(await site.restore(name, Path(target), seq, last_clean, overwrite=overwrite,
+                                          divergent_epoch=divergent_epoch))
         site.volume_state(name) or _raise_not_found(name)
         op = site.start_operation("restore", name, lambda op: site.restore(name, Path(target), seq, last_clean,
-                                                                             overwrite=overwrite, op=op))
+                                                                             overwrite=overwrite, op=op,
+                                                                             divergent_epoch=divergent_epoch))
         return _ok(op.to_dict(), status=202)
 
     async def operation(request: web.Request) -> web.Response:

@@ -383,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--snapshot", type=int, dest="seq")
     g.add_argument("--last-clean", action="store_true", help="the newest clean snapshot (the default)")
+    g.add_argument("--divergent", metavar="EPOCH:SEQ",
+                   help="a divergent snapshot of this site (what an old primary wrote alone), for forensics")
     p.add_argument("--overwrite", action="store_true", help="rewrite an existing target (only differing blocks)")
     p.set_defaults(fn=cmd_restore)
     p = command("verify", help="re-read every chunk of a snapshot held here; heal corrupt ones from holders")
@@ -455,6 +457,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
     """Start the restore as an operation, show a progress bar while polling it, print the result."""
     body = {"target": str(Path(args.target).absolute()), "seq": args.seq, "last_clean": args.last_clean,
             "overwrite": args.overwrite, "wait": False}
+    if args.divergent is not None:
+        epoch, _, seq = args.divergent.partition(":")
+        if not (epoch.isdigit() and seq.isdigit()):
+            raise UsageError("--divergent takes EPOCH:SEQ as listed by 'replicad snapshots VOL'")
+        body.update(divergent_epoch=int(epoch), seq=int(seq))
     op = api(args, "POST", f"/v1/volumes/{args.volume}/restore", body)
     result = _follow(args, op, f"restore {args.volume}")
     if result.get("verdict") == "suspect":

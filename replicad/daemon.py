@@ -893,43 +893,61 @@ class SiteDaemon:
         return {"volume": volume, "epoch": res.get("epoch")}
 
     async def restore(self, volume: str, target: Path, seq: int | None, last_clean: bool = True, *,
-                      overwrite: bool = False, op: "Operation | None" = None) -> dict:
+                      overwrite: bool = False, op: "Operation | None" = None,
+                      divergent_epoch: int | None = None) -> dict:
         """Restore committed snapshot ``seq`` (default: the newest clean one) into ``target``,
         fetching missing chunks from holders and healing corrupt ones, then verify the
         image's root against the manifest's (O5) before reporting success.
 
+        With ``divergent_epoch``, restore this site's *divergent* snapshot ``(epoch, seq)``
+        instead (forensics of what an old primary wrote alone; its chunks exist only here).
+
         Raises UsageError (target is the live volume, or exists without ``overwrite``),
         NotFoundError (no such snapshot / no clean one), IntegrityError / RestoreVerifyError.
         """
+        assert self.catalog is not None
         vs = self.volume_state(volume)
         if vs is None:
             raise NotFoundError(f"unknown volume {volume}", volume=volume)
         target = Path(target)
         self._runner(volume)
         self._check_restore_target(target, overwrite)
-        if seq is None:
-            seq = newest_clean(vs)  # the default, and what --last-clean asks for explicitly
-        if seq is None:
-            raise NotFoundError(f"{volume} has no clean committed snapshot", volume=volume)
-        if seq not in vs["snapshots"]:
-            raise NotFoundError(f"no committed snapshot {volume}#{seq}", volume=volume, seq=seq)
         t0 = time.monotonic()
-        log.info("restoring %s#%d into %s", volume, seq, target)
-        if op is not None:
-            op.phase = "fetching"
-        manifest = await self.ensure_snapshot(volume, seq, vs)
+        if divergent_epoch is not None:
+            rec = next((r for r in self.catalog.list(volume, "divergent")
+                        if r.epoch == divergent_epoch and r.seq == seq), None)
+            if rec is None:
+                raise NotFoundError(f"no divergent snapshot {volume} epoch {divergent_epoch} #{seq} at "
+                                    f"{self.site_id}", volume=volume, epoch=divergent_epoch, seq=seq)
+            manifest = self.load_manifest(rec.root)
+            verdict = "divergent"
+        else:
+            if seq is None:
+                seq = newest_clean(vs)  # the default, and what --last-clean asks for explicitly
+            if seq is None:
+                raise NotFoundError(f"{volume} has no clean committed snapshot", volume=volume)
+            if seq not in vs["snapshots"]:
+                raise NotFoundError(f"no committed snapshot {volume}#{seq}", volume=volume, seq=seq)
+            log.info("restoring %s#%d into %s", volume, seq, target)
+            if op is not None:
+                op.phase = "fetching"
+            manifest = await self.ensure_snapshot(volume, seq, vs)
+            verdict = vs["snapshots"][seq]["verdict"]
         if op is not None:
             op.phase = "writing"
-        rep = await self.apply_repairing(volume, target, manifest, progress=op.progress if op else None)
+        if divergent_epoch is not None:  # only this site holds it: nothing to re-fetch from
+            rep = await asyncio.to_thread(apply_snapshot, target, manifest, self.store,
+                                          progress=op.progress if op else None)
+        else:
+            rep = await self.apply_repairing(volume, target, manifest, progress=op.progress if op else None)
         if op is not None:
             op.phase = "verifying"
         root = await asyncio.to_thread(verify_image, target, manifest,
                                        progress=op.progress if op else None)  # O5
-        verdict = vs["snapshots"][seq]["verdict"]
-        log.info("restored %s#%d (%s) into %s: root verified, %d blocks written, %.2fs", volume, seq, verdict,
-                 target, rep.blocks_written, time.monotonic() - t0)
-        return {"volume": volume, "seq": seq, "verdict": verdict, "target": str(target), "root": root.hex(),
-                "verified": True,
+        log.info("restored %s#%d (%s) into %s: root verified, %d blocks written, %.2fs", volume, manifest.seq,
+                 verdict, target, rep.blocks_written, time.monotonic() - t0)
+        return {"volume": volume, "seq": manifest.seq, "verdict": verdict, "target": str(target),
+                "root": root.hex(), "verified": True,
                 "blocks_written": rep.blocks_written, "bytes_written": rep.bytes_written,
                 "seconds": time.monotonic() - t0}
 

@@ -104,7 +104,8 @@ SCHEMAS: dict[str, dict] = {
 
 _BODIES: dict[str, dict] = {
     "Promote": _object({}, {"to": _NSTR, "force": _BOOL}),
-    "Restore": _object({"target": _STR}, {"seq": _NINT, "last_clean": _BOOL, "overwrite": _BOOL, "wait": _BOOL}),
+    "Restore": _object({"target": _STR}, {"seq": _NINT, "last_clean": _BOOL, "overwrite": _BOOL, "wait": _BOOL,
+                                         "divergent_epoch": _NINT}),
     "Verify": _object({}, {"seq": _NINT}),
     "Drill": _object({"sandbox": _STR}, {"seq": _NINT, "keep": _BOOL}),
     "Prune": _object({"seqs": {"type": "array", "items": _INT, "minItems": 1}}),

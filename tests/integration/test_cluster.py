@@ -107,6 +107,7 @@ def test_returning_old_primary_is_fenced_and_keeps_divergent(cluster: LocalClust
     assert lonely["committed"] is False and lonely["holders"] == ["site-a"]
     cluster.kill("site-a", signal.SIGKILL)
     overwrite_blocks(a_img, [12], rng)  # its application kept writing before the crash
+    crashed_image = a_img.read_bytes()
     cluster.start("site-b")
     cluster.start("site-c")
     promo = cluster.wait_for("promotion of site-b", lambda: cluster.api(
@@ -129,6 +130,13 @@ def test_returning_old_primary_is_fenced_and_keeps_divergent(cluster: LocalClust
         roots = {s["root"] for s in committed(cluster, other).values()}
         assert not roots & {d["root"] for d in divergent}
     assert a_img.read_bytes() == cluster.sites["site-b"].volume_path(VOL).read_bytes()
+    # forensics: the image as the old primary last wrote it alone, restored from its divergent branch
+    newest = max(divergent, key=lambda d: d["seq"])
+    target = cluster.sites["site-a"].dir / "forensics.img"
+    rest = cluster.api("site-a", "POST", f"/v1/volumes/{VOL}/restore",
+                       {"target": str(target), "seq": newest["seq"], "divergent_epoch": 1})
+    assert rest["verified"] and rest["verdict"] == "divergent"
+    assert target.read_bytes() == crashed_image
 
 
 def test_corrupt_chunk_is_detected_and_refetched(cluster: LocalCluster, tmp_path: Path) -> None:
