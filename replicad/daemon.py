@@ -105,7 +105,8 @@ class VolumeRunner:
     role: str = "replica"
     acting_epoch: int | None = None
     parent: Manifest | None = None          # newest committed manifest of our line (primary)
-    last_cycle_at: float = 0.0              # monotonic
+    # monotonic; cycles run one interval apart, the first one interval after start/promotion
+    last_cycle_at: float = field(default_factory=time.monotonic)
     fence_flag: threading.Event = field(default_factory=threading.Event)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -486,7 +487,7 @@ class SiteDaemon:
             self._transition(runner, "restore_done")  # O5: the root matched
         report["rto_s"] = time.monotonic() - t0
         runner.last_report = report
-        runner.last_cycle_at = 0.0
+        runner.last_cycle_at = time.monotonic()  # the restored snapshot is committed: next one in an interval
         runner.became_primary.set()
         log.info("site %s is primary of %s at epoch %d (%s)", self.site_id, name, vs["epoch"],
                  f"restored snapshot #{seq}, root verified, in {report['rto_s']:.2f}s" if seq is not None

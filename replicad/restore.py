@@ -114,6 +114,8 @@ def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base:
             first = i * PAGE_ENTRIES
             if base is not None:
                 have = page_entries(store.get(base.pages[i])) if i < len(base.pages) else []
+            elif first * bs >= zero_from:
+                have = []  # past the target's old end: reads as zeros, nothing to read or compare
             else:
                 span = sum(_block_len(manifest, first + j) for j in range(len(want)))
                 have = _read_digests(fd, first * bs, span, bs)

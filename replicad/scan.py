@@ -30,6 +30,7 @@ thawed.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import stat
@@ -129,6 +130,21 @@ def _hash_part(buf: bytes, start: int, end: int, first_index: int, block_size: i
                 items.append((digest, codec, payload))
                 random_blocks += looks_random(block, len(payload))
     return _PartResult(bytes(digests), changed, zero_blocks, changed_bytes, random_blocks, items)
+
+
+def _hole_part(n_blocks: int, first_index: int, block_size: int, size: int,
+               parent_digests: bytes) -> _PartResult:
+    """:func:`_hash_part` for ``n_blocks`` blocks known to be zeros (a hole): same result,
+    nothing read or hashed."""
+    changed: list[int] = []
+    changed_bytes = 0
+    if parent_digests and parent_digests != bytes(len(parent_digests)):
+        for rel in range(len(parent_digests) // DIGEST_SIZE):
+            if parent_digests[rel * DIGEST_SIZE:(rel + 1) * DIGEST_SIZE] != ZERO_DIGEST:
+                index = first_index + rel
+                changed.append(index)
+                changed_bytes += min(block_size, size - index * block_size)
+    return _PartResult(ZERO_DIGEST * n_blocks, changed, n_blocks, changed_bytes, 0, [])
 
 
 class _ParentDigests:
@@ -232,64 +248,153 @@ def _read_exact(fd: int, length: int, offset: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+
+HOLE_SPAN_MAX_BLOCKS = 16 * PAGE_ENTRIES  # one hole step: at most 16 pages of digests (2 MiB)
+
+
+def _read_batch(fd: int, offset: int, read_len: int, size: int, block_size: int,
+                regular: bool) -> tuple[int, bytes | None]:
+    """``(length, data)`` of the next batch at ``offset``: ``data`` is None when the whole
+    span is a hole of a sparse regular file (SEEK_DATA), which then reads as zeros without
+    being read; the span is block-aligned, at least ``read_len`` long (or up to ``size``)
+    and at most HOLE_SPAN_MAX_BLOCKS blocks."""
+    want = min(read_len, size - offset)
+    if regular:
+        try:
+            next_data = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as err:
+            next_data = size if err.errno == errno.ENXIO else offset  # ENXIO: no data after offset
+        if next_data >= offset + want:
+            hole_end = size if next_data >= size else next_data // block_size * block_size
+            span = min(hole_end - offset, HOLE_SPAN_MAX_BLOCKS * block_size)
+            if span >= want:
+                return span, None
+    return want, _read_exact(fd, want, offset)
+
+STORE_BATCH_BYTES = 4 * 2**20  # bytes gathered before one durable put: fewer fsyncs, bounded memory
+
+
+class _Storer:
+    """Durable puts of scanned chunks, in scan order, one put in flight at a time so that
+    storing batch k overlaps hashing batch k+1. Memory: at most ``STORE_BATCH_BYTES`` (plus
+    one batch) waiting, and one put in flight."""
+
+    def __init__(self, store: ChunkStore, totals: _Totals) -> None:
+        self.store = store
+        self.totals = totals
+        self.items: list[tuple[bytes, int, bytes]] = []
+        self.pages: list[bytes] = []
+        self.pending_bytes = 0
+        self.inflight: asyncio.Future[tuple[int, list[bytes]]] | None = None
+
+    async def add(self, items: list[tuple[bytes, int, bytes]], pages: list[bytes]) -> None:
+        self.items.extend(items)
+        self.pages.extend(pages)
+        self.pending_bytes += sum(len(p) for _, _, p in items) + len(pages) * _PAGE_BYTES
+        if self.pending_bytes >= STORE_BATCH_BYTES:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Start a put of everything gathered (after the previous put finished)."""
+        await self.wait()
+        if not self.items and not self.pages:
+            return
+        items, pages = self.items, self.pages
+        self.items, self.pages, self.pending_bytes = [], [], 0
+        # O1: blocks, then the pages that reference them, are durable in one put; puts run
+        # in order, so a page is never stored before its blocks.
+        self.inflight = asyncio.ensure_future(asyncio.to_thread(_store_batch, self.store, items, pages))
+
+    async def wait(self) -> None:
+        """Wait for the put in flight (its error, if any, is raised here)."""
+        if self.inflight is None:
+            return
+        fut, self.inflight = self.inflight, None
+        new, page_digests = await fut
+        self.totals.new_chunks += new
+        self.totals.pages.extend(page_digests)
+
+    async def settle(self) -> None:
+        """After a failure or cancellation: let a put in flight finish, ignore its outcome."""
+        if self.inflight is not None:
+            await asyncio.gather(self.inflight, return_exceptions=True)
+            self.inflight = None
+
+
 async def _scan(source_path: Path, block_size: int, read_size_bytes: int,
                 parent: Manifest | None, store: ChunkStore) -> tuple[int, _Totals]:
     """Read, hash and store every block; returns (size_bytes, totals). Pages are cut as they
-    fill; the last partial page stays in ``totals.page_buf``."""
+    fill; the last partial page stays in ``totals.page_buf``. Every block chunk and full page
+    is durable when this returns."""
     try:
         fd, size = await asyncio.to_thread(_open_source, source_path)
     except OSError as err:
         raise from_os_error(err, "opening the snapshot source", source=str(source_path)) from err
     totals = _Totals()
+    storer = _Storer(store, totals)
     parents = _ParentDigests(parent, store)
     read_len = max(block_size, read_size_bytes // block_size * block_size)
     workers = max(1, min(4, os.cpu_count() or 1))
-    pending: asyncio.Future[bytes] | None = None
+    regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    pending: asyncio.Future[tuple[int, bytes | None]] | None = None
+    done = False
     try:
         offset = 0
         if size:
-            pending = asyncio.ensure_future(asyncio.to_thread(_read_exact, fd,
-                                                              min(read_len, size), 0))
+            pending = asyncio.ensure_future(asyncio.to_thread(
+                _read_batch, fd, 0, read_len, size, block_size, regular))
         while offset < size:
             assert pending is not None
-            want = min(read_len, size - offset)
             try:
-                buf = await pending
+                length, buf = await pending
             except OSError as err:
                 raise from_os_error(err, "reading the snapshot source",
                                     source=str(source_path), offset=offset) from err
             pending = None
-            if len(buf) != want:
+            if buf is not None and len(buf) != length:
                 raise UnavailableError("snapshot source shrank during the scan",
                                        path=str(source_path), offset=offset, size=size)
-            nxt = offset + want
+            nxt = offset + length
             if nxt < size:  # overlap: read the next batch while this one is hashed
                 pending = asyncio.ensure_future(asyncio.to_thread(
-                    _read_exact, fd, min(read_len, size - nxt), nxt))
-            await _process_batch(buf, offset // block_size, block_size, workers, parents,
-                                 store, totals)
+                    _read_batch, fd, nxt, read_len, size, block_size, regular))
+            await _process_batch(buf, length, size, offset // block_size, block_size, workers,
+                                 parents, storer, totals)
             offset = nxt
+        await storer.flush()
+        await storer.wait()
+        done = True
     finally:
         if pending is not None:
             await asyncio.gather(pending, return_exceptions=True)
+        if not done:
+            await storer.settle()
         os.close(fd)
     return size, totals
 
 
-async def _process_batch(buf: bytes, first_index: int, block_size: int, workers: int,
-                         parents: _ParentDigests, store: ChunkStore, totals: _Totals) -> None:
-    n_blocks = -(-len(buf) // block_size)
+async def _process_batch(buf: bytes | None, length: int, size: int, first_index: int,
+                         block_size: int, workers: int, parents: _ParentDigests,
+                         storer: _Storer, totals: _Totals) -> None:
+    """Hash ``length`` bytes at block ``first_index`` (``buf`` None: a hole, all zeros) in
+    worker threads, cut full pages and hand chunks and pages to ``storer``."""
+    n_blocks = -(-length // block_size)
     parent_digests = await asyncio.to_thread(parents.range, first_index, n_blocks)
-    per_part = -(-n_blocks // workers)
-    jobs = []
-    for start_block in range(0, n_blocks, per_part):
-        end_block = min(n_blocks, start_block + per_part)
-        jobs.append(asyncio.to_thread(
-            _hash_part, buf, start_block * block_size, min(len(buf), end_block * block_size),
-            first_index + start_block, block_size,
-            parent_digests[start_block * DIGEST_SIZE:end_block * DIGEST_SIZE]))
+    if buf is None:
+        parts = [await asyncio.to_thread(_hole_part, n_blocks, first_index, block_size, size,
+                                         parent_digests)]
+    else:
+        per_part = -(-n_blocks // workers)
+        jobs = []
+        for start_block in range(0, n_blocks, per_part):
+            end_block = min(n_blocks, start_block + per_part)
+            jobs.append(asyncio.to_thread(
+                _hash_part, buf, start_block * block_size, min(len(buf), end_block * block_size),
+                first_index + start_block, block_size,
+                parent_digests[start_block * DIGEST_SIZE:end_block * DIGEST_SIZE]))
+        parts = await asyncio.gather(*jobs)
     items: list[tuple[bytes, int, bytes]] = []
-    for part in await asyncio.gather(*jobs):
+    for part in parts:
         totals.page_buf += part.digests
         totals.changed.extend(part.changed)
         totals.zero_blocks += part.zero_blocks
@@ -301,10 +406,7 @@ async def _process_batch(buf: bytes, first_index: int, block_size: int, workers:
         full_pages.append(bytes(totals.page_buf[:_PAGE_BYTES]))
         del totals.page_buf[:_PAGE_BYTES]
     if items or full_pages:
-        # O1: blocks and the pages that reference them are durable before we go on.
-        new, page_digests = await asyncio.to_thread(_store_batch, store, items, full_pages)
-        totals.new_chunks += new
-        totals.pages.extend(page_digests)
+        await storer.add(items, full_pages)
 
 
 def _store_batch(store: ChunkStore, items: list[tuple[bytes, int, bytes]],

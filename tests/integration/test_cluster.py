@@ -249,3 +249,18 @@ def test_suspect_state_persists_until_two_sites_clear_it(cluster: LocalCluster) 
                      ["standby_seq"] == nxt["seq"], 30)
     audit = cluster.api("site-b", "GET", "/v1/audit")["audit"]
     assert [a["ok"] for a in audit if a["op"] == "mark_verdict"] == [False, True]
+
+
+def test_the_primary_snapshots_every_interval_by_itself(cluster_factory) -> None:
+    c = cluster_factory(n_blocks=32, interval="1s")
+    rng = random.Random(8)
+    overwrite_blocks(c.sites["site-a"].volume_path(VOL), [3], rng)
+    snaps = c.wait_for("three automatic snapshots", lambda: (
+        lambda s: s if len(s) >= 3 else None)(c.api("site-b", "GET", f"/v1/volumes/{VOL}/snapshots")["snapshots"]),
+        60)
+    assert all(s["verdict"] == "clean" and len(s["holders"]) >= 2 for s in snaps)
+    newest = snaps[-1]["seq"]
+    c.wait_for("standbys follow", lambda: all(
+        c.status(s)["volumes"][VOL]["standby_seq"] is not None
+        and c.status(s)["volumes"][VOL]["standby_seq"] >= newest for s in ("site-b", "site-c")), 30)
+    assert c.status("site-a")["volumes"][VOL]["rpo_s"] < 30

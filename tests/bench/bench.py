@@ -1,0 +1,660 @@
+"""replicad side by side with rsync and raw I/O floors, on a real ext4 image and real sites.
+
+Run (as root, ``rsync`` installed)::
+
+    python -m tests.bench.bench                       # 1 GiB image, 3 runs
+    python -m tests.bench.bench --size-mib 256 --runs 1 --json-out /tmp/bench.json
+
+Workload: :func:`replicad.demo_volume.build_volume` makes an ext4 image of ``--size-mib``
+MiB (synthetic hospital files, about half full). A :class:`~replicad.localcluster.LocalCluster`
+of 3 real site processes (``min_copies = 2``) protects it, with a second tiny volume used to
+time Raft commits. Every measured step runs ``--runs`` times (a fresh cluster per run); the
+table shows the median and the spread (min–max). "warm" means the page cache holds the image;
+"cold" rows (``sync; echo 3 > /proc/sys/vm/drop_caches`` before the step) appear only when
+that file is writable.
+
+Rows (units in the table):
+
+* **incremental cycle** – 1 % of the 64 KiB blocks, picked at random places, rewritten with
+  new text-like (non-random) content; then ``POST /v1/volumes/ehr/snapshot`` at the primary
+  (scan + ship to 2 replicas + Raft commit), wall time seen by the client. Beside it rsync
+  (``--inplace --no-whole-file --ignore-times --fsync`` of the same image file to an rsync
+  daemon on 127.0.0.1; ``--ignore-times`` so that its size+mtime quick check never skips a
+  changed image) to one target, and to two targets **in parallel** (two rsync processes).
+* **first full sync**: the primary starts on an all-zero image of the same size, the image's
+  content is copied into it, then one snapshot ships everything. Beside it ``rsync --fsync``
+  to a fresh target, and ``cp`` + fsync (the floor). Bytes on the wire: the cycle report's
+  ``bytes_shipped`` (summed over both replicas, and per replica) and rsync's "Total bytes sent".
+* **scan**: ``scan.take_snapshot`` in-process on the image into a fresh store (full: lz4 and
+  store every non-zero block) and again with that snapshot as parent after a 1 % change
+  (incremental); floor: the file read in 8 MiB pieces with BLAKE3 of every 64 KiB block, one
+  thread, measured in the same run.
+* **restore**: the daemon restore API at the primary into a new file (local store; includes
+  the O5 verify re-read), and in-process from peers (a fresh store fetches every chunk from
+  site-b over the peer API, then ``restore.apply_snapshot`` + ``restore.verify_image``);
+  floor: ``dd if=IMAGE of=TARGET bs=8M oflag=direct conv=fsync``.
+* **standby RTO**: site-b is restarted with ``apply_delay = "1h"`` after its standby caught
+  up, 1 % of the blocks change, a snapshot commits (site-b holds it, does not apply it), the
+  primary is SIGKILLed and ``promote --force`` runs at site-b: ``rto_s`` of its answer.
+* **commit latency**: ``--commits`` snapshots of the unchanged tiny volume; per snapshot
+  ``cycle_s - scan_s`` of the cycle report = ship acknowledgement (2 peers, only the new
+  manifest travels) + ``commit_snapshot`` through Raft: an upper bound of the Raft commit.
+* **memory**: a separate cluster protecting ``--sparse-volumes`` sparse files of
+  ``--sparse-gib`` GiB (a few MiB of data each); after every volume's first cycle is committed
+  and applied on the standbys, the peak RSS (``VmHWM`` of ``/proc/PID/status``) of each site.
+
+Results go to ``--json-out`` (every sample) for comparisons between runs. Processes are
+stopped by PID; every step has a time bound (``--step-timeout-s``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import blake3
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from replicad.chunkstore import ChunkStore
+from replicad.demo_volume import build_volume
+from replicad.localcluster import LocalCluster, free_port
+from replicad.manifest import Manifest, iter_block_digests
+from replicad.restore import apply_snapshot, verify_image
+from replicad.scan import take_snapshot
+from replicad.transport import PeerClient
+
+BLOCK_BYTES = 65536
+READ_BYTES = 8 * 2**20
+VOL = "ehr"
+TINY = "tiny"
+TINY_BYTES = 1 * 2**20
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def can_drop_caches() -> bool:
+    """True if ``/proc/sys/vm/drop_caches`` accepts a write here (root, not read-only)."""
+    try:
+        os.sync()
+        DROP_CACHES.write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def drop_caches() -> None:
+    """Write back dirty pages, then drop the page cache, dentries and inodes."""
+    os.sync()
+    DROP_CACHES.write_text("3\n")
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def change_blocks(path: Path, fraction: float, rng: random.Random, tag: str) -> int:
+    """Rewrite ``fraction`` of the whole 64 KiB blocks of ``path`` at random places with new
+    text-like content (compressible, not random); fsync. Returns the number of blocks."""
+    n_blocks = path.stat().st_size // BLOCK_BYTES
+    picked = rng.sample(range(n_blocks), max(1, int(n_blocks * fraction)))
+    with open(path, "r+b") as f:
+        for b in sorted(picked):
+            line = f"ward note {tag} block {b} value {rng.randrange(10**9)}: stable, reviewed\n"
+            f.seek(b * BLOCK_BYTES)
+            f.write((line * (BLOCK_BYTES // len(line) + 1)).encode()[:BLOCK_BYTES])
+        f.flush()
+        os.fsync(f.fileno())
+    return len(picked)
+
+
+def copy_into(src: Path, dst: Path) -> None:
+    """Copy ``src`` over the existing file ``dst`` in place (same size), fsynced."""
+    with open(src, "rb") as fi, open(dst, "r+b") as fo:
+        while chunk := fi.read(READ_BYTES):
+            fo.write(chunk)
+        fo.flush()
+        os.fsync(fo.fileno())
+
+
+def read_blake3_floor(path: Path) -> float:
+    """Seconds to read ``path`` in 8 MiB pieces and BLAKE3 every 64 KiB block (one thread)."""
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        off = 0
+        while True:
+            buf = os.pread(fd, READ_BYTES, off)
+            if not buf:
+                break
+            view = memoryview(buf)
+            for o in range(0, len(buf), BLOCK_BYTES):
+                blake3.blake3(view[o:o + BLOCK_BYTES]).digest()
+            off += len(buf)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - t0
+
+
+def run_timed(argv: list[str], timeout_s: float) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {proc.stderr[-500:]}")
+    return dt, proc.stdout
+
+
+def rsync_bytes_sent(stdout: str) -> int:
+    for line in stdout.splitlines():
+        if line.startswith("Total bytes sent:"):
+            return int(line.split(":", 1)[1].strip().replace(",", ""))
+    raise RuntimeError("rsync --stats output has no 'Total bytes sent'")
+
+
+def vm_hwm_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class RsyncDaemon:
+    """An rsync daemon on 127.0.0.1 with writable modules ``t1``..``tN`` under ``root``."""
+
+    def __init__(self, root: Path, n_modules: int = 3) -> None:
+        self.root = root
+        self.port = free_port()
+        conf = ["use chroot = no", "uid = root", "gid = root", f"pid file = {root}/rsyncd.pid",
+                f"log file = {root}/rsyncd.log"]
+        for i in range(1, n_modules + 1):
+            (root / f"t{i}").mkdir(parents=True, exist_ok=True)
+            conf += [f"[t{i}]", f"path = {root}/t{i}", "read only = no"]
+        (root / "rsyncd.conf").write_text("\n".join(conf) + "\n")
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> RsyncDaemon:
+        self.proc = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={self.root}/rsyncd.conf",
+                                      f"--port={self.port}", "--address=127.0.0.1"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("rsync daemon did not start")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def url(self, module: str, name: str) -> str:
+        return f"rsync://127.0.0.1:{self.port}/{module}/{name}"
+
+    def target(self, module: str, name: str) -> Path:
+        return self.root / module / name
+
+
+def rsync_to(argv_extra: list[str], src: Path, urls: list[str], timeout_s: float) -> tuple[float, int]:
+    """Run one rsync per URL, all in parallel; (wall seconds, total bytes sent)."""
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(["rsync", "--stats", *argv_extra, str(src), u], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for u in urls]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=timeout_s)
+        if p.returncode != 0:
+            raise RuntimeError(f"rsync failed ({p.returncode}): {err[-500:]}")
+        outs.append(out)
+    return time.perf_counter() - t0, sum(rsync_bytes_sent(o) for o in outs)
+
+
+# ---------------------------------------------------------------------------- results
+
+@dataclass
+class Results:
+    """Samples per (row, column) key; ``notes`` per row."""
+
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, key: str, value: float) -> None:
+        self.samples.setdefault(key, []).append(float(value))
+
+    def med(self, key: str) -> float | None:
+        vals = self.samples.get(key)
+        return statistics.median(vals) if vals else None
+
+    def cell(self, key: str, fmt: Callable[[float], str]) -> str:
+        vals = self.samples.get(key)
+        if not vals:
+            return "–"
+        m = statistics.median(vals)
+        if len(vals) == 1:
+            return fmt(m)
+        return f"{fmt(m)} [{fmt(min(vals))}–{fmt(max(vals))}]"
+
+
+def s_fmt(v: float) -> str:
+    return f"{v:.3f} s" if v < 10 else f"{v:.1f} s"
+
+
+def ms_fmt(v: float) -> str:
+    return f"{v * 1000:.1f} ms"
+
+
+def mb_fmt(v: float) -> str:
+    return f"{v / 1e6:.1f} MB"
+
+
+def gbs_fmt(v: float) -> str:
+    return f"{v / 1e9:.2f} GB/s"
+
+
+# ---------------------------------------------------------------------------- cluster steps
+
+def wait_standbys(c: LocalCluster, volume: str, seq: int, sites: tuple[str, ...], timeout_s: float) -> None:
+    c.wait_for(f"standbys of {volume} at #{seq}", lambda: all(
+        c.status(s)["volumes"][volume]["standby_seq"] == seq for s in sites), timeout_s, 0.05)
+
+
+def snapshot(c: LocalCluster, site: str, volume: str, timeout_s: float) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    rep = c.api(site, "POST", f"/v1/volumes/{volume}/snapshot", {}, timeout_s=timeout_s)
+    dt = time.perf_counter() - t0
+    if not rep.get("committed"):
+        raise RuntimeError(f"snapshot of {volume} not committed: {rep}")
+    return dt, rep
+
+
+def set_apply_delay(c: LocalCluster, site: str, delay: str) -> None:
+    path = c.sites[site].config_path
+    text = path.read_text()
+    path.write_text(text.replace('apply_delay = "0s"', f'apply_delay = "{delay}"'))
+
+
+async def restore_from_peer(peer_url: str, root: bytes, store_dir: Path, target: Path) -> dict[str, float]:
+    """Fetch snapshot ``root`` and everything it references from ``peer_url`` into a fresh
+    store, apply it to ``target`` and verify it; seconds per phase."""
+    store = ChunkStore(store_dir)
+    try:
+        t0 = time.perf_counter()
+        async with aiohttp.ClientSession() as session:
+            client = PeerClient(session, "bench")
+            await client.fetch(peer_url, VOL, 0, [root], store)
+            m = Manifest.decode(store.get(root))
+            await client.fetch(peer_url, VOL, 0, list(m.pages), store)
+            need = [d for d in iter_block_digests(m, store.get) if any(d)]
+            need = list(dict.fromkeys(need))
+            await client.fetch(peer_url, VOL, 0, need, store)
+        t1 = time.perf_counter()
+        await asyncio.to_thread(apply_snapshot, target, m, store)
+        t2 = time.perf_counter()
+        await asyncio.to_thread(verify_image, target, m)
+        t3 = time.perf_counter()
+    finally:
+        store.close()
+    return {"fetch": t1 - t0, "apply": t2 - t1, "verify": t3 - t2, "total": t3 - t0}
+
+
+def one_run(run: int, image: Path, work: Path, res: Results, args: argparse.Namespace, cold: bool,
+            console: Console) -> None:
+    """One fresh cluster: full sync, incremental cycles, commits, restores, standby RTO."""
+    rng = random.Random(1000 + run)
+    root = work / f"run{run}"
+    if root.exists():
+        shutil.rmtree(root)
+    tmo = args.step_timeout_s
+    # interval far beyond any uptime: the daemons never snapshot on their own, the bench asks
+    c = LocalCluster(root / "cluster", volumes=(VOL, TINY), interval="3650d", min_copies=2)
+    a_img = c.sites["site-a"].volume_path(VOL)
+    shutil.copyfile(image, a_img)
+    fsync_path(a_img)
+    tiny = c.sites["site-a"].volume_path(TINY)
+    tiny.write_bytes((b"tiny volume record, unchanged between snapshots\n" * (TINY_BYTES // 48 + 1))[:TINY_BYTES])
+    rs = RsyncDaemon(root / "rsync")
+    try:
+        c.start_all()
+        c.wait_ready(60)
+        _, rep = snapshot(c, "site-a", TINY, tmo)
+        wait_standbys(c, TINY, rep["seq"], ("site-b", "site-c"), tmo)
+        rs.__enter__()
+
+        # ---- first full sync: the volume's first snapshot (no parent)
+        dt, rep = snapshot(c, "site-a", VOL, tmo)
+        res.add("full.replicad.s", dt)
+        res.add("full.replicad.bytes", rep["bytes_shipped"])
+        res.add("full.replicad.bytes_per_replica", rep["bytes_shipped"] / max(1, len(rep["peers"])))
+        console.log(f"run {run}: full sync {dt:.2f}s, {rep['bytes_shipped'] / 1e6:.0f} MB shipped")
+        wait_standbys(c, VOL, rep["seq"], ("site-b", "site-c"), tmo)
+        dt, sent = rsync_to(["--fsync"], a_img, [rs.url("t1", "ehr.img")], tmo)
+        res.add("full.rsync.s", dt)
+        res.add("full.rsync.bytes", sent)
+        floor = root / "cp-floor.img"
+        t0 = time.perf_counter()
+        subprocess.run(["cp", str(a_img), str(floor)], check=True, timeout=tmo)
+        fsync_path(floor)
+        res.add("full.cp.s", time.perf_counter() - t0)
+        floor.unlink()
+        for m in ("t2", "t3"):
+            shutil.copyfile(rs.target("t1", "ehr.img"), rs.target(m, "ehr.img"))
+        os.sync()
+
+        # ---- incremental cycles (warm, then cold)
+        modes = ["warm"] + (["cold"] if cold else [])
+        for mode in modes:
+            for k in range(args.cycles):
+                change_blocks(a_img, 0.01, rng, f"r{run}{mode}{k}")
+                if mode == "cold":
+                    drop_caches()
+                dt, rep = snapshot(c, "site-a", VOL, tmo)
+                res.add(f"incr.{mode}.replicad.s", dt)
+                res.add(f"incr.{mode}.replicad.bytes", rep["bytes_shipped"])
+                wait_standbys(c, VOL, rep["seq"], ("site-b", "site-c"), tmo)
+                if mode == "cold":
+                    drop_caches()
+                dt, sent = rsync_to(["--inplace", "--no-whole-file", "--ignore-times", "--fsync"], a_img,
+                                    [rs.url("t1", "ehr.img")], tmo)
+                res.add(f"incr.{mode}.rsync1.s", dt)
+                res.add(f"incr.{mode}.rsync1.bytes", sent)
+                if mode == "cold":
+                    drop_caches()
+                dt, sent = rsync_to(["--inplace", "--no-whole-file", "--ignore-times", "--fsync"], a_img,
+                                    [rs.url("t2", "ehr.img"), rs.url("t3", "ehr.img")], tmo)
+                res.add(f"incr.{mode}.rsync2.s", dt)
+                res.add(f"incr.{mode}.rsync2.bytes", sent)
+        console.log(f"run {run}: incremental done")
+
+        # ---- Raft commit latency through snapshots of the unchanged tiny volume
+        for _ in range(args.commits):
+            _, rep = snapshot(c, "site-a", TINY, tmo)
+            res.add("commit.ship_commit.s", rep["cycle_s"] - rep["scan_s"])
+            res.add("commit.cycle.s", rep["cycle_s"])
+
+        # ---- restore: local store (daemon API) and from a peer (in-process, fresh store)
+        status = c.status("site-a")["volumes"][VOL]
+        newest = status["newest_committed"]
+        target = root / "restore-local.img"
+        t0 = time.perf_counter()
+        rest = c.api("site-a", "POST", f"/v1/volumes/{VOL}/restore", {"target": str(target), "seq": newest},
+                     timeout_s=tmo)
+        res.add("restore.local.s", time.perf_counter() - t0)
+        target.unlink()
+        snaps = c.api("site-a", "GET", f"/v1/volumes/{VOL}/snapshots")["snapshots"]
+        root_digest = bytes.fromhex(next(s["root"] for s in snaps if s["seq"] == newest))
+        target = root / "restore-peer.img"
+        phases = asyncio.run(restore_from_peer(f"http://127.0.0.1:{c.sites['site-b'].peer_port}", root_digest,
+            root / "peer-restore-store", target))
+        for k, v in phases.items():
+            res.add(f"restore.peer.{k}.s", v)
+        target.unlink()
+        shutil.rmtree(root / "peer-restore-store")
+        dd_target = root / "dd-floor.img"
+        dt, _ = run_timed(["dd", f"if={a_img}", f"of={dd_target}", "bs=8M", "oflag=direct", "conv=fsync",
+                           "status=none"], tmo)
+        res.add("restore.dd.s", dt)
+        dd_target.unlink()
+        console.log(f"run {run}: restores done (local {rest['seconds']:.2f}s, peer {phases['total']:.2f}s)")
+
+        # ---- standby RTO: site-b holds the newest snapshot but has not applied it (1 % behind)
+        c.kill("site-b", signal.SIGTERM)
+        set_apply_delay(c, "site-b", "1h")
+        c.start("site-b")
+        c.wait_ready(60)
+        change_blocks(a_img, 0.01, rng, f"r{run}rto")
+        _, rep = snapshot(c, "site-a", VOL, tmo)
+        if "site-b" not in rep["holders"]:
+            raise RuntimeError(f"site-b is not a holder of the RTO snapshot: {rep['holders']}")
+        c.kill("site-a", signal.SIGKILL)
+        t0 = time.perf_counter()
+        promo = c.api("site-b", "POST", f"/v1/volumes/{VOL}/promote", {"force": True}, timeout_s=tmo)
+        res.add("rto.wall.s", time.perf_counter() - t0)
+        res.add("rto.rto_s", promo["rto_s"])
+        res.add("rto.blocks_written", promo["restore"].get("blocks_written", 0))
+        console.log(f"run {run}: promote rto_s {promo['rto_s']:.2f}s, "
+                    f"{promo['restore'].get('blocks_written')} blocks rewritten")
+    finally:
+        rs.__exit__()
+        c.stop_all()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def scan_run(image: Path, work: Path, res: Results, cold: bool, rng: random.Random) -> None:
+    """In-process scans beside the read + BLAKE3 floor (warm, and cold when allowed)."""
+    scratch = work / "scan"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    img = scratch / "scan.img"
+    shutil.copyfile(image, img)
+    size = img.stat().st_size
+    for mode in ["warm"] + (["cold"] if cold else []):
+        shutil.rmtree(scratch / "store", ignore_errors=True)
+        if mode == "warm":
+            img.read_bytes()  # into the page cache
+        else:
+            drop_caches()
+        res.add(f"scan.{mode}.floor.Bps", size / read_blake3_floor(img))
+        if mode == "cold":
+            drop_caches()
+        store = ChunkStore(scratch / "store")
+        try:
+            r = asyncio.run(take_snapshot(img, volume=VOL, seq=1, epoch=1, parent=None, store=store, now_ns=0))
+            res.add(f"scan.{mode}.full.Bps", size / r.scan_seconds)
+            change_blocks(img, 0.01, rng, f"scan{mode}")
+            if mode == "cold":
+                drop_caches()
+            r2 = asyncio.run(take_snapshot(img, volume=VOL, seq=2, epoch=1, parent=r.manifest, store=store,
+                                           now_ns=0))
+            res.add(f"scan.{mode}.incr.Bps", size / r2.scan_seconds)
+        finally:
+            store.close()
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def memory_run(work: Path, res: Results, args: argparse.Namespace, console: Console) -> None:
+    """Peak RSS of each site protecting ``--sparse-volumes`` sparse volumes through one full cycle."""
+    root = work / "memory"
+    shutil.rmtree(root, ignore_errors=True)
+    names = tuple(f"sparse{i}" for i in range(args.sparse_volumes))
+    c = LocalCluster(root, volumes=names, interval="3650d", min_copies=2)
+    rng = random.Random(7)
+    size = args.sparse_gib * 2**30
+    for name in names:
+        with open(c.sites["site-a"].volume_path(name), "wb") as f:
+            f.truncate(size)
+            for _ in range(4):  # a few MiB of data at scattered places
+                f.seek(rng.randrange(size // 2**20) * 2**20)
+                f.write((f"{name} data {rng.random()}\n" * 40000).encode()[:2**20])
+    try:
+        t0 = time.perf_counter()
+        c.start_all()
+        c.wait_ready(60)
+        threads: list[threading.Thread] = []
+        seqs = {}
+        for name in names:  # every volume's first (full) cycle, all at once
+            threads.append(threading.Thread(target=lambda n=name: seqs.__setitem__(
+                n, snapshot(c, "site-a", n, args.step_timeout_s)[1]["seq"]), daemon=True))
+            threads[-1].start()
+        for th in threads:
+            th.join(args.step_timeout_s)
+        if len(seqs) != len(names):
+            raise RuntimeError(f"only {len(seqs)} of {len(names)} sparse volumes committed")
+        for name in names:
+            wait_standbys(c, name, seqs[name], ("site-b", "site-c"), args.step_timeout_s)
+        res.add("memory.cycle_all.s", time.perf_counter() - t0)
+        for site in ("site-a", "site-b", "site-c"):
+            res.add(f"memory.{site}.hwm", vm_hwm_bytes(c.sites[site].proc.pid))
+        console.log(f"memory: {len(names)} x {args.sparse_gib} GiB sparse committed and applied in "
+                    f"{time.perf_counter() - t0:.1f}s")
+    finally:
+        c.stop_all()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- report
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def build_table(res: Results, args: argparse.Namespace, cold: bool) -> tuple[Table, list[dict]]:
+    t = Table(title=escape(f"replicad vs baselines — {args.size_mib} MiB ext4 image, 3 sites, min_copies=2, "
+                           f"runs={args.runs} (median [min–max])"), show_lines=False)
+    for col in ("row", "replicad", "baseline", "ratio", "target", "met"):
+        t.add_column(col, overflow="fold")
+    rows: list[dict] = []
+
+    def add(name: str, ours: str, base: str, r: float | None, target: str, ok: bool | None) -> None:
+        t.add_row(name, ours, base, "–" if r is None else f"{r:.2f}x", target,
+                  "–" if ok is None else ("yes" if ok else "NO"))
+        rows.append({"row": name, "replicad": ours, "baseline": base, "ratio": r, "target": target, "met": ok})
+
+    for mode in ["warm"] + (["cold"] if cold else []):
+        r1 = ratio(res.med(f"incr.{mode}.rsync1.s"), res.med(f"incr.{mode}.replicad.s"))
+        add(f"incremental 1% ({mode}) vs rsync 1 target", res.cell(f"incr.{mode}.replicad.s", s_fmt),
+            res.cell(f"incr.{mode}.rsync1.s", s_fmt), r1, ">= 5x faster" if mode == "warm" else "info",
+            (r1 is not None and r1 >= 5) if mode == "warm" else None)
+        r2 = ratio(res.med(f"incr.{mode}.rsync2.s"), res.med(f"incr.{mode}.replicad.s"))
+        add(f"incremental 1% ({mode}) vs rsync 2 targets (parallel)", "(same, 2 replicas)",
+            res.cell(f"incr.{mode}.rsync2.s", s_fmt), r2, "info", None)
+        add(f"  bytes on the wire ({mode}, 2 replicas | rsync 1 target)",
+            res.cell(f"incr.{mode}.replicad.bytes", mb_fmt), res.cell(f"incr.{mode}.rsync1.bytes", mb_fmt),
+            ratio(res.med(f"incr.{mode}.replicad.bytes"), res.med(f"incr.{mode}.rsync1.bytes")), "info", None)
+    rf = ratio(res.med("full.rsync.s"), res.med("full.replicad.s"))
+    add("first full sync vs rsync --fsync (1 target)", res.cell("full.replicad.s", s_fmt),
+        res.cell("full.rsync.s", s_fmt), rf, "no slower (>= 1x)", rf is not None and rf >= 1)
+    add("  vs cp + fsync floor", "", res.cell("full.cp.s", s_fmt),
+        ratio(res.med("full.cp.s"), res.med("full.replicad.s")), "info", None)
+    rb = ratio(res.med("full.replicad.bytes_per_replica"), res.med("full.rsync.bytes"))
+    add("  bytes on the wire per replica (total for 2)",
+        f"{res.cell('full.replicad.bytes_per_replica', mb_fmt)} ({res.cell('full.replicad.bytes', mb_fmt)})",
+        res.cell("full.rsync.bytes", mb_fmt), rb, "<= 0.5x rsync", rb is not None and rb <= 0.5)
+    for mode in ["warm"] + (["cold"] if cold else []):
+        rs = ratio(res.med(f"scan.{mode}.full.Bps"), res.med(f"scan.{mode}.floor.Bps"))
+        add(f"scan full, fresh store ({mode}) vs read+BLAKE3", res.cell(f"scan.{mode}.full.Bps", gbs_fmt),
+            res.cell(f"scan.{mode}.floor.Bps", gbs_fmt), rs, ">= 0.70" if mode == "warm" else "info",
+            (rs is not None and rs >= 0.7) if mode == "warm" else None)
+        ri = ratio(res.med(f"scan.{mode}.incr.Bps"), res.med(f"scan.{mode}.floor.Bps"))
+        add(f"scan incremental 1% ({mode}) vs read+BLAKE3", res.cell(f"scan.{mode}.incr.Bps", gbs_fmt),
+            res.cell(f"scan.{mode}.floor.Bps", gbs_fmt), ri, "info", None)
+    rl = ratio(res.med("restore.dd.s"), res.med("restore.local.s"))
+    add("restore from local store (API, incl. O5 verify) vs dd", res.cell("restore.local.s", s_fmt),
+        res.cell("restore.dd.s", s_fmt), rl, ">= 0.70", rl is not None and rl >= 0.7)
+    ra = ratio(res.med("restore.dd.s"), res.med("restore.peer.apply.s"))
+    add("  restore write phase only (apply_snapshot) vs dd", res.cell("restore.peer.apply.s", s_fmt),
+        res.cell("restore.dd.s", s_fmt), ra, "info", None)
+    rp = ratio(res.med("restore.dd.s"), res.med("restore.peer.total.s"))
+    add("restore from a peer (fetch+apply+verify) vs dd", res.cell("restore.peer.total.s", s_fmt),
+        res.cell("restore.dd.s", s_fmt), rp, "info", None)
+    add("  of which fetch from peer", res.cell("restore.peer.fetch.s", s_fmt), "", None, "info", None)
+    rto = res.med("rto.rto_s")
+    add("standby RTO, 1% divergence (promote --force)", res.cell("rto.rto_s", s_fmt),
+        f"wall {res.cell('rto.wall.s', s_fmt)}", None, "< 2 s", rto is not None and rto < 2)
+    vals = sorted(res.samples.get("commit.ship_commit.s", []))
+    if vals:
+        p50 = statistics.median(vals)
+        p99 = vals[min(len(vals) - 1, int(round(0.99 * (len(vals) - 1))))]
+        add(f"commit: ship-ack + Raft commit (n={len(vals)}) p50 / p99", f"{ms_fmt(p50)} / {ms_fmt(p99)}",
+            f"cycle p50 {ms_fmt(statistics.median(res.samples['commit.cycle.s']))}", None, "p99 < 20 ms",
+            p99 < 0.020)
+    hwm = [res.med(f"memory.{s}.hwm") for s in ("site-a", "site-b", "site-c")]
+    if all(h is not None for h in hwm):
+        add(f"peak RSS, {args.sparse_volumes} x {args.sparse_gib} GiB sparse (a | b | c)",
+            " | ".join(mb_fmt(h) for h in hwm), f"cycle+apply {res.cell('memory.cycle_all.s', s_fmt)}",
+            None, "< 300 MB", max(hwm) < 300e6)
+    return t, rows
+
+
+def machine_header() -> str:
+    free = subprocess.run(["free", "-m"], capture_output=True, text=True, check=False).stdout.strip()
+    rsync_v = subprocess.run(["rsync", "--version"], capture_output=True, text=True,
+                             check=False).stdout.splitlines()[0]
+    return (f"{platform.node()} {platform.machine()} nproc={os.cpu_count()} python={platform.python_version()} "
+            f"{rsync_v}\n{free}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size-mib", type=int, default=1024, help="image size, MiB (default 1024)")
+    ap.add_argument("--runs", type=int, default=3, help="repetitions of every measured step (default 3)")
+    ap.add_argument("--cycles", type=int, default=1, help="incremental cycles per run and cache mode")
+    ap.add_argument("--commits", type=int, default=40, help="tiny-volume snapshots per run for commit latency")
+    ap.add_argument("--sparse-volumes", type=int, default=8)
+    ap.add_argument("--sparse-gib", type=int, default=64)
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: cluster,scan,memory")
+    ap.add_argument("--no-cold", action="store_true", help="warm page cache only")
+    ap.add_argument("--step-timeout-s", type=float, default=900.0)
+    ap.add_argument("--workdir", type=Path, default=None, help="scratch dir (default: a new temp dir, removed)")
+    ap.add_argument("--json-out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    console = Console(width=230)
+    if shutil.which("rsync") is None:
+        console.print("rsync is not installed (apt-get install -y rsync)")
+        return 2
+    skip = set(filter(None, args.skip.split(",")))
+    cold = not args.no_cold and can_drop_caches()
+    header = machine_header()
+    console.print(header)
+    console.print(f"cold-cache rows: {'yes' if cold else 'no (drop_caches not writable)'}")
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="replicad-bench-", dir="/var/tmp"))
+    work.mkdir(parents=True, exist_ok=True)
+    res = Results()
+    t_start = time.perf_counter()
+    try:
+        t0 = time.perf_counter()
+        img = build_volume(work / "build", work / "image.img", size_bytes=args.size_mib * 2**20,
+                           rng=random.Random(42)).path
+        shutil.rmtree(work / "build", ignore_errors=True)
+        console.log(f"image built in {time.perf_counter() - t0:.1f}s")
+        for run in range(args.runs):
+            if "scan" not in skip:
+                scan_run(img, work, res, cold, random.Random(run))
+            if "cluster" not in skip:
+                one_run(run, img, work, res, args, cold, console)
+        if "memory" not in skip:
+            memory_run(work, res, args, console)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    table, rows = build_table(res, args, cold)
+    console.print(table)
+    console.print(f"total bench time {time.perf_counter() - t_start:.0f}s")
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                             "machine": header, "cold": cold, "rows": rows,
+                                             "samples": res.samples}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
