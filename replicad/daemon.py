@@ -58,6 +58,7 @@ log = logging.getLogger("replicad.daemon")
 TICK_S = 0.5
 PROPOSE_TIMEOUT_S = 5.0
 RETENTION_TICK_S = 60.0
+CLOCK_HEARTBEAT_S = 5.0     # Raft-reported site clocks (prune lock window by a majority)
 OPERATIONS_KEPT = 100
 SHUTDOWN_GRACE_S = 10.0    # well inside systemd's TimeoutStopSec=60
 STRAGGLER_GRACE_S = 2.0    # after min_copies stored, how long to wait for the other replicas
@@ -168,6 +169,7 @@ class SiteDaemon:
         for runner in self.runners.values():
             self._tasks.append(asyncio.create_task(self._run_volume(runner), name=f"volume:{runner.cfg.name}"))
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
+        self._tasks.append(asyncio.create_task(self._clock_loop(), name="clock"))
         log.info("site %s started: peer %s admin %s raft %s", self.site_id, self.cfg.peer_listen,
                  self.cfg.admin_listen, me.raft)
 
@@ -1002,6 +1004,17 @@ class SiteDaemon:
         return runner
 
     # ------------------------------------------------------------------ retention
+    async def _clock_loop(self) -> None:
+        """Report this site's clock through Raft every CLOCK_HEARTBEAT_S: the state machine
+        measures the retention lock window with the time a majority of sites have reached, so
+        one site's clock stepping forward cannot prune inside it (O4)."""
+        while True:
+            await asyncio.sleep(CLOCK_HEARTBEAT_S)
+            try:
+                await self.propose("clock", deadline_s=CLOCK_HEARTBEAT_S)
+            except ReplicadError as err:
+                log.debug("clock heartbeat not committed: %s", err)
+
     async def _retention_loop(self) -> None:
         while True:
             await asyncio.sleep(RETENTION_TICK_S)

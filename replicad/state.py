@@ -99,7 +99,20 @@ class _Refusal(Exception):
 
 def initial_state() -> dict:
     """An empty cluster state (version ``STATE_VERSION``)."""
-    return {"v": STATE_VERSION, "sites": {}, "volumes": {}, "audit": [], "applied_ops": {}}
+    return {"v": STATE_VERSION, "sites": {}, "volumes": {}, "audit": [], "applied_ops": {}, "clocks": {}}
+
+
+def quorum_now_ns(state: dict) -> int | None:
+    """The latest time a majority of the registered sites have all reached, by their own
+    clocks as last reported in their commands (``state["clocks"]``), or None if fewer than a
+    majority ever reported. One site's clock stepping forward cannot move it past the clocks
+    of the others (DESIGN §9: clock steps; O4: the lock window)."""
+    sites = state.get("sites", {})
+    clocks = sorted((t for s, t in state.get("clocks", {}).items() if s in sites), reverse=True)
+    majority = len(sites) // 2 + 1
+    if not sites or len(clocks) < majority:
+        return None
+    return clocks[majority - 1]
 
 
 def newest_committed(vol_state: dict) -> int | None:
@@ -148,10 +161,22 @@ def _apply_checked(state: dict, command: dict) -> tuple[dict, dict]:
         new_state, result = handler(state, command)
     except _Refusal as refusal:
         new_state, result = state, _refused(refusal.code, refusal.message, **refusal.evidence)
+    if result.get("ok"):
+        new_state = _with_clock(new_state, command)  # refusals change nothing but the audit
+        if _peek_str(command, "op") == "clock":
+            return new_state, result  # heartbeats: neither audited nor remembered (they would crowd both out)
     new_state = _with_audit(new_state, command, result)
     if op_id is not None and _valid_op_id(op_id):
         new_state = _with_applied(new_state, op_id, result)
     return new_state, result
+
+
+def _with_clock(state: dict, command: Any) -> dict:
+    """Remember the proposer's clock (``now_ns``) if it is a registered site."""
+    by, now_ns = _peek_str(command, "by"), _peek_int(command, "now_ns")
+    if by is None or now_ns is None or by not in state.get("sites", {}):
+        return state
+    return {**state, "clocks": {**state.get("clocks", {}), by: now_ns}}
 
 
 def _check_envelope(command: Any) -> Callable[[dict, dict], tuple[dict, dict]]:
@@ -552,6 +577,11 @@ def _op_prune_snapshots(state: dict, cmd: dict) -> tuple[dict, dict]:
                        "pruning is frozen", volume=name, newest_seq=newest)
     protected = {s for s in (newest, newest_clean(vol)) if s is not None}
     lock_ns = vol["retention"]["lock_s"] * 1_000_000_000
+    quorum_now = quorum_now_ns(state)
+    if quorum_now is None:
+        raise _Refusal("retention_locked", f"volume {name!r}: the clocks of a majority of sites are not known "
+                       "yet; pruning waits for them", volume=name)
+    now_ns = min(now_ns, quorum_now)  # O4: measured by a majority's clocks, not the proposer's alone
     for seq in seqs:
         if seq in protected:
             raise _Refusal("retention_locked", f"volume {name!r}: snapshot {seq} is the newest "
@@ -590,6 +620,7 @@ _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str],
     "set_retention": (_op_set_retention, frozenset({"volume", "retention", "approved_by"}),
                       frozenset({"volume", "retention"})),
     "prune_snapshots": (_op_prune_snapshots, frozenset({"volume", "seqs"}), frozenset({"volume", "seqs"})),
+    "clock": (lambda state, cmd: (state, {"ok": True}), frozenset(), frozenset()),
 }
 
 OPS: tuple[str, ...] = tuple(_OPS)

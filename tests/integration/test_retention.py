@@ -44,7 +44,10 @@ def test_lock_window_refuses_and_gc_frees_space(cluster: LocalCluster, tmp_path:
 
     before = {s: store_bytes(cluster, s) for s in ("site-a", "site-b")}
     time.sleep(4.5)
-    rep = cluster.api("site-a", "POST", f"/v1/volumes/{VOL}/retention/run", {})
+    # the lock is measured by a majority of the sites' clocks, reported every few seconds
+    rep = cluster.wait_for("the lock window to pass on a majority of clocks", lambda: (
+        lambda r: r if r["pruned"] else None)(cluster.api("site-a", "POST", f"/v1/volumes/{VOL}/retention/run", {})),
+        30, interval_s=1)
     assert rep["pruned"] == seqs[:-1]
     kept = [s["seq"] for s in cluster.api("site-b", "GET", f"/v1/volumes/{VOL}/snapshots")["snapshots"]]
     assert kept == [seqs[-1]]

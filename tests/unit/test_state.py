@@ -421,3 +421,53 @@ def test_random_commands_never_raise_and_refusals_change_nothing(command_list, d
             assert all(s <= vol["last_seq"] for s in vol["snapshots"])
         msgpack.packb(new, use_bin_type=True)
         state = new
+
+
+# --------------------------------------------------------------------------- clocks (O4, DESIGN §9)
+
+
+def test_lock_window_is_measured_by_a_majority_of_clocks(with_snaps):
+    from replicad.state import quorum_now_ns
+
+    # the other sites last spoke at NOW; the primary's clock jumps 30 days ahead
+    state = with_snaps
+    for site in ("b", "c", "w"):
+        state, _ = ok(state, cmd("clock", by=site))
+    assert quorum_now_ns(state) == NOW
+    young = state["volumes"]["vol"]["snapshots"][1]["created_at_ns"] + 100 * S
+    for site in ("b", "c", "w"):
+        state, _ = ok(state, cmd("clock", by=site, now_ns=young))
+    refused(state, cmd("prune_snapshots", volume="vol", seqs=[1], now_ns=young + 30 * 86400 * S),
+            "retention_locked")
+    # once a majority's clocks are past the lock window, the same prune is accepted
+    later = young + 3600 * S
+    for site in ("b", "c"):
+        state, _ = ok(state, cmd("clock", by=site, now_ns=later))
+    ok(state, cmd("prune_snapshots", volume="vol", seqs=[1], now_ns=later))
+
+
+def test_heartbeats_are_neither_audited_nor_remembered(cluster):
+    state, _ = ok(cluster, cmd("clock", by="b", now_ns=NOW + 5))
+    assert state["clocks"]["b"] == NOW + 5
+    assert state["audit"] == cluster["audit"] and state["applied_ops"] == cluster["applied_ops"]
+
+
+def test_unregistered_sites_have_no_clock(cluster):
+    state, _ = run(cluster, cmd("clock", by="mallory", now_ns=NOW + 10**15))
+    assert "mallory" not in state.get("clocks", {})
+
+
+def test_no_prune_before_a_majority_reported_a_clock():
+    from replicad.state import quorum_now_ns
+
+    state = initial_state()
+    for site in ("a", "b", "c"):
+        state, _ = ok(state, cmd("register_site", by="a", site_id=site, peer_url=f"https://{site}", kind="data"))
+    assert quorum_now_ns(state) is None  # only "a" has spoken
+    state, _ = ok(state, cmd("add_volume", volume="v", primary="a", block_size=65536, size_bytes=1 << 20,
+                             min_copies=1, retention={"keep_all_s": 0, "hourly_s": 0, "daily_s": 0, "lock_s": 0}))
+    for seq in (1, 2):
+        state, _ = ok(state, cmd("commit_snapshot", volume="v", seq=seq, epoch=1, root=bytes([seq]) * 32,
+                                 parent_seq=seq - 1 or None, created_at_ns=NOW - 86400 * S, holders=["a"],
+                                 stats={}, verdict="clean"))
+    refused(state, cmd("prune_snapshots", volume="v", seqs=[1]), "retention_locked")
