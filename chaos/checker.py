@@ -30,6 +30,16 @@ Invariants:
   data site's image equals the newest clean snapshot, within the scenario's bound.
 * ``rpo``: the RPO measured after convergence is under the scenario's target.
 * ``expectation``: every scenario-specific expectation recorded as ``expect`` held.
+* ``promotion_restores_one_snapshot``: after a forced promotion the promoted site's image
+  (read back by the workload right after) is exactly the committed snapshot it reports
+  restoring, never a mix of two.
+* ``store_intact``: every chunk of a site's store read back after the run (``store_audit``)
+  verifies.
+* ``no_election_storm``: while an fsync is slowed (``slow_fsync`` .. ``fast_fsync`` + 15 s),
+  no healthy site sees more than the fault's ``max_terms`` leader changes or term increases.
+* ``lock_window``: with a ``retention_policy`` recorded, no snapshot leaves the catalog
+  before ``lock_s`` has passed since it was asked for, by the campaign's own clock (the
+  clock of the majority of sites in the clock scenarios).
 """
 
 from __future__ import annotations
@@ -407,8 +417,96 @@ def check_expectations(events: list[dict]) -> list[Violation]:
             for e in events if e.get("op") == "expect" and not e.get("passed")]
 
 
+def check_promotion_image(events: list[dict]) -> list[Violation]:
+    setup = _setup(events)
+    attributed = _attributed(events)
+    out: list[Violation] = []
+    for i, e in enumerate(events):
+        if e.get("op") != "promote" or e.get("type") != "ok" or e.get("restored_seq") is None:
+            continue
+        adopt = next((a for a in events[i + 1:] if a.get("op") == "adopt" and a.get("site") == e["site"]), None)
+        if adopt is None:
+            continue
+        images = {tuple(r["image"]) for r in attributed.get(int(e["restored_seq"]), []) if r.get("image")}
+        if len(images) != 1 or -1 in next(iter(images)):
+            continue  # no exact record of that snapshot's image: restorable judges it
+        want = list(next(iter(images)))
+        got = adopt["image"]
+        if got != want:
+            bad = [b for b in range(setup["n_blocks"]) if got[b] != want[b]]
+            others = {int(s) for s, rs in attributed.items() for r in rs if r.get("image")
+                      and all(got[b] == r["image"][b] for b in bad)}
+            out.append(Violation("promotion_restores_one_snapshot",
+                                 f"{e['site']} restored #{e['restored_seq']} but its image differs in {len(bad)} "
+                                 f"block(s) {bad[:6]} (those blocks match #{sorted(others)[:4]})", [e, adopt]))
+    return out
+
+
+def check_store_audit(events: list[dict]) -> list[Violation]:
+    return [Violation("store_intact", f"{e['site']}: {len(e['bad'])} of {e.get('chunks')} chunks fail to read back: "
+                                      f"{e['bad'][:4]}", [e])
+            for e in events if e.get("op") == "store_audit" and e.get("bad")]
+
+
+def check_election_storm(events: list[dict]) -> list[Violation]:
+    out: list[Violation] = []
+    for start in [e for e in events if e.get("op") == "nemesis" and e.get("f") == "slow_fsync" and e.get("type") == "ok"]:
+        end = next((e for e in events if e.get("op") == "nemesis" and e.get("f") == "fast_fsync"
+                    and e.get("site") == start["site"] and e.get("type") == "ok" and e["t"] > start["t"]), None)
+        t1 = (end["t"] if end else events[-1]["t"]) + 15.0
+        seen: dict[str, list[tuple]] = {}
+        for e in events:  # (leader, term) changes seen by the sites whose disk is healthy
+            if e.get("op") == "raft" and e.get("site") != start["site"] and start["t"] - 1 <= e["t"] <= t1 \
+                    and e.get("term") is not None:
+                v = seen.setdefault(e["site"], [])
+                if not v or v[-1] != (e.get("leader"), e["term"]):
+                    v.append((e.get("leader"), e["term"]))
+        bound = start.get("max_terms", 3)
+        for site, v in sorted(seen.items()):
+            leaders = [x[0] for x in v if x[0]]
+            changes = sum(1 for a, b in zip(leaders, leaders[1:]) if a != b)
+            if changes > bound:
+                out.append(Violation("no_election_storm", f"{site}: {changes} leader changes while fsync was slow at "
+                                                          f"{start['site']}: {v[:8]}", [start]))
+            if v[-1][1] - v[0][1] > bound:
+                out.append(Violation("no_election_storm", f"{site}: Raft term {v[0][1]} -> {v[-1][1]} while fsync was "
+                                                          f"slow at {start['site']} (leader, term: {v[:8]})", [start]))
+    return out
+
+
+def check_lock_window(events: list[dict]) -> list[Violation]:
+    pol = next((e for e in events if e.get("op") == "retention_policy"), None)
+    if pol is None:
+        return []
+    lock_s = pol["lock_s"]
+    asked: dict[str, float] = {}
+    for e in events:
+        if e.get("op") == "snapshot" and e.get("type") == "ok" and e.get("committed"):
+            inv = next((i for i in reversed(events) if i.get("op") == "snapshot" and i.get("type") == "invoke"
+                        and i.get("site") == e["site"] and i["t"] <= e["t"]), e)
+            asked.setdefault(str(e["seq"]), inv["t"])
+    out: list[Violation] = []
+    present: dict[tuple[str, str], dict] = {}
+    reported: set[str] = set()
+    for e in events:
+        if e.get("op") != "catalog":
+            continue
+        for seq in e["snapshots"]:
+            present[(e["site"], seq)] = e
+            asked.setdefault(seq, e["t"])
+        for (site, seq), was in list(present.items()):
+            if site == e["site"] and seq not in e["snapshots"] and seq not in reported:
+                age = e["t"] - asked.get(seq, was["t"])
+                if age < lock_s:
+                    reported.add(seq)
+                    out.append(Violation("lock_window", f"#{seq} left the catalog at {site} {age:.0f}s after it "
+                                                        f"was taken, inside the {lock_s}s lock window", [was, e]))
+    return out
+
+
 CHECKS = (check_restorable, check_one_primary, check_monotonic, check_stale_primary, check_promotions, check_fencing, check_no_loss,
-          check_convergence, check_rpo, check_expectations)
+          check_convergence, check_rpo, check_expectations, check_promotion_image, check_store_audit,
+          check_election_storm, check_lock_window)
 
 
 def check(events: list[dict[str, Any]]) -> list[Violation]:

@@ -6,6 +6,15 @@ Faults (DESIGN §9): ``kill`` (SIGKILL) and ``start``; ``pause`` (SIGSTOP) and `
 ``throttle``/``unthrottle`` (egress rate limit; this kernel has no ``netem``, so delay and
 loss are approximated by a slow link); ``corrupt`` (one flipped byte in a pack file of one
 site). The checker rebuilds from these events which sites could reach which at any instant.
+
+Disk, fsync and clock faults: ``small_disk`` (a site's data dir on its own tmpfs, mounted
+before the site starts) with ``fill``/``unfill`` (a filler file leaving ``leave_bytes``
+free); ``slow_fsync``/``fast_fsync`` (``strace -f -p PID -e inject=fsync,fdatasync:
+delay_enter=...`` attached to the running daemon, detached by signalling that strace by
+PID); ``clock`` (a site started under libfaketime reads its offset from a file,
+``FAKETIME_NO_CACHE=1``, so the offset can be stepped; libfaketime 0.9.10 shifts the
+monotonic clock too — ``FAKETIME_DONT_FAKE_MONOTONIC=1`` makes Python 3.11's ``time.sleep``
+fail with EINVAL — so scenarios step the offset only while the site is down).
 """
 
 from __future__ import annotations
@@ -13,11 +22,17 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import threading
+import time
 from pathlib import Path
 
-from .harness import Cluster, History
+from .harness import Cluster, History, sh
 
 PACK_HEADER_BYTES = 16
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+FILLER_NAME = "chaos-filler.bin"
+_ENV_LOCK = threading.Lock()
 
 
 class Nemesis:
@@ -33,6 +48,10 @@ class Nemesis:
         self.throttled: set[str] = set()
         self.paused: set[str] = set()
         self.killed: set[str] = set()
+        self.mounts: dict[str, Path] = {}
+        self.fillers: set[str] = set()
+        self.stracers: dict[str, subprocess.Popen] = {}
+        self.clock_files: dict[str, Path] = {}
 
     def _do(self, f: str, fn, **fields) -> None:
         self.h.record("invoke", "nemesis", f=f, **fields)
@@ -107,8 +126,145 @@ class Nemesis:
         self._do("corrupt", flip, site=site, **where)
         return where
 
+    # ------------------------------------------------------------------ disk, fsync, clock
+    def small_disk(self, site: str, size: str = "32m") -> None:
+        """Mount a tmpfs of ``size`` on ``site``'s data dir (before the site is started).
+        Undone by :meth:`unmount_all` after the processes are gone."""
+        d = self.c.sites[site].data_dir
+
+        def mount() -> None:
+            d.mkdir(parents=True, exist_ok=True)
+            sh("mount", "-t", "tmpfs", "-o", f"size={size},mode=0750", f"rpl-chaos-{site}", str(d))
+
+        self._do("small_disk", mount, site=site, size=size, path=str(d))
+        self.mounts[site] = d
+
+    def free_bytes(self, site: str) -> int:
+        st = os.statvfs(self.c.sites[site].data_dir)
+        return st.f_bavail * st.f_frsize
+
+    def fill(self, site: str, leave_bytes: int = 8192) -> dict:
+        """Write a filler file into ``site``'s data dir until only about ``leave_bytes`` stay
+        free. Returns ``{filler_bytes, free_bytes}``."""
+        path = self.c.sites[site].data_dir / FILLER_NAME
+        out: dict = {}
+
+        def fill() -> None:
+            block = b"\xa5" * (1 << 20)
+            with open(path, "ab") as f:
+                while True:
+                    room = self.free_bytes(site) - leave_bytes
+                    if room <= 0:
+                        break
+                    try:
+                        f.write(block[:min(len(block), room)])
+                        f.flush()
+                    except OSError:
+                        break
+            out.update(filler_bytes=path.stat().st_size, free_bytes=self.free_bytes(site))
+
+        self._do("fill", fill, site=site, leave_bytes=leave_bytes)
+        self.fillers.add(site)
+        self.h.record("info", "disk", site=site, **out)
+        return out
+
+    def unfill(self, site: str) -> None:
+        """Delete the filler file: the space comes back."""
+        path = self.c.sites[site].data_dir / FILLER_NAME
+        self._do("unfill", lambda: path.unlink(missing_ok=True), site=site)
+        self.fillers.discard(site)
+        self.h.record("info", "disk", site=site, filler_bytes=0, free_bytes=self.free_bytes(site))
+
+    def unmount_all(self) -> None:
+        """Unmount every tmpfs of :meth:`small_disk` (lazily if still busy). Call after teardown."""
+        for site, d in sorted(self.mounts.items()):
+            res = sh("umount", str(d), check=False)
+            if res.returncode != 0:
+                sh("umount", "-l", str(d), check=False)
+            self.h.record("info", "nemesis", f="unmount", site=site, rc=res.returncode)
+        self.mounts.clear()
+
+    def slow_fsync(self, site: str, delay_s: float = 3.0, max_terms: int = 6) -> None:
+        """Delay every fsync/fdatasync of ``site``'s daemon (all threads) by ``delay_s``
+        with strace fault injection. ``max_terms`` is the largest term increase the checker
+        tolerates while it lasts (+ 15 s): more is an election storm."""
+        proc = self.c.sites[site].proc
+        if proc is None or proc.poll() is not None:
+            raise RuntimeError(f"{site} is not running")
+        d = f"{int(delay_s * 1e6)}us"
+
+        def attach() -> None:
+            st = subprocess.Popen(["strace", "-f", "-qq", "-p", str(proc.pid), "-o", "/dev/null",
+                                   "-e", "trace=fsync,fdatasync",
+                                   "-e", f"inject=fsync,fdatasync:delay_enter={d}"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            time.sleep(0.5)
+            if st.poll() is not None:
+                raise RuntimeError(f"strace exited at once ({st.returncode})")
+            self.stracers[site] = st
+
+        self._do("slow_fsync", attach, site=site, pid=proc.pid, delay_s=delay_s, max_terms=max_terms)
+
+    def fast_fsync(self, site: str) -> None:
+        """Detach the strace of :meth:`slow_fsync` (SIGINT by PID, SIGKILL if it lingers)."""
+        st = self.stracers.pop(site, None)
+
+        def detach() -> None:
+            if st is None or st.poll() is not None:
+                return
+            st.send_signal(signal.SIGINT)
+            try:
+                st.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                st.kill()
+                st.wait(timeout=5)
+            proc = self.c.sites[site].proc
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)  # a tracer that died mid-stop leaves no stopped tracee
+
+        self._do("fast_fsync", detach, site=site)
+
+    def faketime_env(self, site: str, offset: str = "+0") -> dict[str, str]:
+        """Environment that runs ``site`` under libfaketime with a steppable ``offset``
+        (e.g. ``"+2h"``, ``"-7200"``). Raises FileNotFoundError without libfaketime."""
+        if not LIBFAKETIME.exists():
+            raise FileNotFoundError(f"{LIBFAKETIME} missing (apt-get install faketime)")
+        f = self.c.sites[site].dir / "faketime.rc"
+        f.write_text(offset + "\n")
+        self.clock_files[site] = f
+        return {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(f), "FAKETIME_NO_CACHE": "1",
+                "FAKETIME_DONT_FAKE_MONOTONIC": "0", "FAKETIME_DONT_RESET": "1"}
+
+    def start_with_env(self, site: str, env: dict[str, str]) -> None:
+        """Start ``site`` (:meth:`Cluster.start`) with ``env`` added to its environment."""
+        def go() -> None:
+            with _ENV_LOCK:
+                saved = {k: os.environ.get(k) for k in env}
+                os.environ.update(env)
+                try:
+                    self.c.start(site)
+                finally:
+                    for k, v in saved.items():
+                        if v is None:
+                            os.environ.pop(k, None)
+                        else:
+                            os.environ[k] = v
+
+        self._do("start", go, site=site, env=sorted(env))
+        self.killed.discard(site)
+
+    def clock(self, site: str, offset: str) -> None:
+        """Step the wall clock of a site started with :meth:`faketime_env` to ``offset``."""
+        f = self.clock_files[site]
+        self._do("clock", lambda: f.write_text(offset + "\n"), site=site, offset=offset)
+
     def heal_all(self) -> None:
-        """Undo every active fault: resume, reconnect, unthrottle, restart killed sites."""
+        """Undo every active fault: resume, reconnect, unthrottle, restart killed sites
+        (and detach slow-fsync tracers, delete filler files)."""
+        for s in sorted(self.stracers):
+            self.fast_fsync(s)
+        for s in sorted(self.fillers):
+            self.unfill(s)
         for s in sorted(self.paused):
             self.resume(s)
         for s in sorted(self.isolated):

@@ -37,6 +37,8 @@ class Ctx:
     rng: random.Random
     primary: str = "site-a"
     notes: list[str] = field(default_factory=list)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)  # after teardown, before the history closes
+    launch_env: dict[str, dict[str, str]] = field(default_factory=dict)  # extra env of a site's first start
 
     def expect(self, name: str, passed: bool, detail: str = "", **fields: Any) -> bool:
         """Record a scenario expectation (the checker reports the failed ones)."""
@@ -390,6 +392,283 @@ def random_faults(ctx: Ctx, steps: int = 12) -> None:
         time.sleep(ctx.rng.uniform(0.0, 1.0))
 
 
+# ---------------------------------------------------------------------- disk, fsync, clock, promotion races
+def _raft_poller(ctx: Ctx, stop: threading.Event, interval_s: float = 0.5) -> threading.Thread:
+    """Record ``raft`` events (site, leader site, term, commit index) until ``stop`` is set."""
+    c = ctx.cluster
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            for sid in c.sites:
+                if not c.sites[sid].running():
+                    continue
+                try:
+                    st = c.status(sid, timeout_s=2)
+                except ReplicadError:
+                    continue
+                r = st["raft"]
+                ctx.history.record("info", "raft", site=sid, leader=st["raft_sites"].get(r.get("leader")),
+                                   term=r.get("term"), commit_index=r.get("commit_index"))
+
+    th = threading.Thread(target=loop, name="raft-poller", daemon=True)
+    th.start()
+    return th
+
+
+def _snapshot_report(ctx: Ctx, site: str, timeout_s: float = 90) -> dict | None:
+    """Like :meth:`Workload.snapshot`, but also records the per-peer ship report."""
+    w = ctx.workload
+    image = list(w.gens.get(site, []))
+    ctx.history.record("invoke", "snapshot", site=site, image=image)
+    try:
+        rep = ctx.cluster.api(site, "POST", f"/v1/volumes/{VOLUME}/snapshot", {}, timeout_s=timeout_s)
+    except ReplicadError as err:
+        ctx.history.record("fail", "snapshot", site=site, image=image, error=err.code, message=str(err)[:300])
+        return None
+    ctx.history.record("ok", "snapshot", site=site, image=image, seq=rep.get("seq"),
+                       committed=bool(rep.get("committed")), holders=rep.get("holders"), verdict=rep.get("verdict"),
+                       peers={p: {k: r.get(k) for k in ("ok", "error", "message")}
+                              for p, r in (rep.get("peers") or {}).items()})
+    return rep
+
+
+def _holds_newest(c: Cluster, site: str) -> dict | None:
+    v = c.status(site)["volumes"][VOLUME]
+    snaps = {s["seq"]: s for s in c.snapshots(site)["snapshots"]}
+    nc = v["newest_committed"]
+    if nc is not None and site in snaps[nc]["holders"] and v["standby_seq"] == v["newest_clean"]:
+        return v
+    return None
+
+
+def _audit_store(ctx: Ctx, site: str) -> None:
+    """Read back every indexed chunk of ``site``'s store (BLAKE3-verified by ``get``); the
+    daemon must be stopped. Records ``store_audit`` {site, chunks, bad: [digest hex]}."""
+    import sqlite3
+
+    from replicad.chunkstore import ChunkStore
+    root = ctx.cluster.sites[site].data_dir / "chunks"
+    bad: list[str] = []
+    n = 0
+    try:
+        db = sqlite3.connect(f"file:{root / 'index.sqlite3'}?mode=ro", uri=True)
+        digests = [bytes(r[0]) for r in db.execute("SELECT digest FROM chunks")]
+        db.close()
+        store = ChunkStore(root)
+        try:
+            for d in digests:
+                n += 1
+                try:
+                    store.get(d)
+                except ReplicadError as err:
+                    bad.append(f"{d.hex()[:16]}:{err.code}")
+        finally:
+            store.close()
+    except (OSError, sqlite3.Error, ReplicadError) as err:
+        ctx.history.record("info", "store_audit", site=site, chunks=n, bad=[f"audit failed: {err!r}"[:200]])
+        return
+    ctx.history.record("info", "store_audit", site=site, chunks=n, bad=bad)
+
+
+def _prepare_disk_full(ctx: Ctx) -> None:
+    victim = ctx.cluster.data_sites[-1]
+    ctx.nemesis.small_disk(victim, "24m")
+    ctx.cleanups.append(lambda: _audit_store(ctx, victim))
+    ctx.cleanups.append(ctx.nemesis.unmount_all)
+
+
+def disk_full(ctx: Ctx) -> None:
+    """A replica's data dir is a 24 MiB tmpfs; it is filled (a filler file leaves ~8 KiB)
+    and the primary rewrites the whole volume: the ship to that replica aborts with
+    ``store_full``, the snapshot still commits via the other replica (min_copies 2),
+    nothing already stored there is damaged (``verify`` of every snapshot it holds, and an
+    offline read-back of every chunk after the run), and once the filler is deleted the
+    replica catches up by itself to the newest snapshot."""
+    c, w, n = ctx.cluster, ctx.workload, ctx.nemesis
+    p, victim = c.data_sites[0], c.data_sites[-1]
+    ctx.steps(p, 3)
+    c.wait_for("standbys caught up", lambda: _converged(c) is None, 60)
+    n.fill(victim, leave_bytes=ctx.rng.choice([4096, 8192, 16384]))
+    reports = []
+    for _ in range(2):
+        w.write(p, list(range(c.n_blocks)))
+        reports.append(_snapshot_report(ctx, p))
+    errs = [((r or {}).get("peers") or {}).get(victim, {}) for r in reports]
+    ctx.expect("ship to the full replica aborts with store_full",
+               any(e.get("error") == "store_full" for e in errs), str(errs)[:300])
+    ctx.expect("commits continue through the other replica", any(r and r.get("committed") for r in reports),
+               str([(r or {}).get("holders") for r in reports]))
+    plog = c.sites[p].log_path.read_text(errors="replace")
+    ctx.expect("the primary logs the ship failure", "no space left" in plog or "store_full" in plog)
+    vlog = c.sites[victim].log_path.read_text(errors="replace")
+    ctx.history.record("info", "note", text="full replica's log mentions the full disk: "
+                       f"{'store_full' in vlog or 'no space left' in vlog}")
+    ctx.expect("full replica still running", c.sites[victim].running(), c.log_tail(victim, 5))
+    for s in c.snapshots(victim)["snapshots"]:
+        if victim not in s["holders"]:
+            continue
+        ctx.history.record("invoke", "verify", site=victim, seq=s["seq"])
+        try:
+            rep = c.api(victim, "POST", f"/v1/volumes/{VOLUME}/verify", {"seq": s["seq"]}, timeout_s=60)
+            ctx.history.record("ok", "verify", site=victim, seq=s["seq"], corrupt=len(rep["corrupt"]),
+                               healed=rep["healed"], lost=rep["lost"])
+            ctx.expect(f"stored #{s['seq']} intact at the full replica", not rep["corrupt"] and not rep["lost"],
+                       str({k: rep[k] for k in ("corrupt", "healed", "lost")})[:200])
+        except ReplicadError as err:
+            ctx.history.record("fail", "verify", site=victim, seq=s["seq"], error=err.code, message=str(err)[:200])
+    n.unfill(victim)
+    ctx.steps(p, 1)
+    try:
+        c.wait_for("full replica caught up after space was freed", lambda: _holds_newest(c, victim), 90)
+        ctx.expect("replica resumes by itself once space is freed", True)
+    except ReplicadError as err:
+        ctx.expect("replica resumes by itself once space is freed", False,
+                   f"{err}; status {c.status(victim)['volumes'][VOLUME]}"[:400])
+
+
+def slow_fsync(ctx: Ctx, fault_s: float = 30.0) -> None:
+    """Every fsync/fdatasync of the Raft leader's process takes 3 s for ``fault_s`` while
+    the primary keeps writing and snapshotting: a few leader changes at most (checked by
+    ``no_election_storm``), commits resume after, nothing committed is lost."""
+    c, w, n = ctx.cluster, ctx.workload, ctx.nemesis
+    stop = threading.Event()
+    poller = _raft_poller(ctx, stop)
+    try:
+        ctx.steps(ctx.primary, 2)
+        st = c.status(ctx.primary)
+        leader = st["raft_sites"].get(st["raft"].get("leader"))
+        if ctx.rng.random() < 0.5 and leader == ctx.primary:  # also: a slow leader that is not the primary
+            ctx.promote(next(s for s in c.data_sites if s != leader))
+            ctx.steps(ctx.primary, 1)
+        ctx.history.record("info", "note", text=f"raft leader {leader}, primary {ctx.primary}")
+        n.slow_fsync(leader, 3.0, max_terms=3)
+        t_end = time.monotonic() + fault_s
+        during = []
+        while time.monotonic() < t_end:
+            w.write_random(ctx.primary, 3)
+            during.append(w.snapshot(ctx.primary, timeout_s=45))
+            time.sleep(ctx.rng.uniform(0.0, 2.0))
+        n.fast_fsync(leader)
+        ctx.history.record("info", "note", text=f"during slow fsync: {[(r or {}).get('committed') for r in during]}")
+        c.wait_ready(60)
+        primary, _ = current_primary(c)
+        ctx.primary = primary or ctx.primary
+        after = ctx.steps(ctx.primary, 3)
+        ctx.expect("commits resume after the slow fsync", any(r and r.get("committed") for r in after),
+                   str([(r or {}).get("committed") for r in after]))
+        time.sleep(5)
+    finally:
+        stop.set()
+        poller.join(timeout=10)
+
+
+def promote_mid_ship(ctx: Ctx) -> None:
+    """A forced promotion at a replica while the primary (rate-limited) is half way through
+    shipping a whole-volume snapshot to it: the promoted site restores exactly one committed
+    snapshot, root verified (``promotion_restores_one_snapshot``), never a mix of two."""
+    c, w, n = ctx.cluster, ctx.workload, ctx.nemesis
+    old, new = c.data_sites[0], c.data_sites[1]
+    ctx.steps(old, 3)
+    c.wait_for("standbys caught up", lambda: _converged(c) is None, 60)
+    n.throttle(old, ctx.rng.choice(["16kbit", "32kbit"]))
+    w.write(old, list(range(c.n_blocks)))
+    late: dict[str, Any] = {}
+    th = threading.Thread(target=lambda: late.update(rep=_snapshot_report(ctx, old, timeout_s=120)), daemon=True)
+    chunks0 = c.status(new)["store"].get("chunks") or 0
+    th.start()
+    time.sleep(ctx.rng.uniform(0.5, 2.0))
+    try:  # half-shipped: the replica has stored part of the new snapshot's chunks
+        got = c.wait_for("part of the snapshot at the replica",
+                         lambda: (lambda k: k if k > chunks0 else None)(c.status(new)["store"].get("chunks") or 0), 30)
+        ctx.history.record("info", "note", text=f"{new} stored {got - chunks0} new chunks before the promotion")
+    except ReplicadError as err:
+        ctx.history.record("info", "note", text=f"no chunk reached {new} before the promotion: {err}")
+    promo = ctx.promote(new)
+    ctx.expect("promotion mid-ship succeeds", promo is not None, str(promo)[:200])
+    n.unthrottle(old)
+    th.join(timeout=150)
+    rep = late.get("rep")
+    ctx.history.record("info", "note", text=f"mid-ship snapshot: {str({k: (rep or {}).get(k) for k in ('seq', 'committed', 'holders')})}")
+    if promo is None:
+        return
+    snaps = {s["seq"]: s for s in c.snapshots(new)["snapshots"]}
+    rs = promo.get("restored_seq")
+    ctx.expect("promoted site restored a committed snapshot", rs in snaps, f"restored #{rs}, catalog {sorted(snaps)}")
+    w.snapshot(new)
+    ctx.steps(new, 2)
+    try:
+        c.wait_for("old primary resynced", lambda: (
+            lambda v: v if v["role"] == "replica" and v["standby_seq"] == v["newest_clean"] else None)(
+            c.status(old)["volumes"][VOLUME]), 60)
+    except ReplicadError as err:
+        ctx.expect("old primary resynced", False, str(err)[:300])
+    w.adopt(old)
+
+
+LOCK_S = 30  # below the primary's skew: a -50 s stamp looks out of the lock to true clocks
+
+
+def _prepare_clock(ctx: Ctx) -> None:
+    p = ctx.cluster.data_sites[0]
+    # > 60 s of skew cuts the site off from Raft (Fernet tokens of pysyncobj's encryption
+    # are refused beyond 60 s of clock skew): the offsets stay inside that
+    ctx.launch_env[p] = ctx.nemesis.faketime_env(p, ctx.rng.choice(["-50", "-45"]))
+
+
+def clock_step(ctx: Ctx) -> None:
+    """The primary runs under libfaketime: first 2-3 h behind, then (restarted) on time,
+    then (restarted) 2-3 h ahead, taking snapshots and running retention at every site with
+    a 1 h lock window and nothing else kept. Order (epochs, commits) is unaffected, and
+    nothing younger than the lock window by the campaign's clock — the clock of the two
+    sites with a true clock, a majority — is ever pruned (``lock_window``).
+
+    libfaketime 0.9.10 cannot leave the monotonic clock alone under Python 3.11
+    (``time.sleep`` fails with EINVAL when ``FAKETIME_DONT_FAKE_MONOTONIC=1``), so the
+    offset shifts both clocks and is only stepped while the site is down."""
+    c, n = ctx.cluster, ctx.nemesis
+    p, other = c.data_sites[0], c.data_sites[1]
+    env = ctx.launch_env[p]
+    pol = {"keep_all_s": 0, "hourly_s": 0, "daily_s": 0, "lock_s": LOCK_S}
+    try:
+        c.api(p, "PUT", f"/v1/volumes/{VOLUME}/retention", {"retention": pol, "approved_by": [other]})
+        ctx.history.record("info", "retention_policy", **pol)
+    except ReplicadError as err:
+        ctx.expect("retention policy set", False, f"{err.code}: {err}"[:300])
+        return
+
+    def retention_everywhere() -> None:
+        time.sleep(CLOCK_SETTLE_S)  # every site has reported its clock through Raft once more
+        for site in c.data_sites:
+            ctx.history.record("invoke", "retention_run", site=site)
+            try:
+                rep = c.api(site, "POST", f"/v1/volumes/{VOLUME}/retention/run", {}, timeout_s=30)
+                ctx.history.record("ok", "retention_run", site=site, report=rep)
+            except ReplicadError as err:
+                ctx.history.record("fail", "retention_run", site=site, error=err.code, message=str(err)[:300])
+            for sid in c.sites:
+                c.record_catalog(sid)
+
+    offset = n.clock_files[p].read_text().strip()
+    for step in range(3):
+        if step:
+            offset = "+0" if step == 1 else ctx.rng.choice(["+50", "+45"])
+            n.kill(p)
+            n.clock(p, offset)
+            n.start_with_env(p, env)
+            c.wait_ready(60)
+            c.wait_for("primary acting", lambda: (lambda v: v["acting_epoch"] == v["epoch"])(
+                c.status(p)["volumes"][VOLUME]), 60)
+        reps = ctx.steps(p, 3)
+        ctx.expect(f"commits continue with the primary's clock at {offset}",
+                   all(r and r.get("committed") for r in reps), str([(r or {}).get("committed") for r in reps]))
+        retention_everywhere()
+    _, epoch = current_primary(c)
+    ctx.expect("no epoch change from clock steps", epoch == 1, f"epoch {epoch}")
+
+
+CLOCK_SETTLE_S = 6.0  # > CLOCK_HEARTBEAT_S: every site has reported its clock once more
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A named campaign: its function, cluster shape and expected outcome."""
@@ -399,6 +678,8 @@ class Scenario:
     n_data: int = 3
     n_witness: int = 0
     expected: str = ""
+    prepare: Callable[[Ctx], None] | None = None  # after setup, before the daemons start
+    n_blocks: int = 32
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
@@ -413,10 +694,17 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("random-5", random_faults, n_data=5, expected="every invariant holds"),
     Scenario("partition-primary-witness", partition_primary, n_data=2, n_witness=1,
              expected="as partition-primary, with 2 data sites + witness"),
+    Scenario("disk-full", disk_full, prepare=_prepare_disk_full,
+             expected="ship aborts with store_full, stored chunks intact, replica catches up once space is freed"),
+    Scenario("slow-fsync", slow_fsync, expected="few leader changes, commits resume, nothing committed lost"),
+    Scenario("promote-mid-ship", promote_mid_ship, n_blocks=128,
+             expected="the promoted site restores exactly one committed snapshot, root verified"),
+    Scenario("clock-step", clock_step, prepare=_prepare_clock,
+             expected="epochs and commits unaffected; nothing pruned inside the lock window by majority clocks"),
 )}
 
 
-def run_scenario(name: str, seed: int, root: Path, run_id: int, *, n_blocks: int = 32) -> tuple[Path, list[str]]:
+def run_scenario(name: str, seed: int, root: Path, run_id: int, *, n_blocks: int | None = None) -> tuple[Path, list[str]]:
     """Run scenario ``name`` with ``seed`` under ``root``; returns (history path, notes).
 
     Everything created (processes, namespaces) is removed before returning, also on errors
@@ -429,14 +717,20 @@ def run_scenario(name: str, seed: int, root: Path, run_id: int, *, n_blocks: int
     hist_path = root / "history.jsonl"
     h = History(hist_path)
     rng = random.Random(seed)
-    c = Cluster(root, run_id, h, n_data=sc.n_data, n_witness=sc.n_witness, n_blocks=n_blocks)
+    c = Cluster(root, run_id, h, n_data=sc.n_data, n_witness=sc.n_witness,
+                n_blocks=sc.n_blocks if n_blocks is None else n_blocks)
     ctx = Ctx(c, Workload(c, h, rng), Nemesis(c, h, rng), h, rng, primary=c.data_sites[0])
     h.record("info", "scenario", name=name, seed=seed, expected=sc.expected)
     try:
         c.setup()
         ctx.workload.init_image(ctx.primary)
+        if sc.prepare is not None:
+            sc.prepare(ctx)
         for sid in c.sites:
-            c.start(sid)
+            if sid in ctx.launch_env:
+                ctx.nemesis.start_with_env(sid, ctx.launch_env[sid])
+            else:
+                c.start(sid)
         c.wait_ready(60)
         c.start_polling()
         try:
@@ -446,5 +740,11 @@ def run_scenario(name: str, seed: int, root: Path, run_id: int, *, n_blocks: int
         finish(ctx)
     finally:
         c.teardown()
+        for fn in ctx.cleanups:
+            try:
+                fn()
+            except Exception as err:  # noqa: BLE001 — a cleanup failure must not skip the others
+                h.record("info", "cleanup_failed", error=repr(err)[:300])
+        ctx.nemesis.unmount_all()
         h.close()
     return hist_path, ctx.notes

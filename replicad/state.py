@@ -455,6 +455,10 @@ def _op_commit_snapshot(state: dict, cmd: dict) -> tuple[dict, dict]:
     if parent_seq is not None and parent_seq not in vol["snapshots"]:
         raise _Refusal("not_found", f"volume {name!r}: parent snapshot {parent_seq} is not in the catalog",
                        volume=name, seq=seq, parent_seq=parent_seq)
+    # O4 under clock faults: a primary whose clock runs behind would stamp fresh snapshots as
+    # old, making them prunable inside the lock window; never older than a majority's time
+    # (found by the chaos campaign, scenario clock-step).
+    created_at_ns = max(created_at_ns, quorum_now_ns(state) or 0)
     snap = {"root": root, "epoch": epoch, "parent_seq": parent_seq, "created_at_ns": created_at_ns,
             "holders": list(holders), "verdict": verdict, "verdict_reason": "", "stats": stats}
     vol = {**_with_snapshot(vol, seq, snap), "last_seq": seq}

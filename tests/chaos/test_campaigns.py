@@ -1,6 +1,8 @@
 """Two short chaos campaigns on real daemons in network namespaces, judged by the checker:
 (a) a partitioned primary is fenced after a forced failover and resyncs byte-identical;
-(c) a flipped byte in each site's pack is found by verify and re-fetched from a peer.
+(c) a flipped byte in each site's pack is found by verify and re-fetched from a peer;
+a replica whose disk fills mid-ship refuses with store_full, keeps its chunks intact and
+catches up once space is freed.
 
 Needs root and ``ip netns``; skipped without them unless ``CI`` is set (then it fails).
 """
@@ -24,7 +26,8 @@ if _why and not os.environ.get("CI"):
 
 
 @pytest.mark.parametrize("scenario,seed,run_id", [("partition-primary", 7, 251), ("bit-rot", 3, 252),
-                                                  ("crash-all", 2, 253)])  # 253: stale-primary regression
+                                                  ("crash-all", 2, 253),
+                                                  ("disk-full", 2, 250)])  # 253: stale-primary regression
 def test_campaign_upholds_every_invariant(scenario: str, seed: int, run_id: int, tmp_path: Path) -> None:
     hist, notes = run_scenario(scenario, seed, tmp_path / scenario, run_id)
     events = read_history(hist)

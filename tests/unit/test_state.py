@@ -66,7 +66,9 @@ def commit(seq: int, epoch: int = 1, by: str = "a", holders=("a", "b"), verdict:
 def cluster() -> dict:
     state = initial_state()
     for site, kind in (("a", "data"), ("b", "data"), ("c", "data"), ("w", "witness")):
-        state, _ = ok(state, cmd("register_site", by=site, site_id=site,
+        # registered a month ago: the majority's clock is then in the past, so the fixtures'
+        # old snapshots keep their timestamps (commit clamps created_at_ns to a majority's time)
+        state, _ = ok(state, cmd("register_site", by=site, site_id=site, now_ns=NOW - 30 * 86400 * S,
                                  peer_url=f"https://{site}:7443", kind=kind))
     state, _ = ok(state, cmd("add_volume", volume="vol", primary="a", block_size=65536,
                              size_bytes=1 << 30, min_copies=2, retention=dict(RETENTION)))
@@ -78,6 +80,13 @@ def with_snaps(cluster) -> dict:
     state = cluster
     for seq in (1, 2, 3):
         state, _ = ok(state, commit(seq, created_at_ns=NOW - (10 - seq) * 86400 * S))
+    return tick(state, NOW)
+
+
+def tick(state: dict, now_ns: int) -> dict:
+    """Every site reports its clock at ``now_ns`` (the daemons' heartbeat)."""
+    for site in state["sites"]:
+        state, _ = ok(state, cmd("clock", by=site, now_ns=now_ns))
     return state
 
 
@@ -347,7 +356,9 @@ def test_prune_never_touches_the_newest_clean(with_snaps):
     state, _ = ok(state, commit(8))
     assert newest_clean(state["volumes"]["vol"]) == 8
     refused(state, cmd("prune_snapshots", volume="vol", seqs=[8]), "retention_locked")
-    state, _ = ok(state, cmd("prune_snapshots", volume="vol", seqs=[1, 2, 3, 4]))
+    later = NOW + 86400 * S  # 4..8 were stamped at the majority's time: let the lock window pass
+    state = tick(state, later)
+    state, _ = ok(state, cmd("prune_snapshots", volume="vol", seqs=[1, 2, 3, 4], now_ns=later))
 
 
 def test_helpers_on_empty_volume(cluster):
@@ -471,3 +482,15 @@ def test_no_prune_before_a_majority_reported_a_clock():
                                  parent_seq=seq - 1 or None, created_at_ns=NOW - 86400 * S, holders=["a"],
                                  stats={}, verdict="clean"))
     refused(state, cmd("prune_snapshots", volume="v", seqs=[1]), "retention_locked")
+
+
+def test_a_primary_clock_behind_cannot_age_its_snapshots(cluster):
+    """chaos clock-step: snapshots stamped by a slow clock would be prunable inside the lock."""
+    state = cluster
+    for site in ("a", "b", "c", "w"):
+        state, _ = ok(state, cmd("clock", by=site, now_ns=NOW))
+    slow = NOW - 7 * 86400 * S  # the primary's clock is a week behind
+    for seq in (1, 2):
+        state, _ = ok(state, commit(seq, created_at_ns=slow))
+    assert state["volumes"]["vol"]["snapshots"][1]["created_at_ns"] == NOW  # clamped to the majority's time
+    refused(state, cmd("prune_snapshots", volume="vol", seqs=[1], now_ns=NOW + 60 * S), "retention_locked")
