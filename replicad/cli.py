@@ -139,6 +139,12 @@ def _render_cycle(r: dict) -> None:
             console.print(f"  {peer}: not stored yet — {p.get('error')}: {p.get('message')}")
 
 
+def _render_verdict(r: dict) -> None:
+    console.print(f"{r['volume']}#{r['seq']} is now {r['verdict']}")
+    if r.get("warning"):
+        err_console.print(f"[yellow]warning[/yellow]: {r['warning']}")
+
+
 def _render_promote(r: dict) -> None:
     line = f"{r['volume']}: primary is now {r['primary']} at epoch {r.get('epoch')}"
     if r.get("restored_seq") is not None:
@@ -416,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=lambda a: _print(a, api(a, "POST", f"/v1/volumes/{a.volume}/snapshots/{a.seq}/verdict",
                                                {"verdict": a.verdict, "reason": a.reason,
                                                 "approved_by": a.approved_by or []}),
-                                       lambda r: console.print(f"{r['volume']}#{r['seq']} is now {r['verdict']}")))
+                                       _render_verdict))
     p = command("audit", help="the admin audit log")
     audit_sub = p.add_subparsers(dest="audit_command", required=True)
     pv = audit_sub.add_parser("verify", help="check the hash chain of an admin-audit.jsonl file", parents=[common])

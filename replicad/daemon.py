@@ -50,7 +50,7 @@ from .metrics import SiteMetrics
 from .manifest import Manifest, chunk_digests, diff, iter_block_digests, page_entries
 from .restore import apply_snapshot, verify_image
 from .scan import take_snapshot
-from .state import newest_clean, newest_committed
+from .state import newest_clean, newest_committed, quorum_now_ns
 from .transport import PeerClient, peer_routes, snapshot_complete
 
 log = logging.getLogger("replicad.daemon")
@@ -115,6 +115,7 @@ class VolumeRunner:
     last_error: str | None = None
     last_report: dict[str, Any] = field(default_factory=dict)
     snapshot_now: bool = False
+    standby_applying: bool = False          # the standby is being rewritten (its record is cleared)
 
 
 class SiteDaemon:
@@ -509,14 +510,19 @@ class SiteDaemon:
             raise NotPrimaryError(f"{self.site_id} is not the primary of {cfg.name}", volume=cfg.name)
         runner.last_cycle_at = time.monotonic()
         t0 = time.monotonic()
-        # The parent is the newest committed snapshot as Raft says, not what this runner last
-        # saw commit: a commit whose reply was lost may have applied, and retention may have
-        # pruned an older parent (found by the seeded simulation, GAP_STALE_PARENT).
+        # The parent is the snapshot the image descends from. On this primary's own line (the
+        # newest committed snapshot is of its epoch) that is the newest committed one, as Raft
+        # says: a commit whose reply was lost may have applied, and an older parent may have
+        # been pruned since (found by the seeded simulation, GAP_STALE_PARENT). Right after a
+        # promotion it is the snapshot restored into the volume — never a newer suspect one
+        # the restore skipped (found by a tester: the new line inherited the attack's taint).
         nc = newest_committed(vs)
         if nc is None:
             runner.parent = None
-        elif runner.parent is None or runner.parent.root != vs["snapshots"][nc]["root"]:
-            runner.parent = self.load_manifest(vs["snapshots"][nc]["root"])
+        elif vs["snapshots"][nc]["epoch"] == epoch or runner.parent is None \
+                or runner.parent.seq not in vs["snapshots"]:
+            if runner.parent is None or runner.parent.root != vs["snapshots"][nc]["root"]:
+                runner.parent = self.load_manifest(vs["snapshots"][nc]["root"])
         local_max = max((r.seq for r in self.catalog.list(cfg.name, "local") if r.epoch == epoch), default=0)
         seq = max(vs["last_seq"], local_max) + 1
         result = await take_snapshot(Path(cfg.path), volume=cfg.name, seq=seq, epoch=epoch, parent=runner.parent,
@@ -711,8 +717,12 @@ class SiteDaemon:
         base = self.load_manifest(standby.root) if standby is not None and self.store.has(standby.root) else None
         # unknown while rewriting (crash-safe: a restart compares the image block by block)
         await asyncio.to_thread(self.catalog.set_standby, name, None, None)
-        rep = await self.apply_repairing(name, Path(runner.cfg.path), manifest, base=base)
-        await asyncio.to_thread(self.catalog.set_standby, name, target, manifest.root)
+        runner.standby_applying = True
+        try:
+            rep = await self.apply_repairing(name, Path(runner.cfg.path), manifest, base=base)
+            await asyncio.to_thread(self.catalog.set_standby, name, target, manifest.root)
+        finally:
+            runner.standby_applying = False
         if runner.role == "divergent":
             self._transition(runner, "resynced")  # resynced from the newest common snapshot
         log.info("standby %s now at #%d (%d blocks rewritten)", name, target, rep.blocks_written)
@@ -1056,8 +1066,11 @@ class SiteDaemon:
         runner = self._runner(volume)
         report: dict[str, Any] = {"pruned": [], "forgotten": 0, "refused": [], "gc": None}
         if vs["primary"] == self.site_id and runner.acting_epoch == vs["epoch"]:
-            plan = retention.plan_prune(vs["snapshots"], vs["retention"], time.time_ns(),
-                                        self._common_snapshots(vs))
+            # plan with the time a majority of sites reached: the state machine measures the lock so
+            quorum_now = quorum_now_ns(self.raft.view())
+            now_plan = min(time.time_ns(), quorum_now) if quorum_now is not None else None
+            plan = retention.plan_prune(vs["snapshots"], vs["retention"], now_plan,
+                                        self._common_snapshots(vs)) if now_plan is not None else []
             if plan:
                 res = await self.propose("prune_snapshots", volume=volume, seqs=plan)
                 report["pruned"] = res.get("pruned", plan)
@@ -1090,12 +1103,21 @@ class SiteDaemon:
         args: dict[str, Any] = {"volume": volume, "seq": seq, "verdict": verdict, "reason": reason}
         if approved_by:
             args["approved_by"] = list(approved_by)
+        vs = self.volume_state(volume)
+        newer_suspect = sorted(s for s, snap in (vs or {}).get("snapshots", {}).items()
+                               if s > seq and snap["verdict"] == "suspect")
         res = await self.propose("mark_verdict", **args)
-        log.warning("AUDIT snapshot %s#%d marked %s at %s: %s (approved by %s)", volume, seq, verdict, self.site_id,
-                    reason, ", ".join(approved_by or []) or "nobody else")
+        log.warning("AUDIT snapshot %s#%d marked %s at %s: %s (approved by %s)%s", volume, seq, verdict, self.site_id,
+                    reason, ", ".join(approved_by or []) or "nobody else",
+                    f"; newer suspect snapshots remain: {newer_suspect}" if verdict == "clean" and newer_suspect
+                    else "")
         for runner in self.runners.values():
             runner.wake.set()
-        return {"volume": volume, "seq": seq, "verdict": res.get("verdict", verdict)}
+        out = {"volume": volume, "seq": seq, "verdict": res.get("verdict", verdict)}
+        if verdict == "clean" and newer_suspect:
+            out["warning"] = (f"newer suspect snapshots remain ({', '.join(map(str, newer_suspect))}): #{seq} is now "
+                              f"the newest clean snapshot, so standbys apply it and failovers restore it")
+        return out
 
     async def verify(self, volume: str, seq: int | None = None) -> dict:
         """Re-read and check every chunk (manifest, pages, blocks) of a committed snapshot held
@@ -1227,6 +1249,7 @@ class SiteDaemon:
                              rpo_s=(now - vs["snapshots"][nc]["created_at_ns"]) / 1e9 if nc is not None else None)
             sb = self.catalog.standby(name)
             entry["standby_seq"] = sb.seq if sb else None
+            entry["standby_applying"] = runner.standby_applying
             entry["divergent"] = [{"epoch": r.epoch, "seq": r.seq, "root": r.root.hex()}
                                   for r in self.catalog.list(name, "divergent")]
             entry["last_report"] = _jsonable_report(runner.last_report)

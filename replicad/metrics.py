@@ -295,6 +295,8 @@ class StateCollector(Collector):
         if entry.get("role") not in _REPLICA_ROLES:
             return
         standby_seq = entry.get("standby_seq")
+        if standby_seq is None and entry.get("standby_applying"):
+            return  # being rewritten right now: no lag figure rather than a false spike
         lag = newest_clean - standby_seq if isinstance(standby_seq, int) else newest_clean
         put("replicad_standby_lag_snapshots", max(0, lag), name)
         if lag <= 0:

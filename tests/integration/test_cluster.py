@@ -81,8 +81,13 @@ def test_kill_primary_forced_promotion_restores_verified(cluster: LocalCluster, 
     rest = cluster.api("site-c", "POST", f"/v1/volumes/{VOL}/restore", {"target": str(target), "last_clean": True})
     assert rest["verified"] and rest["seq"] == good["seq"]
     assert target.read_bytes() == expected
+    overwrite_blocks(cluster.sites["site-b"].volume_path(VOL), [9], rng)  # life goes on at site-b
     nxt = snapshot(cluster, "site-b")
     assert nxt["committed"] and set(nxt["holders"]) == {"site-b", "site-c"}
+    # the new line descends from the restored clean snapshot, not from the attack's suspect ones
+    assert nxt["verdict"] == "clean" and nxt["changed_blocks"] == 1, nxt
+    cluster.wait_for("site-c's standby follows the new line", lambda: cluster.status("site-c")["volumes"][VOL]
+                     ["standby_seq"] == nxt["seq"], 30)
 
 
 def test_minority_cannot_promote(cluster: LocalCluster) -> None:
