@@ -45,9 +45,9 @@ from .chunkstore import ChunkStore
 from .config import SiteConfig, VolumeConfig
 from .consensus import RaftNode
 from .errors import (ConflictError, IntegrityError, NoQuorumError, NotFoundError, NotPrimaryError,
-                     ReplicadError, StaleEpochError, UsageError, is_transient)
+                     ReplicadError, StaleEpochError, UsageError, _jsonable, is_transient)
+from .manifest import PAGE_ENTRIES, Manifest, chunk_digests, diff, iter_block_digests, page_entries
 from .metrics import SiteMetrics
-from .manifest import Manifest, chunk_digests, diff, iter_block_digests, page_entries
 from .restore import apply_snapshot, verify_image
 from .scan import take_snapshot
 from .state import newest_clean, newest_committed, quorum_now_ns
@@ -1266,8 +1266,6 @@ def offer_digests(store: ChunkStore, m: Manifest, base: Manifest | None) -> list
     changed = set(diff(base, m, store.get))
     out: dict[bytes, None] = {}
     base_pages = set(base.pages) if base is not None else set()
-    from .manifest import PAGE_ENTRIES
-
     for i, pd in enumerate(m.pages):
         if pd in base_pages:
             continue
@@ -1286,8 +1284,6 @@ def _retention_dict(v: VolumeConfig) -> dict:
 
 
 def _jsonable_report(rep: dict) -> dict:
-    from .errors import _jsonable
-
     return _jsonable(rep)
 
 
