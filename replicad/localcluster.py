@@ -217,13 +217,15 @@ class LocalCluster:
         return self.api(site_id, "GET", "/v1/status", timeout_s=10)
 
     def wait_ready(self, timeout_s: float = 60) -> None:
-        """Every running data site knows every volume and the Raft group has a leader."""
+        """Every running site has a current Raft view (leader, majority, log applied), sees
+        every running site registered, and every running data site knows every volume."""
         def ready() -> bool:
-            for s in self.sites.values():
-                if s.proc is None or s.proc.poll() is not None:
-                    continue
+            running = [s for s in self.sites.values() if s.proc is not None and s.proc.poll() is None]
+            for s in running:
                 st = self.status(s.site_id)
-                if st["raft"].get("leader") is None:
+                if st["raft"].get("leader") is None or st["raft"].get("synced") is False:
+                    return False
+                if any(r.site_id not in st.get("sites", {}) for r in running):
                     return False
                 if s.kind == "data" and any(st["volumes"].get(v, {}).get("epoch") is None for v in self.volumes):
                     return False

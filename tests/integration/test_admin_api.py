@@ -115,9 +115,11 @@ def test_each_role_gets_200_or_403(cluster: LocalCluster, tmp_path: Path) -> Non
 
 
 def test_members_listed_and_membership_changes_refused(cluster: LocalCluster) -> None:
-    status, _, body = call(cluster, "site-a", "GET", "/v1/members", token=VIEWER)
-    assert status == 200 and [m["site_id"] for m in body["members"]] == ["site-a", "site-b", "site-c"]
-    assert all(m["reachable"] and m["registered"] for m in body["members"]) and body["has_quorum"]
+    # Raft connections are re-checked on its ticks: wait for all three to be reported
+    body = cluster.wait_for("every member reachable", lambda: (lambda b: b if all(
+        m["reachable"] and m["registered"] for m in b["members"]) and b["has_quorum"] else None)(
+        call(cluster, "site-a", "GET", "/v1/members", token=VIEWER)[2]), 30)
+    assert [m["site_id"] for m in body["members"]] == ["site-a", "site-b", "site-c"]
     assert body["leader"] in ("site-a", "site-b", "site-c")
     st = call(cluster, "site-a", "GET", "/v1/status", token=VIEWER)[2]
     assert [m["site_id"] for m in st["members"]] == ["site-a", "site-b", "site-c"]
