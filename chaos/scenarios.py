@@ -415,23 +415,6 @@ def _raft_poller(ctx: Ctx, stop: threading.Event, interval_s: float = 0.5) -> th
     return th
 
 
-def _snapshot_report(ctx: Ctx, site: str, timeout_s: float = 90) -> dict | None:
-    """Like :meth:`Workload.snapshot`, but also records the per-peer ship report."""
-    w = ctx.workload
-    image = list(w.gens.get(site, []))
-    ctx.history.record("invoke", "snapshot", site=site, image=image)
-    try:
-        rep = ctx.cluster.api(site, "POST", f"/v1/volumes/{VOLUME}/snapshot", {}, timeout_s=timeout_s)
-    except ReplicadError as err:
-        ctx.history.record("fail", "snapshot", site=site, image=image, error=err.code, message=str(err)[:300])
-        return None
-    ctx.history.record("ok", "snapshot", site=site, image=image, seq=rep.get("seq"),
-                       committed=bool(rep.get("committed")), holders=rep.get("holders"), verdict=rep.get("verdict"),
-                       peers={p: {k: r.get(k) for k in ("ok", "error", "message")}
-                              for p, r in (rep.get("peers") or {}).items()})
-    return rep
-
-
 def _holds_newest(c: Cluster, site: str) -> dict | None:
     v = c.status(site)["volumes"][VOLUME]
     snaps = {s["seq"]: s for s in c.snapshots(site)["snapshots"]}
@@ -492,7 +475,7 @@ def disk_full(ctx: Ctx) -> None:
     reports = []
     for _ in range(2):
         w.write(p, list(range(c.n_blocks)))
-        reports.append(_snapshot_report(ctx, p))
+        reports.append(ctx.workload.snapshot(p, timeout_s=90))
     errs = [((r or {}).get("peers") or {}).get(victim, {}) for r in reports]
     ctx.expect("ship to the full replica aborts with store_full",
                any(e.get("error") == "store_full" for e in errs), str(errs)[:300])
@@ -573,7 +556,7 @@ def promote_mid_ship(ctx: Ctx) -> None:
     n.throttle(old, ctx.rng.choice(["16kbit", "32kbit"]))
     w.write(old, list(range(c.n_blocks)))
     late: dict[str, Any] = {}
-    th = threading.Thread(target=lambda: late.update(rep=_snapshot_report(ctx, old, timeout_s=120)), daemon=True)
+    th = threading.Thread(target=lambda: late.update(rep=ctx.workload.snapshot(old, timeout_s=120)), daemon=True)
     chunks0 = c.status(new)["store"].get("chunks") or 0
     th.start()
     time.sleep(ctx.rng.uniform(0.5, 2.0))

@@ -131,7 +131,8 @@ class Workload:
 
     def snapshot(self, site_id: str, timeout_s: float = 60) -> dict | None:
         """Ask ``site_id`` for a snapshot now; records invoke with the generation map, then
-        ok (seq, committed, holders) or fail (error code). Returns the report or None."""
+        ok (seq, committed, holders, per-peer ship report) or fail (error code). Returns the
+        report or None."""
         image = list(self.gens.get(site_id, []))
         self.h.record("invoke", "snapshot", site=site_id, image=image)
         try:
@@ -140,7 +141,9 @@ class Workload:
             self.h.record("fail", "snapshot", site=site_id, image=image, error=err.code, message=str(err)[:300])
             return None
         self.h.record("ok", "snapshot", site=site_id, image=image, seq=rep.get("seq"),
-                      committed=bool(rep.get("committed")), holders=rep.get("holders"), verdict=rep.get("verdict"))
+                      committed=bool(rep.get("committed")), holders=rep.get("holders"), verdict=rep.get("verdict"),
+                      peers={p: {k: r.get(k) for k in ("ok", "error", "message")}
+                             for p, r in (rep.get("peers") or {}).items()})
         return rep
 
     def step(self, site_id: str, k: int = 3) -> dict | None:
