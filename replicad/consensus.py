@@ -81,6 +81,18 @@ names up in its own modules):
    follows Raft §5.3 (:func:`plan_append_entries`: delete only from a conflicting entry,
    acknowledge only what the message vouched for, commit at most up to it) and the leader
    never moves ``nextIndex`` back on a success answer (a reset still does).
+7. **PreVote** (Ongaro, "Consensus: Bridging Theory and Practice", 2014, §9.6; etcd's
+   ``PreVote``). pysyncobj starts an election, with a new term, whenever its election
+   deadline passed on a tick. A node whose tick thread was stalled (a 3 s fsync, SIGSTOP,
+   a one-way cut that only loses the leader's messages) finds its deadline passed and
+   bumps its term; its higher term then deposes a healthy leader, again and again (an
+   election storm: terms 1 to 11 and no commit for ~39 s in the ``slow-fsync`` chaos
+   campaign). Now a node whose deadline passed first asks every peer ``pre_vote`` (the
+   term it *would* use, its last log index and term) without changing any state. A peer
+   grants only if that term is above its own, the log is at least as up to date as its
+   own, it is not the leader and it has not heard from a leader for ``raftMinTimeout``
+   (the leader lease). Only with a majority of grants (counting itself) does the node
+   start pysyncobj's real election. A leader transfer (``timeout_now``) skips the round.
 
 Not fixed here (operator's job, see ARCHITECTURE.md): the Fernet key is one shared
 secret without per-site identity; pysyncobj checks replayed timestamps and session keys
@@ -117,6 +129,7 @@ import pysyncobj.tcp_server
 import pysyncobj.transport
 from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.config import FAIL_REASON
+from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.journal import Journal
 from pysyncobj.node import TCPNode
 from pysyncobj.tcp_connection import TcpConnection
@@ -148,6 +161,7 @@ DUMP_VERSION = 1
 META_VERSION = 1
 _REGULAR = b"\x00"  # pysyncobj _COMMAND_TYPE.REGULAR
 _NO_OP = b"\x01"  # pysyncobj _COMMAND_TYPE.NO_OP
+_RAFT_STATE_LEADER = pysyncobj.syncobj._RAFT_STATE.LEADER
 _FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if isinstance(v, int)}
 
 
@@ -501,12 +515,78 @@ class _HardenedSyncObj(SyncObj):
     """
 
     _ack_next_idx: int | None = None  # set while handling a rewritten append_entries
+    # PreVote (point 7), all touched on the tick thread only
+    _leader_contact: float = float("-inf")  # monotonic time of the last append_entries from a leader
+    _pre_vote_term: int | None = None  # the term asked for in the current round
+    _pre_vote_grants: frozenset = frozenset()  # node ids that granted it
+    _pre_vote_won: bool = False  # a majority granted: the next tick starts the real election
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:
+        self._pre_vote_gate()
+        SyncObj._onTick(self, timeToWait)
+
+    def _pre_vote_gate(self) -> None:
+        """Hold pysyncobj's election back until a majority granted a pre-vote (point 7)."""
+        if self._SyncObj__raftState == _RAFT_STATE_LEADER or self._SyncObj__selfNode is None \
+                or not self.__dict__.get("_SyncObj__transport") or not self._SyncObj__transport.ready:
+            return
+        now = monotonic_time()
+        if self._SyncObj__raftElectionDeadline >= now or not self._SyncObj__connectedToAnyone() \
+                or self._SyncObj__transferInProgress:
+            return
+        if self._pre_vote_won or not self._SyncObj__otherNodes:
+            self._pre_vote_won = False  # let pysyncobj's _onTick run the election now
+            return
+        term = self._SyncObj__raftCurrentTerm + 1
+        self._pre_vote_term = term
+        self._pre_vote_grants = frozenset()
+        self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
+        for other in self._SyncObj__otherNodes:
+            self._SyncObj__transport.send(other, {
+                "type": "pre_vote", "term": term,
+                "last_log_index": self._SyncObj__getCurrentLogIndex(),
+                "last_log_term": self._SyncObj__getCurrentLogTerm(),
+            })
+
+    def _on_pre_vote(self, node: Any, message: dict) -> None:
+        term, last_idx, last_term = (message.get("term"), message.get("last_log_index"),
+                                     message.get("last_log_term"))
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (term, last_idx, last_term)):
+            return
+        in_lease = monotonic_time() - self._leader_contact < self._SyncObj__conf.raftMinTimeout
+        my_last_term = self._SyncObj__getCurrentLogTerm()
+        up_to_date = last_term > my_last_term or (last_term == my_last_term
+                                                  and last_idx >= self._SyncObj__getCurrentLogIndex())
+        granted = (term > self._SyncObj__raftCurrentTerm and up_to_date and not in_lease
+                   and self._SyncObj__raftState != _RAFT_STATE_LEADER)
+        self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": term, "granted": granted})
+
+    def _on_pre_vote_response(self, node: Any, message: dict) -> None:
+        term = message.get("term")
+        if (message.get("granted") is not True or term != self._pre_vote_term
+                or term != self._SyncObj__raftCurrentTerm + 1
+                or self._SyncObj__raftState == _RAFT_STATE_LEADER):
+            return
+        self._pre_vote_grants = self._pre_vote_grants | {node.id}
+        if len(self._pre_vote_grants) + 1 > (len(self._SyncObj__otherNodes) + 1) / 2:
+            self._pre_vote_term = None
+            self._pre_vote_won = True
+            self._SyncObj__raftElectionDeadline = 0  # the next tick elects
 
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
-        if isinstance(message, dict) and message.get("type") == "append_entries" \
-                and "prevLogIdx" in message and "transmission" not in message:
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "pre_vote":
+            self._on_pre_vote(node, message)
+            return
+        if kind == "pre_vote_response":
+            self._on_pre_vote_response(node, message)
+            return
+        if kind == "append_entries" and isinstance(message.get("term"), int) \
+                and message["term"] >= self.raftCurrentTerm:
+            self._leader_contact = monotonic_time()
+        if kind == "append_entries" and "prevLogIdx" in message and "transmission" not in message:
             self._on_append_entries(node, message)
-        elif isinstance(message, dict) and message.get("type") == "next_node_idx" \
+        elif kind == "next_node_idx" \
                 and message.get("success") and not message.get("reset"):
             next_index = self._SyncObj__raftNextIndex
             sent_up_to = next_index.get(node)

@@ -45,6 +45,15 @@ def _recording_delete_entries_from(journal, entry_from):
     _delete_entries_from(journal, entry_from)
 DurableJournal.deleteEntriesFrom = _recording_delete_entries_from
 
+import time
+slow_add_s = [0.0]  # a slow disk: every journal append (fdatasync'ed) takes this long more
+_add = DurableJournal.add
+def _slow_add(journal, command, idx, term):
+    _add(journal, command, idx, term)
+    if slow_add_s[0]:
+        time.sleep(slow_add_s[0])
+DurableJournal.add = _slow_add
+
 self_addr, partners, data_dir, compaction = sys.argv[1], sys.argv[2].split(","), sys.argv[3], int(sys.argv[4])
 
 def to_json(v):
@@ -82,6 +91,9 @@ async def main():
             if req["cmd"] == "propose":
                 res = await node.propose(from_json(req["command"]), timeout_s=req.get("timeout_s", 5.0))
                 out = {"ok": True, "result": to_json(res)}
+            elif req["cmd"] == "slow":
+                slow_add_s[0] = float(req["seconds"])
+                out = {"ok": True, "result": None}
             elif req["cmd"] == "state":
                 out = {"ok": True, "result": to_json(node.state())}
             elif req["cmd"] == "journal":
@@ -290,6 +302,36 @@ def test_a_node_alone_gets_no_quorum_within_the_timeout(make_cluster):
         assert reply["ok"] is False and reply["error"] == "no_quorum", reply
         assert reply["evidence"]["op"] == "register_site"
         leader_of(nodes)
+
+
+def test_a_leader_with_a_slow_disk_causes_no_election_storm(make_cluster):
+    """A 3 s journal append on the leader: at most two new terms (one election), commits go on.
+
+    Without PreVote the slow node, as a follower, finds its election deadline passed after
+    every stalled append, bumps its term and deposes the healthy leader, over and over.
+    """
+    nodes = make_cluster()
+    slow = leader_of(nodes)
+    healthy = [n for n in nodes if n is not slow]
+    assert propose_until_ok(healthy[0], cmd("register_site", site_id="a", peer_url="https://a", kind="data"))["ok"]
+    start_terms = [n.status()["term"] for n in healthy]
+    slow.call("slow", seconds=3.0)
+    committed = 0
+    try:
+        deadline = time.monotonic() + 20.0
+        i = 0
+        while time.monotonic() < deadline:
+            i += 1
+            reply = healthy[i % 2].propose(cmd("clock", by="a"), timeout_s=3.0)
+            committed += bool(reply["ok"])
+            time.sleep(0.2)
+    finally:
+        slow.call("slow", seconds=0.0, wait_s=30.0)
+    new_terms = [n.status()["term"] - t for n, t in zip(healthy, start_terms)]
+    assert max(new_terms) <= 2, f"election storm: {new_terms} new terms at the healthy nodes"
+    assert committed >= 10, f"only {committed} commands committed in 20 s"
+    assert len({json.dumps(n.state(), sort_keys=True) for n in nodes}) == 1 or \
+        wait_for(lambda: len({json.dumps(n.state(), sort_keys=True) for n in nodes}) == 1, "equal states")
 
 
 def test_restart_of_all_three_keeps_the_state(make_cluster):

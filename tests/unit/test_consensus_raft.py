@@ -193,6 +193,52 @@ def test_a_conflicting_uncommitted_entry_is_replaced(follower):
     assert obj.raftCommitIndex == 3
 
 
+def pre_vote_answers(obj, leader, **message):
+    sent = []
+    real_send = obj._SyncObj__transport.send
+    obj._SyncObj__transport.send = lambda node, m: sent.append(m) if m.get("type") == "pre_vote_response" \
+        else real_send(node, m)
+    try:
+        obj._SyncObj__onMessageReceived(leader, {"type": "pre_vote", **message})
+    finally:
+        obj._SyncObj__transport.send = real_send
+    return [m["granted"] for m in sent]
+
+
+def test_pre_vote_is_granted_only_outside_the_leader_lease_to_an_up_to_date_log(follower):
+    obj, leader = follower
+    term = obj.raftCurrentTerm
+    ok = {"term": term + 1, "last_log_index": 1, "last_log_term": 0}
+    assert pre_vote_answers(obj, leader, **ok) == [True]  # never heard from a leader
+    append(obj, leader, 1, 0, [(b"\x01", 2, 1)], commit_index=1)  # a leader (term 1) speaks
+    term = obj.raftCurrentTerm
+    fresh = {"term": term + 1, "last_log_index": 2, "last_log_term": 1}
+    assert pre_vote_answers(obj, leader, **fresh) == [False]  # inside the lease
+    obj._leader_contact -= obj._SyncObj__conf.raftMinTimeout  # the lease ran out
+    assert pre_vote_answers(obj, leader, **fresh) == [True]
+    assert pre_vote_answers(obj, leader, **{**fresh, "last_log_index": 1}) == [False]  # log behind
+    assert pre_vote_answers(obj, leader, **{**fresh, "last_log_term": 0, "last_log_index": 9}) == [False]
+    assert pre_vote_answers(obj, leader, **{**fresh, "term": term}) == [False]  # not a newer term
+    assert pre_vote_answers(obj, leader, **{**fresh, "term": "x"}) == []  # malformed: no answer
+    assert obj.raftCurrentTerm == term and obj._SyncObj__votedForNodeId is None  # nothing changed
+
+
+def test_an_expired_election_deadline_asks_pre_votes_and_keeps_the_term(follower):
+    obj, leader = follower
+    sent = []
+    obj._SyncObj__transport.send = lambda node, m: sent.append(m)
+    obj._SyncObj__connectedToAnyone = lambda: True
+    term = obj.raftCurrentTerm
+    obj._SyncObj__raftElectionDeadline = 0
+    obj._pre_vote_gate()
+    assert [m["type"] for m in sent] == ["pre_vote"] and sent[0]["term"] == term + 1
+    assert obj.raftCurrentTerm == term and obj._SyncObj__raftElectionDeadline > 0
+    obj._SyncObj__onMessageReceived(leader, {"type": "pre_vote_response", "term": term + 1, "granted": True})
+    assert obj._pre_vote_won and obj._SyncObj__raftElectionDeadline == 0  # a majority (2 of 2): elect
+    obj._pre_vote_gate()
+    assert not obj._pre_vote_won  # handed over to pysyncobj's election in the same tick
+
+
 def test_a_success_answer_to_an_earlier_message_does_not_move_next_index_back(tmp_path):
     conf = SyncObjConf(password=PASSWORD, journalFile=str(tmp_path / "raft.journal"), autoTick=False,
                        appendEntriesUseBatch=False, dynamicMembershipChange=False)
