@@ -25,10 +25,13 @@ Invariants:
   old primary was asked for afterwards is never committed; committed epochs never go
   down along the sequence numbers (O3).
 * ``no_committed_loss``: every snapshot reported committed, and every (seq, root) seen in
-  any catalog, is in the final catalog with the same root; the final epoch is the largest seen.
+  any catalog, is in the final catalog with the same root, unless retention pruned it
+  (:func:`pruned_seqs`); the final epoch is the largest seen.
 * ``converged``: after the faults stopped, every site reached the same catalog and every
   data site's image equals the newest clean snapshot, within the scenario's bound.
-* ``rpo``: the RPO measured after convergence is under the scenario's target.
+* ``rpo``: the RPO measured after convergence is under the scenario's target, read at the
+  data sites whose clock is true at that instant (:func:`skewed_sites_at`: a site under
+  libfaketime measures ages with its stepped clock and is left out).
 * ``expectation``: every scenario-specific expectation recorded as ``expect`` held.
 * ``promotion_restores_one_snapshot``: after a forced promotion the promoted site's image
   (read back by the workload right after) is exactly the committed snapshot it reports
@@ -346,11 +349,27 @@ def check_fencing(events: list[dict]) -> list[Violation]:
     return out
 
 
+def pruned_seqs(events: list[dict]) -> set[str]:
+    """Seqs (as strings) that left the catalog through retention: ``pruned`` events (from the
+    daemons' logs), ``retention_run`` reports and ``prune`` answers. When they left is
+    ``lock_window``'s business; that they never come back is ``no_committed_loss``'s."""
+    out: set[str] = set()
+    for e in events:
+        if e.get("op") == "pruned":
+            out |= {str(s) for s in e.get("seqs") or ()}
+        elif e.get("op") == "retention_run" and e.get("type") == "ok":
+            out |= {str(s) for s in (e.get("report") or {}).get("pruned") or ()}
+        elif e.get("op") == "prune" and e.get("type") == "ok":
+            out |= {str(s) for s in e.get("pruned") or ()}
+    return out
+
+
 def check_no_loss(events: list[dict]) -> list[Violation]:
     finals = _final_catalogs(events)
     out: list[Violation] = []
     if not finals:
         return out
+    pruned = pruned_seqs(events)
     seen: dict[str, dict] = {}
     max_epoch = 0
     for e in events:
@@ -364,13 +383,14 @@ def check_no_loss(events: list[dict]) -> list[Violation]:
         cat = fin["snapshots"]
         for e in events:
             if e.get("op") == "snapshot" and e.get("type") == "ok" and e.get("committed") \
-                    and str(e["seq"]) not in cat:
+                    and str(e["seq"]) not in cat and str(e["seq"]) not in pruned:
                 out.append(Violation("no_committed_loss", f"#{e['seq']} was reported committed but is missing "
                                                           f"from the final catalog at {site}", [e]))
         for seq, s in seen.items():
             if seq not in cat:
-                out.append(Violation("no_committed_loss", f"#{seq} seen committed earlier is missing at {site}",
-                                     [s["ev"]]))
+                if seq not in pruned:
+                    out.append(Violation("no_committed_loss", f"#{seq} seen committed earlier is missing at {site}",
+                                         [s["ev"]]))
             elif cat[seq]["root"] != s["root"]:
                 out.append(Violation("no_committed_loss", f"#{seq} changed root at {site}: "
                                                           f"{s['root'][:16]} -> {cat[seq]['root'][:16]}", [s["ev"]]))
@@ -407,9 +427,63 @@ def check_convergence(events: list[dict]) -> list[Violation]:
     return out
 
 
+def offset_s(offset: str | None) -> float | None:
+    """Seconds of a libfaketime offset such as ``"+45"``, ``"-2h"``, ``"+1.5m"``, ``"+0"``;
+    None if it cannot be read (the clock is then treated as stepped)."""
+    if offset is None:
+        return None
+    text = str(offset).strip()
+    mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(text[-1:], None)
+    try:
+        return float(text[:-1]) * mult if mult is not None else float(text)
+    except ValueError:
+        return None
+
+
+def skewed_sites_at(events: list[dict], t: float) -> dict[str, str | None]:
+    """Sites whose wall clock is not the true clock at instant ``t``: ``{site: offset}``.
+
+    Rebuilt from the nemesis ``ok`` events: a ``start`` whose ``env`` names
+    ``FAKETIME_TIMESTAMP_FILE`` runs the site under libfaketime with the event's
+    ``clock_offset`` (None when the history does not say: unknown, so stepped); ``clock``
+    steps the offset; a ``start`` without it is a true clock. Offsets of 0 s are true clocks."""
+    faked: dict[str, str | None] = {}
+    for e in events:
+        if e["t"] > t:
+            break
+        if e.get("op") != "nemesis" or e.get("type") != "ok":
+            continue
+        f, site = e.get("f"), e.get("site")
+        if f == "start":
+            if "FAKETIME_TIMESTAMP_FILE" in (e.get("env") or ()):
+                faked[site] = e.get("clock_offset", faked.get(site))
+            else:
+                faked.pop(site, None)
+        elif f == "clock" and site in faked:
+            faked[site] = e.get("offset")
+    return {s: off for s, off in faked.items() if offset_s(off) != 0}
+
+
 def check_rpo(events: list[dict]) -> list[Violation]:
-    return [Violation("rpo", f"RPO {e.get('rpo_s')}s at {e.get('site')} above target {e.get('target_s')}s", [e])
-            for e in events if e.get("op") == "rpo" and (e.get("rpo_s") is None or e["rpo_s"] > e["target_s"])]
+    """RPO (age of the newest committed snapshot) against its target, read only at sites
+    whose clock is true when measured: a site under libfaketime measures the age with its
+    own stepped clock (the clock-step scenario). RPO measured only at stepped sites is a
+    violation too: nothing could be judged."""
+    out: list[Violation] = []
+    rpos = [e for e in events if e.get("op") == "rpo"]
+    judged = 0
+    for e in rpos:
+        skewed = skewed_sites_at(events, e["t"])
+        if e.get("site") in skewed:
+            continue
+        judged += 1
+        if e.get("rpo_s") is None or e["rpo_s"] > e["target_s"]:
+            out.append(Violation("rpo", f"RPO {e.get('rpo_s')}s at {e.get('site')} above target "
+                                        f"{e.get('target_s')}s", [e]))
+    if rpos and not judged:
+        out.append(Violation("rpo", "RPO was measured only at sites with a stepped clock "
+                                    f"({sorted({e.get('site') for e in rpos})}): nothing to judge", rpos))
+    return out
 
 
 def check_expectations(events: list[dict]) -> list[Violation]:

@@ -435,11 +435,14 @@ class Cluster:
 
     def record_log_events(self) -> None:
         """Record one ``acted_primary`` event per "is primary of VOL at epoch N" line of each
-        site's log, with ``t`` converted from the log's local wall clock to the history's clock."""
+        site's log, with ``t`` converted from the log's local wall clock to the history's clock,
+        and one ``pruned`` event {site, volume, seqs} per "retention pruned" line (pruning the
+        daemons did on their own, which the history does not see otherwise)."""
         import datetime
         import re
 
         pat = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) .*site (\S+) is primary of (\S+) at epoch (\d+)")
+        pruned = re.compile(r"retention pruned (\S+) snapshots \[([\d, ]*)\]")
         offset = time.monotonic() - time.time()
         for s in self.sites.values():
             try:
@@ -447,6 +450,10 @@ class Cluster:
             except OSError:
                 continue
             for line in text.splitlines():
+                pm = pruned.search(line)
+                if pm:
+                    self.history.record("info", "pruned", site=s.site_id, volume=pm.group(1),
+                                        seqs=[int(x) for x in pm.group(2).replace(",", " ").split()], line=line[:200])
                 m = pat.match(line)
                 if m:
                     wall = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").timestamp() + int(m.group(2)) / 1e3

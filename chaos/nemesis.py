@@ -250,7 +250,13 @@ class Nemesis:
                         else:
                             os.environ[k] = v
 
-        self._do("start", go, site=site, env=sorted(env))
+        offset = None
+        if "FAKETIME_TIMESTAMP_FILE" in env:
+            try:
+                offset = Path(env["FAKETIME_TIMESTAMP_FILE"]).read_text().strip()
+            except OSError:
+                pass
+        self._do("start", go, site=site, env=sorted(env), clock_offset=offset)
         self.killed.discard(site)
 
     def clock(self, site: str, offset: str) -> None:

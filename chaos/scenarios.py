@@ -9,6 +9,7 @@ offline checker (:mod:`chaos.checker`) can judge the run. Every wait is bounded.
 
 from __future__ import annotations
 
+import filecmp
 import random
 import threading
 import time
@@ -146,8 +147,8 @@ def finish(ctx: Ctx, bound_s: float = CONVERGE_BOUND_S) -> None:
             continue
         seq = v["newest_committed"] if v["primary"] == sid else v["standby_seq"]
         h.record("info", "final_image", site=sid, role=v["role"], seq=seq, path=str(c.sites[sid].volume_path()))
-        if v["primary"] == sid and v.get("rpo_s") is not None:
-            h.record("info", "rpo", site=sid, rpo_s=v["rpo_s"], target_s=RPO_TARGET_S)
+        if v.get("rpo_s") is not None:  # at every data site: the checker reads it where the clock is true
+            h.record("info", "rpo", site=sid, rpo_s=v["rpo_s"], target_s=RPO_TARGET_S, primary=v["primary"] == sid)
     restore_all(ctx, finals)
     c.record_log_events()
 
@@ -619,17 +620,20 @@ def clock_step(ctx: Ctx) -> None:
         ctx.expect("retention policy set", False, f"{err.code}: {err}"[:300])
         return
 
-    def retention_everywhere() -> None:
+    def retention_everywhere() -> list[int]:
         time.sleep(CLOCK_SETTLE_S)  # every site has reported its clock through Raft once more
+        pruned: list[int] = []
         for site in c.data_sites:
             ctx.history.record("invoke", "retention_run", site=site)
             try:
                 rep = c.api(site, "POST", f"/v1/volumes/{VOLUME}/retention/run", {}, timeout_s=30)
                 ctx.history.record("ok", "retention_run", site=site, report=rep)
+                pruned += rep.get("pruned") or []
             except ReplicadError as err:
                 ctx.history.record("fail", "retention_run", site=site, error=err.code, message=str(err)[:300])
             for sid in c.sites:
                 c.record_catalog(sid)
+        return pruned
 
     offset = n.clock_files[p].read_text().strip()
     for step in range(3):
@@ -645,11 +649,364 @@ def clock_step(ctx: Ctx) -> None:
         ctx.expect(f"commits continue with the primary's clock at {offset}",
                    all(r and r.get("committed") for r in reps), str([(r or {}).get("committed") for r in reps]))
         retention_everywhere()
+    # once the first snapshots are past the lock by every clock (plus the state machine's
+    # margin for late clock reports), retention does prune: the lock delays, never blocks
+    time.sleep(LOCK_S / 2)
+    pruned = retention_everywhere()
+    ctx.expect("retention prunes once the lock window has passed", bool(pruned), f"pruned {pruned}")
     _, epoch = current_primary(c)
     ctx.expect("no epoch change from clock steps", epoch == 1, f"epoch {epoch}")
 
 
 CLOCK_SETTLE_S = 6.0  # > CLOCK_HEARTBEAT_S: every site has reported its clock once more
+
+
+# ---------------------------------------------------------------------- retention racing replication
+RACE_LOCK_S = 8  # short enough for several prunes per run, long enough for a cycle
+
+
+def held_audit(ctx: Ctx, site: str, snapshots: list[dict]) -> dict:
+    """Check, read-only and while the daemon runs, that ``site``'s chunk store has every chunk
+    (manifest, pages, non-zero blocks) of each snapshot of ``snapshots`` (the catalog's
+    entries) that names ``site`` as a holder. Records ``held_audit`` {site, checked: [seq],
+    missing: {seq: count}} and returns it. Reads the SQLite index (WAL, read-only) and the
+    append-only packs directly: nothing is healed from peers, unlike ``verify``/``restore``."""
+    import sqlite3
+
+    from replicad.chunkstore import RECORD_HEADER_SIZE, decode_chunk
+    from replicad.manifest import Manifest, chunk_digests
+
+    root = ctx.cluster.sites[site].data_dir / "chunks"
+    out: dict[str, Any] = {"site": site, "checked": [], "missing": {}}
+    try:
+        db = sqlite3.connect(f"file:{root / 'index.sqlite3'}?mode=ro", uri=True, timeout=10)
+    except sqlite3.Error as err:
+        out["error"] = repr(err)[:200]
+        ctx.history.record("info", "held_audit", **out)
+        return out
+
+    def row(d: bytes):
+        return db.execute("SELECT pack, offset, length, codec FROM chunks WHERE digest=?", (d,)).fetchone()
+
+    def get(d: bytes) -> bytes:
+        for _ in range(3):  # a gc may move the chunk between the index read and the pack read
+            r = row(d)
+            if r is None:
+                raise KeyError(d.hex())
+            try:
+                with open(root / "packs" / f"{r[0]:08d}.pack", "rb") as f:
+                    f.seek(r[1] + RECORD_HEADER_SIZE)
+                    return decode_chunk(r[3], f.read(r[2]))
+            except OSError:
+                time.sleep(0.2)
+        raise KeyError(d.hex())
+
+    try:
+        for snap in snapshots:
+            if site not in snap["holders"]:
+                continue
+            seq = snap["seq"]
+            try:
+                m = Manifest.decode(get(bytes.fromhex(snap["root"])))
+                digests = chunk_digests(m, get)
+            except (KeyError, ReplicadError, ValueError) as err:
+                out["missing"][str(seq)] = f"manifest or page unreadable: {err!r}"[:200]
+                continue
+            lacking = [d for d in digests if row(d) is None]
+            out["checked"].append(seq)
+            if lacking:
+                out["missing"][str(seq)] = len(lacking)
+    finally:
+        db.close()
+    ctx.history.record("info", "held_audit", **out)
+    return out
+
+
+def _prepare_retention_race(ctx: Ctx) -> None:
+    """Give two sites different retention in their own config files (the Raft-agreed policy
+    is whichever bootstrapped the volume first; the others' files are not consulted)."""
+    for sid, pol in zip(ctx.cluster.data_sites[:2], (('2h', '4h', '8h', '1h'), ('30m', '1h', '2h', '20m'))):
+        cfg = ctx.cluster.sites[sid].config_path
+        cfg.write_text(cfg.read_text() + '\n[volumes.retention]\nkeep_all = "%s"\nhourly = "%s"\n'
+                       'daily = "%s"\nlock = "%s"\n' % pol)
+        ctx.history.record("info", "note", text=f"{sid} config retention keep_all/hourly/daily/lock = {pol}")
+
+
+def _changed_blocks(a: list[int] | None, b: list[int] | None) -> int | None:
+    if not a or not b or -1 in a or -1 in b:
+        return None
+    return sum(1 for x, y in zip(a, b) if x != y)
+
+
+def retention_race(ctx: Ctx, rounds: int = 10) -> None:
+    """Different retention in two sites' config files, then a short Raft-agreed policy
+    (keep nothing, ``RACE_LOCK_S`` lock) while one replica (site-c) lags, cut off,
+    and retention runs, and operator prunes are asked, at random sites concurrently with
+    the cycles. Expected: one policy everywhere; the newest snapshot the primary shares with
+    each replica is never pruned and an explicit prune of it is refused with
+    ``retention_locked``; ship reports stay incremental (chunks sent ~ blocks changed since
+    the base, never the whole volume), also to the lagging replica once the cut heals; every
+    held snapshot keeps every chunk at each holder (``held_audit``, nothing healed)."""
+    c, w, n = ctx.cluster, ctx.workload, ctx.nemesis
+    p = c.data_sites[0]
+    lag = c.data_sites[-1]
+    pols = {}
+    for sid in c.data_sites:
+        pols[sid] = c.api(sid, "GET", f"/v1/volumes/{VOLUME}/retention")["retention"]
+    ctx.expect("one retention policy at every site despite different config files",
+               len({tuple(sorted(v.items())) for v in pols.values()}) == 1, str(pols)[:300])
+    pol = {"keep_all_s": 0, "hourly_s": 0, "daily_s": 0, "lock_s": RACE_LOCK_S}
+    c.api(p, "PUT", f"/v1/volumes/{VOLUME}/retention", {"retention": pol, "approved_by": [c.data_sites[1]]})
+    ctx.history.record("info", "retention_policy", **pol)
+    images: dict[int, list[int]] = {}
+    committed_at: dict[int, float] = {}
+    reports: list[dict] = []
+
+    def step(k: int = 3) -> dict | None:
+        w.write_random(p, k)
+        image = list(w.gens[p])
+        rep = w.snapshot(p)
+        if rep and rep.get("committed"):
+            images[rep["seq"]] = image
+            committed_at[rep["seq"]] = time.monotonic()
+            reports.append(rep)
+        return rep
+
+    for _ in range(3):
+        step()
+    c.wait_for("every site holds the newest", lambda: _converged(c) is None, 60)
+    # cut off completely: a one-way cut would let its Raft elections disturb the others
+    # (no pre-vote in pysyncobj), which is the one-way scenario's business, not this one's
+    n.isolate(lag)
+    for _ in range(2):
+        step()
+
+    def common_with(site: str) -> int | None:
+        snaps = c.snapshots(p)["snapshots"]
+        both = [s["seq"] for s in snaps if p in s["holders"] and site in s["holders"]]
+        return max(both) if both else None
+
+    base_lag = common_with(lag)
+    ctx.history.record("info", "note", text=f"newest common snapshot of {p} and {lag}: #{base_lag}")
+    stop = threading.Event()
+    racer_log: list[tuple[str, str, Any]] = []
+
+    def prune(site: str, seqs: list[int]) -> tuple[bool, str | None, dict]:
+        ctx.history.record("invoke", "prune", site=site, seqs=seqs)
+        try:
+            rep = c.api(site, "POST", f"/v1/volumes/{VOLUME}/prune", {"seqs": seqs}, timeout_s=30)
+            ctx.history.record("ok", "prune", site=site, seqs=seqs, pruned=rep.get("pruned"))
+            return True, None, {}
+        except ReplicadError as err:
+            ev = {k: v for k, v in (err.evidence or {}).items() if k in ("seq", "replica", "primary")}
+            ctx.history.record("fail", "prune", site=site, seqs=seqs, error=err.code, message=str(err)[:300],
+                               evidence=ev)
+            return False, err.code, ev
+
+    def prune_common(who: str, replica: str) -> None:
+        """Explicitly prune the newest common snapshot of the primary and ``replica`` once it
+        is older than the lock (so the lock is not why it is refused): must be refused."""
+        target = common_with(replica)
+        if target is None:
+            return
+        wait = committed_at.get(target, 0) + RACE_LOCK_S + 2 - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        target = common_with(replica)
+        done, code, ev = prune(who, [target])
+        for _ in range(3):  # a site that just got its link back may not reach the leader yet
+            if code != "no_quorum":
+                break
+            time.sleep(3)
+            done, code, ev = prune(who, [target])
+        now = common_with(replica)
+        moved_on = done and now is not None and now > target  # the replica caught up meanwhile: a plain prune
+        ctx.expect(f"prune of #{target} (newest common of {p} and {replica} when asked) at {who} refused"
+                   + (" (or the replica moved on)" if moved_on else ""),
+                   moved_on or (not done and code == "retention_locked" and ev.get("seq") == target
+                                and ev.get("replica") in (replica, None)),
+                   f"answer: {'pruned' if done else code} {ev}; newest common now #{now}")
+
+    def racer() -> None:  # retention and operator prunes at random sites, racing the cycles
+        rng = random.Random(ctx.rng.random())
+        while not stop.is_set():
+            site = rng.choice(c.data_sites)
+            try:
+                if rng.random() < 0.5 or site in n.isolated:
+                    ctx.history.record("invoke", "retention_run", site=site)
+                    rep = c.api(site, "POST", f"/v1/volumes/{VOLUME}/retention/run", {}, timeout_s=30)
+                    ctx.history.record("ok", "retention_run", site=site, report=rep)
+                    racer_log.append(("retention_run", site, rep.get("pruned")))
+                else:
+                    seqs = [s["seq"] for s in c.snapshots(site)["snapshots"]][:-1]
+                    if seqs:
+                        pick = sorted(rng.sample(seqs, min(len(seqs), rng.randint(1, 2))))
+                        racer_log.append(("prune", site, (pick, prune(site, pick))))
+            except ReplicadError as err:
+                ctx.history.record("fail", "retention_run", site=site, error=err.code, message=str(err)[:200])
+            stop.wait(rng.uniform(0.1, 0.4))
+
+    th = threading.Thread(target=racer, name="retention-racer", daemon=True)
+    th.start()
+    try:
+        for r in range(rounds):
+            step(ctx.rng.randint(1, 4))
+            time.sleep(ctx.rng.uniform(0.5, 2.0))
+            if r % 4 == 3:  # explicitly delete the newest common snapshot of the primary and the lagging replica
+                prune_common(ctx.rng.choice([s for s in c.data_sites if s != lag]), lag)
+    finally:
+        stop.set()
+        th.join(timeout=60)
+    seqs = [s["seq"] for s in c.snapshots(p)["snapshots"]]
+    base_now = common_with(lag)
+    ctx.expect(f"{p} and {lag} still share a snapshot after the race (#{base_lag} at the cut)",
+               base_now is not None and base_now >= (base_lag or 0), f"now #{base_now}, catalog {seqs}")
+    pruned_any = sorted({x for kind, _, v in racer_log if kind == "retention_run" for x in (v or [])}
+                        | {x for kind, _, v in racer_log if kind == "prune" and v[1][0] for x in v[0]})
+    ctx.expect("retention pruned while replication went on", bool(pruned_any), f"pruned {pruned_any}")
+    ctx.history.record("info", "note", text=f"racer: {len(racer_log)} actions, pruned {pruned_any}")
+    # incremental ships to the replica that kept up, all along
+    bad = []
+    for rep in reports[3:]:
+        peer = (rep.get("peers") or {}).get(c.data_sites[1]) or {}
+        if not peer.get("ok"):
+            continue
+        base = peer.get("base_seq")
+        changed = _changed_blocks(images.get(base), images.get(rep["seq"])) if base is not None else None
+        if base is None or changed is None or peer.get("sent", 0) > changed + 3:
+            bad.append((rep["seq"], base, peer.get("sent"), changed))
+    ctx.expect(f"ships to {c.data_sites[1]} stay incremental while pruning", not bad,
+               f"(seq, base, chunks sent, blocks changed since base): {bad}")
+    for sid in c.data_sites:
+        a = held_audit(ctx, sid, c.snapshots(sid)["snapshots"])
+        ctx.expect(f"every held snapshot complete at {sid} after the race", not a["missing"] and "error" not in a,
+                   f"checked {a['checked']}, missing {a['missing']}")
+    # the lagging replica catches up incrementally from its kept base
+    log_from = c.sites[lag].log_path.stat().st_size
+    n.heal(lag)
+    prune_common(lag, lag)  # asked at the lagging replica itself, once it reaches the leader again
+    base_lag = common_with(lag)
+    rep = step()
+    peer = ((rep or {}).get("peers") or {}).get(lag) or {}
+    base = peer.get("base_seq")
+    changed = _changed_blocks(images.get(base), images.get((rep or {}).get("seq"))) if base is not None else None
+    ctx.expect(f"catch-up ship to {lag} is incremental from #{base_lag}",
+               bool(peer.get("ok")) and base is not None and base >= (base_lag or 0) and changed is not None
+               and peer.get("sent", 0) <= changed + 3 and changed < c.n_blocks,
+               f"report {peer}, blocks changed since base {changed} of {c.n_blocks}")
+    for _ in range(2):
+        step()
+    c.wait_for("every site holds the newest", lambda: _converged(c) is None, 60)
+    # what the lagging replica pulled by itself from the holders (replica step) after the heal
+    import re
+    with open(c.sites[lag].log_path, "rb") as f:
+        f.seek(log_from)
+        text = f.read().decode(errors="replace")
+    pulls = [(int(m.group(1)), int(m.group(2))) for m in
+             re.finditer(r"pulled \S+#(\d+) from .*?: (\d+) block chunks were missing here", text)]
+    bound = {seq: _changed_blocks(images.get(base_now), images.get(seq)) for seq, _ in pulls}
+    whole = [(seq, k, bound[seq]) for seq, k in pulls if bound[seq] is None or k > bound[seq]]
+    ctx.expect(f"pulls by {lag} after the heal are incremental from #{base_now}", not whole,
+               f"(seq, block chunks pulled): {pulls}; blocks changed since #{base_now}: {bound}; "
+               f"volume {c.n_blocks} blocks")
+    for sid in c.data_sites:
+        held_audit(ctx, sid, c.snapshots(sid)["snapshots"])
+
+
+# ---------------------------------------------------------------------- SIGKILL in the middle of writes
+LEFTOVER_SUFFIXES = (".tmp", ".partial")  # fingerprints/Raft meta tmp files; any partial file
+
+
+def leftovers(ctx: Ctx, site: str) -> list[str]:
+    """Files under ``site``'s data dir that a crash may leave behind and that a clean open
+    must have removed or replaced: ``*.tmp``/``*.partial`` names, and pack files shorter
+    than a pack header (torn at creation)."""
+    d = ctx.cluster.sites[site].data_dir
+    out = [str(f.relative_to(d)) for f in d.rglob("*") if f.is_file() and f.name.endswith(LEFTOVER_SUFFIXES)]
+    out += [str(f.relative_to(d)) for f in d.rglob("*.pack") if f.stat().st_size < 16]
+    return sorted(out)
+
+
+def kill_mid_write(ctx: Ctx, rounds: int = 3) -> None:
+    """SIGKILL a site while it writes: a replica receiving a whole-volume ship (packs and
+    index), the primary in the middle of a cycle (chunks, pages, manifest, catalog), a site
+    in the middle of a restore (``wait: false``; its target image). Each time: restart,
+    expect a clean open (ready, the primary acting), no ``*.tmp``/``*.partial`` or torn pack
+    left in the data dir, and the run goes on. The seed picks the order and the timing;
+    :func:`finish` then restores every committed snapshot at every holder byte-exact."""
+    c, w, n = ctx.cluster, ctx.workload, ctx.nemesis
+    p = c.data_sites[0]
+    ctx.steps(p, 2)
+    c.wait_for("standbys caught up", lambda: _converged(c) is None, 60)
+    kinds = ["receive", "cycle", "restore"]
+    ctx.rng.shuffle(kinds)
+    kinds = (kinds * ((rounds + 2) // 3))[:rounds]
+    rdir = c.root / "kill-restores"
+    rdir.mkdir(exist_ok=True)
+    for r, kind in enumerate(kinds):
+        victim = p if kind == "cycle" else ctx.rng.choice([s for s in c.data_sites if s != p])
+        th = None
+        note = ""
+        if kind == "receive":
+            n.throttle(p, "8mbit")
+            w.write(p, list(range(c.n_blocks)))
+            th = threading.Thread(target=w.snapshot, args=(p, 120), daemon=True)
+            chunks0 = c.status(victim)["store"].get("chunks") or 0
+            th.start()
+            try:
+                got = c.wait_for("part of the ship at the replica", lambda: (
+                    lambda k: k if k > chunks0 + ctx.rng.randint(1, max(2, c.n_blocks // 2)) else None)(
+                    c.status(victim)["store"].get("chunks") or 0), 30, 0.05)
+                note = f"{got - chunks0} chunks stored"
+            except ReplicadError as err:
+                note = f"no chunk stored yet: {err}"[:200]
+        elif kind == "cycle":
+            w.write_random(p, ctx.rng.randint(2, 8))
+            th = threading.Thread(target=w.snapshot, args=(p, 60), daemon=True)
+            th.start()
+            time.sleep(ctx.rng.uniform(0.0, 0.2))
+        else:
+            seq = ctx.rng.choice([s["seq"] for s in c.snapshots(victim)["snapshots"] if victim in s["holders"]])
+            target = rdir / f"{victim}-{seq}-round{r}.img"
+            ctx.history.record("invoke", "restore_killed", site=victim, seq=seq, target=str(target))
+            op = c.api(victim, "POST", f"/v1/volumes/{VOLUME}/restore",
+                       {"target": str(target), "seq": seq, "wait": False}, timeout_s=30)
+            time.sleep(ctx.rng.uniform(0.0, 0.1))  # a 16 MiB restore takes ~0.1 s
+            note = f"restore #{seq} into {target.name}, operation {op}"[:200]
+        n.kill(victim)
+        ctx.history.record("info", "note", text=f"round {r}: killed {victim} mid-{kind}: {note}")
+        if kind == "receive":
+            n.unthrottle(p)
+        if th is not None:
+            th.join(timeout=150)
+        n.start(victim)
+        try:
+            c.wait_ready(60)
+            c.wait_for("primary acting", lambda: (lambda v: v["acting_epoch"] == v["epoch"])(
+                c.status(p)["volumes"][VOLUME]), 60)
+            ctx.expect(f"round {r}: {victim} opens cleanly after a kill mid-{kind}", c.sites[victim].running(),
+                       c.log_tail(victim, 3)[-300:])
+        except ReplicadError as err:
+            ctx.expect(f"round {r}: {victim} opens cleanly after a kill mid-{kind}", False,
+                       f"{err}; {c.log_tail(victim, 5)}"[-400:])
+            continue
+        first = leftovers(ctx, victim)
+        time.sleep(1.5 if first else 0)
+        left = sorted(set(first) & set(leftovers(ctx, victim)))  # a tmp file being written right now is no leftover
+        ctx.expect(f"round {r}: nothing partial left in {victim}'s data dir", not left, str(left[:8]))
+        if kind == "restore":
+            files = [str(f) for f in rdir.glob(f"{victim}-*-round{r}.img*")]
+            ctx.history.record("info", "note", text=f"round {r}: files at the killed restore's target: {files}")
+            ctx.expect(f"round {r}: the killed restore left no partial image", target.exists() or not files,
+                       str(files))
+            if target.exists():  # it finished before the kill: then it is the whole snapshot
+                again = rdir / f"{victim}-{seq}-again{r}.img"
+                c.api(victim, "POST", f"/v1/volumes/{VOLUME}/restore", {"target": str(again), "seq": seq},
+                      timeout_s=120)
+                ctx.expect(f"round {r}: the restore finished before the kill left exactly #{seq}",
+                           files == [str(target)] and filecmp.cmp(target, again, shallow=False), str(files))
+        w.adopt(p)
+        ctx.steps(p, 2)
 
 
 @dataclass(frozen=True)
@@ -682,6 +1039,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("slow-fsync", slow_fsync, expected="few leader changes, commits resume, nothing committed lost"),
     Scenario("promote-mid-ship", promote_mid_ship, n_blocks=128,
              expected="the promoted site restores exactly one committed snapshot, root verified"),
+    Scenario("retention-race", retention_race, prepare=_prepare_retention_race, n_blocks=64,
+             expected="one policy; newest common snapshot of primary and each replica never pruned, its prune "
+                      "refused; ships stay incremental; held snapshots keep every chunk"),
+    Scenario("kill-mid-write", kill_mid_write, n_blocks=256,
+             expected="clean open after SIGKILL mid-receive/cycle/restore; no partial file left or served"),
     Scenario("clock-step", clock_step, prepare=_prepare_clock,
              expected="epochs and commits unaffected; nothing pruned inside the lock window by majority clocks"),
 )}

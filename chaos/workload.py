@@ -10,7 +10,8 @@ and :func:`expected_image` rebuilds it byte for byte.
 Every write and snapshot is recorded in the history: ``write`` (site, blocks, gens, the
 site's whole generation map after it), ``snapshot`` invoke (site, the generation map at that
 instant — the workload never writes a site's image while a snapshot of it is running) and
-ok (seq, committed, holders) / fail (error code).
+ok (seq, committed, holders, per peer: ok/error, ``base_seq`` of the delta, chunks ``offered`` and
+``sent``, payload ``bytes``) / fail (error code).
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ class Workload:
             return None
         self.h.record("ok", "snapshot", site=site_id, image=image, seq=rep.get("seq"),
                       committed=bool(rep.get("committed")), holders=rep.get("holders"), verdict=rep.get("verdict"),
-                      peers={p: {k: r.get(k) for k in ("ok", "error", "message")}
+                      peers={p: {k: r.get(k) for k in ("ok", "error", "message", "base_seq", "offered", "sent", "bytes")}
                              for p, r in (rep.get("peers") or {}).items()})
         return rep
 

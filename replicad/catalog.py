@@ -34,6 +34,17 @@ class SnapshotRecord:
 
 
 @dataclass(frozen=True)
+class RestoreRecord:
+    """A restore in flight: into ``target``, writing ``written`` (``target`` itself when
+    ``in_place``, else a partial file renamed onto ``target`` once verified)."""
+
+    target: str
+    written: str
+    in_place: bool
+    started_at_ns: int
+
+
+@dataclass(frozen=True)
 class StandbyRecord:
     """What the standby image of ``volume`` holds: snapshot ``seq`` with manifest ``root``."""
 
@@ -63,6 +74,9 @@ class Catalog:
                 PRIMARY KEY (volume, epoch, seq));
             CREATE TABLE IF NOT EXISTS standby (
                 volume TEXT PRIMARY KEY, seq INTEGER NOT NULL, root BLOB NOT NULL);
+            CREATE TABLE IF NOT EXISTS restores (
+                target TEXT PRIMARY KEY, written TEXT NOT NULL, in_place INTEGER NOT NULL,
+                started_at_ns INTEGER NOT NULL);
             """
         )
         row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
@@ -130,6 +144,25 @@ class Catalog:
                 self._db.execute("DELETE FROM standby WHERE volume=?", (volume,))
             else:
                 self._db.execute("INSERT OR REPLACE INTO standby VALUES (?,?,?)", (volume, seq, root))
+
+    def begin_restore(self, rec: RestoreRecord) -> None:
+        """Record (durably) that a restore writes ``rec.written``; a crash leaves the row for
+        :meth:`restores_in_flight` at the next start."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO restores VALUES (?,?,?,?)",
+                             (rec.target, rec.written, int(rec.in_place), rec.started_at_ns))
+
+    def end_restore(self, target: str) -> None:
+        """Forget the in-flight record of ``target`` (finished, failed and cleaned, or reported)."""
+        with self._lock:
+            self._db.execute("DELETE FROM restores WHERE target=?", (target,))
+
+    def restores_in_flight(self) -> list[RestoreRecord]:
+        """Restores that began and never ended (the site stopped in the middle), oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT target, written, in_place, started_at_ns FROM restores "
+                                    "ORDER BY started_at_ns").fetchall()
+        return [RestoreRecord(t, w, bool(i), n) for t, w, i, n in rows]
 
     def acting_epoch(self, volume: str) -> int | None:
         """The epoch under which this site last acted as primary of ``volume`` (None: not primary)."""

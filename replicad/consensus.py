@@ -256,6 +256,8 @@ class DurableJournal(Journal):
     def __init__(self, journal_file: str) -> None:
         self._path = Path(journal_file)
         self._meta_path = self._path.with_name(self._path.name + ".meta")
+        for leftover in (self._path, self._meta_path):  # a crash inside _write_durably: never renamed, never read
+            leftover.with_name(leftover.name + ".tmp").unlink(missing_ok=True)
         self._entries: list[tuple[bytes, int, int]] = []
         self._offsets: list[int] = []
         self._meta = self._load_meta()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import stat
 import threading
@@ -40,7 +41,7 @@ import aiohttp
 from aiohttp import web
 
 from . import anomaly, retention, roles
-from .catalog import Catalog, SnapshotRecord
+from .catalog import Catalog, RestoreRecord, SnapshotRecord
 from .chunkstore import ChunkStore
 from .config import SiteConfig, VolumeConfig
 from .consensus import RaftNode
@@ -50,7 +51,7 @@ from .manifest import PAGE_ENTRIES, Manifest, chunk_digests, diff, iter_block_di
 from .metrics import SiteMetrics
 from .restore import apply_snapshot, verify_image
 from .scan import take_snapshot
-from .state import newest_clean, newest_committed, quorum_now_ns
+from .state import CLOCK_REPORT_PERIOD_NS, newest_clean, newest_committed, quorum_now_ns
 from .transport import PeerClient, peer_routes, snapshot_complete
 
 log = logging.getLogger("replicad.daemon")
@@ -58,8 +59,9 @@ log = logging.getLogger("replicad.daemon")
 TICK_S = 0.5
 PROPOSE_TIMEOUT_S = 5.0
 RETENTION_TICK_S = 60.0
-CLOCK_HEARTBEAT_S = 5.0     # Raft-reported site clocks (prune lock window by a majority)
+CLOCK_HEARTBEAT_S = CLOCK_REPORT_PERIOD_NS / 1e9  # Raft-reported site clocks (lock window by a majority)
 OPERATIONS_KEPT = 100
+PARTIAL_SUFFIX = ".partial"  # a restore's image until its root verified (then renamed onto the target)
 SHUTDOWN_GRACE_S = 10.0    # well inside systemd's TimeoutStopSec=60
 STRAGGLER_GRACE_S = 2.0    # after min_copies stored, how long to wait for the other replicas
 EPOCH_CATCH_UP_S = 2.0     # how long a receiver waits to apply an epoch a sender already has
@@ -139,6 +141,7 @@ class SiteDaemon:
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
         self.operations: dict[str, Operation] = {}
+        self.interrupted_restores: list[str] = []  # in-place restore targets a crash left incomplete
         self.metrics = SiteMetrics.for_site(cfg, self.status, lambda: self.raft.view() if self.raft else {})
         self._background: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -159,6 +162,7 @@ class SiteDaemon:
         for name, runner in self.runners.items():
             runner.acting_epoch = self.catalog.acting_epoch(name)
             runner.role = "primary" if runner.acting_epoch is not None else "replica"
+        await asyncio.to_thread(self._recover_restores)
         self.raft.start()
         self.session = aiohttp.ClientSession()
         self.peers = PeerClient(self.session, self.site_id)
@@ -750,6 +754,9 @@ class SiteDaemon:
                 need = await asyncio.to_thread(
                     lambda: self.store.missing(d for d in iter_block_digests(manifest, self.store.get) if any(d)))
                 await self._fetch_missing(volume, vs["epoch"], need, holders)
+                if need:
+                    log.info("pulled %s#%d from %s: %d block chunks were missing here", volume, seq,
+                             ", ".join(holders), len(need))
                 await asyncio.to_thread(snapshot_complete, self.store, volume, snap["epoch"], seq, root)
                 if self.catalog.find_root(volume, root) is None:
                     await asyncio.to_thread(self.catalog.put, SnapshotRecord(
@@ -948,21 +955,74 @@ class SiteDaemon:
             verdict = vs["snapshots"][seq]["verdict"]
         if op is not None:
             op.phase = "writing"
-        if divergent_epoch is not None:  # only this site holds it: nothing to re-fetch from
-            rep = await asyncio.to_thread(apply_snapshot, target, manifest, self.store,
-                                          progress=op.progress if op else None)
-        else:
-            rep = await self.apply_repairing(volume, target, manifest, progress=op.progress if op else None)
-        if op is not None:
-            op.phase = "verifying"
-        root = await asyncio.to_thread(verify_image, target, manifest,
-                                       progress=op.progress if op else None)  # O5
+        rep, root = await self._write_restore(volume, target, manifest, divergent_epoch is not None, op)
         log.info("restored %s#%d (%s) into %s: root verified, %d blocks written, %.2fs", volume, manifest.seq,
                  verdict, target, rep.blocks_written, time.monotonic() - t0)
         return {"volume": volume, "seq": manifest.seq, "verdict": verdict, "target": str(target),
                 "root": root.hex(), "verified": True,
                 "blocks_written": rep.blocks_written, "bytes_written": rep.bytes_written,
                 "seconds": time.monotonic() - t0}
+
+    async def _write_restore(self, volume: str, target: Path, manifest: Manifest, local_only: bool,
+                             op: "Operation | None") -> tuple[Any, bytes]:
+        """Write ``manifest`` into ``target`` and verify it (O5); ``(apply report, root)``.
+
+        A new target is written as ``<target>.partial`` and renamed onto ``target`` only once
+        its root verified (then the directory is fsynced): an interrupted or failed restore
+        never leaves a file under the target's name. An existing target (``overwrite``, a
+        block device) is rewritten in place (only differing blocks). Either way the restore is
+        recorded in the catalog while it runs (see :meth:`_recover_restores`).
+        Raises like :meth:`restore`; the partial file is removed on any error.
+        """
+        assert self.catalog is not None
+        in_place = target.exists()
+        written = target if in_place else target.with_name(target.name + PARTIAL_SUFFIX)
+        progress = op.progress if op else None
+        if not in_place:
+            written.unlink(missing_ok=True)
+        await asyncio.to_thread(self.catalog.begin_restore,
+                                RestoreRecord(str(target), str(written), in_place, time.time_ns()))
+        try:
+            if local_only:  # a divergent snapshot: only this site holds it, nothing to re-fetch from
+                rep = await asyncio.to_thread(apply_snapshot, written, manifest, self.store, progress=progress)
+            else:
+                rep = await self.apply_repairing(volume, written, manifest, progress=progress)
+            if op is not None:
+                op.phase = "verifying"
+            root = await asyncio.to_thread(verify_image, written, manifest, progress=progress)  # O5
+            if not in_place:
+                await asyncio.to_thread(_publish, written, target)
+        except BaseException:
+            if not in_place:
+                written.unlink(missing_ok=True)
+            raise
+        finally:
+            await asyncio.to_thread(self.catalog.end_restore, str(target))
+        return rep, root
+
+    def _recover_restores(self) -> None:
+        """At start: clean up after restores the previous run left in the middle.
+
+        A restore into a new file wrote ``<target>.partial``: deleted (the target never
+        appeared). A restore over an existing target (``overwrite``, a block device) wrote
+        in place: that target is incomplete, which is logged at ERROR and listed in status
+        (``interrupted_restores``) until this process stops; restore it again.
+        """
+        assert self.catalog is not None
+        for rec in self.catalog.restores_in_flight():
+            if rec.in_place:
+                log.error("a restore into %s was interrupted when this site stopped: %s is incomplete; "
+                          "restore it again", rec.target, rec.target)
+                self.interrupted_restores.append(rec.target)
+            else:
+                try:
+                    Path(rec.written).unlink(missing_ok=True)
+                except OSError as exc:
+                    log.error("cannot remove the partial image %s of an interrupted restore: %s", rec.written, exc)
+                    continue
+                log.warning("a restore into %s was interrupted when this site stopped: its partial image %s "
+                            "was removed (the target was never created)", rec.target, rec.written)
+            self.catalog.end_restore(rec.target)
 
     def _check_restore_target(self, target: Path, overwrite: bool) -> None:
         """Refuse targets that would destroy this site's own state: a protected volume's
@@ -1074,6 +1134,7 @@ class SiteDaemon:
             if plan:
                 res = await self.propose("prune_snapshots", volume=volume, seqs=plan)
                 report["pruned"] = res.get("pruned", plan)
+                log.info("retention pruned %s snapshots %s (planned at %s)", volume, report["pruned"], self.site_id)
                 vs = self.volume_state(volume) or vs
         live_roots = {s["root"] for s in vs["snapshots"].values()}
         lock_ns = vs["retention"]["lock_s"] * 1e9
@@ -1213,6 +1274,8 @@ class SiteDaemon:
         """Operator request to prune committed snapshots now; the state machine refuses
         (``retention_locked``, audited in the Raft log) anything inside the lock window."""
         res = await self.propose("prune_snapshots", volume=volume, seqs=list(seqs))
+        log.info("retention pruned %s snapshots %s (operator request at %s)", volume, res.get("pruned", seqs),
+                 self.site_id)
         runner = self._runner(volume)
         async with runner.lock:
             local = await self.retention_step(volume)
@@ -1258,7 +1321,19 @@ class SiteDaemon:
         return {"site_id": self.site_id, "raft": {**self.raft.status(), "synced": self.raft_synced()},
                 "volumes": vols,
                 "raft_sites": {s.raft: s.site_id for s in self.cfg.sites},
-                "sites": st.get("sites", {}), "store": self.store.stats() if self.store else {}}
+                "sites": st.get("sites", {}), "store": self.store.stats() if self.store else {},
+                "interrupted_restores": list(self.interrupted_restores)}
+
+
+def _publish(written: Path, target: Path) -> None:
+    """Rename a verified restore image onto its target and fsync the directory.
+    Raises the OSError of the rename (the caller removes ``written``)."""
+    os.replace(written, target)
+    fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def offer_digests(store: ChunkStore, m: Manifest, base: Manifest | None) -> list[bytes]:

@@ -55,7 +55,8 @@ SCHEMAS: dict[str, dict] = {
                              "suspect": {"type": "array", "items": _INT}, "rpo_s": _NNUM}),
     "Status": _object({"site_id": _STR, "raft": _ref("RaftStatus"),
                        "volumes": {"type": "object", "additionalProperties": _ref("VolumeStatus")},
-                       "members": {"type": "array", "items": _ref("Member")}, "raft_sites": _OBJ, "sites": _OBJ}),
+                       "members": {"type": "array", "items": _ref("Member")}, "raft_sites": _OBJ, "sites": _OBJ,
+                       "interrupted_restores": {"type": "array", "items": _STR}}),
     "Volumes": _object({"volumes": {"type": "object", "additionalProperties": _object(
         {"primary": _NSTR, "epoch": _INT, "block_size": _INT, "size_bytes": _INT, "min_copies": _INT,
          "retention": _RETENTION, "snapshots": _INT, "last_seq": _INT})}}),

@@ -80,6 +80,8 @@ URL_MAX_CHARS = 2048
 REASON_MAX_CHARS = 1024
 STATS_MAX_KEYS = 64
 PRUNE_MAX_SEQS = 10_000
+CLOCK_REPORT_PERIOD_NS = 5_000_000_000  # every site reports its clock at least this often (daemon heartbeat)
+CLOCK_LAG_MARGIN_NS = 2 * CLOCK_REPORT_PERIOD_NS  # how far a majority's reported time may trail the truth
 INT_MAX = 2**63 - 1
 SITE_KINDS = ("data", "witness")
 VERDICTS = ("clean", "suspect")
@@ -119,6 +121,24 @@ def newest_committed(vol_state: dict) -> int | None:
     """Highest seq in the volume's snapshot catalog, or None when it is empty."""
     snapshots = vol_state.get("snapshots") or {}
     return max(snapshots) if snapshots else None
+
+
+def newest_common(state: dict, vol_state: dict) -> dict[int, str]:
+    """``{seq: replica}``: for each data site other than the volume's primary, the newest
+    committed snapshot both it and the primary hold (by the catalog's holders). These are
+    the bases of incremental ships and resyncs; ``prune_snapshots`` refuses them. A replica
+    sharing nothing with the primary has no entry (one seq may serve several replicas: the
+    first in site order is named)."""
+    primary = vol_state.get("primary")
+    out: dict[int, str] = {}
+    for site, info in sorted(state.get("sites", {}).items()):
+        if site == primary or info.get("kind") != "data":
+            continue
+        both = [seq for seq, snap in (vol_state.get("snapshots") or {}).items()
+                if primary in snap["holders"] and site in snap["holders"]]
+        if both:
+            out.setdefault(max(both), site)
+    return out
 
 
 def newest_clean(vol_state: dict) -> int | None:
@@ -457,8 +477,13 @@ def _op_commit_snapshot(state: dict, cmd: dict) -> tuple[dict, dict]:
                        volume=name, seq=seq, parent_seq=parent_seq)
     # O4 under clock faults: a primary whose clock runs behind would stamp fresh snapshots as
     # old, making them prunable inside the lock window; never older than a majority's time
-    # (found by the chaos campaign, scenario clock-step).
-    created_at_ns = max(created_at_ns, quorum_now_ns(state) or 0)
+    # (found by the chaos campaign, scenario clock-step). That time is the majority's last
+    # *report* and trails the truth by up to a report period (plus the proposal's latency):
+    # a stamp behind it is dated at the end of that margin, so the lock never starts early
+    # (found by clock-step seed 1: #1-#3 pruned 29 s after they were taken, lock 30 s).
+    quorum_now = quorum_now_ns(state)
+    if quorum_now is not None and created_at_ns < quorum_now:
+        created_at_ns = quorum_now + CLOCK_LAG_MARGIN_NS
     snap = {"root": root, "epoch": epoch, "parent_seq": parent_seq, "created_at_ns": created_at_ns,
             "holders": list(holders), "verdict": verdict, "verdict_reason": "", "stats": stats}
     vol = {**_with_snapshot(vol, seq, snap), "last_seq": seq}
@@ -586,10 +611,18 @@ def _op_prune_snapshots(state: dict, cmd: dict) -> tuple[dict, dict]:
         raise _Refusal("retention_locked", f"volume {name!r}: the clocks of a majority of sites are not known "
                        "yet; pruning waits for them", volume=name)
     now_ns = min(now_ns, quorum_now)  # O4: measured by a majority's clocks, not the proposer's alone
+    common = newest_common(state, vol)
     for seq in seqs:
         if seq in protected:
             raise _Refusal("retention_locked", f"volume {name!r}: snapshot {seq} is the newest "
                            "committed or newest clean snapshot", volume=name, seq=seq)
+        if seq in common:
+            # the base of the next incremental ship to that replica (and of its resync): the
+            # primary's planner keeps it, and so must every other proposer (found by the chaos
+            # campaign, scenario retention-race: an operator prune at any site deleted it)
+            raise _Refusal("retention_locked", f"volume {name!r}: snapshot {seq} is the newest snapshot "
+                           f"held by both the primary {vol['primary']!r} and replica {common[seq]!r}",
+                           volume=name, seq=seq, primary=vol["primary"], replica=common[seq])
         age_ns = now_ns - vol["snapshots"][seq]["created_at_ns"]
         if age_ns < lock_ns:  # O4: nothing inside the lock window is deleted
             raise _Refusal("retention_locked", f"volume {name!r}: snapshot {seq} is inside the lock window",

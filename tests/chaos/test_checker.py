@@ -175,3 +175,52 @@ def test_standby_image_not_at_newest_clean_is_reported(tmp_path: Path) -> None:
     path = Path(next(e["path"] for e in ev if e["op"] == "final_image" and e["site"] == "site-b"))
     path.write_bytes(expected_image(VOL, [1, 1, 1, 1], BS))
     assert "converged" in invariants(ev)
+
+
+def _faketime_start(t: float, site: str, offset: str | None) -> dict:
+    return {"t": t, "type": "ok", "op": "nemesis", "f": "start", "site": site,
+            "env": ["FAKETIME_TIMESTAMP_FILE", "LD_PRELOAD"], "clock_offset": offset}
+
+
+def test_rpo_is_read_at_sites_with_a_true_clock(tmp_path: Path) -> None:
+    ev = good_history(tmp_path)
+    ev = [e for e in ev if e["op"] != "rpo"]
+    ev += [_faketime_start(0.5, "site-a", "-50"),
+           {"t": 1.0, "type": "ok", "op": "nemesis", "f": "kill", "site": "site-a"},
+           {"t": 1.01, "type": "ok", "op": "nemesis", "f": "clock", "site": "site-a", "offset": "+45"},
+           _faketime_start(1.02, "site-a", "+45"),
+           {"t": 2.5, "type": "info", "op": "rpo", "site": "site-a", "rpo_s": 45.6, "target_s": 30, "primary": True},
+           {"t": 2.5, "type": "info", "op": "rpo", "site": "site-b", "rpo_s": 0.6, "target_s": 30, "primary": False}]
+    assert "rpo" not in invariants(ev)  # the stepped clock of site-a is not the RPO
+    late = dict(ev[-1], rpo_s=31.0)
+    assert any(v.invariant == "rpo" and "site-b" in v.detail for v in check(ev[:-1] + [late]))
+    only_skewed = ev[:-1]
+    assert any(v.invariant == "rpo" and "stepped clock" in v.detail for v in check(only_skewed))
+
+
+def test_rpo_of_a_faketime_site_back_on_time_is_judged(tmp_path: Path) -> None:
+    ev = [e for e in good_history(tmp_path) if e["op"] != "rpo"]
+    ev += [_faketime_start(0.5, "site-a", "+45"),
+           {"t": 1.0, "type": "ok", "op": "nemesis", "f": "clock", "site": "site-a", "offset": "+0"},
+           {"t": 2.5, "type": "info", "op": "rpo", "site": "site-a", "rpo_s": 45.6, "target_s": 30}]
+    assert "rpo" in invariants(ev)  # +0 is a true clock: its RPO counts
+    ev = [e for e in ev if not (e["op"] == "nemesis" and e.get("f") == "clock")]
+    assert all("stepped clock" in v.detail for v in check(ev) if v.invariant == "rpo")  # +45: not judged
+    ev.append({"t": 1.5, "type": "ok", "op": "nemesis", "f": "start", "site": "site-a", "env": []})
+    assert "rpo" in invariants(ev)  # restarted without faketime: a true clock again
+
+
+def test_clock_offsets_parse() -> None:
+    from chaos.checker import offset_s
+    assert offset_s("+45") == 45 and offset_s("-2h") == -7200 and offset_s("+0") == 0
+    assert offset_s("1.5m") == 90 and offset_s("garbage") is None and offset_s(None) is None
+
+
+def test_pruned_snapshots_are_not_lost_but_others_are(tmp_path: Path) -> None:
+    ev = good_history(tmp_path)
+    ev.append({"t": 1.8, "type": "info", "op": "catalog", "site": "site-a", "epoch": 1,
+               "snapshots": {"3": {"root": "r3", "epoch": 1, "holders": ["site-a", "site-b"]}}})
+    ev.append({"t": 1.9, "type": "info", "op": "pruned", "site": "site-a", "volume": VOL, "seqs": [3]})
+    assert "no_committed_loss" not in invariants(ev)
+    ev[-1] = {"t": 1.9, "type": "ok", "op": "retention_run", "site": "site-a", "report": {"pruned": [4]}}
+    assert "no_committed_loss" in invariants(ev)  # #3 was not what retention pruned

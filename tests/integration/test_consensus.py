@@ -451,8 +451,12 @@ def test_durable_journal_survives_reopen_drops_a_torn_tail_and_compacts(tmp_path
     journal._destroy()
     with open(path, "ab") as f:
         f.write(b"\x40\x00\x00\x00garbage")  # a record torn by a crash mid-write
+    leftovers = [path.with_name("raft.journal.tmp"), path.with_name("raft.journal.meta.tmp")]
+    for tmp in leftovers:  # a crash inside an atomic rewrite: half-written, never renamed
+        tmp.write_bytes(b"{half")
     journal = DurableJournal(str(path))
     assert [e[1] for e in journal] == [1, 2, 3, 4, 5]
+    assert not any(tmp.exists() for tmp in leftovers)
     assert (journal.getCurrentTerm(), journal.getVotedForNodeId()) == (3, "127.0.0.1:1")
     journal.deleteEntriesFrom(3)
     journal.add(b"\x00new", 4, 2)

@@ -452,7 +452,7 @@ def test_lock_window_is_measured_by_a_majority_of_clocks(with_snaps):
             "retention_locked")
     # once a majority's clocks are past the lock window, the same prune is accepted
     later = young + 3600 * S
-    for site in ("b", "c"):
+    for site in ("b", "c", "w"):
         state, _ = ok(state, cmd("clock", by=site, now_ns=later))
     ok(state, cmd("prune_snapshots", volume="vol", seqs=[1], now_ns=later))
 
@@ -486,11 +486,57 @@ def test_no_prune_before_a_majority_reported_a_clock():
 
 def test_a_primary_clock_behind_cannot_age_its_snapshots(cluster):
     """chaos clock-step: snapshots stamped by a slow clock would be prunable inside the lock."""
+    from replicad.state import CLOCK_LAG_MARGIN_NS
+
     state = cluster
     for site in ("a", "b", "c", "w"):
         state, _ = ok(state, cmd("clock", by=site, now_ns=NOW))
     slow = NOW - 7 * 86400 * S  # the primary's clock is a week behind
     for seq in (1, 2):
         state, _ = ok(state, commit(seq, created_at_ns=slow))
-    assert state["volumes"]["vol"]["snapshots"][1]["created_at_ns"] == NOW  # clamped to the majority's time
+    # clamped to the majority's time plus the lag of its reports (CLOCK_LAG_MARGIN_NS)
+    assert state["volumes"]["vol"]["snapshots"][1]["created_at_ns"] == NOW + CLOCK_LAG_MARGIN_NS
     refused(state, cmd("prune_snapshots", volume="vol", seqs=[1], now_ns=NOW + 60 * S), "retention_locked")
+
+
+def test_lock_window_of_a_clamped_stamp_never_starts_early(cluster):
+    """chaos clock-step seed 1: the majority's reported time trails the truth by up to a
+    report period; a snapshot stamped behind it was pruned 29 s after it was taken with a
+    30 s lock. Dated at the end of the margin, it is kept until the lock has passed for
+    every clock of the majority, however late their last reports were."""
+    from replicad.state import CLOCK_LAG_MARGIN_NS, CLOCK_REPORT_PERIOD_NS
+
+    state = cluster
+    state, _ = ok(state, cmd("set_retention", by="a", volume="vol", approved_by=["b"],
+                             retention={"keep_all_s": 0, "hourly_s": 0, "daily_s": 0, "lock_s": 30}))
+    last_report = NOW - CLOCK_REPORT_PERIOD_NS  # true time is NOW; the majority last spoke 5 s ago
+    for site in ("a", "b", "c", "w"):
+        state, _ = ok(state, cmd("clock", by=site, now_ns=last_report))
+    for seq in (1, 2):  # the primary's clock is 50 s behind
+        state, _ = ok(state, commit(seq, created_at_ns=NOW - 50 * S, now_ns=NOW - 50 * S))
+    assert state["volumes"]["vol"]["snapshots"][1]["created_at_ns"] >= NOW
+    # 30 s later by the truth, the majority reports freshly: still inside the lock
+    for site in ("b", "c", "w"):
+        state, _ = ok(state, cmd("clock", by=site, now_ns=NOW + 30 * S))
+    refused(state, cmd("prune_snapshots", volume="vol", seqs=[1], now_ns=NOW + 30 * S), "retention_locked")
+    later = NOW + 30 * S + CLOCK_LAG_MARGIN_NS
+    for site in ("b", "c", "w"):
+        state, _ = ok(state, cmd("clock", by=site, now_ns=later))
+    ok(state, cmd("prune_snapshots", volume="vol", seqs=[1], now_ns=later))
+
+
+def test_prune_never_touches_the_newest_common_snapshot_of_the_primary_and_a_replica(with_snaps):
+    """chaos retention-race: c fell behind (it holds #1 only); #1 is the base of the next
+    incremental ship to c and was pruned by an operator request. Refused, whoever asks."""
+    from replicad.state import newest_common
+
+    state = with_snaps
+    state, _ = ok(state, cmd("add_holder", by="c", volume="vol", seq=1, site_id="c"))
+    assert newest_common(state, state["volumes"]["vol"]) == {3: "b", 1: "c"}
+    for by in ("a", "b", "c"):
+        result = refused(state, cmd("prune_snapshots", by=by, volume="vol", seqs=[1, 2]), "retention_locked")
+        assert result["evidence"] == {"volume": "vol", "seq": 1, "primary": "a", "replica": "c"}
+    state, _ = ok(state, cmd("prune_snapshots", volume="vol", seqs=[2]))
+    # once c holds a newer snapshot, #1 is an ordinary old snapshot again
+    state, _ = ok(state, cmd("add_holder", by="c", volume="vol", seq=3, site_id="c"))
+    ok(state, cmd("prune_snapshots", volume="vol", seqs=[1]))

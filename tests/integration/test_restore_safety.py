@@ -1,0 +1,72 @@
+"""A restore never leaves a file under its target's name unless the image verified.
+
+Real site processes on loopback (``cluster_factory``): a restore killed in the middle, and a
+restore whose every copy of a chunk is bad.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from replicad.errors import ReplicadError
+
+from .conftest import VOL, snapshot
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+def _flip_bytes(pack: Path, n: int = 64) -> None:
+    size = pack.stat().st_size
+    with open(pack, "r+b") as f:
+        for i in range(1, n + 1):
+            f.seek(size * i // (n + 1))
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def test_a_restore_killed_in_the_middle_leaves_no_target_and_its_partial_is_removed(cluster_factory,
+                                                                                    tmp_path: Path) -> None:
+    c = cluster_factory(n_blocks=1024)  # 64 MiB: the restore takes long enough to be caught
+    first = snapshot(c, "site-a")
+    assert first["committed"]
+    target = tmp_path / "restored.img"
+    partial = target.with_name(target.name + ".partial")
+    op = c.api("site-b", "POST", f"/v1/volumes/{VOL}/restore", {"target": str(target), "wait": False})
+    deadline = time.monotonic() + 60
+    while not partial.exists():  # the partial image appears when the writing starts
+        assert time.monotonic() < deadline, f"the restore never started writing: {op}"
+        assert not target.exists(), "the restore finished before it could be interrupted"
+        time.sleep(0.001)
+    c.kill("site-b", signal.SIGKILL)
+    assert partial.exists() and not target.exists()  # killed: nothing under the target's name
+    c.start("site-b")
+    c.wait_for("site-b back", lambda: c.status("site-b")["raft"]["synced"], 60)
+    assert not partial.exists() and not target.exists()
+    assert "its partial image" in c.sites["site-b"].log_path.read_text()
+    rest = c.api("site-b", "POST", f"/v1/volumes/{VOL}/restore", {"target": str(target)})
+    assert rest["verified"] and not partial.exists()
+    assert target.read_bytes() == c.sites["site-a"].volume_path(VOL).read_bytes()
+
+
+def test_when_every_copy_is_bad_the_restore_fails_typed_and_writes_nothing(cluster_factory, tmp_path: Path) -> None:
+    c = cluster_factory()
+    first = snapshot(c, "site-a")
+    assert first["committed"]
+    for site in ("site-b", "site-c"):  # the other copies are out of reach
+        c.kill(site, signal.SIGKILL)
+    for pack in (c.sites["site-a"].dir / "data" / "chunks").rglob("*.pack"):
+        _flip_bytes(pack)
+    target = tmp_path / "restored.img"
+    with pytest.raises(ReplicadError) as err:
+        c.api("site-a", "POST", f"/v1/volumes/{VOL}/restore", {"target": str(target)})
+    assert err.value.code == "integrity", err.value
+    assert not target.exists() and not target.with_name(target.name + ".partial").exists()
+    assert c.status("site-a")["interrupted_restores"] == []
