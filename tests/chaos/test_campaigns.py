@@ -1,8 +1,10 @@
-"""Two short chaos campaigns on real daemons in network namespaces, judged by the checker:
-(a) a partitioned primary is fenced after a forced failover and resyncs byte-identical;
-(c) a flipped byte in each site's pack is found by verify and re-fetched from a peer;
-a replica whose disk fills mid-ship refuses with store_full, keeps its chunks intact and
-catches up once space is freed.
+"""Short chaos campaigns on real daemons in network namespaces, judged by the checker:
+a partitioned primary is fenced after a forced failover and resyncs byte-identical; a
+flipped byte in each site's pack is found by verify and re-fetched from a peer; every site
+killed at once, five times; a replica whose disk fills mid-ship refuses with store_full,
+keeps its chunks intact and catches up once space is freed; a 3 s fsync on the Raft leader
+causes no election storm (PreVote); sites killed mid-receive, mid-cycle and mid-restore
+reopen cleanly and leave no partial file.
 
 Needs root and ``ip netns``; skipped without them unless ``CI`` is set (then it fails).
 """
@@ -27,7 +29,8 @@ if _why and not os.environ.get("CI"):
 
 @pytest.mark.parametrize("scenario,seed,run_id", [("partition-primary", 7, 251), ("bit-rot", 3, 252),
                                                   ("crash-all", 2, 253),
-                                                  ("disk-full", 2, 250)])  # 253: stale-primary regression
+                                                  ("disk-full", 2, 250),  # 253: stale-primary regression
+                                                  ("slow-fsync", 2, 254), ("kill-mid-write", 3, 249)])
 def test_campaign_upholds_every_invariant(scenario: str, seed: int, run_id: int, tmp_path: Path) -> None:
     hist, notes = run_scenario(scenario, seed, tmp_path / scenario, run_id)
     events = read_history(hist)
