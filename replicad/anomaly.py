@@ -25,7 +25,8 @@ Choices:
   ``stats["has_parent"] == 0`` (written by the scan); a stats dict without that key is
   treated as incremental, the conservative side (an encrypted volume must not slip through
   as "first").
-* Full snapshots in ``history`` are skipped for the same reason.
+* Full snapshots in ``history`` are skipped for the same reason. The scan therefore does not
+  run the per-block test on a full snapshot (its ``random_changed_blocks`` is 0).
 * With no usable history the baseline is 0, so the threshold is ``min_score`` (2 % of the
   volume's data turning random in one snapshot).
 * Only clean snapshots feed the baseline (the caller's history), so a legitimate jump stays

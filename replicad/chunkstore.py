@@ -148,9 +148,27 @@ def _record_crc(header_wo_crc: bytes, payload: bytes) -> int:
     return zlib.crc32(payload, zlib.crc32(header_wo_crc)) & 0xFFFFFFFF
 
 
-def _encode_record(digest: bytes, codec: int, payload: bytes) -> bytes:
+def record_header(digest: bytes, codec: int, payload: bytes) -> bytes:
+    """The 41-byte pack record header of a chunk (``payload_len | codec | digest | crc32``,
+    format in the module docstring). Pure CPU work (crc32 of the payload, which releases the
+    GIL): callers may compute it in worker threads and hand it to :meth:`ChunkStore.put_prepared`
+    as the fourth element of an item."""
     head = struct.pack("<IB32s", len(payload), codec, digest)
-    return head + struct.pack("<I", _record_crc(head, payload)) + payload
+    return head + struct.pack("<I", _record_crc(head, payload))
+
+
+_IOV_MAX = 1024  # iovecs per pwritev call (Linux IOV_MAX)
+
+
+def _pwritev_all(fd: int, parts: list[bytes], offset: int) -> None:
+    """Write ``parts`` back to back at ``offset`` without joining them (no copy)."""
+    for i in range(0, len(parts), _IOV_MAX):
+        group = parts[i:i + _IOV_MAX]
+        want = sum(len(p) for p in group)
+        written = os.pwritev(fd, group, offset)
+        if written < want:  # short write (rare on regular files): finish the group plainly
+            _pwrite_all(fd, b"".join(group)[written:], offset + written)
+        offset += want
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -468,17 +486,19 @@ class ChunkStore:
         self._store(items)
         return digests
 
-    def put_prepared(self, items: Sequence[tuple[bytes, int, bytes]]) -> int:
+    def put_prepared(self, items: Sequence[tuple]) -> int:
         """Store locally produced ``(digest, codec, payload)`` triples without re-verifying
-        them (the caller computed digest and encoding itself, e.g. the scan, which needs the
-        lz4 size for its randomness test). Returns the number newly stored; O1 as ``put_encoded``.
+        them (the caller computed digest and encoding itself from bytes in its own memory, e.g.
+        the scan, which needs the lz4 size for its randomness test). An item may carry a fourth
+        element, its :func:`record_header` computed by the caller (saves the crc32 pass under
+        the store lock). Returns the number newly stored; O1 as ``put_encoded``.
         """
-        return self._store([(bytes(d), c, bytes(p)) for d, c, p in items])
+        return self._store([(bytes(it[0]), it[1], bytes(it[2])) + tuple(it[3:4]) for it in items])
 
-    def _store(self, items: Sequence[tuple[bytes, int, bytes]]) -> int:
+    def _store(self, items: Sequence[tuple]) -> int:
         with self._lock:
             self._check_open()
-            present = self._present([d for d, _, _ in items])
+            present = self._present([item[0] for item in items])
             fresh: list[tuple[bytes, int, bytes]] = []
             for item in items:
                 if item[0] not in present:
@@ -525,7 +545,7 @@ class ChunkStore:
 
         def flush() -> None:
             if buf and self._active_fd is not None:
-                _pwrite_all(self._active_fd, b"".join(buf), buf_start)
+                _pwritev_all(self._active_fd, buf, buf_start)
                 buf.clear()
                 os.fsync(self._active_fd)  # O1: pack durable before the index commit
 
@@ -534,14 +554,16 @@ class ChunkStore:
         assert self._active_id is not None
         undo.append((self._active_id, self._pack_sizes[self._active_id]))
         end = buf_start = self._pack_sizes[self._active_id]
-        for digest, codec, payload in items:
+        for item in items:
+            digest, codec, payload = item[0], item[1], item[2]
             rec_len = RECORD_HEADER_SIZE + len(payload)
             if end > PACK_HEADER_SIZE and end + rec_len > self.pack_target_bytes:
                 flush()
                 self._pack_sizes[self._active_id] = end
                 self._new_pack(undo)
                 end = buf_start = PACK_HEADER_SIZE
-            buf.append(_encode_record(digest, codec, payload))
+            buf.append(item[3] if len(item) > 3 else record_header(digest, codec, payload))
+            buf.append(payload)
             rows.append((digest, self._active_id, end, len(payload), codec))
             end += rec_len
         flush()

@@ -40,7 +40,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from . import anomaly, retention, roles
+from . import anomaly, fingerprints, retention, roles
 from .catalog import Catalog, RestoreRecord, SnapshotRecord
 from .chunkstore import ChunkStore
 from .config import SiteConfig, VolumeConfig
@@ -531,6 +531,7 @@ class SiteDaemon:
         seq = max(vs["last_seq"], local_max) + 1
         result = await take_snapshot(Path(cfg.path), volume=cfg.name, seq=seq, epoch=epoch, parent=runner.parent,
                                      store=self.store, now_ns=time.time_ns(),
+                                     fingerprints=fingerprints.path_for(self.data_dir, cfg.name),
                                      pre_snapshot=cfg.source.pre_snapshot, post_snapshot=cfg.source.post_snapshot,
                                      block_size=cfg.block_size_bytes)
         m = result.manifest
@@ -549,11 +550,12 @@ class SiteDaemon:
         if runner.fence_flag.is_set():  # O3
             raise StaleEpochError("fenced during the cycle", volume=cfg.name, acting_epoch=epoch)
         shipped = await self._ship_all(runner, vs, m)
+        t_acked = time.monotonic()  # O2 acknowledgements in hand: the commit timer starts here
         holders = [self.site_id] + [p for p, r in shipped.items() if r.get("ok")]
         report = {"seq": seq, "changed_blocks": len(result.changed_blocks), "verdict": verdict.verdict,
                   "score": verdict.score, "baseline": verdict.baseline, "holders": holders,
                   "bytes_shipped": sum(r.get("bytes", 0) for r in shipped.values()),
-                  "scan_s": t_scan, "peers": shipped}
+                  "scan_s": t_scan, "ship_s": t_acked - t0 - t_scan, "peers": shipped}
         if runner.fence_flag.is_set():  # O3: never commit after learning a newer epoch
             raise StaleEpochError("fenced during the cycle", volume=cfg.name, acting_epoch=epoch)
         if len(holders) < cfg.min_copies:  # O2
@@ -566,6 +568,7 @@ class SiteDaemon:
         await self.propose("commit_snapshot", volume=cfg.name, seq=seq, epoch=epoch, root=m.root,
                            parent_seq=runner.parent.seq if runner.parent else None, created_at_ns=m.created_at_ns,
                            holders=holders, stats=m.stats, verdict=verdict.verdict, size_bytes=m.size_bytes)
+        report["commit_s"] = time.monotonic() - t_acked  # ship acknowledged -> Raft commit applied here
         await asyncio.to_thread(self.catalog.set_state, cfg.name, epoch, seq, "committed")
         runner.parent = m
         report["committed"] = True

@@ -20,6 +20,9 @@ name                                                        labels (+site)     s
 replicad_snapshot_cycles_total                              volume, outcome    event (committed |
                                                                                not_committed | failed)
 replicad_snapshot_duration_seconds (histogram)              volume             event (committed cycles)
+replicad_snapshot_commit_seconds (histogram)                volume             event (committed cycles):
+                                                                               ship acknowledged (O2) to
+                                                                               Raft commit applied here
 replicad_snapshot_changed_blocks_total                      volume             event (committed cycles)
 replicad_snapshot_last_cycle_timestamp_seconds              volume, outcome    event; ``committed`` starts
                                                                                at process start
@@ -356,6 +359,11 @@ class SiteMetrics:
         self.cycle_seconds = Histogram("replicad_snapshot_duration_seconds", "Duration of a snapshot cycle",
                                        ["site", "volume"], registry=self.registry,
                                        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+        self.commit_seconds = Histogram(
+            "replicad_snapshot_commit_seconds",
+            "Time from the ship acknowledgements (min_copies stored, O2) to the snapshot's Raft commit "
+            "applied on this site", ["site", "volume"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15))
         self.changed_blocks = Counter("replicad_snapshot_changed_blocks_total",
                                       "Changed blocks of committed snapshots", ["site", "volume"],
                                       registry=self.registry)
@@ -392,12 +400,14 @@ class SiteMetrics:
 
     def cycle_done(self, volume: str, report: dict[str, Any]) -> None:
         """Record one finished cycle (``SiteDaemon.cycle`` report: ``committed``, ``cycle_s``,
-        ``changed_blocks``)."""
+        ``commit_s`` (seconds from ship acknowledged to Raft commit applied), ``changed_blocks``)."""
         outcome = "committed" if report.get("committed") else "not_committed"
         self.cycles.labels(self.site_id, volume, outcome).inc()
         self.last_cycle.labels(self.site_id, volume, outcome).set(self.clock_ns() / 1e9)
         if "cycle_s" in report:
             self.cycle_seconds.labels(self.site_id, volume).observe(report["cycle_s"])
+        if "commit_s" in report:
+            self.commit_seconds.labels(self.site_id, volume).observe(report["commit_s"])
         if report.get("committed") and isinstance(report.get("changed_blocks"), int):
             self.changed_blocks.labels(self.site_id, volume).inc(report["changed_blocks"])
 

@@ -1,10 +1,14 @@
 """The ``file`` snapshot source: scan a raw image file or block device into a snapshot.
 
-One sequential pass in large reads (``read_size_bytes``, default 8 MiB). Per batch, in
-worker threads (BLAKE3 and lz4 release the GIL): zero check, BLAKE3 of each block, compare
-with the parent's digest at the same index, lz4-encode and randomness-test changed non-zero
-blocks, store them. Reading batch k+1 overlaps the hashing of batch k. The event loop only
-awaits; it never touches a block.
+One sequential pass in large reads (``read_size_bytes``, default 8 MiB, ``preadv`` into two
+reused buffers; blocks are memoryview slices, never copied unless stored). Per batch, in
+worker threads (BLAKE3, lz4 and crc32 release the GIL): for an incremental scan with a valid
+fingerprint cache (:mod:`replicad.fingerprints`), an xxh3-128 fingerprint first — a block whose
+fingerprint matches the cache keeps the parent's digest; every other block gets the zero check
+(memcmp against a zero block), BLAKE3, the comparison with the parent's digest at the same
+index, and, if changed and non-zero, lz4, its pack record header (crc32) and the randomness
+test. Reading batch k+1 overlaps the hashing of batch k; storing (pack fsync, index commit)
+overlaps both. The event loop only awaits; it never touches a block.
 
 Blocks: ``n_blocks = ceil(size / block_size)``; the last block may be short and its chunk
 holds exactly the bytes present (no padding). All-zero blocks get ``ZERO_DIGEST`` and are
@@ -14,7 +18,10 @@ never stored. A block is *changed* exactly as :func:`replicad.manifest.diff` def
 Stats written into ``manifest.stats`` (all integers)::
 
     total_blocks, zero_blocks, changed_blocks, changed_bytes (raw bytes of changed blocks),
-    random_changed_blocks (changed non-zero blocks that look random, see replicad.anomaly),
+    random_changed_blocks (changed non-zero blocks that look random, see replicad.anomaly;
+        measured for incremental snapshots only, 0 in a full one: the first snapshot is clean
+        by definition and its score feeds no baseline, so the entropy test — ~100 µs per
+        64 KiB block, holding the GIL — would be spent for nothing on every block),
     new_chunks (block and page chunks newly stored; the manifest chunk is not counted),
     has_parent (1 for an incremental snapshot, 0 for a full one)
 
@@ -42,7 +49,9 @@ from pathlib import Path
 import blake3
 
 from replicad.anomaly import looks_random
-from replicad.chunkstore import ChunkStore, digest_of, encode_chunk
+from xxhash import xxh3_128_digest
+
+from replicad.chunkstore import ChunkStore, digest_of, encode_chunk, record_header
 from replicad.errors import (
     InternalError,
     ReplicadError,
@@ -50,6 +59,14 @@ from replicad.errors import (
     UnavailableError,
     UsageError,
     from_os_error,
+)
+from replicad.fingerprints import (
+    FP_SIZE,
+    FULL_PASS_EVERY_SCANS,
+    FULL_PASS_MAX_AGE_NS,
+    ZERO_ENTRY,
+    FingerprintCache,
+    FingerprintWriter,
 )
 from replicad.manifest import (
     BLOCK_SIZE_MAX_BYTES,
@@ -76,12 +93,15 @@ class ScanResult:
         changed_blocks: sorted block indexes whose digest differs from the parent's.
         new_chunk_count: block and page chunks newly stored (== ``stats["new_chunks"]``).
         scan_seconds: wall time of the whole call, hooks included.
+        hashed_blocks: non-zero blocks hashed with BLAKE3 (the others were recognised as
+            unchanged by the fingerprint cache).
     """
 
     manifest: Manifest
     changed_blocks: list[int]
     new_chunk_count: int
     scan_seconds: float
+    hashed_blocks: int = 0
 
 
 @dataclass
@@ -91,7 +111,9 @@ class _PartResult:
     zero_blocks: int
     changed_bytes: int
     random_blocks: int
-    items: list[tuple[bytes, int, bytes]]
+    items: list[tuple[bytes, int, bytes, bytes]]  # (digest, codec, payload, record header)
+    entries: bytes = b""  # fingerprint entries of these blocks (when a cache is written)
+    hashed_blocks: int = 0  # non-zero blocks BLAKE3-hashed (the rest were recognised by fingerprint)
 
 
 @dataclass
@@ -103,33 +125,74 @@ class _Totals:
     changed_bytes: int = 0
     random_blocks: int = 0
     new_chunks: int = 0
+    hashed_blocks: int = 0
 
 
-def _hash_part(buf: bytes, start: int, end: int, first_index: int, block_size: int,
-               parent_digests: bytes) -> _PartResult:
-    """Worker-thread work for blocks ``buf[start:end]``; block ``buf[start:]`` has index
-    ``first_index``. ``parent_digests`` holds the parent's digests of these blocks
-    (shorter when the parent ends earlier)."""
-    zero = bytes(block_size)
+_ZEROS: dict[int, bytes] = {}
+
+
+def _zeros(block_size: int) -> bytes:
+    zero = _ZEROS.get(block_size)
+    if zero is None:
+        zero = _ZEROS[block_size] = bytes(block_size)
+    return zero
+
+
+def _hash_part(view: memoryview, first_index: int, block_size: int, parent_digests: bytes,
+               old_entries: bytes, key: int, test_random: bool, want_entries: bool) -> _PartResult:
+    """Worker-thread work for the blocks of ``view`` (block 0 of it has index ``first_index``).
+
+    ``parent_digests`` holds the parent's digests of these blocks (shorter when the parent
+    ends earlier); ``old_entries`` the fingerprint cache entries of the parent (empty: no
+    cache), with seed key ``key``. A block whose fingerprint, seeded with the parent's digest,
+    equals the cached entry keeps the parent's digest (see replicad.fingerprints); every other
+    block gets the zero check (a memcmp against a zero block, never hashed) and BLAKE3.
+    ``test_random``: run the randomness test on changed blocks (incremental snapshots only).
+    ``want_entries``: also return the fingerprint entries of these blocks for the new cache.
+    """
+    zero = _zeros(block_size)
     digests = bytearray()
+    entries = bytearray()
     changed: list[int] = []
-    items: list[tuple[bytes, int, bytes]] = []
-    zero_blocks = changed_bytes = random_blocks = 0
-    for rel, off in enumerate(range(start, end, block_size)):
-        block = buf[off:off + block_size]
-        is_zero = block == zero if len(block) == block_size else not any(block)
-        digest = ZERO_DIGEST if is_zero else blake3.blake3(block).digest()
-        digests += digest
-        zero_blocks += is_zero
+    items: list[tuple[bytes, int, bytes, bytes]] = []
+    zero_blocks = changed_bytes = random_blocks = hashed = 0
+    n_old = len(old_entries) // FP_SIZE
+    for rel, off in enumerate(range(0, len(view), block_size)):
+        block = view[off:off + block_size]
         old = parent_digests[rel * DIGEST_SIZE:(rel + 1) * DIGEST_SIZE]
+        fp = None
+        if rel < n_old and old != ZERO_DIGEST and old:
+            fp = xxh3_128_digest(block, key ^ int.from_bytes(old[:8], "little"))
+            if fp == old_entries[rel * FP_SIZE:(rel + 1) * FP_SIZE]:
+                digests += old  # unchanged: same content as the parent's block (fingerprint)
+                if want_entries:
+                    entries += fp
+                continue
+        is_zero = zero.startswith(block)  # memcmp; also right for a short last block
+        if is_zero:
+            digest = ZERO_DIGEST
+            zero_blocks += 1
+        else:
+            digest = blake3.blake3(block).digest()
+            hashed += 1
+        digests += digest
+        if want_entries:
+            if is_zero:
+                entries += ZERO_ENTRY
+            elif fp is not None and digest == old:
+                entries += fp  # seeded with this very digest
+            else:
+                entries += xxh3_128_digest(block, key ^ int.from_bytes(digest[:8], "little"))
         if (digest != old) if old else not is_zero:
             changed.append(first_index + rel)
             changed_bytes += len(block)
             if not is_zero:
                 codec, payload = encode_chunk(block)
-                items.append((digest, codec, payload))
-                random_blocks += looks_random(block, len(payload))
-    return _PartResult(bytes(digests), changed, zero_blocks, changed_bytes, random_blocks, items)
+                items.append((digest, codec, payload, record_header(digest, codec, payload)))
+                if test_random:
+                    random_blocks += looks_random(block, len(payload))
+    return _PartResult(bytes(digests), changed, zero_blocks, changed_bytes, random_blocks, items,
+                       bytes(entries), hashed)
 
 
 def _hole_part(n_blocks: int, first_index: int, block_size: int, size: int,
@@ -236,28 +299,31 @@ def _open_source(path: Path) -> tuple[int, int]:
     return fd, size
 
 
-def _read_exact(fd: int, length: int, offset: int) -> bytes:
-    parts: list[bytes] = []
-    while length > 0:
-        part = os.pread(fd, min(length, 1 << 30), offset)
-        if not part:
+def _read_into(fd: int, buf: bytearray, length: int, offset: int) -> int:
+    """Fill ``buf[:length]`` from ``offset`` (preadv into a reused buffer: no allocation and
+    no fresh page faults per batch); returns the bytes read (less only at end of file)."""
+    view = memoryview(buf)
+    done = 0
+    while done < length:
+        n = os.preadv(fd, [view[done:length]], offset + done)
+        if n <= 0:
             break
-        parts.append(part)
-        length -= len(part)
-        offset += len(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
+        done += n
+    return done
 
 
 HOLE_SPAN_MAX_BLOCKS = 16 * PAGE_ENTRIES  # one hole step: at most 16 pages of digests (2 MiB)
 
 
 def _read_batch(fd: int, offset: int, read_len: int, size: int, block_size: int,
-                regular: bool) -> tuple[int, bytes | None]:
-    """``(length, data)`` of the next batch at ``offset``: ``data`` is None when the whole
+                regular: bool, buffers: list[bytearray | None],
+                slot: int) -> tuple[int, memoryview | None]:
+    """``(length, data)`` of the next batch at ``offset``, read into ``buf`` (``data`` is a
+    view of it, shorter than ``length`` if the source shrank): ``data`` is None when the whole
     span is a hole of a sparse regular file (SEEK_DATA), which then reads as zeros without
     being read; the span is block-aligned, at least ``read_len`` long (or up to ``size``)
-    and at most HOLE_SPAN_MAX_BLOCKS blocks."""
+    and at most HOLE_SPAN_MAX_BLOCKS blocks. ``buffers[slot]`` (``read_len`` bytes) is
+    created on first use."""
     want = min(read_len, size - offset)
     if regular:
         try:
@@ -269,9 +335,14 @@ def _read_batch(fd: int, offset: int, read_len: int, size: int, block_size: int,
             span = min(hole_end - offset, HOLE_SPAN_MAX_BLOCKS * block_size)
             if span >= want:
                 return span, None
-    return want, _read_exact(fd, want, offset)
+    buf = buffers[slot]
+    if buf is None:  # allocated on first use: a sparse volume's holes cost no buffer
+        buf = buffers[slot] = bytearray(read_len)
+    got = _read_into(fd, buf, want, offset)
+    return want, memoryview(buf)[:got]
 
-STORE_BATCH_BYTES = 4 * 2**20  # bytes gathered before one durable put: fewer fsyncs, bounded memory
+
+STORE_BATCH_BYTES = 16 * 2**20  # bytes gathered before one durable put: fewer fsyncs, bounded memory
 
 
 class _Storer:
@@ -282,15 +353,15 @@ class _Storer:
     def __init__(self, store: ChunkStore, totals: _Totals) -> None:
         self.store = store
         self.totals = totals
-        self.items: list[tuple[bytes, int, bytes]] = []
+        self.items: list[tuple[bytes, int, bytes, bytes]] = []
         self.pages: list[bytes] = []
         self.pending_bytes = 0
         self.inflight: asyncio.Future[tuple[int, list[bytes]]] | None = None
 
-    async def add(self, items: list[tuple[bytes, int, bytes]], pages: list[bytes]) -> None:
+    async def add(self, items: list[tuple[bytes, int, bytes, bytes]], pages: list[bytes]) -> None:
         self.items.extend(items)
         self.pages.extend(pages)
-        self.pending_bytes += sum(len(p) for _, _, p in items) + len(pages) * _PAGE_BYTES
+        self.pending_bytes += sum(len(it[2]) for it in items) + len(pages) * _PAGE_BYTES
         if self.pending_bytes >= STORE_BATCH_BYTES:
             await self.flush()
 
@@ -321,8 +392,59 @@ class _Storer:
             self.inflight = None
 
 
+@dataclass
+class _Fingerprints:
+    """The fingerprint cache of one scan: ``reader`` the parent's (None: hash every block),
+    ``writer`` the one being written for the new snapshot (None: no cache kept)."""
+
+    path: Path | None = None
+    now_ns: int = 0
+    reader: FingerprintCache | None = None
+    writer: FingerprintWriter | None = None
+
+    @property
+    def key(self) -> int:
+        """Seed key of the entries read and written (the writer's carries the reader's over;
+        a full pass draws a new one)."""
+        if self.writer is not None:
+            return self.writer.key
+        return self.reader.key if self.reader is not None else 0
+
+    def start_writer(self, block_size: int, size: int) -> None:
+        """Open the new cache file (worker thread); on failure scan on without one."""
+        if self.path is None:
+            return
+        r = self.reader
+        try:
+            self.writer = FingerprintWriter(
+                self.path, block_size=block_size, size_bytes=size, now_ns=self.now_ns,
+                key=r.key if r is not None else None,
+                generation=r.generation if r is not None else 0,
+                full_pass_ns=r.full_pass_ns if r is not None else None)
+        except OSError as err:
+            log.warning("cannot write fingerprint cache %s (%s): next scan hashes every block",
+                        self.path, err)
+
+    def finish(self, root: bytes | None) -> None:
+        """Commit the new cache for snapshot ``root`` (None: abort it); close the reader.
+        Never raises: a cache failure only costs the next scan a full pass."""
+        if self.reader is not None:
+            self.reader.close()
+        if self.writer is None:
+            return
+        if root is None:
+            self.writer.abort()
+            return
+        try:
+            self.writer.commit(root)
+        except (OSError, ValueError) as err:
+            log.warning("fingerprint cache %s not written (%s): next scan hashes every block",
+                        self.path, err)
+
+
 async def _scan(source_path: Path, block_size: int, read_size_bytes: int,
-                parent: Manifest | None, store: ChunkStore) -> tuple[int, _Totals]:
+                parent: Manifest | None, store: ChunkStore,
+                fps: _Fingerprints) -> tuple[int, _Totals]:
     """Read, hash and store every block; returns (size_bytes, totals). Pages are cut as they
     fill; the last partial page stays in ``totals.page_buf``. Every block chunk and full page
     is durable when this returns."""
@@ -333,16 +455,20 @@ async def _scan(source_path: Path, block_size: int, read_size_bytes: int,
     totals = _Totals()
     storer = _Storer(store, totals)
     parents = _ParentDigests(parent, store)
+    await asyncio.to_thread(fps.start_writer, block_size, size)
     read_len = max(block_size, read_size_bytes // block_size * block_size)
     workers = max(1, min(4, os.cpu_count() or 1))
     regular = stat.S_ISREG(os.fstat(fd).st_mode)
-    pending: asyncio.Future[tuple[int, bytes | None]] | None = None
+    # two reused read buffers: batch k+1 is read into one while batch k is hashed in the other
+    buffers: list[bytearray | None] = [None, None]
+    pending: asyncio.Future[tuple[int, memoryview | None]] | None = None
     done = False
     try:
         offset = 0
+        k = 0
         if size:
             pending = asyncio.ensure_future(asyncio.to_thread(
-                _read_batch, fd, 0, read_len, size, block_size, regular))
+                _read_batch, fd, 0, read_len, size, block_size, regular, buffers, 0))
         while offset < size:
             assert pending is not None
             try:
@@ -355,11 +481,12 @@ async def _scan(source_path: Path, block_size: int, read_size_bytes: int,
                 raise UnavailableError("snapshot source shrank during the scan",
                                        path=str(source_path), offset=offset, size=size)
             nxt = offset + length
+            k += 1
             if nxt < size:  # overlap: read the next batch while this one is hashed
                 pending = asyncio.ensure_future(asyncio.to_thread(
-                    _read_batch, fd, nxt, read_len, size, block_size, regular))
+                    _read_batch, fd, nxt, read_len, size, block_size, regular, buffers, k % 2))
             await _process_batch(buf, length, size, offset // block_size, block_size, workers,
-                                 parents, storer, totals)
+                                 parents, storer, totals, fps, parent is not None)
             offset = nxt
         await storer.flush()
         await storer.wait()
@@ -373,13 +500,24 @@ async def _scan(source_path: Path, block_size: int, read_size_bytes: int,
     return size, totals
 
 
-async def _process_batch(buf: bytes | None, length: int, size: int, first_index: int,
+def _batch_context(parents: _ParentDigests, fps: _Fingerprints, first_index: int,
+                   n_blocks: int) -> tuple[bytes, bytes]:
+    """(parent digests, cached fingerprint entries) of a batch (worker thread)."""
+    digests = parents.range(first_index, n_blocks)
+    entries = fps.reader.entries(first_index, n_blocks) if fps.reader is not None else b""
+    return digests, entries
+
+
+async def _process_batch(buf: memoryview | None, length: int, size: int, first_index: int,
                          block_size: int, workers: int, parents: _ParentDigests,
-                         storer: _Storer, totals: _Totals) -> None:
+                         storer: _Storer, totals: _Totals, fps: _Fingerprints,
+                         test_random: bool) -> None:
     """Hash ``length`` bytes at block ``first_index`` (``buf`` None: a hole, all zeros) in
     worker threads, cut full pages and hand chunks and pages to ``storer``."""
     n_blocks = -(-length // block_size)
-    parent_digests = await asyncio.to_thread(parents.range, first_index, n_blocks)
+    parent_digests, old_entries = await asyncio.to_thread(
+        _batch_context, parents, fps, first_index, n_blocks)
+    want_entries = fps.writer is not None
     if buf is None:
         parts = [await asyncio.to_thread(_hole_part, n_blocks, first_index, block_size, size,
                                          parent_digests)]
@@ -389,18 +527,24 @@ async def _process_batch(buf: bytes | None, length: int, size: int, first_index:
         for start_block in range(0, n_blocks, per_part):
             end_block = min(n_blocks, start_block + per_part)
             jobs.append(asyncio.to_thread(
-                _hash_part, buf, start_block * block_size, min(len(buf), end_block * block_size),
+                _hash_part, buf[start_block * block_size:end_block * block_size],
                 first_index + start_block, block_size,
-                parent_digests[start_block * DIGEST_SIZE:end_block * DIGEST_SIZE]))
+                parent_digests[start_block * DIGEST_SIZE:end_block * DIGEST_SIZE],
+                old_entries[start_block * FP_SIZE:end_block * FP_SIZE], fps.key, test_random,
+                want_entries))
         parts = await asyncio.gather(*jobs)
-    items: list[tuple[bytes, int, bytes]] = []
+    items: list[tuple[bytes, int, bytes, bytes]] = []
     for part in parts:
         totals.page_buf += part.digests
         totals.changed.extend(part.changed)
         totals.zero_blocks += part.zero_blocks
         totals.changed_bytes += part.changed_bytes
         totals.random_blocks += part.random_blocks
+        totals.hashed_blocks += part.hashed_blocks
         items.extend(part.items)
+    if fps.writer is not None:
+        entries = None if buf is None else b"".join(p.entries for p in parts)
+        await asyncio.to_thread(fps.writer.append, entries, n_blocks)
     full_pages: list[bytes] = []
     while len(totals.page_buf) >= _PAGE_BYTES:
         full_pages.append(bytes(totals.page_buf[:_PAGE_BYTES]))
@@ -409,7 +553,7 @@ async def _process_batch(buf: bytes | None, length: int, size: int, first_index:
         await storer.add(items, full_pages)
 
 
-def _store_batch(store: ChunkStore, items: list[tuple[bytes, int, bytes]],
+def _store_batch(store: ChunkStore, items: list[tuple[bytes, int, bytes, bytes]],
                  pages: list[bytes]) -> tuple[int, list[bytes]]:
     """Store block items then page chunks in one durable put; (new chunk count, page digests)."""
     page_digests = [digest_of(p) for p in pages]
@@ -421,7 +565,9 @@ async def take_snapshot(source_path: Path, *, volume: str, seq: int, epoch: int,
                         parent: Manifest | None, store: ChunkStore, now_ns: int,
                         pre_snapshot: Sequence[str] = (), post_snapshot: Sequence[str] = (),
                         read_size_bytes: int = 8 * 2**20, block_size: int | None = None,
-                        hook_timeout_s: float = 300.0) -> ScanResult:
+                        hook_timeout_s: float = 300.0, fingerprints: Path | None = None,
+                        full_pass_every: int = FULL_PASS_EVERY_SCANS,
+                        full_pass_max_age_ns: int = FULL_PASS_MAX_AGE_NS) -> ScanResult:
     """Snapshot ``source_path`` (regular file or block device) into ``store``.
 
     Args:
@@ -430,6 +576,12 @@ async def take_snapshot(source_path: Path, *, volume: str, seq: int, epoch: int,
         pre_snapshot / post_snapshot: one argv each (no shell), empty to skip.
         block_size: bytes per block when there is no parent (default 65536).
         hook_timeout_s: a hook running longer is killed and fails.
+        fingerprints: path of this volume's fingerprint cache (see replicad.fingerprints),
+            or None for none. Used only for an incremental scan whose parent it describes
+            and when no full pass is due (every ``full_pass_every`` scans, at least every
+            ``full_pass_max_age_ns`` of ``now_ns`` time); rewritten for the new snapshot
+            after its manifest is durable (a full snapshot writes one too, at the cost of
+            an xxh3 pass over its non-zero blocks, so the next incremental scan uses it).
 
     Returns:
         a :class:`ScanResult`; O1: every chunk and the manifest are durable.
@@ -450,13 +602,21 @@ async def take_snapshot(source_path: Path, *, volume: str, seq: int, epoch: int,
         bs = block_size or DEFAULT_BLOCK_SIZE_BYTES
     if not 0 < bs <= BLOCK_SIZE_MAX_BYTES:
         raise UsageError("block size out of range", block_size=bs)
+    fps = _Fingerprints()
+    if fingerprints is not None:
+        fps.path, fps.now_ns = Path(fingerprints), now_ns
+    if fingerprints is not None and parent is not None:
+        fps.reader = await asyncio.to_thread(
+            FingerprintCache.open, fps.path, root=parent.root, block_size=bs, now_ns=now_ns,
+            full_every=full_pass_every, max_age_ns=full_pass_max_age_ns)
     failed = False
     try:
         if pre_snapshot:
             await run_hook(pre_snapshot, "pre_snapshot", hook_timeout_s)
-        size, totals = await _scan(Path(source_path), bs, read_size_bytes, parent, store)
+        size, totals = await _scan(Path(source_path), bs, read_size_bytes, parent, store, fps)
     except BaseException:
         failed = True
+        fps.finish(None)  # closes and unlinks only: quick, and safe while being cancelled
         raise
     finally:
         if post_snapshot:
@@ -464,8 +624,30 @@ async def take_snapshot(source_path: Path, *, volume: str, seq: int, epoch: int,
                 await run_hook(post_snapshot, "post_snapshot", hook_timeout_s)
             except ReplicadError as err:
                 if not failed:
+                    fps.finish(None)
                     raise
                 log.error("post_snapshot hook failed after a failed scan: %s", err)
+    try:
+        manifest = await _finish_manifest(volume, seq, epoch, parent, store, now_ns, bs, size,
+                                          totals)
+    except BaseException:
+        fps.finish(None)
+        raise
+    # the cache now describes a durable snapshot (never one whose manifest may be missing)
+    await asyncio.to_thread(fps.finish, manifest.root)
+    log.debug("scan %s#%d: %d of %d non-zero blocks BLAKE3-hashed (fingerprint cache %s)",
+              volume, seq, totals.hashed_blocks, manifest.n_blocks - totals.zero_blocks,
+              "used" if fps.reader is not None else "not used")
+    return ScanResult(manifest=manifest, changed_blocks=totals.changed,
+                      new_chunk_count=totals.new_chunks,
+                      scan_seconds=time.perf_counter() - started,
+                      hashed_blocks=totals.hashed_blocks)
+
+
+async def _finish_manifest(volume: str, seq: int, epoch: int, parent: Manifest | None,
+                           store: ChunkStore, now_ns: int, bs: int, size: int,
+                           totals: _Totals) -> Manifest:
+    """Store the last partial page and the manifest (O1: durable on return)."""
     if totals.page_buf:
         new, page_digests = await asyncio.to_thread(_store_batch, store, [],
                                                     [bytes(totals.page_buf)])
@@ -485,6 +667,4 @@ async def take_snapshot(source_path: Path, *, volume: str, seq: int, epoch: int,
     if root != manifest.root:
         raise InternalError("stored manifest digest differs from its root", volume=volume,
                             seq=seq)
-    return ScanResult(manifest=manifest, changed_blocks=totals.changed,
-                      new_chunk_count=totals.new_chunks,
-                      scan_seconds=time.perf_counter() - started)
+    return manifest

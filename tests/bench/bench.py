@@ -36,9 +36,12 @@ Rows (units in the table):
 * **standby RTO**: site-b is restarted with ``apply_delay = "1h"`` after its standby caught
   up, 1 % of the blocks change, a snapshot commits (site-b holds it, does not apply it), the
   primary is SIGKILLed and ``promote --force`` runs at site-b: ``rto_s`` of its answer.
-* **commit latency**: ``--commits`` snapshots of the unchanged tiny volume; per snapshot
-  ``cycle_s - scan_s`` of the cycle report = ship acknowledgement (2 peers, only the new
-  manifest travels) + ``commit_snapshot`` through Raft: an upper bound of the Raft commit.
+* **commit latency**: ``--commits`` snapshots of the unchanged tiny volume; per snapshot the
+  cycle report's ``commit_s``, timed inside the daemon from the moment the ship
+  acknowledgements (O2) are in hand to the ``commit_snapshot`` Raft command applied on the
+  primary (also exported as the ``replicad_snapshot_commit_seconds`` histogram). Beside it
+  ``cycle_s - scan_s`` = ship acknowledgement (2 peers, only the new manifest travels) +
+  commit, for reference.
 * **memory**: a separate cluster protecting ``--sparse-volumes`` sparse files of
   ``--sparse-gib`` GiB (a few MiB of data each); after every volume's first cycle is committed
   and applied on the standbys, the peak RSS (``VmHWM`` of ``/proc/PID/status``) of each site.
@@ -380,6 +383,9 @@ def one_run(run: int, image: Path, work: Path, res: Results, args: argparse.Name
                 dt, rep = snapshot(c, "site-a", VOL, tmo)
                 res.add(f"incr.{mode}.replicad.s", dt)
                 res.add(f"incr.{mode}.replicad.bytes", rep["bytes_shipped"])
+                for phase in ("scan_s", "ship_s", "commit_s"):
+                    if phase in rep:
+                        res.add(f"incr.{mode}.replicad.{phase}", rep[phase])
                 wait_standbys(c, VOL, rep["seq"], ("site-b", "site-c"), tmo)
                 if mode == "cold":
                     drop_caches()
@@ -400,6 +406,8 @@ def one_run(run: int, image: Path, work: Path, res: Results, args: argparse.Name
             _, rep = snapshot(c, "site-a", TINY, tmo)
             res.add("commit.ship_commit.s", rep["cycle_s"] - rep["scan_s"])
             res.add("commit.cycle.s", rep["cycle_s"])
+            if "commit_s" in rep:  # the daemon's own timer: ship acknowledged -> Raft commit applied
+                res.add("commit.raft.s", rep["commit_s"])
 
         # ---- restore: local store (daemon API) and from a peer (in-process, fresh store)
         status = c.status("site-a")["volumes"][VOL]
@@ -580,13 +588,25 @@ def build_table(res: Results, args: argparse.Namespace, cold: bool) -> tuple[Tab
     rto = res.med("rto.rto_s")
     add("standby RTO, 1% divergence (promote --force)", res.cell("rto.rto_s", s_fmt),
         f"wall {res.cell('rto.wall.s', s_fmt)}", None, "< 2 s", rto is not None and rto < 2)
-    vals = sorted(res.samples.get("commit.ship_commit.s", []))
-    if vals:
-        p50 = statistics.median(vals)
-        p99 = vals[min(len(vals) - 1, int(round(0.99 * (len(vals) - 1))))]
-        add(f"commit: ship-ack + Raft commit (n={len(vals)}) p50 / p99", f"{ms_fmt(p50)} / {ms_fmt(p99)}",
+    def pct(key: str) -> tuple[float, float] | None:
+        vals = sorted(res.samples.get(key, []))
+        if not vals:
+            return None
+        return statistics.median(vals), vals[min(len(vals) - 1, int(round(0.99 * (len(vals) - 1))))]
+
+    raft = pct("commit.raft.s")
+    ship_commit = pct("commit.ship_commit.s")
+    if raft is not None:
+        n = len(res.samples["commit.raft.s"])
+        add(f"commit: ship-ack -> Raft commit applied, daemon timer (n={n}) p50 / p99",
+            f"{ms_fmt(raft[0])} / {ms_fmt(raft[1])}",
+            f"ship+commit p50/p99 {ms_fmt(ship_commit[0])} / {ms_fmt(ship_commit[1])}" if ship_commit else "",
+            None, "p99 < 20 ms", raft[1] < 0.020)
+    elif ship_commit is not None:
+        n = len(res.samples["commit.ship_commit.s"])
+        add(f"commit: ship-ack + Raft commit (n={n}) p50 / p99", f"{ms_fmt(ship_commit[0])} / {ms_fmt(ship_commit[1])}",
             f"cycle p50 {ms_fmt(statistics.median(res.samples['commit.cycle.s']))}", None, "p99 < 20 ms",
-            p99 < 0.020)
+            ship_commit[1] < 0.020)
     hwm = [res.med(f"memory.{s}.hwm") for s in ("site-a", "site-b", "site-c")]
     if all(h is not None for h in hwm):
         add(f"peak RSS, {args.sparse_volumes} x {args.sparse_gib} GiB sparse (a | b | c)",
