@@ -9,7 +9,8 @@ Invariants:
 
 * ``restorable``: every snapshot in the final catalog restored at each of its holders,
   byte-exact: equal to :func:`chaos.workload.expected_image` of the generation map the
-  workload recorded when it asked for that snapshot; a snapshot taken by the daemon on its
+  workload recorded when it asked for that snapshot (a generation written as ciphertext,
+  :func:`chaos.workload.crypt_gens`, is expected as ciphertext); a snapshot taken by the daemon on its
   own (no workload record) must consist of well-formed blocks no newer than written so
   far; all holders of a snapshot restore the same bytes.
 * ``one_primary_per_epoch``: no two sites ever reported acting as primary under one epoch.
@@ -52,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .workload import expected_image, parse_image
+from .workload import crypt_gens, expected_image, parse_block_kind
 
 
 @dataclass
@@ -177,9 +178,15 @@ def _digest(path: Path) -> str | None:
         return None
 
 
+def _kind(data: bytes, vol: str, block: int) -> str:
+    got = parse_block_kind(data, vol, block)
+    return "?" if got is None else f"{got[0]}{'c' if got[1] else ''}"
+
+
 def _image_problem(path: Path, seq: int, setup: dict, attributed: dict[int, list[dict]],
-                   max_gens: list[int]) -> str | None:
-    """None if ``path`` holds what snapshot ``seq`` must hold, else what is wrong."""
+                   max_gens: list[int], crypt: set[tuple[int, int]] | frozenset = frozenset()) -> str | None:
+    """None if ``path`` holds what snapshot ``seq`` must hold, else what is wrong. ``crypt``:
+    the ``(block, gen)`` written as ciphertext (:func:`chaos.workload.crypt_gens`)."""
     vol, n, bs = setup["volume"], setup["n_blocks"], setup["block_size"]
     try:
         data = Path(path).read_bytes()
@@ -193,18 +200,19 @@ def _image_problem(path: Path, seq: int, setup: dict, attributed: dict[int, list
         if -1 in gens:
             images = set()  # the site's image was unknown when the snapshot was asked: weaker check
         else:
-            want = expected_image(vol, gens, bs)
+            want = expected_image(vol, gens, bs, crypt)
             if data == want:
                 return None
-            got = parse_image(path, vol, n, bs)
-            bad = [b for b in range(n) if got[b] != gens[b]]
+            bad = [b for b in range(n) if data[b * bs:(b + 1) * bs] != want[b * bs:(b + 1) * bs]]
             return (f"#{seq} differs from the workload's image in {len(bad)} block(s), e.g. block {bad[:5]}: "
-                    f"got gens {[got[b] for b in bad[:5]]}, expected {[gens[b] for b in bad[:5]]}"
+                    f"got gens {[_kind(data[b * bs:(b + 1) * bs], vol, b) for b in bad[:5]]}, expected "
+                    f"{[f'{gens[b]}' + ('c' if (b, gens[b]) in crypt else '') for b in bad[:5]]} (c: ciphertext)"
                     + ("" if len(data) == len(want) else f"; size {len(data)} != {len(want)}"))
-    got = parse_image(path, vol, n, bs)
     if len(data) != n * bs:
         return f"#{seq} (unattributed) has size {len(data)}, expected {n * bs}"
-    bad = [b for b in range(n) if got[b] is None or got[b] > max_gens[b]]
+    got = [parse_block_kind(data[b * bs:(b + 1) * bs], vol, b) for b in range(n)]
+    bad = [b for b in range(n) if got[b] is None or got[b][0] > max_gens[b]
+           or (got[b][0] > 0 and got[b][1] != ((b, got[b][0]) in crypt))]
     return None if not bad else f"#{seq} (unattributed) has malformed/unknown blocks {bad[:8]}"
 
 
@@ -214,6 +222,7 @@ def check_restorable(events: list[dict]) -> list[Violation]:
     finals = _final_catalogs(events)
     attributed = _attributed(events)
     max_gens = _max_gens(events, setup["n_blocks"])
+    crypt = crypt_gens(events)
     restores: dict[tuple[str, int], dict] = {}
     for e in events:
         if e.get("op") == "restore" and e.get("type") in ("ok", "fail"):
@@ -234,7 +243,7 @@ def check_restorable(events: list[dict]) -> list[Violation]:
                 out.append(Violation("restorable", f"#{seq} could not be restored at its holder {holder}: "
                                                    f"{r.get('error')} {r.get('message', '')[:200]}", [r]))
                 continue
-            problem = _image_problem(Path(r["target"]), seq, setup, attributed, max_gens)
+            problem = _image_problem(Path(r["target"]), seq, setup, attributed, max_gens, crypt)
             if problem:
                 out.append(Violation("restorable", f"restore of {problem} (at {holder})",
                                      [r, *attributed.get(seq, [])]))
@@ -416,12 +425,13 @@ def check_convergence(events: list[dict]) -> list[Violation]:
                              ", ".join(f"{s}: {sorted(int(k) for k in v)}" for s, v in views.items())))
     attributed = _attributed(events)
     max_gens = _max_gens(events, setup["n_blocks"])
+    crypt = crypt_gens(events)
     for e in events:
         if e.get("op") == "final_image":
             if e.get("seq") is None:
                 out.append(Violation("converged", f"{e['site']} has no known image at the end", [e]))
                 continue
-            problem = _image_problem(Path(e["path"]), int(e["seq"]), setup, attributed, max_gens)
+            problem = _image_problem(Path(e["path"]), int(e["seq"]), setup, attributed, max_gens, crypt)
             if problem:
                 out.append(Violation("converged", f"volume image of {e['site']} ({e.get('role')}): {problem}", [e]))
     return out

@@ -1009,6 +1009,134 @@ def kill_mid_write(ctx: Ctx, rounds: int = 3) -> None:
         ctx.steps(p, 2)
 
 
+# ---------------------------------------------------------------------- ransomware signal
+def _brief_reports(reps: list[dict | None]) -> str:
+    return str([{k: (round(v, 3) if isinstance(v, float) else v) for k, v in (r or {}).items()
+                 if k in ("seq", "committed", "verdict", "score", "baseline")} for r in reps])
+
+
+def _standbys_hold(ctx: Ctx, replicas: list[str], seq: int, image: bytes, watch_s: float) -> list[str]:
+    """Watch ``replicas`` for ``watch_s`` (status every 0.5 s, i.e. each replica step): their
+    standby stays at ``seq`` and is not being rewritten; at the end each image file is
+    exactly ``image``. Returns what was wrong (empty: all held)."""
+    c = ctx.cluster
+    wrong: list[str] = []
+    until = time.monotonic() + watch_s
+    while True:
+        for sid in replicas:
+            try:
+                v = c.status(sid)["volumes"][VOLUME]
+            except ReplicadError as err:
+                wrong.append(f"{sid}: status {err.code}")
+                continue
+            if v["standby_seq"] != seq or v["standby_applying"]:
+                wrong.append(f"{sid}: standby #{v['standby_seq']} applying={v['standby_applying']}, newest clean "
+                             f"#{v.get('newest_clean')}")
+        if time.monotonic() >= until:
+            break
+        time.sleep(0.5)
+    for sid in replicas:
+        path = c.sites[sid].volume_path()
+        data = path.read_bytes() if path.exists() else b""
+        if data != image:
+            got = ctx.workload.adopt(sid)
+            wrong.append(f"{sid}: image is not #{seq}'s: gens {got}")
+    return sorted(set(wrong))
+
+
+def ransomware(ctx: Ctx) -> None:
+    """The ransomware signal on real processes. A few ordinary cycles make the baseline; a
+    large compressible rewrite (50-70 % of the blocks rewritten as new text generations: a
+    log rotation, a database vacuum) commits ``clean`` and the standbys apply it; then a
+    random-byte overwrite of 40-60 % of the blocks (ciphertext generations) is flagged
+    ``suspect`` by the very next snapshot (the workload's snapshot call, well inside the 1 h
+    interval), is replicated (held) but never applied: every replica's standby stays at the
+    clean rewrite, byte for byte. The following cycle stays ``suspect`` (taint) although it
+    changes nothing random. A forced promotion at a replica restores the clean rewrite (not
+    the newer suspect snapshots), its new line commits ``clean``, and the attacked old
+    primary, fenced, has its image rewritten to the new line's clean state."""
+    c, w = ctx.cluster, ctx.workload
+    p = c.data_sites[0]
+    replicas = [s for s in c.data_sites if s != p]
+    n = c.n_blocks
+    base = ctx.steps(p, 3)
+    ctx.expect("baseline cycles commit clean", all(r and r.get("committed") and r.get("verdict") == "clean"
+                                                    for r in base), _brief_reports(base))
+    # a large, compressible rewrite: changes most of the volume, nothing of it looks random
+    k = ctx.rng.randint(n // 2, n * 7 // 10)
+    w.write(p, sorted(ctx.rng.sample(range(n), k)))
+    clean_img = list(w.gens[p])
+    rep = w.snapshot(p)
+    ctx.expect(f"compressible rewrite of {k}/{n} blocks committed clean",
+               bool(rep and rep.get("committed") and rep.get("verdict") == "clean"), _brief_reports([rep]))
+    if not (rep and rep.get("committed")):
+        return
+    clean_seq = rep["seq"]
+    try:
+        c.wait_for(f"standbys at #{clean_seq}", lambda: all(
+            c.status(s)["volumes"][VOLUME]["standby_seq"] == clean_seq for s in replicas), 60)
+    except ReplicadError as err:
+        ctx.expect(f"standbys apply the clean rewrite #{clean_seq}", False, str(err)[:300])
+        return
+    # the attack: ciphertext over 40-60 % of the blocks, then the next snapshot
+    k = ctx.rng.randint(n * 2 // 5, n * 3 // 5)
+    w.encrypt(p, sorted(ctx.rng.sample(range(n), k)))
+    rep = w.snapshot(p)
+    score = (rep or {}).get("score") or 0.0
+    ctx.expect(f"random-byte overwrite of {k}/{n} blocks flagged suspect by the next snapshot",
+               bool(rep and rep.get("committed") and rep.get("verdict") == "suspect" and score >= 0.9 * k / n),
+               _brief_reports([rep]) + f"; expected score ~{k / n:.3f}")
+    if not (rep and rep.get("committed")):
+        return
+    attack_seq = rep["seq"]
+    ctx.history.record("info", "note", text=f"suspect #{attack_seq} held by {rep.get('holders')}")
+    v = c.status(p)["volumes"][VOLUME]
+    ctx.expect(f"newest clean stays #{clean_seq} after the attack",
+               v["newest_clean"] == clean_seq and attack_seq in v["suspect"],
+               f"newest clean #{v['newest_clean']}, suspect {v['suspect']}")
+    wrong = _standbys_hold(ctx, replicas, clean_seq, w.expected(clean_img), 4.0)
+    ctx.expect(f"standbys keep the clean image #{clean_seq} after suspect #{attack_seq}", not wrong, str(wrong)[:400])
+    # taint: the next cycle scores ~0 (nothing newly random) but descends from a suspect state
+    k = ctx.rng.choice([0, 2])
+    if k:
+        w.write_random(p, k)
+    rep = w.snapshot(p)
+    ctx.expect(f"the cycle after the attack ({k} text blocks written) stays suspect",
+               bool(rep and rep.get("committed") and rep.get("verdict") == "suspect"), _brief_reports([rep]))
+    taint_seq = (rep or {}).get("seq")
+    wrong = _standbys_hold(ctx, replicas, clean_seq, w.expected(clean_img), 2.0)
+    ctx.expect(f"standbys still at the clean image #{clean_seq} after the tainted cycle", not wrong, str(wrong)[:400])
+    # recovery: forced promotion at a replica restores the newest clean snapshot
+    new = ctx.rng.choice(replicas)
+    promo = ctx.promote(new)
+    ctx.expect(f"forced promotion at {new} restores the clean #{clean_seq}",
+               promo is not None and promo.get("restored_seq") == clean_seq and w.gens.get(new) == clean_img,
+               f"{str(promo)[:200]}; image {'=' if w.gens.get(new) == clean_img else '!='} #{clean_seq}")
+    if promo is None:
+        return
+    path = c.sites[new].volume_path()
+    ctx.expect(f"{new}'s image is #{clean_seq} byte for byte after the promotion",
+               path.read_bytes() == w.expected(clean_img))
+    reps = ctx.steps(new, 2)
+    ctx.expect("the new line commits clean", all(r and r.get("committed") and r.get("verdict") == "clean"
+                                                  for r in reps), _brief_reports(reps))
+    last = w.gens[new]
+    try:
+        c.wait_for(f"{p} fenced and its image rewritten to the new line", lambda: (
+            lambda v: v if v["role"] == "replica" and v["standby_seq"] == v["newest_clean"] else None)(
+            c.status(p)["volumes"][VOLUME]), 60)
+        got = w.adopt(p)
+        ctx.expect(f"the attacked {p} holds the new line's clean image", got == last,
+                   f"gens {got} vs {last}")
+    except ReplicadError as err:
+        ctx.expect(f"{p} fenced and resynced", False, str(err)[:300])
+        w.adopt(p)
+    verdicts = {s["seq"]: s["verdict"] for s in c.snapshots(new)["snapshots"]}
+    ctx.expect("the attack's snapshots stay in the catalog as suspect",
+               verdicts.get(attack_seq) == "suspect" and (taint_seq is None or verdicts.get(taint_seq) == "suspect"),
+               f"#{attack_seq}: {verdicts.get(attack_seq)}, #{taint_seq}: {verdicts.get(taint_seq)}")
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A named campaign: its function, cluster shape and expected outcome."""
@@ -1044,6 +1172,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
                       "refused; ships stay incremental; held snapshots keep every chunk"),
     Scenario("kill-mid-write", kill_mid_write, n_blocks=256,
              expected="clean open after SIGKILL mid-receive/cycle/restore; no partial file left or served"),
+    Scenario("ransomware", ransomware,
+             expected="compressible rewrite clean; random overwrite suspect at the next snapshot, standbys keep "
+                      "the clean image; taint; forced promotion restores the clean snapshot"),
     Scenario("clock-step", clock_step, prepare=_prepare_clock,
              expected="epochs and commits unaffected; nothing pruned inside the lock window by majority clocks"),
 )}

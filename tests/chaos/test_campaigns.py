@@ -4,7 +4,8 @@ flipped byte in each site's pack is found by verify and re-fetched from a peer; 
 killed at once, five times; a replica whose disk fills mid-ship refuses with store_full,
 keeps its chunks intact and catches up once space is freed; a 3 s fsync on the Raft leader
 causes no election storm (PreVote); sites killed mid-receive, mid-cycle and mid-restore
-reopen cleanly and leave no partial file.
+reopen cleanly and leave no partial file; a random-byte overwrite is flagged suspect while
+a large compressible rewrite is not, and standbys keep the clean image.
 
 Needs root and ``ip netns``; skipped without them unless ``CI`` is set (then it fails).
 """
@@ -30,7 +31,8 @@ if _why and not os.environ.get("CI"):
 @pytest.mark.parametrize("scenario,seed,run_id", [("partition-primary", 7, 251), ("bit-rot", 3, 252),
                                                   ("crash-all", 2, 253),
                                                   ("disk-full", 2, 250),  # 253: stale-primary regression
-                                                  ("slow-fsync", 2, 254), ("kill-mid-write", 3, 249)])
+                                                  ("slow-fsync", 2, 254), ("kill-mid-write", 3, 249),
+                                                  ("ransomware", 1, 248)])
 def test_campaign_upholds_every_invariant(scenario: str, seed: int, run_id: int, tmp_path: Path) -> None:
     hist, notes = run_scenario(scenario, seed, tmp_path / scenario, run_id)
     events = read_history(hist)

@@ -224,3 +224,45 @@ def test_pruned_snapshots_are_not_lost_but_others_are(tmp_path: Path) -> None:
     assert "no_committed_loss" not in invariants(ev)
     ev[-1] = {"t": 1.9, "type": "ok", "op": "retention_run", "site": "site-a", "report": {"pruned": [4]}}
     assert "no_committed_loss" in invariants(ev)  # #3 was not what retention pruned
+
+
+def crypt_history(tmp_path: Path) -> list[dict]:
+    """good_history, except that the write behind #2 left block 3 at generation 3 as ciphertext
+    (a ransomware overwrite): #2's restores and the final images hold that ciphertext."""
+    ev = good_history(tmp_path)
+    for e in ev:
+        if e["op"] == "write" and e["gens"] == [2, 3]:
+            e.update(blocks=[3], gens=[3], crypt=True)
+            ev.insert(ev.index(e), {"t": 1.29, "type": "ok", "op": "write", "site": "site-a", "blocks": [1],
+                                    "gens": [2], "image": [1, 2, 1, 1]})
+            break
+    crypt = {(3, 3)}
+    for e in ev:
+        if (e["op"] == "restore" and e["seq"] == 2) or e["op"] == "final_image":
+            Path(e.get("target") or e["path"]).write_bytes(expected_image(VOL, [1, 2, 1, 3], BS, crypt))
+    return ev
+
+
+def test_ciphertext_generations_are_expected_as_ciphertext(tmp_path: Path) -> None:
+    assert check(crypt_history(tmp_path)) == []
+
+
+def test_ciphertext_restored_as_text_or_text_as_ciphertext_is_reported(tmp_path: Path) -> None:
+    ev = crypt_history(tmp_path)
+    target = Path(next(e["target"] for e in ev if e["op"] == "restore" and e["site"] == "site-b" and e["seq"] == 2))
+    target.write_bytes(expected_image(VOL, [1, 2, 1, 3], BS))  # right generations, wrong kind of block 3
+    vs = [v for v in check(ev) if v.invariant == "restorable"]
+    assert any("#2" in v.detail and "site-b" in v.detail and "block [3]" in v.detail for v in vs), vs
+    ev = crypt_history(tmp_path)
+    target = Path(next(e["target"] for e in ev if e["op"] == "restore" and e["site"] == "site-a" and e["seq"] == 1))
+    target.write_bytes(expected_image(VOL, [1, 1, 1, 1], BS, {(0, 1)}))  # block 0 was never encrypted
+    assert "restorable" in invariants(ev)
+
+
+def test_unattributed_snapshot_with_the_wrong_block_kind_is_reported(tmp_path: Path) -> None:
+    ev = crypt_history(tmp_path)
+    ev = [e for e in ev if not (e["op"] == "snapshot" and e.get("seq") == 2)]  # #2 taken by the daemon itself
+    assert "restorable" not in invariants(ev)
+    target = Path(next(e["target"] for e in ev if e["op"] == "restore" and e["site"] == "site-a" and e["seq"] == 2))
+    target.write_bytes(expected_image(VOL, [1, 2, 1, 3], BS, {(1, 2), (3, 3)}))  # block 1 gen 2 was text
+    assert any(v.invariant == "restorable" and "unattributed" in v.detail for v in check(ev))
