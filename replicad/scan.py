@@ -342,7 +342,7 @@ def _read_batch(fd: int, offset: int, read_len: int, size: int, block_size: int,
     return want, memoryview(buf)[:got]
 
 
-STORE_BATCH_BYTES = 16 * 2**20  # bytes gathered before one durable put: fewer fsyncs, bounded memory
+STORE_BATCH_BYTES = 4 * 2**20  # bytes per durable put: fewer fsyncs, bounded memory (16 MiB: peak RSS 392 MB vs 290 MB for 8 volumes, no faster)
 
 
 class _Storer:
