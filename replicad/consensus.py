@@ -93,6 +93,13 @@ names up in its own modules):
    own, it is not the leader and it has not heard from a leader for ``raftMinTimeout``
    (the leader lease). Only with a majority of grants (counting itself) does the node
    start pysyncobj's real election. A leader transfer (``timeout_now``) skips the round.
+   One exception to the lease (found by the chaos ``one-way`` campaign): a node that
+   *needs* to lead (``needs_leader``: the daemon says so for a site that is a volume's
+   primary, whose every snapshot commit goes through the leader) and has heard from no
+   leader for :data:`ISOLATED_AFTER_S` is granted despite the lease. Otherwise a primary
+   whose link to the leader is cut, while both still reach the third site, could never
+   commit again although a majority is connected. Replicas never use the exception, so two
+   sites that cannot see each other do not take leadership from each other in turn.
 
 Not fixed here (operator's job, see ARCHITECTURE.md): the Fernet key is one shared
 secret without per-site identity; pysyncobj checks replayed timestamps and session keys
@@ -162,6 +169,10 @@ META_VERSION = 1
 _REGULAR = b"\x00"  # pysyncobj _COMMAND_TYPE.REGULAR
 _NO_OP = b"\x01"  # pysyncobj _COMMAND_TYPE.NO_OP
 _RAFT_STATE_LEADER = pysyncobj.syncobj._RAFT_STATE.LEADER
+# PreVote's isolation exception (point 7): ~7 of pysyncobj's longest election timeouts
+# (1.4 s), above the 3-6 s gaps a stalled tick (slow fsync) produces at a node that does
+# hear its leader, below the 30 s RPO target of a cut-off primary.
+ISOLATED_AFTER_S = 10.0
 _FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if isinstance(v, int)}
 
 
@@ -522,6 +533,9 @@ class _HardenedSyncObj(SyncObj):
     _pre_vote_term: int | None = None  # the term asked for in the current round
     _pre_vote_grants: frozenset = frozenset()  # node ids that granted it
     _pre_vote_won: bool = False  # a majority granted: the next tick starts the real election
+    needs_leader: Callable[[], bool] = staticmethod(lambda: False)  # set by RaftNode (point 7)
+    _started_at: float = float("-inf")
+    _isolation_logged: float = float("-inf")
 
     def _onTick(self, timeToWait: float = 0.0) -> None:
         self._pre_vote_gate()
@@ -543,11 +557,21 @@ class _HardenedSyncObj(SyncObj):
         self._pre_vote_term = term
         self._pre_vote_grants = frozenset()
         self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
+        try:
+            needs_leader = bool(self.needs_leader())
+        except Exception:  # a hint only: never let it break the tick
+            needs_leader = False
+        since_leader_s = now - max(self._leader_contact, self._started_at)
+        if needs_leader and since_leader_s >= ISOLATED_AFTER_S and now - self._isolation_logged >= ISOLATED_AFTER_S:
+            self._isolation_logged = now
+            log.warning("raft: no leader heard for %.0fs; this site needs one to commit, asking the others "
+                        "to elect it (pre-vote, term %d)", since_leader_s, term)
         for other in self._SyncObj__otherNodes:
             self._SyncObj__transport.send(other, {
                 "type": "pre_vote", "term": term,
                 "last_log_index": self._SyncObj__getCurrentLogIndex(),
                 "last_log_term": self._SyncObj__getCurrentLogTerm(),
+                "needs_leader": needs_leader, "isolated_s": min(since_leader_s, 1e9),
             })
 
     def _on_pre_vote(self, node: Any, message: dict) -> None:
@@ -556,6 +580,12 @@ class _HardenedSyncObj(SyncObj):
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (term, last_idx, last_term)):
             return
         in_lease = monotonic_time() - self._leader_contact < self._SyncObj__conf.raftMinTimeout
+        isolated_s = message.get("isolated_s")
+        if in_lease and message.get("needs_leader") is True and isinstance(isolated_s, (int, float)) \
+                and not isinstance(isolated_s, bool) and isolated_s >= ISOLATED_AFTER_S:
+            in_lease = False  # a primary cut off from the leader, not a stalled node (point 7)
+            log.warning("raft: granting a pre-vote to %s despite a live leader: it needs one to commit and "
+                        "has heard from none for %.0fs", getattr(node, "id", node), isolated_s)
         my_last_term = self._SyncObj__getCurrentLogTerm()
         up_to_date = last_term > my_last_term or (last_term == my_last_term
                                                   and last_idx >= self._SyncObj__getCurrentLogIndex())
@@ -707,11 +737,13 @@ class RaftNode:
         on_applied: ``(command, result)`` called on the tick thread after each applied
             command, including commands replayed from the journal after a restart.
         compaction_min_entries: log entries that trigger a full dump + log compaction.
+        needs_leader: called on the tick thread (must be cheap, never block): True while this
+            node must be able to commit (a volume primary); see point 7 of the module doc.
     """
 
     def __init__(self, self_addr: str, partner_addrs: Sequence[str], data_dir: Path, password: str,
                  *, bind_host: str | None = None, on_applied: Callable[[dict, dict], None] | None = None,
-                 compaction_min_entries: int = 5000) -> None:
+                 compaction_min_entries: int = 5000, needs_leader: Callable[[], bool] | None = None) -> None:
         if not password:
             raise errors.ConfigError("raft password must be set", problems=["raft.password: empty"])
         self._self_addr = self_addr
@@ -721,6 +753,7 @@ class RaftNode:
         port = self_addr.rsplit(":", 1)[1]
         self._bind_addr = f"{bind_host}:{port}" if bind_host else self_addr
         self._compaction_min_entries = max(2, compaction_min_entries)
+        self._needs_leader = needs_leader or (lambda: False)
         self._consumer = _StateConsumer(on_applied)  # consumer pattern: built before SyncObj
         self._syncobj: _HardenedSyncObj | None = None
         self._dump_error: str | None = None
@@ -753,10 +786,12 @@ class RaftNode:
             logCompactionMinEntries=self._compaction_min_entries,
         )
         try:
-            self._syncobj = _HardenedSyncObj(self._self_addr, self._partners, conf=conf,
-                                             consumers=[self._consumer])
+            syncobj = _HardenedSyncObj(self._self_addr, self._partners, conf=conf, consumers=[self._consumer])
         except OSError as exc:
             raise errors.from_os_error(exc, "opening the raft journal") from exc
+        syncobj._started_at = monotonic_time()  # a fresh node has heard from no leader *yet*
+        syncobj.needs_leader = self._needs_leader
+        self._syncobj = syncobj
         self._syncobj.addOnTickCallback(self._refresh_status)
 
     def close(self) -> None:

@@ -158,7 +158,8 @@ class SiteDaemon:
         partners = [s.raft for s in self.cfg.sites if s.site_id != self.site_id]
         (self.data_dir / "raft").mkdir(exist_ok=True)
         self.raft = RaftNode(me.raft, partners, self.data_dir / "raft",
-                             self.cfg.raft_password.get_secret_value(), on_applied=self._on_applied)
+                             self.cfg.raft_password.get_secret_value(), on_applied=self._on_applied,
+                             needs_leader=self._acts_as_primary)
         for name, runner in self.runners.items():
             runner.acting_epoch = self.catalog.acting_epoch(name)
             runner.role = "primary" if runner.acting_epoch is not None else "replica"
@@ -177,6 +178,11 @@ class SiteDaemon:
         self._tasks.append(asyncio.create_task(self._clock_loop(), name="clock"))
         log.info("site %s started: peer %s admin %s raft %s", self.site_id, self.cfg.peer_listen,
                  self.cfg.admin_listen, me.raft)
+
+    def _acts_as_primary(self) -> bool:
+        """True while this site acts as the primary of a volume (read on the Raft tick thread:
+        its snapshot commits need a reachable leader, see consensus point 7)."""
+        return any(r.acting_epoch is not None for r in list(self.runners.values()))
 
     async def _serve(self, routes: list[web.RouteDef], listen: str, **app_kw: Any) -> None:
         app = web.Application(**app_kw)
@@ -474,6 +480,7 @@ class SiteDaemon:
             if not retry:
                 self._transition(runner, "restore_started")
             manifest = await self.ensure_snapshot(name, seq, vs)
+            t_fetched = time.monotonic()
             standby = self.catalog.standby(name)
             base = None
             if standby is not None and standby.root != manifest.root and self.store.has(standby.root):
@@ -481,10 +488,13 @@ class SiteDaemon:
             elif standby is not None and standby.root == manifest.root:
                 base = manifest
             applied = await self.apply_repairing(name, Path(runner.cfg.path), manifest, base=base)
+            t_applied = time.monotonic()
             await asyncio.to_thread(verify_image, runner.cfg.path, manifest)  # O5
             await asyncio.to_thread(self.catalog.set_standby, name, seq, manifest.root)
             runner.parent = manifest
-            report.update(blocks_written=applied.blocks_written, bytes_written=applied.bytes_written)
+            report.update(blocks_written=applied.blocks_written, bytes_written=applied.bytes_written,
+                          phases={"fetch_s": t_fetched - t0, "write_s": t_applied - t_fetched,
+                                  "verify_s": time.monotonic() - t_applied})
         else:
             runner.parent = None
         runner.acting_epoch = vs["epoch"]
@@ -958,17 +968,20 @@ class SiteDaemon:
             verdict = vs["snapshots"][seq]["verdict"]
         if op is not None:
             op.phase = "writing"
-        rep, root = await self._write_restore(volume, target, manifest, divergent_epoch is not None, op)
-        log.info("restored %s#%d (%s) into %s: root verified, %d blocks written, %.2fs", volume, manifest.seq,
-                 verdict, target, rep.blocks_written, time.monotonic() - t0)
+        phases = {"fetch_s": time.monotonic() - t0}
+        rep, root = await self._write_restore(volume, target, manifest, divergent_epoch is not None, op, phases)
+        log.info("restored %s#%d (%s) into %s: root verified, %d blocks written, %.2fs (fetch %.2fs, write %.2fs, "
+                 "verify %.2fs)", volume, manifest.seq, verdict, target, rep.blocks_written, time.monotonic() - t0,
+                 phases["fetch_s"], phases["write_s"], phases["verify_s"])
         return {"volume": volume, "seq": manifest.seq, "verdict": verdict, "target": str(target),
                 "root": root.hex(), "verified": True,
                 "blocks_written": rep.blocks_written, "bytes_written": rep.bytes_written,
-                "seconds": time.monotonic() - t0}
+                "seconds": time.monotonic() - t0, "phases": phases}
 
     async def _write_restore(self, volume: str, target: Path, manifest: Manifest, local_only: bool,
-                             op: "Operation | None") -> tuple[Any, bytes]:
+                             op: "Operation | None", phases: dict[str, float]) -> tuple[Any, bytes]:
         """Write ``manifest`` into ``target`` and verify it (O5); ``(apply report, root)``.
+        Sets ``phases["write_s"]`` and ``phases["verify_s"]`` (seconds).
 
         A new target is written as ``<target>.partial`` and renamed onto ``target`` only once
         its root verified (then the directory is fsynced): an interrupted or failed restore
@@ -985,16 +998,19 @@ class SiteDaemon:
             written.unlink(missing_ok=True)
         await asyncio.to_thread(self.catalog.begin_restore,
                                 RestoreRecord(str(target), str(written), in_place, time.time_ns()))
+        t_write = time.monotonic()
         try:
             if local_only:  # a divergent snapshot: only this site holds it, nothing to re-fetch from
                 rep = await asyncio.to_thread(apply_snapshot, written, manifest, self.store, progress=progress)
             else:
                 rep = await self.apply_repairing(volume, written, manifest, progress=progress)
+            phases["write_s"] = time.monotonic() - t_write
             if op is not None:
                 op.phase = "verifying"
             root = await asyncio.to_thread(verify_image, written, manifest, progress=progress)  # O5
             if not in_place:
                 await asyncio.to_thread(_publish, written, target)
+            phases["verify_s"] = time.monotonic() - t_write - phases["write_s"]
         except BaseException:
             if not in_place:
                 written.unlink(missing_ok=True)

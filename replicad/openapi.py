@@ -75,7 +75,7 @@ SCHEMAS: dict[str, dict] = {
     "DemoteResult": _object({"volume": _STR, "epoch": _NINT}),
     "RestoreResult": _object({"volume": _STR, "seq": _INT, "verdict": _STR, "target": _STR, "root": _STR,
                               "verified": {"const": True}, "blocks_written": _INT, "bytes_written": _INT,
-                              "seconds": _NUM}, {"drill": _BOOL, "kept": _BOOL, "rto_s": _NUM}),
+                              "seconds": _NUM}, {"drill": _BOOL, "kept": _BOOL, "rto_s": _NUM, "phases": _OBJ}),
     "Operation": _object({"id": _STR, "kind": _STR, "volume": _STR,
                           "state": {"enum": ["running", "done", "failed"]}, "phase": _STR,
                           "done_blocks": _INT, "total_blocks": _INT,

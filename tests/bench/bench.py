@@ -417,6 +417,8 @@ def one_run(run: int, image: Path, work: Path, res: Results, args: argparse.Name
         rest = c.api("site-a", "POST", f"/v1/volumes/{VOL}/restore", {"target": str(target), "seq": newest},
                      timeout_s=tmo)
         res.add("restore.local.s", time.perf_counter() - t0)
+        for k, v in (rest.get("phases") or {}).items():  # fetch_s, write_s, verify_s (daemon timers)
+            res.add(f"restore.local.{k.removesuffix('_s')}.s", v)
         target.unlink()
         snaps = c.api("site-a", "GET", f"/v1/volumes/{VOL}/snapshots")["snapshots"]
         root_digest = bytes.fromhex(next(s["root"] for s in snaps if s["seq"] == newest))
@@ -449,6 +451,8 @@ def one_run(run: int, image: Path, work: Path, res: Results, args: argparse.Name
         res.add("rto.wall.s", time.perf_counter() - t0)
         res.add("rto.rto_s", promo["rto_s"])
         res.add("rto.blocks_written", promo["restore"].get("blocks_written", 0))
+        for k, v in (promo["restore"].get("phases") or {}).items():
+            res.add(f"rto.{k.removesuffix('_s')}.s", v)
         console.log(f"run {run}: promote rto_s {promo['rto_s']:.2f}s, "
                     f"{promo['restore'].get('blocks_written')} blocks rewritten")
     finally:
@@ -578,6 +582,9 @@ def build_table(res: Results, args: argparse.Namespace, cold: bool) -> tuple[Tab
     rl = ratio(res.med("restore.dd.s"), res.med("restore.local.s"))
     add("restore from local store (API, incl. O5 verify) vs dd", res.cell("restore.local.s", s_fmt),
         res.cell("restore.dd.s", s_fmt), rl, ">= 0.70", rl is not None and rl >= 0.7)
+    add("  of which ensure (walk, fetch) / write / O5 verify",
+        " / ".join(res.cell(f"restore.local.{k}.s", s_fmt) for k in ("fetch", "write", "verify")), "", None,
+        "info", None)
     ra = ratio(res.med("restore.dd.s"), res.med("restore.peer.apply.s"))
     add("  restore write phase only (apply_snapshot) vs dd", res.cell("restore.peer.apply.s", s_fmt),
         res.cell("restore.dd.s", s_fmt), ra, "info", None)
@@ -588,6 +595,9 @@ def build_table(res: Results, args: argparse.Namespace, cold: bool) -> tuple[Tab
     rto = res.med("rto.rto_s")
     add("standby RTO, 1% divergence (promote --force)", res.cell("rto.rto_s", s_fmt),
         f"wall {res.cell('rto.wall.s', s_fmt)}", None, "< 2 s", rto is not None and rto < 2)
+    add("  of which ensure / write / O5 verify at the promoted site",
+        " / ".join(res.cell(f"rto.{k}.s", s_fmt) for k in ("fetch", "write", "verify")), "", None, "info", None)
+
     def pct(key: str) -> tuple[float, float] | None:
         vals = sorted(res.samples.get(key, []))
         if not vals:

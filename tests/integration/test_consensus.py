@@ -334,6 +334,44 @@ def test_a_leader_with_a_slow_disk_causes_no_election_storm(make_cluster):
         wait_for(lambda: len({json.dumps(n.state(), sort_keys=True) for n in nodes}) == 1, "equal states")
 
 
+def test_a_primary_cut_off_from_the_leader_takes_over_through_the_third_node(tmp_path):
+    """PreVote's isolation exception: three real SyncObjs on loopback in this process; the
+    leader's and one follower's messages to each other are dropped (both ways), the third
+    node hears both. A follower that needs to lead (a volume primary) becomes leader after
+    ISOLATED_AFTER_S with the third node's vote; one that does not, never does."""
+    from pysyncobj import SyncObjConf
+
+    from replicad import consensus
+
+    addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    objs = []
+    try:
+        for i, addr in enumerate(addrs):
+            conf = SyncObjConf(password=PASSWORD, journalFile=str(tmp_path / f"j{i}"), appendEntriesUseBatch=False,
+                               dynamicMembershipChange=False)
+            objs.append(consensus._HardenedSyncObj(addr, [a for a in addrs if a != addr], conf=conf,
+                                                   consumers=[consensus._StateConsumer(None)]))
+        leader = wait_for(lambda: next((o for o in objs if o._isLeader()), None), "a leader")
+        cut, third = [o for o in objs if o is not leader]
+
+        def drop_to(src, dst):
+            real, dst_id = src._SyncObj__transport.send, dst._SyncObj__selfNode.id
+            src._SyncObj__transport.send = lambda node, msg: True if node.id == dst_id else real(node, msg)
+
+        drop_to(cut, leader)
+        drop_to(leader, cut)
+        term = leader.raftCurrentTerm
+        time.sleep(consensus.ISOLATED_AFTER_S + 2)  # a replica: denied, nobody's term moves
+        assert leader._isLeader() and not cut._isLeader()
+        assert (leader.raftCurrentTerm, third.raftCurrentTerm, cut.raftCurrentTerm) == (term, term, term)
+        cut.needs_leader = lambda: True  # now it is a primary that cannot commit
+        wait_for(lambda: cut._isLeader(), "the cut-off primary leads", timeout_s=consensus.ISOLATED_AFTER_S + 10)
+        assert third.raftCurrentTerm == cut.raftCurrentTerm == term + 1
+    finally:
+        for o in objs:
+            o._destroy()
+
+
 def test_restart_of_all_three_keeps_the_state(make_cluster):
     nodes = make_cluster(compaction=4)  # forces full dumps + log compaction on the way
     leader_of(nodes)

@@ -223,6 +223,24 @@ def test_pre_vote_is_granted_only_outside_the_leader_lease_to_an_up_to_date_log(
     assert obj.raftCurrentTerm == term and obj._SyncObj__votedForNodeId is None  # nothing changed
 
 
+def test_a_primary_cut_off_from_the_leader_is_granted_despite_the_lease(follower):
+    """chaos one-way: the primary cannot reach the leader but reaches the third site; after
+    ISOLATED_AFTER_S without a leader it may take over. Replicas, and stalled nodes that do
+    hear their leader now and then, may not."""
+    obj, leader = follower
+    append(obj, leader, 1, 0, [(b"\x01", 2, 1)], commit_index=1)  # inside the lease from now on
+    term = obj.raftCurrentTerm
+    ask = {"term": term + 1, "last_log_index": 2, "last_log_term": 1}
+    cut = consensus.ISOLATED_AFTER_S
+    assert pre_vote_answers(obj, leader, **ask, needs_leader=True, isolated_s=cut + 1) == [True]
+    assert pre_vote_answers(obj, leader, **ask, needs_leader=True, isolated_s=cut / 2) == [False]
+    assert pre_vote_answers(obj, leader, **ask, needs_leader=False, isolated_s=1e9) == [False]
+    assert pre_vote_answers(obj, leader, **ask, needs_leader="yes", isolated_s=1e9) == [False]
+    assert pre_vote_answers(obj, leader, **ask, needs_leader=True, isolated_s=True) == [False]
+    assert pre_vote_answers(obj, leader, **{**ask, "last_log_index": 1}, needs_leader=True,
+                            isolated_s=cut + 1) == [False]  # the log rule still holds
+
+
 def test_an_expired_election_deadline_asks_pre_votes_and_keeps_the_term(follower):
     obj, leader = follower
     sent = []
@@ -232,6 +250,7 @@ def test_an_expired_election_deadline_asks_pre_votes_and_keeps_the_term(follower
     obj._SyncObj__raftElectionDeadline = 0
     obj._pre_vote_gate()
     assert [m["type"] for m in sent] == ["pre_vote"] and sent[0]["term"] == term + 1
+    assert sent[0]["needs_leader"] is False and sent[0]["isolated_s"] >= 0
     assert obj.raftCurrentTerm == term and obj._SyncObj__raftElectionDeadline > 0
     obj._SyncObj__onMessageReceived(leader, {"type": "pre_vote_response", "term": term + 1, "granted": True})
     assert obj._pre_vote_won and obj._SyncObj__raftElectionDeadline == 0  # a majority (2 of 2): elect
