@@ -995,7 +995,7 @@ def kill_mid_write(ctx: Ctx, rounds: int = 3) -> None:
         left = sorted(set(first) & set(leftovers(ctx, victim)))  # a tmp file being written right now is no leftover
         ctx.expect(f"round {r}: nothing partial left in {victim}'s data dir", not left, str(left[:8]))
         if kind == "restore":
-            files = [str(f) for f in rdir.glob(f"{victim}-*-round{r}.img*")]
+            files = [str(f) for f in rdir.glob(f"*{victim}-*-round{r}.img*")]  # also .NAME.RANDOM.partial
             ctx.history.record("info", "note", text=f"round {r}: files at the killed restore's target: {files}")
             ctx.expect(f"round {r}: the killed restore left no partial image", target.exists() or not files,
                        str(files))

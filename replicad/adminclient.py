@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from .errors import PeerUnavailableError, from_dict
+from .errors import PeerUnavailableError, UsageError, from_dict
 
 
 def call_admin(base_url: str, method: str, path: str, body: dict | None = None, timeout_s: float = 600,
@@ -19,14 +19,19 @@ def call_admin(base_url: str, method: str, path: str, body: dict | None = None, 
 
     Raises:
         the ReplicadError subclass named by an error answer ({error, message, evidence});
-        PeerUnavailableError if the endpoint cannot be reached or answers without a JSON error.
+        PeerUnavailableError if the endpoint cannot be reached or answers without a JSON error;
+        UsageError if ``base_url`` is not a URL.
     """
     url = base_url.rstrip("/") + path
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    except ValueError as err:  # not a URL at all
+        raise UsageError(f"admin URL {base_url!r} is not a URL (expected e.g. http://127.0.0.1:7003): {err}",
+                         url=base_url) from None
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             return json.loads(resp.read() or b"{}")

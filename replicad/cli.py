@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .adminclient import call_admin
-from .errors import ConfigError, IntegrityError, InternalError, ReplicadError, UsageError, from_dict
+from .errors import ConfigError, IntegrityError, InternalError, ReplicadError, UsageError, from_dict, from_os_error
 
 def _console(stderr: bool) -> Console:
     """A rich console; when output is not a terminal, wide enough that tables are not cut."""
@@ -112,6 +112,9 @@ def _render_status(data: dict) -> None:
                   ",".join(f"{d['epoch']}:{d['seq']}" for d in v.get("divergent", [])) or "-",
                   v.get("last_error") or "", style="red" if v.get("suspect") else None)
     console.print(t)
+    for target in data.get("interrupted_restores") or []:
+        console.print(f"[red]incomplete:[/red] a restore into {target} was interrupted; restore it again",
+                      markup=True, highlight=False)
 
 
 def _render_volumes(data: dict) -> None:
@@ -453,9 +456,15 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return 130
+    except OSError as err:  # e.g. a listen address already in use: typed, no traceback
+        e = from_os_error(err, f"replicad {getattr(args, 'command', '')}".strip())
+        err_console.print(f"[red]{e.code}[/red]: ", end="")
+        err_console.print(e.message, markup=False, soft_wrap=True)
+        return e.exit_code
     except Exception as err:  # noqa: BLE001 — never a traceback to an operator
         e = InternalError(f"internal error: {err!r}")
-        err_console.print(f"[red]{e.code}[/red]: {e.message}", markup=False)
+        err_console.print(f"[red]{e.code}[/red]: ", end="")
+        err_console.print(e.message, markup=False, soft_wrap=True)
         return e.exit_code
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import logging
 import os
 import signal
@@ -46,7 +47,7 @@ from .chunkstore import ChunkStore
 from .config import SiteConfig, VolumeConfig
 from .consensus import RaftNode
 from .errors import (ConflictError, IntegrityError, NoQuorumError, NotFoundError, NotPrimaryError,
-                     ReplicadError, StaleEpochError, UsageError, _jsonable, is_transient)
+                     ReplicadError, StaleEpochError, UsageError, _jsonable, from_os_error, is_transient)
 from .manifest import PAGE_ENTRIES, Manifest, chunk_digests, diff, iter_block_digests, page_entries
 from .metrics import SiteMetrics
 from .restore import apply_snapshot, verify_image
@@ -142,6 +143,8 @@ class SiteDaemon:
         self._stopping = asyncio.Event()
         self.operations: dict[str, Operation] = {}
         self.interrupted_restores: list[str] = []  # in-place restore targets a crash left incomplete
+        self._restoring: set[str] = set()  # resolved targets of the restores running now
+        self._data_dir_lock: int | None = None  # fd holding the flock of data_dir/lock
         self.metrics = SiteMetrics.for_site(cfg, self.status, lambda: self.raft.view() if self.raft else {})
         self._background: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -152,6 +155,7 @@ class SiteDaemon:
         """Open the store and catalog, start Raft, the peer and admin servers and the runners."""
         self._loop = asyncio.get_running_loop()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_data_dir()
         self.store = await asyncio.to_thread(ChunkStore, self.data_dir / "chunks")
         self.catalog = Catalog(self.data_dir / "catalog.db")
         me = self.cfg.self_ref()
@@ -178,6 +182,26 @@ class SiteDaemon:
         self._tasks.append(asyncio.create_task(self._clock_loop(), name="clock"))
         log.info("site %s started: peer %s admin %s raft %s", self.site_id, self.cfg.peer_listen,
                  self.cfg.admin_listen, me.raft)
+
+    def _lock_data_dir(self) -> None:
+        """Take ``data_dir/lock`` (flock, held until the process exits) so that a second
+        daemon started on the same data dir stops before it touches anything.
+        Raises ConflictError naming the holder's PID; InternalError-like OS errors typed."""
+        path = self.data_dir / "lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+        except OSError as err:
+            raise from_os_error(err, f"open {path}") from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConflictError(f"data dir {self.data_dir} is in use by another replicad process (pid {holder})",
+                                data_dir=str(self.data_dir), pid=holder) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._data_dir_lock = fd  # held until stop() or the process ends
 
     def _acts_as_primary(self) -> bool:
         """True while this site acts as the primary of a volume (read on the Raft tick thread:
@@ -265,6 +289,9 @@ class SiteDaemon:
             self.catalog.close()
         if self.store is not None:
             self.store.close()
+        if self._data_dir_lock is not None:
+            os.close(self._data_dir_lock)  # releases the flock
+            self._data_dir_lock = None
 
     # ------------------------------------------------------------------ raft bridge
     def _on_applied(self, command: dict, result: dict) -> None:
@@ -412,8 +439,9 @@ class SiteDaemon:
         while True:
             try:
                 async with runner.lock:
-                    await self._step(runner)
-                runner.last_error = None
+                    worked = await self._step(runner)
+                if worked:  # an idle tick proves nothing: the last failure stays visible in status
+                    runner.last_error = None
             except asyncio.CancelledError:
                 raise
             except ReplicadError as err:
@@ -430,10 +458,12 @@ class SiteDaemon:
             except asyncio.TimeoutError:
                 pass
 
-    async def _step(self, runner: VolumeRunner) -> None:
+    async def _step(self, runner: VolumeRunner) -> bool:
+        """One tick of the volume's role; True if it did work that succeeded (a cycle, a
+        fence, a takeover, a replica step), False for an idle tick."""
         vs = self.volume_state(runner.cfg.name)
         if vs is None:
-            return
+            return False
         # A stale view (restart, cut off from the majority) can only show an older epoch than the
         # truth: fencing on it is safe, and so is going on producing under the epoch this site
         # already acts under (nothing commits without a majority; uncommitted snapshots become
@@ -441,18 +471,22 @@ class SiteDaemon:
         if runner.fence_flag.is_set() or (runner.acting_epoch is not None and
                                           (vs["primary"] != self.site_id or vs["epoch"] > runner.acting_epoch)):
             await self._fence(runner, vs)
-            return
+            return True
         if vs["primary"] == self.site_id:
+            worked = False
             if runner.acting_epoch != vs["epoch"]:
                 if not self.raft_synced():
-                    return  # never become primary on a stale view (chaos crash-all seeds 2, 3)
+                    return False  # never become primary on a stale view (chaos crash-all seeds 2, 3)
                 await self._become_primary(runner, vs)
+                worked = True
             due = time.monotonic() - runner.last_cycle_at >= runner.cfg.interval_s
             if due or runner.snapshot_now:
                 runner.snapshot_now = False
                 await self.cycle(runner)
-        else:
-            await self._replica_step(runner, vs)
+                worked = True
+            return worked
+        await self._replica_step(runner, vs)
+        return True
 
     def _transition(self, runner: VolumeRunner, event: str) -> None:
         """Change the runner's role through the one role table (ConflictError if illegal)."""
@@ -983,19 +1017,37 @@ class SiteDaemon:
         """Write ``manifest`` into ``target`` and verify it (O5); ``(apply report, root)``.
         Sets ``phases["write_s"]`` and ``phases["verify_s"]`` (seconds).
 
-        A new target is written as ``<target>.partial`` and renamed onto ``target`` only once
-        its root verified (then the directory is fsynced): an interrupted or failed restore
-        never leaves a file under the target's name. An existing target (``overwrite``, a
-        block device) is rewritten in place (only differing blocks). Either way the restore is
-        recorded in the catalog while it runs (see :meth:`_recover_restores`).
-        Raises like :meth:`restore`; the partial file is removed on any error.
+        A new target is written as ``.<name>.<random>.partial`` beside it (created
+        exclusively: never an existing file) and renamed onto ``target`` only once its root
+        verified (then the directory is fsynced): an interrupted or failed restore never
+        leaves a file under the target's name. An existing target (``overwrite``, a block
+        device) is rewritten in place (only differing blocks). Either way the restore is
+        recorded in the catalog while it runs (see :meth:`_recover_restores`); one restore
+        per target at a time (ConflictError). Raises like :meth:`restore`; the partial file
+        is removed on any error.
         """
         assert self.catalog is not None
+        key = str(target.resolve())
+        if key in self._restoring:
+            raise ConflictError(f"a restore into {target} is already running", target=str(target))
+        self._restoring.add(key)
+        try:
+            return await self._write_restore_locked(volume, target, manifest, local_only, op, phases)
+        finally:
+            self._restoring.discard(key)
+
+    async def _write_restore_locked(self, volume: str, target: Path, manifest: Manifest, local_only: bool,
+                                    op: "Operation | None", phases: dict[str, float]) -> tuple[Any, bytes]:
+        assert self.catalog is not None
         in_place = target.exists()
-        written = target if in_place else target.with_name(target.name + PARTIAL_SUFFIX)
         progress = op.progress if op else None
-        if not in_place:
-            written.unlink(missing_ok=True)
+        written = target
+        if not in_place:  # a name of our own, created exclusively: never someone else's file
+            written = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
+            try:
+                os.close(os.open(written, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
+            except OSError as err:
+                raise from_os_error(err, f"create the restore image {written} beside {target}") from err
         await asyncio.to_thread(self.catalog.begin_restore,
                                 RestoreRecord(str(target), str(written), in_place, time.time_ns()))
         t_write = time.monotonic()
@@ -1014,33 +1066,37 @@ class SiteDaemon:
         except BaseException:
             if not in_place:
                 written.unlink(missing_ok=True)
+                await asyncio.to_thread(self.catalog.end_restore, str(target))
+            # an in-place target stays recorded: it is incomplete until a restore into it succeeds
             raise
-        finally:
-            await asyncio.to_thread(self.catalog.end_restore, str(target))
+        await asyncio.to_thread(self.catalog.end_restore, str(target))
+        if str(target) in self.interrupted_restores:
+            self.interrupted_restores.remove(str(target))
         return rep, root
 
     def _recover_restores(self) -> None:
         """At start: clean up after restores the previous run left in the middle.
 
-        A restore into a new file wrote ``<target>.partial``: deleted (the target never
-        appeared). A restore over an existing target (``overwrite``, a block device) wrote
-        in place: that target is incomplete, which is logged at ERROR and listed in status
-        (``interrupted_restores``) until this process stops; restore it again.
+        A restore into a new file wrote ``.<target name>.<random>.partial`` beside it: deleted
+        (the target never appeared). A restore over an existing target (``overwrite``, a
+        block device) wrote in place: that target is incomplete, which is logged at ERROR and
+        listed in status (``interrupted_restores``) at every start until a restore into it
+        succeeds.
         """
         assert self.catalog is not None
         for rec in self.catalog.restores_in_flight():
-            if rec.in_place:
-                log.error("a restore into %s was interrupted when this site stopped: %s is incomplete; "
-                          "restore it again", rec.target, rec.target)
+            if rec.in_place:  # the record stays until a restore into this target succeeds
+                log.error("a restore into %s was interrupted or failed: %s is incomplete; restore it again",
+                          rec.target, rec.target)
                 self.interrupted_restores.append(rec.target)
-            else:
-                try:
-                    Path(rec.written).unlink(missing_ok=True)
-                except OSError as exc:
-                    log.error("cannot remove the partial image %s of an interrupted restore: %s", rec.written, exc)
-                    continue
-                log.warning("a restore into %s was interrupted when this site stopped: its partial image %s "
-                            "was removed (the target was never created)", rec.target, rec.written)
+                continue
+            try:
+                Path(rec.written).unlink(missing_ok=True)
+            except OSError as exc:
+                log.error("cannot remove the partial image %s of an interrupted restore: %s", rec.written, exc)
+                continue
+            log.warning("a restore into %s was interrupted when this site stopped: its partial image %s "
+                        "was removed (the target was never created)", rec.target, rec.written)
             self.catalog.end_restore(rec.target)
 
     def _check_restore_target(self, target: Path, overwrite: bool) -> None:
@@ -1054,12 +1110,24 @@ class SiteDaemon:
         if resolved == self.data_dir.resolve() or self.data_dir.resolve() in resolved.parents:
             raise UsageError(f"restore target is inside the data dir {self.data_dir}", target=str(target))
         if target.exists():
-            mode = target.stat().st_mode
-            if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            st = target.stat()
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
                 raise UsageError(f"restore target {target} is neither a regular file nor a block device",
                                  target=str(target))
+            for v in self.cfg.volumes:  # the same file under another name: a hard link, a bind mount
+                try:
+                    live = os.stat(v.path)
+                except OSError:
+                    continue
+                if (live.st_dev, live.st_ino) == (st.st_dev, st.st_ino) or \
+                        (stat.S_ISBLK(st.st_mode) and stat.S_ISBLK(live.st_mode) and live.st_rdev == st.st_rdev):
+                    raise UsageError("restore target is a protected volume's live image at this site (another "
+                                     "name for it); use promote", target=str(target), volume=v.name)
             if not overwrite:
-                raise UsageError(f"restore target {target} exists; pass overwrite to rewrite it", target=str(target))
+                raise UsageError(f"restore target {target} exists; pass --overwrite (API: \"overwrite\": true) to "
+                                 "rewrite it", target=str(target))
+        if str(resolved) in self._restoring:
+            raise ConflictError(f"a restore into {target} is already running", target=str(target))
 
     def start_operation(self, kind: str, volume: str, coro_fn) -> "Operation":
         """Run ``coro_fn(op)`` in the background as a pollable operation (``GET /v1/operations/ID``)."""
@@ -1346,13 +1414,16 @@ class SiteDaemon:
 
 def _publish(written: Path, target: Path) -> None:
     """Rename a verified restore image onto its target and fsync the directory.
-    Raises the OSError of the rename (the caller removes ``written``)."""
-    os.replace(written, target)
-    fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    Raises the typed error of a failed rename/fsync (the caller removes ``written``)."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        os.replace(written, target)
+        fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise from_os_error(err, f"rename the verified image onto {target}") from err
 
 
 def offer_digests(store: ChunkStore, m: Manifest, base: Manifest | None) -> list[bytes]:

@@ -260,7 +260,9 @@ def is_transient(err: BaseException) -> bool:
 
 
 def from_os_error(err: OSError, what: str, **evidence: Any) -> ReplicadError:
-    """Translate an ``OSError`` met while doing ``what`` into the tree (disk full → StoreFullError).
+    """Translate an ``OSError`` met while doing ``what`` into the tree (disk full → StoreFullError;
+    missing → NotFoundError; permissions, read-only, bad path → UsageError; port taken →
+    ConflictError; anything else InternalError).
 
     ``evidence`` may override the ``path`` and ``errno`` taken from ``err``.
     """
@@ -269,6 +271,11 @@ def from_os_error(err: OSError, what: str, **evidence: Any) -> ReplicadError:
         return StoreFullError(f"{what}: no space left on device", **facts)
     if err.errno == errno.ENOENT:
         return NotFoundError(f"{what}: {err.strerror}", **facts)
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errno.EISDIR,
+                     errno.ENOTDIR):  # the operator's path or permissions, not a bug
+        return UsageError(f"{what}: {err.strerror}", **facts)
+    if err.errno == errno.EADDRINUSE:
+        return ConflictError(f"{what}: address already in use (another process listens there)", **facts)
     return InternalError(f"{what}: {err.strerror or err}", **facts)
 
 

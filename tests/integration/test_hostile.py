@@ -105,3 +105,30 @@ def test_frozen_replica_does_not_hold_commits(cluster: LocalCluster) -> None:
         s["holders"] for s in cluster.api("site-a", "GET", f"/v1/volumes/{VOL}/snapshots")["snapshots"]
         if s["seq"] == rep["seq"]), 90)
     assert first["seq"] < rep["seq"]
+
+
+def test_a_second_daemon_on_a_running_sites_data_dir_stops_before_touching_it(cluster: LocalCluster) -> None:
+    import subprocess
+    import sys
+
+    site = cluster.sites["site-b"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run([sys.executable, "-m", "replicad", "run", str(site.config_path)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "in use by another replicad process" in out.stderr, out.stderr
+    assert f"pid {site.proc.pid}" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert cluster.status("site-b")["raft"]["synced"]  # the running site is untouched
+
+
+def test_a_failing_cycle_stays_visible_in_status(cluster_factory) -> None:
+    c = cluster_factory(interval="2s")
+    img = c.sites["site-a"].volume_path(VOL)
+    moved = img.with_name("moved-away.img")
+    img.rename(moved)  # the primary's source disappears: every periodic cycle fails
+    try:
+        c.wait_for("a failed cycle", lambda: c.status("site-a")["volumes"][VOL]["last_error"], 30)
+        seen = [c.status("site-a")["volumes"][VOL]["last_error"] for _ in range(8) if not time.sleep(0.25)]
+        assert all(seen), f"idle ticks hid the failure: {seen}"  # ticks every 0.5 s, cycles every 2 s
+    finally:
+        moved.rename(img)

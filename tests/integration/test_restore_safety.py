@@ -38,22 +38,44 @@ def test_a_restore_killed_in_the_middle_leaves_no_target_and_its_partial_is_remo
     first = snapshot(c, "site-a")
     assert first["committed"]
     target = tmp_path / "restored.img"
-    partial = target.with_name(target.name + ".partial")
+    mine = tmp_path / "restored.img.partial"  # an operator's file that merely looks like a partial
+    mine.write_bytes(b"keep me")
+
+    def partials() -> list[Path]:
+        return sorted(tmp_path.glob(".restored.img.*.partial"))
+
     op = c.api("site-b", "POST", f"/v1/volumes/{VOL}/restore", {"target": str(target), "wait": False})
     deadline = time.monotonic() + 60
-    while not partial.exists():  # the partial image appears when the writing starts
+    while not partials():  # the partial image appears when the writing starts
         assert time.monotonic() < deadline, f"the restore never started writing: {op}"
         assert not target.exists(), "the restore finished before it could be interrupted"
         time.sleep(0.001)
+    with pytest.raises(ReplicadError) as busy:  # one restore per target at a time
+        c.api("site-b", "POST", f"/v1/volumes/{VOL}/restore", {"target": str(target)})
+    assert busy.value.code == "conflict", busy.value
     c.kill("site-b", signal.SIGKILL)
-    assert partial.exists() and not target.exists()  # killed: nothing under the target's name
+    assert partials() and not target.exists()  # killed: nothing under the target's name
     c.start("site-b")
     c.wait_for("site-b back", lambda: c.status("site-b")["raft"]["synced"], 60)
-    assert not partial.exists() and not target.exists()
+    assert not partials() and not target.exists()
     assert "its partial image" in c.sites["site-b"].log_path.read_text()
     rest = c.api("site-b", "POST", f"/v1/volumes/{VOL}/restore", {"target": str(target)})
-    assert rest["verified"] and not partial.exists()
+    assert rest["verified"] and not partials()
     assert target.read_bytes() == c.sites["site-a"].volume_path(VOL).read_bytes()
+    assert mine.read_bytes() == b"keep me"
+
+
+def test_a_hard_link_to_the_live_volume_is_refused_as_a_target(cluster_factory, tmp_path: Path) -> None:
+    c = cluster_factory()
+    assert snapshot(c, "site-a")["committed"]
+    live = c.sites["site-a"].volume_path(VOL)
+    before = live.read_bytes()
+    link = live.with_name("another-name.img")
+    os.link(live, link)
+    with pytest.raises(ReplicadError) as err:
+        c.api("site-a", "POST", f"/v1/volumes/{VOL}/restore", {"target": str(link), "overwrite": True})
+    assert err.value.code == "bad_request" and "live image" in str(err.value), err.value
+    assert live.read_bytes() == before
 
 
 def test_when_every_copy_is_bad_the_restore_fails_typed_and_writes_nothing(cluster_factory, tmp_path: Path) -> None:
@@ -68,5 +90,5 @@ def test_when_every_copy_is_bad_the_restore_fails_typed_and_writes_nothing(clust
     with pytest.raises(ReplicadError) as err:
         c.api("site-a", "POST", f"/v1/volumes/{VOL}/restore", {"target": str(target)})
     assert err.value.code == "integrity", err.value
-    assert not target.exists() and not target.with_name(target.name + ".partial").exists()
+    assert not target.exists() and not list(tmp_path.glob(".restored.img.*.partial"))
     assert c.status("site-a")["interrupted_restores"] == []

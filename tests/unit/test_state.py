@@ -525,6 +525,16 @@ def test_lock_window_of_a_clamped_stamp_never_starts_early(cluster):
     ok(state, cmd("prune_snapshots", volume="vol", seqs=[1], now_ns=later))
 
 
+def test_a_stamp_a_few_seconds_behind_the_majority_is_kept(cluster):
+    """A commit that waited for a straggler is stamped at its scan, before the clocks other
+    sites reported meanwhile: it keeps its stamp (dating it ahead made RPO negative)."""
+    state = cluster
+    for site in ("a", "b", "c", "w"):
+        state, _ = ok(state, cmd("clock", by=site, now_ns=NOW))
+    state, _ = ok(state, commit(1, created_at_ns=NOW - 3 * S))
+    assert state["volumes"]["vol"]["snapshots"][1]["created_at_ns"] == NOW - 3 * S
+
+
 def test_prune_never_touches_the_newest_common_snapshot_of_the_primary_and_a_replica(with_snaps):
     """chaos retention-race: c fell behind (it holds #1 only); #1 is the base of the next
     incremental ship to c and was pruned by an operator request. Refused, whoever asks."""
