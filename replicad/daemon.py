@@ -1067,7 +1067,9 @@ class SiteDaemon:
             if not in_place:
                 written.unlink(missing_ok=True)
                 await asyncio.to_thread(self.catalog.end_restore, str(target))
-            # an in-place target stays recorded: it is incomplete until a restore into it succeeds
+            elif str(target) not in self.interrupted_restores:
+                # an in-place target stays recorded: it is incomplete until a restore into it succeeds
+                self.interrupted_restores.append(str(target))
             raise
         await asyncio.to_thread(self.catalog.end_restore, str(target))
         if str(target) in self.interrupted_restores:
