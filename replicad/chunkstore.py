@@ -61,6 +61,7 @@ from collections.abc import Iterable, Sequence
 import blake3
 import lz4.block
 
+from replicad.durable import fsync_dir
 from replicad.errors import (
     IntegrityError,
     InternalError,
@@ -191,14 +192,6 @@ def _pread_exact(fd: int, length: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-def _fsync_dir(path: pathlib.Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _is_full(err: BaseException) -> bool:
     if isinstance(err, OSError):
         return err.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -246,7 +239,7 @@ class ChunkStore:
             created = not self.pack_dir.exists()
             self.pack_dir.mkdir(parents=True, exist_ok=True)
             if created:
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
             self._db = sqlite3.connect(self.root / "index.sqlite3", check_same_thread=False,
                                        isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -527,7 +520,7 @@ class ChunkStore:
         try:
             _pwrite_all(fd, _PACK_HEADER.pack(PACK_MAGIC, PACK_VERSION, 0), 0)
             os.fsync(fd)
-            _fsync_dir(self.pack_dir)
+            fsync_dir(self.pack_dir)
         except OSError:
             os.close(fd)
             raise
@@ -612,7 +605,7 @@ class ChunkStore:
                 log.error("could not reopen active pack %d: %s", self._active_id, err)
                 self._active_id = None
         try:
-            _fsync_dir(self.pack_dir)
+            fsync_dir(self.pack_dir)
         except OSError as err:
             log.error("could not fsync pack directory after a failed append: %s", err)
 
@@ -800,7 +793,7 @@ class ChunkStore:
             self._active_id, self._active_fd = None, None
         self._pack_sizes.pop(pack_id, None)
         self._pack_path(pack_id).unlink(missing_ok=True)
-        _fsync_dir(self.pack_dir)
+        fsync_dir(self.pack_dir)
         self._chunk_count -= len(dropped)
         result["packs_removed"] += 1
         result["chunks_removed"] += len(dropped) - corrupt

@@ -142,6 +142,7 @@ from pysyncobj.node import TCPNode
 from pysyncobj.tcp_connection import TcpConnection
 
 from replicad import errors, state as cluster_state
+from replicad.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -232,14 +233,6 @@ def restricted_load(file: Any) -> Any:
 # --------------------------------------------------------------------------- 2. durable journal
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_durably(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: tmp file, fsync, rename, fsync directory."""
     tmp = path.with_name(path.name + ".tmp")
@@ -248,7 +241,7 @@ def _write_durably(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 class DurableJournal(Journal):
@@ -340,7 +333,7 @@ class DurableJournal(Journal):
     def _rewrite(self, entries: list[tuple[bytes, int, int]]) -> None:
         # Persist any rename done just before (pysyncobj renames the full dump into place
         # and then compacts the log): the dump must be durable before the log shrinks.
-        _fsync_dir(self._path.parent)
+        fsync_dir(self._path.parent)
         chunks = [self._HEADER]
         offsets = []
         end = len(self._HEADER)
@@ -818,7 +811,7 @@ class RaftNode:
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
                 data = f.read()
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             document = msgpack.unpackb(data, raw=False, strict_map_key=False)
             if not isinstance(document, dict) or document.get("v") != DUMP_VERSION or \
                     not isinstance(document.get("state"), dict) or \

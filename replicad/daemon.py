@@ -43,6 +43,7 @@ from aiohttp import web
 
 from . import anomaly, fingerprints, retention, roles
 from .catalog import Catalog, RestoreRecord, SnapshotRecord
+from .durable import fsync_dir
 from .chunkstore import ChunkStore
 from .config import SiteConfig, VolumeConfig
 from .consensus import RaftNode
@@ -1419,11 +1420,7 @@ def _publish(written: Path, target: Path) -> None:
     Raises the typed error of a failed rename/fsync (the caller removes ``written``)."""
     try:
         os.replace(written, target)
-        fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(target.parent)
     except OSError as err:
         raise from_os_error(err, f"rename the verified image onto {target}") from err
 

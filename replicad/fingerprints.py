@@ -59,6 +59,8 @@ from pathlib import Path
 
 import xxhash
 
+from .durable import fsync_dir
+
 log = logging.getLogger("replicad.fingerprints")
 
 FP_SIZE = 16
@@ -255,11 +257,7 @@ class FingerprintWriter:
             os.close(self._fd)
             self._fd = -1
             os.replace(self.tmp, self.path)
-            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fsync_dir(self.path.parent)
         except OSError:
             self.abort()
             self.path.unlink(missing_ok=True)
