@@ -53,7 +53,7 @@ from .manifest import PAGE_ENTRIES, Manifest, chunk_digests, diff, iter_block_di
 from .metrics import SiteMetrics
 from .restore import apply_snapshot, verify_image
 from .scan import take_snapshot
-from .state import CLOCK_REPORT_PERIOD_NS, newest_clean, newest_committed, quorum_now_ns
+from .state import CLOCK_REPORT_PERIOD_NS, newest_clean, newest_committed, newest_common, quorum_now_ns
 from .transport import PeerClient, peer_routes, snapshot_complete
 
 log = logging.getLogger("replicad.daemon")
@@ -1185,19 +1185,6 @@ class SiteDaemon:
                 except ReplicadError as err:
                     log.info("retention %s: %s", runner.cfg.name, err)
 
-    def _common_snapshots(self, vs: dict) -> set[int]:
-        """For each data peer, the newest committed snapshot both it and this site hold.
-
-        These are the bases of the next delta ship and of a resync; they are never pruned.
-        """
-        out = set()
-        for peer in self.data_peers():
-            both = [s for s, snap in vs["snapshots"].items() if peer in snap["holders"]
-                    and self.site_id in snap["holders"]]
-            if both:
-                out.add(max(both))
-        return out
-
     async def retention_step(self, volume: str) -> dict:
         """Apply the Raft-agreed retention policy of ``volume`` at this site.
 
@@ -1219,8 +1206,11 @@ class SiteDaemon:
             # plan with the time a majority of sites reached: the state machine measures the lock so
             quorum_now = quorum_now_ns(self.raft.view())
             now_plan = min(time.time_ns(), quorum_now) if quorum_now is not None else None
+            # the bases of the next delta ship to each replica: the state machine's own rule, so the
+            # plan never proposes what it would refuse
+            common = set(newest_common(self.raft.view(), vs))
             plan = retention.plan_prune(vs["snapshots"], vs["retention"], now_plan,
-                                        self._common_snapshots(vs)) if now_plan is not None else []
+                                        common) if now_plan is not None else []
             if plan:
                 res = await self.propose("prune_snapshots", volume=volume, seqs=plan)
                 report["pruned"] = res.get("pruned", plan)
