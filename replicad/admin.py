@@ -45,7 +45,7 @@ every member reachable before the next.
 **Retention** ``PUT``: ``retention`` may give any of ``keep_all_s``, ``hourly_s``,
 ``daily_s``, ``lock_s`` (seconds) or ``keep_all``, ``hourly``, ``daily``, ``lock``
 (durations such as ``"48h"``); missing keys keep their current value. Shortening
-``keep_all_s`` or ``lock_s`` is refused by the state machine (``retention_locked``)
+``keep_all_s`` or ``lock_s`` is refused by the state machine (``approval_required``)
 unless ``approved_by`` names another site: that list is this site admin's statement that
 the named site's operators approved (it is recorded in the Raft audit and in this site's
 admin audit log); it is not a signature collected from that site.

@@ -7,7 +7,8 @@ other commands talk to a site's admin API (``--admin URL``, or the ``admin.liste
 Human output is a rich table; ``--json`` prints the API's JSON for scripts. Errors print
 one line (never a traceback) and exit with the code of their class in
 :mod:`replicad.errors` (2 usage/config, 3 not found, 4 conflict, 5 integrity, 6 protocol,
-7 unavailable, 8 access denied, 70 internal).
+7 unavailable, 8 access denied, 70 internal). ``status`` exits 1
+(:data:`STATUS_DEGRADED_EXIT`) when the site is degraded (:func:`status_problems`).
 
 The admin token (:mod:`replicad.auth`) is taken from ``--token``, else the first line of
 ``--token-file``, else ``$REPLICAD_TOKEN``, and sent as ``Authorization: Bearer``. Prefer
@@ -115,6 +116,50 @@ def _render_status(data: dict) -> None:
     for target in data.get("interrupted_restores") or []:
         console.print(f"[red]incomplete:[/red] a restore into {target} was interrupted; restore it again",
                       markup=True, highlight=False)
+
+
+STATUS_DEGRADED_EXIT = 1  # ``replicad status``: the site answered, and is degraded
+
+
+def status_problems(data: dict) -> list[str]:
+    """Why the ``GET /v1/status`` answer ``data`` shows a degraded site, one sentence each
+    (empty: healthy). Degraded means: this site's Raft view is not current, it knows no
+    leader or no quorum; a member is unreachable; a restore was interrupted; or a volume's
+    last step failed (``last_error``), its newest committed snapshot is not its newest clean
+    one (suspect: an incident), or this site is ``fenced``/``divergent`` for it. Pure."""
+    out: list[str] = []
+    raft = data.get("raft", {})
+    if raft.get("leader") is None:
+        out.append("no Raft leader")
+    if not raft.get("has_quorum"):
+        out.append("no Raft quorum")
+    if raft.get("synced") is False:
+        out.append("this site's Raft view is not current")
+    for m in data.get("members") or []:
+        if not m.get("self") and not m.get("reachable"):
+            out.append(f"site {m.get('site_id')} unreachable")
+    for target in data.get("interrupted_restores") or []:
+        out.append(f"a restore into {target} was interrupted")
+    for name, v in sorted(data.get("volumes", {}).items()):
+        if v.get("last_error"):
+            out.append(f"{name}: last error: {v['last_error']}")
+        if v.get("newest_committed") is not None and v.get("newest_committed") != v.get("newest_clean"):
+            out.append(f"{name}: newest snapshot #{v['newest_committed']} is suspect (newest clean: "
+                       f"{v.get('newest_clean') if v.get('newest_clean') is not None else 'none'})")
+        if v.get("role") in ("fenced", "divergent"):
+            out.append(f"{name}: this site is {v['role']} (resync pending)")
+    return out
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the site's status; exit 0 if healthy, STATUS_DEGRADED_EXIT if degraded."""
+    data = api(args, "GET", "/v1/status")
+    _print(args, data, _render_status)
+    problems = status_problems(data)
+    if problems:  # on stderr: --json output stays the API's document
+        err_console.print(f"[red]degraded[/red] (exit {STATUS_DEGRADED_EXIT}): ", end="")
+        err_console.print("; ".join(problems), markup=False, soft_wrap=True)
+    return STATUS_DEGRADED_EXIT if problems else 0
 
 
 def _render_volumes(data: dict) -> None:
@@ -365,8 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=20261129)
     p.set_defaults(fn=cmd_demo)
 
-    p = command("status", help="site, Raft and per-volume status")
-    p.set_defaults(fn=lambda a: _print(a, api(a, "GET", "/v1/status"), _render_status))
+    p = command("status", help=f"site, Raft and per-volume status; exit {STATUS_DEGRADED_EXIT} if degraded")
+    p.set_defaults(fn=cmd_status)
     p = command("volumes", help="the cluster's volumes")
     p.set_defaults(fn=lambda a: _print(a, api(a, "GET", "/v1/volumes"), _render_volumes))
     p = command("snapshots", help="snapshots of a volume")

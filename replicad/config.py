@@ -27,7 +27,9 @@ Decisions the operator must know:
   cluster is refused: Raft cannot keep a majority when either is lost. ``lab = true``
   lifts this (1 or 2 sites, 1 data site) for test benches only.
 * The Raft port speaks pickle (see FIELD-NOTES): the shared password is mandatory and at
-  least 16 characters; ``password_file`` is preferred over an inline ``password``.
+  least 16 characters; ``password_file`` is preferred over an inline ``password``, and is
+  refused (like ssh refuses a private key) when group or others have any access to it:
+  ``chmod 600``.
 * Admin API tokens (``[[admin.tokens]]``) are stored as the SHA-256 of the token, never the
   token (``replicad hash-token``). Without any token the admin API is open, which is
   allowed only when ``admin.listen`` is a loopback address (``127.0.0.0/8``, ``::1``,
@@ -45,6 +47,7 @@ import ipaddress
 import math
 import os
 import re
+import stat
 import tomllib
 import types
 import typing
@@ -794,6 +797,15 @@ def _read_password_file(value: Any, base: Path, problems: list[str]) -> str | No
         return None
     if not secret:
         problems.append(f"raft.password_file: {path} is empty")
+        return None
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        problems.append(f"raft.password_file: cannot read {path}: {err.strerror or err}")
+        return None
+    if mode & 0o077:  # like ssh with a private key: whoever reads it can speak Raft (pickle) as a site
+        problems.append(f"raft.password_file: {path} is accessible by group or others (mode "
+                        f"{stat.S_IMODE(mode):04o}); it holds the cluster's Raft password: chmod 600 {path}")
         return None
     return secret
 

@@ -47,11 +47,11 @@ from .durable import fsync_dir
 from .chunkstore import ChunkStore
 from .config import SiteConfig, VolumeConfig
 from .consensus import RaftNode
-from .errors import (ConflictError, IntegrityError, NoQuorumError, NotFoundError, NotPrimaryError,
+from .errors import (ConfigError, ConflictError, IntegrityError, NoQuorumError, NotFoundError, NotPrimaryError,
                      ReplicadError, StaleEpochError, UsageError, _jsonable, from_os_error, is_transient)
 from .manifest import PAGE_ENTRIES, Manifest, chunk_digests, diff, iter_block_digests, page_entries
 from .metrics import SiteMetrics
-from .restore import apply_snapshot, verify_image
+from .restore import apply_snapshot, target_error, verify_image
 from .scan import take_snapshot
 from .state import CLOCK_REPORT_PERIOD_NS, newest_clean, newest_committed, newest_common, quorum_now_ns
 from .transport import PeerClient, peer_routes, snapshot_complete
@@ -245,11 +245,11 @@ class SiteDaemon:
         log.info("site %s ready (Raft leader known)", self.site_id)
 
     async def reload_from(self, config_path: Path, notifier) -> dict:
-        """SIGHUP: re-read the config file; apply it if only reloadable fields changed.
-
-        A config that fails validation, or that changes anything needing a restart, is
-        refused as a whole (logged with every problem); the daemon keeps its current config.
-        Returns ``{"applied": [...], "refused": [...]}``.
+        """SIGHUP: re-read the config file and apply every change that can be applied live
+        (:func:`reload_plan`); a change that needs a restart keeps its old value until then
+        and is logged (WARNING) and shown in systemd's STATUS. A config that fails validation
+        is refused as a whole (logged with every problem); the daemon keeps its current config.
+        Returns ``{"applied": [key path], "refused": [key path]}``.
         """
         from .config import load_config
         from .systemd import configure_logging
@@ -262,17 +262,25 @@ class SiteDaemon:
             notifier.ready("serving (reload refused: config invalid)")
             return {"applied": [], "refused": ["invalid config"]}
         safe, unsafe = reload_plan(self.cfg, new)
-        if unsafe:
-            log.error("reload refused: these changes need a restart: %s", ", ".join(unsafe))
+        try:
+            live = live_config(self.cfg, new)
+        except ConfigError as err:
+            log.error("reload refused: the live changes %s are invalid without the changes that need a restart "
+                      "(%s): %s", ", ".join(safe), ", ".join(unsafe), "; ".join(err.problems))
             notifier.ready("serving (reload refused: restart needed)")
-            return {"applied": [], "refused": unsafe}
-        self.cfg = new
-        for v in new.volumes:
+            return {"applied": [], "refused": safe + unsafe}
+        self.cfg = live
+        for v in self.cfg.volumes:
             self.runners[v.name].cfg = v
-        configure_logging(new.log_level)
-        log.info("reloaded %s: %s", config_path, ", ".join(safe) or "no change")
-        notifier.ready("serving (configuration reloaded)")
-        return {"applied": safe, "refused": []}
+        configure_logging(self.cfg.log_level)
+        log.info("reloaded %s: %s", config_path, ", ".join(safe) or "no change applied")
+        if unsafe:
+            log.warning("reload: these changes need a restart and keep their old value until then: %s",
+                        ", ".join(unsafe))
+            notifier.ready(f"serving (configuration reloaded; restart needed for: {', '.join(unsafe)})")
+        else:
+            notifier.ready("serving (configuration reloaded)")
+        return {"applied": safe, "refused": unsafe}
 
     async def stop(self) -> None:
         """Cancel runners, close servers, Raft, catalog and store — each only if it was opened."""
@@ -639,7 +647,11 @@ class SiteDaemon:
             try:
                 return peer, await self.ship(peer, vs, m, runner.acting_epoch)
             except ReplicadError as err:
-                log.warning("ship %s#%d to %s failed: %s", m.volume, m.seq, peer, err)
+                if "url" in err.evidence:  # the peer's answer, or the link to it
+                    log.warning("ship %s#%d to %s failed: %s", m.volume, m.seq, peer, err)
+                else:  # e.g. a chunk to send pruned or corrupt in this site's own store
+                    log.warning("ship %s#%d to %s stopped by a local condition at %s: %s: %s %s", m.volume, m.seq,
+                                peer, self.site_id, err.code, err, err.evidence)
                 return peer, {"ok": False, "error": err.code, "message": str(err)}
 
         tasks = {asyncio.create_task(one(p), name=f"ship:{m.volume}#{m.seq}:{p}"): p for p in self.data_peers()}
@@ -1048,7 +1060,8 @@ class SiteDaemon:
             try:
                 os.close(os.open(written, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
             except OSError as err:
-                raise from_os_error(err, f"create the restore image {written} beside {target}") from err
+                raise target_error(err, f"create the restore image {written} beside {target}", written,
+                                   manifest.size_bytes) from err
         await asyncio.to_thread(self.catalog.begin_restore,
                                 RestoreRecord(str(target), str(written), in_place, time.time_ns()))
         t_write = time.monotonic()
@@ -1062,7 +1075,7 @@ class SiteDaemon:
                 op.phase = "verifying"
             root = await asyncio.to_thread(verify_image, written, manifest, progress=progress)  # O5
             if not in_place:
-                await asyncio.to_thread(_publish, written, target)
+                await asyncio.to_thread(_publish, written, target, manifest.size_bytes)
             phases["verify_s"] = time.monotonic() - t_write - phases["write_s"]
         except BaseException:
             if not in_place:
@@ -1105,7 +1118,13 @@ class SiteDaemon:
     def _check_restore_target(self, target: Path, overwrite: bool) -> None:
         """Refuse targets that would destroy this site's own state: a protected volume's
         path (use promote), anything inside the data dir, a non-file, or an existing file
-        without ``overwrite``. Raises UsageError."""
+        without ``overwrite``. A symlink is followed: to an existing file it is that file
+        (rewritten in place with ``overwrite``); a dangling one (or a loop) is refused, since
+        publishing the new image would replace the link itself. Raises UsageError."""
+        if target.is_symlink() and not target.exists():
+            raise UsageError(f"restore target {target} is a symlink to {os.readlink(target)}, which does not exist; "
+                             "give the final path (or remove the link)", target=str(target),
+                             link_to=os.readlink(target))
         resolved = target.resolve()
         if any(resolved == Path(v.path).resolve() for v in self.cfg.volumes):
             raise UsageError("restore target is a protected volume's live path at this site; use promote",
@@ -1185,15 +1204,17 @@ class SiteDaemon:
                 except ReplicadError as err:
                     log.info("retention %s: %s", runner.cfg.name, err)
 
-    async def retention_step(self, volume: str) -> dict:
+    async def retention_step(self, volume: str, *, plan: bool = True) -> dict:
         """Apply the Raft-agreed retention policy of ``volume`` at this site.
 
-        At the primary: plan with the pure planner (never the lock window, the newest
-        committed/clean snapshot, or the newest snapshot shared with each replica) and
-        propose ``prune_snapshots`` (the state machine re-checks the lock, O4). At every
+        At the primary (only if ``plan``): plan with the pure planner (never the lock window,
+        the newest committed/clean snapshot, or the newest snapshot shared with each replica)
+        and propose ``prune_snapshots`` (the state machine re-checks the lock, O4). At every
         site: forget local records of snapshots no longer in the catalog — re-checking the
         lock window with this site's own clock, refusing (and logging) otherwise — then
         collect chunks that no kept snapshot references. Divergent records are never touched.
+        ``plan=False`` does only the local part (after an operator's explicit prune, which
+        must prune nothing more than it named).
         Returns ``{"pruned": [...], "forgotten": n, "refused": [...], "gc": {...}}``.
         """
         assert self.catalog is not None and self.store is not None
@@ -1202,7 +1223,7 @@ class SiteDaemon:
             raise NotFoundError(f"unknown volume {volume}", volume=volume)
         runner = self._runner(volume)
         report: dict[str, Any] = {"pruned": [], "forgotten": 0, "refused": [], "gc": None}
-        if vs["primary"] == self.site_id and runner.acting_epoch == vs["epoch"]:
+        if plan and vs["primary"] == self.site_id and runner.acting_epoch == vs["epoch"]:
             # plan with the time a majority of sites reached: the state machine measures the lock so
             quorum_now = quorum_now_ns(self.raft.view())
             now_plan = min(time.time_ns(), quorum_now) if quorum_now is not None else None
@@ -1351,14 +1372,19 @@ class SiteDaemon:
         return rep
 
     async def prune(self, volume: str, seqs: list[int]) -> dict:
-        """Operator request to prune committed snapshots now; the state machine refuses
-        (``retention_locked``, audited in the Raft log) anything inside the lock window."""
+        """Operator request to prune exactly the committed snapshots ``seqs`` now; the state
+        machine refuses (``retention_locked``, audited in the Raft log) anything inside the
+        lock window. This site then forgets them and collects their chunks; the retention
+        policy does not run here (it runs on its own schedule, or ``retention/run``).
+
+        Returns ``{"volume", "pruned": [seq], "local": <retention_step report, pruned == []>}``.
+        """
         res = await self.propose("prune_snapshots", volume=volume, seqs=list(seqs))
         log.info("retention pruned %s snapshots %s (operator request at %s)", volume, res.get("pruned", seqs),
                  self.site_id)
         runner = self._runner(volume)
         async with runner.lock:
-            local = await self.retention_step(volume)
+            local = await self.retention_step(volume, plan=False)
         return {"volume": volume, "pruned": res.get("pruned", seqs), "local": local}
 
     def _gc(self) -> dict:
@@ -1405,14 +1431,14 @@ class SiteDaemon:
                 "interrupted_restores": list(self.interrupted_restores)}
 
 
-def _publish(written: Path, target: Path) -> None:
-    """Rename a verified restore image onto its target and fsync the directory.
-    Raises the typed error of a failed rename/fsync (the caller removes ``written``)."""
+def _publish(written: Path, target: Path, size_bytes: int) -> None:
+    """Rename a verified restore image (of a ``size_bytes`` snapshot) onto its target and fsync
+    the directory. Raises the typed error of a failed rename/fsync (the caller removes ``written``)."""
     try:
         os.replace(written, target)
         fsync_dir(target.parent)
     except OSError as err:
-        raise from_os_error(err, f"rename the verified image onto {target}") from err
+        raise target_error(err, f"rename the verified image onto {target}", target, size_bytes) from err
 
 
 def offer_digests(store: ChunkStore, m: Manifest, base: Manifest | None) -> list[bytes]:
@@ -1466,6 +1492,32 @@ def reload_plan(old: SiteConfig, new: SiteConfig) -> tuple[list[str], list[str]]
             if old_vols[name].get(key) != new_vols[name].get(key):
                 (safe if key in RELOADABLE_VOLUME_FIELDS else unsafe).append(f"volumes[{name}].{key}")
     return safe, unsafe
+
+
+def live_config(old: SiteConfig, new: SiteConfig) -> SiteConfig:
+    """The config a running site switches to on reload: ``old`` with every reloadable field
+    (:data:`RELOADABLE_SITE_FIELDS`, and :data:`RELOADABLE_VOLUME_FIELDS` of the volumes both
+    configs have) taken from ``new``; everything that needs a restart keeps its old value, and
+    volumes added or removed stay as they were (they need a restart). Pure.
+
+    Raises:
+        ConfigError: that mix breaks a cross-field rule (e.g. every admin token removed while
+            the non-loopback ``admin.listen`` it required can only change at a restart).
+    """
+    from pydantic import ValidationError
+
+    new_vols = {v.name: v for v in new.volumes}
+    volumes = tuple(v.model_copy(update={f: getattr(new_vols[v.name], f) for f in RELOADABLE_VOLUME_FIELDS})
+                    if v.name in new_vols else v for v in old.volumes)
+    fields = {f: getattr(old, f) for f in type(old).model_fields}
+    fields.update({f: getattr(new, f) for f in RELOADABLE_SITE_FIELDS if f != "volumes"}, volumes=volumes)
+    try:
+        return type(old).model_validate(fields)  # the cross-field rules, on the mix
+    except ValidationError as err:
+        problems = [p for e in err.errors(include_url=False)
+                    for p in (e.get("ctx", {}).get("problems") or [e["msg"]])]
+        raise ConfigError("the changes that apply live are invalid without those that need a restart",
+                          problems=problems) from None
 
 
 async def run_site(cfg: SiteConfig, config_path: Path | None = None) -> int:

@@ -16,7 +16,8 @@ pysyncobj, sqlite3) are translated into this tree at the adapter that met them.
     ├── ConflictError                  exit 4   state does not allow it (state machine refusal)
     │   ├── StaleEpochError                     a message or command under an older epoch
     │   ├── NotPrimaryError                     this site is not the volume's primary
-    │   └── RetentionLockedError                delete inside the retention lock (O4)
+    │   ├── RetentionLockedError                delete inside the retention lock (O4)
+    │   └── ApprovalRequiredError               two-party rule: a second site's approval is missing
     ├── IntegrityError                 exit 5   digest/root mismatch: never served, never stored
     │   └── RestoreVerifyError                  restored image root != manifest root (O5)
     ├── ProtocolError                  exit 6
@@ -25,7 +26,8 @@ pysyncobj, sqlite3) are translated into this tree at the adapter that met them.
     ├── UnavailableError               exit 7   transient: retry later
     │   ├── NoQuorumError                       Raft could not commit (minority, no leader)
     │   ├── PeerUnavailableError                a peer did not answer
-    │   └── StoreFullError                      the data dir is full (ENOSPC)
+    │   ├── StoreFullError                      the data dir is full (ENOSPC)
+    │   └── TargetFullError                     a restore target's file system is full (ENOSPC)
     ├── AccessError                    exit 8   admin API access control
     │   ├── UnauthenticatedError                (HTTP 401) no bearer token, or an unknown one
     │   └── ForbiddenError                      (HTTP 403) the token's role is too low
@@ -142,6 +144,13 @@ class RetentionLockedError(ConflictError):
     code = "retention_locked"
 
 
+class ApprovalRequiredError(ConflictError):
+    """The two-party rule (O4): clearing a suspect snapshot or shortening retention needs
+    ``approved_by`` (CLI ``--approved-by SITE``) to name a second registered site."""
+
+    code = "approval_required"
+
+
 class IntegrityError(ReplicadError):
     """Content does not match its digest: a corrupt chunk, page, manifest or pack."""
 
@@ -203,6 +212,15 @@ class StoreFullError(UnavailableError):
     """The data directory is full (ENOSPC/EDQUOT); nothing already stored was damaged."""
 
     code = "store_full"
+    http_status = 507
+
+
+class TargetFullError(UnavailableError):
+    """The file system of a restore target (a restore, drill or promotion image, or a
+    standby) is full (ENOSPC/EDQUOT); the chunk store is not concerned. Evidence: ``path``,
+    ``free_bytes`` on that file system, the snapshot's ``size_bytes``."""
+
+    code = "target_full"
     http_status = 507
 
 

@@ -150,7 +150,7 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
      {"200": "Operation"}, (404,)),
     ("promote", "POST", "/v1/volumes/{volume}/promote",
      "Planned switchover (to, at or forwarded to the primary) or forced failover (force, at the site to promote)",
-     "Promote", {"200": "PromoteResult"}, (400, 404, 409, 503)),
+     "Promote", {"200": "PromoteResult"}, (400, 404, 409, 503, 507)),
     ("demote", "POST", "/v1/volumes/{volume}/demote", "Leave the volume without a primary (epoch + 1)", "Empty",
      {"200": "DemoteResult"}, (400, 404, 409, 503)),
     ("retentionGet", "GET", "/v1/volumes/{volume}/retention", "The Raft-agreed retention policy", None,
@@ -186,7 +186,8 @@ _PARAMS = {
 _STATUS_TEXT = {400: "bad request", 401: "no or unknown bearer token", 403: "role too low", 404: "not found",
                 409: "conflict (state machine refusal, stale epoch, not primary, retention lock)",
                 500: "internal error", 501: "not supported", 502: "integrity error", 503: "unavailable (no quorum, "
-                "peer down)", 507: "store full"}
+                "peer down)", 507: "a file system is full: the data dir's (store_full) or a restore target's "
+                "(target_full)"}
 
 
 def _json(schema: dict) -> dict:

@@ -16,13 +16,14 @@ missing ones from peers first).
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .chunkstore import ChunkStore, digest_of
-from .errors import RestoreVerifyError, from_os_error
+from .errors import ReplicadError, RestoreVerifyError, TargetFullError, from_os_error
 from .manifest import PAGE_ENTRIES, ZERO_DIGEST, Manifest, page_entries, pages_from_digests
 
 Progress = Callable[[int, int], None]
@@ -75,6 +76,26 @@ def _read_digests(fd: int, offset: int, length: int, block_size: int) -> list[by
     return out
 
 
+def target_error(err: OSError, what: str, path: Path, size_bytes: int) -> ReplicadError:
+    """Translate an ``OSError`` met while writing the restore image ``path`` (``what``: the step,
+    for the message). A full file system there is :class:`TargetFullError` naming the
+    directory and its free bytes (the chunk store's ``store_full`` is for the data dir);
+    anything else as :func:`replicad.errors.from_os_error`."""
+    if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return from_os_error(err, what)
+    directory = Path(path).parent
+    try:
+        st = os.statvfs(directory)
+        free: int | None = st.f_bavail * st.f_frsize
+    except OSError:
+        free = None
+    free_text = f"{free / 2**20:.1f} MiB free" if free is not None else "free space unknown"
+    return TargetFullError(f"{what}: the file system of the restore target's directory {directory} is full "
+                           f"({free_text}; the snapshot is {size_bytes / 2**20:.1f} MiB): free space there or "
+                           "choose another target", path=str(path), directory=str(directory), free_bytes=free,
+                           size_bytes=size_bytes, errno=err.errno)
+
+
 def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base: Manifest | None = None,
                    progress: Progress | None = None) -> ApplyReport:
     """Make the file ``target`` hold exactly the snapshot ``manifest``.
@@ -91,7 +112,8 @@ def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base:
     Raises:
         NotFoundError: a needed chunk is not in the store (fetch it first).
         IntegrityError: a stored chunk is corrupt (the caller re-fetches it and retries).
-        StoreFullError / InternalError: from the file system.
+        TargetFullError: the target's file system is full (:func:`target_error`).
+        UsageError / InternalError: other errors of the target's file system.
     """
     bs = manifest.block_size
     total = manifest.n_blocks
@@ -101,7 +123,7 @@ def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base:
     try:
         fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o640)
     except OSError as err:
-        raise from_os_error(err, f"open restore target {target}") from err
+        raise target_error(err, f"open restore target {target}", target, manifest.size_bytes) from err
     try:
         zero_from = manifest.size_bytes  # offsets at or past this already read as zeros
         if os.path.isfile(target):
@@ -132,7 +154,7 @@ def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base:
                 progress(min(total, first + len(want)), total)
         os.fsync(fd)
     except OSError as err:
-        raise from_os_error(err, f"write restore target {target}") from err
+        raise target_error(err, f"write restore target {target}", target, manifest.size_bytes) from err
     finally:
         os.close(fd)
     if progress is not None:

@@ -32,7 +32,8 @@ Unknown keys, wrong types, missing keys or another version give ``bad_request``.
 Result: ``{"ok": True, ...}`` or ``{"ok": False, "error": code, "message": str,
 "evidence": dict}`` where ``code`` is the ``code`` of a class of :mod:`replicad.errors`
 (``bad_request``, ``not_found``, ``conflict``, ``stale_epoch``, ``not_primary``,
-``retention_locked``, ``internal``); ``errors.from_dict(result)`` rebuilds the error.
+``retention_locked``, ``approval_required``, ``internal``); ``errors.from_dict(result)``
+rebuilds the error.
 
 Rules shared by all ops:
 
@@ -53,8 +54,8 @@ Authority rules (threat model: root on one site speaks with that site's identity
 * ``demote``: by the current primary, or by any data site with ``force``.
 * Two-party rule (O4): a ``set_retention`` that shortens ``keep_all_s`` or ``lock_s``, and
   a ``mark_verdict`` that turns a ``suspect`` snapshot back to ``clean``, need
-  ``approved_by`` to name a registered site other than ``by``. The approval is asserted
-  by the proposing daemon; collecting it from the second site is the admin layer's job.
+  ``approved_by`` to name a registered site other than ``by`` (else ``approval_required``).
+  The approval is asserted by the proposing daemon; collecting it from the second site is the admin layer's job.
 * ``prune_snapshots`` (O4) refuses anything inside the lock window, the newest committed
   and the newest clean snapshot, and everything while the newest committed snapshot of
   the volume is suspect (incident in progress: pruning frozen, DESIGN §7). Ages are
@@ -385,10 +386,12 @@ def _check_epoch(name: str, vol: dict, epoch: int, field: str) -> None:
 
 
 def _second_party(state: dict, command: dict, what: str, **evidence: Any) -> None:
-    others = [s for s in _approvers(command) if s != command["by"] and s in state["sites"]]
+    approvers = _approvers(command)
+    others = [s for s in approvers if s != command["by"] and s in state["sites"]]
     if not others:
-        raise _Refusal("retention_locked", f"{what} needs the approval of a second registered site "
-                       "(two-party rule, O4)", by=command["by"], **evidence)
+        raise _Refusal("approval_required", f"{what} needs the approval of a second registered site "
+                       "(two-party rule, O4): name it with approved_by (CLI: --approved-by SITE)",
+                       by=command["by"], approved_by=list(approvers), **evidence)
 
 
 def _with_volume(state: dict, name: str, vol: dict) -> dict:

@@ -252,21 +252,36 @@ class PeerClient:
 
         Returns ``(newly_stored_count, bytes_sent)``. The stream is read from the store in
         batches in a worker thread as aiohttp sends it (bounded memory).
+
+        Raises, besides the peer's errors: NotFoundError (a chunk to send is no longer in the
+        local store, e.g. pruned meanwhile) or IntegrityError (one is corrupt here) — local
+        conditions, raised as such even though aiohttp met them while sending (it reports any
+        failure of a request body as a connection error).
         """
         header = wire.encode_doc("chunks", volume=volume, epoch=epoch, **{"from": self.site_id})
 
         sent = 0
+        local_error: ReplicadError | None = None
 
         async def body() -> AsyncIterator[bytes]:
-            nonlocal sent
+            nonlocal sent, local_error
             yield header
             for i in range(0, len(digests), READ_BATCH):
-                frames = await asyncio.to_thread(_read_frames_strict, store, digests[i:i + READ_BATCH])
+                try:
+                    frames = await asyncio.to_thread(_read_frames_strict, store, digests[i:i + READ_BATCH])
+                except ReplicadError as err:
+                    local_error = err
+                    raise
                 data = b"".join(frames)
                 sent += len(data)
                 yield data
 
-        reply = await self._post(peer_url + "/v1/peer/chunks", body())
+        try:
+            reply = await self._post(peer_url + "/v1/peer/chunks", body())
+        except ReplicadError:
+            if local_error is not None:  # our store failed the stream, not the peer or the link
+                raise local_error from None
+            raise
         stored = reply.get("stored")
         if not isinstance(stored, int):
             raise RemoteProtocolError("chunks reply malformed", url=peer_url)
@@ -316,8 +331,19 @@ class PeerClient:
 
 
 def _read_frames_strict(store: ChunkStore, digests: Sequence[bytes]) -> list[bytes]:
-    """Frames for shipping: every digest must be present and intact here (IntegrityError else)."""
-    return [wire.encode_frame(d, *store.get_encoded(d)) for d in digests]
+    """Frames for shipping: every digest must be present and intact here.
+
+    Raises NotFoundError (evidence ``digest``, ``local: True``) for a chunk this store no
+    longer holds, IntegrityError for a corrupt one."""
+    out = []
+    for d in digests:
+        try:
+            out.append(wire.encode_frame(d, *store.get_encoded(d)))
+        except NotFoundError:
+            raise NotFoundError(f"chunk {d.hex()} to ship is no longer in this site's store (pruned or collected "
+                                "since the ship began): a local condition, not the peer's", digest=d.hex(),
+                                local=True) from None
+    return out
 
 
 def _error_from(status: int, data: bytes, url: str) -> ReplicadError:

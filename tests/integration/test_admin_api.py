@@ -196,7 +196,7 @@ def test_retention_policy_through_raft(cluster: LocalCluster) -> None:
     cluster.wait_for("site-c sees the new policy", lambda: call(cluster, "site-c", "GET", path, token=NO_TOKEN)[2]
                      ["retention"]["lock_s"] == lock + 3600, timeout_s=20)
     status, _, body = call(cluster, "site-a", "PUT", path, {"retention": {"lock_s": lock}})
-    assert status == 409 and body["error"] == "retention_locked"  # O4: one site cannot shorten it
+    assert status == 409 and body["error"] == "approval_required"  # O4: one site cannot shorten it
     status, _, body = call(cluster, "site-a", "PUT", path, {"retention": {"lock_s": lock}, "approved_by": ["site-b"]})
     assert status == 200 and body["retention"]["lock_s"] == lock
     assert call(cluster, "site-a", "PUT", path, {"retention": {"lock": "x"}})[0] == 400

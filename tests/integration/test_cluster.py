@@ -200,8 +200,10 @@ def test_cli_against_a_live_site(cluster: LocalCluster, tmp_path: Path) -> None:
         return subprocess.run([sys.executable, "-m", "replicad", "--admin", admin, *args], capture_output=True,
                               text=True, timeout=120)
 
+    cluster.wait_for("site-b reaches every member", lambda: all(
+        m["reachable"] for m in cluster.api("site-b", "GET", "/v1/members")["members"]), 30)
     st = cli("--json", "status")
-    assert st.returncode == 0, st.stderr
+    assert st.returncode == 0, st.stderr  # healthy
     assert json.loads(st.stdout)["volumes"][VOL]["primary"] == "site-a"
     table = cli("snapshots", VOL)
     assert table.returncode == 0 and "clean" in table.stdout
@@ -243,8 +245,12 @@ def test_suspect_state_persists_until_two_sites_clear_it(cluster: LocalCluster) 
         return subprocess.run([sys.executable, "-m", "replicad", "--admin", cluster.sites["site-a"].admin_url,
                                *args], capture_output=True, text=True, timeout=60)
 
+    degraded = cli("status")  # the newest snapshot is suspect: an incident
+    assert degraded.returncode == 1, degraded.stdout + degraded.stderr
+    assert f"newest snapshot #{again['seq']} is suspect" in " ".join(degraded.stderr.split())
     alone = cli("verdict", VOL, str(again["seq"]), "clean", "--reason", "bulk import")
     assert alone.returncode == 4, alone.stderr  # one site cannot clear a suspect snapshot
+    assert "approval_required" in alone.stderr and "--approved-by" in alone.stderr, alone.stderr
     cleared = cli("verdict", VOL, str(again["seq"]), "clean", "--reason", "bulk import reviewed",
                   "--approved-by", "site-b")
     assert cleared.returncode == 0, cleared.stderr
@@ -252,6 +258,10 @@ def test_suspect_state_persists_until_two_sites_clear_it(cluster: LocalCluster) 
     assert nxt["verdict"] == "clean"  # descends from a cleared parent, nothing new changed
     cluster.wait_for("standby b at the cleared line", lambda: cluster.status("site-b")["volumes"][VOL]
                      ["standby_seq"] == nxt["seq"], 30)
+    cluster.wait_for("site-a reaches every member", lambda: all(
+        m["reachable"] for m in cluster.api("site-a", "GET", "/v1/members")["members"]), 30)
+    healthy = cli("status")
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     audit = cluster.api("site-b", "GET", "/v1/audit")["audit"]
     assert [a["ok"] for a in audit if a["op"] == "mark_verdict"] == [False, True]
 

@@ -1,19 +1,22 @@
 """A restore never leaves a file under its target's name unless the image verified.
 
-Real site processes on loopback (``cluster_factory``): a restore killed in the middle, and a
-restore whose every copy of a chunk is bad.
+Real site processes on loopback (``cluster_factory``): a restore killed in the middle, a
+restore whose every copy of a chunk is bad, targets that are symlinks, and a target whose
+file system is full.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from replicad.errors import ReplicadError
+from replicad.errors import ReplicadError, TargetFullError
 
 from .conftest import VOL, snapshot
 
@@ -92,3 +95,51 @@ def test_when_every_copy_is_bad_the_restore_fails_typed_and_writes_nothing(clust
     assert err.value.code == "integrity", err.value
     assert not target.exists() and not list(tmp_path.glob(".restored.img.*.partial"))
     assert c.status("site-a")["interrupted_restores"] == []
+
+
+@contextlib.contextmanager
+def _small_tmpfs(path: Path, size: str):
+    path.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_symlink_targets_and_a_full_target_file_system(cluster_factory, tmp_path: Path) -> None:
+    c = cluster_factory()  # 12 MiB volume
+    assert snapshot(c, "site-a")["committed"]
+    expected = c.sites["site-a"].volume_path(VOL).read_bytes()
+    path = f"/v1/volumes/{VOL}/restore"
+    # a dangling symlink: publishing the image would replace the link itself; refused, link kept
+    dangling = tmp_path / "dangling.img"
+    dangling.symlink_to(tmp_path / "gone.img")
+    for overwrite in (False, True):
+        with pytest.raises(ReplicadError) as err:
+            c.api("site-b", "POST", path, {"target": str(dangling), "overwrite": overwrite})
+        assert err.value.code == "bad_request" and str(dangling) in str(err.value), err.value
+        assert "symlink" in str(err.value) and "does not exist" in str(err.value)
+    assert dangling.is_symlink() and not dangling.exists() and not (tmp_path / "gone.img").exists()
+    # a symlink to an existing file is that file: refused without overwrite, rewritten in place with it
+    real = tmp_path / "real.img"
+    real.write_bytes(b"an older image")
+    link = tmp_path / "link.img"
+    link.symlink_to(real)
+    with pytest.raises(ReplicadError) as err:
+        c.api("site-b", "POST", path, {"target": str(link)})
+    assert err.value.code == "bad_request" and "exists" in str(err.value), err.value
+    assert c.api("site-b", "POST", path, {"target": str(link), "overwrite": True})["verified"]
+    assert link.is_symlink() and real.read_bytes() == expected
+    # the target's file system is full: target_full (HTTP 507), not the chunk store's store_full
+    with _small_tmpfs(tmp_path / "small", "1m") as small:
+        target = small / "restored.img"
+        with pytest.raises(ReplicadError) as err:
+            c.api("site-b", "POST", path, {"target": str(target)})
+        assert isinstance(err.value, TargetFullError) and err.value.http_status == 507, err.value
+        assert err.value.code == "target_full" and str(small) in str(err.value) and "free" in str(err.value)
+        assert err.value.evidence["free_bytes"] < 2**20 <= err.value.evidence["size_bytes"]
+        assert list(small.iterdir()) == []  # the partial image was removed
+    assert c.status("site-b")["interrupted_restores"] == []

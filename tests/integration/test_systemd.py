@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from replicad.errors import ReplicadError
+from replicad.auth import hash_token
+from replicad.errors import ReplicadError, UnauthenticatedError
 from replicad.localcluster import LocalCluster
 
 from .conftest import VOL, snapshot, write_image
@@ -136,17 +137,26 @@ def test_notify_ready_watchdog_reload_and_clean_stop(cluster: LocalCluster, tmp_
         proc.send_signal(signal.SIGHUP)
         reloading = listener.wait_for("RELOADING", "1", after=mark)
         listener.wait_for("READY", "1", after=reloading)
-        cfg.write_text(original.replace('data_dir = "data"', 'data_dir = "elsewhere"'))
+        # a change that needs a restart does not hold back those that apply live (an admin token here)
+        admin = f'[admin]\nlisten = "127.0.0.1:{cluster.sites["site-a"].admin_port}"\n'
+        token = "reload-test-admin-token-0123456789"
+        assert admin in original
+        cfg.write_text(original.replace('data_dir = "data"', 'data_dir = "elsewhere"').replace(
+            admin, admin + f'[[admin.tokens]]\nname = "ops"\nrole = "admin"\nsha256 = "{hash_token(token)}"\n'))
+        mark = len(listener.messages)
         proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 30
-        log_text = ""
-        while time.monotonic() < deadline and "reload refused" not in log_text:
-            time.sleep(0.2)
-            log_text = cluster.sites["site-a"].log_path.read_text()
-        assert "reloaded" in log_text and "interval_s" in log_text
-        assert "reload refused: these changes need a restart: data_dir" in log_text
+        reloading = listener.wait_for("RELOADING", "1", after=mark)
+        ready_again = listener.wait_for("READY", "1", after=reloading)
+        assert "restart needed for: data_dir" in listener.messages[ready_again]["STATUS"]
+        log_text = cluster.sites["site-a"].log_path.read_text()
+        assert "reloaded" in log_text and "interval_s" in log_text and "admin_tokens" in log_text
+        assert "these changes need a restart and keep their old value until then: data_dir" in log_text
         assert "<6>replicad.daemon:" in log_text  # journald priority prefix under JOURNAL_STREAM
+        with pytest.raises(UnauthenticatedError):  # the new token list is live
+            cluster.api("site-a", "GET", "/v1/volumes", token="")
+        cluster.tokens["site-a"] = {"ops": ("admin", token)}
         assert snapshot(cluster, "site-a")["committed"]  # still serving with its old data_dir
+        assert not (cluster.sites["site-a"].dir / "elsewhere").exists()
 
         mark = len(listener.messages)
         proc.send_signal(signal.SIGTERM)

@@ -112,53 +112,53 @@ def _doc() -> dict:
     return tomllib.loads((CONFIG / "site-a.toml").read_text())
 
 
-def _problems(doc: dict) -> list[str]:
+def _problems(doc: dict, base: Path) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        parse_config(doc, base_dir=CONFIG)
+        parse_config(doc, base_dir=base)
     return info.value.problems
 
 
-def test_config_tokens_are_parsed_and_hashes_normalised() -> None:
+def test_config_tokens_are_parsed_and_hashes_normalised(sample_configs: Path) -> None:
     doc = _doc()
     doc["admin"]["tokens"] = [{"name": "ops-ann", "role": "viewer", "sha256": auth.hash_token(VIEW).upper()}]
-    cfg = parse_config(doc, base_dir=CONFIG)
+    cfg = parse_config(doc, base_dir=sample_configs)
     assert cfg.admin_tokens[0].sha256 == auth.hash_token(VIEW) and cfg.admin_tokens[0].role == "viewer"
 
 
-def test_config_token_problems_are_all_reported() -> None:
+def test_config_token_problems_are_all_reported(sample_configs: Path) -> None:
     doc = _doc()
     doc["admin"]["tokens"] = [{"name": "ann", "role": "root", "sha256": VIEW},
                               {"name": "bob", "role": "admin", "sha256": auth.hash_token(ADM)},
                               {"name": "bob", "role": "admin", "sha256": auth.hash_token(ADM)},
                               {"name": "eve", "role": "admin", "sha256": auth.hash_token(OPER), "token": "x"}]
-    problems = _problems(doc)
+    problems = _problems(doc, sample_configs)
     assert any(p.startswith("admin.tokens[0].role:") for p in problems), problems
     assert any(p.startswith("admin.tokens[0].sha256: must be 64 hex digits") for p in problems), problems
     assert any(p.startswith("admin.tokens[3].token: unknown key") for p in problems), problems
     doc["admin"]["tokens"] = doc["admin"]["tokens"][1:3]
-    assert _problems(doc) == ["admin.tokens[1].name: duplicate (also admin.tokens[0])",
+    assert _problems(doc, sample_configs) == ["admin.tokens[1].name: duplicate (also admin.tokens[0])",
                               "admin.tokens[1].sha256: duplicate (also admin.tokens[0])"]
 
 
 @pytest.mark.parametrize("listen", ["0.0.0.0:7301", "10.1.2.3:7301", "admin.example.org:7301", "[::]:7301"])
-def test_open_admin_api_only_on_loopback(listen: str) -> None:
+def test_open_admin_api_only_on_loopback(listen: str, sample_configs: Path) -> None:
     doc = _doc()
     doc["admin"]["listen"] = listen
-    problems = _problems(doc)
+    problems = _problems(doc, sample_configs)
     assert len(problems) == 1 and problems[0].startswith("admin.listen:") and "not a loopback" in problems[0]
     doc["admin"]["tokens"] = [{"name": "ann", "role": "admin", "sha256": auth.hash_token(ADM)}]
-    assert parse_config(doc, base_dir=CONFIG).admin_listen == listen
+    assert parse_config(doc, base_dir=sample_configs).admin_listen == listen
 
 
 @pytest.mark.parametrize("listen", ["127.0.0.1:7301", "127.0.0.2:7301", "[::1]:7301", "localhost:7301"])
-def test_open_admin_api_on_loopback_is_fine(listen: str) -> None:
+def test_open_admin_api_on_loopback_is_fine(listen: str, sample_configs: Path) -> None:
     doc = _doc()
     doc["admin"]["listen"] = listen
-    assert parse_config(doc, base_dir=CONFIG).admin_tokens == ()
+    assert parse_config(doc, base_dir=sample_configs).admin_tokens == ()
 
 
-def test_tokens_sample_config_is_valid() -> None:
-    cfg = parse_config(tomllib.loads((CONFIG / "site-a-tokens.toml").read_text()), base_dir=CONFIG)
+def test_tokens_sample_config_is_valid(sample_configs: Path) -> None:
+    cfg = parse_config(tomllib.loads((CONFIG / "site-a-tokens.toml").read_text()), base_dir=sample_configs)
     assert {t.role for t in cfg.admin_tokens} == set(auth.ROLES)
     assert not cfg.admin_listen.startswith("127.")
 

@@ -16,21 +16,61 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("name", ["site-a.toml", "site-b.toml", "site-c.toml", "witness.toml"])
-def test_check_config_accepts_samples(name: str) -> None:
-    res = run("check-config", str(CONFIG / name))
+def test_check_config_accepts_samples(name: str, sample_configs: Path) -> None:
+    res = run("check-config", str(sample_configs / name))
     assert res.returncode == 0, res.stderr
     assert "ok" in res.stdout
 
 
 @pytest.mark.parametrize("path", sorted((CONFIG / "invalid").glob("*.toml")), ids=lambda p: p.name)
-def test_check_config_rejects_invalid_samples_with_their_message(path: Path) -> None:
+def test_check_config_rejects_invalid_samples_with_their_message(path: Path, sample_configs: Path) -> None:
     expected = path.read_text().splitlines()[0].removeprefix("# expect:").strip()
-    res = run("check-config", str(path))
+    res = run("check-config", str(sample_configs / "invalid" / path.name))
     assert res.returncode == 2
     assert expected in " ".join(res.stderr.split()), res.stderr
     assert "Traceback" not in res.stderr
 
 
+def test_check_config_refuses_a_raft_key_readable_by_others(sample_configs: Path, tmp_path: Path) -> None:
+    key = tmp_path / "demo-raft.key"  # as the sample config names it, beside it
+    key.write_bytes((sample_configs / "demo-raft.key").read_bytes())
+    config = tmp_path / "site-a.toml"
+    config.write_text((sample_configs / "site-a.toml").read_text())
+    for mode in (0o644, 0o640, 0o604):
+        key.chmod(mode)
+        res = run("check-config", str(config))
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        text = " ".join(res.stderr.split())
+        assert f"raft.password_file: {key} is accessible by group or others (mode {mode:04o})" in text, text
+        assert f"chmod 600 {key}" in text
+    for mode in (0o600, 0o400):
+        key.chmod(mode)
+        res = run("check-config", str(config))
+        assert res.returncode == 0, res.stderr
+
+
 def test_missing_config_file_is_a_clear_error() -> None:
     res = run("check-config", "/nonexistent/replicad.toml")
     assert res.returncode == 2 and "Traceback" not in res.stderr and "cannot read" in res.stderr
+
+
+def test_status_problems_say_why_a_site_is_degraded() -> None:
+    from replicad.cli import status_problems
+
+    healthy = {"raft": {"leader": "127.0.0.1:7101", "has_quorum": True, "synced": True},
+               "members": [{"site_id": "site-a", "self": True, "reachable": True},
+                           {"site_id": "site-b", "self": False, "reachable": True}],
+               "interrupted_restores": [],
+               "volumes": {"ehr": {"role": "replica", "last_error": None, "newest_committed": 4, "newest_clean": 4},
+                           "pacs": {"role": "primary", "last_error": None, "newest_committed": None,
+                                    "newest_clean": None}}}
+    assert status_problems(healthy) == []
+    sick = {**healthy, "raft": {"leader": None, "has_quorum": False, "synced": False},
+            "members": [healthy["members"][0], {"site_id": "site-b", "self": False, "reachable": False}],
+            "interrupted_restores": ["/var/lib/replicad/ehr-copy.img"],
+            "volumes": {"ehr": {"role": "divergent", "last_error": "peer_unavailable: site-b",
+                                "newest_committed": 6, "newest_clean": 4}}}
+    assert status_problems(sick) == [
+        "no Raft leader", "no Raft quorum", "this site's Raft view is not current", "site site-b unreachable",
+        "a restore into /var/lib/replicad/ehr-copy.img was interrupted", "ehr: last error: peer_unavailable: site-b",
+        "ehr: newest snapshot #6 is suspect (newest clean: 4)", "ehr: this site is divergent (resync pending)"]

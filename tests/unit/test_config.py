@@ -61,26 +61,26 @@ def test_samples_are_present() -> None:
 
 
 @pytest.mark.parametrize("path", VALID_SAMPLES, ids=lambda p: p.name)
-def test_valid_sample_loads(path: Path) -> None:
-    config = load_config(path)
+def test_valid_sample_loads(path: Path, sample_configs: Path) -> None:
+    config = load_config(sample_configs / path.name)
     assert config.self_ref().site_id == config.site_id
     assert config.raft_bind == config.self_ref().raft
     assert config.raft_password.get_secret_value() == (CONFIG_DIR / "demo-raft.key").read_text().strip()
 
 
 @pytest.mark.parametrize("path", INVALID_SAMPLES, ids=lambda p: p.name)
-def test_invalid_sample_fails_with_its_expected_problem(path: Path) -> None:
+def test_invalid_sample_fails_with_its_expected_problem(path: Path, sample_configs: Path) -> None:
     expected = _expectation(path)
     with pytest.raises(ConfigError) as info:
-        load_config(path)
+        load_config(sample_configs / "invalid" / path.name)
     problems = info.value.problems
     assert any(expected in problem for problem in problems), problems
     # Each sample holds exactly one mistake: no cascade of follow-up problems.
     assert len(problems) == 1, problems
 
 
-def test_three_site_samples_describe_one_cluster() -> None:
-    configs = [load_config(CONFIG_DIR / f"site-{x}.toml") for x in "abc"]
+def test_three_site_samples_describe_one_cluster(sample_configs: Path) -> None:
+    configs = [load_config(sample_configs / f"site-{x}.toml") for x in "abc"]
     assert [c.site_id for c in configs] == ["site-a", "site-b", "site-c"]
     assert configs[0].sites == configs[1].sites == configs[2].sites
     for n, config in enumerate(configs, start=1):
@@ -98,8 +98,8 @@ def test_three_site_samples_describe_one_cluster() -> None:
     assert len({c.volume("ehr").model_copy(update={"path": Path("/x")}) for c in configs}) == 1
 
 
-def test_witness_sample() -> None:
-    config = load_config(CONFIG_DIR / "witness.toml")
+def test_witness_sample(sample_configs: Path) -> None:
+    config = load_config(sample_configs / "witness.toml")
     assert config.is_witness
     assert config.volumes == ()
     assert [s.site_id for s in config.data_sites()] == ["site-a", "site-b"]
@@ -114,6 +114,7 @@ def test_three_problems_are_reported_at_once(tmp_path: Path) -> None:
     text = text.replace('listen = "127.0.0.1:7201"', 'listen = "127.0.0.1:0"')        # bad port
     text = text.replace('initial_primary = "site-a"', 'initial_primary = "site-z"')   # not a site
     (tmp_path / "demo-raft.key").write_text(PASSWORD + "\n")
+    (tmp_path / "demo-raft.key").chmod(0o600)
     path = tmp_path / "site.toml"
     path.write_text(text)
     with pytest.raises(ConfigError) as info:
@@ -250,6 +251,7 @@ def test_relative_paths_resolve_against_the_config_directory(
     conf_dir.mkdir()
     (conf_dir / "keys").mkdir()
     (conf_dir / "keys" / "raft.key").write_text(f"  {PASSWORD}\n\n")
+    (conf_dir / "keys" / "raft.key").chmod(0o600)
     text = (CONFIG_DIR / "site-a.toml").read_text(encoding="utf-8")
     text = text.replace('data_dir = "/var/lib/replicad/site-a"', 'data_dir = "state"')
     text = text.replace('password_file = "demo-raft.key"', 'password_file = "keys/raft.key"')
@@ -267,6 +269,7 @@ def test_relative_paths_resolve_against_the_config_directory(
 def test_password_rules(doc: dict[str, Any], tmp_path: Path) -> None:
     key = tmp_path / "raft.key"
     key.write_text(PASSWORD)
+    key.chmod(0o600)
     both = copy.deepcopy(doc)
     both["raft"]["password_file"] = str(key)
     assert _problems(both) == ["raft: give exactly one of password and password_file, not both"]
@@ -281,6 +284,21 @@ def test_password_rules(doc: dict[str, Any], tmp_path: Path) -> None:
         key.write_text(PASSWORD)
         key.chmod(0)
         assert _problems(from_file, base_dir=tmp_path)[0].startswith("raft.password_file: cannot read")
+
+
+def test_a_raft_key_that_group_or_others_can_access_is_refused(doc: dict[str, Any], tmp_path: Path) -> None:
+    key = tmp_path / "raft.key"
+    key.write_text(PASSWORD)
+    from_file = copy.deepcopy(doc)
+    from_file["raft"] = {"bind": "127.0.0.1:7101", "password_file": "raft.key"}
+    for mode in (0o644, 0o640, 0o620, 0o604, 0o602, 0o660):
+        key.chmod(mode)
+        assert _problems(from_file, base_dir=tmp_path) == [
+            f"raft.password_file: {key} is accessible by group or others (mode {mode:04o}); it holds the "
+            f"cluster's Raft password: chmod 600 {key}"]
+    for mode in (0o600, 0o400):
+        key.chmod(mode)
+        assert parse_config(from_file, base_dir=tmp_path).raft_password.get_secret_value() == PASSWORD
 
 
 def test_unreadable_and_malformed_files(tmp_path: Path) -> None:

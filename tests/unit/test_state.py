@@ -246,9 +246,10 @@ def test_mark_verdict_and_the_two_party_rule_to_clear_it(with_snaps):
     assert snap["verdict"] == "suspect" and "random" in snap["verdict_reason"]
     assert newest_clean(state["volumes"]["vol"]) == 2
     clear = dict(volume="vol", seq=3, verdict="clean", reason="false positive")
-    refused(state, cmd("mark_verdict", **clear), "retention_locked")
-    refused(state, cmd("mark_verdict", approved_by=["a"], **clear), "retention_locked")
-    refused(state, cmd("mark_verdict", approved_by=["nobody"], **clear), "retention_locked")
+    result = refused(state, cmd("mark_verdict", **clear), "approval_required")
+    assert "approved_by" in result["message"] and "--approved-by" in result["message"]
+    refused(state, cmd("mark_verdict", approved_by=["a"], **clear), "approval_required")
+    refused(state, cmd("mark_verdict", approved_by=["nobody"], **clear), "approval_required")
     state, _ = ok(state, cmd("mark_verdict", approved_by=["b"], **clear))
     assert newest_clean(state["volumes"]["vol"]) == 3
     refused(state, cmd("mark_verdict", volume="vol", seq=9, verdict="clean", reason=""), "not_found")
@@ -304,9 +305,9 @@ def test_set_retention_lengthening_is_free_shortening_needs_a_second_site(cluste
     longer = {**RETENTION, "keep_all_s": 7200, "lock_s": 1200}
     state, _ = ok(cluster, cmd("set_retention", volume="vol", retention=longer))
     shorter = {**longer, "lock_s": 60}
-    result = refused(state, cmd("set_retention", volume="vol", retention=shorter), "retention_locked")
+    result = refused(state, cmd("set_retention", volume="vol", retention=shorter), "approval_required")
     assert result["evidence"]["shortened"] == ["lock_s"]
-    refused(state, cmd("set_retention", volume="vol", retention=shorter, approved_by=["a"]), "retention_locked")
+    refused(state, cmd("set_retention", volume="vol", retention=shorter, approved_by=["a"]), "approval_required")
     refused(state, cmd("set_retention", volume="vol", retention=shorter, approved_by="b"), "bad_request")
     state, _ = ok(state, cmd("set_retention", volume="vol", retention=shorter, approved_by=["b"]))
     assert state["volumes"]["vol"]["retention"]["lock_s"] == 60
@@ -425,7 +426,7 @@ def test_random_commands_never_raise_and_refusals_change_nothing(command_list, d
         assert isinstance(result, dict) and isinstance(result.get("ok"), bool)
         if not result["ok"]:
             assert result["error"] in ("bad_request", "not_found", "conflict", "stale_epoch",
-                                       "not_primary", "retention_locked")
+                                       "not_primary", "retention_locked", "approval_required")
             assert _data(new) == _data(state)
         for vol in new["volumes"].values():
             assert vol["epoch"] >= 1
