@@ -61,7 +61,7 @@ from collections.abc import Iterable, Sequence
 import blake3
 import lz4.block
 
-from replicad.durable import fsync_dir
+from replicad.durable import fsync_dir, preallocate
 from replicad.errors import (
     IntegrityError,
     InternalError,
@@ -538,6 +538,7 @@ class ChunkStore:
 
         def flush() -> None:
             if buf and self._active_fd is not None:
+                preallocate(self._active_fd, buf_start, end - buf_start)  # ext4: see durable.preallocate
                 _pwritev_all(self._active_fd, buf, buf_start)
                 buf.clear()
                 os.fsync(self._active_fd)  # O1: pack durable before the index commit

@@ -1,7 +1,9 @@
-"""Small durability helpers shared by every module that renames files into place."""
+"""Small durability helpers shared by every module that writes files: directory fsync after a
+rename or a new entry, and block preallocation before large writes."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -14,3 +16,34 @@ def fsync_dir(path: Path | str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# errnos of a file system / file type without fallocate support: the write goes ahead unallocated
+_NO_FALLOCATE = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENODEV, errno.ESPIPE})
+
+
+def preallocate(fd: int, offset: int, length: int) -> None:
+    """Allocate the disk blocks of ``[offset, offset + length)`` of the regular file ``fd``
+    (``posix_fallocate``) just before that range is written.
+
+    Why: on ext4 a buffered write into not-yet-allocated space pays delayed allocation page
+    by page. Measured on the reference machine (1 GiB written in 64 KiB pieces, then fsync):
+    2.1–5.5 s without, 0.80–0.92 s with a ``posix_fallocate`` of each 4 MiB (or 64 KiB) range
+    right before it is written. Already allocated ranges cost a cheap extent lookup. The file
+    size grows to ``offset + length`` if it was smaller, so call it only for ranges that are
+    written right after (a crash in between leaves zeros, which the writers' recovery treats
+    like a torn tail).
+
+    Raises:
+        OSError: ENOSPC / EDQUOT (the caller maps them to its "full" error: the write would
+            have failed the same way, now before any byte of it is written), or an I/O error.
+            A file system or file type without fallocate support is not an error: nothing is
+            allocated and the write proceeds as before.
+    """
+    if length <= 0:
+        return
+    try:
+        os.posix_fallocate(fd, offset, length)
+    except OSError as err:
+        if err.errno not in _NO_FALLOCATE:
+            raise

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .chunkstore import ChunkStore, digest_of
+from .durable import preallocate
 from .errors import ReplicadError, RestoreVerifyError, TargetFullError, from_os_error
 from .manifest import PAGE_ENTRIES, ZERO_DIGEST, Manifest, page_entries, pages_from_digests
 
@@ -48,31 +50,97 @@ def _block_len(manifest: Manifest, index: int) -> int:
     return min(manifest.block_size, manifest.size_bytes - index * manifest.block_size)
 
 
-def digest_region(data: bytes, block_size: int) -> list[bytes]:
-    """Digests of consecutive blocks of ``data`` (the last may be short); all-zero → ZERO_DIGEST."""
+def digest_region(data: bytes | bytearray | memoryview, block_size: int) -> list[bytes]:
+    """Digests of consecutive blocks of ``data`` (the last may be short); all-zero → ZERO_DIGEST.
+
+    Works on views (no copy of a block); the zero check is a memcmp against a zero block."""
     zeros = bytes(block_size)
+    view = memoryview(data)
     out = []
-    for off in range(0, len(data), block_size):
-        block = data[off:off + block_size]
-        out.append(ZERO_DIGEST if block == zeros[:len(block)] else digest_of(block))
+    for off in range(0, len(view), block_size):
+        block = view[off:off + block_size]
+        out.append(ZERO_DIGEST if zeros.startswith(block) else digest_of(block))
     return out
 
 
 READ_BYTES = 8 * 2**20  # reads of the target/image: bounded memory whatever the block size
 
 
-def _read_digests(fd: int, offset: int, length: int, block_size: int) -> list[bytes]:
-    """Digests of the blocks in ``[offset, offset + length)`` of ``fd``, read READ_BYTES at a time."""
+def _data_spans(fd: int, start: int, end: int, block_size: int) -> list[tuple[int, int]]:
+    """Block-aligned spans of ``[start, end)`` (``start`` block-aligned) that may hold data.
+
+    A regular file's holes (``SEEK_DATA``/``SEEK_HOLE``) read as zeros by definition, so the
+    blocks wholly inside them need not be read. Why it matters: reading a hole makes the kernel
+    allocate and zero fresh page-cache pages, which on the reference machine made the first
+    O5 re-read of a restored (half sparse) 1 GiB image take 1.0–1.3 s instead of 0.31–0.37 s.
+    Where holes cannot be asked for (a block device, a file system without SEEK_DATA) the
+    whole range is one span."""
+    spans: list[tuple[int, int]] = []
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as err:
+            if err.errno == errno.ENXIO:  # no data at or after pos: the rest is a hole
+                break
+            return [(start, end)]
+        if data >= end:
+            break
+        try:
+            hole = os.lseek(fd, data, os.SEEK_HOLE)
+        except OSError:
+            hole = end
+        lo = start + (data - start) // block_size * block_size
+        hi = min(end, start + -(-(min(hole, end) - start) // block_size) * block_size)
+        if spans and spans[-1][1] >= lo:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], hi))
+        else:
+            spans.append((lo, hi))
+        pos = hi
+    return spans
+
+
+def _read_digests(fd: int, offset: int, length: int, block_size: int,
+                  buf: bytearray | None = None) -> list[bytes]:
+    """Digests of the blocks in ``[offset, offset + length)`` of ``fd`` (``offset``
+    block-aligned). Blocks inside holes are ZERO_DIGEST without being read (see
+    :func:`_data_spans`); the rest is read READ_BYTES at a time into ``buf`` (reused between
+    calls when given: no allocation and no fresh page faults per read; measured 0.16 s vs
+    0.32–0.49 s per warm GiB with a new buffer per read). Past the end of a file or device
+    reads as zeros (absent)."""
     step = max(1, READ_BYTES // block_size) * block_size
+    if buf is None or len(buf) < step:
+        buf = bytearray(step)
+    view = memoryview(buf)
+    end = offset + length
     out: list[bytes] = []
-    done = 0
-    while done < length:
-        want = min(step, length - done)
-        data = os.pread(fd, want, offset + done)
-        if len(data) != want:
-            data += bytes(want - len(data))  # past the end of a device/file reads as absent: zeros
-        out.extend(digest_region(data, block_size))
-        done += want
+    pos = offset
+    for lo, hi in [*_data_spans(fd, offset, end, block_size), (end, end)]:
+        out.extend([ZERO_DIGEST] * (-(-(lo - pos) // block_size)))  # a hole: zeros, not read
+        pos = lo
+        while pos < hi:
+            want = min(step, hi - pos)
+            got = 0
+            while got < want:
+                n = os.preadv(fd, [view[got:want]], pos + got)
+                if n <= 0:
+                    break
+                got += n
+            if got < want:
+                view[got:want] = bytes(want - got)
+            out.extend(digest_region(view[:want], block_size))
+            pos += want
+    return out
+
+
+def _runs(indexes: list[int]) -> list[tuple[int, int]]:
+    """Runs of consecutive ``indexes`` (ascending) as half-open ``(start, end)`` pairs."""
+    out: list[tuple[int, int]] = []
+    for i in indexes:
+        if out and out[-1][1] == i:
+            out[-1] = (out[-1][0], i + 1)
+        else:
+            out.append((i, i + 1))
     return out
 
 
@@ -126,7 +194,9 @@ def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base:
         raise target_error(err, f"open restore target {target}", target, manifest.size_bytes) from err
     try:
         zero_from = manifest.size_bytes  # offsets at or past this already read as zeros
-        if os.path.isfile(target):
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        read_buf = bytearray(max(1, READ_BYTES // bs) * bs)
+        if regular:
             old_size = os.fstat(fd).st_size
             if old_size != manifest.size_bytes:
                 os.ftruncate(fd, manifest.size_bytes)
@@ -140,11 +210,13 @@ def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base:
                 have = []  # past the target's old end: reads as zeros, nothing to read or compare
             else:
                 span = sum(_block_len(manifest, first + j) for j in range(len(want)))
-                have = _read_digests(fd, first * bs, span, bs)
-            for j, d in enumerate(want):
-                index = first + j
-                if (j < len(have) and have[j] == d) or (d == ZERO_DIGEST and index * bs >= zero_from):
-                    continue
+                have = _read_digests(fd, first * bs, span, bs, read_buf)
+            todo = [(first + j, d) for j, d in enumerate(want)
+                    if not ((j < len(have) and have[j] == d) or (d == ZERO_DIGEST and (first + j) * bs >= zero_from))]
+            if regular:
+                for start, end in _runs([index for index, _ in todo]):
+                    preallocate(fd, start * bs, min(end * bs, manifest.size_bytes) - start * bs)
+            for index, d in todo:
                 length = _block_len(manifest, index)
                 data = bytes(length) if d == ZERO_DIGEST else store.get(d)
                 os.pwrite(fd, data, index * bs)
@@ -171,6 +243,7 @@ def image_manifest(path: Path, like: Manifest, *, progress: Progress | None = No
     """
     bs = like.block_size
     page_digests: list[bytes] = []
+    buf = bytearray(max(1, READ_BYTES // bs) * bs)
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as err:
@@ -182,14 +255,17 @@ def image_manifest(path: Path, like: Manifest, *, progress: Progress | None = No
         for i in range(len(like.pages) if like.size_bytes else 0):
             first = i * PAGE_ENTRIES
             span = min(PAGE_ENTRIES * bs, like.size_bytes - first * bs)
-            page_digests.extend(digest_of(p) for p in pages_from_digests(_read_digests(fd, first * bs, span, bs)))
+            page_digests.extend(digest_of(p) for p in pages_from_digests(_read_digests(fd, first * bs, span, bs, buf)))
             if progress is not None:
                 progress(min(like.n_blocks, first + PAGE_ENTRIES), like.n_blocks)
         # blocks past the manifest's pages (should not exist) would make the roots differ below
         while len(page_digests) * PAGE_ENTRIES < like.n_blocks:
             first = len(page_digests) * PAGE_ENTRIES
             span = min(PAGE_ENTRIES * bs, like.size_bytes - first * bs)
-            page_digests.extend(digest_of(p) for p in pages_from_digests(_read_digests(fd, first * bs, span, bs)))
+            extra = pages_from_digests(_read_digests(fd, first * bs, span, bs, buf))
+            if not extra:  # nothing read: stop (the roots differ below)
+                break
+            page_digests.extend(digest_of(p) for p in extra)
     except OSError as err:
         raise from_os_error(err, f"read image {path}") from err
     finally:

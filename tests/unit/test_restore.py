@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from replicad.chunkstore import ChunkStore, digest_of
 from replicad.errors import IntegrityError, NotFoundError, RestoreVerifyError
-from replicad.manifest import PAGE_ENTRIES, ZERO_DIGEST, Manifest
+from replicad.manifest import PAGE_ENTRIES, ZERO_DIGEST, Manifest, pages_from_digests
 from replicad.restore import ApplyReport, apply_snapshot, digest_region, image_manifest, verify_image
 from replicad.scan import take_snapshot
 
@@ -318,3 +318,40 @@ def test_digest_region_agrees_with_digest_of_block_by_block(case: tuple[bytes, i
         expected = ZERO_DIGEST if not any(block) else digest_of(block)
         assert digest == expected
         assert expected == ZERO_DIGEST or expected == blake3.blake3(block).digest()
+
+
+# ----------------------------------------------------------------------------- holes in the re-read
+
+
+@st.composite
+def sparse_layout(draw: st.DrawFn) -> tuple[int, int, list[tuple[int, bytes]]]:
+    """(block size, file size, writes at offsets): data islands at any alignment, holes between."""
+    block_size = draw(st.sampled_from([4096, 8192, 65536]))
+    size = draw(st.integers(1, 24 * block_size))
+    writes = []
+    for _ in range(draw(st.integers(0, 6))):
+        off = draw(st.integers(0, size - 1))
+        n = draw(st.integers(1, min(3 * block_size, size - off)))
+        writes.append((off, random.Random(draw(st.integers(0, 2**32))).randbytes(n)))
+    return block_size, size, writes
+
+
+@settings(max_examples=60, deadline=None)
+@given(sparse_layout())
+def test_the_re_read_skips_holes_and_agrees_with_a_full_read(tmp_path_factory: pytest.TempPathFactory,
+                                                             case: tuple[int, int, list[tuple[int, bytes]]]) -> None:
+    """image_manifest of a sparse file (holes found by SEEK_DATA/SEEK_HOLE, not read) equals
+    the manifest built from every byte of it read as a whole."""
+    block_size, size, writes = case
+    path = tmp_path_factory.mktemp("sparse") / "img"
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+        for off, data in writes:
+            fh.seek(off)
+            fh.write(data)
+    whole = path.read_bytes()
+    assert len(whole) == size
+    pages = tuple(digest_of(p) for p in pages_from_digests(digest_region(whole, block_size)))
+    like = Manifest(volume="v", seq=1, epoch=1, parent_seq=None, created_at_ns=NOW_NS, size_bytes=size,
+                    block_size=block_size, pages=pages)
+    assert image_manifest(path, like).pages == pages
