@@ -1,14 +1,18 @@
 """The ``file`` snapshot source: scan a raw image file or block device into a snapshot.
 
-One sequential pass in large reads (``read_size_bytes``, default 8 MiB, ``preadv`` into two
-reused buffers; blocks are memoryview slices, never copied unless stored). Per batch, in
-worker threads (BLAKE3, lz4 and crc32 release the GIL): for an incremental scan with a valid
+One sequential pass in large batches (``read_size_bytes``, default READ_SIZE_BYTES = 16 MiB).
+Each batch is split among the worker threads; each worker reads its part with ``preadv``
+into its own reused buffer (blocks are memoryview slices, never copied unless stored) and
+hashes it, so the page-cache copy runs on every core (BLAKE3, xxh3, lz4 and crc32 release
+the GIL too). Per block: for an incremental scan with a valid
 fingerprint cache (:mod:`replicad.fingerprints`), an xxh3-128 fingerprint first — a block whose
 fingerprint matches the cache keeps the parent's digest; every other block gets the zero check
 (memcmp against a zero block), BLAKE3, the comparison with the parent's digest at the same
 index, and, if changed and non-zero, lz4, its pack record header (crc32) and the randomness
-test. Reading batch k+1 overlaps the hashing of batch k; storing (pack fsync, index commit)
-overlaps both. The event loop only awaits; it never touches a block.
+test. Finding batch k+1 (holes: SEEK_DATA) and loading its parent digests overlap the reading
+and hashing of batch k; storing (pack fsync, index commit) overlaps both. Measured in-process
+on the reference machine, 1 GiB, 1 % changed: 0.21 s (the previous design — one reader
+thread feeding the hashers, 8 MiB batches — 0.30 s). The event loop only awaits; it never touches a block.
 
 Blocks: ``n_blocks = ceil(size / block_size)``; the last block may be short and its chunk
 holds exactly the bytes present (no padding). All-zero blocks get ``ZERO_DIGEST`` and are
@@ -42,7 +46,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -312,18 +316,16 @@ def _read_into(fd: int, buf: bytearray, length: int, offset: int) -> int:
     return done
 
 
+READ_SIZE_BYTES = 16 * 2**20  # one scan batch, split among the workers (1 GiB, 1 %: 0.21 s vs 0.25 s at 8 MiB)
 HOLE_SPAN_MAX_BLOCKS = 16 * PAGE_ENTRIES  # one hole step: at most 16 pages of digests (2 MiB)
 
 
-def _read_batch(fd: int, offset: int, read_len: int, size: int, block_size: int,
-                regular: bool, buffers: list[bytearray | None],
-                slot: int) -> tuple[int, memoryview | None]:
-    """``(length, data)`` of the next batch at ``offset``, read into ``buf`` (``data`` is a
-    view of it, shorter than ``length`` if the source shrank): ``data`` is None when the whole
-    span is a hole of a sparse regular file (SEEK_DATA), which then reads as zeros without
-    being read; the span is block-aligned, at least ``read_len`` long (or up to ``size``)
-    and at most HOLE_SPAN_MAX_BLOCKS blocks. ``buffers[slot]`` (``read_len`` bytes) is
-    created on first use."""
+def _probe(fd: int, offset: int, read_len: int, size: int, block_size: int,
+           regular: bool) -> tuple[int, bool]:
+    """``(length, hole)`` of the next batch at ``offset``: ``hole`` when the whole span is a
+    hole of a sparse regular file (SEEK_DATA), which then reads as zeros without being read;
+    such a span is block-aligned, at least ``read_len`` long (or up to ``size``) and at most
+    HOLE_SPAN_MAX_BLOCKS blocks. Otherwise ``min(read_len, size - offset)`` bytes to read."""
     want = min(read_len, size - offset)
     if regular:
         try:
@@ -334,12 +336,8 @@ def _read_batch(fd: int, offset: int, read_len: int, size: int, block_size: int,
             hole_end = size if next_data >= size else next_data // block_size * block_size
             span = min(hole_end - offset, HOLE_SPAN_MAX_BLOCKS * block_size)
             if span >= want:
-                return span, None
-    buf = buffers[slot]
-    if buf is None:  # allocated on first use: a sparse volume's holes cost no buffer
-        buf = buffers[slot] = bytearray(read_len)
-    got = _read_into(fd, buf, want, offset)
-    return want, memoryview(buf)[:got]
+                return span, True
+    return want, False
 
 
 STORE_BATCH_BYTES = 4 * 2**20  # bytes per durable put: fewer fsyncs, bounded memory (16 MiB: peak RSS 392 MB vs 290 MB for 8 volumes, no faster)
@@ -447,7 +445,15 @@ async def _scan(source_path: Path, block_size: int, read_size_bytes: int,
                 fps: _Fingerprints) -> tuple[int, _Totals]:
     """Read, hash and store every block; returns (size_bytes, totals). Pages are cut as they
     fill; the last partial page stays in ``totals.page_buf``. Every block chunk and full page
-    is durable when this returns."""
+    is durable when this returns.
+
+    Pipeline per batch (``read_size_bytes``): one worker-thread step (:func:`_prepare`) finds
+    the next batch (a hole or data) and loads its parent digests and cached fingerprints;
+    the batch's blocks are then split among ``workers`` threads, each of which reads its
+    part into its own reused buffer and hashes it (:func:`_read_hash_part`: preadv and the
+    hashes release the GIL, so the reads run on every core, not one). The next batch is
+    prepared while this one is read and hashed; stored chunks are written by
+    :class:`_Storer` while later batches are scanned."""
     try:
         fd, size = await asyncio.to_thread(_open_source, source_path)
     except OSError as err:
@@ -459,35 +465,38 @@ async def _scan(source_path: Path, block_size: int, read_size_bytes: int,
     read_len = max(block_size, read_size_bytes // block_size * block_size)
     workers = max(1, min(4, os.cpu_count() or 1))
     regular = stat.S_ISREG(os.fstat(fd).st_mode)
-    # two reused read buffers: batch k+1 is read into one while batch k is hashed in the other
-    buffers: list[bytearray | None] = [None, None]
-    pending: asyncio.Future[tuple[int, memoryview | None]] | None = None
+    # one reused read buffer per part: allocated on first use (a sparse volume's holes cost none)
+    buffers: list[bytearray | None] = [None] * workers
+    test_random = parent is not None
+    pending: asyncio.Future[_Batch] | None = None
     done = False
     try:
-        offset = 0
-        k = 0
         if size:
             pending = asyncio.ensure_future(asyncio.to_thread(
-                _read_batch, fd, 0, read_len, size, block_size, regular, buffers, 0))
-        while offset < size:
-            assert pending is not None
+                _prepare, fd, 0, read_len, size, block_size, regular, parents, fps))
+        while pending is not None:
             try:
-                length, buf = await pending
+                batch = await pending
             except OSError as err:
-                raise from_os_error(err, "reading the snapshot source",
-                                    source=str(source_path), offset=offset) from err
+                raise from_os_error(err, "reading the snapshot source", source=str(source_path)) from err
             pending = None
-            if buf is not None and len(buf) != length:
-                raise UnavailableError("snapshot source shrank during the scan",
-                                       path=str(source_path), offset=offset, size=size)
-            nxt = offset + length
-            k += 1
-            if nxt < size:  # overlap: read the next batch while this one is hashed
+            nxt = batch.offset + batch.length
+            if nxt < size:  # prepare the next batch while this one is read and hashed
                 pending = asyncio.ensure_future(asyncio.to_thread(
-                    _read_batch, fd, nxt, read_len, size, block_size, regular, buffers, k % 2))
-            await _process_batch(buf, length, size, offset // block_size, block_size, workers,
-                                 parents, storer, totals, fps, parent is not None)
-            offset = nxt
+                    _prepare, fd, nxt, read_len, size, block_size, regular, parents, fps))
+            if batch.hole is not None:
+                parts = [batch.hole]
+            else:
+                try:
+                    parts = await asyncio.gather(*_part_jobs(fd, batch, block_size, workers, buffers,
+                                                              fps, test_random))
+                except OSError as err:
+                    raise from_os_error(err, "reading the snapshot source", source=str(source_path),
+                                        offset=batch.offset) from err
+            if fps.writer is not None:  # a pwrite of 16 bytes per block: inline
+                fps.writer.append(None if batch.hole is not None else b"".join(p.entries for p in parts),
+                                  batch.n_blocks)
+            await _collect(parts, storer, totals)
         await storer.flush()
         await storer.wait()
         done = True
@@ -500,39 +509,76 @@ async def _scan(source_path: Path, block_size: int, read_size_bytes: int,
     return size, totals
 
 
-def _batch_context(parents: _ParentDigests, fps: _Fingerprints, first_index: int,
-                   n_blocks: int) -> tuple[bytes, bytes]:
-    """(parent digests, cached fingerprint entries) of a batch (worker thread)."""
-    digests = parents.range(first_index, n_blocks)
-    entries = fps.reader.entries(first_index, n_blocks) if fps.reader is not None else b""
-    return digests, entries
+@dataclass
+class _Batch:
+    """One scan batch: ``length`` bytes at ``offset`` (blocks from ``first_index``), its
+    parent digests and cached fingerprint entries; ``hole`` the finished result when the
+    span is a hole (nothing to read)."""
+
+    offset: int
+    length: int
+    first_index: int
+    n_blocks: int
+    parent_digests: bytes
+    old_entries: bytes
+    hole: _PartResult | None
 
 
-async def _process_batch(buf: memoryview | None, length: int, size: int, first_index: int,
-                         block_size: int, workers: int, parents: _ParentDigests,
-                         storer: _Storer, totals: _Totals, fps: _Fingerprints,
-                         test_random: bool) -> None:
-    """Hash ``length`` bytes at block ``first_index`` (``buf`` None: a hole, all zeros) in
-    worker threads, cut full pages and hand chunks and pages to ``storer``."""
+def _prepare(fd: int, offset: int, read_len: int, size: int, block_size: int, regular: bool,
+             parents: _ParentDigests, fps: _Fingerprints) -> _Batch:
+    """Worker-thread step before a batch: probe the batch at ``offset`` (:func:`_probe`) and
+    load its parent digests and cached fingerprint entries. A hole is finished here
+    (:func:`_hole_part`). Raises OSError from the source or the cache."""
+    length, hole = _probe(fd, offset, read_len, size, block_size, regular)
+    first_index = offset // block_size
     n_blocks = -(-length // block_size)
-    parent_digests, old_entries = await asyncio.to_thread(
-        _batch_context, parents, fps, first_index, n_blocks)
-    want_entries = fps.writer is not None
+    digests = parents.range(first_index, n_blocks)
+    if hole:
+        return _Batch(offset, length, first_index, n_blocks, digests, b"",
+                      _hole_part(n_blocks, first_index, block_size, size, digests))
+    entries = fps.reader.entries(first_index, n_blocks) if fps.reader is not None else b""
+    return _Batch(offset, length, first_index, n_blocks, digests, entries, None)
+
+
+def _part_jobs(fd: int, batch: _Batch, block_size: int, workers: int,
+               buffers: list[bytearray | None], fps: _Fingerprints,
+               test_random: bool) -> list[Awaitable[_PartResult]]:
+    """The worker-thread jobs that read and hash ``batch``, one per part (``workers`` parts
+    of whole blocks)."""
+    per_part = -(-batch.n_blocks // workers)
+    jobs = []
+    for slot, start_block in enumerate(range(0, batch.n_blocks, per_part)):
+        end_block = min(batch.n_blocks, start_block + per_part)
+        length = min(batch.length, end_block * block_size) - start_block * block_size
+        jobs.append(asyncio.to_thread(
+            _read_hash_part, fd, batch.offset + start_block * block_size, length, buffers, slot,
+            per_part * block_size, batch.first_index + start_block, block_size,
+            batch.parent_digests[start_block * DIGEST_SIZE:end_block * DIGEST_SIZE],
+            batch.old_entries[start_block * FP_SIZE:end_block * FP_SIZE], fps.key, test_random,
+            fps.writer is not None))
+    return jobs
+
+
+def _read_hash_part(fd: int, offset: int, length: int, buffers: list[bytearray | None], slot: int,
+                    buf_len: int, first_index: int, block_size: int, parent_digests: bytes,
+                    old_entries: bytes, key: int, test_random: bool,
+                    want_entries: bool) -> _PartResult:
+    """Worker thread: read ``length`` bytes at ``offset`` into ``buffers[slot]`` (created
+    with ``buf_len`` bytes on first use) and hash them (:func:`_hash_part`). Raises
+    UnavailableError if the source shrank during the scan, OSError on a read error."""
+    buf = buffers[slot]
     if buf is None:
-        parts = [await asyncio.to_thread(_hole_part, n_blocks, first_index, block_size, size,
-                                         parent_digests)]
-    else:
-        per_part = -(-n_blocks // workers)
-        jobs = []
-        for start_block in range(0, n_blocks, per_part):
-            end_block = min(n_blocks, start_block + per_part)
-            jobs.append(asyncio.to_thread(
-                _hash_part, buf[start_block * block_size:end_block * block_size],
-                first_index + start_block, block_size,
-                parent_digests[start_block * DIGEST_SIZE:end_block * DIGEST_SIZE],
-                old_entries[start_block * FP_SIZE:end_block * FP_SIZE], fps.key, test_random,
-                want_entries))
-        parts = await asyncio.gather(*jobs)
+        buf = buffers[slot] = bytearray(buf_len)
+    got = _read_into(fd, buf, length, offset)
+    if got != length:
+        raise UnavailableError("snapshot source shrank during the scan", offset=offset + got)
+    return _hash_part(memoryview(buf)[:length], first_index, block_size, parent_digests, old_entries,
+                      key, test_random, want_entries)
+
+
+async def _collect(parts: list[_PartResult], storer: _Storer, totals: _Totals) -> None:
+    """Add a batch's part results to ``totals``, cut full pages, hand chunks and pages to
+    ``storer``."""
     items: list[tuple[bytes, int, bytes, bytes]] = []
     for part in parts:
         totals.page_buf += part.digests
@@ -542,9 +588,6 @@ async def _process_batch(buf: memoryview | None, length: int, size: int, first_i
         totals.random_blocks += part.random_blocks
         totals.hashed_blocks += part.hashed_blocks
         items.extend(part.items)
-    if fps.writer is not None:
-        entries = None if buf is None else b"".join(p.entries for p in parts)
-        await asyncio.to_thread(fps.writer.append, entries, n_blocks)
     full_pages: list[bytes] = []
     while len(totals.page_buf) >= _PAGE_BYTES:
         full_pages.append(bytes(totals.page_buf[:_PAGE_BYTES]))
@@ -564,7 +607,7 @@ def _store_batch(store: ChunkStore, items: list[tuple[bytes, int, bytes, bytes]]
 async def take_snapshot(source_path: Path, *, volume: str, seq: int, epoch: int,
                         parent: Manifest | None, store: ChunkStore, now_ns: int,
                         pre_snapshot: Sequence[str] = (), post_snapshot: Sequence[str] = (),
-                        read_size_bytes: int = 8 * 2**20, block_size: int | None = None,
+                        read_size_bytes: int = READ_SIZE_BYTES, block_size: int | None = None,
                         hook_timeout_s: float = 300.0, fingerprints: Path | None = None,
                         full_pass_every: int = FULL_PASS_EVERY_SCANS,
                         full_pass_max_age_ns: int = FULL_PASS_MAX_AGE_NS) -> ScanResult:

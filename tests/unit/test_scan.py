@@ -261,3 +261,24 @@ async def test_snapshot_is_durable_and_readable_after_reopen(tmp_path: Path) -> 
     with ChunkStore(tmp_path / "s") as s:
         assert Manifest.decode(s.get(m.root)) == m
         assert rebuild(s, m) == img.read_bytes()
+
+
+def test_a_part_read_past_the_sources_end_is_a_typed_error(tmp_path: Path) -> None:
+    """A source that shrank between the size taken at open and the read of a batch part:
+    UnavailableError naming the offset where the data ended, never a short (wrong) digest."""
+    from replicad.errors import UnavailableError
+    from replicad.scan import _read_hash_part
+    bs = 4096
+    src = tmp_path / "shrunk.img"
+    src.write_bytes(text(random.Random(3), 10 * bs))
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        buffers: list[bytearray | None] = [None]
+        part = _read_hash_part(fd, 6 * bs, 4 * bs, buffers, 0, 4 * bs, 6, bs, b"", b"", 0, False, False)
+        assert part.digests == b"".join(blake3.blake3(src.read_bytes()[i * bs:(i + 1) * bs]).digest()
+                                        for i in range(6, 10))
+        with pytest.raises(UnavailableError) as info:
+            _read_hash_part(fd, 8 * bs, 4 * bs, buffers, 0, 4 * bs, 8, bs, b"", b"", 0, False, False)
+        assert info.value.evidence["offset"] == 10 * bs
+    finally:
+        os.close(fd)
