@@ -61,7 +61,7 @@ from collections.abc import Iterable, Sequence
 import blake3
 import lz4.block
 
-from replicad.durable import fsync_dir, preallocate
+from replicad.durable import fsync_dir, preallocate, release_cache
 from replicad.errors import (
     IntegrityError,
     InternalError,
@@ -234,6 +234,7 @@ class ChunkStore:
         self._active_fd: int | None = None
         self._next_pack_id = 1
         self._chunk_count = 0
+        self._repairs = 0
         self._closed = False
         try:
             created = not self.pack_dir.exists()
@@ -267,6 +268,10 @@ class ChunkStore:
         elif row[0] != INDEX_SCHEMA_VERSION:
             raise RemoteProtocolError("chunk index has an unknown schema version",
                                       version=row[0], supported=INDEX_SCHEMA_VERSION)
+        # chunks dropped as corrupt or lost and not stored again since (see repairs_pending);
+        # an additive table: an index written before it existed gains it empty
+        db.execute("CREATE TABLE IF NOT EXISTS repairs(digest BLOB PRIMARY KEY) WITHOUT ROWID")
+        self._repairs = db.execute("SELECT COUNT(*) FROM repairs").fetchone()[0]
 
     def _pack_path(self, pack_id: int) -> pathlib.Path:
         return self.pack_dir / f"{pack_id:08d}.pack"
@@ -308,11 +313,15 @@ class ChunkStore:
             packs = [r[0] for r in db.execute("SELECT DISTINCT pack FROM chunks")]
             for pack_id in packs:
                 if pack_id not in self._pack_sizes:
+                    db.execute("INSERT OR IGNORE INTO repairs(digest) SELECT digest FROM chunks WHERE pack=?",
+                               (pack_id,))
                     cur = db.execute("DELETE FROM chunks WHERE pack=?", (pack_id,))
                     log.warning("dropped %d index rows pointing into missing pack %d",
                                 cur.rowcount, pack_id)
                     dropped += cur.rowcount
                     continue
+                db.execute("INSERT OR IGNORE INTO repairs(digest) SELECT digest FROM chunks WHERE pack=? "
+                           "AND offset + ? + length > ?", (pack_id, RECORD_HEADER_SIZE, self._pack_sizes[pack_id]))
                 cur = db.execute("DELETE FROM chunks WHERE pack=? AND offset + ? + length > ?",
                                  (pack_id, RECORD_HEADER_SIZE, self._pack_sizes[pack_id]))
                 if cur.rowcount:
@@ -325,6 +334,7 @@ class ChunkStore:
             raise
         if dropped:
             log.warning("chunk store recovery dropped %d index rows in total", dropped)
+        self._repairs = db.execute("SELECT COUNT(*) FROM repairs").fetchone()[0]
 
     def _recover_tail(self, pack_id: int) -> None:
         """Validate the active pack after its last indexed record: re-index valid records,
@@ -542,6 +552,7 @@ class ChunkStore:
                 _pwritev_all(self._active_fd, buf, buf_start)
                 buf.clear()
                 os.fsync(self._active_fd)  # O1: pack durable before the index commit
+                release_cache(self._active_fd, buf_start, end - buf_start)
 
         if self._active_id is None:
             self._new_pack(undo)
@@ -570,11 +581,23 @@ class ChunkStore:
         try:
             db.executemany("INSERT INTO chunks(digest, pack, offset, length, codec) "
                            "VALUES(?,?,?,?,?)", rows)
+            if self._repairs:
+                db.executemany("DELETE FROM repairs WHERE digest=?", [(r[0],) for r in rows])
             db.execute("COMMIT")  # O1: index durable (synchronous=FULL) before "stored"
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        if self._repairs:
+            self._repairs = db.execute("SELECT COUNT(*) FROM repairs").fetchone()[0]
+
+    @property
+    def repairs_pending(self) -> int:
+        """How many chunks this store dropped (found corrupt, or lost with a pack tail at
+        recovery) and has not stored again since. While it is non-zero, snapshots recorded
+        here may lack chunks, so they must not be trusted as complete (see
+        ``transport.snapshot_complete``'s ``base``). Persistent across restarts."""
+        return self._repairs
 
     def _undo_append(self, undo: list[tuple[int, int]]) -> None:
         """Truncate every pack touched by a failed batch back to its previous size."""
@@ -684,6 +707,8 @@ class ChunkStore:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 cur = self._db.execute("DELETE FROM chunks WHERE digest=?", (digest,))
+                if cur.rowcount:
+                    self._db.execute("INSERT OR IGNORE INTO repairs(digest) VALUES(?)", (digest,))
                 self._db.execute("COMMIT")
             except sqlite3.Error as err:
                 if self._db.in_transaction:
@@ -691,6 +716,7 @@ class ChunkStore:
                 raise _translate(err, "deleting a corrupt chunk", digest=digest.hex()) from err
             if cur.rowcount:
                 self._chunk_count -= cur.rowcount
+                self._repairs = self._db.execute("SELECT COUNT(*) FROM repairs").fetchone()[0]
                 log.warning("dropped corrupt chunk %s from the index", digest.hex())
 
     # ------------------------------------------------------------------ gc

@@ -47,3 +47,20 @@ def preallocate(fd: int, offset: int, length: int) -> None:
     except OSError as err:
         if err.errno not in _NO_FALLOCATE:
             raise
+
+
+def release_cache(fd: int, offset: int, length: int) -> None:
+    """Drop the page-cache pages of ``[offset, offset + length)`` of ``fd`` once they are
+    durable (call after fsync; ``POSIX_FADV_DONTNEED`` only drops clean pages).
+
+    Why: bulk writers (chunk-store packs: a first full sync writes the whole volume's chunks
+    at the primary and at every replica) otherwise fill the page cache with pages nobody
+    reads soon, and each new page must come from free memory. On the reference machine (a VM
+    whose free memory is handed back to the host) writing 512 MiB in fsynced 4 MiB batches
+    took 1.75–2.5 s (1.3–1.5 s of it system CPU) as is, and 0.36–0.38 s (0.14 s) with the
+    pages dropped after each batch, because the dropped pages are reused at once. Readers
+    of just-written packs then read from the disk. Advice only: never raises."""
+    try:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass

@@ -459,3 +459,24 @@ def test_disk_full_raises_store_full_and_leaves_store_consistent(tmp_path: Path)
             assert store.gc(set(stored[:2]))["chunks_removed"] == len(stored) - 2
             store.put_blocks([rand_block(rng, 50_000)])  # room again after gc
         assert_consistent(root)
+
+
+def test_dropped_chunks_are_pending_repairs_until_stored_again(tmp_path: Path) -> None:
+    """delete_corrupt records a repair (kept across a restart); storing the chunk again
+    clears it. While any is pending, recorded snapshots are not trusted as complete."""
+    rng = random.Random(11)
+    blocks = [rng.randbytes(4096) for _ in range(3)]
+    with ChunkStore(tmp_path / "s") as store:
+        digests = store.put_blocks(blocks)
+        assert store.repairs_pending == 0
+        store.delete_corrupt(digests[1])
+        store.delete_corrupt(digests[1])  # twice: one repair
+        assert store.repairs_pending == 1
+    with ChunkStore(tmp_path / "s") as store:
+        assert store.repairs_pending == 1
+        store.put_blocks([blocks[0]])  # another chunk: still pending
+        assert store.repairs_pending == 1
+        store.put_blocks([blocks[1]])
+        assert store.repairs_pending == 0
+    with ChunkStore(tmp_path / "s") as store:
+        assert store.repairs_pending == 0
