@@ -49,12 +49,12 @@ from .config import SiteConfig, VolumeConfig
 from .consensus import RaftNode
 from .errors import (ConfigError, ConflictError, IntegrityError, NoQuorumError, NotFoundError, NotPrimaryError,
                      ReplicadError, StaleEpochError, UsageError, _jsonable, from_os_error, is_transient)
-from .manifest import PAGE_ENTRIES, Manifest, chunk_digests, diff, iter_block_digests, page_entries
+from .manifest import Manifest, changed_digests, chunk_digests, iter_block_digests, page_entries
 from .metrics import SiteMetrics
 from .restore import apply_snapshot, target_error, verify_image
 from .scan import take_snapshot
 from .state import CLOCK_REPORT_PERIOD_NS, newest_clean, newest_committed, newest_common, quorum_now_ns
-from .transport import PeerClient, peer_routes, snapshot_complete
+from .transport import PeerClient, SharedFrames, peer_routes, snapshot_complete
 
 log = logging.getLogger("replicad.daemon")
 
@@ -406,6 +406,20 @@ class SiteDaemon:
         return Manifest.decode(self.store.get(root))
 
     # PeerHost ---------------------------------------------------------------
+    def complete_base(self, volume: str) -> Manifest | None:
+        """The newest snapshot of ``volume`` in this site's catalog whose manifest is here:
+        every recorded snapshot's chunks are kept live by :meth:`_gc`, and a record is only
+        written once the snapshot was complete (received, produced, or fetched). None while
+        the store has chunks to repair (``ChunkStore.repairs_pending``): a recorded snapshot
+        may then lack one, and every block is looked up instead."""
+        assert self.catalog is not None and self.store is not None
+        if self.store.repairs_pending:
+            return None
+        for rec in sorted(self.catalog.list(volume), key=lambda r: r.seq, reverse=True):
+            if self.store.has(rec.root):
+                return self.load_manifest(rec.root)
+        return None
+
     async def check_write_epoch(self, volume: str, epoch: int, sender: str) -> None:
         """Fencing of peer writes: only the primary named by Raft, at exactly the committed
         epoch, may store snapshots here.
@@ -643,9 +657,12 @@ class SiteDaemon:
         socket timeout. A straggler's ship keeps running in the background; once the snapshot
         is committed, that replica adds itself as a holder (``_replica_step``).
         """
+        peers = self.data_peers()
+        shared = SharedFrames(self.store, consumers=len(peers)) if self.store is not None else None
+
         async def one(peer: str) -> tuple[str, dict]:
             try:
-                return peer, await self.ship(peer, vs, m, runner.acting_epoch)
+                return peer, await self.ship(peer, vs, m, runner.acting_epoch, shared)
             except ReplicadError as err:
                 if "url" in err.evidence:  # the peer's answer, or the link to it
                     log.warning("ship %s#%d to %s failed: %s", m.volume, m.seq, peer, err)
@@ -654,7 +671,7 @@ class SiteDaemon:
                                 peer, self.site_id, err.code, err, err.evidence)
                 return peer, {"ok": False, "error": err.code, "message": str(err)}
 
-        tasks = {asyncio.create_task(one(p), name=f"ship:{m.volume}#{m.seq}:{p}"): p for p in self.data_peers()}
+        tasks = {asyncio.create_task(one(p), name=f"ship:{m.volume}#{m.seq}:{p}"): p for p in peers}
         results: dict[str, dict] = {}
         pending: set[asyncio.Task] = set(tasks)
         grace_until: float | None = None
@@ -675,15 +692,16 @@ class SiteDaemon:
             t.add_done_callback(self._background.discard)
         return results
 
-    async def ship(self, peer: str, vs: dict, m: Manifest, epoch: int) -> dict:
+    async def ship(self, peer: str, vs: dict, m: Manifest, epoch: int, shared: SharedFrames | None = None) -> dict:
         """Ship snapshot ``m`` to ``peer``: offer only what differs from the newest snapshot both
         hold (delta), stream what it lacks, then get its O2 "stored" acknowledgement.
 
         A chunk found corrupt in the local store while reading it for shipping is dropped,
-        re-fetched (verified) from another data site that has it, and the ship retried once.
+        re-fetched (verified) from another data site that has it, and the ship retried once
+        (reading its own batches: ``shared`` may hold the failed one).
         """
         try:
-            return await self._ship_once(peer, vs, m, epoch)
+            return await self._ship_once(peer, vs, m, epoch, shared)
         except IntegrityError as err:
             bad = err.evidence.get("digest")
             if not isinstance(bad, str) or err.code != "integrity" or "url" in err.evidence:
@@ -693,7 +711,8 @@ class SiteDaemon:
             await self._fetch_missing(m.volume, epoch, [bytes.fromhex(bad)], self.data_peers())
             return await self._ship_once(peer, vs, m, epoch)
 
-    async def _ship_once(self, peer: str, vs: dict, m: Manifest, epoch: int) -> dict:
+    async def _ship_once(self, peer: str, vs: dict, m: Manifest, epoch: int,
+                         shared: SharedFrames | None = None) -> dict:
         assert self.peers is not None and self.store is not None
         url = self.peer_url(peer)
         base_seq = max((s for s, snap in vs["snapshots"].items() if peer in snap["holders"]
@@ -703,7 +722,7 @@ class SiteDaemon:
         lacking = await self.peers.missing(url, m.volume, epoch, offer)
         sent_bytes = 0
         if lacking:
-            _, sent_bytes = await self.peers.send_chunks(url, m.volume, epoch, self.store, lacking)
+            _, sent_bytes = await self.peers.send_chunks(url, m.volume, epoch, self.store, lacking, shared)
             self.metrics.shipped(m.volume, peer, sent_bytes)
         ok = await self.peers.snapshot_stored(url, m.volume, epoch, m.seq, m.root)
         return {"ok": ok, "offered": len(offer), "sent": len(lacking), "bytes": sent_bytes,
@@ -1442,17 +1461,10 @@ def _publish(written: Path, target: Path, size_bytes: int) -> None:
 
 
 def offer_digests(store: ChunkStore, m: Manifest, base: Manifest | None) -> list[bytes]:
-    """Digests a peer holding ``base`` may lack to hold ``m``: changed blocks, new pages, the root."""
-    changed = set(diff(base, m, store.get))
-    out: dict[bytes, None] = {}
+    """Digests a peer holding ``base`` may lack to hold ``m``: new pages, changed blocks, the root."""
     base_pages = set(base.pages) if base is not None else set()
-    for i, pd in enumerate(m.pages):
-        if pd in base_pages:
-            continue
-        out[pd] = None
-        for j, d in enumerate(page_entries(store.get(pd))):
-            if any(d) and (base is None or i * PAGE_ENTRIES + j in changed):
-                out[d] = None
+    out = dict.fromkeys(pd for pd in m.pages if pd not in base_pages)
+    out.update(dict.fromkeys(changed_digests(base, m, store.get)))
     out[m.root] = None
     return list(out)
 

@@ -238,6 +238,25 @@ def diff(old: Manifest | None, new: Manifest, load_page: Callable[[bytes], bytes
     return changed
 
 
+def changed_digests(old: Manifest | None, new: Manifest, load_page: Callable[[bytes], bytes]) -> list[bytes]:
+    """The non-zero digests of the blocks of ``new`` that :func:`diff` reports changed
+    against ``old``, in block order (a digest used by several changed blocks appears once
+    per block). Whoever holds all of ``old``'s chunks holds ``new``'s once it holds these
+    (and ``new``'s pages). Only pages whose page digests differ are loaded."""
+    if old is not None and old.block_size != new.block_size:
+        old = None
+    old_pages = old.pages if old is not None else ()
+    out: list[bytes] = []
+    for p, digest in enumerate(new.pages):
+        if p < len(old_pages) and old_pages[p] == digest:
+            continue
+        new_entries = _load_checked(new, p, load_page)
+        old_entries = _load_checked(old, p, load_page) if p < len(old_pages) else []
+        out.extend(d for d, o in zip(new_entries, old_entries) if d != o and d != ZERO_DIGEST)
+        out.extend(d for d in new_entries[len(old_entries):] if d != ZERO_DIGEST)
+    return out
+
+
 def chunk_digests(m: Manifest, load_page: Callable[[bytes], bytes]) -> set[bytes]:
     """The live set of one snapshot: every non-zero block digest, every page digest and the
     root. A chunk store gc must keep the union of these over all retained snapshots (O4)."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, Protocol
 
 import aiohttp
@@ -33,7 +33,7 @@ from . import wire
 from .chunkstore import ChunkStore
 from .errors import (IntegrityError, NotFoundError, PeerUnavailableError, RemoteProtocolError, ReplicadError,
                      from_dict)
-from .manifest import Manifest, iter_block_digests
+from .manifest import Manifest, changed_digests, iter_block_digests
 
 log = logging.getLogger("replicad.transport")
 
@@ -57,6 +57,11 @@ class PeerHost(Protocol):
 
     def chunks_received(self, volume: str, sender: str, payload_bytes: int) -> None:
         """Account chunk bytes received from ``sender`` (metrics)."""
+
+    def complete_base(self, volume: str) -> Manifest | None:
+        """A snapshot of ``volume`` this site holds completely (recorded, its chunks kept
+        live by the collector), to check a new snapshot against; None if there is none.
+        Synchronous (called in a worker thread)."""
 
 
 def error_response(err: ReplicadError) -> web.Response:
@@ -89,11 +94,15 @@ async def _read_doc(request: web.Request, kind: str) -> dict[str, Any]:
     return wire.decode_doc(kind, body)
 
 
-def snapshot_complete(store: ChunkStore, volume: str, epoch: int, seq: int, root: bytes) -> Manifest:
+def snapshot_complete(store: ChunkStore, volume: str, epoch: int, seq: int, root: bytes,
+                      base: Manifest | None = None) -> Manifest:
     """Check that the manifest ``root`` and everything it references is in ``store``.
 
-    Returns the decoded manifest. Raises NotFoundError (with the count of missing chunks)
-    or RemoteProtocolError if the manifest is not the announced snapshot. Synchronous.
+    ``base``: a snapshot of the volume this site holds completely (``PeerHost.complete_base``);
+    then only the blocks that differ from it (:func:`replicad.manifest.changed_digests`) are
+    looked up, not every block of the volume (1 GiB, 1 % changed: ~170 lookups instead of
+    ~8,300). Returns the decoded manifest. Raises NotFoundError (with the count of missing
+    chunks) or RemoteProtocolError if the manifest is not the announced snapshot. Synchronous.
     """
     if not store.has(root):
         raise NotFoundError("manifest not stored here", volume=volume, seq=seq, root=root.hex())
@@ -104,7 +113,11 @@ def snapshot_complete(store: ChunkStore, volume: str, epoch: int, seq: int, root
     lacking = store.missing(manifest.pages)
     if lacking:
         raise NotFoundError(f"{len(lacking)} manifest pages missing", volume=volume, seq=seq)
-    lacking = store.missing(d for d in iter_block_digests(manifest, store.get) if any(d))
+    if base is not None and base.volume == volume:
+        blocks: Iterable[bytes] = changed_digests(base, manifest, store.get)
+    else:
+        blocks = (d for d in iter_block_digests(manifest, store.get) if any(d))
+    lacking = store.missing(blocks)
     if lacking:
         raise NotFoundError(f"{len(lacking)} chunks missing", volume=volume, seq=seq, missing=len(lacking))
     return manifest
@@ -162,8 +175,9 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
         try:
             doc = await _read_doc(request, "snapshot")
             await host.check_write_epoch(doc["volume"], doc["epoch"], doc["from"])
+            base = await asyncio.to_thread(host.complete_base, doc["volume"])
             manifest = await asyncio.to_thread(snapshot_complete, host.store, doc["volume"], doc["epoch"],
-                                               doc["seq"], doc["root"])
+                                               doc["seq"], doc["root"], base)
             await host.snapshot_received(doc["volume"], doc["epoch"], doc["seq"], doc["root"], manifest.created_at_ns)
             return _msgpack_response(stored=True)
         except ReplicadError as err:
@@ -247,11 +261,12 @@ class PeerClient:
         return out
 
     async def send_chunks(self, peer_url: str, volume: str, epoch: int, store: ChunkStore,
-                          digests: Sequence[bytes]) -> tuple[int, int]:
+                          digests: Sequence[bytes], shared: SharedFrames | None = None) -> tuple[int, int]:
         """Stream ``digests`` (read verified from ``store``, already compressed) to the peer.
 
         Returns ``(newly_stored_count, bytes_sent)``. The stream is read from the store in
-        batches in a worker thread as aiohttp sends it (bounded memory).
+        batches of READ_BATCH in a worker thread as aiohttp sends it (bounded memory), or
+        through ``shared`` (one read for all the peers of a ship, :class:`SharedFrames`).
 
         Raises, besides the peer's errors: NotFoundError (a chunk to send is no longer in the
         local store, e.g. pruned meanwhile) or IntegrityError (one is corrupt here) — local
@@ -268,7 +283,9 @@ class PeerClient:
             yield header
             for i in range(0, len(digests), READ_BATCH):
                 try:
-                    frames = await asyncio.to_thread(_read_frames_strict, store, digests[i:i + READ_BATCH])
+                    batch = digests[i:i + READ_BATCH]
+                    frames = (await shared.read(batch) if shared is not None
+                              else await asyncio.to_thread(_read_frames_strict, store, batch))
                 except ReplicadError as err:
                     local_error = err
                     raise
@@ -328,6 +345,42 @@ class PeerClient:
                 raise PeerUnavailableError(f"peer {peer_url} unreachable: {err.__class__.__name__}: {err}",
                                            url=peer_url) from None
         return stored
+
+
+class SharedFrames:
+    """Verified frames of chunk batches, read from the store once for all the peers one
+    snapshot is shipped to concurrently (a first full sync offers every peer the same
+    chunks in the same order, so their senders ask for the same batches).
+
+    Each batch is read and verified in a worker thread by the first sender that asks; the
+    others await the same result. A batch is dropped once ``consumers`` senders took it, and
+    the oldest batches are dropped beyond ``max_batches`` (a sender that falls that far
+    behind reads its own; at most ``max_batches`` × READ_BATCH chunks are held (of
+    64 KiB blocks: 32 MiB). Measured (1 GiB first full sync to 2 replicas): the sender's
+    store reads and BLAKE3 verification were ~1.3 s of CPU, half of it for the second peer.
+    An error (a chunk missing or corrupt here) reaches every sender of that batch.
+    """
+
+    def __init__(self, store: ChunkStore, consumers: int, max_batches: int = 8) -> None:
+        self.store = store
+        self.consumers = consumers
+        self.max_batches = max_batches
+        self._batches: dict[tuple[bytes, ...], list[Any]] = {}  # key -> [future, takers]
+
+    async def read(self, digests: Sequence[bytes]) -> list[bytes]:
+        """Frames of ``digests`` (as :func:`_read_frames_strict`)."""
+        key = tuple(digests)
+        entry = self._batches.get(key)
+        if entry is None:
+            fut = asyncio.ensure_future(asyncio.to_thread(_read_frames_strict, self.store, key))
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if every taker left
+            entry = self._batches[key] = [fut, 0]
+            while len(self._batches) > self.max_batches:
+                del self._batches[next(iter(self._batches))]
+        entry[1] += 1
+        if entry[1] >= self.consumers:
+            self._batches.pop(key, None)
+        return await asyncio.shield(entry[0])
 
 
 def _read_frames_strict(store: ChunkStore, digests: Sequence[bytes]) -> list[bytes]:

@@ -16,6 +16,7 @@ from replicad.manifest import (
     PAGE_ENTRIES,
     ZERO_DIGEST,
     Manifest,
+    changed_digests,
     chunk_digests,
     diff,
     iter_block_digests,
@@ -218,6 +219,21 @@ def volume_pair(draw: st.DrawFn) -> tuple[list[bytes], list[bytes]]:
         if new:
             new[rng.randrange(n_new)] = ALPHABET[rng.randrange(len(ALPHABET))]
     return old, new
+
+
+@settings(max_examples=60, deadline=None)
+@given(pair=volume_pair(), has_old=st.booleans())
+def test_changed_digests_are_the_non_zero_digests_of_the_diff(pair: tuple[list[bytes], list[bytes]],
+                                                               has_old: bool) -> None:
+    """What a holder of ``old`` lacks for ``new`` (sender's offer, receiver's completeness
+    check): the non-zero digests at exactly the indexes :func:`diff` reports."""
+    old_digests, new_digests = pair
+    pages = PageStore()
+    old = make(old_digests, pages, seq=1) if has_old else None
+    new = make(new_digests, pages, seq=2)
+    expected = [new_digests[i] for i in naive_diff(old_digests if has_old else None, new_digests)
+                if new_digests[i] != ZERO_DIGEST]
+    assert changed_digests(old, new, pages.load) == expected
 
 
 @settings(max_examples=60, deadline=None)

@@ -3,16 +3,19 @@ server on loopback: errors say whose fault they are."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from replicad.chunkstore import ChunkStore
 from replicad.errors import NotFoundError, PeerUnavailableError
 from replicad.localcluster import free_port
-from replicad.transport import PeerClient, peer_routes
+from replicad.manifest import iter_block_digests
+from replicad.transport import PeerClient, SharedFrames, peer_routes
 
 
 class Receiver:
@@ -27,6 +30,9 @@ class Receiver:
         return None
 
     async def snapshot_received(self, volume: str, epoch: int, seq: int, root: bytes, created_at_ns: int) -> None:
+        return None
+
+    def complete_base(self, volume: str):
         return None
 
     def chunks_received(self, volume: str, sender: str, payload_bytes: int) -> None:
@@ -65,3 +71,75 @@ async def test_a_chunk_pruned_from_the_local_store_is_a_local_error_not_an_unrea
                 assert receiver.missing(digests[:2]) == []
         finally:
             await runner.cleanup()
+
+
+class CountingStore(ChunkStore):
+    """A real chunk store that counts the chunks read out of it."""
+
+    reads = 0
+
+    def get_encoded(self, digest: bytes) -> tuple[int, bytes]:
+        type(self).reads += 1
+        return super().get_encoded(digest)
+
+
+async def test_shared_frames_read_each_batch_once_for_all_peers(tmp_path: Path) -> None:
+    """Two senders of one ship ask for the same batches: one store read (and verification)
+    per chunk; a sender that falls more than max_batches behind reads its own; a chunk
+    missing here fails every sender of its batch with the local NotFoundError."""
+    rng = random.Random(5)
+    with CountingStore(tmp_path / "a") as store:
+        digests = store.put_blocks([rng.randbytes(4096) for _ in range(12)])
+        batches = [digests[i:i + 3] for i in range(0, 12, 3)]
+        shared = SharedFrames(store, consumers=2, max_batches=2)
+        CountingStore.reads = 0
+        first, second = await asyncio.gather(shared.read(batches[0]), shared.read(batches[0]))
+        assert first == second and len(first) == 3
+        assert CountingStore.reads == 3
+        for b in batches[1:]:  # one sender runs 3 batches ahead: batch 1 is dropped (max 2 held)
+            await shared.read(b)
+        assert CountingStore.reads == 12
+        await shared.read(batches[3])        # still held: no read
+        assert CountingStore.reads == 12
+        await shared.read(batches[1])        # dropped: read again
+        assert CountingStore.reads == 15
+        gone = [bytes(32)]
+        shared = SharedFrames(store, consumers=2)
+        results = await asyncio.gather(shared.read(gone), shared.read(gone), return_exceptions=True)
+        assert all(isinstance(r, NotFoundError) and r.evidence.get("local") for r in results)
+        with pytest.raises(NotFoundError):
+            await shared.read(gone)
+
+
+async def test_completeness_against_a_held_base_looks_up_only_the_changed_blocks(tmp_path: Path) -> None:
+    """snapshot_complete with ``base`` (a snapshot the receiver holds completely): a changed
+    block's chunk missing is refused; unchanged blocks are trusted to the base (a chunk of
+    theirs missing is only seen without a base — why complete_base refuses to name a base
+    while the store has repairs pending)."""
+    from replicad.scan import take_snapshot
+    from replicad.transport import snapshot_complete
+    rng = random.Random(8)
+    img = tmp_path / "v.img"
+    img.write_bytes(rng.randbytes(16 * 4096))
+    with ChunkStore(tmp_path / "primary") as src, ChunkStore(tmp_path / "replica") as dst:
+        m1 = (await take_snapshot(img, volume="v", seq=1, epoch=1, parent=None, store=src, now_ns=1,
+                                  block_size=4096)).manifest
+        with open(img, "r+b") as fh:
+            fh.seek(5 * 4096)
+            fh.write(rng.randbytes(4096))
+        m2 = (await take_snapshot(img, volume="v", seq=2, epoch=1, parent=m1, store=src, now_ns=2,
+                                  block_size=4096)).manifest
+        everything = {d for m in (m1, m2) for d in (m.root, *m.pages, *iter_block_digests(m, src.get))}
+        changed = next(d for d in iter_block_digests(m2, src.get) if d not in set(iter_block_digests(m1, src.get)))
+        dst.put_encoded([(d, *src.get_encoded(d)) for d in everything if d != changed])
+        with pytest.raises(NotFoundError) as info:
+            snapshot_complete(dst, "v", 1, 2, m2.root, base=m1)
+        assert info.value.evidence["missing"] == 1
+        dst.put_encoded([(changed, *src.get_encoded(changed))])
+        assert snapshot_complete(dst, "v", 1, 2, m2.root, base=m1).root == m2.root
+        unchanged = next(iter_block_digests(m1, src.get))
+        dst.delete_corrupt(unchanged)
+        assert snapshot_complete(dst, "v", 1, 2, m2.root, base=m1).root == m2.root  # trusted to the base
+        with pytest.raises(NotFoundError):
+            snapshot_complete(dst, "v", 1, 2, m2.root)
+        assert dst.repairs_pending == 1
