@@ -83,7 +83,7 @@ def open_direct(path: Path | str, flags: int, block_size: int) -> int | None:
     size that is not a multiple of DIRECT_ALIGN, or a file system that refuses O_DIRECT
     (EINVAL, e.g. tmpfs). Other OSErrors are raised.
 
-    Why direct I/O for restores (see ARCHITECTURE.md "Restore I/O"): a restore writes and
+    Why direct I/O for restores (see ARCHITECTURE.md, "Page cache and bulk I/O"): a restore writes and
     re-reads the whole image once. Through the page cache, every page of a new image must be
     allocated; on the reference machine (a VM whose free memory is handed back to the host)
     writing 1 GiB into fresh page-cache memory took 2.5–3.0 s, against 0.22–0.27 s into
