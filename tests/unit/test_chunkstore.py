@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -480,3 +481,27 @@ def test_dropped_chunks_are_pending_repairs_until_stored_again(tmp_path: Path) -
         assert store.repairs_pending == 0
     with ChunkStore(tmp_path / "s") as store:
         assert store.repairs_pending == 0
+
+
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="util-linux fincore not installed")
+def test_a_sequential_read_of_a_pack_drops_the_pages_behind_it(tmp_path: Path) -> None:
+    """Reading a pack front to back (a restore) leaves at most about DROP_BEHIND_BYTES of it
+    in the page cache (fincore counts the resident bytes); a scattered read drops nothing."""
+    from replicad.chunkstore import DROP_BEHIND_BYTES
+    rng = random.Random(12)
+    blocks = [rng.randbytes(65536) for _ in range(512)]  # 32 MiB of incompressible chunks, one pack
+    with ChunkStore(tmp_path / "s") as store:
+        digests = store.put_blocks(blocks)
+        (pack,) = sorted((tmp_path / "s" / "packs").glob("*.pack"))
+
+        def resident() -> int:
+            out = subprocess.run(["fincore", "-b", "-n", "-o", "RES", str(pack)], capture_output=True,
+                                 text=True, check=True, timeout=30).stdout
+            return int(out.split()[0])
+
+        for d in digests[::97]:  # scattered: every read starts a new run
+            assert store.get(d)
+        assert resident() >= 5 * 65536
+        for d, raw in zip(digests, blocks):
+            assert store.get(d) == raw
+        assert resident() <= DROP_BEHIND_BYTES + 4 * 2**20  # the pages behind + kernel readahead; 32 MiB without
