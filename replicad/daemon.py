@@ -66,6 +66,10 @@ OPERATIONS_KEPT = 100
 PARTIAL_SUFFIX = ".partial"  # a restore's image until its root verified (then renamed onto the target)
 SHUTDOWN_GRACE_S = 10.0    # well inside systemd's TimeoutStopSec=60
 STRAGGLER_GRACE_S = 2.0    # after min_copies stored, how long to wait for the other replicas
+# Scans running at once on a site (each uses every core for its batches and holds 16 MiB of
+# read buffers): more would not finish sooner, and peak memory would grow with the number of
+# volumes (8 sparse volumes scanned at once: 326 MB peak RSS, vs 8 MiB batches: 271 MB).
+SCAN_SLOTS = max(1, min(4, os.cpu_count() or 1))
 EPOCH_CATCH_UP_S = 2.0     # how long a receiver waits to apply an epoch a sender already has
 PROPOSE_DEADLINE_S = 15.0   # how long a proposal waits for a leader election (seen: 0.5-2.1 s)
 
@@ -145,6 +149,7 @@ class SiteDaemon:
         self.operations: dict[str, Operation] = {}
         self.interrupted_restores: list[str] = []  # in-place restore targets a crash left incomplete
         self._restoring: set[str] = set()  # resolved targets of the restores running now
+        self._scan_slots = asyncio.Semaphore(SCAN_SLOTS)  # see SCAN_SLOTS
         self._data_dir_lock: int | None = None  # fd holding the flock of data_dir/lock
         self.metrics = SiteMetrics.for_site(cfg, self.status, lambda: self.raft.view() if self.raft else {})
         self._background: set[asyncio.Task] = set()
@@ -596,11 +601,13 @@ class SiteDaemon:
                 runner.parent = self.load_manifest(vs["snapshots"][nc]["root"])
         local_max = max((r.seq for r in self.catalog.list(cfg.name, "local") if r.epoch == epoch), default=0)
         seq = max(vs["last_seq"], local_max) + 1
-        result = await take_snapshot(Path(cfg.path), volume=cfg.name, seq=seq, epoch=epoch, parent=runner.parent,
-                                     store=self.store, now_ns=time.time_ns(),
-                                     fingerprints=fingerprints.path_for(self.data_dir, cfg.name),
-                                     pre_snapshot=cfg.source.pre_snapshot, post_snapshot=cfg.source.post_snapshot,
-                                     block_size=cfg.block_size_bytes)
+        async with self._scan_slots:
+            result = await take_snapshot(Path(cfg.path), volume=cfg.name, seq=seq, epoch=epoch,
+                                         parent=runner.parent, store=self.store, now_ns=time.time_ns(),
+                                         fingerprints=fingerprints.path_for(self.data_dir, cfg.name),
+                                         pre_snapshot=cfg.source.pre_snapshot,
+                                         post_snapshot=cfg.source.post_snapshot,
+                                         block_size=cfg.block_size_bytes)
         m = result.manifest
         await asyncio.to_thread(self.catalog.put, SnapshotRecord(cfg.name, epoch, seq, m.root, "local",
                                                                  m.created_at_ns))
@@ -753,8 +760,10 @@ class SiteDaemon:
                         and self.store.has(snap["root"])]
                 parent = self.load_manifest(vs["snapshots"][max(ours)]["root"]) if ours else None
             seq = max((r.seq for r in self.catalog.list(name) if r.epoch == old_epoch), default=0) + 1
-            res = await take_snapshot(Path(runner.cfg.path), volume=name, seq=seq, epoch=old_epoch, parent=parent,
-                                      store=self.store, now_ns=time.time_ns(), block_size=runner.cfg.block_size_bytes)
+            async with self._scan_slots:
+                res = await take_snapshot(Path(runner.cfg.path), volume=name, seq=seq, epoch=old_epoch,
+                                          parent=parent, store=self.store, now_ns=time.time_ns(),
+                                          block_size=runner.cfg.block_size_bytes)
             if res.changed_blocks or parent is None or parent.root not in committed_roots:
                 await asyncio.to_thread(self.catalog.put, SnapshotRecord(
                     name, old_epoch, seq, res.manifest.root, "divergent", res.manifest.created_at_ns))
