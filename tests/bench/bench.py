@@ -21,9 +21,9 @@ Rows (units in the table):
   (``--inplace --no-whole-file --ignore-times --fsync`` of the same image file to an rsync
   daemon on 127.0.0.1; ``--ignore-times`` so that its size+mtime quick check never skips a
   changed image) to one target, and to two targets **in parallel** (two rsync processes).
-* **first full sync**: the primary starts on an all-zero image of the same size, the image's
-  content is copied into it, then one snapshot ships everything. Beside it ``rsync --fsync``
-  to a fresh target, and ``cp`` + fsync (the floor). Bytes on the wire: the cycle report's
+* **first full sync**: the primary's volume is a copy of the image; its first snapshot
+  (no parent) ships everything to both replicas. Beside it ``rsync --fsync`` to a fresh
+  target, the same to two fresh targets in parallel (info), and ``cp`` + fsync (the floor). Bytes on the wire: the cycle report's
   ``bytes_shipped`` (summed over both replicas, and per replica) and rsync's "Total bytes sent".
 * **scan**: ``scan.take_snapshot`` in-process on the image into a fresh store (full: lz4 and
   store every non-zero block) and again with that snapshot as parent after a 1 % change
@@ -369,8 +369,10 @@ def one_run(run: int, image: Path, work: Path, res: Results, args: argparse.Name
         fsync_path(floor)
         res.add("full.cp.s", time.perf_counter() - t0)
         floor.unlink()
-        for m in ("t2", "t3"):
-            shutil.copyfile(rs.target("t1", "ehr.img"), rs.target(m, "ehr.img"))
+        # the same first copy to two targets at once (replicad ships to 2 replicas): also
+        # seeds t2 and t3 for the incremental rows
+        dt, _ = rsync_to(["--fsync"], a_img, [rs.url("t2", "ehr.img"), rs.url("t3", "ehr.img")], tmo)
+        res.add("full.rsync2.s", dt)
         os.sync()
 
         # ---- incremental cycles (warm, then cold)
@@ -565,6 +567,8 @@ def build_table(res: Results, args: argparse.Namespace, cold: bool) -> tuple[Tab
     rf = ratio(res.med("full.rsync.s"), res.med("full.replicad.s"))
     add("first full sync vs rsync --fsync (1 target)", res.cell("full.replicad.s", s_fmt),
         res.cell("full.rsync.s", s_fmt), rf, "no slower (>= 1x)", rf is not None and rf >= 1)
+    add("  vs rsync --fsync 2 targets (parallel)", "(same, 2 replicas)", res.cell("full.rsync2.s", s_fmt),
+        ratio(res.med("full.rsync2.s"), res.med("full.replicad.s")), "info", None)
     add("  vs cp + fsync floor", "", res.cell("full.cp.s", s_fmt),
         ratio(res.med("full.cp.s"), res.med("full.replicad.s")), "info", None)
     rb = ratio(res.med("full.replicad.bytes_per_replica"), res.med("full.rsync.bytes"))
