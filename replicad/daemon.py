@@ -29,6 +29,7 @@ import dataclasses
 import fcntl
 import logging
 import os
+import ssl
 import signal
 import stat
 import threading
@@ -53,6 +54,7 @@ from .manifest import Manifest, changed_digests, chunk_digests, iter_block_diges
 from .metrics import SiteMetrics
 from .restore import apply_snapshot, target_error, verify_image
 from .scan import take_snapshot
+from .tls import client_context, server_context
 from .state import CLOCK_REPORT_PERIOD_NS, newest_clean, newest_committed, newest_common, quorum_now_ns
 from .transport import PeerClient, SharedFrames, peer_routes, snapshot_complete
 
@@ -175,11 +177,14 @@ class SiteDaemon:
             runner.role = "primary" if runner.acting_epoch is not None else "replica"
         await asyncio.to_thread(self._recover_restores)
         self.raft.start()
-        self.session = aiohttp.ClientSession()
+        tls = self.cfg.tls
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=client_context(tls)) if tls is not None else None)
         self.peers = PeerClient(self.session, self.site_id)
         from .admin import admin_routes  # admin imports daemon types
 
-        await self._serve(peer_routes(self), self.cfg.peer_listen, client_max_size=64 * 2**20)
+        await self._serve(peer_routes(self), self.cfg.peer_listen, client_max_size=64 * 2**20,
+                          ssl_context=server_context(tls) if tls is not None else None)
         await self._serve(admin_routes(self), self.cfg.admin_listen)
         self._tasks.append(asyncio.create_task(self._bootstrap(), name="bootstrap"))
         for runner in self.runners.values():
@@ -214,14 +219,15 @@ class SiteDaemon:
         its snapshot commits need a reachable leader, see consensus point 7)."""
         return any(r.acting_epoch is not None for r in list(self.runners.values()))
 
-    async def _serve(self, routes: list[web.RouteDef], listen: str, **app_kw: Any) -> None:
+    async def _serve(self, routes: list[web.RouteDef], listen: str, ssl_context: ssl.SSLContext | None = None,
+                     **app_kw: Any) -> None:
         app = web.Application(**app_kw)
         app.add_routes(routes)
         # on stop, in-flight requests get SHUTDOWN_GRACE_S to finish, then are abandoned
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
         await runner.setup()
         host, port = _host_port(listen)
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
         self._web_runners.append(runner)
 
     def request_stop(self) -> None:

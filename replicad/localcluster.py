@@ -8,6 +8,8 @@ name. :class:`LocalCluster` is a context manager: leaving it kills every process
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import os
 import signal
 import socket
@@ -17,6 +19,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from .adminclient import call_admin
 from .errors import ReplicadError, UnavailableError
@@ -29,6 +36,44 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+class LocalCA:
+    """A throwaway certificate authority for mutual TLS between local sites (tests, demo):
+    EC P-256 keys, certificates valid for one day, written as PEM files under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "replicad test CA")])
+        self.cert = (_builder(name, self.key.public_key()).issuer_name(name)
+                     .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                     .sign(self.key, hashes.SHA256()))
+        self.ca_file = self.root / "ca.crt"
+        self.ca_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(self, name: str, ip: str = "127.0.0.1") -> tuple[Path, Path]:
+        """(cert file, key file) for ``name`` (commonName and DNS subjectAltName) at ``ip``
+        (IP subjectAltName), signed by this CA; the key file is mode 0600."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        san = x509.SubjectAlternativeName([x509.DNSName(name), x509.IPAddress(ipaddress.ip_address(ip))])
+        cert = (_builder(subject, key.public_key()).issuer_name(self.cert.subject)
+                .add_extension(san, critical=False).sign(self.key, hashes.SHA256()))
+        cert_file, key_file = self.root / f"{name}.crt", self.root / f"{name}.key"
+        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        os.chmod(key_file, 0o600)
+        return cert_file, key_file
+
+
+def _builder(subject: x509.Name, public_key: Any) -> x509.CertificateBuilder:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (x509.CertificateBuilder().subject_name(subject).public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1)))
 
 
 @dataclass
@@ -77,8 +122,9 @@ class LocalCluster:
     def __init__(self, root: Path, *, n_data: int = 3, n_witness: int = 0, volumes: tuple[str, ...] = ("ehr",),
                  interval: str = "1h", min_copies: int = 2, block_size: str = "64KiB",
                  apply_delay: str = "0s", extra_volume_toml: str = "",
-                 tokens: dict[str, dict[str, tuple[str, str]]] | None = None) -> None:
+                 tokens: dict[str, dict[str, tuple[str, str]]] | None = None, tls: bool = False) -> None:
         self.root = Path(root)
+        self.ca = LocalCA(self.root / "tls") if tls else None  # mutual TLS on the peer API
         self.volumes = volumes
         names = [f"site-{chr(ord('a') + i)}" for i in range(n_data + n_witness)]
         self.sites: dict[str, SiteProc] = {}
@@ -102,14 +148,19 @@ class LocalCluster:
         return (admins or [token for _, token in named] or [None])[0]
 
     def _write_configs(self, interval: str, min_copies: int, block_size: str, apply_delay: str, extra: str) -> None:
+        scheme = "https" if self.ca is not None else "http"
         members = "".join(
             f'\n[[sites]]\nsite_id = "{s.site_id}"\nraft = "127.0.0.1:{s.raft_port}"\n'
-            f'peer_url = "http://127.0.0.1:{s.peer_port}"\nadmin_url = "{s.admin_url}"\nkind = "{s.kind}"\n'
+            f'peer_url = "{scheme}://127.0.0.1:{s.peer_port}"\nadmin_url = "{s.admin_url}"\nkind = "{s.kind}"\n'
             for s in self.sites.values())
         for s in self.sites.values():
             s.dir.mkdir(parents=True, exist_ok=True)
             (s.dir / "raft.key").write_text(RAFT_KEY)
             os.chmod(s.dir / "raft.key", 0o600)
+            tls = ""
+            if self.ca is not None:
+                cert, key = self.ca.issue(s.site_id)
+                tls = f'[tls]\ncert_file = "{cert}"\nkey_file = "{key}"\nca_file = "{self.ca.ca_file}"\n'
             vols = ""
             if s.kind == "data":
                 for v in self.volumes:
@@ -123,7 +174,7 @@ class LocalCluster:
                 f'site_id = "{s.site_id}"\ndata_dir = "data"\nlog_level = "info"\n'
                 f'[raft]\nbind = "127.0.0.1:{s.raft_port}"\npassword_file = "raft.key"\n'
                 f'[peer]\nlisten = "127.0.0.1:{s.peer_port}"\n[admin]\nlisten = "127.0.0.1:{s.admin_port}"\n'
-                + self._tokens_toml(s.site_id) + members + vols)
+                + tls + self._tokens_toml(s.site_id) + members + vols)
 
     # ------------------------------------------------------------------ processes
     def start(self, site_id: str) -> None:

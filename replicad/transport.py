@@ -34,6 +34,7 @@ from .chunkstore import ChunkStore
 from .errors import (IntegrityError, NotFoundError, PeerUnavailableError, RemoteProtocolError, ReplicadError,
                      from_dict)
 from .manifest import Manifest, changed_digests, iter_block_digests
+from .tls import check_sender
 
 log = logging.getLogger("replicad.transport")
 
@@ -91,7 +92,16 @@ async def read_bounded(stream: aiohttp.StreamReader, declared: int | None, limit
 
 async def _read_doc(request: web.Request, kind: str) -> dict[str, Any]:
     body = await read_bounded(request.content, request.content_length, wire.MAX_DOC_BYTES, f"{kind} document")
-    return wire.decode_doc(kind, body)
+    doc = wire.decode_doc(kind, body)
+    _check_sender(request, doc["from"])
+    return doc
+
+
+def _check_sender(request: web.Request, sender: object) -> None:
+    """Over mutual TLS, the client certificate must name ``sender`` (ForbiddenError)."""
+    transport = request.transport
+    peercert = transport.get_extra_info("peercert") if transport is not None else None
+    check_sender(peercert, sender)
 
 
 def snapshot_complete(store: ChunkStore, volume: str, epoch: int, seq: int, root: bytes,
@@ -147,6 +157,7 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
                 for frame in reader.frames():
                     if not checked:
                         # fencing: refuse the stream of a stale primary before storing anything
+                        _check_sender(request, reader.header["from"])
                         await host.check_write_epoch(reader.header["volume"], reader.header["epoch"],
                                                reader.header["from"])
                         checked = True
@@ -158,6 +169,7 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
                         batch, batch_bytes = [], 0
             header = reader.finish()
             if not checked:
+                _check_sender(request, header["from"])
                 await host.check_write_epoch(header["volume"], header["epoch"], header["from"])
             if batch:
                 stored += await asyncio.to_thread(host.store.put_encoded, batch)  # O1

@@ -1,0 +1,61 @@
+"""Mutual TLS on the peer API: three real daemons with ``[tls]``, real certificates.
+
+Replication works over https; a client without a certificate, with one from another CA, or
+with a certificate that names another site than the ``from`` it claims is refused.
+"""
+
+from __future__ import annotations
+
+import random
+import ssl
+
+import aiohttp
+import pytest
+
+from replicad.config import TlsConfig
+from replicad.errors import ForbiddenError, PeerUnavailableError
+from replicad.localcluster import LocalCA, LocalCluster
+from replicad.tls import client_context
+from replicad.transport import PeerClient
+
+from .conftest import VOL, overwrite_blocks, snapshot
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+async def _missing(ctx, site_id: str, url: str) -> list[bytes]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
+        return await PeerClient(session, site_id).missing(url, VOL, 1, [bytes(32)])
+
+
+async def test_peers_replicate_over_mutual_tls_and_refuse_impostors(cluster_factory, tmp_path) -> None:
+    c: LocalCluster = cluster_factory(tls=True)
+    assert c.ca is not None
+    first = snapshot(c, "site-a")
+    assert first["committed"] and set(first["holders"]) == {"site-a", "site-b", "site-c"}
+    overwrite_blocks(c.sites["site-a"].volume_path(VOL), [3, 30], random.Random(4))
+    second = snapshot(c, "site-a")
+    assert second["committed"] and second["changed_blocks"] == 2
+    assert all(second["peers"][p]["ok"] for p in ("site-b", "site-c"))
+    url = f"https://127.0.0.1:{c.sites['site-b'].peer_port}"
+
+    # a certificate of this CA naming site-c may speak as site-c ...
+    cert, key = c.ca.root / "site-c.crt", c.ca.root / "site-c.key"  # site-c's own files
+    as_c = client_context(TlsConfig(cert_file=cert, key_file=key, ca_file=c.ca.ca_file))
+    assert await _missing(as_c, "site-c", url) == [bytes(32)]
+    # ... but not as site-a
+    with pytest.raises(ForbiddenError) as info:
+        await _missing(as_c, "site-a", url)
+    assert info.value.evidence["sender"] == "site-a"
+
+    # another CA's certificate, and no certificate at all: refused at the handshake
+    other = LocalCA(tmp_path / "other-ca")
+    ocert, okey = other.issue("site-a")
+    stranger = client_context(TlsConfig(cert_file=ocert, key_file=okey, ca_file=c.ca.ca_file))
+    with pytest.raises(PeerUnavailableError):
+        await _missing(stranger, "site-a", url)
+    anonymous = ssl.create_default_context(cafile=str(c.ca.ca_file))
+    with pytest.raises(PeerUnavailableError):
+        await _missing(anonymous, "site-a", url)
+    with pytest.raises(PeerUnavailableError):  # plain http to the TLS port
+        await _missing(None, "site-a", url.replace("https://", "http://"))
