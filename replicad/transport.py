@@ -151,6 +151,18 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
         batch_bytes = 0
         checked = False
         received_bytes = 0
+        # one batch is stored (verified, written, fsynced: O1) while the next is received, so
+        # the sender is not stalled by this site's fsyncs; at most two batches in memory
+        storing: asyncio.Future[int] | None = None
+
+        async def store(items: list[tuple[bytes, int, bytes]]) -> None:
+            nonlocal storing, stored
+            if storing is not None:
+                stored += await storing
+                storing = None
+            if items:
+                storing = asyncio.ensure_future(asyncio.to_thread(host.store.put_encoded, items))
+
         try:
             async for data in request.content.iter_chunked(wire.FEED_MAX_BYTES):
                 reader.feed(data)
@@ -165,14 +177,14 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
                     batch_bytes += len(frame[2])
                     received_bytes += len(frame[2])
                     if batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_ITEMS:
-                        stored += await asyncio.to_thread(host.store.put_encoded, batch)  # O1
+                        await store(batch)
                         batch, batch_bytes = [], 0
             header = reader.finish()
             if not checked:
                 _check_sender(request, header["from"])
                 await host.check_write_epoch(header["volume"], header["epoch"], header["from"])
-            if batch:
-                stored += await asyncio.to_thread(host.store.put_encoded, batch)  # O1
+            await store(batch)
+            await store([])  # O1: every batch durable before the answer
             host.chunks_received(header["volume"], header["from"], received_bytes)
             return _msgpack_response(stored=stored)
         except ReplicadError as err:
@@ -182,6 +194,9 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
         except (aiohttp.ClientPayloadError, ConnectionResetError) as err:
             log.info("chunk stream cut after %d stored: %s", stored, err)
             return error_response(PeerUnavailableError("chunk stream cut", stored=stored))
+        finally:
+            if storing is not None:  # an error elsewhere: the batch in flight still finishes (or fails) whole
+                await asyncio.gather(storing, return_exceptions=True)
 
     async def snapshot(request: web.Request) -> web.Response:
         try:
@@ -290,20 +305,31 @@ class PeerClient:
         sent = 0
         local_error: ReplicadError | None = None
 
+        def read(i: int) -> asyncio.Future[list[bytes]]:
+            batch = digests[i:i + READ_BATCH]
+            return asyncio.ensure_future(shared.read(batch) if shared is not None
+                                         else asyncio.to_thread(_read_frames_strict, store, batch))
+
         async def body() -> AsyncIterator[bytes]:
             nonlocal sent, local_error
             yield header
-            for i in range(0, len(digests), READ_BATCH):
-                try:
-                    batch = digests[i:i + READ_BATCH]
-                    frames = (await shared.read(batch) if shared is not None
-                              else await asyncio.to_thread(_read_frames_strict, store, batch))
-                except ReplicadError as err:
-                    local_error = err
-                    raise
-                data = b"".join(frames)
-                sent += len(data)
-                yield data
+            starts = range(0, len(digests), READ_BATCH)
+            ahead = read(starts[0]) if starts else None  # batch k+1 is read while batch k is sent
+            try:
+                for k in range(len(starts)):
+                    assert ahead is not None
+                    try:
+                        frames = await ahead
+                    except ReplicadError as err:
+                        local_error = err
+                        raise
+                    ahead = read(starts[k + 1]) if k + 1 < len(starts) else None
+                    data = b"".join(frames)
+                    sent += len(data)
+                    yield data
+            finally:
+                if ahead is not None:  # the stream ended early: let the read finish, drop it
+                    await asyncio.gather(ahead, return_exceptions=True)
 
         try:
             reply = await self._post(peer_url + "/v1/peer/chunks", body())
