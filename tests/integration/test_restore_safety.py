@@ -7,10 +7,8 @@ file system is full.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 from replicad.errors import ReplicadError, TargetFullError
 
 from .conftest import VOL, snapshot
+from tests.tmpfs import small_tmpfs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -97,18 +96,6 @@ def test_when_every_copy_is_bad_the_restore_fails_typed_and_writes_nothing(clust
     assert c.status("site-a")["interrupted_restores"] == []
 
 
-@contextlib.contextmanager
-def _small_tmpfs(path: Path, size: str):
-    path.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 def test_symlink_targets_and_a_full_target_file_system(cluster_factory, tmp_path: Path) -> None:
     c = cluster_factory()  # 12 MiB volume
     assert snapshot(c, "site-a")["committed"]
@@ -134,7 +121,7 @@ def test_symlink_targets_and_a_full_target_file_system(cluster_factory, tmp_path
     assert c.api("site-b", "POST", path, {"target": str(link), "overwrite": True})["verified"]
     assert link.is_symlink() and real.read_bytes() == expected
     # the target's file system is full: target_full (HTTP 507), not the chunk store's store_full
-    with _small_tmpfs(tmp_path / "small", "1m") as small:
+    with small_tmpfs(tmp_path / "small", "1m") as small:
         target = small / "restored.img"
         with pytest.raises(ReplicadError) as err:
             c.api("site-b", "POST", path, {"target": str(target)})

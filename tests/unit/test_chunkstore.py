@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
@@ -36,6 +35,7 @@ from replicad.errors import (
     RemoteProtocolError,
     StoreFullError,
 )
+from tests.tmpfs import small_tmpfs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -429,19 +429,6 @@ def test_concurrent_puts_and_gets_from_threads(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- disk full
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str):
-    path.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                         capture_output=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def test_disk_full_raises_store_full_and_leaves_store_consistent(tmp_path: Path) -> None:
