@@ -1,5 +1,6 @@
-"""Small durability helpers shared by every module that writes files: directory fsync after a
-rename or a new entry, and block preallocation before large writes."""
+"""Small file I/O helpers shared by the bulk readers and writers: directory fsync after a
+rename or a new entry, block preallocation before large writes, page-cache release, and
+reads into reused buffers."""
 
 from __future__ import annotations
 
@@ -64,3 +65,20 @@ def release_cache(fd: int, offset: int, length: int) -> None:
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
     except OSError:
         pass
+
+
+def read_into(fd: int, buf: memoryview | bytearray, length: int, offset: int, *, align: int = 1) -> int:
+    """Fill ``buf[:length]`` from ``offset`` of ``fd`` with ``preadv`` (into a reused buffer:
+    no allocation, no fresh page faults per read); each read is asked rounded up to a
+    multiple of ``align`` (O_DIRECT needs whole aligned units; ``buf`` must then be that
+    long and aligned). Returns the bytes read: less than ``length`` only at the end of the
+    file or device. Raises OSError."""
+    view = memoryview(buf)
+    ask = -(-length // align) * align
+    done = 0
+    while done < length:
+        n = os.preadv(fd, [view[done:ask]], offset + done)
+        if n <= 0:
+            break
+        done += n
+    return min(done, length)

@@ -38,6 +38,19 @@ ZERO_DIGEST = bytes(DIGEST_SIZE)
 BLOCK_SIZE_MAX_BYTES = 16 * 2**20
 MANIFEST_MAX_BYTES = 16 * 2**20
 
+
+_ZERO_BLOCKS: dict[int, bytes] = {}
+
+
+def zero_block(size: int) -> bytes:
+    """``size`` zero bytes, one shared object per size (the content of a ZERO_DIGEST block;
+    compared with ``startswith`` as a memcmp zero check, written for zero blocks)."""
+    zero = _ZERO_BLOCKS.get(size)
+    if zero is None:
+        zero = _ZERO_BLOCKS[size] = bytes(size)
+    return zero
+
+
 _KEYS = frozenset({"v", "volume", "seq", "epoch", "parent_seq", "created_at_ns", "size_bytes",
                    "block_size", "pages", "stats"})
 
@@ -209,6 +222,21 @@ def iter_block_digests(m: Manifest, load_page: Callable[[bytes], bytes]) -> Iter
         yield from _load_checked(m, p, load_page)
 
 
+def _differing_pages(old: Manifest | None, new: Manifest,
+                     load_page: Callable[[bytes], bytes]) -> Iterator[tuple[int, list[bytes], list[bytes]]]:
+    """``(first block index, new entries, old entries)`` of every page of ``new`` whose page
+    digest differs from ``old``'s at the same position (old entries empty past old's end);
+    ``old`` of another block size compares as None. Only those pages are loaded."""
+    if old is not None and old.block_size != new.block_size:
+        old = None
+    old_pages = old.pages if old is not None else ()
+    for p, digest in enumerate(new.pages):
+        if p < len(old_pages) and old_pages[p] == digest:
+            continue  # same digest: same entries, same count
+        old_entries = _load_checked(old, p, load_page) if old is not None and p < len(old_pages) else []
+        yield p * PAGE_ENTRIES, _load_checked(new, p, load_page), old_entries
+
+
 def diff(old: Manifest | None, new: Manifest, load_page: Callable[[bytes], bytes]) -> list[int]:
     """Sorted block indexes of ``new`` whose digest differs from ``old``.
 
@@ -218,23 +246,11 @@ def diff(old: Manifest | None, new: Manifest, load_page: Callable[[bytes], bytes
     reported. ``old`` None, or an ``old`` with another block size, compares as an empty
     volume. Only pages whose page digests differ are loaded.
     """
-    if old is not None and old.block_size != new.block_size:
-        old = None
-    old_pages = old.pages if old is not None else ()
     changed: list[int] = []
-    for p, digest in enumerate(new.pages):
-        if p < len(old_pages) and old_pages[p] == digest:
-            continue  # same digest: same entries, same count
-        base = p * PAGE_ENTRIES
-        new_entries = _load_checked(new, p, load_page)
-        old_entries = _load_checked(old, p, load_page) if p < len(old_pages) else []
+    for base, new_entries, old_entries in _differing_pages(old, new, load_page):
         n_old = len(old_entries)
-        for i, d in enumerate(new_entries):
-            if i < n_old:
-                if d != old_entries[i]:
-                    changed.append(base + i)
-            elif d != ZERO_DIGEST:
-                changed.append(base + i)
+        changed.extend(base + i for i, d in enumerate(new_entries)
+                       if (d != old_entries[i] if i < n_old else d != ZERO_DIGEST))
     return changed
 
 
@@ -243,15 +259,8 @@ def changed_digests(old: Manifest | None, new: Manifest, load_page: Callable[[by
     against ``old``, in block order (a digest used by several changed blocks appears once
     per block). Whoever holds all of ``old``'s chunks holds ``new``'s once it holds these
     (and ``new``'s pages). Only pages whose page digests differ are loaded."""
-    if old is not None and old.block_size != new.block_size:
-        old = None
-    old_pages = old.pages if old is not None else ()
     out: list[bytes] = []
-    for p, digest in enumerate(new.pages):
-        if p < len(old_pages) and old_pages[p] == digest:
-            continue
-        new_entries = _load_checked(new, p, load_page)
-        old_entries = _load_checked(old, p, load_page) if p < len(old_pages) else []
+    for _, new_entries, old_entries in _differing_pages(old, new, load_page):
         out.extend(d for d, o in zip(new_entries, old_entries) if d != o and d != ZERO_DIGEST)
         out.extend(d for d in new_entries[len(old_entries):] if d != ZERO_DIGEST)
     return out

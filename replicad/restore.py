@@ -21,15 +21,16 @@ import logging
 import mmap
 import os
 import stat
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .chunkstore import ChunkStore, digest_of
-from .durable import preallocate
+from .durable import preallocate, read_into
 from .errors import ReplicadError, RestoreVerifyError, TargetFullError, from_os_error
-from .manifest import PAGE_ENTRIES, ZERO_DIGEST, Manifest, page_entries, pages_from_digests
+from .manifest import PAGE_ENTRIES, ZERO_DIGEST, Manifest, page_entries, pages_from_digests, zero_block
 
 Progress = Callable[[int, int], None]
 log = logging.getLogger(__name__)
@@ -191,28 +192,24 @@ def read_buffers(block_size: int) -> tuple[memoryview, memoryview]:
 def _read_window(fd: int, buf: memoryview, offset: int, want: int) -> memoryview:
     """Read ``want`` bytes at ``offset`` into ``buf`` (I/O thread); the bytes past the end of
     the file or device are zeros. Returns ``buf[:want]``. Raises OSError."""
-    ask = -(-want // DIRECT_ALIGN) * DIRECT_ALIGN  # O_DIRECT: whole aligned units (EOF: short read)
-    got = 0
-    while got < want:
-        n = os.preadv(fd, [buf[got:ask]], offset + got)
-        if n <= 0:
-            break
-        got += n
+    got = read_into(fd, buf, want, offset, align=DIRECT_ALIGN)  # O_DIRECT: whole aligned units
     if got < want:
         buf[got:want] = bytes(want - got)
     return buf[:want]
 
 
 _POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
 
 
 def _io_pool() -> ThreadPoolExecutor:
     """The I/O threads of restores and re-reads (2: a read ahead and a write behind; the
-    syscalls release the GIL)."""
+    syscalls release the GIL). Created on first use; restores run in worker threads."""
     global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="restore-io")
-    return _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="restore-io")
+        return _POOL
 
 
 def _runs(indexes: list[int]) -> list[tuple[int, int]]:
@@ -320,7 +317,7 @@ def _apply_page(fd: int, dfd: int | None, read_bufs: tuple[memoryview, memoryvie
     for index, d in todo:
         length = _block_len(manifest, index)
         nbytes += length
-        data = _zeros(length) if d == ZERO_DIGEST else store.get(d)
+        data = zero_block(length) if d == ZERO_DIGEST else store.get(d)
         if writer is None or length != bs:  # the page cache (short last block: always)
             os.pwrite(fd, data, index * bs)
         else:
@@ -343,16 +340,6 @@ def _write_run(dfd: int, fd: int, data: memoryview, offset: int) -> None:
                 rest, n = rest[m:], max(0, n) + m
             return
         data, offset = data[n:], offset + n
-
-
-_ZERO_BLOCKS: dict[int, bytes] = {}
-
-
-def _zeros(size: int) -> bytes:
-    zero = _ZERO_BLOCKS.get(size)
-    if zero is None:
-        zero = _ZERO_BLOCKS[size] = bytes(size)
-    return zero
 
 
 def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base: Manifest | None = None,

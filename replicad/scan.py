@@ -12,7 +12,8 @@ index, and, if changed and non-zero, lz4, its pack record header (crc32) and the
 test. Finding batch k+1 (holes: SEEK_DATA) and loading its parent digests overlap the reading
 and hashing of batch k; storing (pack fsync, index commit) overlaps both. Measured in-process
 on the reference machine, 1 GiB, 1 % changed: 0.21 s (the previous design — one reader
-thread feeding the hashers, 8 MiB batches — 0.30 s). The event loop only awaits; it never touches a block.
+thread feeding the hashers, 8 MiB batches — 0.30 s). The event loop only awaits; it never
+touches a block.
 
 Blocks: ``n_blocks = ceil(size / block_size)``; the last block may be short and its chunk
 holds exactly the bytes present (no padding). All-zero blocks get ``ZERO_DIGEST`` and are
@@ -56,6 +57,7 @@ from replicad.anomaly import looks_random
 from xxhash import xxh3_128_digest
 
 from replicad.chunkstore import ChunkStore, digest_of, encode_chunk, record_header
+from replicad.durable import read_into
 from replicad.errors import (
     InternalError,
     ReplicadError,
@@ -79,6 +81,7 @@ from replicad.manifest import (
     ZERO_DIGEST,
     Manifest,
     page_entries,
+    zero_block,
 )
 
 log = logging.getLogger("replicad.scan")
@@ -132,16 +135,6 @@ class _Totals:
     hashed_blocks: int = 0
 
 
-_ZEROS: dict[int, bytes] = {}
-
-
-def _zeros(block_size: int) -> bytes:
-    zero = _ZEROS.get(block_size)
-    if zero is None:
-        zero = _ZEROS[block_size] = bytes(block_size)
-    return zero
-
-
 def _hash_part(view: memoryview, first_index: int, block_size: int, parent_digests: bytes,
                old_entries: bytes, key: int, test_random: bool, want_entries: bool) -> _PartResult:
     """Worker-thread work for the blocks of ``view`` (block 0 of it has index ``first_index``).
@@ -154,7 +147,7 @@ def _hash_part(view: memoryview, first_index: int, block_size: int, parent_diges
     ``test_random``: run the randomness test on changed blocks (incremental snapshots only).
     ``want_entries``: also return the fingerprint entries of these blocks for the new cache.
     """
-    zero = _zeros(block_size)
+    zero = zero_block(block_size)
     digests = bytearray()
     entries = bytearray()
     changed: list[int] = []
@@ -301,19 +294,6 @@ def _open_source(path: Path) -> tuple[int, int]:
         os.close(fd)
         raise
     return fd, size
-
-
-def _read_into(fd: int, buf: bytearray, length: int, offset: int) -> int:
-    """Fill ``buf[:length]`` from ``offset`` (preadv into a reused buffer: no allocation and
-    no fresh page faults per batch); returns the bytes read (less only at end of file)."""
-    view = memoryview(buf)
-    done = 0
-    while done < length:
-        n = os.preadv(fd, [view[done:length]], offset + done)
-        if n <= 0:
-            break
-        done += n
-    return done
 
 
 READ_SIZE_BYTES = 16 * 2**20  # one scan batch, split among the workers (1 GiB, 1 %: 0.21 s vs 0.25 s at 8 MiB)
@@ -569,7 +549,7 @@ def _read_hash_part(fd: int, offset: int, length: int, buffers: list[bytearray |
     buf = buffers[slot]
     if buf is None:
         buf = buffers[slot] = bytearray(buf_len)
-    got = _read_into(fd, buf, length, offset)
+    got = read_into(fd, buf, length, offset)
     if got != length:
         raise UnavailableError("snapshot source shrank during the scan", offset=offset + got)
     return _hash_part(memoryview(buf)[:length], first_index, block_size, parent_digests, old_entries,
