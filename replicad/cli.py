@@ -124,7 +124,8 @@ STATUS_DEGRADED_EXIT = 1  # ``replicad status``: the site answered, and is degra
 def status_problems(data: dict) -> list[str]:
     """Why the ``GET /v1/status`` answer ``data`` shows a degraded site, one sentence each
     (empty: healthy). Degraded means: this site's Raft view is not current, it knows no
-    leader or no quorum; a member is unreachable; a restore was interrupted; or a volume's
+    leader or no quorum; a member is unreachable; chunks lost here await repair; a restore was
+    interrupted; or a volume's
     last step failed (``last_error``), its newest committed snapshot is not its newest clean
     one (suspect: an incident), or this site is ``fenced``/``divergent`` for it. Pure."""
     out: list[str] = []
@@ -138,6 +139,10 @@ def status_problems(data: dict) -> list[str]:
     for m in data.get("members") or []:
         if not m.get("self") and not m.get("reachable"):
             out.append(f"site {m.get('site_id')} unreachable")
+    pending = (data.get("store") or {}).get("repairs_pending")
+    if pending:
+        out.append(f"{pending} chunks lost here are being re-fetched from the other sites (new snapshots "
+                   "are refused here until then)")
     for target in data.get("interrupted_restores") or []:
         out.append(f"a restore into {target} was interrupted")
     for name, v in sorted(data.get("volumes", {}).items()):
@@ -369,6 +374,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from .config import load_config
 
     cfg = load_config(Path(args.config))
+    if cfg.tls is not None:
+        from .tls import check_site_tls
+
+        check_site_tls(cfg.tls, cfg.site_id)
     console.print(f"{args.config}: ok — site {cfg.site_id}, {len(cfg.sites)} sites, {len(cfg.volumes)} volume(s)")
     return 0
 

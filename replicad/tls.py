@@ -15,8 +15,12 @@ Contexts come from :mod:`ssl` (TLS 1.2 at least, the platform's default ciphers)
 
 from __future__ import annotations
 
+import datetime
 import ssl
 from typing import Any
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from .config import TlsConfig
 from .errors import ConfigError, ForbiddenError
@@ -45,6 +49,35 @@ def client_context(tls: TlsConfig) -> ssl.SSLContext:
     """The peer client's context: presents this site's certificate, verifies the server's
     against the CA and the peer URL's host. Raises ConfigError if the files do not load."""
     return _context(ssl.Purpose.SERVER_AUTH, tls)
+
+
+def check_site_tls(tls: TlsConfig, site_id: str, now: datetime.datetime | None = None) -> None:
+    """Everything a site's ``[tls]`` must satisfy before it serves, for ``check-config`` and
+    the daemon's start: the certificate, key and CA load and belong together (both contexts
+    are built), the certificate is valid now, and it names ``site_id`` (commonName or DNS
+    subjectAltName: the sender check of every peer that receives from this site). Raises
+    ConfigError naming the file and the problem."""
+    server_context(tls)
+    client_context(tls)
+    try:
+        cert = x509.load_pem_x509_certificate(tls.cert_file.read_bytes())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"tls.cert_file: {tls.cert_file} is not a PEM certificate: {err}",
+                          cert_file=str(tls.cert_file)) from err
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise ConfigError(f"tls.cert_file: {tls.cert_file} is not valid now (valid from "
+                          f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} to {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)",
+                          cert_file=str(tls.cert_file))
+    names = {a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)}
+    try:
+        names |= set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+                     .value.get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        pass
+    if site_id not in names:
+        raise ConfigError(f"tls.cert_file: {tls.cert_file} names {sorted(names)}, not this site {site_id!r}: "
+                          "peers would refuse everything it sends", cert_file=str(tls.cert_file))
 
 
 def cert_names(peercert: dict[str, Any]) -> set[str]:

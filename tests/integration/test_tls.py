@@ -59,3 +59,38 @@ async def test_peers_replicate_over_mutual_tls_and_refuse_impostors(cluster_fact
         await _missing(anonymous, "site-a", url)
     with pytest.raises(PeerUnavailableError):  # plain http to the TLS port
         await _missing(None, "site-a", url.replace("https://", "http://"))
+
+
+def test_check_config_refuses_tls_files_that_do_not_belong_together(tmp_path) -> None:
+    """check-config builds the TLS contexts and reads the certificate, as the daemon's start
+    does: a key of another certificate, a garbage CA, or a certificate naming another site is
+    a config error (exit 2) naming the file, not an "ok" followed by a refused start."""
+    import shutil
+    import subprocess
+    import sys
+
+    c = LocalCluster(tmp_path / "c", tls=True)
+    assert c.ca is not None
+    site = c.sites["site-a"].config_path
+    text = site.read_text()
+
+    def check(body: str) -> tuple[int, str]:
+        cfg = site.with_name("edited.toml")
+        cfg.write_text(body)
+        r = subprocess.run([sys.executable, "-m", "replicad", "check-config", str(cfg)], capture_output=True,
+                           text=True, timeout=60)
+        return r.returncode, r.stdout + r.stderr
+
+    assert check(text)[0] == 0
+    other_key = str(c.ca.root / "site-b.key")
+    rc, out = check(text.replace(str(c.ca.root / "site-a.key"), other_key))
+    assert rc == 2 and "tls" in out and "Traceback" not in out
+    garbage = tmp_path / "garbage.crt"
+    garbage.write_text("not a certificate\n")
+    rc, out = check(text.replace(str(c.ca.ca_file), str(garbage)))
+    assert rc == 2 and "Traceback" not in out
+    shutil.copy(c.ca.root / "site-b.crt", tmp_path / "b.crt")
+    shutil.copy(c.ca.root / "site-b.key", tmp_path / "b.key")
+    rc, out = check(text.replace(str(c.ca.root / "site-a.crt"), str(tmp_path / "b.crt"))
+                    .replace(str(c.ca.root / "site-a.key"), str(tmp_path / "b.key")))
+    assert rc == 2 and "not this site 'site-a'" in out
