@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .chunkstore import ChunkStore, digest_of
 from .durable import preallocate, read_into
-from .errors import ReplicadError, RestoreVerifyError, TargetFullError, from_os_error
+from .errors import ReplicadError, RestoreVerifyError, TargetFullError, UsageError, from_os_error
 from .manifest import PAGE_ENTRIES, ZERO_DIGEST, Manifest, page_entries, pages_from_digests, zero_block
 
 Progress = Callable[[int, int], None]
@@ -342,6 +342,28 @@ def _write_run(dfd: int, fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[n:], offset + n
 
 
+def check_target_size(target: Path, manifest: Manifest) -> None:
+    """Raise UsageError if ``target`` is a block device smaller than ``manifest`` (a file is
+    resized; a missing target is created). Called before a restore writes anything."""
+    try:
+        fd = os.open(target, os.O_RDONLY)
+    except OSError:
+        return  # absent or unreadable: the write path reports it, typed
+    try:
+        if stat.S_ISBLK(os.fstat(fd).st_mode):
+            _check_device_size(fd, target, manifest)
+    finally:
+        os.close(fd)
+
+
+def _check_device_size(fd: int, target: Path, manifest: Manifest) -> None:
+    size = os.lseek(fd, 0, os.SEEK_END)
+    if size < manifest.size_bytes:
+        raise UsageError(f"restore target {target} is a device of {size} bytes, smaller than the snapshot "
+                         f"({manifest.size_bytes} bytes): nothing was written", target=str(target),
+                         device_bytes=size, size_bytes=manifest.size_bytes)
+
+
 def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base: Manifest | None = None,
                    progress: Progress | None = None, direct: bool = True) -> ApplyReport:
     """Make the file ``target`` hold exactly the snapshot ``manifest``.
@@ -363,7 +385,8 @@ def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base:
         NotFoundError: a needed chunk is not in the store (fetch it first).
         IntegrityError: a stored chunk is corrupt (the caller re-fetches it and retries).
         TargetFullError: the target's file system is full (:func:`target_error`).
-        UsageError / InternalError: other errors of the target's file system.
+        UsageError: a block device smaller than the snapshot (checked before any write), or
+            another error of the target's file system; InternalError.
     """
     bs = manifest.block_size
     total = manifest.n_blocks
@@ -377,6 +400,8 @@ def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base:
     try:
         zero_from = manifest.size_bytes  # offsets at or past this already read as zeros
         regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        if not regular:
+            _check_device_size(fd, target, manifest)
         read_bufs = read_buffers(bs)
         if regular:
             old_size = os.fstat(fd).st_size

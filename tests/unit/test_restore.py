@@ -419,3 +419,28 @@ def test_direct_io_is_not_tried_for_block_sizes_it_cannot_align(tmp_path: Path) 
     fd = open_direct(path, os.O_RDONLY, 4096)
     assert fd is not None
     os.close(fd)
+
+
+async def test_a_block_device_smaller_than_the_snapshot_is_refused_before_any_write(tmp_path: Path,
+                                                                                 store: ChunkStore) -> None:
+    """A loop device of 1 MiB as the target of a 2 MiB snapshot: UsageError naming both sizes,
+    and the device's bytes untouched (before, the first MiB was overwritten and the error
+    blamed a full /dev)."""
+    import subprocess
+    from replicad.errors import UsageError
+    img = tmp_path / "vol.img"
+    img.write_bytes(random.Random(21).randbytes(2 * 2**20))
+    m = await snap(img, store, 1, block_size=4096)
+    backing = tmp_path / "dev.img"
+    backing.write_bytes(b"\xa5" * 2**20)
+    res = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        pytest.skip(f"no loop device here: {res.stderr.strip()}")
+    dev = Path(res.stdout.strip())
+    try:
+        with pytest.raises(UsageError) as info:
+            apply_snapshot(dev, m, store)
+        assert "smaller than the snapshot" in str(info.value)
+    finally:
+        subprocess.run(["losetup", "-d", str(dev)], check=False, timeout=30)
+    assert backing.read_bytes() == b"\xa5" * 2**20
