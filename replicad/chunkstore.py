@@ -594,6 +594,15 @@ class ChunkStore:
         if self._repairs:
             self._repairs = db.execute("SELECT COUNT(*) FROM repairs").fetchone()[0]
 
+    def pending_repairs(self, limit: int = 4096) -> list[bytes]:
+        """Up to ``limit`` digests of :attr:`repairs_pending` (to fetch them again)."""
+        with self._lock:
+            self._check_open()
+            try:
+                return [r[0] for r in self._db.execute("SELECT digest FROM repairs LIMIT ?", (limit,))]
+            except sqlite3.Error as err:
+                raise _translate(err, "querying the chunk index") from err
+
     @property
     def repairs_pending(self) -> int:
         """How many chunks this store dropped (found corrupt, or lost with a pack tail at
@@ -765,6 +774,13 @@ class ChunkStore:
                 raise _translate(err, "garbage-collecting the chunk store") from err
 
     def _gc_locked(self, live: set[bytes], min_waste_ratio: float) -> dict:
+        if self._repairs:  # a chunk no kept snapshot needs any more needs no repair either
+            gone = [(r[0],) for r in self._db.execute("SELECT digest FROM repairs") if r[0] not in live]
+            if gone:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("DELETE FROM repairs WHERE digest=?", gone)
+                self._db.execute("COMMIT")
+                self._repairs = self._db.execute("SELECT COUNT(*) FROM repairs").fetchone()[0]
         per_pack: dict[int, list[tuple[bytes, int, int, int]]] = {p: [] for p in self._pack_sizes}
         for digest, pack_id, offset, length, codec in self._db.execute(
                 "SELECT digest, pack, offset, length, codec FROM chunks"):
@@ -867,10 +883,10 @@ class ChunkStore:
 
     def stats(self) -> dict:
         """``{"chunks": indexed chunk count, "stored_bytes": total pack file bytes on disk,
-        "packs": pack file count}``."""
+        "packs": pack file count, "repairs_pending": chunks dropped and not stored again}``."""
         with self._lock:
             return {"chunks": self._chunk_count, "stored_bytes": sum(self._pack_sizes.values()),
-                    "packs": len(self._pack_sizes)}
+                    "packs": len(self._pack_sizes), "repairs_pending": self._repairs}
 
     def close(self) -> None:
         """Close files and the index. Idempotent; the store is unusable afterwards."""

@@ -52,9 +52,9 @@ from .errors import (ConfigError, ConflictError, IntegrityError, NoQuorumError, 
                      ReplicadError, StaleEpochError, UsageError, _jsonable, from_os_error, is_transient)
 from .manifest import Manifest, changed_digests, chunk_digests, iter_block_digests, page_entries
 from .metrics import SiteMetrics
-from .restore import apply_snapshot, target_error, verify_image
+from .restore import apply_snapshot, check_target_size, target_error, verify_image
 from .scan import take_snapshot
-from .tls import client_context, server_context
+from .tls import check_site_tls, client_context, server_context
 from .state import CLOCK_REPORT_PERIOD_NS, newest_clean, newest_committed, newest_common, quorum_now_ns
 from .transport import PeerClient, SharedFrames, peer_routes, snapshot_complete
 
@@ -162,6 +162,8 @@ class SiteDaemon:
     async def start(self) -> None:
         """Open the store and catalog, start Raft, the peer and admin servers and the runners."""
         self._loop = asyncio.get_running_loop()
+        if self.cfg.tls is not None:  # before anything opens: a bad certificate stops the start
+            check_site_tls(self.cfg.tls, self.site_id)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_data_dir()
         self.store = await asyncio.to_thread(ChunkStore, self.data_dir / "chunks")
@@ -1087,6 +1089,7 @@ class SiteDaemon:
                                     op: "Operation | None", phases: dict[str, float]) -> tuple[Any, bytes]:
         assert self.catalog is not None
         in_place = target.exists()
+        await asyncio.to_thread(check_target_size, target, manifest)  # a too-small device: refused, untouched
         progress = op.progress if op else None
         written = target
         if not in_place:  # a name of our own, created exclusively: never someone else's file
@@ -1228,9 +1231,40 @@ class SiteDaemon:
             except ReplicadError as err:
                 log.debug("clock heartbeat not committed: %s", err)
 
+    async def repair_step(self) -> int:
+        """Re-fetch the chunks this store dropped and could not heal (``repairs_pending``:
+        corrupt, or lost with a pack tail) from the other data sites, for every volume.
+        While any is pending, new snapshots are checked against every block (not a held base),
+        so a replica missing a chunk keeps refusing them rather than acknowledging a hole.
+        Returns how many are still pending. Found by a break-it pass: a replica whose chunk
+        was lost while its peers were down refused every later snapshot until an operator ran
+        ``verify`` on the old snapshot."""
+        assert self.store is not None
+        if not self.store.repairs_pending:
+            return 0
+        wanted = await asyncio.to_thread(self.store.pending_repairs)
+        for name in self.runners:
+            vs = self.volume_state(name)
+            if vs is None or not wanted:
+                continue
+            try:
+                await self._fetch_missing(name, vs["epoch"], wanted, self.data_peers())
+            except NotFoundError as err:
+                log.info("repair of %d chunks for %s: %s", len(wanted), name, err)
+            wanted = await asyncio.to_thread(self.store.pending_repairs)
+        if wanted:
+            log.warning("%d chunks lost at %s are still not available from any data site", len(wanted), self.site_id)
+        else:
+            log.info("every chunk lost at %s was re-fetched", self.site_id)
+        return len(wanted)
+
     async def _retention_loop(self) -> None:
         while True:
             await asyncio.sleep(RETENTION_TICK_S)
+            try:
+                await self.repair_step()
+            except ReplicadError as err:
+                log.info("repair: %s", err)
             for runner in self.runners.values():
                 try:
                     async with runner.lock:
@@ -1318,7 +1352,9 @@ class SiteDaemon:
     async def verify(self, volume: str, seq: int | None = None) -> dict:
         """Re-read and check every chunk (manifest, pages, blocks) of a committed snapshot held
         here (default: the newest this site holds). A corrupt chunk is dropped and re-fetched,
-        verified, from another holder ("healed"); one no holder can supply stays "lost".
+        verified, from another holder ("healed"), and so is one missing here (dropped by an
+        earlier check that no holder could heal); one no holder can supply stays "lost" (and
+        pending repair, :meth:`repair_step`).
 
         Returns ``{volume, seq, checked, corrupt: [digest hex], healed, lost, seconds}``.
         Raises NotFoundError if this site holds no such snapshot.
@@ -1369,6 +1405,9 @@ class SiteDaemon:
                 return self.store.get(d)
             except IntegrityError:
                 self.store.delete_corrupt(d)
+                corrupt.append(d)
+                return None
+            except NotFoundError:  # dropped earlier (found corrupt, nobody could supply it): heal it now
                 corrupt.append(d)
                 return None
 

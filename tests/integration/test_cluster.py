@@ -17,7 +17,7 @@ import pytest
 from replicad.chunkstore import ChunkStore
 from replicad.errors import NoQuorumError
 from replicad.localcluster import LocalCluster
-from replicad.manifest import Manifest
+from replicad.manifest import Manifest, iter_block_digests
 from replicad.restore import verify_image
 
 from .conftest import VOL, overwrite_blocks, snapshot
@@ -164,6 +164,34 @@ def test_corrupt_chunk_is_detected_and_refetched(cluster: LocalCluster, tmp_path
     assert rest["verified"] and target.read_bytes() == expected
     log = cluster.sites["site-b"].log_path.read_text()
     assert "corrupt chunk" in log
+
+
+def test_a_chunk_lost_at_a_replica_is_healed_by_verify_and_shown_until_then(cluster: LocalCluster) -> None:
+    """A chunk a replica dropped and could not re-fetch (its peers were down) stays pending
+    repair: ``replicad status`` says so, and a later ``verify`` of the snapshot fetches it
+    (before, verify failed with not_found on the very chunk it should heal)."""
+    rng = random.Random(9)
+    first = snapshot(cluster, "site-a")
+    overwrite_blocks(cluster.sites["site-a"].volume_path(VOL), [7], rng)
+    second = snapshot(cluster, "site-a")  # block 7's old chunk now belongs to snapshot 1 only
+    cluster.wait_for("standby b", lambda: cluster.status("site-b")["volumes"][VOL]["standby_seq"] == second["seq"], 30)
+    cluster.kill("site-b", signal.SIGTERM)
+    store = ChunkStore(cluster.sites["site-b"].dir / "data" / "chunks")
+    try:
+        m1 = Manifest.decode(store.get(bytes.fromhex(committed(cluster, "site-a")[first["seq"]]["root"])))
+        m2 = Manifest.decode(store.get(bytes.fromhex(committed(cluster, "site-a")[second["seq"]]["root"])))
+        old = [d for d, n in zip(iter_block_digests(m1, store.get), iter_block_digests(m2, store.get)) if d != n]
+        assert len(old) == 1
+        store.delete_corrupt(old[0])  # what a verify does with a corrupt chunk nobody can supply
+        assert store.repairs_pending == 1
+    finally:
+        store.close()
+    cluster.start("site-b")
+    cluster.wait_ready(60)
+    assert cluster.status("site-b")["store"]["repairs_pending"] == 1
+    res = cluster.api("site-b", "POST", f"/v1/volumes/{VOL}/verify", {"seq": first["seq"]})
+    assert res["healed"] == 1 and res["lost"] == 0 and res["corrupt"] == [old[0].hex()]
+    assert cluster.status("site-b")["store"]["repairs_pending"] == 0
 
 
 def test_planned_switchover_loses_nothing(cluster: LocalCluster) -> None:

@@ -509,3 +509,14 @@ def test_the_record_checksum_is_zlibs_crc32_of_header_and_payload() -> None:
         assert len(header) == RECORD_HEADER_SIZE
         fields = header[:-4]
         assert struct.unpack("<I", header[-4:])[0] == zlib.crc32(fields + payload)
+
+
+def test_a_pending_repair_no_kept_snapshot_needs_is_forgotten_by_gc(tmp_path: Path) -> None:
+    rng = random.Random(14)
+    with ChunkStore(tmp_path / "s") as store:
+        a, b = store.put_blocks([rng.randbytes(4096), rng.randbytes(4096)])
+        store.delete_corrupt(a)
+        store.delete_corrupt(b)
+        assert sorted(store.pending_repairs()) == sorted([a, b]) and store.stats()["repairs_pending"] == 2
+        store.gc({b})  # a is referenced by no kept snapshot any more
+        assert store.pending_repairs() == [b] and store.repairs_pending == 1
