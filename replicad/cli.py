@@ -125,9 +125,10 @@ def status_problems(data: dict) -> list[str]:
     """Why the ``GET /v1/status`` answer ``data`` shows a degraded site, one sentence each
     (empty: healthy). Degraded means: this site's Raft view is not current, it knows no
     leader or no quorum; a member is unreachable; chunks lost here await repair; a restore was
-    interrupted; or a volume's
-    last step failed (``last_error``), its newest committed snapshot is not its newest clean
-    one (suspect: an incident), or this site is ``fenced``/``divergent`` for it. Pure."""
+    interrupted; or a volume's last step failed (``last_error``), its last snapshot was not
+    stored at a replica (``last_report.peers``, e.g. an expired TLS certificate there; a
+    straggler still shipping is not counted), its newest committed snapshot is not its newest
+    clean one (suspect: an incident), or this site is ``fenced``/``divergent`` for it. Pure."""
     out: list[str] = []
     raft = data.get("raft", {})
     if raft.get("leader") is None:
@@ -153,6 +154,10 @@ def status_problems(data: dict) -> list[str]:
                        f"{v.get('newest_clean') if v.get('newest_clean') is not None else 'none'})")
         if v.get("role") in ("fenced", "divergent"):
             out.append(f"{name}: this site is {v['role']} (resync pending)")
+        for peer, rep in sorted(((v.get("last_report") or {}).get("peers") or {}).items()):
+            if isinstance(rep, dict) and not rep.get("ok") and rep.get("error") != "straggler":
+                out.append(f"{name}: the last snapshot was not stored at {peer}: {rep.get('error')}: "
+                           f"{rep.get('message', '')}".rstrip(": "))
     return out
 
 

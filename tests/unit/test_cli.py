@@ -69,9 +69,15 @@ def test_status_problems_say_why_a_site_is_degraded() -> None:
             "members": [healthy["members"][0], {"site_id": "site-b", "self": False, "reachable": False}],
             "interrupted_restores": ["/var/lib/replicad/ehr-copy.img"], "store": {"repairs_pending": 2},
             "volumes": {"ehr": {"role": "divergent", "last_error": "peer_unavailable: site-b",
-                                "newest_committed": 6, "newest_clean": 4}}}
+                                "newest_committed": 6, "newest_clean": 4,
+                                "last_report": {"peers": {
+                                    "site-b": {"ok": False, "error": "peer_unavailable",
+                                               "message": "certificate has expired"},
+                                    "site-c": {"ok": False, "error": "straggler", "message": "still shipping"},
+                                    "site-d": {"ok": True}}}}}}
     assert status_problems(sick) == [
         "no Raft leader", "no Raft quorum", "this site's Raft view is not current", "site site-b unreachable",
         "2 chunks lost here are being re-fetched from the other sites (new snapshots are refused here until then)",
         "a restore into /var/lib/replicad/ehr-copy.img was interrupted", "ehr: last error: peer_unavailable: site-b",
-        "ehr: newest snapshot #6 is suspect (newest clean: 4)", "ehr: this site is divergent (resync pending)"]
+        "ehr: newest snapshot #6 is suspect (newest clean: 4)", "ehr: this site is divergent (resync pending)",
+        "ehr: the last snapshot was not stored at site-b: peer_unavailable: certificate has expired"]
