@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from replicad.adminclient import call_admin
-from replicad.auth import hash_token
-from replicad.errors import ReplicadError, UnavailableError
+from replicad.ops.adminclient import call_admin
+from replicad.ops.auth import hash_token
+from replicad.core.errors import ReplicadError, UnavailableError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RAFT_PORT, PEER_PORT, ADMIN_PORT = 7001, 7002, 7003

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from replicad.errors import ReplicadError
+from replicad.core.errors import ReplicadError
 
 from .harness import VOLUME, Cluster, History
 from .nemesis import Nemesis
@@ -430,7 +430,7 @@ def _audit_store(ctx: Ctx, site: str) -> None:
     daemon must be stopped. Records ``store_audit`` {site, chunks, bad: [digest hex]}."""
     import sqlite3
 
-    from replicad.chunkstore import ChunkStore
+    from replicad.storage.chunkstore import ChunkStore
     root = ctx.cluster.sites[site].data_dir / "chunks"
     bad: list[str] = []
     n = 0
@@ -673,8 +673,8 @@ def held_audit(ctx: Ctx, site: str, snapshots: list[dict]) -> dict:
     append-only packs directly: nothing is healed from peers, unlike ``verify``/``restore``."""
     import sqlite3
 
-    from replicad.chunkstore import RECORD_HEADER_SIZE, decode_chunk
-    from replicad.manifest import Manifest, chunk_digests
+    from replicad.storage.chunkstore import RECORD_HEADER_SIZE, decode_chunk
+    from replicad.core.manifest import Manifest, chunk_digests
 
     root = ctx.cluster.sites[site].data_dir / "chunks"
     out: dict[str, Any] = {"site": site, "checked": [], "missing": {}}

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import blake3
 
-from replicad.errors import ReplicadError
+from replicad.core.errors import ReplicadError
 
 from .harness import VOLUME, Cluster, History
 

@@ -6,11 +6,11 @@ other commands talk to a site's admin API (``--admin URL``, or the ``admin.liste
 
 Human output is a rich table; ``--json`` prints the API's JSON for scripts. Errors print
 one line (never a traceback) and exit with the code of their class in
-:mod:`replicad.errors` (2 usage/config, 3 not found, 4 conflict, 5 integrity, 6 protocol,
+:mod:`replicad.core.errors` (2 usage/config, 3 not found, 4 conflict, 5 integrity, 6 protocol,
 7 unavailable, 8 access denied, 70 internal). ``status`` exits 1
 (:data:`STATUS_DEGRADED_EXIT`) when the site is degraded (:func:`status_problems`).
 
-The admin token (:mod:`replicad.auth`) is taken from ``--token``, else the first line of
+The admin token (:mod:`replicad.ops.auth`) is taken from ``--token``, else the first line of
 ``--token-file``, else ``$REPLICAD_TOKEN``, and sent as ``Authorization: Bearer``. Prefer
 the file or the variable: a ``--token`` argument is visible to other users in ``ps``.
 ``hash-token`` and ``audit verify`` work offline.
@@ -30,8 +30,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .adminclient import call_admin
-from .errors import ConfigError, IntegrityError, InternalError, ReplicadError, UsageError, from_dict, from_os_error
+from replicad.ops.adminclient import call_admin
+from replicad.core.errors import ConfigError, IntegrityError, InternalError, ReplicadError, UsageError, from_dict, from_os_error
 
 def _console(stderr: bool) -> Console:
     """A rich console; when output is not a terminal, wide enough that tables are not cut."""
@@ -47,7 +47,7 @@ def _admin_url(args: argparse.Namespace) -> str:
     if getattr(args, "admin", None):
         return args.admin.rstrip("/")
     if getattr(args, "site_config", None):
-        from .config import load_config
+        from replicad.config import load_config
 
         cfg = load_config(Path(args.site_config))
         return cfg.self_ref().admin_url
@@ -176,7 +176,7 @@ def _render_volumes(data: dict) -> None:
     t = Table(title="volumes (cluster view)")
     for col in ("volume", "primary", "epoch", "block size", "size", "min copies", "snapshots", "last seq"):
         t.add_column(col)
-    from .units import format_size
+    from replicad.core.units import format_size
 
     for name, v in sorted(data.get("volumes", {}).items()):
         t.add_row(name, str(v.get("primary")), str(v.get("epoch")), format_size(v.get("block_size", 0)),
@@ -242,7 +242,7 @@ def _render_members(data: dict) -> None:
 
 
 def _render_retention(data: dict) -> None:
-    from .units import format_duration
+    from replicad.core.units import format_duration
 
     r = data["retention"]
     line = ", ".join(f"{k.removesuffix('_s')} {format_duration(r[k])}" for k in ("keep_all_s", "hourly_s",
@@ -325,7 +325,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Check the hash chain of an admin audit file; exit 5 (integrity) if it is broken."""
-    from .audit import verify_chain
+    from replicad.ops.audit import verify_chain
 
     ok, n, bad = verify_chain(Path(args.file))
     result = {"file": args.file, "ok": ok, "n_records": n, "first_bad_seq": bad}
@@ -340,7 +340,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def cmd_hash_token(args: argparse.Namespace) -> int:
     """Print the SHA-256 of a token read from stdin (or of a new random one with --generate)."""
-    from .auth import MIN_TOKEN_CHARS, generate_token, hash_token
+    from replicad.ops.auth import MIN_TOKEN_CHARS, generate_token, hash_token
 
     if args.generate:
         token = generate_token()
@@ -361,8 +361,8 @@ def cmd_hash_token(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .daemon import run_site
+    from replicad.config import load_config
+    from replicad.site.daemon import run_site
 
     cfg = load_config(Path(args.config))
     setup_logging(cfg.log_level)
@@ -376,11 +376,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from replicad.config import load_config
 
     cfg = load_config(Path(args.config))
     if cfg.tls is not None:
-        from .tls import check_site_tls
+        from replicad.peer.tls import check_site_tls
 
         check_site_tls(cfg.tls, cfg.site_id)
     console.print(f"{args.config}: ok — site {cfg.site_id}, {len(cfg.sites)} sites, {len(cfg.volumes)} volume(s)")
@@ -388,7 +388,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from replicad.lab.demo import run_demo
 
     return run_demo(Path(args.dir) if args.dir else None, size_mib=args.size_mib, seed=args.seed)
 

@@ -1,7 +1,7 @@
 """The site configuration: one TOML file per site, validated into one frozen model.
 
 ``load_config(path)`` reads the file and returns a :class:`SiteConfig`, or raises
-:class:`~replicad.errors.ConfigError` whose ``problems`` lists *every* problem found, each
+:class:`~replicad.core.errors.ConfigError` whose ``problems`` lists *every* problem found, each
 as ``"key.path: message"`` (``"volumes[0].block_size: must be a power of two ..."``).
 ``replicad check-config PATH`` prints exactly that list. The layout and every key, with
 unit and default, are documented in ``config/README.md``; in short::
@@ -72,8 +72,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from replicad.errors import ConfigError, NotFoundError
-from replicad.units import format_duration, format_size, parse_duration, parse_size
+from replicad.core.errors import ConfigError, NotFoundError
+from replicad.core.units import format_duration, format_size, parse_duration, parse_size
 
 __all__ = [
     "SiteRef",
@@ -385,7 +385,7 @@ class AdminToken(BaseModel):
     ``sha256`` is the hex SHA-256 of the token's UTF-8 bytes (``replicad hash-token``
     prints it; stored lower-case); the token itself is never written in the config.
     ``role`` is ``viewer`` (read), ``operator`` (snapshot, verify, drill, restore to a new
-    path) or ``admin`` (everything); the table is in :mod:`replicad.auth`.
+    path) or ``admin`` (everything); the table is in :mod:`replicad.ops.auth`.
     """
 
     model_config = _FROZEN

@@ -5,8 +5,8 @@ Run (as root, ``rsync`` installed)::
     python -m tests.bench.bench                       # 1 GiB image, 3 runs
     python -m tests.bench.bench --size-mib 256 --runs 1 --json-out /tmp/bench.json
 
-Workload: :func:`replicad.demo_volume.build_volume` makes an ext4 image of ``--size-mib``
-MiB (synthetic hospital files, about half full). A :class:`~replicad.localcluster.LocalCluster`
+Workload: :func:`replicad.lab.demo_volume.build_volume` makes an ext4 image of ``--size-mib``
+MiB (synthetic hospital files, about half full). A :class:`~replicad.lab.localcluster.LocalCluster`
 of 3 real site processes (``min_copies = 2``) protects it, with a second tiny volume used to
 time Raft commits. Every measured step runs ``--runs`` times (a fresh cluster per run); the
 table shows the median and the spread (min–max). "warm" means the page cache holds the image;
@@ -78,13 +78,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from replicad.chunkstore import ChunkStore
-from replicad.demo_volume import build_volume
-from replicad.localcluster import LocalCluster, free_port
-from replicad.manifest import Manifest, iter_block_digests
-from replicad.restore import apply_snapshot, verify_image
-from replicad.scan import take_snapshot
-from replicad.transport import PeerClient
+from replicad.storage.chunkstore import ChunkStore
+from replicad.lab.demo_volume import build_volume
+from replicad.lab.localcluster import LocalCluster, free_port
+from replicad.core.manifest import Manifest, iter_block_digests
+from replicad.storage.image import apply_snapshot, verify_image
+from replicad.sources.file import take_snapshot
+from replicad.peer.transport import PeerClient
 
 BLOCK_BYTES = 65536
 READ_BYTES = 8 * 2**20

@@ -12,8 +12,8 @@ import pytest
 from chaos.harness import History, read_history
 from chaos.workload import (CRYPT_HEADER, HEADER, Workload, block_bytes, crypt_gens, expected_image, parse_block,
                             parse_block_kind, parse_image)
-from replicad.anomaly import looks_random
-from replicad.chunkstore import encode_chunk
+from replicad.core.anomaly import looks_random
+from replicad.storage.chunkstore import encode_chunk
 
 VOL = "ehr"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from replicad.localcluster import LocalCluster
+from replicad.lab.localcluster import LocalCluster
 
 BLOCK = 65536
 VOL = "ehr"

@@ -18,11 +18,11 @@ from typing import Any
 import jsonschema
 import pytest
 
-from replicad.admin import AUDIT_FILE, admin_routes
-from replicad.audit import verify_chain
+from replicad.ops.admin import AUDIT_FILE, admin_routes
+from replicad.ops.audit import verify_chain
 from replicad.config import load_config
-from replicad.daemon import SiteDaemon
-from replicad.localcluster import LocalCluster
+from replicad.site.daemon import SiteDaemon
+from replicad.lab.localcluster import LocalCluster
 
 from .conftest import VOL, snapshot, write_image
 

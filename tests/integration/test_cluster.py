@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from replicad.chunkstore import ChunkStore
-from replicad.errors import NoQuorumError
-from replicad.localcluster import LocalCluster
-from replicad.manifest import Manifest, iter_block_digests
-from replicad.restore import verify_image
+from replicad.storage.chunkstore import ChunkStore
+from replicad.core.errors import NoQuorumError
+from replicad.lab.localcluster import LocalCluster
+from replicad.core.manifest import Manifest, iter_block_digests
+from replicad.storage.image import verify_image
 
 from .conftest import VOL, overwrite_blocks, snapshot
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from replicad import errors
-from replicad.consensus import DurableJournal, MAX_FRAME_BYTES, restricted_loads
+from replicad.core import errors
+from replicad.consensus.raft import DurableJournal, MAX_FRAME_BYTES, restricted_loads
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -35,8 +35,8 @@ PASSWORD = "test-cluster-secret"
 HELPER = r'''
 import asyncio, json, sys, threading, zlib
 from pathlib import Path
-from replicad import errors
-from replicad.consensus import DurableJournal, RaftNode
+from replicad.core import errors
+from replicad.consensus.raft import DurableJournal, RaftNode
 
 deleted = []  # (idx, term, crc32) of every journal entry this node deleted
 _delete_entries_from = DurableJournal.deleteEntriesFrom
@@ -341,7 +341,7 @@ def test_a_primary_cut_off_from_the_leader_takes_over_through_the_third_node(tmp
     ISOLATED_AFTER_S with the third node's vote; one that does not, never does."""
     from pysyncobj import SyncObjConf
 
-    from replicad import consensus
+    from replicad.consensus import raft as consensus
 
     addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     objs = []
@@ -514,7 +514,7 @@ def test_journal_of_another_format_is_refused(tmp_path):
 
 
 async def test_in_process_bridge_raises_typed_errors_and_reopens(tmp_path):
-    from replicad.consensus import RaftNode
+    from replicad.consensus.raft import RaftNode
 
     addr = f"127.0.0.1:{free_port()}"
     applied: list[tuple[dict, dict]] = []

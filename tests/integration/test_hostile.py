@@ -14,9 +14,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from replicad import wire
-from replicad.errors import UsageError
-from replicad.localcluster import LocalCluster
+from replicad.core import wire
+from replicad.core.errors import UsageError
+from replicad.lab.localcluster import LocalCluster
 
 from .conftest import VOL, snapshot
 

@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 import yaml
 
-from replicad.localcluster import LocalCluster, free_port
+from replicad.lab.localcluster import LocalCluster, free_port
 
 from .conftest import VOL, overwrite_blocks, snapshot
 

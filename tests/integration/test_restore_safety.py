@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from replicad.errors import ReplicadError, TargetFullError
+from replicad.core.errors import ReplicadError, TargetFullError
 
 from .conftest import VOL, snapshot
 from tests.tmpfs import small_tmpfs

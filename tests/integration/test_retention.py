@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from replicad.errors import RetentionLockedError
-from replicad.localcluster import LocalCluster
+from replicad.core.errors import RetentionLockedError
+from replicad.lab.localcluster import LocalCluster
 
 from .conftest import VOL, overwrite_blocks, snapshot
 

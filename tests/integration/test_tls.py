@@ -13,10 +13,10 @@ import aiohttp
 import pytest
 
 from replicad.config import TlsConfig
-from replicad.errors import ForbiddenError, PeerUnavailableError
-from replicad.localcluster import LocalCA, LocalCluster
-from replicad.tls import client_context
-from replicad.transport import PeerClient
+from replicad.core.errors import ForbiddenError, PeerUnavailableError
+from replicad.lab.localcluster import LocalCA, LocalCluster
+from replicad.peer.tls import client_context
+from replicad.peer.transport import PeerClient
 
 from .conftest import VOL, overwrite_blocks, snapshot
 

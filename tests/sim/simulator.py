@@ -1,14 +1,14 @@
 """Deterministic, seeded simulation of the replicad cluster logic.
 
-The simulation drives the REAL pure modules — :func:`replicad.state.apply` (the Raft state
-machine), :func:`replicad.roles.next_role` (the role table), :func:`replicad.retention.plan_prune`
-and :func:`replicad.anomaly.judge` — from site processes modelled as step functions that
+The simulation drives the REAL pure modules — :func:`replicad.core.state.apply` (the Raft state
+machine), :func:`replicad.core.roles.next_role` (the role table), :func:`replicad.core.retention.plan_prune`
+and :func:`replicad.core.anomaly.judge` — from site processes modelled as step functions that
 mirror ``replicad/daemon.py`` (``SiteDaemon._step``, ``cycle``, ``_fence``, ``_become_primary``,
 ``_replica_step``, ``retention_step``, ``promote``). Everything else is simulated:
 
 * **Raft**: one totally ordered log. A proposal commits only if the proposer runs in a
   network component that holds a majority of the running sites (what pysyncobj gives us);
-  otherwise :class:`~replicad.errors.NoQuorumError`. A committed reply may be lost
+  otherwise :class:`~replicad.core.errors.NoQuorumError`. A committed reply may be lost
   (``ambiguous``): the command applied, the proposer is told "no quorum". Each site keeps
   the index of the log it has applied (durable, O6); it advances only while it is
   connected to the majority.
@@ -64,9 +64,11 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
-from replicad import anomaly, retention, roles
-from replicad.errors import ConflictError, NoQuorumError, ReplicadError
-from replicad.state import apply, initial_state, newest_clean, newest_committed
+from replicad.core import anomaly
+from replicad.core import retention
+from replicad.core import roles
+from replicad.core.errors import ConflictError, NoQuorumError, ReplicadError
+from replicad.core.state import apply, initial_state, newest_clean, newest_committed
 
 VOLUME = "vol"
 SECOND_NS = 1_000_000_000

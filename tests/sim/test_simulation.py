@@ -15,7 +15,7 @@ import os
 
 import pytest
 
-from replicad.state import apply, initial_state
+from replicad.core.state import apply, initial_state
 from tests.sim.simulator import BUGS, InvariantViolation, SimConfig, Simulation, run_seed
 
 STEPS = int(os.environ.get("REPLICAD_SIM_STEPS", "300"))

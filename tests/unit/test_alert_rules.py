@@ -18,7 +18,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from replicad.metrics import SiteMetrics
+from replicad.telemetry.metrics import SiteMetrics
 from tests.unit.test_metrics import NOW_NS, raft_state, site_status
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,9 +8,9 @@ import zlib
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from replicad import anomaly
-from replicad.anomaly import Verdict, byte_entropy_bits, judge, looks_random
-from replicad.chunkstore import encode_chunk
+from replicad.core import anomaly
+from replicad.core.anomaly import Verdict, byte_entropy_bits, judge, looks_random
+from replicad.storage.chunkstore import encode_chunk
 
 BLOCK = 65536
 WORDS = [b"patient", b"admission", b"dose", b"mg", b"cardiology", b"result", b"normal",

@@ -1,4 +1,4 @@
-"""replicad.audit: the hash-chained admin audit file — appends, tamper detection, torn tails."""
+"""replicad.ops.audit: the hash-chained admin audit file — appends, tamper detection, torn tails."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from replicad.audit import GENESIS_HASH, AuditLog, canonical, make_record, record_hash, redact, verify_chain
-from replicad.errors import IntegrityError
+from replicad.ops.audit import GENESIS_HASH, AuditLog, canonical, make_record, record_hash, redact, verify_chain
+from replicad.core.errors import IntegrityError
 
 
 def _fields(i: int) -> dict:

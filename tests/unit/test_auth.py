@@ -1,4 +1,4 @@
-"""replicad.auth: token hashing, authentication (401) vs authorization (403), the route table,
+"""replicad.ops.auth: token hashing, authentication (401) vs authorization (403), the route table,
 and the admin token settings of the config."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from replicad import auth
+from replicad.ops import auth
 from replicad.config import parse_config
-from replicad.errors import ConfigError, ForbiddenError, UnauthenticatedError, UsageError, from_dict
-from replicad.openapi import build_document
+from replicad.core.errors import ConfigError, ForbiddenError, UnauthenticatedError, UsageError, from_dict
+from replicad.ops.openapi import build_document
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 VIEW, OPER, ADM = "v" * 30, "o" * 30, "a" * 30

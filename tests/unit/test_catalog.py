@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from replicad.catalog import SCHEMA_VERSION, STATES, Catalog, SnapshotRecord, StandbyRecord
-from replicad.errors import RemoteProtocolError, ReplicadError
+from replicad.storage.catalog import SCHEMA_VERSION, STATES, Catalog, SnapshotRecord, StandbyRecord
+from replicad.core.errors import RemoteProtocolError, ReplicadError
 
 NOW_NS = 1_800_000_000_000_000_000
 

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replicad.chunkstore import (
+from replicad.storage.chunkstore import (
     CODEC_LZ4,
     CODEC_RAW,
     PACK_HEADER_SIZE,
@@ -29,7 +29,7 @@ from replicad.chunkstore import (
     digest_of,
     encode_chunk,
 )
-from replicad.errors import (
+from replicad.core.errors import (
     IntegrityError,
     NotFoundError,
     RemoteProtocolError,
@@ -196,7 +196,7 @@ def test_torn_record_and_rows_beyond_end_are_dropped(tmp_path: Path,
     pack = pack_files(tmp_path)[0]
     size = pack.stat().st_size
     os.truncate(pack, size - 100)  # the last record is torn, its index row points beyond
-    with caplog.at_level(logging.WARNING, logger="replicad.chunkstore"):
+    with caplog.at_level(logging.WARNING, logger="replicad.storage.chunkstore"):
         store = ChunkStore(tmp_path)
     with store:
         assert any("beyond the end" in r.message for r in caplog.records)
@@ -234,7 +234,7 @@ def test_rows_into_missing_pack_are_dropped(tmp_path: Path,
     packs = pack_files(tmp_path)
     assert len(packs) == 2
     packs[0].unlink()
-    with caplog.at_level(logging.WARNING, logger="replicad.chunkstore"):
+    with caplog.at_level(logging.WARNING, logger="replicad.storage.chunkstore"):
         store = ChunkStore(tmp_path, pack_target_bytes=100_000)
     with store:
         assert any("missing pack" in r.message for r in caplog.records)
@@ -262,7 +262,7 @@ def test_unknown_pack_version_or_magic_is_refused(tmp_path: Path) -> None:
 _WRITER = textwrap.dedent("""
     import random, sys
     from pathlib import Path
-    from replicad.chunkstore import ChunkStore
+    from replicad.storage.chunkstore import ChunkStore
     store = ChunkStore(Path(sys.argv[1]), pack_target_bytes=300_000)
     rng = random.Random(int(sys.argv[2]))
     i = 0
@@ -474,7 +474,7 @@ def test_dropped_chunks_are_pending_repairs_until_stored_again(tmp_path: Path) -
 def test_a_sequential_read_of_a_pack_drops_the_pages_behind_it(tmp_path: Path) -> None:
     """Reading a pack front to back (a restore) leaves at most about DROP_BEHIND_BYTES of it
     in the page cache (fincore counts the resident bytes); a scattered read drops nothing."""
-    from replicad.chunkstore import DROP_BEHIND_BYTES
+    from replicad.storage.chunkstore import DROP_BEHIND_BYTES
     rng = random.Random(12)
     blocks = [rng.randbytes(65536) for _ in range(512)]  # 32 MiB of incompressible chunks, one pack
     with ChunkStore(tmp_path / "s") as store:
@@ -500,7 +500,7 @@ def test_the_record_checksum_is_zlibs_crc32_of_header_and_payload() -> None:
     import struct
     import zlib
 
-    from replicad.chunkstore import record_header
+    from replicad.storage.chunkstore import record_header
     rng = random.Random(13)
     for n in (0, 1, 100, 65536):
         payload = rng.randbytes(n)

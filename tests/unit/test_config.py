@@ -19,7 +19,7 @@ from replicad.config import (
     parse_config,
     split_host_port,
 )
-from replicad.errors import ConfigError, NotFoundError
+from replicad.core.errors import ConfigError, NotFoundError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 VALID_SAMPLES = sorted(CONFIG_DIR.glob("*.toml"))

@@ -1,4 +1,4 @@
-"""Raft append rule, leader nextIndex and frame limits of :mod:`replicad.consensus`.
+"""Raft append rule, leader nextIndex and frame limits of :mod:`replicad.consensus.raft`.
 
 The append tests drive a real ``_HardenedSyncObj`` (real :class:`DurableJournal` in
 ``tmp_path``, no auto tick) with ``append_entries`` messages as a pipelining pysyncobj
@@ -17,8 +17,8 @@ from hypothesis import given, settings, strategies as st
 from pysyncobj import SyncObjConf
 from pysyncobj.node import TCPNode
 
-from replicad import consensus
-from replicad.consensus import (MAX_FRAME_BYTES, MAX_HANDSHAKE_FRAME_BYTES, DurableJournal, RaftNode,
+from replicad.consensus import raft as consensus
+from replicad.consensus.raft import (MAX_FRAME_BYTES, MAX_HANDSHAKE_FRAME_BYTES, DurableJournal, RaftNode,
                                 plan_append_entries)
 
 PASSWORD = "unit-secret"

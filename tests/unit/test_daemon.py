@@ -1,4 +1,4 @@
-"""Pure parts of replicad.daemon: what a configuration reload (SIGHUP) applies live."""
+"""Pure parts of replicad.site.daemon: what a configuration reload (SIGHUP) applies live."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from replicad.config import parse_config
-from replicad.daemon import live_config, reload_plan
-from replicad.errors import ConfigError
+from replicad.site.daemon import live_config, reload_plan
+from replicad.core.errors import ConfigError
 
 
 def _doc(sample_configs: Path, name: str = "site-a.toml") -> dict:

@@ -1,4 +1,4 @@
-"""Tests of replicad.demo_volume on real ext4 images built with e2fsprogs (no mounting)."""
+"""Tests of replicad.lab.demo_volume on real ext4 images built with e2fsprogs (no mounting)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from replicad.demo_volume import (
+from replicad.lab.demo_volume import (
     DATA_FILL_FRACTION,
     VolumeImage,
     build_volume,
@@ -23,7 +23,7 @@ from replicad.demo_volume import (
     read_file_checksums,
     verify_volume,
 )
-from replicad.errors import ToolError, UsageError
+from replicad.core.errors import ToolError, UsageError
 
 SIZE_BYTES = 32 * 2**20
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import blake3
 import pytest
 
-from replicad import fingerprints as fpm
-from replicad.chunkstore import ChunkStore
-from replicad.fingerprints import FP_SIZE, HEADER_SIZE, FingerprintCache, FingerprintWriter
-from replicad.manifest import ZERO_DIGEST, Manifest
-from replicad.scan import ScanResult, _hash_part, take_snapshot
+from replicad.storage import fingerprints as fpm
+from replicad.storage.chunkstore import ChunkStore
+from replicad.storage.fingerprints import FP_SIZE, HEADER_SIZE, FingerprintCache, FingerprintWriter
+from replicad.core.manifest import ZERO_DIGEST, Manifest
+from replicad.sources.file import ScanResult, _hash_part, take_snapshot
 
 BS = 4096
 N_BLOCKS = 300  # more than one 64-block read batch, with zero blocks in between
@@ -43,7 +43,7 @@ def fresh_digests(path: Path) -> list[bytes]:
 
 
 def manifest_digests(store: ChunkStore, m: Manifest) -> list[bytes]:
-    from replicad.manifest import iter_block_digests
+    from replicad.core.manifest import iter_block_digests
     return list(iter_block_digests(m, store.get))
 
 
@@ -75,7 +75,7 @@ def test_full_snapshot_writes_the_cache_next_scan_uses_it(env, caplog) -> None:
     cache = FingerprintCache.open(fp, root=r1.manifest.root, block_size=BS, now_ns=NOW_NS + 2)
     assert cache is not None and cache.n_blocks == r1.manifest.n_blocks and cache.generation == 0
     cache.close()
-    caplog.set_level("DEBUG", logger="replicad.scan")
+    caplog.set_level("DEBUG", logger="replicad.sources.file")
     r2 = scan(img, store, 2, r1.manifest, fp)
     assert used_cache(caplog) and r2.hashed_blocks == 0 and r2.changed_blocks == []
 
@@ -88,7 +88,7 @@ def test_cache_recognises_unchanged_blocks_and_finds_changed_ones(env, caplog) -
     changed = [0, 5, 64, 65, 150, N_BLOCKS - 1]
     change(img, changed, rng)
     change(img, [3], rng)  # a zero block becomes data
-    caplog.set_level("DEBUG", logger="replicad.scan")
+    caplog.set_level("DEBUG", logger="replicad.sources.file")
     r3 = scan(img, store, 3, r2.manifest, fp)
     assert used_cache(caplog)
     assert r3.changed_blocks == sorted(changed + [3])
@@ -114,7 +114,7 @@ def test_cache_of_another_snapshot_is_not_used(env, caplog) -> None:
     r1 = scan(img, store, 1, None, fp)
     r2 = scan(img, store, 2, r1.manifest, fp)  # cache describes #2
     change(img, [10], random.Random(3))
-    caplog.set_level("DEBUG", logger="replicad.scan")
+    caplog.set_level("DEBUG", logger="replicad.sources.file")
     r3 = scan(img, store, 3, r1.manifest, fp)  # parent #1 (e.g. #2 never committed)
     assert not used_cache(caplog)
     assert r3.changed_blocks == [10]
@@ -143,7 +143,7 @@ def test_corrupt_cache_is_ignored_and_rebuilt(env, caplog, damage: str) -> None:
     fp.write_bytes(bytes(data))
     assert FingerprintCache.open(fp, root=r2.manifest.root, block_size=BS, now_ns=NOW_NS + 3) is None
     change(img, [1, 200], random.Random(4))
-    caplog.set_level("DEBUG", logger="replicad.scan")
+    caplog.set_level("DEBUG", logger="replicad.sources.file")
     r3 = scan(img, store, 3, r2.manifest, fp)
     assert not used_cache(caplog)
     assert r3.changed_blocks == [1, 200]
@@ -158,7 +158,7 @@ def test_periodic_full_pass_by_count_and_age(env, caplog) -> None:
     parent = scan(img, store, 1, None, fp).manifest  # full pass, generation 0
     parent = scan(img, store, 2, parent, fp).manifest  # generation 1
     parent = scan(img, store, 2, parent, fp, full_pass_every=0).manifest  # full pass, generation 0
-    caplog.set_level("DEBUG", logger="replicad.scan")
+    caplog.set_level("DEBUG", logger="replicad.sources.file")
     used = []
     for seq in range(3, 8):
         caplog.clear()

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replicad.errors import IntegrityError, RemoteProtocolError
-from replicad.manifest import (
+from replicad.core.errors import IntegrityError, RemoteProtocolError
+from replicad.core.manifest import (
     FORMAT_VERSION,
     PAGE_ENTRIES,
     ZERO_DIGEST,

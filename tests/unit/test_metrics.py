@@ -7,8 +7,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from replicad.metrics import DEFAULT_RPO_TARGET_S, STATE_GAUGES, SiteMetrics
-from replicad.roles import ROLES
+from replicad.telemetry.metrics import DEFAULT_RPO_TARGET_S, STATE_GAUGES, SiteMetrics
+from replicad.core.roles import ROLES
 
 NOW_NS = 1_700_000_000 * 10**9
 MIN_NS = 60 * 10**9

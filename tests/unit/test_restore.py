@@ -16,11 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replicad.chunkstore import ChunkStore, digest_of
-from replicad.errors import IntegrityError, NotFoundError, RestoreVerifyError
-from replicad.manifest import PAGE_ENTRIES, ZERO_DIGEST, Manifest, pages_from_digests
-from replicad.restore import ApplyReport, apply_snapshot, digest_region, image_manifest, open_direct, verify_image
-from replicad.scan import take_snapshot
+from replicad.storage.chunkstore import ChunkStore, digest_of
+from replicad.core.errors import IntegrityError, NotFoundError, RestoreVerifyError
+from replicad.core.manifest import PAGE_ENTRIES, ZERO_DIGEST, Manifest, pages_from_digests
+from replicad.storage.image import ApplyReport, apply_snapshot, digest_region, image_manifest, open_direct, verify_image
+from replicad.sources.file import take_snapshot
 
 NOW_NS = 1_800_000_000_000_000_000
 BS = 256                      # bytes per block in most tests
@@ -427,7 +427,7 @@ async def test_a_block_device_smaller_than_the_snapshot_is_refused_before_any_wr
     and the device's bytes untouched (before, the first MiB was overwritten and the error
     blamed a full /dev)."""
     import subprocess
-    from replicad.errors import UsageError
+    from replicad.core.errors import UsageError
     img = tmp_path / "vol.img"
     img.write_bytes(random.Random(21).randbytes(2 * 2**20))
     m = await snap(img, store, 1, block_size=4096)

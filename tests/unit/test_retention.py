@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replicad.retention import DAY_NS, HOUR_NS, SECOND_NS, plan_prune
+from replicad.core.retention import DAY_NS, HOUR_NS, SECOND_NS, plan_prune
 
 NOW = 1_700_000_000 * SECOND_NS
 POLICY = {"keep_all_s": 3600, "hourly_s": 2 * 86400, "daily_s": 7 * 86400, "lock_s": 600}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from replicad import errors
-from replicad.roles import EVENTS, ROLES, TRANSITIONS, mermaid, next_role
+from replicad.core import errors
+from replicad.core.roles import EVENTS, ROLES, TRANSITIONS, mermaid, next_role
 
 ARCHITECTURE = Path(__file__).resolve().parents[2] / "ARCHITECTURE.md"
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import blake3
 import pytest
 
-from replicad.chunkstore import ChunkStore
-from replicad.errors import NotFoundError, ToolError, UsageError
-from replicad.manifest import ZERO_DIGEST, Manifest, diff, iter_block_digests
-from replicad.scan import ScanResult, take_snapshot
+from replicad.storage.chunkstore import ChunkStore
+from replicad.core.errors import NotFoundError, ToolError, UsageError
+from replicad.core.manifest import ZERO_DIGEST, Manifest, diff, iter_block_digests
+from replicad.sources.file import ScanResult, take_snapshot
 
 NOW_NS = 1_800_000_000_000_000_000
 
@@ -266,8 +266,8 @@ async def test_snapshot_is_durable_and_readable_after_reopen(tmp_path: Path) -> 
 def test_a_part_read_past_the_sources_end_is_a_typed_error(tmp_path: Path) -> None:
     """A source that shrank between the size taken at open and the read of a batch part:
     UnavailableError naming the offset where the data ended, never a short (wrong) digest."""
-    from replicad.errors import UnavailableError
-    from replicad.scan import _read_hash_part
+    from replicad.core.errors import UnavailableError
+    from replicad.sources.file import _read_hash_part
     bs = 4096
     src = tmp_path / "shrunk.img"
     src.write_bytes(text(random.Random(3), 10 * bs))

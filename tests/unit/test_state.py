@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replicad import errors
-from replicad.state import (APPLIED_OPS_MAX, AUDIT_MAX, apply, initial_state, newest_clean,
+from replicad.core import errors
+from replicad.core.state import (APPLIED_OPS_MAX, AUDIT_MAX, apply, initial_state, newest_clean,
                             newest_committed)
 
 S = 1_000_000_000
@@ -439,7 +439,7 @@ def test_random_commands_never_raise_and_refusals_change_nothing(command_list, d
 
 
 def test_lock_window_is_measured_by_a_majority_of_clocks(with_snaps):
-    from replicad.state import quorum_now_ns
+    from replicad.core.state import quorum_now_ns
 
     # the other sites last spoke at NOW; the primary's clock jumps 30 days ahead
     state = with_snaps
@@ -470,7 +470,7 @@ def test_unregistered_sites_have_no_clock(cluster):
 
 
 def test_no_prune_before_a_majority_reported_a_clock():
-    from replicad.state import quorum_now_ns
+    from replicad.core.state import quorum_now_ns
 
     state = initial_state()
     for site in ("a", "b", "c"):
@@ -487,7 +487,7 @@ def test_no_prune_before_a_majority_reported_a_clock():
 
 def test_a_primary_clock_behind_cannot_age_its_snapshots(cluster):
     """chaos clock-step: snapshots stamped by a slow clock would be prunable inside the lock."""
-    from replicad.state import CLOCK_LAG_MARGIN_NS
+    from replicad.core.state import CLOCK_LAG_MARGIN_NS
 
     state = cluster
     for site in ("a", "b", "c", "w"):
@@ -505,7 +505,7 @@ def test_lock_window_of_a_clamped_stamp_never_starts_early(cluster):
     report period; a snapshot stamped behind it was pruned 29 s after it was taken with a
     30 s lock. Dated at the end of the margin, it is kept until the lock has passed for
     every clock of the majority, however late their last reports were."""
-    from replicad.state import CLOCK_LAG_MARGIN_NS, CLOCK_REPORT_PERIOD_NS
+    from replicad.core.state import CLOCK_LAG_MARGIN_NS, CLOCK_REPORT_PERIOD_NS
 
     state = cluster
     state, _ = ok(state, cmd("set_retention", by="a", volume="vol", approved_by=["b"],
@@ -539,7 +539,7 @@ def test_a_stamp_a_few_seconds_behind_the_majority_is_kept(cluster):
 def test_prune_never_touches_the_newest_common_snapshot_of_the_primary_and_a_replica(with_snaps):
     """chaos retention-race: c fell behind (it holds #1 only); #1 is the base of the next
     incremental ship to c and was pruned by an operator request. Refused, whoever asks."""
-    from replicad.state import newest_common
+    from replicad.core.state import newest_common
 
     state = with_snaps
     state, _ = ok(state, cmd("add_holder", by="c", volume="vol", seq=1, site_id="c"))

@@ -1,4 +1,4 @@
-"""The peer transport (replicad.transport) between two real chunk stores over a real aiohttp
+"""The peer transport (replicad.peer.transport) between two real chunk stores over a real aiohttp
 server on loopback: errors say whose fault they are."""
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from replicad.chunkstore import ChunkStore
-from replicad.errors import NotFoundError, PeerUnavailableError
-from replicad.localcluster import free_port
-from replicad.manifest import iter_block_digests
-from replicad.transport import PeerClient, SharedFrames, peer_routes
+from replicad.storage.chunkstore import ChunkStore
+from replicad.core.errors import NotFoundError, PeerUnavailableError
+from replicad.lab.localcluster import free_port
+from replicad.core.manifest import iter_block_digests
+from replicad.peer.transport import PeerClient, SharedFrames, peer_routes
 
 
 class Receiver:
-    """A site's side of the peer API (the :class:`replicad.transport.PeerHost` protocol) over a
+    """A site's side of the peer API (the :class:`replicad.peer.transport.PeerHost` protocol) over a
     real store; it accepts every writer (fencing is the daemon's, tested with real daemons)."""
 
     def __init__(self, store: ChunkStore) -> None:
@@ -116,8 +116,8 @@ async def test_completeness_against_a_held_base_looks_up_only_the_changed_blocks
     block's chunk missing is refused; unchanged blocks are trusted to the base (a chunk of
     theirs missing is only seen without a base — why complete_base refuses to name a base
     while the store has repairs pending)."""
-    from replicad.scan import take_snapshot
-    from replicad.transport import snapshot_complete
+    from replicad.sources.file import take_snapshot
+    from replicad.peer.transport import snapshot_complete
     rng = random.Random(8)
     img = tmp_path / "v.img"
     img.write_bytes(rng.randbytes(16 * 4096))

@@ -1,4 +1,4 @@
-"""Tests of replicad.units: size and duration parsing and formatting."""
+"""Tests of replicad.core.units: size and duration parsing and formatting."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replicad.units import format_duration, format_size, parse_duration, parse_size
+from replicad.core.units import format_duration, format_size, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Peer wire format: decode or raise RemoteProtocolError — nothing else, whatever the bytes.
 
-The invariant of :mod:`replicad.wire` is checked by fuzzing :func:`decode_doc`,
+The invariant of :mod:`replicad.core.wire` is checked by fuzzing :func:`decode_doc`,
 :func:`decode_reply` and :class:`FrameReader` with random bytes, random msgpack structures,
 near-valid documents, truncations and trailing garbage; valid documents and chunk streams
 must round-trip exactly, however the network splits them.
@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from replicad import wire
-from replicad.errors import LocalProtocolError, RemoteProtocolError
+from replicad.core import wire
+from replicad.core.errors import LocalProtocolError, RemoteProtocolError
 
 KINDS = sorted(wire.SCHEMAS)
 FIELD_NAMES = sorted({*wire._COMMON, *(f for s in wire.SCHEMAS.values() for f in s)})

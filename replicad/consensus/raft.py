@@ -1,0 +1,939 @@
+"""Raft through pysyncobj 0.3.17, hardened, with an asyncio bridge.
+
+:class:`RaftNode` replicates the pure state machine of :mod:`replicad.core.state`. Everything
+pysyncobj-specific stays in this module; callers see :mod:`replicad.core.errors` only.
+
+Design (FIELD-NOTES.md, "pysyncobj"):
+
+* **One replicated entry point** taking msgpack bytes (``_StateConsumer.apply_command``).
+  It decodes, calls :func:`replicad.core.state.apply` (which never raises) and never raises
+  itself: an exception inside a replicated method wedges every node.
+* **Consumer pattern**: the state lives on a ``SyncObjConsumer`` built before the
+  ``SyncObj`` starts, so full dumps and restores find it.
+* **journalFile and fullDumpFile both set** (``raft.journal``, ``raft.dump`` in ``data_dir``).
+* **asyncio bridge**: :meth:`RaftNode.propose` hands the command to pysyncobj's queue with
+  a callback (never a ``sync=True`` call on the loop); the callback runs on the tick thread
+  and settles an ``asyncio.Future`` through ``loop.call_soon_threadsafe``.
+* ``appendEntriesUseBatch=False`` (commit ~1 ms instead of ~100 ms on loopback),
+  ``dynamicMembershipChange=False``, ``password`` set (Fernet), and the server bound to
+  the configured address only.
+
+Hardening installed at import (idempotent, process-wide, since pysyncobj looks these
+names up in its own modules):
+
+1. **Restricted unpickler.** pysyncobj's wire format and log entries are pickle. Its
+   modules do ``import pysyncobj.pickle as pickle`` and call ``pickle.loads`` /
+   ``pickle.load`` at call time; ``journal.py`` bound ``loads`` at import. Both are
+   replaced by :func:`restricted_loads` / :func:`restricted_load`, which only resolve the
+   globals a protocol-2 pickle of pysyncobj's own messages needs: ``_codecs.encode``
+   (how protocol 2 spells ``bytes``; only the ``latin1`` codec is allowed),
+   ``builtins.bytes``/``bytearray`` (only from bytes-like or no arguments) and
+   ``builtins.set``/``frozenset``. Everything else (``os.system``, ``TCPNode`` ...) raises
+   ``pickle.UnpicklingError``. Node objects are never needed: membership changes are
+   disabled and the full dump is msgpack (below). A refused frame makes pysyncobj drop the
+   connection; a refused log entry is skipped (point 4).
+2. **Durable log (O6).** pysyncobj's ``FileJournal`` appends through an mmap that is never
+   msync'ed, and its meta file (currentTerm, votedFor) is written without fsync: a power
+   loss on a majority could lose acknowledged entries or let a node vote twice in a term.
+   ``pysyncobj.syncobj.createJournal`` (imported by name into ``syncobj``) is replaced to
+   build a :class:`DurableJournal`: a plain append-only file of CRC-checked records where
+   ``add()`` writes and ``fdatasync``s before returning, ``deleteEntriesFrom()`` truncates
+   and syncs, compaction rewrites into a temporary file that is fsync'ed and renamed (and
+   the directory fsync'ed), and the meta file is written tmp + fsync + rename + directory
+   fsync. A follower acknowledges entries (``next_node_idx``) in the same tick, *after*
+   ``add()`` returned, and the leader counts its own copy only after its own ``add()``:
+   so every acknowledged entry is on disk first. A torn record at the tail (crash during
+   a write) fails its CRC and is dropped at load; it was never acknowledged.
+3. **Full dump written atomically and durably, without pickle.** With pysyncobj's own
+   serializer the dump is a forked child's gzip pickle renamed into place without fsync.
+   We pass ``serializer``/``deserializer`` to ``SyncObjConf``: the dump is a msgpack
+   document ``{v, state, last, prev, cluster}`` written to pysyncobj's temporary name
+   and fsync'ed; pysyncobj renames it; the journal compaction that follows fsyncs the
+   directory before and after rewriting the log. The deserializer (also used when a
+   leader installs its dump on a lagging follower, after pysyncobj renamed the received
+   file) fsyncs the file and directory before trusting it. A dump that cannot be read
+   marks the node broken: :meth:`RaftNode.propose` then raises ``InternalError`` and
+   :meth:`RaftNode.status` reports ``dump_error`` (pysyncobj itself only logs it).
+4. **Log entries checked at both ends.** ``_HardenedSyncObj._applyCommand`` (every
+   command reaching a leader, local or forwarded) accepts only a regular command calling
+   our one method with one ``bytes`` argument of at most :data:`MAX_COMMAND_BYTES`;
+   membership and code-version commands are refused (a password holder could otherwise
+   change the membership even with dynamic membership disabled, or wedge every node with
+   an unknown code version). When applying, entries other than regular and no-op are
+   skipped, and an entry that fails to decode is logged and skipped instead of raising
+   out of the tick (which would retry it forever).
+5. **Bounded frames.** ``tcp_connection.py`` has no maximum message size: it buffers until
+   the declared length arrived (64 MiB of junk grew a process by ~115 MB). Connections are
+   built from :class:`_BoundedTcpConnection` (patched into ``pysyncobj.transport`` and
+   ``pysyncobj.tcp_server``): every frame header is checked as it arrives, and a declared
+   length outside ``[0, MAX_FRAME_BYTES]`` (2 MiB, ten times the largest legitimate frame)
+   drops the connection. Until a connection delivered a frame that decrypted (the peer's
+   session key), the limit is :data:`MAX_HANDSHAKE_FRAME_BYTES` (4 KiB) and the buffer at
+   most twice that: a client without the password holds at most ~70 KiB per connection.
+6. **Raft's append rule.** pysyncobj's leader pipelines ``append_entries`` and moves
+   ``nextIndex`` back to the index in each success answer, so it resends entries already
+   in flight; its follower then deletes everything after ``prevLogIdx`` and appends the
+   message's entries, even when they are identical, logging at CRITICAL "truncating
+   already-applied log entries" when some were applied. The re-appended entries were the
+   same (the state stayed equal on all nodes), but an entry the follower had acknowledged
+   was briefly missing from its durable log (a crash then loses it: O6), and a shorter
+   resend batch (64 KiB) could leave it missing until the next message. The follower now
+   follows Raft §5.3 (:func:`plan_append_entries`: delete only from a conflicting entry,
+   acknowledge only what the message vouched for, commit at most up to it) and the leader
+   never moves ``nextIndex`` back on a success answer (a reset still does).
+7. **PreVote** (Ongaro, "Consensus: Bridging Theory and Practice", 2014, §9.6; etcd's
+   ``PreVote``). pysyncobj starts an election, with a new term, whenever its election
+   deadline passed on a tick. A node whose tick thread was stalled (a 3 s fsync, SIGSTOP,
+   a one-way cut that only loses the leader's messages) finds its deadline passed and
+   bumps its term; its higher term then deposes a healthy leader, again and again (an
+   election storm: terms 1 to 11 and no commit for ~39 s in the ``slow-fsync`` chaos
+   campaign). Now a node whose deadline passed first asks every peer ``pre_vote`` (the
+   term it *would* use, its last log index and term) without changing any state. A peer
+   grants only if that term is above its own, the log is at least as up to date as its
+   own, it is not the leader and it has not heard from a leader for ``raftMinTimeout``
+   (the leader lease). Only with a majority of grants (counting itself) does the node
+   start pysyncobj's real election. A leader transfer (``timeout_now``) skips the round.
+   One exception to the lease (found by the chaos ``one-way`` campaign): a node that
+   *needs* to lead (``needs_leader``: the daemon says so for a site that is a volume's
+   primary, whose every snapshot commit goes through the leader) and has heard from no
+   leader for :data:`ISOLATED_AFTER_S` is granted despite the lease. Otherwise a primary
+   whose link to the leader is cut, while both still reach the third site, could never
+   commit again although a majority is connected. Replicas never use the exception, so two
+   sites that cannot see each other do not take leadership from each other in turn.
+
+Not fixed here (operator's job, see ARCHITECTURE.md): the Fernet key is one shared
+secret without per-site identity; pysyncobj checks replayed timestamps and session keys
+with ``assert`` (never run replicad with ``python -O``); the Raft port must be reachable
+only through an authenticated encrypted channel. Leadership is a hint: fencing rests on
+committed epochs, never on ``is_leader``.
+
+Threading: ``SyncObj`` runs its tick thread until :meth:`RaftNode.close`, and stops when
+the thread that called :meth:`RaftNode.start` ends, so call ``start`` from the main thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import copy
+import io
+import json
+import logging
+import os
+import pickle
+import struct
+import threading
+import uuid
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import msgpack
+import pysyncobj.journal
+import pysyncobj.pickle
+import pysyncobj.syncobj
+import pysyncobj.tcp_server
+import pysyncobj.transport
+from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.config import FAIL_REASON
+from pysyncobj.monotonic import monotonic as monotonic_time
+from pysyncobj.journal import Journal
+from pysyncobj.node import TCPNode
+from pysyncobj.tcp_connection import TcpConnection
+
+from replicad.core import errors
+from replicad.core import state as cluster_state
+from replicad.storage.durable import fsync_dir
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 2 * 1024 * 1024
+"""Largest pysyncobj frame accepted from an authenticated peer; beyond it the connection is dropped.
+
+The largest legitimate frame is an ``append_entries`` batch: pysyncobj adds entries until
+their commands reach ``appendEntriesBatchSizeBytes`` (64 KiB), so at most 64 KiB plus one
+command (<= 2 * :data:`MAX_COMMAND_BYTES` after the leader's filter) plus per-entry pickle
+overhead, zlib-compressed, then Fernet (x 4/3 base64, + 73 bytes): at most about 140 KiB
+(measured on loopback with incompressible 40 KiB commands: 77 KiB). A full dump travels in
+``logCompactionBatchSize`` (64 KiB) chunks: about 85 KiB per frame (measured: 83 KiB)."""
+MAX_HANDSHAKE_FRAME_BYTES = 4 * 1024
+"""Largest frame accepted before a connection delivered its first valid (decrypted) frame.
+
+Until then the peer may only have sent its 32-byte session key (about 170 bytes once
+pickled, compressed and encrypted): whoever does not know the password cannot make a
+connection hold more than this (plus one ``recv`` of 64 KiB, checked at once)."""
+MAX_COMMAND_BYTES = 40 * 1024
+"""Largest msgpack command proposed (FIELD-NOTES: > 64 KiB hit a pysyncobj chunking bug)."""
+JOURNAL_MAGIC = b"REPLICAD-RAFTLOG"
+JOURNAL_VERSION = 1
+DUMP_VERSION = 1
+META_VERSION = 1
+_REGULAR = b"\x00"  # pysyncobj _COMMAND_TYPE.REGULAR
+_NO_OP = b"\x01"  # pysyncobj _COMMAND_TYPE.NO_OP
+_RAFT_STATE_LEADER = pysyncobj.syncobj._RAFT_STATE.LEADER
+# PreVote's isolation exception (point 7): ~7 of pysyncobj's longest election timeouts
+# (1.4 s), above the 3-6 s gaps a stalled tick (slow fsync) produces at a node that does
+# hear its leader, below the 30 s RPO target of a cut-off primary.
+ISOLATED_AFTER_S = 10.0
+_FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if isinstance(v, int)}
+
+
+# --------------------------------------------------------------------------- 1. unpickler
+
+
+def _latin1_encode(text: Any, encoding: str = "latin1", errors_: str = "strict") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("refused _codecs.encode outside of protocol-2 bytes")
+    return codecs.encode(text, "latin1")
+
+
+def _safe_bytes_factory(kind: type) -> Callable[..., Any]:
+    def build(*args: Any) -> Any:
+        if len(args) > 1 or (args and not isinstance(args[0], (bytes, bytearray))):
+            raise pickle.UnpicklingError(f"refused {kind.__name__}() from {type(args[0]).__name__}")
+        return kind(*args)
+    return build
+
+
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("_codecs", "encode"): _latin1_encode,
+    ("builtins", "bytes"): _safe_bytes_factory(bytes),
+    ("builtins", "bytearray"): _safe_bytes_factory(bytearray),
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only :data:`_ALLOWED_GLOBALS`; everything else is ``UnpicklingError``."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        module = "builtins" if module == "__builtin__" else module
+        found = _ALLOWED_GLOBALS.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+        return found
+
+
+def restricted_loads(data: bytes | str) -> Any:
+    """``pickle.loads`` limited to the globals pysyncobj's messages need.
+
+    Raises:
+        pickle.UnpicklingError: the pickle names any other global.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return _RestrictedUnpickler(io.BytesIO(data)).load()
+
+
+def restricted_load(file: Any) -> Any:
+    """``pickle.load`` limited like :func:`restricted_loads`."""
+    return _RestrictedUnpickler(file).load()
+
+
+# --------------------------------------------------------------------------- 2. durable journal
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: tmp file, fsync, rename, fsync directory."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+class DurableJournal(Journal):
+    """pysyncobj ``Journal`` whose every mutation is on disk before it returns (O6).
+
+    File: ``JOURNAL_MAGIC`` + ``<I version``, then records ``<I payload_len`` ``<I crc32``
+    ``payload`` with payload ``<QQ idx term`` + command bytes. Meta (``<file>.meta``):
+    JSON ``{v, currentTerm, votedForNodeId, raftCommitIndex}``.
+
+    Raises:
+        errors.RemoteProtocolError: the file carries another magic or version.
+    """
+
+    _HEADER = JOURNAL_MAGIC + struct.pack("<I", JOURNAL_VERSION)
+
+    def __init__(self, journal_file: str) -> None:
+        self._path = Path(journal_file)
+        self._meta_path = self._path.with_name(self._path.name + ".meta")
+        for leftover in (self._path, self._meta_path):  # a crash inside _write_durably: never renamed, never read
+            leftover.with_name(leftover.name + ".tmp").unlink(missing_ok=True)
+        self._entries: list[tuple[bytes, int, int]] = []
+        self._offsets: list[int] = []
+        self._meta = self._load_meta()
+        self._meta_dirty = False
+        if not self._path.exists():
+            _write_durably(self._path, self._HEADER)
+        self._fd = os.open(self._path, os.O_RDWR)
+        self._end = self._load_records()
+
+    def _load_meta(self) -> dict:
+        try:
+            meta = json.loads(self._meta_path.read_bytes())
+        except FileNotFoundError:
+            return {"v": META_VERSION}
+        except ValueError as exc:
+            raise errors.RemoteProtocolError("raft meta file is not valid JSON",
+                                             path=str(self._meta_path), detail=str(exc)) from exc
+        if not isinstance(meta, dict) or meta.get("v") != META_VERSION:
+            raise errors.RemoteProtocolError("raft meta file has an unknown version",
+                                             path=str(self._meta_path))
+        return meta
+
+    def _load_records(self) -> int:
+        data = self._path.read_bytes()
+        if data[:len(self._HEADER)] != self._HEADER:
+            raise errors.RemoteProtocolError("raft journal has an unknown format or version",
+                                             path=str(self._path), header=data[:len(self._HEADER)])
+        offset = len(self._HEADER)
+        while offset + 8 <= len(data):
+            length, crc = struct.unpack_from("<II", data, offset)
+            payload = data[offset + 8:offset + 8 + length]
+            if length < 16 or len(payload) != length or zlib.crc32(payload) != crc:
+                break  # torn tail: written but never acknowledged (O6)
+            idx, term = struct.unpack_from("<QQ", payload)
+            self._entries.append((bytes(payload[16:]), idx, term))
+            self._offsets.append(offset)
+            offset += 8 + length
+        if offset != len(data):
+            log.warning("raft journal %s: dropping %d bytes of torn tail", self._path, len(data) - offset)
+            os.truncate(self._path, offset)
+        return offset
+
+    # -- records
+    def add(self, command: bytes | str, idx: int, term: int) -> None:
+        command = command if isinstance(command, bytes) else bytes(command, "utf-8")
+        payload = struct.pack("<QQ", idx, term) + command
+        record = struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
+        os.pwrite(self._fd, record, self._end)
+        os.fdatasync(self._fd)  # O6: durable before pysyncobj acknowledges it
+        self._entries.append((command, idx, term))
+        self._offsets.append(self._end)
+        self._end += len(record)
+
+    def clear(self) -> None:
+        self._rewrite([])
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:
+        if entryFrom >= len(self._entries):
+            return
+        self._end = self._offsets[entryFrom]
+        os.ftruncate(self._fd, self._end)
+        os.fdatasync(self._fd)
+        del self._entries[entryFrom:]
+        del self._offsets[entryFrom:]
+
+    def deleteEntriesTo(self, entryTo: int) -> None:
+        self._rewrite(self._entries[entryTo:])
+
+    def _rewrite(self, entries: list[tuple[bytes, int, int]]) -> None:
+        # Persist any rename done just before (pysyncobj renames the full dump into place
+        # and then compacts the log): the dump must be durable before the log shrinks.
+        fsync_dir(self._path.parent)
+        chunks = [self._HEADER]
+        offsets = []
+        end = len(self._HEADER)
+        for command, idx, term in entries:
+            payload = struct.pack("<QQ", idx, term) + command
+            offsets.append(end)
+            chunks.append(struct.pack("<II", len(payload), zlib.crc32(payload)) + payload)
+            end += len(chunks[-1])
+        _write_durably(self._path, b"".join(chunks))
+        os.close(self._fd)
+        self._fd = os.open(self._path, os.O_RDWR)
+        self._entries = list(entries)
+        self._offsets = offsets
+        self._end = end
+
+    def __getitem__(self, item: Any) -> Any:
+        return self._entries[item]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def flush(self) -> None:
+        os.fdatasync(self._fd)
+
+    def _destroy(self) -> None:
+        if self._meta_dirty:
+            self._store_meta()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    # -- meta
+    def _store_meta(self) -> None:
+        _write_durably(self._meta_path, json.dumps(self._meta, sort_keys=True).encode())
+        self._meta_dirty = False
+
+    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
+        if self._meta.get("raftCommitIndex") != raftCommitIndex:
+            self._meta["raftCommitIndex"] = raftCommitIndex
+            self._meta_dirty = True
+
+    def getRaftCommitIndex(self) -> int:
+        return self._meta.get("raftCommitIndex", 1)
+
+    def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:
+        # Raft §5: currentTerm and votedFor durable before any vote is sent.
+        self._meta["currentTerm"] = term
+        self._meta["votedForNodeId"] = None if votedForNodeId is None else str(votedForNodeId)
+        self._store_meta()
+
+    def getCurrentTerm(self) -> int:
+        return self._meta.get("currentTerm", 0)
+
+    def getVotedForNodeId(self) -> Any:
+        return self._meta.get("votedForNodeId")
+
+    def onOneSecondTimer(self) -> None:
+        if self._meta_dirty:  # the commit index is volatile in Raft; stored lazily
+            self._store_meta()
+
+
+def _create_journal(journalFile: str | None = None) -> Journal:
+    if journalFile is None:
+        return pysyncobj.journal.MemoryJournal()
+    return DurableJournal(journalFile)
+
+
+# --------------------------------------------------------------------------- 5. bounded frames
+
+
+class _BoundedTcpConnection(TcpConnection):
+    """pysyncobj connection that drops peers announcing oversized frames.
+
+    Every frame header in the read buffer is checked as it arrives: its declared length
+    must lie in ``[0, limit]``. Before the first frame was decrypted (``sendRandKey``
+    unset on an encrypted connection) the limit is :data:`MAX_HANDSHAKE_FRAME_BYTES` and
+    the buffer may hold at most twice that; afterwards the limit is :data:`MAX_FRAME_BYTES`,
+    so a partial frame never holds more than that (complete frames are parsed right after
+    the reads).
+    """
+
+    _scan_offset_bytes = 0  # first frame header in the read buffer not checked yet
+
+    def _frame_limit_bytes(self) -> int:
+        if self.encryptor is not None and not self.sendRandKey:
+            return MAX_HANDSHAKE_FRAME_BYTES  # nothing authenticated on this connection yet
+        return MAX_FRAME_BYTES
+
+    def _TcpConnection__tryReadBuffer(self) -> None:
+        # pysyncobj parses only after this drain, and parsing consumes whole frames: the
+        # buffer starts at a frame boundary here and only grows until the drain ends.
+        self._scan_offset_bytes = 0
+        TcpConnection._TcpConnection__tryReadBuffer(self)
+
+    def _TcpConnection__processRead(self) -> bool:
+        more = TcpConnection._TcpConnection__processRead(self)
+        buffer = self._TcpConnection__readBuffer
+        limit = self._frame_limit_bytes()
+        offset = self._scan_offset_bytes
+        while offset + 4 <= len(buffer):
+            (length,) = struct.unpack_from("i", buffer, offset)
+            if not 0 <= length <= limit:
+                return self._drop(f"a {length}-byte frame header", limit)
+            offset += 4 + length
+        self._scan_offset_bytes = offset
+        if limit == MAX_HANDSHAKE_FRAME_BYTES and len(buffer) > 2 * limit:
+            return self._drop(f"{len(buffer)} bytes before authenticating", limit)
+        return more
+
+    def _drop(self, what: str, limit: int) -> bool:
+        log.warning("raft peer sent %s (frame limit %d bytes): dropping the connection", what, limit)
+        self.disconnect()
+        return False
+
+
+def install_hardening() -> None:
+    """Install points 1, 2 and 5 of the module docstring into pysyncobj. Idempotent.
+
+    Points 3, 4 and 6 live in :class:`RaftNode` and :class:`_HardenedSyncObj`.
+    """
+    pysyncobj.pickle.loads = restricted_loads
+    pysyncobj.pickle.load = restricted_load
+    pysyncobj.journal.loads = restricted_loads
+    pysyncobj.syncobj.createJournal = _create_journal
+    pysyncobj.transport.TcpConnection = _BoundedTcpConnection
+    pysyncobj.tcp_server.TcpConnection = _BoundedTcpConnection
+
+
+install_hardening()
+
+
+# --------------------------------------------------------------------------- 4 + 6. hardened SyncObj
+
+
+def plan_append_entries(log_entries: Sequence[tuple], prev_idx: Any, prev_term: Any,
+                        entries: Sequence[tuple]) -> tuple[int, int, list, int | None] | None:
+    """Raft §5.3 receiver rule for an ``append_entries`` that pysyncobj would mis-handle.
+
+    pysyncobj's follower deletes every entry after ``prevLogIdx`` before appending the
+    message's entries, even entries it already holds identically. Raft (Ongaro &
+    Ousterhout 2014, Figure 2, AppendEntries receiver, steps 3-4) deletes only from the
+    first entry whose term conflicts, and appends only entries not already in the log.
+
+    Args:
+        log_entries: the follower's log, ``(command, idx, term)`` with consecutive ``idx``.
+        prev_idx, prev_term: the message's ``prevLogIdx`` / ``prevLogTerm``.
+        entries: the message's ``(command, idx, term)`` entries, consecutive after ``prev_idx``.
+
+    Returns:
+        ``None`` when pysyncobj's own handling is already right (the previous entry is
+        missing or differs, so pysyncobj answers with a reset; or the log ends at
+        ``prev_idx``, a plain append; or the message is malformed). Otherwise
+        ``(prev_idx, prev_term, entries, ack_next_idx)`` to hand to pysyncobj instead:
+        entries already present are dropped and ``prev_idx`` moved to the last of them,
+        so pysyncobj truncates only at a genuine conflict. When every entry is already
+        present and the log goes on beyond them, the result is a heartbeat at the log's
+        end (nothing deleted) and ``ack_next_idx`` is the index to acknowledge (the entry
+        after the last one the message vouched for); otherwise ``ack_next_idx`` is None.
+    """
+    if not log_entries or not isinstance(prev_idx, int) or not isinstance(entries, (list, tuple)):
+        return None
+    first_idx, last_idx = log_entries[0][1], log_entries[-1][1]
+    if prev_idx < first_idx or prev_idx >= last_idx:
+        return None
+    if log_entries[prev_idx - first_idx][2] != prev_term:
+        return None
+    matched_idx, matched_term, present = prev_idx, prev_term, 0
+    for entry in entries:
+        if not isinstance(entry, (list, tuple)) or len(entry) != 3 or entry[1] != matched_idx + 1:
+            return None
+        if entry[1] > last_idx or log_entries[entry[1] - first_idx][2] != entry[2]:
+            break  # first entry missing or in conflict: pysyncobj deletes from here on
+        matched_idx, matched_term, present = entry[1], entry[2], present + 1
+    rest = list(entries[present:])
+    if rest:
+        return matched_idx, matched_term, rest, None
+    return last_idx, log_entries[-1][2], [], matched_idx + 1
+
+
+class _HardenedSyncObj(SyncObj):
+    """SyncObj that refuses foreign log entries at the leader and skips them when applying.
+
+    Also point 6 of the module docstring: Raft's append rule on the follower and a
+    ``nextIndex`` that success answers never move back on the leader.
+    """
+
+    _ack_next_idx: int | None = None  # set while handling a rewritten append_entries
+    # PreVote (point 7), all touched on the tick thread only
+    _leader_contact: float = float("-inf")  # monotonic time of the last append_entries from a leader
+    _pre_vote_term: int | None = None  # the term asked for in the current round
+    _pre_vote_grants: frozenset = frozenset()  # node ids that granted it
+    _pre_vote_won: bool = False  # a majority granted: the next tick starts the real election
+    needs_leader: Callable[[], bool] = staticmethod(lambda: False)  # set by RaftNode (point 7)
+    _started_at: float = float("-inf")
+    _isolation_logged: float = float("-inf")
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:
+        self._pre_vote_gate()
+        SyncObj._onTick(self, timeToWait)
+
+    def _pre_vote_gate(self) -> None:
+        """Hold pysyncobj's election back until a majority granted a pre-vote (point 7)."""
+        if self._SyncObj__raftState == _RAFT_STATE_LEADER or self._SyncObj__selfNode is None \
+                or not self.__dict__.get("_SyncObj__transport") or not self._SyncObj__transport.ready:
+            return
+        now = monotonic_time()
+        if self._SyncObj__raftElectionDeadline >= now or not self._SyncObj__connectedToAnyone() \
+                or self._SyncObj__transferInProgress:
+            return
+        if self._pre_vote_won or not self._SyncObj__otherNodes:
+            self._pre_vote_won = False  # let pysyncobj's _onTick run the election now
+            return
+        term = self._SyncObj__raftCurrentTerm + 1
+        self._pre_vote_term = term
+        self._pre_vote_grants = frozenset()
+        self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
+        try:
+            needs_leader = bool(self.needs_leader())
+        except Exception:  # a hint only: never let it break the tick
+            needs_leader = False
+        since_leader_s = now - max(self._leader_contact, self._started_at)
+        if needs_leader and since_leader_s >= ISOLATED_AFTER_S and now - self._isolation_logged >= ISOLATED_AFTER_S:
+            self._isolation_logged = now
+            log.warning("raft: no leader heard for %.0fs; this site needs one to commit, asking the others "
+                        "to elect it (pre-vote, term %d)", since_leader_s, term)
+        for other in self._SyncObj__otherNodes:
+            self._SyncObj__transport.send(other, {
+                "type": "pre_vote", "term": term,
+                "last_log_index": self._SyncObj__getCurrentLogIndex(),
+                "last_log_term": self._SyncObj__getCurrentLogTerm(),
+                "needs_leader": needs_leader, "isolated_s": min(since_leader_s, 1e9),
+            })
+
+    def _on_pre_vote(self, node: Any, message: dict) -> None:
+        term, last_idx, last_term = (message.get("term"), message.get("last_log_index"),
+                                     message.get("last_log_term"))
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (term, last_idx, last_term)):
+            return
+        in_lease = monotonic_time() - self._leader_contact < self._SyncObj__conf.raftMinTimeout
+        isolated_s = message.get("isolated_s")
+        if in_lease and message.get("needs_leader") is True and isinstance(isolated_s, (int, float)) \
+                and not isinstance(isolated_s, bool) and isolated_s >= ISOLATED_AFTER_S:
+            in_lease = False  # a primary cut off from the leader, not a stalled node (point 7)
+            log.warning("raft: granting a pre-vote to %s despite a live leader: it needs one to commit and "
+                        "has heard from none for %.0fs", getattr(node, "id", node), isolated_s)
+        my_last_term = self._SyncObj__getCurrentLogTerm()
+        up_to_date = last_term > my_last_term or (last_term == my_last_term
+                                                  and last_idx >= self._SyncObj__getCurrentLogIndex())
+        granted = (term > self._SyncObj__raftCurrentTerm and up_to_date and not in_lease
+                   and self._SyncObj__raftState != _RAFT_STATE_LEADER)
+        self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": term, "granted": granted})
+
+    def _on_pre_vote_response(self, node: Any, message: dict) -> None:
+        term = message.get("term")
+        if (message.get("granted") is not True or term != self._pre_vote_term
+                or term != self._SyncObj__raftCurrentTerm + 1
+                or self._SyncObj__raftState == _RAFT_STATE_LEADER):
+            return
+        self._pre_vote_grants = self._pre_vote_grants | {node.id}
+        if len(self._pre_vote_grants) + 1 > (len(self._SyncObj__otherNodes) + 1) / 2:
+            self._pre_vote_term = None
+            self._pre_vote_won = True
+            self._SyncObj__raftElectionDeadline = 0  # the next tick elects
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "pre_vote":
+            self._on_pre_vote(node, message)
+            return
+        if kind == "pre_vote_response":
+            self._on_pre_vote_response(node, message)
+            return
+        if kind == "append_entries" and isinstance(message.get("term"), int) \
+                and message["term"] >= self.raftCurrentTerm:
+            self._leader_contact = monotonic_time()
+        if kind == "append_entries" and "prevLogIdx" in message and "transmission" not in message:
+            self._on_append_entries(node, message)
+        elif kind == "next_node_idx" \
+                and message.get("success") and not message.get("reset"):
+            next_index = self._SyncObj__raftNextIndex
+            sent_up_to = next_index.get(node)
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
+            if sent_up_to is not None and next_index.get(node, sent_up_to) < sent_up_to:
+                # An answer to an earlier pipelined message: the entries up to sent_up_to
+                # are already on their way; resending them made followers delete and
+                # re-append entries they had applied.
+                next_index[node] = sent_up_to
+        else:
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
+
+    def _on_append_entries(self, node: Any, message: dict) -> None:
+        plan = None
+        if isinstance(message.get("term"), int) and message["term"] >= self.raftCurrentTerm:
+            plan = plan_append_entries(self._SyncObj__raftLog, message.get("prevLogIdx"),
+                                       message.get("prevLogTerm"), message.get("entries", []))
+        if plan is None:
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
+            return
+        prev_idx, prev_term, entries, ack_next_idx = plan
+        message = {**message, "prevLogIdx": prev_idx, "prevLogTerm": prev_term, "entries": entries}
+        if ack_next_idx is not None:
+            # Raft: commitIndex = min(leaderCommit, index of last new entry); the entries
+            # after it in this log are not vouched for by this message.
+            commit_index = message.get("commit_index")
+            if isinstance(commit_index, int):
+                message["commit_index"] = min(commit_index, ack_next_idx - 1)
+        self._ack_next_idx = ack_next_idx
+        try:
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
+        finally:
+            self._ack_next_idx = None
+
+    def _SyncObj__sendNextNodeIdx(self, node: Any, reset: bool = False, nextNodeIdx: int | None = None,
+                                  success: bool = False) -> None:
+        if success and not reset and self._ack_next_idx is not None:
+            nextNodeIdx = self._ack_next_idx  # only what the leader's message vouched for
+        SyncObj._SyncObj__sendNextNodeIdx(self, node, reset=reset, nextNodeIdx=nextNodeIdx, success=success)
+
+    def _applyCommand(self, command: bytes, callback: Any, commandType: int | None = None) -> None:
+        full = command if commandType is None else bytes([commandType]) + command
+        if not self._acceptable(full):
+            log.warning("refused a raft command that is not a replicad command (%d bytes)", len(full))
+            self._SyncObj__callErrCallback(FAIL_REASON.REQUEST_DENIED, callback)
+            return
+        SyncObj._applyCommand(self, full, callback)
+
+    def _acceptable(self, full: Any) -> bool:
+        if not isinstance(full, bytes) or full[:1] != _REGULAR or len(full) > 2 * MAX_COMMAND_BYTES:
+            return False
+        try:
+            decoded = restricted_loads(full[1:])
+        except Exception:  # any undecodable entry is simply refused
+            return False
+        return (isinstance(decoded, tuple) and len(decoded) == 2 and decoded[0] in self._idToMethod
+                and isinstance(decoded[1], tuple) and len(decoded[1]) == 1
+                and isinstance(decoded[1][0], bytes) and len(decoded[1][0]) <= MAX_COMMAND_BYTES)
+
+    def _SyncObj__doApplyCommand(self, command: bytes) -> Any:
+        kind = command[:1]
+        if kind == _NO_OP:
+            return None
+        if kind != _REGULAR:
+            log.error("skipping a raft log entry of type %r (membership/version entries are disabled)", kind)
+            return None
+        try:
+            return SyncObj._SyncObj__doApplyCommand(self, command)
+        except Exception:
+            log.exception("skipping a raft log entry that cannot be applied")
+            return None
+
+
+# --------------------------------------------------------------------------- state consumer
+
+
+class _StateConsumer(SyncObjConsumer):
+    """Holds the cluster state; its one replicated method applies msgpack commands."""
+
+    def __init__(self, on_applied: Callable[[dict, dict], None] | None) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.cluster = cluster_state.initial_state()
+        self.on_applied = on_applied
+
+    @replicated
+    def apply_command(self, payload: bytes) -> dict:
+        """Apply one msgpack command. Runs on the tick thread of every node; never raises."""
+        try:
+            command = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        except Exception:  # undecodable: the state machine refuses a non-map command
+            command = None
+        with self.lock:
+            new_state, result = cluster_state.apply(self.cluster, command)
+            self.cluster = new_state
+        if self.on_applied is not None:
+            try:
+                self.on_applied(command if isinstance(command, dict) else {}, result)
+            except Exception:
+                log.exception("on_applied callback failed")
+        return result
+
+
+# --------------------------------------------------------------------------- RaftNode
+
+
+class RaftNode:
+    """One site's Raft member replicating :mod:`replicad.core.state`.
+
+    Args:
+        self_addr: ``"host:port"`` of this node's Raft port, as the partners know it.
+        partner_addrs: the other members' ``"host:port"``.
+        data_dir: directory for ``raft.journal``, ``raft.journal.meta`` and ``raft.dump``.
+        password: shared cluster secret (pysyncobj Fernet encryption + authentication).
+        bind_host: host to bind instead of ``self_addr``'s host (the port stays the same).
+        on_applied: ``(command, result)`` called on the tick thread after each applied
+            command, including commands replayed from the journal after a restart.
+        compaction_min_entries: log entries that trigger a full dump + log compaction.
+        needs_leader: called on the tick thread (must be cheap, never block): True while this
+            node must be able to commit (a volume primary); see point 7 of the module doc.
+    """
+
+    def __init__(self, self_addr: str, partner_addrs: Sequence[str], data_dir: Path, password: str,
+                 *, bind_host: str | None = None, on_applied: Callable[[dict, dict], None] | None = None,
+                 compaction_min_entries: int = 5000, needs_leader: Callable[[], bool] | None = None) -> None:
+        if not password:
+            raise errors.ConfigError("raft password must be set", problems=["raft.password: empty"])
+        self._self_addr = self_addr
+        self._partners = [a for a in partner_addrs if a != self_addr]
+        self._data_dir = Path(data_dir)
+        self._password = password
+        port = self_addr.rsplit(":", 1)[1]
+        self._bind_addr = f"{bind_host}:{port}" if bind_host else self_addr
+        self._compaction_min_entries = max(2, compaction_min_entries)
+        self._needs_leader = needs_leader or (lambda: False)
+        self._consumer = _StateConsumer(on_applied)  # consumer pattern: built before SyncObj
+        self._syncobj: _HardenedSyncObj | None = None
+        self._dump_error: str | None = None
+        self._status_lock = threading.Lock()
+        self._status: dict = self._empty_status()
+
+    # -- lifecycle
+    def start(self) -> None:
+        """Open the journal, bind the Raft port and start the tick thread. Idempotent.
+
+        Raises:
+            errors.StoreFullError / errors.InternalError: the data dir cannot be prepared.
+            errors.RemoteProtocolError: the journal or meta has an unknown format.
+        """
+        if self._syncobj is not None:
+            return
+        try:
+            self._data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise errors.from_os_error(exc, "creating the raft data dir") from exc
+        conf = SyncObjConf(
+            password=self._password,
+            journalFile=str(self._data_dir / "raft.journal"),
+            fullDumpFile=str(self._data_dir / "raft.dump"),
+            serializer=self._serialize_dump,
+            deserializer=self._deserialize_dump,
+            appendEntriesUseBatch=False,
+            bindAddress=self._bind_addr,
+            dynamicMembershipChange=False,
+            logCompactionMinEntries=self._compaction_min_entries,
+        )
+        try:
+            syncobj = _HardenedSyncObj(self._self_addr, self._partners, conf=conf, consumers=[self._consumer])
+        except OSError as exc:
+            raise errors.from_os_error(exc, "opening the raft journal") from exc
+        syncobj._started_at = monotonic_time()  # a fresh node has heard from no leader *yet*
+        syncobj.needs_leader = self._needs_leader
+        self._syncobj = syncobj
+        self._syncobj.addOnTickCallback(self._refresh_status)
+
+    def close(self) -> None:
+        """Stop the tick thread and close the journal and sockets. Idempotent."""
+        syncobj, self._syncobj = self._syncobj, None
+        if syncobj is not None:
+            syncobj.destroy_synchronous()
+
+    # -- dump (point 3)
+    def _serialize_dump(self, tmp_file: str, raft_data: tuple) -> None:
+        last, prev, cluster = raft_data
+        with self._consumer.lock:
+            snapshot = self._consumer.cluster
+        document = {"v": DUMP_VERSION, "state": snapshot, "last": list(last), "prev": list(prev),
+                    "cluster": sorted(str(getattr(n, "id", n)) for n in cluster)}
+        with open(tmp_file, "wb") as f:
+            f.write(msgpack.packb(document, use_bin_type=True))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _deserialize_dump(self, dump_file: str) -> tuple:
+        try:
+            path = Path(dump_file)
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+                data = f.read()
+            fsync_dir(path.parent)
+            document = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            if not isinstance(document, dict) or document.get("v") != DUMP_VERSION or \
+                    not isinstance(document.get("state"), dict) or \
+                    document["state"].get("v") != cluster_state.STATE_VERSION:
+                raise errors.RemoteProtocolError("raft dump has an unknown version", path=dump_file)
+            last = (bytes(document["last"][0]), int(document["last"][1]), int(document["last"][2]))
+            prev = (bytes(document["prev"][0]), int(document["prev"][1]), int(document["prev"][2]))
+            cluster = {TCPNode(addr) for addr in document["cluster"]}
+        except Exception as exc:
+            self._dump_error = f"{type(exc).__name__}: {exc}"
+            log.error("cannot load raft dump %s: %s", dump_file, self._dump_error)
+            raise
+        with self._consumer.lock:
+            self._consumer.cluster = document["state"]
+        self._dump_error = None
+        return last, prev, cluster
+
+    # -- proposals
+    async def propose(self, command: dict, timeout_s: float = 5.0) -> dict:
+        """Replicate ``command`` through Raft and return its ``{"ok": True, ...}`` result.
+
+        Fills ``v`` and ``op_id`` (uuid4 hex) when missing. A retry with the same
+        ``op_id`` after a timeout is safe: the state machine answers it exactly once.
+
+        Raises:
+            errors.NoQuorumError: not committed within ``timeout_s`` or pysyncobj gave up
+                (evidence: ``reason``, ``op``, ``op_id``); the command may still commit later.
+            errors.LocalProtocolError: the encoded command exceeds ``MAX_COMMAND_BYTES``.
+            errors.InternalError: the node is not started or its dump could not be loaded.
+            errors.ReplicadError subclasses: the state machine refused it
+                (``errors.from_dict(result)``: StaleEpochError, NotPrimaryError ...).
+        """
+        syncobj = self._syncobj
+        if syncobj is None:
+            raise errors.InternalError("raft node is not started", op=command.get("op"))
+        if self._dump_error is not None:
+            raise errors.InternalError("raft dump could not be loaded", detail=self._dump_error)
+        command = dict(command)
+        command.setdefault("v", cluster_state.COMMAND_VERSION)
+        command.setdefault("op_id", uuid.uuid4().hex)
+        op, op_id = command.get("op"), command["op_id"]
+        payload = msgpack.packb(command, use_bin_type=True)
+        if len(payload) > MAX_COMMAND_BYTES:
+            raise errors.LocalProtocolError("raft command too large", op=op, size_bytes=len(payload),
+                                            max_bytes=MAX_COMMAND_BYTES)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+
+        def settle(result: Any, reason: Any) -> None:  # on the loop
+            if not future.done():
+                future.set_result((result, reason))
+
+        def on_done(result: Any, reason: Any) -> None:  # on the tick thread: must never raise
+            try:
+                loop.call_soon_threadsafe(settle, result, reason)
+            except RuntimeError:
+                pass  # the loop is closed: nobody waits any more
+
+        self._consumer.apply_command(payload, callback=on_done)
+        try:
+            result, reason = await asyncio.wait_for(future, timeout_s)
+        except asyncio.TimeoutError:
+            raise errors.NoQuorumError("raft did not commit the command in time", reason="timeout",
+                                       op=op, op_id=op_id, timeout_s=timeout_s) from None
+        if reason != FAIL_REASON.SUCCESS or not isinstance(result, dict):
+            raise errors.NoQuorumError("raft did not commit the command",
+                                       reason=_FAIL_NAMES.get(reason, str(reason)).lower(), op=op, op_id=op_id)
+        if not result.get("ok"):
+            raise errors.from_dict(result)
+        return result
+
+    # -- reads
+    def state(self) -> dict:
+        """A deep copy of the applied cluster state (see :mod:`replicad.core.state`)."""
+        with self._consumer.lock:
+            current = self._consumer.cluster
+        return copy.deepcopy(current)  # states are never mutated in place: copy outside the lock
+
+    def view(self) -> dict:
+        """The applied cluster state itself, without a copy: READ ONLY.
+
+        :func:`replicad.core.state.apply` never mutates a state (copy on write), so holding a
+        reference is safe as long as the caller never mutates it either. Use :meth:`state`
+        for a copy that may be changed. O(1), for hot paths (every tick, every peer write).
+        """
+        with self._consumer.lock:
+            return self._consumer.cluster
+
+    def status(self) -> dict:
+        """Raft status, refreshed on every tick (a hint only: fencing uses epochs).
+
+        ``{"self": addr, "leader": addr|None, "is_leader": bool, "term": int,
+        "commit_index": int, "last_applied": int, "has_quorum": bool,
+        "partners": {addr: connected}, "dump_error": str|None}``
+        """
+        with self._status_lock:
+            status = dict(self._status)
+            status["partners"] = dict(self._status["partners"])
+        status["dump_error"] = self._dump_error
+        if self._syncobj is None:
+            status.update(leader=None, is_leader=False, has_quorum=False)
+        return status
+
+    def _empty_status(self) -> dict:
+        return {"self": self._self_addr, "leader": None, "is_leader": False, "term": 0,
+                "commit_index": 0, "last_applied": 0, "has_quorum": False,
+                "partners": {addr: False for addr in self._partners}}
+
+    def _refresh_status(self) -> None:  # tick thread: the only place reading pysyncobj internals
+        syncobj = self._syncobj
+        if syncobj is None:
+            return
+        try:
+            leader = syncobj._getLeader()
+            status = {"self": self._self_addr, "leader": None if leader is None else str(leader.id),
+                      "is_leader": bool(syncobj._isLeader()), "term": syncobj.raftCurrentTerm,
+                      "commit_index": syncobj.raftCommitIndex, "last_applied": syncobj.raftLastApplied,
+                      "has_quorum": bool(syncobj.hasQuorum),
+                      "partners": {str(n.id): syncobj.isNodeConnected(n) for n in syncobj.otherNodes}}
+        except Exception:
+            log.exception("cannot read raft status")
+            return
+        with self._status_lock:
+            self._status = status

@@ -1,0 +1,323 @@
+"""One error tree for replicad.
+
+Every error an operator or a peer can see is a :class:`ReplicadError`. Each class carries
+a stable ``code`` (used in JSON error bodies and audit records), a CLI ``exit_code``, an
+HTTP status for the admin API, an operator ``message`` and ``evidence`` (a small dict of
+facts: volume, seq, both epochs, digests ...). Foreign exceptions (OSError, aiohttp,
+pysyncobj, sqlite3) are translated into this tree at the adapter that met them.
+
+::
+
+    ReplicadError                      exit 1
+    ├── ConfigError                    exit 2   bad TOML / values; .problems lists all
+    ├── UsageError                     exit 2   bad CLI/API arguments
+    │   └── NotSupportedError                   (HTTP 501) a feature replicad refuses on purpose
+    ├── NotFoundError                  exit 3   unknown volume, snapshot, site, chunk
+    ├── ConflictError                  exit 4   state does not allow it (state machine refusal)
+    │   ├── StaleEpochError                     a message or command under an older epoch
+    │   ├── NotPrimaryError                     this site is not the volume's primary
+    │   ├── RetentionLockedError                delete inside the retention lock (O4)
+    │   └── ApprovalRequiredError               two-party rule: a second site's approval is missing
+    ├── IntegrityError                 exit 5   digest/root mismatch: never served, never stored
+    │   └── RestoreVerifyError                  restored image root != manifest root (O5)
+    ├── ProtocolError                  exit 6
+    │   ├── RemoteProtocolError                 a peer sent something malformed (its fault)
+    │   └── LocalProtocolError                  we were about to send something invalid (our bug)
+    ├── UnavailableError               exit 7   transient: retry later
+    │   ├── NoQuorumError                       Raft could not commit (minority, no leader)
+    │   ├── PeerUnavailableError                a peer did not answer
+    │   ├── StoreFullError                      the data dir is full (ENOSPC)
+    │   └── TargetFullError                     a restore target's file system is full (ENOSPC)
+    ├── AccessError                    exit 8   admin API access control
+    │   ├── UnauthenticatedError                (HTTP 401) no bearer token, or an unknown one
+    │   └── ForbiddenError                      (HTTP 403) the token's role is too low
+    ├── ToolError                      exit 1   an external tool (mke2fs, debugfs, e2fsck) failed
+    └── InternalError                  exit 70  a bug; carries the original exception text
+
+``is_transient(err)`` is the one place that decides whether an operation is retried.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+
+class ReplicadError(Exception):
+    """Base of every replicad error.
+
+    Args:
+        message: operator-facing sentence (no traceback is ever shown instead).
+        **evidence: small JSON-serialisable facts that explain the error.
+    """
+
+    code = "error"
+    exit_code = 1
+    http_status = 500
+    transient = False
+
+    def __init__(self, message: str, **evidence: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.evidence = evidence
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON body used by the admin and peer APIs: ``{error, message, evidence}``."""
+        return {"error": self.code, "message": self.message, "evidence": _jsonable(self.evidence)}
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+class ConfigError(ReplicadError):
+    """The site configuration is invalid. ``problems`` lists every problem at once,
+    each as ``"key.path: what is wrong"``."""
+
+    code = "config_invalid"
+    exit_code = 2
+    http_status = 400
+
+    def __init__(self, message: str, problems: list[str] | None = None, **evidence: Any) -> None:
+        super().__init__(message, problems=list(problems or []), **evidence)
+        self.problems = list(problems or [])
+
+
+class UsageError(ReplicadError):
+    """A request or command line is malformed (missing or invalid argument)."""
+
+    code = "bad_request"
+    exit_code = 2
+    http_status = 400
+
+
+class NotSupportedError(UsageError):
+    """The request asks for something replicad does not do on purpose (evidence says what to
+    do instead), e.g. changing Raft membership at runtime."""
+
+    code = "not_supported"
+    http_status = 501
+
+
+class NotFoundError(ReplicadError):
+    """Unknown volume, snapshot, site, chunk or operation."""
+
+    code = "not_found"
+    exit_code = 3
+    http_status = 404
+
+
+class ConflictError(ReplicadError):
+    """The cluster state does not allow the operation (the Raft state machine refused it)."""
+
+    code = "conflict"
+    exit_code = 4
+    http_status = 409
+
+
+class StaleEpochError(ConflictError):
+    """A message or command carries an epoch older than the committed one (fencing)."""
+
+    code = "stale_epoch"
+
+
+class NotPrimaryError(ConflictError):
+    """This site is not the primary of the volume under the current epoch."""
+
+    code = "not_primary"
+
+
+class RetentionLockedError(ConflictError):
+    """Deleting or pruning a snapshot inside its retention lock window was refused (O4)."""
+
+    code = "retention_locked"
+
+
+class ApprovalRequiredError(ConflictError):
+    """The two-party rule (O4): clearing a suspect snapshot or shortening retention needs
+    ``approved_by`` (CLI ``--approved-by SITE``) to name a second registered site."""
+
+    code = "approval_required"
+
+
+class IntegrityError(ReplicadError):
+    """Content does not match its digest: a corrupt chunk, page, manifest or pack."""
+
+    code = "integrity"
+    exit_code = 5
+    http_status = 502
+
+
+class RestoreVerifyError(IntegrityError):
+    """A restored image's Merkle root differs from the snapshot manifest's root (O5)."""
+
+    code = "restore_verify_failed"
+
+
+class ProtocolError(ReplicadError):
+    """A wire or disk document could not be parsed."""
+
+    code = "protocol"
+    exit_code = 6
+    http_status = 400
+
+
+class RemoteProtocolError(ProtocolError):
+    """A peer (or a file written by another version) sent something malformed: its fault."""
+
+    code = "remote_protocol"
+
+
+class LocalProtocolError(ProtocolError):
+    """We were about to emit an invalid message: our bug."""
+
+    code = "local_protocol"
+    exit_code = 70
+    http_status = 500
+
+
+class UnavailableError(ReplicadError):
+    """Transient: the operation may succeed if retried later."""
+
+    code = "unavailable"
+    exit_code = 7
+    http_status = 503
+    transient = True
+
+
+class NoQuorumError(UnavailableError):
+    """Raft could not commit the command in time: no leader or no majority reachable."""
+
+    code = "no_quorum"
+
+
+class PeerUnavailableError(UnavailableError):
+    """A peer site did not answer (refused, reset, timed out)."""
+
+    code = "peer_unavailable"
+
+
+class StoreFullError(UnavailableError):
+    """The data directory is full (ENOSPC/EDQUOT); nothing already stored was damaged."""
+
+    code = "store_full"
+    http_status = 507
+
+
+class TargetFullError(UnavailableError):
+    """The file system of a restore target (a restore, drill or promotion image, or a
+    standby) is full (ENOSPC/EDQUOT); the chunk store is not concerned. Evidence: ``path``,
+    ``free_bytes`` on that file system, the snapshot's ``size_bytes``."""
+
+    code = "target_full"
+    http_status = 507
+
+
+class AccessError(ReplicadError):
+    """The admin API refused the caller (see :mod:`replicad.ops.auth`)."""
+
+    code = "access_denied"
+    exit_code = 8
+    http_status = 403
+
+
+class UnauthenticatedError(AccessError):
+    """No bearer token was presented, or it matches no configured token."""
+
+    code = "unauthenticated"
+    http_status = 401
+
+
+class ForbiddenError(AccessError):
+    """The token is valid but its role does not allow this request."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class ToolError(ReplicadError):
+    """An external program (e2fsprogs ``mke2fs``/``debugfs``/``e2fsck``) could not run or
+    failed; evidence holds the ``command``, its ``returncode`` and its ``stderr_tail``."""
+
+    code = "tool_failed"
+    exit_code = 1
+    http_status = 500
+
+
+class InternalError(ReplicadError):
+    """A bug in replicad. The message carries the original exception's text."""
+
+    code = "internal"
+    exit_code = 70
+    http_status = 500
+
+
+def is_transient(err: BaseException) -> bool:
+    """True when retrying the failed operation later may succeed.
+
+    The single retry policy of the project: replicad errors say it themselves;
+    ``OSError`` for full disks and connection problems is transient, other errors are not.
+    """
+    if isinstance(err, ReplicadError):
+        return err.transient
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT, errno.ECONNREFUSED, errno.ECONNRESET,
+                             errno.ETIMEDOUT, errno.EPIPE, errno.EHOSTUNREACH, errno.ENETUNREACH)
+    return isinstance(err, TimeoutError)
+
+
+def from_os_error(err: OSError, what: str, **evidence: Any) -> ReplicadError:
+    """Translate an ``OSError`` met while doing ``what`` into the tree (disk full → StoreFullError;
+    missing → NotFoundError; permissions, read-only, bad path → UsageError; port taken →
+    ConflictError; anything else InternalError).
+
+    ``evidence`` may override the ``path`` and ``errno`` taken from ``err``.
+    """
+    facts = {"errno": err.errno, "path": err.filename, **evidence}
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFullError(f"{what}: no space left on device", **facts)
+    if err.errno == errno.ENOENT:
+        return NotFoundError(f"{what}: {err.strerror}", **facts)
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errno.EISDIR,
+                     errno.ENOTDIR):  # the operator's path or permissions, not a bug
+        return UsageError(f"{what}: {err.strerror}", **facts)
+    if err.errno == errno.EADDRINUSE:
+        return ConflictError(f"{what}: address already in use (another process listens there)", **facts)
+    return InternalError(f"{what}: {err.strerror or err}", **facts)
+
+
+_BY_CODE: dict[str, type[ReplicadError]] = {}
+
+
+def _register(cls: type[ReplicadError]) -> None:
+    _BY_CODE[cls.code] = cls
+    for sub in cls.__subclasses__():
+        _register(sub)
+
+
+_register(ReplicadError)
+
+
+def from_dict(body: dict[str, Any], status: int | None = None) -> ReplicadError:
+    """Rebuild an error from a JSON body ``{error, message, evidence}`` sent by a peer or the
+    admin API. Unknown codes become a plain :class:`ReplicadError` (or InternalError on 5xx)."""
+    code = str(body.get("error", "error"))
+    message = str(body.get("message", "error without message"))
+    evidence = body.get("evidence") if isinstance(body.get("evidence"), dict) else {}
+    cls = _BY_CODE.get(code, ReplicadError)
+    if cls is ConfigError:
+        return ConfigError(message, problems=list(evidence.get("problems", [])))
+    err = cls.__new__(cls)
+    ReplicadError.__init__(err, message, **{k: v for k, v in evidence.items()})
+    return err

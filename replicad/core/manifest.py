@@ -1,0 +1,275 @@
+"""Snapshot manifests: paged block digests under a Merkle root.
+
+A volume of ``n_blocks = ceil(size_bytes / block_size)`` blocks is described by the BLAKE3
+digest of each block (the last block may be short: its digest covers exactly the bytes
+present). All-zero blocks get the sentinel :data:`ZERO_DIGEST` and are never stored.
+
+The digests are cut into **pages** of up to :data:`PAGE_ENTRIES` (4096) concatenated
+32-byte digests; each page is stored as a chunk under ``blake3(page)``. The manifest lists
+the page digests and is itself stored as a chunk under its **root** =
+``blake3(manifest.encode())``. So the root covers the page digests, which cover the block
+digests: one 32-byte value committed through Raft pins the whole image. Unchanged pages keep
+their digest, so :func:`diff` loads only the pages whose digests differ.
+
+Wire/disk form (version :data:`FORMAT_VERSION`): a canonical msgpack map with sorted keys::
+
+    {"block_size", "created_at_ns", "epoch", "pages": [bin32...], "parent_seq": int|nil,
+     "seq", "size_bytes", "stats": {str: int}, "v": 1, "volume": str}
+
+:meth:`Manifest.decode` accepts only that canonical encoding (it re-encodes and compares),
+so ``root == blake3(data)`` for every accepted ``data``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import blake3
+import msgpack
+
+from replicad.core.errors import IntegrityError, RemoteProtocolError
+
+FORMAT_VERSION = 1
+PAGE_ENTRIES = 4096
+DIGEST_SIZE = 32
+ZERO_DIGEST = bytes(DIGEST_SIZE)
+BLOCK_SIZE_MAX_BYTES = 16 * 2**20
+MANIFEST_MAX_BYTES = 16 * 2**20
+
+
+_ZERO_BLOCKS: dict[int, bytes] = {}
+
+
+def zero_block(size: int) -> bytes:
+    """``size`` zero bytes, one shared object per size (the content of a ZERO_DIGEST block;
+    compared with ``startswith`` as a memcmp zero check, written for zero blocks)."""
+    zero = _ZERO_BLOCKS.get(size)
+    if zero is None:
+        zero = _ZERO_BLOCKS[size] = bytes(size)
+    return zero
+
+
+_KEYS = frozenset({"v", "volume", "seq", "epoch", "parent_seq", "created_at_ns", "size_bytes",
+                   "block_size", "pages", "stats"})
+
+
+def _sorted_map(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted_map(value[k]) for k in sorted(value)}
+    return value
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One snapshot's description.
+
+    Attributes:
+        volume: volume name. seq: snapshot sequence number (>= 1 is usual, >= 0 accepted).
+        epoch: fencing epoch the snapshot was produced under.
+        parent_seq: seq of the snapshot this one was diffed against, None for a full one.
+        created_at_ns: informational wall-clock time, ns since the Unix epoch.
+        size_bytes: image size in bytes. block_size: block size in bytes.
+        pages: page digests (32 bytes each), ``ceil(n_blocks / PAGE_ENTRIES)`` of them.
+        stats: scan statistics, ``{str: int}`` (see :mod:`replicad.sources.file`).
+    """
+
+    volume: str
+    seq: int
+    epoch: int
+    parent_seq: int | None
+    created_at_ns: int
+    size_bytes: int
+    block_size: int
+    pages: tuple[bytes, ...]
+    stats: dict = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        """Canonical msgpack bytes (sorted keys at every level, bin type for digests)."""
+        doc = {
+            "v": FORMAT_VERSION, "volume": self.volume, "seq": self.seq, "epoch": self.epoch,
+            "parent_seq": self.parent_seq, "created_at_ns": self.created_at_ns,
+            "size_bytes": self.size_bytes, "block_size": self.block_size,
+            "pages": list(self.pages), "stats": dict(self.stats),
+        }
+        return msgpack.packb(_sorted_map(doc), use_bin_type=True)
+
+    @property
+    def root(self) -> bytes:
+        """Merkle root: BLAKE3-256 of :meth:`encode`; the manifest is stored under it."""
+        return blake3.blake3(self.encode()).digest()
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of blocks, ``ceil(size_bytes / block_size)``."""
+        return -(-self.size_bytes // self.block_size)
+
+    def block_len(self, index: int) -> int:
+        """Length in bytes of block ``index`` (the last block may be short)."""
+        return min(self.block_size, self.size_bytes - index * self.block_size)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Manifest:
+        """Parse a manifest.
+
+        Raises:
+            RemoteProtocolError: not msgpack, not a map, missing/unknown/mistyped field,
+                unknown version, inconsistent page count, or a non-canonical encoding.
+        """
+        if not isinstance(data, (bytes, bytearray)) or len(data) > MANIFEST_MAX_BYTES:
+            raise RemoteProtocolError("manifest must be bytes of at most 16 MiB")
+        try:
+            doc = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True,
+                                  use_list=True)
+        except (ValueError, TypeError, msgpack.UnpackException) as err:
+            raise RemoteProtocolError(f"manifest is not valid msgpack: {err}") from err
+        if not isinstance(doc, dict):
+            raise RemoteProtocolError("manifest is not a map")
+        if doc.get("v") != FORMAT_VERSION:
+            raise RemoteProtocolError("manifest has an unknown format version",
+                                      version=repr(doc.get("v")), supported=FORMAT_VERSION)
+        if set(doc) != _KEYS:
+            raise RemoteProtocolError("manifest fields are wrong",
+                                      missing=sorted(_KEYS - set(doc)),
+                                      unknown=sorted(map(str, set(doc) - _KEYS)))
+        volume = doc["volume"]
+        if not isinstance(volume, str) or not volume:
+            raise RemoteProtocolError("manifest volume must be a non-empty string")
+        ints = {k: doc[k] for k in ("seq", "epoch", "created_at_ns", "size_bytes", "block_size")}
+        for key, value in ints.items():
+            if not _is_uint(value):
+                raise RemoteProtocolError(f"manifest {key} must be a non-negative integer",
+                                          field=key)
+        parent = doc["parent_seq"]
+        if parent is not None and not _is_uint(parent):
+            raise RemoteProtocolError("manifest parent_seq must be null or an integer")
+        if not 0 < ints["block_size"] <= BLOCK_SIZE_MAX_BYTES:
+            raise RemoteProtocolError("manifest block_size out of range",
+                                      block_size=ints["block_size"])
+        pages = doc["pages"]
+        if not isinstance(pages, list) or not all(
+                isinstance(p, bytes) and len(p) == DIGEST_SIZE for p in pages):
+            raise RemoteProtocolError("manifest pages must be a list of 32-byte digests")
+        stats = doc["stats"]
+        if not isinstance(stats, dict) or not all(
+                isinstance(k, str) and _is_int(v) for k, v in stats.items()):
+            raise RemoteProtocolError("manifest stats must map strings to integers")
+        m = cls(volume=volume, seq=ints["seq"], epoch=ints["epoch"], parent_seq=parent,
+                created_at_ns=ints["created_at_ns"], size_bytes=ints["size_bytes"],
+                block_size=ints["block_size"], pages=tuple(pages), stats=stats)
+        if len(m.pages) != -(-m.n_blocks // PAGE_ENTRIES):
+            raise RemoteProtocolError("manifest page count does not match its size",
+                                      pages=len(m.pages), n_blocks=m.n_blocks)
+        if m.encode() != bytes(data):
+            raise RemoteProtocolError("manifest is not canonically encoded")
+        return m
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_uint(value: object) -> bool:
+    return _is_int(value) and value >= 0  # type: ignore[operator]
+
+
+def page_digest(page: bytes) -> bytes:
+    """BLAKE3-256 of a page's bytes: the digest it is stored under."""
+    return blake3.blake3(page).digest()
+
+
+def pages_from_digests(block_digests: Sequence[bytes]) -> list[bytes]:
+    """Cut block digests into page byte strings of up to PAGE_ENTRIES × 32 bytes."""
+    return [b"".join(block_digests[i:i + PAGE_ENTRIES])
+            for i in range(0, len(block_digests), PAGE_ENTRIES)]
+
+
+def page_entries(page: bytes) -> list[bytes]:
+    """Split a page into its 32-byte block digests.
+
+    Raises:
+        RemoteProtocolError: empty, longer than PAGE_ENTRIES digests, or length not a
+            multiple of 32.
+    """
+    if not page or len(page) % DIGEST_SIZE or len(page) > PAGE_ENTRIES * DIGEST_SIZE:
+        raise RemoteProtocolError("manifest page has a bad length", length=len(page))
+    return [page[i:i + DIGEST_SIZE] for i in range(0, len(page), DIGEST_SIZE)]
+
+
+def _load_checked(m: Manifest, p: int, load_page: Callable[[bytes], bytes]) -> list[bytes]:
+    """Entries of page ``p`` of ``m``, checked against its digest and expected count."""
+    page = load_page(m.pages[p])
+    if page_digest(page) != m.pages[p]:
+        raise IntegrityError(f"manifest page {p} does not match its digest",
+                             volume=m.volume, seq=m.seq, page=m.pages[p].hex())
+    entries = page_entries(page)
+    expected = min(PAGE_ENTRIES, m.n_blocks - p * PAGE_ENTRIES)
+    if len(entries) != expected:
+        raise RemoteProtocolError("manifest page has a wrong number of entries",
+                                  volume=m.volume, seq=m.seq, page_index=p,
+                                  entries=len(entries), expected=expected)
+    return entries
+
+
+def iter_block_digests(m: Manifest, load_page: Callable[[bytes], bytes]) -> Iterator[bytes]:
+    """Yield the ``m.n_blocks`` block digests of ``m`` in order, loading one page at a time.
+
+    ``load_page(page_digest) -> page bytes`` (e.g. ``store.get``). Raises IntegrityError if a
+    loaded page does not match its digest, RemoteProtocolError if its length is wrong.
+    """
+    for p in range(len(m.pages)):
+        yield from _load_checked(m, p, load_page)
+
+
+def _differing_pages(old: Manifest | None, new: Manifest,
+                     load_page: Callable[[bytes], bytes]) -> Iterator[tuple[int, list[bytes], list[bytes]]]:
+    """``(first block index, new entries, old entries)`` of every page of ``new`` whose page
+    digest differs from ``old``'s at the same position (old entries empty past old's end);
+    ``old`` of another block size compares as None. Only those pages are loaded."""
+    if old is not None and old.block_size != new.block_size:
+        old = None
+    old_pages = old.pages if old is not None else ()
+    for p, digest in enumerate(new.pages):
+        if p < len(old_pages) and old_pages[p] == digest:
+            continue  # same digest: same entries, same count
+        old_entries = _load_checked(old, p, load_page) if old is not None and p < len(old_pages) else []
+        yield p * PAGE_ENTRIES, _load_checked(new, p, load_page), old_entries
+
+
+def diff(old: Manifest | None, new: Manifest, load_page: Callable[[bytes], bytes]) -> list[int]:
+    """Sorted block indexes of ``new`` whose digest differs from ``old``.
+
+    Definition: index ``i < new.n_blocks`` is changed iff ``i < old.n_blocks`` and the digests
+    differ, or ``i >= old.n_blocks`` and new's digest is not ZERO_DIGEST (growing a volume
+    with zeros changes nothing). Blocks beyond ``new.n_blocks`` (a shrunk volume) are not
+    reported. ``old`` None, or an ``old`` with another block size, compares as an empty
+    volume. Only pages whose page digests differ are loaded.
+    """
+    changed: list[int] = []
+    for base, new_entries, old_entries in _differing_pages(old, new, load_page):
+        n_old = len(old_entries)
+        changed.extend(base + i for i, d in enumerate(new_entries)
+                       if (d != old_entries[i] if i < n_old else d != ZERO_DIGEST))
+    return changed
+
+
+def changed_digests(old: Manifest | None, new: Manifest, load_page: Callable[[bytes], bytes]) -> list[bytes]:
+    """The non-zero digests of the blocks of ``new`` that :func:`diff` reports changed
+    against ``old``, in block order (a digest used by several changed blocks appears once
+    per block). Whoever holds all of ``old``'s chunks holds ``new``'s once it holds these
+    (and ``new``'s pages). Only pages whose page digests differ are loaded."""
+    out: list[bytes] = []
+    for _, new_entries, old_entries in _differing_pages(old, new, load_page):
+        out.extend(d for d, o in zip(new_entries, old_entries) if d != o and d != ZERO_DIGEST)
+        out.extend(d for d in new_entries[len(old_entries):] if d != ZERO_DIGEST)
+    return out
+
+
+def chunk_digests(m: Manifest, load_page: Callable[[bytes], bytes]) -> set[bytes]:
+    """The live set of one snapshot: every non-zero block digest, every page digest and the
+    root. A chunk store gc must keep the union of these over all retained snapshots (O4)."""
+    live: set[bytes] = {m.root}
+    live.update(m.pages)
+    live.update(d for d in iter_block_digests(m, load_page) if d != ZERO_DIGEST)
+    return live

@@ -1,0 +1,223 @@
+"""Peer wire format: versioned msgpack documents and bounded chunk-frame streams (sans-I/O).
+
+Every peer request body is one msgpack map carrying ``v`` (:data:`WIRE_VERSION`), ``volume``,
+``epoch`` and ``from`` (the sending site id), plus the fields of its kind (see
+:data:`SCHEMAS`). Chunk streams are a header document followed by frames
+``[digest(32 bytes), codec(int), payload(bytes)]``.
+
+Invariant (tested by a property test): :func:`decode_doc` and :class:`FrameReader` either
+return well-typed values or raise :class:`~replicad.core.errors.RemoteProtocolError` — nothing
+else, whatever bytes a peer sends. Sizes are bounded so that a hostile peer cannot make a
+site buffer more than :data:`MAX_DOC_BYTES` / :data:`MAX_FRAME_BYTES` at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import msgpack
+
+from replicad.core.errors import LocalProtocolError, RemoteProtocolError
+
+WIRE_VERSION = 1
+DIGEST_SIZE = 32
+MAX_DOC_BYTES = 8 * 2**20          # one request/response document
+MAX_DIGESTS_PER_DOC = 4096         # digests in one request: msgpack allocates declared array
+                                   # lengths up front, so this also bounds what nesting can cost
+MAX_NAME_CHARS = 255               # volume and site names
+MAX_FRAME_BYTES = 5 * 2**20        # one chunk frame: block sizes are at most 4 MiB (+ lz4 slack)
+FEED_MAX_BYTES = 2**20             # callers feed a FrameReader pieces of at most this size
+CONTENT_TYPE = "application/x-msgpack"
+MAX_COUNTER = 2**53                # epochs and seqs: far beyond any real count, fits SQLite and JSON
+
+_INT = int
+_STR = str
+_BYTES = bytes
+
+# kind -> {field: type | (type, ...)} (fields every kind carries are added below).
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "missing": {"digests": list},
+    "chunks": {},
+    "snapshot": {"seq": _INT, "root": _BYTES},
+    "fetch": {"digests": list},
+}
+_COMMON = {"v": _INT, "volume": _STR, "epoch": _INT, "from": _STR}
+STREAM_KINDS = ("chunks",)  # kinds whose document heads a frame stream (no list fields)
+
+
+def _unpacker(max_bytes: int, max_array_len: int = MAX_DIGESTS_PER_DOC,
+              buffer_bytes: int | None = None) -> msgpack.Unpacker:
+    return msgpack.Unpacker(
+        raw=False,
+        strict_map_key=False,
+        max_buffer_size=buffer_bytes or max_bytes,
+        max_bin_len=max_bytes,
+        max_str_len=min(max_bytes, 2**20),
+        max_array_len=max_array_len,
+        max_map_len=64,
+    )
+
+
+def encode_doc(kind: str, **fields: Any) -> bytes:
+    """Encode a request document of ``kind`` with ``v`` added.
+
+    Raises:
+        LocalProtocolError: the document would not pass :func:`decode_doc` (our bug).
+    """
+    doc = {"v": WIRE_VERSION, **fields}
+    _check(kind, doc, LocalProtocolError)
+    data = msgpack.packb(doc, use_bin_type=True)
+    if len(data) > MAX_DOC_BYTES:
+        raise LocalProtocolError(f"{kind} document of {len(data)} bytes exceeds {MAX_DOC_BYTES}", kind=kind)
+    return data
+
+
+def decode_doc(kind: str, data: bytes) -> dict[str, Any]:
+    """Decode and validate a request document of ``kind``.
+
+    Returns:
+        the document as a dict with the fields of :data:`SCHEMAS` and the common fields.
+    Raises:
+        RemoteProtocolError: truncated, oversized, wrong types, unknown version or kind.
+    """
+    if len(data) > MAX_DOC_BYTES:
+        raise RemoteProtocolError(f"{kind} document too large: {len(data)} bytes", kind=kind)
+    unpacker = _unpacker(MAX_DOC_BYTES)
+    try:
+        unpacker.feed(data)
+        doc = unpacker.unpack()
+        extra = unpacker.tell() != len(data)
+    except msgpack.OutOfData:
+        raise RemoteProtocolError(f"{kind} document truncated", kind=kind) from None
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
+        raise RemoteProtocolError(f"{kind} document malformed: {err}", kind=kind) from None
+    if extra:
+        raise RemoteProtocolError(f"{kind} document has trailing bytes", kind=kind)
+    _check(kind, doc, RemoteProtocolError)
+    return doc
+
+
+def decode_reply(data: bytes) -> dict[str, Any]:
+    """Decode a reply document (a msgpack map) from a peer; RemoteProtocolError if it is not one."""
+    if len(data) > MAX_DOC_BYTES:
+        raise RemoteProtocolError(f"reply too large: {len(data)} bytes")
+    unpacker = _unpacker(MAX_DOC_BYTES)
+    try:
+        unpacker.feed(data)
+        doc = unpacker.unpack()
+        extra = unpacker.tell() != len(data)
+    except (msgpack.OutOfData, ValueError, TypeError, msgpack.FormatError, msgpack.StackError) as err:
+        raise RemoteProtocolError(f"reply malformed: {err}") from None
+    if extra:
+        raise RemoteProtocolError("reply has trailing bytes")
+    if not isinstance(doc, dict):
+        raise RemoteProtocolError("reply is not a map")
+    return doc
+
+
+def encode_reply(**fields: Any) -> bytes:
+    """Encode a reply document (no schema: replies are checked by their callers)."""
+    return msgpack.packb({"v": WIRE_VERSION, **fields}, use_bin_type=True)
+
+
+def _check(kind: str, doc: Any, err_cls: type) -> None:
+    schema = SCHEMAS.get(kind)
+    if schema is None:
+        raise err_cls(f"unknown document kind {kind!r}", kind=kind)
+    if not isinstance(doc, dict):
+        raise err_cls(f"{kind} document is not a map", kind=kind)
+    if doc.get("v") != WIRE_VERSION:
+        raise err_cls(f"{kind} document has unsupported version {doc.get('v')!r} (this site speaks {WIRE_VERSION})",
+                      kind=kind, version=doc.get("v"))
+    for name, typ in {**_COMMON, **schema}.items():
+        value = doc.get(name)
+        if not isinstance(value, typ) or isinstance(value, bool):
+            raise err_cls(f"{kind} document: field {name!r} missing or not {typ.__name__}", kind=kind, field=name)
+    for name in ("volume", "from"):
+        if len(doc[name]) > MAX_NAME_CHARS:
+            raise err_cls(f"{kind} document: {name} longer than {MAX_NAME_CHARS} characters", kind=kind, field=name)
+    for name in ("epoch", "seq"):
+        if name in _COMMON or name in schema:
+            if not 0 <= doc[name] <= MAX_COUNTER:
+                raise err_cls(f"{kind} document: {name} out of range 0..{MAX_COUNTER}", kind=kind, field=name)
+    if "digests" in schema:
+        digests = doc["digests"]
+        if len(digests) > MAX_DIGESTS_PER_DOC:
+            raise err_cls(f"{kind} document lists {len(digests)} digests (max {MAX_DIGESTS_PER_DOC})", kind=kind)
+        for d in digests:
+            if not isinstance(d, bytes) or len(d) != DIGEST_SIZE:
+                raise err_cls(f"{kind} document: a digest is not {DIGEST_SIZE} bytes", kind=kind)
+    if "root" in schema and len(doc["root"]) != DIGEST_SIZE:
+        raise err_cls(f"{kind} document: root is not {DIGEST_SIZE} bytes", kind=kind)
+
+
+def encode_frame(digest: bytes, codec: int, payload: bytes) -> bytes:
+    """One chunk frame ``[digest, codec, payload]``; LocalProtocolError if it breaks the bounds."""
+    if len(digest) != DIGEST_SIZE or len(payload) > MAX_FRAME_BYTES - 64:
+        raise LocalProtocolError("chunk frame out of bounds", digest=digest, payload_bytes=len(payload))
+    return msgpack.packb([digest, codec, payload], use_bin_type=True)
+
+
+class FrameReader:
+    """Incremental reader of a chunk stream: one header document of ``kind``, then frames.
+
+    Feed it bytes as they arrive; iterate :meth:`frames` for complete ``(digest, codec,
+    payload)`` triples. Buffers at most one frame (:data:`MAX_FRAME_BYTES`).
+
+    Raises:
+        RemoteProtocolError: malformed header or frame, a frame over the bound, or (from
+            :meth:`finish`) a stream that ends in the middle of a frame or without a header.
+    """
+
+    def __init__(self, kind: str) -> None:
+        if kind not in STREAM_KINDS:
+            raise LocalProtocolError(f"{kind!r} does not head a chunk stream", kind=kind)
+        self.kind = kind
+        self.header: dict[str, Any] | None = None
+        # the buffer holds one whole frame plus the network piece that completes it
+        self._unpacker = _unpacker(MAX_FRAME_BYTES, max_array_len=3, buffer_bytes=MAX_FRAME_BYTES + FEED_MAX_BYTES)
+        self._fed_bytes = 0
+        self._complete_at = 0  # stream offset just after the last complete object
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self._unpacker.feed(data)
+        except msgpack.BufferFull:
+            raise RemoteProtocolError("chunk stream frame exceeds bound", bound=MAX_FRAME_BYTES) from None
+        self._fed_bytes += len(data)
+
+    def frames(self) -> Iterator[tuple[bytes, int, bytes]]:
+        while True:
+            try:
+                obj = self._unpacker.unpack()
+            except msgpack.OutOfData:
+                return
+            except (ValueError, TypeError, msgpack.FormatError, msgpack.StackError) as err:
+                raise RemoteProtocolError(f"chunk stream malformed: {err}") from None
+            self._complete_at = self._unpacker.tell()
+            if self.header is None:
+                _check(self.kind, obj, RemoteProtocolError)
+                self.header = obj
+                continue
+            if (not isinstance(obj, list) or len(obj) != 3 or not isinstance(obj[0], bytes)
+                    or len(obj[0]) != DIGEST_SIZE or not isinstance(obj[1], int) or isinstance(obj[1], bool)
+                    or not isinstance(obj[2], bytes)):
+                raise RemoteProtocolError("chunk stream: malformed frame")
+            yield obj[0], obj[1], obj[2]
+
+    def finish(self) -> dict[str, Any]:
+        """Check the stream ended cleanly; return its header."""
+        if self.header is None:
+            raise RemoteProtocolError("chunk stream without header")
+        try:
+            self._unpacker.unpack()
+        except msgpack.OutOfData:
+            pass
+        except (ValueError, TypeError, msgpack.FormatError, msgpack.StackError) as err:
+            raise RemoteProtocolError(f"chunk stream malformed: {err}") from None
+        else:
+            raise RemoteProtocolError("chunk stream: unread frame at end")
+        if self._complete_at != self._fed_bytes:
+            raise RemoteProtocolError("chunk stream truncated in the middle of a frame")
+        return self.header

@@ -1,0 +1,505 @@
+"""Admin HTTP API of a site (JSON, versioned under ``/v1``; listens on loopback by default).
+
+Routes (role needed in brackets; :mod:`replicad.ops.auth` holds the table, the OpenAPI 3
+document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — describes every one)::
+
+    GET    /healthz                             [open] process is up
+    GET    /readyz                              [open] store open and Raft has a leader
+    GET    /metrics                             [open] Prometheus text exposition
+    GET    /v1/openapi.json                     [open] this API as an OpenAPI 3.1 document
+    GET    /v1/status                           [viewer] site, Raft view, members, per-volume role/epoch/RPO
+    GET    /v1/volumes                          [viewer] Raft's volume table
+    GET    /v1/volumes/{volume}/snapshots       [viewer] committed catalog (verdict, holders, epoch) + divergent
+    POST   /v1/volumes/{volume}/snapshot        [operator] take, ship and commit one now (primary only)
+    POST   /v1/volumes/{volume}/verify          [operator] {"seq": int?}: re-read every chunk, heal from holders
+    POST   /v1/volumes/{volume}/drill           [operator] {"sandbox": dir, "seq": int?, "keep": bool?}: 202 + operation
+    POST   /v1/volumes/{volume}/restore         [operator; admin with overwrite] {"target": path, "seq": int?,
+                                                 "last_clean": bool?, "overwrite": bool?, "wait": bool?}
+    GET    /v1/operations/{op_id}               [viewer] state, phase, progress (blocks), result or error
+    POST   /v1/volumes/{volume}/promote         [admin] {"to": site?, "force": bool}
+    POST   /v1/volumes/{volume}/demote          [admin] {}
+    GET    /v1/volumes/{volume}/retention       [viewer] the Raft-agreed retention policy
+    PUT    /v1/volumes/{volume}/retention       [admin] {"retention": {...}, "approved_by": [site]?}
+    POST   /v1/volumes/{volume}/retention/run   [admin] apply the retention policy at this site now
+    POST   /v1/volumes/{volume}/prune           [admin] {"seqs": [int]}: refused inside the lock window (O4)
+    GET    /v1/members                          [viewer] sites of the Raft group and their reachability
+    POST   /v1/members, DELETE /v1/members/{site_id}   [admin] 501 not_supported (see below)
+    GET    /v1/audit                            [viewer] the newest Raft audit records
+    GET    /v1/audit/admin                      [viewer] this site's admin audit log + chain check
+
+Errors are ``{error, message, evidence}`` with the HTTP status of the error class; the CLI
+maps ``error`` back to the same class and its exit code. 401 answers carry
+``WWW-Authenticate: Bearer``. A planned switchover asked at a site that is not the
+primary is forwarded to the primary's admin endpoint with the caller's bearer token.
+
+Every call that changes something, and every refused or failed call (any status >= 400),
+is appended to the hash-chained ``<data_dir>/admin-audit.jsonl`` (:mod:`replicad.ops.audit`)
+before the answer is sent.
+
+**Membership** is fixed by the config files: pysyncobj's dynamic membership commands are
+refused on the Raft port on purpose (an unauthenticated pickle port must not be able to
+add a voter). To add or remove a site: edit ``[[sites]]`` in every site's config, then
+restart the sites one at a time, waiting for ``replicad members`` to show a leader and
+every member reachable before the next.
+
+**Retention** ``PUT``: ``retention`` may give any of ``keep_all_s``, ``hourly_s``,
+``daily_s``, ``lock_s`` (seconds) or ``keep_all``, ``hourly``, ``daily``, ``lock``
+(durations such as ``"48h"``); missing keys keep their current value. Shortening
+``keep_all_s`` or ``lock_s`` is refused by the state machine (``approval_required``)
+unless ``approved_by`` names another site: that list is this site admin's statement that
+the named site's operators approved (it is recorded in the Raft audit and in this site's
+admin audit log); it is not a signature collected from that site.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from replicad.ops import auth
+from replicad.ops.audit import AuditLog, verify_chain
+from replicad.core.errors import (InternalError, NotFoundError, NotSupportedError, PeerUnavailableError, ReplicadError,
+                     UnauthenticatedError, UsageError, _jsonable, from_dict)
+from replicad.core.units import parse_duration
+
+if TYPE_CHECKING:
+    from replicad.site.daemon import SiteDaemon
+
+log = logging.getLogger("replicad.ops.admin")
+
+AUDIT_FILE = "admin-audit.jsonl"
+RETENTION_KEYS = ("keep_all_s", "hourly_s", "daily_s", "lock_s")
+PRINCIPAL_KEY = "replicad.principal"
+MEMBERSHIP_PROCEDURE = ("edit [[sites]] identically in every site's config file",
+                        "run replicad check-config on each file",
+                        "restart the sites one at a time; before the next, wait until 'replicad members' shows "
+                        "a leader and every member reachable")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _ok(body: Any, status: int = 200) -> web.Response:
+    return web.json_response(_jsonable(body), status=status)
+
+
+def _err(err: ReplicadError) -> web.Response:
+    resp = web.json_response(err.to_dict(), status=err.http_status)
+    if isinstance(err, UnauthenticatedError):
+        resp.headers["WWW-Authenticate"] = auth.www_authenticate(err)
+    return resp
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"request body is not JSON: {err}") from None
+    if not isinstance(body, dict):
+        raise UsageError("request body must be a JSON object")
+    return body
+
+
+def _opt_int(body: dict, key: str) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise UsageError(f"{key} must be a non-negative integer", field=key)
+    return value
+
+
+def _opt_bool(body: dict, key: str, default: bool = False) -> bool:
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise UsageError(f"{key} must be true or false", field=key)
+    return value
+
+
+def _raise_not_found(name: str, what: str = "volume") -> None:
+    raise NotFoundError(f"unknown {what} {name}", **{what: name})
+
+
+def _require(request: web.Request, role: str) -> None:
+    """Inside a handler: a stricter role for this particular request (e.g. overwrite)."""
+    principal = request.get(PRINCIPAL_KEY)
+    if principal is not None:
+        auth.authorize(principal, role, f"{request.method} {request.path} with these arguments")
+
+
+class _Guard:
+    """Authentication, authorization and audit around every admin handler."""
+
+    def __init__(self, site: "SiteDaemon", audit_log: AuditLog) -> None:
+        self.site = site
+        self.audit_log = audit_log
+        self._tokens_src: Any = None
+        self._tokens = auth.TokenTable(())
+
+    def tokens(self) -> auth.TokenTable:
+        """The token table of the site's current config (rebuilt when the config object changes)."""
+        src = self.site.cfg.admin_tokens
+        if src is not self._tokens_src:
+            self._tokens = auth.TokenTable((t.name, t.role, t.sha256) for t in src)
+            self._tokens_src = src
+        return self._tokens
+
+    def wrap(self, method: str, template: str, fn: Handler) -> Handler:
+        if (method, template) not in auth.ROUTE_ROLES:
+            raise InternalError(f"admin route {method} {template} has no role in auth.ROUTE_ROLES")
+        required = auth.ROUTE_ROLES[(method, template)]
+
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            principal: auth.Principal | None = None
+            code: str | None = None
+            try:
+                if required != auth.OPEN:
+                    principal = self.tokens().authenticate(request.headers.get("Authorization"))
+                    request[PRINCIPAL_KEY] = principal
+                    auth.authorize(principal, required, f"{method} {request.path}")
+                resp = await fn(request)
+            except ReplicadError as err:
+                code, resp = err.code, _err(err)
+            except Exception as err:  # noqa: BLE001 — never a traceback to an operator
+                log.exception("admin %s %s failed", request.method, request.path)
+                internal = InternalError(f"internal error: {err!r}")
+                code, resp = internal.code, _err(internal)
+            if required != auth.OPEN and (method != "GET" or resp.status >= 400):
+                await self._audit(request, principal, resp.status, code)
+            return resp
+
+        return wrapped
+
+    async def _audit(self, request: web.Request, principal: auth.Principal | None, status: int,
+                     code: str | None) -> None:
+        body: Any = None
+        if request.can_read_body:
+            try:
+                raw = await request.read()
+                body = json.loads(raw) if raw else None
+            except (ValueError, UnicodeDecodeError, web.HTTPException):
+                body = {"unparsed": True}
+        outcome = "ok" if status < 300 and status != 202 else "accepted" if status == 202 else \
+            "refused" if status < 500 else "failed"
+        fields = {"who": principal.name if principal else "anonymous", "role": principal.role if principal else None,
+                  "remote": request.remote, "method": request.method, "path": request.path_qs, "body": body,
+                  "outcome": outcome, "status": status, "error": code}
+        try:
+            rec = await asyncio.to_thread(self.audit_log.append, fields)
+        except ReplicadError as err:
+            log.error("admin audit: could not record %s %s (%d): %s", request.method, request.path, status, err)
+            return
+        # the daemon log is the anchor outside the file (tail truncation)
+        log.info("admin audit #%d %s %s by %s -> %d hash %s", rec["seq"], request.method, request.path,
+                 fields["who"], status, rec["hash"])
+
+
+def members(site: "SiteDaemon") -> dict:
+    """The Raft group as this site sees it: every configured site with its addresses, whether
+    it registered through Raft, whether it leads, and whether this site's Raft node is
+    connected to it (``reachable``; this site itself is always reachable)."""
+    assert site.raft is not None
+    st = site.raft.state()
+    raft = site.raft.status()
+    registered = st.get("sites", {})
+    partners = raft.get("partners", {})
+    leader_addr = raft.get("leader")
+    out = []
+    leader = None
+    for s in site.cfg.sites:
+        is_self = s.site_id == site.site_id
+        if leader_addr == s.raft:
+            leader = s.site_id
+        out.append({"site_id": s.site_id, "kind": s.kind, "raft": s.raft, "peer_url": s.peer_url,
+                    "admin_url": s.admin_url, "self": is_self, "registered": s.site_id in registered,
+                    "leader": leader_addr == s.raft,
+                    "reachable": True if is_self else bool(partners.get(s.raft, False))})
+    return {"members": out, "leader": leader, "term": raft.get("term"), "has_quorum": bool(raft.get("has_quorum"))}
+
+
+def _retention_update(body: dict, current: dict) -> dict:
+    """The full retention map after applying the request body's partial ``retention`` to
+    ``current``. Raises UsageError for unknown keys, bad values or a wrong order."""
+    given = body.get("retention")
+    if not isinstance(given, dict) or not given:
+        raise UsageError("retention must be a non-empty object, e.g. {\"lock\": \"48h\"}", field="retention")
+    out = {k: int(current[k]) for k in RETENTION_KEYS}
+    for key, value in given.items():
+        name = key if key in RETENTION_KEYS else f"{key}_s"
+        if name not in RETENTION_KEYS:
+            raise UsageError(f"unknown retention key {key!r}", field="retention", known=list(RETENTION_KEYS))
+        if isinstance(value, bool):
+            raise UsageError(f"retention.{key} must be seconds or a duration", field=f"retention.{key}")
+        try:
+            seconds = parse_duration(value)
+        except (ValueError, TypeError, ReplicadError) as err:
+            raise UsageError(f"retention.{key}: {err}", field=f"retention.{key}") from None
+        if seconds < 0 or seconds != int(seconds):
+            raise UsageError(f"retention.{key} must be whole non-negative seconds", field=f"retention.{key}")
+        out[name] = int(seconds)
+    if not out["keep_all_s"] <= out["hourly_s"] <= out["daily_s"]:
+        raise UsageError("retention must satisfy keep_all <= hourly <= daily", field="retention", requested=out)
+    return out
+
+
+def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
+    """The admin API of ``site`` as aiohttp route definitions, each wrapped by access
+    control and audit. Opens ``<data_dir>/admin-audit.jsonl``.
+
+    Raises InternalError if a route lacks a role in ``auth.ROUTE_ROLES``; ReplicadError
+    if the audit log cannot be opened.
+    """
+    audit_log = AuditLog(site.data_dir / AUDIT_FILE)
+    guard = _Guard(site, audit_log)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return _ok({"ok": True, "site_id": site.site_id})
+
+    async def readyz(request: web.Request) -> web.Response:
+        raft = site.raft.status() if site.raft else {}
+        ready = site.store is not None and raft.get("leader") is not None
+        return _ok({"ready": ready, "leader": raft.get("leader")}, status=200 if ready else 503)
+
+    async def metrics(request: web.Request) -> web.Response:
+        from replicad.telemetry.metrics import CONTENT_TYPE
+
+        body = await asyncio.to_thread(site.metrics.render)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def openapi_doc(request: web.Request) -> web.Response:
+        from replicad.ops.openapi import build_document
+
+        return _ok(build_document())
+
+    async def status(request: web.Request) -> web.Response:
+        return _ok(site.status() | {"members": members(site)["members"]})
+
+    async def volumes(request: web.Request) -> web.Response:
+        st = site.raft.state()
+        out = {name: {k: v for k, v in vs.items() if k != "snapshots"} | {"snapshots": len(vs["snapshots"])}
+               for name, vs in st["volumes"].items()}
+        return _ok({"volumes": out})
+
+    async def snapshots(request: web.Request) -> web.Response:
+        name = request.match_info["volume"]
+        vs = site.volume_state(name)
+        if vs is None:
+            _raise_not_found(name)
+        committed = [{"seq": seq, **dict(snap)} for seq, snap in sorted(vs["snapshots"].items())]
+        divergent = []
+        if site.catalog is not None and name in site.runners:
+            divergent = [{"epoch": r.epoch, "seq": r.seq, "root": r.root, "created_at_ns": r.created_at_ns}
+                         for r in site.catalog.list(name, "divergent")]
+        return _ok({"volume": name, "epoch": vs["epoch"], "primary": vs["primary"], "snapshots": committed,
+                    "divergent": divergent})
+
+    async def snapshot(request: web.Request) -> web.Response:
+        return _ok(await site.snapshot_now(request.match_info["volume"]))
+
+    async def verify(request: web.Request) -> web.Response:
+        name = request.match_info["volume"]
+        body = await _json_body(request)
+        return _ok(await site.verify(name, _opt_int(body, "seq")))
+
+    async def drill(request: web.Request) -> web.Response:
+        name = request.match_info["volume"]
+        body = await _json_body(request)
+        sandbox = body.get("sandbox")
+        if not isinstance(sandbox, str) or not Path(sandbox).is_absolute():
+            raise UsageError("sandbox (an absolute directory path on this site) is required", field="sandbox")
+        if not Path(sandbox).is_dir():
+            raise UsageError(f"drill sandbox {sandbox} is not a directory", field="sandbox", sandbox=sandbox)
+        seq, keep = _opt_int(body, "seq"), _opt_bool(body, "keep")
+        site.volume_state(name) or _raise_not_found(name)
+        site._runner(name)
+        op = site.start_operation("drill", name, lambda op: site.drill(name, seq, Path(sandbox), keep, op=op))
+        return _ok(op.to_dict(), status=202)
+
+    async def promote(request: web.Request) -> web.Response:
+        name = request.match_info["volume"]
+        body = await _json_body(request)
+        to = body.get("to")
+        force = _opt_bool(body, "force")
+        if to is not None and not isinstance(to, str):
+            raise UsageError("to must be a site id", field="to")
+        if not force:
+            if not to:
+                raise UsageError("a planned switchover needs 'to' (or use force at the site to promote)")
+            vs = site.volume_state(name)
+            if vs is not None and vs["primary"] not in (None, site.site_id):
+                return _ok(await _forward(site, vs["primary"], request.path, body,
+                                          request.headers.get("Authorization")))
+        return _ok(await site.promote(name, to, force))
+
+    async def demote(request: web.Request) -> web.Response:
+        return _ok(await site.demote(request.match_info["volume"]))
+
+    async def restore(request: web.Request) -> web.Response:
+        name = request.match_info["volume"]
+        body = await _json_body(request)
+        target = body.get("target")
+        if not isinstance(target, str) or not target:
+            raise UsageError("target (a path on this site) is required", field="target")
+        seq = _opt_int(body, "seq")
+        overwrite = _opt_bool(body, "overwrite")
+        last_clean = _opt_bool(body, "last_clean")
+        divergent_epoch = _opt_int(body, "divergent_epoch")
+        if divergent_epoch is not None and seq is None:
+            raise UsageError("divergent_epoch needs seq: name the divergent snapshot (epoch, seq)", field="seq")
+        if overwrite:
+            _require(request, "admin")  # rewriting an existing image is an admin's decision
+        if _opt_bool(body, "wait", default=True):
+            return _ok(await site.restore(name, Path(target), seq, last_clean, overwrite=overwrite,
+                                          divergent_epoch=divergent_epoch))
+        site.volume_state(name) or _raise_not_found(name)
+        op = site.start_operation("restore", name, lambda op: site.restore(name, Path(target), seq, last_clean,
+                                                                             overwrite=overwrite, op=op,
+                                                                             divergent_epoch=divergent_epoch))
+        return _ok(op.to_dict(), status=202)
+
+    async def operation(request: web.Request) -> web.Response:
+        op = site.operations.get(request.match_info["op_id"])
+        if op is None:
+            _raise_not_found(request.match_info["op_id"], what="operation")
+        return _ok(op.to_dict())
+
+    async def prune(request: web.Request) -> web.Response:
+        name = request.match_info["volume"]
+        body = await _json_body(request)
+        seqs = body.get("seqs")
+        if not isinstance(seqs, list) or not seqs or not all(isinstance(x, int) and not isinstance(x, bool)
+                                                            and x >= 0 for x in seqs):
+            raise UsageError("seqs must be a non-empty list of snapshot numbers", field="seqs")
+        return _ok(await site.prune(name, seqs))
+
+    async def verdict(request: web.Request) -> web.Response:
+        name = request.match_info["volume"]
+        try:
+            seq = int(request.match_info["seq"])
+        except ValueError:
+            raise UsageError("seq must be a snapshot number", field="seq") from None
+        body = await _json_body(request)
+        unknown = set(body) - {"verdict", "reason", "approved_by"}
+        if unknown:
+            raise UsageError(f"unknown keys {sorted(unknown)}", known=["verdict", "reason", "approved_by"])
+        value, reason = body.get("verdict"), body.get("reason", "")
+        if value not in ("clean", "suspect"):
+            raise UsageError("verdict must be 'clean' or 'suspect'", field="verdict")
+        if not isinstance(reason, str) or len(reason) > 1024:
+            raise UsageError("reason must be a string of at most 1024 characters", field="reason")
+        approved = body.get("approved_by", [])
+        known = {s.site_id for s in site.cfg.sites}
+        if not isinstance(approved, list) or not all(isinstance(a, str) and a in known for a in approved):
+            raise UsageError("approved_by must be a list of site ids of this cluster", field="approved_by",
+                             sites=sorted(known))
+        return _ok(await site.set_verdict(name, seq, value, reason, approved))
+
+    async def retention_get(request: web.Request) -> web.Response:
+        name = request.match_info["volume"]
+        vs = site.volume_state(name)
+        if vs is None:
+            _raise_not_found(name)
+        return _ok({"volume": name, "retention": dict(vs["retention"])})
+
+    async def retention_put(request: web.Request) -> web.Response:
+        name = request.match_info["volume"]
+        body = await _json_body(request)
+        unknown = set(body) - {"retention", "approved_by"}
+        if unknown:
+            raise UsageError(f"unknown keys {sorted(unknown)}", known=["retention", "approved_by"])
+        vs = site.volume_state(name)
+        if vs is None:
+            _raise_not_found(name)
+        new = _retention_update(body, vs["retention"])
+        args: dict[str, Any] = {"volume": name, "retention": new}
+        if "approved_by" in body:
+            approved = body["approved_by"]
+            known = {s.site_id for s in site.cfg.sites}
+            if not isinstance(approved, list) or not all(isinstance(a, str) and a in known for a in approved):
+                raise UsageError("approved_by must be a list of site ids of this cluster", field="approved_by",
+                                 sites=sorted(known))
+            args["approved_by"] = approved
+        res = await site.propose("set_retention", **args)
+        return _ok({"volume": name, "retention": res.get("retention", new), "previous": dict(vs["retention"])})
+
+    async def retention_run(request: web.Request) -> web.Response:
+        name = request.match_info["volume"]
+        runner = site._runner(name)
+        async with runner.lock:
+            return _ok(await site.retention_step(name))
+
+    async def members_get(request: web.Request) -> web.Response:
+        return _ok(members(site))
+
+    async def members_change(request: web.Request) -> web.Response:
+        raise NotSupportedError(
+            "Raft membership cannot change at runtime: dynamic membership is disabled on the Raft port on "
+            "purpose. Edit [[sites]] in every site's config and restart the sites one at a time.",
+            procedure=list(MEMBERSHIP_PROCEDURE), see="config/README.md (Changing the members)")
+
+    async def audit(request: web.Request) -> web.Response:
+        return _ok({"audit": site.raft.state().get("audit", [])[-200:]})
+
+    async def audit_admin(request: web.Request) -> web.Response:
+        try:
+            limit = int(request.query.get("limit", "200"))
+        except ValueError:
+            raise UsageError("limit must be an integer", field="limit") from None
+        if not 1 <= limit <= 10000:
+            raise UsageError("limit must be in 1..10000", field="limit")
+        records = await asyncio.to_thread(audit_log.read, limit)
+        ok, n, bad = await asyncio.to_thread(verify_chain, audit_log.path)
+        seq, head = audit_log.head
+        return _ok({"records": records, "head": {"seq": seq, "hash": head},
+                    "chain": {"ok": ok, "n_records": n, "first_bad_seq": bad}})
+
+    table: list[tuple[str, str, Handler]] = [
+        ("GET", "/healthz", healthz), ("GET", "/readyz", readyz), ("GET", "/metrics", metrics),
+        ("GET", "/v1/openapi.json", openapi_doc),
+        ("GET", "/v1/status", status), ("GET", "/v1/volumes", volumes),
+        ("GET", "/v1/volumes/{volume}/snapshots", snapshots),
+        ("POST", "/v1/volumes/{volume}/snapshot", snapshot),
+        ("POST", "/v1/volumes/{volume}/verify", verify),
+        ("POST", "/v1/volumes/{volume}/drill", drill),
+        ("POST", "/v1/volumes/{volume}/promote", promote),
+        ("POST", "/v1/volumes/{volume}/demote", demote),
+        ("POST", "/v1/volumes/{volume}/restore", restore),
+        ("GET", "/v1/operations/{op_id}", operation),
+        ("POST", "/v1/volumes/{volume}/prune", prune),
+        ("POST", "/v1/volumes/{volume}/snapshots/{seq}/verdict", verdict),
+        ("GET", "/v1/volumes/{volume}/retention", retention_get),
+        ("PUT", "/v1/volumes/{volume}/retention", retention_put),
+        ("POST", "/v1/volumes/{volume}/retention/run", retention_run),
+        ("GET", "/v1/members", members_get),
+        ("POST", "/v1/members", members_change),
+        ("DELETE", "/v1/members/{site_id}", members_change),
+        ("GET", "/v1/audit", audit),
+        ("GET", "/v1/audit/admin", audit_admin),
+    ]
+    return [web.route(method, path, guard.wrap(method, path, fn)) for method, path, fn in table]
+
+
+async def _forward(site: "SiteDaemon", primary: str, path: str, body: dict, authorization: str | None) -> Any:
+    """POST ``body`` to the primary's admin API with the caller's bearer token."""
+    url = next((s.admin_url for s in site.cfg.sites if s.site_id == primary), None)
+    if url is None or site.session is None:
+        raise PeerUnavailableError(f"no admin endpoint known for primary {primary}", primary=primary)
+    headers = {"Authorization": authorization} if authorization else {}
+    try:
+        async with site.session.post(url + path, json=body, headers=headers,
+                                     timeout=aiohttp.ClientTimeout(total=300)) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status != 200:
+                raise from_dict(data if isinstance(data, dict) else {}, resp.status)
+            return data
+    except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as err:
+        raise PeerUnavailableError(f"primary {primary} admin endpoint unreachable: {err}", primary=primary) from None

@@ -1,0 +1,47 @@
+"""A minimal synchronous client of the admin API (stdlib ``urllib``), shared by the CLI, the
+demo and the tests. Errors come back as the class named in the JSON error body. A token is
+sent as ``Authorization: Bearer <token>`` (:mod:`replicad.ops.auth`)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from replicad.core.errors import PeerUnavailableError, UsageError, from_dict
+
+
+def call_admin(base_url: str, method: str, path: str, body: dict | None = None, timeout_s: float = 600,
+               token: str | None = None) -> Any:
+    """``method`` ``base_url + path`` with a JSON body (and ``token`` as a bearer token when
+    given); returns the decoded JSON answer.
+
+    Raises:
+        the ReplicadError subclass named by an error answer ({error, message, evidence});
+        PeerUnavailableError if the endpoint cannot be reached or answers without a JSON error;
+        UsageError if ``base_url`` is not a URL.
+    """
+    url = base_url.rstrip("/") + path
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    except ValueError as err:  # not a URL at all
+        raise UsageError(f"admin URL {base_url!r} is not a URL (expected e.g. http://127.0.0.1:7003): {err}",
+                         url=base_url) from None
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        try:
+            payload = json.loads(err.read() or b"{}")
+        except ValueError:
+            payload = {}
+        if isinstance(payload, dict) and "error" in payload:
+            raise from_dict(payload, err.code) from None
+        raise PeerUnavailableError(f"admin API {url} answered HTTP {err.code}", url=url, status=err.code) from None
+    except (urllib.error.URLError, OSError) as err:
+        raise PeerUnavailableError(f"admin API {url} unreachable: {getattr(err, 'reason', err)}", url=url) from None

@@ -1,0 +1,162 @@
+"""Access control of the admin API: bearer tokens, three roles, one route table.
+
+Roles, in increasing power (each includes the ones before it)::
+
+    viewer     every GET (status, volumes, snapshots, members, retention, audit, operations)
+    operator   + snapshot now, verify, drill, restore into a NEW path
+    admin      + promote, demote, members, retention (set, run), prune, restore with overwrite
+
+Tokens are configured per site as ``[[admin.tokens]] name, role, sha256`` where ``sha256``
+is the hex SHA-256 of the token's UTF-8 bytes (``replicad hash-token`` prints it); the
+token itself is never stored. A request presents ``Authorization: Bearer <token>``; its
+SHA-256 is compared with every configured hash with :func:`hmac.compare_digest`. Unsalted
+SHA-256 is enough because tokens are random (``generate_token``: 256 bits), not passwords.
+
+* No or unknown token → :class:`~replicad.core.errors.UnauthenticatedError` (HTTP 401, with a
+  ``WWW-Authenticate: Bearer`` header); role too low → :class:`ForbiddenError` (HTTP 403).
+* ``/healthz``, ``/readyz``, ``/metrics`` and ``/v1/openapi.json`` are open (no secrets).
+* **No token configured → the API is open** and every caller is ``anonymous`` with role
+  ``admin``. Config validation allows this only when ``admin.listen`` is a loopback
+  address (:func:`replicad.config.is_loopback_host`): then anyone with a shell on the host
+  is the admin, as with a local socket.
+
+Pure code: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Iterable
+
+from replicad.core.errors import ForbiddenError, UnauthenticatedError, UsageError
+
+ROLES: tuple[str, ...] = ("viewer", "operator", "admin")
+_RANK = {role: rank for rank, role in enumerate(ROLES)}
+ANONYMOUS = "anonymous"
+OPEN = "open"                 # a route without access control
+MIN_TOKEN_CHARS = 24          # hash-token refuses shorter tokens (guessable)
+TOKEN_BYTES = 32              # generate_token: 256 bits of randomness
+
+# (method, route template) -> role needed, or OPEN. The admin server refuses to start a
+# route missing here, and the OpenAPI document shows it as ``x-required-role``.
+ROUTE_ROLES: dict[tuple[str, str], str] = {
+    ("GET", "/healthz"): OPEN,
+    ("GET", "/readyz"): OPEN,
+    ("GET", "/metrics"): OPEN,
+    ("GET", "/v1/openapi.json"): OPEN,
+    ("GET", "/v1/status"): "viewer",
+    ("GET", "/v1/volumes"): "viewer",
+    ("GET", "/v1/volumes/{volume}/snapshots"): "viewer",
+    ("GET", "/v1/volumes/{volume}/retention"): "viewer",
+    ("GET", "/v1/operations/{op_id}"): "viewer",
+    ("GET", "/v1/members"): "viewer",
+    ("GET", "/v1/audit"): "viewer",
+    ("GET", "/v1/audit/admin"): "viewer",
+    ("POST", "/v1/volumes/{volume}/snapshot"): "operator",
+    ("POST", "/v1/volumes/{volume}/verify"): "operator",
+    ("POST", "/v1/volumes/{volume}/drill"): "operator",
+    ("POST", "/v1/volumes/{volume}/restore"): "operator",   # admin when "overwrite" is true
+    ("POST", "/v1/volumes/{volume}/promote"): "admin",
+    ("POST", "/v1/volumes/{volume}/demote"): "admin",
+    ("PUT", "/v1/volumes/{volume}/retention"): "admin",
+    ("POST", "/v1/volumes/{volume}/retention/run"): "admin",
+    ("POST", "/v1/volumes/{volume}/prune"): "admin",
+    ("POST", "/v1/volumes/{volume}/snapshots/{seq}/verdict"): "admin",
+    ("POST", "/v1/members"): "admin",
+    ("DELETE", "/v1/members/{site_id}"): "admin",
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a configured token's ``name`` and ``role``, or ``anonymous`` (open API)."""
+
+    name: str
+    role: str
+
+
+def hash_token(token: str) -> str:
+    """Hex SHA-256 of ``token`` (surrounding whitespace stripped) — what ``[[admin.tokens]]``
+    stores. Raises UsageError for an empty token."""
+    token = token.strip()
+    if not token:
+        raise UsageError("the token is empty")
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def generate_token() -> str:
+    """A new random token (``secrets.token_urlsafe``, 256 bits, 43 characters)."""
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def role_allows(role: str, required: str) -> bool:
+    """True when ``role`` is at least ``required`` (``OPEN`` allows everyone)."""
+    if required == OPEN:
+        return True
+    return _RANK.get(role, -1) >= _RANK[required]
+
+
+class TokenTable:
+    """The configured tokens of a site.
+
+    Args:
+        tokens: ``(name, role, sha256_hex)`` triples (e.g. from ``SiteConfig.admin_tokens``).
+    """
+
+    def __init__(self, tokens: Iterable[tuple[str, str, str]]) -> None:
+        self._tokens = [(name, role, bytes.fromhex(sha)) for name, role, sha in tokens]
+        for _, role, _ in self._tokens:
+            if role not in _RANK:
+                raise UsageError(f"unknown role {role!r}", roles=list(ROLES))
+
+    @property
+    def open(self) -> bool:
+        """True when no token is configured: every caller is the anonymous admin."""
+        return not self._tokens
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The principal of an ``Authorization`` header value (``"Bearer <token>"``).
+
+        Every configured hash is compared (``hmac.compare_digest``), matched or not.
+
+        Raises:
+            UnauthenticatedError: header missing, not a bearer token, or no token matches
+                (evidence ``reason``: ``missing`` | ``malformed`` | ``unknown``).
+        """
+        if self.open:
+            return Principal(ANONYMOUS, "admin")
+        if not authorization:
+            raise UnauthenticatedError("this admin API needs a bearer token (--token, $REPLICAD_TOKEN or "
+                                       "--token-file)", reason="missing")
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise UnauthenticatedError("the Authorization header must be 'Bearer <token>'", reason="malformed")
+        digest = hashlib.sha256(token.encode("utf-8")).digest()
+        found: Principal | None = None
+        for name, role, stored in self._tokens:
+            if hmac.compare_digest(digest, stored) and found is None:
+                found = Principal(name, role)
+        if found is None:
+            raise UnauthenticatedError("the bearer token is not one of this site's admin tokens", reason="unknown")
+        return found
+
+
+def authorize(principal: Principal, required: str, what: str) -> None:
+    """Raise ForbiddenError unless ``principal``'s role is at least ``required``.
+
+    ``what`` names the request in the message (``"POST /v1/volumes/ehr/promote"``).
+    """
+    if not role_allows(principal.role, required):
+        raise ForbiddenError(f"{what} needs role {required}; token {principal.name!r} has role {principal.role}",
+                             token=principal.name, role=principal.role, required_role=required)
+
+
+def www_authenticate(err: UnauthenticatedError) -> str:
+    """The ``WWW-Authenticate`` header of a 401 answer (RFC 6750 §3)."""
+    if err.evidence.get("reason") in ("unknown", "malformed"):
+        return 'Bearer realm="replicad", error="invalid_token"'
+    return 'Bearer realm="replicad"'

@@ -1,0 +1,251 @@
+"""The OpenAPI 3.1 description of the admin API, served at ``GET /v1/openapi.json``.
+
+Written by hand next to the routes of :mod:`replicad.ops.admin`; the role of each operation
+(``x-required-role``) comes from :data:`replicad.ops.auth.ROUTE_ROLES`. Response schemas are
+JSON Schema 2020-12 (OpenAPI 3.1): they pin the keys and types clients rely on and allow
+additional keys, so the API can grow without breaking them. The integration test
+``tests/integration/test_admin_api.py`` checks the document against the live routes
+(every route documented, every documented operation exists) and every answer of a real
+site against its documented status codes and schema.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from replicad.ops import auth
+
+API_VERSION = "1.0.0"
+
+_INT = {"type": "integer"}
+_NINT = {"type": ["integer", "null"]}
+_NUM = {"type": "number"}
+_NNUM = {"type": ["number", "null"]}
+_STR = {"type": "string"}
+_NSTR = {"type": ["string", "null"]}
+_BOOL = {"type": "boolean"}
+_OBJ = {"type": "object"}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _object(required: dict[str, Any], optional: dict[str, Any] | None = None) -> dict:
+    return {"type": "object", "required": sorted(required), "properties": {**required, **(optional or {})}}
+
+
+_RETENTION = _object({"keep_all_s": _INT, "hourly_s": _INT, "daily_s": _INT, "lock_s": _INT})
+
+SCHEMAS: dict[str, dict] = {
+    "Error": _object({"error": _STR, "message": _STR, "evidence": _OBJ}),
+    "Health": _object({"ok": _BOOL, "site_id": _STR}),
+    "Ready": _object({"ready": _BOOL, "leader": _NSTR}),
+    "Member": _object({"site_id": _STR, "kind": {"enum": ["data", "witness"]}, "raft": _STR, "peer_url": _STR,
+                       "admin_url": _STR, "self": _BOOL, "registered": _BOOL, "leader": _BOOL,
+                       "reachable": _BOOL}),
+    "Members": _object({"members": {"type": "array", "items": _ref("Member")}, "leader": _NSTR,
+                        "term": _NINT, "has_quorum": _BOOL}),
+    "RaftStatus": _object({"leader": _NSTR, "term": _INT, "commit_index": _INT, "has_quorum": _BOOL,
+                           "partners": _OBJ, "synced": _BOOL}),
+    "VolumeStatus": _object({"role": _STR, "acting_epoch": _NINT, "last_error": _NSTR, "standby_seq": _NINT,
+                             "divergent": {"type": "array"}},
+                            {"primary": _NSTR, "epoch": _INT, "newest_committed": _NINT, "newest_clean": _NINT,
+                             "suspect": {"type": "array", "items": _INT}, "rpo_s": _NNUM}),
+    "Status": _object({"site_id": _STR, "raft": _ref("RaftStatus"),
+                       "volumes": {"type": "object", "additionalProperties": _ref("VolumeStatus")},
+                       "members": {"type": "array", "items": _ref("Member")}, "raft_sites": _OBJ, "sites": _OBJ,
+                       "interrupted_restores": {"type": "array", "items": _STR}}),
+    "Volumes": _object({"volumes": {"type": "object", "additionalProperties": _object(
+        {"primary": _NSTR, "epoch": _INT, "block_size": _INT, "size_bytes": _INT, "min_copies": _INT,
+         "retention": _RETENTION, "snapshots": _INT, "last_seq": _INT})}}),
+    "Snapshot": _object({"seq": _INT, "root": _STR, "epoch": _INT, "created_at_ns": _INT,
+                         "holders": {"type": "array", "items": _STR}, "verdict": {"enum": ["clean", "suspect"]}},
+                        {"parent_seq": _NINT, "stats": _OBJ, "verdict_reason": _STR}),
+    "Snapshots": _object({"volume": _STR, "epoch": _INT, "primary": _NSTR,
+                          "snapshots": {"type": "array", "items": _ref("Snapshot")},
+                          "divergent": {"type": "array", "items": _object(
+                              {"epoch": _INT, "seq": _INT, "root": _STR, "created_at_ns": _INT})}}),
+    "CycleReport": _object({"seq": _INT, "changed_blocks": _INT, "verdict": _STR, "score": _NUM,
+                            "holders": {"type": "array", "items": _STR}, "committed": _BOOL},
+                           {"baseline": _NUM, "bytes_shipped": _INT, "peers": _OBJ, "cycle_s": _NUM}),
+    "PromoteResult": _object({"volume": _STR, "primary": _STR, "epoch": _NINT},
+                             {"final_seq": _NINT, "restored_seq": _NINT, "rto_s": _NUM, "elapsed_s": _NUM}),
+    "DemoteResult": _object({"volume": _STR, "epoch": _NINT}),
+    "RestoreResult": _object({"volume": _STR, "seq": _INT, "verdict": _STR, "target": _STR, "root": _STR,
+                              "verified": {"const": True}, "blocks_written": _INT, "bytes_written": _INT,
+                              "seconds": _NUM}, {"drill": _BOOL, "kept": _BOOL, "rto_s": _NUM, "phases": _OBJ}),
+    "Operation": _object({"id": _STR, "kind": _STR, "volume": _STR,
+                          "state": {"enum": ["running", "done", "failed"]}, "phase": _STR,
+                          "done_blocks": _INT, "total_blocks": _INT,
+                          "result": {"oneOf": [{"type": "null"}, _ref("RestoreResult")]},
+                          "error": {"oneOf": [{"type": "null"}, _ref("Error")]},
+                          "started_at": _NUM, "finished_at": _NNUM}),
+    "VerifyReport": _object({"volume": _STR, "seq": _INT, "checked": _INT, "corrupt": {"type": "array",
+                                                                                        "items": _STR},
+                             "healed": _INT, "lost": _INT, "seconds": _NUM}),
+    "Retention": _object({"volume": _STR, "retention": _RETENTION}),
+    "RetentionSet": _object({"volume": _STR, "retention": _RETENTION, "previous": _RETENTION}),
+    "RetentionReport": _object({"pruned": {"type": "array", "items": _INT}, "forgotten": _INT,
+                                "refused": {"type": "array", "items": _INT}, "gc": {"type": ["object", "null"]}}),
+    "VerdictResult": _object({"volume": _STR, "seq": _INT, "verdict": {"enum": ["clean", "suspect"]}},
+                             {"warning": _STR}),
+    "PruneResult": _object({"volume": _STR, "pruned": {"type": "array", "items": _INT},
+                            "local": _ref("RetentionReport")}),
+    "RaftAudit": _object({"audit": {"type": "array", "items": _OBJ}}),
+    "AdminAuditRecord": _object({"seq": _INT, "at": _STR, "who": _STR, "role": _NSTR, "remote": _NSTR,
+                                 "method": _STR, "path": _STR, "body": {},
+                                 "outcome": {"enum": ["ok", "accepted", "refused", "failed"]}, "status": _INT,
+                                 "error": _NSTR, "prev": _STR, "hash": _STR}),
+    "AdminAudit": _object({"records": {"type": "array", "items": _ref("AdminAuditRecord")},
+                           "head": _object({"seq": _INT, "hash": _STR}),
+                           "chain": _object({"ok": _BOOL, "n_records": _INT, "first_bad_seq": _NINT})}),
+    "OpenAPI": _object({"openapi": _STR, "info": _OBJ, "paths": _OBJ}),
+}
+
+_BODIES: dict[str, dict] = {
+    "Promote": _object({}, {"to": _NSTR, "force": _BOOL}),
+    "Restore": _object({"target": _STR}, {"seq": _NINT, "last_clean": _BOOL, "overwrite": _BOOL, "wait": _BOOL,
+                                         "divergent_epoch": _NINT}),
+    "Verify": _object({}, {"seq": _NINT}),
+    "Drill": _object({"sandbox": _STR}, {"seq": _NINT, "keep": _BOOL}),
+    "Prune": _object({"seqs": {"type": "array", "items": _INT, "minItems": 1}}),
+    "Verdict": _object({"verdict": {"enum": ["clean", "suspect"]}},
+                       {"reason": _STR, "approved_by": {"type": "array", "items": _STR}}),
+    "RetentionPut": _object({"retention": {"type": "object", "description": (
+        "any of keep_all_s, hourly_s, daily_s, lock_s (seconds) or keep_all, hourly, daily, lock "
+        "(durations such as \"48h\"); missing keys keep their value")}},
+        {"approved_by": {"type": "array", "items": _STR, "description": (
+            "sites whose operators approved a shortening of keep_all or lock (two-party rule, O4): a "
+            "statement by this site's admin, recorded in both audits, not a signature from those sites")}}),
+    "Empty": {"type": "object"},
+}
+
+# operation id, method, path, summary, request body schema, {status: schema}, error statuses
+_OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]]] = [
+    ("healthz", "GET", "/healthz", "Process is up", None, {"200": "Health"}, ()),
+    ("readyz", "GET", "/readyz", "Store open and Raft has a leader", None, {"200": "Ready", "503": "Ready"}, ()),
+    ("metrics", "GET", "/metrics", "Prometheus text exposition", None, {"200": "text"}, ()),
+    ("openapi", "GET", "/v1/openapi.json", "This document", None, {"200": "OpenAPI"}, ()),
+    ("status", "GET", "/v1/status", "Site, Raft view, members, per-volume role, epoch and RPO", None,
+     {"200": "Status"}, ()),
+    ("volumes", "GET", "/v1/volumes", "The cluster's volumes as Raft records them", None, {"200": "Volumes"}, ()),
+    ("snapshots", "GET", "/v1/volumes/{volume}/snapshots",
+     "Committed snapshots (verdict, holders, epoch) and this site's divergent branch", None,
+     {"200": "Snapshots"}, (404,)),
+    ("snapshot", "POST", "/v1/volumes/{volume}/snapshot", "Take, ship and commit a snapshot now (primary only)",
+     "Empty", {"200": "CycleReport"}, (400, 404, 409, 502, 503, 507)),
+    ("verify", "POST", "/v1/volumes/{volume}/verify",
+     "Re-read every chunk of a held snapshot (default: the newest); heal corrupt ones from holders", "Verify",
+     {"200": "VerifyReport"}, (400, 404, 503)),
+    ("drill", "POST", "/v1/volumes/{volume}/drill",
+     "Recovery drill: restore into a new image under sandbox, verify its root (O5), delete it unless keep; "
+     "runs as an operation", "Drill", {"202": "Operation"}, (400, 404)),
+    ("restore", "POST", "/v1/volumes/{volume}/restore",
+     "Restore a committed snapshot (default: newest clean) into target; overwrite needs role admin; "
+     "wait=false answers 202 with an operation", "Restore", {"200": "RestoreResult", "202": "Operation"},
+     (400, 404, 409, 502, 503, 507)),
+    ("operation", "GET", "/v1/operations/{op_id}", "Progress and outcome of a restore or drill", None,
+     {"200": "Operation"}, (404,)),
+    ("promote", "POST", "/v1/volumes/{volume}/promote",
+     "Planned switchover (to, at or forwarded to the primary) or forced failover (force, at the site to promote)",
+     "Promote", {"200": "PromoteResult"}, (400, 404, 409, 503, 507)),
+    ("demote", "POST", "/v1/volumes/{volume}/demote", "Leave the volume without a primary (epoch + 1)", "Empty",
+     {"200": "DemoteResult"}, (400, 404, 409, 503)),
+    ("retentionGet", "GET", "/v1/volumes/{volume}/retention", "The Raft-agreed retention policy", None,
+     {"200": "Retention"}, (404,)),
+    ("retentionPut", "PUT", "/v1/volumes/{volume}/retention",
+     "Change the retention policy through Raft; shortening keep_all or lock needs approved_by (O4)",
+     "RetentionPut", {"200": "RetentionSet"}, (400, 404, 409, 503)),
+    ("retentionRun", "POST", "/v1/volumes/{volume}/retention/run", "Apply the retention policy at this site now",
+     "Empty", {"200": "RetentionReport"}, (400, 404, 409, 503)),
+    ("prune", "POST", "/v1/volumes/{volume}/prune", "Prune snapshots now; refused inside the lock window (O4)",
+     "Prune", {"200": "PruneResult"}, (400, 404, 409, 503)),
+    ("verdict", "POST", "/v1/volumes/{volume}/snapshots/{seq}/verdict",
+     "Operator verdict on a committed snapshot; clearing a suspect one needs approved_by (two sites)",
+     "Verdict", {"200": "VerdictResult"}, (400, 404, 409, 503)),
+    ("members", "GET", "/v1/members", "Sites of the Raft group and their reachability", None,
+     {"200": "Members"}, ()),
+    ("membersAdd", "POST", "/v1/members",
+     "Not supported: edit every site's config and restart one site at a time", "Empty", {}, (501,)),
+    ("membersRemove", "DELETE", "/v1/members/{site_id}",
+     "Not supported: edit every site's config and restart one site at a time", None, {}, (501,)),
+    ("audit", "GET", "/v1/audit", "The newest Raft audit records", None, {"200": "RaftAudit"}, ()),
+    ("adminAudit", "GET", "/v1/audit/admin", "This site's admin audit log (newest records) and its chain check",
+     None, {"200": "AdminAudit"}, (400,)),
+]
+
+_PARAMS = {
+    "volume": {"name": "volume", "in": "path", "required": True, "schema": _STR, "description": "volume name"},
+    "op_id": {"name": "op_id", "in": "path", "required": True, "schema": _STR, "description": "operation id"},
+    "site_id": {"name": "site_id", "in": "path", "required": True, "schema": _STR, "description": "site id"},
+    "seq": {"name": "seq", "in": "path", "required": True, "schema": _INT, "description": "snapshot number"},
+}
+
+_STATUS_TEXT = {400: "bad request", 401: "no or unknown bearer token", 403: "role too low", 404: "not found",
+                409: "conflict (state machine refusal, stale epoch, not primary, retention lock)",
+                500: "internal error", 501: "not supported", 502: "integrity error", 503: "unavailable (no quorum, "
+                "peer down)", 507: "a file system is full: the data dir's (store_full) or a restore target's "
+                "(target_full)"}
+
+
+def _json(schema: dict) -> dict:
+    return {"application/json": {"schema": schema}}
+
+
+def build_document() -> dict:
+    """The OpenAPI 3.1 document of the admin API (a fresh dict each call)."""
+    paths: dict[str, dict] = {}
+    for op_id, method, path, summary, body, answers, errors in _OPS:
+        role = auth.ROUTE_ROLES[(method, path)]
+        op: dict[str, Any] = {"operationId": op_id, "summary": summary, "x-required-role": role, "responses": {}}
+        params = [copy.deepcopy(_PARAMS[name]) for name in _PARAMS if "{" + name + "}" in path]
+        if op_id == "adminAudit":
+            params.append({"name": "limit", "in": "query", "required": False,
+                           "schema": {"type": "integer", "minimum": 1, "maximum": 10000}})
+        if params:
+            op["parameters"] = params
+        if body is not None:
+            op["requestBody"] = {"required": body not in ("Empty",), "content": _json(_ref(body))}
+        for status, schema in answers.items():
+            if schema == "text":
+                op["responses"][status] = {"description": "ok", "content": {"text/plain": {"schema": _STR}}}
+            else:
+                op["responses"][status] = {"description": "ok" if status < "300" else "see schema",
+                                           "content": _json(_ref(schema))}
+        codes = set(errors) | {500}
+        if role == auth.OPEN:
+            op["security"] = []
+        else:
+            codes |= {401, 403}
+        for code in sorted(codes):
+            op["responses"][str(code)] = {"description": _STATUS_TEXT[code], "content": _json(_ref("Error"))}
+        paths.setdefault(path, {})[method.lower()] = op
+    schemas = copy.deepcopy(SCHEMAS)
+    schemas.update({f"{name}Request": copy.deepcopy(s) for name, s in _BODIES.items()})
+    doc = {
+        "openapi": "3.1.0",
+        "info": {"title": "replicad admin API", "version": API_VERSION, "description": (
+            "Admin API of one replicad site. Bearer tokens with roles viewer < operator < admin "
+            "(x-required-role on each operation); without configured tokens the API is open and listens on "
+            "loopback only. Errors are {error, message, evidence}; error codes map to CLI exit codes.")},
+        "servers": [{"url": "http://127.0.0.1:7301"}],
+        "components": {"schemas": schemas,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                      "description": "a token of [[admin.tokens]]"}}},
+        "security": [{"bearer": []}],
+        "paths": paths,
+    }
+    _point_bodies(doc)
+    return doc
+
+
+def _point_bodies(doc: dict) -> None:
+    """Request bodies reference ``<Name>Request`` schemas (kept apart from answers)."""
+    for item in doc["paths"].values():
+        for op in item.values():
+            content = op.get("requestBody", {}).get("content", {}).get("application/json")
+            if content is not None:
+                name = content["schema"]["$ref"].rsplit("/", 1)[1]
+                content["schema"] = _ref(f"{name}Request")

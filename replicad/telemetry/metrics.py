@@ -1,0 +1,435 @@
+"""Prometheus metrics of a site (``GET /metrics`` on the admin port).
+
+Names follow ``replicad_<subsystem>_<name>_<unit>`` in base units (seconds, bytes, ratios),
+labelled by ``site`` and, where it applies, ``volume`` and ``peer`` (a site id). Two kinds:
+
+* **Event counters**, updated by the daemon as things happen (:meth:`SiteMetrics.cycle_done`,
+  :meth:`~SiteMetrics.cycle_failed`, :meth:`~SiteMetrics.shipped`, :meth:`~SiteMetrics.received`,
+  :meth:`~SiteMetrics.verify_done`). The per-volume children of the configured volumes are
+  created at zero, so rules such as ``increase(...)`` see a series from the first scrape.
+* **State gauges**, computed at scrape time by :class:`StateCollector` from the daemon's
+  status (``SiteDaemon.status``), the Raft cluster state (``RaftNode.state``) and the data
+  directory's file system: never stale, and a scrape never fails because of them — a part
+  that cannot be read sets ``replicad_scrape_error{part}`` to 1 and its gauges are left out.
+
+Metric list (``site`` label on every one):
+
+==========================================================  =================  ===========================
+name                                                        labels (+site)     source
+==========================================================  =================  ===========================
+replicad_snapshot_cycles_total                              volume, outcome    event (committed |
+                                                                               not_committed | failed)
+replicad_snapshot_duration_seconds (histogram)              volume             event (committed cycles)
+replicad_snapshot_commit_seconds (histogram)                volume             event (committed cycles):
+                                                                               ship acknowledged (O2) to
+                                                                               Raft commit applied here
+replicad_snapshot_changed_blocks_total                      volume             event (committed cycles)
+replicad_snapshot_last_cycle_timestamp_seconds              volume, outcome    event; ``committed`` starts
+                                                                               at process start
+replicad_ship_sent_bytes_total                              volume, peer       event
+replicad_ship_received_bytes_total                          volume, peer       event
+replicad_verify_runs_total                                  volume             event
+replicad_verify_mismatches_total                            volume             event
+replicad_volume_rpo_seconds                                 volume             age of newest committed
+replicad_volume_rpo_target_seconds                          volume             3 x interval, else 900
+replicad_volume_interval_seconds                            volume             config
+replicad_volume_last_committed_snapshot_timestamp_seconds   volume             Raft state
+replicad_volume_last_clean_snapshot_timestamp_seconds       volume             Raft state
+replicad_volume_committed_snapshots                         volume             Raft state
+replicad_volume_suspect_snapshots                           volume             Raft state
+replicad_volume_divergent_snapshots                         volume             local catalog
+replicad_volume_role                                        volume, role       one-hot, this site
+replicad_volume_epoch                                       volume             Raft (committed epoch)
+replicad_volume_acting_epoch                                volume             this site (primary only)
+replicad_snapshot_newest_changed_blocks                     volume             newest committed snapshot
+replicad_snapshot_newest_changed_bytes                      volume             newest committed snapshot
+replicad_anomaly_score_ratio                                volume             newest committed snapshot
+replicad_anomaly_newest_suspect                             volume             newest committed snapshot
+replicad_standby_lag_snapshots                              volume             replicas: seqs behind
+                                                                               the newest clean
+replicad_standby_lag_seconds                                volume             replicas: creation-time gap
+replicad_store_size_bytes / _chunks / _packs                                   chunk store
+replicad_raft_is_leader / _has_leader / _has_quorum                            Raft status (0/1)
+replicad_raft_term / _commit_index / _last_applied_index                       Raft status
+replicad_raft_peer_up                                       peer               Raft partner connected
+replicad_disk_free_bytes / replicad_disk_size_bytes                            ``shutil.disk_usage``
+replicad_build_info                                         version, python    constant 1
+replicad_scrape_error                                       part               1 if that part failed
+==========================================================  =================  ===========================
+
+Plus the ``process_*`` metrics of :class:`prometheus_client.ProcessCollector`.
+
+RPO target: ``RPO_TARGET_INTERVALS`` (3) snapshot intervals of the volume when the daemon
+passes its configured intervals, else ``DEFAULT_RPO_TARGET_S`` (15 min). The alert rules
+(``config/prometheus/alerts.yml``) compare against this gauge, so the target follows the
+configuration without editing the rules.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
+                               ProcessCollector, generate_latest)
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from replicad import __version__
+from replicad.core.anomaly import score_of
+from replicad.core.roles import ROLES
+
+if TYPE_CHECKING:
+    from replicad.config import SiteConfig
+
+log = logging.getLogger("replicad.telemetry.metrics")
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+"""Content type of the exposition served at ``/metrics``."""
+
+RPO_TARGET_INTERVALS = 3
+"""RPO target in snapshot intervals: one interval is the design RPO (ARCHITECTURE "Problem"),
+three leave room for one slow and one failed cycle before anyone is paged."""
+
+DEFAULT_RPO_TARGET_S = 900.0
+"""RPO target of a volume whose interval the metrics were not given (15 min)."""
+
+CYCLE_OUTCOMES = ("committed", "not_committed", "failed")
+SCRAPE_PARTS = ("status", "state", "disk")
+_REPLICA_ROLES = ("replica", "fenced", "divergent")
+
+# name -> (help, extra label names after "site"); every state gauge the collector can emit
+STATE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "replicad_volume_rpo_seconds": ("Age of the newest committed snapshot (RPO), seconds", ("volume",)),
+    "replicad_volume_rpo_target_seconds": ("RPO target: 3 snapshot intervals, or 900 s when the interval is unknown",
+                                           ("volume",)),
+    "replicad_volume_interval_seconds": ("Configured snapshot interval", ("volume",)),
+    "replicad_volume_last_committed_snapshot_timestamp_seconds": ("Creation time of the newest committed snapshot",
+                                                                  ("volume",)),
+    "replicad_volume_last_clean_snapshot_timestamp_seconds": ("Creation time of the newest clean committed snapshot",
+                                                              ("volume",)),
+    "replicad_volume_committed_snapshots": ("Committed snapshots in the Raft catalog", ("volume",)),
+    "replicad_volume_suspect_snapshots": ("Committed snapshots judged suspect (ransomware signal)", ("volume",)),
+    "replicad_volume_divergent_snapshots": ("Divergent snapshots kept at this site for forensics", ("volume",)),
+    "replicad_volume_role": ("Role of this site for the volume (one-hot over the role label)", ("volume", "role")),
+    "replicad_volume_epoch": ("Committed fencing epoch of the volume (Raft)", ("volume",)),
+    "replicad_volume_acting_epoch": ("Epoch this site acts under as primary", ("volume",)),
+    "replicad_snapshot_newest_changed_blocks": ("Changed blocks of the newest committed snapshot", ("volume",)),
+    "replicad_snapshot_newest_changed_bytes": ("Changed bytes of the newest committed snapshot", ("volume",)),
+    "replicad_anomaly_score_ratio": ("Anomaly score of the newest committed snapshot (share of data blocks that "
+                                     "newly look random, 0..1)", ("volume",)),
+    "replicad_anomaly_newest_suspect": ("1 if the newest committed snapshot is suspect", ("volume",)),
+    "replicad_standby_lag_snapshots": ("Replica standby: snapshot seqs behind the newest clean snapshot", ("volume",)),
+    "replicad_standby_lag_seconds": ("Replica standby: creation-time gap to the newest clean snapshot", ("volume",)),
+    "replicad_store_size_bytes": ("Bytes of pack files in the chunk store", ()),
+    "replicad_store_chunks": ("Chunks indexed in the chunk store", ()),
+    "replicad_store_packs": ("Pack files in the chunk store", ()),
+    "replicad_raft_is_leader": ("1 if this site is the Raft leader", ()),
+    "replicad_raft_has_leader": ("1 if this site knows a Raft leader", ()),
+    "replicad_raft_has_quorum": ("1 if this site's Raft node is in contact with a majority", ()),
+    "replicad_raft_term": ("Current Raft term", ()),
+    "replicad_raft_commit_index": ("Raft commit index", ()),
+    "replicad_raft_last_applied_index": ("Last Raft log index applied here", ()),
+    "replicad_raft_peer_up": ("1 if the Raft partner (peer = its site id) is connected", ("peer",)),
+    "replicad_disk_free_bytes": ("Bytes free for this site on the data directory's file system", ()),
+    "replicad_disk_size_bytes": ("Size of the data directory's file system", ()),
+    "replicad_build_info": ("Build information (constant 1)", ("version", "python")),
+    "replicad_scrape_error": ("1 if this part of the state could not be read at this scrape", ("part",)),
+}
+
+
+def _num(value: Any) -> float | None:
+    """``value`` as a float if it is a real number (bools count), else None."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+class StateCollector(Collector):
+    """Gauges computed at scrape time (see the module docstring for the list).
+
+    Args:
+        site_id: value of the ``site`` label.
+        status_fn: returns ``SiteDaemon.status()`` (``{"raft", "volumes", "raft_sites", "store", ...}``).
+        state_fn: returns the Raft cluster state (:mod:`replicad.core.state` shape), for snapshot
+            timestamps, stats and verdicts; without it those come from ``status`` only
+            (``rpo_s``) or are left out.
+        data_dir: directory whose file system is reported by ``replicad_disk_*``.
+        volume_intervals_s: configured snapshot interval per volume, seconds.
+        clock_ns: wall clock in ns (``time.time_ns``), for ages.
+
+    :meth:`collect` never raises: a failing part is reported by ``replicad_scrape_error``.
+    """
+
+    def __init__(self, site_id: str, status_fn: Callable[[], dict] | None = None, *,
+                 state_fn: Callable[[], dict] | None = None, data_dir: str | Path | None = None,
+                 volume_intervals_s: Mapping[str, float] | None = None,
+                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.site_id = site_id
+        self.status_fn = status_fn
+        self.state_fn = state_fn
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.volume_intervals_s = dict(volume_intervals_s or {})
+        self.clock_ns = clock_ns
+
+    def describe(self) -> Iterable[Metric]:
+        """Empty families of every state gauge (lets the registry check names without a scrape)."""
+        return [GaugeMetricFamily(n, h, labels=["site", *ls]) for n, (h, ls) in STATE_GAUGES.items()]
+
+    def collect(self) -> Iterator[Metric]:
+        """One family per state gauge, filled from a fresh read of every source."""
+        fams = {n: GaugeMetricFamily(n, h, labels=["site", *ls]) for n, (h, ls) in STATE_GAUGES.items()}
+
+        def put(name: str, value: Any, *labels: str) -> None:
+            v = _num(value)
+            if v is not None:
+                fams[name].add_metric([self.site_id, *labels], v)
+
+        errors = dict.fromkeys(SCRAPE_PARTS, 0)
+        status: dict = {}
+        state: dict = {}
+        if self.status_fn is not None:
+            try:
+                status = self.status_fn()
+                if not isinstance(status, dict):
+                    raise TypeError(f"status is a {type(status).__name__}, not a dict")
+            except Exception as err:  # noqa: BLE001 — a scrape reports its failure, it never fails
+                errors["status"] = 1
+                status = {}
+                log.warning("metrics: cannot read the site status: %r", err)
+        if self.state_fn is not None:
+            try:
+                state = self.state_fn()
+                if not isinstance(state, dict):
+                    raise TypeError(f"state is a {type(state).__name__}, not a dict")
+            except Exception as err:  # noqa: BLE001
+                errors["state"] = 1
+                state = {}
+                log.warning("metrics: cannot read the Raft state: %r", err)
+        try:
+            self._raft(status, put)
+            self._volumes(status, state, put)
+            self._store(status, put)
+        except Exception as err:  # noqa: BLE001 — a malformed status must not turn /metrics into a 500
+            errors["status"] = 1
+            log.warning("metrics: malformed status or state: %r", err)
+        if self.data_dir is not None:
+            try:
+                usage = shutil.disk_usage(self.data_dir)
+                put("replicad_disk_free_bytes", usage.free)
+                put("replicad_disk_size_bytes", usage.total)
+            except OSError as err:
+                errors["disk"] = 1
+                log.warning("metrics: cannot stat the data dir %s: %r", self.data_dir, err)
+        put("replicad_build_info", 1, __version__, platform.python_version())
+        for part, failed in errors.items():
+            put("replicad_scrape_error", failed, part)
+        yield from fams.values()
+
+    def _raft(self, status: dict, put: Callable[..., None]) -> None:
+        raft = status.get("raft")
+        if not isinstance(raft, dict):
+            return
+        put("replicad_raft_is_leader", bool(raft.get("is_leader")))
+        put("replicad_raft_has_leader", raft.get("leader") is not None)
+        put("replicad_raft_has_quorum", bool(raft.get("has_quorum")))
+        put("replicad_raft_term", raft.get("term"))
+        put("replicad_raft_commit_index", raft.get("commit_index"))
+        put("replicad_raft_last_applied_index", raft.get("last_applied"))
+        names = status.get("raft_sites") or {}
+        for addr, connected in sorted((raft.get("partners") or {}).items()):
+            put("replicad_raft_peer_up", bool(connected), str(names.get(addr, addr)))
+
+    def _volumes(self, status: dict, state: dict, put: Callable[..., None]) -> None:
+        now_ns = self.clock_ns()
+        entries: dict = status.get("volumes") or {}
+        raft_vols: dict = state.get("volumes") or {}
+        for name in sorted(set(entries) | set(self.volume_intervals_s)):
+            entry = entries.get(name) or {}
+            interval_s = self.volume_intervals_s.get(name)
+            put("replicad_volume_interval_seconds", interval_s, name)
+            target_s = RPO_TARGET_INTERVALS * interval_s if interval_s else DEFAULT_RPO_TARGET_S
+            put("replicad_volume_rpo_target_seconds", target_s, name)
+            role = entry.get("role")
+            if isinstance(role, str):
+                for r in (*ROLES, *(() if role in ROLES else (role,))):
+                    put("replicad_volume_role", r == role, name, r)
+            put("replicad_volume_epoch", entry.get("epoch"), name)
+            put("replicad_volume_acting_epoch", entry.get("acting_epoch"), name)
+            if isinstance(entry.get("divergent"), list):
+                put("replicad_volume_divergent_snapshots", len(entry["divergent"]), name)
+            vs = raft_vols.get(name)
+            if isinstance(vs, dict):
+                self._snapshots(name, entry, vs, now_ns, put)
+            elif entry:
+                self._snapshots_from_status(name, entry, now_ns, put)
+
+    def _snapshots(self, name: str, entry: dict, vs: dict, now_ns: int, put: Callable[..., None]) -> None:
+        snaps: dict = vs.get("snapshots") or {}
+        put("replicad_volume_committed_snapshots", len(snaps), name)
+        put("replicad_volume_suspect_snapshots",
+            sum(1 for s in snaps.values() if s.get("verdict") == "suspect"), name)
+        if not snaps:
+            return
+        newest = snaps[max(snaps)]
+        created_ns = newest.get("created_at_ns")
+        if _num(created_ns) is not None:
+            put("replicad_volume_last_committed_snapshot_timestamp_seconds", created_ns / 1e9, name)
+            put("replicad_volume_rpo_seconds", max(0.0, (now_ns - created_ns) / 1e9), name)
+        stats = newest.get("stats") or {}
+        put("replicad_snapshot_newest_changed_blocks", stats.get("changed_blocks"), name)
+        put("replicad_snapshot_newest_changed_bytes", stats.get("changed_bytes"), name)
+        put("replicad_anomaly_score_ratio", score_of(stats), name)
+        put("replicad_anomaly_newest_suspect", newest.get("verdict") == "suspect", name)
+        clean = [seq for seq, s in snaps.items() if s.get("verdict") == "clean"]
+        if not clean:
+            return
+        newest_clean = max(clean)
+        clean_ns = snaps[newest_clean].get("created_at_ns")
+        if _num(clean_ns) is not None:
+            put("replicad_volume_last_clean_snapshot_timestamp_seconds", clean_ns / 1e9, name)
+        if entry.get("role") not in _REPLICA_ROLES:
+            return
+        standby_seq = entry.get("standby_seq")
+        if standby_seq is None and entry.get("standby_applying"):
+            return  # being rewritten right now: no lag figure rather than a false spike
+        lag = newest_clean - standby_seq if isinstance(standby_seq, int) else newest_clean
+        put("replicad_standby_lag_snapshots", max(0, lag), name)
+        if lag <= 0:
+            put("replicad_standby_lag_seconds", 0, name)
+        elif isinstance(standby_seq, int) and standby_seq in snaps and _num(clean_ns) is not None:
+            put("replicad_standby_lag_seconds",
+                max(0.0, (clean_ns - snaps[standby_seq].get("created_at_ns", clean_ns)) / 1e9), name)
+
+    def _snapshots_from_status(self, name: str, entry: dict, now_ns: int, put: Callable[..., None]) -> None:
+        """Without the Raft state: what ``status`` alone tells (RPO, suspect count, standby lag)."""
+        rpo_s = _num(entry.get("rpo_s"))
+        if rpo_s is not None:
+            put("replicad_volume_rpo_seconds", rpo_s, name)
+            put("replicad_volume_last_committed_snapshot_timestamp_seconds", now_ns / 1e9 - rpo_s, name)
+        if isinstance(entry.get("suspect"), list):
+            put("replicad_volume_suspect_snapshots", len(entry["suspect"]), name)
+            nc = entry.get("newest_committed")
+            if isinstance(nc, int):
+                put("replicad_anomaly_newest_suspect", nc in entry["suspect"], name)
+        newest_clean, standby_seq = entry.get("newest_clean"), entry.get("standby_seq")
+        if entry.get("role") in _REPLICA_ROLES and isinstance(newest_clean, int):
+            lag = newest_clean - standby_seq if isinstance(standby_seq, int) else newest_clean
+            put("replicad_standby_lag_snapshots", max(0, lag), name)
+
+    def _store(self, status: dict, put: Callable[..., None]) -> None:
+        store = status.get("store")
+        if not isinstance(store, dict):
+            return
+        put("replicad_store_size_bytes", store.get("stored_bytes"))
+        put("replicad_store_chunks", store.get("chunks"))
+        put("replicad_store_packs", store.get("packs"))
+
+
+class SiteMetrics:
+    """The metrics registry of one site.
+
+    Args:
+        site_id: value of the ``site`` label.
+        status_fn: returns the daemon's status dict (``SiteDaemon.status``) at scrape time.
+        state_fn: returns the Raft cluster state (``RaftNode.state``) at scrape time.
+        data_dir: the site's data directory (``replicad_disk_*``).
+        volume_intervals_s: ``{volume: interval_s}`` of the configured volumes: their event
+            counters start at zero and their RPO target is 3 intervals.
+        clock_ns: wall clock in ns, for ages and event timestamps.
+    """
+
+    def __init__(self, site_id: str, status_fn: Callable[[], dict] | None = None, *,
+                 state_fn: Callable[[], dict] | None = None, data_dir: str | Path | None = None,
+                 volume_intervals_s: Mapping[str, float] | None = None,
+                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.site_id = site_id
+        self.status_fn = status_fn
+        self.clock_ns = clock_ns
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.cycles = Counter("replicad_snapshot_cycles_total", "Snapshot cycles by outcome",
+                              ["site", "volume", "outcome"], registry=self.registry)
+        self.cycle_seconds = Histogram("replicad_snapshot_duration_seconds", "Duration of a snapshot cycle",
+                                       ["site", "volume"], registry=self.registry,
+                                       buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+        self.commit_seconds = Histogram(
+            "replicad_snapshot_commit_seconds",
+            "Time from the ship acknowledgements (min_copies stored, O2) to the snapshot's Raft commit "
+            "applied on this site", ["site", "volume"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15))
+        self.changed_blocks = Counter("replicad_snapshot_changed_blocks_total",
+                                      "Changed blocks of committed snapshots", ["site", "volume"],
+                                      registry=self.registry)
+        self.last_cycle = Gauge("replicad_snapshot_last_cycle_timestamp_seconds",
+                                "Time of the last cycle with this outcome (committed: process start until the "
+                                "first commit)", ["site", "volume", "outcome"], registry=self.registry)
+        self.shipped_bytes = Counter("replicad_ship_sent_bytes_total", "Chunk bytes sent to peers",
+                                     ["site", "volume", "peer"], registry=self.registry)
+        self.received_bytes = Counter("replicad_ship_received_bytes_total", "Chunk bytes received from peers",
+                                      ["site", "volume", "peer"], registry=self.registry)
+        self.verify_runs = Counter("replicad_verify_runs_total", "Verify runs", ["site", "volume"],
+                                   registry=self.registry)
+        self.verify_mismatches = Counter("replicad_verify_mismatches_total", "Chunks found corrupt by verify",
+                                         ["site", "volume"], registry=self.registry)
+        self.collector = StateCollector(site_id, status_fn, state_fn=state_fn, data_dir=data_dir,
+                                        volume_intervals_s=volume_intervals_s, clock_ns=clock_ns)
+        self.registry.register(self.collector)
+        ProcessCollector(registry=self.registry)
+        start_s = clock_ns() / 1e9
+        for volume in volume_intervals_s or {}:
+            for outcome in CYCLE_OUTCOMES:
+                self.cycles.labels(site_id, volume, outcome)
+            self.changed_blocks.labels(site_id, volume)
+            self.verify_runs.labels(site_id, volume)
+            self.verify_mismatches.labels(site_id, volume)
+            self.last_cycle.labels(site_id, volume, "committed").set(start_s)
+
+    @classmethod
+    def for_site(cls, cfg: "SiteConfig", status_fn: Callable[[], dict],
+                 state_fn: Callable[[], dict] | None = None) -> "SiteMetrics":
+        """The metrics of the site configured by ``cfg`` (site id, data dir, volume intervals)."""
+        return cls(cfg.site_id, status_fn, state_fn=state_fn, data_dir=cfg.data_dir,
+                   volume_intervals_s={v.name: float(v.interval_s) for v in cfg.volumes})
+
+    def cycle_done(self, volume: str, report: dict[str, Any]) -> None:
+        """Record one finished cycle (``SiteDaemon.cycle`` report: ``committed``, ``cycle_s``,
+        ``commit_s`` (seconds from ship acknowledged to Raft commit applied), ``changed_blocks``)."""
+        outcome = "committed" if report.get("committed") else "not_committed"
+        self.cycles.labels(self.site_id, volume, outcome).inc()
+        self.last_cycle.labels(self.site_id, volume, outcome).set(self.clock_ns() / 1e9)
+        if "cycle_s" in report:
+            self.cycle_seconds.labels(self.site_id, volume).observe(report["cycle_s"])
+        if "commit_s" in report:
+            self.commit_seconds.labels(self.site_id, volume).observe(report["commit_s"])
+        if report.get("committed") and isinstance(report.get("changed_blocks"), int):
+            self.changed_blocks.labels(self.site_id, volume).inc(report["changed_blocks"])
+
+    def cycle_failed(self, volume: str) -> None:
+        """Record a cycle that raised."""
+        self.cycles.labels(self.site_id, volume, "failed").inc()
+        self.last_cycle.labels(self.site_id, volume, "failed").set(self.clock_ns() / 1e9)
+
+    def shipped(self, volume: str, peer: str, bytes_sent: int) -> None:
+        """Count chunk payload bytes sent to ``peer`` (a site id)."""
+        self.shipped_bytes.labels(self.site_id, volume, peer).inc(bytes_sent)
+
+    def received(self, volume: str, peer: str, bytes_received: int) -> None:
+        """Count chunk payload bytes received from ``peer`` (a site id)."""
+        self.received_bytes.labels(self.site_id, volume, peer).inc(bytes_received)
+
+    def verify_done(self, volume: str, checked: int, mismatched: int) -> None:
+        """Record one verify run that checked ``checked`` chunks and found ``mismatched`` corrupt."""
+        self.verify_runs.labels(self.site_id, volume).inc()
+        if mismatched:
+            self.verify_mismatches.labels(self.site_id, volume).inc(mismatched)
+
+    def render(self) -> bytes:
+        """The text exposition of every metric (never raises because of the daemon's state)."""
+        return generate_latest(self.registry)
