@@ -17,7 +17,8 @@ pysyncobj, sqlite3) are translated into this tree at the adapter that met them.
     │   ├── StaleEpochError                     a message or command under an older epoch
     │   ├── NotPrimaryError                     this site is not the volume's primary
     │   ├── RetentionLockedError                delete inside the retention lock (O4)
-    │   └── ApprovalRequiredError               two-party rule: a second site's approval is missing
+    │   ├── ApprovalRequiredError               two-party rule: a second site's approval is missing
+    │   └── RecordConflictError                 a snapshot record held here would be replaced (write-once)
     ├── IntegrityError                 exit 5   digest/root mismatch: never served, never stored
     │   └── RestoreVerifyError                  restored image root != manifest root (O5)
     ├── ProtocolError                  exit 6
@@ -149,6 +150,16 @@ class ApprovalRequiredError(ConflictError):
     ``approved_by`` (CLI ``--approved-by SITE``) to name a second registered site."""
 
     code = "approval_required"
+
+
+
+class RecordConflictError(ConflictError):
+    """Snapshot records are write-once: the site already holds ``(volume, epoch, seq)`` with
+    another manifest root (evidence ``held_root``/``offered_root``), or a change of state
+    that would weaken a record (a ``committed`` one back to ``received`` ...). Nothing is
+    written; the held record stays."""
+
+    code = "record_conflict"
 
 
 class IntegrityError(ReplicadError):

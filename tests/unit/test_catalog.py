@@ -47,8 +47,8 @@ def test_put_list_find_root(cat: Catalog) -> None:
     assert cat.find_root("pacs", root(1003)) == rec(3)
     assert cat.find_root("ris", root(1003)) is None      # roots are looked up per volume
     assert cat.find_root("pacs", root(999)) is None
-    cat.put(rec(3, state="received"))                    # replace: same (volume, epoch, seq)
-    assert cat.list("pacs", "committed") == [rec(1)]
+    assert cat.put(rec(3, state="received")) == "unchanged"  # write-once: committed is never displaced
+    assert cat.list("pacs", "committed") == [rec(1), rec(3)]
 
 
 def test_a_divergent_branch_shares_seqs_with_a_newer_epoch(cat: Catalog) -> None:
