@@ -15,6 +15,7 @@ unit and default, are documented in ``config/README.md``; in short::
     [[sites]]   site_id, raft, peer_url, admin_url, kind = "data" | "witness"
     [[volumes]] name, path, block_size, interval, min_copies, initial_primary, ...
     [volumes.source] / [volumes.retention] / [volumes.anomaly]
+    [floor]  lock = "7d"  daily = 35  weekly = 13  monthly = 12   # this site's own, never Raft's
 
 Decisions the operator must know:
 
@@ -73,11 +74,13 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from replicad.core.errors import ConfigError, NotFoundError
+from replicad.core.floor import DEFAULT_FLOOR, MIN_LOCK_S, FloorPolicy
 from replicad.core.units import format_duration, format_size, parse_duration, parse_size
 
 __all__ = [
     "SiteRef",
     "RetentionConfig",
+    "FloorConfig",
     "SourceConfig",
     "AnomalyConfig",
     "VolumeConfig",
@@ -290,6 +293,48 @@ class RetentionConfig(BaseModel):
         return self
 
 
+MAX_FLOOR_LOCK_S = 10 * 366 * 86400.0   # ten years: beyond that a value is a typo, not a policy
+MAX_FLOOR_DAILY = 3660
+MAX_FLOOR_WEEKLY = 520
+MAX_FLOOR_MONTHLY = 120
+
+
+class FloorConfig(BaseModel):
+    """This site's local retention floor (``[floor]``; site config, never Raft).
+
+    What the site keeps on its own authority, whatever the cluster state says (rules and
+    the reasons for the defaults: :mod:`replicad.core.floor`): every snapshot younger than
+    ``lock_s`` (TOML ``lock``, a duration, default 7 days), and the oldest committed
+    snapshot of each of the last ``daily`` days (35), ``weekly`` ISO weeks (13) and
+    ``monthly`` calendar months (12), UTC. Limits: ``lock`` 0..10 years, ``daily``
+    0..3660, ``weekly`` 0..520, ``monthly`` 0..120. A ``lock`` below one day
+    (:data:`replicad.core.floor.MIN_LOCK_S`) is refused unless
+    ``unsafe_allow_short_floor = true`` (labs and tests with fast retention only).
+    """
+
+    model_config = _FROZEN
+
+    lock_s: DurationS = Field(DEFAULT_FLOOR.lock_s, alias="lock", ge=0, le=MAX_FLOOR_LOCK_S)
+    daily: StrictInt = Field(DEFAULT_FLOOR.daily, ge=0, le=MAX_FLOOR_DAILY)
+    weekly: StrictInt = Field(DEFAULT_FLOOR.weekly, ge=0, le=MAX_FLOOR_WEEKLY)
+    monthly: StrictInt = Field(DEFAULT_FLOOR.monthly, ge=0, le=MAX_FLOOR_MONTHLY)
+    unsafe_allow_short_floor: StrictBool = False
+
+    @model_validator(mode="after")
+    def _hard_minimum(self) -> FloorConfig:
+        if self.lock_s < MIN_LOCK_S and not self.unsafe_allow_short_floor:
+            raise ValueError(
+                f"lock ({format_duration(self.lock_s)}) is below the hard minimum of "
+                f"{format_duration(MIN_LOCK_S)}: a shorter floor lets one bad cluster decision delete recent "
+                "history here; set unsafe_allow_short_floor = true only on a lab or test bench"
+            )
+        return self
+
+    def policy(self) -> FloorPolicy:
+        """The floor as :func:`replicad.core.floor.protected` takes it."""
+        return FloorPolicy(lock_s=float(self.lock_s), daily=self.daily, weekly=self.weekly, monthly=self.monthly)
+
+
 class SourceConfig(BaseModel):
     """How the primary reads a volume. ``kind = "file"``: a raw image file or block device.
 
@@ -438,6 +483,7 @@ class SiteConfig(BaseModel):
     log_level: str = "info"
     lab: StrictBool = False
     tls: TlsConfig | None = None
+    floor: FloorConfig = FloorConfig()
 
     @field_validator("data_dir", mode="after")
     @classmethod

@@ -104,6 +104,11 @@ class SiteProc:
         return self.dir / f"{volume}.img"
 
 
+NO_FLOOR_TOML = ('[floor]\nlock = "0s"\ndaily = 0\nweekly = 0\nmonthly = 0\n'
+                 'unsafe_allow_short_floor = true\n')
+"""A ``[floor]`` that protects nothing: for test clusters whose retention runs in seconds."""
+
+
 class LocalCluster:
     """Write configs for ``n_data`` data sites (+ ``n_witness`` witnesses) and run them.
 
@@ -114,6 +119,9 @@ class LocalCluster:
         interval: snapshot interval (config duration string).
         min_copies: O2 threshold per volume.
         extra_volume_toml: appended to each ``[[volumes]]`` entry (e.g. retention tables).
+        extra_site_toml: top-level tables written into every site's file before ``[[sites]]``,
+            e.g. :data:`NO_FLOOR_TOML` for tests whose retention runs in seconds (the default
+            ``[floor]`` keeps every snapshot for 7 days).
         tokens: optional admin tokens per site, ``{site_id: {token_name: (role, token)}}``;
             written hashed as ``[[admin.tokens]]``. :meth:`api` then sends that site's first
             ``admin`` token (or the first token) unless told otherwise.
@@ -121,7 +129,7 @@ class LocalCluster:
 
     def __init__(self, root: Path, *, n_data: int = 3, n_witness: int = 0, volumes: tuple[str, ...] = ("ehr",),
                  interval: str = "1h", min_copies: int = 2, block_size: str = "64KiB",
-                 apply_delay: str = "0s", extra_volume_toml: str = "",
+                 apply_delay: str = "0s", extra_volume_toml: str = "", extra_site_toml: str = "",
                  tokens: dict[str, dict[str, tuple[str, str]]] | None = None, tls: bool = False) -> None:
         self.root = Path(root)
         self.ca = LocalCA(self.root / "tls") if tls else None  # mutual TLS on the peer API
@@ -133,6 +141,7 @@ class LocalCluster:
             self.sites[name] = SiteProc(name, kind, free_port(), free_port(), free_port(), self.root / name)
         self.primary = names[0]
         self.tokens = {site: dict(named) for site, named in (tokens or {}).items()}
+        self.extra_site_toml = extra_site_toml
         self._write_configs(interval, min_copies, block_size, apply_delay, extra_volume_toml)
 
     def _tokens_toml(self, site_id: str) -> str:
@@ -174,7 +183,7 @@ class LocalCluster:
                 f'site_id = "{s.site_id}"\ndata_dir = "data"\nlog_level = "info"\n'
                 f'[raft]\nbind = "127.0.0.1:{s.raft_port}"\npassword_file = "raft.key"\n'
                 f'[peer]\nlisten = "127.0.0.1:{s.peer_port}"\n[admin]\nlisten = "127.0.0.1:{s.admin_port}"\n'
-                + tls + self._tokens_toml(s.site_id) + members + vols)
+                + tls + self._tokens_toml(s.site_id) + self.extra_site_toml + members + vols)
 
     # ------------------------------------------------------------------ processes
     def start(self, site_id: str) -> None:
