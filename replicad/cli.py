@@ -362,7 +362,7 @@ def cmd_hash_token(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from replicad.config import load_config
-    from replicad.site.daemon import run_site
+    from replicad.ops.service import run_site
 
     cfg = load_config(Path(args.config))
     setup_logging(cfg.log_level)

@@ -67,6 +67,7 @@ from replicad.ops.audit import AuditLog, verify_chain
 from replicad.core.errors import (InternalError, NotFoundError, NotSupportedError, PeerUnavailableError, ReplicadError,
                      UnauthenticatedError, UsageError, _jsonable, from_dict)
 from replicad.core.units import parse_duration
+from replicad.site.runner import runner_of
 
 if TYPE_CHECKING:
     from replicad.site.daemon import SiteDaemon
@@ -281,7 +282,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         return _ok(build_document())
 
     async def status(request: web.Request) -> web.Response:
-        return _ok(site.status() | {"members": members(site)["members"]})
+        return _ok(site.status.report() | {"members": members(site)["members"]})
 
     async def volumes(request: web.Request) -> web.Response:
         st = site.raft.state()
@@ -291,7 +292,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
 
     async def snapshots(request: web.Request) -> web.Response:
         name = request.match_info["volume"]
-        vs = site.volume_state(name)
+        vs = site.cluster.volume_state(name)
         if vs is None:
             _raise_not_found(name)
         committed = [{"seq": seq, **dict(snap)} for seq, snap in sorted(vs["snapshots"].items())]
@@ -303,12 +304,12 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
                     "divergent": divergent})
 
     async def snapshot(request: web.Request) -> web.Response:
-        return _ok(await site.snapshot_now(request.match_info["volume"]))
+        return _ok(await site.volumes.snapshot_now(request.match_info["volume"]))
 
     async def verify(request: web.Request) -> web.Response:
         name = request.match_info["volume"]
         body = await _json_body(request)
-        return _ok(await site.verify(name, _opt_int(body, "seq")))
+        return _ok(await site.scrub.verify(name, _opt_int(body, "seq")))
 
     async def drill(request: web.Request) -> web.Response:
         name = request.match_info["volume"]
@@ -319,9 +320,10 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         if not Path(sandbox).is_dir():
             raise UsageError(f"drill sandbox {sandbox} is not a directory", field="sandbox", sandbox=sandbox)
         seq, keep = _opt_int(body, "seq"), _opt_bool(body, "keep")
-        site.volume_state(name) or _raise_not_found(name)
-        site._runner(name)
-        op = site.start_operation("drill", name, lambda op: site.drill(name, seq, Path(sandbox), keep, op=op))
+        site.cluster.volume_state(name) or _raise_not_found(name)
+        runner_of(site.runners, name, site.site_id)
+        op = site.operations.start_operation(
+            "drill", name, lambda op: site.recovery.drill(name, seq, Path(sandbox), keep, op=op))
         return _ok(op.to_dict(), status=202)
 
     async def promote(request: web.Request) -> web.Response:
@@ -334,14 +336,14 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         if not force:
             if not to:
                 raise UsageError("a planned switchover needs 'to' (or use force at the site to promote)")
-            vs = site.volume_state(name)
+            vs = site.cluster.volume_state(name)
             if vs is not None and vs["primary"] not in (None, site.site_id):
                 return _ok(await _forward(site, vs["primary"], request.path, body,
                                           request.headers.get("Authorization")))
-        return _ok(await site.promote(name, to, force))
+        return _ok(await site.promotion.promote(name, to, force))
 
     async def demote(request: web.Request) -> web.Response:
-        return _ok(await site.demote(request.match_info["volume"]))
+        return _ok(await site.promotion.demote(request.match_info["volume"]))
 
     async def restore(request: web.Request) -> web.Response:
         name = request.match_info["volume"]
@@ -358,12 +360,12 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         if overwrite:
             _require(request, "admin")  # rewriting an existing image is an admin's decision
         if _opt_bool(body, "wait", default=True):
-            return _ok(await site.restore(name, Path(target), seq, last_clean, overwrite=overwrite,
-                                          divergent_epoch=divergent_epoch))
-        site.volume_state(name) or _raise_not_found(name)
-        op = site.start_operation("restore", name, lambda op: site.restore(name, Path(target), seq, last_clean,
-                                                                             overwrite=overwrite, op=op,
-                                                                             divergent_epoch=divergent_epoch))
+            return _ok(await site.recovery.restore(name, Path(target), seq, last_clean, overwrite=overwrite,
+                                                   divergent_epoch=divergent_epoch))
+        site.cluster.volume_state(name) or _raise_not_found(name)
+        op = site.operations.start_operation(
+            "restore", name, lambda op: site.recovery.restore(name, Path(target), seq, last_clean, overwrite=overwrite,
+                                                              op=op, divergent_epoch=divergent_epoch))
         return _ok(op.to_dict(), status=202)
 
     async def operation(request: web.Request) -> web.Response:
@@ -379,7 +381,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         if not isinstance(seqs, list) or not seqs or not all(isinstance(x, int) and not isinstance(x, bool)
                                                             and x >= 0 for x in seqs):
             raise UsageError("seqs must be a non-empty list of snapshot numbers", field="seqs")
-        return _ok(await site.prune(name, seqs))
+        return _ok(await site.housekeeping.prune(name, seqs))
 
     async def verdict(request: web.Request) -> web.Response:
         name = request.match_info["volume"]
@@ -401,11 +403,11 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         if not isinstance(approved, list) or not all(isinstance(a, str) and a in known for a in approved):
             raise UsageError("approved_by must be a list of site ids of this cluster", field="approved_by",
                              sites=sorted(known))
-        return _ok(await site.set_verdict(name, seq, value, reason, approved))
+        return _ok(await site.housekeeping.set_verdict(name, seq, value, reason, approved))
 
     async def retention_get(request: web.Request) -> web.Response:
         name = request.match_info["volume"]
-        vs = site.volume_state(name)
+        vs = site.cluster.volume_state(name)
         if vs is None:
             _raise_not_found(name)
         return _ok({"volume": name, "retention": dict(vs["retention"])})
@@ -416,7 +418,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         unknown = set(body) - {"retention", "approved_by"}
         if unknown:
             raise UsageError(f"unknown keys {sorted(unknown)}", known=["retention", "approved_by"])
-        vs = site.volume_state(name)
+        vs = site.cluster.volume_state(name)
         if vs is None:
             _raise_not_found(name)
         new = _retention_update(body, vs["retention"])
@@ -428,14 +430,14 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
                 raise UsageError("approved_by must be a list of site ids of this cluster", field="approved_by",
                                  sites=sorted(known))
             args["approved_by"] = approved
-        res = await site.propose("set_retention", **args)
+        res = await site.cluster.propose("set_retention", **args)
         return _ok({"volume": name, "retention": res.get("retention", new), "previous": dict(vs["retention"])})
 
     async def retention_run(request: web.Request) -> web.Response:
         name = request.match_info["volume"]
-        runner = site._runner(name)
+        runner = runner_of(site.runners, name, site.site_id)
         async with runner.lock:
-            return _ok(await site.retention_step(name))
+            return _ok(await site.housekeeping.retention_step(name))
 
     async def members_get(request: web.Request) -> web.Response:
         return _ok(members(site))

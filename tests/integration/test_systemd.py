@@ -151,7 +151,7 @@ def test_notify_ready_watchdog_reload_and_clean_stop(cluster: LocalCluster, tmp_
         log_text = cluster.sites["site-a"].log_path.read_text()
         assert "reloaded" in log_text and "interval_s" in log_text and "admin_tokens" in log_text
         assert "these changes need a restart and keep their old value until then: data_dir" in log_text
-        assert "<6>replicad.site.daemon:" in log_text  # journald priority prefix under JOURNAL_STREAM
+        assert "<6>replicad.site.reload:" in log_text  # journald priority prefix under JOURNAL_STREAM
         with pytest.raises(UnauthenticatedError):  # the new token list is live
             cluster.api("site-a", "GET", "/v1/volumes", token="")
         cluster.tokens["site-a"] = {"ops": ("admin", token)}

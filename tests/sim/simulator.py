@@ -3,8 +3,9 @@
 The simulation drives the REAL pure modules — :func:`replicad.core.state.apply` (the Raft state
 machine), :func:`replicad.core.roles.next_role` (the role table), :func:`replicad.core.retention.plan_prune`
 and :func:`replicad.core.anomaly.judge` — from site processes modelled as step functions that
-mirror ``replicad/daemon.py`` (``SiteDaemon._step``, ``cycle``, ``_fence``, ``_become_primary``,
-``_replica_step``, ``retention_step``, ``promote``). Everything else is simulated:
+mirror the site's rooms in ``replicad/site/`` (``VolumeLoop._step``, ``Replication.cycle``,
+``Promotion.fence``, ``Promotion.become_primary``, ``VolumeLoop._replica_step``,
+``Housekeeping.retention_step``, ``Promotion.promote``). Everything else is simulated:
 
 * **Raft**: one totally ordered log. A proposal commits only if the proposer runs in a
   network component that holds a majority of the running sites (what pysyncobj gives us);
@@ -38,7 +39,7 @@ Deliberate bugs (``bug=``), to prove the checker can fail:
 * ``prune_in_lock`` — the primary plans with a zero lock window and deletes locally without
   the state machine's check (O4).
 
-Gaps this simulation found in ``replicad/daemon.py``, since fixed there as modelled by the
+Gaps this simulation found in the site daemon (``replicad/site/``), since fixed there as modelled by the
 default; ``daemon_gaps=True`` keeps the old behaviour so that tests prove the checker still
 catches it:
 
@@ -48,9 +49,9 @@ catches it:
   newest), and from then on every ``commit_snapshot`` names a ``parent_seq`` absent from the
   catalog and is refused ``not_found``: the primary never commits again (RPO grows forever).
   Fix modelled: forget the parent after any failed commit (reloaded from the catalog).
-* ``GAP_RESTORE_RETRY`` — ``_become_primary`` moves ``replica -> primary -> restoring``, then
+* ``GAP_RESTORE_RETRY`` — ``become_primary`` moves ``replica -> primary -> restoring``, then
   ``ensure_snapshot`` may fail (no holder reachable). The runner stays ``restoring``; the
-  next step calls ``_become_primary`` again, whose ``granted_primary`` from ``restoring`` is
+  next step calls ``become_primary`` again, whose ``granted_primary`` from ``restoring`` is
   not in ``roles.TRANSITIONS``: ConflictError at every step, the volume has no acting
   primary until the process restarts. Fix modelled: a retry from ``restoring`` skips the
   two transitions already made.
@@ -554,7 +555,7 @@ class Simulation:
 
     # ------------------------------------------------------------------ site steps
     def site_step(self, site: Site) -> None:
-        """One pass of ``SiteDaemon._step`` for the volume (errors are logged and survived)."""
+        """One pass of ``VolumeLoop._step`` for the volume (errors are logged and survived)."""
         if site.kind != "data":
             self.sync(site)
             return
@@ -602,7 +603,7 @@ class Simulation:
         site.acting_epoch = epoch
 
     def become_primary(self, site: Site, vs: dict) -> None:
-        """``_become_primary``: restore the newest clean snapshot (O5), then act."""
+        """``Promotion.become_primary``: restore the newest clean snapshot (O5), then act."""
         seq = newest_clean(vs)
         if site.role in ("fenced", "divergent"):
             self.transition(site, "resynced")
@@ -666,7 +667,7 @@ class Simulation:
         return self.step_no < self.cfg.steps + self.cfg.quiescent_steps // 2
 
     def start_cycle(self, site: Site, switchover_to: str | None = None) -> None:
-        """First half of ``SiteDaemon.cycle``: capture, store (O1), judge, ship."""
+        """First half of ``Replication.cycle``: capture, store (O1), judge, ship."""
         epoch = site.acting_epoch
         vs = self.vol(self.view(site))
         if epoch is None or vs["primary"] != site.site_id or vs["epoch"] != epoch:

@@ -84,7 +84,7 @@ def test_correct_model_passes_the_seeds_that_catch_the_bugs() -> None:
 # ----------------------------------------------------------------------------- findings
 
 
-# Two gaps the simulation found in replicad/daemon.py, since fixed there (the daemon now takes
+# Two gaps the simulation found in the site daemon (replicad/site/), since fixed there (the daemon now takes
 # the parent from Raft's newest committed snapshot, and resumes a failed restore). The
 # simulator keeps the old behaviour as ``daemon_gaps=True``: these tests prove the checker
 # still catches it, so a regression in the model cannot hide.

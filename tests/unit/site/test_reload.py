@@ -1,4 +1,4 @@
-"""Pure parts of replicad.site.daemon: what a configuration reload (SIGHUP) applies live."""
+"""Pure parts of replicad.site.reload: what a configuration reload (SIGHUP) applies live."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from replicad.config import parse_config
-from replicad.site.daemon import live_config, reload_plan
+from replicad.site.reload import live_config, reload_plan
 from replicad.core.errors import ConfigError
 
 

@@ -1,0 +1,47 @@
+"""The composition root of a site process: build the :class:`~replicad.site.daemon.SiteDaemon`,
+give it its admin API, and run it under systemd until it is told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from replicad.config import SiteConfig
+from replicad.ops.admin import admin_routes
+from replicad.site.daemon import SiteDaemon
+from replicad.telemetry.systemd import Notifier, configure_logging
+
+log = logging.getLogger("replicad.ops.service")
+
+
+async def run_site(cfg: SiteConfig, config_path: Path | None = None) -> int:
+    """Run a site until SIGTERM/SIGINT; returns the process exit code (0 on a clean stop).
+
+    Under systemd (``Type=notify``): READY=1 is sent once the store and catalog are open,
+    the servers listen and Raft knows a leader (STATUS tells what it waits for meanwhile);
+    WATCHDOG=1 pings come from the event loop; SIGHUP re-reads ``config_path`` and applies
+    what can change safely (:func:`replicad.site.reload.reload_plan`); STOPPING=1 precedes the shutdown.
+    """
+    configure_logging(cfg.log_level)
+    notifier = Notifier.from_env()
+    daemon = SiteDaemon(cfg)
+    loop = asyncio.get_running_loop()
+    watchdog: asyncio.Task | None = None
+    try:
+        await daemon.start(admin_routes=admin_routes)
+        watchdog = asyncio.create_task(notifier.watchdog_loop(), name="watchdog")
+        if config_path is not None:
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.create_task(
+                daemon.reload_from(config_path, notifier), name="reload"))
+        ready = asyncio.create_task(daemon.wait_joined(notifier), name="ready")
+        await daemon.run_until_stopped()
+        ready.cancel()
+    finally:
+        notifier.stopping()
+        if watchdog is not None:
+            watchdog.cancel()
+        await daemon.stop()
+        log.info("site %s stopped", cfg.site_id)
+    return 0

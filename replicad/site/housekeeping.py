@@ -1,0 +1,165 @@
+"""Housekeeping of one site's history: the Raft-agreed retention policy (planned at the
+primary, the lock window re-checked at every site with its own clock, O4), the operator's
+prune and verdicts, and garbage collection of chunks no kept snapshot references.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from replicad.core import retention
+from replicad.core.errors import NotFoundError, ReplicadError
+from replicad.core.manifest import chunk_digests
+from replicad.core.state import newest_common, quorum_now_ns
+from replicad.site.cluster import Cluster
+from replicad.site.runner import VolumeRunner, load_manifest, runner_of
+from replicad.storage.catalog import Catalog
+from replicad.storage.chunkstore import ChunkStore
+
+log = logging.getLogger("replicad.site.housekeeping")
+
+RETENTION_TICK_S = 60.0
+
+
+class Housekeeping:
+    """Retention, prune, verdicts and GC at one site.
+
+    Args:
+        cluster: Raft view and proposals.
+        store, catalog: this site's chunk store and snapshot catalog.
+        runners: the site's volume runners (their locks; their wake-ups after a verdict).
+        repair_step: re-fetches lost chunks; run before retention every ``RETENTION_TICK_S``
+            (``Scrub.repair_step``).
+    """
+
+    def __init__(self, cluster: Cluster, store: ChunkStore, catalog: Catalog, runners: dict[str, VolumeRunner],
+                 repair_step: Callable[[], Awaitable[int]]) -> None:
+        self.site_id = cluster.site_id
+        self.cluster = cluster
+        self.store = store
+        self.catalog = catalog
+        self.runners = runners
+        self.repair_step = repair_step
+
+    async def retention_loop(self) -> None:
+        """Every ``RETENTION_TICK_S``: the repair step, then each volume's retention step
+        (under the volume's lock); errors are logged and retried at the next tick."""
+        while True:
+            await asyncio.sleep(RETENTION_TICK_S)
+            try:
+                await self.repair_step()
+            except ReplicadError as err:
+                log.info("repair: %s", err)
+            for runner in self.runners.values():
+                try:
+                    async with runner.lock:
+                        await self.retention_step(runner.cfg.name)
+                except ReplicadError as err:
+                    log.info("retention %s: %s", runner.cfg.name, err)
+
+    async def retention_step(self, volume: str, *, plan: bool = True) -> dict:
+        """Apply the Raft-agreed retention policy of ``volume`` at this site.
+
+        At the primary (only if ``plan``): plan with the pure planner (never the lock window,
+        the newest committed/clean snapshot, or the newest snapshot shared with each replica)
+        and propose ``prune_snapshots`` (the state machine re-checks the lock, O4). At every
+        site: forget local records of snapshots no longer in the catalog — re-checking the
+        lock window with this site's own clock, refusing (and logging) otherwise — then
+        collect chunks that no kept snapshot references. Divergent records are never touched.
+        ``plan=False`` does only the local part (after an operator's explicit prune, which
+        must prune nothing more than it named).
+        Returns ``{"pruned": [...], "forgotten": n, "refused": [...], "gc": {...}}``.
+        """
+        vs = self.cluster.volume_state(volume)
+        if vs is None:
+            raise NotFoundError(f"unknown volume {volume}", volume=volume)
+        runner = runner_of(self.runners, volume, self.site_id)
+        report: dict[str, Any] = {"pruned": [], "forgotten": 0, "refused": [], "gc": None}
+        if plan and vs["primary"] == self.site_id and runner.acting_epoch == vs["epoch"]:
+            # plan with the time a majority of sites reached: the state machine measures the lock so
+            quorum_now = quorum_now_ns(self.cluster.view())
+            now_plan = min(time.time_ns(), quorum_now) if quorum_now is not None else None
+            # the bases of the next delta ship to each replica: the state machine's own rule, so the
+            # plan never proposes what it would refuse
+            common = set(newest_common(self.cluster.view(), vs))
+            plan = retention.plan_prune(vs["snapshots"], vs["retention"], now_plan,
+                                        common) if now_plan is not None else []
+            if plan:
+                res = await self.cluster.propose("prune_snapshots", volume=volume, seqs=plan)
+                report["pruned"] = res.get("pruned", plan)
+                log.info("retention pruned %s snapshots %s (planned at %s)", volume, report["pruned"], self.site_id)
+                vs = self.cluster.volume_state(volume) or vs
+        live_roots = {s["root"] for s in vs["snapshots"].values()}
+        lock_ns = vs["retention"]["lock_s"] * 1e9
+        now = time.time_ns()
+        for rec in self.catalog.list(volume):
+            stale_received = rec.state == "received" and rec.seq <= vs["last_seq"]
+            if rec.root in live_roots or rec.state not in ("committed", "received") or \
+                    (rec.state == "received" and not stale_received):
+                continue
+            if now - rec.created_at_ns < lock_ns:  # O4, with this site's own clock
+                log.warning("AUDIT refused to delete %s#%d (epoch %d) at %s: inside the lock window", volume,
+                            rec.seq, rec.epoch, self.site_id)
+                report["refused"].append(rec.seq)
+                continue
+            await asyncio.to_thread(self.catalog.delete, volume, rec.epoch, rec.seq)
+            report["forgotten"] += 1
+        if report["forgotten"]:
+            report["gc"] = await asyncio.to_thread(self.gc)
+        return report
+
+    async def prune(self, volume: str, seqs: list[int]) -> dict:
+        """Operator request to prune exactly the committed snapshots ``seqs`` now; the state
+        machine refuses (``retention_locked``, audited in the Raft log) anything inside the
+        lock window. This site then forgets them and collects their chunks; the retention
+        policy does not run here (it runs on its own schedule, or ``retention/run``).
+
+        Returns ``{"volume", "pruned": [seq], "local": <retention_step report, pruned == []>}``.
+        """
+        res = await self.cluster.propose("prune_snapshots", volume=volume, seqs=list(seqs))
+        log.info("retention pruned %s snapshots %s (operator request at %s)", volume, res.get("pruned", seqs),
+                 self.site_id)
+        runner = runner_of(self.runners, volume, self.site_id)
+        async with runner.lock:
+            local = await self.retention_step(volume, plan=False)
+        return {"volume": volume, "pruned": res.get("pruned", seqs), "local": local}
+
+    async def set_verdict(self, volume: str, seq: int, verdict: str, reason: str,
+                          approved_by: list[str] | None = None) -> dict:
+        """Operator verdict on a committed snapshot through Raft. Clearing a ``suspect``
+        snapshot needs ``approved_by`` naming another site (two-party rule, enforced by the
+        state machine). Clearing the newest suspect snapshot makes it the newest clean one:
+        standbys apply it and the next snapshots descend from a clean parent."""
+        args: dict[str, Any] = {"volume": volume, "seq": seq, "verdict": verdict, "reason": reason}
+        if approved_by:
+            args["approved_by"] = list(approved_by)
+        vs = self.cluster.volume_state(volume)
+        newer_suspect = sorted(s for s, snap in (vs or {}).get("snapshots", {}).items()
+                               if s > seq and snap["verdict"] == "suspect")
+        res = await self.cluster.propose("mark_verdict", **args)
+        log.warning("AUDIT snapshot %s#%d marked %s at %s: %s (approved by %s)%s", volume, seq, verdict, self.site_id,
+                    reason, ", ".join(approved_by or []) or "nobody else",
+                    f"; newer suspect snapshots remain: {newer_suspect}" if verdict == "clean" and newer_suspect
+                    else "")
+        for runner in self.runners.values():
+            runner.wake.set()
+        out = {"volume": volume, "seq": seq, "verdict": res.get("verdict", verdict)}
+        if verdict == "clean" and newer_suspect:
+            out["warning"] = (f"newer suspect snapshots remain ({', '.join(map(str, newer_suspect))}): #{seq} is now "
+                              f"the newest clean snapshot, so standbys apply it and failovers restore it")
+        return out
+
+    def gc(self) -> dict:
+        """Collect chunks that no snapshot this site keeps references (O4: retained ones stay)."""
+        live: set[bytes] = set()
+        for name in self.runners:
+            for rec in self.catalog.list(name):
+                if self.store.has(rec.root):
+                    live |= chunk_digests(load_manifest(self.store, rec.root), self.store.get)
+        stats = self.store.gc(live)
+        log.info("gc: %s", stats)
+        return stats

@@ -1,0 +1,218 @@
+"""Roles of this site per volume: taking a volume over when Raft grants it (restore the newest
+clean snapshot, verify its root, O5), fencing when Raft shows a newer epoch (O3: stop
+producing, keep uncommitted work as a divergent branch), stepping down, and the operator's
+``promote`` / ``demote``. Every role change goes through the one role table
+(:func:`~replicad.site.runner.transition`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from replicad.core.errors import ConflictError, NoQuorumError, NotFoundError, NotPrimaryError, UsageError
+from replicad.core.state import newest_clean
+from replicad.site.cluster import Cluster
+from replicad.site.pull import Pull
+from replicad.site.replication import Replication
+from replicad.site.runner import VolumeRunner, load_manifest, runner_of, transition
+from replicad.sources.file import take_snapshot
+from replicad.storage.catalog import Catalog, SnapshotRecord
+from replicad.storage.chunkstore import ChunkStore
+from replicad.storage.image import verify_image
+
+log = logging.getLogger("replicad.site.promotion")
+
+
+class Promotion:
+    """Promotion, demotion and fencing of this site's volumes.
+
+    Args:
+        cluster: Raft view and proposals.
+        store, catalog: this site's chunk store and snapshot catalog.
+        runners: the site's volume runners (by volume name).
+        pull: fetches and applies the snapshot a new primary restores.
+        replication: runs the final cycle of a planned switchover.
+        scan_slots: bounds the scans running at once on the site (the fenced image's scan).
+    """
+
+    def __init__(self, cluster: Cluster, store: ChunkStore, catalog: Catalog, runners: dict[str, VolumeRunner],
+                 pull: Pull, replication: Replication, scan_slots: asyncio.Semaphore) -> None:
+        self.site_id = cluster.site_id
+        self.cluster = cluster
+        self.store = store
+        self.catalog = catalog
+        self.runners = runners
+        self.pull = pull
+        self.replication = replication
+        self._scan_slots = scan_slots
+
+    async def become_primary(self, runner: VolumeRunner, vs: dict) -> None:
+        """Granted primary at ``vs['epoch']``: restore the newest clean snapshot (O5), then act."""
+        name = runner.cfg.name
+        t0 = time.monotonic()
+        seq = newest_clean(vs)
+        report: dict[str, Any] = {"epoch": vs["epoch"], "restored_seq": seq}
+        if runner.role in ("fenced", "divergent"):
+            # promoted before its resync finished: the restore below *is* the resync (the
+            # divergent snapshots stay listed in the catalog)
+            transition(runner, "resynced")
+        retry = runner.role == "restoring"  # a previous restore attempt failed: resume it
+        if not retry:
+            transition(runner, "granted_primary")
+        if seq is not None:
+            if not retry:
+                transition(runner, "restore_started")
+            manifest = await self.pull.ensure_snapshot(name, seq, vs)
+            t_fetched = time.monotonic()
+            standby = self.catalog.standby(name)
+            base = None
+            if standby is not None and standby.root != manifest.root and self.store.has(standby.root):
+                base = load_manifest(self.store, standby.root)
+            elif standby is not None and standby.root == manifest.root:
+                base = manifest
+            applied = await self.pull.apply_repairing(name, Path(runner.cfg.path), manifest, base=base)
+            t_applied = time.monotonic()
+            await asyncio.to_thread(verify_image, runner.cfg.path, manifest)  # O5
+            await asyncio.to_thread(self.catalog.set_standby, name, seq, manifest.root)
+            runner.parent = manifest
+            report.update(blocks_written=applied.blocks_written, bytes_written=applied.bytes_written,
+                          phases={"fetch_s": t_fetched - t0, "write_s": t_applied - t_fetched,
+                                  "verify_s": time.monotonic() - t_applied})
+        else:
+            runner.parent = None
+        runner.acting_epoch = vs["epoch"]
+        await asyncio.to_thread(self.catalog.set_acting_epoch, name, vs["epoch"])
+        runner.fence_flag.clear()
+        if runner.role == "restoring":
+            transition(runner, "restore_done")  # O5: the root matched
+        report["rto_s"] = time.monotonic() - t0
+        runner.last_report = report
+        runner.last_cycle_at = time.monotonic()  # the restored snapshot is committed: next one in an interval
+        runner.became_primary.set()
+        log.info("site %s is primary of %s at epoch %d (%s)", self.site_id, name, vs["epoch"],
+                 f"restored snapshot #{seq}, root verified, in {report['rto_s']:.2f}s" if seq is not None
+                 else "no committed snapshot yet: producing from the volume as it is")
+
+    async def fence(self, runner: VolumeRunner, vs: dict) -> None:
+        """O3: stop producing, keep uncommitted work as a divergent branch, resync as replica."""
+        name = runner.cfg.name
+        old_epoch = runner.acting_epoch
+        runner.fence_flag.set()
+        if runner.role in ("primary", "restoring"):
+            transition(runner, "epoch_advanced_elsewhere")  # O3
+        log.warning("site %s fenced for %s: acting epoch %s, committed epoch %d (primary %s)", self.site_id, name,
+                    old_epoch, vs["epoch"], vs["primary"])
+        committed_roots = {s["root"] for s in vs["snapshots"].values()}
+        divergent = []
+        for rec in self.catalog.list(name, "local"):
+            if rec.root not in committed_roots:
+                await asyncio.to_thread(self.catalog.set_state, name, rec.epoch, rec.seq, "divergent")
+                divergent.append(rec.seq)
+        # Capture what the image holds now, for forensics, if it differs from what is committed.
+        if old_epoch is not None and Path(runner.cfg.path).exists():
+            parent = runner.parent
+            if parent is None:
+                ours = [q for q, snap in vs["snapshots"].items() if snap["epoch"] == old_epoch
+                        and self.store.has(snap["root"])]
+                parent = load_manifest(self.store, vs["snapshots"][max(ours)]["root"]) if ours else None
+            seq = max((r.seq for r in self.catalog.list(name) if r.epoch == old_epoch), default=0) + 1
+            async with self._scan_slots:
+                res = await take_snapshot(Path(runner.cfg.path), volume=name, seq=seq, epoch=old_epoch,
+                                          parent=parent, store=self.store, now_ns=time.time_ns(),
+                                          block_size=runner.cfg.block_size_bytes)
+            if res.changed_blocks or parent is None or parent.root not in committed_roots:
+                await asyncio.to_thread(self.catalog.put, SnapshotRecord(
+                    name, old_epoch, seq, res.manifest.root, "divergent", res.manifest.created_at_ns))
+                divergent.append(seq)
+            # the image is exactly this now
+            await asyncio.to_thread(self.catalog.set_standby, name, seq, res.manifest.root)
+        if divergent and runner.role == "fenced":
+            transition(runner, "found_uncommitted_snapshots")
+            log.warning("volume %s: kept divergent snapshots %s of epoch %s (never shipped)", name, divergent,
+                        old_epoch)
+        runner.acting_epoch = None
+        await asyncio.to_thread(self.catalog.set_acting_epoch, name, None)
+        runner.parent = None
+        runner.became_primary.clear()
+        runner.fence_flag.clear()
+        if runner.role == "fenced" and not divergent:
+            transition(runner, "resynced")  # nothing diverged: the image is committed content
+
+    async def promote(self, volume: str, to: str | None, force: bool, wait_s: float = 120.0) -> dict:
+        """Planned switchover (``to``, run at the current primary) or forced failover (at ``to``).
+
+        Raises NoQuorumError when this site cannot reach a majority (a minority partition
+        cannot promote), StaleEpochError if the epoch moved meanwhile, ConflictError otherwise.
+        """
+        runner = runner_of(self.runners, volume, self.site_id)
+        await self.cluster.wait_synced()
+        vs = self.cluster.volume_state(volume)
+        if vs is None:
+            raise NotFoundError(f"unknown volume {volume}", volume=volume)
+        target = to or self.site_id
+        t0 = time.monotonic()
+        if force:
+            if target != self.site_id:
+                raise UsageError("a forced promotion is run at the site to promote (omit --to)", volume=volume)
+            if vs["primary"] == self.site_id and runner.acting_epoch == vs["epoch"]:
+                raise ConflictError(f"{self.site_id} is already the primary of {volume}", volume=volume)
+            runner.became_primary.clear()
+            res = await self.cluster.propose("promote", volume=volume, to=target, expected_epoch=vs["epoch"],
+                                             force=True)
+        else:
+            if vs["primary"] != self.site_id:
+                raise NotPrimaryError(f"a planned switchover runs at the primary ({vs['primary']})", volume=volume,
+                                      primary=vs["primary"])
+            if target == self.site_id:
+                raise UsageError("--to names the site to hand the volume to", volume=volume)
+            async with runner.lock:
+                final = await self.replication.cycle(runner)  # final snapshot: no data lost
+                if not final.get("committed"):
+                    raise NoQuorumError("final snapshot could not be committed; switchover aborted", volume=volume)
+                res = await self.cluster.propose("promote", volume=volume, to=target, expected_epoch=vs["epoch"],
+                                                 force=False)
+                await self._step_down(runner)
+            return {"volume": volume, "primary": target, "epoch": res.get("epoch"), "final_seq": final["seq"],
+                    "elapsed_s": time.monotonic() - t0}
+        runner.wake.set()
+        try:
+            await asyncio.wait_for(runner.became_primary.wait(), wait_s)
+        except asyncio.TimeoutError:
+            raise ConflictError("promotion granted but the restore did not finish in time", volume=volume,
+                                last_error=runner.last_error) from None
+        return {"volume": volume, "primary": target, "epoch": res.get("epoch"),
+                "restored_seq": runner.last_report.get("restored_seq"),
+                "rto_s": time.monotonic() - t0, "restore": runner.last_report}
+
+    async def _step_down(self, runner: VolumeRunner) -> None:
+        """This site gave its epoch up itself (planned switchover, demote): nothing diverged."""
+        runner.acting_epoch = None
+        await asyncio.to_thread(self.catalog.set_acting_epoch, runner.cfg.name, None)
+        runner.parent = None
+        runner.became_primary.clear()
+        if runner.role in ("primary", "restoring"):
+            transition(runner, "demoted")
+        runner.fence_flag.clear()
+
+    async def demote(self, volume: str) -> dict:
+        """Leave the volume without a primary (epoch + 1).
+
+        At the primary it steps down cleanly; at another data site it is a forced demote
+        (the primary fences itself when it learns the new epoch, O3).
+        """
+        await self.cluster.wait_synced()
+        vs = self.cluster.volume_state(volume)
+        if vs is None:
+            raise NotFoundError(f"unknown volume {volume}", volume=volume)
+        runner = self.runners.get(volume)
+        if vs["primary"] == self.site_id and runner is not None:
+            async with runner.lock:
+                res = await self.cluster.propose("demote", volume=volume, expected_epoch=vs["epoch"])
+                await self._step_down(runner)
+        else:
+            res = await self.cluster.propose("demote", volume=volume, expected_epoch=vs["epoch"], force=True)
+        return {"volume": volume, "epoch": res.get("epoch")}

@@ -1,0 +1,283 @@
+"""The replication cycle at a primary (capture + scan, judge, ship to every data peer, commit
+once ``min_copies`` sites stored it, O2) and its other half at a receiver: the peer API's
+hooks (:class:`~replicad.peer.transport.PeerHost`) that fence writes on the Raft epoch (O3)
+and record snapshots stored here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+from replicad.core import anomaly
+from replicad.core.errors import IntegrityError, NotFoundError, NotPrimaryError, ReplicadError, StaleEpochError
+from replicad.core.manifest import Manifest, changed_digests
+from replicad.core.state import newest_committed
+from replicad.peer.transport import PeerClient, SharedFrames
+from replicad.site.cluster import Cluster
+from replicad.site.pull import Pull
+from replicad.site.runner import VolumeRunner, load_manifest
+from replicad.sources.file import take_snapshot
+from replicad.storage import fingerprints
+from replicad.storage.catalog import Catalog, SnapshotRecord
+from replicad.storage.chunkstore import ChunkStore
+from replicad.telemetry.metrics import SiteMetrics
+
+log = logging.getLogger("replicad.site.replication")
+
+STRAGGLER_GRACE_S = 2.0    # after min_copies stored, how long to wait for the other replicas
+EPOCH_CATCH_UP_S = 2.0     # how long a receiver waits to apply an epoch a sender already has
+
+
+class Replication:
+    """Produce and ship snapshots (primary); accept them (the :class:`PeerHost` of the peer API).
+
+    Args:
+        cluster: Raft view, proposals and members.
+        store, catalog: this site's chunk store and snapshot catalog.
+        peers: the peer API client.
+        pull: re-fetches a chunk found corrupt while shipping.
+        metrics: the site's metrics.
+        data_dir: the site's data dir (fingerprint caches).
+        scan_slots: bounds the scans running at once on the site.
+        background: set of the site's background tasks (ships to stragglers), cancelled at stop.
+    """
+
+    def __init__(self, cluster: Cluster, store: ChunkStore, catalog: Catalog, peers: PeerClient, pull: Pull,
+                 metrics: SiteMetrics, data_dir: Path, scan_slots: asyncio.Semaphore,
+                 background: set[asyncio.Task]) -> None:
+        self.site_id = cluster.site_id
+        self.cluster = cluster
+        self.store = store
+        self.catalog = catalog
+        self.peers = peers
+        self.pull = pull
+        self.metrics = metrics
+        self.data_dir = data_dir
+        self._scan_slots = scan_slots
+        self._background = background
+
+    # ------------------------------------------------------------------ primary
+    async def cycle(self, runner: VolumeRunner) -> dict:
+        """One replication cycle (caller holds ``runner.lock``). Returns a report dict.
+
+        Raises NotPrimaryError / StaleEpochError if fenced meanwhile, NoQuorumError if the
+        commit could not reach a majority.
+        """
+        cfg = runner.cfg
+        epoch = runner.acting_epoch
+        vs = self.cluster.volume_state(cfg.name)
+        if epoch is None or vs is None or vs["primary"] != self.site_id or vs["epoch"] != epoch:
+            raise NotPrimaryError(f"{self.site_id} is not the primary of {cfg.name}", volume=cfg.name)
+        runner.last_cycle_at = time.monotonic()
+        t0 = time.monotonic()
+        # The parent is the snapshot the image descends from. On this primary's own line (the
+        # newest committed snapshot is of its epoch) that is the newest committed one, as Raft
+        # says: a commit whose reply was lost may have applied, and an older parent may have
+        # been pruned since (found by the seeded simulation, GAP_STALE_PARENT). Right after a
+        # promotion it is the snapshot restored into the volume — never a newer suspect one
+        # the restore skipped (found by a tester: the new line inherited the attack's taint).
+        nc = newest_committed(vs)
+        if nc is None:
+            runner.parent = None
+        elif vs["snapshots"][nc]["epoch"] == epoch or runner.parent is None \
+                or runner.parent.seq not in vs["snapshots"]:
+            if runner.parent is None or runner.parent.root != vs["snapshots"][nc]["root"]:
+                runner.parent = load_manifest(self.store, vs["snapshots"][nc]["root"])
+        local_max = max((r.seq for r in self.catalog.list(cfg.name, "local") if r.epoch == epoch), default=0)
+        seq = max(vs["last_seq"], local_max) + 1
+        async with self._scan_slots:
+            result = await take_snapshot(Path(cfg.path), volume=cfg.name, seq=seq, epoch=epoch,
+                                         parent=runner.parent, store=self.store, now_ns=time.time_ns(),
+                                         fingerprints=fingerprints.path_for(self.data_dir, cfg.name),
+                                         pre_snapshot=cfg.source.pre_snapshot,
+                                         post_snapshot=cfg.source.post_snapshot,
+                                         block_size=cfg.block_size_bytes)
+        m = result.manifest
+        await asyncio.to_thread(self.catalog.put, SnapshotRecord(cfg.name, epoch, seq, m.root, "local",
+                                                                 m.created_at_ns))
+        history = [s["stats"] for _, s in sorted(vs["snapshots"].items()) if s["verdict"] == "clean"]
+        verdict = anomaly.judge(m.stats, history, min_score=cfg.anomaly.min_score, factor=cfg.anomaly.factor)
+        parent_snap = vs["snapshots"].get(runner.parent.seq) if runner.parent is not None else None
+        if verdict.verdict == "clean" and parent_snap is not None and parent_snap["verdict"] == "suspect":
+            # A suspect state stays suspect until an operator clears it: the cycle after an attack
+            # changes nothing, scores 0, and must not become "the newest clean snapshot".
+            verdict = dataclasses.replace(verdict, verdict="suspect", reason=(
+                f"descends from suspect snapshot #{runner.parent.seq}; an operator clears it with "
+                f"'replicad verdict {cfg.name} {runner.parent.seq} clean' (two sites)"))
+        t_scan = time.monotonic() - t0
+        if runner.fence_flag.is_set():  # O3
+            raise StaleEpochError("fenced during the cycle", volume=cfg.name, acting_epoch=epoch)
+        shipped = await self._ship_all(runner, vs, m)
+        t_acked = time.monotonic()  # O2 acknowledgements in hand: the commit timer starts here
+        holders = [self.site_id] + [p for p, r in shipped.items() if r.get("ok")]
+        report = {"seq": seq, "changed_blocks": len(result.changed_blocks), "verdict": verdict.verdict,
+                  "score": verdict.score, "baseline": verdict.baseline, "holders": holders,
+                  "bytes_shipped": sum(r.get("bytes", 0) for r in shipped.values()),
+                  "scan_s": t_scan, "ship_s": t_acked - t0 - t_scan, "peers": shipped}
+        if runner.fence_flag.is_set():  # O3: never commit after learning a newer epoch
+            raise StaleEpochError("fenced during the cycle", volume=cfg.name, acting_epoch=epoch)
+        if len(holders) < cfg.min_copies:  # O2
+            report["committed"] = False
+            runner.last_report = report
+            self.metrics.cycle_done(cfg.name, report)
+            log.warning("snapshot %s#%d stored at %d site(s), min_copies=%d: not committed", cfg.name, seq,
+                        len(holders), cfg.min_copies)
+            return report
+        await self.cluster.propose("commit_snapshot", volume=cfg.name, seq=seq, epoch=epoch, root=m.root,
+                           parent_seq=runner.parent.seq if runner.parent else None, created_at_ns=m.created_at_ns,
+                           holders=holders, stats=m.stats, verdict=verdict.verdict, size_bytes=m.size_bytes)
+        report["commit_s"] = time.monotonic() - t_acked  # ship acknowledged -> Raft commit applied here
+        await asyncio.to_thread(self.catalog.set_state, cfg.name, epoch, seq, "committed")
+        runner.parent = m
+        report["committed"] = True
+        report["cycle_s"] = time.monotonic() - t0
+        runner.last_report = report
+        self.metrics.cycle_done(cfg.name, report)
+        if verdict.verdict == "suspect":
+            log.warning("SUSPECT snapshot %s#%d: score %.3f vs baseline %.3f (%s)", cfg.name, seq, verdict.score,
+                        verdict.baseline, verdict.reason)
+        log.info("committed %s#%d epoch %d: %d changed blocks, %s, held by %s, %.2fs", cfg.name, seq, epoch,
+                 len(result.changed_blocks), verdict.verdict, ", ".join(holders), report["cycle_s"])
+        return report
+
+    async def _ship_all(self, runner: VolumeRunner, vs: dict, m: Manifest) -> dict[str, dict]:
+        """Ship ``m`` to every data peer concurrently; return ``{peer: report}``.
+
+        Returns once every peer answered, or STRAGGLER_GRACE_S after enough peers stored it
+        for ``min_copies`` (O2): one slow or frozen replica must not hold every commit for a
+        socket timeout. A straggler's ship keeps running in the background; once the snapshot
+        is committed, that replica adds itself as a holder (``_replica_step``).
+        """
+        peers = self.cluster.data_peers()
+        shared = SharedFrames(self.store, consumers=len(peers))
+
+        async def one(peer: str) -> tuple[str, dict]:
+            try:
+                return peer, await self.ship(peer, vs, m, runner.acting_epoch, shared)
+            except ReplicadError as err:
+                if "url" in err.evidence:  # the peer's answer, or the link to it
+                    log.warning("ship %s#%d to %s failed: %s", m.volume, m.seq, peer, err)
+                else:  # e.g. a chunk to send pruned or corrupt in this site's own store
+                    log.warning("ship %s#%d to %s stopped by a local condition at %s: %s: %s %s", m.volume, m.seq,
+                                peer, self.site_id, err.code, err, err.evidence)
+                return peer, {"ok": False, "error": err.code, "message": str(err)}
+
+        tasks = {asyncio.create_task(one(p), name=f"ship:{m.volume}#{m.seq}:{p}"): p for p in peers}
+        results: dict[str, dict] = {}
+        pending: set[asyncio.Task] = set(tasks)
+        grace_until: float | None = None
+        while pending:
+            timeout = None if grace_until is None else max(0.0, grace_until - time.monotonic())
+            done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                break
+            for t in done:
+                peer, rep = t.result()
+                results[peer] = rep
+            stored = 1 + sum(1 for r in results.values() if r.get("ok"))
+            if grace_until is None and stored >= runner.cfg.min_copies:
+                grace_until = time.monotonic() + STRAGGLER_GRACE_S
+        for t in pending:
+            results[tasks[t]] = {"ok": False, "error": "straggler", "message": "still shipping in the background"}
+            self._background.add(t)
+            t.add_done_callback(self._background.discard)
+        return results
+
+    async def ship(self, peer: str, vs: dict, m: Manifest, epoch: int, shared: SharedFrames | None = None) -> dict:
+        """Ship snapshot ``m`` to ``peer``: offer only what differs from the newest snapshot both
+        hold (delta), stream what it lacks, then get its O2 "stored" acknowledgement.
+
+        A chunk found corrupt in the local store while reading it for shipping is dropped,
+        re-fetched (verified) from another data site that has it, and the ship retried once
+        (reading its own batches: ``shared`` may hold the failed one).
+        """
+        try:
+            return await self._ship_once(peer, vs, m, epoch, shared)
+        except IntegrityError as err:
+            bad = err.evidence.get("digest")
+            if not isinstance(bad, str) or err.code != "integrity" or "url" in err.evidence:
+                raise  # a peer's verdict on what it received (it carries the peer url): not our store
+            log.error("corrupt chunk %s in the store of %s while shipping: re-fetching it", bad, self.site_id)
+            await asyncio.to_thread(self.store.delete_corrupt, bytes.fromhex(bad))
+            await self.pull.fetch_missing(m.volume, epoch, [bytes.fromhex(bad)], self.cluster.data_peers())
+            return await self._ship_once(peer, vs, m, epoch)
+
+    async def _ship_once(self, peer: str, vs: dict, m: Manifest, epoch: int,
+                         shared: SharedFrames | None = None) -> dict:
+        url = self.cluster.peer_url(peer)
+        base_seq = max((s for s, snap in vs["snapshots"].items() if peer in snap["holders"]
+                        and self.site_id in snap["holders"]), default=None)
+        base = load_manifest(self.store, vs["snapshots"][base_seq]["root"]) if base_seq is not None else None
+        offer = await asyncio.to_thread(offer_digests, self.store, m, base)
+        lacking = await self.peers.missing(url, m.volume, epoch, offer)
+        sent_bytes = 0
+        if lacking:
+            _, sent_bytes = await self.peers.send_chunks(url, m.volume, epoch, self.store, lacking, shared)
+            self.metrics.shipped(m.volume, peer, sent_bytes)
+        ok = await self.peers.snapshot_stored(url, m.volume, epoch, m.seq, m.root)
+        return {"ok": ok, "offered": len(offer), "sent": len(lacking), "bytes": sent_bytes,
+                "base_seq": base_seq}
+
+    # ------------------------------------------------------------------ receiver (PeerHost)
+    def complete_base(self, volume: str) -> Manifest | None:
+        """The newest snapshot of ``volume`` in this site's catalog whose manifest is here:
+        every recorded snapshot's chunks are kept live by the collector (``Housekeeping.gc``), and a record is only
+        written once the snapshot was complete (received, produced, or fetched). None while
+        the store has chunks to repair (``ChunkStore.repairs_pending``): a recorded snapshot
+        may then lack one, and every block is looked up instead."""
+        if self.store.repairs_pending:
+            return None
+        for rec in sorted(self.catalog.list(volume), key=lambda r: r.seq, reverse=True):
+            if self.store.has(rec.root):
+                return load_manifest(self.store, rec.root)
+        return None
+
+    async def check_write_epoch(self, volume: str, epoch: int, sender: str) -> None:
+        """Fencing of peer writes: only the primary named by Raft, at exactly the committed
+        epoch, may store snapshots here.
+
+        An epoch newer than this site has applied (its Raft view lags the sender's by a few
+        milliseconds after a promotion) is given up to EPOCH_CATCH_UP_S to arrive; it is
+        never trusted on the sender's word. Raises NotFoundError (unknown volume or sender),
+        StaleEpochError (older epoch, or a newer one this site never learns), NotPrimaryError.
+        """
+        if not self.cluster.is_data_site(sender):
+            raise NotFoundError(f"{sender!r} is not a data site of this cluster", sender=sender, volume=volume)
+        deadline = time.monotonic() + EPOCH_CATCH_UP_S
+        while True:
+            vs = self.cluster.volume_state(volume)
+            if vs is None:
+                raise NotFoundError(f"unknown volume {volume}", volume=volume)
+            if epoch <= vs["epoch"] or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        if epoch != vs["epoch"]:
+            raise StaleEpochError(f"{sender} writes {volume} under epoch {epoch}, committed epoch here is "
+                                  f"{vs['epoch']}", volume=volume, got_epoch=epoch, committed_epoch=vs["epoch"],
+                                  sender=sender)
+        if vs["primary"] != sender:
+            raise NotPrimaryError(f"{sender} is not the primary of {volume} at epoch {epoch}",
+                                  volume=volume, epoch=epoch, sender=sender, primary=vs["primary"])
+
+    def chunks_received(self, volume: str, sender: str, payload_bytes: int) -> None:
+        """Account chunk payload bytes received from ``sender`` (metrics)."""
+        self.metrics.received(volume, sender, payload_bytes)
+
+    async def snapshot_received(self, volume: str, epoch: int, seq: int, root: bytes, created_at_ns: int) -> None:
+        """Record a snapshot stored completely here (state ``received``) unless already recorded."""
+        if self.catalog.find_root(volume, root) is None:
+            await asyncio.to_thread(self.catalog.put, SnapshotRecord(volume, epoch, seq, root, "received",
+                                                                     created_at_ns))
+
+
+def offer_digests(store: ChunkStore, m: Manifest, base: Manifest | None) -> list[bytes]:
+    """Digests a peer holding ``base`` may lack to hold ``m``: new pages, changed blocks, the root."""
+    base_pages = set(base.pages) if base is not None else set()
+    out = dict.fromkeys(pd for pd in m.pages if pd not in base_pages)
+    out.update(dict.fromkeys(changed_digests(base, m, store.get)))
+    out[m.root] = None
+    return list(out)

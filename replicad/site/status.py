@@ -1,0 +1,66 @@
+"""The site's status as the admin API (``GET /v1/status``) and the metrics read it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from replicad.core.errors import _jsonable
+from replicad.core.state import newest_clean, newest_committed
+from replicad.site.cluster import Cluster
+from replicad.site.runner import VolumeRunner
+from replicad.storage.catalog import Catalog
+from replicad.storage.chunkstore import ChunkStore
+
+
+class Status:
+    """Reads the status of one site; owns nothing.
+
+    Args:
+        cluster, catalog, store, runners: the site's.
+        interrupted_restores: in-place restore targets a crash left incomplete (kept by the
+            recovery room; read here).
+    """
+
+    def __init__(self, cluster: Cluster, catalog: Catalog, store: ChunkStore, runners: dict[str, VolumeRunner],
+                 interrupted_restores: list[str]) -> None:
+        self.site_id = cluster.site_id
+        self.cluster = cluster
+        self.catalog = catalog
+        self.store = store
+        self.runners = runners
+        self.interrupted_restores = interrupted_restores
+
+    def report(self) -> dict:
+        """Site status for the admin API and the metrics: Raft view, per-volume
+        role/epoch/RPO/last report, store figures, interrupted restores."""
+        st = self.cluster.view()
+        vols = {}
+        now = time.time_ns()
+        for name, runner in self.runners.items():
+            vs = st["volumes"].get(name)
+            entry: dict[str, Any] = {"role": runner.role, "acting_epoch": runner.acting_epoch,
+                                     "last_error": runner.last_error}
+            if vs is not None:
+                nc = newest_committed(vs)
+                ncl = newest_clean(vs)
+                entry.update(primary=vs["primary"], epoch=vs["epoch"], newest_committed=nc, newest_clean=ncl,
+                             suspect=[s for s, snap in sorted(vs["snapshots"].items()) if snap["verdict"] == "suspect"],
+                             rpo_s=(now - vs["snapshots"][nc]["created_at_ns"]) / 1e9 if nc is not None else None)
+            sb = self.catalog.standby(name)
+            entry["standby_seq"] = sb.seq if sb else None
+            entry["standby_applying"] = runner.standby_applying
+            entry["divergent"] = [{"epoch": r.epoch, "seq": r.seq, "root": r.root.hex()}
+                                  for r in self.catalog.list(name, "divergent")]
+            entry["last_report"] = _jsonable_report(runner.last_report)
+            vols[name] = entry
+        # "synced": false means the figures below may be an old view (restart, no leader)
+        return {"site_id": self.site_id, "raft": {**self.cluster.raft.status(), "synced": self.cluster.raft_synced()},
+                "volumes": vols,
+                "raft_sites": {s.raft: s.site_id for s in self.cluster.sites()},
+                "sites": st.get("sites", {}), "store": self.store.stats(),
+                "interrupted_restores": list(self.interrupted_restores)}
+
+
+def _jsonable_report(rep: dict) -> dict:
+    return _jsonable(rep)
