@@ -37,7 +37,7 @@ from replicad.core.errors import (
 )
 from tests.tmpfs import small_tmpfs
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def text_block(rng: random.Random, size: int = 65536) -> bytes:

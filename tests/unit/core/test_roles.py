@@ -10,7 +10,7 @@ import pytest
 from replicad.core import errors
 from replicad.core.roles import EVENTS, ROLES, TRANSITIONS, mermaid, next_role
 
-ARCHITECTURE = Path(__file__).resolve().parents[2] / "ARCHITECTURE.md"
+ARCHITECTURE = Path(__file__).resolve().parents[3] / "ARCHITECTURE.md"
 
 
 def test_table_uses_only_known_roles_and_events():

@@ -16,7 +16,7 @@ from replicad.config import parse_config
 from replicad.core.errors import ConfigError, ForbiddenError, UnauthenticatedError, UsageError, from_dict
 from replicad.ops.openapi import build_document
 
-CONFIG = Path(__file__).resolve().parents[2] / "config"
+CONFIG = Path(__file__).resolve().parents[3] / "config"
 VIEW, OPER, ADM = "v" * 30, "o" * 30, "a" * 30
 
 

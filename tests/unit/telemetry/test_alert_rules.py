@@ -19,9 +19,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from replicad.telemetry.metrics import SiteMetrics
-from tests.unit.test_metrics import NOW_NS, raft_state, site_status
+from tests.unit.telemetry.test_metrics import NOW_NS, raft_state, site_status
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PROM_DIR = REPO / "config" / "prometheus"
 ALERTS = PROM_DIR / "alerts.yml"
 ALERTS_TEST = PROM_DIR / "alerts_test.yml"

@@ -21,7 +21,7 @@ from replicad.config import (
 )
 from replicad.core.errors import ConfigError, NotFoundError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "config"
 VALID_SAMPLES = sorted(CONFIG_DIR.glob("*.toml"))
 INVALID_SAMPLES = sorted((CONFIG_DIR / "invalid").glob("*.toml"))
 PASSWORD = "correct-horse-battery-staple"
