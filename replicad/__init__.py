@@ -1,7 +1,8 @@
 """replicad — block-level snapshot replication between hospital sites, agreed through Raft.
 
-Reading order: ARCHITECTURE.md, then errors → config → chunkstore → manifest → scan →
-anomaly → state → consensus → wire → transport → daemon → restore → admin → cli → demo.
+Layers, lowest first: core (pure) → config → storage, consensus, peer, telemetry (adapters)
+→ sources → site (orchestration) → ops (operator surfaces) → lab → cli. Reading order: the
+module map of ARCHITECTURE.md.
 """
 
 __version__ = "0.1.0"
