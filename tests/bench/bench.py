@@ -25,13 +25,13 @@ Rows (units in the table):
   (no parent) ships everything to both replicas. Beside it ``rsync --fsync`` to a fresh
   target, the same to two fresh targets in parallel (info), and ``cp`` + fsync (the floor). Bytes on the wire: the cycle report's
   ``bytes_shipped`` (summed over both replicas, and per replica) and rsync's "Total bytes sent".
-* **scan**: ``scan.take_snapshot`` in-process on the image into a fresh store (full: lz4 and
+* **scan**: ``sources.file.take_snapshot`` in-process on the image into a fresh store (full: lz4 and
   store every non-zero block) and again with that snapshot as parent after a 1 % change
   (incremental); floor: the file read in 8 MiB pieces with BLAKE3 of every 64 KiB block, one
   thread, measured in the same run.
 * **restore**: the daemon restore API at the primary into a new file (local store; includes
   the O5 verify re-read), and in-process from peers (a fresh store fetches every chunk from
-  site-b over the peer API, then ``restore.apply_snapshot`` + ``restore.verify_image``);
+  site-b over the peer API, then ``storage.image.apply_snapshot`` + ``storage.image.verify_image``);
   floor: ``dd if=IMAGE of=TARGET bs=8M oflag=direct conv=fsync``.
 * **standby RTO**: site-b is restarted with ``apply_delay = "1h"`` after its standby caught
   up, 1 % of the blocks change, a snapshot commits (site-b holds it, does not apply it), the
