@@ -2,7 +2,8 @@
 
 Layout under ``root``::
 
-    root/index.sqlite3          digest -> (pack, offset, length, codec); WAL, synchronous=FULL
+    root/index.sqlite3          digest -> (pack, offset, length, codec, arrived_ns);
+                                WAL, synchronous=FULL
     root/packs/00000001.pack    append-only pack files, sealed at ``pack_target_bytes``
 
 Pack format (version 1, little endian)::
@@ -32,6 +33,19 @@ Recovery at open:
   record and everything after it is truncated away. (Records of an earlier pack of a batch
   that spanned packs stay unindexed: waste that gc reclaims.)
 
+Arrival times and the gc grace: every index row carries ``arrived_ns``, this site's wall
+clock (``time.time_ns()``, or the ``clock`` given to the store) when the chunk was *first*
+stored here, written in the same INSERT as the rest of the row (no extra write, no extra
+fsync). Storing a chunk that is already present never changes it: a peer that re-sends junk
+must not be able to keep it alive forever. Rows re-indexed by recovery get the recovery time.
+``gc`` collects a chunk outside its ``live`` set only once ``now_ns - arrived_ns >= grace_ns``:
+chunks of a snapshot still being received, or scanned before its manifest is recorded, are
+not referenced by any catalog record yet and must survive; unreferenced junk (a peer's
+flood) is still collected after a bounded time. Index schema 1 (no ``arrived_ns``) is
+upgraded in place at open to schema 2 in one transaction: ``ALTER TABLE ... ADD COLUMN``
+with the upgrade time as the column default, so every existing chunk counts as arrived at
+the upgrade (errs towards keeping) and the upgrade costs O(1), not a rewrite of the index.
+
 Garbage collection takes the packs that hold dead (or unindexed) records one at a time,
 appends their live chunks to the active pack (a fresh one if the active pack is itself being
 collected), fsyncs, switches the index rows in one transaction and only then deletes the old
@@ -55,7 +69,8 @@ import re
 import sqlite3
 import struct
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 
 import blake3
 import lz4.block
@@ -69,6 +84,7 @@ from replicad.core.errors import (
     RemoteProtocolError,
     ReplicadError,
     StoreFullError,
+    UsageError,
     from_os_error,
 )
 
@@ -85,7 +101,20 @@ _PACK_HEADER = struct.Struct("<8sII")
 PACK_HEADER_SIZE = _PACK_HEADER.size  # 16
 _REC_HEADER = struct.Struct("<IB32sI")
 RECORD_HEADER_SIZE = _REC_HEADER.size  # 41
-INDEX_SCHEMA_VERSION = 1
+INDEX_SCHEMA_VERSION = 2  # 1: without chunks.arrived_ns (upgraded in place at open)
+
+# Default gc grace (ns): an unreferenced chunk younger than this, by its first arrival here, is
+# kept. It must exceed the longest time a chunk can stay unreferenced legitimately: from its
+# arrival to the catalog record of its snapshot. A receiver learns a snapshot's root only at
+# /v1/peer/snapshot, after all its chunks, and a primary records its snapshot only after the
+# whole scan; so the bound is a whole first full sync or first scan, not one batch. At hospital
+# scale that is hours (1 TiB over 1 Gbit/s ~2.4 h, over 100 Mbit/s ~24 h; 4 TiB read at 200 MB/s
+# ~6 h), while the benchmark's 1 GiB takes seconds. 24 h covers those with margin. The cost is
+# on the flood side only in lifetime: junk lives at most 24 h plus one gc interval, not
+# forever. The grace cannot bound how fast a flood fills a disk at any setting (150 MB in 6 s
+# is 90 GB per hour); that is the receiver's in-flight budget, not the store's. Sites pass their
+# own ``grace_ns`` (shorter under disk pressure, longer for slower links).
+DEFAULT_GC_GRACE_NS = 24 * 3600 * 10**9
 
 _PACK_NAME = re.compile(r"^(\d{8})\.pack$")
 _SQL_BATCH = 500  # host parameters per IN (...) query, below SQLite's 999 default limit
@@ -219,14 +248,19 @@ class ChunkStore:
         root: data directory; created if absent.
         pack_target_bytes: a pack is sealed once appending would take it past this size
             (a single record larger than it still gets a pack of its own).
+        clock: this site's wall clock in ns since the epoch (default ``time.time_ns``); read
+            once per put batch for the chunks' arrival times, and by ``gc`` when no
+            ``now_ns`` is given. Tests pass a fake one.
 
     Raises:
         RemoteProtocolError: a pack or the index was written by an unknown format version.
         StoreFullError / InternalError: the directory cannot be prepared.
     """
 
-    def __init__(self, root: pathlib.Path, pack_target_bytes: int = 64 * 2**20) -> None:
+    def __init__(self, root: pathlib.Path, pack_target_bytes: int = 64 * 2**20,
+                 clock: Callable[[], int] = time.time_ns) -> None:
         self.root = pathlib.Path(root)
+        self._clock = clock
         self.pack_dir = self.root / "packs"
         self.pack_target_bytes = int(pack_target_bytes)
         self._lock = threading.Lock()
@@ -265,9 +299,12 @@ class ChunkStore:
                        (INDEX_SCHEMA_VERSION,))
             db.execute("CREATE TABLE IF NOT EXISTS chunks(digest BLOB PRIMARY KEY, "
                        "pack INTEGER NOT NULL, offset INTEGER NOT NULL, "
-                       "length INTEGER NOT NULL, codec INTEGER NOT NULL) WITHOUT ROWID")
+                       "length INTEGER NOT NULL, codec INTEGER NOT NULL, "
+                       "arrived_ns INTEGER NOT NULL) WITHOUT ROWID")
             db.execute("CREATE INDEX IF NOT EXISTS chunks_by_pack ON chunks(pack, offset)")
             db.execute("COMMIT")
+        elif row[0] == 1:
+            self._upgrade_from_1()
         elif row[0] != INDEX_SCHEMA_VERSION:
             raise RemoteProtocolError("chunk index has an unknown schema version",
                                       version=row[0], supported=INDEX_SCHEMA_VERSION)
@@ -275,6 +312,31 @@ class ChunkStore:
         # an additive table: an index written before it existed gains it empty
         db.execute("CREATE TABLE IF NOT EXISTS repairs(digest BLOB PRIMARY KEY) WITHOUT ROWID")
         self._repairs = db.execute("SELECT COUNT(*) FROM repairs").fetchone()[0]
+
+    def _upgrade_from_1(self) -> None:
+        """Schema 1 -> 2 in one transaction: add ``chunks.arrived_ns`` with the upgrade time as
+        its default, so every existing chunk counts as arrived now (errs towards keeping: the
+        oldest of them become collectable one grace period after the upgrade). SQLite stores
+        the default in the schema instead of rewriting the rows: O(1) for any index size. Every
+        INSERT of this module names the column, so the default serves only the old rows."""
+        db = self._db
+        now = int(self._clock())
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            columns = [r[1] for r in db.execute("PRAGMA table_info(chunks)")]
+            if "arrived_ns" not in columns:
+                # an int formatted by us, not outside input: DEFAULT needs a literal
+                db.execute(f"ALTER TABLE chunks ADD COLUMN arrived_ns INTEGER NOT NULL "
+                           f"DEFAULT {now:d}")
+            db.execute("UPDATE meta SET value=? WHERE key='schema_version'",
+                       (INDEX_SCHEMA_VERSION,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        log.warning("chunk index upgraded from schema 1 to %d: existing chunks count as "
+                    "arrived at %d ns", INDEX_SCHEMA_VERSION, now)
 
     def _pack_path(self, pack_id: int) -> pathlib.Path:
         return self.pack_dir / f"{pack_id:08d}.pack"
@@ -360,10 +422,12 @@ class ChunkStore:
                 rows.append((digest, pack_id, offset, payload_len, codec))
                 offset += RECORD_HEADER_SIZE + payload_len
             if rows:
+                now = int(self._clock())  # their first arrival was not recorded: keep them a full grace
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     self._db.executemany("INSERT OR IGNORE INTO chunks(digest, pack, offset, "
-                                         "length, codec) VALUES(?,?,?,?,?)", rows)
+                                         "length, codec, arrived_ns) VALUES(?,?,?,?,?,?)",
+                                         [r + (now,) for r in rows])
                     self._db.execute("COMMIT")
                 except BaseException:
                     self._db.execute("ROLLBACK")
@@ -447,7 +511,8 @@ class ChunkStore:
         """Store chunks received from a peer, as ``(digest, codec, payload)`` triples.
 
         Every item is verified first (decode, BLAKE3 == digest); if any fails, nothing of the
-        batch is stored. Already-present digests are skipped.
+        batch is stored. Already-present digests are skipped (their arrival time is kept, not
+        refreshed); new ones are recorded as arrived now (see :meth:`gc`).
 
         Returns:
             the number of chunks newly stored. O1: they are durable when this returns.
@@ -515,7 +580,7 @@ class ChunkStore:
             undo: list[tuple[int, int]] = []  # (pack_id, size before this batch)
             try:
                 rows = self._append(fresh, undo)
-                self._commit_rows(rows)
+                self._commit_rows(rows, int(self._clock()))
             except (OSError, sqlite3.Error) as err:
                 self._undo_append(undo)
                 raise _translate(err, "storing chunks", chunks=len(fresh)) from err
@@ -578,12 +643,14 @@ class ChunkStore:
         self._pack_sizes[self._active_id] = end
         return rows
 
-    def _commit_rows(self, rows: Sequence[tuple[bytes, int, int, int, int]]) -> None:
+    def _commit_rows(self, rows: Sequence[tuple[bytes, int, int, int, int]], arrived_ns: int) -> None:
+        """Index the rows of one batch, all first arrived at ``arrived_ns`` (the same INSERT:
+        no extra statement, no extra fsync)."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("INSERT INTO chunks(digest, pack, offset, length, codec) "
-                           "VALUES(?,?,?,?,?)", rows)
+            db.executemany("INSERT INTO chunks(digest, pack, offset, length, codec, arrived_ns) "
+                           "VALUES(?,?,?,?,?,?)", [(*r, arrived_ns) for r in rows])
             if self._repairs:
                 db.executemany("DELETE FROM repairs WHERE digest=?", [(r[0],) for r in rows])
             db.execute("COMMIT")  # O1: index durable (synchronous=FULL) before "stored"
@@ -751,29 +818,62 @@ class ChunkStore:
 
     # ------------------------------------------------------------------ gc
 
-    def gc(self, live: set[bytes], min_waste_ratio: float = 0.0) -> dict:
-        """Remove every chunk whose digest is not in ``live`` (O4: the caller passes the union
-        of :func:`replicad.core.manifest.chunk_digests` of every retained snapshot).
+    def gc(self, live: set[bytes], min_waste_ratio: float = 0.0, *,
+           grace_ns: int = DEFAULT_GC_GRACE_NS, now_ns: int | None = None) -> dict:
+        """Remove every chunk whose digest is not in ``live`` and that first arrived here at
+        least ``grace_ns`` before ``now_ns`` (O4: the caller passes the union of
+        :func:`replicad.core.manifest.chunk_digests` of every retained snapshot).
+
+        The grace protects chunks no catalog record references *yet*: those of a snapshot
+        still being received, or scanned before its manifest is recorded. It does not protect
+        a chunk that arrived long ago, became unreferenced and is needed again by a snapshot in
+        flight that found it present (``missing``/dedup): the caller keeps such chunks in
+        ``live`` (the digests of the manifests it has in flight). Arrival times are never
+        refreshed by a second put, so junk a peer keeps re-sending is still collected one grace
+        after its first arrival. A chunk whose arrival is after ``now_ns`` (the clock went back)
+        counts as young.
 
         Packs holding dead or unindexed bytes above ``min_waste_ratio`` of their size are
-        compacted one at a time, least live data first: their live chunks are verified and
-        appended to the active pack (a new pack if the active one is itself compacted),
-        fsynced, the index rows are switched in one transaction, then the old pack is
-        deleted. A pack is never edited in place. Live
+        compacted one at a time, least kept data first: their kept (live or young) chunks are
+        verified and appended to the active pack (a new pack if the active one is itself
+        compacted) with their arrival times unchanged, fsynced, the index rows are switched in
+        one transaction, then the old pack is deleted. A pack is never edited in place. Kept
         chunks found corrupt while copying are dropped from the index like
         :meth:`delete_corrupt` (counted in ``chunks_corrupt``).
 
+        Args:
+            live: 32-byte digests that must stay whatever their age.
+            min_waste_ratio: compact a pack only once its waste is at least this fraction of
+                its size (0.0: any waste).
+            grace_ns: ns; an unreferenced chunk younger than this by arrival is kept. Default
+                :data:`DEFAULT_GC_GRACE_NS` (24 h, why: see there); 0 collects every
+                unreferenced chunk at once.
+            now_ns: this site's wall clock in ns since the epoch; default the store's clock.
+
         Returns:
-            ``{"packs_removed", "chunks_removed", "bytes_freed", "chunks_corrupt"}``.
+            ``{"packs_removed", "chunks_removed", "bytes_freed", "chunks_corrupt",
+            "young_kept", "young_kept_bytes"}``: counts, and bytes of pack files; the last two
+            are the unreferenced chunks kept for their grace, after this run, and their record
+            bytes on disk (header + payload), for the caller's quota of unreferenced data.
+
+        Raises:
+            UsageError: ``grace_ns`` is not a non-negative int.
+            InternalError: the store is closed.
+            StoreFullError: no room to copy kept chunks (the store stays consistent).
         """
+        if isinstance(grace_ns, bool) or not isinstance(grace_ns, int) or grace_ns < 0:
+            raise UsageError("gc grace must be a non-negative int of ns", grace_ns=repr(grace_ns))
         with self._lock:
             self._check_open()
+            now = int(self._clock()) if now_ns is None else int(now_ns)
             try:
-                return self._gc_locked(live, min_waste_ratio)
+                return self._gc_locked(live, min_waste_ratio, now - grace_ns)
             except (OSError, sqlite3.Error) as err:
                 raise _translate(err, "garbage-collecting the chunk store") from err
 
-    def _gc_locked(self, live: set[bytes], min_waste_ratio: float) -> dict:
+    def _gc_locked(self, live: set[bytes], min_waste_ratio: float, young_after_ns: int) -> dict:
+        """gc under the lock; a chunk outside ``live`` with ``arrived_ns > young_after_ns``
+        is young and kept."""
         if self._repairs:  # a chunk no kept snapshot needs any more needs no repair either
             gone = [(r[0],) for r in self._db.execute("SELECT digest FROM repairs") if r[0] not in live]
             if gone:
@@ -782,48 +882,61 @@ class ChunkStore:
                 self._db.execute("COMMIT")
                 self._repairs = self._db.execute("SELECT COUNT(*) FROM repairs").fetchone()[0]
         per_pack: dict[int, list[tuple[bytes, int, int, int]]] = {p: [] for p in self._pack_sizes}
-        for digest, pack_id, offset, length, codec in self._db.execute(
-                "SELECT digest, pack, offset, length, codec FROM chunks"):
+        keep: set[bytes] = set()  # live, or young: what survives this run
+        young_kept = young_bytes = 0
+        for digest, pack_id, offset, length, codec, arrived_ns in self._db.execute(
+                "SELECT digest, pack, offset, length, codec, arrived_ns FROM chunks"):
             per_pack.setdefault(pack_id, []).append((digest, offset, length, codec))
-        victims: list[tuple[int, int]] = []  # (live bytes, pack id)
+            if digest in live:
+                keep.add(digest)
+            elif arrived_ns > young_after_ns:
+                keep.add(digest)
+                young_kept += 1
+                young_bytes += RECORD_HEADER_SIZE + length
+        victims: list[tuple[int, int]] = []  # (kept bytes, pack id)
         for pack_id, rows in per_pack.items():
             size = self._pack_sizes.get(pack_id, 0)
-            live_bytes = sum(RECORD_HEADER_SIZE + r[2] for r in rows if r[0] in live)
-            waste = size - PACK_HEADER_SIZE - live_bytes
+            kept_bytes = sum(RECORD_HEADER_SIZE + r[2] for r in rows if r[0] in keep)
+            waste = size - PACK_HEADER_SIZE - kept_bytes
             if pack_id == self._active_id and waste == 0:
                 continue  # the active pack is where appends go
             if (waste > 0 and waste >= min_waste_ratio * size) or not rows:
-                victims.append((live_bytes, pack_id))
-        # Packs with the least live data first: on a full disk, dropping dead packs frees the
-        # room needed to copy the live chunks of the others.
+                victims.append((kept_bytes, pack_id))
+        # Packs with the least kept data first: on a full disk, dropping dead packs frees the
+        # room needed to copy the kept chunks of the others.
         victims.sort()
-        result = {"packs_removed": 0, "chunks_removed": 0, "bytes_freed": 0, "chunks_corrupt": 0}
+        result = {"packs_removed": 0, "chunks_removed": 0, "bytes_freed": 0, "chunks_corrupt": 0,
+                  "young_kept": young_kept, "young_kept_bytes": young_bytes}
         bytes_before = sum(self._pack_sizes.values())
-        for _live_bytes, pack_id in victims:
-            self._gc_pack(pack_id, sorted(per_pack[pack_id], key=lambda r: r[1]), live, result)
+        for _kept_bytes, pack_id in victims:
+            self._gc_pack(pack_id, sorted(per_pack[pack_id], key=lambda r: r[1]), keep, live, result)
         result["bytes_freed"] = bytes_before - sum(self._pack_sizes.values())
         if victims:
             log.info("gc: %s", result)
         return result
 
-    def _gc_pack(self, pack_id: int, rows: list[tuple[bytes, int, int, int]], live: set[bytes],
-                 result: dict) -> None:
-        """Copy the live, verified chunks of one pack to the active pack, switch the index
-        rows in one transaction, then delete the pack."""
+    def _gc_pack(self, pack_id: int, rows: list[tuple[bytes, int, int, int]], kept: set[bytes],
+                 live: set[bytes], result: dict) -> None:
+        """Copy the kept (live or young), verified chunks of one pack to the active pack,
+        switch the index rows in one transaction (arrival times unchanged), then delete the
+        pack."""
         fd = self._read_fd(pack_id)
         keep: list[tuple[bytes, int, bytes]] = []
         dropped: list[bytes] = []
         corrupt = 0
+        young_corrupt: list[tuple[bytes, int]] = []  # (digest, record bytes)
         for digest, offset, length, codec in rows:
-            if digest not in live:
+            if digest not in kept:
                 dropped.append(digest)
                 continue
             record = _pread_exact(fd, RECORD_HEADER_SIZE + length, offset)
             if not self._record_ok(record, digest, codec, length):
-                log.warning("gc: live chunk %s corrupt in pack %d at %d; dropped from the "
+                log.warning("gc: kept chunk %s corrupt in pack %d at %d; dropped from the "
                             "index", digest.hex(), pack_id, offset)
                 dropped.append(digest)
                 corrupt += 1
+                if digest not in live:
+                    young_corrupt.append((digest, RECORD_HEADER_SIZE + length))
                 continue
             keep.append((digest, codec, record[RECORD_HEADER_SIZE:]))
         undo: list[tuple[int, int]] = []
@@ -839,6 +952,9 @@ class ChunkStore:
                 db.executemany("UPDATE chunks SET pack=?, offset=? WHERE digest=?",
                                [(r[1], r[2], r[0]) for r in moved])
                 db.executemany("DELETE FROM chunks WHERE digest=?", [(d,) for d in dropped])
+                if corrupt:  # like delete_corrupt: a kept snapshot now lacks them until refetched
+                    db.executemany("INSERT OR IGNORE INTO repairs(digest) VALUES(?)",
+                                   [(d,) for d in dropped if d in live])
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -860,9 +976,13 @@ class ChunkStore:
         self._pack_path(pack_id).unlink(missing_ok=True)
         fsync_dir(self.pack_dir)
         self._chunk_count -= len(dropped)
+        if corrupt:
+            self._repairs = self._db.execute("SELECT COUNT(*) FROM repairs").fetchone()[0]
         result["packs_removed"] += 1
         result["chunks_removed"] += len(dropped) - corrupt
         result["chunks_corrupt"] += corrupt
+        result["young_kept"] -= len(young_corrupt)
+        result["young_kept_bytes"] -= sum(n for _d, n in young_corrupt)
 
     @staticmethod
     def _record_ok(record: bytes, digest: bytes, codec: int, length: int) -> bool:

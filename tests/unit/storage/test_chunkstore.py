@@ -365,7 +365,7 @@ def test_gc_copies_live_chunks_and_deletes_old_packs(tmp_path: Path) -> None:
         old_packs = set(pack_files(tmp_path))
         before = store.stats()
         live = set(digests[::3])
-        result = store.gc(live)
+        result = store.gc(live, grace_ns=0)  # just stored: no grace
         assert result["chunks_removed"] == 8 and result["chunks_corrupt"] == 0
         assert result["packs_removed"] == len(old_packs)
         after = store.stats()
@@ -373,7 +373,7 @@ def test_gc_copies_live_chunks_and_deletes_old_packs(tmp_path: Path) -> None:
         assert before["stored_bytes"] - after["stored_bytes"] == result["bytes_freed"] > 0
         assert not old_packs & set(pack_files(tmp_path))
         assert store.missing(digests) == [d for d in digests if d not in live]
-        assert store.gc(live)["packs_removed"] == 0  # nothing left to do
+        assert store.gc(live, grace_ns=0)["packs_removed"] == 0  # nothing left to do
         extra = store.put_blocks([b"new after gc" * 10])
     with ChunkStore(tmp_path, pack_target_bytes=100_000) as store:
         assert [store.get(d) for d in digests[::3]] == blocks[::3]
@@ -392,7 +392,7 @@ def test_gc_drops_corrupt_live_chunk_instead_of_copying_it(tmp_path: Path) -> No
     data[offset + RECORD_HEADER_SIZE + 10] ^= 1
     pack.write_bytes(bytes(data))
     with ChunkStore(tmp_path) as store:
-        result = store.gc({digests[0], digests[1]})
+        result = store.gc({digests[0], digests[1]}, grace_ns=0)
         assert result["chunks_corrupt"] == 1 and result["chunks_removed"] == 1
         assert store.missing(digests) == [digests[0], digests[2]]
         assert store.get(digests[1]) == blocks[1]
@@ -444,7 +444,7 @@ def test_disk_full_raises_store_full_and_leaves_store_consistent(tmp_path: Path)
             rows = index_rows(root)
             on_disk = sum(p.stat().st_size - PACK_HEADER_SIZE for p in pack_files(root))
             assert on_disk == sum(RECORD_HEADER_SIZE + r[3] for r in rows)  # no partial tail
-            assert store.gc(set(stored[:2]))["chunks_removed"] == len(stored) - 2
+            assert store.gc(set(stored[:2]), grace_ns=0)["chunks_removed"] == len(stored) - 2
             store.put_blocks([rand_block(rng, 50_000)])  # room again after gc
         assert_consistent(root)
 
