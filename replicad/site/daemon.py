@@ -34,7 +34,6 @@ is passed in by the composition root (:func:`replicad.ops.service.run_site`): th
 imports the layers above it.
 """
 
-
 from __future__ import annotations
 
 import asyncio
