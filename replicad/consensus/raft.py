@@ -101,11 +101,57 @@ names up in its own modules):
    commit again although a majority is connected. Replicas never use the exception, so two
    sites that cannot see each other do not take leadership from each other in turn.
 
+8. **Members only, bounded** (:mod:`replicad.consensus.channel`). ``SyncObj`` is built with
+   :class:`~replicad.consensus.channel.MemberOnlyTransport`: read-only observers, unknown
+   or impostor addresses (a member that never dials us), utility commands (status,
+   add/remove, set_version, transfer) and second connections of a live member are refused
+   and closed; handshakes must finish within 2 s and are capped per source address;
+   frames are inflated to at most 1 MiB, and the frame parser checks replayed timestamps
+   and session keys without ``assert``.
+9. **Who may say what** (:mod:`replicad.consensus.guard`, ``_HardenedSyncObj._authority_problem``):
+   every message is shape-checked before pysyncobj indexes it, and terms are bounded
+   (``term <= own + MAX_TERM_STEP``). Leader stickiness (Raft thesis §4.2.3, etcd's
+   CheckQuorum): while this node's leader lease holds (a follower heard its leader within
+   ``raftMinTimeout``, a leader heard a majority within it) a ``request_vote`` at a higher
+   term is ignored (unless this node just granted that candidate a pre-vote, point 7) and
+   an ``append_entries`` at a higher term from any member but the leader is refused; a
+   second leader in the same term is refused; a full state install (``append_entries``
+   with ``serialized``) is accepted only from the leader this node follows in its current
+   term; ``apply_command_response`` only from the leader; a vote counts once per member.
+   Every refusal is counted (``status()["refused"]``, ``replicad_raft_refused_total``)
+   and logged at WARNING (rate-limited per reason).
+10. **Liveness after term inflation.** A pre-vote answer carries the responder's term; a
+   node refused by a member at a higher term adopts it (at most ``MAX_TERM_STEP`` at once)
+   and asks again at once; a leader that has not heard from a majority for
+   ``raftMaxTimeout`` steps down when a pre-vote shows a member at a higher term. Before,
+   a follower inflated to term + 10^6 whose log was behind refused every pre-vote of the
+   other honest site while that one refused its own: no leader for as long as observed
+   (97 s and 60 s). A leader not heard from within an election timeout is forgotten
+   (``status()["leader"]`` None) instead of being reported until the next election.
+11. **Full states checked before they are written** (:class:`~replicad.consensus.guard.GuardedSerializer`,
+   :func:`replicad.core.state.dump_problems`): a dump from the leader must keep every
+   site and volume, never move an epoch or last seq back, keep every committed snapshot
+   record with the same root, epoch and time, and may lack only records older than the
+   lock window by this node's clock. Otherwise it is refused (ERROR, counted as
+   ``snapshot_regresses``) before it replaces ``raft.dump``.
+
+What a member that IS the Raft leader can still do (Raft is crash-tolerant, not Byzantine):
+append any well-formed command to the log in any site's name (commands are not signed:
+``by`` and ``approved_by`` are claims; see ARCHITECTURE.md), so with one honest follower
+acknowledging it commits what the state machine accepts (e.g. a ``set_retention`` naming
+a second site, a forced promotion); withhold or delay commits (no progress until it is
+deposed, which needs it to stop answering: a leader that keeps answering one follower keeps
+the role); inflate the terms of its followers (bounded per message); ship a full state
+that passes the checks above but drops records older than the lock window, or adds
+forged sites within the site cap. It cannot make a follower forget committed snapshots
+inside the lock window, rewrite their roots, move epochs back, or install a state at all
+from a connection that is not its member connection.
+
 Not fixed here (operator's job, see ARCHITECTURE.md): the Fernet key is one shared
-secret without per-site identity; pysyncobj checks replayed timestamps and session keys
-with ``assert`` (never run replicad with ``python -O``); the Raft port must be reachable
-only through an authenticated encrypted channel. Leadership is a hint: fencing rests on
-committed epochs, never on ``is_leader``.
+secret without per-site identity (a holder can name itself as another member whose
+address sorts above the target's while that member is disconnected); the Raft port must
+be reachable only through an authenticated encrypted channel. Leadership is a hint:
+fencing rests on committed epochs, never on ``is_leader``.
 
 Threading: ``SyncObj`` runs its tick thread until :meth:`RaftNode.close`, and stops when
 the thread that called :meth:`RaftNode.start` ends, so call ``start`` from the main thread.
@@ -123,6 +169,7 @@ import os
 import pickle
 import struct
 import threading
+import time
 import uuid
 import zlib
 from pathlib import Path
@@ -141,6 +188,9 @@ from pysyncobj.journal import Journal
 from pysyncobj.node import TCPNode
 from pysyncobj.tcp_connection import TcpConnection
 
+from replicad.consensus.channel import (MAX_DECOMPRESSED_BYTES, DecompressionBombError, MemberOnlyTransport,
+                                       RefusalLog, bounded_decompress, refusals_of)
+from replicad.consensus.guard import MAX_TERM_STEP, GuardedSerializer, shape_problem
 from replicad.core import errors
 from replicad.core import state as cluster_state
 from replicad.storage.durable import fsync_dir
@@ -445,9 +495,46 @@ class _BoundedTcpConnection(TcpConnection):
         return more
 
     def _drop(self, what: str, limit: int) -> bool:
-        log.warning("raft peer sent %s (frame limit %d bytes): dropping the connection", what, limit)
+        refusals_of(self).refuse("frame_too_large", "peer sent %s (frame limit %d bytes): dropping the connection",
+                                 what, limit)
         self.disconnect()
         return False
+
+    def _TcpConnection__processParseMessage(self) -> Any:
+        # pysyncobj's parser, with the inflated size bounded (channel.bounded_decompress), the
+        # replay and session-key checks done without ``assert`` (they vanished under -O), and
+        # every refusal counted instead of a silent disconnect.
+        buffer = self._TcpConnection__readBuffer
+        if len(buffer) < 4:
+            return None
+        (length,) = struct.unpack_from("i", buffer)
+        if len(buffer) - 4 < length:
+            return None
+        data = buffer[4:4 + length]
+        try:
+            if self.encryptor:
+                stamp = self.encryptor.extract_timestamp(data)
+                if stamp < self.recvLastTimestamp:
+                    raise ValueError("frame timestamp went backwards (replay)")
+                self.recvLastTimestamp = stamp
+                data = self.encryptor.decrypt(data)
+            plain = bounded_decompress(data, MAX_DECOMPRESSED_BYTES)
+            message = restricted_loads(plain)
+            if self.recvRandKey:
+                if not isinstance(message, tuple) or len(message) != 2 or message[0] != self.recvRandKey:
+                    raise ValueError("frame without this connection's session key")
+                message = message[1]
+        except DecompressionBombError as exc:
+            refusals_of(self).refuse("decompressed_too_large", "%s: dropping the connection", exc)
+            self.disconnect()
+            return None
+        except Exception as exc:  # anything undecodable ends the connection, counted
+            refusals_of(self).refuse("bad_frame", "undecodable frame (%s: %s): dropping the connection",
+                                     type(exc).__name__, str(exc)[:120])
+            self.disconnect()
+            return None
+        self._TcpConnection__readBuffer = buffer[4 + length:]
+        return message
 
 
 def install_hardening() -> None:
@@ -461,6 +548,21 @@ def install_hardening() -> None:
     pysyncobj.syncobj.createJournal = _create_journal
     pysyncobj.transport.TcpConnection = _BoundedTcpConnection
     pysyncobj.tcp_server.TcpConnection = _BoundedTcpConnection
+    pysyncobj.syncobj.Serializer = _make_serializer
+
+
+_PLAIN_SERIALIZER = pysyncobj.syncobj.Serializer
+_constructing = threading.local()  # (check, refusals) while a _HardenedSyncObj is being built
+
+
+def _make_serializer(fileName: Any, *args: Any) -> Any:
+    """pysyncobj's ``Serializer``, wrapped in a :class:`GuardedSerializer` for a hardened node."""
+    inner = _PLAIN_SERIALIZER(fileName, *args)
+    guard = getattr(_constructing, "guard", None)
+    if guard is None or fileName is None:
+        return inner
+    check, refusals = guard
+    return GuardedSerializer(inner, fileName, check, refusals)
 
 
 install_hardening()
@@ -530,6 +632,17 @@ class _HardenedSyncObj(SyncObj):
     needs_leader: Callable[[], bool] = staticmethod(lambda: False)  # set by RaftNode (point 7)
     _started_at: float = float("-inf")
     _isolation_logged: float = float("-inf")
+    _pre_vote_granted: tuple = (None, None, float("-inf"))  # (node id, term, when) of the last grant
+    _votes: tuple = (None, frozenset())  # (term, node ids) of the response_vote messages counted
+
+    def __init__(self, *args: Any, refusals: RefusalLog | None = None,
+                 dump_check: Callable[[Any], list[str]] | None = None, **kwargs: Any) -> None:
+        self.refusals = refusals if refusals is not None else RefusalLog()
+        _constructing.guard = None if dump_check is None else (dump_check, self.refusals)
+        try:
+            SyncObj.__init__(self, *args, transportClass=MemberOnlyTransport, **kwargs)
+        finally:
+            _constructing.guard = None
 
     def _onTick(self, timeToWait: float = 0.0) -> None:
         self._pre_vote_gate()
@@ -544,6 +657,7 @@ class _HardenedSyncObj(SyncObj):
         if self._SyncObj__raftElectionDeadline >= now or not self._SyncObj__connectedToAnyone() \
                 or self._SyncObj__transferInProgress:
             return
+        self._SyncObj__raftLeader = None  # not heard within an election timeout: no longer a leader we know
         if self._pre_vote_won or not self._SyncObj__otherNodes:
             self._pre_vote_won = False  # let pysyncobj's _onTick run the election now
             return
@@ -583,12 +697,42 @@ class _HardenedSyncObj(SyncObj):
         my_last_term = self._SyncObj__getCurrentLogTerm()
         up_to_date = last_term > my_last_term or (last_term == my_last_term
                                                   and last_idx >= self._SyncObj__getCurrentLogIndex())
-        granted = (term > self._SyncObj__raftCurrentTerm and up_to_date and not in_lease
+        current = self._SyncObj__raftCurrentTerm
+        if self._SyncObj__raftState == _RAFT_STATE_LEADER and term - 1 > current \
+                and not self._leader_has_majority(self._SyncObj__conf.raftMaxTimeout):
+            # A member is at a higher term than this leader, which has not heard from a
+            # majority for an election timeout: Raft says step down (§5.1). Without it a
+            # leader that lost its majority kept the role for pysyncobj's 30 s fallback.
+            log.warning("raft: stepping down: %s is at term %d, above ours (%d), and no majority answered "
+                        "for %.1fs", getattr(node, "id", node), term - 1, current, self._SyncObj__conf.raftMaxTimeout)
+            self._SyncObj__setCurrentTerm(term - 1, None)
+            self._SyncObj__setState(pysyncobj.syncobj._RAFT_STATE.FOLLOWER)
+            self._SyncObj__raftLeader = None
+            current = term - 1
+        granted = (term > current and up_to_date and not in_lease
                    and self._SyncObj__raftState != _RAFT_STATE_LEADER)
-        self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": term, "granted": granted})
+        if granted:
+            self._pre_vote_granted = (node.id, term, monotonic_time())
+        self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": term, "granted": granted,
+                                             "current_term": current})
 
     def _on_pre_vote_response(self, node: Any, message: dict) -> None:
         term = message.get("term")
+        theirs = message.get("current_term")
+        if message.get("granted") is False and term == self._pre_vote_term and isinstance(theirs, int) \
+                and not isinstance(theirs, bool) and theirs > self._SyncObj__raftCurrentTerm \
+                and self._SyncObj__raftState != _RAFT_STATE_LEADER:
+            # Refused because that member is at a higher term: adopt it (Raft §5.1: a higher term
+            # in any reply is adopted), at most MAX_TERM_STEP at once, and ask again at once.
+            # Without it a member whose term was inflated, and whose log is behind, refused our
+            # pre-votes forever while we refused its own: no leader (97 s and more, observed).
+            adopted = min(theirs, self._SyncObj__raftCurrentTerm + MAX_TERM_STEP)
+            log.warning("raft: %s refused a pre-vote at term %d: it is at term %d; adopting term %d",
+                        getattr(node, "id", node), term, theirs, adopted)
+            self._SyncObj__setCurrentTerm(adopted, None)
+            self._pre_vote_term = None
+            self._SyncObj__raftElectionDeadline = 0
+            return
         if (message.get("granted") is not True or term != self._pre_vote_term
                 or term != self._SyncObj__raftCurrentTerm + 1
                 or self._SyncObj__raftState == _RAFT_STATE_LEADER):
@@ -599,7 +743,63 @@ class _HardenedSyncObj(SyncObj):
             self._pre_vote_won = True
             self._SyncObj__raftElectionDeadline = 0  # the next tick elects
 
+    def _leader_has_majority(self, within_s: float) -> bool:
+        """Leader only: a majority (counting itself) answered within ``within_s``."""
+        now = monotonic_time()
+        last = self._SyncObj__lastResponseTime
+        heard = 1 + sum(1 for n in self._SyncObj__otherNodes if now - last.get(n, float("-inf")) < within_s)
+        return heard > (len(self._SyncObj__otherNodes) + 1) / 2
+
+    def _in_lease(self) -> bool:
+        """Raft thesis §4.2.3 (and etcd's CheckQuorum): a follower that heard from its leader
+        within ``raftMinTimeout``, or a leader that heard from a majority within it."""
+        within = self._SyncObj__conf.raftMinTimeout
+        if self._SyncObj__raftState == _RAFT_STATE_LEADER:
+            return self._leader_has_majority(within)
+        return monotonic_time() - self._leader_contact < within
+
+    def _authority_problem(self, node: Any, message: dict) -> tuple[str, str] | None:
+        """Why a well-formed message may not act on this node (who says it, at which term)."""
+        kind, term = message["type"], message.get("term")
+        current, leader = self._SyncObj__raftCurrentTerm, self._SyncObj__raftLeader
+        if kind == "request_vote" and term > current and self._in_lease():
+            granted_id, granted_term, granted_at = self._pre_vote_granted
+            if not (granted_id == node.id and granted_term == term
+                    and monotonic_time() - granted_at < self._SyncObj__conf.raftMaxTimeout):
+                return "vote_in_lease", f"request_vote at term {term} (ours {current}) while our leader's lease holds"
+        if kind == "append_entries":
+            if term > current and node != leader and self._in_lease():
+                return ("term_from_non_leader", f"append_entries at term {term} (ours {current}) from a member "
+                        "that is not our leader, while our leader's lease holds")
+            if term == current and leader is not None and node != leader:
+                return "second_leader", f"append_entries at term {term} from a member while another leads that term"
+            if "prevLogIdx" not in message and (term != current or node != leader):
+                return ("snapshot_from_non_leader", f"a full state (install-snapshot) at term {term} from a member "
+                        "that is not the leader this node follows in its current term")
+        if kind == "apply_command_response" and node != leader:
+            return "response_from_non_leader", "apply_command_response from a member that is not our leader"
+        if kind == "response_vote" and term == current:
+            voted_term, voters = self._votes
+            voters = voters if voted_term == current else frozenset()
+            if node.id in voters:
+                return "duplicate_vote", f"a second response_vote at term {term}"
+            self._votes = (current, voters | {node.id})
+        return None
+
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        try:
+            problem = shape_problem(message, self._SyncObj__raftCurrentTerm)
+            if problem is None:
+                problem = self._authority_problem(node, message)
+            if problem is not None:
+                self.refusals.refuse(problem[0], "%s: %s", getattr(node, "id", node), problem[1])
+                return
+            self._dispatch_message(node, message)
+        except Exception as exc:  # never let a message end the tick thread
+            self.refusals.refuse("malformed", "%s: message could not be handled (%s: %s)", getattr(node, "id", node),
+                                 type(exc).__name__, str(exc)[:120], level=logging.ERROR)
+
+    def _dispatch_message(self, node: Any, message: Any) -> None:
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "pre_vote":
             self._on_pre_vote(node, message)
@@ -692,10 +892,13 @@ class _HardenedSyncObj(SyncObj):
 class _StateConsumer(SyncObjConsumer):
     """Holds the cluster state; its one replicated method applies msgpack commands."""
 
-    def __init__(self, on_applied: Callable[[dict, dict], None] | None) -> None:
+    def __init__(self, on_applied: Callable[[dict, dict], None] | None, limits: dict | None = None) -> None:
         super().__init__()
         self.lock = threading.Lock()
+        self.limits = limits
         self.cluster = cluster_state.initial_state()
+        if limits is not None:
+            self.cluster["limits"] = limits
         self.on_applied = on_applied
 
     @replicated
@@ -733,11 +936,17 @@ class RaftNode:
         compaction_min_entries: log entries that trigger a full dump + log compaction.
         needs_leader: called on the tick thread (must be cheap, never block): True while this
             node must be able to commit (a volume primary); see point 7 of the module doc.
+        members: the site ids of every configured site (``[[sites]]``); when given, only they
+            may ever be registered in the state (``replicad.core.state`` limits). Every site
+            must pass the same list.
+        max_sites: cap on registered sites; default the Raft group's size (every site is a
+            Raft member), at most ``state.SITES_MAX``.
     """
 
     def __init__(self, self_addr: str, partner_addrs: Sequence[str], data_dir: Path, password: str,
                  *, bind_host: str | None = None, on_applied: Callable[[dict, dict], None] | None = None,
-                 compaction_min_entries: int = 5000, needs_leader: Callable[[], bool] | None = None) -> None:
+                 compaction_min_entries: int = 5000, needs_leader: Callable[[], bool] | None = None,
+                 members: Sequence[str] | None = None, max_sites: int | None = None) -> None:
         if not password:
             raise errors.ConfigError("raft password must be set", problems=["raft.password: empty"])
         self._self_addr = self_addr
@@ -748,7 +957,9 @@ class RaftNode:
         self._bind_addr = f"{bind_host}:{port}" if bind_host else self_addr
         self._compaction_min_entries = max(2, compaction_min_entries)
         self._needs_leader = needs_leader or (lambda: False)
-        self._consumer = _StateConsumer(on_applied)  # consumer pattern: built before SyncObj
+        limits = cluster_state.limits(members, max_sites=len(self._partners) + 1 if max_sites is None else max_sites)
+        self._consumer = _StateConsumer(on_applied, limits)  # consumer pattern: built before SyncObj
+        self._refusals = RefusalLog()
         self._syncobj: _HardenedSyncObj | None = None
         self._dump_error: str | None = None
         self._status_lock = threading.Lock()
@@ -780,7 +991,8 @@ class RaftNode:
             logCompactionMinEntries=self._compaction_min_entries,
         )
         try:
-            syncobj = _HardenedSyncObj(self._self_addr, self._partners, conf=conf, consumers=[self._consumer])
+            syncobj = _HardenedSyncObj(self._self_addr, self._partners, conf=conf, consumers=[self._consumer],
+                                       refusals=self._refusals, dump_check=self._check_dump)
         except OSError as exc:
             raise errors.from_os_error(exc, "opening the raft journal") from exc
         syncobj._started_at = monotonic_time()  # a fresh node has heard from no leader *yet*
@@ -806,6 +1018,15 @@ class RaftNode:
             f.flush()
             os.fsync(f.fileno())
 
+    def _check_dump(self, document: Any) -> list[str]:
+        """Problems of a full dump received from the leader (guard.GuardedSerializer); [] to accept."""
+        if not isinstance(document, dict) or document.get("v") != DUMP_VERSION or \
+                not isinstance(document.get("state"), dict):
+            return ["not a replicad dump of this version"]
+        with self._consumer.lock:
+            current = self._consumer.cluster
+        return cluster_state.dump_problems(current, document["state"], time.time_ns())
+
     def _deserialize_dump(self, dump_file: str) -> tuple:
         try:
             path = Path(dump_file)
@@ -825,8 +1046,11 @@ class RaftNode:
             self._dump_error = f"{type(exc).__name__}: {exc}"
             log.error("cannot load raft dump %s: %s", dump_file, self._dump_error)
             raise
+        loaded = document["state"]
+        if "limits" not in loaded and self._consumer.limits is not None:
+            loaded = {**loaded, "limits": self._consumer.limits}  # a dump written before limits existed
         with self._consumer.lock:
-            self._consumer.cluster = document["state"]
+            self._consumer.cluster = loaded
         self._dump_error = None
         return last, prev, cluster
 
@@ -906,12 +1130,15 @@ class RaftNode:
 
         ``{"self": addr, "leader": addr|None, "is_leader": bool, "term": int,
         "commit_index": int, "last_applied": int, "has_quorum": bool,
-        "partners": {addr: connected}, "dump_error": str|None}``
+        "partners": {addr: connected}, "dump_error": str|None,
+        "refused": {reason: count}}`` (``refused``: Raft traffic refused since start, see
+        :mod:`replicad.consensus.channel` and :mod:`replicad.consensus.guard`)
         """
         with self._status_lock:
             status = dict(self._status)
             status["partners"] = dict(self._status["partners"])
         status["dump_error"] = self._dump_error
+        status["refused"] = self._refusals.counts()
         if self._syncobj is None:
             status.update(leader=None, is_leader=False, has_quorum=False)
         return status

@@ -20,7 +20,19 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
                                             "verdict_reason": str, "stats": dict}},
                         "last_seq": int}},
      "audit": [{"op", "by", "volume", "ok", "error", "at_ns"}, ...],   # last AUDIT_MAX
-     "applied_ops": {op_id: result}}                                   # last APPLIED_OPS_MAX
+     "applied_ops": {op_id: result},                                   # last APPLIED_OPS_MAX
+     "clocks": {site_id: now_ns},                                      # registered sites only
+     "limits": {"members": [site_id, ...] | None, "max_sites": int}}   # optional, see below
+
+Bounds (the state is replicated to and kept by every site; a member holding the Raft
+password must not be able to grow it without limit): ``audit`` keeps the last
+:data:`AUDIT_MAX` records, ``applied_ops`` the last :data:`APPLIED_OPS_MAX` results; at most
+``max_sites`` (default :data:`SITES_MAX`) sites and, when ``members`` is set, only those
+site ids (the configured ``[[sites]]``, given to :func:`initial_state` by the Raft node);
+at most :data:`VOLUMES_MAX` volumes, :data:`SNAPSHOTS_MAX` snapshot records per volume
+(each with at most :data:`STATS_MAX_KEYS` stats of at most :data:`STATS_MAX_CHARS`
+characters in all), and ``clocks`` only for registered sites. A command that would pass a
+bound is refused with ``conflict`` (and audited).
 
 ``apply`` never mutates its input: it returns a new top-level dict that shares every
 unchanged sub-structure with the old one (copy on write along the changed path). Callers
@@ -81,6 +93,10 @@ URL_MAX_CHARS = 2048
 REASON_MAX_CHARS = 1024
 STATS_MAX_KEYS = 64
 PRUNE_MAX_SEQS = 10_000
+SITES_MAX = 64  # a Raft group of pysyncobj is small; the Raft node passes its own member count
+VOLUMES_MAX = 256
+SNAPSHOTS_MAX = 10_000  # per volume: > 1 year of hourly snapshots, or 34 days every 5 minutes
+STATS_MAX_CHARS = 4096  # all keys and string values of one snapshot's stats together
 CLOCK_REPORT_PERIOD_NS = 5_000_000_000  # every site reports its clock at least this often (daemon heartbeat)
 CLOCK_LAG_MARGIN_NS = 2 * CLOCK_REPORT_PERIOD_NS  # how far a majority's reported time may trail the truth
 INT_MAX = 2**63 - 1
@@ -100,9 +116,85 @@ class _Refusal(Exception):
         self.evidence = evidence
 
 
-def initial_state() -> dict:
-    """An empty cluster state (version ``STATE_VERSION``)."""
-    return {"v": STATE_VERSION, "sites": {}, "volumes": {}, "audit": [], "applied_ops": {}, "clocks": {}}
+def initial_state(members: Any = None, max_sites: int | None = None) -> dict:
+    """An empty cluster state (version ``STATE_VERSION``).
+
+    Args:
+        members: the site ids that may ever register (every site's configured
+            ``[[sites]]``; all sites must pass the same list, or their states diverge).
+            None: any site id (up to ``max_sites``).
+        max_sites: at most this many registered sites (default :data:`SITES_MAX`).
+    Without arguments the state carries no ``limits`` (the defaults apply).
+    """
+    state = {"v": STATE_VERSION, "sites": {}, "volumes": {}, "audit": [], "applied_ops": {}, "clocks": {}}
+    if members is not None or max_sites is not None:
+        state["limits"] = limits(members, max_sites)
+    return state
+
+
+def limits(members: Any = None, max_sites: int | None = None) -> dict:
+    """The ``limits`` entry of a state: ``{"members": sorted ids | None, "max_sites": int}``."""
+    ids = None if members is None else sorted({str(m) for m in members})
+    cap = SITES_MAX if max_sites is None else max(1, min(int(max_sites), SITES_MAX))
+    return {"members": ids, "max_sites": cap}
+
+
+def dump_problems(current: Any, proposed: Any, now_ns: int) -> list[str]:
+    """Why a full state received from the network must not replace ``current``; [] if none.
+
+    A Raft leader installs its whole state on a follower that lags behind its compacted log.
+    Every op only adds sites and volumes, only raises epochs and last seqs, never rewrites a
+    committed snapshot's root, epoch or creation time, and removes a snapshot record only
+    through ``prune_snapshots``, which refuses anything inside the lock window. So a later
+    state of the same history keeps all of that; a state that does not is forged. A missing
+    record is accepted only when it is older than the lock window by ``now_ns`` (the
+    receiver's own clock) under the *current* retention.
+
+    Args:
+        current: this node's applied state.
+        proposed: the decoded dump document's ``state``.
+        now_ns: the receiver's wall clock, ns since the epoch.
+    Returns:
+        Human-readable problems (at most about 20); never raises.
+    """
+    try:
+        return _dump_problems(current, proposed, now_ns)
+    except Exception as exc:  # a malformed dump is a refused dump
+        return [f"malformed state: {type(exc).__name__}: {str(exc)[:120]}"]
+
+
+def _dump_problems(current: dict, proposed: Any, now_ns: int) -> list[str]:
+    if not isinstance(proposed, dict) or proposed.get("v") != STATE_VERSION:
+        return ["not a cluster state of this version"]
+    for key in ("sites", "volumes", "clocks", "applied_ops"):
+        if not isinstance(proposed.get(key), dict):
+            return [f"{key} is not a map"]
+    if not isinstance(proposed.get("audit"), list):
+        return ["audit is not a list"]
+    problems: list[str] = []
+    missing_sites = sorted(set(current.get("sites", {})) - set(proposed["sites"]))
+    if missing_sites:
+        problems.append(f"sites {missing_sites[:5]} would be forgotten")
+    for name, vol in current.get("volumes", {}).items():
+        new = proposed["volumes"].get(name)
+        if not isinstance(new, dict) or not isinstance(new.get("snapshots"), dict):
+            problems.append(f"volume {name!r} would be forgotten")
+            continue
+        if not _is_int(new.get("epoch")) or new["epoch"] < vol["epoch"]:
+            problems.append(f"volume {name!r}: epoch {new.get('epoch')!r} < {vol['epoch']}")
+        if not _is_int(new.get("last_seq")) or new["last_seq"] < vol["last_seq"]:
+            problems.append(f"volume {name!r}: last seq {new.get('last_seq')!r} < {vol['last_seq']}")
+        lock_ns = vol["retention"]["lock_s"] * 1_000_000_000
+        for seq, snap in vol["snapshots"].items():
+            kept = new["snapshots"].get(seq)
+            if kept is None:
+                if now_ns - snap["created_at_ns"] < lock_ns:
+                    problems.append(f"volume {name!r}: snapshot {seq} (inside the lock window) would be forgotten")
+            elif not isinstance(kept, dict) or any(kept.get(k) != snap[k] for k in ("root", "epoch", "created_at_ns")):
+                problems.append(f"volume {name!r}: snapshot {seq} would change its root, epoch or time")
+            if len(problems) >= 20:
+                return problems
+    return problems
 
 
 def quorum_now_ns(state: dict) -> int | None:
@@ -328,9 +420,10 @@ def _approvers(command: dict) -> list[str]:
 def _stats(command: dict) -> dict:
     value = command.get("stats")
     if not isinstance(value, dict) or len(value) > STATS_MAX_KEYS or not all(
-            isinstance(k, str) and len(k) <= 64 and _plain_scalar(v) for k, v in value.items()):
+            isinstance(k, str) and len(k) <= 64 and _plain_scalar(v) for k, v in value.items()) or \
+            sum(len(k) + (len(v) if isinstance(v, str) else 0) for k, v in value.items()) > STATS_MAX_CHARS:
         raise _Refusal("bad_request", f"stats must be a map of at most {STATS_MAX_KEYS} "
-                       "string keys to scalar values", field="stats")
+                       f"string keys to scalar values, {STATS_MAX_CHARS} characters in all", field="stats")
     return dict(value)
 
 
@@ -415,6 +508,16 @@ def _op_register_site(state: dict, cmd: dict) -> tuple[dict, dict]:
             raise _Refusal("conflict", f"site {site_id!r} is primary of {primary_of}: cannot become a witness",
                            site_id=site_id, volumes=primary_of)
     old = state["sites"].get(site_id)
+    if old is None:
+        bounds = state.get("limits") or {}
+        members = bounds.get("members")
+        if isinstance(members, list) and site_id not in members:
+            raise _Refusal("conflict", f"site {site_id!r} is not a configured member of the cluster",
+                           site_id=site_id, members=list(members))
+        max_sites = bounds.get("max_sites", SITES_MAX)
+        if len(state["sites"]) >= max_sites:
+            raise _Refusal("conflict", f"the cluster already has {len(state['sites'])} sites, the most it may have",
+                           site_id=site_id, max_sites=max_sites)
     entry = {"peer_url": peer_url, "kind": kind}
     sites = {**state["sites"], site_id: entry}
     return {**state, "sites": sites}, {"ok": True, "site_id": site_id, "created": old is None}
@@ -436,6 +539,9 @@ def _op_add_volume(state: dict, cmd: dict) -> tuple[dict, dict]:
                            volume=name, block_size=block_size, current_block_size=existing["block_size"])
         return state, {"ok": True, "volume": name, "created": False, "epoch": existing["epoch"]}
     _data_site(state, primary, "primary")
+    if len(state["volumes"]) >= VOLUMES_MAX:
+        raise _Refusal("conflict", f"the cluster already has {VOLUMES_MAX} volumes, the most it may have",
+                       volume=name, max_volumes=VOLUMES_MAX)
     vol = {"primary": primary, "epoch": 1, "block_size": block_size, "size_bytes": size_bytes,
            "min_copies": min_copies, "retention": retention, "snapshots": {}, "last_seq": 0}
     return _with_volume(state, name, vol), {"ok": True, "volume": name, "created": True, "epoch": 1}
@@ -475,6 +581,9 @@ def _op_commit_snapshot(state: dict, cmd: dict) -> tuple[dict, dict]:
     if len(holders) < vol["min_copies"]:
         raise _Refusal("conflict", f"volume {name!r}: {len(holders)} holders < min_copies {vol['min_copies']}",
                        volume=name, seq=seq, holders=holders, min_copies=vol["min_copies"])
+    if len(vol["snapshots"]) >= SNAPSHOTS_MAX:
+        raise _Refusal("conflict", f"volume {name!r} already has {SNAPSHOTS_MAX} snapshot records (prune first)",
+                       volume=name, seq=seq, max_snapshots=SNAPSHOTS_MAX)
     if parent_seq is not None and parent_seq not in vol["snapshots"]:
         raise _Refusal("not_found", f"volume {name!r}: parent snapshot {parent_seq} is not in the catalog",
                        volume=name, seq=seq, parent_seq=parent_seq)

@@ -52,6 +52,7 @@ replicad_store_size_bytes / _chunks / _packs                                   c
 replicad_raft_is_leader / _has_leader / _has_quorum                            Raft status (0/1)
 replicad_raft_term / _commit_index / _last_applied_index                       Raft status
 replicad_raft_peer_up                                       peer               Raft partner connected
+replicad_raft_refused_total                                 reason             Raft traffic refused (counter)
 replicad_disk_free_bytes / replicad_disk_size_bytes                            ``shutil.disk_usage``
 replicad_build_info                                         version, python    constant 1
 replicad_scrape_error                                       part               1 if that part failed
@@ -77,7 +78,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
                                ProcessCollector, generate_latest)
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from replicad import __version__
@@ -213,7 +214,12 @@ class StateCollector(Collector):
                 errors["state"] = 1
                 state = {}
                 log.warning("metrics: cannot read the Raft state: %r", err)
+        refused = CounterMetricFamily("replicad_raft_refused", "Raft connections, frames and messages refused, "
+                                      "by reason (consensus.channel / consensus.guard)", labels=["site", "reason"])
         try:
+            for reason, count in sorted(((status.get("raft") or {}).get("refused") or {}).items()):
+                if _num(count) is not None:
+                    refused.add_metric([self.site_id, str(reason)], _num(count))
             self._raft(status, put)
             self._volumes(status, state, put)
             self._store(status, put)
@@ -232,6 +238,7 @@ class StateCollector(Collector):
         for part, failed in errors.items():
             put("replicad_scrape_error", failed, part)
         yield from fams.values()
+        yield refused
 
     def _raft(self, status: dict, put: Callable[..., None]) -> None:
         raft = status.get("raft")

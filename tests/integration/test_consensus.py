@@ -75,7 +75,8 @@ def from_json(v):
     return v
 
 async def main():
-    node = RaftNode(self_addr, partners, Path(data_dir), "%s", compaction_min_entries=compaction)
+    node = RaftNode(self_addr, partners, Path(data_dir), "%s", compaction_min_entries=compaction,
+                max_sites=64)  # register_site serves as a generic command: more sites than members
     node.start()
     loop = asyncio.get_running_loop()
     lines = asyncio.Queue()

@@ -1,0 +1,174 @@
+"""Checks on what a Raft member says: message shapes, terms, and full state installs.
+
+pysyncobj trusts every message from a connected node: it indexes fields without checking
+their types (a malformed message raises inside the tick), adopts any higher term, and
+installs any dump (``append_entries`` carrying ``serialized``) as its new state. The
+functions here decide, without side effects, whether a message may reach pysyncobj at all;
+``raft._HardenedSyncObj`` applies them with the node's own Raft state (which node it
+follows, whether its leader lease holds). :class:`GuardedSerializer` replaces pysyncobj's
+receiving half of a dump transfer so that a dump is checked *before* it replaces
+``raft.dump`` on disk.
+
+What a dump must satisfy (:func:`replicad.core.state.dump_problems`): it keeps every site
+and volume this node knows, epochs and last seqs never go back, every committed snapshot
+record it keeps has the same root, epoch and creation time, and a record it lacks is older
+than the volume's lock window by this node's own clock (only such records can have been
+pruned).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import msgpack
+
+from replicad.consensus.channel import RefusalLog
+from replicad.storage.durable import fsync_dir
+
+log = logging.getLogger(__name__)
+
+MAX_TERM = 2**53
+"""Largest term accepted (JSON-exact; the journal stores ``<Q``)."""
+MAX_TERM_STEP = 2**24
+"""Largest step above this node's term one message may carry. Reaching :data:`MAX_TERM`
+(where elections could no longer advance) then takes 2**29 accepted messages; a single
+forged message cannot get there."""
+MAX_DUMP_BYTES = 256 * 1024 * 1024
+"""Largest full dump received from the leader (the state is bounded far below:
+``replicad.core.state`` caps every collection)."""
+MAX_DUMP_CHUNK_BYTES = 128 * 1024
+"""Largest chunk of a dump transfer (pysyncobj sends ``logCompactionBatchSize``, 64 KiB)."""
+MAX_ENTRY_COMMAND_BYTES = 96 * 1024
+"""Largest log entry in an ``append_entries`` (commands are at most 40 KiB, pickled twice)."""
+
+KNOWN_TYPES = frozenset({"request_vote", "response_vote", "append_entries", "next_node_idx", "apply_command",
+                         "apply_command_response", "timeout_now", "pre_vote", "pre_vote_response"})
+_TERMED = frozenset({"request_vote", "response_vote", "append_entries", "timeout_now", "pre_vote"})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def shape_problem(message: Any, current_term: int) -> tuple[str, str] | None:
+    """Why ``message`` must not reach pysyncobj, as ``(reason, detail)``, or None if well formed.
+
+    Checks the type, the fields pysyncobj indexes, and the term bounds: ``0 <= term <=
+    min(MAX_TERM, current_term + MAX_TERM_STEP)``. Entries of an ``append_entries`` must be
+    ``(bytes, idx, term)`` with consecutive indexes after ``prevLogIdx`` and terms at most the
+    message's; pysyncobj's chunked ``transmission`` of huge entries is refused (replicad's
+    commands are at most 40 KiB, so an honest leader never uses it).
+    """
+    if not isinstance(message, dict) or message.get("type") not in KNOWN_TYPES:
+        kind = message.get("type") if isinstance(message, dict) else type(message).__name__
+        return "malformed", f"unknown message type {str(kind)[:40]!r}"
+    kind = message["type"]
+    if kind in _TERMED or "term" in message:
+        term = message.get("term")
+        if not _is_int(term) or term < 0:
+            return "malformed", f"{kind} without an integer term"
+        if term > MAX_TERM or term > current_term + MAX_TERM_STEP:
+            return "term_out_of_range", f"{kind} at term {term}, this node is at {current_term}"
+    if kind == "request_vote" and not (_is_int(message.get("last_log_index"))
+                                       and _is_int(message.get("last_log_term"))):
+        return "malformed", "request_vote without integer log position"
+    if kind == "next_node_idx" and not (_is_int(message.get("next_node_idx"))
+                                        and isinstance(message.get("reset"), bool)
+                                        and isinstance(message.get("success"), bool)):
+        return "malformed", "next_node_idx with wrong field types"
+    if kind == "apply_command" and not isinstance(message.get("command"), bytes):
+        return "malformed", "apply_command without a bytes command"
+    if kind == "apply_command_response":
+        if "request_id" not in message or ("error" not in message and not (
+                _is_int(message.get("log_idx")) and _is_int(message.get("log_term")))):
+            return "malformed", "apply_command_response with wrong fields"
+    if kind == "append_entries":
+        return _append_entries_problem(message)
+    return None
+
+
+def _append_entries_problem(message: dict) -> tuple[str, str] | None:
+    if not _is_int(message.get("commit_index")) or message["commit_index"] < 0:
+        return "malformed", "append_entries without an integer commit_index"
+    if "transmission" in message:
+        return "chunked_entries", "append_entries with a chunked transmission (never sent by replicad's leader)"
+    if "prevLogIdx" in message:
+        prev_idx, prev_term = message.get("prevLogIdx"), message.get("prevLogTerm")
+        entries = message.get("entries", [])
+        if not (_is_int(prev_idx) and _is_int(prev_term)) or not isinstance(entries, (list, tuple)):
+            return "malformed", "append_entries with a wrong log position or entries"
+        expected = prev_idx + 1
+        for entry in entries:
+            if not (isinstance(entry, (list, tuple)) and len(entry) == 3 and isinstance(entry[0], bytes)
+                    and len(entry[0]) <= MAX_ENTRY_COMMAND_BYTES and entry[1] == expected
+                    and _is_int(entry[2]) and 0 <= entry[2] <= message["term"]):
+                return "malformed", f"append_entries entry {expected} is not (bytes, idx, term) in order"
+            expected += 1
+        return None
+    serialized = message.get("serialized")
+    if not (isinstance(serialized, tuple) and len(serialized) == 3 and isinstance(serialized[0], bytes)
+            and len(serialized[0]) <= MAX_DUMP_CHUNK_BYTES and isinstance(serialized[1], bool)
+            and isinstance(serialized[2], bool)):
+        return "malformed", "append_entries carries neither a log position nor a well-formed dump chunk"
+    return None
+
+
+class GuardedSerializer:
+    """Receiving half of pysyncobj's dump transfer, checked before it replaces the dump file.
+
+    Wraps pysyncobj's ``Serializer`` (everything but :meth:`setTransmissionData` is
+    delegated). Chunks are gathered in memory (at most :data:`MAX_DUMP_BYTES`); the last one
+    triggers ``check(document) -> list[str]`` (problems; empty means acceptable) on the
+    decoded msgpack document; only an accepted dump is written to ``<dump>.1.tmp``,
+    fsync'ed, renamed over the dump file and the directory fsync'ed. A refused one is
+    counted in ``refusals`` (reason ``snapshot_regresses`` or ``snapshot_too_large``), logged
+    at ERROR and dropped: pysyncobj then keeps its state and log, and the leader retries.
+    """
+
+    def __init__(self, inner: Any, dump_file: str, check: Callable[[Any], list[str]], refusals: RefusalLog) -> None:
+        self._inner = inner
+        self._dump_file = Path(dump_file)
+        self._check = check
+        self._refusals = refusals
+        self._incoming: bytearray | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def setTransmissionData(self, data: Any) -> bool:
+        if data is None:
+            return False
+        chunk, is_first, is_last = data
+        if is_first:
+            self._incoming = bytearray()
+        elif self._incoming is None:
+            return False
+        self._incoming += chunk
+        if len(self._incoming) > MAX_DUMP_BYTES:
+            self._incoming = None
+            self._refusals.refuse("snapshot_too_large", "a full dump from the leader exceeds %d bytes",
+                                  MAX_DUMP_BYTES, level=logging.ERROR)
+            return False
+        if not is_last:
+            return False
+        blob, self._incoming = bytes(self._incoming), None
+        try:
+            document = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+            problems = self._check(document)
+        except Exception as exc:  # undecodable: refused like any other bad dump
+            problems = [f"undecodable dump: {type(exc).__name__}: {str(exc)[:120]}"]
+        if problems:
+            self._refusals.refuse("snapshot_regresses", "refused a full state from the leader (%d bytes): %s",
+                                  len(blob), "; ".join(problems[:5]), level=logging.ERROR)
+            return False
+        tmp = self._dump_file.with_name(self._dump_file.name + ".1.tmp")
+        with open(tmp, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._dump_file)
+        fsync_dir(self._dump_file.parent)
+        return True
