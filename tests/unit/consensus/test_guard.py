@@ -123,3 +123,25 @@ def test_dump_problems_refuses_a_forged_empty_state_and_accepts_a_later_state():
     back = {**later, "volumes": {"ehr": {**vol, "epoch": 0}}}
     assert any("epoch" in p for p in dump_problems(state, back, NOW))
     assert dump_problems(state, "garbage", NOW) == ["not a cluster state of this version"]
+
+
+def test_guarded_serializer_writes_only_a_dump_that_keeps_history(tmp_path):
+    import msgpack
+
+    from replicad.consensus.guard import GuardedSerializer
+
+    state = _cluster()
+    dump = tmp_path / "raft.dump"
+    dump.write_bytes(b"the current dump")
+    refusals = RefusalLog()
+    guard = GuardedSerializer(object(), str(dump), lambda doc: dump_problems(state, doc["state"], NOW), refusals)
+    forged = msgpack.packb({"v": 1, "state": {"v": 1, "sites": {}, "volumes": {}, "audit": [], "applied_ops": {},
+                                              "clocks": {}}}, use_bin_type=True)
+    assert guard.setTransmissionData((forged[:10], True, False)) is False
+    assert guard.setTransmissionData((forged[10:], False, True)) is False
+    assert dump.read_bytes() == b"the current dump"
+    assert refusals.counts() == {"snapshot_regresses": 1}
+    honest = msgpack.packb({"v": 1, "state": state}, use_bin_type=True)
+    assert guard.setTransmissionData((honest, True, True)) is True
+    assert dump.read_bytes() == honest
+    assert guard.setTransmissionData((b"x", False, True)) is False  # a tail without a start
