@@ -193,7 +193,7 @@ class LocalCluster:
             return
         log = open(s.log_path, "ab")
         # run the same replicad as the caller's, whatever is installed in site-packages
-        src = str(Path(__file__).resolve().parents[1])
+        src = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONUNBUFFERED="1",
                    PYTHONPATH=os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])]))
         s.proc = subprocess.Popen([sys.executable, "-m", "replicad", "run", str(s.config_path)], stdout=log,
