@@ -325,7 +325,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Check the hash chain of an admin audit file; exit 5 (integrity) if it is broken."""
-    from replicad.ops.audit import verify_chain
+    from replicad.storage.audit import verify_chain
 
     ok, n, bad = verify_chain(Path(args.file))
     result = {"file": args.file, "ok": ok, "n_records": n, "first_bad_seq": bad}

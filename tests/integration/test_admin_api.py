@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 
 from replicad.ops.admin import AUDIT_FILE, admin_routes
-from replicad.ops.audit import verify_chain
+from replicad.storage.audit import verify_chain
 from replicad.config import load_config
 from replicad.site.daemon import SiteDaemon
 from replicad.lab.localcluster import LocalCluster

@@ -1,4 +1,4 @@
-"""replicad.ops.audit: the hash-chained admin audit file — appends, tamper detection, torn tails."""
+"""replicad.storage.audit: the hash-chained admin audit file — appends, tamper detection, torn tails."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from replicad.ops.audit import GENESIS_HASH, AuditLog, canonical, make_record, record_hash, redact, verify_chain
+from replicad.storage.audit import GENESIS_HASH, AuditLog, canonical, make_record, record_hash, redact, verify_chain
 from replicad.core.errors import IntegrityError
 
 
