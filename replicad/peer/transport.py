@@ -15,7 +15,9 @@ Routes (all ``POST``, msgpack bodies from :mod:`replicad.core.wire`, errors as J
   (read path of restore and catch-up; every chunk verified before it leaves the process).
 
 Writes (``chunks``, ``snapshot``) are fenced: the :class:`PeerHost` refuses an epoch older
-than the committed one with :class:`~replicad.core.errors.StaleEpochError`.
+than the committed one with :class:`~replicad.core.errors.StaleEpochError`. Every write
+request, accepted or refused, is handed to :meth:`PeerHost.peer_audit` once it is answered
+(who, what, outcome): the receiving site keeps its own record of what peers did to it.
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ class PeerHost(Protocol):
     def chunks_received(self, volume: str, sender: str, payload_bytes: int) -> None:
         """Account chunk bytes received from ``sender`` (metrics)."""
 
+    async def peer_audit(self, sender: str, path: str, doc: dict[str, Any], err: ReplicadError | None) -> None:
+        """Record one answered write request from ``sender`` (``path``: the route; ``doc``:
+        volume, epoch, seq, root, stored — whatever the request carried; ``err``: the error it
+        was refused with, None if accepted). Must not raise."""
+
     def complete_base(self, volume: str) -> Manifest | None:
         """A snapshot of ``volume`` this site holds completely (recorded, its chunks kept
         live by the collector), to check a new snapshot against; None if there is none.
@@ -95,6 +102,21 @@ async def _read_doc(request: web.Request, kind: str) -> dict[str, Any]:
     doc = wire.decode_doc(kind, body)
     _check_sender(request, doc["from"])
     return doc
+
+
+def _sender(reader: wire.FrameReader) -> str:
+    """The declared sender of a chunk stream, ``"?"`` before its header arrived."""
+    header = getattr(reader, "header", None) or {}
+    return str(header.get("from", "?"))
+
+
+def _audit_fields(doc: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """What a peer write request is recorded with: its volume, epoch, seq and root (hex), and ``extra``."""
+    out: dict[str, Any] = {k: doc[k] for k in ("volume", "epoch", "seq") if k in doc}
+    if isinstance(doc.get("root"), bytes):
+        out["root"] = doc["root"].hex()
+    out.update(extra)
+    return out
 
 
 def _check_sender(request: web.Request, sender: object) -> None:
@@ -186,10 +208,14 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
             await store(batch)
             await store([])  # O1: every batch durable before the answer
             host.chunks_received(header["volume"], header["from"], received_bytes)
+            await host.peer_audit(header["from"], "/v1/peer/chunks", _audit_fields(header, stored=stored,
+                                                                                  bytes=received_bytes), None)
             return _msgpack_response(stored=stored)
         except ReplicadError as err:
             if isinstance(err, IntegrityError):
                 log.warning("peer sent a corrupt chunk: %s", err.evidence)
+            await host.peer_audit(_sender(reader), "/v1/peer/chunks",
+                                  _audit_fields(reader.header or {}, stored=stored, bytes=received_bytes), err)
             return error_response(err)
         except (aiohttp.ClientPayloadError, ConnectionResetError) as err:
             log.info("chunk stream cut after %d stored: %s", stored, err)
@@ -199,6 +225,7 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
                 await asyncio.gather(storing, return_exceptions=True)
 
     async def snapshot(request: web.Request) -> web.Response:
+        doc: dict[str, Any] = {}
         try:
             doc = await _read_doc(request, "snapshot")
             await host.check_write_epoch(doc["volume"], doc["epoch"], doc["from"])
@@ -206,8 +233,10 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
             manifest = await asyncio.to_thread(snapshot_complete, host.store, doc["volume"], doc["epoch"],
                                                doc["seq"], doc["root"], base)
             await host.snapshot_received(doc["volume"], doc["epoch"], doc["seq"], doc["root"], manifest.created_at_ns)
+            await host.peer_audit(doc["from"], "/v1/peer/snapshot", _audit_fields(doc), None)
             return _msgpack_response(stored=True)
         except ReplicadError as err:
+            await host.peer_audit(str(doc.get("from", "?")), "/v1/peer/snapshot", _audit_fields(doc), err)
             return error_response(err)
 
     async def fetch(request: web.Request) -> web.StreamResponse:

@@ -9,7 +9,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from replicad.core.errors import IntegrityError, NotFoundError, ReplicadError
+from replicad.core.errors import IntegrityError, NotFoundError, RecordConflictError, ReplicadError
 from replicad.core.manifest import Manifest, iter_block_digests
 from replicad.peer.transport import PeerClient, snapshot_complete
 from replicad.site.cluster import Cluster
@@ -64,7 +64,7 @@ class Pull:
                              ", ".join(holders), len(need))
                 await asyncio.to_thread(snapshot_complete, self.store, volume, snap["epoch"], seq, root)
                 if self.catalog.find_root(volume, root) is None:
-                    await asyncio.to_thread(self.catalog.put, SnapshotRecord(
+                    await asyncio.to_thread(self._record_committed, SnapshotRecord(
                         volume, snap["epoch"], seq, root, "committed", snap["created_at_ns"]))
                 else:
                     rec = self.catalog.find_root(volume, root)
@@ -84,6 +84,24 @@ class Pull:
                 last_err = err
         assert last_err is not None
         raise last_err
+
+    def _record_committed(self, rec: SnapshotRecord) -> None:
+        """Record committed snapshot ``rec`` here. A ``received`` record at the same ``(volume,
+        epoch, seq)`` with another root was never committed: the primary of that epoch announced
+        one root and committed another (a forgery, or a snapshot whose commit was refused), so it
+        gives way to the committed one, logged at WARNING. A committed record with another root is
+        never replaced (RecordConflictError propagates). Synchronous."""
+        try:
+            self.catalog.put(rec)
+        except RecordConflictError:
+            held = [r for r in self.catalog.list(rec.volume) if (r.epoch, r.seq) == (rec.epoch, rec.seq)]
+            if not held or held[0].state != "received":
+                raise
+            log.warning("AUDIT %s#%d (epoch %d) at %s: the received root %s was never committed; the committed root "
+                        "%s replaces it", rec.volume, rec.seq, rec.epoch, self.site_id, held[0].root.hex(),
+                        rec.root.hex())
+            self.catalog.delete(rec.volume, rec.epoch, rec.seq)
+            self.catalog.put(rec)
 
     async def apply_repairing(self, volume: str, target: Path, manifest: Manifest, *, base: Manifest | None = None,
                               progress=None, attempts: int = 8):

@@ -1,7 +1,6 @@
-"""The replication cycle at a primary (capture + scan, judge, ship to every data peer, commit
-once ``min_copies`` sites stored it, O2) and its other half at a receiver: the peer API's
-hooks (:class:`~replicad.peer.transport.PeerHost`) that fence writes on the Raft epoch (O3)
-and record snapshots stored here.
+"""The replication cycle at a primary: capture + scan, judge, ship to every data peer, commit
+once ``min_copies`` sites stored it (O2). Its other half, at a receiver, is
+:mod:`replicad.site.receiver`.
 """
 
 from __future__ import annotations
@@ -29,11 +28,10 @@ from replicad.telemetry.metrics import SiteMetrics
 log = logging.getLogger("replicad.site.replication")
 
 STRAGGLER_GRACE_S = 2.0    # after min_copies stored, how long to wait for the other replicas
-EPOCH_CATCH_UP_S = 2.0     # how long a receiver waits to apply an epoch a sender already has
 
 
 class Replication:
-    """Produce and ship snapshots (primary); accept them (the :class:`PeerHost` of the peer API).
+    """Produce and ship snapshots (primary).
 
     Args:
         cluster: Raft view, proposals and members.
@@ -221,57 +219,6 @@ class Replication:
         ok = await self.peers.snapshot_stored(url, m.volume, epoch, m.seq, m.root)
         return {"ok": ok, "offered": len(offer), "sent": len(lacking), "bytes": sent_bytes,
                 "base_seq": base_seq}
-
-    # ------------------------------------------------------------------ receiver (PeerHost)
-    def complete_base(self, volume: str) -> Manifest | None:
-        """The newest snapshot of ``volume`` in this site's catalog whose manifest is here:
-        every recorded snapshot's chunks are kept live by the collector (``Housekeeping.gc``), and a record is only
-        written once the snapshot was complete (received, produced, or fetched). None while
-        the store has chunks to repair (``ChunkStore.repairs_pending``): a recorded snapshot
-        may then lack one, and every block is looked up instead."""
-        if self.store.repairs_pending:
-            return None
-        for rec in sorted(self.catalog.list(volume), key=lambda r: r.seq, reverse=True):
-            if self.store.has(rec.root):
-                return load_manifest(self.store, rec.root)
-        return None
-
-    async def check_write_epoch(self, volume: str, epoch: int, sender: str) -> None:
-        """Fencing of peer writes: only the primary named by Raft, at exactly the committed
-        epoch, may store snapshots here.
-
-        An epoch newer than this site has applied (its Raft view lags the sender's by a few
-        milliseconds after a promotion) is given up to EPOCH_CATCH_UP_S to arrive; it is
-        never trusted on the sender's word. Raises NotFoundError (unknown volume or sender),
-        StaleEpochError (older epoch, or a newer one this site never learns), NotPrimaryError.
-        """
-        if not self.cluster.is_data_site(sender):
-            raise NotFoundError(f"{sender!r} is not a data site of this cluster", sender=sender, volume=volume)
-        deadline = time.monotonic() + EPOCH_CATCH_UP_S
-        while True:
-            vs = self.cluster.volume_state(volume)
-            if vs is None:
-                raise NotFoundError(f"unknown volume {volume}", volume=volume)
-            if epoch <= vs["epoch"] or time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(0.05)
-        if epoch != vs["epoch"]:
-            raise StaleEpochError(f"{sender} writes {volume} under epoch {epoch}, committed epoch here is "
-                                  f"{vs['epoch']}", volume=volume, got_epoch=epoch, committed_epoch=vs["epoch"],
-                                  sender=sender)
-        if vs["primary"] != sender:
-            raise NotPrimaryError(f"{sender} is not the primary of {volume} at epoch {epoch}",
-                                  volume=volume, epoch=epoch, sender=sender, primary=vs["primary"])
-
-    def chunks_received(self, volume: str, sender: str, payload_bytes: int) -> None:
-        """Account chunk payload bytes received from ``sender`` (metrics)."""
-        self.metrics.received(volume, sender, payload_bytes)
-
-    async def snapshot_received(self, volume: str, epoch: int, seq: int, root: bytes, created_at_ns: int) -> None:
-        """Record a snapshot stored completely here (state ``received``) unless already recorded."""
-        if self.catalog.find_root(volume, root) is None:
-            await asyncio.to_thread(self.catalog.put, SnapshotRecord(volume, epoch, seq, root, "received",
-                                                                     created_at_ns))
 
 
 def offer_digests(store: ChunkStore, m: Manifest, base: Manifest | None) -> list[bytes]:

@@ -25,6 +25,7 @@ class Receiver:
     def __init__(self, store: ChunkStore) -> None:
         self.site_id = "site-b"
         self.store = store
+        self.audited: list[tuple] = []
 
     async def check_write_epoch(self, volume: str, epoch: int, sender: str) -> None:
         return None
@@ -37,6 +38,9 @@ class Receiver:
 
     def chunks_received(self, volume: str, sender: str, payload_bytes: int) -> None:
         return None
+
+    async def peer_audit(self, sender: str, path: str, doc: dict, err) -> None:
+        self.audited.append((sender, path, doc, err.code if err is not None else None))
 
 
 async def test_a_chunk_pruned_from_the_local_store_is_a_local_error_not_an_unreachable_peer(tmp_path: Path) -> None:

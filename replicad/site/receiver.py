@@ -1,0 +1,158 @@
+"""The receiving end of replication: the hooks the peer API calls
+(:class:`~replicad.peer.transport.PeerHost`). It fences writes on the Raft epoch (O3),
+records snapshots stored here — write-once: a record held here is never replaced by a
+peer's word — and keeps this site's own audit of what peers asked of it
+(``peer-audit.jsonl``, the same hash-chained format as the admin audit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from typing import Any
+
+from replicad.core.errors import (NotFoundError, NotPrimaryError, RecordConflictError, ReplicadError,
+                                  StaleEpochError)
+from replicad.core.manifest import Manifest
+from replicad.site.cluster import Cluster
+from replicad.site.runner import load_manifest
+from replicad.storage.audit import AuditLog
+from replicad.storage.catalog import Catalog, SnapshotRecord
+from replicad.storage.chunkstore import ChunkStore
+from replicad.telemetry.metrics import SiteMetrics
+
+log = logging.getLogger("replicad.site.receiver")
+
+EPOCH_CATCH_UP_S = 2.0     # how long a receiver waits to apply an epoch a sender already has
+
+
+class Receiver:
+    """This site's side of the peer API (implements :class:`replicad.peer.transport.PeerHost`).
+
+    Args:
+        cluster: Raft view (epochs, primaries, data sites).
+        store, catalog: this site's chunk store and snapshot catalog.
+        metrics: the site's metrics (bytes received, refusals).
+        audit: the peer audit log (``<data_dir>/peer-audit.jsonl``).
+    """
+
+    def __init__(self, cluster: Cluster, store: ChunkStore, catalog: Catalog, metrics: SiteMetrics,
+                 audit: AuditLog) -> None:
+        self.site_id = cluster.site_id
+        self.cluster = cluster
+        self.store = store
+        self.catalog = catalog
+        self.metrics = metrics
+        self.audit = audit
+        self._pending: set[asyncio.Future] = set()  # background catalog updates
+
+    def complete_base(self, volume: str) -> Manifest | None:
+        """The newest snapshot of ``volume`` in this site's catalog whose manifest is here:
+        every recorded snapshot's chunks are kept live by the collector (``Housekeeping.gc``), and a record is only
+        written once the snapshot was complete (received, produced, or fetched). None while
+        the store has chunks to repair (``ChunkStore.repairs_pending``): a recorded snapshot
+        may then lack one, and every block is looked up instead."""
+        if self.store.repairs_pending:
+            return None
+        for rec in sorted(self.catalog.list(volume), key=lambda r: r.seq, reverse=True):
+            if self.store.has(rec.root):
+                return load_manifest(self.store, rec.root)
+        return None
+
+    async def check_write_epoch(self, volume: str, epoch: int, sender: str) -> None:
+        """Fencing of peer writes: only the primary named by Raft, at exactly the committed
+        epoch, may store snapshots here.
+
+        An epoch newer than this site has applied (its Raft view lags the sender's by a few
+        milliseconds after a promotion) is given up to EPOCH_CATCH_UP_S to arrive; it is
+        never trusted on the sender's word. Raises NotFoundError (unknown volume or sender),
+        StaleEpochError (older epoch, or a newer one this site never learns), NotPrimaryError.
+        """
+        if not self.cluster.is_data_site(sender):
+            raise NotFoundError(f"{sender!r} is not a data site of this cluster", sender=sender, volume=volume)
+        deadline = time.monotonic() + EPOCH_CATCH_UP_S
+        while True:
+            vs = self.cluster.volume_state(volume)
+            if vs is None:
+                raise NotFoundError(f"unknown volume {volume}", volume=volume)
+            if epoch <= vs["epoch"] or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        if epoch != vs["epoch"]:
+            raise StaleEpochError(f"{sender} writes {volume} under epoch {epoch}, committed epoch here is "
+                                  f"{vs['epoch']}", volume=volume, got_epoch=epoch, committed_epoch=vs["epoch"],
+                                  sender=sender)
+        if vs["primary"] != sender:
+            raise NotPrimaryError(f"{sender} is not the primary of {volume} at epoch {epoch}",
+                                  volume=volume, epoch=epoch, sender=sender, primary=vs["primary"])
+
+    def chunks_received(self, volume: str, sender: str, payload_bytes: int) -> None:
+        """Account chunk payload bytes received from ``sender`` (metrics)."""
+        self.metrics.received(volume, sender, payload_bytes)
+
+    async def snapshot_received(self, volume: str, epoch: int, seq: int, root: bytes, created_at_ns: int) -> None:
+        """Record a snapshot stored completely here (state ``received``) unless already recorded.
+
+        Records are write-once (:meth:`Catalog.put`): a snapshot announced at a ``(volume,
+        epoch, seq)`` this site already holds with another root is refused with
+        RecordConflictError (the peer gets 409 ``record_conflict``), logged at WARNING and
+        counted; the record held here is untouched.
+        """
+        if self.catalog.find_root(volume, root) is not None:
+            return
+        try:
+            await asyncio.to_thread(self.catalog.put, SnapshotRecord(volume, epoch, seq, root, "received",
+                                                                     created_at_ns))
+        except RecordConflictError as err:
+            log.warning("AUDIT refused snapshot %s#%d (epoch %d) announced by the primary at %s: record_conflict, "
+                        "this site holds another root for it: %s", volume, seq, epoch, self.site_id, err.evidence)
+            raise
+
+    async def peer_audit(self, sender: str, path: str, doc: dict[str, Any], err: ReplicadError | None) -> None:
+        """Append one answered peer write request to ``peer-audit.jsonl`` (hash-chained,
+        fsynced: :class:`~replicad.storage.audit.AuditLog`) and count a refusal in
+        ``replicad_peer_refused_total{reason}``. A failing audit write is logged at ERROR
+        (the request was already answered); it never raises."""
+        if err is not None:
+            self.metrics.peer_refused(err.code)
+            if not isinstance(err, (RecordConflictError,)):
+                log.warning("AUDIT refused peer request %s from %s at %s: %s %s", path, sender, self.site_id,
+                            err.code, err)
+        record = {"who": sender, "role": "peer", "remote": None, "method": "POST", "path": path, "body": doc,
+                  "outcome": "refused" if err is not None else "ok",
+                  "status": err.http_status if err is not None else 200,
+                  "error": err.code if err is not None else None}
+        try:
+            await asyncio.to_thread(self.audit.append, record)
+        except ReplicadError as audit_err:
+            log.error("peer audit record lost at %s (%s from %s): %s", self.site_id, path, sender, audit_err)
+
+    def committed(self, command: dict) -> None:
+        """A ``commit_snapshot`` was applied (called on the event loop): if this site is a
+        holder, its ``received`` record of that snapshot becomes ``committed`` (in a worker
+        thread, in the background)."""
+        if self.site_id not in (command.get("holders") or ()):
+            return
+        task = asyncio.ensure_future(asyncio.to_thread(
+            self.mark_committed, command.get("volume"), command.get("epoch"), command.get("seq"), command.get("root")))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def mark_committed(self, volume: Any, epoch: Any, seq: Any, root: Any) -> bool:
+        """Turn this site's ``received`` record ``(volume, epoch, seq)`` of ``root`` into
+        ``committed``; True if it did. Anything else (no such record, another root, another
+        state) is left alone. Never raises (a failure is logged at ERROR). Synchronous."""
+        if not isinstance(volume, str) or not isinstance(root, bytes):
+            return False
+        try:
+            rec = self.catalog.find_root(volume, root)
+            if rec is None or rec.state != "received" or (rec.epoch, rec.seq) != (epoch, seq):
+                return False
+            self.catalog.set_state(volume, rec.epoch, rec.seq, "committed")
+            return True
+        except (ReplicadError, sqlite3.Error) as err:
+            log.error("could not mark %s#%s committed at %s: %s", volume, seq, self.site_id, err)
+            return False
+
