@@ -297,6 +297,9 @@ MAX_FLOOR_LOCK_S = 10 * 366 * 86400.0   # ten years: beyond that a value is a ty
 MAX_FLOOR_DAILY = 3660
 MAX_FLOOR_WEEKLY = 520
 MAX_FLOOR_MONTHLY = 120
+DEFAULT_GC_GRACE_S = 24 * 3600.0     # = replicad.storage.chunkstore.DEFAULT_GC_GRACE_NS (why: there)
+MIN_GC_GRACE_S = 3600.0              # longer than any snapshot transfer of a test or lab volume
+MAX_GC_GRACE_S = 30 * 86400.0
 
 
 class FloorConfig(BaseModel):
@@ -310,11 +313,17 @@ class FloorConfig(BaseModel):
     0..3660, ``weekly`` 0..520, ``monthly`` 0..120. A ``lock`` below one day
     (:data:`replicad.core.floor.MIN_LOCK_S`) is refused unless
     ``unsafe_allow_short_floor = true`` (labs and tests with fast retention only).
+
+    ``gc_grace_s`` (TOML ``gc_grace``, default 24 h): a chunk no snapshot record references
+    yet (a snapshot still arriving, or junk a peer sent) is collected only once it is this
+    old here (:func:`replicad.storage.chunkstore.ChunkStore.gc`); below one hour only with
+    ``unsafe_allow_short_floor``.
     """
 
     model_config = _FROZEN
 
     lock_s: DurationS = Field(DEFAULT_FLOOR.lock_s, alias="lock", ge=0, le=MAX_FLOOR_LOCK_S)
+    gc_grace_s: DurationS = Field(DEFAULT_GC_GRACE_S, alias="gc_grace", ge=0, le=MAX_GC_GRACE_S)
     daily: StrictInt = Field(DEFAULT_FLOOR.daily, ge=0, le=MAX_FLOOR_DAILY)
     weekly: StrictInt = Field(DEFAULT_FLOOR.weekly, ge=0, le=MAX_FLOOR_WEEKLY)
     monthly: StrictInt = Field(DEFAULT_FLOOR.monthly, ge=0, le=MAX_FLOOR_MONTHLY)
@@ -322,6 +331,12 @@ class FloorConfig(BaseModel):
 
     @model_validator(mode="after")
     def _hard_minimum(self) -> FloorConfig:
+        if self.gc_grace_s < MIN_GC_GRACE_S and not self.unsafe_allow_short_floor:
+            raise ValueError(
+                f"gc_grace ({format_duration(self.gc_grace_s)}) is below the hard minimum of "
+                f"{format_duration(MIN_GC_GRACE_S)}: chunks of a snapshot still arriving could be collected; "
+                "set unsafe_allow_short_floor = true only on a lab or test bench"
+            )
         if self.lock_s < MIN_LOCK_S and not self.unsafe_allow_short_floor:
             raise ValueError(
                 f"lock ({format_duration(self.lock_s)}) is below the hard minimum of "

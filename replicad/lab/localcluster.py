@@ -104,7 +104,7 @@ class SiteProc:
         return self.dir / f"{volume}.img"
 
 
-NO_FLOOR_TOML = ('[floor]\nlock = "0s"\ndaily = 0\nweekly = 0\nmonthly = 0\n'
+NO_FLOOR_TOML = ('[floor]\nlock = "0s"\ngc_grace = "0s"\ndaily = 0\nweekly = 0\nmonthly = 0\n'
                  'unsafe_allow_short_floor = true\n')
 """A ``[floor]`` that protects nothing: for test clusters whose retention runs in seconds."""
 

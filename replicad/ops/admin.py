@@ -33,7 +33,7 @@ maps ``error`` back to the same class and its exit code. 401 answers carry
 primary is forwarded to the primary's admin endpoint with the caller's bearer token.
 
 Every call that changes something, and every refused or failed call (any status >= 400),
-is appended to the hash-chained ``<data_dir>/admin-audit.jsonl`` (:mod:`replicad.ops.audit`)
+is appended to the hash-chained ``<data_dir>/admin-audit.jsonl`` (:mod:`replicad.storage.audit`)
 before the answer is sent.
 
 **Membership** is fixed by the config files: pysyncobj's dynamic membership commands are
@@ -63,7 +63,7 @@ import aiohttp
 from aiohttp import web
 
 from replicad.ops import auth
-from replicad.ops.audit import AuditLog, verify_chain
+from replicad.storage.audit import AuditLog, verify_chain
 from replicad.core.errors import (InternalError, NotFoundError, NotSupportedError, PeerUnavailableError, ReplicadError,
                      UnauthenticatedError, UsageError, _jsonable, from_dict)
 from replicad.core.units import parse_duration
@@ -297,11 +297,16 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
             _raise_not_found(name)
         committed = [{"seq": seq, **dict(snap)} for seq, snap in sorted(vs["snapshots"].items())]
         divergent = []
+        kept = []
         if site.catalog is not None and name in site.runners:
             divergent = [{"epoch": r.epoch, "seq": r.seq, "root": r.root, "created_at_ns": r.created_at_ns}
                          for r in site.catalog.list(name, "divergent")]
+            # records the cluster state no longer lists that this site's floor kept (restorable here)
+            listed = {snap["root"] for snap in vs["snapshots"].values()}
+            kept = [{"epoch": r.epoch, "seq": r.seq, "root": r.root, "state": r.state, "created_at_ns": r.created_at_ns}
+                    for r in site.catalog.list(name) if r.state in ("committed", "received") and r.root not in listed]
         return _ok({"volume": name, "epoch": vs["epoch"], "primary": vs["primary"], "snapshots": committed,
-                    "divergent": divergent})
+                    "divergent": divergent, "kept_locally": kept})
 
     async def snapshot(request: web.Request) -> web.Response:
         return _ok(await site.volumes.snapshot_now(request.match_info["volume"]))

@@ -66,7 +66,9 @@ SCHEMAS: dict[str, dict] = {
     "Snapshots": _object({"volume": _STR, "epoch": _INT, "primary": _NSTR,
                           "snapshots": {"type": "array", "items": _ref("Snapshot")},
                           "divergent": {"type": "array", "items": _object(
-                              {"epoch": _INT, "seq": _INT, "root": _STR, "created_at_ns": _INT})}}),
+                              {"epoch": _INT, "seq": _INT, "root": _STR, "created_at_ns": _INT})},
+                          "kept_locally": {"type": "array", "items": _object(
+                              {"epoch": _INT, "seq": _INT, "root": _STR, "state": _STR, "created_at_ns": _INT})}}),
     "CycleReport": _object({"seq": _INT, "changed_blocks": _INT, "verdict": _STR, "score": _NUM,
                             "holders": {"type": "array", "items": _STR}, "committed": _BOOL},
                            {"baseline": _NUM, "bytes_shipped": _INT, "peers": _OBJ, "cycle_s": _NUM}),

@@ -4,7 +4,8 @@ only what it needs:
 
 * :mod:`~replicad.site.cluster` — Raft handle (proposals, applied state) and members;
 * :mod:`~replicad.site.pull` — fetch what a snapshot lacks here from its holders;
-* :mod:`~replicad.site.replication` — the cycle and shipping, and the peer API's hooks;
+* :mod:`~replicad.site.replication` — the cycle and shipping;
+* :mod:`~replicad.site.receiver` — the peer API's hooks: fencing, write-once records, peer audit;
 * :mod:`~replicad.site.promotion` — takeover, fencing, promote, demote;
 * :mod:`~replicad.site.volumes` — the per-volume loop (one :class:`~replicad.site.runner.VolumeRunner` each);
 * :mod:`~replicad.site.recovery` — restore and drill; :mod:`~replicad.site.scrub` — verify, repair;
@@ -62,12 +63,14 @@ from replicad.site.housekeeping import Housekeeping
 from replicad.site.operations import Operations
 from replicad.site.promotion import Promotion
 from replicad.site.pull import Pull
+from replicad.site.receiver import Receiver
 from replicad.site.recovery import Recovery, recover_restores
 from replicad.site.replication import Replication
 from replicad.site.runner import VolumeRunner
 from replicad.site.scrub import Scrub
 from replicad.site.status import Status
 from replicad.site.volumes import VolumeLoop
+from replicad.storage.audit import AuditLog
 from replicad.storage.catalog import Catalog
 from replicad.storage.chunkstore import ChunkStore
 from replicad.telemetry.metrics import SiteMetrics
@@ -93,7 +96,7 @@ class SiteDaemon:
     """One site. ``await start(admin_routes=...)``, then ``await run_until_stopped()``;
     ``await stop()`` cleans up.
 
-    The rooms (``cluster``, ``pull``, ``replication``, ``promotion``, ``volumes``,
+    The rooms (``cluster``, ``pull``, ``replication``, ``receiver``, ``promotion``, ``volumes``,
     ``recovery``, ``scrub``, ``housekeeping``, ``status``) exist once :meth:`start` opened
     what they use; ``operations`` and ``metrics`` from construction.
 
@@ -104,6 +107,7 @@ class SiteDaemon:
     cluster: Cluster
     pull: Pull
     replication: Replication
+    receiver: Receiver
     promotion: Promotion
     volumes: VolumeLoop
     recovery: Recovery
@@ -154,7 +158,8 @@ class SiteDaemon:
         (self.data_dir / "raft").mkdir(exist_ok=True)
         self.raft = RaftNode(me.raft, partners, self.data_dir / "raft",
                              self.cfg.raft_password.get_secret_value(), on_applied=self._on_applied,
-                             needs_leader=self._acts_as_primary)
+                             needs_leader=self._acts_as_primary,
+                             members=[s.site_id for s in self.cfg.sites])
         self.cluster = Cluster(self.site_id, self.raft, lambda: self.cfg)
         for name, runner in self.runners.items():
             runner.acting_epoch = self.catalog.acting_epoch(name)
@@ -167,7 +172,7 @@ class SiteDaemon:
         self.peers = PeerClient(self.session, self.site_id)
         self._build_rooms(self.store, self.catalog, self.peers)
 
-        await self._serve(peer_routes(self.replication), self.cfg.peer_listen, client_max_size=64 * 2**20,
+        await self._serve(peer_routes(self.receiver), self.cfg.peer_listen, client_max_size=64 * 2**20,
                           ssl_context=server_context(tls) if tls is not None else None)
         await self._serve(admin_routes(self), self.cfg.admin_listen)
         self._tasks.append(asyncio.create_task(self._bootstrap(), name="bootstrap"))
@@ -191,7 +196,9 @@ class SiteDaemon:
         self.recovery = Recovery(cluster, lambda: self.cfg, self.data_dir, store, catalog, runners, self.pull,
                                  self.interrupted_restores)
         self.scrub = Scrub(cluster, store, runners, self.pull, self.metrics)
-        self.housekeeping = Housekeeping(cluster, store, catalog, runners, self.scrub.repair_step)
+        self.receiver = Receiver(cluster, store, catalog, self.metrics, AuditLog(self.data_dir / "peer-audit.jsonl"))
+        self.housekeeping = Housekeeping(cluster, store, catalog, runners, self.scrub.repair_step,
+                                         lambda: self.cfg.floor, self.metrics)
         self.status = Status(cluster, catalog, store, runners, self.interrupted_restores)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task:
@@ -297,7 +304,12 @@ class SiteDaemon:
 
         O3: a promotion/demotion that advances a volume's epoch past the one this site acts
         under sets the runner's fence flag right here, before anything else runs for it.
+        A committed snapshot this site holds turns its ``received`` record ``committed``
+        (:meth:`Receiver.committed`), which the local floor's calendar rules count.
         """
+        if result.get("ok") and command.get("op") == "commit_snapshot" and self._loop is not None \
+                and getattr(self, "receiver", None) is not None:
+            self._loop.call_soon_threadsafe(self.receiver.committed, command)
         if not result.get("ok") or command.get("op") not in ("promote", "demote"):
             return
         runner = self.runners.get(command.get("volume", ""))

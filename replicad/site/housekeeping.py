@@ -1,6 +1,15 @@
 """Housekeeping of one site's history: the Raft-agreed retention policy (planned at the
 primary, the lock window re-checked at every site with its own clock, O4), the operator's
 prune and verdicts, and garbage collection of chunks no kept snapshot references.
+
+Whatever Raft says, a site forgets a local record only outside its own **floor**
+(``[floor]`` in its own config, :mod:`replicad.core.floor`), measured with its own clock
+and its own store times: a forged or wrong cluster state, or a prune agreed by a
+compromised majority, cannot make this site lose a snapshot inside its floor. Each record
+the floor keeps against the cluster state is logged at WARNING and counted
+(``replicad_floor_kept_total``). The collector's live set is every local record plus
+every snapshot Raft lists this site as holding; unreferenced chunks younger than the
+floor's ``gc_grace`` are kept.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from replicad.core import floor as local_floor
 from replicad.core import retention
 from replicad.core.errors import NotFoundError, ReplicadError
 from replicad.core.manifest import chunk_digests
@@ -19,6 +29,7 @@ from replicad.site.cluster import Cluster
 from replicad.site.runner import VolumeRunner, load_manifest, runner_of
 from replicad.storage.catalog import Catalog
 from replicad.storage.chunkstore import ChunkStore
+from replicad.telemetry.metrics import SiteMetrics
 
 log = logging.getLogger("replicad.site.housekeeping")
 
@@ -34,16 +45,22 @@ class Housekeeping:
         runners: the site's volume runners (their locks; their wake-ups after a verdict).
         repair_step: re-fetches lost chunks; run before retention every ``RETENTION_TICK_S``
             (``Scrub.repair_step``).
+        floor: returns this site's floor config (``SiteConfig.floor``; a callable so a reload
+            is seen), read at each step.
+        metrics: the site's metrics (records the floor kept).
     """
 
     def __init__(self, cluster: Cluster, store: ChunkStore, catalog: Catalog, runners: dict[str, VolumeRunner],
-                 repair_step: Callable[[], Awaitable[int]]) -> None:
+                 repair_step: Callable[[], Awaitable[int]], floor: Callable[[], Any], metrics: SiteMetrics) -> None:
         self.site_id = cluster.site_id
         self.cluster = cluster
         self.store = store
         self.catalog = catalog
         self.runners = runners
         self.repair_step = repair_step
+        self.floor = floor
+        self.metrics = metrics
+        self._weaker_warned: dict[str, tuple] = {}
 
     async def retention_loop(self) -> None:
         """Every ``RETENTION_TICK_S``: the repair step, then each volume's retention step
@@ -72,7 +89,8 @@ class Housekeeping:
         collect chunks that no kept snapshot references. Divergent records are never touched.
         ``plan=False`` does only the local part (after an operator's explicit prune, which
         must prune nothing more than it named).
-        Returns ``{"pruned": [...], "forgotten": n, "refused": [...], "gc": {...}}``.
+        Records inside this site's floor are kept whatever Raft says (``floor_kept``).
+        Returns ``{"pruned": [...], "forgotten": n, "refused": [...], "floor_kept": [...], "gc": {...}}``.
         """
         vs = self.cluster.volume_state(volume)
         if vs is None:
@@ -96,21 +114,51 @@ class Housekeeping:
         live_roots = {s["root"] for s in vs["snapshots"].values()}
         lock_ns = vs["retention"]["lock_s"] * 1e9
         now = time.time_ns()
+        for seq, snap in vs["snapshots"].items():  # held and committed: the floor's calendar rules count it
+            if self.site_id in snap["holders"]:
+                rec = self.catalog.find_root(volume, snap["root"])
+                if rec is not None and rec.state == "received" and (rec.epoch, rec.seq) == (snap["epoch"], seq):
+                    await asyncio.to_thread(self.catalog.set_state, volume, rec.epoch, rec.seq, "committed")
+        policy = self.floor().policy()
+        self._warn_if_weaker(volume, vs["retention"], policy)
+        kept = local_floor.protected(self.catalog.floor_records(volume), policy, now)
+        report["floor_kept"] = []
         for rec in self.catalog.list(volume):
             stale_received = rec.state == "received" and rec.seq <= vs["last_seq"]
             if rec.root in live_roots or rec.state not in ("committed", "received") or \
                     (rec.state == "received" and not stale_received):
                 continue
-            if now - rec.created_at_ns < lock_ns:  # O4, with this site's own clock
+            # a record's age is measured from the later of its manifest time and the time this site
+            # stored it: a peer's timestamp never makes a record older than it is here
+            age_ns = now - max(rec.created_at_ns, rec.stored_at_ns or 0)
+            if age_ns < lock_ns:  # O4, with this site's own clock
                 log.warning("AUDIT refused to delete %s#%d (epoch %d) at %s: inside the lock window", volume,
                             rec.seq, rec.epoch, self.site_id)
                 report["refused"].append(rec.seq)
+                continue
+            reasons = kept.get((rec.epoch, rec.seq))
+            if reasons:  # the site's own floor, whatever the cluster state says
+                log.warning("AUDIT kept %s#%d (epoch %d, %s) at %s against the cluster state: inside this site's "
+                            "floor (%s)", volume, rec.seq, rec.epoch, rec.state, self.site_id, ", ".join(reasons))
+                self.metrics.floor_kept_record(volume, reasons)
+                report["floor_kept"].append(rec.seq)
                 continue
             await asyncio.to_thread(self.catalog.delete, volume, rec.epoch, rec.seq)
             report["forgotten"] += 1
         if report["forgotten"]:
             report["gc"] = await asyncio.to_thread(self.gc)
         return report
+
+    def _warn_if_weaker(self, volume: str, raft_policy: dict, policy: local_floor.FloorPolicy) -> None:
+        """WARNING once per (policy, floor) pair when the Raft policy of ``volume`` is weaker
+        than this site's floor (the floor still wins here)."""
+        key = (tuple(sorted(raft_policy.items())), policy)
+        if self._weaker_warned.get(volume) == key:
+            return
+        self._weaker_warned[volume] = key
+        for problem in local_floor.weaker_than_floor(raft_policy, policy):
+            log.warning("retention of %s agreed in Raft is weaker than the floor of %s (the floor is kept here): %s",
+                        volume, self.site_id, problem)
 
     async def prune(self, volume: str, seqs: list[int]) -> dict:
         """Operator request to prune exactly the committed snapshots ``seqs`` now; the state
@@ -154,12 +202,20 @@ class Housekeeping:
         return out
 
     def gc(self) -> dict:
-        """Collect chunks that no snapshot this site keeps references (O4: retained ones stay)."""
-        live: set[bytes] = set()
+        """Collect chunks that no snapshot this site keeps references (O4: retained ones stay).
+
+        Live: every snapshot in the local catalog, and every committed snapshot Raft lists
+        this site as holding (even if its local record were lost). Unreferenced chunks younger
+        than the floor's ``gc_grace`` stay (a snapshot still arriving)."""
+        roots: set[bytes] = set()
         for name in self.runners:
-            for rec in self.catalog.list(name):
-                if self.store.has(rec.root):
-                    live |= chunk_digests(load_manifest(self.store, rec.root), self.store.get)
-        stats = self.store.gc(live)
+            roots |= {rec.root for rec in self.catalog.list(name)}
+            vs = self.cluster.volume_state(name) or {}
+            roots |= {s["root"] for s in vs.get("snapshots", {}).values() if self.site_id in s.get("holders", ())}
+        live: set[bytes] = set()
+        for root in roots:
+            if self.store.has(root):
+                live |= chunk_digests(load_manifest(self.store, root), self.store.get)
+        stats = self.store.gc(live, grace_ns=int(self.floor().gc_grace_s * 1e9))
         log.info("gc: %s", stats)
         return stats

@@ -22,7 +22,7 @@ from replicad.site.cluster import Cluster
 from replicad.site.operations import Operation
 from replicad.site.pull import Pull
 from replicad.site.runner import VolumeRunner, load_manifest, runner_of
-from replicad.storage.catalog import Catalog, RestoreRecord
+from replicad.storage.catalog import Catalog, SnapshotRecord, RestoreRecord
 from replicad.storage.chunkstore import ChunkStore
 from replicad.storage.durable import fsync_dir
 from replicad.storage.image import apply_snapshot, check_target_size, target_error, verify_image
@@ -69,6 +69,8 @@ class Recovery:
 
         With ``divergent_epoch``, restore this site's *divergent* snapshot ``(epoch, seq)``
         instead (forensics of what an old primary wrote alone; its chunks exist only here).
+        A ``seq`` the cluster state no longer lists but this site still holds (its floor kept
+        it: :meth:`kept_locally`) is restored from this site alone, verdict ``kept_locally``.
 
         Raises UsageError (target is the live volume, or exists without ``overwrite``),
         NotFoundError (no such snapshot / no clean one), IntegrityError / RestoreVerifyError.
@@ -93,17 +95,26 @@ class Recovery:
                 seq = newest_clean(vs)  # the default, and what --last-clean asks for explicitly
             if seq is None:
                 raise NotFoundError(f"{volume} has no clean committed snapshot", volume=volume)
-            if seq not in vs["snapshots"]:
+            kept = self.kept_locally(volume, seq) if seq not in vs["snapshots"] else None
+            if seq not in vs["snapshots"] and kept is None:
                 raise NotFoundError(f"no committed snapshot {volume}#{seq}", volume=volume, seq=seq)
-            log.info("restoring %s#%d into %s", volume, seq, target)
-            if op is not None:
-                op.phase = "fetching"
-            manifest = await self.pull.ensure_snapshot(volume, seq, vs)
-            verdict = vs["snapshots"][seq]["verdict"]
+            if kept is not None:
+                # the cluster state no longer lists it, this site's floor kept it: restore from here alone
+                log.warning("AUDIT restoring %s#%d (epoch %d) into %s from this site's own record: the cluster "
+                            "state no longer lists it", volume, seq, kept.epoch, target)
+                manifest = load_manifest(self.store, kept.root)
+                verdict = "kept_locally"
+            else:
+                log.info("restoring %s#%d into %s", volume, seq, target)
+                if op is not None:
+                    op.phase = "fetching"
+                manifest = await self.pull.ensure_snapshot(volume, seq, vs)
+                verdict = vs["snapshots"][seq]["verdict"]
         if op is not None:
             op.phase = "writing"
         phases = {"fetch_s": time.monotonic() - t0}
-        rep, root = await self._write_restore(volume, target, manifest, divergent_epoch is not None, op, phases)
+        local_only = divergent_epoch is not None or verdict == "kept_locally"
+        rep, root = await self._write_restore(volume, target, manifest, local_only, op, phases)
         log.info("restored %s#%d (%s) into %s: root verified, %d blocks written, %.2fs (fetch %.2fs, write %.2fs, "
                  "verify %.2fs)", volume, manifest.seq, verdict, target, rep.blocks_written, time.monotonic() - t0,
                  phases["fetch_s"], phases["write_s"], phases["verify_s"])
@@ -111,6 +122,17 @@ class Recovery:
                 "root": root.hex(), "verified": True,
                 "blocks_written": rep.blocks_written, "bytes_written": rep.bytes_written,
                 "seconds": time.monotonic() - t0, "phases": phases}
+
+    def kept_locally(self, volume: str, seq: int) -> SnapshotRecord | None:
+        """This site's committed (else received) record of ``volume#seq`` of the newest epoch,
+        if the cluster state does not list that seq and its manifest is here; else None."""
+        vs = self.cluster.volume_state(volume) or {"snapshots": {}}
+        if seq in vs["snapshots"]:
+            return None
+        recs = [r for r in self.catalog.list(volume) if r.seq == seq and r.state in ("committed", "received")
+                and self.store.has(r.root)]
+        recs.sort(key=lambda r: (r.state == "committed", r.epoch))
+        return recs[-1] if recs else None
 
     async def drill(self, volume: str, seq: int | None, sandbox: Path, keep: bool = False,
                     op: "Operation | None" = None) -> dict:

@@ -44,13 +44,14 @@ def snapshot(c: LocalCluster, site: str) -> dict:
 
 @pytest.fixture
 def cluster_factory(tmp_path: Path):
-    """``make(extra_volume_toml="", n_blocks=192, interval="1h", tls=False)`` starts a ready three-site cluster whose
+    """``make(extra_volume_toml="", n_blocks=192, interval="1h", tls=False, extra_site_toml="")`` starts a ready three-site cluster whose
     site-a holds a fresh image; every cluster made is stopped (by PID) at teardown."""
     made: list[LocalCluster] = []
 
-    def make(extra_volume_toml: str = "", n_blocks: int = 192, interval: str = "1h", tls: bool = False) -> LocalCluster:
+    def make(extra_volume_toml: str = "", n_blocks: int = 192, interval: str = "1h", tls: bool = False,
+             extra_site_toml: str = "") -> LocalCluster:
         c = LocalCluster(tmp_path / f"cluster{len(made)}", interval=interval, min_copies=2,
-                         extra_volume_toml=extra_volume_toml, tls=tls)
+                         extra_volume_toml=extra_volume_toml, tls=tls, extra_site_toml=extra_site_toml)
         made.append(c)
         write_image(c.sites["site-a"].volume_path(VOL), n_blocks, random.Random(1))
         c.start_all()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from replicad.core.errors import RetentionLockedError
-from replicad.lab.localcluster import LocalCluster
+from replicad.lab.localcluster import NO_FLOOR_TOML, LocalCluster
 
 from .conftest import VOL, overwrite_blocks, snapshot
 
@@ -20,7 +20,7 @@ SHORT = '[volumes.retention]\nkeep_all = "1s"\nhourly = "1s"\ndaily = "1s"\nlock
 
 @pytest.fixture
 def cluster(cluster_factory):
-    return cluster_factory(SHORT, n_blocks=96)
+    return cluster_factory(SHORT, n_blocks=96, extra_site_toml=NO_FLOOR_TOML)
 
 
 def store_bytes(c: LocalCluster, site: str) -> int:
