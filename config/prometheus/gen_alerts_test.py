@@ -154,6 +154,30 @@ case("scrape error for 5m",
      [("5m", "ReplicadScrapeError", []),
       ("7m", "ReplicadScrapeError", [exp("ReplicadScrapeError", {"site": "site-a", "part": "state"})])])
 
+case("peer request refused: a record_conflict fires at once; stale_epoch alone does not",
+     [('replicad_peer_refused_total{site="site-b", reason="record_conflict"}', "0 0 3x20"),
+      ('replicad_peer_refused_total{site="site-c", reason="stale_epoch"}', "0 1 2 3x20")],
+     [("1m", "ReplicadPeerRequestRefused", []),
+      ("3m", "ReplicadPeerRequestRefused",
+       [exp("ReplicadPeerRequestRefused", {"site": "site-b", "reason": "record_conflict"}, 3)]),
+      ("20m", "ReplicadPeerRequestRefused", [])])
+
+case("floor kept snapshots the cluster dropped: fires, resolves an hour later",
+     [('replicad_floor_kept_total{site="site-b", volume="ehr", reason="daily"}', "0 0 1x70"),
+      ('replicad_floor_kept_total{site="site-c", volume="ehr", reason="weekly"}', "0x72")],
+     [("1m", "ReplicadFloorKeptAgainstCluster", []),
+      ("3m", "ReplicadFloorKeptAgainstCluster",
+       [exp("ReplicadFloorKeptAgainstCluster", {"site": "site-b", "volume": "ehr", "reason": "daily"}, 1)]),
+      ("70m", "ReplicadFloorKeptAgainstCluster", [])])
+
+case("Raft traffic refused",
+     [('replicad_raft_refused_total{site="site-a", reason="readonly_node"}', "0 0 5x20"),
+      ('replicad_raft_refused_total{site="site-b", reason="readonly_node"}', "0x22")],
+     [("1m", "ReplicadRaftTrafficRefused", []),
+      ("3m", "ReplicadRaftTrafficRefused",
+       [exp("ReplicadRaftTrafficRefused", {"site": "site-a", "reason": "readonly_node"}, 5)]),
+      ("20m", "ReplicadRaftTrafficRefused", [])])
+
 
 def document() -> str:
     covered = {c["alertname"] for t in TESTS for c in t["alert_rule_test"]}

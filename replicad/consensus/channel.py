@@ -87,6 +87,14 @@ def bounded_decompress(data: bytes, limit_bytes: int = MAX_DECOMPRESSED_BYTES) -
     return out
 
 
+KNOWN_REASONS = ("bad_frame", "decompressed_too_large", "frame_too_large", "handshake_timeout", "malformed",
+                 "readonly_node", "snapshot_from_non_leader", "snapshot_regresses", "snapshot_too_large",
+                 "term_from_non_leader", "too_many_connections", "unknown_node", "utility_message",
+                 "vote_in_lease")
+"""Reasons exported at 0 from the start (a counter series exists before its first refusal, so
+rules over ``increase()`` see the first one); other reasons appear when first counted."""
+
+
 class RefusalLog:
     """Counts refused Raft traffic by reason and logs it at WARNING, rate-limited per reason.
 

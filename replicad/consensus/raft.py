@@ -188,7 +188,7 @@ from pysyncobj.journal import Journal
 from pysyncobj.node import TCPNode
 from pysyncobj.tcp_connection import TcpConnection
 
-from replicad.consensus.channel import (MAX_DECOMPRESSED_BYTES, DecompressionBombError, MemberOnlyTransport,
+from replicad.consensus.channel import (KNOWN_REASONS, MAX_DECOMPRESSED_BYTES, DecompressionBombError, MemberOnlyTransport,
                                        RefusalLog, bounded_decompress, refusals_of)
 from replicad.consensus.guard import MAX_TERM_STEP, GuardedSerializer, shape_problem
 from replicad.core import errors
@@ -1138,7 +1138,7 @@ class RaftNode:
             status = dict(self._status)
             status["partners"] = dict(self._status["partners"])
         status["dump_error"] = self._dump_error
-        status["refused"] = self._refusals.counts()
+        status["refused"] = {**dict.fromkeys(KNOWN_REASONS, 0), **self._refusals.counts()}
         if self._syncobj is None:
             status.update(leader=None, is_leader=False, has_quorum=False)
         return status

@@ -30,6 +30,10 @@ replicad_ship_sent_bytes_total                              volume, peer       e
 replicad_ship_received_bytes_total                          volume, peer       event
 replicad_verify_runs_total                                  volume             event
 replicad_verify_mismatches_total                            volume             event
+replicad_peer_refused_total                                 reason             event: a peer write refused
+                                                                               (record_conflict, stale_epoch..)
+replicad_floor_kept_total                                   volume, reason     event: the local floor kept
+                                                                               a record Raft dropped
 replicad_volume_rpo_seconds                                 volume             age of newest committed
 replicad_volume_rpo_target_seconds                          volume             3 x interval, else 900
 replicad_volume_interval_seconds                            volume             config
@@ -340,6 +344,11 @@ class StateCollector(Collector):
         put("replicad_store_packs", store.get("packs"))
 
 
+PEER_REFUSAL_REASONS = ("record_conflict", "not_primary", "stale_epoch", "forbidden", "integrity", "not_found",
+                        "remote_protocol")
+"""Error codes of refused peer writes exported at 0 from the start (others appear when first seen)."""
+
+
 class SiteMetrics:
     """The metrics registry of one site.
 
@@ -385,6 +394,13 @@ class SiteMetrics:
                                    registry=self.registry)
         self.verify_mismatches = Counter("replicad_verify_mismatches_total", "Chunks found corrupt by verify",
                                          ["site", "volume"], registry=self.registry)
+        self.peer_refusals = Counter("replicad_peer_refused_total",
+                                     "Peer write requests (chunks, snapshot) this site refused, by error code",
+                                     ["site", "reason"], registry=self.registry)
+        self.floor_kept = Counter("replicad_floor_kept_total",
+                                  "Local records the cluster state no longer lists that this site's own floor "
+                                  "kept, by rule (lock, daily, weekly, monthly)", ["site", "volume", "reason"],
+                                  registry=self.registry)
         self.collector = StateCollector(site_id, status_fn, state_fn=state_fn, data_dir=data_dir,
                                         volume_intervals_s=volume_intervals_s, clock_ns=clock_ns)
         self.registry.register(self.collector)
@@ -396,7 +412,11 @@ class SiteMetrics:
             self.changed_blocks.labels(site_id, volume)
             self.verify_runs.labels(site_id, volume)
             self.verify_mismatches.labels(site_id, volume)
+            for rule in ("lock", "daily", "weekly", "monthly"):
+                self.floor_kept.labels(site_id, volume, rule)
             self.last_cycle.labels(site_id, volume, "committed").set(start_s)
+        for reason in PEER_REFUSAL_REASONS:
+            self.peer_refusals.labels(site_id, reason)
 
     @classmethod
     def for_site(cls, cfg: "SiteConfig", status_fn: Callable[[], dict],
@@ -436,6 +456,15 @@ class SiteMetrics:
         self.verify_runs.labels(self.site_id, volume).inc()
         if mismatched:
             self.verify_mismatches.labels(self.site_id, volume).inc(mismatched)
+
+    def peer_refused(self, reason: str) -> None:
+        """Count one peer write request refused with error code ``reason``."""
+        self.peer_refusals.labels(self.site_id, reason).inc()
+
+    def floor_kept_record(self, volume: str, reasons: tuple[str, ...]) -> None:
+        """Count one record the local floor kept against the cluster state, once per rule in ``reasons``."""
+        for reason in reasons:
+            self.floor_kept.labels(self.site_id, volume, reason).inc()
 
     def render(self) -> bytes:
         """The text exposition of every metric (never raises because of the daemon's state)."""

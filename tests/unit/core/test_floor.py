@@ -166,7 +166,7 @@ def test_every_bucket_inside_the_horizon_keeps_exactly_one(policy: FloorPolicy, 
         count = getattr(policy, reason)
         buckets: dict[int, list[FloorRecord]] = {}
         for r in recs:
-            if r.state == "committed" and index(r.time_ns) > index(NOW_NS) - count:
+            if count > 0 and r.state == "committed" and index(r.time_ns) > index(NOW_NS) - count:
                 buckets.setdefault(index(r.time_ns), []).append(r)
         kept = [r for r in recs if reason in got.get(r.key, ())]
         assert sorted(index(r.time_ns) for r in kept) == sorted(buckets)

@@ -50,7 +50,7 @@ def site_status(role: str = "replica", standby_seq: int | None = 1) -> dict:
         "site_id": "site-b",
         "raft": {"self": "10.0.0.2:7101", "leader": "10.0.0.1:7101", "is_leader": False, "term": 7,
                  "commit_index": 42, "last_applied": 41, "has_quorum": True,
-                 "partners": {"10.0.0.1:7101": True, "10.0.0.3:7101": False}},
+                 "partners": {"10.0.0.1:7101": True, "10.0.0.3:7101": False}, "refused": {"readonly_node": 0}},
         "raft_sites": {"10.0.0.1:7101": "site-a", "10.0.0.2:7101": "site-b", "10.0.0.3:7101": "site-c"},
         "volumes": {"ehr": {"role": role, "acting_epoch": None, "epoch": 4, "primary": "site-a",
                             "newest_committed": 3, "newest_clean": 2, "suspect": [3], "rpo_s": 300.0,
