@@ -18,7 +18,8 @@ pysyncobj, sqlite3) are translated into this tree at the adapter that met them.
     │   ├── NotPrimaryError                     this site is not the volume's primary
     │   ├── RetentionLockedError                delete inside the retention lock (O4)
     │   ├── ApprovalRequiredError               two-party rule: a second site's approval is missing
-    │   └── RecordConflictError                 a snapshot record held here would be replaced (write-once)
+    │   ├── RecordConflictError                 a snapshot record held here would be replaced (write-once)
+    │   └── QuotaExceededError          (429)   a peer sent more than a snapshot in flight can need
     ├── IntegrityError                 exit 5   digest/root mismatch: never served, never stored
     │   └── RestoreVerifyError                  restored image root != manifest root (O5)
     ├── ProtocolError                  exit 6
@@ -160,6 +161,17 @@ class RecordConflictError(ConflictError):
     written; the held record stays."""
 
     code = "record_conflict"
+
+
+class QuotaExceededError(ConflictError):
+    """A peer's writes to this site exceeded what replication can legitimately need: more
+    chunk bytes for one ``(volume, epoch)`` since its last snapshot than the volume's size
+    allows, or more snapshots announced ahead of the committed one than are ever in flight.
+    Evidence: ``volume``, ``epoch``, ``sender``, the ``limit`` and what was asked. Nothing
+    past the limit was stored."""
+
+    code = "quota_exceeded"
+    http_status = 429
 
 
 class IntegrityError(ReplicadError):

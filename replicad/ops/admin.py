@@ -442,7 +442,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         name = request.match_info["volume"]
         runner = runner_of(site.runners, name, site.site_id)
         async with runner.lock:
-            return _ok(await site.housekeeping.retention_step(name))
+            return _ok(await site.housekeeping.retention_step(name, force_gc=True))
 
     async def members_get(request: web.Request) -> web.Response:
         return _ok(members(site))

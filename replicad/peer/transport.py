@@ -61,6 +61,11 @@ class PeerHost(Protocol):
     def chunks_received(self, volume: str, sender: str, payload_bytes: int) -> None:
         """Account chunk bytes received from ``sender`` (metrics)."""
 
+    def admit_chunk(self, volume: str, epoch: int, sender: str, payload_bytes: int) -> None:
+        """Count one chunk of ``payload_bytes`` about to be stored for ``(volume, epoch)`` from
+        ``sender``; raise QuotaExceededError (nothing stored) past what a snapshot in flight can
+        need. Synchronous and cheap (called per frame)."""
+
     async def peer_audit(self, sender: str, path: str, doc: dict[str, Any], err: ReplicadError | None) -> None:
         """Record one answered write request from ``sender`` (``path``: the route; ``doc``:
         volume, epoch, seq, root, stored — whatever the request carried; ``err``: the error it
@@ -195,6 +200,9 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
                         await host.check_write_epoch(reader.header["volume"], reader.header["epoch"],
                                                reader.header["from"])
                         checked = True
+                    # quota: never more than a snapshot in flight can need (refused before storing)
+                    host.admit_chunk(reader.header["volume"], reader.header["epoch"], reader.header["from"],
+                                     len(frame[2]))
                     batch.append(frame)
                     batch_bytes += len(frame[2])
                     received_bytes += len(frame[2])

@@ -34,6 +34,7 @@ from replicad.telemetry.metrics import SiteMetrics
 log = logging.getLogger("replicad.site.housekeeping")
 
 RETENTION_TICK_S = 60.0
+GC_EVERY_S = 3600.0  # unreferenced chunks past their grace are collected at least this often
 
 
 class Housekeeping:
@@ -61,6 +62,7 @@ class Housekeeping:
         self.floor = floor
         self.metrics = metrics
         self._weaker_warned: dict[str, tuple] = {}
+        self._last_gc = time.monotonic()
 
     async def retention_loop(self) -> None:
         """Every ``RETENTION_TICK_S``: the repair step, then each volume's retention step
@@ -78,7 +80,7 @@ class Housekeeping:
                 except ReplicadError as err:
                     log.info("retention %s: %s", runner.cfg.name, err)
 
-    async def retention_step(self, volume: str, *, plan: bool = True) -> dict:
+    async def retention_step(self, volume: str, *, plan: bool = True, force_gc: bool = False) -> dict:
         """Apply the Raft-agreed retention policy of ``volume`` at this site.
 
         At the primary (only if ``plan``): plan with the pure planner (never the lock window,
@@ -88,7 +90,9 @@ class Housekeeping:
         lock window with this site's own clock, refusing (and logging) otherwise — then
         collect chunks that no kept snapshot references. Divergent records are never touched.
         ``plan=False`` does only the local part (after an operator's explicit prune, which
-        must prune nothing more than it named).
+        must prune nothing more than it named). The collector runs when records were forgotten,
+        at least every ``GC_EVERY_S`` (unreferenced chunks a peer sent age out), or with
+        ``force_gc`` (an operator's ``retention/run``).
         Records inside this site's floor are kept whatever Raft says (``floor_kept``).
         Returns ``{"pruned": [...], "forgotten": n, "refused": [...], "floor_kept": [...], "gc": {...}}``.
         """
@@ -145,7 +149,7 @@ class Housekeeping:
                 continue
             await asyncio.to_thread(self.catalog.delete, volume, rec.epoch, rec.seq)
             report["forgotten"] += 1
-        if report["forgotten"]:
+        if report["forgotten"] or force_gc or time.monotonic() - self._last_gc >= GC_EVERY_S:
             report["gc"] = await asyncio.to_thread(self.gc)
         return report
 
@@ -217,5 +221,6 @@ class Housekeeping:
             if self.store.has(root):
                 live |= chunk_digests(load_manifest(self.store, root), self.store.get)
         stats = self.store.gc(live, grace_ns=int(self.floor().gc_grace_s * 1e9))
+        self._last_gc = time.monotonic()
         log.info("gc: %s", stats)
         return stats

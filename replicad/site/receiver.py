@@ -13,8 +13,8 @@ import sqlite3
 import time
 from typing import Any
 
-from replicad.core.errors import (NotFoundError, NotPrimaryError, RecordConflictError, ReplicadError,
-                                  StaleEpochError)
+from replicad.core.errors import (NotFoundError, NotPrimaryError, QuotaExceededError, RecordConflictError,
+                                  ReplicadError, StaleEpochError)
 from replicad.core.manifest import Manifest
 from replicad.site.cluster import Cluster
 from replicad.site.runner import load_manifest
@@ -26,6 +26,17 @@ from replicad.telemetry.metrics import SiteMetrics
 log = logging.getLogger("replicad.site.receiver")
 
 EPOCH_CATCH_UP_S = 2.0     # how long a receiver waits to apply an epoch a sender already has
+# Quotas against a primary that floods this site (issue: 150 MB of unreferenced chunks in 6 s).
+# Chunk bytes accepted for one (volume, epoch, sender) since its last recorded snapshot: a snapshot
+# can need at most every block of the volume plus its pages and manifest, so the budget is the
+# volume's size (the larger of Raft's and of the newest snapshot held here) with a margin for
+# pages, manifests and a ship retried after a cut stream.
+CHUNK_BUDGET_FACTOR = 1.25
+CHUNK_BUDGET_SLACK_BYTES = 64 * 2**20
+# Snapshots announced ahead of the newest committed one and not committed yet: a primary commits
+# each snapshot before it takes the next, and ships to a straggler in the background, so more than
+# a few in flight is not replication.
+MAX_UNCOMMITTED_RECEIVED = 4
 
 
 class Receiver:
@@ -47,6 +58,8 @@ class Receiver:
         self.metrics = metrics
         self.audit = audit
         self._pending: set[asyncio.Future] = set()  # background catalog updates
+        self._inflight: dict[tuple[str, int, str], int] = {}  # chunk bytes since the last recorded snapshot
+        self._budgets: dict[tuple[str, int, str], int] = {}   # their limits (chunk_budget), per stream key
 
     def complete_base(self, volume: str) -> Manifest | None:
         """The newest snapshot of ``volume`` in this site's catalog whose manifest is here:
@@ -102,6 +115,13 @@ class Receiver:
         """
         if self.catalog.find_root(volume, root) is not None:
             return
+        vs = self.cluster.volume_state(volume) or {"last_seq": 0}
+        ahead = [r.seq for r in self.catalog.list(volume, "received") if r.seq > vs["last_seq"]]
+        if len(ahead) >= MAX_UNCOMMITTED_RECEIVED:
+            raise QuotaExceededError(
+                f"{volume}: {len(ahead)} snapshots announced here are not committed yet (limit "
+                f"{MAX_UNCOMMITTED_RECEIVED}); refusing #{seq}", volume=volume, epoch=epoch, seq=seq,
+                uncommitted=sorted(ahead), limit=MAX_UNCOMMITTED_RECEIVED)
         try:
             await asyncio.to_thread(self.catalog.put, SnapshotRecord(volume, epoch, seq, root, "received",
                                                                      created_at_ns))
@@ -109,6 +129,37 @@ class Receiver:
             log.warning("AUDIT refused snapshot %s#%d (epoch %d) announced by the primary at %s: record_conflict, "
                         "this site holds another root for it: %s", volume, seq, epoch, self.site_id, err.evidence)
             raise
+        for key in [k for k in self._inflight if k[0] == volume]:
+            del self._inflight[key]  # a recorded snapshot: its chunks are referenced now
+            self._budgets.pop(key, None)
+
+    def admit_chunk(self, volume: str, epoch: int, sender: str, payload_bytes: int) -> None:
+        """Count a chunk about to be stored; QuotaExceededError past the chunk budget of
+        ``(volume, epoch, sender)`` (see CHUNK_BUDGET_FACTOR). The budget restarts with each
+        snapshot recorded here and each snapshot of the volume committed through Raft: only
+        writes no snapshot ever referenced accumulate. Zero blocks are never shipped, so a
+        legitimate sender stays within one volume size of new content per snapshot."""
+        key = (volume, epoch, sender)
+        used = self._inflight.get(key, 0) + payload_bytes
+        limit = self._budgets.get(key)
+        if limit is None or used > limit:  # computed once per key, again only before refusing
+            limit = self._budgets[key] = self.chunk_budget(volume)
+        if used > limit:
+            raise QuotaExceededError(
+                f"{sender} sent {used} bytes of chunks for {volume} (epoch {epoch}) since its last snapshot here, "
+                f"more than a snapshot of this volume can need ({limit} bytes)", volume=volume, epoch=epoch,
+                sender=sender, bytes=used, limit=limit)
+        self._inflight[key] = used
+
+    def chunk_budget(self, volume: str) -> int:
+        """Bytes of chunks one sender may store for ``volume`` between two snapshots recorded
+        here: ``CHUNK_BUDGET_FACTOR`` x the volume's size + ``CHUNK_BUDGET_SLACK_BYTES``."""
+        vs = self.cluster.volume_state(volume) or {}
+        size = int(vs.get("size_bytes") or 0)
+        base = self.complete_base(volume)
+        if base is not None:
+            size = max(size, base.size_bytes)
+        return int(size * CHUNK_BUDGET_FACTOR) + CHUNK_BUDGET_SLACK_BYTES
 
     async def peer_audit(self, sender: str, path: str, doc: dict[str, Any], err: ReplicadError | None) -> None:
         """Append one answered peer write request to ``peer-audit.jsonl`` (hash-chained,
@@ -133,6 +184,10 @@ class Receiver:
         """A ``commit_snapshot`` was applied (called on the event loop): if this site is a
         holder, its ``received`` record of that snapshot becomes ``committed`` (in a worker
         thread, in the background)."""
+        volume = command.get("volume")
+        for key in [k for k in self._inflight if k[0] == volume]:  # a commit: the cluster moved on
+            del self._inflight[key]
+            self._budgets.pop(key, None)
         if self.site_id not in (command.get("holders") or ()):
             return
         task = asyncio.ensure_future(asyncio.to_thread(

@@ -13,6 +13,7 @@ import json
 import random
 import signal
 import subprocess
+import time
 import sys
 import urllib.request
 from pathlib import Path
@@ -155,5 +156,44 @@ def test_stolen_admin_token_cannot_prune_below_the_honest_sites_floor(tmp_path: 
                                                                        "last_clean": False})
         assert rest["verified"] and rest["verdict"] == "kept_locally"
         assert target.read_bytes() == first_image
+    finally:
+        c.stop_all()
+
+
+SHORT_GRACE = '[floor]\ngc_grace = "2s"\nunsafe_allow_short_floor = true\n'
+
+
+def test_chunk_flood_is_bounded_refused_and_collected(tmp_path: Path) -> None:
+    c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2, extra_site_toml=SHORT_GRACE)
+    rng = random.Random(13)
+    img = c.sites["site-a"].volume_path(VOL)
+    write_image(img, 64, random.Random(2))  # 4 MiB: a snapshot can need at most ~5 MiB + slack
+    try:
+        c.start_all()
+        c.wait_ready(60)
+        snapshot(c, "site-a")
+        epoch = c.api("site-b", "GET", f"/v1/volumes/{VOL}/snapshots")["epoch"]
+        before = {s: c.status(s)["store"]["stored_bytes"] for s in HONEST}
+        results = attack(c, "chunk-flood", "--volume", VOL, "--epoch", str(epoch), "--mib", "150")
+        assert {r["target"] for r in results} == set(HONEST)
+        assert all(r.get("error") == "quota_exceeded" for r in results), results
+        for s in HONEST:
+            grown = c.status(s)["store"]["stored_bytes"] - before[s]
+            assert grown <= 80 * 2**20, (s, grown)  # the budget (69 MiB here), not the 150 MiB sent
+            assert metric(c, s, "replicad_peer_refused_total", reason="quota_exceeded") >= 1, s
+            assert "quota_exceeded" in c.log_tail(s, 400)
+        time.sleep(3)  # past gc_grace: nothing references the junk
+        for s in HONEST:
+            rep = c.api(s, "POST", f"/v1/volumes/{VOL}/retention/run", {})
+            assert rep["gc"]["bytes_freed"] >= 60 * 2**20, (s, rep["gc"])
+        # the flooding primary stays refused at its budget; the honest pair fails over and its new
+        # primary's first snapshots commit (its stream has a budget of its own)
+        c.kill("site-a", signal.SIGKILL)
+        c.api("site-b", "POST", f"/v1/volumes/{VOL}/promote", {"force": True})
+        b_img = c.sites["site-b"].volume_path(VOL)
+        for _ in range(2):
+            overwrite_blocks(b_img, [3, 30], rng)
+            nxt = snapshot(c, "site-b")
+            assert nxt["committed"] and set(nxt["holders"]) == set(HONEST), nxt
     finally:
         c.stop_all()

@@ -39,6 +39,9 @@ class Receiver:
     def chunks_received(self, volume: str, sender: str, payload_bytes: int) -> None:
         return None
 
+    def admit_chunk(self, volume: str, epoch: int, sender: str, payload_bytes: int) -> None:
+        return None
+
     async def peer_audit(self, sender: str, path: str, doc: dict, err) -> None:
         self.audited.append((sender, path, doc, err.code if err is not None else None))
 
