@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from replicad.core import errors
-from replicad.consensus.raft import DurableJournal, MAX_FRAME_BYTES, restricted_loads
+from replicad.consensus.journal import DurableJournal
+from replicad.consensus.raft import MAX_FRAME_BYTES, restricted_loads
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -36,7 +37,8 @@ HELPER = r'''
 import asyncio, json, sys, threading, zlib
 from pathlib import Path
 from replicad.core import errors
-from replicad.consensus.raft import DurableJournal, RaftNode
+from replicad.consensus.journal import DurableJournal
+from replicad.consensus.raft import RaftNode
 
 deleted = []  # (idx, term, crc32) of every journal entry this node deleted
 _delete_entries_from = DurableJournal.deleteEntriesFrom

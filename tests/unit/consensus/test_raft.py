@@ -18,8 +18,8 @@ from pysyncobj import SyncObjConf
 from pysyncobj.node import TCPNode
 
 from replicad.consensus import raft as consensus
-from replicad.consensus.raft import (MAX_FRAME_BYTES, MAX_HANDSHAKE_FRAME_BYTES, DurableJournal, RaftNode,
-                                plan_append_entries)
+from replicad.consensus.journal import DurableJournal
+from replicad.consensus.raft import MAX_FRAME_BYTES, MAX_HANDSHAKE_FRAME_BYTES, RaftNode, plan_append_entries
 
 PASSWORD = "unit-secret"
 
