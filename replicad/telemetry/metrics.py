@@ -344,7 +344,7 @@ class StateCollector(Collector):
         put("replicad_store_packs", store.get("packs"))
 
 
-PEER_REFUSAL_REASONS = ("record_conflict", "not_primary", "stale_epoch", "forbidden", "integrity", "not_found",
+PEER_REFUSAL_REASONS = ("record_conflict", "quota_exceeded", "not_primary", "stale_epoch", "forbidden", "integrity", "not_found",
                         "remote_protocol")
 """Error codes of refused peer writes exported at 0 from the start (others appear when first seen)."""
 
