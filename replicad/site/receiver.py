@@ -37,6 +37,7 @@ CHUNK_BUDGET_SLACK_BYTES = 64 * 2**20
 # each snapshot before it takes the next, and ships to a straggler in the background, so more than
 # a few in flight is not replication.
 MAX_UNCOMMITTED_RECEIVED = 4
+UNBOUNDED = 2**62  # the chunk budget of a volume whose size nobody knows yet (before its first commit)
 
 
 class Receiver:
@@ -153,12 +154,18 @@ class Receiver:
 
     def chunk_budget(self, volume: str) -> int:
         """Bytes of chunks one sender may store for ``volume`` between two snapshots recorded
-        here: ``CHUNK_BUDGET_FACTOR`` x the volume's size + ``CHUNK_BUDGET_SLACK_BYTES``."""
+        here: ``CHUNK_BUDGET_FACTOR`` x the volume's size + ``CHUNK_BUDGET_SLACK_BYTES``, the
+        size being the larger of the cluster state's (grown by each commit) and the newest
+        snapshot held here. Before the volume's first commit neither is known (the first full
+        sync): then no per-stream bound applies (:data:`UNBOUNDED`; the disk's own limit
+        stands), a gap that closes with the first committed snapshot."""
         vs = self.cluster.volume_state(volume) or {}
         size = int(vs.get("size_bytes") or 0)
         base = self.complete_base(volume)
         if base is not None:
             size = max(size, base.size_bytes)
+        if size == 0 and not vs.get("snapshots"):
+            return UNBOUNDED
         return int(size * CHUNK_BUDGET_FACTOR) + CHUNK_BUDGET_SLACK_BYTES
 
     async def peer_audit(self, sender: str, path: str, doc: dict[str, Any], err: ReplicadError | None) -> None:
