@@ -197,3 +197,21 @@ def test_chunk_flood_is_bounded_refused_and_collected(tmp_path: Path) -> None:
             assert nxt["committed"] and set(nxt["holders"]) == set(HONEST), nxt
     finally:
         c.stop_all()
+
+
+def test_first_full_sync_larger_than_the_quota_slack_commits(tmp_path: Path) -> None:
+    """Before a volume's first commit nobody knows its size: the chunk quota must not cut the
+    first full sync (72 MiB of incompressible blocks, more than the 64 MiB slack)."""
+    c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2)
+    img = c.sites["site-a"].volume_path(VOL)
+    rng = random.Random(17)
+    with open(img, "wb") as f:
+        for _ in range(1152):
+            f.write(rng.randbytes(65536))
+    try:
+        c.start_all()
+        c.wait_ready(60)
+        first = snapshot(c, "site-a")
+        assert first["committed"] and set(first["holders"]) == {"site-a", *HONEST}, first
+    finally:
+        c.stop_all()
