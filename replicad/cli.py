@@ -100,6 +100,18 @@ def _render_status(data: dict) -> None:
         console.print("members: " + ", ".join(
             m["site_id"] + (" (this site)" if m.get("self") else "" if m.get("reachable") else " (UNREACHABLE)")
             for m in data["members"]))
+    ident = data.get("identity") or {}
+    if ident.get("unsafe_unsigned"):
+        console.print("[red]UNSAFE: this site runs without identity (identity.unsafe_unsigned): its commands are "
+                      "not signed and nobody's are checked[/red]")
+    elif ident:
+        console.print(f"identity: cluster {ident.get('cluster_id')}, commands signed "
+                      f"({', '.join(ident.get('public_key') or [])})")
+    pending = [r for r in data.get("requests") or [] if r.get("status") == "pending"]
+    if pending:
+        console.print(f"[yellow]{len(pending)} request(s) waiting for approval[/yellow] (replicad requests):")
+        for r in pending:
+            console.print("  " + _request_line(r), markup=False, soft_wrap=True)
     t = Table(title="volumes")
     for col in ("volume", "role", "primary", "epoch", "newest", "newest clean", "standby", "RPO s", "suspect",
                 "divergent", "last error"):
@@ -198,6 +210,9 @@ def _render_cycle(r: dict) -> None:
 
 
 def _render_verdict(r: dict) -> None:
+    if "request" in r:
+        _render_request_state(r)
+        return
     console.print(f"{r['volume']}#{r['seq']} is now {r['verdict']}")
     if r.get("warning"):
         err_console.print(f"[yellow]warning[/yellow]: {r['warning']}")
@@ -241,9 +256,45 @@ def _render_members(data: dict) -> None:
     console.print(t)
 
 
+def _request_line(r: dict) -> str:
+    import datetime as dt
+
+    expires = dt.datetime.fromtimestamp(r["expires_ns"] / 1e9).strftime("%Y-%m-%d %H:%M")
+    args = ", ".join(f"{k}={v}" for k, v in sorted((r.get("args") or {}).items()))
+    return (f"{r['id']} [{r['status']}] by {r['by']}: {r['action']} {args}"
+            + (f" ({r['reason']})" if r.get("reason") else "")
+            + f"; approvals {', '.join(r.get('approvals') or [])} ({len(r.get('approvals') or [])} of {r.get('needed')})"
+            + (f"; expires {expires}" if r["status"] == "pending" else ""))
+
+
+def _render_requests(data: dict) -> None:
+    reqs = data.get("requests") or []
+    if not reqs:
+        console.print("no requests")
+    for r in reqs:
+        console.print(_request_line(r), markup=False, soft_wrap=True)
+    if any(r.get("status") == "pending" for r in reqs):
+        console.print(f"approve one at THIS site ({data.get('site_id')}) with: replicad approve REQ "
+                      "(each approving site uses its own admin token)")
+
+
+def _render_request_state(r: dict) -> None:
+    if r.get("status") == "pending":
+        console.print(f"request {r['request']} is pending: {len(r.get('approvals') or [])} of {r.get('needed')} "
+                      f"sites approved ({', '.join(r.get('approvals') or [])}); nothing changed yet")
+        if r.get("next"):
+            console.print(f"  next: {r['next']}")
+    else:
+        console.print(f"request {r['request']} applied (approved by {', '.join(r.get('approvals') or [])}): "
+                      f"{r.get('result')}")
+
+
 def _render_retention(data: dict) -> None:
     from replicad.core.units import format_duration
 
+    if "request" in data:
+        _render_request_state(data)
+        return
     r = data["retention"]
     line = ", ".join(f"{k.removesuffix('_s')} {format_duration(r[k])}" for k in ("keep_all_s", "hourly_s",
                                                                                  "daily_s", "lock_s"))
@@ -305,9 +356,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
 def cmd_retention(args: argparse.Namespace) -> int:
     """Show the retention policy, or change it (``--set key=duration``, admin role)."""
     path = f"/v1/volumes/{args.volume}/retention"
+    _no_approved_by(args)
     if not args.set:
-        if args.approved_by:
-            raise UsageError("--approved-by goes with --set")
         _print(args, api(args, "GET", path), _render_retention)
         return 0
     retention: dict[str, str] = {}
@@ -317,9 +367,71 @@ def cmd_retention(args: argparse.Namespace) -> int:
             raise UsageError(f"--set takes KEY=DURATION (keep_all, hourly, daily, lock), got {item!r}")
         retention[key.strip()] = value.strip()
     body: dict[str, Any] = {"retention": retention}
-    if args.approved_by:
-        body["approved_by"] = args.approved_by
+    if args.reason:
+        body["reason"] = args.reason
     _print(args, api(args, "PUT", path, body), _render_retention)
+    return 0
+
+
+def _no_approved_by(args: argparse.Namespace) -> None:
+    if getattr(args, "approved_by", None):
+        raise UsageError("--approved-by is gone: a change that weakens protection becomes a request; operators of "
+                         "other sites approve it at their own site (replicad requests; replicad approve REQ)")
+
+
+def cmd_verdict(args: argparse.Namespace) -> int:
+    """Operator verdict; clearing a suspect snapshot makes a request for other sites to approve."""
+    _no_approved_by(args)
+    _print(args, api(args, "POST", f"/v1/volumes/{args.volume}/snapshots/{args.seq}/verdict",
+                     {"verdict": args.verdict, "reason": args.reason}), _render_verdict)
+    return 0
+
+
+def cmd_identity_init(args: argparse.Namespace) -> int:
+    """Create a site key file (mode 0600, never overwritten) and print its public key line."""
+    from replicad.core import identity
+
+    out = Path(args.out)
+    key = identity.generate_private_key()
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise UsageError(f"{out} exists: a site key is never overwritten (rotation: write the new key to another "
+                         "file, see README 'Site identity')", path=str(out)) from None
+    except OSError as err:
+        raise from_os_error(err, f"creating {out}") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(identity.private_key_pem(key))
+        f.flush()
+        os.fsync(f.fileno())
+    public = identity.format_public_key(identity.public_key_raw(key))
+    _print(args, {"key_file": str(out), "public_key": public}, lambda r: console.print(
+        f"wrote {r['key_file']} (mode 0600). Put in this site's config:\n  [identity]\n  key_file = "
+        f"\"{r['key_file']}\"\nand in this site's [[sites]] entry of EVERY site's config:\n"
+        f"  public_key = \"{r['public_key']}\"", markup=False, soft_wrap=True))
+    return 0
+
+
+def cmd_identity_show(args: argparse.Namespace) -> int:
+    """Print this site's public key (from its key file) and every pinned key of the config."""
+    from replicad.config import load_config, load_signer
+
+    cfg = load_config(Path(args.identity_config))
+    signer = load_signer(cfg)
+    data = {"site_id": cfg.site_id, "cluster_id": cfg.cluster_id, "unsafe_unsigned": cfg.identity.unsafe_unsigned,
+            "public_key": signer.public_key if signer else None,
+            "pinned": {s.site_id: list(s.public_key) for s in cfg.sites}}
+
+    def render(r: dict) -> None:
+        if r["public_key"] is None:
+            console.print(f"site {r['site_id']}: UNSAFE unsigned mode (no key)")
+        else:
+            console.print(f"site {r['site_id']} (cluster {r['cluster_id']}) signs with:\n  public_key = "
+                          f"\"{r['public_key']}\"", markup=False, soft_wrap=True)
+        for site, keys in r["pinned"].items():
+            console.print(f"  pinned for {site}: {', '.join(keys) or 'NONE'}", markup=False, soft_wrap=True)
+
+    _print(args, data, render)
     return 0
 
 
@@ -471,20 +583,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("volume")
     p.add_argument("--set", action="append", metavar="KEY=DURATION",
                    help="keep_all, hourly, daily or lock, e.g. --set lock=48h (repeatable)")
-    p.add_argument("--approved-by", action="append", metavar="SITE",
-                   help="a second site whose operators approved shortening keep_all or lock (two-party rule)")
+    p.add_argument("--reason", default="", help="why (shown to the operators asked to approve a shortening)")
+    p.add_argument("--approved-by", action="append", help=argparse.SUPPRESS)  # retired: says what replaced it
     p.set_defaults(fn=cmd_retention)
-    p = command("verdict", help="operator verdict on a snapshot; clearing a suspect one needs --approved-by")
+    p = command("verdict", help="operator verdict on a snapshot; clearing a suspect one is a request others approve")
     p.add_argument("volume")
     p.add_argument("seq", type=int)
     p.add_argument("verdict", choices=("clean", "suspect"))
     p.add_argument("--reason", default="", help="why (kept in the audit logs)")
-    p.add_argument("--approved-by", action="append", metavar="SITE",
-                   help="a second site whose operators approved clearing a suspect snapshot (two-party rule)")
-    p.set_defaults(fn=lambda a: _print(a, api(a, "POST", f"/v1/volumes/{a.volume}/snapshots/{a.seq}/verdict",
-                                               {"verdict": a.verdict, "reason": a.reason,
-                                                "approved_by": a.approved_by or []}),
-                                       _render_verdict))
+    p.add_argument("--approved-by", action="append", help=argparse.SUPPRESS)  # retired: says what replaced it
+    p.set_defaults(fn=cmd_verdict)
+    p = command("requests", help="protection-weakening requests (pending, applied, expired) seen at this site")
+    p.set_defaults(fn=lambda a: _print(a, api(a, "GET", "/v1/requests"), _render_requests))
+    p = command("approve", help="approve a request of another site, as THIS site (admin token of this site)")
+    p.add_argument("request", help="request id, as listed by replicad requests (r1, r2 ...)")
+    p.set_defaults(fn=lambda a: _print(a, api(a, "POST", f"/v1/requests/{a.request}/approve", {}),
+                                       _render_request_state))
+    p = command("identity", help="this site's signing key: create one, or show the public key")
+    id_sub = p.add_subparsers(dest="identity_command", required=True)
+    pi = id_sub.add_parser("init", help="create a site key file (mode 0600) and print its public key line",
+                           parents=[common])
+    pi.add_argument("--out", required=True, help="the key file to create (never overwritten)")
+    pi.set_defaults(fn=cmd_identity_init)
+    ps = id_sub.add_parser("show", help="print the site's public key and every key its config pins",
+                           allow_abbrev=False)
+    ps.add_argument("--config", dest="identity_config", required=True, help="the site's config file")
+    ps.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts")
+    ps.set_defaults(fn=cmd_identity_show)
     p = command("audit", help="the admin audit log")
     audit_sub = p.add_subparsers(dest="audit_command", required=True)
     pv = audit_sub.add_parser("verify", help="check the hash chain of an admin-audit.jsonl file", parents=[common])
@@ -499,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.fn(args)
         return int(rc or 0)
     except ConfigError as err:
-        where = getattr(args, "config", None) or "the configuration"
+        where = getattr(args, "config", None) or getattr(args, "identity_config", None) or "the configuration"
         err_console.print(f"[red]config invalid[/red]: {len(err.problems) or 1} problem(s) in {where}:")
         for problem in err.problems or [err.message]:
             err_console.print(f"  - {problem}", markup=False, soft_wrap=True)

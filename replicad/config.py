@@ -73,6 +73,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from replicad.core import identity as site_identity
 from replicad.core.errors import ConfigError, NotFoundError
 from replicad.core.floor import DEFAULT_FLOOR, MIN_LOCK_S, FloorPolicy
 from replicad.core.units import format_duration, format_size, parse_duration, parse_size
@@ -88,6 +89,9 @@ __all__ = [
     "AdminToken",
     "ADMIN_ROLES",
     "SiteConfig",
+    "IdentityConfig",
+    "PolicyConfig",
+    "load_signer",
     "load_config",
     "parse_config",
     "split_host_port",
@@ -232,7 +236,22 @@ def _not_bool(value: Any) -> Any:
     return value
 
 
+def _public_keys(value: Any) -> Any:
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("must be a public key string or a list of them")
+    if len(value) > site_identity.MAX_KEYS_PER_SITE:
+        raise ValueError(f"at most {site_identity.MAX_KEYS_PER_SITE} public keys per site")
+    for item in value:
+        site_identity.parse_public_key(item)
+    if len(set(value)) != len(value):
+        raise ValueError("the same public key is listed twice")
+    return tuple(value)
+
+
 SiteId = Annotated[str, AfterValidator(_check_identifier)]
+PublicKeys = Annotated[tuple[str, ...], BeforeValidator(_public_keys)]
 HostPort = Annotated[str, AfterValidator(_check_host_port)]
 HttpUrl = Annotated[str, AfterValidator(_check_url)]
 SizeBytes = Annotated[int, BeforeValidator(parse_size)]
@@ -253,6 +272,10 @@ class SiteRef(BaseModel):
     ``raft`` is the pysyncobj node address ``"host:port"`` (its identity in the Raft
     group); ``peer_url``/``admin_url`` are base URLs (trailing ``/`` removed) of the peer
     data-plane API and the admin API. A ``witness`` votes in Raft but stores no volume.
+    ``public_key``: the site's Ed25519 public key(s), ``"ed25519:<base64>"`` (``replicad
+    identity init`` prints it); a string or a list of at most
+    :data:`replicad.core.identity.MAX_KEYS_PER_SITE` (the current and the next key during a
+    rotation). Every command the site signs is checked against these at every site.
     """
 
     model_config = _FROZEN
@@ -262,6 +285,7 @@ class SiteRef(BaseModel):
     peer_url: HttpUrl
     admin_url: HttpUrl
     kind: Literal["data", "witness"] = "data"
+    public_key: PublicKeys = ()
 
 
 class RetentionConfig(BaseModel):
@@ -462,6 +486,93 @@ class AdminToken(BaseModel):
         return value.lower()
 
 
+class IdentityConfig(BaseModel):
+    """This site's signing identity (``[identity]``).
+
+    ``key_file``: the site's Ed25519 private key, PKCS#8 PEM (``replicad identity init --out
+    FILE`` writes one, mode 0600); relative to the config file. Refused, like the Raft
+    password file, when group or others have any access to it: whoever reads it speaks in
+    this site's name. Its public key must be listed in this site's ``[[sites]] public_key``.
+
+    ``unsafe_unsigned = true``: no identity (test benches only): commands are not signed and
+    ``by`` is a claim; every site of the cluster must then say so, the daemon logs a WARNING
+    at start and ``replicad status`` shows it.
+    """
+
+    model_config = _FROZEN
+
+    key_file: ConfigPath | None = None
+    unsafe_unsigned: StrictBool = False
+
+    @field_validator("key_file", mode="after")
+    @classmethod
+    def _key_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        value = _resolve(value, info)
+        if (info.context or {}).get("check_files"):
+            _read_private_key(value)
+        return value
+
+
+def _read_private_key(path: Path) -> site_identity.Ed25519PrivateKey:
+    """Load ``path`` as this site's private key. Raises ValueError (the config problem)."""
+    try:
+        mode = path.stat().st_mode
+        data = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror or err}") from None
+    if mode & 0o077:  # like ssh with a private key: whoever reads it signs as this site
+        raise ValueError(f"{path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); it holds this "
+                         f"site's private key: chmod 600 {path}")
+    try:
+        return site_identity.load_private_key_pem(data)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err} (replicad identity init --out FILE writes one)") from None
+
+
+class PolicyConfig(BaseModel):
+    """Cluster policy (``[policy]``): must be the same in every site's config (it is an input
+    of the replicated state machine, like ``[[sites]]``).
+
+    ``approvals``: sites that must agree before a change that weakens protection applies
+    (shortening retention or its lock, clearing a suspect verdict), the requesting site
+    counting as one; default a majority of the data sites. ``request_ttl`` (duration,
+    default 24 h, at least 10 min): a request not approved within it expires.
+    """
+
+    model_config = _FROZEN
+
+    approvals: StrictInt | None = Field(None, ge=1, le=64)
+    request_ttl_s: DurationS = Field(24 * 3600.0, alias="request_ttl", ge=600, le=30 * 86400)
+
+
+def load_signer(cfg: "SiteConfig") -> site_identity.Signer | None:
+    """This site's signer (its private key, site id and cluster id), or None when the config
+    says ``unsafe_unsigned``.
+
+    Raises:
+        ConfigError: the key file cannot be read, is readable by others, is not an Ed25519
+            key, or its public key is not pinned for this site in ``[[sites]]``.
+    """
+    if cfg.identity.unsafe_unsigned and cfg.identity.key_file is None:
+        return None
+    path = cfg.identity.key_file
+    try:
+        if path is None:
+            raise ValueError("missing: create one with replicad identity init --out FILE")
+        key = _read_private_key(path)
+    except ValueError as err:
+        problem = f"identity.key_file: {err}"
+        raise ConfigError(f"invalid configuration: {problem}", problems=[problem]) from None
+    signer = site_identity.Signer(cfg.site_id, key, cfg.cluster_id)
+    if signer.public_key not in cfg.self_ref().public_key:
+        problem = (f"identity.key_file: its public key {signer.public_key} is not pinned in this site's "
+                   f"[[sites]] public_key")
+        raise ConfigError(f"invalid configuration: {problem}", problems=[problem])
+    return signer
+
+
 def is_loopback_host(host: str) -> bool:
     """True when ``host`` (from ``split_host_port``) is ``localhost`` or a loopback IP
     address. A DNS name other than ``localhost`` is not assumed to be loopback."""
@@ -499,6 +610,9 @@ class SiteConfig(BaseModel):
     lab: StrictBool = False
     tls: TlsConfig | None = None
     floor: FloorConfig = FloorConfig()
+    cluster_id: SiteId = "replicad"
+    identity: IdentityConfig = IdentityConfig()
+    policy: PolicyConfig = PolicyConfig()
 
     @field_validator("data_dir", mode="after")
     @classmethod
@@ -533,12 +647,25 @@ class SiteConfig(BaseModel):
             volumes=list(enumerate(self.volumes)),
             lab=self.lab,
             tls_set=self.tls is not None,
+            identity=self.identity,
+            policy=self.policy,
         )
         if problems:
             raise PydanticCustomError(
                 "config_cross", "{summary}", {"summary": "; ".join(problems), "problems": problems}
             )
         return self
+
+    def trust(self) -> site_identity.Trust:
+        """What this site's state machine trusts (:class:`replicad.core.identity.Trust`):
+        the cluster id, every site's pinned public keys (None under ``unsafe_unsigned``)
+        and the approval policy. Identical at every site whose ``[[sites]]``, ``cluster_id``
+        and ``[policy]`` are identical."""
+        keys = None
+        if not self.identity.unsafe_unsigned:
+            keys = {s.site_id: tuple(site_identity.parse_public_key(k) for k in s.public_key) for s in self.sites}
+        return site_identity.Trust(cluster_id=self.cluster_id, keys=keys, approvals=self.policy.approvals,
+                                   request_ttl_ns=int(self.policy.request_ttl_s * 1e9))
 
     def self_ref(self) -> SiteRef:
         """This site's own ``[[sites]]`` entry (validation guarantees it exists)."""
@@ -590,6 +717,8 @@ def _cross_problems(
     volumes: list[tuple[int, VolumeConfig]],
     lab: bool | None,
     tls_set: bool | None,
+    identity: IdentityConfig | None = None,
+    policy: PolicyConfig | None = None,
 ) -> list[str]:
     """Every rule that involves more than one field, as ``"key.path: message"`` strings.
 
@@ -644,6 +773,10 @@ def _cross_problems(
 
     if admin_tokens is not None:
         problems.extend(_admin_token_problems(admin_listen, admin_tokens))
+    if identity is not None:
+        problems.extend(_identity_problems(identity, sites, sites_complete, own[1] if own else None))
+    if policy is not None and policy.approvals is not None and sites_complete and policy.approvals > len(sites):
+        problems.append(f"policy.approvals: {policy.approvals} is more than the {len(sites)} site(s)")
 
     listens = [(key, value) for key, value in (("raft.bind", raft_bind), ("peer.listen", peer_listen),
                                                 ("admin.listen", admin_listen)) if value is not None]
@@ -698,6 +831,27 @@ def _admin_token_problems(admin_listen: str | None, tokens: list[tuple[int, Admi
             "the admin API would be open to anyone who reaches it; add tokens (replicad hash-token) "
             "or listen on 127.0.0.1"
         )
+    return problems
+
+
+def _identity_problems(ident: IdentityConfig, sites: list[tuple[int, SiteRef]], sites_complete: bool,
+                       own: SiteRef | None) -> list[str]:
+    """Signed mode needs this site's key and every site's pinned public key."""
+    if ident.unsafe_unsigned:
+        return []
+    if ident.key_file is None:
+        return ["identity.key_file: missing: every site signs its commands with its own key; create one with "
+                "replicad identity init --out FILE (or set identity.unsafe_unsigned = true on a test bench)"]
+    problems = [f"sites[{index}].public_key: missing: pin {site.site_id}'s public key (replicad identity show "
+                f"--config on that site prints it)" for index, site in sites if not site.public_key]
+    if own is not None and own.public_key:
+        try:
+            mine = site_identity.format_public_key(site_identity.public_key_raw(_read_private_key(ident.key_file)))
+        except ValueError:
+            return problems  # reported on the field already
+        if mine not in own.public_key:
+            problems.append(f"identity.key_file: its public key {mine} is not pinned in this site's [[sites]] "
+                            "public_key")
     return problems
 
 
@@ -917,6 +1071,7 @@ def _salvage_cross_problems(flat: dict[str, Any], context: dict[str, Any]) -> li
         volumes=volumes,
         lab=lab if isinstance(lab, bool) else None,
         tls_set="tls" in flat,
+        identity=valid(TypeAdapter(IdentityConfig), flat.get("identity", {})),
     )
 
 

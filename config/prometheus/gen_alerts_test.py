@@ -170,6 +170,14 @@ case("floor kept snapshots the cluster dropped: fires, resolves an hour later",
        [exp("ReplicadFloorKeptAgainstCluster", {"site": "site-b", "volume": "ehr", "reason": "daily"}, 1)]),
       ("70m", "ReplicadFloorKeptAgainstCluster", [])])
 
+case("Command in the Raft log refused",
+     [('replicad_command_refused_total{site="site-b", reason="bad_signature"}', "0 0 3x20"),
+      ('replicad_command_refused_total{site="site-c", reason="replayed"}', "0x22")],
+     [("1m", "ReplicadCommandRefused", []),
+      ("3m", "ReplicadCommandRefused",
+       [exp("ReplicadCommandRefused", {"site": "site-b", "reason": "bad_signature"}, 3)]),
+      ("20m", "ReplicadCommandRefused", [])])
+
 case("Raft traffic refused",
      [('replicad_raft_refused_total{site="site-a", reason="readonly_node"}', "0 0 5x20"),
       ('replicad_raft_refused_total{site="site-b", reason="readonly_node"}', "0x22")],

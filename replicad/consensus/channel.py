@@ -109,8 +109,10 @@ class RefusalLog:
         self._last_logged: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def refuse(self, reason: str, message: str, *args: Any, level: int = logging.WARNING) -> None:
-        """Count one refusal of ``reason``; log ``message % args`` unless logged within the last second."""
+    def refuse(self, reason: str, message: str, *args: Any, level: int = logging.WARNING,
+               prefix: str = "raft refused") -> None:
+        """Count one refusal of ``reason``; log ``prefix [reason]: message % args`` unless
+        logged within the last second."""
         now = time.monotonic()
         with self._lock:
             self._counts[reason] = self._counts.get(reason, 0) + 1
@@ -120,7 +122,7 @@ class RefusalLog:
             self._last_logged[reason] = now
             suppressed = self._suppressed.pop(reason, 0)
         more = f" ({suppressed} more refused for this reason since the last line)" if suppressed else ""
-        log.log(level, "raft refused [%s]: " + message + more, reason, *args)
+        log.log(level, prefix + " [%s]: " + message + more, reason, *args)
 
     def counts(self) -> dict[str, int]:
         with self._lock:

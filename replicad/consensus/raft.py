@@ -120,6 +120,15 @@ names up in its own modules):
    term; ``apply_command_response`` only from the leader; a vote counts once per member.
    Every refusal is counted (``status()["refused"]``, ``replicad_raft_refused_total``)
    and logged at WARNING (rate-limited per reason).
+12. **A journal that cannot be written or was lost** (issue 13; :mod:`replicad.consensus.journal`).
+   An append that fails for lack of space raises ``StoreFullError`` and leaves the file as it
+   was (never a torn record before later ones). A leader whose append fails steps down (it
+   could commit nothing while keeping the role); while the journal's file system is still
+   full the node runs for no election and refuses proposals at once with ``store_full``
+   (HTTP 507) instead of a ``no_quorum`` timeout. A node whose journal is missing while its
+   meta or dump exist (the operator moved a damaged journal aside) grants no vote and no
+   pre-vote and runs for no election until its commit index reached the leader's: an empty
+   log would otherwise vouch for any candidate, and could elect one lacking committed entries.
 10. **Liveness after term inflation.** A pre-vote answer carries the responder's term; a
    node refused by a member at a higher term adopts it (at most ``MAX_TERM_STEP`` at once)
    and asks again at once; a leader that has not heard from a majority for
@@ -135,21 +144,30 @@ names up in its own modules):
    lock window by this node's clock. Otherwise it is refused (ERROR, counted as
    ``snapshot_regresses``) before it replaces ``raft.dump``.
 
+13. **Signed commands** (:mod:`replicad.core.identity`): :meth:`RaftNode.propose` signs each
+   command with this site's key (``signer``); every node's state machine verifies it
+   against the keys pinned in the config (``trust``) and refuses a command not signed by
+   the site in ``by``, signed for another cluster, replayed, or stamped before the replay
+   window (``bad_signature``, ``replayed``, ``expired``: audited in the Raft state, logged
+   at WARNING and counted here on every honest node).
+
 What a member that IS the Raft leader can still do (Raft is crash-tolerant, not Byzantine):
-append any well-formed command to the log in any site's name (commands are not signed:
-``by`` and ``approved_by`` are claims; see ARCHITECTURE.md), so with one honest follower
-acknowledging it commits what the state machine accepts (e.g. a ``set_retention`` naming
-a second site, a forced promotion); withhold or delay commits (no progress until it is
-deposed, which needs it to stop answering: a leader that keeps answering one follower keeps
-the role); inflate the terms of its followers (bounded per message); ship a full state
-that passes the checks above but drops records older than the lock window, or adds
-forged sites within the site cap. It cannot make a follower forget committed snapshots
+append any well-formed command to the log, but only commands signed by itself take effect
+(the others are refused by every state machine, see point 13); so it can commit in its own
+name what the state machine accepts from it (a forced promotion to itself, a request for a
+weaker retention that others must still approve); withhold, delay or reorder other sites'
+commands (no progress until it is deposed, which needs it to stop answering: a leader that
+keeps answering one follower keeps the role; a withheld command expires after the replay
+window); inflate the terms of its followers (bounded per message); ship a full state (not
+signed: it is the state, not a command) that passes the checks above but drops records
+older than the lock window, or adds forged sites within the site cap. It cannot make a follower forget committed snapshots
 inside the lock window, rewrite their roots, move epochs back, or install a state at all
 from a connection that is not its member connection.
 
-Not fixed here (operator's job, see ARCHITECTURE.md): the Fernet key is one shared
-secret without per-site identity (a holder can name itself as another member whose
-address sorts above the target's while that member is disconnected); the Raft port must
+Not fixed here (operator's job, see ARCHITECTURE.md): the Fernet key of the Raft channel is
+one shared secret without per-site identity (a holder can name itself as another member
+whose address sorts above the target's while that member is disconnected; what it then
+proposes is still signed only by its own key); the Raft port must
 be reachable only through an authenticated encrypted channel. Leadership is a hint:
 fencing rests on committed epochs, never on ``is_leader``.
 
@@ -192,6 +210,7 @@ from replicad.consensus.journal import (JOURNAL_MAGIC, JOURNAL_VERSION, META_VER
                                        DurableJournal, _create_journal)
 from replicad.core import errors
 from replicad.core import state as cluster_state
+from replicad.core.identity import CanonicalError, Signer, Trust
 from replicad.storage.durable import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -464,6 +483,8 @@ class _HardenedSyncObj(SyncObj):
     _isolation_logged: float = float("-inf")
     _pre_vote_granted: tuple = (None, None, float("-inf"))  # (node id, term, when) of the last grant
     _votes: tuple = (None, frozenset())  # (term, node ids) of the response_vote messages counted
+    _full_logged: float = float("-inf")  # point 12: last ERROR about an unwritable journal
+    _rejoin_target: int | None = None  # point 12: commit index to reach before voting again
 
     def __init__(self, *args: Any, refusals: RefusalLog | None = None,
                  dump_check: Callable[[Any], list[str]] | None = None, **kwargs: Any) -> None:
@@ -476,7 +497,50 @@ class _HardenedSyncObj(SyncObj):
 
     def _onTick(self, timeToWait: float = 0.0) -> None:
         self._pre_vote_gate()
-        SyncObj._onTick(self, timeToWait)
+        try:
+            SyncObj._onTick(self, timeToWait)
+        except errors.StoreFullError as err:  # the leader's own append: point 12
+            self._journal_full(err)
+
+    # -- point 12: a journal that cannot be written, a journal that was lost
+    def _journal(self) -> Any:
+        return self.__dict__.get("_SyncObj__raftLog")
+
+    def _journal_full_now(self) -> errors.ReplicadError | None:
+        """The journal's StoreFullError while its file system is still short of space, else None."""
+        journal = self._journal()
+        probe = getattr(journal, "still_full", None)
+        return probe() if probe is not None else None
+
+    def _rejoining(self) -> bool:
+        return bool(getattr(self._journal(), "rejoining", False))
+
+    def _journal_full(self, err: errors.ReplicadError) -> None:
+        """An append or meta write failed for lack of space: never acknowledged (the journal is
+        as before), and a leader that cannot append must not stay leader (no commit for as long
+        as it keeps the role): step down; :meth:`_pre_vote_gate` keeps it from campaigning."""
+        now = monotonic_time()
+        if now - self._full_logged >= 10.0:
+            self._full_logged = now
+            log.error("raft: %s; %s", err, "stepping down as leader, no candidacy until space is back"
+                      if self._SyncObj__raftState == _RAFT_STATE_LEADER else "acknowledging nothing until space is back")
+        if self._SyncObj__raftState == _RAFT_STATE_LEADER:
+            self._SyncObj__setState(pysyncobj.syncobj._RAFT_STATE.FOLLOWER)
+            self._SyncObj__raftLeader = None
+            self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
+
+    def _check_rejoined(self, message: dict) -> None:
+        """A node that lost its journal votes again once its commit index reached the leader's
+        commit index as of the first message it got from it (and the one it knew before)."""
+        journal = self._journal()
+        leader_commit = message.get("commit_index")
+        if self._rejoin_target is None and isinstance(leader_commit, int) and not isinstance(leader_commit, bool):
+            self._rejoin_target = max(leader_commit, journal.rejoin_commit_index())
+        if self._rejoin_target is not None and self._SyncObj__raftCommitIndex >= self._rejoin_target:
+            try:
+                journal.rejoined(self._SyncObj__raftCommitIndex)
+            except errors.ReplicadError as err:
+                log.warning("raft: caught up after a lost journal, but %s; still not voting", err)
 
     def _pre_vote_gate(self) -> None:
         """Hold pysyncobj's election back until a majority granted a pre-vote (point 7)."""
@@ -486,6 +550,14 @@ class _HardenedSyncObj(SyncObj):
         now = monotonic_time()
         if self._SyncObj__raftElectionDeadline >= now or not self._SyncObj__connectedToAnyone() \
                 or self._SyncObj__transferInProgress:
+            return
+        no_candidacy = "it lost its journal and has not caught up" if self._rejoining() else \
+            ("its journal cannot be written (disk full)" if self._journal_full_now() is not None else None)
+        if no_candidacy is not None:  # point 12: wait for a leader instead of running
+            self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
+            if now - self._full_logged >= 10.0:
+                self._full_logged = now
+                log.warning("raft: no leader heard, but this node does not run for election: %s", no_candidacy)
             return
         self._SyncObj__raftLeader = None  # not heard within an election timeout: no longer a leader we know
         if self._pre_vote_won or not self._SyncObj__otherNodes:
@@ -540,7 +612,8 @@ class _HardenedSyncObj(SyncObj):
             self._SyncObj__raftLeader = None
             current = term - 1
         granted = (term > current and up_to_date and not in_lease
-                   and self._SyncObj__raftState != _RAFT_STATE_LEADER)
+                   and self._SyncObj__raftState != _RAFT_STATE_LEADER
+                   and not self._rejoining())  # point 12: an emptied log vouches for nothing
         if granted:
             self._pre_vote_granted = (node.id, term, monotonic_time())
         self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": term, "granted": granted,
@@ -592,6 +665,9 @@ class _HardenedSyncObj(SyncObj):
         """Why a well-formed message may not act on this node (who says it, at which term)."""
         kind, term = message["type"], message.get("term")
         current, leader = self._SyncObj__raftCurrentTerm, self._SyncObj__raftLeader
+        if kind == "request_vote" and self._rejoining():
+            return ("vote_while_rejoining", f"request_vote at term {term}: this node lost its journal and votes "
+                    "for nobody until it has caught up with a leader")
         if kind == "request_vote" and term > current and self._in_lease():
             granted_id, granted_term, granted_at = self._pre_vote_granted
             if not (granted_id == node.id and granted_term == term
@@ -625,6 +701,8 @@ class _HardenedSyncObj(SyncObj):
                 self.refusals.refuse(problem[0], "%s: %s", getattr(node, "id", node), problem[1])
                 return
             self._dispatch_message(node, message)
+        except errors.StoreFullError as err:  # our journal, not the message: point 12
+            self._journal_full(err)
         except Exception as exc:  # never let a message end the tick thread
             self.refusals.refuse("malformed", "%s: message could not be handled (%s: %s)", getattr(node, "id", node),
                                  type(exc).__name__, str(exc)[:120], level=logging.ERROR)
@@ -642,6 +720,8 @@ class _HardenedSyncObj(SyncObj):
             self._leader_contact = monotonic_time()
         if kind == "append_entries" and "prevLogIdx" in message and "transmission" not in message:
             self._on_append_entries(node, message)
+            if self._rejoining():
+                self._check_rejoined(message)
         elif kind == "next_node_idx" \
                 and message.get("success") and not message.get("reset"):
             next_index = self._SyncObj__raftNextIndex
@@ -684,6 +764,16 @@ class _HardenedSyncObj(SyncObj):
         SyncObj._SyncObj__sendNextNodeIdx(self, node, reset=reset, nextNodeIdx=nextNodeIdx, success=success)
 
     def _applyCommand(self, command: bytes, callback: Any, commandType: int | None = None) -> None:
+        # Point 12: while this node's journal cannot be written it can neither append a command
+        # (leader) nor apply one it forwarded: refuse at once with the journal's StoreFullError
+        # (the result dict, as a state machine refusal: RaftNode.propose raises it, HTTP 507).
+        full_error = self._journal_full_now()
+        if full_error is not None and callback is not None and not isinstance(callback, tuple):
+            try:
+                callback({"ok": False, **full_error.to_dict()}, FAIL_REASON.SUCCESS)
+            except Exception:
+                log.exception("proposal callback failed")
+            return
         full = command if commandType is None else bytes([commandType]) + command
         if not self._acceptable(full):
             log.warning("refused a raft command that is not a replicad command (%d bytes)", len(full))
@@ -720,12 +810,21 @@ class _HardenedSyncObj(SyncObj):
 
 
 class _StateConsumer(SyncObjConsumer):
-    """Holds the cluster state; its one replicated method applies msgpack commands."""
+    """Holds the cluster state; its one replicated method applies msgpack commands.
 
-    def __init__(self, on_applied: Callable[[dict, dict], None] | None, limits: dict | None = None) -> None:
+    ``trust`` (:class:`replicad.core.identity.Trust`) goes to every
+    :func:`replicad.core.state.apply`; a command refused as forged, replayed or expired
+    (``state.IDENTITY_REFUSALS``) is logged at WARNING (rate-limited per reason) and
+    counted in ``refused`` (``replicad_command_refused_total{reason}``).
+    """
+
+    def __init__(self, on_applied: Callable[[dict, dict], None] | None, limits: dict | None = None,
+                 trust: Trust | None = None) -> None:
         super().__init__()
         self.lock = threading.Lock()
         self.limits = limits
+        self.trust = trust
+        self.refused = RefusalLog()
         self.cluster = cluster_state.initial_state()
         if limits is not None:
             self.cluster["limits"] = limits
@@ -739,14 +838,26 @@ class _StateConsumer(SyncObjConsumer):
         except Exception:  # undecodable: the state machine refuses a non-map command
             command = None
         with self.lock:
-            new_state, result = cluster_state.apply(self.cluster, command)
+            new_state, result = cluster_state.apply(self.cluster, command, self.trust)
             self.cluster = new_state
+        if result.get("error") in cluster_state.IDENTITY_REFUSALS:
+            self._count_refusal(command, result)
         if self.on_applied is not None:
             try:
                 self.on_applied(command if isinstance(command, dict) else {}, result)
             except Exception:
                 log.exception("on_applied callback failed")
         return result
+
+    def _count_refusal(self, command: Any, result: dict) -> None:
+        try:
+            fields = command if isinstance(command, dict) else {}
+            self.refused.refuse(str(result["error"]), "command %s by %r (op id %r) in the Raft log refused: %s",
+                                str(fields.get("op"))[:40], str(fields.get("by"))[:64],
+                                str(fields.get("op_id"))[:64], str(result.get("message"))[:300],
+                                prefix="raft command refused")
+        except Exception:
+            log.exception("cannot log a refused command")
 
 
 # --------------------------------------------------------------------------- RaftNode
@@ -771,12 +882,18 @@ class RaftNode:
             must pass the same list.
         max_sites: cap on registered sites; default the Raft group's size (every site is a
             Raft member), at most ``state.SITES_MAX``.
+        trust: the pinned site keys and cluster policy every applied command is checked
+            against (:class:`replicad.core.identity.Trust`, ``SiteConfig.trust()``); every
+            site must pass the same. None: no identity checks (tests of the Raft layer only).
+        signer: this site's identity; :meth:`propose` signs each command with it (a
+            command that already carries ``sig`` is sent as it is). None: unsigned.
     """
 
     def __init__(self, self_addr: str, partner_addrs: Sequence[str], data_dir: Path, password: str,
                  *, bind_host: str | None = None, on_applied: Callable[[dict, dict], None] | None = None,
                  compaction_min_entries: int = 5000, needs_leader: Callable[[], bool] | None = None,
-                 members: Sequence[str] | None = None, max_sites: int | None = None) -> None:
+                 members: Sequence[str] | None = None, max_sites: int | None = None,
+                 trust: Trust | None = None, signer: Signer | None = None) -> None:
         if not password:
             raise errors.ConfigError("raft password must be set", problems=["raft.password: empty"])
         self._self_addr = self_addr
@@ -788,7 +905,8 @@ class RaftNode:
         self._compaction_min_entries = max(2, compaction_min_entries)
         self._needs_leader = needs_leader or (lambda: False)
         limits = cluster_state.limits(members, max_sites=len(self._partners) + 1 if max_sites is None else max_sites)
-        self._consumer = _StateConsumer(on_applied, limits)  # consumer pattern: built before SyncObj
+        self._consumer = _StateConsumer(on_applied, limits, trust)  # consumer pattern: built before SyncObj
+        self._signer = signer
         self._refusals = RefusalLog()
         self._syncobj: _HardenedSyncObj | None = None
         self._dump_error: str | None = None
@@ -888,13 +1006,17 @@ class RaftNode:
     async def propose(self, command: dict, timeout_s: float = 5.0) -> dict:
         """Replicate ``command`` through Raft and return its ``{"ok": True, ...}`` result.
 
-        Fills ``v`` and ``op_id`` (uuid4 hex) when missing. A retry with the same
-        ``op_id`` after a timeout is safe: the state machine answers it exactly once.
+        Fills ``v`` and ``op_id`` (uuid4 hex) when missing and, with a signer, ``by``,
+        ``cluster`` and ``sig`` (unless ``sig`` is already there). A retry with the same
+        ``op_id`` after a timeout is safe: the state machine answers it exactly once (the
+        signature is deterministic: the retry is the same command).
 
         Raises:
             errors.NoQuorumError: not committed within ``timeout_s`` or pysyncobj gave up
                 (evidence: ``reason``, ``op``, ``op_id``); the command may still commit later.
-            errors.LocalProtocolError: the encoded command exceeds ``MAX_COMMAND_BYTES``.
+            errors.LocalProtocolError: the encoded command exceeds ``MAX_COMMAND_BYTES``, or
+                the signer cannot sign it (``by`` names another site, a value without a
+                canonical encoding).
             errors.InternalError: the node is not started or its dump could not be loaded.
             errors.ReplicadError subclasses: the state machine refused it
                 (``errors.from_dict(result)``: StaleEpochError, NotPrimaryError ...).
@@ -908,6 +1030,11 @@ class RaftNode:
         command.setdefault("v", cluster_state.COMMAND_VERSION)
         command.setdefault("op_id", uuid.uuid4().hex)
         op, op_id = command.get("op"), command["op_id"]
+        if self._signer is not None and "sig" not in command:
+            try:
+                command = self._signer.sign(command)
+            except (ValueError, CanonicalError) as exc:
+                raise errors.LocalProtocolError(f"cannot sign the command: {exc}", op=op, op_id=op_id) from None
         payload = msgpack.packb(command, use_bin_type=True)
         if len(payload) > MAX_COMMAND_BYTES:
             raise errors.LocalProtocolError("raft command too large", op=op, size_bytes=len(payload),
@@ -961,14 +1088,20 @@ class RaftNode:
         ``{"self": addr, "leader": addr|None, "is_leader": bool, "term": int,
         "commit_index": int, "last_applied": int, "has_quorum": bool,
         "partners": {addr: connected}, "dump_error": str|None,
-        "refused": {reason: count}}`` (``refused``: Raft traffic refused since start, see
-        :mod:`replicad.consensus.channel` and :mod:`replicad.consensus.guard`)
+        "refused": {reason: count}, "commands_refused": {reason: count}, "signed": bool}``
+        (``refused``: Raft traffic refused since start, see :mod:`replicad.consensus.channel`
+        and :mod:`replicad.consensus.guard`; ``commands_refused``: commands in the log the
+        state machine refused as ``bad_signature``, ``replayed`` or ``expired``, counted as
+        applied here, since start, journal replays included; ``signed``: this node signs)
         """
         with self._status_lock:
             status = dict(self._status)
             status["partners"] = dict(self._status["partners"])
         status["dump_error"] = self._dump_error
         status["refused"] = {**dict.fromkeys(KNOWN_REASONS, 0), **self._refusals.counts()}
+        status["commands_refused"] = {**dict.fromkeys(sorted(cluster_state.IDENTITY_REFUSALS), 0),
+                                      **self._consumer.refused.counts()}
+        status["signed"] = self._signer is not None
         if self._syncobj is None:
             status.update(leader=None, is_leader=False, has_quorum=False)
         return status

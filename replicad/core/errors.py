@@ -21,7 +21,8 @@ pysyncobj, sqlite3) are translated into this tree at the adapter that met them.
     │   ├── RecordConflictError                 a snapshot record held here would be replaced (write-once)
     │   └── QuotaExceededError          (429)   a peer sent more than a snapshot in flight can need
     ├── IntegrityError                 exit 5   digest/root mismatch: never served, never stored
-    │   └── RestoreVerifyError                  restored image root != manifest root (O5)
+    │   ├── RestoreVerifyError                  restored image root != manifest root (O5)
+    │   └── JournalDamagedError                 the Raft journal is damaged before its tail: refuse to start
     ├── ProtocolError                  exit 6
     │   ├── RemoteProtocolError                 a peer sent something malformed (its fault)
     │   └── LocalProtocolError                  we were about to send something invalid (our bug)
@@ -147,8 +148,9 @@ class RetentionLockedError(ConflictError):
 
 
 class ApprovalRequiredError(ConflictError):
-    """The two-party rule (O4): clearing a suspect snapshot or shortening retention needs
-    ``approved_by`` (CLI ``--approved-by SITE``) to name a second registered site."""
+    """The approval rule (O4): clearing a suspect snapshot or shortening retention is a
+    *request* (``replicad requests``) that applies only once operators at other sites
+    approved it, each at their own site (``replicad approve REQ``)."""
 
     code = "approval_required"
 
@@ -186,6 +188,18 @@ class RestoreVerifyError(IntegrityError):
     """A restored image's Merkle root differs from the snapshot manifest's root (O5)."""
 
     code = "restore_verify_failed"
+
+
+class JournalDamagedError(IntegrityError):
+    """This site's Raft journal holds a damaged record followed by valid ones: not a torn
+    tail (a crash mid-append), so dropping everything after it would drop acknowledged
+    entries. The site refuses to start; nothing was truncated. Evidence: ``path``,
+    ``offset`` (bytes from the start of the file) and ``record`` (its position) of the first
+    damaged record, ``last_good_idx``, ``next_valid_offset``/``next_valid_idx`` and
+    ``valid_records_after``, and ``action`` (what the operator does: README "Raft journal
+    damaged")."""
+
+    code = "journal_damaged"
 
 
 class ProtocolError(ReplicadError):
@@ -267,6 +281,30 @@ class ForbiddenError(AccessError):
 
     code = "forbidden"
     http_status = 403
+
+
+class BadSignatureError(AccessError):
+    """The replicated state machine refused a command that is not signed by a key pinned for
+    the site it names in ``by`` (or is signed for another cluster). Evidence: ``by``, ``op``,
+    ``problem``. Every honest site logs it at WARNING and counts it in
+    ``replicad_command_refused_total{reason="bad_signature"}``."""
+
+    code = "bad_signature"
+
+
+class ReplayedCommandError(AccessError):
+    """The state machine refused a command whose op id its signer already used (a replay of
+    a signed command), or older than what the replay memory covers."""
+
+    code = "replayed"
+
+
+class ExpiredCommandError(AccessError):
+    """The state machine refused a command stamped (``now_ns``) further before the majority
+    clock than the replay window (a captured command replayed late, or a site whose clock
+    is far behind)."""
+
+    code = "expired"
 
 
 class ToolError(ReplicadError):

@@ -22,6 +22,8 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
      "audit": [{"op", "by", "volume", "ok", "error", "at_ns"}, ...],   # last AUDIT_MAX
      "applied_ops": {op_id: result},                                   # last APPLIED_OPS_MAX
      "clocks": {site_id: now_ns},                                      # registered sites only
+     "seen": {site_id: {"ops": {op_id: now_ns}, "floor_ns": int}},     # replay memory, see below
+     "requests": {req_id: {...}}, "request_seq": int,                  # see list_requests
      "limits": {"members": [site_id, ...] | None, "max_sites": int}}   # optional, see below
 
 Bounds (the state is replicated to and kept by every site; a member holding the Raft
@@ -38,8 +40,21 @@ bound is refused with ``conflict`` (and audited).
 unchanged sub-structure with the old one (copy on write along the changed path). Callers
 must treat states as immutable values.
 
-Command: ``{"v": 1, "op": str, "op_id": str, "by": site_id, "now_ns": int, ...args}``.
-Unknown keys, wrong types, missing keys or another version give ``bad_request``.
+Command: ``{"v": 1, "op": str, "op_id": str, "by": site_id, "now_ns": int, "cluster": str,
+"sig": bytes(64), ...args}``. Unknown keys, wrong types, missing keys or another version give
+``bad_request``.
+
+Identity (when :func:`apply` is given a :class:`~replicad.core.identity.Trust`, as every Raft
+node does): ``sig`` must be the Ed25519 signature, by a key pinned for the site named in
+``by``, of the command's canonical encoding (:func:`replicad.core.identity.canonical_bytes`),
+and ``cluster`` the trusted cluster id; else ``bad_signature``. Then, per signing site, a
+replay memory (``seen``: the op ids of its last :data:`SEEN_PER_SITE_MAX` applied or refused
+commands, and ``floor_ns``, the newest stamp it forgot) refuses an op id seen again or a
+stamp at or below the floor (``replayed``); a command stamped more than
+``trust.replay_window_ns`` before :func:`quorum_now_ns` is ``expired``. These three refusals
+are audited but neither remembered as results nor in the replay memory (a forged command
+cannot take an honest command's op id). An op id already in ``applied_ops`` is answered with
+its stored result before the replay checks (exactly-once retries).
 
 Result: ``{"ok": True, ...}`` or ``{"ok": False, "error": code, "message": str,
 "evidence": dict}`` where ``code`` is the ``code`` of a class of :mod:`replicad.core.errors`
@@ -64,10 +79,15 @@ Authority rules (threat model: root on one site speaks with that site's identity
   current primary. Forced: asked by any registered data site; the Raft majority that
   commits the command is what prevents a minority from promoting.
 * ``demote``: by the current primary, or by any data site with ``force``.
-* Two-party rule (O4): a ``set_retention`` that shortens ``keep_all_s`` or ``lock_s``, and
-  a ``mark_verdict`` that turns a ``suspect`` snapshot back to ``clean``, need
-  ``approved_by`` to name a registered site other than ``by`` (else ``approval_required``).
-  The approval is asserted by the proposing daemon; collecting it from the second site is the admin layer's job.
+* Approvals (O4): a ``set_retention`` that shortens ``keep_all_s`` or ``lock_s``, and a
+  ``mark_verdict`` that turns a ``suspect`` snapshot back to ``clean``, are refused
+  (``approval_required``) unless they run as the action of a request: op ``request``
+  (``action``, ``args``, ``reason``) records it (checked at once against the current state;
+  at most :data:`REQUESTS_PENDING_PER_SITE` pending per site, :data:`REQUESTS_MAX` records),
+  op ``approve`` (``request``) adds the signing site; when :func:`approvals_needed` sites
+  (the requester counted) agreed, the action runs as the requester. A request expires
+  ``trust.request_ttl_ns`` after it was made, by the majority clock. ``approved_by`` (the
+  old free-text claim) is refused with ``bad_request``.
 * ``prune_snapshots`` (O4) refuses anything inside the lock window, the newest committed
   and the newest clean snapshot, and everything while the newest committed snapshot of
   the volume is suspect (incident in progress: pruning frozen, DESIGN §7). Ages are
@@ -81,6 +101,9 @@ from __future__ import annotations
 
 import math
 from typing import Any, Callable
+
+from replicad.core import identity
+from replicad.core.identity import Trust
 
 STATE_VERSION = 1
 COMMAND_VERSION = 1
@@ -103,7 +126,15 @@ INT_MAX = 2**63 - 1
 SITE_KINDS = ("data", "witness")
 VERDICTS = ("clean", "suspect")
 RETENTION_KEYS = ("keep_all_s", "hourly_s", "daily_s", "lock_s")
-COMMON_KEYS = frozenset({"v", "op", "op_id", "by", "now_ns"})
+COMMON_KEYS = frozenset({"v", "op", "op_id", "by", "now_ns", identity.CLUSTER_FIELD, identity.SIG_FIELD})
+IDENTITY_REFUSALS = frozenset({"bad_signature", "replayed", "expired"})
+"""Refusal codes of commands that are not what their signer said (forged, replayed, stale)."""
+SEEN_PER_SITE_MAX = 2000  # op ids remembered per site for replay checks (> 10 min of heartbeats and commits)
+REQUESTS_MAX = 64  # request records kept (pending ones first)
+REQUESTS_PENDING_PER_SITE = 8  # a site cannot crowd out the requests of the others
+WEAKENING_OPS = ("set_retention", "mark_verdict")
+_TRUST = object()  # internal key: the Trust a handler runs under (never in a decoded command)
+_APPROVED = object()  # internal key: set on an action run by a request that collected its approvals
 
 
 class _Refusal(Exception):
@@ -241,13 +272,21 @@ def newest_clean(vol_state: dict) -> int | None:
     return max(clean) if clean else None
 
 
-def apply(state: dict, command: dict) -> tuple[dict, dict]:
+def apply(state: dict, command: dict, trust: Trust | None = None) -> tuple[dict, dict]:
     """Apply one command; return ``(new_state, result)``. Never raises, never mutates ``state``.
+
+    Args:
+        state: the current state (see the module docstring).
+        command: the decoded command map (anything: it is validated here).
+        trust: the pinned identities and the cluster policy (:class:`replicad.core.identity.Trust`),
+            identical at every site. None: no identity checks at all (unit tests of the
+            ops; never a site). With ``trust.keys`` None (``unsafe_unsigned``) signatures
+            are not checked but replays still are.
 
     See the module docstring for the command and result shapes and the rules.
     """
     try:
-        return _apply_checked(state, command)
+        return _apply_checked(state, command, trust)
     except Exception as exc:  # last resort: a raise here would wedge every Raft node
         result = {"ok": False, "error": "internal",
                   "message": f"state machine bug: {type(exc).__name__}: {exc}",
@@ -261,27 +300,94 @@ def apply(state: dict, command: dict) -> tuple[dict, dict]:
 # --------------------------------------------------------------------------- dispatch
 
 
-def _apply_checked(state: dict, command: dict) -> tuple[dict, dict]:
+def _apply_checked(state: dict, command: dict, trust: Trust | None) -> tuple[dict, dict]:
     if not isinstance(state, dict) or state.get("v") != STATE_VERSION:
         result = _refused("bad_request", "unknown cluster state version",
                           version=state.get("v") if isinstance(state, dict) else None)
         return state, result
     op_id = _peek_str(command, "op_id")
-    if op_id is not None and op_id in state["applied_ops"]:
+    if trust is None and op_id is not None and op_id in state["applied_ops"]:
         return state, state["applied_ops"][op_id]
     try:
         handler = _check_envelope(command)
-        new_state, result = handler(state, command)
+        if trust is not None:
+            _check_identity(command, trust)
+            if op_id in state["applied_ops"]:
+                # exactly-once: a retry (or a replay) of an applied command gets its first answer
+                return state, state["applied_ops"][op_id]
+            _check_fresh(state, command, trust)
+        new_state, result = handler(state, _with_trust(command, trust))
     except _Refusal as refusal:
         new_state, result = state, _refused(refusal.code, refusal.message, **refusal.evidence)
     if result.get("ok"):
         new_state = _with_clock(new_state, command)  # refusals change nothing but the audit
-        if _peek_str(command, "op") == "clock":
-            return new_state, result  # heartbeats: neither audited nor remembered (they would crowd both out)
+    if trust is not None and result.get("error") not in IDENTITY_REFUSALS:
+        new_state = _with_seen(new_state, command, trust)
+    if result.get("ok") and _peek_str(command, "op") == "clock":
+        return new_state, result  # heartbeats: neither audited nor remembered (they would crowd both out)
     new_state = _with_audit(new_state, command, result)
-    if op_id is not None and _valid_op_id(op_id):
+    if op_id is not None and _valid_op_id(op_id) and result.get("error") not in IDENTITY_REFUSALS:
+        # identity refusals are not remembered: a forged command reusing an honest op id
+        # must not answer for the honest command that may follow it
         new_state = _with_applied(new_state, op_id, result)
     return new_state, result
+
+
+def _with_trust(command: dict, trust: Trust | None) -> dict:
+    """The command as handlers see it: with the trust under an internal key."""
+    return {**command, _TRUST: trust}
+
+
+def _check_identity(command: dict, trust: Trust) -> None:
+    """``bad_signature`` unless the command is for this cluster and signed by the site in ``by``."""
+    by = command["by"]
+    if trust.keys is None:
+        return
+    problem = identity.signature_problem(command, trust.keys.get(by))
+    if problem is not None:
+        raise _Refusal("bad_signature", f"{command['op']} by {by!r}: {problem} (not signed by a key pinned "
+                       f"for {by!r})", by=by, op=command["op"], problem=problem)
+    if command.get(identity.CLUSTER_FIELD) != trust.cluster_id:
+        raise _Refusal("bad_signature", f"{command['op']} by {by!r}: signed for cluster "
+                       f"{_safe(command.get(identity.CLUSTER_FIELD))!r}, this is {trust.cluster_id!r}",
+                       by=by, op=command["op"], problem="other cluster")
+
+
+def _check_fresh(state: dict, command: dict, trust: Trust) -> None:
+    """``replayed``: this site's op id was seen already, or the command is older than what
+    the site's replay memory still covers; ``expired``: stamped more than the replay window
+    before the majority clock."""
+    by, now_ns, op_id = command["by"], command["now_ns"], command["op_id"]
+    seen = (state.get("seen") or {}).get(by)
+    if seen is not None and (op_id in seen["ops"] or now_ns <= seen["floor_ns"]):
+        raise _Refusal("replayed", f"{command['op']} by {by!r}: op id {op_id!r} was already seen (replay)",
+                       by=by, op=command["op"], op_id=op_id)
+    quorum_now = quorum_now_ns(state)
+    if quorum_now is not None and now_ns < quorum_now - trust.replay_window_ns:
+        raise _Refusal("expired", f"{command['op']} by {by!r}: stamped {(quorum_now - now_ns) // 10**9} s before "
+                       f"the majority clock (window {trust.replay_window_ns // 10**9} s)",
+                       by=by, op=command["op"], now_ns=now_ns, quorum_now_ns=quorum_now)
+
+
+def _with_seen(state: dict, command: Any, trust: Trust) -> dict:
+    """Remember ``(by, op_id, now_ns)`` for replay checks; per site at most
+    :data:`SEEN_PER_SITE_MAX` op ids; what is forgotten raises the site's ``floor_ns``."""
+    by, op_id, now_ns = _peek_str(command, "by"), _peek_str(command, "op_id"), _peek_int(command, "now_ns")
+    if by is None or op_id is None or not _valid_op_id(op_id):
+        return state
+    known = state.get("sites", {}) if trust.keys is None else trust.keys
+    if by not in known:
+        return state
+    all_seen = state.get("seen") or {}
+    entry = all_seen.get(by) or {"ops": {}, "floor_ns": 0}
+    ops = {**entry["ops"], op_id: now_ns}
+    floor_ns = entry["floor_ns"]
+    if len(ops) > SEEN_PER_SITE_MAX:
+        ordered = sorted(ops.items(), key=lambda kv: kv[1], reverse=True)
+        kept = SEEN_PER_SITE_MAX * 3 // 4  # forget a quarter at once: the copy is paid rarely
+        floor_ns = max(floor_ns, ordered[kept][1])
+        ops = dict(ordered[:kept])
+    return {**state, "seen": {**all_seen, by: {"ops": ops, "floor_ns": floor_ns}}}
 
 
 def _with_clock(state: dict, command: Any) -> dict:
@@ -304,6 +410,10 @@ def _check_envelope(command: Any) -> Callable[[dict, dict], tuple[dict, dict]]:
         raise _Refusal("bad_request", "op_id must be a non-empty string", op=op)
     _site_id(command, "by")
     _int(command, "now_ns")
+    if "approved_by" in command:
+        raise _Refusal("bad_request", "approved_by is no longer accepted: a change that weakens protection is a "
+                       "request that operators at other sites approve (replicad requests, replicad approve REQ)",
+                       op=op, field="approved_by")
     allowed, required = _OPS[op][1], _OPS[op][2]
     unknown = sorted(str(k) for k in command if k not in COMMON_KEYS and k not in allowed)
     missing = sorted(k for k in required if k not in command)
@@ -409,14 +519,6 @@ def _retention(command: dict) -> dict:
     return {key: value[key] for key in RETENTION_KEYS}
 
 
-def _approvers(command: dict) -> list[str]:
-    value = command.get("approved_by", [])
-    if not isinstance(value, list) or len(value) > 16 or \
-            not all(isinstance(s, str) and 0 < len(s) <= NAME_MAX_CHARS for s in value):
-        raise _Refusal("bad_request", "approved_by must be a list of site ids", field="approved_by")
-    return value
-
-
 def _stats(command: dict) -> dict:
     value = command.get("stats")
     if not isinstance(value, dict) or len(value) > STATS_MAX_KEYS or not all(
@@ -478,13 +580,12 @@ def _check_epoch(name: str, vol: dict, epoch: int, field: str) -> None:
                        volume=name, epoch=epoch, current_epoch=vol["epoch"])
 
 
-def _second_party(state: dict, command: dict, what: str, **evidence: Any) -> None:
-    approvers = _approvers(command)
-    others = [s for s in approvers if s != command["by"] and s in state["sites"]]
-    if not others:
-        raise _Refusal("approval_required", f"{what} needs the approval of a second registered site "
-                       "(two-party rule, O4): name it with approved_by (CLI: --approved-by SITE)",
-                       by=command["by"], approved_by=list(approvers), **evidence)
+def _needs_approval(command: dict, what: str, **evidence: Any) -> None:
+    """``approval_required`` unless ``command`` runs as the action of an approved request."""
+    if command.get(_APPROVED) is not True:
+        raise _Refusal("approval_required", f"{what} weakens protection: it must be a request approved by "
+                       "operators at other sites (the admin API makes one: replicad requests, replicad approve REQ)",
+                       by=command["by"], **evidence)
 
 
 def _with_volume(state: dict, name: str, vol: dict) -> dict:
@@ -689,7 +790,7 @@ def _op_mark_verdict(state: dict, cmd: dict) -> tuple[dict, dict]:
     snap = _snapshot(vol, name, seq)
     if snap["verdict"] == "suspect" and verdict == "clean":
         # O4 / DESIGN §7: clearing a suspect snapshot re-enables its apply and pruning.
-        _second_party(state, cmd, "clearing a suspect verdict", volume=name, seq=seq)
+        _needs_approval(cmd, "clearing a suspect verdict", volume=name, seq=seq)
     snap = {**snap, "verdict": verdict, "verdict_reason": reason}
     return (_with_volume(state, name, _with_snapshot(vol, seq, snap)),
             {"ok": True, "volume": name, "seq": seq, "verdict": verdict})
@@ -698,12 +799,11 @@ def _op_mark_verdict(state: dict, cmd: dict) -> tuple[dict, dict]:
 def _op_set_retention(state: dict, cmd: dict) -> tuple[dict, dict]:
     name, vol = _volume(state, cmd)
     retention = _retention(cmd)
-    _approvers(cmd)
     old = vol["retention"]
     shortened = [k for k in ("keep_all_s", "lock_s") if retention[k] < old[k]]
     if shortened:
         # O4: no single site can shorten retention.
-        _second_party(state, cmd, f"shortening {shortened}", volume=name, shortened=shortened,
+        _needs_approval(cmd, f"shortening {shortened}", volume=name, shortened=shortened,
                       current=dict(old), requested=dict(retention))
     vol = {**vol, "retention": retention}
     return _with_volume(state, name, vol), {"ok": True, "volume": name, "retention": dict(retention)}
@@ -747,6 +847,146 @@ def _op_prune_snapshots(state: dict, cmd: dict) -> tuple[dict, dict]:
     return _with_volume(state, name, vol), {"ok": True, "volume": name, "pruned": sorted(seqs)}
 
 
+def approvals_needed(state: dict, trust: Trust | None) -> int:
+    """Sites (the requester counting as one) that must agree before a protection-weakening
+    request applies: ``trust.approvals`` when set, else a majority of the registered data
+    sites; never more than the registered sites, never less than 1."""
+    sites = state.get("sites", {})
+    if trust is not None and trust.approvals is not None:
+        wanted = trust.approvals
+    else:
+        wanted = sum(1 for s in sites.values() if s.get("kind") == "data") // 2 + 1
+    return max(1, min(wanted, max(1, len(sites))))
+
+
+def request_expired(state: dict, request: dict) -> bool:
+    """True when a pending request's ``expires_ns`` is behind the majority clock."""
+    quorum_now = quorum_now_ns(state)
+    return quorum_now is not None and quorum_now > request["expires_ns"]
+
+
+def list_requests(state: dict) -> list[dict]:
+    """Every request record, newest first, each a copy with ``status`` ``expired`` when a
+    pending one is past its ``expires_ns`` by the majority clock. Shape of a record:
+    ``{"id": "r7", "by": site, "action": op, "args": {...}, "reason": str, "approvals": [site],
+    "needed": int, "created_ns": int, "expires_ns": int, "status": "pending" | "applied" |
+    "expired", "result": dict | None}``."""
+    out = []
+    for entry in reversed(list((state.get("requests") or {}).values())):
+        entry = dict(entry)
+        if entry["status"] == "pending" and request_expired(state, entry):
+            entry["status"] = "expired"
+        out.append(entry)
+    return out
+
+
+def _action(cmd: dict) -> tuple[str, dict, dict]:
+    """``(op, args, sub-command)`` of a ``request``: the weakening op it asks for, run as its requester."""
+    action = _choice(cmd, "action", WEAKENING_OPS)
+    args = cmd.get("args")
+    allowed, required = _OPS[action][1], _OPS[action][2]
+    if not isinstance(args, dict) or not all(isinstance(k, str) for k in args) or \
+            set(args) - allowed or required - set(args):
+        raise _Refusal("bad_request", f"args of a {action} request must hold {sorted(required)} "
+                       f"(optional {sorted(allowed - required)})", field="args", action=action)
+    sub = {**{k: v for k, v in cmd.items() if k in COMMON_KEYS or k is _TRUST}, **args, "op": action}
+    return action, dict(args), sub
+
+
+def _op_request(state: dict, cmd: dict) -> tuple[dict, dict]:
+    """Record a request for a protection-weakening change (``action``: ``set_retention`` or
+    ``mark_verdict`` with ``args``); it applies once :func:`approvals_needed` sites agreed."""
+    action, args, sub = _action(cmd)
+    reason = _str(cmd, "reason", REASON_MAX_CHARS, empty_ok=True) if "reason" in cmd else ""
+    trust = cmd.get(_TRUST)
+    _data_site(state, cmd["by"], "requester")
+    _OPS[action][0](state, {**sub, _APPROVED: True})  # refused now if it could never apply
+    requests = _swept_requests(state)
+    pending_here = [r for r in requests.values() if r["status"] == "pending" and r["by"] == cmd["by"]]
+    if len(pending_here) >= REQUESTS_PENDING_PER_SITE:
+        raise _Refusal("conflict", f"{cmd['by']!r} already has {len(pending_here)} pending requests, the most "
+                       "a site may have", by=cmd["by"], pending=[r["id"] for r in pending_here])
+    number = int(state.get("request_seq", 0)) + 1
+    base = quorum_now_ns(state)
+    base = cmd["now_ns"] if base is None else base
+    ttl = identity.DEFAULT_REQUEST_TTL_NS if trust is None else trust.request_ttl_ns
+    entry = {"id": f"r{number}", "by": cmd["by"], "action": action, "args": args, "reason": reason,
+             "approvals": [cmd["by"]], "needed": approvals_needed(state, trust), "created_ns": cmd["now_ns"],
+             "expires_ns": base + ttl, "status": "pending", "result": None}
+    requests[entry["id"]] = entry
+    requests = _bounded_requests(requests)
+    if entry["id"] not in requests:
+        raise _Refusal("conflict", f"{REQUESTS_MAX} pending requests already: approve or let some expire",
+                       max_requests=REQUESTS_MAX)
+    new_state = {**state, "requests": requests, "request_seq": number}
+    if entry["needed"] <= 1:  # a one-site lab: nobody else to ask
+        return _run_request(new_state, cmd, entry)
+    return new_state, {"ok": True, "request": entry["id"], "status": "pending", "approvals": list(entry["approvals"]),
+                       "needed": entry["needed"], "expires_ns": entry["expires_ns"]}
+
+
+def _op_approve(state: dict, cmd: dict) -> tuple[dict, dict]:
+    """An approval of a pending request by the (signing) site ``by``; the request's action
+    runs when the approvals reach the number needed (the action's refusal refuses the approval)."""
+    req_id = _str(cmd, "request", 32)
+    _site_id(cmd, "by")
+    if cmd["by"] not in state["sites"]:
+        raise _Refusal("not_found", f"approver {cmd['by']!r} is not a registered site", site_id=cmd["by"])
+    entry = (state.get("requests") or {}).get(req_id)
+    if entry is None:
+        raise _Refusal("not_found", f"unknown request {req_id!r}", request=req_id)
+    if entry["status"] != "pending":
+        raise _Refusal("conflict", f"request {req_id} is {entry['status']}, not pending", request=req_id,
+                       status=entry["status"])
+    if request_expired(state, entry):
+        raise _Refusal("conflict", f"request {req_id} expired", request=req_id, expires_ns=entry["expires_ns"])
+    if cmd["by"] in entry["approvals"]:
+        return state, {"ok": True, "request": req_id, "status": "pending", "approvals": list(entry["approvals"]),
+                       "needed": entry["needed"], "changed": False}
+    entry = {**entry, "approvals": [*entry["approvals"], cmd["by"]]}
+    new_state = {**state, "requests": {**state["requests"], req_id: entry}}
+    if len(entry["approvals"]) < entry["needed"]:
+        return new_state, {"ok": True, "request": req_id, "status": "pending", "approvals": list(entry["approvals"]),
+                           "needed": entry["needed"], "changed": True}
+    return _run_request(new_state, cmd, entry)
+
+
+def _run_request(state: dict, cmd: dict, entry: dict) -> tuple[dict, dict]:
+    """Run an approved request's action as its requester (raises its refusal)."""
+    sub = {"v": COMMAND_VERSION, "op": entry["action"], "op_id": cmd["op_id"], "by": entry["by"],
+           "now_ns": cmd["now_ns"], **entry["args"], _TRUST: cmd.get(_TRUST), _APPROVED: True}
+    new_state, result = _OPS[entry["action"]][0](state, sub)
+    done = {**entry, "status": "applied", "result": result}
+    new_state = {**new_state, "requests": {**new_state["requests"], entry["id"]: done}}
+    return new_state, {"ok": True, "request": entry["id"], "status": "applied", "approvals": list(entry["approvals"]),
+                       "needed": entry["needed"], "result": result, "action": entry["action"],
+                       "volume": entry["args"].get("volume")}
+
+
+def _swept_requests(state: dict) -> dict:
+    """The request records with expired pending ones marked ``expired``."""
+    out = {}
+    for req_id, entry in (state.get("requests") or {}).items():
+        if entry["status"] == "pending" and request_expired(state, entry):
+            entry = {**entry, "status": "expired"}
+        out[req_id] = entry
+    return out
+
+
+def _bounded_requests(requests: dict) -> dict:
+    """At most :data:`REQUESTS_MAX` records: finished ones (oldest first) are forgotten first."""
+    if len(requests) <= REQUESTS_MAX:
+        return requests
+    out = dict(requests)
+    for req_id in [r for r, e in requests.items() if e["status"] != "pending"]:
+        if len(out) <= REQUESTS_MAX:
+            break
+        del out[req_id]
+    while len(out) > REQUESTS_MAX:
+        del out[next(reversed(out))]  # the newest pending one: the caller refuses it
+    return out
+
+
 # op -> (handler, allowed arg keys, required arg keys)
 _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str], frozenset[str]]] = {
     "register_site": (_op_register_site, frozenset({"site_id", "peer_url", "kind"}),
@@ -767,11 +1007,13 @@ _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str],
                 frozenset({"volume", "to", "expected_epoch"})),
     "demote": (_op_demote, frozenset({"volume", "expected_epoch", "force"}),
                frozenset({"volume", "expected_epoch"})),
-    "mark_verdict": (_op_mark_verdict, frozenset({"volume", "seq", "verdict", "reason", "approved_by"}),
+    "mark_verdict": (_op_mark_verdict, frozenset({"volume", "seq", "verdict", "reason"}),
                      frozenset({"volume", "seq", "verdict", "reason"})),
-    "set_retention": (_op_set_retention, frozenset({"volume", "retention", "approved_by"}),
+    "set_retention": (_op_set_retention, frozenset({"volume", "retention"}),
                       frozenset({"volume", "retention"})),
     "prune_snapshots": (_op_prune_snapshots, frozenset({"volume", "seqs"}), frozenset({"volume", "seqs"})),
+    "request": (_op_request, frozenset({"action", "args", "reason"}), frozenset({"action", "args"})),
+    "approve": (_op_approve, frozenset({"request"}), frozenset({"request"})),
     "clock": (lambda state, cmd: (state, {"ok": True}), frozenset(), frozenset()),
 }
 

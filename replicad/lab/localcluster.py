@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from replicad.core import identity
 from replicad.ops.adminclient import call_admin
 from replicad.core.errors import ReplicadError, UnavailableError
 
@@ -125,13 +127,20 @@ class LocalCluster:
         tokens: optional admin tokens per site, ``{site_id: {token_name: (role, token)}}``;
             written hashed as ``[[admin.tokens]]``. :meth:`api` then sends that site's first
             ``admin`` token (or the first token) unless told otherwise.
+        unsigned: write ``[identity] unsafe_unsigned = true`` instead of a key per site.
+            By default every site gets its own Ed25519 key (``<site dir>/site.key``, mode
+            0600, as ``replicad identity init`` writes it), every ``[[sites]]`` entry pins
+            the public key, and the cluster gets a random ``cluster_id``.
     """
 
     def __init__(self, root: Path, *, n_data: int = 3, n_witness: int = 0, volumes: tuple[str, ...] = ("ehr",),
                  interval: str = "1h", min_copies: int = 2, block_size: str = "64KiB",
                  apply_delay: str = "0s", extra_volume_toml: str = "", extra_site_toml: str = "",
-                 tokens: dict[str, dict[str, tuple[str, str]]] | None = None, tls: bool = False) -> None:
+                 tokens: dict[str, dict[str, tuple[str, str]]] | None = None, tls: bool = False,
+                 unsigned: bool = False) -> None:
         self.root = Path(root)
+        self.unsigned = unsigned
+        self.cluster_id = "lab-" + secrets.token_hex(4)
         self.ca = LocalCA(self.root / "tls") if tls else None  # mutual TLS on the peer API
         self.volumes = volumes
         names = [f"site-{chr(ord('a') + i)}" for i in range(n_data + n_witness)]
@@ -156,12 +165,32 @@ class LocalCluster:
         admins = [token for role, token in named if role == "admin"]
         return (admins or [token for _, token in named] or [None])[0]
 
+    def key_path(self, site_id: str) -> Path:
+        """The file holding ``site_id``'s private key (absent with ``unsigned``)."""
+        return self.sites[site_id].dir / "site.key"
+
+    def _write_keys(self) -> dict[str, str]:
+        """Create every site's key file (0600); ``{site_id: public key line}``."""
+        public: dict[str, str] = {}
+        for s in self.sites.values():
+            s.dir.mkdir(parents=True, exist_ok=True)
+            key = identity.generate_private_key()
+            path = self.key_path(s.site_id)
+            path.write_bytes(identity.private_key_pem(key))
+            os.chmod(path, 0o600)
+            public[s.site_id] = identity.format_public_key(identity.public_key_raw(key))
+        return public
+
     def _write_configs(self, interval: str, min_copies: int, block_size: str, apply_delay: str, extra: str) -> None:
         scheme = "https" if self.ca is not None else "http"
+        public = {} if self.unsigned else self._write_keys()
         members = "".join(
             f'\n[[sites]]\nsite_id = "{s.site_id}"\nraft = "127.0.0.1:{s.raft_port}"\n'
             f'peer_url = "{scheme}://127.0.0.1:{s.peer_port}"\nadmin_url = "{s.admin_url}"\nkind = "{s.kind}"\n'
+            + (f'public_key = "{public[s.site_id]}"\n' if s.site_id in public else "")
             for s in self.sites.values())
+        ident = ('[identity]\nunsafe_unsigned = true\n' if self.unsigned
+                 else '[identity]\nkey_file = "site.key"\n')
         for s in self.sites.values():
             s.dir.mkdir(parents=True, exist_ok=True)
             (s.dir / "raft.key").write_text(RAFT_KEY)
@@ -180,10 +209,10 @@ class LocalCluster:
                 f"# replicad site config written by LocalCluster (demo/tests): {len(self.sites)} sites on\n"
                 f"# 127.0.0.1 with free ports picked at start. interval = {interval!r}: the demo and the tests\n"
                 f"# take snapshots on demand (POST /v1/volumes/VOL/snapshot). Keys: config/README.md.\n"
-                f'site_id = "{s.site_id}"\ndata_dir = "data"\nlog_level = "info"\n'
+                f'site_id = "{s.site_id}"\ncluster_id = "{self.cluster_id}"\ndata_dir = "data"\nlog_level = "info"\n'
                 f'[raft]\nbind = "127.0.0.1:{s.raft_port}"\npassword_file = "raft.key"\n'
                 f'[peer]\nlisten = "127.0.0.1:{s.peer_port}"\n[admin]\nlisten = "127.0.0.1:{s.admin_port}"\n'
-                + tls + self._tokens_toml(s.site_id) + self.extra_site_toml + members + vols)
+                + tls + ident + self._tokens_toml(s.site_id) + self.extra_site_toml + members + vols)
 
     # ------------------------------------------------------------------ processes
     def start(self, site_id: str) -> None:

@@ -19,11 +19,13 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
     POST   /v1/volumes/{volume}/promote         [admin] {"to": site?, "force": bool}
     POST   /v1/volumes/{volume}/demote          [admin] {}
     GET    /v1/volumes/{volume}/retention       [viewer] the Raft-agreed retention policy
-    PUT    /v1/volumes/{volume}/retention       [admin] {"retention": {...}, "approved_by": [site]?}
+    PUT    /v1/volumes/{volume}/retention       [admin] {"retention": {...}, "reason": str?}; shortening: 202 request
     POST   /v1/volumes/{volume}/retention/run   [admin] apply the retention policy at this site now
     POST   /v1/volumes/{volume}/prune           [admin] {"seqs": [int]}: refused inside the lock window (O4)
     GET    /v1/members                          [viewer] sites of the Raft group and their reachability
     POST   /v1/members, DELETE /v1/members/{site_id}   [admin] 501 not_supported (see below)
+    GET    /v1/requests                         [viewer] protection-weakening requests (pending, applied, expired)
+    POST   /v1/requests/{request_id}/approve    [admin] this site approves the request (a command signed by it)
     GET    /v1/audit                            [viewer] the newest Raft audit records
     GET    /v1/audit/admin                      [viewer] this site's admin audit log + chain check
 
@@ -44,11 +46,16 @@ every member reachable before the next.
 
 **Retention** ``PUT``: ``retention`` may give any of ``keep_all_s``, ``hourly_s``,
 ``daily_s``, ``lock_s`` (seconds) or ``keep_all``, ``hourly``, ``daily``, ``lock``
-(durations such as ``"48h"``); missing keys keep their current value. Shortening
-``keep_all_s`` or ``lock_s`` is refused by the state machine (``approval_required``)
-unless ``approved_by`` names another site: that list is this site admin's statement that
-the named site's operators approved (it is recorded in the Raft audit and in this site's
-admin audit log); it is not a signature collected from that site.
+(durations such as ``"48h"``); missing keys keep their current value.
+
+**Approvals.** Shortening ``keep_all_s`` or ``lock_s``, and clearing a ``suspect`` verdict,
+weaken protection: the call records a *request* through Raft (answer 202 with its id) and
+nothing changes until operators of other sites approve it, each at their own site with an
+admin token valid there (``POST /v1/requests/{id}/approve``; the approval is a command
+signed by that site's key). The number of sites needed is the cluster policy
+(``[policy] approvals``; default a majority of the data sites, the requesting site counting
+as one). Requests expire (``[policy] request_ttl``, default 24 h). The old ``approved_by``
+claim is refused with a message saying so.
 """
 
 from __future__ import annotations
@@ -66,6 +73,7 @@ from replicad.ops import auth
 from replicad.storage.audit import AuditLog, verify_chain
 from replicad.core.errors import (InternalError, NotFoundError, NotSupportedError, PeerUnavailableError, ReplicadError,
                      UnauthenticatedError, UsageError, _jsonable, from_dict)
+from replicad.core.state import list_requests
 from replicad.core.units import parse_duration
 from replicad.site.runner import runner_of
 
@@ -395,20 +403,37 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         except ValueError:
             raise UsageError("seq must be a snapshot number", field="seq") from None
         body = await _json_body(request)
-        unknown = set(body) - {"verdict", "reason", "approved_by"}
+        _no_claimed_approval(body)
+        unknown = set(body) - {"verdict", "reason"}
         if unknown:
-            raise UsageError(f"unknown keys {sorted(unknown)}", known=["verdict", "reason", "approved_by"])
+            raise UsageError(f"unknown keys {sorted(unknown)}", known=["verdict", "reason"])
         value, reason = body.get("verdict"), body.get("reason", "")
         if value not in ("clean", "suspect"):
             raise UsageError("verdict must be 'clean' or 'suspect'", field="verdict")
         if not isinstance(reason, str) or len(reason) > 1024:
             raise UsageError("reason must be a string of at most 1024 characters", field="reason")
-        approved = body.get("approved_by", [])
-        known = {s.site_id for s in site.cfg.sites}
-        if not isinstance(approved, list) or not all(isinstance(a, str) and a in known for a in approved):
-            raise UsageError("approved_by must be a list of site ids of this cluster", field="approved_by",
-                             sites=sorted(known))
-        return _ok(await site.housekeeping.set_verdict(name, seq, value, reason, approved))
+        vs = site.cluster.volume_state(name)
+        if vs is None:
+            _raise_not_found(name)
+        snap = vs["snapshots"].get(seq)
+        if snap is not None and snap["verdict"] == "suspect" and value == "clean":
+            # clearing a suspect verdict weakens protection: a request others approve
+            return await _make_request(site, "mark_verdict", {"volume": name, "seq": seq, "verdict": value,
+                                                              "reason": reason}, reason)
+        return _ok(await site.housekeeping.set_verdict(name, seq, value, reason))
+
+    async def requests_get(request: web.Request) -> web.Response:
+        return _ok({"requests": list_requests(site.cluster.view()), "site_id": site.site_id})
+
+    async def requests_approve(request: web.Request) -> web.Response:
+        req_id = request.match_info["request_id"]
+        body = await _json_body(request)
+        if body:
+            raise UsageError("approve takes no body", known=[])
+        res = await site.cluster.propose("approve", request=req_id)
+        log.warning("AUDIT request %s approved at %s: %s of %s approvals (%s)", req_id, site.site_id,
+                    len(res.get("approvals") or []), res.get("needed"), res.get("status"))
+        return _ok(_request_answer(res))
 
     async def retention_get(request: web.Request) -> web.Response:
         name = request.match_info["volume"]
@@ -420,23 +445,23 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
     async def retention_put(request: web.Request) -> web.Response:
         name = request.match_info["volume"]
         body = await _json_body(request)
-        unknown = set(body) - {"retention", "approved_by"}
+        _no_claimed_approval(body)
+        unknown = set(body) - {"retention", "reason"}
         if unknown:
-            raise UsageError(f"unknown keys {sorted(unknown)}", known=["retention", "approved_by"])
+            raise UsageError(f"unknown keys {sorted(unknown)}", known=["retention", "reason"])
+        reason = body.get("reason", "")
+        if not isinstance(reason, str) or len(reason) > 1024:
+            raise UsageError("reason must be a string of at most 1024 characters", field="reason")
         vs = site.cluster.volume_state(name)
         if vs is None:
             _raise_not_found(name)
         new = _retention_update(body, vs["retention"])
         args: dict[str, Any] = {"volume": name, "retention": new}
-        if "approved_by" in body:
-            approved = body["approved_by"]
-            known = {s.site_id for s in site.cfg.sites}
-            if not isinstance(approved, list) or not all(isinstance(a, str) and a in known for a in approved):
-                raise UsageError("approved_by must be a list of site ids of this cluster", field="approved_by",
-                                 sites=sorted(known))
-            args["approved_by"] = approved
+        if any(new[k] < vs["retention"][k] for k in ("keep_all_s", "lock_s")):
+            return await _make_request(site, "set_retention", args, reason, previous=dict(vs["retention"]))
         res = await site.cluster.propose("set_retention", **args)
-        return _ok({"volume": name, "retention": res.get("retention", new), "previous": dict(vs["retention"])})
+        return _ok({"volume": name, "retention": res.get("retention", new), "previous": dict(vs["retention"]),
+                    "status": "applied"})
 
     async def retention_run(request: web.Request) -> web.Response:
         name = request.match_info["volume"]
@@ -489,10 +514,44 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         ("GET", "/v1/members", members_get),
         ("POST", "/v1/members", members_change),
         ("DELETE", "/v1/members/{site_id}", members_change),
+        ("GET", "/v1/requests", requests_get),
+        ("POST", "/v1/requests/{request_id}/approve", requests_approve),
         ("GET", "/v1/audit", audit),
         ("GET", "/v1/audit/admin", audit_admin),
     ]
     return [web.route(method, path, guard.wrap(method, path, fn)) for method, path, fn in table]
+
+
+def _no_claimed_approval(body: dict) -> None:
+    """UsageError for the retired ``approved_by`` claim, saying what replaced it."""
+    if "approved_by" in body:
+        raise UsageError("approved_by is no longer accepted: a change that weakens protection becomes a request, "
+                         "applied once operators at other sites approve it at their own site "
+                         "(replicad requests; replicad approve REQ)", field="approved_by")
+
+
+def _request_answer(res: dict) -> dict:
+    """The admin API's view of a ``request`` / ``approve`` result."""
+    out = {"request": res.get("request"), "status": res.get("status"), "approvals": res.get("approvals", []),
+           "needed": res.get("needed")}
+    if res.get("expires_ns") is not None:
+        out["expires_ns"] = res["expires_ns"]
+    if res.get("result") is not None:
+        out["result"] = res["result"]
+    return out
+
+
+async def _make_request(site: "SiteDaemon", action: str, args: dict, reason: str, **extra: Any) -> web.Response:
+    """Record a protection-weakening change as a request through Raft: 202 while it waits
+    for approvals (200 when the policy needs no other site)."""
+    res = await site.cluster.propose("request", action=action, args=args, reason=reason)
+    out = {**_request_answer(res), "action": action, "volume": args.get("volume"), **extra}
+    if res.get("status") == "pending":
+        out["next"] = (f"an operator of another site approves it there: replicad approve {res.get('request')} "
+                       f"(needs {res.get('needed')} sites, this one counted)")
+        log.warning("AUDIT request %s made at %s: %s %s", res.get("request"), site.site_id, action, args)
+        return _ok(out, status=202)
+    return _ok(out)
 
 
 async def _forward(site: "SiteDaemon", primary: str, path: str, body: dict, authorization: str | None) -> Any:

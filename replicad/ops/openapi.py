@@ -56,7 +56,10 @@ SCHEMAS: dict[str, dict] = {
     "Status": _object({"site_id": _STR, "raft": _ref("RaftStatus"),
                        "volumes": {"type": "object", "additionalProperties": _ref("VolumeStatus")},
                        "members": {"type": "array", "items": _ref("Member")}, "raft_sites": _OBJ, "sites": _OBJ,
-                       "interrupted_restores": {"type": "array", "items": _STR}}),
+                       "interrupted_restores": {"type": "array", "items": _STR}},
+                      {"identity": _object({"cluster_id": _STR, "signed": _BOOL, "unsafe_unsigned": _BOOL,
+                                            "public_key": {"type": "array", "items": _STR}}),
+                       "requests": {"type": "array", "items": _ref("Request")}}),
     "Volumes": _object({"volumes": {"type": "object", "additionalProperties": _object(
         {"primary": _NSTR, "epoch": _INT, "block_size": _INT, "size_bytes": _INT, "min_copies": _INT,
          "retention": _RETENTION, "snapshots": _INT, "last_seq": _INT})}}),
@@ -88,7 +91,7 @@ SCHEMAS: dict[str, dict] = {
                                                                                         "items": _STR},
                              "healed": _INT, "lost": _INT, "seconds": _NUM}),
     "Retention": _object({"volume": _STR, "retention": _RETENTION}),
-    "RetentionSet": _object({"volume": _STR, "retention": _RETENTION, "previous": _RETENTION}),
+    "RetentionSet": _object({"volume": _STR, "retention": _RETENTION, "previous": _RETENTION}, {"status": _STR}),
     "RetentionReport": _object({"pruned": {"type": "array", "items": _INT}, "forgotten": _INT,
                                 "refused": {"type": "array", "items": _INT}, "gc": {"type": ["object", "null"]}}),
     "VerdictResult": _object({"volume": _STR, "seq": _INT, "verdict": {"enum": ["clean", "suspect"]}},
@@ -104,6 +107,15 @@ SCHEMAS: dict[str, dict] = {
                            "head": _object({"seq": _INT, "hash": _STR}),
                            "chain": _object({"ok": _BOOL, "n_records": _INT, "first_bad_seq": _NINT})}),
     "OpenAPI": _object({"openapi": _STR, "info": _OBJ, "paths": _OBJ}),
+    "Request": _object({"id": _STR, "by": _STR, "action": {"enum": ["set_retention", "mark_verdict"]},
+                        "args": _OBJ, "reason": _STR, "approvals": {"type": "array", "items": _STR},
+                        "needed": _INT, "created_ns": _INT, "expires_ns": _INT,
+                        "status": {"enum": ["pending", "applied", "expired"]}, "result": {}}),
+    "Requests": _object({"requests": {"type": "array", "items": _ref("Request")}, "site_id": _STR}),
+    "RequestState": _object({"request": _STR, "status": {"enum": ["pending", "applied"]},
+                             "approvals": {"type": "array", "items": _STR}, "needed": _INT},
+                            {"expires_ns": _INT, "result": _OBJ, "action": _STR, "volume": _STR, "previous": _OBJ,
+                             "next": _STR}),
 }
 
 _BODIES: dict[str, dict] = {
@@ -113,14 +125,11 @@ _BODIES: dict[str, dict] = {
     "Verify": _object({}, {"seq": _NINT}),
     "Drill": _object({"sandbox": _STR}, {"seq": _NINT, "keep": _BOOL}),
     "Prune": _object({"seqs": {"type": "array", "items": _INT, "minItems": 1}}),
-    "Verdict": _object({"verdict": {"enum": ["clean", "suspect"]}},
-                       {"reason": _STR, "approved_by": {"type": "array", "items": _STR}}),
+    "Verdict": _object({"verdict": {"enum": ["clean", "suspect"]}}, {"reason": _STR}),
     "RetentionPut": _object({"retention": {"type": "object", "description": (
         "any of keep_all_s, hourly_s, daily_s, lock_s (seconds) or keep_all, hourly, daily, lock "
         "(durations such as \"48h\"); missing keys keep their value")}},
-        {"approved_by": {"type": "array", "items": _STR, "description": (
-            "sites whose operators approved a shortening of keep_all or lock (two-party rule, O4): a "
-            "statement by this site's admin, recorded in both audits, not a signature from those sites")}}),
+        {"reason": {"type": "string", "description": "why (shown to the operators asked to approve a shortening)"}}),
     "Empty": {"type": "object"},
 }
 
@@ -158,15 +167,21 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
     ("retentionGet", "GET", "/v1/volumes/{volume}/retention", "The Raft-agreed retention policy", None,
      {"200": "Retention"}, (404,)),
     ("retentionPut", "PUT", "/v1/volumes/{volume}/retention",
-     "Change the retention policy through Raft; shortening keep_all or lock needs approved_by (O4)",
-     "RetentionPut", {"200": "RetentionSet"}, (400, 404, 409, 503)),
+     "Change the retention policy through Raft; shortening keep_all or lock becomes a request (202) that "
+     "operators of other sites approve (O4)",
+     "RetentionPut", {"200": "RetentionSet", "202": "RequestState"}, (400, 404, 409, 503)),
     ("retentionRun", "POST", "/v1/volumes/{volume}/retention/run", "Apply the retention policy at this site now",
      "Empty", {"200": "RetentionReport"}, (400, 404, 409, 503)),
     ("prune", "POST", "/v1/volumes/{volume}/prune", "Prune snapshots now; refused inside the lock window (O4)",
      "Prune", {"200": "PruneResult"}, (400, 404, 409, 503)),
     ("verdict", "POST", "/v1/volumes/{volume}/snapshots/{seq}/verdict",
-     "Operator verdict on a committed snapshot; clearing a suspect one needs approved_by (two sites)",
-     "Verdict", {"200": "VerdictResult"}, (400, 404, 409, 503)),
+     "Operator verdict on a committed snapshot; clearing a suspect one becomes a request (202) that operators "
+     "of other sites approve", "Verdict", {"200": "VerdictResult", "202": "RequestState"}, (400, 404, 409, 503)),
+    ("requests", "GET", "/v1/requests", "Protection-weakening requests: pending, applied, expired", None,
+     {"200": "Requests"}, ()),
+    ("approve", "POST", "/v1/requests/{request_id}/approve",
+     "This site approves a request (a command signed by this site); it applies once enough sites approved",
+     "Empty", {"200": "RequestState"}, (400, 403, 404, 409, 503)),
     ("members", "GET", "/v1/members", "Sites of the Raft group and their reachability", None,
      {"200": "Members"}, ()),
     ("membersAdd", "POST", "/v1/members",
@@ -183,6 +198,8 @@ _PARAMS = {
     "op_id": {"name": "op_id", "in": "path", "required": True, "schema": _STR, "description": "operation id"},
     "site_id": {"name": "site_id", "in": "path", "required": True, "schema": _STR, "description": "site id"},
     "seq": {"name": "seq", "in": "path", "required": True, "schema": _INT, "description": "snapshot number"},
+    "request_id": {"name": "request_id", "in": "path", "required": True, "schema": _STR,
+                   "description": "request id (r1, r2 ...)"},
 }
 
 _STATUS_TEXT = {400: "bad request", 401: "no or unknown bearer token", 403: "role too low", 404: "not found",

@@ -51,7 +51,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from replicad.config import SiteConfig, VolumeConfig
+from replicad.config import SiteConfig, VolumeConfig, load_signer
 from replicad.consensus.raft import RaftNode
 from replicad.core.errors import ConflictError, NotFoundError, ReplicadError, from_os_error
 from replicad.core.state import CLOCK_REPORT_PERIOD_NS
@@ -156,10 +156,19 @@ class SiteDaemon:
         me = self.cfg.self_ref()
         partners = [s.raft for s in self.cfg.sites if s.site_id != self.site_id]
         (self.data_dir / "raft").mkdir(exist_ok=True)
+        signer = load_signer(self.cfg)  # ConfigError: key unreadable, readable by others, not pinned
+        if signer is None:
+            log.warning("UNSAFE: site %s runs without identity (identity.unsafe_unsigned = true): its commands are "
+                        "not signed and no command's site is checked; a test bench setting, never production",
+                        self.site_id)
+        else:
+            log.info("site %s signs its commands as %s (cluster %s)", self.site_id, signer.public_key,
+                     self.cfg.cluster_id)
         self.raft = RaftNode(me.raft, partners, self.data_dir / "raft",
                              self.cfg.raft_password.get_secret_value(), on_applied=self._on_applied,
                              needs_leader=self._acts_as_primary,
-                             members=[s.site_id for s in self.cfg.sites])
+                             members=[s.site_id for s in self.cfg.sites],
+                             trust=self.cfg.trust(), signer=signer)
         self.cluster = Cluster(self.site_id, self.raft, lambda: self.cfg)
         for name, runner in self.runners.items():
             runner.acting_epoch = self.catalog.acting_epoch(name)
@@ -310,6 +319,8 @@ class SiteDaemon:
         if result.get("ok") and command.get("op") == "commit_snapshot" and self._loop is not None \
                 and getattr(self, "receiver", None) is not None:
             self._loop.call_soon_threadsafe(self.receiver.committed, command)
+        if result.get("ok") and command.get("op") in ("request", "approve"):
+            self._request_event(command, result)
         if not result.get("ok") or command.get("op") not in ("promote", "demote"):
             return
         runner = self.runners.get(command.get("volume", ""))
@@ -321,6 +332,24 @@ class SiteDaemon:
             runner.fence_flag.set()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(runner.wake.set)
+
+    def _request_event(self, command: dict, result: dict) -> None:
+        """Tick thread: every site logs protection-weakening requests and what became of them
+        (operators at every site see what they are asked to approve), and wakes its runners
+        when an approved action applied (a verdict cleared, a retention changed)."""
+        args = command.get("args") if command.get("op") == "request" else None
+        if result.get("status") == "pending":
+            log.warning("AUDIT request %s by %s: %s %s%s -- approvals %s of %s needed; an operator of another site "
+                        "approves it at their own site with: replicad approve %s", result.get("request"),
+                        command.get("by"), command.get("action", ""), args if args is not None else "",
+                        f" ({command['reason']})" if command.get("reason") else "",
+                        len(result.get("approvals") or []), result.get("needed"), result.get("request"))
+        elif result.get("status") == "applied":
+            log.warning("AUDIT request %s applied (approved by %s): %s %s", result.get("request"),
+                        ", ".join(result.get("approvals") or []), result.get("action"), result.get("result"))
+            if self._loop is not None:
+                for runner in self.runners.values():
+                    self._loop.call_soon_threadsafe(runner.wake.set)
 
     async def _bootstrap(self) -> None:
         """Register this site and its volumes in the Raft state (idempotent; retried until a quorum)."""

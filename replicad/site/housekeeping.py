@@ -180,21 +180,17 @@ class Housekeeping:
             local = await self.retention_step(volume, plan=False)
         return {"volume": volume, "pruned": res.get("pruned", seqs), "local": local}
 
-    async def set_verdict(self, volume: str, seq: int, verdict: str, reason: str,
-                          approved_by: list[str] | None = None) -> dict:
+    async def set_verdict(self, volume: str, seq: int, verdict: str, reason: str) -> dict:
         """Operator verdict on a committed snapshot through Raft. Clearing a ``suspect``
-        snapshot needs ``approved_by`` naming another site (two-party rule, enforced by the
-        state machine). Clearing the newest suspect snapshot makes it the newest clean one:
-        standbys apply it and the next snapshots descend from a clean parent."""
+        snapshot is refused here (``approval_required``): it is a request approved by other
+        sites (the admin API makes it). Marking ``suspect``, or ``clean`` a snapshot that is
+        not suspect, applies at once."""
         args: dict[str, Any] = {"volume": volume, "seq": seq, "verdict": verdict, "reason": reason}
-        if approved_by:
-            args["approved_by"] = list(approved_by)
         vs = self.cluster.volume_state(volume)
         newer_suspect = sorted(s for s, snap in (vs or {}).get("snapshots", {}).items()
                                if s > seq and snap["verdict"] == "suspect")
         res = await self.cluster.propose("mark_verdict", **args)
-        log.warning("AUDIT snapshot %s#%d marked %s at %s: %s (approved by %s)%s", volume, seq, verdict, self.site_id,
-                    reason, ", ".join(approved_by or []) or "nobody else",
+        log.warning("AUDIT snapshot %s#%d marked %s at %s: %s%s", volume, seq, verdict, self.site_id, reason,
                     f"; newer suspect snapshots remain: {newer_suspect}" if verdict == "clean" and newer_suspect
                     else "")
         for runner in self.runners.values():

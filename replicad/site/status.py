@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from replicad.core.errors import _jsonable
-from replicad.core.state import newest_clean, newest_committed
+from replicad.core.state import list_requests, newest_clean, newest_committed
 from replicad.site.cluster import Cluster
 from replicad.site.runner import VolumeRunner
 from replicad.storage.catalog import Catalog
@@ -59,7 +59,15 @@ class Status:
                 "volumes": vols,
                 "raft_sites": {s.raft: s.site_id for s in self.cluster.sites()},
                 "sites": st.get("sites", {}), "store": self.store.stats(),
-                "interrupted_restores": list(self.interrupted_restores)}
+                "interrupted_restores": list(self.interrupted_restores),
+                "identity": self._identity(), "requests": list_requests(st)}
+
+    def _identity(self) -> dict:
+        """``{"cluster_id", "signed", "unsafe_unsigned", "public_key"}`` of this site."""
+        cfg = self.cluster.cfg()
+        own = cfg.self_ref().public_key
+        return {"cluster_id": cfg.cluster_id, "signed": bool(self.cluster.raft.status().get("signed")),
+                "unsafe_unsigned": cfg.identity.unsafe_unsigned, "public_key": list(own)}
 
 
 def _jsonable_report(rep: dict) -> dict:

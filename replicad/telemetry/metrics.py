@@ -57,6 +57,10 @@ replicad_raft_is_leader / _has_leader / _has_quorum                            R
 replicad_raft_term / _commit_index / _last_applied_index                       Raft status
 replicad_raft_peer_up                                       peer               Raft partner connected
 replicad_raft_refused_total                                 reason             Raft traffic refused (counter)
+replicad_command_refused_total                              reason             commands in the Raft log the
+                                                                               state machine refused as forged
+                                                                               (bad_signature), replayed or
+                                                                               expired; 0 from the start
 replicad_disk_free_bytes / replicad_disk_size_bytes                            ``shutil.disk_usage``
 replicad_build_info                                         version, python    constant 1
 replicad_scrape_error                                       part               1 if that part failed
@@ -220,10 +224,16 @@ class StateCollector(Collector):
                 log.warning("metrics: cannot read the Raft state: %r", err)
         refused = CounterMetricFamily("replicad_raft_refused", "Raft connections, frames and messages refused, "
                                       "by reason (consensus.channel / consensus.guard)", labels=["site", "reason"])
+        commands = CounterMetricFamily("replicad_command_refused", "Commands in the Raft log the state machine "
+                                       "refused: not signed by the site they name (bad_signature), replayed, or "
+                                       "expired (core.identity)", labels=["site", "reason"])
         try:
             for reason, count in sorted(((status.get("raft") or {}).get("refused") or {}).items()):
                 if _num(count) is not None:
                     refused.add_metric([self.site_id, str(reason)], _num(count))
+            for reason, count in sorted(((status.get("raft") or {}).get("commands_refused") or {}).items()):
+                if _num(count) is not None:
+                    commands.add_metric([self.site_id, str(reason)], _num(count))
             self._raft(status, put)
             self._volumes(status, state, put)
             self._store(status, put)
@@ -243,6 +253,7 @@ class StateCollector(Collector):
             put("replicad_scrape_error", failed, part)
         yield from fams.values()
         yield refused
+        yield commands
 
     def _raft(self, status: dict, put: Callable[..., None]) -> None:
         raft = status.get("raft")

@@ -195,13 +195,24 @@ def test_retention_policy_through_raft(cluster: LocalCluster) -> None:
     assert status == 200 and body["retention"]["lock_s"] == lock + 3600
     cluster.wait_for("site-c sees the new policy", lambda: call(cluster, "site-c", "GET", path, token=NO_TOKEN)[2]
                      ["retention"]["lock_s"] == lock + 3600, timeout_s=20)
-    status, _, body = call(cluster, "site-a", "PUT", path, {"retention": {"lock_s": lock}})
-    assert status == 409 and body["error"] == "approval_required"  # O4: one site cannot shorten it
-    status, _, body = call(cluster, "site-a", "PUT", path, {"retention": {"lock_s": lock}, "approved_by": ["site-b"]})
-    assert status == 200 and body["retention"]["lock_s"] == lock
+    # O4: one site cannot shorten it: a request, pending until an operator of another site approves it there
+    status, _, body = call(cluster, "site-a", "PUT", path, {"retention": {"lock_s": lock}, "reason": "test"})
+    assert status == 202 and body["status"] == "pending" and body["needed"] == 2, body
+    req = body["request"]
+    assert call(cluster, "site-a", "GET", path, token=VIEWER)[2]["retention"]["lock_s"] == lock + 3600
+    listed = call(cluster, "site-c", "GET", "/v1/requests", token=NO_TOKEN)[2]["requests"]
+    assert [(r["id"], r["status"], r["by"], r["reason"]) for r in listed] == [(req, "pending", "site-a", "test")]
+    assert call(cluster, "site-a", "POST", f"/v1/requests/{req}/approve", {}, token=OPERATOR)[0] == 403
+    status, _, body = call(cluster, "site-a", "POST", f"/v1/requests/{req}/approve", {})  # its own site again
+    assert status == 200 and body["status"] == "pending", body
+    status, _, body = call(cluster, "site-b", "POST", f"/v1/requests/{req}/approve", {}, token=NO_TOKEN)
+    assert status == 200 and body["status"] == "applied" and body["approvals"] == ["site-a", "site-b"], body
+    cluster.wait_for("site-a sees the approved policy", lambda: call(cluster, "site-a", "GET", path, token=VIEWER)[2]
+                     ["retention"]["lock_s"] == lock, timeout_s=20)
+    status, _, body = call(cluster, "site-a", "PUT", path, {"retention": {"lock": lock}, "approved_by": ["site-b"]})
+    assert status == 400 and "approved_by is no longer accepted" in body["message"]
     assert call(cluster, "site-a", "PUT", path, {"retention": {"lock": "x"}})[0] == 400
     assert call(cluster, "site-a", "PUT", path, {"retention": {"daily": 1}})[0] == 400  # keep_all <= hourly <= daily
-    assert call(cluster, "site-a", "PUT", path, {"retention": {"lock": lock}, "approved_by": ["nowhere"]})[0] == 400
 
 
 def test_audit_file_chains_and_records_refused_calls(cluster: LocalCluster) -> None:
@@ -283,6 +294,12 @@ def test_live_answers_match_the_openapi_document(cluster: LocalCluster, tmp_path
         ("/v1/volumes/{volume}/retention", "GET", "/v1/volumes/nope/retention", None, VIEWER),
         ("/v1/volumes/{volume}/retention", "PUT", f"{v}/retention", {"retention": {"daily": "31d"}}, ADMIN),
         ("/v1/volumes/{volume}/retention", "PUT", f"{v}/retention", {"retention": {"bogus": 1}}, ADMIN),
+        ("/v1/volumes/{volume}/retention", "PUT", f"{v}/retention", {"retention": {"lock": "1s"}}, ADMIN),
+        ("/v1/requests", "GET", "/v1/requests", None, VIEWER),
+        ("/v1/requests", "GET", "/v1/requests", None, NO_TOKEN),
+        ("/v1/requests/{request_id}/approve", "POST", "/v1/requests/{req}/approve", {}, ADMIN),
+        ("/v1/requests/{request_id}/approve", "POST", "/v1/requests/r999/approve", {}, ADMIN),
+        ("/v1/requests/{request_id}/approve", "POST", "/v1/requests/{req}/approve", {}, VIEWER),
         ("/v1/volumes/{volume}/retention/run", "POST", f"{v}/retention/run", {}, ADMIN),
         ("/v1/volumes/{volume}/retention/run", "POST", "/v1/volumes/nope/retention/run", {}, ADMIN),
         ("/v1/volumes/{volume}/prune", "POST", f"{v}/prune", {"seqs": [1]}, ADMIN),
@@ -308,9 +325,12 @@ def test_live_answers_match_the_openapi_document(cluster: LocalCluster, tmp_path
     ]
     seen: set[tuple[str, str]] = set()
     statuses: dict[tuple[str, str], set[int]] = {}
+    request_ids: list[str] = []
     for documented, method, path, body, token in cases:
         if "{op}" in path:
             path = path.replace("{op}", op_ids[0])
+        if "{req}" in path:
+            path = path.replace("{req}", request_ids[-1])
         operation = doc["paths"][documented][method.lower()]
         status, headers, answer = call(cluster, "site-a", method, path, body, token=token)
         responses = operation["responses"]
@@ -321,7 +341,9 @@ def test_live_answers_match_the_openapi_document(cluster: LocalCluster, tmp_path
         else:
             errors = sorted(validator.iter_errors(answer), key=str)
             assert not errors, (method, path, status, [e.message for e in errors[:3]])
-        if status == 202:
+        if status == 202 and "request" in answer:
+            request_ids.append(answer["request"])
+        elif status == 202:
             op_ids.append(answer["id"])
         seen.add((method, documented))
         statuses.setdefault((method, documented), set()).add(status)

@@ -256,6 +256,7 @@ def test_cli_against_a_live_site(cluster: LocalCluster, tmp_path: Path) -> None:
 
 
 def test_suspect_state_persists_until_two_sites_clear_it(cluster: LocalCluster) -> None:
+    import re
     import subprocess
     import sys
 
@@ -276,12 +277,19 @@ def test_suspect_state_persists_until_two_sites_clear_it(cluster: LocalCluster) 
     degraded = cli("status")  # the newest snapshot is suspect: an incident
     assert degraded.returncode == 1, degraded.stdout + degraded.stderr
     assert f"newest snapshot #{again['seq']} is suspect" in " ".join(degraded.stderr.split())
-    alone = cli("verdict", VOL, str(again["seq"]), "clean", "--reason", "bulk import")
-    assert alone.returncode == 4, alone.stderr  # one site cannot clear a suspect snapshot
-    assert "approval_required" in alone.stderr and "--approved-by" in alone.stderr, alone.stderr
-    cleared = cli("verdict", VOL, str(again["seq"]), "clean", "--reason", "bulk import reviewed",
-                  "--approved-by", "site-b")
-    assert cleared.returncode == 0, cleared.stderr
+    claimed = cli("verdict", VOL, str(again["seq"]), "clean", "--reason", "x", "--approved-by", "site-b")
+    assert claimed.returncode == 2 and "--approved-by is gone" in " ".join(claimed.stderr.split()), claimed.stderr
+    alone = cli("verdict", VOL, str(again["seq"]), "clean", "--reason", "bulk import reviewed")
+    assert alone.returncode == 0, alone.stderr  # one site cannot clear a suspect snapshot: a request
+    assert "pending" in alone.stdout and "nothing changed yet" in alone.stdout, alone.stdout
+    req = re.search(r"request (r\d+) is pending", alone.stdout).group(1)
+    assert again["seq"] in cluster.status("site-a")["volumes"][VOL]["suspect"]
+    assert req in cli("requests").stdout
+    approved = subprocess.run([sys.executable, "-m", "replicad", "--admin", cluster.sites["site-b"].admin_url,
+                               "approve", req], capture_output=True, text=True, timeout=60)
+    assert approved.returncode == 0 and "applied" in approved.stdout, approved.stdout + approved.stderr
+    cluster.wait_for("site-a sees the verdict cleared", lambda: again["seq"] not in
+                     cluster.status("site-a")["volumes"][VOL]["suspect"], 20)
     nxt = snapshot(cluster, "site-a")
     assert nxt["verdict"] == "clean"  # descends from a cleared parent, nothing new changed
     cluster.wait_for("standby b at the cleared line", lambda: cluster.status("site-b")["volumes"][VOL]
@@ -291,7 +299,8 @@ def test_suspect_state_persists_until_two_sites_clear_it(cluster: LocalCluster) 
     healthy = cli("status")
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     audit = cluster.api("site-b", "GET", "/v1/audit")["audit"]
-    assert [a["ok"] for a in audit if a["op"] == "mark_verdict"] == [False, True]
+    assert [(a["op"], a["by"], a["ok"]) for a in audit if a["op"] in ("request", "approve")] == \
+        [("request", "site-a", True), ("approve", "site-b", True)]
 
 
 def test_the_primary_snapshots_every_interval_by_itself(cluster_factory) -> None:

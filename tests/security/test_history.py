@@ -132,11 +132,13 @@ def test_stolen_admin_token_cannot_prune_below_the_honest_sites_floor(tmp_path: 
         for _ in range(3):
             overwrite_blocks(img, list(range(0, 48, 3)), rng)
             seqs.append(snapshot(c, "site-a")["seq"])
-        # the attacker holds site-a's admin token: it shortens the cluster's retention to one second,
-        # claiming an approval from site-b that nobody at site-b gave, and runs the policy
-        c.api("site-a", "PUT", f"/v1/volumes/{VOL}/retention",
-              {"retention": {"keep_all": "1s", "hourly": "1s", "daily": "1s", "lock": "1s"},
-               "approved_by": ["site-b"]})
+        # the attacker holds site-a's admin token: it asks to shorten the cluster's retention to one
+        # second, talks an operator of site-b into approving it there (the worst case of the approval
+        # rule: tests/security/test_signed_commands.py shows it pending until then), and runs the policy
+        req = c.api("site-a", "PUT", f"/v1/volumes/{VOL}/retention",
+                    {"retention": {"keep_all": "1s", "hourly": "1s", "daily": "1s", "lock": "1s"}})
+        assert req["status"] == "pending"
+        c.api("site-b", "POST", f"/v1/requests/{req['request']}/approve", {})
         pruned = c.wait_for("the attacker's prune through Raft", lambda: c.api(
             "site-a", "POST", f"/v1/volumes/{VOL}/retention/run", {})["pruned"], 40, interval_s=1)
         assert seqs[0] in pruned

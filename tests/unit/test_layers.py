@@ -3,7 +3,7 @@ under ``replicad/`` (module level, inside functions, under ``TYPE_CHECKING``) is
 
 Fails on (a) an import cycle between modules, (b) a layer importing a higher layer (or a
 sibling of its own rank that the table below does not name), (c) the pure core importing
-anything but itself, the standard library, msgpack, blake3 and numpy. Each failure names the
+anything but itself, the standard library, msgpack, blake3, numpy and cryptography. Each failure names the
 offending edge(s) with file and line.
 """
 
@@ -38,7 +38,8 @@ SIDEWAYS: frozenset[tuple[str, str]] = frozenset({
     ("peer", "replicad.storage.chunkstore"),
     ("consensus", "replicad.storage.durable"),
 })
-CORE_THIRD_PARTY = frozenset({"msgpack", "blake3", "numpy"})
+# cryptography: Ed25519 verification of signed commands is part of the pure state machine (no I/O)
+CORE_THIRD_PARTY = frozenset({"msgpack", "blake3", "numpy", "cryptography"})
 
 
 @dataclass(frozen=True)

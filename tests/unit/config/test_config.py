@@ -33,6 +33,12 @@ def _expectation(path: Path) -> str:
     return first.removeprefix("# expect: ")
 
 
+def _copy_key(src: Path, dst: Path) -> None:
+    """A sample site key where a copied sample config names it, mode 0600."""
+    dst.write_bytes(src.read_bytes())
+    dst.chmod(0o600)
+
+
 def _problems(data: dict[str, Any], base_dir: Path | None = None) -> list[str]:
     with pytest.raises(ConfigError) as info:
         parse_config(data, base_dir=base_dir)
@@ -44,6 +50,7 @@ def doc() -> dict[str, Any]:
     """A valid three-site document (site-a), password given inline."""
     data = tomllib.loads((CONFIG_DIR / "site-a.toml").read_text(encoding="utf-8"))
     data["raft"] = {"bind": data["raft"]["bind"], "password": PASSWORD}
+    data["identity"] = {"unsafe_unsigned": True}  # no key file beside a dict (identity: own tests)
     return data
 
 
@@ -115,6 +122,7 @@ def test_three_problems_are_reported_at_once(tmp_path: Path) -> None:
     text = text.replace('initial_primary = "site-a"', 'initial_primary = "site-z"')   # not a site
     (tmp_path / "demo-raft.key").write_text(PASSWORD + "\n")
     (tmp_path / "demo-raft.key").chmod(0o600)
+    _copy_key(CONFIG_DIR / "demo-identity-site-a.key", tmp_path / "demo-identity-site-a.key")
     path = tmp_path / "site.toml"
     path.write_text(text)
     with pytest.raises(ConfigError) as info:
@@ -170,7 +178,8 @@ def test_model_is_frozen(doc: dict[str, Any]) -> None:
 def test_accessors(doc: dict[str, Any]) -> None:
     config = parse_config(doc)
     assert config.self_ref() == SiteRef(
-        site_id="site-a", raft="127.0.0.1:7101", peer_url="http://127.0.0.1:7201", admin_url="http://127.0.0.1:7301"
+        site_id="site-a", raft="127.0.0.1:7101", peer_url="http://127.0.0.1:7201", admin_url="http://127.0.0.1:7301",
+        public_key=doc["sites"][0]["public_key"],
     )
     assert [p.site_id for p in config.peers()] == ["site-b", "site-c"]
     assert not config.is_witness
@@ -233,7 +242,7 @@ def test_direct_construction_validates_cross_fields() -> None:
     site = SiteRef(site_id="a", raft="h:1", peer_url="http://h:2/", admin_url="http://h:3")
     assert site.peer_url == "http://h:2"
     fields = dict(site_id="a", data_dir=Path("/d"), raft_bind="h:1", raft_password=PASSWORD,
-                  peer_listen="h:2", admin_listen="127.0.0.1:3", sites=[site])
+                  peer_listen="h:2", admin_listen="127.0.0.1:3", sites=[site], identity={"unsafe_unsigned": True})
     assert SiteConfig(**fields, lab=True).peers() == ()
     with pytest.raises(ValidationError, match="at least 3 voting sites"):
         SiteConfig(**fields)
@@ -252,7 +261,9 @@ def test_relative_paths_resolve_against_the_config_directory(
     (conf_dir / "keys").mkdir()
     (conf_dir / "keys" / "raft.key").write_text(f"  {PASSWORD}\n\n")
     (conf_dir / "keys" / "raft.key").chmod(0o600)
+    _copy_key(CONFIG_DIR / "demo-identity-site-a.key", conf_dir / "keys" / "site.key")
     text = (CONFIG_DIR / "site-a.toml").read_text(encoding="utf-8")
+    text = text.replace('key_file = "demo-identity-site-a.key"', 'key_file = "keys/site.key"')
     text = text.replace('data_dir = "/var/lib/replicad/site-a"', 'data_dir = "state"')
     text = text.replace('password_file = "demo-raft.key"', 'password_file = "keys/raft.key"')
     text = text.replace('path = "/var/lib/replicad/site-a/ehr.img"', 'path = "../images/ehr.img"')
@@ -264,6 +275,7 @@ def test_relative_paths_resolve_against_the_config_directory(
     assert config.data_dir.resolve() == conf_dir / "state"
     assert config.volume("ehr").path.resolve() == tmp_path / "images" / "ehr.img"
     assert config.raft_password.get_secret_value() == PASSWORD
+    assert config.identity.key_file.resolve() == conf_dir / "keys" / "site.key"
 
 
 def test_password_rules(doc: dict[str, Any], tmp_path: Path) -> None:

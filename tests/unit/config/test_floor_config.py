@@ -20,6 +20,7 @@ def doc() -> dict[str, Any]:
     data = tomllib.loads((CONFIG_DIR / "site-a.toml").read_text(encoding="utf-8"))
     data["raft"] = {"bind": data["raft"]["bind"], "password": "correct-horse-battery-staple"}
     data.pop("floor", None)
+    data["identity"] = {"unsafe_unsigned": True}  # no key file beside a dict (identity: test_identity_config)
     return data
 
 

@@ -25,6 +25,13 @@ def cmd(op: str, by: str = "a", now_ns: int = NOW, **args) -> dict:
     return {"v": 1, "op": op, "op_id": f"op-{next(_ids)}", "by": by, "now_ns": now_ns, **args}
 
 
+def approved(state: dict, action: str, by: str = "a", approver: str = "b", **args) -> tuple[dict, dict]:
+    """A protection-weakening ``action`` as a request by ``by``, approved at ``approver``."""
+    state, res = ok(state, cmd("request", by=by, action=action, args=args))
+    assert res["status"] == "pending" and res["approvals"] == [by], res
+    return ok(state, cmd("approve", by=approver, request=res["request"]))
+
+
 def run(state: dict, command: dict) -> tuple[dict, dict]:
     before = copy.deepcopy(state)
     new, result = apply(state, command)
@@ -247,10 +254,15 @@ def test_mark_verdict_and_the_two_party_rule_to_clear_it(with_snaps):
     assert newest_clean(state["volumes"]["vol"]) == 2
     clear = dict(volume="vol", seq=3, verdict="clean", reason="false positive")
     result = refused(state, cmd("mark_verdict", **clear), "approval_required")
-    assert "approved_by" in result["message"] and "--approved-by" in result["message"]
-    refused(state, cmd("mark_verdict", approved_by=["a"], **clear), "approval_required")
-    refused(state, cmd("mark_verdict", approved_by=["nobody"], **clear), "approval_required")
-    state, _ = ok(state, cmd("mark_verdict", approved_by=["b"], **clear))
+    assert "replicad approve REQ" in result["message"]
+    result = refused(state, cmd("mark_verdict", approved_by=["b"], **clear), "bad_request")
+    assert "approved_by is no longer accepted" in result["message"]
+    state, res = ok(state, cmd("request", action="mark_verdict", args=clear))
+    assert state["volumes"]["vol"]["snapshots"][3]["verdict"] == "suspect"  # pending: nothing changed yet
+    same, again = ok(state, cmd("approve", by="a", request=res["request"]))  # the requester counts once
+    assert again["status"] == "pending" and again["changed"] is False and _data(same) == _data(state)
+    state, done = ok(state, cmd("approve", by="b", request=res["request"]))
+    assert done["status"] == "applied" and done["result"]["verdict"] == "clean"
     assert newest_clean(state["volumes"]["vol"]) == 3
     refused(state, cmd("mark_verdict", volume="vol", seq=9, verdict="clean", reason=""), "not_found")
     refused(state, cmd("mark_verdict", volume="vol", seq=3, verdict="bad", reason=""), "bad_request")
@@ -307,9 +319,8 @@ def test_set_retention_lengthening_is_free_shortening_needs_a_second_site(cluste
     shorter = {**longer, "lock_s": 60}
     result = refused(state, cmd("set_retention", volume="vol", retention=shorter), "approval_required")
     assert result["evidence"]["shortened"] == ["lock_s"]
-    refused(state, cmd("set_retention", volume="vol", retention=shorter, approved_by=["a"]), "approval_required")
-    refused(state, cmd("set_retention", volume="vol", retention=shorter, approved_by="b"), "bad_request")
-    state, _ = ok(state, cmd("set_retention", volume="vol", retention=shorter, approved_by=["b"]))
+    refused(state, cmd("set_retention", volume="vol", retention=shorter, approved_by=["b"]), "bad_request")
+    state, _ = approved(state, "set_retention", volume="vol", retention=shorter)
     assert state["volumes"]["vol"]["retention"]["lock_s"] == 60
     state, _ = ok(state, cmd("set_retention", volume="vol", retention={**shorter, "hourly_s": 0}))
 
@@ -346,8 +357,8 @@ def test_prune_never_touches_the_newest_clean(with_snaps):
     state, _ = ok(with_snaps, commit(4, verdict="suspect"))
     state, _ = ok(state, commit(5, verdict="clean"))
     state, _ = ok(state, cmd("mark_verdict", by="b", volume="vol", seq=5, verdict="suspect", reason="x"))
-    state, _ = ok(state, cmd("mark_verdict", by="b", volume="vol", seq=4, verdict="clean", reason="x",
-                             approved_by=["c"]))
+    state, _ = approved(state, "mark_verdict", by="b", approver="c", volume="vol", seq=4, verdict="clean",
+                        reason="x")
     state, _ = ok(state, commit(6))
     state, _ = ok(state, cmd("mark_verdict", by="b", volume="vol", seq=6, verdict="suspect", reason="x"))
     # the newest is suspect: frozen; make the newest clean again by committing a clean one
@@ -508,8 +519,8 @@ def test_lock_window_of_a_clamped_stamp_never_starts_early(cluster):
     from replicad.core.state import CLOCK_LAG_MARGIN_NS, CLOCK_REPORT_PERIOD_NS
 
     state = cluster
-    state, _ = ok(state, cmd("set_retention", by="a", volume="vol", approved_by=["b"],
-                             retention={"keep_all_s": 0, "hourly_s": 0, "daily_s": 0, "lock_s": 30}))
+    state, _ = approved(state, "set_retention", by="a", volume="vol",
+                        retention={"keep_all_s": 0, "hourly_s": 0, "daily_s": 0, "lock_s": 30})
     last_report = NOW - CLOCK_REPORT_PERIOD_NS  # true time is NOW; the majority last spoke 5 s ago
     for site in ("a", "b", "c", "w"):
         state, _ = ok(state, cmd("clock", by=site, now_ns=last_report))

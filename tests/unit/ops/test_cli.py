@@ -34,6 +34,9 @@ def test_check_config_rejects_invalid_samples_with_their_message(path: Path, sam
 def test_check_config_refuses_a_raft_key_readable_by_others(sample_configs: Path, tmp_path: Path) -> None:
     key = tmp_path / "demo-raft.key"  # as the sample config names it, beside it
     key.write_bytes((sample_configs / "demo-raft.key").read_bytes())
+    site_key = tmp_path / "demo-identity-site-a.key"
+    site_key.write_bytes((sample_configs / "demo-identity-site-a.key").read_bytes())
+    site_key.chmod(0o600)
     config = tmp_path / "site-a.toml"
     config.write_text((sample_configs / "site-a.toml").read_text())
     for mode in (0o644, 0o640, 0o604):

@@ -1,0 +1,239 @@
+"""Site identities and signed state-machine commands (Ed25519, RFC 8032, via ``cryptography``).
+
+Every site holds one Ed25519 private key (its ``[identity] key_file``); every site's config
+pins the public keys of every site (``[[sites]] public_key``, a short list during a
+rotation). Each command a site proposes through Raft is signed by it, and the replicated
+state machine (:func:`replicad.core.state.apply`) verifies it against the pinned keys of
+the site named in ``by``: a member holding only its own key cannot speak in another
+site's name, whatever it appends to the Raft log.
+
+Pure code: no I/O, no clock, no randomness except in :func:`generate_private_key`.
+
+Canonical encoding (what is signed): ``DOMAIN + msgpack(command without "sig")`` where every
+map is written with its keys sorted (by type name, then value) and msgpack's
+``use_bin_type`` (str and bytes stay distinct). The domain string separates these
+signatures from any other use of a site key. The signed fields therefore include ``v``,
+``op``, ``op_id``, ``by``, ``now_ns``, ``cluster`` and every argument.
+
+Public key text form: ``"ed25519:" + base64(32 raw bytes)`` (what ``replicad identity init``
+prints and ``[[sites]] public_key`` holds).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import msgpack
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+DOMAIN = b"replicad-command-v1\x00"
+"""Prefix of every signed byte string (domain separation)."""
+PUBLIC_KEY_PREFIX = "ed25519:"
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+SIG_FIELD = "sig"
+CLUSTER_FIELD = "cluster"
+MAX_KEYS_PER_SITE = 4
+"""Public keys pinned per site at most (the current one and the next, during a rotation)."""
+DEFAULT_REPLAY_WINDOW_NS = 6 * 3600 * 1_000_000_000
+"""A command stamped (``now_ns``) more than this before the majority clock
+(:func:`replicad.core.state.quorum_now_ns`) is refused as ``expired``: 6 hours. Replays are
+refused by each site's replay memory (op ids and a floor, see :mod:`replicad.core.state`)
+whatever their age; the window bounds how long a command a Raft leader withheld can still
+be committed, and stays above the clock errors a site must survive (a primary whose clock
+is 2-3 h behind keeps committing: chaos campaign, scenario clock-step)."""
+DEFAULT_REQUEST_TTL_NS = 24 * 3600 * 1_000_000_000
+"""A protection-weakening request not approved within this time (majority clock) expires."""
+
+
+class CanonicalError(ValueError):
+    """A value that has no canonical encoding (a type other than map, list, str, bytes,
+    int, float, bool, None)."""
+
+
+def _canon(value: Any) -> Any:
+    if isinstance(value, dict):
+        items = [(k, _canon(v)) for k, v in value.items()]
+        for k, _ in items:
+            if not isinstance(k, (str, int, bytes)) or isinstance(k, bool):
+                raise CanonicalError(f"map key of type {type(k).__name__}")
+        items.sort(key=lambda kv: (type(kv[0]).__name__, kv[0]))
+        return dict(items)
+    if isinstance(value, (list, tuple)):
+        return [_canon(v) for v in value]
+    if value is None or isinstance(value, (str, bytes, bool, int, float)):
+        return value
+    raise CanonicalError(f"value of type {type(value).__name__}")
+
+
+def canonical_bytes(command: Mapping[str, Any]) -> bytes:
+    """The bytes a command's signature covers: :data:`DOMAIN` + sorted-key msgpack of
+    ``command`` without its ``sig`` field.
+
+    Raises:
+        CanonicalError: ``command`` is not a map or holds a value without a canonical form.
+    """
+    if not isinstance(command, Mapping):
+        raise CanonicalError("a command must be a map")
+    body = {k: v for k, v in command.items() if k != SIG_FIELD}
+    return DOMAIN + msgpack.packb(_canon(body), use_bin_type=True)
+
+
+def sign_command(private_key: Ed25519PrivateKey, command: Mapping[str, Any]) -> dict:
+    """A copy of ``command`` with ``sig`` = Ed25519 signature (64 bytes) of
+    :func:`canonical_bytes`. Ed25519 is deterministic: the same command gets the same
+    signature (a retried proposal stays byte-identical).
+
+    Raises:
+        CanonicalError: see :func:`canonical_bytes`.
+    """
+    signed = {k: v for k, v in command.items() if k != SIG_FIELD}
+    signed[SIG_FIELD] = private_key.sign(canonical_bytes(signed))
+    return signed
+
+
+def signature_problem(command: Any, public_keys: Any) -> str | None:
+    """Why ``command``'s ``sig`` is not a valid signature by one of ``public_keys``; None if it is.
+
+    Args:
+        command: the decoded command map.
+        public_keys: the raw 32-byte Ed25519 keys pinned for the site named in ``by``
+            (empty or None: the site has no key, nothing it says is accepted).
+    Returns:
+        None, or a short reason (``missing signature``, ``no pinned key``, ``bad signature``,
+        ``not canonical``). Never raises.
+    """
+    sig = command.get(SIG_FIELD) if isinstance(command, dict) else None
+    if not isinstance(sig, bytes) or len(sig) != SIGNATURE_BYTES:
+        return "missing signature"
+    if not public_keys:
+        return "no pinned key"
+    try:
+        message = canonical_bytes(command)
+    except CanonicalError:
+        return "not canonical"
+    for raw in public_keys:
+        try:
+            Ed25519PublicKey.from_public_bytes(raw).verify(sig, message)
+            return None
+        except (InvalidSignature, ValueError, TypeError):
+            continue
+    return "bad signature"
+
+
+def generate_private_key() -> Ed25519PrivateKey:
+    """A new random Ed25519 private key (OS randomness)."""
+    return Ed25519PrivateKey.generate()
+
+
+def private_key_pem(key: Ed25519PrivateKey) -> bytes:
+    """``key`` as an unencrypted PKCS#8 PEM (what ``[identity] key_file`` holds)."""
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def load_private_key_pem(data: bytes) -> Ed25519PrivateKey:
+    """Parse a PKCS#8 PEM Ed25519 private key.
+
+    Raises:
+        ValueError: not PEM, encrypted, or not an Ed25519 key (message says which).
+    """
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"not an unencrypted PEM private key: {err}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"not an Ed25519 key ({type(key).__name__})")
+    return key
+
+
+def public_key_raw(key: Ed25519PrivateKey) -> bytes:
+    """The 32 raw bytes of ``key``'s public key."""
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def format_public_key(raw: bytes) -> str:
+    """``"ed25519:<base64>"`` for 32 raw public key bytes."""
+    return PUBLIC_KEY_PREFIX + base64.b64encode(raw).decode("ascii")
+
+
+def parse_public_key(text: str) -> bytes:
+    """The 32 raw bytes of ``"ed25519:<base64>"``.
+
+    Raises:
+        ValueError: wrong prefix, not base64, or not 32 bytes.
+    """
+    if not isinstance(text, str) or not text.startswith(PUBLIC_KEY_PREFIX):
+        raise ValueError(f"a public key is written {PUBLIC_KEY_PREFIX}<base64> (replicad identity init prints it)")
+    try:
+        raw = base64.b64decode(text[len(PUBLIC_KEY_PREFIX):], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the public key is not valid base64") from None
+    if len(raw) != PUBLIC_KEY_BYTES:
+        raise ValueError(f"an Ed25519 public key has {PUBLIC_KEY_BYTES} bytes, this one {len(raw)}")
+    try:
+        Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError as err:
+        raise ValueError(f"not an Ed25519 public key: {err}") from None
+    return raw
+
+
+@dataclass(frozen=True)
+class Trust:
+    """What the state machine trusts: an input of :func:`replicad.core.state.apply` that
+    every site must give identically (it comes from the ``[[sites]]`` tables and the cluster
+    policy, which are the same in every site's config).
+
+    Attributes:
+        cluster_id: the cluster's name; every command must carry it (``cluster``), so a
+            command signed for another cluster is refused here.
+        keys: ``{site_id: (raw 32-byte public key, ...)}``; None = unsigned lab mode
+            (``unsafe_unsigned``): ``by`` is then a claim, as it was before identities.
+        approvals: sites needed to apply a protection-weakening request, the requester
+            counting as one; None = a majority of the registered data sites.
+        replay_window_ns: see :data:`DEFAULT_REPLAY_WINDOW_NS`.
+        request_ttl_ns: see :data:`DEFAULT_REQUEST_TTL_NS`.
+    """
+
+    cluster_id: str
+    keys: Mapping[str, tuple[bytes, ...]] | None = None
+    approvals: int | None = None
+    replay_window_ns: int = DEFAULT_REPLAY_WINDOW_NS
+    request_ttl_ns: int = DEFAULT_REQUEST_TTL_NS
+
+    @property
+    def signed(self) -> bool:
+        """True unless this is the unsigned lab mode."""
+        return self.keys is not None
+
+
+@dataclass(frozen=True)
+class Signer:
+    """This site's signing identity: its site id, its private key and the cluster id it
+    signs for. :meth:`sign` fills ``by``, ``cluster`` and ``sig`` of a command."""
+
+    site_id: str
+    private_key: Ed25519PrivateKey
+    cluster_id: str
+
+    def sign(self, command: Mapping[str, Any]) -> dict:
+        """``command`` with ``by`` = this site, ``cluster`` = the cluster id and ``sig``.
+
+        Raises:
+            ValueError: ``command`` names another site in ``by`` (a site signs only as itself).
+            CanonicalError: see :func:`canonical_bytes`.
+        """
+        by = command.get("by", self.site_id)
+        if by != self.site_id:
+            raise ValueError(f"site {self.site_id!r} cannot sign a command by {by!r}")
+        return sign_command(self.private_key, {**command, "by": self.site_id, CLUSTER_FIELD: self.cluster_id})
+
+    @property
+    def public_key(self) -> str:
+        """This site's public key in text form."""
+        return format_public_key(public_key_raw(self.private_key))

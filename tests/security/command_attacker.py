@@ -1,0 +1,138 @@
+"""The attacker of the signed-command tests: a real process holding everything of ONE site
+(its config, the cluster's Raft password, its own site key) that runs that site's Raft
+member itself (the site's daemon must be down) and proposes commands through Raft.
+
+Run as ``python3 -m tests.security.command_attacker MODE --config SITE.toml --work-dir DIR
+[options]``. It prints one JSON line per attempt (``op``, ``by``, and ``error``: the code the
+replicated state machine answered, or ``ok``) and exits 0 whatever happened: the tests judge
+the honest sites.
+
+Modes:
+
+* ``forge``: commands in ``--victim``'s name, each signed with this site's own key (the only
+  key it has) and one without any signature: a forced promotion, a verdict, a prune, a
+  snapshot commit, a retention change, and an approval of every pending request.
+* ``replay``: waits for a signed ``clock`` heartbeat of ``--victim`` to reach its Raft log,
+  then proposes it again, byte for byte (a captured command sent twice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from replicad.config import load_config, load_signer
+from replicad.core import identity
+
+
+def out(**fields) -> None:
+    print(json.dumps(fields, default=str), flush=True)
+
+
+def forged(signer: identity.Signer, victim: str, op: str, **args) -> dict:
+    """``op`` in ``victim``'s name, signed with the attacker's own key."""
+    command = {"v": 1, "op": op, "op_id": uuid.uuid4().hex, "by": victim, "now_ns": time.time_ns(),
+               "cluster": signer.cluster_id, **args}
+    command["sig"] = signer.private_key.sign(identity.canonical_bytes(command))
+    return command
+
+
+async def propose(node, command: dict) -> str:
+    try:
+        await node.propose(command, timeout_s=5.0)
+        return "ok"
+    except Exception as exc:  # the tests judge the honest sites; record what came back
+        return getattr(exc, "code", type(exc).__name__)
+
+
+async def wait_synced(node, volume: str, timeout_s: float) -> None:
+    """Until a leader is known and the replicated log (the volume's snapshots included) is applied here."""
+    deadline = time.monotonic() + timeout_s
+    while node.status().get("leader") is None or node.status().get("last_applied", 0) < \
+            node.status().get("commit_index", 1) or not node.view()["volumes"].get(volume, {}).get("snapshots"):
+        if time.monotonic() > deadline:
+            raise SystemExit("no Raft leader reached")
+        await asyncio.sleep(0.1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="command_attacker")
+    parser.add_argument("mode", choices=["forge", "replay"])
+    parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--work-dir", required=True, type=Path)
+    parser.add_argument("--victim", default="site-b")
+    parser.add_argument("--volume", default="ehr")
+    parser.add_argument("--wait-s", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config)
+    signer = load_signer(cfg)
+    assert signer is not None, "the attacker's site signs"
+    from replicad.consensus.raft import RaftNode
+
+    captured: list[dict] = []
+    got = threading.Event()
+
+    def on_applied(command: dict, result: dict) -> None:  # the victim's signed commands, as they commit
+        if command.get("by") == args.victim and command.get("op") == "clock" and result.get("ok"):
+            captured.append(dict(command))
+            got.set()
+
+    partners = [s.raft for s in cfg.sites if s.site_id != cfg.site_id]
+    node = RaftNode(cfg.self_ref().raft, partners, args.work_dir, cfg.raft_password.get_secret_value(),
+                    on_applied=on_applied, trust=cfg.trust())  # the same state machine as every site
+    node.start()
+
+    async def run() -> None:
+        await wait_synced(node, args.volume, args.wait_s)
+        vol = node.state()["volumes"][args.volume]
+        seqs = sorted(vol["snapshots"])
+        if args.mode == "forge":
+            v = args.victim
+            attempts = [
+                forged(signer, v, "promote", volume=args.volume, to=cfg.site_id, expected_epoch=vol["epoch"],
+                       force=True),
+                forged(signer, v, "mark_verdict", volume=args.volume, seq=seqs[-1], verdict="suspect",
+                       reason="forged"),
+                forged(signer, v, "prune_snapshots", volume=args.volume, seqs=seqs[:1]),
+                forged(signer, v, "commit_snapshot", volume=args.volume, seq=vol["last_seq"] + 1,
+                       epoch=vol["epoch"], root=bytes(32), parent_seq=None, created_at_ns=time.time_ns(),
+                       holders=[v, cfg.site_id], stats={}, verdict="clean"),
+                forged(signer, v, "set_retention", volume=args.volume,
+                       retention={"keep_all_s": 1, "hourly_s": 1, "daily_s": 1, "lock_s": 1}),
+            ]
+            attempts += [forged(signer, v, "approve", request=r) for r, e in
+                         (node.state().get("requests") or {}).items() if e["status"] == "pending"]
+            unsigned = forged(signer, v, "promote", volume=args.volume, to=cfg.site_id,
+                              expected_epoch=vol["epoch"], force=True)
+            del unsigned["sig"]
+            attempts.append(unsigned)
+            for command in attempts:
+                out(mode="forge", op=command["op"], by=command["by"], signed="sig" in command,
+                    error=await propose(node, command))
+        else:
+            deadline = time.monotonic() + args.wait_s
+            while not got.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            if not captured:
+                out(mode="replay", error="nothing captured")
+                return
+            command = captured[0]
+            await asyncio.sleep(1.0)  # the victim's later heartbeats commit first
+            out(mode="replay", op=command["op"], by=command["by"], op_id=command["op_id"],
+                error=await propose(node, command))
+
+    try:
+        asyncio.run(run())
+    finally:
+        node.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""A compromised site cannot speak in another site's name through Raft, replay what another
+site said, or weaken protection with its own admin token alone.
+
+The attacker is site-a (the volume's primary): a real process (``command_attacker.py``)
+holding site-a's config, the cluster's Raft password and site-a's own key runs site-a's Raft
+member in place of its daemon and proposes commands. The honest sites b and c are judged:
+their committed catalog, primary, epoch and retention do not change, every refused command
+leaves a WARNING line and a ``replicad_command_refused_total{reason}`` sample, and the Raft
+audit records each refusal. Then the stolen admin token of site-a asks to shorten retention:
+it stays a pending request, and applies only once an operator of site-b approves it at
+site-b with site-b's own token.
+
+One cluster serves the whole module (the cases run in file order).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from replicad.core.errors import UnauthenticatedError
+from replicad.lab.localcluster import LocalCluster
+from tests.integration.conftest import VOL, overwrite_blocks, snapshot, write_image
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+HONEST = ("site-b", "site-c")
+REPO = Path(__file__).parents[2]
+TOKENS = {"site-a": {"ops-a": ("admin", "site-a-admin-token-0123456789abcdef")},
+          "site-b": {"ops-b": ("admin", "site-b-admin-token-0123456789abcdef")},
+          "site-c": {"ops-c": ("admin", "site-c-admin-token-0123456789abcdef")}}
+STOLEN = TOKENS["site-a"]["ops-a"][1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    c = LocalCluster(tmp_path_factory.mktemp("signed") / "cluster", interval="1h", min_copies=2, tokens=TOKENS)
+    write_image(c.sites["site-a"].volume_path(VOL), 48, random.Random(5))
+    try:
+        c.start_all()
+        c.wait_ready(60)
+        img = c.sites["site-a"].volume_path(VOL)
+        for i in range(3):
+            overwrite_blocks(img, [i + 1], random.Random(i))
+            snapshot(c, "site-a")
+        yield c
+    finally:
+        c.stop_all()
+
+
+def attack(c: LocalCluster, mode: str, work: Path, *args: str) -> list[dict]:
+    """Run the attacker with site-a's config (site-a's daemon down); its JSON lines."""
+    out = subprocess.run([sys.executable, "-m", "tests.security.command_attacker", mode, "--config",
+                          str(c.sites["site-a"].config_path), "--work-dir", str(work), *args],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    assert lines, out.stderr[-3000:]
+    return lines
+
+
+def refused(c: LocalCluster, site: str, reason: str) -> float:
+    """``replicad_command_refused_total{reason=...}`` on ``site``'s /metrics."""
+    req = urllib.request.Request(c.sites[site].admin_url + "/metrics")
+    text = urllib.request.urlopen(req, timeout=10).read().decode()
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("replicad_command_refused_total{") and f'reason="{reason}"' in line]
+    assert values, f"replicad_command_refused_total{{reason={reason!r}}} is not exported"
+    return sum(values)
+
+
+def view(c: LocalCluster, site: str) -> dict:
+    """What an honest site holds in the cluster state: primary, epoch, retention, catalog."""
+    vols = c.api(site, "GET", "/v1/volumes")["volumes"][VOL]
+    snaps = c.api(site, "GET", f"/v1/volumes/{VOL}/snapshots")["snapshots"]
+    return {"primary": vols["primary"], "epoch": vols["epoch"], "retention": vols["retention"],
+            "catalog": {s["seq"]: (s["root"], s["verdict"]) for s in snaps}}
+
+
+def test_every_site_signs_and_the_refusal_metric_starts_at_zero(cluster: LocalCluster) -> None:
+    for site in cluster.sites:
+        ident = cluster.status(site)["identity"]
+        assert ident["signed"] is True and ident["unsafe_unsigned"] is False and ident["public_key"], ident
+        for reason in ("bad_signature", "replayed", "expired"):
+            assert refused(cluster, site, reason) == 0
+
+
+def test_commands_in_another_sites_name_are_refused(cluster: LocalCluster, tmp_path: Path) -> None:
+    # a pending request of site-c for the attacker to "approve" in site-b's name
+    pending = cluster.api("site-c", "PUT", f"/v1/volumes/{VOL}/retention", {"retention": {"lock": "1h"}})
+    assert pending["status"] == "pending"
+    before = {s: view(cluster, s) for s in HONEST}
+    cluster.kill("site-a")
+    results = attack(cluster, "forge", tmp_path / "attacker")
+    ops = {r["op"] for r in results}
+    assert {"promote", "mark_verdict", "prune_snapshots", "commit_snapshot", "set_retention", "approve"} <= ops
+    assert all(r["error"] == "bad_signature" for r in results), results
+    time.sleep(1.0)
+    for s in HONEST:
+        assert view(cluster, s) == before[s], s  # nothing changed: primary, epoch, retention, catalog
+        assert refused(cluster, s, "bad_signature") >= len(results), s
+        log = cluster.log_tail(s, 600)
+        assert "WARNING" in log and "raft command refused [bad_signature]" in log, s
+        audit = cluster.api(s, "GET", "/v1/audit")["audit"]
+        assert {a["op"] for a in audit if a["error"] == "bad_signature" and a["by"] == "site-b"} >= \
+            {"promote", "prune_snapshots", "commit_snapshot"}, s
+    assert cluster.api("site-b", "GET", "/v1/requests")["requests"][0]["status"] == "pending"
+
+
+def test_a_captured_signed_command_replayed_is_refused(cluster: LocalCluster, tmp_path: Path) -> None:
+    before = {s: refused(cluster, s, "replayed") for s in HONEST}
+    [result] = attack(cluster, "replay", tmp_path / "attacker", "--victim", "site-b")
+    assert result["op"] == "clock" and result["by"] == "site-b" and result["error"] == "replayed", result
+    time.sleep(1.0)
+    for s in HONEST:
+        assert refused(cluster, s, "replayed") >= before[s] + 1, s
+        assert "raft command refused [replayed]" in cluster.log_tail(s, 600), s
+        audit = cluster.api(s, "GET", "/v1/audit")["audit"]
+        assert any(a["op"] == "clock" and a["by"] == "site-b" and a["error"] == "replayed" for a in audit), s
+
+
+def test_a_stolen_admin_token_only_makes_a_request(cluster: LocalCluster) -> None:
+    cluster.start("site-a")
+    cluster.wait_ready(60)
+    path = f"/v1/volumes/{VOL}/retention"
+    before = {s: view(cluster, s) for s in HONEST}
+    # the attacker, with site-a's admin token, shortens retention to one second everywhere
+    req = cluster.api("site-a", "PUT", path, {"retention": {"keep_all": "1s", "hourly": "1s", "daily": "1s",
+                                                            "lock": "1s"}}, token=STOLEN)
+    assert req["status"] == "pending" and req["needed"] == 2 and req["approvals"] == ["site-a"], req
+    # approving it again at its own site, or at site-b with site-a's token, does nothing
+    again = cluster.api("site-a", "POST", f"/v1/requests/{req['request']}/approve", {}, token=STOLEN)
+    assert again["status"] == "pending"
+    with pytest.raises(UnauthenticatedError):
+        cluster.api("site-b", "POST", f"/v1/requests/{req['request']}/approve", {}, token=STOLEN)
+    cluster.api("site-a", "POST", f"/v1/volumes/{VOL}/retention/run", {}, token=STOLEN)
+    time.sleep(2.0)
+    for s in HONEST:
+        assert view(cluster, s) == before[s], s  # nothing changed, nothing pruned
+        listed = {r["id"]: r for r in cluster.status(s)["requests"]}
+        assert listed[req["request"]]["status"] == "pending", s  # every site's status lists it
+        assert f"AUDIT request {req['request']} by site-a" in cluster.log_tail(s, 600), s
+    # an operator of site-b approves it at site-b, with site-b's token: then it applies
+    done = cluster.api("site-b", "POST", f"/v1/requests/{req['request']}/approve", {},
+                       token=TOKENS["site-b"]["ops-b"][1])
+    assert done["status"] == "applied" and done["approvals"] == ["site-a", "site-b"], done
+    cluster.wait_for("the approved retention everywhere", lambda: all(
+        view(cluster, s)["retention"]["lock_s"] == 1 for s in HONEST), 20)

@@ -1,0 +1,306 @@
+"""Site identities and signed commands: the canonical encoding, signatures checked by the
+pure state machine (good, missing, wrong key, ``by`` mismatch, other cluster, replay,
+expired), and protection-weakening requests approved by other sites."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+
+from replicad.core import errors, identity
+from replicad.core import state as cluster_state
+from replicad.core.identity import Signer, Trust
+from replicad.core.state import apply, initial_state, list_requests
+
+S = 1_000_000_000
+NOW = 1_700_000_000 * S
+ROOT = bytes(range(32))
+RETENTION = {"keep_all_s": 3600, "hourly_s": 86400, "daily_s": 7 * 86400, "lock_s": 600}
+CLUSTER = "test-cluster"
+SITES = ("a", "b", "c")
+KEYS = {s: identity.generate_private_key() for s in SITES}
+SIGNERS = {s: Signer(s, KEYS[s], CLUSTER) for s in SITES}
+TRUST = Trust(cluster_id=CLUSTER, keys={s: (identity.public_key_raw(KEYS[s]),) for s in SITES})
+_ids = itertools.count()
+
+
+def cmd(op: str, by: str = "a", now_ns: int = NOW, sign: bool = True, **args) -> dict:
+    command = {"v": 1, "op": op, "op_id": f"op-{next(_ids)}", "by": by, "now_ns": now_ns, **args}
+    return SIGNERS[by].sign(command) if sign else command
+
+
+def run(state: dict, command: dict, trust: Trust = TRUST) -> tuple[dict, dict]:
+    before = copy.deepcopy(state)
+    new, result = apply(state, command, trust)
+    assert state == before, "apply must never mutate its input"
+    again = apply(copy.deepcopy(state), copy.deepcopy(command), trust)
+    assert again == (new, result), "apply must be deterministic"
+    return new, result
+
+
+def ok(state: dict, command: dict, trust: Trust = TRUST) -> tuple[dict, dict]:
+    new, result = run(state, command, trust)
+    assert result["ok"] is True, result
+    return new, result
+
+
+def refused(state: dict, command: dict, code: str, trust: Trust = TRUST) -> dict:
+    new, result = run(state, command, trust)
+    assert result["ok"] is False and result["error"] == code, result
+    assert errors.from_dict(result).code == code
+    assert {k: v for k, v in new.items() if k not in ("audit", "applied_ops", "seen")} == \
+        {k: v for k, v in state.items() if k not in ("audit", "applied_ops", "seen")}
+    assert new["audit"][-1]["error"] == code and new["audit"][-1]["ok"] is False
+    return result
+
+
+@pytest.fixture
+def cluster() -> dict:
+    state = initial_state(members=SITES)
+    for s in SITES:
+        state, _ = ok(state, cmd("register_site", by=s, site_id=s, peer_url=f"https://{s}:7443", kind="data"))
+    state, _ = ok(state, cmd("add_volume", volume="vol", primary="a", block_size=65536, size_bytes=0,
+                             min_copies=2, retention=RETENTION))
+    for s in SITES:
+        state, _ = ok(state, cmd("clock", by=s))
+    return state
+
+
+# --------------------------------------------------------------------------- canonical encoding
+
+
+def test_canonical_bytes_ignore_key_order_and_the_signature_and_are_domain_separated() -> None:
+    a = {"v": 1, "op": "x", "args": {"b": 1, "a": [1, {"z": b"\x00", "y": "s"}]}, "by": "a"}
+    b = {"by": "a", "args": {"a": [1, {"y": "s", "z": b"\x00"}], "b": 1}, "op": "x", "v": 1, "sig": b"x" * 64}
+    assert identity.canonical_bytes(a) == identity.canonical_bytes(b)
+    assert identity.canonical_bytes(a).startswith(b"replicad-command-v1\x00")
+    # str and bytes stay distinct; ints and strings as keys sort apart
+    assert identity.canonical_bytes({"k": "ab"}) != identity.canonical_bytes({"k": b"ab"})
+    assert identity.canonical_bytes({1: "x", "1": "y"}) == identity.canonical_bytes({"1": "y", 1: "x"})
+    for bad in ({"k": object()}, {"k": {1.5: 1}}, ["not", "a", "map"]):
+        with pytest.raises(identity.CanonicalError):
+            identity.canonical_bytes(bad)  # type: ignore[arg-type]
+
+
+def test_signatures_cover_every_field_and_the_domain() -> None:
+    signed = SIGNERS["a"].sign({"v": 1, "op": "clock", "op_id": "o1", "now_ns": NOW})
+    assert signed["by"] == "a" and signed["cluster"] == CLUSTER and len(signed["sig"]) == 64
+    assert SIGNERS["a"].sign({"v": 1, "op": "clock", "op_id": "o1", "now_ns": NOW}) == signed  # deterministic
+    pinned = TRUST.keys["a"]
+    assert identity.signature_problem(signed, pinned) is None
+    for field, value in (("now_ns", NOW + 1), ("op_id", "o2"), ("cluster", "other"), ("by", "b"), ("op", "x")):
+        assert identity.signature_problem({**signed, field: value}, pinned) == "bad signature", field
+    assert identity.signature_problem({**signed, "extra": 1}, pinned) == "bad signature"
+    assert identity.signature_problem({k: v for k, v in signed.items() if k != "sig"}, pinned) == "missing signature"
+    assert identity.signature_problem(signed, ()) == "no pinned key"
+    assert identity.signature_problem(signed, TRUST.keys["b"]) == "bad signature"
+    # the same bytes signed without the domain prefix are not a command signature
+    raw = KEYS["a"].sign(identity.canonical_bytes(signed)[len(identity.DOMAIN):])
+    assert identity.signature_problem({**signed, "sig": raw}, pinned) == "bad signature"
+    with pytest.raises(ValueError, match="cannot sign a command by 'b'"):
+        SIGNERS["a"].sign({"op": "clock", "by": "b"})
+
+
+def test_public_key_text_form() -> None:
+    raw = identity.public_key_raw(KEYS["a"])
+    text = identity.format_public_key(raw)
+    assert text.startswith("ed25519:") and identity.parse_public_key(text) == raw
+    for bad in ("ssh-ed25519 AAAA", "ed25519:!!!", "ed25519:" + "QUJD", raw.hex()):
+        with pytest.raises(ValueError):
+            identity.parse_public_key(bad)
+    key = identity.load_private_key_pem(identity.private_key_pem(KEYS["b"]))
+    assert identity.public_key_raw(key) == identity.public_key_raw(KEYS["b"])
+    with pytest.raises(ValueError, match="not an unencrypted PEM"):
+        identity.load_private_key_pem(b"not a key")
+
+
+# --------------------------------------------------------------------------- signatures in state.apply
+
+
+def test_a_signed_command_applies(cluster: dict) -> None:
+    state, res = ok(cluster, cmd("commit_snapshot", by="a", volume="vol", seq=1, epoch=1, root=ROOT,
+                                 parent_seq=None, created_at_ns=NOW, holders=["a", "b"], stats={},
+                                 verdict="clean"))
+    assert res["seq"] == 1 and 1 in state["volumes"]["vol"]["snapshots"]
+
+
+def test_missing_wrong_key_by_mismatch_and_other_cluster_are_bad_signatures(cluster: dict) -> None:
+    promote = dict(volume="vol", to="b", expected_epoch=1, force=True)
+    # missing signature: a site speaking without its key
+    res = refused(cluster, cmd("promote", by="b", sign=False, **promote), "bad_signature")
+    assert res["evidence"]["problem"] == "missing signature"
+    # a's key, b's name (the attacker holds site-a's key and writes by="b")
+    forged = {k: v for k, v in cmd("promote", by="a", **promote).items() if k != "sig"}
+    forged["by"] = "b"
+    forged["sig"] = KEYS["a"].sign(identity.canonical_bytes(forged))
+    res = refused(cluster, forged, "bad_signature")
+    assert res["evidence"] == {"by": "b", "op": "promote", "problem": "bad signature"}
+    # a signed command whose by was changed afterwards
+    changed = {**cmd("promote", by="a", **promote), "by": "b"}
+    refused(cluster, changed, "bad_signature")
+    # a site no config pins
+    stranger = Signer("z", identity.generate_private_key(), CLUSTER)
+    res = refused(cluster, stranger.sign({"v": 1, "op": "clock", "op_id": "z1", "now_ns": NOW}), "bad_signature")
+    assert res["evidence"]["problem"] == "no pinned key"
+    # a command signed for another cluster by a site with the same key
+    elsewhere = Signer("b", KEYS["b"], "other-cluster")
+    res = refused(cluster, elsewhere.sign({"v": 1, "op": "promote", "op_id": "x1", "now_ns": NOW, **promote}),
+                  "bad_signature")
+    assert "other-cluster" in res["message"]
+    # every one audited; none remembered as an applied op id
+    new, _ = run(cluster, changed)
+    assert changed["op_id"] not in new["applied_ops"]
+
+
+def test_a_forged_command_cannot_take_an_honest_op_id(cluster: dict) -> None:
+    honest = cmd("promote", by="b", volume="vol", to="b", expected_epoch=1, force=True)
+    forged = {**honest, "to": "a"}  # same op id, altered: the signature no longer holds
+    state, _ = run(cluster, forged)
+    state, res = ok(state, honest)
+    assert res["primary"] == "b"
+
+
+def test_replays_are_refused(cluster: dict) -> None:
+    heartbeat = cmd("clock", by="b", now_ns=NOW + 5 * S)
+    state, _ = ok(cluster, heartbeat)
+    assert state["clocks"]["b"] == NOW + 5 * S
+    later = cmd("clock", by="b", now_ns=NOW + 10 * S)
+    state, _ = ok(state, later)
+    # a captured heartbeat sent again would move b's clock back: refused
+    res = refused(state, heartbeat, "replayed")
+    assert res["evidence"]["op_id"] == heartbeat["op_id"]
+    # a retried (or replayed) command whose result is stored gets its first answer, changing nothing
+    promote = cmd("promote", by="b", volume="vol", to="b", expected_epoch=1, force=True)
+    state, first = ok(state, promote)
+    same, again = run(state, promote)
+    assert again == first and same == state
+    # once the op id left the applied results, the replay memory still refuses it
+    trimmed = {**state, "applied_ops": {}}
+    refused(trimmed, promote, "replayed")
+
+
+def test_commands_older_than_the_window_are_expired(cluster: dict) -> None:
+    window = TRUST.replay_window_ns
+    old = cmd("promote", by="b", now_ns=NOW - window - S, volume="vol", to="b", expected_epoch=1, force=True)
+    res = refused(cluster, old, "expired")
+    assert res["evidence"]["quorum_now_ns"] == NOW
+    fresh = cmd("promote", by="b", now_ns=NOW - window + S, volume="vol", to="b", expected_epoch=1, force=True)
+    ok(cluster, fresh)
+
+
+def test_the_replay_memory_is_bounded_and_its_floor_refuses_what_it_forgot(cluster: dict) -> None:
+    state = cluster
+    first = cmd("clock", by="c", now_ns=NOW + 1)
+    state, _ = ok(state, first, TRUST)
+    for i in range(cluster_state.SEEN_PER_SITE_MAX + 1):
+        state, _ = apply(state, cmd("clock", by="c", now_ns=NOW + 2 + i), TRUST)
+    seen = state["seen"]["c"]
+    assert len(seen["ops"]) <= cluster_state.SEEN_PER_SITE_MAX and first["op_id"] not in seen["ops"]
+    assert seen["floor_ns"] >= NOW + 1
+    refused(state, first, "replayed")
+    # the other sites' memories are untouched by c's flood
+    assert len(state["seen"]["a"]["ops"]) < 10
+
+
+def test_unsigned_lab_mode_checks_replays_but_not_signatures(cluster: dict) -> None:
+    lab = Trust(cluster_id=CLUSTER, keys=None)
+    heartbeat = cmd("clock", by="b", sign=False, now_ns=NOW + S)
+    state, _ = ok(cluster, heartbeat, lab)
+    refused(state, heartbeat, "replayed", lab)
+
+
+def test_identity_refusals_never_raise_on_garbage(cluster: dict) -> None:
+    for junk in (None, [], {"v": 1}, {**cmd("clock"), "sig": "text"}, {**cmd("clock"), "sig": b"\x00" * 64},
+                 {**cmd("clock"), "cluster": 5}, {**cmd("clock"), "stats": {1.5: object()}}):
+        new, res = apply(cluster, junk, TRUST)  # type: ignore[arg-type]
+        assert res["ok"] is False and res["error"] in ("bad_request", "bad_signature"), res
+
+
+# --------------------------------------------------------------------------- requests and approvals
+
+
+def shorten() -> dict:
+    return {"volume": "vol", "retention": {**RETENTION, "lock_s": 1, "keep_all_s": 1}}
+
+
+def test_a_weakening_change_waits_for_another_site(cluster: dict) -> None:
+    refused(cluster, cmd("set_retention", by="a", **shorten()), "approval_required")
+    state, res = ok(cluster, cmd("request", by="a", action="set_retention", args=shorten(), reason="disk full"))
+    assert res == {"ok": True, "request": "r1", "status": "pending", "approvals": ["a"], "needed": 2,
+                   "expires_ns": NOW + TRUST.request_ttl_ns}
+    assert state["volumes"]["vol"]["retention"] == RETENTION  # nothing changed
+    [listed] = list_requests(state)
+    assert listed["status"] == "pending" and listed["reason"] == "disk full"
+    # the requester approving again changes nothing; a forged approval in b's name is refused
+    state, again = ok(state, cmd("approve", by="a", request="r1"))
+    assert again["changed"] is False and again["status"] == "pending"
+    forged = {k: v for k, v in cmd("approve", by="a", request="r1").items() if k != "sig"}
+    forged["by"] = "b"
+    forged["sig"] = KEYS["a"].sign(identity.canonical_bytes(forged))
+    refused(state, forged, "bad_signature")
+    # b's own signed approval applies it
+    state, done = ok(state, cmd("approve", by="b", request="r1"))
+    assert done["status"] == "applied" and done["approvals"] == ["a", "b"]
+    assert state["volumes"]["vol"]["retention"]["lock_s"] == 1
+    assert list_requests(state)[0]["status"] == "applied"
+    refused(state, cmd("approve", by="c", request="r1"), "conflict")  # not pending any more
+    refused(state, cmd("approve", by="c", request="r9"), "not_found")
+
+
+def test_clearing_a_suspect_verdict_is_a_request_too(cluster: dict) -> None:
+    state, _ = ok(cluster, cmd("commit_snapshot", by="a", volume="vol", seq=1, epoch=1, root=ROOT, parent_seq=None,
+                               created_at_ns=NOW, holders=["a", "b"], stats={}, verdict="suspect"))
+    clear = {"volume": "vol", "seq": 1, "verdict": "clean", "reason": "bulk import"}
+    refused(state, cmd("mark_verdict", by="a", **clear), "approval_required")
+    refused(state, cmd("mark_verdict", by="a", approved_by=["b"], **clear), "bad_request")
+    state, res = ok(state, cmd("request", by="c", action="mark_verdict", args=clear))
+    state, done = ok(state, cmd("approve", by="a", request=res["request"]))
+    assert done["status"] == "applied" and state["volumes"]["vol"]["snapshots"][1]["verdict"] == "clean"
+
+
+def test_requests_are_checked_when_made_and_bounded(cluster: dict) -> None:
+    refused(cluster, cmd("request", action="promote", args={}), "bad_request")
+    refused(cluster, cmd("request", action="set_retention", args={"volume": "vol"}), "bad_request")
+    refused(cluster, cmd("request", action="set_retention", args={**shorten(), "approved_by": ["b"]}),
+            "bad_request")
+    refused(cluster, cmd("request", action="set_retention", args={**shorten(), "volume": "nope"}), "not_found")
+    state = cluster
+    for _ in range(cluster_state.REQUESTS_PENDING_PER_SITE):
+        state, _ = ok(state, cmd("request", by="c", action="set_retention", args=shorten()))
+    res = refused(state, cmd("request", by="c", action="set_retention", args=shorten()), "conflict")
+    assert "pending requests" in res["message"]
+    ok(state, cmd("request", by="b", action="set_retention", args=shorten()))  # c cannot crowd out b
+
+
+def test_requests_expire_by_the_majority_clock(cluster: dict) -> None:
+    state, res = ok(cluster, cmd("request", by="a", action="set_retention", args=shorten()))
+    late = NOW + TRUST.request_ttl_ns + S
+    for s in ("a", "c"):  # a majority's clocks pass the expiry
+        state, _ = ok(state, cmd("clock", by=s, now_ns=late))
+    assert list_requests(state)[0]["status"] == "expired"
+    res = refused(state, cmd("approve", by="b", request="r1", now_ns=late), "conflict")
+    assert "expired" in res["message"]
+    assert state["volumes"]["vol"]["retention"] == RETENTION
+
+
+def test_the_policy_sets_how_many_sites_approve(cluster: dict) -> None:
+    three = Trust(cluster_id=CLUSTER, keys=TRUST.keys, approvals=3)
+    state, res = ok(cluster, cmd("request", by="a", action="set_retention", args=shorten()), three)
+    assert res["needed"] == 3
+    state, res = ok(state, cmd("approve", by="b", request="r1"), three)
+    assert res["status"] == "pending" and state["volumes"]["vol"]["retention"] == RETENTION
+    state, res = ok(state, cmd("approve", by="c", request="r1"), three)
+    assert res["status"] == "applied"
+    assert cluster_state.approvals_needed(cluster, Trust(cluster_id=CLUSTER, approvals=99)) == 3
+
+
+def test_a_one_site_lab_applies_a_request_at_once() -> None:
+    lone = Trust(cluster_id=CLUSTER, keys={"a": TRUST.keys["a"]})
+    state = initial_state(members=["a"])
+    state, _ = ok(state, cmd("register_site", by="a", site_id="a", peer_url="https://a:1", kind="data"), lone)
+    state, _ = ok(state, cmd("add_volume", volume="vol", primary="a", block_size=65536, size_bytes=0,
+                             min_copies=1, retention=RETENTION), lone)
+    state, res = ok(state, cmd("request", by="a", action="set_retention", args=shorten()), lone)
+    assert res["status"] == "applied" and state["volumes"]["vol"]["retention"]["lock_s"] == 1
