@@ -5,14 +5,39 @@ file (currentTerm, votedFor) is written without fsync. :func:`_create_journal` (
 ``pysyncobj.syncobj.createJournal`` by :func:`replicad.consensus.raft.install_hardening`)
 builds a :class:`DurableJournal` instead: a plain append-only file of CRC-checked records where
 ``add()`` writes and ``fdatasync``s before returning.
+
+What the file may look like after a fault, and what opening it does (issue 13):
+
+* **A torn tail** (a crash or a full disk during an append: a bad record followed by no valid
+  record): that append never returned, so it was never acknowledged. It is dropped, logged,
+  and its bytes are kept aside in ``<journal>.torn-<offset>`` for forensics.
+* **Damage before the tail** (a bad record followed by valid ones: a flipped bit, a lost
+  sector): dropping the tail there would drop acknowledged entries. Opening raises
+  :class:`~replicad.core.errors.JournalDamagedError` naming the file and offset, and changes
+  nothing on disk. The operator moves the journal aside (README, "Raft journal damaged").
+* **A full disk** (ENOSPC/EDQUOT): a short write is completed or undone (the file is cut back
+  to the end of the last acknowledged record and synced), never skipped over, so no torn
+  record ever sits in front of a later valid one. The append raises
+  :class:`~replicad.core.errors.StoreFullError`; :attr:`DurableJournal.write_error` keeps it
+  until an append succeeds again (the hardened node refuses proposals with it and leaves the
+  leadership: :mod:`replicad.consensus.raft`). Any other write or sync failure (EIO: after a
+  failed fsync the page cache can no longer be trusted) poisons the journal: every further
+  mutation raises ``InternalError`` until the site restarts and re-reads the file.
+* **A journal moved aside** (or lost) while its meta file or the dump remain: the node lost
+  entries it may have acknowledged. It rejoins as a follower that **votes for nobody** (no
+  vote, no pre-vote, no candidacy) until it has caught up with a leader's commit index
+  (:attr:`DurableJournal.rejoining`, stored in the meta file so a restart keeps it). Without
+  this an empty log could give the vote that elects a candidate lacking committed entries.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -31,14 +56,88 @@ META_VERSION = 1
 
 
 def _write_durably(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: tmp file, fsync, rename, fsync directory."""
+    """Write ``data`` to ``path`` atomically: tmp file, fsync, rename, fsync directory.
+
+    Raises OSError as met; the tmp file is removed then, and ``path`` is untouched.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """``pwrite`` all of ``data`` at ``offset``; a short write is continued (the next call
+    then reports the real error, e.g. ENOSPC). Raises OSError; never returns short."""
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        n = os.pwrite(fd, view[done:], offset + done)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, "short write", None)
+        done += n
+
+
+def _truncate_synced(path: Path, size: int) -> None:
+    """Cut ``path`` to ``size`` bytes and fsync it. Raises OSError."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_RECORD_HEAD = struct.Struct("<II")  # payload length, crc32 of the payload
+_PAYLOAD_HEAD = struct.Struct("<QQ")  # idx, term
+FREE_TO_RESUME_BYTES = 256 * 1024
+"""Free space at which a journal that ran full is tried again (a record is at most ~80 KiB)."""
+DUMP_NAME = "raft.dump"  # RaftNode's dump beside the journal: its presence proves a past life
+
+
+def _record_at(data: bytes, offset: int) -> tuple[int, int, bytes] | None:
+    """The ``(idx, term, command)`` of the well-formed record at byte ``offset``, else None."""
+    if offset + 8 > len(data):
+        return None
+    length, crc = _RECORD_HEAD.unpack_from(data, offset)
+    if length < 16 or offset + 8 + length > len(data):
+        return None
+    payload = data[offset + 8:offset + 8 + length]
+    if zlib.crc32(payload) != crc:
+        return None
+    idx, term = _PAYLOAD_HEAD.unpack_from(payload)
+    return idx, term, bytes(payload[16:])
+
+
+def _valid_run_after(data: bytes, start: int, min_idx: int) -> tuple[int, int, int] | None:
+    """The first well-formed record at or after byte ``start`` whose idx is ``>= min_idx``,
+    as ``(offset, idx, records in the chain it starts)``; None if there is none (a torn tail).
+
+    Every byte offset is tried (a damaged length field hides where the next record starts);
+    a random match needs a plausible length, a CRC-32 hit and an idx beyond the last good one.
+    O(file size) Python steps: only run once damage was found.
+    """
+    end = len(data) - 8 - 16
+    for offset in range(start, end + 1):
+        (length,) = struct.unpack_from("<I", data, offset)
+        if length < 16 or offset + 8 + length > len(data):
+            continue
+        record = _record_at(data, offset)
+        if record is None or record[0] < min_idx:
+            continue
+        count, at = 0, offset
+        while (rec := _record_at(data, at)) is not None:
+            count += 1
+            at += 8 + 16 + len(rec[2])
+        return offset, record[0], count
+    return None
 
 
 class DurableJournal(Journal):
@@ -46,10 +145,14 @@ class DurableJournal(Journal):
 
     File: ``JOURNAL_MAGIC`` + ``<I version``, then records ``<I payload_len`` ``<I crc32``
     ``payload`` with payload ``<QQ idx term`` + command bytes. Meta (``<file>.meta``):
-    JSON ``{v, currentTerm, votedForNodeId, raftCommitIndex}``.
+    JSON ``{v, currentTerm, votedForNodeId, raftCommitIndex, rejoin?}`` with ``rejoin``
+    ``{reason, commit_index, since_ns}`` while the node rejoins after losing its journal.
 
-    Raises:
+    Raises (at open):
         errors.RemoteProtocolError: the file carries another magic or version.
+        errors.JournalDamagedError: a damaged record is followed by valid ones (see the
+            module docstring); nothing was changed on disk.
+        errors.StoreFullError / errors.InternalError: the directory cannot be written.
     """
 
     _HEADER = JOURNAL_MAGIC + struct.pack("<I", JOURNAL_VERSION)
@@ -61,12 +164,31 @@ class DurableJournal(Journal):
             leftover.with_name(leftover.name + ".tmp").unlink(missing_ok=True)
         self._entries: list[tuple[bytes, int, int]] = []
         self._offsets: list[int] = []
+        self._fd = -1
+        self._broken: str | None = None
+        self.write_error: errors.ReplicadError | None = None
+        self._probed_at = float("-inf")
+        """The last append/meta write that failed for lack of space (StoreFullError), until one succeeds."""
         self._meta = self._load_meta()
         self._meta_dirty = False
         if not self._path.exists():
-            _write_durably(self._path, self._HEADER)
+            self._guarded(lambda: self._start_fresh(), "creating the raft journal")
         self._fd = os.open(self._path, os.O_RDWR)
         self._end = self._load_records()
+
+    def _start_fresh(self) -> None:
+        past_life = self._meta.get("currentTerm", 0) > 0 or self._path.with_name(DUMP_NAME).exists()
+        if past_life and "rejoin" not in self._meta:
+            # The journal is gone but this node voted or held state before: it may have
+            # acknowledged entries it no longer has. Vote for nobody until caught up.
+            self._meta["rejoin"] = {"reason": "journal missing", "commit_index": self._meta.get("raftCommitIndex", 0),
+                                    "since_ns": time.time_ns()}
+            log.warning("raft journal %s is missing but this node has a past (term %s%s): rejoining as a follower "
+                        "that votes for nobody until it has caught up with a leader", self._path,
+                        self._meta.get("currentTerm", 0),
+                        ", a dump" if self._path.with_name(DUMP_NAME).exists() else "")
+            self._store_meta()
+        _write_durably(self._path, self._HEADER)
 
     def _load_meta(self) -> dict:
         try:
@@ -87,27 +209,100 @@ class DurableJournal(Journal):
             raise errors.RemoteProtocolError("raft journal has an unknown format or version",
                                              path=str(self._path), header=data[:len(self._HEADER)])
         offset = len(self._HEADER)
-        while offset + 8 <= len(data):
-            length, crc = struct.unpack_from("<II", data, offset)
-            payload = data[offset + 8:offset + 8 + length]
-            if length < 16 or len(payload) != length or zlib.crc32(payload) != crc:
-                break  # torn tail: written but never acknowledged (O6)
-            idx, term = struct.unpack_from("<QQ", payload)
-            self._entries.append((bytes(payload[16:]), idx, term))
+        while (record := _record_at(data, offset)) is not None:
+            idx, term, command = record
+            self._entries.append((command, idx, term))
             self._offsets.append(offset)
-            offset += 8 + length
-        if offset != len(data):
-            log.warning("raft journal %s: dropping %d bytes of torn tail", self._path, len(data) - offset)
-            os.truncate(self._path, offset)
+            offset += 8 + 16 + len(command)
+        if offset == len(data):
+            return offset
+        last_idx = self._entries[-1][1] if self._entries else None
+        later = _valid_run_after(data, offset + 1, 1 if last_idx is None else last_idx + 1)
+        if later is not None:
+            next_offset, next_idx, count = later
+            raise errors.JournalDamagedError(
+                f"raft journal {self._path} is damaged at byte {offset} (record {len(self._entries)}, after idx "
+                f"{last_idx}): {count} valid record(s) follow it (from byte {next_offset}, idx {next_idx}), so it "
+                "is not a torn tail and dropping it would drop acknowledged entries. The site refuses to start; "
+                "nothing was changed. Keep the file for analysis, move it aside (keep raft.journal.meta and "
+                "raft.dump) and start the site: it rejoins as a follower that votes for nobody until it has "
+                "caught up from the majority (README, \"Raft journal damaged\").",
+                path=str(self._path), offset=offset, record=len(self._entries), last_good_idx=last_idx,
+                next_valid_offset=next_offset, next_valid_idx=next_idx, valid_records_after=count,
+                size_bytes=len(data), action="move the journal aside and restart: README, Raft journal damaged")
+        self._drop_torn_tail(data, offset)
         return offset
+
+    def _drop_torn_tail(self, data: bytes, offset: int) -> None:
+        """Keep the torn tail's bytes aside (best effort), then cut the file there, synced."""
+        tail = data[offset:]
+        complete = len(tail) >= 8 and 16 <= _RECORD_HEAD.unpack_from(tail)[0] == len(tail) - 8
+        aside = self._path.with_name(f"{self._path.name}.torn-{offset}")
+        try:
+            _write_durably(aside, tail)
+        except OSError as exc:
+            aside = None
+            log.error("raft journal %s: cannot keep the torn tail aside (%s)", self._path, exc)
+        # A complete record with a bad CRC is either a write cut by a crash after the file's
+        # size reached the disk but before all its data did (never acknowledged), or damage of
+        # the last record. Nothing follows it either way: the majority holds it if it was
+        # committed. Say which it looks like.
+        (log.error if complete else log.warning)(
+            "raft journal %s: dropping %d bytes of torn tail at byte %d (%s; kept in %s)", self._path, len(tail),
+            offset, "a complete record failing its CRC: a write cut by a crash, or damage of the last record"
+            if complete else "an incomplete record: an append cut by a crash or a full disk, never acknowledged",
+            aside)
+        self._guarded(lambda: _truncate_synced(self._path, offset), "cutting the torn tail")
+
+    # -- failures
+    def _guarded(self, action: Any, what: str, **evidence: Any) -> Any:
+        """Run a mutation; translate OSError into the error tree (ENOSPC → StoreFullError)."""
+        if self._broken is not None:
+            raise errors.InternalError(f"raft journal {self._path} is unusable after a failed write; restart the "
+                                       "site (it re-reads the file)", path=str(self._path), detail=self._broken)
+        try:
+            result = action()
+        except OSError as exc:
+            err = errors.from_os_error(exc, f"{what} ({self._path})", **evidence)
+            if isinstance(err, errors.StoreFullError):
+                self.write_error = err
+            raise err from exc
+        return result
+
+    def _append_undoable(self, record: bytes) -> None:
+        """Write ``record`` at the end and sync; on any failure cut the file back to the
+        last acknowledged record and sync, or poison the journal if even that fails."""
+        try:
+            _pwrite_all(self._fd, record, self._end)
+            os.fdatasync(self._fd)  # O6: durable before pysyncobj acknowledges it
+        except OSError as exc:
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            try:
+                os.ftruncate(self._fd, self._end)
+                os.fdatasync(self._fd)
+            except OSError as undo:
+                full = False
+                exc.add_note(f"undo failed: {undo}")
+            if not full:
+                # EIO & co.: after a failed fsync the page cache is not evidence of the disk.
+                self._broken = f"{type(exc).__name__}: {exc}"
+                log.error("raft journal %s: append failed (%s); refusing every further write until the site "
+                          "restarts", self._path, self._broken)
+            raise
 
     # -- records
     def add(self, command: bytes | str, idx: int, term: int) -> None:
+        """Append entry ``(command, idx, term)``, durable (fdatasync) before returning (O6).
+
+        Raises:
+            errors.StoreFullError: no space (the file is as before the call; retry later).
+            errors.InternalError: another write failure; the journal refuses writes until restart.
+        """
         command = command if isinstance(command, bytes) else bytes(command, "utf-8")
-        payload = struct.pack("<QQ", idx, term) + command
-        record = struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
-        os.pwrite(self._fd, record, self._end)
-        os.fdatasync(self._fd)  # O6: durable before pysyncobj acknowledges it
+        payload = _PAYLOAD_HEAD.pack(idx, term) + command
+        record = _RECORD_HEAD.pack(len(payload), zlib.crc32(payload)) + payload
+        self._guarded(lambda: self._append_undoable(record), "appending a raft entry", idx=idx, term=term)
+        self.write_error = None
         self._entries.append((command, idx, term))
         self._offsets.append(self._end)
         self._end += len(record)
@@ -118,9 +313,17 @@ class DurableJournal(Journal):
     def deleteEntriesFrom(self, entryFrom: int) -> None:
         if entryFrom >= len(self._entries):
             return
-        self._end = self._offsets[entryFrom]
-        os.ftruncate(self._fd, self._end)
-        os.fdatasync(self._fd)
+        end = self._offsets[entryFrom]
+
+        def cut() -> None:
+            try:
+                os.ftruncate(self._fd, end)
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                self._broken = f"{type(exc).__name__}: {exc}"
+                raise
+        self._guarded(cut, "truncating the raft journal", entry_from=entryFrom)
+        self._end = end
         del self._entries[entryFrom:]
         del self._offsets[entryFrom:]
 
@@ -128,20 +331,24 @@ class DurableJournal(Journal):
         self._rewrite(self._entries[entryTo:])
 
     def _rewrite(self, entries: list[tuple[bytes, int, int]]) -> None:
-        # Persist any rename done just before (pysyncobj renames the full dump into place
-        # and then compacts the log): the dump must be durable before the log shrinks.
-        fsync_dir(self._path.parent)
         chunks = [self._HEADER]
         offsets = []
         end = len(self._HEADER)
         for command, idx, term in entries:
-            payload = struct.pack("<QQ", idx, term) + command
+            payload = _PAYLOAD_HEAD.pack(idx, term) + command
             offsets.append(end)
-            chunks.append(struct.pack("<II", len(payload), zlib.crc32(payload)) + payload)
+            chunks.append(_RECORD_HEAD.pack(len(payload), zlib.crc32(payload)) + payload)
             end += len(chunks[-1])
-        _write_durably(self._path, b"".join(chunks))
+
+        def rewrite() -> int:
+            # Persist any rename done just before (pysyncobj renames the full dump into place
+            # and then compacts the log): the dump must be durable before the log shrinks.
+            fsync_dir(self._path.parent)
+            _write_durably(self._path, b"".join(chunks))  # the old file stays whole if this fails
+            return os.open(self._path, os.O_RDWR)
+        fd = self._guarded(rewrite, "rewriting the raft journal")
         os.close(self._fd)
-        self._fd = os.open(self._path, os.O_RDWR)
+        self._fd = fd
         self._entries = list(entries)
         self._offsets = offsets
         self._end = end
@@ -153,18 +360,66 @@ class DurableJournal(Journal):
         return len(self._entries)
 
     def flush(self) -> None:
-        os.fdatasync(self._fd)
+        self._guarded(lambda: os.fdatasync(self._fd), "syncing the raft journal")
 
     def _destroy(self) -> None:
         if self._meta_dirty:
-            self._store_meta()
+            try:
+                self._store_meta()
+            except errors.ReplicadError as err:  # the commit index is volatile: losing it is harmless
+                log.warning("raft journal meta not stored at close: %s", err)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
 
+    def still_full(self) -> errors.ReplicadError | None:
+        """:attr:`write_error` while the journal's file system still has less than
+        :data:`FREE_TO_RESUME_BYTES` available, else None (and the error is forgotten).
+
+        Probes ``statvfs`` at most once a second (cheap enough for every proposal).
+        """
+        err = self.write_error
+        if err is None:
+            return None
+        now = time.monotonic()
+        if now - self._probed_at < 1.0:
+            return err
+        self._probed_at = now
+        try:
+            st = os.statvfs(self._path.parent)
+        except OSError:
+            return err
+        if st.f_bavail * st.f_frsize >= FREE_TO_RESUME_BYTES:
+            log.warning("raft journal %s: space is back (%d bytes available); appending again", self._path,
+                        st.f_bavail * st.f_frsize)
+            self.write_error = None
+            return None
+        return err
+
+    # -- rejoin after a lost journal
+    @property
+    def rejoining(self) -> bool:
+        """True while this node lost its journal and has not caught up: it votes for nobody."""
+        return "rejoin" in self._meta
+
+    def rejoin_commit_index(self) -> int:
+        """The commit index this node knew before it lost its journal (0 if unknown)."""
+        value = self._meta.get("rejoin", {}).get("commit_index", 0)
+        return value if isinstance(value, int) else 0
+
+    def rejoined(self, commit_index: int) -> None:
+        """Caught up (commit index ``commit_index`` applied from a leader): votes again."""
+        if "rejoin" not in self._meta:
+            return
+        since = self._meta.pop("rejoin")
+        self._store_meta()
+        log.warning("raft journal %s: caught up with the leader at commit index %d after a lost journal (%s): "
+                    "this node votes again", self._path, commit_index, since.get("reason"))
+
     # -- meta
     def _store_meta(self) -> None:
-        _write_durably(self._meta_path, json.dumps(self._meta, sort_keys=True).encode())
+        data = json.dumps(self._meta, sort_keys=True).encode()
+        self._guarded(lambda: _write_durably(self._meta_path, data), "writing the raft meta file")
         self._meta_dirty = False
 
     def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
@@ -176,7 +431,8 @@ class DurableJournal(Journal):
         return self._meta.get("raftCommitIndex", 1)
 
     def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:
-        # Raft §5: currentTerm and votedFor durable before any vote is sent.
+        # Raft §5: currentTerm and votedFor durable before any vote is sent (a failure raises,
+        # so pysyncobj never sends the vote or the candidacy that follows this call).
         self._meta["currentTerm"] = term
         self._meta["votedForNodeId"] = None if votedForNodeId is None else str(votedForNodeId)
         self._store_meta()
@@ -189,7 +445,10 @@ class DurableJournal(Journal):
 
     def onOneSecondTimer(self) -> None:
         if self._meta_dirty:  # the commit index is volatile in Raft; stored lazily
-            self._store_meta()
+            try:
+                self._store_meta()
+            except errors.ReplicadError as err:
+                log.warning("raft journal meta (commit index) not stored: %s", err)
 
 
 def _create_journal(journalFile: str | None = None) -> Journal:

@@ -120,6 +120,15 @@ names up in its own modules):
    term; ``apply_command_response`` only from the leader; a vote counts once per member.
    Every refusal is counted (``status()["refused"]``, ``replicad_raft_refused_total``)
    and logged at WARNING (rate-limited per reason).
+12. **A journal that cannot be written or was lost** (issue 13; :mod:`replicad.consensus.journal`).
+   An append that fails for lack of space raises ``StoreFullError`` and leaves the file as it
+   was (never a torn record before later ones). A leader whose append fails steps down (it
+   could commit nothing while keeping the role); while the journal's file system is still
+   full the node runs for no election and refuses proposals at once with ``store_full``
+   (HTTP 507) instead of a ``no_quorum`` timeout. A node whose journal is missing while its
+   meta or dump exist (the operator moved a damaged journal aside) grants no vote and no
+   pre-vote and runs for no election until its commit index reached the leader's: an empty
+   log would otherwise vouch for any candidate, and could elect one lacking committed entries.
 10. **Liveness after term inflation.** A pre-vote answer carries the responder's term; a
    node refused by a member at a higher term adopts it (at most ``MAX_TERM_STEP`` at once)
    and asks again at once; a leader that has not heard from a majority for
@@ -474,6 +483,8 @@ class _HardenedSyncObj(SyncObj):
     _isolation_logged: float = float("-inf")
     _pre_vote_granted: tuple = (None, None, float("-inf"))  # (node id, term, when) of the last grant
     _votes: tuple = (None, frozenset())  # (term, node ids) of the response_vote messages counted
+    _full_logged: float = float("-inf")  # point 12: last ERROR about an unwritable journal
+    _rejoin_target: int | None = None  # point 12: commit index to reach before voting again
 
     def __init__(self, *args: Any, refusals: RefusalLog | None = None,
                  dump_check: Callable[[Any], list[str]] | None = None, **kwargs: Any) -> None:
@@ -486,7 +497,50 @@ class _HardenedSyncObj(SyncObj):
 
     def _onTick(self, timeToWait: float = 0.0) -> None:
         self._pre_vote_gate()
-        SyncObj._onTick(self, timeToWait)
+        try:
+            SyncObj._onTick(self, timeToWait)
+        except errors.StoreFullError as err:  # the leader's own append: point 12
+            self._journal_full(err)
+
+    # -- point 12: a journal that cannot be written, a journal that was lost
+    def _journal(self) -> Any:
+        return self.__dict__.get("_SyncObj__raftLog")
+
+    def _journal_full_now(self) -> errors.ReplicadError | None:
+        """The journal's StoreFullError while its file system is still short of space, else None."""
+        journal = self._journal()
+        probe = getattr(journal, "still_full", None)
+        return probe() if probe is not None else None
+
+    def _rejoining(self) -> bool:
+        return bool(getattr(self._journal(), "rejoining", False))
+
+    def _journal_full(self, err: errors.ReplicadError) -> None:
+        """An append or meta write failed for lack of space: never acknowledged (the journal is
+        as before), and a leader that cannot append must not stay leader (no commit for as long
+        as it keeps the role): step down; :meth:`_pre_vote_gate` keeps it from campaigning."""
+        now = monotonic_time()
+        if now - self._full_logged >= 10.0:
+            self._full_logged = now
+            log.error("raft: %s; %s", err, "stepping down as leader, no candidacy until space is back"
+                      if self._SyncObj__raftState == _RAFT_STATE_LEADER else "acknowledging nothing until space is back")
+        if self._SyncObj__raftState == _RAFT_STATE_LEADER:
+            self._SyncObj__setState(pysyncobj.syncobj._RAFT_STATE.FOLLOWER)
+            self._SyncObj__raftLeader = None
+            self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
+
+    def _check_rejoined(self, message: dict) -> None:
+        """A node that lost its journal votes again once its commit index reached the leader's
+        commit index as of the first message it got from it (and the one it knew before)."""
+        journal = self._journal()
+        leader_commit = message.get("commit_index")
+        if self._rejoin_target is None and isinstance(leader_commit, int) and not isinstance(leader_commit, bool):
+            self._rejoin_target = max(leader_commit, journal.rejoin_commit_index())
+        if self._rejoin_target is not None and self._SyncObj__raftCommitIndex >= self._rejoin_target:
+            try:
+                journal.rejoined(self._SyncObj__raftCommitIndex)
+            except errors.ReplicadError as err:
+                log.warning("raft: caught up after a lost journal, but %s; still not voting", err)
 
     def _pre_vote_gate(self) -> None:
         """Hold pysyncobj's election back until a majority granted a pre-vote (point 7)."""
@@ -496,6 +550,14 @@ class _HardenedSyncObj(SyncObj):
         now = monotonic_time()
         if self._SyncObj__raftElectionDeadline >= now or not self._SyncObj__connectedToAnyone() \
                 or self._SyncObj__transferInProgress:
+            return
+        no_candidacy = "it lost its journal and has not caught up" if self._rejoining() else \
+            ("its journal cannot be written (disk full)" if self._journal_full_now() is not None else None)
+        if no_candidacy is not None:  # point 12: wait for a leader instead of running
+            self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
+            if now - self._full_logged >= 10.0:
+                self._full_logged = now
+                log.warning("raft: no leader heard, but this node does not run for election: %s", no_candidacy)
             return
         self._SyncObj__raftLeader = None  # not heard within an election timeout: no longer a leader we know
         if self._pre_vote_won or not self._SyncObj__otherNodes:
@@ -550,7 +612,8 @@ class _HardenedSyncObj(SyncObj):
             self._SyncObj__raftLeader = None
             current = term - 1
         granted = (term > current and up_to_date and not in_lease
-                   and self._SyncObj__raftState != _RAFT_STATE_LEADER)
+                   and self._SyncObj__raftState != _RAFT_STATE_LEADER
+                   and not self._rejoining())  # point 12: an emptied log vouches for nothing
         if granted:
             self._pre_vote_granted = (node.id, term, monotonic_time())
         self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": term, "granted": granted,
@@ -602,6 +665,9 @@ class _HardenedSyncObj(SyncObj):
         """Why a well-formed message may not act on this node (who says it, at which term)."""
         kind, term = message["type"], message.get("term")
         current, leader = self._SyncObj__raftCurrentTerm, self._SyncObj__raftLeader
+        if kind == "request_vote" and self._rejoining():
+            return ("vote_while_rejoining", f"request_vote at term {term}: this node lost its journal and votes "
+                    "for nobody until it has caught up with a leader")
         if kind == "request_vote" and term > current and self._in_lease():
             granted_id, granted_term, granted_at = self._pre_vote_granted
             if not (granted_id == node.id and granted_term == term
@@ -635,6 +701,8 @@ class _HardenedSyncObj(SyncObj):
                 self.refusals.refuse(problem[0], "%s: %s", getattr(node, "id", node), problem[1])
                 return
             self._dispatch_message(node, message)
+        except errors.StoreFullError as err:  # our journal, not the message: point 12
+            self._journal_full(err)
         except Exception as exc:  # never let a message end the tick thread
             self.refusals.refuse("malformed", "%s: message could not be handled (%s: %s)", getattr(node, "id", node),
                                  type(exc).__name__, str(exc)[:120], level=logging.ERROR)
@@ -652,6 +720,8 @@ class _HardenedSyncObj(SyncObj):
             self._leader_contact = monotonic_time()
         if kind == "append_entries" and "prevLogIdx" in message and "transmission" not in message:
             self._on_append_entries(node, message)
+            if self._rejoining():
+                self._check_rejoined(message)
         elif kind == "next_node_idx" \
                 and message.get("success") and not message.get("reset"):
             next_index = self._SyncObj__raftNextIndex
@@ -694,6 +764,16 @@ class _HardenedSyncObj(SyncObj):
         SyncObj._SyncObj__sendNextNodeIdx(self, node, reset=reset, nextNodeIdx=nextNodeIdx, success=success)
 
     def _applyCommand(self, command: bytes, callback: Any, commandType: int | None = None) -> None:
+        # Point 12: while this node's journal cannot be written it can neither append a command
+        # (leader) nor apply one it forwarded: refuse at once with the journal's StoreFullError
+        # (the result dict, as a state machine refusal: RaftNode.propose raises it, HTTP 507).
+        full_error = self._journal_full_now()
+        if full_error is not None and callback is not None and not isinstance(callback, tuple):
+            try:
+                callback({"ok": False, **full_error.to_dict()}, FAIL_REASON.SUCCESS)
+            except Exception:
+                log.exception("proposal callback failed")
+            return
         full = command if commandType is None else bytes([commandType]) + command
         if not self._acceptable(full):
             log.warning("refused a raft command that is not a replicad command (%d bytes)", len(full))
