@@ -810,12 +810,21 @@ class _HardenedSyncObj(SyncObj):
 
 
 class _StateConsumer(SyncObjConsumer):
-    """Holds the cluster state; its one replicated method applies msgpack commands."""
+    """Holds the cluster state; its one replicated method applies msgpack commands.
 
-    def __init__(self, on_applied: Callable[[dict, dict], None] | None, limits: dict | None = None) -> None:
+    ``trust`` (:class:`replicad.core.identity.Trust`) goes to every
+    :func:`replicad.core.state.apply`; a command refused as forged, replayed or expired
+    (``state.IDENTITY_REFUSALS``) is logged at WARNING (rate-limited per reason) and
+    counted in ``refused`` (``replicad_command_refused_total{reason}``).
+    """
+
+    def __init__(self, on_applied: Callable[[dict, dict], None] | None, limits: dict | None = None,
+                 trust: Trust | None = None) -> None:
         super().__init__()
         self.lock = threading.Lock()
         self.limits = limits
+        self.trust = trust
+        self.refused = RefusalLog()
         self.cluster = cluster_state.initial_state()
         if limits is not None:
             self.cluster["limits"] = limits
