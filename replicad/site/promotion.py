@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from replicad.core.errors import ConflictError, NoQuorumError, NotFoundError, NotPrimaryError, UsageError
+from replicad.core.errors import ConflictError, NoQuorumError, NotFoundError, NotPrimaryError, ReplicadError, UsageError
 from replicad.core.state import newest_clean
 from replicad.site.cluster import Cluster
 from replicad.site.pull import Pull
@@ -199,20 +199,52 @@ class Promotion:
         runner.fence_flag.clear()
 
     async def demote(self, volume: str) -> dict:
-        """Leave the volume without a primary (epoch + 1).
+        """Leave the volume without a primary (epoch + 1). Returns ``{volume, epoch,
+        final_seq, final_committed, divergent}``.
 
-        At the primary it steps down cleanly; at another data site it is a forced demote
-        (the primary fences itself when it learns the new epoch, O3).
+        At the primary nothing the application wrote is lost (issue 13): under the volume's
+        lock (no tick can rewrite the image meanwhile) it first takes a final snapshot and
+        commits it, like a planned switchover. If that snapshot cannot be committed (too few
+        copies, a failed ship or scan), the demote still goes ahead, and then the fencing path
+        keeps every uncommitted snapshot and the live image itself as divergent snapshots
+        (restorable here with ``divergent_epoch``) before the standby apply may rewrite it.
+        At another data site it is a forced demote (the primary fences itself when it learns
+        the new epoch, O3, and keeps its image the same way).
+
+        Raises NotFoundError (unknown volume), NoQuorumError (the demote itself could not be
+        committed: nothing changed, this site stays primary), StaleEpochError (the epoch moved).
         """
         await self.cluster.wait_synced()
         vs = self.cluster.volume_state(volume)
         if vs is None:
             raise NotFoundError(f"unknown volume {volume}", volume=volume)
         runner = self.runners.get(volume)
-        if vs["primary"] == self.site_id and runner is not None:
-            async with runner.lock:
-                res = await self.cluster.propose("demote", volume=volume, expected_epoch=vs["epoch"])
-                await self._step_down(runner)
-        else:
+        if vs["primary"] != self.site_id or runner is None:
             res = await self.cluster.propose("demote", volume=volume, expected_epoch=vs["epoch"], force=True)
-        return {"volume": volume, "epoch": res.get("epoch")}
+            return {"volume": volume, "epoch": res.get("epoch")}
+        async with runner.lock:
+            final: dict = {}
+            if runner.acting_epoch == vs["epoch"]:
+                try:
+                    final = await self.replication.cycle(runner)  # final snapshot: no write lost
+                except NoQuorumError:
+                    raise  # the demote could not commit either: nothing changed, still primary
+                except ReplicadError as err:
+                    final = {"committed": False, "error": f"{err.code}: {err}"}
+                    log.warning("volume %s: the final snapshot before demote failed (%s); the image will be "
+                                "kept as a divergent snapshot", volume, err)
+            res = await self.cluster.propose("demote", volume=volume, expected_epoch=vs["epoch"])
+            divergent: list[int] = []
+            if final.get("committed") or runner.acting_epoch is None:
+                await self._step_down(runner)
+            else:
+                # O3 path: uncommitted snapshots and the live image become divergent before any
+                # rewrite (the fencing path does exactly this for a primary deposed elsewhere).
+                vs_after = self.cluster.volume_state(volume) or vs
+                await self.fence(runner, {**vs_after, "primary": vs_after.get("primary"), "epoch": res.get("epoch")})
+                divergent = [r.seq for r in self.catalog.list(volume, "divergent") if r.epoch == vs["epoch"]]
+                log.warning("volume %s demoted at epoch %d without a committed final snapshot: kept divergent "
+                            "snapshots %s of epoch %d (restore with divergent_epoch)", volume, res.get("epoch"),
+                            divergent, vs["epoch"])
+        return {"volume": volume, "epoch": res.get("epoch"), "final_seq": final.get("seq"),
+                "final_committed": bool(final.get("committed")), "divergent": divergent}
