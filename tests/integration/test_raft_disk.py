@@ -90,3 +90,36 @@ def test_a_full_disk_on_the_leader_loses_no_acknowledged_entry_and_answers_store
         leader.signal(signal.SIGKILL)
         assert said_store_full, answers
         assert others_committed and stepped_down, (reply, stepped_down)
+
+
+def test_a_site_with_a_damaged_journal_refuses_to_start_and_rejoins_once_it_is_moved_aside(cluster_factory):
+    """Item 2 end to end: one flipped byte in the middle of a site's journal; the site exits
+    with journal_damaged (exit 5, file and offset named, no traceback, nothing truncated);
+    the README's way out (move the journal aside, keep meta and dump) brings it back as a
+    follower that catches up from the majority."""
+    from tests.integration.conftest import VOL, snapshot
+
+    c = cluster_factory()
+    for _ in range(3):
+        snapshot(c, "site-a")
+    c.kill("site-c", signal.SIGKILL)
+    journal = c.sites["site-c"].dir / "data" / "raft" / "raft.journal"
+    data = bytearray(journal.read_bytes())
+    assert len(data) > 400
+    data[len(data) // 2] ^= 0x01
+    journal.write_bytes(bytes(data))
+    before = journal.read_bytes()
+    c.start("site-c")
+    proc = c.sites["site-c"].proc
+    assert proc.wait(timeout=60) == 5
+    log = c.log_tail("site-c", 60)
+    assert "journal_damaged" in log and str(journal) in log and "Traceback" not in log, log
+    assert journal.read_bytes() == before  # refused, not truncated
+    assert not list(journal.parent.glob("raft.journal.torn-*"))
+
+    journal.rename(journal.with_name("raft.journal.damaged"))  # README: "Raft journal damaged"
+    committed = snapshot(c, "site-a")  # the majority goes on meanwhile
+    c.start("site-c")
+    c.wait_for("site-c caught up", lambda: committed["seq"] in {
+        s["seq"] for s in c.api("site-c", "GET", f"/v1/volumes/{VOL}/snapshots")["snapshots"]}, 60)
+    assert "votes again" in c.log_tail("site-c", 400)
