@@ -513,7 +513,8 @@ class _HardenedSyncObj(SyncObj):
         return probe() if probe is not None else None
 
     def _rejoining(self) -> bool:
-        return bool(getattr(self._journal(), "rejoining", False))
+        # a lone node has nobody to catch up from: its (emptied) log is all there is
+        return bool(getattr(self._journal(), "rejoining", False)) and bool(self.__dict__.get("_SyncObj__otherNodes"))
 
     def _journal_full(self, err: errors.ReplicadError) -> None:
         """An append or meta write failed for lack of space: never acknowledged (the journal is

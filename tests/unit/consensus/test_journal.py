@@ -171,3 +171,25 @@ def test_a_node_whose_journal_was_moved_aside_votes_for_nobody_until_it_caught_u
         assert "rejoin" not in (tmp_path / "raft.journal.meta").read_text()  # stored: a restart votes too
     finally:
         obj._destroy()
+
+
+def test_a_lone_node_whose_journal_was_moved_aside_is_not_held_back(tmp_path):
+    """Nobody to catch up from: a one-member group keeps electing itself (its log is all there is)."""
+    from pysyncobj import SyncObjConf
+
+    from replicad.consensus import raft as consensus
+    from tests.unit.consensus.test_raft import PASSWORD, free_port
+
+    path = tmp_path / "raft.journal"
+    journal = DurableJournal(str(path))
+    journal.setCurrentTerm(2, None)
+    journal._destroy()
+    path.unlink()
+    conf = SyncObjConf(password=PASSWORD, journalFile=str(path), autoTick=False, appendEntriesUseBatch=False,
+                       dynamicMembershipChange=False)
+    obj = consensus._HardenedSyncObj(f"127.0.0.1:{free_port()}", [], conf=conf,
+                                     consumers=[consensus._StateConsumer(None)])
+    try:
+        assert obj._SyncObj__raftLog.rejoining and not obj._rejoining()
+    finally:
+        obj._destroy()
