@@ -107,9 +107,10 @@ def _render_status(data: dict) -> None:
     elif ident:
         console.print(f"identity: cluster {ident.get('cluster_id')}, commands signed "
                       f"({', '.join(ident.get('public_key') or [])})")
-    pending = [r for r in data.get("requests") or [] if r.get("status") == "pending"]
+    pending = [r for r in data.get("requests") or [] if r.get("status") in ("pending", "approved")]
     if pending:
-        console.print(f"[yellow]{len(pending)} request(s) waiting for approval[/yellow] (replicad requests):")
+        console.print(f"[yellow]{len(pending)} request(s) waiting for approval or cooling off[/yellow] "
+                      "(replicad requests; replicad veto REQ stops one):")
         for r in pending:
             console.print("  " + _request_line(r), markup=False, soft_wrap=True)
     t = Table(title="volumes")
@@ -140,9 +141,12 @@ def status_problems(data: dict) -> list[str]:
     interrupted; or a volume's last step failed (``last_error``), its last snapshot was not
     stored at a replica (``last_report.peers``, e.g. an expired TLS certificate there; a
     straggler still shipping is not counted), its newest committed snapshot is not its newest
-    clean one (suspect: an incident), or this site is ``fenced``/``divergent`` for it. Pure."""
+    clean one (suspect: an incident), or this site is ``fenced``/``divergent`` for it; or the
+    site runs without identity (``unsafe_unsigned``). Pure."""
     out: list[str] = []
     raft = data.get("raft", {})
+    if (data.get("identity") or {}).get("unsafe_unsigned"):
+        out.append("this site runs without identity (identity.unsafe_unsigned): commands are not signed")
     if raft.get("leader") is None:
         out.append("no Raft leader")
     if not raft.get("has_quorum"):
@@ -261,10 +265,14 @@ def _request_line(r: dict) -> str:
 
     expires = dt.datetime.fromtimestamp(r["expires_ns"] / 1e9).strftime("%Y-%m-%d %H:%M")
     args = ", ".join(f"{k}={v}" for k, v in sorted((r.get("args") or {}).items()))
+    effective = (dt.datetime.fromtimestamp(r["effective_ns"] / 1e9).strftime("%Y-%m-%d %H:%M")
+                 if r.get("effective_ns") else "")
     return (f"{r['id']} [{r['status']}] by {r['by']}: {r['action']} {args}"
             + (f" ({r['reason']})" if r.get("reason") else "")
             + f"; approvals {', '.join(r.get('approvals') or [])} ({len(r.get('approvals') or [])} of {r.get('needed')})"
-            + (f"; expires {expires}" if r["status"] == "pending" else ""))
+            + (f"; expires {expires}" if r["status"] == "pending" else "")
+            + (f"; takes effect {effective} unless vetoed" if r["status"] == "approved" else "")
+            + (f"; vetoed by {r.get('vetoed_by')}" if r["status"] == "vetoed" else ""))
 
 
 def _render_requests(data: dict) -> None:
@@ -273,13 +281,21 @@ def _render_requests(data: dict) -> None:
         console.print("no requests")
     for r in reqs:
         console.print(_request_line(r), markup=False, soft_wrap=True)
-    if any(r.get("status") == "pending" for r in reqs):
-        console.print(f"approve one at THIS site ({data.get('site_id')}) with: replicad approve REQ "
-                      "(each approving site uses its own admin token)")
+    if any(r.get("status") in ("pending", "approved") for r in reqs):
+        console.print(f"at THIS site ({data.get('site_id')}): replicad approve REQ, or replicad veto REQ "
+                      "(each site uses its own admin token)")
 
 
 def _render_request_state(r: dict) -> None:
-    if r.get("status") == "pending":
+    import datetime as dt
+
+    if r.get("status") == "approved":
+        at = dt.datetime.fromtimestamp(r["effective_ns"] / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+        console.print(f"request {r['request']} approved by {', '.join(r.get('approvals') or [])}: it takes effect at "
+                      f"{at} (cooling-off) unless a site vetoes it (replicad veto {r['request']})")
+    elif r.get("status") == "vetoed":
+        console.print(f"request {r['request']} vetoed by {r.get('vetoed_by')}: it will not take effect")
+    elif r.get("status") == "pending":
         console.print(f"request {r['request']} is pending: {len(r.get('approvals') or [])} of {r.get('needed')} "
                       f"sites approved ({', '.join(r.get('approvals') or [])}); nothing changed yet")
         if r.get("next"):
@@ -598,6 +614,10 @@ def main(argv: list[str] | None = None) -> int:
     p = command("approve", help="approve a request of another site, as THIS site (admin token of this site)")
     p.add_argument("request", help="request id, as listed by replicad requests (r1, r2 ...)")
     p.set_defaults(fn=lambda a: _print(a, api(a, "POST", f"/v1/requests/{a.request}/approve", {}),
+                                       _render_request_state))
+    p = command("veto", help="stop a request (pending, or approved and cooling off) before it takes effect")
+    p.add_argument("request", help="request id, as listed by replicad requests")
+    p.set_defaults(fn=lambda a: _print(a, api(a, "POST", f"/v1/requests/{a.request}/veto", {}),
                                        _render_request_state))
     p = command("identity", help="this site's signing key: create one, or show the public key")
     id_sub = p.add_subparsers(dest="identity_command", required=True)

@@ -338,6 +338,11 @@ class FloorConfig(BaseModel):
     (:data:`replicad.core.floor.MIN_LOCK_S`) is refused unless
     ``unsafe_allow_short_floor = true`` (labs and tests with fast retention only).
 
+    ``cooling_off_s`` (TOML ``cooling_off``, default 0: the cluster's ``[policy]`` alone): a
+    longer minimum this site enforces itself after a retention change that a request applied:
+    until this long after it applied (this site's clock), the site plans and forgets records
+    with the stronger of the previous and the new policy (each key's maximum).
+
     ``gc_grace_s`` (TOML ``gc_grace``, default 24 h): a chunk no snapshot record references
     yet (a snapshot still arriving, or junk a peer sent) is collected only once it is this
     old here (:func:`replicad.storage.chunkstore.ChunkStore.gc`); below one hour only with
@@ -348,6 +353,7 @@ class FloorConfig(BaseModel):
 
     lock_s: DurationS = Field(DEFAULT_FLOOR.lock_s, alias="lock", ge=0, le=MAX_FLOOR_LOCK_S)
     gc_grace_s: DurationS = Field(DEFAULT_GC_GRACE_S, alias="gc_grace", ge=0, le=MAX_GC_GRACE_S)
+    cooling_off_s: DurationS = Field(0.0, alias="cooling_off", ge=0, le=MAX_FLOOR_LOCK_S)
     daily: StrictInt = Field(DEFAULT_FLOOR.daily, ge=0, le=MAX_FLOOR_DAILY)
     weekly: StrictInt = Field(DEFAULT_FLOOR.weekly, ge=0, le=MAX_FLOOR_WEEKLY)
     monthly: StrictInt = Field(DEFAULT_FLOOR.monthly, ge=0, le=MAX_FLOOR_MONTHLY)
@@ -539,12 +545,16 @@ class PolicyConfig(BaseModel):
     (shortening retention or its lock, clearing a suspect verdict), the requesting site
     counting as one; default a majority of the data sites. ``request_ttl`` (duration,
     default 24 h, at least 10 min): a request not approved within it expires.
+    ``cooling_off`` (duration, default 24 h, 0..30 days): an approved request takes effect
+    this long after its last approval (majority clock); until then any site's admin can veto
+    it (``replicad veto REQ``). ``0s`` applies it at once (test benches).
     """
 
     model_config = _FROZEN
 
     approvals: StrictInt | None = Field(None, ge=1, le=64)
     request_ttl_s: DurationS = Field(24 * 3600.0, alias="request_ttl", ge=600, le=30 * 86400)
+    cooling_off_s: DurationS = Field(24 * 3600.0, alias="cooling_off", ge=0, le=30 * 86400)
 
 
 def load_signer(cfg: "SiteConfig") -> site_identity.Signer | None:
@@ -665,7 +675,8 @@ class SiteConfig(BaseModel):
         if not self.identity.unsafe_unsigned:
             keys = {s.site_id: tuple(site_identity.parse_public_key(k) for k in s.public_key) for s in self.sites}
         return site_identity.Trust(cluster_id=self.cluster_id, keys=keys, approvals=self.policy.approvals,
-                                   request_ttl_ns=int(self.policy.request_ttl_s * 1e9))
+                                   request_ttl_ns=int(self.policy.request_ttl_s * 1e9),
+                                   cooling_off_ns=int(self.policy.cooling_off_s * 1e9))
 
     def self_ref(self) -> SiteRef:
         """This site's own ``[[sites]]`` entry (validation guarantees it exists)."""

@@ -49,6 +49,9 @@ be committed, and stays above the clock errors a site must survive (a primary wh
 is 2-3 h behind keeps committing: chaos campaign, scenario clock-step)."""
 DEFAULT_REQUEST_TTL_NS = 24 * 3600 * 1_000_000_000
 """A protection-weakening request not approved within this time (majority clock) expires."""
+DEFAULT_COOLING_OFF_NS = 24 * 3600 * 1_000_000_000
+"""An approved protection-weakening request takes effect this long after its last approval
+(majority clock), unless vetoed meanwhile: time for the operators of every site to notice."""
 
 
 class CanonicalError(ValueError):
@@ -198,6 +201,8 @@ class Trust:
             counting as one; None = a majority of the registered data sites.
         replay_window_ns: see :data:`DEFAULT_REPLAY_WINDOW_NS`.
         request_ttl_ns: see :data:`DEFAULT_REQUEST_TTL_NS`.
+        cooling_off_ns: see :data:`DEFAULT_COOLING_OFF_NS`; 0 applies a request at its last
+            approval.
     """
 
     cluster_id: str
@@ -205,6 +210,7 @@ class Trust:
     approvals: int | None = None
     replay_window_ns: int = DEFAULT_REPLAY_WINDOW_NS
     request_ttl_ns: int = DEFAULT_REQUEST_TTL_NS
+    cooling_off_ns: int = DEFAULT_COOLING_OFF_NS
 
     @property
     def signed(self) -> bool:

@@ -321,6 +321,9 @@ def _apply_checked(state: dict, command: dict, trust: Trust | None) -> tuple[dic
         new_state, result = state, _refused(refusal.code, refusal.message, **refusal.evidence)
     if result.get("ok"):
         new_state = _with_clock(new_state, command)  # refusals change nothing but the audit
+        new_state, due = _apply_due_requests(new_state, command)
+        if due:
+            result = {**result, "requests_applied": due}
     if trust is not None and result.get("error") not in IDENTITY_REFUSALS:
         new_state = _with_seen(new_state, command, trust)
     if result.get("ok") and _peek_str(command, "op") == "clock":
@@ -869,8 +872,10 @@ def list_requests(state: dict) -> list[dict]:
     """Every request record, newest first, each a copy with ``status`` ``expired`` when a
     pending one is past its ``expires_ns`` by the majority clock. Shape of a record:
     ``{"id": "r7", "by": site, "action": op, "args": {...}, "reason": str, "approvals": [site],
-    "needed": int, "created_ns": int, "expires_ns": int, "status": "pending" | "applied" |
-    "expired", "result": dict | None}``."""
+    "needed": int, "created_ns": int, "expires_ns": int, "status": "pending" | "approved" |
+    "applied" | "failed" | "vetoed" | "expired", "result": dict | None}`` plus, once approved,
+    ``approved_ns`` and ``effective_ns`` (end of the cooling-off), once applied ``applied_ns``
+    (and ``previous``, the retention it replaced), once vetoed ``vetoed_by``."""
     out = []
     for entry in reversed(list((state.get("requests") or {}).values())):
         entry = dict(entry)
@@ -878,6 +883,24 @@ def list_requests(state: dict) -> list[dict]:
             entry["status"] = "expired"
         out.append(entry)
     return out
+
+
+def locally_effective_retention(state: dict, volume: str, now_ns: int, local_cooling_ns: int) -> dict:
+    """The retention a site applies itself to ``volume``: the Raft-agreed policy, except that
+    for ``local_cooling_ns`` after a request changed it (``applied_ns``, majority clock,
+    compared with ``now_ns``, this site's clock) each key keeps the larger of the previous and
+    the new value (a site's own longer cooling-off, ``[floor] cooling_off``). Pure; never raises
+    for a known volume."""
+    current = dict(state["volumes"][volume]["retention"])
+    if local_cooling_ns <= 0:
+        return current
+    for entry in (state.get("requests") or {}).values():
+        if entry.get("status") != "applied" or entry.get("action") != "set_retention" or \
+                entry["args"].get("volume") != volume or "previous" not in entry:
+            continue
+        if now_ns < entry.get("applied_ns", 0) + local_cooling_ns:
+            current = {k: max(current[k], entry["previous"].get(k, 0)) for k in current}
+    return current
 
 
 def _action(cmd: dict) -> tuple[str, dict, dict]:
@@ -952,15 +975,84 @@ def _op_approve(state: dict, cmd: dict) -> tuple[dict, dict]:
 
 
 def _run_request(state: dict, cmd: dict, entry: dict) -> tuple[dict, dict]:
-    """Run an approved request's action as its requester (raises its refusal)."""
-    sub = {"v": COMMAND_VERSION, "op": entry["action"], "op_id": cmd["op_id"], "by": entry["by"],
-           "now_ns": cmd["now_ns"], **entry["args"], _TRUST: cmd.get(_TRUST), _APPROVED: True}
-    new_state, result = _OPS[entry["action"]][0](state, sub)
-    done = {**entry, "status": "applied", "result": result}
-    new_state = {**new_state, "requests": {**new_state["requests"], entry["id"]: done}}
+    """The request collected its approvals: start its cooling-off (``trust.cooling_off_ns``
+    > 0: status ``approved`` until ``effective_ns`` by the majority clock, vetoable), or run
+    its action now (raising its refusal)."""
+    trust = cmd.get(_TRUST)
+    cooling = 0 if trust is None else trust.cooling_off_ns
+    if cooling > 0:
+        base = quorum_now_ns(state)
+        base = cmd["now_ns"] if base is None else max(base, 0)
+        waiting = {**entry, "status": "approved", "approved_ns": base, "effective_ns": base + cooling}
+        new_state = {**state, "requests": {**state["requests"], entry["id"]: waiting}}
+        return new_state, {"ok": True, "request": entry["id"], "status": "approved",
+                           "approvals": list(entry["approvals"]), "needed": entry["needed"],
+                           "effective_ns": waiting["effective_ns"], "action": entry["action"],
+                           "volume": entry["args"].get("volume")}
+    new_state, done = _run_action(state, entry, cmd["op_id"], cmd["now_ns"], trust)
     return new_state, {"ok": True, "request": entry["id"], "status": "applied", "approvals": list(entry["approvals"]),
-                       "needed": entry["needed"], "result": result, "action": entry["action"],
+                       "needed": entry["needed"], "result": done["result"], "action": entry["action"],
                        "volume": entry["args"].get("volume")}
+
+
+def _run_action(state: dict, entry: dict, op_id: str, now_ns: int, trust: Any) -> tuple[dict, dict]:
+    """Run ``entry``'s action as its requester; the record becomes ``applied`` (with
+    ``applied_ns`` and, for a retention change, the ``previous`` policy). Raises its refusal."""
+    sub = {"v": COMMAND_VERSION, "op": entry["action"], "op_id": op_id, "by": entry["by"],
+           "now_ns": now_ns, **entry["args"], _TRUST: trust, _APPROVED: True}
+    before = state["volumes"].get(entry["args"].get("volume"))
+    new_state, result = _OPS[entry["action"]][0](state, sub)
+    applied_ns = quorum_now_ns(state)
+    done = {**entry, "status": "applied", "result": result, "applied_ns": now_ns if applied_ns is None else applied_ns}
+    if entry["action"] == "set_retention" and before is not None:
+        done["previous"] = dict(before["retention"])
+    return {**new_state, "requests": {**new_state["requests"], entry["id"]: done}}, done
+
+
+def _apply_due_requests(state: dict, command: Any) -> tuple[dict, list[dict]]:
+    """Run every ``approved`` request whose cooling-off ended by the majority clock (after any
+    accepted command: the 5 s heartbeats make it prompt). A refused action marks the request
+    ``failed`` with the refusal. Returns ``(state, [{"request", "status", "action", "volume",
+    "result"}])`` and audits each."""
+    requests = state.get("requests") or {}
+    quorum_now = quorum_now_ns(state)
+    if quorum_now is None or not any(e["status"] == "approved" and e["effective_ns"] <= quorum_now
+                                     for e in requests.values()):
+        return state, []
+    trust = command.get(_TRUST) if isinstance(command, dict) else None
+    out = []
+    for req_id, entry in list(requests.items()):
+        if entry["status"] != "approved" or entry["effective_ns"] > quorum_now:
+            continue
+        try:
+            state, done = _run_action(state, entry, f"{req_id}@{entry['effective_ns']}", quorum_now, trust)
+            result = done["result"]
+        except _Refusal as refusal:
+            result = _refused(refusal.code, refusal.message, **refusal.evidence)
+            failed = {**entry, "status": "failed", "result": result, "applied_ns": quorum_now}
+            state = {**state, "requests": {**state["requests"], req_id: failed}}
+        out.append({"request": req_id, "status": "applied" if result.get("ok") else "failed",
+                    "action": entry["action"], "volume": entry["args"].get("volume"), "result": result})
+        state = _with_audit(state, {"op": entry["action"], "by": entry["by"], "volume": entry["args"].get("volume"),
+                                    "now_ns": quorum_now}, result)
+    return state, out
+
+
+def _op_veto(state: dict, cmd: dict) -> tuple[dict, dict]:
+    """Any registered site stops a request that has not taken effect (pending or cooling off)."""
+    req_id = _str(cmd, "request", 32)
+    if cmd["by"] not in state["sites"]:
+        raise _Refusal("not_found", f"site {cmd['by']!r} is not a registered site", site_id=cmd["by"])
+    entry = (state.get("requests") or {}).get(req_id)
+    if entry is None:
+        raise _Refusal("not_found", f"unknown request {req_id!r}", request=req_id)
+    if entry["status"] not in ("pending", "approved"):
+        raise _Refusal("conflict", f"request {req_id} is {entry['status']}: only a pending or approved request "
+                       "can be vetoed", request=req_id, status=entry["status"])
+    vetoed = {**entry, "status": "vetoed", "vetoed_by": cmd["by"]}
+    return ({**state, "requests": {**state["requests"], req_id: vetoed}},
+            {"ok": True, "request": req_id, "status": "vetoed", "vetoed_by": cmd["by"],
+             "approvals": list(entry["approvals"]), "needed": entry["needed"]})
 
 
 def _swept_requests(state: dict) -> dict:
@@ -1014,6 +1106,7 @@ _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str],
     "prune_snapshots": (_op_prune_snapshots, frozenset({"volume", "seqs"}), frozenset({"volume", "seqs"})),
     "request": (_op_request, frozenset({"action", "args", "reason"}), frozenset({"action", "args"})),
     "approve": (_op_approve, frozenset({"request"}), frozenset({"request"})),
+    "veto": (_op_veto, frozenset({"request"}), frozenset({"request"})),
     "clock": (lambda state, cmd: (state, {"ok": True}), frozenset(), frozenset()),
 }
 

@@ -131,15 +131,18 @@ class LocalCluster:
             By default every site gets its own Ed25519 key (``<site dir>/site.key``, mode
             0600, as ``replicad identity init`` writes it), every ``[[sites]]`` entry pins
             the public key, and the cluster gets a random ``cluster_id``.
+        cooling_off: ``[policy] cooling_off`` of every site (default ``"0s"``: an approved
+            request applies at once; production's default is 24 h).
     """
 
     def __init__(self, root: Path, *, n_data: int = 3, n_witness: int = 0, volumes: tuple[str, ...] = ("ehr",),
                  interval: str = "1h", min_copies: int = 2, block_size: str = "64KiB",
                  apply_delay: str = "0s", extra_volume_toml: str = "", extra_site_toml: str = "",
                  tokens: dict[str, dict[str, tuple[str, str]]] | None = None, tls: bool = False,
-                 unsigned: bool = False) -> None:
+                 unsigned: bool = False, cooling_off: str = "0s") -> None:
         self.root = Path(root)
         self.unsigned = unsigned
+        self.cooling_off = cooling_off
         self.cluster_id = "lab-" + secrets.token_hex(4)
         self.ca = LocalCA(self.root / "tls") if tls else None  # mutual TLS on the peer API
         self.volumes = volumes
@@ -190,7 +193,8 @@ class LocalCluster:
             + (f'public_key = "{public[s.site_id]}"\n' if s.site_id in public else "")
             for s in self.sites.values())
         ident = ('[identity]\nunsafe_unsigned = true\n' if self.unsigned
-                 else '[identity]\nkey_file = "site.key"\n')
+                 else '[identity]\nkey_file = "site.key"\n') + f'[policy]\ncooling_off = "{self.cooling_off}"\n'
+
         for s in self.sites.values():
             s.dir.mkdir(parents=True, exist_ok=True)
             (s.dir / "raft.key").write_text(RAFT_KEY)

@@ -26,6 +26,7 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
     POST   /v1/members, DELETE /v1/members/{site_id}   [admin] 501 not_supported (see below)
     GET    /v1/requests                         [viewer] protection-weakening requests (pending, applied, expired)
     POST   /v1/requests/{request_id}/approve    [admin] this site approves the request (a command signed by it)
+    POST   /v1/requests/{request_id}/veto       [admin] this site stops a request before it takes effect
     GET    /v1/audit                            [viewer] the newest Raft audit records
     GET    /v1/audit/admin                      [viewer] this site's admin audit log + chain check
 
@@ -54,8 +55,10 @@ nothing changes until operators of other sites approve it, each at their own sit
 admin token valid there (``POST /v1/requests/{id}/approve``; the approval is a command
 signed by that site's key). The number of sites needed is the cluster policy
 (``[policy] approvals``; default a majority of the data sites, the requesting site counting
-as one). Requests expire (``[policy] request_ttl``, default 24 h). The old ``approved_by``
-claim is refused with a message saying so.
+as one). Requests expire (``[policy] request_ttl``, default 24 h). An approved request takes
+effect after ``[policy] cooling_off`` (default 24 h, majority clock); until then the admin of
+any site can veto it (``POST /v1/requests/{id}/veto``). The old ``approved_by`` claim is
+refused with a message saying so.
 """
 
 from __future__ import annotations
@@ -442,6 +445,15 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
             _raise_not_found(name)
         return _ok({"volume": name, "retention": dict(vs["retention"])})
 
+    async def requests_veto(request: web.Request) -> web.Response:
+        req_id = request.match_info["request_id"]
+        body = await _json_body(request)
+        if body:
+            raise UsageError("veto takes no body", known=[])
+        res = await site.cluster.propose("veto", request=req_id)
+        log.warning("AUDIT request %s vetoed at %s", req_id, site.site_id)
+        return _ok(_request_answer(res) | {"vetoed_by": res.get("vetoed_by")})
+
     async def retention_put(request: web.Request) -> web.Response:
         name = request.match_info["volume"]
         body = await _json_body(request)
@@ -516,6 +528,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         ("DELETE", "/v1/members/{site_id}", members_change),
         ("GET", "/v1/requests", requests_get),
         ("POST", "/v1/requests/{request_id}/approve", requests_approve),
+        ("POST", "/v1/requests/{request_id}/veto", requests_veto),
         ("GET", "/v1/audit", audit),
         ("GET", "/v1/audit/admin", audit_admin),
     ]
@@ -534,8 +547,9 @@ def _request_answer(res: dict) -> dict:
     """The admin API's view of a ``request`` / ``approve`` result."""
     out = {"request": res.get("request"), "status": res.get("status"), "approvals": res.get("approvals", []),
            "needed": res.get("needed")}
-    if res.get("expires_ns") is not None:
-        out["expires_ns"] = res["expires_ns"]
+    for key in ("expires_ns", "effective_ns"):
+        if res.get(key) is not None:
+            out[key] = res[key]
     if res.get("result") is not None:
         out["result"] = res["result"]
     return out

@@ -319,7 +319,7 @@ class SiteDaemon:
         if result.get("ok") and command.get("op") == "commit_snapshot" and self._loop is not None \
                 and getattr(self, "receiver", None) is not None:
             self._loop.call_soon_threadsafe(self.receiver.committed, command)
-        if result.get("ok") and command.get("op") in ("request", "approve"):
+        if result.get("ok") and (command.get("op") in ("request", "approve", "veto") or result.get("requests_applied")):
             self._request_event(command, result)
         if not result.get("ok") or command.get("op") not in ("promote", "demote"):
             return
@@ -344,12 +344,21 @@ class SiteDaemon:
                         command.get("by"), command.get("action", ""), args if args is not None else "",
                         f" ({command['reason']})" if command.get("reason") else "",
                         len(result.get("approvals") or []), result.get("needed"), result.get("request"))
-        elif result.get("status") == "applied":
-            log.warning("AUDIT request %s applied (approved by %s): %s %s", result.get("request"),
-                        ", ".join(result.get("approvals") or []), result.get("action"), result.get("result"))
-            if self._loop is not None:
-                for runner in self.runners.values():
-                    self._loop.call_soon_threadsafe(runner.wake.set)
+        elif result.get("status") == "approved":
+            log.warning("AUDIT request %s approved by %s: it takes effect when the cooling-off ends (majority clock "
+                        "%d ns) unless a site vetoes it: replicad veto %s", result.get("request"),
+                        ", ".join(result.get("approvals") or []), result.get("effective_ns") or 0, result.get("request"))
+        elif result.get("status") == "vetoed":
+            log.warning("AUDIT request %s vetoed by %s", result.get("request"), result.get("vetoed_by"))
+        applied = list(result.get("requests_applied") or [])
+        if result.get("status") == "applied":
+            applied.append(result)
+        for done in applied:
+            log.warning("AUDIT request %s %s: %s %s", done.get("request"), done.get("status"), done.get("action"),
+                        done.get("result"))
+        if applied and self._loop is not None:
+            for runner in self.runners.values():
+                self._loop.call_soon_threadsafe(runner.wake.set)
 
     async def _bootstrap(self) -> None:
         """Register this site and its volumes in the Raft state (idempotent; retried until a quorum)."""

@@ -24,7 +24,7 @@ from replicad.core import floor as local_floor
 from replicad.core import retention
 from replicad.core.errors import NotFoundError, ReplicadError
 from replicad.core.manifest import chunk_digests
-from replicad.core.state import newest_common, quorum_now_ns
+from replicad.core.state import locally_effective_retention, newest_common, quorum_now_ns
 from replicad.site.cluster import Cluster
 from replicad.site.runner import VolumeRunner, load_manifest, runner_of
 from replicad.storage.catalog import Catalog
@@ -99,6 +99,12 @@ class Housekeeping:
         vs = self.cluster.volume_state(volume)
         if vs is None:
             raise NotFoundError(f"unknown volume {volume}", volume=volume)
+        local = locally_effective_retention(self.cluster.view(), volume, time.time_ns(),
+                                            int(self.floor().cooling_off_s * 1e9))
+        if local != vs["retention"]:  # this site's own longer cooling-off after a weakening request
+            log.info("retention of %s: the change approved through Raft is still cooling off at %s (its [floor] "
+                     "cooling_off); applying %s here until then", volume, self.site_id, local)
+            vs = {**vs, "retention": local}
         runner = runner_of(self.runners, volume, self.site_id)
         report: dict[str, Any] = {"pruned": [], "forgotten": 0, "refused": [], "gc": None}
         if plan and vs["primary"] == self.site_id and runner.acting_epoch == vs["epoch"]:
@@ -114,7 +120,7 @@ class Housekeeping:
                 res = await self.cluster.propose("prune_snapshots", volume=volume, seqs=plan)
                 report["pruned"] = res.get("pruned", plan)
                 log.info("retention pruned %s snapshots %s (planned at %s)", volume, report["pruned"], self.site_id)
-                vs = self.cluster.volume_state(volume) or vs
+                vs = {**(self.cluster.volume_state(volume) or vs), "retention": vs["retention"]}
         live_roots = {s["root"] for s in vs["snapshots"].values()}
         lock_ns = vs["retention"]["lock_s"] * 1e9
         now = time.time_ns()

@@ -11,7 +11,7 @@ Modes:
 
 * ``forge``: commands in ``--victim``'s name, each signed with this site's own key (the only
   key it has) and one without any signature: a forced promotion, a verdict, a prune, a
-  snapshot commit, a retention change, and an approval of every pending request.
+  snapshot commit, a retention change, and an approval and a veto of every pending request.
 * ``replay``: waits for a signed ``clock`` heartbeat of ``--victim`` to reach its Raft log,
   then proposes it again, byte for byte (a captured command sent twice).
 """
@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                 forged(signer, v, "set_retention", volume=args.volume,
                        retention={"keep_all_s": 1, "hourly_s": 1, "daily_s": 1, "lock_s": 1}),
             ]
-            attempts += [forged(signer, v, "approve", request=r) for r, e in
-                         (node.state().get("requests") or {}).items() if e["status"] == "pending"]
+            pending = [r for r, e in (node.state().get("requests") or {}).items() if e["status"] == "pending"]
+            attempts += [forged(signer, v, "approve", request=r) for r in pending]
+            attempts += [forged(signer, v, "veto", request=r) for r in pending]
             unsigned = forged(signer, v, "promote", volume=args.volume, to=cfg.site_id,
                               expected_epoch=vol["epoch"], force=True)
             del unsigned["sig"]

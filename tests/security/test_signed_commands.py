@@ -37,11 +37,13 @@ TOKENS = {"site-a": {"ops-a": ("admin", "site-a-admin-token-0123456789abcdef")},
           "site-b": {"ops-b": ("admin", "site-b-admin-token-0123456789abcdef")},
           "site-c": {"ops-c": ("admin", "site-c-admin-token-0123456789abcdef")}}
 STOLEN = TOKENS["site-a"]["ops-a"][1]
+COOLING_S = 8  # [policy] cooling_off of this cluster
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
-    c = LocalCluster(tmp_path_factory.mktemp("signed") / "cluster", interval="1h", min_copies=2, tokens=TOKENS)
+    c = LocalCluster(tmp_path_factory.mktemp("signed") / "cluster", interval="1h", min_copies=2, tokens=TOKENS,
+                     cooling_off=f"{COOLING_S}s")
     write_image(c.sites["site-a"].volume_path(VOL), 48, random.Random(5))
     try:
         c.start_all()
@@ -100,7 +102,8 @@ def test_commands_in_another_sites_name_are_refused(cluster: LocalCluster, tmp_p
     cluster.kill("site-a")
     results = attack(cluster, "forge", tmp_path / "attacker")
     ops = {r["op"] for r in results}
-    assert {"promote", "mark_verdict", "prune_snapshots", "commit_snapshot", "set_retention", "approve"} <= ops
+    assert {"promote", "mark_verdict", "prune_snapshots", "commit_snapshot", "set_retention", "approve",
+            "veto"} <= ops
     assert all(r["error"] == "bad_signature" for r in results), results
     time.sleep(1.0)
     for s in HONEST:
@@ -131,9 +134,10 @@ def test_a_stolen_admin_token_only_makes_a_request(cluster: LocalCluster) -> Non
     cluster.wait_ready(60)
     path = f"/v1/volumes/{VOL}/retention"
     before = {s: view(cluster, s) for s in HONEST}
+    token_b, token_c = TOKENS["site-b"]["ops-b"][1], TOKENS["site-c"]["ops-c"][1]
+    one_second = {"retention": {"keep_all": "1s", "hourly": "1s", "daily": "1s", "lock": "1s"}}
     # the attacker, with site-a's admin token, shortens retention to one second everywhere
-    req = cluster.api("site-a", "PUT", path, {"retention": {"keep_all": "1s", "hourly": "1s", "daily": "1s",
-                                                            "lock": "1s"}}, token=STOLEN)
+    req = cluster.api("site-a", "PUT", path, one_second, token=STOLEN)
     assert req["status"] == "pending" and req["needed"] == 2 and req["approvals"] == ["site-a"], req
     # approving it again at its own site, or at site-b with site-a's token, does nothing
     again = cluster.api("site-a", "POST", f"/v1/requests/{req['request']}/approve", {}, token=STOLEN)
@@ -147,9 +151,22 @@ def test_a_stolen_admin_token_only_makes_a_request(cluster: LocalCluster) -> Non
         listed = {r["id"]: r for r in cluster.status(s)["requests"]}
         assert listed[req["request"]]["status"] == "pending", s  # every site's status lists it
         assert f"AUDIT request {req['request']} by site-a" in cluster.log_tail(s, 600), s
-    # an operator of site-b approves it at site-b, with site-b's token: then it applies
-    done = cluster.api("site-b", "POST", f"/v1/requests/{req['request']}/approve", {},
-                       token=TOKENS["site-b"]["ops-b"][1])
-    assert done["status"] == "applied" and done["approvals"] == ["site-a", "site-b"], done
-    cluster.wait_for("the approved retention everywhere", lambda: all(
-        view(cluster, s)["retention"]["lock_s"] == 1 for s in HONEST), 20)
+    # an operator of site-b is talked into approving it: it only starts the cooling-off, during
+    # which site-c's operator vetoes it; it never takes effect
+    done = cluster.api("site-b", "POST", f"/v1/requests/{req['request']}/approve", {}, token=token_b)
+    assert done["status"] == "approved" and done["approvals"] == ["site-a", "site-b"], done
+    assert view(cluster, "site-c")["retention"] == before["site-c"]["retention"]
+    vetoed = cluster.api("site-c", "POST", f"/v1/requests/{req['request']}/veto", {}, token=token_c)
+    assert vetoed["status"] == "vetoed" and vetoed["vetoed_by"] == "site-c"
+    time.sleep(COOLING_S + 6)  # past the end of the cooling-off, and a heartbeat of every site
+    for s in HONEST:
+        assert view(cluster, s) == before[s], s
+        assert {r["id"]: r for r in cluster.status(s)["requests"]}[req["request"]]["status"] == "vetoed"
+    # a request both sites want applies once approved and cooled off
+    req = cluster.api("site-a", "PUT", path, one_second, token=STOLEN)
+    done = cluster.api("site-b", "POST", f"/v1/requests/{req['request']}/approve", {}, token=token_b)
+    assert done["status"] == "approved"
+    assert view(cluster, "site-c")["retention"] == before["site-c"]["retention"]
+    cluster.wait_for("the approved retention everywhere after the cooling-off", lambda: all(
+        view(cluster, s)["retention"]["lock_s"] == 1 for s in HONEST), COOLING_S + 20)
+    assert f"AUDIT request {req['request']} applied" in cluster.log_tail("site-c", 600)

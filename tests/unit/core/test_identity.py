@@ -22,7 +22,8 @@ CLUSTER = "test-cluster"
 SITES = ("a", "b", "c")
 KEYS = {s: identity.generate_private_key() for s in SITES}
 SIGNERS = {s: Signer(s, KEYS[s], CLUSTER) for s in SITES}
-TRUST = Trust(cluster_id=CLUSTER, keys={s: (identity.public_key_raw(KEYS[s]),) for s in SITES})
+TRUST = Trust(cluster_id=CLUSTER, keys={s: (identity.public_key_raw(KEYS[s]),) for s in SITES}, cooling_off_ns=0)
+COOLING = Trust(cluster_id=CLUSTER, keys=TRUST.keys, cooling_off_ns=3600 * S)
 _ids = itertools.count()
 
 
@@ -286,7 +287,7 @@ def test_requests_expire_by_the_majority_clock(cluster: dict) -> None:
 
 
 def test_the_policy_sets_how_many_sites_approve(cluster: dict) -> None:
-    three = Trust(cluster_id=CLUSTER, keys=TRUST.keys, approvals=3)
+    three = Trust(cluster_id=CLUSTER, keys=TRUST.keys, approvals=3, cooling_off_ns=0)
     state, res = ok(cluster, cmd("request", by="a", action="set_retention", args=shorten()), three)
     assert res["needed"] == 3
     state, res = ok(state, cmd("approve", by="b", request="r1"), three)
@@ -297,10 +298,81 @@ def test_the_policy_sets_how_many_sites_approve(cluster: dict) -> None:
 
 
 def test_a_one_site_lab_applies_a_request_at_once() -> None:
-    lone = Trust(cluster_id=CLUSTER, keys={"a": TRUST.keys["a"]})
+    lone = Trust(cluster_id=CLUSTER, keys={"a": TRUST.keys["a"]}, cooling_off_ns=0)
     state = initial_state(members=["a"])
     state, _ = ok(state, cmd("register_site", by="a", site_id="a", peer_url="https://a:1", kind="data"), lone)
     state, _ = ok(state, cmd("add_volume", volume="vol", primary="a", block_size=65536, size_bytes=0,
                              min_copies=1, retention=RETENTION), lone)
     state, res = ok(state, cmd("request", by="a", action="set_retention", args=shorten()), lone)
     assert res["status"] == "applied" and state["volumes"]["vol"]["retention"]["lock_s"] == 1
+
+
+# --------------------------------------------------------------------------- cooling-off and veto
+
+
+def test_an_approved_request_takes_effect_after_the_cooling_off(cluster: dict) -> None:
+    state, _ = ok(cluster, cmd("request", by="a", action="set_retention", args=shorten()), COOLING)
+    state, res = ok(state, cmd("approve", by="b", request="r1"), COOLING)
+    assert res["status"] == "approved" and res["effective_ns"] == NOW + COOLING.cooling_off_ns
+    assert state["volumes"]["vol"]["retention"] == RETENTION  # not yet
+    # one site's clock running ahead does not end it: the majority clock does
+    state, res = ok(state, cmd("clock", by="a", now_ns=NOW + 2 * COOLING.cooling_off_ns), COOLING)
+    assert "requests_applied" not in res and state["volumes"]["vol"]["retention"] == RETENTION
+    state, res = ok(state, cmd("clock", by="c", now_ns=NOW + COOLING.cooling_off_ns), COOLING)
+    assert [(d["request"], d["status"]) for d in res["requests_applied"]] == [("r1", "applied")]
+    assert state["volumes"]["vol"]["retention"]["lock_s"] == 1
+    [done] = list_requests(state)
+    assert done["status"] == "applied" and done["previous"] == RETENTION
+    assert done["applied_ns"] == NOW + COOLING.cooling_off_ns
+    assert state["audit"][-1]["op"] == "set_retention" and state["audit"][-1]["by"] == "a"
+    refused(state, cmd("veto", by="c", request="r1"), "conflict", COOLING)  # too late
+
+
+def test_any_site_vetoes_a_request_before_it_takes_effect(cluster: dict) -> None:
+    state, _ = ok(cluster, cmd("request", by="a", action="set_retention", args=shorten()), COOLING)
+    state, _ = ok(state, cmd("approve", by="b", request="r1"), COOLING)
+    forged = {k: v for k, v in cmd("veto", by="a", request="r1").items() if k != "sig"}
+    forged["by"] = "c"
+    forged["sig"] = KEYS["a"].sign(identity.canonical_bytes(forged))
+    refused(state, forged, "bad_signature", COOLING)
+    state, res = ok(state, cmd("veto", by="c", request="r1"), COOLING)
+    assert res["status"] == "vetoed" and res["vetoed_by"] == "c"
+    for s in ("a", "b", "c"):
+        state, res = ok(state, cmd("clock", by=s, now_ns=NOW + 2 * COOLING.cooling_off_ns), COOLING)
+    assert state["volumes"]["vol"]["retention"] == RETENTION and list_requests(state)[0]["status"] == "vetoed"
+    refused(state, cmd("approve", by="c", request="r1"), "conflict", COOLING)
+    # a pending one can be vetoed too
+    state, _ = ok(state, cmd("request", by="b", action="set_retention", args=shorten()), COOLING)
+    state, res = ok(state, cmd("veto", by="a", request="r2"), COOLING)
+    assert res["status"] == "vetoed"
+
+
+def test_an_action_that_became_impossible_fails_at_its_time(cluster: dict) -> None:
+    state, _ = ok(cluster, cmd("commit_snapshot", by="a", volume="vol", seq=1, epoch=1, root=ROOT, parent_seq=None,
+                               created_at_ns=NOW, holders=["a", "b"], stats={}, verdict="suspect"),
+                  COOLING)
+    state, _ = ok(state, cmd("commit_snapshot", by="a", volume="vol", seq=2, epoch=1, root=ROOT, parent_seq=1,
+                             created_at_ns=NOW, holders=["a", "b"], stats={}, verdict="clean"), COOLING)
+    clear = {"volume": "vol", "seq": 1, "verdict": "clean", "reason": "r"}
+    state, _ = ok(state, cmd("request", by="a", action="mark_verdict", args=clear), COOLING)
+    state, _ = ok(state, cmd("approve", by="b", request="r1"), COOLING)
+    later = NOW + 2 * RETENTION["lock_s"] * S  # past the lock, inside the cooling-off
+    for s in ("a", "b", "c"):
+        state, _ = ok(state, cmd("clock", by=s, now_ns=later), COOLING)
+    state, _ = ok(state, cmd("prune_snapshots", by="a", volume="vol", seqs=[1], now_ns=later), COOLING)
+    for s in ("a", "b"):
+        state, res = ok(state, cmd("clock", by=s, now_ns=NOW + COOLING.cooling_off_ns), COOLING)
+    assert res["requests_applied"][0]["status"] == "failed"
+    assert res["requests_applied"][0]["result"]["error"] == "not_found"
+    assert list_requests(state)[0]["status"] == "failed"
+
+
+def test_a_sites_own_longer_cooling_off_keeps_the_stronger_policy(cluster: dict) -> None:
+    state, _ = ok(cluster, cmd("request", by="a", action="set_retention", args=shorten()))
+    state, _ = ok(state, cmd("approve", by="b", request="r1"))
+    assert state["volumes"]["vol"]["retention"]["lock_s"] == 1
+    hour = 3600 * S
+    local = cluster_state.locally_effective_retention(state, "vol", NOW + hour // 2, hour)
+    assert local == {**RETENTION, "hourly_s": RETENTION["hourly_s"], "daily_s": RETENTION["daily_s"]}
+    assert cluster_state.locally_effective_retention(state, "vol", NOW + hour, hour)["lock_s"] == 1
+    assert cluster_state.locally_effective_retention(state, "vol", NOW, 0)["lock_s"] == 1

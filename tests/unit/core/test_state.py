@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replicad.core import errors
+from replicad.core.identity import Trust
 from replicad.core.state import (APPLIED_OPS_MAX, AUDIT_MAX, apply, initial_state, newest_clean,
                             newest_committed)
 
@@ -406,10 +407,16 @@ args = {
                                     optional={"force": st.booleans()}),
     "mark_verdict": st.fixed_dictionaries({"volume": st.just("vol"), "seq": ints,
                                            "verdict": st.sampled_from(["clean", "suspect"]),
-                                           "reason": st.just("r")},
-                                          optional={"approved_by": st.lists(sites, max_size=2)}),
-    "set_retention": st.fixed_dictionaries({"volume": st.just("vol"), "retention": retention},
-                                           optional={"approved_by": st.lists(sites, max_size=2)}),
+                                           "reason": st.just("r")}),
+    "set_retention": st.fixed_dictionaries({"volume": st.just("vol"), "retention": retention}),
+    "request": st.fixed_dictionaries({"action": st.sampled_from(["set_retention", "mark_verdict"]),
+                                      "args": st.one_of(
+                                          st.fixed_dictionaries({"volume": st.just("vol"), "retention": retention}),
+                                          st.fixed_dictionaries({"volume": st.just("vol"), "seq": ints,
+                                                                 "verdict": st.just("clean"),
+                                                                 "reason": st.just("r")}))}),
+    "approve": st.fixed_dictionaries({"request": st.sampled_from(["r1", "r2", "r3"])}),
+    "veto": st.fixed_dictionaries({"request": st.sampled_from(["r1", "r2", "r3"])}),
     "prune_snapshots": st.fixed_dictionaries({"volume": st.just("vol"),
                                               "seqs": st.lists(ints, max_size=3)}),
 }
@@ -423,22 +430,26 @@ commands = st.one_of(
 )
 
 
+@pytest.mark.parametrize("trust", [None, Trust(cluster_id="c", keys=None, cooling_off_ns=3600 * S)],
+                         ids=["no-trust", "unsigned-with-replay-checks"])
 @settings(max_examples=60, deadline=None)
 @given(st.lists(commands, max_size=40), st.data())
-def test_random_commands_never_raise_and_refusals_change_nothing(command_list, data):
+def test_random_commands_never_raise_and_refusals_change_nothing(trust, command_list, data):
     state = initial_state()
     for i, command in enumerate(command_list):
         if isinstance(command, dict) and "op_id" in command:
             reuse = data.draw(st.booleans()) and i > 0
             command["op_id"] = f"op-{data.draw(st.integers(0, i))}" if reuse else f"op-{i}"
         before = copy.deepcopy(state)
-        new, result = apply(state, command)
+        new, result = apply(state, command, trust)
         assert state == before
         assert isinstance(result, dict) and isinstance(result.get("ok"), bool)
         if not result["ok"]:
             assert result["error"] in ("bad_request", "not_found", "conflict", "stale_epoch",
-                                       "not_primary", "retention_locked", "approval_required")
-            assert _data(new) == _data(state)
+                                       "not_primary", "retention_locked", "approval_required", "replayed",
+                                       "expired")
+            assert {k: v for k, v in _data(new).items() if k != "seen"} == \
+                {k: v for k, v in _data(state).items() if k != "seen"}
         for vol in new["volumes"].values():
             assert vol["epoch"] >= 1
             assert all(s <= vol["last_seq"] for s in vol["snapshots"])
