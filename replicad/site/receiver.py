@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from replicad.core.errors import (NotFoundError, NotPrimaryError, QuotaExceededError, RecordConflictError,
-                                  ReplicadError, StaleEpochError)
+                                  RemoteProtocolError, ReplicadError, StaleEpochError)
 from replicad.core.manifest import Manifest
 from replicad.site.cluster import Cluster
 from replicad.site.runner import load_manifest
@@ -117,6 +117,7 @@ class Receiver:
         if self.catalog.find_root(volume, root) is not None:
             return
         vs = self.cluster.volume_state(volume) or {"last_seq": 0}
+        self._check_manifest(volume, seq, root, vs)
         ahead = [r.seq for r in self.catalog.list(volume, "received") if r.seq > vs["last_seq"]]
         if len(ahead) >= MAX_UNCOMMITTED_RECEIVED:
             raise QuotaExceededError(
@@ -130,15 +131,25 @@ class Receiver:
             log.warning("AUDIT refused snapshot %s#%d (epoch %d) announced by the primary at %s: record_conflict, "
                         "this site holds another root for it: %s", volume, seq, epoch, self.site_id, err.evidence)
             raise
-        for key in [k for k in self._inflight if k[0] == volume]:
-            del self._inflight[key]  # a recorded snapshot: its chunks are referenced now
-            self._budgets.pop(key, None)
+
+    def _check_manifest(self, volume: str, seq: int, root: bytes, vs: dict) -> None:
+        """Refuse (RemoteProtocolError, logged) an announced manifest whose block size is not
+        the volume's: block size is fixed at the volume's creation (a 16 MiB block size with a
+        repeated page claimed a 4 TiB snapshot of a 4 MiB volume)."""
+        m = load_manifest(self.store, root)
+        block_size = vs.get("block_size")
+        if isinstance(block_size, int) and m.block_size != block_size:
+            log.warning("AUDIT refused snapshot %s#%d announced at %s: block size %d, the volume's is %d", volume,
+                        seq, self.site_id, m.block_size, block_size)
+            raise RemoteProtocolError(f"{volume}#{seq}: manifest block size {m.block_size} is not the volume's "
+                                      f"({block_size})", volume=volume, seq=seq, block_size=m.block_size,
+                                      volume_block_size=block_size)
 
     def admit_chunk(self, volume: str, epoch: int, sender: str, payload_bytes: int) -> None:
         """Count a chunk about to be stored; QuotaExceededError past the chunk budget of
         ``(volume, epoch, sender)`` (see CHUNK_BUDGET_FACTOR). The budget restarts with each
-        snapshot recorded here and each snapshot of the volume committed through Raft: only
-        writes no snapshot ever referenced accumulate. Zero blocks are never shipped, so a
+        snapshot of the volume committed through Raft (not with an announcement, which the
+        sender controls): only writes no committed snapshot ever referenced accumulate. Zero blocks are never shipped, so a
         legitimate sender stays within one volume size of new content per snapshot."""
         key = (volume, epoch, sender)
         used = self._inflight.get(key, 0) + payload_bytes
@@ -161,9 +172,12 @@ class Receiver:
         stands), a gap that closes with the first committed snapshot."""
         vs = self.cluster.volume_state(volume) or {}
         size = int(vs.get("size_bytes") or 0)
-        base = self.complete_base(volume)
-        if base is not None:
-            size = max(size, base.size_bytes)
+        # only snapshots committed here count: a manifest the primary merely announced could claim
+        # any size (a 4 TiB manifest of one repeated page raised the budget of a 4 MiB volume)
+        for rec in sorted(self.catalog.list(volume, "committed"), key=lambda r: r.seq, reverse=True):
+            if self.store.has(rec.root):
+                size = max(size, load_manifest(self.store, rec.root).size_bytes)
+                break
         if size == 0 and not vs.get("snapshots"):
             return UNBOUNDED
         return int(size * CHUNK_BUDGET_FACTOR) + CHUNK_BUDGET_SLACK_BYTES

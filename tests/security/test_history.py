@@ -217,3 +217,31 @@ def test_first_full_sync_larger_than_the_quota_slack_commits(tmp_path: Path) -> 
         assert first["committed"] and set(first["holders"]) == {"site-a", *HONEST}, first
     finally:
         c.stop_all()
+
+
+def test_sizes_the_sender_claims_do_not_raise_the_quota(tmp_path: Path) -> None:
+    """An announced (never committed) manifest claiming a 64 GiB volume, or a 16 MiB block size,
+    does not raise what a 4 MiB volume's primary may store here."""
+    c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2)
+    write_image(c.sites["site-a"].volume_path(VOL), 64, random.Random(4))
+    try:
+        c.start_all()
+        c.wait_ready(60)
+        first = snapshot(c, "site-a")
+        epoch = c.api("site-b", "GET", f"/v1/volumes/{VOL}/snapshots")["epoch"]
+        before = {s: c.status(s)["store"]["stored_bytes"] for s in HONEST}
+        wrong_block = attack(c, "inflate-then-flood", "--volume", VOL, "--epoch", str(epoch),
+                             "--seq", str(first["seq"] + 1), "--block-size", str(16 * 2**20), "--claim-gib", "4096",
+                             "--mib", "0")
+        assert all(r.get("announce_error") == "remote_protocol" for r in wrong_block if "flood" not in r), wrong_block
+        results = attack(c, "inflate-then-flood", "--volume", VOL, "--epoch", str(epoch),
+                         "--seq", str(first["seq"] + 2), "--claim-gib", "64", "--mib", "150")
+        floods = [r for r in results if r.get("flood")]
+        assert len(floods) == 2 and all(r.get("error") == "quota_exceeded" for r in floods), results
+        for s in HONEST:
+            grown = c.status(s)["store"]["stored_bytes"] - before[s]
+            assert grown <= 100 * 2**20, (s, grown)
+            assert metric(c, s, "replicad_peer_refused_total", reason="quota_exceeded") >= 1, s
+            assert metric(c, s, "replicad_peer_refused_total", reason="remote_protocol") >= 1, s
+    finally:
+        c.stop_all()
