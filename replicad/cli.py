@@ -107,6 +107,9 @@ def _render_status(data: dict) -> None:
     elif ident:
         console.print(f"identity: cluster {ident.get('cluster_id')}, commands signed "
                       f"({', '.join(ident.get('public_key') or [])})")
+    for site, r in sorted((ident.get("revoked") or {}).items()):
+        console.print(f"[red]revoked[/red]: {site} ({r.get('keys')} key(s), by a request of {r.get('by')}); "
+                      "its commands are refused", markup=True)
     pending = [r for r in data.get("requests") or [] if r.get("status") in ("pending", "approved")]
     if pending:
         console.print(f"[yellow]{len(pending)} request(s) waiting for approval or cooling off[/yellow] "
@@ -614,6 +617,11 @@ def main(argv: list[str] | None = None) -> int:
     p = command("approve", help="approve a request of another site, as THIS site (admin token of this site)")
     p.add_argument("request", help="request id, as listed by replicad requests (r1, r2 ...)")
     p.set_defaults(fn=lambda a: _print(a, api(a, "POST", f"/v1/requests/{a.request}/approve", {}),
+                                       _render_request_state))
+    p = command("revoke", help="request to revoke a site's identity (compromised); a majority of sites approves")
+    p.add_argument("site", help="the site whose keys to revoke")
+    p.add_argument("--reason", default="", help="why (shown to the operators asked to approve)")
+    p.set_defaults(fn=lambda a: _print(a, api(a, "POST", f"/v1/sites/{a.site}/revoke", {"reason": a.reason}),
                                        _render_request_state))
     p = command("veto", help="stop a request (pending, or approved and cooling off) before it takes effect")
     p.add_argument("request", help="request id, as listed by replicad requests")

@@ -178,6 +178,12 @@ case("Command in the Raft log refused",
        [exp("ReplicadCommandRefused", {"site": "site-b", "reason": "bad_signature"}, 3)]),
       ("20m", "ReplicadCommandRefused", [])])
 
+case("A site revoked",
+     [('replicad_sites_revoked{site="site-b"}', "0 0 1x60")],
+     [("1m", "ReplicadSiteRevoked", []),
+      ("5m", "ReplicadSiteRevoked", [exp("ReplicadSiteRevoked", {"site": "site-b"})]),
+      ("50m", "ReplicadSiteRevoked", [])])
+
 case("Raft traffic refused",
      [('replicad_raft_refused_total{site="site-a", reason="readonly_node"}', "0 0 5x20"),
       ('replicad_raft_refused_total{site="site-b", reason="readonly_node"}', "0x22")],

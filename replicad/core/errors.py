@@ -307,6 +307,13 @@ class ExpiredCommandError(AccessError):
     code = "expired"
 
 
+class RevokedError(AccessError):
+    """The state machine refused a command signed by a key (or, unsigned, sent by a site)
+    that a majority of sites revoked through Raft (``replicad revoke SITE``)."""
+
+    code = "revoked"
+
+
 class ToolError(ReplicadError):
     """An external program (e2fsprogs ``mke2fs``/``debugfs``/``e2fsck``) could not run or
     failed; evidence holds the ``command``, its ``returncode`` and its ``stderr_tail``."""

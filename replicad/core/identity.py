@@ -100,16 +100,17 @@ def sign_command(private_key: Ed25519PrivateKey, command: Mapping[str, Any]) -> 
     return signed
 
 
-def signature_problem(command: Any, public_keys: Any) -> str | None:
+def signature_problem(command: Any, public_keys: Any, revoked: Any = ()) -> str | None:
     """Why ``command``'s ``sig`` is not a valid signature by one of ``public_keys``; None if it is.
 
     Args:
         command: the decoded command map.
         public_keys: the raw 32-byte Ed25519 keys pinned for the site named in ``by``
             (empty or None: the site has no key, nothing it says is accepted).
+        revoked: raw keys revoked through Raft: a signature by one of them is ``revoked key``.
     Returns:
         None, or a short reason (``missing signature``, ``no pinned key``, ``bad signature``,
-        ``not canonical``). Never raises.
+        ``not canonical``, ``revoked key``). Never raises.
     """
     sig = command.get(SIG_FIELD) if isinstance(command, dict) else None
     if not isinstance(sig, bytes) or len(sig) != SIGNATURE_BYTES:
@@ -123,9 +124,9 @@ def signature_problem(command: Any, public_keys: Any) -> str | None:
     for raw in public_keys:
         try:
             Ed25519PublicKey.from_public_bytes(raw).verify(sig, message)
-            return None
         except (InvalidSignature, ValueError, TypeError):
             continue
+        return "revoked key" if raw in revoked else None
     return "bad signature"
 
 

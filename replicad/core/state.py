@@ -24,6 +24,7 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
      "clocks": {site_id: now_ns},                                      # registered sites only
      "seen": {site_id: {"ops": {op_id: now_ns}, "floor_ns": int}},     # replay memory, see below
      "requests": {req_id: {...}}, "request_seq": int,                  # see list_requests
+     "revoked": {site_id: {"keys": [bytes(32)], "at_ns": int, "by": site_id}},  # revoke_site
      "limits": {"members": [site_id, ...] | None, "max_sites": int}}   # optional, see below
 
 Bounds (the state is replicated to and kept by every site; a member holding the Raft
@@ -88,6 +89,9 @@ Authority rules (threat model: root on one site speaks with that site's identity
   (the requester counted) agreed, the action runs as the requester. A request expires
   ``trust.request_ttl_ns`` after it was made, by the majority clock. ``approved_by`` (the
   old free-text claim) is refused with ``bad_request``.
+* Revocation: ``revoke_site`` runs only as a request approved by a majority of the
+  registered sites, without cooling-off; it records the site's pinned keys in ``revoked``;
+  commands signed by them are refused (``revoked``) from then on.
 * ``prune_snapshots`` (O4) refuses anything inside the lock window, the newest committed
   and the newest clean snapshot, and everything while the newest committed snapshot of
   the volume is suspect (incident in progress: pruning frozen, DESIGN §7). Ages are
@@ -127,12 +131,13 @@ SITE_KINDS = ("data", "witness")
 VERDICTS = ("clean", "suspect")
 RETENTION_KEYS = ("keep_all_s", "hourly_s", "daily_s", "lock_s")
 COMMON_KEYS = frozenset({"v", "op", "op_id", "by", "now_ns", identity.CLUSTER_FIELD, identity.SIG_FIELD})
-IDENTITY_REFUSALS = frozenset({"bad_signature", "replayed", "expired"})
+IDENTITY_REFUSALS = frozenset({"bad_signature", "replayed", "expired", "revoked"})
 """Refusal codes of commands that are not what their signer said (forged, replayed, stale)."""
 SEEN_PER_SITE_MAX = 2000  # op ids remembered per site for replay checks (> 10 min of heartbeats and commits)
 REQUESTS_MAX = 64  # request records kept (pending ones first)
 REQUESTS_PENDING_PER_SITE = 8  # a site cannot crowd out the requests of the others
 WEAKENING_OPS = ("set_retention", "mark_verdict")
+REQUEST_ACTIONS = (*WEAKENING_OPS, "revoke_site")  # revocation: a majority of the sites, no cooling-off
 _TRUST = object()  # internal key: the Trust a handler runs under (never in a decoded command)
 _APPROVED = object()  # internal key: set on an action run by a request that collected its approvals
 
@@ -311,7 +316,7 @@ def _apply_checked(state: dict, command: dict, trust: Trust | None) -> tuple[dic
     try:
         handler = _check_envelope(command)
         if trust is not None:
-            _check_identity(command, trust)
+            _check_identity(state, command, trust)
             if op_id in state["applied_ops"]:
                 # exactly-once: a retry (or a replay) of an applied command gets its first answer
                 return state, state["applied_ops"][op_id]
@@ -341,12 +346,21 @@ def _with_trust(command: dict, trust: Trust | None) -> dict:
     return {**command, _TRUST: trust}
 
 
-def _check_identity(command: dict, trust: Trust) -> None:
-    """``bad_signature`` unless the command is for this cluster and signed by the site in ``by``."""
+def _check_identity(state: dict, command: dict, trust: Trust) -> None:
+    """``bad_signature`` unless the command is for this cluster and signed by the site in
+    ``by``; ``revoked`` when it is signed by a key (or, unsigned, sent by a site) revoked
+    through Raft."""
     by = command["by"]
+    revoked = state.get("revoked") or {}
     if trust.keys is None:
+        if by in revoked:
+            raise _Refusal("revoked", f"{command['op']} by {by!r}: the site was revoked", by=by, op=command["op"])
         return
-    problem = identity.signature_problem(command, trust.keys.get(by))
+    revoked_keys = {k for entry in revoked.values() for k in entry.get("keys", ())}
+    problem = identity.signature_problem(command, trust.keys.get(by), revoked_keys)
+    if problem == "revoked key":
+        raise _Refusal("revoked", f"{command['op']} by {by!r}: signed with a key revoked through Raft",
+                       by=by, op=command["op"], problem=problem)
     if problem is not None:
         raise _Refusal("bad_signature", f"{command['op']} by {by!r}: {problem} (not signed by a key pinned "
                        f"for {by!r})", by=by, op=command["op"], problem=problem)
@@ -862,6 +876,15 @@ def approvals_needed(state: dict, trust: Trust | None) -> int:
     return max(1, min(wanted, max(1, len(sites))))
 
 
+def _needed(state: dict, trust: Trust | None, action: str) -> int:
+    """Approvals a request of ``action`` needs: revoking a site, at least a majority of all
+    registered sites; otherwise :func:`approvals_needed`."""
+    needed = approvals_needed(state, trust)
+    if action == "revoke_site":
+        needed = max(needed, len(state.get("sites", {})) // 2 + 1)
+    return needed
+
+
 def request_expired(state: dict, request: dict) -> bool:
     """True when a pending request's ``expires_ns`` is behind the majority clock."""
     quorum_now = quorum_now_ns(state)
@@ -905,7 +928,7 @@ def locally_effective_retention(state: dict, volume: str, now_ns: int, local_coo
 
 def _action(cmd: dict) -> tuple[str, dict, dict]:
     """``(op, args, sub-command)`` of a ``request``: the weakening op it asks for, run as its requester."""
-    action = _choice(cmd, "action", WEAKENING_OPS)
+    action = _choice(cmd, "action", REQUEST_ACTIONS)
     args = cmd.get("args")
     allowed, required = _OPS[action][1], _OPS[action][2]
     if not isinstance(args, dict) or not all(isinstance(k, str) for k in args) or \
@@ -934,7 +957,7 @@ def _op_request(state: dict, cmd: dict) -> tuple[dict, dict]:
     base = cmd["now_ns"] if base is None else base
     ttl = identity.DEFAULT_REQUEST_TTL_NS if trust is None else trust.request_ttl_ns
     entry = {"id": f"r{number}", "by": cmd["by"], "action": action, "args": args, "reason": reason,
-             "approvals": [cmd["by"]], "needed": approvals_needed(state, trust), "created_ns": cmd["now_ns"],
+             "approvals": [cmd["by"]], "needed": _needed(state, trust, action), "created_ns": cmd["now_ns"],
              "expires_ns": base + ttl, "status": "pending", "result": None}
     requests[entry["id"]] = entry
     requests = _bounded_requests(requests)
@@ -979,7 +1002,7 @@ def _run_request(state: dict, cmd: dict, entry: dict) -> tuple[dict, dict]:
     > 0: status ``approved`` until ``effective_ns`` by the majority clock, vetoable), or run
     its action now (raising its refusal)."""
     trust = cmd.get(_TRUST)
-    cooling = 0 if trust is None else trust.cooling_off_ns
+    cooling = 0 if trust is None or entry["action"] == "revoke_site" else trust.cooling_off_ns
     if cooling > 0:
         base = quorum_now_ns(state)
         base = cmd["now_ns"] if base is None else max(base, 0)
@@ -1036,6 +1059,32 @@ def _apply_due_requests(state: dict, command: Any) -> tuple[dict, list[dict]]:
         state = _with_audit(state, {"op": entry["action"], "by": entry["by"], "volume": entry["args"].get("volume"),
                                     "now_ns": quorum_now}, result)
     return state, out
+
+
+def _op_revoke_site(state: dict, cmd: dict) -> tuple[dict, dict]:
+    """Revoke a site's identity (only as an approved request): every key pinned for it now is
+    recorded in ``revoked``; from then on every command signed by one of them is refused
+    (``revoked``), in every site's state machine, whatever the configs still pin. Its pending
+    or approved requests are cancelled and its approvals of others' pending ones withdrawn.
+    A rebuilt site with a new key (pinned in every config) speaks again."""
+    site_id = _site_id(cmd, "site_id")
+    if site_id not in state["sites"]:
+        raise _Refusal("not_found", f"site {site_id!r} is not a registered site", site_id=site_id)
+    _needs_approval(cmd, f"revoking {site_id!r}", site_id=site_id)
+    trust = cmd.get(_TRUST)
+    keys = sorted(trust.keys.get(site_id, ())) if trust is not None and trust.keys is not None else []
+    old = (state.get("revoked") or {}).get(site_id)
+    keys = sorted(set(keys) | set((old or {}).get("keys", ())))
+    revoked = {**(state.get("revoked") or {}), site_id: {"keys": keys, "at_ns": cmd["now_ns"], "by": cmd["by"]}}
+    requests = {}
+    for req_id, entry in (state.get("requests") or {}).items():
+        if entry["status"] in ("pending", "approved") and entry["by"] == site_id:
+            entry = {**entry, "status": "vetoed", "vetoed_by": f"revocation of {site_id}"}
+        elif entry["status"] == "pending" and site_id in entry["approvals"]:
+            entry = {**entry, "approvals": [s for s in entry["approvals"] if s != site_id]}
+        requests[req_id] = entry
+    return ({**state, "revoked": revoked, "requests": requests},
+            {"ok": True, "site_id": site_id, "revoked_keys": len(keys)})
 
 
 def _op_veto(state: dict, cmd: dict) -> tuple[dict, dict]:
@@ -1107,6 +1156,7 @@ _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str],
     "request": (_op_request, frozenset({"action", "args", "reason"}), frozenset({"action", "args"})),
     "approve": (_op_approve, frozenset({"request"}), frozenset({"request"})),
     "veto": (_op_veto, frozenset({"request"}), frozenset({"request"})),
+    "revoke_site": (_op_revoke_site, frozenset({"site_id"}), frozenset({"site_id"})),
     "clock": (lambda state, cmd: (state, {"ok": True}), frozenset(), frozenset()),
 }
 

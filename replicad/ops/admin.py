@@ -27,6 +27,7 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
     GET    /v1/requests                         [viewer] protection-weakening requests (pending, applied, expired)
     POST   /v1/requests/{request_id}/approve    [admin] this site approves the request (a command signed by it)
     POST   /v1/requests/{request_id}/veto       [admin] this site stops a request before it takes effect
+    POST   /v1/sites/{site_id}/revoke           [admin] {"reason"?}: request to revoke a site's identity (a majority)
     GET    /v1/audit                            [viewer] the newest Raft audit records
     GET    /v1/audit/admin                      [viewer] this site's admin audit log + chain check
 
@@ -454,6 +455,19 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         log.warning("AUDIT request %s vetoed at %s", req_id, site.site_id)
         return _ok(_request_answer(res) | {"vetoed_by": res.get("vetoed_by")})
 
+    async def site_revoke(request: web.Request) -> web.Response:
+        target = request.match_info["site_id"]
+        body = await _json_body(request)
+        unknown = set(body) - {"reason"}
+        if unknown:
+            raise UsageError(f"unknown keys {sorted(unknown)}", known=["reason"])
+        reason = body.get("reason", "")
+        if not isinstance(reason, str) or len(reason) > 1024:
+            raise UsageError("reason must be a string of at most 1024 characters", field="reason")
+        if target not in {s.site_id for s in site.cfg.sites}:
+            raise NotFoundError(f"unknown site {target}", site=target)
+        return await _make_request(site, "revoke_site", {"site_id": target}, reason)
+
     async def retention_put(request: web.Request) -> web.Response:
         name = request.match_info["volume"]
         body = await _json_body(request)
@@ -529,6 +543,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         ("GET", "/v1/requests", requests_get),
         ("POST", "/v1/requests/{request_id}/approve", requests_approve),
         ("POST", "/v1/requests/{request_id}/veto", requests_veto),
+        ("POST", "/v1/sites/{site_id}/revoke", site_revoke),
         ("GET", "/v1/audit", audit),
         ("GET", "/v1/audit/admin", audit_admin),
     ]
@@ -559,7 +574,8 @@ async def _make_request(site: "SiteDaemon", action: str, args: dict, reason: str
     """Record a protection-weakening change as a request through Raft: 202 while it waits
     for approvals (200 when the policy needs no other site)."""
     res = await site.cluster.propose("request", action=action, args=args, reason=reason)
-    out = {**_request_answer(res), "action": action, "volume": args.get("volume"), **extra}
+    out = {**_request_answer(res), "action": action, **{k: args[k] for k in ("volume", "site_id") if k in args},
+           **extra}
     if res.get("status") == "pending":
         out["next"] = (f"an operator of another site approves it there: replicad approve {res.get('request')} "
                        f"(needs {res.get('needed')} sites, this one counted)")

@@ -5,7 +5,7 @@ Roles, in increasing power (each includes the ones before it)::
     viewer     every GET (status, volumes, snapshots, members, retention, audit, operations, requests)
     operator   + snapshot now, verify, drill, restore into a NEW path
     admin      + promote, demote, members, retention (set, run), prune, restore with overwrite,
-                 verdicts, approving or vetoing a request
+                 verdicts, approving or vetoing a request, asking to revoke a site
 
 Tokens are configured per site as ``[[admin.tokens]] name, role, sha256`` where ``sha256``
 is the hex SHA-256 of the token's UTF-8 bytes (``replicad hash-token`` prints it); the
@@ -69,6 +69,7 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("POST", "/v1/volumes/{volume}/snapshots/{seq}/verdict"): "admin",
     ("POST", "/v1/requests/{request_id}/approve"): "admin",
     ("POST", "/v1/requests/{request_id}/veto"): "admin",
+    ("POST", "/v1/sites/{site_id}/revoke"): "admin",
     ("POST", "/v1/members"): "admin",
     ("DELETE", "/v1/members/{site_id}"): "admin",
 }

@@ -58,7 +58,8 @@ SCHEMAS: dict[str, dict] = {
                        "members": {"type": "array", "items": _ref("Member")}, "raft_sites": _OBJ, "sites": _OBJ,
                        "interrupted_restores": {"type": "array", "items": _STR}},
                       {"identity": _object({"cluster_id": _STR, "signed": _BOOL, "unsafe_unsigned": _BOOL,
-                                            "public_key": {"type": "array", "items": _STR}}),
+                                            "public_key": {"type": "array", "items": _STR}},
+                                           {"revoked": _OBJ}),
                        "requests": {"type": "array", "items": _ref("Request")}}),
     "Volumes": _object({"volumes": {"type": "object", "additionalProperties": _object(
         {"primary": _NSTR, "epoch": _INT, "block_size": _INT, "size_bytes": _INT, "min_copies": _INT,
@@ -107,7 +108,7 @@ SCHEMAS: dict[str, dict] = {
                            "head": _object({"seq": _INT, "hash": _STR}),
                            "chain": _object({"ok": _BOOL, "n_records": _INT, "first_bad_seq": _NINT})}),
     "OpenAPI": _object({"openapi": _STR, "info": _OBJ, "paths": _OBJ}),
-    "Request": _object({"id": _STR, "by": _STR, "action": {"enum": ["set_retention", "mark_verdict"]},
+    "Request": _object({"id": _STR, "by": _STR, "action": {"enum": ["set_retention", "mark_verdict", "revoke_site"]},
                         "args": _OBJ, "reason": _STR, "approvals": {"type": "array", "items": _STR},
                         "needed": _INT, "created_ns": _INT, "expires_ns": _INT,
                         "status": {"enum": ["pending", "approved", "applied", "failed", "vetoed", "expired"]},
@@ -118,7 +119,8 @@ SCHEMAS: dict[str, dict] = {
     "RequestState": _object({"request": _STR, "status": {"enum": ["pending", "approved", "applied", "vetoed"]},
                              "approvals": {"type": "array", "items": _STR}, "needed": _INT},
                             {"expires_ns": _INT, "effective_ns": _INT, "result": _OBJ, "action": _STR,
-                             "volume": _STR, "previous": _OBJ, "next": _STR, "vetoed_by": _STR}),
+                             "volume": _STR, "site_id": _STR, "previous": _OBJ, "next": _STR,
+                             "vetoed_by": _STR}),
 }
 
 _BODIES: dict[str, dict] = {
@@ -133,6 +135,7 @@ _BODIES: dict[str, dict] = {
         "any of keep_all_s, hourly_s, daily_s, lock_s (seconds) or keep_all, hourly, daily, lock "
         "(durations such as \"48h\"); missing keys keep their value")}},
         {"reason": {"type": "string", "description": "why (shown to the operators asked to approve a shortening)"}}),
+    "Revoke": _object({}, {"reason": _STR}),
     "Empty": {"type": "object"},
 }
 
@@ -185,6 +188,11 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
     ("approve", "POST", "/v1/requests/{request_id}/approve",
      "This site approves a request (a command signed by this site); it applies once enough sites approved",
      "Empty", {"200": "RequestState"}, (400, 403, 404, 409, 503)),
+    ("revoke", "POST", "/v1/sites/{site_id}/revoke",
+     "Request to revoke a site's identity: applies (no cooling-off) once a majority of the sites approved; "
+     "from then on every command signed by its keys is refused", "Revoke", {"202": "RequestState",
+                                                                            "200": "RequestState"},
+     (400, 404, 409, 503)),
     ("veto", "POST", "/v1/requests/{request_id}/veto",
      "This site stops a request (pending, or approved and cooling off) before it takes effect",
      "Empty", {"200": "RequestState"}, (400, 403, 404, 409, 503)),

@@ -63,11 +63,14 @@ class Status:
                 "identity": self._identity(), "requests": list_requests(st)}
 
     def _identity(self) -> dict:
-        """``{"cluster_id", "signed", "unsafe_unsigned", "public_key"}`` of this site."""
+        """``{"cluster_id", "signed", "unsafe_unsigned", "public_key", "revoked": {site: {"at_ns",
+        "by", "keys"}}}``: this site's identity and the sites whose keys the cluster revoked."""
         cfg = self.cluster.cfg()
         own = cfg.self_ref().public_key
+        revoked = {site: {"at_ns": r.get("at_ns"), "by": r.get("by"), "keys": len(r.get("keys", ()))}
+                   for site, r in (self.cluster.view().get("revoked") or {}).items()}
         return {"cluster_id": cfg.cluster_id, "signed": bool(self.cluster.raft.status().get("signed")),
-                "unsafe_unsigned": cfg.identity.unsafe_unsigned, "public_key": list(own)}
+                "unsafe_unsigned": cfg.identity.unsafe_unsigned, "public_key": list(own), "revoked": revoked}
 
 
 def _jsonable_report(rep: dict) -> dict:

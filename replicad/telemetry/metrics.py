@@ -57,10 +57,12 @@ replicad_raft_is_leader / _has_leader / _has_quorum                            R
 replicad_raft_term / _commit_index / _last_applied_index                       Raft status
 replicad_raft_peer_up                                       peer               Raft partner connected
 replicad_raft_refused_total                                 reason             Raft traffic refused (counter)
+replicad_sites_revoked                                                         Raft state: revoked sites
 replicad_command_refused_total                              reason             commands in the Raft log the
                                                                                state machine refused as forged
-                                                                               (bad_signature), replayed or
-                                                                               expired; 0 from the start
+                                                                               (bad_signature), replayed,
+                                                                               expired or revoked; 0 from
+                                                                               the start
 replicad_disk_free_bytes / replicad_disk_size_bytes                            ``shutil.disk_usage``
 replicad_build_info                                         version, python    constant 1
 replicad_scrape_error                                       part               1 if that part failed
@@ -141,6 +143,7 @@ STATE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "replicad_raft_is_leader": ("1 if this site is the Raft leader", ()),
     "replicad_raft_has_leader": ("1 if this site knows a Raft leader", ()),
     "replicad_raft_has_quorum": ("1 if this site's Raft node is in contact with a majority", ()),
+    "replicad_sites_revoked": ("sites whose keys a majority revoked through Raft (replicad revoke)", ()),
     "replicad_raft_term": ("Current Raft term", ()),
     "replicad_raft_commit_index": ("Raft commit index", ()),
     "replicad_raft_last_applied_index": ("Last Raft log index applied here", ()),
@@ -235,6 +238,8 @@ class StateCollector(Collector):
                 if _num(count) is not None:
                     commands.add_metric([self.site_id, str(reason)], _num(count))
             self._raft(status, put)
+            if self.state_fn is not None:
+                put("replicad_sites_revoked", len(state.get("revoked") or {}))
             self._volumes(status, state, put)
             self._store(status, put)
         except Exception as err:  # noqa: BLE001 — a malformed status must not turn /metrics into a 500

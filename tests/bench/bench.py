@@ -339,7 +339,7 @@ def one_run(run: int, image: Path, work: Path, res: Results, args: argparse.Name
         shutil.rmtree(root)
     tmo = args.step_timeout_s
     # interval far beyond any uptime: the daemons never snapshot on their own, the bench asks
-    c = LocalCluster(root / "cluster", volumes=(VOL, TINY), interval="3650d", min_copies=2)
+    c = LocalCluster(root / "cluster", volumes=(VOL, TINY), interval="3650d", min_copies=2, unsigned=args.unsigned)
     a_img = c.sites["site-a"].volume_path(VOL)
     shutil.copyfile(image, a_img)
     fsync_path(a_img)
@@ -500,7 +500,7 @@ def memory_run(work: Path, res: Results, args: argparse.Namespace, console: Cons
     root = work / "memory"
     shutil.rmtree(root, ignore_errors=True)
     names = tuple(f"sparse{i}" for i in range(args.sparse_volumes))
-    c = LocalCluster(root, volumes=names, interval="3650d", min_copies=2)
+    c = LocalCluster(root, volumes=names, interval="3650d", min_copies=2, unsigned=args.unsigned)
     rng = random.Random(7)
     size = args.sparse_gib * 2**30
     for name in names:
@@ -650,6 +650,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step-timeout-s", type=float, default=900.0)
     ap.add_argument("--workdir", type=Path, default=None, help="scratch dir (default: a new temp dir, removed)")
     ap.add_argument("--json-out", type=Path, default=None)
+    ap.add_argument("--unsigned", action="store_true",
+                    help="sites without identity (unsafe_unsigned): the cost of signed commands, by difference")
     args = ap.parse_args(argv)
     console = Console(width=230)
     if shutil.which("rsync") is None:

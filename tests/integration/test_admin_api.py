@@ -300,6 +300,11 @@ def test_live_answers_match_the_openapi_document(cluster: LocalCluster, tmp_path
         ("/v1/requests/{request_id}/approve", "POST", "/v1/requests/{req}/approve", {}, ADMIN),
         ("/v1/requests/{request_id}/approve", "POST", "/v1/requests/r999/approve", {}, ADMIN),
         ("/v1/requests/{request_id}/approve", "POST", "/v1/requests/{req}/approve", {}, VIEWER),
+        ("/v1/requests/{request_id}/veto", "POST", "/v1/requests/{req}/veto", {}, ADMIN),
+        ("/v1/requests/{request_id}/veto", "POST", "/v1/requests/{req}/veto", {}, ADMIN),  # already vetoed
+        ("/v1/sites/{site_id}/revoke", "POST", "/v1/sites/site-c/revoke", {"reason": "test"}, ADMIN),
+        ("/v1/sites/{site_id}/revoke", "POST", "/v1/sites/nowhere/revoke", {}, ADMIN),
+        ("/v1/sites/{site_id}/revoke", "POST", "/v1/sites/site-c/revoke", {}, VIEWER),
         ("/v1/volumes/{volume}/retention/run", "POST", f"{v}/retention/run", {}, ADMIN),
         ("/v1/volumes/{volume}/retention/run", "POST", "/v1/volumes/nope/retention/run", {}, ADMIN),
         ("/v1/volumes/{volume}/prune", "POST", f"{v}/prune", {"seqs": [1]}, ADMIN),

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from replicad.core.errors import UnauthenticatedError
+from replicad.core.errors import ReplicadError, UnauthenticatedError
 from replicad.lab.localcluster import LocalCluster
 from tests.integration.conftest import VOL, overwrite_blocks, snapshot, write_image
 
@@ -170,3 +170,22 @@ def test_a_stolen_admin_token_only_makes_a_request(cluster: LocalCluster) -> Non
     cluster.wait_for("the approved retention everywhere after the cooling-off", lambda: all(
         view(cluster, s)["retention"]["lock_s"] == 1 for s in HONEST), COOLING_S + 20)
     assert f"AUDIT request {req['request']} applied" in cluster.log_tail("site-c", 600)
+
+
+def test_a_majority_revokes_the_compromised_site(cluster: LocalCluster) -> None:
+    token_b, token_c = TOKENS["site-b"]["ops-b"][1], TOKENS["site-c"]["ops-c"][1]
+    req = cluster.api("site-b", "POST", "/v1/sites/site-a/revoke", {"reason": "compromised"}, token=token_b)
+    assert req["status"] == "pending" and req["needed"] == 2, req
+    done = cluster.api("site-c", "POST", f"/v1/requests/{req['request']}/approve", {}, token=token_c)
+    assert done["status"] == "applied", done  # protective: no cooling-off
+    for s in HONEST:
+        cluster.wait_for(f"{s} refuses site-a's heartbeats", lambda s=s: refused(cluster, s, "revoked") >= 1, 20)
+        assert "site-a" in cluster.status(s)["identity"]["revoked"]
+        assert "raft command refused [revoked]" in cluster.log_tail(s, 600), s
+    # the attacker's stolen token cannot even make a request any more
+    with pytest.raises(ReplicadError) as info:
+        cluster.api("site-a", "PUT", f"/v1/volumes/{VOL}/retention", {"retention": {"lock": "1s"}}, token=STOLEN)
+    assert info.value.code == "revoked"
+    # the honest pair still commits: site-b takes the volume over
+    promo = cluster.api("site-b", "POST", f"/v1/volumes/{VOL}/promote", {"force": True}, token=token_b)
+    assert promo["primary"] == "site-b"

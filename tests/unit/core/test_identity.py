@@ -376,3 +376,39 @@ def test_a_sites_own_longer_cooling_off_keeps_the_stronger_policy(cluster: dict)
     assert local == {**RETENTION, "hourly_s": RETENTION["hourly_s"], "daily_s": RETENTION["daily_s"]}
     assert cluster_state.locally_effective_retention(state, "vol", NOW + hour, hour)["lock_s"] == 1
     assert cluster_state.locally_effective_retention(state, "vol", NOW, 0)["lock_s"] == 1
+
+
+# --------------------------------------------------------------------------- revocation
+
+
+def test_a_majority_revokes_a_sites_key_and_its_commands_are_refused(cluster: dict) -> None:
+    refused(cluster, cmd("revoke_site", by="b", site_id="a"), "approval_required")
+    state, _ = ok(cluster, cmd("request", by="a", action="set_retention", args=shorten()), COOLING)
+    state, res = ok(state, cmd("request", by="b", action="revoke_site", args={"site_id": "a"}), COOLING)
+    assert res["needed"] == 2 and res["status"] == "pending"
+    forged = {k: v for k, v in cmd("approve", by="a", request=res["request"]).items() if k != "sig"}
+    forged["by"] = "c"
+    forged["sig"] = KEYS["a"].sign(identity.canonical_bytes(forged))
+    refused(state, forged, "bad_signature", COOLING)
+    state, done = ok(state, cmd("approve", by="c", request=res["request"]), COOLING)
+    assert done["status"] == "applied"  # protective: no cooling-off
+    assert state["revoked"]["a"]["keys"] == list(TRUST.keys["a"])
+    assert {r["id"]: r["status"] for r in list_requests(state)}["r1"] == "vetoed"  # a's own request cancelled
+    res = refused(state, cmd("clock", by="a"), "revoked", COOLING)
+    assert res["evidence"]["problem"] == "revoked key"
+    refused(state, cmd("promote", by="a", volume="vol", to="a", expected_epoch=1, force=True), "revoked", COOLING)
+    ok(state, cmd("clock", by="b"), COOLING)  # the others go on
+    # the site, rebuilt with a new key pinned in every config, speaks again; the old key stays refused
+    new_key = identity.generate_private_key()
+    rotated = Trust(cluster_id=CLUSTER, keys={**TRUST.keys, "a": (*TRUST.keys["a"], identity.public_key_raw(new_key))},
+                    cooling_off_ns=COOLING.cooling_off_ns)
+    fresh = Signer("a", new_key, CLUSTER).sign({"v": 1, "op": "clock", "op_id": "new-1", "now_ns": NOW})
+    ok(state, fresh, rotated)
+    refused(state, cmd("clock", by="a"), "revoked", rotated)
+
+
+def test_revocation_needs_a_majority_of_all_sites_whatever_the_policy(cluster: dict) -> None:
+    one = Trust(cluster_id=CLUSTER, keys=TRUST.keys, approvals=1, cooling_off_ns=0)
+    state, res = ok(cluster, cmd("request", by="a", action="revoke_site", args={"site_id": "b"}), one)
+    assert res["status"] == "pending" and res["needed"] == 2
+    refused(state, cmd("request", by="a", action="revoke_site", args={"site_id": "zz"}), "not_found", one)
