@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from replicad.ops.adminclient import call_admin
+from replicad.lab.localcluster import NO_FLOOR_TOML, write_site_keys
 from replicad.ops.auth import hash_token
 from replicad.core.errors import ReplicadError, UnavailableError
 
@@ -240,9 +241,14 @@ class Cluster:
                 sh("ip", "netns", "del", name, check=False)
 
     def _write_configs(self) -> None:
+        # every site signs with its own key; retention is exercised at the Raft level, so the sites'
+        # local floor protects nothing here and approved changes apply without a cooling-off
+        public = write_site_keys({s.site_id: s.dir for s in self.sites.values()})
+        cluster_id = "chaos-" + secrets.token_hex(4)
         members = "".join(
             f'\n[[sites]]\nsite_id = "{s.site_id}"\nraft = "{s.addr}:{RAFT_PORT}"\n'
             f'peer_url = "http://{s.addr}:{PEER_PORT}"\nadmin_url = "{s.admin_url}"\nkind = "{s.kind}"\n'
+            f'public_key = "{public[s.site_id]}"\n'
             for s in self.sites.values())
         primary = self.data_sites[0]
         for s in self.sites.values():
@@ -255,10 +261,11 @@ class Cluster:
                         f'block_size = "{self.block_size_bytes // 1024}KiB"\ninterval = "1h"\n'
                         f'min_copies = {self.min_copies}\ninitial_primary = "{primary}"\napply_delay = "0s"\n')
             s.config_path.write_text(
-                f'site_id = "{s.site_id}"\ndata_dir = "{s.data_dir}"\nlog_level = "info"\n'
+                f'site_id = "{s.site_id}"\ncluster_id = "{cluster_id}"\ndata_dir = "{s.data_dir}"\nlog_level = "info"\n'
                 f'[raft]\nbind = "{s.addr}:{RAFT_PORT}"\npassword_file = "raft.key"\n'
                 f'[peer]\nlisten = "{s.addr}:{PEER_PORT}"\n[admin]\nlisten = "{s.addr}:{ADMIN_PORT}"\n'
                 f'[[admin.tokens]]\nname = "chaos"\nrole = "admin"\nsha256 = "{hash_token(s.token)}"\n'
+                '[identity]\nkey_file = "site.key"\n[policy]\ncooling_off = "0s"\n' + NO_FLOOR_TOML
                 + members + vols)
 
     def link(self, site_id: str, up: bool) -> None:

@@ -111,6 +111,21 @@ NO_FLOOR_TOML = ('[floor]\nlock = "0s"\ngc_grace = "0s"\ndaily = 0\nweekly = 0\n
 """A ``[floor]`` that protects nothing: for test clusters whose retention runs in seconds."""
 
 
+def write_site_keys(dirs: dict[str, Path], name: str = "site.key") -> dict[str, str]:
+    """Create a fresh Ed25519 key for each site in ``dirs`` (``{site_id: directory}``), written
+    as ``DIR/name`` with mode 0600 as ``replicad identity init`` writes it; returns
+    ``{site_id: public key line}`` to pin in every site's ``[[sites]] public_key``."""
+    public: dict[str, str] = {}
+    for site_id, d in dirs.items():
+        d.mkdir(parents=True, exist_ok=True)
+        key = identity.generate_private_key()
+        path = d / name
+        path.write_bytes(identity.private_key_pem(key))
+        os.chmod(path, 0o600)
+        public[site_id] = identity.format_public_key(identity.public_key_raw(key))
+    return public
+
+
 class LocalCluster:
     """Write configs for ``n_data`` data sites (+ ``n_witness`` witnesses) and run them.
 
@@ -174,15 +189,7 @@ class LocalCluster:
 
     def _write_keys(self) -> dict[str, str]:
         """Create every site's key file (0600); ``{site_id: public key line}``."""
-        public: dict[str, str] = {}
-        for s in self.sites.values():
-            s.dir.mkdir(parents=True, exist_ok=True)
-            key = identity.generate_private_key()
-            path = self.key_path(s.site_id)
-            path.write_bytes(identity.private_key_pem(key))
-            os.chmod(path, 0o600)
-            public[s.site_id] = identity.format_public_key(identity.public_key_raw(key))
-        return public
+        return write_site_keys({s.site_id: s.dir for s in self.sites.values()})
 
     def _write_configs(self, interval: str, min_copies: int, block_size: str, apply_delay: str, extra: str) -> None:
         scheme = "https" if self.ca is not None else "http"
