@@ -814,8 +814,8 @@ class _StateConsumer(SyncObjConsumer):
     """Holds the cluster state; its one replicated method applies msgpack commands.
 
     ``trust`` (:class:`replicad.core.identity.Trust`) goes to every
-    :func:`replicad.core.state.apply`; a command refused as forged, replayed or expired
-    (``state.IDENTITY_REFUSALS``) is logged at WARNING (rate-limited per reason) and
+    :func:`replicad.core.state.apply`; a command refused as forged, replayed, expired, naming
+    a holder without its acknowledgement or past a bound (``state.COUNTED_REFUSALS``) is logged at WARNING (rate-limited per reason) and
     counted in ``refused`` (``replicad_command_refused_total{reason}``).
     """
 
@@ -841,7 +841,7 @@ class _StateConsumer(SyncObjConsumer):
         with self.lock:
             new_state, result = cluster_state.apply(self.cluster, command, self.trust)
             self.cluster = new_state
-        if result.get("error") in cluster_state.IDENTITY_REFUSALS:
+        if result.get("error") in cluster_state.COUNTED_REFUSALS:
             self._count_refusal(command, result)
         if self.on_applied is not None:
             try:
@@ -1100,7 +1100,7 @@ class RaftNode:
             status["partners"] = dict(self._status["partners"])
         status["dump_error"] = self._dump_error
         status["refused"] = {**dict.fromkeys(KNOWN_REASONS, 0), **self._refusals.counts()}
-        status["commands_refused"] = {**dict.fromkeys(sorted(cluster_state.IDENTITY_REFUSALS), 0),
+        status["commands_refused"] = {**dict.fromkeys(sorted(cluster_state.COUNTED_REFUSALS), 0),
                                       **self._consumer.refused.counts()}
         status["signed"] = self._signer is not None
         if self._syncobj is None:

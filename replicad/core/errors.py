@@ -314,6 +314,24 @@ class RevokedError(AccessError):
     code = "revoked"
 
 
+class BadAckError(AccessError):
+    """The state machine refused a ``commit_snapshot`` naming a holder whose signed "stored"
+    acknowledgement (``acks``, :func:`replicad.core.identity.sign_ack`) is missing or not by
+    a key pinned for it: a primary cannot claim copies nobody vouched for. Evidence:
+    ``volume``, ``seq``, ``holder``, ``by``, ``problem``. Logged at WARNING and counted in
+    ``replicad_command_refused_total{reason="bad_ack"}`` at every site."""
+
+    code = "bad_ack"
+
+
+class OutOfRangeError(ConflictError):
+    """A value past a bound of the replicated state: a snapshot seq more than
+    ``state.SEQ_STEP_MAX`` past the volume's last one (or past 2**63-1), a size past
+    ``state.SIZE_BYTES_MAX``. Evidence names the value and the bound."""
+
+    code = "out_of_range"
+
+
 class ToolError(ReplicadError):
     """An external program (e2fsprogs ``mke2fs``/``debugfs``/``e2fsck``) could not run or
     failed; evidence holds the ``command``, its ``returncode`` and its ``stderr_tail``."""

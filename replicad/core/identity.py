@@ -15,6 +15,14 @@ map is written with its keys sorted (by type name, then value) and msgpack's
 signatures from any other use of a site key. The signed fields therefore include ``v``,
 ``op``, ``op_id``, ``by``, ``now_ns``, ``cluster`` and every argument.
 
+Stored acknowledgements (O2): a site that stored a snapshot completely answers the primary
+with :func:`sign_ack`, an Ed25519 signature by its own key over :func:`ack_bytes` =
+``ACK_DOMAIN + msgpack([cluster_id, volume, epoch, seq, root])``. The primary puts them in
+``commit_snapshot`` (``acks``) and the state machine checks each named holder's (see
+:func:`ack_problem`): a primary cannot name a holder that did not say it stored the snapshot.
+The domain differs from :data:`DOMAIN`, so an acknowledgement is never a valid command
+signature, nor the reverse.
+
 Public key text form: ``"ed25519:" + base64(32 raw bytes)`` (what ``replicad identity init``
 prints and ``[[sites]] public_key`` holds).
 """
@@ -33,6 +41,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 DOMAIN = b"replicad-command-v1\x00"
 """Prefix of every signed byte string (domain separation)."""
+ACK_DOMAIN = b"replicad-stored-ack-v1\x00"
+"""Prefix of every signed "stored" acknowledgement (:func:`ack_bytes`)."""
 PUBLIC_KEY_PREFIX = "ed25519:"
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -128,6 +138,59 @@ def signature_problem(command: Any, public_keys: Any, revoked: Any = ()) -> str 
             continue
         return "revoked key" if raw in revoked else None
     return "bad signature"
+
+
+def ack_bytes(cluster_id: str, volume: str, epoch: int, seq: int, root: bytes) -> bytes:
+    """The bytes a "stored" acknowledgement signs: :data:`ACK_DOMAIN` + msgpack of the list
+    ``[cluster_id, volume, epoch, seq, root]`` (a list: field order is the encoding).
+
+    Args:
+        cluster_id: the cluster's name; volume: the volume's name; epoch, seq: ints
+            (0 <= x < 2**64); root: the 32-byte manifest root.
+    Raises:
+        CanonicalError: a field of the wrong type (the state machine checks types first).
+    """
+    if not (isinstance(cluster_id, str) and isinstance(volume, str) and isinstance(root, bytes)
+            and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**64 for x in (epoch, seq))):
+        raise CanonicalError("an acknowledgement covers (str cluster, str volume, int epoch, int seq, bytes root)")
+    return ACK_DOMAIN + msgpack.packb([cluster_id, volume, epoch, seq, root], use_bin_type=True)
+
+
+def sign_ack(private_key: Ed25519PrivateKey, cluster_id: str, volume: str, epoch: int, seq: int,
+             root: bytes) -> bytes:
+    """This site's 64-byte Ed25519 signature of :func:`ack_bytes`: "I store snapshot ``seq``
+    (``root``) of ``volume`` at ``epoch``, completely and durably".
+
+    Raises:
+        CanonicalError: see :func:`ack_bytes`.
+    """
+    return private_key.sign(ack_bytes(cluster_id, volume, epoch, seq, root))
+
+
+def ack_problem(sig: Any, public_keys: Any, cluster_id: str, volume: str, epoch: int, seq: int, root: bytes,
+                revoked: Any = ()) -> str | None:
+    """Why ``sig`` is not a valid acknowledgement by one of ``public_keys`` (raw 32-byte keys
+    pinned for the holder) of ``(cluster_id, volume, epoch, seq, root)``; None if it is.
+
+    Returns:
+        None, or ``missing acknowledgement``, ``no pinned key``, ``not canonical``,
+        ``revoked key`` or ``bad acknowledgement``. Never raises.
+    """
+    if not isinstance(sig, bytes) or len(sig) != SIGNATURE_BYTES:
+        return "missing acknowledgement"
+    if not public_keys:
+        return "no pinned key"
+    try:
+        message = ack_bytes(cluster_id, volume, epoch, seq, root)
+    except CanonicalError:
+        return "not canonical"
+    for raw in public_keys:
+        try:
+            Ed25519PublicKey.from_public_bytes(raw).verify(sig, message)
+        except (InvalidSignature, ValueError, TypeError):
+            continue
+        return "revoked key" if raw in revoked else None
+    return "bad acknowledgement"
 
 
 def generate_private_key() -> Ed25519PrivateKey:
@@ -239,6 +302,14 @@ class Signer:
         if by != self.site_id:
             raise ValueError(f"site {self.site_id!r} cannot sign a command by {by!r}")
         return sign_command(self.private_key, {**command, "by": self.site_id, CLUSTER_FIELD: self.cluster_id})
+
+    def sign_ack(self, volume: str, epoch: int, seq: int, root: bytes) -> bytes:
+        """This site's "stored" acknowledgement of a snapshot (:func:`sign_ack`, this cluster).
+
+        Raises:
+            CanonicalError: see :func:`ack_bytes`.
+        """
+        return sign_ack(self.private_key, self.cluster_id, volume, epoch, seq, root)
 
     @property
     def public_key(self) -> str:

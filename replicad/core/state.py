@@ -75,7 +75,11 @@ Rules shared by all ops:
 Authority rules (threat model: root on one site speaks with that site's identity):
 
 * ``commit_snapshot`` only by the primary at the current epoch (fencing, O3); only with
-  ``len(holders) >= min_copies`` (O2).
+  ``len(holders) >= min_copies`` (O2); every holder but the proposer must have signed its
+  "stored" acknowledgement (``acks: {site_id: bytes(64)}``, checked against its pinned keys:
+  else ``bad_ack``); seq at most ``last_seq +`` :data:`SEQ_STEP_MAX` and size at most
+  :data:`SIZE_BYTES_MAX` (else ``out_of_range``).
+* ``add_holder`` only by the holder itself (a site cannot name another as holding a copy).
 * ``promote`` is a compare-and-set on the epoch. Planned (``force`` false): asked by the
   current primary. Forced: asked by any registered data site; the Raft majority that
   commits the command is what prevents a minority from promoting.
@@ -133,6 +137,20 @@ RETENTION_KEYS = ("keep_all_s", "hourly_s", "daily_s", "lock_s")
 COMMON_KEYS = frozenset({"v", "op", "op_id", "by", "now_ns", identity.CLUSTER_FIELD, identity.SIG_FIELD})
 IDENTITY_REFUSALS = frozenset({"bad_signature", "replayed", "expired", "revoked"})
 """Refusal codes of commands that are not what their signer said (forged, replayed, stale)."""
+COUNTED_REFUSALS = IDENTITY_REFUSALS | {"bad_ack", "out_of_range"}
+"""Refusals every site logs at WARNING and counts (``replicad_command_refused_total{reason}``):
+the identity refusals, a commit naming a holder without its signed acknowledgement
+(``bad_ack``) and a seq or size past the state machine's bounds (``out_of_range``). The last
+two are validly signed commands: they are remembered like any other refusal."""
+SEQ_STEP_MAX = 1_000_000
+"""A committed seq is at most ``last_seq + SEQ_STEP_MAX``. A primary numbers its snapshots
+``last_seq + 1`` (or one past its own uncommitted ones, a few at most), so a legitimate gap
+is a handful; a million is far above it, and at that pace the 2**63 seq space would take
+9.2e12 commits to exhaust: one primary (even a compromised one) can never exhaust it."""
+SIZE_BYTES_MAX = 2**50
+"""Largest volume size (bytes) a commit or ``add_volume`` may claim: 1 PiB, far above any
+hospital volume. A larger size is ``out_of_range`` (receivers derive their chunk budget
+from the committed size; an unbounded one would disable it)."""
 SEEN_PER_SITE_MAX = 2000  # op ids remembered per site for replay checks (> 10 min of heartbeats and commits)
 REQUESTS_MAX = 64  # request records kept (pending ones first)
 REQUESTS_PENDING_PER_SITE = 8  # a site cannot crowd out the requests of the others
@@ -646,6 +664,9 @@ def _op_add_volume(state: dict, cmd: dict) -> tuple[dict, dict]:
     primary = _site_id(cmd, "primary")
     block_size = _int(cmd, "block_size", 1)
     size_bytes = _int(cmd, "size_bytes")
+    if size_bytes > SIZE_BYTES_MAX:
+        raise _Refusal("out_of_range", f"size_bytes {size_bytes} > {SIZE_BYTES_MAX} (1 PiB)", field="size_bytes",
+                       size_bytes=size_bytes, max_size_bytes=SIZE_BYTES_MAX)
     min_copies = _int(cmd, "min_copies", 1)
     retention = _retention(cmd)
     if block_size & (block_size - 1):
@@ -693,8 +714,15 @@ def _op_commit_snapshot(state: dict, cmd: dict) -> tuple[dict, dict]:
     if seq <= vol["last_seq"]:
         raise _Refusal("conflict", f"volume {name!r}: seq {seq} <= last seq {vol['last_seq']}",
                        volume=name, seq=seq, last_seq=vol["last_seq"])
+    if seq > vol["last_seq"] + SEQ_STEP_MAX:
+        raise _Refusal("out_of_range", f"volume {name!r}: seq {seq} > last seq {vol['last_seq']} + {SEQ_STEP_MAX}",
+                       volume=name, seq=seq, last_seq=vol["last_seq"], seq_step_max=SEQ_STEP_MAX)
+    if size_bytes is not None and size_bytes > SIZE_BYTES_MAX:
+        raise _Refusal("out_of_range", f"volume {name!r}: size_bytes {size_bytes} > {SIZE_BYTES_MAX} (1 PiB)",
+                       volume=name, seq=seq, size_bytes=size_bytes, max_size_bytes=SIZE_BYTES_MAX)
     for holder in holders:
         _data_site(state, holder, "holder")
+    _check_acks(state, cmd, name, seq, epoch, root, holders)
     # O2: a snapshot is committed only once min_copies sites stored it.
     if len(holders) < vol["min_copies"]:
         raise _Refusal("conflict", f"volume {name!r}: {len(holders)} holders < min_copies {vol['min_copies']}",
@@ -725,12 +753,43 @@ def _op_commit_snapshot(state: dict, cmd: dict) -> tuple[dict, dict]:
     return _with_volume(state, name, vol), {"ok": True, "volume": name, "seq": seq, "epoch": epoch}
 
 
+def _check_acks(state: dict, cmd: dict, name: str, seq: int, epoch: int, root: bytes, holders: list) -> None:
+    """``bad_ack`` unless every holder other than the proposer signed its "stored"
+    acknowledgement of ``(cluster, volume, epoch, seq, root)`` (``acks``: ``{site_id:
+    bytes(64)}``, :func:`replicad.core.identity.ack_problem`) with a key pinned for it and not
+    revoked. Without trust (unit tests of the ops) or in unsigned lab mode (``unsafe_unsigned``)
+    acknowledgements are not checked, like command signatures; ``acks`` must still be a map of
+    site ids to bytes when present."""
+    acks = cmd.get("acks")
+    if acks is None:
+        acks = {}
+    if not isinstance(acks, dict) or len(acks) > len(holders) or not all(
+            isinstance(k, str) and k in holders and isinstance(v, bytes) and len(v) <= 128 for k, v in acks.items()):
+        raise _Refusal("bad_request", "acks must map holders to their signed acknowledgements", field="acks")
+    trust = cmd.get(_TRUST)
+    if trust is None or trust.keys is None:
+        return
+    revoked_keys = {k for entry in (state.get("revoked") or {}).values() for k in entry.get("keys", ())}
+    for holder in holders:
+        if holder == cmd["by"]:
+            continue
+        problem = identity.ack_problem(acks.get(holder), trust.keys.get(holder), trust.cluster_id, name, epoch,
+                                       seq, root, revoked_keys)
+        if problem is not None:
+            raise _Refusal("bad_ack", f"volume {name!r}: snapshot {seq} names {holder!r} as a holder without its "
+                           f"signed acknowledgement ({problem})", volume=name, seq=seq, holder=holder,
+                           by=cmd["by"], problem=problem)
+
+
 def _op_add_holder(state: dict, cmd: dict) -> tuple[dict, dict]:
     name, vol = _volume(state, cmd)
     seq = _int(cmd, "seq")
     site_id = _site_id(cmd, "site_id")
     snap = _snapshot(vol, name, seq)
     _data_site(state, site_id, "holder")
+    if cmd["by"] != site_id:  # a holder vouches for itself: otherwise a primary could name any site
+        raise _Refusal("conflict", "a site may only add itself as a holder",
+                       volume=name, seq=seq, by=cmd["by"], site_id=site_id)
     if site_id in snap["holders"]:
         return state, {"ok": True, "volume": name, "seq": seq, "changed": False,
                        "holders": list(snap["holders"])}
@@ -1137,7 +1196,7 @@ _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str],
                    frozenset({"volume", "primary", "block_size", "size_bytes", "min_copies", "retention"})),
     "commit_snapshot": (_op_commit_snapshot,
                         frozenset({"volume", "seq", "epoch", "root", "parent_seq", "created_at_ns",
-                                   "holders", "stats", "verdict", "size_bytes"}),
+                                   "holders", "stats", "verdict", "size_bytes", "acks"}),
                         frozenset({"volume", "seq", "epoch", "root", "parent_seq", "created_at_ns",
                                    "holders", "stats", "verdict"})),
     "add_holder": (_op_add_holder, frozenset({"volume", "seq", "site_id"}),

@@ -8,9 +8,11 @@ Routes (all ``POST``, msgpack bodies from :mod:`replicad.core.wire`, errors as J
   The receiver verifies every digest, appends in batches and fsyncs each batch before it
   counts it (O1); a stream cut in the middle keeps the batches already stored, so the
   sender's next ``missing`` resumes where it broke.
-* ``/v1/peer/snapshot`` ``{volume, epoch, from, seq, root}`` → ``{stored: true}`` only if
+* ``/v1/peer/snapshot`` ``{volume, epoch, from, seq, root}`` → ``{stored: true, ack}`` only if
   the manifest, all its pages and all its chunks are durable here. This is the "stored"
-  acknowledgement that O2 counts.
+  acknowledgement that O2 counts; ``ack`` (64 bytes, or None in unsigned lab mode) is the
+  receiver's Ed25519 signature of it (:func:`replicad.core.identity.sign_ack`), which the
+  primary hands to the state machine in ``commit_snapshot`` (``acks``).
 * ``/v1/peer/fetch``    ``{volume, epoch, from, digests}`` → a frame stream of those it has
   (read path of restore and catch-up; every chunk verified before it leaves the process).
 
@@ -70,6 +72,10 @@ class PeerHost(Protocol):
         """Record one answered write request from ``sender`` (``path``: the route; ``doc``:
         volume, epoch, seq, root, stored — whatever the request carried; ``err``: the error it
         was refused with, None if accepted). Must not raise."""
+
+    def stored_ack(self, volume: str, epoch: int, seq: int, root: bytes) -> bytes | None:
+        """This site's signed "stored" acknowledgement of the snapshot (64 bytes), None when the
+        site does not sign (unsigned lab mode)."""
 
     def complete_base(self, volume: str) -> Manifest | None:
         """A snapshot of ``volume`` this site holds completely (recorded, its chunks kept
@@ -241,8 +247,9 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
             manifest = await asyncio.to_thread(snapshot_complete, host.store, doc["volume"], doc["epoch"],
                                                doc["seq"], doc["root"], base)
             await host.snapshot_received(doc["volume"], doc["epoch"], doc["seq"], doc["root"], manifest.created_at_ns)
+            ack = host.stored_ack(doc["volume"], doc["epoch"], doc["seq"], doc["root"])
             await host.peer_audit(doc["from"], "/v1/peer/snapshot", _audit_fields(doc), None)
-            return _msgpack_response(stored=True)
+            return _msgpack_response(stored=True, ack=ack)
         except ReplicadError as err:
             await host.peer_audit(str(doc.get("from", "?")), "/v1/peer/snapshot", _audit_fields(doc), err)
             return error_response(err)
@@ -381,9 +388,18 @@ class PeerClient:
 
     async def snapshot_stored(self, peer_url: str, volume: str, epoch: int, seq: int, root: bytes) -> bool:
         """Ask the peer to confirm the whole snapshot is durable there (the O2 acknowledgement)."""
+        return (await self.snapshot_ack(peer_url, volume, epoch, seq, root))[0]
+
+    async def snapshot_ack(self, peer_url: str, volume: str, epoch: int, seq: int,
+                           root: bytes) -> tuple[bool, bytes | None]:
+        """Like :meth:`snapshot_stored`; returns ``(stored, ack)``: ``ack`` is the peer's signed
+        acknowledgement (64 bytes; None when it sent none, as in unsigned lab mode). Not
+        verified here (the caller checks it against the peer's pinned keys). Raises
+        PeerUnavailableError, or the peer's refusal (NotFoundError, StaleEpochError, ...)."""
         body = wire.encode_doc("snapshot", volume=volume, epoch=epoch, seq=seq, root=root, **{"from": self.site_id})
         reply = await self._post(peer_url + "/v1/peer/snapshot", body)
-        return reply.get("stored") is True
+        ack = reply.get("ack")
+        return reply.get("stored") is True, ack if isinstance(ack, bytes) else None
 
     async def fetch(self, peer_url: str, volume: str, epoch: int, digests: Sequence[bytes],
                     store: ChunkStore) -> int:

@@ -123,6 +123,7 @@ class SiteDaemon:
         self.store: ChunkStore | None = None
         self.catalog: Catalog | None = None
         self.raft: RaftNode | None = None
+        self._signer = None  # this site's identity (start); None in unsigned lab mode
         self.session: aiohttp.ClientSession | None = None
         self.peers: PeerClient | None = None
         self._web_runners: list[web.AppRunner] = []
@@ -156,7 +157,7 @@ class SiteDaemon:
         me = self.cfg.self_ref()
         partners = [s.raft for s in self.cfg.sites if s.site_id != self.site_id]
         (self.data_dir / "raft").mkdir(exist_ok=True)
-        signer = load_signer(self.cfg)  # ConfigError: key unreadable, readable by others, not pinned
+        signer = self._signer = load_signer(self.cfg)  # ConfigError: key unreadable, readable by others, not pinned
         if signer is None:
             log.warning("UNSAFE: site %s runs without identity (identity.unsafe_unsigned = true): its commands are "
                         "not signed and no command's site is checked; a test bench setting, never production",
@@ -199,13 +200,15 @@ class SiteDaemon:
         self.pull = Pull(cluster, store, catalog, peers)
         self.replication = Replication(cluster, store, catalog, peers, self.pull, self.metrics, self.data_dir,
                                        self._scan_slots, self._background)
-        self.promotion = Promotion(cluster, store, catalog, runners, self.pull, self.replication, self._scan_slots)
+        self.promotion = Promotion(cluster, store, catalog, runners, self.pull, self.replication, self._scan_slots,
+                                   self.metrics)
         self.volumes = VolumeLoop(cluster, store, catalog, runners, self.pull, self.replication, self.promotion,
                                   self.metrics)
         self.recovery = Recovery(cluster, lambda: self.cfg, self.data_dir, store, catalog, runners, self.pull,
                                  self.interrupted_restores)
         self.scrub = Scrub(cluster, store, runners, self.pull, self.metrics)
-        self.receiver = Receiver(cluster, store, catalog, self.metrics, AuditLog(self.data_dir / "peer-audit.jsonl"))
+        self.receiver = Receiver(cluster, store, catalog, self.metrics, AuditLog(self.data_dir / "peer-audit.jsonl"),
+                                 signer=self._signer)
         self.housekeeping = Housekeeping(cluster, store, catalog, runners, self.scrub.repair_step,
                                          lambda: self.cfg.floor, self.metrics)
         self.status = Status(cluster, catalog, store, runners, self.interrupted_restores)

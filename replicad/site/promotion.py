@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from replicad.core.errors import ConflictError, NoQuorumError, NotFoundError, NotPrimaryError, ReplicadError, UsageError
+from replicad.core.manifest import Manifest
 from replicad.core.state import newest_clean
 from replicad.site.cluster import Cluster
 from replicad.site.pull import Pull
@@ -23,8 +24,13 @@ from replicad.sources.file import take_snapshot
 from replicad.storage.catalog import Catalog, SnapshotRecord
 from replicad.storage.chunkstore import ChunkStore
 from replicad.storage.image import verify_image
+from replicad.telemetry.metrics import SiteMetrics
 
 log = logging.getLogger("replicad.site.promotion")
+
+RESTORE_ATTEMPTS = 3        # tries of one snapshot at a takeover before it is skipped for an older one
+RESTORE_BACKOFF_S = 1.0     # wait after the first failed try, doubled after each (1 s, 2 s)
+UNRESTORABLE_FOR_S = 600.0  # a skipped snapshot is not tried again by this site for this long
 
 
 class Promotion:
@@ -37,10 +43,12 @@ class Promotion:
         pull: fetches and applies the snapshot a new primary restores.
         replication: runs the final cycle of a planned switchover.
         scan_slots: bounds the scans running at once on the site (the fenced image's scan).
+        metrics: counts snapshots a takeover skipped (``replicad_restore_skipped_total``).
     """
 
     def __init__(self, cluster: Cluster, store: ChunkStore, catalog: Catalog, runners: dict[str, VolumeRunner],
-                 pull: Pull, replication: Replication, scan_slots: asyncio.Semaphore) -> None:
+                 pull: Pull, replication: Replication, scan_slots: asyncio.Semaphore,
+                 metrics: SiteMetrics | None = None) -> None:
         self.site_id = cluster.site_id
         self.cluster = cluster
         self.store = store
@@ -49,9 +57,55 @@ class Promotion:
         self.pull = pull
         self.replication = replication
         self._scan_slots = scan_slots
+        self.metrics = metrics
+        self._unrestorable: dict[tuple[str, int, int, bytes], float] = {}  # (volume, epoch, seq, root) -> when skipped
+
+    async def _restorable(self, name: str, vs: dict) -> tuple[int, Manifest, list[int]]:
+        """The newest clean committed snapshot this site holds completely or can fetch:
+        ``(seq, manifest, skipped seqs)``. A snapshot whose chunks no holder supplies
+        (NotFoundError from the pull, after its own attempts) is tried :data:`RESTORE_ATTEMPTS`
+        times with a doubling backoff from :data:`RESTORE_BACKOFF_S`, then skipped for the next
+        older clean one: logged at ERROR, counted (``replicad_restore_skipped_total``), and not
+        tried again for :data:`UNRESTORABLE_FOR_S` (a takeover never wedges on a snapshot nobody
+        can supply: its holders lost it, or a primary committed a root nobody stored).
+
+        Raises NotFoundError when no clean snapshot can be restored; PeerUnavailableError,
+        IntegrityError ... from the pull as they come (not a reason to skip a snapshot)."""
+        clean = sorted((q for q, snap in vs["snapshots"].items() if snap.get("verdict") == "clean"), reverse=True)
+        skipped: list[int] = []
+        last_err: NotFoundError | None = None
+        for seq in clean:
+            key = (name, vs["epoch"], seq, vs["snapshots"][seq]["root"])
+            if time.monotonic() - self._unrestorable.get(key, -UNRESTORABLE_FOR_S) < UNRESTORABLE_FOR_S:
+                skipped.append(seq)
+                continue
+            delay = RESTORE_BACKOFF_S
+            for attempt in range(1, RESTORE_ATTEMPTS + 1):
+                try:
+                    return seq, await self.pull.ensure_snapshot(name, seq, vs), skipped
+                except NotFoundError as err:
+                    last_err = err
+                    if attempt < RESTORE_ATTEMPTS:
+                        log.warning("volume %s: restoring clean snapshot #%d failed (try %d of %d): %s; retrying in "
+                                    "%.0fs", name, seq, attempt, RESTORE_ATTEMPTS, err, delay)
+                        await asyncio.sleep(delay)
+                        delay *= 2
+            self._unrestorable[key] = time.monotonic()
+            skipped.append(seq)
+            if self.metrics is not None:
+                self.metrics.restore_skipped(name)
+            log.error("volume %s: SKIPPED clean snapshot #%d (epoch %d, held by %s) at takeover: %s after %d tries "
+                      "(%s); falling back to the newest older clean snapshot", name, seq,
+                      vs["snapshots"][seq]["epoch"], ", ".join(vs["snapshots"][seq]["holders"]),
+                      last_err, RESTORE_ATTEMPTS, last_err.evidence if last_err else {})
+        raise NotFoundError(f"volume {name}: no clean committed snapshot can be restored at {self.site_id} "
+                            f"(skipped {skipped})", volume=name, skipped=skipped,
+                            last_error=str(last_err) if last_err else None)
 
     async def become_primary(self, runner: VolumeRunner, vs: dict) -> None:
-        """Granted primary at ``vs['epoch']``: restore the newest clean snapshot (O5), then act."""
+        """Granted primary at ``vs['epoch']``: restore the newest clean snapshot that can be
+        restored (O5; one no holder can supply is skipped, :meth:`_restorable`), then act.
+        ``runner.last_report``: ``restored_seq``, ``skipped_seqs``, timings."""
         name = runner.cfg.name
         t0 = time.monotonic()
         seq = newest_clean(vs)
@@ -66,7 +120,8 @@ class Promotion:
         if seq is not None:
             if not retry:
                 transition(runner, "restore_started")
-            manifest = await self.pull.ensure_snapshot(name, seq, vs)
+            seq, manifest, skipped = await self._restorable(name, vs)
+            report.update(restored_seq=seq, skipped_seqs=skipped)
             t_fetched = time.monotonic()
             standby = self.catalog.standby(name)
             base = None

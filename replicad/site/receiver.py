@@ -15,6 +15,7 @@ from typing import Any
 
 from replicad.core.errors import (NotFoundError, NotPrimaryError, QuotaExceededError, RecordConflictError,
                                   RemoteProtocolError, ReplicadError, StaleEpochError)
+from replicad.core.identity import CanonicalError, Signer
 from replicad.core.manifest import Manifest
 from replicad.site.cluster import Cluster
 from replicad.site.runner import load_manifest
@@ -48,11 +49,14 @@ class Receiver:
         store, catalog: this site's chunk store and snapshot catalog.
         metrics: the site's metrics (bytes received, refusals).
         audit: the peer audit log (``<data_dir>/peer-audit.jsonl``).
+        signer: this site's identity, signing its "stored" acknowledgements; None in unsigned
+            lab mode (``unsafe_unsigned``: acknowledgements are then unsigned, like commands).
     """
 
     def __init__(self, cluster: Cluster, store: ChunkStore, catalog: Catalog, metrics: SiteMetrics,
-                 audit: AuditLog) -> None:
+                 audit: AuditLog, signer: Signer | None = None) -> None:
         self.site_id = cluster.site_id
+        self.signer = signer
         self.cluster = cluster
         self.store = store
         self.catalog = catalog
@@ -74,6 +78,18 @@ class Receiver:
             if self.store.has(rec.root):
                 return load_manifest(self.store, rec.root)
         return None
+
+    def stored_ack(self, volume: str, epoch: int, seq: int, root: bytes) -> bytes | None:
+        """This site's signed "stored" acknowledgement (64 bytes,
+        :meth:`replicad.core.identity.Signer.sign_ack`) of a snapshot it just checked complete;
+        None without a signer. Never raises (a value without a canonical form gives None,
+        which the primary's commit cannot use)."""
+        if self.signer is None:
+            return None
+        try:
+            return self.signer.sign_ack(volume, epoch, seq, root)
+        except CanonicalError:
+            return None
 
     async def check_write_epoch(self, volume: str, epoch: int, sender: str) -> None:
         """Fencing of peer writes: only the primary named by Raft, at exactly the committed

@@ -11,10 +11,11 @@ import logging
 import time
 from pathlib import Path
 
-from replicad.core import anomaly
-from replicad.core.errors import IntegrityError, NotFoundError, NotPrimaryError, ReplicadError, StaleEpochError
+from replicad.core import anomaly, identity
+from replicad.core.errors import (IntegrityError, NotFoundError, NotPrimaryError, OutOfRangeError, ReplicadError,
+                                  StaleEpochError)
 from replicad.core.manifest import Manifest, changed_digests
-from replicad.core.state import newest_committed
+from replicad.core.state import INT_MAX, SEQ_STEP_MAX, newest_committed
 from replicad.peer.transport import PeerClient, SharedFrames
 from replicad.site.cluster import Cluster
 from replicad.site.pull import Pull
@@ -63,7 +64,10 @@ class Replication:
         """One replication cycle (caller holds ``runner.lock``). Returns a report dict.
 
         Raises NotPrimaryError / StaleEpochError if fenced meanwhile, NoQuorumError if the
-        commit could not reach a majority.
+        commit could not reach a majority, OutOfRangeError if the next seq would pass the
+        state machine's bound (:func:`next_seq`). Only peers that answered "stored" with a
+        valid signed acknowledgement count as holders; their acknowledgements go into
+        ``commit_snapshot`` (``acks``).
         """
         cfg = runner.cfg
         epoch = runner.acting_epoch
@@ -86,7 +90,7 @@ class Replication:
             if runner.parent is None or runner.parent.root != vs["snapshots"][nc]["root"]:
                 runner.parent = load_manifest(self.store, vs["snapshots"][nc]["root"])
         local_max = max((r.seq for r in self.catalog.list(cfg.name, "local") if r.epoch == epoch), default=0)
-        seq = max(vs["last_seq"], local_max) + 1
+        seq = next_seq(cfg.name, vs["last_seq"], local_max)
         async with self._scan_slots:
             result = await take_snapshot(Path(cfg.path), volume=cfg.name, seq=seq, epoch=epoch,
                                          parent=runner.parent, store=self.store, now_ns=time.time_ns(),
@@ -111,7 +115,8 @@ class Replication:
             raise StaleEpochError("fenced during the cycle", volume=cfg.name, acting_epoch=epoch)
         shipped = await self._ship_all(runner, vs, m)
         t_acked = time.monotonic()  # O2 acknowledgements in hand: the commit timer starts here
-        holders = [self.site_id] + [p for p, r in shipped.items() if r.get("ok")]
+        acks = self._vouched(cfg.name, epoch, seq, m.root, shipped)
+        holders = [self.site_id] + [p for p, r in shipped.items() if r.get("ok") and (p in acks or not self._signs())]
         report = {"seq": seq, "changed_blocks": len(result.changed_blocks), "verdict": verdict.verdict,
                   "score": verdict.score, "baseline": verdict.baseline, "holders": holders,
                   "bytes_shipped": sum(r.get("bytes", 0) for r in shipped.values()),
@@ -127,7 +132,8 @@ class Replication:
             return report
         await self.cluster.propose("commit_snapshot", volume=cfg.name, seq=seq, epoch=epoch, root=m.root,
                            parent_seq=runner.parent.seq if runner.parent else None, created_at_ns=m.created_at_ns,
-                           holders=holders, stats=m.stats, verdict=verdict.verdict, size_bytes=m.size_bytes)
+                           holders=holders, stats=m.stats, verdict=verdict.verdict, size_bytes=m.size_bytes,
+                           **({"acks": {p: acks[p] for p in holders if p in acks}} if self._signs() else {}))
         report["commit_s"] = time.monotonic() - t_acked  # ship acknowledged -> Raft commit applied here
         await asyncio.to_thread(self.catalog.set_state, cfg.name, epoch, seq, "committed")
         runner.parent = m
@@ -141,6 +147,31 @@ class Replication:
         log.info("committed %s#%d epoch %d: %d changed blocks, %s, held by %s, %.2fs", cfg.name, seq, epoch,
                  len(result.changed_blocks), verdict.verdict, ", ".join(holders), report["cycle_s"])
         return report
+
+    def _signs(self) -> bool:
+        """True unless the cluster runs in unsigned lab mode (acknowledgements unchecked)."""
+        return self.cluster.cfg().trust().signed
+
+    def _vouched(self, volume: str, epoch: int, seq: int, root: bytes, shipped: dict[str, dict]) -> dict[str, bytes]:
+        """``{peer: ack}`` of the peers that answered "stored" with an acknowledgement signed by a
+        key pinned for them (what ``commit_snapshot`` needs, :func:`replicad.core.identity.ack_problem`).
+        A peer that said "stored" without a valid one is not counted as a holder (logged at
+        WARNING): the state machine would refuse the whole commit (``bad_ack``)."""
+        trust = self.cluster.cfg().trust()
+        out: dict[str, bytes] = {}
+        for peer, rep in shipped.items():
+            if not rep.get("ok"):
+                continue
+            if not trust.signed:
+                continue
+            problem = identity.ack_problem(rep.get("ack"), trust.keys.get(peer), trust.cluster_id, volume, epoch,
+                                           seq, root)
+            if problem is None:
+                out[peer] = rep["ack"]
+            else:
+                log.warning("snapshot %s#%d: %s said it stored it without a valid signed acknowledgement (%s): "
+                            "not counted as a holder", volume, seq, peer, problem)
+        return out
 
     async def _ship_all(self, runner: VolumeRunner, vs: dict, m: Manifest) -> dict[str, dict]:
         """Ship ``m`` to every data peer concurrently; return ``{peer: report}``.
@@ -207,8 +238,11 @@ class Replication:
     async def _ship_once(self, peer: str, vs: dict, m: Manifest, epoch: int,
                          shared: SharedFrames | None = None) -> dict:
         url = self.cluster.peer_url(peer)
-        base_seq = max((s for s, snap in vs["snapshots"].items() if peer in snap["holders"]
-                        and self.site_id in snap["holders"]), default=None)
+        # the newest snapshot both are said to hold, whose manifest is really here: one whose
+        # chunks every holder lost (skipped at the takeover) is no base
+        base_seq = next((s for s in sorted(vs["snapshots"], reverse=True) if peer in vs["snapshots"][s]["holders"]
+                         and self.site_id in vs["snapshots"][s]["holders"]
+                         and self.store.has(vs["snapshots"][s]["root"])), None)
         base = load_manifest(self.store, vs["snapshots"][base_seq]["root"]) if base_seq is not None else None
         offer = await asyncio.to_thread(offer_digests, self.store, m, base)
         lacking = await self.peers.missing(url, m.volume, epoch, offer)
@@ -216,9 +250,27 @@ class Replication:
         if lacking:
             _, sent_bytes = await self.peers.send_chunks(url, m.volume, epoch, self.store, lacking, shared)
             self.metrics.shipped(m.volume, peer, sent_bytes)
-        ok = await self.peers.snapshot_stored(url, m.volume, epoch, m.seq, m.root)
-        return {"ok": ok, "offered": len(offer), "sent": len(lacking), "bytes": sent_bytes,
+        ok, ack = await self.peers.snapshot_ack(url, m.volume, epoch, m.seq, m.root)
+        return {"ok": ok, "ack": ack, "offered": len(offer), "sent": len(lacking), "bytes": sent_bytes,
                 "base_seq": base_seq}
+
+
+def next_seq(volume: str, last_seq: int, local_max: int) -> int:
+    """The seq of a volume's next snapshot: one past the newest committed (``last_seq``) and
+    this site's own uncommitted ones of its epoch (``local_max``).
+
+    Raises:
+        OutOfRangeError: it would pass what the state machine accepts (``last_seq +``
+            :data:`~replicad.core.state.SEQ_STEP_MAX`, or 2**63-1): uncommitted local
+            snapshots far ahead, or a seq space exhausted by a commit of an older release.
+    """
+    seq = max(last_seq, local_max) + 1
+    limit = min(last_seq + SEQ_STEP_MAX, INT_MAX)
+    if seq > limit:
+        raise OutOfRangeError(f"{volume}: next seq {seq} would pass the largest the cluster accepts ({limit}: last "
+                              f"committed {last_seq} + {SEQ_STEP_MAX}, at most 2**63-1)", volume=volume, seq=seq,
+                              last_seq=last_seq, local_max=local_max, limit=limit)
+    return seq
 
 
 def offer_digests(store: ChunkStore, m: Manifest, base: Manifest | None) -> list[bytes]:

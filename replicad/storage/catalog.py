@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from replicad.core.errors import RecordConflictError
+from replicad.core.errors import OutOfRangeError, RecordConflictError
 from replicad.core.floor import FloorRecord
 
 log = logging.getLogger(__name__)
@@ -152,9 +152,12 @@ class Catalog:
             ValueError: unknown state.
             RecordConflictError: a row at ``(volume, epoch, seq)`` has another root; nothing
                 is written and a WARNING names both roots.
+            OutOfRangeError: epoch, seq or a time outside SQLite's INTEGER (signed 64 bits);
+                nothing is written.
         """
         if rec.state not in STATES:
             raise ValueError(f"unknown snapshot state {rec.state!r}")
+        _in_range(rec.volume, epoch=rec.epoch, seq=rec.seq, created_at_ns=rec.created_at_ns, now_ns=now_ns)
         stored_at = time.time_ns() if now_ns is None else now_ns
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -202,6 +205,7 @@ class Catalog:
             RecordConflictError: the change is not a forward transition (e.g. ``committed``
                 back to ``received``); the record is left as it is.
         """
+        _in_range(volume, epoch=epoch, seq=seq)
         if state not in STATES:
             raise ValueError(f"unknown snapshot state {state!r}")
         with self._lock:
@@ -257,6 +261,7 @@ class Catalog:
 
     def set_standby(self, volume: str, seq: int | None, root: bytes | None) -> None:
         """Record the standby content; ``seq=None`` marks it unknown (e.g. before a rewrite)."""
+        _in_range(volume, seq=seq)
         with self._lock:
             if seq is None or root is None:
                 self._db.execute("DELETE FROM standby WHERE volume=?", (volume,))
@@ -299,3 +304,15 @@ class Catalog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+SQLITE_INT_MIN, SQLITE_INT_MAX = -2**63, 2**63 - 1
+
+
+def _in_range(volume: str, **values: int | None) -> None:
+    """OutOfRangeError unless every given int fits SQLite's INTEGER (signed 64 bits): a
+    typed refusal instead of sqlite3's ``OverflowError``."""
+    for name, value in values.items():
+        if isinstance(value, int) and not SQLITE_INT_MIN <= value <= SQLITE_INT_MAX:
+            raise OutOfRangeError(f"{volume}: {name} {value} does not fit the catalog (signed 64-bit integer)",
+                                  volume=volume, field=name, value=value)

@@ -63,6 +63,9 @@ replicad_command_refused_total                              reason             c
                                                                                (bad_signature), replayed,
                                                                                expired or revoked; 0 from
                                                                                the start
+replicad_restore_skipped_total                              volume             clean snapshots a takeover
+                                                                               could not restore from any
+                                                                               holder and skipped (counter)
 replicad_disk_free_bytes / replicad_disk_size_bytes                            ``shutil.disk_usage``
 replicad_build_info                                         version, python    constant 1
 replicad_scrape_error                                       part               1 if that part failed
@@ -228,8 +231,9 @@ class StateCollector(Collector):
         refused = CounterMetricFamily("replicad_raft_refused", "Raft connections, frames and messages refused, "
                                       "by reason (consensus.channel / consensus.guard)", labels=["site", "reason"])
         commands = CounterMetricFamily("replicad_command_refused", "Commands in the Raft log the state machine "
-                                       "refused: not signed by the site they name (bad_signature), replayed, or "
-                                       "expired (core.identity)", labels=["site", "reason"])
+                                       "refused: not signed by the site they name (bad_signature), replayed, "
+                                       "expired (core.identity), a commit naming a holder without its signed "
+                                       "acknowledgement (bad_ack), a seq or size past a bound (out_of_range)", labels=["site", "reason"])
         try:
             for reason, count in sorted(((status.get("raft") or {}).get("refused") or {}).items()):
                 if _num(count) is not None:
@@ -413,6 +417,10 @@ class SiteMetrics:
         self.peer_refusals = Counter("replicad_peer_refused_total",
                                      "Peer write requests (chunks, snapshot) this site refused, by error code",
                                      ["site", "reason"], registry=self.registry)
+        self.restores_skipped = Counter("replicad_restore_skipped_total",
+                                       "Clean committed snapshots a takeover could not restore (no holder could "
+                                       "supply their chunks after bounded retries) and skipped for an older one",
+                                       ["site", "volume"], registry=self.registry)
         self.floor_kept = Counter("replicad_floor_kept_total",
                                   "Local records the cluster state no longer lists that this site's own floor "
                                   "kept, by rule (lock, daily, weekly, monthly)", ["site", "volume", "reason"],
@@ -453,6 +461,10 @@ class SiteMetrics:
             self.commit_seconds.labels(self.site_id, volume).observe(report["commit_s"])
         if report.get("committed") and isinstance(report.get("changed_blocks"), int):
             self.changed_blocks.labels(self.site_id, volume).inc(report["changed_blocks"])
+
+    def restore_skipped(self, volume: str) -> None:
+        """Count one snapshot a takeover skipped as unrestorable (``replicad_restore_skipped_total``)."""
+        self.restores_skipped.labels(self.site_id, volume).inc()
 
     def cycle_failed(self, volume: str) -> None:
         """Record a cycle that raised."""

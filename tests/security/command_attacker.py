@@ -12,6 +12,10 @@ Modes:
 * ``forge``: commands in ``--victim``'s name, each signed with this site's own key (the only
   key it has) and one without any signature: a forced promotion, a verdict, a prune, a
   snapshot commit, a retention change, and an approval and a veto of every pending request.
+* ``bogus-commit``: in its OWN name (the primary, its own key), ``commit_snapshot`` of a root
+  stored nowhere naming ``--victim`` as a holder: the exact attack (seq 2**63-1, clean, size
+  2**50, no acknowledgement), then within the bounds without an acknowledgement, then with
+  one signed by the attacker's own key in the victim's name.
 * ``replay``: waits for a signed ``clock`` heartbeat of ``--victim`` to reach its Raft log,
   then proposes it again, byte for byte (a captured command sent twice).
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import sys
 import threading
 import time
@@ -63,7 +68,7 @@ async def wait_synced(node, volume: str, timeout_s: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="command_attacker")
-    parser.add_argument("mode", choices=["forge", "replay"])
+    parser.add_argument("mode", choices=["forge", "replay", "bogus-commit"])
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--work-dir", required=True, type=Path)
     parser.add_argument("--victim", default="site-b")
@@ -115,6 +120,26 @@ def main(argv: list[str] | None = None) -> int:
             attempts.append(unsigned)
             for command in attempts:
                 out(mode="forge", op=command["op"], by=command["by"], signed="sig" in command,
+                    error=await propose(node, command))
+        elif args.mode == "bogus-commit":
+            root = secrets.token_bytes(32)  # stored nowhere
+            me, v, epoch, last = cfg.site_id, args.victim, vol["epoch"], vol["last_seq"]
+
+            def own(**over) -> dict:
+                fields = dict(volume=args.volume, seq=last + 1, epoch=epoch, root=root, parent_seq=None,
+                              created_at_ns=time.time_ns(), holders=[me, v], stats={}, verdict="clean")
+                fields.update(over)
+                return signer.sign({"v": 1, "op": "commit_snapshot", "op_id": uuid.uuid4().hex, "by": me,
+                                    "now_ns": time.time_ns(), **fields})
+            attempts = [
+                ("exact", own(seq=2**63 - 1, size_bytes=2**50)),
+                ("no_ack", own()),
+                ("ack_by_own_key", own(acks={v: signer.sign_ack(args.volume, epoch, last + 1, root)})),
+                ("huge_seq_with_own_ack", own(seq=2**63 - 1, acks={v: signer.sign_ack(args.volume, epoch,
+                                                                                        2**63 - 1, root)})),
+            ]
+            for label, command in attempts:
+                out(mode="bogus-commit", attempt=label, op=command["op"], by=command["by"], seq=command["seq"],
                     error=await propose(node, command))
         else:
             deadline = time.monotonic() + args.wait_s

@@ -32,6 +32,11 @@ def cmd(op: str, by: str = "a", now_ns: int = NOW, sign: bool = True, **args) ->
     return SIGNERS[by].sign(command) if sign else command
 
 
+def acks(seq: int, *holders: str, epoch: int = 1, root: bytes = ROOT, volume: str = "vol") -> dict:
+    """The signed "stored" acknowledgements of ``holders`` for a commit_snapshot."""
+    return {h: SIGNERS[h].sign_ack(volume, epoch, seq, root) for h in holders}
+
+
 def run(state: dict, command: dict, trust: Trust = TRUST) -> tuple[dict, dict]:
     before = copy.deepcopy(state)
     new, result = apply(state, command, trust)
@@ -122,7 +127,7 @@ def test_public_key_text_form() -> None:
 
 def test_a_signed_command_applies(cluster: dict) -> None:
     state, res = ok(cluster, cmd("commit_snapshot", by="a", volume="vol", seq=1, epoch=1, root=ROOT,
-                                 parent_seq=None, created_at_ns=NOW, holders=["a", "b"], stats={},
+                                 parent_seq=None, created_at_ns=NOW, holders=["a", "b"], acks=acks(1, "b"), stats={},
                                  verdict="clean"))
     assert res["seq"] == 1 and 1 in state["volumes"]["vol"]["snapshots"]
 
@@ -252,7 +257,7 @@ def test_a_weakening_change_waits_for_another_site(cluster: dict) -> None:
 
 def test_clearing_a_suspect_verdict_is_a_request_too(cluster: dict) -> None:
     state, _ = ok(cluster, cmd("commit_snapshot", by="a", volume="vol", seq=1, epoch=1, root=ROOT, parent_seq=None,
-                               created_at_ns=NOW, holders=["a", "b"], stats={}, verdict="suspect"))
+                               created_at_ns=NOW, holders=["a", "b"], acks=acks(1, "b"), stats={}, verdict="suspect"))
     clear = {"volume": "vol", "seq": 1, "verdict": "clean", "reason": "bulk import"}
     refused(state, cmd("mark_verdict", by="a", **clear), "approval_required")
     refused(state, cmd("mark_verdict", by="a", approved_by=["b"], **clear), "bad_request")
@@ -349,10 +354,10 @@ def test_any_site_vetoes_a_request_before_it_takes_effect(cluster: dict) -> None
 
 def test_an_action_that_became_impossible_fails_at_its_time(cluster: dict) -> None:
     state, _ = ok(cluster, cmd("commit_snapshot", by="a", volume="vol", seq=1, epoch=1, root=ROOT, parent_seq=None,
-                               created_at_ns=NOW, holders=["a", "b"], stats={}, verdict="suspect"),
+                               created_at_ns=NOW, holders=["a", "b"], acks=acks(1, "b"), stats={}, verdict="suspect"),
                   COOLING)
     state, _ = ok(state, cmd("commit_snapshot", by="a", volume="vol", seq=2, epoch=1, root=ROOT, parent_seq=1,
-                             created_at_ns=NOW, holders=["a", "b"], stats={}, verdict="clean"), COOLING)
+                             created_at_ns=NOW, holders=["a", "b"], acks=acks(2, "b"), stats={}, verdict="clean"), COOLING)
     clear = {"volume": "vol", "seq": 1, "verdict": "clean", "reason": "r"}
     state, _ = ok(state, cmd("request", by="a", action="mark_verdict", args=clear), COOLING)
     state, _ = ok(state, cmd("approve", by="b", request="r1"), COOLING)
@@ -412,3 +417,57 @@ def test_revocation_needs_a_majority_of_all_sites_whatever_the_policy(cluster: d
     state, res = ok(cluster, cmd("request", by="a", action="revoke_site", args={"site_id": "b"}), one)
     assert res["status"] == "pending" and res["needed"] == 2
     refused(state, cmd("request", by="a", action="revoke_site", args={"site_id": "zz"}), "not_found", one)
+
+
+# --------------------------------------------------------------------------- signed "stored" acknowledgements
+
+
+def test_stored_acknowledgements_are_domain_separated_and_cover_every_field() -> None:
+    msg = identity.ack_bytes(CLUSTER, "vol", 1, 2, ROOT)
+    assert msg.startswith(b"replicad-stored-ack-v1\x00") and not msg.startswith(identity.DOMAIN)
+    sig = SIGNERS["b"].sign_ack("vol", 1, 2, ROOT)
+    pinned = TRUST.keys["b"]
+    assert identity.ack_problem(sig, pinned, CLUSTER, "vol", 1, 2, ROOT) is None
+    for other in ((CLUSTER + "x", "vol", 1, 2, ROOT), (CLUSTER, "vol2", 1, 2, ROOT), (CLUSTER, "vol", 2, 2, ROOT),
+                  (CLUSTER, "vol", 1, 3, ROOT), (CLUSTER, "vol", 1, 2, bytes(32))):
+        assert identity.ack_problem(sig, pinned, *other) == "bad acknowledgement"
+    assert identity.ack_problem(sig, TRUST.keys["a"], CLUSTER, "vol", 1, 2, ROOT) == "bad acknowledgement"
+    assert identity.ack_problem(None, pinned, CLUSTER, "vol", 1, 2, ROOT) == "missing acknowledgement"
+    assert identity.ack_problem(sig, (), CLUSTER, "vol", 1, 2, ROOT) == "no pinned key"
+    assert identity.ack_problem(sig, pinned, CLUSTER, "vol", 1, 2**64, ROOT) == "not canonical"
+    assert identity.ack_problem(sig, pinned, CLUSTER, "vol", 1, 2, ROOT, revoked=set(pinned)) == "revoked key"
+    # a command signature is never an acknowledgement, nor the reverse
+    command = SIGNERS["b"].sign({"v": 1, "op": "clock", "op_id": "x", "now_ns": NOW})
+    assert identity.ack_problem(command["sig"], pinned, CLUSTER, "vol", 1, 2, ROOT) == "bad acknowledgement"
+    assert identity.signature_problem({**command, "sig": sig}, pinned) == "bad signature"
+
+
+def test_a_commit_naming_a_holder_without_its_signed_acknowledgement_is_refused(cluster: dict) -> None:
+    """The attack: the primary (site a, its own key) names b as holder of a root b never
+    stored. Each way of faking b's word is ``bad_ack``, audited, and counted as a security refusal."""
+    def commit(**over) -> dict:
+        args = dict(volume="vol", seq=1, epoch=1, root=ROOT, parent_seq=None, created_at_ns=NOW,
+                    holders=["a", "b"], stats={}, verdict="clean")
+        args.update(over)
+        return cmd("commit_snapshot", by="a", **args)
+    assert "bad_ack" in cluster_state.COUNTED_REFUSALS and "bad_ack" not in cluster_state.IDENTITY_REFUSALS
+    for bad in ({}, {"b": b"\x00" * 64}, {"b": SIGNERS["a"].sign_ack("vol", 1, 1, ROOT)},   # a's key, b's name
+                {"b": SIGNERS["b"].sign_ack("vol", 1, 2, ROOT)},                             # another seq
+                {"b": SIGNERS["b"].sign_ack("vol", 1, 1, bytes(32))},                        # another root
+                {"b": Signer("b", KEYS["b"], "other").sign_ack("vol", 1, 1, ROOT)}):        # another cluster
+        res = refused(cluster, commit(acks=bad), "bad_ack")
+        assert res["evidence"]["holder"] == "b" and res["evidence"]["by"] == "a"
+        assert isinstance(errors.from_dict(res), errors.BadAckError)
+    refused(cluster, commit(acks={"c": SIGNERS["c"].sign_ack("vol", 1, 1, ROOT)}), "bad_request")  # not a holder
+    refused(cluster, commit(acks=["b"]), "bad_request")
+    # every other holder must vouch; the proposer need not
+    refused(cluster, commit(holders=["a", "b", "c"], acks=acks(1, "b")), "bad_ack")
+    ok(cluster, commit(holders=["a", "b", "c"], acks=acks(1, "b", "c")))
+    ok(cluster, commit(acks=acks(1, "b")))
+    # a revoked holder's acknowledgement does not count
+    revoked = {**cluster, "revoked": {"b": {"keys": list(TRUST.keys["b"]), "at_ns": NOW, "by": "a"}}}
+    assert refused(revoked, commit(acks=acks(1, "b")), "bad_ack")["evidence"]["problem"] == "revoked key"
+    # unsigned lab mode: acknowledgements are not checked, like signatures
+    unsigned = Trust(cluster_id=CLUSTER, keys=None, cooling_off_ns=0)
+    ok(cluster, cmd("commit_snapshot", by="a", sign=False, volume="vol", seq=1, epoch=1, root=ROOT, parent_seq=None,
+                    created_at_ns=NOW, holders=["a", "b"], stats={}, verdict="clean"), unsigned)

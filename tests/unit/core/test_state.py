@@ -228,21 +228,38 @@ def test_commit_snapshot_refusals(cluster):
     refused(state, {**commit(2), "volume": "nope"}, "not_found")
 
 
+def test_commit_seq_and_size_bounds(cluster):
+    """A primary's one signed commit cannot exhaust the seq space (2**63-1 in one step) nor
+    claim a size past SIZE_BYTES_MAX: both out_of_range (audited), the catalog unchanged."""
+    from replicad.core.state import SEQ_STEP_MAX, SIZE_BYTES_MAX
+    refused(cluster, commit(2**63 - 1), "out_of_range")
+    refused(cluster, commit(SEQ_STEP_MAX + 1), "out_of_range")
+    refused(cluster, commit(1, size_bytes=2**50 + 1), "out_of_range")
+    refused(cluster, {**commit(1), "stats": {"size_bytes": SIZE_BYTES_MAX * 2}}, "out_of_range")
+    state, _ = ok(cluster, commit(SEQ_STEP_MAX, size_bytes=SIZE_BYTES_MAX))
+    assert state["volumes"]["vol"]["last_seq"] == SEQ_STEP_MAX
+    refused(state, commit(2 * SEQ_STEP_MAX + 1), "out_of_range")
+    ok(state, commit(2 * SEQ_STEP_MAX))
+    refused(cluster, cmd("add_volume", volume="big", primary="a", block_size=4096, size_bytes=SIZE_BYTES_MAX + 1,
+                         min_copies=1, retention=RETENTION), "out_of_range")
+
+
 # --------------------------------------------------------------------------- holders, verdicts
 
 
 def test_add_and_remove_holder(with_snaps):
-    state, result = ok(with_snaps, cmd("add_holder", volume="vol", seq=2, site_id="c"))
+    refused(with_snaps, cmd("add_holder", by="a", volume="vol", seq=2, site_id="c"), "conflict")  # only itself
+    state, result = ok(with_snaps, cmd("add_holder", by="c", volume="vol", seq=2, site_id="c"))
     assert result["changed"] and state["volumes"]["vol"]["snapshots"][2]["holders"] == ["a", "b", "c"]
-    same, result = ok(state, cmd("add_holder", volume="vol", seq=2, site_id="c"))
+    same, result = ok(state, cmd("add_holder", by="c", volume="vol", seq=2, site_id="c"))
     assert result["changed"] is False
     state, result = ok(state, cmd("remove_holder", by="b", volume="vol", seq=2, site_id="b"))
     assert state["volumes"]["vol"]["snapshots"][2]["holders"] == ["a", "c"] and not result["under_replicated"]
     state, result = ok(state, cmd("remove_holder", by="c", volume="vol", seq=2, site_id="c"))
     assert result["under_replicated"] is True
-    refused(state, cmd("add_holder", volume="vol", seq=9, site_id="c"), "not_found")
-    refused(state, cmd("add_holder", volume="vol", seq=2, site_id="w"), "conflict")
-    refused(state, cmd("add_holder", volume="vol", seq=2, site_id="zz"), "not_found")
+    refused(state, cmd("add_holder", by="c", volume="vol", seq=9, site_id="c"), "not_found")
+    refused(state, cmd("add_holder", by="w", volume="vol", seq=2, site_id="w"), "conflict")
+    refused(state, cmd("add_holder", by="zz", volume="vol", seq=2, site_id="zz"), "not_found")
     refused(state, cmd("remove_holder", by="b", volume="vol", seq=2, site_id="a"), "conflict")
     refused(state, cmd("remove_holder", by="a", volume="vol", seq=9, site_id="a"), "not_found")
 
@@ -447,7 +464,7 @@ def test_random_commands_never_raise_and_refusals_change_nothing(trust, command_
         if not result["ok"]:
             assert result["error"] in ("bad_request", "not_found", "conflict", "stale_epoch",
                                        "not_primary", "retention_locked", "approval_required", "replayed",
-                                       "expired")
+                                       "expired", "out_of_range", "bad_ack")
             assert {k: v for k, v in _data(new).items() if k != "seen"} == \
                 {k: v for k, v in _data(state).items() if k != "seen"}
         for vol in new["volumes"].values():
