@@ -31,7 +31,8 @@ from rich.console import Console
 from rich.table import Table
 
 from replicad.ops.adminclient import call_admin
-from replicad.core.errors import ConfigError, IntegrityError, InternalError, ReplicadError, UsageError, from_dict, from_os_error
+from replicad.core.errors import (ConfigError, IntegrityError, InternalError, NotFoundError, ReplicadError, UsageError,
+                                  from_dict, from_os_error)
 
 def _console(stderr: bool) -> Console:
     """A rich console; when output is not a terminal, wide enough that tables are not cut."""
@@ -455,9 +456,12 @@ def cmd_identity_show(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Check the hash chain of an admin audit file; exit 5 (integrity) if it is broken."""
+    """Check the hash chain of an audit file (admin-audit.jsonl or peer-audit.jsonl); exit 5
+    (integrity) if it is broken, 3 (not found) if there is no such file."""
     from replicad.storage.audit import verify_chain
 
+    if not Path(args.file).is_file():  # a mistyped path must not read as "chain intact"
+        raise NotFoundError(f"no audit file at {args.file}", file=args.file)
     ok, n, bad = verify_chain(Path(args.file))
     result = {"file": args.file, "ok": ok, "n_records": n, "first_bad_seq": bad}
     _print(args, result, lambda r: console.print(

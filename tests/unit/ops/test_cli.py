@@ -57,6 +57,12 @@ def test_missing_config_file_is_a_clear_error() -> None:
     assert res.returncode == 2 and "Traceback" not in res.stderr and "cannot read" in res.stderr
 
 
+def test_audit_verify_of_a_missing_file_is_not_found_not_intact(tmp_path: Path) -> None:
+    res = run("audit", "verify", str(tmp_path / "admin-audit.jsonl"))  # a mistyped path must not pass
+    assert res.returncode == 3 and "not_found" in res.stderr and "intact" not in res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+
+
 def test_status_problems_say_why_a_site_is_degraded() -> None:
     from replicad.cli import status_problems
 
