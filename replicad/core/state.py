@@ -93,9 +93,15 @@ Authority rules (threat model: root on one site speaks with that site's identity
   (the requester counted) agreed, the action runs as the requester. A request expires
   ``trust.request_ttl_ns`` after it was made, by the majority clock. ``approved_by`` (the
   old free-text claim) is refused with ``bad_request``.
-* Revocation: ``revoke_site`` runs only as a request approved by a majority of the
-  registered sites, without cooling-off; it records the site's pinned keys in ``revoked``;
-  commands signed by them are refused (``revoked``) from then on.
+* Revocation: ``revoke_site`` (``site_id``, ``keys``: the proposer's pinned keys of the site,
+  in the signed request) runs only as a request approved by a majority of the registered
+  sites, without cooling-off; it records exactly those keys in ``revoked`` (never what the
+  applying site's config pins); commands signed by them are refused (``revoked``) from then
+  on. The site being revoked may neither approve nor veto that request (``conflict``); its
+  vetoes of other requests stay allowed. A revoked site (:func:`is_revoked`) cannot be
+  promoted (``conflict``) until, rebuilt with a new key, it registers again.
+* Clearing a suspect snapshot also clears the later ones suspect only as its descendants
+  (:func:`tainted_only`).
 * ``prune_snapshots`` (O4) refuses anything inside the lock window, the newest committed
   and the newest clean snapshot, and everything while the newest committed snapshot of
   the volume is suspect (incident in progress: pruning frozen, DESIGN §7). Ages are
@@ -656,7 +662,13 @@ def _op_register_site(state: dict, cmd: dict) -> tuple[dict, dict]:
                            site_id=site_id, max_sites=max_sites)
     entry = {"peer_url": peer_url, "kind": kind}
     sites = {**state["sites"], site_id: entry}
-    return {**state, "sites": sites}, {"ok": True, "site_id": site_id, "created": old is None}
+    new_state = {**state, "sites": sites}
+    if is_revoked(state, site_id) and cmd["by"] == site_id:
+        # signed by a key the revocation did not name (identity checked before any op): the site
+        # was rebuilt with a new key pinned in every config; it may be a holder and primary again
+        revoked = state["revoked"]
+        new_state["revoked"] = {**revoked, site_id: {**revoked[site_id], "rejoined_ns": cmd["now_ns"]}}
+    return new_state, {"ok": True, "site_id": site_id, "created": old is None}
 
 
 def _op_add_volume(state: dict, cmd: dict) -> tuple[dict, dict]:
@@ -824,6 +836,9 @@ def _op_promote(state: dict, cmd: dict) -> tuple[dict, dict]:
     force = _bool(cmd, "force")
     _check_epoch(name, vol, expected_epoch, "expected_epoch")
     _data_site(state, to, "promotion target")
+    if is_revoked(state, to):
+        raise _Refusal("conflict", f"{to!r} was revoked by a majority: it cannot become the primary of {name!r} "
+                       "(rebuild it with a new key first)", volume=name, to=to, revoked=True)
     if force:
         _data_site(state, cmd["by"], "forced promotion requester")
     else:
@@ -858,18 +873,65 @@ def _op_demote(state: dict, cmd: dict) -> tuple[dict, dict]:
                                             "previous_primary": state["volumes"][name]["primary"]}
 
 
+TAINT_STAT = "tainted_by"
+"""Stats key a primary sets (to the parent's seq) on a snapshot it commits as ``suspect`` only
+because its parent is suspect (its own score was below the threshold): the taint."""
+TAINT_REASON_PREFIX = "descends from suspect snapshot #"
+"""The same marker as a ``verdict_reason`` prefix (the primary's reason for a taint)."""
+
+
+def tainted_only(snap: dict) -> bool:
+    """True when ``snap`` is suspect only because it descends from its suspect parent (the
+    primary marked it: stats :data:`TAINT_STAT` equal to its ``parent_seq``, or a
+    ``verdict_reason`` starting with :data:`TAINT_REASON_PREFIX`). Snapshots without either
+    marker (own score above the threshold, or committed before the marker existed) are not."""
+    parent = snap.get("parent_seq")
+    if snap.get("verdict") != "suspect" or parent is None:
+        return False
+    stats = snap.get("stats") or {}
+    reason = snap.get("verdict_reason") or ""
+    return (_is_int(stats.get(TAINT_STAT)) and stats[TAINT_STAT] == parent) or \
+        reason.startswith(f"{TAINT_REASON_PREFIX}{parent}")
+
+
+def settled_verdict(vol: dict, parent_seq: Any, verdict: str, stats: dict) -> str:
+    """The verdict a commit records: ``clean`` for a snapshot marked as tainted only
+    (:data:`TAINT_STAT`) whose parent is clean by the time the commit applies (an operator
+    cleared it while the snapshot was being taken), else ``verdict`` as proposed."""
+    parent = (vol.get("snapshots") or {}).get(parent_seq) if parent_seq is not None else None
+    if verdict == "suspect" and parent is not None and parent["verdict"] == "clean" and \
+            _is_int(stats.get(TAINT_STAT)) and stats[TAINT_STAT] == parent_seq:
+        return "clean"
+    return verdict
+
+
 def _op_mark_verdict(state: dict, cmd: dict) -> tuple[dict, dict]:
+    """Set a snapshot's verdict. Clearing a suspect one (``clean``) runs only as an approved
+    request; it also clears every later snapshot that was suspect only because it descends
+    from it (:func:`tainted_only`, through a chain of such snapshots), so the primary's next
+    snapshot is judged against a clean parent. A later snapshot suspect on its own score stays
+    suspect, and so do its descendants. Result: ``cleared``, the seqs cleared with it."""
     name, vol = _volume(state, cmd)
     seq = _int(cmd, "seq")
     verdict = _choice(cmd, "verdict", VERDICTS)
     reason = _str(cmd, "reason", REASON_MAX_CHARS, empty_ok=True)
     snap = _snapshot(vol, name, seq)
+    cleared: list[int] = []
     if snap["verdict"] == "suspect" and verdict == "clean":
         # O4 / DESIGN §7: clearing a suspect snapshot re-enables its apply and pruning.
         _needs_approval(cmd, "clearing a suspect verdict", volume=name, seq=seq)
-    snap = {**snap, "verdict": verdict, "verdict_reason": reason}
-    return (_with_volume(state, name, _with_snapshot(vol, seq, snap)),
-            {"ok": True, "volume": name, "seq": seq, "verdict": verdict})
+        clean_parents = {seq}
+        for later in sorted(s for s in vol["snapshots"] if s > seq):
+            child = vol["snapshots"][later]
+            if child.get("parent_seq") in clean_parents and tainted_only(child):
+                clean_parents.add(later)
+                cleared.append(later)
+    vol = _with_snapshot(vol, seq, {**snap, "verdict": verdict, "verdict_reason": reason})
+    for later in cleared:
+        vol = _with_snapshot(vol, later, {**vol["snapshots"][later], "verdict": "clean", "verdict_reason":
+                                          f"cleared with #{seq}: suspect only as its descendant ({reason})"[:REASON_MAX_CHARS]})
+    return (_with_volume(state, name, vol),
+            {"ok": True, "volume": name, "seq": seq, "verdict": verdict, "cleared": cleared})
 
 
 def _op_set_retention(state: dict, cmd: dict) -> tuple[dict, dict]:
@@ -1045,6 +1107,7 @@ def _op_approve(state: dict, cmd: dict) -> tuple[dict, dict]:
                        status=entry["status"])
     if request_expired(state, entry):
         raise _Refusal("conflict", f"request {req_id} expired", request=req_id, expires_ns=entry["expires_ns"])
+    _not_its_own_revocation(cmd, entry, "approve")
     if cmd["by"] in entry["approvals"]:
         return state, {"ok": True, "request": req_id, "status": "pending", "approvals": list(entry["approvals"]),
                        "needed": entry["needed"], "changed": False}
@@ -1120,18 +1183,52 @@ def _apply_due_requests(state: dict, command: Any) -> tuple[dict, list[dict]]:
     return state, out
 
 
+def is_revoked(state: dict, site_id: str) -> bool:
+    """True when a majority revoked ``site_id`` through Raft (``revoke_site``) and it has not
+    rejoined since: it may not be promoted and does not count as a holder of a new snapshot.
+    A site rejoins when, rebuilt with a new key pinned in every config, it registers again
+    (``register_site`` signed by a key not revoked: ``rejoined_ns`` in its ``revoked``
+    entry); its revoked keys stay refused."""
+    entry = (state.get("revoked") or {}).get(site_id)
+    return entry is not None and "rejoined_ns" not in entry
+
+
+def _revoke_keys(cmd: dict, trust: Any) -> list[bytes]:
+    """The raw keys a ``revoke_site`` names (``keys``: ``"ed25519:<base64>"`` strings, the
+    proposer's pinned keys of the site when it made the request, inside the signed command).
+    ``bad_request`` unless they are distinct well-formed keys, at most
+    :data:`identity.MAX_KEYS_PER_SITE`, and at least one in a signed cluster. Never depends on
+    the applying site's config: every site revokes exactly the same keys."""
+    value = cmd.get("keys")
+    if not isinstance(value, list) or len(value) > identity.MAX_KEYS_PER_SITE or \
+            not all(isinstance(k, str) and len(k) <= 128 for k in value) or len(set(value)) != len(value):
+        raise _Refusal("bad_request", f"keys must be a list of at most {identity.MAX_KEYS_PER_SITE} distinct "
+                       "public keys (ed25519:<base64>)", field="keys")
+    raw = []
+    for text in value:
+        try:
+            raw.append(identity.parse_public_key(text))
+        except ValueError as err:
+            raise _Refusal("bad_request", f"keys: {err}", field="keys", key=_safe(text)) from None
+    if not raw and trust is not None and trust.keys is not None:
+        raise _Refusal("bad_request", "a revocation names the keys it revokes (the proposer's pinned keys of the "
+                       "site)", field="keys")
+    return raw
+
+
 def _op_revoke_site(state: dict, cmd: dict) -> tuple[dict, dict]:
-    """Revoke a site's identity (only as an approved request): every key pinned for it now is
-    recorded in ``revoked``; from then on every command signed by one of them is refused
-    (``revoked``), in every site's state machine, whatever the configs still pin. Its pending
-    or approved requests are cancelled and its approvals of others' pending ones withdrawn.
-    A rebuilt site with a new key (pinned in every config) speaks again."""
+    """Revoke a site's identity (only as an approved request): exactly the keys the request
+    names (``keys``, taken by the proposer from its pinned keys when it made the request) are
+    recorded in ``revoked``, added to any revoked before; from then on every command signed by
+    one of them is refused (``revoked``), in every site's state machine, whatever the configs
+    pin at apply time (a replay after a config change revokes the same keys). Its pending or
+    approved requests are cancelled and its approvals of others' pending ones withdrawn. A
+    rebuilt site with a new key (pinned in every config) speaks again."""
     site_id = _site_id(cmd, "site_id")
+    keys = _revoke_keys(cmd, cmd.get(_TRUST))
     if site_id not in state["sites"]:
         raise _Refusal("not_found", f"site {site_id!r} is not a registered site", site_id=site_id)
     _needs_approval(cmd, f"revoking {site_id!r}", site_id=site_id)
-    trust = cmd.get(_TRUST)
-    keys = sorted(trust.keys.get(site_id, ())) if trust is not None and trust.keys is not None else []
     old = (state.get("revoked") or {}).get(site_id)
     keys = sorted(set(keys) | set((old or {}).get("keys", ())))
     revoked = {**(state.get("revoked") or {}), site_id: {"keys": keys, "at_ns": cmd["now_ns"], "by": cmd["by"]}}
@@ -1146,8 +1243,18 @@ def _op_revoke_site(state: dict, cmd: dict) -> tuple[dict, dict]:
             {"ok": True, "site_id": site_id, "revoked_keys": len(keys)})
 
 
+def _not_its_own_revocation(cmd: dict, entry: dict, what: str) -> None:
+    """``conflict`` when the signing site is the one ``entry`` (a ``revoke_site`` request)
+    revokes: a compromised site may neither veto nor approve its own revocation."""
+    if entry["action"] == "revoke_site" and entry["args"].get("site_id") == cmd["by"]:
+        raise _Refusal("conflict", f"{cmd['by']!r} may not {what} request {entry['id']}: it revokes {cmd['by']!r} "
+                       "itself", request=entry["id"], by=cmd["by"], action="revoke_site", own_revocation=True)
+
+
 def _op_veto(state: dict, cmd: dict) -> tuple[dict, dict]:
-    """Any registered site stops a request that has not taken effect (pending or cooling off)."""
+    """Any registered site stops a request that has not taken effect (pending or cooling off),
+    except the request revoking that site. A site whose revocation is pending may still veto
+    other requests until the revocation applies (its vetoes only ever keep protection)."""
     req_id = _str(cmd, "request", 32)
     if cmd["by"] not in state["sites"]:
         raise _Refusal("not_found", f"site {cmd['by']!r} is not a registered site", site_id=cmd["by"])
@@ -1157,6 +1264,7 @@ def _op_veto(state: dict, cmd: dict) -> tuple[dict, dict]:
     if entry["status"] not in ("pending", "approved"):
         raise _Refusal("conflict", f"request {req_id} is {entry['status']}: only a pending or approved request "
                        "can be vetoed", request=req_id, status=entry["status"])
+    _not_its_own_revocation(cmd, entry, "veto")
     vetoed = {**entry, "status": "vetoed", "vetoed_by": cmd["by"]}
     return ({**state, "requests": {**state["requests"], req_id: vetoed}},
             {"ok": True, "request": req_id, "status": "vetoed", "vetoed_by": cmd["by"],
@@ -1215,7 +1323,7 @@ _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str],
     "request": (_op_request, frozenset({"action", "args", "reason"}), frozenset({"action", "args"})),
     "approve": (_op_approve, frozenset({"request"}), frozenset({"request"})),
     "veto": (_op_veto, frozenset({"request"}), frozenset({"request"})),
-    "revoke_site": (_op_revoke_site, frozenset({"site_id"}), frozenset({"site_id"})),
+    "revoke_site": (_op_revoke_site, frozenset({"site_id", "keys"}), frozenset({"site_id", "keys"})),
     "clock": (lambda state, cmd: (state, {"ok": True}), frozenset(), frozenset()),
 }
 

@@ -27,7 +27,8 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
     GET    /v1/requests                         [viewer] protection-weakening requests (pending, applied, expired)
     POST   /v1/requests/{request_id}/approve    [admin] this site approves the request (a command signed by it)
     POST   /v1/requests/{request_id}/veto       [admin] this site stops a request before it takes effect
-    POST   /v1/sites/{site_id}/revoke           [admin] {"reason"?}: request to revoke a site's identity (a majority)
+    POST   /v1/sites/{site_id}/revoke           [admin] {"reason"?}: request to revoke a site's identity (a majority);
+                                                the request names the keys this site pins for it
     GET    /v1/audit                            [viewer] the newest Raft audit records
     GET    /v1/audit/admin                      [viewer] this site's admin audit log + chain check
 
@@ -464,9 +465,13 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         reason = body.get("reason", "")
         if not isinstance(reason, str) or len(reason) > 1024:
             raise UsageError("reason must be a string of at most 1024 characters", field="reason")
-        if target not in {s.site_id for s in site.cfg.sites}:
+        ref = next((s for s in site.cfg.sites if s.site_id == target), None)
+        if ref is None:
             raise NotFoundError(f"unknown site {target}", site=target)
-        return await _make_request(site, "revoke_site", {"site_id": target}, reason)
+        # the request names the exact keys it revokes (this site's pinned keys of the target,
+        # inside the signed command): every site revokes those, whatever its config pins later
+        keys = sorted(set(ref.public_key)) if site.cfg.trust().signed else []
+        return await _make_request(site, "revoke_site", {"site_id": target, "keys": keys}, reason)
 
     async def retention_put(request: web.Request) -> web.Response:
         name = request.match_info["volume"]

@@ -387,9 +387,9 @@ def test_a_sites_own_longer_cooling_off_keeps_the_stronger_policy(cluster: dict)
 
 
 def test_a_majority_revokes_a_sites_key_and_its_commands_are_refused(cluster: dict) -> None:
-    refused(cluster, cmd("revoke_site", by="b", site_id="a"), "approval_required")
+    refused(cluster, cmd("revoke_site", by="b", **revoking("a")), "approval_required")
     state, _ = ok(cluster, cmd("request", by="a", action="set_retention", args=shorten()), COOLING)
-    state, res = ok(state, cmd("request", by="b", action="revoke_site", args={"site_id": "a"}), COOLING)
+    state, res = ok(state, cmd("request", by="b", action="revoke_site", args=revoking("a")), COOLING)
     assert res["needed"] == 2 and res["status"] == "pending"
     forged = {k: v for k, v in cmd("approve", by="a", request=res["request"]).items() if k != "sig"}
     forged["by"] = "c"
@@ -414,9 +414,43 @@ def test_a_majority_revokes_a_sites_key_and_its_commands_are_refused(cluster: di
 
 def test_revocation_needs_a_majority_of_all_sites_whatever_the_policy(cluster: dict) -> None:
     one = Trust(cluster_id=CLUSTER, keys=TRUST.keys, approvals=1, cooling_off_ns=0)
-    state, res = ok(cluster, cmd("request", by="a", action="revoke_site", args={"site_id": "b"}), one)
+    state, res = ok(cluster, cmd("request", by="a", action="revoke_site", args=revoking("b")), one)
     assert res["status"] == "pending" and res["needed"] == 2
-    refused(state, cmd("request", by="a", action="revoke_site", args={"site_id": "zz"}), "not_found", one)
+    refused(state, cmd("request", by="a", action="revoke_site", args={"site_id": "zz", "keys": []}), "bad_request", one)
+    refused(state, cmd("request", by="a", action="revoke_site", args={**revoking("b"), "site_id": "zz"}), "not_found",
+            one)
+
+
+def revoking(site: str, trust: Trust = TRUST) -> dict:
+    """The args of a ``revoke_site`` request: the site and the keys ``trust`` pins for it."""
+    return {"site_id": site, "keys": sorted(identity.format_public_key(k) for k in trust.keys[site])}
+
+
+def test_revocation_revokes_the_keys_named_in_the_request_whatever_the_applying_config_pins(cluster: dict) -> None:
+    """Replaying the log after the rebuilt site's new key was pinned (or at a site whose
+    config differs) revokes exactly the keys the proposer named: the new key speaks."""
+    new_key = identity.generate_private_key()
+    rotated = Trust(cluster_id=CLUSTER, keys={**TRUST.keys, "a": (*TRUST.keys["a"], identity.public_key_raw(new_key))},
+                    cooling_off_ns=0)
+    log = [cmd("request", by="b", action="revoke_site", args=revoking("a"))]
+    log.append(cmd("approve", by="c", request="r1"))
+    states = {}
+    for name, trust in (("old config", TRUST), ("new config", rotated)):
+        state = cluster
+        for command in log:
+            state, res = ok(state, command, trust)
+        assert res["status"] == "applied", res
+        states[name] = state
+    assert states["old config"]["revoked"] == states["new config"]["revoked"]
+    assert states["new config"]["revoked"]["a"]["keys"] == list(TRUST.keys["a"])
+    fresh = Signer("a", new_key, CLUSTER).sign({"v": 1, "op": "clock", "op_id": "new-1", "now_ns": NOW + 1})
+    ok(states["new config"], fresh, rotated)
+    refused(states["new config"], cmd("clock", by="a", now_ns=NOW + 2), "revoked", rotated)
+    # malformed or missing key lists are refused when the request is made
+    for keys in ([], ["ed25519:nope"], "ed25519:x", [identity.format_public_key(TRUST.keys["a"][0])] * 2):
+        refused(cluster, cmd("request", by="b", action="revoke_site", args={"site_id": "a", "keys": keys}),
+                "bad_request")
+    refused(cluster, cmd("request", by="b", action="revoke_site", args={"site_id": "a"}), "bad_request")
 
 
 # --------------------------------------------------------------------------- signed "stored" acknowledgements
@@ -471,3 +505,43 @@ def test_a_commit_naming_a_holder_without_its_signed_acknowledgement_is_refused(
     unsigned = Trust(cluster_id=CLUSTER, keys=None, cooling_off_ns=0)
     ok(cluster, cmd("commit_snapshot", by="a", sign=False, volume="vol", seq=1, epoch=1, root=ROOT, parent_seq=None,
                     created_at_ns=NOW, holders=["a", "b"], stats={}, verdict="clean"), unsigned)
+
+
+def _revoked_a(cluster: dict, trust: Trust = TRUST) -> dict:
+    """``cluster`` after b and c revoked site a (its request applied at once)."""
+    state, res = ok(cluster, cmd("request", by="b", action="revoke_site", args=revoking("a")), trust)
+    state, done = ok(state, cmd("approve", by="c", request=res["request"]), trust)
+    assert done["status"] == "applied", done
+    return state
+
+
+def test_a_revoked_site_cannot_be_promoted_until_it_rejoins_with_a_new_key(cluster: dict) -> None:
+    state, _ = ok(cluster, cmd("promote", by="a", volume="vol", to="b", expected_epoch=1))  # b is the primary
+    state = _revoked_a(state)
+    assert cluster_state.is_revoked(state, "a") and not cluster_state.is_revoked(state, "b")
+    for force in (False, True):
+        res = refused(state, cmd("promote", by="b", volume="vol", to="a", expected_epoch=2, force=force), "conflict")
+        assert res["evidence"]["revoked"] is True
+    # rebuilt with a new key pinned in every config: it registers again and is no longer excluded
+    new_key = identity.generate_private_key()
+    rotated = Trust(cluster_id=CLUSTER, keys={**TRUST.keys, "a": (*TRUST.keys["a"], identity.public_key_raw(new_key))},
+                    cooling_off_ns=0)
+    fresh = Signer("a", new_key, CLUSTER).sign({"v": 1, "op": "register_site", "op_id": "re-1", "now_ns": NOW + 1,
+                                                 "site_id": "a", "peer_url": "https://a:7443", "kind": "data"})
+    state, _ = ok(state, fresh, rotated)
+    assert not cluster_state.is_revoked(state, "a") and state["revoked"]["a"]["keys"] == list(TRUST.keys["a"])
+    ok(state, cmd("promote", by="b", volume="vol", to="a", expected_epoch=2), rotated)
+    refused(state, cmd("clock", by="a", now_ns=NOW + 2), "revoked", rotated)  # the old key stays refused
+
+
+def test_the_site_being_revoked_may_neither_veto_nor_approve_its_own_revocation(cluster: dict) -> None:
+    state, res = ok(cluster, cmd("request", by="b", action="revoke_site", args=revoking("a")), COOLING)
+    for op in ("veto", "approve"):
+        out = refused(state, cmd(op, by="a", request=res["request"]), "conflict", COOLING)
+        assert out["evidence"]["own_revocation"] is True
+    # while its revocation is pending it may still veto other requests (that only keeps protection)
+    state, other = ok(state, cmd("request", by="c", action="set_retention", args=shorten()), COOLING)
+    state, vetoed = ok(state, cmd("veto", by="a", request=other["request"]), COOLING)
+    assert vetoed["status"] == "vetoed"
+    state, done = ok(state, cmd("approve", by="c", request=res["request"]), COOLING)
+    assert done["status"] == "applied" and cluster_state.is_revoked(state, "a")

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replicad.core import errors
+from replicad.core import state as state_mod
 from replicad.core.identity import Trust
 from replicad.core.state import (APPLIED_OPS_MAX, AUDIT_MAX, apply, initial_state, newest_clean,
                             newest_committed)
@@ -262,6 +263,41 @@ def test_add_and_remove_holder(with_snaps):
     refused(state, cmd("add_holder", by="zz", volume="vol", seq=2, site_id="zz"), "not_found")
     refused(state, cmd("remove_holder", by="b", volume="vol", seq=2, site_id="a"), "conflict")
     refused(state, cmd("remove_holder", by="a", volume="vol", seq=9, site_id="a"), "not_found")
+
+
+def test_clearing_a_false_alarm_clears_the_snapshots_suspect_only_as_its_descendants(with_snaps):
+    """#4 is a false alarm; #5, #6 are suspect only as its descendants (taint, marked by the
+    primary); #7 scored suspect on its own and #8 descends from it. Clearing #4 clears #5 and
+    #6, keeps #7 and #8 suspect, and a snapshot committed after the clear whose primary still
+    saw #6 as suspect is recorded clean (its parent is clean by then)."""
+    state = with_snaps
+
+    def snap(seq: int, parent: int, taint: bool) -> dict:
+        c = commit(seq, parent_seq=parent, verdict="suspect", created_at_ns=NOW)
+        if taint:
+            c["stats"] = {**c["stats"], state_mod.TAINT_STAT: parent}
+        return c
+
+    state, _ = ok(state, commit(4, parent_seq=3, verdict="suspect", created_at_ns=NOW))
+    for seq, parent, taint in ((5, 4, True), (6, 5, True), (7, 6, False), (8, 7, True)):
+        state, _ = ok(state, snap(seq, parent, taint))
+    branch = commit(9, parent_seq=6, verdict="suspect", created_at_ns=NOW)  # a tainted one off #6 ...
+    branch["stats"] = {**branch["stats"], state_mod.TAINT_STAT: 6}
+    state, res = approved(state, "mark_verdict", by="b", approver="c", volume="vol", seq=4, verdict="clean",
+                          reason="bulk import")
+    assert res["result"]["cleared"] == [5, 6], res
+    verdicts = {q: s["verdict"] for q, s in state["volumes"]["vol"]["snapshots"].items()}
+    assert verdicts == {1: "clean", 2: "clean", 3: "clean", 4: "clean", 5: "clean", 6: "clean", 7: "suspect",
+                        8: "suspect"}
+    assert "cleared with #4" in state["volumes"]["vol"]["snapshots"][5]["verdict_reason"]
+    vol = state["volumes"]["vol"]
+    # ... taken while #6 was suspect, committed after the clear: judged against a clean parent
+    assert state_mod.settled_verdict(vol, 6, "suspect", branch["stats"]) == "clean"
+    assert state_mod.settled_verdict(vol, 7, "suspect", {state_mod.TAINT_STAT: 7}) == "suspect"
+    assert state_mod.settled_verdict(vol, 6, "suspect", {}) == "suspect"  # its own score: stays suspect
+    # the marker may also come as the primary's verdict_reason
+    assert state_mod.tainted_only({"verdict": "suspect", "parent_seq": 4, "stats": {},
+                                   "verdict_reason": "descends from suspect snapshot #4; an operator ..."})
 
 
 def test_mark_verdict_and_the_two_party_rule_to_clear_it(with_snaps):
