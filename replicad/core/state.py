@@ -735,6 +735,10 @@ def _op_commit_snapshot(state: dict, cmd: dict) -> tuple[dict, dict]:
     for holder in holders:
         _data_site(state, holder, "holder")
     _check_acks(state, cmd, name, seq, epoch, root, holders)
+    for holder in holders:  # a revoked site is no copy, whatever it acknowledged (unsigned mode too)
+        if is_revoked(state, holder):
+            raise _Refusal("conflict", f"holder {holder!r} was revoked", volume=name, seq=seq, holder=holder,
+                           revoked=True)
     # O2: a snapshot is committed only once min_copies sites stored it.
     if len(holders) < vol["min_copies"]:
         raise _Refusal("conflict", f"volume {name!r}: {len(holders)} holders < min_copies {vol['min_copies']}",
@@ -745,6 +749,8 @@ def _op_commit_snapshot(state: dict, cmd: dict) -> tuple[dict, dict]:
     if parent_seq is not None and parent_seq not in vol["snapshots"]:
         raise _Refusal("not_found", f"volume {name!r}: parent snapshot {parent_seq} is not in the catalog",
                        volume=name, seq=seq, parent_seq=parent_seq)
+    # taken while an operator cleared its parent: it descends from a clean snapshot now
+    verdict = settled_verdict(vol, parent_seq, verdict, stats)
     # O4 under clock faults: a primary whose clock runs behind would stamp fresh snapshots as
     # old, making them prunable inside the lock window; never older than a majority's time
     # (found by the chaos campaign, scenario clock-step). That time is the majority's last

@@ -228,6 +228,19 @@ class Promotion:
                 final = await self.replication.cycle(runner)  # final snapshot: no data lost
                 if not final.get("committed"):
                     raise NoQuorumError("final snapshot could not be committed; switchover aborted", volume=volume)
+                if final.get("verdict") == "suspect":
+                    # the new primary would serve the newest CLEAN snapshot: everything after it would
+                    # leave service silently, so a planned switchover refuses instead
+                    vs = self.cluster.volume_state(volume) or vs
+                    clean = newest_clean(vs)
+                    newer = sorted(s for s in vs["snapshots"] if clean is None or s > clean)
+                    raise ConflictError(
+                        f"the final snapshot #{final['seq']} of {volume} is suspect: {target} would restore "
+                        f"{'#' + str(clean) if clean is not None else 'nothing clean'} and {len(newer)} newer "
+                        f"snapshot(s) would not be in service. Review it and clear the verdict (replicad verdict, "
+                        f"approved by other sites), or roll back on purpose with 'replicad promote {volume} --force' "
+                        f"at {target}", volume=volume, final_seq=final["seq"], newest_clean=clean,
+                        newer_suspect=newer)
                 res = await self.cluster.propose("promote", volume=volume, to=target, expected_epoch=vs["epoch"],
                                                  force=False)
                 await self._step_down(runner)

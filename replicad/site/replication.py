@@ -15,7 +15,7 @@ from replicad.core import anomaly, identity
 from replicad.core.errors import (IntegrityError, NotFoundError, NotPrimaryError, OutOfRangeError, ReplicadError,
                                   StaleEpochError)
 from replicad.core.manifest import Manifest, changed_digests
-from replicad.core.state import INT_MAX, SEQ_STEP_MAX, newest_committed
+from replicad.core.state import INT_MAX, SEQ_STEP_MAX, TAINT_STAT, newest_committed
 from replicad.peer.transport import PeerClient, SharedFrames
 from replicad.site.cluster import Cluster
 from replicad.site.pull import Pull
@@ -109,7 +109,10 @@ class Replication:
             # changes nothing, scores 0, and must not become "the newest clean snapshot".
             verdict = dataclasses.replace(verdict, verdict="suspect", reason=(
                 f"descends from suspect snapshot #{runner.parent.seq}; an operator clears it with "
-                f"'replicad verdict {cfg.name} {runner.parent.seq} clean' (two sites)"))
+                f"'replicad verdict {cfg.name} {runner.parent.seq} clean' (approved by other sites)"))
+            stats = {**m.stats, TAINT_STAT: runner.parent.seq}  # suspect only by descent: cleared with its parent
+        else:
+            stats = m.stats
         t_scan = time.monotonic() - t0
         if runner.fence_flag.is_set():  # O3
             raise StaleEpochError("fenced during the cycle", volume=cfg.name, acting_epoch=epoch)
@@ -132,7 +135,7 @@ class Replication:
             return report
         await self.cluster.propose("commit_snapshot", volume=cfg.name, seq=seq, epoch=epoch, root=m.root,
                            parent_seq=runner.parent.seq if runner.parent else None, created_at_ns=m.created_at_ns,
-                           holders=holders, stats=m.stats, verdict=verdict.verdict, size_bytes=m.size_bytes,
+                           holders=holders, stats=stats, verdict=verdict.verdict, size_bytes=m.size_bytes,
                            **({"acks": {p: acks[p] for p in holders if p in acks}} if self._signs() else {}))
         report["commit_s"] = time.monotonic() - t_acked  # ship acknowledged -> Raft commit applied here
         await asyncio.to_thread(self.catalog.set_state, cfg.name, epoch, seq, "committed")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from replicad.storage.chunkstore import ChunkStore
-from replicad.core.errors import NoQuorumError
+from replicad.core.errors import ConflictError, NoQuorumError
 from replicad.lab.localcluster import LocalCluster
 from replicad.core.manifest import Manifest, iter_block_digests
 from replicad.storage.image import verify_image
@@ -316,3 +316,30 @@ def test_the_primary_snapshots_every_interval_by_itself(cluster_factory) -> None
         c.status(s)["volumes"][VOL]["standby_seq"] is not None
         and c.status(s)["volumes"][VOL]["standby_seq"] >= newest for s in ("site-b", "site-c")), 30)
     assert c.status("site-a")["volumes"][VOL]["rpo_s"] < 30
+
+
+def test_switchover_onto_a_suspect_line_is_refused_until_the_false_alarm_is_cleared(cluster: LocalCluster) -> None:
+    rng = random.Random(21)
+    a_img = cluster.sites["site-a"].volume_path(VOL)
+    good = snapshot(cluster, "site-a")
+    overwrite_blocks(a_img, list(range(1, 190, 2)), rng, random_data=True)  # a bulk re-encode: a false alarm
+    alarm = snapshot(cluster, "site-a")
+    assert alarm["verdict"] == "suspect"
+    tainted = snapshot(cluster, "site-a")  # nothing changed: suspect only because it descends from #alarm
+    assert tainted["verdict"] == "suspect"
+    with pytest.raises(ConflictError) as refused:  # it would serve #good and drop the newer snapshots silently
+        cluster.api("site-c", "POST", f"/v1/volumes/{VOL}/promote", {"to": "site-b"})
+    assert refused.value.evidence["newest_clean"] == good["seq"], refused.value.evidence
+    assert cluster.status("site-a")["volumes"][VOL]["primary"] == "site-a"
+    # operators at two sites clear the false alarm: the snapshots suspect only by descent clear with it
+    req = cluster.api("site-a", "POST", f"/v1/volumes/{VOL}/snapshots/{alarm['seq']}/verdict",
+                      {"verdict": "clean", "reason": "bulk re-encode of the archive, reviewed"})
+    cluster.api("site-b", "POST", f"/v1/requests/{req['request']}/approve", {})
+    verdicts = {s["seq"]: s["verdict"] for s in cluster.api("site-c", "GET", f"/v1/volumes/{VOL}/snapshots")
+                ["snapshots"]}
+    assert all(verdicts[s["seq"]] == "clean" for s in (alarm, tainted)), verdicts
+    res = cluster.api("site-c", "POST", f"/v1/volumes/{VOL}/promote", {"to": "site-b"})
+    assert res["primary"] == "site-b"
+    final = res["final_seq"]
+    assert {s["seq"]: s["verdict"] for s in cluster.api("site-b", "GET", f"/v1/volumes/{VOL}/snapshots")
+            ["snapshots"]}[final] == "clean"

@@ -505,6 +505,10 @@ def test_a_commit_naming_a_holder_without_its_signed_acknowledgement_is_refused(
     unsigned = Trust(cluster_id=CLUSTER, keys=None, cooling_off_ns=0)
     ok(cluster, cmd("commit_snapshot", by="a", sign=False, volume="vol", seq=1, epoch=1, root=ROOT, parent_seq=None,
                     created_at_ns=NOW, holders=["a", "b"], stats={}, verdict="clean"), unsigned)
+    # ... but a revoked holder never counts as a copy, signed or not
+    refused(revoked, cmd("commit_snapshot", by="a", sign=False, volume="vol", seq=1, epoch=1, root=ROOT,
+                         parent_seq=None, created_at_ns=NOW, holders=["a", "b"], stats={}, verdict="clean"),
+            "conflict", unsigned)
 
 
 def _revoked_a(cluster: dict, trust: Trust = TRUST) -> dict:
