@@ -120,3 +120,19 @@ def test_a_forced_promotion_skips_a_snapshot_no_holder_can_supply(tmp_path: Path
         assert "Traceback" not in c.log_tail("site-b", 2000)
     finally:
         c.stop_all()
+
+
+def test_unsigned_lab_mode_still_commits_without_acknowledgements(tmp_path: Path) -> None:
+    """``unsafe_unsigned``: receivers send no signed acknowledgement and none is checked (like
+    command signatures); the primary still counts its peers as holders and commits."""
+    c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2, unsigned=True)
+    write_image(c.sites["site-a"].volume_path(VOL), 32, random.Random(12))
+    try:
+        c.start_all()
+        c.wait_ready(60)
+        assert c.status("site-a")["identity"]["signed"] is False
+        overwrite_blocks(c.sites["site-a"].volume_path(VOL), [1], random.Random(1))
+        rep = snapshot(c, "site-a")
+        assert rep["committed"] is True and set(rep["holders"]) == {"site-a", "site-b", "site-c"}, rep
+    finally:
+        c.stop_all()
