@@ -9,7 +9,8 @@ import asyncio
 import logging
 from pathlib import Path
 
-from replicad.core.errors import IntegrityError, NotFoundError, RecordConflictError, ReplicadError
+from replicad.core.errors import (IntegrityError, NotFoundError, PeerUnavailableError, RecordConflictError,
+                                  ReplicadError)
 from replicad.core.manifest import Manifest, iter_block_digests
 from replicad.peer.transport import PeerClient, snapshot_complete
 from replicad.site.cluster import Cluster
@@ -125,22 +126,30 @@ class Pull:
                 await asyncio.to_thread(self.store.delete_corrupt, digest)
                 try:
                     await self.fetch_missing(volume, vs["epoch"] if vs else 0, [digest], holders)
-                except NotFoundError:
+                except (NotFoundError, PeerUnavailableError):  # no good copy to be had: the corruption stands
                     raise err from None
         raise AssertionError("unreachable")
 
     async def fetch_missing(self, volume: str, epoch: int, digests: list[bytes], holders: list[str]) -> None:
         """Fetch the chunks of ``digests`` this store lacks from ``holders`` in turn (verified on
-        receipt). Raises NotFoundError if some are still missing after every holder."""
+        receipt). Raises NotFoundError if some are still missing after every holder that
+        answered lacked them, PeerUnavailableError if no holder could be reached at all (a
+        takeover then waits for a holder instead of skipping the snapshot as lost)."""
         need = await asyncio.to_thread(self.store.missing, digests)
+        answered: list[str] = []
         for holder in holders:
             if not need:
                 return
             try:
                 await self.peers.fetch(self.cluster.peer_url(holder), volume, epoch, need, self.store)
+                answered.append(holder)
             except ReplicadError as err:
                 log.info("fetch from %s failed: %s", holder, err)
             need = await asyncio.to_thread(self.store.missing, need)
+        if need and holders and not answered:
+            # nobody could be asked: the chunks may well exist (holders down, link cut) — not "lost"
+            raise PeerUnavailableError(f"{len(need)} chunks of {volume} missing here and no holder reachable "
+                                       f"({', '.join(holders)})", volume=volume, missing=len(need), holders=holders)
         if need:
             raise NotFoundError(f"{len(need)} chunks of {volume} not available from any holder",
-                                volume=volume, missing=len(need), holders=holders)
+                                volume=volume, missing=len(need), holders=holders, answered=answered)

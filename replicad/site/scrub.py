@@ -9,7 +9,7 @@ import asyncio
 import logging
 import time
 
-from replicad.core.errors import IntegrityError, NotFoundError
+from replicad.core.errors import IntegrityError, NotFoundError, PeerUnavailableError
 from replicad.core.manifest import Manifest, page_entries
 from replicad.site.cluster import Cluster
 from replicad.site.pull import Pull
@@ -69,7 +69,7 @@ class Scrub:
             try:
                 await self.pull.fetch_missing(volume, vs["epoch"], [digest], holders)
                 healed += 1
-            except NotFoundError:
+            except (NotFoundError, PeerUnavailableError):  # not healed now; pending repair (repair_step)
                 lost += 1
         self.metrics.verify_done(volume, checked, len(corrupt))
         report = {"volume": volume, "seq": seq, "checked": checked,
@@ -131,7 +131,7 @@ class Scrub:
                 continue
             try:
                 await self.pull.fetch_missing(name, vs["epoch"], wanted, self.cluster.data_peers())
-            except NotFoundError as err:
+            except (NotFoundError, PeerUnavailableError) as err:
                 log.info("repair of %d chunks for %s: %s", len(wanted), name, err)
             wanted = await asyncio.to_thread(self.store.pending_repairs)
         if wanted:
