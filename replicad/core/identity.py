@@ -131,13 +131,19 @@ def signature_problem(command: Any, public_keys: Any, revoked: Any = ()) -> str 
         message = canonical_bytes(command)
     except CanonicalError:
         return "not canonical"
+    return _verify_any(public_keys, revoked, sig, message, "bad signature")
+
+
+def _verify_any(public_keys, revoked, sig: bytes, message: bytes, bad: str) -> str | None:
+    """None if ``sig`` verifies ``message`` under one of ``public_keys`` (raw Ed25519) that is
+    not in ``revoked``; ``"revoked key"`` if only a revoked one does; else ``bad``."""
     for raw in public_keys:
         try:
             Ed25519PublicKey.from_public_bytes(raw).verify(sig, message)
         except (InvalidSignature, ValueError, TypeError):
             continue
         return "revoked key" if raw in revoked else None
-    return "bad signature"
+    return bad
 
 
 def ack_bytes(cluster_id: str, volume: str, epoch: int, seq: int, root: bytes) -> bytes:
@@ -184,13 +190,7 @@ def ack_problem(sig: Any, public_keys: Any, cluster_id: str, volume: str, epoch:
         message = ack_bytes(cluster_id, volume, epoch, seq, root)
     except CanonicalError:
         return "not canonical"
-    for raw in public_keys:
-        try:
-            Ed25519PublicKey.from_public_bytes(raw).verify(sig, message)
-        except (InvalidSignature, ValueError, TypeError):
-            continue
-        return "revoked key" if raw in revoked else None
-    return "bad acknowledgement"
+    return _verify_any(public_keys, revoked, sig, message, "bad acknowledgement")
 
 
 def generate_private_key() -> Ed25519PrivateKey:
