@@ -124,14 +124,11 @@ class Housekeeping:
         live_roots = {s["root"] for s in vs["snapshots"].values()}
         lock_ns = vs["retention"]["lock_s"] * 1e9
         now = time.time_ns()
-        for seq, snap in vs["snapshots"].items():  # held and committed: the floor's calendar rules count it
-            if self.site_id in snap["holders"]:
-                rec = self.catalog.find_root(volume, snap["root"])
-                if rec is not None and rec.state == "received" and (rec.epoch, rec.seq) == (snap["epoch"], seq):
-                    await asyncio.to_thread(self.catalog.set_state, volume, rec.epoch, rec.seq, "committed")
+        # held and committed: the floor's calendar rules count it (one catalog read, in a worker thread)
+        await asyncio.to_thread(self._mark_held_committed, volume, vs)
         policy = self.floor().policy()
         self._warn_if_weaker(volume, vs["retention"], policy)
-        kept = local_floor.protected(self.catalog.floor_records(volume), policy, now)
+        kept = await asyncio.to_thread(lambda: local_floor.protected(self.catalog.floor_records(volume), policy, now))
         report["floor_kept"] = []
         for rec in self.catalog.list(volume):
             stale_received = rec.state == "received" and rec.seq <= vs["last_seq"]
@@ -158,6 +155,16 @@ class Housekeeping:
         if report["forgotten"] or force_gc or time.monotonic() - self._last_gc >= GC_EVERY_S:
             report["gc"] = await asyncio.to_thread(self.gc)
         return report
+
+    def _mark_held_committed(self, volume: str, vs: dict) -> None:
+        """Turn this site's ``received`` records of snapshots Raft lists as committed with this
+        site as a holder into ``committed`` (a commit applied while the site was down, or whose
+        apply callback ran before the record existed). Synchronous."""
+        held = {(snap["epoch"], seq, snap["root"]) for seq, snap in vs["snapshots"].items()
+                if self.site_id in snap["holders"]}
+        for rec in self.catalog.list(volume, "received"):
+            if (rec.epoch, rec.seq, rec.root) in held:
+                self.catalog.set_state(volume, rec.epoch, rec.seq, "committed")
 
     def _warn_if_weaker(self, volume: str, raft_policy: dict, policy: local_floor.FloorPolicy) -> None:
         """WARNING once per (policy, floor) pair when the Raft policy of ``volume`` is weaker
