@@ -436,7 +436,10 @@ def cmd_identity_show(args: argparse.Namespace) -> int:
     """Print this site's public key (from its key file) and every pinned key of the config."""
     from replicad.config import load_config, load_signer
 
-    cfg = load_config(Path(args.identity_config))
+    path = args.identity_config or getattr(args, "site_config", None)
+    if not path:
+        raise UsageError("replicad identity show needs the site's config: --config FILE")
+    cfg = load_config(Path(path))
     signer = load_signer(cfg)
     data = {"site_id": cfg.site_id, "cluster_id": cfg.cluster_id, "unsafe_unsigned": cfg.identity.unsafe_unsigned,
             "public_key": signer.public_key if signer else None,
@@ -639,7 +642,8 @@ def main(argv: list[str] | None = None) -> int:
     pi.set_defaults(fn=cmd_identity_init)
     ps = id_sub.add_parser("show", help="print the site's public key and every key its config pins",
                            allow_abbrev=False)
-    ps.add_argument("--config", dest="identity_config", required=True, help="the site's config file")
+    ps.add_argument("--config", dest="identity_config", default=None,
+                    help="the site's config file (also accepted before the command)")
     ps.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts")
     ps.set_defaults(fn=cmd_identity_show)
     p = command("audit", help="the admin audit log")

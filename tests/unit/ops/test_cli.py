@@ -90,3 +90,12 @@ def test_status_problems_say_why_a_site_is_degraded() -> None:
         "a restore into /var/lib/replicad/ehr-copy.img was interrupted", "ehr: last error: peer_unavailable: site-b",
         "ehr: newest snapshot #6 is suspect (newest clean: 4)", "ehr: this site is divergent (resync pending)",
         "ehr: the last snapshot was not stored at site-b: peer_unavailable: certificate has expired"]
+
+
+def test_identity_show_takes_the_config_before_or_after_the_command(sample_configs: Path) -> None:
+    cfg = str(sample_configs / "site-a.toml")
+    before, after = run("--json", "--config", cfg, "identity", "show"), run("identity", "show", "--config", cfg, "--json")
+    assert before.returncode == 0 and after.returncode == 0, (before.stderr, after.stderr)
+    assert before.stdout == after.stdout and '"site_id": "site-a"' in before.stdout
+    missing = run("identity", "show")
+    assert missing.returncode == 2 and "--config" in missing.stderr and "Traceback" not in missing.stderr
