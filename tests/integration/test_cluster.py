@@ -44,7 +44,7 @@ def committed(c: LocalCluster, site: str) -> dict[int, dict]:
 def test_replicate_commit_and_standby(cluster: LocalCluster) -> None:
     rng = random.Random(2)
     first = snapshot(cluster, "site-a")
-    assert first["committed"] and set(first["holders"]) == {"site-a", "site-b", "site-c"}
+    assert first["committed"] and set(first["holders"]) == {"site-a", "site-b", "site-c"}, first["peers"]
     overwrite_blocks(cluster.sites["site-a"].volume_path(VOL), [5, 50, 100], rng)
     second = snapshot(cluster, "site-a")
     assert second["changed_blocks"] == 3

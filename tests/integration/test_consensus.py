@@ -356,6 +356,10 @@ def test_a_primary_cut_off_from_the_leader_takes_over_through_the_third_node(tmp
                                                    consumers=[consensus._StateConsumer(None)]))
         leader = wait_for(lambda: next((o for o in objs if o._isLeader()), None), "a leader")
         cut, third = [o for o in objs if o is not leader]
+        # both followers must have heard this leader (its lease holds at each) before the cut: a
+        # follower that had not yet would grant the cut node's pre-vote and let its term move
+        wait_for(lambda: all(o._getLeader() is not None and o._getLeader().id == leader._SyncObj__selfNode.id
+                             for o in (cut, third)), "both followers follow the leader")
 
         def drop_to(src, dst):
             real, dst_id = src._SyncObj__transport.send, dst._SyncObj__selfNode.id
