@@ -160,6 +160,8 @@ def test_connection_flood_and_silent_connections_are_closed(cluster: LocalCluste
 # --------------------------------------------------------------------------- site-a's daemon replaced by the attacker
 
 
+# timing: the attacker's connection as site-a can lose to the real site-a's, and its messages are then never read (seen once in 3 full runs)
+@pytest.mark.flaky(reruns=2)
 def test_forged_state_and_term_inflation_from_the_attacker_site_are_refused(cluster: LocalCluster,
                                                                              baseline: dict) -> None:
     cluster.kill("site-a")  # the attacker replaces its site's daemon with its own code
