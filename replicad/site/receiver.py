@@ -133,8 +133,9 @@ class Receiver:
         if self.catalog.find_root(volume, root) is not None:
             return
         vs = self.cluster.volume_state(volume) or {"last_seq": 0}
-        self._check_manifest(volume, seq, root, vs)
-        ahead = [r.seq for r in self.catalog.list(volume, "received") if r.seq > vs["last_seq"]]
+        await asyncio.to_thread(self._check_manifest, volume, seq, root, vs)  # a manifest load: not on the loop
+        ahead = [r.seq for r in await asyncio.to_thread(self.catalog.list, volume, "received")
+                 if r.seq > vs["last_seq"]]
         if len(ahead) >= MAX_UNCOMMITTED_RECEIVED:
             raise QuotaExceededError(
                 f"{volume}: {len(ahead)} snapshots announced here are not committed yet (limit "
