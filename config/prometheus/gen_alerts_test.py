@@ -184,6 +184,13 @@ case("A site revoked",
       ("5m", "ReplicadSiteRevoked", [exp("ReplicadSiteRevoked", {"site": "site-b"})]),
       ("50m", "ReplicadSiteRevoked", [])])
 
+case("clock ahead: fires after 5m over a minute ahead, not for a site behind or silent",
+     [('replicad_clock_offset_seconds{site="site-a", peer="site-b"}', "0 0 3600x12"),
+      ('replicad_clock_offset_seconds{site="site-a", peer="site-c"}', "0 -5 -600x12")],
+     [("1m", "ReplicadClockAhead", []),
+      ("4m", "ReplicadClockAhead", []),
+      ("8m", "ReplicadClockAhead", [exp("ReplicadClockAhead", {"site": "site-a", "peer": "site-b"}, 3600)])])
+
 case("Raft traffic refused",
      [('replicad_raft_refused_total{site="site-a", reason="readonly_node"}', "0 0 5x20"),
       ('replicad_raft_refused_total{site="site-b", reason="readonly_node"}', "0x22")],

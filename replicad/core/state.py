@@ -136,6 +136,15 @@ SNAPSHOTS_MAX = 10_000  # per volume: > 1 year of hourly snapshots, or 34 days e
 STATS_MAX_CHARS = 4096  # all keys and string values of one snapshot's stats together
 CLOCK_REPORT_PERIOD_NS = 5_000_000_000  # every site reports its clock at least this often (daemon heartbeat)
 CLOCK_LAG_MARGIN_NS = 2 * CLOCK_REPORT_PERIOD_NS  # how far a majority's reported time may trail the truth
+CLOCK_AHEAD_MARGIN_NS = 600_000_000_000
+"""How far ahead of the majority's clock (:func:`quorum_now_ns`) a snapshot may be stamped: a
+later stamp is capped at that clock plus this margin. A primary whose clock jumped forward (a
+year, in a field report) would otherwise make its snapshots unprunable for as long, and RPO
+read negative. It is a cap, not a reset to the majority's time: a stamp moved *back* could
+start the lock early, and the majority's reports trail the truth by a report period in the
+normal case but by more when heartbeats stall; ten minutes of staleness is what the cap
+assumes (an honest stamp leads the majority's reports by :data:`CLOCK_LAG_MARGIN_NS` plus NTP
+error, seconds)."""
 INT_MAX = 2**63 - 1
 SITE_KINDS = ("data", "witness")
 VERDICTS = ("clean", "suspect")
@@ -268,6 +277,19 @@ def quorum_now_ns(state: dict) -> int | None:
     if not sites or len(clocks) < majority:
         return None
     return clocks[majority - 1]
+
+
+def clock_offsets_ns(state: dict) -> dict[str, int]:
+    """``{site_id: ns}``: each registered site's last reported clock (``state["clocks"]``) minus
+    :func:`quorum_now_ns`; {} while fewer than a majority reported. A large positive offset is a
+    clock ahead (its snapshots are restamped, :data:`CLOCK_AHEAD_MARGIN_NS`); a negative one is a
+    clock behind *or* a site that stopped reporting (down, cut off): read it with peer_up."""
+    quorum_now = quorum_now_ns(state)
+    if quorum_now is None:
+        return {}
+    sites = state.get("sites", {})
+    return {site: t - quorum_now for site, t in state.get("clocks", {}).items()
+            if site in sites and isinstance(t, int)}
 
 
 def newest_committed(vol_state: dict) -> int | None:
@@ -760,15 +782,25 @@ def _op_commit_snapshot(state: dict, cmd: dict) -> tuple[dict, dict]:
     # A stamp only a little behind (less than the margin) is left alone: a commit that waited
     # for a straggler is stamped at its scan, before clocks other sites reported meanwhile;
     # dating it ahead would make RPO negative (found by a tester: RPO -9 s, a replica down).
+    # The other way (issue "Lose nothing", item 12): a primary whose clock jumped ahead would
+    # date snapshots a year out: unprunable for a year, RPO negative. A stamp further ahead of
+    # the majority's clock than CLOCK_AHEAD_MARGIN_NS is capped there (the result says so: the
+    # primary logs it, and replicad_clock_offset_seconds shows the offset).
     quorum_now = quorum_now_ns(state)
+    stamped_ns = created_at_ns
     if quorum_now is not None and created_at_ns < quorum_now - CLOCK_LAG_MARGIN_NS:
         created_at_ns = quorum_now + CLOCK_LAG_MARGIN_NS
+    elif quorum_now is not None and created_at_ns > quorum_now + CLOCK_AHEAD_MARGIN_NS:
+        created_at_ns = quorum_now + CLOCK_AHEAD_MARGIN_NS
     snap = {"root": root, "epoch": epoch, "parent_seq": parent_seq, "created_at_ns": created_at_ns,
             "holders": list(holders), "verdict": verdict, "verdict_reason": "", "stats": stats}
     vol = {**_with_snapshot(vol, seq, snap), "last_seq": seq}
     if size_bytes is not None and size_bytes > vol["size_bytes"]:
         vol["size_bytes"] = size_bytes
-    return _with_volume(state, name, vol), {"ok": True, "volume": name, "seq": seq, "epoch": epoch}
+    result = {"ok": True, "volume": name, "seq": seq, "epoch": epoch}
+    if created_at_ns != stamped_ns:
+        result["restamped"] = {"from_ns": stamped_ns, "to_ns": created_at_ns}
+    return _with_volume(state, name, vol), result
 
 
 def _check_acks(state: dict, cmd: dict, name: str, seq: int, epoch: int, root: bytes, holders: list) -> None:

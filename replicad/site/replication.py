@@ -133,11 +133,16 @@ class Replication:
             log.warning("snapshot %s#%d stored at %d site(s), min_copies=%d: not committed", cfg.name, seq,
                         len(holders), cfg.min_copies)
             return report
-        await self.cluster.propose("commit_snapshot", volume=cfg.name, seq=seq, epoch=epoch, root=m.root,
+        committed = await self.cluster.propose("commit_snapshot", volume=cfg.name, seq=seq, epoch=epoch, root=m.root,
                            parent_seq=runner.parent.seq if runner.parent else None, created_at_ns=m.created_at_ns,
                            holders=holders, stats=stats, verdict=verdict.verdict, size_bytes=m.size_bytes,
                            **({"acks": {p: acks[p] for p in holders if p in acks}} if self._signs() else {}))
         report["commit_s"] = time.monotonic() - t_acked  # ship acknowledged -> Raft commit applied here
+        restamped = committed.get("restamped") if isinstance(committed, dict) else None
+        if restamped:
+            log.warning("snapshot %s#%d: its stamp was moved by %+.0f s to the majority's clock (this site's "
+                        "clock is off: check NTP; replicad_clock_offset_seconds shows by how much)",
+                        cfg.name, seq, (restamped["to_ns"] - restamped["from_ns"]) / 1e9)
         await asyncio.to_thread(self.catalog.set_state, cfg.name, epoch, seq, "committed")
         runner.parent = m
         report["committed"] = True

@@ -58,6 +58,10 @@ replicad_raft_term / _commit_index / _last_applied_index                       R
 replicad_raft_peer_up                                       peer               Raft partner connected
 replicad_raft_refused_total                                 reason             Raft traffic refused (counter)
 replicad_sites_revoked                                                         Raft state: revoked sites
+replicad_clock_offset_seconds                               peer               Raft state: a site's last
+                                                                               reported clock minus the
+                                                                               majority's clock; > 0 = ahead
+                                                                               (< 0 also when it is silent)
 replicad_command_refused_total                              reason             commands in the Raft log the
                                                                                state machine refused as forged
                                                                                (bad_signature), replayed,
@@ -96,6 +100,7 @@ from prometheus_client.registry import Collector
 
 from replicad import __version__
 from replicad.core.anomaly import score_of
+from replicad.core import state as cluster_state
 from replicad.core.roles import ROLES
 
 if TYPE_CHECKING:
@@ -147,6 +152,9 @@ STATE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "replicad_raft_has_leader": ("1 if this site knows a Raft leader", ()),
     "replicad_raft_has_quorum": ("1 if this site's Raft node is in contact with a majority", ()),
     "replicad_sites_revoked": ("sites whose keys a majority revoked through Raft (replicad revoke)", ()),
+    "replicad_clock_offset_seconds": ("A site's last clock report (Raft state) minus the majority's clock "
+                                      "(core.state.quorum_now_ns): > 0 = its clock is ahead; < 0 = behind, or "
+                                      "the site is silent", ("peer",)),
     "replicad_raft_term": ("Current Raft term", ()),
     "replicad_raft_commit_index": ("Raft commit index", ()),
     "replicad_raft_last_applied_index": ("Last Raft log index applied here", ()),
@@ -244,6 +252,8 @@ class StateCollector(Collector):
             self._raft(status, put)
             if self.state_fn is not None:
                 put("replicad_sites_revoked", len(state.get("revoked") or {}))
+                for site, offset_ns in sorted(cluster_state.clock_offsets_ns(state).items()):
+                    put("replicad_clock_offset_seconds", offset_ns / 1e9, site)
             self._volumes(status, state, put)
             self._store(status, put)
         except Exception as err:  # noqa: BLE001 — a malformed status must not turn /metrics into a 500

@@ -397,6 +397,20 @@ class Simulation:
         self.sync(site, force=True)
         return result
 
+    def heartbeat(self, site: Site) -> None:
+        """The daemon's clock heartbeat (``SiteDaemon._clock_loop``, every 5 s; here once a
+        step): a running site in the majority reports its clock through Raft. Not logged and
+        draws no randomness, so a seed's faults and workload are those it had before."""
+        if not site.running or not self.has_majority(site):
+            return
+        self.op_counter += 1
+        cmd = {"v": 1, "op": "clock", "op_id": f"{site.site_id}-{self.op_counter}", "by": site.site_id,
+               "now_ns": self.now_ns(site)}
+        after, result = apply(self.state, cmd)
+        self.on_committed(site, cmd, result, self.state, after)
+        self.states.append(after)
+        self.entries.append((cmd, result))
+
     @staticmethod
     def _brief(args: dict) -> str:
         keep = ("seq", "epoch", "to", "expected_epoch", "force", "seqs", "holders", "site_id", "verdict")
@@ -1075,6 +1089,8 @@ class Simulation:
             self.random_faults()
         self.workload()
         self.deliver()
+        for sid in sorted(self.sites):
+            self.heartbeat(self.sites[sid])
         order = [self.sites[sid] for sid in sorted(self.sites)]
         self.rng.shuffle(order)
         for site in order:

@@ -200,7 +200,8 @@ def test_add_volume(cluster):
 
 
 def test_commit_snapshot(cluster):
-    state, result = ok(cluster, commit(1, size_bytes=2 << 30))
+    # stamped at the fixture's majority clock (a month ago): a stamp far ahead of it is capped
+    state, result = ok(cluster, commit(1, size_bytes=2 << 30, created_at_ns=NOW - 30 * 86400 * S))
     assert result == {"ok": True, "volume": "vol", "seq": 1, "epoch": 1}
     vol = state["volumes"]["vol"]
     assert vol["last_seq"] == 1 and vol["size_bytes"] == 2 << 30
@@ -573,6 +574,27 @@ def test_a_primary_clock_behind_cannot_age_its_snapshots(cluster):
     # clamped to the majority's time plus the lag of its reports (CLOCK_LAG_MARGIN_NS)
     assert state["volumes"]["vol"]["snapshots"][1]["created_at_ns"] == NOW + CLOCK_LAG_MARGIN_NS
     refused(state, cmd("prune_snapshots", volume="vol", seqs=[1], now_ns=NOW + 60 * S), "retention_locked")
+
+
+def test_a_primary_clock_ahead_cannot_date_snapshots_into_the_future(cluster):
+    """Issue "Lose nothing", item 12: a primary whose clock jumped a year ahead stamped its
+    snapshots a year out (unprunable for a year, RPO -3.15e7 s). Dated at the majority's
+    time plus a margin; the result says so; the clock offsets show which site is ahead."""
+    from replicad.core.state import CLOCK_AHEAD_MARGIN_NS, clock_offsets_ns
+
+    state = cluster
+    year = 365 * 86400 * S
+    state, _ = ok(state, cmd("clock", by="a", now_ns=NOW + year))
+    for site in ("b", "c", "w"):
+        state, _ = ok(state, cmd("clock", by=site, now_ns=NOW))
+    state, result = ok(state, commit(1, created_at_ns=NOW + year, now_ns=NOW + year))
+    assert state["volumes"]["vol"]["snapshots"][1]["created_at_ns"] == NOW + CLOCK_AHEAD_MARGIN_NS
+    assert result["restamped"] == {"from_ns": NOW + year, "to_ns": NOW + CLOCK_AHEAD_MARGIN_NS}
+    # a stamp inside the margin keeps its value and says nothing
+    state, result = ok(state, commit(2, created_at_ns=NOW + CLOCK_AHEAD_MARGIN_NS, now_ns=NOW + year))
+    assert state["volumes"]["vol"]["snapshots"][2]["created_at_ns"] == NOW + CLOCK_AHEAD_MARGIN_NS
+    assert "restamped" not in result
+    assert clock_offsets_ns(state) == {"a": year, "b": 0, "c": 0, "w": 0}
 
 
 def test_lock_window_of_a_clamped_stamp_never_starts_early(cluster):

@@ -42,7 +42,10 @@ def raft_state() -> dict:
         2: {"verdict": "clean", "created_at_ns": NOW_NS - 20 * MIN_NS, "stats": stats(4, 1), "holders": ["a", "b"]},
         3: {"verdict": "suspect", "created_at_ns": NOW_NS - 5 * MIN_NS, "stats": stats(50, 40), "holders": ["a"]},
     }
-    return {"volumes": {"ehr": {"primary": "site-a", "epoch": 4, "snapshots": snaps, "last_seq": 3}}}
+    sites = {s: {"kind": "data"} for s in ("site-a", "site-b", "site-c")}
+    clocks = {"site-a": NOW_NS + 3600 * 10**9, "site-b": NOW_NS, "site-c": NOW_NS - 10**9}
+    return {"volumes": {"ehr": {"primary": "site-a", "epoch": 4, "snapshots": snaps, "last_seq": 3}},
+            "sites": sites, "clocks": clocks}
 
 
 def site_status(role: str = "replica", standby_seq: int | None = 1) -> dict:
@@ -206,3 +209,11 @@ def test_every_declared_gauge_is_emitted_for_a_full_status(tmp_path: Path) -> No
     smp = samples(make(tmp_path, st, raft_state()))
     assert set(STATE_GAUGES) <= names(smp)
     assert all(n.startswith(("replicad_", "process_", "python_")) for n in names(smp))
+
+
+def test_clock_offsets_are_read_against_the_majority_clock(tmp_path: Path) -> None:
+    """site-a reports a clock an hour ahead: its offset is +3600 s; the majority's clock (the
+    second newest of three reports) is site-b's."""
+    smp = samples(make(tmp_path, site_status(), raft_state()))
+    offset = {dict(labels)["peer"]: v for (name, labels), v in smp.items() if name == "replicad_clock_offset_seconds"}
+    assert offset == {"site-a": 3600.0, "site-b": 0.0, "site-c": -1.0}
