@@ -19,9 +19,11 @@ pysyncobj, sqlite3) are translated into this tree at the adapter that met them.
     │   ├── RetentionLockedError                delete inside the retention lock (O4)
     │   ├── ApprovalRequiredError               two-party rule: a second site's approval is missing
     │   ├── RecordConflictError                 a snapshot record held here would be replaced (write-once)
-    │   └── QuotaExceededError          (429)   a peer sent more than a snapshot in flight can need
+    │   ├── QuotaExceededError          (429)   a peer sent more than a snapshot in flight can need
+    │   └── SourceShrunkError                   a volume's source is smaller than its last snapshot
     ├── IntegrityError                 exit 5   digest/root mismatch: never served, never stored
     │   ├── RestoreVerifyError                  restored image root != manifest root (O5)
+    │   │   └── TakeoverRestoreError            a promotion's restore failed O5, and so did its full rewrite
     │   └── JournalDamagedError                 the Raft journal is damaged before its tail: refuse to start
     ├── ProtocolError                  exit 6
     │   ├── RemoteProtocolError                 a peer sent something malformed (its fault)
@@ -176,6 +178,16 @@ class QuotaExceededError(ConflictError):
     http_status = 429
 
 
+class SourceShrunkError(ConflictError):
+    """A volume's source (its image file or device) is smaller than the parent snapshot and
+    the operator did not say the volume was shrunk on purpose (``[volumes.source]
+    allow_shrink``): a truncated image, a device that came back smaller. Nothing is stored or
+    committed; standbys stay as they are. Evidence: ``volume``, ``path``, ``size_bytes`` (now),
+    ``parent_size_bytes``, ``parent_seq``."""
+
+    code = "source_shrunk"
+
+
 class IntegrityError(ReplicadError):
     """Content does not match its digest: a corrupt chunk, page, manifest or pack."""
 
@@ -188,6 +200,16 @@ class RestoreVerifyError(IntegrityError):
     """A restored image's Merkle root differs from the snapshot manifest's root (O5)."""
 
     code = "restore_verify_failed"
+
+
+class TakeoverRestoreError(RestoreVerifyError):
+    """A promotion's in-place restore failed its O5 check and so did the one fallback, a full
+    rewrite of every block from this site's store: the store or the disk under the volume
+    cannot be trusted here. Not retried in a loop (the takeover is tried again only after a
+    growing backoff); promote another site or repair this one. Evidence: ``volume``, ``seq``,
+    both roots, ``first_differing_page``."""
+
+    code = "takeover_restore_failed"
 
 
 class JournalDamagedError(IntegrityError):

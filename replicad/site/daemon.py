@@ -68,6 +68,7 @@ from replicad.site.recovery import Recovery, recover_restores
 from replicad.site.replication import Replication
 from replicad.site.runner import VolumeRunner
 from replicad.site.scrub import Scrub
+from replicad.site.standby import StandbyCheck
 from replicad.site.status import Status
 from replicad.site.volumes import VolumeLoop
 from replicad.storage.audit import AuditLog
@@ -112,6 +113,7 @@ class SiteDaemon:
     volumes: VolumeLoop
     recovery: Recovery
     scrub: Scrub
+    standby: StandbyCheck
     housekeeping: Housekeeping
     status: Status
 
@@ -190,6 +192,7 @@ class SiteDaemon:
             self._tasks.append(asyncio.create_task(self.volumes.run_volume(runner),
                                                    name=f"volume:{runner.cfg.name}"))
         self._tasks.append(asyncio.create_task(self.housekeeping.retention_loop(), name="retention"))
+        self._tasks.append(asyncio.create_task(self.standby.loop(), name="standby-check"))
         self._tasks.append(asyncio.create_task(self._clock_loop(), name="clock"))
         log.info("site %s started: peer %s admin %s raft %s", self.site_id, self.cfg.peer_listen,
                  self.cfg.admin_listen, me.raft)
@@ -206,7 +209,8 @@ class SiteDaemon:
                                   self.metrics)
         self.recovery = Recovery(cluster, lambda: self.cfg, self.data_dir, store, catalog, runners, self.pull,
                                  self.interrupted_restores)
-        self.scrub = Scrub(cluster, store, runners, self.pull, self.metrics)
+        self.standby = StandbyCheck(cluster, store, catalog, runners, self.pull, lambda: self.cfg.scrub, self.metrics)
+        self.scrub = Scrub(cluster, store, runners, self.pull, self.metrics, self.standby)
         self.receiver = Receiver(cluster, store, catalog, self.metrics, AuditLog(self.data_dir / "peer-audit.jsonl"),
                                  signer=self._signer)
         self.housekeeping = Housekeeping(cluster, store, catalog, runners, self.scrub.repair_step,

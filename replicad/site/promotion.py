@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from replicad.core.errors import ConflictError, NoQuorumError, NotFoundError, NotPrimaryError, ReplicadError, UsageError
+from replicad.core.backoff import Backoff
+from replicad.core.errors import (ConflictError, NoQuorumError, NotFoundError, NotPrimaryError, ReplicadError,
+                                  RestoreVerifyError, TakeoverRestoreError, UsageError)
 from replicad.core.manifest import Manifest
 from replicad.core.state import newest_clean
 from replicad.site.cluster import Cluster
@@ -29,7 +31,7 @@ from replicad.telemetry.metrics import SiteMetrics
 log = logging.getLogger("replicad.site.promotion")
 
 RESTORE_ATTEMPTS = 3        # tries of one snapshot at a takeover before it is skipped for an older one
-RESTORE_BACKOFF_S = 1.0     # wait after the first failed try, doubled after each (1 s, 2 s)
+RESTORE_BACKOFF_S = 2.0     # bound of the first wait (core/backoff.py: 1-2 s, then 2-4 s)
 UNRESTORABLE_FOR_S = 600.0  # a skipped snapshot is not tried again by this site for this long
 
 
@@ -64,7 +66,7 @@ class Promotion:
         """The newest clean committed snapshot this site holds completely or can fetch:
         ``(seq, manifest, skipped seqs)``. A snapshot whose chunks no holder supplies
         (NotFoundError from the pull, after its own attempts) is tried :data:`RESTORE_ATTEMPTS`
-        times with a doubling backoff from :data:`RESTORE_BACKOFF_S`, then skipped for the next
+        times with an exponential backoff with jitter from :data:`RESTORE_BACKOFF_S`, then skipped for the next
         older clean one: logged at ERROR, counted (``replicad_restore_skipped_total``), and not
         tried again for :data:`UNRESTORABLE_FOR_S` (a takeover never wedges on a snapshot nobody
         can supply: its holders lost it, or a primary committed a root nobody stored).
@@ -79,17 +81,17 @@ class Promotion:
             if time.monotonic() - self._unrestorable.get(key, -UNRESTORABLE_FOR_S) < UNRESTORABLE_FOR_S:
                 skipped.append(seq)
                 continue
-            delay = RESTORE_BACKOFF_S
+            backoff = Backoff(base_s=RESTORE_BACKOFF_S, max_s=8 * RESTORE_BACKOFF_S)
             for attempt in range(1, RESTORE_ATTEMPTS + 1):
                 try:
                     return seq, await self.pull.ensure_snapshot(name, seq, vs), skipped
                 except NotFoundError as err:
                     last_err = err
                     if attempt < RESTORE_ATTEMPTS:
+                        delay = backoff.failed()
                         log.warning("volume %s: restoring clean snapshot #%d failed (try %d of %d): %s; retrying in "
-                                    "%.0fs", name, seq, attempt, RESTORE_ATTEMPTS, err, delay)
+                                    "%.1fs", name, seq, attempt, RESTORE_ATTEMPTS, err, delay)
                         await asyncio.sleep(delay)
-                        delay *= 2
             self._unrestorable[key] = time.monotonic()
             skipped.append(seq)
             if self.metrics is not None:
@@ -105,7 +107,78 @@ class Promotion:
     async def become_primary(self, runner: VolumeRunner, vs: dict) -> None:
         """Granted primary at ``vs['epoch']``: restore the newest clean snapshot that can be
         restored (O5; one no holder can supply is skipped, :meth:`_restorable`), then act.
-        ``runner.last_report``: ``restored_seq``, ``skipped_seqs``, timings."""
+        ``runner.last_report``: ``restored_seq``, ``skipped_seqs``, ``standby_trusted``,
+        ``full_rewrite``, timings. A failure is kept in ``runner.takeover_error`` (and
+        ``takeover_settled`` set) for the waiting ``promote``; the volume loop retries it after
+        its backoff. Raises TakeoverRestoreError (:meth:`_restore_in_place`) and the pull's errors."""
+        try:
+            await self._become_primary(runner, vs)
+        except ReplicadError as err:
+            runner.takeover_error = err
+            runner.takeover_settled.set()
+            raise
+        runner.takeover_error = None
+        runner.takeover_settled.set()
+
+    async def _restore_in_place(self, runner: VolumeRunner, seq: int, manifest: Manifest,
+                                report: dict[str, Any]) -> Any:
+        """Make the volume's image hold ``manifest`` and prove it (O5); returns the apply report.
+
+        The standby record is a base (only differing pages rewritten) only if the standby was
+        verified to hold it (:meth:`VolumeRunner.trusts_standby`); otherwise every block is read
+        and compared. If the O5 re-read then fails (a bit flipped in the image since it was
+        verified, a disk that lies), the store is what is trusted: the image is rewritten whole
+        from it (:func:`apply_snapshot` ``rewrite_all``) and verified again — once. If that fails
+        too: TakeoverRestoreError (logged at ERROR, counted), never a loop of O5 failures."""
+        name = runner.cfg.name
+        path = Path(runner.cfg.path)
+        standby = self.catalog.standby(name)
+        trusted = standby is not None and runner.trusts_standby(standby.root) and self.store.has(standby.root)
+        base = None
+        if trusted:
+            base = manifest if standby.root == manifest.root else load_manifest(self.store, standby.root)
+        report["standby_trusted"] = trusted
+        report["full_rewrite"] = False
+        applied = await self.pull.apply_repairing(name, path, manifest, base=base)
+        try:
+            await asyncio.to_thread(verify_image, path, manifest)  # O5
+            return applied
+        except RestoreVerifyError as err:
+            first_err = err
+        runner.standby_verified_root = None
+        runner.standby_state = "damaged"
+        if self.metrics is not None:
+            self.metrics.standby_damaged(name)
+        log.warning("volume %s: the restored image failed its O5 check (%s, first differing page %s; standby %s): "
+                    "rewriting every block from the store", name, first_err,
+                    first_err.evidence.get("first_differing_page"), "trusted" if trusted else "compared")
+        await asyncio.to_thread(self.catalog.set_standby, name, None, None)
+        t0 = time.monotonic()
+        report["full_rewrite"] = True
+        try:
+            applied = await self.pull.apply_repairing(name, path, manifest, rewrite_all=True)
+            await asyncio.to_thread(verify_image, path, manifest)  # O5, again
+        except RestoreVerifyError as err:
+            if self.metrics is not None:
+                self.metrics.takeover_rewrite(name, False)
+            log.error("volume %s: TAKEOVER FAILED at %s: snapshot #%d does not verify even after a full rewrite from "
+                      "the store (%s); promote another site, or check this site's disk and run replicad verify",
+                      name, self.site_id, seq, err)
+            raise TakeoverRestoreError(
+                f"{name}: snapshot #{seq} written into {path} at {self.site_id} failed its O5 check, and again after "
+                "rewriting every block from the store: this site's disk or store cannot be trusted; promote another "
+                "site or repair this one", volume=name, seq=seq, path=str(path),
+                expected_root=err.evidence.get("expected_root"), actual_root=err.evidence.get("actual_root"),
+                first_differing_page=err.evidence.get("first_differing_page")) from None
+        if self.metrics is not None:
+            self.metrics.takeover_rewrite(name, True)
+        report["full_rewrite_s"] = time.monotonic() - t0
+        log.warning("volume %s: full rewrite of #%d from the store verified (O5) in %.2fs", name, seq,
+                    report["full_rewrite_s"])
+        return applied
+
+    async def _become_primary(self, runner: VolumeRunner, vs: dict) -> None:
+        """:meth:`become_primary` itself."""
         name = runner.cfg.name
         t0 = time.monotonic()
         seq = newest_clean(vs)
@@ -123,16 +196,10 @@ class Promotion:
             seq, manifest, skipped = await self._restorable(name, vs)
             report.update(restored_seq=seq, skipped_seqs=skipped)
             t_fetched = time.monotonic()
-            standby = self.catalog.standby(name)
-            base = None
-            if standby is not None and standby.root != manifest.root and self.store.has(standby.root):
-                base = load_manifest(self.store, standby.root)
-            elif standby is not None and standby.root == manifest.root:
-                base = manifest
-            applied = await self.pull.apply_repairing(name, Path(runner.cfg.path), manifest, base=base)
+            applied = await self._restore_in_place(runner, seq, manifest, report)
             t_applied = time.monotonic()
-            await asyncio.to_thread(verify_image, runner.cfg.path, manifest)  # O5
             await asyncio.to_thread(self.catalog.set_standby, name, seq, manifest.root)
+            runner.standby_proven(manifest.root, time.time_ns())  # O5 re-read the whole image
             runner.parent = manifest
             report.update(blocks_written=applied.blocks_written, bytes_written=applied.bytes_written,
                           phases={"fetch_s": t_fetched - t0, "write_s": t_applied - t_fetched,
@@ -178,13 +245,15 @@ class Promotion:
             async with self._scan_slots:
                 res = await take_snapshot(Path(runner.cfg.path), volume=name, seq=seq, epoch=old_epoch,
                                           parent=parent, store=self.store, now_ns=time.time_ns(),
-                                          block_size=runner.cfg.block_size_bytes)
+                                          block_size=runner.cfg.block_size_bytes,
+                                          allow_shrink=True)  # forensics: whatever the image holds
             if res.changed_blocks or parent is None or parent.root not in committed_roots:
                 await asyncio.to_thread(self.catalog.put, SnapshotRecord(
                     name, old_epoch, seq, res.manifest.root, "divergent", res.manifest.created_at_ns))
                 divergent.append(seq)
-            # the image is exactly this now
+            # the image is exactly this now (the scan read every block of it)
             await asyncio.to_thread(self.catalog.set_standby, name, seq, res.manifest.root)
+            runner.standby_proven(res.manifest.root, time.time_ns())
         if divergent and runner.role == "fenced":
             transition(runner, "found_uncommitted_snapshots")
             log.warning("volume %s: kept divergent snapshots %s of epoch %s (never shipped)", name, divergent,
@@ -216,6 +285,7 @@ class Promotion:
             if vs["primary"] == self.site_id and runner.acting_epoch == vs["epoch"]:
                 raise ConflictError(f"{self.site_id} is already the primary of {volume}", volume=volume)
             runner.became_primary.clear()
+            runner.takeover_settled.clear()  # before the proposal: the takeover may run as soon as it applies
             res = await self.cluster.propose("promote", volume=volume, to=target, expected_epoch=vs["epoch"],
                                              force=True)
         else:
@@ -248,10 +318,18 @@ class Promotion:
                     "elapsed_s": time.monotonic() - t0}
         runner.wake.set()
         try:
-            await asyncio.wait_for(runner.became_primary.wait(), wait_s)
+            await asyncio.wait_for(runner.takeover_settled.wait(), wait_s)
         except asyncio.TimeoutError:
             raise ConflictError("promotion granted but the restore did not finish in time", volume=volume,
                                 last_error=runner.last_error) from None
+        if not runner.became_primary.is_set() and isinstance(runner.takeover_error, TakeoverRestoreError):
+            raise runner.takeover_error  # typed, at once: this site cannot serve the volume
+        if not runner.became_primary.is_set():
+            try:  # a transient failure (a holder unreachable ...): the loop retries after its backoff
+                await asyncio.wait_for(runner.became_primary.wait(), max(0.0, wait_s - (time.monotonic() - t0)))
+            except asyncio.TimeoutError:
+                raise ConflictError("promotion granted but the restore did not finish in time", volume=volume,
+                                    last_error=runner.last_error) from None
         return {"volume": volume, "primary": target, "epoch": res.get("epoch"),
                 "restored_seq": runner.last_report.get("restored_seq"),
                 "rto_s": time.monotonic() - t0, "restore": runner.last_report}

@@ -40,10 +40,13 @@ class Pull:
 
     async def ensure_snapshot(self, volume: str, seq: int, vs: dict | None = None) -> Manifest:
         """Make sure committed snapshot ``seq`` is complete in the local store, fetching what is
-        missing from its holders; chunks found corrupt locally are dropped and re-fetched.
+        missing from its holders; chunks found corrupt locally (the manifest, a page) are dropped
+        and re-fetched, verified by digest, whatever their number — each digest once: one found
+        corrupt again after its re-fetch stops the pull (the store here is failing).
 
-        Returns its manifest. Raises NotFoundError if unknown, PeerUnavailableError /
-        IntegrityError if no holder could supply it.
+        Returns its manifest. Raises NotFoundError if unknown or not supplied by any holder that
+        answered, PeerUnavailableError if no holder could be reached, IntegrityError if a chunk
+        stays corrupt.
         """
         vs = vs or self.cluster.volume_state(volume)
         if vs is None or seq not in vs["snapshots"]:
@@ -51,8 +54,9 @@ class Pull:
         snap = vs["snapshots"][seq]
         root = snap["root"]
         holders = [h for h in snap["holders"] if h != self.site_id]
-        last_err: ReplicadError | None = None
-        for attempt in range(3):
+        healed: set[bytes] = set()
+        not_found = 0
+        while True:
             try:
                 await self.fetch_missing(volume, vs["epoch"], [root], holders)
                 manifest = load_manifest(self.store, root)
@@ -73,18 +77,17 @@ class Pull:
                         await asyncio.to_thread(self.catalog.set_state, volume, rec.epoch, rec.seq, "committed")
                 return manifest
             except IntegrityError as err:
-                bad = err.evidence.get("digest")
+                bad = _digest_of(err)
+                if bad is None or bad in healed:
+                    raise
+                healed.add(bad)
                 log.error("corrupt chunk at %s (%s): dropping and re-fetching from a peer", self.site_id,
                           err.evidence)
-                if isinstance(bad, str):
-                    self.store.delete_corrupt(bytes.fromhex(bad))
-                elif isinstance(bad, bytes):
-                    self.store.delete_corrupt(bad)
-                last_err = err
-            except NotFoundError as err:
-                last_err = err
-        assert last_err is not None
-        raise last_err
+                await asyncio.to_thread(self.store.delete_corrupt, bad)
+            except NotFoundError:
+                not_found += 1  # a holder still catching up may answer on a second look
+                if not_found >= 3:
+                    raise
 
     def _record_committed(self, rec: SnapshotRecord) -> None:
         """Record committed snapshot ``rec`` here. A ``received`` record at the same ``(volume,
@@ -105,30 +108,66 @@ class Pull:
             self.catalog.put(rec)
 
     async def apply_repairing(self, volume: str, target: Path, manifest: Manifest, *, base: Manifest | None = None,
-                              progress=None, attempts: int = 8):
-        """:func:`~replicad.storage.image.apply_snapshot`, healing bit rot on the way: a chunk found
-        corrupt in the local store is dropped, re-fetched from another holder (verified) and
-        the apply resumed. Raises the IntegrityError if no holder has a good copy."""
+                              progress=None, rewrite_all: bool = False):
+        """:func:`~replicad.storage.image.apply_snapshot` (``base``, ``progress``, ``rewrite_all``
+        as there), healing bit rot on the way, whatever the number of corrupt chunks: when the
+        apply meets a corrupt chunk, every chunk of ``manifest`` is re-read (verified), each one
+        corrupt or missing is dropped and fetched from the snapshot's holders (verified by digest
+        on receipt), and the apply resumes (rewriting a page is idempotent). Each round must heal
+        chunks not healed before: a chunk found corrupt again after its re-fetch, or one no
+        holder supplies, ends it with the IntegrityError (nothing loops).
+
+        Returns the :class:`~replicad.storage.image.ApplyReport`. Raises IntegrityError (no good
+        copy to be had), and what ``apply_snapshot`` raises.
+        """
         vs = self.cluster.volume_state(volume)
         snap = (vs or {}).get("snapshots", {}).get(manifest.seq, {})
         peers = self.cluster.data_peers()
         holders = [h for h in snap.get("holders", peers) if h != self.site_id] or peers
-        for attempt in range(attempts):
+        healed: set[bytes] = set()
+        while True:
             try:
                 return await asyncio.to_thread(apply_snapshot, target, manifest, self.store, base=base,
-                                               progress=progress)
+                                               progress=progress, rewrite_all=rewrite_all)
             except IntegrityError as err:
-                bad = err.evidence.get("digest")
-                if not isinstance(bad, str) or attempt == attempts - 1:
+                first = _digest_of(err)
+                if first is None or first in healed:
                     raise
-                log.error("corrupt chunk %s in the store of %s: re-fetching it from %s", bad, self.site_id, holders)
-                digest = bytes.fromhex(bad)
-                await asyncio.to_thread(self.store.delete_corrupt, digest)
+                bad = await asyncio.to_thread(self._sweep, manifest, first)
+                log.error("%d corrupt or missing chunks of %s#%d in the store of %s: re-fetching them from %s",
+                          len(bad), volume, manifest.seq, self.site_id, ", ".join(holders))
                 try:
-                    await self.fetch_missing(volume, vs["epoch"] if vs else 0, [digest], holders)
+                    await self.fetch_missing(volume, vs["epoch"] if vs else 0, bad, holders)
                 except (NotFoundError, PeerUnavailableError):  # no good copy to be had: the corruption stands
                     raise err from None
-        raise AssertionError("unreachable")
+                healed.update(bad)
+                log.warning("healed %d chunks of %s#%d at %s from its holders", len(bad), volume, manifest.seq,
+                            self.site_id)
+
+    def _sweep(self, manifest: Manifest, first: bytes) -> list[bytes]:
+        """Re-read (verified) every chunk of ``manifest`` once; drop the corrupt ones. Returns
+        the digests to fetch: ``first`` (found corrupt by the caller), every corrupt one and
+        every missing one. Synchronous (a worker thread)."""
+        bad = {first}
+        self.store.delete_corrupt(first)
+
+        def check(d: bytes) -> None:
+            try:
+                self.store.get(d)
+            except IntegrityError:
+                self.store.delete_corrupt(d)
+                bad.add(d)
+            except NotFoundError:
+                bad.add(d)
+
+        for d in {manifest.root, *manifest.pages} - bad:
+            check(d)
+        if bad - {first}:  # a page (or the manifest) first: its blocks are read once it is back
+            return sorted(bad)
+        for d in set(iter_block_digests(manifest, self.store.get)) - bad:
+            if any(d):
+                check(d)
+        return sorted(bad)
 
     async def fetch_missing(self, volume: str, epoch: int, digests: list[bytes], holders: list[str]) -> None:
         """Fetch the chunks of ``digests`` this store lacks from ``holders`` in turn (verified on
@@ -153,3 +192,16 @@ class Pull:
         if need:
             raise NotFoundError(f"{len(need)} chunks of {volume} not available from any holder",
                                 volume=volume, missing=len(need), holders=holders, answered=answered)
+
+
+def _digest_of(err: IntegrityError) -> bytes | None:
+    """The digest an IntegrityError names (``evidence["digest"]``, hex or bytes), else None."""
+    bad = err.evidence.get("digest")
+    if isinstance(bad, bytes):
+        return bad
+    if isinstance(bad, str):
+        try:
+            return bytes.fromhex(bad)
+        except ValueError:
+            return None
+    return None

@@ -97,7 +97,8 @@ class Replication:
                                          fingerprints=fingerprints.path_for(self.data_dir, cfg.name),
                                          pre_snapshot=cfg.source.pre_snapshot,
                                          post_snapshot=cfg.source.post_snapshot,
-                                         block_size=cfg.block_size_bytes)
+                                         block_size=cfg.block_size_bytes,
+                                         allow_shrink=cfg.source.allow_shrink)
         m = result.manifest
         await asyncio.to_thread(self.catalog.put, SnapshotRecord(cfg.name, epoch, seq, m.root, "local",
                                                                  m.created_at_ns))

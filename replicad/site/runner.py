@@ -14,7 +14,8 @@ from typing import Any
 
 from replicad.config import VolumeConfig
 from replicad.core import roles
-from replicad.core.errors import NotFoundError
+from replicad.core.backoff import Backoff
+from replicad.core.errors import NotFoundError, ReplicadError
 from replicad.core.manifest import Manifest
 from replicad.storage.chunkstore import ChunkStore
 
@@ -39,6 +40,35 @@ class VolumeRunner:
     last_report: dict[str, Any] = field(default_factory=dict)
     snapshot_now: bool = False
     standby_applying: bool = False          # the standby is being rewritten (its record is cleared)
+    # Trust in the standby (site/standby.py): the catalog's standby record says which snapshot the
+    # image holds; it is believed only for the root in ``standby_verified_root`` — one a complete
+    # read of the image proved (a finished standby check, a compare-every-block apply, an O5
+    # re-read), carried forward through replicad's own fsynced applies over it. Never persisted:
+    # after a restart every standby is unverified until it is read again.
+    standby_verified_root: bytes | None = None
+    standby_state: str = "unverified"       # unverified | verified | damaged | repairing
+    standby_damaged_blocks: int = 0         # blocks the last check found differing (0 once repaired)
+    standby_verified_at_ns: int | None = None
+    standby_check_root: bytes | None = None  # the root the bounded check's cursor walks
+    standby_check_block: int = 0            # the next block the bounded check reads
+    # retries of a failing tick (core/backoff.py): the next try not before ``retry_at`` (monotonic)
+    retry: Backoff = field(default_factory=lambda: Backoff(base_s=1.0, max_s=300.0))
+    retry_at: float = 0.0
+    retry_epoch: int | None = None          # the volume's epoch when the failures began (a new one resets)
+    takeover_error: ReplicadError | None = None  # the last takeover failed like this (promote reports it)
+    takeover_settled: asyncio.Event = field(default_factory=asyncio.Event)  # set: a takeover finished or failed
+
+    def trusts_standby(self, root: bytes | None) -> bool:
+        """True when the standby image was verified to hold the snapshot ``root``."""
+        return root is not None and self.standby_verified_root == root
+
+    def standby_proven(self, root: bytes, now_ns: int) -> None:
+        """A complete read (or replicad's own fsynced write over a proven image) showed the
+        standby holds ``root``."""
+        self.standby_verified_root = root
+        self.standby_state = "verified"
+        self.standby_damaged_blocks = 0
+        self.standby_verified_at_ns = now_ns
 
 
 def runner_of(runners: dict[str, VolumeRunner], volume: str, site_id: str) -> VolumeRunner:

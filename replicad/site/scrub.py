@@ -14,6 +14,7 @@ from replicad.core.manifest import Manifest, page_entries
 from replicad.site.cluster import Cluster
 from replicad.site.pull import Pull
 from replicad.site.runner import VolumeRunner
+from replicad.site.standby import StandbyCheck
 from replicad.storage.chunkstore import ChunkStore
 from replicad.telemetry.metrics import SiteMetrics
 
@@ -29,25 +30,31 @@ class Scrub:
         runners: the site's volume runners (the volumes to repair for).
         pull: fetches chunks from other sites.
         metrics: the site's metrics.
+        standby: the standby checks (:class:`~replicad.site.standby.StandbyCheck`); ``verify``
+            reads the volume's standby image too when given.
     """
 
     def __init__(self, cluster: Cluster, store: ChunkStore, runners: dict[str, VolumeRunner], pull: Pull,
-                 metrics: SiteMetrics) -> None:
+                 metrics: SiteMetrics, standby: StandbyCheck | None = None) -> None:
         self.site_id = cluster.site_id
         self.cluster = cluster
         self.store = store
         self.runners = runners
         self.pull = pull
         self.metrics = metrics
+        self.standby = standby
 
     async def verify(self, volume: str, seq: int | None = None) -> dict:
         """Re-read and check every chunk (manifest, pages, blocks) of a committed snapshot held
         here (default: the newest this site holds). A corrupt chunk is dropped and re-fetched,
         verified, from another holder ("healed"), and so is one missing here (dropped by an
         earlier check that no holder could heal); one no holder can supply stays "lost" (and
-        pending repair, :meth:`repair_step`).
+        pending repair, :meth:`repair_step`). Then this site's standby image of the volume (if
+        it is a replica with one) is read whole and compared with its standby record's
+        snapshot, and repaired from the store if damaged (:meth:`StandbyCheck.verify`).
 
-        Returns ``{volume, seq, checked, corrupt: [digest hex], healed, lost, seconds}``.
+        Returns ``{volume, seq, checked, corrupt: [digest hex], healed, lost, seconds, standby}``
+        (``standby``: None, or ``{seq, state, bad_blocks, repaired, bytes_read, ...}``).
         Raises NotFoundError if this site holds no such snapshot.
         """
         vs = self.cluster.volume_state(volume)
@@ -72,9 +79,10 @@ class Scrub:
             except (NotFoundError, PeerUnavailableError):  # not healed now; pending repair (repair_step)
                 lost += 1
         self.metrics.verify_done(volume, checked, len(corrupt))
+        standby = await self.standby.verify(volume) if self.standby is not None and volume in self.runners else None
         report = {"volume": volume, "seq": seq, "checked": checked,
                   "corrupt": [d.hex() for d in corrupt], "healed": healed, "lost": lost,
-                  "seconds": time.monotonic() - t0}
+                  "seconds": time.monotonic() - t0, "standby": standby}
         (log.warning if corrupt else log.info)("verify %s#%d at %s: %d chunks checked, %d corrupt, %d healed, %d lost",
                                                volume, seq, self.site_id, report["checked"], len(corrupt), healed,
                                                lost)

@@ -9,6 +9,7 @@ from replicad.core.errors import _jsonable
 from replicad.core.state import list_requests, newest_clean, newest_committed
 from replicad.site.cluster import Cluster
 from replicad.site.runner import VolumeRunner
+from replicad.site.standby import standby_status
 from replicad.storage.catalog import Catalog
 from replicad.storage.chunkstore import ChunkStore
 
@@ -33,7 +34,9 @@ class Status:
 
     def report(self) -> dict:
         """Site status for the admin API and the metrics: Raft view, per-volume
-        role/epoch/RPO/last report, store figures, interrupted restores."""
+        role/epoch/RPO/last report, standby (``standby``: seq, state, verified, damaged_blocks),
+        the backoff of a failing tick (``retry``: failures, delay_s, in_s), store figures,
+        interrupted restores."""
         st = self.cluster.view()
         vols = {}
         now = time.time_ns()
@@ -50,6 +53,9 @@ class Status:
             sb = self.catalog.standby(name)
             entry["standby_seq"] = sb.seq if sb else None
             entry["standby_applying"] = runner.standby_applying
+            entry["standby"] = standby_status(runner, sb)  # state: none|unverified|verified|damaged|repairing
+            entry["retry"] = {"failures": runner.retry.failures, "delay_s": runner.retry.delay_s,
+                              "in_s": max(0.0, runner.retry_at - time.monotonic())}
             entry["divergent"] = [{"epoch": r.epoch, "seq": r.seq, "root": r.root.hex()}
                                   for r in self.catalog.list(name, "divergent")]
             entry["last_report"] = _jsonable_report(runner.last_report)

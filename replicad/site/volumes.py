@@ -52,29 +52,61 @@ class VolumeLoop:
 
     async def run_volume(self, runner: VolumeRunner) -> None:
         """Run ``runner``'s volume until cancelled; an error is logged, kept in
-        ``runner.last_error`` and retried at the next tick (a runner survives its own bugs)."""
+        ``runner.last_error`` and retried after an exponential backoff with jitter
+        (``runner.retry``, :mod:`replicad.core.backoff`: 0.5-1 s, then doubling up to 150-300 s),
+        not at the next tick: a runner survives its own bugs without flooding the log. A fence
+        to do (O3), a new epoch or an operator's "snapshot now" does not wait for the backoff."""
         name = runner.cfg.name
         while True:
             try:
-                async with runner.lock:
-                    worked = await self._step(runner)
-                if worked:  # an idle tick proves nothing: the last failure stays visible in status
-                    runner.last_error = None
+                if self._due(runner):
+                    async with runner.lock:
+                        worked = await self._step(runner)
+                    if worked:  # an idle tick proves nothing: the last failure stays visible in status
+                        runner.last_error = None
+                        runner.retry.succeeded()
+                        runner.retry_at = 0.0
             except asyncio.CancelledError:
                 raise
             except ReplicadError as err:
                 runner.last_error = f"{err.code}: {err}"
                 if runner.role == "primary":
                     self.metrics.cycle_failed(name)
-                (log.info if is_transient(err) else log.warning)("volume %s: %s %s", name, err, err.evidence)
+                delay = self._backoff(runner)
+                (log.info if is_transient(err) else log.warning)(
+                    "volume %s: %s %s (failure %d in a row; next try in %.1fs)", name, err, err.evidence,
+                    runner.retry.failures, delay)
             except Exception as err:  # noqa: BLE001 — a runner must survive its own bugs, loudly
                 runner.last_error = f"internal: {err!r}"
-                log.exception("volume %s: unexpected error", name)
+                delay = self._backoff(runner)
+                log.exception("volume %s: unexpected error (failure %d in a row; next try in %.1fs)", name,
+                              runner.retry.failures, delay)
             runner.wake.clear()
             try:
                 await asyncio.wait_for(runner.wake.wait(), TICK_S)
             except asyncio.TimeoutError:
                 pass
+
+    def _backoff(self, runner: VolumeRunner) -> float:
+        """Record a failed tick of ``runner``; returns the seconds until the next try."""
+        vs = self.cluster.volume_state(runner.cfg.name)
+        runner.retry_epoch = vs["epoch"] if vs else None
+        delay = runner.retry.failed()
+        runner.retry_at = time.monotonic() + delay
+        return delay
+
+    def _due(self, runner: VolumeRunner) -> bool:
+        """Whether this tick may run ``runner``'s step: no failure pending, its backoff over, or
+        something that must not wait (a fence flag, O3; an epoch other than the failures'; an
+        operator's snapshot now) — that also resets the backoff."""
+        if not runner.retry.failures or time.monotonic() >= runner.retry_at:
+            return True
+        vs = self.cluster.volume_state(runner.cfg.name)
+        if runner.fence_flag.is_set() or runner.snapshot_now or (vs is not None and vs["epoch"] != runner.retry_epoch):
+            runner.retry.succeeded()
+            runner.retry_at = 0.0
+            return True
+        return False
 
     async def _step(self, runner: VolumeRunner) -> bool:
         """One tick of the volume's role; True if it did work that succeeded (a cycle, a
@@ -130,18 +162,26 @@ class VolumeLoop:
         if time.time_ns() - snap["created_at_ns"] < runner.cfg.apply_delay_s * 1e9:
             return
         manifest = await self.pull.ensure_snapshot(name, target, vs)
-        base = load_manifest(self.store, standby.root) if standby is not None and self.store.has(standby.root) else None
+        # The standby record is believed only as far as it was verified (site/standby.py): an
+        # unverified one (after a restart, or one a check found lying) is not a base, so the image
+        # is read and compared block by block instead of trusting "the image holds #N".
+        trusted = standby is not None and runner.trusts_standby(standby.root) and self.store.has(standby.root)
+        base = load_manifest(self.store, standby.root) if trusted else None
         # unknown while rewriting (crash-safe: a restart compares the image block by block)
         await asyncio.to_thread(self.catalog.set_standby, name, None, None)
+        runner.standby_verified_root = None
         runner.standby_applying = True
         try:
             rep = await self.pull.apply_repairing(name, Path(runner.cfg.path), manifest, base=base)
             await asyncio.to_thread(self.catalog.set_standby, name, target, manifest.root)
         finally:
             runner.standby_applying = False
+        # a verified image plus our own fsynced writes, or every block compared: proven as far as a read goes
+        runner.standby_proven(manifest.root, time.time_ns())
         if runner.role == "divergent":
             transition(runner, "resynced")  # resynced from the newest common snapshot
-        log.info("standby %s now at #%d (%d blocks rewritten)", name, target, rep.blocks_written)
+        log.info("standby %s now at #%d (%d blocks rewritten, %s)", name, target, rep.blocks_written,
+                 "over a verified standby" if trusted else "every block compared: the standby record was not verified")
 
     async def snapshot_now(self, volume: str) -> dict:
         """Take, ship and commit a snapshot right now (primary only)."""

@@ -61,6 +61,7 @@ from replicad.storage.durable import read_into
 from replicad.core.errors import (
     InternalError,
     ReplicadError,
+    SourceShrunkError,
     ToolError,
     UnavailableError,
     UsageError,
@@ -422,7 +423,7 @@ class _Fingerprints:
 
 async def _scan(source_path: Path, block_size: int, read_size_bytes: int,
                 parent: Manifest | None, store: ChunkStore,
-                fps: _Fingerprints) -> tuple[int, _Totals]:
+                fps: _Fingerprints, allow_shrink: bool = False) -> tuple[int, _Totals]:
     """Read, hash and store every block; returns (size_bytes, totals). Pages are cut as they
     fill; the last partial page stays in ``totals.page_buf``. Every block chunk and full page
     is durable when this returns.
@@ -438,6 +439,14 @@ async def _scan(source_path: Path, block_size: int, read_size_bytes: int,
         fd, size = await asyncio.to_thread(_open_source, source_path)
     except OSError as err:
         raise from_os_error(err, "opening the snapshot source", source=str(source_path)) from err
+    if parent is not None and size < parent.size_bytes and not allow_shrink:
+        os.close(fd)
+        raise SourceShrunkError(
+            f"the source of {parent.volume} at {source_path} is {size} bytes, smaller than its last snapshot "
+            f"#{parent.seq} ({parent.size_bytes} bytes): refused, nothing stored (a truncated image or a "
+            "device that came back smaller; if the volume was shrunk on purpose, set [volumes.source] "
+            "allow_shrink = true for the next snapshot)", volume=parent.volume, path=str(source_path),
+            size_bytes=size, parent_size_bytes=parent.size_bytes, parent_seq=parent.seq)
     totals = _Totals()
     storer = _Storer(store, totals)
     parents = _ParentDigests(parent, store)
@@ -590,7 +599,8 @@ async def take_snapshot(source_path: Path, *, volume: str, seq: int, epoch: int,
                         read_size_bytes: int = READ_SIZE_BYTES, block_size: int | None = None,
                         hook_timeout_s: float = 300.0, fingerprints: Path | None = None,
                         full_pass_every: int = FULL_PASS_EVERY_SCANS,
-                        full_pass_max_age_ns: int = FULL_PASS_MAX_AGE_NS) -> ScanResult:
+                        full_pass_max_age_ns: int = FULL_PASS_MAX_AGE_NS,
+                        allow_shrink: bool = False) -> ScanResult:
     """Snapshot ``source_path`` (regular file or block device) into ``store``.
 
     Args:
@@ -605,6 +615,9 @@ async def take_snapshot(source_path: Path, *, volume: str, seq: int, epoch: int,
             ``full_pass_max_age_ns`` of ``now_ns`` time); rewritten for the new snapshot
             after its manifest is durable (a full snapshot writes one too, at the cost of
             an xxh3 pass over its non-zero blocks, so the next incremental scan uses it).
+        allow_shrink: accept a source smaller than ``parent`` (the operator shrank the volume
+            on purpose, or a forensic scan that keeps whatever the image holds). Otherwise a
+            smaller source — a 0-byte image included — is refused before anything is read.
 
     Returns:
         a :class:`ScanResult`; O1: every chunk and the manifest are durable.
@@ -613,6 +626,8 @@ async def take_snapshot(source_path: Path, *, volume: str, seq: int, epoch: int,
         ToolError: a hook failed (the scan error wins if both failed).
         NotFoundError / StoreFullError / InternalError: source or store I/O failed.
         UnavailableError: the source shrank during the scan.
+        SourceShrunkError: the source is smaller than ``parent`` and not ``allow_shrink``
+            (checked before the first read; nothing stored).
         UsageError: bad arguments (block size, parent of another volume, hook not a list).
     """
     started = time.perf_counter()
@@ -636,7 +651,7 @@ async def take_snapshot(source_path: Path, *, volume: str, seq: int, epoch: int,
     try:
         if pre_snapshot:
             await run_hook(pre_snapshot, "pre_snapshot", hook_timeout_s)
-        size, totals = await _scan(Path(source_path), bs, read_size_bytes, parent, store, fps)
+        size, totals = await _scan(Path(source_path), bs, read_size_bytes, parent, store, fps, allow_shrink)
     except BaseException:
         failed = True
         fps.finish(None)  # closes and unlinks only: quick, and safe while being cancelled

@@ -290,18 +290,21 @@ class _RunWriter:
 
 def _apply_page(fd: int, dfd: int | None, read_bufs: tuple[memoryview, memoryview], writer: _RunWriter | None,
                 manifest: Manifest, store: ChunkStore, base: Manifest | None, i: int,
-                want: list[bytes], zero_from: int, regular: bool) -> tuple[int, int]:
+                want: list[bytes], zero_from: int, regular: bool, rewrite_all: bool = False) -> tuple[int, int]:
     """Make page ``i`` of the target hold the block digests ``want``; (blocks, bytes) written.
 
     The target's current digests come from ``base`` (trusted) or a re-read (through ``dfd``
     when given); blocks that differ are preallocated (regular files) and written: through
     ``writer`` (O_DIRECT runs of consecutive whole blocks) when given, else (and the short
     last block always) with buffered pwrites on ``fd``. Every write of the page is finished
-    on return. Idempotent: rerunning a page after a failure writes the same bytes. Raises
-    OSError (EINVAL: direct I/O refused)."""
+    on return. Idempotent: rerunning a page after a failure writes the same bytes. With
+    ``rewrite_all`` the target is neither trusted nor read: every block not known to be zero
+    (past ``zero_from``) is written. Raises OSError (EINVAL: direct I/O refused)."""
     bs = manifest.block_size
     first = i * PAGE_ENTRIES
-    if base is not None:
+    if rewrite_all:
+        have: list[bytes] = []
+    elif base is not None:
         have = page_entries(store.get(base.pages[i])) if i < len(base.pages) else []
     elif first * bs >= zero_from:
         have = []  # past the target's old end: reads as zeros, nothing to read or compare
@@ -365,7 +368,7 @@ def _check_device_size(fd: int, target: Path, manifest: Manifest) -> None:
 
 
 def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base: Manifest | None = None,
-                   progress: Progress | None = None, direct: bool = True) -> ApplyReport:
+                   progress: Progress | None = None, direct: bool = True, rewrite_all: bool = False) -> ApplyReport:
     """Make the file ``target`` hold exactly the snapshot ``manifest``.
 
     Args:
@@ -379,6 +382,11 @@ def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base:
             consecutive blocks go out in writes of up to WRITE_RUN_BYTES); the short last
             block, and everything on a file system that refuses O_DIRECT, goes through the
             page cache. Either way the target is fsynced before this returns.
+        rewrite_all: trust nothing the target holds: a regular file is cut to 0 bytes and
+            extended again (every block then reads as zeros) and every non-zero block is
+            written; on a block device every block, zeros included, is written. ``base`` is
+            ignored. The fallback of a promotion whose in-place restore failed O5: only the
+            store is trusted.
     Returns:
         :class:`ApplyReport`.
     Raises:
@@ -390,8 +398,8 @@ def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base:
     """
     bs = manifest.block_size
     total = manifest.n_blocks
-    if base is not None and base.block_size != bs:
-        base = None  # its page entries describe other blocks: compare the target itself
+    if (base is not None and base.block_size != bs) or rewrite_all:
+        base = None  # its page entries describe other blocks (or nothing is trusted): compare or rewrite
     written = bytes_written = 0
     try:
         fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o640)
@@ -405,6 +413,9 @@ def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base:
         read_bufs = read_buffers(bs)
         if regular:
             old_size = os.fstat(fd).st_size
+            if rewrite_all:  # every old block dropped: the file reads as zeros, then the data is written
+                os.ftruncate(fd, 0)
+                old_size = 0
             if old_size != manifest.size_bytes:
                 os.ftruncate(fd, manifest.size_bytes)
             zero_from = min(old_size, manifest.size_bytes)
@@ -417,7 +428,7 @@ def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base:
                 while True:  # once more through the page cache if direct I/O is refused midway
                     try:
                         n, nbytes = _apply_page(fd, dfd, read_bufs, writer, manifest, store, base, i,
-                                                want, zero_from, regular)
+                                                want, zero_from, regular, rewrite_all)
                         break
                     except OSError as err:
                         if dfd is None or err.errno != errno.EINVAL:
@@ -500,6 +511,78 @@ def _image_manifest_fd(fd: int, path: Path, like: Manifest, progress: Progress |
             break
         page_digests.extend(digest_of(p) for p in extra)
     return replace(like, pages=tuple(page_digests))
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """Outcome of :func:`check_image_range`: the blocks ``[first_block, next_block)`` were read
+    (``bytes_read`` bytes, holes excluded); ``bad_blocks`` lists those whose content is not the
+    manifest's (ascending block indexes)."""
+
+    first_block: int
+    next_block: int
+    bad_blocks: tuple[int, ...]
+    bytes_read: int
+
+
+def check_image_range(path: Path, manifest: Manifest, store: ChunkStore, first_block: int, max_bytes: int, *,
+                      direct: bool = True) -> ImageCheck:
+    """Compare blocks of the image at ``path`` with the snapshot ``manifest``, starting at block
+    ``first_block`` and reading at most ``max_bytes`` (at least one block): one bounded step of
+    a standby check that goes on where the last one stopped (``next_block``; equal to
+    ``manifest.n_blocks`` at the end).
+
+    Reads like :func:`image_manifest` (READ_BYTES windows, holes skipped, O_DIRECT where the file
+    system allows it: the disk's content, not the page cache's); the expected digests come from
+    the manifest's pages (verified reads of the store). Bytes past the end of the image read as
+    zeros, so a truncated image shows its missing non-zero blocks as bad.
+
+    Raises:
+        NotFoundError / IntegrityError: a page chunk of the manifest is missing or corrupt here.
+        UsageError / InternalError / NotFoundError: the image cannot be read (typed OSError).
+    """
+    bs = manifest.block_size
+    n = manifest.n_blocks
+    first = max(0, min(first_block, n))
+    end = min(n, first + max(1, max_bytes // bs))
+    bad: list[int] = []
+    read = 0
+
+    def run(fd: int) -> None:
+        nonlocal read
+        bufs = read_buffers(bs)
+        pos = first
+        while pos < end:
+            page = pos // PAGE_ENTRIES
+            stop = min(end, (page + 1) * PAGE_ENTRIES)
+            want = page_entries(store.get(manifest.pages[page]))
+            span = sum(_block_len(manifest, j) for j in range(pos, stop))
+            have = _read_digests(fd, pos * bs, span, bs, bufs)
+            read += sum(_block_len(manifest, pos + k) for k, d in enumerate(have) if d != ZERO_DIGEST)
+            bad.extend(pos + k for k, d in enumerate(have) if d != want[pos - page * PAGE_ENTRIES + k])
+            pos = stop
+
+    try:
+        fd = open_direct(path, os.O_RDONLY, bs) if direct else None
+        if fd is not None:
+            try:
+                run(fd)
+                return ImageCheck(first, end, tuple(bad), read)
+            except OSError as err:
+                if err.errno != errno.EINVAL:
+                    raise
+                bad.clear()
+                read = 0
+            finally:
+                os.close(fd)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            run(fd)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise from_os_error(err, f"read image {path}") from err
+    return ImageCheck(first, end, tuple(bad), read)
 
 
 def verify_image(path: Path, manifest: Manifest, *, progress: Progress | None = None,

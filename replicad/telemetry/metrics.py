@@ -67,6 +67,17 @@ replicad_command_refused_total                              reason             c
                                                                                (bad_signature), replayed,
                                                                                expired or revoked; 0 from
                                                                                the start
+replicad_standby_damaged                                    volume             status: 1 while this site's
+                                                                               standby is damaged or being
+                                                                               repaired
+replicad_standby_damage_found_total                          volume             event: a standby found not
+                                                                               to hold its recorded snapshot
+                                                                               (check, verify or promotion)
+replicad_standby_checked_bytes_total                        volume             event: standby bytes read
+                                                                               back by the standby check
+replicad_takeover_full_rewrites_total                       volume, outcome    event: a promotion's restore
+                                                                               failed O5 and rewrote every
+                                                                               block (verified | failed)
 replicad_restore_skipped_total                              volume             clean snapshots a takeover
                                                                                could not restore from any
                                                                                holder and skipped (counter)
@@ -137,6 +148,8 @@ STATE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "replicad_volume_divergent_snapshots": ("Divergent snapshots kept at this site for forensics", ("volume",)),
     "replicad_volume_role": ("Role of this site for the volume (one-hot over the role label)", ("volume", "role")),
     "replicad_volume_epoch": ("Committed fencing epoch of the volume (Raft)", ("volume",)),
+    "replicad_standby_damaged": ("1 while this site's standby image of the volume is damaged or being repaired",
+                                 ("volume",)),
     "replicad_volume_acting_epoch": ("Epoch this site acts under as primary", ("volume",)),
     "replicad_snapshot_newest_changed_blocks": ("Changed blocks of the newest committed snapshot", ("volume",)),
     "replicad_snapshot_newest_changed_bytes": ("Changed bytes of the newest committed snapshot", ("volume",)),
@@ -304,6 +317,9 @@ class StateCollector(Collector):
                     put("replicad_volume_role", r == role, name, r)
             put("replicad_volume_epoch", entry.get("epoch"), name)
             put("replicad_volume_acting_epoch", entry.get("acting_epoch"), name)
+            standby = entry.get("standby")
+            if isinstance(standby, dict):
+                put("replicad_standby_damaged", standby.get("state") in ("damaged", "repairing"), name)
             if isinstance(entry.get("divergent"), list):
                 put("replicad_volume_divergent_snapshots", len(entry["divergent"]), name)
             vs = raft_vols.get(name)
@@ -431,6 +447,17 @@ class SiteMetrics:
                                        "Clean committed snapshots a takeover could not restore (no holder could "
                                        "supply their chunks after bounded retries) and skipped for an older one",
                                        ["site", "volume"], registry=self.registry)
+        self.standby_damaged_events = Counter(
+            "replicad_standby_damage_found_total", "Times this site's standby image was found not to hold the snapshot "
+            "its standby record names (standby check, verify, or a promotion's O5 check)", ["site", "volume"],
+            registry=self.registry)
+        self.standby_checked_bytes = Counter("replicad_standby_checked_bytes_total",
+                                             "Standby image bytes read back by the standby check (holes excluded)",
+                                             ["site", "volume"], registry=self.registry)
+        self.takeover_rewrites = Counter("replicad_takeover_full_rewrites_total",
+                                         "Promotions whose in-place restore failed O5 and rewrote every block from "
+                                         "the store, by outcome (verified | failed)", ["site", "volume", "outcome"],
+                                         registry=self.registry)
         self.floor_kept = Counter("replicad_floor_kept_total",
                                   "Local records the cluster state no longer lists that this site's own floor "
                                   "kept, by rule (lock, daily, weekly, monthly)", ["site", "volume", "reason"],
@@ -446,6 +473,10 @@ class SiteMetrics:
             self.changed_blocks.labels(site_id, volume)
             self.verify_runs.labels(site_id, volume)
             self.verify_mismatches.labels(site_id, volume)
+            self.standby_damaged_events.labels(site_id, volume)
+            self.standby_checked_bytes.labels(site_id, volume)
+            for outcome in ("verified", "failed"):
+                self.takeover_rewrites.labels(site_id, volume, outcome)
             for rule in ("lock", "daily", "weekly", "monthly"):
                 self.floor_kept.labels(site_id, volume, rule)
             self.last_cycle.labels(site_id, volume, "committed").set(start_s)
@@ -475,6 +506,18 @@ class SiteMetrics:
     def restore_skipped(self, volume: str) -> None:
         """Count one snapshot a takeover skipped as unrestorable (``replicad_restore_skipped_total``)."""
         self.restores_skipped.labels(self.site_id, volume).inc()
+
+    def standby_damaged(self, volume: str) -> None:
+        """Count one standby of ``volume`` found damaged (``replicad_standby_damage_found_total``)."""
+        self.standby_damaged_events.labels(self.site_id, volume).inc()
+
+    def standby_checked(self, volume: str, bytes_read: int) -> None:
+        """Count ``bytes_read`` standby bytes read back by a standby check."""
+        self.standby_checked_bytes.labels(self.site_id, volume).inc(bytes_read)
+
+    def takeover_rewrite(self, volume: str, verified: bool) -> None:
+        """Count one full rewrite of a promotion whose in-place restore failed O5."""
+        self.takeover_rewrites.labels(self.site_id, volume, "verified" if verified else "failed").inc()
 
     def cycle_failed(self, volume: str) -> None:
         """Record a cycle that raised."""

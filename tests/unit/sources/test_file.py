@@ -13,7 +13,7 @@ import blake3
 import pytest
 
 from replicad.storage.chunkstore import ChunkStore
-from replicad.core.errors import NotFoundError, ToolError, UsageError
+from replicad.core.errors import NotFoundError, SourceShrunkError, ToolError, UsageError
 from replicad.core.manifest import ZERO_DIGEST, Manifest, diff, iter_block_digests
 from replicad.sources.file import ScanResult, take_snapshot
 
@@ -282,3 +282,21 @@ def test_a_part_read_past_the_sources_end_is_a_typed_error(tmp_path: Path) -> No
         assert info.value.evidence["offset"] == 10 * bs
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("new_size", [0, 4 * 4096 - 1])
+async def test_a_source_that_shrank_is_refused_before_anything_is_stored(tmp_path: Path, store: ChunkStore,
+                                                                       new_size: int) -> None:
+    img = tmp_path / "vol.img"
+    img.write_bytes(random.Random(3).randbytes(4 * 4096))
+    m1 = (await take_snapshot(img, volume="pacs", seq=1, epoch=2, parent=None, store=store, now_ns=1,
+                              block_size=4096)).manifest
+    chunks = store.stats()
+    os.truncate(img, new_size)  # a truncated image, or a 0-byte one
+    with pytest.raises(SourceShrunkError) as err:
+        await take_snapshot(img, volume="pacs", seq=2, epoch=2, parent=m1, store=store, now_ns=2)
+    assert err.value.evidence["size_bytes"] == new_size and err.value.evidence["parent_size_bytes"] == 4 * 4096
+    assert err.value.code == "source_shrunk" and store.stats() == chunks
+    m2 = (await take_snapshot(img, volume="pacs", seq=2, epoch=2, parent=m1, store=store, now_ns=2,
+                              allow_shrink=True)).manifest  # the operator shrank it on purpose
+    assert m2.size_bytes == new_size

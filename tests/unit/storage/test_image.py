@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from replicad.storage.chunkstore import ChunkStore, digest_of
 from replicad.core.errors import IntegrityError, NotFoundError, RestoreVerifyError
 from replicad.core.manifest import PAGE_ENTRIES, ZERO_DIGEST, Manifest, pages_from_digests
-from replicad.storage.image import ApplyReport, apply_snapshot, digest_region, image_manifest, open_direct, verify_image
+from replicad.storage.image import (ApplyReport, apply_snapshot, check_image_range, digest_region, image_manifest,
+                                    open_direct, verify_image)
 from replicad.sources.file import take_snapshot
 
 NOW_NS = 1_800_000_000_000_000_000
@@ -58,7 +59,8 @@ def make_image(rng: random.Random, size_bytes: int, block_size: int = BS, data_e
 async def snap(path: Path, store: ChunkStore, seq: int, parent: Manifest | None = None,
                block_size: int = BS) -> Manifest:
     result = await take_snapshot(path, volume="pacs", seq=seq, epoch=2, parent=parent, store=store,
-                                 now_ns=NOW_NS + seq, block_size=block_size, read_size_bytes=2**20)
+                                 now_ns=NOW_NS + seq, block_size=block_size, read_size_bytes=2**20,
+                                 allow_shrink=True)  # resizes here are on purpose
     return result.manifest
 
 
@@ -444,3 +446,45 @@ async def test_a_block_device_smaller_than_the_snapshot_is_refused_before_any_wr
     finally:
         subprocess.run(["losetup", "-d", str(dev)], check=False, timeout=30)
     assert backing.read_bytes() == b"\xa5" * 2**20
+
+
+async def test_check_image_range_finds_flipped_blocks_in_bounded_steps(tmp_path: Path, store: ChunkStore) -> None:
+    rng = random.Random(31)
+    src = tmp_path / "src.img"
+    src.write_bytes(make_image(rng, 3 * PAGE_BYTES + 5 * BS, data_every=3))
+    m = await snap(src, store, 1)
+    img = tmp_path / "standby.img"
+    shutil.copyfile(src, img)
+    data = bytearray(img.read_bytes())
+    flipped = [3, PAGE_ENTRIES + 7, 2 * PAGE_ENTRIES + 1]  # data blocks (every 3rd) and a zero block (+1, +7)
+    for b in flipped:
+        data[b * BS + 17] ^= 0x01
+    img.write_bytes(data)
+    found: list[int] = []
+    pos, steps = 0, 0
+    while pos < m.n_blocks:  # 1000 blocks per step: a pass spans several pages
+        res = check_image_range(img, m, store, pos, 1000 * BS)
+        assert res.first_block == pos and res.next_block - pos <= 1000
+        found.extend(res.bad_blocks)
+        pos, steps = res.next_block, steps + 1
+    assert found == flipped and steps == -(-m.n_blocks // 1000)
+    assert check_image_range(src, m, store, 0, m.size_bytes).bad_blocks == ()
+
+
+async def test_rewrite_all_trusts_nothing_the_target_holds(tmp_path: Path, store: ChunkStore) -> None:
+    rng = random.Random(32)
+    src = tmp_path / "src.img"
+    src.write_bytes(make_image(rng, 2 * PAGE_BYTES, data_every=4))
+    m = await snap(src, store, 1)
+    img = tmp_path / "standby.img"
+    damaged = bytearray(src.read_bytes())
+    damaged[4 * BS] ^= 0xFF       # a data block
+    damaged[5 * BS + 3] = 0x7F    # a zero block
+    img.write_bytes(damaged)
+    # a base that claims the target already holds m: the trusting apply writes nothing, O5 fails
+    assert apply_snapshot(img, m, store, base=m).blocks_written == 0
+    with pytest.raises(RestoreVerifyError):
+        verify_image(img, m)
+    rep = apply_snapshot(img, m, store, base=m, rewrite_all=True)
+    assert rep.blocks_written == sum(1 for i in range(m.n_blocks) if i % 4 == 0)  # every non-zero block
+    assert img.read_bytes() == src.read_bytes() and verify_image(img, m) == m.root
