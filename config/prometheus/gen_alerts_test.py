@@ -140,6 +140,23 @@ case("verify mismatch: fires when verify finds corrupt chunks, resolves an hour 
       ("3m", "ReplicadVerifyMismatch", [exp("ReplicadVerifyMismatch", {"site": "site-a", "volume": "ehr"})]),
       ("70m", "ReplicadVerifyMismatch", [])])
 
+case("standby damaged: found (counter) or still damaged (gauge), one alert per site and volume",
+     [('replicad_standby_damage_found_total{site="site-b", volume="ehr"}', "0 0 0 1x70"),
+      ('replicad_standby_damaged{site="site-b", volume="ehr"}', "0 0 0 1 0x69"),
+      ('replicad_standby_damage_found_total{site="site-c", volume="ehr"}', "0x73"),
+      ('replicad_standby_damaged{site="site-c", volume="ehr"}', "0x73")],
+     [("2m", "ReplicadStandbyDamaged", []),
+      ("3m", "ReplicadStandbyDamaged", [exp("ReplicadStandbyDamaged", {"site": "site-b", "volume": "ehr"})]),
+      ("70m", "ReplicadStandbyDamaged", [])])
+
+case("takeover restore failed even after the full rewrite",
+     [('replicad_takeover_full_rewrites_total{site="site-b", volume="ehr", outcome="failed"}', "0 0 1x70"),
+      ('replicad_takeover_full_rewrites_total{site="site-b", volume="ehr", outcome="verified"}', "0 1x71")],
+     [("1m", "ReplicadTakeoverRestoreFailed", []),
+      ("2m", "ReplicadTakeoverRestoreFailed",
+       [exp("ReplicadTakeoverRestoreFailed", {"site": "site-b", "volume": "ehr", "outcome": "failed"})]),
+      ("70m", "ReplicadTakeoverRestoreFailed", [])])
+
 case("data dir nearly full for 5m",
      [('replicad_disk_free_bytes{site="site-a"}', "50 50 5x7"),
       ('replicad_disk_size_bytes{site="site-a"}', "100x9"),

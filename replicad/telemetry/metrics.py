@@ -317,9 +317,9 @@ class StateCollector(Collector):
                     put("replicad_volume_role", r == role, name, r)
             put("replicad_volume_epoch", entry.get("epoch"), name)
             put("replicad_volume_acting_epoch", entry.get("acting_epoch"), name)
-            standby = entry.get("standby")
-            if isinstance(standby, dict):
-                put("replicad_standby_damaged", standby.get("state") in ("damaged", "repairing"), name)
+            standby = entry.get("standby")  # 0 without a standby: the series exists from the first scrape
+            put("replicad_standby_damaged", isinstance(standby, dict) and standby.get("state") in ("damaged", "repairing"),
+                name)
             if isinstance(entry.get("divergent"), list):
                 put("replicad_volume_divergent_snapshots", len(entry["divergent"]), name)
             vs = raft_vols.get(name)
