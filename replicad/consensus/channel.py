@@ -31,25 +31,75 @@ pysyncobj's wire format and replaces the acceptance rules:
   (at most :data:`MAX_DECOMPRESSED_BYTES`), after the compressed size was already bounded
   by ``raft.MAX_FRAME_BYTES`` (see ``raft._BoundedTcpConnection``).
 
-What remains (the shared password is kept as defence in depth, since without it anyone who
-reaches the port could try everything below): the password is one secret for all sites, so
-a site holding it can still *name itself* as another member whose address sorts above the
-target's while that member's connection is down or silent. Binding a connection to one
-member cryptographically (a per-site key and a signed handshake) is not done here; it is
-what per-site identity (issue "Trust no single site", part 1) adds.
+* **Bound to one site** (:class:`ChannelIdentity`, when the cluster signs: ``Trust.keys``
+  set). The handshake is replaced by a signed, mutual one (below): each end proves with its
+  pinned Ed25519 site key that it is the site whose Raft address it names, and every frame
+  after it is encrypted under a per-connection key from an X25519 exchange. A site holding
+  the shared password can no longer name itself as another member, nor read or inject the
+  frames of a connection between two other sites. Failures: ``bad_identity`` (no valid
+  signature by a key pinned for that address), ``revoked_site`` (only a key revoked through
+  Raft verifies, or every key pinned for the site is revoked), ``bad_handshake`` (a
+  malformed handshake message).
+* **Revocation on the network.** Every :data:`REVOCATION_CHECK_S` the transport reads the
+  revocations of the applied Raft state (``ChannelIdentity.revoked``): a connection whose
+  peer proved itself with a revoked key is dropped (``revoked_site``), a site whose every
+  pinned key is revoked is not dialed, and its handshakes are refused. A site rebuilt with
+  a new key pinned in every config connects again.
+
+Signed handshake (three frames, the same round trips as pysyncobj's own; every frame is
+still Fernet-encrypted with the shared password, the first gate, until the last one):
+
+1. dialer -> acceptor: ``(HELLO, nonce_d, eph_d, dialer_address)``, sent unwrapped; the dialer
+   sets ``recvRandKey = nonce_d``.
+2. acceptor -> dialer: ``(nonce_a, eph_a, sig_a)``, wrapped with ``nonce_d``
+   (``sendRandKey = nonce_d``, ``recvRandKey = nonce_a``); ``sig_a`` is the acceptor's
+   signature of :func:`proof_bytes` ``("acceptor", transcript)``.
+3. dialer -> acceptor: ``sig_d``, wrapped with ``nonce_a`` (``sendRandKey = nonce_a``): the
+   dialer's signature of ``("dialer", transcript)``.
+
+``transcript`` = :func:`transcript` (the cluster id, both addresses, both 32-byte nonces and
+both ephemeral X25519 public keys). Nonces are pysyncobj's random keys, so its per-frame
+session-key check keeps working. After frame 3 both ends replace ``conn.encryptor`` with a
+:class:`SessionCipher` whose keys come from :func:`session_keys` (HKDF-SHA256 over the
+X25519 secret, salted with the transcript's SHA-256, one key per direction). Until then no
+Raft message is sent on the connection (:meth:`MemberOnlyTransport.send`).
+
+Why the shared password stays: it is the first gate, checked by a cheap HMAC before any
+pickle is parsed, any signature checked or any X25519 computed, so someone who only reaches
+the port costs each site nothing; and pysyncobj's wire format keeps its encryption for the
+three handshake frames. It no longer vouches for anyone: identity comes from the site keys.
+
+Unsigned lab mode (``[identity] unsafe_unsigned``: ``Trust.keys`` None, or no identity
+given): pysyncobj's password-only handshake as before (logged at WARNING when the transport
+starts); a site revoked through Raft is still dropped and not dialed, by the address it names.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import functools
+import hashlib
 import logging
+import os
 import threading
 import time
 import zlib
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
 
+import msgpack
+from cryptography.exceptions import InvalidSignature
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.tcp_connection import CONNECTION_STATE
 from pysyncobj.transport import TCPTransport
+
+from replicad.core.identity import Signer, Trust
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +115,17 @@ MAX_PENDING = 64
 """Handshakes in progress at once in all."""
 LOG_EVERY_S = 1.0
 """Per reason, at most one WARNING per this many seconds; the suppressed count goes in the next."""
+REVOCATION_CHECK_S = 0.2
+"""Seconds between two reads of the revocations in the applied Raft state (on the tick thread)."""
+HANDSHAKE_DOMAIN = b"replicad-raft-channel-v1\x00"
+"""Prefix of every signed handshake proof (never a command or acknowledgement signature)."""
+HELLO = "replicad-raft-hello-v1"
+"""First element of a dialer's first frame in the signed handshake."""
+KDF_INFO = b"replicad-raft-channel-v1 session keys"
+NONCE_BYTES = 32
+X25519_BYTES = 32
+SIGNATURE_BYTES = 64
+DIALER, ACCEPTOR = "dialer", "acceptor"
 
 
 class DecompressionBombError(ValueError):
@@ -87,8 +148,8 @@ def bounded_decompress(data: bytes, limit_bytes: int = MAX_DECOMPRESSED_BYTES) -
     return out
 
 
-KNOWN_REASONS = ("bad_frame", "decompressed_too_large", "frame_too_large", "handshake_timeout", "malformed",
-                 "readonly_node", "snapshot_from_non_leader", "snapshot_regresses", "snapshot_too_large",
+KNOWN_REASONS = ("bad_frame", "bad_handshake", "bad_identity", "decompressed_too_large", "frame_too_large", "handshake_timeout", "malformed",
+                 "readonly_node", "revoked_site", "snapshot_from_non_leader", "snapshot_regresses", "snapshot_too_large",
                  "term_from_non_leader", "too_many_connections", "unknown_node", "utility_message",
                  "vote_in_lease")
 """Reasons exported at 0 from the start (a counter series exists before its first refusal, so
@@ -145,22 +206,251 @@ def _peer_ip(conn: Any) -> str:
         return "?"
 
 
+
+
+# --------------------------------------------------------------------------- signed handshake (pure parts)
+
+
+def transcript(cluster_id: str, dialer_addr: str, acceptor_addr: str, nonce_d: bytes, nonce_a: bytes,
+               eph_d: bytes, eph_a: bytes) -> bytes:
+    """The canonical handshake transcript: msgpack of the list ``[cluster_id, dialer_addr,
+    acceptor_addr, nonce_d, nonce_a, eph_d, eph_a]`` (nonces: 32 random bytes from each side;
+    ``eph_*``: 32-byte raw X25519 ephemeral public keys). Both ends build the same bytes.
+
+    Raises:
+        HandshakeError: a field of the wrong type or size.
+    """
+    if not (isinstance(cluster_id, str) and isinstance(dialer_addr, str) and isinstance(acceptor_addr, str)):
+        raise HandshakeError("cluster id and addresses are strings")
+    for value, size in ((nonce_d, NONCE_BYTES), (nonce_a, NONCE_BYTES), (eph_d, X25519_BYTES),
+                        (eph_a, X25519_BYTES)):
+        if not isinstance(value, bytes) or len(value) != size:
+            raise HandshakeError(f"a handshake nonce or key is {size} bytes")
+    return msgpack.packb([cluster_id, dialer_addr, acceptor_addr, nonce_d, nonce_a, eph_d, eph_a],
+                         use_bin_type=True)
+
+
+def proof_bytes(role: str, transcript_bytes: bytes) -> bytes:
+    """What an end signs: :data:`HANDSHAKE_DOMAIN` + msgpack ``[role, transcript]`` with
+    ``role`` :data:`DIALER` or :data:`ACCEPTOR` (one end's proof never passes as the other's)."""
+    return HANDSHAKE_DOMAIN + msgpack.packb([role, transcript_bytes], use_bin_type=True)
+
+
+def proof_problem(sig: Any, public_keys: Any, revoked_keys: Any, message: bytes) -> tuple[str | None, bytes | None]:
+    """Check a handshake signature against the keys pinned for the site it claims to be.
+
+    Args:
+        sig: the received signature (64 bytes expected).
+        public_keys: raw 32-byte Ed25519 keys pinned for that site (config), possibly several.
+        revoked_keys: raw keys revoked through Raft.
+        message: :func:`proof_bytes` of the expected role and transcript.
+    Returns:
+        ``(None, key)`` with the key that verified; ``("revoked_site", key)`` when only a
+        revoked key verifies; ``("bad_identity", None)`` otherwise. Never raises.
+    """
+    if not isinstance(sig, bytes) or len(sig) != SIGNATURE_BYTES:
+        return "bad_identity", None
+    for raw in public_keys or ():
+        try:
+            Ed25519PublicKey.from_public_bytes(raw).verify(sig, message)
+        except (InvalidSignature, ValueError, TypeError):
+            continue
+        return ("revoked_site", raw) if raw in revoked_keys else (None, raw)
+    return "bad_identity", None
+
+
+def session_keys(private: X25519PrivateKey, peer_public: bytes, transcript_bytes: bytes) -> tuple[bytes, bytes]:
+    """The two 32-byte Fernet keys of a connection, ``(dialer -> acceptor, acceptor -> dialer)``:
+    HKDF-SHA256 (RFC 5869) of the X25519 shared secret, salt = SHA-256 of the transcript,
+    info = :data:`KDF_INFO`.
+
+    Raises:
+        HandshakeError: ``peer_public`` is not an X25519 key or gives the all-zero secret.
+    """
+    try:
+        shared = private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    except (ValueError, TypeError) as err:
+        raise HandshakeError(f"ephemeral key: {err}") from None
+    okm = HKDF(algorithm=hashes.SHA256(), length=64, salt=hashlib.sha256(transcript_bytes).digest(),
+               info=KDF_INFO).derive(shared)
+    return okm[:32], okm[32:]
+
+
+def x25519_public_raw(private: X25519PrivateKey) -> bytes:
+    """The 32 raw bytes of ``private``'s public key."""
+    return private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+class HandshakeError(ValueError):
+    """A handshake message of the wrong shape (internal to the transport: the connection is dropped)."""
+
+
+class SessionCipher:
+    """``conn.encryptor`` of an authenticated connection: Fernet with one key per direction.
+
+    pysyncobj calls ``encrypt_at_time`` on what it sends and ``extract_timestamp`` /
+    ``decrypt`` on what it receives; ``send_key``/``recv_key`` are 32-byte keys from
+    :func:`session_keys`. A frame sent back to its sender (a reflection) does not decrypt.
+    Raises ``cryptography.fernet.InvalidToken`` on a frame not made with ``recv_key``.
+    """
+
+    def __init__(self, send_key: bytes, recv_key: bytes) -> None:
+        self._send = Fernet(base64.urlsafe_b64encode(send_key))
+        self._recv = Fernet(base64.urlsafe_b64encode(recv_key))
+
+    def encrypt_at_time(self, data: bytes, current_time: int) -> bytes:
+        return self._send.encrypt_at_time(data, current_time)
+
+    def extract_timestamp(self, token: bytes) -> int:
+        return self._recv.extract_timestamp(token)
+
+    def decrypt(self, token: bytes, ttl: int | None = None) -> bytes:
+        return self._recv.decrypt(token, ttl)
+
+
+@dataclass(frozen=True)
+class Revocations:
+    """Revocations in the applied Raft state, as the transport uses them.
+
+    Attributes:
+        keys: raw Ed25519 keys revoked through Raft (``state["revoked"][site]["keys"]``).
+        sites: site ids with a revocation entry (used in unsigned lab mode, where a site has
+            no key and its address is its only name).
+    """
+
+    keys: frozenset = frozenset()
+    sites: frozenset = frozenset()
+
+
+def revocations_of(state: Mapping[str, Any] | None) -> Revocations:
+    """:class:`Revocations` of a cluster state (``replicad.core.state`` shape). Never raises."""
+    entries = (state or {}).get("revoked") or {}
+    keys = frozenset(k for e in entries.values() if isinstance(e, dict) for k in e.get("keys", ())
+                     if isinstance(k, bytes))
+    return Revocations(keys=keys, sites=frozenset(entries))
+
+
+@dataclass(frozen=True)
+class ChannelIdentity:
+    """What :class:`MemberOnlyTransport` binds connections with.
+
+    Attributes:
+        trust: the pinned keys (``Trust.keys``: ``{site_id: (raw key, ...)}``; None = unsigned
+            lab mode: password-only handshake) and the cluster id signed into every handshake.
+        signer: this site's identity; required when ``trust.keys`` is set.
+        sites_by_addr: ``{raft "host:port": site_id}`` of every member, this one included.
+        revoked: returns the current :class:`Revocations` of the applied Raft state; called on
+            the tick thread, must be cheap and never raise.
+    """
+
+    trust: Trust | None = None
+    signer: Signer | None = None
+    sites_by_addr: Mapping[str, str] = field(default_factory=dict)
+    revoked: Callable[[], Revocations] = Revocations
+
+    @property
+    def signed(self) -> bool:
+        """True when connections are bound to sites by signatures."""
+        return self.trust is not None and self.trust.keys is not None and self.signer is not None
+
+    def keys_of(self, addr: str) -> tuple[bytes, ...]:
+        """The raw keys pinned for the site at Raft address ``addr`` (empty if none)."""
+        site = self.sites_by_addr.get(addr)
+        if site is None or self.trust is None or self.trust.keys is None:
+            return ()
+        return tuple(self.trust.keys.get(site, ()))
+
+
+_next_identity = threading.local()
+
+
+@contextlib.contextmanager
+def transport_identity(identity: ChannelIdentity | None) -> Iterator[None]:
+    """Give ``identity`` to every :class:`MemberOnlyTransport` built in this thread inside the
+    ``with`` (pysyncobj builds the transport itself, inside ``SyncObj.__init__``)."""
+    previous = getattr(_next_identity, "value", None)
+    _next_identity.value = identity
+    try:
+        yield
+    finally:
+        _next_identity.value = previous
+
+
+@dataclass
+class _Handshake:
+    """One connection's signed handshake in progress (tick thread only)."""
+
+    role: str
+    since: float
+    ip: str
+    ephemeral: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate)
+    nonce_own: bytes = field(default_factory=lambda: os.urandom(NONCE_BYTES))
+    node: Any = None          # the member the connection is (claimed to be) with
+    peer_addr: str = ""
+    peer_nonce: bytes = b""
+    peer_eph: bytes = b""
+
+
 class MemberOnlyTransport(TCPTransport):
-    """pysyncobj ``TCPTransport`` that lets only configured members speak (module docstring).
+    """pysyncobj ``TCPTransport`` that lets only configured members speak and, in a signed
+    cluster, binds each connection to one site by a signed handshake (module docstring).
 
     Built by ``SyncObj`` as ``transportClass(syncObj, selfNode, otherNodes)``; refusals go to
-    ``syncObj.refusals`` (a :class:`RefusalLog`).
+    ``syncObj.refusals`` (a :class:`RefusalLog`); the :class:`ChannelIdentity` comes from
+    :func:`transport_identity` (none: unsigned, password-only).
     """
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
         self._pending: dict[Any, tuple[float, str]] = {}  # conn -> (accepted at, source ip)
+        self._handshakes: dict[Any, _Handshake] = {}  # conn -> signed handshake in progress
         self.refusals = refusals_of(syncObj)
+        self.identity: ChannelIdentity = getattr(_next_identity, "value", None) or ChannelIdentity()
+        self._revocations = Revocations()
+        self._revocations_read = float("-inf")
+        self._not_dialed: set[str] = set()  # addresses of revoked sites this node stopped dialing
+        if self.identity.trust is not None and self.identity.trust.keys is not None and self.identity.signer is None:
+            raise ValueError("a signed cluster's Raft channel needs this site's signer")
+        if not self.identity.signed:
+            log.warning("UNSAFE: the Raft channel of %s is authenticated by the shared password only (unsigned lab "
+                        "mode): any holder of the password can name itself as another member",
+                        getattr(selfNode, "address", "?"))
         super().__init__(syncObj, selfNode, otherNodes)
+
+    # -- helpers
+    def _self_addr(self) -> str:
+        return str(getattr(self._selfNode, "address", ""))
+
+    def _revoked(self) -> Revocations:
+        now = monotonic_time()
+        if now - self._revocations_read >= REVOCATION_CHECK_S:
+            self._revocations_read = now
+            try:
+                self._revocations = self.identity.revoked()
+            except Exception:  # a callable of the owner: never let it break the tick
+                log.exception("cannot read the revocations of the Raft state")
+        return self._revocations
+
+    def _site_cut_off(self, addr: str, revoked: Revocations) -> bool:
+        """True when the site at ``addr`` may not speak at all: signed, every key pinned for
+        it is revoked; unsigned, it was revoked."""
+        if self.identity.signed:
+            keys = self.identity.keys_of(addr)
+            return bool(keys) and all(k in revoked.keys for k in keys)
+        site = self.identity.sites_by_addr.get(addr)
+        return site is not None and site in revoked.sites
+
+    def _peer_revoked(self, conn: Any, addr: str, revoked: Revocations) -> bool:
+        """True when an established connection's peer must be dropped."""
+        if self.identity.signed:
+            peer = getattr(conn, "replicad_peer", None)
+            return peer is not None and peer[1] in revoked.keys
+        return self._site_cut_off(addr, revoked)
 
     # -- incoming connections
     def _onNewIncomingConnection(self, conn: Any) -> None:
         ip = _peer_ip(conn)
         conn.refusals = self.refusals
+        conn.replicad_peer = None
         same_ip = sum(1 for _, (_, other) in self._pending.items() if other == ip)
         if same_ip >= MAX_PENDING_PER_IP or len(self._pending) >= MAX_PENDING:
             self.refusals.refuse("too_many_connections", "%d handshakes in progress from %s (%d in all): "
@@ -170,7 +460,50 @@ class MemberOnlyTransport(TCPTransport):
         self._pending[conn] = (monotonic_time(), ip)
         super()._onNewIncomingConnection(conn)
 
+    def _claimed_node(self, conn: Any, message: Any, ip: str) -> Any:
+        """The member an incoming connection names, or None after refusing it."""
+        if isinstance(message, list):
+            name = message[0] if message and isinstance(message[0], str) else "?"
+            self._refuse_conn(conn, "utility_message", "utility command %r from %s: pysyncobj's status/"
+                              "add/remove/set_version/transfer are not served on the network", name[:32], ip)
+            return None
+        if message == "readonly":
+            self._refuse_conn(conn, "readonly_node", "a connection from %s named itself a read-only "
+                              "observer: only configured members may connect", ip)
+            return None
+        node = self._nodeAddrToNode.get(message) if isinstance(message, str) else None
+        if node is None:
+            self._refuse_conn(conn, "unknown_node", "a connection from %s named %r, which is not a "
+                              "configured partner", ip, str(message)[:80])
+            return None
+        if self._shouldConnect(node):
+            self._refuse_conn(conn, "wrong_direction", "a connection from %s named %s, a member this node "
+                              "dials itself (it never connects here): impostor", ip, node.address)
+            return None
+        if self._site_cut_off(node.address, self._revoked()):
+            self._refuse_conn(conn, "revoked_site", "a connection from %s named %s (site %s), revoked through "
+                              "Raft", ip, node.address, self.identity.sites_by_addr.get(node.address, "?"))
+            return None
+        return node
+
+    def _replace_current(self, conn: Any, node: Any, ip: str) -> bool:
+        """Close a silent earlier connection of ``node``; False (``conn`` refused) if it is alive."""
+        current = self._connections.get(node)
+        if current is not None and current is not conn and current.state == CONNECTION_STATE.CONNECTED:
+            last_read = getattr(current, "_TcpConnection__lastReadTime", 0.0)
+            if monotonic_time() - last_read < self._syncObj.conf.connectionTimeout:
+                self._refuse_conn(conn, "duplicate_connection", "a second connection from %s named %s while "
+                                  "its connection is alive", ip, node.address)
+                return False
+            current.setOnDisconnectedCallback(None)
+            current.disconnect()
+            self._onNodeDisconnected(node)
+        return True
+
     def _onIncomingMessageReceived(self, conn: Any, message: Any) -> None:
+        if self.identity.signed:
+            self._on_signed_incoming(conn, message)
+            return
         if self._syncObj.encryptor and not conn.sendRandKey:
             if not isinstance(message, bytes) or len(message) != 32:
                 self._refuse_conn(conn, "bad_handshake", "a connection from %s sent no 32-byte key first",
@@ -179,36 +512,69 @@ class MemberOnlyTransport(TCPTransport):
             super()._onIncomingMessageReceived(conn, message)  # key exchange
             return
         ip = self._pending.get(conn, (0, "?"))[1]
-        if isinstance(message, list):
-            name = message[0] if message and isinstance(message[0], str) else "?"
-            self._refuse_conn(conn, "utility_message", "utility command %r from %s: pysyncobj's status/"
-                              "add/remove/set_version/transfer are not served on the network", name[:32], ip)
+        node = self._claimed_node(conn, message, ip)
+        if node is None or not self._replace_current(conn, node, ip):
             return
-        if message == "readonly":
-            self._refuse_conn(conn, "readonly_node", "a connection from %s named itself a read-only "
-                              "observer: only configured members may connect", ip)
-            return
-        node = self._nodeAddrToNode.get(message) if isinstance(message, str) else None
-        if node is None:
-            self._refuse_conn(conn, "unknown_node", "a connection from %s named %r, which is not a "
-                              "configured partner", ip, str(message)[:80])
-            return
-        if self._shouldConnect(node):
-            self._refuse_conn(conn, "wrong_direction", "a connection from %s named %s, a member this node "
-                              "dials itself (it never connects here): impostor", ip, node.address)
-            return
-        current = self._connections.get(node)
-        if current is not None and current is not conn and current.state == CONNECTION_STATE.CONNECTED:
-            last_read = getattr(current, "_TcpConnection__lastReadTime", 0.0)
-            if monotonic_time() - last_read < self._syncObj.conf.connectionTimeout:
-                self._refuse_conn(conn, "duplicate_connection", "a second connection from %s named %s while "
-                                  "its connection is alive", ip, node.address)
-                return
-            current.setOnDisconnectedCallback(None)
-            current.disconnect()
-            self._onNodeDisconnected(node)
         self._pending.pop(conn, None)
         super()._onIncomingMessageReceived(conn, message)
+
+    def _on_signed_incoming(self, conn: Any, message: Any) -> None:
+        """Acceptor side of the signed handshake: frame 1 (hello), then frame 3 (the dialer's proof)."""
+        ip = self._pending.get(conn, (0, "?"))[1]
+        hs = self._handshakes.get(conn)
+        if hs is None:  # frame 1
+            if isinstance(message, list) or message == "readonly":
+                self._claimed_node(conn, message, ip)  # refused with its own reason
+                return
+            if not (isinstance(message, tuple) and len(message) == 4 and message[0] == HELLO
+                    and isinstance(message[1], bytes) and len(message[1]) == NONCE_BYTES
+                    and isinstance(message[2], bytes) and len(message[2]) == X25519_BYTES):
+                self._refuse_conn(conn, "bad_handshake", "a connection from %s did not open with a signed-handshake "
+                                  "hello", ip)
+                return
+            node = self._claimed_node(conn, message[3], ip)
+            if node is None:
+                return
+            hs = _Handshake(ACCEPTOR, monotonic_time(), ip, node=node, peer_addr=node.address,
+                            peer_nonce=message[1], peer_eph=message[2])
+            try:
+                t = transcript(self.identity.signer.cluster_id, hs.peer_addr, self._self_addr(), hs.peer_nonce,
+                               hs.nonce_own, hs.peer_eph, x25519_public_raw(hs.ephemeral))
+            except HandshakeError as err:
+                self._refuse_conn(conn, "bad_handshake", "a connection from %s: %s", ip, err)
+                return
+            self._handshakes[conn] = hs
+            conn.sendRandKey = hs.peer_nonce  # pysyncobj's per-connection keys: our frames carry theirs
+            conn.recvRandKey = hs.nonce_own
+            conn.send((hs.nonce_own, x25519_public_raw(hs.ephemeral),
+                       self.identity.signer.private_key.sign(proof_bytes(ACCEPTOR, t))))
+            return
+        # frame 3: the dialer's proof
+        t = transcript(self.identity.signer.cluster_id, hs.peer_addr, self._self_addr(), hs.peer_nonce,
+                       hs.nonce_own, hs.peer_eph, x25519_public_raw(hs.ephemeral))
+        problem, key = proof_problem(message, self.identity.keys_of(hs.peer_addr), self._revoked().keys,
+                                     proof_bytes(DIALER, t))
+        site = self.identity.sites_by_addr.get(hs.peer_addr, "?")
+        if problem is not None:
+            self._refuse_conn(conn, problem, "a connection from %s named %s (site %s) %s", ip, hs.peer_addr, site,
+                              "but proved it only with a key revoked through Raft" if problem == "revoked_site"
+                              else "without a valid signature by a key pinned for that site: impostor")
+            return
+        try:
+            to_acceptor, from_acceptor = session_keys(hs.ephemeral, hs.peer_eph, t)
+        except HandshakeError as err:
+            self._refuse_conn(conn, "bad_handshake", "a connection from %s: %s", ip, err)
+            return
+        if not self._replace_current(conn, hs.node, ip):
+            return
+        self._handshakes.pop(conn, None)
+        self._pending.pop(conn, None)
+        conn.encryptor = SessionCipher(send_key=from_acceptor, recv_key=to_acceptor)
+        conn.replicad_peer = (site, key)
+        self._unknownConnections.discard(conn)
+        self._connections[hs.node] = conn
+        conn.setOnMessageReceivedCallback(functools.partial(self._onMessageReceived, hs.node))
+        self._onNodeConnected(hs.node)
 
     def _onUtilityMessage(self, conn: Any, message: Any) -> bool:  # never reached: refused above
         self._refuse_conn(conn, "utility_message", "utility command from the network")
@@ -217,40 +583,138 @@ class MemberOnlyTransport(TCPTransport):
     def _refuse_conn(self, conn: Any, reason: str, message: str, *args: Any) -> None:
         self.refusals.refuse(reason, message, *args)
         self._pending.pop(conn, None)
+        self._handshakes.pop(conn, None)
         self._unknownConnections.discard(conn)
         conn.setOnDisconnectedCallback(None)
         conn.disconnect()
 
+    def _refuse_outgoing(self, conn: Any, reason: str, message: str, *args: Any) -> None:
+        """Refuse the node this node dialed: count, log, close (pysyncobj redials it after
+        ``connectionRetryTime``; its disconnect callback stays, the connection object is reused)."""
+        self.refusals.refuse(reason, message, *args)
+        self._handshakes.pop(conn, None)
+        conn.disconnect()
+
     def _onDisconnected(self, conn: Any) -> None:
         self._pending.pop(conn, None)
+        self._handshakes.pop(conn, None)
+        conn.replicad_peer = None
         super()._onDisconnected(conn)
 
-    # -- outgoing connections: same bounds on what they receive
+    # -- outgoing connections: same bounds on what they receive, and the signed handshake
     def addNode(self, node: Any) -> None:
         super().addNode(node)
         conn = self._connections.get(node)
         if conn is not None:
             conn.refusals = self.refusals
+            conn.replicad_peer = None
 
-    # -- deadlines, every tick
+    def _connectIfNecessarySingle(self, node: Any) -> bool:
+        conn = self._connections.get(node)
+        if (conn is None or conn.state == CONNECTION_STATE.DISCONNECTED) and self._shouldConnect(node) \
+                and self._site_cut_off(node.address, self._revoked()):
+            if node.address not in self._not_dialed:
+                self._not_dialed.add(node.address)
+                log.warning("not dialing %s (site %s): revoked through Raft", node.address,
+                            self.identity.sites_by_addr.get(node.address, "?"))
+            return False
+        return super()._connectIfNecessarySingle(node)
+
+    def _onOutgoingConnected(self, conn: Any) -> None:
+        conn.replicad_peer = None
+        if not self.identity.signed:
+            super()._onOutgoingConnected(conn)
+            return
+        node = self._connToNode(conn)
+        if node is None:
+            conn.disconnect()
+            return
+        conn.encryptor = self._syncObj.encryptor  # the password gate until the handshake ends
+        hs = _Handshake(DIALER, monotonic_time(), node.address, node=node, peer_addr=node.address)
+        self._handshakes[conn] = hs
+        conn.setOnMessageReceivedCallback(functools.partial(self._on_signed_outgoing, conn))
+        conn.sendRandKey = None
+        conn.recvRandKey = hs.nonce_own  # the acceptor wraps its answer with our nonce
+        conn.send((HELLO, hs.nonce_own, x25519_public_raw(hs.ephemeral), self._self_addr()))
+
+    def _on_signed_outgoing(self, conn: Any, message: Any) -> None:
+        """Dialer side: frame 2 (the acceptor's nonce, key and proof), then send frame 3."""
+        hs = self._handshakes.get(conn)
+        if hs is None:
+            return
+        node = hs.node
+        if not (isinstance(message, tuple) and len(message) == 3 and isinstance(message[0], bytes)
+                and len(message[0]) == NONCE_BYTES and isinstance(message[1], bytes)
+                and len(message[1]) == X25519_BYTES):
+            self._refuse_outgoing(conn, "bad_handshake", "%s answered the handshake with a malformed message", node.address)
+            return
+        nonce_a, eph_a, sig_a = message
+        try:
+            t = transcript(self.identity.signer.cluster_id, self._self_addr(), node.address, hs.nonce_own, nonce_a,
+                           x25519_public_raw(hs.ephemeral), eph_a)
+            to_acceptor, from_acceptor = session_keys(hs.ephemeral, eph_a, t)
+        except HandshakeError as err:
+            self._refuse_outgoing(conn, "bad_handshake", "%s answered the handshake: %s", node.address, err)
+            return
+        problem, key = proof_problem(sig_a, self.identity.keys_of(node.address), self._revoked().keys,
+                                     proof_bytes(ACCEPTOR, t))
+        site = self.identity.sites_by_addr.get(node.address, "?")
+        if problem is not None:
+            self._refuse_outgoing(conn, problem, "the node answering at %s (site %s) %s", node.address, site,
+                              "proved it only with a key revoked through Raft" if problem == "revoked_site"
+                              else "did not prove it is that site: impostor")
+            return
+        self._handshakes.pop(conn, None)
+        conn.sendRandKey = nonce_a
+        conn.send(self.identity.signer.private_key.sign(proof_bytes(DIALER, t)))  # under the password key
+        conn.encryptor = SessionCipher(send_key=to_acceptor, recv_key=from_acceptor)
+        conn.replicad_peer = (site, key)
+        conn.setOnMessageReceivedCallback(functools.partial(self._onMessageReceived, node))
+        self._onNodeConnected(node)
+
+    def send(self, node: Any, message: Any) -> bool:
+        """pysyncobj's send, refused (False) on a connection whose signed handshake has not ended."""
+        if self.identity.signed:
+            conn = self._connections.get(node)
+            if conn is None or getattr(conn, "replicad_peer", None) is None:
+                return False
+        return super().send(node, message)
+
+    # -- deadlines and revocations, every tick
     def _onTick(self) -> None:
         super()._onTick()
-        if not self._pending:
-            return
         now = monotonic_time()
-        for conn, (since, ip) in list(self._pending.items()):
-            if now - since > HANDSHAKE_DEADLINE_S:
-                self._refuse_conn(conn, "handshake_timeout", "a connection from %s did not name a member "
-                                  "within %.1fs", ip, HANDSHAKE_DEADLINE_S)
+        if self._pending:
+            for conn, (since, ip) in list(self._pending.items()):
+                if now - since > HANDSHAKE_DEADLINE_S:
+                    self._refuse_conn(conn, "handshake_timeout", "a connection from %s did not name a member "
+                                      "within %.1fs", ip, HANDSHAKE_DEADLINE_S)
+        for conn, hs in list(self._handshakes.items()):
+            if hs.role == DIALER and now - hs.since > HANDSHAKE_DEADLINE_S:
+                self._handshakes.pop(conn, None)
+                self.refusals.refuse("handshake_timeout", "%s did not answer the handshake within %.1fs",
+                                     hs.peer_addr, HANDSHAKE_DEADLINE_S)
+                conn.disconnect()  # pysyncobj redials it after connectionRetryTime
+        revoked = self._revoked()
+        if not revoked.keys and not revoked.sites:
+            return
+        for node, conn in list(self._connections.items()):
+            if conn.state != CONNECTION_STATE.DISCONNECTED and self._peer_revoked(conn, node.address, revoked):
+                self.refusals.refuse("revoked_site", "dropping the Raft connection of %s (site %s): revoked "
+                                     "through Raft", node.address, self.identity.sites_by_addr.get(node.address, "?"))
+                conn.disconnect()
 
     def destroy(self) -> None:
         for conn in list(self._pending):
             conn.setOnDisconnectedCallback(None)
             conn.disconnect()
         self._pending.clear()
+        self._handshakes.clear()
         super().destroy()
 
 
 __all__ = ["MemberOnlyTransport", "RefusalLog", "bounded_decompress", "DecompressionBombError",
            "MAX_DECOMPRESSED_BYTES", "HANDSHAKE_DEADLINE_S", "MAX_PENDING_PER_IP", "MAX_PENDING",
-           "refusals_of"]
+           "refusals_of", "ChannelIdentity", "Revocations", "revocations_of", "transport_identity",
+           "SessionCipher", "transcript", "proof_bytes", "proof_problem", "session_keys", "HandshakeError",
+           "x25519_public_raw"]

@@ -101,13 +101,16 @@ names up in its own modules):
    commit again although a majority is connected. Replicas never use the exception, so two
    sites that cannot see each other do not take leadership from each other in turn.
 
-8. **Members only, bounded** (:mod:`replicad.consensus.channel`). ``SyncObj`` is built with
-   :class:`~replicad.consensus.channel.MemberOnlyTransport`: read-only observers, unknown
-   or impostor addresses (a member that never dials us), utility commands (status,
+8. **Members only, bounded, bound to one site** (:mod:`replicad.consensus.channel`). ``SyncObj``
+   is built with :class:`~replicad.consensus.channel.MemberOnlyTransport`: read-only observers,
+   unknown or impostor addresses (a member that never dials us), utility commands (status,
    add/remove, set_version, transfer) and second connections of a live member are refused
    and closed; handshakes must finish within 2 s and are capped per source address;
    frames are inflated to at most 1 MiB, and the frame parser checks replayed timestamps
-   and session keys without ``assert``.
+   and session keys without ``assert``. In a signed cluster (``trust.keys``) the handshake
+   is mutual and signed by each end's pinned site key, and each connection's frames are
+   encrypted under its own X25519-derived key (``bad_identity``); the applied state's
+   revocations drop, refuse and stop dialing a revoked site (``revoked_site``).
 9. **Who may say what** (:mod:`replicad.consensus.guard`, ``_HardenedSyncObj._authority_problem``):
    every message is shape-checked before pysyncobj indexes it, and terms are bounded
    (``term <= own + MAX_TERM_STEP``). Leader stickiness (Raft thesis §4.2.3, etcd's
@@ -164,12 +167,11 @@ older than the lock window, or adds forged sites within the site cap. It cannot 
 inside the lock window, rewrite their roots, move epochs back, or install a state at all
 from a connection that is not its member connection.
 
-Not fixed here (operator's job, see ARCHITECTURE.md): the Fernet key of the Raft channel is
-one shared secret without per-site identity (a holder can name itself as another member
-whose address sorts above the target's while that member is disconnected; what it then
-proposes is still signed only by its own key); the Raft port must
-be reachable only through an authenticated encrypted channel. Leadership is a hint:
-fencing rests on committed epochs, never on ``is_leader``.
+Not fixed here (operator's job, see ARCHITECTURE.md): in unsigned lab mode the Fernet key
+of the Raft channel is one shared secret without per-site identity (a holder can name itself
+as another member whose address sorts above the target's while that member is disconnected);
+the Raft port must then be reachable only through an authenticated encrypted channel.
+Leadership is a hint: fencing rests on committed epochs, never on ``is_leader``.
 
 Threading: ``SyncObj`` runs its tick thread until :meth:`RaftNode.close`, and stops when
 the thread that called :meth:`RaftNode.start` ends, so call ``start`` from the main thread.
@@ -203,8 +205,9 @@ from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.node import TCPNode
 from pysyncobj.tcp_connection import TcpConnection
 
-from replicad.consensus.channel import (KNOWN_REASONS, MAX_DECOMPRESSED_BYTES, DecompressionBombError, MemberOnlyTransport,
-                                       RefusalLog, bounded_decompress, refusals_of)
+from replicad.consensus.channel import (KNOWN_REASONS, MAX_DECOMPRESSED_BYTES, ChannelIdentity, DecompressionBombError,
+                                       MemberOnlyTransport, RefusalLog, Revocations, bounded_decompress, refusals_of,
+                                       revocations_of, transport_identity)
 from replicad.consensus.guard import MAX_TERM_STEP, GuardedSerializer, shape_problem
 from replicad.consensus.journal import (JOURNAL_MAGIC, JOURNAL_VERSION, META_VERSION,  # noqa: F401 (re-exported)
                                        DurableJournal, _create_journal)
@@ -888,15 +891,41 @@ class RaftNode:
             site must pass the same. None: no identity checks (tests of the Raft layer only).
         signer: this site's identity; :meth:`propose` signs each command with it (a
             command that already carries ``sig`` is sent as it is). None: unsigned.
+        sites: ``{raft "host:port": site_id}`` of every member, this one included
+            (``[[sites]]``). With ``trust.keys`` set, every Raft connection is bound to one
+            site by a signed handshake (:mod:`replicad.consensus.channel`) and the Raft
+            state's revocations cut revoked sites off the network; that needs ``signer`` and
+            every member's address here.
+
+    Raises:
+        errors.ConfigError: empty password; a signed ``trust`` without ``signer``, or a
+            member address missing from ``sites``.
     """
 
     def __init__(self, self_addr: str, partner_addrs: Sequence[str], data_dir: Path, password: str,
                  *, bind_host: str | None = None, on_applied: Callable[[dict, dict], None] | None = None,
                  compaction_min_entries: int = 5000, needs_leader: Callable[[], bool] | None = None,
                  members: Sequence[str] | None = None, max_sites: int | None = None,
-                 trust: Trust | None = None, signer: Signer | None = None) -> None:
+                 trust: Trust | None = None, signer: Signer | None = None,
+                 sites: dict[str, str] | None = None) -> None:
         if not password:
             raise errors.ConfigError("raft password must be set", problems=["raft.password: empty"])
+        sites = dict(sites or {})
+        if trust is not None and trust.keys is not None:
+            missing = [a for a in (self_addr, *partner_addrs) if a not in sites]
+            if signer is None or missing:
+                problem = ("identity: a signed cluster's Raft channel needs this site's key" if signer is None
+                           else f"sites: no site id for the Raft addresses {missing}")
+                raise errors.ConfigError(f"invalid configuration: {problem}", problems=[problem])
+        revoked_seen: list = [None, Revocations()]
+
+        def revocations() -> Revocations:  # tick thread: recomputed only when the state's entry changed
+            entry = self.view().get("revoked")
+            if entry is not revoked_seen[0]:
+                revoked_seen[:] = [entry, revocations_of({"revoked": entry})]
+            return revoked_seen[1]
+
+        self._channel = ChannelIdentity(trust=trust, signer=signer, sites_by_addr=sites, revoked=revocations)
         self._self_addr = self_addr
         self._partners = [a for a in partner_addrs if a != self_addr]
         self._data_dir = Path(data_dir)
@@ -940,8 +969,9 @@ class RaftNode:
             logCompactionMinEntries=self._compaction_min_entries,
         )
         try:
-            syncobj = _HardenedSyncObj(self._self_addr, self._partners, conf=conf, consumers=[self._consumer],
-                                       refusals=self._refusals, dump_check=self._check_dump)
+            with transport_identity(self._channel):  # pysyncobj builds the transport inside SyncObj.__init__
+                syncobj = _HardenedSyncObj(self._self_addr, self._partners, conf=conf, consumers=[self._consumer],
+                                           refusals=self._refusals, dump_check=self._check_dump)
         except OSError as exc:
             raise errors.from_os_error(exc, "opening the raft journal") from exc
         syncobj._started_at = monotonic_time()  # a fresh node has heard from no leader *yet*

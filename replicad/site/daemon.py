@@ -171,7 +171,8 @@ class SiteDaemon:
                              self.cfg.raft_password.get_secret_value(), on_applied=self._on_applied,
                              needs_leader=self._acts_as_primary,
                              members=[s.site_id for s in self.cfg.sites],
-                             trust=self.cfg.trust(), signer=signer)
+                             trust=self.cfg.trust(), signer=signer,
+                             sites={s.raft: s.site_id for s in self.cfg.sites})
         self.cluster = Cluster(self.site_id, self.raft, lambda: self.cfg)
         for name, runner in self.runners.items():
             runner.acting_epoch = self.catalog.acting_epoch(name)

@@ -90,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
 
     partners = [s.raft for s in cfg.sites if s.site_id != cfg.site_id]
     node = RaftNode(cfg.self_ref().raft, partners, args.work_dir, cfg.raft_password.get_secret_value(),
-                    on_applied=on_applied, trust=cfg.trust())  # the same state machine as every site
+                    on_applied=on_applied, trust=cfg.trust(), signer=signer,  # the same state machine as every site
+                    sites={s.raft: s.site_id for s in cfg.sites})
     node.start()
+    node._signer = None  # its Raft connections prove this site; the forged commands carry what the attacker made
 
     async def run() -> None:
         await wait_synced(node, args.volume, args.wait_s)

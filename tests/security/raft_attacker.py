@@ -8,10 +8,13 @@ dropped the connection; ``reply``: a decoded answer) and exits 0 whatever the ta
 the tests judge the honest sites, not the attacker's view.
 
 Wire format (pysyncobj 0.3.17, ``tcp_connection.py`` / ``transport.py``): a frame is
-``<i length`` + ``Fernet(zlib(pickle(message)))``. The connecting side sends 32 random
-bytes, the server answers with its own 32, then the connecting side sends its identity
-(a member's ``"host:port"``, ``"readonly"``, or a utility command such as ``["status"]``),
-and every later message travels as ``(server_random, message)``.
+``<i length`` + ``Fernet(zlib(pickle(message)))``. In a signed cluster the handshake is
+replicad's (``replicad.consensus.channel``): the connecting side sends ``(HELLO, nonce,
+X25519 key, identity)`` (a member's ``"host:port"``, ``"readonly"``, or a utility command such
+as ``["status"]``), the server answers its nonce, key and signed proof, the connecting side
+sends its own proof, and later frames use the per-connection session key. Unsigned:
+pysyncobj's 32 random bytes each way, then the identity. Every message after the first
+travels as ``(peer_random, message)``.
 
 Modes:
 
@@ -25,6 +28,9 @@ Modes:
 * ``flood``: ``--count`` TCP connections that send nothing; held up to ``--hold-s``; reports
   how many the target closed and after how long.
 * ``utility``: pysyncobj's utility messages ``status`` and ``transfer`` (leadership transfer).
+* ``impersonate``: a connection naming ``--as`` (another member) proved with this site's
+  own key (``--proof own``) or with no valid signature (``--proof none``).
+* ``hello``: a connection as this site itself, proved with its own key (after a revocation).
 * ``bloat``: runs this site's Raft member itself (the site's daemon must be down) and
   proposes ``--count`` ``register_site`` commands for sites no config names.
 """
@@ -45,7 +51,7 @@ from pathlib import Path
 
 import msgpack
 
-from replicad.config import load_config
+from replicad.config import load_config, load_signer
 
 
 def out(**fields) -> None:
@@ -53,24 +59,57 @@ def out(**fields) -> None:
 
 
 class Wire:
-    """One raw pysyncobj connection with the shared password (blocking socket)."""
+    """One raw Raft connection with the shared password (blocking socket).
 
-    def __init__(self, target: str, password: str, timeout_s: float = 5.0) -> None:
+    In a signed cluster it speaks replicad's signed handshake (``replicad.consensus.channel``)
+    with whatever key the attacker chooses (its own site's, or none), and switches to the
+    per-connection session key once the target accepted the proof; in an unsigned cluster,
+    pysyncobj's password-only handshake.
+    """
+
+    def __init__(self, target: str, password: str, timeout_s: float = 5.0, *, cluster_id: str = "",
+                 key=None, signed: bool = False) -> None:
         from pysyncobj.encryptor import getEncryptor
 
         host, port = target.rsplit(":", 1)
+        self.target = target
         self.fernet = getEncryptor(password)
         self.sock = socket.create_connection((host, int(port)), timeout=timeout_s)
-        self.server_key: bytes | None = None
+        self.server_key: bytes | None = None  # every frame we send is wrapped with it (pysyncobj's randKey)
+        self.recv_key: bytes | None = None    # every frame we receive must carry it
+        self.cipher = None                    # the session cipher once the signed handshake ended
+        self.cluster_id, self.key, self.signed = cluster_id, key, signed
 
     @classmethod
-    def accept_as(cls, own: str, password: str, timeout_s: float = 15.0) -> "Wire | None":
+    def for_site(cls, cfg, target: str) -> "Wire":
+        """A connection to ``target`` with this site's password, cluster id and own key."""
+        from replicad.config import load_signer
+
+        signer = load_signer(cfg)
+        return cls(target, cfg.raft_password.get_secret_value(), cluster_id=cfg.cluster_id,
+                   key=signer.private_key if signer else None, signed=signer is not None)
+
+    @classmethod
+    def accept_as(cls, cfg, timeout_s: float = 15.0) -> "Wire | None":
         """Listen on this site's own Raft address and take the connection a partner dials to it.
 
         pysyncobj's greater address dials: to speak to a partner whose address sorts above its
-        own, the attacker (whose daemon is down) serves its own port, as a replaced daemon would.
+        own, the attacker (whose daemon is down) serves its own port, as a replaced daemon would,
+        and answers the handshake with its own site key.
         """
+        from replicad.config import load_signer
+
+        signer = load_signer(cfg)
+        return cls.accept(cfg.self_ref().raft, cfg.raft_password.get_secret_value(), cluster_id=cfg.cluster_id,
+                          key=signer.private_key if signer else None, signed=signer is not None, timeout_s=timeout_s)
+
+    @classmethod
+    def accept(cls, own: str, password: str, *, cluster_id: str = "", key=None, signed: bool = False,
+               timeout_s: float = 15.0) -> "Wire | None":
+        """Serve ``own`` (``"host:port"``) and answer the first connection's handshake, proving
+        it with ``key`` (signed cluster); None if nobody dialed or the dialer gave up."""
         from pysyncobj.encryptor import getEncryptor
+        from replicad.consensus import channel
 
         host, port = own.rsplit(":", 1)
         server = socket.socket()
@@ -86,19 +125,35 @@ class Wire:
             server.close()
         wire = cls.__new__(cls)
         wire.fernet = getEncryptor(password)
-        wire.sock = sock
+        wire.sock, wire.target, wire.cipher = sock, "", None
+        wire.server_key = wire.recv_key = None
+        wire.cluster_id, wire.key, wire.signed = cluster_id, key, signed
         sock.settimeout(5.0)
-        wire.server_key = None
-        their_key = wire.recv()
-        if not isinstance(their_key, bytes):
+        hello = wire.recv()
+        if not signed:
+            if not isinstance(hello, bytes):
+                return None
+            wire.server_key = hello  # we wrap what we send with the dialer's key
+            wire.send(os.urandom(32))
+            wire.recv()  # the dialer names itself
+            return wire
+        if not (isinstance(hello, tuple) and len(hello) == 4):
             return None
-        wire.server_key = their_key  # we wrap what we send with the dialer's key
-        wire.send(os.urandom(32))
-        wire.recv()  # the dialer names itself
+        _, nonce_d, eph_d, dialer = hello
+        eph = channel.X25519PrivateKey.generate()
+        nonce_a = os.urandom(32)
+        t = channel.transcript(cluster_id, dialer, own, nonce_d, nonce_a, eph_d, channel.x25519_public_raw(eph))
+        wire.server_key = nonce_d
+        wire.send((nonce_a, channel.x25519_public_raw(eph), key.sign(channel.proof_bytes(channel.ACCEPTOR, t))))
+        wire.recv_key = nonce_a
+        if wire.recv() is None:  # the dialer's proof, or it closed
+            return None
+        to_acceptor, from_acceptor = channel.session_keys(eph, eph_d, t)
+        wire.cipher = channel.SessionCipher(send_key=from_acceptor, recv_key=to_acceptor)
         return wire
 
     def send_raw(self, payload: bytes) -> None:
-        data = self.fernet.encrypt_at_time(payload, 0)
+        data = (self.cipher or self.fernet).encrypt_at_time(payload, 0)
         try:
             self.sock.sendall(struct.pack("i", len(data)) + data)
         except OSError:
@@ -110,7 +165,7 @@ class Wire:
         self.send_raw(zlib.compress(pickle.dumps(message, 2), 3))
 
     def recv(self):
-        """One decoded message, or None when the target closed the connection."""
+        """One decoded message (unwrapped from its session key), or None when the target closed."""
         try:
             header = self._read(4)
             if header is None:
@@ -121,7 +176,12 @@ class Wire:
                 return None
         except (ConnectionResetError, socket.timeout, OSError):
             return None
-        return pickle.loads(zlib.decompress(self.fernet.decrypt(data)))
+        message = pickle.loads(zlib.decompress((self.cipher or self.fernet).decrypt(data)))
+        if self.recv_key is not None:
+            if not (isinstance(message, tuple) and len(message) == 2 and message[0] == self.recv_key):
+                return None
+            message = message[1]
+        return message
 
     def _read(self, n: int) -> bytes | None:
         buf = b""
@@ -132,22 +192,56 @@ class Wire:
             buf += chunk
         return buf
 
-    def handshake(self, identity) -> bool:
-        """Exchange the random keys and name ``identity``; False if the target closed."""
-        self.server_key = self.exchange_keys()
-        if self.server_key is None:
+    def handshake(self, identity, proof: str = "own") -> bool:
+        """Open the connection naming ``identity`` (a member's ``"host:port"``, ``"readonly"``
+        or a utility command such as ``["status"]``); False if the target closed before
+        answering. Signed cluster: the proof is signed with this site's own key (``"own"``),
+        or is 64 random bytes (``"none"``); the session key is used from then on."""
+        if not self.signed:
+            self.server_key = self.exchange_keys()
+            if self.server_key is None:
+                return False
+            self.send(identity)
+            return True
+        answer = self.hello(identity)
+        if answer is None:
             return False
-        self.send(identity)
+        self.prove(identity, answer, proof)
         return True
 
+    def hello(self, identity):
+        """Signed handshake, frame 1; the acceptor's ``(nonce, key, proof)`` or None."""
+        from replicad.consensus import channel
+
+        self._eph = channel.X25519PrivateKey.generate()
+        self._nonce = os.urandom(32)
+        self.send((channel.HELLO, self._nonce, channel.x25519_public_raw(self._eph), identity))
+        self.recv_key = self._nonce
+        answer = self.recv()
+        if not (isinstance(answer, tuple) and len(answer) == 3):
+            return None
+        self.server_key = answer[0]
+        return answer
+
+    def prove(self, identity, answer, proof: str = "own") -> None:
+        """Signed handshake, frame 3 (our proof), then switch to the session key."""
+        from replicad.consensus import channel
+
+        nonce_a, eph_a, _ = answer
+        t = channel.transcript(self.cluster_id, str(identity), self.target, self._nonce, nonce_a,
+                               channel.x25519_public_raw(self._eph), eph_a)
+        sig = self.key.sign(channel.proof_bytes(channel.DIALER, t)) if proof == "own" and self.key else os.urandom(64)
+        self.send(sig)
+        to_acceptor, from_acceptor = channel.session_keys(self._eph, eph_a, t)
+        self.cipher = channel.SessionCipher(send_key=to_acceptor, recv_key=from_acceptor)
+
     def exchange_keys(self) -> bytes | None:
-        """Send our random key; the server's (it answers ``(our_key, its_key)``), or None."""
+        """Unsigned cluster: send our random key; the server's (it answers ``(our_key, its_key)``), or None."""
         mine = os.urandom(32)
         self.send(mine)
+        self.recv_key = mine
         reply = self.recv()
-        if isinstance(reply, tuple) and len(reply) == 2 and reply[0] == mine and isinstance(reply[1], bytes):
-            return reply[1]
-        return None
+        return reply if isinstance(reply, bytes) else None
 
     def closed_within(self, wait_s: float) -> bool:
         """True if the target closes the connection within ``wait_s`` (messages are drained)."""
@@ -182,11 +276,11 @@ def own_term(cfg) -> int:
 def member_wire(cfg, target: str) -> tuple["Wire | None", bool]:
     """A connection to ``target`` speaking as this site: dialed when this site's address sorts
     above the target's (pysyncobj's rule), else accepted on this site's own port."""
-    me, password = cfg.self_ref().raft, cfg.raft_password.get_secret_value()
+    me = cfg.self_ref().raft
     if me > target:
-        wire = Wire(target, password)
+        wire = Wire.for_site(cfg, target)
         return wire, wire.handshake(me)
-    wire = Wire.accept_as(me, password)
+    wire = Wire.accept_as(cfg)
     return wire, wire is not None
 
 
@@ -202,7 +296,7 @@ def mode_install_snapshot(cfg, args) -> None:
     me = cfg.self_ref().raft
     term = own_term(cfg) + args.term_add
     if args.as_:
-        wire = Wire(args.target, cfg.raft_password.get_secret_value())
+        wire = Wire.for_site(cfg, args.target)
         ok = wire.handshake(args.as_)
     else:
         wire, ok = member_wire(cfg, args.target)
@@ -234,15 +328,41 @@ def mode_bomb(cfg, args) -> None:
     comp = zlib.compressobj(9)
     zero = bytes(1 << 20)
     payload = b"".join(comp.compress(zero) for _ in range(args.mib)) + comp.flush()
-    wire = Wire(args.target, cfg.raft_password.get_secret_value())
-    wire.server_key = wire.exchange_keys()  # the very next frame (the identity) is the bomb
-    ok = wire.server_key is not None
+    wire = Wire.for_site(cfg, args.target)
+    if wire.signed:  # the very next frame (our proof) is the bomb
+        ok = wire.hello(cfg.self_ref().raft) is not None
+    else:  # the very next frame (the identity) is the bomb
+        wire.server_key = wire.exchange_keys()
+        ok = wire.server_key is not None
     if ok:
         wire.send_raw(payload)  # not a pickle at all: the expansion itself is the attack
     out(mode="bomb", target=args.target, compressed_bytes=len(payload), expands_to=args.mib << 20,
         handshake=ok, closed=wire.closed_within(args.wait_s) if wire else True)
     if wire:
         wire.close()
+
+
+def mode_impersonate(cfg, args) -> None:
+    """Dial ``--target`` naming ``--as`` (another member), proving it with this site's own key
+    (``--proof own``) or with 64 random bytes (``--proof none``); then a heartbeat at a high term."""
+    wire = Wire.for_site(cfg, args.target)
+    ok = wire.handshake(args.as_, proof=args.proof)
+    if ok:
+        wire.send({"type": "append_entries", "term": own_term(cfg) + args.term_add, "commit_index": 0,
+                   "prevLogIdx": 10**9, "prevLogTerm": 1, "entries": []})
+    out(mode="impersonate", target=args.target, identity=args.as_, proof=args.proof, answered=ok,
+        closed=wire.closed_within(args.wait_s))
+    wire.close()
+
+
+def mode_hello(cfg, args) -> None:
+    """Dial ``--target`` as this site itself, proving it with this site's own key; report
+    whether the target keeps the connection open for ``--wait-s``."""
+    wire = Wire.for_site(cfg, args.target)
+    ok = wire.handshake(cfg.self_ref().raft)
+    out(mode="hello", target=args.target, identity=cfg.self_ref().raft, answered=ok,
+        closed=wire.closed_within(args.wait_s))
+    wire.close()
 
 
 def mode_flood(cfg, args) -> None:
@@ -278,14 +398,17 @@ def mode_flood(cfg, args) -> None:
 
 def mode_utility(cfg, args) -> None:
     for command in (["status"], ["transfer", args.target]):
-        wire = Wire(args.target, cfg.raft_password.get_secret_value())
-        key = wire.exchange_keys()
+        wire = Wire.for_site(cfg, args.target)
         reply = None
-        if key is not None:
-            wire.server_key = key
-            wire.send(command)
-            wire.sock.settimeout(args.wait_s)
-            reply = wire.recv()
+        if wire.signed:
+            reply = wire.hello(command)  # the utility command where a member names itself
+        else:
+            key = wire.exchange_keys()
+            if key is not None:
+                wire.server_key = key
+                wire.send(command)
+                wire.sock.settimeout(args.wait_s)
+                reply = wire.recv()
         out(mode="utility", target=args.target, command=command[0],
             answered=reply is not None, reply=str(reply)[:200] if reply is not None else None)
         wire.close()
@@ -297,8 +420,10 @@ def mode_bloat(cfg, args) -> None:
     me = cfg.self_ref().raft
     partners = [s.raft for s in cfg.sites if s.site_id != cfg.site_id]
     work = Path(args.work_dir)
-    node = RaftNode(me, partners, work, cfg.raft_password.get_secret_value())
+    node = RaftNode(me, partners, work, cfg.raft_password.get_secret_value(), trust=cfg.trust(),
+                    signer=load_signer(cfg), sites={s.raft: s.site_id for s in cfg.sites})
     node.start()
+    node._signer = None  # the channel proves this site; the forged commands go out unsigned
 
     async def run() -> dict:
         accepted = refused = failed = 0
@@ -329,7 +454,8 @@ def mode_bloat(cfg, args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="raft_attacker")
-    parser.add_argument("mode", choices=["install-snapshot", "term", "bomb", "flood", "utility", "bloat"])
+    parser.add_argument("mode", choices=["install-snapshot", "term", "bomb", "flood", "utility", "bloat",
+                                         "impersonate", "hello"])
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--target", default="")
     parser.add_argument("--as", dest="as_", default=None)
@@ -340,10 +466,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold-s", type=float, default=10.0)
     parser.add_argument("--wait-s", type=float, default=3.0)
     parser.add_argument("--work-dir", default="")
+    parser.add_argument("--proof", choices=["own", "none"], default="own")
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
     {"install-snapshot": mode_install_snapshot, "term": mode_term, "bomb": mode_bomb, "flood": mode_flood,
-     "utility": mode_utility, "bloat": mode_bloat}[args.mode](cfg, args)
+     "utility": mode_utility, "bloat": mode_bloat, "impersonate": mode_impersonate,
+     "hello": mode_hello}[args.mode](cfg, args)
     return 0
 
 
