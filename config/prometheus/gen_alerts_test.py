@@ -216,6 +216,14 @@ case("Raft traffic refused",
        [exp("ReplicadRaftTrafficRefused", {"site": "site-a", "reason": "readonly_node"}, 5)]),
       ("20m", "ReplicadRaftTrafficRefused", [])])
 
+case("Raft connection naming another site: critical for bad_identity only",
+     [('replicad_raft_refused_total{site="site-b", reason="bad_identity"}', "0 0 1x20"),
+      ('replicad_raft_refused_total{site="site-c", reason="revoked_site"}', "0 0 9x20")],
+     [("1m", "ReplicadRaftImpersonation", []),
+      ("3m", "ReplicadRaftImpersonation",
+       [exp("ReplicadRaftImpersonation", {"site": "site-b", "reason": "bad_identity"}, 1)]),
+      ("20m", "ReplicadRaftImpersonation", [])])
+
 
 def document() -> str:
     covered = {c["alertname"] for t in TESTS for c in t["alert_rule_test"]}

@@ -20,6 +20,12 @@ Writes (``chunks``, ``snapshot``) are fenced: the :class:`PeerHost` refuses an e
 than the committed one with :class:`~replicad.core.errors.StaleEpochError`. Every write
 request, accepted or refused, is handed to :meth:`PeerHost.peer_audit` once it is answered
 (who, what, outcome): the receiving site keeps its own record of what peers did to it.
+
+Every request of a site revoked through Raft (``replicad revoke``: :meth:`PeerHost.check_peer`)
+is refused on every route with :class:`~replicad.core.errors.RevokedError` (403 ``revoked``)
+before anything is read from or written to the store, and audited like a refused write. Over
+mutual TLS the sender is the one its certificate names (:func:`replicad.peer.tls.check_sender`);
+without ``[tls]`` the ``from`` field is the sender's word.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from aiohttp import web
 from replicad.core import wire
 from replicad.storage.chunkstore import ChunkStore
 from replicad.core.errors import (IntegrityError, NotFoundError, PeerUnavailableError, RemoteProtocolError, ReplicadError,
-                     from_dict)
+                     RevokedError, from_dict)
 from replicad.core.manifest import Manifest, changed_digests, iter_block_digests
 from replicad.peer.tls import check_sender
 
@@ -56,6 +62,9 @@ class PeerHost(Protocol):
 
     async def check_write_epoch(self, volume: str, epoch: int, sender: str) -> None:
         """Raise StaleEpochError / NotPrimaryError / NotFoundError unless ``sender`` may write ``volume`` at ``epoch``."""
+
+    def check_peer(self, sender: str) -> None:
+        """Raise RevokedError if a majority revoked ``sender`` through Raft (every route, first)."""
 
     async def snapshot_received(self, volume: str, epoch: int, seq: int, root: bytes, created_at_ns: int) -> None:
         """Record a fully stored snapshot in the local catalog."""
@@ -169,13 +178,20 @@ def snapshot_complete(store: ChunkStore, volume: str, epoch: int, seq: int, root
 def peer_routes(host: PeerHost) -> list[web.RouteDef]:
     """The peer API of ``host`` as aiohttp route definitions."""
 
+    async def refused_read(path: str, doc: dict[str, Any], err: ReplicadError) -> web.Response:
+        if isinstance(err, RevokedError):  # reads are audited only when the sender is revoked
+            await host.peer_audit(str(doc.get("from", "?")), path, _audit_fields(doc), err)
+        return error_response(err)
+
     async def missing(request: web.Request) -> web.Response:
+        doc: dict[str, Any] = {}
         try:
             doc = await _read_doc(request, "missing")
+            host.check_peer(doc["from"])
             lacking = await asyncio.to_thread(host.store.missing, doc["digests"])
             return _msgpack_response(missing=lacking)
         except ReplicadError as err:
-            return error_response(err)
+            return await refused_read("/v1/peer/missing", doc, err)
 
     async def chunks(request: web.Request) -> web.Response:
         reader = wire.FrameReader("chunks")
@@ -203,6 +219,7 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
                     if not checked:
                         # fencing: refuse the stream of a stale primary before storing anything
                         _check_sender(request, reader.header["from"])
+                        host.check_peer(reader.header["from"])
                         await host.check_write_epoch(reader.header["volume"], reader.header["epoch"],
                                                reader.header["from"])
                         checked = True
@@ -218,6 +235,7 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
             header = reader.finish()
             if not checked:
                 _check_sender(request, header["from"])
+                host.check_peer(header["from"])
                 await host.check_write_epoch(header["volume"], header["epoch"], header["from"])
             await store(batch)
             await store([])  # O1: every batch durable before the answer
@@ -242,6 +260,7 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
         doc: dict[str, Any] = {}
         try:
             doc = await _read_doc(request, "snapshot")
+            host.check_peer(doc["from"])
             await host.check_write_epoch(doc["volume"], doc["epoch"], doc["from"])
             base = await asyncio.to_thread(host.complete_base, doc["volume"])
             manifest = await asyncio.to_thread(snapshot_complete, host.store, doc["volume"], doc["epoch"],
@@ -255,10 +274,12 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
             return error_response(err)
 
     async def fetch(request: web.Request) -> web.StreamResponse:
+        doc: dict[str, Any] = {}
         try:
             doc = await _read_doc(request, "fetch")
+            host.check_peer(doc["from"])
         except ReplicadError as err:
-            return error_response(err)
+            return await refused_read("/v1/peer/fetch", doc, err)
         resp = web.StreamResponse(headers={"Content-Type": wire.CONTENT_TYPE})
         await resp.prepare(request)
         await resp.write(wire.encode_doc("chunks", volume=doc["volume"], epoch=doc["epoch"], **{"from": host.site_id}))

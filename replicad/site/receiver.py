@@ -14,9 +14,10 @@ import time
 from typing import Any
 
 from replicad.core.errors import (NotFoundError, NotPrimaryError, QuotaExceededError, RecordConflictError,
-                                  RemoteProtocolError, ReplicadError, StaleEpochError)
+                                  RemoteProtocolError, ReplicadError, RevokedError, StaleEpochError)
 from replicad.core.identity import CanonicalError, Signer
 from replicad.core.manifest import Manifest
+from replicad.core.state import is_revoked
 from replicad.site.cluster import Cluster
 from replicad.site.runner import load_manifest
 from replicad.storage.audit import AuditLog
@@ -90,6 +91,15 @@ class Receiver:
             return self.signer.sign_ack(volume, epoch, seq, root)
         except CanonicalError:
             return None
+
+    def check_peer(self, sender: str) -> None:
+        """Refuse every peer request of a site a majority revoked through Raft (``replicad
+        revoke``; :func:`replicad.core.state.is_revoked`: until, rebuilt with a new key, it
+        registered again). Raises RevokedError (403 ``revoked``; the route audits it and
+        :meth:`peer_audit` counts it in ``replicad_peer_refused_total{reason="revoked"}``)."""
+        if is_revoked(self.cluster.view(), sender):
+            raise RevokedError(f"{sender!r} was revoked by a majority of sites: its peer requests are refused",
+                               sender=sender)
 
     async def check_write_epoch(self, volume: str, epoch: int, sender: str) -> None:
         """Fencing of peer writes: only the primary named by Raft, at exactly the committed

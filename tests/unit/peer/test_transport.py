@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from replicad.storage.chunkstore import ChunkStore
-from replicad.core.errors import NotFoundError, PeerUnavailableError
+from replicad.core.errors import NotFoundError, PeerUnavailableError, RevokedError
 from replicad.lab.localcluster import free_port
 from replicad.core.manifest import iter_block_digests
 from replicad.peer.transport import PeerClient, SharedFrames, peer_routes
@@ -26,9 +26,14 @@ class Receiver:
         self.site_id = "site-b"
         self.store = store
         self.audited: list[tuple] = []
+        self.revoked: set[str] = set()
 
     async def check_write_epoch(self, volume: str, epoch: int, sender: str) -> None:
         return None
+
+    def check_peer(self, sender: str) -> None:
+        if sender in self.revoked:
+            raise RevokedError(f"{sender} revoked", sender=sender)
 
     async def snapshot_received(self, volume: str, epoch: int, seq: int, root: bytes, created_at_ns: int) -> None:
         return None
@@ -150,3 +155,35 @@ async def test_completeness_against_a_held_base_looks_up_only_the_changed_blocks
         with pytest.raises(NotFoundError):
             snapshot_complete(dst, "v", 1, 2, m2.root)
         assert dst.repairs_pending == 1
+
+
+async def test_every_route_refuses_a_revoked_sender_and_audits_it(tmp_path: Path) -> None:
+    blocks = [random.Random(7).randbytes(65536)]
+    with ChunkStore(tmp_path / "sender") as sender, ChunkStore(tmp_path / "receiver") as store:
+        digests = sender.put_blocks(blocks)
+        host = Receiver(store)
+        host.revoked.add("site-a")
+        app = web.Application()
+        app.add_routes(peer_routes(host))
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        url = f"http://127.0.0.1:{port}"
+        try:
+            async with aiohttp.ClientSession() as session:
+                client = PeerClient(session, "site-a")
+                calls = {"/v1/peer/missing": client.missing(url, "ehr", 1, digests),
+                         "/v1/peer/chunks": client.send_chunks(url, "ehr", 1, sender, digests),
+                         "/v1/peer/snapshot": client.snapshot_stored(url, "ehr", 1, 1, digests[0]),
+                         "/v1/peer/fetch": client.fetch(url, "ehr", 1, digests, store)}
+                for path, call in calls.items():
+                    with pytest.raises(RevokedError) as info:
+                        await call
+                    assert info.value.code == "revoked" and info.value.evidence["sender"] == "site-a", path
+                assert store.missing(digests) == digests  # nothing stored
+                assert [(a[0], a[1], a[3]) for a in host.audited] == [("site-a", p, "revoked") for p in calls]
+                # another sender is served as before
+                assert await PeerClient(session, "site-c").missing(url, "ehr", 1, digests) == digests
+        finally:
+            await runner.cleanup()
