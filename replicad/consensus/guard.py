@@ -26,6 +26,7 @@ from typing import Any, Callable
 import msgpack
 
 from replicad.consensus.channel import RefusalLog
+from replicad.core import errors
 from replicad.storage.durable import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,10 @@ class GuardedSerializer:
     triggers ``check(document) -> list[str]`` (problems; empty means acceptable) on the
     decoded msgpack document; only an accepted dump is written to ``<dump>.1.tmp``,
     fsync'ed, renamed over the dump file and the directory fsync'ed. A refused one is
-    counted in ``refusals`` (reason ``snapshot_regresses`` or ``snapshot_too_large``), logged
-    at ERROR and dropped: pysyncobj then keeps its state and log, and the leader retries.
+    counted in ``refusals`` (reason ``snapshot_regresses`` or ``snapshot_too_large``; the
+    ``reason`` of a :class:`~replicad.core.errors.DumpRefusedError` the check raises:
+    ``dump_not_vouched``, ``dump_bad_command``, ``dump_malformed``), logged at ERROR and
+    dropped: pysyncobj then keeps its state and log, and the leader retries.
     """
 
     def __init__(self, inner: Any, dump_file: str, check: Callable[[Any], list[str]], refusals: RefusalLog) -> None:
@@ -158,6 +161,11 @@ class GuardedSerializer:
         try:
             document = msgpack.unpackb(blob, raw=False, strict_map_key=False)
             problems = self._check(document)
+        except errors.DumpRefusedError as err:  # not vouched, a bad suffix command, malformed
+            self._refusals.refuse(str(err.evidence.get("reason", "dump_malformed")),
+                                  "refused a full state from the leader (%d bytes): %s; this node keeps its state",
+                                  len(blob), err.message, level=logging.ERROR)
+            return False
         except Exception as exc:  # undecodable: refused like any other bad dump
             problems = [f"undecodable dump: {type(exc).__name__}: {str(exc)[:120]}"]
         if problems:

@@ -205,6 +205,7 @@ from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.node import TCPNode
 from pysyncobj.tcp_connection import TcpConnection
 
+from replicad.consensus import checkpoint
 from replicad.consensus.channel import (KNOWN_REASONS, MAX_DECOMPRESSED_BYTES, ChannelIdentity, DecompressionBombError,
                                        MemberOnlyTransport, RefusalLog, Revocations, bounded_decompress, refusals_of,
                                        revocations_of, transport_identity)
@@ -235,7 +236,9 @@ pickled, compressed and encrypted): whoever does not know the password cannot ma
 connection hold more than this (plus one ``recv`` of 64 KiB, checked at once)."""
 MAX_COMMAND_BYTES = 40 * 1024
 """Largest msgpack command proposed (FIELD-NOTES: > 64 KiB hit a pysyncobj chunking bug)."""
-DUMP_VERSION = 1
+DUMP_VERSION = checkpoint.DUMP_VERSION
+VOUCH_RETRY_S = 5.0
+"""A vouch not yet in the state is proposed again (same op id) after this many seconds."""
 _REGULAR = b"\x00"  # pysyncobj _COMMAND_TYPE.REGULAR
 _NO_OP = b"\x01"  # pysyncobj _COMMAND_TYPE.NO_OP
 _RAFT_STATE_LEADER = pysyncobj.syncobj._RAFT_STATE.LEADER
@@ -820,6 +823,13 @@ class _StateConsumer(SyncObjConsumer):
     :func:`replicad.core.state.apply`; a command refused as forged, replayed, expired, naming
     a holder without its acknowledgement or past a bound (``state.COUNTED_REFUSALS``) is logged at WARNING (rate-limited per reason) and
     counted in ``refused`` (``replicad_command_refused_total{reason}``).
+
+    Checkpoints (:mod:`replicad.consensus.checkpoint`): each command is applied through
+    :func:`~replicad.consensus.checkpoint.advance` (``state["applied"]`` counts it) and recorded
+    in ``checkpoints``; at a checkpoint, ``pending_vouch`` is set to ``(n, digest)`` for the
+    Raft node to propose (never from inside the replicated method). When an applied vouch
+    shows a majority for a checkpoint this site computed differently, that is logged at ERROR
+    and counted in ``divergences`` (``replicad_raft_refused_total{reason="checkpoint_divergent"}``).
     """
 
     def __init__(self, on_applied: Callable[[dict, dict], None] | None, limits: dict | None = None,
@@ -829,21 +839,37 @@ class _StateConsumer(SyncObjConsumer):
         self.limits = limits
         self.trust = trust
         self.refused = RefusalLog()
-        self.cluster = cluster_state.initial_state()
+        self.divergences = RefusalLog()
+        self.initial = cluster_state.initial_state()
         if limits is not None:
-            self.cluster["limits"] = limits
+            self.initial["limits"] = limits
+        self.cluster = self.initial
+        self.checkpoints = checkpoint.CheckpointLog.fresh(self.initial)
+        self.pending_vouch: tuple[int, bytes] | None = None
         self.on_applied = on_applied
 
     @replicated
     def apply_command(self, payload: bytes) -> dict:
         """Apply one msgpack command. Runs on the tick thread of every node; never raises."""
-        try:
-            command = msgpack.unpackb(payload, raw=False, strict_map_key=False)
-        except Exception:  # undecodable: the state machine refuses a non-map command
-            command = None
         with self.lock:
-            new_state, result = cluster_state.apply(self.cluster, command, self.trust)
+            new_state, result, command = checkpoint.advance(self.cluster, payload, self.trust)
             self.cluster = new_state
+            try:
+                point = self.checkpoints.record(new_state, payload)
+            except Exception:  # a checkpoint must never stop the state machine
+                log.exception("raft checkpoints: cannot record a checkpoint")
+                point = None
+            if point is not None:
+                self.pending_vouch = point
+            divergent = []
+            if result.get("ok") and isinstance(command, dict) and command.get("op") == "vouch":
+                divergent = self.checkpoints.divergent(new_state, self.trust)
+        for n, ours, theirs, sites in divergent:
+            self.divergences.refuse("checkpoint_divergent", "sites %s vouched the state after %d commands as %s; this "
+                                    "site computed %s: its state differs from the majority's (a bug, a mixed-version "
+                                    "cluster or a state installed by a lying leader): rebuild this site's Raft state "
+                                    "(README, \"Raft dump damaged\")", sites, n, theirs.hex()[:16], ours.hex()[:16],
+                                    level=logging.ERROR)
         if result.get("error") in cluster_state.COUNTED_REFUSALS:
             self._count_refusal(command, result)
         if self.on_applied is not None:
@@ -862,6 +888,30 @@ class _StateConsumer(SyncObjConsumer):
                                 prefix="raft command refused")
         except Exception:
             log.exception("cannot log a refused command")
+
+
+def _dump_position(document: Any) -> tuple:
+    """pysyncobj's ``(last, prev, cluster)`` of a decoded dump. Raises RemoteProtocolError."""
+    try:
+        last = (bytes(document["last"][0]), int(document["last"][1]), int(document["last"][2]))
+        prev = (bytes(document["prev"][0]), int(document["prev"][1]), int(document["prev"][2]))
+        cluster = {TCPNode(addr) for addr in document["cluster"]}
+    except Exception as exc:
+        raise errors.RemoteProtocolError(f"raft dump without a log position: {type(exc).__name__}") from None
+    return last, prev, cluster
+
+
+def _first_journal_index(path: Path) -> int | None:
+    """The index of the first record of a journal file, or None (absent, empty, unreadable:
+    the journal itself reports those when it opens)."""
+    from replicad.consensus.journal import _PAYLOAD_HEAD, _record_at
+    try:
+        with open(path, "rb") as f:
+            data = f.read(len(JOURNAL_MAGIC) + 4 + 8 + _PAYLOAD_HEAD.size + MAX_COMMAND_BYTES * 3)
+    except OSError:
+        return None
+    record = _record_at(data, len(JOURNAL_MAGIC) + 4)
+    return None if record is None else record[0]
 
 
 # --------------------------------------------------------------------------- RaftNode
@@ -957,6 +1007,7 @@ class RaftNode:
             self._data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise errors.from_os_error(exc, "creating the raft data dir") from exc
+        self._check_local_dump()  # point 14: never run from an empty state over a compacted journal
         conf = SyncObjConf(
             password=self._password,
             journalFile=str(self._data_dir / "raft.journal"),
@@ -985,28 +1036,134 @@ class RaftNode:
         if syncobj is not None:
             syncobj.destroy_synchronous()
 
-    # -- dump (point 3)
+    # -- dump (points 3 and 14)
+    def set_checkpoint_interval(self, every: int) -> None:
+        """Checkpoint every ``every`` applied commands instead of
+        :data:`~replicad.consensus.checkpoint.CHECKPOINT_EVERY` (tests use a small one).
+        Call before :meth:`start`; every site must use the same, or no checkpoint is ever
+        vouched by a majority and no site compacts its log.
+
+        Raises:
+            errors.InternalError: the node is already started.
+            ValueError: ``every`` < 1.
+        """
+        if self._syncobj is not None:
+            raise errors.InternalError("the checkpoint interval is set before the raft node starts")
+        with self._consumer.lock:
+            self._consumer.checkpoints = checkpoint.CheckpointLog.fresh(self._consumer.initial, every)
+
     def _serialize_dump(self, tmp_file: str, raft_data: tuple) -> None:
+        """Write the v2 dump (:func:`replicad.consensus.checkpoint.dump_document`) of the state at
+        pysyncobj's last applied entry to ``tmp_file``, fsync'ed. Tick thread.
+
+        Raises:
+            checkpoint.NotCompacting: no vouched checkpoint is kept here; pysyncobj then
+                keeps its log (logged at ERROR at most once a minute).
+            OSError: the file cannot be written (pysyncobj keeps its log too).
+        """
         last, prev, cluster = raft_data
         with self._consumer.lock:
-            snapshot = self._consumer.cluster
-        document = {"v": DUMP_VERSION, "state": snapshot, "last": list(last), "prev": list(prev),
-                    "cluster": sorted(str(getattr(n, "id", n)) for n in cluster)}
+            current, points = self._consumer.cluster, self._consumer.checkpoints
+            try:
+                document = checkpoint.dump_document(points, current, self._consumer.trust, last, prev,
+                                                    sorted(str(getattr(n, "id", n)) for n in cluster))
+            except checkpoint.NotCompacting as exc:
+                now = time.monotonic()
+                if now - self._not_compacting_logged >= 60.0:
+                    self._not_compacting_logged = now
+                    log.error("raft: not compacting the log (it keeps growing until a majority vouches a checkpoint "
+                              "kept here): %s", exc)
+                raise
         with open(tmp_file, "wb") as f:
             f.write(msgpack.packb(document, use_bin_type=True))
             f.flush()
             os.fsync(f.fileno())
 
+    _not_compacting_logged = float("-inf")
+    _verified: tuple | None = None  # (document key, state, checkpoints) of the dump verified last
+
+    def _verify(self, document: Any) -> tuple[dict, checkpoint.CheckpointLog]:
+        """Verify a decoded dump (v2; a v1 dump only in unsigned mode, which vouches nothing).
+
+        Raises:
+            errors.DumpRefusedError: see :func:`replicad.consensus.checkpoint.verify_dump`.
+        """
+        consumer = self._consumer
+        if isinstance(document, dict) and document.get("v") == 1 and isinstance(document.get("state"), dict) \
+                and checkpoint.voters(consumer.trust)[1] == 0:
+            state = document["state"]
+            if "limits" not in state and consumer.limits is not None:
+                state = {**state, "limits": consumer.limits}  # a dump written before limits existed
+            document = {"v": checkpoint.DUMP_VERSION, "base_n": checkpoint._count(state),
+                        "base": {**state, "applied": checkpoint._count(state)}, "suffix": [],
+                        "last": document.get("last"), "prev": document.get("prev"), "cluster": document.get("cluster")}
+        every = consumer.checkpoints.every
+        return checkpoint.verify_dump(document, consumer.trust, consumer.initial, every)
+
     def _check_dump(self, document: Any) -> list[str]:
-        """Problems of a full dump received from the leader (guard.GuardedSerializer); [] to accept."""
-        if not isinstance(document, dict) or document.get("v") != DUMP_VERSION or \
-                not isinstance(document.get("state"), dict):
-            return ["not a replicad dump of this version"]
+        """Problems of a full dump received from the leader (guard.GuardedSerializer); [] to accept.
+
+        The dump must verify (vouched base, suffix replayed through ``apply``) and the state it
+        yields must keep this node's committed history (``state.dump_problems``).
+
+        Raises:
+            errors.DumpRefusedError: not vouched, a bad suffix command, malformed (the guard
+                counts ``reason``).
+        """
+        state, points = self._verify(document)
         with self._consumer.lock:
             current = self._consumer.cluster
-        return cluster_state.dump_problems(current, document["state"], time.time_ns())
+        problems = cluster_state.dump_problems(current, state, time.time_ns())
+        if not problems:
+            self._verified = (checkpoint.document_key(document), state, points)
+        return problems
+
+    def _check_local_dump(self) -> None:
+        """Before pysyncobj opens anything: this site's own ``raft.dump`` must verify, and a
+        journal that starts after index 1 (compacted) needs it. Otherwise the site would run
+        from an empty state at applied index 1 forever (issue 13, item 8).
+
+        Raises:
+            errors.DumpDamagedError: unreadable, zeroed, truncated, unknown version, not
+                vouched, a bad command, or missing while the journal was compacted.
+        """
+        path = self._data_dir / "raft.dump"
+        action = ("move raft.dump and raft.journal aside, keep raft.journal.meta, and start the site: it rejoins as a "
+                  "follower that votes for nobody until it has caught up (README, \"Raft dump damaged\")")
+        if not path.exists():
+            first = _first_journal_index(self._data_dir / "raft.journal")
+            if first is not None and first > 1:
+                raise errors.DumpDamagedError(
+                    f"raft dump {path} is missing but the journal starts at index {first} (compacted): the state "
+                    f"before it is lost here. The site refuses to start; {action}",
+                    path=str(path), reason="dump_missing", problems=[f"journal starts at index {first}"],
+                    action=action)
+            return
+        data = b""
+        try:
+            data = path.read_bytes()
+            document = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            state, points = self._verify(document)
+            _dump_position(document)
+        except errors.DumpRefusedError as err:
+            raise errors.DumpDamagedError(
+                f"raft dump {path} cannot be used ({err.evidence.get('reason')}: {err.message}). The site refuses "
+                f"to start rather than serve an empty state; nothing was changed; {action}",
+                path=str(path), reason=err.evidence.get("reason"), problems=[err.message], action=action) from None
+        except Exception as exc:  # unreadable, zeroed, truncated: never a traceback
+            raise errors.DumpDamagedError(
+                f"raft dump {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}; {len(data)} bytes). The site refuses to start rather than serve an empty state; nothing was "
+                f"changed; {action}", path=str(path), reason="dump_damaged",
+                problems=[f"{type(exc).__name__}: {str(exc)[:200]}"], action=action) from None
+        self._verified = (checkpoint.document_key(document), state, points)
 
     def _deserialize_dump(self, dump_file: str) -> tuple:
+        """Load ``raft.dump`` (this site's at start, or one received and accepted by
+        :meth:`_check_dump`): adopt the verified state and checkpoints. Tick thread.
+
+        Raises (pysyncobj logs it and keeps its state; :meth:`status` reports ``dump_error``):
+            errors.DumpRefusedError / errors.RemoteProtocolError / OSError: see :meth:`_verify`.
+        """
         try:
             path = Path(dump_file)
             with open(path, "rb") as f:
@@ -1014,24 +1171,62 @@ class RaftNode:
                 data = f.read()
             fsync_dir(path.parent)
             document = msgpack.unpackb(data, raw=False, strict_map_key=False)
-            if not isinstance(document, dict) or document.get("v") != DUMP_VERSION or \
-                    not isinstance(document.get("state"), dict) or \
-                    document["state"].get("v") != cluster_state.STATE_VERSION:
-                raise errors.RemoteProtocolError("raft dump has an unknown version", path=dump_file)
-            last = (bytes(document["last"][0]), int(document["last"][1]), int(document["last"][2]))
-            prev = (bytes(document["prev"][0]), int(document["prev"][1]), int(document["prev"][2]))
-            cluster = {TCPNode(addr) for addr in document["cluster"]}
+            last, prev, cluster = _dump_position(document)
+            verified, self._verified = self._verified, None
+            if document.get("v") == checkpoint.DUMP_VERSION and verified is not None \
+                    and verified[0] == checkpoint.document_key(document):
+                state, points = verified[1], verified[2]
+            else:
+                state, points = self._verify(document)
         except Exception as exc:
             self._dump_error = f"{type(exc).__name__}: {exc}"
             log.error("cannot load raft dump %s: %s", dump_file, self._dump_error)
             raise
-        loaded = document["state"]
-        if "limits" not in loaded and self._consumer.limits is not None:
-            loaded = {**loaded, "limits": self._consumer.limits}  # a dump written before limits existed
         with self._consumer.lock:
-            self._consumer.cluster = loaded
+            self._consumer.cluster = state
+            self._consumer.checkpoints = points
+            self._consumer.pending_vouch = None
         self._dump_error = None
         return last, prev, cluster
+
+    def _vouch_step(self, syncobj: Any) -> None:
+        """Tick thread: propose this site's signed vouch for its newest checkpoint, once this
+        node applied everything it knows committed (during a journal replay its vouch may be
+        further on in the log); retried every :data:`VOUCH_RETRY_S` with the same op id until
+        the state shows it. Never blocks (pysyncobj's command queue)."""
+        consumer, signer = self._consumer, self._signer
+        pending = consumer.pending_vouch
+        if pending is None or signer is None or syncobj.raftLastApplied < syncobj.raftCommitIndex:
+            return
+        n, digest = pending
+        mine = (consumer.cluster.get("vouches") or {}).get(signer.site_id) or []
+        if (mine and mine[-1][0] >= n) or signer.site_id not in consumer.cluster.get("sites", {}):
+            consumer.pending_vouch = None  # vouched (or not registered yet: nothing to vouch as)
+            return
+        now = time.monotonic()
+        if now < self._vouch_next:
+            return
+        self._vouch_next = now + VOUCH_RETRY_S
+        if self._vouch_op is None or self._vouch_op[0] != n:
+            self._vouch_op = (n, uuid.uuid4().hex, time.time_ns())
+        try:
+            command = signer.sign({"v": cluster_state.COMMAND_VERSION, "op": "vouch", "op_id": self._vouch_op[1],
+                                   "now_ns": self._vouch_op[2], "n": n, "hash": digest})
+            payload = msgpack.packb(command, use_bin_type=True)
+        except (ValueError, CanonicalError) as exc:
+            log.error("raft: cannot sign a vouch for checkpoint %d: %s", n, exc)
+            consumer.pending_vouch = None
+            return
+
+        def done(result: Any, reason: Any) -> None:  # tick thread
+            if isinstance(result, dict) and not result.get("ok") and consumer.pending_vouch == pending:
+                log.warning("raft: vouch for checkpoint %d refused: %s", n, result.get("message"))
+                consumer.pending_vouch = None
+
+        consumer.apply_command(payload, callback=done)
+
+    _vouch_next = float("-inf")
+    _vouch_op: tuple | None = None  # (n, op_id, now_ns) of the vouch being proposed
 
     # -- proposals
     async def propose(self, command: dict, timeout_s: float = 5.0) -> dict:
@@ -1129,7 +1324,11 @@ class RaftNode:
             status = dict(self._status)
             status["partners"] = dict(self._status["partners"])
         status["dump_error"] = self._dump_error
-        status["refused"] = {**dict.fromkeys(KNOWN_REASONS, 0), **self._refusals.counts()}
+        status["refused"] = {**dict.fromkeys(KNOWN_REASONS, 0),
+                             **dict.fromkeys((*checkpoint.DUMP_REASONS, "checkpoint_divergent"), 0),
+                             **self._refusals.counts(), **self._consumer.divergences.counts()}
+        with self._consumer.lock:
+            status["checkpoint"] = self._consumer.checkpoints.summary()
         status["commands_refused"] = {**dict.fromkeys(sorted(cluster_state.COUNTED_REFUSALS), 0),
                                       **self._consumer.refused.counts()}
         status["signed"] = self._signer is not None
@@ -1146,6 +1345,10 @@ class RaftNode:
         syncobj = self._syncobj
         if syncobj is None:
             return
+        try:
+            self._vouch_step(syncobj)
+        except Exception:
+            log.exception("raft: cannot propose a vouch")
         try:
             leader = syncobj._getLeader()
             status = {"self": self._self_addr, "leader": None if leader is None else str(leader.id),

@@ -24,7 +24,9 @@ pysyncobj, sqlite3) are translated into this tree at the adapter that met them.
     ├── IntegrityError                 exit 5   digest/root mismatch: never served, never stored
     │   ├── RestoreVerifyError                  restored image root != manifest root (O5)
     │   │   └── TakeoverRestoreError            a promotion's restore failed O5, and so did its full rewrite
-    │   └── JournalDamagedError                 the Raft journal is damaged before its tail: refuse to start
+    │   ├── JournalDamagedError                 the Raft journal is damaged before its tail: refuse to start
+    │   ├── DumpDamagedError                    this site's Raft dump cannot be loaded or verified: refuse to start
+    │   └── DumpRefusedError                    a full state from the network is not vouched by a majority
     ├── ProtocolError                  exit 6
     │   ├── RemoteProtocolError                 a peer sent something malformed (its fault)
     │   └── LocalProtocolError                  we were about to send something invalid (our bug)
@@ -234,6 +236,28 @@ class ProtocolError(ReplicadError):
 
 class RemoteProtocolError(ProtocolError):
     """A peer (or a file written by another version) sent something malformed: its fault."""
+class DumpDamagedError(IntegrityError):
+    """This site's own Raft dump (``raft.dump``) cannot be used: unreadable, zeroed,
+    truncated, of an unknown version, not vouched by a majority, or missing while the
+    journal starts after index 1 (compacted: the state before it exists only in the dump).
+    The site refuses to start rather than serve an empty state; nothing was changed.
+    Evidence: ``path``, ``reason`` (``dump_damaged``, ``dump_not_vouched``,
+    ``dump_bad_command``, ``dump_missing``), ``problems``, ``action`` (README "Raft dump
+    damaged")."""
+
+    code = "dump_damaged"
+
+
+class DumpRefusedError(IntegrityError):
+    """A full Raft state (a dump: a vouched checkpoint and the signed commands since) cannot
+    be adopted: its base is not a state a majority of the sites vouched for, a command of its
+    suffix is forged, replayed or contradicts a checkpoint a majority vouched, or it is
+    malformed. The node keeps its state and its dump file. Evidence: ``reason``
+    (``dump_not_vouched``, ``dump_bad_command``, ``dump_malformed``), ``problems``."""
+
+    code = "dump_refused"
+
+
 
     code = "remote_protocol"
 

@@ -25,6 +25,8 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
      "seen": {site_id: {"ops": {op_id: now_ns}, "floor_ns": int}},     # replay memory, see below
      "requests": {req_id: {...}}, "request_seq": int,                  # see list_requests
      "revoked": {site_id: {"keys": [bytes(32)], "at_ns": int, "by": site_id}},  # revoke_site
+     "applied": int,                                                   # commands applied (counted by the Raft node)
+     "vouches": {site_id: [[n, bytes(32)], ...]},                      # vouch: last VOUCHES_PER_SITE
      "limits": {"members": [site_id, ...] | None, "max_sites": int}}   # optional, see below
 
 Bounds (the state is replicated to and kept by every site; a member holding the Raft
@@ -109,6 +111,13 @@ Authority rules (threat model: root on one site speaks with that site's identity
   store with its own clock.
 * ``remove_holder`` only by the holder itself (a site cannot make the catalog forget
   another site's copy).
+* ``vouch`` (``n``, ``hash``): the signing site says "the state after ``n`` applied commands
+  has this 32-byte digest" (a checkpoint, :mod:`replicad.consensus.checkpoint`). Only by a
+  registered site, for ``0 < n <=`` ``state["applied"]`` (a state already reached; the count
+  is kept by the Raft node, identically at every site) and ``n`` above the site's last vouch
+  (``conflict`` otherwise); the last :data:`VOUCHES_PER_SITE` vouches of each site are kept
+  in ``vouches``. ``apply`` does not check the digest: it cannot know it without the
+  checkpoint; whoever reads vouches counts a majority of sites for one ``(n, hash)``.
 """
 
 from __future__ import annotations
@@ -166,6 +175,10 @@ SIZE_BYTES_MAX = 2**50
 """Largest volume size (bytes) a commit or ``add_volume`` may claim: 1 PiB, far above any
 hospital volume. A larger size is ``out_of_range`` (receivers derive their chunk budget
 from the committed size; an unbounded one would disable it)."""
+VOUCHES_PER_SITE = 2
+"""Vouches kept per site (``vouch``): the newest two, so a checkpoint a majority vouched stays
+visible while the fastest site already vouched the next one."""
+DIGEST_BYTES = 32  # a vouched state digest (BLAKE3-256, consensus.checkpoint)
 SEEN_PER_SITE_MAX = 2000  # op ids remembered per site for replay checks (> 10 min of heartbeats and commits)
 REQUESTS_MAX = 64  # request records kept (pending ones first)
 REQUESTS_PENDING_PER_SITE = 8  # a site cannot crowd out the requests of the others
@@ -1334,6 +1347,29 @@ def _bounded_requests(requests: dict) -> dict:
 
 
 # op -> (handler, allowed arg keys, required arg keys)
+def _op_vouch(state: dict, cmd: dict) -> tuple[dict, dict]:
+    """Record the signing site's vouch for the state after ``n`` applied commands (see the
+    module docstring, ``vouch``)."""
+    by = cmd["by"]
+    n = _int(cmd, "n", 1)
+    digest = cmd.get("hash")
+    if not isinstance(digest, bytes) or len(digest) != DIGEST_BYTES:
+        raise _Refusal("bad_request", f"hash must be {DIGEST_BYTES} bytes", field="hash")
+    if by not in state["sites"]:
+        raise _Refusal("not_found", f"vouch by {by!r}: not a registered site", site_id=by)
+    applied = state.get("applied", 0)
+    if n > applied:
+        raise _Refusal("conflict", f"vouch by {by!r} for the state after {n} commands: only {applied} were applied",
+                       by=by, n=n, applied=applied)
+    vouches = state.get("vouches") or {}
+    mine = list(vouches.get(by) or ())
+    if mine and n <= mine[-1][0]:
+        raise _Refusal("conflict", f"vouch by {by!r} for {n}: not above its last vouch ({mine[-1][0]})",
+                       by=by, n=n, last_n=mine[-1][0])
+    kept = (mine + [[n, digest]])[-VOUCHES_PER_SITE:]
+    return {**state, "vouches": {**vouches, by: kept}}, {"ok": True, "n": n}
+
+
 _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str], frozenset[str]]] = {
     "register_site": (_op_register_site, frozenset({"site_id", "peer_url", "kind"}),
                       frozenset({"site_id", "peer_url", "kind"})),
@@ -1363,6 +1399,7 @@ _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str],
     "veto": (_op_veto, frozenset({"request"}), frozenset({"request"})),
     "revoke_site": (_op_revoke_site, frozenset({"site_id", "keys"}), frozenset({"site_id", "keys"})),
     "clock": (lambda state, cmd: (state, {"ok": True}), frozenset(), frozenset()),
+    "vouch": (_op_vouch, frozenset({"n", "hash"}), frozenset({"n", "hash"})),
 }
 
 OPS: tuple[str, ...] = tuple(_OPS)
