@@ -147,6 +147,19 @@ names up in its own modules):
    lock window by this node's clock. Otherwise it is refused (ERROR, counted as
    ``snapshot_regresses``) before it replaces ``raft.dump``.
 
+14. **Full states only from vouched checkpoints** (:mod:`replicad.consensus.checkpoint`;
+   issue 11 part 4). Every site counts the commands it applies (``state["applied"]``),
+   digests its state every :data:`~replicad.consensus.checkpoint.CHECKPOINT_EVERY` commands
+   and proposes a signed ``vouch {n, hash}`` (from the tick callback, never from inside the
+   replicated method, once it applied everything it knows committed). A dump is the newest
+   checkpoint a majority vouched (or the initial state) plus the signed commands since;
+   loading one (from the leader, through the guard, and this site's own at start) replays
+   them through ``apply`` and requires the majority's vouches among them
+   (``dump_not_vouched``, ``dump_bad_command``, ``dump_malformed``: ERROR, counted, state and
+   file untouched), then ``dump_problems`` as a second gate. No vouched checkpoint kept: no
+   dump is written, so pysyncobj keeps its log. A damaged, zeroed, truncated or missing own
+   dump (over a compacted journal) refuses to start (``DumpDamagedError``, exit 5).
+
 13. **Signed commands** (:mod:`replicad.core.identity`): :meth:`RaftNode.propose` signs each
    command with this site's key (``signer``); every node's state machine verifies it
    against the keys pinned in the config (``trust``) and refuses a command not signed by
@@ -161,9 +174,11 @@ name what the state machine accepts from it (a forced promotion to itself, a req
 weaker retention that others must still approve); withhold, delay or reorder other sites'
 commands (no progress until it is deposed, which needs it to stop answering: a leader that
 keeps answering one follower keeps the role; a withheld command expires after the replay
-window); inflate the terms of its followers (bounded per message); ship a full state (not
-signed: it is the state, not a command) that passes the checks above but drops records
-older than the lock window, or adds forged sites within the site cap. It cannot make a follower forget committed snapshots
+window); inflate the terms of its followers (bounded per message); and, for a follower it
+feeds log entries or a dump, omit or reorder other sites' commands after the newest vouched
+checkpoint (point 14: the follower then computes another digest for the next checkpoint and
+reports ``checkpoint_divergent``). It cannot install a state a majority did not vouch for
+(point 14). It cannot make a follower forget committed snapshots
 inside the lock window, rewrite their roots, move epochs back, or install a state at all
 from a connection that is not its member connection.
 
@@ -420,7 +435,25 @@ def _make_serializer(fileName: Any, *args: Any) -> Any:
     return GuardedSerializer(inner, fileName, check, refusals)
 
 
+class _DumpFailureFilter(logging.Filter):
+    """pysyncobj logs "Failed to store full dump" on every tick while the dump writer raises
+    (``checkpoint.NotCompacting``: vouches lag, the log is kept on purpose; this module logs
+    why at ERROR once a minute): let that line through once a minute."""
+
+    _last = float("-inf")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() != "Failed to store full dump":
+            return True
+        now = time.monotonic()
+        if now - self._last < 60.0:
+            return False
+        self._last = now
+        return True
+
+
 install_hardening()
+logging.getLogger("pysyncobj.syncobj").addFilter(_DumpFailureFilter())
 
 
 # --------------------------------------------------------------------------- 4 + 6. hardened SyncObj
