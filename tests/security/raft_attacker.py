@@ -24,7 +24,9 @@ Modes:
   (``readonly``, or a member address: this site's own by default).
 * ``term``: ``--count`` heartbeats (``append_entries``) and ``request_vote`` messages at
   ``--term-add`` above this site's term, sent as this site.
-* ``bomb``: right after the key exchange, one frame whose zlib stream expands to ``--mib`` MiB.
+* ``bomb``: right after the key exchange (signed: after the target's answer to a hello naming
+  a member whose address sorts above the target's), one frame whose zlib stream expands to
+  ``--mib`` MiB.
 * ``flood``: ``--count`` TCP connections that send nothing; held up to ``--hold-s``; reports
   how many the target closed and after how long.
 * ``utility``: pysyncobj's utility messages ``status`` and ``transfer`` (leadership transfer).
@@ -329,8 +331,9 @@ def mode_bomb(cfg, args) -> None:
     zero = bytes(1 << 20)
     payload = b"".join(comp.compress(zero) for _ in range(args.mib)) + comp.flush()
     wire = Wire.for_site(cfg, args.target)
-    if wire.signed:  # the very next frame (our proof) is the bomb
-        ok = wire.hello(cfg.self_ref().raft) is not None
+    if wire.signed:  # the very next frame (our proof) is the bomb; name a member that dials the target
+        above = sorted((s.raft for s in cfg.sites if s.raft > args.target), key=lambda a: a != cfg.self_ref().raft)
+        ok = bool(above) and wire.hello(above[0]) is not None
     else:  # the very next frame (the identity) is the bomb
         wire.server_key = wire.exchange_keys()
         ok = wire.server_key is not None

@@ -4,7 +4,8 @@ The attacker is site-a: a real process (``raft_attacker.py``) holding site-a's c
 cluster's shared Raft password and site-a's data dir, speaking pysyncobj's wire format with
 code of its own (while site-a's daemon runs, then in its place). The honest sites b and c
 are judged: their committed catalog and chunk counts do not change, every refused attempt
-leaves a WARNING/ERROR line and a ``replicad_raft_refused_total{reason}`` sample, and once
+leaves a WARNING/ERROR line and a ``replicad_raft_refused_total{reason}`` sample (a connection
+naming another member, signed with site-a's own key or not at all: ``bad_identity``), and once
 the attacker's site is gone they elect a leader, fail over and commit a snapshot.
 
 One cluster serves the whole module (the cases run in file order; each is bounded in time).
@@ -132,13 +133,33 @@ def test_utility_messages_and_read_only_observers_are_refused(cluster: LocalClus
 
 
 def test_decompression_bomb_drops_the_connection_without_inflating(cluster: LocalCluster, baseline: dict) -> None:
-    pid = cluster.sites["site-c"].proc.pid
+    target = min(HONEST, key=lambda s: raft_addr(cluster, s))  # a member dials it: the hello names that member
+    pid = cluster.sites[target].proc.pid
     peak_before = _peak_rss_kib(pid)
-    result = attack(cluster, "bomb", "--target", raft_addr(cluster, "site-c"), "--mib", "1024")
+    result = attack(cluster, "bomb", "--target", raft_addr(cluster, target), "--mib", "1024")
     assert result["handshake"] and result["closed"], result
     assert result["compressed_bytes"] < 2 * 1024 * 1024
-    wait_refused(cluster, "site-c", "decompressed_too_large")
+    wait_refused(cluster, target, "decompressed_too_large")
     assert _peak_rss_kib(pid) - peak_before < 100 * 1024  # far below the 1 GiB it would inflate to
+    assert_history_kept(cluster, baseline)
+
+
+@pytest.mark.parametrize("proof", ["own", "none"])
+def test_a_connection_naming_another_member_is_refused(cluster: LocalCluster, baseline: dict, proof: str) -> None:
+    """Site-a holds the shared password and its own key, and names site-x (an honest member
+    that dials the target), proving it with its own key or with no valid signature at all."""
+    target, named = sorted(HONEST, key=lambda s: raft_addr(cluster, s))  # named's address sorts above: it dials
+    leader = cluster.status(target)["raft"]["leader"]
+    before = refused(cluster, target, "bad_identity")
+    result = attack(cluster, "impersonate", "--target", raft_addr(cluster, target), "--as", raft_addr(cluster, named),
+                    "--proof", proof, "--term-add", "1000000")
+    assert result["answered"] and result["closed"], result  # the target proved itself, then closed on our proof
+    cluster.wait_for("bad_identity counted", lambda: refused(cluster, target, "bad_identity") > before, 10)
+    assert logged(cluster, target, "bad_identity") and "WARNING" in cluster.log_tail(target, 2000)
+    for s in HONEST:  # the real member's connection and the leader are untouched; nothing of it was read
+        st = cluster.status(s)["raft"]
+        assert st["leader"] == leader and st["term"] < 1000000, s
+    assert cluster.status(target)["raft"]["partners"][raft_addr(cluster, named)] is True
     assert_history_kept(cluster, baseline)
 
 
