@@ -24,8 +24,11 @@ module makes a dump something a majority vouched for:
   never dropped); an ERROR says so (:class:`NotCompacting`).
 * **Load** (:func:`verify_dump`, from the network and from this site's own file at start):
   the digest of ``base`` is recomputed; the suffix is replayed through ``apply`` (every
-  signature, replay and bound check runs); a command refused as forged, replayed, expired,
-  revoked or ``internal`` refuses the dump (``dump_bad_command``); the vouches that the
+  signature, replay and bound check runs); a command refused there (forged, replayed,
+  expired, revoked) is refused again, exactly as every site refused it when the log applied
+  it, so it changes nothing but the audit and the count; it does not refuse the dump (a
+  member that slips one forged command into the log every checkpoint interval would
+  otherwise keep every lagging site from ever catching up); the vouches that the
   replayed suffix applied must show a majority of member sites for ``(c, digest)``
   (``dump_not_vouched``; each vouch is a signed command, so the leader cannot forge them,
   and a vouch for ``c`` is applied after command ``c``, so it is always in the suffix); a
@@ -79,8 +82,6 @@ STATE_DOMAIN = b"replicad-state-v1\x00"
 COMMAND_MAX_BYTES = 40 * 1024  # raft.MAX_COMMAND_BYTES: a suffix payload is one proposed command
 DUMP_REASONS = ("dump_not_vouched", "dump_bad_command", "dump_malformed")
 """Refusal reasons of a dump from the network (``replicad_raft_refused_total{reason}``)."""
-BAD_RESULTS = cluster_state.IDENTITY_REFUSALS | {"internal"}
-"""Results that refuse a dump when a command of its suffix gets them on replay."""
 
 
 class NotCompacting(Exception):
@@ -278,8 +279,8 @@ def verify_dump(document: Any, trust: Trust | None, initial: dict,
     Raises:
         errors.DumpRefusedError: ``reason`` ``dump_malformed`` (shape, bounds, version),
             ``dump_not_vouched`` (the base is not the initial state nor vouched by a majority),
-            ``dump_bad_command`` (a suffix command refused as forged/replayed/expired/revoked,
-            or a majority-vouched checkpoint in the suffix not reproduced).
+            ``dump_bad_command`` (a majority-vouched checkpoint in the suffix not reproduced:
+            a command omitted, reordered or inserted before it).
     """
     if not isinstance(document, dict) or document.get("v") != DUMP_VERSION:
         version = document.get("v") if isinstance(document, dict) else None
@@ -311,10 +312,6 @@ def verify_dump(document: Any, trust: Trust | None, initial: dict,
     state = base
     for i, payload in enumerate(suffix):
         state, result, command = advance(state, payload, trust)
-        if result.get("error") in BAD_RESULTS:
-            raise _refused("dump_bad_command", f"suffix command {i} (count {base_n + i + 1}) is refused on replay: "
-                           f"{result.get('error')}: {str(result.get('message'))[:200]}",
-                           index=i, n=base_n + i + 1, error=result.get("error"))
         if result.get("ok") and isinstance(command, dict) and command.get("op") == "vouch" \
                 and command.get("by") in members and isinstance(command.get("n"), int) \
                 and isinstance(command.get("hash"), bytes):
