@@ -31,7 +31,8 @@ replicad_ship_received_bytes_total                          volume, peer       e
 replicad_verify_runs_total                                  volume             event
 replicad_verify_mismatches_total                            volume             event
 replicad_peer_refused_total                                 reason             event: a peer write refused
-                                                                               (record_conflict, stale_epoch..)
+                                                                               (record_conflict, stale_epoch,
+                                                                               revoked: any request..)
 replicad_floor_kept_total                                   volume, reason     event: the local floor kept
                                                                                a record Raft dropped
 replicad_volume_rpo_seconds                                 volume             age of newest committed
@@ -441,7 +442,8 @@ class SiteMetrics:
         self.verify_mismatches = Counter("replicad_verify_mismatches_total", "Chunks found corrupt by verify",
                                          ["site", "volume"], registry=self.registry)
         self.peer_refusals = Counter("replicad_peer_refused_total",
-                                     "Peer write requests (chunks, snapshot) this site refused, by error code",
+                                     "Peer write requests (chunks, snapshot), and any request of a revoked "
+                                     "site, this site refused, by error code",
                                      ["site", "reason"], registry=self.registry)
         self.restores_skipped = Counter("replicad_restore_skipped_total",
                                        "Clean committed snapshots a takeover could not restore (no holder could "
