@@ -355,7 +355,9 @@ class ExpiredCommandError(AccessError):
 
 class RevokedError(AccessError):
     """The state machine refused a command signed by a key (or, unsigned, sent by a site)
-    that a majority of sites revoked through Raft (``replicad revoke SITE``)."""
+    that a majority of sites revoked through Raft (``replicad revoke SITE``); or the peer API
+    refused a request of such a site (every route; evidence ``sender``; audited and counted
+    in ``replicad_peer_refused_total{reason="revoked"}``)."""
 
     code = "revoked"
 
