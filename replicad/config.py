@@ -704,6 +704,13 @@ class SiteConfig(BaseModel):
                                    request_ttl_ns=int(self.policy.request_ttl_s * 1e9),
                                    cooling_off_ns=int(self.policy.cooling_off_s * 1e9))
 
+    def membership(self) -> list[dict]:
+        """The cluster membership this config describes, as the Raft state records it (``found``,
+        :mod:`replicad.core.state`): ``[{"site_id", "raft", "kind", "keys": [str]}]`` sorted by
+        site id, keys sorted. Two sites agree on membership iff these lists are equal."""
+        return sorted(({"site_id": s.site_id, "raft": s.raft, "kind": s.kind, "keys": sorted(set(s.public_key))}
+                       for s in self.sites), key=lambda m: m["site_id"])
+
     def self_ref(self) -> SiteRef:
         """This site's own ``[[sites]]`` entry (validation guarantees it exists)."""
         for site in self.sites:
@@ -1188,3 +1195,27 @@ def _document_keys(model: type[BaseModel]) -> list[str]:
 def _suggest(key: str, known: Any) -> str:
     close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def membership_differences(agreed: list[dict], configured: list[dict]) -> list[str]:
+    """How ``configured`` (:meth:`SiteConfig.membership`) differs from the ``agreed`` membership
+    recorded in the Raft state, one line per difference naming the site and the field (site
+    missing or extra, ``raft`` address, ``kind``, pinned ``keys``); [] when they agree.
+    Pure; both arguments are lists of ``{"site_id", "raft", "kind", "keys"}``."""
+    ours = {m["site_id"]: m for m in configured}
+    theirs = {m["site_id"]: m for m in agreed}
+    out: list[str] = []
+    for site in sorted(set(theirs) - set(ours)):
+        out.append(f"sites: {site} is a member of the cluster (raft {theirs[site]['raft']}) but not in this config")
+    for site in sorted(set(ours) - set(theirs)):
+        out.append(f"sites: {site} (raft {ours[site]['raft']}) is in this config but not a member of the cluster")
+    for site in sorted(set(ours) & set(theirs)):
+        a, b = theirs[site], ours[site]
+        if a["raft"] != b["raft"]:
+            out.append(f"sites.{site}.raft: the cluster has {a['raft']}, this config {b['raft']}")
+        if a["kind"] != b["kind"]:
+            out.append(f"sites.{site}.kind: the cluster has {a['kind']}, this config {b['kind']}")
+        if sorted(a["keys"]) != sorted(b["keys"]):
+            out.append(f"sites.{site}.public_key: the cluster pins {sorted(a['keys']) or 'none'}, this config "
+                       f"{sorted(b['keys']) or 'none'}")
+    return out

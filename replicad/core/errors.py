@@ -10,6 +10,7 @@ pysyncobj, sqlite3) are translated into this tree at the adapter that met them.
 
     ReplicadError                      exit 1
     ├── ConfigError                    exit 2   bad TOML / values; .problems lists all
+    │   └── MembershipMismatchError             [[sites]] disagrees with the membership agreed in Raft
     ├── UsageError                     exit 2   bad CLI/API arguments
     │   └── NotSupportedError                   (HTTP 501) a feature replicad refuses on purpose
     ├── NotFoundError                  exit 3   unknown volume, snapshot, site, chunk
@@ -99,6 +100,15 @@ class ConfigError(ReplicadError):
     def __init__(self, message: str, problems: list[str] | None = None, **evidence: Any) -> None:
         super().__init__(message, problems=list(problems or []), **evidence)
         self.problems = list(problems or [])
+
+
+class MembershipMismatchError(ConfigError):
+    """This site's ``[[sites]]`` (site ids, Raft addresses, kinds, pinned keys) disagrees with the
+    membership agreed in the cluster's Raft state: the site refuses to start, or stops before it
+    acts as leader or primary. ``problems`` names each difference; evidence ``source`` (where
+    the agreed membership was read) and ``action`` (README "Adding or removing a site")."""
+
+    code = "membership_mismatch"
 
 
 class UsageError(ReplicadError):
@@ -450,8 +460,8 @@ def from_dict(body: dict[str, Any], status: int | None = None) -> ReplicadError:
     message = str(body.get("message", "error without message"))
     evidence = body.get("evidence") if isinstance(body.get("evidence"), dict) else {}
     cls = _BY_CODE.get(code, ReplicadError)
-    if cls is ConfigError:
-        return ConfigError(message, problems=list(evidence.get("problems", [])))
+    if issubclass(cls, ConfigError):
+        return cls(message, **{**evidence, "problems": list(evidence.get("problems", []))})
     err = cls.__new__(cls)
     ReplicadError.__init__(err, message, **{k: v for k, v in evidence.items()})
     return err

@@ -25,6 +25,9 @@ Events:
 * ``epoch_advanced_elsewhere``    — a committed epoch names another site (or nobody).
 * ``found_uncommitted_snapshots`` — a fenced site found local snapshots absent from the catalog.
 * ``resynced``                    — caught up from the newest common snapshot; now a replica.
+* ``cluster_reset``               — the Raft state is of another cluster incarnation (every site
+  lost its Raft state): the epochs this site acted under mean nothing there; its records of the
+  old incarnation are set aside (``previous``) and it starts over as a replica of the new one.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from replicad.core.errors import ConflictError
 ROLES: tuple[str, ...] = ("primary", "replica", "restoring", "fenced", "divergent")
 
 EVENTS: tuple[str, ...] = ("granted_primary", "restore_started", "restore_done", "demoted",
-                           "epoch_advanced_elsewhere", "found_uncommitted_snapshots", "resynced")
+                           "epoch_advanced_elsewhere", "found_uncommitted_snapshots", "resynced", "cluster_reset")
 
 TRANSITIONS: dict[tuple[str, str], str] = {
     ("replica", "granted_primary"): "primary",
@@ -50,6 +53,11 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("fenced", "epoch_advanced_elsewhere"): "fenced",
     ("divergent", "resynced"): "replica",
     ("divergent", "epoch_advanced_elsewhere"): "divergent",
+    ("primary", "cluster_reset"): "replica",
+    ("restoring", "cluster_reset"): "replica",
+    ("fenced", "cluster_reset"): "replica",
+    ("divergent", "cluster_reset"): "replica",
+    ("replica", "cluster_reset"): "replica",
 }
 """The one role table: ``(role, event) -> new role``. Anything absent is illegal."""
 

@@ -27,7 +27,8 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
      "revoked": {site_id: {"keys": [bytes(32)], "at_ns": int, "by": site_id}},  # revoke_site
      "applied": int,                                                   # commands applied (counted by the Raft node)
      "vouches": {site_id: [[n, bytes(32)], ...]},                      # vouch: last VOUCHES_PER_SITE
-     "limits": {"members": [site_id, ...] | None, "max_sites": int}}   # optional, see below
+     "limits": {"members": [site_id, ...] | None, "max_sites": int},   # optional, see below
+     "incarnation": {"id": bytes(16), "members": [member, ...], "by": site_id, "at_ns": int}}  # found
 
 Bounds (the state is replicated to and kept by every site; a member holding the Raft
 password must not be able to grow it without limit): ``audit`` keeps the last
@@ -111,6 +112,17 @@ Authority rules (threat model: root on one site speaks with that site's identity
   store with its own clock.
 * ``remove_holder`` only by the holder itself (a site cannot make the catalog forget
   another site's copy).
+* ``found`` (``incarnation``: 16 random bytes, ``members``): the first one applied to a state
+  fixes the cluster's **incarnation** (an identity no other Raft history shares: a cluster whose
+  every site lost its Raft state starts a new one, and the sites' local records of the old one
+  cannot collide with the new) and its **agreed membership**: ``[{"site_id", "raft", "kind",
+  "keys": [str]}]`` sorted by site id (every site's ``[[sites]]``). Every site proposes it at
+  start with its own random id and config; a later one changes nothing and answers the
+  recorded ``incarnation`` and ``members`` (``created`` False). Only by a site the members
+  list names.
+* ``set_members`` (``members``): replaces the agreed membership (not the incarnation); only
+  as a request approved by a majority of the registered sites, without cooling-off (README:
+  adding a site).
 * ``vouch`` (``n``, ``hash``): the signing site says "the state after ``n`` applied commands
   has this 32-byte digest" (a checkpoint, :mod:`replicad.consensus.checkpoint`). Only by a
   registered site, for ``0 < n <=`` ``state["applied"]`` (a state already reached; the count
@@ -183,7 +195,10 @@ SEEN_PER_SITE_MAX = 2000  # op ids remembered per site for replay checks (> 10 m
 REQUESTS_MAX = 64  # request records kept (pending ones first)
 REQUESTS_PENDING_PER_SITE = 8  # a site cannot crowd out the requests of the others
 WEAKENING_OPS = ("set_retention", "mark_verdict")
-REQUEST_ACTIONS = (*WEAKENING_OPS, "revoke_site")  # revocation: a majority of the sites, no cooling-off
+REQUEST_ACTIONS = (*WEAKENING_OPS, "revoke_site", "set_members")  # a majority of the sites, no cooling-off
+MAJORITY_ACTIONS = ("revoke_site", "set_members")  # requests a majority of all registered sites approves, at once
+INCARNATION_BYTES = 16  # a cluster incarnation id (found)
+MEMBER_KEYS_MAX = 8  # public keys per member in the agreed membership
 _TRUST = object()  # internal key: the Trust a handler runs under (never in a decoded command)
 _APPROVED = object()  # internal key: set on an action run by a request that collected its approvals
 
@@ -1052,7 +1067,7 @@ def _needed(state: dict, trust: Trust | None, action: str) -> int:
     """Approvals a request of ``action`` needs: revoking a site, at least a majority of all
     registered sites; otherwise :func:`approvals_needed`."""
     needed = approvals_needed(state, trust)
-    if action == "revoke_site":
+    if action in MAJORITY_ACTIONS:
         needed = max(needed, len(state.get("sites", {})) // 2 + 1)
     return needed
 
@@ -1175,7 +1190,7 @@ def _run_request(state: dict, cmd: dict, entry: dict) -> tuple[dict, dict]:
     > 0: status ``approved`` until ``effective_ns`` by the majority clock, vetoable), or run
     its action now (raising its refusal)."""
     trust = cmd.get(_TRUST)
-    cooling = 0 if trust is None or entry["action"] == "revoke_site" else trust.cooling_off_ns
+    cooling = 0 if trust is None or entry["action"] in MAJORITY_ACTIONS else trust.cooling_off_ns
     if cooling > 0:
         base = quorum_now_ns(state)
         base = cmd["now_ns"] if base is None else max(base, 0)
@@ -1346,6 +1361,57 @@ def _bounded_requests(requests: dict) -> dict:
     return out
 
 
+def _members(cmd: dict) -> list[dict]:
+    """The ``members`` argument of ``found``/``set_members``, canonical (sorted by site id, keys
+    sorted); ``bad_request`` unless each is ``{site_id, raft, kind, keys}`` with distinct site ids."""
+    value = cmd.get("members")
+    if not isinstance(value, list) or not 0 < len(value) <= SITES_MAX:
+        raise _Refusal("bad_request", f"members must be a list of 1 to {SITES_MAX} sites", field="members")
+    out = []
+    for m in value:
+        if not isinstance(m, dict) or set(m) != {"site_id", "raft", "kind", "keys"} or \
+                not isinstance(m["site_id"], str) or not 0 < len(m["site_id"]) <= NAME_MAX_CHARS or \
+                not isinstance(m["raft"], str) or not 0 < len(m["raft"]) <= NAME_MAX_CHARS or \
+                m["kind"] not in SITE_KINDS or not isinstance(m["keys"], list) or \
+                len(m["keys"]) > MEMBER_KEYS_MAX or not all(isinstance(k, str) and len(k) <= 128 for k in m["keys"]):
+            raise _Refusal("bad_request", "each member is {site_id, raft, kind, keys}", field="members",
+                           member=_safe(str(m)[:200]))
+        out.append({"site_id": m["site_id"], "raft": m["raft"], "kind": m["kind"], "keys": sorted(set(m["keys"]))})
+    out.sort(key=lambda m: m["site_id"])
+    if len({m["site_id"] for m in out}) != len(out):
+        raise _Refusal("bad_request", "members names a site twice", field="members")
+    return out
+
+
+def _op_found(state: dict, cmd: dict) -> tuple[dict, dict]:
+    """Fix the cluster's incarnation and agreed membership (the first ``found`` of a state);
+    later ones answer what is recorded (see the module docstring)."""
+    inc = cmd.get("incarnation")
+    if not isinstance(inc, bytes) or len(inc) != INCARNATION_BYTES:
+        raise _Refusal("bad_request", f"incarnation must be {INCARNATION_BYTES} bytes", field="incarnation")
+    members = _members(cmd)
+    current = state.get("incarnation")
+    if current is not None:
+        return state, {"ok": True, "created": False, "incarnation": current["id"],
+                       "members": current["members"]}
+    if cmd["by"] not in {m["site_id"] for m in members}:
+        raise _Refusal("conflict", f"found by {cmd['by']!r}: not in the members it names", by=cmd["by"])
+    entry = {"id": inc, "members": members, "by": cmd["by"], "at_ns": cmd["now_ns"]}
+    return {**state, "incarnation": entry}, {"ok": True, "created": True, "incarnation": inc, "members": members}
+
+
+def _op_set_members(state: dict, cmd: dict) -> tuple[dict, dict]:
+    """Replace the agreed membership (only as an approved request)."""
+    members = _members(cmd)
+    current = state.get("incarnation")
+    if current is None:
+        raise _Refusal("not_found", "the cluster has no agreed membership yet (no found command applied)")
+    _needs_approval(cmd, "changing the cluster's membership")
+    changed = members != current["members"]
+    return ({**state, "incarnation": {**current, "members": members}},
+            {"ok": True, "members": members, "changed": changed})
+
+
 # op -> (handler, allowed arg keys, required arg keys)
 def _op_vouch(state: dict, cmd: dict) -> tuple[dict, dict]:
     """Record the signing site's vouch for the state after ``n`` applied commands (see the
@@ -1400,6 +1466,8 @@ _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str],
     "revoke_site": (_op_revoke_site, frozenset({"site_id", "keys"}), frozenset({"site_id", "keys"})),
     "clock": (lambda state, cmd: (state, {"ok": True}), frozenset(), frozenset()),
     "vouch": (_op_vouch, frozenset({"n", "hash"}), frozenset({"n", "hash"})),
+    "found": (_op_found, frozenset({"incarnation", "members"}), frozenset({"incarnation", "members"})),
+    "set_members": (_op_set_members, frozenset({"members"}), frozenset({"members"})),
 }
 
 OPS: tuple[str, ...] = tuple(_OPS)

@@ -85,7 +85,7 @@ def test_unknown_state_is_rejected_by_put(cat: Catalog) -> None:
         with pytest.raises((ValueError, ReplicadError)):
             cat.put(rec(1, state=state))
     assert cat.list("pacs") == []
-    assert set(STATES) == {"local", "received", "committed", "divergent"}
+    assert set(STATES) == {"local", "received", "committed", "divergent", "previous"}
 
 
 def test_unknown_state_is_rejected_by_set_state(cat: Catalog) -> None:

@@ -1,0 +1,39 @@
+"""``found`` (cluster incarnation + agreed membership) and ``set_members`` (issue 13, items 4 and 9)."""
+
+from __future__ import annotations
+
+from replicad.core import state as st
+
+M3 = [{"site_id": s, "raft": f"127.0.0.1:{i}", "kind": "data", "keys": []} for i, s in enumerate("abc", 1)]
+
+
+def cmd(op: str, by: str, n: int, **args) -> dict:
+    return {"v": 1, "op": op, "op_id": f"{op}-{by}-{n}", "by": by, "now_ns": 10**18 + n, **args}
+
+
+def test_the_first_found_fixes_incarnation_and_members_and_later_ones_answer_them() -> None:
+    s = st.initial_state()
+    s, r = st.apply(s, cmd("found", "a", 1, incarnation=b"\x01" * 16, members=list(reversed(M3))))
+    assert r["ok"] and r["created"] and r["incarnation"] == b"\x01" * 16 and r["members"] == M3
+    s2, r2 = st.apply(s, cmd("found", "b", 2, incarnation=b"\x02" * 16, members=M3[:2]))
+    assert r2["ok"] and not r2["created"] and r2["incarnation"] == b"\x01" * 16 and r2["members"] == M3
+    assert s2["incarnation"]["id"] == b"\x01" * 16
+    _, bad = st.apply(st.initial_state(), cmd("found", "a", 3, incarnation=b"\x01" * 3, members=M3))
+    assert bad["error"] == "bad_request"
+    _, other = st.apply(st.initial_state(), cmd("found", "z", 4, incarnation=b"\x01" * 16, members=M3))
+    assert other["error"] == "conflict"
+
+
+def test_set_members_only_as_a_request_a_majority_approves() -> None:
+    s = st.initial_state()
+    for i, site in enumerate("abc"):
+        s, _ = st.apply(s, cmd("register_site", site, 10 + i, site_id=site, peer_url=f"http://{site}", kind="data"))
+    s, _ = st.apply(s, cmd("found", "a", 1, incarnation=b"\x01" * 16, members=M3))
+    m4 = M3 + [{"site_id": "d", "raft": "127.0.0.1:4", "kind": "witness", "keys": []}]
+    _, direct = st.apply(s, cmd("set_members", "a", 2, members=m4))
+    assert direct["error"] == "approval_required"
+    s, req = st.apply(s, cmd("request", "a", 3, action="set_members", args={"members": m4}))
+    assert req["ok"] and req["status"] == "pending" and req["needed"] == 2
+    s, done = st.apply(s, cmd("approve", "b", 4, request=req["request"]))
+    assert done["status"] == "applied"
+    assert s["incarnation"]["members"] == m4 and s["incarnation"]["id"] == b"\x01" * 16
