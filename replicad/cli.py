@@ -249,7 +249,41 @@ def _render_snapshots(data: dict) -> None:
     for d in data.get("divergent", []):
         t.add_row(str(d["seq"]), str(d["epoch"]), "divergent", "", "(this site only)", "", str(d["root"])[:16],
                   style="yellow")
+    for d in data.get("previous", []):
+        t.add_row(str(d["seq"]), str(d["epoch"]), f"previous {d['incarnation'][:8]} ({d.get('state')})", "",
+                  "(this site only)", "", str(d["root"])[:16], style="magenta")
     console.print(t)
+    if data.get("previous"):
+        console.print("previous: records of an earlier cluster incarnation (every site lost its Raft state); "
+                      "'replicad readopt VOL' at the primary makes one the next snapshot")
+
+
+def cmd_members_propose(args: argparse.Namespace) -> int:
+    """Request that the cluster's agreed membership becomes the ``[[sites]]`` of a new config file."""
+    from replicad.config import load_config
+
+    members = load_config(Path(args.file)).membership()
+    _print(args, api(args, "POST", "/v1/membership", {"members": members, "reason": args.reason}),
+           _render_request_state)
+    return 0
+
+
+def cmd_readopt(args: argparse.Namespace) -> int:
+    """Re-adopt a snapshot of a previous cluster incarnation at the primary (README runbook)."""
+    body: dict[str, Any] = {}
+    if args.incarnation:
+        body["incarnation"] = args.incarnation
+    if args.old is not None:
+        epoch, _, seq = args.old.partition(":")
+        if not (epoch.isdigit() and seq.isdigit()):
+            raise UsageError("--snapshot takes EPOCH:SEQ as 'replicad snapshots VOL' lists a previous record")
+        body.update(epoch=int(epoch), seq=int(seq))
+    _print(args, api(args, "POST", f"/v1/volumes/{args.volume}/readopt", body), lambda r: console.print(
+        f"{r['volume']}: re-adopted {r['readopted']['incarnation'][:8]}:{r['readopted']['epoch']}:"
+        f"{r['readopted']['seq']} ({r['readopted']['prior_state']}) into the live image, root verified, "
+        f"{r['blocks_written']} blocks written; snapshot #{r['seq']} epoch {r['epoch']} "
+        f"{'committed' if r['committed'] else 'NOT committed'} ({r.get('verdict')})"))
+    return 0
 
 
 def _render_members(data: dict) -> None:
@@ -572,6 +606,11 @@ def main(argv: list[str] | None = None) -> int:
     p = command("snapshot", help="take a snapshot now (at the primary)")
     p.add_argument("volume")
     p.set_defaults(fn=lambda a: _print(a, api(a, "POST", f"/v1/volumes/{a.volume}/snapshot", {}), _render_cycle))
+    p = command("readopt", help="at the primary: make a snapshot of a previous cluster incarnation the next one")
+    p.add_argument("volume")
+    p.add_argument("--incarnation", help="hex prefix of the previous incarnation (when several are held here)")
+    p.add_argument("--snapshot", dest="old", metavar="EPOCH:SEQ", help="the old record (default: the newest)")
+    p.set_defaults(fn=cmd_readopt)
     p = command("promote", help="planned switchover (--to SITE) or forced failover (--force, here)")
     p.add_argument("volume")
     g = p.add_mutually_exclusive_group(required=True)
@@ -605,6 +644,12 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_drill)
     p = command("members", help="the sites of the Raft group and whether this site reaches them")
     p.set_defaults(fn=lambda a: _print(a, api(a, "GET", "/v1/members"), _render_members))
+    members_sub = p.add_subparsers(dest="members_command")
+    pm = members_sub.add_parser("propose", help="request that the cluster agrees on the [[sites]] of FILE "
+                                "(a majority of the sites approves)", parents=[common])
+    pm.add_argument("file", help="the new site config (its [[sites]] list is proposed)")
+    pm.add_argument("--reason", default="", help="why (shown to the operators asked to approve)")
+    pm.set_defaults(fn=cmd_members_propose)
     p = command("retention", help="show or change a volume's retention policy (agreed through Raft)")
     p.add_argument("volume")
     p.add_argument("--set", action="append", metavar="KEY=DURATION",

@@ -11,6 +11,8 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
     GET    /v1/volumes                          [viewer] Raft's volume table
     GET    /v1/volumes/{volume}/snapshots       [viewer] committed catalog (verdict, holders, epoch) + divergent
     POST   /v1/volumes/{volume}/snapshot        [operator] take, ship and commit one now (primary only)
+    POST   /v1/volumes/{volume}/readopt         [admin] {"incarnation": str?, "epoch": int?, "seq": int?}: make a
+                                                 snapshot of a previous cluster incarnation the next one (primary)
     POST   /v1/volumes/{volume}/verify          [operator] {"seq": int?}: re-read every chunk, heal from holders
     POST   /v1/volumes/{volume}/drill           [operator] {"sandbox": dir, "seq": int?, "keep": bool?}: 202 + operation
     POST   /v1/volumes/{volume}/restore         [operator; admin with overwrite] {"target": path, "seq": int?,
@@ -24,6 +26,8 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
     POST   /v1/volumes/{volume}/prune           [admin] {"seqs": [int]}: refused inside the lock window (O4)
     GET    /v1/members                          [viewer] sites of the Raft group and their reachability
     POST   /v1/members, DELETE /v1/members/{site_id}   [admin] 501 not_supported (see below)
+    POST   /v1/membership                       [admin] {"members": [...], "reason"?}: request to change the agreed
+                                                 membership (a majority of the sites approves it)
     GET    /v1/requests                         [viewer] protection-weakening requests (pending, applied, expired)
     POST   /v1/requests/{request_id}/approve    [admin] this site approves the request (a command signed by it)
     POST   /v1/requests/{request_id}/veto       [admin] this site stops a request before it takes effect
@@ -92,6 +96,8 @@ RETENTION_KEYS = ("keep_all_s", "hourly_s", "daily_s", "lock_s")
 PRINCIPAL_KEY = "replicad.principal"
 MEMBERSHIP_PROCEDURE = ("edit [[sites]] identically in every site's config file",
                         "run replicad check-config on each file",
+                        "at one site: replicad members propose NEW_CONFIG (a request); a majority of the sites "
+                        "approves it (replicad approve REQ at each): the Raft state then agrees with the new list",
                         "restart the sites one at a time; before the next, wait until 'replicad members' shows "
                         "a leader and every member reachable")
 
@@ -318,11 +324,26 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
             listed = {snap["root"] for snap in vs["snapshots"].values()}
             kept = [{"epoch": r.epoch, "seq": r.seq, "root": r.root, "state": r.state, "created_at_ns": r.created_at_ns}
                     for r in site.catalog.list(name) if r.state in ("committed", "received") and r.root not in listed]
+            # records of previous cluster incarnations (every site lost its Raft state): kept here,
+            # never shipped nor pruned by this cluster; replicad readopt makes one the next snapshot
+            previous = [{"incarnation": r.incarnation.hex(), "epoch": r.epoch, "seq": r.seq, "root": r.root,
+                         "state": r.prior_state, "created_at_ns": r.created_at_ns}
+                        for r in site.catalog.list(name, "previous")]
+        else:
+            previous = []
         return _ok({"volume": name, "epoch": vs["epoch"], "primary": vs["primary"], "snapshots": committed,
-                    "divergent": divergent, "kept_locally": kept})
+                    "divergent": divergent, "kept_locally": kept, "previous": previous})
 
     async def snapshot(request: web.Request) -> web.Response:
         return _ok(await site.volumes.snapshot_now(request.match_info["volume"]))
+
+    async def readopt(request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        inc = body.get("incarnation")
+        if inc is not None and (not isinstance(inc, str) or not inc or any(c not in "0123456789abcdefABCDEF" for c in inc)):
+            raise UsageError("incarnation must be a hex prefix of a previous incarnation's id", field="incarnation")
+        return _ok(await site.volumes.readopt(request.match_info["volume"], inc, _opt_int(body, "epoch"),
+                                              _opt_int(body, "seq")))
 
     async def verify(request: web.Request) -> web.Response:
         name = request.match_info["volume"]
@@ -509,6 +530,16 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
             "purpose. Edit [[sites]] in every site's config and restart the sites one at a time.",
             procedure=list(MEMBERSHIP_PROCEDURE), see="config/README.md (Changing the members)")
 
+    async def membership_propose(request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        members, reason = body.get("members"), body.get("reason", "")
+        if not isinstance(members, list) or not members:
+            raise UsageError("members: the new [[sites]] list, as 'replicad members propose FILE' reads it",
+                             field="members")
+        if not isinstance(reason, str) or len(reason) > 1024:
+            raise UsageError("reason must be a string of at most 1024 characters", field="reason")
+        return await _make_request(site, "set_members", {"members": members}, reason)
+
     async def audit(request: web.Request) -> web.Response:
         return _ok({"audit": site.raft.state().get("audit", [])[-200:]})
 
@@ -531,6 +562,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         ("GET", "/v1/status", status), ("GET", "/v1/volumes", volumes),
         ("GET", "/v1/volumes/{volume}/snapshots", snapshots),
         ("POST", "/v1/volumes/{volume}/snapshot", snapshot),
+        ("POST", "/v1/volumes/{volume}/readopt", readopt),
         ("POST", "/v1/volumes/{volume}/verify", verify),
         ("POST", "/v1/volumes/{volume}/drill", drill),
         ("POST", "/v1/volumes/{volume}/promote", promote),
@@ -545,6 +577,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         ("GET", "/v1/members", members_get),
         ("POST", "/v1/members", members_change),
         ("DELETE", "/v1/members/{site_id}", members_change),
+        ("POST", "/v1/membership", membership_propose),
         ("GET", "/v1/requests", requests_get),
         ("POST", "/v1/requests/{request_id}/approve", requests_approve),
         ("POST", "/v1/requests/{request_id}/veto", requests_veto),

@@ -63,6 +63,7 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("POST", "/v1/volumes/{volume}/restore"): "operator",   # admin when "overwrite" is true
     ("POST", "/v1/volumes/{volume}/promote"): "admin",
     ("POST", "/v1/volumes/{volume}/demote"): "admin",
+    ("POST", "/v1/volumes/{volume}/readopt"): "admin",
     ("PUT", "/v1/volumes/{volume}/retention"): "admin",
     ("POST", "/v1/volumes/{volume}/retention/run"): "admin",
     ("POST", "/v1/volumes/{volume}/prune"): "admin",
@@ -72,6 +73,7 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("POST", "/v1/sites/{site_id}/revoke"): "admin",
     ("POST", "/v1/members"): "admin",
     ("DELETE", "/v1/members/{site_id}"): "admin",
+    ("POST", "/v1/membership"): "admin",
 }
 
 

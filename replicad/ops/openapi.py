@@ -77,7 +77,16 @@ SCHEMAS: dict[str, dict] = {
                           "divergent": {"type": "array", "items": _object(
                               {"epoch": _INT, "seq": _INT, "root": _STR, "created_at_ns": _INT})},
                           "kept_locally": {"type": "array", "items": _object(
-                              {"epoch": _INT, "seq": _INT, "root": _STR, "state": _STR, "created_at_ns": _INT})}}),
+                              {"epoch": _INT, "seq": _INT, "root": _STR, "state": _STR, "created_at_ns": _INT})}},
+                         {"previous": {"type": "array", "items": _object(
+                             {"incarnation": _STR, "epoch": _INT, "seq": _INT, "root": _STR, "state": _NSTR,
+                              "created_at_ns": _INT})}}),
+    "Readopt": _object({}, {"incarnation": _STR, "epoch": _NINT, "seq": _NINT}),
+    "Membership": _object({"members": {"type": "array", "items": _object(
+        {"site_id": _STR, "raft": _STR, "kind": _STR, "keys": {"type": "array", "items": _STR}})}},
+        {"reason": _STR}),
+    "ReadoptResult": _object({"volume": _STR, "readopted": _OBJ, "blocks_written": _INT, "epoch": _INT,
+                              "committed": _BOOL}, {"seq": _NINT, "verdict": _NSTR}),
     "CycleReport": _object({"seq": _INT, "changed_blocks": _INT, "verdict": _STR, "score": _NUM,
                             "holders": {"type": "array", "items": _STR}, "committed": _BOOL},
                            {"baseline": _NUM, "bytes_shipped": _INT, "peers": _OBJ, "cycle_s": _NUM}),
@@ -117,7 +126,7 @@ SCHEMAS: dict[str, dict] = {
                            "head": _object({"seq": _INT, "hash": _STR}),
                            "chain": _object({"ok": _BOOL, "n_records": _INT, "first_bad_seq": _NINT})}),
     "OpenAPI": _object({"openapi": _STR, "info": _OBJ, "paths": _OBJ}),
-    "Request": _object({"id": _STR, "by": _STR, "action": {"enum": ["set_retention", "mark_verdict", "revoke_site"]},
+    "Request": _object({"id": _STR, "by": _STR, "action": {"enum": ["set_retention", "mark_verdict", "revoke_site", "set_members"]},
                         "args": _OBJ, "reason": _STR, "approvals": {"type": "array", "items": _STR},
                         "needed": _INT, "created_ns": _INT, "expires_ns": _INT,
                         "status": {"enum": ["pending", "approved", "applied", "failed", "vetoed", "expired"]},
@@ -162,6 +171,13 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
      {"200": "Snapshots"}, (404,)),
     ("snapshot", "POST", "/v1/volumes/{volume}/snapshot", "Take, ship and commit a snapshot now (primary only)",
      "Empty", {"200": "CycleReport"}, (400, 404, 409, 502, 503, 507)),
+    ("membership", "POST", "/v1/membership",
+     "Request to change the cluster's agreed membership (set_members); applies once a majority of the sites "
+     "approved it", "Membership", {"202": "RequestState", "200": "RequestState"}, (400, 404, 409, 503)),
+    ("readopt", "POST", "/v1/volumes/{volume}/readopt",
+     "At the primary: write a snapshot of a previous cluster incarnation held here into the live image, verify "
+     "its root (O5), then take, ship and commit it as the next snapshot", "Readopt", {"200": "ReadoptResult"},
+     (400, 404, 409, 502, 503)),
     ("verify", "POST", "/v1/volumes/{volume}/verify",
      "Re-read every chunk of a held snapshot (default: the newest); heal corrupt ones from holders", "Verify",
      {"200": "VerifyReport"}, (400, 404, 503)),

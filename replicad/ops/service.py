@@ -23,6 +23,9 @@ async def run_site(cfg: SiteConfig, config_path: Path | None = None) -> int:
     the servers listen and Raft knows a leader (STATUS tells what it waits for meanwhile);
     WATCHDOG=1 pings come from the event loop; SIGHUP re-reads ``config_path`` and applies
     what can change safely (:func:`replicad.site.reload.reload_plan`); STOPPING=1 precedes the shutdown.
+
+    Raises the error the site stopped itself for (``SiteDaemon.fatal``, e.g.
+    MembershipMismatchError), after a clean stop: the CLI exits with its code.
     """
     configure_logging(cfg.log_level)
     notifier = Notifier.from_env()
@@ -44,4 +47,6 @@ async def run_site(cfg: SiteConfig, config_path: Path | None = None) -> int:
             watchdog.cancel()
         await daemon.stop()
         log.info("site %s stopped", cfg.site_id)
+    if daemon.fatal is not None:
+        raise daemon.fatal  # the site stopped itself (e.g. a membership it disagrees with): exit with its code
     return 0

@@ -51,9 +51,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from replicad.config import SiteConfig, VolumeConfig, load_signer
+from replicad.config import SiteConfig, VolumeConfig, load_signer, membership_differences
 from replicad.consensus.raft import RaftNode
-from replicad.core.errors import ConflictError, NotFoundError, ReplicadError, from_os_error
+from replicad.core.errors import (ConflictError, MembershipMismatchError, NotFoundError, ReplicadError,
+                                  from_os_error)
 from replicad.core.state import CLOCK_REPORT_PERIOD_NS
 from replicad.peer.tls import check_site_tls, client_context, server_context
 from replicad.peer.transport import PeerClient, peer_routes
@@ -140,6 +141,8 @@ class SiteDaemon:
         self._background: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started_at = time.time()
+        self.fatal: ReplicadError | None = None  # why the site stopped itself (run_site exits with its code)
+        self._agreed_at_start: list[dict] | None = None  # the membership this site last saw agreed, at start
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, *, admin_routes: AdminRoutes) -> None:
@@ -155,7 +158,8 @@ class SiteDaemon:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_data_dir()
         self.store = await asyncio.to_thread(ChunkStore, self.data_dir / "chunks")
-        self.catalog = Catalog(self.data_dir / "catalog.db")
+        self.catalog = Catalog(self.data_dir / "catalog.db", require_incarnation=True)
+        self._check_membership_before_raft()  # MembershipMismatchError: before this site can vote or lead
         me = self.cfg.self_ref()
         partners = [s.raft for s in self.cfg.sites if s.site_id != self.site_id]
         (self.data_dir / "raft").mkdir(exist_ok=True)
@@ -197,6 +201,56 @@ class SiteDaemon:
         self._tasks.append(asyncio.create_task(self._clock_loop(), name="clock"))
         log.info("site %s started: peer %s admin %s raft %s", self.site_id, self.cfg.peer_listen,
                  self.cfg.admin_listen, me.raft)
+
+    def _check_membership_before_raft(self) -> None:
+        """Issue 13, item 9: refuse to start when this config's ``[[sites]]`` disagrees with the
+        membership this site last saw agreed in its Raft state (kept in its catalog, so the
+        check runs before the Raft node opens: a site with a stale member list must never vote
+        or lead with the wrong majority).
+
+        Raises:
+            MembershipMismatchError: each difference in ``problems`` (exit 2)."""
+        agreed = self.catalog.membership() if self.catalog is not None else None
+        self._agreed_at_start = agreed
+        if agreed is None:
+            return
+        problems = membership_differences(agreed, self.cfg.membership())
+        if problems:
+            raise MembershipMismatchError(
+                f"site {self.site_id}: this config's [[sites]] disagrees with the membership agreed in the cluster's "
+                f"Raft state ({len(problems)} difference(s)); the site refuses to start. Use the config every other "
+                "site uses, or change the membership on purpose first (README, \"Adding or removing a site\")",
+                problems=problems, source=f"{self.data_dir / 'catalog.db'} (copy of the Raft state's membership)",
+                action="README, Adding or removing a site")
+
+    def _membership_agreed(self, agreed: list[dict]) -> None:
+        """The Raft state's agreed membership is ``agreed`` (event loop): keep a copy for the
+        next start's check. A site that never saw one before and disagrees stops
+        (:attr:`fatal`, before any volume acts: it learned the membership from the cluster).
+        One that agreed with an earlier membership is told to restart with a matching config
+        (a change on purpose, ``set_members``, made while it ran)."""
+        problems = membership_differences(agreed, self.cfg.membership())
+        if problems and self._agreed_at_start is None:
+            self._fail(MembershipMismatchError(
+                f"site {self.site_id}: this config's [[sites]] disagrees with the membership agreed in the cluster's "
+                f"Raft state ({len(problems)} difference(s)); the site stops before it acts as leader or primary. Use "
+                "the config every other site uses (README, \"Adding or removing a site\")",
+                problems=problems, source="the cluster's Raft state (learned from the leader)",
+                action="README, Adding or removing a site"))
+            return
+        if problems:
+            log.warning("site %s: the cluster's agreed membership changed and no longer matches this config (%s): "
+                        "restart this site with the config every other site uses", self.site_id, "; ".join(problems))
+        if self.catalog is not None and self.catalog.membership() != agreed:
+            self.catalog.set_membership(agreed)
+        self._agreed_at_start = self._agreed_at_start or agreed
+
+    def _fail(self, err: ReplicadError) -> None:
+        """Stop the site because of ``err`` (logged at ERROR; ``run_site`` exits with its code)."""
+        if self.fatal is None:
+            self.fatal = err
+            log.error("site %s stops: %s %s", self.site_id, err, getattr(err, "problems", "") or err.evidence)
+        self.request_stop()
 
     def _build_rooms(self, store: ChunkStore, catalog: Catalog, peers: PeerClient) -> None:
         """Wire the rooms: each gets the resources it uses, and the rooms it calls."""
@@ -329,6 +383,12 @@ class SiteDaemon:
             self._loop.call_soon_threadsafe(self.receiver.committed, command)
         if result.get("ok") and (command.get("op") in ("request", "approve", "veto") or result.get("requests_applied")):
             self._request_event(command, result)
+            done = [result, *(result.get("requests_applied") or [])]
+            if any(d.get("action") == "set_members" and d.get("status") == "applied" for d in done) \
+                    and self._loop is not None and getattr(self, "volumes", None) is not None:
+                members = (self.raft.view().get("incarnation") or {}).get("members") if self.raft else None
+                if members:
+                    self._loop.call_soon_threadsafe(self._membership_agreed, members)
         if not result.get("ok") or command.get("op") not in ("promote", "demote"):
             return
         runner = self.runners.get(command.get("volume", ""))
@@ -369,8 +429,25 @@ class SiteDaemon:
                 self._loop.call_soon_threadsafe(runner.wake.set)
 
     async def _bootstrap(self) -> None:
-        """Register this site and its volumes in the Raft state (idempotent; retried until a quorum)."""
+        """Join the cluster, then register this site and its volumes in the Raft state
+        (idempotent; retried until a quorum).
+
+        Joining (issue 13, items 4 and 9): ``found`` with a fresh random incarnation id and this
+        config's membership; the first one applied to the Raft state fixes both, later ones answer
+        what is recorded. A membership that disagrees with this config stops the site
+        (:meth:`_membership_agreed`); otherwise the volumes enter the recorded incarnation
+        (:meth:`VolumeLoop.enter_incarnation`), and only then do they act."""
         me = self.cfg.self_ref()
+        while not self.volumes.joined.is_set():
+            try:
+                res = await self.cluster.propose("found", incarnation=os.urandom(16), members=self.cfg.membership())
+                self._membership_agreed(res["members"])
+                if self.fatal is not None:
+                    return
+                await self.volumes.enter_incarnation(res["incarnation"], self.raft.view())
+            except ReplicadError as err:
+                log.info("bootstrap waiting to join the cluster: %s %s", err, err.evidence)
+                await asyncio.sleep(1.0)
         while True:
             try:
                 await self.cluster.propose("register_site", site_id=self.site_id, peer_url=me.peer_url, kind=me.kind)

@@ -2,6 +2,11 @@
 role asks — fence if Raft shows a newer epoch (O3), take over when granted primary, run a
 replication cycle when due, or, as a replica, hold the newest committed and clean snapshots
 and apply the newest clean one to the standby after ``apply_delay`` (never a suspect one).
+
+No tick runs before the site has joined the cluster's incarnation (:meth:`VolumeLoop.enter_incarnation`,
+``joined``): a Raft state of another incarnation (every site lost its Raft state) first sets this
+site's old records aside and resets its roles, so an epoch of the old cluster never meets one of
+the new. :meth:`VolumeLoop.readopt` makes an old incarnation's snapshot the new cluster's next one.
 """
 
 from __future__ import annotations
@@ -11,8 +16,12 @@ import logging
 import time
 from pathlib import Path
 
-from replicad.core.errors import ConflictError, NotPrimaryError, ReplicadError, is_transient
+from replicad.core.errors import (ConflictError, NotFoundError, NotPrimaryError, ReplicadError, UnavailableError,
+                                  UsageError, is_transient)
 from replicad.core.state import newest_clean, newest_committed
+from replicad.sources.file import take_snapshot
+from replicad.storage.catalog import LEGACY_INCARNATION, SnapshotRecord
+from replicad.storage.image import verify_image
 from replicad.site.cluster import Cluster
 from replicad.site.promotion import Promotion
 from replicad.site.pull import Pull
@@ -49,6 +58,7 @@ class VolumeLoop:
         self.replication = replication
         self.promotion = promotion
         self.metrics = metrics
+        self.joined = asyncio.Event()  # set once this site entered the cluster's incarnation
 
     async def run_volume(self, runner: VolumeRunner) -> None:
         """Run ``runner``'s volume until cancelled; an error is logged, kept in
@@ -111,6 +121,8 @@ class VolumeLoop:
     async def _step(self, runner: VolumeRunner) -> bool:
         """One tick of the volume's role; True if it did work that succeeded (a cycle, a
         fence, a takeover, a replica step), False for an idle tick."""
+        if not self.joined.is_set():
+            return False  # the incarnation is not settled: an old epoch must never meet a new one
         vs = self.cluster.volume_state(runner.cfg.name)
         if vs is None:
             return False
@@ -186,6 +198,9 @@ class VolumeLoop:
     async def snapshot_now(self, volume: str) -> dict:
         """Take, ship and commit a snapshot right now (primary only)."""
         runner = runner_of(self.runners, volume, self.site_id)
+        if not self.joined.is_set():
+            raise UnavailableError(f"{self.site_id} has not joined the cluster's incarnation yet (no quorum since "
+                                   "it started?)", volume=volume, reason="not_joined")
         async with runner.lock:
             vs = self.cluster.volume_state(volume)
             if (vs is not None and vs["primary"] == self.site_id and runner.acting_epoch != vs["epoch"]
@@ -198,3 +213,154 @@ class VolumeLoop:
                 raise NotPrimaryError(f"{self.site_id} is not the primary of {volume}", volume=volume,
                                       primary=vs["primary"] if vs else None)
             return await self.replication.cycle(runner)
+
+    # ------------------------------------------------------------------ cluster incarnations
+    async def enter_incarnation(self, incarnation: bytes, state: dict) -> dict[str, int]:
+        """Join the cluster incarnation ``incarnation`` (the Raft state's, ``state`` its applied
+        view), then let the volume ticks run (``joined``). Returns ``{volume: records set aside}``.
+
+        Same incarnation as the catalog's: nothing to do. A catalog that never knew one (a fresh
+        data dir, or one written before incarnations were recorded) takes its records into it
+        when they agree with the Raft state (:func:`legacy_agrees`: an upgrade). Otherwise this
+        site meets a *new* cluster (every site lost its Raft state): each volume it acted as
+        primary of has its live image captured first, as a record of the old incarnation
+        (state ``divergent``) — nothing the application wrote since the last snapshot is lost
+        when the new cluster rewrites the image —, then every old record is set aside as
+        ``previous`` (:meth:`Catalog.enter_incarnation`: never shipped, never pruned by the new
+        cluster, restorable here, re-adoptable with :meth:`readopt`) and every role is reset
+        through the role table (``cluster_reset``: no more acting epoch of the old cluster).
+
+        Raises what the capture's scan and the catalog raise (the bootstrap retries)."""
+        current = await asyncio.to_thread(self.catalog.incarnation)
+        if current == incarnation:
+            self.joined.set()
+            return {}
+        adopt = False
+        if current is None:
+            legacy = await asyncio.to_thread(self.catalog.legacy_records)
+            adopt = not legacy or legacy_agrees(legacy, state)
+        if not adopt:
+            for runner in self.runners.values():
+                if runner.acting_epoch is not None:
+                    async with runner.lock:
+                        await self._capture_leaving(runner, current or LEGACY_INCARNATION)
+        set_aside = await asyncio.to_thread(self.catalog.enter_incarnation, incarnation, adopt_legacy=adopt)
+        if not adopt:
+            for runner in self.runners.values():
+                async with runner.lock:
+                    if runner.acting_epoch is not None or runner.role != "replica":
+                        transition(runner, "cluster_reset")
+                    runner.acting_epoch = None
+                    runner.parent = None
+                    runner.fence_flag.clear()
+                    runner.became_primary.clear()
+            log.warning("AUDIT site %s joined cluster incarnation %s%s: its records of the previous incarnation %s "
+                        "are kept as 'previous' (%s), never shipped nor pruned by this cluster; re-adopt one with "
+                        "'replicad readopt VOL' at the primary (README, \"All sites lost their Raft state\")",
+                        self.site_id, incarnation.hex()[:8], "" if current else " (this catalog knew none before)",
+                        current.hex()[:8] if current else "(unrecorded)",
+                        ", ".join(f"{v}: {n}" for v, n in sorted(set_aside.items())) or "none")
+        else:
+            log.info("site %s joined cluster incarnation %s", self.site_id, incarnation.hex()[:8])
+        self.joined.set()
+        for runner in self.runners.values():
+            runner.wake.set()
+        return set_aside
+
+    async def _capture_leaving(self, runner: VolumeRunner, old: bytes) -> None:
+        """Scan the live image of a volume this site acted as primary of in the incarnation it is
+        leaving (``old``) and keep it as a ``divergent`` record of that incarnation, if it exists."""
+        name, path = runner.cfg.name, Path(runner.cfg.path)
+        if not path.exists():
+            return
+        epoch = runner.acting_epoch
+        ours = [r for r in self.catalog.list(name) if r.incarnation == old and r.state != "previous"]
+        seq = max((r.seq for r in ours), default=0) + 1
+        parent = None
+        newest = max((r for r in ours if r.epoch == epoch), key=lambda r: r.seq, default=None)
+        if newest is not None and self.store.has(newest.root):
+            parent = load_manifest(self.store, newest.root)
+        async with self.promotion._scan_slots:
+            res = await take_snapshot(path, volume=name, seq=seq, epoch=epoch, parent=parent, store=self.store,
+                                      now_ns=time.time_ns(), block_size=runner.cfg.block_size_bytes, allow_shrink=True)
+        await asyncio.to_thread(lambda: self.catalog.put(SnapshotRecord(
+            name, epoch, seq, res.manifest.root, "divergent", res.manifest.created_at_ns), incarnation=old))
+        log.warning("volume %s: captured the live image as #%d (epoch %d) of the incarnation this site leaves, "
+                    "before the new cluster rewrites anything (%d blocks differ from #%s)", name, seq, epoch,
+                    len(res.changed_blocks), newest.seq if newest else "-")
+
+    async def readopt(self, volume: str, incarnation: str | None = None, epoch: int | None = None,
+                      seq: int | None = None) -> dict:
+        """Make a snapshot of a previous cluster incarnation held here the new cluster's next
+        snapshot: at the volume's primary, write it into the live image (every block compared,
+        only differing ones written), prove the image's root (O5), then take, ship and commit a
+        snapshot of it (:meth:`Replication.cycle`). The application must be stopped meanwhile.
+
+        Args:
+            incarnation: a prefix of the old incarnation's hex id (``snapshots`` lists them);
+                needed when records of several previous incarnations are held here.
+            epoch, seq: the old record (both or neither); default the newest of that
+                incarnation (:meth:`Catalog.find_previous`).
+
+        Returns ``{volume, readopted: {incarnation, epoch, seq, root, prior_state}, blocks_written,
+        seq, epoch, committed, verdict}`` (``seq``/``epoch``: the new cluster's snapshot).
+
+        Raises:
+            UsageError: only one of ``epoch`` and ``seq``.
+            NotPrimaryError: this site is not acting as the volume's primary (run it there, or
+                promote this site first).
+            NotFoundError: no such previous record here, or its manifest is not in the store.
+            ConflictError: several incarnations match (name one); a block size other than the
+                volume's.
+            RestoreVerifyError: the written image does not prove the record's root (O5).
+            and what a replication cycle raises (the image then holds the old snapshot: re-run
+            ``replicad snapshot VOL``).
+        """
+        runner = runner_of(self.runners, volume, self.site_id)
+        if (epoch is None) != (seq is None):
+            raise UsageError("name the old snapshot with both epoch and seq (EPOCH:SEQ), or neither for the newest",
+                             volume=volume, epoch=epoch, seq=seq)
+        async with runner.lock:
+            vs = self.cluster.volume_state(volume)
+            if not self.joined.is_set() or vs is None or vs["primary"] != self.site_id \
+                    or runner.acting_epoch != vs["epoch"]:
+                raise NotPrimaryError(f"re-adopting a snapshot of {volume} runs at its primary"
+                                      f"{' (' + str(vs['primary']) + ')' if vs else ''}, once it acts as primary: "
+                                      "run it there, or promote this site first", volume=volume,
+                                      primary=vs["primary"] if vs else None)
+            rec = await asyncio.to_thread(self.catalog.find_previous, volume, incarnation, epoch, seq)
+            if not self.store.has(rec.root):
+                raise NotFoundError(f"the manifest of {volume} {rec.epoch}:{rec.seq} is not in this site's store",
+                                    volume=volume, root=rec.root.hex())
+            manifest = load_manifest(self.store, rec.root)
+            if manifest.block_size != runner.cfg.block_size_bytes:
+                raise ConflictError(f"{volume}: the old snapshot has block size {manifest.block_size}, the volume "
+                                    f"{runner.cfg.block_size_bytes}", volume=volume)
+            path = Path(runner.cfg.path)
+            log.warning("AUDIT %s: re-adopting snapshot %s:%d:%d (%s in its incarnation) into the live image %s",
+                        volume, rec.incarnation.hex()[:8], rec.epoch, rec.seq, rec.prior_state, path)
+            applied = await self.pull.apply_repairing(volume, path, manifest, base=None)
+            await asyncio.to_thread(verify_image, path, manifest)  # O5: the image holds the old snapshot
+            report = await self.replication.cycle(runner)
+        return {"volume": volume, "readopted": {"incarnation": rec.incarnation.hex(), "epoch": rec.epoch,
+                                                "seq": rec.seq, "root": rec.root.hex(), "prior_state": rec.prior_state},
+                "blocks_written": applied.blocks_written, "seq": report.get("seq"), "epoch": vs["epoch"],
+                "committed": bool(report.get("committed")), "verdict": report.get("verdict")}
+
+
+def legacy_agrees(legacy: list[SnapshotRecord], state: dict) -> bool:
+    """True when records written before this catalog knew an incarnation belong to the Raft
+    history ``state`` holds (an upgrade, not a reset): at least one of them is a snapshot the
+    state lists with the same epoch and root, none names an epoch above its volume's, and none
+    contradicts a listed snapshot (same seq and epoch, another root). Pure."""
+    evidence = False
+    for rec in legacy:
+        vol = state.get("volumes", {}).get(rec.volume)
+        if vol is None or rec.epoch > vol["epoch"]:
+            return False
+        snap = vol["snapshots"].get(rec.seq)
+        if snap is not None and snap["epoch"] == rec.epoch:
+            if snap["root"] != rec.root:
+                return False
+            evidence = True
+    return evidence
