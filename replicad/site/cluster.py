@@ -13,6 +13,7 @@ from typing import Any
 from replicad.config import SiteConfig, SiteRef
 from replicad.consensus.raft import RaftNode
 from replicad.core.errors import NoQuorumError, NotFoundError
+from replicad.core.state import is_revoked
 
 PROPOSE_TIMEOUT_S = 5.0
 PROPOSE_DEADLINE_S = 15.0   # how long a proposal waits for a leader election (seen: 0.5-2.1 s)
@@ -92,8 +93,12 @@ class Cluster:
         raise NotFoundError(f"unknown site {site_id}", site=site_id)
 
     def data_peers(self) -> list[str]:
-        """The ids of every other site of kind ``data``."""
-        return [s.site_id for s in self.cfg().sites if s.site_id != self.site_id and s.kind == "data"]
+        """The ids of every other site of kind ``data`` that the cluster has not revoked
+        (:func:`replicad.core.state.is_revoked`): a revoked site is sent no snapshot and asked
+        for no chunk (it would receive patient data, and could not count as a holder anyway)."""
+        view = self.raft.view()
+        return [s.site_id for s in self.cfg().sites
+                if s.site_id != self.site_id and s.kind == "data" and not is_revoked(view, s.site_id)]
 
     def is_data_site(self, site_id: str) -> bool:
         """True if ``site_id`` is a configured site of kind ``data``."""

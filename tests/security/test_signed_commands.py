@@ -29,6 +29,7 @@ import pytest
 from replicad.core.errors import ReplicadError, UnauthenticatedError
 from replicad.lab.localcluster import LocalCluster
 from tests.integration.conftest import VOL, overwrite_blocks, snapshot, write_image
+from tests.security.test_history import metric
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -258,3 +259,12 @@ def test_a_majority_revokes_the_compromised_site(cluster: LocalCluster) -> None:
     # the honest pair still commits: site-b takes the volume over
     promo = cluster.api("site-b", "POST", f"/v1/volumes/{VOL}/promote", {"force": True}, token=token_b)
     assert promo["primary"] == "site-b"
+    # and ships nothing to the revoked site (it would receive patient data): site-c alone holds
+    # the new primary's snapshots
+    cluster.wait_for("site-b acts as primary", lambda: cluster.status("site-b")["volumes"][VOL]["role"] == "primary",
+                     60)
+    overwrite_blocks(cluster.sites["site-b"].volume_path(VOL), [3, 4, 5], random.Random(7))
+    shot = snapshot(cluster, "site-b")
+    assert shot["changed_blocks"] >= 3 and metric(cluster, "site-b", "replicad_ship_sent_bytes_total", peer="site-c") > 0
+    assert shot["committed"] and sorted(shot["holders"]) == ["site-b", "site-c"], shot
+    assert metric(cluster, "site-b", "replicad_ship_sent_bytes_total", peer="site-a") == 0
