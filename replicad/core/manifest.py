@@ -266,6 +266,29 @@ def changed_digests(old: Manifest | None, new: Manifest, load_page: Callable[[by
     return out
 
 
+def changed_blocks(old: Manifest | None, new: Manifest,
+                   load_page: Callable[[bytes], bytes]) -> list[tuple[int, bytes, bytes | None]]:
+    """``(block index, new digest, old digest or None)`` of every block :func:`diff` reports
+    changed, in block order, plus the blocks of ``old`` past a shrunken ``new`` (new digest
+    ZERO_DIGEST: they are gone). ``old`` digest None: past ``old``'s end. Only differing pages
+    are loaded (and the tail pages of ``old`` when ``new`` shrank)."""
+    out: list[tuple[int, bytes, bytes | None]] = []
+    for base, new_entries, old_entries in _differing_pages(old, new, load_page):
+        n_old = len(old_entries)
+        for i, d in enumerate(new_entries):
+            o = old_entries[i] if i < n_old else None
+            if (d != o) if o is not None else d != ZERO_DIGEST:
+                out.append((base + i, d, o))
+    if old is not None and old.block_size == new.block_size and old.n_blocks > new.n_blocks:
+        first_page = new.n_blocks // PAGE_ENTRIES
+        for p in range(first_page, len(old.pages)):
+            for i, o in enumerate(_load_checked(old, p, load_page)):
+                index = p * PAGE_ENTRIES + i
+                if index >= new.n_blocks and o != ZERO_DIGEST:
+                    out.append((index, ZERO_DIGEST, o))
+    return out
+
+
 def chunk_digests(m: Manifest, load_page: Callable[[bytes], bytes]) -> set[bytes]:
     """The live set of one snapshot: every non-zero block digest, every page digest and the
     root. A chunk store gc must keep the union of these over all retained snapshots (O4)."""

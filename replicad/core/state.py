@@ -17,7 +17,10 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
                                             "parent_seq": int | None, "created_at_ns": int,
                                             "holders": [site_id, ...],
                                             "verdict": "clean" | "suspect",
-                                            "verdict_reason": str, "stats": dict}},
+                                            "verdict_reason": str, "stats": dict,
+                                            "opinions": {site_id: {...}},   # site_verdict (issue 14)
+                                            "confirmed": bool}},            # cleared by approved request
+                        "detection": {...},                                 # set_detection, optional
                         "last_seq": int}},
      "audit": [{"op", "by", "volume", "ok", "error", "at_ns"}, ...],   # last AUDIT_MAX
      "applied_ops": {op_id: result},                                   # last APPLIED_OPS_MAX
@@ -123,6 +126,23 @@ Authority rules (threat model: root on one site speaks with that site's identity
 * ``set_members`` (``members``): replaces the agreed membership (not the incarnation); only
   as a request approved by a majority of the registered sites, without cooling-off (README:
   adding a site).
+* ``site_verdict`` (``volume``, ``seq``, ``verdict``, ``score_ppm``, ``cumulative_ppm``,
+  ``first_seq``, ``reason``; issue 14): the signing data site's own verdict on a committed
+  snapshot, judged from the bytes it stores (:mod:`replicad.core.anomaly`, relative signals).
+  Recorded once per site under ``opinions`` (the same verdict again is answered ``changed``
+  false; another one is ``conflict``: a site cannot take back what it said). A ``suspect``
+  opinion makes the snapshot ``suspect`` (reason :data:`SITE_SUSPECT_PREFIX`) unless a person
+  confirmed it clean (an approved ``mark_verdict clean`` sets ``confirmed``): the primary's
+  commit verdict is one opinion among several, and a snapshot is clean for standbys,
+  restores, promotions and pruning only if no data site judged it suspect. A ``clean``
+  opinion never clears anything.
+* A commit whose parent is ``suspect`` is recorded ``suspect`` by descent (reason
+  :data:`TAINT_REASON_PREFIX`) whatever the primary proposed: a compromised primary cannot
+  make the child of a suspect snapshot the newest clean one.
+* ``set_detection`` (``volume``, ``policy``): the volume's detection policy
+  (:data:`replicad.core.anomaly.POLICY_DEFAULTS` keys, :func:`detection_policy`). A change
+  that weakens any threshold (:func:`replicad.core.anomaly.weakened_keys`) runs only as an
+  approved request (approvals and cooling-off); a stricter one applies at once.
 * ``vouch`` (``n``, ``hash``): the signing site says "the state after ``n`` applied commands
   has this 32-byte digest" (a checkpoint, :mod:`replicad.consensus.checkpoint`). Only by a
   registered site, for ``0 < n <=`` ``state["applied"]`` (a state already reached; the count
@@ -137,7 +157,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from replicad.core import identity
+from replicad.core import anomaly, identity
 from replicad.core.identity import Trust
 
 STATE_VERSION = 1
@@ -194,10 +214,14 @@ DIGEST_BYTES = 32  # a vouched state digest (BLAKE3-256, consensus.checkpoint)
 SEEN_PER_SITE_MAX = 2000  # op ids remembered per site for replay checks (> 10 min of heartbeats and commits)
 REQUESTS_MAX = 64  # request records kept (pending ones first)
 REQUESTS_PENDING_PER_SITE = 8  # a site cannot crowd out the requests of the others
-WEAKENING_OPS = ("set_retention", "mark_verdict")
+WEAKENING_OPS = ("set_retention", "mark_verdict", "set_detection")
 REQUEST_ACTIONS = (*WEAKENING_OPS, "revoke_site", "set_members")  # a majority of the sites, no cooling-off
 MAJORITY_ACTIONS = ("revoke_site", "set_members")  # requests a majority of all registered sites approves, at once
 INCARNATION_BYTES = 16  # a cluster incarnation id (found)
+SITE_SUSPECT_PREFIX = "judged suspect by "
+"""``verdict_reason`` prefix of a snapshot made suspect by a site's own opinion (``site_verdict``)."""
+OPINION_REASON_MAX_CHARS = 512
+PPM = 1_000_000  # scores travel as integers in parts per million (deterministic, no float in the state)
 MEMBER_KEYS_MAX = 8  # public keys per member in the agreed membership
 _TRUST = object()  # internal key: the Trust a handler runs under (never in a decoded command)
 _APPROVED = object()  # internal key: set on an action run by a request that collected its approvals
@@ -801,6 +825,12 @@ def _op_commit_snapshot(state: dict, cmd: dict) -> tuple[dict, dict]:
                        volume=name, seq=seq, parent_seq=parent_seq)
     # taken while an operator cleared its parent: it descends from a clean snapshot now
     verdict = settled_verdict(vol, parent_seq, verdict, stats)
+    verdict_reason = ""
+    parent_snap = vol["snapshots"].get(parent_seq) if parent_seq is not None else None
+    if verdict == "clean" and parent_snap is not None and parent_snap["verdict"] == "suspect":
+        # issue 14: the child of a suspect snapshot is suspect whatever the primary says
+        verdict = "suspect"
+        verdict_reason = f"{TAINT_REASON_PREFIX}{parent_seq} (recorded by the cluster, not the primary)"
     # O4 under clock faults: a primary whose clock runs behind would stamp fresh snapshots as
     # old, making them prunable inside the lock window; never older than a majority's time
     # (found by the chaos campaign, scenario clock-step). That time is the majority's last
@@ -821,7 +851,7 @@ def _op_commit_snapshot(state: dict, cmd: dict) -> tuple[dict, dict]:
     elif quorum_now is not None and created_at_ns > quorum_now + CLOCK_AHEAD_MARGIN_NS:
         created_at_ns = quorum_now + CLOCK_AHEAD_MARGIN_NS
     snap = {"root": root, "epoch": epoch, "parent_seq": parent_seq, "created_at_ns": created_at_ns,
-            "holders": list(holders), "verdict": verdict, "verdict_reason": "", "stats": stats}
+            "holders": list(holders), "verdict": verdict, "verdict_reason": verdict_reason, "stats": stats}
     vol = {**_with_snapshot(vol, seq, snap), "last_seq": seq}
     if size_bytes is not None and size_bytes > vol["size_bytes"]:
         vol["size_bytes"] = size_bytes
@@ -992,12 +1022,78 @@ def _op_mark_verdict(state: dict, cmd: dict) -> tuple[dict, dict]:
             if child.get("parent_seq") in clean_parents and tainted_only(child):
                 clean_parents.add(later)
                 cleared.append(later)
-    vol = _with_snapshot(vol, seq, {**snap, "verdict": verdict, "verdict_reason": reason})
+    confirmed = verdict == "clean" and (snap.get("confirmed") or cmd.get(_APPROVED) is True)
+    vol = _with_snapshot(vol, seq, {**snap, "verdict": verdict, "verdict_reason": reason, "confirmed": bool(confirmed)})
     for later in cleared:
         vol = _with_snapshot(vol, later, {**vol["snapshots"][later], "verdict": "clean", "verdict_reason":
                                           f"cleared with #{seq}: suspect only as its descendant ({reason})"[:REASON_MAX_CHARS]})
     return (_with_volume(state, name, vol),
             {"ok": True, "volume": name, "seq": seq, "verdict": verdict, "cleared": cleared})
+
+
+def detection_policy(vol: dict) -> dict:
+    """The volume's detection policy: what ``set_detection`` recorded, else
+    :data:`replicad.core.anomaly.POLICY_DEFAULTS`."""
+    return dict(vol.get("detection") or anomaly.POLICY_DEFAULTS)
+
+
+def _op_set_detection(state: dict, cmd: dict) -> tuple[dict, dict]:
+    name, vol = _volume(state, cmd)
+    policy = cmd.get("policy")
+    problems = anomaly.policy_problems(policy)
+    if problems:
+        raise _Refusal("bad_request", f"detection policy: {'; '.join(problems)}", field="policy", problems=problems)
+    _data_site(state, cmd["by"], "detection policy proposer")
+    policy = {k: policy[k] for k in anomaly.POLICY_DEFAULTS}
+    weakened = anomaly.weakened_keys(detection_policy(vol), policy)
+    if weakened:
+        _needs_approval(cmd, f"weakening detection ({', '.join(weakened)})", volume=name, weakened=weakened)
+    return (_with_volume(state, name, {**vol, "detection": policy}),
+            {"ok": True, "volume": name, "detection": dict(policy), "weakened": weakened})
+
+
+def _op_site_verdict(state: dict, cmd: dict) -> tuple[dict, dict]:
+    name, vol = _volume(state, cmd)
+    seq = _int(cmd, "seq")
+    verdict = _choice(cmd, "verdict", VERDICTS)
+    score_ppm = _int(cmd, "score_ppm")
+    cumulative_ppm = _int(cmd, "cumulative_ppm")
+    first_seq = cmd.get("first_seq")
+    if first_seq is not None:
+        first_seq = _int(cmd, "first_seq")
+    reason = _str(cmd, "reason", OPINION_REASON_MAX_CHARS, empty_ok=True)
+    by = cmd["by"]
+    _data_site(state, by, "judging site")
+    snap = _snapshot(vol, name, seq)
+    opinion = {"verdict": verdict, "score_ppm": score_ppm, "cumulative_ppm": cumulative_ppm,
+               "first_seq": first_seq, "reason": reason, "at_ns": cmd["now_ns"]}
+    opinions = snap.get("opinions") or {}
+    if by in opinions:
+        if opinions[by]["verdict"] == verdict:
+            return state, {"ok": True, "volume": name, "seq": seq, "changed": False, "verdict": snap["verdict"]}
+        raise _Refusal("conflict", f"{by!r} already judged {name!r}#{seq} {opinions[by]['verdict']}",
+                       volume=name, seq=seq, by=by, recorded=opinions[by]["verdict"], proposed=verdict)
+    snap = {**snap, "opinions": {**opinions, by: opinion}}
+    flipped = verdict == "suspect" and snap["verdict"] == "clean" and not snap.get("confirmed")
+    if flipped:
+        snap = {**snap, "verdict": "suspect",
+                "verdict_reason": f"{SITE_SUSPECT_PREFIX}{by}: {reason}"[:REASON_MAX_CHARS]}
+    return (_with_volume(state, name, _with_snapshot(vol, seq, snap)),
+            {"ok": True, "volume": name, "seq": seq, "changed": True, "verdict": snap["verdict"],
+             "flipped": flipped})
+
+
+def disagreement(snap: dict) -> bool:
+    """True when the opinions on a snapshot differ: a site's own verdict against another's or
+    against the verdict the primary committed (before any site flipped it; ``suspect`` by
+    descent counts as the primary's ``suspect``). A disagreement is itself suspect
+    (issue 14): one of the sites is wrong, broken or lying."""
+    verdicts = {o.get("verdict") for o in (snap.get("opinions") or {}).values()}
+    reason = snap.get("verdict_reason") or ""
+    committed = "clean" if reason.startswith(SITE_SUSPECT_PREFIX) else snap.get("verdict")
+    if snap.get("confirmed"):
+        return False
+    return len(verdicts | {committed}) > 1
 
 
 def _op_set_retention(state: dict, cmd: dict) -> tuple[dict, dict]:
@@ -1468,6 +1564,10 @@ _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str],
     "vouch": (_op_vouch, frozenset({"n", "hash"}), frozenset({"n", "hash"})),
     "found": (_op_found, frozenset({"incarnation", "members"}), frozenset({"incarnation", "members"})),
     "set_members": (_op_set_members, frozenset({"members"}), frozenset({"members"})),
+    "set_detection": (_op_set_detection, frozenset({"volume", "policy"}), frozenset({"volume", "policy"})),
+    "site_verdict": (_op_site_verdict, frozenset({"volume", "seq", "verdict", "score_ppm", "cumulative_ppm",
+                                                  "first_seq", "reason"}),
+                     frozenset({"volume", "seq", "verdict", "score_ppm", "cumulative_ppm", "reason"})),
 }
 
 OPS: tuple[str, ...] = tuple(_OPS)

@@ -794,6 +794,13 @@ class ChunkStore:
         codec, payload, _raw = self._verified(_check_digest(digest))
         return codec, payload
 
+    def get_with_ratio(self, digest: bytes) -> tuple[bytes, float]:
+        """``(raw bytes, lz4 ratio)`` of a chunk, verified like :meth:`get`; the ratio is
+        ``len(payload) / len(raw)`` when it is stored lz4-compressed, 1.0 when raw (lz4 did not
+        shrink it): the compressibility the detection signals compare (issue 14), for free."""
+        codec, payload, raw = self._verified(_check_digest(digest))
+        return raw, (len(payload) / len(raw) if codec == CODEC_LZ4 and raw else 1.0)
+
     def delete_corrupt(self, digest: bytes) -> None:
         """Drop the index row of a chunk found corrupt, so that it can be fetched again from a
         peer and re-stored with ``put_encoded``. The bad bytes stay in the pack as waste

@@ -356,7 +356,8 @@ def test_an_action_that_became_impossible_fails_at_its_time(cluster: dict) -> No
     state, _ = ok(cluster, cmd("commit_snapshot", by="a", volume="vol", seq=1, epoch=1, root=ROOT, parent_seq=None,
                                created_at_ns=NOW, holders=["a", "b"], acks=acks(1, "b"), stats={}, verdict="suspect"),
                   COOLING)
-    state, _ = ok(state, cmd("commit_snapshot", by="a", volume="vol", seq=2, epoch=1, root=ROOT, parent_seq=1,
+    # a new line (parent None): a child of suspect #1 would be recorded suspect by descent
+    state, _ = ok(state, cmd("commit_snapshot", by="a", volume="vol", seq=2, epoch=1, root=ROOT, parent_seq=None,
                              created_at_ns=NOW, holders=["a", "b"], acks=acks(2, "b"), stats={}, verdict="clean"), COOLING)
     clear = {"volume": "vol", "seq": 1, "verdict": "clean", "reason": "r"}
     state, _ = ok(state, cmd("request", by="a", action="mark_verdict", args=clear), COOLING)
