@@ -398,8 +398,21 @@ class ScrubConfig(BaseModel):
     standby_bytes: SizeBytes = Field(256 * 2**20, alias="standby_bytes", ge=2**16)
 
 
+DEFAULT_VERIFY_EVERY_CYCLES = 96  # reflink verifier: a full scan every 96 tracked cycles (16 min at 10 s) ...
+DEFAULT_VERIFY_MAX_AGE_S = 86400.0  # ... and at least daily
+
+
 class SourceConfig(BaseModel):
-    """How the primary reads a volume. ``kind = "file"``: a raw image file or block device.
+    """How the primary reads a volume. ``kind = "file"``: a raw image file or block device,
+    read whole at every cycle. ``kind = "reflink"``: an image file on XFS (``reflink=1``) or
+    btrfs; every cycle clones it (``FICLONE``: a crash-consistent point in time) and reads only
+    the ranges whose extents differ from the previous clone's (:mod:`replicad.sources.reflink`).
+
+    ``clone_dir`` (reflink only; default ``.replicad-clones`` beside the image): where the
+    clones live, on the image's own file system (another one is refused, ``reflink_cross_device``).
+    ``verify_every`` (cycles, default 96) and ``verify_max_age`` (default ``"1d"``): the reflink
+    verifier's schedule — a full scan of the clone must give the tracked manifest's block
+    digests; a mismatch is logged (ERROR), counted and repaired by committing the full scan's.
 
     ``pre_snapshot``/``post_snapshot`` are optional commands as argv lists (run without a
     shell) around each snapshot scan, e.g. ``["fsfreeze", "-f", "/mnt/ehr"]``.
@@ -413,10 +426,24 @@ class SourceConfig(BaseModel):
 
     model_config = _FROZEN
 
-    kind: Literal["file"] = "file"
+    kind: Literal["file", "reflink"] = "file"
     pre_snapshot: Command = ()
     post_snapshot: Command = ()
     allow_shrink: StrictBool = False
+    clone_dir: ConfigPath | None = None
+    verify_every: StrictInt = Field(DEFAULT_VERIFY_EVERY_CYCLES, ge=1)
+    verify_max_age_s: DurationS = Field(DEFAULT_VERIFY_MAX_AGE_S, alias="verify_max_age", gt=0)
+
+    @field_validator("clone_dir", mode="after")
+    @classmethod
+    def _resolve_clone_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
+
+    @model_validator(mode="after")
+    def _reflink_only(self) -> "SourceConfig":
+        if self.kind != "reflink" and self.clone_dir is not None:
+            raise ValueError('clone_dir applies to kind = "reflink" only')
+        return self
 
 
 class AnomalyConfig(BaseModel):

@@ -8,6 +8,8 @@ command -v mke2fs >/dev/null 2>&1 || [ -x /usr/sbin/mke2fs ] || need+=(e2fsprogs
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)          # alert rule and dashboard tests
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)      # unit file verification
 command -v rsync >/dev/null 2>&1 || need+=(rsync)                  # the benchmark's peer tool
+command -v mkfs.xfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.xfs ] || need+=(xfsprogs)        # reflink source tests (loop XFS)
+command -v mkfs.btrfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.btrfs ] || need+=(btrfs-progs) # reflink source tests (loop btrfs)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get update -qq

@@ -12,7 +12,9 @@ pysyncobj, sqlite3) are translated into this tree at the adapter that met them.
     ├── ConfigError                    exit 2   bad TOML / values; .problems lists all
     │   └── MembershipMismatchError             [[sites]] disagrees with the membership agreed in Raft
     ├── UsageError                     exit 2   bad CLI/API arguments
-    │   └── NotSupportedError                   (HTTP 501) a feature replicad refuses on purpose
+    │   ├── NotSupportedError                   (HTTP 501) a feature replicad refuses on purpose
+    │   └── ReflinkUnsupportedError             a reflink source's file system cannot clone or map extents
+    │       └── CloneCrossDeviceError           the clone directory is on another file system (EXDEV)
     ├── NotFoundError                  exit 3   unknown volume, snapshot, site, chunk
     ├── ConflictError                  exit 4   state does not allow it (state machine refusal)
     │   ├── StaleEpochError                     a message or command under an older epoch
@@ -125,6 +127,25 @@ class NotSupportedError(UsageError):
 
     code = "not_supported"
     http_status = 501
+
+
+class ReflinkUnsupportedError(UsageError):
+    """A ``reflink`` volume's image cannot be cloned or mapped: ``ioctl(FICLONE)`` or
+    ``FS_IOC_FIEMAP`` answered EOPNOTSUPP/ENOTTY/EINVAL (ext4, XFS without ``reflink=1``, a block
+    device, a file system without FIEMAP). Evidence: ``source`` or ``path``, ``errno``,
+    ``reason`` (``not_reflink_capable`` | ``extent_map_unsupported``). The reflink source turns
+    it into the tracking state ``lost`` and scans the live image (:mod:`replicad.sources.reflink`)."""
+
+    code = "reflink_unsupported"
+
+
+class CloneCrossDeviceError(ReflinkUnsupportedError):
+    """The clone directory of a ``reflink`` volume is on another file system than its image
+    (``FICLONE`` answered EXDEV, or the directories' devices differ): the cycle is refused until
+    ``[volumes.source] clone_dir`` names a directory on the image's file system. Evidence:
+    ``source``, ``clone``."""
+
+    code = "reflink_cross_device"
 
 
 class NotFoundError(ReplicadError):

@@ -297,6 +297,22 @@ def _open_source(path: Path) -> tuple[int, int]:
     return fd, size
 
 
+def check_size(parent: Manifest | None, size: int, source_path: Path, allow_shrink: bool) -> None:
+    """Refuse a source of ``size`` bytes smaller than ``parent`` unless ``allow_shrink``.
+
+    Raises:
+        SourceShrunkError: evidence ``volume``, ``path``, ``size_bytes``, ``parent_size_bytes``,
+            ``parent_seq``.
+    """
+    if parent is not None and size < parent.size_bytes and not allow_shrink:
+        raise SourceShrunkError(
+            f"the source of {parent.volume} at {source_path} is {size} bytes, smaller than its last snapshot "
+            f"#{parent.seq} ({parent.size_bytes} bytes): refused, nothing stored (a truncated image or a "
+            "device that came back smaller; if the volume was shrunk on purpose, set [volumes.source] "
+            "allow_shrink = true for the next snapshot)", volume=parent.volume, path=str(source_path),
+            size_bytes=size, parent_size_bytes=parent.size_bytes, parent_seq=parent.seq)
+
+
 READ_SIZE_BYTES = 16 * 2**20  # one scan batch, split among the workers (1 GiB, 1 %: 0.21 s vs 0.25 s at 8 MiB)
 HOLE_SPAN_MAX_BLOCKS = 16 * PAGE_ENTRIES  # one hole step: at most 16 pages of digests (2 MiB)
 
@@ -439,14 +455,11 @@ async def _scan(source_path: Path, block_size: int, read_size_bytes: int,
         fd, size = await asyncio.to_thread(_open_source, source_path)
     except OSError as err:
         raise from_os_error(err, "opening the snapshot source", source=str(source_path)) from err
-    if parent is not None and size < parent.size_bytes and not allow_shrink:
+    try:
+        check_size(parent, size, source_path, allow_shrink)
+    except SourceShrunkError:
         os.close(fd)
-        raise SourceShrunkError(
-            f"the source of {parent.volume} at {source_path} is {size} bytes, smaller than its last snapshot "
-            f"#{parent.seq} ({parent.size_bytes} bytes): refused, nothing stored (a truncated image or a "
-            "device that came back smaller; if the volume was shrunk on purpose, set [volumes.source] "
-            "allow_shrink = true for the next snapshot)", volume=parent.volume, path=str(source_path),
-            size_bytes=size, parent_size_bytes=parent.size_bytes, parent_seq=parent.seq)
+        raise
     totals = _Totals()
     storer = _Storer(store, totals)
     parents = _ParentDigests(parent, store)
