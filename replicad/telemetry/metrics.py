@@ -58,6 +58,11 @@ replicad_raft_is_leader / _has_leader / _has_quorum                            R
 replicad_raft_term / _commit_index / _last_applied_index                       Raft status
 replicad_raft_peer_up                                       peer               Raft partner connected
 replicad_raft_refused_total                                 reason             Raft traffic refused (counter)
+replicad_raft_synced                                                           Cluster.raft_synced (0/1)
+replicad_raft_behind_seconds                                                   since the applied index last
+                                                                               reached the leader's commit
+replicad_raft_dump_send_failures_total                                         leader: own dump unreadable
+                                                                               (counter)
 replicad_sites_revoked                                                         Raft state: revoked sites
 replicad_clock_offset_seconds                               peer               Raft state: a site's last
                                                                                reported clock minus the
@@ -173,6 +178,10 @@ STATE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "replicad_raft_commit_index": ("Raft commit index", ()),
     "replicad_raft_last_applied_index": ("Last Raft log index applied here", ()),
     "replicad_raft_peer_up": ("1 if the Raft partner (peer = its site id) is connected", ("peer",)),
+    "replicad_raft_synced": ("1 if this site's applied Raft state is current (a leader, a majority, and "
+                             "everything the leader reports committed applied here)", ()),
+    "replicad_raft_behind_seconds": ("Seconds since this site last applied everything its Raft leader reports "
+                                     "committed (0 when it has; 1e9 when it never has since its start)", ()),
     "replicad_disk_free_bytes": ("Bytes free for this site on the data directory's file system", ()),
     "replicad_disk_size_bytes": ("Size of the data directory's file system", ()),
     "replicad_build_info": ("Build information (constant 1)", ("version", "python")),
@@ -284,9 +293,15 @@ class StateCollector(Collector):
         put("replicad_build_info", 1, __version__, platform.python_version())
         for part, failed in errors.items():
             put("replicad_scrape_error", failed, part)
+        dump_failures = CounterMetricFamily("replicad_raft_dump_send_failures", "Failed reads of this site's own "
+                                            "Raft dump to send it to a member behind the log's start (a leader steps "
+                                            "down after a few)", labels=["site"])
+        if _num((status.get("raft") or {}).get("dump_send_failures")) is not None:
+            dump_failures.add_metric([self.site_id], _num(status["raft"]["dump_send_failures"]))
         yield from fams.values()
         yield refused
         yield commands
+        yield dump_failures
 
     def _raft(self, status: dict, put: Callable[..., None]) -> None:
         raft = status.get("raft")
@@ -298,6 +313,8 @@ class StateCollector(Collector):
         put("replicad_raft_term", raft.get("term"))
         put("replicad_raft_commit_index", raft.get("commit_index"))
         put("replicad_raft_last_applied_index", raft.get("last_applied"))
+        put("replicad_raft_synced", bool(raft.get("synced")))
+        put("replicad_raft_behind_seconds", raft.get("behind_s"))
         names = status.get("raft_sites") or {}
         for addr, connected in sorted((raft.get("partners") or {}).items()):
             put("replicad_raft_peer_up", bool(connected), str(names.get(addr, addr)))

@@ -99,6 +99,9 @@ async def main():
                 out = {"ok": True, "result": None}
             elif req["cmd"] == "state":
                 out = {"ok": True, "result": to_json(node.state())}
+            elif req["cmd"] == "synced":  # the daemon's own test of a current view
+                from replicad.site.cluster import Cluster
+                out = {"ok": True, "result": Cluster("helper", node, lambda: None).raft_synced()}
             elif req["cmd"] == "journal":
                 entries = [[e[1], e[2], zlib.crc32(e[0])] for e in list(node._syncobj._SyncObj__raftLog)]
                 out = {"ok": True, "result": {"entries": entries, "deleted": list(deleted)}}
