@@ -15,13 +15,13 @@ from replicad.core import anomaly, identity
 from replicad.core.errors import (IntegrityError, NotFoundError, NotPrimaryError, OutOfRangeError, ReplicadError,
                                   StaleEpochError)
 from replicad.core.manifest import Manifest, changed_digests
-from replicad.core.state import INT_MAX, SEQ_STEP_MAX, TAINT_STAT, newest_committed
+from replicad.core.state import INT_MAX, SEQ_STEP_MAX, TAINT_STAT, detection_policy, newest_committed
 from replicad.peer.transport import PeerClient, SharedFrames
 from replicad.site.cluster import Cluster
 from replicad.site.pull import Pull
 from replicad.site.runner import VolumeRunner, load_manifest
-from replicad.sources.file import take_snapshot
-from replicad.storage import fingerprints
+from replicad.sources.base import SnapshotSource, SourceSnapshot
+from replicad.sources.kinds import make_source
 from replicad.storage.catalog import Catalog, SnapshotRecord
 from replicad.storage.chunkstore import ChunkStore
 from replicad.telemetry.metrics import SiteMetrics
@@ -60,8 +60,36 @@ class Replication:
         self._background = background
 
     # ------------------------------------------------------------------ primary
+    def source_of(self, runner: VolumeRunner) -> SnapshotSource:
+        """The volume's snapshot source (``[volumes.source] kind``), made on first use and again
+        when a reload changes its kind or location; it always reads the runner's current config."""
+        src = runner.source
+        if src is None or not src.matches(runner.cfg):
+            src = runner.source = make_source(runner.cfg, self.data_dir)
+        src.cfg = runner.cfg
+        return src
+
     async def cycle(self, runner: VolumeRunner) -> dict:
-        """One replication cycle (caller holds ``runner.lock``). Returns a report dict.
+        """One replication cycle (caller holds ``runner.lock``): :meth:`_cycle`, then the source
+        keeps the new snapshot's view as the next parent if it committed, or drops it (a
+        reflink clone) otherwise — also when the cycle failed or was cancelled."""
+        made: list[SourceSnapshot] = []
+        try:
+            report = await self._cycle(runner, made)
+        except BaseException:
+            if made:
+                await runner.source.abandoned(made[0])
+            raise
+        if made:
+            if report.get("committed"):
+                await runner.source.committed(made[0])
+            else:
+                await runner.source.abandoned(made[0])
+        return report
+
+    async def _cycle(self, runner: VolumeRunner, made: list[SourceSnapshot]) -> dict:
+        """One replication cycle (caller holds ``runner.lock``). Returns a report dict; the
+        source's snapshot goes into ``made``.
 
         Raises NotPrimaryError / StaleEpochError if fenced meanwhile, NoQuorumError if the
         commit could not reach a majority, OutOfRangeError if the next seq would pass the
@@ -91,19 +119,21 @@ class Replication:
                 runner.parent = load_manifest(self.store, vs["snapshots"][nc]["root"])
         local_max = max((r.seq for r in self.catalog.list(cfg.name, "local") if r.epoch == epoch), default=0)
         seq = next_seq(cfg.name, vs["last_seq"], local_max)
+        source = self.source_of(runner)
         async with self._scan_slots:
-            result = await take_snapshot(Path(cfg.path), volume=cfg.name, seq=seq, epoch=epoch,
-                                         parent=runner.parent, store=self.store, now_ns=time.time_ns(),
-                                         fingerprints=fingerprints.path_for(self.data_dir, cfg.name),
-                                         pre_snapshot=cfg.source.pre_snapshot,
-                                         post_snapshot=cfg.source.post_snapshot,
-                                         block_size=cfg.block_size_bytes,
-                                         allow_shrink=cfg.source.allow_shrink)
+            snap = await source.snapshot(volume=cfg.name, seq=seq, epoch=epoch, parent=runner.parent,
+                                         store=self.store, now_ns=time.time_ns())
+        made.append(snap)
+        result = snap.result
         m = result.manifest
         await asyncio.to_thread(self.catalog.put, SnapshotRecord(cfg.name, epoch, seq, m.root, "local",
                                                                  m.created_at_ns))
         history = [s["stats"] for _, s in sorted(vs["snapshots"].items()) if s["verdict"] == "clean"]
-        verdict = anomaly.judge(m.stats, history, min_score=cfg.anomaly.min_score, factor=cfg.anomaly.factor)
+        # issue 14: the cluster's policy, which this site's config may only tighten (a primary's
+        # min_score = 1.0 makes nothing clean anywhere: every site judges again, and so does this)
+        policy = anomaly.stricter(detection_policy(vs), {"min_score": cfg.anomaly.min_score,
+                                                         "factor": cfg.anomaly.factor})
+        verdict = anomaly.judge(m.stats, history, min_score=policy["min_score"], factor=policy["factor"])
         parent_snap = vs["snapshots"].get(runner.parent.seq) if runner.parent is not None else None
         if verdict.verdict == "clean" and parent_snap is not None and parent_snap["verdict"] == "suspect":
             # A suspect state stays suspect until an operator clears it: the cycle after an attack
@@ -124,7 +154,8 @@ class Replication:
         report = {"seq": seq, "changed_blocks": len(result.changed_blocks), "verdict": verdict.verdict,
                   "score": verdict.score, "baseline": verdict.baseline, "holders": holders,
                   "bytes_shipped": sum(r.get("bytes", 0) for r in shipped.values()),
-                  "scan_s": t_scan, "ship_s": t_acked - t0 - t_scan, "peers": shipped}
+                  "scan_s": t_scan, "ship_s": t_acked - t0 - t_scan, "peers": shipped,
+                  "source": {"kind": source.kind, **snap.info}}
         if runner.fence_flag.is_set():  # O3: never commit after learning a newer epoch
             raise StaleEpochError("fenced during the cycle", volume=cfg.name, acting_epoch=epoch)
         if len(holders) < cfg.min_copies:  # O2

@@ -73,6 +73,12 @@ replicad_command_refused_total                              reason             c
                                                                                (bad_signature), replayed,
                                                                                expired or revoked; 0 from
                                                                                the start
+replicad_source_tracking                                    volume, kind,      status: one-hot tracking state of
+                                                            state              the volume's snapshot source
+replicad_source_lost_total                                  volume, reason     status: reflink tracking lost
+replicad_source_verify_runs_total                           volume             status: reflink verifier scans
+replicad_source_verify_mismatches_total                     volume             status: verifier scans that
+                                                                               disagreed (full scan shipped)
 replicad_standby_damaged                                    volume             status: 1 while this site's
                                                                                standby is damaged or being
                                                                                repaired
@@ -84,6 +90,12 @@ replicad_standby_checked_bytes_total                        volume             e
 replicad_takeover_full_rewrites_total                       volume, outcome    event: a promotion's restore
                                                                                failed O5 and rewrote every
                                                                                block (verified | failed)
+replicad_anomaly_judged_total                               volume, verdict    event: snapshots this site
+                                                                               judged itself (issue 14)
+replicad_anomaly_judged_changed_bytes_total                 volume             event: changed bytes judged
+replicad_anomaly_judge_cpu_seconds_total                    volume             event: CPU of the judge
+replicad_anomaly_verdict_disagreements                      volume             event gauge: snapshots whose
+                                                                               sites' verdicts disagree
 replicad_restore_skipped_total                              volume             clean snapshots a takeover
                                                                                could not restore from any
                                                                                holder and skipped (counter)
@@ -135,6 +147,8 @@ three leave room for one slow and one failed cycle before anyone is paged."""
 DEFAULT_RPO_TARGET_S = 900.0
 """RPO target of a volume whose interval the metrics were not given (15 min)."""
 
+SOURCE_STATES = ("idle", "tracking", "lost", "rescan", "untracked")
+"""Tracking states of a snapshot source (replicad.sources.base.TRACKING_STATES)."""
 CYCLE_OUTCOMES = ("committed", "not_committed", "failed")
 SCRAPE_PARTS = ("status", "state", "disk")
 _REPLICA_ROLES = ("replica", "fenced", "divergent")
@@ -157,6 +171,9 @@ STATE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "replicad_standby_damaged": ("1 while this site's standby image of the volume is damaged or being repaired",
                                  ("volume",)),
     "replicad_volume_acting_epoch": ("Epoch this site acts under as primary", ("volume",)),
+    "replicad_source_tracking": ("Change tracking state of the volume's snapshot source at this site, one-hot over "
+                                 "state (idle | tracking | lost | rescan | untracked; sources/base.py)",
+                                 ("volume", "kind", "state")),
     "replicad_snapshot_newest_changed_blocks": ("Changed blocks of the newest committed snapshot", ("volume",)),
     "replicad_snapshot_newest_changed_bytes": ("Changed bytes of the newest committed snapshot", ("volume",)),
     "replicad_anomaly_score_ratio": ("Anomaly score of the newest committed snapshot (share of data blocks that "
@@ -300,8 +317,8 @@ class StateCollector(Collector):
             dump_failures.add_metric([self.site_id], _num(status["raft"]["dump_send_failures"]))
         yield from fams.values()
         yield refused
+        yield from self._sources(status)
         yield commands
-        yield dump_failures
 
     def _raft(self, status: dict, put: Callable[..., None]) -> None:
         raft = status.get("raft")
@@ -338,6 +355,10 @@ class StateCollector(Collector):
             standby = entry.get("standby")  # 0 without a standby: the series exists from the first scrape
             put("replicad_standby_damaged", isinstance(standby, dict) and standby.get("state") in ("damaged", "repairing"),
                 name)
+            source = entry.get("source")  # one-hot over SOURCE_STATES from the first scrape
+            if isinstance(source, dict) and isinstance(source.get("state"), str):
+                for state in (*SOURCE_STATES, *(() if source["state"] in SOURCE_STATES else (source["state"],))):
+                    put("replicad_source_tracking", state == source["state"], name, str(source.get("kind")), state)
             if isinstance(entry.get("divergent"), list):
                 put("replicad_volume_divergent_snapshots", len(entry["divergent"]), name)
             vs = raft_vols.get(name)
@@ -406,6 +427,29 @@ class StateCollector(Collector):
         put("replicad_store_size_bytes", store.get("stored_bytes"))
         put("replicad_store_chunks", store.get("chunks"))
         put("replicad_store_packs", store.get("packs"))
+
+    def _sources(self, status: dict) -> Iterator[Metric]:
+        """Counters of the volumes' snapshot sources (status ``volumes.<v>.source``): tracking
+        lost by reason, verifier runs and mismatches (0 from the first scrape of a reflink volume)."""
+        lost = CounterMetricFamily("replicad_source_lost", "Times the volume's change tracking was lost, by reason "
+                                   "(sources/reflink.py)", labels=["site", "volume", "reason"])
+        runs = CounterMetricFamily("replicad_source_verify_runs", "Verifier full scans of a tracked volume",
+                                   labels=["site", "volume"])
+        bad = CounterMetricFamily("replicad_source_verify_mismatches", "Verifier full scans that disagreed with the "
+                                  "tracked manifest (the full scan's manifest was shipped)", labels=["site", "volume"])
+        for name, entry in sorted((status.get("volumes") or {}).items()):
+            src = entry.get("source") if isinstance(entry, dict) else None
+            if not isinstance(src, dict) or src.get("kind") != "reflink":
+                continue
+            for reason, n in sorted((src.get("lost_total") or {}).items()):
+                if _num(n) is not None:
+                    lost.add_metric([self.site_id, name, str(reason)], _num(n))
+            verify = src.get("verify") or {}
+            if _num(verify.get("runs")) is not None:
+                runs.add_metric([self.site_id, name], _num(verify["runs"]))
+            if _num(verify.get("mismatches")) is not None:
+                bad.add_metric([self.site_id, name], _num(verify["mismatches"]))
+        yield from (lost, runs, bad)
 
 
 PEER_REFUSAL_REASONS = ("record_conflict", "quota_exceeded", "not_primary", "stale_epoch", "forbidden", "integrity", "not_found",
@@ -481,6 +525,18 @@ class SiteMetrics:
                                   "Local records the cluster state no longer lists that this site's own floor "
                                   "kept, by rule (lock, daily, weekly, monthly)", ["site", "volume", "reason"],
                                   registry=self.registry)
+        # issue 14: this site's own verdicts (every data site judges every snapshot)
+        self.judged = Counter("replicad_anomaly_judged_total", "Snapshots this site judged itself, by its own "
+                              "verdict (clean | suspect)", ["site", "volume", "verdict"], registry=self.registry)
+        self.judged_bytes = Counter("replicad_anomaly_judged_changed_bytes_total", "Changed bytes this site's "
+                                    "judge compared with their previous version", ["site", "volume"],
+                                    registry=self.registry)
+        self.judge_cpu = Counter("replicad_anomaly_judge_cpu_seconds_total", "CPU seconds of this site's judge "
+                                 "(divide by _judged_changed_bytes_total for the CPU per changed byte)",
+                                 ["site", "volume"], registry=self.registry)
+        self.disagreements = Gauge("replicad_anomaly_verdict_disagreements", "Committed snapshots on which the "
+                                   "sites' verdicts disagree (one site is wrong, broken or lying)",
+                                   ["site", "volume"], registry=self.registry)
         self.collector = StateCollector(site_id, status_fn, state_fn=state_fn, data_dir=data_dir,
                                         volume_intervals_s=volume_intervals_s, clock_ns=clock_ns)
         self.registry.register(self.collector)
@@ -499,6 +555,11 @@ class SiteMetrics:
             for rule in ("lock", "daily", "weekly", "monthly"):
                 self.floor_kept.labels(site_id, volume, rule)
             self.last_cycle.labels(site_id, volume, "committed").set(start_s)
+            for verdict in ("clean", "suspect"):
+                self.judged.labels(site_id, volume, verdict)
+            self.judged_bytes.labels(site_id, volume)
+            self.judge_cpu.labels(site_id, volume)
+            self.disagreements.labels(site_id, volume).set(0)
         for reason in PEER_REFUSAL_REASONS:
             self.peer_refusals.labels(site_id, reason)
 
@@ -521,6 +582,17 @@ class SiteMetrics:
             self.commit_seconds.labels(self.site_id, volume).observe(report["commit_s"])
         if report.get("committed") and isinstance(report.get("changed_blocks"), int):
             self.changed_blocks.labels(self.site_id, volume).inc(report["changed_blocks"])
+
+    def judged_snapshot(self, volume: str, verdict: str, changed_bytes: int, cpu_s: float) -> None:
+        """Count one snapshot this site judged itself (issue 14): its verdict, the changed bytes
+        compared and the judge's CPU seconds."""
+        self.judged.labels(self.site_id, volume, verdict).inc()
+        self.judged_bytes.labels(self.site_id, volume).inc(max(0, changed_bytes))
+        self.judge_cpu.labels(self.site_id, volume).inc(max(0.0, cpu_s))
+
+    def set_disagreements(self, volume: str, count: int) -> None:
+        """Set ``replicad_anomaly_verdict_disagreements`` of ``volume``."""
+        self.disagreements.labels(self.site_id, volume).set(count)
 
     def restore_skipped(self, volume: str) -> None:
         """Count one snapshot a takeover skipped as unrestorable (``replicad_restore_skipped_total``)."""
