@@ -224,6 +224,19 @@ case("Raft connection naming another site: critical for bad_identity only",
        [exp("ReplicadRaftImpersonation", {"site": "site-b", "reason": "bad_identity"}, 1)]),
       ("20m", "ReplicadRaftImpersonation", [])])
 
+case("reflink source tracking lost for 15m, and a verifier mismatch",
+     [('replicad_source_tracking{site="site-a", volume="ehr", kind="reflink", state="lost"}', "0 1x20 0x10"),
+      ('replicad_source_tracking{site="site-a", volume="pacs", kind="reflink", state="lost"}', "0 1 0x30"),
+      ('replicad_source_verify_mismatches_total{site="site-a", volume="ehr"}', "0 0 1x70")],
+     [("10m", "ReplicadSourceTrackingLost", []),
+      ("17m", "ReplicadSourceTrackingLost",
+       [exp("ReplicadSourceTrackingLost", {"site": "site-a", "volume": "ehr", "kind": "reflink", "state": "lost"})]),
+      ("25m", "ReplicadSourceTrackingLost", []),
+      ("1m", "ReplicadSourceVerifyMismatch", []),
+      ("3m", "ReplicadSourceVerifyMismatch",
+       [exp("ReplicadSourceVerifyMismatch", {"site": "site-a", "volume": "ehr"})]),
+      ("70m", "ReplicadSourceVerifyMismatch", [])])
+
 
 def document() -> str:
     covered = {c["alertname"] for t in TESTS for c in t["alert_rule_test"]}

@@ -57,6 +57,7 @@ class VolumeRunner:
     retry_epoch: int | None = None          # the volume's epoch when the failures began (a new one resets)
     takeover_error: ReplicadError | None = None  # the last takeover failed like this (promote reports it)
     takeover_settled: asyncio.Event = field(default_factory=asyncio.Event)  # set: a takeover finished or failed
+    source: Any = None                      # the volume's SnapshotSource (sources/base.py), made by the first cycle
 
     def trusts_standby(self, root: bytes | None) -> bool:
         """True when the standby image was verified to hold the snapshot ``root``."""

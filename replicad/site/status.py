@@ -59,6 +59,7 @@ class Status:
             entry["divergent"] = [{"epoch": r.epoch, "seq": r.seq, "root": r.root.hex()}
                                   for r in self.catalog.list(name, "divergent")]
             entry["last_report"] = _jsonable_report(runner.last_report)
+            entry["source"] = _source_status(runner)
             vols[name] = entry
         # "synced": false means the figures below may be an old view (restart, no leader)
         return {"site_id": self.site_id, "raft": {**self.cluster.raft.status(), "synced": self.cluster.raft_synced()},
@@ -81,3 +82,16 @@ class Status:
 
 def _jsonable_report(rep: dict) -> dict:
     return _jsonable(rep)
+
+
+def _source_status(runner: VolumeRunner) -> dict:
+    """The volume's snapshot source (``kind``, tracking ``state``, …; sources/base.py). Its
+    state reads ``idle`` while this site is not the volume's primary (the source is not used)."""
+    src = runner.source
+    if src is None:
+        kind = runner.cfg.source.kind
+        return {"kind": kind, "state": "untracked" if kind == "file" else "idle"}
+    out = src.status()
+    if runner.role != "primary" and out.get("state") != "untracked":
+        out = {**out, "state": "idle"}
+    return _jsonable(out)

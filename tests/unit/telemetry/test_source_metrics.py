@@ -1,0 +1,29 @@
+"""The snapshot-source metrics read from the status at scrape time: the one-hot tracking state
+and the reflink counters (lost by reason, verifier runs and mismatches)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.unit.telemetry.test_metrics import make, samples, site_status, value
+
+
+def test_source_tracking_state_is_one_hot_and_counters_follow_the_status(tmp_path: Path) -> None:
+    st = site_status()
+    smp = samples(make(tmp_path, st))
+    vol = {"site": "site-b", "volume": "ehr"}
+    for state in ("idle", "tracking", "lost", "rescan", "untracked"):
+        assert value(smp, "replicad_source_tracking", **vol, kind="reflink", state=state) == (state == "lost")
+    assert value(smp, "replicad_source_lost_total", **vol, reason="no_parent_clone") == 1
+    assert value(smp, "replicad_source_verify_runs_total", **vol) == 2
+    assert value(smp, "replicad_source_verify_mismatches_total", **vol) == 1
+
+
+def test_file_source_exports_its_state_but_no_reflink_counters(tmp_path: Path) -> None:
+    st = site_status()
+    st["volumes"]["ehr"]["source"] = {"kind": "file", "state": "untracked"}
+    smp = samples(make(tmp_path, st))
+    vol = {"site": "site-b", "volume": "ehr"}
+    assert value(smp, "replicad_source_tracking", **vol, kind="file", state="untracked") == 1
+    assert value(smp, "replicad_source_tracking", **vol, kind="file", state="lost") == 0
+    assert ("replicad_source_verify_mismatches_total", frozenset(vol.items())) not in smp
