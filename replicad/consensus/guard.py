@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,6 +43,9 @@ MAX_DUMP_BYTES = 256 * 1024 * 1024
 ``replicad.core.state`` caps every collection)."""
 MAX_DUMP_CHUNK_BYTES = 128 * 1024
 """Largest chunk of a dump transfer (pysyncobj sends ``logCompactionBatchSize``, 64 KiB)."""
+DUMP_SEND_RETRY_S = 0.5
+"""After a failed read of this node's own dump, how long a member is not sent it again (it gets
+plain heartbeats meanwhile); the hardened node steps down after a few such failures."""
 MAX_ENTRY_COMMAND_BYTES = 96 * 1024
 """Largest log entry in an ``append_entries`` (commands are at most 40 KiB, pickled twice)."""
 
@@ -110,6 +114,8 @@ def _append_entries_problem(message: dict) -> tuple[str, str] | None:
             expected += 1
         return None
     serialized = message.get("serialized")
+    if serialized is None and "serialized" in message:
+        return None  # a heartbeat: pysyncobj's leader sends it while no dump chunk is ready to send
     if not (isinstance(serialized, tuple) and len(serialized) == 3 and isinstance(serialized[0], bytes)
             and len(serialized[0]) <= MAX_DUMP_CHUNK_BYTES and isinstance(serialized[1], bool)
             and isinstance(serialized[2], bool)):
@@ -118,18 +124,31 @@ def _append_entries_problem(message: dict) -> tuple[str, str] | None:
 
 
 class GuardedSerializer:
-    """Receiving half of pysyncobj's dump transfer, checked before it replaces the dump file.
+    """pysyncobj's dump transfer, both halves: receiving checks first, sending never floods.
 
-    Wraps pysyncobj's ``Serializer`` (everything but :meth:`setTransmissionData` is
-    delegated). Chunks are gathered in memory (at most :data:`MAX_DUMP_BYTES`); the last one
+    Wraps pysyncobj's ``Serializer`` (everything but :meth:`getTransmissionData` and
+    :meth:`setTransmissionData` is delegated).
+
+    Receiving: chunks are gathered in memory (at most :data:`MAX_DUMP_BYTES`); the last one
     triggers ``check(document) -> list[str]`` (problems; empty means acceptable) on the
     decoded msgpack document; only an accepted dump is written to ``<dump>.1.tmp``,
     fsync'ed, renamed over the dump file and the directory fsync'ed. A refused one is
     counted in ``refusals`` (reason ``snapshot_regresses`` or ``snapshot_too_large``; the
     ``reason`` of a :class:`~replicad.core.errors.DumpRefusedError` the check raises:
     ``dump_not_vouched``, ``dump_bad_command``, ``dump_malformed``), logged at ERROR and
-    dropped: pysyncobj then keeps its state and log, and the leader retries.
+    dropped: pysyncobj then keeps its state and log, and the leader retries. A dump that
+    cannot be written here (``OSError``) is counted as ``dump_unwritable`` (ERROR).
+
+    Sending (a leader reads its own dump in ``logCompactionBatchSize`` chunks for a follower
+    behind its log's start): pysyncobj logs a traceback for every failed open or read and
+    tries again at once, thousands of times a second (issue 13: a 239 MB log in 5.5 minutes).
+    Here a failed open or read (``OSError``) is handed to ``on_send_error(transmission_id,
+    exc)`` (set by the hardened node, which counts it and steps down), no traceback is
+    logged, and that member is not tried again for :data:`DUMP_SEND_RETRY_S`
+    (:meth:`send_blocked`; the node sends it plain heartbeats meanwhile).
     """
+
+    on_send_error: Callable[[Any, OSError], None] | None = None
 
     def __init__(self, inner: Any, dump_file: str, check: Callable[[Any], list[str]], refusals: RefusalLog) -> None:
         self._inner = inner
@@ -137,9 +156,53 @@ class GuardedSerializer:
         self._check = check
         self._refusals = refusals
         self._incoming: bytearray | None = None
+        self._blocked_until: dict[Any, float] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+    def send_blocked(self, transmission_id: Any) -> bool:
+        """True while sending the dump to ``transmission_id`` (a member node) failed within
+        the last :data:`DUMP_SEND_RETRY_S` seconds."""
+        return time.monotonic() < self._blocked_until.get(transmission_id, float("-inf"))
+
+    def getTransmissionData(self, transmission_id: Any) -> tuple[bytes, bool, bool] | None:
+        """The next ``(chunk, is_first, is_last)`` of this node's dump for ``transmission_id``,
+        or None when nothing can be sent now (a dump being written, or a read that failed).
+
+        pysyncobj's own logic for a dump file (``Serializer.getTransmissionData``), with
+        ``OSError`` handled as the class docstring says instead of a traceback per attempt.
+        """
+        inner = self._inner
+        transmissions = getattr(inner, "_Serializer__transmissions", None)
+        if transmissions is None or getattr(inner, "_Serializer__fileName", None) is None:
+            return inner.getTransmissionData(transmission_id)  # in memory: nothing to read
+        if inner._Serializer__pid != 0 or self.send_blocked(transmission_id):
+            return None
+        transmission = transmissions.get(transmission_id)
+        try:
+            if transmission is None:
+                transmission = {"file": open(self._dump_file, "rb"), "transmitted": 0}
+                transmissions[transmission_id] = transmission
+            data = transmission["file"].read(inner._Serializer__transmissionBatchSize)
+        except OSError as exc:
+            dropped = transmissions.pop(transmission_id, None)
+            if dropped is not None:
+                try:
+                    dropped["file"].close()
+                except OSError:
+                    pass
+            self._blocked_until[transmission_id] = time.monotonic() + DUMP_SEND_RETRY_S
+            if self.on_send_error is not None:
+                self.on_send_error(transmission_id, exc)
+            return None
+        is_first = transmission["transmitted"] == 0
+        transmission["transmitted"] += len(data)
+        is_last = len(data) == 0
+        if is_last:
+            transmissions.pop(transmission_id, None)
+            transmission["file"].close()
+        return data, is_first, is_last
 
     def setTransmissionData(self, data: Any) -> bool:
         if data is None:
@@ -173,10 +236,16 @@ class GuardedSerializer:
                                   len(blob), "; ".join(problems[:5]), level=logging.ERROR)
             return False
         tmp = self._dump_file.with_name(self._dump_file.name + ".1.tmp")
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._dump_file)
-        fsync_dir(self._dump_file.parent)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._dump_file)
+            fsync_dir(self._dump_file.parent)
+        except OSError as exc:
+            self._refusals.refuse("dump_unwritable", "a full state from the leader (%d bytes) cannot be written to "
+                                  "%s (%s): this node cannot catch up until it can", len(blob), self._dump_file, exc,
+                                  level=logging.ERROR)
+            return False
         return True

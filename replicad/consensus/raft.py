@@ -132,6 +132,10 @@ names up in its own modules):
    meta or dump exist (the operator moved a damaged journal aside) grants no vote and no
    pre-vote and runs for no election until its commit index reached the leader's: an empty
    log would otherwise vouch for any candidate, and could elect one lacking committed entries.
+   A full node grants no pre-vote either (it could not store the vote it promises), and its
+   term moves only once stored (pysyncobj set it in memory first: a failed meta write left
+   the full node at a term it never stored, and its answers drove the others' terms up,
+   1 to 11 in 4 s with commits stalled, measured; now one election).
 10. **Liveness after term inflation.** A pre-vote answer carries the responder's term; a
    node refused by a member at a higher term adopts it (at most ``MAX_TERM_STEP`` at once)
    and asks again at once; a leader that has not heard from a majority for
@@ -159,6 +163,23 @@ names up in its own modules):
    file untouched), then ``dump_problems`` as a second gate. No vouched checkpoint kept: no
    dump is written, so pysyncobj keeps its log. A damaged, zeroed, truncated or missing own
    dump (over a compacted journal) refuses to start (``DumpDamagedError``, exit 5).
+
+15. **A leader that cannot send its dump, a follower that cannot catch up** (issue 13). A
+   follower behind the leader's compacted log needs the leader's dump; pysyncobj logged a
+   traceback for every failed read of it and retried in a busy loop (~3,000 a second here),
+   kept the leadership, and the follower never caught up. :class:`GuardedSerializer` now
+   reads the dump for sending, hands an ``OSError`` to the node without a traceback and
+   holds that member for ``guard.DUMP_SEND_RETRY_S`` (it gets a plain heartbeat, an
+   ``append_entries`` with ``serialized`` None, which the guard accepts as such); after
+   :data:`DUMP_SEND_FAILURES_MAX` failures within :data:`DUMP_FAILURE_WINDOW_S` the leader
+   steps down with one ERROR line, counts them (``dump_send_failures``), and runs for no
+   election for :data:`DUMP_NO_CANDIDACY_S`, so that a member that can read its own dump
+   leads and serves the follower. (Were it the only up-to-date member, nothing could commit
+   anyway: the follower it cannot serve is the majority's second vote.) A follower compares
+   what it applied with the commit index its *leader* reports (``leader_commit_index``);
+   ``caught_up`` (``Cluster.raft_synced``) is false until it reached it once since start and
+   whenever it stays behind longer than :data:`SYNCED_GRACE_S`, with a WARNING after
+   :data:`CATCH_UP_STALL_S` without progress. A dump it cannot store is ``dump_unwritable``.
 
 13. **Signed commands** (:mod:`replicad.core.identity`): :meth:`RaftNode.propose` signs each
    command with this site's key (``signer``); every node's state machine verifies it
@@ -261,6 +282,17 @@ _RAFT_STATE_LEADER = pysyncobj.syncobj._RAFT_STATE.LEADER
 # (1.4 s), above the 3-6 s gaps a stalled tick (slow fsync) produces at a node that does
 # hear its leader, below the 30 s RPO target of a cut-off primary.
 ISOLATED_AFTER_S = 10.0
+# Point 15: a leader that cannot read its dump steps down after this many failed reads within
+# the window (one try per member per guard.DUMP_SEND_RETRY_S: ~1 s), then stays out of
+# elections long enough for a member that can read its own dump to be elected and serve it.
+DUMP_SEND_FAILURES_MAX = 3
+DUMP_FAILURE_WINDOW_S = 10.0
+DUMP_NO_CANDIDACY_S = 30.0
+# A follower is synced when it applied what its leader reports committed, or did within this
+# grace (a healthy follower applies a commit on the tick it learns it); a WARNING when it made
+# no progress for CATCH_UP_STALL_S while behind.
+SYNCED_GRACE_S = 2.0
+CATCH_UP_STALL_S = 10.0
 _FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if isinstance(v, int)}
 
 
@@ -524,6 +556,15 @@ class _HardenedSyncObj(SyncObj):
     _votes: tuple = (None, frozenset())  # (term, node ids) of the response_vote messages counted
     _full_logged: float = float("-inf")  # point 12: last ERROR about an unwritable journal
     _rejoin_target: int | None = None  # point 12: commit index to reach before voting again
+    # point 15, all touched on the tick thread only
+    _dump_send_failures: int = 0  # failed reads of this node's own dump (to send it), since start
+    _dump_failures_in_row: int = 0  # within DUMP_FAILURE_WINDOW_S of the first one
+    _dump_failures_since: float = float("-inf")
+    _dump_logged: float = float("-inf")
+    _no_candidacy_until: float = float("-inf")  # after stepping down for an unreadable dump
+    _caught_up_at: float = float("-inf")  # last tick at which everything the leader committed was applied
+    _progress: tuple = (-1, float("-inf"))  # (last applied index, when it last moved)
+    _behind_logged: float = float("-inf")
 
     def __init__(self, *args: Any, refusals: RefusalLog | None = None,
                  dump_check: Callable[[Any], list[str]] | None = None, **kwargs: Any) -> None:
@@ -533,6 +574,9 @@ class _HardenedSyncObj(SyncObj):
             SyncObj.__init__(self, *args, transportClass=MemberOnlyTransport, **kwargs)
         finally:
             _constructing.guard = None
+        serializer = self.__dict__.get("_SyncObj__serializer")
+        if isinstance(serializer, GuardedSerializer):
+            serializer.on_send_error = self._dump_send_failed
 
     def _onTick(self, timeToWait: float = 0.0) -> None:
         self._pre_vote_gate()
@@ -540,6 +584,105 @@ class _HardenedSyncObj(SyncObj):
             SyncObj._onTick(self, timeToWait)
         except errors.StoreFullError as err:  # the leader's own append: point 12
             self._journal_full(err)
+        self._track_catch_up()
+
+    # -- point 15: a leader that cannot send its dump, a follower that cannot catch up
+    def _dump_send_failed(self, node: Any, exc: OSError) -> None:
+        """The leader could not read its own dump to send it to ``node`` (GuardedSerializer).
+
+        After :data:`DUMP_SEND_FAILURES_MAX` failures within :data:`DUMP_FAILURE_WINDOW_S` (one
+        try per member per ``guard.DUMP_SEND_RETRY_S``) it steps down and runs for no election for
+        :data:`DUMP_NO_CANDIDACY_S`, so that a member that can read its dump leads and serves
+        the follower; logged once at ERROR when it steps down (no traceback), counted in
+        ``dump_send_failures`` (``status()``, ``replicad_raft_dump_send_failures_total``).
+        """
+        now = monotonic_time()
+        if now - self._dump_failures_since >= DUMP_FAILURE_WINDOW_S:
+            self._dump_failures_since, self._dump_failures_in_row = now, 0
+        self._dump_send_failures += 1
+        self._dump_failures_in_row += 1
+        leader = self._SyncObj__raftState == _RAFT_STATE_LEADER
+        step_down = leader and self._dump_failures_in_row >= DUMP_SEND_FAILURES_MAX
+        if step_down or (not leader and now - self._dump_logged >= 60.0):  # one line per step-down
+            self._dump_logged = now
+            log.error("raft: cannot read this node's full dump to send it to %s, which is behind the log's start "
+                      "(%s: %s; %d failures since start)%s", getattr(node, "id", node), type(exc).__name__, exc,
+                      self._dump_send_failures,
+                      f": stepping down as leader, no candidacy for {DUMP_NO_CANDIDACY_S:.0f}s, so that a member "
+                      "that can read its dump serves it" if step_down else "")
+        if step_down:
+            self._dump_failures_in_row = 0
+            self._no_candidacy_until = now + DUMP_NO_CANDIDACY_S
+            self._SyncObj__setState(pysyncobj.syncobj._RAFT_STATE.FOLLOWER)
+            self._SyncObj__raftLeader = None
+            self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
+
+    def _SyncObj__sendAppendEntries(self) -> None:
+        # Members whose dump send just failed (guard.DUMP_SEND_RETRY_S) get one heartbeat
+        # instead: pysyncobj would otherwise retry them in a busy loop for appendEntriesPeriod.
+        serializer = self.__dict__.get("_SyncObj__serializer")
+        connected = self._SyncObj__connectedNodes
+        held = {n for n in connected if isinstance(serializer, GuardedSerializer) and serializer.send_blocked(n)}
+        connected -= held
+        try:
+            SyncObj._SyncObj__sendAppendEntries(self)
+        finally:
+            connected |= held
+        for node in held:
+            self._SyncObj__transport.send(node, {"type": "append_entries", "term": self._SyncObj__raftCurrentTerm,
+                                                 "commit_index": self._SyncObj__raftCommitIndex, "serialized": None})
+
+    def _SyncObj__setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:
+        # pysyncobj sets the term in memory before the journal stores it: a meta write that
+        # fails (disk full, point 12) left this node at a term it never stored, and its
+        # answers then drove the others' terms up (terms 1 to 11 in 4 s, measured). Raft §5:
+        # the term and vote are durable before they are used; on failure both stay as stored.
+        before = (self._SyncObj__raftCurrentTerm, self._SyncObj__votedForNodeId)
+        try:
+            SyncObj._SyncObj__setCurrentTerm(self, term, votedForNodeId)
+        except errors.ReplicadError:
+            self._SyncObj__raftCurrentTerm, self._SyncObj__votedForNodeId = before
+            raise
+
+    def _track_catch_up(self) -> None:
+        """Follower side of point 15: compare what is applied here with the commit index the
+        leader reports; a WARNING (once a minute) after :data:`CATCH_UP_STALL_S` without progress."""
+        now = monotonic_time()
+        applied, leader_commit = self._SyncObj__raftLastApplied, self._SyncObj__leaderCommitIndex
+        if applied != self._progress[0]:
+            self._progress = (applied, now)
+        if not isinstance(leader_commit, int):
+            return
+        if applied >= leader_commit:
+            self._caught_up_at = now
+            return
+        stalled_s = now - self._progress[1]
+        if stalled_s >= CATCH_UP_STALL_S and now - self._behind_logged >= 60.0:
+            self._behind_logged = now
+            log.warning("raft: this node is %d entries behind the commit index its leader reports (applied %d, "
+                        "leader's commit %d) and applied nothing for %.0fs: it is not synced and does not act on "
+                        "its view of the cluster until it has caught up", leader_commit - applied, applied,
+                        leader_commit, stalled_s)
+
+    def catch_up_status(self) -> dict:
+        """``{"leader_commit_index": int|None, "caught_up": bool, "behind_s": float,
+        "stalled_s": float, "dump_send_failures": int}`` (tick thread; point 15).
+
+        ``leader_commit_index``: the commit index the leader last reported (this node's own when
+        it leads); ``caught_up``: everything up to it is applied here, or was within the last
+        :data:`SYNCED_GRACE_S` (a healthy follower applies a new commit within a tick), and never
+        before this node first caught up after its start; ``behind_s``: seconds since it was
+        last caught up (0 when it is); ``stalled_s``: seconds since its applied index last moved.
+        """
+        now = monotonic_time()
+        leader_commit = self._SyncObj__leaderCommitIndex
+        applied = self._SyncObj__raftLastApplied
+        known = isinstance(leader_commit, int)
+        behind_s = 0.0 if known and applied >= leader_commit else min(now - self._caught_up_at, 1e9)
+        return {"leader_commit_index": leader_commit if known else None,
+                "caught_up": known and behind_s < SYNCED_GRACE_S,
+                "behind_s": behind_s, "stalled_s": min(now - self._progress[1], 1e9) if behind_s else 0.0,
+                "dump_send_failures": self._dump_send_failures}
 
     # -- point 12: a journal that cannot be written, a journal that was lost
     def _journal(self) -> Any:
@@ -592,7 +735,8 @@ class _HardenedSyncObj(SyncObj):
                 or self._SyncObj__transferInProgress:
             return
         no_candidacy = "it lost its journal and has not caught up" if self._rejoining() else \
-            ("its journal cannot be written (disk full)" if self._journal_full_now() is not None else None)
+            ("its journal cannot be written (disk full)" if self._journal_full_now() is not None else
+             ("it cannot read its own full dump (stepped down)" if now < self._no_candidacy_until else None))
         if no_candidacy is not None:  # point 12: wait for a leader instead of running
             self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
             if now - self._full_logged >= 10.0:
@@ -653,7 +797,8 @@ class _HardenedSyncObj(SyncObj):
             current = term - 1
         granted = (term > current and up_to_date and not in_lease
                    and self._SyncObj__raftState != _RAFT_STATE_LEADER
-                   and not self._rejoining())  # point 12: an emptied log vouches for nothing
+                   and not self._rejoining()  # point 12: an emptied log vouches for nothing
+                   and self._journal_full_now() is None)  # point 12: it could not store the vote it promises
         if granted:
             self._pre_vote_granted = (node.id, term, monotonic_time())
         self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": term, "granted": granted,
@@ -719,7 +864,8 @@ class _HardenedSyncObj(SyncObj):
                         "that is not our leader, while our leader's lease holds")
             if term == current and leader is not None and node != leader:
                 return "second_leader", f"append_entries at term {term} from a member while another leads that term"
-            if "prevLogIdx" not in message and (term != current or node != leader):
+            if "prevLogIdx" not in message and message.get("serialized") is not None \
+                    and (term != current or node != leader):  # (a None payload is a heartbeat)
                 return ("snapshot_from_non_leader", f"a full state (install-snapshot) at term {term} from a member "
                         "that is not the leader this node follows in its current term")
         if kind == "apply_command_response" and node != leader:
@@ -1347,11 +1493,15 @@ class RaftNode:
         ``{"self": addr, "leader": addr|None, "is_leader": bool, "term": int,
         "commit_index": int, "last_applied": int, "has_quorum": bool,
         "partners": {addr: connected}, "dump_error": str|None,
-        "refused": {reason: count}, "commands_refused": {reason: count}, "signed": bool}``
+        "refused": {reason: count}, "commands_refused": {reason: count}, "signed": bool,
+        "leader_commit_index": int|None, "caught_up": bool, "behind_s": float, "stalled_s": float,
+        "dump_send_failures": int}``
         (``refused``: Raft traffic refused since start, see :mod:`replicad.consensus.channel`
         and :mod:`replicad.consensus.guard`; ``commands_refused``: commands in the log the
         state machine refused as ``bad_signature``, ``replayed`` or ``expired``, counted as
-        applied here, since start, journal replays included; ``signed``: this node signs)
+        applied here, since start, journal replays included; ``signed``: this node signs;
+        ``leader_commit_index`` ... ``dump_send_failures``: point 15 of the module docstring,
+        ``_HardenedSyncObj.catch_up_status``)
         """
         with self._status_lock:
             status = dict(self._status)
@@ -1371,7 +1521,8 @@ class RaftNode:
 
     def _empty_status(self) -> dict:
         return {"self": self._self_addr, "leader": None, "is_leader": False, "term": 0,
-                "commit_index": 0, "last_applied": 0, "has_quorum": False,
+                "commit_index": 0, "last_applied": 0, "has_quorum": False, "leader_commit_index": None,
+                "caught_up": False, "behind_s": 0.0, "stalled_s": 0.0, "dump_send_failures": 0,
                 "partners": {addr: False for addr in self._partners}}
 
     def _refresh_status(self) -> None:  # tick thread: the only place reading pysyncobj internals
@@ -1388,7 +1539,8 @@ class RaftNode:
                       "is_leader": bool(syncobj._isLeader()), "term": syncobj.raftCurrentTerm,
                       "commit_index": syncobj.raftCommitIndex, "last_applied": syncobj.raftLastApplied,
                       "has_quorum": bool(syncobj.hasQuorum),
-                      "partners": {str(n.id): syncobj.isNodeConnected(n) for n in syncobj.otherNodes}}
+                      "partners": {str(n.id): syncobj.isNodeConnected(n) for n in syncobj.otherNodes},
+                      **syncobj.catch_up_status()}
         except Exception:
             log.exception("cannot read raft status")
             return

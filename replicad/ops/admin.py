@@ -20,6 +20,9 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
     GET    /v1/operations/{op_id}               [viewer] state, phase, progress (blocks), result or error
     POST   /v1/volumes/{volume}/promote         [admin] {"to": site?, "force": bool}
     POST   /v1/volumes/{volume}/demote          [admin] {}
+    GET    /v1/volumes/{volume}/snapshots/{seq}/evidence  [viewer] every site's verdict, this site's evidence (issue 14)
+    GET    /v1/volumes/{volume}/detection       [viewer] the Raft-agreed detection policy, and the one applied here
+    PUT    /v1/volumes/{volume}/detection       [admin] {"detection": {...}, "reason": str?}; weakening: 202 request
     GET    /v1/volumes/{volume}/retention       [viewer] the Raft-agreed retention policy
     PUT    /v1/volumes/{volume}/retention       [admin] {"retention": {...}, "reason": str?}; shortening: 202 request
     POST   /v1/volumes/{volume}/retention/run   [admin] apply the retention policy at this site now
@@ -82,7 +85,8 @@ from replicad.ops import auth
 from replicad.storage.audit import AuditLog, verify_chain
 from replicad.core.errors import (InternalError, NotFoundError, NotSupportedError, PeerUnavailableError, ReplicadError,
                      UnauthenticatedError, UsageError, _jsonable, from_dict)
-from replicad.core.state import list_requests
+from replicad.core import anomaly  # issue 14
+from replicad.core.state import detection_policy, list_requests
 from replicad.core.units import parse_duration
 from replicad.site.runner import runner_of
 
@@ -448,6 +452,51 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
                                                               "reason": reason}, reason)
         return _ok(await site.housekeeping.set_verdict(name, seq, value, reason))
 
+    async def evidence_get(request: web.Request) -> web.Response:  # issue 14: detection evidence
+        name = request.match_info["volume"]
+        try:
+            seq = int(request.match_info["seq"])
+        except ValueError:
+            raise UsageError("seq must be a snapshot number", field="seq") from None
+        if site.cluster.volume_state(name) is None:
+            _raise_not_found(name)
+        return _ok(site.detection.evidence(name, seq))
+
+    async def detection_get(request: web.Request) -> web.Response:  # issue 14: detection policy
+        name = request.match_info["volume"]
+        vs = site.cluster.volume_state(name)
+        if vs is None:
+            _raise_not_found(name)
+        return _ok({"volume": name, "detection": detection_policy(vs), "effective_here": site.detection.policy(name, vs)})
+
+    async def detection_put(request: web.Request) -> web.Response:  # issue 14: weakening detection is a request
+        name = request.match_info["volume"]
+        body = await _json_body(request)
+        _no_claimed_approval(body)
+        unknown = set(body) - {"detection", "reason"}
+        if unknown:
+            raise UsageError(f"unknown keys {sorted(unknown)}", known=["detection", "reason"])
+        reason = body.get("reason", "")
+        if not isinstance(reason, str) or len(reason) > 1024:
+            raise UsageError("reason must be a string of at most 1024 characters", field="reason")
+        vs = site.cluster.volume_state(name)
+        if vs is None:
+            _raise_not_found(name)
+        current = detection_policy(vs)
+        change = body.get("detection")
+        if not isinstance(change, dict):
+            raise UsageError("detection must be a map of policy keys to values", field="detection",
+                             known=sorted(current))
+        new = {**current, **change}
+        problems = anomaly.policy_problems(new)
+        if problems:
+            raise UsageError(f"detection policy: {'; '.join(problems)}", field="detection", problems=problems)
+        args: dict[str, Any] = {"volume": name, "policy": new}
+        if anomaly.weakened_keys(current, new):
+            return await _make_request(site, "set_detection", args, reason, previous=current)
+        res = await site.cluster.propose("set_detection", **args)
+        return _ok({"volume": name, "detection": res.get("detection", new), "previous": current, "status": "applied"})
+
     async def requests_get(request: web.Request) -> web.Response:
         return _ok({"requests": list_requests(site.cluster.view()), "site_id": site.site_id})
 
@@ -571,6 +620,9 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         ("GET", "/v1/operations/{op_id}", operation),
         ("POST", "/v1/volumes/{volume}/prune", prune),
         ("POST", "/v1/volumes/{volume}/snapshots/{seq}/verdict", verdict),
+        ("GET", "/v1/volumes/{volume}/snapshots/{seq}/evidence", evidence_get),
+        ("GET", "/v1/volumes/{volume}/detection", detection_get),
+        ("PUT", "/v1/volumes/{volume}/detection", detection_put),
         ("GET", "/v1/volumes/{volume}/retention", retention_get),
         ("PUT", "/v1/volumes/{volume}/retention", retention_put),
         ("POST", "/v1/volumes/{volume}/retention/run", retention_run),

@@ -126,7 +126,7 @@ SCHEMAS: dict[str, dict] = {
                            "head": _object({"seq": _INT, "hash": _STR}),
                            "chain": _object({"ok": _BOOL, "n_records": _INT, "first_bad_seq": _NINT})}),
     "OpenAPI": _object({"openapi": _STR, "info": _OBJ, "paths": _OBJ}),
-    "Request": _object({"id": _STR, "by": _STR, "action": {"enum": ["set_retention", "mark_verdict", "revoke_site", "set_members"]},
+    "Request": _object({"id": _STR, "by": _STR, "action": {"enum": ["set_retention", "mark_verdict", "set_detection", "revoke_site", "set_members"]},
                         "args": _OBJ, "reason": _STR, "approvals": {"type": "array", "items": _STR},
                         "needed": _INT, "created_ns": _INT, "expires_ns": _INT,
                         "status": {"enum": ["pending", "approved", "applied", "failed", "vetoed", "expired"]},
@@ -149,6 +149,12 @@ _BODIES: dict[str, dict] = {
     "Drill": _object({"sandbox": _STR}, {"seq": _NINT, "keep": _BOOL}),
     "Prune": _object({"seqs": {"type": "array", "items": _INT, "minItems": 1}}),
     "Verdict": _object({"verdict": {"enum": ["clean", "suspect"]}}, {"reason": _STR}),
+    "Evidence": _object({"volume": _STR, "seq": _INT, "verdict": _STR, "verdict_reason": _STR, "confirmed": _BOOL,
+                         "disagreement": _BOOL, "opinions": _OBJ, "policy": _OBJ},
+                        {"here": {"type": ["object", "null"]}}),
+    "Detection": _object({"volume": _STR, "detection": _OBJ, "effective_here": _OBJ}),
+    "DetectionPut": _object({"detection": _OBJ}, {"reason": _STR}),
+    "DetectionSet": _object({"volume": _STR, "detection": _OBJ, "previous": _OBJ}, {"status": _STR}),
     "RetentionPut": _object({"retention": {"type": "object", "description": (
         "any of keep_all_s, hourly_s, daily_s, lock_s (seconds) or keep_all, hourly, daily, lock "
         "(durations such as \"48h\"); missing keys keep their value")}},
@@ -208,6 +214,17 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
     ("verdict", "POST", "/v1/volumes/{volume}/snapshots/{seq}/verdict",
      "Operator verdict on a committed snapshot; clearing a suspect one becomes a request (202) that operators "
      "of other sites approve", "Verdict", {"200": "VerdictResult", "202": "RequestState"}, (400, 404, 409, 503)),
+    ("evidence", "GET", "/v1/volumes/{volume}/snapshots/{seq}/evidence",
+     "Detection evidence of a committed snapshot: every site's own verdict (Raft) and this site's judgement "
+     "(base, signals, the blocks that turned random with before/after statistics, the first suspicious snapshot "
+     "and the one to restore)", None, {"200": "Evidence"}, (400, 404)),
+    ("detectionGet", "GET", "/v1/volumes/{volume}/detection",
+     "The Raft-agreed detection policy and the one this site applies (its config may only tighten it)", None,
+     {"200": "Detection"}, (404,)),
+    ("detectionPut", "PUT", "/v1/volumes/{volume}/detection",
+     "Change detection thresholds through Raft; a weaker one becomes a request (202) that operators of other "
+     "sites approve (approvals, cooling-off)", "DetectionPut", {"200": "DetectionSet", "202": "RequestState"},
+     (400, 404, 409, 503)),
     ("requests", "GET", "/v1/requests", "Protection-weakening requests: pending, applied, expired", None,
      {"200": "Requests"}, ()),
     ("approve", "POST", "/v1/requests/{request_id}/approve",

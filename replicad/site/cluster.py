@@ -53,16 +53,24 @@ class Cluster:
                 await asyncio.sleep(0.3)
 
     def raft_synced(self) -> bool:
-        """True when this site's applied Raft state is current: a leader is known and every
-        entry it reported committed is applied here, and a majority is connected. A restarted
-        site replays an old log
-        first; acting on that view would act under a superseded epoch (found by the chaos
-        campaign, crash-all seeds 2 and 3)."""
+        """True when this site's applied Raft state is current: a leader is known, a majority is
+        connected, and everything the *leader* reported committed is applied here (or was
+        within ``raft.SYNCED_GRACE_S``; never before this node first caught up after its start:
+        ``status()["caught_up"]``).
+
+        A restarted site replays an old log first; acting on that view would act under a
+        superseded epoch (found by the chaos campaign, crash-all seeds 2 and 3). A follower
+        that cannot catch up (behind its leader's log start, and its leader cannot send or it
+        cannot store the dump) applies everything *its own* commit index covers, which stops
+        where its log stops: comparing with that index called such a site synced while it was
+        stuck (issue 13); the leader's commit index does not. The Raft node logs a WARNING
+        while it stays behind without progress (``raft.CATCH_UP_STALL_S``).
+        """
         st = self.raft.status()
         # has_quorum: pysyncobj keeps a lone node's last leader forever (it only starts an
         # election when connected to someone), so "a leader is known" alone proves nothing.
         return (st.get("leader") is not None and bool(st.get("has_quorum"))
-                and st.get("last_applied", 0) >= st.get("commit_index", 0))
+                and st.get("last_applied", 0) >= st.get("commit_index", 0) and bool(st.get("caught_up")))
 
     async def wait_synced(self, timeout_s: float = PROPOSE_DEADLINE_S) -> None:
         """Wait until :meth:`raft_synced`; NoQuorumError after ``timeout_s``."""

@@ -60,6 +60,7 @@ from replicad.peer.tls import check_site_tls, client_context, server_context
 from replicad.peer.transport import PeerClient, peer_routes
 from replicad.site import reload
 from replicad.site.cluster import Cluster
+from replicad.site.detection import Detection
 from replicad.site.housekeeping import Housekeeping
 from replicad.site.operations import Operations
 from replicad.site.promotion import Promotion
@@ -262,6 +263,11 @@ class SiteDaemon:
                                    self.metrics)
         self.volumes = VolumeLoop(cluster, store, catalog, runners, self.pull, self.replication, self.promotion,
                                   self.metrics)
+        # issue 14: every data site judges every snapshot itself (the cluster's policy, tightened locally)
+        self.detection = Detection(cluster, store, self.metrics, self.data_dir, self._local_detection,
+                                   self.pull.ensure_snapshot)
+        self.volumes.detection = self.promotion.detection = self.detection
+        self.volumes.background = self._background
         self.recovery = Recovery(cluster, lambda: self.cfg, self.data_dir, store, catalog, runners, self.pull,
                                  self.interrupted_restores)
         self.standby = StandbyCheck(cluster, store, catalog, runners, self.pull, lambda: self.cfg.scrub, self.metrics)
@@ -271,6 +277,14 @@ class SiteDaemon:
         self.housekeeping = Housekeeping(cluster, store, catalog, runners, self.scrub.repair_step,
                                          lambda: self.cfg.floor, self.metrics)
         self.status = Status(cluster, catalog, store, runners, self.interrupted_restores)
+
+    def _local_detection(self, volume: str) -> dict:
+        """This site's ``[volumes.anomaly]`` thresholds of ``volume`` (current config, SIGHUP
+        included): they can only tighten the cluster's detection policy (issue 14)."""
+        vol = next((v for v in self.cfg.volumes if v.name == volume), None)
+        if vol is None:
+            return {}
+        return {"min_score": float(vol.anomaly.min_score), "factor": float(vol.anomaly.factor)}
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task:
         """Run ``coro`` as a task that :meth:`stop` cancels."""

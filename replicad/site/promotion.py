@@ -61,6 +61,7 @@ class Promotion:
         self._scan_slots = scan_slots
         self.metrics = metrics
         self._unrestorable: dict[tuple[str, int, int, bytes], float] = {}  # (volume, epoch, seq, root) -> when skipped
+        self.detection: Any = None  # issue 14: site.detection.Detection (set by the daemon); None in bare tests
 
     async def _restorable(self, name: str, vs: dict) -> tuple[int, Manifest, list[int]]:
         """The newest clean committed snapshot this site holds completely or can fetch:
@@ -82,9 +83,25 @@ class Promotion:
                 skipped.append(seq)
                 continue
             backoff = Backoff(base_s=RESTORE_BACKOFF_S, max_s=8 * RESTORE_BACKOFF_S)
+            if self.detection is not None and self.detection.own_verdict(name, seq, vs) == "suspect":
+                skipped.append(seq)  # issue 14: this site judged it suspect (Raft may not show it yet)
+                continue
+            judged_suspect = False
             for attempt in range(1, RESTORE_ATTEMPTS + 1):
                 try:
-                    return seq, await self.pull.ensure_snapshot(name, seq, vs), skipped
+                    manifest = await self.pull.ensure_snapshot(name, seq, vs)
+                    if self.detection is not None and self.detection.own_verdict(name, seq, vs) is None:
+                        # issue 14: never take over on a snapshot this site has not judged itself
+                        judged = await self.detection.judge_pending(name, vs, upto=seq)
+                        vs = self.cluster.volume_state(name) or vs
+                        if self.detection.own_verdict(name, seq, vs) != "clean":
+                            log.warning("volume %s: takeover skips #%d: judged %s here", name, seq,
+                                        judged.get(seq, "not yet"))
+                            manifest = None
+                    if manifest is None:
+                        judged_suspect = True
+                        break
+                    return seq, manifest, skipped
                 except NotFoundError as err:
                     last_err = err
                     if attempt < RESTORE_ATTEMPTS:
@@ -92,6 +109,9 @@ class Promotion:
                         log.warning("volume %s: restoring clean snapshot #%d failed (try %d of %d): %s; retrying in "
                                     "%.1fs", name, seq, attempt, RESTORE_ATTEMPTS, err, delay)
                         await asyncio.sleep(delay)
+            if judged_suspect:
+                skipped.append(seq)  # judged suspect here (issue 14): not unrestorable, not retried later
+                continue
             self._unrestorable[key] = time.monotonic()
             skipped.append(seq)
             if self.metrics is not None:

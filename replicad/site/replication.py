@@ -15,7 +15,7 @@ from replicad.core import anomaly, identity
 from replicad.core.errors import (IntegrityError, NotFoundError, NotPrimaryError, OutOfRangeError, ReplicadError,
                                   StaleEpochError)
 from replicad.core.manifest import Manifest, changed_digests
-from replicad.core.state import INT_MAX, SEQ_STEP_MAX, TAINT_STAT, newest_committed
+from replicad.core.state import INT_MAX, SEQ_STEP_MAX, TAINT_STAT, detection_policy, newest_committed
 from replicad.peer.transport import PeerClient, SharedFrames
 from replicad.site.cluster import Cluster
 from replicad.site.pull import Pull
@@ -129,7 +129,11 @@ class Replication:
         await asyncio.to_thread(self.catalog.put, SnapshotRecord(cfg.name, epoch, seq, m.root, "local",
                                                                  m.created_at_ns))
         history = [s["stats"] for _, s in sorted(vs["snapshots"].items()) if s["verdict"] == "clean"]
-        verdict = anomaly.judge(m.stats, history, min_score=cfg.anomaly.min_score, factor=cfg.anomaly.factor)
+        # issue 14: the cluster's policy, which this site's config may only tighten (a primary's
+        # min_score = 1.0 makes nothing clean anywhere: every site judges again, and so does this)
+        policy = anomaly.stricter(detection_policy(vs), {"min_score": cfg.anomaly.min_score,
+                                                         "factor": cfg.anomaly.factor})
+        verdict = anomaly.judge(m.stats, history, min_score=policy["min_score"], factor=policy["factor"])
         parent_snap = vs["snapshots"].get(runner.parent.seq) if runner.parent is not None else None
         if verdict.verdict == "clean" and parent_snap is not None and parent_snap["verdict"] == "suspect":
             # A suspect state stays suspect until an operator clears it: the cycle after an attack

@@ -23,6 +23,7 @@ from replicad.sources.file import take_snapshot
 from replicad.storage.catalog import LEGACY_INCARNATION, SnapshotRecord
 from replicad.storage.image import verify_image
 from replicad.site.cluster import Cluster
+from replicad.site.detection import Detection
 from replicad.site.promotion import Promotion
 from replicad.site.pull import Pull
 from replicad.site.replication import Replication
@@ -59,6 +60,9 @@ class VolumeLoop:
         self.promotion = promotion
         self.metrics = metrics
         self.joined = asyncio.Event()  # set once this site entered the cluster's incarnation
+        self.detection: Detection | None = None  # issue 14: this site's own verdicts (set by the daemon)
+        self._judging: dict[str, asyncio.Task] = {}  # issue 14: the primary's own judge, off the cycle's path
+        self.background: set[asyncio.Task] | None = None  # the site's background tasks (cancelled at stop)
 
     async def run_volume(self, runner: VolumeRunner) -> None:
         """Run ``runner``'s volume until cancelled; an error is logged, kept in
@@ -96,6 +100,31 @@ class VolumeLoop:
                 await asyncio.wait_for(runner.wake.wait(), TICK_S)
             except asyncio.TimeoutError:
                 pass
+
+    def _judge_in_background(self, volume: str) -> None:
+        """issue 14: judge the committed snapshots of ``volume`` this site has not judged yet, in a
+        task of its own (not under the volume's lock: the next cycle does not wait for it)."""
+        if self.detection is None:
+            return
+        task = self._judging.get(volume)
+        if task is not None and not task.done():
+            return
+        vs = self.cluster.volume_state(volume)
+        if vs is None or not vs["snapshots"]:
+            return
+        detection = self.detection
+
+        async def run() -> None:
+            try:
+                await detection.judge_pending(volume, vs)
+            except ReplicadError as err:
+                log.warning("volume %s: judging at %s failed: %s %s", volume, self.site_id, err, err.evidence)
+
+        task = asyncio.create_task(run(), name=f"judge:{volume}")
+        self._judging[volume] = task
+        if self.background is not None:
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
 
     def _backoff(self, runner: VolumeRunner) -> float:
         """Record a failed tick of ``runner``; returns the seconds until the next try."""
@@ -146,6 +175,7 @@ class VolumeLoop:
                 runner.snapshot_now = False
                 await self.replication.cycle(runner)
                 worked = True
+            self._judge_in_background(runner.cfg.name)  # issue 14: the primary judges its snapshots too
             return worked
         await self._replica_step(runner, vs)
         return True
@@ -163,6 +193,13 @@ class VolumeLoop:
                 except ConflictError as err:
                     log.info("add_holder %s#%d refused: %s", name, seq, err)
         target = newest_clean(vs)
+        if self.detection is not None:
+            # issue 14: this site judges every snapshot itself, and a standby takes only a snapshot
+            # its OWN verdict calls clean (and no other site called suspect: state verdict clean)
+            await self.detection.judge_pending(name, vs)
+            vs = self.cluster.volume_state(name) or vs
+            target = max((s for s, snap in vs["snapshots"].items() if snap["verdict"] == "clean"
+                          and self.detection.own_verdict(name, s, vs) == "clean"), default=None)
         if target is None or not runner.cfg.standby:
             return
         snap = vs["snapshots"][target]

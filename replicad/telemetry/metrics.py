@@ -58,6 +58,11 @@ replicad_raft_is_leader / _has_leader / _has_quorum                            R
 replicad_raft_term / _commit_index / _last_applied_index                       Raft status
 replicad_raft_peer_up                                       peer               Raft partner connected
 replicad_raft_refused_total                                 reason             Raft traffic refused (counter)
+replicad_raft_synced                                                           Cluster.raft_synced (0/1)
+replicad_raft_behind_seconds                                                   since the applied index last
+                                                                               reached the leader's commit
+replicad_raft_dump_send_failures_total                                         leader: own dump unreadable
+                                                                               (counter)
 replicad_sites_revoked                                                         Raft state: revoked sites
 replicad_clock_offset_seconds                               peer               Raft state: a site's last
                                                                                reported clock minus the
@@ -85,6 +90,12 @@ replicad_standby_checked_bytes_total                        volume             e
 replicad_takeover_full_rewrites_total                       volume, outcome    event: a promotion's restore
                                                                                failed O5 and rewrote every
                                                                                block (verified | failed)
+replicad_anomaly_judged_total                               volume, verdict    event: snapshots this site
+                                                                               judged itself (issue 14)
+replicad_anomaly_judged_changed_bytes_total                 volume             event: changed bytes judged
+replicad_anomaly_judge_cpu_seconds_total                    volume             event: CPU of the judge
+replicad_anomaly_verdict_disagreements                      volume             event gauge: snapshots whose
+                                                                               sites' verdicts disagree
 replicad_restore_skipped_total                              volume             clean snapshots a takeover
                                                                                could not restore from any
                                                                                holder and skipped (counter)
@@ -184,6 +195,10 @@ STATE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "replicad_raft_commit_index": ("Raft commit index", ()),
     "replicad_raft_last_applied_index": ("Last Raft log index applied here", ()),
     "replicad_raft_peer_up": ("1 if the Raft partner (peer = its site id) is connected", ("peer",)),
+    "replicad_raft_synced": ("1 if this site's applied Raft state is current (a leader, a majority, and "
+                             "everything the leader reports committed applied here)", ()),
+    "replicad_raft_behind_seconds": ("Seconds since this site last applied everything its Raft leader reports "
+                                     "committed (0 when it has; 1e9 when it never has since its start)", ()),
     "replicad_disk_free_bytes": ("Bytes free for this site on the data directory's file system", ()),
     "replicad_disk_size_bytes": ("Size of the data directory's file system", ()),
     "replicad_build_info": ("Build information (constant 1)", ("version", "python")),
@@ -295,6 +310,11 @@ class StateCollector(Collector):
         put("replicad_build_info", 1, __version__, platform.python_version())
         for part, failed in errors.items():
             put("replicad_scrape_error", failed, part)
+        dump_failures = CounterMetricFamily("replicad_raft_dump_send_failures", "Failed reads of this site's own "
+                                            "Raft dump to send it to a member behind the log's start (a leader steps "
+                                            "down after a few)", labels=["site"])
+        if _num((status.get("raft") or {}).get("dump_send_failures")) is not None:
+            dump_failures.add_metric([self.site_id], _num(status["raft"]["dump_send_failures"]))
         yield from fams.values()
         yield refused
         yield from self._sources(status)
@@ -310,6 +330,8 @@ class StateCollector(Collector):
         put("replicad_raft_term", raft.get("term"))
         put("replicad_raft_commit_index", raft.get("commit_index"))
         put("replicad_raft_last_applied_index", raft.get("last_applied"))
+        put("replicad_raft_synced", bool(raft.get("synced")))
+        put("replicad_raft_behind_seconds", raft.get("behind_s"))
         names = status.get("raft_sites") or {}
         for addr, connected in sorted((raft.get("partners") or {}).items()):
             put("replicad_raft_peer_up", bool(connected), str(names.get(addr, addr)))
@@ -503,6 +525,18 @@ class SiteMetrics:
                                   "Local records the cluster state no longer lists that this site's own floor "
                                   "kept, by rule (lock, daily, weekly, monthly)", ["site", "volume", "reason"],
                                   registry=self.registry)
+        # issue 14: this site's own verdicts (every data site judges every snapshot)
+        self.judged = Counter("replicad_anomaly_judged_total", "Snapshots this site judged itself, by its own "
+                              "verdict (clean | suspect)", ["site", "volume", "verdict"], registry=self.registry)
+        self.judged_bytes = Counter("replicad_anomaly_judged_changed_bytes_total", "Changed bytes this site's "
+                                    "judge compared with their previous version", ["site", "volume"],
+                                    registry=self.registry)
+        self.judge_cpu = Counter("replicad_anomaly_judge_cpu_seconds_total", "CPU seconds of this site's judge "
+                                 "(divide by _judged_changed_bytes_total for the CPU per changed byte)",
+                                 ["site", "volume"], registry=self.registry)
+        self.disagreements = Gauge("replicad_anomaly_verdict_disagreements", "Committed snapshots on which the "
+                                   "sites' verdicts disagree (one site is wrong, broken or lying)",
+                                   ["site", "volume"], registry=self.registry)
         self.collector = StateCollector(site_id, status_fn, state_fn=state_fn, data_dir=data_dir,
                                         volume_intervals_s=volume_intervals_s, clock_ns=clock_ns)
         self.registry.register(self.collector)
@@ -521,6 +555,11 @@ class SiteMetrics:
             for rule in ("lock", "daily", "weekly", "monthly"):
                 self.floor_kept.labels(site_id, volume, rule)
             self.last_cycle.labels(site_id, volume, "committed").set(start_s)
+            for verdict in ("clean", "suspect"):
+                self.judged.labels(site_id, volume, verdict)
+            self.judged_bytes.labels(site_id, volume)
+            self.judge_cpu.labels(site_id, volume)
+            self.disagreements.labels(site_id, volume).set(0)
         for reason in PEER_REFUSAL_REASONS:
             self.peer_refusals.labels(site_id, reason)
 
@@ -543,6 +582,17 @@ class SiteMetrics:
             self.commit_seconds.labels(self.site_id, volume).observe(report["commit_s"])
         if report.get("committed") and isinstance(report.get("changed_blocks"), int):
             self.changed_blocks.labels(self.site_id, volume).inc(report["changed_blocks"])
+
+    def judged_snapshot(self, volume: str, verdict: str, changed_bytes: int, cpu_s: float) -> None:
+        """Count one snapshot this site judged itself (issue 14): its verdict, the changed bytes
+        compared and the judge's CPU seconds."""
+        self.judged.labels(self.site_id, volume, verdict).inc()
+        self.judged_bytes.labels(self.site_id, volume).inc(max(0, changed_bytes))
+        self.judge_cpu.labels(self.site_id, volume).inc(max(0.0, cpu_s))
+
+    def set_disagreements(self, volume: str, count: int) -> None:
+        """Set ``replicad_anomaly_verdict_disagreements`` of ``volume``."""
+        self.disagreements.labels(self.site_id, volume).set(count)
 
     def restore_skipped(self, volume: str) -> None:
         """Count one snapshot a takeover skipped as unrestorable (``replicad_restore_skipped_total``)."""

@@ -16,6 +16,9 @@ Modes:
   stored nowhere naming ``--victim`` as a holder: the exact attack (seq 2**63-1, clean, size
   2**50, no acknowledgement), then within the bounds without an acknowledgement, then with
   one signed by the attacker's own key in the victim's name.
+* ``claim-clean`` (issue 14): in its OWN name, for every snapshot from ``--from-seq``: a
+  ``site_verdict`` "clean" (score 0), a ``mark_verdict`` "clean" without approvals, and a
+  ``set_detection`` with every threshold at its weakest (min_score 1.0) without approvals.
 * ``replay``: waits for a signed ``clock`` heartbeat of ``--victim`` to reach its Raft log,
   then proposes it again, byte for byte (a captured command sent twice).
 """
@@ -68,7 +71,8 @@ async def wait_synced(node, volume: str, timeout_s: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="command_attacker")
-    parser.add_argument("mode", choices=["forge", "replay", "bogus-commit"])
+    parser.add_argument("mode", choices=["forge", "replay", "bogus-commit", "claim-clean"])
+    parser.add_argument("--from-seq", type=int, default=1)
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--work-dir", required=True, type=Path)
     parser.add_argument("--victim", default="site-b")
@@ -123,6 +127,22 @@ def main(argv: list[str] | None = None) -> int:
             for command in attempts:
                 out(mode="forge", op=command["op"], by=command["by"], signed="sig" in command,
                     error=await propose(node, command))
+        elif args.mode == "claim-clean":
+            me = cfg.site_id
+
+            def own(op: str, **fields) -> dict:
+                return signer.sign({"v": 1, "op": op, "op_id": uuid.uuid4().hex, "by": me, "now_ns": time.time_ns(),
+                                    **fields})
+            for seq in (q for q in seqs if q >= args.from_seq):
+                for command in (own("site_verdict", volume=args.volume, seq=seq, verdict="clean", score_ppm=0,
+                                    cumulative_ppm=0, first_seq=None, reason=""),
+                                own("mark_verdict", volume=args.volume, seq=seq, verdict="clean", reason="all fine")):
+                    out(mode="claim-clean", op=command["op"], seq=seq, error=await propose(node, command))
+            weakest = {"mode": "content", "min_score": 1.0, "factor": 1000.0, "cumulative_max": 1.0, "window_s": 0,
+                       "baseline_cap": 1.0, "magic_min": 10**9, "wipe_max": 1.0, "cold_max": 1.0, "cold_age_s": 0,
+                       "change_max": 1.0}
+            command = own("set_detection", volume=args.volume, policy=weakest)
+            out(mode="claim-clean", op="set_detection", error=await propose(node, command))
         elif args.mode == "bogus-commit":
             root = secrets.token_bytes(32)  # stored nowhere
             me, v, epoch, last = cfg.site_id, args.victim, vol["epoch"], vol["last_seq"]

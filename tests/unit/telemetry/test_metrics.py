@@ -52,7 +52,8 @@ def site_status(role: str = "replica", standby_seq: int | None = 1) -> dict:
     return {
         "site_id": "site-b",
         "raft": {"self": "10.0.0.2:7101", "leader": "10.0.0.1:7101", "is_leader": False, "term": 7,
-                 "commit_index": 42, "last_applied": 41, "has_quorum": True,
+                 "commit_index": 42, "last_applied": 41, "has_quorum": True, "synced": False,
+                 "behind_s": 12.5, "dump_send_failures": 3,
                  "partners": {"10.0.0.1:7101": True, "10.0.0.3:7101": False}, "refused": {"readonly_node": 0},
                  "commands_refused": {"bad_signature": 0, "expired": 0, "replayed": 0}},
         "raft_sites": {"10.0.0.1:7101": "site-a", "10.0.0.2:7101": "site-b", "10.0.0.3:7101": "site-c"},
@@ -100,6 +101,9 @@ def test_state_gauges_from_status_and_raft_state(tmp_path: Path) -> None:
     assert value(smp, "replicad_raft_has_quorum", **site) == 1
     assert value(smp, "replicad_raft_term", **site) == 7
     assert value(smp, "replicad_raft_commit_index", **site) == 42
+    assert value(smp, "replicad_raft_synced", **site) == 0
+    assert value(smp, "replicad_raft_behind_seconds", **site) == 12.5
+    assert value(smp, "replicad_raft_dump_send_failures_total", **site) == 3
     assert value(smp, "replicad_raft_peer_up", **site, peer="site-a") == 1
     assert value(smp, "replicad_raft_peer_up", **site, peer="site-c") == 0
     assert value(smp, "replicad_disk_free_bytes", **site) > 0

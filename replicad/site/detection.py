@@ -1,0 +1,322 @@
+"""Detection: this site's own verdict on every committed snapshot (issue 14).
+
+Every data site — the primary and each replica — judges every committed snapshot of a
+volume from the bytes *it* stores, with the cluster's detection policy
+(:func:`replicad.core.state.detection_policy`, Raft) made stricter, never weaker, by its own
+``[volumes.anomaly]`` (:func:`replicad.core.anomaly.stricter`), and records the verdict through
+Raft, signed by its own key (``site_verdict``). A ``suspect`` opinion of any data site makes
+the snapshot suspect for every site (standbys hold, restores and promotions skip it, pruning
+freezes); a site applies a snapshot to its standby only once its *own* verdict is clean.
+
+How a snapshot is judged (:meth:`Detection.judge`): against its **base**, the newest older
+snapshot this site judged clean (or a person confirmed, or — when this site judged none, e.g.
+it joined late — the newest older one the cluster calls clean, fetched from its holders). A
+suspect snapshot never becomes a base, so the snapshots after an attack are compared with the
+last clean state and stay suspect. The changed blocks and their previous versions are read
+from the local store (verified by BLAKE3), compared by :func:`replicad.core.anomaly.compare_block`,
+counted into :class:`~replicad.core.anomaly.SnapshotSignals` and judged by
+:func:`~replicad.core.anomaly.judge_relative` with this site's own earlier scores (slow window
+since the last confirmed snapshot, baseline from confirmed history only). The evidence (which
+blocks, before/after statistics, the first suspicious snapshot) is written to
+``data_dir/detection/VOLUME/SEQ.json`` and served by ``GET /v1/volumes/{v}/snapshots/{seq}/evidence``.
+
+The very first snapshot of a volume (no older one in the catalog) is clean by definition
+(it is the baseline's data; take it of known-good data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from replicad.core import anomaly
+from replicad.core.errors import NotFoundError, ReplicadError
+from replicad.core.manifest import PAGE_ENTRIES, ZERO_DIGEST, Manifest, changed_blocks, page_entries
+from replicad.core.state import PPM, detection_policy, disagreement
+from replicad.site.cluster import Cluster
+from replicad.site.runner import load_manifest
+from replicad.storage.chunkstore import ChunkStore
+from replicad.telemetry.metrics import SiteMetrics
+
+log = logging.getLogger("replicad.site.detection")
+
+HISTORY_MAX = 64  # own scores of confirmed history feeding the baseline
+
+
+class Detection:
+    """This site's judge (see the module docstring).
+
+    Args:
+        cluster: Raft view and proposals.
+        store: this site's chunk store (every read verified).
+        metrics: the site's metrics (verdicts, disagreements, CPU per changed GiB).
+        data_dir: where the evidence files go (``detection/``).
+        local_policy: ``volume -> dict`` of this site's ``[volumes.anomaly]`` thresholds
+            (``min_score``, ``factor``); they can only tighten the cluster's policy.
+        fetch: ``(volume, seq, vs) -> Manifest``: make a committed snapshot complete here
+            (``Pull.ensure_snapshot``).
+    """
+
+    def __init__(self, cluster: Cluster, store: ChunkStore, metrics: SiteMetrics, data_dir: Path,
+                 local_policy: Callable[[str], dict],
+                 fetch: Callable[[str, int, dict], Awaitable[Manifest]]) -> None:
+        self.site_id = cluster.site_id
+        self.cluster = cluster
+        self.store = store
+        self.metrics = metrics
+        self.dir = data_dir / "detection"
+        self.local_policy = local_policy
+        self.fetch = fetch
+        self._own: dict[tuple[str, int, bytes], str] = {}  # (volume, seq, root) -> own verdict, until Raft has it
+        self._disagreed: set[tuple[str, int]] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # ------------------------------------------------------------------ verdicts
+    def own_verdict(self, volume: str, seq: int, vs: dict) -> str | None:
+        """This site's verdict on ``volume#seq`` (Raft's record, or the one just proposed), None
+        if it has not judged it yet."""
+        snap = vs["snapshots"].get(seq)
+        if snap is None:
+            return None
+        mine = (snap.get("opinions") or {}).get(self.site_id)
+        if mine is not None:
+            return mine["verdict"]
+        return self._own.get((volume, seq, snap["root"]))
+
+    def policy(self, volume: str, vs: dict) -> dict:
+        """The effective policy: the cluster's, tightened by this site's local config."""
+        return anomaly.stricter(detection_policy(vs), self.local_policy(volume))
+
+    async def judge_pending(self, volume: str, vs: dict, upto: int | None = None) -> dict[int, str]:
+        """Judge, oldest first, every committed snapshot up to ``upto`` (default: the newest)
+        this site has not judged yet and that it holds (or, for the newest, can fetch).
+        Returns ``{seq: own verdict}`` of what it judged now. Errors of one snapshot (a
+        holder unreachable) are logged and end the round; the next tick tries again."""
+        out: dict[int, str] = {}
+        seqs = sorted(s for s in vs["snapshots"] if upto is None or s <= upto)
+        newest = seqs[-1] if seqs else None
+        lock = self._locks.setdefault(volume, asyncio.Lock())
+        async with lock:
+            for seq in seqs:
+                if self.own_verdict(volume, seq, vs) is not None:
+                    continue
+                snap = vs["snapshots"][seq]
+                if seq != newest and not await asyncio.to_thread(self.store.has, snap["root"]):
+                    continue  # never stored here (pruned, or not shipped): nothing of ours to judge
+                try:
+                    out[seq] = (await self.judge(volume, seq, vs))["verdict"]
+                except ReplicadError as err:
+                    log.warning("volume %s: judging #%d at %s failed: %s (%s); trying again next tick", volume, seq,
+                                self.site_id, err, err.evidence)
+                    break
+                vs = self.cluster.volume_state(volume) or vs
+        self.note_disagreements(volume, vs)
+        return out
+
+    def _base(self, volume: str, seq: int, vs: dict) -> int | None:
+        """The newest older snapshot judged clean here or confirmed by a person, held here; else
+        the newest older one the cluster calls clean; else the newest older one; None if none."""
+        older = sorted((s for s in vs["snapshots"] if s < seq), reverse=True)
+        for s in older:
+            snap = vs["snapshots"][s]
+            if (snap.get("confirmed") or self.own_verdict(volume, s, vs) == "clean") and self.store.has(snap["root"]):
+                return s
+        for s in older:
+            if vs["snapshots"][s]["verdict"] == "clean":
+                return s
+        return older[0] if older else None
+
+    async def judge(self, volume: str, seq: int, vs: dict) -> dict:
+        """Judge ``volume#seq`` here, record the verdict through Raft (``site_verdict``) and
+        write the evidence file. Returns the evidence dict (``verdict``, ``score``, ``reasons``,
+        ``blocks`` ...). Raises what the pull and the store raise (NotFoundError,
+        PeerUnavailableError, IntegrityError) and NoQuorumError from the proposal."""
+        t0 = time.process_time()
+        snap = vs["snapshots"][seq]
+        m = await self.fetch(volume, seq, vs)
+        policy = self.policy(volume, vs)
+        base_seq = self._base(volume, seq, vs)
+        if base_seq is None:
+            verdict = anomaly.RelativeVerdict("clean", 0.0, 0.0, 0.0, None,
+                                              ())
+            signals = anomaly.SnapshotSignals(data_blocks=1)
+            reasons = ["first snapshot of the volume: clean by definition (it is the data later ones are judged "
+                       "against)"]
+            evidence_blocks: list[dict] = []
+        else:
+            base = await self.fetch(volume, base_seq, vs)
+            ref = self._cold_reference(vs, seq, policy)
+            signals = await asyncio.to_thread(self._signals, m, base, ref)
+            window, confirmed = self._history(volume, seq, vs, policy)
+            verdict = anomaly.judge_relative(seq, signals, window, confirmed, policy)
+            reasons = list(verdict.reasons)
+            evidence_blocks = [_block_doc(i, f) for i, f in signals.evidence]
+        cpu_s = time.process_time() - t0
+        own = verdict.verdict
+        reason = "; ".join(reasons)[:400] if own == "suspect" else ""
+        doc = {"site": self.site_id, "volume": volume, "seq": seq, "root": snap["root"].hex(), "base_seq": base_seq,
+               "verdict": own, "score": verdict.score, "baseline": verdict.baseline,
+               "cumulative": verdict.cumulative, "first_suspect_seq": verdict.first_suspect_seq,
+               "restore_seq": self._restore_point(vs, verdict.first_suspect_seq),
+               "reasons": reasons, "signals": signals.summary(), "blocks": evidence_blocks, "policy": policy,
+               "cpu_s": cpu_s, "judged_at_ns": time.time_ns()}
+        await asyncio.to_thread(self._write, volume, seq, doc)
+        self._own[(volume, seq, snap["root"])] = own
+        self.metrics.judged_snapshot(volume, own, signals.changed_blocks * m.block_size, cpu_s)
+        if own == "suspect":
+            log.warning("SUSPECT snapshot %s#%d judged at %s: %s (score %.4f, cumulative %.4f, first suspicious "
+                        "#%s, base #%s; evidence: replicad evidence %s %d)", volume, seq, self.site_id,
+                        "; ".join(reasons), verdict.score, verdict.cumulative, verdict.first_suspect_seq, base_seq,
+                        volume, seq)
+        else:
+            log.info("snapshot %s#%d judged clean at %s (score %.4f, %d changed blocks vs #%s, %.3f CPU-s)", volume,
+                     seq, self.site_id, verdict.score, signals.changed_blocks, base_seq, cpu_s)
+        await self.cluster.propose("site_verdict", volume=volume, seq=seq, verdict=own,
+                                   score_ppm=min(PPM * 1000, int(round(verdict.score * PPM))),
+                                   cumulative_ppm=min(PPM * 1000, int(round(verdict.cumulative * PPM))),
+                                   first_seq=verdict.first_suspect_seq, reason=reason)
+        return doc
+
+    def _restore_point(self, vs: dict, first: int | None) -> int | None:
+        """The newest snapshot before ``first`` that the cluster calls clean (what to restore)."""
+        if first is None:
+            return None
+        return max((s for s, snap in vs["snapshots"].items() if s < first and snap["verdict"] == "clean"),
+                   default=None)
+
+    def _history(self, volume: str, seq: int, vs: dict, policy: dict) -> tuple[list[tuple[int, float]], list[float]]:
+        """This site's own scores: the slow window (after the newest confirmed snapshot, within
+        ``window_s`` of this one) and the confirmed history (up to that snapshot)."""
+        snaps = vs["snapshots"]
+        anchor = max((s for s, snap in snaps.items() if s < seq and snap.get("confirmed")), default=None)
+        if anchor is None:  # the volume's first snapshot is the data the signal is measured against
+            anchor = min(snaps) if snaps else None
+        since_ns = snaps[seq]["created_at_ns"] - int(policy["window_s"]) * 1_000_000_000
+        window: list[tuple[int, float]] = []
+        confirmed: list[float] = []
+        for s in sorted(snaps):
+            if s >= seq:
+                break
+            mine = (snaps[s].get("opinions") or {}).get(self.site_id)
+            if mine is None:
+                continue
+            score = mine["score_ppm"] / PPM
+            if anchor is not None and s <= anchor:
+                if snaps[s].get("confirmed"):
+                    confirmed.append(score)
+            elif snaps[s]["created_at_ns"] >= since_ns:
+                window.append((s, score))
+        return window, confirmed[-HISTORY_MAX:]
+
+    def _cold_reference(self, vs: dict, seq: int, policy: dict) -> Manifest | None:
+        """The newest snapshot held here taken at least ``cold_age_s`` before ``seq``: a block
+        whose previous version is the same there was cold (unchanged since)."""
+        limit = vs["snapshots"][seq]["created_at_ns"] - int(policy["cold_age_s"]) * 1_000_000_000
+        for s in sorted(vs["snapshots"], reverse=True):
+            snap = vs["snapshots"][s]
+            if s < seq and snap["created_at_ns"] <= limit and self.store.has(snap["root"]):
+                try:
+                    return load_manifest(self.store, snap["root"])
+                except ReplicadError:
+                    return None
+        return None
+
+    def _signals(self, m: Manifest, base: Manifest, ref: Manifest | None) -> anomaly.SnapshotSignals:
+        """The relative signals of ``m`` against ``base`` (worker thread; verified reads)."""
+        data_blocks = _nonzero_blocks(base, self.store.get)
+        signals = anomaly.SnapshotSignals(data_blocks=data_blocks)
+        signals.shrunk_bytes = max(0, base.size_bytes - m.size_bytes)
+        pages: dict[int, list[bytes]] = {}
+
+        def ref_digest(index: int) -> bytes | None:
+            if ref is None or ref.block_size != m.block_size or index >= ref.n_blocks:
+                return None
+            p = index // PAGE_ENTRIES
+            if p not in pages:
+                pages[p] = page_entries(self.store.get(ref.pages[p]))
+            entries = pages[p]
+            return entries[index % PAGE_ENTRIES] if index % PAGE_ENTRIES < len(entries) else None
+
+        for index, new_d, old_d in changed_blocks(base, m, self.store.get):
+            new, r_new = self._read(new_d)
+            old, r_old = self._read(old_d)
+            finding = anomaly.compare_block(new, old, r_new, r_old)
+            cold = old_d is not None and old_d != ZERO_DIGEST and ref_digest(index) == old_d
+            signals.add(index, finding, cold)
+            if index == 0:
+                signals.fs_destroyed = anomaly.fs_structure_destroyed(new, old)
+        return signals
+
+    def _read(self, digest: bytes | None) -> tuple[bytes | None, float]:
+        if digest is None or digest == ZERO_DIGEST:
+            return None, 1.0
+        return self.store.get_with_ratio(digest)
+
+    # ------------------------------------------------------------------ disagreement
+    def note_disagreements(self, volume: str, vs: dict) -> int:
+        """Log (WARNING, once per snapshot) and count every snapshot of ``volume`` whose
+        opinions disagree (:func:`replicad.core.state.disagreement`); sets the gauge
+        ``replicad_anomaly_verdict_disagreements``. Returns their number."""
+        found = 0
+        for seq, snap in vs["snapshots"].items():
+            if not disagreement(snap):
+                continue
+            found += 1
+            if (volume, seq) not in self._disagreed:
+                self._disagreed.add((volume, seq))
+                opinions = {s: o["verdict"] for s, o in (snap.get("opinions") or {}).items()}
+                log.warning("VERDICTS DISAGREE on %s#%d: committed %s by the primary, opinions %s — a site is wrong, "
+                            "broken or lying; the snapshot counts as suspect (replicad evidence %s %d)", volume, seq,
+                            snap["verdict"] if not (snap.get("verdict_reason") or "").startswith("judged suspect")
+                            else "clean", opinions, volume, seq)
+        self.metrics.set_disagreements(volume, found)
+        return found
+
+    # ------------------------------------------------------------------ evidence
+    def _write(self, volume: str, seq: int, doc: dict) -> None:
+        d = self.dir / volume
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f".{seq}.json.tmp"
+        tmp.write_text(json.dumps(doc, sort_keys=True))
+        os.replace(tmp, d / f"{seq}.json")
+
+    def evidence(self, volume: str, seq: int) -> dict[str, Any]:
+        """This site's evidence on ``volume#seq`` and every site's opinion from Raft.
+
+        Raises NotFoundError when the snapshot is not committed."""
+        vs = self.cluster.volume_state(volume)
+        if vs is None or seq not in vs["snapshots"]:
+            raise NotFoundError(f"no committed snapshot {volume}#{seq}", volume=volume, seq=seq)
+        snap = vs["snapshots"][seq]
+        path = self.dir / volume / f"{seq}.json"
+        try:
+            local = json.loads(path.read_text())
+        except (OSError, ValueError):
+            local = None
+        opinions = {s: {"verdict": o["verdict"], "score": o["score_ppm"] / PPM,
+                        "cumulative": o["cumulative_ppm"] / PPM, "first_seq": o.get("first_seq"),
+                        "reason": o.get("reason", "")} for s, o in (snap.get("opinions") or {}).items()}
+        return {"volume": volume, "seq": seq, "verdict": snap["verdict"], "verdict_reason": snap.get("verdict_reason", ""),
+                "confirmed": bool(snap.get("confirmed")), "disagreement": disagreement(snap), "opinions": opinions,
+                "policy": detection_policy(vs), "here": local}
+
+
+def _nonzero_blocks(m: Manifest, load_page: Callable[[bytes], bytes]) -> int:
+    """Non-zero blocks of ``m`` (every page loaded: 1 page per 4096 blocks)."""
+    total = 0
+    for p in m.pages:
+        entries = page_entries(load_page(p))
+        total += sum(1 for d in entries if d != ZERO_DIGEST)
+    return total
+
+
+def _block_doc(index: int, f: anomaly.BlockFinding) -> dict:
+    return {"index": index, "random_sub_blocks": f.random_subs, "entropy_before": round(f.entropy_before, 3),
+            "entropy_after": round(f.entropy_after, 3), "max_rise": round(f.max_rise, 3),
+            "chi2_after": round(f.chi2_after, 1), "lz4_before": round(f.lz4_before, 3),
+            "lz4_after": round(f.lz4_after, 3), "magic_destroyed": list(f.magic_destroyed)}

@@ -1,0 +1,146 @@
+"""Detection that an attacker holding the primary cannot walk around (issue 14).
+
+The attacker is site-a, the volume's primary: a real daemon process whose own config sets
+``[volumes.anomaly] min_score = 1.0`` (applied by SIGHUP), so its commits call everything
+clean. On its own volume it encrypts every other 16 bytes of each data block
+(LockFile/BlackCat style: the whole-block randomness test scores it 0.0) and snapshots. Then,
+with its daemon down, a real attacker process with site-a's key and Raft password
+(``command_attacker.py claim-clean``) records "clean" opinions, clears the verdicts and
+weakens the detection policy, in its own name.
+
+The honest replicas site-b and site-c judge every snapshot themselves from the bytes they
+store, with the cluster's policy: they record ``suspect`` through Raft, never apply the
+encrypted snapshots to their standbys (standby bytes = the last clean image), report the
+disagreement with the primary (WARNING, ``replicad_anomaly_verdict_disagreements``), serve the
+evidence, refuse the attacker's clearing and weakening (``approval_required``), and a forced
+promotion at site-b restores the last clean snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from replicad.lab.localcluster import LocalCluster
+from tests.integration.conftest import BLOCK, VOL, overwrite_blocks, snapshot, write_image
+from tests.security.test_holders import metric
+from tests.security.test_signed_commands import attack
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+HONEST = ("site-b", "site-c")
+N_BLOCKS = 48
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def encrypt_intermittently(path: Path, blocks: list[int], rng: random.Random, stripe: int = 16) -> None:
+    """Every other ``stripe`` bytes of each block replaced by random bytes, in place, fsynced."""
+    with open(path, "r+b") as f:
+        for b in blocks:
+            f.seek(b * BLOCK)
+            data = bytearray(f.read(BLOCK))
+            for i in range(0, len(data), 2 * stripe):
+                data[i:i + stripe] = rng.randbytes(len(data[i:i + stripe]))
+            f.seek(b * BLOCK)
+            f.write(bytes(data))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def snaps(c: LocalCluster, site: str) -> dict[int, dict]:
+    return {s["seq"]: s for s in c.api(site, "GET", f"/v1/volumes/{VOL}/snapshots")["snapshots"]}
+
+
+def opinion(c: LocalCluster, site: str, seq: int, of: str) -> str | None:
+    return ((snaps(c, site).get(seq) or {}).get("opinions") or {}).get(of, {}).get("verdict")
+
+
+def standby_seq(c: LocalCluster, site: str) -> int | None:
+    return c.status(site)["volumes"][VOL].get("standby_seq")
+
+
+def test_an_attacker_primary_cannot_make_the_replicas_apply_intermittent_encryption(tmp_path: Path) -> None:
+    c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2)
+    try:
+        img = c.sites["site-a"].volume_path(VOL)
+        write_image(img, N_BLOCKS, random.Random(3))
+        c.start_all()
+        c.wait_ready(60)
+        snapshot(c, "site-a")
+        overwrite_blocks(img, [4, 7], random.Random(4))  # a benign edit of text by text
+        clean_seq = snapshot(c, "site-a")["seq"]
+        clean_hash = sha(img)
+        for s in HONEST:
+            c.wait_for(f"{s} judged #{clean_seq} clean and applied it",
+                       lambda s=s: opinion(c, s, clean_seq, s) == "clean" and standby_seq(c, s) == clean_seq, 90)
+            assert sha(c.sites[s].volume_path(VOL)) == clean_hash, s
+
+        # the attacker: its own thresholds at 1.0 (SIGHUP), then intermittent encryption
+        with open(c.sites["site-a"].config_path, "a") as f:
+            f.write("[volumes.anomaly]\nmin_score = 1.0\nfactor = 1000.0\n")
+        c.kill("site-a", signal.SIGHUP)
+        c.wait_for("site-a reloaded its config", lambda: "reload" in c.log_tail("site-a", 200).lower(), 30)
+        text_blocks = [b for b in range(N_BLOCKS) if b % 3 == 1]  # write_image: the other data blocks are random
+        encrypt_intermittently(img, text_blocks, random.Random(5))
+        bad = snapshot(c, "site-a")
+        assert bad["committed"] and bad["verdict"] == "clean" and bad["score"] == 0.0, bad  # the primary's claim
+        overwrite_blocks(img, [10], random.Random(6))  # the application goes on writing over the ciphertext
+        after = snapshot(c, "site-a")
+        assert after["committed"] and after["verdict"] == "clean", after
+        bad_seqs = [bad["seq"], after["seq"]]
+
+        for s in HONEST:
+            for q in bad_seqs:
+                c.wait_for(f"{s} judged #{q} suspect itself", lambda s=s, q=q: opinion(c, s, q, s) == "suspect", 90)
+        time.sleep(1.0)  # one more replica tick: nothing may be applied
+        for s in HONEST:
+            catalog = snaps(c, s)
+            for q in bad_seqs:
+                assert catalog[q]["verdict"] == "suspect", (s, q, catalog[q])
+            assert catalog[bad["seq"]]["verdict_reason"].startswith("judged suspect by site-"), catalog[bad["seq"]]
+            assert standby_seq(c, s) == clean_seq, s
+            assert sha(c.sites[s].volume_path(VOL)) == clean_hash, f"{s}'s standby is not the clean image"
+            assert metric(c, s, "replicad_anomaly_verdict_disagreements") >= 1, s
+            assert "VERDICTS DISAGREE" in c.log_tail(s, 2000), s
+            assert metric(c, s, "replicad_anomaly_judged_total") >= 3, s
+
+        ev = c.api("site-b", "GET", f"/v1/volumes/{VOL}/snapshots/{bad['seq']}/evidence")
+        assert ev["disagreement"] is True and ev["opinions"]["site-b"]["verdict"] == "suspect", ev
+        here = ev["here"]
+        assert here["verdict"] == "suspect" and here["base_seq"] == clean_seq, here
+        assert here["first_suspect_seq"] == bad["seq"] and here["restore_seq"] == clean_seq, here
+        assert here["signals"]["turned_random"] == len(text_blocks), here["signals"]
+        assert {b["index"] for b in here["blocks"]} == set(text_blocks)
+        assert all(b["entropy_after"] - b["entropy_before"] > 2.0 for b in here["blocks"]), here["blocks"]
+        # the descendant is judged against the last clean snapshot too: the encryption is still there
+        ev2 = c.api("site-c", "GET", f"/v1/volumes/{VOL}/snapshots/{after['seq']}/evidence")["here"]
+        assert ev2["base_seq"] == clean_seq and ev2["verdict"] == "suspect", ev2
+
+        # site-a, down, speaks once more in its own name: "clean", cleared, weakest thresholds
+        c.kill("site-a")
+        results = attack(c, "claim-clean", tmp_path / "attacker", "--from-seq", str(bad["seq"]))
+        got = {(r["op"], r.get("seq")): r["error"] for r in results}
+        assert got[("mark_verdict", bad["seq"])] == "approval_required", results
+        assert got[("set_detection", None)] == "approval_required", results
+        for s in HONEST:
+            catalog = snaps(c, s)
+            assert all(catalog[q]["verdict"] == "suspect" for q in bad_seqs), (s, catalog)
+            policy = c.api(s, "GET", f"/v1/volumes/{VOL}/detection")["detection"]
+            assert policy["min_score"] == 0.02, policy
+
+        # a promotion at an honest site restores the last clean snapshot
+        res = c.api("site-b", "POST", f"/v1/volumes/{VOL}/promote", {"force": True, "wait_s": 90}, timeout_s=120)
+        assert res["restored_seq"] == clean_seq, res
+        assert sorted(res["restore"]["skipped_seqs"]) == [], res  # suspect snapshots are never candidates
+        assert sha(c.sites["site-b"].volume_path(VOL)) == clean_hash
+    finally:
+        c.stop_all()
