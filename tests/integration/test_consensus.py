@@ -396,6 +396,7 @@ def test_two_sites_with_terms_and_logs_apart_elect_without_the_third(make_cluste
     for site in ("a", "b"):
         assert register(leader, site)["ok"]
     short, longer = [n for n in nodes if n is not leader]
+    wait_for(lambda: {"a", "b"} <= set(short.state()["sites"]), "the shorter log's first entries")  # term stored
     short.kill()
     for site in ("c", "d", "e"):
         assert register(leader, site)["ok"]
