@@ -319,6 +319,7 @@ class StateCollector(Collector):
         yield refused
         yield from self._sources(status)
         yield commands
+        yield dump_failures
 
     def _raft(self, status: dict, put: Callable[..., None]) -> None:
         raft = status.get("raft")
