@@ -149,6 +149,13 @@ case("standby damaged: found (counter) or still damaged (gauge), one alert per s
       ("3m", "ReplicadStandbyDamaged", [exp("ReplicadStandbyDamaged", {"site": "site-b", "volume": "ehr"})]),
       ("70m", "ReplicadStandbyDamaged", [])])
 
+case("sites disagree on a snapshot's verdict (issue 14)",
+     [('replicad_anomaly_verdict_disagreements{site="site-b", volume="ehr"}', "0 0 1x5 0x5")],
+     [("1m", "ReplicadVerdictDisagreement", []),
+      ("3m", "ReplicadVerdictDisagreement",
+       [exp("ReplicadVerdictDisagreement", {"site": "site-b", "volume": "ehr"})]),
+      ("10m", "ReplicadVerdictDisagreement", [])])
+
 case("takeover restore failed even after the full rewrite",
      [('replicad_takeover_full_rewrites_total{site="site-b", volume="ehr", outcome="failed"}', "0 0 1x70"),
       ('replicad_takeover_full_rewrites_total{site="site-b", volume="ehr", outcome="verified"}', "0 1x71")],
