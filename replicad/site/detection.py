@@ -190,8 +190,8 @@ class Detection:
                    default=None)
 
     def _history(self, volume: str, seq: int, vs: dict, policy: dict) -> tuple[list[tuple[int, float]], list[float]]:
-        """This site's own scores: the slow window (after the newest confirmed snapshot, within
-        ``window_s`` of this one) and the confirmed history (up to that snapshot)."""
+        """This site's own scores: the slow window (its *clean* verdicts after the newest confirmed
+        snapshot, within ``window_s`` of this one) and the confirmed history (up to that snapshot)."""
         snaps = vs["snapshots"]
         anchor = max((s for s, snap in snaps.items() if s < seq and snap.get("confirmed")), default=None)
         if anchor is None:  # the volume's first snapshot is the data the signal is measured against
@@ -209,7 +209,10 @@ class Detection:
             if anchor is not None and s <= anchor:
                 if snaps[s].get("confirmed"):
                     confirmed.append(score)
-            elif snaps[s]["created_at_ns"] >= since_ns:
+            elif snaps[s]["created_at_ns"] >= since_ns and mine["verdict"] == "clean":
+                # a snapshot judged suspect was flagged already, and its changes are in every later
+                # diff against the clean base (or on an abandoned line): summing it again would flag
+                # the new line a takeover starts from the last clean snapshot
                 window.append((s, score))
         return window, confirmed[-HISTORY_MAX:]
 
