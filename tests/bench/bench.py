@@ -46,6 +46,17 @@ Rows (units in the table):
   ``--sparse-gib`` GiB (a few MiB of data each); after every volume's first cycle is committed
   and applied on the standbys, the peak RSS (``VmHWM`` of ``/proc/PID/status``) of each site.
 
+* **reflink** (``--reflink-gib``, default ``1,16``; the largest is lowered to 8 when ``/var/tmp``
+  lacks room): for each size a loop-mounted XFS (``reflink=1``) holds an image of that size
+  filled with distinct text-like blocks; the same ``--reflink-changed-mib`` (default 10 MiB,
+  1 % of 1 GiB) is rewritten at random 64 KiB blocks before each incremental cycle, in-process
+  into one local chunk store (warm page cache): the ``reflink`` source (clone + extent maps +
+  read of the changed blocks + manifest, then ``committed``), the ``file`` source (full read
+  with its fingerprint cache) and ``rsync --inplace --no-whole-file --ignore-times`` of the
+  image to a local copy (one target, no fsync). Rows: each size, the 16 GiB / 1 GiB ratio per
+  source (target <= 1.3 for reflink), and at the largest size with 1 % of *it* changed, reflink
+  vs rsync (target >= 50x); cycle CPU seconds (``time.process_time``) per GiB changed.
+
 Results go to ``--json-out`` (every sample) for comparisons between runs. Processes are
 stopped by PID; every step has a time bound (``--step-timeout-s``).
 """
@@ -535,13 +546,145 @@ def memory_run(work: Path, res: Results, args: argparse.Namespace, console: Cons
     shutil.rmtree(root, ignore_errors=True)
 
 
+def write_text_image(path: Path, size: int, rng: random.Random) -> None:
+    """``size`` bytes of distinct, text-like 64 KiB blocks (each stamped with its index)."""
+    line = b"".join(f"ward {i} patient {rng.randrange(10**6)} dose {rng.randrange(999)} mg stable\n".encode()
+                    for i in range(200))
+    unit = (line * (4 * 2**20 // len(line) + 1))[:4 * 2**20]
+    with open(path, "wb") as f:
+        for off in range(0, size, len(unit)):
+            chunk = bytearray(unit[:min(len(unit), size - off)])
+            for b in range(0, len(chunk), BLOCK_BYTES):
+                stamp = f"block {(off + b) // BLOCK_BYTES:012d} ".encode()
+                chunk[b:b + len(stamp)] = stamp
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def change_bytes(path: Path, n_bytes: int, rng: random.Random, tag: str) -> int:
+    """Rewrite ``n_bytes`` (whole 64 KiB blocks at random places) with new text; fsync."""
+    n_blocks = path.stat().st_size // BLOCK_BYTES
+    picked = rng.sample(range(n_blocks), max(1, n_bytes // BLOCK_BYTES))
+    with open(path, "r+b") as f:
+        for b in sorted(picked):
+            line = f"edit {tag} block {b} value {rng.randrange(10**9)}: reviewed\n".encode()
+            f.seek(b * BLOCK_BYTES)
+            f.write((line * (BLOCK_BYTES // len(line) + 1))[:BLOCK_BYTES])
+        f.flush()
+        os.fsync(f.fileno())
+    return len(picked)
+
+
+def reflink_run(work: Path, res: Results, args: argparse.Namespace, console: Console) -> list[int]:
+    """The reflink rows (module docstring): per size, reflink / file source / rsync incremental
+    cycles with the same changed bytes. Returns the sizes measured (GiB)."""
+    from replicad.config import VolumeConfig
+    from replicad.sources.kinds import make_source
+    from tests.loopfs import loop_fs
+
+    sizes = [int(x) for x in args.reflink_gib.split(",") if x]
+    free = shutil.disk_usage(work).free
+    if sizes and free < (2 * max(sizes) + 8) * 2**30:  # image + rsync copy + store
+        sizes[-1] = min(sizes[-1], 8)
+        console.log(f"reflink: only {free / 2**30:.0f} GiB free under {work}: largest size lowered to {sizes[-1]} GiB")
+    changed = int(args.reflink_changed_mib * 2**20)
+    for gib in sizes:
+        root = work / f"reflink{gib}"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        size = gib * 2**30
+        rng = random.Random(gib)
+        with loop_fs(root, "xfs", size_bytes=size + size // 8 + 2**30) as mnt:
+            img = mnt / "ehr.img"
+            t0 = time.perf_counter()
+            write_text_image(img, size, rng)
+            console.log(f"reflink {gib} GiB: image written in {time.perf_counter() - t0:.1f}s")
+            store = ChunkStore(root / "store")
+            try:
+                cfg = VolumeConfig.model_validate({"name": VOL, "path": str(img), "initial_primary": "site-a",
+                                                   "block_size": BLOCK_BYTES, "source": {"kind": "reflink"}})
+                fcfg = VolumeConfig.model_validate({"name": VOL, "path": str(img), "initial_primary": "site-a",
+                                                    "block_size": BLOCK_BYTES})
+                rsrc, fsrc = make_source(cfg, root), make_source(fcfg, root)
+
+                def cycle(src, parent, seq):
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    snap = asyncio.run(src.snapshot(volume=VOL, seq=seq, epoch=1, parent=parent, store=store,
+                                                    now_ns=time.time_ns()))
+                    asyncio.run(src.committed(snap))
+                    return snap, time.perf_counter() - t0, time.process_time() - c0
+
+                rpar, _, _ = cycle(rsrc, None, 1)
+                fpar, _, _ = cycle(fsrc, None, 1)
+                target = root / "rsync-target.img"
+                subprocess.run(["cp", "--sparse=never", str(img), str(target)], check=True, timeout=args.step_timeout_s)
+                rpar, fpar = rpar.result.manifest, fpar.result.manifest
+                plan = [("same", changed)] * args.runs
+                if gib == max(sizes):
+                    plan += [("pct", size // 100)]
+                for k, (kind, nbytes) in enumerate(plan):
+                    n = change_bytes(img, nbytes, rng, f"{gib}-{k}")
+                    snap, dt, cpu = cycle(rsrc, rpar, 2 + k)
+                    if snap.mode not in ("tracked", "verified"):
+                        raise RuntimeError(f"reflink cycle was {snap.mode}, not tracked")
+                    rpar = snap.result.manifest
+                    key = f"reflink.{gib}.{kind}"
+                    res.add(f"{key}.reflink.s", dt)
+                    res.add(f"{key}.reflink.cpu_per_gib", cpu / (n * BLOCK_BYTES / 2**30))
+                    if kind == "same":
+                        fsnap, dt, cpu = cycle(fsrc, fpar, 2 + k)
+                        fpar = fsnap.result.manifest
+                        res.add(f"{key}.file.s", dt)
+                        res.add(f"{key}.file.cpu_per_gib", cpu / (n * BLOCK_BYTES / 2**30))
+                    dt, _ = rsync_to(["--inplace", "--no-whole-file", "--ignore-times"], img, [str(target)],
+                                     args.step_timeout_s)
+                    res.add(f"{key}.rsync.s", dt)
+                    console.log(f"reflink {gib} GiB {kind} ({n} blocks): reflink {res.samples[key + '.reflink.s'][-1]:.3f}s"
+                                + (f", file {res.samples[key + '.file.s'][-1]:.3f}s" if kind == "same" else "")
+                                + f", rsync {dt:.2f}s")
+            finally:
+                store.close()
+                for p in (mnt / ".replicad-clones").glob("*"):
+                    p.unlink()
+                img.unlink(missing_ok=True)
+        shutil.rmtree(root, ignore_errors=True)
+    return sizes
+
+
+def reflink_rows(res: Results, sizes: list[int], add: Callable[..., None]) -> None:
+    """Table rows of :func:`reflink_run`."""
+    if not sizes:
+        return
+    for gib in sizes:
+        key = f"reflink.{gib}.same"
+        add(f"reflink incremental, {gib} GiB, same changed bytes (reflink | file source)",
+            f"{res.cell(key + '.reflink.s', s_fmt)} | {res.cell(key + '.file.s', s_fmt)}",
+            f"rsync {res.cell(key + '.rsync.s', s_fmt)}", ratio(res.med(key + ".rsync.s"), res.med(key + ".reflink.s")),
+            "info", None)
+        add(f"  cycle CPU s per GiB changed, {gib} GiB (reflink | file source)",
+            f"{res.cell(key + '.reflink.cpu_per_gib', lambda v: f'{v:.2f}')} | "
+            f"{res.cell(key + '.file.cpu_per_gib', lambda v: f'{v:.2f}')}", "", None, "info", None)
+    lo, hi = min(sizes), max(sizes)
+    if hi != lo:
+        for src, target in (("reflink", 1.3), ("file", None), ("rsync", None)):
+            r = ratio(res.med(f"reflink.{hi}.same.{src}.s"), res.med(f"reflink.{lo}.same.{src}.s"))
+            add(f"  {hi} GiB / {lo} GiB cycle time, same changed bytes: {src}", "", "", r,
+                f"<= {target}" if target else "info", (r is not None and r <= target) if target else None)
+    key = f"reflink.{hi}.pct"
+    r = ratio(res.med(key + ".rsync.s"), res.med(key + ".reflink.s"))
+    add(f"reflink incremental, {hi} GiB, 1% changed vs rsync 1 target", res.cell(key + ".reflink.s", s_fmt),
+        res.cell(key + ".rsync.s", s_fmt), r, ">= 50x faster", r is not None and r >= 50)
+
+
 # ---------------------------------------------------------------------------- report
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
-def build_table(res: Results, args: argparse.Namespace, cold: bool) -> tuple[Table, list[dict]]:
+def build_table(res: Results, args: argparse.Namespace, cold: bool,
+                reflink_sizes: list[int] | None = None) -> tuple[Table, list[dict]]:
     t = Table(title=escape(f"replicad vs baselines — {args.size_mib} MiB ext4 image, 3 sites, min_copies=2, "
                            f"runs={args.runs} (median [min–max])"), show_lines=False)
     for col in ("row", "replicad", "baseline", "ratio", "target", "met"):
@@ -621,6 +764,7 @@ def build_table(res: Results, args: argparse.Namespace, cold: bool) -> tuple[Tab
         add(f"commit: ship-ack + Raft commit (n={n}) p50 / p99", f"{ms_fmt(ship_commit[0])} / {ms_fmt(ship_commit[1])}",
             f"cycle p50 {ms_fmt(statistics.median(res.samples['commit.cycle.s']))}", None, "p99 < 20 ms",
             ship_commit[1] < 0.020)
+    reflink_rows(res, reflink_sizes or [], add)
     hwm = [res.med(f"memory.{s}.hwm") for s in ("site-a", "site-b", "site-c")]
     if all(h is not None for h in hwm):
         add(f"peak RSS, {args.sparse_volumes} x {args.sparse_gib} GiB sparse (a | b | c)",
@@ -645,7 +789,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--commits", type=int, default=40, help="tiny-volume snapshots per run for commit latency")
     ap.add_argument("--sparse-volumes", type=int, default=8)
     ap.add_argument("--sparse-gib", type=int, default=64)
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: cluster,scan,memory")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: cluster,scan,memory,reflink")
+    ap.add_argument("--reflink-gib", default="1,16", help="volume sizes of the reflink rows, GiB (default 1,16)")
+    ap.add_argument("--reflink-changed-mib", type=float, default=10.24,
+                    help="bytes rewritten before each reflink-row cycle, MiB (default 10.24: 1%% of 1 GiB)")
     ap.add_argument("--no-cold", action="store_true", help="warm page cache only")
     ap.add_argument("--step-timeout-s", type=float, default=900.0)
     ap.add_argument("--workdir", type=Path, default=None, help="scratch dir (default: a new temp dir, removed)")
@@ -665,6 +812,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="replicad-bench-", dir="/var/tmp"))
     work.mkdir(parents=True, exist_ok=True)
     res = Results()
+    reflink_sizes: list[int] = []
     t_start = time.perf_counter()
     try:
         t0 = time.perf_counter()
@@ -679,10 +827,11 @@ def main(argv: list[str] | None = None) -> int:
                 one_run(run, img, work, res, args, cold, console)
         if "memory" not in skip:
             memory_run(work, res, args, console)
+        reflink_sizes = reflink_run(work, res, args, console) if "reflink" not in skip else []
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-    table, rows = build_table(res, args, cold)
+    table, rows = build_table(res, args, cold, reflink_sizes)
     console.print(table)
     console.print(f"total bench time {time.perf_counter() - t_start:.0f}s")
     if args.json_out:
