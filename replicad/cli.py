@@ -94,9 +94,13 @@ def _render_status(data: dict) -> None:
     console.print(f"[bold]site[/bold] {data['site_id']}   raft leader: {_site_name(data, raft.get('leader'))}   "
                   f"term {raft.get('term')}   commit index {raft.get('commit_index')}   "
                   f"quorum: {'yes' if raft.get('has_quorum') else 'NO'}")
-    if raft.get("synced") is False:
-        console.print("[yellow]this site's view is not current yet (no leader, or the Raft log is still being "
-                      "applied): the figures below may be old[/yellow]")
+    view = data.get("view") or {}
+    if view.get("current") is False or raft.get("synced") is False:
+        age = view.get("age_s")
+        console.print(f"[red]Raft view NOT CURRENT ({view.get('why') or 'no leader, or the log is still being applied'}"
+                      f"{f'; last own command applied {age:.0f} s ago' if age is not None else ''}): the figures "
+                      "below may be old, and a role marked '?' is this site's belief, not what the cluster agreed. "
+                      "Read the cluster from another site.[/red]")
     if data.get("members"):
         console.print("members: " + ", ".join(
             m["site_id"] + (" (this site)" if m.get("self") else "" if m.get("reachable") else " (UNREACHABLE)")
@@ -124,7 +128,9 @@ def _render_status(data: dict) -> None:
     for name, v in data.get("volumes", {}).items():
         rpo = v.get("rpo_s")
         standby = "-" if v.get("role") == "primary" or v.get("standby_seq") is None else str(v["standby_seq"])
-        t.add_row(name, v.get("role", ""), str(v.get("primary")), str(v.get("epoch")), str(v.get("newest_committed")),
+        if v.get("standby_lag_snapshots"):
+            standby += f" ({v['standby_lag_snapshots']} behind)"
+        t.add_row(name, _role_shown(v), str(v.get("primary")), str(v.get("epoch")), str(v.get("newest_committed")),
                   str(v.get("newest_clean")), standby, f"{rpo:.1f}" if rpo is not None else "-",
                   ",".join(map(str, v.get("suspect", []))) or "-",
                   ",".join(f"{d['epoch']}:{d['seq']}" for d in v.get("divergent", [])) or "-",
@@ -133,6 +139,14 @@ def _render_status(data: dict) -> None:
     for target in data.get("interrupted_restores") or []:
         console.print(f"[red]incomplete:[/red] a restore into {target} was interrupted; restore it again",
                       markup=True, highlight=False)
+
+
+def _role_shown(v: dict) -> str:
+    """A volume's role as ``replicad status`` prints it: ``primary`` when the site's Raft view is
+    current and agrees; ``primary?`` when it is only this site's belief (``confirmed`` false:
+    a stale view, or a role change Raft has not caught up with)."""
+    role = str(v.get("role", ""))
+    return role + "?" if v.get("confirmed") is False else role
 
 
 STATUS_DEGRADED_EXIT = 1  # ``replicad status``: the site answered, and is degraded
@@ -145,7 +159,8 @@ def status_problems(data: dict) -> list[str]:
     interrupted; or a volume's last step failed (``last_error``), its last snapshot was not
     stored at a replica (``last_report.peers``, e.g. an expired TLS certificate there; a
     straggler still shipping is not counted), its newest committed snapshot is not its newest
-    clean one (suspect: an incident), or this site is ``fenced``/``divergent`` for it; or the
+    clean one (suspect: an incident), this site is ``fenced``/``divergent`` for it, or its role
+    there is not confirmed by a current Raft view (``confirmed`` false); or the
     site runs without identity (``unsafe_unsigned``). Pure."""
     out: list[str] = []
     raft = data.get("raft", {})
@@ -174,6 +189,11 @@ def status_problems(data: dict) -> list[str]:
                        f"{v.get('newest_clean') if v.get('newest_clean') is not None else 'none'})")
         if v.get("role") in ("fenced", "divergent"):
             out.append(f"{name}: this site is {v['role']} (resync pending)")
+        if v.get("confirmed") is False:
+            seen = (f"Raft names {v['primary']} primary at epoch {v.get('epoch')} in this site's view"
+                    if v.get("primary") else "this site's view holds no Raft record of it yet")
+            out.append(f"{name}: role {v.get('role')} is this site's belief, not confirmed by a current Raft view "
+                       f"({seen})")
         for peer, rep in sorted(((v.get("last_report") or {}).get("peers") or {}).items()):
             if isinstance(rep, dict) and not rep.get("ok") and rep.get("error") != "straggler":
                 out.append(f"{name}: the last snapshot was not stored at {peer}: {rep.get('error')}: "

@@ -116,6 +116,13 @@ case("no quorum at one site",
      [("1m", "ReplicadNoQuorum", []), ("2m", "ReplicadNoQuorum", []),
       ("4m", "ReplicadNoQuorum", [exp("ReplicadNoQuorum", {"site": "site-a"})])])
 
+case("stale Raft view at a site that is up: fires after 3m; a blip and a site that is down do not",
+     [('replicad_raft_view_stale{site="site-a"}', "0 1 1 1 1 1 1"),
+      ('replicad_raft_view_stale{site="site-b"}', "0 1 0 0 0 0 0"),
+      ('replicad_raft_view_stale{site="site-c"}', "0 1 stale")],
+     [("2m", "ReplicadRaftViewStale", []),
+      ("5m", "ReplicadRaftViewStale", [exp("ReplicadRaftViewStale", {"site": "site-a"})])])
+
 case("Raft peer unreachable for 2m",
      [('replicad_raft_peer_up{site="site-a", peer="site-c"}', "1 0 0 0 0 0"),
       ('replicad_raft_peer_up{site="site-a", peer="site-b"}', "1x5")],

@@ -339,7 +339,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
                     "divergent": divergent, "kept_locally": kept, "previous": previous})
 
     async def snapshot(request: web.Request) -> web.Response:
-        return _ok(await site.volumes.snapshot_now(request.match_info["volume"]))
+        return _ok(await site.volumes.snapshot_on_request(request.match_info["volume"]))
 
     async def readopt(request: web.Request) -> web.Response:
         body = await _json_body(request)

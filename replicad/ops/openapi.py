@@ -38,6 +38,13 @@ def _object(required: dict[str, Any], optional: dict[str, Any] | None = None) ->
 
 _RETENTION = _object({"keep_all_s": _INT, "hourly_s": _INT, "daily_s": _INT, "lock_s": _INT})
 
+_CONFIRMED = ("true: this site's Raft view is current and says the same as role (primary/restoring: Raft names "
+              "this site at its acting epoch; other roles: Raft names another site). false: role is this site's "
+              "belief only (a stale view: cut off, restarted alone; or a role change in progress); "
+              "'replicad status' prints it as 'primary?'")
+_LAG = ("replica standby: snapshot seqs behind the newest clean snapshot; null when not confirmed (a stale view "
+        "knows no newer snapshot and would read 0), not a replica, or while the standby is being rewritten")
+
 SCHEMAS: dict[str, dict] = {
     "Error": _object({"error": _STR, "message": _STR, "evidence": _OBJ}),
     "Health": _object({"ok": _BOOL, "site_id": _STR}),
@@ -49,8 +56,17 @@ SCHEMAS: dict[str, dict] = {
                         "term": _NINT, "has_quorum": _BOOL}),
     "RaftStatus": _object({"leader": _NSTR, "term": _INT, "commit_index": _INT, "has_quorum": _BOOL,
                            "partners": _OBJ, "synced": _BOOL}),
+    "ViewStatus": {**_object({"current": _BOOL, "age_s": _NNUM, "why": _NSTR}), "description": (
+        "How far this site's Raft view can be believed. current: a leader is known, a majority is connected and "
+        "the leader's commits are applied here (raft.synced). age_s: seconds since this site's own newest command "
+        "(its clock report, every 5 s) was applied here, by this site's clock: about 0-10 while current, the time "
+        "since it last committed when cut off or restarted alone; null before its first report. why: null when "
+        "current, else the reason. While current is false every figure read from the Raft state (roles, epochs, "
+        "newest snapshots, RPO) may be old")},
     "VolumeStatus": _object({"role": _STR, "acting_epoch": _NINT, "last_error": _NSTR, "standby_seq": _NINT,
-                             "divergent": {"type": "array"}},
+                             "divergent": {"type": "array"},
+                             "confirmed": {**_BOOL, "description": _CONFIRMED},
+                             "standby_lag_snapshots": {**_NINT, "description": _LAG}},
                             {"primary": _NSTR, "epoch": _INT, "newest_committed": _NINT, "newest_clean": _NINT,
                              "suspect": {"type": "array", "items": _INT}, "rpo_s": _NNUM,
                              "standby": _object({"seq": _NINT, "state": {"enum": ["none", "unverified", "verified",
@@ -58,7 +74,7 @@ SCHEMAS: dict[str, dict] = {
                                                  "verified": _BOOL, "damaged_blocks": _INT},
                                                 {"verified_at_ns": _NINT, "check_block": _INT}),
                              "retry": _object({"failures": _INT, "delay_s": _NUM, "in_s": _NUM})}),
-    "Status": _object({"site_id": _STR, "raft": _ref("RaftStatus"),
+    "Status": _object({"site_id": _STR, "raft": _ref("RaftStatus"), "view": _ref("ViewStatus"),
                        "volumes": {"type": "object", "additionalProperties": _ref("VolumeStatus")},
                        "members": {"type": "array", "items": _ref("Member")}, "raft_sites": _OBJ, "sites": _OBJ,
                        "interrupted_restores": {"type": "array", "items": _STR}},
@@ -88,7 +104,11 @@ SCHEMAS: dict[str, dict] = {
     "ReadoptResult": _object({"volume": _STR, "readopted": _OBJ, "blocks_written": _INT, "epoch": _INT,
                               "committed": _BOOL}, {"seq": _NINT, "verdict": _NSTR}),
     "CycleReport": _object({"seq": _INT, "changed_blocks": _INT, "verdict": _STR, "score": _NUM,
-                            "holders": {"type": "array", "items": _STR}, "committed": _BOOL},
+                            "holders": {"type": "array", "items": _STR},
+                            "committed": {**_BOOL, "description": (
+                                "false: stored at fewer than min_copies sites (holders) while this site could "
+                                "commit; it stays local here (O2). A site that cannot commit answers 503 "
+                                "no_quorum instead")}},
                            {"baseline": _NUM, "bytes_shipped": _INT, "peers": _OBJ, "cycle_s": _NUM}),
     "PromoteResult": _object({"volume": _STR, "primary": _STR, "epoch": _NINT},
                              {"final_seq": _NINT, "restored_seq": _NINT, "rto_s": _NUM, "elapsed_s": _NUM}),

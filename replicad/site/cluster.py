@@ -17,6 +17,7 @@ from replicad.core.state import is_revoked
 
 PROPOSE_TIMEOUT_S = 5.0
 PROPOSE_DEADLINE_S = 15.0   # how long a proposal waits for a leader election (seen: 0.5-2.1 s)
+VIEW_WAIT_S = 5.0           # how long an operator's request waits for a stale view to become current
 
 
 class Cluster:
@@ -80,6 +81,54 @@ class Cluster:
                 raise NoQuorumError("this site's view of the cluster is not current (no Raft leader, or the log "
                                     "is still being applied)", site=self.site_id, raft=self.raft.status())
             await asyncio.sleep(0.1)
+
+    def view_freshness(self) -> dict:
+        """How far this site's applied Raft view can be believed (issue 13, item 10; what
+        ``/v1/status`` ``view``, ``replicad status`` and ``replicad_raft_view_*`` report).
+
+        Returns ``{"current": bool, "age_s": float | None, "why": str | None}``:
+
+        * ``current``: :meth:`raft_synced` (leader known, majority connected, the leader's
+          commits applied here). Anything read from the view while False — the volume table,
+          roles, epochs, the newest snapshots, standby lag — may be old.
+        * ``age_s``: seconds since this site's own newest command reached its applied state:
+          this site's clock now minus its own newest clock report in ``state["clocks"]`` (the
+          daemon reports every ``CLOCK_REPORT_PERIOD_NS``, 5 s, so a current site reads about
+          0-10 s; one cut off or restarted alone reads the time since it last committed).
+          Both ends are this site's clock: no skew between sites enters it. None before this
+          site's first report.
+        * ``why``: None when current, else one sentence for the operator.
+        """
+        st = self.raft.status()
+        current = self.raft_synced()
+        mine = (self.view().get("clocks") or {}).get(self.site_id)
+        age_s = max(0.0, (time.time_ns() - mine) / 1e9) if isinstance(mine, int) else None
+        why = None
+        if not current:
+            why = ("no Raft leader known" if st.get("leader") is None
+                   else "no Raft majority reachable" if not st.get("has_quorum")
+                   else "this site has not applied what the Raft leader committed")
+        return {"current": current, "age_s": age_s, "why": why}
+
+    async def require_current(self, doing: str, timeout_s: float = VIEW_WAIT_S, **evidence: Any) -> None:
+        """Return once this site's view is current (:meth:`raft_synced`), waiting up to
+        ``timeout_s`` (a leader election); else raise :meth:`stale_view_error`."""
+        deadline = time.monotonic() + timeout_s
+        while not self.raft_synced():
+            if time.monotonic() >= deadline:
+                raise self.stale_view_error(doing, **evidence)
+            await asyncio.sleep(0.1)
+
+    def stale_view_error(self, doing: str, **evidence: Any) -> NoQuorumError:
+        """The typed refusal (``no_quorum``, HTTP 503, exit 7) of an operator's request to
+        ``doing`` (e.g. "commit a snapshot of ehr") at a site whose view is not current; its
+        evidence carries ``view`` (:meth:`view_freshness`) and ``evidence``."""
+        view = self.view_freshness()
+        age = f"; its newest command applied here is {view['age_s']:.0f} s old" if view["age_s"] is not None else ""
+        return NoQuorumError(f"{self.site_id} cannot {doing}: its view of the cluster is not current "
+                             f"({view['why'] or 'it was not current a moment ago'}{age}). Nothing can commit "
+                             "here until it reaches a Raft majority again; 'replicad status' at another site shows "
+                             "the cluster as it is", site=self.site_id, view=view, **evidence)
 
     def view(self) -> dict:
         """The applied Raft state (read only: never mutate what this returns)."""

@@ -36,14 +36,27 @@ class Status:
         """Site status for the admin API and the metrics: Raft view, per-volume
         role/epoch/RPO/last report, standby (``standby``: seq, state, verified, damaged_blocks),
         the backoff of a failing tick (``retry``: failures, delay_s, in_s), store figures,
-        interrupted restores."""
+        interrupted restores.
+
+        Staleness (issue 13, item 10): ``view`` is :meth:`Cluster.view_freshness` (``current``,
+        ``age_s``, ``why``); ``raft.synced`` is ``view.current``. Per volume, ``confirmed`` is
+        True only when the view is current *and* says the same as ``role`` (primary or restoring:
+        Raft names this site at its acting epoch; any other role: Raft names another site); a
+        role shown with ``confirmed: false`` is what this site believes, not what the cluster
+        agreed (``replicad status`` prints it as ``primary?``). ``standby_lag_snapshots`` is the
+        replica standby's seqs behind the newest clean snapshot, None when not confirmed (a stale
+        view knows no newer snapshot and would read 0), not a replica, or mid-rewrite."""
         st = self.cluster.view()
+        view = self.cluster.view_freshness()
         vols = {}
         now = time.time_ns()
         for name, runner in self.runners.items():
             vs = st["volumes"].get(name)
             entry: dict[str, Any] = {"role": runner.role, "acting_epoch": runner.acting_epoch,
                                      "last_error": runner.last_error}
+            confirmed = view["current"] and vs is not None and _role_agrees(runner, vs, self.site_id)
+            entry["confirmed"] = confirmed
+            ncl = None
             if vs is not None:
                 nc = newest_committed(vs)
                 ncl = newest_clean(vs)
@@ -52,6 +65,10 @@ class Status:
                              rpo_s=(now - vs["snapshots"][nc]["created_at_ns"]) / 1e9 if nc is not None else None)
             sb = self.catalog.standby(name)
             entry["standby_seq"] = sb.seq if sb else None
+            lag = None
+            if confirmed and runner.role in REPLICA_ROLES and ncl is not None and not runner.standby_applying:
+                lag = max(0, ncl - (sb.seq if sb else 0))
+            entry["standby_lag_snapshots"] = lag
             entry["standby_applying"] = runner.standby_applying
             entry["standby"] = standby_status(runner, sb)  # state: none|unverified|verified|damaged|repairing
             entry["retry"] = {"failures": runner.retry.failures, "delay_s": runner.retry.delay_s,
@@ -61,9 +78,9 @@ class Status:
             entry["last_report"] = _jsonable_report(runner.last_report)
             entry["source"] = _source_status(runner)
             vols[name] = entry
-        # "synced": false means the figures below may be an old view (restart, no leader)
-        return {"site_id": self.site_id, "raft": {**self.cluster.raft.status(), "synced": self.cluster.raft_synced()},
-                "volumes": vols,
+        # "synced": false means the figures below may be an old view (restart, no leader, cut off)
+        return {"site_id": self.site_id, "raft": {**self.cluster.raft.status(), "synced": view["current"]},
+                "view": view, "volumes": vols,
                 "raft_sites": {s.raft: s.site_id for s in self.cluster.sites()},
                 "sites": st.get("sites", {}), "store": self.store.stats(),
                 "interrupted_restores": list(self.interrupted_restores),
@@ -78,6 +95,19 @@ class Status:
                    for site, r in (self.cluster.view().get("revoked") or {}).items()}
         return {"cluster_id": cfg.cluster_id, "signed": bool(self.cluster.raft.status().get("signed")),
                 "unsafe_unsigned": cfg.identity.unsafe_unsigned, "public_key": list(own), "revoked": revoked}
+
+
+REPLICA_ROLES = ("replica", "fenced", "divergent")
+"""Roles that keep a standby (the rest act as the volume's primary)."""
+
+
+def _role_agrees(runner: VolumeRunner, vs: dict, site_id: str) -> bool:
+    """True if the volume's Raft entry ``vs`` says what ``runner.role`` says: primary or
+    restoring → Raft names this site at its acting epoch; any other role → Raft names
+    another site (a replica granted primary but not yet taken over does not agree)."""
+    if runner.role in REPLICA_ROLES:
+        return vs.get("primary") != site_id
+    return vs.get("primary") == site_id and vs.get("epoch") == runner.acting_epoch
 
 
 def _jsonable_report(rep: dict) -> dict:

@@ -232,6 +232,29 @@ class VolumeLoop:
         log.info("standby %s now at #%d (%d blocks rewritten, %s)", name, target, rep.blocks_written,
                  "over a verified standby" if trusted else "every block compared: the standby record was not verified")
 
+    async def snapshot_on_request(self, volume: str) -> dict:
+        """The operator's "snapshot now" (``POST /v1/volumes/VOL/snapshot``): :meth:`snapshot_now`
+        at a site that can commit (issue 13, item 10).
+
+        Raises:
+            NoQuorumError: (``no_quorum``, 503) this site's Raft view is not current (no leader, no
+                majority, or the leader's commits not applied here) and did not become current
+                within ``cluster.VIEW_WAIT_S``: nothing is taken (a cut-off or restarted old
+                primary used to answer 200 ``committed: false`` here, next to the real primary);
+                or the view stopped being current during the cycle and the snapshot did not
+                commit (``seq`` in the evidence: it is kept at this site only, as ``local``).
+            Whatever :meth:`snapshot_now` raises. A snapshot stored at fewer than ``min_copies``
+            sites while the view stayed current is still answered 200 ``committed: false``.
+        """
+        runner_of(self.runners, volume, self.site_id)  # NotFoundError first: an unknown volume is not a quorum matter
+        await self.cluster.require_current(f"commit a snapshot of {volume}", volume=volume)
+        report = await self.snapshot_now(volume)
+        if not report.get("committed") and not self.cluster.raft_synced():
+            raise self.cluster.stale_view_error(
+                f"commit snapshot {volume}#{report.get('seq')} (stored at this site only, kept as local)",
+                volume=volume, seq=report.get("seq"), holders=report.get("holders"))
+        return report
+
     async def snapshot_now(self, volume: str) -> dict:
         """Take, ship and commit a snapshot right now (primary only)."""
         runner = runner_of(self.runners, volume, self.site_id)

@@ -12,6 +12,20 @@ labelled by ``site`` and, where it applies, ``volume`` and ``peer`` (a site id).
   directory's file system: never stale, and a scrape never fails because of them — a part
   that cannot be read sets ``replicad_scrape_error{part}`` to 1 and its gauges are left out.
 
+**A stale Raft view** (issue 13, item 10): while the site's view is not current (status
+``view.current`` false: no leader, no majority, or the leader's commits not applied here;
+``replicad_raft_view_stale`` 1, ``replicad_raft_view_age_seconds`` how old) the gauges read from
+the Raft state that a stale view can only get *better* than the truth are **not served**:
+``replicad_volume_epoch``, ``_committed_snapshots``, ``_suspect_snapshots``,
+``replicad_snapshot_newest_*``, ``replicad_anomaly_*``, ``replicad_standby_lag_*`` (a replica cut
+off knows no newer snapshot: its lag would read 0 however far behind it is),
+``replicad_clock_offset_seconds`` and ``replicad_sites_revoked``. ``replicad_volume_role`` is served
+only for a role the view confirms (status ``confirmed``), else ``replicad_volume_role_confirmed``
+is 0 and no role is exported (a restarted old primary cut off no longer shows ``primary`` next to
+the real one). Still served: ``replicad_volume_rpo_seconds`` and the newest committed / clean
+snapshot timestamps, because a stale view can only hold *older* snapshots than the truth: its
+RPO is an upper bound, never a false "healthy" (the rules take the freshest site's figure).
+
 Metric list (``site`` label on every one):
 
 ==========================================================  =================  ===========================
@@ -43,7 +57,11 @@ replicad_volume_last_clean_snapshot_timestamp_seconds       volume             R
 replicad_volume_committed_snapshots                         volume             Raft state
 replicad_volume_suspect_snapshots                           volume             Raft state
 replicad_volume_divergent_snapshots                         volume             local catalog
-replicad_volume_role                                        volume, role       one-hot, this site
+replicad_volume_role                                        volume, role       one-hot, this site; only
+                                                                               a role its Raft view confirms
+replicad_volume_role_confirmed                              volume             1: the Raft view is current
+                                                                               and agrees with this site's
+                                                                               role; 0: the role is a belief
 replicad_volume_epoch                                       volume             Raft (committed epoch)
 replicad_volume_acting_epoch                                volume             this site (primary only)
 replicad_snapshot_newest_changed_blocks                     volume             newest committed snapshot
@@ -56,6 +74,12 @@ replicad_standby_lag_seconds                                volume             r
 replicad_store_size_bytes / _chunks / _packs                                   chunk store
 replicad_raft_is_leader / _has_leader / _has_quorum                            Raft status (0/1)
 replicad_raft_term / _commit_index / _last_applied_index                       Raft status
+replicad_raft_view_stale                                                       1 while this site's Raft view
+                                                                               is not current (status
+                                                                               view.current false)
+replicad_raft_view_age_seconds                                                 status view.age_s: since this
+                                                                               site's own newest command was
+                                                                               applied here (~0-10 s current)
 replicad_raft_peer_up                                       peer               Raft partner connected
 replicad_raft_refused_total                                 reason             Raft traffic refused (counter)
 replicad_raft_synced                                                           Cluster.raft_synced (0/1)
@@ -166,7 +190,11 @@ STATE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "replicad_volume_committed_snapshots": ("Committed snapshots in the Raft catalog", ("volume",)),
     "replicad_volume_suspect_snapshots": ("Committed snapshots judged suspect (ransomware signal)", ("volume",)),
     "replicad_volume_divergent_snapshots": ("Divergent snapshots kept at this site for forensics", ("volume",)),
-    "replicad_volume_role": ("Role of this site for the volume (one-hot over the role label)", ("volume", "role")),
+    "replicad_volume_role": ("Role of this site for the volume (one-hot over the role label); only a role this "
+                             "site's current Raft view confirms", ("volume", "role")),
+    "replicad_volume_role_confirmed": ("1 if this site's Raft view is current and agrees with its role for the "
+                                       "volume; 0: the role is this site's belief only (replicad_volume_role is not "
+                                       "exported then)", ("volume",)),
     "replicad_volume_epoch": ("Committed fencing epoch of the volume (Raft)", ("volume",)),
     "replicad_standby_damaged": ("1 while this site's standby image of the volume is damaged or being repaired",
                                  ("volume",)),
@@ -191,6 +219,10 @@ STATE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "replicad_clock_offset_seconds": ("A site's last clock report (Raft state) minus the majority's clock "
                                       "(core.state.quorum_now_ns): > 0 = its clock is ahead; < 0 = behind, or "
                                       "the site is silent", ("peer",)),
+    "replicad_raft_view_stale": ("1 while this site's Raft view is not current (no leader, no majority, or the "
+                                 "leader's commits not applied here): gauges read from it are withheld", ()),
+    "replicad_raft_view_age_seconds": ("Seconds since this site's own newest command (its 5 s clock report) was "
+                                       "applied here: about 0-10 while current", ()),
     "replicad_raft_term": ("Current Raft term", ()),
     "replicad_raft_commit_index": ("Raft commit index", ()),
     "replicad_raft_last_applied_index": ("Last Raft log index applied here", ()),
@@ -204,6 +236,14 @@ STATE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "replicad_build_info": ("Build information (constant 1)", ("version", "python")),
     "replicad_scrape_error": ("1 if this part of the state could not be read at this scrape", ("part",)),
 }
+
+
+def _stale(status: dict) -> bool:
+    """True when ``status`` says the site's Raft view is not current (``view.current`` False,
+    :meth:`replicad.site.cluster.Cluster.view_freshness`); a status without ``view`` counts
+    as current."""
+    view = status.get("view")
+    return isinstance(view, dict) and view.get("current") is False
 
 
 def _num(value: Any) -> float | None:
@@ -290,11 +330,12 @@ class StateCollector(Collector):
                 if _num(count) is not None:
                     commands.add_metric([self.site_id, str(reason)], _num(count))
             self._raft(status, put)
-            if self.state_fn is not None:
+            stale = _stale(status)
+            if self.state_fn is not None and not stale:
                 put("replicad_sites_revoked", len(state.get("revoked") or {}))
                 for site, offset_ns in sorted(cluster_state.clock_offsets_ns(state).items()):
                     put("replicad_clock_offset_seconds", offset_ns / 1e9, site)
-            self._volumes(status, state, put)
+            self._volumes(status, state, put, stale)
             self._store(status, put)
         except Exception as err:  # noqa: BLE001 — a malformed status must not turn /metrics into a 500
             errors["status"] = 1
@@ -336,8 +377,12 @@ class StateCollector(Collector):
         names = status.get("raft_sites") or {}
         for addr, connected in sorted((raft.get("partners") or {}).items()):
             put("replicad_raft_peer_up", bool(connected), str(names.get(addr, addr)))
+        view = status.get("view")  # how current this view is (issue 13, item 10: not stale)
+        if isinstance(view, dict) and isinstance(view.get("current"), bool):
+            put("replicad_raft_view_stale", not view["current"])
+            put("replicad_raft_view_age_seconds", view.get("age_s"))
 
-    def _volumes(self, status: dict, state: dict, put: Callable[..., None]) -> None:
+    def _volumes(self, status: dict, state: dict, put: Callable[..., None], stale: bool = False) -> None:
         now_ns = self.clock_ns()
         entries: dict = status.get("volumes") or {}
         raft_vols: dict = state.get("volumes") or {}
@@ -348,10 +393,13 @@ class StateCollector(Collector):
             target_s = RPO_TARGET_INTERVALS * interval_s if interval_s else DEFAULT_RPO_TARGET_S
             put("replicad_volume_rpo_target_seconds", target_s, name)
             role = entry.get("role")
+            confirmed = entry.get("confirmed", not stale) is True and not stale
             if isinstance(role, str):
-                for r in (*ROLES, *(() if role in ROLES else (role,))):
+                put("replicad_volume_role_confirmed", confirmed, name)
+                for r in (*ROLES, *(() if role in ROLES else (role,))) if confirmed else ():
                     put("replicad_volume_role", r == role, name, r)
-            put("replicad_volume_epoch", entry.get("epoch"), name)
+            if not stale:
+                put("replicad_volume_epoch", entry.get("epoch"), name)
             put("replicad_volume_acting_epoch", entry.get("acting_epoch"), name)
             standby = entry.get("standby")  # 0 without a standby: the series exists from the first scrape
             put("replicad_standby_damaged", isinstance(standby, dict) and standby.get("state") in ("damaged", "repairing"),
@@ -364,15 +412,19 @@ class StateCollector(Collector):
                 put("replicad_volume_divergent_snapshots", len(entry["divergent"]), name)
             vs = raft_vols.get(name)
             if isinstance(vs, dict):
-                self._snapshots(name, entry, vs, now_ns, put)
+                self._snapshots(name, entry, vs, now_ns, put, stale)
             elif entry:
-                self._snapshots_from_status(name, entry, now_ns, put)
+                self._snapshots_from_status(name, entry, now_ns, put, stale)
 
-    def _snapshots(self, name: str, entry: dict, vs: dict, now_ns: int, put: Callable[..., None]) -> None:
+    def _snapshots(self, name: str, entry: dict, vs: dict, now_ns: int, put: Callable[..., None],
+                   stale: bool = False) -> None:
+        """Per-volume gauges from the Raft entry ``vs``; with ``stale`` only the RPO and the
+        newest committed / clean timestamps (module docstring: a stale view's are upper bounds)."""
         snaps: dict = vs.get("snapshots") or {}
-        put("replicad_volume_committed_snapshots", len(snaps), name)
-        put("replicad_volume_suspect_snapshots",
-            sum(1 for s in snaps.values() if s.get("verdict") == "suspect"), name)
+        if not stale:
+            put("replicad_volume_committed_snapshots", len(snaps), name)
+            put("replicad_volume_suspect_snapshots",
+                sum(1 for s in snaps.values() if s.get("verdict") == "suspect"), name)
         if not snaps:
             return
         newest = snaps[max(snaps)]
@@ -380,11 +432,12 @@ class StateCollector(Collector):
         if _num(created_ns) is not None:
             put("replicad_volume_last_committed_snapshot_timestamp_seconds", created_ns / 1e9, name)
             put("replicad_volume_rpo_seconds", max(0.0, (now_ns - created_ns) / 1e9), name)
-        stats = newest.get("stats") or {}
-        put("replicad_snapshot_newest_changed_blocks", stats.get("changed_blocks"), name)
-        put("replicad_snapshot_newest_changed_bytes", stats.get("changed_bytes"), name)
-        put("replicad_anomaly_score_ratio", score_of(stats), name)
-        put("replicad_anomaly_newest_suspect", newest.get("verdict") == "suspect", name)
+        if not stale:
+            stats = newest.get("stats") or {}
+            put("replicad_snapshot_newest_changed_blocks", stats.get("changed_blocks"), name)
+            put("replicad_snapshot_newest_changed_bytes", stats.get("changed_bytes"), name)
+            put("replicad_anomaly_score_ratio", score_of(stats), name)
+            put("replicad_anomaly_newest_suspect", newest.get("verdict") == "suspect", name)
         clean = [seq for seq, s in snaps.items() if s.get("verdict") == "clean"]
         if not clean:
             return
@@ -392,8 +445,8 @@ class StateCollector(Collector):
         clean_ns = snaps[newest_clean].get("created_at_ns")
         if _num(clean_ns) is not None:
             put("replicad_volume_last_clean_snapshot_timestamp_seconds", clean_ns / 1e9, name)
-        if entry.get("role") not in _REPLICA_ROLES:
-            return
+        if stale or entry.get("role") not in _REPLICA_ROLES:
+            return  # a stale view knows no newer clean snapshot: its lag would read 0 however far behind
         standby_seq = entry.get("standby_seq")
         if standby_seq is None and entry.get("standby_applying"):
             return  # being rewritten right now: no lag figure rather than a false spike
@@ -405,12 +458,16 @@ class StateCollector(Collector):
             put("replicad_standby_lag_seconds",
                 max(0.0, (clean_ns - snaps[standby_seq].get("created_at_ns", clean_ns)) / 1e9), name)
 
-    def _snapshots_from_status(self, name: str, entry: dict, now_ns: int, put: Callable[..., None]) -> None:
-        """Without the Raft state: what ``status`` alone tells (RPO, suspect count, standby lag)."""
+    def _snapshots_from_status(self, name: str, entry: dict, now_ns: int, put: Callable[..., None],
+                               stale: bool = False) -> None:
+        """Without the Raft state: what ``status`` alone tells (RPO, suspect count, standby lag);
+        with ``stale`` the RPO only."""
         rpo_s = _num(entry.get("rpo_s"))
         if rpo_s is not None:
             put("replicad_volume_rpo_seconds", rpo_s, name)
             put("replicad_volume_last_committed_snapshot_timestamp_seconds", now_ns / 1e9 - rpo_s, name)
+        if stale:
+            return
         if isinstance(entry.get("suspect"), list):
             put("replicad_volume_suspect_snapshots", len(entry["suspect"]), name)
             nc = entry.get("newest_committed")

@@ -99,3 +99,16 @@ def test_identity_show_takes_the_config_before_or_after_the_command(sample_confi
     assert before.stdout == after.stdout and '"site_id": "site-a"' in before.stdout
     missing = run("identity", "show")
     assert missing.returncode == 2 and "--config" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_an_unconfirmed_role_is_printed_with_a_question_mark_and_makes_the_site_degraded() -> None:
+    from replicad.cli import _role_shown, status_problems
+
+    stale = {"site_id": "site-a", "raft": {"leader": None, "has_quorum": False, "synced": False},
+             "view": {"current": False, "age_s": 312.0, "why": "no Raft leader known"},
+             "volumes": {"ehr": {"role": "primary", "confirmed": False, "acting_epoch": 1}}}
+    assert _role_shown(stale["volumes"]["ehr"]) == "primary?"
+    assert _role_shown({"role": "primary", "confirmed": True}) == "primary"
+    assert _role_shown({"role": "replica"}) == "replica"  # an older site's status: no flag, no mark
+    problems = status_problems(stale)
+    assert any("role primary is this site's belief" in p and "no Raft record" in p for p in problems), problems

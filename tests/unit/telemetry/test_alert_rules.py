@@ -84,7 +84,8 @@ def test_every_alert_has_severity_runbook_and_fires_and_not() -> None:
 
 def exported_names(tmp_path: Path) -> set[str]:
     """Sample names one site exports once every kind of event happened."""
-    m = SiteMetrics("site-b", lambda: site_status(), state_fn=raft_state, data_dir=tmp_path,
+    status = {**site_status(), "view": {"current": True, "age_s": 2.0, "why": None}}
+    m = SiteMetrics("site-b", lambda: status, state_fn=raft_state, data_dir=tmp_path,
                     volume_intervals_s={"ehr": 10.0}, clock_ns=lambda: NOW_NS)
     m.cycle_done("ehr", {"committed": True, "cycle_s": 0.2, "changed_blocks": 1})
     m.shipped("ehr", "site-c", 1)

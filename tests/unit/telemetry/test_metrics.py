@@ -212,6 +212,7 @@ def test_event_counters(tmp_path: Path) -> None:
 def test_every_declared_gauge_is_emitted_for_a_full_status(tmp_path: Path) -> None:
     st = site_status()
     st["volumes"]["ehr"]["acting_epoch"] = 4
+    st["view"] = {"current": True, "age_s": 3.5, "why": None}
     smp = samples(make(tmp_path, st, raft_state()))
     assert set(STATE_GAUGES) <= names(smp)
     assert all(n.startswith(("replicad_", "process_", "python_")) for n in names(smp))
@@ -223,3 +224,50 @@ def test_clock_offsets_are_read_against_the_majority_clock(tmp_path: Path) -> No
     smp = samples(make(tmp_path, site_status(), raft_state()))
     offset = {dict(labels)["peer"]: v for (name, labels), v in smp.items() if name == "replicad_clock_offset_seconds"}
     assert offset == {"site-a": 3600.0, "site-b": 0.0, "site-c": -1.0}
+
+
+# issue 13, item 10: gauges computed from a stale Raft view
+VIEW_GAUGES = ("replicad_volume_epoch", "replicad_volume_committed_snapshots", "replicad_volume_suspect_snapshots",
+               "replicad_snapshot_newest_changed_blocks", "replicad_snapshot_newest_changed_bytes",
+               "replicad_anomaly_score_ratio", "replicad_anomaly_newest_suspect", "replicad_standby_lag_snapshots",
+               "replicad_standby_lag_seconds", "replicad_clock_offset_seconds", "replicad_sites_revoked",
+               "replicad_volume_role")
+
+
+def test_a_stale_view_is_flagged_and_its_optimistic_gauges_are_withheld(tmp_path: Path) -> None:
+    """A replica cut off: its view knows no snapshot newer than its standby, so the lag would read
+    0; the view-derived gauges that a stale view can only flatter are not served, the stale flag
+    and the age are, and the RPO (an upper bound from an old view) still is."""
+    st = site_status(standby_seq=2)
+    st["view"] = {"current": False, "age_s": 312.0, "why": "no Raft majority reachable"}
+    st["volumes"]["ehr"]["confirmed"] = False
+    smp = samples(make(tmp_path, st, raft_state()))
+    site, vol = {"site": "site-b"}, {"site": "site-b", "volume": "ehr"}
+    assert value(smp, "replicad_raft_view_stale", **site) == 1
+    assert value(smp, "replicad_raft_view_age_seconds", **site) == 312.0
+    assert value(smp, "replicad_volume_role_confirmed", **vol) == 0
+    assert not names(smp) & set(VIEW_GAUGES)
+    assert value(smp, "replicad_volume_rpo_seconds", **vol) == 300.0
+    assert value(smp, "replicad_volume_last_clean_snapshot_timestamp_seconds", **vol) == (NOW_NS - 20 * MIN_NS) / 1e9
+    # without the Raft state, from the status alone: the same rule
+    smp = samples(make(tmp_path, st))
+    assert "replicad_standby_lag_snapshots" not in names(smp) and "replicad_volume_role" not in names(smp)
+    assert value(smp, "replicad_volume_rpo_seconds", **vol) == 300.0
+
+
+def test_a_current_view_serves_everything_and_an_unconfirmed_role_is_not_one_hot(tmp_path: Path) -> None:
+    st = site_status(role="primary")
+    st["view"] = {"current": True, "age_s": 2.0, "why": None}
+    st["volumes"]["ehr"]["confirmed"] = True
+    smp = samples(make(tmp_path, st, raft_state()))
+    vol = {"site": "site-b", "volume": "ehr"}
+    assert value(smp, "replicad_raft_view_stale", site="site-b") == 0
+    assert value(smp, "replicad_volume_role_confirmed", **vol) == 1
+    assert value(smp, "replicad_volume_role", **vol, role="primary") == 1
+    assert value(smp, "replicad_volume_epoch", **vol) == 4
+    # current view, but Raft names another primary (a fence not yet run): the belief is not exported
+    st["volumes"]["ehr"]["confirmed"] = False
+    smp = samples(make(tmp_path, st, raft_state()))
+    assert value(smp, "replicad_volume_role_confirmed", **vol) == 0
+    assert "replicad_volume_role" not in names(smp)
+    assert value(smp, "replicad_volume_epoch", **vol) == 4

@@ -1,0 +1,90 @@
+"""Status and Cluster.view_freshness: a role read from a stale Raft view is shown unconfirmed,
+the standby lag is withheld, and the view's age is this site's own (issue 13, item 10)."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+from replicad.site.cluster import Cluster
+from replicad.site.runner import VolumeRunner
+from replicad.site.status import Status
+
+NOW_NS = time.time_ns()
+
+
+class _Raft:
+    """What Cluster and Status read from the Raft node: status() and the applied state."""
+
+    def __init__(self, status: dict, state: dict) -> None:
+        self._status, self.state = status, state
+
+    def status(self) -> dict:
+        return dict(self._status)
+
+    def view(self) -> dict:
+        return self.state
+
+
+class _Catalog:
+    def __init__(self, standby_seq: int | None) -> None:
+        self._sb = SimpleNamespace(seq=standby_seq, root=b"r" * 32) if standby_seq is not None else None
+
+    def standby(self, name: str):
+        return self._sb
+
+    def list(self, name: str, state: str | None = None) -> list:
+        return []
+
+
+CURRENT = {"leader": "127.0.0.1:1", "has_quorum": True, "commit_index": 9, "last_applied": 9, "caught_up": True}
+CUT_OFF = {"leader": None, "has_quorum": False, "commit_index": 9, "last_applied": 9, "caught_up": False}
+
+
+def _state(primary: str, epoch: int, clock_age_s: float | None) -> dict:
+    snaps = {1: {"verdict": "clean", "created_at_ns": NOW_NS - 600 * 10**9, "holders": ["site-a", "site-b"],
+                 "root": b"r" * 32}}
+    clocks = {} if clock_age_s is None else {"site-b": NOW_NS - int(clock_age_s * 1e9)}
+    return {"volumes": {"ehr": {"primary": primary, "epoch": epoch, "snapshots": snaps, "last_seq": 1}},
+            "sites": {}, "clocks": clocks}
+
+
+def _status(raft: _Raft, role: str, acting_epoch: int | None, standby_seq: int | None = 1) -> dict:
+    cfg = SimpleNamespace(sites=(), cluster_id="lab", identity=SimpleNamespace(unsafe_unsigned=True),
+                          self_ref=lambda: SimpleNamespace(public_key=()))
+    cluster = Cluster("site-b", raft, lambda: cfg)
+    vcfg = SimpleNamespace(name="ehr", source=SimpleNamespace(kind="file"))
+    runner = VolumeRunner(vcfg, role=role, acting_epoch=acting_epoch)  # type: ignore[arg-type]
+    store = SimpleNamespace(stats=lambda: {})
+    return Status(cluster, _Catalog(standby_seq), store, {"ehr": runner}, []).report()
+
+
+def test_a_current_view_confirms_the_role_and_reports_the_lag() -> None:
+    st = _status(_Raft(CURRENT, _state("site-a", 2, 3.0)), "replica", None, standby_seq=0)
+    assert st["view"]["current"] is True and st["raft"]["synced"] is True and st["view"]["why"] is None
+    assert 2.5 < st["view"]["age_s"] < 60
+    assert st["volumes"]["ehr"]["confirmed"] is True
+    assert st["volumes"]["ehr"]["standby_lag_snapshots"] == 1
+
+
+def test_a_stale_view_leaves_the_role_unconfirmed_and_the_lag_unknown() -> None:
+    # the old primary, cut off: its view still names it at its acting epoch
+    st = _status(_Raft(CUT_OFF, _state("site-b", 1, 312.0)), "primary", 1)
+    assert st["view"]["current"] is False and st["raft"]["synced"] is False
+    assert st["view"]["why"] == "no Raft leader known" and st["view"]["age_s"] > 300
+    assert st["volumes"]["ehr"]["role"] == "primary" and st["volumes"]["ehr"]["confirmed"] is False
+    # a replica cut off: its view's newest clean is what its standby holds; the lag is not 0 but unknown
+    st = _status(_Raft(CUT_OFF, _state("site-a", 1, None)), "replica", None, standby_seq=1)
+    assert st["volumes"]["ehr"]["confirmed"] is False and st["volumes"]["ehr"]["standby_lag_snapshots"] is None
+    assert st["view"]["age_s"] is None  # no report of its own in its view
+
+
+def test_a_current_view_that_disagrees_with_the_role_is_not_a_confirmation() -> None:
+    # Raft moved the volume to site-a at epoch 2; site-b has not fenced yet
+    st = _status(_Raft(CURRENT, _state("site-a", 2, 1.0)), "primary", 1)
+    assert st["view"]["current"] is True and st["volumes"]["ehr"]["confirmed"] is False
+    # granted primary, takeover not run yet
+    st = _status(_Raft(CURRENT, _state("site-b", 2, 1.0)), "replica", None)
+    assert st["volumes"]["ehr"]["confirmed"] is False
+    st = _status(_Raft(CURRENT, _state("site-b", 2, 1.0)), "primary", 2)
+    assert st["volumes"]["ehr"]["confirmed"] is True and st["volumes"]["ehr"]["standby_lag_snapshots"] is None
