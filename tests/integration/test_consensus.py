@@ -384,6 +384,40 @@ def test_a_primary_cut_off_from_the_leader_takes_over_through_the_third_node(tmp
             o._destroy()
 
 
+def test_two_sites_with_terms_and_logs_apart_elect_without_the_third(make_cluster):
+    """Issue 13, item 7 (PreVote liveness, Raft thesis §9.6): after a failover one site has the
+    higher term and the shorter log, the other the lower term and the longer log, and the third
+    site is gone. Each refuses the other's pre-vote (term / log); the longer log learns the
+    higher term from the refusal, adopts it, and wins the next round. Built with real nodes:
+    a follower misses entries, its stored term is raised (as a lost election leaves it), and
+    only the two restart."""
+    nodes = make_cluster()
+    leader = leader_of(nodes)
+    for site in ("a", "b"):
+        assert register(leader, site)["ok"]
+    short, longer = [n for n in nodes if n is not leader]
+    wait_for(lambda: {"a", "b"} <= set(short.state()["sites"]), "the shorter log's first entries")  # term stored
+    short.kill()
+    for site in ("c", "d", "e"):
+        assert register(leader, site)["ok"]
+    wait_for(lambda: longer.status()["last_applied"] == leader.status()["last_applied"], "the longer log")
+    for node in nodes:
+        node.kill()
+    meta_path = Path(short.args[5]) / "raft.journal.meta"
+    meta = json.loads(meta_path.read_text())
+    meta["currentTerm"] += 3
+    meta_path.write_text(json.dumps(meta))
+    short.start()
+    longer.start()
+    elected = wait_for(lambda: next((n for n in (short, longer) if n.status()["is_leader"]), None),
+                       "a leader of the two", timeout_s=30)
+    assert elected is longer  # only the longer log may win: it holds committed entries the other lacks
+    assert longer.status()["term"] > meta["currentTerm"]
+    assert register(short, "after")["ok"]
+    for node in (short, longer):
+        wait_for(lambda: {"a", "b", "c", "d", "e", "after"} <= set(node.state()["sites"]), f"sites on {node.addr}")
+
+
 def test_restart_of_all_three_keeps_the_state(make_cluster):
     nodes = make_cluster(compaction=4)  # forces full dumps + log compaction on the way
     leader_of(nodes)
