@@ -35,9 +35,15 @@ from replicad.core.errors import (ConfigError, IntegrityError, InternalError, No
                                   from_dict, from_os_error)
 
 def _console(stderr: bool) -> Console:
-    """A rich console; when output is not a terminal, wide enough that tables are not cut."""
+    """A rich console: ``$COLUMNS`` wide when set, else the terminal's width; when output is not
+    a terminal, wide enough (160) that tables are not cut."""
     stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, width=None if stream.isatty() else 160, highlight=False)
+    columns = os.environ.get("COLUMNS", "")
+    width = int(columns) if columns.isdigit() and int(columns) >= 40 else None if stream.isatty() else 160
+    return Console(stderr=stderr, width=width, highlight=False)
+
+
+NARROW_COLUMNS = 120  # below this width ``replicad status`` prints one block per volume instead of a table
 
 
 console = _console(stderr=False)
@@ -121,6 +127,46 @@ def _render_status(data: dict) -> None:
                       "(replicad requests; replicad veto REQ stops one):")
         for r in pending:
             console.print("  " + _request_line(r), markup=False, soft_wrap=True)
+    if console.width < NARROW_COLUMNS:
+        _render_volumes_narrow(data)
+    else:
+        _render_volumes_table(data)
+    for target in data.get("interrupted_restores") or []:
+        console.print(f"[red]incomplete:[/red] a restore into {target} was interrupted: that file is incomplete "
+                      "(restore into it again with --overwrite if it is to be used)", markup=True, highlight=False)
+
+
+def _volume_cells(v: dict) -> dict[str, str]:
+    """The per-volume figures ``replicad status`` shows, as text."""
+    rpo = v.get("rpo_s")
+    standby = "-" if v.get("role") == "primary" or v.get("standby_seq") is None else str(v["standby_seq"])
+    if v.get("standby_lag_snapshots"):
+        standby += f" ({v['standby_lag_snapshots']} behind)"
+    return {"role": _role_shown(v), "primary": str(v.get("primary")), "epoch": str(v.get("epoch")),
+            "newest": str(v.get("newest_committed")), "clean": str(v.get("newest_clean")), "standby": standby,
+            "rpo": f"{rpo:.1f}" if rpo is not None else "-",
+            "suspect": ",".join(map(str, v.get("suspect", []))) or "-",
+            "divergent": ",".join(f"{d['epoch']}:{d['seq']}" for d in v.get("divergent", [])) or "-",
+            "error": v.get("last_error") or ""}
+
+
+def _render_volumes_narrow(data: dict) -> None:
+    """One block of short lines per volume (terminals narrower than :data:`NARROW_COLUMNS`)."""
+    console.print("[bold]volumes[/bold]")
+    for name, v in data.get("volumes", {}).items():
+        c = _volume_cells(v)
+        newest_suspect = v.get("newest_committed") is not None and v.get("newest_committed") != v.get("newest_clean")
+        style = "red" if newest_suspect else "bold"
+        console.print(f"[{style}]{name}[/{style}]: {c['role']} (primary {c['primary']}, epoch {c['epoch']}), "
+                      f"RPO {c['rpo']} s", soft_wrap=False)
+        console.print(f"  snapshots: newest #{c['newest']}, newest clean #{c['clean']}, standby {c['standby']}")
+        if c["suspect"] != "-" or c["divergent"] != "-":
+            console.print(f"  suspect: {c['suspect']}   divergent: {c['divergent']}", style=style)
+        if c["error"]:
+            console.print(f"  last error: {c['error']}", markup=False, style="red")
+
+
+def _render_volumes_table(data: dict) -> None:
     t = Table(title="volumes")
     for col in ("volume", "role", "primary", "epoch", "newest", "newest clean", "standby", "RPO s", "suspect",
                 "divergent", "last error"):
@@ -134,11 +180,11 @@ def _render_status(data: dict) -> None:
                   str(v.get("newest_clean")), standby, f"{rpo:.1f}" if rpo is not None else "-",
                   ",".join(map(str, v.get("suspect", []))) or "-",
                   ",".join(f"{d['epoch']}:{d['seq']}" for d in v.get("divergent", [])) or "-",
-                  v.get("last_error") or "", style="red" if v.get("suspect") else None)
+                  v.get("last_error") or "",
+                  # red while the newest snapshot is suspect (an incident), not for old suspects kept for forensics
+                  style="red" if v.get("newest_committed") is not None
+                  and v.get("newest_committed") != v.get("newest_clean") else None)
     console.print(t)
-    for target in data.get("interrupted_restores") or []:
-        console.print(f"[red]incomplete:[/red] a restore into {target} was interrupted; restore it again",
-                      markup=True, highlight=False)
 
 
 def _role_shown(v: dict) -> str:
@@ -154,51 +200,12 @@ STATUS_DEGRADED_EXIT = 1  # ``replicad status``: the site answered, and is degra
 
 def status_problems(data: dict) -> list[str]:
     """Why the ``GET /v1/status`` answer ``data`` shows a degraded site, one sentence each
-    (empty: healthy). Degraded means: this site's Raft view is not current, it knows no
-    leader or no quorum; a member is unreachable; chunks lost here await repair; a restore was
-    interrupted; or a volume's last step failed (``last_error``), its last snapshot was not
-    stored at a replica (``last_report.peers``, e.g. an expired TLS certificate there; a
-    straggler still shipping is not counted), its newest committed snapshot is not its newest
-    clean one (suspect: an incident), this site is ``fenced``/``divergent`` for it, or its role
-    there is not confirmed by a current Raft view (``confirmed`` false); or the
-    site runs without identity (``unsafe_unsigned``). Pure."""
-    out: list[str] = []
-    raft = data.get("raft", {})
-    if (data.get("identity") or {}).get("unsafe_unsigned"):
-        out.append("this site runs without identity (identity.unsafe_unsigned): commands are not signed")
-    if raft.get("leader") is None:
-        out.append("no Raft leader")
-    if not raft.get("has_quorum"):
-        out.append("no Raft quorum")
-    if raft.get("synced") is False:
-        out.append("this site's Raft view is not current")
-    for m in data.get("members") or []:
-        if not m.get("self") and not m.get("reachable"):
-            out.append(f"site {m.get('site_id')} unreachable")
-    pending = (data.get("store") or {}).get("repairs_pending")
-    if pending:
-        out.append(f"{pending} chunks lost here are being re-fetched from the other sites (new snapshots "
-                   "are refused here until then)")
-    for target in data.get("interrupted_restores") or []:
-        out.append(f"a restore into {target} was interrupted")
-    for name, v in sorted(data.get("volumes", {}).items()):
-        if v.get("last_error"):
-            out.append(f"{name}: last error: {v['last_error']}")
-        if v.get("newest_committed") is not None and v.get("newest_committed") != v.get("newest_clean"):
-            out.append(f"{name}: newest snapshot #{v['newest_committed']} is suspect (newest clean: "
-                       f"{v.get('newest_clean') if v.get('newest_clean') is not None else 'none'})")
-        if v.get("role") in ("fenced", "divergent"):
-            out.append(f"{name}: this site is {v['role']} (resync pending)")
-        if v.get("confirmed") is False:
-            seen = (f"Raft names {v['primary']} primary at epoch {v.get('epoch')} in this site's view"
-                    if v.get("primary") else "this site's view holds no Raft record of it yet")
-            out.append(f"{name}: role {v.get('role')} is this site's belief, not confirmed by a current Raft view "
-                       f"({seen})")
-        for peer, rep in sorted(((v.get("last_report") or {}).get("peers") or {}).items()):
-            if isinstance(rep, dict) and not rep.get("ok") and rep.get("error") != "straggler":
-                out.append(f"{name}: the last snapshot was not stored at {peer}: {rep.get('error')}: "
-                           f"{rep.get('message', '')}".rstrip(": "))
-    return out
+    (empty: healthy): the messages of :func:`replicad.core.health.degraded_reasons`, which the
+    daemon also serves (``degraded_reasons`` in the status, ``replicad_site_degraded_reasons``
+    in ``/metrics``). Computed here from ``data`` so an older daemon's answer reads the same. Pure."""
+    from replicad.core.health import degraded_reasons
+
+    return [r["message"] for r in degraded_reasons(data)]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -252,7 +259,41 @@ def _render_promote(r: dict) -> None:
         line += f"; restored snapshot #{r['restored_seq']}, root verified, in {r.get('rto_s', 0):.2f}s"
     if r.get("final_seq") is not None:
         line += f"; final snapshot #{r['final_seq']} committed before the handover"
-    console.print(line)
+    console.print(line, markup=False, soft_wrap=True)
+    if r.get("ready") is True:
+        after = f" ({r['ready_after_s']:.1f} s after the handover)" if r.get("ready_after_s") is not None else ""
+        console.print(f"READY: {r['primary']} serves {r['volume']} (image restored, root verified){after}; "
+                      "the application may start there", markup=False, soft_wrap=True)
+    elif r.get("ready") is False:
+        err_console.print(f"[red]NOT READY[/red]: {r['primary']} does not serve {r['volume']} yet: ", end="")
+        err_console.print(f"{r.get('not_ready')}. Do not start the application until 'replicad status' at "
+                          f"{r['primary']} shows {r['volume']} primary.", markup=False, soft_wrap=True)
+
+
+PROMOTE_NOT_READY_EXIT = 7  # ``replicad promote``: switched over, but the new primary is not serving yet
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Promote; exit :data:`PROMOTE_NOT_READY_EXIT` if the new primary did not report the volume
+    ready in time (the switchover itself happened)."""
+    res = api(args, "POST", f"/v1/volumes/{args.volume}/promote", {"to": args.to, "force": args.force})
+    _print(args, res, _render_promote)
+    return PROMOTE_NOT_READY_EXIT if res.get("ready") is False else 0
+
+
+SNAPSHOT_NOT_COMMITTED_EXIT = 7  # ``replicad snapshot``: taken, but stored at fewer than min_copies sites
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """Take a snapshot now; exit :data:`SNAPSHOT_NOT_COMMITTED_EXIT` if it was not committed."""
+    res = api(args, "POST", f"/v1/volumes/{args.volume}/snapshot", {})
+    _print(args, res, _render_cycle)
+    if res.get("committed") is not True:
+        err_console.print(f"[red]not committed[/red] (exit {SNAPSHOT_NOT_COMMITTED_EXIT}): snapshot "
+                          f"#{res.get('seq')} is stored at {', '.join(res.get('holders') or []) or 'no site'} only, "
+                          "fewer than min_copies; it is kept here and is not a recovery point yet", soft_wrap=True)
+        return SNAPSHOT_NOT_COMMITTED_EXIT
+    return 0
 
 
 def _render_snapshots(data: dict) -> None:
@@ -318,15 +359,30 @@ def _render_members(data: dict) -> None:
     console.print(t)
 
 
+def _readable(value: Any, key: str = "") -> str:
+    """A request argument for people: a ``*_s`` number as a duration (``604800`` → ``7d``), a
+    map as ``k v, ...`` (its ``*_s`` keys without the suffix), a list comma-separated."""
+    from replicad.core.units import format_duration
+
+    if isinstance(value, dict):
+        return ", ".join(f"{k.removesuffix('_s')} {_readable(v, k)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(_readable(v) for v in value)
+    if key.endswith("_s") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format_duration(value)
+    return str(value)
+
+
 def _request_line(r: dict) -> str:
     import datetime as dt
 
     expires = dt.datetime.fromtimestamp(r["expires_ns"] / 1e9).strftime("%Y-%m-%d %H:%M")
-    args = ", ".join(f"{k}={v}" for k, v in sorted((r.get("args") or {}).items()))
+    args = "; ".join(f"{k}: {_readable(v, k)}" for k, v in sorted((r.get("args") or {}).items()))
     effective = (dt.datetime.fromtimestamp(r["effective_ns"] / 1e9).strftime("%Y-%m-%d %H:%M")
                  if r.get("effective_ns") else "")
     return (f"{r['id']} [{r['status']}] by {r['by']}: {r['action']} {args}"
             + (f" ({r['reason']})" if r.get("reason") else "")
+            + (f"; was {_readable(r['previous'])}" if isinstance(r.get("previous"), dict) else "")
             + f"; approvals {', '.join(r.get('approvals') or [])} ({len(r.get('approvals') or [])} of {r.get('needed')})"
             + (f"; expires {expires}" if r["status"] == "pending" else "")
             + (f"; takes effect {effective} unless vetoed" if r["status"] == "approved" else "")
@@ -401,18 +457,82 @@ def _follow(args: argparse.Namespace, op: dict, title: str) -> dict:
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("blocks"), TimeElapsedColumn(), console=err_console,
-                  disable=getattr(args, "json", False)) as progress:
-        task = progress.add_task(f"{title}: starting", total=None)
-        while op["state"] == "running":
-            time.sleep(0.2)
-            op = api(args, "GET", f"/v1/operations/{op['id']}")
-            progress.update(task, description=f"{title}: {op['phase']}",
-                            completed=op["done_blocks"], total=op["total_blocks"] or None)
-    if op["state"] == "failed":
+    try:
+        with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("blocks"), TimeElapsedColumn(), console=err_console,
+                      disable=getattr(args, "json", False)) as progress:
+            task = progress.add_task(f"{title}: starting", total=None)
+            while op["state"] == "running":
+                time.sleep(0.2)
+                op = api(args, "GET", f"/v1/operations/{op['id']}")
+                progress.update(task, description=f"{title}: {op['phase']}",
+                                completed=op["done_blocks"], total=op["total_blocks"] or None)
+    except KeyboardInterrupt:
+        raise Detached(op["id"], title) from None
+    if op["state"] in ("failed", "cancelled"):
         raise from_dict(op["error"] or {"error": "internal", "message": f"{title} failed"})
     return op["result"]
+
+
+class Detached(KeyboardInterrupt):
+    """Ctrl-C while following an operation: the operation goes on at the site (``op_id``)."""
+
+    def __init__(self, op_id: str, title: str) -> None:
+        super().__init__(op_id)
+        self.op_id, self.title = op_id, title
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel a running restore or drill (``DELETE /v1/operations/{id}``)."""
+    op = api(args, "DELETE", f"/v1/operations/{args.operation}")
+    _print(args, op, lambda o: console.print(
+        f"operation {o['id']} ({o['kind']} {o['volume']}): {o['state']}"
+        + (" — stopping; 'replicad operation ID' shows when it stopped" if o["state"] == "running" else "")
+        + (" (it had already ended: nothing cancelled)" if o["state"] in ("done", "failed") else "")
+        + ("; a new target's partial image was removed, an in-place target is listed as interrupted"
+           if o["state"] == "cancelled" and o["kind"] == "restore" else ""), markup=False, soft_wrap=True))
+    return 0
+
+
+def _render_operation(o: dict) -> None:
+    line = f"operation {o['id']}: {o['kind']} {o['volume']} {o['state']} ({o['phase']}, {o['done_blocks']}"
+    line += f" of {o['total_blocks']} blocks)" if o.get("total_blocks") else " blocks)"
+    if o.get("error"):
+        line += f": {o['error'].get('error')}: {o['error'].get('message')}"
+    console.print(line, markup=False, soft_wrap=True)
+
+
+def _render_raft_audit(data: dict) -> None:
+    import datetime as dt
+
+    records = data.get("audit") or []
+    if not records:
+        console.print("no Raft audit records")
+    t = Table(title="Raft audit (newest last)")
+    for col in ("time", "by", "command", "volume", "outcome"):
+        t.add_column(col)
+    for r in records:
+        at = (dt.datetime.fromtimestamp(r["at_ns"] / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+              if isinstance(r.get("at_ns"), int) else "-")
+        t.add_row(at, str(r.get("by") or "-"), str(r.get("op") or "-"), str(r.get("volume") or "-"),
+                  "ok" if r.get("ok") else f"refused: {r.get('error')}", style=None if r.get("ok") else "yellow")
+    console.print(t)
+
+
+def _render_admin_audit(data: dict) -> None:
+    chain = data.get("chain") or {}
+    t = Table(title="admin audit log of this site (newest last)")
+    for col in ("#", "time", "who", "request", "status"):
+        t.add_column(col)
+    for r in data.get("records") or []:
+        when = str(r.get("at") or "-").replace("T", " ")[:19]
+        t.add_row(str(r.get("seq")), when, str(r.get("who")), f"{r.get('method')} {r.get('path')}",
+                  f"{r.get('status')} {r.get('outcome')}", style="yellow" if r.get("outcome") != "ok" else None)
+    console.print(t)
+    if chain.get("ok"):
+        console.print(f"chain intact: {chain.get('n_records')} records")
+    else:
+        console.print(f"[red]chain BROKEN at record {chain.get('first_bad_seq')}[/red]")
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
@@ -552,11 +672,21 @@ def cmd_hash_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_path(args: argparse.Namespace) -> str:
+    """The config file of ``run`` / ``check-config``: given positionally or as ``--config``."""
+    path = getattr(args, "config", None) or getattr(args, "site_config", None)
+    if not path:
+        raise UsageError(f"replicad {args.command} needs the site's config file: replicad {args.command} "
+                         "/etc/replicad/SITE.toml (or --config FILE)")
+    args.config = path
+    return path
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from replicad.config import load_config
     from replicad.ops.service import run_site
 
-    cfg = load_config(Path(args.config))
+    cfg = load_config(Path(_config_path(args)))
     setup_logging(cfg.log_level)
     try:
         import uvloop
@@ -570,7 +700,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     from replicad.config import load_config
 
-    cfg = load_config(Path(args.config))
+    cfg = load_config(Path(_config_path(args)))
     if cfg.tls is not None:
         from replicad.peer.tls import check_site_tls
 
@@ -583,6 +713,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from replicad.lab.demo import run_demo
 
     return run_demo(Path(args.dir) if args.dir else None, size_mib=args.size_mib, seed=args.seed)
+
+
+EXAMPLES: dict[str, str] = {
+    "run": "replicad run /etc/replicad/site-a.toml\nreplicad run --config /etc/replicad/site-a.toml",
+    "check-config": "replicad check-config /etc/replicad/site-a.toml   # every problem at once, exit 2 if any",
+    "demo": "replicad demo\nreplicad demo --dir ./demo-state --size-mib 128",
+    "status": "replicad status                       # exit 1 if degraded (the reasons on stderr)\n"
+              "replicad status --json | jq .degraded_reasons\n"
+              "replicad --admin http://10.0.0.2:7301 status",
+    "volumes": "replicad volumes",
+    "snapshots": "replicad snapshots ehr",
+    "snapshot": "replicad snapshot ehr                 # exit 7 if it was not committed",
+    "readopt": "replicad readopt ehr --snapshot 3:41",
+    "promote": "replicad promote ehr --to site-b       # at (or forwarded to) the primary; waits until site-b "
+               "serves it\nreplicad promote ehr --force             # at the site to promote, when the primary "
+               "is lost",
+    "demote": "replicad demote ehr",
+    "restore": "replicad restore ehr --target /srv/restore/ehr.img\n"
+               "replicad restore ehr --snapshot 41 --target /srv/restore/ehr-41.img\n"
+               "replicad restore ehr --target /dev/vg0/ehr --overwrite   # admin token\n"
+               "Ctrl-C stops following; the restore goes on: replicad cancel OP stops it",
+    "cancel": "replicad cancel 3f9c0a1b2d4e            # the id printed by restore/drill or listed on Ctrl-C",
+    "operation": "replicad operation 3f9c0a1b2d4e",
+    "verify": "replicad verify ehr --snapshot 41",
+    "drill": "replicad drill ehr --sandbox /srv/drill",
+    "members": "replicad members\nreplicad members propose /etc/replicad/site-a.new.toml --reason 'add site-d'",
+    "retention": "replicad retention ehr\nreplicad retention ehr --set lock=48h --set daily=30d",
+    "verdict": "replicad verdict ehr 42 suspect --reason 'encrypted files seen'\n"
+               "replicad verdict ehr 42 clean --reason 'bulk import of zip archives'   # a request others approve",
+    "requests": "replicad requests",
+    "approve": "replicad approve r7                    # with THIS site's admin token",
+    "revoke": "replicad revoke site-c --reason 'host compromised'",
+    "veto": "replicad veto r7",
+    "identity": "replicad identity init --out /etc/replicad/site.key\n"
+                "replicad identity show --config /etc/replicad/site-a.toml",
+    "audit": "replicad audit log                     # the cluster's Raft audit (commands, who, outcome)\n"
+             "replicad audit admin --limit 50        # this site's admin audit log and its chain check\n"
+             "replicad audit verify /var/lib/replicad/admin-audit.jsonl",
+    "hash-token": "replicad hash-token --generate\necho \"$TOKEN\" | replicad hash-token",
+}
+
+
+def _json_error(err: ReplicadError) -> None:
+    """``--json``: an error as the API's JSON error document ``{error, message, evidence}`` on stdout."""
+    print(json.dumps(err.to_dict()), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -602,13 +777,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, parents=[common], allow_abbrev=False)
+        examples = EXAMPLES.get(name)
+        return sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".", parents=[common],
+                              allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog="examples:\n  " + examples.replace("\n", "\n  ") if examples else None)
 
     p = command("run", help="run a site daemon")
-    p.add_argument("config")
+    p.add_argument("config", nargs="?", help="the site's config file (or --config FILE)")
     p.set_defaults(fn=cmd_run)
     p = command("check-config", help="validate a site config file (all problems at once)")
-    p.add_argument("config")
+    p.add_argument("config", nargs="?", help="the site's config file (or --config FILE)")
     p.set_defaults(fn=cmd_check_config)
     p = command("demo", help="three sites on this machine: replicate, attack, fail over, restore")
     p.add_argument("--dir", help="keep the demo's state in this directory")
@@ -623,21 +801,21 @@ def main(argv: list[str] | None = None) -> int:
     p = command("snapshots", help="snapshots of a volume")
     p.add_argument("volume")
     p.set_defaults(fn=lambda a: _print(a, api(a, "GET", f"/v1/volumes/{a.volume}/snapshots"), _render_snapshots))
-    p = command("snapshot", help="take a snapshot now (at the primary)")
+    p = command("snapshot", help="take a snapshot now (at the primary); exit 7 if it was not committed")
     p.add_argument("volume")
-    p.set_defaults(fn=lambda a: _print(a, api(a, "POST", f"/v1/volumes/{a.volume}/snapshot", {}), _render_cycle))
+    p.set_defaults(fn=cmd_snapshot)
     p = command("readopt", help="at the primary: make a snapshot of a previous cluster incarnation the next one")
     p.add_argument("volume")
     p.add_argument("--incarnation", help="hex prefix of the previous incarnation (when several are held here)")
     p.add_argument("--snapshot", dest="old", metavar="EPOCH:SEQ", help="the old record (default: the newest)")
     p.set_defaults(fn=cmd_readopt)
-    p = command("promote", help="planned switchover (--to SITE) or forced failover (--force, here)")
+    p = command("promote", help="planned switchover (--to SITE) or forced failover (--force, here); returns "
+                "once the new primary serves the volume, exit 7 if it does not yet")
     p.add_argument("volume")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--to")
-    g.add_argument("--force", action="store_true")
-    p.set_defaults(fn=lambda a: _print(a, api(a, "POST", f"/v1/volumes/{a.volume}/promote",
-                                               {"to": a.to, "force": a.force}), _render_promote))
+    g.add_argument("--to", metavar="SITE", help="hand the volume to SITE (planned, no data lost)")
+    g.add_argument("--force", action="store_true", help="take the volume over at this site (primary lost)")
+    p.set_defaults(fn=cmd_promote)
     p = command("demote", help="leave a volume without primary (fences the current one)")
     p.add_argument("volume")
     p.set_defaults(fn=lambda a: _print(a, api(a, "POST", f"/v1/volumes/{a.volume}/demote", {}), lambda r: console.print(
@@ -652,6 +830,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="a divergent snapshot of this site (what an old primary wrote alone), for forensics")
     p.add_argument("--overwrite", action="store_true", help="rewrite an existing target (only differing blocks)")
     p.set_defaults(fn=cmd_restore)
+    p = command("cancel", help="cancel a running restore or drill (its partial image is removed)")
+    p.add_argument("operation", help="the operation id (printed by restore and drill, and on Ctrl-C)")
+    p.set_defaults(fn=cmd_cancel)
+    p = command("operation", help="state and progress of a restore or drill")
+    p.add_argument("operation", help="the operation id")
+    p.set_defaults(fn=lambda a: _print(a, api(a, "GET", f"/v1/operations/{a.operation}"), _render_operation))
     p = command("verify", help="re-read every chunk of a snapshot held here; heal corrupt ones from holders")
     p.add_argument("volume")
     p.add_argument("--snapshot", type=int, dest="seq", help="snapshot seq (default: the newest held here)")
@@ -711,8 +895,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="the site's config file (also accepted before the command)")
     ps.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts")
     ps.set_defaults(fn=cmd_identity_show)
-    p = command("audit", help="the admin audit log")
+    p = command("audit", help="audit records: the cluster's (Raft) and this site's admin log")
     audit_sub = p.add_subparsers(dest="audit_command", required=True)
+    pl = audit_sub.add_parser("log", help="the newest Raft audit records: every command, who sent it, its outcome",
+                              parents=[common])
+    pl.set_defaults(fn=lambda a: _print(a, api(a, "GET", "/v1/audit"), _render_raft_audit))
+    pa = audit_sub.add_parser("admin", help="this site's admin audit log (newest records) and its chain check",
+                              parents=[common])
+    pa.add_argument("--limit", type=int, default=200, help="records to show (1-10000, default 200)")
+    pa.set_defaults(fn=lambda a: _print(a, api(a, "GET", f"/v1/audit/admin?limit={a.limit}"), _render_admin_audit))
     pv = audit_sub.add_parser("verify", help="check the hash chain of an admin-audit.jsonl file", parents=[common])
     pv.add_argument("file")
     pv.set_defaults(fn=cmd_audit_verify)
@@ -721,36 +912,59 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_hash_token)
 
     args = parser.parse_args(argv)
+    as_json = bool(getattr(args, "json", False))
     try:
         rc = args.fn(args)
         return int(rc or 0)
-    except ConfigError as err:
-        where = getattr(args, "config", None) or getattr(args, "identity_config", None) or "the configuration"
-        err_console.print(f"[red]config invalid[/red]: {len(err.problems) or 1} problem(s) in {where}:")
-        for problem in err.problems or [err.message]:
-            err_console.print(f"  - {problem}", markup=False, soft_wrap=True)
-        return err.exit_code
+    except Detached as d:
+        err_console.print(f"interrupted: the {d.title} goes on at the site as operation {d.op_id}; "
+                          f"'replicad cancel {d.op_id}' stops it, 'replicad operation {d.op_id}' follows it",
+                          markup=False, soft_wrap=True)
+        if as_json:
+            print(json.dumps({"interrupted": True, "operation": d.op_id, "state": "running"}), flush=True)
+        return 130
     except ReplicadError as err:
-        err_console.print(f"[red]{err.code}[/red]: ", end="")
-        err_console.print(err.message, markup=False, soft_wrap=True)
-        if err.code == "peer_unavailable" and "admin API" in err.message:
-            err_console.print("  hint: is the site's daemon running? choose the site with --admin URL or "
-                              "--config FILE (or $REPLICAD_ADMIN)", markup=False, soft_wrap=True)
-        if err.evidence:
-            err_console.print(f"  evidence: {json.dumps(err.to_dict()['evidence'])}", markup=False, soft_wrap=True)
-        return err.exit_code
+        if as_json:
+            _json_error(err)
+            return err.exit_code
+        if isinstance(err, ConfigError):
+            return _print_config_error(args, err)
+        return _print_error(err)
     except KeyboardInterrupt:
         return 130
     except OSError as err:  # e.g. a listen address already in use: typed, no traceback
         e = from_os_error(err, f"replicad {getattr(args, 'command', '')}".strip())
-        err_console.print(f"[red]{e.code}[/red]: ", end="")
-        err_console.print(e.message, markup=False, soft_wrap=True)
-        return e.exit_code
+        if as_json:
+            _json_error(e)
+            return e.exit_code
+        return _print_error(e)
     except Exception as err:  # noqa: BLE001 — never a traceback to an operator
         e = InternalError(f"internal error: {err!r}")
-        err_console.print(f"[red]{e.code}[/red]: ", end="")
-        err_console.print(e.message, markup=False, soft_wrap=True)
-        return e.exit_code
+        if as_json:
+            _json_error(e)
+            return e.exit_code
+        return _print_error(e)
+
+
+def _print_config_error(args: argparse.Namespace, err: ConfigError) -> int:
+    """Every problem of an invalid config, one line each, on stderr; returns the exit code."""
+    where = getattr(args, "config", None) or getattr(args, "identity_config", None) or "the configuration"
+    err_console.print(f"[red]config invalid[/red]: {len(err.problems) or 1} problem(s) in {where}:")
+    for problem in err.problems or [err.message]:
+        err_console.print(f"  - {problem}", markup=False, soft_wrap=True)
+    return err.exit_code
+
+
+def _print_error(err: ReplicadError) -> int:
+    """One line (code: message), a hint and the evidence on stderr; returns the exit code."""
+    err_console.print(f"[red]{err.code}[/red]: ", end="")
+    err_console.print(err.message, markup=False, soft_wrap=True)
+    if err.code == "peer_unavailable" and "admin API" in err.message:
+        err_console.print("  hint: is the site's daemon running? choose the site with --admin URL or "
+                          "--config FILE (or $REPLICAD_ADMIN)", markup=False, soft_wrap=True)
+    if err.evidence:
+        err_console.print(f"  evidence: {json.dumps(err.to_dict()['evidence'])}", markup=False, soft_wrap=True)
+    return err.exit_code
 
 
 def cmd_restore(args: argparse.Namespace) -> int:

@@ -864,15 +864,17 @@ def _cross_problems(
 
     names: dict[str, int] = {}
     paths: dict[Path, int] = {}
-    for index, volume in volumes:
-        first = names.setdefault(volume.name, index)
+    for index, volume in volumes:  # a field None: its own value was invalid (reported); its rules skipped
+        first = names.setdefault(volume.name, index) if volume.name is not None else index
         if first != index:
             problems.append(f"volumes[{index}].name: duplicate volume name {volume.name!r} (also volumes[{first}])")
-        first = paths.setdefault(volume.path, index)
+        first = paths.setdefault(volume.path, index) if volume.path is not None else index
         if first != index:
             problems.append(f"volumes[{index}].path: same path as volumes[{first}]")
-        primary = by_id.get(volume.initial_primary)
-        if site_ids is not None and volume.initial_primary not in site_ids:
+        primary = by_id.get(volume.initial_primary) if volume.initial_primary is not None else None
+        if volume.initial_primary is None:
+            pass
+        elif site_ids is not None and volume.initial_primary not in site_ids:
             problems.append(
                 f"volumes[{index}].initial_primary: {volume.initial_primary!r} is not a site ({_names(site_ids)})"
             )
@@ -880,7 +882,7 @@ def _cross_problems(
             problems.append(
                 f"volumes[{index}].initial_primary: {volume.initial_primary!r} is a witness; the primary must be a data site"
             )
-        if sites_complete and data_ids and volume.min_copies > len(data_ids):
+        if sites_complete and data_ids and volume.min_copies is not None and volume.min_copies > len(data_ids):
             problems.append(
                 f"volumes[{index}].min_copies: {volume.min_copies} is more than the {len(data_ids)} data site(s)"
             )
@@ -1124,6 +1126,8 @@ def _salvage_cross_problems(flat: dict[str, Any], context: dict[str, Any]) -> li
     raw_volumes = flat.get("volumes", [])
     for index, item in enumerate(raw_volumes if isinstance(raw_volumes, list) else []):
         volume = valid(TypeAdapter(VolumeConfig), item)
+        if volume is None and isinstance(item, dict):
+            volume = _partial_volume(item, context)  # its valid fields still take part in the cross rules
         if volume is not None:
             volumes.append((index, volume))
     lab = flat.get("lab", False)
@@ -1144,6 +1148,25 @@ def _salvage_cross_problems(flat: dict[str, Any], context: dict[str, Any]) -> li
         tls_set="tls" in flat,
         identity=valid(TypeAdapter(IdentityConfig), flat.get("identity", {})),
     )
+
+
+def _partial_volume(item: dict[str, Any], context: dict[str, Any]) -> VolumeConfig:
+    """A ``[[volumes]]`` entry that failed validation, with each field validated on its own:
+    the fields the cross-field rules read (``name``, ``path``, ``initial_primary``,
+    ``min_copies``) are None where their own value is invalid or missing (those rules are then
+    skipped for it), so one wrong field does not hide the entry's other problems."""
+    volume = VolumeConfig.model_construct()
+    for name, field in VolumeConfig.model_fields.items():
+        key = field.alias if field.alias in item else name
+        if key not in item:
+            if field.is_required():
+                object.__setattr__(volume, name, None)
+            continue
+        try:
+            VolumeConfig.__pydantic_validator__.validate_assignment(volume, name, item[key], context=context)
+        except ValidationError:
+            object.__setattr__(volume, name, None)
+    return volume
 
 
 def _format_error(error: Any, password_key: str) -> str:

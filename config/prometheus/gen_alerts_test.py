@@ -103,6 +103,12 @@ case("suspect snapshot: fires at once, stays an hour after a clean one follows, 
       ("10m", "ReplicadSuspectSnapshot", [exp("ReplicadSuspectSnapshot", {"volume": "ehr"})]),
       ("70m", "ReplicadSuspectSnapshot", [])])
 
+case("suspect snapshot cleared as a false alarm (replicad verdict ... clean, approved): resolves at once",
+     [('replicad_anomaly_newest_suspect{site="site-a", volume="ehr"}', "0 0 1 1 1 0x70"),
+      ('replicad_volume_suspect_snapshots{site="site-a", volume="ehr"}', "0 0 1 1 1 0x70")],
+     [("3m", "ReplicadSuspectSnapshot", [exp("ReplicadSuspectSnapshot", {"volume": "ehr"})]),
+      ("6m", "ReplicadSuspectSnapshot", []), ("30m", "ReplicadSuspectSnapshot", [])])
+
 case("no Raft leader: a leader handover does not fire, a minute without any leader does",
      [('replicad_raft_is_leader{job="replicad", instance="a", site="site-a"}', "1 1 0 0 0 0 0 0"),
       ('replicad_raft_is_leader{job="replicad", instance="b", site="site-b"}', "0 0 1 0 0 0 0 0"),

@@ -115,6 +115,9 @@ MAX_PENDING = 64
 """Handshakes in progress at once in all."""
 LOG_EVERY_S = 1.0
 """Per reason, at most one WARNING per this many seconds; the suppressed count goes in the next."""
+WRONG_KEY_LOG_EVERY_S = 60.0
+"""``wrong_raft_key``: at most one ERROR line per this many seconds (a member with another key
+reconnects every second; the line says the same each time)."""
 REVOCATION_CHECK_S = 0.2
 """Seconds between two reads of the revocations in the applied Raft state (on the tick thread)."""
 HANDSHAKE_DOMAIN = b"replicad-raft-channel-v1\x00"
@@ -148,7 +151,7 @@ def bounded_decompress(data: bytes, limit_bytes: int = MAX_DECOMPRESSED_BYTES) -
     return out
 
 
-KNOWN_REASONS = ("bad_frame", "bad_handshake", "bad_identity", "decompressed_too_large", "frame_too_large", "handshake_timeout", "malformed",
+KNOWN_REASONS = ("wrong_raft_key", "bad_frame", "bad_handshake", "bad_identity", "decompressed_too_large", "frame_too_large", "handshake_timeout", "malformed",
                  "readonly_node", "revoked_site", "snapshot_from_non_leader", "snapshot_regresses", "snapshot_too_large",
                  "term_from_non_leader", "too_many_connections", "unknown_node", "utility_message",
                  "vote_in_lease")
@@ -171,13 +174,13 @@ class RefusalLog:
         self._suppressed: dict[str, int] = {}
 
     def refuse(self, reason: str, message: str, *args: Any, level: int = logging.WARNING,
-               prefix: str = "raft refused") -> None:
+               prefix: str = "raft refused", every_s: float = LOG_EVERY_S) -> None:
         """Count one refusal of ``reason``; log ``prefix [reason]: message % args`` unless
-        logged within the last second."""
+        this reason was logged within the last ``every_s`` seconds."""
         now = time.monotonic()
         with self._lock:
             self._counts[reason] = self._counts.get(reason, 0) + 1
-            if now - self._last_logged.get(reason, float("-inf")) < LOG_EVERY_S:
+            if now - self._last_logged.get(reason, float("-inf")) < every_s:
                 self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
                 return
             self._last_logged[reason] = now
@@ -197,6 +200,24 @@ def refusals_of(obj: Any) -> RefusalLog:
     """The :class:`RefusalLog` attached to a SyncObj or connection, else a process-wide one."""
     found = getattr(obj, "refusals", None)
     return found if isinstance(found, RefusalLog) else _FALLBACK_REFUSALS
+
+
+def refuse_undecryptable(conn: Any, exc: Exception) -> bool:
+    """If ``exc`` is a frame that did not decrypt with the shared Raft key (Fernet
+    ``InvalidToken``), count and log it as ``wrong_raft_key`` — at ERROR, at most once per
+    :data:`WRONG_KEY_LOG_EVERY_S`, naming the sender and ``raft.password_file`` — and return
+    True; else False (the caller reports it as another refusal)."""
+    from cryptography.fernet import InvalidToken
+
+    if not isinstance(exc, InvalidToken):
+        return False
+    refusals_of(conn).refuse(
+        "wrong_raft_key", "a frame from %s did not decrypt with this site's Raft key: that member's "
+        "raft.password_file holds another key. Every site of a cluster must use the same key file "
+        "(copy one site's key file to the others, mode 0600, and restart them: README 'Rotating the Raft "
+        "password')",
+        _peer_ip(conn), level=logging.ERROR, every_s=WRONG_KEY_LOG_EVERY_S)
+    return True
 
 
 def _peer_ip(conn: Any) -> str:

@@ -244,7 +244,7 @@ from pysyncobj.tcp_connection import TcpConnection
 from replicad.consensus import checkpoint
 from replicad.consensus.channel import (KNOWN_REASONS, MAX_DECOMPRESSED_BYTES, ChannelIdentity, DecompressionBombError,
                                        MemberOnlyTransport, RefusalLog, Revocations, bounded_decompress, refusals_of,
-                                       revocations_of, transport_identity)
+                                       refuse_undecryptable, revocations_of, transport_identity)
 from replicad.consensus.guard import MAX_TERM_STEP, GuardedSerializer, shape_problem
 from replicad.consensus.journal import (JOURNAL_MAGIC, JOURNAL_VERSION, META_VERSION,  # noqa: F401 (re-exported)
                                        DurableJournal, _create_journal)
@@ -431,8 +431,9 @@ class _BoundedTcpConnection(TcpConnection):
             self.disconnect()
             return None
         except Exception as exc:  # anything undecodable ends the connection, counted
-            refusals_of(self).refuse("bad_frame", "undecodable frame (%s: %s): dropping the connection",
-                                     type(exc).__name__, str(exc)[:120])
+            if not refuse_undecryptable(self, exc):  # a member with another Raft key: said so, plainly
+                refusals_of(self).refuse("bad_frame", "undecodable frame (%s: %s): dropping the connection",
+                                         type(exc).__name__, str(exc)[:120])
             self.disconnect()
             return None
         self._TcpConnection__readBuffer = buffer[4 + length:]

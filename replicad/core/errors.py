@@ -164,6 +164,13 @@ class ConflictError(ReplicadError):
     http_status = 409
 
 
+class OperationCancelledError(ConflictError):
+    """A background operation (restore, drill) was cancelled (``replicad cancel``, ``DELETE
+    /v1/operations/{id}``) or ended by the site stopping before it finished."""
+
+    code = "cancelled"
+
+
 class StaleEpochError(ConflictError):
     """A message or command carries an epoch older than the committed one (fencing)."""
 

@@ -64,7 +64,7 @@ class _Steps:
 
 def run_demo(keep_dir: Path | None = None, *, size_mib: int = 256, seed: int = 20261129) -> int:
     """Run the demo; returns 0 if every check passed, 1 otherwise (2 if it could not run)."""
-    root = Path(keep_dir) if keep_dir else Path(tempfile.mkdtemp(prefix="replicad-demo-"))
+    root = Path(keep_dir).absolute() if keep_dir else Path(tempfile.mkdtemp(prefix="replicad-demo-"))
     if keep_dir and root.exists() and any(root.iterdir()):
         console.print(f"[red]--dir {root} is not empty[/red]; give a new or empty directory")
         return 2

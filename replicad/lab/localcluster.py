@@ -155,7 +155,7 @@ class LocalCluster:
                  apply_delay: str = "0s", extra_volume_toml: str = "", extra_site_toml: str = "",
                  tokens: dict[str, dict[str, tuple[str, str]]] | None = None, tls: bool = False,
                  unsigned: bool = False, cooling_off: str = "0s") -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # the daemons run in their own directories: no relative path
         self.unsigned = unsigned
         self.cooling_off = cooling_off
         self.cluster_id = "lab-" + secrets.token_hex(4)
@@ -318,8 +318,14 @@ class LocalCluster:
 
     def wait_ready(self, timeout_s: float = 60) -> None:
         """Every running site has a current Raft view (leader, majority, log applied), sees
-        every running site registered, and every running data site knows every volume."""
+        every running site registered, and every running data site knows every volume.
+
+        Raises UnavailableError at once if a started site's process has exited (with its exit
+        code and log tail): a cluster whose daemons died is never "ready"."""
         def ready() -> bool:
+            dead = [s for s in self.sites.values() if s.proc is not None and s.proc.poll() is not None]
+            if dead:
+                raise _SiteExited(dead[0].site_id, dead[0].proc.returncode, self.log_tail(dead[0].site_id, 10))
             running = [s for s in self.sites.values() if s.proc is not None and s.proc.poll() is None]
             for s in running:
                 st = self.status(s.site_id)
@@ -331,4 +337,18 @@ class LocalCluster:
                     return False
             return True
 
-        self.wait_for("cluster ready", ready, timeout_s)
+        try:
+            self.wait_for("cluster ready", ready, timeout_s)
+        except _SiteExited as exited:
+            raise UnavailableError(f"site {exited.site_id} exited (code {exited.code}) before the cluster was ready: "
+                                   f"{exited.tail.splitlines()[-1] if exited.tail else 'no log'}",
+                                   site=exited.site_id, exit_code=exited.code, log_tail=exited.tail) from None
+
+
+class _SiteExited(Exception):
+    """Raised inside :meth:`LocalCluster.wait_ready`'s predicate (not a ReplicadError, so
+    :meth:`LocalCluster.wait_for` does not take it for "not yet")."""
+
+    def __init__(self, site_id: str, code: int | None, tail: str) -> None:
+        super().__init__(site_id)
+        self.site_id, self.code, self.tail = site_id, code, tail

@@ -4,7 +4,8 @@ Routes (role needed in brackets; :mod:`replicad.ops.auth` holds the table, the O
 document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — describes every one)::
 
     GET    /healthz                             [open] process is up
-    GET    /readyz                              [open] store open and Raft has a leader
+    GET    /readyz                              [open] store open, a leader and a quorum, view current (503
+                                                 otherwise, e.g. a site cut off in a minority)
     GET    /metrics                             [open] Prometheus text exposition
     GET    /v1/openapi.json                     [open] this API as an OpenAPI 3.1 document
     GET    /v1/status                           [viewer] site, Raft view, members, per-volume role/epoch/RPO
@@ -18,7 +19,10 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
     POST   /v1/volumes/{volume}/restore         [operator; admin with overwrite] {"target": path, "seq": int?,
                                                  "last_clean": bool?, "overwrite": bool?, "wait": bool?}
     GET    /v1/operations/{op_id}               [viewer] state, phase, progress (blocks), result or error
-    POST   /v1/volumes/{volume}/promote         [admin] {"to": site?, "force": bool}
+    DELETE /v1/operations/{op_id}               [operator] cancel a running restore or drill (state cancelled)
+    POST   /v1/volumes/{volume}/promote         [admin] {"to": site?, "force": bool}; answers once the new
+                                                 primary serves the volume ("ready": true), or "ready": false
+                                                 with "not_ready" (why) after PROMOTE_READY_WAIT_S
     POST   /v1/volumes/{volume}/demote          [admin] {}
     GET    /v1/volumes/{volume}/snapshots/{seq}/evidence  [viewer] every site's verdict, this site's evidence (issue 14)
     GET    /v1/volumes/{volume}/detection       [viewer] the Raft-agreed detection policy, and the one applied here
@@ -289,9 +293,17 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         return _ok({"ok": True, "site_id": site.site_id})
 
     async def readyz(request: web.Request) -> web.Response:
+        # ready: the store is open and this site is in the majority with a current view (a leader,
+        # a quorum, the leader's commits applied here); a site cut off in a minority is not ready
         raft = site.raft.status() if site.raft else {}
-        ready = site.store is not None and raft.get("leader") is not None
-        return _ok({"ready": ready, "leader": raft.get("leader")}, status=200 if ready else 503)
+        current = site.cluster.view_freshness() if site.raft else {"current": False, "why": "Raft not started"}
+        ready = (site.store is not None and raft.get("leader") is not None and bool(raft.get("has_quorum"))
+                 and bool(current.get("current")))
+        why = None if ready else ("store not open" if site.store is None else "no Raft leader"
+                                  if raft.get("leader") is None else "no Raft quorum (minority)"
+                                  if not raft.get("has_quorum") else current.get("why") or "Raft view not current")
+        return _ok({"ready": ready, "leader": raft.get("leader"), "has_quorum": bool(raft.get("has_quorum")),
+                    "why": why}, status=200 if ready else 503)
 
     async def metrics(request: web.Request) -> web.Response:
         from replicad.telemetry.metrics import CONTENT_TYPE
@@ -383,7 +395,13 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
             if vs is not None and vs["primary"] not in (None, site.site_id):
                 return _ok(await _forward(site, vs["primary"], request.path, body,
                                           request.headers.get("Authorization")))
-        return _ok(await site.promotion.promote(name, to, force))
+        res = await site.promotion.promote(name, to, force)
+        if force:  # answered once this site restored and verified the volume: ready
+            return _ok({**res, "ready": True})
+        # a planned switchover: the new primary still restores and verifies its image; answer
+        # once it serves the volume (or say it does not yet), never before
+        return _ok({**res, **await _await_ready(site, res["primary"], name, res.get("epoch"),
+                                                 request.headers.get("Authorization"))})
 
     async def demote(request: web.Request) -> web.Response:
         return _ok(await site.promotion.demote(request.match_info["volume"]))
@@ -402,6 +420,11 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
             raise UsageError("divergent_epoch needs seq: name the divergent snapshot (epoch, seq)", field="seq")
         if overwrite:
             _require(request, "admin")  # rewriting an existing image is an admin's decision
+        if not Path(target).is_absolute():
+            raise UsageError(f"target must be an absolute path on this site, not {target!r}", field="target")
+        site.cluster.volume_state(name) or _raise_not_found(name)
+        # refused now, typed, before an operation starts: a target this site cannot reach or write
+        await asyncio.to_thread(site.recovery.check_restore_target, Path(target), overwrite)
         if _opt_bool(body, "wait", default=True):
             return _ok(await site.recovery.restore(name, Path(target), seq, last_clean, overwrite=overwrite,
                                                    divergent_epoch=divergent_epoch))
@@ -416,6 +439,16 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         if op is None:
             _raise_not_found(request.match_info["op_id"], what="operation")
         return _ok(op.to_dict())
+
+    async def operation_cancel(request: web.Request) -> web.Response:
+        op = site.operations.cancel(request.match_info["op_id"])
+        if op is None:
+            _raise_not_found(request.match_info["op_id"], what="operation")
+        for _ in range(50):  # the task ends at its next await: answer with its final state when it has
+            if op.state != "running":
+                break
+            await asyncio.sleep(0.1)
+        return _ok(op.to_dict(), status=200 if op.state != "running" else 202)
 
     async def prune(request: web.Request) -> web.Response:
         name = request.match_info["volume"]
@@ -618,6 +651,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         ("POST", "/v1/volumes/{volume}/demote", demote),
         ("POST", "/v1/volumes/{volume}/restore", restore),
         ("GET", "/v1/operations/{op_id}", operation),
+        ("DELETE", "/v1/operations/{op_id}", operation_cancel),
         ("POST", "/v1/volumes/{volume}/prune", prune),
         ("POST", "/v1/volumes/{volume}/snapshots/{seq}/verdict", verdict),
         ("GET", "/v1/volumes/{volume}/snapshots/{seq}/evidence", evidence_get),
@@ -672,6 +706,49 @@ async def _make_request(site: "SiteDaemon", action: str, args: dict, reason: str
         log.warning("AUDIT request %s made at %s: %s %s", res.get("request"), site.site_id, action, args)
         return _ok(out, status=202)
     return _ok(out)
+
+
+PROMOTE_READY_WAIT_S = 120.0  # a planned switchover waits this long for the new primary to serve the volume
+
+
+async def _await_ready(site: "SiteDaemon", target: str, volume: str, epoch: int | None, authorization: str | None,
+                       wait_s: float = PROMOTE_READY_WAIT_S) -> dict:
+    """After a planned switchover: poll ``target``'s ``GET /v1/status`` (with the caller's
+    bearer token) every 0.2 s until it reports ``volume`` with role ``primary`` at acting epoch
+    ``epoch`` — its image restored and its root verified (O5), the application may start.
+
+    Returns ``{"ready": True, "ready_after_s": seconds}``, or after ``wait_s`` (or at once when
+    the target refuses the token) ``{"ready": False, "not_ready": why}``. Never raises."""
+    import time
+
+    url = next((s.admin_url for s in site.cfg.sites if s.site_id == target), None)
+    if url is None or site.session is None:
+        return {"ready": False, "not_ready": f"no admin endpoint known for {target}"}
+    headers = {"Authorization": authorization} if authorization else {}
+    t0 = time.monotonic()
+    why = f"{target} has not reported {volume} yet"
+    while True:
+        try:
+            async with site.session.get(url + "/v1/status", headers=headers,
+                                        timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                data = await resp.json(content_type=None)
+            if resp.status == 200 and isinstance(data, dict):
+                v = (data.get("volumes") or {}).get(volume) or {}
+                if v.get("role") == "primary" and epoch is not None and v.get("acting_epoch") == epoch:
+                    return {"ready": True, "ready_after_s": time.monotonic() - t0}
+                why = (f"{target} reports {volume} as {v.get('role')} (acting epoch {v.get('acting_epoch')}, "
+                       f"granted epoch {epoch})" + (f", last error: {v['last_error']}" if v.get("last_error") else ""))
+            else:
+                code = data.get("error") if isinstance(data, dict) else None
+                why = f"{target} answered its status with HTTP {resp.status} {code or ''}".rstrip()
+                if resp.status in (401, 403):
+                    return {"ready": False, "not_ready": why + " (the token is not valid there: check its status "
+                                                             "there with its own token)"}
+        except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as err:
+            why = f"{target} admin endpoint unreachable: {err}"
+        if time.monotonic() - t0 >= wait_s:
+            return {"ready": False, "not_ready": f"not ready after {wait_s:.0f} s: {why}"}
+        await asyncio.sleep(0.2)
 
 
 async def _forward(site: "SiteDaemon", primary: str, path: str, body: dict, authorization: str | None) -> Any:

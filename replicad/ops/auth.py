@@ -61,6 +61,7 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("POST", "/v1/volumes/{volume}/verify"): "operator",
     ("POST", "/v1/volumes/{volume}/drill"): "operator",
     ("POST", "/v1/volumes/{volume}/restore"): "operator",   # admin when "overwrite" is true
+    ("DELETE", "/v1/operations/{op_id}"): "operator",      # cancel a restore or drill
     ("POST", "/v1/volumes/{volume}/promote"): "admin",
     ("POST", "/v1/volumes/{volume}/demote"): "admin",
     ("POST", "/v1/volumes/{volume}/readopt"): "admin",

@@ -48,7 +48,7 @@ _LAG = ("replica standby: snapshot seqs behind the newest clean snapshot; null w
 SCHEMAS: dict[str, dict] = {
     "Error": _object({"error": _STR, "message": _STR, "evidence": _OBJ}),
     "Health": _object({"ok": _BOOL, "site_id": _STR}),
-    "Ready": _object({"ready": _BOOL, "leader": _NSTR}),
+    "Ready": _object({"ready": _BOOL, "leader": _NSTR}, {"has_quorum": _BOOL, "why": _NSTR}),
     "Member": _object({"site_id": _STR, "kind": {"enum": ["data", "witness"]}, "raft": _STR, "peer_url": _STR,
                        "admin_url": _STR, "self": _BOOL, "registered": _BOOL, "leader": _BOOL,
                        "reachable": _BOOL}),
@@ -81,7 +81,13 @@ SCHEMAS: dict[str, dict] = {
                       {"identity": _object({"cluster_id": _STR, "signed": _BOOL, "unsafe_unsigned": _BOOL,
                                             "public_key": {"type": "array", "items": _STR}},
                                            {"revoked": _OBJ}),
-                       "requests": {"type": "array", "items": _ref("Request")}}),
+                       "requests": {"type": "array", "items": _ref("Request")},
+                       "degraded": {**_BOOL, "description": "true when replicad status calls this site degraded"},
+                       "degraded_reasons": {"type": "array", "description": (
+                           "why the site is degraded (empty: healthy); reason is one of "
+                           "core.health.DEGRADED_REASONS, also counted by replicad_site_degraded_reasons"),
+                           "items": _object({"reason": _STR, "message": _STR},
+                                            {"volume": _STR, "site": _STR, "target": _STR})}}),
     "Volumes": _object({"volumes": {"type": "object", "additionalProperties": _object(
         {"primary": _NSTR, "epoch": _INT, "block_size": _INT, "size_bytes": _INT, "min_copies": _INT,
          "retention": _RETENTION, "snapshots": _INT, "last_seq": _INT})}}),
@@ -111,13 +117,17 @@ SCHEMAS: dict[str, dict] = {
                                 "no_quorum instead")}},
                            {"baseline": _NUM, "bytes_shipped": _INT, "peers": _OBJ, "cycle_s": _NUM}),
     "PromoteResult": _object({"volume": _STR, "primary": _STR, "epoch": _NINT},
-                             {"final_seq": _NINT, "restored_seq": _NINT, "rto_s": _NUM, "elapsed_s": _NUM}),
+                             {"final_seq": _NINT, "restored_seq": _NINT, "rto_s": _NUM, "elapsed_s": _NUM,
+                              "ready": {**_BOOL, "description": (
+                                  "true: the new primary restored and verified its image and serves the volume "
+                                  "(start the application); false: not yet after the wait, see not_ready")},
+                              "ready_after_s": _NUM, "not_ready": _STR}),
     "DemoteResult": _object({"volume": _STR, "epoch": _NINT}),
     "RestoreResult": _object({"volume": _STR, "seq": _INT, "verdict": _STR, "target": _STR, "root": _STR,
                               "verified": {"const": True}, "blocks_written": _INT, "bytes_written": _INT,
                               "seconds": _NUM}, {"drill": _BOOL, "kept": _BOOL, "rto_s": _NUM, "phases": _OBJ}),
     "Operation": _object({"id": _STR, "kind": _STR, "volume": _STR,
-                          "state": {"enum": ["running", "done", "failed"]}, "phase": _STR,
+                          "state": {"enum": ["running", "done", "failed", "cancelled"]}, "phase": _STR,
                           "done_blocks": _INT, "total_blocks": _INT,
                           "result": {"oneOf": [{"type": "null"}, _ref("RestoreResult")]},
                           "error": {"oneOf": [{"type": "null"}, _ref("Error")]},
@@ -186,7 +196,9 @@ _BODIES: dict[str, dict] = {
 # operation id, method, path, summary, request body schema, {status: schema}, error statuses
 _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]]] = [
     ("healthz", "GET", "/healthz", "Process is up", None, {"200": "Health"}, ()),
-    ("readyz", "GET", "/readyz", "Store open and Raft has a leader", None, {"200": "Ready", "503": "Ready"}, ()),
+    ("readyz", "GET", "/readyz", "Ready: the store is open, a Raft leader and a quorum are known and this site's "
+     "view is current; 503 otherwise (why), e.g. a site cut off in a minority", None,
+     {"200": "Ready", "503": "Ready"}, ()),
     ("metrics", "GET", "/metrics", "Prometheus text exposition", None, {"200": "text"}, ()),
     ("openapi", "GET", "/v1/openapi.json", "This document", None, {"200": "OpenAPI"}, ()),
     ("status", "GET", "/v1/status", "Site, Raft view, members, per-volume role, epoch and RPO", None,
@@ -220,6 +232,11 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
      (400, 404, 409, 502, 503, 507)),
     ("operation", "GET", "/v1/operations/{op_id}", "Progress and outcome of a restore or drill", None,
      {"200": "Operation"}, (404,)),
+    ("operationCancel", "DELETE", "/v1/operations/{op_id}",
+     "Cancel a running restore or drill: 200 with state cancelled once it stopped (202 while it is stopping); a "
+     "new target's partial image is removed, an in-place target stays listed as interrupted. An operation that "
+     "already ended is answered as it is (200, nothing cancelled)", None, {"200": "Operation", "202": "Operation"},
+     (404,)),
     ("promote", "POST", "/v1/volumes/{volume}/promote",
      "Planned switchover (to, at or forwarded to the primary) or forced failover (force, at the site to promote)",
      "Promote", {"200": "PromoteResult"}, (400, 404, 409, 503, 507)),

@@ -5,6 +5,7 @@ root (O5) and publish it; the recovery drill; cleaning up after restores a crash
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import stat
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from replicad.config import SiteConfig
-from replicad.core.errors import ConflictError, NotFoundError, UsageError
+from replicad.core.errors import ConflictError, NotFoundError, UsageError, from_os_error
 from replicad.core.manifest import Manifest
 from replicad.core.state import newest_clean
 from replicad.site.cluster import Cluster
@@ -80,7 +81,7 @@ class Recovery:
             raise NotFoundError(f"unknown volume {volume}", volume=volume)
         target = Path(target)
         runner_of(self.runners, volume, self.site_id)
-        self._check_restore_target(target, overwrite)
+        self.check_restore_target(target, overwrite)
         t0 = time.monotonic()
         if divergent_epoch is not None:
             rec = next((r for r in self.catalog.list(volume, "divergent")
@@ -179,6 +180,8 @@ class Recovery:
     async def _write_restore_locked(self, volume: str, target: Path, manifest: Manifest, local_only: bool,
                                     op: "Operation | None", phases: dict[str, float]) -> tuple[Any, bytes]:
         in_place = target.exists()
+        if in_place:  # refused before anything is recorded: a target it cannot write was never touched
+            await asyncio.to_thread(_check_writable, target)
         await asyncio.to_thread(check_target_size, target, manifest)  # a too-small device: refused, untouched
         progress = op.progress if op else None
         written = target
@@ -217,12 +220,26 @@ class Recovery:
             self.interrupted_restores.remove(str(target))
         return rep, root
 
+    def check_restore_target(self, target: Path, overwrite: bool) -> None:
+        """Refuse a restore target before anything is written or recorded: one that would
+        destroy this site's own state (a protected volume's path: use promote; anything inside
+        the data dir), a non-file, an existing file without ``overwrite``, or one this daemon
+        cannot reach (a name too long, a directory it may not search) or, existing, cannot open
+        for writing (permissions, an immutable or read-only file). A symlink is followed: to an
+        existing file it is that file (rewritten in place with ``overwrite``); a dangling one (or
+        a loop) is refused, since publishing the new image would replace the link itself.
+
+        Raises UsageError (also for permissions), NotFoundError, ConflictError (a restore into it
+        is running); never a bare OSError."""
+        try:
+            self._check_restore_target(target, overwrite)
+            if overwrite and target.exists():
+                _check_writable(target)
+        except OSError as err:
+            raise from_os_error(err, f"restore target {target}", target=str(target)) from None
+
     def _check_restore_target(self, target: Path, overwrite: bool) -> None:
-        """Refuse targets that would destroy this site's own state: a protected volume's
-        path (use promote), anything inside the data dir, a non-file, or an existing file
-        without ``overwrite``. A symlink is followed: to an existing file it is that file
-        (rewritten in place with ``overwrite``); a dangling one (or a loop) is refused, since
-        publishing the new image would replace the link itself. Raises UsageError."""
+        """:meth:`check_restore_target` without the OSError translation."""
         if target.is_symlink() and not target.exists():
             raise UsageError(f"restore target {target} is a symlink to {os.readlink(target)}, which does not exist; "
                              "give the final path (or remove the link)", target=str(target),
@@ -267,6 +284,14 @@ def recover_restores(catalog: Catalog) -> list[str]:
     """
     interrupted: list[str] = []
     for rec in catalog.restores_in_flight():
+        if rec.in_place and _unwritable(Path(rec.target)):
+            # this daemon cannot open it for writing, so its restore never wrote into it (an earlier
+            # version recorded a restore that was then refused for permissions): nothing is incomplete
+            log.warning("a restore into %s is recorded as interrupted, but this site cannot write that file "
+                        "(permissions, immutable or read-only), so the restore never wrote into it: record "
+                        "dropped", rec.target)
+            catalog.end_restore(rec.target)
+            continue
         if rec.in_place:  # the record stays until a restore into this target succeeds
             log.error("a restore into %s was interrupted or failed: %s is incomplete; restore it again",
                       rec.target, rec.target)
@@ -291,3 +316,23 @@ def _publish(written: Path, target: Path, size_bytes: int) -> None:
         fsync_dir(target.parent)
     except OSError as err:
         raise target_error(err, f"rename the verified image onto {target}", target, size_bytes) from err
+
+
+def _check_writable(target: Path) -> None:
+    """Open the existing ``target`` for writing (no truncation, nothing written) and close it.
+    Raises the typed error of a refusal (permissions, immutable, read-only file system)."""
+    try:
+        os.close(os.open(target, os.O_WRONLY))
+    except OSError as err:
+        raise from_os_error(err, f"restore target {target} cannot be opened for writing by this site "
+                                 "(nothing was written)", target=str(target)) from None
+
+
+def _unwritable(target: Path) -> bool:
+    """True if ``target`` exists and this process is refused opening it for writing
+    (EACCES, EPERM, EROFS); a missing target or another error is not "unwritable"."""
+    try:
+        os.close(os.open(target, os.O_WRONLY))
+    except OSError as err:
+        return err.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+    return False

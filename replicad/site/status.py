@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from replicad.core.errors import _jsonable
+from replicad.core.health import degraded_reasons
 from replicad.core.state import list_requests, newest_clean, newest_committed
 from replicad.site.cluster import Cluster
 from replicad.site.runner import VolumeRunner
@@ -79,12 +80,16 @@ class Status:
             entry["source"] = _source_status(runner)
             vols[name] = entry
         # "synced": false means the figures below may be an old view (restart, no leader, cut off)
-        return {"site_id": self.site_id, "raft": {**self.cluster.raft.status(), "synced": view["current"]},
-                "view": view, "volumes": vols,
-                "raft_sites": {s.raft: s.site_id for s in self.cluster.sites()},
-                "sites": st.get("sites", {}), "store": self.store.stats(),
-                "interrupted_restores": list(self.interrupted_restores),
-                "identity": self._identity(), "requests": list_requests(st)}
+        out = {"site_id": self.site_id, "raft": {**self.cluster.raft.status(), "synced": view["current"]},
+               "view": view, "volumes": vols,
+               "raft_sites": {s.raft: s.site_id for s in self.cluster.sites()},
+               "sites": st.get("sites", {}), "store": self.store.stats(),
+               "interrupted_restores": list(self.interrupted_restores),
+               "identity": self._identity(), "requests": list_requests(st)}
+        reasons = degraded_reasons(out)  # what `replicad status` calls degraded, for scripts and /metrics
+        out["degraded"] = bool(reasons)
+        out["degraded_reasons"] = reasons
+        return out
 
     def _identity(self) -> dict:
         """``{"cluster_id", "signed", "unsafe_unsigned", "public_key", "revoked": {site: {"at_ns",
@@ -125,3 +130,4 @@ def _source_status(runner: VolumeRunner) -> dict:
     if runner.role != "primary" and out.get("state") != "untracked":
         out = {**out, "state": "idle"}
     return _jsonable(out)
+

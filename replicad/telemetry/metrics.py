@@ -88,6 +88,10 @@ replicad_raft_behind_seconds                                                   s
 replicad_raft_dump_send_failures_total                                         leader: own dump unreadable
                                                                                (counter)
 replicad_sites_revoked                                                         Raft state: revoked sites
+replicad_site_degraded                                                         status: 1 when replicad status
+                                                                               says degraded
+replicad_site_degraded_reasons                              reason             status: reasons of each kind
+                                                                               (core.health; 0 otherwise)
 replicad_clock_offset_seconds                               peer               Raft state: a site's last
                                                                                reported clock minus the
                                                                                majority's clock; > 0 = ahead
@@ -155,6 +159,7 @@ from replicad import __version__
 from replicad.core.anomaly import score_of
 from replicad.core import state as cluster_state
 from replicad.core.roles import ROLES
+from replicad.core import health
 
 if TYPE_CHECKING:
     from replicad.config import SiteConfig
@@ -231,6 +236,10 @@ STATE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
                              "everything the leader reports committed applied here)", ()),
     "replicad_raft_behind_seconds": ("Seconds since this site last applied everything its Raft leader reports "
                                      "committed (0 when it has; 1e9 when it never has since its start)", ()),
+    "replicad_site_degraded": ("1 if this site is degraded, as replicad status says (status degraded); the "
+                               "reasons are replicad_site_degraded_reasons", ()),
+    "replicad_site_degraded_reasons": ("Reasons this site is degraded now, by kind (core.health.DEGRADED_REASONS; "
+                                       "0 for each kind that does not apply)", ("reason",)),
     "replicad_disk_free_bytes": ("Bytes free for this site on the data directory's file system", ()),
     "replicad_disk_size_bytes": ("Size of the data directory's file system", ()),
     "replicad_build_info": ("Build information (constant 1)", ("version", "python")),
@@ -337,6 +346,7 @@ class StateCollector(Collector):
                     put("replicad_clock_offset_seconds", offset_ns / 1e9, site)
             self._volumes(status, state, put, stale)
             self._store(status, put)
+            self._degraded(status, put)
         except Exception as err:  # noqa: BLE001 — a malformed status must not turn /metrics into a 500
             errors["status"] = 1
             log.warning("metrics: malformed status or state: %r", err)
@@ -361,6 +371,24 @@ class StateCollector(Collector):
         yield from self._sources(status)
         yield commands
         yield dump_failures
+
+    def _degraded(self, status: dict, put: Callable[..., None]) -> None:
+        """``replicad_site_degraded`` and one ``replicad_site_degraded_reasons`` series per kind
+        (:data:`~replicad.core.health.DEGRADED_REASONS`, 0 when it does not apply), from the
+        status' ``degraded_reasons`` (computed here from the status when it has none)."""
+        if not status:
+            return
+        reasons = status.get("degraded_reasons")
+        if not isinstance(reasons, list):
+            reasons = health.degraded_reasons(status)
+        counts = dict.fromkeys(health.DEGRADED_REASONS, 0)
+        for r in reasons:
+            if isinstance(r, dict):
+                code = str(r.get("reason"))
+                counts[code] = counts.get(code, 0) + 1
+        put("replicad_site_degraded", bool(reasons))
+        for code, n in sorted(counts.items()):
+            put("replicad_site_degraded_reasons", n, code)
 
     def _raft(self, status: dict, put: Callable[..., None]) -> None:
         raft = status.get("raft")

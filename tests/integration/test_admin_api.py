@@ -290,6 +290,8 @@ def test_live_answers_match_the_openapi_document(cluster: LocalCluster, tmp_path
         ("/v1/volumes/{volume}/restore", "POST", f"{v}/restore", {}, OPERATOR),
         ("/v1/operations/{op_id}", "GET", "/v1/operations/{op}", None, VIEWER),
         ("/v1/operations/{op_id}", "GET", "/v1/operations/nope", None, VIEWER),
+        ("/v1/operations/{op_id}", "DELETE", "/v1/operations/{op}", None, OPERATOR),  # cancelled, or ended
+        ("/v1/operations/{op_id}", "DELETE", "/v1/operations/nope", None, OPERATOR),
         ("/v1/volumes/{volume}/retention", "GET", f"{v}/retention", None, VIEWER),
         ("/v1/volumes/{volume}/retention", "GET", "/v1/volumes/nope/retention", None, VIEWER),
         ("/v1/volumes/{volume}/retention", "PUT", f"{v}/retention", {"retention": {"daily": "31d"}}, ADMIN),

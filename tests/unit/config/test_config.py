@@ -147,8 +147,9 @@ def test_cross_field_problems_reported_alongside_field_problems(doc: dict[str, A
     assert "sites[1].raft: duplicate '127.0.0.1:7101' (also sites[0])" in problems
     assert any(p.startswith("volumes[0].block_size: 48KiB") for p in problems)
     assert any(p.startswith("volumes[1].initial_primary: 'elsewhere' is not a site") for p in problems)
-    # volumes[0] is invalid on its own: its cross rules are not guessed at.
-    assert not any(p.startswith("volumes[0].initial_primary") for p in problems)
+    # volumes[0] is invalid (block_size), but its initial_primary is valid on its own: its cross
+    # rule is still checked (issue 16: one wrong field must not hide the other problems)
+    assert any(p.startswith("volumes[0].initial_primary: 'nowhere' is not a site") for p in problems)
 
 
 def test_problems_carry_no_secret(doc: dict[str, Any]) -> None:

@@ -87,7 +87,8 @@ def test_status_problems_say_why_a_site_is_degraded() -> None:
     assert status_problems(sick) == [
         "no Raft leader", "no Raft quorum", "this site's Raft view is not current", "site site-b unreachable",
         "2 chunks lost here are being re-fetched from the other sites (new snapshots are refused here until then)",
-        "a restore into /var/lib/replicad/ehr-copy.img was interrupted", "ehr: last error: peer_unavailable: site-b",
+        "a restore into /var/lib/replicad/ehr-copy.img was interrupted: that file is incomplete (restore into it "
+        "again with --overwrite if it is to be used)", "ehr: last error: peer_unavailable: site-b",
         "ehr: newest snapshot #6 is suspect (newest clean: 4)", "ehr: this site is divergent (resync pending)",
         "ehr: the last snapshot was not stored at site-b: peer_unavailable: certificate has expired"]
 
@@ -112,3 +113,154 @@ def test_an_unconfirmed_role_is_printed_with_a_question_mark_and_makes_the_site_
     assert _role_shown({"role": "replica"}) == "replica"  # an older site's status: no flag, no mark
     problems = status_problems(stale)
     assert any("role primary is this site's belief" in p and "no Raft record" in p for p in problems), problems
+
+
+# --------------------------------------------------------------------------- issue 16, item 6
+import json as _json
+import os as _os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@pytest.fixture
+def admin_stub():
+    """A minimal HTTP server answering fixed JSON per path (``answers[path] = (status, body)``),
+    for CLI rendering; stopped at teardown."""
+    answers: dict[str, tuple[int, object]] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            status, body = answers.get(self.path, (404, {"error": "not_found", "message": "no", "evidence": {}}))
+            data = _json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_DELETE = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", answers
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def run_env(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "replicad", *args], capture_output=True, text=True, timeout=60,
+                          env={**_os.environ, **env})
+
+
+STATUS = {"site_id": "site-a", "raft": {"leader": "127.0.0.1:7101", "term": 3, "commit_index": 812,
+                                        "has_quorum": True, "synced": True},
+          "raft_sites": {"127.0.0.1:7101": "site-a"}, "view": {"current": True},
+          "members": [{"site_id": "site-a", "self": True, "reachable": True},
+                      {"site_id": "site-b", "self": False, "reachable": True}],
+          "interrupted_restores": [],
+          "volumes": {"radiology-archive": {"role": "replica", "primary": "site-b", "epoch": 12, "confirmed": True,
+                                            "newest_committed": 10452, "newest_clean": 10452, "standby_seq": 10450,
+                                            "standby_lag_snapshots": 2, "rpo_s": 8.25, "suspect": [977, 978],
+                                            "divergent": [{"epoch": 11, "seq": 10433}],
+                                            "last_error": "peer_unavailable: site-c admin endpoint unreachable"}}}
+
+
+def test_status_is_readable_at_80_columns(admin_stub) -> None:
+    url, answers = admin_stub
+    answers["/v1/status"] = (200, STATUS)
+    res = run_env({"COLUMNS": "80"}, "--admin", url, "status")
+    assert res.returncode == 1, res.stderr  # the last error makes it degraded
+    lines = res.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    text = res.stdout
+    for whole in ("radiology-archive", "replica", "site-b", "10452", "10450 (2 behind)", "977,978", "11:10433",
+                  "8.2"):
+        assert whole in text, (whole, text)
+    assert "…" not in text
+
+
+def test_snapshot_not_committed_exits_nonzero(admin_stub) -> None:
+    url, answers = admin_stub
+    answers["/v1/volumes/ehr/snapshot"] = (200, {"seq": 7, "committed": False, "verdict": "clean", "score": 0.0,
+                                                  "changed_blocks": 3, "holders": ["site-a"], "peers": {}})
+    res = run_env({}, "--admin", url, "snapshot", "ehr")
+    assert res.returncode == 7 and "not committed" in res.stderr, res.stdout + res.stderr
+    res = run_env({}, "--admin", url, "--json", "snapshot", "ehr")
+    assert res.returncode == 7 and _json.loads(res.stdout)["committed"] is False
+
+
+def test_json_errors_are_json(admin_stub) -> None:
+    url, _ = admin_stub
+    res = run_env({}, "--admin", url, "--json", "snapshots", "nope")
+    assert res.returncode == 3
+    assert _json.loads(res.stdout) == {"error": "not_found", "message": "no", "evidence": {}}
+    res = run_env({}, "--admin", "http://127.0.0.1:1", "--json", "status")
+    assert res.returncode == 7 and _json.loads(res.stdout)["error"] == "peer_unavailable"
+
+
+def test_requests_are_printed_readably(admin_stub) -> None:
+    url, answers = admin_stub
+    answers["/v1/requests"] = (200, {"site_id": "site-a", "requests": [{
+        "id": "r3", "by": "site-a", "action": "set_retention", "status": "pending", "approvals": ["site-a"],
+        "needed": 2, "reason": "less disk", "expires_ns": 1_900_000_000 * 10**9,
+        "args": {"volume": "ehr", "retention": {"keep_all_s": 86400, "hourly_s": 604800, "daily_s": 2592000,
+                                                "lock_s": 172800}},
+        "previous": {"keep_all_s": 172800, "hourly_s": 604800, "daily_s": 2592000, "lock_s": 604800}}]})
+    res = run_env({}, "--admin", url, "requests")
+    text = " ".join(res.stdout.split())
+    assert res.returncode == 0, res.stderr
+    assert "retention: keep_all 1d, hourly 7d, daily 30d, lock 2d" in text, text
+    assert "was keep_all 2d" in text and "_s" not in text and "{" not in text, text
+
+
+def test_audit_log_has_a_command(admin_stub) -> None:
+    url, answers = admin_stub
+    answers["/v1/audit"] = (200, {"audit": [{"op": "promote", "by": "site-b", "volume": "ehr", "ok": True,
+                                             "error": None, "at_ns": 1_800_000_000 * 10**9},
+                                            {"op": "prune", "by": "site-a", "volume": "ehr", "ok": False,
+                                             "error": "retention_locked", "at_ns": 1_800_000_100 * 10**9}]})
+    res = run_env({}, "--admin", url, "audit", "log")
+    assert res.returncode == 0, res.stderr
+    assert "promote" in res.stdout and "site-b" in res.stdout and "refused: retention_locked" in res.stdout
+
+
+def test_run_and_check_config_take_the_path_positionally_or_as_config(sample_configs: Path) -> None:
+    for args in (("check-config", str(sample_configs / "site-b.toml")),
+                 ("check-config", "--config", str(sample_configs / "site-b.toml")),
+                 ("--config", str(sample_configs / "site-b.toml"), "check-config")):
+        res = run(*args)
+        assert res.returncode == 0 and "ok" in res.stdout, (args, res.stderr)
+    res = run("check-config")
+    assert res.returncode == 2 and "--config FILE" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_every_command_has_help_with_examples() -> None:
+    from replicad.cli import EXAMPLES
+
+    for name in EXAMPLES:
+        res = run(name, "--help")
+        assert res.returncode == 0 and "examples:" in res.stdout and "replicad " + name.split()[0] in res.stdout, \
+            (name, res.stdout[-300:])
+
+
+def test_check_config_lists_cross_field_problems_beside_a_wrong_field(sample_configs: Path, tmp_path: Path) -> None:
+    text = (sample_configs / "site-a.toml").read_text()
+    for key in ("demo-raft.key", "demo-identity-site-a.key"):
+        (tmp_path / key).write_bytes((sample_configs / key).read_bytes())
+        (tmp_path / key).chmod(0o600)
+    bad = text.replace('interval = "10s"', 'interval = "ten"', 1).replace(
+        'initial_primary = "site-a"', 'initial_primary = "site-z"', 1).replace("min_copies = 2", "min_copies = 9", 1)
+    assert bad != text
+    (tmp_path / "site-a.toml").write_text(bad)
+    res = run("check-config", str(tmp_path / "site-a.toml"))
+    err = " ".join(res.stderr.split())
+    assert res.returncode == 2, err
+    assert "volumes[0].interval: invalid duration 'ten'" in err
+    assert "volumes[0].initial_primary: 'site-z' is not a site" in err
+    assert "volumes[0].min_copies: 9 is more than the 3 data site(s)" in err

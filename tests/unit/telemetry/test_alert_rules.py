@@ -139,3 +139,14 @@ def test_dashboard_shape() -> None:
         assert 'site=~"$site"' in e, e
         if per_volume.search(e):
             assert 'volume=~"$volume"' in e, e
+
+
+def test_runbooks_name_the_templated_unit() -> None:
+    """The unit is ``replicad@SITE`` (config/systemd/replicad@.service): a runbook telling
+    ``systemctl status replicad`` points at a unit that does not exist."""
+    import re
+
+    text = (Path(__file__).resolve().parents[3] / "config" / "prometheus" / "alerts.yml").read_text()
+    wrong = re.findall(r"(?:systemctl \w+|journalctl -u) replicad(?!@)\b", text)
+    assert not wrong, wrong
+    assert "systemctl status replicad@{{ $labels.site }}" in text

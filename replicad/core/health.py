@@ -1,0 +1,72 @@
+"""Whether a site is degraded, and why: one pure reading of its status document, shared by
+``GET /v1/status`` (``degraded``, ``degraded_reasons``), ``/metrics``
+(``replicad_site_degraded``, ``replicad_site_degraded_reasons{reason}``) and ``replicad status``
+(its exit code and the sentences it prints), so the three never disagree."""
+
+from __future__ import annotations
+
+
+DEGRADED_REASONS = ("unsafe_unsigned", "no_leader", "no_quorum", "view_not_current", "member_unreachable",
+                    "repairs_pending", "restore_interrupted", "volume_error", "volume_suspect", "volume_resync",
+                    "role_unconfirmed", "replica_not_stored")
+"""Every ``reason`` code :func:`degraded_reasons` gives (``replicad_site_degraded_reasons{reason}``)."""
+
+
+def degraded_reasons(data: dict) -> list[dict]:
+    """Why the status document ``data`` (``GET /v1/status``, or :meth:`Status.report`) shows a
+    degraded site: a list of ``{"reason": code, "message": sentence, "volume"?: name,
+    "site"?: site id}`` (empty: healthy; codes in :data:`DEGRADED_REASONS`). Degraded means:
+    the site runs without identity; it knows no Raft leader or no quorum, or its view is not
+    current; a member is unreachable (``members``, else the Raft partners); chunks lost here
+    await repair; a restore was interrupted; or a volume's last step failed (``last_error``),
+    its newest committed snapshot is not its newest clean one (suspect: an incident), this
+    site is ``fenced``/``divergent`` for it, its role is not confirmed by a current Raft view,
+    or its last snapshot was not stored at a replica (``last_report.peers``; a straggler still
+    shipping is not counted). Pure; never raises on a partial document."""
+    out: list[dict] = []
+
+    def add(reason: str, message: str, **where: str) -> None:
+        out.append({"reason": reason, "message": message, **where})
+
+    raft = data.get("raft") or {}
+    if (data.get("identity") or {}).get("unsafe_unsigned"):
+        add("unsafe_unsigned", "this site runs without identity (identity.unsafe_unsigned): commands are not signed")
+    if raft.get("leader") is None:
+        add("no_leader", "no Raft leader")
+    if not raft.get("has_quorum"):
+        add("no_quorum", "no Raft quorum")
+    if raft.get("synced") is False:
+        add("view_not_current", "this site's Raft view is not current")
+    if data.get("members") is not None:
+        down = [str(m.get("site_id")) for m in data["members"] if not m.get("self") and not m.get("reachable")]
+    else:
+        names = data.get("raft_sites") or {}
+        down = [str(names.get(addr, addr)) for addr, up in sorted((raft.get("partners") or {}).items()) if not up]
+    for site in down:
+        add("member_unreachable", f"site {site} unreachable", site=site)
+    pending = (data.get("store") or {}).get("repairs_pending")
+    if pending:
+        add("repairs_pending", f"{pending} chunks lost here are being re-fetched from the other sites (new "
+                               "snapshots are refused here until then)")
+    for target in data.get("interrupted_restores") or []:
+        add("restore_interrupted", f"a restore into {target} was interrupted: that file is incomplete (restore "
+                                   "into it again with --overwrite if it is to be used)", target=str(target))
+    for name, v in sorted((data.get("volumes") or {}).items()):
+        if v.get("last_error"):
+            add("volume_error", f"{name}: last error: {v['last_error']}", volume=name)
+        if v.get("newest_committed") is not None and v.get("newest_committed") != v.get("newest_clean"):
+            add("volume_suspect", f"{name}: newest snapshot #{v['newest_committed']} is suspect (newest clean: "
+                                  f"{v.get('newest_clean') if v.get('newest_clean') is not None else 'none'})",
+                volume=name)
+        if v.get("role") in ("fenced", "divergent"):
+            add("volume_resync", f"{name}: this site is {v['role']} (resync pending)", volume=name)
+        if v.get("confirmed") is False:
+            seen = (f"Raft names {v['primary']} primary at epoch {v.get('epoch')} in this site's view"
+                    if v.get("primary") else "this site's view holds no Raft record of it yet")
+            add("role_unconfirmed", f"{name}: role {v.get('role')} is this site's belief, not confirmed by a "
+                                    f"current Raft view ({seen})", volume=name)
+        for peer, rep in sorted(((v.get("last_report") or {}).get("peers") or {}).items()):
+            if isinstance(rep, dict) and not rep.get("ok") and rep.get("error") != "straggler":
+                add("replica_not_stored", f"{name}: the last snapshot was not stored at {peer}: {rep.get('error')}: "
+                                          f"{rep.get('message', '')}".rstrip(": "), volume=name, site=str(peer))
+    return out
