@@ -9,6 +9,8 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)          # alert rule 
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)      # unit file verification
 command -v rsync >/dev/null 2>&1 || need+=(rsync)                  # the benchmark's peer tool
 command -v mkfs.xfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.xfs ] || need+=(xfsprogs)        # reflink source tests (loop XFS)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)          # status page test (real headless browser)
+command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)  # notification test
 command -v mkfs.btrfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.btrfs ] || need+=(btrfs-progs) # reflink source tests (loop btrfs)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then

@@ -3,6 +3,8 @@
 Routes (role needed in brackets; :mod:`replicad.ops.auth` holds the table, the OpenAPI 3
 document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — describes every one)::
 
+    GET    /                                    [viewer; Basic or Bearer] the status page: read-only HTML (issue 16,
+                                                 replicad.ops.statuspage)
     GET    /healthz                             [open] process is up
     GET    /readyz                              [open] store open, a leader and a quorum, view current (503
                                                  otherwise, e.g. a site cut off in a minority)
@@ -185,18 +187,21 @@ class _Guard:
         if (method, template) not in auth.ROUTE_ROLES:
             raise InternalError(f"admin route {method} {template} has no role in auth.ROUTE_ROLES")
         required = auth.ROUTE_ROLES[(method, template)]
+        basic = (method, template) in auth.BASIC_ROUTES  # the status page: a browser's Basic login too
 
         async def wrapped(request: web.Request) -> web.StreamResponse:
             principal: auth.Principal | None = None
             code: str | None = None
             try:
                 if required != auth.OPEN:
-                    principal = self.tokens().authenticate(request.headers.get("Authorization"))
+                    principal = self.tokens().authenticate(request.headers.get("Authorization"), allow_basic=basic)
                     request[PRINCIPAL_KEY] = principal
                     auth.authorize(principal, required, f"{method} {request.path}")
                 resp = await fn(request)
             except ReplicadError as err:
                 code, resp = err.code, _err(err)
+                if basic and isinstance(err, UnauthenticatedError):  # the status page: the browser asks
+                    resp.headers["WWW-Authenticate"] = auth.www_authenticate(err, basic=True)
             except Exception as err:  # noqa: BLE001 — never a traceback to an operator
                 log.exception("admin %s %s failed", request.method, request.path)
                 internal = InternalError(f"internal error: {err!r}")
@@ -315,6 +320,18 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         from replicad.ops.openapi import build_document
 
         return _ok(build_document())
+
+    async def status_page(request: web.Request) -> web.Response:
+        """The read-only HTML status page (issue 16; replicad.ops.statuspage)."""
+        import time
+
+        from replicad.ops import statuspage
+
+        data = site.status.report() | {"members": members(site)["members"]}
+        targets = {v.name: 3 * float(v.interval_s) for v in site.cfg.volumes}
+        page = statuspage.render(data, site.cluster.view(), [op.to_dict() for op in site.operations.list()],
+                                 targets, time.time())
+        return web.Response(text=page, content_type="text/html", charset="utf-8", headers=statuspage.HEADERS)
 
     async def status(request: web.Request) -> web.Response:
         return _ok(site.status.report() | {"members": members(site)["members"]})
@@ -639,6 +656,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
                     "chain": {"ok": ok, "n_records": n, "first_bad_seq": bad}})
 
     table: list[tuple[str, str, Handler]] = [
+        ("GET", "/", status_page),  # the status page (issue 16)
         ("GET", "/healthz", healthz), ("GET", "/readyz", readyz), ("GET", "/metrics", metrics),
         ("GET", "/v1/openapi.json", openapi_doc),
         ("GET", "/v1/status", status), ("GET", "/v1/volumes", volumes),

@@ -16,6 +16,9 @@ SHA-256 is enough because tokens are random (``generate_token``: 256 bits), not 
 * No or unknown token → :class:`~replicad.core.errors.UnauthenticatedError` (HTTP 401, with a
   ``WWW-Authenticate: Bearer`` header); role too low → :class:`ForbiddenError` (HTTP 403).
 * ``/healthz``, ``/readyz``, ``/metrics`` and ``/v1/openapi.json`` are open (no secrets).
+* The status page ``GET /`` (issue 16) needs role viewer like ``GET /v1/status``, and also
+  takes the token as the password of HTTP Basic authentication (any user name): a browser
+  asks for it when the answer is 401 with ``WWW-Authenticate: Basic`` (:data:`BASIC_ROUTES`).
 * **No token configured → the API is open** and every caller is ``anonymous`` with role
   ``admin``. Config validation allows this only when ``admin.listen`` is a loopback
   address (:func:`replicad.config.is_loopback_host`): then anyone with a shell on the host
@@ -26,6 +29,8 @@ Pure code: no I/O, no clock.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import secrets
@@ -49,6 +54,7 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("GET", "/metrics"): OPEN,
     ("GET", "/v1/openapi.json"): OPEN,
     ("GET", "/v1/status"): "viewer",
+    ("GET", "/"): "viewer",                        # the status page (issue 16): Basic or Bearer
     ("GET", "/v1/volumes"): "viewer",
     ("GET", "/v1/volumes/{volume}/snapshots"): "viewer",
     ("GET", "/v1/volumes/{volume}/retention"): "viewer",
@@ -79,6 +85,10 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("DELETE", "/v1/members/{site_id}"): "admin",
     ("POST", "/v1/membership"): "admin",
 }
+
+# Routes a browser opens itself: they also take the token as an HTTP Basic password (issue 16)
+BASIC_ROUTES: frozenset[tuple[str, str]] = frozenset({("GET", "/")})
+BASIC_REALM = "replicad status"
 
 
 @dataclass(frozen=True)
@@ -128,8 +138,10 @@ class TokenTable:
         """True when no token is configured: every caller is the anonymous admin."""
         return not self._tokens
 
-    def authenticate(self, authorization: str | None) -> Principal:
-        """The principal of an ``Authorization`` header value (``"Bearer <token>"``).
+    def authenticate(self, authorization: str | None, allow_basic: bool = False) -> Principal:
+        """The principal of an ``Authorization`` header value (``"Bearer <token>"``; with
+        ``allow_basic`` also ``"Basic base64(user:token)"``, the user name ignored: the status
+        page's browser login).
 
         Every configured hash is compared (``hmac.compare_digest``), matched or not.
 
@@ -144,6 +156,13 @@ class TokenTable:
                                        "--token-file)", reason="missing")
         scheme, _, token = authorization.strip().partition(" ")
         token = token.strip()
+        if allow_basic and scheme.lower() == "basic" and token:
+            try:  # issue 16: RFC 7617, user-id ":" password; the password is the token
+                token = base64.b64decode(token, validate=True).decode("utf-8").partition(":")[2].strip()
+            except (binascii.Error, ValueError):
+                raise UnauthenticatedError("the Basic credentials are not base64 of user:token",
+                                           reason="malformed") from None
+            scheme = "bearer"
         if scheme.lower() != "bearer" or not token:
             raise UnauthenticatedError("the Authorization header must be 'Bearer <token>'", reason="malformed")
         digest = hashlib.sha256(token.encode("utf-8")).digest()
@@ -166,8 +185,11 @@ def authorize(principal: Principal, required: str, what: str) -> None:
                              token=principal.name, role=principal.role, required_role=required)
 
 
-def www_authenticate(err: UnauthenticatedError) -> str:
-    """The ``WWW-Authenticate`` header of a 401 answer (RFC 6750 §3)."""
+def www_authenticate(err: UnauthenticatedError, basic: bool = False) -> str:
+    """The ``WWW-Authenticate`` header of a 401 answer (RFC 6750 §3; with ``basic``, the status
+    page's RFC 7617 challenge, so that a browser asks for the token)."""
+    if basic:
+        return f'Basic realm="{BASIC_REALM}", charset="UTF-8"'
     if err.evidence.get("reason") in ("unknown", "malformed"):
         return 'Bearer realm="replicad", error="invalid_token"'
     return 'Bearer realm="replicad"'

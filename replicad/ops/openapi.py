@@ -195,6 +195,9 @@ _BODIES: dict[str, dict] = {
 
 # operation id, method, path, summary, request body schema, {status: schema}, error statuses
 _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]]] = [
+    ("statusPage", "GET", "/", "The status page: read-only HTML for a browser (role viewer; the token also as "
+     "the password of HTTP Basic authentication, any user name; 401 answers carry WWW-Authenticate: Basic)",
+     None, {"200": "html"}, ()),
     ("healthz", "GET", "/healthz", "Process is up", None, {"200": "Health"}, ()),
     ("readyz", "GET", "/readyz", "Ready: the store is open, a Raft leader and a quorum are known and this site's "
      "view is current; 503 otherwise (why), e.g. a site cut off in a minority", None,
@@ -327,6 +330,8 @@ def build_document() -> dict:
         for status, schema in answers.items():
             if schema == "text":
                 op["responses"][status] = {"description": "ok", "content": {"text/plain": {"schema": _STR}}}
+            elif schema == "html":  # the status page (issue 16)
+                op["responses"][status] = {"description": "ok", "content": {"text/html": {"schema": _STR}}}
             else:
                 op["responses"][status] = {"description": "ok" if status < "300" else "see schema",
                                            "content": _json(_ref(schema))}
@@ -335,6 +340,8 @@ def build_document() -> dict:
             op["security"] = []
         else:
             codes |= {401, 403}
+        if (method, path) in auth.BASIC_ROUTES:  # the status page: a browser's Basic login too
+            op["security"] = [{"bearer": []}, {"basic": []}]
         for code in sorted(codes):
             op["responses"][str(code)] = {"description": _STATUS_TEXT[code], "content": _json(_ref("Error"))}
         paths.setdefault(path, {})[method.lower()] = op
@@ -349,7 +356,10 @@ def build_document() -> dict:
         "servers": [{"url": "http://127.0.0.1:7301"}],
         "components": {"schemas": schemas,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                                      "description": "a token of [[admin.tokens]]"}}},
+                                                      "description": "a token of [[admin.tokens]]"},
+                                           "basic": {"type": "http", "scheme": "basic", "description": (
+                                               "the status page only: any user name, a token of "
+                                               "[[admin.tokens]] as the password")}}},
         "security": [{"bearer": []}],
         "paths": paths,
     }

@@ -268,6 +268,8 @@ def test_live_answers_match_the_openapi_document(cluster: LocalCluster, tmp_path
     # (documented path, method, actual path, body, token) — a valid and an invalid request each;
     # order matters: demote then a forced promote back to site-a come last.
     cases: list[tuple[str, str, str, Any, str]] = [
+        ("/", "GET", "/", None, VIEWER),  # the status page (issue 16)
+        ("/", "GET", "/", None, NO_TOKEN),  # the status page without a token: 401
         ("/healthz", "GET", "/healthz", None, NO_TOKEN),
         ("/readyz", "GET", "/readyz", None, NO_TOKEN),
         ("/metrics", "GET", "/metrics", None, NO_TOKEN),
@@ -359,7 +361,8 @@ def test_live_answers_match_the_openapi_document(cluster: LocalCluster, tmp_path
         assert str(status) in responses, (method, path, status, answer)
         validator = _validator(doc, responses[str(status)])
         if validator is None:
-            assert isinstance(answer, str) and headers["Content-Type"].startswith("text/plain")
+            assert isinstance(answer, str) and headers["Content-Type"].startswith(
+                "text/html" if documented == "/" else "text/plain")  # the status page is HTML
         else:
             errors = sorted(validator.iter_errors(answer), key=str)
             assert not errors, (method, path, status, [e.message for e in errors[:3]])

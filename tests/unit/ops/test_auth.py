@@ -83,6 +83,24 @@ def test_access_errors_round_trip_through_json() -> None:
         assert type(err) is cls and err.http_status == status and err.exit_code == 8
 
 
+def test_status_page_takes_the_token_as_basic_password_and_api_routes_do_not(table: auth.TokenTable) -> None:
+    import base64  # issue 16: the status page's browser login
+
+    basic = "Basic " + base64.b64encode(f"anyone:{VIEW}".encode()).decode()
+    assert table.authenticate(basic, allow_basic=True) == auth.Principal("ann", "viewer")
+    with pytest.raises(UnauthenticatedError) as err:  # the API itself stays bearer-only
+        table.authenticate(basic)
+    assert err.value.evidence["reason"] == "malformed"
+    with pytest.raises(UnauthenticatedError) as err:
+        table.authenticate("Basic " + base64.b64encode(b"anyone:wrong-token-0123456789abc").decode(), allow_basic=True)
+    assert err.value.evidence["reason"] == "unknown"
+    with pytest.raises(UnauthenticatedError) as err:
+        table.authenticate("Basic !!!", allow_basic=True)
+    assert err.value.evidence["reason"] == "malformed"
+    assert auth.ROUTE_ROLES[("GET", "/")] == "viewer" and auth.BASIC_ROUTES == {("GET", "/")}
+    assert auth.www_authenticate(err.value, basic=True).startswith('Basic realm="replicad status"')
+
+
 def test_route_table_roles_follow_the_policy() -> None:
     roles = auth.ROUTE_ROLES
     assert all(role == "viewer" for (method, path), role in roles.items()
