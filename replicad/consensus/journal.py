@@ -10,7 +10,10 @@ What the file may look like after a fault, and what opening it does (issue 13):
 
 * **A torn tail** (a crash or a full disk during an append: a bad record followed by no valid
   record): that append never returned, so it was never acknowledged. It is dropped, logged,
-  and its bytes are kept aside in ``<journal>.torn-<offset>`` for forensics.
+  and its bytes are kept aside in ``<journal>.torn-<offset>`` for forensics. If the bad
+  record is *complete* (its length fits the file; only its CRC fails) it may be a damaged
+  entry this node acknowledged: the node then rejoins as below (votes for nobody until it
+  caught up with a leader), since with one more site down the other two may both lack it.
 * **Damage before the tail** (a bad record followed by valid ones: a flipped bit, a lost
   sector): dropping the tail there would drop acknowledged entries. Opening raises
   :class:`~replicad.core.errors.JournalDamagedError` naming the file and offset, and changes
@@ -253,6 +256,18 @@ class DurableJournal(Journal):
             if complete else "an incomplete record: an append cut by a crash or a full disk, never acknowledged",
             aside)
         self._guarded(lambda: _truncate_synced(self._path, offset), "cutting the torn tail")
+        if complete and "rejoin" not in self._meta:
+            # A complete record may be an entry this node acknowledged (damage, not a cut
+            # append). With one more site down, the two left may both lack it: this node must
+            # not vote until a leader's commit index shows what the majority holds
+            # (chaos/raftjepsen.py, fault journal-tail-minority, lost an acknowledged entry).
+            last_idx = self._entries[-1][1] if self._entries else 0
+            self._meta["rejoin"] = {"reason": f"damaged last record after idx {last_idx}",
+                                    "commit_index": max(self._meta.get("raftCommitIndex", 0), last_idx + 1),
+                                    "since_ns": time.time_ns()}
+            log.warning("raft journal %s: the dropped record may have been acknowledged: rejoining as a follower "
+                        "that votes for nobody until it has caught up with a leader", self._path)
+            self._store_meta()
 
     # -- failures
     def _guarded(self, action: Any, what: str, **evidence: Any) -> Any:
