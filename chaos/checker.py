@@ -41,6 +41,11 @@ Invariants:
   verifies.
 * ``no_election_storm``: while an fsync is slowed (``slow_fsync`` .. ``fast_fsync`` + 15 s),
   no healthy site sees more than the fault's ``max_terms`` leader changes or term increases.
+* ``typed_refusal``: a site refused to start only with a typed damage error (no traceback)
+  where its Raft-storage fault calls for one, never started on storage that must be refused,
+  and the sites answering at the end are a majority (:func:`check_typed_refusal`).
+* ``leader_after_faults``: once the faults stopped and every site answers, a majority
+  agrees on one Raft leader within 20 election timeouts (:func:`check_leader_after_faults`).
 * ``lock_window``: with a ``retention_policy`` recorded, no snapshot leaves the catalog
   before ``lock_s`` has passed since it was asked for, by the campaign's own clock (the
   clock of the majority of sites in the clock scenarios).
@@ -588,9 +593,34 @@ def check_lock_window(events: list[dict]) -> list[Violation]:
     return out
 
 
+def check_typed_refusal(events: list[dict]) -> list[Violation]:
+    """A site refused to start only with a typed damage error where its fault calls for one
+    (:func:`chaos.raftdisk.refusal_problems`); and sites that answered at the end (final
+    catalogs) are a majority: a site that refused on purpose and stayed down is absent, not
+    a loss, but the others must hold everything (``no_committed_loss``)."""
+    from .raftdisk import refusal_problems
+    out = [Violation("typed_refusal", x) for x in refusal_problems(events, "site")]
+    setup = _setup(events)
+    finals = _final_catalogs(events)
+    n = len(setup.get("sites") or [])
+    if finals and n and len(finals) <= n // 2:
+        out.append(Violation("typed_refusal", f"only {sorted(finals)} answered at the end, not a majority of {n}"))
+    return out
+
+
+def check_leader_after_faults(events: list[dict]) -> list[Violation]:
+    """Once faults stopped and every site answers, a majority names one Raft leader within
+    ``bound_s`` (``leader_after_faults``, recorded by :func:`chaos.scenarios.time_leader`)."""
+    return [Violation("leader_after_faults", f"no Raft leader agreed by a majority within {e['bound_s']:.0f}s "
+                                             f"once faults stopped (elapsed {e['elapsed_s']:.1f}s, leader "
+                                             f"{e.get('leader')})", [e])
+            for e in events if e.get("op") == "leader_after_faults"
+            and (e.get("leader") is None or e["elapsed_s"] > e["bound_s"])]
+
+
 CHECKS = (check_restorable, check_one_primary, check_monotonic, check_stale_primary, check_promotions, check_fencing, check_no_loss,
           check_convergence, check_rpo, check_expectations, check_promotion_image, check_store_audit,
-          check_election_storm, check_lock_window)
+          check_election_storm, check_lock_window, check_typed_refusal, check_leader_after_faults)
 
 
 def check(events: list[dict[str, Any]]) -> list[Violation]:

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from replicad.core.errors import ReplicadError
 
+from . import raftfaults
 from .harness import VOLUME, Cluster, History
 from .nemesis import Nemesis
 from .workload import Workload
@@ -95,10 +96,47 @@ def _converged(c: Cluster) -> str | None:
     return None
 
 
+LEADER_BOUND_S = 20 * 1.4
+"""``leader_after_faults``: 20 election timeouts (pysyncobj ``raftMaxTimeout`` 1.4 s), counted
+from the moment every site's daemon answers again after the heal (a restarted daemon needs
+a few seconds to start; that is not the election's time)."""
+
+
+def time_leader(ctx: Ctx, timeout_s: float = 90.0) -> None:
+    """Once faults stopped: wait (bounded) until every site answers, then time until a
+    majority of sites name one Raft leader. Records ``leader_after_faults`` {elapsed_s,
+    bound_s, leader, answering_s}."""
+    c, h = ctx.cluster, ctx.history
+    t0 = time.monotonic()
+    answering = None
+    while time.monotonic() - t0 < timeout_s:
+        named = []
+        for sid in c.sites:
+            try:
+                st = c.status(sid, timeout_s=2)
+            except ReplicadError:
+                named.append(False)
+                continue
+            named.append(st["raft_sites"].get(st["raft"].get("leader")))
+        if answering is None and all(x is not False for x in named):
+            answering = time.monotonic()
+        if answering is not None:
+            lead = next((x for x in named if x and named.count(x) > len(named) // 2), None)
+            if lead:
+                h.record("info", "leader_after_faults", leader=lead, elapsed_s=time.monotonic() - answering,
+                         bound_s=LEADER_BOUND_S, answering_s=answering - t0)
+                return
+        time.sleep(0.2)
+    h.record("info", "leader_after_faults", leader=None, elapsed_s=time.monotonic() - (answering or t0),
+             bound_s=LEADER_BOUND_S, answering_s=None if answering is None else answering - t0)
+
+
 def finish(ctx: Ctx, bound_s: float = CONVERGE_BOUND_S) -> None:
     """Heal, converge (bounded), record the final state and restore everything for the checker."""
     c, h, w = ctx.cluster, ctx.history, ctx.workload
     ctx.nemesis.heal_all()
+    h.record("info", "faults_stopped")
+    time_leader(ctx)
     t0 = time.monotonic()
     try:
         c.wait_ready(bound_s)
@@ -1186,6 +1224,13 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
                       "the clean image; taint; forced promotion restores the clean snapshot"),
     Scenario("clock-step", clock_step, prepare=_prepare_clock,
              expected="epochs and commits unaffected; nothing pruned inside the lock window by majority clocks"),
+    Scenario("raft-journal-damage", raftfaults.raft_journal_damage,
+             expected="one flipped bit in a replica's journal/meta with one more site down: a typed refusal "
+                      "(header, middle record, meta) or a start that votes for nobody until caught up (tail); "
+                      "the runbook brings it back; no acknowledged commit lost"),
+    Scenario("raft-leader-full", raftfaults.raft_leader_full, prepare=raftfaults._prepare_raft_tmpfs,
+             expected="the Raft leader's disk full (short write then ENOSPC, or strace ENOSPC): it steps down, "
+                      "the others commit, its journal reopens whole; nothing acknowledged lost"),
 )}
 
 
