@@ -587,9 +587,13 @@ def check(events: list[dict], applied: dict[str, list[dict]]) -> list[Violation]
         if e["type"] == "ok" and op_id not in at:
             out.append(Violation("acknowledged_in_final", f"{op_id} acknowledged by {e['node']} at t={e['t']:.2f} "
                                                           "is in no node's log"))
-        elif e["type"] == "ok" and not in_final.get(op_id):
-            out.append(Violation("acknowledged_in_final", f"{op_id} acknowledged by {e['node']} at t={e['t']:.2f} "
-                                                          "was applied, then rewritten: in no node's final log"))
+        elif e["type"] == "ok":
+            rewritten = sorted(s for s, mine in final_logs.items() if mine.get(at[op_id], op_id) != op_id)
+            if rewritten or not in_final.get(op_id):
+                out.append(Violation("acknowledged_in_final", f"{op_id} acknowledged by {e['node']} at "
+                                                              f"t={e['t']:.2f} was applied at {at[op_id]}, then "
+                                                              f"rewritten: another command there in the final log "
+                                                              f"of {rewritten or 'every node'}"))
         if e["type"] == "fail" and op_id in at:
             out.append(Violation("failed_not_committed", f"{op_id} answered {e.get('error')} (a definite failure) "
                                                          f"but is in the log at {at[op_id]}"))
