@@ -536,14 +536,96 @@ def _render_admin_audit(data: dict) -> None:
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
-    """Recovery drill as an operation with a progress bar."""
+    """Recovery drill as an operation with a progress bar; writes the site's signed HTML drill
+    report (issue 16) to ``--report`` (default ``drill-VOLUME-SEQ-UTC.html`` here; never over an
+    existing file). Exit 0 when the drill passed, 1 (tool) when a check failed (the report says
+    which), the error's code when the restore itself failed (no report)."""
+    import datetime
+
+    from replicad.core.errors import ToolError
+
     body = {"sandbox": str(Path(args.sandbox).absolute()), "seq": args.seq, "keep": args.keep}
     op = api(args, "POST", f"/v1/volumes/{args.volume}/drill", body)
     result = _follow(args, op, f"drill {args.volume}")
+    html_text = result.pop("html", None)
+    if html_text is not None:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        out = Path(args.report or f"drill-{args.volume}-{result['seq']}-{stamp}.html")
+        try:
+            with open(out, "x", encoding="utf-8") as f:  # "x": an earlier report is never overwritten
+                f.write(html_text)
+        except FileExistsError:
+            raise UsageError(f"{out} exists: a drill report is never overwritten (the site keeps a copy at "
+                             f"{result.get('report_path')})", path=str(out)) from None
+        except OSError as err:
+            raise from_os_error(err, f"writing the drill report {out}") from None
+        result["report_file"] = str(out)
+    report = result.get("report") or {}
+
+    def render(r: dict) -> None:
+        fsck, app = report.get("fsck") or {}, report.get("application_check") or {}
+        word = "[green]PASSED[/green]" if r.get("outcome", "passed") == "passed" else "[red]FAILED[/red]"
+        console.print(f"drill {r['volume']}#{r['seq']} ({r.get('verdict')}): {word}: restored and root verified "
+                      f"{r['root'][:16]}…: RTO {r.get('rto_s', r['seconds']):.2f}s, {r['blocks_written']} blocks "
+                      "written; " + (f"image kept at {r['target']}" if r.get("kept") else "image deleted"))
+        if report:
+            rpo = (report.get("rpo") or {}).get("measured_s")
+            console.print(f"  RPO {rpo if rpo is not None else '-'} s (target {report['rpo'].get('target_s')} s); "
+                          "file-system check: " + ("passed" if fsck.get("ok") else f"not checked ({fsck.get('reason')})"
+                                                    if not fsck.get("checked") else f"FAILED ({fsck.get('reason')})")
+                          + "; application check: " + ("passed" if app.get("ok") else "not configured"
+                                                       if not app.get("configured") else f"FAILED ({app.get('reason')})"),
+                          markup=False, soft_wrap=True)
+        if r.get("report_file"):
+            console.print(f"  report: {r['report_file']} ("
+                          + ("signed by " + str(r.get("report", {}).get("site_id")) if r.get("signature")
+                             else "UNSIGNED: the site runs without identity") + f"; the site keeps a copy at "
+                          f"{r.get('report_path')})", markup=False, soft_wrap=True)
+
+    _print(args, result, render)
+    if result.get("outcome") == "failed":
+        raise ToolError(f"drill of {args.volume}#{result['seq']} FAILED its checks (see the report)",
+                        volume=args.volume, seq=result["seq"], report=result.get("report_file"))
+    return 0
+
+
+def cmd_drill_verify(args: argparse.Namespace) -> int:
+    """``replicad drill verify REPORT``: check a drill report's signature against the key the
+    cluster pins for the site it names (``--config`` a site config of the cluster, or ``--key``)
+    and that the file is exactly the rendering of its signed data. Exit 0 when it holds, 5
+    (integrity) when it does not, 3 when the file is missing, 2 when it is no drill report."""
+    from replicad.core import drillreport, identity
+
+    path = Path(args.report_file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NotFoundError(f"no drill report at {path}", file=str(path)) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read {path} as a drill report: {err}", file=str(path)) from None
+    report, _ = drillreport.read_html(text)
+    cluster_id = None
+    if args.key:
+        try:
+            pinned = {report.get("site_id"): [identity.parse_public_key(k) for k in args.key]}
+        except ValueError as err:
+            raise UsageError(f"--key: {err}", field="key") from None
+    elif getattr(args, "site_config", None):
+        from replicad.config import load_config
+
+        cfg = load_config(Path(args.site_config))
+        pinned, cluster_id = dict(cfg.trust().keys or {}), cfg.cluster_id
+    else:
+        raise UsageError("replicad drill verify needs the pinned keys: --config SITE.toml (any site config of the "
+                         "cluster) or --key ed25519:... (the drilling site's public key)")
+    checked = drillreport.verify_html(text, pinned, cluster_id)
+    result = {"file": str(path), "valid": True, "site_id": checked["site_id"], "cluster_id": checked["cluster_id"],
+              "volume": checked["volume"], "seq": checked["snapshot"]["seq"], "outcome": checked["outcome"],
+              "started_at": checked["started_at"], "ran_by": checked["ran_by"]}
     _print(args, result, lambda r: console.print(
-        f"drill {r['volume']}#{r['seq']} ({r.get('verdict')}): restored and root verified "
-        f"{r['root'][:16]}…: RTO {r.get('rto_s', r['seconds']):.2f}s, {r['blocks_written']} blocks written; "
-        + (f"image kept at {r['target']}" if r.get("kept") else "image deleted")))
+        f"{r['file']}: signature valid (site {r['site_id']}, cluster {r['cluster_id']}): drill of "
+        f"{r['volume']}#{r['seq']} {r['outcome'].upper()} at {r['started_at']} by token {r['ran_by'].get('token')}",
+        markup=False, soft_wrap=True))
     return 0
 
 
@@ -845,7 +927,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sandbox", required=True, help="directory on the site where the drill image is written")
     p.add_argument("--snapshot", type=int, dest="seq", help="snapshot seq (default: the newest clean)")
     p.add_argument("--keep", action="store_true", help="keep the restored image")
+    p.add_argument("--report", help="where to write the signed HTML drill report (default "
+                                    "drill-VOLUME-SEQ-UTC.html here); 'replicad drill verify FILE' checks it")
     p.set_defaults(fn=cmd_drill)
+    # "replicad drill verify FILE" is parsed as drill-verify (see the argv rewrite below)
+    p = sub.add_parser("drill-verify", help=argparse.SUPPRESS, parents=[common], allow_abbrev=False,
+                       description="check a drill report's signature against the pinned key (drill evidence)")
+    p.add_argument("report_file", metavar="REPORT")
+    p.add_argument("--key", action="append", help="the drilling site's public key ed25519:... (instead of --config)")
+    p.set_defaults(fn=cmd_drill_verify)
     p = command("members", help="the sites of the Raft group and whether this site reaches them")
     p.set_defaults(fn=lambda a: _print(a, api(a, "GET", "/v1/members"), _render_members))
     members_sub = p.add_subparsers(dest="members_command")
@@ -911,6 +1001,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generate", action="store_true", help="make a new random token and print it with its hash")
     p.set_defaults(fn=cmd_hash_token)
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "drill" in argv and argv[argv.index("drill") + 1:argv.index("drill") + 2] == ["verify"]:
+        i = argv.index("drill")  # replicad drill verify REPORT: the drill report check
+        argv[i:i + 2] = ["drill-verify"]
     args = parser.parse_args(argv)
     as_json = bool(getattr(args, "json", False))
     try:

@@ -85,6 +85,7 @@ __all__ = [
     "FloorConfig",
     "SourceConfig",
     "AnomalyConfig",
+    "DrillConfig",
     "VolumeConfig",
     "TlsConfig",
     "AdminToken",
@@ -459,6 +460,24 @@ class AnomalyConfig(BaseModel):
     factor: Number = Field(4.0, ge=1.0)
 
 
+class DrillConfig(BaseModel):
+    """What a recovery drill checks on the restored image (``[volumes.drill]``; issue 16).
+
+    ``check`` (optional): the application check, an argv list run without a shell once the
+    drill image is restored and its root verified; ``{image}`` in an argument is replaced by
+    the image's path (also given as ``$REPLICAD_DRILL_IMAGE``, with ``$REPLICAD_DRILL_VOLUME``
+    and ``$REPLICAD_DRILL_SEQ``). Exit 0 passes. It runs as the daemon's user, with
+    ``check_timeout`` (default ``"10m"``; then it is killed and the check fails).
+    ``fsck_timeout`` (default ``"10m"``) bounds ``e2fsck -fn`` on an image that holds ext2/3/4.
+    """
+
+    model_config = _FROZEN
+
+    check: Command = ()
+    check_timeout_s: DurationS = Field(600.0, alias="check_timeout", gt=0)
+    fsck_timeout_s: DurationS = Field(600.0, alias="fsck_timeout", gt=0)
+
+
 class VolumeConfig(BaseModel):
     """One protected volume (``[[volumes]]``).
 
@@ -483,6 +502,7 @@ class VolumeConfig(BaseModel):
     source: SourceConfig = SourceConfig()
     retention: RetentionConfig = RetentionConfig()
     anomaly: AnomalyConfig = AnomalyConfig()
+    drill: DrillConfig = DrillConfig()
 
     @field_validator("path", mode="after")
     @classmethod

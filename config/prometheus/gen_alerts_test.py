@@ -257,6 +257,16 @@ case("reflink source tracking lost for 15m, and a verifier mismatch",
        [exp("ReplicadSourceVerifyMismatch", {"site": "site-a", "volume": "ehr"})]),
       ("70m", "ReplicadSourceVerifyMismatch", [])])
 
+# issue 16: drill evidence. promtool's time() starts at 0: a drill 34.95 days before the start is
+# -3020000; it is 35 days old (3024000 s) at about 67m, and the alert fires an hour later.
+case("drills stop: the newest passed drill at any site older than 35 days; a new drill clears it",
+     [('replicad_drill_last_success_timestamp_seconds{site="site-a", volume="ehr"}', "-3020000x150"),
+      ('replicad_drill_last_success_timestamp_seconds{site="site-b", volume="ehr"}', "-3100000x150"),
+      ('replicad_drill_last_success_timestamp_seconds{site="site-a", volume="pacs"}', "-3020000x30 1800x120"),
+      ('replicad_drill_last_success_timestamp_seconds{site="site-b", volume="pacs"}', "-3100000x150")],
+     [("60m", "ReplicadDrillOverdue", []), ("100m", "ReplicadDrillOverdue", []),
+      ("130m", "ReplicadDrillOverdue", [exp("ReplicadDrillOverdue", {"volume": "ehr"})])])
+
 
 def document() -> str:
     covered = {c["alertname"] for t in TESTS for c in t["alert_rule_test"]}

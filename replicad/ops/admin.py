@@ -17,7 +17,8 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
     POST   /v1/volumes/{volume}/readopt         [admin] {"incarnation": str?, "epoch": int?, "seq": int?}: make a
                                                  snapshot of a previous cluster incarnation the next one (primary)
     POST   /v1/volumes/{volume}/verify          [operator] {"seq": int?}: re-read every chunk, heal from holders
-    POST   /v1/volumes/{volume}/drill           [operator] {"sandbox": dir, "seq": int?, "keep": bool?}: 202 + operation
+    POST   /v1/volumes/{volume}/drill           [operator] {"sandbox": dir, "seq": int?, "keep": bool?}: 202 + operation;
+                                                 its result carries the signed drill report (site.drills)
     POST   /v1/volumes/{volume}/restore         [operator; admin with overwrite] {"target": path, "seq": int?,
                                                  "last_clean": bool?, "overwrite": bool?, "wait": bool?}
     GET    /v1/operations/{op_id}               [viewer] state, phase, progress (blocks), result or error
@@ -394,8 +395,10 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         seq, keep = _opt_int(body, "seq"), _opt_bool(body, "keep")
         site.cluster.volume_state(name) or _raise_not_found(name)
         runner_of(site.runners, name, site.site_id)
+        principal = request.get(PRINCIPAL_KEY)  # who ran the drill, for its signed report (site.drills)
+        who = (principal.name, principal.role) if principal else (auth.ANONYMOUS, "admin")
         op = site.operations.start_operation(
-            "drill", name, lambda op: site.recovery.drill(name, seq, Path(sandbox), keep, op=op))
+            "drill", name, lambda op: site.drills.run(name, seq, Path(sandbox), keep, who=who, op=op))
         return _ok(op.to_dict(), status=202)
 
     async def promote(request: web.Request) -> web.Response:

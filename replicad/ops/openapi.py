@@ -125,7 +125,10 @@ SCHEMAS: dict[str, dict] = {
     "DemoteResult": _object({"volume": _STR, "epoch": _NINT}),
     "RestoreResult": _object({"volume": _STR, "seq": _INT, "verdict": _STR, "target": _STR, "root": _STR,
                               "verified": {"const": True}, "blocks_written": _INT, "bytes_written": _INT,
-                              "seconds": _NUM}, {"drill": _BOOL, "kept": _BOOL, "rto_s": _NUM, "phases": _OBJ}),
+                              "seconds": _NUM}, {"drill": _BOOL, "kept": _BOOL, "rto_s": _NUM, "phases": _OBJ,
+                                                 # a drill's evidence (issue 16, site/drills.py)
+                                                 "outcome": {"enum": ["passed", "failed"]}, "report": _OBJ,
+                                                 "signature": _NSTR, "html": _STR, "report_path": _STR}),
     "Operation": _object({"id": _STR, "kind": _STR, "volume": _STR,
                           "state": {"enum": ["running", "done", "failed", "cancelled"]}, "phase": _STR,
                           "done_blocks": _INT, "total_blocks": _INT,

@@ -8,7 +8,7 @@ only what it needs:
 * :mod:`~replicad.site.receiver` — the peer API's hooks: fencing, write-once records, peer audit;
 * :mod:`~replicad.site.promotion` — takeover, fencing, promote, demote;
 * :mod:`~replicad.site.volumes` — the per-volume loop (one :class:`~replicad.site.runner.VolumeRunner` each);
-* :mod:`~replicad.site.recovery` — restore and drill; :mod:`~replicad.site.scrub` — verify, repair;
+* :mod:`~replicad.site.recovery` — restore and drill (:mod:`~replicad.site.drills`: its checks and signed report); :mod:`~replicad.site.scrub` — verify, repair;
 * :mod:`~replicad.site.housekeeping` — retention, prune, verdicts, GC;
 * :mod:`~replicad.site.status`, :mod:`~replicad.site.operations`, :mod:`~replicad.site.reload`.
 
@@ -66,6 +66,7 @@ from replicad.site.operations import Operations
 from replicad.site.promotion import Promotion
 from replicad.site.pull import Pull
 from replicad.site.receiver import Receiver
+from replicad.site.drills import Drills
 from replicad.site.recovery import Recovery, recover_restores
 from replicad.site.replication import Replication
 from replicad.site.runner import VolumeRunner
@@ -100,7 +101,7 @@ class SiteDaemon:
     ``await stop()`` cleans up.
 
     The rooms (``cluster``, ``pull``, ``replication``, ``receiver``, ``promotion``, ``volumes``,
-    ``recovery``, ``scrub``, ``housekeeping``, ``status``) exist once :meth:`start` opened
+    ``recovery``, ``drills``, ``scrub``, ``housekeeping``, ``status``) exist once :meth:`start` opened
     what they use; ``operations`` and ``metrics`` from construction.
 
     Args:
@@ -114,6 +115,7 @@ class SiteDaemon:
     promotion: Promotion
     volumes: VolumeLoop
     recovery: Recovery
+    drills: Drills
     scrub: Scrub
     standby: StandbyCheck
     housekeeping: Housekeeping
@@ -270,6 +272,7 @@ class SiteDaemon:
         self.volumes.background = self._background
         self.recovery = Recovery(cluster, lambda: self.cfg, self.data_dir, store, catalog, runners, self.pull,
                                  self.interrupted_restores)
+        self.drills = Drills(cluster, lambda: self.cfg, self.data_dir, self.recovery, self._signer, self.metrics)
         self.standby = StandbyCheck(cluster, store, catalog, runners, self.pull, lambda: self.cfg.scrub, self.metrics)
         self.scrub = Scrub(cluster, store, runners, self.pull, self.metrics, self.standby)
         self.receiver = Receiver(cluster, store, catalog, self.metrics, AuditLog(self.data_dir / "peer-audit.jsonl"),

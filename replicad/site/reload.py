@@ -17,7 +17,7 @@ log = logging.getLogger("replicad.site.reload")
 # Fields a SIGHUP may change; anything else needs a restart (identity, addresses, storage,
 # membership, volume geometry, Raft-agreed settings).
 RELOADABLE_SITE_FIELDS = frozenset({"log_level", "volumes", "admin_tokens", "scrub"})  # tokens: revocation
-RELOADABLE_VOLUME_FIELDS = frozenset({"interval_s", "apply_delay_s", "anomaly", "source", "standby"})
+RELOADABLE_VOLUME_FIELDS = frozenset({"interval_s", "apply_delay_s", "anomaly", "source", "standby", "drill"})
 
 
 def reload_plan(old: SiteConfig, new: SiteConfig) -> tuple[list[str], list[str]]:

@@ -122,6 +122,12 @@ replicad_anomaly_judged_total                               volume, verdict    e
                                                                                judged itself (issue 14)
 replicad_anomaly_judged_changed_bytes_total                 volume             event: changed bytes judged
 replicad_anomaly_judge_cpu_seconds_total                    volume             event: CPU of the judge
+replicad_drill_last_success_timestamp_seconds               volume             event (drills, issue 16):
+                                                                               newest passed drill here
+                                                                               (0: never; kept across
+                                                                               restarts)
+replicad_drill_runs_total                                   volume, outcome    event: drills (passed |
+                                                                               failed)
 replicad_anomaly_verdict_disagreements                      volume             event gauge: snapshots whose
                                                                                sites' verdicts disagree
 replicad_restore_skipped_total                              volume             clean snapshots a takeover
@@ -623,6 +629,13 @@ class SiteMetrics:
         self.disagreements = Gauge("replicad_anomaly_verdict_disagreements", "Committed snapshots on which the "
                                    "sites' verdicts disagree (one site is wrong, broken or lying)",
                                    ["site", "volume"], registry=self.registry)
+        # issue 16: drill evidence (site/drills.py); 0 = no passed drill at this site
+        self.drill_last_success = Gauge("replicad_drill_last_success_timestamp_seconds",
+                                        "Unix time of the newest passed recovery drill of the volume at this site "
+                                        "(0: none; kept across restarts)", ["site", "volume"],
+                                        registry=self.registry)
+        self.drill_runs = Counter("replicad_drill_runs_total", "Recovery drills run at this site, by outcome "
+                                  "(passed | failed)", ["site", "volume", "outcome"], registry=self.registry)
         self.collector = StateCollector(site_id, status_fn, state_fn=state_fn, data_dir=data_dir,
                                         volume_intervals_s=volume_intervals_s, clock_ns=clock_ns)
         self.registry.register(self.collector)
@@ -646,6 +659,9 @@ class SiteMetrics:
             self.judged_bytes.labels(site_id, volume)
             self.judge_cpu.labels(site_id, volume)
             self.disagreements.labels(site_id, volume).set(0)
+            self.drill_last_success.labels(site_id, volume).set(0)  # drill evidence: none yet
+            for outcome in ("passed", "failed"):  # drill outcomes
+                self.drill_runs.labels(site_id, volume, outcome)
         for reason in PEER_REFUSAL_REASONS:
             self.peer_refusals.labels(site_id, reason)
 
@@ -679,6 +695,15 @@ class SiteMetrics:
     def set_disagreements(self, volume: str, count: int) -> None:
         """Set ``replicad_anomaly_verdict_disagreements`` of ``volume``."""
         self.disagreements.labels(self.site_id, volume).set(count)
+
+    def drill_finished(self, volume: str, passed: bool, at_s: float, *, count: bool = True) -> None:
+        """Record one drill of ``volume`` (issue 16): counted by outcome (unless ``count`` is
+        false: the last success read back at start), and a passed one at unix time ``at_s``
+        sets ``replicad_drill_last_success_timestamp_seconds``."""
+        if count:
+            self.drill_runs.labels(self.site_id, volume, "passed" if passed else "failed").inc()
+        if passed:
+            self.drill_last_success.labels(self.site_id, volume).set(at_s)
 
     def restore_skipped(self, volume: str) -> None:
         """Count one snapshot a takeover skipped as unrestorable (``replicad_restore_skipped_total``)."""
