@@ -46,6 +46,19 @@ stricter, :func:`stricter`):
   whole block lost its compressibility (lz4 ratio from <= 0.85 to >= 0.95 with +1 bit/byte).
   A block counts once whatever the number of its sub-blocks that turned random, so header-only
   encryption (the first 4 KiB of each 64 KiB) counts every block it touched;
+* per changed block, the *repeat structure* of its novel bytes (:func:`novel_repeats`): a data
+  sub-block (entropy 0.5-7.2 before) whose old content repeated itself (>= 20 % of its non-zero
+  4-grams repeat: what lz4 matches) and whose novel bytes repeat no more than independent bytes
+  with their own histogram would (within 3 %, where chance predicts <= 25 % repeats) *lost its
+  structure*. That is what ciphertext cannot hide in any symbol-by-symbol encoding: hex,
+  base32, base64, 7-bit, an alphabet and histogram copied from the old data, interleaved or
+  striped with the old bytes (only the bytes that changed are judged). Entropy says nothing
+  there (hex of ciphertext: 4.0 bits/byte, below the text it replaces). Compressed or encoded
+  random data written over freed structured data (gzip over old logs, a base64 attachment
+  over an old text mail, a UUID list over text) looks the same per block and counts too;
+  the same over compressed or encoded data, or over zeros, does not. Encodings at <= ~3
+  bits/byte (octal, binary, a histogram dominated by zeros) repeat 4-grams by chance and are
+  not seen;
 * blocks that were random before and are random after (JPEG, DICOM, archives rewritten) and
   blocks written where there were zeros (imports into free space) do not count;
 * a well-known magic number (file or file-system header) at the start of a sub-block that
@@ -63,12 +76,21 @@ file system's superblock was, or ``wipe_max`` of the data became zero, or the vo
 The baseline is the median of the site's own scores of *confirmed* history, capped at
 ``baseline_cap``: an attack spread over many snapshots cannot raise it.
 
+``change_max`` (share of the data changed in one snapshot) applies in ``encrypted`` mode only:
+in ``content`` mode benign whole-volume rewrites (``VACUUM FULL``, ``pgbench -i``, a restored
+database dump, ``e4defrag``) change more than half the data and would raise sticky false
+alarms, while the content signals above judge what the rewrite wrote, encoded or not.
+
 Sources: Shannon entropy (Shannon 1948, "A Mathematical Theory of Communication"); Pearson's
 chi-square goodness-of-fit statistic against the uniform byte distribution (Pearson 1900;
 its use to tell ciphertext from compressed data: Davies, Macfarlane, Buchanan, "Differential
 Area Analysis for Ransomware Attack Detection within Mixed File Datasets", Computers &
 Security 108, 2021); change of file-type magic and of entropy between versions as ransomware
-indicators: Scaife, Carter, Traynor, Butler, "CryptoLock (and Drop It)", ICDCS 2016. The
+indicators: Scaife, Carter, Traynor, Butler, "CryptoLock (and Drop It)", ICDCS 2016; repeated
+substrings as what a dictionary compressor exploits: Ziv, Lempel, "A Universal Algorithm for
+Sequential Data Compression", IEEE Trans. Inf. Theory 23(3), 1977 (lz4's minimum match is 4
+bytes); the collision count expected of independent symbols: Renyi, "On measures of entropy and
+information", 1961 (order-2 entropy) and Knuth, TAOCP vol. 2, 3.3.2 J (the collision test). The
 thresholds are this module's, measured on the unit tests' data and on the issue's attacks
 (ARCHITECTURE.md "Ransomware signal").
 """
@@ -332,6 +354,160 @@ def sub_block_stats(raw: bytes) -> tuple[list[float], list[float]]:
     return ents, chis
 
 
+NGRAM = 4
+"""Length (bytes) of the n-grams whose repeats :func:`novel_repeats` counts: LZ4's minimum
+match (LZ4 block format, ``MINMATCH = 4``), so "no repeated 4-gram" is "nothing lz4 can match"."""
+NOVEL_MIN = 512
+"""Fewest n-grams of a sub-block's novel bytes (or of an old sub-block's non-zero content) for
+the repeat test to speak: below it a sub-block was edited too little (or held too little) to
+say anything about its structure."""
+MEMORYLESS_MARGIN = 0.03
+"""A sub-block's novel bytes are *memoryless* when their observed repeat share exceeds the
+share expected of independent bytes with their own histogram by at most this much (hex, base32,
+base64 of ciphertext, ciphertext with the high bit cleared or mapped onto any alphabet: within
+± 0.01; text and database content: 0.3-0.6 above)."""
+MEMORYLESS_EXPECTED_MAX = 0.25
+"""The test has power only where independent bytes with that histogram would rarely repeat a
+4-gram (expected share at most this): below ~3 bits/byte (octal, binary, a histogram dominated
+by one value) chance alone repeats 4-grams and the test stays silent."""
+STRUCTURED_REPEAT_MIN = 0.2
+"""An old sub-block had *structure* (lz4 could shrink it) when at least this share of its
+non-zero 4-grams repeat an earlier one: text 0.45-0.55, database pages 0.6-0.9, log lines
+> 0.9; compressed, encrypted and base64/hex-encoded data < 0.04."""
+
+
+def novel_repeats(new: bytes, old: bytes | None, sub_block: int = SUB_BLOCK, *,
+                  skip_zero: bool = False) -> list[tuple[int, float, float]]:
+    """Per sub-block of ``new``, the repeat structure of its *novel* bytes (those that differ
+    from ``old`` at the same offset; all of them past ``old``'s end or when ``old`` is None).
+
+    Counts 4-grams (:data:`NGRAM`) of the novel bytes taken in order (across the gaps left by
+    unchanged bytes, never across sub-blocks), all-zero 4-grams left out (holes, not content):
+
+    * ``observed`` = 1 - distinct / count: the share of 4-grams that repeat an earlier one of the
+      same sub-block (what LZ77-style compressors such as lz4 can match: Ziv, Lempel, "A
+      Universal Algorithm for Sequential Data Compression", IEEE Trans. Inf. Theory 23(3), 1977);
+    * ``expected`` = the same share for independent bytes drawn from the novel bytes' own
+      histogram: ``1 - K (1 - exp(-count / K)) / count`` with ``K = 1 / (sum p_i^2)^4`` the
+      effective number of equally likely 4-grams (collision probability, Renyi order-2 entropy:
+      Renyi 1961, "On measures of entropy and information"; expected distinct values of
+      ``count`` throws into ``K`` cells: Knuth, TAOCP vol. 2, 3.3.2 J, the collision test).
+
+    Ciphertext in any encoding that maps it symbol by symbol (hex, base32, base64, high bit
+    cleared, an alphabet copied from the old data) has ``observed ~ expected``: its order-0
+    statistics are all the structure it has. Text, database pages and logs repeat far more than
+    their histogram predicts.
+
+    Args:
+        new: the block's new bytes; old: its previous version (None or b"": all bytes novel).
+        sub_block: sub-block size in bytes.
+
+    Returns:
+        ``[(count, observed, expected), ...]``, one per sub-block of ``new`` (count 0: nothing
+        to judge, both shares 0.0). Never raises.
+    """
+    n = len(new)
+    subs = (n + sub_block - 1) // sub_block
+    if n == 0:
+        return []
+    if _np is None:  # pragma: no cover - only where numpy is absent
+        return [_novel_repeats_py(new[o:o + sub_block], (old or b"")[o:o + sub_block], skip_zero)
+                for o in range(0, n, sub_block)]
+    a = _np.frombuffer(new, dtype=_np.uint8)
+    pos = None
+    if old:
+        b = _np.frombuffer(old, dtype=_np.uint8)[:n]
+        mask = _np.ones(n, dtype=bool)
+        _np.not_equal(a[:len(b)], b, out=mask[:len(b)])
+        if not mask.all():
+            pos = _np.flatnonzero(mask)
+            a = a[pos]
+    m = len(a)
+    out = [(0, 0.0, 0.0)] * subs
+    if m < NGRAM:
+        return out
+    # every 4-gram as one uint32, read in place (overlapping unaligned view, no copy)
+    codes = _np.ndarray((m - NGRAM + 1,), dtype=">u4", buffer=a.tobytes() if pos is not None else new, strides=(1,))
+    codes = codes.astype(_np.uint32)
+    sub = pos // sub_block if pos is not None else _sub_index(m, sub_block)
+    g_sub = sub[:m - NGRAM + 1]  # a 4-gram straddling two sub-blocks counts in its first byte's
+    nz = codes != 0
+    if subs <= 16:
+        # one 32-bit sort for the whole block: the sub-block in the high 4 bits, the 4-gram's
+        # multiplicative hash (Knuth, TAOCP vol. 3, 6.4) in the low 28 (a false repeat among
+        # 4,096 4-grams: p ~ 3 %, one 4-gram in 1e5 of the share)
+        keys = (codes * _np.uint32(2654435761)) >> _np.uint32(4)
+        keys |= g_sub.astype(_np.uint32) << _np.uint32(28)
+        shift = _np.uint32(28)
+    else:
+        keys = codes.astype(_np.uint64) | (g_sub.astype(_np.uint64) << _np.uint64(32))
+        shift = _np.uint64(32)
+    if skip_zero:
+        keys = keys[nz]
+    if len(keys) == 0:
+        return out
+    keys.sort()
+    # sorted by sub-block: its segment's bounds by binary search, its distinct values by where
+    # a new value starts (bincount over 64 Ki entries costs more than the sort here)
+    bounds = _np.searchsorted(keys, _np.arange(subs + 1, dtype=keys.dtype) << shift)
+    bounds[-1] = len(keys)
+    count = _np.diff(bounds)
+    first = _np.empty(len(keys), dtype=bool)
+    first[0] = True
+    _np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    distinct = _np.diff(_np.searchsorted(_np.flatnonzero(first), bounds))
+    hist = _np.bincount(sub * 256 + a, minlength=subs * 256).reshape(subs, 256).astype(_np.float64)
+    with _np.errstate(divide="ignore", invalid="ignore"):
+        p = hist / hist.sum(axis=1)[:, None]
+        k = 1.0 / _np.maximum((p * p).sum(axis=1) ** NGRAM, 1e-300)
+        c = count.astype(_np.float64)
+        expected = _np.maximum(0.0, 1.0 - k * -_np.expm1(-c / k) / c)
+        observed = 1.0 - distinct / c
+    for i in _np.flatnonzero(count):
+        out[i] = (int(count[i]), float(observed[i]), float(expected[i]))
+    return out
+
+
+_SUB_INDEX: dict[tuple[int, int], object] = {}
+
+
+def _sub_index(m: int, sub_block: int):
+    """``arange(m) // sub_block`` (intp), cached per shape: the same for every block."""
+    key = (m, sub_block)
+    if key not in _SUB_INDEX:
+        if len(_SUB_INDEX) > 8:
+            _SUB_INDEX.clear()
+        _SUB_INDEX[key] = _np.arange(m, dtype=_np.intp) // sub_block
+    return _SUB_INDEX[key]
+
+
+def _novel_repeats_py(new: bytes, old: bytes, skip_zero: bool) -> tuple[int, float, float]:  # pragma: no cover
+    g = bytes(x for j, x in enumerate(new) if j >= len(old) or old[j] != x)
+    grams = [g[j:j + NGRAM] for j in range(len(g) - NGRAM + 1)]
+    if skip_zero:
+        grams = [x for x in grams if x != bytes(NGRAM)]
+    if not grams:
+        return (0, 0.0, 0.0)
+    c = len(grams)
+    q = sum((g.count(v) / len(g)) ** 2 for v in set(g)) ** NGRAM
+    k = 1.0 / max(q, 1e-300)
+    return (c, 1.0 - len(set(grams)) / c, max(0.0, 1.0 - k * -math.expm1(-c / k) / c))
+
+
+def memoryless(count: int, observed: float, expected: float) -> bool:
+    """True iff :func:`novel_repeats`' numbers say "independent symbols, nothing more": enough
+    n-grams (:data:`NOVEL_MIN`), a histogram under which chance rarely repeats a 4-gram
+    (:data:`MEMORYLESS_EXPECTED_MAX`) and no more repeats than chance
+    (:data:`MEMORYLESS_MARGIN`)."""
+    return count >= NOVEL_MIN and expected <= MEMORYLESS_EXPECTED_MAX and observed <= expected + MEMORYLESS_MARGIN
+
+
+def structured(count: int, observed: float) -> bool:
+    """True iff an old sub-block's non-zero content repeats itself (:data:`STRUCTURED_REPEAT_MIN`)
+    over at least :data:`NOVEL_MIN` 4-grams: lz4 could shrink it."""
+    return count >= NOVEL_MIN and observed >= STRUCTURED_REPEAT_MIN
+
+
 def _magic_at(raw: bytes, off: int, table: tuple[tuple[str, int, bytes], ...]) -> str | None:
     for name, at, magic in table:
         if raw[off + at:off + at + len(magic)] == magic:
@@ -354,6 +530,13 @@ class BlockFinding:
         magic_destroyed: names of the headers the new version lost to random bytes.
         wiped: the block held data and is now all zeros.
         fresh: the block was all zeros (or absent) and now holds data.
+        structure_lost: sub-blocks (counted in ``random_subs`` too) whose old content repeated
+            itself (:func:`structured`) and whose novel bytes are memoryless (:func:`memoryless`):
+            encoded ciphertext (hex, base32, base64, 7-bit, an alphabet copied from the old data)
+            whatever its entropy.
+        repeat_excess_after: smallest ``observed - expected`` repeat share of the new version's
+            novel bytes over the sub-blocks with enough of them (:func:`novel_repeats`; ~0 for
+            encoded ciphertext, 0.3-0.6 for text); 1.0 when none was judged.
     """
 
     turned_random: bool
@@ -367,6 +550,8 @@ class BlockFinding:
     magic_destroyed: tuple[str, ...] = ()
     wiped: bool = False
     fresh: bool = False
+    structure_lost: int = 0
+    repeat_excess_after: float = 1.0
 
 
 def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz4_old: float = 1.0) -> BlockFinding:
@@ -393,17 +578,35 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
     random_subs = 0
     max_rise = 0.0
     destroyed: list[str] = []
+    flagged: list[bool] = []
+    for i, h_new in enumerate(e_new):
+        h_old = e_old[i] if i < len(e_old) else 0.0
+        uniform = h_new >= RANDOM_SUB_ENTROPY_MIN and c_new[i] < CHI2_RANDOM_MAX and h_old < ALREADY_RANDOM_ENTROPY
+        jumped = h_new - h_old >= ENTROPY_JUMP_MIN and h_new >= JUMP_ENTROPY_MIN
+        flagged.append(h_old >= DATA_ENTROPY_MIN and (uniform or jumped))
+    # encoded ciphertext keeps a low entropy: the repeat test, only where it can still change the
+    # answer (a data sub-block not yet flagged and not already random-looking before)
+    lost = set()
+    excess = 1.0
+    candidates = [i for i in range(len(e_new)) if not flagged[i] and i < len(e_old)
+                  and DATA_ENTROPY_MIN <= e_old[i] < ALREADY_RANDOM_ENTROPY]
+    if candidates:
+        rep_new = novel_repeats(new, old)
+        judged = [r[1] - r[2] for r in rep_new if r[0] >= NOVEL_MIN]
+        excess = min(judged, default=1.0)
+        maybe = [i for i in candidates if memoryless(*rep_new[i])]
+        if maybe:
+            rep_old = novel_repeats(old, None, skip_zero=True)
+            lost = {i for i in maybe if structured(rep_old[i][0], rep_old[i][1])}
     for i, h_new in enumerate(e_new):
         h_old = e_old[i] if i < len(e_old) else 0.0
         rise = h_new - h_old
         max_rise = max(max_rise, rise)
         if h_old < DATA_ENTROPY_MIN:
             continue
-        uniform = h_new >= RANDOM_SUB_ENTROPY_MIN and c_new[i] < CHI2_RANDOM_MAX and h_old < ALREADY_RANDOM_ENTROPY
-        jumped = rise >= ENTROPY_JUMP_MIN and h_new >= JUMP_ENTROPY_MIN
-        if uniform or jumped:
+        if flagged[i] or i in lost:
             random_subs += 1
-        if h_new >= MAGIC_DESTROYED_MIN_ENTROPY and rise > 0:
+        if (h_new >= MAGIC_DESTROYED_MIN_ENTROPY and rise > 0) or i in lost:
             off = i * SUB_BLOCK
             name = _magic_at(old, off, MAGICS)
             if name is not None and _magic_at(new, off, MAGICS) != name:
@@ -412,7 +615,8 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
     lost_compression = (lz4_old <= LZ4_COMPRESSIBLE_MAX and lz4_new >= LZ4_INCOMPRESSIBLE_MIN
                         and mean_new - mean_old >= LZ4_ENTROPY_RISE_MIN)
     return BlockFinding(random_subs > 0 or lost_compression, random_subs, mean_old, mean_new, max_rise,
-                        min(c_new), lz4_old, lz4_new, tuple(destroyed))
+                        min(c_new), lz4_old, lz4_new, tuple(destroyed), structure_lost=len(lost),
+                        repeat_excess_after=excess)
 
 
 def fs_structure_destroyed(new: bytes | None, old: bytes | None) -> str | None:

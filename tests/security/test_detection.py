@@ -14,6 +14,10 @@ encrypted snapshots to their standbys (standby bytes = the last clean image), re
 disagreement with the primary (WARNING, ``replicad_anomaly_verdict_disagreements``), serve the
 evidence, refuse the attacker's clearing and weakening (``approval_required``), and a forced
 promotion at site-b restores the last clean snapshot.
+
+The same attacker primary then writes every text block as the hex encoding of its ciphertext
+(same length, 4 bits/byte: the entropy *falls*, lz4 stays at 1.0): the honest replicas judge it
+suspect from the repeat structure the old blocks had and the new ones lack, and never apply it.
 """
 
 from __future__ import annotations
@@ -142,5 +146,60 @@ def test_an_attacker_primary_cannot_make_the_replicas_apply_intermittent_encrypt
         assert res["restored_seq"] == clean_seq, res
         assert sorted(res["restore"]["skipped_seqs"]) == [], res  # suspect snapshots are never candidates
         assert sha(c.sites["site-b"].volume_path(VOL)) == clean_hash
+    finally:
+        c.stop_all()
+
+
+def hex_encrypt(path: Path, blocks: list[int], rng: random.Random) -> None:
+    """Each block replaced by the hex encoding of ciphertext of its size (half its plaintext: the
+    attacker keeps the rest elsewhere), in place, fsynced. ``rng`` stands in for the cipher."""
+    with open(path, "r+b") as f:
+        for b in blocks:
+            f.seek(b * BLOCK)
+            f.write(rng.randbytes(BLOCK // 2).hex().encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def test_an_attacker_primary_cannot_make_the_replicas_apply_hex_encoded_ciphertext(tmp_path: Path) -> None:
+    c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2)
+    try:
+        img = c.sites["site-a"].volume_path(VOL)
+        write_image(img, N_BLOCKS, random.Random(13))
+        c.start_all()
+        c.wait_ready(60)
+        snapshot(c, "site-a")
+        overwrite_blocks(img, [4, 7], random.Random(14))  # a benign edit of text by text
+        clean_seq = snapshot(c, "site-a")["seq"]
+        clean_hash = sha(img)
+        for s in HONEST:
+            c.wait_for(f"{s} judged #{clean_seq} clean and applied it",
+                       lambda s=s: opinion(c, s, clean_seq, s) == "clean" and standby_seq(c, s) == clean_seq, 90)
+            assert sha(c.sites[s].volume_path(VOL)) == clean_hash, s
+
+        with open(c.sites["site-a"].config_path, "a") as f:
+            f.write("[volumes.anomaly]\nmin_score = 1.0\nfactor = 1000.0\n")
+        c.kill("site-a", signal.SIGHUP)
+        c.wait_for("site-a reloaded its config", lambda: "reload" in c.log_tail("site-a", 200).lower(), 30)
+        text_blocks = [b for b in range(N_BLOCKS) if b % 3 == 1]
+        hex_encrypt(img, text_blocks, random.Random(15))
+        bad = snapshot(c, "site-a")
+        assert bad["committed"] and bad["verdict"] == "clean" and bad["score"] == 0.0, bad  # the primary's claim
+
+        for s in HONEST:
+            c.wait_for(f"{s} judged #{bad['seq']} suspect itself",
+                       lambda s=s: opinion(c, s, bad["seq"], s) == "suspect", 90)
+        time.sleep(1.0)  # one more replica tick: nothing may be applied
+        for s in HONEST:
+            assert snaps(c, s)[bad["seq"]]["verdict"] == "suspect", s
+            assert standby_seq(c, s) == clean_seq, s
+            assert sha(c.sites[s].volume_path(VOL)) == clean_hash, f"{s}'s standby is not the clean image"
+            here = c.api(s, "GET", f"/v1/volumes/{VOL}/snapshots/{bad['seq']}/evidence")["here"]
+            assert here["verdict"] == "suspect" and here["base_seq"] == clean_seq, here
+            assert here["signals"]["turned_random"] == len(text_blocks), here["signals"]
+            assert {b["index"] for b in here["blocks"]} == set(text_blocks)
+            # no entropy signal: the hex is *less* varied than the text it replaced
+            assert all(b["entropy_after"] <= b["entropy_before"] + 0.5 and b["structure_lost"] >= 1
+                       for b in here["blocks"]), here["blocks"]
     finally:
         c.stop_all()
