@@ -284,10 +284,22 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
         await resp.prepare(request)
         await resp.write(wire.encode_doc("chunks", volume=doc["volume"], epoch=doc["epoch"], **{"from": host.site_id}))
         digests: list[bytes] = doc["digests"]
-        for i in range(0, len(digests), READ_BATCH):
-            frames = await asyncio.to_thread(_read_frames, host.store, digests[i:i + READ_BATCH])
-            for frame in frames:
-                await resp.write(frame)
+        starts = range(0, len(digests), READ_BATCH)
+
+        def read(i: int) -> asyncio.Future[list[bytes]]:
+            return asyncio.ensure_future(asyncio.to_thread(_read_frames, host.store, digests[i:i + READ_BATCH]))
+
+        ahead = read(starts[0]) if starts else None  # batch k+1 is read (and verified) while batch k is sent
+        try:
+            for k in range(len(starts)):
+                assert ahead is not None
+                frames = await ahead
+                ahead = read(starts[k + 1]) if k + 1 < len(starts) else None
+                if frames:
+                    await resp.write(b"".join(frames))
+        finally:
+            if ahead is not None:  # the client went away: let the read finish, drop it
+                await asyncio.gather(ahead, return_exceptions=True)
         await resp.write_eof()
         return resp
 
@@ -300,20 +312,13 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
 
 
 def _read_frames(store: ChunkStore, digests: Sequence[bytes]) -> list[bytes]:
-    """Encoded frames of the digests this store holds intact (corrupt ones are dropped and logged)."""
-    out = []
-    for d in digests:
-        try:
-            codec, payload = store.get_encoded(d)  # verified before it leaves the process
-        except NotFoundError:
-            continue
-        except IntegrityError as err:
-            log.error("corrupt chunk %s found while serving a fetch; dropped from the index: %s", d.hex(),
-                      err.evidence)
-            store.delete_corrupt(d)
-            continue
-        out.append(wire.encode_frame(d, codec, payload))
-    return out
+    """Encoded frames of the digests this store holds intact (corrupt ones are dropped from the
+    index and logged; missing ones left out), read with :meth:`ChunkStore.get_encoded_many`."""
+    found, _missing, corrupt = store.get_encoded_many(digests)
+    for d, err in corrupt:
+        log.error("corrupt chunk %s found while serving a fetch; dropped from the index: %s", d.hex(), err.evidence)
+        store.delete_corrupt(d)
+    return [wire.encode_frame(d, codec, payload) for d, codec, payload in found]
 
 
 class PeerClient:
@@ -427,9 +432,45 @@ class PeerClient:
         """Fetch ``digests`` from the peer into ``store`` (each verified, fsynced per batch).
 
         Returns how many were newly stored; digests the peer does not have are simply not
-        stored (the caller checks what is still missing and asks another holder).
+        stored (the caller checks what is still missing and asks another holder). The next
+        batch is received while the previous one is stored (at most two batches of
+        BATCH_BYTES in memory). Raises PeerUnavailableError, the peer's error, or the store's
+        (IntegrityError for a chunk that does not match its digest, StoreFullError).
         """
         stored = 0
+        storing: asyncio.Future[int] | None = None
+        batch: list[tuple[bytes, int, bytes]] = []
+        batch_bytes = 0
+        try:
+            async for frames in self.fetch_frames(peer_url, volume, epoch, digests):
+                for frame in frames:
+                    batch.append(frame)
+                    batch_bytes += len(frame[2])
+                    if batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_ITEMS:
+                        if storing is not None:
+                            stored += await storing
+                        storing = asyncio.ensure_future(asyncio.to_thread(store.put_encoded, batch))
+                        batch, batch_bytes = [], 0
+            if storing is not None:
+                stored += await storing
+                storing = None
+            if batch:
+                stored += await asyncio.to_thread(store.put_encoded, batch)
+        finally:
+            if storing is not None:  # an error while receiving: the batch in flight finishes whole
+                await asyncio.gather(storing, return_exceptions=True)
+        return stored
+
+    async def fetch_frames(self, peer_url: str, volume: str, epoch: int,
+                           digests: Sequence[bytes]) -> AsyncIterator[list[tuple[bytes, int, bytes]]]:
+        """Stream ``digests`` from the peer's ``/v1/peer/fetch`` without storing them: yields
+        lists of ``(digest, codec, payload)`` frames as they arrive (at most one network read
+        of wire.FEED_MAX_BYTES each), in the order asked, leaving out those the peer lacks.
+        Nothing is verified here (the caller decodes and checks each digest). Asked in
+        requests of at most wire.MAX_DIGESTS_PER_DOC digests.
+
+        Raises PeerUnavailableError (unreachable, reset or cut mid-stream: the frames yielded
+        before stay good), the peer's own error, RemoteProtocolError (a malformed stream)."""
         for i in range(0, len(digests), wire.MAX_DIGESTS_PER_DOC):
             body = wire.encode_doc("fetch", volume=volume, epoch=epoch,
                                    digests=list(digests[i:i + wire.MAX_DIGESTS_PER_DOC]), **{"from": self.site_id})
@@ -440,23 +481,15 @@ class PeerClient:
                         raise _error_from(resp.status, await read_bounded(
                             resp.content, resp.content_length, wire.MAX_DOC_BYTES, "peer error"), peer_url)
                     reader = wire.FrameReader("chunks")
-                    batch: list[tuple[bytes, int, bytes]] = []
-                    batch_bytes = 0
                     async for data in resp.content.iter_chunked(wire.FEED_MAX_BYTES):
                         reader.feed(data)
-                        for frame in reader.frames():
-                            batch.append(frame)
-                            batch_bytes += len(frame[2])
-                            if batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_ITEMS:
-                                stored += await asyncio.to_thread(store.put_encoded, batch)
-                                batch, batch_bytes = [], 0
+                        frames = list(reader.frames())
+                        if frames:
+                            yield frames
                     reader.finish()
-                    if batch:
-                        stored += await asyncio.to_thread(store.put_encoded, batch)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
                 raise PeerUnavailableError(f"peer {peer_url} unreachable: {err.__class__.__name__}: {err}",
                                            url=peer_url) from None
-        return stored
 
 
 class SharedFrames:
@@ -496,19 +529,20 @@ class SharedFrames:
 
 
 def _read_frames_strict(store: ChunkStore, digests: Sequence[bytes]) -> list[bytes]:
-    """Frames for shipping: every digest must be present and intact here.
+    """Frames for shipping: every digest must be present and intact here (read with
+    :meth:`ChunkStore.get_encoded_many`).
 
     Raises NotFoundError (evidence ``digest``, ``local: True``) for a chunk this store no
     longer holds, IntegrityError for a corrupt one."""
-    out = []
-    for d in digests:
-        try:
-            out.append(wire.encode_frame(d, *store.get_encoded(d)))
-        except NotFoundError:
-            raise NotFoundError(f"chunk {d.hex()} to ship is no longer in this site's store (pruned or collected "
-                                "since the ship began): a local condition, not the peer's", digest=d.hex(),
-                                local=True) from None
-    return out
+    found, missing, corrupt = store.get_encoded_many(digests)
+    if missing:
+        d = missing[0]
+        raise NotFoundError(f"chunk {d.hex()} to ship is no longer in this site's store (pruned or collected "
+                            "since the ship began): a local condition, not the peer's", digest=d.hex(),
+                            local=True)
+    if corrupt:
+        raise corrupt[0][1]
+    return [wire.encode_frame(d, codec, payload) for d, codec, payload in found]
 
 
 def _error_from(status: int, data: bytes, url: str) -> ReplicadError:

@@ -94,6 +94,10 @@ class CountingStore(ChunkStore):
         type(self).reads += 1
         return super().get_encoded(digest)
 
+    def get_encoded_many(self, digests):
+        type(self).reads += len(digests)
+        return super().get_encoded_many(digests)
+
 
 async def test_shared_frames_read_each_batch_once_for_all_peers(tmp_path: Path) -> None:
     """Two senders of one ship ask for the same batches: one store read (and verification)

@@ -520,3 +520,28 @@ def test_a_pending_repair_no_kept_snapshot_needs_is_forgotten_by_gc(tmp_path: Pa
         assert sorted(store.pending_repairs()) == sorted([a, b]) and store.stats()["repairs_pending"] == 2
         store.gc({b})  # a is referenced by no kept snapshot any more
         assert store.pending_repairs() == [b] and store.repairs_pending == 1
+
+
+def test_get_encoded_many_reads_neighbours_together_and_sorts_out_missing_and_corrupt(tmp_path: Path) -> None:
+    """Many chunks at once: the order asked (a repeat included), the missing ones named, a corrupt
+    record reported as IntegrityError while its neighbours in the same read stay good."""
+    rng = random.Random(11)
+    blocks = [rng.randbytes(65536) if i % 2 else (b"text %d " % i) * 8000 for i in range(40)]
+    with ChunkStore(tmp_path / "s") as store:
+        digests = store.put_blocks(blocks)
+        victim = digests[17]
+        pack, offset = store._db.execute("SELECT pack, offset FROM chunks WHERE digest=?", (victim,)).fetchone()
+        path = store._pack_path(pack)
+        with open(path, "r+b") as f:  # one byte of its payload flipped on disk
+            f.seek(offset + RECORD_HEADER_SIZE + 100)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        gone = bytes(32)
+        asked = [digests[3], gone, *digests[10:25], digests[3]]
+        found, missing, corrupt = store.get_encoded_many(asked)
+        assert missing == [gone]
+        assert [d for d, _ in corrupt] == [victim] and corrupt[0][1].code == "integrity"
+        assert [d for d, _, _ in found] == [d for d in asked if d not in (gone, victim)]
+        for d, codec, payload in found:
+            assert (codec, payload) == store.get_encoded(d)
