@@ -73,7 +73,7 @@ DIRECT_ALIGN = 4096       # O_DIRECT offsets, lengths and buffer addresses: mult
 WRITE_RUN_BYTES = 8 * 2**20  # one O_DIRECT write: consecutive blocks gathered up to this size
 
 
-def _aligned_buffer(size: int) -> memoryview:
+def aligned_buffer(size: int) -> memoryview:
     """A writable buffer of ``size`` bytes (rounded up to DIRECT_ALIGN) at a page-aligned
     address (an anonymous mmap), as O_DIRECT requires."""
     return memoryview(mmap.mmap(-1, -(-size // DIRECT_ALIGN) * DIRECT_ALIGN))
@@ -100,7 +100,7 @@ def open_direct(path: Path | str, flags: int, block_size: int) -> int | None:
         raise
 
 
-def _data_spans(fd: int, start: int, end: int, block_size: int) -> list[tuple[int, int]]:
+def data_spans(fd: int, start: int, end: int, block_size: int) -> list[tuple[int, int]]:
     """Block-aligned spans of ``[start, end)`` (``start`` block-aligned) that may hold data.
 
     A regular file's holes (``SEEK_DATA``/``SEEK_HOLE``) read as zeros by definition, so the
@@ -138,7 +138,7 @@ def _read_digests(fd: int, offset: int, length: int, block_size: int,
                   bufs: tuple[memoryview, memoryview] | None = None) -> list[bytes]:
     """Digests of the blocks in ``[offset, offset + length)`` of ``fd`` (``offset``
     block-aligned). Blocks inside holes are ZERO_DIGEST without being read (see
-    :func:`_data_spans`); the rest is read READ_BYTES at a time, double-buffered: the read of
+    :func:`data_spans`); the rest is read READ_BYTES at a time, double-buffered: the read of
     window k+1 (an I/O thread) overlaps the hashing of window k. ``bufs`` (two buffers from
     :func:`read_buffers`, reused between calls) are aligned, and reads are asked in whole
     DIRECT_ALIGN units, so ``fd`` may be opened with O_DIRECT (the caller falls back to a
@@ -149,7 +149,7 @@ def _read_digests(fd: int, offset: int, length: int, block_size: int,
     end = offset + length
     plan: list[tuple[int, int]] = []  # (offset, bytes to read) or (hole blocks, -1)
     pos = offset
-    for lo, hi in [*_data_spans(fd, offset, end, block_size), (end, end)]:
+    for lo, hi in [*data_spans(fd, offset, end, block_size), (end, end)]:
         if lo > pos:
             plan.append((-(-(lo - pos) // block_size), -1))  # a hole: zeros, not read
         pos = lo
@@ -186,7 +186,7 @@ def _read_digests(fd: int, offset: int, length: int, block_size: int,
 def read_buffers(block_size: int) -> tuple[memoryview, memoryview]:
     """The two aligned read buffers :func:`_read_digests` uses for ``block_size``."""
     size = max(1, READ_BYTES // block_size) * block_size + DIRECT_ALIGN
-    return _aligned_buffer(size), _aligned_buffer(size)
+    return aligned_buffer(size), aligned_buffer(size)
 
 
 def _read_window(fd: int, buf: memoryview, offset: int, want: int) -> memoryview:
@@ -251,7 +251,7 @@ class _RunWriter:
 
     def __init__(self, dfd: int, fd: int) -> None:
         self.dfd, self.fd = dfd, fd
-        self.bufs = [_aligned_buffer(WRITE_RUN_BYTES), _aligned_buffer(WRITE_RUN_BYTES)]
+        self.bufs = [aligned_buffer(WRITE_RUN_BYTES), aligned_buffer(WRITE_RUN_BYTES)]
         self.cur = 0
         self.inflight: Future[None] | None = None
         self.run_off = self.pos = 0
@@ -273,7 +273,7 @@ class _RunWriter:
         if not self.pos:
             return
         self.drain()
-        self.inflight = _io_pool().submit(_write_run, self.dfd, self.fd, self.bufs[self.cur][:self.pos],
+        self.inflight = _io_pool().submit(write_direct_run, self.dfd, self.fd, self.bufs[self.cur][:self.pos],
                                          self.run_off)
         self.cur ^= 1
         self.pos = 0
@@ -331,7 +331,7 @@ def _apply_page(fd: int, dfd: int | None, read_bufs: tuple[memoryview, memoryvie
     return len(todo), nbytes
 
 
-def _write_run(dfd: int, fd: int, data: memoryview, offset: int) -> None:
+def write_direct_run(dfd: int, fd: int, data: memoryview, offset: int) -> None:
     """Write ``data`` (whole DIRECT_ALIGN units, aligned buffer) at ``offset`` through the
     O_DIRECT ``dfd``; a short write's unaligned rest goes through the buffered ``fd``."""
     while data:

@@ -1,0 +1,114 @@
+"""Writing an image unit by unit from verified chunks (replicad.storage.assemble), on real files
+and a real chunk store: the plan, a chunk that lies about its digest, and the O5 proof as the
+image is written (a block read back wrong, data where a hole should be)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from replicad.core.errors import IntegrityError, RestoreVerifyError, UsageError
+from replicad.sources.file import take_snapshot
+from replicad.storage import assemble
+from replicad.storage.chunkstore import CODEC_RAW, ChunkStore
+
+BLOCK = 65536
+
+
+def make_image(path: Path, n_blocks: int) -> bytes:
+    rng = random.Random(n_blocks)
+    data = b"".join(bytes(BLOCK) if i % 4 == 0 or 300 <= i < 440 else rng.randbytes(BLOCK) for i in range(n_blocks))
+    data += b"tail"
+    path.write_bytes(data)
+    return data
+
+
+def snapshot(tmp_path: Path, n_blocks: int):
+    image = tmp_path / "volume.img"
+    data = make_image(image, n_blocks)
+    store = ChunkStore(tmp_path / "store")
+    manifest = asyncio.run(take_snapshot(image, volume="ehr", seq=1, epoch=1, parent=None, store=store,
+                                         now_ns=1)).manifest
+    return data, store, manifest
+
+
+def assemble_all(asm: assemble.ImageAssembler, units, store: ChunkStore) -> None:
+    for u in units:
+        buf = asm.buffer()
+        asm.place(u, buf, [(d, CODEC_RAW, store.get(d)) for d in sorted(u.pending)])
+        asm.write(u, buf)
+
+
+def test_units_leave_out_zero_runs_and_the_image_is_proven_as_written(tmp_path: Path) -> None:
+    data, store, manifest = snapshot(tmp_path, 600)
+    with store:
+        units, zero_blocks = assemble.plan_units(manifest, store.get)
+        per_unit = assemble.UNIT_BYTES // BLOCK
+        assert [u.first_block for u in units] == [i * per_unit for i in range(5)]  # 601 blocks, units of 128
+        assert zero_blocks == 0 and sum(u.n_blocks for u in units) == manifest.n_blocks
+        units, zero_blocks = assemble.plan_units(manifest, store.get, unit_bytes=20 * BLOCK)
+        assert zero_blocks == 140  # blocks 300..439 are zeros: 7 units of 20 left out (holes)
+        asm = assemble.ImageAssembler(tmp_path / "out.img", manifest)
+        try:
+            assemble_all(asm, units, store)
+            assert asm.finish(units) == manifest.root
+        finally:
+            asm.close()
+    assert (tmp_path / "out.img").read_bytes() == data
+
+
+def test_a_chunk_that_does_not_match_its_digest_is_never_placed(tmp_path: Path) -> None:
+    _, store, manifest = snapshot(tmp_path, 130)
+    with store:
+        units, _ = assemble.plan_units(manifest, store.get)
+        asm = assemble.ImageAssembler(tmp_path / "out.img", manifest)
+        try:
+            u = units[0]
+            d = sorted(u.pending)[0]
+            with pytest.raises(IntegrityError) as err:
+                asm.place(u, asm.buffer(), [(d, CODEC_RAW, bytes(BLOCK - 1) + b"x")])
+            assert err.value.evidence["digest"] == d.hex() and d in u.pending
+        finally:
+            asm.close()
+        with pytest.raises(UsageError):  # only into a new, empty file
+            assemble.ImageAssembler(tmp_path / "volume.img", manifest)
+
+
+def test_a_block_read_back_wrong_and_data_in_a_hole_fail_o5(tmp_path: Path, monkeypatch) -> None:
+    _, store, manifest = snapshot(tmp_path, 300)
+    with store:
+        units, _ = assemble.plan_units(manifest, store.get)
+        real = assemble.write_direct_run
+
+        def flipping(dfd: int, fd: int, data: memoryview, offset: int) -> None:
+            bad = bytearray(data)
+            bad[len(bad) // 2] ^= 1  # what the disk would hold after a write gone wrong
+            os.pwrite(fd, bytes(bad), offset)
+
+        asm = assemble.ImageAssembler(tmp_path / "bad.img", manifest)
+        try:
+            monkeypatch.setattr(assemble, "write_direct_run", flipping)
+            u = units[1]
+            buf = asm.buffer()
+            asm.place(u, buf, [(d, CODEC_RAW, store.get(d)) for d in sorted(u.pending)])
+            with pytest.raises(RestoreVerifyError) as err:
+                asm.write(u, buf)
+            assert u.first_block <= err.value.evidence["block"] < u.first_block + u.n_blocks
+        finally:
+            asm.close()
+        monkeypatch.setattr(assemble, "write_direct_run", real)
+
+        units, _ = assemble.plan_units(manifest, store.get)  # afresh: the units above were partly placed
+        asm = assemble.ImageAssembler(tmp_path / "hole.img", manifest)
+        try:
+            assemble_all(asm, units, store)
+            os.pwrite(asm.fd, b"not a zero", 0)  # block 0 is zero in the snapshot: a hole, never written
+            with pytest.raises(RestoreVerifyError) as err:
+                asm.finish(units)
+            assert err.value.evidence["first_differing_page"] == 0
+        finally:
+            asm.close()
