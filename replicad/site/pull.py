@@ -14,12 +14,15 @@ from replicad.core.errors import (IntegrityError, NotFoundError, PeerUnavailable
 from replicad.core.manifest import Manifest, iter_block_digests
 from replicad.peer.transport import PeerClient, snapshot_complete
 from replicad.site.cluster import Cluster
+from replicad.site.peer_restore import STREAMS_PER_HOLDER, PeerRestoreReport, restore_from_holders
 from replicad.site.runner import load_manifest
 from replicad.storage.catalog import Catalog, SnapshotRecord
 from replicad.storage.chunkstore import ChunkStore
 from replicad.storage.image import apply_snapshot
 
 log = logging.getLogger("replicad.site.pull")
+
+FETCH_SLICE = 256  # digests per request when a fetch into the store is split across holders (16 MiB of 64 KiB blocks)
 
 
 class Pull:
@@ -88,6 +91,50 @@ class Pull:
                 not_found += 1  # a holder still catching up may answer on a second look
                 if not_found >= 3:
                     raise
+
+    async def ensure_pages(self, volume: str, seq: int, vs: dict | None = None) -> tuple[Manifest, int]:
+        """Make sure the manifest and the pages of committed snapshot ``seq`` are here (fetched from
+        its holders, verified), not its block chunks. Returns ``(manifest, missing)``: how many of
+        its distinct block chunks this store lacks. A snapshot that is complete here is recorded
+        as :meth:`ensure_snapshot` does. Raises like :meth:`ensure_snapshot`."""
+        vs = vs or self.cluster.volume_state(volume)
+        if vs is None or seq not in vs["snapshots"]:
+            raise NotFoundError(f"no committed snapshot {volume}#{seq}", volume=volume, seq=seq)
+        snap = vs["snapshots"][seq]
+        holders = [h for h in snap["holders"] if h != self.site_id]
+        try:
+            await self.fetch_missing(volume, vs["epoch"], [snap["root"]], holders)
+            manifest = load_manifest(self.store, snap["root"])
+            await self.fetch_missing(volume, vs["epoch"], list(manifest.pages), holders)
+            missing = await asyncio.to_thread(
+                lambda: len(self.store.missing(list({d for d in iter_block_digests(manifest, self.store.get)
+                                                     if any(d)}))))
+        except IntegrityError:  # a corrupt manifest or page here: the healing path
+            return await self.ensure_snapshot(volume, seq, vs), 0
+        if not missing:
+            return await self.ensure_snapshot(volume, seq, vs), 0  # complete: recorded here as ever
+        return manifest, missing
+
+    async def restore_streamed(self, volume: str, target: Path, manifest: Manifest, *,
+                               progress=None) -> PeerRestoreReport:
+        """Write ``manifest`` into the new, empty file ``target`` from this store where it holds a
+        chunk and from every holder of the snapshot at once for the rest
+        (:func:`~replicad.site.peer_restore.restore_from_holders`: several streams per holder,
+        decode and writes overlapped, bounded memory; nothing is stored here); fsynced and O5
+        checked as it is written (every block read back from the disk after a sync, the root
+        rebuilt). Raises like ``restore_from_holders`` (RestoreVerifyError included)."""
+        vs = self.cluster.volume_state(volume) or {}
+        snap = vs.get("snapshots", {}).get(manifest.seq, {})
+        peers = self.cluster.data_peers()
+        holders = [h for h in snap.get("holders", peers) if h != self.site_id and h in peers] or peers
+        urls = {h: self.cluster.peer_url(h) for h in holders}
+        rep = await restore_from_holders(self.peers, urls, volume, vs.get("epoch", 0), manifest, self.store, target,
+                                         progress=progress)
+        log.info("restored %s#%d into %s from %d holders at once: %s; %d chunks from this store", volume,
+                 manifest.seq, target, len(urls), ", ".join(f"{h} {r.chunks} chunks" + (f" (failed: {r.failed})"
+                                                              if r.failed else "") for h, r in rep.holders.items()),
+                 rep.local_chunks)
+        return rep
 
     def _record_committed(self, rec: SnapshotRecord) -> None:
         """Record committed snapshot ``rec`` here. A ``received`` record at the same ``(volume,
@@ -170,15 +217,23 @@ class Pull:
         return sorted(bad)
 
     async def fetch_missing(self, volume: str, epoch: int, digests: list[bytes], holders: list[str]) -> None:
-        """Fetch the chunks of ``digests`` this store lacks from ``holders`` in turn (verified on
-        receipt). Raises NotFoundError if some are still missing after every holder that
+        """Fetch the chunks of ``digests`` this store lacks from ``holders`` (verified on receipt,
+        durable per batch): more than FETCH_SLICE from several holders are split across all of
+        them at once (:meth:`_fetch_parallel`), then what is still missing is asked of each
+        holder not dropped, in turn. Raises NotFoundError if some are still missing after every holder that
         answered lacked them, PeerUnavailableError if no holder could be reached at all (a
         takeover then waits for a holder instead of skipping the snapshot as lost)."""
         need = await asyncio.to_thread(self.store.missing, digests)
         answered: list[str] = []
+        failed: set[str] = set()
+        if len(holders) > 1 and len(need) > FETCH_SLICE:
+            answered, failed = await self._fetch_parallel(volume, epoch, need, holders)
+            need = await asyncio.to_thread(self.store.missing, need)
         for holder in holders:
             if not need:
                 return
+            if holder in failed:  # dropped by the parallel pass; the others are asked for what is left
+                continue
             try:
                 await self.peers.fetch(self.cluster.peer_url(holder), volume, epoch, need, self.store)
                 answered.append(holder)
@@ -192,6 +247,36 @@ class Pull:
         if need:
             raise NotFoundError(f"{len(need)} chunks of {volume} not available from any holder",
                                 volume=volume, missing=len(need), holders=holders, answered=answered)
+
+    async def _fetch_parallel(self, volume: str, epoch: int, need: list[bytes],
+                              holders: list[str]) -> tuple[list[str], set[str]]:
+        """Fetch ``need`` into the store from every holder at once: slices of FETCH_SLICE digests
+        in one queue, STREAMS_PER_HOLDER streams per holder each taking the next slice (a faster
+        holder takes more). A holder that fails is dropped and its slice goes back to the queue
+        for the others. Returns ``(answered, failed)``: holders that served every slice they
+        took, holders dropped. What a holder lacked is left to the caller. Never raises a peer's
+        error (logged at INFO)."""
+        queue = [need[i:i + FETCH_SLICE] for i in range(0, len(need), FETCH_SLICE)]
+        queue.reverse()  # popped from the end: in order
+        answered: list[str] = []
+        failed: set[str] = set()
+
+        async def stream(holder: str) -> None:
+            while queue and holder not in failed:
+                part = queue.pop()
+                try:
+                    await self.peers.fetch(self.cluster.peer_url(holder), volume, epoch, part, self.store)
+                except ReplicadError as err:
+                    queue.append(part)
+                    if holder not in failed:
+                        failed.add(holder)
+                        log.info("fetch from %s failed: %s; its share goes to the other holders", holder, err)
+                    return
+                if holder not in answered:
+                    answered.append(holder)
+
+        await asyncio.gather(*[stream(h) for _ in range(STREAMS_PER_HOLDER) for h in holders])
+        return [h for h in answered if h not in failed], failed
 
 
 def _digest_of(err: IntegrityError) -> bytes | None:

@@ -21,6 +21,7 @@ from replicad.core.manifest import Manifest
 from replicad.core.state import newest_clean
 from replicad.site.cluster import Cluster
 from replicad.site.operations import Operation
+from replicad.site.peer_restore import PeerRestoreReport
 from replicad.site.pull import Pull
 from replicad.site.runner import VolumeRunner, load_manifest, runner_of
 from replicad.storage.catalog import Catalog, SnapshotRecord, RestoreRecord
@@ -83,6 +84,7 @@ class Recovery:
         runner_of(self.runners, volume, self.site_id)
         self.check_restore_target(target, overwrite)
         t0 = time.monotonic()
+        missing = 0  # block chunks of the snapshot not in this store
         if divergent_epoch is not None:
             rec = next((r for r in self.catalog.list(volume, "divergent")
                         if r.epoch == divergent_epoch and r.seq == seq), None)
@@ -109,20 +111,27 @@ class Recovery:
                 log.info("restoring %s#%d into %s", volume, seq, target)
                 if op is not None:
                     op.phase = "fetching"
-                manifest = await self.pull.ensure_snapshot(volume, seq, vs)
+                if target.exists():  # rewritten in place (only differing blocks): every chunk here first
+                    manifest = await self.pull.ensure_snapshot(volume, seq, vs)
+                else:  # a new file: chunks missing here stream from the holders straight into it
+                    manifest, missing = await self.pull.ensure_pages(volume, seq, vs)
                 verdict = vs["snapshots"][seq]["verdict"]
         if op is not None:
             op.phase = "writing"
         phases = {"fetch_s": time.monotonic() - t0}
         local_only = divergent_epoch is not None or verdict == "kept_locally"
-        rep, root = await self._write_restore(volume, target, manifest, local_only, op, phases)
+        rep, root = await self._write_restore(volume, target, manifest, local_only, op, phases,
+                                              streamed=missing > 0)
         log.info("restored %s#%d (%s) into %s: root verified, %d blocks written, %.2fs (fetch %.2fs, write %.2fs, "
                  "verify %.2fs)", volume, manifest.seq, verdict, target, rep.blocks_written, time.monotonic() - t0,
                  phases["fetch_s"], phases["write_s"], phases["verify_s"])
-        return {"volume": volume, "seq": manifest.seq, "verdict": verdict, "target": str(target),
-                "root": root.hex(), "verified": True,
-                "blocks_written": rep.blocks_written, "bytes_written": rep.bytes_written,
-                "seconds": time.monotonic() - t0, "phases": phases}
+        out = {"volume": volume, "seq": manifest.seq, "verdict": verdict, "target": str(target),
+               "root": root.hex(), "verified": True,
+               "blocks_written": rep.blocks_written, "bytes_written": rep.bytes_written,
+               "seconds": time.monotonic() - t0, "phases": phases}
+        if isinstance(rep, PeerRestoreReport):
+            out["peers"] = rep.to_dict()  # streamed from the holders: what each supplied
+        return out
 
     def kept_locally(self, volume: str, seq: int) -> SnapshotRecord | None:
         """This site's committed (else received) record of ``volume#seq`` of the newest epoch,
@@ -155,7 +164,8 @@ class Recovery:
         return rep
 
     async def _write_restore(self, volume: str, target: Path, manifest: Manifest, local_only: bool,
-                             op: "Operation | None", phases: dict[str, float]) -> tuple[Any, bytes]:
+                             op: "Operation | None", phases: dict[str, float], *,
+                             streamed: bool = False) -> tuple[Any, bytes]:
         """Write ``manifest`` into ``target`` and verify it (O5); ``(apply report, root)``.
         Sets ``phases["write_s"]`` and ``phases["verify_s"]`` (seconds).
 
@@ -167,18 +177,25 @@ class Recovery:
         recorded in the catalog while it runs (see :func:`recover_restores`); one restore
         per target at a time (ConflictError). Raises like :meth:`restore`; the partial file
         is removed on any error.
+
+        With ``streamed`` (chunks of the snapshot are missing here) a new target is written by
+        :meth:`~replicad.site.pull.Pull.restore_streamed` (from every holder at once, straight
+        into the image) instead of fetching into the store first; O5 is then checked as it
+        writes (every block read back from the disk after a sync; the root rebuilt), not by a
+        second pass.
         """
         key = str(target.resolve())
         if key in self._restoring:
             raise ConflictError(f"a restore into {target} is already running", target=str(target))
         self._restoring.add(key)
         try:
-            return await self._write_restore_locked(volume, target, manifest, local_only, op, phases)
+            return await self._write_restore_locked(volume, target, manifest, local_only, op, phases, streamed)
         finally:
             self._restoring.discard(key)
 
     async def _write_restore_locked(self, volume: str, target: Path, manifest: Manifest, local_only: bool,
-                                    op: "Operation | None", phases: dict[str, float]) -> tuple[Any, bytes]:
+                                    op: "Operation | None", phases: dict[str, float],
+                                    streamed: bool = False) -> tuple[Any, bytes]:
         in_place = target.exists()
         if in_place:  # refused before anything is recorded: a target it cannot write was never touched
             await asyncio.to_thread(_check_writable, target)
@@ -198,12 +215,20 @@ class Recovery:
         try:
             if local_only:  # a divergent snapshot: only this site holds it, nothing to re-fetch from
                 rep = await asyncio.to_thread(apply_snapshot, written, manifest, self.store, progress=progress)
+            elif streamed and not in_place:  # chunks missing here: from every holder at once into the image
+                rep = await self.pull.restore_streamed(volume, written, manifest, progress=progress)
+            elif streamed:  # in place: only differing blocks, so every chunk into the store first
+                await self.pull.ensure_snapshot(volume, manifest.seq)
+                rep = await self.pull.apply_repairing(volume, written, manifest, progress=progress)
             else:
                 rep = await self.pull.apply_repairing(volume, written, manifest, progress=progress)
             phases["write_s"] = time.monotonic() - t_write
             if op is not None:
                 op.phase = "verifying"
-            root = await asyncio.to_thread(verify_image, written, manifest, progress=progress)  # O5
+            if isinstance(rep, PeerRestoreReport):  # O5 checked while writing: every block read back after a sync
+                root = manifest.root
+            else:
+                root = await asyncio.to_thread(verify_image, written, manifest, progress=progress)  # O5
             if not in_place:
                 await asyncio.to_thread(_publish, written, target, manifest.size_bytes)
             phases["verify_s"] = time.monotonic() - t_write - phases["write_s"]

@@ -1,0 +1,322 @@
+"""Restoring an image straight from the holders of a snapshot: every holder at once, several
+fetch streams each, the decoding and the writes overlapped with the transfers.
+
+Used by :class:`~replicad.site.recovery.Recovery` when a restore into a new file needs chunks
+this site does not hold (its store was lost, or it never held the snapshot). The chunks go from
+the network to the image without passing through the local chunk store (which would write
+them twice and read them back); the chunks the store does hold are read from it.
+
+How (see ARCHITECTURE.md, "Restore from peers"):
+
+* The snapshot is cut into units (:func:`replicad.storage.assemble.plan_units`: up to 8 MiB of
+  consecutive blocks, all-zero units left out: holes). Units wait in one queue in block order.
+* Every holder gets STREAMS_PER_HOLDER streams. A stream takes the first unit it may serve,
+  asks its holder for the unit's missing chunks (one ``/v1/peer/fetch``), and hands each piece
+  that arrives to a worker thread that decodes (lz4), checks the digest (BLAKE3) and copies it
+  into the unit's buffer (:meth:`~replicad.storage.assemble.ImageAssembler.place`) while the
+  next piece is received. A complete unit is written (O_DIRECT) by another worker thread while
+  the stream goes on with the next unit. Faster holders take more units: the split follows the
+  holders' speed.
+* Memory is bounded by RESTORE_WINDOW_BYTES: a unit takes one of ``window // UNIT_BYTES``
+  buffers before its first chunk is asked for and gives it back once written.
+* A holder that fails (unreachable, cut mid-stream, an error, a chunk that does not match its
+  digest) is dropped for the rest of the restore: its unit goes back to the head of the queue,
+  keeping the chunks already placed, and the other holders' streams take it. A holder that
+  answers without some chunk is not asked for that unit again. With no holder left for a unit
+  the restore fails: NotFoundError if every holder answered without a chunk,
+  PeerUnavailableError if none could be reached.
+* O5: every chunk is checked against its digest before it is written; each unit, once
+  written, is synced and read back from the disk and compared block by block, and at the end
+  the image is fsynced, its other blocks proven zero and the root rebuilt from what was read
+  (:meth:`~replicad.storage.assemble.ImageAssembler.finish`): the same guarantee as
+  ``verify_image`` after the fsync, without a second pass over the image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from replicad.core.errors import IntegrityError, NotFoundError, PeerUnavailableError, ReplicadError
+from replicad.core.manifest import Manifest
+from replicad.peer.transport import PeerClient
+from replicad.storage.assemble import UNIT_BYTES, ImageAssembler, Unit, plan_units
+from replicad.storage.chunkstore import CODEC_RAW, ChunkStore
+
+log = logging.getLogger("replicad.site.peer_restore")
+
+RESTORE_WINDOW_BYTES = 64 * 2**20  # decoded bytes of the units in flight (fetching, decoding, writing): 8 of 8 MiB
+STREAMS_PER_HOLDER = 2             # concurrent /v1/peer/fetch streams to each holder
+
+
+@dataclass
+class HolderReport:
+    """What one holder supplied to a restore: ``chunks`` and payload ``bytes`` (compressed, as
+    sent), ``failed``: why it was dropped (None if it served to the end)."""
+
+    chunks: int = 0
+    bytes: int = 0
+    failed: str | None = None
+
+
+@dataclass
+class PeerRestoreReport:
+    """Outcome of :func:`restore_from_holders`: blocks / bytes written, chunks read from the local
+    store, per holder what it supplied, units planned, seconds spent."""
+
+    blocks_total: int
+    blocks_written: int
+    bytes_written: int
+    local_chunks: int
+    holders: dict[str, HolderReport] = field(default_factory=dict)
+    units: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (the restore's answer, ``peers``)."""
+        return {"local_chunks": self.local_chunks, "units": self.units,
+                "holders": {h: {"chunks": r.chunks, "bytes": r.bytes, "failed": r.failed}
+                            for h, r in self.holders.items()}}
+
+
+class _Run:
+    """The shared state of one restore's streams (event loop only: no locks needed)."""
+
+    def __init__(self, units: list[Unit], slots: int) -> None:
+        self.queue: collections.deque[Unit] = collections.deque(units)
+        self.bufs: dict[int, memoryview] = {}            # unit ordinal -> its buffer (holds a slot)
+        self.free: list[memoryview] = []                 # buffers given back, reused
+        self.free_slots = slots
+        self.changed = asyncio.Condition()
+        self.remaining = len(units)                      # units not yet written
+        self.busy = 0                                    # streams working on a unit
+        self.writing = 0                                 # unit writes in flight
+        self.dead: set[str] = set()
+        self.error: BaseException | None = None
+        self.tasks: set[asyncio.Task] = set()
+        self.local_checked: set[int] = set()             # units whose local chunks were placed
+
+    def take(self, holder: str, new_buffer: memoryview | None) -> Unit | None:
+        """The first queued unit ``holder`` may serve that has a buffer already; else, if a slot
+        is free, the first one it may serve (given a buffer: ``new_buffer()``)."""
+        for unit in self.queue:
+            if holder not in unit.lacking_at and unit.ordinal in self.bufs:
+                self.queue.remove(unit)
+                return unit
+        if self.free_slots <= 0:
+            return None
+        for unit in self.queue:
+            if holder not in unit.lacking_at:
+                self.queue.remove(unit)
+                self.free_slots -= 1
+                self.bufs[unit.ordinal] = self.free.pop() if self.free else new_buffer()
+                return unit
+        return None
+
+    async def notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+
+async def restore_from_holders(peers: PeerClient, holders: dict[str, str], volume: str, epoch: int,
+                               manifest: Manifest, store: ChunkStore, target: Path, *,
+                               progress: Callable[[int, int], None] | None = None,
+                               window_bytes: int = RESTORE_WINDOW_BYTES,
+                               streams_per_holder: int = STREAMS_PER_HOLDER, direct: bool = True) -> PeerRestoreReport:
+    """Write snapshot ``manifest`` of ``volume`` into the new, empty file ``target``, taking each
+    chunk from ``store`` where it is there and intact, else from ``holders`` (site id → peer
+    URL), all of them at once; then fsync and prove it (O5: every block read back from the
+    disk after a sync and compared, the root rebuilt; see the module docstring).
+
+    Args:
+        epoch: the volume's epoch (sent with the fetch requests).
+        store: this site's chunk store; it must hold the manifest's pages (its block chunks
+            may be missing). Nothing is stored into it.
+        progress: ``progress(done_blocks, total_blocks)`` as units are written.
+        window_bytes: decoded bytes in flight at most (RESTORE_WINDOW_BYTES; at least one unit).
+        streams_per_holder: concurrent fetch streams per holder (STREAMS_PER_HOLDER).
+        direct: write with O_DIRECT where the file system allows it.
+    Returns:
+        :class:`PeerRestoreReport`.
+    Raises:
+        NotFoundError: a chunk neither here nor at any holder that answered.
+        PeerUnavailableError: chunks still needed and every holder failed.
+        TargetFullError / UsageError: the target (:class:`~replicad.storage.assemble.ImageAssembler`).
+        RestoreVerifyError: the image read back does not match the snapshot (O5).
+        InternalError: a unit was never written (a bug).
+    """
+    t0 = time.monotonic()
+    units, zero_blocks = await asyncio.to_thread(plan_units, manifest, store.get)
+    total = manifest.n_blocks
+    report = PeerRestoreReport(total, 0, 0, 0, {h: HolderReport() for h in holders}, len(units))
+    done = zero_blocks
+    if units and not holders:
+        wanted = await asyncio.to_thread(store.missing, list({d for u in units for d in u.places}))
+        if wanted:
+            raise NotFoundError(f"{len(wanted)} chunks of {volume}#{manifest.seq} are not here and no holder was "
+                                "given", volume=volume, seq=manifest.seq, missing=len(wanted))
+    assembler = await asyncio.to_thread(ImageAssembler, target, manifest, direct=direct)
+    run = _Run(units, max(1, window_bytes // UNIT_BYTES))
+    try:
+        if progress is not None:
+            progress(done, total)
+
+        async def write(unit: Unit) -> None:
+            nonlocal done
+            buf = run.bufs[unit.ordinal]
+            try:
+                await asyncio.to_thread(assembler.write, unit, buf)
+                done += unit.n_blocks
+                if progress is not None:
+                    progress(done, total)
+            except BaseException as err:
+                run.error = run.error or err
+                if not isinstance(err, Exception):
+                    raise
+            finally:
+                del run.bufs[unit.ordinal]
+                run.free.append(buf)
+                run.free_slots += 1
+                run.remaining -= 1
+                run.writing -= 1
+                await run.notify()
+
+        def complete(unit: Unit) -> None:
+            run.writing += 1
+            task = asyncio.ensure_future(write(unit))
+            run.tasks.add(task)
+            task.add_done_callback(run.tasks.discard)
+
+        async def place_local(unit: Unit) -> None:
+            """Place the unit's chunks this store holds intact (a worker thread)."""
+            run.local_checked.add(unit.ordinal)
+
+            def read() -> int:
+                wanted = list(unit.pending)
+                absent = set(store.missing(wanted))
+                frames = []
+                for d in wanted:
+                    if d in absent:
+                        continue
+                    try:
+                        frames.append((d, CODEC_RAW, store.get(d)))
+                    except (IntegrityError, NotFoundError):  # corrupt or gone here: a holder supplies it
+                        continue
+                assembler.place(unit, run.bufs[unit.ordinal], frames)
+                return len(frames)
+
+            report.local_chunks += await asyncio.to_thread(read)
+
+        async def fetch_into(url: str, unit: Unit, rep: HolderReport) -> None:
+            """Ask a holder for ``unit``'s pending chunks; each piece received is placed in a worker
+            thread while the next one is received (one piece in flight)."""
+            buf = run.bufs[unit.ordinal]
+            placing: asyncio.Future | None = None
+            try:
+                async for frames in peers.fetch_frames(url, volume, epoch, sorted(unit.pending)):
+                    if placing is not None:
+                        await placing
+                    rep.chunks += len(frames)
+                    rep.bytes += sum(len(f[2]) for f in frames)
+                    placing = asyncio.ensure_future(asyncio.to_thread(assembler.place, unit, buf, frames))
+                if placing is not None:
+                    await placing
+                    placing = None
+            finally:
+                if placing is not None:  # the stream broke: what was received is still placed
+                    await asyncio.gather(placing, return_exceptions=True)
+
+        async def stream(holder: str, url: str) -> None:
+            rep = report.holders[holder]
+            while True:
+                if run.error is not None or holder in run.dead or run.remaining == 0:
+                    return
+                unit = run.take(holder, assembler.buffer)
+                if unit is None:
+                    async with run.changed:
+                        if run.busy == 0 and run.writing == 0:  # nothing can change any more
+                            run.changed.notify_all()
+                            return
+                        await run.changed.wait()
+                    continue
+                run.busy += 1
+                try:
+                    if unit.ordinal not in run.local_checked:
+                        await place_local(unit)
+                    if unit.pending:
+                        await fetch_into(url, unit, rep)
+                    if unit.pending:  # the holder answered without some of them
+                        unit.lacking_at.add(holder)
+                        run.queue.appendleft(unit)
+                    else:
+                        complete(unit)
+                except ReplicadError as err:
+                    if unit.ordinal not in run.local_checked:  # the store here failed, not the holder
+                        run.error = run.error or err
+                        return
+                    run.queue.appendleft(unit)  # its placed chunks stay; another holder's stream takes it
+                    if holder in run.dead:  # its other stream said so already
+                        return
+                    rep.failed = f"{err.code}: {err.message}"
+                    run.dead.add(holder)
+                    log.warning("restore of %s#%d: holder %s failed after %d chunks (%s); its share goes to %s",
+                                volume, manifest.seq, holder, rep.chunks, rep.failed,
+                                ", ".join(h for h in holders if h not in run.dead) or "no one")
+                except BaseException as err:
+                    run.error = run.error or err
+                    raise
+                finally:
+                    run.busy -= 1
+                    await run.notify()
+
+        # interleaved (b, c, b, c): with a window of fewer units than streams every holder still gets one
+        streams = [asyncio.ensure_future(stream(h, url)) for _ in range(max(1, streams_per_holder))
+                   for h, url in holders.items()]
+        try:
+            if not streams:  # everything is here: one pass over the store
+                for unit in list(run.queue):
+                    run.queue.remove(unit)
+                    run.bufs[unit.ordinal] = run.free.pop() if run.free else assembler.buffer()
+                    await place_local(unit)
+                    if unit.pending:
+                        raise NotFoundError(f"{len(unit.pending)} chunks of {volume}#{manifest.seq} are not here",
+                                            volume=volume, seq=manifest.seq)
+                    run.writing += 1
+                    await write(unit)
+            await asyncio.gather(*streams)
+            while run.tasks:
+                await asyncio.gather(*list(run.tasks))
+        except BaseException:
+            for t in (*streams, *run.tasks):
+                t.cancel()
+            await asyncio.gather(*streams, *run.tasks, return_exceptions=True)
+            raise
+        if run.error is not None:
+            raise run.error
+        if run.remaining:
+            lacking = sum(len(u.pending) for u in run.queue)
+            failed = {h: r.failed for h, r in report.holders.items() if r.failed}
+            if any(u.lacking_at for u in run.queue):
+                raise NotFoundError(f"{lacking} chunks of {volume}#{manifest.seq} are not available from any holder",
+                                    volume=volume, seq=manifest.seq, missing=lacking, holders=list(holders),
+                                    failed=failed)
+            raise PeerUnavailableError(f"{lacking} chunks of {volume}#{manifest.seq} missing here and every holder "
+                                       f"failed ({', '.join(holders)})", volume=volume, seq=manifest.seq,
+                                       missing=lacking, holders=list(holders), failed=failed)
+        await asyncio.to_thread(assembler.finish, units)
+    finally:
+        assembler.close()
+    report.blocks_written = assembler.blocks_written
+    report.bytes_written = assembler.bytes_written
+    report.seconds = time.monotonic() - t0
+    if progress is not None:
+        progress(total, total)
+    return report
+
+
+__all__ = ["RESTORE_WINDOW_BYTES", "STREAMS_PER_HOLDER", "HolderReport", "PeerRestoreReport", "restore_from_holders"]

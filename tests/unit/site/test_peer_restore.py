@@ -1,0 +1,178 @@
+"""A restore streamed from several holders (replicad.site.peer_restore) with real chunk stores
+behind real peer servers on loopback: the split across holders, the bounded window, a holder that
+dies in the middle of a stream, a chunk no holder has, and chunks this site still holds."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from replicad.core import wire
+from replicad.core.errors import NotFoundError
+from replicad.core.manifest import ZERO_DIGEST, Manifest, iter_block_digests
+from replicad.lab.localcluster import free_port
+from replicad.peer.transport import PeerClient, peer_routes
+from replicad.site import peer_restore
+from replicad.sources.file import take_snapshot
+from replicad.storage import assemble
+from replicad.storage.chunkstore import ChunkStore
+from replicad.storage.image import verify_image
+
+from tests.unit.peer.test_transport import Receiver
+
+BLOCK = 65536
+VOL = "ehr"
+
+
+def write_image(path: Path, n_blocks: int, rng: random.Random) -> None:
+    """Zero blocks, text-like blocks, random blocks, a block repeated far apart, a short tail."""
+    with open(path, "wb") as f:
+        for i in range(n_blocks):
+            if i % 5 == 0:
+                f.write(bytes(BLOCK))
+            elif i % 97 == 1:
+                f.write(b"the same block at several places\n" * (BLOCK // 33) + bytes(BLOCK % 33))
+            elif i % 2:
+                f.write((f"patient {i} record {rng.random()}\n" * 3000).encode()[:BLOCK])
+            else:
+                f.write(rng.randbytes(BLOCK))
+        f.write(b"short tail")
+
+
+async def snapshot_into(image: Path, *stores: ChunkStore) -> Manifest:
+    manifest = None
+    for store in stores:
+        manifest = (await take_snapshot(image, volume=VOL, seq=1, epoch=1, parent=None, store=store,
+                                        now_ns=1)).manifest
+    assert manifest is not None
+    return manifest
+
+
+def copy_chunks(src: ChunkStore, dst: ChunkStore, digests) -> None:
+    dst.put_encoded([(d, *src.get_encoded(d)) for d in digests])
+
+
+class Server:
+    """One holder: the real peer routes over ``store``; with ``die_after`` frames served in all,
+    it writes half a frame, cuts the connection, and cuts every later request at once (a holder
+    that died in the middle of a stream)."""
+
+    def __init__(self, store: ChunkStore, site_id: str, die_after: int | None = None) -> None:
+        self.store, self.site_id, self.die_after = store, site_id, die_after
+        self.served = 0
+
+    async def dying_fetch(self, request: web.Request) -> web.StreamResponse:
+        doc = wire.decode_doc("fetch", await request.read())
+        resp = web.StreamResponse(headers={"Content-Type": wire.CONTENT_TYPE})
+        await resp.prepare(request)
+        await resp.write(wire.encode_doc("chunks", volume=doc["volume"], epoch=doc["epoch"],
+                                         **{"from": self.site_id}))
+        for d in doc["digests"]:
+            frame = wire.encode_frame(d, *self.store.get_encoded(d))
+            if self.served >= self.die_after:
+                await resp.write(frame[:len(frame) // 2])
+                request.transport.abort()
+                return resp
+            await resp.write(frame)
+            self.served += 1
+        await resp.write_eof()
+        return resp
+
+    async def __aenter__(self) -> str:
+        host = Receiver(self.store)
+        host.site_id = self.site_id
+        app = web.Application()
+        if self.die_after is None:
+            app.add_routes(peer_routes(host))
+        else:
+            app.add_routes([web.post("/v1/peer/fetch", self.dying_fetch)])
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        port = free_port()
+        await web.TCPSite(self.runner, "127.0.0.1", port).start()
+        return f"http://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc) -> None:
+        await self.runner.cleanup()
+
+
+@pytest.fixture
+def stores(tmp_path: Path):
+    made = [ChunkStore(tmp_path / name) for name in ("holder-b", "holder-c", "here")]
+    try:
+        yield made
+    finally:
+        for s in made:
+            s.close()
+
+
+async def test_the_chunks_are_split_across_both_holders_within_the_window_and_local_ones_are_read_here(
+        tmp_path: Path, stores, monkeypatch) -> None:
+    b, c, here = stores
+    image = tmp_path / "volume.img"
+    write_image(image, 640, random.Random(5))  # 40 MiB and a short tail: 6 units of up to 8 MiB
+    manifest = await snapshot_into(image, b, c)
+    copy_chunks(b, here, [manifest.root, *manifest.pages])
+    blocks = [d for d in dict.fromkeys(iter_block_digests(manifest, b.get)) if d != ZERO_DIGEST]
+    copy_chunks(b, here, blocks[:10])  # this site still holds a few
+    allocated = []
+    real_buffer = assemble.ImageAssembler.buffer
+    monkeypatch.setattr(assemble.ImageAssembler, "buffer", lambda self: allocated.append(1) or real_buffer(self))
+    progress: list[tuple[int, int]] = []
+    target = tmp_path / "restored.img"
+    async with Server(b, "site-b") as url_b, Server(c, "site-c") as url_c:
+        async with aiohttp.ClientSession() as session:
+            rep = await peer_restore.restore_from_holders(
+                PeerClient(session, "site-a"), {"site-b": url_b, "site-c": url_c}, VOL, 1, manifest, here, target,
+                progress=lambda d, t: progress.append((d, t)), window_bytes=2 * assemble.UNIT_BYTES)
+    assert target.read_bytes() == image.read_bytes()
+    assert verify_image(target, manifest) == manifest.root  # O5
+    assert rep.units == 6 and rep.local_chunks >= 10  # a repeated chunk is placed in each unit that has it
+    served = {h: r.chunks for h, r in rep.holders.items()}
+    assert served["site-b"] > 0 and served["site-c"] > 0, served  # both holders worked
+    assert all(r.failed is None for r in rep.holders.values())
+    assert len(allocated) <= 2  # never more buffers than the window holds
+    assert progress[-1] == (manifest.n_blocks, manifest.n_blocks)
+    assert [d for d, _ in progress] == sorted(d for d, _ in progress)
+    assert not b.missing(blocks) and here.missing(blocks[10:]) == blocks[10:]  # nothing stored here
+
+
+async def test_a_holder_that_dies_mid_stream_leaves_its_share_to_the_other(tmp_path: Path, stores) -> None:
+    b, c, here = stores
+    image = tmp_path / "volume.img"
+    write_image(image, 512, random.Random(6))
+    manifest = await snapshot_into(image, b, c)
+    copy_chunks(b, here, [manifest.root, *manifest.pages])
+    target = tmp_path / "restored.img"
+    dying = Server(c, "site-c", die_after=70)  # inside its first or second unit's stream
+    async with Server(b, "site-b") as url_b, dying as url_c:
+        async with aiohttp.ClientSession() as session:
+            rep = await peer_restore.restore_from_holders(
+                PeerClient(session, "site-a"), {"site-b": url_b, "site-c": url_c}, VOL, 1, manifest, here, target)
+    assert target.read_bytes() == image.read_bytes()
+    assert verify_image(target, manifest) == manifest.root
+    assert dying.served == 70 and 0 < rep.holders["site-c"].chunks <= 70  # the last ones sent may be lost in the cut
+    assert rep.holders["site-c"].failed is not None and "peer_unavailable" in rep.holders["site-c"].failed
+    assert rep.holders["site-b"].failed is None and rep.holders["site-b"].chunks > 0
+
+
+async def test_a_chunk_no_holder_has_fails_the_restore_as_not_found(tmp_path: Path, stores) -> None:
+    b, c, here = stores
+    image = tmp_path / "volume.img"
+    write_image(image, 64, random.Random(7))
+    manifest = await snapshot_into(image, b, c)
+    copy_chunks(b, here, [manifest.root, *manifest.pages])
+    lost = next(d for d in iter_block_digests(manifest, b.get) if d != ZERO_DIGEST)
+    b.delete_corrupt(lost)
+    c.delete_corrupt(lost)
+    async with Server(b, "site-b") as url_b, Server(c, "site-c") as url_c:
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(NotFoundError) as err:
+                await peer_restore.restore_from_holders(
+                    PeerClient(session, "site-a"), {"site-b": url_b, "site-c": url_c}, VOL, 1, manifest, here,
+                    tmp_path / "restored.img")
+    assert err.value.evidence["missing"] == 1
