@@ -176,3 +176,27 @@ async def test_a_chunk_no_holder_has_fails_the_restore_as_not_found(tmp_path: Pa
                     PeerClient(session, "site-a"), {"site-b": url_b, "site-c": url_c}, VOL, 1, manifest, here,
                     tmp_path / "restored.img")
     assert err.value.evidence["missing"] == 1
+
+
+async def test_a_fetch_into_the_store_is_split_across_holders_and_survives_one_dying(tmp_path: Path, stores) -> None:
+    """Pull.fetch_missing of more than FETCH_SLICE chunks from two holders: both asked at once, the
+    one cut mid-stream dropped and its slice fetched from the other; every chunk stored here."""
+    from types import SimpleNamespace
+
+    from replicad.site.pull import FETCH_SLICE, Pull
+
+    b, c, here = stores
+    image = tmp_path / "volume.img"
+    write_image(image, 1200, random.Random(8))
+    manifest = await snapshot_into(image, b, c)
+    need = [d for d in dict.fromkeys(iter_block_digests(manifest, b.get)) if d != ZERO_DIGEST]
+    assert len(need) > 2 * FETCH_SLICE
+    dying = Server(c, "site-c", die_after=FETCH_SLICE // 2)
+    async with Server(b, "site-b") as url_b, dying as url_c:
+        urls = {"site-b": url_b, "site-c": url_c}
+        async with aiohttp.ClientSession() as session:
+            cluster = SimpleNamespace(site_id="site-a", peer_url=urls.__getitem__)
+            pull = Pull(cluster, here, None, PeerClient(session, "site-a"))
+            await pull.fetch_missing(VOL, 1, need, ["site-b", "site-c"])
+    assert here.missing(need) == []
+    assert FETCH_SLICE // 2 <= dying.served < len(need)  # site-c served part of its slices, then died
