@@ -32,7 +32,11 @@ Rows (units in the table):
 * **restore**: the daemon restore API at the primary into a new file (local store; includes
   the O5 verify re-read), and in-process from peers (a fresh store fetches every chunk from
   site-b over the peer API, then ``storage.image.apply_snapshot`` + ``storage.image.verify_image``);
-  floor: ``dd if=IMAGE of=TARGET bs=8M oflag=direct conv=fsync``.
+  floor: ``dd if=IMAGE of=TARGET bs=8M oflag=direct conv=fsync``. **Restore from peers, 2 holders**:
+  the daemon's path for a site that lacks the chunks (``site.peer_restore.restore_from_holders``)
+  in-process with a fresh store: manifest and pages from site-b, then every block chunk streamed
+  from site-b and site-c at once straight into the image, each unit synced and read back from the
+  disk as it is written (O5); vs the same dd.
 * **standby RTO**: site-b is restarted with ``apply_delay = "1h"`` after its standby caught
   up, 1 % of the blocks change, a snapshot commits (site-b holds it, does not apply it), the
   primary is SIGKILLed and ``promote --force`` runs at site-b: ``rto_s`` of its answer.
@@ -96,6 +100,7 @@ from replicad.core.manifest import Manifest, iter_block_digests
 from replicad.storage.image import apply_snapshot, verify_image
 from replicad.sources.file import take_snapshot
 from replicad.peer.transport import PeerClient
+from replicad.site.peer_restore import restore_from_holders
 
 BLOCK_BYTES = 65536
 READ_BYTES = 8 * 2**20
@@ -341,6 +346,29 @@ async def restore_from_peer(peer_url: str, root: bytes, store_dir: Path, target:
     return {"fetch": t1 - t0, "apply": t2 - t1, "verify": t3 - t2, "total": t3 - t0}
 
 
+async def restore_from_peers(peer_urls: dict[str, str], root: bytes, store_dir: Path, target: Path) -> dict[str, float]:
+    """The daemon's restore from peers (``site.peer_restore.restore_from_holders``) in-process into
+    a fresh store: the manifest and its pages fetched from the first holder, then every block
+    chunk streamed from all ``peer_urls`` at once straight into ``target`` (decode and writes
+    overlapped, O5 checked as it writes: every block read back from the disk after a sync, the
+    root rebuilt); seconds per phase."""
+    store = ChunkStore(store_dir)
+    try:
+        t0 = time.perf_counter()
+        async with aiohttp.ClientSession() as session:
+            client = PeerClient(session, "bench")
+            first = next(iter(peer_urls.values()))
+            await client.fetch(first, VOL, 0, [root], store)
+            m = Manifest.decode(store.get(root))
+            await client.fetch(first, VOL, 0, list(m.pages), store)
+            t1 = time.perf_counter()
+            await restore_from_holders(client, peer_urls, VOL, 0, m, store, target)  # O5 included
+        t2 = time.perf_counter()
+    finally:
+        store.close()
+    return {"meta": t1 - t0, "stream": t2 - t1, "total": t2 - t0}
+
+
 def one_run(run: int, image: Path, work: Path, res: Results, args: argparse.Namespace, cold: bool,
             console: Console) -> None:
     """One fresh cluster: full sync, incremental cycles, commits, restores, standby RTO."""
@@ -387,7 +415,7 @@ def one_run(run: int, image: Path, work: Path, res: Results, args: argparse.Name
         os.sync()
 
         # ---- incremental cycles (warm, then cold)
-        modes = ["warm"] + (["cold"] if cold else [])
+        modes = [] if "incr" in args.skip_parts else ["warm"] + (["cold"] if cold else [])
         for mode in modes:
             for k in range(args.cycles):
                 change_blocks(a_img, 0.01, rng, f"r{run}{mode}{k}")
@@ -415,7 +443,7 @@ def one_run(run: int, image: Path, work: Path, res: Results, args: argparse.Name
         console.log(f"run {run}: incremental done")
 
         # ---- Raft commit latency through snapshots of the unchanged tiny volume
-        for _ in range(args.commits):
+        for _ in range(0 if "commits" in args.skip_parts else args.commits):
             _, rep = snapshot(c, "site-a", TINY, tmo)
             res.add("commit.ship_commit.s", rep["cycle_s"] - rep["scan_s"])
             res.add("commit.cycle.s", rep["cycle_s"])
@@ -442,14 +470,24 @@ def one_run(run: int, image: Path, work: Path, res: Results, args: argparse.Name
             res.add(f"restore.peer.{k}.s", v)
         target.unlink()
         shutil.rmtree(root / "peer-restore-store")
+        target = root / "restore-peers.img"
+        urls = {s: f"http://127.0.0.1:{c.sites[s].peer_port}" for s in ("site-b", "site-c")}
+        phases2 = asyncio.run(restore_from_peers(urls, root_digest, root / "peers-restore-store", target))
+        for k, v in phases2.items():
+            res.add(f"restore.peers2.{k}.s", v)
+        target.unlink()
+        shutil.rmtree(root / "peers-restore-store")
         dd_target = root / "dd-floor.img"
         dt, _ = run_timed(["dd", f"if={a_img}", f"of={dd_target}", "bs=8M", "oflag=direct", "conv=fsync",
                            "status=none"], tmo)
         res.add("restore.dd.s", dt)
         dd_target.unlink()
-        console.log(f"run {run}: restores done (local {rest['seconds']:.2f}s, peer {phases['total']:.2f}s)")
+        console.log(f"run {run}: restores done (local {rest['seconds']:.2f}s, peer {phases['total']:.2f}s, "
+                    f"2 holders {phases2['total']:.2f}s)")
 
         # ---- standby RTO: site-b holds the newest snapshot but has not applied it (1 % behind)
+        if "rto" in args.skip_parts:
+            return
         c.kill("site-b", signal.SIGTERM)
         set_apply_delay(c, "site-b", "1h")
         c.start("site-b")
@@ -471,7 +509,7 @@ def one_run(run: int, image: Path, work: Path, res: Results, args: argparse.Name
     finally:
         rs.__exit__()
         c.stop_all()
-    shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def scan_run(image: Path, work: Path, res: Results, cold: bool, rng: random.Random) -> None:
@@ -736,9 +774,16 @@ def build_table(res: Results, args: argparse.Namespace, cold: bool,
     add("  restore write phase only (apply_snapshot) vs dd", res.cell("restore.peer.apply.s", s_fmt),
         res.cell("restore.dd.s", s_fmt), ra, "info", None)
     rp = ratio(res.med("restore.dd.s"), res.med("restore.peer.total.s"))
-    add("restore from a peer (fetch+apply+verify) vs dd", res.cell("restore.peer.total.s", s_fmt),
+    add("restore from a peer via the local store (fetch, then apply, verify) vs dd", res.cell("restore.peer.total.s", s_fmt),
         res.cell("restore.dd.s", s_fmt), rp, "info", None)
     add("  of which fetch from peer", res.cell("restore.peer.fetch.s", s_fmt), "", None, "info", None)
+    r2 = ratio(res.med("restore.dd.s"), res.med("restore.peers2.total.s"))
+    add("restore from peers, 2 holders (streamed to the image, O5 checked while writing) vs dd",
+        res.cell("restore.peers2.total.s", s_fmt), res.cell("restore.dd.s", s_fmt), r2, ">= 0.70",
+        r2 is not None and r2 >= 0.7)
+    add("  of which manifest+pages / stream+write+O5",
+        " / ".join(res.cell(f"restore.peers2.{k}.s", s_fmt) for k in ("meta", "stream")), "", None,
+        "info", None)
     rto = res.med("rto.rto_s")
     add("standby RTO, 1% divergence (promote --force)", res.cell("rto.rto_s", s_fmt),
         f"wall {res.cell('rto.wall.s', s_fmt)}", None, "< 2 s", rto is not None and rto < 2)
@@ -789,7 +834,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--commits", type=int, default=40, help="tiny-volume snapshots per run for commit latency")
     ap.add_argument("--sparse-volumes", type=int, default=8)
     ap.add_argument("--sparse-gib", type=int, default=64)
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: cluster,scan,memory,reflink")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: cluster,scan,memory,reflink; and "
+                    "within the cluster run incr,commits,rto (e.g. restore rows alone at a large --size-mib)")
     ap.add_argument("--reflink-gib", default="1,16", help="volume sizes of the reflink rows, GiB (default 1,16)")
     ap.add_argument("--reflink-changed-mib", type=float, default=10.24,
                     help="bytes rewritten before each reflink-row cycle, MiB (default 10.24: 1%% of 1 GiB)")
@@ -805,6 +851,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print("rsync is not installed (apt-get install -y rsync)")
         return 2
     skip = set(filter(None, args.skip.split(",")))
+    args.skip_parts = skip
     cold = not args.no_cold and can_drop_caches()
     header = machine_header()
     console.print(header)
