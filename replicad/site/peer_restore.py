@@ -193,8 +193,8 @@ async def restore_from_holders(peers: PeerClient, holders: dict[str, str], volum
             task.add_done_callback(run.tasks.discard)
 
         async def place_local(unit: Unit) -> None:
-            """Place the unit's chunks this store holds intact (a worker thread)."""
-            run.local_checked.add(unit.ordinal)
+            """Place the unit's chunks this store holds intact (a worker thread). A failure of this
+            store itself (not of a chunk in it) propagates: the unit stays unchecked."""
 
             def read() -> int:
                 wanted = list(unit.pending)
@@ -211,6 +211,7 @@ async def restore_from_holders(peers: PeerClient, holders: dict[str, str], volum
                 return len(frames)
 
             report.local_chunks += await asyncio.to_thread(read)
+            run.local_checked.add(unit.ordinal)
 
         async def fetch_into(url: str, unit: Unit, rep: HolderReport) -> None:
             """Ask a holder for ``unit``'s pending chunks; each piece received is placed in a worker
@@ -256,7 +257,7 @@ async def restore_from_holders(peers: PeerClient, holders: dict[str, str], volum
                     else:
                         complete(unit)
                 except ReplicadError as err:
-                    if unit.ordinal not in run.local_checked:  # the store here failed, not the holder
+                    if unit.ordinal not in run.local_checked:  # this site's store failed, not the holder
                         run.error = run.error or err
                         return
                     run.queue.appendleft(unit)  # its placed chunks stay; another holder's stream takes it
