@@ -133,7 +133,8 @@ Authority rules (threat model: root on one site speaks with that site's identity
   false; another one is ``conflict``: a site cannot take back what it said). A ``suspect``
   opinion makes the snapshot ``suspect`` (reason :data:`SITE_SUSPECT_PREFIX`) unless a person
   confirmed it clean (an approved ``mark_verdict clean`` sets ``confirmed``): the primary's
-  commit verdict is one opinion among several, and a snapshot is clean for standbys,
+  commit verdict (its whole-volume screen) can only make it suspect, is no opinion
+  (:func:`disagreement` compares opinions only), and a snapshot is clean for standbys,
   restores, promotions and pruning only if no data site judged it suspect. A ``clean``
   opinion never clears anything.
 * A commit whose parent is ``suspect`` is recorded ``suspect`` by descent (reason
@@ -1084,16 +1085,18 @@ def _op_site_verdict(state: dict, cmd: dict) -> tuple[dict, dict]:
 
 
 def disagreement(snap: dict) -> bool:
-    """True when the opinions on a snapshot differ: a site's own verdict against another's or
-    against the verdict the primary committed (before any site flipped it; ``suspect`` by
-    descent counts as the primary's ``suspect``). A disagreement is itself suspect
-    (issue 14): one of the sites is wrong, broken or lying."""
-    verdicts = {o.get("verdict") for o in (snap.get("opinions") or {}).values()}
-    reason = snap.get("verdict_reason") or ""
-    committed = "clean" if reason.startswith(SITE_SUSPECT_PREFIX) else snap.get("verdict")
+    """True when the sites' own opinions on a snapshot (``site_verdict``, one per judging site)
+    differ: one site judged it clean, another suspect. A disagreement is itself suspect
+    (issue 14): one of the sites is wrong, broken or lying. The verdict the primary proposed
+    with ``commit_snapshot`` is no opinion: it is the whole-volume screen of the scan
+    (:func:`replicad.core.anomaly.judge`), a coarser measure than the relative judge every
+    site (the primary too) records as its opinion, so an honest primary's screen may say clean
+    where its own opinion says suspect (ARCHITECTURE "Ransomware signal"). A snapshot a person
+    confirmed is never in disagreement. Pure."""
     if snap.get("confirmed"):
         return False
-    return len(verdicts | {committed}) > 1
+    verdicts = {o.get("verdict") for o in (snap.get("opinions") or {}).values()}
+    return len(verdicts) > 1
 
 
 def _op_set_retention(state: dict, cmd: dict) -> tuple[dict, dict]:

@@ -174,8 +174,9 @@ class Detection:
                         "; ".join(reasons), verdict.score, verdict.cumulative, verdict.first_suspect_seq, base_seq,
                         volume, seq)
         else:
-            log.info("snapshot %s#%d judged clean at %s (score %.4f, %d changed blocks vs #%s, %.3f CPU-s)", volume,
-                     seq, self.site_id, verdict.score, signals.changed_blocks, base_seq, cpu_s)
+            log.info("snapshot %s#%d judged clean at %s (score %.4f, %s, %.3f CPU-s)", volume, seq, self.site_id,
+                     verdict.score, "first snapshot: the data later ones are judged against" if base_seq is None
+                     else f"{signals.changed_blocks} changed blocks vs #{base_seq}", cpu_s)
         await self.cluster.propose("site_verdict", volume=volume, seq=seq, verdict=own,
                                    score_ppm=min(PPM * 1000, int(round(verdict.score * PPM))),
                                    cumulative_ppm=min(PPM * 1000, int(round(verdict.cumulative * PPM))),
@@ -262,8 +263,9 @@ class Detection:
 
     # ------------------------------------------------------------------ disagreement
     def note_disagreements(self, volume: str, vs: dict) -> int:
-        """Log (WARNING, once per snapshot) and count every snapshot of ``volume`` whose
-        opinions disagree (:func:`replicad.core.state.disagreement`); sets the gauge
+        """Log (WARNING, once per snapshot) and count every snapshot of ``volume`` on which the
+        sites' own opinions disagree (:func:`replicad.core.state.disagreement`: the primary's
+        commit-time screen is not one of them); sets the gauge
         ``replicad_anomaly_verdict_disagreements``. Returns their number."""
         found = 0
         for seq, snap in vs["snapshots"].items():
@@ -273,10 +275,9 @@ class Detection:
             if (volume, seq) not in self._disagreed:
                 self._disagreed.add((volume, seq))
                 opinions = {s: o["verdict"] for s, o in (snap.get("opinions") or {}).items()}
-                log.warning("VERDICTS DISAGREE on %s#%d: committed %s by the primary, opinions %s — a site is wrong, "
-                            "broken or lying; the snapshot counts as suspect (replicad evidence %s %d)", volume, seq,
-                            snap["verdict"] if not (snap.get("verdict_reason") or "").startswith("judged suspect")
-                            else "clean", opinions, volume, seq)
+                log.warning("VERDICTS DISAGREE on %s#%d: the sites' own verdicts %s — a site is wrong, broken or "
+                            "lying; the snapshot counts as suspect (replicad evidence %s %d)", volume, seq, opinions,
+                            volume, seq)
         self.metrics.set_disagreements(volume, found)
         return found
 

@@ -184,8 +184,10 @@ class Replication:
         if verdict.verdict == "suspect":
             log.warning("SUSPECT snapshot %s#%d: score %.3f vs baseline %.3f (%s)", cfg.name, seq, verdict.score,
                         verdict.baseline, verdict.reason)
-        log.info("committed %s#%d epoch %d: %d changed blocks, %s, held by %s, %.2fs", cfg.name, seq, epoch,
-                 len(result.changed_blocks), verdict.verdict, ", ".join(holders), report["cycle_s"])
+        # the screen is not the verdict: every data site (this one too) judges the snapshot next
+        log.info("committed %s#%d epoch %d: %d changed blocks, whole-volume screen %s (each site's own verdict "
+                 "follows), held by %s, %.2fs", cfg.name, seq, epoch, len(result.changed_blocks), verdict.verdict,
+                 ", ".join(holders), report["cycle_s"])
         return report
 
     def _signs(self) -> bool:

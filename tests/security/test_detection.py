@@ -10,8 +10,8 @@ weakens the detection policy, in its own name.
 
 The honest replicas site-b and site-c judge every snapshot themselves from the bytes they
 store, with the cluster's policy: they record ``suspect`` through Raft, never apply the
-encrypted snapshots to their standbys (standby bytes = the last clean image), report the
-disagreement with the primary (WARNING, ``replicad_anomaly_verdict_disagreements``), serve the
+encrypted snapshots to their standbys (standby bytes = the last clean image), do not call the
+primary's commit-time screen a disagreement (every site's own opinion is suspect), serve the
 evidence, refuse the attacker's clearing and weakening (``approval_required``), and a forced
 promotion at site-b restores the last clean snapshot.
 
@@ -113,12 +113,15 @@ def test_an_attacker_primary_cannot_make_the_replicas_apply_intermittent_encrypt
             assert catalog[bad["seq"]]["verdict_reason"].startswith("judged suspect by site-"), catalog[bad["seq"]]
             assert standby_seq(c, s) == clean_seq, s
             assert sha(c.sites[s].volume_path(VOL)) == clean_hash, f"{s}'s standby is not the clean image"
-            assert metric(c, s, "replicad_anomaly_verdict_disagreements") >= 1, s
-            assert "VERDICTS DISAGREE" in c.log_tail(s, 2000), s
+            # every site's own opinion is suspect (the primary's too): its commit-time screen is no
+            # opinion, so nothing disagrees (issue 17, item 4)
+            assert opinion(c, s, bad["seq"], "site-a") in (None, "suspect"), s
+            assert metric(c, s, "replicad_anomaly_verdict_disagreements") == 0, s
+            assert "VERDICTS DISAGREE" not in c.log_tail(s, 2000), s
             assert metric(c, s, "replicad_anomaly_judged_total") >= 3, s
 
         ev = c.api("site-b", "GET", f"/v1/volumes/{VOL}/snapshots/{bad['seq']}/evidence")
-        assert ev["disagreement"] is True and ev["opinions"]["site-b"]["verdict"] == "suspect", ev
+        assert ev["disagreement"] is False and ev["opinions"]["site-b"]["verdict"] == "suspect", ev
         here = ev["here"]
         assert here["verdict"] == "suspect" and here["base_seq"] == clean_seq, here
         assert here["first_suspect_seq"] == bad["seq"] and here["restore_seq"] == clean_seq, here

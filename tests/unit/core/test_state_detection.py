@@ -78,3 +78,25 @@ def test_detection_policy_stricter_at_once_weaker_only_by_approved_request(clust
     assert detection_policy(state["volumes"]["vol"])["min_score"] == 0.01  # pending
     state, _ = ok(state, cmd("approve", by="b", request=list_requests(state)[0]["id"]))
     assert detection_policy(state["volumes"]["vol"])["min_score"] == 1.0
+
+
+def test_the_primarys_commit_screen_is_no_opinion_to_disagree_with(cluster: dict) -> None:
+    """Issue 17, item 4: an honest primary commits clean (whole-volume screen), then judges the
+    snapshot suspect itself (relative judge): every opinion says suspect, nothing disagrees."""
+    state = commit(cluster, 1, "clean")
+    state, res = opinion(state, "a", 1, "suspect", score_ppm=120_000, reason="text turned random")
+    snap = state["volumes"]["vol"]["snapshots"][1]
+    assert res["flipped"] and snap["verdict"] == "suspect"
+    assert not disagreement(snap)
+    state, _ = opinion(state, "b", 1, "suspect")
+    assert not disagreement(state["volumes"]["vol"]["snapshots"][1])
+    state, _ = opinion(state, "c", 1, "clean")  # a site's own opinion against the others': a disagreement
+    assert disagreement(state["volumes"]["vol"]["snapshots"][1])
+
+
+def test_a_suspect_commit_screen_against_clean_opinions_is_no_disagreement(cluster: dict) -> None:
+    state = commit(cluster, 1, "suspect")
+    state, _ = opinion(state, "a", 1, "clean")
+    state, _ = opinion(state, "b", 1, "clean")
+    snap = state["volumes"]["vol"]["snapshots"][1]
+    assert snap["verdict"] == "suspect" and not disagreement(snap)  # the screen still makes it suspect
