@@ -116,11 +116,16 @@ def _render_status(data: dict) -> None:
         console.print("[red]UNSAFE: this site runs without identity (identity.unsafe_unsigned): its commands are "
                       "not signed and nobody's are checked[/red]")
     elif ident:
-        console.print(f"identity: cluster {ident.get('cluster_id')}, commands signed "
-                      f"({', '.join(ident.get('public_key') or [])})")
+        console.print(f"identity: cluster {ident.get('cluster_id')}, commands signed ({_keys_shown(ident)})",
+                      markup=False, soft_wrap=True)
     for site, r in sorted((ident.get("revoked") or {}).items()):
-        console.print(f"[red]revoked[/red]: {site} ({r.get('keys')} key(s), by a request of {r.get('by')}); "
-                      "its commands are refused", markup=True)
+        if r.get("rejoined"):
+            console.print(f"rejoined: {site} (rebuilt with a new key after a revocation by a request of "
+                          f"{r.get('by')}; a member again, its {r.get('keys')} revoked key(s) stay refused)",
+                          markup=False, soft_wrap=True)
+        else:
+            console.print(f"[red]revoked[/red]: {site} ({r.get('keys')} key(s), by a request of {r.get('by')}); "
+                          "its commands are refused", markup=True)
     pending = [r for r in data.get("requests") or [] if r.get("status") in ("pending", "approved")]
     if pending:
         console.print(f"[yellow]{len(pending)} request(s) waiting for approval or cooling off[/yellow] "
@@ -136,15 +141,30 @@ def _render_status(data: dict) -> None:
                       "(restore into it again with --overwrite if it is to be used)", markup=True, highlight=False)
 
 
+def _keys_shown(ident: dict) -> str:
+    """The keys pinned for this site, the one it signs with marked ``signs with``, a revoked one
+    ``REVOKED``: from ``keys`` (``{key, signs, revoked}``), else (an older site) ``public_key``."""
+    keys = ident.get("keys")
+    if not isinstance(keys, list):
+        return ", ".join(ident.get("public_key") or [])
+    shown = []
+    for k in keys:
+        marks = [m for m, on in (("signs with", k.get("signs")), ("REVOKED", k.get("revoked"))) if on]
+        if not marks and ident.get("signing_key"):
+            marks = ["pinned, not used"]
+        shown.append(str(k.get("key")) + (f" [{', '.join(marks)}]" if marks else ""))
+    return ", ".join(shown)
+
+
 def _volume_cells(v: dict) -> dict[str, str]:
     """The per-volume figures ``replicad status`` shows, as text."""
     rpo = v.get("rpo_s")
     standby = "-" if v.get("role") == "primary" or v.get("standby_seq") is None else str(v["standby_seq"])
     if v.get("standby_lag_snapshots"):
         standby += f" ({v['standby_lag_snapshots']} behind)"
-    return {"role": _role_shown(v), "primary": str(v.get("primary")), "epoch": str(v.get("epoch")),
+    return {"role": _role_shown(v), "primary": _primary_shown(v), "epoch": str(v.get("epoch")),
             "newest": str(v.get("newest_committed")), "clean": str(v.get("newest_clean")), "standby": standby,
-            "rpo": f"{rpo:.1f}" if rpo is not None else "-",
+            "rpo": f"{rpo:.1f}" if rpo is not None else "-", "age": _newest_age_shown(v),
             "suspect": ",".join(map(str, v.get("suspect", []))) or "-",
             "divergent": ",".join(f"{d['epoch']}:{d['seq']}" for d in v.get("divergent", [])) or "-",
             "error": v.get("last_error") or ""}
@@ -158,7 +178,7 @@ def _render_volumes_narrow(data: dict) -> None:
         newest_suspect = v.get("newest_committed") is not None and v.get("newest_committed") != v.get("newest_clean")
         style = "red" if newest_suspect else "bold"
         console.print(f"[{style}]{name}[/{style}]: {c['role']} (primary {c['primary']}, epoch {c['epoch']}), "
-                      f"RPO {c['rpo']} s", soft_wrap=False)
+                      f"RPO {c['rpo']} s (newest clean), newest {c['age']} s old", soft_wrap=False)
         console.print(f"  snapshots: newest #{c['newest']}, newest clean #{c['clean']}, standby {c['standby']}")
         if c["suspect"] != "-" or c["divergent"] != "-":
             console.print(f"  suspect: {c['suspect']}   divergent: {c['divergent']}", style=style)
@@ -168,16 +188,16 @@ def _render_volumes_narrow(data: dict) -> None:
 
 def _render_volumes_table(data: dict) -> None:
     t = Table(title="volumes")
-    for col in ("volume", "role", "primary", "epoch", "newest", "newest clean", "standby", "RPO s", "suspect",
-                "divergent", "last error"):
+    for col in ("volume", "role", "primary", "epoch", "newest", "newest clean", "standby", "RPO s (clean)",
+                "newest age s", "suspect", "divergent", "last error"):
         t.add_column(col)
     for name, v in data.get("volumes", {}).items():
         rpo = v.get("rpo_s")
         standby = "-" if v.get("role") == "primary" or v.get("standby_seq") is None else str(v["standby_seq"])
         if v.get("standby_lag_snapshots"):
             standby += f" ({v['standby_lag_snapshots']} behind)"
-        t.add_row(name, _role_shown(v), str(v.get("primary")), str(v.get("epoch")), str(v.get("newest_committed")),
-                  str(v.get("newest_clean")), standby, f"{rpo:.1f}" if rpo is not None else "-",
+        t.add_row(name, _role_shown(v), _primary_shown(v), str(v.get("epoch")), str(v.get("newest_committed")),
+                  str(v.get("newest_clean")), standby, f"{rpo:.1f}" if rpo is not None else "-", _newest_age_shown(v),
                   ",".join(map(str, v.get("suspect", []))) or "-",
                   ",".join(f"{d['epoch']}:{d['seq']}" for d in v.get("divergent", [])) or "-",
                   v.get("last_error") or "",
@@ -185,6 +205,21 @@ def _render_volumes_table(data: dict) -> None:
                   style="red" if v.get("newest_committed") is not None
                   and v.get("newest_committed") != v.get("newest_clean") else None)
     console.print(t)
+
+
+def _newest_age_shown(v: dict) -> str:
+    """Seconds since the newest committed snapshot (suspect or clean), as ``status`` prints it;
+    ``-`` without one. The RPO column is the newest CLEAN one's age (what a restore loses)."""
+    age = v.get("newest_age_s")
+    return f"{age:.1f}" if isinstance(age, (int, float)) else "-"
+
+
+def _primary_shown(v: dict) -> str:
+    """A volume's primary as ``replicad status`` prints it: the site, ``NONE (demoted)`` when Raft
+    names none (the reason ``no_primary`` says what to do), ``?`` when the view has no record."""
+    if "primary" not in v:
+        return "?"
+    return "NONE (demoted)" if v["primary"] is None else str(v["primary"])
 
 
 def _role_shown(v: dict) -> str:
@@ -663,6 +698,114 @@ def cmd_verdict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _render_evidence(e: dict) -> None:
+    """``replicad evidence VOL SEQ``: the cluster's verdict, every site's own opinion, and what
+    this site saw (``here``: base, signals, reasons, the blocks)."""
+    style = "red" if e.get("verdict") == "suspect" else "green"
+    console.print(f"{e['volume']}#{e['seq']}: [{style}]{e.get('verdict')}[/{style}]"
+                  + (" (confirmed by a person)" if e.get("confirmed") else "")
+                  + (f" — {e['verdict_reason']}" if e.get("verdict_reason") else ""), soft_wrap=True)
+    if e.get("disagreement"):
+        console.print("[red]the sites' own verdicts DISAGREE[/red]: a site is wrong, broken or lying "
+                      "(see ReplicadVerdictDisagreement in the README)")
+    t = Table(title="each site's own verdict")
+    for col in ("site", "verdict", "score", "cumulative", "first suspect", "reason"):
+        t.add_column(col)
+    for site, o in sorted((e.get("opinions") or {}).items()):
+        t.add_row(site, str(o.get("verdict")), f"{o.get('score', 0):.4f}", f"{o.get('cumulative', 0):.4f}",
+                  "-" if o.get("first_seq") is None else f"#{o['first_seq']}", o.get("reason") or "",
+                  style="red" if o.get("verdict") == "suspect" else None)
+    console.print(t)
+    here = e.get("here")
+    if not here:
+        console.print("this site has not judged it (no evidence file here): ask another site with --admin")
+        return
+    console.print(f"here ({here.get('site')}): {here.get('verdict')}, score {here.get('score', 0):.4f} (baseline "
+                  f"{here.get('baseline', 0):.4f}, cumulative {here.get('cumulative', 0):.4f}), "
+                  + ("first snapshot (clean by definition)" if here.get("base_seq") is None
+                     else f"judged against #{here['base_seq']}")
+                  + (f"; first suspicious #{here['first_suspect_seq']}" if here.get("first_suspect_seq") else "")
+                  + (f"; restore point #{here['restore_seq']}" if here.get("restore_seq") is not None else ""),
+                  markup=False, soft_wrap=True)
+    for reason in here.get("reasons") or []:
+        console.print(f"  - {reason}", markup=False, soft_wrap=True)
+    signals = here.get("signals") or {}
+    if signals:
+        console.print("  signals: " + ", ".join(f"{k} {v}" for k, v in sorted(signals.items())), markup=False,
+                      soft_wrap=True)
+    blocks = here.get("blocks") or []
+    if blocks:
+        console.print(f"  {len(blocks)} block(s) in the evidence: " + ", ".join(str(b.get("index")) for b in blocks[:32])
+                      + (" ..." if len(blocks) > 32 else "") + " (--json for their statistics)", markup=False,
+                      soft_wrap=True)
+
+
+def _render_detection(d: dict) -> None:
+    """``replicad detection VOL``: the cluster's policy (Raft) and the one applied here."""
+    from replicad.core.units import format_duration
+
+    if "request" in d:
+        _render_request_state(d)
+        return
+
+    def shown(key: str, value: Any) -> str:
+        return format_duration(value) if key.endswith("_s") and isinstance(value, (int, float)) else str(value)
+
+    policy, here = d.get("detection") or {}, d.get("effective_here") or {}
+    t = Table(title=f"{d['volume']} detection policy" + (" (applied)" if d.get("status") == "applied" else ""))
+    for col in ("key", "cluster (Raft)", "applied here") + (("was",) if "previous" in d else ()):
+        t.add_column(col)
+    for key in sorted(policy):
+        row = [key, shown(key, policy[key]), shown(key, here[key]) if key in here else "-"]
+        if "previous" in d:
+            row.append(shown(key, (d.get("previous") or {}).get(key, "-")))
+        t.add_row(*row, style="yellow" if key in here and here[key] != policy[key] else None)
+    console.print(t)
+    if here and any(here.get(k) != v for k, v in policy.items()):
+        console.print("applied here differs: this site's [volumes.anomaly] tightens the cluster's policy",
+                      markup=False)
+
+
+def _policy_value(key: str, text: str) -> Any:
+    """A ``--set KEY=VALUE`` value of the detection policy: ``mode`` as given; ``*_s`` keys as a
+    duration (``7d``, ``3600``) in whole seconds; the rest as a number. Raises UsageError."""
+    from replicad.core.units import parse_duration
+
+    if key == "mode":
+        return text
+    try:
+        if key.endswith("_s"):
+            return int(parse_duration(text))
+        number = float(text)
+    except (ValueError, TypeError, ReplicadError) as err:
+        raise UsageError(f"--set {key}={text}: not a {'duration' if key.endswith('_s') else 'number'} ({err})",
+                         field=key) from None
+    return int(number) if number.is_integer() and "." not in text else number
+
+
+def cmd_detection(args: argparse.Namespace) -> int:
+    """Show the detection policy (``GET /v1/volumes/VOL/detection``) or change keys of it
+    (``--set key=value``, ``PUT`` with ``{"detection": {key: value}, "reason": R}``): a
+    stricter value applies at once, a weaker one becomes a request other sites approve."""
+    path = f"/v1/volumes/{args.volume}/detection"
+    if not args.set:
+        if args.reason:
+            raise UsageError("--reason goes with --set (a change); without --set the policy is only shown")
+        _print(args, api(args, "GET", path), _render_detection)
+        return 0
+    change: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UsageError(f"--set takes KEY=VALUE (e.g. min_score=0.01, window_s=14d, mode=encrypted), got {item!r}")
+        change[key.strip()] = _policy_value(key.strip(), value.strip())
+    body: dict[str, Any] = {"detection": change}
+    if args.reason:
+        body["reason"] = args.reason
+    _print(args, api(args, "PUT", path, body), _render_detection)
+    return 0
+
+
 def cmd_identity_init(args: argparse.Namespace) -> int:
     """Create a site key file (mode 0600, never overwritten) and print its public key line."""
     from replicad.core import identity
@@ -716,11 +859,16 @@ def cmd_identity_show(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Check the hash chain of an audit file (admin-audit.jsonl or peer-audit.jsonl); exit 5
-    (integrity) if it is broken, 3 (not found) if there is no such file."""
+    (integrity) if it is broken, 3 (not found) if there is no such file, 2 (usage) if the file
+    is no audit log at all (:func:`_looks_like_audit_log`)."""
     from replicad.storage.audit import verify_chain
 
     if not Path(args.file).is_file():  # a mistyped path must not read as "chain intact"
         raise NotFoundError(f"no audit file at {args.file}", file=args.file)
+    if not _looks_like_audit_log(Path(args.file)):  # not "chain BROKEN at record 1": another file
+        raise UsageError(f"{args.file} is not an audit log: none of its lines is an audit record (a JSON object "
+                         "with seq, prev and hash); give admin-audit.jsonl or peer-audit.jsonl of a site's "
+                         "data_dir", file=args.file)
     ok, n, bad = verify_chain(Path(args.file))
     result = {"file": args.file, "ok": ok, "n_records": n, "first_bad_seq": bad}
     _print(args, result, lambda r: console.print(
@@ -730,6 +878,29 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         raise IntegrityError(f"audit chain of {args.file} is broken at record {bad}", file=args.file,
                              first_bad_seq=bad, n_records=n)
     return 0
+
+
+def _looks_like_audit_log(path: Path) -> bool:
+    """True when some line of ``path`` (an existing file) is shaped like an audit record (a JSON
+    object with ``seq``, ``prev`` and ``hash``), or the file is empty (an empty chain). A damaged
+    audit log keeps such lines and goes to the chain check; a file of another kind has none.
+
+    Raises:
+        ReplicadError (from_os_error) when the file cannot be read."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise from_os_error(err, f"reading {path}") from None
+    if not data.strip():
+        return True
+    for line in data.splitlines():
+        try:
+            rec = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(rec, dict) and {"seq", "prev", "hash"} <= set(rec):
+            return True
+    return False
 
 
 def cmd_hash_token(args: argparse.Namespace) -> int:
@@ -822,6 +993,11 @@ EXAMPLES: dict[str, str] = {
     "drill": "replicad drill ehr --sandbox /srv/drill",
     "members": "replicad members\nreplicad members propose /etc/replicad/site-a.new.toml --reason 'add site-d'",
     "retention": "replicad retention ehr\nreplicad retention ehr --set lock=48h --set daily=30d",
+    "evidence": "replicad evidence ehr 42                # why each site judged ehr#42 as it did\n"
+                "replicad evidence ehr 42 --json | jq .here.blocks",
+    "detection": "replicad detection ehr\n"
+                 "replicad detection ehr --set min_score=0.01 --reason 'tighter after an incident'   # at once\n"
+                 "replicad detection ehr --set min_score=0.05 --reason 'bulk imports'   # weaker: a request",
     "verdict": "replicad verdict ehr 42 suspect --reason 'encrypted files seen'\n"
                "replicad verdict ehr 42 clean --reason 'bulk import of zip archives'   # a request others approve",
     "requests": "replicad requests",
@@ -832,7 +1008,8 @@ EXAMPLES: dict[str, str] = {
                 "replicad identity show --config /etc/replicad/site-a.toml",
     "audit": "replicad audit log                     # the cluster's Raft audit (commands, who, outcome)\n"
              "replicad audit admin --limit 50        # this site's admin audit log and its chain check\n"
-             "replicad audit verify /var/lib/replicad/admin-audit.jsonl",
+             "replicad audit verify /var/lib/replicad/admin-audit.jsonl\n"
+             "replicad audit verify /var/lib/replicad/peer-audit.jsonl",
     "hash-token": "replicad hash-token --generate\necho \"$TOKEN\" | replicad hash-token",
 }
 
@@ -853,22 +1030,31 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--token", default=argparse.SUPPRESS,
                         help="admin API bearer token (visible in ps: prefer --token-file or $REPLICAD_TOKEN)")
     common.add_argument("--token-file", default=argparse.SUPPRESS, help="file whose first line is the token")
+    # offline commands (run, check-config, identity init, hash-token) talk to no admin API:
+    # no --admin/--token on their help pages
+    json_only = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    json_only.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts")
+    offline = argparse.ArgumentParser(add_help=False, allow_abbrev=False, parents=[json_only])
+    offline.add_argument("--config", dest="site_config", metavar="FILE", default=argparse.SUPPRESS,
+                         help="the site's config file")
     parser = argparse.ArgumentParser(prog="replicad", parents=[common], allow_abbrev=False,
                                      description="replicad: block-level snapshot replication between sites, "
                                                  "agreed through Raft, for recovery after ransomware.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
+    def command(name: str, help: str, parent: argparse.ArgumentParser = common) -> argparse.ArgumentParser:
         examples = EXAMPLES.get(name)
-        return sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".", parents=[common],
+        return sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".", parents=[parent],
                               allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog="examples:\n  " + examples.replace("\n", "\n  ") if examples else None)
 
-    p = command("run", help="run a site daemon")
-    p.add_argument("config", nargs="?", help="the site's config file (or --config FILE)")
+    p = command("run", help="run a site daemon", parent=offline)
+    p.add_argument("config", nargs="?", help="the site's config file, e.g. /etc/replicad/site-a.toml "
+                                             "(or --config FILE)")
     p.set_defaults(fn=cmd_run)
-    p = command("check-config", help="validate a site config file (all problems at once)")
-    p.add_argument("config", nargs="?", help="the site's config file (or --config FILE)")
+    p = command("check-config", help="validate a site config file (all problems at once)", parent=offline)
+    p.add_argument("config", nargs="?", help="the site's config file to check, e.g. /etc/replicad/site-a.toml "
+                                             "(or --config FILE)")
     p.set_defaults(fn=cmd_check_config)
     p = command("demo", help="three sites on this machine: replicate, attack, fail over, restore")
     p.add_argument("--dir", help="keep the demo's state in this directory")
@@ -893,20 +1079,28 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_readopt)
     p = command("promote", help="planned switchover (--to SITE) or forced failover (--force, here); returns "
                 "once the new primary serves the volume, exit 7 if it does not yet")
-    p.add_argument("volume")
+    p.add_argument("volume", help="the volume's name (as in [[volumes]] name)")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--to", metavar="SITE", help="hand the volume to SITE (planned, no data lost)")
-    g.add_argument("--force", action="store_true", help="take the volume over at this site (primary lost)")
+    g.add_argument("--to", metavar="SITE", help="planned switchover: hand the volume to SITE (no data lost); "
+                   "sent to the site you talk to, which forwards it to the current primary")
+    g.add_argument("--force", action="store_true",
+                   help="forced failover: the site you talk to (--admin/--config) takes the volume over from its "
+                        "newest clean snapshot; run it AT the site to promote (primary lost, or no primary)")
     p.set_defaults(fn=cmd_promote)
     p = command("demote", help="leave a volume without primary (fences the current one)")
     p.add_argument("volume")
     p.set_defaults(fn=lambda a: _print(a, api(a, "POST", f"/v1/volumes/{a.volume}/demote", {}), lambda r: console.print(
-        f"{r['volume']}: no primary now, epoch {r['epoch']} (the old primary fences itself)")))
+        f"{r['volume']}: no primary now, epoch {r['epoch']} (the old primary fences itself); nothing is replicated "
+        f"until 'replicad promote {r['volume']} --force' runs AT the site to promote")))
     p = command("restore", help="restore a committed snapshot into a path; succeeds only once its root is verified")
-    p.add_argument("volume")
-    p.add_argument("--target", required=True)
+    p.add_argument("volume", help="the volume's name (as in [[volumes]] name)")
+    p.add_argument("--target", required=True, metavar="PATH",
+                   help="file or block device ON THE SITE to write the image to; its directory must exist "
+                        "(an existing target needs --overwrite)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--snapshot", type=int, dest="seq")
+    g.add_argument("--snapshot", type=int, dest="seq", metavar="SEQ",
+                   help="the committed snapshot to restore, by seq as 'replicad snapshots VOL' lists it "
+                        "(default: the newest clean)")
     g.add_argument("--last-clean", action="store_true", help="the newest clean snapshot (the default)")
     g.add_argument("--divergent", metavar="EPOCH:SEQ",
                    help="a divergent snapshot of this site (what an old primary wrote alone), for forensics")
@@ -952,12 +1146,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--approved-by", action="append", help=argparse.SUPPRESS)  # retired: says what replaced it
     p.set_defaults(fn=cmd_retention)
     p = command("verdict", help="operator verdict on a snapshot; clearing a suspect one is a request others approve")
-    p.add_argument("volume")
-    p.add_argument("seq", type=int)
-    p.add_argument("verdict", choices=("clean", "suspect"))
+    p.add_argument("volume", help="the volume's name (as in [[volumes]] name)")
+    p.add_argument("seq", type=int, help="the snapshot's seq, as 'replicad snapshots VOL' lists it")
+    p.add_argument("verdict", choices=("clean", "suspect"),
+                   help="suspect: at once; clean: a request other sites approve (a person's confirmation)")
     p.add_argument("--reason", default="", help="why (kept in the audit logs)")
     p.add_argument("--approved-by", action="append", help=argparse.SUPPRESS)  # retired: says what replaced it
     p.set_defaults(fn=cmd_verdict)
+    p = command("evidence", help="why each site judged a snapshot clean or suspect: every site's own verdict "
+                "and this site's evidence (blocks, signals, base, restore point)")
+    p.add_argument("volume", help="the volume's name (as in [[volumes]] name)")
+    p.add_argument("seq", type=int, help="the snapshot's seq, as 'replicad snapshots VOL' or a log line names it")
+    p.set_defaults(fn=lambda a: _print(a, api(a, "GET", f"/v1/volumes/{a.volume}/snapshots/{a.seq}/evidence"),
+                                       _render_evidence))
+    p = command("detection", help="show or change a volume's ransomware detection policy (agreed through Raft; "
+                "weakening is a request other sites approve)")
+    p.add_argument("volume", help="the volume's name (as in [[volumes]] name)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a policy key: mode (content|encrypted), min_score, factor, cumulative_max, baseline_cap, "
+                        "magic_min, wipe_max, cold_max, change_max (numbers), window_s, cold_age_s (durations, "
+                        "e.g. 14d); repeatable")
+    p.add_argument("--reason", default="", help="why (shown to the operators asked to approve a weakening)")
+    p.set_defaults(fn=cmd_detection)
     p = command("requests", help="protection-weakening requests (pending, applied, expired) seen at this site")
     p.set_defaults(fn=lambda a: _print(a, api(a, "GET", "/v1/requests"), _render_requests))
     p = command("approve", help="approve a request of another site, as THIS site (admin token of this site)")
@@ -976,7 +1186,8 @@ def main(argv: list[str] | None = None) -> int:
     p = command("identity", help="this site's signing key: create one, or show the public key")
     id_sub = p.add_subparsers(dest="identity_command", required=True)
     pi = id_sub.add_parser("init", help="create a site key file (mode 0600) and print its public key line",
-                           parents=[common])
+                           description="Create a site's Ed25519 signing key file (mode 0600, never overwritten) "
+                           "and print the lines to put in the configs (offline).", parents=[json_only])
     pi.add_argument("--out", required=True, help="the key file to create (never overwritten)")
     pi.set_defaults(fn=cmd_identity_init)
     ps = id_sub.add_parser("show", help="print the site's public key and every key its config pins",
@@ -994,10 +1205,17 @@ def main(argv: list[str] | None = None) -> int:
                               parents=[common])
     pa.add_argument("--limit", type=int, default=200, help="records to show (1-10000, default 200)")
     pa.set_defaults(fn=lambda a: _print(a, api(a, "GET", f"/v1/audit/admin?limit={a.limit}"), _render_admin_audit))
-    pv = audit_sub.add_parser("verify", help="check the hash chain of an admin-audit.jsonl file", parents=[common])
-    pv.add_argument("file")
+    pv = audit_sub.add_parser("verify", help="check the hash chain of an audit file: admin-audit.jsonl (admin API "
+                              "requests) or peer-audit.jsonl (peer writes received), offline; exit 5 if broken",
+                              description="Check the hash chain of a site's audit file offline: admin-audit.jsonl "
+                              "(every admin API request) or peer-audit.jsonl (every peer write it received), both in "
+                              "the site's data_dir. Exit 0 intact, 5 broken (the first bad record is named), 3 no "
+                              "such file, 2 not an audit log.", parents=[json_only])
+    pv.add_argument("file", help="the audit file, e.g. /var/lib/replicad/admin-audit.jsonl or "
+                                 "/var/lib/replicad/peer-audit.jsonl")
     pv.set_defaults(fn=cmd_audit_verify)
-    p = command("hash-token", help="print the sha256 of a token read from stdin, for [[admin.tokens]]")
+    p = command("hash-token", help="print the sha256 of a token read from stdin, for [[admin.tokens]]",
+                parent=json_only)
     p.add_argument("--generate", action="store_true", help="make a new random token and print it with its hash")
     p.set_defaults(fn=cmd_hash_token)
 

@@ -69,13 +69,13 @@ case("site down: fires after 1m without /metrics, only for that site",
      [("1m", "ReplicadSiteDown", []), ("2m", "ReplicadSiteDown", []),
       ("4m", "ReplicadSiteDown", [exp("ReplicadSiteDown", A)])])
 
-case("RPO above target: the freshest site's view counts; one stale view alone does not fire",
-     [('replicad_volume_rpo_seconds{site="site-a", volume="ehr"}', "5 5 200 260 320 380"),
-      ('replicad_volume_rpo_seconds{site="site-b", volume="ehr"}', "6 6 205 265 325 385"),
+case("RPO above target (commits stopped): the freshest site's view counts; one stale view alone does not fire",
+     [('replicad_volume_newest_snapshot_age_seconds{site="site-a", volume="ehr"}', "5 5 200 260 320 380"),
+      ('replicad_volume_newest_snapshot_age_seconds{site="site-b", volume="ehr"}', "6 6 205 265 325 385"),
       ('replicad_volume_rpo_target_seconds{site="site-a", volume="ehr"}', "30x5"),
       ('replicad_volume_rpo_target_seconds{site="site-b", volume="ehr"}', "30x5"),
-      ('replicad_volume_rpo_seconds{site="site-a", volume="pacs"}', "900x5"),
-      ('replicad_volume_rpo_seconds{site="site-b", volume="pacs"}', "10x5"),
+      ('replicad_volume_newest_snapshot_age_seconds{site="site-a", volume="pacs"}', "900x5"),
+      ('replicad_volume_newest_snapshot_age_seconds{site="site-b", volume="pacs"}', "10x5"),
       ('replicad_volume_rpo_target_seconds{site="site-a", volume="pacs"}', "30x5")],
      [("1m", "ReplicadRPOAboveTarget", []), ("2m", "ReplicadRPOAboveTarget", []),
       ("3m", "ReplicadRPOAboveTarget", [exp("ReplicadRPOAboveTarget", {"volume": "ehr"}, 260)])])

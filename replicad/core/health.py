@@ -8,7 +8,7 @@ from __future__ import annotations
 
 DEGRADED_REASONS = ("unsafe_unsigned", "no_leader", "no_quorum", "view_not_current", "member_unreachable",
                     "repairs_pending", "restore_interrupted", "volume_error", "volume_suspect", "volume_resync",
-                    "role_unconfirmed", "replica_not_stored")
+                    "role_unconfirmed", "replica_not_stored", "no_primary")
 """Every ``reason`` code :func:`degraded_reasons` gives (``replicad_site_degraded_reasons{reason}``)."""
 
 
@@ -21,7 +21,8 @@ def degraded_reasons(data: dict) -> list[dict]:
     await repair; a restore was interrupted; or a volume's last step failed (``last_error``),
     its newest committed snapshot is not its newest clean one (suspect: an incident), this
     site is ``fenced``/``divergent`` for it, its role is not confirmed by a current Raft view,
-    or its last snapshot was not stored at a replica (``last_report.peers``; a straggler still
+    it has no primary (``primary`` present and None: demoted, so nothing is replicated; an
+    unknown volume, without the key, is not counted), or its last snapshot was not stored at a replica (``last_report.peers``; a straggler still
     shipping is not counted). Pure; never raises on a partial document."""
     out: list[dict] = []
 
@@ -58,6 +59,9 @@ def degraded_reasons(data: dict) -> list[dict]:
             add("volume_suspect", f"{name}: newest snapshot #{v['newest_committed']} is suspect (newest clean: "
                                   f"{v.get('newest_clean') if v.get('newest_clean') is not None else 'none'})",
                 volume=name)
+        if "primary" in v and v["primary"] is None:  # demoted: nothing is replicated, nobody serves it
+            add("no_primary", f"{name}: no primary (demoted, epoch {v.get('epoch')}): no snapshots are taken; run "
+                              f"'replicad promote {name} --force' AT the site to promote", volume=name)
         if v.get("role") in ("fenced", "divergent"):
             add("volume_resync", f"{name}: this site is {v['role']} (resync pending)", volume=name)
         if v.get("confirmed") is False:

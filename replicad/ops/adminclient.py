@@ -30,8 +30,8 @@ def call_admin(base_url: str, method: str, path: str, body: dict | None = None, 
     try:
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
     except ValueError as err:  # not a URL at all
-        raise UsageError(f"admin URL {base_url!r} is not a URL (expected e.g. http://127.0.0.1:7003): {err}",
-                         url=base_url) from None
+        raise UsageError(f"admin URL {base_url!r} is not a URL (expected e.g. http://127.0.0.1:7301, the default "
+                         f"admin port): {err}", url=base_url) from None
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             return json.loads(resp.read() or b"{}")

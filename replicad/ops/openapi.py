@@ -68,7 +68,11 @@ SCHEMAS: dict[str, dict] = {
                              "confirmed": {**_BOOL, "description": _CONFIRMED},
                              "standby_lag_snapshots": {**_NINT, "description": _LAG}},
                             {"primary": _NSTR, "epoch": _INT, "newest_committed": _NINT, "newest_clean": _NINT,
-                             "suspect": {"type": "array", "items": _INT}, "rpo_s": _NNUM,
+                             "suspect": {"type": "array", "items": _INT},
+                             "rpo_s": {**_NNUM, "description": "recovery point: seconds since the newest CLEAN "
+                                       "committed snapshot was taken (what a restore would lose); null without one"},
+                             "newest_age_s": {**_NNUM, "description": "seconds since the newest committed snapshot, "
+                                              "suspect or clean, was taken (replication liveness)"},
                              "standby": _object({"seq": _NINT, "state": {"enum": ["none", "unverified", "verified",
                                                                                   "damaged", "repairing"]},
                                                  "verified": _BOOL, "damaged_blocks": _INT},
@@ -80,7 +84,14 @@ SCHEMAS: dict[str, dict] = {
                        "interrupted_restores": {"type": "array", "items": _STR}},
                       {"identity": _object({"cluster_id": _STR, "signed": _BOOL, "unsafe_unsigned": _BOOL,
                                             "public_key": {"type": "array", "items": _STR}},
-                                           {"revoked": _OBJ}),
+                                           {"revoked": {**_OBJ, "description": (
+                                               "site -> {at_ns, by, keys (count), rejoined, rejoined_ns}: revoked "
+                                               "through Raft; rejoined: rebuilt with a new key and registered again "
+                                               "(a member again; its revoked keys stay refused)")},
+                                            "signing_key": {**_NSTR, "description": "the key this site signs with"},
+                                            "keys": {"type": "array", "description": (
+                                                "each key pinned for this site: {key, signs (this site signs with "
+                                                "it), revoked (the cluster revoked it)}"), "items": _OBJ}}),
                        "requests": {"type": "array", "items": _ref("Request")},
                        "degraded": {**_BOOL, "description": "true when replicad status calls this site degraded"},
                        "degraded_reasons": {"type": "array", "description": (

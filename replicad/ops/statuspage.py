@@ -162,7 +162,7 @@ def render(status: Mapping[str, Any], state: Mapping[str, Any], operations: list
         target = rpo_targets.get(name)
         rpo = v.get("rpo_s")
         if rpo is None:
-            rpo_cell = _cls("muted", "no snapshot")
+            rpo_cell = _cls("muted", "no clean snapshot")
         else:
             word = "ok" if target is None or rpo <= target else "bad"
             rpo_cell = _cls(word, f"{_age(rpo)} / target {_age(target)}" if target else _age(rpo))

@@ -279,7 +279,8 @@ class SiteDaemon:
                                  signer=self._signer)
         self.housekeeping = Housekeeping(cluster, store, catalog, runners, self.scrub.repair_step,
                                          lambda: self.cfg.floor, self.metrics)
-        self.status = Status(cluster, catalog, store, runners, self.interrupted_restores)
+        self.status = Status(cluster, catalog, store, runners, self.interrupted_restores,
+                             signing_key=self._signer.public_key if self._signer is not None else None)
 
     def _local_detection(self, volume: str) -> dict:
         """This site's ``[volumes.anomaly]`` thresholds of ``volume`` (current config, SIGHUP

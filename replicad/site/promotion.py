@@ -290,7 +290,10 @@ class Promotion:
         """Planned switchover (``to``, run at the current primary) or forced failover (at ``to``).
 
         Raises NoQuorumError when this site cannot reach a majority (a minority partition
-        cannot promote), StaleEpochError if the epoch moved meanwhile, ConflictError otherwise.
+        cannot promote), StaleEpochError if the epoch moved meanwhile, NotPrimaryError for a
+        planned switchover at a non-primary (also when the volume has no primary: its message
+        says to run ``replicad promote VOL --force`` at the site to promote), ConflictError
+        otherwise.
         """
         runner = runner_of(self.runners, volume, self.site_id)
         await self.cluster.wait_synced()
@@ -309,6 +312,13 @@ class Promotion:
             res = await self.cluster.propose("promote", volume=volume, to=target, expected_epoch=vs["epoch"],
                                              force=True)
         else:
+            if vs["primary"] is None:  # demoted: nobody hands it over; a forced promotion at the target does
+                raise NotPrimaryError(
+                    f"{volume} has no primary (demoted, epoch {vs['epoch']}): a planned switchover needs one to hand "
+                    f"it over. Run 'replicad promote {volume} --force' AT the site to promote"
+                    f"{f' ({to}, e.g. with --admin its admin URL)' if to else ''}: it takes the volume over from "
+                    "its newest clean snapshot", volume=volume, primary=None, to=to,
+                    hint=f"replicad promote {volume} --force")
             if vs["primary"] != self.site_id:
                 raise NotPrimaryError(f"a planned switchover runs at the primary ({vs['primary']})", volume=volume,
                                       primary=vs["primary"])

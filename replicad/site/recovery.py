@@ -254,8 +254,8 @@ class Recovery:
         existing file it is that file (rewritten in place with ``overwrite``); a dangling one (or
         a loop) is refused, since publishing the new image would replace the link itself.
 
-        Raises UsageError (also for permissions), NotFoundError, ConflictError (a restore into it
-        is running); never a bare OSError."""
+        Raises UsageError (also for permissions), NotFoundError (also: the target's directory is
+        missing), ConflictError (a restore into it is running); never a bare OSError."""
         try:
             self._check_restore_target(target, overwrite)
             if overwrite and target.exists():
@@ -275,6 +275,10 @@ class Recovery:
                              target=str(target))
         if resolved == self.data_dir.resolve() or self.data_dir.resolve() in resolved.parents:
             raise UsageError(f"restore target is inside the data dir {self.data_dir}", target=str(target))
+        if not target.exists() and not target.parent.is_dir():  # said now, not as a failed write later
+            raise NotFoundError(f"the directory {target.parent} of restore target {target} does not exist at this "
+                                f"site; create it first (mkdir -p {target.parent})", target=str(target),
+                                directory=str(target.parent))
         if target.exists():
             st = target.stat()
             if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):

@@ -22,20 +22,25 @@ class Status:
         cluster, catalog, store, runners: the site's.
         interrupted_restores: in-place restore targets a crash left incomplete (kept by the
             recovery room; read here).
+        signing_key: the public key (``ed25519:...``) this site signs with, None in unsigned
+            lab mode or when unknown.
     """
 
     def __init__(self, cluster: Cluster, catalog: Catalog, store: ChunkStore, runners: dict[str, VolumeRunner],
-                 interrupted_restores: list[str]) -> None:
+                 interrupted_restores: list[str], signing_key: str | None = None) -> None:
         self.site_id = cluster.site_id
         self.cluster = cluster
         self.catalog = catalog
         self.store = store
         self.runners = runners
         self.interrupted_restores = interrupted_restores
+        self.signing_key = signing_key
 
     def report(self) -> dict:
         """Site status for the admin API and the metrics: Raft view, per-volume
-        role/epoch/RPO/last report, standby (``standby``: seq, state, verified, damaged_blocks),
+        role/epoch/RPO/last report (``rpo_s``: seconds since the newest CLEAN committed snapshot
+        was taken, what a restore would lose, None without one; ``newest_age_s``: seconds since
+        the newest committed one, suspect or not, None without any), standby (``standby``: seq, state, verified, damaged_blocks),
         the backoff of a failing tick (``retry``: failures, delay_s, in_s), store figures,
         interrupted restores.
 
@@ -63,7 +68,11 @@ class Status:
                 ncl = newest_clean(vs)
                 entry.update(primary=vs["primary"], epoch=vs["epoch"], newest_committed=nc, newest_clean=ncl,
                              suspect=[s for s, snap in sorted(vs["snapshots"].items()) if snap["verdict"] == "suspect"],
-                             rpo_s=(now - vs["snapshots"][nc]["created_at_ns"]) / 1e9 if nc is not None else None)
+                             # the recovery point: what a restore or failover (newest clean) would lose
+                             rpo_s=(now - vs["snapshots"][ncl]["created_at_ns"]) / 1e9 if ncl is not None else None,
+                             # replication liveness: suspect snapshots count here, not in the RPO
+                             newest_age_s=(now - vs["snapshots"][nc]["created_at_ns"]) / 1e9 if nc is not None
+                             else None)
             sb = self.catalog.standby(name)
             entry["standby_seq"] = sb.seq if sb else None
             lag = None
@@ -92,14 +101,32 @@ class Status:
         return out
 
     def _identity(self) -> dict:
-        """``{"cluster_id", "signed", "unsafe_unsigned", "public_key", "revoked": {site: {"at_ns",
-        "by", "keys"}}}``: this site's identity and the sites whose keys the cluster revoked."""
+        """``{"cluster_id", "signed", "unsafe_unsigned", "public_key", "signing_key", "keys",
+        "revoked": {site: {"at_ns", "by", "keys", "rejoined", "rejoined_ns"}}}``: this site's
+        identity and the sites whose keys the cluster revoked. ``public_key`` lists the keys
+        pinned for this site (a rebuilt site may still pin its revoked one); ``signing_key`` is
+        the one it signs with; ``keys`` marks each pinned key ``{"key", "signs", "revoked"}``.
+        A revoked site that registered again with a new key (``rejoined``) is a member again;
+        its revoked keys stay refused."""
+        from replicad.core.identity import format_public_key
+
         cfg = self.cluster.cfg()
-        own = cfg.self_ref().public_key
-        revoked = {site: {"at_ns": r.get("at_ns"), "by": r.get("by"), "keys": len(r.get("keys", ()))}
-                   for site, r in (self.cluster.view().get("revoked") or {}).items()}
+        own = list(cfg.self_ref().public_key)
+        state_revoked = self.cluster.view().get("revoked") or {}
+        revoked_keys: set[str] = set()
+        for r in state_revoked.values():
+            for k in r.get("keys", ()):
+                try:
+                    revoked_keys.add(format_public_key(k) if isinstance(k, bytes) else str(k))
+                except (TypeError, ValueError):
+                    continue
+        revoked = {site: {"at_ns": r.get("at_ns"), "by": r.get("by"), "keys": len(r.get("keys", ())),
+                          "rejoined": "rejoined_ns" in r, "rejoined_ns": r.get("rejoined_ns")}
+                   for site, r in state_revoked.items()}
+        keys = [{"key": k, "signs": k == self.signing_key, "revoked": k in revoked_keys} for k in own]
         return {"cluster_id": cfg.cluster_id, "signed": bool(self.cluster.raft.status().get("signed")),
-                "unsafe_unsigned": cfg.identity.unsafe_unsigned, "public_key": list(own), "revoked": revoked}
+                "unsafe_unsigned": cfg.identity.unsafe_unsigned, "public_key": own,
+                "signing_key": self.signing_key, "keys": keys, "revoked": revoked}
 
 
 REPLICA_ROLES = ("replica", "fenced", "divergent")

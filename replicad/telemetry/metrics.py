@@ -22,8 +22,8 @@ off knows no newer snapshot: its lag would read 0 however far behind it is),
 ``replicad_clock_offset_seconds`` and ``replicad_sites_revoked``. ``replicad_volume_role`` is served
 only for a role the view confirms (status ``confirmed``), else ``replicad_volume_role_confirmed``
 is 0 and no role is exported (a restarted old primary cut off no longer shows ``primary`` next to
-the real one). Still served: ``replicad_volume_rpo_seconds`` and the newest committed / clean
-snapshot timestamps, because a stale view can only hold *older* snapshots than the truth: its
+the real one). Still served: ``replicad_volume_rpo_seconds``,
+``replicad_volume_newest_snapshot_age_seconds`` and the newest committed / clean snapshot timestamps, because a stale view can only hold *older* snapshots than the truth: its
 RPO is an upper bound, never a false "healthy" (the rules take the freshest site's figure).
 
 Metric list (``site`` label on every one):
@@ -49,7 +49,8 @@ replicad_peer_refused_total                                 reason             e
                                                                                revoked: any request..)
 replicad_floor_kept_total                                   volume, reason     event: the local floor kept
                                                                                a record Raft dropped
-replicad_volume_rpo_seconds                                 volume             age of newest committed
+replicad_volume_rpo_seconds                                 volume             age of newest CLEAN committed
+replicad_volume_newest_snapshot_age_seconds                 volume             age of newest committed (any)
 replicad_volume_rpo_target_seconds                          volume             3 x interval, else 900
 replicad_volume_interval_seconds                            volume             config
 replicad_volume_last_committed_snapshot_timestamp_seconds   volume             Raft state
@@ -190,7 +191,12 @@ _REPLICA_ROLES = ("replica", "fenced", "divergent")
 
 # name -> (help, extra label names after "site"); every state gauge the collector can emit
 STATE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "replicad_volume_rpo_seconds": ("Age of the newest committed snapshot (RPO), seconds", ("volume",)),
+    "replicad_volume_rpo_seconds": ("Recovery point: age of the newest CLEAN committed snapshot (what a restore "
+                                    "or failover would lose; suspect snapshots do not count), seconds",
+                                    ("volume",)),
+    "replicad_volume_newest_snapshot_age_seconds": ("Age of the newest committed snapshot, suspect or clean "
+                                                    "(replication liveness; ReplicadRPOAboveTarget), seconds",
+                                                    ("volume",)),
     "replicad_volume_rpo_target_seconds": ("RPO target: 3 snapshot intervals, or 900 s when the interval is unknown",
                                            ("volume",)),
     "replicad_volume_interval_seconds": ("Configured snapshot interval", ("volume",)),
@@ -465,7 +471,7 @@ class StateCollector(Collector):
         created_ns = newest.get("created_at_ns")
         if _num(created_ns) is not None:
             put("replicad_volume_last_committed_snapshot_timestamp_seconds", created_ns / 1e9, name)
-            put("replicad_volume_rpo_seconds", max(0.0, (now_ns - created_ns) / 1e9), name)
+            put("replicad_volume_newest_snapshot_age_seconds", max(0.0, (now_ns - created_ns) / 1e9), name)
         if not stale:
             stats = newest.get("stats") or {}
             put("replicad_snapshot_newest_changed_blocks", stats.get("changed_blocks"), name)
@@ -479,6 +485,7 @@ class StateCollector(Collector):
         clean_ns = snaps[newest_clean].get("created_at_ns")
         if _num(clean_ns) is not None:
             put("replicad_volume_last_clean_snapshot_timestamp_seconds", clean_ns / 1e9, name)
+            put("replicad_volume_rpo_seconds", max(0.0, (now_ns - clean_ns) / 1e9), name)
         if stale or entry.get("role") not in _REPLICA_ROLES:
             return  # a stale view knows no newer clean snapshot: its lag would read 0 however far behind
         standby_seq = entry.get("standby_seq")
@@ -496,10 +503,12 @@ class StateCollector(Collector):
                                stale: bool = False) -> None:
         """Without the Raft state: what ``status`` alone tells (RPO, suspect count, standby lag);
         with ``stale`` the RPO only."""
-        rpo_s = _num(entry.get("rpo_s"))
+        rpo_s, age_s = _num(entry.get("rpo_s")), _num(entry.get("newest_age_s"))
         if rpo_s is not None:
             put("replicad_volume_rpo_seconds", rpo_s, name)
-            put("replicad_volume_last_committed_snapshot_timestamp_seconds", now_ns / 1e9 - rpo_s, name)
+        if age_s is not None:
+            put("replicad_volume_newest_snapshot_age_seconds", age_s, name)
+            put("replicad_volume_last_committed_snapshot_timestamp_seconds", now_ns / 1e9 - age_s, name)
         if stale:
             return
         if isinstance(entry.get("suspect"), list):

@@ -127,9 +127,14 @@ def admin_stub():
     """A minimal HTTP server answering fixed JSON per path (``answers[path] = (status, body)``),
     for CLI rendering; stopped at teardown."""
     answers: dict[str, tuple[int, object]] = {}
+    received: list[tuple[str, str, object]] = []
+    answers["__received__"] = received  # type: ignore[assignment]  # (method, path, JSON body) of every request
 
     class Handler(BaseHTTPRequestHandler):
         def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            received.append((self.command, self.path, _json.loads(raw) if raw else None))
             status, body = answers.get(self.path, (404, {"error": "not_found", "message": "no", "evidence": {}}))
             data = _json.dumps(body).encode()
             self.send_response(status)
@@ -138,7 +143,7 @@ def admin_stub():
             self.end_headers()
             self.wfile.write(data)
 
-        do_GET = do_POST = do_DELETE = _answer
+        do_GET = do_POST = do_DELETE = do_PUT = _answer
 
         def log_message(self, *args: object) -> None:
             pass
@@ -264,3 +269,126 @@ def test_check_config_lists_cross_field_problems_beside_a_wrong_field(sample_con
     assert "volumes[0].interval: invalid duration 'ten'" in err
     assert "volumes[0].initial_primary: 'site-z' is not a site" in err
     assert "volumes[0].min_copies: 9 is more than the 3 data site(s)" in err
+
+
+# --------------------------------------------------------------------------- issue 17
+OFFLINE = ("run", "check-config", "hash-token", "identity init", "audit verify")
+
+
+@pytest.mark.parametrize("command", OFFLINE)
+def test_offline_commands_do_not_offer_admin_or_token(command: str) -> None:
+    res = run(*command.split(), "--help")
+    assert res.returncode == 0, res.stderr
+    assert "--admin" not in res.stdout and "--token" not in res.stdout, res.stdout
+
+
+def test_help_pages_say_what_each_argument_is() -> None:
+    text = lambda *a: " ".join(run(*a, "--help").stdout.split())  # noqa: E731
+    promote = text("promote")
+    assert "the site you talk to (--admin/--config) takes the volume over" in promote, promote
+    assert "run it AT the site to promote" in promote
+    restore = text("restore")
+    assert "--target PATH file or block device ON THE SITE" in restore and "its directory must exist" in restore
+    assert "--snapshot SEQ the committed snapshot to restore" in restore, restore
+    assert "seq the snapshot's seq" in text("verdict")
+    audit = text("audit", "verify")
+    assert "peer-audit.jsonl" in audit and "admin-audit.jsonl" in audit and "not an audit log" in audit, audit
+    for command in ("run", "check-config"):
+        assert "config the site's config file" in text(command), command
+
+
+def test_audit_verify_of_another_kind_of_file_says_it_is_no_audit_log(tmp_path: Path) -> None:
+    other = tmp_path / "site-a.toml"
+    other.write_text('site_id = "site-a"\n[raft]\nlisten = "127.0.0.1:7101"\n')
+    res = run("audit", "verify", str(other))
+    err = " ".join(res.stderr.split())
+    assert res.returncode == 2 and "is not an audit log" in err and "peer-audit.jsonl" in err, err
+    assert "BROKEN" not in res.stdout + res.stderr and "Traceback" not in res.stderr
+    from replicad.storage.audit import AuditLog
+
+    log = AuditLog(tmp_path / "admin-audit.jsonl")  # a real log, then damaged: still the chain check (exit 5)
+    for i in range(3):
+        log.append({"who": "ops", "role": "admin", "remote": "127.0.0.1", "method": "POST", "path": f"/v1/x/{i}",
+                    "body": {}, "outcome": "ok", "status": 200, "error": None})
+    lines = (tmp_path / "admin-audit.jsonl").read_text().splitlines()
+    (tmp_path / "admin-audit.jsonl").write_text("\n".join([lines[0], lines[1].replace("/v1/x/1", "/v1/x/9"),
+                                                           lines[2]]) + "\n")
+    res = run("audit", "verify", str(tmp_path / "admin-audit.jsonl"))
+    assert res.returncode == 5 and "chain BROKEN at record 2" in res.stdout, res.stdout + res.stderr
+
+
+def test_a_bad_admin_url_names_the_default_admin_port() -> None:
+    res = run("--admin", "http://[::1", "status")
+    assert res.returncode == 2 and "7301" in res.stderr and "7003" not in res.stderr, res.stderr
+
+
+def test_evidence_prints_every_sites_verdict_and_what_this_site_saw(admin_stub) -> None:
+    url, answers = admin_stub
+    answers["/v1/volumes/ehr/snapshots/34/evidence"] = (200, {
+        "volume": "ehr", "seq": 34, "verdict": "suspect", "verdict_reason": "judged suspect by site-a: text turned random",
+        "confirmed": False, "disagreement": False,
+        "opinions": {"site-a": {"verdict": "suspect", "score": 0.0625, "cumulative": 0.07, "first_seq": 34,
+                                "reason": "50 data blocks turned random"},
+                     "site-b": {"verdict": "suspect", "score": 0.0625, "cumulative": 0.07, "first_seq": 34,
+                                "reason": "50 data blocks turned random"}},
+        "policy": {}, "here": {"site": "site-a", "verdict": "suspect", "score": 0.0625, "baseline": 0.0,
+                               "cumulative": 0.07, "base_seq": 33, "first_suspect_seq": 34, "restore_seq": 33,
+                               "reasons": ["50 data blocks turned random"], "signals": {"turned_random": 50},
+                               "blocks": [{"index": 7}, {"index": 9}]}})
+    res = run_env({}, "--admin", url, "evidence", "ehr", "34")
+    text = " ".join(res.stdout.split())
+    assert res.returncode == 0, res.stderr
+    for part in ("ehr#34: suspect", "site-a", "site-b", "judged against #33", "restore point #33",
+                 "50 data blocks turned random", "turned_random 50", "7, 9"):
+        assert part in text, (part, text)
+    assert "DISAGREE" not in text
+
+
+def test_detection_shows_the_policy_and_puts_a_change(admin_stub) -> None:
+    url, answers = admin_stub
+    policy = {"mode": "content", "min_score": 0.02, "window_s": 604800}
+    answers["/v1/volumes/ehr/detection"] = (200, {"volume": "ehr", "detection": policy,
+                                                  "effective_here": {**policy, "min_score": 0.01}})
+    res = run_env({}, "--admin", url, "detection", "ehr")
+    text = " ".join(res.stdout.replace("│", " ").split())
+    assert res.returncode == 0 and "min_score 0.02 0.01" in text and "window_s 7d 7d" in text, text
+    res = run_env({}, "--admin", url, "detection", "ehr", "--set", "min_score=0.01", "--set", "window_s=14d",
+                  "--set", "mode=encrypted", "--reason", "after an incident")
+    assert res.returncode == 0, res.stderr
+    method, path, body = answers["__received__"][-1]  # type: ignore[index]
+    assert (method, path) == ("PUT", "/v1/volumes/ehr/detection")
+    assert body == {"detection": {"min_score": 0.01, "window_s": 14 * 86400, "mode": "encrypted"},
+                    "reason": "after an incident"}
+    res = run_env({}, "--admin", url, "detection", "ehr", "--set", "window_s=soon")
+    assert res.returncode == 2 and "window_s=soon" in res.stderr and "Traceback" not in res.stderr
+
+
+REBUILT = {**STATUS, "identity": {
+    "cluster_id": "lab", "signed": True, "unsafe_unsigned": False,
+    "public_key": ["ed25519:OLD=", "ed25519:NEW="], "signing_key": "ed25519:NEW=",
+    "keys": [{"key": "ed25519:OLD=", "signs": False, "revoked": True},
+             {"key": "ed25519:NEW=", "signs": True, "revoked": False}],
+    "revoked": {"site-a": {"at_ns": 1, "by": "site-b", "keys": 1, "rejoined": True, "rejoined_ns": 2},
+                "site-c": {"at_ns": 1, "by": "site-b", "keys": 1, "rejoined": False, "rejoined_ns": None}}}}
+
+
+def test_status_shows_a_rejoined_site_and_the_key_it_signs_with(admin_stub) -> None:
+    url, answers = admin_stub
+    answers["/v1/status"] = (200, REBUILT)
+    res = run_env({"COLUMNS": "160"}, "--admin", url, "status")
+    text = " ".join(res.stdout.split())
+    assert "ed25519:NEW= [signs with]" in text and "ed25519:OLD= [REVOKED]" in text, text
+    assert "rejoined: site-a" in text and "revoked: site-a" not in text, text
+    assert "revoked: site-c" in text
+
+
+def test_status_shows_no_primary_and_both_ages(admin_stub) -> None:
+    url, answers = admin_stub
+    vol = {**STATUS["volumes"]["radiology-archive"], "primary": None, "last_error": None, "rpo_s": 600.0,
+           "newest_age_s": 60.0, "newest_committed": 12, "newest_clean": 10}
+    answers["/v1/status"] = (200, {**STATUS, "volumes": {"ehr": vol}})
+    res = run_env({"COLUMNS": "200"}, "--admin", url, "status")
+    out, err = " ".join(res.stdout.split()), " ".join(res.stderr.split())
+    assert res.returncode == 1, err
+    assert "NONE (demoted)" in out and "RPO s (clean)" in out and "600.0" in out and "60.0" in out, out
+    assert "ehr: no primary" in err and "replicad promote ehr --force" in err, err

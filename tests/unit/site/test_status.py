@@ -88,3 +88,53 @@ def test_a_current_view_that_disagrees_with_the_role_is_not_a_confirmation() -> 
     assert st["volumes"]["ehr"]["confirmed"] is False
     st = _status(_Raft(CURRENT, _state("site-b", 2, 1.0)), "primary", 2)
     assert st["volumes"]["ehr"]["confirmed"] is True and st["volumes"]["ehr"]["standby_lag_snapshots"] is None
+
+
+# --------------------------------------------------------------------------- issue 17
+def _custom(state: dict, role: str = "replica", acting_epoch: int | None = None, *, pinned: tuple = (),
+            signing_key: str | None = None) -> dict:
+    cfg = SimpleNamespace(sites=(), cluster_id="lab", identity=SimpleNamespace(unsafe_unsigned=False),
+                          self_ref=lambda: SimpleNamespace(public_key=pinned))
+    cluster = Cluster("site-b", _Raft(CURRENT, state), lambda: cfg)
+    vcfg = SimpleNamespace(name="ehr", source=SimpleNamespace(kind="file"))
+    runner = VolumeRunner(vcfg, role=role, acting_epoch=acting_epoch)  # type: ignore[arg-type]
+    return Status(cluster, _Catalog(1), SimpleNamespace(stats=lambda: {}), {"ehr": runner}, [],
+                  signing_key=signing_key).report()
+
+
+def test_the_rpo_is_the_age_of_the_newest_clean_snapshot() -> None:
+    """Item 10: a suspect snapshot 1 min old does not make the RPO 1 min: a restore loses 10 min."""
+    state = _state("site-a", 2, 1.0)
+    state["volumes"]["ehr"]["snapshots"] = {
+        1: {"verdict": "clean", "created_at_ns": NOW_NS - 600 * 10**9, "holders": ["site-a"], "root": b"r" * 32},
+        2: {"verdict": "suspect", "created_at_ns": NOW_NS - 60 * 10**9, "holders": ["site-a"], "root": b"s" * 32}}
+    v = _custom(state)["volumes"]["ehr"]
+    assert 600 <= v["rpo_s"] < 660 and 60 <= v["newest_age_s"] < 120
+    state["volumes"]["ehr"]["snapshots"][1]["verdict"] = "suspect"  # no clean one: no recovery point
+    v = _custom(state)["volumes"]["ehr"]
+    assert v["rpo_s"] is None and v["newest_age_s"] >= 60
+
+
+def test_a_volume_without_primary_is_degraded() -> None:
+    """Item 7: after 'replicad demote' Raft names no primary; status says so and what to run."""
+    st = _custom(_state(None, 3, 1.0))  # type: ignore[arg-type]
+    reasons = [r for r in st["degraded_reasons"] if r["reason"] == "no_primary"]
+    assert st["degraded"] and reasons and reasons[0]["volume"] == "ehr", st["degraded_reasons"]
+    assert "replicad promote ehr --force" in reasons[0]["message"] and "AT the site to promote" in reasons[0]["message"]
+    assert not [r for r in _custom(_state("site-a", 2, 1.0))["degraded_reasons"] if r["reason"] == "no_primary"]
+
+
+def test_a_rejoined_site_is_shown_rejoined_and_the_signing_key_is_marked() -> None:
+    """Item 8: site-b was revoked (old key), rebuilt with a new key and registered again."""
+    import base64
+
+    old, new = b"\x01" * 32, b"\x02" * 32
+    old_s, new_s = (f"ed25519:{base64.b64encode(k).decode()}" for k in (old, new))
+    state = _state("site-a", 2, 1.0)
+    state["revoked"] = {"site-b": {"keys": [old], "at_ns": 1, "by": "site-a", "rejoined_ns": 2},
+                        "site-c": {"keys": [b"\x03" * 32], "at_ns": 1, "by": "site-a"}}
+    ident = _custom(state, pinned=(old_s, new_s), signing_key=new_s)["identity"]
+    assert ident["revoked"]["site-b"]["rejoined"] is True and ident["revoked"]["site-c"]["rejoined"] is False
+    assert ident["signing_key"] == new_s
+    assert ident["keys"] == [{"key": old_s, "signs": False, "revoked": True},
+                             {"key": new_s, "signs": True, "revoked": False}]
