@@ -609,6 +609,10 @@ def _read_private_key(path: Path) -> site_identity.Ed25519PrivateKey:
         raise ValueError(f"{path}: {err} (replicad identity init --out FILE writes one)") from None
 
 
+MIN_MEMBERSHIP_COOLING_OFF_S = 300.0
+"""The shortest ``[policy] membership_cooling_off`` without ``unsafe_short_membership_cooling_off``."""
+
+
 class PolicyConfig(BaseModel):
     """Cluster policy (``[policy]``): must be the same in every site's config (it is an input
     of the replicated state machine, like ``[[sites]]``).
@@ -620,6 +624,12 @@ class PolicyConfig(BaseModel):
     ``cooling_off`` (duration, default 24 h, 0..30 days): an approved request takes effect
     this long after its last approval (majority clock); until then any site's admin can veto
     it (``replicad veto REQ``). ``0s`` applies it at once (test benches).
+    ``membership_cooling_off`` (duration, default 15 min, 0..30 days): a site revocation or
+    membership change (``set_members``) that a majority approved, but not every unrevoked
+    member, takes effect this long after its approval unless vetoed (one compromised site and
+    one stolen admin token of another are a majority of three: this is the other operators'
+    time to veto). Below :data:`MIN_MEMBERSHIP_COOLING_OFF_S` (5 min), including 0, only with
+    ``unsafe_short_membership_cooling_off = true`` (labs and test benches).
     """
 
     model_config = _FROZEN
@@ -627,6 +637,19 @@ class PolicyConfig(BaseModel):
     approvals: StrictInt | None = Field(None, ge=1, le=64)
     request_ttl_s: DurationS = Field(24 * 3600.0, alias="request_ttl", ge=600, le=30 * 86400)
     cooling_off_s: DurationS = Field(24 * 3600.0, alias="cooling_off", ge=0, le=30 * 86400)
+    membership_cooling_off_s: DurationS = Field(900.0, alias="membership_cooling_off", ge=0, le=30 * 86400)
+    unsafe_short_membership_cooling_off: StrictBool = False
+
+    @model_validator(mode="after")
+    def _membership_cooling_off_minimum(self) -> PolicyConfig:
+        if self.membership_cooling_off_s < MIN_MEMBERSHIP_COOLING_OFF_S and not self.unsafe_short_membership_cooling_off:
+            raise ValueError(
+                f"membership_cooling_off ({format_duration(self.membership_cooling_off_s)}) is below the minimum of "
+                f"{format_duration(MIN_MEMBERSHIP_COOLING_OFF_S)}: one compromised site with one stolen admin token "
+                "could revoke an honest site or change the membership before anyone can veto; set "
+                "unsafe_short_membership_cooling_off = true only on a lab or test bench"
+            )
+        return self
 
 
 def load_signer(cfg: "SiteConfig") -> site_identity.Signer | None:
@@ -749,7 +772,8 @@ class SiteConfig(BaseModel):
             keys = {s.site_id: tuple(site_identity.parse_public_key(k) for k in s.public_key) for s in self.sites}
         return site_identity.Trust(cluster_id=self.cluster_id, keys=keys, approvals=self.policy.approvals,
                                    request_ttl_ns=int(self.policy.request_ttl_s * 1e9),
-                                   cooling_off_ns=int(self.policy.cooling_off_s * 1e9))
+                                   cooling_off_ns=int(self.policy.cooling_off_s * 1e9),
+                                   membership_cooling_off_ns=int(self.policy.membership_cooling_off_s * 1e9))
 
     def membership(self) -> list[dict]:
         """The cluster membership this config describes, as the Raft state records it (``found``,

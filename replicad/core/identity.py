@@ -62,6 +62,12 @@ DEFAULT_REQUEST_TTL_NS = 24 * 3600 * 1_000_000_000
 DEFAULT_COOLING_OFF_NS = 24 * 3600 * 1_000_000_000
 """An approved protection-weakening request takes effect this long after its last approval
 (majority clock), unless vetoed meanwhile: time for the operators of every site to notice."""
+DEFAULT_MEMBERSHIP_COOLING_OFF_NS = 15 * 60 * 1_000_000_000
+"""A revocation (``revoke_site``) or membership change (``set_members``) that a majority
+approved, but not every unrevoked member of the cluster, takes effect this long after it was
+approved (majority clock), unless vetoed meanwhile: one compromised site plus one stolen admin
+token of another reach a majority of three, and this is the time the other operators have to
+veto it (:mod:`replicad.core.state`, "Revocation and membership")."""
 
 
 class CanonicalError(ValueError):
@@ -267,6 +273,9 @@ class Trust:
         request_ttl_ns: see :data:`DEFAULT_REQUEST_TTL_NS`.
         cooling_off_ns: see :data:`DEFAULT_COOLING_OFF_NS`; 0 applies a request at its last
             approval.
+        membership_cooling_off_ns: see :data:`DEFAULT_MEMBERSHIP_COOLING_OFF_NS`; 0 (a lab
+            setting: ``[policy] unsafe_short_membership_cooling_off``) applies a revocation or
+            membership change at its last needed approval.
     """
 
     cluster_id: str
@@ -275,6 +284,7 @@ class Trust:
     replay_window_ns: int = DEFAULT_REPLAY_WINDOW_NS
     request_ttl_ns: int = DEFAULT_REQUEST_TTL_NS
     cooling_off_ns: int = DEFAULT_COOLING_OFF_NS
+    membership_cooling_off_ns: int = DEFAULT_MEMBERSHIP_COOLING_OFF_NS
 
     @property
     def signed(self) -> bool:

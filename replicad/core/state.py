@@ -31,7 +31,10 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
      "applied": int,                                                   # commands applied (counted by the Raft node)
      "vouches": {site_id: [[n, bytes(32)], ...]},                      # vouch: last VOUCHES_PER_SITE
      "limits": {"members": [site_id, ...] | None, "max_sites": int},   # optional, see below
-     "incarnation": {"id": bytes(16), "members": [member, ...], "by": site_id, "at_ns": int}}  # found
+     "incarnation": {"id": bytes(16), "members": [member, ...], "by": site_id, "at_ns": int,
+                     "founders": [site_id, ...]},                      # found, once adopted
+     "founding": {site_id: {"members": [member, ...], "incarnation": bytes(16), "at_ns": int}}}
+                                                                       # found proposals, until adopted
 
 Bounds (the state is replicated to and kept by every site; a member holding the Raft
 password must not be able to grow it without limit): ``audit`` keeps the last
@@ -100,12 +103,25 @@ Authority rules (threat model: root on one site speaks with that site's identity
   ``trust.request_ttl_ns`` after it was made, by the majority clock. ``approved_by`` (the
   old free-text claim) is refused with ``bad_request``.
 * Revocation: ``revoke_site`` (``site_id``, ``keys``: the proposer's pinned keys of the site,
-  in the signed request) runs only as a request approved by a majority of the registered
-  sites, without cooling-off; it records exactly those keys in ``revoked`` (never what the
-  applying site's config pins); commands signed by them are refused (``revoked``) from then
-  on. The site being revoked may neither approve nor veto that request (``conflict``); its
-  vetoes of other requests stay allowed. A revoked site (:func:`is_revoked`) cannot be
-  promoted (``conflict``) until, rebuilt with a new key, it registers again.
+  in the signed request) runs only as a request (see "Revocation and membership" below); it
+  records exactly those keys in ``revoked`` (never what the applying site's config pins);
+  commands signed by them are refused (``revoked``) from then on. The site being revoked may
+  neither approve nor veto that request (``conflict``); its vetoes of other requests stay
+  allowed. A revoked site (:func:`is_revoked`) cannot be promoted (``conflict``) until,
+  rebuilt with a new key, it registers again.
+* Revocation and membership (``revoke_site``, ``set_members``: :data:`MAJORITY_ACTIONS`;
+  threat model: one compromised site plus one stolen admin token of another site, which is
+  a majority of three). Such a request needs the approvals of a majority of the registered
+  sites (:func:`_needed`), and, for ``set_members``, the approval of every unrevoked member
+  whose entry (``raft`` address, ``kind``, ``keys``) it changes (:func:`membership_change`,
+  ``must_approve``; without it the request stays ``pending``: a member's address or keys
+  never change without that member's signed consent). It then applies at once only when
+  every unrevoked member of the agreed membership (the registered sites before any
+  ``found``) approved it; otherwise it cools off for ``trust.membership_cooling_off_ns``
+  (status ``approved``, vetoable by any registered site but the one a revocation targets),
+  and a later approval that completes the unanimity applies it at once. So removing,
+  changing or revoking an unrevoked member needs its own approval or a cooling-off that
+  nobody vetoed; with ``trust`` None there is no cooling-off (unit tests of the ops).
 * Clearing a suspect snapshot also clears the later ones suspect only as its descendants
   (:func:`tainted_only`).
 * ``prune_snapshots`` (O4) refuses anything inside the lock window, the newest committed
@@ -124,8 +140,7 @@ Authority rules (threat model: root on one site speaks with that site's identity
   recorded ``incarnation`` and ``members`` (``created`` False). Only by a site the members
   list names.
 * ``set_members`` (``members``): replaces the agreed membership (not the incarnation); only
-  as a request approved by a majority of the registered sites, without cooling-off (README:
-  adding a site).
+  as a request (see "Revocation and membership"; README: adding or removing a site).
 * ``site_verdict`` (``volume``, ``seq``, ``verdict``, ``score_ppm``, ``cumulative_ppm``,
   ``first_seq``, ``reason``; issue 14): the signing data site's own verdict on a committed
   snapshot, judged from the bytes it stores (:mod:`replicad.core.anomaly`, relative signals).
@@ -155,6 +170,7 @@ Authority rules (threat model: root on one site speaks with that site's identity
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any, Callable
 
@@ -217,7 +233,9 @@ REQUESTS_MAX = 64  # request records kept (pending ones first)
 REQUESTS_PENDING_PER_SITE = 8  # a site cannot crowd out the requests of the others
 WEAKENING_OPS = ("set_retention", "mark_verdict", "set_detection")
 REQUEST_ACTIONS = (*WEAKENING_OPS, "revoke_site", "set_members")  # a majority of the sites, no cooling-off
-MAJORITY_ACTIONS = ("revoke_site", "set_members")  # requests a majority of all registered sites approves, at once
+MAJORITY_ACTIONS = ("revoke_site", "set_members")
+"""Requests a majority of all registered sites approves, then cooling off unless every unrevoked
+member approved (module docstring, "Revocation and membership")."""
 INCARNATION_BYTES = 16  # a cluster incarnation id (found)
 SITE_SUSPECT_PREFIX = "judged suspect by "
 """``verdict_reason`` prefix of a snapshot made suspect by a site's own opinion (``site_verdict``)."""
@@ -226,6 +244,7 @@ PPM = 1_000_000  # scores travel as integers in parts per million (deterministic
 MEMBER_KEYS_MAX = 8  # public keys per member in the agreed membership
 _TRUST = object()  # internal key: the Trust a handler runs under (never in a decoded command)
 _APPROVED = object()  # internal key: set on an action run by a request that collected its approvals
+_APPROVALS = object()  # internal key: the approving sites of the request an action runs for
 
 
 class _Refusal(Exception):
@@ -1171,6 +1190,57 @@ def _needed(state: dict, trust: Trust | None, action: str) -> int:
     return needed
 
 
+def _voters(state: dict) -> list[str]:
+    """The unrevoked members whose approval lets a revocation or membership change skip its
+    cooling-off: the agreed membership's sites (the registered sites before any ``found``),
+    without the revoked ones, sorted."""
+    inc = state.get("incarnation")
+    ids = [m["site_id"] for m in inc["members"]] if inc else list(state.get("sites", {}))
+    return sorted(s for s in ids if not is_revoked(state, s))
+
+
+def membership_change(state: dict, action: str, args: dict) -> dict:
+    """What a :data:`MAJORITY_ACTIONS` request changes, judged against ``state`` (pure; never
+    raises for a well-formed ``args``).
+
+    Returns:
+        ``{"targets": [site_id], "must_approve": [site_id], "voters": [site_id]}``, each sorted:
+        ``targets`` the unrevoked members it revokes, removes or changes; ``must_approve`` the
+        unrevoked members whose ``raft``, ``kind`` or ``keys`` a ``set_members`` changes (their
+        own approval is required); ``voters`` (:func:`_voters`) the sites whose unanimous
+        approval skips the cooling-off. Empty lists for any other action.
+    """
+    voters = _voters(state)
+    if action == "revoke_site":
+        target = args.get("site_id")
+        return {"targets": [target] if target in state.get("sites", {}) and not is_revoked(state, target) else [],
+                "must_approve": [], "voters": voters}
+    if action != "set_members" or not isinstance(args.get("members"), list):
+        return {"targets": [], "must_approve": [], "voters": voters}
+    inc = state.get("incarnation")
+    current = {m["site_id"]: m for m in (inc["members"] if inc else [])}
+    new = {m.get("site_id"): m for m in args["members"] if isinstance(m, dict)}
+    changed = sorted(s for s in set(current) & set(new) if not is_revoked(state, s) and
+                     (current[s]["raft"], current[s]["kind"], sorted(current[s]["keys"])) !=
+                     (new[s].get("raft"), new[s].get("kind"), sorted(set(new[s].get("keys") or ()))))
+    removed = sorted(s for s in set(current) - set(new) if not is_revoked(state, s))
+    return {"targets": sorted(set(changed) | set(removed)), "must_approve": changed, "voters": voters}
+
+
+def _missing_approvals(state: dict, entry: dict) -> list[str]:
+    """The members whose own approval ``entry`` (a request) still lacks before it may apply
+    (:func:`membership_change` ``must_approve``), sorted; [] for other actions."""
+    if entry["action"] not in MAJORITY_ACTIONS:
+        return []
+    return sorted(set(membership_change(state, entry["action"], entry["args"])["must_approve"]) -
+                  set(entry["approvals"]))
+
+
+def _unanimous(state: dict, entry: dict) -> bool:
+    """True when every unrevoked member (:func:`_voters`) approved ``entry``."""
+    return set(_voters(state)) <= set(entry["approvals"])
+
+
 def request_expired(state: dict, request: dict) -> bool:
     """True when a pending request's ``expires_ns`` is behind the majority clock."""
     quorum_now = quorum_now_ns(state)
@@ -1251,10 +1321,14 @@ def _op_request(state: dict, cmd: dict) -> tuple[dict, dict]:
         raise _Refusal("conflict", f"{REQUESTS_MAX} pending requests already: approve or let some expire",
                        max_requests=REQUESTS_MAX)
     new_state = {**state, "requests": requests, "request_seq": number}
-    if entry["needed"] <= 1:  # a one-site lab: nobody else to ask
+    missing = _missing_approvals(new_state, entry)
+    if entry["needed"] <= 1 and not missing:  # a one-site lab: nobody else to ask
         return _run_request(new_state, cmd, entry)
-    return new_state, {"ok": True, "request": entry["id"], "status": "pending", "approvals": list(entry["approvals"]),
-                       "needed": entry["needed"], "expires_ns": entry["expires_ns"]}
+    answer = {"ok": True, "request": entry["id"], "status": "pending", "approvals": list(entry["approvals"]),
+              "needed": entry["needed"], "expires_ns": entry["expires_ns"]}
+    if action in MAJORITY_ACTIONS:
+        answer.update(membership_change(new_state, action, args), waiting_for=missing)
+    return new_state, answer
 
 
 def _op_approve(state: dict, cmd: dict) -> tuple[dict, dict]:
@@ -1267,29 +1341,46 @@ def _op_approve(state: dict, cmd: dict) -> tuple[dict, dict]:
     entry = (state.get("requests") or {}).get(req_id)
     if entry is None:
         raise _Refusal("not_found", f"unknown request {req_id!r}", request=req_id)
-    if entry["status"] != "pending":
+    cooling = entry["status"] == "approved" and entry["action"] in MAJORITY_ACTIONS
+    if entry["status"] != "pending" and not cooling:
         raise _Refusal("conflict", f"request {req_id} is {entry['status']}, not pending", request=req_id,
                        status=entry["status"])
-    if request_expired(state, entry):
+    if entry["status"] == "pending" and request_expired(state, entry):
         raise _Refusal("conflict", f"request {req_id} expired", request=req_id, expires_ns=entry["expires_ns"])
     _not_its_own_revocation(cmd, entry, "approve")
     if cmd["by"] in entry["approvals"]:
-        return state, {"ok": True, "request": req_id, "status": "pending", "approvals": list(entry["approvals"]),
-                       "needed": entry["needed"], "changed": False}
+        return state, {"ok": True, "request": req_id, "status": entry["status"],
+                       "approvals": list(entry["approvals"]), "needed": entry["needed"], "changed": False}
     entry = {**entry, "approvals": [*entry["approvals"], cmd["by"]]}
     new_state = {**state, "requests": {**state["requests"], req_id: entry}}
-    if len(entry["approvals"]) < entry["needed"]:
+    if cooling:  # a revocation or membership change cooling off: the last member's approval applies it now
+        if not _unanimous(new_state, entry):
+            return new_state, {"ok": True, "request": req_id, "status": "approved",
+                               "approvals": list(entry["approvals"]), "needed": entry["needed"],
+                               "effective_ns": entry["effective_ns"], "changed": True}
+        return _run_request(new_state, cmd, entry)
+    missing = _missing_approvals(new_state, entry)
+    if len(entry["approvals"]) < entry["needed"] or missing:
         return new_state, {"ok": True, "request": req_id, "status": "pending", "approvals": list(entry["approvals"]),
-                           "needed": entry["needed"], "changed": True}
+                           "needed": entry["needed"], "changed": True, "waiting_for": missing}
     return _run_request(new_state, cmd, entry)
 
 
 def _run_request(state: dict, cmd: dict, entry: dict) -> tuple[dict, dict]:
-    """The request collected its approvals: start its cooling-off (``trust.cooling_off_ns``
-    > 0: status ``approved`` until ``effective_ns`` by the majority clock, vetoable), or run
-    its action now (raising its refusal)."""
+    """The request collected its approvals: start its cooling-off (status ``approved`` until
+    ``effective_ns`` by the majority clock, vetoable), or run its action now (raising its
+    refusal). The cooling-off is ``trust.cooling_off_ns`` for a weakening change and
+    ``trust.membership_cooling_off_ns`` for a revocation or membership change, which skips it
+    when every unrevoked member approved (:func:`_unanimous`); none with ``trust`` None."""
     trust = cmd.get(_TRUST)
-    cooling = 0 if trust is None or entry["action"] in MAJORITY_ACTIONS else trust.cooling_off_ns
+    if trust is None:
+        cooling = 0
+    elif entry["action"] in MAJORITY_ACTIONS:
+        cooling = 0 if _unanimous(state, entry) else trust.membership_cooling_off_ns
+    else:
+        cooling = trust.cooling_off_ns
+    if entry["status"] == "approved":  # already cooling off (an approval completed the unanimity)
+        cooling = 0
     if cooling > 0:
         base = quorum_now_ns(state)
         base = cmd["now_ns"] if base is None else max(base, 0)
@@ -1309,7 +1400,7 @@ def _run_action(state: dict, entry: dict, op_id: str, now_ns: int, trust: Any) -
     """Run ``entry``'s action as its requester; the record becomes ``applied`` (with
     ``applied_ns`` and, for a retention change, the ``previous`` policy). Raises its refusal."""
     sub = {"v": COMMAND_VERSION, "op": entry["action"], "op_id": op_id, "by": entry["by"],
-           "now_ns": now_ns, **entry["args"], _TRUST: trust, _APPROVED: True}
+           "now_ns": now_ns, **entry["args"], _TRUST: trust, _APPROVED: True, _APPROVALS: list(entry["approvals"])}
     before = state["volumes"].get(entry["args"].get("volume"))
     new_state, result = _OPS[entry["action"]][0](state, sub)
     applied_ns = quorum_now_ns(state)
@@ -1482,21 +1573,62 @@ def _members(cmd: dict) -> list[dict]:
     return out
 
 
+def _founding_reference(state: dict, trust: Trust | None) -> list[str] | None:
+    """The configured site ids a ``found`` must win a majority of: ``limits.members`` (every
+    site's ``[[sites]]``, given by the Raft node), else the sites ``trust`` pins keys for, else
+    None (unit tests of the ops: a majority of the proposed list only)."""
+    configured = (state.get("limits") or {}).get("members")
+    if configured is not None:
+        return list(configured)
+    if trust is not None and trust.keys is not None:
+        return sorted(trust.keys)
+    return None
+
+
+def founding_needed(members: list[dict], reference: list[str] | None) -> int:
+    """Proposals of one identical list needed to adopt it: a majority of the sites it names
+    and of ``reference`` (:func:`_founding_reference`) when known."""
+    needed = len(members) // 2 + 1
+    if reference is not None:
+        needed = max(needed, len(reference) // 2 + 1)
+    return needed
+
+
 def _op_found(state: dict, cmd: dict) -> tuple[dict, dict]:
-    """Fix the cluster's incarnation and agreed membership (the first ``found`` of a state);
-    later ones answer what is recorded (see the module docstring)."""
+    """Record the signing site's proposal of the incarnation and membership; adopt the list
+    when a majority proposes it identically (see the module docstring, ``found``)."""
     inc = cmd.get("incarnation")
     if not isinstance(inc, bytes) or len(inc) != INCARNATION_BYTES:
         raise _Refusal("bad_request", f"incarnation must be {INCARNATION_BYTES} bytes", field="incarnation")
     members = _members(cmd)
     current = state.get("incarnation")
     if current is not None:
-        return state, {"ok": True, "created": False, "incarnation": current["id"],
+        return state, {"ok": True, "created": False, "adopted": True, "incarnation": current["id"],
                        "members": current["members"]}
-    if cmd["by"] not in {m["site_id"] for m in members}:
+    ids = {m["site_id"] for m in members}
+    if cmd["by"] not in ids:
         raise _Refusal("conflict", f"found by {cmd['by']!r}: not in the members it names", by=cmd["by"])
-    entry = {"id": inc, "members": members, "by": cmd["by"], "at_ns": cmd["now_ns"]}
-    return {**state, "incarnation": entry}, {"ok": True, "created": True, "incarnation": inc, "members": members}
+    reference = _founding_reference(state, cmd.get(_TRUST))
+    if reference is not None and cmd["by"] not in reference:
+        raise _Refusal("conflict", f"found by {cmd['by']!r}: not a configured site", by=cmd["by"])
+    founding = dict(state.get("founding") or {})
+    if cmd["by"] not in founding and len(founding) >= SITES_MAX:
+        raise _Refusal("conflict", f"{SITES_MAX} sites already proposed a membership", by=cmd["by"])
+    founding[cmd["by"]] = {"members": members, "incarnation": inc, "at_ns": cmd["now_ns"]}
+    agreeing = sorted(site for site, p in founding.items() if p["members"] == members and
+                      (reference is None or site in reference))
+    needed = founding_needed(members, reference)
+    if len(agreeing) < needed:
+        return ({**state, "founding": founding},
+                {"ok": True, "created": False, "adopted": False, "incarnation": None, "members": None,
+                 "agreeing": agreeing, "needed": needed})
+    new_id = hashlib.blake2b(b"".join(founding[site]["incarnation"] for site in agreeing),
+                             digest_size=INCARNATION_BYTES).digest()
+    entry = {"id": new_id, "members": members, "by": cmd["by"], "at_ns": cmd["now_ns"], "founders": agreeing}
+    adopted = {k: v for k, v in state.items() if k != "founding"}
+    return ({**adopted, "incarnation": entry},
+            {"ok": True, "created": True, "adopted": True, "incarnation": new_id, "members": members,
+             "agreeing": agreeing, "needed": needed})
 
 
 def _op_set_members(state: dict, cmd: dict) -> tuple[dict, dict]:
@@ -1506,6 +1638,12 @@ def _op_set_members(state: dict, cmd: dict) -> tuple[dict, dict]:
     if current is None:
         raise _Refusal("not_found", "the cluster has no agreed membership yet (no found command applied)")
     _needs_approval(cmd, "changing the cluster's membership")
+    if _APPROVALS in cmd:  # run for an approved request (not the check when it is made)
+        must = membership_change(state, "set_members", {"members": members})["must_approve"]
+        missing = sorted(set(must) - set(cmd[_APPROVALS]))
+        if missing:
+            raise _Refusal("approval_required", f"changing the entry of {', '.join(missing)} needs its own approval "
+                           "(a member's Raft address, kind or keys never change without it)", waiting_for=missing)
     changed = members != current["members"]
     return ({**state, "incarnation": {**current, "members": members}},
             {"ok": True, "members": members, "changed": changed})

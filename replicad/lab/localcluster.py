@@ -26,7 +26,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from replicad.config import MIN_MEMBERSHIP_COOLING_OFF_S
 from replicad.core import identity
+from replicad.core.units import parse_duration
 from replicad.ops.adminclient import call_admin
 from replicad.core.errors import ReplicadError, UnavailableError
 
@@ -148,16 +150,20 @@ class LocalCluster:
             the public key, and the cluster gets a random ``cluster_id``.
         cooling_off: ``[policy] cooling_off`` of every site (default ``"0s"``: an approved
             request applies at once; production's default is 24 h).
+        membership_cooling_off: ``[policy] membership_cooling_off`` of every site (default
+            ``"0s"``, written with ``unsafe_short_membership_cooling_off = true``: a revocation or
+            membership change applies at its last needed approval; production's default is 15 min).
     """
 
     def __init__(self, root: Path, *, n_data: int = 3, n_witness: int = 0, volumes: tuple[str, ...] = ("ehr",),
                  interval: str = "1h", min_copies: int = 2, block_size: str = "64KiB",
                  apply_delay: str = "0s", extra_volume_toml: str = "", extra_site_toml: str = "",
                  tokens: dict[str, dict[str, tuple[str, str]]] | None = None, tls: bool = False,
-                 unsigned: bool = False, cooling_off: str = "0s") -> None:
+                 unsigned: bool = False, cooling_off: str = "0s", membership_cooling_off: str = "0s") -> None:
         self.root = Path(root).absolute()  # the daemons run in their own directories: no relative path
         self.unsigned = unsigned
         self.cooling_off = cooling_off
+        self.membership_cooling_off = membership_cooling_off
         self.cluster_id = "lab-" + secrets.token_hex(4)
         self.ca = LocalCA(self.root / "tls") if tls else None  # mutual TLS on the peer API
         self.volumes = volumes
@@ -201,6 +207,9 @@ class LocalCluster:
             for s in self.sites.values())
         ident = ('[identity]\nunsafe_unsigned = true\n' if self.unsigned
                  else '[identity]\nkey_file = "site.key"\n') + f'[policy]\ncooling_off = "{self.cooling_off}"\n'
+        ident += (f'membership_cooling_off = "{self.membership_cooling_off}"\n'  # a lab: short only when told
+                  + ('unsafe_short_membership_cooling_off = true\n'
+                     if parse_duration(self.membership_cooling_off) < MIN_MEMBERSHIP_COOLING_OFF_S else ''))
 
         for s in self.sites.values():
             s.dir.mkdir(parents=True, exist_ok=True)

@@ -146,6 +146,7 @@ class SiteDaemon:
         self.started_at = time.time()
         self.fatal: ReplicadError | None = None  # why the site stopped itself (run_site exits with its code)
         self._agreed_at_start: list[dict] | None = None  # the membership this site last saw agreed, at start
+        self._founding_logged: dict[str, list[str]] = {}  # other sites' differing found proposals, as last logged
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, *, admin_routes: AdminRoutes) -> None:
@@ -220,11 +221,11 @@ class SiteDaemon:
         problems = membership_differences(agreed, self.cfg.membership())
         if problems:
             raise MembershipMismatchError(
-                f"site {self.site_id}: this config's [[sites]] disagrees with the membership agreed in the cluster's "
-                f"Raft state ({len(problems)} difference(s)); the site refuses to start. Use the config every other "
-                "site uses, or change the membership on purpose first (README, \"Adding or removing a site\")",
+                f"site {self.site_id}: this config's [[sites]] differs from the membership this site last saw "
+                f"agreed in the cluster's Raft state in {len(problems)} entr{'y' if len(problems) == 1 else 'ies'} "
+                f"({'; '.join(problems)}); the site refuses to start. {MEMBERSHIP_COMPARE}",
                 problems=problems, source=f"{self.data_dir / 'catalog.db'} (copy of the Raft state's membership)",
-                action="README, Adding or removing a site")
+                action=MEMBERSHIP_RUNBOOK)
 
     def _membership_agreed(self, agreed: list[dict]) -> None:
         """The Raft state's agreed membership is ``agreed`` (event loop): keep a copy for the
@@ -235,15 +236,16 @@ class SiteDaemon:
         problems = membership_differences(agreed, self.cfg.membership())
         if problems and self._agreed_at_start is None:
             self._fail(MembershipMismatchError(
-                f"site {self.site_id}: this config's [[sites]] disagrees with the membership agreed in the cluster's "
-                f"Raft state ({len(problems)} difference(s)); the site stops before it acts as leader or primary. Use "
-                "the config every other site uses (README, \"Adding or removing a site\")",
+                f"site {self.site_id}: a majority of the configured sites founded the cluster with a membership that "
+                f"differs from this config's [[sites]] in {len(problems)} entr{'y' if len(problems) == 1 else 'ies'} "
+                f"({'; '.join(problems)}); the site stops before it acts as leader or primary. {MEMBERSHIP_COMPARE}",
                 problems=problems, source="the cluster's Raft state (learned from the leader)",
-                action="README, Adding or removing a site"))
+                action=MEMBERSHIP_RUNBOOK))
             return
         if problems:
-            log.warning("site %s: the cluster's agreed membership changed and no longer matches this config (%s): "
-                        "restart this site with the config every other site uses", self.site_id, "; ".join(problems))
+            log.warning("site %s: an approved set_members request changed the cluster's agreed membership and it no "
+                        "longer matches this config (%s); this site keeps running but will refuse to start with this "
+                        "config. %s", self.site_id, "; ".join(problems), MEMBERSHIP_COMPARE)
         if self.catalog is not None and self.catalog.membership() != agreed:
             self.catalog.set_membership(agreed)
         self._agreed_at_start = self._agreed_at_start or agreed
@@ -454,11 +456,22 @@ class SiteDaemon:
         config's membership; the first one applied to the Raft state fixes both, later ones answer
         what is recorded. A membership that disagrees with this config stops the site
         (:meth:`_membership_agreed`); otherwise the volumes enter the recorded incarnation
-        (:meth:`VolumeLoop.enter_incarnation`), and only then do they act."""
+        (:meth:`VolumeLoop.enter_incarnation`), and only then do they act.
+
+        Until a majority of the configured sites proposed an identical list (the state machine's
+        adoption rule, :mod:`replicad.core.state` ``found``), the proposal is repeated every
+        :data:`FOUND_RETRY_S`, and the sites proposing another list are logged with their
+        differences from this config."""
         me = self.cfg.self_ref()
         while not self.volumes.joined.is_set():
             try:
                 res = await self.cluster.propose("found", incarnation=os.urandom(16), members=self.cfg.membership())
+                if not res.get("adopted", True):
+                    self._founding_waits(res)
+                    if self.fatal is not None:
+                        return
+                    await asyncio.sleep(FOUND_RETRY_S)
+                    continue
                 self._membership_agreed(res["members"])
                 if self.fatal is not None:
                     return
@@ -487,6 +500,42 @@ class SiteDaemon:
                 log.info("bootstrap waiting for a quorum: %s", err)
                 await asyncio.sleep(1.0)
 
+    def _founding_waits(self, res: dict) -> None:
+        """Log why the cluster is not founded yet: how many sites propose this config's list, and
+        each site proposing another one with its differences (from the Raft state's
+        ``founding``), so operators can compare them out of band. When a majority of this
+        config's sites propose one other list, this site stops (:class:`MembershipMismatchError`):
+        its config is the odd one out (its own state machine, whose reference is its config, may
+        never adopt that list)."""
+        founding = (self.raft.state().get("founding") or {}) if self.raft is not None else {}
+        mine = self.cfg.membership()
+        configured = {s.site_id for s in self.cfg.sites}
+        lists: dict[str, list[str]] = {}
+        for site, proposal in sorted(founding.items()):
+            if site in configured and proposal.get("members") != mine:
+                lists.setdefault(repr(proposal.get("members")), []).append(site)
+        for sites in lists.values():
+            if len(sites) >= len(configured) // 2 + 1:
+                problems = membership_differences(founding[sites[0]]["members"], mine)
+                self._fail(MembershipMismatchError(
+                    f"site {self.site_id}: a majority of the sites this config names ({', '.join(sites)}) propose a "
+                    f"membership that differs from this config's [[sites]] in {len(problems)} "
+                    f"entr{'y' if len(problems) == 1 else 'ies'} ({'; '.join(problems)}); the site stops before it "
+                    f"acts as leader or primary. {MEMBERSHIP_COMPARE}",
+                    problems=problems, source="the found proposals in the cluster's Raft state",
+                    action=MEMBERSHIP_RUNBOOK))
+                return
+        others = {site: membership_differences(p["members"], mine) for site, p in sorted(founding.items())
+                  if p.get("members") != mine}
+        log.info("bootstrap: %d of the %d sites needed propose this config's membership (%s); waiting",
+                 len(res.get("agreeing") or []), res.get("needed") or 0, ", ".join(res.get("agreeing") or []))
+        for site, problems in others.items():
+            if self._founding_logged.get(site) == problems:
+                continue
+            self._founding_logged[site] = problems
+            log.warning("bootstrap: site %s proposes a membership that differs from this config's [[sites]] (%s). %s",
+                        site, "; ".join(problems), MEMBERSHIP_COMPARE)
+
     async def _clock_loop(self) -> None:
         """Report this site's clock through Raft every CLOCK_HEARTBEAT_S: the state machine
         measures the retention lock window with the time a majority of sites have reached, so
@@ -497,6 +546,18 @@ class SiteDaemon:
                 await self.cluster.propose("clock", deadline_s=CLOCK_HEARTBEAT_S)
             except ReplicadError as err:
                 log.debug("clock heartbeat not committed: %s", err)
+
+
+FOUND_RETRY_S = 2.0
+"""Seconds between two ``found`` proposals of a site while the cluster is not founded yet."""
+MEMBERSHIP_COMPARE = (
+    "Do not copy either list: compare each entry named here (site id, Raft address, kind, public keys) with the "
+    "operators of the other sites out of band (phone or in person, not through this cluster), then correct the "
+    "config that is wrong; an entry nobody configured or approved is a security incident (README, \"Membership "
+    "mismatch\")")
+"""What a membership mismatch tells the operator to do (never to adopt a list blindly)."""
+MEMBERSHIP_RUNBOOK = "README, Membership mismatch"
+
 
 
 def _retention_dict(v: VolumeConfig) -> dict:

@@ -22,8 +22,9 @@ CLUSTER = "test-cluster"
 SITES = ("a", "b", "c")
 KEYS = {s: identity.generate_private_key() for s in SITES}
 SIGNERS = {s: Signer(s, KEYS[s], CLUSTER) for s in SITES}
-TRUST = Trust(cluster_id=CLUSTER, keys={s: (identity.public_key_raw(KEYS[s]),) for s in SITES}, cooling_off_ns=0)
-COOLING = Trust(cluster_id=CLUSTER, keys=TRUST.keys, cooling_off_ns=3600 * S)
+TRUST = Trust(cluster_id=CLUSTER, keys={s: (identity.public_key_raw(KEYS[s]),) for s in SITES}, cooling_off_ns=0,
+              membership_cooling_off_ns=0)  # a lab policy: the cooling-offs have their own tests (COOLING)
+COOLING = Trust(cluster_id=CLUSTER, keys=TRUST.keys, cooling_off_ns=3600 * S)  # membership: the 15 min default
 _ids = itertools.count()
 
 
@@ -397,7 +398,13 @@ def test_a_majority_revokes_a_sites_key_and_its_commands_are_refused(cluster: di
     forged["sig"] = KEYS["a"].sign(identity.canonical_bytes(forged))
     refused(state, forged, "bad_signature", COOLING)
     state, done = ok(state, cmd("approve", by="c", request=res["request"]), COOLING)
-    assert done["status"] == "applied"  # protective: no cooling-off
+    # a revocation cools off (it used to apply at once, which let one site plus one stolen token
+    # revoke an honest site): the revoked site cannot veto it, and it applies when it ends
+    assert done["status"] == "approved" and done["effective_ns"] == NOW + COOLING.membership_cooling_off_ns
+    refused(state, cmd("veto", by="a", request=res["request"]), "conflict", COOLING)
+    for s in ("b", "c"):
+        state, tick = ok(state, cmd("clock", by=s, now_ns=NOW + COOLING.membership_cooling_off_ns), COOLING)
+    assert tick["requests_applied"][0]["status"] == "applied"
     assert state["revoked"]["a"]["keys"] == list(TRUST.keys["a"])
     assert {r["id"]: r["status"] for r in list_requests(state)}["r1"] == "vetoed"  # a's own request cancelled
     res = refused(state, cmd("clock", by="a"), "revoked", COOLING)
@@ -432,7 +439,7 @@ def test_revocation_revokes_the_keys_named_in_the_request_whatever_the_applying_
     config differs) revokes exactly the keys the proposer named: the new key speaks."""
     new_key = identity.generate_private_key()
     rotated = Trust(cluster_id=CLUSTER, keys={**TRUST.keys, "a": (*TRUST.keys["a"], identity.public_key_raw(new_key))},
-                    cooling_off_ns=0)
+                    cooling_off_ns=0, membership_cooling_off_ns=0)
     log = [cmd("request", by="b", action="revoke_site", args=revoking("a"))]
     log.append(cmd("approve", by="c", request="r1"))
     states = {}
@@ -530,7 +537,7 @@ def test_a_revoked_site_cannot_be_promoted_until_it_rejoins_with_a_new_key(clust
     # rebuilt with a new key pinned in every config: it registers again and is no longer excluded
     new_key = identity.generate_private_key()
     rotated = Trust(cluster_id=CLUSTER, keys={**TRUST.keys, "a": (*TRUST.keys["a"], identity.public_key_raw(new_key))},
-                    cooling_off_ns=0)
+                    cooling_off_ns=0, membership_cooling_off_ns=0)
     fresh = Signer("a", new_key, CLUSTER).sign({"v": 1, "op": "register_site", "op_id": "re-1", "now_ns": NOW + 1,
                                                  "site_id": "a", "peer_url": "https://a:7443", "kind": "data"})
     state, _ = ok(state, fresh, rotated)
@@ -549,4 +556,10 @@ def test_the_site_being_revoked_may_neither_veto_nor_approve_its_own_revocation(
     state, vetoed = ok(state, cmd("veto", by="a", request=other["request"]), COOLING)
     assert vetoed["status"] == "vetoed"
     state, done = ok(state, cmd("approve", by="c", request=res["request"]), COOLING)
-    assert done["status"] == "applied" and cluster_state.is_revoked(state, "a")
+    # approved, cooling off (it used to apply at once): still neither vetoable nor approvable by a
+    assert done["status"] == "approved" and not cluster_state.is_revoked(state, "a")
+    for op in ("veto", "approve"):
+        refused(state, cmd(op, by="a", request=res["request"]), "conflict", COOLING)
+    for s in ("b", "c"):
+        state, _ = ok(state, cmd("clock", by=s, now_ns=NOW + COOLING.membership_cooling_off_ns), COOLING)
+    assert cluster_state.is_revoked(state, "a")
