@@ -21,6 +21,10 @@ Modes:
   ``set_detection`` with every threshold at its weakest (min_score 1.0) without approvals.
 * ``replay``: waits for a signed ``clock`` heartbeat of ``--victim`` to reach its Raft log,
   then proposes it again, byte for byte (a captured command sent twice).
+* ``found`` (a cluster being founded: start it before the honest sites): in its OWN name, every
+  0.2 s until ``--wait-s`` passed, ``found`` proposals of memberships of its choosing: its
+  config's list with an extra key of its own pinned for ``--victim``, and a list naming only
+  itself; each answer is printed (``adopted``, ``members``).
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ async def wait_synced(node, volume: str, timeout_s: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="command_attacker")
-    parser.add_argument("mode", choices=["forge", "replay", "bogus-commit", "claim-clean"])
+    parser.add_argument("mode", choices=["forge", "replay", "bogus-commit", "claim-clean", "found"])
     parser.add_argument("--from-seq", type=int, default=1)
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--work-dir", required=True, type=Path)
@@ -99,7 +103,30 @@ def main(argv: list[str] | None = None) -> int:
     node.start()
     node._signer = None  # its Raft connections prove this site; the forged commands carry what the attacker made
 
+    async def found() -> None:
+        evil_key = identity.format_public_key(identity.public_key_raw(identity.generate_private_key()))
+        members = cfg.membership()
+        extra = [{**m, "keys": sorted([*m["keys"], evil_key])} if m["site_id"] == args.victim else m for m in members]
+        alone = [m for m in members if m["site_id"] == cfg.site_id]
+        out(mode="found", started=True, evil_key=evil_key)
+        deadline = time.monotonic() + args.wait_s
+        while time.monotonic() < deadline:
+            for label, listed in (("extra_key", extra), ("alone", alone)):
+                command = signer.sign({"v": 1, "op": "found", "op_id": uuid.uuid4().hex, "by": cfg.site_id,
+                                       "now_ns": time.time_ns(), "incarnation": secrets.token_bytes(16),
+                                       "members": listed})
+                try:
+                    res = await node.propose(command, timeout_s=2.0)
+                    out(mode="found", attempt=label, error="ok", adopted=res.get("adopted"),
+                        members=res.get("members"))
+                except Exception as exc:  # no leader yet, or refused: the tests judge the honest sites
+                    out(mode="found", attempt=label, error=getattr(exc, "code", type(exc).__name__))
+            await asyncio.sleep(0.2)
+
     async def run() -> None:
+        if args.mode == "found":
+            await found()
+            return
         await wait_synced(node, args.volume, args.wait_s)
         vol = node.state()["volumes"][args.volume]
         seqs = sorted(vol["snapshots"])

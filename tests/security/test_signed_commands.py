@@ -45,7 +45,7 @@ COOLING_S = 8  # [policy] cooling_off of this cluster
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     c = LocalCluster(tmp_path_factory.mktemp("signed") / "cluster", interval="1h", min_copies=2, tokens=TOKENS,
-                     cooling_off=f"{COOLING_S}s")
+                     cooling_off=f"{COOLING_S}s", membership_cooling_off=f"{COOLING_S}s")
     write_image(c.sites["site-a"].volume_path(VOL), 48, random.Random(5))
     try:
         c.start_all()
@@ -217,11 +217,16 @@ def test_a_majority_revokes_the_compromised_site(cluster: LocalCluster) -> None:
     req = cluster.api("site-b", "POST", "/v1/sites/site-a/revoke", {"reason": "compromised"}, token=token_b)
     assert req["status"] == "pending" and req["needed"] == 2, req
     done = cluster.api("site-c", "POST", f"/v1/requests/{req['request']}/approve", {}, token=token_c)
-    assert done["status"] == "applied", done  # protective: no cooling-off
+    # a revocation cools off like every membership change (it used to apply at once: then one site
+    # plus one stolen token could revoke an honest one); site-a, the target, cannot veto it
+    assert done["status"] == "approved", done
+    with pytest.raises(ReplicadError) as refused_veto:
+        cluster.api("site-a", "POST", f"/v1/requests/{req['request']}/veto", {}, token=STOLEN)
+    assert refused_veto.value.code == "conflict", refused_veto.value
     for s in HONEST:  # (commands signed by a revoked key are refused by the state machine: unit tests; here
         # site-a is cut off the Raft network first, so its heartbeats no longer even reach the log)
         cluster.wait_for(f"{s} lists site-a revoked", lambda s=s: "site-a" in cluster.status(s)["identity"]["revoked"],
-                         20)
+                         COOLING_S + 30)
     # the attacker's stolen token cannot even make a request any more: refused by site-a's own state
     # machine when site-a applied its revocation before being cut off, else it reaches no quorum
     requests_before = len(cluster.api("site-b", "GET", "/v1/requests")["requests"])
