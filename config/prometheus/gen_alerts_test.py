@@ -228,6 +228,18 @@ case("clock ahead: fires after 5m over a minute ahead, not for a site behind or 
       ("4m", "ReplicadClockAhead", []),
       ("8m", "ReplicadClockAhead", [exp("ReplicadClockAhead", {"site": "site-a", "peer": "site-b"}, 3600)])])
 
+case("requests open: a revocation at once (critical), a retention change after 1m (warning)",
+     [('replicad_requests_open{site="site-b", action="revoke_site"}', "0 1 1 0 0"),
+      ('replicad_requests_open{site="site-b", action="set_retention"}', "0 1 1 1 0"),
+      ('replicad_requests_open{site="site-b", action="set_members"}', "0x4")],
+     [("0m", "ReplicadMembershipRequestOpen", []),
+      ("1m", "ReplicadMembershipRequestOpen", [exp("ReplicadMembershipRequestOpen",
+                                                   {"site": "site-b", "action": "revoke_site"})]),
+      ("3m", "ReplicadMembershipRequestOpen", []),
+      ("1m", "ReplicadRequestOpen", []),
+      ("2m", "ReplicadRequestOpen", [exp("ReplicadRequestOpen", {"site": "site-b", "action": "set_retention"})]),
+      ("4m", "ReplicadRequestOpen", [])])
+
 case("Raft traffic refused",
      [('replicad_raft_refused_total{site="site-a", reason="readonly_node"}', "0 0 5x20"),
       ('replicad_raft_refused_total{site="site-b", reason="readonly_node"}', "0x22")],

@@ -89,6 +89,10 @@ replicad_raft_behind_seconds                                                   s
 replicad_raft_dump_send_failures_total                                         leader: own dump unreadable
                                                                                (counter)
 replicad_sites_revoked                                                         Raft state: revoked sites
+replicad_requests_open                                      action             Raft state: requests waiting
+                                                                               for approvals or in their
+                                                                               cooling-off (0 per action
+                                                                               from the start)
 replicad_site_degraded                                                         status: 1 when replicad status
                                                                                says degraded
 replicad_site_degraded_reasons                              reason             status: reasons of each kind
@@ -233,6 +237,8 @@ STATE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "replicad_raft_has_leader": ("1 if this site knows a Raft leader", ()),
     "replicad_raft_has_quorum": ("1 if this site's Raft node is in contact with a majority", ()),
     "replicad_sites_revoked": ("sites whose keys a majority revoked through Raft (replicad revoke)", ()),
+    "replicad_requests_open": ("Requests (Raft state) still waiting for approvals or in their cooling-off, by "
+                               "action: each can still be vetoed (replicad requests / veto)", ("action",)),
     "replicad_clock_offset_seconds": ("A site's last clock report (Raft state) minus the majority's clock "
                                       "(core.state.quorum_now_ns): > 0 = its clock is ahead; < 0 = behind, or "
                                       "the site is silent", ("peer",)),
@@ -354,6 +360,12 @@ class StateCollector(Collector):
             stale = _stale(status)
             if self.state_fn is not None and not stale:
                 put("replicad_sites_revoked", len(state.get("revoked") or {}))
+                open_requests = dict.fromkeys(cluster_state.REQUEST_ACTIONS, 0)
+                for entry in cluster_state.list_requests(state):
+                    if entry.get("status") in ("pending", "approved") and entry.get("action") in open_requests:
+                        open_requests[entry["action"]] += 1
+                for action, count in open_requests.items():
+                    put("replicad_requests_open", count, action)
                 for site, offset_ns in sorted(cluster_state.clock_offsets_ns(state).items()):
                     put("replicad_clock_offset_seconds", offset_ns / 1e9, site)
             self._volumes(status, state, put, stale)

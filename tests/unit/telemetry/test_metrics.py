@@ -284,3 +284,20 @@ def test_a_current_view_serves_everything_and_an_unconfirmed_role_is_not_one_hot
     assert value(smp, "replicad_volume_role_confirmed", **vol) == 0
     assert "replicad_volume_role" not in names(smp)
     assert value(smp, "replicad_volume_epoch", **vol) == 4
+
+
+def test_open_requests_are_counted_by_action_from_zero(tmp_path: Path) -> None:
+    """A pending revocation and a retention change in its cooling-off count as open; applied
+    and vetoed ones do not; every action has a series from the first scrape."""
+    state = raft_state()
+    far = NOW_NS + 86400 * 10**9
+    state["requests"] = {
+        "r1": {"id": "r1", "action": "revoke_site", "status": "pending", "expires_ns": far},
+        "r2": {"id": "r2", "action": "set_retention", "status": "approved", "expires_ns": far},
+        "r3": {"id": "r3", "action": "set_retention", "status": "applied", "expires_ns": far},
+        "r4": {"id": "r4", "action": "set_members", "status": "vetoed", "expires_ns": far},
+    }
+    smp = samples(make(tmp_path, site_status(), state))
+    opened = {dict(labels)["action"]: v for (name, labels), v in smp.items() if name == "replicad_requests_open"}
+    assert opened["revoke_site"] == 1 and opened["set_retention"] == 1 and opened["set_members"] == 0
+    assert set(opened) >= {"revoke_site", "set_members", "set_retention", "mark_verdict"}
