@@ -19,8 +19,10 @@ What a node must do at its next start, per class (:data:`EXPECTED`): ``refuse`` 
 with a typed damage error (``journal_damaged``, ``dump_damaged``, ``remote_protocol``
 for an unknown header/meta), nothing changed on disk; ``start`` = start (a torn tail is
 dropped and kept aside) *and lose no acknowledged entry*; ``refuse_or_start`` = either,
-judged by the history alone (a bit of the dump's body may land in a value the state
-machine accepts: then the vouch/digest checks decide).
+judged by the history alone. The meta file and the dump carry a checksum (meta format 2, dump
+file format 3): every flipped bit of them is refused (before, a bit of the dump's body could
+land in a value the state machine accepts, and a suffix command that failed its signature was
+replayed as refused: the node ran from a silently different state).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from replicad.consensus.journal import JOURNAL_MAGIC, _record_at
 JOURNAL_HEADER_BYTES = len(JOURNAL_MAGIC) + 4
 FLIP_CLASSES = ("journal-header", "journal-middle", "journal-tail", "meta", "dump-header", "dump-body")
 EXPECTED = {"journal-header": "refuse", "journal-middle": "refuse", "journal-tail": "start", "meta": "refuse",
-            "dump-header": "refuse", "dump-body": "refuse_or_start", "dump-zero": "refuse"}
+            "dump-header": "refuse", "dump-body": "refuse", "dump-zero": "refuse"}
 DAMAGE_CODES = {"journal_damaged", "dump_damaged", "remote_protocol"}
 """Error codes that count as a typed refusal to start on damaged Raft storage."""
 

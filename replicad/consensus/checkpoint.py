@@ -80,7 +80,7 @@ lag this many checkpoints before the site stops compacting its log."""
 DUMP_VERSION = 2
 STATE_DOMAIN = b"replicad-state-v1\x00"
 COMMAND_MAX_BYTES = 40 * 1024  # raft.MAX_COMMAND_BYTES: a suffix payload is one proposed command
-DUMP_REASONS = ("dump_not_vouched", "dump_bad_command", "dump_malformed")
+DUMP_REASONS = ("dump_damaged", "dump_not_vouched", "dump_bad_command", "dump_malformed")
 """Refusal reasons of a dump from the network (``replicad_raft_refused_total{reason}``)."""
 
 

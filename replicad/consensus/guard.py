@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import msgpack
-
+from replicad.consensus import dumpfile
 from replicad.consensus.channel import RefusalLog
 from replicad.core import errors
 from replicad.storage.durable import fsync_dir
@@ -130,12 +129,15 @@ class GuardedSerializer:
     :meth:`setTransmissionData` is delegated).
 
     Receiving: chunks are gathered in memory (at most :data:`MAX_DUMP_BYTES`); the last one
-    triggers ``check(document) -> list[str]`` (problems; empty means acceptable) on the
-    decoded msgpack document; only an accepted dump is written to ``<dump>.1.tmp``,
+    has its checksum verified (:func:`replicad.consensus.dumpfile.decode`: a mismatch or an
+    undecodable body is refused as ``dump_damaged``), then triggers ``check(document) ->
+    list[str]`` (problems; empty means acceptable) on the decoded msgpack document; only an
+    accepted dump is written (in file format 3; one of the previous format, from a leader
+    still running it, is framed with its checksum here) to ``<dump>.1.tmp``,
     fsync'ed, renamed over the dump file and the directory fsync'ed. A refused one is
     counted in ``refusals`` (reason ``snapshot_regresses`` or ``snapshot_too_large``; the
     ``reason`` of a :class:`~replicad.core.errors.DumpRefusedError` the check raises:
-    ``dump_not_vouched``, ``dump_bad_command``, ``dump_malformed``), logged at ERROR and
+    ``dump_damaged``, ``dump_not_vouched``, ``dump_bad_command``, ``dump_malformed``), logged at ERROR and
     dropped: pysyncobj then keeps its state and log, and the leader retries. A dump that
     cannot be written here (``OSError``) is counted as ``dump_unwritable`` (ERROR).
 
@@ -222,19 +224,24 @@ class GuardedSerializer:
             return False
         blob, self._incoming = bytes(self._incoming), None
         try:
-            document = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+            document, legacy = dumpfile.decode(blob)  # the checksum first: a damaged file is refused as such
             problems = self._check(document)
-        except errors.DumpRefusedError as err:  # not vouched, a bad suffix command, malformed
+        except errors.DumpRefusedError as err:  # damaged, not vouched, a bad suffix command, malformed
             self._refusals.refuse(str(err.evidence.get("reason", "dump_malformed")),
                                   "refused a full state from the leader (%d bytes): %s; this node keeps its state",
                                   len(blob), err.message, level=logging.ERROR)
             return False
-        except Exception as exc:  # undecodable: refused like any other bad dump
-            problems = [f"undecodable dump: {type(exc).__name__}: {str(exc)[:120]}"]
+        except Exception as exc:  # a check that failed otherwise: refused like any other bad dump
+            problems = [f"unusable dump: {type(exc).__name__}: {str(exc)[:120]}"]
         if problems:
             self._refusals.refuse("snapshot_regresses", "refused a full state from the leader (%d bytes): %s",
                                   len(blob), "; ".join(problems[:5]), level=logging.ERROR)
             return False
+        if legacy:  # a leader still running the previous version: stored here with a checksum
+            log.warning("a full state from the leader (%d bytes) has the previous dump format (%d, no checksum): "
+                        "its content verified, stored here in format %d", len(blob), dumpfile.LEGACY_VERSION,
+                        dumpfile.FORMAT_VERSION)
+            blob = dumpfile.frame(blob)
         tmp = self._dump_file.with_name(self._dump_file.name + ".1.tmp")
         try:
             with open(tmp, "wb") as f:

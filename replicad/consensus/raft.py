@@ -162,7 +162,11 @@ names up in its own modules):
    (``dump_not_vouched``, ``dump_bad_command``, ``dump_malformed``: ERROR, counted, state and
    file untouched), then ``dump_problems`` as a second gate. No vouched checkpoint kept: no
    dump is written, so pysyncobj keeps its log. A damaged, zeroed, truncated or missing own
-   dump (over a compacted journal) refuses to start (``DumpDamagedError``, exit 5).
+   dump (over a compacted journal) refuses to start (``DumpDamagedError``, exit 5). The file
+   carries a BLAKE3 checksum of its body (format 3, :mod:`replicad.consensus.dumpfile`): a
+   damaged command in the suffix would otherwise fail its signature and be replayed as
+   refused, silently; a mismatch refuses the own dump at start and a received one
+   (``dump_damaged``, counted like the other refusals).
 
 15. **A leader that cannot send its dump, a follower that cannot catch up** (issue 13). A
    follower behind the leader's compacted log needs the leader's dump; pysyncobj logged a
@@ -241,7 +245,7 @@ from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.node import TCPNode
 from pysyncobj.tcp_connection import TcpConnection
 
-from replicad.consensus import checkpoint
+from replicad.consensus import checkpoint, dumpfile
 from replicad.consensus.channel import (KNOWN_REASONS, MAX_DECOMPRESSED_BYTES, ChannelIdentity, DecompressionBombError,
                                        MemberOnlyTransport, RefusalLog, Revocations, bounded_decompress, refusals_of,
                                        refuse_undecryptable, revocations_of, transport_identity)
@@ -1234,7 +1238,8 @@ class RaftNode:
 
     def _serialize_dump(self, tmp_file: str, raft_data: tuple) -> None:
         """Write the v2 dump (:func:`replicad.consensus.checkpoint.dump_document`) of the state at
-        pysyncobj's last applied entry to ``tmp_file``, fsync'ed. Tick thread.
+        pysyncobj's last applied entry to ``tmp_file`` in file format 3 (a BLAKE3 checksum of the
+        msgpack body: :mod:`replicad.consensus.dumpfile`), fsync'ed. Tick thread.
 
         Raises:
             checkpoint.NotCompacting: no vouched checkpoint is kept here; pysyncobj then
@@ -1255,7 +1260,7 @@ class RaftNode:
                               "kept here): %s", exc)
                 raise
         with open(tmp_file, "wb") as f:
-            f.write(msgpack.packb(document, use_bin_type=True))
+            f.write(dumpfile.encode(document))  # format 3: BLAKE3 of the body in the header
             f.flush()
             os.fsync(f.fileno())
 
@@ -1303,9 +1308,15 @@ class RaftNode:
         journal that starts after index 1 (compacted) needs it. Otherwise the site would run
         from an empty state at applied index 1 forever (issue 13, item 8).
 
+        A dump of the previous file format (2, no checksum: written by this site before the
+        upgrade) is accepted once, logged at WARNING, and rewritten in format 3 (same document,
+        checksummed; tmp + fsync + rename + directory fsync) before pysyncobj reads it.
+
         Raises:
-            errors.DumpDamagedError: unreadable, zeroed, truncated, unknown version, not
-                vouched, a bad command, or missing while the journal was compacted.
+            errors.DumpDamagedError: unreadable, zeroed, truncated, a checksum mismatch
+                (reason ``dump_damaged``), unknown version, not vouched, a bad command, or
+                missing while the journal was compacted.
+            errors.StoreFullError / errors.InternalError: a format-2 dump cannot be rewritten.
         """
         path = self._data_dir / "raft.dump"
         action = ("move raft.dump and raft.journal aside, keep raft.journal.meta, and start the site: it rejoins as a "
@@ -1322,7 +1333,7 @@ class RaftNode:
         data = b""
         try:
             data = path.read_bytes()
-            document = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            document, legacy = dumpfile.decode(data)
             state, points = self._verify(document)
             _dump_position(document)
         except errors.DumpRefusedError as err:
@@ -1335,6 +1346,21 @@ class RaftNode:
                 f"raft dump {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}; {len(data)} bytes). The site refuses to start rather than serve an empty state; nothing was "
                 f"changed; {action}", path=str(path), reason="dump_damaged",
                 problems=[f"{type(exc).__name__}: {str(exc)[:200]}"], action=action) from None
+        if legacy:
+            log.warning("raft dump %s has the previous file format (%d, no checksum; written before this version): "
+                        "its content verified, accepting it once and rewriting it with a checksum (format %d)",
+                        path, dumpfile.LEGACY_VERSION, dumpfile.FORMAT_VERSION)
+            tmp = path.with_name(path.name + ".upgrade.tmp")
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(dumpfile.frame(data))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+                fsync_dir(path.parent)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise errors.from_os_error(exc, f"rewriting {path} with a checksum") from exc
         self._verified = (checkpoint.document_key(document), state, points)
 
     def _deserialize_dump(self, dump_file: str) -> tuple:
@@ -1342,7 +1368,8 @@ class RaftNode:
         :meth:`_check_dump`): adopt the verified state and checkpoints. Tick thread.
 
         Raises (pysyncobj logs it and keeps its state; :meth:`status` reports ``dump_error``):
-            errors.DumpRefusedError / errors.RemoteProtocolError / OSError: see :meth:`_verify`.
+            errors.DumpRefusedError (``dump_damaged``: checksum, :mod:`~replicad.consensus.dumpfile`)
+            / errors.RemoteProtocolError / OSError: see :meth:`_verify`.
         """
         try:
             path = Path(dump_file)
@@ -1350,7 +1377,7 @@ class RaftNode:
                 os.fsync(f.fileno())
                 data = f.read()
             fsync_dir(path.parent)
-            document = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            document, _legacy = dumpfile.decode(data)  # the checksum: a file damaged since it was checked
             last, prev, cluster = _dump_position(document)
             verified, self._verified = self._verified, None
             if document.get("v") == checkpoint.DUMP_VERSION and verified is not None \

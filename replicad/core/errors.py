@@ -291,7 +291,8 @@ class DumpRefusedError(IntegrityError):
     be adopted: its base is not a state a majority of the sites vouched for, a command of its
     suffix is forged, replayed or contradicts a checkpoint a majority vouched, or it is
     malformed. The node keeps its state and its dump file. Evidence: ``reason``
-    (``dump_not_vouched``, ``dump_bad_command``, ``dump_malformed``), ``problems``."""
+    (``dump_damaged``: the file's checksum does not match or it does not decode;
+    ``dump_not_vouched``, ``dump_bad_command``, ``dump_malformed``), ``problems``."""
 
     code = "dump_refused"
 

@@ -7,8 +7,8 @@
   127.0.0.1): a damaged last journal record with one more site down (lost an acknowledged
   entry before the journal's rejoin rule), a damaged middle record, ENOSPC on the leader's
   journal; linearizable log append, every acknowledged command in every final log once;
-* a flipped bit in a dump's body (expected to fail until the dump carries a checksum: the
-  node starts from a silently different state).
+* a flipped bit in a dump's body: the dump's checksum (:mod:`replicad.consensus.dumpfile`)
+  refuses it at start (before it, the node ran from a silently different state).
 
 The daemon campaign needs root and ``ip netns`` (skipped without, unless ``CI`` is set); the
 Raft-layer histories need only ``strace`` for the ENOSPC fault (skipped without it).
@@ -54,8 +54,7 @@ def test_raft_history_under_journal_damage_and_enospc(tmp_path: Path) -> None:
     assert row["ok"] > 50 and row["refused_starts"] >= 1, row  # the checker had work to do
 
 
-@pytest.mark.xfail(strict=True, reason="a flipped bit in raft.dump's body is accepted: the dump has no checksum "
-                                       "(report of the chaos Raft-storage campaign)")
 def test_raft_history_dump_body_flip(tmp_path: Path) -> None:
     row, violations = _history(tmp_path, 6, ["dump-body"], 3)
     assert not violations, "\n".join(map(str, violations))
+    assert row["refused_starts"] >= 1, row  # the dump's checksum refused the damaged file

@@ -128,6 +128,7 @@ def test_dump_problems_refuses_a_forged_empty_state_and_accepts_a_later_state():
 def test_guarded_serializer_writes_only_a_dump_that_keeps_history(tmp_path):
     import msgpack
 
+    from replicad.consensus import dumpfile
     from replicad.consensus.guard import GuardedSerializer
 
     state = _cluster()
@@ -143,5 +144,5 @@ def test_guarded_serializer_writes_only_a_dump_that_keeps_history(tmp_path):
     assert refusals.counts() == {"snapshot_regresses": 1}
     honest = msgpack.packb({"v": 1, "state": state}, use_bin_type=True)
     assert guard.setTransmissionData((honest, True, True)) is True
-    assert dump.read_bytes() == honest
+    assert dump.read_bytes() == dumpfile.frame(honest)  # stored with its checksum (format 3)
     assert guard.setTransmissionData((b"x", False, True)) is False  # a tail without a start
