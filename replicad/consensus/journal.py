@@ -45,6 +45,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pysyncobj.journal
 from pysyncobj.journal import Journal
 
@@ -55,7 +56,10 @@ log = logging.getLogger("replicad.consensus.raft")  # the journal logs as part o
 
 JOURNAL_MAGIC = b"REPLICAD-RAFTLOG"
 JOURNAL_VERSION = 1
-META_VERSION = 1
+META_VERSION = 2
+"""The meta file's format: 2 carries ``sum`` (:func:`meta_sum`); 1 (before) had no checksum."""
+META_LEGACY_VERSION = 1
+META_DOMAIN = b"replicad-raft-meta-v2\x00"
 
 
 def _write_durably(path: Path, data: bytes) -> None:
@@ -74,6 +78,24 @@ def _write_durably(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def meta_sum(meta: dict) -> str:
+    """The checksum of a meta document: hex BLAKE3-256 of :data:`META_DOMAIN` + its JSON
+    without ``sum`` (keys sorted, ``json.dumps`` defaults). Computed over the parsed *values*:
+    any change of a key or value (a flipped bit in ``votedForNodeId`` or ``currentTerm``)
+    changes it; a change that parses to the same values changes nothing that is read.
+
+    Raises ``TypeError``/``ValueError`` for a value JSON cannot encode.
+    """
+    body = {k: v for k, v in meta.items() if k != "sum"}
+    return blake3.blake3(META_DOMAIN + json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def encode_meta(meta: dict) -> bytes:
+    """The bytes of the meta file for ``meta`` (format :data:`META_VERSION`, with ``sum``)."""
+    doc = {**{k: v for k, v in meta.items() if k != "sum"}, "v": META_VERSION}
+    return json.dumps({**doc, "sum": meta_sum(doc)}, sort_keys=True).encode()
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -148,13 +170,18 @@ class DurableJournal(Journal):
 
     File: ``JOURNAL_MAGIC`` + ``<I version``, then records ``<I payload_len`` ``<I crc32``
     ``payload`` with payload ``<QQ idx term`` + command bytes. Meta (``<file>.meta``):
-    JSON ``{v, currentTerm, votedForNodeId, raftCommitIndex, rejoin?}`` with ``rejoin``
-    ``{reason, commit_index, since_ns}`` while the node rejoins after losing its journal.
+    JSON ``{v: 2, currentTerm, votedForNodeId, raftCommitIndex, rejoin?, sum}`` with ``rejoin``
+    ``{reason, commit_index, since_ns}`` while the node rejoins after losing its journal and
+    ``sum`` the hex BLAKE3 of the rest (:func:`meta_sum`), written tmp + fsync + rename +
+    directory fsync. A meta file of format 1 (no ``sum``, this site's own from before the
+    upgrade) is accepted once, logged at WARNING, and rewritten with its checksum.
 
     Raises (at open):
-        errors.RemoteProtocolError: the file carries another magic or version.
+        errors.RemoteProtocolError: the file carries another magic or version (a meta file
+            whose checksum holds but whose version is unknown: written by a newer version).
         errors.JournalDamagedError: a damaged record is followed by valid ones (see the
-            module docstring); nothing was changed on disk.
+            module docstring), or the meta file is damaged (not JSON, checksum mismatch,
+            format 2 without ``sum``); nothing was changed on disk.
         errors.StoreFullError / errors.InternalError: the directory cannot be written.
     """
 
@@ -172,12 +199,25 @@ class DurableJournal(Journal):
         self.write_error: errors.ReplicadError | None = None
         self._probed_at = float("-inf")
         """The last append/meta write that failed for lack of space (StoreFullError), until one succeeds."""
+        meta_missing = not self._meta_path.exists()
         self._meta = self._load_meta()
         self._meta_dirty = False
         if not self._path.exists():
             self._guarded(lambda: self._start_fresh(), "creating the raft journal")
         self._fd = os.open(self._path, os.O_RDWR)
         self._end = self._load_records()
+        if meta_missing and self._entries and "rejoin" not in self._meta:
+            # The meta file (term, vote) is gone but the log holds entries: this node voted or
+            # followed a leader before, and may have voted in the term it would now vote in
+            # again. Vote for nobody until caught up (README "Raft journal damaged": a damaged
+            # meta file is moved aside).
+            last_idx = self._entries[-1][1]
+            self._meta["rejoin"] = {"reason": "meta file missing", "commit_index": last_idx,
+                                    "since_ns": time.time_ns()}
+            log.warning("raft meta file %s is missing but the journal holds entries up to idx %d: its term and "
+                        "vote are lost; rejoining as a follower that votes for nobody until it has caught up with "
+                        "a leader", self._meta_path, last_idx)
+            self._store_meta()
 
     def _start_fresh(self) -> None:
         past_life = self._meta.get("currentTerm", 0) > 0 or self._path.with_name(DUMP_NAME).exists()
@@ -193,17 +233,57 @@ class DurableJournal(Journal):
             self._store_meta()
         _write_durably(self._path, self._HEADER)
 
+    def _meta_damaged(self, why: str, **evidence: Any) -> errors.JournalDamagedError:
+        return errors.JournalDamagedError(
+            f"raft meta file {self._meta_path} is damaged ({why}): it holds this node's term and vote, and "
+            "running from a wrong one could give a second vote in a term. The site refuses to start; nothing was "
+            "changed. Keep the file for analysis, move raft.journal.meta aside (keep raft.journal and raft.dump) "
+            "and start the site: it rejoins as a follower that votes for nobody until it has caught up from the "
+            "majority (README, \"Raft journal damaged\").",
+            path=str(self._meta_path), problem=why,
+            action="move raft.journal.meta aside and restart: README, Raft journal damaged",
+            **evidence)
+
     def _load_meta(self) -> dict:
+        """Read the meta file; see the class docstring. Raises JournalDamagedError,
+        RemoteProtocolError (a newer format), InternalError (unreadable)."""
         try:
-            meta = json.loads(self._meta_path.read_bytes())
+            data = self._meta_path.read_bytes()
         except FileNotFoundError:
             return {"v": META_VERSION}
-        except ValueError as exc:
-            raise errors.RemoteProtocolError("raft meta file is not valid JSON",
-                                             path=str(self._meta_path), detail=str(exc)) from exc
-        if not isinstance(meta, dict) or meta.get("v") != META_VERSION:
-            raise errors.RemoteProtocolError("raft meta file has an unknown version",
-                                             path=str(self._meta_path))
+        except OSError as exc:
+            raise errors.from_os_error(exc, f"reading the raft meta file ({self._meta_path})") from exc
+        try:
+            meta = json.loads(data)
+        except ValueError as exc:  # UnicodeDecodeError included
+            raise self._meta_damaged(f"not valid JSON: {str(exc)[:120]}", size_bytes=len(data)) from None
+        if not isinstance(meta, dict):
+            raise self._meta_damaged(f"a JSON {type(meta).__name__}, not an object", size_bytes=len(data))
+        if "sum" in meta:
+            try:
+                expected = meta_sum(meta)
+            except (TypeError, ValueError) as exc:
+                raise self._meta_damaged(f"cannot be checksummed: {exc}") from None
+            if meta["sum"] != expected:
+                raise self._meta_damaged("its checksum does not match its content", recorded=str(meta["sum"])[:16],
+                                         computed=expected[:16])
+            if meta.get("v") != META_VERSION:
+                raise errors.RemoteProtocolError("raft meta file has an unknown version (written by a newer "
+                                                 "version of replicad?)", path=str(self._meta_path),
+                                                 version=str(meta.get("v"))[:16])
+            del meta["sum"]
+            return meta
+        if meta.get("v") != META_LEGACY_VERSION or isinstance(meta.get("v"), bool):
+            raise self._meta_damaged(f"no checksum, and version {str(meta.get('v'))[:16]!r} is not the previous "
+                                     f"format ({META_LEGACY_VERSION})")
+        log.warning("raft meta file %s has the previous format (%d, no checksum; written before this version): "
+                    "accepting it once (term %s, vote %s) and rewriting it with a checksum", self._meta_path,
+                    META_LEGACY_VERSION, meta.get("currentTerm"), meta.get("votedForNodeId"))
+        meta["v"] = META_VERSION
+        try:
+            _write_durably(self._meta_path, encode_meta(meta))
+        except OSError as exc:  # the next term change or commit-index store writes it again
+            log.warning("raft meta file %s not rewritten with a checksum yet: %s", self._meta_path, exc)
         return meta
 
     def _load_records(self) -> int:
@@ -433,7 +513,7 @@ class DurableJournal(Journal):
 
     # -- meta
     def _store_meta(self) -> None:
-        data = json.dumps(self._meta, sort_keys=True).encode()
+        data = encode_meta(self._meta)  # with its checksum (format 2)
         self._guarded(lambda: _write_durably(self._meta_path, data), "writing the raft meta file")
         self._meta_dirty = False
 

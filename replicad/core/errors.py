@@ -255,7 +255,9 @@ class TakeoverRestoreError(RestoreVerifyError):
 class JournalDamagedError(IntegrityError):
     """This site's Raft journal holds a damaged record followed by valid ones: not a torn
     tail (a crash mid-append), so dropping everything after it would drop acknowledged
-    entries. The site refuses to start; nothing was truncated. Evidence: ``path``,
+    entries; or its meta file (term, vote) fails its checksum or is not JSON (evidence
+    ``path`` of the meta file, ``problem``, ``action``). The site refuses to start; nothing
+    was truncated. Evidence: ``path``,
     ``offset`` (bytes from the start of the file) and ``record`` (its position) of the first
     damaged record, ``last_good_idx``, ``next_valid_offset``/``next_valid_idx`` and
     ``valid_records_after``, and ``action`` (what the operator does: README "Raft journal

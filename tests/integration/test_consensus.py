@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from replicad.core import errors
-from replicad.consensus.journal import DurableJournal
+from replicad.consensus.journal import DurableJournal, encode_meta
 from replicad.consensus.raft import MAX_FRAME_BYTES, restricted_loads
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -406,7 +406,7 @@ def test_two_sites_with_terms_and_logs_apart_elect_without_the_third(make_cluste
     meta_path = Path(short.args[5]) / "raft.journal.meta"
     meta = json.loads(meta_path.read_text())
     meta["currentTerm"] += 3
-    meta_path.write_text(json.dumps(meta))
+    meta_path.write_bytes(encode_meta(meta))  # a consistent file (with its checksum) at a higher term
     short.start()
     longer.start()
     elected = wait_for(lambda: next((n for n in (short, longer) if n.status()["is_leader"]), None),
