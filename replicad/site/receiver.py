@@ -37,7 +37,9 @@ CHUNK_BUDGET_FACTOR = 1.25
 CHUNK_BUDGET_SLACK_BYTES = 64 * 2**20
 # Snapshots announced ahead of the newest committed one and not committed yet: a primary commits
 # each snapshot before it takes the next, and ships to a straggler in the background, so more than
-# a few in flight is not replication.
+# a few in flight is not replication. At the bound a newer announcement evicts the oldest of them
+# (Receiver.snapshot_received): a primary whose commits failed for a while (its Raft disk full)
+# abandoned those snapshots and must not be refused forever once it can commit again.
 MAX_UNCOMMITTED_RECEIVED = 4
 UNBOUNDED = 2**62  # the chunk budget of a volume whose size nobody knows yet (before its first commit)
 
@@ -139,18 +141,34 @@ class Receiver:
         epoch, seq)`` this site already holds with another root is refused with
         RecordConflictError (the peer gets 409 ``record_conflict``), logged at WARNING and
         counted; the record held here is untouched.
+
+        At most :data:`MAX_UNCOMMITTED_RECEIVED` ``received`` records stay ahead of the
+        volume's committed ``last_seq``. At the bound, an announcement newer (by ``(epoch,
+        seq)``, at an epoch not older than theirs) than some of them evicts the oldest ones
+        (:meth:`_evict_uncommitted`): an honest primary whose commits failed (its Raft disk
+        was full) abandoned them, and refusing every new one wedged replication for good. A
+        flood stays bounded: the records ahead never exceed the bound, and the chunk bytes one
+        sender stores between two commits stay under :meth:`admit_chunk`'s budget (eviction
+        does not refund it). An announcement not newer than any of them is refused with
+        QuotaExceededError (429 ``quota_exceeded``) as before.
         """
         if self.catalog.find_root(volume, root) is not None:
             return
         vs = self.cluster.volume_state(volume) or {"last_seq": 0}
         await asyncio.to_thread(self._check_manifest, volume, seq, root, vs)  # a manifest load: not on the loop
-        ahead = [r.seq for r in await asyncio.to_thread(self.catalog.list, volume, "received")
+        ahead = [r for r in await asyncio.to_thread(self.catalog.list, volume, "received")
                  if r.seq > vs["last_seq"]]
         if len(ahead) >= MAX_UNCOMMITTED_RECEIVED:
-            raise QuotaExceededError(
-                f"{volume}: {len(ahead)} snapshots announced here are not committed yet (limit "
-                f"{MAX_UNCOMMITTED_RECEIVED}); refusing #{seq}", volume=volume, epoch=epoch, seq=seq,
-                uncommitted=sorted(ahead), limit=MAX_UNCOMMITTED_RECEIVED)
+            older = sorted((r for r in ahead if r.epoch <= epoch and (r.epoch, r.seq) < (epoch, seq)),
+                           key=lambda r: (r.epoch, r.seq))
+            excess = len(ahead) - MAX_UNCOMMITTED_RECEIVED + 1
+            if len(older) < excess:
+                raise QuotaExceededError(
+                    f"{volume}: {len(ahead)} snapshots announced here are not committed yet (limit "
+                    f"{MAX_UNCOMMITTED_RECEIVED}) and #{seq} (epoch {epoch}) is not newer than them; refusing it",
+                    volume=volume, epoch=epoch, seq=seq, uncommitted=sorted(r.seq for r in ahead),
+                    limit=MAX_UNCOMMITTED_RECEIVED)
+            await asyncio.to_thread(self._evict_uncommitted, volume, older[:excess], epoch, seq)
         try:
             await asyncio.to_thread(self.catalog.put, SnapshotRecord(volume, epoch, seq, root, "received",
                                                                      created_at_ns))
@@ -158,6 +176,20 @@ class Receiver:
             log.warning("AUDIT refused snapshot %s#%d (epoch %d) announced by the primary at %s: record_conflict, "
                         "this site holds another root for it: %s", volume, seq, epoch, self.site_id, err.evidence)
             raise
+
+    def _evict_uncommitted(self, volume: str, records: list[SnapshotRecord], epoch: int, seq: int) -> None:
+        """Forget the ``received`` records ``records`` (never committed, older than the
+        announcement ``(epoch, seq)`` that replaces them), logged at WARNING as AUDIT. Their
+        chunks are no longer referenced here and the collector takes them one ``gc_grace``
+        after their arrival (``Housekeeping.gc``); should Raft still commit one of them with
+        this site as a holder, the collector keeps its chunks live from Raft's word.
+        Synchronous (a worker thread). Raises what :meth:`Catalog.delete` raises."""
+        for rec in records:
+            self.catalog.delete(volume, rec.epoch, rec.seq)
+            log.warning("AUDIT evicted the uncommitted snapshot %s#%d (epoch %d) at %s: %d snapshots were announced "
+                        "here without a commit, and #%d (epoch %d) is newer; the primary abandoned it (its chunks go to "
+                        "gc after the grace)", volume, rec.seq, rec.epoch, self.site_id, MAX_UNCOMMITTED_RECEIVED, seq,
+                        epoch)
 
     def _check_manifest(self, volume: str, seq: int, root: bytes, vs: dict) -> None:
         """Refuse (RemoteProtocolError, logged) an announced manifest whose block size is not
@@ -239,18 +271,30 @@ class Receiver:
         if self.site_id not in (command.get("holders") or ()):
             return
         task = asyncio.ensure_future(asyncio.to_thread(
-            self.mark_committed, command.get("volume"), command.get("epoch"), command.get("seq"), command.get("root")))
+            self.mark_committed, command.get("volume"), command.get("epoch"), command.get("seq"), command.get("root"),
+            command.get("created_at_ns")))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    def mark_committed(self, volume: Any, epoch: Any, seq: Any, root: Any) -> bool:
+    def mark_committed(self, volume: Any, epoch: Any, seq: Any, root: Any, created_at_ns: Any = None) -> bool:
         """Turn this site's ``received`` record ``(volume, epoch, seq)`` of ``root`` into
-        ``committed``; True if it did. Anything else (no such record, another root, another
-        state) is left alone. Never raises (a failure is logged at ERROR). Synchronous."""
+        ``committed``; True if it did. A snapshot this site evicted uncommitted
+        (:meth:`_evict_uncommitted`) and Raft commits after all with this site as a holder is
+        recorded again as ``committed`` while its manifest is still here (within the gc
+        grace), ``created_at_ns`` (the commit's) as its time. Anything else (no such record
+        nor manifest, another root, another state) is left alone. Never raises (a failure is
+        logged at ERROR). Synchronous."""
         if not isinstance(volume, str) or not isinstance(root, bytes):
             return False
         try:
             rec = self.catalog.find_root(volume, root)
+            if rec is None and isinstance(epoch, int) and isinstance(seq, int) and isinstance(created_at_ns, int) \
+                    and self.store.has(root):
+                self.catalog.put(SnapshotRecord(volume, epoch, seq, root, "committed", created_at_ns))
+                log.warning("AUDIT recorded %s#%d (epoch %d) at %s again: Raft committed it with this site as a "
+                            "holder after it was evicted uncommitted here; its manifest is still here", volume, seq,
+                            epoch, self.site_id)
+                return True
             if rec is None or rec.state != "received" or (rec.epoch, rec.seq) != (epoch, seq):
                 return False
             self.catalog.set_state(volume, rec.epoch, rec.seq, "committed")
