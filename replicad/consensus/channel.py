@@ -39,7 +39,14 @@ pysyncobj's wire format and replaces the acceptance rules:
   frames of a connection between two other sites. Failures: ``bad_identity`` (no valid
   signature by a key pinned for that address), ``revoked_site`` (only a key revoked through
   Raft verifies, or every key pinned for the site is revoked), ``bad_handshake`` (a
-  malformed handshake message).
+  malformed handshake message). The keys are the local config's (``[[sites]] public_key``),
+  not the Raft state's agreed membership, on purpose: the channel must authenticate peers
+  before this site has any state (a fresh site catching up, a replay at start), the Raft
+  partners themselves come from the config, and a site refuses to start when its config
+  differs from the agreed membership (``site/daemon.py``), so both name the same keys whenever
+  the site runs. The channel is not part of ``apply``: which keys it uses never changes the
+  replicated state (``apply`` checks signatures against the state's membership,
+  :func:`replicad.core.state.signing_keys`). Revocations do come from the state (below).
 * **Revocation on the network.** Every :data:`REVOCATION_CHECK_S` the transport reads the
   revocations of the applied Raft state (``ChannelIdentity.revoked``): a connection whose
   peer proved itself with a revoked key is dropped (``revoked_site``), a site whose every

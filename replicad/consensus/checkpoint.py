@@ -30,7 +30,10 @@ module makes a dump something a majority vouched for:
   member that slips one forged command into the log every checkpoint interval would
   otherwise keep every lagging site from ever catching up); the vouches that the
   replayed suffix applied must show a majority of member sites for ``(c, digest)``
-  (``dump_not_vouched``; each vouch is a signed command, so the leader cannot forge them,
+  (``dump_not_vouched``; each vouch is a signed command, so the leader cannot forge them;
+  ``apply`` checks it against the keys the dump's own states record, so counting it also
+  needs a key this node's config pins and the members are the config's sites: a forged base
+  cannot name its own vouchers,
   and a vouch for ``c`` is applied after command ``c``, so it is always in the suffix); a
   later checkpoint inside the suffix that a majority vouched must be reproduced by the
   replay (``dump_bad_command``: a command omitted, reordered or inserted before it).
@@ -64,7 +67,7 @@ import msgpack
 
 from replicad.core import errors
 from replicad.core import state as cluster_state
-from replicad.core.identity import Trust
+from replicad.core.identity import Trust, signature_problem
 
 log = logging.getLogger("replicad.consensus.raft")  # logs as part of the Raft adapter
 
@@ -120,15 +123,22 @@ def _count(state: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
-def voters(trust: Trust | None) -> tuple[frozenset[str], int]:
-    """``(member site ids, majority)``: the sites whose key the config pins and how many of
-    them make a majority (``len // 2 + 1``, the Raft quorum of a group of that size). A
-    revocation does not shrink it: a revoked site's vouches are never applied (its key is
-    refused), so they are simply missing. Unsigned (``trust`` None or without keys): no
+def voters(trust: Trust | None, state: dict | None = None) -> tuple[frozenset[str], int]:
+    """``(member site ids, majority)``: the sites whose vouches count and how many of them make
+    a majority (``len // 2 + 1``, the Raft quorum of a group of that size).
+
+    The members are the agreed membership of ``state`` (``incarnation.members``, as changed by
+    applied ``set_members``) when it has one: the same at every site whatever its config says,
+    like the keys :func:`replicad.core.state.apply` checks the vouches against. Otherwise (no
+    ``state``, or not founded yet) the sites whose key the local config pins: that is the
+    anchor :func:`verify_dump` uses, since a dump's own state cannot be trusted to name its
+    vouchers. A revocation does not shrink it: a revoked site's vouches are never applied (its
+    key is refused), so they are simply missing. Unsigned (``trust`` None or without keys): no
     member can vouch, ``(frozenset(), 0)``."""
     if trust is None or trust.keys is None:
         return frozenset(), 0
-    members = frozenset(trust.keys)
+    inc = (state or {}).get("incarnation")
+    members = frozenset(m["site_id"] for m in inc["members"]) if inc else frozenset(trust.keys)
     return members, len(members) // 2 + 1
 
 
@@ -201,7 +211,7 @@ class CheckpointLog:
         the newest kept point a majority of member sites vouched in ``state`` (or the initial
         state while it is kept), and the payloads since. Unsigned: ``state`` itself with an
         empty suffix (nothing can be vouched). None: no kept point is vouched."""
-        members, majority = voters(trust)
+        members, majority = voters(trust, state)
         if not members:
             return self.end_n, state, []
         start = self.points[0][0]
@@ -213,7 +223,7 @@ class CheckpointLog:
     def divergent(self, state: dict, trust: Trust | None) -> list[tuple[int, bytes, bytes, list[str]]]:
         """Checkpoints kept here for which a majority of member sites vouched (in ``state``)
         another digest: ``[(n, ours, theirs, sites)]``, each reported once."""
-        members, majority = voters(trust)
+        members, majority = voters(trust, state)
         if not members:
             return []
         out = []
@@ -245,7 +255,7 @@ def dump_document(checkpoints: CheckpointLog, state: dict, trust: Trust | None, 
     """
     found = checkpoints.writable(state, trust)
     if found is None:
-        members, majority = voters(trust)
+        members, majority = voters(trust, state)
         raise NotCompacting(f"none of the checkpoints kept here ({[p[0] for p in checkpoints.points]}) is vouched by "
                             f"{majority} of the {len(members)} sites; {len(checkpoints.payloads)} commands since the "
                             f"oldest (vouches lag: sites down, or not vouching)")
@@ -314,7 +324,10 @@ def verify_dump(document: Any, trust: Trust | None, initial: dict,
         state, result, command = advance(state, payload, trust)
         if result.get("ok") and isinstance(command, dict) and command.get("op") == "vouch" \
                 and command.get("by") in members and isinstance(command.get("n"), int) \
-                and isinstance(command.get("hash"), bytes):
+                and isinstance(command.get("hash"), bytes) \
+                and signature_problem(command, trust.keys.get(command["by"])) is None:
+            # apply checked the vouch against the keys the dump's own states record; counting it
+            # also needs a key this node's config pins (a forged base cannot name its vouchers)
             claims.setdefault((command["n"], command["hash"]), set()).add(command["by"])
         point = checkpoints.record(state, payload)
         if point is not None:

@@ -30,7 +30,7 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
      "revoked": {site_id: {"keys": [bytes(32)], "at_ns": int, "by": site_id}},  # revoke_site
      "applied": int,                                                   # commands applied (counted by the Raft node)
      "vouches": {site_id: [[n, bytes(32)], ...]},                      # vouch: last VOUCHES_PER_SITE
-     "limits": {"members": [site_id, ...] | None, "max_sites": int},   # optional, see below
+     "limits": {"members": [site_id, ...] | None, "max_sites": int},   # optional, until found adopts a list
      "incarnation": {"id": bytes(16), "members": [member, ...], "by": site_id, "at_ns": int,
                      "founders": [site_id, ...]},                      # found, once adopted
      "founding": {site_id: {"members": [member, ...], "incarnation": bytes(16), "at_ns": int}}}
@@ -102,6 +102,17 @@ Authority rules (threat model: root on one site speaks with that site's identity
   (the requester counted) agreed, the action runs as the requester. A request expires
   ``trust.request_ttl_ns`` after it was made, by the majority clock. ``approved_by`` (the
   old free-text claim) is refused with ``bad_request``.
+* Keys (determinism): every signature (commands, holder acknowledgements, vouches) is checked
+  against :func:`signing_keys`: once an incarnation is adopted, the keys the state's agreed
+  membership records (as changed by applied ``set_members``; revoked keys stay refused), never
+  the applying site's config, so replaying the log after any ``[[sites]]`` change (a rotated
+  key, a witness added or removed) gives the same state and the same checkpoint digests. A
+  ``found`` is self-certifying (the key its own list gives its proposer). Before any
+  incarnation the other commands are checked against ``trust.keys`` (the local config): in a
+  cluster of daemons that window holds only ``found`` commands. The configured ``limits``
+  (set by the Raft node from its config) are dropped when a list is adopted; registration is
+  bounded by the agreed membership from then on. ``trust`` still gives the cluster id and the
+  policy (``[policy]``, identical in every config; changing it is not a membership change).
 * Revocation: ``revoke_site`` (``site_id``, ``keys``: the proposer's pinned keys of the site,
   in the signed request) runs only as a request (see "Revocation and membership" below); it
   records exactly those keys in ``revoked`` (never what the applying site's config pins);
@@ -273,11 +284,13 @@ def initial_state(members: Any = None, max_sites: int | None = None) -> dict:
     return state
 
 
-def limits(members: Any = None, max_sites: int | None = None) -> dict:
-    """The ``limits`` entry of a state: ``{"members": sorted ids | None, "max_sites": int}``."""
-    ids = None if members is None else sorted({str(m) for m in members})
-    cap = SITES_MAX if max_sites is None else max(1, min(int(max_sites), SITES_MAX))
-    return {"members": ids, "max_sites": cap}
+def limits(members: Any = None, max_sites: int | None = None, joining: bool = False) -> dict:
+    """The ``limits`` entry of a state: ``{"members": sorted ids | None, "max_sites": int}``,
+    plus ``"joining": True`` for a site that joins an existing cluster (``members`` None: it
+    replays the ``found`` commands without a configured reference, :func:`_founding_reference`)."""
+    ids = None if members is None or joining else sorted({str(m) for m in members})
+    cap = SITES_MAX if max_sites is None or joining else max(1, min(int(max_sites), SITES_MAX))
+    return {"members": ids, "max_sites": cap, "joining": True} if joining else {"members": ids, "max_sites": cap}
 
 
 def dump_problems(current: Any, proposed: Any, now_ns: int) -> list[str]:
@@ -464,10 +477,67 @@ def _with_trust(command: dict, trust: Trust | None) -> dict:
     return {**command, _TRUST: trust}
 
 
+def _raw_keys(texts: Any) -> tuple[bytes, ...]:
+    """The raw 32-byte keys of a member entry's ``keys`` (``"ed25519:<base64>"`` strings, in
+    their recorded order); a string that does not parse names no key (``found``/``set_members``
+    check only the shape). Never raises."""
+    out = []
+    for text in texts if isinstance(texts, list) else ():
+        try:
+            out.append(identity.parse_public_key(text))
+        except ValueError:
+            continue
+    return tuple(out)
+
+
+def signing_keys(state: dict, command: Any, trust: Trust | None) -> tuple[bytes, ...] | None:
+    """The raw public keys a command signed by ``command["by"]`` is checked against, chosen
+    from the STATE, never from the applying site's config once the cluster has an incarnation:
+    that is what makes :func:`apply` give the same state at every site and on every replay,
+    whatever each site's ``[[sites]]`` says at that moment (a key rotated, a witness added).
+
+    * An adopted incarnation: the keys its agreed membership (``incarnation.members``, as
+      changed by applied ``set_members``) records for the site; () for a site that is not a
+      member (nothing it signs is accepted). Keys revoked through Raft are refused by the caller
+      (``revoked``), so a revoked key recorded in the membership stays refused.
+    * No incarnation yet, a ``found``: self-certifying, the keys its own proposed ``members``
+      give its proposer (() when it names none or is malformed: the op refuses it anyway);
+      adoption needs a majority of identical lists from configured sites (:func:`_op_found`).
+    * No incarnation yet, any other command: the keys ``trust`` pins for the site (the local
+      config). This is the one config-dependent rule, and the window it covers holds only
+      ``found`` commands in a cluster of daemons (a site proposes nothing else before it
+      joined, ``SiteDaemon._bootstrap``); unit tests of the ops run whole states in it.
+
+    Returns None in unsigned mode (``trust`` None or ``trust.keys`` None). Never raises."""
+    if trust is None or trust.keys is None:
+        return None
+    by = command.get("by") if isinstance(command, dict) else None
+    inc = state.get("incarnation")
+    if inc is not None:
+        return member_keys(state, by)
+    if isinstance(command, dict) and command.get("op") == "found":
+        for m in command.get("members") if isinstance(command.get("members"), list) else ():
+            if isinstance(m, dict) and m.get("site_id") == by:
+                return _raw_keys(m.get("keys"))
+        return ()
+    return trust.keys.get(by) or ()
+
+
+def member_keys(state: dict, site_id: Any) -> tuple[bytes, ...]:
+    """The raw keys the agreed membership of ``state`` records for ``site_id`` (() when the
+    state has no incarnation or the site is not a member). Revoked keys are included: callers
+    refuse them through ``revoked``. Never raises."""
+    inc = state.get("incarnation") or {}
+    for m in inc.get("members") or ():
+        if m["site_id"] == site_id:
+            return _raw_keys(m["keys"])
+    return ()
+
+
 def _check_identity(state: dict, command: dict, trust: Trust) -> None:
     """``bad_signature`` unless the command is for this cluster and signed by the site in
-    ``by``; ``revoked`` when it is signed by a key (or, unsigned, sent by a site) revoked
-    through Raft."""
+    ``by`` with a key :func:`signing_keys` gives it; ``revoked`` when it is signed by a key (or,
+    unsigned, sent by a site) revoked through Raft."""
     by = command["by"]
     revoked = state.get("revoked") or {}
     if trust.keys is None:
@@ -475,13 +545,16 @@ def _check_identity(state: dict, command: dict, trust: Trust) -> None:
             raise _Refusal("revoked", f"{command['op']} by {by!r}: the site was revoked", by=by, op=command["op"])
         return
     revoked_keys = {k for entry in revoked.values() for k in entry.get("keys", ())}
-    problem = identity.signature_problem(command, trust.keys.get(by), revoked_keys)
+    keys = signing_keys(state, command, trust)
+    problem = identity.signature_problem(command, keys, revoked_keys)
     if problem == "revoked key":
         raise _Refusal("revoked", f"{command['op']} by {by!r}: signed with a key revoked through Raft",
                        by=by, op=command["op"], problem=problem)
     if problem is not None:
-        raise _Refusal("bad_signature", f"{command['op']} by {by!r}: {problem} (not signed by a key pinned "
-                       f"for {by!r})", by=by, op=command["op"], problem=problem)
+        where = ("recorded for it in the cluster's agreed membership" if state.get("incarnation") is not None
+                 else "its own found proposal gives it" if command["op"] == "found" else "pinned for it")
+        raise _Refusal("bad_signature", f"{command['op']} by {by!r}: {problem} (not signed by a key {where})",
+                       by=by, op=command["op"], problem=problem)
     if command.get(identity.CLUSTER_FIELD) != trust.cluster_id:
         raise _Refusal("bad_signature", f"{command['op']} by {by!r}: signed for cluster "
                        f"{_safe(command.get(identity.CLUSTER_FIELD))!r}, this is {trust.cluster_id!r}",
@@ -510,7 +583,12 @@ def _with_seen(state: dict, command: Any, trust: Trust) -> dict:
     by, op_id, now_ns = _peek_str(command, "by"), _peek_str(command, "op_id"), _peek_int(command, "now_ns")
     if by is None or op_id is None or not _valid_op_id(op_id):
         return state
-    known = state.get("sites", {}) if trust.keys is None else trust.keys
+    if trust.keys is None:
+        known = state.get("sites", {})
+    elif state.get("incarnation") is not None:  # the agreed members: never the local config (determinism)
+        known = {m["site_id"] for m in state["incarnation"]["members"]}
+    else:
+        known = trust.keys
     if by not in known:
         return state
     all_seen = state.get("seen") or {}
@@ -747,10 +825,13 @@ def _op_register_site(state: dict, cmd: dict) -> tuple[dict, dict]:
     if old is None:
         bounds = state.get("limits") or {}
         members = bounds.get("members")
+        max_sites = bounds.get("max_sites", SITES_MAX)
+        inc = state.get("incarnation")
+        if inc is not None:  # the agreed membership decides, never the config the state started from
+            members, max_sites = [m["site_id"] for m in inc["members"]], SITES_MAX
         if isinstance(members, list) and site_id not in members:
             raise _Refusal("conflict", f"site {site_id!r} is not a configured member of the cluster",
                            site_id=site_id, members=list(members))
-        max_sites = bounds.get("max_sites", SITES_MAX)
         if len(state["sites"]) >= max_sites:
             raise _Refusal("conflict", f"the cluster already has {len(state['sites'])} sites, the most it may have",
                            site_id=site_id, max_sites=max_sites)
@@ -885,7 +966,8 @@ def _check_acks(state: dict, cmd: dict, name: str, seq: int, epoch: int, root: b
     """``bad_ack`` unless every holder other than the proposer signed its "stored"
     acknowledgement of ``(cluster, volume, epoch, seq, root)`` (``acks``: ``{site_id:
     bytes(64)}``, :func:`replicad.core.identity.ack_problem`) with a key pinned for it and not
-    revoked. Without trust (unit tests of the ops) or in unsigned lab mode (``unsafe_unsigned``)
+    revoked (the keys the agreed membership records, :func:`member_keys`, once the cluster has
+    an incarnation: never the local config then). Without trust (unit tests of the ops) or in unsigned lab mode (``unsafe_unsigned``)
     acknowledgements are not checked, like command signatures; ``acks`` must still be a map of
     site ids to bytes when present."""
     acks = cmd.get("acks")
@@ -901,7 +983,8 @@ def _check_acks(state: dict, cmd: dict, name: str, seq: int, epoch: int, root: b
     for holder in holders:
         if holder == cmd["by"]:
             continue
-        problem = identity.ack_problem(acks.get(holder), trust.keys.get(holder), trust.cluster_id, name, epoch,
+        keys = member_keys(state, holder) if state.get("incarnation") is not None else trust.keys.get(holder)
+        problem = identity.ack_problem(acks.get(holder), keys, trust.cluster_id, name, epoch,
                                        seq, root, revoked_keys)
         if problem is not None:
             raise _Refusal("bad_ack", f"volume {name!r}: snapshot {seq} names {holder!r} as a holder without its "
@@ -1580,6 +1663,8 @@ def _founding_reference(state: dict, trust: Trust | None) -> list[str] | None:
     configured = (state.get("limits") or {}).get("members")
     if configured is not None:
         return list(configured)
+    if (state.get("limits") or {}).get("joining"):  # a site that joined later replays the founding as
+        return None                                  # its honest founders decided it (``[raft] join``)
     if trust is not None and trust.keys is not None:
         return sorted(trust.keys)
     return None
@@ -1625,7 +1710,9 @@ def _op_found(state: dict, cmd: dict) -> tuple[dict, dict]:
     new_id = hashlib.blake2b(b"".join(founding[site]["incarnation"] for site in agreeing),
                              digest_size=INCARNATION_BYTES).digest()
     entry = {"id": new_id, "members": members, "by": cmd["by"], "at_ns": cmd["now_ns"], "founders": agreeing}
-    adopted = {k: v for k, v in state.items() if k != "founding"}
+    # the configured limits (the Raft node's config) end with the adoption: from then on the agreed
+    # membership bounds registration, so the state no longer depends on any site's config
+    adopted = {k: v for k, v in state.items() if k not in ("founding", "limits")}
     return ({**adopted, "incarnation": entry},
             {"ok": True, "created": True, "adopted": True, "incarnation": new_id, "members": members,
              "agreeing": agreeing, "needed": needed})
