@@ -453,6 +453,7 @@ def one_run(run: int, image: Path, work: Path, res: Results, args: argparse.Name
         # ---- restore: local store (daemon API) and from a peer (in-process, fresh store)
         status = c.status("site-a")["volumes"][VOL]
         newest = status["newest_committed"]
+        os.sync()  # the previous step's writeback is not charged to this one
         target = root / "restore-local.img"
         t0 = time.perf_counter()
         rest = c.api("site-a", "POST", f"/v1/volumes/{VOL}/restore", {"target": str(target), "seq": newest},
@@ -463,6 +464,7 @@ def one_run(run: int, image: Path, work: Path, res: Results, args: argparse.Name
         target.unlink()
         snaps = c.api("site-a", "GET", f"/v1/volumes/{VOL}/snapshots")["snapshots"]
         root_digest = bytes.fromhex(next(s["root"] for s in snaps if s["seq"] == newest))
+        os.sync()  # the previous step's writeback is not charged to this one
         target = root / "restore-peer.img"
         phases = asyncio.run(restore_from_peer(f"http://127.0.0.1:{c.sites['site-b'].peer_port}", root_digest,
             root / "peer-restore-store", target))
@@ -470,6 +472,7 @@ def one_run(run: int, image: Path, work: Path, res: Results, args: argparse.Name
             res.add(f"restore.peer.{k}.s", v)
         target.unlink()
         shutil.rmtree(root / "peer-restore-store")
+        os.sync()  # the previous step's writeback is not charged to this one
         target = root / "restore-peers.img"
         urls = {s: f"http://127.0.0.1:{c.sites[s].peer_port}" for s in ("site-b", "site-c")}
         phases2 = asyncio.run(restore_from_peers(urls, root_digest, root / "peers-restore-store", target))
@@ -477,6 +480,7 @@ def one_run(run: int, image: Path, work: Path, res: Results, args: argparse.Name
             res.add(f"restore.peers2.{k}.s", v)
         target.unlink()
         shutil.rmtree(root / "peers-restore-store")
+        os.sync()  # the previous step's writeback is not charged to this one
         dd_target = root / "dd-floor.img"
         dt, _ = run_timed(["dd", f"if={a_img}", f"of={dd_target}", "bs=8M", "oflag=direct", "conv=fsync",
                            "status=none"], tmo)
