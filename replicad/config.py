@@ -706,6 +706,11 @@ class SiteConfig(BaseModel):
     data_dir: ConfigPath
     raft_bind: HostPort
     raft_password: SecretStr
+    raft_join: StrictBool = False
+    """``[raft] join``: this site joins an existing cluster (README, "Adding or removing a site"):
+    its first start replays the cluster's founding without this config as reference (a site added
+    since the founding is not one of its founders). Read only while this site's Raft log is
+    empty; harmless to leave set."""
     peer_listen: HostPort
     admin_listen: HostPort
     admin_tokens: tuple[AdminToken, ...] = ()
@@ -986,11 +991,11 @@ def _same_socket(a: str, b: str) -> bool:
 
 # TOML tables that hold flat SiteConfig fields: table -> {key in table: field name}.
 _TABLES: dict[str, dict[str, str]] = {
-    "raft": {"bind": "raft_bind", "password": "raft_password", "password_file": "raft_password"},
+    "raft": {"bind": "raft_bind", "password": "raft_password", "password_file": "raft_password", "join": "raft_join"},
     "peer": {"listen": "peer_listen"},
     "admin": {"listen": "admin_listen", "tokens": "admin_tokens"},
 }
-_FLAT_TO_KEY = {"raft_bind": "raft.bind", "raft_password": "raft.password",
+_FLAT_TO_KEY = {"raft_bind": "raft.bind", "raft_password": "raft.password", "raft_join": "raft.join",
                 "peer_listen": "peer.listen", "admin_listen": "admin.listen", "admin_tokens": "admin.tokens"}
 
 _SITE_ID = TypeAdapter(SiteId)
@@ -1302,7 +1307,8 @@ def membership_differences(agreed: list[dict], configured: list[dict]) -> list[s
     for site in sorted(set(theirs) - set(ours)):
         out.append(f"sites: {site} is a member of the cluster (raft {theirs[site]['raft']}) but not in this config")
     for site in sorted(set(ours) - set(theirs)):
-        out.append(f"sites: {site} (raft {ours[site]['raft']}) is in this config but not a member of the cluster")
+        out.append(f"sites: {site} (raft {ours[site]['raft']}) is in this config but not a member of the cluster "
+                   f"(adding it on purpose: {_PROPOSE_FIRST})")
     for site in sorted(set(ours) & set(theirs)):
         a, b = theirs[site], ours[site]
         if a["raft"] != b["raft"]:
@@ -1311,5 +1317,12 @@ def membership_differences(agreed: list[dict], configured: list[dict]) -> list[s
             out.append(f"sites.{site}.kind: the cluster has {a['kind']}, this config {b['kind']}")
         if sorted(a["keys"]) != sorted(b["keys"]):
             out.append(f"sites.{site}.public_key: the cluster pins {sorted(a['keys']) or 'none'}, this config "
-                       f"{sorted(b['keys']) or 'none'}")
+                       f"{sorted(b['keys']) or 'none'} (a key rotation on purpose: {_PROPOSE_FIRST}, approved by "
+                       f"{site} itself too)")
     return out
+
+
+_PROPOSE_FIRST = ("run `replicad members propose` with this config at a running site and have a majority of the "
+                  "sites approve it (`replicad approve REQ`) BEFORE installing it and restarting; README 'Rotate a "
+                  "site's key', 'Adding or removing a site'")
+"""The membership-difference hint for an intended change: the agreed membership changes first."""

@@ -223,6 +223,7 @@ import asyncio
 import codecs
 import copy
 import io
+import json
 import logging
 import os
 import pickle
@@ -1032,6 +1033,15 @@ class _StateConsumer(SyncObjConsumer):
         self.pending_vouch: tuple[int, bytes] | None = None
         self.on_applied = on_applied
 
+    def set_initial_limits(self, limits: dict) -> None:
+        """Start from an initial state with ``limits`` (``RaftNode._pin_initial_limits``);
+        only before anything was applied."""
+        with self.lock:
+            self.limits = limits
+            self.initial = {**cluster_state.initial_state(), "limits": limits}
+            self.cluster = self.initial
+            self.checkpoints = checkpoint.CheckpointLog.fresh(self.initial, self.checkpoints.every)
+
     @replicated
     def apply_command(self, payload: bytes) -> dict:
         """Apply one msgpack command. Runs on the tick thread of every node; never raises."""
@@ -1120,9 +1130,12 @@ class RaftNode:
             must pass the same list.
         max_sites: cap on registered sites; default the Raft group's size (every site is a
             Raft member), at most ``state.SITES_MAX``.
-        trust: the pinned site keys and cluster policy every applied command is checked
-            against (:class:`replicad.core.identity.Trust`, ``SiteConfig.trust()``); every
-            site must pass the same. None: no identity checks (tests of the Raft layer only).
+        trust: the cluster id and policy every applied command is checked under, with the
+            config's pinned keys (:class:`replicad.core.identity.Trust`, ``SiteConfig.trust()``):
+            once the cluster is founded, ``apply`` checks signatures against the keys the
+            state's agreed membership records, not these (so a config change never changes a
+            replay); the keys still authenticate the Raft channel and anchor the vouches of a
+            received dump. None: no identity checks (tests of the Raft layer only).
         signer: this site's identity; :meth:`propose` signs each command with it (a
             command that already carries ``sig`` is sent as it is). None: unsigned.
         sites: ``{raft "host:port": site_id}`` of every member, this one included
@@ -1130,6 +1143,9 @@ class RaftNode:
             site by a signed handshake (:mod:`replicad.consensus.channel`) and the Raft
             state's revocations cut revoked sites off the network; that needs ``signer`` and
             every member's address here.
+        joining: this site joins an existing cluster (``[raft] join``): an empty log starts
+            from ``limits(joining=True)`` (:meth:`_pin_initial_limits`); ignored once the log
+            has entries.
 
     Raises:
         errors.ConfigError: empty password; a signed ``trust`` without ``signer``, or a
@@ -1141,7 +1157,7 @@ class RaftNode:
                  compaction_min_entries: int = 5000, needs_leader: Callable[[], bool] | None = None,
                  members: Sequence[str] | None = None, max_sites: int | None = None,
                  trust: Trust | None = None, signer: Signer | None = None,
-                 sites: dict[str, str] | None = None) -> None:
+                 sites: dict[str, str] | None = None, joining: bool = False) -> None:
         if not password:
             raise errors.ConfigError("raft password must be set", problems=["raft.password: empty"])
         sites = dict(sites or {})
@@ -1160,6 +1176,7 @@ class RaftNode:
             return revoked_seen[1]
 
         self._channel = ChannelIdentity(trust=trust, signer=signer, sites_by_addr=sites, revoked=revocations)
+        self._joining = joining
         self._self_addr = self_addr
         self._partners = [a for a in partner_addrs if a != self_addr]
         self._data_dir = Path(data_dir)
@@ -1191,6 +1208,7 @@ class RaftNode:
             self._data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise errors.from_os_error(exc, "creating the raft data dir") from exc
+        self._pin_initial_limits()  # before anything is applied: the log's first state
         self._check_local_dump()  # point 14: never run from an empty state over a compacted journal
         conf = SyncObjConf(
             password=self._password,
@@ -1263,6 +1281,64 @@ class RaftNode:
             f.write(dumpfile.encode(document))  # format 3: BLAKE3 of the body in the header
             f.flush()
             os.fsync(f.fileno())
+
+    def _pin_initial_limits(self) -> None:
+        """Replay this node's log from the initial state it started from, not from one rebuilt from
+        today's config: the initial state's ``limits`` (configured site ids, max sites) decide
+        how the commands before the cluster's founding apply (``found`` adoption needs a
+        majority of the configured sites), and a config changed since (a witness added or
+        removed through ``set_members``) must not change that history on replay, or this
+        site's state and checkpoint digests would differ from the other sites' (the state
+        drops ``limits`` when a list is adopted; what follows depends on the state alone).
+
+        The limits are kept in ``data_dir/raft.limits`` (JSON, written atomically with fsync)
+        when the log starts empty (no journal, no dump) and read back at every later start.
+        A node without the file but with a log (written before the file existed) pins its
+        config's limits. Unreadable file: the config's limits, logged at WARNING. A site that
+        joins an existing cluster (``joining``, ``[raft] join``) starts an empty log from
+        ``limits(joining=True)``: its config names sites added since the founding, which must
+        not change how the founders' ``found`` commands apply (it replays an agreed founding
+        exactly as its founders applied it).
+
+        Raises:
+            errors.StoreFullError / errors.InternalError: the file cannot be written.
+        """
+        consumer = self._consumer
+        if consumer.limits is None:
+            return
+        path = self._data_dir / "raft.limits"
+        fresh = not (self._data_dir / "raft.journal").exists() and not (self._data_dir / "raft.dump").exists()
+        if path.exists() and not fresh:
+            try:
+                pinned = json.loads(path.read_text())
+                limits = cluster_state.limits(pinned["members"], pinned["max_sites"], bool(pinned.get("joining")))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("raft: %s unreadable (%s): replaying with this config's limits", path, exc)
+                return
+            if limits != consumer.limits:
+                log.info("raft: replaying this log from the limits it started with (%s, at most %d sites), not this "
+                         "config's (%s): the membership changed since through set_members", limits["members"],
+                         limits["max_sites"], consumer.limits["members"])
+            consumer.set_initial_limits(limits)
+            return
+        if fresh and self._joining:
+            log.info("raft: this site joins an existing cluster ([raft] join): it replays the cluster's founding "
+                     "without its own config as reference")
+            consumer.set_initial_limits(cluster_state.limits(joining=True))
+        tmp = path.with_suffix(".tmp")
+        try:
+            with open(tmp, "w") as f:
+                json.dump(consumer.limits, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            dir_fd = os.open(self._data_dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise errors.from_os_error(exc, f"writing {path}") from exc
 
     _not_compacting_logged = float("-inf")
     _verified: tuple | None = None  # (document key, state, checkpoints) of the dump verified last

@@ -180,7 +180,10 @@ class SiteDaemon:
                              needs_leader=self._acts_as_primary,
                              members=[s.site_id for s in self.cfg.sites],
                              trust=self.cfg.trust(), signer=signer,
-                             sites={s.raft: s.site_id for s in self.cfg.sites})
+                             sites={s.raft: s.site_id for s in self.cfg.sites}, joining=self.cfg.raft_join)
+        every = os.environ.get(LAB_CHECKPOINT_EVERY_ENV)
+        if every and self.cfg.lab:  # a test bench: checkpoints (and their vouches) within seconds
+            self.raft.set_checkpoint_interval(int(every))
         self.cluster = Cluster(self.site_id, self.raft, lambda: self.cfg)
         for name, runner in self.runners.items():
             runner.acting_epoch = self.catalog.acting_epoch(name)
@@ -227,13 +230,19 @@ class SiteDaemon:
                 problems=problems, source=f"{self.data_dir / 'catalog.db'} (copy of the Raft state's membership)",
                 action=MEMBERSHIP_RUNBOOK)
 
-    def _membership_agreed(self, agreed: list[dict]) -> None:
+    def _membership_agreed(self, agreed: list[dict], decisive: bool = False) -> None:
         """The Raft state's agreed membership is ``agreed`` (event loop): keep a copy for the
         next start's check. A site that never saw one before and disagrees stops
         (:attr:`fatal`, before any volume acts: it learned the membership from the cluster).
         One that agreed with an earlier membership is told to restart with a matching config
-        (a change on purpose, ``set_members``, made while it ran)."""
+        (a change on purpose, ``set_members``, made while it ran).
+
+        A site that never saw a membership judges only a ``decisive`` one (``_bootstrap``: the
+        membership current once it caught up): while it replays the log, the ``set_members``
+        it applies are older ones (a site added by a later one would stop on the first)."""
         problems = membership_differences(agreed, self.cfg.membership())
+        if self._agreed_at_start is None and not decisive:
+            return  # catching up: _bootstrap decides on the current membership
         if problems and self._agreed_at_start is None:
             self._fail(MembershipMismatchError(
                 f"site {self.site_id}: a majority of the configured sites founded the cluster with a membership that "
@@ -465,14 +474,25 @@ class SiteDaemon:
         me = self.cfg.self_ref()
         while not self.volumes.joined.is_set():
             try:
-                res = await self.cluster.propose("found", incarnation=os.urandom(16), members=self.cfg.membership())
-                if not res.get("adopted", True):
-                    self._founding_waits(res)
-                    if self.fatal is not None:
-                        return
-                    await asyncio.sleep(FOUND_RETRY_S)
-                    continue
-                self._membership_agreed(res["members"])
+                await self.cluster.wait_synced()  # catch up first: decide on the CURRENT membership
+                current = self.raft.view().get("incarnation")
+                if current is None:  # not founded yet: propose this config's list
+                    res = await self.cluster.propose("found", incarnation=os.urandom(16),
+                                                     members=self.cfg.membership())
+                    if not res.get("adopted", True):
+                        self._founding_waits(res)
+                        if self.fatal is not None:
+                            return
+                        await asyncio.sleep(FOUND_RETRY_S)
+                        continue
+                    await self.cluster.wait_synced()
+                    current = self.raft.view().get("incarnation") or {"id": res["incarnation"],
+                                                                      "members": res["members"]}
+                # a site joining an existing incarnation proposes no found: it compares this config
+                # with the membership current at the end of its catch-up (set_members applied since
+                # the founding included), never with the first one it replays
+                res = {"incarnation": current["id"], "members": current["members"]}
+                self._membership_agreed(res["members"], decisive=True)
                 if self.fatal is not None:
                     return
                 await self.volumes.enter_incarnation(res["incarnation"], self.raft.view())
@@ -539,7 +559,10 @@ class SiteDaemon:
     async def _clock_loop(self) -> None:
         """Report this site's clock through Raft every CLOCK_HEARTBEAT_S: the state machine
         measures the retention lock window with the time a majority of sites have reached, so
-        one site's clock stepping forward cannot prune inside it (O4)."""
+        one site's clock stepping forward cannot prune inside it (O4). Only once this site joined
+        the cluster's incarnation: before it, the log holds only ``found`` commands, whose
+        signatures apply checks without the local config (:func:`replicad.core.state.signing_keys`)."""
+        await self.volumes.joined.wait()
         while True:
             await asyncio.sleep(CLOCK_HEARTBEAT_S)
             try:
@@ -548,6 +571,9 @@ class SiteDaemon:
                 log.debug("clock heartbeat not committed: %s", err)
 
 
+LAB_CHECKPOINT_EVERY_ENV = "REPLICAD_LAB_CHECKPOINT_EVERY"
+"""Environment variable read only with ``lab = true``: the Raft checkpoint interval in commands
+(every site of the bench must use the same); production always uses ``CHECKPOINT_EVERY``."""
 FOUND_RETRY_S = 2.0
 """Seconds between two ``found`` proposals of a site while the cluster is not founded yet."""
 MEMBERSHIP_COMPARE = (
