@@ -72,6 +72,8 @@ def agreed(c: LocalCluster, site: str) -> list[dict] | None:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
         row = db.execute("SELECT value FROM meta WHERE key='membership'").fetchone()
+    except sqlite3.OperationalError:  # created a moment ago, its schema not written yet
+        return None
     finally:
         db.close()
     return json.loads(row[0]) if row else None
