@@ -266,16 +266,6 @@ class JournalDamagedError(IntegrityError):
     code = "journal_damaged"
 
 
-class ProtocolError(ReplicadError):
-    """A wire or disk document could not be parsed."""
-
-    code = "protocol"
-    exit_code = 6
-    http_status = 400
-
-
-class RemoteProtocolError(ProtocolError):
-    """A peer (or a file written by another version) sent something malformed: its fault."""
 class DumpDamagedError(IntegrityError):
     """This site's own Raft dump (``raft.dump``) cannot be used: unreadable, zeroed,
     truncated, of an unknown version, not vouched by a majority, or missing while the
@@ -299,6 +289,16 @@ class DumpRefusedError(IntegrityError):
     code = "dump_refused"
 
 
+class ProtocolError(ReplicadError):
+    """A wire or disk document could not be parsed."""
+
+    code = "protocol"
+    exit_code = 6
+    http_status = 400
+
+
+class RemoteProtocolError(ProtocolError):
+    """A peer (or a file written by another version) sent something malformed: its fault."""
 
     code = "remote_protocol"
 
