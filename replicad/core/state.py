@@ -142,14 +142,22 @@ Authority rules (threat model: root on one site speaks with that site's identity
   store with its own clock.
 * ``remove_holder`` only by the holder itself (a site cannot make the catalog forget
   another site's copy).
-* ``found`` (``incarnation``: 16 random bytes, ``members``): the first one applied to a state
-  fixes the cluster's **incarnation** (an identity no other Raft history shares: a cluster whose
-  every site lost its Raft state starts a new one, and the sites' local records of the old one
-  cannot collide with the new) and its **agreed membership**: ``[{"site_id", "raft", "kind",
-  "keys": [str]}]`` sorted by site id (every site's ``[[sites]]``). Every site proposes it at
-  start with its own random id and config; a later one changes nothing and answers the
-  recorded ``incarnation`` and ``members`` (``created`` False). Only by a site the members
-  list names.
+* ``found`` (``incarnation``: 16 random bytes, ``members``): a site's proposal of the
+  cluster's **incarnation** (an identity no other Raft history shares: a cluster whose every
+  site lost its Raft state starts a new one, and the sites' local records of the old one
+  cannot collide with the new) and **agreed membership**: ``[{"site_id", "raft", "kind",
+  "keys": [str]}]`` sorted by site id (every site's ``[[sites]]``). Each site's latest
+  proposal is kept in ``founding``; the list is **adopted** (``incarnation`` set, ``founding``
+  dropped) when the sites proposing that identical list are a majority of the sites it names
+  AND of the configured sites (``limits.members``; else the sites ``trust`` pins), so one site
+  cannot fix the membership by proposing first, and an honest majority with identical
+  configs always founds the cluster whatever another site proposes. The incarnation id is
+  the BLAKE2b-128 of the agreeing proposals' random ids (in site order): no single proposer
+  chooses it. Until then a ``found`` answers ``adopted`` False with ``agreeing`` (the sites
+  proposing this list) and ``needed``; every site keeps proposing its config's list. Once
+  adopted, a ``found`` changes nothing and answers the recorded ``incarnation`` and
+  ``members`` (``created`` False). Only by a site the members list names and, when known,
+  a configured one (``conflict``).
 * ``set_members`` (``members``): replaces the agreed membership (not the incarnation); only
   as a request (see "Revocation and membership"; README: adding or removing a site).
 * ``site_verdict`` (``volume``, ``seq``, ``verdict``, ``score_ppm``, ``cumulative_ppm``,

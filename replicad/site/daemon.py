@@ -585,7 +585,6 @@ MEMBERSHIP_COMPARE = (
 MEMBERSHIP_RUNBOOK = "README, Membership mismatch"
 
 
-
 def _retention_dict(v: VolumeConfig) -> dict:
     r = v.retention
     return {"keep_all_s": int(r.keep_all_s), "hourly_s": int(r.hourly_s), "daily_s": int(r.daily_s),
