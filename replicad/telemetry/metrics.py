@@ -543,7 +543,9 @@ class StateCollector(Collector):
 
     def _sources(self, status: dict) -> Iterator[Metric]:
         """Counters of the volumes' snapshot sources (status ``volumes.<v>.source``): tracking
-        lost by reason, verifier runs and mismatches (0 from the first scrape of a reflink volume)."""
+        lost by reason (reflink volumes), verifier runs and mismatches (0 from the first scrape
+        of every volume: a ``file`` volume is its own full scan, so its verifier never disagrees,
+        and the alert on mismatches has a series to read everywhere)."""
         lost = CounterMetricFamily("replicad_source_lost", "Times the volume's change tracking was lost, by reason "
                                    "(sources/reflink.py)", labels=["site", "volume", "reason"])
         runs = CounterMetricFamily("replicad_source_verify_runs", "Verifier full scans of a tracked volume",
@@ -553,6 +555,8 @@ class StateCollector(Collector):
         for name, entry in sorted((status.get("volumes") or {}).items()):
             src = entry.get("source") if isinstance(entry, dict) else None
             if not isinstance(src, dict) or src.get("kind") != "reflink":
+                runs.add_metric([self.site_id, name], 0)
+                bad.add_metric([self.site_id, name], 0)
                 continue
             for reason, n in sorted((src.get("lost_total") or {}).items()):
                 if _num(n) is not None:

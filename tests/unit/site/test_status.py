@@ -10,7 +10,12 @@ from replicad.site.cluster import Cluster
 from replicad.site.runner import VolumeRunner
 from replicad.site.status import Status
 
-NOW_NS = time.time_ns()
+
+
+def now_ns() -> int:
+    """This instant (read per test: a module-level instant is minutes old by the time a long
+    suite runs the test, and the ages measured here would grow with it)."""
+    return time.time_ns()
 
 
 class _Raft:
@@ -42,9 +47,10 @@ CUT_OFF = {"leader": None, "has_quorum": False, "commit_index": 9, "last_applied
 
 
 def _state(primary: str, epoch: int, clock_age_s: float | None) -> dict:
-    snaps = {1: {"verdict": "clean", "created_at_ns": NOW_NS - 600 * 10**9, "holders": ["site-a", "site-b"],
+    now = now_ns()
+    snaps = {1: {"verdict": "clean", "created_at_ns": now - 600 * 10**9, "holders": ["site-a", "site-b"],
                  "root": b"r" * 32}}
-    clocks = {} if clock_age_s is None else {"site-b": NOW_NS - int(clock_age_s * 1e9)}
+    clocks = {} if clock_age_s is None else {"site-b": now - int(clock_age_s * 1e9)}
     return {"volumes": {"ehr": {"primary": primary, "epoch": epoch, "snapshots": snaps, "last_seq": 1}},
             "sites": {}, "clocks": clocks}
 
@@ -105,9 +111,10 @@ def _custom(state: dict, role: str = "replica", acting_epoch: int | None = None,
 def test_the_rpo_is_the_age_of_the_newest_clean_snapshot() -> None:
     """Item 10: a suspect snapshot 1 min old does not make the RPO 1 min: a restore loses 10 min."""
     state = _state("site-a", 2, 1.0)
+    now = now_ns()
     state["volumes"]["ehr"]["snapshots"] = {
-        1: {"verdict": "clean", "created_at_ns": NOW_NS - 600 * 10**9, "holders": ["site-a"], "root": b"r" * 32},
-        2: {"verdict": "suspect", "created_at_ns": NOW_NS - 60 * 10**9, "holders": ["site-a"], "root": b"s" * 32}}
+        1: {"verdict": "clean", "created_at_ns": now - 600 * 10**9, "holders": ["site-a"], "root": b"r" * 32},
+        2: {"verdict": "suspect", "created_at_ns": now - 60 * 10**9, "holders": ["site-a"], "root": b"s" * 32}}
     v = _custom(state)["volumes"]["ehr"]
     assert 600 <= v["rpo_s"] < 660 and 60 <= v["newest_age_s"] < 120
     state["volumes"]["ehr"]["snapshots"][1]["verdict"] = "suspect"  # no clean one: no recovery point

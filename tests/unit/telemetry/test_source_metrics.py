@@ -19,11 +19,15 @@ def test_source_tracking_state_is_one_hot_and_counters_follow_the_status(tmp_pat
     assert value(smp, "replicad_source_verify_mismatches_total", **vol) == 1
 
 
-def test_file_source_exports_its_state_but_no_reflink_counters(tmp_path: Path) -> None:
+def test_file_source_exports_its_state_and_zero_verifier_counters(tmp_path: Path) -> None:
+    """A file volume is its own full scan: its verifier counters read 0 (so the mismatch alert
+    has a series at every site), and it has no lost-tracking reasons."""
     st = site_status()
     st["volumes"]["ehr"]["source"] = {"kind": "file", "state": "untracked"}
     smp = samples(make(tmp_path, st))
     vol = {"site": "site-b", "volume": "ehr"}
     assert value(smp, "replicad_source_tracking", **vol, kind="file", state="untracked") == 1
     assert value(smp, "replicad_source_tracking", **vol, kind="file", state="lost") == 0
-    assert ("replicad_source_verify_mismatches_total", frozenset(vol.items())) not in smp
+    assert value(smp, "replicad_source_verify_mismatches_total", **vol) == 0
+    assert value(smp, "replicad_source_verify_runs_total", **vol) == 0
+    assert not any(name == "replicad_source_lost_total" for name, _ in smp)
