@@ -522,19 +522,31 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
             _raise_not_found(name)
         return _ok({"volume": name, "detection": detection_policy(vs), "effective_here": site.detection.policy(name, vs)})
 
-    async def detection_put(request: web.Request) -> web.Response:  # issue 14: weakening detection is a request
+    async def _policy_change(request: web.Request, field: str) -> tuple[str, dict, str, dict]:
+        """The common part of a volume policy change (``PUT .../retention``, ``.../detection``):
+        ``(volume, body, reason, volume Raft entry)`` from a body ``{field: ..., "reason"?}``.
+
+        Raises:
+            UsageError: an approval claimed in the body, unknown keys, a reason that is not a
+                string of at most 1024 characters.
+            NotFoundError: no such volume in the Raft state.
+        """
         name = request.match_info["volume"]
         body = await _json_body(request)
         _no_claimed_approval(body)
-        unknown = set(body) - {"detection", "reason"}
+        unknown = set(body) - {field, "reason"}
         if unknown:
-            raise UsageError(f"unknown keys {sorted(unknown)}", known=["detection", "reason"])
+            raise UsageError(f"unknown keys {sorted(unknown)}", known=[field, "reason"])
         reason = body.get("reason", "")
         if not isinstance(reason, str) or len(reason) > 1024:
             raise UsageError("reason must be a string of at most 1024 characters", field="reason")
         vs = site.cluster.volume_state(name)
         if vs is None:
             _raise_not_found(name)
+        return name, body, reason, vs
+
+    async def detection_put(request: web.Request) -> web.Response:  # issue 14: weakening detection is a request
+        name, body, reason, vs = await _policy_change(request, "detection")
         current = detection_policy(vs)
         change = body.get("detection")
         if not isinstance(change, dict):
@@ -597,18 +609,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         return await _make_request(site, "revoke_site", {"site_id": target, "keys": keys}, reason)
 
     async def retention_put(request: web.Request) -> web.Response:
-        name = request.match_info["volume"]
-        body = await _json_body(request)
-        _no_claimed_approval(body)
-        unknown = set(body) - {"retention", "reason"}
-        if unknown:
-            raise UsageError(f"unknown keys {sorted(unknown)}", known=["retention", "reason"])
-        reason = body.get("reason", "")
-        if not isinstance(reason, str) or len(reason) > 1024:
-            raise UsageError("reason must be a string of at most 1024 characters", field="reason")
-        vs = site.cluster.volume_state(name)
-        if vs is None:
-            _raise_not_found(name)
+        name, body, reason, vs = await _policy_change(request, "retention")
         new = _retention_update(body, vs["retention"])
         args: dict[str, Any] = {"volume": name, "retention": new}
         if any(new[k] < vs["retention"][k] for k in ("keep_all_s", "lock_s")):
