@@ -178,7 +178,7 @@ def test_cli_with_tokens(cluster: LocalCluster, tmp_path: Path) -> None:
     assert forbidden.returncode == 8 and "forbidden" in forbidden.stderr
     sandbox = tmp_path / "sb"
     sandbox.mkdir()
-    drill = cli("drill", VOL, "--sandbox", str(sandbox), token_env=OPERATOR)
+    drill = cli("drill", VOL, "--sandbox", str(sandbox), "--report", str(tmp_path / "drill.html"), token_env=OPERATOR)
     assert drill.returncode == 0 and "root verified" in drill.stdout, drill.stderr
     members = cli("--json", "members", "--token", VIEWER)
     assert members.returncode == 0 and len(json.loads(members.stdout)["members"]) == 3
