@@ -140,7 +140,7 @@ class Detection:
         snap = vs["snapshots"][seq]
         m = await self.fetch(volume, seq, vs)
         policy = self.policy(volume, vs)
-        base_seq = self._base(volume, seq, vs)
+        base_seq = await asyncio.to_thread(self._base, volume, seq, vs)  # store lookups: off the loop
         if base_seq is None:
             verdict = anomaly.RelativeVerdict("clean", 0.0, 0.0, 0.0, None,
                                               ())
@@ -150,8 +150,9 @@ class Detection:
             evidence_blocks: list[dict] = []
         else:
             base = await self.fetch(volume, base_seq, vs)
-            ref = self._cold_reference(vs, seq, policy)
-            signals = await asyncio.to_thread(self._signals, m, base, ref)
+            # the cold reference is a store lookup and a manifest load: in the worker thread too
+            signals = await asyncio.to_thread(
+                lambda: self._signals(m, base, self._cold_reference(vs, seq, policy)))
             window, confirmed = self._history(volume, seq, vs, policy)
             verdict = anomaly.judge_relative(seq, signals, window, confirmed, policy)
             reasons = list(verdict.reasons)
