@@ -49,7 +49,10 @@ MAX_ENTRY_COMMAND_BYTES = 96 * 1024
 """Largest log entry in an ``append_entries`` (commands are at most 40 KiB, pickled twice)."""
 
 KNOWN_TYPES = frozenset({"request_vote", "response_vote", "append_entries", "next_node_idx", "apply_command",
-                         "apply_command_response", "timeout_now", "pre_vote", "pre_vote_response"})
+                         "apply_command_response", "timeout_now", "pre_vote", "pre_vote_response",
+                         "membership_query", "membership_report"})
+MAX_REPORTED_MEMBERS = 64
+"""Most members a ``membership_report`` may list (``replicad.core.state.SITES_MAX`` is lower)."""
 _TERMED = frozenset({"request_vote", "response_vote", "append_entries", "timeout_now", "pre_vote"})
 
 
@@ -91,6 +94,24 @@ def shape_problem(message: Any, current_term: int) -> tuple[str, str] | None:
             return "malformed", "apply_command_response with wrong fields"
     if kind == "append_entries":
         return _append_entries_problem(message)
+    if kind == "membership_report":
+        return _membership_report_problem(message.get("report"))
+    return None
+
+
+def _membership_report_problem(report: Any) -> tuple[str, str] | None:
+    """A ``membership_report`` must carry ``{"incarnation": bytes, "members": [{"site_id": str,
+    "raft": str, "kind": str, "keys": [str]}]}`` (raft point 16)."""
+    if not (isinstance(report, dict) and isinstance(report.get("incarnation"), bytes)
+            and len(report["incarnation"]) <= 64 and isinstance(report.get("members"), list)
+            and len(report["members"]) <= MAX_REPORTED_MEMBERS):
+        return "malformed", "membership_report without an incarnation and a bounded member list"
+    for m in report["members"]:
+        if not (isinstance(m, dict) and all(isinstance(m.get(k), str) and len(m[k]) <= 300
+                                            for k in ("site_id", "raft", "kind"))
+                and isinstance(m.get("keys"), list) and len(m["keys"]) <= 8
+                and all(isinstance(k, str) and len(k) <= 200 for k in m["keys"])):
+            return "malformed", "membership_report with a malformed member"
     return None
 
 

@@ -185,6 +185,18 @@ names up in its own modules):
    whenever it stays behind longer than :data:`SYNCED_GRACE_S`, with a WARNING after
    :data:`CATCH_UP_STALL_S` without progress. A dump it cannot store is ``dump_unwritable``.
 
+16. **What the members say the membership is.** A site that has not joined the cluster yet
+   cannot trust its own replay of the log to learn the agreed membership when its config
+   differs from the founders' (the founding rule's reference is its config, and a leader its
+   config lacks is refused as ``unknown_node``: it waited forever, seen in CI). While the daemon
+   asks (:meth:`RaftNode.ask_membership`), the node sends each connected member a
+   ``membership_query`` every :data:`MEMBERSHIP_ASK_S`; a member that has an agreed membership
+   answers ``membership_report`` with its incarnation id and member list (at most once per
+   member per :data:`MEMBERSHIP_ASK_S`). The channel binds each connection to one member site
+   (point 8), so a report is that site's word; the daemon acts only on a majority of its
+   configured sites reporting the same list (:meth:`RaftNode.membership_reports`), which one
+   compromised site cannot make up.
+
 13. **Signed commands** (:mod:`replicad.core.identity`): :meth:`RaftNode.propose` signs each
    command with this site's key (``signer``); every node's state machine verifies it
    against the keys pinned in the config (``trust``) and refuses a command not signed by
@@ -298,6 +310,10 @@ DUMP_NO_CANDIDACY_S = 30.0
 # no progress for CATCH_UP_STALL_S while behind.
 SYNCED_GRACE_S = 2.0
 CATCH_UP_STALL_S = 10.0
+MEMBERSHIP_ASK_S = 2.0
+"""Point 16: how often a node that asks queries each member, and answers each member at most."""
+MEMBERSHIP_REPORT_TTL_S = 30.0
+"""Point 16: how long a member's report counts."""
 _FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if isinstance(v, int)}
 
 
@@ -571,6 +587,12 @@ class _HardenedSyncObj(SyncObj):
     _caught_up_at: float = float("-inf")  # last tick at which everything the leader committed was applied
     _progress: tuple = (-1, float("-inf"))  # (last applied index, when it last moved)
     _behind_logged: float = float("-inf")
+    # point 16, all touched on the tick thread only (reports: replaced whole, read anywhere)
+    membership_of_state: Callable[[], dict | None] = staticmethod(lambda: None)  # set by RaftNode
+    asks_membership: bool = False
+    _membership_asked: float = float("-inf")
+    _membership_answered: dict | None = None  # node id -> when this node last answered it
+    membership_reports: dict | None = None  # node id -> (report, when)
 
     def __init__(self, *args: Any, refusals: RefusalLog | None = None,
                  dump_check: Callable[[Any], list[str]] | None = None, **kwargs: Any) -> None:
@@ -586,6 +608,7 @@ class _HardenedSyncObj(SyncObj):
 
     def _onTick(self, timeToWait: float = 0.0) -> None:
         self._pre_vote_gate()
+        self._ask_membership()
         try:
             SyncObj._onTick(self, timeToWait)
         except errors.StoreFullError as err:  # the leader's own append: point 12
@@ -899,8 +922,40 @@ class _HardenedSyncObj(SyncObj):
             self.refusals.refuse("malformed", "%s: message could not be handled (%s: %s)", getattr(node, "id", node),
                                  type(exc).__name__, str(exc)[:120], level=logging.ERROR)
 
+    # -- point 16: what the members say the membership is
+    def _ask_membership(self) -> None:
+        now = monotonic_time()
+        if not self.asks_membership or now - self._membership_asked < MEMBERSHIP_ASK_S:
+            return
+        self._membership_asked = now
+        for node in self._SyncObj__otherNodes:
+            if self.isNodeConnected(node):
+                self._SyncObj__transport.send(node, {"type": "membership_query"})
+
+    def _on_membership_query(self, node: Any) -> None:
+        now = monotonic_time()
+        answered = self._membership_answered if self._membership_answered is not None else {}
+        if now - answered.get(node.id, float("-inf")) < MEMBERSHIP_ASK_S:
+            return
+        report = self.membership_of_state()
+        if report is None:
+            return
+        self._membership_answered = {**answered, node.id: now}
+        self._SyncObj__transport.send(node, {"type": "membership_report", "report": report})
+
+    def _on_membership_report(self, node: Any, message: dict) -> None:
+        if self.asks_membership:  # shape checked by the guard
+            self.membership_reports = {**(self.membership_reports or {}),
+                                       str(node.id): (message["report"], monotonic_time())}
+
     def _dispatch_message(self, node: Any, message: Any) -> None:
         kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "membership_query":
+            self._on_membership_query(node)
+            return
+        if kind == "membership_report":
+            self._on_membership_report(node, message)
+            return
         if kind == "pre_vote":
             self._on_pre_vote(node, message)
             return
@@ -1229,8 +1284,33 @@ class RaftNode:
             raise errors.from_os_error(exc, "opening the raft journal") from exc
         syncobj._started_at = monotonic_time()  # a fresh node has heard from no leader *yet*
         syncobj.needs_leader = self._needs_leader
+        syncobj.membership_of_state = self._membership_of_state
         self._syncobj = syncobj
         self._syncobj.addOnTickCallback(self._refresh_status)
+
+    # -- point 16
+    def _membership_of_state(self) -> dict | None:  # tick thread
+        inc = self.view().get("incarnation")
+        return None if inc is None else {"incarnation": inc["id"], "members": inc["members"]}
+
+    def ask_membership(self, on: bool) -> None:
+        """Start (``on``) or stop asking every connected member for the membership its applied
+        state agreed (point 16 of the module docstring). Idempotent; never blocks."""
+        syncobj = self._syncobj
+        if syncobj is not None:
+            syncobj.asks_membership = on
+            if not on:
+                syncobj.membership_reports = None
+
+    def membership_reports(self) -> dict[str, dict]:
+        """``{member raft address: {"incarnation": bytes, "members": [member dict]}}``: what
+        each member answered within :data:`MEMBERSHIP_REPORT_TTL_S` while :meth:`ask_membership`
+        is on (each entry is that member site's word: the channel binds connections to sites).
+        Shapes are checked (:func:`replicad.consensus.guard.shape_problem`); {} when none."""
+        syncobj = self._syncobj
+        reports = (syncobj.membership_reports if syncobj is not None else None) or {}
+        now = monotonic_time()
+        return {node: report for node, (report, when) in reports.items() if now - when <= MEMBERSHIP_REPORT_TTL_S}
 
     def close(self) -> None:
         """Stop the tick thread and close the journal and sockets. Idempotent."""

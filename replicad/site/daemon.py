@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgpack
 from aiohttp import web
 
 from replicad.config import SiteConfig, VolumeConfig, load_signer, membership_differences
@@ -472,7 +473,11 @@ class SiteDaemon:
         :data:`FOUND_RETRY_S`, and the sites proposing another list are logged with their
         differences from this config."""
         me = self.cfg.self_ref()
+        self.raft.ask_membership(True)
         while not self.volumes.joined.is_set():
+            self._judge_reported_membership()
+            if self.fatal is not None:
+                return
             try:
                 await self.cluster.wait_synced()  # catch up first: decide on the CURRENT membership
                 current = self.raft.view().get("incarnation")
@@ -496,6 +501,7 @@ class SiteDaemon:
                 if self.fatal is not None:
                     return
                 await self.volumes.enter_incarnation(res["incarnation"], self.raft.view())
+                self.raft.ask_membership(False)
             except ReplicadError as err:
                 log.info("bootstrap waiting to join the cluster: %s %s", err, err.evidence)
                 await asyncio.sleep(1.0)
@@ -519,6 +525,35 @@ class SiteDaemon:
             except ReplicadError as err:
                 log.info("bootstrap waiting for a quorum: %s", err)
                 await asyncio.sleep(1.0)
+
+    def _judge_reported_membership(self) -> None:
+        """Before joining: stop (:class:`MembershipMismatchError`) when a majority of this
+        config's sites report one agreed membership (:meth:`RaftNode.membership_reports`, each
+        report bound to its site by the Raft channel) that differs from this config's
+        ``[[sites]]``. This site's own replay cannot be relied on for it: with a config that
+        differs from the founders', its founding rule and its pinned keys differ, and a leader
+        its config lacks is refused (it waited forever). One site's word is never enough."""
+        mine = self.cfg.membership()
+        names = {m["raft"]: m["site_id"] for m in mine if m["site_id"] != self.site_id}
+        by_list: dict[bytes, list[str]] = {}
+        lists: dict[bytes, list[dict]] = {}
+        for addr, report in self.raft.membership_reports().items():
+            if addr not in names or not membership_differences(report["members"], mine):
+                continue
+            key = msgpack.packb(report["members"], use_bin_type=True)
+            by_list.setdefault(key, []).append(names[addr])
+            lists[key] = report["members"]
+        for key, sites in by_list.items():
+            if len(sites) >= len(mine) // 2 + 1:
+                problems = membership_differences(lists[key], mine)
+                self._fail(MembershipMismatchError(
+                    f"site {self.site_id}: a majority of the sites this config names ({', '.join(sorted(sites))}) "
+                    f"report the cluster's agreed membership, which differs from this config's [[sites]] in "
+                    f"{len(problems)} entr{'y' if len(problems) == 1 else 'ies'} ({'; '.join(problems)}); the site "
+                    f"stops before it acts as leader or primary. {MEMBERSHIP_COMPARE}",
+                    problems=problems, source=f"membership reports of {', '.join(sorted(sites))} (Raft channel)",
+                    action=MEMBERSHIP_RUNBOOK))
+                return
 
     def _founding_waits(self, res: dict) -> None:
         """Log why the cluster is not founded yet: how many sites propose this config's list, and

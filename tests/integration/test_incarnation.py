@@ -112,10 +112,51 @@ def test_a_site_whose_config_disagrees_with_the_agreed_membership_refuses_to_sta
         cs = c.sites["site-c"]
         c.kill("site-c", __import__("signal").SIGTERM)
         shutil.rmtree(cs.dir / "data")
-        cs.config_path.write_text(_without_site(cs.config_path.read_text(), "site-d"))
+        full_c = cs.config_path.read_text()
+        cs.config_path.write_text(_without_site(full_c, "site-d"))
         assert _run_to_exit(c, "site-c") == 2
         log = cs.log_path.read_text()
         assert "site-d is a member of the cluster" in log, c.log_tail("site-c")
         assert "is primary of" not in log
+
+        # with the agreed config it joins
+        cs.config_path.write_text(full_c)
+        shutil.rmtree(cs.dir / "data", ignore_errors=True)
+        c.start("site-c")
+        c.wait_ready(90)
+
+        # the case that used to wait forever, made certain: the site missing from the config leads
+        _lead(c, "site-d", ("site-a", "site-b", "site-c", "site-d"))
+        c.kill("site-c", __import__("signal").SIGTERM)
+        shutil.rmtree(cs.dir / "data")
+        cs.config_path.write_text(_without_site(full_c, "site-d"))
+        cs.log_path.write_text("")
+        assert _run_to_exit(c, "site-c") == 2
+        log = cs.log_path.read_text()
+        assert "(site-a, site-b) report the cluster's agreed membership" in log, c.log_tail("site-c")
+        assert "site-d is a member of the cluster" in log
+        assert "is primary of" not in log
     finally:
         c.stop_all()
+
+
+def _leader(c: LocalCluster, among: tuple[str, ...]) -> str | None:
+    for site in among:
+        proc = c.sites[site].proc
+        if proc is not None and proc.poll() is None and c.status(site)["raft"]["is_leader"]:
+            return site
+    return None
+
+
+def _lead(c: LocalCluster, site_id: str, among: tuple[str, ...]) -> None:
+    """Until ``site_id`` leads (at most 8 rounds): stop the leader among ``among``, wait for
+    another, start the stopped one again."""
+    for _ in range(8):
+        leader = c.wait_for("a Raft leader", lambda: _leader(c, among), 60)
+        if leader == site_id:
+            return
+        c.kill(leader, __import__("signal").SIGTERM)
+        c.wait_for("a new Raft leader", lambda: _leader(c, tuple(s for s in among if s != leader)), 60)
+        c.start(leader)
+        c.wait_for(f"{leader} back", lambda: c.status(leader)["raft"]["leader"] is not None, 60)
+    pytest.fail(f"{site_id} never led")

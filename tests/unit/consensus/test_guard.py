@@ -32,6 +32,9 @@ def test_refusal_log_counts_every_refusal_and_logs_at_most_one_line_per_second(c
     assert sum("raft refused [readonly_node]" in r.getMessage() for r in caplog.records) == 1
 
 
+_MEMBER = {"site_id": "a", "raft": "127.0.0.1:1", "kind": "data", "keys": ["ed25519:x"]}
+
+
 @pytest.mark.parametrize("message, reason", [
     ("readonly", "malformed"),
     ({"type": "exec"}, "malformed"),
@@ -46,6 +49,10 @@ def test_refusal_log_counts_every_refusal_and_logs_at_most_one_line_per_second(c
       "entries": [(b"\x00", 4, 6)]}, "malformed"),  # an entry from a later term than the message
     ({"type": "append_entries", "term": 5, "commit_index": 1, "serialized": (b"x", "yes", True)}, "malformed"),
     ({"type": "next_node_idx", "next_node_idx": "9", "reset": False, "success": True}, "malformed"),
+    ({"type": "membership_report", "report": None}, "malformed"),
+    ({"type": "membership_report", "report": {"incarnation": b"x" * 16, "members": [{"site_id": "a"}]}},
+     "malformed"),
+    ({"type": "membership_report", "report": {"incarnation": b"x" * 16, "members": [_MEMBER] * 65}}, "malformed"),
 ])
 def test_shape_problem_refuses_malformed_messages(message, reason):
     problem = shape_problem(message, current_term=5)
@@ -61,6 +68,8 @@ def test_shape_problem_accepts_what_pysyncobj_sends():
         {"type": "next_node_idx", "next_node_idx": 9, "reset": False, "success": True},
         {"type": "apply_command_response", "request_id": 3, "log_idx": 4, "log_term": 5},
         {"type": "pre_vote_response", "term": 6, "granted": False, "current_term": 9},
+        {"type": "membership_query"},
+        {"type": "membership_report", "report": {"incarnation": b"x" * 16, "members": [_MEMBER]}},
     ):
         assert shape_problem(message, current_term=5) is None, message
 
