@@ -291,7 +291,8 @@ def _render_verdict(r: dict) -> None:
 def _render_promote(r: dict) -> None:
     line = f"{r['volume']}: primary is now {r['primary']} at epoch {r.get('epoch')}"
     if r.get("restored_seq") is not None:
-        line += f"; restored snapshot #{r['restored_seq']}, root verified, in {r.get('rto_s', 0):.2f}s"
+        named = " (the one named)" if (r.get("restore") or {}).get("pinned") else ""
+        line += f"; restored snapshot #{r['restored_seq']}{named}, root verified, in {r.get('rto_s', 0):.2f}s"
     if r.get("final_seq") is not None:
         line += f"; final snapshot #{r['final_seq']} committed before the handover"
     console.print(line, markup=False, soft_wrap=True)
@@ -311,7 +312,12 @@ PROMOTE_NOT_READY_EXIT = 7  # ``replicad promote``: switched over, but the new p
 def cmd_promote(args: argparse.Namespace) -> int:
     """Promote; exit :data:`PROMOTE_NOT_READY_EXIT` if the new primary did not report the volume
     ready in time (the switchover itself happened)."""
-    res = api(args, "POST", f"/v1/volumes/{args.volume}/promote", {"to": args.to, "force": args.force})
+    body = {"to": args.to, "force": args.force}
+    if args.snapshot is not None:
+        if not args.force:
+            raise UsageError("--snapshot names a forced promotion's restore point: use it with --force")
+        body["snapshot"] = args.snapshot
+    res = api(args, "POST", f"/v1/volumes/{args.volume}/promote", body)
     _print(args, res, _render_promote)
     return PROMOTE_NOT_READY_EXIT if res.get("ready") is False else 0
 
@@ -981,7 +987,8 @@ EXAMPLES: dict[str, str] = {
     "readopt": "replicad readopt ehr --snapshot 3:41",
     "promote": "replicad promote ehr --to site-b       # at (or forwarded to) the primary; waits until site-b "
                "serves it\nreplicad promote ehr --force             # at the site to promote, when the primary "
-               "is lost",
+               "is lost\nreplicad promote ehr --force --snapshot 41   # ... restoring #41, the last one known "
+               "clean",
     "demote": "replicad demote ehr",
     "restore": "replicad restore ehr --target /srv/restore/ehr.img\n"
                "replicad restore ehr --snapshot 41 --target /srv/restore/ehr-41.img\n"
@@ -1086,6 +1093,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--force", action="store_true",
                    help="forced failover: the site you talk to (--admin/--config) takes the volume over from its "
                         "newest clean snapshot; run it AT the site to promote (primary lost, or no primary)")
+    p.add_argument("--snapshot", type=int, metavar="SEQ",
+                   help="with --force: restore committed snapshot SEQ (the last one you know is clean) instead of "
+                        "the newest clean one; refused if it is not committed, held by no site, or suspect")
     p.set_defaults(fn=cmd_promote)
     p = command("demote", help="leave a volume without primary (fences the current one)")
     p.add_argument("volume")

@@ -21,6 +21,7 @@ pysyncobj, sqlite3) are translated into this tree at the adapter that met them.
     │   ├── NotPrimaryError                     this site is not the volume's primary
     │   ├── RetentionLockedError                delete inside the retention lock (O4)
     │   ├── ApprovalRequiredError               two-party rule: a second site's approval is missing
+    │   ├── SnapshotSuspectError                a restore point named by the operator is suspect, not cleared
     │   ├── RecordConflictError                 a snapshot record held here would be replaced (write-once)
     │   ├── QuotaExceededError          (429)   a peer sent more than a snapshot in flight can need
     │   └── SourceShrunkError                   a volume's source is smaller than its last snapshot
@@ -196,6 +197,14 @@ class ApprovalRequiredError(ConflictError):
 
     code = "approval_required"
 
+
+
+class SnapshotSuspectError(ConflictError):
+    """A snapshot named as a restore point (``promote --force --snapshot``) is suspect and no
+    person cleared it (``replicad verdict VOL SEQ clean``, approved by other sites). Evidence:
+    ``volume``, ``seq``, ``verdict``, ``reason``. Nothing changed."""
+
+    code = "snapshot_suspect"
 
 
 class RecordConflictError(ConflictError):

@@ -69,7 +69,7 @@ its stored result before the replay checks (exactly-once retries).
 Result: ``{"ok": True, ...}`` or ``{"ok": False, "error": code, "message": str,
 "evidence": dict}`` where ``code`` is the ``code`` of a class of :mod:`replicad.core.errors`
 (``bad_request``, ``not_found``, ``conflict``, ``stale_epoch``, ``not_primary``,
-``retention_locked``, ``approval_required``, ``internal``); ``errors.from_dict(result)``
+``retention_locked``, ``approval_required``, ``snapshot_suspect``, ``internal``); ``errors.from_dict(result)``
 rebuilds the error.
 
 Rules shared by all ops:
@@ -91,7 +91,9 @@ Authority rules (threat model: root on one site speaks with that site's identity
 * ``add_holder`` only by the holder itself (a site cannot name another as holding a copy).
 * ``promote`` is a compare-and-set on the epoch. Planned (``force`` false): asked by the
   current primary. Forced: asked by any registered data site; the Raft majority that
-  commits the command is what prevents a minority from promoting.
+  commits the command is what prevents a minority from promoting. A forced one may name the
+  ``snapshot`` to restore (committed, held, clean: else ``not_found`` / ``snapshot_suspect``);
+  the volume then records it as :data:`RESTORE_PIN` for the new epoch, and pruning keeps it.
 * ``demote``: by the current primary, or by any data site with ``force``.
 * Approvals (O4): a ``set_retention`` that shortens ``keep_all_s`` or ``lock_s``, and a
   ``mark_verdict`` that turns a ``suspect`` snapshot back to ``clean``, are refused
@@ -1048,6 +1050,9 @@ def _op_promote(state: dict, cmd: dict) -> tuple[dict, dict]:
                        "(rebuild it with a new key first)", volume=name, to=to, revoked=True)
     if force:
         _data_site(state, cmd["by"], "forced promotion requester")
+    elif "snapshot" in cmd:
+        raise _Refusal("bad_request", "only a forced promotion names the snapshot to restore (a planned "
+                       "switchover hands over the newest one)", volume=name, field="snapshot")
     else:
         if cmd["by"] != vol["primary"]:
             raise _Refusal("not_primary", f"planned promotion of {name!r} must be asked by its primary "
@@ -1057,10 +1062,52 @@ def _op_promote(state: dict, cmd: dict) -> tuple[dict, dict]:
             raise _Refusal("conflict", f"{to!r} is already the primary of {name!r}",
                            volume=name, to=to, epoch=vol["epoch"])
     new_epoch = vol["epoch"] + 1
+    pin = None
+    if "snapshot" in cmd:
+        pin = _restore_point(vol, name, _int(cmd, "snapshot"))
     vol = {**vol, "primary": to, "epoch": new_epoch}
-    return _with_volume(state, name, vol), {"ok": True, "volume": name, "epoch": new_epoch,
-                                            "primary": to, "previous_primary": state["volumes"][name]["primary"],
-                                            "forced": force}
+    vol.pop(RESTORE_PIN, None)
+    if pin is not None:
+        vol[RESTORE_PIN] = {"epoch": new_epoch, "seq": pin}
+    result = {"ok": True, "volume": name, "epoch": new_epoch, "primary": to,
+              "previous_primary": state["volumes"][name]["primary"], "forced": force}
+    if pin is not None:
+        result["snapshot"] = pin
+    return _with_volume(state, name, vol), result
+
+
+RESTORE_PIN = "restore_pin"
+"""Volume key set by a forced ``promote`` naming its ``snapshot``: ``{"epoch": the new epoch,
+"seq": the snapshot}``. The new primary restores exactly that snapshot at that epoch
+(:func:`restore_pin`), never the newest clean one; any later promote or demote drops it."""
+
+
+def _restore_point(vol: dict, name: str, seq: int) -> int:
+    """``seq`` if it may be named as a forced promotion's restore point: committed
+    (``not_found``), held by at least one site (``not_found``, evidence ``reason``), and clean
+    (a suspect one must be cleared first through an approved ``mark_verdict``:
+    ``snapshot_suspect``)."""
+    snap = vol["snapshots"].get(seq)
+    if snap is None:
+        raise _Refusal("not_found", f"{name!r} has no committed snapshot #{seq}: only a committed snapshot can be "
+                       "restored", volume=name, seq=seq, reason="not_committed")
+    if not snap.get("holders"):
+        raise _Refusal("not_found", f"{name!r}#{seq} is held by no site any more", volume=name, seq=seq,
+                       reason="not_held")
+    if snap.get("verdict") != "clean":
+        raise _Refusal("snapshot_suspect", f"{name!r}#{seq} is {snap.get('verdict')}: clear its verdict first "
+                       "(replicad verdict, approved by other sites) or name an older clean snapshot",
+                       volume=name, seq=seq, verdict=snap.get("verdict"), reason=snap.get("verdict_reason"))
+    return seq
+
+
+def restore_pin(vol_state: dict) -> int | None:
+    """The snapshot a forced promotion named for the current epoch (:data:`RESTORE_PIN`), or
+    None (restore the newest clean one). Pure."""
+    pin = vol_state.get(RESTORE_PIN)
+    if isinstance(pin, dict) and pin.get("epoch") == vol_state.get("epoch") and _is_int(pin.get("seq")):
+        return pin["seq"]
+    return None
 
 
 def _op_demote(state: dict, cmd: dict) -> tuple[dict, dict]:
@@ -1076,6 +1123,7 @@ def _op_demote(state: dict, cmd: dict) -> tuple[dict, dict]:
                        primary=vol["primary"], epoch=vol["epoch"])
     new_epoch = vol["epoch"] + 1
     vol = {**vol, "primary": None, "epoch": new_epoch}
+    vol.pop(RESTORE_PIN, None)
     return _with_volume(state, name, vol), {"ok": True, "volume": name, "epoch": new_epoch,
                                             "previous_primary": state["volumes"][name]["primary"]}
 
@@ -1232,7 +1280,7 @@ def _op_prune_snapshots(state: dict, cmd: dict) -> tuple[dict, dict]:
     if newest is not None and vol["snapshots"][newest]["verdict"] == "suspect":
         raise _Refusal("retention_locked", f"volume {name!r}: newest snapshot {newest} is suspect, "
                        "pruning is frozen", volume=name, newest_seq=newest)
-    protected = {s for s in (newest, newest_clean(vol)) if s is not None}
+    protected = {s for s in (newest, newest_clean(vol), restore_pin(vol)) if s is not None}
     lock_ns = vol["retention"]["lock_s"] * 1_000_000_000
     quorum_now = quorum_now_ns(state)
     if quorum_now is None:
@@ -1243,7 +1291,8 @@ def _op_prune_snapshots(state: dict, cmd: dict) -> tuple[dict, dict]:
     for seq in seqs:
         if seq in protected:
             raise _Refusal("retention_locked", f"volume {name!r}: snapshot {seq} is the newest "
-                           "committed or newest clean snapshot", volume=name, seq=seq)
+                           "committed or newest clean snapshot, or the one a forced promotion restores",
+                           volume=name, seq=seq)
         if seq in common:
             # the base of the next incremental ship to that replica (and of its resync): the
             # primary's planner keeps it, and so must every other proposer (found by the chaos
@@ -1783,7 +1832,7 @@ _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str],
                    frozenset({"volume", "seq", "site_id"})),
     "remove_holder": (_op_remove_holder, frozenset({"volume", "seq", "site_id"}),
                       frozenset({"volume", "seq", "site_id"})),
-    "promote": (_op_promote, frozenset({"volume", "to", "expected_epoch", "force"}),
+    "promote": (_op_promote, frozenset({"volume", "to", "expected_epoch", "force", "snapshot"}),
                 frozenset({"volume", "to", "expected_epoch"})),
     "demote": (_op_demote, frozenset({"volume", "expected_epoch", "force"}),
                frozenset({"volume", "expected_epoch"})),

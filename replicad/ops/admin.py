@@ -23,7 +23,7 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
                                                  "last_clean": bool?, "overwrite": bool?, "wait": bool?}
     GET    /v1/operations/{op_id}               [viewer] state, phase, progress (blocks), result or error
     DELETE /v1/operations/{op_id}               [operator] cancel a running restore or drill (state cancelled)
-    POST   /v1/volumes/{volume}/promote         [admin] {"to": site?, "force": bool}; answers once the new
+    POST   /v1/volumes/{volume}/promote         [admin] {"to": site?, "force": bool, "snapshot": seq?}; answers once the new
                                                  primary serves the volume ("ready": true), or "ready": false
                                                  with "not_ready" (why) after PROMOTE_READY_WAIT_S
     POST   /v1/volumes/{volume}/demote          [admin] {}
@@ -406,8 +406,11 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         body = await _json_body(request)
         to = body.get("to")
         force = _opt_bool(body, "force")
+        snapshot = _opt_int(body, "snapshot")  # a forced promotion's restore point (issue 14)
         if to is not None and not isinstance(to, str):
             raise UsageError("to must be a site id", field="to")
+        if snapshot is not None and not force:
+            raise UsageError("snapshot names a forced promotion's restore point: it needs force", field="snapshot")
         if not force:
             if not to:
                 raise UsageError("a planned switchover needs 'to' (or use force at the site to promote)")
@@ -415,7 +418,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
             if vs is not None and vs["primary"] not in (None, site.site_id):
                 return _ok(await _forward(site, vs["primary"], request.path, body,
                                           request.headers.get("Authorization")))
-        res = await site.promotion.promote(name, to, force)
+        res = await site.promotion.promote(name, to, force, snapshot=snapshot)
         if force:  # answered once this site restored and verified the volume: ready
             return _ok({**res, "ready": True})
         # a planned switchover: the new primary still restores and verifies its image; answer

@@ -191,7 +191,7 @@ SCHEMAS: dict[str, dict] = {
 }
 
 _BODIES: dict[str, dict] = {
-    "Promote": _object({}, {"to": _NSTR, "force": _BOOL}),
+    "Promote": _object({}, {"to": _NSTR, "force": _BOOL, "snapshot": _NINT}),
     "Restore": _object({"target": _STR}, {"seq": _NINT, "last_clean": _BOOL, "overwrite": _BOOL, "wait": _BOOL,
                                          "divergent_epoch": _NINT}),
     "Verify": _object({}, {"seq": _NINT}),
@@ -255,7 +255,8 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
      "already ended is answered as it is (200, nothing cancelled)", None, {"200": "Operation", "202": "Operation"},
      (404,)),
     ("promote", "POST", "/v1/volumes/{volume}/promote",
-     "Planned switchover (to, at or forwarded to the primary) or forced failover (force, at the site to promote)",
+     "Planned switchover (to, at or forwarded to the primary) or forced failover (force, at the site to promote; "
+     "snapshot: restore that committed clean snapshot instead of the newest clean one)",
      "Promote", {"200": "PromoteResult"}, (400, 404, 409, 503, 507)),
     ("demote", "POST", "/v1/volumes/{volume}/demote", "Leave the volume without a primary (epoch + 1)", "Empty",
      {"200": "DemoteResult"}, (400, 404, 409, 503)),

@@ -15,9 +15,9 @@ from typing import Any
 
 from replicad.core.backoff import Backoff
 from replicad.core.errors import (ConflictError, NoQuorumError, NotFoundError, NotPrimaryError, ReplicadError,
-                                  RestoreVerifyError, TakeoverRestoreError, UsageError)
+                                  RestoreVerifyError, SnapshotSuspectError, TakeoverRestoreError, UsageError)
 from replicad.core.manifest import Manifest
-from replicad.core.state import newest_clean
+from replicad.core.state import newest_clean, restore_pin
 from replicad.site.cluster import Cluster
 from replicad.site.pull import Pull
 from replicad.site.replication import Replication
@@ -124,6 +124,49 @@ class Promotion:
                             f"(skipped {skipped})", volume=name, skipped=skipped,
                             last_error=str(last_err) if last_err else None)
 
+    async def _check_restore_point(self, name: str, seq: int, vs: dict) -> Manifest:
+        """The operator named ``seq`` as the restore point of a forced promotion: make sure this
+        site can restore it and calls it clean itself, *before* anything is proposed. Returns
+        its manifest, complete in the local store (fetched from its holders if needed).
+
+        Raises NotFoundError (evidence ``reason``: ``not_committed``, ``not_held``, or the
+        pull's own when no holder supplies it), SnapshotSuspectError (Raft's verdict, or this
+        site's own opinion, is suspect and no person cleared it), PeerUnavailableError /
+        IntegrityError from the pull."""
+        snap = vs["snapshots"].get(seq)
+        if snap is None:
+            raise NotFoundError(f"{name} has no committed snapshot #{seq} (committed: "
+                                f"{sorted(vs['snapshots'])}); only a committed snapshot can be restored",
+                                volume=name, seq=seq, reason="not_committed")
+        if not snap.get("holders"):
+            raise NotFoundError(f"{name}#{seq} is held by no site any more", volume=name, seq=seq, reason="not_held")
+        if snap.get("verdict") != "clean":
+            raise SnapshotSuspectError(
+                f"{name}#{seq} is {snap.get('verdict')} ({snap.get('verdict_reason')}): clear it first (replicad "
+                f"verdict {name} {seq} clean, approved by other sites) or name an older clean snapshot",
+                volume=name, seq=seq, verdict=snap.get("verdict"), reason=snap.get("verdict_reason"))
+        manifest = await self.pull.ensure_snapshot(name, seq, vs)
+        if self.detection is not None and not snap.get("confirmed"):
+            if self.detection.own_verdict(name, seq, vs) is None:
+                await self.detection.judge_pending(name, vs, upto=seq)
+                vs = self.cluster.volume_state(name) or vs
+            own = self.detection.own_verdict(name, seq, vs)
+            if own != "clean":
+                raise SnapshotSuspectError(
+                    f"{name}#{seq}: {self.site_id} judged it {own or 'not yet (judging failed)'} itself; clear it "
+                    "first (replicad verdict, approved by other sites) or name an older clean snapshot",
+                    volume=name, seq=seq, verdict=own, site=self.site_id)
+        return manifest
+
+    async def _pinned(self, name: str, seq: int, vs: dict) -> Manifest:
+        """The manifest of the snapshot a forced promotion named (:func:`restore_pin`): fetched
+        if needed and judged clean here, else the takeover fails with the same typed errors as
+        :meth:`_check_restore_point` (no fallback to another snapshot: the operator chose it)."""
+        if seq not in vs["snapshots"]:
+            raise NotFoundError(f"{name}#{seq}, named by the forced promotion, is no longer committed",
+                                volume=name, seq=seq, reason="not_committed")
+        return await self._check_restore_point(name, seq, vs)
+
     async def become_primary(self, runner: VolumeRunner, vs: dict) -> None:
         """Granted primary at ``vs['epoch']``: restore the newest clean snapshot that can be
         restored (O5; one no holder can supply is skipped, :meth:`_restorable`), then act.
@@ -201,8 +244,9 @@ class Promotion:
         """:meth:`become_primary` itself."""
         name = runner.cfg.name
         t0 = time.monotonic()
-        seq = newest_clean(vs)
-        report: dict[str, Any] = {"epoch": vs["epoch"], "restored_seq": seq}
+        pinned = restore_pin(vs)  # the operator named the snapshot (promote --force --snapshot)
+        seq = pinned if pinned is not None else newest_clean(vs)
+        report: dict[str, Any] = {"epoch": vs["epoch"], "restored_seq": seq, "pinned": pinned is not None}
         if runner.role in ("fenced", "divergent"):
             # promoted before its resync finished: the restore below *is* the resync (the
             # divergent snapshots stay listed in the catalog)
@@ -213,7 +257,10 @@ class Promotion:
         if seq is not None:
             if not retry:
                 transition(runner, "restore_started")
-            seq, manifest, skipped = await self._restorable(name, vs)
+            if pinned is not None:
+                manifest, skipped = await self._pinned(name, pinned, vs), []
+            else:
+                seq, manifest, skipped = await self._restorable(name, vs)
             report.update(restored_seq=seq, skipped_seqs=skipped)
             t_fetched = time.monotonic()
             applied = await self._restore_in_place(runner, seq, manifest, report)
@@ -286,8 +333,16 @@ class Promotion:
         if runner.role == "fenced" and not divergent:
             transition(runner, "resynced")  # nothing diverged: the image is committed content
 
-    async def promote(self, volume: str, to: str | None, force: bool, wait_s: float = 120.0) -> dict:
+    async def promote(self, volume: str, to: str | None, force: bool, wait_s: float = 120.0,
+                      snapshot: int | None = None) -> dict:
         """Planned switchover (``to``, run at the current primary) or forced failover (at ``to``).
+
+        ``snapshot`` (forced only): restore that committed snapshot, not the newest clean one
+        (the operator found the newer ones bad). Checked here before anything is proposed
+        (:meth:`_check_restore_point`: committed, held, fetched complete, clean in Raft and in
+        this site's own opinion unless a person confirmed it) and again by the state machine;
+        the promote command carries it, so the takeover restores it even after a restart.
+        NotFoundError / SnapshotSuspectError when it cannot be the restore point.
 
         Raises NoQuorumError when this site cannot reach a majority (a minority partition
         cannot promote), StaleEpochError if the epoch moved meanwhile, NotPrimaryError for a
@@ -302,15 +357,25 @@ class Promotion:
             raise NotFoundError(f"unknown volume {volume}", volume=volume)
         target = to or self.site_id
         t0 = time.monotonic()
+        if snapshot is not None and not force:
+            raise UsageError("only a forced promotion names the snapshot to restore (--force --snapshot SEQ); a "
+                             "planned switchover hands over the newest one", volume=volume, snapshot=snapshot)
         if force:
             if target != self.site_id:
                 raise UsageError("a forced promotion is run at the site to promote (omit --to)", volume=volume)
             if vs["primary"] == self.site_id and runner.acting_epoch == vs["epoch"]:
                 raise ConflictError(f"{self.site_id} is already the primary of {volume}", volume=volume)
+            extra: dict[str, Any] = {}
+            if snapshot is not None:
+                await self._check_restore_point(volume, snapshot, vs)
+                extra["snapshot"] = snapshot
+                vs = self.cluster.volume_state(volume) or vs
+                log.warning("AUDIT volume %s: forced promotion at %s will restore #%d named by the operator (newest "
+                            "clean: #%s)", volume, self.site_id, snapshot, newest_clean(vs))
             runner.became_primary.clear()
             runner.takeover_settled.clear()  # before the proposal: the takeover may run as soon as it applies
             res = await self.cluster.propose("promote", volume=volume, to=target, expected_epoch=vs["epoch"],
-                                             force=True)
+                                             force=True, **extra)
         else:
             if vs["primary"] is None:  # demoted: nobody hands it over; a forced promotion at the target does
                 raise NotPrimaryError(
@@ -352,8 +417,9 @@ class Promotion:
         except asyncio.TimeoutError:
             raise ConflictError("promotion granted but the restore did not finish in time", volume=volume,
                                 last_error=runner.last_error) from None
-        if not runner.became_primary.is_set() and isinstance(runner.takeover_error, TakeoverRestoreError):
-            raise runner.takeover_error  # typed, at once: this site cannot serve the volume
+        if not runner.became_primary.is_set() and isinstance(runner.takeover_error,
+                                                              (TakeoverRestoreError, SnapshotSuspectError)):
+            raise runner.takeover_error  # typed, at once: this site cannot serve the volume (or that snapshot)
         if not runner.became_primary.is_set():
             try:  # a transient failure (a holder unreachable ...): the loop retries after its backoff
                 await asyncio.wait_for(runner.became_primary.wait(), max(0.0, wait_s - (time.monotonic() - t0)))
