@@ -21,6 +21,10 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
                                                  its result carries the signed drill report (site.drills)
     POST   /v1/volumes/{volume}/restore         [operator; admin with overwrite] {"target": path, "seq": int?,
                                                  "last_clean": bool?, "overwrite": bool?, "wait": bool?}
+    POST   /v1/volumes/{volume}/exports         [operator] {"snapshot": int, "writable": bool?, "auto_close": bool?}:
+                                                 serve the snapshot over NBD on a unix socket here (site.exports)
+    GET    /v1/exports                          [viewer] the snapshot exports open here
+    DELETE /v1/exports/{export_id}              [operator] close an export (its pin and overlay go with it)
     GET    /v1/operations/{op_id}               [viewer] state, phase, progress (blocks), result or error
     DELETE /v1/operations/{op_id}               [operator] cancel a running restore or drill (state cancelled)
     POST   /v1/volumes/{volume}/promote         [admin] {"to": site?, "force": bool, "snapshot": seq?}; answers once the new
@@ -662,6 +666,26 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         return _ok({"records": records, "head": {"seq": seq, "hash": head},
                     "chain": {"ok": ok, "n_records": n, "first_bad_seq": bad}})
 
+    async def export_create(request: web.Request) -> web.Response:
+        """A committed snapshot served over NBD on a unix socket of this site (issue 16, site.exports)."""
+        name = request.match_info["volume"]
+        body = await _json_body(request)
+        unknown = sorted(set(body) - {"snapshot", "writable", "auto_close"})
+        if unknown:
+            raise UsageError(f"unknown keys {unknown} (exports take snapshot, writable, auto_close)", field=unknown[0])
+        seq = _opt_int(body, "snapshot")
+        if seq is None:
+            raise UsageError("snapshot (the committed snapshot's seq) is required", field="snapshot")
+        runner_of(site.runners, name, site.site_id)
+        return _ok(await site.exports.create(name, seq, writable=_opt_bool(body, "writable"),
+                                             auto_close=_opt_bool(body, "auto_close")))
+
+    async def exports_list(request: web.Request) -> web.Response:
+        return _ok({"exports": site.exports.list(), "site_id": site.site_id})
+
+    async def export_delete(request: web.Request) -> web.Response:
+        return _ok(await site.exports.close(request.match_info["export_id"]))
+
     table: list[tuple[str, str, Handler]] = [
         ("GET", "/", status_page),  # the status page (issue 16)
         ("GET", "/healthz", healthz), ("GET", "/readyz", readyz), ("GET", "/metrics", metrics),
@@ -695,6 +719,8 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         ("POST", "/v1/sites/{site_id}/revoke", site_revoke),
         ("GET", "/v1/audit", audit),
         ("GET", "/v1/audit/admin", audit_admin),
+        ("POST", "/v1/volumes/{volume}/exports", export_create),  # snapshot exports over NBD (issue 16)
+        ("GET", "/v1/exports", exports_list), ("DELETE", "/v1/exports/{export_id}", export_delete),
     ]
     return [web.route(method, path, guard.wrap(method, path, fn)) for method, path, fn in table]
 

@@ -84,6 +84,9 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("POST", "/v1/members"): "admin",
     ("DELETE", "/v1/members/{site_id}"): "admin",
     ("POST", "/v1/membership"): "admin",
+    ("POST", "/v1/volumes/{volume}/exports"): "operator",  # snapshot exports over NBD (issue 16)
+    ("GET", "/v1/exports"): "viewer",
+    ("DELETE", "/v1/exports/{export_id}"): "operator",
 }
 
 # Routes a browser opens itself: they also take the token as an HTTP Basic password (issue 16)

@@ -188,6 +188,13 @@ SCHEMAS: dict[str, dict] = {
                             {"expires_ns": _INT, "effective_ns": _INT, "result": _OBJ, "action": _STR,
                              "volume": _STR, "site_id": _STR, "previous": _OBJ, "next": _STR,
                              "vetoed_by": _STR}),
+    # snapshot exports over NBD (issue 16, site/exports.py)
+    "Export": _object({"export_id": _STR, "volume": _STR, "seq": _INT, "epoch": _INT, "root": _STR, "socket": _STR,
+                       "uri": _STR, "name": _STR, "size_bytes": _INT, "block_size_bytes": _INT, "writable": _BOOL,
+                       "auto_close": _BOOL, "connections": _INT, "bytes_read": _INT, "bytes_written": _INT,
+                       "read_errors": _INT}, {"closed": _BOOL, "overlay": _STR, "overlay_blocks": _INT,
+                                              "created_at_ns": _INT}),
+    "Exports": _object({"exports": {"type": "array", "items": _ref("Export")}, "site_id": _STR}),
 }
 
 _BODIES: dict[str, dict] = {
@@ -204,6 +211,7 @@ _BODIES: dict[str, dict] = {
         "(durations such as \"48h\"); missing keys keep their value")}},
         {"reason": {"type": "string", "description": "why (shown to the operators asked to approve a shortening)"}}),
     "Revoke": _object({}, {"reason": _STR}),
+    "ExportCreate": _object({"snapshot": _INT}, {"writable": _BOOL, "auto_close": _BOOL}),  # issue 16
     "Empty": {"type": "object"},
 }
 
@@ -303,6 +311,15 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
      "Not supported: edit every site's config and restart one site at a time", "Empty", {}, (501,)),
     ("membersRemove", "DELETE", "/v1/members/{site_id}",
      "Not supported: edit every site's config and restart one site at a time", None, {}, (501,)),
+    ("exportCreate", "POST", "/v1/volumes/{volume}/exports",
+     "Serve a committed snapshot as a block device over NBD on a unix socket of this site (nbd+unix:///?socket="
+     "PATH); missing chunks are fetched from holders first; reads verify every chunk (EIO, never wrong data); "
+     "writable: writes go to a copy-on-write overlay, never the store; auto_close: closed after its last NBD "
+     "connection. Pinned against prune and GC while open", "ExportCreate", {"200": "Export"},
+     (400, 404, 409, 502, 503)),
+    ("exports", "GET", "/v1/exports", "The snapshot exports open at this site", None, {"200": "Exports"}, ()),
+    ("exportDelete", "DELETE", "/v1/exports/{export_id}", "Close an export: its socket, overlay and pin go",
+     None, {"200": "Export"}, (404,)),
     ("audit", "GET", "/v1/audit", "The newest Raft audit records", None, {"200": "RaftAudit"}, ()),
     ("adminAudit", "GET", "/v1/audit/admin", "This site's admin audit log (newest records) and its chain check",
      None, {"200": "AdminAudit"}, (400,)),
@@ -313,6 +330,7 @@ _PARAMS = {
     "op_id": {"name": "op_id", "in": "path", "required": True, "schema": _STR, "description": "operation id"},
     "site_id": {"name": "site_id", "in": "path", "required": True, "schema": _STR, "description": "site id"},
     "seq": {"name": "seq", "in": "path", "required": True, "schema": _INT, "description": "snapshot number"},
+    "export_id": {"name": "export_id", "in": "path", "required": True, "schema": _STR, "description": "export id"},
     "request_id": {"name": "request_id", "in": "path", "required": True, "schema": _STR,
                    "description": "request id (r1, r2 ...)"},
 }

@@ -10,6 +10,7 @@ only what it needs:
 * :mod:`~replicad.site.volumes` — the per-volume loop (one :class:`~replicad.site.runner.VolumeRunner` each);
 * :mod:`~replicad.site.recovery` — restore and drill (:mod:`~replicad.site.drills`: its checks and signed report); :mod:`~replicad.site.scrub` — verify, repair;
 * :mod:`~replicad.site.housekeeping` — retention, prune, verdicts, GC;
+* :mod:`~replicad.site.exports` — snapshots served over NBD on unix sockets (pinned while open);
 * :mod:`~replicad.site.status`, :mod:`~replicad.site.operations`, :mod:`~replicad.site.reload`.
 
 What a runner does each tick (every 0.5 s or when woken):
@@ -68,6 +69,7 @@ from replicad.site.promotion import Promotion
 from replicad.site.pull import Pull
 from replicad.site.receiver import Receiver
 from replicad.site.drills import Drills
+from replicad.site.exports import Exports
 from replicad.site.recovery import Recovery, recover_restores
 from replicad.site.replication import Replication
 from replicad.site.runner import VolumeRunner
@@ -102,7 +104,7 @@ class SiteDaemon:
     ``await stop()`` cleans up.
 
     The rooms (``cluster``, ``pull``, ``replication``, ``receiver``, ``promotion``, ``volumes``,
-    ``recovery``, ``drills``, ``scrub``, ``housekeeping``, ``status``) exist once :meth:`start` opened
+    ``recovery``, ``drills``, ``scrub``, ``housekeeping``, ``exports``, ``status``) exist once :meth:`start` opened
     what they use; ``operations`` and ``metrics`` from construction.
 
     Args:
@@ -117,6 +119,7 @@ class SiteDaemon:
     volumes: VolumeLoop
     recovery: Recovery
     drills: Drills
+    exports: Exports
     scrub: Scrub
     standby: StandbyCheck
     housekeeping: Housekeeping
@@ -196,6 +199,7 @@ class SiteDaemon:
             connector=aiohttp.TCPConnector(ssl=client_context(tls)) if tls is not None else None)
         self.peers = PeerClient(self.session, self.site_id)
         self._build_rooms(self.store, self.catalog, self.peers)
+        await asyncio.to_thread(self.exports.recover)  # sockets and overlays of exports a crash left (issue 16)
 
         await self._serve(peer_routes(self.receiver), self.cfg.peer_listen, client_max_size=64 * 2**20,
                           ssl_context=server_context(tls) if tls is not None else None)
@@ -289,8 +293,9 @@ class SiteDaemon:
         self.scrub = Scrub(cluster, store, runners, self.pull, self.metrics, self.standby)
         self.receiver = Receiver(cluster, store, catalog, self.metrics, AuditLog(self.data_dir / "peer-audit.jsonl"),
                                  signer=self._signer)
+        self.exports = Exports(cluster, store, self.pull, self.data_dir, self.metrics)  # issue 16: NBD exports
         self.housekeeping = Housekeeping(cluster, store, catalog, runners, self.scrub.repair_step,
-                                         lambda: self.cfg.floor, self.metrics)
+                                         lambda: self.cfg.floor, self.metrics, pins=self.exports.pinned)
         self.status = Status(cluster, catalog, store, runners, self.interrupted_restores,
                              signing_key=self._signer.public_key if self._signer is not None else None)
 
@@ -381,6 +386,8 @@ class SiteDaemon:
 
     async def stop(self) -> None:
         """Cancel runners, close servers, Raft, catalog and store — each only if it was opened."""
+        if getattr(self, "exports", None) is not None:  # snapshot exports: sockets, overlays, pins (issue 16)
+            await self.exports.close_all()
         tasks = [*self._tasks, *self._background]
         for t in tasks:
             t.cancel()

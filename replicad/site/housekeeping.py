@@ -9,7 +9,8 @@ compromised majority, cannot make this site lose a snapshot inside its floor. Ea
 the floor keeps against the cluster state is logged at WARNING and counted
 (``replicad_floor_kept_total``). The collector's live set is every local record plus
 every snapshot Raft lists this site as holding; unreferenced chunks younger than the
-floor's ``gc_grace`` are kept.
+floor's ``gc_grace`` are kept. A snapshot an export serves (``pins``, :mod:`replicad.site.exports`)
+keeps its local record and its chunks while the export is open, whatever Raft pruned.
 """
 
 from __future__ import annotations
@@ -49,10 +50,13 @@ class Housekeeping:
         floor: returns this site's floor config (``SiteConfig.floor``; a callable so a reload
             is seen), read at each step.
         metrics: the site's metrics (records the floor kept).
+        pins: returns ``{(volume, epoch, seq): root}`` of the snapshots open exports serve
+            (``Exports.pinned``): kept here, records and chunks, until the export closes.
     """
 
     def __init__(self, cluster: Cluster, store: ChunkStore, catalog: Catalog, runners: dict[str, VolumeRunner],
-                 repair_step: Callable[[], Awaitable[int]], floor: Callable[[], Any], metrics: SiteMetrics) -> None:
+                 repair_step: Callable[[], Awaitable[int]], floor: Callable[[], Any], metrics: SiteMetrics,
+                 pins: Callable[[], dict[tuple[str, int, int], bytes]] = dict) -> None:
         self.site_id = cluster.site_id
         self.cluster = cluster
         self.store = store
@@ -61,6 +65,7 @@ class Housekeeping:
         self.repair_step = repair_step
         self.floor = floor
         self.metrics = metrics
+        self.pins = pins  # snapshots open exports serve (issue 16)
         self._weaker_warned: dict[str, tuple] = {}
         self._last_gc = time.monotonic()
 
@@ -130,6 +135,7 @@ class Housekeeping:
         self._warn_if_weaker(volume, vs["retention"], policy)
         kept = await asyncio.to_thread(lambda: local_floor.protected(self.catalog.floor_records(volume), policy, now))
         report["floor_kept"] = []
+        exported = self.pins()  # snapshots open exports serve: kept until the export closes
         for rec in self.catalog.list(volume):
             stale_received = rec.state == "received" and rec.seq <= vs["last_seq"]
             if rec.root in live_roots or rec.state not in ("committed", "received") or \
@@ -142,6 +148,11 @@ class Housekeeping:
                 log.warning("AUDIT refused to delete %s#%d (epoch %d) at %s: inside the lock window", volume,
                             rec.seq, rec.epoch, self.site_id)
                 report["refused"].append(rec.seq)
+                continue
+            if (volume, rec.epoch, rec.seq) in exported:
+                log.warning("AUDIT kept %s#%d (epoch %d) at %s: an open export serves it (it is forgotten once the "
+                            "export closes)", volume, rec.seq, rec.epoch, self.site_id)
+                report.setdefault("exported_kept", []).append(rec.seq)
                 continue
             reasons = kept.get((rec.epoch, rec.seq))
             if reasons:  # the site's own floor, whatever the cluster state says
@@ -218,9 +229,10 @@ class Housekeeping:
         """Collect chunks that no snapshot this site keeps references (O4: retained ones stay).
 
         Live: every snapshot in the local catalog, and every committed snapshot Raft lists
-        this site as holding (even if its local record were lost). Unreferenced chunks younger
-        than the floor's ``gc_grace`` stay (a snapshot still arriving)."""
-        roots: set[bytes] = set()
+        this site as holding (even if its local record were lost), and every snapshot an open
+        export serves. Unreferenced chunks younger than the floor's ``gc_grace`` stay (a snapshot
+        still arriving)."""
+        roots: set[bytes] = set(self.pins().values())
         for name in self.runners:
             roots |= {rec.root for rec in self.catalog.list(name)}
             vs = self.cluster.volume_state(name) or {}

@@ -106,6 +106,13 @@ replicad_command_refused_total                              reason             c
                                                                                (bad_signature), replayed,
                                                                                expired or revoked; 0 from
                                                                                the start
+replicad_exports_open                                                          event: snapshot exports (NBD)
+                                                                               open now (issue 16)
+replicad_export_read_bytes_total                            volume             event: bytes served to export reads
+replicad_export_written_bytes_total                         volume             event: bytes written to exports'
+                                                                               overlays (never the store)
+replicad_export_read_errors_total                           volume             event: export reads answered EIO
+                                                                               (a chunk failed its digest)
 replicad_source_tracking                                    volume, kind,      status: one-hot tracking state of
                                                             state              the volume's snapshot source
 replicad_source_lost_total                                  volume, reason     status: reflink tracking lost
@@ -661,6 +668,19 @@ class SiteMetrics:
                                         registry=self.registry)
         self.drill_runs = Counter("replicad_drill_runs_total", "Recovery drills run at this site, by outcome "
                                   "(passed | failed)", ["site", "volume", "outcome"], registry=self.registry)
+        # issue 16: snapshot exports over NBD (site/exports.py)
+        self.exports_open = Gauge("replicad_exports_open", "Snapshot exports (NBD) open at this site now",
+                                  ["site"], registry=self.registry)
+        self.export_read_bytes = Counter("replicad_export_read_bytes_total", "Bytes served to NBD reads of snapshot "
+                                         "exports (verified chunks, zeros, overlay)", ["site", "volume"],
+                                         registry=self.registry)
+        self.export_written_bytes = Counter("replicad_export_written_bytes_total", "Bytes written through writable "
+                                            "snapshot exports (into their overlays, never the store)",
+                                            ["site", "volume"], registry=self.registry)
+        self.export_read_errors = Counter("replicad_export_read_errors_total", "NBD reads of snapshot exports "
+                                          "answered EIO: a chunk that failed its digest or is missing here",
+                                          ["site", "volume"], registry=self.registry)
+        self.exports_open.labels(site_id).set(0)
         self.collector = StateCollector(site_id, status_fn, state_fn=state_fn, data_dir=data_dir,
                                         volume_intervals_s=volume_intervals_s, clock_ns=clock_ns)
         self.registry.register(self.collector)
@@ -687,6 +707,9 @@ class SiteMetrics:
             self.drill_last_success.labels(site_id, volume).set(0)  # drill evidence: none yet
             for outcome in ("passed", "failed"):  # drill outcomes
                 self.drill_runs.labels(site_id, volume, outcome)
+            self.export_read_bytes.labels(site_id, volume)  # snapshot exports (issue 16)
+            self.export_written_bytes.labels(site_id, volume)
+            self.export_read_errors.labels(site_id, volume)
         for reason in PEER_REFUSAL_REASONS:
             self.peer_refusals.labels(site_id, reason)
 
@@ -773,6 +796,21 @@ class SiteMetrics:
         """Count one record the local floor kept against the cluster state, once per rule in ``reasons``."""
         for reason in reasons:
             self.floor_kept.labels(self.site_id, volume, reason).inc()
+
+    def export_opened(self, open_now: int) -> None:
+        """Set ``replicad_exports_open`` to ``open_now`` (snapshot exports, issue 16)."""
+        self.exports_open.labels(self.site_id).set(open_now)
+
+    def export_bytes(self, volume: str, read_bytes: int, written_bytes: int) -> None:
+        """Count bytes served by reads and taken by writes of a snapshot export of ``volume``."""
+        if read_bytes:
+            self.export_read_bytes.labels(self.site_id, volume).inc(read_bytes)
+        if written_bytes:
+            self.export_written_bytes.labels(self.site_id, volume).inc(written_bytes)
+
+    def export_read_error(self, volume: str) -> None:
+        """Count one export read of ``volume`` answered EIO (a chunk failed its digest or is missing)."""
+        self.export_read_errors.labels(self.site_id, volume).inc()
 
     def render(self) -> bytes:
         """The text exposition of every metric (never raises because of the daemon's state)."""

@@ -1,0 +1,228 @@
+"""A committed snapshot read as a byte range, and a copy-on-write overlay on top of it (the
+storage side of a snapshot export, :mod:`replicad.site.exports`).
+
+* :class:`SnapshotReader` answers ``read(offset, length)`` from the chunk store through the
+  snapshot's manifest: each block's digest comes from its manifest page (a verified
+  :meth:`~replicad.storage.chunkstore.ChunkStore.get`, pages kept in a small LRU), each
+  non-zero block from :meth:`ChunkStore.get`, which decodes and checks BLAKE3 against the
+  digest before the bytes leave the store. ``ZERO_DIGEST`` blocks read as zeros and touch
+  nothing. A corrupt or missing chunk raises; no byte of a block that did not verify is
+  ever returned.
+* :class:`Overlay` keeps the writes made to a writable export: a sparse file of the
+  snapshot's size plus a bitmap of the blocks written (one bit per block, LSB first).
+  A block once written is read from the overlay, every other block from the snapshot.
+  :meth:`Overlay.flush` fsyncs the file and persists the bitmap (tmp + fsync + rename +
+  directory fsync), so what a client flushed is durable; the store is never written.
+
+Synchronous, thread-safe; the export runs them in worker threads.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from replicad.core.errors import IntegrityError, UsageError, from_os_error
+from replicad.core.manifest import PAGE_ENTRIES, ZERO_DIGEST, Manifest, page_entries, zero_block
+from replicad.storage.chunkstore import ChunkStore
+from replicad.storage.durable import fsync_dir
+
+PAGE_CACHE_PAGES = 64  # pages of digests kept (128 KiB each: 8 MiB, 16 GiB of a 64 KiB-block volume)
+
+
+class SnapshotReader:
+    """Reads of the snapshot ``manifest`` from ``store`` (every chunk it needs must be here:
+    the export fetches missing ones first).
+
+    Attributes:
+        size_bytes, block_size: the snapshot's size and block size (bytes).
+    """
+
+    def __init__(self, store: ChunkStore, manifest: Manifest) -> None:
+        self.store = store
+        self.manifest = manifest
+        self.size_bytes = manifest.size_bytes
+        self.block_size = manifest.block_size
+        self._pages: OrderedDict[int, list[bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def digest(self, index: int) -> bytes:
+        """The digest of block ``index`` (``ZERO_DIGEST`` for an all-zero block). Raises
+        IntegrityError / NotFoundError of the page's read."""
+        p = index // PAGE_ENTRIES
+        with self._lock:
+            entries = self._pages.get(p)
+            if entries is not None:
+                self._pages.move_to_end(p)
+        if entries is None:
+            entries = page_entries(self.store.get(self.manifest.pages[p]))
+            with self._lock:
+                self._pages[p] = entries
+                while len(self._pages) > PAGE_CACHE_PAGES:
+                    self._pages.popitem(last=False)
+        return entries[index % PAGE_ENTRIES]
+
+    def block(self, index: int) -> bytes:
+        """The bytes of block ``index`` (the last may be short), verified against its digest.
+
+        Raises:
+            IntegrityError: the chunk is corrupt in the store, or of the wrong length (evidence
+                ``digest``, ``block``).
+            NotFoundError: the chunk is not in the store.
+        """
+        n = self.manifest.block_len(index)
+        d = self.digest(index)
+        if d == ZERO_DIGEST:
+            return zero_block(n)
+        raw = self.store.get(d)
+        if len(raw) != n:
+            raise IntegrityError(f"chunk {d.hex()} is {len(raw)} bytes, block {index} of "
+                                 f"{self.manifest.volume}#{self.manifest.seq} is {n}", digest=d.hex(), block=index)
+        return raw
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at byte ``offset`` (the range must lie inside the snapshot).
+
+        Raises UsageError for a range outside the snapshot; IntegrityError / NotFoundError
+        like :meth:`block` (nothing is returned then)."""
+        _check_range(offset, length, self.size_bytes)
+        if length == 0:
+            return b""
+        bs = self.block_size
+        first, last = offset // bs, (offset + length - 1) // bs
+        parts = [self.block(i) for i in range(first, last + 1)]
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        start = offset - first * bs
+        return bytes(data[start:start + length])
+
+
+def _check_range(offset: int, length: int, size_bytes: int) -> None:
+    if offset < 0 or length < 0 or offset + length > size_bytes:
+        raise UsageError(f"range [{offset}, {offset + length}) is outside the snapshot ({size_bytes} bytes)",
+                         offset=offset, length=length, size_bytes=size_bytes)
+
+
+class Overlay:
+    """The copy-on-write overlay of a writable export, in directory ``root`` (created):
+    ``overlay.img`` (sparse, ``base.size_bytes``) and ``overlay.bitmap`` (one bit per block of
+    ``base``, written at :meth:`flush`).
+
+    Writes are whole blocks in the overlay: a partial first or last block not yet written is
+    completed from ``base`` first. Raises (constructor) a typed OSError (from_os_error).
+    """
+
+    IMAGE = "overlay.img"
+    BITMAP = "overlay.bitmap"
+
+    def __init__(self, root: Path, base: SnapshotReader) -> None:
+        self.root = Path(root)
+        self.base = base
+        self.bs = base.block_size
+        self.n_blocks = base.manifest.n_blocks
+        self._bits = bytearray((self.n_blocks + 7) // 8)
+        self._lock = threading.Lock()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.root / self.IMAGE, os.O_RDWR | os.O_CREAT, 0o600)
+            os.ftruncate(self.fd, base.size_bytes)
+            self._write_bitmap()
+        except OSError as err:
+            raise from_os_error(err, f"create the export overlay in {root}", path=str(root)) from None
+
+    def written(self, index: int) -> bool:
+        """True once block ``index`` was written through the export."""
+        return bool(self._bits[index >> 3] & (1 << (index & 7)))
+
+    @property
+    def blocks_written(self) -> int:
+        """How many blocks the overlay holds."""
+        return sum(bin(b).count("1") for b in self._bits)
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset``: written blocks from the overlay, the others from the
+        snapshot (verified). Raises like :meth:`SnapshotReader.read`; OSError typed."""
+        _check_range(offset, length, self.base.size_bytes)
+        if length == 0:
+            return b""
+        bs = self.bs
+        first, last = offset // bs, (offset + length - 1) // bs
+        out = bytearray()
+        i = first
+        while i <= last:  # runs of blocks from one side
+            mine = self.written(i)
+            j = i
+            while j + 1 <= last and self.written(j + 1) == mine:
+                j += 1
+            lo, hi = i * bs, min((j + 1) * bs, self.base.size_bytes)
+            if mine:
+                try:
+                    out += os.pread(self.fd, hi - lo, lo)
+                except OSError as err:
+                    raise from_os_error(err, "read the export overlay", path=str(self.root)) from None
+            else:
+                out += self.base.read(lo, hi - lo)
+            i = j + 1
+        start = offset - first * bs
+        return bytes(out[start:start + length])
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Write ``data`` at ``offset`` into the overlay (never the store) and mark its blocks.
+        Durable only after :meth:`flush`. Raises like :meth:`read`; ENOSPC typed."""
+        length = len(data)
+        _check_range(offset, length, self.base.size_bytes)
+        if length == 0:
+            return
+        bs = self.bs
+        first, last = offset // bs, (offset + length - 1) // bs
+        lo, hi = first * bs, min((last + 1) * bs, self.base.size_bytes)
+        with self._lock:
+            if offset != lo or offset + length != hi:  # partial edge blocks: complete them first
+                buf = bytearray(self.read(lo, hi - lo))
+                buf[offset - lo:offset - lo + length] = data
+                payload: bytes | bytearray | memoryview = buf
+            else:
+                payload = data
+            try:
+                view = memoryview(payload)
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(self.fd, view[done:], lo + done)
+            except OSError as err:
+                raise from_os_error(err, "write the export overlay", path=str(self.root)) from None
+            for i in range(first, last + 1):
+                self._bits[i >> 3] |= 1 << (i & 7)
+
+    def zero(self, offset: int, length: int) -> None:
+        """Make ``[offset, offset + length)`` read as zeros (TRIM / WRITE_ZEROES)."""
+        step = 4 * 2**20
+        for at in range(offset, offset + length, step):
+            self.write(at, zero_block(min(step, offset + length - at)))
+
+    def flush(self) -> None:
+        """fsync the overlay, then persist the bitmap (tmp + fsync + rename + directory fsync).
+        Raises a typed OSError."""
+        try:
+            os.fsync(self.fd)
+            with self._lock:
+                self._write_bitmap()
+        except OSError as err:
+            raise from_os_error(err, "flush the export overlay", path=str(self.root)) from None
+
+    def _write_bitmap(self) -> None:
+        tmp = self.root / (self.BITMAP + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, bytes(self._bits))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.root / self.BITMAP)
+        fsync_dir(self.root)
+
+    def close(self) -> None:
+        """Close the overlay's file (idempotent); the files stay."""
+        fd, self.fd = getattr(self, "fd", None), None
+        if fd is not None:
+            os.close(fd)
