@@ -56,9 +56,15 @@ stricter, :func:`stricter`):
   there (hex of ciphertext: 4.0 bits/byte, below the text it replaces). Compressed or encoded
   random data written over freed structured data (gzip over old logs, a base64 attachment
   over an old text mail, a UUID list over text) looks the same per block and counts too;
-  the same over compressed or encoded data, or over zeros, does not. Encodings at <= ~3
-  bits/byte (octal, binary, a histogram dominated by zeros) repeat 4-grams by chance and are
-  not seen;
+  the same over compressed or encoded data, or over zeros, does not;
+* encodings at <= ~3 bits/symbol (octal, binary, base-3, any narrow alphabet), whose 4-grams
+  chance repeats, by the *narrow-alphabet* test (:func:`alphabet_stats`, :func:`long_repeats`):
+  the novel bytes of a structured old sub-block use a core alphabet of 2-64 symbols nearly
+  evenly (>= 0.93 of ``log2(size)`` bits per symbol, separators such as line breaks left out)
+  and their n-grams of ``ceil(24 / bits)`` symbols repeat no more than independent symbols
+  would. The same encoding over itself (octal over octal) does not count. A histogram
+  dominated by one value (a sparse database page) is no narrow uniform alphabet and is not
+  judged there;
 * blocks that were random before and are random after (JPEG, DICOM, archives rewritten) and
   blocks written where there were zeros (imports into free space) do not count;
 * a well-known magic number (file or file-system header) at the start of a sub-block that
@@ -468,6 +474,114 @@ def novel_repeats(new: bytes, old: bytes | None, sub_block: int = SUB_BLOCK, *,
     return out
 
 
+NARROW_UNIFORMITY_MIN = 0.93
+"""Novel bytes are ciphertext in a narrow alphabet only if their entropy is at least this share
+of ``log2(alphabet size)``: encoding maps uniform ciphertext onto nearly uniform symbols (binary,
+2- and 3-symbol alphabets, big base-10 numbers: >= 0.998; octal of bytes, whose first digit is
+0-3: 0.969-0.976 per 4 KiB), while low-entropy benign content uses its symbols unevenly
+(zero-padded sequential numbers: <= 0.86, ``od`` dumps of text 0.89-0.92, hex dumps 0.84-0.86;
+measured by tests/unit/core/test_anomaly_alphabet.py's corpora)."""
+CORE_SHARE_MIN = 0.25
+"""A byte value belongs to the core alphabet of :func:`alphabet_stats` when its count is at least
+this share of an even split over the distinct values seen (a newline every 64 octal digits:
+0.14 of an even share, left out; every digit: ~1.1)."""
+CORE_COVERAGE_MIN = 0.9
+"""The core alphabet must cover this share of the bytes, else the histogram is no narrow
+alphabet with a few separators but varied content."""
+NARROW_ALPHABET_MAX = 64
+"""Alphabets up to this size are judged by the narrow-alphabet test (base64 and smaller); the
+4-gram test already judges every encoding whose 4-grams chance rarely repeats."""
+LONG_NGRAM_BITS = 24.0
+"""The narrow-alphabet test counts n-grams of ``ceil(24 / bits per symbol)`` symbols (octal: 8,
+binary: 24), so that independent symbols span >= 2^24 equally likely n-grams and chance repeats
+a 4 KiB sub-block's n-grams at ~0.01 %, like the 4-gram test's for a full byte alphabet."""
+LONG_NGRAM_MAX = 32
+
+
+def _novel_bytes(new: bytes, old: bytes | None, off: int, length: int) -> bytes:
+    """The bytes of ``new[off:off+length]`` that differ from ``old`` at the same offset (all of
+    them past ``old``'s end), in order; all-zero runs count like any other byte."""
+    a = new[off:off + length]
+    b = (old or b"")[off:off + length]
+    if _np is None:  # pragma: no cover - only where numpy is absent
+        return bytes(x for j, x in enumerate(a) if j >= len(b) or b[j] != x)
+    x = _np.frombuffer(a, dtype=_np.uint8)
+    keep = _np.ones(len(x), dtype=bool)
+    m = min(len(a), len(b))
+    if m:
+        y = _np.frombuffer(b, dtype=_np.uint8)
+        _np.not_equal(x[:m], y[:m], out=keep[:m])
+    return x[keep].tobytes()
+
+
+def alphabet_stats(raw: bytes) -> tuple[int, float, float]:
+    """``(alphabet size, bits per symbol, uniformity)`` of ``raw``'s *core* alphabet: the byte
+    values each at least :data:`CORE_SHARE_MIN` of an even share (``1 / distinct values``), so
+    that line breaks or separators inserted by an encoder (base64 MIME lines, octal in 64-column
+    lines) do not count as symbols; the Shannon entropy of the core symbols' histogram
+    (bits/symbol, Shannon 1948); and that entropy over ``log2(core size)`` (1.0: every core
+    symbol equally frequent). Uniformity is 0.0 when the core has fewer than 2 symbols or covers
+    less than :data:`CORE_COVERAGE_MIN` of ``raw``. Empty input: ``(0, 0.0, 0.0)``."""
+    if not raw:
+        return 0, 0.0, 0.0
+    if _np is not None:
+        counts = [int(c) for c in _np.bincount(_np.frombuffer(raw, dtype=_np.uint8), minlength=256) if c]
+    else:  # pragma: no cover - only where numpy is absent
+        counts = [raw.count(v) for v in set(raw)]
+    floor = CORE_SHARE_MIN * len(raw) / len(counts)
+    core = [c for c in counts if c >= floor]
+    total = sum(core)
+    bits = -sum(c / total * math.log2(c / total) for c in core)
+    if len(core) < 2 or total < CORE_COVERAGE_MIN * len(raw):
+        return len(core), bits, 0.0
+    return len(core), bits, bits / math.log2(len(core))
+
+
+def narrow_uniform(size: int, bits: float, uniformity: float) -> bool:
+    """True iff a histogram is that of uniform symbols from a narrow alphabet: 2 to
+    :data:`NARROW_ALPHABET_MAX` symbols used evenly (:data:`NARROW_UNIFORMITY_MIN`)."""
+    return 2 <= size <= NARROW_ALPHABET_MAX and bits > 0 and uniformity >= NARROW_UNIFORMITY_MIN
+
+
+def long_repeats(raw: bytes, bits_per_symbol: float) -> tuple[int, float, float]:
+    """``(count, observed, expected)`` repeat shares of the n-grams of ``raw`` with ``n =
+    ceil(LONG_NGRAM_BITS / bits_per_symbol)`` (at most :data:`LONG_NGRAM_MAX`): ``observed`` =
+    1 - distinct / count, ``expected`` the same for independent symbols with ``raw``'s histogram
+    (as in :func:`novel_repeats`: ``K = 1 / (sum p_i^2)^n``; Renyi 1961, Knuth TAOCP 3.3.2 J).
+    ``(0, 0.0, 0.0)`` when ``raw`` is shorter than one n-gram or has no entropy."""
+    if bits_per_symbol <= 0:
+        return 0, 0.0, 0.0
+    n = min(LONG_NGRAM_MAX, max(NGRAM, math.ceil(LONG_NGRAM_BITS / bits_per_symbol)))
+    count = len(raw) - n + 1
+    if count <= 0:
+        return 0, 0.0, 0.0
+    distinct = len({raw[j:j + n] for j in range(count)})
+    if _np is not None:
+        counts = _np.bincount(_np.frombuffer(raw, dtype=_np.uint8), minlength=256).astype(_np.float64)
+        collision = float(((counts / len(raw)) ** 2).sum())
+    else:  # pragma: no cover - only where numpy is absent
+        collision = sum((raw.count(v) / len(raw)) ** 2 for v in set(raw))
+    k = 1.0 / max(collision ** n, 1e-300)
+    expected = max(0.0, 1.0 - k * -math.expm1(-count / k) / count)
+    return count, 1.0 - distinct / count, expected
+
+
+def _narrow_random(old_sub: bytes, expected4: float) -> bool:
+    """True iff an old sub-block was itself random data in a narrow alphabet (octal of random
+    bytes over octal of random bytes is no news): chance repeats its 4-grams (``expected4`` >
+    :data:`MEMORYLESS_EXPECTED_MAX`, as for the new version) and its long n-grams are memoryless."""
+    if expected4 <= MEMORYLESS_EXPECTED_MAX:
+        return False
+    size, bits, uniformity = alphabet_stats(old_sub)
+    return narrow_uniform(size, bits, uniformity) and memoryless_long(*long_repeats(old_sub, bits))
+
+
+def memoryless_long(count: int, observed: float, expected: float) -> bool:
+    """:func:`memoryless` for :func:`long_repeats`' numbers (their expected share is small by
+    construction): enough n-grams and no more repeats than chance plus the margin."""
+    return count >= NOVEL_MIN and observed <= expected + MEMORYLESS_MARGIN
+
+
 _SUB_INDEX: dict[tuple[int, int], object] = {}
 
 
@@ -537,6 +651,12 @@ class BlockFinding:
         repeat_excess_after: smallest ``observed - expected`` repeat share of the new version's
             novel bytes over the sub-blocks with enough of them (:func:`novel_repeats`; ~0 for
             encoded ciphertext, 0.3-0.6 for text); 1.0 when none was judged.
+        narrow_alphabet: sub-blocks (counted in ``structure_lost`` too) whose novel bytes are
+            ciphertext in a narrow alphabet (octal, decimal, binary digits, any <= ~3 bits per
+            symbol): uniform over that alphabet (:func:`narrow_uniform`) and memoryless over
+            long n-grams (:func:`long_repeats`), where the old content had structure.
+        alphabet_after: smallest number of distinct byte values among the novel bytes of the
+            sub-blocks the narrow-alphabet test judged (256 when it judged none).
     """
 
     turned_random: bool
@@ -552,6 +672,8 @@ class BlockFinding:
     fresh: bool = False
     structure_lost: int = 0
     repeat_excess_after: float = 1.0
+    narrow_alphabet: int = 0
+    alphabet_after: int = 256
 
 
 def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz4_old: float = 1.0) -> BlockFinding:
@@ -587,7 +709,9 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
     # encoded ciphertext keeps a low entropy: the repeat test, only where it can still change the
     # answer (a data sub-block not yet flagged and not already random-looking before)
     lost = set()
+    narrow: set[int] = set()
     excess = 1.0
+    alphabet_min = 256
     candidates = [i for i in range(len(e_new)) if not flagged[i] and i < len(e_old)
                   and DATA_ENTROPY_MIN <= e_old[i] < ALREADY_RANDOM_ENTROPY]
     if candidates:
@@ -595,9 +719,21 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
         judged = [r[1] - r[2] for r in rep_new if r[0] >= NOVEL_MIN]
         excess = min(judged, default=1.0)
         maybe = [i for i in candidates if memoryless(*rep_new[i])]
-        if maybe:
+        # chance repeats 4-grams of a narrow alphabet (octal, decimal, binary digits): there the
+        # 4-gram test is silent and the narrow-alphabet test (longer n-grams) speaks instead
+        low = [i for i in candidates if rep_new[i][0] >= NOVEL_MIN and rep_new[i][2] > MEMORYLESS_EXPECTED_MAX]
+        for i in low:
+            novel = _novel_bytes(new, old, i * SUB_BLOCK, SUB_BLOCK)
+            size, bits, uniformity = alphabet_stats(novel)
+            alphabet_min = min(alphabet_min, size)
+            if narrow_uniform(size, bits, uniformity) and memoryless_long(*long_repeats(novel, bits)):
+                narrow.add(i)
+        if maybe or narrow:
             rep_old = novel_repeats(old, None, skip_zero=True)
             lost = {i for i in maybe if structured(rep_old[i][0], rep_old[i][1])}
+            narrow = {i for i in narrow if structured(rep_old[i][0], rep_old[i][1])
+                      and not _narrow_random(old[i * SUB_BLOCK:(i + 1) * SUB_BLOCK], rep_old[i][2])}
+            lost |= narrow
     for i, h_new in enumerate(e_new):
         h_old = e_old[i] if i < len(e_old) else 0.0
         rise = h_new - h_old
@@ -616,7 +752,7 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
                         and mean_new - mean_old >= LZ4_ENTROPY_RISE_MIN)
     return BlockFinding(random_subs > 0 or lost_compression, random_subs, mean_old, mean_new, max_rise,
                         min(c_new), lz4_old, lz4_new, tuple(destroyed), structure_lost=len(lost),
-                        repeat_excess_after=excess)
+                        repeat_excess_after=excess, narrow_alphabet=len(narrow), alphabet_after=alphabet_min)
 
 
 def fs_structure_destroyed(new: bytes | None, old: bytes | None) -> str | None:
