@@ -975,6 +975,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 EXAMPLES: dict[str, str] = {
+    # snapshot exports and file views (issue 16)
+    "export": "replicad export ehr --snapshot 42            # prints the socket and an nbd+unix:// URI\n"
+              "nbdinfo 'nbd+unix:///?socket=/var/lib/replicad/nbd/x1a2b3c4d.sock'\n"
+              "replicad export                              # the open exports\nreplicad export --close x1a2b3c4d",
+    "mount": "mkdir -p /mnt/ehr-42 && replicad mount ehr --snapshot 42 /mnt/ehr-42\n"
+             "cp -a /mnt/ehr-42/scans/2026-12-01.dcm /srv/restore/ && replicad umount /mnt/ehr-42",
+    "umount": "replicad umount /mnt/ehr-42",
+    "files": "replicad files ehr --snapshot 42 /scans\nreplicad files ehr --snapshot 42 / -r --json",
+    "diff": "replicad diff ehr 41 42        # + added, - removed, ~ changed (why), m metadata only",
     "run": "replicad run /etc/replicad/site-a.toml\nreplicad run --config /etc/replicad/site-a.toml",
     "check-config": "replicad check-config /etc/replicad/site-a.toml   # every problem at once, exit 2 if any",
     "demo": "replicad demo\nreplicad demo --dir ./demo-state --size-mib 128",
@@ -1224,6 +1233,35 @@ def main(argv: list[str] | None = None) -> int:
     pv.add_argument("file", help="the audit file, e.g. /var/lib/replicad/admin-audit.jsonl or "
                                  "/var/lib/replicad/peer-audit.jsonl")
     pv.set_defaults(fn=cmd_audit_verify)
+    # snapshot exports and file views (issue 16): run these on the site's machine (unix sockets, mounts)
+    p = command("export", help="serve a snapshot as a block device over NBD on a unix socket of the site; "
+                "without VOLUME: the open exports")
+    p.add_argument("volume", nargs="?", help="the volume's name (as in [[volumes]] name)")
+    p.add_argument("--snapshot", type=int, dest="seq", metavar="SEQ", help="the committed snapshot's seq")
+    p.add_argument("--writable", action="store_true", help="accept writes (kept in an overlay, never the snapshot; "
+                   "discarded when the export closes)")
+    p.add_argument("--close", metavar="EXPORT_ID", help="close an export (its pin and overlay go with it)")
+    p.set_defaults(fn=cmd_export)
+    p = command("mount", help="mount a snapshot read-only at DIR (ext4, XFS), until replicad umount DIR")
+    p.add_argument("volume", help="the volume's name (as in [[volumes]] name)")
+    p.add_argument("--snapshot", type=int, dest="seq", metavar="SEQ", required=True, help="the snapshot's seq")
+    p.add_argument("dir", help="an empty directory")
+    p.set_defaults(fn=cmd_mount)
+    p = command("umount", help="unmount a snapshot mounted by replicad mount (export, loop device, FUSE)")
+    p.add_argument("dir")
+    p.set_defaults(fn=cmd_umount)
+    p = command("files", help="list a snapshot's files (size, mtime, mode) through a temporary read-only mount")
+    p.add_argument("volume", help="the volume's name (as in [[volumes]] name)")
+    p.add_argument("--snapshot", type=int, dest="seq", metavar="SEQ", required=True, help="the snapshot's seq")
+    p.add_argument("path", nargs="?", default="/", help="a directory or file in the snapshot (default /)")
+    p.add_argument("-r", "--recursive", action="store_true", help="everything below PATH")
+    p.set_defaults(fn=cmd_files)
+    p = command("diff", help="files added, removed and changed between two snapshots (content compared by digest)")
+    p.add_argument("volume", help="the volume's name (as in [[volumes]] name)")
+    p.add_argument("a", type=int, metavar="A", help="the older snapshot's seq")
+    p.add_argument("b", type=int, metavar="B", help="the newer snapshot's seq")
+    p.add_argument("--quick", action="store_true", help="equal size and mtime count as equal content (no reads)")
+    p.set_defaults(fn=cmd_diff)
     p = command("hash-token", help="print the sha256 of a token read from stdin, for [[admin.tokens]]",
                 parent=json_only)
     p.add_argument("--generate", action="store_true", help="make a new random token and print it with its hash")
@@ -1233,6 +1271,9 @@ def main(argv: list[str] | None = None) -> int:
     if "drill" in argv and argv[argv.index("drill") + 1:argv.index("drill") + 2] == ["verify"]:
         i = argv.index("drill")  # replicad drill verify REPORT: the drill report check
         argv[i:i + 2] = ["drill-verify"]
+    at = _command_index(argv)
+    if at is not None and argv[at] == "files":  # files VOL --snapshot SEQ [PATH]: PATH not left over (exports)
+        argv = _options_first(argv, at)
     args = parser.parse_args(argv)
     as_json = bool(getattr(args, "json", False))
     try:
@@ -1306,6 +1347,145 @@ def cmd_restore(args: argparse.Namespace) -> int:
     _print(args, result, lambda r: console.print(
         f"restored {r['volume']}#{r['seq']} ({r.get('verdict')}) into {r['target']}: root verified "
         f"{r['root'][:16]}…, {r['blocks_written']} blocks written in {r['seconds']:.2f}s"))
+    return 0
+
+
+# ---------------------------------------------------------------------- snapshot exports and file views (issue 16)
+
+def _admin_api(args: argparse.Namespace):
+    """The admin API of the chosen site as ``api(method, path, body=None)`` (for ops.fileview)."""
+    return lambda method, path, body=None: api(args, method, path, body)
+
+
+def _when(ns: int) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(ns / 1e9, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+_VALUED = {"--snapshot", "--admin", "--config", "--token", "--token-file"}  # options taking a value (exports)
+
+
+def _command_index(argv: list[str]) -> int | None:
+    """Index of the sub-command in ``argv`` (the first word that is neither an option nor a
+    global option's value), None without one."""
+    i = 0
+    while i < len(argv):
+        if argv[i] in _VALUED:
+            i += 2
+        elif argv[i].startswith("-"):
+            i += 1
+        else:
+            return i
+    return None
+
+
+def _options_first(argv: list[str], at: int) -> list[str]:
+    """``argv`` with the options after the sub-command at ``argv[at]`` moved right behind it
+    (argparse leaves a second positional unparsed when options stand between the two)."""
+    valued = _VALUED
+    head, rest = argv[:at + 1], argv[at + 1:]
+    options: list[str] = []
+    positionals: list[str] = []
+    i = 0
+    while i < len(rest):
+        a = rest[i]
+        if a == "--":
+            positionals += rest[i:]
+            break
+        if a in valued and i + 1 < len(rest):
+            options += rest[i:i + 2]
+            i += 2
+            continue
+        (options if a.startswith("-") and len(a) > 1 else positionals).append(a)
+        i += 1
+    return head + options + positionals
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Serve a snapshot over NBD (prints its socket and URI), list the exports, or close one."""
+    if args.close:
+        _print(args, api(args, "DELETE", f"/v1/exports/{args.close}"), lambda r: console.print(
+            f"export {r['export_id']} of {r['volume']}#{r['seq']} closed ({r['bytes_read']} bytes read, "
+            f"{r['read_errors']} read errors)", markup=False, soft_wrap=True))
+        return 0
+    if args.volume is None:
+        def render(data: dict) -> None:
+            t = Table("export", "snapshot", "writable", "connections", "bytes read", "read errors", "URI")
+            for e in data["exports"]:
+                t.add_row(e["export_id"], f"{e['volume']}#{e['seq']}", "yes" if e["writable"] else "no",
+                          str(e["connections"]), str(e["bytes_read"]), str(e["read_errors"]), e["uri"])
+            console.print(t)
+        _print(args, api(args, "GET", "/v1/exports"), render)
+        return 0
+    if args.seq is None:
+        raise UsageError("--snapshot SEQ is required (replicad snapshots VOL lists them)")
+    from replicad.ops.fileview import create_export
+
+    exp = create_export(_admin_api(args), args.volume, args.seq, writable=args.writable)
+    _print(args, exp, lambda e: console.print(
+        f"export {e['export_id']}: {e['volume']}#{e['seq']} ({e['size_bytes']} bytes, "
+        f"{'writable: writes go to an overlay, never the snapshot' if e['writable'] else 'read-only'})\n"
+        f"socket: {e['socket']}\nURI:    {e['uri']}\n"
+        f"e.g.    nbdinfo '{e['uri']}'; qemu-img convert -f raw -O raw '{e['uri']}' copy.img\n"
+        f"close:  replicad export --close {e['export_id']}", markup=False, soft_wrap=True))
+    return 0
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    """Mount a snapshot read-only at DIR (until replicad umount DIR)."""
+    from replicad.ops.fileview import mount
+
+    rec = mount(_admin_api(args), args.volume, args.seq, Path(args.dir))
+    _print(args, rec, lambda r: console.print(
+        f"{r['volume']}#{r['seq']} mounted read-only at {r['mountpoint']} ({r['fstype']}, {r['loop']}); "
+        f"copy what you need out of it, then: replicad umount {r['mountpoint']}", markup=False, soft_wrap=True))
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    """Unmount a snapshot mounted by replicad mount."""
+    from replicad.ops.fileview import umount
+
+    _print(args, umount(Path(args.dir)), lambda r: console.print(
+        f"{r['volume']}#{r['seq']} unmounted from {r['mountpoint']}", markup=False, soft_wrap=True))
+    return 0
+
+
+def cmd_files(args: argparse.Namespace) -> int:
+    """List a snapshot's files (through a temporary read-only mount)."""
+    from replicad.ops.fileview import list_files, temporary_mount
+
+    with temporary_mount(_admin_api(args), args.volume, args.seq) as root:
+        entries = list_files(root, args.path, args.recursive)
+
+    def render(rows: list[dict]) -> None:
+        t = Table("mode", "size", "modified (UTC)", "path", box=None)
+        for e in rows:
+            t.add_row(e["mode"], str(e["size_bytes"]), _when(e["mtime_ns"]),
+                      e["path"] + (f" -> {e['target']}" if "target" in e else ""))
+        console.print(t)
+    _print(args, entries, render)
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Which files were added, removed or changed between two snapshots (both mounted read-only)."""
+    from replicad.ops.fileview import diff_trees, temporary_mount
+
+    with temporary_mount(_admin_api(args), args.volume, args.a) as a, \
+            temporary_mount(_admin_api(args), args.volume, args.b) as b:
+        result = diff_trees(a, b, quick=args.quick)
+
+    def render(r: dict) -> None:
+        for sign, key in (("+", "added"), ("-", "removed"), ("~", "changed"), ("m", "metadata")):
+            for e in r[key]:
+                why = f"  ({', '.join(e['why'])})" if "why" in e else ""
+                console.print(f"{sign} {e['path']}{'/' if e['kind'] == 'dir' else ''}{why}", markup=False,
+                              soft_wrap=True)
+        console.print(f"{args.volume} #{args.a} -> #{args.b}: {len(r['added'])} added, {len(r['removed'])} removed, "
+                      f"{len(r['changed'])} changed, {len(r['metadata'])} with other metadata only", markup=False)
+    _print(args, result, render)
     return 0
 
 
