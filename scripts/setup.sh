@@ -12,6 +12,9 @@ command -v mkfs.xfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.xfs ] || need+=(xfspr
 command -v chromium >/dev/null 2>&1 || need+=(chromium)          # status page test (real headless browser)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)  # notification test
 command -v mkfs.btrfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.btrfs ] || need+=(btrfs-progs) # reflink source tests (loop btrfs)
+command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)          # snapshot export tests (qemu-img compare, qemu-io)
+command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)           # snapshot export tests (nbdinfo)
+command -v nbdfuse >/dev/null 2>&1 || need+=(nbdfuse fuse3)        # replicad mount/files/diff (the export as a file)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get update -qq
