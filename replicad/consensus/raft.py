@@ -185,6 +185,21 @@ names up in its own modules):
    whenever it stays behind longer than :data:`SYNCED_GRACE_S`, with a WARNING after
    :data:`CATCH_UP_STALL_S` without progress. A dump it cannot store is ``dump_unwritable``.
 
+17. **Commands forwarded to the leader are checked at the door** (issue 11's open item: one
+   site flooding the log). A member forwards its own proposals to the leader
+   (``apply_command``); before pysyncobj appends one, :meth:`RaftNode._door_check` refuses it
+   (``REQUEST_DENIED`` to the sender, counted and logged at WARNING) when it is not a replicad
+   command (``forwarded_malformed``), when, in a signed cluster with an agreed membership, it is
+   not signed by the forwarding member's own site (``forwarded_not_own``: an honest daemon only
+   ever forwards its own commands) or its signature does not verify under the keys the state
+   gives that site (``forwarded_bad_signature``), or when the member is over its budget
+   (``forwarded_over_budget``: a token bucket per member of :data:`FORWARD_CMDS_PER_S`
+   commands and :data:`FORWARD_BYTES_PER_S` bytes a second, bursts of
+   :data:`FORWARD_BURST_S` seconds' worth). Before, a compromised member had every site journal
+   ~4 MB/s of forged commands, each refused only when applied. The state machine still checks
+   every applied command (the leader itself is not checked here: a compromised leader appends
+   what it likes, and only what it signs itself takes effect).
+
 16. **What the members say the membership is.** A site that has not joined the cluster yet
    cannot trust its own replay of the log to learn the agreed membership when its config
    differs from the founders' (the founding rule's reference is its config, and a leader its
@@ -267,6 +282,7 @@ from replicad.consensus.journal import (JOURNAL_MAGIC, JOURNAL_VERSION, META_VER
                                        DurableJournal, _create_journal)
 from replicad.core import errors
 from replicad.core import state as cluster_state
+from replicad.core import identity
 from replicad.core.identity import CanonicalError, Signer, Trust
 from replicad.storage.durable import fsync_dir
 
@@ -310,6 +326,15 @@ DUMP_NO_CANDIDACY_S = 30.0
 # no progress for CATCH_UP_STALL_S while behind.
 SYNCED_GRACE_S = 2.0
 CATCH_UP_STALL_S = 10.0
+FORWARD_CMDS_PER_S = 200.0
+"""Point 17: commands a second one member may forward to the leader (sustained). An honest
+primary of 50 volumes snapshotting every second forwards ~150 (commits, verdicts, holder acks)."""
+FORWARD_BYTES_PER_S = 1024 * 1024
+"""Point 17: bytes a second one member may forward to the leader (sustained; honest: ~300 KB/s
+at that rate, commands of 1-2 KiB)."""
+FORWARD_BURST_S = 10.0
+"""Point 17: a member's bucket holds this many seconds of its budget (a backlog after a cut)."""
+FORWARD_REASONS = ("forwarded_malformed", "forwarded_not_own", "forwarded_bad_signature", "forwarded_over_budget")
 MEMBERSHIP_ASK_S = 2.0
 """Point 16: how often a node that asks queries each member, and answers each member at most."""
 MEMBERSHIP_REPORT_TTL_S = 30.0
@@ -593,6 +618,7 @@ class _HardenedSyncObj(SyncObj):
     _membership_asked: float = float("-inf")
     _membership_answered: dict | None = None  # node id -> when this node last answered it
     membership_reports: dict | None = None  # node id -> (report, when)
+    door_check: Callable[[Any, str], tuple[str, str] | None] = staticmethod(lambda command, node_id: None)  # point 17
 
     def __init__(self, *args: Any, refusals: RefusalLog | None = None,
                  dump_check: Callable[[Any], list[str]] | None = None, **kwargs: Any) -> None:
@@ -956,6 +982,15 @@ class _HardenedSyncObj(SyncObj):
         if kind == "membership_report":
             self._on_membership_report(node, message)
             return
+        if kind == "apply_command":
+            problem = self.door_check(message.get("command"), str(getattr(node, "id", node)))
+            if problem is not None:  # point 17
+                self.refusals.refuse(problem[0], "%s: %s", getattr(node, "id", node), problem[1])
+                if "request_id" in message:
+                    self._SyncObj__transport.send(node, {"type": "apply_command_response",
+                                                         "request_id": message["request_id"],
+                                                         "error": FAIL_REASON.REQUEST_DENIED})
+                return
         if kind == "pre_vote":
             self._on_pre_vote(node, message)
             return
@@ -1248,6 +1283,7 @@ class RaftNode:
         self._dump_error: str | None = None
         self._status_lock = threading.Lock()
         self._status: dict = self._empty_status()
+        self._forward_budget = {}
 
     # -- lifecycle
     def start(self) -> None:
@@ -1285,8 +1321,56 @@ class RaftNode:
         syncobj._started_at = monotonic_time()  # a fresh node has heard from no leader *yet*
         syncobj.needs_leader = self._needs_leader
         syncobj.membership_of_state = self._membership_of_state
+        syncobj.door_check = self._door_check
         self._syncobj = syncobj
         self._syncobj.addOnTickCallback(self._refresh_status)
+
+    # -- point 17
+    def _door_check(self, command: Any, node_id: str) -> tuple[str, str] | None:
+        """Tick thread: ``(reason, detail)`` when the ``apply_command`` payload ``command`` that
+        member ``node_id`` forwarded must not be appended (point 17), else None. Charges the
+        member's budget for every command, refused or not."""
+        size = len(command) if isinstance(command, (bytes, bytearray)) else 0
+        now = monotonic_time()
+        cmds, nbytes, last = self._forward_budget.get(node_id, (FORWARD_CMDS_PER_S * FORWARD_BURST_S,
+                                                                FORWARD_BYTES_PER_S * FORWARD_BURST_S, now))
+        elapsed = max(0.0, now - last)
+        cmds = min(FORWARD_CMDS_PER_S * FORWARD_BURST_S, cmds + elapsed * FORWARD_CMDS_PER_S) - 1
+        nbytes = min(FORWARD_BYTES_PER_S * FORWARD_BURST_S, nbytes + elapsed * FORWARD_BYTES_PER_S) - size
+        self._forward_budget[node_id] = (max(cmds, -1.0), max(nbytes, -float(MAX_COMMAND_BYTES)), now)
+        if cmds < 0 or nbytes < 0:
+            return ("forwarded_over_budget", f"forwarded more than {FORWARD_CMDS_PER_S:.0f} commands or "
+                    f"{FORWARD_BYTES_PER_S // 1024} KiB a second (bursts of {FORWARD_BURST_S:.0f} s)")
+        decoded = None
+        if isinstance(command, bytes) and command[:1] == _REGULAR and size <= 2 * MAX_COMMAND_BYTES:
+            try:
+                outer = restricted_loads(command[1:])
+                if isinstance(outer, tuple) and len(outer) == 2 and isinstance(outer[1], tuple) \
+                        and len(outer[1]) == 1 and isinstance(outer[1][0], bytes):
+                    decoded = checkpoint.decode_command(outer[1][0])
+            except Exception:  # restricted_loads refuses anything but a replicad entry
+                decoded = None
+        if not isinstance(decoded, dict):
+            return "forwarded_malformed", f"a forwarded command that is not a replicad command ({size} bytes)"
+        trust = self._consumer.trust
+        if trust is None or trust.keys is None:
+            return None  # unsigned cluster: the password is the only identity
+        state = self.view()
+        inc = state.get("incarnation")
+        if inc is None:
+            return None  # founding: only found commands, each checked against its own list when applied
+        forwarder = next((m["site_id"] for m in inc["members"] if m["raft"] == node_id), None)
+        by = decoded.get("by")
+        if by != forwarder:
+            return ("forwarded_not_own", f"a command by {str(by)[:40]!r} forwarded by the member of "
+                    f"{forwarder!r}: members forward only their own site's commands")
+        revoked = {k for entry in (state.get("revoked") or {}).values() for k in entry.get("keys", ())}
+        problem = identity.signature_problem(decoded, cluster_state.signing_keys(state, decoded, trust), revoked)
+        if problem is not None:
+            return "forwarded_bad_signature", f"{str(decoded.get('op'))[:40]} by {by!r}: {problem}"
+        return None
+
+    _forward_budget: dict  # node id -> (commands left, bytes left, monotonic time), tick thread only
 
     # -- point 16
     def _membership_of_state(self) -> dict | None:  # tick thread
@@ -1647,6 +1731,11 @@ class RaftNode:
         except asyncio.TimeoutError:
             raise errors.NoQuorumError("raft did not commit the command in time", reason="timeout",
                                        op=op, op_id=op_id, timeout_s=timeout_s) from None
+        if reason == FAIL_REASON.REQUEST_DENIED:  # point 17: the leader refused it at the door
+            raise errors.NoQuorumError("raft did not commit the command: the leader refused it (this site over its "
+                                       "forwarding budget, or the command not signed by this site); see the "
+                                       "leader's replicad_raft_refused_total{reason=~\"forwarded_.*\"}",
+                                       reason="request_denied", op=op, op_id=op_id)
         if reason != FAIL_REASON.SUCCESS or not isinstance(result, dict):
             raise errors.NoQuorumError("raft did not commit the command",
                                        reason=_FAIL_NAMES.get(reason, str(reason)).lower(), op=op, op_id=op_id)
@@ -1691,7 +1780,7 @@ class RaftNode:
             status = dict(self._status)
             status["partners"] = dict(self._status["partners"])
         status["dump_error"] = self._dump_error
-        status["refused"] = {**dict.fromkeys(KNOWN_REASONS, 0),
+        status["refused"] = {**dict.fromkeys(KNOWN_REASONS, 0), **dict.fromkeys(FORWARD_REASONS, 0),
                              **dict.fromkeys((*checkpoint.DUMP_REASONS, "checkpoint_divergent"), 0),
                              **self._refusals.counts(), **self._consumer.divergences.counts()}
         with self._consumer.lock:

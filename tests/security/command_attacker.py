@@ -21,6 +21,9 @@ Modes:
   ``set_detection`` with every threshold at its weakest (min_score 1.0) without approvals.
 * ``replay``: waits for a signed ``clock`` heartbeat of ``--victim`` to reach its Raft log,
   then proposes it again, byte for byte (a captured command sent twice).
+* ``flood``: for ``--wait-s`` seconds, forwards without waiting for answers ~2,000 valid
+  ``clock`` commands a second in its OWN name and as many forged in ``--victim``'s name; prints
+  one line with the count of each answer per kind.
 * ``found`` (a cluster being founded: start it before the honest sites): in its OWN name, every
   0.2 s until ``--wait-s`` passed, ``found`` proposals of memberships of its choosing: its
   config's list with an extra key of its own pinned for ``--victim``, and a list naming only
@@ -60,6 +63,8 @@ async def propose(node, command: dict) -> str:
         await node.propose(command, timeout_s=5.0)
         return "ok"
     except Exception as exc:  # the tests judge the honest sites; record what came back
+        if getattr(exc, "evidence", {}).get("reason") == "request_denied":
+            return "refused_at_door"  # the honest leader refused to append it (raft point 17)
         return getattr(exc, "code", type(exc).__name__)
 
 
@@ -75,7 +80,7 @@ async def wait_synced(node, volume: str, timeout_s: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="command_attacker")
-    parser.add_argument("mode", choices=["forge", "replay", "bogus-commit", "claim-clean", "found"])
+    parser.add_argument("mode", choices=["forge", "replay", "bogus-commit", "claim-clean", "found", "flood"])
     parser.add_argument("--from-seq", type=int, default=1)
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--work-dir", required=True, type=Path)
@@ -123,9 +128,40 @@ def main(argv: list[str] | None = None) -> int:
                     out(mode="found", attempt=label, error=getattr(exc, "code", type(exc).__name__))
             await asyncio.sleep(0.2)
 
+    async def flood() -> None:
+        import msgpack
+        from pysyncobj.config import FAIL_REASON
+        counts: dict[str, dict[str, int]] = {"own": {}, "forged": {}}
+        lock = threading.Lock()
+
+        def record(kind: str):
+            def done(result, reason) -> None:  # tick thread
+                answer = ("refused_at_door" if reason == FAIL_REASON.REQUEST_DENIED else "ok"
+                          if reason == FAIL_REASON.SUCCESS and isinstance(result, dict) and result.get("ok")
+                          else str(result.get("error")) if isinstance(result, dict) else f"fail_{reason}")
+                with lock:
+                    counts[kind][answer] = counts[kind].get(answer, 0) + 1
+            return done
+        deadline = time.monotonic() + args.wait_s
+        while time.monotonic() < deadline:  # fire and forget: ~4,000 commands a second
+            for _ in range(20):
+                own = signer.sign({"v": 1, "op": "clock", "op_id": uuid.uuid4().hex, "by": cfg.site_id,
+                                   "now_ns": time.time_ns()})
+                node._consumer.apply_command(msgpack.packb(own, use_bin_type=True), callback=record("own"))
+                bad = forged(signer, args.victim, "clock")
+                node._consumer.apply_command(msgpack.packb(bad, use_bin_type=True), callback=record("forged"))
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(3.0)  # the last answers
+        with lock:
+            out(mode="flood", seconds=args.wait_s, **counts)
+
     async def run() -> None:
         if args.mode == "found":
             await found()
+            return
+        if args.mode == "flood":
+            await wait_synced(node, args.volume, args.wait_s + 30)
+            await flood()
             return
         await wait_synced(node, args.volume, args.wait_s)
         vol = node.state()["volumes"][args.volume]

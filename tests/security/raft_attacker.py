@@ -442,7 +442,8 @@ def mode_bloat(cfg, args) -> None:
                                     "kind": "data"}, timeout_s=3.0)
                 accepted += 1
             except Exception as exc:  # the tests judge the honest sites; count what happened
-                if getattr(exc, "code", "") == "no_quorum":
+                if getattr(exc, "code", "") == "no_quorum" and \
+                        getattr(exc, "evidence", {}).get("reason") != "request_denied":  # refused at the leader's door
                     failed += 1
                 else:
                     refused += 1
