@@ -290,6 +290,13 @@ def test_live_answers_match_the_openapi_document(cluster: LocalCluster, tmp_path
          OPERATOR),
         ("/v1/volumes/{volume}/restore", "POST", f"{v}/restore", {"target": str(tmp_path / "s.img")}, OPERATOR),
         ("/v1/volumes/{volume}/restore", "POST", f"{v}/restore", {}, OPERATOR),
+        ("/v1/volumes/{volume}/exports", "POST", f"{v}/exports", {"snapshot": 1}, OPERATOR),  # snapshot exports
+        ("/v1/volumes/{volume}/exports", "POST", f"{v}/exports", {"snapshot": 999}, OPERATOR),
+        ("/v1/volumes/{volume}/exports", "POST", f"{v}/exports", {"snapshot": 1}, VIEWER),
+        ("/v1/exports", "GET", "/v1/exports", None, VIEWER),
+        ("/v1/exports", "GET", "/v1/exports", None, NO_TOKEN),
+        ("/v1/exports/{export_id}", "DELETE", "/v1/exports/{export}", None, OPERATOR),
+        ("/v1/exports/{export_id}", "DELETE", "/v1/exports/nope", None, OPERATOR),
         ("/v1/operations/{op_id}", "GET", "/v1/operations/{op}", None, VIEWER),
         ("/v1/operations/{op_id}", "GET", "/v1/operations/nope", None, VIEWER),
         ("/v1/operations/{op_id}", "DELETE", "/v1/operations/{op}", None, OPERATOR),  # cancelled, or ended
@@ -350,11 +357,14 @@ def test_live_answers_match_the_openapi_document(cluster: LocalCluster, tmp_path
     seen: set[tuple[str, str]] = set()
     statuses: dict[tuple[str, str], set[int]] = {}
     request_ids: list[str] = []
+    export_ids: list[str] = []
     for documented, method, path, body, token in cases:
         if "{op}" in path:
             path = path.replace("{op}", op_ids[0])
         if "{req}" in path:
             path = path.replace("{req}", request_ids[-1])
+        if "{export}" in path:  # the export opened by an earlier case
+            path = path.replace("{export}", export_ids[-1])
         operation = doc["paths"][documented][method.lower()]
         status, headers, answer = call(cluster, "site-a", method, path, body, token=token)
         responses = operation["responses"]
@@ -366,6 +376,8 @@ def test_live_answers_match_the_openapi_document(cluster: LocalCluster, tmp_path
         else:
             errors = sorted(validator.iter_errors(answer), key=str)
             assert not errors, (method, path, status, [e.message for e in errors[:3]])
+        if status == 200 and documented == "/v1/volumes/{volume}/exports":
+            export_ids.append(answer["export_id"])
         if status == 202 and "request" in answer:
             request_ids.append(answer["request"])
         elif status == 202:
