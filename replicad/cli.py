@@ -1424,7 +1424,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     exp = create_export(_admin_api(args), args.volume, args.seq, writable=args.writable)
     _print(args, exp, lambda e: console.print(
-        f"export {e['export_id']}: {e['volume']}#{e['seq']} ({e['size_bytes']} bytes, "
+        f"export {e['export_id']}: {e['volume']}#{e['seq']} ({e.get('verdict', '?')}, {e['size_bytes']} bytes, "
         f"{'writable: writes go to an overlay, never the snapshot' if e['writable'] else 'read-only'})\n"
         f"socket: {e['socket']}\nURI:    {e['uri']}\n"
         f"e.g.    nbdinfo '{e['uri']}'; qemu-img convert -f raw -O raw '{e['uri']}' copy.img\n"

@@ -193,7 +193,7 @@ SCHEMAS: dict[str, dict] = {
                        "uri": _STR, "name": _STR, "size_bytes": _INT, "block_size_bytes": _INT, "writable": _BOOL,
                        "auto_close": _BOOL, "connections": _INT, "bytes_read": _INT, "bytes_written": _INT,
                        "read_errors": _INT}, {"closed": _BOOL, "overlay": _STR, "overlay_blocks": _INT,
-                                              "created_at_ns": _INT}),
+                                              "created_at_ns": _INT, "verdict": {"enum": ["clean", "suspect"]}}),
     "Exports": _object({"exports": {"type": "array", "items": _ref("Export")}, "site_id": _STR}),
 }
 

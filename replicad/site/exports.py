@@ -72,6 +72,7 @@ class Export:
     bytes_written: int = 0
     read_errors: int = 0
     closer: asyncio.Task | None = None
+    verdict: str = "clean"
 
     @property
     def name(self) -> str:
@@ -81,13 +82,14 @@ class Export:
     def to_dict(self) -> dict:
         """The admin API's view: ``{export_id, volume, seq, epoch, root, socket, uri, name,
         size_bytes, block_size_bytes, writable, auto_close, created_at_ns, connections,
-        bytes_read, bytes_written, read_errors, overlay_blocks?}``."""
+        bytes_read, bytes_written, read_errors, verdict, overlay?, overlay_blocks?}`` (``verdict``: the
+        snapshot's, clean or suspect, when the export opened)."""
         out = {"export_id": self.export_id, "volume": self.volume, "seq": self.seq, "epoch": self.epoch,
                "root": self.root.hex(), "socket": str(self.socket), "uri": f"nbd+unix:///?socket={self.socket}",
                "name": self.name, "size_bytes": self.manifest.size_bytes, "block_size_bytes": self.manifest.block_size,
                "writable": self.writable, "auto_close": self.auto_close, "created_at_ns": self.created_at_ns,
                "connections": len(self.connections), "bytes_read": self.bytes_read,
-               "bytes_written": self.bytes_written, "read_errors": self.read_errors}
+               "bytes_written": self.bytes_written, "read_errors": self.read_errors, "verdict": self.verdict}
         if self.overlay is not None:
             out["overlay"] = str(self.overlay.root)
             out["overlay_blocks"] = self.overlay.blocks_written
@@ -165,7 +167,7 @@ class Exports:
         try:
             manifest = await self.pull.ensure_snapshot(volume, seq, vs)
             exp = Export(export_id, volume, seq, snap["epoch"], snap["root"], manifest, sock, writable, auto_close,
-                         time.time_ns(), SnapshotReader(self.store, manifest))
+                         time.time_ns(), SnapshotReader(self.store, manifest), verdict=snap.get("verdict", "clean"))
             await asyncio.to_thread(self._prepare, exp)
             try:
                 exp.server = await asyncio.start_unix_server(lambda r, w: self._connection(exp, r, w), path=str(sock))
@@ -179,8 +181,9 @@ class Exports:
         if auto_close:
             exp.closer = asyncio.create_task(self._close_if_unused(exp), name=f"export:{export_id}")
         self.metrics.export_opened(len(self._exports))
-        log.info("AUDIT export %s of %s#%d (epoch %d, root %s) open at %s: %s, %s%s", export_id, volume, seq,
-                 exp.epoch, exp.root.hex()[:16], self.site_id, sock, "writable (overlay)" if writable else "read-only",
+        log.info("AUDIT export %s of %s#%d (%s, epoch %d, root %s) open at %s: %s, %s%s", export_id, volume, seq,
+                 exp.verdict, exp.epoch, exp.root.hex()[:16], self.site_id, sock,
+                 "writable (overlay)" if writable else "read-only",
                  ", closes after its last connection" if auto_close else "")
         return exp.to_dict()
 

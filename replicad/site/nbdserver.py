@@ -79,6 +79,8 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
     except RemoteProtocolError as err:
         log.warning("NBD export %s: client broke the protocol (%s %s): connection dropped", backend.name, err,
                     err.evidence)
+    except Exception:  # noqa: BLE001 — our bug: this connection ends, the export and the daemon go on
+        log.exception("NBD export %s: connection failed", backend.name)
     finally:
         writer.close()
         try:
@@ -175,7 +177,7 @@ async def _serve(req: nbd.Request, payload: bytes, backend: Backend) -> tuple[in
     if req.kind == nbd.CMD_READ:
         try:
             data = await backend.read(req.offset, req.length)
-        except (IntegrityError, NotFoundError) as err:
+        except ReplicadError as err:  # a chunk that did not verify, is missing, or the overlay unreadable
             backend.on_read_error(req.offset, req.length, err)
             return nbd.EIO, b""
         backend.on_bytes(len(data), 0)
