@@ -72,7 +72,11 @@ stricter, :func:`stricter`):
   volume's own file-system superblock (:data:`FS_MAGICS`) destroyed;
 * blocks that held data and are now zero (a wipe), and a volume that shrank;
 * rewrites of *cold* blocks (unchanged since a snapshot at least ``cold_age_s`` old): the
-  signal of the ``encrypted`` mode (LUKS, BitLocker, TDE), where content says nothing.
+  signal of the ``encrypted`` mode (LUKS, BitLocker, TDE), where content says nothing;
+* ``ransom_note``: changed blocks (new small files included) in which at least
+  ``ransom_note_min`` of the policy's ``ransom_notes`` patterns match new text
+  (:func:`ransom_note_matches`, :data:`RANSOM_NOTES_DEFAULT`); one such block makes the
+  snapshot suspect in both modes.
 
 Per snapshot (:func:`judge_relative`): ``score = turned-random blocks / data blocks of the
 base``; suspect iff ``score > max(min_score, factor x baseline)``, or the cumulative excess
@@ -104,6 +108,7 @@ thresholds are this module's, measured on the unit tests' data and on the issue'
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -261,32 +266,82 @@ FS_MAGICS: tuple[tuple[str, int, bytes], ...] = (
 MBR boot signature; LUKS1/2 header)."""
 
 MODES = ("content", "encrypted")
+RANSOM_NOTES_DEFAULT: tuple[str, ...] = (
+    r"your (?:important )?(?:files|documents|data|photos|databases|network)\W+(?:\w+\W+){0,4}?(?:been |are |were )?"
+    r"(?:encrypted|locked|stolen)",
+    r"\b(?:bitcoin|btc|monero|xmr)\b",
+    r"(?<=[a-z2-7]{16})\.onion\b",
+    r"\bdecrypt\w*\W+(?:\w+\W+){0,8}?(?:key|tool|software|program|decryptor)\b",
+    r"\b(?:read_?me|how|restore|recover|help|decrypt)[_\-. ]?(?:to|my|your|_)?[_\-. ]?(?:decrypt|restore|recover|"
+    r"files|unlock)\w*\.(?:txt|html?|hta|rtf)\b",
+    r"\btor browser\b",
+    r"\b(?:pay|payment|ransom)\W+(?:\w+\W+){0,8}?(?:within|hours|days|deadline)\b",
+    r"\b(?:do not|don't) (?:try to )?(?:rename|modify|decrypt|delete|restore)\b",
+)
+"""Default ransom-note patterns (case-insensitive regular expressions over a changed block's
+bytes), written from the public descriptions of ransom notes (CISA/MS-ISAC #StopRansomware
+advisories, e.g. AA23-061A Royal, AA23-165A LockBit, AA23-353A ALPHV/BlackCat: "your files have
+been encrypted", payment in Bitcoin or Monero, a Tor ``.onion`` address (v2: 16, v3: 56 base32
+characters, Tor rend-spec), a decryption key or tool, a README/HOW_TO_DECRYPT file name, a
+deadline, "do not rename or modify the files"). A block counts as a ransom note when at least
+``ransom_note_min`` distinct patterns match text its previous version did not hold."""
 POLICY_DEFAULTS: dict = {
     "mode": "content", "min_score": 0.02, "factor": 4.0, "cumulative_max": 0.03, "window_s": 7 * 86400,
     "baseline_cap": 0.005, "magic_min": 4, "wipe_max": 0.3, "cold_max": 0.05, "cold_age_s": 7 * 86400,
-    "change_max": 0.5,
+    "change_max": 0.5, "ransom_notes": list(RANSOM_NOTES_DEFAULT), "ransom_note_min": 2,
 }
-"""The cluster's detection policy when Raft holds none (``state.volumes[v]["detection"]``)."""
+"""The cluster's detection policy when Raft holds none (``state.volumes[v]["detection"]``).
+``ransom_notes`` and ``ransom_note_min`` were added later: a policy recorded without them has
+the defaults (:func:`with_defaults`)."""
+OPTIONAL_POLICY_KEYS = ("ransom_notes", "ransom_note_min")
+RANSOM_NOTES_MAX = 32
+"""Most ransom-note patterns a policy may hold (each at most :data:`RANSOM_NOTE_CHARS_MAX`)."""
+RANSOM_NOTE_CHARS_MAX = 200
 LOWER_IS_STRICTER = ("min_score", "factor", "cumulative_max", "baseline_cap", "magic_min", "wipe_max", "cold_max",
-                     "cold_age_s", "change_max")
+                     "cold_age_s", "change_max", "ransom_note_min")
 HIGHER_IS_STRICTER = ("window_s",)
 POLICY_BOUNDS: dict[str, tuple[float, float]] = {
     "min_score": (0.0, 1.0), "factor": (1.0, 1000.0), "cumulative_max": (0.0, 1.0), "window_s": (0, 366 * 86400),
     "baseline_cap": (0.0, 1.0), "magic_min": (1, 10**9), "wipe_max": (0.0, 1.0), "cold_max": (0.0, 1.0),
-    "cold_age_s": (0, 366 * 86400), "change_max": (0.0, 1.0),
+    "cold_age_s": (0, 366 * 86400), "change_max": (0.0, 1.0), "ransom_note_min": (1, 16),
 }
 NOISE_FLOOR = 0.0005
 """A snapshot's excess over the baseline below this share of data is noise for naming where
 a drift began (:func:`judge_relative`)."""
 
 
+def with_defaults(policy: dict) -> dict:
+    """``policy`` with the :data:`OPTIONAL_POLICY_KEYS` it lacks taken from
+    :data:`POLICY_DEFAULTS` (a policy recorded before they existed). Pure."""
+    return {**{k: POLICY_DEFAULTS[k] for k in OPTIONAL_POLICY_KEYS}, **policy}
+
+
+def _ransom_note_problems(notes: object) -> list[str]:
+    if not isinstance(notes, list) or len(notes) > RANSOM_NOTES_MAX:
+        return [f"ransom_notes must be a list of at most {RANSOM_NOTES_MAX} regular expressions"]
+    out = []
+    for i, pattern in enumerate(notes):
+        if not isinstance(pattern, str) or not 0 < len(pattern) <= RANSOM_NOTE_CHARS_MAX:
+            out.append(f"ransom_notes[{i}] must be a string of 1-{RANSOM_NOTE_CHARS_MAX} characters")
+            continue
+        try:
+            re.compile(pattern.encode("utf-8", "surrogatepass"), re.IGNORECASE)
+        except (re.error, UnicodeEncodeError, OverflowError, RecursionError) as err:
+            out.append(f"ransom_notes[{i}] is not a regular expression: {err}")
+    return out
+
+
 def policy_problems(policy: object) -> list[str]:
     """Problems of a detection policy dict (unknown or missing keys, wrong types, out of
-    :data:`POLICY_BOUNDS`); empty when valid. Pure; used by the state machine and the API."""
+    :data:`POLICY_BOUNDS`, ``ransom_notes`` not a list of compilable regular expressions);
+    empty when valid. :data:`OPTIONAL_POLICY_KEYS` may be missing (:func:`with_defaults`).
+    Pure; used by the state machine and the API."""
     if not isinstance(policy, dict):
         return ["the detection policy must be a map"]
     out = [f"unknown key {k!r}" for k in policy if k not in POLICY_DEFAULTS]
-    out += [f"missing key {k!r}" for k in POLICY_DEFAULTS if k not in policy]
+    out += [f"missing key {k!r}" for k in POLICY_DEFAULTS if k not in policy and k not in OPTIONAL_POLICY_KEYS]
+    if "ransom_notes" in policy:
+        out += _ransom_note_problems(policy["ransom_notes"])
     if "mode" in policy and policy["mode"] not in MODES:
         out.append(f"mode must be one of {list(MODES)}")
     for key, (lo, hi) in POLICY_BOUNDS.items():
@@ -301,9 +356,13 @@ def policy_problems(policy: object) -> list[str]:
 
 def stricter(a: dict, b: dict) -> dict:
     """The per-key stricter of two policies: the lower of each threshold, the longer window;
-    ``mode`` of ``a`` (the cluster's: a site cannot switch a volume's mode locally). Used to
-    apply a site's local config, which may only tighten the cluster's policy."""
+    ``mode`` of ``a`` (the cluster's: a site cannot switch a volume's mode locally); the union
+    of the ransom-note patterns. Used to apply a site's local config, which may only tighten
+    the cluster's policy."""
+    a = with_defaults(a)
     out = dict(a)
+    if "ransom_notes" in b:
+        out["ransom_notes"] = list(a["ransom_notes"]) + [p for p in b["ransom_notes"] if p not in a["ransom_notes"]]
     for k in LOWER_IS_STRICTER:
         if k in b:
             out[k] = min(a[k], b[k])
@@ -316,8 +375,12 @@ def stricter(a: dict, b: dict) -> dict:
 def weakened_keys(old: dict, new: dict) -> list[str]:
     """Keys on which ``new`` detects less than ``old``: a higher threshold, a shorter window,
     or another mode (``encrypted`` drops the content signals; back to ``content`` changes what
-    scores mean). A change listing any needs approvals and cooling-off (``set_detection``)."""
+    scores mean), or a ransom-note pattern dropped. A change listing any needs approvals and
+    cooling-off (``set_detection``)."""
+    old, new = with_defaults(old), with_defaults(new)
     out = [k for k in LOWER_IS_STRICTER if new[k] > old[k]]
+    if set(old["ransom_notes"]) - set(new["ransom_notes"]):
+        out.append("ransom_notes")
     out += [k for k in HIGHER_IS_STRICTER if new[k] < old[k]]
     if new["mode"] != old["mode"]:
         out.append("mode")
@@ -755,6 +818,100 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
                         repeat_excess_after=excess, narrow_alphabet=len(narrow), alphabet_after=alphabet_min)
 
 
+_NOTE_CACHE: dict[tuple[str, ...], list] = {}
+
+
+def compile_notes(patterns: Sequence[str]) -> list:
+    """The compiled (bytes, case-insensitive) form of a policy's ``ransom_notes``, cached by
+    content. Raises ValueError on a pattern that does not compile (the policy was checked by
+    :func:`policy_problems` before Raft recorded it)."""
+    key = tuple(patterns)
+    if key not in _NOTE_CACHE:
+        if len(_NOTE_CACHE) > 16:
+            _NOTE_CACHE.clear()
+        try:
+            _NOTE_CACHE[key] = [re.compile(p.encode("utf-8", "surrogatepass"), re.IGNORECASE) for p in key]
+        except re.error as err:
+            raise ValueError(f"ransom-note pattern does not compile: {err}") from None
+    return _NOTE_CACHE[key]
+
+
+def ransom_note_matches(new: bytes | None, old: bytes | None, patterns: Sequence[str],
+                        minimum: int = 2) -> tuple[str, ...]:
+    """The ransom-note ``patterns`` (:data:`RANSOM_NOTES_DEFAULT`, the policy's ``ransom_notes``)
+    whose matches in the new version of a block are text its old version did not hold, if at
+    least ``minimum`` distinct ones do; else ``()``. A note written where there were zeros (a
+    new small file) counts like one written over old data; a block that already held the same
+    note (a security-awareness document edited nearby) does not.
+
+    Args:
+        new, old: the block's new and previous bytes (None: zeros or absent).
+        patterns: regular expressions (str), matched case-insensitively against the bytes.
+        minimum: distinct patterns that must match (``ransom_note_min``, >= 1).
+
+    Returns:
+        the matched patterns (a tuple of the policy's strings, in policy order)."""
+    if not new or len(patterns) < minimum:
+        return ()
+    spans = text_spans(new)
+    if not spans:
+        return ()
+    found = []
+    old_text = [old[a:b] for a, b in text_spans(old)] if old else []
+    for text, rx in zip(patterns, compile_notes(patterns)):
+        hits = {m.group(0).lower() for a, b in spans for m in rx.finditer(new, a, b)}
+        if not hits:
+            continue
+        for part in old_text:
+            hits -= {m.group(0).lower() for m in rx.finditer(part)}
+        if hits:
+            found.append(text)
+    return tuple(found) if len(found) >= max(1, minimum) else ()
+
+
+NOTE_TEXT_SHARE_MIN = 0.95
+"""A 4 KiB sub-block is searched for ransom notes only if at least this share of its non-zero
+bytes are printable ASCII or whitespace (notes are text; random, compressed and binary data
+measure ~0.37, database pages well below): the patterns cost ~6 ms per 64 KiB of text, ~0.05 ms
+for this test."""
+NOTE_TEXT_MIN = 64
+"""Fewest non-zero bytes of a sub-block that may hold a note (a short note in a new file's
+otherwise zero-filled last block counts)."""
+
+
+def text_spans(raw: bytes | None) -> list[tuple[int, int]]:
+    """``[(start, end), ...]`` byte ranges of ``raw`` made of consecutive 4 KiB sub-blocks that
+    hold text (:data:`NOTE_TEXT_SHARE_MIN` of their non-zero bytes printable, at least
+    :data:`NOTE_TEXT_MIN` of them). Empty for None or no text. Never raises."""
+    if not raw:
+        return []
+    subs = (len(raw) + SUB_BLOCK - 1) // SUB_BLOCK
+    if _np is not None:
+        a = _np.frombuffer(raw, dtype=_np.uint8)
+        sub = _sub_index(len(a), SUB_BLOCK)
+        printable = ((a >= 0x20) & (a < 0x7F)) | (a == 9) | (a == 10) | (a == 13)
+        nonzero = _np.bincount(sub, weights=(a != 0), minlength=subs)
+        good = _np.bincount(sub, weights=printable, minlength=subs)
+        ok = [bool(nz >= NOTE_TEXT_MIN and g >= NOTE_TEXT_SHARE_MIN * nz) for nz, g in zip(nonzero, good)]
+    else:  # pragma: no cover - only where numpy is absent
+        ok = []
+        for off in range(0, len(raw), SUB_BLOCK):
+            part = raw[off:off + SUB_BLOCK]
+            nz = len(part) - part.count(0)
+            g = sum(1 for x in part if 0x20 <= x < 0x7F or x in (9, 10, 13))
+            ok.append(nz >= NOTE_TEXT_MIN and g >= NOTE_TEXT_SHARE_MIN * nz)
+    spans: list[tuple[int, int]] = []
+    for i, good_sub in enumerate(ok):
+        if not good_sub:
+            continue
+        start, end = i * SUB_BLOCK, min(len(raw), (i + 1) * SUB_BLOCK)
+        if spans and spans[-1][1] == start:
+            spans[-1] = (spans[-1][0], end)
+        else:
+            spans.append((start, end))
+    return spans
+
+
 def fs_structure_destroyed(new: bytes | None, old: bytes | None) -> str | None:
     """Name of the file-system/partition structure (:data:`FS_MAGICS`) the first block of a
     volume held in ``old`` and no longer holds in ``new`` (wiped, encrypted or overwritten),
@@ -783,6 +940,8 @@ class SnapshotSignals:
         fs_destroyed: the volume's own file-system structure destroyed (name) or None.
         shrunk_bytes: how much smaller the volume is than its base (0 if not).
         evidence: up to :data:`EVIDENCE_MAX` ``(block index, finding)`` of turned-random blocks.
+        ransom_notes: changed blocks that read like a ransom note (:func:`ransom_note_matches`).
+        ransom_note_evidence: up to :data:`EVIDENCE_MAX` ``(block index, patterns matched)``.
     """
 
     data_blocks: int
@@ -795,11 +954,20 @@ class SnapshotSignals:
     fs_destroyed: str | None = None
     shrunk_bytes: int = 0
     evidence: list = None  # type: ignore[assignment]
+    ransom_notes: int = 0
+    ransom_note_evidence: list = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         self.data_blocks = max(1, int(self.data_blocks))
         self.magic_destroyed = dict(self.magic_destroyed or {})
         self.evidence = list(self.evidence or [])
+        self.ransom_note_evidence = list(self.ransom_note_evidence or [])
+
+    def add_note(self, index: int, patterns: Sequence[str]) -> None:
+        """Count one changed block that reads like a ransom note (``patterns``: those matched)."""
+        self.ransom_notes += 1
+        if len(self.ransom_note_evidence) < EVIDENCE_MAX:
+            self.ransom_note_evidence.append((index, tuple(patterns)))
 
     def add(self, index: int, finding: BlockFinding, cold: bool = False) -> None:
         """Count one changed block (``cold``: its previous version was cold, see the class)."""
@@ -826,7 +994,8 @@ class SnapshotSignals:
         return {"data_blocks": self.data_blocks, "changed_blocks": self.changed_blocks,
                 "turned_random": self.turned_random, "fresh_random": self.fresh_random, "wiped": self.wiped,
                 "cold_rewritten": self.cold_rewritten, "magic_destroyed": dict(self.magic_destroyed),
-                "fs_destroyed": self.fs_destroyed, "shrunk_bytes": self.shrunk_bytes, "score": self.score}
+                "fs_destroyed": self.fs_destroyed, "shrunk_bytes": self.shrunk_bytes, "score": self.score,
+                "ransom_note": self.ransom_notes}
 
 
 EVIDENCE_MAX = 64
@@ -904,6 +1073,10 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple[in
                        f"wipe_max {float(policy['wipe_max']):.1%}")
     if signals.shrunk_bytes > 0:
         reasons.append(f"the volume shrank by {signals.shrunk_bytes} bytes")
+    if signals.ransom_notes > 0:
+        where = ", ".join(f"#{i}" for i, _ in signals.ransom_note_evidence[:4])
+        reasons.append(f"ransom_note: {signals.ransom_notes} changed block(s) read like a ransom note (blocks "
+                       f"{where}{', ...' if signals.ransom_notes > 4 else ''})")
     if not reasons:
         return RelativeVerdict(VERDICT_CLEAN, score, baseline, cumulative, None, ())
     if first is None:  # the restore point is the snapshot before the drift began, if one did

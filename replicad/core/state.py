@@ -1193,7 +1193,7 @@ def _op_mark_verdict(state: dict, cmd: dict) -> tuple[dict, dict]:
 def detection_policy(vol: dict) -> dict:
     """The volume's detection policy: what ``set_detection`` recorded, else
     :data:`replicad.core.anomaly.POLICY_DEFAULTS`."""
-    return dict(vol.get("detection") or anomaly.POLICY_DEFAULTS)
+    return anomaly.with_defaults(dict(vol.get("detection") or anomaly.POLICY_DEFAULTS))
 
 
 def _op_set_detection(state: dict, cmd: dict) -> tuple[dict, dict]:
@@ -1203,7 +1203,7 @@ def _op_set_detection(state: dict, cmd: dict) -> tuple[dict, dict]:
     if problems:
         raise _Refusal("bad_request", f"detection policy: {'; '.join(problems)}", field="policy", problems=problems)
     _data_site(state, cmd["by"], "detection policy proposer")
-    policy = {k: policy[k] for k in anomaly.POLICY_DEFAULTS}
+    policy = {k: anomaly.with_defaults(policy)[k] for k in anomaly.POLICY_DEFAULTS}
     weakened = anomaly.weakened_keys(detection_policy(vol), policy)
     if weakened:
         _needs_approval(cmd, f"weakening detection ({', '.join(weakened)})", volume=name, weakened=weakened)

@@ -148,15 +148,17 @@ class Detection:
             reasons = ["first snapshot of the volume: clean by definition (it is the data later ones are judged "
                        "against)"]
             evidence_blocks: list[dict] = []
+            notes: list[dict] = []
         else:
             base = await self.fetch(volume, base_seq, vs)
             # the cold reference is a store lookup and a manifest load: in the worker thread too
             signals = await asyncio.to_thread(
-                lambda: self._signals(m, base, self._cold_reference(vs, seq, policy)))
+                lambda: self._signals(m, base, self._cold_reference(vs, seq, policy), policy))
             window, confirmed = self._history(volume, seq, vs, policy)
             verdict = anomaly.judge_relative(seq, signals, window, confirmed, policy)
             reasons = list(verdict.reasons)
             evidence_blocks = [_block_doc(i, f) for i, f in signals.evidence]
+            notes = [{"index": i, "patterns": list(p)} for i, p in signals.ransom_note_evidence]
         cpu_s = time.process_time() - t0
         own = verdict.verdict
         reason = "; ".join(reasons)[:400] if own == "suspect" else ""
@@ -164,7 +166,8 @@ class Detection:
                "verdict": own, "score": verdict.score, "baseline": verdict.baseline,
                "cumulative": verdict.cumulative, "first_suspect_seq": verdict.first_suspect_seq,
                "restore_seq": self._restore_point(vs, verdict.first_suspect_seq),
-               "reasons": reasons, "signals": signals.summary(), "blocks": evidence_blocks, "policy": policy,
+               "reasons": reasons, "signals": signals.summary(), "blocks": evidence_blocks,
+               "ransom_notes": notes, "policy": policy,
                "cpu_s": cpu_s, "judged_at_ns": time.time_ns()}
         await asyncio.to_thread(self._write, volume, seq, doc)
         self._own[(volume, seq, snap["root"])] = own
@@ -231,8 +234,12 @@ class Detection:
                     return None
         return None
 
-    def _signals(self, m: Manifest, base: Manifest, ref: Manifest | None) -> anomaly.SnapshotSignals:
-        """The relative signals of ``m`` against ``base`` (worker thread; verified reads)."""
+    def _signals(self, m: Manifest, base: Manifest, ref: Manifest | None,
+                 policy: dict | None = None) -> anomaly.SnapshotSignals:
+        """The relative signals of ``m`` against ``base`` (worker thread; verified reads), with
+        the ransom-note patterns of ``policy`` (default: :data:`anomaly.POLICY_DEFAULTS`)."""
+        policy = anomaly.with_defaults(policy or anomaly.POLICY_DEFAULTS)
+        notes, note_min = list(policy["ransom_notes"]), int(policy["ransom_note_min"])
         data_blocks = _nonzero_blocks(base, self.store.get)
         signals = anomaly.SnapshotSignals(data_blocks=data_blocks)
         signals.shrunk_bytes = max(0, base.size_bytes - m.size_bytes)
@@ -253,6 +260,9 @@ class Detection:
             finding = anomaly.compare_block(new, old, r_new, r_old)
             cold = old_d is not None and old_d != ZERO_DIGEST and ref_digest(index) == old_d
             signals.add(index, finding, cold)
+            matched = anomaly.ransom_note_matches(new, old, notes, note_min)
+            if matched:
+                signals.add_note(index, matched)
             if index == 0:
                 signals.fs_destroyed = anomaly.fs_structure_destroyed(new, old)
         return signals
