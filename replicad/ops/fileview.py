@@ -252,7 +252,9 @@ def _mount(api: Api, volume: str, seq: int, mountpoint: Path, state: Path) -> Mo
 
 
 def _check_mountpoint(mountpoint: Path) -> Path:
-    mountpoint = mountpoint.absolute()
+    """``mountpoint`` resolved, if it is an existing empty directory nothing is mounted on.
+    Raises UsageError otherwise."""
+    mountpoint = mountpoint.resolve()
     if not mountpoint.is_dir():
         raise UsageError(f"{mountpoint} is not a directory (create it first)", path=str(mountpoint))
     if os.path.ismount(mountpoint):
@@ -276,8 +278,11 @@ def mount(api: Api, volume: str, seq: int, mountpoint: Path) -> dict:
     if (state / "mount.json").exists():
         raise UsageError(f"a snapshot mount is recorded at {mountpoint}: replicad umount {mountpoint} first",
                          path=str(mountpoint))
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    rec = _mount(api, volume, seq, mountpoint, state)
+    try:
+        rec = _mount(api, volume, seq, mountpoint, state)
+    except BaseException:
+        shutil.rmtree(state, ignore_errors=True)  # nothing of the chain is left (_mount undid it)
+        raise
     (state / "mount.json").write_text(json.dumps(asdict(rec)))
     return asdict(rec)
 
@@ -286,7 +291,7 @@ def umount(mountpoint: Path) -> dict:
     """Undo a :func:`mount` at ``mountpoint``: unmount, detach the loop device, stop nbdfuse
     (then the export closes itself). Returns ``{mountpoint, volume, seq, export_id}``.
     Raises NotFoundError (no mount recorded there), ToolError (a step failed: run it again)."""
-    mountpoint = mountpoint.absolute()
+    mountpoint = mountpoint.resolve()
     path = _record_dir(mountpoint) / "mount.json"
     try:
         rec = MountRecord(**json.loads(path.read_text()))
@@ -309,7 +314,11 @@ def temporary_mount(api: Api, volume: str, seq: int) -> Iterator[Path]:
     state = Path(tempfile.mkdtemp(prefix=f"replicad-{volume}-{seq}-"))
     mountpoint = state / "root"
     mountpoint.mkdir()
-    rec = _mount(api, volume, seq, mountpoint, state / "chain")
+    try:
+        rec = _mount(api, volume, seq, mountpoint, state / "chain")
+    except BaseException:
+        shutil.rmtree(state, ignore_errors=True)  # _mount undid its chain
+        raise
     try:
         with _terminate_as_interrupt():
             yield mountpoint
