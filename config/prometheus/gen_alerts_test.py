@@ -269,6 +269,13 @@ case("reflink source tracking lost for 15m, and a verifier mismatch",
        [exp("ReplicadSourceVerifyMismatch", {"site": "site-a", "volume": "ehr"})]),
       ("70m", "ReplicadSourceVerifyMismatch", [])])
 
+case("export read error: a snapshot export answered EIO for a chunk failing its digest (issue 16)",
+     [('replicad_export_read_errors_total{site="site-b", volume="ehr"}', "0 0 0 1x70"),
+      ('replicad_export_read_errors_total{site="site-c", volume="ehr"}', "0x73")],
+     [("2m", "ReplicadExportReadError", []),
+      ("3m", "ReplicadExportReadError", [exp("ReplicadExportReadError", {"site": "site-b", "volume": "ehr"})]),
+      ("70m", "ReplicadExportReadError", [])])
+
 # issue 16: drill evidence. promtool's time() starts at 0: a drill 34.95 days before the start is
 # -3020000; it is 35 days old (3024000 s) at about 67m, and the alert fires an hour later.
 case("drills stop: the newest passed drill at any site older than 35 days; a new drill clears it",
