@@ -50,10 +50,13 @@ class Backend:
 
     @property
     def writable(self) -> bool:
+        """True when the export takes writes (its overlay)."""
         return self.write is not None
 
     @property
     def transmission_flags(self) -> int:
+        """The NBD transmission flags announced for this export (read-only, or FUA/TRIM/WRITE_ZEROES;
+        FLUSH and CAN_MULTI_CONN always)."""
         flags = nbd.TFLAG_HAS_FLAGS | nbd.TFLAG_SEND_FLUSH | nbd.TFLAG_CAN_MULTI_CONN
         if self.writable:
             flags |= nbd.TFLAG_SEND_FUA | nbd.TFLAG_SEND_TRIM | nbd.TFLAG_SEND_WRITE_ZEROES
