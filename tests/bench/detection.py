@@ -1,0 +1,641 @@
+"""The labelled detection benchmark (issue 14): real ext4 volumes, real workloads, real attacks,
+judged by replicad's own detection code on real snapshots. Outside CI; run as root::
+
+    python -m tests.bench.detection                      # both corpora, 2 seeds, the cluster rows
+    python -m tests.bench.detection --seeds 1 --quick    # smaller volumes, ~5 min
+    python -m tests.bench.detection --out /tmp/detection.md --no-cluster
+
+Corpora, each an ext4 file system on a loop-mounted image file (``mkfs.ext4``, ``mount -o loop``):
+
+* **postgres**: a PostgreSQL 15 cluster (``initdb`` as the ``postgres`` user, unix socket only,
+  ``max_wal_size`` 64 MB) filled by ``pgbench -i -s SCALE`` and run with ``pgbench -T``.
+  PostgreSQL is stopped (``pg_ctl stop -m fast``) and the file system unmounted before every
+  snapshot, so each snapshot is a consistent image.
+* **fileshare**: letters (text), a SQLite lab database, PNG images (zlib-compressed noisy
+  scans; Pillow is not needed), gz and zip archives, application logs.
+
+Operations, each from the same clean base image (a sparse copy) and snapshotted on top of the
+base's snapshot:
+
+* benign: ``pgbench`` run, ``VACUUM FULL``, ``pgbench -i`` (re-initialisation), ``e4defrag``;
+  editing letters, log rotation with gzip, importing PNG images, importing a zip, copying a
+  ``.tar.gz``, SQLite updates + ``VACUUM``;
+* attacks (PostgreSQL stopped first, as ransomware stops database services): every data file
+  encrypted in place with AES-256-CTR (``cryptography``) — **full**; **intermittent** (every
+  other 16 bytes); **header-only** (the first 4 KiB of each 64 KiB); **octal** and **base64**
+  (the ciphertext written as octal digits / MIME base64, truncated to the file's size);
+  **ransom note** only (a note file in every directory, nothing encrypted); **copy-encrypt-
+  delete** (ciphertext written to new files, originals unlinked: the new blocks land in free
+  space); **slow** (1 % of the data bytes encrypted per cycle, one snapshot per cycle, each
+  judged against the newest snapshot judged clean, with the slow window, up to ``--slow-cycles``).
+
+Judging: the snapshot is taken by :func:`replicad.sources.file.take_snapshot` into a real
+:class:`~replicad.storage.chunkstore.ChunkStore`; its signals against its base come from
+:meth:`replicad.site.detection.Detection._signals` (the daemon's function: changed blocks from
+the manifests, every chunk read verified, :func:`~replicad.core.anomaly.compare_block`, ransom
+notes) and the verdict from :func:`replicad.core.anomaly.judge_relative` with the default
+policy, as every data site does. The **cluster** rows run a real 3-site
+:class:`~replicad.lab.localcluster.LocalCluster` on the fileshare image: site-a's daemon
+snapshots and ships, and the verdict is site-b's own opinion recorded in Raft.
+
+Output: a markdown table (confusion matrix per operation: runs, true/false positives and
+negatives, score, changed blocks, the reason) on stdout and in ``--out``
+(default ``tests/bench/results/detection.md``). Everything it mounts, attaches or starts it
+unmounts, detaches or stops (by path and PID) in ``finally`` blocks; every command is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import gzip
+import io
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import types
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from replicad.core import anomaly
+from replicad.core.manifest import Manifest
+from replicad.site.detection import Detection
+from replicad.sources.file import take_snapshot
+from replicad.storage.chunkstore import ChunkStore
+
+CMD_TIMEOUT_S = 600
+PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None) if Path("/usr/lib/postgresql").exists() \
+    else None
+WORDS = ("patient", "ward", "dose", "blood", "pressure", "admission", "discharge", "the", "and", "of", "nurse",
+         "allergy", "report", "result", "normal", "daily", "mg", "referral", "letter", "doctor", "clinic", "follow-up")
+NOTE = (b"!!! YOUR FILES HAVE BEEN ENCRYPTED !!!\n\nAll your documents, databases and backups are encrypted. To "
+        b"decrypt them you need our private key and decryption tool.\nPay 1.5 BTC to the Bitcoin wallet below within "
+        b"72 hours. Contact: http://ransomxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx.onion (Tor "
+        b"Browser).\nDo not rename the files.\n")
+
+
+def run(argv: list[str], *, user: str | None = None, env: dict | None = None, check: bool = True,
+        timeout_s: float = CMD_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """Run ``argv`` (as ``user`` through runuser), bounded; raise with its stderr on failure."""
+    if user:
+        argv = ["runuser", "-u", user, "--", *argv]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({res.returncode}): {res.stderr.strip()[-800:]}")
+    return res
+
+
+# --------------------------------------------------------------------------------- volumes
+@contextlib.contextmanager
+def mounted(image: Path, mnt: Path) -> Iterator[Path]:
+    """Mount ``image`` (ext4) on ``mnt`` through a loop device of its own (autoclear: detached
+    by the unmount); unmount by path on exit."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    run(["mount", "-o", "loop", str(image), str(mnt)])
+    try:
+        yield mnt
+    finally:
+        os.sync()
+        run(["umount", str(mnt)], check=False)
+        if os.path.ismount(mnt):
+            run(["umount", "-l", str(mnt)], check=False)
+
+
+def make_ext4(image: Path, size_mib: int) -> None:
+    with open(image, "wb") as f:
+        f.truncate(size_mib * 2**20)
+    run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(image)])
+
+
+def copy_image(src: Path, dst: Path) -> None:
+    run(["cp", "--sparse=always", str(src), str(dst)])
+
+
+# --------------------------------------------------------------------------------- postgres
+class Postgres:
+    """A PostgreSQL cluster in ``mnt/pg`` owned by ``postgres``, listening on a unix socket in
+    a private directory only; :meth:`stop` by ``pg_ctl``, then by the postmaster's PID."""
+
+    def __init__(self, mnt: Path, sockdir: Path) -> None:
+        self.data = mnt / "pg"
+        self.sockdir = sockdir
+        self.port = 5400 + os.getpid() % 500
+
+    def init(self) -> None:
+        self.data.mkdir()
+        shutil.chown(self.data, "postgres", "postgres")
+        run([str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"],
+            user="postgres")
+        with open(self.data / "postgresql.conf", "a") as f:
+            f.write(f"listen_addresses = ''\nunix_socket_directories = '{self.sockdir}'\nport = {self.port}\n"
+                    "max_wal_size = 64MB\nmin_wal_size = 32MB\nshared_buffers = 64MB\nfsync = on\n")
+
+    def start(self) -> None:
+        run([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.sockdir / "pg.log"), "-w", "-t", "120",
+             "start"], user="postgres")
+
+    def stop(self) -> None:
+        res = run([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "120", "stop"],
+                  user="postgres", check=False)
+        pidfile = self.data / "postmaster.pid"
+        if res.returncode != 0 and pidfile.exists():
+            with contextlib.suppress(ValueError, OSError):
+                os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
+
+    def sql(self, statement: str) -> None:
+        run([str(PG_BIN / "psql"), "-h", str(self.sockdir), "-p", str(self.port), "-U", "postgres", "-q", "-v",
+             "ON_ERROR_STOP=1", "-c", statement], user="postgres")
+
+    def pgbench(self, *args: str) -> None:
+        run([str(PG_BIN / "pgbench"), "-h", str(self.sockdir), "-p", str(self.port), "-U", "postgres", *args,
+             "postgres"], user="postgres")
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator["Postgres"]:
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+
+
+# --------------------------------------------------------------------------------- content
+def letter(r: random.Random, n_words: int) -> str:
+    lines, line = [], []
+    for _ in range(n_words):
+        line.append(r.choice(WORDS) if r.random() < 0.8 else str(r.randint(0, 9999)))
+        if len(line) > 11:
+            lines.append(" ".join(line))
+            line = []
+    return "Dear colleague,\n\n" + "\n".join(lines) + "\n\nKind regards,\nDr. " + r.choice(WORDS).title() + "\n"
+
+
+def png(r: random.Random, w: int, h: int) -> bytes:
+    """A real PNG (8-bit grey, zlib-compressed IDAT) of a noisy scan-like picture."""
+    rows = bytearray()
+    for y in range(h):
+        rows.append(0)
+        base = (y * 255) // h
+        rows += bytes((base + r.randint(-60, 60)) & 0xFF for _ in range(w))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(bytes(rows), 6)) + chunk(b"IEND", b""))
+
+
+def log_text(r: random.Random, n: int) -> str:
+    return "".join(f"2026-12-0{r.randint(1, 6)}T{r.randint(0, 23):02}:{r.randint(0, 59):02}:{r.randint(0, 59):02}Z "
+                   f"ward{r.randint(1, 9)} pump{r.randint(1, 40)} rate={r.randint(1, 500)}ml/h "
+                   f"{r.choice(('ok', 'ok', 'ok', 'occlusion', 'battery low'))}\n" for _ in range(n))
+
+
+def build_fileshare(mnt: Path, scale: float, r: random.Random) -> None:
+    letters = mnt / "letters"
+    letters.mkdir()
+    for i in range(int(1500 * scale)):
+        (letters / f"letter_{i:05}.txt").write_text(letter(r, r.randint(300, 3000)))
+    db = sqlite3.connect(mnt / "lab.sqlite")
+    db.execute("create table results (id integer primary key, patient text, test text, value real, unit text)")
+    db.executemany("insert into results values (?, ?, ?, ?, ?)",
+                   [(i, f"P{r.randint(0, 99999):05}", r.choice(("Na", "K", "Hb", "CRP", "Gluc")),
+                     round(r.uniform(0, 200), 2), "mmol/L") for i in range(int(120000 * scale))])
+    db.commit()
+    db.close()
+    images = mnt / "images"
+    images.mkdir()
+    for i in range(int(60 * scale)):
+        (images / f"scan_{i:04}.png").write_bytes(png(r, 512, 512))
+    arch = mnt / "archive"
+    arch.mkdir()
+    (arch / "letters_2025.tar.gz").write_bytes(gzip.compress(
+        "".join(letter(r, 800) for _ in range(int(600 * scale))).encode()))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(int(100 * scale)):
+            z.writestr(f"report_{i}.txt", letter(r, 1500))
+    (arch / "reports.zip").write_bytes(buf.getvalue())
+    logs = mnt / "logs"
+    logs.mkdir()
+    (logs / "pumps.log").write_text(log_text(r, int(200000 * scale)))
+
+
+def data_files(root: Path, under: str = "") -> list[Path]:
+    base = root / under if under else root
+    out = [p for p in sorted(base.rglob("*")) if p.is_file() and not p.is_symlink() and p.stat().st_size > 0
+           and "lost+found" not in p.parts]
+    return out
+
+
+# --------------------------------------------------------------------------------- attacks
+def aes(data: bytes, r: random.Random) -> bytes:
+    """AES-256-CTR of ``data`` under a random key and nonce (the ciphertext an attacker writes)."""
+    enc = Cipher(algorithms.AES(r.randbytes(32)), modes.CTR(r.randbytes(16))).encryptor()
+    return enc.update(data) + enc.finalize()
+
+
+def octal_of(c: bytes, n: int) -> bytes:
+    a = np.frombuffer(c[:n // 3 + 1], dtype=np.uint8)
+    digits = np.stack([(a >> 6) & 7, (a >> 3) & 7, a & 7], axis=1).ravel().astype(np.uint8) + 48
+    return digits.tobytes()[:n]
+
+
+def transform(data: bytes, how: str, r: random.Random) -> bytes:
+    c = aes(data, r)
+    if how == "full":
+        return c
+    if how == "intermittent":
+        a = np.frombuffer(data, dtype=np.uint8).copy()
+        b = np.frombuffer(c, dtype=np.uint8)
+        idx = (np.arange(len(a)) // 16) % 2 == 0
+        a[idx] = b[idx]
+        return a.tobytes()
+    if how == "header":
+        out = bytearray(data)
+        for off in range(0, len(out), 65536):
+            out[off:off + 4096] = c[off:off + 4096]
+        return bytes(out)
+    if how == "octal":
+        return octal_of(c, len(data))
+    if how == "base64":
+        return base64.encodebytes(c)[:len(data)]
+    raise ValueError(how)
+
+
+def encrypt_in_place(files: list[Path], how: str, r: random.Random) -> int:
+    total = 0
+    for p in files:
+        data = p.read_bytes()
+        with open(p, "r+b") as f:
+            f.write(transform(data, how, r))
+            f.flush()
+            os.fsync(f.fileno())
+        total += len(data)
+    return total
+
+
+def copy_encrypt_delete(files: list[Path], r: random.Random) -> None:
+    for p in files:
+        data = p.read_bytes()
+        out = p.with_name(p.name + ".locked")
+        out.write_bytes(aes(data, r))
+        p.unlink()
+
+
+def drop_notes(root: Path) -> None:
+    dirs = {p.parent for p in data_files(root)} | {root}
+    for d in dirs:
+        (d / "README_TO_DECRYPT.txt").write_bytes(NOTE)
+
+
+# --------------------------------------------------------------------------------- judging
+@dataclass
+class Judged:
+    verdict: str
+    score: float
+    changed: int
+    turned_random: int
+    reason: str
+    cpu_s: float
+
+
+class Judge:
+    """Snapshots into one real chunk store and the daemon's signal and verdict functions."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.store = ChunkStore(workdir / "store")
+        cluster = types.SimpleNamespace(site_id="bench")  # _signals never proposes
+        self.det = Detection(cluster, self.store, None, workdir, lambda v: {}, None)  # type: ignore[arg-type]
+        self.policy = anomaly.with_defaults(dict(anomaly.POLICY_DEFAULTS))
+
+    def snapshot(self, image: Path, seq: int, parent: Manifest | None) -> Manifest:
+        res = asyncio.run(take_snapshot(image, volume="bench", seq=seq, epoch=1, parent=parent, store=self.store,
+                                        now_ns=time.time_ns(), allow_shrink=True))
+        return res.manifest
+
+    def judge(self, seq: int, m: Manifest, base: Manifest, window: list[tuple[int, float]]) -> Judged:
+        t0 = time.process_time()
+        signals = self.det._signals(m, base, None, self.policy)
+        v = anomaly.judge_relative(seq, signals, window, [], self.policy)
+        return Judged(v.verdict, v.score, signals.changed_blocks, signals.turned_random,
+                      "; ".join(v.reasons)[:110], time.process_time() - t0)
+
+
+@dataclass
+class Row:
+    corpus: str
+    op: str
+    attack: bool
+    runs: list[Judged] = field(default_factory=list)
+    cycles: list[int | None] = field(default_factory=list)  # slow attacks: cycle of detection
+    share_at_detection: list[float] = field(default_factory=list)
+    via: str = "in-process"
+
+
+# --------------------------------------------------------------------------------- corpora
+def pg_ops(pg_scale: int) -> dict[str, tuple[bool, Callable[[Path, random.Random], None]]]:
+    def with_pg(fn: Callable[[Postgres], None]) -> Callable[[Path, random.Random], None]:
+        def op(mnt: Path, r: random.Random) -> None:
+            pg = Postgres(mnt, SOCK)
+            with pg.running():
+                fn(pg)
+        return op
+
+    def attack(how: str) -> Callable[[Path, random.Random], None]:
+        return lambda mnt, r: encrypt_in_place(data_files(mnt / "pg", "base"), how, r)
+
+    return {
+        "pgbench -T 8 (workload)": (False, with_pg(lambda pg: pg.pgbench("-T", "8", "-c", "2"))),
+        "VACUUM FULL": (False, with_pg(lambda pg: pg.sql("VACUUM FULL"))),
+        "pgbench -i (re-initialise)": (False, with_pg(lambda pg: pg.pgbench("-i", "-s", str(pg_scale), "-q"))),
+        "e4defrag": (False, lambda mnt, r: run(["e4defrag", str(mnt)], check=False) and None),
+        "attack: full": (True, attack("full")),
+        "attack: intermittent 16/32": (True, attack("intermittent")),
+        "attack: header-only 4K/64K": (True, attack("header")),
+        "attack: octal-encoded": (True, attack("octal")),
+        "attack: base64-encoded": (True, attack("base64")),
+        "attack: ransom note only": (True, lambda mnt, r: drop_notes(mnt / "pg")),
+        "attack: copy-encrypt-delete": (True, lambda mnt, r: copy_encrypt_delete(data_files(mnt / "pg", "base"), r)),
+    }
+
+
+def fs_ops(scale: float) -> dict[str, tuple[bool, Callable[[Path, random.Random], None]]]:
+    def edit_letters(mnt: Path, r: random.Random) -> None:
+        for p in r.sample(data_files(mnt, "letters"), 60):
+            p.write_text(letter(r, r.randint(300, 3000)))
+
+    def rotate_logs(mnt: Path, r: random.Random) -> None:
+        log = mnt / "logs" / "pumps.log"
+        (mnt / "logs" / "pumps.log.1.gz").write_bytes(gzip.compress(log.read_bytes()))
+        log.write_text(log_text(r, 2000))
+
+    def import_images(mnt: Path, r: random.Random) -> None:
+        d = mnt / "images" / "import"
+        d.mkdir()
+        for i in range(int(40 * scale) + 5):
+            (d / f"new_{i:04}.png").write_bytes(png(r, 512, 512))
+
+    def import_zip(mnt: Path, r: random.Random) -> None:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            for i in range(int(120 * scale) + 10):
+                z.writestr(f"scan_{i}.png", png(r, 256, 256))
+                z.writestr(f"note_{i}.txt", letter(r, 800))
+        (mnt / "archive" / "import.zip").write_bytes(buf.getvalue())
+
+    def copy_targz(mnt: Path, r: random.Random) -> None:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as t:
+            for p in data_files(mnt, "letters")[: int(800 * scale) + 50]:
+                t.add(p, arcname=p.name)
+        (mnt / "archive" / "backup_copy.tar.gz").write_bytes(buf.getvalue())
+
+    def sqlite_updates(mnt: Path, r: random.Random) -> None:
+        db = sqlite3.connect(mnt / "lab.sqlite")
+        db.execute("update results set value = value * 1.01 where id % 7 = 0")
+        db.execute("delete from results where id % 13 = 0")
+        db.commit()
+        db.execute("vacuum")
+        db.close()
+
+    def attack(how: str) -> Callable[[Path, random.Random], None]:
+        return lambda mnt, r: encrypt_in_place(data_files(mnt), how, r)
+
+    return {
+        "edit 60 letters": (False, edit_letters),
+        "log rotation with gzip": (False, rotate_logs),
+        "import PNG images": (False, import_images),
+        "import a zip": (False, import_zip),
+        "copy a .tar.gz": (False, copy_targz),
+        "SQLite updates + VACUUM": (False, sqlite_updates),
+        "e4defrag": (False, lambda mnt, r: run(["e4defrag", str(mnt)], check=False) and None),
+        "attack: full": (True, attack("full")),
+        "attack: intermittent 16/32": (True, attack("intermittent")),
+        "attack: header-only 4K/64K": (True, attack("header")),
+        "attack: octal-encoded": (True, attack("octal")),
+        "attack: base64-encoded": (True, attack("base64")),
+        "attack: ransom note only": (True, lambda mnt, r: drop_notes(mnt)),
+        "attack: copy-encrypt-delete": (True, lambda mnt, r: copy_encrypt_delete(data_files(mnt), r)),
+    }
+
+
+SOCK = Path(tempfile.gettempdir())  # replaced in main by a private directory
+
+
+def bench_corpus(name: str, base_img: Path, ops: dict, seeds: int, judge: Judge, work: Path,
+                 slow_under: str, slow_cycles: int) -> list[Row]:
+    base_m = judge.snapshot(base_img, 1, None)
+    rows = []
+    img = work / f"{name}.work.img"
+    mnt = work / f"{name}.mnt"
+    for op, (is_attack, fn) in ops.items():
+        row = Row(name, op, is_attack)
+        for seed in range(seeds):
+            copy_image(base_img, img)
+            with mounted(img, mnt):
+                fn(mnt, random.Random(1000 * seed + zlib.crc32(op.encode()) % 1000))
+            m = judge.snapshot(img, 2, base_m)
+            row.runs.append(judge.judge(2, m, base_m, []))
+            print(f"  {name:10} {op:32} seed {seed}: {row.runs[-1].verdict:8} score {row.runs[-1].score:.4f} "
+                  f"changed {row.runs[-1].changed}", flush=True)
+        rows.append(row)
+    # slow: 1 % of the data bytes per cycle, judged against the newest snapshot judged clean
+    row = Row(name, "attack: slow, 1 % of the data per cycle", True)
+    for seed in range(seeds):
+        copy_image(base_img, img)
+        r = random.Random(77 + seed)
+        clean_m, seq, window, done, detected = base_m, 1, [], 0, None
+        with mounted(img, mnt):
+            files = data_files(mnt / slow_under if slow_under else mnt)
+            total = sum(p.stat().st_size for p in files)
+        step = max(1, total // 100)
+        for cycle in range(1, slow_cycles + 1):
+            with mounted(img, mnt):
+                files = data_files(mnt / slow_under if slow_under else mnt)
+                random.Random(seed).shuffle(files)  # the attacker's order: the same permutation each cycle
+                budget = step
+                for p in files:  # continue where the last cycle stopped: bytes [done, done + step)
+                    size = p.stat().st_size
+                    if done >= size:
+                        done -= size
+                        continue
+                    take = min(size - done, budget)
+                    with open(p, "r+b") as f:
+                        f.seek(done)
+                        plain = f.read(take)
+                        f.seek(done)
+                        f.write(aes(plain, r))
+                        f.flush()
+                        os.fsync(f.fileno())
+                    budget -= take
+                    done = 0
+                    if budget <= 0:
+                        break
+                done = cycle * step
+            seq += 1
+            m = judge.snapshot(img, seq, clean_m)
+            j = judge.judge(seq, m, clean_m, window)
+            print(f"  {name:10} slow seed {seed} cycle {cycle}: {j.verdict} score {j.score:.4f} "
+                  f"cumulative reason {j.reason[:60]}", flush=True)
+            if j.verdict == "suspect":
+                detected = cycle
+                row.runs.append(j)
+                break
+            window.append((seq, j.score))
+            clean_m = m
+        if detected is None:
+            row.runs.append(j)
+        row.cycles.append(detected)
+        row.share_at_detection.append((detected or slow_cycles) * step / total)
+    rows.append(row)
+    return rows
+
+
+def cluster_rows(fs_base: Path, work: Path) -> list[Row]:
+    """Two rows through a real 3-site cluster: site-a's daemon snapshots the fileshare image,
+    site-b's own opinion is the verdict."""
+    from replicad.lab.localcluster import LocalCluster
+    c = LocalCluster(work / "cluster", interval="1h", min_copies=2)
+    rows = []
+    try:
+        img = c.sites["site-a"].volume_path("ehr")
+        copy_image(fs_base, img)
+        c.start_all()
+        c.wait_ready(120)
+        c.api("site-a", "POST", "/v1/volumes/ehr/snapshot", {})
+        mnt = work / "cluster.mnt"
+        for op, is_attack, fn in (("log rotation with gzip", False, fs_ops(1.0)["log rotation with gzip"][1]),
+                                  ("attack: intermittent 16/32", True, fs_ops(1.0)["attack: intermittent 16/32"][1])):
+            with mounted(img, mnt):
+                fn(mnt, random.Random(5))
+            snap = c.api("site-a", "POST", "/v1/volumes/ehr/snapshot", {}, timeout_s=300)
+            seq = snap["seq"]
+
+            def opinion() -> dict | None:
+                for s in c.api("site-b", "GET", "/v1/volumes/ehr/snapshots")["snapshots"]:
+                    if s["seq"] == seq:
+                        return (s.get("opinions") or {}).get("site-b")
+                return None
+            c.wait_for(f"site-b judged #{seq}", opinion, 300)
+            here = c.api("site-b", "GET", f"/v1/volumes/ehr/snapshots/{seq}/evidence")["here"]
+            row = Row("fileshare", op, is_attack, via="3-site cluster (site-b's opinion)")
+            row.runs.append(Judged(here["verdict"], here["score"], here["signals"]["changed_blocks"],
+                                   here["signals"]["turned_random"], "; ".join(here["reasons"])[:110], here["cpu_s"]))
+            print(f"  cluster {op}: {here['verdict']} score {here['score']:.4f}", flush=True)
+            rows.append(row)
+    finally:
+        c.stop_all()
+    return rows
+
+
+# --------------------------------------------------------------------------------- report
+def table(rows: list[Row]) -> str:
+    out = ["| corpus | operation | judged by | runs | TP | FN | FP | TN | score (max) | changed blocks (max) | "
+           "reason (first run) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        flagged = sum(j.verdict == "suspect" for j in r.runs)
+        tp, fn = (flagged, len(r.runs) - flagged) if r.attack else (0, 0)
+        fp, tn = (0, 0) if r.attack else (flagged, len(r.runs) - flagged)
+        op = r.op
+        if r.cycles:
+            op += " — detected at cycle " + ", ".join(str(c) if c else "never" for c in r.cycles) + \
+                  " (" + ", ".join(f"{s:.0%}" for s in r.share_at_detection) + " of the data encrypted)"
+        reason = (r.runs[0].reason or "—").replace("|", "/")
+        out.append(f"| {r.corpus} | {op} | {r.via} | {len(r.runs)} | {tp} | {fn} | {fp} | {tn} | "
+                   f"{max(j.score for j in r.runs):.4f} | {max(j.changed for j in r.runs)} | {reason} |")
+    attacks = [j for r in rows if r.attack for j in r.runs]
+    benign = [j for r in rows if not r.attack for j in r.runs]
+    tp = sum(j.verdict == "suspect" for j in attacks)
+    fp = sum(j.verdict == "suspect" for j in benign)
+    out += ["", "| | flagged suspect | judged clean |", "|---|---|---|",
+            f"| attack runs ({len(attacks)}) | TP {tp} | FN {len(attacks) - tp} |",
+            f"| benign runs ({len(benign)}) | FP {fp} | TN {len(benign) - fp} |"]
+    cpu = sum(j.cpu_s for r in rows for j in r.runs)
+    changed = sum(j.changed for r in rows for j in r.runs)
+    out.append(f"\nJudging CPU: {cpu:.1f} s for {changed} changed 64 KiB blocks "
+               f"({cpu / max(1, changed * 65536 / 2**30):.1f} CPU-s per changed GiB).")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="smaller volumes (pgbench scale 2, a quarter of the files)")
+    p.add_argument("--slow-cycles", type=int, default=8)
+    p.add_argument("--no-cluster", action="store_true")
+    p.add_argument("--only", choices=("postgres", "fileshare"))
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "detection.md")
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("needs root (loop mounts, runuser postgres)", file=sys.stderr)
+        return 2
+    global SOCK
+    t0 = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="replicad-detbench-", dir="/var/tmp"))
+    os.chmod(work, 0o755)  # the postgres user traverses it to its data directory
+    SOCK = work / "sock"
+    SOCK.mkdir()
+    shutil.chown(SOCK, "postgres", "postgres")
+    rows: list[Row] = []
+    scale = 0.25 if args.quick else 1.0
+    pg_scale = 2 if args.quick else 6
+    try:
+        judge = Judge(work)
+        if args.only in (None, "postgres") and PG_BIN is not None:
+            pg_img = work / "postgres.img"
+            make_ext4(pg_img, 256 if args.quick else 512)
+            with mounted(pg_img, work / "build.mnt") as mnt:
+                pg = Postgres(mnt, SOCK)
+                pg.init()
+                with pg.running():
+                    pg.pgbench("-i", "-s", str(pg_scale), "-q")
+                    pg.pgbench("-T", "5", "-c", "2")
+            print(f"postgres corpus built ({time.monotonic() - t0:.0f} s)", flush=True)
+            rows += bench_corpus("postgres", pg_img, pg_ops(pg_scale), args.seeds, judge, work, "pg/base",
+                                 args.slow_cycles)
+        if args.only in (None, "fileshare"):
+            fs_img = work / "fileshare.img"
+            make_ext4(fs_img, 128 if args.quick else 384)
+            with mounted(fs_img, work / "build.mnt") as mnt:
+                build_fileshare(mnt, scale, random.Random(1))
+            print(f"fileshare corpus built ({time.monotonic() - t0:.0f} s)", flush=True)
+            rows += bench_corpus("fileshare", fs_img, fs_ops(scale), args.seeds, judge, work, "",
+                                 args.slow_cycles)
+            if not args.no_cluster:
+                rows += cluster_rows(fs_img, work)
+    finally:
+        for m in sorted(work.glob("*.mnt")):
+            if os.path.ismount(m):
+                run(["umount", "-l", str(m)], check=False)
+        shutil.rmtree(work, ignore_errors=True)
+    report = (f"# Detection benchmark\n\n`python -m tests.bench.detection {' '.join(argv or sys.argv[1:])}` — "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.monotonic() - t0:.0f} s, seeds "
+              f"{args.seeds}, {'quick' if args.quick else 'full'} sizes, default detection policy "
+              f"(min_score {anomaly.POLICY_DEFAULTS['min_score']}, cumulative_max "
+              f"{anomaly.POLICY_DEFAULTS['cumulative_max']}).\n\n" + table(rows) + "\n")
+    print(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    print(json.dumps({"out": str(args.out)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
