@@ -1246,6 +1246,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("volume", help="the volume's name (as in [[volumes]] name)")
     p.add_argument("--snapshot", type=int, dest="seq", metavar="SEQ", required=True, help="the snapshot's seq")
     p.add_argument("dir", help="an empty directory")
+    p.add_argument("--partition", type=int, metavar="N", help="an image with a partition table: partition N "
+                   "(default: the only one with an ext2/3/4 or XFS file system)")
     p.set_defaults(fn=cmd_mount)
     p = command("umount", help="unmount a snapshot mounted by replicad mount (export, loop device, FUSE)")
     p.add_argument("dir")
@@ -1255,12 +1257,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--snapshot", type=int, dest="seq", metavar="SEQ", required=True, help="the snapshot's seq")
     p.add_argument("path", nargs="?", default="/", help="a directory or file in the snapshot (default /)")
     p.add_argument("-r", "--recursive", action="store_true", help="everything below PATH")
+    p.add_argument("--partition", type=int, metavar="N", help="an image with a partition table: partition N "
+                   "(default: the only one with an ext2/3/4 or XFS file system)")
     p.set_defaults(fn=cmd_files)
     p = command("diff", help="files added, removed and changed between two snapshots (content compared by digest)")
     p.add_argument("volume", help="the volume's name (as in [[volumes]] name)")
     p.add_argument("a", type=int, metavar="A", help="the older snapshot's seq")
     p.add_argument("b", type=int, metavar="B", help="the newer snapshot's seq")
     p.add_argument("--quick", action="store_true", help="equal size and mtime count as equal content (no reads)")
+    p.add_argument("--partition", type=int, metavar="N", help="an image with a partition table: partition N "
+                   "(default: the only one with an ext2/3/4 or XFS file system)")
     p.set_defaults(fn=cmd_diff)
     p = command("hash-token", help="print the sha256 of a token read from stdin, for [[admin.tokens]]",
                 parent=json_only)
@@ -1363,7 +1369,7 @@ def _when(ns: int) -> str:
     return datetime.datetime.fromtimestamp(ns / 1e9, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-_VALUED = {"--snapshot", "--admin", "--config", "--token", "--token-file"}  # options taking a value (exports)
+_VALUED = {"--snapshot", "--partition", "--admin", "--config", "--token", "--token-file"}  # options taking a value (exports)
 
 
 def _command_index(argv: list[str]) -> int | None:
@@ -1436,7 +1442,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     """Mount a snapshot read-only at DIR (until replicad umount DIR)."""
     from replicad.ops.fileview import mount
 
-    rec = mount(_admin_api(args), args.volume, args.seq, Path(args.dir))
+    rec = mount(_admin_api(args), args.volume, args.seq, Path(args.dir), args.partition)
     _print(args, rec, lambda r: console.print(
         f"{r['volume']}#{r['seq']} mounted read-only at {r['mountpoint']} ({r['fstype']}, {r['loop']}); "
         f"copy what you need out of it, then: replicad umount {r['mountpoint']}", markup=False, soft_wrap=True))
@@ -1456,7 +1462,7 @@ def cmd_files(args: argparse.Namespace) -> int:
     """List a snapshot's files (through a temporary read-only mount)."""
     from replicad.ops.fileview import list_files, temporary_mount
 
-    with temporary_mount(_admin_api(args), args.volume, args.seq) as root:
+    with temporary_mount(_admin_api(args), args.volume, args.seq, args.partition) as root:
         entries = list_files(root, args.path, args.recursive)
 
     def render(rows: list[dict]) -> None:
@@ -1473,8 +1479,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     """Which files were added, removed or changed between two snapshots (both mounted read-only)."""
     from replicad.ops.fileview import diff_trees, temporary_mount
 
-    with temporary_mount(_admin_api(args), args.volume, args.a) as a, \
-            temporary_mount(_admin_api(args), args.volume, args.b) as b:
+    with temporary_mount(_admin_api(args), args.volume, args.a, args.partition) as a, \
+            temporary_mount(_admin_api(args), args.volume, args.b, args.partition) as b:
         result = diff_trees(a, b, quick=args.quick)
 
     def render(r: dict) -> None:

@@ -14,7 +14,10 @@ process by its PID, never by name)::
 ``noload``/``norecovery``: the journal is not replayed (a read-only device cannot take the
 replay, and a snapshot is shown as it was taken). ``nouuid``: two snapshots of one XFS volume
 (or a snapshot beside the live volume) share their UUID. The file system type comes from
-``blkid -p``; anything but ext2/3/4 and XFS is refused (UsageError).
+``blkid -p``; anything but ext2/3/4 and XFS is refused (UsageError). An image that holds a
+partition table (a whole VM disk, ``blkid`` PTTYPE) is read with ``partx``: the partition asked
+for, or the only one with a supported file system, gets its own read-only loop device
+(``--offset``/``--sizelimit``).
 
 A lasting mount (``replicad mount``) records its chain in ``STATE/mount.json`` under
 ``$REPLICAD_MOUNT_STATE_DIR`` (default ``/run/replicad/mounts``), one directory per mount
@@ -70,7 +73,8 @@ def nbd_uri(socket: str) -> str:
 class MountRecord:
     """One mounted snapshot: where (``mountpoint``), what (``volume``, ``seq``, ``export_id``)
     and the chain to undo (``state``: its directory, ``fuse_dir``, ``loop`` device, the
-    ``nbdfuse_pid`` and that process's start time in clock ticks, ``fstype``)."""
+    ``nbdfuse_pid`` and that process's start time in clock ticks, ``fstype``, the ``partition``
+    number when the image holds a partition table)."""
 
     mountpoint: str
     volume: str
@@ -84,6 +88,7 @@ class MountRecord:
     loop: str | None = None
     fstype: str | None = None
     mounted: bool = False
+    partition: int | None = None
 
 
 def _run(cmd: list[str], what: str, timeout_s: float = TOOL_TIMEOUT_S) -> str:
@@ -151,14 +156,57 @@ def _start_nbdfuse(rec: MountRecord) -> None:
         time.sleep(0.05)
 
 
-def _attach(rec: MountRecord, mountpoint: Path) -> None:
-    """Loop device (read-only), file system type, read-only mount. Raises ToolError, UsageError."""
-    rec.loop = _run(["losetup", "--find", "--show", "--read-only", str(Path(rec.fuse_dir) / "image")],
-                    "attach the snapshot to a loop device").strip()
+def _probe(dev: str, tag: str = "TYPE") -> str:
+    """``blkid -p``'s ``tag`` of ``dev`` ("" when it finds none)."""
     try:
-        fstype = _run(["blkid", "-p", "-o", "value", "-s", "TYPE", rec.loop], "probe the file system").strip()
-    except ToolError:
-        fstype = ""
+        return _run(["blkid", "-p", "-o", "value", "-s", tag, dev], f"probe {dev}").strip()
+    except ToolError:  # blkid exits 2 when it recognises nothing
+        return ""
+
+
+def _partitions(dev: str) -> list[tuple[int, int, int]]:
+    """``(number, start_bytes, size_bytes)`` of the partitions in ``dev``'s table (``partx``)."""
+    out = _run(["partx", "--raw", "--noheadings", "--output", "NR,START,SECTORS", dev],
+               f"read the partition table of {dev}")
+    parts = []
+    for line in out.splitlines():
+        nr, start, sectors = (int(x) for x in line.split())
+        parts.append((nr, start * 512, sectors * 512))
+    return parts
+
+
+def _attach(rec: MountRecord, mountpoint: Path, partition: int | None = None) -> None:
+    """Loop device (read-only), file system type, read-only mount. An image holding a partition
+    table (a whole VM disk): the partition ``partition``, or the only one with a supported file
+    system, gets its own read-only loop device (``--offset``/``--sizelimit``). Raises ToolError,
+    UsageError (no supported file system, several without ``partition``)."""
+    image = str(Path(rec.fuse_dir) / "image")
+    rec.loop = _run(["losetup", "--find", "--show", "--read-only", image], "attach the snapshot to a loop device").strip()
+    fstype = _probe(rec.loop)
+    if partition is not None or (not fstype and _probe(rec.loop, "PTTYPE")):
+        parts = _partitions(rec.loop)
+        disk, rec.loop = rec.loop, None
+        _run(["losetup", "--detach", disk], f"detach {disk}")
+        found = []
+        for nr, start, size in parts:
+            if partition is not None and nr != partition:
+                continue
+            loop = _run(["losetup", "--find", "--show", "--read-only", "--offset", str(start), "--sizelimit", str(size),
+                         image], f"attach partition {nr} to a loop device").strip()
+            kind = _probe(loop)
+            found.append((nr, kind))
+            if kind in MOUNT_OPTIONS and rec.loop is None:
+                rec.loop, fstype, rec.partition = loop, kind, nr
+            else:
+                _run(["losetup", "--detach", loop], f"detach {loop}")
+        usable = [f"{nr} ({kind})" for nr, kind in found if kind in MOUNT_OPTIONS]
+        if rec.loop is None or (partition is None and len(usable) > 1):
+            listed = ", ".join(f"{nr}: {kind or 'unknown'}" for nr, kind in found) or "none"
+            raise UsageError(f"snapshot {rec.volume}#{rec.seq} holds a partition table (partitions {listed}); "
+                             + ("choose one with --partition N" if len(usable) > 1 else
+                                f"no partition{'' if partition is None else ' ' + str(partition)} holds a supported "
+                                f"file system ({', '.join(sorted(MOUNT_OPTIONS))})"),
+                             volume=rec.volume, seq=rec.seq, partitions=[nr for nr, _ in found])
     rec.fstype = fstype or None
     options = MOUNT_OPTIONS.get(fstype)
     if options is None:
@@ -228,7 +276,7 @@ def create_export(api: Api, volume: str, seq: int, *, writable: bool = False, au
                                                         "auto_close": auto_close})
 
 
-def _mount(api: Api, volume: str, seq: int, mountpoint: Path, state: Path) -> MountRecord:
+def _mount(api: Api, volume: str, seq: int, mountpoint: Path, state: Path, partition: int | None = None) -> MountRecord:
     """The whole chain at ``mountpoint`` (an existing empty directory); on any error every
     link made is undone and the error raised."""
     exp = create_export(api, volume, seq, auto_close=True)
@@ -242,7 +290,7 @@ def _mount(api: Api, volume: str, seq: int, mountpoint: Path, state: Path) -> Mo
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
         with _terminate_as_interrupt():
             _start_nbdfuse(rec)
-            _attach(rec, mountpoint)
+            _attach(rec, mountpoint, partition)
     except BaseException:
         _teardown(rec)
         with contextlib.suppress(ReplicadError):  # auto_close would close it too: at once is better
@@ -268,7 +316,7 @@ def _record_dir(mountpoint: Path) -> Path:
     return state_root() / hashlib.sha256(str(mountpoint).encode()).hexdigest()[:16]
 
 
-def mount(api: Api, volume: str, seq: int, mountpoint: Path) -> dict:
+def mount(api: Api, volume: str, seq: int, mountpoint: Path, partition: int | None = None) -> dict:
     """Mount snapshot ``volume#seq`` read-only at ``mountpoint`` until :func:`umount`.
 
     Returns the :class:`MountRecord` as a dict. Raises UsageError (not an empty directory,
@@ -279,7 +327,7 @@ def mount(api: Api, volume: str, seq: int, mountpoint: Path) -> dict:
         raise UsageError(f"a snapshot mount is recorded at {mountpoint}: replicad umount {mountpoint} first",
                          path=str(mountpoint))
     try:
-        rec = _mount(api, volume, seq, mountpoint, state)
+        rec = _mount(api, volume, seq, mountpoint, state, partition)
     except BaseException:
         shutil.rmtree(state, ignore_errors=True)  # nothing of the chain is left (_mount undid it)
         raise
@@ -308,14 +356,14 @@ def umount(mountpoint: Path) -> dict:
 
 
 @contextlib.contextmanager
-def temporary_mount(api: Api, volume: str, seq: int) -> Iterator[Path]:
+def temporary_mount(api: Api, volume: str, seq: int, partition: int | None = None) -> Iterator[Path]:
     """Snapshot ``volume#seq`` mounted read-only at a temporary directory for the ``with``
     block; everything is undone on the way out (an error, Ctrl-C, SIGTERM included)."""
     state = Path(tempfile.mkdtemp(prefix=f"replicad-{volume}-{seq}-"))
     mountpoint = state / "root"
     mountpoint.mkdir()
     try:
-        rec = _mount(api, volume, seq, mountpoint, state / "chain")
+        rec = _mount(api, volume, seq, mountpoint, state / "chain", partition)
     except BaseException:
         shutil.rmtree(state, ignore_errors=True)  # _mount undid its chain
         raise
