@@ -312,13 +312,15 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
 
 
 def _read_frames(store: ChunkStore, digests: Sequence[bytes]) -> list[bytes]:
-    """Encoded frames of the digests this store holds intact (corrupt ones are dropped from the
-    index and logged; missing ones left out), read with :meth:`ChunkStore.get_encoded_many`."""
+    """The encoded frames of the digests this store holds intact (corrupt ones are dropped from
+    the index and logged; missing ones left out), read with :meth:`ChunkStore.get_encoded_many`:
+    one bytes object holding them all in the order asked (each payload copied once:
+    :func:`~replicad.core.wire.encode_frames`), or an empty list."""
     found, _missing, corrupt = store.get_encoded_many(digests)
     for d, err in corrupt:
         log.error("corrupt chunk %s found while serving a fetch; dropped from the index: %s", d.hex(), err.evidence)
         store.delete_corrupt(d)
-    return [wire.encode_frame(d, codec, payload) for d, codec, payload in found]
+    return [wire.encode_frames(found)] if found else []
 
 
 class PeerClient:

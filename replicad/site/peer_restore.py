@@ -18,7 +18,8 @@ How (see ARCHITECTURE.md, "Restore from peers"):
   the stream goes on with the next unit. Faster holders take more units: the split follows the
   holders' speed.
 * Memory is bounded by RESTORE_WINDOW_BYTES: a unit takes one of ``window // UNIT_BYTES``
-  buffers before its first chunk is asked for and gives it back once written.
+  buffers before its first chunk is asked for and gives it back once written (plus, per unit
+  being written, one read-back buffer of the same size).
 * A holder that fails (unreachable, cut mid-stream, an error, a chunk that does not match its
   digest) is dropped for the rest of the restore: its unit goes back to the head of the queue,
   keeping the chunks already placed, and the other holders' streams take it. A holder that
@@ -26,10 +27,11 @@ How (see ARCHITECTURE.md, "Restore from peers"):
   the restore fails: NotFoundError if every holder answered without a chunk,
   PeerUnavailableError if none could be reached.
 * O5: every chunk is checked against its digest before it is written; each unit, once
-  written, is synced and read back from the disk and compared block by block, and at the end
-  the image is fsynced, its other blocks proven zero and the root rebuilt from what was read
-  (:meth:`~replicad.storage.assemble.ImageAssembler.finish`): the same guarantee as
-  ``verify_image`` after the fsync, without a second pass over the image.
+  written, is read back from the disk (O_DIRECT) and compared with the verified buffer (no
+  second hash), and at the end the image is fsynced once, its other blocks proven zero and the
+  root rebuilt (:meth:`~replicad.storage.assemble.ImageAssembler.finish`): what
+  ``verify_image`` proves (the disk returns the snapshot's bytes; the image is durable before
+  the restore counts as done), without a second pass over the image.
 """
 
 from __future__ import annotations
@@ -127,11 +129,13 @@ async def restore_from_holders(peers: PeerClient, holders: dict[str, str], volum
                                manifest: Manifest, store: ChunkStore, target: Path, *,
                                progress: Callable[[int, int], None] | None = None,
                                window_bytes: int = RESTORE_WINDOW_BYTES,
-                               streams_per_holder: int = STREAMS_PER_HOLDER, direct: bool = True) -> PeerRestoreReport:
+                               streams_per_holder: int = STREAMS_PER_HOLDER, direct: bool = True,
+                               plan: tuple[list[Unit], int] | None = None) -> PeerRestoreReport:
     """Write snapshot ``manifest`` of ``volume`` into the new, empty file ``target``, taking each
     chunk from ``store`` where it is there and intact, else from ``holders`` (site id → peer
     URL), all of them at once; then fsync and prove it (O5: every block read back from the
-    disk after a sync and compared, the root rebuilt; see the module docstring).
+    disk after its write and compared, one fsync at the end, the root rebuilt; see the module
+    docstring).
 
     Args:
         epoch: the volume's epoch (sent with the fetch requests).
@@ -141,6 +145,9 @@ async def restore_from_holders(peers: PeerClient, holders: dict[str, str], volum
         window_bytes: decoded bytes in flight at most (RESTORE_WINDOW_BYTES; at least one unit).
         streams_per_holder: concurrent fetch streams per holder (STREAMS_PER_HOLDER).
         direct: write with O_DIRECT where the file system allows it.
+        plan: ``plan_units(manifest, store.get)`` already made by the caller (it read the pages
+            once to find what is missing here: :meth:`~replicad.site.pull.Pull.ensure_pages`),
+            fresh (units are consumed by the restore); None: made here.
     Returns:
         :class:`PeerRestoreReport`.
     Raises:
@@ -151,7 +158,7 @@ async def restore_from_holders(peers: PeerClient, holders: dict[str, str], volum
         InternalError: a unit was never written (a bug).
     """
     t0 = time.monotonic()
-    units, zero_blocks = await asyncio.to_thread(plan_units, manifest, store.get)
+    units, zero_blocks = plan if plan is not None else await asyncio.to_thread(plan_units, manifest, store.get)
     total = manifest.n_blocks
     report = PeerRestoreReport(total, 0, 0, 0, {h: HolderReport() for h in holders}, len(units))
     done = zero_blocks

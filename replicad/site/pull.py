@@ -18,6 +18,7 @@ from replicad.site.peer_restore import STREAMS_PER_HOLDER, PeerRestoreReport, re
 from replicad.site.runner import load_manifest
 from replicad.storage.catalog import Catalog, SnapshotRecord
 from replicad.storage.chunkstore import ChunkStore
+from replicad.storage.assemble import Unit, plan_units
 from replicad.storage.image import apply_snapshot
 
 log = logging.getLogger("replicad.site.pull")
@@ -40,6 +41,9 @@ class Pull:
         self.store = store
         self.catalog = catalog
         self.peers = peers
+        # root -> plan_units of a snapshot whose pages ensure_pages just read, for the restore that
+        # follows (one pass over the manifest's pages, not two); taken by restore_streamed
+        self._plans: dict[bytes, tuple[list[Unit], int]] = {}
 
     async def ensure_snapshot(self, volume: str, seq: int, vs: dict | None = None) -> Manifest:
         """Make sure committed snapshot ``seq`` is complete in the local store, fetching what is
@@ -106,13 +110,15 @@ class Pull:
             await self.fetch_missing(volume, vs["epoch"], [snap["root"]], holders)
             manifest = load_manifest(self.store, snap["root"])
             await self.fetch_missing(volume, vs["epoch"], list(manifest.pages), holders)
+            plan = await asyncio.to_thread(plan_units, manifest, self.store.get)  # the one pass over the pages
             missing = await asyncio.to_thread(
-                lambda: len(self.store.missing(list({d for d in iter_block_digests(manifest, self.store.get)
-                                                     if any(d)}))))
+                lambda: len(self.store.missing(list({d for u in plan[0] for d in u.places}))))
         except IntegrityError:  # a corrupt manifest or page here: the healing path
             return await self.ensure_snapshot(volume, seq, vs), 0
         if not missing:
             return await self.ensure_snapshot(volume, seq, vs), 0  # complete: recorded here as ever
+        self._plans.clear()  # at most one kept: the restore that asked for it follows at once
+        self._plans[manifest.root] = plan
         return manifest, missing
 
     async def restore_streamed(self, volume: str, target: Path, manifest: Manifest, *,
@@ -121,7 +127,7 @@ class Pull:
         chunk and from every holder of the snapshot at once for the rest
         (:func:`~replicad.site.peer_restore.restore_from_holders`: several streams per holder,
         decode and writes overlapped, bounded memory; nothing is stored here); fsynced and O5
-        checked as it is written (every block read back from the disk after a sync, the root
+        checked as it is written (every block read back from the disk after its write, one fsync, the root
         rebuilt). Raises like ``restore_from_holders`` (RestoreVerifyError included)."""
         vs = self.cluster.volume_state(volume) or {}
         snap = vs.get("snapshots", {}).get(manifest.seq, {})
@@ -129,7 +135,7 @@ class Pull:
         holders = [h for h in snap.get("holders", peers) if h != self.site_id and h in peers] or peers
         urls = {h: self.cluster.peer_url(h) for h in holders}
         rep = await restore_from_holders(self.peers, urls, volume, vs.get("epoch", 0), manifest, self.store, target,
-                                         progress=progress)
+                                         progress=progress, plan=self._plans.pop(manifest.root, None))
         log.info("restored %s#%d into %s from %d holders at once: %s; %d chunks from this store", volume,
                  manifest.seq, target, len(urls), ", ".join(f"{h} {r.chunks} chunks" + (f" (failed: {r.failed})"
                                                               if r.failed else "") for h, r in rep.holders.items()),

@@ -181,8 +181,8 @@ class Recovery:
         With ``streamed`` (chunks of the snapshot are missing here) a new target is written by
         :meth:`~replicad.site.pull.Pull.restore_streamed` (from every holder at once, straight
         into the image) instead of fetching into the store first; O5 is then checked as it
-        writes (every block read back from the disk after a sync; the root rebuilt), not by a
-        second pass.
+        writes (every block read back from the disk after its write, one fsync at the end, the
+        root rebuilt), not by a second pass.
         """
         key = str(target.resolve())
         if key in self._restoring:
@@ -225,7 +225,7 @@ class Recovery:
             phases["write_s"] = time.monotonic() - t_write
             if op is not None:
                 op.phase = "verifying"
-            if isinstance(rep, PeerRestoreReport):  # O5 checked while writing: every block read back after a sync
+            if isinstance(rep, PeerRestoreReport):  # O5 checked while writing: every block read back, then one fsync
                 root = manifest.root
             else:
                 root = await asyncio.to_thread(verify_image, written, manifest, progress=progress)  # O5

@@ -489,3 +489,24 @@ def test_largest_block_frames_fed_in_one_mib_pieces(shift_bytes: int) -> None:
     stream = header + b"".join(wire.encode_frame(*f) for f in frames)
     got, finished = run_reader("chunks", cut(stream, list(range(2**20, len(stream), 2**20))))
     assert got == frames and finished is not None
+
+
+@FUZZ
+@given(frames=frames_st)
+def test_encode_frames_is_the_concatenation_of_encode_frame(frames: list[tuple[bytes, int, bytes]]) -> None:
+    """The serving side writes a batch of frames with one copy of each payload (frame_head +
+    payload): byte for byte what encode_frame gives, whatever the payload's size class."""
+    assert wire.encode_frames(frames) == b"".join(wire.encode_frame(*f) for f in frames)
+    for d, codec, payload in frames:
+        assert wire.frame_head(d, codec, len(payload)) + payload == wire.encode_frame(d, codec, payload)
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 4 * 2**20])
+def test_frame_head_at_every_msgpack_bin_size_class(size: int) -> None:
+    payload = bytes([size % 251]) * size
+    for codec in (0, 1, 127, 128, 300):
+        assert wire.frame_head(b"\x07" * 32, codec, size) + payload == wire.encode_frame(b"\x07" * 32, codec, payload)
+    with pytest.raises(LocalProtocolError):
+        wire.frame_head(b"\x07" * 31, 0, size)
+    with pytest.raises(LocalProtocolError):
+        wire.frame_head(b"\x07" * 32, 0, wire.MAX_FRAME_BYTES)

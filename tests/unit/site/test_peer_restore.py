@@ -200,3 +200,35 @@ async def test_a_fetch_into_the_store_is_split_across_holders_and_survives_one_d
             await pull.fetch_missing(VOL, 1, need, ["site-b", "site-c"])
     assert here.missing(need) == []
     assert FETCH_SLICE // 2 <= dying.served < len(need)  # site-c served part of its slices, then died
+
+
+async def test_a_plan_made_by_the_caller_is_used_and_the_pages_are_not_read_again(tmp_path: Path, stores) -> None:
+    """Pull.ensure_pages reads the manifest's pages once to find what is missing here and hands
+    that plan to the restore: one pass over the pages, not two."""
+    b, c, here = stores
+    image = tmp_path / "volume.img"
+    write_image(image, 300, random.Random(9))
+    manifest = await snapshot_into(image, b, c)
+    copy_chunks(b, here, [manifest.root, *manifest.pages])
+    plan = assemble.plan_units(manifest, here.get)
+    pages_read = []
+    real_get = here.get
+
+    def counting_get(d: bytes) -> bytes:
+        if d in manifest.pages:
+            pages_read.append(d)
+        return real_get(d)
+
+    here.get = counting_get  # type: ignore[method-assign]
+    target = tmp_path / "restored.img"
+    try:
+        async with Server(b, "site-b") as url_b, Server(c, "site-c") as url_c:
+            async with aiohttp.ClientSession() as session:
+                rep = await peer_restore.restore_from_holders(
+                    PeerClient(session, "site-a"), {"site-b": url_b, "site-c": url_c}, VOL, 1, manifest, here,
+                    target, plan=plan)
+    finally:
+        del here.get
+    assert pages_read == []
+    assert rep.units == len(plan[0])
+    assert target.read_bytes() == image.read_bytes()

@@ -112,3 +112,34 @@ def test_a_block_read_back_wrong_and_data_in_a_hole_fail_o5(tmp_path: Path, monk
             assert err.value.evidence["first_differing_page"] == 0
         finally:
             asm.close()
+
+
+def test_one_fsync_at_the_end_and_no_sync_per_unit(tmp_path: Path, monkeypatch) -> None:
+    """Units are written and read back without a sync each; finish() syncs the image once, before
+    it proves the holes and the root (the restore is durable before it counts as done)."""
+    data, store, manifest = snapshot(tmp_path, 600)
+    calls: list[str] = []
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
+    monkeypatch.setattr(assemble.os, "fsync", lambda fd: calls.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(assemble.os, "fdatasync", lambda fd: calls.append("fdatasync") or real_fdatasync(fd))
+    with store:
+        units, _ = assemble.plan_units(manifest, store.get, unit_bytes=20 * BLOCK)
+        asm = assemble.ImageAssembler(tmp_path / "out.img", manifest)
+        try:
+            assemble_all(asm, units, store)
+            assert calls == []
+            assert asm.finish(units) == manifest.root
+            assert calls == ["fsync"]
+        finally:
+            asm.close()
+    assert (tmp_path / "out.img").read_bytes() == data
+
+
+def test_same_bytes() -> None:
+    a, b = bytearray(b"x" * 100_000), bytearray(b"x" * 100_000)
+    assert assemble.same_bytes(memoryview(a), memoryview(b))
+    b[99_999] ^= 1
+    assert not assemble.same_bytes(memoryview(a), memoryview(b))
+    assert not assemble.same_bytes(memoryview(a)[:10], memoryview(b)[:11])
+    assert assemble.same_bytes(memoryview(a)[:0], memoryview(b)[:0])
+    assert assemble.same_bytes(memoryview(bytes(a))[:5], memoryview(b)[:5])  # read-only: a plain comparison
