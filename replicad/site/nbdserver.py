@@ -4,8 +4,9 @@ transmission phase with simple replies (:mod:`replicad.core.nbd` holds the wire 
 Options answered: ``NBD_OPT_EXPORT_NAME``, ``NBD_OPT_INFO``, ``NBD_OPT_GO`` (the export's
 name, or the empty default name), ``NBD_OPT_LIST`` (this one export), ``NBD_OPT_ABORT``;
 every other option (STARTTLS, STRUCTURED_REPLY, meta contexts ...) gets ``NBD_REP_ERR_UNSUP``
-(clients fall back to simple replies). Commands: READ, WRITE, FLUSH, TRIM, WRITE_ZEROES
-(writes only on a writable export, else EPERM), DISC. A request past the export's end is
+(clients fall back to simple replies). Commands: READ, WRITE, FLUSH, TRIM (advisory: accepted,
+nothing done), WRITE_ZEROES (holes in the overlay) — writes only on a writable export, else
+EPERM — and DISC. A request past the export's end is
 answered EINVAL; one whose data is larger than ``nbd.REQUEST_MAX_BYTES`` ends the connection
 (a WRITE that large could not be read without buffering it).
 
@@ -191,8 +192,9 @@ async def _serve(req: nbd.Request, payload: bytes, backend: Backend) -> tuple[in
         if req.kind == nbd.CMD_WRITE:
             await backend.write(req.offset, payload)
             backend.on_bytes(0, len(payload))
-        elif req.kind in (nbd.CMD_TRIM, nbd.CMD_WRITE_ZEROES):
+        elif req.kind == nbd.CMD_WRITE_ZEROES:
             await backend.zero(req.offset, req.length)
+        # TRIM: advisory (the protocol lets a server ignore it): nothing to do, the overlay stays
         if req.kind == nbd.CMD_FLUSH or req.flags & nbd.CMD_FLAG_FUA:
             await backend.flush()
     except (IntegrityError, NotFoundError) as err:  # a partial block completed from a corrupt chunk

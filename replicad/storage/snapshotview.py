@@ -19,6 +19,8 @@ Synchronous, thread-safe; the export runs them in worker threads.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import threading
 from collections import OrderedDict
@@ -134,6 +136,27 @@ def _check_range(offset: int, length: int, size_bytes: int) -> None:
                          offset=offset, length=length, size_bytes=size_bytes)
 
 
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong)
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> None:
+    """Deallocate ``[offset, offset + length)`` of ``fd`` (it reads as zeros, the size stays);
+    zeros are written instead where the file system cannot punch holes. Raises OSError."""
+    if _LIBC.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+        return
+    err = ctypes.get_errno()
+    if err not in (errno.EOPNOTSUPP, errno.ENOSYS):
+        raise OSError(err, os.strerror(err))
+    step = 4 * 2**20
+    for at in range(offset, offset + length, step):
+        n = min(step, offset + length - at)
+        if os.pwrite(fd, zero_block(n), at) != n:
+            raise OSError(errno.EIO, "short write")
+
+
 class Overlay:
     """The copy-on-write overlay of a writable export, in directory ``root`` (created):
     ``overlay.img`` (sparse, ``base.size_bytes``) and ``overlay.bitmap`` (one bit per block of
@@ -225,10 +248,30 @@ class Overlay:
                 self._bits[i >> 3] |= 1 << (i & 7)
 
     def zero(self, offset: int, length: int) -> None:
-        """Make ``[offset, offset + length)`` read as zeros (TRIM / WRITE_ZEROES)."""
-        step = 4 * 2**20
-        for at in range(offset, offset + length, step):
-            self.write(at, zero_block(min(step, offset + length - at)))
+        """Make ``[offset, offset + length)`` read as zeros (WRITE_ZEROES). Whole blocks become
+        holes of the overlay (``fallocate`` PUNCH_HOLE, no data written: a zeroing of the whole
+        device costs no space in the data dir), partial edge blocks are written. Raises like
+        :meth:`write`."""
+        _check_range(offset, length, self.base.size_bytes)
+        bs = self.bs
+        lo = -(-offset // bs) * bs                                   # first whole block
+        hi = min((offset + length) // bs * bs, self.base.size_bytes)  # end of the last whole block
+        if offset + length == self.base.size_bytes:
+            hi = self.base.size_bytes                                  # the short last block is whole here
+        if hi <= lo:
+            self.write(offset, zero_block(length))
+            return
+        if offset < lo:
+            self.write(offset, zero_block(lo - offset))
+        if offset + length > hi:
+            self.write(hi, zero_block(offset + length - hi))
+        with self._lock:
+            try:
+                _punch_hole(self.fd, lo, hi - lo)
+            except OSError as err:
+                raise from_os_error(err, "zero the export overlay", path=str(self.root)) from None
+            for i in range(lo // bs, -(-hi // bs)):
+                self._bits[i >> 3] |= 1 << (i & 7)
 
     def flush(self) -> None:
         """fsync the overlay, then persist the bitmap (tmp + fsync + rename + directory fsync).

@@ -180,14 +180,15 @@ def test_export_equals_restored_image(cluster) -> None:
 def test_writable_export_writes_to_overlay_never_the_store(cluster) -> None:
     c = cluster
     e = c.api("site-b", "POST", "/v1/volumes/ehr/exports", {"snapshot": 1, "writable": True})
-    w = _qemu_io(e["uri"], f"write -P 0xab {BLOCK} {2 * BLOCK}", "write -P 0xcd 100 10", "flush", readonly=False)
+    w = _qemu_io(e["uri"], f"write -P 0xab {BLOCK} {2 * BLOCK}", "write -P 0xcd 100 10",
+                 f"write -z {4 * BLOCK} {2 * BLOCK}", f"discard {8 * BLOCK} {BLOCK}", "flush", readonly=False)
     assert w.returncode == 0 and "failed" not in w.stdout, w
-    r = _qemu_io(e["uri"], f"read -P 0xab {BLOCK} {2 * BLOCK}", "read -P 0xcd 100 10")
+    r = _qemu_io(e["uri"], f"read -P 0xab {BLOCK} {2 * BLOCK}", "read -P 0xcd 100 10", f"read -P 0 {4 * BLOCK} {2 * BLOCK}")
     assert r.returncode == 0 and "failed" not in r.stdout and "Pattern verification failed" not in r.stdout, r
     listed = c.api("site-b", "GET", "/v1/exports")["exports"][0]
-    assert listed["writable"] and listed["overlay_blocks"] == 3 and listed["bytes_written"] == 2 * BLOCK + 10
+    assert listed["writable"] and listed["overlay_blocks"] == 5 and listed["bytes_written"] == 2 * BLOCK + 10
     overlay = Path(listed["overlay"])
-    assert (overlay / "overlay.bitmap").read_bytes()[0] == 0b111
+    assert (overlay / "overlay.bitmap").read_bytes()[0] == 0b110111  # blocks 0-2 written, 4-5 zeroed
     c.api("site-b", "DELETE", f"/v1/exports/{e['export_id']}")
     assert not overlay.exists()
     # the snapshot is unchanged: a fresh export equals the restored image, and its chunks verify

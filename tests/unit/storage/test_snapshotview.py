@@ -84,12 +84,16 @@ def test_overlay_copy_on_write(snap, tmp_path: Path) -> None:
         expect[off:off + n] = chunk
     ov.zero(20 * BS + 7, BS)
     expect[20 * BS + 7:21 * BS + 7] = bytes(BS)
+    ov.zero(30 * BS, 3 * BS)  # whole blocks: holes, nothing written
+    expect[30 * BS:33 * BS] = bytes(3 * BS)
     assert ov.read(0, len(data)) == bytes(expect)
     assert base.read(0, len(data)) == data  # the snapshot itself unchanged
     ov.flush()
     bits = (tmp_path / "ov" / Overlay.BITMAP).read_bytes()
     written = {i for i in range(manifest.n_blocks) if bits[i >> 3] & (1 << (i & 7))}
-    assert written == {0, 1, 5, 6, 7, 20, 21, manifest.n_blocks - 1}
+    assert written == {0, 1, 5, 6, 7, 20, 21, 30, 31, 32, manifest.n_blocks - 1}
+    allocated = os.stat(tmp_path / "ov" / Overlay.IMAGE).st_blocks * 512
+    assert allocated <= 9 * BS  # the 8 blocks written (and a little metadata), not the zeroed ones
     assert ov.blocks_written == len(written)
     assert store.stats() == before  # nothing stored
     ov.close()
