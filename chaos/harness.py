@@ -416,7 +416,7 @@ class Cluster:
                 return
             v = st["volumes"].get(VOLUME, {})
             self.history.record("info", "status", site=sid, leader=st["raft"].get("leader"),
-                                primary=v.get("primary"), epoch=v.get("epoch"), role=v.get("role"),
+                                current=(st.get("view") or {}).get("current"), primary=v.get("primary"), epoch=v.get("epoch"), role=v.get("role"),
                                 acting_epoch=v.get("acting_epoch"), newest_committed=v.get("newest_committed"),
                                 newest_clean=v.get("newest_clean"), standby_seq=v.get("standby_seq"),
                                 rpo_s=v.get("rpo_s"), n_divergent=len(v.get("divergent") or []))

@@ -708,7 +708,7 @@ class _HardenedSyncObj(SyncObj):
             self._progress = (applied, now)
         if not isinstance(leader_commit, int):
             return
-        if applied >= leader_commit:
+        if applied >= leader_commit and self._commit_in_current_term(leader_commit):
             self._caught_up_at = now
             return
         stalled_s = now - self._progress[1]
@@ -719,6 +719,22 @@ class _HardenedSyncObj(SyncObj):
                         "its view of the cluster until it has caught up", leader_commit - applied, applied,
                         leader_commit, stalled_s)
 
+    def _commit_in_current_term(self, index: int) -> bool:
+        """The entry at commit ``index`` is of the current term (Raft §5.4.2, §8: a commit
+        index is known to be current only once the leader committed an entry of its own term,
+        its no-op; before, a leader just elected after a full restart reports the commit index
+        it stored, and its state may lack entries the previous term committed: a restarted
+        primary once read a catalog without its two newest snapshots as current, chaos
+        ``crash-all``). An index compacted away counts as current; one past this log's end
+        does not (its entry has not arrived)."""
+        log_ = self._SyncObj__raftLog
+        first, last = log_[0][1], log_[-1][1]
+        if index < first:
+            return True
+        if index > last:
+            return False
+        return log_[index - first][2] == self._SyncObj__raftCurrentTerm
+
     def catch_up_status(self) -> dict:
         """``{"leader_commit_index": int|None, "caught_up": bool, "behind_s": float,
         "stalled_s": float, "dump_send_failures": int}`` (tick thread; point 15).
@@ -726,14 +742,16 @@ class _HardenedSyncObj(SyncObj):
         ``leader_commit_index``: the commit index the leader last reported (this node's own when
         it leads); ``caught_up``: everything up to it is applied here, or was within the last
         :data:`SYNCED_GRACE_S` (a healthy follower applies a new commit within a tick), and never
-        before this node first caught up after its start; ``behind_s``: seconds since it was
+        before this node first caught up after its start, nor while the entry at that commit
+        index is of an earlier term (:meth:`_commit_in_current_term`); ``behind_s``: seconds since it was
         last caught up (0 when it is); ``stalled_s``: seconds since its applied index last moved.
         """
         now = monotonic_time()
         leader_commit = self._SyncObj__leaderCommitIndex
         applied = self._SyncObj__raftLastApplied
         known = isinstance(leader_commit, int)
-        behind_s = 0.0 if known and applied >= leader_commit else min(now - self._caught_up_at, 1e9)
+        behind_s = 0.0 if known and applied >= leader_commit and self._commit_in_current_term(leader_commit) \
+            else min(now - self._caught_up_at, 1e9)
         return {"leader_commit_index": leader_commit if known else None,
                 "caught_up": known and behind_s < SYNCED_GRACE_S,
                 "behind_s": behind_s, "stalled_s": min(now - self._progress[1], 1e9) if behind_s else 0.0,

@@ -113,6 +113,18 @@ def test_epoch_rollback_is_reported(tmp_path: Path) -> None:
     assert any(v.invariant == "epoch_monotonic" and "from 2 to 1" in v.detail for v in check(ev))
 
 
+def test_a_view_that_says_it_is_not_current_may_lag(tmp_path: Path) -> None:
+    ev = good_history(tmp_path)
+    ev.append({"t": 1.65, "type": "info", "op": "status", "site": "site-a", "leader": "x", "current": True,
+               "epoch": 2, "role": "replica", "acting_epoch": None, "newest_committed": 2})
+    ev.append({"t": 1.7, "type": "info", "op": "status", "site": "site-a", "leader": "x", "current": False,
+               "epoch": 2, "role": "replica", "acting_epoch": None, "newest_committed": 1})  # replaying its log
+    assert "epoch_monotonic" not in invariants(ev)
+    ev.append({"t": 1.75, "type": "info", "op": "status", "site": "site-a", "leader": "x", "current": True,
+               "epoch": 2, "role": "replica", "acting_epoch": None, "newest_committed": 1})  # says current: held to it
+    assert any(v.invariant == "epoch_monotonic" and "from 2 to 1" in v.detail for v in check(ev))
+
+
 def test_promotion_in_a_minority_is_reported(tmp_path: Path) -> None:
     ev = good_history(tmp_path)
     ev += [{"t": 1.70, "type": "ok", "op": "nemesis", "f": "isolate", "site": "site-b"},
