@@ -144,11 +144,14 @@ def cluster():
     finally:
         c.stop_all()
         mounts = _mounts()  # ours: under root, or the temporary mounts of files/diff (/tmp/replicad-VOL-SEQ-*)
-        assert str(root) not in mounts and not re.search(r" /tmp/replicad-(ehr|ext|xfs)-\d+-", mounts), mounts
         loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, env=_env()).stdout
-        assert "/fuse/image" not in loops, f"a loop device of a snapshot mount was left behind: {loops}"
         os.environ.pop("REPLICAD_MOUNT_STATE_DIR", None)
+        leftovers = sorted(str(p) for p in Path(tempfile.gettempdir()).glob("replicad-*-[0-9]*-*")
+                           if p.name.split("-")[1] in ("ehr", "ext", "xfs", "disk"))
         shutil.rmtree(root, ignore_errors=True)
+        assert str(root) not in mounts and not re.search(r" /tmp/replicad-(ehr|ext|xfs|disk)-\d+-", mounts), mounts
+        assert "/fuse/image" not in loops, f"a loop device of a snapshot mount was left behind: {loops}"
+        assert not leftovers, f"temporary mount directories left behind: {leftovers}"
 
 
 def _restored(c: LocalCluster, site: str, vol: str, seq: int, name: str) -> Path:
