@@ -15,6 +15,7 @@ command -v mkfs.btrfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.btrfs ] || need+=(b
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)          # snapshot export tests (qemu-img compare, qemu-io)
 command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)           # snapshot export tests (nbdinfo)
 command -v nbdfuse >/dev/null 2>&1 || need+=(nbdfuse fuse3)        # replicad mount/files/diff (the export as a file)
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql postgresql-contrib)  # PostgreSQL crash-consistency test and bench rows
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get update -qq
