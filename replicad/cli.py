@@ -352,8 +352,10 @@ def _render_snapshots(data: dict) -> None:
         t.add_row(str(d["seq"]), str(d["epoch"]), "divergent", "", "(this site only)", "", str(d["root"])[:16],
                   style="yellow")
     for d in data.get("previous", []):
-        t.add_row(str(d["seq"]), str(d["epoch"]), f"previous {d['incarnation'][:8]} ({d.get('state')})", "",
-                  "(this site only)", "", str(d["root"])[:16], style="magenta")
+        judged = d.get("judged_here")
+        t.add_row(str(d["seq"]), str(d["epoch"]), f"previous {d['incarnation'][:8]} ({d.get('state')}, judged "
+                  f"{judged or 'never'} here)", "", "(this site only)", "", str(d["root"])[:16],
+                  style="red" if judged == "suspect" else "magenta")
     console.print(t)
     if data.get("previous"):
         console.print("previous: records of an earlier cluster incarnation (every site lost its Raft state); "
@@ -380,6 +382,8 @@ def cmd_readopt(args: argparse.Namespace) -> int:
         if not (epoch.isdigit() and seq.isdigit()):
             raise UsageError("--snapshot takes EPOCH:SEQ as 'replicad snapshots VOL' lists a previous record")
         body.update(epoch=int(epoch), seq=int(seq))
+    if args.confirm_suspect:
+        body["confirm_suspect"] = True
     _print(args, api(args, "POST", f"/v1/volumes/{args.volume}/readopt", body), lambda r: console.print(
         f"{r['volume']}: re-adopted {r['readopted']['incarnation'][:8]}:{r['readopted']['epoch']}:"
         f"{r['readopted']['seq']} ({r['readopted']['prior_state']}) into the live image, root verified, "
@@ -1092,6 +1096,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("volume")
     p.add_argument("--incarnation", help="hex prefix of the previous incarnation (when several are held here)")
     p.add_argument("--snapshot", dest="old", metavar="EPOCH:SEQ", help="the old record (default: the newest)")
+    p.add_argument("--confirm-suspect", action="store_true",
+                   help="re-adopt it although this site judged it suspect in its incarnation (after looking at it)")
     p.set_defaults(fn=cmd_readopt)
     p = command("promote", help="planned switchover (--to SITE) or forced failover (--force, here); returns "
                 "once the new primary serves the volume, exit 7 if it does not yet")

@@ -14,8 +14,9 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
     GET    /v1/volumes                          [viewer] Raft's volume table
     GET    /v1/volumes/{volume}/snapshots       [viewer] committed catalog (verdict, holders, epoch) + divergent
     POST   /v1/volumes/{volume}/snapshot        [operator] take, ship and commit one now (primary only)
-    POST   /v1/volumes/{volume}/readopt         [admin] {"incarnation": str?, "epoch": int?, "seq": int?}: make a
-                                                 snapshot of a previous cluster incarnation the next one (primary)
+    POST   /v1/volumes/{volume}/readopt         [admin] {"incarnation": str?, "epoch": int?, "seq": int?,
+                                                 "confirm_suspect": bool?}: make a snapshot of a previous
+                                                 cluster incarnation the next one (primary)
     POST   /v1/volumes/{volume}/verify          [operator] {"seq": int?}: re-read every chunk, heal from holders
     POST   /v1/volumes/{volume}/drill           [operator] {"sandbox": dir, "seq": int?, "keep": bool?}: 202 + operation;
                                                  its result carries the signed drill report (site.drills)
@@ -364,9 +365,15 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
                     for r in site.catalog.list(name) if r.state in ("committed", "received") and r.root not in listed]
             # records of previous cluster incarnations (every site lost its Raft state): kept here,
             # never shipped nor pruned by this cluster; replicad readopt makes one the next snapshot
+            records = site.catalog.list(name, "previous")
+            judged = {}  # this site's verdicts in each previous incarnation, set aside at the reset
+            if site.detection is not None:
+                for inc in {r.incarnation for r in records}:
+                    judged[inc] = await asyncio.to_thread(site.detection.previous_verdicts, name, inc)
             previous = [{"incarnation": r.incarnation.hex(), "epoch": r.epoch, "seq": r.seq, "root": r.root,
-                         "state": r.prior_state, "created_at_ns": r.created_at_ns}
-                        for r in site.catalog.list(name, "previous")]
+                         "state": r.prior_state, "created_at_ns": r.created_at_ns,
+                         "judged_here": judged.get(r.incarnation, {}).get(r.root.hex())}
+                        for r in records]
         else:
             previous = []
         return _ok({"volume": name, "epoch": vs["epoch"], "primary": vs["primary"], "snapshots": committed,
@@ -381,7 +388,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         if inc is not None and (not isinstance(inc, str) or not inc or any(c not in "0123456789abcdefABCDEF" for c in inc)):
             raise UsageError("incarnation must be a hex prefix of a previous incarnation's id", field="incarnation")
         return _ok(await site.volumes.readopt(request.match_info["volume"], inc, _opt_int(body, "epoch"),
-                                              _opt_int(body, "seq")))
+                                              _opt_int(body, "seq"), _opt_bool(body, "confirm_suspect")))
 
     async def verify(request: web.Request) -> web.Response:
         name = request.match_info["volume"]

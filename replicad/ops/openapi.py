@@ -113,8 +113,8 @@ SCHEMAS: dict[str, dict] = {
                               {"epoch": _INT, "seq": _INT, "root": _STR, "state": _STR, "created_at_ns": _INT})}},
                          {"previous": {"type": "array", "items": _object(
                              {"incarnation": _STR, "epoch": _INT, "seq": _INT, "root": _STR, "state": _NSTR,
-                              "created_at_ns": _INT})}}),
-    "Readopt": _object({}, {"incarnation": _STR, "epoch": _NINT, "seq": _NINT}),
+                              "created_at_ns": _INT}, {"judged_here": _NSTR})}}),
+    "Readopt": _object({}, {"incarnation": _STR, "epoch": _NINT, "seq": _NINT, "confirm_suspect": _BOOL}),
     "Membership": _object({"members": {"type": "array", "items": _object(
         {"site_id": _STR, "raft": _STR, "kind": _STR, "keys": {"type": "array", "items": _STR}})}},
         {"reason": _STR}),

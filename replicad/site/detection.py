@@ -41,6 +41,7 @@ from replicad.core.state import PPM, detection_policy, disagreement
 from replicad.site.cluster import Cluster
 from replicad.site.runner import load_manifest
 from replicad.storage.chunkstore import ChunkStore
+from replicad.storage.durable import fsync_dir
 from replicad.telemetry.metrics import SiteMetrics
 
 log = logging.getLogger("replicad.site.detection")
@@ -297,8 +298,65 @@ class Detection:
         d = self.dir / volume
         d.mkdir(parents=True, exist_ok=True)
         tmp = d / f".{seq}.json.tmp"
-        tmp.write_text(json.dumps(doc, sort_keys=True))
+        with open(tmp, "w") as f:
+            f.write(json.dumps(doc, sort_keys=True))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, d / f"{seq}.json")
+        fsync_dir(d)
+
+    PREVIOUS = "previous"
+    """Subdirectory of the evidence directory holding, per previous cluster incarnation (hex id,
+    ``legacy`` for the unrecorded one), the evidence files written while it ran."""
+
+    def set_aside(self, old_incarnation: bytes) -> int:
+        """This site enters a new cluster incarnation (every site lost its Raft state): move the
+        evidence of each volume to ``previous/<old incarnation hex>/<volume>/``, where the new
+        cluster's seqs (which restart) cannot overwrite it and :meth:`judged_before` finds it
+        for ``readopt``. Returns the number of volumes moved. Raises OSError (the caller's
+        bootstrap retries); a volume already moved is not moved again."""
+        if not self.dir.is_dir():
+            return 0
+        dest = self.dir / self.PREVIOUS / (old_incarnation.hex() or "legacy")
+        moved = 0
+        for vol_dir in sorted(p for p in self.dir.iterdir() if p.is_dir() and p.name != self.PREVIOUS):
+            dest.mkdir(parents=True, exist_ok=True)
+            target = dest / vol_dir.name
+            if target.exists():  # a second reset from the same incarnation: keep both
+                target = dest / f"{vol_dir.name}.{time.time_ns()}"
+            os.replace(vol_dir, target)
+            moved += 1
+        if moved:
+            fsync_dir(dest)
+            fsync_dir(self.dir)
+        return moved
+
+    def judged_before(self, volume: str, incarnation: bytes, root: bytes) -> dict[str, Any] | None:
+        """This site's evidence on the snapshot of ``volume`` with manifest ``root`` judged in the
+        previous cluster ``incarnation`` (:meth:`set_aside`), or None when it never judged it
+        (e.g. a ``divergent`` capture of the live image). Reads a directory of JSON files (run
+        off the event loop); an unreadable file is skipped with a WARNING."""
+        want = root.hex()
+        return next((doc for doc in self._previous_docs(volume, incarnation) if doc.get("root") == want), None)
+
+    def previous_verdicts(self, volume: str, incarnation: bytes) -> dict[str, str]:
+        """``{manifest root hex: this site's verdict}`` of every snapshot of ``volume`` it judged
+        in the previous cluster ``incarnation`` (one pass over its evidence; off the event loop)."""
+        return {doc["root"]: str(doc.get("verdict")) for doc in self._previous_docs(volume, incarnation)
+                if isinstance(doc.get("root"), str)}
+
+    def _previous_docs(self, volume: str, incarnation: bytes):
+        base = self.dir / self.PREVIOUS / (incarnation.hex() or "legacy")
+        for path in sorted(base.glob(f"{volume}*/*.json")):
+            if path.parent.name != volume and not path.parent.name.startswith(f"{volume}."):
+                continue
+            try:
+                doc = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                log.warning("evidence file %s cannot be read (%s); skipped", path, exc)
+                continue
+            if isinstance(doc, dict):
+                yield doc
 
     def evidence(self, volume: str, seq: int) -> dict[str, Any]:
         """This site's evidence on ``volume#seq`` and every site's opinion from Raft.

@@ -16,8 +16,8 @@ import logging
 import time
 from pathlib import Path
 
-from replicad.core.errors import (ConflictError, NotFoundError, NotPrimaryError, ReplicadError, UnavailableError,
-                                  UsageError, is_transient)
+from replicad.core.errors import (ConflictError, NotFoundError, NotPrimaryError, ReplicadError, SnapshotSuspectError,
+                                  UnavailableError, UsageError, is_transient)
 from replicad.core.state import newest_clean, newest_committed
 from replicad.sources.file import take_snapshot
 from replicad.storage.catalog import LEGACY_INCARNATION, SnapshotRecord
@@ -304,6 +304,8 @@ class VolumeLoop:
                 if runner.acting_epoch is not None:
                     async with runner.lock:
                         await self._capture_leaving(runner, current or LEGACY_INCARNATION)
+        if not adopt and self.detection is not None:  # its verdicts stay with the old records (readopt)
+            await asyncio.to_thread(self.detection.set_aside, current or LEGACY_INCARNATION)
         set_aside = await asyncio.to_thread(self.catalog.enter_incarnation, incarnation, adopt_legacy=adopt)
         if not adopt:
             for runner in self.runners.values():
@@ -350,7 +352,7 @@ class VolumeLoop:
                     len(res.changed_blocks), newest.seq if newest else "-")
 
     async def readopt(self, volume: str, incarnation: str | None = None, epoch: int | None = None,
-                      seq: int | None = None) -> dict:
+                      seq: int | None = None, confirm_suspect: bool = False) -> dict:
         """Make a snapshot of a previous cluster incarnation held here the new cluster's next
         snapshot: at the volume's primary, write it into the live image (every block compared,
         only differing ones written), prove the image's root (O5), then take, ship and commit a
@@ -361,9 +363,13 @@ class VolumeLoop:
                 needed when records of several previous incarnations are held here.
             epoch, seq: the old record (both or neither); default the newest of that
                 incarnation (:meth:`Catalog.find_previous`).
+            confirm_suspect: a person looked at the old snapshot and re-adopts it although this
+                site judged it suspect in its incarnation.
 
-        Returns ``{volume, readopted: {incarnation, epoch, seq, root, prior_state}, blocks_written,
-        seq, epoch, committed, verdict}`` (``seq``/``epoch``: the new cluster's snapshot).
+        Returns ``{volume, readopted: {incarnation, epoch, seq, root, prior_state, judged_here},
+        blocks_written, seq, epoch, committed, verdict}`` (``seq``/``epoch``: the new cluster's
+        snapshot; ``judged_here``: this site's verdict on the old snapshot in its incarnation,
+        None if it never judged it, e.g. a ``divergent`` capture).
 
         Raises:
             UsageError: only one of ``epoch`` and ``seq``.
@@ -372,6 +378,9 @@ class VolumeLoop:
             NotFoundError: no such previous record here, or its manifest is not in the store.
             ConflictError: several incarnations match (name one); a block size other than the
                 volume's.
+            SnapshotSuspectError: this site judged the old snapshot suspect in its incarnation
+                (its evidence kept by :meth:`Detection.set_aside`) and ``confirm_suspect`` is
+                not set: nothing written.
             RestoreVerifyError: the written image does not prove the record's root (O5).
             and what a replication cycle raises (the image then holds the old snapshot: re-run
             ``replicad snapshot VOL``).
@@ -392,18 +401,33 @@ class VolumeLoop:
             if not self.store.has(rec.root):
                 raise NotFoundError(f"the manifest of {volume} {rec.epoch}:{rec.seq} is not in this site's store",
                                     volume=volume, root=rec.root.hex())
+            judged = None if self.detection is None else await asyncio.to_thread(
+                self.detection.judged_before, volume, rec.incarnation, rec.root)
+            verdict_here = judged.get("verdict") if judged else None
+            if verdict_here == "suspect" and not confirm_suspect:
+                raise SnapshotSuspectError(
+                    f"{volume} {rec.epoch}:{rec.seq} of incarnation {rec.incarnation.hex()[:8]} was judged suspect here "
+                    f"(score {judged.get('score')}: {'; '.join(judged.get('reasons') or [])[:300]}); look at it, then "
+                    "re-adopt it with --confirm-suspect, or name an older record", volume=volume, epoch=rec.epoch,
+                    seq=rec.seq, verdict="suspect", reason="; ".join(judged.get("reasons") or [])[:300])
+            if verdict_here is None:
+                log.warning("%s: snapshot %s:%d:%d (%s) was never judged at this site: it is judged like any new "
+                            "snapshot once re-adopted", volume, rec.incarnation.hex()[:8], rec.epoch, rec.seq,
+                            rec.prior_state)
             manifest = load_manifest(self.store, rec.root)
             if manifest.block_size != runner.cfg.block_size_bytes:
                 raise ConflictError(f"{volume}: the old snapshot has block size {manifest.block_size}, the volume "
                                     f"{runner.cfg.block_size_bytes}", volume=volume)
             path = Path(runner.cfg.path)
-            log.warning("AUDIT %s: re-adopting snapshot %s:%d:%d (%s in its incarnation) into the live image %s",
-                        volume, rec.incarnation.hex()[:8], rec.epoch, rec.seq, rec.prior_state, path)
+            log.warning("AUDIT %s: re-adopting snapshot %s:%d:%d (%s in its incarnation, judged %s here%s) into the "
+                        "live image %s", volume, rec.incarnation.hex()[:8], rec.epoch, rec.seq, rec.prior_state,
+                        verdict_here or "never", ", confirmed by a person" if verdict_here == "suspect" else "", path)
             applied = await self.pull.apply_repairing(volume, path, manifest, base=None)
             await asyncio.to_thread(verify_image, path, manifest)  # O5: the image holds the old snapshot
             report = await self.replication.cycle(runner)
         return {"volume": volume, "readopted": {"incarnation": rec.incarnation.hex(), "epoch": rec.epoch,
-                                                "seq": rec.seq, "root": rec.root.hex(), "prior_state": rec.prior_state},
+                                                "seq": rec.seq, "root": rec.root.hex(), "prior_state": rec.prior_state,
+                                                "judged_here": verdict_here},
                 "blocks_written": applied.blocks_written, "seq": report.get("seq"), "epoch": vs["epoch"],
                 "committed": bool(report.get("committed")), "verdict": report.get("verdict")}
 

@@ -41,6 +41,8 @@ def test_all_sites_lose_their_raft_state_history_survives_and_the_newest_old_sna
     old = snapshot(c, "site-a")
     assert old["committed"]
     old_image = a_img.read_bytes()
+    c.wait_for("site-a's own verdict on the old snapshot", lambda: c.api(
+        "site-a", "GET", f"/v1/volumes/{VOL}/snapshots/{old['seq']}/evidence")["here"], 60)
 
     c.stop_all()
     for s in c.sites.values():  # every site loses its Raft state
@@ -66,6 +68,11 @@ def test_all_sites_lose_their_raft_state_history_survives_and_the_newest_old_sna
         c.api("site-b", "POST", f"/v1/volumes/{VOL}/readopt", {})
     res = c.api("site-a", "POST", f"/v1/volumes/{VOL}/readopt", {})
     assert res["committed"] and res["readopted"]["epoch"] == 3 and res["epoch"] == 1
+    # the newest old record is the live image captured when the reset was met: never judged here;
+    # the committed one before it keeps this site's verdict of the old incarnation, set aside
+    assert res["readopted"]["prior_state"] == "divergent" and res["readopted"]["judged_here"] is None
+    listed = {(p["epoch"], p["seq"]): p for p in c.api("site-a", "GET", f"/v1/volumes/{VOL}/snapshots")["previous"]}
+    assert listed[(3, old["seq"])]["judged_here"] == "clean", listed
     assert a_img.read_bytes() == old_image
     target = tmp_path / "readopted.img"
     rest = c.api("site-c", "POST", f"/v1/volumes/{VOL}/restore", {"target": str(target), "seq": res["seq"]})
