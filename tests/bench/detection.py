@@ -105,17 +105,27 @@ def run(argv: list[str], *, user: str | None = None, env: dict | None = None, ch
 # --------------------------------------------------------------------------------- volumes
 @contextlib.contextmanager
 def mounted(image: Path, mnt: Path) -> Iterator[Path]:
-    """Mount ``image`` (ext4) on ``mnt`` through a loop device of its own (autoclear: detached
-    by the unmount); unmount by path on exit."""
+    """Mount ``image`` (ext4) on ``mnt`` through a loop device of its own (``losetup --find
+    --show``); on exit unmount ``mnt`` and detach that device, both by path. Refuses an image
+    some loop device still holds (a mount of it would share that device's live file system)."""
+    held = run(["losetup", "-j", str(image)]).stdout.strip()
+    if held:
+        raise RuntimeError(f"{image} is still attached: {held}")
     mnt.mkdir(parents=True, exist_ok=True)
-    run(["mount", "-o", "loop", str(image), str(mnt)])
+    device = run(["losetup", "--find", "--show", str(image)]).stdout.strip()
     try:
-        yield mnt
+        run(["mount", device, str(mnt)])
+        try:
+            yield mnt
+        finally:
+            os.sync()
+            res = run(["umount", str(mnt)], check=False)
+            if res.returncode != 0:  # busy: say who, then detach lazily so the run can go on
+                print(f"umount {mnt}: {res.stderr.strip()}; {run(['fuser', '-vm', str(mnt)], check=False).stderr}",
+                      file=sys.stderr)
+                run(["umount", "-l", str(mnt)], check=False)
     finally:
-        os.sync()
-        run(["umount", str(mnt)], check=False)
-        if os.path.ismount(mnt):
-            run(["umount", "-l", str(mnt)], check=False)
+        run(["losetup", "-d", device], check=False)
 
 
 def make_ext4(image: Path, size_mib: int) -> None:
@@ -189,16 +199,14 @@ def letter(r: random.Random, n_words: int) -> str:
 
 def png(r: random.Random, w: int, h: int) -> bytes:
     """A real PNG (8-bit grey, zlib-compressed IDAT) of a noisy scan-like picture."""
-    rows = bytearray()
-    for y in range(h):
-        rows.append(0)
-        base = (y * 255) // h
-        rows += bytes((base + r.randint(-60, 60)) & 0xFF for _ in range(w))
+    g = np.random.default_rng(r.getrandbits(64))
+    pix = ((np.arange(h)[:, None] * 255 // h + g.integers(-60, 61, (h, w))) & 0xFF).astype(np.uint8)
+    rows = np.concatenate([np.zeros((h, 1), dtype=np.uint8), pix], axis=1).tobytes()
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(bytes(rows), 6)) + chunk(b"IEND", b""))
+            + chunk(b"IDAT", zlib.compress(rows, 6)) + chunk(b"IEND", b""))
 
 
 def log_text(r: random.Random, n: int) -> str:
@@ -445,9 +453,11 @@ def bench_corpus(name: str, base_img: Path, ops: dict, seeds: int, judge: Judge,
     rows = []
     img = work / f"{name}.work.img"
     mnt = work / f"{name}.mnt"
-    for op, (is_attack, fn) in ops.items():
+    for n, (op, (is_attack, fn)) in enumerate(ops.items()):
         row = Row(name, op, is_attack)
         for seed in range(seeds):
+            img.unlink(missing_ok=True)
+            img = work / f"{name}.work-{n}-{seed}.img"  # a new file (inode) for every run
             copy_image(base_img, img)
             with mounted(img, mnt):
                 fn(mnt, random.Random(1000 * seed + zlib.crc32(op.encode()) % 1000))
@@ -459,6 +469,8 @@ def bench_corpus(name: str, base_img: Path, ops: dict, seeds: int, judge: Judge,
     # slow: 1 % of the data bytes per cycle, judged against the newest snapshot judged clean
     row = Row(name, "attack: slow, 1 % of the data per cycle", True)
     for seed in range(seeds):
+        img.unlink(missing_ok=True)
+        img = work / f"{name}.slow-{seed}.img"
         copy_image(base_img, img)
         r = random.Random(77 + seed)
         clean_m, seq, window, done, detected = base_m, 1, [], 0, None
@@ -504,6 +516,7 @@ def bench_corpus(name: str, base_img: Path, ops: dict, seeds: int, judge: Judge,
             row.runs.append(j)
         row.cycles.append(detected)
         row.share_at_detection.append((detected or slow_cycles) * step / total)
+    img.unlink(missing_ok=True)
     rows.append(row)
     return rows
 
