@@ -121,8 +121,8 @@ def mounted(image: Path, mnt: Path) -> Iterator[Path]:
             os.sync()
             res = run(["umount", str(mnt)], check=False)
             if res.returncode != 0:  # busy: say who, then detach lazily so the run can go on
-                print(f"umount {mnt}: {res.stderr.strip()}; {run(['fuser', '-vm', str(mnt)], check=False).stderr}",
-                      file=sys.stderr)
+                who = run(["fuser", "-vm", str(mnt)], check=False).stderr if shutil.which("fuser") else ""
+                print(f"umount {mnt}: {res.stderr.strip()}; {who}", file=sys.stderr)
                 run(["umount", "-l", str(mnt)], check=False)
     finally:
         run(["losetup", "-d", device], check=False)
