@@ -62,8 +62,9 @@ Rows (units in the table):
   vs rsync (target >= 50x); cycle CPU seconds (``time.process_time``) per GiB changed.
 
 * **PostgreSQL snapshots without hooks** (``--pg-snapshots``, default 30; ``--skip pg``): the
-  scenario of :mod:`tests.pgcrash`: PostgreSQL (data checksums) on ext4 inside an image on a
-  loop-mounted XFS (reflink=1), pgbench (4 clients) with a CHECKPOINT every second; in each
+  scenario of :mod:`tests.pgcrash`: PostgreSQL (data checksums) on ext4 inside an image
+  (``--pg-image-mib``, default 768) on a loop-mounted XFS (reflink=1), ``pgbench -s
+  --pg-scale`` (default 16) with 4 clients and a CHECKPOINT every second; in each
   round one snapshot with the ``reflink`` source and one with the ``file`` source (a full read
   of the live image), no freeze hook; ``--pg-sample`` (default 15) snapshots of each source
   restored into fresh images (O5) and judged: PostgreSQL starts (crash recovery),
@@ -718,7 +719,8 @@ def pg_run(res: Results, args: argparse.Namespace, console: Console) -> None:
         console.log(f"PostgreSQL rows skipped: {err}")
         return
     kinds = ("reflink", "file")
-    with pgcrash.Scenario(scale=2, clients=4, checkpoint_every_s=1.0) as sc:
+    with pgcrash.Scenario(scale=args.pg_scale, image_bytes=args.pg_image_mib * 2**20, clients=4,
+                          checkpoint_every_s=1.0) as sc:
         t0 = time.perf_counter()
         camp = sc.run_load(kinds, args.pg_snapshots, interval_s=1.0)
         console.log(f"PostgreSQL: {len(camp.manifests['reflink'])} rounds of snapshots in "
@@ -908,6 +910,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="PostgreSQL rows: rounds of snapshots (one per source) under pgbench (default 30)")
     ap.add_argument("--pg-sample", type=int, default=15,
                     help="PostgreSQL rows: snapshots of each source restored and judged (default 15)")
+    ap.add_argument("--pg-scale", type=int, default=16,
+                    help="PostgreSQL rows: pgbench -i -s (default 16: 1.6 M accounts, ~250 MB)")
+    ap.add_argument("--pg-image-mib", type=int, default=768,
+                    help="PostgreSQL rows: size of the protected ext4 image, MiB (default 768)")
     ap.add_argument("--no-cold", action="store_true", help="warm page cache only")
     ap.add_argument("--step-timeout-s", type=float, default=900.0)
     ap.add_argument("--workdir", type=Path, default=None, help="scratch dir (default: a new temp dir, removed)")

@@ -1,0 +1,173 @@
+"""Restore from peers, before and after a change, paired: the same moment, the same machine.
+
+Run (as root, from a checkout)::
+
+    python -m tests.bench.restore_ab --before 2ea6dbd --rounds 8
+    python -m tests.bench.restore_ab --before HEAD~3 --after HEAD --size-mib 256 --rounds 2
+
+On a machine shared with other work, a benchmark run of the old code and one of the new code
+taken minutes apart compare the load of those minutes more than the code. Here both run side
+by side: the source tree of ``--before`` (``git archive``) and of ``--after`` (a revision, or
+by default this checkout's files as they are) each get a 3-site
+:class:`~replicad.lab.localcluster.LocalCluster` started from that tree, protecting the same
+image (:func:`replicad.lab.demo_volume.build_volume`, ``--size-mib``, seed 42) and holding its
+first snapshot at site-b and site-c. Each round restores that snapshot from both holders into a
+new file with the bench's :func:`tests.bench.bench.restore_from_peers` (a fresh store, the
+daemon's ``restore_from_holders``, O5 included) once with each tree's code against its own
+cluster, each in its own process after an ``os.sync()``, the order alternating between rounds,
+then times the floor ``dd if=IMAGE of=TARGET bs=8M oflag=direct conv=fsync``. Prints the
+medians, the ratios to dd, how many rounds the new code won, and the load average; writes every
+sample to ``--json-out``. Clusters are stopped through their helper process (SIGTERM: each stops
+its sites by PID); every step is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+_CLUSTER = r'''
+import json, os, shutil, signal, sys, threading
+from pathlib import Path
+tree, image, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+sys.path.insert(0, tree)
+from replicad.lab.localcluster import LocalCluster
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *a: stop.set())
+c = LocalCluster(out.parent / "cluster", volumes=("ehr",), interval="3650d", min_copies=2)
+shutil.copyfile(image, c.sites["site-a"].volume_path("ehr"))
+try:
+    c.start_all()
+    c.wait_ready(120)
+    rep = c.api("site-a", "POST", "/v1/volumes/ehr/snapshot", {}, timeout_s=900)
+    c.wait_for("standbys", lambda: all(c.status(s)["volumes"]["ehr"]["standby_seq"] == rep["seq"]
+                                       for s in ("site-b", "site-c")), 900, 0.1)
+    snaps = c.api("site-a", "GET", "/v1/volumes/ehr/snapshots")["snapshots"]
+    root = next(s["root"] for s in snaps if s["seq"] == rep["seq"])
+    urls = {s: f"http://127.0.0.1:{c.sites[s].peer_port}" for s in ("site-b", "site-c")}
+    out.write_text(json.dumps({"urls": urls, "root": root}))
+    stop.wait(3 * 3600)
+finally:
+    c.stop_all()
+'''
+
+_RESTORE = r'''
+import asyncio, json, sys
+from pathlib import Path
+tree, cfg, work = sys.argv[1], json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[3])
+sys.path.insert(0, tree)
+from tests.bench.bench import restore_from_peers
+print(json.dumps(asyncio.run(restore_from_peers(cfg["urls"], bytes.fromhex(cfg["root"]), work / "store",
+                                                work / "target.img"))))
+'''
+
+
+def export_tree(rev: str, dest: Path) -> Path:
+    """``git archive rev`` of this checkout unpacked into ``dest``. Raises CalledProcessError."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], capture_output=True, check=True, timeout=120)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True, timeout=120)
+    return dest
+
+
+def one_restore(tree: Path, cfg: Path, work: Path, timeout_s: float) -> float:
+    """Seconds of one restore with ``tree``'s code against the cluster described by ``cfg``."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        os.sync()
+        res = subprocess.run([sys.executable, "-c", _RESTORE, str(tree), str(cfg), str(work)], capture_output=True,
+                             text=True, timeout=timeout_s, cwd=str(tree))
+        if res.returncode != 0:
+            raise RuntimeError(f"restore with {tree} failed: {res.stderr[-2000:]}")
+        return float(json.loads(res.stdout.strip().splitlines()[-1])["total"])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--before", required=True, help="git revision of the code before the change")
+    ap.add_argument("--after", default=None, help="git revision after (default: this checkout's files)")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--step-timeout-s", type=float, default=900.0)
+    ap.add_argument("--json-out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    from replicad.lab.demo_volume import build_volume
+
+    work = Path(tempfile.mkdtemp(prefix="replicad-restore-ab-", dir="/var/tmp"))
+    helpers: dict[str, subprocess.Popen] = {}
+    samples: dict[str, list[float]] = {"before": [], "after": [], "dd": []}
+    loads: list[float] = []
+    try:
+        trees = {"before": export_tree(args.before, work / "before"),
+                 "after": export_tree(args.after, work / "after") if args.after else REPO}
+        image = build_volume(work / "build", work / "image.img", size_bytes=args.size_mib * 2**20,
+                             rng=random.Random(42)).path
+        shutil.rmtree(work / "build", ignore_errors=True)
+        cfgs = {}
+        for name, tree in trees.items():
+            (work / f"c-{name}").mkdir()
+            cfgs[name] = work / f"c-{name}" / "cluster.json"
+            with open(work / f"c-{name}.log", "w") as log:
+                helpers[name] = subprocess.Popen([sys.executable, "-c", _CLUSTER, str(tree), str(image),
+                                                  str(cfgs[name])], cwd=str(tree), stdout=subprocess.DEVNULL,
+                                                 stderr=log)
+        deadline = time.monotonic() + args.step_timeout_s
+        while not all(c.exists() for c in cfgs.values()):
+            for name, p in helpers.items():
+                if p.poll() is not None:
+                    raise RuntimeError(f"{name} cluster ended: {(work / f'c-{name}.log').read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the clusters did not hold their first snapshot in time")
+            time.sleep(0.5)
+        for k in range(args.rounds):
+            for name in (("before", "after") if k % 2 == 0 else ("after", "before")):
+                samples[name].append(one_restore(trees[name], cfgs[name], work / "restore", args.step_timeout_s))
+            os.sync()
+            t0 = time.perf_counter()
+            subprocess.run(["dd", f"if={image}", f"of={work / 'dd.img'}", "bs=8M", "oflag=direct", "conv=fsync",
+                            "status=none"], check=True, timeout=args.step_timeout_s)
+            samples["dd"].append(time.perf_counter() - t0)
+            (work / "dd.img").unlink()
+            loads.append(os.getloadavg()[0])
+            print(f"round {k}: before {samples['before'][-1]:.3f}s after {samples['after'][-1]:.3f}s "
+                  f"dd {samples['dd'][-1]:.3f}s load {loads[-1]:.1f}", flush=True)
+    finally:
+        for p in helpers.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in helpers.values():
+            try:
+                p.wait(120)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(30)
+        shutil.rmtree(work, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    won = sum(a < b for a, b in zip(samples["after"], samples["before"]))
+    print(f"medians: before {med['before']:.3f}s ({med['dd'] / med['before']:.2f}x of dd), after {med['after']:.3f}s "
+          f"({med['dd'] / med['after']:.2f}x of dd), dd {med['dd']:.3f}s; after faster in {won} of {args.rounds} "
+          f"rounds; load {min(loads):.1f}-{max(loads):.1f}")
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "samples": samples,
+                                             "load": loads}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
