@@ -61,12 +61,12 @@ Rows (units in the table):
   source (target <= 1.3 for reflink), and at the largest size with 1 % of *it* changed, reflink
   vs rsync (target >= 50x); cycle CPU seconds (``time.process_time``) per GiB changed.
 
-* **PostgreSQL snapshots without hooks** (``--pg-snapshots``, default 30; ``--skip pg``): the
+* **PostgreSQL snapshots without hooks** (``--pg-snapshots``, default 20; ``--skip pg``): the
   scenario of :mod:`tests.pgcrash`: PostgreSQL (data checksums) on ext4 inside an image
-  (``--pg-image-mib``, default 768) on a loop-mounted XFS (reflink=1), ``pgbench -s
+  (``--pg-image-mib``, default 2048) on a loop-mounted XFS (reflink=1), ``pgbench -s
   --pg-scale`` (default 16) with 4 clients and a CHECKPOINT every second; in each
   round one snapshot with the ``reflink`` source and one with the ``file`` source (a full read
-  of the live image), no freeze hook; ``--pg-sample`` (default 15) snapshots of each source
+  of the live image), no freeze hook; ``--pg-sample`` (default 20: all) snapshots of each source
   restored into fresh images (O5) and judged: PostgreSQL starts (crash recovery),
   ``pg_amcheck --heapallindexed`` and the pgbench invariant (sum of balances = sum of the
   history's deltas) pass, and ``pg_checksums --check`` after a clean stop. Rows: how many
@@ -906,14 +906,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reflink-gib", default="1,16", help="volume sizes of the reflink rows, GiB (default 1,16)")
     ap.add_argument("--reflink-changed-mib", type=float, default=10.24,
                     help="bytes rewritten before each reflink-row cycle, MiB (default 10.24: 1%% of 1 GiB)")
-    ap.add_argument("--pg-snapshots", type=int, default=30,
-                    help="PostgreSQL rows: rounds of snapshots (one per source) under pgbench (default 30)")
-    ap.add_argument("--pg-sample", type=int, default=15,
-                    help="PostgreSQL rows: snapshots of each source restored and judged (default 15)")
+    ap.add_argument("--pg-snapshots", type=int, default=20,
+                    help="PostgreSQL rows: rounds of snapshots (one per source) under pgbench (default 20)")
+    ap.add_argument("--pg-sample", type=int, default=20,
+                    help="PostgreSQL rows: snapshots of each source restored and judged (default 20: all)")
     ap.add_argument("--pg-scale", type=int, default=16,
                     help="PostgreSQL rows: pgbench -i -s (default 16: 1.6 M accounts, ~250 MB)")
-    ap.add_argument("--pg-image-mib", type=int, default=768,
-                    help="PostgreSQL rows: size of the protected ext4 image, MiB (default 768)")
+    ap.add_argument("--pg-image-mib", type=int, default=2048,
+                    help="PostgreSQL rows: size of the protected ext4 image, MiB (default 2048: the file "
+                         "source's read of the live image spans checkpoints)")
     ap.add_argument("--no-cold", action="store_true", help="warm page cache only")
     ap.add_argument("--step-timeout-s", type=float, default=900.0)
     ap.add_argument("--workdir", type=Path, default=None, help="scratch dir (default: a new temp dir, removed)")
