@@ -174,18 +174,26 @@ class Postgres:
         return _check(_run([str(self.bindir / "psql"), "-X", "-v", "ON_ERROR_STOP=1", "-h", str(self.sockdir),
                             "-p", str(self.port), "-U", PG_USER, "-d", db, "-Atc", sql], as_pg=True), "psql").strip()
 
+    def _ours(self) -> bool:
+        """Whether ``self.pid`` is still this server's postmaster (its command line names this data
+        directory): a PID freed by its exit may already belong to someone else."""
+        try:
+            return str(self.data).encode() in Path(f"/proc/{self.pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+
     def stop(self, mode: str = "fast") -> None:
         """``pg_ctl stop -m mode``; then, if the postmaster still runs, SIGKILL to its PID."""
         _run([str(self.bindir / "pg_ctl"), "stop", "-w", "-t", "30", "-m", mode, "-D", str(self.data)],
              as_pg=True, timeout_s=60)
-        if self.pid is not None:
+        if self.pid is not None and self._ours():
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, 0)
                 os.kill(self.pid, signal.SIGKILL)
                 for _ in range(100):
-                    os.kill(self.pid, 0)
+                    if not self._ours():
+                        break
                     time.sleep(0.05)
-            self.pid = None
+        self.pid = None
 
 
 @dataclass
