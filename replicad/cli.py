@@ -589,6 +589,14 @@ def cmd_drill(args: argparse.Namespace) -> int:
 
     from replicad.core.errors import ToolError
 
+    if args.report:  # checked before the drill runs: a long drill is never lost to a bad path
+        wanted = Path(args.report)
+        if wanted.exists():
+            raise UsageError(f"{wanted} exists: a drill report is never overwritten; name a new file", path=str(wanted))
+        if not wanted.absolute().parent.is_dir():
+            raise UsageError(f"the directory of --report {wanted} does not exist", path=str(wanted))
+        if not os.access(wanted.absolute().parent, os.W_OK):
+            raise UsageError(f"the directory of --report {wanted} is not writable", path=str(wanted))
     body = {"sandbox": str(Path(args.sandbox).absolute()), "seq": args.seq, "keep": args.keep}
     op = api(args, "POST", f"/v1/volumes/{args.volume}/drill", body)
     result = _follow(args, op, f"drill {args.volume}")
@@ -603,7 +611,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
             raise UsageError(f"{out} exists: a drill report is never overwritten (the site keeps a copy at "
                              f"{result.get('report_path')})", path=str(out)) from None
         except OSError as err:
-            raise from_os_error(err, f"writing the drill report {out}") from None
+            raise from_os_error(err, f"writing the drill report {out} (the drill itself {result.get('outcome')}; "
+                                f"the site keeps its report at {result.get('report_path')})") from None
         result["report_file"] = str(out)
     report = result.get("report") or {}
 
@@ -628,6 +637,10 @@ def cmd_drill(args: argparse.Namespace) -> int:
                           f"{r.get('report_path')})", markup=False, soft_wrap=True)
 
     _print(args, result, render)
+    if result.get("outcome") == "failed" and result.get("verdict") == "suspect":
+        raise ToolError(f"drill of {args.volume}#{result['seq']} restored a SUSPECT snapshot: it is no recovery point "
+                        "and is not counted as a passed drill (drill the newest clean one)",
+                        volume=args.volume, seq=result["seq"], report=result.get("report_file"))
     if result.get("outcome") == "failed":
         raise ToolError(f"drill of {args.volume}#{result['seq']} FAILED its checks (see the report)",
                         volume=args.volume, seq=result["seq"], report=result.get("report_file"))
@@ -1070,7 +1083,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="replicad", parents=[common], allow_abbrev=False,
                                      description="replicad: block-level snapshot replication between sites, "
                                                  "agreed through Raft, for recovery after ransomware.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, parent: argparse.ArgumentParser = common) -> argparse.ArgumentParser:
         examples = EXAMPLES.get(name)
@@ -1160,8 +1173,9 @@ def main(argv: list[str] | None = None) -> int:
                                     "drill-VOLUME-SEQ-UTC.html here); 'replicad drill verify FILE' checks it")
     p.set_defaults(fn=cmd_drill)
     # "replicad drill verify FILE" is parsed as drill-verify (see the argv rewrite below)
-    p = sub.add_parser("drill-verify", help=argparse.SUPPRESS, parents=[common], allow_abbrev=False,
+    p = sub.add_parser("drill-verify", parents=[common], allow_abbrev=False,
                        description="check a drill report's signature against the pinned key (drill evidence)")
+    sub._choices_actions = [a for a in sub._choices_actions if a.dest != "drill-verify"]  # listed as "drill verify"
     p.add_argument("report_file", metavar="REPORT")
     p.add_argument("--key", action="append", help="the drilling site's public key ed25519:... (instead of --config)")
     p.set_defaults(fn=cmd_drill_verify)

@@ -101,14 +101,15 @@ def shape_problem(message: Any, current_term: int) -> tuple[str, str] | None:
 
 def _membership_report_problem(report: Any) -> tuple[str, str] | None:
     """A ``membership_report`` must carry ``{"incarnation": bytes, "members": [{"site_id": str,
-    "raft": str, "kind": str, "keys": [str]}]}`` (raft point 16)."""
+    "raft": str, "kind": str, "keys": [str]}]}`` (raft point 16), each member with exactly those
+    keys (an extra value once reached the daemon's comparison and ended its bootstrap)."""
     if not (isinstance(report, dict) and isinstance(report.get("incarnation"), bytes)
             and len(report["incarnation"]) <= 64 and isinstance(report.get("members"), list)
             and len(report["members"]) <= MAX_REPORTED_MEMBERS):
         return "malformed", "membership_report without an incarnation and a bounded member list"
     for m in report["members"]:
-        if not (isinstance(m, dict) and all(isinstance(m.get(k), str) and len(m[k]) <= 300
-                                            for k in ("site_id", "raft", "kind"))
+        if not (isinstance(m, dict) and set(m) == {"site_id", "raft", "kind", "keys"}
+                and all(isinstance(m.get(k), str) and len(m[k]) <= 300 for k in ("site_id", "raft", "kind"))
                 and isinstance(m.get("keys"), list) and len(m["keys"]) <= 8
                 and all(isinstance(k, str) and len(k) <= 200 for k in m["keys"])):
             return "malformed", "membership_report with a malformed member"

@@ -195,7 +195,9 @@ names up in its own modules):
    gives that site (``forwarded_bad_signature``), or when the member is over its budget
    (``forwarded_over_budget``: a token bucket per member of :data:`FORWARD_CMDS_PER_S`
    commands and :data:`FORWARD_BYTES_PER_S` bytes a second, bursts of
-   :data:`FORWARD_BURST_S` seconds' worth). Before, a compromised member had every site journal
+   :data:`FORWARD_BURST_S` seconds' worth). A non-leader never relays a member's ``apply_command``
+   sent without a request id (pysyncobj would forward it as its own, spending the honest site's
+   budget in the attacker's place: ``forwarded_to_follower``). Before, a compromised member had every site journal
    ~4 MB/s of forged commands, each refused only when applied. The state machine still checks
    every applied command (the leader itself is not checked here: a compromised leader appends
    what it likes, and only what it signs itself takes effect).
@@ -334,7 +336,8 @@ FORWARD_BYTES_PER_S = 1024 * 1024
 at that rate, commands of 1-2 KiB)."""
 FORWARD_BURST_S = 10.0
 """Point 17: a member's bucket holds this many seconds of its budget (a backlog after a cut)."""
-FORWARD_REASONS = ("forwarded_malformed", "forwarded_not_own", "forwarded_bad_signature", "forwarded_over_budget")
+FORWARD_REASONS = ("forwarded_malformed", "forwarded_not_own", "forwarded_bad_signature", "forwarded_over_budget",
+                   "forwarded_to_follower")
 MEMBERSHIP_ASK_S = 2.0
 """Point 16: how often a node that asks queries each member, and answers each member at most."""
 MEMBERSHIP_REPORT_TTL_S = 30.0
@@ -1001,6 +1004,14 @@ class _HardenedSyncObj(SyncObj):
             self._on_membership_report(node, message)
             return
         if kind == "apply_command":
+            if self._SyncObj__raftState != _RAFT_STATE_LEADER and "request_id" not in message:
+                # pysyncobj relays such a command to the leader as this node's own: a member could
+                # then spend an honest site's budget and be logged in its name (attacker review).
+                # Honest members send only to the leader, always with a request_id (a non-leader
+                # answers those NOT_LEADER itself).
+                self.refusals.refuse("forwarded_to_follower", "%s: an apply_command without a request id sent to "
+                                     "this non-leader (never relayed)", getattr(node, "id", node))
+                return
             problem = self.door_check(message.get("command"), str(getattr(node, "id", node)))
             if problem is not None:  # point 17
                 self.refusals.refuse(problem[0], "%s: %s", getattr(node, "id", node), problem[1])

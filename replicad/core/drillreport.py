@@ -147,6 +147,8 @@ def render_html(report: Mapping[str, Any], signature_b64: str | None) -> str:
     app, who = report.get("application_check") or {}, report.get("ran_by") or {}
     passed = report.get("outcome") == "passed"
     outcome = '<span class="ok">PASSED</span>' if passed else '<span class="bad">FAILED</span>'
+    if not passed and snap.get("verdict") == "suspect":
+        outcome += " (the snapshot is judged suspect: a drill proves recovery only from a clean snapshot)"
     within = rpo.get("within_target")
     rpo_text = (f"{_dur(rpo.get('measured_s'))} (target {_dur(rpo.get('target_s'))}: "
                 f"{'within' if within else 'ABOVE'} target)")

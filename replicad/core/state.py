@@ -90,7 +90,8 @@ Authority rules (threat model: root on one site speaks with that site's identity
   :data:`SIZE_BYTES_MAX` (else ``out_of_range``).
 * ``add_holder`` only by the holder itself (a site cannot name another as holding a copy).
 * ``promote`` is a compare-and-set on the epoch. Planned (``force`` false): asked by the
-  current primary. Forced: asked by any registered data site; the Raft majority that
+  current primary. Forced: asked by any registered data site for itself (``to`` = ``by``:
+  never another site, whose live image a named ``snapshot`` would roll back); the Raft majority that
   commits the command is what prevents a minority from promoting. A forced one may name the
   ``snapshot`` to restore (committed, held, clean: else ``not_found`` / ``snapshot_suspect``);
   the volume then records it as :data:`RESTORE_PIN` for the new epoch, and pruning keeps it.
@@ -1050,6 +1051,13 @@ def _op_promote(state: dict, cmd: dict) -> tuple[dict, dict]:
                        "(rebuild it with a new key first)", volume=name, to=to, revoked=True)
     if force:
         _data_site(state, cmd["by"], "forced promotion requester")
+        if to != cmd["by"]:
+            # a site takes a volume over itself (the daemon runs a forced promotion at the site to
+            # promote); otherwise one compromised site could make an honest one roll its live image
+            # back to a snapshot of its choosing (restore_pin), found by the attacker review
+            raise _Refusal("conflict", f"a forced promotion promotes the site that asks for it: {cmd['by']!r} "
+                           f"cannot force {to!r} to take {name!r} over (run it at {to!r})",
+                           volume=name, by=cmd["by"], to=to)
     elif "snapshot" in cmd:
         raise _Refusal("bad_request", "only a forced promotion names the snapshot to restore (a planned "
                        "switchover hands over the newest one)", volume=name, field="snapshot")

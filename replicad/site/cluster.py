@@ -78,8 +78,14 @@ class Cluster:
         deadline = time.monotonic() + timeout_s
         while not self.raft_synced():
             if time.monotonic() >= deadline:
-                raise NoQuorumError("this site's view of the cluster is not current (no Raft leader, or the log "
-                                    "is still being applied)", site=self.site_id, raft=self.raft.status())
+                st = self.raft.status()
+                partners = st.get("partners") or {}
+                raise NoQuorumError(
+                    "this site's view of the cluster is not current (no Raft leader, or the log is still being "
+                    "applied): run it at a site that reaches a majority, or wait; 'replicad status' there says why",
+                    site=self.site_id, leader=st.get("leader"), has_quorum=st.get("has_quorum"),
+                    caught_up=st.get("caught_up"), behind_s=round(float(st.get("behind_s") or 0.0), 1),
+                    connected=f"{sum(1 for up in partners.values() if up)} of {len(partners)} other sites")
             await asyncio.sleep(0.1)
 
     def view_freshness(self) -> dict:

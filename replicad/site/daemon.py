@@ -50,7 +50,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import msgpack
 from aiohttp import web
 
 from replicad.config import SiteConfig, VolumeConfig, load_signer, membership_differences
@@ -482,10 +481,10 @@ class SiteDaemon:
         me = self.cfg.self_ref()
         self.raft.ask_membership(True)
         while not self.volumes.joined.is_set():
-            self._judge_reported_membership()
-            if self.fatal is not None:
-                return
             try:
+                self._judge_reported_membership()
+                if self.fatal is not None:
+                    return
                 await self.cluster.wait_synced()  # catch up first: decide on the CURRENT membership
                 current = self.raft.view().get("incarnation")
                 if current is None:  # not founded yet: propose this config's list
@@ -511,6 +510,9 @@ class SiteDaemon:
                 self.raft.ask_membership(False)
             except ReplicadError as err:
                 log.info("bootstrap waiting to join the cluster: %s %s", err, err.evidence)
+                await asyncio.sleep(1.0)
+            except Exception:  # never let one bad round end the join: a site that never joins never acts
+                log.exception("bootstrap: a round of joining the cluster failed unexpectedly; retrying")
                 await asyncio.sleep(1.0)
         while True:
             try:
@@ -542,14 +544,21 @@ class SiteDaemon:
         its config lacks is refused (it waited forever). One site's word is never enough."""
         mine = self.cfg.membership()
         names = {m["raft"]: m["site_id"] for m in mine if m["site_id"] != self.site_id}
-        by_list: dict[bytes, list[str]] = {}
-        lists: dict[bytes, list[dict]] = {}
+        by_list: dict[tuple, list[str]] = {}
+        lists: dict[tuple, list[dict]] = {}
         for addr, report in self.raft.membership_reports().items():
-            if addr not in names or not membership_differences(report["members"], mine):
+            try:  # shapes are checked by the guard; a member's word is still never trusted to parse
+                members = [{"site_id": m["site_id"], "raft": m["raft"], "kind": m["kind"], "keys": sorted(m["keys"])}
+                           for m in report["members"]]
+                key = tuple((m["site_id"], m["raft"], m["kind"], tuple(m["keys"])) for m in members)
+                if addr not in names or not membership_differences(members, mine):
+                    continue
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("site %s: a membership report from %s cannot be read (%s); ignored", self.site_id,
+                            names.get(addr, addr), exc)
                 continue
-            key = msgpack.packb(report["members"], use_bin_type=True)
             by_list.setdefault(key, []).append(names[addr])
-            lists[key] = report["members"]
+            lists[key] = members
         for key, sites in by_list.items():
             if len(sites) >= len(mine) // 2 + 1:
                 problems = membership_differences(lists[key], mine)

@@ -167,7 +167,8 @@ class Drills:
             op: the operation whose phase/progress to update (``restoring`` → ``checking``).
 
         Returns:
-            the restore report of :meth:`Recovery.drill` plus ``outcome`` (passed | failed),
+            the restore report of :meth:`Recovery.drill` plus ``outcome`` (passed | failed: a
+            check failed, or the snapshot is judged suspect, which is no recovery point),
             ``report`` (the signed map), ``signature`` (base64 or None), ``html`` (the report
             file's text) and ``report_path`` (where this site keeps it).
 
@@ -199,8 +200,12 @@ class Drills:
         rpo_s = round(started - created_ns / 1e9, 3) if created_ns else None
         target_s = 3 * float(vol_cfg.interval_s)
         phases = rep.get("phases") or {}
+        # a drill proves recovery only from a snapshot every check says is clean: restoring
+        # ransomware output (a suspect snapshot) verifies its root but is no recovery point, and
+        # must not reset the drill-overdue alert (found by a new operator)
+        suspect = rep.get("verdict") == "suspect"
         passed = bool(rep.get("verified")) and (fsck["ok"] or not fsck["checked"]) and \
-            (app["ok"] or not app["configured"])
+            (app["ok"] or not app["configured"]) and not suspect
         report = {
             "v": drillreport.REPORT_VERSION, "kind": drillreport.REPORT_KIND,
             "cluster_id": self.cfg().cluster_id, "site_id": self.site_id,
@@ -228,8 +233,9 @@ class Drills:
             raise from_os_error(err, f"keep the drill report under {self.dir}") from None
         self.metrics.drill_finished(volume, passed, finished)
         (log.info if passed else log.error)(
-            "drill %s#%d at %s by %s: %s (RPO %.1fs, RTO %.2fs, fsck %s, application check %s); report %s",
-            volume, rep["seq"], self.site_id, who[0], report["outcome"].upper(), rpo_s or -1.0,
+            "drill %s#%d at %s by %s: %s%s (RPO %.1fs, RTO %.2fs, fsck %s, application check %s); report %s",
+            volume, rep["seq"], self.site_id, who[0], report["outcome"].upper(),
+            " (the snapshot is judged suspect: not a recovery point)" if suspect else "", rpo_s or -1.0,
             report["rto"]["measured_s"], "ok" if fsck["ok"] else "not checked" if not fsck["checked"] else "FAILED",
             "ok" if app["ok"] else "not configured" if not app["configured"] else "FAILED", path)
         rep.update(kept=keep, outcome=report["outcome"], report=report, signature=signature, html=html_text,

@@ -141,10 +141,13 @@ class Promotion:
         if not snap.get("holders"):
             raise NotFoundError(f"{name}#{seq} is held by no site any more", volume=name, seq=seq, reason="not_held")
         if snap.get("verdict") != "clean":
+            why = snap.get("verdict_reason") or "; ".join(
+                f"{site}: {o['reason']}" for site, o in sorted((snap.get("opinions") or {}).items())
+                if o.get("verdict") == "suspect" and o.get("reason")) or "no reason recorded"
             raise SnapshotSuspectError(
-                f"{name}#{seq} is {snap.get('verdict')} ({snap.get('verdict_reason')}): clear it first (replicad "
-                f"verdict {name} {seq} clean, approved by other sites) or name an older clean snapshot",
-                volume=name, seq=seq, verdict=snap.get("verdict"), reason=snap.get("verdict_reason"))
+                f"{name}#{seq} is {snap.get('verdict')} ({why[:300]}): clear it first (replicad verdict {name} {seq} "
+                f"clean, approved by other sites) or name an older clean snapshot",
+                volume=name, seq=seq, verdict=snap.get("verdict"), reason=why[:300])
         manifest = await self.pull.ensure_snapshot(name, seq, vs)
         if self.detection is not None and not snap.get("confirmed"):
             if self.detection.own_verdict(name, seq, vs) is None:

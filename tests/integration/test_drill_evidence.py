@@ -120,6 +120,23 @@ def test_drill_writes_a_signed_report_that_verify_accepts_and_a_failed_check_is_
         assert _metric(after, "replicad_drill_runs_total", volume=VOL, outcome="failed") == 1
         assert _metric(after, "replicad_drill_runs_total", volume=VOL, outcome="passed") == 1
 
+        # a --report that cannot be written is refused before the drill runs (nothing restored)
+        bad_path = cli("drill", VOL, "--sandbox", str(sandbox), "--report", str(tmp_path / "no-dir" / "r.html"), *admin)
+        assert bad_path.returncode == 2 and "does not exist" in bad_path.stderr, bad_path.stdout + bad_path.stderr
+        assert _metric(scrape(), "replicad_drill_runs_total", volume=VOL, outcome="failed") == 1
+
+        # restoring a snapshot judged suspect is no recovery drill: FAILED, never a last success
+        fail_marker.unlink()
+        c.api("site-a", "POST", f"/v1/volumes/{VOL}/snapshots/1/verdict", {"verdict": "suspect",
+                                                                           "reason": "the operator saw ransom notes"})
+        bad = cli("drill", VOL, "--sandbox", str(sandbox), "--snapshot", "1", "--report",
+                  str(tmp_path / "suspect.html"), *admin)
+        assert bad.returncode == 1 and "SUSPECT" in bad.stderr, bad.stdout + bad.stderr
+        assert "judged suspect" in (tmp_path / "suspect.html").read_text()
+        after = scrape()
+        assert _metric(after, "replicad_drill_last_success_timestamp_seconds", volume=VOL) == first
+        assert _metric(after, "replicad_drill_runs_total", volume=VOL, outcome="failed") == 2
+
         c.kill("site-a", signal.SIGTERM)
         c.start("site-a")
         c.wait_ready(60)

@@ -343,6 +343,11 @@ def test_promote_refusals(with_snaps):
     refused(with_snaps, cmd("promote", by="a", volume="vol", to="w", expected_epoch=1), "conflict")
     refused(with_snaps, cmd("promote", by="a", volume="vol", to="zz", expected_epoch=1), "not_found")
     refused(with_snaps, cmd("promote", by="w", volume="vol", to="b", expected_epoch=1, force=True), "conflict")
+    # a forced promotion is for the asking site itself: never another one (whose live image a
+    # named snapshot would roll back), the current primary included
+    refused(with_snaps, cmd("promote", by="c", volume="vol", to="b", expected_epoch=1, force=True), "conflict")
+    refused(with_snaps, cmd("promote", by="c", volume="vol", to="a", expected_epoch=1, force=True, snapshot=1),
+            "conflict")
     refused(with_snaps, cmd("promote", by="a", volume="vol", to="b", expected_epoch=1, force="yes"),
             "bad_request")
 
