@@ -53,6 +53,8 @@ _MEMBER = {"site_id": "a", "raft": "127.0.0.1:1", "kind": "data", "keys": ["ed25
     ({"type": "membership_report", "report": {"incarnation": b"x" * 16, "members": [{"site_id": "a"}]}},
      "malformed"),
     ({"type": "membership_report", "report": {"incarnation": b"x" * 16, "members": [_MEMBER] * 65}}, "malformed"),
+    ({"type": "membership_report", "report": {"incarnation": b"x" * 16, "members": [{**_MEMBER, "x": 2**70}]}},
+     "malformed"),  # an extra value once ended the receiving daemon's bootstrap
 ])
 def test_shape_problem_refuses_malformed_messages(message, reason):
     problem = shape_problem(message, current_term=5)
