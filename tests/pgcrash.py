@@ -379,6 +379,10 @@ class Scenario:
             apply_snapshot(image, manifest, store)
             verify_image(image, manifest)  # O5: the restore itself is exact; what follows judges the snapshot
             with loop_mount(image, self.work / f"m-{kind}-{index}") as mnt:
+                # the snapshot's lock file names the live postmaster: PostgreSQL ignores a stale one
+                # unless that PID is alive, and here it may be (the stopped live server not yet reaped,
+                # or its PID reused), so it goes, as after any restore onto another host; no data in it
+                (mnt / "pgdata" / "postmaster.pid").unlink(missing_ok=True)
                 pg = Postgres(self.bindir, mnt / "pgdata", self.sockdir, self.logdir / f"{kind}-{index}.log")
                 try:
                     res = pg.start()
