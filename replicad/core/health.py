@@ -23,7 +23,8 @@ def degraded_reasons(data: dict) -> list[dict]:
     site is ``fenced``/``divergent`` for it, its role is not confirmed by a current Raft view,
     it has no primary (``primary`` present and None: demoted, so nothing is replicated; an
     unknown volume, without the key, is not counted), or its last snapshot was not stored at a replica (``last_report.peers``; a straggler still
-    shipping is not counted). Pure; never raises on a partial document."""
+    shipping is not counted, nor a replica that holds that snapshot or a newer one since:
+    ``last_report_caught_up``). Pure; never raises on a partial document."""
     out: list[dict] = []
 
     def add(reason: str, message: str, **where: str) -> None:
@@ -69,8 +70,10 @@ def degraded_reasons(data: dict) -> list[dict]:
                     if v.get("primary") else "this site's view holds no Raft record of it yet")
             add("role_unconfirmed", f"{name}: role {v.get('role')} is this site's belief, not confirmed by a "
                                     f"current Raft view ({seen})", volume=name)
+        caught_up = set(v.get("last_report_caught_up") or ())
         for peer, rep in sorted(((v.get("last_report") or {}).get("peers") or {}).items()):
-            if isinstance(rep, dict) and not rep.get("ok") and rep.get("error") != "straggler":
+            if isinstance(rep, dict) and not rep.get("ok") and rep.get("error") != "straggler" \
+                    and peer not in caught_up:
                 add("replica_not_stored", f"{name}: the last snapshot was not stored at {peer}: {rep.get('error')}: "
                                           f"{rep.get('message', '')}".rstrip(": "), volume=name, site=str(peer))
     return out

@@ -22,6 +22,9 @@ def call_admin(base_url: str, method: str, path: str, body: dict | None = None, 
         PeerUnavailableError if the endpoint cannot be reached or answers without a JSON error;
         UsageError if ``base_url`` is not a URL.
     """
+    if not base_url.startswith(("http://", "https://")):
+        raise UsageError(f"admin URL {base_url!r} needs its scheme: http://{base_url} (or https:// with [tls])",
+                         url=base_url)
     url = base_url.rstrip("/") + path
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json"}

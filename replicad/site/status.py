@@ -86,6 +86,12 @@ class Status:
             entry["divergent"] = [{"epoch": r.epoch, "seq": r.seq, "root": r.root.hex()}
                                   for r in self.catalog.list(name, "divergent")]
             entry["last_report"] = _jsonable_report(runner.last_report)
+            # the sites that hold the last reported snapshot or a newer one since (a replica that
+            # failed to store it and has caught up since is no longer a reason to be degraded)
+            rep_seq = (runner.last_report or {}).get("seq")
+            entry["last_report_caught_up"] = sorted({h for s, snap in vs["snapshots"].items() if s >= rep_seq
+                                                     for h in snap.get("holders", ())}) \
+                if vs is not None and isinstance(rep_seq, int) else []
             entry["source"] = _source_status(runner)
             vols[name] = entry
         # "synced": false means the figures below may be an old view (restart, no leader, cut off)

@@ -145,3 +145,26 @@ def test_a_rejoined_site_is_shown_rejoined_and_the_signing_key_is_marked() -> No
     assert ident["signing_key"] == new_s
     assert ident["keys"] == [{"key": old_s, "signs": False, "revoked": True},
                              {"key": new_s, "signs": True, "revoked": False}]
+
+
+def test_a_replica_that_missed_the_last_snapshot_is_degraded_until_it_holds_it_or_a_newer_one() -> None:
+    """A new operator's finding: after site-c came back and stored the newer snapshot, the
+    primary stayed degraded until its next snapshot (with a long interval, for hours)."""
+    state = _state("site-b", 2, 1.0)
+    now = now_ns()
+    cfg = SimpleNamespace(sites=(), cluster_id="lab", identity=SimpleNamespace(unsafe_unsigned=False),
+                          self_ref=lambda: SimpleNamespace(public_key=()))
+    vcfg = SimpleNamespace(name="ehr", source=SimpleNamespace(kind="file"))
+    runner = VolumeRunner(vcfg, role="primary", acting_epoch=2)  # type: ignore[arg-type]
+    runner.last_report = {"seq": 1, "peers": {"site-c": {"ok": False, "error": "peer_unavailable",
+                                                         "message": "cannot connect"}}}
+
+    def reasons() -> list[str]:
+        st = Status(Cluster("site-b", _Raft(CURRENT, state), lambda: cfg), _Catalog(1),
+                    SimpleNamespace(stats=lambda: {}), {"ehr": runner}, []).report()
+        return [r["site"] for r in st["degraded_reasons"] if r["reason"] == "replica_not_stored"]
+
+    assert reasons() == ["site-c"]
+    state["volumes"]["ehr"]["snapshots"][2] = {"verdict": "clean", "created_at_ns": now, "root": b"t" * 32,
+                                               "holders": ["site-a", "site-b", "site-c"]}  # caught up since
+    assert reasons() == []
