@@ -18,12 +18,30 @@ the file or the variable: a ``--token`` argument is visible to other users in ``
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+
+
+def _interrupted_early(signum: int, frame: object) -> None:
+    """Ctrl-C before main() takes over (while rich, asyncio ... import): one line, exit 130."""
+    sys.stderr.write("interrupted\n")
+    sys.stderr.flush()
+    os._exit(130)
+
+
+_AS_COMMAND = (os.path.basename(sys.argv[0] if sys.argv else "") == "replicad"
+               or (sys.argv[0] if sys.argv else "").endswith(os.path.join("replicad", "__main__.py")))
+if _AS_COMMAND and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    try:  # only as the replicad command (an importing program keeps its Ctrl-C)
+        signal.signal(signal.SIGINT, _interrupted_early)
+    except ValueError:  # not the main thread
+        pass
+
 import argparse
 import asyncio
 import json
 import logging
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -1303,6 +1321,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generate", action="store_true", help="make a new random token and print it with its hash")
     p.set_defaults(fn=cmd_hash_token)
 
+    if signal.getsignal(signal.SIGINT) is _interrupted_early:  # from here on: KeyboardInterrupt, caught below
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _main(parser, argv)
+    except KeyboardInterrupt as ki:  # anywhere, the parsing included: one line, never a traceback
+        _print_interrupted(ki)
+        return 130
+
+
+def _print_interrupted(ki: KeyboardInterrupt) -> None:
+    """The one line of a Ctrl-C: what a mount left (fileview.Interrupted), else "interrupted"."""
+    try:
+        err_console.print(getattr(ki, "message", "interrupted"), markup=False, soft_wrap=True)
+    except KeyboardInterrupt:
+        pass
+
+
+def _main(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "drill" in argv and argv[argv.index("drill") + 1:argv.index("drill") + 2] == ["verify"]:
         i = argv.index("drill")  # replicad drill verify REPORT: the drill report check
@@ -1329,7 +1365,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(err, ConfigError):
             return _print_config_error(args, err)
         return _print_error(err)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as ki:
+        _print_interrupted(ki)
         return 130
     except OSError as err:  # e.g. a listen address already in use: typed, no traceback
         e = from_os_error(err, f"replicad {getattr(args, 'command', '')}".strip())
@@ -1459,6 +1496,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from replicad.ops.fileview import create_export
 
     exp = create_export(_admin_api(args), args.volume, args.seq, writable=args.writable)
+    _warn_suspect(args.volume, [(args.seq, exp.get("verdict"))])
     _print(args, exp, lambda e: console.print(
         f"export {e['export_id']}: {e['volume']}#{e['seq']} ({e.get('verdict', '?')}, {e['size_bytes']} bytes, "
         f"{'writable: writes go to an overlay, never the snapshot' if e['writable'] else 'read-only'})\n"
@@ -1468,11 +1506,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_suspect(volume: str, verdicts: list[tuple[int, str | None]]) -> None:
+    """A warning line on stderr for each SUSPECT snapshot among ``verdicts`` (seq, verdict)."""
+    for seq, verdict in verdicts:
+        if verdict == "suspect":
+            err_console.print(f"[red]warning[/red]: snapshot {volume}#{seq} is SUSPECT (ransomware signal): its "
+                              "content may be encrypted; 'replicad snapshots VOL' lists the clean ones",
+                              soft_wrap=True)
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     """Mount a snapshot read-only at DIR (until replicad umount DIR)."""
     from replicad.ops.fileview import mount
 
     rec = mount(_admin_api(args), args.volume, args.seq, Path(args.dir), args.partition)
+    _warn_suspect(args.volume, [(args.seq, rec.get("verdict"))])
     _print(args, rec, lambda r: console.print(
         f"{r['volume']}#{r['seq']} mounted read-only at {r['mountpoint']} ({r['fstype']}, {r['loop']}); "
         f"copy what you need out of it, then: replicad umount {r['mountpoint']}", markup=False, soft_wrap=True))
@@ -1483,8 +1531,11 @@ def cmd_umount(args: argparse.Namespace) -> int:
     """Unmount a snapshot mounted by replicad mount."""
     from replicad.ops.fileview import umount
 
-    _print(args, umount(Path(args.dir)), lambda r: console.print(
-        f"{r['volume']}#{r['seq']} unmounted from {r['mountpoint']}", markup=False, soft_wrap=True))
+    def render(r: dict) -> None:
+        what = (f"{r['volume']}#{r['seq']} unmounted from {r['mountpoint']}" if r["volume"] != "?" else
+                f"no mount was recorded at {r['mountpoint']}; what an earlier one left is undone")
+        console.print(f"{what} ({'; '.join(r['done']) or 'nothing was left mounted'})", markup=False, soft_wrap=True)
+    _print(args, umount(Path(args.dir)), render)
     return 0
 
 
@@ -1492,7 +1543,9 @@ def cmd_files(args: argparse.Namespace) -> int:
     """List a snapshot's files (through a temporary read-only mount)."""
     from replicad.ops.fileview import list_files, temporary_mount
 
-    with temporary_mount(_admin_api(args), args.volume, args.seq, args.partition) as root:
+    seen: dict = {}
+    with temporary_mount(_admin_api(args), args.volume, args.seq, args.partition, seen) as root:
+        _warn_suspect(args.volume, [(args.seq, seen.get("verdict"))])
         entries = list_files(root, args.path, args.recursive)
 
     def render(rows: list[dict]) -> None:
@@ -1509,9 +1562,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
     """Which files were added, removed or changed between two snapshots (both mounted read-only)."""
     from replicad.ops.fileview import diff_trees, temporary_mount
 
-    with temporary_mount(_admin_api(args), args.volume, args.a, args.partition) as a, \
-            temporary_mount(_admin_api(args), args.volume, args.b, args.partition) as b:
+    seen_a: dict = {}
+    seen_b: dict = {}
+    with temporary_mount(_admin_api(args), args.volume, args.a, args.partition, seen_a) as a, \
+            temporary_mount(_admin_api(args), args.volume, args.b, args.partition, seen_b) as b:
+        verdicts = [(args.a, seen_a.get("verdict")), (args.b, seen_b.get("verdict"))]
+        _warn_suspect(args.volume, verdicts)
         result = diff_trees(a, b, quick=args.quick)
+    result["quick"] = bool(args.quick)  # --quick: equal size and mtime were taken as equal content
+    result["suspect"] = [seq for seq, verdict in verdicts if verdict == "suspect"]
 
     def render(r: dict) -> None:
         for sign, key in (("+", "added"), ("-", "removed"), ("~", "changed"), ("m", "metadata")):
@@ -1520,7 +1579,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
                 console.print(f"{sign} {e['path']}{'/' if e['kind'] == 'dir' else ''}{why}", markup=False,
                               soft_wrap=True)
         console.print(f"{args.volume} #{args.a} -> #{args.b}: {len(r['added'])} added, {len(r['removed'])} removed, "
-                      f"{len(r['changed'])} changed, {len(r['metadata'])} with other metadata only", markup=False)
+                      f"{len(r['changed'])} changed, {len(r['metadata'])} with other metadata only"
+                      + (" (--quick: contents were not compared where size and mtime match; a same-size, same-mtime "
+                         "change, e.g. encryption that puts the mtime back, is not seen)" if r["quick"] else "")
+                      + (f"; SUSPECT: #{', #'.join(map(str, r['suspect']))}" if r["suspect"] else ""), markup=False,
+                      soft_wrap=True)
     _print(args, result, render)
     return 0
 

@@ -31,9 +31,11 @@ mount recorded at DIR).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -89,12 +91,77 @@ class MountRecord:
     fstype: str | None = None
     mounted: bool = False
     partition: int | None = None
+    mount_started: bool = False  # the mount step began (recorded before it runs: an interrupt cannot hide it)
+    verdict: str = "clean"       # the snapshot's verdict when the export opened (clean or suspect)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a mount (or a command on a temporary mount) after its chain
+    was undone: ``left`` names whatever could not be (empty: nothing is left mounted)."""
+
+    def __init__(self, left: list[str] | None = None) -> None:
+        super().__init__()
+        self.left = list(left or [])
+
+    @property
+    def message(self) -> str:
+        return "interrupted; " + ("nothing left mounted" if not self.left else "left: " + "; ".join(self.left))
+
+
+@contextlib.contextmanager
+def _shielded() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is done (a step and the record of its result),
+    then raise KeyboardInterrupt."""
+    got: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        got.append(signum)
+    try:
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if got:
+            raise KeyboardInterrupt()
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+
+
+def mounted_at(path: str | Path) -> bool:
+    """True when something is mounted at ``path`` (by /proc/self/mountinfo: no stat, so a dead
+    FUSE mount, whose stat fails with ENOTCONN, is found too)."""
+    path = str(path)
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return os.path.ismount(path)
+    return any(len(f) > 4 and _unescape(f[4]) == path for f in (line.split(" ") for line in lines))
+
+
+def _loops_of(image: str) -> list[str]:
+    """The loop devices whose backing file is ``image`` (as ``losetup -j``, read from sysfs
+    without a stat of the file, which fails under a dead FUSE mount)."""
+    out = []
+    for bf in Path("/sys/block").glob("loop*/loop/backing_file"):
+        with contextlib.suppress(OSError):
+            if bf.read_text().strip() in (image, image + " (deleted)"):
+                out.append("/dev/" + bf.parent.parent.name)
+    return sorted(out)
 
 
 def _run(cmd: list[str], what: str, timeout_s: float = TOOL_TIMEOUT_S) -> str:
     """Run a tool; its stdout. Raises ToolError (non-zero exit, missing tool, timeout)."""
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+        # its own session: a Ctrl-C at the terminal reaches this process (which defers it, _shielded), not the tool
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL,
+                           start_new_session=True)
     except FileNotFoundError:
         raise ToolError(f"{what}: {cmd[0]} is not installed (Debian: scripts/setup.sh installs it)",
                         tool=cmd[0]) from None
@@ -128,23 +195,34 @@ def _alive(rec: MountRecord) -> bool:
             and _proc_start(rec.nbdfuse_pid) == rec.nbdfuse_start)
 
 
-def _start_nbdfuse(rec: MountRecord) -> None:
+def _start_nbdfuse(rec: MountRecord, save: Callable[[MountRecord], None]) -> None:
     """Start ``nbdfuse -r`` on the export (its own session: a lasting mount outlives this
     command) and wait until it serves (its pid file). Raises ToolError."""
     fuse = Path(rec.fuse_dir)
-    fuse.mkdir(parents=True, exist_ok=True)
+    try:
+        fuse.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        if err.errno != errno.ENOTCONN:
+            raise
+        raise ToolError(f"a dead FUSE mount is left at {fuse} (Transport endpoint is not connected): "
+                        f"replicad umount {rec.mountpoint} removes it (or: fusermount3 -u -z {fuse})",
+                        path=str(fuse)) from None
     pidfile = Path(rec.state) / "nbdfuse.pid"
     log = open(Path(rec.state) / "nbdfuse.log", "wb")
     try:
-        proc = subprocess.Popen(["nbdfuse", "-r", "-P", str(pidfile), str(fuse / "image"), nbd_uri(rec.socket)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    except FileNotFoundError:
-        raise ToolError("nbdfuse is not installed (Debian package nbdfuse; scripts/setup.sh installs it)",
-                        tool="nbdfuse") from None
+        with _shielded():
+            try:
+                proc = subprocess.Popen(["nbdfuse", "-r", "-P", str(pidfile), str(fuse / "image"), nbd_uri(rec.socket)],
+                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+            except FileNotFoundError:
+                raise ToolError("nbdfuse is not installed (Debian package nbdfuse; scripts/setup.sh installs it)",
+                                tool="nbdfuse") from None
+            _CHILDREN[proc.pid] = proc
+            rec.nbdfuse_pid, rec.nbdfuse_start = proc.pid, _proc_start(proc.pid)
+            save(rec)
     finally:
         log.close()
-    _CHILDREN[proc.pid] = proc
-    rec.nbdfuse_pid, rec.nbdfuse_start = proc.pid, _proc_start(proc.pid)
     deadline = time.monotonic() + FUSE_READY_S
     while not pidfile.exists():
         if proc.poll() is not None:
@@ -175,30 +253,49 @@ def _partitions(dev: str) -> list[tuple[int, int, int]]:
     return parts
 
 
-def _attach(rec: MountRecord, mountpoint: Path, partition: int | None = None) -> None:
+def _attach(rec: MountRecord, mountpoint: Path, partition: int | None = None,
+            save: Callable[[MountRecord], None] = lambda rec: None) -> None:
     """Loop device (read-only), file system type, read-only mount. An image holding a partition
     table (a whole VM disk): the partition ``partition``, or the only one with a supported file
     system, gets its own read-only loop device (``--offset``/``--sizelimit``). Raises ToolError,
     UsageError (no supported file system, several without ``partition``)."""
     image = str(Path(rec.fuse_dir) / "image")
-    rec.loop = _run(["losetup", "--find", "--show", "--read-only", image], "attach the snapshot to a loop device").strip()
+    with _shielded():  # every loop device of the image is found by its backing file when cleaning (_loops_of)
+        rec.loop = _run(["losetup", "--find", "--show", "--read-only", image],
+                        "attach the snapshot to a loop device").strip()
+        save(rec)
     fstype = _probe(rec.loop)
+    if partition is not None and not fstype and not _probe(rec.loop, "PTTYPE"):
+        raise UsageError(f"{rec.volume}#{rec.seq} has no partition table; omit --partition",
+                         volume=rec.volume, seq=rec.seq, partition=partition)
+    if partition is not None and fstype:
+        raise UsageError(f"{rec.volume}#{rec.seq} has no partition table (its file system is {fstype}); "
+                         "omit --partition", volume=rec.volume, seq=rec.seq, partition=partition)
     if partition is not None or (not fstype and _probe(rec.loop, "PTTYPE")):
         parts = _partitions(rec.loop)
-        disk, rec.loop = rec.loop, None
-        _run(["losetup", "--detach", disk], f"detach {disk}")
+        with _shielded():
+            disk, rec.loop = rec.loop, None
+            _run(["losetup", "--detach", disk], f"detach {disk}")
+            save(rec)
         found = []
         for nr, start, size in parts:
             if partition is not None and nr != partition:
                 continue
-            loop = _run(["losetup", "--find", "--show", "--read-only", "--offset", str(start), "--sizelimit", str(size),
-                         image], f"attach partition {nr} to a loop device").strip()
+            with _shielded():
+                loop = _run(["losetup", "--find", "--show", "--read-only", "--offset", str(start), "--sizelimit",
+                             str(size), image], f"attach partition {nr} to a loop device").strip()
+                rec.loop = rec.loop or loop
+                save(rec)
             kind = _probe(loop)
             found.append((nr, kind))
-            if kind in MOUNT_OPTIONS and rec.loop is None:
-                rec.loop, fstype, rec.partition = loop, kind, nr
+            if kind in MOUNT_OPTIONS and rec.loop == loop and fstype == "" and rec.partition is None:
+                fstype, rec.partition = kind, nr
             else:
-                _run(["losetup", "--detach", loop], f"detach {loop}")
+                with _shielded():
+                    _run(["losetup", "--detach", loop], f"detach {loop}")
+                    if rec.loop == loop:
+                        rec.loop = None
+                    save(rec)
         usable = [f"{nr} ({kind})" for nr, kind in found if kind in MOUNT_OPTIONS]
         if rec.loop is None or (partition is None and len(usable) > 1):
             listed = ", ".join(f"{nr}: {kind or 'unknown'}" for nr, kind in found) or "none"
@@ -213,26 +310,43 @@ def _attach(rec: MountRecord, mountpoint: Path, partition: int | None = None) ->
         raise UsageError(f"snapshot {rec.volume}#{rec.seq} holds {'a ' + fstype + ' file system' if fstype else 'no file system this machine recognises'}"
                          f" (supported: {', '.join(sorted(MOUNT_OPTIONS))}); 'replicad export' still serves its "
                          "blocks", volume=rec.volume, seq=rec.seq, fstype=fstype or None)
-    _run(["mount", "-t", fstype, "-o", options, rec.loop, str(mountpoint)], f"mount {rec.loop} ({fstype}) read-only")
-    rec.mounted = True
+    with _shielded():
+        rec.mount_started = True
+        save(rec)
+        _run(["mount", "-t", fstype, "-o", options, rec.loop, str(mountpoint)], f"mount {rec.loop} ({fstype}) read-only")
+        rec.mounted = True
+        save(rec)
 
 
 def _teardown(rec: MountRecord) -> list[str]:
     """Undo whatever of ``rec``'s chain exists, in reverse order; returns the problems (each
-    step is tried even if an earlier one failed)."""
+    step is tried even if an earlier one failed). Idempotent, and it looks at what is there
+    rather than only at the record: the mount by its target in /proc/self/mountinfo, the loop
+    devices by their backing file, a FUSE mount left by a dead nbdfuse by its path. SIGINT and
+    SIGTERM wait until it is done."""
+    with _shielded():
+        return _teardown_now(rec)
+
+
+def _teardown_now(rec: MountRecord) -> list[str]:
     problems: list[str] = []
-    if rec.mounted:
+    if (rec.mounted or rec.mount_started) and mounted_at(rec.mountpoint):
         try:
             _run(["umount", rec.mountpoint], f"unmount {rec.mountpoint}")
-            rec.mounted = False
         except ToolError as err:
             problems.append(err.message)
-    if rec.loop and not rec.mounted:
-        try:
-            _run(["losetup", "--detach", rec.loop], f"detach {rec.loop}")
+    if not mounted_at(rec.mountpoint) or not (rec.mounted or rec.mount_started):
+        rec.mounted = rec.mount_started = False
+    image = str(Path(rec.fuse_dir) / "image")
+    if not rec.mounted:
+        for loop in sorted(set(_loops_of(image)) | ({rec.loop} if rec.loop else set())):
+            try:
+                _run(["losetup", "--detach", loop], f"detach {loop}")
+            except ToolError as err:
+                if loop in _loops_of(image):  # (a recorded device already gone is no problem)
+                    problems.append(err.message)
+        if not _loops_of(image):
             rec.loop = None
-        except ToolError as err:
-            problems.append(err.message)
     if rec.nbdfuse_pid is not None and not rec.mounted and rec.loop is None:
         if _alive(rec):
             with contextlib.suppress(ToolError):
@@ -243,15 +357,35 @@ def _teardown(rec: MountRecord) -> list[str]:
             if _alive(rec):  # by its PID, checked against its start time
                 os.kill(rec.nbdfuse_pid, signal.SIGTERM)
                 time.sleep(0.5)
-                with contextlib.suppress(ToolError):
-                    _run(["fusermount3", "-u", "-z", rec.fuse_dir], f"unmount {rec.fuse_dir}")
         if not _alive(rec):
             rec.nbdfuse_pid = None
         else:
             problems.append(f"nbdfuse (pid {rec.nbdfuse_pid}) did not stop")
-    if rec.nbdfuse_pid is None and not rec.mounted and rec.loop is None:
+    if not rec.mounted and rec.loop is None and rec.nbdfuse_pid is None and mounted_at(rec.fuse_dir):
+        # nbdfuse died (or the site restarted under it): its FUSE mount is left, dead (ENOTCONN)
+        for cmd in (["fusermount3", "-u", "-z", rec.fuse_dir], ["umount", "-l", rec.fuse_dir]):
+            with contextlib.suppress(ToolError):
+                _run(cmd, f"unmount the dead FUSE mount {rec.fuse_dir}")
+            if not mounted_at(rec.fuse_dir):
+                break
+        else:
+            problems.append(f"a dead FUSE mount is left at {rec.fuse_dir} (fusermount3 -u -z {rec.fuse_dir})")
+    if rec.nbdfuse_pid is None and not rec.mounted and rec.loop is None and not mounted_at(rec.fuse_dir):
         shutil.rmtree(rec.state, ignore_errors=True)
     return problems
+
+
+def _left(rec: MountRecord) -> list[str]:
+    """What of ``rec``'s chain is still there (after a teardown), one phrase each."""
+    left = []
+    if mounted_at(rec.mountpoint) and (rec.mounted or rec.mount_started):
+        left.append(f"{rec.mountpoint} mounted")
+    left += [f"loop device {loop}" for loop in _loops_of(str(Path(rec.fuse_dir) / "image"))]
+    if rec.nbdfuse_pid is not None and _alive(rec):
+        left.append(f"nbdfuse pid {rec.nbdfuse_pid}")
+    if mounted_at(rec.fuse_dir):
+        left.append(f"FUSE mount {rec.fuse_dir}")
+    return left
 
 
 @contextlib.contextmanager
@@ -276,25 +410,38 @@ def create_export(api: Api, volume: str, seq: int, *, writable: bool = False, au
                                                         "auto_close": auto_close})
 
 
-def _mount(api: Api, volume: str, seq: int, mountpoint: Path, state: Path, partition: int | None = None) -> MountRecord:
+def _mount(api: Api, volume: str, seq: int, mountpoint: Path, state: Path, partition: int | None = None,
+           save: Callable[[MountRecord], None] = lambda rec: None) -> MountRecord:
     """The whole chain at ``mountpoint`` (an existing empty directory); on any error every
-    link made is undone and the error raised."""
-    exp = create_export(api, volume, seq, auto_close=True)
+    link made is undone and the error raised. ``save(rec)`` records each step's intent before
+    it runs and its result after (SIGINT/SIGTERM wait meanwhile). Interrupted: Interrupted
+    (what is left, if anything)."""
+    try:
+        exp = create_export(api, volume, seq, auto_close=True)
+    except KeyboardInterrupt:  # an export made meanwhile closes itself (auto_close, no connection)
+        raise Interrupted() from None
     if not Path(exp["socket"]).exists():
         with contextlib.suppress(ReplicadError):
             api("DELETE", f"/v1/exports/{exp['export_id']}")
         raise UsageError(f"the export socket {exp['socket']} is not on this machine: run this command on the "
                          "site's machine (choose the site with --admin/--config)", socket=exp["socket"])
-    rec = MountRecord(str(mountpoint), volume, seq, exp["export_id"], exp["socket"], str(state), str(state / "fuse"))
+    rec = MountRecord(str(mountpoint), volume, seq, exp["export_id"], exp["socket"], str(state), str(state / "fuse"),
+                      verdict=exp.get("verdict", "clean"))
     try:
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
         with _terminate_as_interrupt():
-            _start_nbdfuse(rec)
-            _attach(rec, mountpoint, partition)
-    except BaseException:
-        _teardown(rec)
-        with contextlib.suppress(ReplicadError):  # auto_close would close it too: at once is better
+            save(rec)
+            _start_nbdfuse(rec, save)
+            _attach(rec, mountpoint, partition, save)
+    except BaseException as err:
+        problems = _teardown(rec)
+        if Path(rec.state).is_dir():
+            with contextlib.suppress(OSError):
+                save(rec)  # what is left stays recorded: replicad umount finishes it
+        with contextlib.suppress(ReplicadError, KeyboardInterrupt):  # auto_close would close it too: at once is better
             api("DELETE", f"/v1/exports/{rec.export_id}")
+        if isinstance(err, KeyboardInterrupt):
+            raise Interrupted(_left(rec)) from None
         raise
     return rec
 
@@ -305,7 +452,7 @@ def _check_mountpoint(mountpoint: Path) -> Path:
     mountpoint = mountpoint.resolve()
     if not mountpoint.is_dir():
         raise UsageError(f"{mountpoint} is not a directory (create it first)", path=str(mountpoint))
-    if os.path.ismount(mountpoint):
+    if os.path.ismount(mountpoint) or mounted_at(mountpoint):
         raise UsageError(f"something is already mounted at {mountpoint}", path=str(mountpoint))
     if any(mountpoint.iterdir()):
         raise UsageError(f"{mountpoint} is not empty", path=str(mountpoint))
@@ -316,65 +463,117 @@ def _record_dir(mountpoint: Path) -> Path:
     return state_root() / hashlib.sha256(str(mountpoint).encode()).hexdigest()[:16]
 
 
+def _leftover(state: Path, mountpoint: Path) -> MountRecord:
+    """A record of whatever an unrecorded earlier chain left in ``state`` (a dead FUSE mount,
+    loop devices of its image)."""
+    return MountRecord(str(mountpoint), "?", 0, "?", "", str(state), str(state / "fuse"))
+
+
 def mount(api: Api, volume: str, seq: int, mountpoint: Path, partition: int | None = None) -> dict:
     """Mount snapshot ``volume#seq`` read-only at ``mountpoint`` until :func:`umount`.
 
-    Returns the :class:`MountRecord` as a dict. Raises UsageError (not an empty directory,
-    already mounted, unsupported file system), ToolError, and the admin API's errors."""
+    The record (``mount.json``) is written before each step, so that ``replicad umount``
+    undoes a chain whose command was killed. Returns the :class:`MountRecord` as a dict.
+    Raises UsageError (not an empty directory, already mounted, unsupported file system),
+    ToolError, Interrupted, and the admin API's errors."""
     mountpoint = _check_mountpoint(mountpoint)
     state = _record_dir(mountpoint)
     if (state / "mount.json").exists():
         raise UsageError(f"a snapshot mount is recorded at {mountpoint}: replicad umount {mountpoint} first",
                          path=str(mountpoint))
+    if state.exists():  # a chain left without its record (e.g. a dead FUSE mount): cleared first
+        problems = _teardown(_leftover(state, mountpoint))
+        if problems:
+            raise ToolError(f"an earlier mount at {mountpoint} left work undone: {'; '.join(problems)}",
+                            problems=problems)
+
+    def save(rec: MountRecord) -> None:
+        tmp = state / "mount.json.tmp"
+        tmp.write_text(json.dumps(asdict(rec)))
+        tmp.replace(state / "mount.json")
     try:
-        rec = _mount(api, volume, seq, mountpoint, state, partition)
-    except BaseException:
-        shutil.rmtree(state, ignore_errors=True)  # nothing of the chain is left (_mount undid it)
+        rec = _mount(api, volume, seq, mountpoint, state, partition, save)
+    except Interrupted as intr:
+        if intr.left:
+            intr.left.append(f"recorded: replicad umount {mountpoint} undoes it")
         raise
-    (state / "mount.json").write_text(json.dumps(asdict(rec)))
     return asdict(rec)
 
 
 def umount(mountpoint: Path) -> dict:
     """Undo a :func:`mount` at ``mountpoint``: unmount, detach the loop device, stop nbdfuse
-    (then the export closes itself). Returns ``{mountpoint, volume, seq, export_id}``.
-    Raises NotFoundError (no mount recorded there), ToolError (a step failed: run it again)."""
+    (then the export closes itself), and remove the FUSE mount a dead nbdfuse left. Returns
+    ``{mountpoint, volume, seq, export_id, done: [what was undone]}``. Raises NotFoundError
+    (nothing of a mount there), ToolError (a step failed: the message says what is left; run it
+    again)."""
     mountpoint = mountpoint.resolve()
-    path = _record_dir(mountpoint) / "mount.json"
+    state = _record_dir(mountpoint)
+    path = state / "mount.json"
     try:
         rec = MountRecord(**json.loads(path.read_text()))
     except FileNotFoundError:
-        raise NotFoundError(f"no snapshot is mounted at {mountpoint} by replicad mount", path=str(mountpoint)) from None
+        if not state.exists():
+            raise NotFoundError(f"no snapshot is mounted at {mountpoint} by replicad mount",
+                                path=str(mountpoint)) from None
+        rec = _leftover(state, mountpoint)
     except (ValueError, TypeError) as err:
         raise UsageError(f"the mount record {path} is unreadable: {err}", path=str(path)) from None
+    except OSError as err:
+        if err.errno != errno.ENOTCONN:
+            raise
+        rec = _leftover(state, mountpoint)
+    done = []
+    if (rec.mounted or rec.mount_started) and mounted_at(rec.mountpoint):
+        done.append(f"unmounted {rec.mountpoint}")
+    loops = sorted(set(_loops_of(str(Path(rec.fuse_dir) / "image"))) | ({rec.loop} if rec.loop else set()))
+    done += [f"detached {loop}" for loop in loops]
+    if rec.nbdfuse_pid is not None and _alive(rec):
+        done.append(f"stopped nbdfuse (pid {rec.nbdfuse_pid})")
+    elif mounted_at(rec.fuse_dir):
+        done.append(f"removed the dead FUSE mount {rec.fuse_dir} (nbdfuse had stopped)")
     problems = _teardown(rec)
     if problems:
         if Path(rec.state).is_dir():
-            path.write_text(json.dumps(asdict(rec)))
-        raise ToolError(f"unmounting {mountpoint} left work undone: {'; '.join(problems)}", problems=problems)
-    return {"mountpoint": str(mountpoint), "volume": rec.volume, "seq": rec.seq, "export_id": rec.export_id}
+            with contextlib.suppress(OSError):
+                path.write_text(json.dumps(asdict(rec)))
+        raise ToolError(f"unmounting {mountpoint} left work undone: {'; '.join(problems)}; left: "
+                        f"{'; '.join(_left(rec)) or 'nothing mounted'}", problems=problems, left=_left(rec))
+    return {"mountpoint": str(mountpoint), "volume": rec.volume, "seq": rec.seq, "export_id": rec.export_id,
+            "done": done}
 
 
 @contextlib.contextmanager
-def temporary_mount(api: Api, volume: str, seq: int, partition: int | None = None) -> Iterator[Path]:
+def temporary_mount(api: Api, volume: str, seq: int, partition: int | None = None,
+                    seen: dict | None = None) -> Iterator[Path]:
     """Snapshot ``volume#seq`` mounted read-only at a temporary directory for the ``with``
-    block; everything is undone on the way out (an error, Ctrl-C, SIGTERM included)."""
+    block; everything is undone on the way out (an error, Ctrl-C, SIGTERM included: then
+    Interrupted, naming what is left). ``seen``, when given, receives the mount's record
+    (``verdict`` ...)."""
     state = Path(tempfile.mkdtemp(prefix=f"replicad-{volume}-{seq}-"))
     mountpoint = state / "root"
     mountpoint.mkdir()
     try:
         rec = _mount(api, volume, seq, mountpoint, state / "chain", partition)
-    except BaseException:
-        shutil.rmtree(state, ignore_errors=True)  # _mount undid its chain
+    except BaseException as err:
+        left = err.left if isinstance(err, Interrupted) else []
+        if not left:
+            shutil.rmtree(state, ignore_errors=True)  # _mount undid its chain
         raise
+    if seen is not None:
+        seen.update(asdict(rec))
+    interrupted: Interrupted | None = None
     try:
         with _terminate_as_interrupt():
             yield mountpoint
+    except KeyboardInterrupt as ki:
+        interrupted = ki if isinstance(ki, Interrupted) else Interrupted()
     finally:
         problems = _teardown(rec)
         if not problems:
             shutil.rmtree(state, ignore_errors=True)
-        else:
+        if interrupted is not None:
+            raise Interrupted(interrupted.left + (_left(rec) if problems else [])) from None
+        if problems:
             raise ToolError(f"cleaning up the temporary mount {mountpoint} failed: {'; '.join(problems)}",
                             problems=problems)
 
@@ -412,6 +611,9 @@ def list_files(root: Path, sub: str = "/", recursive: bool = False) -> list[dict
         st = base.lstat()
     except FileNotFoundError:
         raise NotFoundError(f"{sub} does not exist in the snapshot", path=sub) from None
+    except NotADirectoryError:  # a path through a regular file: named as given, never the mount's own path
+        raise NotFoundError(f"{sub} does not exist in the snapshot (a part of it is a file, not a directory)",
+                            path=sub) from None
     if not stat.S_ISDIR(st.st_mode):
         return [_entry(root, base, st)]
     out = []

@@ -323,3 +323,119 @@ def test_corrupt_chunk_is_an_io_error_never_data(cluster) -> None:
     assert float(line.rsplit(" ", 1)[1]) >= 1
     assert "answered EIO" in c.sites["site-b"].log_path.read_text()
     c.api("site-b", "DELETE", f"/v1/exports/{e['export_id']}")
+
+
+def _state_dirs(c: LocalCluster) -> list[Path]:
+    root = c.root_dir / "mounts"
+    return sorted(root.iterdir()) if root.is_dir() else []
+
+
+def _no_chain_left(c: LocalCluster) -> None:
+    mounts = _mounts()
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, env=_env()).stdout
+    assert str(c.root_dir / "mounts") not in mounts and not re.search(r" /tmp/replicad-(ehr|ext|xfs|disk)-\d+-", mounts)
+    assert "/fuse/image" not in loops, loops
+    assert _state_dirs(c) == []
+
+
+@pytest.mark.parametrize("slow,args", [
+    ("losetup", ("mount", "ext", "--snapshot", "1", "MNT")),
+    ("mount", ("mount", "ext", "--snapshot", "1", "MNT")),
+    ("mount", ("files", "ext", "--snapshot", "1", "/")),
+    ("mount", ("diff", "ext", "1", "2"))])
+def test_ctrl_c_while_a_tool_finishes_leaves_nothing(cluster, tmp_path: Path, slow: str, args: tuple) -> None:
+    """SIGINT to the command's process group while losetup/mount is still running (made slow by
+    a wrapper): the step's result is recorded before the interrupt is taken, everything is undone,
+    one line, exit 130."""
+    c = cluster
+    shim, mark = tmp_path / "shim", tmp_path / "started"
+    shim.mkdir()
+    real = shutil.which(slow, path=_env()["PATH"])
+    (shim / slow).write_text(f"#!/bin/sh\ntouch {mark}\nsleep 1\nexec {real} \"$@\"\n")
+    (shim / slow).chmod(0o755)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    argv = [str(mnt) if a == "MNT" else a for a in args]
+    env = dict(_env(), PATH=f"{shim}:{_env()['PATH']}")
+    p = subprocess.Popen([sys.executable, "-m", "replicad", "--admin", c.sites["site-b"].admin_url, *argv],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        c.wait_for(f"{slow} to start", lambda: mark.exists() or p.poll() is not None, timeout_s=30)
+        assert p.poll() is None, p.communicate()
+        os.killpg(p.pid, 2)  # SIGINT, as Ctrl-C at a terminal
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130 and "Traceback" not in err, (p.returncode, out, err)
+    assert err.strip().splitlines()[-1] == "interrupted; nothing left mounted", err
+    assert not os.path.ismount(mnt) and not any(mnt.iterdir())
+    _no_chain_left(c)
+    assert _replicad(c, "site-b", "umount", str(mnt), check=False).returncode == 3  # nothing to undo
+    c.wait_for("the exports to close themselves", lambda: c.api("site-b", "GET", "/v1/exports")["exports"] == [],
+               timeout_s=15)
+
+
+def test_umount_after_nbdfuse_died_removes_the_dead_fuse_mount(cluster, tmp_path: Path) -> None:
+    c = cluster
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    _replicad(c, "site-b", "mount", "ext", "--snapshot", "1", str(mnt))
+    try:
+        (state,) = _state_dirs(c)
+        rec = json.loads((state / "mount.json").read_text())
+        os.kill(rec["nbdfuse_pid"], 9)  # nbdfuse dies (as when the site restarts under it)
+        c.wait_for("nbdfuse to stop", lambda: not Path(f"/proc/{rec['nbdfuse_pid']}").exists()
+                   or "zombie" in Path(f"/proc/{rec['nbdfuse_pid']}/status").read_text(), timeout_s=10)
+        assert f"{state}/fuse" in _mounts()  # the dead FUSE mount
+    finally:
+        u = _replicad(c, "site-b", "umount", str(mnt), check=False)
+    assert u.returncode == 0 and "removed the dead FUSE mount" in u.stdout, u
+    _no_chain_left(c)
+    again = _replicad(c, "site-b", "mount", "ext", "--snapshot", "1", str(mnt), check=False)
+    assert again.returncode == 0, again  # not 'Transport endpoint is not connected'
+    _replicad(c, "site-b", "umount", str(mnt))
+    _no_chain_left(c)
+
+
+def test_partition_without_a_table_and_a_path_through_a_file_are_clear(cluster) -> None:
+    c = cluster
+    seq = max(s["seq"] for s in c.api("site-b", "GET", "/v1/volumes/ehr/snapshots")["snapshots"])  # a raw image
+    raw = _replicad(c, "site-b", "files", "ehr", "--snapshot", str(seq), "--partition", "1", check=False)
+    assert raw.returncode == 2 and f"ehr#{seq} has no partition table; omit --partition" in raw.stderr, raw
+    fs = _replicad(c, "site-b", "files", "ext", "--snapshot", "1", "--partition", "1", check=False)
+    assert fs.returncode == 2 and "has no partition table" in fs.stderr and "partx" not in fs.stderr, fs
+    through = _replicad(c, "site-b", "files", "ext", "--snapshot", "1", "/keep.txt/inner", check=False)
+    assert through.returncode == 3 and "/keep.txt/inner does not exist" in through.stderr, through
+    assert "/tmp/replicad-" not in through.stderr and "Traceback" not in through.stderr
+    _no_chain_left(c)
+
+
+def test_suspect_snapshot_is_warned_and_quick_diff_says_contents_were_not_compared(cluster, tmp_path: Path) -> None:
+    c = cluster  # (last: a verdict set here stays)
+
+    def verdicts() -> dict[int, str]:
+        return {s["seq"]: s.get("verdict") for s in c.api("site-b", "GET", "/v1/volumes/ext/snapshots")["snapshots"]}
+    full = _replicad(c, "site-b", "diff", "ext", "1", "2")
+    assert "contents were not compared" not in full.stdout
+    if "suspect" not in (verdicts()[1], verdicts()[2]):  # (the detector may have judged the rewritten image already)
+        c.api("site-a", "POST", "/v1/volumes/ext/snapshots/1/verdict", {"verdict": "suspect", "reason": "test"})
+        c.wait_for("site-b to know ext#1 is suspect", lambda: verdicts()[1] == "suspect", timeout_s=15)
+    seq = 1 if verdicts()[1] == "suspect" else 2
+    quick = _replicad(c, "site-b", "diff", "ext", "1", "2", "--quick")
+    assert "contents were not compared" in quick.stdout and f"SUSPECT: #{seq}" in quick.stdout, quick
+    assert f"warning: snapshot ext#{seq} is SUSPECT" in quick.stderr, quick
+    j = json.loads(_replicad(c, "site-b", "diff", "ext", "1", "2", "--quick", "--json").stdout)
+    assert j["quick"] is True and j["suspect"] == [seq]
+    p = _replicad(c, "site-b", "files", "ext", "--snapshot", str(seq), "/")
+    assert f"warning: snapshot ext#{seq} is SUSPECT" in p.stderr, p.stderr
+    e = _replicad(c, "site-b", "export", "ext", "--snapshot", str(seq))
+    assert f"warning: snapshot ext#{seq} is SUSPECT" in e.stderr
+    c.api("site-b", "DELETE", f"/v1/exports/{re.search(r'export (x[0-9a-f]+)', e.stdout)[1]}")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    m = _replicad(c, "site-b", "mount", "ext", "--snapshot", str(seq), str(mnt))
+    _replicad(c, "site-b", "umount", str(mnt))
+    assert f"warning: snapshot ext#{seq} is SUSPECT" in m.stderr
+    _no_chain_left(c)

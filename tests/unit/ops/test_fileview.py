@@ -62,3 +62,63 @@ def test_files_options_before_path() -> None:
     assert _options_first(argv, at) == ["--admin", "http://127.0.0.1:1", "files", "--snapshot", "3", "-r", "--json",
                                         "ehr", "/scans"]
     assert _command_index(["verdict", "files", "3", "clean"]) == 0
+
+
+def test_path_through_a_file_is_not_found_without_the_mount_path(tmp_path: Path) -> None:
+    _tree(tmp_path, {"keep.txt": b"k"})
+    with pytest.raises(NotFoundError) as e:
+        list_files(tmp_path, "/keep.txt/inner")
+    assert "/keep.txt/inner" in e.value.message and str(tmp_path) not in e.value.message
+
+
+def test_shielded_defers_sigint_until_the_step_is_recorded() -> None:
+    import signal
+
+    from replicad.ops.fileview import _shielded
+
+    recorded = []
+    with pytest.raises(KeyboardInterrupt):
+        with _shielded():
+            signal.raise_signal(signal.SIGINT)  # arrives mid-step: the step still finishes and is recorded
+            recorded.append("loop")
+    assert recorded == ["loop"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_interrupted_line_names_what_is_left() -> None:
+    from replicad.ops.fileview import Interrupted
+
+    assert Interrupted().message == "interrupted; nothing left mounted"
+    assert Interrupted(["loop device /dev/loop7"]).message == "interrupted; left: loop device /dev/loop7"
+
+
+def test_ctrl_c_at_any_time_is_one_line_and_exit_130() -> None:
+    """A SIGINT while the command still imports (asyncio, rich: the moment the _asyncio extension
+    is mapped) and while it runs: never a traceback. (Before Python itself has started, in its
+    own site import, no program's code runs yet: not tested.)"""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    for when in ("importing", 0.3, 0.6):
+        p = subprocess.Popen([sys.executable, "-m", "replicad", "--admin", "http://127.0.0.1:9", "status"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             env=dict(os.environ, REPLICAD_TOKEN="x"))
+        try:
+            if when == "importing":
+                deadline = time.monotonic() + 10
+                while "_asyncio" not in Path(f"/proc/{p.pid}/maps").read_text() and time.monotonic() < deadline:
+                    time.sleep(0.001)
+            else:
+                time.sleep(when)
+            os.killpg(p.pid, signal.SIGINT)
+            out, err = p.communicate(timeout=20)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        if p.returncode == 130:
+            assert "Traceback" not in err and err.strip().splitlines() == ["interrupted"], (when, err)
+        else:  # finished before the signal (the admin address refuses at once)
+            assert when != "importing" and "Traceback" not in err, (when, p.returncode, err)
