@@ -21,7 +21,14 @@ for, or the only one with a supported file system, gets its own read-only loop d
 
 A lasting mount (``replicad mount``) records its chain in ``STATE/mount.json`` under
 ``$REPLICAD_MOUNT_STATE_DIR`` (default ``/run/replicad/mounts``), one directory per mount
-point; ``replicad umount DIR`` reads it back. The export closes by itself once nbdfuse's
+point, before each step runs and again with its result; ``replicad umount DIR`` reads it back.
+
+Interrupts: the tools run in their own session (a Ctrl-C at the terminal reaches this process
+only), and SIGINT/SIGTERM wait (:func:`_shielded`) until a step and the record of its result are
+done. Cleanup is idempotent and looks at what is there: the mount by its target in
+/proc/self/mountinfo, the loop devices by their backing file (sysfs, as ``losetup -j``), and a
+FUSE mount a dead nbdfuse left (ENOTCONN) is unmounted lazily. An interrupted command raises
+:class:`Interrupted` naming what is left (usually nothing). The export closes by itself once nbdfuse's
 connections end (``auto_close``), so a mount whose processes died leaves nothing pinned at
 the site. Errors: ToolError (a tool failed: its stderr in the evidence), UsageError (a bad
 directory, an unsupported file system, a socket not on this machine), NotFoundError (no

@@ -377,6 +377,35 @@ def test_ctrl_c_while_a_tool_finishes_leaves_nothing(cluster, tmp_path: Path, sl
                timeout_s=15)
 
 
+def test_killed_mount_is_undone_by_umount(cluster, tmp_path: Path) -> None:
+    """SIGKILL (no cleanup possible) while mount runs: the record written before the step lets
+    replicad umount undo the mount, the loop device and nbdfuse."""
+    c = cluster
+    shim, mark = tmp_path / "shim", tmp_path / "started"
+    shim.mkdir()
+    real = shutil.which("mount", path=_env()["PATH"])
+    (shim / "mount").write_text(f"#!/bin/sh\ntouch {mark}\nsleep 1\nexec {real} \"$@\"\n")
+    (shim / "mount").chmod(0o755)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    p = subprocess.Popen([sys.executable, "-m", "replicad", "--admin", c.sites["site-b"].admin_url, "mount", "ext",
+                          "--snapshot", "1", str(mnt)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(_env(), PATH=f"{shim}:{_env()['PATH']}"), start_new_session=True)
+    try:
+        c.wait_for("mount to start", lambda: mark.exists() or p.poll() is not None, timeout_s=30)
+        assert p.poll() is None, p.communicate()
+        p.kill()
+        p.wait(timeout=10)
+        c.wait_for("the mount tool (own session) to finish", lambda: os.path.ismount(mnt), timeout_s=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        u = _replicad(c, "site-b", "umount", str(mnt), check=False)
+    assert u.returncode == 0 and f"unmounted {mnt}" in u.stdout and "detached /dev/loop" in u.stdout, u
+    _no_chain_left(c)
+
+
 def test_umount_after_nbdfuse_died_removes_the_dead_fuse_mount(cluster, tmp_path: Path) -> None:
     c = cluster
     mnt = tmp_path / "mnt"
@@ -395,6 +424,19 @@ def test_umount_after_nbdfuse_died_removes_the_dead_fuse_mount(cluster, tmp_path
     _no_chain_left(c)
     again = _replicad(c, "site-b", "mount", "ext", "--snapshot", "1", str(mnt), check=False)
     assert again.returncode == 0, again  # not 'Transport endpoint is not connected'
+    # what an earlier umount left without its record (mount.json gone, the dead FUSE mount kept):
+    # the next mount clears it first
+    (state,) = _state_dirs(c)
+    rec = json.loads((state / "mount.json").read_text())
+    subprocess.run(["umount", str(mnt)], check=True, env=_env(), capture_output=True)
+    subprocess.run(["losetup", "--detach", rec["loop"]], check=True, env=_env(), capture_output=True)
+    os.kill(rec["nbdfuse_pid"], 9)
+    c.wait_for("nbdfuse to stop", lambda: not Path(f"/proc/{rec['nbdfuse_pid']}").exists()
+               or "zombie" in Path(f"/proc/{rec['nbdfuse_pid']}/status").read_text(), timeout_s=10)
+    (state / "mount.json").unlink()
+    assert f"{state}/fuse" in _mounts()
+    third = _replicad(c, "site-b", "mount", "ext", "--snapshot", "1", str(mnt), check=False)
+    assert third.returncode == 0, third
     _replicad(c, "site-b", "umount", str(mnt))
     _no_chain_left(c)
 
