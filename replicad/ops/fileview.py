@@ -330,9 +330,12 @@ def _teardown(rec: MountRecord) -> list[str]:
     step is tried even if an earlier one failed). Idempotent, and it looks at what is there
     rather than only at the record: the mount by its target in /proc/self/mountinfo, the loop
     devices by their backing file, a FUSE mount left by a dead nbdfuse by its path. SIGINT and
-    SIGTERM wait until it is done."""
-    with _shielded():
-        return _teardown_now(rec)
+    SIGTERM wait until it is done; then Interrupted, naming what is left."""
+    try:
+        with _shielded():
+            return _teardown_now(rec)
+    except KeyboardInterrupt:  # deferred until the teardown was done
+        raise Interrupted(_left(rec)) from None
 
 
 def _teardown_now(rec: MountRecord) -> list[str]:
@@ -441,7 +444,10 @@ def _mount(api: Api, volume: str, seq: int, mountpoint: Path, state: Path, parti
             _start_nbdfuse(rec, save)
             _attach(rec, mountpoint, partition, save)
     except BaseException as err:
-        problems = _teardown(rec)
+        try:
+            problems = _teardown(rec)
+        except Interrupted as again:  # a second Ctrl-C: the teardown was still finished
+            problems, err = again.left, again
         if Path(rec.state).is_dir():
             with contextlib.suppress(OSError):
                 save(rec)  # what is left stays recorded: replicad umount finishes it
@@ -538,7 +544,12 @@ def umount(mountpoint: Path) -> dict:
         done.append(f"stopped nbdfuse (pid {rec.nbdfuse_pid})")
     elif mounted_at(rec.fuse_dir):
         done.append(f"removed the dead FUSE mount {rec.fuse_dir} (nbdfuse had stopped)")
-    problems = _teardown(rec)
+    try:
+        problems = _teardown(rec)
+    except Interrupted as intr:  # Ctrl-C meanwhile: the teardown was finished first
+        problems = intr.left
+        if not problems:
+            raise
     if problems:
         if Path(rec.state).is_dir():
             with contextlib.suppress(OSError):
@@ -575,7 +586,10 @@ def temporary_mount(api: Api, volume: str, seq: int, partition: int | None = Non
     except KeyboardInterrupt as ki:
         interrupted = ki if isinstance(ki, Interrupted) else Interrupted()
     finally:
-        problems = _teardown(rec)
+        try:
+            problems = _teardown(rec)
+        except Interrupted as again:
+            problems, interrupted = again.left, interrupted or Interrupted()
         if not problems:
             shutil.rmtree(state, ignore_errors=True)
         if interrupted is not None:

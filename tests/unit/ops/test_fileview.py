@@ -122,3 +122,22 @@ def test_ctrl_c_at_any_time_is_one_line_and_exit_130() -> None:
             assert "Traceback" not in err and err.strip().splitlines() == ["interrupted"], (when, err)
         else:  # finished before the signal (the admin address refuses at once)
             assert when != "importing" and "Traceback" not in err, (when, p.returncode, err)
+
+
+def test_teardown_finishes_before_a_ctrl_c_is_taken(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import signal
+
+    from replicad.ops import fileview
+
+    done = []
+
+    def teardown_now(rec: fileview.MountRecord) -> list[str]:
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C in the middle of the cleanup
+        done.append(rec.mountpoint)
+        return []
+    monkeypatch.setattr(fileview, "_teardown_now", teardown_now)
+    rec = fileview.MountRecord(str(tmp_path / "m"), "v", 1, "x1", "", str(tmp_path / "s"), str(tmp_path / "s" / "fuse"))
+    with pytest.raises(fileview.Interrupted) as e:
+        fileview._teardown(rec)
+    assert done == [str(tmp_path / "m")] and e.value.left == []
+    assert e.value.message == "interrupted; nothing left mounted"
