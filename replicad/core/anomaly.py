@@ -65,6 +65,15 @@ stricter, :func:`stricter`):
   would. The same encoding over itself (octal over octal) does not count. A histogram
   dominated by one value (a sparse database page) is no narrow uniform alphabet and is not
   judged there;
+* *separated* encodings, whose separators break both tests above (decimal bytes with commas or
+  line breaks, a C array ``0x1f, 0xa2,``, binary digits with a space every 8, one of 16 words
+  per nibble), by the *token* test (:func:`separated_random`): the novel text's tokens (runs of
+  ASCII letters and digits) are many short draws from ``K`` (2..n) equally likely kinds (entropy
+  >= 0.93 of ``log2(distinct)``, distinct tokens within 15 % of what independent draws give) and
+  their n-grams of ~24 bits repeat no more than chance; fixed-width groups (hex in 4s, base64 in
+  8s) are also judged again with their separators stripped. The same encoding over itself, and
+  a same-layout rewrite that changed only random fields (a sensor table, a dump of random data,
+  a list of random numbers rewritten in place: :func:`_changed_was_random`), do not count;
 * blocks that were random before and are random after (JPEG, DICOM, archives rewritten) and
   blocks written where there were zeros (imports into free space) do not count;
 * a well-known magic number (file or file-system header) at the start of a sub-block that
@@ -110,6 +119,7 @@ from __future__ import annotations
 import math
 import re
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -645,6 +655,42 @@ def memoryless_long(count: int, observed: float, expected: float) -> bool:
     return count >= NOVEL_MIN and observed <= expected + MEMORYLESS_MARGIN
 
 
+CHANGED_STRUCTURE_MAX = 0.15
+"""The old bytes at the offsets a sub-block's new version changed had *no structure of their
+own* when their repeat share exceeds chance by less than this (:func:`_changed_was_random`):
+random fields of a table or dump rewritten in place measure 0.005-0.11; the old bytes under
+ciphertext written over text, logs, CSV tables or repeated records 0.23-0.95 (interleaved
+ciphertext, every other byte changed, is the lowest: 0.24)."""
+CHANGED_UNIFORMITY_MIN = 0.85
+"""Where chance repeats the old bytes' 4-grams (:data:`MEMORYLESS_EXPECTED_MAX`), they count as
+random fields only if they use a narrow core alphabet this evenly (:func:`alphabet_stats`):
+the digits of a list of random decimal numbers 0.92-0.93; database pages, whose histogram one
+value dominates, 0.0 (no narrow alphabet: their zeros are structure, not random fields)."""
+
+
+def _changed_was_random(new: bytes, old: bytes, i: int) -> bool:
+    """True iff the *old* bytes of sub-block ``i`` at the offsets where the new version differs
+    had no structure of their own: their n-grams repeat less than :data:`CHANGED_STRUCTURE_MAX`
+    above chance (4-grams, as :func:`novel_repeats`, where chance rarely repeats them; else
+    n-grams of ``ceil(24 / bits)`` symbols of a nearly even narrow alphabet,
+    :data:`CHANGED_UNIFORMITY_MIN`, as :func:`long_repeats`). A table of measurements,
+    a hex or ``od`` dump of random data, or a list of random numbers rewritten in place with the
+    same layout changes only its random fields (separators, offsets and leading digits coincide
+    and are no novel bytes): random replaced random there, which is no news. Ciphertext written
+    over structured data changes nearly every offset, and the old bytes there are the
+    structured data itself."""
+    prev = _novel_bytes(old, new, i * SUB_BLOCK, SUB_BLOCK)
+    if len(prev) < NOVEL_MIN + NGRAM:
+        return False
+    count, observed, expected = novel_repeats(prev, None, len(prev))[0]
+    if expected > MEMORYLESS_EXPECTED_MAX:  # a narrow alphabet, or a histogram dominated by one value
+        size, bits, uniformity = alphabet_stats(prev)
+        if not (2 <= size <= NARROW_ALPHABET_MAX and uniformity >= CHANGED_UNIFORMITY_MIN):
+            return False
+        count, observed, expected = long_repeats(prev, bits)
+    return count >= NOVEL_MIN and observed - expected < CHANGED_STRUCTURE_MAX
+
+
 _SUB_INDEX: dict[tuple[int, int], object] = {}
 
 
@@ -677,6 +723,175 @@ def memoryless(count: int, observed: float, expected: float) -> bool:
     (:data:`MEMORYLESS_EXPECTED_MAX`) and no more repeats than chance
     (:data:`MEMORYLESS_MARGIN`)."""
     return count >= NOVEL_MIN and expected <= MEMORYLESS_EXPECTED_MAX and observed <= expected + MEMORYLESS_MARGIN
+
+
+TOKEN_MIN = 128
+"""Fewest novel tokens of a sub-block for the token test (:func:`token_stats`) to speak: 4 KiB
+of ciphertext as comma-separated decimal bytes holds ~1,130 tokens, as a C array (``0x1f, ``)
+~680, as 8 binary digits and a space ~455, as one of 16 words per nibble ~670."""
+TOKEN_LEN_MAX = 16.0
+"""Longest mean token length (bytes) the token test judges: it is a test of *short* tokens
+(the encodings above measure 2.6-8); longer ones are words or identifiers of another kind."""
+TOKEN_DISTINCT_EXCESS_MAX = 1.15
+"""Most distinct tokens a near-uniform token distribution may show, as a multiple of what
+independent draws from ``K`` equally likely tokens give (``K (1 - exp(-n / K))``, ``K`` from the
+collision count). Ciphertext as 256 decimal tokens or 16 words measures 0.96-1.05 per 4 KiB;
+text, logs, CSV tables, timestamps and ``od`` dumps of text 1.4-50: a long tail of rare tokens
+beside frequent ones (measured on tests/unit/core/test_anomaly_tokens.py's corpora)."""
+STRIPPED_WIDTH_SHARE_MIN = 0.9
+"""Share of a sub-block's tokens that must have the same length for its novel bytes to be
+judged again with separators stripped (:func:`stripped_random`): an encoder cuts its output into
+fixed-width groups (hex in 4s, base64 in 8s, binary digits in 8s: >= 0.99), while a table of
+numbers has tokens of varying length (0.2-0.6), whose digits without their separators are
+random digits (the trailing digits of any measurement)."""
+_ALNUM = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_SEPARATORS = bytes(x for x in range(256) if x not in _ALNUM)
+"""Bytes stripped before the stripped test: everything but ASCII letters and digits
+(whitespace, punctuation, control bytes, non-ASCII)."""
+_NOT_PRINTABLE = bytes(x for x in range(256) if not (0x20 <= x < 0x7F or x in (9, 10, 13)))
+_TO_SPACE = bytes(x if x in _ALNUM else 0x20 for x in range(256))
+"""Translation table: every separator byte to a space, so ``bytes.split()`` cuts the tokens."""
+_ALNUM_MASK = bytes(1 if x in _ALNUM else 0 for x in range(256))
+
+
+def _tokens(new_sub: bytes, old_sub: bytes | None) -> list[bytes]:
+    """The maximal runs of ASCII letters and digits of ``new_sub`` that differ from ``old_sub``
+    at some offset (all of them when ``old_sub`` is None), in order. Tokens are cut from the
+    new bytes, not from the novel bytes alone: a separator that happens to equal the old byte
+    at its offset must still separate. numpy: one pass for the token index of every byte
+    (``bytes.split`` in C for the tokens themselves)."""
+    tokens = new_sub.translate(_TO_SPACE).split()
+    if old_sub is None or not tokens:
+        return tokens
+    if _np is None:  # pragma: no cover - only where numpy is absent
+        out, pos = [], 0
+        for t in tokens:
+            pos = new_sub.index(t, pos)
+            if old_sub[pos:pos + len(t)] != t:
+                out.append(t)
+            pos += len(t)
+        return out
+    a = _np.frombuffer(new_sub, dtype=_np.uint8)
+    alnum = _np.frombuffer(new_sub.translate(_ALNUM_MASK), dtype=_np.uint8).astype(bool)
+    changed = _np.ones(len(a), dtype=bool)
+    m = min(len(a), len(old_sub))
+    if m:
+        _np.not_equal(a[:m], _np.frombuffer(old_sub, dtype=_np.uint8)[:m], out=changed[:m])
+    starts = alnum.copy()
+    starts[1:] &= ~alnum[:-1]
+    token_of = _np.cumsum(starts) - 1  # index of the token each byte belongs to (alnum bytes only)
+    novel = _np.bincount(token_of[alnum & changed], minlength=len(tokens))
+    if novel.all():
+        return tokens
+    return [t for t, k in zip(tokens, novel.tolist()) if k]
+
+
+def token_stats(tokens: Sequence[bytes], *, ngrams: bool = True) -> tuple[int, float, float, float, int, float, float]:
+    """Statistics of a token sequence for the token test: ``(count, kinds, uniformity,
+    distinct_excess, ngram_count, observed, expected)``.
+
+    * ``kinds`` ``K = n (n - 1) / sum c_i (c_i - 1)``: the effective number of equally likely
+      tokens from the collision count (Renyi order-2; inf when no token repeats);
+    * ``uniformity``: Shannon entropy of the token histogram over ``log2(distinct)`` (1.0: every
+      distinct token equally frequent; 0.0 with fewer than 2 distinct);
+    * ``distinct_excess``: distinct tokens over ``K (1 - exp(-n / K))``, those expected of ``n``
+      independent draws from ``K`` equally likely tokens (Knuth, TAOCP vol. 2, 3.3.2 J);
+    * ``observed``, ``expected``: repeat shares of the token n-grams, ``n = ceil(24 / log2 K)``
+      tokens (2..:data:`LONG_NGRAM_MAX`), as :func:`long_repeats` computes them for bytes
+      (``ngram_count`` n-grams; all 0 when ``K`` is inf or < 2, or ``ngrams`` is False).
+
+    Empty input: all zeros. Pure."""
+    n = len(tokens)
+    if n < 2:
+        return n, 0.0, 0.0, 0.0, 0, 0.0, 0.0
+    counts = list(Counter(tokens).values())
+    d = len(counts)
+    pairs = sum(c * (c - 1) for c in counts)
+    entropy = math.log2(n) - sum(c * math.log2(c) for c in counts if c > 1) / n
+    uniformity = entropy / math.log2(d) if d >= 2 else 0.0
+    if pairs == 0:
+        return n, math.inf, uniformity, 1.0, 0, 0.0, 0.0
+    kinds = n * (n - 1) / pairs
+    excess = d / (kinds * -math.expm1(-n / kinds))
+    g = min(LONG_NGRAM_MAX, max(2, math.ceil(LONG_NGRAM_BITS / math.log2(kinds)))) if kinds >= 2 else 0
+    count = n - g + 1
+    if not ngrams or g == 0 or count <= 0:
+        return n, kinds, uniformity, excess, 0, 0.0, 0.0
+    ids: dict[bytes, int] = {}
+    seq = [ids.setdefault(t, len(ids)) for t in tokens]
+    distinct = len({tuple(seq[j:j + g]) for j in range(count)})
+    collision = sum((c / n) ** 2 for c in counts)
+    k = 1.0 / max(collision ** g, 1e-300)
+    expected = max(0.0, 1.0 - k * -math.expm1(-count / k) / count)
+    return n, kinds, uniformity, excess, count, 1.0 - distinct / count, expected
+
+
+def token_random(tokens: Sequence[bytes]) -> bool:
+    """True iff ``tokens`` are independent draws from a near-uniform distribution over short
+    tokens: at least :data:`TOKEN_MIN` of them, mean length at most :data:`TOKEN_LEN_MAX`, every
+    kind seen once on average (``2 <= K <= n``: the collision count can speak), used evenly
+    (uniformity >= :data:`NARROW_UNIFORMITY_MIN`, distinct tokens at most
+    :data:`TOKEN_DISTINCT_EXCESS_MAX` of the uniform expectation) and memoryless over n-grams of
+    ~24 bits (:data:`MEMORYLESS_MARGIN`). Ciphertext written as decimal bytes with separators
+    (``31,162,7``), a C array, binary digits in groups, or one of 16 words per nibble."""
+    n = len(tokens)
+    if n < TOKEN_MIN or sum(map(len, tokens)) > TOKEN_LEN_MAX * n:
+        return False
+    n, kinds, uniformity, excess, *_ = token_stats(tokens, ngrams=False)  # cheap first: text fails here
+    if not (2 <= kinds <= n and uniformity >= NARROW_UNIFORMITY_MIN and excess <= TOKEN_DISTINCT_EXCESS_MAX):
+        return False
+    _, _, _, _, count, observed, expected = token_stats(tokens)
+    return count >= TOKEN_MIN and observed <= expected + MEMORYLESS_MARGIN
+
+
+def fixed_width(tokens: Sequence[bytes]) -> bool:
+    """True iff at least :data:`STRIPPED_WIDTH_SHARE_MIN` of ``tokens`` (at least
+    :data:`TOKEN_MIN` of them) have the same length: groups cut by an encoder."""
+    if len(tokens) < TOKEN_MIN:
+        return False
+    return Counter(map(len, tokens)).most_common(1)[0][1] >= STRIPPED_WIDTH_SHARE_MIN * len(tokens)
+
+
+def stripped_random(novel: bytes) -> bool:
+    """True iff ``novel`` with every byte but ASCII letters and digits stripped (what separators
+    hid: hex in groups of 4, base64 in groups of 8 with commas, binary digits with spaces) passes
+    the byte tests again: memoryless 4-grams (:func:`memoryless`) or a narrow uniform memoryless
+    alphabet (:func:`narrow_uniform`, :func:`memoryless_long`) whose 4-grams repeat no more than
+    chance predicts (zero-padded sequential numbers without their line breaks use their digits
+    evenly and never repeat a long n-gram, but repeat their 4-grams 0.5-0.7 over chance).
+    Stripping independent symbols
+    leaves independent symbols, so ciphertext stays memoryless; the caller applies it only to
+    fixed-width groups (:func:`fixed_width`)."""
+    s = novel.translate(None, _SEPARATORS)
+    if len(s) < NOVEL_MIN + NGRAM:
+        return False
+    count, observed, expected = novel_repeats(s, None, len(s))[0]
+    if memoryless(count, observed, expected):
+        return True
+    if expected <= MEMORYLESS_EXPECTED_MAX or observed > expected + MEMORYLESS_MARGIN:
+        return False  # a narrow alphabet's 4-grams repeat by chance, but no more than by chance
+    size, bits, uniformity = alphabet_stats(s)
+    return narrow_uniform(size, bits, uniformity) and memoryless_long(*long_repeats(s, bits))
+
+
+def text_like(raw: bytes) -> bool:
+    """True iff at least :data:`NOTE_TEXT_SHARE_MIN` of ``raw`` is printable ASCII or whitespace
+    (every separated encoding is text; binary content is left to the byte tests)."""
+    return bool(raw) and len(raw.translate(None, _NOT_PRINTABLE)) >= NOTE_TEXT_SHARE_MIN * len(raw)
+
+
+def separated_random(new_sub: bytes, old_sub: bytes | None, novel: bytes) -> bool:
+    """True iff the novel bytes of one text sub-block are ciphertext in a *separated* encoding:
+    :func:`token_random` over its novel tokens, or, for fixed-width groups, :func:`stripped_random`
+    over its novel bytes. ``old_sub`` None: every token is novel (used for the old version, to
+    exempt the same encoding over itself)."""
+    if not text_like(novel):
+        return False
+    tokens = _tokens(new_sub, old_sub)
+    if token_random(tokens):
+        return True
+    return len(novel) - len(novel.translate(None, _SEPARATORS)) > 0 and fixed_width(tokens) \
+        and stripped_random(novel)
 
 
 def structured(count: int, observed: float) -> bool:
@@ -720,6 +935,11 @@ class BlockFinding:
             long n-grams (:func:`long_repeats`), where the old content had structure.
         alphabet_after: smallest number of distinct byte values among the novel bytes of the
             sub-blocks the narrow-alphabet test judged (256 when it judged none).
+        separated: sub-blocks (counted in ``structure_lost`` too) whose novel text is ciphertext
+            in a separated encoding (:func:`separated_random`: decimal bytes with commas or line
+            breaks, a C array, binary digits in groups, one of 16 words per nibble, hex or
+            base64 in fixed-width groups), where the old content had structure and was no such
+            encoding itself.
     """
 
     turned_random: bool
@@ -737,6 +957,7 @@ class BlockFinding:
     repeat_excess_after: float = 1.0
     narrow_alphabet: int = 0
     alphabet_after: int = 256
+    separated: int = 0
 
 
 def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz4_old: float = 1.0) -> BlockFinding:
@@ -773,6 +994,7 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
     # answer (a data sub-block not yet flagged and not already random-looking before)
     lost = set()
     narrow: set[int] = set()
+    tokens: set[int] = set()
     excess = 1.0
     alphabet_min = 256
     candidates = [i for i in range(len(e_new)) if not flagged[i] and i < len(e_old)
@@ -784,19 +1006,38 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
         maybe = [i for i in candidates if memoryless(*rep_new[i])]
         # chance repeats 4-grams of a narrow alphabet (octal, decimal, binary digits): there the
         # 4-gram test is silent and the narrow-alphabet test (longer n-grams) speaks instead
-        low = [i for i in candidates if rep_new[i][0] >= NOVEL_MIN and rep_new[i][2] > MEMORYLESS_EXPECTED_MAX]
+        # (their 4-grams may repeat by chance, never more: sequential numbers repeat 0.2-0.7 more)
+        low = [i for i in candidates if rep_new[i][0] >= NOVEL_MIN and rep_new[i][2] > MEMORYLESS_EXPECTED_MAX
+               and rep_new[i][1] <= rep_new[i][2] + MEMORYLESS_MARGIN]
         for i in low:
             novel = _novel_bytes(new, old, i * SUB_BLOCK, SUB_BLOCK)
             size, bits, uniformity = alphabet_stats(novel)
             alphabet_min = min(alphabet_min, size)
             if narrow_uniform(size, bits, uniformity) and memoryless_long(*long_repeats(novel, bits)):
                 narrow.add(i)
-        if maybe or narrow:
+        # separators (commas, spaces, line breaks, "0x") between ciphertext symbols or tokens hide
+        # it from both tests above: judge the sub-block's tokens, and its novel bytes stripped
+        for i in candidates:
+            if i in narrow or i in maybe or rep_new[i][0] < NOVEL_MIN:
+                continue
+            off = i * SUB_BLOCK
+            if separated_random(new[off:off + SUB_BLOCK], old[off:off + SUB_BLOCK],
+                                _novel_bytes(new, old, off, SUB_BLOCK)):
+                tokens.add(i)
+        if maybe or narrow or tokens:
             rep_old = novel_repeats(old, None, skip_zero=True)
             lost = {i for i in maybe if structured(rep_old[i][0], rep_old[i][1])}
             narrow = {i for i in narrow if structured(rep_old[i][0], rep_old[i][1])
                       and not _narrow_random(old[i * SUB_BLOCK:(i + 1) * SUB_BLOCK], rep_old[i][2])}
-            lost |= narrow
+            tokens = {i for i in tokens if structured(rep_old[i][0], rep_old[i][1])
+                      and not _narrow_random(old[i * SUB_BLOCK:(i + 1) * SUB_BLOCK], rep_old[i][2])
+                      and not separated_random(old[i * SUB_BLOCK:(i + 1) * SUB_BLOCK], None,
+                                               old[i * SUB_BLOCK:(i + 1) * SUB_BLOCK])}
+            # a same-layout rewrite (a sensor table, a dump, a number list rewritten in place):
+            # only the random fields changed, and they were random before
+            lost = {i for i in lost | narrow | tokens if not _changed_was_random(new, old, i)}
+            narrow &= lost
+            tokens &= lost
     for i, h_new in enumerate(e_new):
         h_old = e_old[i] if i < len(e_old) else 0.0
         rise = h_new - h_old
@@ -815,7 +1056,8 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
                         and mean_new - mean_old >= LZ4_ENTROPY_RISE_MIN)
     return BlockFinding(random_subs > 0 or lost_compression, random_subs, mean_old, mean_new, max_rise,
                         min(c_new), lz4_old, lz4_new, tuple(destroyed), structure_lost=len(lost),
-                        repeat_excess_after=excess, narrow_alphabet=len(narrow), alphabet_after=alphabet_min)
+                        repeat_excess_after=excess, narrow_alphabet=len(narrow), alphabet_after=alphabet_min,
+                        separated=len(tokens))
 
 
 _NOTE_CACHE: dict[tuple[str, ...], list] = {}
