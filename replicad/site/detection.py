@@ -238,9 +238,11 @@ class Detection:
     def _signals(self, m: Manifest, base: Manifest, ref: Manifest | None,
                  policy: dict | None = None) -> anomaly.SnapshotSignals:
         """The relative signals of ``m`` against ``base`` (worker thread; verified reads), with
-        the ransom-note patterns of ``policy`` (default: :data:`anomaly.POLICY_DEFAULTS`)."""
+        the ransom-note patterns and strong indicators of ``policy`` (default:
+        :data:`anomaly.POLICY_DEFAULTS`)."""
         policy = anomaly.with_defaults(policy or anomaly.POLICY_DEFAULTS)
         notes, note_min = list(policy["ransom_notes"]), int(policy["ransom_note_min"])
+        strong = list(policy["ransom_note_strong"])
         data_blocks = _nonzero_blocks(base, self.store.get)
         signals = anomaly.SnapshotSignals(data_blocks=data_blocks)
         signals.shrunk_bytes = max(0, base.size_bytes - m.size_bytes)
@@ -261,7 +263,7 @@ class Detection:
             finding = anomaly.compare_block(new, old, r_new, r_old)
             cold = old_d is not None and old_d != ZERO_DIGEST and ref_digest(index) == old_d
             signals.add(index, finding, cold)
-            matched = anomaly.ransom_note_matches(new, old, notes, note_min)
+            matched = anomaly.ransom_note_matches(new, old, notes, note_min, strong)
             if matched:
                 signals.add_note(index, matched)
             if index == 0:
