@@ -808,21 +808,21 @@ def _render_detection(d: dict) -> None:
 
 
 def _policy_value(key: str, text: str) -> Any:
-    """A ``--set KEY=VALUE`` value of the detection policy: ``mode`` as given; ``ransom_notes`` as
-    a JSON list of regular expressions (the whole list); ``*_s`` keys as a duration (``7d``,
-    ``3600``) in whole seconds; the rest as a number. Raises UsageError."""
+    """A ``--set KEY=VALUE`` value of the detection policy: ``mode`` as given; ``ransom_notes`` and
+    ``ransom_note_strong`` as a JSON list of regular expressions (the whole list); ``*_s`` keys
+    as a duration (``7d``, ``3600``) in whole seconds; the rest as a number. Raises UsageError."""
     from replicad.core.units import parse_duration
 
     if key == "mode":
         return text
-    if key == "ransom_notes":
+    if key in ("ransom_notes", "ransom_note_strong"):
         try:
             notes = json.loads(text)
         except ValueError as err:
-            raise UsageError(f"--set ransom_notes=...: a JSON list of regular expressions ({err})",
+            raise UsageError(f"--set {key}=...: a JSON list of regular expressions ({err})",
                              field=key) from None
         if not isinstance(notes, list):
-            raise UsageError("--set ransom_notes=...: a JSON list of regular expressions", field=key)
+            raise UsageError(f"--set {key}=...: a JSON list of regular expressions", field=key)
         return notes
     try:
         if key.endswith("_s"):

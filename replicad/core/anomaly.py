@@ -83,9 +83,12 @@ stricter, :func:`stricter`):
 * rewrites of *cold* blocks (unchanged since a snapshot at least ``cold_age_s`` old): the
   signal of the ``encrypted`` mode (LUKS, BitLocker, TDE), where content says nothing;
 * ``ransom_note``: changed blocks (new small files included) in which at least
-  ``ransom_note_min`` of the policy's ``ransom_notes`` patterns match new text
-  (:func:`ransom_note_matches`, :data:`RANSOM_NOTES_DEFAULT`); one such block makes the
-  snapshot suspect in both modes.
+  ``ransom_note_min`` of the policy's ``ransom_notes`` and ``ransom_note_strong`` patterns match
+  new text, one of them a strong indicator (a ``.onion`` address, a wallet address, a note file
+  name) (:func:`ransom_note_matches`, :data:`RANSOM_NOTES_DEFAULT`,
+  :data:`RANSOM_NOTE_STRONG_DEFAULT`); the text is read as a reader sees it (UTF-8 or UTF-16,
+  Unicode spaces folded, zero-width characters removed: :func:`note_texts`); one such block
+  makes the snapshot suspect in both modes.
 
 Per snapshot (:func:`judge_relative`): ``score = turned-random blocks / data blocks of the
 base``; suspect iff ``score > max(min_score, factor x baseline)``, or the cumulative excess

@@ -203,3 +203,22 @@ def test_the_policy_keys_are_checked_and_protected() -> None:
     # a site's local config may only add patterns and lower the minimum
     local = stricter(POLICY_DEFAULTS, {"ransom_notes": ["pay us", RANSOM_NOTES_DEFAULT[0]], "ransom_note_min": 3})
     assert local["ransom_notes"] == [*RANSOM_NOTES_DEFAULT, "pay us"] and local["ransom_note_min"] == 2
+
+
+def test_false_alarm_count_on_benign_blocks_in_free_space() -> None:
+    """14 kinds of benign block written into free space (the strictest case: no old text to
+    subtract) x 15 fresh seeds: text, logs, CSV tables, timestamps, a base64 mail, checksum and
+    UUID lists, JSON with base64, database pages, random bytes, UTF-16 text, a hex dump: no
+    ransom note (ARCHITECTURE.md "Ransomware signal" carries the count)."""
+    from tests.unit.core.test_anomaly_alphabet import fit, hexdump, log_lines
+    from tests.unit.core.test_anomaly_encoded import checksums, json_thumbnails, mail, uuids
+    from tests.unit.core.test_anomaly_tokens import measurements, numeric_log, prices, timestamps
+    kinds = [lambda s: text(B, s), log_lines, measurements, prices, numeric_log, timestamps, mail, checksums, uuids,
+             json_thumbnails, db_page_block, lambda s: os.urandom(B), lambda s: text(B, s).decode().encode("utf-16"),
+             lambda s: fit(hexdump(os.urandom(B)))]
+    blocks = found = 0
+    for seed in range(15):
+        for make in kinds:
+            blocks += 1
+            found += bool(ransom_note_matches(make(9000 + 31 * seed), None, RANSOM_NOTES_DEFAULT))
+    assert blocks == 210 and found == 0
