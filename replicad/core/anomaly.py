@@ -1467,7 +1467,9 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple[in
     else:
         score = signals.score
     baseline = min(float(policy["baseline_cap"]), statistics.median(confirmed)) if confirmed else 0.0
-    threshold = max(float(policy["min_score"]), float(policy["factor"]) * baseline)
+    # the per-snapshot bound: min_score for content, cold_max for cold rewrites (encrypted mode)
+    floor = float(policy["cold_max"]) if encrypted else float(policy["min_score"])
+    threshold = max(floor, float(policy["factor"]) * baseline)
     reasons: list[str] = []
     what = "of the data's cold blocks were rewritten" if encrypted else "of the volume's data turned random"
     if score > threshold:

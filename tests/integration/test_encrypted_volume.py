@@ -15,7 +15,7 @@ inside the unlocked volume), then re-encrypted by the volume's XTS.
 
 * ``encrypted`` mode (set through the approval path: a mode change weakens the content signals,
   so it is a request another site approves): the benign snapshots are clean at every site, the
-  attack is suspect at every site (cold-block rewrites above ``min_score`` and the changed share
+  attack is suspect at every site (cold-block rewrites above ``cold_max`` and the changed share
   above ``change_max``) and the standbys hold the last clean image.
 * ``content`` mode (the default), the documented limit: the same attack is judged clean by every
   site's own judge — random replaced random, every content signal is blind. Only the primary's
@@ -26,7 +26,7 @@ inside the unlocked volume), then re-encrypted by the volume's XTS.
   a slow attack ratchets it). This is why the ``encrypted`` mode exists.
 
 Measured here (64 MiB, 1,024 blocks of 64 KiB; ~45 MiB of files): a benign snapshot changes
-8-9 blocks (0.8-0.9 %, all of them cold rewrites: scores 0.008-0.009, threshold 0.02); the attack
+8-9 blocks (0.8-0.9 %, all of them cold rewrites: scores 0.008-0.009, threshold cold_max 0.05); the attack
 changes 698 blocks (68 %; 11,153 sectors re-encrypted), 698 cold. ~20 s per mode.
 """
 
