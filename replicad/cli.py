@@ -922,9 +922,10 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
                          "data_dir", file=args.file)
     ok, n, bad = verify_chain(Path(args.file))
     result = {"file": args.file, "ok": ok, "n_records": n, "first_bad_seq": bad}
-    _print(args, result, lambda r: console.print(
+    _print(args, result, lambda r: console.print(  # one line whatever the width: scripts grep it
         f"{r['file']}: {r['n_records']} records, chain intact" if r["ok"] else
-        f"[red]{r['file']}: chain BROKEN at record {r['first_bad_seq']}[/red] ({r['n_records']} lines)"))
+        f"[red]{r['file']}: chain BROKEN at record {r['first_bad_seq']}[/red] ({r['n_records']} lines)",
+        soft_wrap=True))
     if not ok:
         raise IntegrityError(f"audit chain of {args.file} is broken at record {bad}", file=args.file,
                              first_bad_seq=bad, n_records=n)
