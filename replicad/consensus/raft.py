@@ -586,6 +586,24 @@ def plan_append_entries(log_entries: Sequence[tuple], prev_idx: Any, prev_term: 
     return last_idx, log_entries[-1][2], [], matched_idx + 1
 
 
+def entry_call(full: Any) -> tuple[int, bytes] | None:
+    """``(method id, msgpack payload)`` of a regular pysyncobj log entry carrying one replicad
+    command (type byte, then the restricted pickle of ``(method id, (payload,))``, the payload at
+    most ``MAX_COMMAND_BYTES``), or None for anything else. Never raises."""
+    if not isinstance(full, bytes) or full[:1] != _REGULAR or len(full) > 2 * MAX_COMMAND_BYTES:
+        return None
+    try:
+        decoded = restricted_loads(full[1:])
+    except Exception:  # any undecodable entry is simply refused
+        return None
+    if (isinstance(decoded, tuple) and len(decoded) == 2 and isinstance(decoded[0], (int, str))
+            and isinstance(decoded[1], tuple)
+            and len(decoded[1]) == 1 and isinstance(decoded[1][0], bytes)
+            and len(decoded[1][0]) <= MAX_COMMAND_BYTES):
+        return decoded[0], decoded[1][0]
+    return None
+
+
 class _HardenedSyncObj(SyncObj):
     """SyncObj that refuses foreign log entries at the leader and skips them when applying.
 
@@ -1093,15 +1111,8 @@ class _HardenedSyncObj(SyncObj):
         SyncObj._applyCommand(self, full, callback)
 
     def _acceptable(self, full: Any) -> bool:
-        if not isinstance(full, bytes) or full[:1] != _REGULAR or len(full) > 2 * MAX_COMMAND_BYTES:
-            return False
-        try:
-            decoded = restricted_loads(full[1:])
-        except Exception:  # any undecodable entry is simply refused
-            return False
-        return (isinstance(decoded, tuple) and len(decoded) == 2 and decoded[0] in self._idToMethod
-                and isinstance(decoded[1], tuple) and len(decoded[1]) == 1
-                and isinstance(decoded[1][0], bytes) and len(decoded[1][0]) <= MAX_COMMAND_BYTES)
+        entry = entry_call(full)
+        return entry is not None and entry[0] in self._idToMethod
 
     def _SyncObj__doApplyCommand(self, command: bytes) -> Any:
         kind = command[:1]
@@ -1370,15 +1381,8 @@ class RaftNode:
         if cmds < 0 or nbytes < 0:
             return ("forwarded_over_budget", f"forwarded more than {FORWARD_CMDS_PER_S:.0f} commands or "
                     f"{FORWARD_BYTES_PER_S // 1024} KiB a second (bursts of {FORWARD_BURST_S:.0f} s)")
-        decoded = None
-        if isinstance(command, bytes) and command[:1] == _REGULAR and size <= 2 * MAX_COMMAND_BYTES:
-            try:
-                outer = restricted_loads(command[1:])
-                if isinstance(outer, tuple) and len(outer) == 2 and isinstance(outer[1], tuple) \
-                        and len(outer[1]) == 1 and isinstance(outer[1][0], bytes):
-                    decoded = checkpoint.decode_command(outer[1][0])
-            except Exception:  # restricted_loads refuses anything but a replicad entry
-                decoded = None
+        entry = entry_call(command)
+        decoded = None if entry is None else checkpoint.decode_command(entry[1])
         if not isinstance(decoded, dict):
             return "forwarded_malformed", f"a forwarded command that is not a replicad command ({size} bytes)"
         trust = self._consumer.trust
