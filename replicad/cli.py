@@ -749,36 +749,16 @@ def _render_evidence(e: dict) -> None:
     if e.get("disagreement"):
         console.print("[red]the sites' own verdicts DISAGREE[/red]: a site is wrong, broken or lying "
                       "(see ReplicadVerdictDisagreement in the README)")
+    from replicad.ops.evidenceview import evidence_lines, opinion_cells  # issue 16: readable, --json exact
+
     t = Table(title="each site's own verdict")
     for col in ("site", "verdict", "score", "cumulative", "first suspect", "reason"):
         t.add_column(col)
     for site, o in sorted((e.get("opinions") or {}).items()):
-        t.add_row(site, str(o.get("verdict")), f"{o.get('score', 0):.4f}", f"{o.get('cumulative', 0):.4f}",
-                  "-" if o.get("first_seq") is None else f"#{o['first_seq']}", o.get("reason") or "",
-                  style="red" if o.get("verdict") == "suspect" else None)
+        t.add_row(site, str(o.get("verdict")), *opinion_cells(o), style="red" if o.get("verdict") == "suspect" else None)
     console.print(t)
-    here = e.get("here")
-    if not here:
-        console.print("this site has not judged it (no evidence file here): ask another site with --admin")
-        return
-    console.print(f"here ({here.get('site')}): {here.get('verdict')}, score {here.get('score', 0):.4f} (baseline "
-                  f"{here.get('baseline', 0):.4f}, cumulative {here.get('cumulative', 0):.4f}), "
-                  + ("first snapshot (clean by definition)" if here.get("base_seq") is None
-                     else f"judged against #{here['base_seq']}")
-                  + (f"; first suspicious #{here['first_suspect_seq']}" if here.get("first_suspect_seq") else "")
-                  + (f"; restore point #{here['restore_seq']}" if here.get("restore_seq") is not None else ""),
-                  markup=False, soft_wrap=True)
-    for reason in here.get("reasons") or []:
-        console.print(f"  - {reason}", markup=False, soft_wrap=True)
-    signals = here.get("signals") or {}
-    if signals:
-        console.print("  signals: " + ", ".join(f"{k} {v}" for k, v in sorted(signals.items())), markup=False,
-                      soft_wrap=True)
-    blocks = here.get("blocks") or []
-    if blocks:
-        console.print(f"  {len(blocks)} block(s) in the evidence: " + ", ".join(str(b.get("index")) for b in blocks[:32])
-                      + (" ..." if len(blocks) > 32 else "") + " (--json for their statistics)", markup=False,
-                      soft_wrap=True)
+    for line in evidence_lines(e):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _render_detection(d: dict) -> None:

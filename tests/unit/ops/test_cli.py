@@ -339,9 +339,50 @@ def test_evidence_prints_every_sites_verdict_and_what_this_site_saw(admin_stub) 
     text = " ".join(res.stdout.split())
     assert res.returncode == 0, res.stderr
     for part in ("ehr#34: suspect", "site-a", "site-b", "judged against #33", "restore point #33",
-                 "50 data blocks turned random", "turned_random 50", "7, 9"):
+                 "50 data blocks turned random", "turned_random: 50", "7, 9"):
         assert part in text, (part, text)
     assert "DISAGREE" not in text
+
+
+EVIDENCE = {
+    "volume": "ehr", "seq": 12, "verdict": "suspect", "verdict_reason": "judged suspect by site-b: structure lost",
+    "confirmed": False, "disagreement": False, "policy": {"mode": "content"},
+    "opinions": {"site-b": {"verdict": "suspect", "score": 0.07342529296875001, "cumulative": 0.0812345678901234,
+                            "first_seq": 12, "reason": "ext4 superblock destroyed"}},
+    "here": {"site": "site-b", "verdict": "suspect", "score": 0.07342529296875001, "baseline": 0.000123456789012345,
+             "cumulative": 0.0812345678901234, "base_seq": 11, "first_suspect_seq": 12, "restore_seq": 11,
+             "reasons": ["7.3 % of the data turned random"],
+             "signals": {"data_blocks": 4096, "changed_blocks": 301, "turned_random": 288, "fresh_random": 0,
+                         "wiped": 0, "cold_rewritten": 12, "magic_destroyed": {"ext4": 2, "sqlite": 1},
+                         "fs_destroyed": True, "shrunk_bytes": 0, "score": 0.07342529296875001, "ransom_note": 0},
+             "blocks": [{"index": i, "entropy_after": 7.998} for i in [*range(100, 140), 150, 152, *range(200, 264)]],
+             "ransom_notes": [{"index": 9, "patterns": ["how_to_decrypt"]}],
+             "cpu_s": 0.123456789, "judged_at_ns": 1_796_000_000 * 10**9}}
+
+
+def test_evidence_is_human_readable_and_its_json_exact(admin_stub) -> None:
+    url, answers = admin_stub
+    answers["/v1/volumes/ehr/snapshots/12/evidence"] = (200, EVIDENCE)
+    res = run_env({"COLUMNS": "120"}, "--admin", url, "evidence", "ehr", "12")
+    assert res.returncode == 0, res.stderr
+    text = res.stdout
+    for part in ("score 7.34 % (baseline 0.01 %, cumulative 8.12 %)", "    magic_destroyed:", "      ext4: 2",
+                 "      sqlite: 1", "    fs_destroyed: yes", "    score: 7.34 %", "first suspicious #12",
+                 "restore point #11", "block 9: how_to_decrypt", "106 block(s) in the evidence: 100-139, 150, 152, "
+                 "200-263", "in 0.12 CPU-s", "7.34 %"):
+        assert part in text, (part, text)
+    assert "{" not in text and "0.0734252" not in text and "0.08123" not in text  # no reprs, no 17 digits
+    raw = run_env({}, "--admin", url, "--json", "evidence", "ehr", "12")
+    assert raw.returncode == 0 and _json.loads(raw.stdout) == EVIDENCE
+
+
+def test_evidence_block_lists_are_shortened() -> None:
+    from replicad.ops.evidenceview import block_ranges, percent
+
+    assert block_ranges([7, 3, 4, 5, 9]) == "3-5, 7, 9"
+    assert block_ranges(range(0, 60, 2), groups_max=3) == "0, 2, 4, … (27 more blocks)"
+    assert (percent(0.5), percent(0.0625), percent(0.00001), percent(0), percent(None)) == \
+        ("50.0 %", "6.25 %", "<0.01 %", "0 %", "-")
 
 
 def test_detection_shows_the_policy_and_puts_a_change(admin_stub) -> None:

@@ -1,0 +1,146 @@
+"""``replicad evidence VOL SEQ`` as text a person reads (issue 16, operator defects).
+
+The evidence document (``GET /v1/volumes/{volume}/snapshots/{seq}/evidence``, built by
+``site/detection.py``) carries floats with 17 digits, maps nested two deep and up to 64 block
+indices. Here they become lines: shares as percentages with one or two decimals, block indices
+as ranges (``3-9, 12``) shortened after :data:`BLOCK_GROUPS_MAX` groups, nested maps as
+indented ``key: value`` lines. ``--json`` prints the document itself, untouched.
+
+Pure: :func:`evidence_lines` takes the document and returns the lines (the CLI prints them
+without markup: every value may come from a hostile site).
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from typing import Any, Iterable, Mapping
+
+BLOCK_GROUPS_MAX = 12
+"""Ranges of block indices shown before ``… (N more)``."""
+
+SHARE_KEYS = frozenset({"score", "baseline", "cumulative"})
+"""Keys whose value is a share of the volume (0..1), shown as a percentage."""
+
+
+def percent(share: Any) -> str:
+    """A share (0..1) as a percentage: two decimals below 10 %, one from there; ``<0.01 %`` for a
+    tiny non-zero share; ``-`` when not a number. E.g. ``0.0625`` → ``6.25 %``."""
+    if not isinstance(share, (int, float)) or isinstance(share, bool) or not math.isfinite(share):
+        return "-"
+    p = share * 100.0
+    if p == 0:
+        return "0 %"
+    if abs(p) < 0.01:
+        return "<0.01 %"
+    return f"{p:.2f} %" if abs(p) < 10 else f"{p:.1f} %"
+
+
+def number(value: Any) -> str:
+    """A value as short text: integers as they are, floats to 4 significant digits, booleans
+    yes/no, None ``-``."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def block_ranges(indices: Iterable[Any], groups_max: int = BLOCK_GROUPS_MAX) -> str:
+    """Block indices as sorted ranges: ``[7, 3, 4, 5, 9]`` → ``3-5, 7, 9``; more than
+    ``groups_max`` groups end in ``… (N more blocks)``. Non-integers are ignored."""
+    ints = sorted({i for i in indices if isinstance(i, int) and not isinstance(i, bool)})
+    groups: list[tuple[int, int]] = []
+    for i in ints:
+        if groups and i == groups[-1][1] + 1:
+            groups[-1] = (groups[-1][0], i)
+        else:
+            groups.append((i, i))
+    shown = [f"{a}-{b}" if b > a else str(a) for a, b in groups[:groups_max]]
+    rest = sum(b - a + 1 for a, b in groups[groups_max:])
+    return ", ".join(shown) + (f", … ({rest} more block{'s' if rest != 1 else ''})" if rest else "")
+
+
+def map_lines(values: Mapping[str, Any], indent: int = 2) -> list[str]:
+    """``key: value`` lines of a map, sorted by key; a nested map as ``key:`` and its own lines
+    indented two more; an empty map ``key: none``; a list as its items joined; shares
+    (:data:`SHARE_KEYS`) as percentages."""
+    pad = " " * indent
+    out: list[str] = []
+    for key in sorted(values, key=str):
+        value = values[key]
+        if isinstance(value, Mapping):
+            if value:
+                out.append(f"{pad}{key}:")
+                out.extend(map_lines(value, indent + 2))
+            else:
+                out.append(f"{pad}{key}: none")
+        elif isinstance(value, (list, tuple)):
+            out.append(f"{pad}{key}: " + (", ".join(number(v) for v in value) or "none"))
+        elif key in SHARE_KEYS:
+            out.append(f"{pad}{key}: {percent(value)}")
+        else:
+            out.append(f"{pad}{key}: {number(value)}")
+    return out
+
+
+def opinion_cells(o: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """(score, cumulative, first suspect, reason) of one site's opinion, as text."""
+    first = o.get("first_seq")
+    return (percent(o.get("score", 0)), percent(o.get("cumulative", 0)), "-" if first is None else f"#{first}",
+            str(o.get("reason") or ""))
+
+
+def evidence_lines(e: Mapping[str, Any]) -> list[str]:
+    """What this site saw of the snapshot (``e["here"]``) as lines, after the opinions table.
+
+    Args:
+        e: the evidence document (``{volume, seq, verdict, opinions, here: {site, verdict, score,
+            baseline, cumulative, base_seq, first_suspect_seq, restore_seq, reasons, signals,
+            blocks: [{index, ...}], ransom_notes: [{index, patterns}], cpu_s, judged_at_ns}}``).
+    Returns:
+        The lines (no trailing newline); one line saying so when this site has not judged it.
+    """
+    here = e.get("here")
+    if not here:
+        return ["this site has not judged it (no evidence file here): ask another site with --admin"]
+    base = here.get("base_seq")
+    lines = [f"here ({here.get('site')}): {here.get('verdict')}, "
+             + ("first snapshot (clean by definition)" if base is None else f"judged against #{base}"),
+             f"  score {percent(here.get('score', 0))} (baseline {percent(here.get('baseline', 0))}, "
+             f"cumulative {percent(here.get('cumulative', 0))})"]
+    marks = []
+    if here.get("first_suspect_seq") is not None:
+        marks.append(f"first suspicious #{here['first_suspect_seq']}")
+    if here.get("restore_seq") is not None:
+        marks.append(f"restore point #{here['restore_seq']}")
+    if marks:
+        lines.append("  " + "; ".join(marks))
+    reasons = here.get("reasons") or []
+    if reasons:
+        lines.append("  reasons:")
+        lines.extend(f"    - {r}" for r in reasons)
+    signals = here.get("signals") or {}
+    if signals:
+        lines.append("  signals:")
+        lines.extend(map_lines(signals, 4))
+    notes = here.get("ransom_notes") or []
+    if notes:
+        lines.append(f"  ransom notes in {len(notes)} block(s):")
+        for n in notes[:BLOCK_GROUPS_MAX]:
+            lines.append(f"    block {n.get('index')}: " + ", ".join(str(p) for p in n.get("patterns") or []))
+        if len(notes) > BLOCK_GROUPS_MAX:
+            lines.append(f"    … ({len(notes) - BLOCK_GROUPS_MAX} more)")
+    blocks = here.get("blocks") or []
+    if blocks:
+        lines.append(f"  {len(blocks)} block(s) in the evidence: "
+                     + block_ranges(b.get("index") for b in blocks if isinstance(b, Mapping))
+                     + " (--json for their statistics)")
+    judged = here.get("judged_at_ns")
+    if isinstance(judged, int) and not isinstance(judged, bool) and judged > 0:
+        at = datetime.datetime.fromtimestamp(judged / 1e9, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        cpu = here.get("cpu_s")
+        lines.append(f"  judged {at}" + (f" in {cpu:.2f} CPU-s" if isinstance(cpu, (int, float)) else ""))
+    return lines
