@@ -314,6 +314,17 @@ def _render_promote(r: dict) -> None:
     if r.get("final_seq") is not None:
         line += f"; final snapshot #{r['final_seq']} committed before the handover"
     console.print(line, markup=False, soft_wrap=True)
+    inst = r.get("instant")
+    if inst is not None:  # issue 16: promote --instant
+        console.print(f"READY (instant): {r['primary']} serves {r['volume']}#{inst['seq']} as a writable NBD export "
+                      f"{inst['serving_after_s']:.2f} s after the request; attach the application to\n"
+                      f"  {inst['uri']}\n"
+                      f"  e.g. nbdfuse DIR/{r['volume']}.img '{inst['uri']}' &  (DIR an empty directory), then "
+                      f"losetup -f --show DIR/{r['volume']}.img and mount the loop device\n"
+                      "The image is written in the background; at the switch-over the export's writes are copied "
+                      "into it and the export goes on serving the image. Follow it with 'replicad status'.",
+                      markup=False, soft_wrap=True)
+        return
     if r.get("ready") is True:
         after = f" ({r['ready_after_s']:.1f} s after the handover)" if r.get("ready_after_s") is not None else ""
         console.print(f"READY: {r['primary']} serves {r['volume']} (image restored, root verified){after}; "
@@ -335,6 +346,10 @@ def cmd_promote(args: argparse.Namespace) -> int:
         if not args.force:
             raise UsageError("--snapshot names a forced promotion's restore point: use it with --force")
         body["snapshot"] = args.snapshot
+    if args.instant:
+        if not args.force:
+            raise UsageError("--instant serves a forced promotion at once: use it with --force")
+        body["instant"] = True
     res = api(args, "POST", f"/v1/volumes/{args.volume}/promote", body)
     _print(args, res, _render_promote)
     return PROMOTE_NOT_READY_EXIT if res.get("ready") is False else 0
@@ -1133,6 +1148,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--snapshot", type=int, metavar="SEQ",
                    help="with --force: restore committed snapshot SEQ (the last one you know is clean) instead of "
                         "the newest clean one; refused if it is not committed, held by no site, or suspect")
+    p.add_argument("--instant", action="store_true",
+                   help="with --force: serve the snapshot at once as a writable NBD export (returns its socket) "
+                        "while the image is written in the background; the export's writes are copied into the "
+                        "image at the switch-over (README 'Instant recovery')")
     p.set_defaults(fn=cmd_promote)
     p = command("demote", help="leave a volume without primary (fences the current one)")
     p.add_argument("volume")

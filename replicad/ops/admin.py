@@ -418,6 +418,9 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         to = body.get("to")
         force = _opt_bool(body, "force")
         snapshot = _opt_int(body, "snapshot")  # a forced promotion's restore point (issue 14)
+        instant = _opt_bool(body, "instant")  # issue 16: serve the snapshot at once over NBD, copy behind
+        if instant and not force:
+            raise UsageError("instant names a forced promotion served at once: it needs force", field="instant")
         if to is not None and not isinstance(to, str):
             raise UsageError("to must be a site id", field="to")
         if snapshot is not None and not force:
@@ -429,7 +432,9 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
             if vs is not None and vs["primary"] not in (None, site.site_id):
                 return _ok(await _forward(site, vs["primary"], request.path, body,
                                           request.headers.get("Authorization")))
-        res = await site.promotion.promote(name, to, force, snapshot=snapshot)
+        res = await site.promotion.promote(name, to, force, snapshot=snapshot, instant=instant)
+        if instant:  # answered once the instant export serves: the application attaches to it
+            return _ok({**res, "ready": True})
         if force:  # answered once this site restored and verified the volume: ready
             return _ok({**res, "ready": True})
         # a planned switchover: the new primary still restores and verifies its image; answer

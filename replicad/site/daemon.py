@@ -69,6 +69,7 @@ from replicad.site.pull import Pull
 from replicad.site.receiver import Receiver
 from replicad.site.drills import Drills
 from replicad.site.exports import Exports
+from replicad.site.instant import InstantRecovery
 from replicad.site.recovery import Recovery, recover_restores
 from replicad.site.replication import Replication
 from replicad.site.runner import VolumeRunner
@@ -119,6 +120,7 @@ class SiteDaemon:
     recovery: Recovery
     drills: Drills
     exports: Exports
+    instant: InstantRecovery
     scrub: Scrub
     standby: StandbyCheck
     housekeeping: Housekeeping
@@ -293,10 +295,13 @@ class SiteDaemon:
         self.receiver = Receiver(cluster, store, catalog, self.metrics, AuditLog(self.data_dir / "peer-audit.jsonl"),
                                  signer=self._signer)
         self.exports = Exports(cluster, store, self.pull, self.data_dir, self.metrics)  # issue 16: NBD exports
+        self.instant = InstantRecovery(self.exports, self.data_dir, self.metrics)  # issue 16: promote --instant
+        self.promotion.instant = self.instant
         self.housekeeping = Housekeeping(cluster, store, catalog, runners, self.scrub.repair_step,
                                          lambda: self.cfg.floor, self.metrics, pins=self.exports.pinned)
         self.status = Status(cluster, catalog, store, runners, self.interrupted_restores,
                              signing_key=self._signer.public_key if self._signer is not None else None)
+        self.status.instant = self.instant.state  # issue 16: instant recovery per volume
 
     def _local_detection(self, volume: str) -> dict:
         """This site's ``[volumes.anomaly]`` thresholds of ``volume`` (current config, SIGHUP

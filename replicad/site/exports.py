@@ -32,13 +32,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from replicad.core.errors import NotFoundError, ReplicadError, UsageError, from_os_error
+from replicad.core.errors import ConflictError, NotFoundError, ReplicadError, UsageError, from_os_error
 from replicad.core.manifest import Manifest
 from replicad.site.cluster import Cluster
 from replicad.site.nbdserver import Backend, serve_connection
 from replicad.site.pull import Pull
 from replicad.storage.chunkstore import ChunkStore
-from replicad.storage.snapshotview import Overlay, SnapshotReader
+from replicad.storage.snapshotview import Overlay, SnapshotReader, _punch_hole
 from replicad.telemetry.metrics import SiteMetrics
 
 log = logging.getLogger("replicad.site.exports")
@@ -73,6 +73,14 @@ class Export:
     read_errors: int = 0
     closer: asyncio.Task | None = None
     verdict: str = "clean"
+    # instant recovery (site/instant.py): the overlay outlives the process and is not removed at
+    # close; ``gate`` serialises writes with the switch-over; once ``image_fd`` is set every
+    # request goes to the volume's image itself (after the switch-over)
+    instant: bool = False
+    gate: asyncio.Lock | None = None
+    image_fd: int | None = None
+    first_read_ns: int | None = None
+    on_first_read: Callable[[int], None] | None = None
 
     @property
     def name(self) -> str:
@@ -90,9 +98,12 @@ class Export:
                "writable": self.writable, "auto_close": self.auto_close, "created_at_ns": self.created_at_ns,
                "connections": len(self.connections), "bytes_read": self.bytes_read,
                "bytes_written": self.bytes_written, "read_errors": self.read_errors, "verdict": self.verdict}
-        if self.overlay is not None:
+        if self.overlay is not None and self.image_fd is None:
             out["overlay"] = str(self.overlay.root)
             out["overlay_blocks"] = self.overlay.blocks_written
+        if self.instant:
+            out["instant"] = True
+            out["serves"] = "image" if self.image_fd is not None else "snapshot+overlay"
         return out
 
 
@@ -134,6 +145,11 @@ class Exports:
             if not d.is_dir():
                 continue
             for p in d.iterdir():
+                if what == "socket" and p.name.startswith("instant-"):
+                    log.info("removing the socket %s an instant recovery left: it is opened again, on its overlay, "
+                             "when the takeover resumes (site/instant.py)", p)
+                    p.unlink(missing_ok=True)
+                    continue
                 log.warning("removing the %s %s of an export the previous run of this site left open (its writes, "
                             "if any, are discarded)", what, p)
                 try:
@@ -187,6 +203,53 @@ class Exports:
                  ", closes after its last connection" if auto_close else "")
         return exp.to_dict()
 
+    async def open_instant(self, volume: str, epoch: int, seq: int, manifest: Manifest, overlay_root: Path, *,
+                           reopen: bool, on_first_read: Callable[[int], None] | None = None) -> Export:
+        """Instant recovery (:mod:`replicad.site.instant`): serve snapshot ``volume#seq``
+        (``manifest``, complete in the store) writable on the stable socket
+        ``<data_dir>/nbd/instant-<volume>.sock`` (export id ``instant-<volume>``), its overlay in
+        ``overlay_root`` — created, or re-attached as the last FLUSH left it when ``reopen``.
+        The overlay survives :meth:`close` and a crash (:meth:`recover` does not touch it); the
+        export refuses to close while it is the only copy of the application's writes.
+        ``on_first_read(ns)`` is called once, at the first read answered.
+
+        Returns the :class:`Export`. Raises UsageError (socket path too long, too many exports),
+        IntegrityError (an overlay that cannot be re-attached), a typed OSError."""
+        export_id = f"instant-{volume}"
+        if export_id in self._exports:
+            return self._exports[export_id]
+        if len(self._exports) + len(self._pending) >= MAX_EXPORTS:
+            raise UsageError(f"{MAX_EXPORTS} exports are open at {self.site_id}: close one first", open=len(self._exports))
+        sock = self.socket_dir / f"{export_id}.sock"
+        if len(os.fsencode(sock)) > SOCKET_PATH_MAX:
+            raise UsageError(f"the export socket path {sock} is longer than {SOCKET_PATH_MAX} bytes (a unix socket "
+                             "limit): give the site a shorter data_dir", path=str(sock))
+        exp = Export(export_id, volume, seq, epoch, manifest.root, manifest, sock, True, False, time.time_ns(),
+                     SnapshotReader(self.store, manifest), instant=True, gate=asyncio.Lock(),
+                     on_first_read=on_first_read)
+
+        def prepare() -> None:
+            try:
+                self.socket_dir.mkdir(mode=0o700, exist_ok=True)
+                sock.unlink(missing_ok=True)
+            except OSError as err:
+                raise from_os_error(err, f"prepare {self.socket_dir}", path=str(self.socket_dir)) from None
+            exp.overlay = Overlay(overlay_root, exp.reader, reopen=reopen)
+
+        await asyncio.to_thread(prepare)
+        try:
+            exp.server = await asyncio.start_unix_server(lambda r, w: self._connection(exp, r, w), path=str(sock))
+            os.chmod(sock, 0o600)
+        except OSError as err:
+            await asyncio.to_thread(self._discard, exp)
+            raise from_os_error(err, f"listen on {sock}", path=str(sock)) from None
+        self._exports[export_id] = exp
+        self.metrics.export_opened(len(self._exports))
+        log.info("AUDIT export %s of %s#%d (epoch %d, root %s) open at %s for instant recovery: %s, writable "
+                 "(overlay %s%s)", export_id, volume, seq, epoch, manifest.root.hex()[:16], self.site_id, sock,
+                 overlay_root, f", re-attached with {exp.overlay.blocks_written} blocks" if reopen else "")
+        return exp
+
     def _prepare(self, exp: Export) -> None:
         """Create the socket directory (0700) and, when writable, the overlay (worker thread)."""
         try:
@@ -206,9 +269,15 @@ class Exports:
         """Close export ``export_id``: stop listening, drop its connections, remove its socket
         and overlay, release its pin. Returns its last :meth:`Export.to_dict` with
         ``closed: true``. Raises NotFoundError for an unknown id."""
-        exp = self._exports.pop(export_id, None)
+        exp = self._exports.get(export_id)
         if exp is None:
             raise NotFoundError(f"no open export {export_id} at {self.site_id}", export_id=export_id)
+        if exp.instant and exp.image_fd is None and why != "the site stops":
+            raise ConflictError(f"export {export_id} is the instant recovery of {exp.volume}: until the switch-over "
+                                "its overlay holds the application's writes; it closes itself never, close it "
+                                "after replicad status shows the instant recovery done", export_id=export_id,
+                                volume=exp.volume)
+        del self._exports[export_id]
         out = exp.to_dict()
         if exp.closer is not None and exp.closer is not asyncio.current_task():
             exp.closer.cancel()
@@ -236,9 +305,16 @@ class Exports:
             exp.socket.unlink(missing_ok=True)
         except OSError as err:
             log.error("cannot remove the export socket %s: %s", exp.socket, err)
+        if exp.image_fd is not None:
+            try:
+                os.close(exp.image_fd)
+            except OSError as err:
+                log.error("closing the image of export %s: %s", exp.export_id, err)
+            exp.image_fd = None
         if exp.overlay is not None:
             exp.overlay.close()
-            shutil.rmtree(exp.overlay.root, ignore_errors=True)
+            if not exp.instant:  # an instant recovery's overlay is removed by site/instant.py, after the switch-over
+                shutil.rmtree(exp.overlay.root, ignore_errors=True)
 
     # ------------------------------------------------------------------ serving
     async def _connection(self, exp: Export, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -261,12 +337,21 @@ class Exports:
                              f"nobody connected within {after_s:.0f} s")
 
     def _backend(self, exp: Export) -> Backend:
+        if exp.instant:
+            return self._instant_backend(exp)
+        return self._plain_backend(exp)
+
+    def _plain_backend(self, exp: Export) -> Backend:
         ov = exp.overlay
 
         async def read(offset: int, length: int) -> bytes:
             return await asyncio.to_thread(ov.read if ov is not None else exp.reader.read, offset, length)
 
         def on_bytes(nread: int, nwritten: int) -> None:
+            if nread and exp.first_read_ns is None:
+                exp.first_read_ns = time.time_ns()
+                if exp.on_first_read is not None:
+                    exp.on_first_read(exp.first_read_ns)
             exp.bytes_read += nread
             exp.bytes_written += nwritten
             self.metrics.export_bytes(exp.volume, nread, nwritten)
@@ -291,6 +376,88 @@ class Exports:
         return Backend(exp.name, exp.manifest.size_bytes, exp.manifest.block_size,
                        f"replicad {exp.volume}#{exp.seq} at {self.site_id}", read, write, zero, flush,
                        on_read_error, on_bytes)
+
+    def _instant_backend(self, exp: Export) -> Backend:
+        """An instant recovery's export: snapshot + overlay until the switch-over, then the
+        volume's image itself (``exp.image_fd``), chosen per request, so a connection lives
+        through the switch-over. Writes, zeroes and flushes hold ``exp.gate`` (the switch-over
+        takes it to copy the overlay into the image with no write in flight)."""
+        base = self._plain_backend(exp)
+        ov = exp.overlay
+        assert ov is not None and exp.gate is not None
+        gate = exp.gate
+
+        async def read(offset: int, length: int) -> bytes:
+            fd = exp.image_fd
+            if fd is not None:
+                return await asyncio.to_thread(_pread_exact, fd, offset, length)
+            return await asyncio.to_thread(ov.read, offset, length)
+
+        async def write(offset: int, data: bytes) -> None:
+            async with gate:
+                fd = exp.image_fd
+                if fd is not None:
+                    await asyncio.to_thread(_pwrite_all, fd, offset, data)
+                else:
+                    await asyncio.to_thread(ov.write, offset, data)
+
+        async def zero(offset: int, length: int) -> None:
+            async with gate:
+                fd = exp.image_fd
+                if fd is not None:
+                    await asyncio.to_thread(_zero_image, fd, offset, length)
+                else:
+                    await asyncio.to_thread(ov.zero, offset, length)
+
+        async def flush() -> None:
+            async with gate:
+                fd = exp.image_fd
+                if fd is not None:
+                    await asyncio.to_thread(_fsync, fd)
+                else:
+                    await asyncio.to_thread(ov.flush)
+
+        return Backend(base.name, base.size_bytes, base.block_size,
+                       f"replicad {exp.volume}: instant recovery from #{exp.seq} at {self.site_id}", read, write, zero,
+                       flush, base.on_read_error, base.on_bytes)
+
+
+def _pread_exact(fd: int, offset: int, length: int) -> bytes:
+    """``length`` bytes of the image at ``offset``. Raises a typed OSError (a short read too)."""
+    try:
+        data = os.pread(fd, length, offset)
+        while len(data) < length:
+            more = os.pread(fd, length - len(data), offset + len(data))
+            if not more:
+                raise OSError(5, f"short read of the volume image at {offset + len(data)}")
+            data += more
+        return data
+    except OSError as err:
+        raise from_os_error(err, "read the volume image") from None
+
+
+def _pwrite_all(fd: int, offset: int, data: bytes) -> None:
+    try:
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], offset + done)
+    except OSError as err:
+        raise from_os_error(err, "write the volume image") from None
+
+
+def _zero_image(fd: int, offset: int, length: int) -> None:
+    try:
+        _punch_hole(fd, offset, length)
+    except OSError as err:
+        raise from_os_error(err, "zero a range of the volume image") from None
+
+
+def _fsync(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        raise from_os_error(err, "fsync the volume image") from None
 
 
 PinsFn = Callable[[], dict[tuple[str, int, int], bytes]]

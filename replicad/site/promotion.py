@@ -62,6 +62,7 @@ class Promotion:
         self.metrics = metrics
         self._unrestorable: dict[tuple[str, int, int, bytes], float] = {}  # (volume, epoch, seq, root) -> when skipped
         self.detection: Any = None  # issue 14: site.detection.Detection (set by the daemon); None in bare tests
+        self.instant: Any = None  # issue 16: site.instant.InstantRecovery (set by the daemon); None in bare tests
 
     async def _restorable(self, name: str, vs: dict) -> tuple[int, Manifest, list[int]]:
         """The newest clean committed snapshot this site holds completely or can fetch:
@@ -187,7 +188,7 @@ class Promotion:
         runner.takeover_settled.set()
 
     async def _restore_in_place(self, runner: VolumeRunner, seq: int, manifest: Manifest,
-                                report: dict[str, Any]) -> Any:
+                                report: dict[str, Any], progress: Any = None) -> Any:
         """Make the volume's image hold ``manifest`` and prove it (O5); returns the apply report.
 
         The standby record is a base (only differing pages rewritten) only if the standby was
@@ -205,7 +206,7 @@ class Promotion:
             base = manifest if standby.root == manifest.root else load_manifest(self.store, standby.root)
         report["standby_trusted"] = trusted
         report["full_rewrite"] = False
-        applied = await self.pull.apply_repairing(name, path, manifest, base=base)
+        applied = await self.pull.apply_repairing(name, path, manifest, base=base, progress=progress)
         try:
             await asyncio.to_thread(verify_image, path, manifest)  # O5
             return applied
@@ -250,6 +251,7 @@ class Promotion:
         pinned = restore_pin(vs)  # the operator named the snapshot (promote --force --snapshot)
         seq = pinned if pinned is not None else newest_clean(vs)
         report: dict[str, Any] = {"epoch": vs["epoch"], "restored_seq": seq, "pinned": pinned is not None}
+        inst = None  # issue 16: instant recovery (promote --instant, or one a restart left)
         if runner.role in ("fenced", "divergent"):
             # promoted before its resync finished: the restore below *is* the resync (the
             # divergent snapshots stay listed in the catalog)
@@ -266,18 +268,40 @@ class Promotion:
                 seq, manifest, skipped = await self._restorable(name, vs)
             report.update(restored_seq=seq, skipped_seqs=skipped)
             t_fetched = time.monotonic()
-            applied = await self._restore_in_place(runner, seq, manifest, report)
+            if self.instant is not None and self.instant.wanted(name, vs["epoch"], seq, manifest.root):
+                inst = await self.instant.serve(name, vs["epoch"], seq, manifest)
+            try:
+                if inst is not None and inst.phase == "done":
+                    applied = None  # switched over before a restart: the image holds snapshot + writes
+                else:
+                    if inst is not None:
+                        await asyncio.to_thread(self.catalog.set_standby, name, None, None)  # the image is in flux
+                        runner.standby_verified_root = None
+                    applied = await self._restore_in_place(runner, seq, manifest, report,
+                                                           progress=self.instant.progress(inst) if inst else None)
+                    if inst is not None:
+                        report["instant_overlay_blocks"] = await self.instant.switch_over(inst, Path(runner.cfg.path))
+            except Exception as err:
+                if inst is not None:
+                    self.instant.failed(name, err)  # the export keeps serving; the takeover is retried
+                raise
             t_applied = time.monotonic()
-            await asyncio.to_thread(self.catalog.set_standby, name, seq, manifest.root)
-            runner.standby_proven(manifest.root, time.time_ns())  # O5 re-read the whole image
+            if inst is None or (applied is not None and not report.get("instant_overlay_blocks")):
+                await asyncio.to_thread(self.catalog.set_standby, name, seq, manifest.root)
+                runner.standby_proven(manifest.root, time.time_ns())  # O5 re-read the whole image
             runner.parent = manifest
-            report.update(blocks_written=applied.blocks_written, bytes_written=applied.bytes_written,
+            report.update(blocks_written=applied.blocks_written if applied else 0,
+                          bytes_written=applied.bytes_written if applied else 0,
                           phases={"fetch_s": t_fetched - t0, "write_s": t_applied - t_fetched,
                                   "verify_s": time.monotonic() - t_applied})
+            if inst is not None:
+                report["instant"] = inst.to_dict()
         else:
             runner.parent = None
         runner.acting_epoch = vs["epoch"]
         await asyncio.to_thread(self.catalog.set_acting_epoch, name, vs["epoch"])
+        if seq is not None and report.get("instant") is not None:
+            await self.instant.finish(inst)  # the acting epoch is durable: the record may go
         runner.fence_flag.clear()
         if runner.role == "restoring":
             transition(runner, "restore_done")  # O5: the root matched
@@ -337,7 +361,7 @@ class Promotion:
             transition(runner, "resynced")  # nothing diverged: the image is committed content
 
     async def promote(self, volume: str, to: str | None, force: bool, wait_s: float = 120.0,
-                      snapshot: int | None = None) -> dict:
+                      snapshot: int | None = None, instant: bool = False) -> dict:
         """Planned switchover (``to``, run at the current primary) or forced failover (at ``to``).
 
         ``snapshot`` (forced only): restore that committed snapshot, not the newest clean one
@@ -346,6 +370,12 @@ class Promotion:
         this site's own opinion unless a person confirmed it) and again by the state machine;
         the promote command carries it, so the takeover restores it even after a restart.
         NotFoundError / SnapshotSuspectError when it cannot be the restore point.
+
+        ``instant`` (forced only, issue 16): the restore point (``snapshot``, else the newest
+        clean one) is pinned like ``snapshot``, and the call returns as soon as the new primary
+        serves it as a writable NBD export (:mod:`replicad.site.instant`), with ``instant``
+        (its state: socket, uri, phase) in the answer, while the image is written in the
+        background; UsageError without ``force``, NotFoundError without a clean snapshot.
 
         Raises NoQuorumError when this site cannot reach a majority (a minority partition
         cannot promote), StaleEpochError if the epoch moved meanwhile, NotPrimaryError for a
@@ -363,6 +393,16 @@ class Promotion:
         if snapshot is not None and not force:
             raise UsageError("only a forced promotion names the snapshot to restore (--force --snapshot SEQ); a "
                              "planned switchover hands over the newest one", volume=volume, snapshot=snapshot)
+        if instant:
+            if not force:
+                raise UsageError("instant recovery is a forced promotion (--force --instant): a planned switchover "
+                                 "hands over a primary whose image is already current", volume=volume)
+            if self.instant is None:
+                raise UsageError("instant recovery is not available here", volume=volume)
+            if snapshot is None:
+                snapshot = newest_clean(vs)
+                if snapshot is None:
+                    raise NotFoundError(f"{volume} has no clean committed snapshot to serve", volume=volume)
         if force:
             if target != self.site_id:
                 raise UsageError("a forced promotion is run at the site to promote (omit --to)", volume=volume)
@@ -377,8 +417,15 @@ class Promotion:
                             "clean: #%s)", volume, self.site_id, snapshot, newest_clean(vs))
             runner.became_primary.clear()
             runner.takeover_settled.clear()  # before the proposal: the takeover may run as soon as it applies
-            res = await self.cluster.propose("promote", volume=volume, to=target, expected_epoch=vs["epoch"],
-                                             force=True, **extra)
+            if instant:
+                self.instant.request(volume, snapshot)  # the takeover that follows serves it at once
+            try:
+                res = await self.cluster.propose("promote", volume=volume, to=target, expected_epoch=vs["epoch"],
+                                                 force=True, **extra)
+            except BaseException:
+                if instant:
+                    self.instant.withdraw(volume)
+                raise
         else:
             if vs["primary"] is None:  # demoted: nobody hands it over; a forced promotion at the target does
                 raise NotPrimaryError(
@@ -415,6 +462,8 @@ class Promotion:
             return {"volume": volume, "primary": target, "epoch": res.get("epoch"), "final_seq": final["seq"],
                     "elapsed_s": time.monotonic() - t0}
         runner.wake.set()
+        if instant:
+            return await self._await_instant(runner, volume, target, res, t0, wait_s)
         try:
             await asyncio.wait_for(runner.takeover_settled.wait(), wait_s)
         except asyncio.TimeoutError:
@@ -432,6 +481,27 @@ class Promotion:
         return {"volume": volume, "primary": target, "epoch": res.get("epoch"),
                 "restored_seq": runner.last_report.get("restored_seq"),
                 "rto_s": time.monotonic() - t0, "restore": runner.last_report}
+
+    async def _await_instant(self, runner: VolumeRunner, volume: str, target: str, res: dict, t0: float,
+                             wait_s: float) -> dict:
+        """``promote --instant`` after the grant: answer once the instant export serves (or the
+        takeover failed before it could: its typed error; or it finished outright). Raises
+        ConflictError when neither happened within ``wait_s``."""
+        serving = asyncio.ensure_future(self.instant.wait_serving(volume))
+        settled = asyncio.ensure_future(runner.takeover_settled.wait())
+        try:
+            await asyncio.wait({serving, settled}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            serving.cancel()
+            settled.cancel()
+        st = self.instant.state(volume)
+        if st is None or st["epoch"] != res.get("epoch"):
+            if runner.takeover_settled.is_set() and runner.takeover_error is not None:
+                raise runner.takeover_error
+            raise ConflictError("promotion granted but the instant export did not start in time", volume=volume,
+                                last_error=runner.last_error)
+        return {"volume": volume, "primary": target, "epoch": res.get("epoch"), "restored_seq": st["seq"],
+                "rto_s": time.monotonic() - t0, "instant": st, "restore": {"pinned": True}}
 
     async def _step_down(self, runner: VolumeRunner) -> None:
         """This site gave its epoch up itself (planned switchover, demote): nothing diverged."""

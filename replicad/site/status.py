@@ -35,6 +35,7 @@ class Status:
         self.runners = runners
         self.interrupted_restores = interrupted_restores
         self.signing_key = signing_key
+        self.instant: Any = None  # issue 16: volume -> instant recovery state or None (set by the daemon)
 
     def report(self) -> dict:
         """Site status for the admin API and the metrics: Raft view, per-volume
@@ -75,6 +76,8 @@ class Status:
                              else None)
             sb = self.catalog.standby(name)
             entry["standby_seq"] = sb.seq if sb else None
+            if self.instant is not None and (inst := self.instant(name)) is not None:
+                entry["instant"] = inst  # issue 16: phase, progress, socket, time to first read
             lag = None
             if confirmed and runner.role in REPLICA_ROLES and ncl is not None and not runner.standby_applying:
                 lag = max(0, ncl - (sb.seq if sb else 0))

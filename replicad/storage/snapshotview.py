@@ -163,26 +163,64 @@ class Overlay:
     ``base``, written at :meth:`flush`).
 
     Writes are whole blocks in the overlay: a partial first or last block not yet written is
-    completed from ``base`` first. Raises (constructor) a typed OSError (from_os_error).
+    completed from ``base`` first. ``reopen``: attach the overlay a previous run left in ``root``
+    (instant recovery after a restart): the bitmap as last flushed is read back, so every block a
+    FLUSH acknowledged reads from the overlay again; a block written but never flushed reads from
+    the snapshot (NBD lets unflushed writes be lost). Raises (constructor) a typed OSError
+    (from_os_error), IntegrityError when ``reopen`` finds no bitmap or one of the wrong size.
     """
 
     IMAGE = "overlay.img"
     BITMAP = "overlay.bitmap"
 
-    def __init__(self, root: Path, base: SnapshotReader) -> None:
+    def __init__(self, root: Path, base: SnapshotReader, *, reopen: bool = False) -> None:
         self.root = Path(root)
         self.base = base
         self.bs = base.block_size
         self.n_blocks = base.manifest.n_blocks
         self._bits = bytearray((self.n_blocks + 7) // 8)
         self._lock = threading.Lock()
+        if reopen:
+            try:
+                bits = (self.root / self.BITMAP).read_bytes()
+            except FileNotFoundError:
+                raise IntegrityError(f"the overlay {root} has no bitmap: it cannot be re-attached",
+                                     path=str(root)) from None
+            except OSError as err:
+                raise from_os_error(err, f"read the overlay bitmap in {root}", path=str(root)) from None
+            if len(bits) != len(self._bits):
+                raise IntegrityError(f"the overlay bitmap in {root} is {len(bits)} bytes, {len(self._bits)} expected "
+                                     "for this snapshot", path=str(root), size=len(bits), expected=len(self._bits))
+            self._bits[:] = bits
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(self.root / self.IMAGE, os.O_RDWR | os.O_CREAT, 0o600)
             os.ftruncate(self.fd, base.size_bytes)
-            self._write_bitmap()
+            if not reopen:
+                self._write_bitmap()
         except OSError as err:
             raise from_os_error(err, f"create the export overlay in {root}", path=str(root)) from None
+
+    def written_runs(self) -> list[tuple[int, int]]:
+        """``[(first_block, n_blocks), ...]``: the runs of consecutive blocks the overlay holds,
+        in order (a snapshot of the bitmap taken under the lock)."""
+        with self._lock:
+            bits = bytes(self._bits)
+        runs: list[tuple[int, int]] = []
+        i = 0
+        while i < self.n_blocks:
+            if not bits[i >> 3]:
+                i = (i | 7) + 1  # a whole byte of unwritten blocks
+                continue
+            if bits[i >> 3] & (1 << (i & 7)):
+                j = i
+                while j + 1 < self.n_blocks and bits[(j + 1) >> 3] & (1 << ((j + 1) & 7)):
+                    j += 1
+                runs.append((i, j - i + 1))
+                i = j + 1
+            else:
+                i += 1
+        return runs
 
     def written(self, index: int) -> bool:
         """True once block ``index`` was written through the export."""

@@ -113,6 +113,12 @@ replicad_export_written_bytes_total                         volume             e
                                                                                overlays (never the store)
 replicad_export_read_errors_total                           volume             event: export reads answered EIO
                                                                                (a chunk failed its digest)
+replicad_instant_recovery_phase                             volume, phase      event: one-hot phase of the volume's
+                                                                               instant recovery (serving, copying,
+                                                                               switching, done; issue 16)
+replicad_instant_recovery_progress_ratio                    volume             event: background copy done / total
+replicad_instant_recovery_first_read_seconds                volume             event: promote request to the first
+                                                                               read served by the instant export
 replicad_source_tracking                                    volume, kind,      status: one-hot tracking state of
                                                             state              the volume's snapshot source
 replicad_source_lost_total                                  volume, reason     status: reflink tracking lost
@@ -681,6 +687,17 @@ class SiteMetrics:
                                           "answered EIO: a chunk that failed its digest or is missing here",
                                           ["site", "volume"], registry=self.registry)
         self.exports_open.labels(site_id).set(0)
+        # issue 16, item 1: instant recovery (site/instant.py)
+        self.instant_phase_g = Gauge("replicad_instant_recovery_phase", "Phase of the volume's instant recovery at "
+                                     "this site (1 for the current one: serving, copying, switching, done)",
+                                     ["site", "volume", "phase"], registry=self.registry)
+        self.instant_progress_g = Gauge("replicad_instant_recovery_progress_ratio", "Blocks of the instant "
+                                        "recovery's background copy done / total (1 once done)", ["site", "volume"],
+                                        registry=self.registry)
+        self.instant_first_read_g = Gauge("replicad_instant_recovery_first_read_seconds", "Seconds from the "
+                                          "promote --instant request (or the re-attach after a restart) to the "
+                                          "first read the instant export served", ["site", "volume"],
+                                          registry=self.registry)
         self.collector = StateCollector(site_id, status_fn, state_fn=state_fn, data_dir=data_dir,
                                         volume_intervals_s=volume_intervals_s, clock_ns=clock_ns)
         self.registry.register(self.collector)
@@ -807,6 +824,19 @@ class SiteMetrics:
             self.export_read_bytes.labels(self.site_id, volume).inc(read_bytes)
         if written_bytes:
             self.export_written_bytes.labels(self.site_id, volume).inc(written_bytes)
+
+    def instant_phase(self, volume: str, phase: str) -> None:
+        """Set ``replicad_instant_recovery_phase{volume}`` one-hot to ``phase`` (issue 16, item 1)."""
+        for p in ("serving", "copying", "switching", "done"):
+            self.instant_phase_g.labels(self.site_id, volume, p).set(1 if p == phase else 0)
+
+    def instant_progress(self, volume: str, ratio: float) -> None:
+        """Set ``replicad_instant_recovery_progress_ratio{volume}`` (0..1)."""
+        self.instant_progress_g.labels(self.site_id, volume).set(ratio)
+
+    def instant_first_read(self, volume: str, seconds: float) -> None:
+        """Set ``replicad_instant_recovery_first_read_seconds{volume}``."""
+        self.instant_first_read_g.labels(self.site_id, volume).set(seconds)
 
     def export_read_error(self, volume: str) -> None:
         """Count one export read of ``volume`` answered EIO (a chunk failed its digest or is missing)."""

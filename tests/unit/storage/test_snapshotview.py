@@ -97,3 +97,29 @@ def test_overlay_copy_on_write(snap, tmp_path: Path) -> None:
     assert ov.blocks_written == len(written)
     assert store.stats() == before  # nothing stored
     ov.close()
+
+
+def test_overlay_reopened_keeps_what_a_flush_made_durable(snap, tmp_path: Path) -> None:
+    """Instant recovery's restart rule: the bitmap as last flushed comes back; a block written
+    after the last flush reads from the snapshot again (NBD lets unflushed writes go)."""
+    store, manifest, data = snap
+    base = SnapshotReader(store, manifest)
+    ov = Overlay(tmp_path / "ov", base)
+    ov.write(BS * 2, b"\x11" * BS)
+    ov.write(BS * 3 + 10, b"\x22" * 100)  # a partial block, completed from the snapshot
+    ov.write(BS * 9, b"\x33" * (2 * BS))
+    ov.flush()
+    ov.write(BS * 20, b"\x44" * BS)  # never flushed
+    assert ov.written_runs() == [(2, 2), (9, 2), (20, 1)]
+    ov.close()
+    again = Overlay(tmp_path / "ov", base, reopen=True)
+    assert again.written_runs() == [(2, 2), (9, 2)]
+    assert again.read(BS * 2, BS) == b"\x11" * BS
+    assert again.read(BS * 3, BS) == data[BS * 3:BS * 3 + 10] + b"\x22" * 100 + data[BS * 3 + 110:BS * 4]
+    assert again.read(BS * 20, BS) == data[BS * 20:BS * 21]  # the unflushed write is gone, the snapshot shows
+    again.close()
+    (tmp_path / "ov" / Overlay.BITMAP).write_bytes(b"\x00")  # a bitmap of another snapshot's size
+    with pytest.raises(IntegrityError):
+        Overlay(tmp_path / "ov", base, reopen=True)
+    with pytest.raises(IntegrityError):
+        Overlay(tmp_path / "none", base, reopen=True)  # nothing to re-attach

@@ -1,0 +1,365 @@
+"""Instant recovery (issue 16, item 1): ``replicad promote VOL --force --instant``.
+
+Once Raft granted the promotion (epoch, fencing as for any forced promotion), the new primary
+serves the chosen snapshot at once as a **writable NBD export** on the stable unix socket
+``<data_dir>/nbd/instant-<volume>.sock`` (:meth:`Exports.open_instant`): reads come verified
+from the chunk store, the application's writes go to a copy-on-write overlay (fsynced on
+FLUSH). Meanwhile the takeover writes the snapshot into the volume's image with the ordinary
+restore path (:meth:`Promotion._restore_in_place`, O5). When the image verifies, the
+**switch-over** (:meth:`InstantRecovery.switch_over`) takes the export's write gate (writes,
+zeroes, flushes wait; reads go on), copies every overlay block into the image, fsyncs it,
+reads the copied blocks back and compares them, and from then the same export serves the
+image itself: a connection lives through it; the application sees a pause of its writes, no
+error, no reconnect. The volume is the plain image again: the first snapshot of the new primary
+is taken only after the switch-over (the takeover holds the volume's lock), so it holds the
+application's writes.
+
+The durable record ``<data_dir>/instant/<volume>/record.json`` (tmp + fsync + rename +
+directory fsync; ``{version, volume, epoch, seq, root, phase, requested_at_ns}``) is written
+before the export listens, so no write is acknowledged before it exists; the overlay lives
+beside it (``overlay/``). Phases: ``serving`` (the export listens; the copy is starting),
+``copying``, ``switching`` (the overlay is being copied into the image), ``done`` (the image
+holds snapshot + overlay, fsynced). **The rule after a crash** (kill -9 at any point): the
+takeover runs again (the site is granted primary but never acted at that epoch); it finds the
+record of the same epoch and snapshot and re-attaches the overlay as last flushed; in
+``serving``/``copying``/``switching`` it restarts the copy (the image is compared block by
+block against the snapshot and only differing blocks are rewritten, so finished work is not
+redone; blocks of a half-done switch-over are put back to the snapshot's) and switches over
+again; in ``done`` it does not touch the image. The record is removed only after the acting
+epoch is durable. A record of another epoch or snapshot is set aside
+(``<volume>.stale-<epoch>-<seq>``, logged at ERROR), never applied: the writes in it were made
+to a takeover that no longer stands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from replicad.core.errors import IntegrityError, RestoreVerifyError, UsageError, from_os_error
+from replicad.core.manifest import Manifest
+from replicad.site.exports import Export, Exports
+from replicad.storage.durable import fsync_dir
+from replicad.telemetry.metrics import SiteMetrics
+
+log = logging.getLogger("replicad.site.instant")
+
+RECORD = "record.json"
+RECORD_VERSION = 1
+PHASES = ("serving", "copying", "switching", "done")
+MERGE_CHUNK_BLOCKS = 64  # overlay blocks copied into the image per read/write at the switch-over
+
+
+@dataclass
+class InstantState:
+    """One volume's instant recovery: the snapshot ``seq`` (``root``) served at ``epoch``, its
+    ``phase`` (:data:`PHASES`), the export, and the timings (ns since the epoch, wall clock)."""
+
+    volume: str
+    epoch: int
+    seq: int
+    root: bytes
+    dir: Path
+    phase: str
+    requested_at_ns: int
+    resumed: bool = False
+    serving_at_ns: int | None = None
+    first_read_ns: int | None = None
+    copy_done_blocks: int = 0
+    copy_total_blocks: int = 0
+    copy_done_at_ns: int | None = None
+    switched_at_ns: int | None = None
+    overlay_blocks: int = 0
+    export: Export | None = None
+    last_error: str | None = None
+    serving: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{volume, epoch, seq, root, phase, resumed, socket, uri, export_id, progress,
+        copy_done_blocks, copy_total_blocks, overlay_blocks, serving_after_s, first_read_after_s,
+        copy_s, switched_after_s, last_error}`` (``*_after_s``: seconds from the promote request, or
+        from the re-attach after a restart; None until it happened)."""
+        def after(ns: int | None) -> float | None:
+            return None if ns is None else round((ns - self.requested_at_ns) / 1e9, 3)
+        exp = self.export
+        return {"volume": self.volume, "epoch": self.epoch, "seq": self.seq, "root": self.root.hex(),
+                "phase": self.phase, "resumed": self.resumed,
+                "export_id": exp.export_id if exp else None, "socket": str(exp.socket) if exp else None,
+                "uri": f"nbd+unix:///?socket={exp.socket}" if exp else None,
+                "progress": (self.copy_done_blocks / self.copy_total_blocks) if self.copy_total_blocks else 0.0,
+                "copy_done_blocks": self.copy_done_blocks, "copy_total_blocks": self.copy_total_blocks,
+                "overlay_blocks": (exp.overlay.blocks_written if exp is not None and exp.overlay is not None
+                                   and self.phase != "done" else self.overlay_blocks),
+                "serving_after_s": after(self.serving_at_ns), "first_read_after_s": after(self.first_read_ns),
+                "copy_after_s": after(self.copy_done_at_ns), "switched_after_s": after(self.switched_at_ns),
+                "last_error": self.last_error}
+
+
+class InstantRecovery:
+    """The instant recoveries of one site.
+
+    Args:
+        exports: the site's exports (the instant export is one of them, pinned while open).
+        data_dir: records and overlays under ``<data_dir>/instant/``.
+        metrics: ``replicad_instant_recovery_phase``, ``..._progress_ratio``,
+            ``..._first_read_seconds``.
+    """
+
+    def __init__(self, exports: Exports, data_dir: Path, metrics: SiteMetrics) -> None:
+        self.exports = exports
+        self.site_id = exports.site_id
+        self.root = Path(data_dir) / "instant"
+        self.metrics = metrics
+        self._requests: dict[str, tuple[int, int]] = {}  # volume -> (seq, requested_at_ns): promote --instant
+        self._states: dict[str, InstantState] = {}
+
+    # ------------------------------------------------------------------ request
+    def request(self, volume: str, seq: int) -> None:
+        """``promote --force --instant`` is about to propose: the takeover that follows serves
+        ``volume#seq`` at once. In memory only: a crash before the takeover wrote its record
+        loses nothing (no write was acknowledged yet), the takeover after the restart is then
+        an ordinary one."""
+        self._requests[volume] = (seq, time.time_ns())
+        st = self._states.get(volume)
+        if st is not None and st.phase == "done":
+            del self._states[volume]
+
+    def withdraw(self, volume: str) -> None:
+        """The promotion was not proposed (refused, lost quorum): forget the request."""
+        self._requests.pop(volume, None)
+
+    def state(self, volume: str) -> dict | None:
+        """:meth:`InstantState.to_dict` of ``volume``'s instant recovery (the last one, also when
+        done), None if there was none since this site started."""
+        st = self._states.get(volume)
+        return st.to_dict() if st is not None else None
+
+    def states(self) -> dict[str, dict]:
+        """``{volume: state}`` for every volume with an instant recovery (``GET /v1/instant``)."""
+        return {v: st.to_dict() for v, st in sorted(self._states.items())}
+
+    async def wait_serving(self, volume: str) -> InstantState:
+        """Wait until ``volume``'s instant export serves (the takeover reached it); returns its state."""
+        while True:
+            st = self._states.get(volume)
+            if st is not None and st.serving.is_set():
+                return st
+            await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------------ durable record
+    def _dir(self, volume: str) -> Path:
+        return self.root / volume
+
+    def _read_record(self, volume: str) -> dict | None:
+        p = self._dir(volume) / RECORD
+        try:
+            rec = json.loads(p.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            raise IntegrityError(f"the instant-recovery record {p} cannot be read ({err}): it is kept; move it "
+                                 "aside to go on without it (the overlay beside it holds the application's writes)",
+                                 path=str(p)) from None
+        if not isinstance(rec, dict) or rec.get("version") != RECORD_VERSION or rec.get("phase") not in PHASES:
+            raise IntegrityError(f"the instant-recovery record {p} is not one this version knows", path=str(p))
+        return rec
+
+    def _write_record(self, st: InstantState) -> None:
+        """Persist ``st``'s record (tmp + fsync + rename + directory fsync). Raises typed OSError."""
+        d = st.dir
+        rec = {"version": RECORD_VERSION, "volume": st.volume, "epoch": st.epoch, "seq": st.seq,
+               "root": st.root.hex(), "phase": st.phase, "requested_at_ns": st.requested_at_ns}
+        tmp = d / (RECORD + ".tmp")
+        try:
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fsync_dir(d.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, json.dumps(rec).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, d / RECORD)
+            fsync_dir(d)
+        except OSError as err:
+            raise from_os_error(err, f"write the instant-recovery record in {d}", path=str(d)) from None
+
+    def _set_phase(self, st: InstantState, phase: str) -> None:
+        st.phase = phase
+        self._write_record(st)
+        self.metrics.instant_phase(st.volume, phase)
+
+    # ------------------------------------------------------------------ the takeover's steps
+    def wanted(self, volume: str, epoch: int, seq: int, root: bytes) -> bool:
+        """Whether the takeover of ``volume`` at ``epoch`` restoring ``seq`` (``root``) is an
+        instant one: a record of this epoch and snapshot exists (a restart during one), or
+        ``promote --instant`` asked for this snapshot. A record of another epoch or snapshot is
+        set aside (logged at ERROR). Raises IntegrityError for an unreadable record."""
+        rec = self._read_record(volume)
+        if rec is not None:
+            if rec["epoch"] == epoch and rec["seq"] == seq and rec["root"] == root.hex():
+                return True
+            aside = self.root / f"{volume}.stale-{rec['epoch']}-{rec['seq']}"
+            log.error("volume %s: the instant-recovery record of epoch %s, #%s (%s) does not match this takeover "
+                      "(epoch %d, #%d): set aside as %s, not applied (its overlay holds writes made to a takeover "
+                      "that no longer stands)", volume, rec["epoch"], rec["seq"], rec["phase"], epoch, seq, aside)
+            try:
+                os.replace(self._dir(volume), aside)
+                fsync_dir(self.root)
+            except OSError as err:
+                raise from_os_error(err, f"set the instant-recovery record of {volume} aside",
+                                    path=str(self._dir(volume))) from None
+        req = self._requests.get(volume)
+        return req is not None and req[0] == seq
+
+    async def serve(self, volume: str, epoch: int, seq: int, manifest: Manifest) -> InstantState:
+        """Serve ``volume#seq`` writable now (the takeover of ``epoch``, :meth:`wanted` said
+        yes): write the record (or re-attach the one a previous run left), open the export
+        on its overlay. Idempotent (a takeover retried after a failure reuses the export).
+        Returns the state; raises what the record and :meth:`Exports.open_instant` raise."""
+        st = self._states.get(volume)
+        if st is not None and st.epoch == epoch and st.seq == seq and st.export is not None \
+                and st.phase != "done":
+            return st
+        rec = await asyncio.to_thread(self._read_record, volume)
+        req = self._requests.pop(volume, None)
+        if rec is not None:
+            st = InstantState(volume, epoch, seq, manifest.root, self._dir(volume), rec["phase"], time.time_ns(),
+                              resumed=True)
+            log.warning("volume %s: re-attaching the instant recovery of #%d at epoch %d left in phase %s by the "
+                        "previous run of %s", volume, seq, epoch, rec["phase"], self.site_id)
+        else:
+            st = InstantState(volume, epoch, seq, manifest.root, self._dir(volume), "serving",
+                              req[1] if req else time.time_ns())
+            await asyncio.to_thread(self._write_record, st)  # durable before the export takes a write
+        self._states[volume] = st
+        self.metrics.instant_phase(volume, st.phase)
+        if st.phase == "done":
+            st.serving.set()  # the image holds everything: nothing to serve from the overlay
+            return st
+
+        def first_read(ns: int) -> None:
+            st.first_read_ns = ns
+            self.metrics.instant_first_read(volume, (ns - st.requested_at_ns) / 1e9)
+            log.info("volume %s: instant recovery served its first read %.3fs after %s", volume,
+                     (ns - st.requested_at_ns) / 1e9, "the re-attach" if st.resumed else "the promote request")
+
+        st.export = await self.exports.open_instant(volume, epoch, seq, manifest, st.dir / "overlay",
+                                                    reopen=rec is not None and (st.dir / "overlay").is_dir(),
+                                                    on_first_read=first_read)
+        st.serving_at_ns = time.time_ns()
+        st.copy_total_blocks = manifest.n_blocks
+        if st.phase == "serving":
+            await asyncio.to_thread(self._set_phase, st, "copying")
+        st.serving.set()
+        log.warning("AUDIT volume %s: instant recovery of #%d at %s serving on %s (%.3fs after %s); the image is "
+                    "written in the background, the application's writes go to the overlay until the switch-over",
+                    volume, seq, self.site_id, st.export.socket, (st.serving_at_ns - st.requested_at_ns) / 1e9,
+                    "the re-attach" if st.resumed else "the promote request")
+        return st
+
+    def progress(self, st: InstantState) -> Callable[[int, int], None]:
+        """The restore's ``progress(done_blocks, total_blocks)`` for ``st`` (thread-safe enough:
+        two ints and a gauge)."""
+        def cb(done: int, total: int) -> None:
+            st.copy_done_blocks, st.copy_total_blocks = done, total
+            self.metrics.instant_progress(st.volume, done / total if total else 1.0)
+        return cb
+
+    async def switch_over(self, st: InstantState, image: Path) -> int:
+        """The image holds the snapshot, verified (O5): copy the overlay into it and serve the
+        image from now on. Under the export's write gate (writes wait, reads go on): record
+        ``switching``; flush the overlay; copy each run of written blocks into ``image``; fsync;
+        read the copied blocks back and compare; the export switches to the image; record
+        ``done``. Returns the number of blocks copied.
+
+        Raises RestoreVerifyError (a copied block reads back different: the export keeps serving
+        the overlay, the takeover fails and is retried), a typed OSError."""
+        exp = st.export
+        if exp is None or exp.overlay is None or exp.gate is None:
+            raise UsageError(f"volume {st.volume}: no instant export to switch over", volume=st.volume)
+        st.copy_done_at_ns = time.time_ns()
+        t0 = time.monotonic()
+        async with exp.gate:
+            await asyncio.to_thread(self._set_phase, st, "switching")
+            fd, copied = await asyncio.to_thread(self._merge, st, exp, image)
+            exp.image_fd = fd  # every request from now on: the image
+            st.overlay_blocks = copied
+            await asyncio.to_thread(self._set_phase, st, "done")
+        st.switched_at_ns = time.time_ns()
+        log.warning("AUDIT volume %s: instant recovery switched over at %s: %d overlay blocks written into %s "
+                    "(fsynced, read back) in %.3fs; the export serves the image itself from now on", st.volume,
+                    self.site_id, copied, image, time.monotonic() - t0)
+        return copied
+
+    def _merge(self, st: InstantState, exp: Export, image: Path) -> tuple[int, int]:
+        """Copy the overlay's blocks into ``image`` (worker thread, under the gate): returns
+        ``(an O_RDWR fd of the image, blocks copied)``."""
+        ov = exp.overlay
+        assert ov is not None
+        ov.flush()
+        bs = ov.bs
+        size = ov.base.size_bytes
+        runs = ov.written_runs()
+        try:
+            fd = os.open(image, os.O_RDWR)
+        except OSError as err:
+            raise from_os_error(err, f"open the volume image {image}", path=str(image)) from None
+        try:
+            pieces = [(first + k, min(MERGE_CHUNK_BLOCKS, n - k)) for first, n in runs
+                      for k in range(0, n, MERGE_CHUNK_BLOCKS)]
+            for first, n in pieces:
+                lo, hi = first * bs, min((first + n) * bs, size)
+                data = os.pread(ov.fd, hi - lo, lo)
+                done = 0
+                while done < len(data):
+                    done += os.pwrite(fd, data[done:], lo + done)
+            os.fsync(fd)
+            for first, n in pieces:  # read back what was written: the image, not a cache's promise
+                lo, hi = first * bs, min((first + n) * bs, size)
+                if os.pread(fd, hi - lo, lo) != os.pread(ov.fd, hi - lo, lo):
+                    raise RestoreVerifyError(f"volume {st.volume}: overlay block {first}.. reads back different from "
+                                             f"{image} after the switch-over's write", volume=st.volume,
+                                             first_block=first, path=str(image))
+        except OSError as err:
+            os.close(fd)
+            raise from_os_error(err, f"copy the instant-recovery overlay into {image}", path=str(image)) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, sum(n for _, n in runs)
+
+    async def finish(self, st: InstantState) -> None:
+        """The acting epoch is durable: remove the record and the overlay (the image holds
+        everything). Errors are logged (a leftover record in ``done`` is harmless: a later
+        takeover of another epoch sets it aside, one of this epoch does not touch the image)."""
+        exp = st.export
+        if exp is not None and exp.overlay is not None:
+            exp.overlay.close()
+
+        def remove() -> None:
+            try:
+                (st.dir / RECORD).unlink(missing_ok=True)
+                fsync_dir(st.dir)
+                shutil.rmtree(st.dir)
+                fsync_dir(self.root)
+            except OSError as err:
+                log.error("volume %s: cannot remove the finished instant-recovery record %s: %s", st.volume, st.dir,
+                          err)
+        await asyncio.to_thread(remove)
+        self.metrics.instant_phase(st.volume, "done")
+        self.metrics.instant_progress(st.volume, 1.0)
+
+    def failed(self, volume: str, err: Exception) -> None:
+        """The takeover failed during an instant recovery (it is retried): kept for the status."""
+        st = self._states.get(volume)
+        if st is not None:
+            st.last_error = str(err)

@@ -1,0 +1,159 @@
+"""``replicad promote VOL --force --instant`` with real daemons and real NBD clients (issue 16, item 1).
+
+A three-site cluster (real processes on loopback) loses its primary. site-b is promoted with
+``--instant``: the command returns as soon as site-b serves the snapshot as a writable NBD
+export on a unix socket, while the volume's image is written in the background.
+
+The background copy is held deterministically by the file system itself: site-b's image file
+is made immutable (``chattr +i``: even root's writes fail with EPERM), so the takeover's
+restore fails and is retried while the export serves. Meanwhile: ``qemu-img compare`` of the
+export against the snapshot's bytes; ``qemu-io`` writes (whole and partial blocks, a FLUSH);
+the export refuses to close; ``kill -9`` of site-b; restart; the overlay is re-attached from
+the durable record and the flushed writes read back; more writes. Then the image is released
+(``chattr -i``): the copy completes (O5), the switch-over copies the overlay into the image,
+the same export serves the image; the image holds snapshot + every write; the first snapshot
+the new primary takes holds them too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from replicad.lab.localcluster import LocalCluster
+from tests.integration.conftest import BLOCK, VOL, snapshot, write_image
+
+TOOLS = ("qemu-img", "qemu-io", "chattr")
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(420),
+              pytest.mark.skipif(os.geteuid() != 0, reason="chattr +i needs root"),
+              pytest.mark.skipif(any(shutil.which(t, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None
+                                     for t in TOOLS), reason=f"needs {', '.join(TOOLS)} (scripts/setup.sh)")]
+
+N_BLOCKS = 160  # 10 MiB
+
+
+def _env() -> dict:
+    return dict(os.environ, PATH=os.environ.get("PATH", "") + ":/usr/sbin:/sbin", PYTHONPATH=str(Path.cwd()))
+
+
+def _qemu_io(uri: str, *commands: str, readonly: bool = False) -> subprocess.CompletedProcess:
+    cmd = ["qemu-io", "-f", "raw"] + (["-r"] if readonly else [])
+    for c in commands:
+        cmd += ["-c", c]
+    return subprocess.run(cmd + [uri], capture_output=True, text=True, env=_env(), timeout=60)
+
+
+def _compare(a: str, b: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", a, b], capture_output=True, text=True,
+                          env=_env(), timeout=120)
+
+
+def _instant(c: LocalCluster, site: str) -> dict | None:
+    return c.status(site)["volumes"][VOL].get("instant")
+
+
+def _chattr(flag: str, path: Path) -> None:
+    subprocess.run(["chattr", flag, str(path)], check=True, env=_env(), capture_output=True, timeout=30)
+
+
+def test_instant_promotion_serves_at_once_and_keeps_every_flushed_write(tmp_path: Path) -> None:
+    root = Path(tempfile.mkdtemp(prefix="ri", dir="/tmp"))  # short: unix socket paths stay under 108 bytes
+    c = LocalCluster(root / "c", interval="1h", min_copies=2, apply_delay="1h")  # replicas keep no standby image
+    held = c.sites["site-b"].volume_path(VOL)
+    try:
+        write_image(c.sites["site-a"].volume_path(VOL), N_BLOCKS, random.Random(7))
+        c.start_all()
+        c.wait_ready(60)
+        snap = snapshot(c, "site-a")
+        assert snap["committed"] and snap["verdict"] == "clean", snap
+        ref = root / "snapshot.img"  # the snapshot's bytes, as the primary had them
+        shutil.copyfile(c.sites["site-a"].volume_path(VOL), ref)
+        expected = bytearray(ref.read_bytes())
+        c.wait_for("site-b holds the snapshot", lambda: "site-b" in c.api(
+            "site-b", "GET", f"/v1/volumes/{VOL}/snapshots")["snapshots"][-1]["holders"], 60)
+        c.kill("site-a")
+        held.write_bytes(b"")
+        _chattr("+i", held)  # the background copy cannot write the image until released
+
+        p = subprocess.run([sys.executable, "-m", "replicad", "--admin", c.sites["site-b"].admin_url, "--json",
+                            "promote", VOL, "--force", "--instant"], capture_output=True, text=True, env=_env(),
+                           timeout=180)
+        assert p.returncode == 0, (p.stdout, p.stderr)
+        res = json.loads(p.stdout)
+        inst = res["instant"]
+        assert res["primary"] == "site-b" and res["ready"] is True and res["restored_seq"] == snap["seq"], res
+        assert inst["phase"] == "copying" and inst["seq"] == snap["seq"], inst
+        uri, sock = inst["uri"], inst["socket"]
+
+        # reads: the snapshot's bytes, verified chunks from the store
+        cmp = _compare(str(ref), uri)
+        assert cmp.returncode == 0, (cmp.stdout, cmp.stderr)
+        st = _instant(c, "site-b")
+        assert st["phase"] == "copying" and st["first_read_after_s"] is not None, st
+        assert c.status("site-b")["volumes"][VOL]["role"] == "restoring"  # not the plain image yet: no snapshot
+
+        # writes during the copy: a whole block, a partial one across a block boundary, then FLUSH
+        w = _qemu_io(uri, "write -P 0xab 131072 65536", "write -P 0xcd 200000 70000", "flush")
+        assert w.returncode == 0 and "error" not in w.stdout.lower(), (w.stdout, w.stderr)
+        expected[131072:131072 + 65536] = b"\xab" * 65536
+        expected[200000:200000 + 70000] = b"\xcd" * 70000
+        with pytest.raises(Exception) as refused:  # the overlay is the only copy of those writes
+            c.api("site-b", "DELETE", f"/v1/exports/{inst['export_id']}")
+        assert "instant recovery" in str(refused.value), refused.value
+
+        # kill -9 during the background copy; the restart re-attaches the overlay from its record
+        c.kill("site-b")
+        c.start("site-b")
+        st = c.wait_for("the instant export re-attached", lambda: (s := _instant(c, "site-b")) and s["resumed"]
+                        and s["phase"] == "copying" and os.path.exists(sock) and s, 120)
+        assert st["socket"] == sock and st["overlay_blocks"] == 3, st  # blocks 2, 3, 4 written
+        r = _qemu_io(uri, "read -P 0xab 131072 65536", "read -P 0xcd 200000 70000", readonly=True)
+        assert r.returncode == 0 and "Pattern verification failed" not in r.stdout, (r.stdout, r.stderr)
+        w = _qemu_io(uri, "write -P 0x5e 1048576 4096", "flush")  # a write after the restart
+        assert w.returncode == 0, (w.stdout, w.stderr)
+        expected[1048576:1048576 + 4096] = b"\x5e" * 4096
+        (root / "expected.img").write_bytes(expected)
+        cmp = _compare(str(root / "expected.img"), uri)
+        assert cmp.returncode == 0, (cmp.stdout, cmp.stderr)
+
+        # release the image: the copy completes (O5), the switch-over writes the overlay into it
+        _chattr("-i", held)
+        st = c.wait_for("the switch-over", lambda: (s := _instant(c, "site-b")) and s["phase"] == "done" and s, 180)
+        assert st["overlay_blocks"] == 4 and st["switched_after_s"] is not None, st
+        vol = c.wait_for("site-b primary", lambda: (v := c.status("site-b")["volumes"][VOL])["role"] == "primary"
+                         and v, 60)
+        assert vol["acting_epoch"] == res["epoch"], vol
+        assert held.read_bytes() == bytes(expected)  # snapshot + every flushed write, in the plain image
+        assert not (c.sites["site-b"].dir / "data" / "instant" / VOL).exists()  # the record went with it
+
+        # the same export serves the image now: a write through it lands in the image file
+        w = _qemu_io(uri, "write -P 0x77 0 65536", "flush")
+        assert w.returncode == 0, (w.stdout, w.stderr)
+        expected[0:65536] = b"\x77" * 65536
+        assert held.read_bytes() == bytes(expected)
+
+        # the new primary's first snapshot holds the application's writes
+        after = snapshot(c, "site-b")
+        assert after["committed"], after
+        e = c.api("site-b", "POST", f"/v1/volumes/{VOL}/exports", {"snapshot": after["seq"]})
+        try:
+            (root / "expected.img").write_bytes(expected)
+            cmp = _compare(str(root / "expected.img"), e["uri"])
+            assert cmp.returncode == 0, (cmp.stdout, cmp.stderr)
+        finally:
+            c.api("site-b", "DELETE", f"/v1/exports/{e['export_id']}")
+        closed = c.api("site-b", "DELETE", f"/v1/exports/{inst['export_id']}")  # done: it may close now
+        assert closed["closed"] is True
+    finally:
+        if held.exists():
+            subprocess.run(["chattr", "-i", str(held)], env=_env(), capture_output=True, timeout=30)
+        c.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
