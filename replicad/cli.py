@@ -1289,6 +1289,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--writable", action="store_true", help="accept writes (kept in an overlay, never the snapshot; "
                    "discarded when the export closes)")
     p.add_argument("--close", metavar="EXPORT_ID", help="close an export (its pin and overlay go with it)")
+    p.add_argument("--ttl", metavar="DURATION", help="close the export once nobody read, wrote or held a connection "
+                   "for this long (e.g. 2h; default and maximum: the site's [admin] export_idle_ttl, 24h unless set)")
     p.set_defaults(fn=cmd_export)
     p = command("mount", help="mount a snapshot read-only at DIR (ext4, XFS), until replicad umount DIR")
     p.add_argument("volume", help="the volume's name (as in [[volumes]] name)")
@@ -1477,6 +1479,8 @@ def _options_first(argv: list[str], at: int) -> list[str]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Serve a snapshot over NBD (prints its socket and URI), list the exports, or close one."""
+    from replicad.core.units import format_duration
+
     if args.close:
         _print(args, api(args, "DELETE", f"/v1/exports/{args.close}"), lambda r: console.print(
             f"export {r['export_id']} of {r['volume']}#{r['seq']} closed ({r['bytes_read']} bytes read, "
@@ -1484,23 +1488,34 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     if args.volume is None:
         def render(data: dict) -> None:
-            t = Table("export", "snapshot", "writable", "connections", "bytes read", "read errors", "URI")
+            t = Table("export", "snapshot", "writable", "connections", "bytes read", "read errors", "idle / limit",
+                      "URI")
             for e in data["exports"]:
+                idle = (f"{format_duration(round(e.get('idle_s') or 0))} / {format_duration(e['idle_ttl_s'])}"
+                        if isinstance(e.get("idle_ttl_s"), (int, float)) else "no limit")
                 t.add_row(e["export_id"], f"{e['volume']}#{e['seq']}", "yes" if e["writable"] else "no",
-                          str(e["connections"]), str(e["bytes_read"]), str(e["read_errors"]), e["uri"])
+                          str(e["connections"]), str(e["bytes_read"]), str(e["read_errors"]), idle, e["uri"])
             console.print(t)
         _print(args, api(args, "GET", "/v1/exports"), render)
         return 0
     if args.seq is None:
         raise UsageError("--snapshot SEQ is required (replicad snapshots VOL lists them)")
-    from replicad.ops.fileview import create_export
+    body: dict[str, Any] = {"snapshot": args.seq, "writable": args.writable}
+    if args.ttl is not None:  # the pin's idle limit (ops/exportlimits.py): the site's or shorter
+        from replicad.core.units import parse_duration
 
-    exp = create_export(_admin_api(args), args.volume, args.seq, writable=args.writable)
+        try:
+            body["idle_ttl_s"] = parse_duration(args.ttl)
+        except (ValueError, TypeError, ReplicadError) as err:
+            raise UsageError(f"--ttl {args.ttl}: not a duration such as 2h or 90m ({err})", field="ttl") from None
+    exp = _admin_api(args)("POST", f"/v1/volumes/{args.volume}/exports", body)
     _warn_suspect(args.volume, [(args.seq, exp.get("verdict"))])
     _print(args, exp, lambda e: console.print(
         f"export {e['export_id']}: {e['volume']}#{e['seq']} ({e.get('verdict', '?')}, {e['size_bytes']} bytes, "
         f"{'writable: writes go to an overlay, never the snapshot' if e['writable'] else 'read-only'})\n"
         f"socket: {e['socket']}\nURI:    {e['uri']}\n"
+        + (f"idle:   closed after {format_duration(e['idle_ttl_s'])} without a read, write or connection\n"
+           if isinstance(e.get("idle_ttl_s"), (int, float)) else "") +
         f"e.g.    nbdinfo '{e['uri']}'; qemu-img convert -f raw -O raw '{e['uri']}' copy.img\n"
         f"close:  replicad export --close {e['export_id']}", markup=False, soft_wrap=True))
     return 0

@@ -714,6 +714,10 @@ class SiteConfig(BaseModel):
     peer_listen: HostPort
     admin_listen: HostPort
     admin_tokens: tuple[AdminToken, ...] = ()
+    admin_export_idle_ttl_s: DurationS = Field(86400.0, gt=0, le=30 * 86400)
+    """``[admin] export_idle_ttl`` (default ``"24h"``, at most 30 days): an export opened through
+    the admin API that nobody read, wrote or held a connection to for this long is closed and its
+    pin released (``replicad export --ttl`` may ask for less, never more; README "Exports")."""
     sites: tuple[SiteRef, ...]
     volumes: tuple[VolumeConfig, ...] = ()
     log_level: str = "info"
@@ -993,10 +997,11 @@ def _same_socket(a: str, b: str) -> bool:
 _TABLES: dict[str, dict[str, str]] = {
     "raft": {"bind": "raft_bind", "password": "raft_password", "password_file": "raft_password", "join": "raft_join"},
     "peer": {"listen": "peer_listen"},
-    "admin": {"listen": "admin_listen", "tokens": "admin_tokens"},
+    "admin": {"listen": "admin_listen", "tokens": "admin_tokens", "export_idle_ttl": "admin_export_idle_ttl_s"},
 }
 _FLAT_TO_KEY = {"raft_bind": "raft.bind", "raft_password": "raft.password", "raft_join": "raft.join",
-                "peer_listen": "peer.listen", "admin_listen": "admin.listen", "admin_tokens": "admin.tokens"}
+                "peer_listen": "peer.listen", "admin_listen": "admin.listen", "admin_tokens": "admin.tokens",
+                "admin_export_idle_ttl_s": "admin.export_idle_ttl"}
 
 _SITE_ID = TypeAdapter(SiteId)
 _HOST_PORT = TypeAdapter(HostPort)

@@ -22,8 +22,10 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
                                                  its result carries the signed drill report (site.drills)
     POST   /v1/volumes/{volume}/restore         [operator; admin with overwrite] {"target": path, "seq": int?,
                                                  "last_clean": bool?, "overwrite": bool?, "wait": bool?}
-    POST   /v1/volumes/{volume}/exports         [operator] {"snapshot": int, "writable": bool?, "auto_close": bool?}:
-                                                 serve the snapshot over NBD on a unix socket here (site.exports)
+    POST   /v1/volumes/{volume}/exports         [operator] {"snapshot": int, "writable": bool?, "auto_close": bool?,
+                                                 "idle_ttl_s": number?}: serve the snapshot over NBD on a unix
+                                                 socket here (site.exports); closed once idle for idle_ttl_s (at
+                                                 most [admin] export_idle_ttl, the default; ops.exportlimits)
     GET    /v1/exports                          [viewer] the snapshot exports open here
     DELETE /v1/exports/{export_id}              [operator] close an export (its pin and overlay go with it)
     GET    /v1/operations/{op_id}               [viewer] state, phase, progress (blocks), result or error
@@ -94,6 +96,7 @@ import aiohttp
 from aiohttp import web
 
 from replicad.ops import auth
+from replicad.ops.exportlimits import IdleExports, requested_ttl_s
 from replicad.storage.audit import AuditLog, verify_chain
 from replicad.core.errors import (InternalError, NotFoundError, NotSupportedError, PeerUnavailableError, ReplicadError,
                      UnauthenticatedError, UsageError, _jsonable, from_dict)
@@ -299,6 +302,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
     """
     audit_log = AuditLog(site.data_dir / AUDIT_FILE)
     guard = _Guard(site, audit_log)
+    idle_exports = IdleExports(site.exports, site._background)  # exports' idle limit (ops/exportlimits.py)
 
     async def healthz(request: web.Request) -> web.Response:
         return _ok({"ok": True, "site_id": site.site_id})
@@ -336,7 +340,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         data = site.status.report() | {"members": members(site)["members"]}
         targets = {v.name: 3 * float(v.interval_s) for v in site.cfg.volumes}
         page = statuspage.render(data, site.cluster.view(), [op.to_dict() for op in site.operations.list()],
-                                 targets, time.time())
+                                 targets, time.time(), exports=[idle_exports.shown(e) for e in site.exports.list()])
         return web.Response(text=page, content_type="text/html", charset="utf-8", headers=statuspage.HEADERS)
 
     async def status(request: web.Request) -> web.Response:
@@ -682,18 +686,23 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         """A committed snapshot served over NBD on a unix socket of this site (issue 16, site.exports)."""
         name = request.match_info["volume"]
         body = await _json_body(request)
-        unknown = sorted(set(body) - {"snapshot", "writable", "auto_close"})
+        unknown = sorted(set(body) - {"snapshot", "writable", "auto_close", "idle_ttl_s"})
         if unknown:
-            raise UsageError(f"unknown keys {unknown} (exports take snapshot, writable, auto_close)", field=unknown[0])
+            raise UsageError(f"unknown keys {unknown} (exports take snapshot, writable, auto_close, idle_ttl_s)",
+                             field=unknown[0])
         seq = _opt_int(body, "snapshot")
         if seq is None:
             raise UsageError("snapshot (the committed snapshot's seq) is required", field="snapshot")
+        # the pin's idle limit: the site's [admin] export_idle_ttl, or less (ops/exportlimits.py)
+        ttl_s = requested_ttl_s(body.get("idle_ttl_s"), site.cfg.admin_export_idle_ttl_s)
         runner_of(site.runners, name, site.site_id)
-        return _ok(await site.exports.create(name, seq, writable=_opt_bool(body, "writable"),
-                                             auto_close=_opt_bool(body, "auto_close")))
+        exp = await site.exports.create(name, seq, writable=_opt_bool(body, "writable"),
+                                        auto_close=_opt_bool(body, "auto_close"))
+        idle_exports.register(exp, ttl_s)
+        return _ok(idle_exports.shown(exp))
 
     async def exports_list(request: web.Request) -> web.Response:
-        return _ok({"exports": site.exports.list(), "site_id": site.site_id})
+        return _ok({"exports": [idle_exports.shown(e) for e in site.exports.list()], "site_id": site.site_id})
 
     async def export_delete(request: web.Request) -> web.Response:
         return _ok(await site.exports.close(request.match_info["export_id"]))

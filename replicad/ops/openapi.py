@@ -193,7 +193,9 @@ SCHEMAS: dict[str, dict] = {
                        "uri": _STR, "name": _STR, "size_bytes": _INT, "block_size_bytes": _INT, "writable": _BOOL,
                        "auto_close": _BOOL, "connections": _INT, "bytes_read": _INT, "bytes_written": _INT,
                        "read_errors": _INT}, {"closed": _BOOL, "overlay": _STR, "overlay_blocks": _INT,
-                                              "created_at_ns": _INT, "verdict": {"enum": ["clean", "suspect"]}}),
+                                              "created_at_ns": _INT, "verdict": {"enum": ["clean", "suspect"]},
+                                              # the idle limit (ops/exportlimits.py); null: none
+                                              "idle_ttl_s": _NNUM, "idle_s": _NNUM}),
     "Exports": _object({"exports": {"type": "array", "items": _ref("Export")}, "site_id": _STR}),
 }
 
@@ -211,7 +213,10 @@ _BODIES: dict[str, dict] = {
         "(durations such as \"48h\"); missing keys keep their value")}},
         {"reason": {"type": "string", "description": "why (shown to the operators asked to approve a shortening)"}}),
     "Revoke": _object({}, {"reason": _STR}),
-    "ExportCreate": _object({"snapshot": _INT}, {"writable": _BOOL, "auto_close": _BOOL}),  # issue 16
+    "ExportCreate": _object({"snapshot": _INT}, {"writable": _BOOL, "auto_close": _BOOL,  # issue 16
+                                                 "idle_ttl_s": {"type": "number", "exclusiveMinimum": 0, "description": (
+                                                     "close after this many seconds without use (at most, and "
+                                                     "by default, the site's [admin] export_idle_ttl)")}}),
     "Empty": {"type": "object"},
 }
 
@@ -315,7 +320,7 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
      "Serve a committed snapshot as a block device over NBD on a unix socket of this site (nbd+unix:///?socket="
      "PATH); missing chunks are fetched from holders first; reads verify every chunk (EIO, never wrong data); "
      "writable: writes go to a copy-on-write overlay, never the store; auto_close: closed after its last NBD "
-     "connection. Pinned against prune and GC while open", "ExportCreate", {"200": "Export"},
+     "connection. Pinned against prune and GC while open, closed once idle for idle_ttl_s", "ExportCreate", {"200": "Export"},
      (400, 404, 409, 502, 503)),
     ("exports", "GET", "/v1/exports", "The snapshot exports open at this site", None, {"200": "Exports"}, ()),
     ("exportDelete", "DELETE", "/v1/exports/{export_id}", "Close an export: its socket, overlay and pin go",

@@ -5,10 +5,12 @@ One page, no script, no external resource, refreshed by the browser every
 :data:`REFRESH_S` seconds (``<meta http-equiv="refresh">``): the sites and their
 reachability, Raft health (leader, quorum, whether this site's view is current), per
 volume: this site's role (with ``confirmed``), the epoch, RPO against its target, newest
-clean snapshot, standby, then the conditions an operator must look at (suspect snapshots,
-verdict disagreements, damaged standbys, revoked sites, the degraded reasons of the status),
-the requests waiting for approval, and the operations (restore, drill) running here with
-their progress.
+clean snapshot, standby (none where this site is the primary), then the conditions an operator
+must look at (current suspect snapshots: older ones a clean snapshot superseded are listed as
+kept, not alerted; verdict disagreements, damaged standbys, revoked sites, the degraded reasons
+of the status), the requests waiting for approval, the operations (restore, drill) running here with
+their progress, and the open exports (each pins its snapshot here: volume, snapshot, writable,
+connections, age, bytes read, idle time against its limit).
 
 **Every value is attacker-influenced** (a request's reason, a volume or site name, an error
 message that quotes a path): every value goes through :func:`html.escape` (:func:`_e`), none
@@ -73,6 +75,18 @@ def _age(seconds: Any) -> str:
     return f"{s / 86400:.1f} d"
 
 
+def _bytes(n: Any) -> str:
+    """A byte count in binary units (``1.5 MiB``); ``—`` when not a number."""
+    if not isinstance(n, int) or isinstance(n, bool):
+        return "—"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
 def _utc(ns_or_s: Any, ns: bool = True) -> str:
     if not isinstance(ns_or_s, (int, float)) or isinstance(ns_or_s, bool) or ns_or_s <= 0:
         return "—"
@@ -90,9 +104,27 @@ def _table(head: Iterable[str], rows: list[list[str]], table_id: str, empty: str
     return "\n".join(out) + "</table>"
 
 
+REPLICA_ROLES = ("replica", "fenced", "divergent")
+"""Roles that keep a standby (``site/status.py``); the others act as the volume's primary."""
+
+
+def split_suspects(v: Mapping[str, Any]) -> tuple[list[int], list[int]]:
+    """The suspect snapshots of one volume's status as ``(current, kept)``: ``current`` are newer
+    than the newest clean snapshot (an incident nobody resolved: the page is red), ``kept`` are
+    older ones a newer clean snapshot superseded (kept for forensics after a restore or a forced
+    promotion; not an alert). A suspect cleared by an approved request is clean and in neither.
+    The same rule as ``replicad status`` and ``degraded_reasons`` (the newest snapshot is
+    suspect). Pure."""
+    suspect = sorted(s for s in v.get("suspect") or [] if isinstance(s, int) and not isinstance(s, bool))
+    ncl = v.get("newest_clean")
+    if not isinstance(ncl, int) or isinstance(ncl, bool):
+        return suspect, []
+    return [s for s in suspect if s > ncl], [s for s in suspect if s < ncl]
+
+
 def alerts(status: Mapping[str, Any], state: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The conditions worth an alert, as ``(severity, sentence)`` (severity ``bad`` | ``warn``):
-    suspect snapshots, verdict disagreements, damaged or repairing standbys, revoked sites,
+    current suspect snapshots (:func:`split_suspects`), verdict disagreements, damaged or repairing standbys, revoked sites,
     an unsigned site, and the status' ``degraded_reasons`` (when it has them). Pure."""
     out: list[tuple[str, str]] = []
     ident = status.get("identity") or {}
@@ -103,9 +135,9 @@ def alerts(status: Mapping[str, Any], state: Mapping[str, Any]) -> list[tuple[st
                            "nothing signed by its old keys is accepted"))
     volumes = (state or {}).get("volumes") or {}
     for name, v in sorted((status.get("volumes") or {}).items()):
-        suspect = v.get("suspect") or []
-        if suspect:
-            out.append(("bad", f"{name}: suspect snapshot(s) {', '.join('#' + str(s) for s in suspect)} "
+        current, _ = split_suspects(v)
+        if current:
+            out.append(("bad", f"{name}: suspect snapshot(s) {', '.join('#' + str(s) for s in current)} "
                                f"(newest clean: {v.get('newest_clean') if v.get('newest_clean') is not None else 'none'})"))
         snaps = (volumes.get(name) or {}).get("snapshots") or {}
         dis = sorted(seq for seq, snap in snaps.items() if isinstance(snap, Mapping) and disagreement(snap))
@@ -123,7 +155,8 @@ def alerts(status: Mapping[str, Any], state: Mapping[str, Any]) -> list[tuple[st
 
 
 def render(status: Mapping[str, Any], state: Mapping[str, Any], operations: list[Mapping[str, Any]],
-           rpo_targets: Mapping[str, float], now_s: float) -> str:
+           rpo_targets: Mapping[str, float], now_s: float,
+           exports: Iterable[Mapping[str, Any]] | None = None) -> str:
     """The status page (UTF-8 text of an HTML5 document).
 
     Args:
@@ -131,7 +164,9 @@ def render(status: Mapping[str, Any], state: Mapping[str, Any], operations: list
         state: this site's Raft view (``Cluster.view()``): snapshot opinions for disagreements.
         operations: ``Operation.to_dict()`` of the kept operations; the running ones are shown.
         rpo_targets: ``{volume: seconds}`` (3 x the configured interval).
-        now_s: unix time of the page (shown, and the age of operations).
+        now_s: unix time of the page (shown, and the age of operations and exports).
+        exports: the open exports (``Export.to_dict()`` with ``idle_s``/``idle_ttl_s`` of the idle
+            limit, ``GET /v1/exports``): each one pins its snapshot here.
     Never raises on a partial status (missing parts read as "—").
     """
     site = status.get("site_id")
@@ -170,15 +205,34 @@ def render(status: Mapping[str, Any], state: Mapping[str, Any], operations: list
         clean_cell = _e(f"#{ncl}" if ncl is not None else None) if ncl == nc else \
             _cls("bad", f"#{ncl} (newest #{nc} suspect)" if ncl is not None else f"none (newest #{nc} suspect)")
         sb = v.get("standby") or {}
+        if role not in REPLICA_ROLES:  # primary or restoring here: the image is the volume, not a standby
+            standby_cell = _cls("muted", "— (primary here)")
+        else:
+            standby_cell = _e(f"#{v.get('standby_seq')} {sb.get('state', '')}".strip()
+                              if v.get("standby_seq") is not None else sb.get("state"))
         vol_rows.append([
-            _e(name), role_cell, _e(v.get("primary")), _e(v.get("epoch")), rpo_cell, clean_cell,
-            _e(f"#{v.get('standby_seq')} {sb.get('state', '')}".strip() if v.get("standby_seq") is not None
-               else sb.get("state")),
+            _e(name), role_cell, _e(v.get("primary")), _e(v.get("epoch")), rpo_cell, clean_cell, standby_cell,
             _cls("bad", v.get("last_error")) if v.get("last_error") else _cls("muted", "none"),
         ])
     alert_items = alerts(status, state)
     alert_html = ("<ul id=\"alerts\">" + "".join(f"<li>{_cls(sev, text)}</li>" for sev, text in alert_items)
                   + "</ul>") if alert_items else '<p id="alerts" class="ok">nothing to look at</p>'
+    kept = [f"{name}: suspect snapshot(s) {', '.join('#' + str(s) for s in ks)} kept for forensics, superseded by "
+            f"clean #{v.get('newest_clean')}" for name, v in sorted((status.get("volumes") or {}).items())
+            for ks in [split_suspects(v)[1]] if ks]
+    if kept:
+        alert_html += '\n<ul id="kept">' + "".join(f"<li>{_cls('muted', t)}</li>" for t in kept) + "</ul>"
+    now_ns = now_s * 1e9
+    export_rows = [[
+        _e(x.get("export_id")),
+        _e(f"{x.get('volume')}#{x.get('seq')}") + (" " + _cls("bad", "SUSPECT") if x.get("verdict") == "suspect"
+                                                  else ""),
+        _e(bool(x.get("writable"))), _e(x.get("connections")),
+        _e(_age((now_ns - x["created_at_ns"]) / 1e9) if isinstance(x.get("created_at_ns"), int) else None),
+        _e(_bytes(x.get("bytes_read"))),
+        _e(f"{_age(x.get('idle_s'))} / {_age(x['idle_ttl_s'])}" if isinstance(x.get("idle_ttl_s"), (int, float))
+           else "no limit"),
+    ] for x in exports or []]
     req_rows = [[_e(r.get("id")), _e(r.get("action")), _e(r.get("by")), _e(r.get("reason")),
                  _e(f"{len(r.get('approvals') or [])} of {r.get('needed')}"), _e(r.get("status")),
                  _e(_utc(r.get("expires_ns")))]
@@ -214,4 +268,6 @@ def render(status: Mapping[str, Any], state: Mapping[str, Any], operations: list
                                                   "expires"], req_rows, "requests", "no pending request") +
         "\n<h2>Running operations</h2>\n" + _table(["id", "kind", "volume", "phase", "progress", "running for"],
                                                    op_rows, "operations", "no operation running") +
+        "\n<h2>Open exports</h2>\n" + _table(["export", "snapshot", "writable", "connections", "age", "bytes read",
+                                              "idle / limit"], export_rows, "exports", "no export open") +
         "\n</body></html>\n")

@@ -83,3 +83,61 @@ def test_every_value_is_escaped() -> None:
 def test_a_partial_status_renders() -> None:
     page = statuspage.render({}, {}, [], {}, 0.0)
     assert "no volume at this site" in page and "NOT CURRENT" in page
+
+
+# --------------------------------------------------------------------------- issue 16: operator defects
+def _healthy(volume: dict) -> dict:
+    st = _status()
+    st["members"][1]["reachable"] = True
+    st["identity"]["revoked"] = {}
+    st["degraded_reasons"] = []
+    st["requests"] = []
+    st["volumes"] = {"ehr": {"role": "primary", "confirmed": True, "primary": "site-a", "epoch": 5, "rpo_s": 5.0,
+                             "standby_seq": 3, "standby": {"state": "verified"}, "last_error": None, **volume}}
+    return st
+
+
+def test_a_suspect_superseded_by_a_newer_clean_snapshot_is_kept_not_alerted() -> None:
+    # #4 suspect, then a forced promotion restored #3 and the new line's #5 is clean: #4 is kept
+    kept = _healthy({"newest_committed": 5, "newest_clean": 5, "suspect": [4]})
+    page = statuspage.render(kept, {"volumes": {}}, [], {"ehr": 60.0}, 1000.0)
+    assert "replicad site-a: ok</title>" in page and "ATTENTION" not in page
+    assert statuspage.alerts(kept, {}) == []
+    assert "#4 kept for forensics, superseded by clean #5" in page
+    assert statuspage.split_suspects(kept["volumes"]["ehr"]) == ([], [4])
+    # the newest snapshot suspect (nothing resolved it): red, whatever older ones are kept
+    current = _healthy({"newest_committed": 7, "newest_clean": 5, "suspect": [4, 6, 7]})
+    page = statuspage.render(current, {"volumes": {}}, [], {"ehr": 60.0}, 1000.0)
+    assert "ATTENTION" in page and "suspect snapshot(s) #6, #7 (newest clean: 5)" in page
+    assert "#4 kept for forensics" in page
+    assert statuspage.split_suspects({"suspect": [1], "newest_clean": None}) == ([1], [])
+
+
+def test_a_volume_whose_primary_is_this_site_shows_no_standby() -> None:
+    # the catalog still names the standby this site had as a replica (#3): it is the volume now
+    page = statuspage.render(_healthy({"newest_committed": 5, "newest_clean": 5, "suspect": []}),
+                             {"volumes": {}}, [], {}, 1000.0)
+    assert "— (primary here)" in page and "#3 verified" not in page
+    replica = _healthy({"newest_committed": 5, "newest_clean": 5, "suspect": []})
+    replica["volumes"]["ehr"].update(role="replica", primary="site-b")
+    assert "#3 verified" in statuspage.render(replica, {"volumes": {}}, [], {}, 1000.0)
+
+
+def test_open_exports_are_listed_with_their_idle_limit() -> None:
+    exports = [{"export_id": "x0a1b2c3d", "volume": "ehr", "seq": 7, "writable": True, "connections": 2,
+                "created_at_ns": 400 * 10**9, "bytes_read": 3 * 1024 * 1024 + 512, "verdict": "suspect",
+                "idle_s": 0.0, "idle_ttl_s": 86400.0},
+               {"export_id": EVIL, "volume": EVIL, "seq": 8, "writable": False, "connections": 0,
+                "created_at_ns": 990 * 10**9, "bytes_read": 0, "verdict": "clean", "idle_s": None,
+                "idle_ttl_s": None}]
+    page = statuspage.render(_healthy({"newest_committed": 5, "newest_clean": 5, "suspect": []}),
+                             {"volumes": {}}, [], {}, 1000.0, exports=exports)
+    for shown in ('id="exports"', "x0a1b2c3d", "ehr#7", "SUSPECT", "10 min", "3.0 MiB", "0 s / 24.0 h",
+                  "no limit", "10 s", "0 B"):
+        assert shown in page, shown
+    parser = _Tags()
+    parser.feed(page)
+    assert "script" not in parser.tags and "img" not in parser.tags
+    empty = statuspage.render(_healthy({"newest_committed": 5, "newest_clean": 5, "suspect": []}),
+                              {"volumes": {}}, [], {}, 1000.0)
+    assert "no export open" in empty
