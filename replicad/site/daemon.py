@@ -295,7 +295,8 @@ class SiteDaemon:
         self.receiver = Receiver(cluster, store, catalog, self.metrics, AuditLog(self.data_dir / "peer-audit.jsonl"),
                                  signer=self._signer)
         self.exports = Exports(cluster, store, self.pull, self.data_dir, self.metrics)  # issue 16: NBD exports
-        self.instant = InstantRecovery(self.exports, self.data_dir, self.metrics)  # issue 16: promote --instant
+        self.instant = InstantRecovery(self.exports, self.data_dir, self.metrics,  # issue 16: promote --instant
+                                       background=self._background)
         self.promotion.instant = self.instant
         self.housekeeping = Housekeeping(cluster, store, catalog, runners, self.scrub.repair_step,
                                          lambda: self.cfg.floor, self.metrics, pins=self.exports.pinned)

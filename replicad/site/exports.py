@@ -265,14 +265,16 @@ class Exports:
         """Every open export, oldest first (:meth:`Export.to_dict`)."""
         return [e.to_dict() for e in sorted(self._exports.values(), key=lambda e: e.created_at_ns)]
 
-    async def close(self, export_id: str, why: str = "closed by request") -> dict:
+    async def close(self, export_id: str, why: str = "closed by request", *, force: bool = False) -> dict:
         """Close export ``export_id``: stop listening, drop its connections, remove its socket
         and overlay, release its pin. Returns its last :meth:`Export.to_dict` with
-        ``closed: true``. Raises NotFoundError for an unknown id."""
+        ``closed: true``. Raises NotFoundError for an unknown id, ConflictError for an instant
+        recovery's export before its switch-over unless ``force`` (the site stops, or was fenced:
+        its overlay stays on disk)."""
         exp = self._exports.get(export_id)
         if exp is None:
             raise NotFoundError(f"no open export {export_id} at {self.site_id}", export_id=export_id)
-        if exp.instant and exp.image_fd is None and why != "the site stops":
+        if exp.instant and exp.image_fd is None and not force:
             raise ConflictError(f"export {export_id} is the instant recovery of {exp.volume}: until the switch-over "
                                 "its overlay holds the application's writes; it closes itself never, close it "
                                 "after replicad status shows the instant recovery done", export_id=export_id,
@@ -295,7 +297,7 @@ class Exports:
         """Close every export (the daemon's stop). Raises nothing."""
         for export_id in list(self._exports):
             try:
-                await self.close(export_id, "the site stops")
+                await self.close(export_id, "the site stops", force=True)
             except ReplicadError as err:
                 log.error("closing export %s: %s", export_id, err)
 

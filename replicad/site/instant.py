@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from replicad.core.errors import IntegrityError, RestoreVerifyError, UsageError, from_os_error
+from replicad.core.errors import IntegrityError, ReplicadError, RestoreVerifyError, UsageError, from_os_error
 from replicad.core.manifest import Manifest
 from replicad.site.exports import Export, Exports
 from replicad.storage.durable import fsync_dir
@@ -55,13 +55,16 @@ log = logging.getLogger("replicad.site.instant")
 RECORD = "record.json"
 RECORD_VERSION = 1
 PHASES = ("serving", "copying", "switching", "done")
+WATCH_S = 1.0  # how often an instant export pending its switch-over checks that this site is still primary
 MERGE_CHUNK_BLOCKS = 64  # overlay blocks copied into the image per read/write at the switch-over
 
 
 @dataclass
 class InstantState:
     """One volume's instant recovery: the snapshot ``seq`` (``root``) served at ``epoch``, its
-    ``phase`` (:data:`PHASES`), the export, and the timings (ns since the epoch, wall clock)."""
+    ``phase`` (:data:`PHASES`, or ``fenced`` in memory: another site took the volume over before
+    the switch-over and the export was closed), the export, and the timings (ns since the epoch,
+    wall clock)."""
 
     volume: str
     epoch: int
@@ -111,10 +114,14 @@ class InstantRecovery:
         data_dir: records and overlays under ``<data_dir>/instant/``.
         metrics: ``replicad_instant_recovery_phase``, ``..._progress_ratio``,
             ``..._first_read_seconds``.
+        background: the site's background tasks (cancelled at stop): the fence watch of each
+            instant export is added there.
     """
 
-    def __init__(self, exports: Exports, data_dir: Path, metrics: SiteMetrics) -> None:
+    def __init__(self, exports: Exports, data_dir: Path, metrics: SiteMetrics,
+                 background: set[asyncio.Task] | None = None) -> None:
         self.exports = exports
+        self.background = background
         self.site_id = exports.site_id
         self.root = Path(data_dir) / "instant"
         self.metrics = metrics
@@ -257,6 +264,10 @@ class InstantRecovery:
                                                     on_first_read=first_read)
         st.serving_at_ns = time.time_ns()
         st.copy_total_blocks = manifest.n_blocks
+        task = asyncio.create_task(self._watch(st), name=f"instant-watch:{volume}")
+        if self.background is not None:
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
         if st.phase == "serving":
             await asyncio.to_thread(self._set_phase, st, "copying")
         st.serving.set()
@@ -357,6 +368,41 @@ class InstantRecovery:
         await asyncio.to_thread(remove)
         self.metrics.instant_phase(st.volume, "done")
         self.metrics.instant_progress(st.volume, 1.0)
+
+    async def _watch(self, st: InstantState) -> None:
+        """Until the switch-over: once Raft shows another primary or a newer epoch than the
+        takeover's (a forced promotion elsewhere while this site's copy was still failing, when
+        the volume loop does not fence: this site never acted at that epoch), stop serving
+        (:meth:`fenced`). A stale view only shows older epochs: never a false fence."""
+        cluster = self.exports.cluster
+        while st.phase != "done" and self._states.get(st.volume) is st:
+            vs = cluster.volume_state(st.volume)
+            if vs is not None and (vs["epoch"] > st.epoch or vs["primary"] != self.site_id):
+                await self.fenced(st.volume)
+                return
+            await asyncio.sleep(WATCH_S)
+
+    async def fenced(self, volume: str) -> None:
+        """This site was fenced for ``volume`` (another site holds a newer epoch): the instant
+        export stops serving at once (the application must not write to a volume this site no
+        longer owns). Before the switch-over its overlay stays on disk with its record (a later
+        takeover sets it aside: the writes are kept for forensics, never applied); logged at
+        ERROR. Raises nothing."""
+        st = self._states.get(volume)
+        if st is None or st.export is None or st.export.export_id not in {e["export_id"] for e in self.exports.list()}:
+            return
+        pending = st.phase != "done"
+        if pending:
+            st.phase = "fenced"  # in memory only: the record keeps its phase and epoch (set aside later)
+            self.metrics.instant_phase(volume, "fenced")
+        try:
+            await self.exports.close(st.export.export_id, "the site was fenced", force=True)
+        except ReplicadError as err:
+            log.error("volume %s: closing the instant export after a fence: %s", volume, err)
+        (log.error if pending else log.warning)(
+            "volume %s: fenced at %s during its instant recovery (phase %s): the export is closed%s", volume,
+            self.site_id, st.phase, f"; the application's writes stay in {st.dir / 'overlay'} (not applied)"
+            if pending else "")
 
     def failed(self, volume: str, err: Exception) -> None:
         """The takeover failed during an instant recovery (it is retried): kept for the status."""

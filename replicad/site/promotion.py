@@ -318,6 +318,8 @@ class Promotion:
         name = runner.cfg.name
         old_epoch = runner.acting_epoch
         runner.fence_flag.set()
+        if self.instant is not None:
+            await self.instant.fenced(name)  # issue 16: an instant export stops serving a volume not ours
         if runner.role in ("primary", "restoring"):
             transition(runner, "epoch_advanced_elsewhere")  # O3
         log.warning("site %s fenced for %s: acting epoch %s, committed epoch %d (primary %s)", self.site_id, name,

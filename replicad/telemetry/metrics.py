@@ -115,7 +115,7 @@ replicad_export_read_errors_total                           volume             e
                                                                                (a chunk failed its digest)
 replicad_instant_recovery_phase                             volume, phase      event: one-hot phase of the volume's
                                                                                instant recovery (serving, copying,
-                                                                               switching, done; issue 16)
+                                                                               switching, done, fenced; issue 16)
 replicad_instant_recovery_progress_ratio                    volume             event: background copy done / total
 replicad_instant_recovery_first_read_seconds                volume             event: promote request to the first
                                                                                read served by the instant export
@@ -689,7 +689,7 @@ class SiteMetrics:
         self.exports_open.labels(site_id).set(0)
         # issue 16, item 1: instant recovery (site/instant.py)
         self.instant_phase_g = Gauge("replicad_instant_recovery_phase", "Phase of the volume's instant recovery at "
-                                     "this site (1 for the current one: serving, copying, switching, done)",
+                                     "this site (1 for the current one: serving, copying, switching, done, fenced)",
                                      ["site", "volume", "phase"], registry=self.registry)
         self.instant_progress_g = Gauge("replicad_instant_recovery_progress_ratio", "Blocks of the instant "
                                         "recovery's background copy done / total (1 once done)", ["site", "volume"],
@@ -827,7 +827,7 @@ class SiteMetrics:
 
     def instant_phase(self, volume: str, phase: str) -> None:
         """Set ``replicad_instant_recovery_phase{volume}`` one-hot to ``phase`` (issue 16, item 1)."""
-        for p in ("serving", "copying", "switching", "done"):
+        for p in ("serving", "copying", "switching", "done", "fenced"):
             self.instant_phase_g.labels(self.site_id, volume, p).set(1 if p == phase else 0)
 
     def instant_progress(self, volume: str, ratio: float) -> None:

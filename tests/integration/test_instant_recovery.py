@@ -77,8 +77,9 @@ def test_instant_promotion_serves_at_once_and_keeps_every_flushed_write(tmp_path
         ref = root / "snapshot.img"  # the snapshot's bytes, as the primary had them
         shutil.copyfile(c.sites["site-a"].volume_path(VOL), ref)
         expected = bytearray(ref.read_bytes())
-        c.wait_for("site-b holds the snapshot", lambda: "site-b" in c.api(
-            "site-b", "GET", f"/v1/volumes/{VOL}/snapshots")["snapshots"][-1]["holders"], 60)
+        c.wait_for("site-b holds the snapshot", lambda: any(
+            s["seq"] == snap["seq"] and "site-b" in s["holders"]
+            for s in c.api("site-b", "GET", f"/v1/volumes/{VOL}/snapshots")["snapshots"]), 60)
         c.kill("site-a")
         held.write_bytes(b"")
         _chattr("+i", held)  # the background copy cannot write the image until released
@@ -152,6 +153,141 @@ def test_instant_promotion_serves_at_once_and_keeps_every_flushed_write(tmp_path
             c.api("site-b", "DELETE", f"/v1/exports/{e['export_id']}")
         closed = c.api("site-b", "DELETE", f"/v1/exports/{inst['export_id']}")  # done: it may close now
         assert closed["closed"] is True
+    finally:
+        if held.exists():
+            subprocess.run(["chattr", "-i", str(held)], env=_env(), capture_output=True, timeout=30)
+        c.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+FS_TOOLS = ("nbdfuse", "fusermount3", "losetup", "mount", "umount", "mke2fs", "debugfs", "e2fsck")
+
+
+@pytest.mark.skipif(any(shutil.which(t, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None
+                        for t in FS_TOOLS), reason=f"needs {', '.join(FS_TOOLS)} (scripts/setup.sh)")
+def test_ext4_on_the_instant_export_is_mounted_written_and_kept_through_the_switch_over(tmp_path: Path) -> None:
+    """How an application attaches: nbdfuse makes the export a file, a loop device a block device,
+    the kernel's ext4 mounts it read-write. A file written (fsync) during the copy and one written
+    after the switch-over are in the volume's image afterwards; the mount never noticed."""
+    root = Path(tempfile.mkdtemp(prefix="rf", dir="/tmp"))
+    c = LocalCluster(root / "c", interval="1h", min_copies=2, apply_delay="1h")
+    held = c.sites["site-b"].volume_path(VOL)
+    fuse, mnt, pidfile = root / "fuse", root / "mnt", root / "nbdfuse.pid"
+    nbdfuse: subprocess.Popen | None = None
+    loop = None
+    try:
+        tree = root / "tree"
+        tree.mkdir()
+        (tree / "chart.txt").write_bytes(b"patient 7: stable\n" * 500)
+        subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", str(tree),
+                        str(c.sites["site-a"].volume_path(VOL)), "16M"], check=True, env=_env(), capture_output=True)
+        c.start_all()
+        c.wait_ready(60)
+        snap = snapshot(c, "site-a")
+        assert snap["committed"], snap
+        c.wait_for("site-b holds the snapshot", lambda: any(
+            s["seq"] == snap["seq"] and "site-b" in s["holders"]
+            for s in c.api("site-b", "GET", f"/v1/volumes/{VOL}/snapshots")["snapshots"]), 60)
+        c.kill("site-a")
+        held.write_bytes(b"")
+        _chattr("+i", held)  # hold the background copy while the application works on the export
+        res = c.api("site-b", "POST", f"/v1/volumes/{VOL}/promote", {"force": True, "instant": True})
+        uri = res["instant"]["uri"]
+
+        fuse.mkdir()
+        mnt.mkdir()
+        nbdfuse = subprocess.Popen(["nbdfuse", "-P", str(pidfile), str(fuse / "image"), uri], env=_env(),
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        c.wait_for("nbdfuse serving", lambda: pidfile.exists() or nbdfuse.poll() is not None, 30)
+        assert nbdfuse.poll() is None, nbdfuse.stderr.read() if nbdfuse.stderr else ""
+        loop = subprocess.run(["losetup", "--find", "--show", str(fuse / "image")], check=True, env=_env(),
+                              capture_output=True, text=True, timeout=60).stdout.strip()
+        subprocess.run(["mount", "-t", "ext4", loop, str(mnt)], check=True, env=_env(), capture_output=True,
+                       timeout=60)
+        assert (mnt / "chart.txt").read_bytes() == b"patient 7: stable\n" * 500
+        during = b"admitted during the copy\n" * 3000
+        with open(mnt / "during.txt", "wb") as f:
+            f.write(during)
+            f.flush()
+            os.fsync(f.fileno())  # ext4 journal commit -> loop flush -> FUSE fsync -> NBD FLUSH
+        os.sync()
+        assert _instant(c, "site-b")["phase"] == "copying"
+
+        _chattr("-i", held)
+        c.wait_for("the switch-over", lambda: (s := _instant(c, "site-b")) and s["phase"] == "done", 180)
+        after = b"written after the switch-over\n" * 2000
+        with open(mnt / "after.txt", "wb") as f:  # the same mount, the same export: now the image itself
+            f.write(after)
+            f.flush()
+            os.fsync(f.fileno())
+        assert (mnt / "during.txt").read_bytes() == during
+        subprocess.run(["umount", str(mnt)], check=True, env=_env(), capture_output=True, timeout=60)
+        subprocess.run(["losetup", "-d", loop], check=True, env=_env(), capture_output=True, timeout=60)
+        loop = None
+        subprocess.run(["fusermount3", "-u", str(fuse)], check=True, env=_env(), capture_output=True, timeout=60)
+        nbdfuse.wait(timeout=30)
+
+        # the plain image holds the file system with both files, consistent
+        fsck = subprocess.run(["e2fsck", "-fn", str(held)], env=_env(), capture_output=True, text=True, timeout=60)
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+        for name, data in (("during.txt", during), ("after.txt", after), ("chart.txt", b"patient 7: stable\n" * 500)):
+            cat = subprocess.run(["debugfs", "-R", f"cat /{name}", str(held)], env=_env(), capture_output=True,
+                                 timeout=60)
+            assert cat.stdout == data, (name, cat.stderr[-300:])
+    finally:
+        if os.path.ismount(mnt):
+            subprocess.run(["umount", "-l", str(mnt)], env=_env(), capture_output=True, timeout=60)
+        if loop:
+            subprocess.run(["losetup", "-d", loop], env=_env(), capture_output=True, timeout=60)
+        if nbdfuse is not None and nbdfuse.poll() is None:
+            subprocess.run(["fusermount3", "-u", str(fuse)], env=_env(), capture_output=True, timeout=60)
+            try:
+                nbdfuse.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                nbdfuse.kill()  # by PID: the process this test started
+                nbdfuse.wait(timeout=10)
+        if held.exists():
+            subprocess.run(["chattr", "-i", str(held)], env=_env(), capture_output=True, timeout=30)
+        c.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_site_fenced_during_its_instant_recovery_stops_serving_and_keeps_the_writes(tmp_path: Path) -> None:
+    """site-b serves an instant recovery whose copy cannot finish; the operator then promotes
+    site-c by force. site-b never acted at its epoch (the volume loop has nothing to fence),
+    yet its export must stop taking writes for a volume it no longer owns: it closes, the
+    overlay and its record stay on disk (never applied), status says ``fenced``."""
+    root = Path(tempfile.mkdtemp(prefix="rg", dir="/tmp"))
+    c = LocalCluster(root / "c", interval="1h", min_copies=2, apply_delay="1h")
+    held = c.sites["site-b"].volume_path(VOL)
+    try:
+        write_image(c.sites["site-a"].volume_path(VOL), 32, random.Random(9))
+        c.start_all()
+        c.wait_ready(60)
+        snap = snapshot(c, "site-a")
+        assert snap["committed"], snap
+        c.wait_for("site-b and site-c hold the snapshot", lambda: any(
+            s["seq"] == snap["seq"] and {"site-b", "site-c"} <= set(s["holders"])
+            for s in c.api("site-b", "GET", f"/v1/volumes/{VOL}/snapshots")["snapshots"]), 60)
+        c.kill("site-a")
+        held.write_bytes(b"")
+        _chattr("+i", held)
+        res = c.api("site-b", "POST", f"/v1/volumes/{VOL}/promote", {"force": True, "instant": True})
+        uri, sock = res["instant"]["uri"], res["instant"]["socket"]
+        w = _qemu_io(uri, "write -P 0x42 0 65536", "flush")
+        assert w.returncode == 0, (w.stdout, w.stderr)
+
+        done = c.api("site-c", "POST", f"/v1/volumes/{VOL}/promote", {"force": True})
+        assert done["primary"] == "site-c" and done["epoch"] > res["epoch"], done
+        st = c.wait_for("site-b's instant export fenced", lambda: (s := _instant(c, "site-b")) and
+                        s["phase"] == "fenced" and s, 60)
+        assert not os.path.exists(sock), st
+        r = _qemu_io(uri, "read 0 4096", readonly=True)
+        assert r.returncode != 0  # nothing listens any more
+        overlay = c.sites["site-b"].dir / "data" / "instant" / VOL
+        assert json.loads((overlay / "record.json").read_text())["epoch"] == res["epoch"]
+        assert (overlay / "overlay" / "overlay.img").read_bytes()[:65536] == b"\x42" * 65536  # kept, not applied
+        assert c.status("site-c")["volumes"][VOL]["role"] == "primary"
     finally:
         if held.exists():
             subprocess.run(["chattr", "-i", str(held)], env=_env(), capture_output=True, timeout=30)
