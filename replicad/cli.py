@@ -630,6 +630,12 @@ def cmd_drill(args: argparse.Namespace) -> int:
             raise UsageError(f"the directory of --report {wanted} does not exist", path=str(wanted))
         if not os.access(wanted.absolute().parent, os.W_OK):
             raise UsageError(f"the directory of --report {wanted} is not writable", path=str(wanted))
+    if args.pdf:  # the browser and a free PDF name, before the drill runs (ops/drillpdf.py)
+        from replicad.ops import drillpdf
+
+        drillpdf.find_browser()
+        if args.report:
+            drillpdf.check_free(drillpdf.pdf_path_for(Path(args.report)))
     body = {"sandbox": str(Path(args.sandbox).absolute()), "seq": args.seq, "keep": args.keep}
     op = api(args, "POST", f"/v1/volumes/{args.volume}/drill", body)
     result = _follow(args, op, f"drill {args.volume}")
@@ -647,6 +653,15 @@ def cmd_drill(args: argparse.Namespace) -> int:
             raise from_os_error(err, f"writing the drill report {out} (the drill itself {result.get('outcome')}; "
                                 f"the site keeps its report at {result.get('report_path')})") from None
         result["report_file"] = str(out)
+        if args.pdf:  # a print of the signed HTML for the auditor; the HTML stays the evidence
+            from replicad.ops import drillpdf
+
+            try:
+                result["report_pdf"] = str(drillpdf.print_pdf(out, drillpdf.pdf_path_for(out)))
+            except ReplicadError:
+                err_console.print(f"the drill {result.get('outcome')} and its signed report is {out}; its PDF print "
+                                  "failed:", markup=False, soft_wrap=True)
+                raise
     report = result.get("report") or {}
 
     def render(r: dict) -> None:
@@ -663,6 +678,9 @@ def cmd_drill(args: argparse.Namespace) -> int:
                           + "; application check: " + ("passed" if app.get("ok") else "not configured"
                                                        if not app.get("configured") else f"FAILED ({app.get('reason')})"),
                           markup=False, soft_wrap=True)
+        if r.get("report_pdf"):
+            console.print(f"  PDF print: {r['report_pdf']} (the HTML report is the signed evidence)", markup=False,
+                          soft_wrap=True)
         if r.get("report_file"):
             console.print(f"  report: {r['report_file']} ("
                           + ("signed by " + str(r.get("report", {}).get("site_id")) if r.get("signature")
@@ -1189,6 +1207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the restored image")
     p.add_argument("--report", help="where to write the signed HTML drill report (default "
                                     "drill-VOLUME-SEQ-UTC.html here); 'replicad drill verify FILE' checks it")
+    p.add_argument("--pdf", action="store_true", help="also print the report to a PDF beside it (same name, .pdf) "
+                   "with headless Chromium; the HTML stays the signed evidence")
     p.set_defaults(fn=cmd_drill)
     # "replicad drill verify FILE" is parsed as drill-verify (see the argv rewrite below)
     p = sub.add_parser("drill-verify", parents=[common], allow_abbrev=False,

@@ -1,6 +1,7 @@
 """Drill evidence (issue 16, item 5) on three real sites: ``replicad drill`` runs a drill of an
 ext4 volume as an operator token, writes the signed HTML report (e2fsck -fn passed, the
-application check hook passed, who and when, RPO and RTO), ``replicad drill verify`` accepts it
+application check hook passed, who and when, RPO and RTO) and, with ``--pdf``, its print by
+headless Chromium beside it; ``replicad drill verify`` accepts it
 against the pinned key and refuses an edited copy; a drill whose check fails is reported
 FAILED (exit 1) and does not move ``replicad_drill_last_success_timestamp_seconds``, which
 survives a restart of the site."""
@@ -75,9 +76,20 @@ def test_drill_writes_a_signed_report_that_verify_accepts_and_a_failed_check_is_
         admin = ["--admin", c.sites["site-a"].admin_url, "--token-file", str(token_file)]
 
         report = tmp_path / "drill-ehr.html"
-        run = cli("drill", VOL, "--sandbox", str(sandbox), "--report", str(report), *admin)
+        # a PDF print beside it (--pdf, headless Chromium) when a browser is installed
+        pdf = ["--pdf"] if shutil.which("chromium") else []
+        run = cli("drill", VOL, "--sandbox", str(sandbox), "--report", str(report), *pdf, *admin)
         assert run.returncode == 0, run.stdout + run.stderr
         assert "PASSED" in run.stdout and str(report) in run.stdout
+        if pdf:
+            printed = report.with_suffix(".pdf").read_bytes()
+            assert printed[:5] == b"%PDF-" and str(report.with_suffix(".pdf")) in run.stdout, run.stdout
+            title = re.search(rb"/Title \((replicad drill report: [^)]*)\)", printed)
+            assert title and title.group(1).startswith(f"replicad drill report: {VOL} #1 ".encode()), title
+            again = cli("drill", VOL, "--sandbox", str(sandbox), "--report", str(tmp_path / "drill-ehr"), "--pdf",
+                        *admin)  # its PDF would be drill-ehr.pdf, which exists: refused before the drill
+            assert again.returncode == 2 and "never overwritten" in again.stderr, again.stdout + again.stderr
+            assert not (tmp_path / "drill-ehr").exists()
         assert not list(sandbox.iterdir())  # the drill image was deleted after the checks
 
         text = report.read_text()
