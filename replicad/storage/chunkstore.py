@@ -796,8 +796,8 @@ class ChunkStore:
         codec, payload, _raw = self._verified(_check_digest(digest))
         return codec, payload
 
-    def get_encoded_many(self, digests: Sequence[bytes]) -> tuple[list[tuple[bytes, int, bytes]], list[bytes],
-                                                                  list[tuple[bytes, IntegrityError]]]:
+    def get_encoded_many(self, digests: Sequence[bytes], *, decoded: bool = False) -> tuple[
+            list[tuple[bytes, int, bytes]], list[bytes], list[tuple[bytes, IntegrityError]]]:
         """Many chunks for shipping or serving, each verified like :meth:`get` (decode, BLAKE3).
 
         Records close together in a pack (at most READ_SPAN_GAP_BYTES apart) are read with one
@@ -809,6 +809,8 @@ class ChunkStore:
         Returns ``(found, missing, corrupt)``: ``(digest, codec, payload)`` in the order asked
         (a digest asked twice is returned twice), the digests not indexed, and ``(digest,
         IntegrityError)`` of those unreadable or corrupt (see :meth:`delete_corrupt`).
+        ``decoded``: ``payload`` is the chunk's raw bytes, the very ones the check decoded and
+        hashed (a reader that serves them saves a second decode).
         """
         asked = [_check_digest(d) for d in digests]
         records: dict[bytes, tuple[int, bytes, int, int] | IntegrityError] = {}
@@ -861,6 +863,7 @@ class ChunkStore:
         missing: list[bytes] = []
         corrupt: list[tuple[bytes, IntegrityError]] = []
         checked: dict[bytes, IntegrityError | None] = {}
+        raws: dict[bytes, bytes] = {}
         for digest in asked:
             rec = records.get(digest)
             if rec is None:
@@ -872,8 +875,11 @@ class ChunkStore:
             codec, payload, pack_id, offset = rec
             if digest not in checked:
                 try:
-                    ok = digest_of(decode_chunk(codec, payload)) == digest
+                    raw = decode_chunk(codec, payload)
+                    ok = digest_of(raw) == digest
                     why = "digest mismatch"
+                    if ok and decoded:
+                        raws[digest] = raw
                 except RemoteProtocolError as err:
                     ok, why = False, err.message
                 checked[digest] = None if ok else IntegrityError(f"chunk {digest.hex()} is corrupt ({why})",
@@ -882,7 +888,7 @@ class ChunkStore:
             if bad is not None:
                 corrupt.append((digest, bad))
             else:
-                found.append((digest, codec, payload))
+                found.append((digest, codec, raws[digest] if decoded else payload))
         return found, missing, corrupt
 
     def get_with_ratio(self, digest: bytes) -> tuple[bytes, float]:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from replicad.core.errors import IntegrityError, NotFoundError, UsageError, from_os_error
 from replicad.core.manifest import PAGE_ENTRIES, ZERO_DIGEST, Manifest, page_entries, zero_block
-from replicad.storage.chunkstore import ChunkStore, decode_chunk
+from replicad.storage.chunkstore import ChunkStore
 from replicad.storage.durable import fsync_dir
 
 PAGE_CACHE_PAGES = 64  # pages of digests kept (128 KiB each: 8 MiB, 16 GiB of a 64 KiB-block volume)
@@ -103,21 +103,21 @@ class SnapshotReader:
         return bytes(data[start:start + length])
 
     def _blocks(self, first: int, last: int) -> list[bytes]:
-        """Blocks ``first..last`` with one batched store read (:meth:`ChunkStore.get_encoded_many`:
-        one index query, neighbouring records in one pread, each chunk decoded and checked against
-        its digest there); the payloads it verified are decoded here. Raises like :meth:`block`."""
+        """Blocks ``first..last`` with one batched store read (:meth:`ChunkStore.get_encoded_many`
+        with ``decoded``: one index query, neighbouring records in one pread, each chunk decoded
+        and checked against its digest there, the decoded bytes returned). Raises like :meth:`block`."""
         digests = [self.digest(i) for i in range(first, last + 1)]
         wanted = list({d for d in digests if d != ZERO_DIGEST})
         raw: dict[bytes, bytes] = {}
         if wanted:
-            found, missing, corrupt = self.store.get_encoded_many(wanted)
+            found, missing, corrupt = self.store.get_encoded_many(wanted, decoded=True)
             if corrupt:
                 raise corrupt[0][1]
             if missing:
                 raise NotFoundError(f"chunk {missing[0].hex()} of {self.manifest.volume}#{self.manifest.seq} is not in "
                                     "the store", digest=missing[0].hex())
-            for d, codec, payload in found:
-                raw[d] = decode_chunk(codec, payload)  # verified by get_encoded_many: the same bytes
+            for d, _codec, data in found:
+                raw[d] = data  # decoded and verified by get_encoded_many: the bytes that were hashed
         out = []
         for k, d in enumerate(digests):
             n = self.manifest.block_len(first + k)
