@@ -784,12 +784,21 @@ def _render_evidence(e: dict) -> None:
                       "(see ReplicadVerdictDisagreement in the README)")
     from replicad.ops.evidenceview import evidence_lines, opinion_cells  # issue 16: readable, --json exact
 
-    t = Table(title="each site's own verdict")
-    for col in ("site", "verdict", "score", "cumulative", "first suspect", "reason"):
-        t.add_column(col)
-    for site, o in sorted((e.get("opinions") or {}).items()):
-        t.add_row(site, str(o.get("verdict")), *opinion_cells(o), style="red" if o.get("verdict") == "suspect" else None)
-    console.print(t)
+    if console.width < NARROW_COLUMNS:  # one line per site: a table of long reasons is unreadable at 80
+        console.print("each site's own verdict:")
+        for site, o in sorted((e.get("opinions") or {}).items()):
+            score, cumulative, first, reason = opinion_cells(o)
+            console.print(f"  {site}: {o.get('verdict')}, score {score}, cumulative {cumulative}, first suspect "
+                          f"{first}" + (f": {reason}" if reason else ""), markup=False, highlight=False,
+                          soft_wrap=True, style="red" if o.get("verdict") == "suspect" else None)
+    else:
+        t = Table(title="each site's own verdict")
+        for col in ("site", "verdict", "score", "cumulative", "first suspect", "reason"):
+            t.add_column(col)
+        for site, o in sorted((e.get("opinions") or {}).items()):
+            t.add_row(site, str(o.get("verdict")), *opinion_cells(o),
+                      style="red" if o.get("verdict") == "suspect" else None)
+        console.print(t)
     for line in evidence_lines(e):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
@@ -1508,14 +1517,25 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     if args.volume is None:
         def render(data: dict) -> None:
-            t = Table("export", "snapshot", "writable", "connections", "bytes read", "read errors", "idle / limit",
-                      "URI")
-            for e in data["exports"]:
-                idle = (f"{format_duration(round(e.get('idle_s') or 0))} / {format_duration(e['idle_ttl_s'])}"
+            def idle(e: dict) -> str:
+                return (f"{format_duration(round(e.get('idle_s') or 0))} / {format_duration(e['idle_ttl_s'])}"
                         if isinstance(e.get("idle_ttl_s"), (int, float)) else "no limit")
-                t.add_row(e["export_id"], f"{e['volume']}#{e['seq']}", "yes" if e["writable"] else "no",
-                          str(e["connections"]), str(e["bytes_read"]), str(e["read_errors"]), idle, e["uri"])
-            console.print(t)
+
+            if not data["exports"]:
+                console.print("no export open")
+            elif console.width < NARROW_COLUMNS:  # a block per export: ids and URIs whole at 80 columns
+                for e in data["exports"]:
+                    console.print(f"{e['export_id']}: {e['volume']}#{e['seq']} ({e.get('verdict', '?')}), "
+                                  f"{'writable' if e['writable'] else 'read-only'}, {e['connections']} connection(s), "
+                                  f"{e['bytes_read']} bytes read, {e['read_errors']} read errors, idle {idle(e)}\n"
+                                  f"  {e['uri']}", markup=False, highlight=False, soft_wrap=True)
+            else:
+                t = Table("export", "snapshot", "writable", "connections", "bytes read", "read errors",
+                          "idle / limit", "URI")
+                for e in data["exports"]:
+                    t.add_row(e["export_id"], f"{e['volume']}#{e['seq']}", "yes" if e["writable"] else "no",
+                              str(e["connections"]), str(e["bytes_read"]), str(e["read_errors"]), idle(e), e["uri"])
+                console.print(t)
         _print(args, api(args, "GET", "/v1/exports"), render)
         return 0
     if args.seq is None:

@@ -38,8 +38,8 @@ def percent(share: Any) -> str:
 
 def number(value: Any) -> str:
     """A value as short text: integers as they are, floats to 4 significant digits, booleans
-    yes/no, None ``-``."""
-    if value is None:
+    yes/no, None and the empty string ``-``."""
+    if value is None or value == "":
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"

@@ -376,6 +376,24 @@ def test_evidence_is_human_readable_and_its_json_exact(admin_stub) -> None:
     assert raw.returncode == 0 and _json.loads(raw.stdout) == EVIDENCE
 
 
+def test_evidence_and_exports_are_readable_at_80_columns(admin_stub) -> None:
+    url, answers = admin_stub
+    answers["/v1/volumes/ehr/snapshots/12/evidence"] = (200, EVIDENCE)
+    res = run_env({"COLUMNS": "80"}, "--admin", url, "evidence", "ehr", "12")
+    assert res.returncode == 0, res.stderr
+    assert "  site-b: suspect, score 7.34 %, cumulative 8.12 %, first suspect #12: ext4 superblock destroyed" \
+        in res.stdout, res.stdout
+    uri = "nbd+unix:///?socket=/var/lib/replicad/data/nbd/x0a1b2c3d.sock"
+    answers["/v1/exports"] = (200, {"site_id": "site-a", "exports": [{
+        "export_id": "x0a1b2c3d", "volume": "ehr", "seq": 7, "writable": False, "connections": 1,
+        "bytes_read": 65536, "read_errors": 0, "uri": uri, "verdict": "clean", "idle_s": 0.0,
+        "idle_ttl_s": 86400.0}]})
+    res = run_env({"COLUMNS": "80"}, "--admin", url, "export")
+    assert res.returncode == 0, res.stderr
+    assert "x0a1b2c3d: ehr#7 (clean), read-only, 1 connection(s), 65536 bytes read, 0 read errors, idle 0s / 1d" \
+        in res.stdout and f"  {uri}" in res.stdout and "…" not in res.stdout, res.stdout
+
+
 def test_evidence_block_lists_are_shortened() -> None:
     from replicad.ops.evidenceview import block_ranges, percent
 
