@@ -82,7 +82,7 @@ from replicad.core.manifest import Manifest, diff
 from replicad.sources.base import SnapshotSource, SourceSnapshot
 from replicad.sources.extents import block_runs, clone_file, differing_ranges, extent_map
 from replicad.sources.file import run_hook, take_snapshot
-from replicad.sources.tracked import same_blocks, tracked_snapshot
+from replicad.sources.tracked import PageCache, same_blocks, tracked_snapshot
 from replicad.storage import fingerprints
 from replicad.storage.chunkstore import ChunkStore
 from replicad.storage.durable import fsync_dir
@@ -123,6 +123,7 @@ class ReflinkSource(SnapshotSource):
         self.last: dict[str, Any] = {}
         self._record: dict[str, Any] | None = None
         self._unclean = False
+        self._pages = PageCache()  # the last tracked manifest's pages: the next cycle's parent pages
 
     def matches(self, cfg: VolumeConfig) -> bool:
         return super().matches(cfg) and cfg.source.clone_dir == self.cfg.source.clone_dir
@@ -355,7 +356,8 @@ class ReflinkSource(SnapshotSource):
                 ranges = differing_ranges(old_map, old_size, new_map, new_size)
                 runs = block_runs(ranges, parent.block_size, -(-new_size // parent.block_size))
                 tr = await tracked_snapshot(clone, volume=volume, seq=seq, epoch=epoch, parent=parent, store=store,
-                                            now_ns=now_ns, runs=runs, allow_shrink=allow_shrink)
+                                            now_ns=now_ns, runs=runs, allow_shrink=allow_shrink,
+                                            page_cache=self._pages)
                 info = {"mode": "tracked", "map_s": map_s, "extents": [len(old_map), len(new_map)],
                         "changed_ranges": len(ranges), "read_blocks": tr.read_blocks, "read_bytes": tr.read_bytes,
                         "scan_s": tr.scan.scan_seconds}

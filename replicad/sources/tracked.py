@@ -10,6 +10,14 @@ the parent's digest. A manifest page none of whose blocks was read keeps the par
 digest without being loaded, so the cost is that of the changed blocks and their pages, not
 of the volume (16 GiB: 64 pages of 4096 digests).
 
+What stays proportional to the volume is the number of pages touched (a page lists 4096
+blocks: 256 MiB at 64 KiB blocks; changes spread over the volume touch every page). Per
+touched page the work is kept to building and storing the new page: the parent's page comes
+from a :class:`PageCache` the source keeps between cycles (the pages of the last manifest it
+built, verified by construction) instead of two verified store reads, and the ``zero_blocks``
+stat is corrected by the changed entries only, not by recounting 4096 entries twice.
+Measured (XFS, 10 MiB changed, 4 GiB against 1 GiB): see tests/bench/results/bench.md.
+
 The result is the manifest a full scan of the same view with the same parent gives —
 the same block digests, pages and stats (``new_chunks`` aside, which depends on what the
 store already held) — provided the listed blocks include every block that differs (the
@@ -25,18 +33,91 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from replicad.core.errors import InternalError, UnavailableError, UsageError, from_os_error
-from replicad.core.manifest import DIGEST_SIZE, PAGE_ENTRIES, ZERO_DIGEST, Manifest, page_entries
-from replicad.sources.file import (ScanResult, _hash_part, _open_source, _ParentDigests, _PartResult,
+from replicad.core.manifest import DIGEST_SIZE, PAGE_ENTRIES, ZERO_DIGEST, Manifest
+from replicad.sources.file import (ScanResult, _hash_part, _open_source, _PartResult,
                                    _store_batch, _Storer, _Totals, check_size)
 from replicad.storage.chunkstore import ChunkStore, digest_of
 from replicad.storage.durable import read_into
 
 PIECE_BLOCKS = 64
 """Blocks read and hashed per worker job (4 MiB at 64 KiB blocks)."""
+
+PAGE_CACHE_BYTES = 64 * 2**20
+"""Bound of a :class:`PageCache`: 512 pages of 4096 digests, the whole manifest of a volume of
+up to 128 GiB at 64 KiB blocks (larger volumes: the pages beyond are read from the store)."""
+
+
+class PageCache:
+    """Manifest pages by digest, kept between the cycles of one source: the pages of the last
+    manifest a tracked build made (bytes whose BLAKE3 this process computed, or read through a
+    verified store read), so the next cycle does not read its parent's pages back from the
+    store. Content-addressed: a stale entry is never wrong, only unused. Bounded by
+    ``max_bytes`` (PAGE_CACHE_BYTES); not thread-safe (one cycle at a time per source)."""
+
+    def __init__(self, max_bytes: int = PAGE_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._pages: dict[bytes, bytes] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+    def get(self, digest: bytes) -> bytes | None:
+        """The page of ``digest`` if held (counted as a hit or a miss)."""
+        page = self._pages.get(digest)
+        if page is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return page
+
+    def replace(self, digests: Sequence[bytes], known: dict[bytes, bytes]) -> None:
+        """Hold the pages of ``digests`` (a manifest's pages, in order) instead of what was held,
+        up to ``max_bytes``: each from ``known`` (digest -> page bytes) or, if absent there, kept
+        from what this cache held; pages found in neither are left out."""
+        kept: dict[bytes, bytes] = {}
+        total = 0
+        for d in digests:
+            page = known.get(d) or self._pages.get(d)
+            if page is None or d in kept:
+                continue
+            if total + len(page) > self.max_bytes:
+                break
+            kept[d] = page
+            total += len(page)
+        self._pages = kept
+
+
+class _CachedPages:
+    """What :class:`~replicad.sources.file._ParentDigests` reads pages through: the cache, else
+    the store's verified read; remembers the pages it handed out (the build's parent pages, read
+    twice: for the parent digests of the blocks read, then to build the new pages) up to the
+    cache's bound (none without a cache: then every page is read from the store each time)."""
+
+    def __init__(self, store: ChunkStore, cache: PageCache | None) -> None:
+        self.store = store
+        self.cache = cache
+        self.seen: dict[bytes, bytes] = {}
+        self._room = cache.max_bytes if cache is not None else 0
+
+    def get(self, digest: bytes) -> bytes:
+        page = self.seen.get(digest)
+        if page is not None:
+            return page
+        if self.cache is not None:
+            page = self.cache.get(digest)
+        if page is None:
+            page = self.store.get(digest)  # verified read: blake3(page) == digest
+        if len(page) <= self._room:
+            self.seen[digest] = page
+            self._room -= len(page)
+        return page
 
 
 @dataclass(frozen=True)
@@ -102,7 +183,8 @@ def _with_size_change(runs: list[tuple[int, int]], parent: Manifest, n_new: int,
 
 async def tracked_snapshot(view_path: Path, *, volume: str, seq: int, epoch: int, parent: Manifest,
                            store: ChunkStore, now_ns: int, runs: list[tuple[int, int]],
-                           allow_shrink: bool = False, workers: int | None = None) -> TrackedResult:
+                           allow_shrink: bool = False, workers: int | None = None,
+                           page_cache: PageCache | None = None) -> TrackedResult:
     """Snapshot the view ``view_path`` from ``parent`` and the blocks ``runs`` lists.
 
     Args:
@@ -114,6 +196,8 @@ async def tracked_snapshot(view_path: Path, *, volume: str, seq: int, epoch: int
             zeros (a hole).
         allow_shrink: as :func:`replicad.sources.file.take_snapshot`.
         workers: worker threads reading and hashing (default min(4, cores)).
+        page_cache: the source's :class:`PageCache`: parent pages are taken from it where held;
+            on success it holds the new manifest's pages (those known without a store read).
 
     Returns:
         :class:`TrackedResult`; O1: every chunk, page and the manifest are durable.
@@ -142,14 +226,14 @@ async def tracked_snapshot(view_path: Path, *, volume: str, seq: int, epoch: int
         check_size(parent, size, Path(view_path), allow_shrink)
         n_new = -(-size // bs)
         runs = [(f, min(c, n_new - f)) for f, c in _with_size_change(runs, parent, n_new, size) if f < n_new]
-        parents = _ParentDigests(parent, store)
+        pager = _CachedPages(store, page_cache)
         nworkers = workers or max(1, min(4, os.cpu_count() or 1))
         pieces = _pieces(runs)
         for w in range(0, len(pieces), nworkers):
             window = pieces[w:w + nworkers]
             jobs = []
             for first, count in window:
-                digests = await asyncio.to_thread(parents.range, first, count)
+                digests = await asyncio.to_thread(_parent_range, parent, pager, first, count)
                 jobs.append(asyncio.to_thread(_read_piece, fd, first, count, bs, size, digests))
             try:
                 parts = await asyncio.gather(*jobs)
@@ -169,7 +253,7 @@ async def tracked_snapshot(view_path: Path, *, volume: str, seq: int, epoch: int
         await storer.flush()
         await storer.wait()  # O1: blocks durable before the pages that list them
         pages, page_bytes, zero_blocks = await asyncio.to_thread(
-            _build_pages, parent, store, new_digests, n_new)
+            _build_pages, parent, pager, new_digests, n_new)
         if page_bytes:
             new, _ = await asyncio.to_thread(_store_batch, store, [], page_bytes)
             totals.new_chunks += new
@@ -186,6 +270,9 @@ async def tracked_snapshot(view_path: Path, *, volume: str, seq: int, epoch: int
     (root,) = await asyncio.to_thread(store.put_blocks, [manifest.encode()])  # O1: manifest durable
     if root != manifest.root:
         raise InternalError("stored manifest digest differs from its root", volume=volume, seq=seq)
+    if page_cache is not None:
+        known = {**pager.seen, **dict(zip((digest_of(p) for p in page_bytes), page_bytes))}
+        page_cache.replace(manifest.pages, known)
     scan = ScanResult(manifest=manifest, changed_blocks=sorted(totals.changed), new_chunk_count=totals.new_chunks,
                       scan_seconds=time.perf_counter() - started, hashed_blocks=totals.hashed_blocks)
     return TrackedResult(scan, read_blocks, read_bytes)
@@ -195,19 +282,41 @@ def _zeros(entries: bytes) -> int:
     return sum(1 for i in range(0, len(entries), DIGEST_SIZE) if entries[i:i + DIGEST_SIZE] == ZERO_DIGEST)
 
 
-def _parent_page(parent: Manifest, store: ChunkStore, p: int) -> bytes:
-    page = store.get(parent.pages[p])  # verified read: blake3(page) == digest
+def _parent_page(parent: Manifest, pager: _CachedPages | ChunkStore, p: int) -> bytes:
+    """Page ``p`` of ``parent`` (verified read, or a page of the cache: verified by construction).
+    InternalError if it holds a wrong number of entries."""
+    page = pager.get(parent.pages[p])
     expected = min(PAGE_ENTRIES, parent.n_blocks - p * PAGE_ENTRIES)
-    if len(page_entries(page)) != expected:
+    if len(page) != expected * DIGEST_SIZE:
         raise InternalError("parent manifest page has a wrong number of entries", page_index=p, seq=parent.seq)
     return page
 
 
-def _build_pages(parent: Manifest, store: ChunkStore, new_digests: dict[int, bytes],
+def _parent_range(parent: Manifest, pager: _CachedPages, first_index: int, count: int) -> bytes:
+    """Worker thread: the parent's digests of blocks ``first_index .. first_index+count-1``
+    (concatenated; those past the parent's end left out), as
+    :class:`~replicad.sources.file._ParentDigests` gives them."""
+    if first_index >= parent.n_blocks:
+        return b""
+    last = min(first_index + count, parent.n_blocks)
+    out = bytearray()
+    for p in range(first_index // PAGE_ENTRIES, (last - 1) // PAGE_ENTRIES + 1):
+        page = _parent_page(parent, pager, p)
+        lo = max(first_index, p * PAGE_ENTRIES) - p * PAGE_ENTRIES
+        hi = min(last, (p + 1) * PAGE_ENTRIES) - p * PAGE_ENTRIES
+        out += page[lo * DIGEST_SIZE:hi * DIGEST_SIZE]
+    return bytes(out)
+
+
+def _build_pages(parent: Manifest, pager: _CachedPages | ChunkStore, new_digests: dict[int, bytes],
                  n_new: int) -> tuple[list[bytes], list[bytes], int]:
     """Worker thread: ``(page digests of the new manifest, new page bytes to store, zero
-    blocks)``. A page with no new digest and the parent's entry count keeps the parent's page."""
-    touched = {i // PAGE_ENTRIES for i in new_digests}
+    blocks)``. A page with no new digest and the parent's entry count keeps the parent's page.
+    With the parent's ``zero_blocks`` known, a page of the same entry count corrects it by its
+    changed entries only (O(changed), not O(page))."""
+    by_page: dict[int, list[int]] = {}
+    for i in new_digests:
+        by_page.setdefault(i // PAGE_ENTRIES, []).append(i)
     n_pages = -(-n_new // PAGE_ENTRIES)
     old_zero = parent.stats.get("zero_blocks")
     exact = not (isinstance(old_zero, int) and not isinstance(old_zero, bool))
@@ -218,24 +327,33 @@ def _build_pages(parent: Manifest, store: ChunkStore, new_digests: dict[int, byt
         lo = p * PAGE_ENTRIES
         count = min(PAGE_ENTRIES, n_new - lo) if p < n_pages else 0
         old_count = min(PAGE_ENTRIES, parent.n_blocks - lo) if p < len(parent.pages) else 0
-        if p not in touched and count == old_count:
+        changed = by_page.get(p, ())
+        if not changed and count == old_count:
             digests.append(parent.pages[p])
             if exact:
-                zero += _zeros(_parent_page(parent, store, p))
+                zero += _zeros(_parent_page(parent, pager, p))
             continue
-        old = _parent_page(parent, store, p) if old_count else b""
-        if not exact:
-            zero -= _zeros(old)
+        old = _parent_page(parent, pager, p) if old_count else b""
         if count == 0:
+            if not exact:
+                zero -= _zeros(old)
             continue  # a page past the new end (the volume shrank)
         entries = bytearray(old[:count * DIGEST_SIZE])
         entries += ZERO_DIGEST * (count - len(entries) // DIGEST_SIZE)  # grown: unlisted blocks are holes
-        for i in range(lo, lo + count):
-            d = new_digests.get(i)
-            if d is not None:
-                entries[(i - lo) * DIGEST_SIZE:(i - lo + 1) * DIGEST_SIZE] = d
+        delta = not exact and count == old_count
+        for i in changed:
+            if i >= lo + count:
+                continue
+            a = (i - lo) * DIGEST_SIZE
+            d = new_digests[i]
+            if delta:
+                zero += (d == ZERO_DIGEST) - (entries[a:a + DIGEST_SIZE] == ZERO_DIGEST)
+            entries[a:a + DIGEST_SIZE] = d
         page = bytes(entries)
-        zero += _zeros(page)
+        if not delta:
+            if not exact:
+                zero -= _zeros(old)
+            zero += _zeros(page)
         digests.append(digest_of(page))
         to_store.append(page)
     return digests, to_store, zero

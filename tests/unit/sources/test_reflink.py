@@ -294,6 +294,62 @@ def test_tracked_manifest_equals_full_scan_after_random_writes(fs, vol, store, t
     assert len([p for p in d.source.clone_dir.iterdir() if p.suffix == ".clone"]) == 1
 
 
+def test_tracked_over_several_pages_takes_parent_pages_from_the_cache(fs, vol, store, tmp_path):
+    """4 KiB blocks: a manifest page lists 16 MiB, the image spans 3.5 pages. Writes, zeroed
+    blocks and holes land in every page each cycle; the tracked manifest (its ``zero_blocks``
+    stat corrected by the changed entries only) equals a full scan of the same clone, and from
+    the second tracked cycle on every parent page comes from the source's page cache (no
+    store read). After an abandoned cycle the parent's pages are read from the store again and
+    the manifest is still right."""
+    from replicad.core.manifest import PAGE_ENTRIES
+
+    kind, _ = fs
+    rng = random.Random(len(kind))
+    bs = 4096
+    img = vol / "img"
+    size = PAGE_ENTRIES * bs * 7 // 2
+    with open(img, "wb") as f:
+        f.truncate(size)
+        for b in rng.sample(range(size // bs), 600):
+            f.seek(b * bs)
+            f.write(text_block(rng, bs))
+    cfg = VolumeConfig.model_validate({"name": "ehr", "path": str(img), "initial_primary": "site-a",
+                                       "block_size": bs, "source": {"kind": "reflink", "verify_every": 1000}})
+    d = Driver(make_source(cfg, tmp_path), store)
+    assert d.cycle().mode == "full"
+    fd = os.open(img, os.O_RDWR)
+    try:
+        for k in range(6):
+            for page in range(4):
+                for _ in range(3):
+                    b = page * PAGE_ENTRIES + rng.randrange(min(PAGE_ENTRIES, size // bs - page * PAGE_ENTRIES))
+                    op = rng.choice(["text", "zero", "punch"])
+                    if op == "text":
+                        os.pwrite(fd, text_block(rng, bs), b * bs)
+                    elif op == "zero":
+                        os.pwrite(fd, bytes(bs), b * bs)
+                    else:
+                        _punch(fd, b * bs, bs)
+            os.fsync(fd)
+            parent = d.parent
+            misses = d.source._pages.misses
+            snap = d.cycle(commit=k != 3)
+            assert snap.mode == "tracked", snap.info
+            if k == 3:
+                continue  # abandoned: its clone is gone
+            m = snap.result.manifest
+            full = d.full_scan(snap, parent)
+            assert same_blocks(m, full) and m.n_blocks > 3 * PAGE_ENTRIES
+            assert {k: v for k, v in m.stats.items() if k != "new_chunks"} == \
+                {k: v for k, v in full.stats.items() if k != "new_chunks"}
+            if k in (1, 2, 5):  # the parent is the last manifest built (k=4 follows the abandoned k=3)
+                assert d.source._pages.misses == misses, k
+            elif k == 4:
+                assert d.source._pages.misses > misses
+    finally:
+        os.close(fd)
+
+
 def test_tracked_under_concurrent_writer_and_growth(fs, vol, store, tmp_path):
     """A writer keeps writing while the cycles clone: each clone is one instant, and the tracked
     manifest still equals a full scan of that clone; the image also grows between cycles."""
