@@ -209,11 +209,22 @@ class InstantRecovery:
         """Whether the takeover of ``volume`` at ``epoch`` restoring ``seq`` (``root``) is an
         instant one: a record of this epoch and snapshot exists (a restart during one), or
         ``promote --instant`` asked for this snapshot. A record of another epoch or snapshot is
-        set aside (logged at ERROR). Raises IntegrityError for an unreadable record."""
+        set aside (logged at ERROR), or removed if it says ``done`` (a crash after the switch-over
+        and before its removal: nothing pending). Raises IntegrityError for an unreadable record."""
         rec = self._read_record(volume)
         if rec is not None:
             if rec["epoch"] == epoch and rec["seq"] == seq and rec["root"] == root.hex():
                 return True
+            if rec["phase"] == "done":  # switched over, then a crash before its removal: nothing pending
+                log.info("volume %s: removing the finished instant-recovery record of epoch %s", volume, rec["epoch"])
+                try:
+                    shutil.rmtree(self._dir(volume))
+                    fsync_dir(self.root)
+                except OSError as err:
+                    raise from_os_error(err, f"remove the finished instant-recovery record of {volume}",
+                                        path=str(self._dir(volume))) from None
+                req = self._requests.get(volume)
+                return req is not None and req[0] == seq
             aside = self.root / f"{volume}.stale-{rec['epoch']}-{rec['seq']}"
             log.error("volume %s: the instant-recovery record of epoch %s, #%s (%s) does not match this takeover "
                       "(epoch %d, #%d): set aside as %s, not applied (its overlay holds writes made to a takeover "
@@ -392,13 +403,13 @@ class InstantRecovery:
         if st is None or st.export is None or st.export.export_id not in {e["export_id"] for e in self.exports.list()}:
             return
         pending = st.phase != "done"
-        if pending:
-            st.phase = "fenced"  # in memory only: the record keeps its phase and epoch (set aside later)
-            self.metrics.instant_phase(volume, "fenced")
         try:
             await self.exports.close(st.export.export_id, "the site was fenced", force=True)
         except ReplicadError as err:
             log.error("volume %s: closing the instant export after a fence: %s", volume, err)
+        if pending:
+            st.phase = "fenced"  # in memory only (once closed): the record keeps its phase and epoch
+            self.metrics.instant_phase(volume, "fenced")
         (log.error if pending else log.warning)(
             "volume %s: fenced at %s during its instant recovery (phase %s): the export is closed%s", volume,
             self.site_id, st.phase, f"; the application's writes stay in {st.dir / 'overlay'} (not applied)"
