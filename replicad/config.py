@@ -415,6 +415,12 @@ class SourceConfig(BaseModel):
     verifier's schedule — a full scan of the clone must give the tracked manifest's block
     digests; a mismatch is logged (ERROR), counted and repaired by committing the full scan's.
 
+    ``kind = "qemu"``: a qcow2 disk served by a ``qemu-storage-daemon`` (:mod:`replicad.sources.qemu`:
+    persistent dirty bitmap, copy-before-write fleecing view). ``qmp_socket`` (required): the
+    daemon's QMP unix socket; ``node`` (required): the ``node-name`` of the disk's qcow2 node;
+    ``nbd_socket`` (optional): the unix socket of the daemon's NBD server when the operator
+    started one (else replicad starts it in its data directory). qemu only.
+
     ``pre_snapshot``/``post_snapshot`` are optional commands as argv lists (run without a
     shell) around each snapshot scan, e.g. ``["fsfreeze", "-f", "/mnt/ehr"]``.
 
@@ -427,15 +433,18 @@ class SourceConfig(BaseModel):
 
     model_config = _FROZEN
 
-    kind: Literal["file", "reflink"] = "file"
+    kind: Literal["file", "reflink", "qemu"] = "file"
     pre_snapshot: Command = ()
     post_snapshot: Command = ()
     allow_shrink: StrictBool = False
     clone_dir: ConfigPath | None = None
     verify_every: StrictInt = Field(DEFAULT_VERIFY_EVERY_CYCLES, ge=1)
     verify_max_age_s: DurationS = Field(DEFAULT_VERIFY_MAX_AGE_S, alias="verify_max_age", gt=0)
+    qmp_socket: ConfigPath | None = None
+    node: Annotated[str, Field(min_length=1, max_length=31, pattern=r"^[A-Za-z][A-Za-z0-9_.-]*$")] | None = None
+    nbd_socket: ConfigPath | None = None
 
-    @field_validator("clone_dir", mode="after")
+    @field_validator("clone_dir", "qmp_socket", "nbd_socket", mode="after")
     @classmethod
     def _resolve_clone_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return None if value is None else _resolve(value, info)
@@ -444,6 +453,11 @@ class SourceConfig(BaseModel):
     def _reflink_only(self) -> "SourceConfig":
         if self.kind != "reflink" and self.clone_dir is not None:
             raise ValueError('clone_dir applies to kind = "reflink" only')
+        qemu_keys = [k for k in ("qmp_socket", "node", "nbd_socket") if getattr(self, k) is not None]
+        if self.kind != "qemu" and qemu_keys:
+            raise ValueError(f'{", ".join(qemu_keys)} applies to kind = "qemu" only')
+        if self.kind == "qemu" and (self.qmp_socket is None or self.node is None):
+            raise ValueError('kind = "qemu" needs qmp_socket and node')
         return self
 
 

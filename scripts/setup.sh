@@ -15,6 +15,8 @@ command -v mkfs.btrfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.btrfs ] || need+=(b
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)          # snapshot export tests (qemu-img compare, qemu-io)
 command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)           # snapshot export tests (nbdinfo)
 command -v nbdfuse >/dev/null 2>&1 || need+=(nbdfuse fuse3)        # replicad mount/files/diff (the export as a file)
+command -v qemu-storage-daemon >/dev/null 2>&1 || need+=(qemu-system-common)  # qemu snapshot source (QSD) and its tests
+[ -e /usr/lib/python3/dist-packages/nbd.py ] || need+=(python3-libnbd)            # qemu source: libnbd's Python binding
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql postgresql-contrib)  # PostgreSQL crash-consistency test and bench rows
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
@@ -32,3 +34,14 @@ fi
 # the interpreter it is given, as a throwaway test/demo machine wants; sites use a venv
 # (README, "Install on a site").
 PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# libnbd's Python binding is Debian's only (not on PyPI): link its two files into the interpreter
+# replicad runs on (the qemu source reads dirty bitmaps with it); it must be the same Python minor.
+if ! python3 -c 'import nbd' >/dev/null 2>&1; then
+    sp=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    mod=/usr/lib/python3/dist-packages/libnbdmod$(python3 -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+    if [ -e "$mod" ]; then
+        ln -sf /usr/lib/python3/dist-packages/nbd.py "$mod" "$sp/"
+    else
+        echo "python3-libnbd has no build for $(python3 -V): the qemu snapshot source will not work" >&2
+    fi
+fi

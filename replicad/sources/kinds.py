@@ -6,9 +6,10 @@ from pathlib import Path
 
 from replicad.config import VolumeConfig
 from replicad.sources.base import FileSource, SnapshotSource
+from replicad.sources.qemu import QemuSource
 from replicad.sources.reflink import ReflinkSource
 
-KINDS: dict[str, type[SnapshotSource]] = {"file": FileSource, "reflink": ReflinkSource}
+KINDS: dict[str, type[SnapshotSource]] = {"file": FileSource, "reflink": ReflinkSource, "qemu": QemuSource}
 
 
 def make_source(cfg: VolumeConfig, data_dir: Path) -> SnapshotSource:
