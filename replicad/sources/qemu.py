@@ -377,7 +377,8 @@ class QemuSource(ReflinkSource):
             map_s = time.perf_counter() - t0
             runs = block_runs(ranges, parent.block_size, -(-size // parent.block_size))
             tr = await tracked_snapshot(self.view_path, volume=volume, seq=seq, epoch=epoch, parent=parent,
-                                        store=store, now_ns=now_ns, runs=runs, allow_shrink=allow_shrink)
+                                        store=store, now_ns=now_ns, runs=runs, allow_shrink=allow_shrink,
+                                        page_cache=self._pages)
             info = {"mode": "tracked", "map_s": map_s, "changed_ranges": len(ranges), "read_blocks": tr.read_blocks,
                     "read_bytes": tr.read_bytes, "scan_s": tr.scan.scan_seconds}
             snap = SourceSnapshot(tr.scan, "tracked", info, token)
