@@ -187,6 +187,119 @@ def encode_frames(frames: Iterable[tuple[bytes, int, bytes]]) -> bytes:
     return b"".join(parts)
 
 
+_HEAD_FIXED = 37               # 0x93, bin 8 of 32 bytes (0xc4 0x20 + digest), codec fixint, bin marker
+_BIN_SIZE_BYTES = {0xc4: 1, 0xc5: 2, 0xc6: 4}
+MAX_HEADER_DOC_BYTES = 2**16   # the document heading a chunk stream (a few names and numbers)
+
+
+class FrameSplitter:
+    """Reader of a chunk stream like :class:`FrameReader` (same bytes, same bounds), for the
+    restore path where the payloads are hundreds of MB: it copies as little as it can.
+
+    It reads only the canonical form every sender here writes (:func:`frame_head`: a 3-array,
+    the digest as bin 8 of 32 bytes, the codec as a positive fixint, the payload as bin
+    8/16/32 of at most ``MAX_FRAME_BYTES - 64``); any other bytes are a RemoteProtocolError
+    (a compromised peer gets no more latitude than that). :meth:`feed` returns the frames
+    completed by a piece: a payload lying whole in one fed piece is a ``memoryview`` of it
+    (no copy: it keeps that piece alive), one spanning pieces is copied once into a
+    ``bytearray`` of its declared size, allocated only when its first bytes arrive. The
+    heading document is decoded with msgpack (at most MAX_HEADER_DOC_BYTES).
+
+    Raises (from :meth:`feed` and :meth:`finish`) RemoteProtocolError: a malformed header or
+    frame, a frame over the bound, a stream that ends in a frame or without a header.
+    """
+
+    def __init__(self, kind: str) -> None:
+        if kind not in STREAM_KINDS:
+            raise LocalProtocolError(f"{kind!r} does not head a chunk stream", kind=kind)
+        self.kind = kind
+        self.header: dict[str, Any] | None = None
+        self._pre = bytearray()                      # bytes before the header is complete
+        self._head = bytearray()                     # a frame head split across pieces
+        self._cur: tuple[bytes, int, bytearray, int] | None = None  # digest, codec, payload, filled
+
+    def _frame_head(self, head: bytes | bytearray | memoryview) -> tuple[bytes, int, int, int]:
+        """(digest, codec, payload bytes, head bytes) of a complete head; RemoteProtocolError."""
+        if head[0] != 0x93 or head[1] != 0xc4 or head[2] != DIGEST_SIZE or head[35] > 0x7f \
+                or head[36] not in _BIN_SIZE_BYTES:
+            raise RemoteProtocolError("chunk stream: malformed frame")
+        k = _BIN_SIZE_BYTES[head[36]]
+        n = int.from_bytes(head[_HEAD_FIXED:_HEAD_FIXED + k], "big")
+        if n > MAX_FRAME_BYTES - 64:
+            raise RemoteProtocolError("chunk stream frame exceeds bound", bound=MAX_FRAME_BYTES)
+        return bytes(head[3:35]), head[35], n, _HEAD_FIXED + k
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[bytes, int, memoryview | bytearray]]:
+        """Take the next piece of the stream; return the ``(digest, codec, payload)`` frames it
+        completed, in order."""
+        view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+        if self.header is None:
+            self._pre += view
+            unpacker = _unpacker(MAX_HEADER_DOC_BYTES)
+            try:
+                unpacker.feed(self._pre[:MAX_HEADER_DOC_BYTES])
+                doc = unpacker.unpack()
+            except msgpack.OutOfData:
+                if len(self._pre) >= MAX_HEADER_DOC_BYTES:
+                    raise RemoteProtocolError("chunk stream header exceeds bound", bound=MAX_HEADER_DOC_BYTES) from None
+                return []
+            except (ValueError, TypeError, msgpack.FormatError, msgpack.StackError, msgpack.BufferFull) as err:
+                raise RemoteProtocolError(f"chunk stream malformed: {err}") from None
+            _check(self.kind, doc, RemoteProtocolError)
+            self.header = doc
+            view = memoryview(bytes(self._pre[unpacker.tell():]))
+            self._pre = bytearray()
+        out: list[tuple[bytes, int, memoryview | bytearray]] = []
+        pos, end = 0, len(view)
+        while pos < end:
+            if self._cur is not None:  # a payload begun in an earlier piece
+                digest, codec, payload, filled = self._cur
+                take = min(len(payload) - filled, end - pos)
+                payload[filled:filled + take] = view[pos:pos + take]
+                pos += take
+                filled += take
+                if filled == len(payload):
+                    out.append((digest, codec, payload))
+                    self._cur = None
+                else:
+                    self._cur = (digest, codec, payload, filled)
+                continue
+            if self._head or end - pos < _HEAD_FIXED + 4:  # a head split across pieces: gather it
+                want = _HEAD_FIXED + _BIN_SIZE_BYTES.get(self._head[36], 1) if len(self._head) > 36 else _HEAD_FIXED
+                take = min(want - len(self._head), end - pos)
+                self._head += view[pos:pos + take]
+                pos += take
+                if len(self._head) == _HEAD_FIXED:
+                    if self._head[36] not in _BIN_SIZE_BYTES:
+                        raise RemoteProtocolError("chunk stream: malformed frame")
+                    continue
+                if len(self._head) < want:
+                    continue
+                digest, codec, n, _ = self._frame_head(self._head)
+                self._head = bytearray()
+            else:
+                digest, codec, n, k = self._frame_head(view[pos:pos + _HEAD_FIXED + 4])
+                pos += k
+            if end - pos >= n:  # whole in this piece: a view, no copy
+                out.append((digest, codec, view[pos:pos + n]))
+                pos += n
+            else:
+                payload = bytearray(n)
+                take = end - pos
+                payload[:take] = view[pos:end]
+                pos = end
+                self._cur = (digest, codec, payload, take)
+        return out
+
+    def finish(self) -> dict[str, Any]:
+        """Check the stream ended cleanly (a header, no frame begun); return its header."""
+        if self.header is None:
+            raise RemoteProtocolError("chunk stream without header")
+        if self._cur is not None or self._head:
+            raise RemoteProtocolError("chunk stream truncated in the middle of a frame")
+        return self.header
+
+
 class FrameReader:
     """Incremental reader of a chunk stream: one header document of ``kind``, then frames.
 

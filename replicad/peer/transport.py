@@ -463,13 +463,18 @@ class PeerClient:
                 await asyncio.gather(storing, return_exceptions=True)
         return stored
 
-    async def fetch_frames(self, peer_url: str, volume: str, epoch: int,
-                           digests: Sequence[bytes]) -> AsyncIterator[list[tuple[bytes, int, bytes]]]:
+    async def fetch_frames(self, peer_url: str, volume: str, epoch: int, digests: Sequence[bytes], *,
+                           views: bool = False) -> AsyncIterator[list[tuple[bytes, int, Any]]]:
         """Stream ``digests`` from the peer's ``/v1/peer/fetch`` without storing them: yields
         lists of ``(digest, codec, payload)`` frames as they arrive (at most one network read
         of wire.FEED_MAX_BYTES each), in the order asked, leaving out those the peer lacks.
         Nothing is verified here (the caller decodes and checks each digest). Asked in
         requests of at most wire.MAX_DIGESTS_PER_DOC digests.
+
+        ``views``: payloads are ``memoryview``/``bytearray`` read by :class:`wire.FrameSplitter`
+        from the pieces as aiohttp hands them over (no join of pieces, no msgpack buffer: a
+        payload is copied at most once, where it spans two pieces); else ``bytes``
+        (:class:`wire.FrameReader`).
 
         Raises PeerUnavailableError (unreachable, reset or cut mid-stream: the frames yielded
         before stay good), the peer's own error, RemoteProtocolError (a malformed stream)."""
@@ -482,6 +487,14 @@ class PeerClient:
                     if resp.status != 200:
                         raise _error_from(resp.status, await read_bounded(
                             resp.content, resp.content_length, wire.MAX_DOC_BYTES, "peer error"), peer_url)
+                    if views:
+                        splitter = wire.FrameSplitter("chunks")
+                        async for data, _ in resp.content.iter_chunks():
+                            frames = splitter.feed(data)
+                            if frames:
+                                yield frames
+                        splitter.finish()
+                        continue
                     reader = wire.FrameReader("chunks")
                     async for data in resp.content.iter_chunked(wire.FEED_MAX_BYTES):
                         reader.feed(data)

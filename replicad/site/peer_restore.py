@@ -226,7 +226,7 @@ async def restore_from_holders(peers: PeerClient, holders: dict[str, str], volum
             buf = run.bufs[unit.ordinal]
             placing: asyncio.Future | None = None
             try:
-                async for frames in peers.fetch_frames(url, volume, epoch, sorted(unit.pending)):
+                async for frames in peers.fetch_frames(url, volume, epoch, sorted(unit.pending), views=True):
                     if placing is not None:
                         await placing
                     rep.chunks += len(frames)

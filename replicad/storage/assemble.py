@@ -39,7 +39,7 @@ from pathlib import Path
 
 from replicad.core.errors import IntegrityError, InternalError, RemoteProtocolError, RestoreVerifyError, UsageError
 from replicad.core.manifest import PAGE_ENTRIES, ZERO_DIGEST, Manifest, page_entries, pages_from_digests
-from replicad.storage.chunkstore import decode_chunk, digest_of
+from replicad.storage.chunkstore import CODEC_RAW, decode_chunk, digest_of
 from replicad.storage.durable import preallocate, read_into
 from replicad.storage.image import (DIRECT_ALIGN, WRITE_RUN_BYTES, aligned_buffer, data_spans, open_direct, target_error,
                                     write_direct_run)
@@ -178,7 +178,8 @@ class ImageAssembler:
         return min(self.bs, self.manifest.size_bytes - index * self.bs)
 
     def place(self, unit: Unit, buf: memoryview, frames: list[tuple[bytes, int, bytes]]) -> int:
-        """Decode ``frames`` (lz4), check each against its digest (BLAKE3) and copy it into
+        """Decode ``frames`` (lz4; a raw payload, which may be a memoryview of the received
+        bytes, is checked where it lies), check each against its digest (BLAKE3) and copy it into
         ``buf`` at every block of ``unit`` that holds it; each placed digest leaves
         ``unit.pending``. Frames of digests the unit does not need (or has already) are
         ignored. Returns the payload bytes placed.
@@ -192,7 +193,12 @@ class ImageAssembler:
             if where is None or digest not in unit.pending:
                 continue
             try:
-                raw = decode_chunk(codec, payload, self.bs)
+                if codec == CODEC_RAW:  # checked where it lies (a view of the received bytes): no copy
+                    if len(payload) > self.bs:
+                        raise RemoteProtocolError("chunk larger than allowed", length=len(payload), limit=self.bs)
+                    raw = payload
+                else:
+                    raw = decode_chunk(codec, payload, self.bs)
             except RemoteProtocolError as err:
                 raise RemoteProtocolError(f"chunk {digest.hex()}: {err.message}", digest=digest.hex(),
                                           **err.evidence) from err

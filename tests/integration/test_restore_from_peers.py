@@ -37,8 +37,8 @@ class StoppingClient(PeerClient):
         self.c, self.victim, self.victim_url = c, victim, victim_url
         self.stopped = False
 
-    async def fetch_frames(self, peer_url, volume, epoch, digests):
-        async for frames in super().fetch_frames(peer_url, volume, epoch, digests):
+    async def fetch_frames(self, peer_url, volume, epoch, digests, **kw):
+        async for frames in super().fetch_frames(peer_url, volume, epoch, digests, **kw):
             yield frames
             if peer_url == self.victim_url and not self.stopped:
                 self.stopped = True

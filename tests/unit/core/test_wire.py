@@ -510,3 +510,104 @@ def test_frame_head_at_every_msgpack_bin_size_class(size: int) -> None:
         wire.frame_head(b"\x07" * 31, 0, size)
     with pytest.raises(LocalProtocolError):
         wire.frame_head(b"\x07" * 32, 0, wire.MAX_FRAME_BYTES)
+
+
+# ----------------------------------------------------------------------------- FrameSplitter
+
+
+def run_splitter(kind: str, pieces: list[bytes]) -> tuple[list[tuple[bytes, int, bytes]], dict[str, Any] | None]:
+    """:func:`run_reader` with :class:`wire.FrameSplitter` (payloads compared as bytes)."""
+    splitter = wire.FrameSplitter(kind)
+    got: list[tuple[bytes, int, bytes]] = []
+    try:
+        for piece in pieces:
+            for digest, codec, payload in splitter.feed(piece):
+                assert isinstance(digest, bytes) and len(digest) == wire.DIGEST_SIZE
+                assert isinstance(codec, int) and not isinstance(codec, bool)
+                assert isinstance(payload, (memoryview, bytearray))
+                got.append((digest, codec, bytes(payload)))
+        header = splitter.finish()
+    except RemoteProtocolError:
+        return got, None
+    check_well_typed(kind, header)
+    return got, header
+
+
+big_frames_st = st.lists(st.tuples(digests_st, st.integers(0, 127),
+                                   st.sampled_from([0, 1, 255, 256, 65535, 65536, 70000]).map(lambda n: b"\x5a" * n)),
+                         max_size=4)
+
+
+@FUZZ
+@given(data=st.data(), frames=frames_st | big_frames_st)
+def test_splitter_reads_what_the_reader_reads_split_anywhere(data: st.DataObject,
+                                                             frames: list[tuple[bytes, int, bytes]]) -> None:
+    fields = data.draw(valid_fields("chunks"))
+    stream = wire.encode_doc("chunks", **fields) + wire.encode_frames(frames)
+    pieces = cut(stream, split_points(data, len(stream)))
+    got, header = run_splitter("chunks", pieces)
+    assert (got, header) == run_reader("chunks", pieces)
+    assert got == frames and header == {"v": wire.WIRE_VERSION, **fields}
+
+
+def test_splitter_one_byte_at_a_time_and_payload_views() -> None:
+    frames = [(bytes([i]) * 32, i % 2, bytes([i]) * n) for i, n in enumerate((0, 3, 300, 70000, 5))]
+    stream = wire.encode_doc("chunks", volume="pacs", epoch=2, **{"from": "a"}) + wire.encode_frames(frames)
+    assert run_splitter("chunks", [stream[i:i + 1] for i in range(len(stream))]) == \
+        (frames, {"v": 1, "volume": "pacs", "epoch": 2, "from": "a"})
+    splitter = wire.FrameSplitter("chunks")
+    out = splitter.feed(stream)
+    assert [(d, c, bytes(p)) for d, c, p in out] == frames
+    assert all(isinstance(p, memoryview) for _, _, p in out)  # whole in the piece: no copy
+
+
+@FUZZ
+@given(data=st.data(), frames=frames_st.filter(bool))
+def test_splitter_truncated_stream_yields_a_prefix_and_finish_refuses(data: st.DataObject,
+                                                                      frames: list[tuple[bytes, int, bytes]]) -> None:
+    header = wire.encode_doc("chunks", volume="pacs", epoch=2, **{"from": "a"})
+    stream = header + wire.encode_frames(frames)
+    end = data.draw(st.integers(0, len(stream) - 1))
+    got, finished = run_splitter("chunks", cut(stream[:end], split_points(data, end)))
+    assert got == frames[: len(got)]
+    starts = [s for s, _, _ in frame_spans(header, frames)]
+    assert (finished is not None) == (end in starts)
+
+
+@FUZZ
+@given(data=st.data(), noise=st.binary(max_size=400), objs=st.lists(msgpack_values, max_size=4))
+def test_splitter_random_bytes_and_msgpack_frames_only_raise_remote_errors(data: st.DataObject, noise: bytes,
+                                                                           objs: list[Any]) -> None:
+    run_splitter("chunks", cut(noise, split_points(data, len(noise))))
+    prefix = wire.encode_doc("chunks", **data.draw(valid_fields("chunks")))
+    for tail in (noise, b"".join(pack(o) for o in objs)):
+        stream = prefix + tail
+        pieces = cut(stream, split_points(data, len(stream)))
+        got, header = run_splitter("chunks", pieces)
+        if header is not None:  # accepted: exactly what the msgpack reader reads
+            assert (got, header) == run_reader("chunks", pieces)
+
+
+def test_splitter_refuses_malformed_and_non_canonical_frames() -> None:
+    header = wire.encode_doc("chunks", volume="pacs", epoch=2, **{"from": "a"})
+    d = b"\x05" * 32
+    for frame in ([d, 0], [d, 0, b"x", b"y"], [d[:31], 0, b"x"], [d, True, b"x"], [d, 0, "x"], [d, 1.0, b"x"],
+                  {"d": d}, d, 7, [list(d), 0, b"x"], [d, -1, b"x"], [d, 128, b"x"]):
+        assert run_splitter("chunks", [header, pack(frame)]) == ([], None), frame
+    assert run_splitter("chunks", [pack({"v": 1})]) == ([], None)
+    assert run_splitter("chunks", []) == ([], None)
+    assert run_splitter("chunks", [b"\x81" + b"\xa1x" * 40000]) == ([], None)  # header over its bound
+
+
+def test_splitter_refuses_a_100_mib_declaration_at_once() -> None:
+    header = wire.encode_doc("chunks", volume="pacs", epoch=2, **{"from": "a"})
+    declaration = b"\x93\xc4\x20" + b"\x05" * 32 + b"\x00" + b"\xc6" + (100 * 2**20).to_bytes(4, "big")
+    for pieces in ([header + declaration + b"payload"], [header, declaration[:20], declaration[20:]]):
+        splitter = wire.FrameSplitter("chunks")
+        with pytest.raises(RemoteProtocolError):
+            for p in pieces:
+                splitter.feed(p)
+    # the bound itself passes
+    n = wire.MAX_FRAME_BYTES - 64
+    got, _ = run_splitter("chunks", [header + wire.frame_head(b"\x05" * 32, 1, n), bytes(n)])
+    assert [(d, c, len(p)) for d, c, p in got] == [(b"\x05" * 32, 1, n)]

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from replicad.core import wire
-from replicad.core.errors import NotFoundError
+from replicad.core.errors import NotFoundError, PeerUnavailableError, ReplicadError
 from replicad.core.manifest import ZERO_DIGEST, Manifest, iter_block_digests
 from replicad.lab.localcluster import free_port
 from replicad.peer.transport import PeerClient, peer_routes
@@ -82,11 +82,39 @@ class Server:
         await resp.write_eof()
         return resp
 
+    async def hostile_fetch(self, request: web.Request) -> web.StreamResponse:
+        """A compromised holder: answers every fetch with frames broken the way ``self.mangle``
+        says (see test_a_hostile_holder_is_dropped_and_nothing_it_sent_is_written)."""
+        doc = wire.decode_doc("fetch", await request.read())
+        resp = web.StreamResponse(headers={"Content-Type": wire.CONTENT_TYPE})
+        await resp.prepare(request)
+        await resp.write(wire.encode_doc("chunks", volume=doc["volume"], epoch=doc["epoch"],
+                                         **{"from": self.site_id}))
+        for d in doc["digests"]:
+            codec, payload = self.store.get_encoded(d)
+            mode = self.mangle
+            if mode == "flip":  # one byte of every payload changed: lz4 garbage or a digest mismatch
+                payload = payload[:-1] + bytes([payload[-1] ^ 1])
+                frame = wire.encode_frame(d, codec, payload)
+            elif mode == "oversize":  # a raw chunk longer than any block, under the frame bound
+                frame = wire.encode_frame(d, 0, payload + bytes(BLOCK + 1 - len(payload)))
+            elif mode == "noncanonical":  # the codec as uint 8: valid msgpack, not what any sender writes
+                frame = b"\x93\xc4\x20" + d + b"\xcc" + bytes([codec]) + wire.frame_head(d, codec, len(payload))[36:] \
+                    + payload
+            else:  # garbage after the header
+                frame = random.Random(len(d)).randbytes(3000)
+            self.served += 1
+            await resp.write(frame)
+        await resp.write_eof()
+        return resp
+
     async def __aenter__(self) -> str:
         host = Receiver(self.store)
         host.site_id = self.site_id
         app = web.Application()
-        if self.die_after is None:
+        if getattr(self, "mangle", None) is not None:
+            app.add_routes([web.post("/v1/peer/fetch", self.hostile_fetch)])
+        elif self.die_after is None:
             app.add_routes(peer_routes(host))
         else:
             app.add_routes([web.post("/v1/peer/fetch", self.dying_fetch)])
@@ -158,6 +186,35 @@ async def test_a_holder_that_dies_mid_stream_leaves_its_share_to_the_other(tmp_p
     assert dying.served == 70 and 0 < rep.holders["site-c"].chunks <= 70  # the last ones sent may be lost in the cut
     assert rep.holders["site-c"].failed is not None and "peer_unavailable" in rep.holders["site-c"].failed
     assert rep.holders["site-b"].failed is None and rep.holders["site-b"].chunks > 0
+
+
+@pytest.mark.parametrize("mangle", ["flip", "oversize", "noncanonical", "garbage"])
+async def test_a_hostile_holder_is_dropped_and_nothing_it_sent_is_written(tmp_path: Path, stores, mangle) -> None:
+    """A compromised holder sends payloads that do not match their digests, a raw chunk longer
+    than a block, a frame in a msgpack form no sender writes, or garbage: it is dropped with a
+    typed error and the other holder supplies everything; alone, it fails the restore."""
+    b, c, here = stores
+    image = tmp_path / "volume.img"
+    write_image(image, 200, random.Random(10))
+    manifest = await snapshot_into(image, b, c)
+    copy_chunks(b, here, [manifest.root, *manifest.pages])
+    hostile = Server(c, "site-c")
+    hostile.mangle = mangle
+    target = tmp_path / "restored.img"
+    async with Server(b, "site-b") as url_b, hostile as url_c:
+        async with aiohttp.ClientSession() as session:
+            client = PeerClient(session, "site-a")
+            rep = await peer_restore.restore_from_holders(client, {"site-c": url_c, "site-b": url_b}, VOL, 1,
+                                                          manifest, here, target)
+            assert target.read_bytes() == image.read_bytes()
+            assert verify_image(target, manifest) == manifest.root
+            assert hostile.served > 0 and rep.holders["site-c"].failed is not None, rep.holders
+            assert rep.holders["site-b"].failed is None
+            alone = tmp_path / "alone.img"
+            with pytest.raises(ReplicadError) as err:
+                await peer_restore.restore_from_holders(client, {"site-c": url_c}, VOL, 1, manifest, here, alone)
+    assert isinstance(err.value, PeerUnavailableError), err.value
+    assert err.value.evidence["failed"]["site-c"].split(":")[0] in ("integrity", "remote_protocol"), err.value.evidence
 
 
 async def test_a_chunk_no_holder_has_fails_the_restore_as_not_found(tmp_path: Path, stores) -> None:
