@@ -97,11 +97,22 @@ class Qsd:
 
 
 @contextmanager
-def running_qsd(root: Path, size: int = SIZE, data_dir: Path | None = None) -> Iterator[Qsd]:
+def running_qsd(root: Path, size: int = SIZE, data_dir: Path | None = None,
+                raw: Path | None = None) -> Iterator[Qsd]:
     """A fresh qcow2 of ``size`` bytes served by a QSD; killed by PID on exit, and a FUSE view
-    left mounted in ``data_dir`` (default ``root/data``) by a killed QSD unmounted."""
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(root / "disk.qcow2"), str(size)], check=True,
-                   timeout=60)
+    left mounted in ``data_dir`` (default ``root/data``) by a killed QSD unmounted. ``raw``: an
+    existing raw disk given a qcow2 metadata sidecar instead (README's recipe: ``qemu-img
+    create`` with a data file zeroes it, so against a scratch file, then ``amend``)."""
+    qcow2 = root / "disk.qcow2"
+    if raw is None:
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow2), str(size)], check=True, timeout=60)
+    else:
+        scratch = root / "scratch.raw"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"data_file={scratch},data_file_raw=on",
+                        str(qcow2), str(size)], check=True, timeout=60)
+        subprocess.run(["qemu-img", "amend", "-f", "qcow2", "-o", f"data_file={raw},data_file_raw=on", str(qcow2)],
+                       check=True, timeout=60)
+        scratch.unlink()
     q = Qsd(root, size)
     q.start()
     try:
@@ -482,3 +493,23 @@ def test_qemu_volume_in_a_cluster_survives_a_site_killed_mid_cycle(tmp_path: Pat
             assert c.status("site-b")["volumes"][VOL]["source"]["state"] == "idle"  # replicas do not track
         finally:
             c.stop_all()
+
+
+def test_raw_disk_through_a_qcow2_sidecar(tmp_path: Path, store: ChunkStore) -> None:
+    """A raw disk keeps its bytes (the sidecar recipe does not zero it), stays the guest's disk
+    byte for byte (``data_file_raw``), and is tracked through the sidecar's bitmap."""
+    rng = random.Random(21)
+    raw = tmp_path / "ehr.raw"
+    content = rng.randbytes(SIZE // 2) + bytes(SIZE // 4) + b"x" * (SIZE // 4)
+    raw.write_bytes(content)
+    with running_qsd(tmp_path, raw=raw) as q:
+        assert q.disk_bytes() == content
+        d = Driver(q, store)
+        d.cycle()
+        for _ in range(3):
+            random_writes(q, rng, 8)
+            parent = d.parent
+            snap = d.cycle()
+            assert snap.mode == "tracked"
+            assert same_blocks(snap.result.manifest, d.truth(snap, parent))
+        assert raw.read_bytes() == q.disk_bytes()
