@@ -302,7 +302,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
     """
     audit_log = AuditLog(site.data_dir / AUDIT_FILE)
     guard = _Guard(site, audit_log)
-    idle_exports = IdleExports(site.exports, site._background)  # exports' idle limit (ops/exportlimits.py)
+    idle_exports = IdleExports(lambda: site.exports, site._background)  # exports' idle limit (ops/exportlimits.py)
 
     async def healthz(request: web.Request) -> web.Response:
         return _ok({"ok": True, "site_id": site.site_id})

@@ -101,13 +101,14 @@ class IdleExports:
     """Closes the admin API's exports once idle for their TTL (module docstring).
 
     Args:
-        exports: the site's ``Exports`` (``list()`` and ``close(export_id, why)``).
+        exports: returns the site's ``Exports`` (``list()`` and ``close(export_id, why)``); a
+            callable because the daemon makes its rooms at start, after the admin routes.
         background: the daemon's set of background tasks (cancelled when it stops); the
             checking task is added while something is tracked.
         clock: monotonic seconds (tests of the pure part pass their own).
     """
 
-    def __init__(self, exports: Any, background: set[asyncio.Task],
+    def __init__(self, exports: Callable[[], Any], background: set[asyncio.Task],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.exports = exports
         self.background = background
@@ -134,12 +135,13 @@ class IdleExports:
     async def _loop(self) -> None:
         while self.tracked:
             await asyncio.sleep(check_interval_s(self.tracked))
-            self.tracked, to_close = idle_step(self.tracked, self.exports.list(), self.clock())
+            exports = self.exports()
+            self.tracked, to_close = idle_step(self.tracked, exports.list(), self.clock())
             for export_id, idle_s in to_close:
                 ttl_s = self.tracked[export_id].ttl_s
                 try:
-                    closed = await self.exports.close(export_id, f"idle {idle_s:.0f} s: nobody read, wrote or held "
-                                                                 f"a connection for its limit of {ttl_s:.0f} s")
+                    closed = await exports.close(export_id, f"idle {idle_s:.0f} s: nobody read, wrote or held a "
+                                                            f"connection for its limit of {ttl_s:.0f} s")
                 except NotFoundError:
                     pass  # closed meanwhile
                 except ReplicadError as err:
