@@ -567,7 +567,7 @@ class StateCollector(Collector):
                                   "tracked manifest (the full scan's manifest was shipped)", labels=["site", "volume"])
         for name, entry in sorted((status.get("volumes") or {}).items()):
             src = entry.get("source") if isinstance(entry, dict) else None
-            if not isinstance(src, dict) or src.get("kind") != "reflink":
+            if not isinstance(src, dict) or src.get("kind") not in ("reflink", "qemu"):  # the tracked kinds
                 runs.add_metric([self.site_id, name], 0)
                 bad.add_metric([self.site_id, name], 0)
                 continue

@@ -31,3 +31,16 @@ def test_file_source_exports_its_state_and_zero_verifier_counters(tmp_path: Path
     assert value(smp, "replicad_source_verify_mismatches_total", **vol) == 0
     assert value(smp, "replicad_source_verify_runs_total", **vol) == 0
     assert not any(name == "replicad_source_lost_total" for name, _ in smp)
+
+
+def test_qemu_source_exports_its_lost_reasons_and_verifier(tmp_path: Path) -> None:
+    st = site_status()
+    st["volumes"]["ehr"]["source"] = {"kind": "qemu", "state": "tracking",
+                                      "lost_total": {"bitmap_inconsistent": 2, "daemon_restarted": 1},
+                                      "verify": {"runs": 3, "mismatches": 0}}
+    smp = samples(make(tmp_path, st))
+    vol = {"site": "site-b", "volume": "ehr"}
+    assert value(smp, "replicad_source_tracking", **vol, kind="qemu", state="tracking") == 1
+    assert value(smp, "replicad_source_lost_total", **vol, reason="bitmap_inconsistent") == 2
+    assert value(smp, "replicad_source_lost_total", **vol, reason="daemon_restarted") == 1
+    assert value(smp, "replicad_source_verify_runs_total", **vol) == 3
