@@ -13,7 +13,12 @@ Per snapshot (:func:`judge`)::
     baseline = median score of the last ``window`` clean, incremental snapshots (history)
     suspect  iff score > max(min_score, factor * baseline)
 
-``score`` is the share of the volume's data that newly became random-looking. Archives,
+``score`` is the share of the volume's non-zero blocks that newly became random-looking as
+whole blocks: the *commit-time screen*, named so in its messages. It is not the sites'
+*relative score* (:func:`judge_relative`: the share of the base's data blocks that turned
+random against their own previous version, sub-block by sub-block); the two differ on the
+same snapshot (text overwritten by intermittent ciphertext: a low screen, a high relative
+score; a bulk import of images: the opposite). Archives,
 JPEG/DICOM images and compressed backups look random too: a PACS volume legitimately gains
 random blocks every snapshot, so it is judged against its own baseline, never a global one.
 
@@ -220,11 +225,12 @@ def judge(stats: dict, history: Sequence[dict], *, min_score: float = 0.02,
     threshold = max(min_score, factor * baseline)
     if score > threshold:
         return Verdict(VERDICT_SUSPECT, score, baseline,
-                       f"{score:.1%} of the volume's data newly looks random, above the "
-                       f"threshold {threshold:.1%} (max of {min_score:.1%} and {factor:g} x "
+                       f"commit-time screen: {score:.1%} of the volume's non-zero blocks newly look random "
+                       f"as whole blocks (not the sites' relative score), above the threshold {threshold:.1%} (max of {min_score:.1%} and {factor:g} x "
                        f"baseline {baseline:.1%})")
     return Verdict(VERDICT_CLEAN, score, baseline,
-                   f"{score:.1%} of the volume's data newly looks random, within the threshold "
+                   f"commit-time screen: {score:.1%} of the volume's non-zero blocks newly look random as whole "
+                   f"blocks (not the sites' relative score), within the threshold "
                    f"{threshold:.1%}")
 
 
@@ -327,12 +333,15 @@ POLICY_DEFAULTS: dict = {
     "mode": "content", "min_score": 0.02, "factor": 4.0, "cumulative_max": 0.03, "window_s": 7 * 86400,
     "baseline_cap": 0.005, "magic_min": 4, "wipe_max": 0.3, "cold_max": 0.05, "cold_age_s": 7 * 86400,
     "change_max": 0.5, "ransom_notes": list(RANSOM_NOTES_DEFAULT), "ransom_note_min": 2,
-    "ransom_note_strong": list(RANSOM_NOTE_STRONG_DEFAULT),
+    "ransom_note_strong": list(RANSOM_NOTE_STRONG_DEFAULT), "rename_min": 16, "cold_baseline_cap": 0.02,
 }
 """The cluster's detection policy when Raft holds none (``state.volumes[v]["detection"]``).
-``ransom_notes``, ``ransom_note_min`` and ``ransom_note_strong`` were added later: a policy
-recorded without them has the defaults (:func:`with_defaults`)."""
-OPTIONAL_POLICY_KEYS = ("ransom_notes", "ransom_note_min", "ransom_note_strong")
+``ransom_notes``, ``ransom_note_min``, ``ransom_note_strong``, ``rename_min`` (mass renames:
+names gaining the same appended extension in one snapshot, :func:`appended_extensions`) and
+``cold_baseline_cap`` (encrypted mode: the highest cold-rewrite rate per snapshot the baseline
+learns from confirmed history) were added later: a policy recorded without them has the
+defaults (:func:`with_defaults`)."""
+OPTIONAL_POLICY_KEYS = ("ransom_notes", "ransom_note_min", "ransom_note_strong", "rename_min", "cold_baseline_cap")
 PATTERN_LIST_KEYS = ("ransom_notes", "ransom_note_strong")
 """Policy keys holding lists of regular expressions: a site may add patterns (:func:`stricter`),
 dropping one is a weakening (:func:`weakened_keys`)."""
@@ -340,13 +349,17 @@ RANSOM_NOTES_MAX = 32
 """Most ransom-note patterns a policy may hold (each at most :data:`RANSOM_NOTE_CHARS_MAX`)."""
 RANSOM_NOTE_CHARS_MAX = 200
 LOWER_IS_STRICTER = ("min_score", "factor", "cumulative_max", "baseline_cap", "magic_min", "wipe_max", "cold_max",
-                     "cold_age_s", "change_max", "ransom_note_min")
+                     "cold_age_s", "change_max", "ransom_note_min", "rename_min", "cold_baseline_cap")
 HIGHER_IS_STRICTER = ("window_s",)
 POLICY_BOUNDS: dict[str, tuple[float, float]] = {
     "min_score": (0.0, 1.0), "factor": (1.0, 1000.0), "cumulative_max": (0.0, 1.0), "window_s": (0, 366 * 86400),
     "baseline_cap": (0.0, 1.0), "magic_min": (1, 10**9), "wipe_max": (0.0, 1.0), "cold_max": (0.0, 1.0),
     "cold_age_s": (0, 366 * 86400), "change_max": (0.0, 1.0), "ransom_note_min": (1, 16),
+    "rename_min": (1, 10**9), "cold_baseline_cap": (0.0, 1.0),
 }
+COLD_RATE_MARGIN = 0.25
+"""Encrypted mode: the slow window sums a snapshot's cold-rewrite rate only above the learned
+rate (median of confirmed history, capped at ``cold_baseline_cap``) times ``1 + margin``."""
 NOISE_FLOOR = 0.0005
 """A snapshot's excess over the baseline below this share of data is noise for naming where
 a drift began (:func:`judge_relative`)."""
@@ -925,8 +938,31 @@ def separated_random(new_sub: bytes, old_sub: bytes | None, novel: bytes) -> boo
     tokens = _tokens(new_sub, old_sub)
     if token_random(tokens):
         return True
-    return len(novel) - len(novel.translate(None, _SEPARATORS)) > 0 and fixed_width(tokens) \
-        and stripped_random(novel)
+    if len(novel) - len(novel.translate(None, _SEPARATORS)) > 0 and fixed_width(tokens) and stripped_random(novel):
+        return True
+    rest = without_filler(tokens)  # ciphertext padded with fixed filler tokens ("data: 3f2a data: 91bc")
+    return bool(rest) and fixed_width(rest) and stripped_random(b"".join(rest))
+
+
+FILLER_SHARE_MIN = 0.1
+"""A token kind making up at least this share of a sub-block's novel tokens is filler for
+:func:`without_filler`."""
+FILLER_KINDS_MAX = 4
+
+
+def without_filler(tokens: Sequence[bytes]) -> list[bytes]:
+    """``tokens`` without their filler: the (at most :data:`FILLER_KINDS_MAX`) most common kinds
+    that each make up at least :data:`FILLER_SHARE_MIN` of them (fixed words an attacker puts
+    between ciphertext groups so that they repeat like data: ``data: 3f2a data: 91bc``). Empty
+    when there are fewer than :data:`TOKEN_MIN` tokens or no filler. What remains is judged again
+    only when it is fixed-width groups (:func:`fixed_width`, :func:`stripped_random`): a text's,
+    a log's or a timestamp list's tokens without the most common ones are of varying length
+    (the token test over them flagged 4 of 18 timestamp lists over text). Pure."""
+    if len(tokens) < TOKEN_MIN:
+        return []
+    top = Counter(tokens).most_common(FILLER_KINDS_MAX)
+    filler = {t for t, c in top if c >= FILLER_SHARE_MIN * len(tokens)}
+    return [t for t in tokens if t not in filler] if filler else []
 
 
 def structured(count: int, observed: float) -> bool:
@@ -1344,6 +1380,128 @@ def fs_structure_destroyed(new: bytes | None, old: bytes | None) -> str | None:
     return None if new and _magic_at(new, 0, FS_MAGICS) == name else name
 
 
+# ---------------------------------------------------------------------------------------------
+# Mass renames: many file names that gained the same appended extension
+# ---------------------------------------------------------------------------------------------
+
+RENAME_EXEMPT: frozenset[str] = frozenset((
+    # rotation, compression, backups, editors' and downloaders' temporaries
+    "gz", "bz2", "xz", "zst", "lz4", "lzma", "z", "zip", "7z", "tgz", "bak", "old", "orig", "rej", "save", "sav",
+    "prev", "backup", "bkp", "tmp", "temp", "new", "swp", "part", "crdownload", "download", "partial",
+    # package managers
+    "dpkg-new", "dpkg-old", "dpkg-dist", "dpkg-tmp", "dpkg-bak", "dpkg-remove", "ucf-new", "ucf-old", "ucf-dist",
+    "rpmnew", "rpmsave", "rpmorig", "pacnew", "pacsave",
+    # build outputs and sidecars written beside their source
+    "o", "d", "obj", "map", "xmp", "sig", "asc", "sha1", "sha256", "sha512", "md5", "md5sum", "sha256sum",
+))
+"""Appended extensions a benign operation gives many names at once (``app.log`` ->
+``app.log.1.gz`` on rotation, ``gzip *.txt``, ``cp --backup``, ``.dpkg-new`` of a package
+upgrade, ``app.js.map`` of a web build, ``file.sha256``); numbers (``.1``, ``.2``) are exempt
+too. An appended part counts only when one of its dot-separated pieces is neither. Module
+constant, not policy: the list is reviewed code."""
+RENAME_EXT_MAX = 64
+"""Longest appended part read as an extension (``.id[1E857D00-2275].[mail@host].eking``)."""
+_NAME_BYTE = bytes(x for x in range(256) if 0x20 <= x < 0x7F or x >= 0x80)
+_NAME_OK = (_np.zeros(256, dtype=bool) if _np is not None else None)
+if _NAME_OK is not None:
+    _NAME_OK[list(_NAME_BYTE)] = True
+    _NAME_OK[ord("/")] = False
+
+
+_XFS_DIR_MAGICS = (b"XDD3", b"XDB3", b"XD2D", b"XD2B", b"IN\x41")
+
+
+def dir_names(raw: bytes | None) -> set[bytes]:
+    """File names a directory block holds, read as a pattern, not parsed: a run of name bytes
+    (printable ASCII or >= 0x80, no ``/``) of exactly the length a byte before it gives, in one
+    of three shapes — ``len, type (0-7), name`` (ext2/3/4 ``ext4_dir_entry_2``: ``name_len``,
+    ``file_type``), ``len, name, type (1-7)`` (XFS ``xfs_dir2_data_entry``: ``namelen``, name,
+    ``ftype``) and ``len, namespace (0-3), UTF-16LE name`` (NTFS ``FILE_NAME`` in an index entry,
+    names of printable ASCII only); the XFS shape only where an XFS directory magic (``XDD3``,
+    ``XDB3``, ``XD2D``, ``XD2B``, a directory inode ``IN\x41``) is in the block, the NTFS one only
+    where ``INDX`` or ``FILE0`` is. Text, database pages and random data yield few or no such
+    runs (a text line is preceded by a line break, not a length). Returns the names as bytes
+    (UTF-16 names as ASCII); empty for None. Needs numpy (without it: empty)."""
+    if not raw or _np is None or len(raw) < 4:
+        return set()
+    a = _np.frombuffer(raw, dtype=_np.uint8)
+    n = len(a)
+    ok = _NAME_OK[a]
+    out: set[bytes] = set()
+    # ext4 shape: a[p-2] = len, a[p-1] in 0..7, a[p..p+len) name bytes
+    p = _np.flatnonzero((a[1:-1] <= 7) & ok[2:] & (a[:-2] >= 1)) + 2
+    csum = None
+    if len(p):
+        csum = _np.concatenate(([0], _np.cumsum(ok, dtype=_np.int64)))
+        end = p + a[p - 2].astype(_np.int64)
+        sel = end <= n
+        p, end = p[sel], end[sel]
+        sel = csum[end] - csum[p] == end - p
+        for s, e in zip(p[sel].tolist(), end[sel].tolist()):
+            out.add(raw[s:e])
+    idx = _np.arange(n)
+    # XFS shape: a[p-1] = len, a[p..p+len) name bytes, a[p+len] in 1..7; only in XFS directory
+    # blocks (magic XDD3/XDB3, v4 XD2D/XD2B) and directory inodes (magic IN, mode 040xxx)
+    if any(m in raw for m in _XFS_DIR_MAGICS):
+        if csum is None:
+            csum = _np.concatenate(([0], _np.cumsum(ok, dtype=_np.int64)))
+        p = idx[1:]
+        ln = a[:-1].astype(_np.int64)
+        end = p + ln
+        sel = (ln >= 1) & ok[1:] & (end < n)
+        p, end = p[sel], end[sel]
+        sel = (csum[end] - csum[p] == end - p)
+        p, end = p[sel], end[sel]
+        sel = (a[end] >= 1) & (a[end] <= 7)
+        for s, e in zip(p[sel].tolist(), end[sel].tolist()):
+            out.add(raw[s:e])
+    # NTFS shape: a[p-2] = len (characters), a[p-1] in 0..3, then len x (printable ASCII, 0);
+    # only in index records (INDX) and MFT records (FILE)
+    if n >= 8 and (b"INDX" in raw or b"FILE0" in raw):
+        pair = _np.zeros(n, dtype=bool)
+        pair[:-1] = (a[:-1] >= 0x20) & (a[:-1] < 0x7F) & (a[:-1] != ord("/")) & (a[1:] == 0)
+        # c2[i] = pairs at i, i-2, i-4, ... (same parity)
+        c2 = _np.zeros(n + 2, dtype=_np.int64)
+        for parity in (0, 1):
+            c2[parity + 2::2] = _np.cumsum(pair[parity::2])[: len(c2[parity + 2::2])]
+        p = idx[2:]
+        ln = a[:-2].astype(_np.int64)
+        end = p + 2 * ln  # exclusive, in bytes
+        sel = (ln >= 1) & (a[1:-1] <= 3) & pair[2:] & (end <= n)
+        p, end = p[sel], end[sel]
+        # pairs at p, p+2, ..., end-2: c2[end] - c2[p]  (c2[k] counts pairs at k-2, k-4, ...)
+        sel = c2[end] - c2[p] == (end - p) // 2
+        for s, e in zip(p[sel].tolist(), end[sel].tolist()):
+            out.add(raw[s:e:2])
+    return out
+
+
+def _exempt_extension(ext: bytes) -> bool:
+    parts = ext.lower().split(b".")
+    return all(x.isdigit() or x.decode("latin-1") in RENAME_EXEMPT or x.endswith(b"~") for x in parts if x)
+
+
+def appended_extensions(old_names: set[bytes], new_names: set[bytes]) -> dict[bytes, list[bytes]]:
+    """Names of ``new_names`` that are not in ``old_names`` and are an old name plus an appended
+    extension (``x.docx`` -> ``x.docx.locked``; the longest old prefix ending before a dot),
+    grouped by the lower-cased appended part (without its leading dot), extensions of
+    :data:`RENAME_EXEMPT` (and numbers) left out. Names shorter than 2 bytes, ``.`` and ``..``
+    are not names here. Returns ``{extension: [new names]}``. Pure."""
+    out: dict[bytes, list[bytes]] = {}
+    for name in new_names - old_names:
+        i = len(name)
+        while True:
+            i = name.rfind(b".", 0, i)
+            if i < 2:
+                break
+            stem, ext = name[:i], name[i + 1:]
+            if stem in old_names and stem not in (b".", b"..") and 0 < len(ext) <= RENAME_EXT_MAX:
+                if not _exempt_extension(ext):
+                    out.setdefault(ext.lower(), []).append(name)
+                break
+    return out
+
+
 @dataclass
 class SnapshotSignals:
     """Counts of one snapshot's changes against its base (the newest snapshot this site judged
@@ -1362,6 +1520,8 @@ class SnapshotSignals:
         evidence: up to :data:`EVIDENCE_MAX` ``(block index, finding)`` of turned-random blocks.
         ransom_notes: changed blocks that read like a ransom note (:func:`ransom_note_matches`).
         ransom_note_evidence: up to :data:`EVIDENCE_MAX` ``(block index, patterns matched)``.
+        names_old, names_new: file names read from the previous and the new versions of the
+            changed blocks (:func:`dir_names`, :meth:`add_names`); not in :meth:`summary`.
     """
 
     data_blocks: int
@@ -1376,12 +1536,36 @@ class SnapshotSignals:
     evidence: list = None  # type: ignore[assignment]
     ransom_notes: int = 0
     ransom_note_evidence: list = None  # type: ignore[assignment]
+    names_old: set = None  # type: ignore[assignment]
+    names_new: set = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         self.data_blocks = max(1, int(self.data_blocks))
         self.magic_destroyed = dict(self.magic_destroyed or {})
         self.evidence = list(self.evidence or [])
         self.ransom_note_evidence = list(self.ransom_note_evidence or [])
+        self.names_old = set(self.names_old or ())
+        self.names_new = set(self.names_new or ())
+
+    def add_names(self, new: bytes | None, old: bytes | None, finding: "BlockFinding") -> None:
+        """Read the file names of one changed block's versions (:func:`dir_names`); a version
+        whose sub-blocks average >= 7 bits/byte (random or compressed: no directory) is skipped."""
+        if new is not None and finding.entropy_after < RENAME_SCAN_ENTROPY_MAX:
+            self.names_new |= dir_names(new)
+        if old is not None and finding.entropy_before < RENAME_SCAN_ENTROPY_MAX:
+            self.names_old |= dir_names(old)
+
+    def renamed(self) -> tuple[str, int, list[str]]:
+        """Names that gained an appended extension (:func:`appended_extensions`): the extension
+        most of them gained, how many gained one (all extensions: ransomware that appends a
+        random extension per file counts too) and up to 8 of those with the most common one
+        (decoded, sorted); ``("", 0, [])`` when none."""
+        groups = appended_extensions(self.names_old, self.names_new)
+        if not groups:
+            return "", 0, []
+        ext, names = max(groups.items(), key=lambda kv: (len(kv[1]), kv[0]))
+        return (ext.decode("utf-8", "replace"), sum(len(v) for v in groups.values()),
+                sorted(n.decode("utf-8", "replace") for n in names)[:8])
 
     def add_note(self, index: int, patterns: Sequence[str]) -> None:
         """Count one changed block that reads like a ransom note (``patterns``: those matched)."""
@@ -1411,7 +1595,8 @@ class SnapshotSignals:
 
     def summary(self) -> dict:
         """Plain dict of the counts and shares (msgpack/JSON-able), without the evidence."""
-        return {"data_blocks": self.data_blocks, "changed_blocks": self.changed_blocks,
+        ext, count, _ = self.renamed()
+        return {"renamed": count, "renamed_extension": ext, "data_blocks": self.data_blocks, "changed_blocks": self.changed_blocks,
                 "turned_random": self.turned_random, "fresh_random": self.fresh_random, "wiped": self.wiped,
                 "cold_rewritten": self.cold_rewritten, "magic_destroyed": dict(self.magic_destroyed),
                 "fs_destroyed": self.fs_destroyed, "shrunk_bytes": self.shrunk_bytes, "score": self.score,
@@ -1419,6 +1604,9 @@ class SnapshotSignals:
 
 
 EVIDENCE_MAX = 64
+RENAME_SCAN_ENTROPY_MAX = 7.0
+"""A block version whose sub-blocks average at least this many bits/byte holds no directory
+(names, inode numbers and padding: 3-6 bits/byte) and is not read for names."""
 
 
 @dataclass(frozen=True)
@@ -1429,7 +1617,8 @@ class RelativeVerdict:
         verdict: "clean" or "suspect".
         score: this snapshot's share of data turned random (or, in ``encrypted`` mode, of cold
             blocks rewritten).
-        baseline: median score of the confirmed history, capped (0 if none).
+        baseline: median score of the confirmed history, capped at ``baseline_cap`` (encrypted
+            mode: the learned cold-rewrite rate, capped at ``cold_baseline_cap``); 0 if none.
         cumulative: excess over the baseline summed over the window, this snapshot included.
         first_suspect_seq: the first snapshot of the window whose score passed the baseline by
             more than :data:`NOISE_FLOOR` (where the drift began: the snapshot before it is the
@@ -1461,27 +1650,39 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple[in
     Returns:
         a :class:`RelativeVerdict`.
     """
+    policy = with_defaults(policy)
     encrypted = policy["mode"] == "encrypted"
     if encrypted:
         score = signals.cold_rewritten / signals.data_blocks
     else:
         score = signals.score
-    baseline = min(float(policy["baseline_cap"]), statistics.median(confirmed)) if confirmed else 0.0
-    # the per-snapshot bound: min_score for content, cold_max for cold rewrites (encrypted mode)
+    # encrypted mode: a volume's steady rate of benign cold rewrites (0.8-0.9 % per snapshot
+    # measured) is learned from confirmed history up to cold_baseline_cap, so the slow window
+    # sums only the excess over it; content mode keeps baseline_cap (0.5 %)
+    learned = statistics.median(confirmed) if confirmed else 0.0
+    capped = min(float(policy["baseline_cap"]), learned)
+    baseline = min(float(policy["cold_baseline_cap"]), learned) if encrypted else capped
+    # the per-snapshot bound: min_score for content, cold_max for cold rewrites (encrypted mode);
+    # factor x the baseline capped at baseline_cap in both modes (the learned cold rate does not
+    # raise it)
     floor = float(policy["cold_max"]) if encrypted else float(policy["min_score"])
-    threshold = max(floor, float(policy["factor"]) * baseline)
+    threshold = max(floor, float(policy["factor"]) * capped)
     reasons: list[str] = []
-    what = "of the data's cold blocks were rewritten" if encrypted else "of the volume's data turned random"
+    what = ("of the base's data blocks were cold and rewritten" if encrypted
+            else "of the base's data blocks turned random against their previous version")
     if score > threshold:
-        reasons.append(f"{score:.1%} {what} against its previous version, above the threshold {threshold:.1%}")
+        reasons.append(f"relative score: {score:.1%} {what}, above the threshold {threshold:.1%}")
     if encrypted and signals.changed_blocks / signals.data_blocks > float(policy["change_max"]):
         reasons.append(f"{signals.changed_blocks / signals.data_blocks:.1%} of the volume's data changed in one "
                        f"snapshot, above change_max {float(policy['change_max']):.1%}")
-    excess = [(s, x - baseline) for s, x in window] + [(seq, score - baseline)]
+    # encrypted mode: a snapshot's cold rate within COLD_RATE_MARGIN of the learned rate is the
+    # volume's steady benign rewriting, not summed (its ups and downs would add up over a window)
+    level = baseline * (1.0 + COLD_RATE_MARGIN) if encrypted else baseline
+    excess = [(s, x - level) for s, x in window] + [(seq, score - level)]
     cumulative = sum(max(0.0, e) for _, e in excess)
     first = next((s for s, e in excess if e > NOISE_FLOOR), None)
     if cumulative > float(policy["cumulative_max"]) and not reasons:
-        reasons.append(f"slow drift: {cumulative:.1%} {what} over {len(excess)} snapshots since the last confirmed "
+        reasons.append(f"slow drift (relative score): {cumulative:.1%} {what} over {len(excess)} snapshots since the last confirmed "
                        f"one, above cumulative_max {float(policy['cumulative_max']):.1%}; it began at #{first}")
     if not encrypted:
         lost = sum(signals.magic_destroyed.values())
@@ -1495,6 +1696,10 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple[in
                        f"wipe_max {float(policy['wipe_max']):.1%}")
     if signals.shrunk_bytes > 0:
         reasons.append(f"the volume shrank by {signals.shrunk_bytes} bytes")
+    ext, count, names = signals.renamed()
+    if count >= int(policy["rename_min"]):
+        reasons.append(f"rename: {count} file names gained an appended extension in one snapshot (most: .{ext}, "
+                       f"e.g. {', '.join(names[:3])}), at least rename_min {int(policy['rename_min'])}")
     if signals.ransom_notes > 0:
         where = ", ".join(f"#{i}" for i, _ in signals.ransom_note_evidence[:4])
         reasons.append(f"ransom_note: {signals.ransom_notes} changed block(s) read like a ransom note (blocks "

@@ -109,8 +109,8 @@ def evidence_lines(e: Mapping[str, Any]) -> list[str]:
     base = here.get("base_seq")
     lines = [f"here ({here.get('site')}): {here.get('verdict')}, "
              + ("first snapshot (clean by definition)" if base is None else f"judged against #{base}"),
-             f"  score {percent(here.get('score', 0))} (baseline {percent(here.get('baseline', 0))}, "
-             f"cumulative {percent(here.get('cumulative', 0))})"]
+             f"  relative score {percent(here.get('score', 0))} (baseline {percent(here.get('baseline', 0))}, "
+             f"cumulative {percent(here.get('cumulative', 0))}), not the primary's commit-time screen"]
     marks = []
     if here.get("first_suspect_seq") is not None:
         marks.append(f"first suspicious #{here['first_suspect_seq']}")
@@ -126,6 +126,11 @@ def evidence_lines(e: Mapping[str, Any]) -> list[str]:
     if signals:
         lines.append("  signals:")
         lines.extend(map_lines(signals, 4))
+    renamed = here.get("renamed")
+    if isinstance(renamed, Mapping) and renamed.get("names"):
+        lines.append(f"  renamed: {renamed.get('names')} file names gained an appended extension (most: "
+                     f".{renamed.get('extension')}; e.g. " + ", ".join(str(n) for n in renamed.get("examples") or [])
+                     + ")")
     notes = here.get("ransom_notes") or []
     if notes:
         lines.append(f"  ransom notes in {len(notes)} block(s):")

@@ -47,6 +47,12 @@ from replicad.telemetry.metrics import SiteMetrics
 log = logging.getLogger("replicad.site.detection")
 
 HISTORY_MAX = 64  # own scores of confirmed history feeding the baseline
+SCORE_MEASURE = {
+    "content": "relative score: share of the base's data blocks that turned random against their previous version "
+               "(not the primary's commit-time screen, which counts whole blocks that newly look random)",
+    "encrypted": "relative score: share of the base's data blocks that were cold and rewritten",
+}
+"""What an evidence file's ``score`` measures, per mode (written beside it)."""
 
 
 class Detection:
@@ -58,7 +64,8 @@ class Detection:
         metrics: the site's metrics (verdicts, disagreements, CPU per changed GiB).
         data_dir: where the evidence files go (``detection/``).
         local_policy: ``volume -> dict`` of this site's ``[volumes.anomaly]`` thresholds
-            (``min_score``, ``factor``); they can only tighten the cluster's policy.
+            (``min_score``, ``factor``); they can only tighten the cluster's policy; ``mode``
+            of ``[volumes.detection]`` when set (compared, never applied: :meth:`policy`).
         fetch: ``(volume, seq, vs) -> Manifest``: make a committed snapshot complete here
             (``Pull.ensure_snapshot``).
     """
@@ -76,6 +83,7 @@ class Detection:
         self._own: dict[tuple[str, int, bytes], str] = {}  # (volume, seq, root) -> own verdict, until Raft has it
         self._disagreed: set[tuple[str, int]] = set()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._mode_warned: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------ verdicts
     def own_verdict(self, volume: str, seq: int, vs: dict) -> str | None:
@@ -90,8 +98,19 @@ class Detection:
         return self._own.get((volume, seq, snap["root"]))
 
     def policy(self, volume: str, vs: dict) -> dict:
-        """The effective policy: the cluster's, tightened by this site's local config."""
-        return anomaly.stricter(detection_policy(vs), self.local_policy(volume))
+        """The effective policy: the cluster's, tightened by this site's local config. A local
+        ``mode`` (``[volumes.detection]``: the initial policy at the volume's registration) that
+        differs from the cluster's is not applied (a mode is no stricter than another): a WARNING
+        once per volume and mode says so."""
+        cluster, local = detection_policy(vs), self.local_policy(volume)
+        mode = local.get("mode")
+        if mode is not None and mode != cluster["mode"] and (volume, mode) not in self._mode_warned:
+            self._mode_warned.add((volume, mode))
+            log.warning("volume %s: [volumes.detection] mode = %r here, but the cluster's detection policy says %r "
+                        "(the config key only sets the policy at the volume's first registration); judging in %r. "
+                        "Change it with: replicad detection %s --set mode=%s (a request other sites approve)",
+                        volume, mode, cluster["mode"], cluster["mode"], volume, mode)
+        return anomaly.stricter(cluster, local)
 
     async def judge_pending(self, volume: str, vs: dict, upto: int | None = None) -> dict[int, str]:
         """Judge, oldest first, every committed snapshot up to ``upto`` (default: the newest)
@@ -150,6 +169,7 @@ class Detection:
                        "against)"]
             evidence_blocks: list[dict] = []
             notes: list[dict] = []
+            renamed = None
         else:
             base = await self.fetch(volume, base_seq, vs)
             # the cold reference is a store lookup and a manifest load: in the worker thread too
@@ -160,15 +180,18 @@ class Detection:
             reasons = list(verdict.reasons)
             evidence_blocks = [_block_doc(i, f) for i, f in signals.evidence]
             notes = [{"index": i, "patterns": list(p)} for i, p in signals.ransom_note_evidence]
+            ext, count, names = signals.renamed()
+            renamed = {"extension": ext, "names": count, "examples": names} if count else None
         cpu_s = time.process_time() - t0
         own = verdict.verdict
         reason = "; ".join(reasons)[:400] if own == "suspect" else ""
         doc = {"site": self.site_id, "volume": volume, "seq": seq, "root": snap["root"].hex(), "base_seq": base_seq,
-               "verdict": own, "score": verdict.score, "baseline": verdict.baseline,
+               "verdict": own, "score": verdict.score, "score_measure": SCORE_MEASURE[policy["mode"]],
+               "baseline": verdict.baseline,
                "cumulative": verdict.cumulative, "first_suspect_seq": verdict.first_suspect_seq,
                "restore_seq": self._restore_point(vs, verdict.first_suspect_seq),
                "reasons": reasons, "signals": signals.summary(), "blocks": evidence_blocks,
-               "ransom_notes": notes, "policy": policy,
+               "ransom_notes": notes, "renamed": renamed, "policy": policy,
                "cpu_s": cpu_s, "judged_at_ns": time.time_ns()}
         await asyncio.to_thread(self._write, volume, seq, doc)
         self._own[(volume, seq, snap["root"])] = own
@@ -263,6 +286,7 @@ class Detection:
             finding = anomaly.compare_block(new, old, r_new, r_old)
             cold = old_d is not None and old_d != ZERO_DIGEST and ref_digest(index) == old_d
             signals.add(index, finding, cold)
+            signals.add_names(new, old, finding)
             matched = anomaly.ransom_note_matches(new, old, notes, note_min, strong)
             if matched:
                 signals.add_note(index, matched)

@@ -173,3 +173,49 @@ def test_policy_rules() -> None:
     assert weakened_keys(POLICY_DEFAULTS, {**POLICY_DEFAULTS, "window_s": 60}) == ["window_s"]
     assert weakened_keys(POLICY_DEFAULTS, {**POLICY_DEFAULTS, "mode": "encrypted"}) == ["mode"]
     assert weakened_keys(POLICY_DEFAULTS, {**POLICY_DEFAULTS, "min_score": 0.001}) == []
+
+
+def _cold(share: float, data_blocks: int = 20_000) -> SnapshotSignals:
+    s = SnapshotSignals(data_blocks=data_blocks)
+    s.changed_blocks = s.cold_rewritten = round(share * data_blocks)
+    return s
+
+
+def _run_window(p: dict, rates: list[float], confirmed: list[float]) -> int | None:
+    """Judge one snapshot per rate, the slow window holding the earlier clean ones (as
+    ``Detection._history`` does); the 1-based index of the first suspect one, else None."""
+    window: list[tuple[int, float]] = []
+    for i, rate in enumerate(rates, start=1):
+        v = judge_relative(i + 1, _cold(rate), window, confirmed, p)
+        if v.verdict == "suspect":
+            return i
+        window.append((i + 1, v.score))
+    return None
+
+
+def test_encrypted_mode_slow_window_learns_the_steady_benign_cold_rate() -> None:
+    """Benign cold rewrites of an encrypted volume (0.8-0.9 % per snapshot measured in
+    tests/integration/test_encrypted_volume.py) summed in the slow window made the fourth
+    snapshot suspect; the window now sums only what passes the rate learned from confirmed
+    history (x 1.25), while a slow attack of 1 % of cold blocks per snapshot on top of it is
+    still caught before 5 % of the data is encrypted."""
+    p = {**POLICY_DEFAULTS, "mode": "encrypted"}
+    r = random.Random(3)
+    benign = [r.uniform(0.008, 0.009) for _ in range(60)]
+    assert _run_window(p, benign, []) == 4  # nothing confirmed: no rate learned, the sum flags it
+    confirmed = [0.0085, 0.0088]  # one or two snapshots a person confirmed
+    assert _run_window(p, benign, confirmed) is None  # 60 benign snapshots, none flagged
+    attack = [b + 0.01 for b in benign]
+    first = _run_window(p, attack, confirmed)
+    assert first is not None and first * 0.01 < 0.05, first  # caught before 5 % encrypted (at 4 %)
+    # the learned rate is capped (cold_baseline_cap, 2 %) and does not raise the per-snapshot
+    # bound (cold_max, 5 %): confirmed history of a busy volume cannot hide a fast attack; a
+    # site may only lower the cap
+    v = judge_relative(2, _cold(0.055), [], [0.08] * 5, p)
+    assert v.baseline == 0.02 and v.verdict == "suspect"
+    assert _run_window(p, [0.024] * 40, [0.08] * 5) is None  # under 1.25 x the capped rate: not summed
+    assert _run_window(p, [0.034] * 40, [0.08] * 5) == 4  # 0.9 % over it per snapshot: the fourth
+    assert weakened_keys(p, {**p, "cold_baseline_cap": 0.1}) == ["cold_baseline_cap"]
+    assert stricter(p, {"cold_baseline_cap": 0.5})["cold_baseline_cap"] == 0.02
+    # content mode is unchanged: the baseline cap stays baseline_cap (0.5 %)
+    assert judge_relative(2, signals(1), [], [0.05] * 5, dict(POLICY_DEFAULTS)).baseline == 0.005

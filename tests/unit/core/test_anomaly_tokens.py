@@ -207,3 +207,31 @@ def test_the_documented_false_alarm_of_the_token_test() -> None:
     freed text): the same class as base64 or gzip over freed text."""
     assert compare_block(fit(od_dump(os.urandom(B))), text(B, 3)).turned_random  # the narrow test's
     assert compare_block(decimal_lines(B), text(B, 4)).separated > 0
+
+
+PADDED = {  # ciphertext in hex groups between fixed filler words: the filler repeats like data
+    "data: 3f2a data: 91bc": "data: {} ",
+    "<b>3f2a</b> lines": "<b>{}</b>\n",
+    "chunk 3f2a of data": "chunk {} of data\n",
+    "row,3f2a,ok,v1": "row,{},ok,v1\n",
+}
+
+
+@pytest.mark.parametrize("old_name", list(OLD))
+@pytest.mark.parametrize("form", list(PADDED))
+def test_ciphertext_padded_with_filler_words_is_seen_without_its_filler(old_name: str, form: str) -> None:
+    """The adaptive attacker of the benchmark pads hex of its ciphertext with fixed words; the
+    words are filler (:func:`anomaly.without_filler`: a kind >= 10 % of the tokens) and what is
+    left is hex in fixed-width groups, memoryless once joined."""
+    h = os.urandom(B // 2).hex()
+    new = fit("".join(PADDED[form].format(h[i:i + 4]) for i in range(0, len(h), 4)).encode())
+    f = compare_block(new, OLD[old_name]())
+    assert f.turned_random and f.separated >= 4, f  # database pages: only their data sub-blocks are judged
+
+
+def test_ciphertext_glued_to_filler_letters_is_not_seen() -> None:
+    """Documented limit: filler glued to the groups (``x3f2ay``) makes every token a distinct
+    6-character word and the joined bytes repeat their filler letters (ARCHITECTURE.md)."""
+    h = os.urandom(B // 2).hex()
+    new = fit("".join(f"x{h[i:i + 4]}y " for i in range(0, len(h), 4)).encode())
+    assert not compare_block(new, text(B, 1)).turned_random
