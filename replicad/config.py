@@ -85,6 +85,7 @@ __all__ = [
     "FloorConfig",
     "SourceConfig",
     "AnomalyConfig",
+    "DetectionConfig",
     "DrillConfig",
     "VolumeConfig",
     "TlsConfig",
@@ -474,6 +475,22 @@ class AnomalyConfig(BaseModel):
     factor: Number = Field(4.0, ge=1.0)
 
 
+class DetectionConfig(BaseModel):
+    """The volume's initial detection policy (``[volumes.detection]``; issue 14).
+
+    ``mode`` (``"content"`` or ``"encrypted"``; default: not set, i.e. ``content``) is carried
+    into Raft by the ``add_volume`` that first registers the volume in the cluster (the first
+    site whose registration lands decides). Afterwards the cluster's policy in Raft rules: a
+    later change of this key does nothing (a WARNING says so; ``replicad detection VOL --set
+    mode=...`` changes it, as an approved request), and ``[volumes.anomaly]`` may only make
+    detection stricter.
+    """
+
+    model_config = _FROZEN
+
+    mode: Literal["content", "encrypted"] | None = None
+
+
 class DrillConfig(BaseModel):
     """What a recovery drill checks on the restored image (``[volumes.drill]``; issue 16).
 
@@ -516,6 +533,7 @@ class VolumeConfig(BaseModel):
     source: SourceConfig = SourceConfig()
     retention: RetentionConfig = RetentionConfig()
     anomaly: AnomalyConfig = AnomalyConfig()
+    detection: DetectionConfig = DetectionConfig()
     drill: DrillConfig = DrillConfig()
 
     @field_validator("path", mode="after")

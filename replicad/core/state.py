@@ -867,6 +867,13 @@ def _op_add_volume(state: dict, cmd: dict) -> tuple[dict, dict]:
                        size_bytes=size_bytes, max_size_bytes=SIZE_BYTES_MAX)
     min_copies = _int(cmd, "min_copies", 1)
     retention = _retention(cmd)
+    detection = cmd.get("detection")
+    if detection is not None:  # the initial policy a site's [volumes.detection] sets (issue 14)
+        problems = anomaly.policy_problems(detection)
+        if problems:
+            raise _Refusal("bad_request", f"detection policy: {'; '.join(problems)}", field="detection",
+                           problems=problems)
+        detection = {k: anomaly.with_defaults(detection)[k] for k in anomaly.POLICY_DEFAULTS}
     if block_size & (block_size - 1):
         raise _Refusal("bad_request", "block_size must be a power of two", block_size=block_size)
     existing = state["volumes"].get(name)
@@ -881,6 +888,8 @@ def _op_add_volume(state: dict, cmd: dict) -> tuple[dict, dict]:
                        volume=name, max_volumes=VOLUMES_MAX)
     vol = {"primary": primary, "epoch": 1, "block_size": block_size, "size_bytes": size_bytes,
            "min_copies": min_copies, "retention": retention, "snapshots": {}, "last_seq": 0}
+    if detection is not None:
+        vol["detection"] = detection
     return _with_volume(state, name, vol), {"ok": True, "volume": name, "created": True, "epoch": 1}
 
 
@@ -1829,7 +1838,7 @@ _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str],
     "register_site": (_op_register_site, frozenset({"site_id", "peer_url", "kind"}),
                       frozenset({"site_id", "peer_url", "kind"})),
     "add_volume": (_op_add_volume, frozenset({"volume", "primary", "block_size", "size_bytes",
-                                              "min_copies", "retention"}),
+                                              "min_copies", "retention", "detection"}),
                    frozenset({"volume", "primary", "block_size", "size_bytes", "min_copies", "retention"})),
     "commit_snapshot": (_op_commit_snapshot,
                         frozenset({"volume", "seq", "epoch", "root", "parent_seq", "created_at_ns",

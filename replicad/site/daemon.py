@@ -54,6 +54,7 @@ from aiohttp import web
 
 from replicad.config import SiteConfig, VolumeConfig, load_signer, membership_differences
 from replicad.consensus.raft import RaftNode
+from replicad.core import anomaly
 from replicad.core.errors import (ConflictError, MembershipMismatchError, NotFoundError, ReplicadError,
                                   from_os_error)
 from replicad.core.state import CLOCK_REPORT_PERIOD_NS
@@ -310,7 +311,10 @@ class SiteDaemon:
         vol = next((v for v in self.cfg.volumes if v.name == volume), None)
         if vol is None:
             return {}
-        return {"min_score": float(vol.anomaly.min_score), "factor": float(vol.anomaly.factor)}
+        out = {"min_score": float(vol.anomaly.min_score), "factor": float(vol.anomaly.factor)}
+        if vol.detection.mode is not None:  # the initial mode: compared with Raft's, never applied (Detection.policy)
+            out["mode"] = vol.detection.mode
+        return out
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task:
         """Run ``coro`` as a task that :meth:`stop` cancels."""
@@ -526,9 +530,12 @@ class SiteDaemon:
                 for v in self.cfg.volumes:
                     vs = self.cluster.volume_state(v.name)
                     if vs is None:
+                        # [volumes.detection] sets the initial policy; later the Raft policy rules
+                        initial = ({"detection": {**anomaly.POLICY_DEFAULTS, "mode": v.detection.mode}}
+                                   if v.detection.mode is not None else {})
                         await self.cluster.propose("add_volume", volume=v.name, primary=v.initial_primary,
                                            block_size=v.block_size_bytes, size_bytes=0, min_copies=v.min_copies,
-                                           retention=_retention_dict(v))
+                                           retention=_retention_dict(v), **initial)
                 log.info("site %s registered in the cluster", self.site_id)
                 return
             except ConflictError as err:

@@ -446,3 +446,15 @@ def test_split_host_port(text: str, expected: tuple[str, int]) -> None:
 def test_split_host_port_refuses(text: str) -> None:
     with pytest.raises(ValueError):
         split_host_port(text)
+
+
+def test_volume_detection_sets_the_initial_mode(doc: dict[str, Any]) -> None:
+    assert parse_config(doc).volume("ehr").detection.mode is None  # not set: the cluster's default policy
+    doc["volumes"][0]["detection"] = {"mode": "encrypted"}
+    assert parse_config(doc).volume("ehr").detection.mode == "encrypted"
+    doc["volumes"][0]["detection"] = {"mode": "luks"}
+    with pytest.raises(ConfigError, match=r"volumes\[0\]\.detection\.mode"):
+        parse_config(doc)
+    doc["volumes"][0]["detection"] = {"min_score": 0.01}  # thresholds belong to [volumes.anomaly]
+    with pytest.raises(ConfigError, match=r"volumes\[0\]\.detection\.min_score"):
+        parse_config(doc)

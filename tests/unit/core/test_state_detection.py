@@ -100,3 +100,21 @@ def test_a_suspect_commit_screen_against_clean_opinions_is_no_disagreement(clust
     state, _ = opinion(state, "b", 1, "clean")
     snap = state["volumes"]["vol"]["snapshots"][1]
     assert snap["verdict"] == "suspect" and not disagreement(snap)  # the screen still makes it suspect
+
+
+def test_the_first_registration_carries_the_initial_detection_policy(cluster: dict) -> None:
+    """``[volumes.detection] mode = "encrypted"``: the ``add_volume`` that creates the volume
+    carries the policy into Raft; a later registration with another policy changes nothing, and
+    leaving encrypted mode afterwards is a weakening like any other (approvals)."""
+    initial = {**POLICY_DEFAULTS, "mode": "encrypted"}
+    vol = {"volume": "enc", "primary": "a", "block_size": 65536, "size_bytes": 0, "min_copies": 2,
+           "retention": cluster["volumes"]["vol"]["retention"]}
+    refused(cluster, cmd("add_volume", by="a", **vol, detection={**initial, "mode": "luks"}), "bad_request")
+    state, res = ok(cluster, cmd("add_volume", by="a", **vol, detection=initial))
+    assert res["created"] and detection_policy(state["volumes"]["enc"]) == initial
+    state, res = ok(state, cmd("add_volume", by="b", **vol, detection=dict(POLICY_DEFAULTS)))
+    assert not res["created"] and detection_policy(state["volumes"]["enc"])["mode"] == "encrypted"
+    refused(state, cmd("set_detection", by="a", volume="enc", policy=dict(POLICY_DEFAULTS)), "approval_required")
+    # without the key the volume starts with the defaults, as before
+    state, _ = ok(state, cmd("add_volume", by="a", **{**vol, "volume": "plain"}))
+    assert detection_policy(state["volumes"]["plain"]) == POLICY_DEFAULTS
