@@ -30,7 +30,9 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
     DELETE /v1/exports/{export_id}              [operator] close an export (its pin and overlay go with it)
     GET    /v1/operations/{op_id}               [viewer] state, phase, progress (blocks), result or error
     DELETE /v1/operations/{op_id}               [operator] cancel a running restore or drill (state cancelled)
-    POST   /v1/volumes/{volume}/promote         [admin] {"to": site?, "force": bool, "snapshot": seq?}; answers once the new
+    POST   /v1/volumes/{volume}/promote         [admin] {"to": site?, "force": bool, "snapshot": seq?, "instant": bool?
+                                                 (with force: answers once the snapshot is served as a writable
+                                                 NBD export, "instant": its socket and phase; site.instant)}; answers once the new
                                                  primary serves the volume ("ready": true), or "ready": false
                                                  with "not_ready" (why) after PROMOTE_READY_WAIT_S
     POST   /v1/volumes/{volume}/demote          [admin] {}
@@ -437,9 +439,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
                 return _ok(await _forward(site, vs["primary"], request.path, body,
                                           request.headers.get("Authorization")))
         res = await site.promotion.promote(name, to, force, snapshot=snapshot, instant=instant)
-        if instant:  # answered once the instant export serves: the application attaches to it
-            return _ok({**res, "ready": True})
-        if force:  # answered once this site restored and verified the volume: ready
+        if force:  # answered once this site restored and verified the volume (instant: serves it): ready
             return _ok({**res, "ready": True})
         # a planned switchover: the new primary still restores and verifies its image; answer
         # once it serves the volume (or say it does not yet), never before

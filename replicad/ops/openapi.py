@@ -200,7 +200,7 @@ SCHEMAS: dict[str, dict] = {
 }
 
 _BODIES: dict[str, dict] = {
-    "Promote": _object({}, {"to": _NSTR, "force": _BOOL, "snapshot": _NINT}),
+    "Promote": _object({}, {"to": _NSTR, "force": _BOOL, "snapshot": _NINT, "instant": _BOOL}),
     "Restore": _object({"target": _STR}, {"seq": _NINT, "last_clean": _BOOL, "overwrite": _BOOL, "wait": _BOOL,
                                          "divergent_epoch": _NINT}),
     "Verify": _object({}, {"seq": _NINT}),
@@ -269,7 +269,8 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
      (404,)),
     ("promote", "POST", "/v1/volumes/{volume}/promote",
      "Planned switchover (to, at or forwarded to the primary) or forced failover (force, at the site to promote; "
-     "snapshot: restore that committed clean snapshot instead of the newest clean one)",
+     "snapshot: restore that committed clean snapshot instead of the newest clean one; instant: answer once it "
+     "is served as a writable NBD export, the image written behind, issue 16)",
      "Promote", {"200": "PromoteResult"}, (400, 404, 409, 503, 507)),
     ("demote", "POST", "/v1/volumes/{volume}/demote", "Leave the volume without a primary (epoch + 1)", "Empty",
      {"200": "DemoteResult"}, (400, 404, 409, 503)),

@@ -55,6 +55,7 @@ log = logging.getLogger("replicad.site.instant")
 RECORD = "record.json"
 RECORD_VERSION = 1
 PHASES = ("serving", "copying", "switching", "done")
+CHECKED_FRESH_S = 60.0  # promote --instant's check of the restore point stands in for the takeover's this long
 WATCH_S = 1.0  # how often an instant export pending its switch-over checks that this site is still primary
 MERGE_CHUNK_BLOCKS = 64  # overlay blocks copied into the image per read/write at the switch-over
 
@@ -126,15 +127,18 @@ class InstantRecovery:
         self.root = Path(data_dir) / "instant"
         self.metrics = metrics
         self._requests: dict[str, tuple[int, int]] = {}  # volume -> (seq, requested_at_ns): promote --instant
+        self._checked: dict[str, tuple[int, Manifest, float]] = {}  # volume -> (seq, manifest, monotonic)
         self._states: dict[str, InstantState] = {}
 
     # ------------------------------------------------------------------ request
-    def request(self, volume: str, seq: int) -> None:
+    def request(self, volume: str, seq: int, manifest: Manifest) -> None:
         """``promote --force --instant`` is about to propose: the takeover that follows serves
-        ``volume#seq`` at once. In memory only: a crash before the takeover wrote its record
-        loses nothing (no write was acknowledged yet), the takeover after the restart is then
-        an ordinary one."""
+        ``volume#seq`` at once; ``manifest`` is the one ``promote`` just checked (complete here,
+        clean in this site's opinion: :meth:`Promotion._check_restore_point`). In memory only: a
+        crash before the takeover wrote its record loses nothing (no write was acknowledged
+        yet), the takeover after the restart is then an ordinary one."""
         self._requests[volume] = (seq, time.time_ns())
+        self._checked[volume] = (seq, manifest, time.monotonic())
         st = self._states.get(volume)
         if st is not None and st.phase == "done":
             del self._states[volume]
@@ -142,6 +146,19 @@ class InstantRecovery:
     def withdraw(self, volume: str) -> None:
         """The promotion was not proposed (refused, lost quorum): forget the request."""
         self._requests.pop(volume, None)
+        self._checked.pop(volume, None)
+
+    def checked(self, volume: str, seq: int, vs: dict) -> Manifest | None:
+        """The manifest ``promote --instant`` checked for ``volume#seq`` within the last
+        :data:`CHECKED_FRESH_S` if it is still the root Raft committed for ``seq`` (the
+        takeover then skips the second walk over every block digest, which costs seconds for a
+        large volume before the first read), else None. Used once."""
+        got = self._checked.pop(volume, None)
+        snap = vs["snapshots"].get(seq)
+        if got is None or snap is None or got[0] != seq or got[1].root != snap["root"] \
+                or time.monotonic() - got[2] > CHECKED_FRESH_S:
+            return None
+        return got[1]
 
     def state(self, volume: str) -> dict | None:
         """:meth:`InstantState.to_dict` of ``volume``'s instant recovery (the last one, also when
@@ -315,8 +332,8 @@ class InstantRecovery:
             fd, copied = await asyncio.to_thread(self._merge, st, exp, image)
             exp.image_fd = fd  # every request from now on: the image
             st.overlay_blocks = copied
+            st.switched_at_ns = time.time_ns()
             await asyncio.to_thread(self._set_phase, st, "done")
-        st.switched_at_ns = time.time_ns()
         log.warning("AUDIT volume %s: instant recovery switched over at %s: %d overlay blocks written into %s "
                     "(fsynced, read back) in %.3fs; the export serves the image itself from now on", st.volume,
                     self.site_id, copied, image, time.monotonic() - t0)

@@ -262,7 +262,11 @@ class Promotion:
         if seq is not None:
             if not retry:
                 transition(runner, "restore_started")
-            if pinned is not None:
+            checked = self.instant.checked(name, pinned, vs) if self.instant is not None and pinned is not None \
+                else None  # issue 16: promote --instant checked exactly this root moments ago
+            if checked is not None:
+                manifest, skipped = checked, []
+            elif pinned is not None:
                 manifest, skipped = await self._pinned(name, pinned, vs), []
             else:
                 seq, manifest, skipped = await self._restorable(name, vs)
@@ -411,16 +415,17 @@ class Promotion:
             if vs["primary"] == self.site_id and runner.acting_epoch == vs["epoch"]:
                 raise ConflictError(f"{self.site_id} is already the primary of {volume}", volume=volume)
             extra: dict[str, Any] = {}
+            checked: Manifest | None = None
             if snapshot is not None:
-                await self._check_restore_point(volume, snapshot, vs)
+                checked = await self._check_restore_point(volume, snapshot, vs)
                 extra["snapshot"] = snapshot
                 vs = self.cluster.volume_state(volume) or vs
                 log.warning("AUDIT volume %s: forced promotion at %s will restore #%d named by the operator (newest "
                             "clean: #%s)", volume, self.site_id, snapshot, newest_clean(vs))
             runner.became_primary.clear()
             runner.takeover_settled.clear()  # before the proposal: the takeover may run as soon as it applies
-            if instant:
-                self.instant.request(volume, snapshot)  # the takeover that follows serves it at once
+            if instant and checked is not None:
+                self.instant.request(volume, snapshot, checked)  # the takeover that follows serves it at once
             try:
                 res = await self.cluster.propose("promote", volume=volume, to=target, expected_epoch=vs["epoch"],
                                                  force=True, **extra)

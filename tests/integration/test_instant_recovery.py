@@ -224,7 +224,10 @@ def test_ext4_on_the_instant_export_is_mounted_written_and_kept_through_the_swit
         subprocess.run(["umount", str(mnt)], check=True, env=_env(), capture_output=True, timeout=60)
         subprocess.run(["losetup", "-d", loop], check=True, env=_env(), capture_output=True, timeout=60)
         loop = None
-        subprocess.run(["fusermount3", "-u", str(fuse)], check=True, env=_env(), capture_output=True, timeout=60)
+        # the loop device lets go of its backing file asynchronously: fusermount3 may find it busy first
+        c.wait_for("the FUSE file released", lambda: subprocess.run(
+            ["fusermount3", "-u", str(fuse)], env=_env(), capture_output=True, timeout=60).returncode == 0, 60,
+            interval_s=0.5)
         nbdfuse.wait(timeout=30)
 
         # the plain image holds the file system with both files, consistent
