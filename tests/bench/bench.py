@@ -61,6 +61,17 @@ Rows (units in the table):
   source (target <= 1.3 for reflink), and at the largest size with 1 % of *it* changed, reflink
   vs rsync (target >= 50x); cycle CPU seconds (``time.process_time``) per GiB changed.
 
+* **qemu** (``--qemu-gib``, default ``1,4``; ``--skip qemu``): for each size a qcow2 disk of that
+  size, its first ``--qemu-fill`` (default all) filled with the same text-like blocks (``qemu-img convert`` of a raw image, which is kept
+  for the file source), served by a ``qemu-storage-daemon`` started here; before each cycle the
+  same ``--reflink-changed-mib`` is rewritten at random 64 KiB blocks in both, through QSD's NBD
+  export and in the raw file; in-process cycles of the ``qemu`` source (QMP transaction,
+  fleecing view over FUSE, dirty bitmap over NBD, read of the changed blocks, ``committed``) and
+  of the ``file`` source on the raw copy. Rows: each size, the largest / smallest ratio per
+  source in wall time and in CPU (the CPU one is the steadier on a loaded machine), cycle CPU
+  seconds per GiB changed (this process plus QSD's, from ``/proc/PID/stat``). A size whose
+  written share does not fit twice under the work dir is skipped (said in the log).
+
 * **PostgreSQL snapshots without hooks** (``--pg-snapshots``, default 20; ``--skip pg``): the
   scenario of :mod:`tests.pgcrash`: PostgreSQL (data checksums) on ext4 inside an image
   (``--pg-image-mib``, default 2048) on a loop-mounted XFS (reflink=1), ``pgbench -s
@@ -756,6 +767,124 @@ def pg_rows(res: Results, add: Callable[..., None]) -> None:
             None, target, (good == n) if kind == "reflink" else None)
 
 
+def _proc_cpu_s(pid: int) -> float:
+    """utime + stime of process ``pid`` in seconds (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def qemu_run(work: Path, res: Results, args: argparse.Namespace, console: Console) -> list[int]:
+    """The qemu rows (module docstring): per size, qemu source / file source incremental cycles
+    with the same changed bytes. Returns the sizes measured (GiB)."""
+    from replicad.config import VolumeConfig
+    from replicad.sources.kinds import make_source
+    from tests.integration.test_qemu_source import Qsd
+
+    sizes = [int(x) for x in args.qemu_gib.split(",") if x]
+    free = shutil.disk_usage(work).free  # raw + qcow2 (the written share of each) + store
+    done = []
+    changed = int(args.reflink_changed_mib * 2**20)
+    for gib in sizes:
+        root = work / f"qemu{gib}"
+        if gib * args.qemu_fill * 2 + 8 > free / 2**30:
+            console.log(f"qemu {gib} GiB: not enough room under {work} ({free / 2**30:.0f} GiB free): skipped")
+            continue
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        size = gib * 2**30
+        rng = random.Random(100 + gib)
+        raw = root / "ehr.raw"
+        t0 = time.perf_counter()
+        write_text_image(raw, int(size * args.qemu_fill) // BLOCK_BYTES * BLOCK_BYTES, rng)
+        os.truncate(raw, size)  # the rest a hole (unallocated in the qcow2 too)
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(root / "disk.qcow2")],
+                       check=True, timeout=args.step_timeout_s)
+        console.log(f"qemu {gib} GiB: raw and qcow2 written in {time.perf_counter() - t0:.1f}s")
+        q = Qsd(root, size)
+        q.start()
+        store = ChunkStore(root / "store")
+        try:
+            cfg = VolumeConfig.model_validate({"name": VOL, "path": str(q.image), "initial_primary": "site-a",
+                                               "block_size": BLOCK_BYTES, "source": {
+                                                   "kind": "qemu", "qmp_socket": str(q.qmp), "node": "disk",
+                                                   "nbd_socket": str(q.nbd)}})
+            fcfg = VolumeConfig.model_validate({"name": VOL, "path": str(raw), "initial_primary": "site-a",
+                                                "block_size": BLOCK_BYTES})
+            qsrc, fsrc = make_source(cfg, root / "data"), make_source(fcfg, root / "data")
+            assert q.proc is not None
+            qpid = q.proc.pid
+
+            def cycle(src, parent, seq, with_qsd):
+                c0, t0 = time.process_time(), time.perf_counter()
+                q0 = _proc_cpu_s(qpid) if with_qsd else 0.0
+                snap = asyncio.run(src.snapshot(volume=VOL, seq=seq, epoch=1, parent=parent, store=store,
+                                                now_ns=time.time_ns()))
+                asyncio.run(src.committed(snap))
+                cpu = time.process_time() - c0 + ((_proc_cpu_s(qpid) - q0) if with_qsd else 0.0)
+                return snap, time.perf_counter() - t0, cpu
+
+            qpar, _, _ = cycle(qsrc, None, 1, True)
+            fpar, _, _ = cycle(fsrc, None, 1, False)
+            qpar, fpar = qpar.result.manifest, fpar.result.manifest
+            for k in range(args.runs):
+                picked = sorted(rng.sample(range(size // BLOCK_BYTES), max(1, changed // BLOCK_BYTES)))
+                h = q.guest()
+                with open(raw, "r+b") as f:
+                    for b in picked:
+                        line = f"edit {gib}-{k} block {b} value {rng.randrange(10**9)}: reviewed\n".encode()
+                        data = (line * (BLOCK_BYTES // len(line) + 1))[:BLOCK_BYTES]
+                        h.pwrite(data, b * BLOCK_BYTES)
+                        f.seek(b * BLOCK_BYTES)
+                        f.write(data)
+                    h.flush()
+                    f.flush()
+                    os.fsync(f.fileno())
+                h.shutdown()
+                n = len(picked)
+                snap, dt, cpu = cycle(qsrc, qpar, 2 + k, True)
+                if snap.mode not in ("tracked", "verified"):
+                    raise RuntimeError(f"qemu cycle was {snap.mode}, not tracked")
+                qpar = snap.result.manifest
+                key = f"qemu.{gib}.same"
+                res.add(f"{key}.qemu.s", dt)
+                res.add(f"{key}.qemu.cpu_per_gib", cpu / (n * BLOCK_BYTES / 2**30))
+                fsnap, fdt, fcpu = cycle(fsrc, fpar, 2 + k, False)
+                fpar = fsnap.result.manifest
+                if fpar.pages != qpar.pages:
+                    raise RuntimeError("the qemu and file sources disagree on the same content")
+                res.add(f"{key}.file.s", fdt)
+                res.add(f"{key}.file.cpu_per_gib", fcpu / (n * BLOCK_BYTES / 2**30))
+                console.log(f"qemu {gib} GiB ({n} blocks): qemu {dt:.3f}s ({cpu:.3f} CPU s, {snap.info}), "
+                            f"file {fdt:.3f}s")
+        finally:
+            store.close()
+            q.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        done.append(gib)
+    return done
+
+
+def qemu_rows(res: Results, sizes: list[int], add: Callable[..., None]) -> None:
+    """Table rows of :func:`qemu_run`."""
+    if not sizes:
+        return
+    for gib in sizes:
+        key = f"qemu.{gib}.same"
+        add(f"qemu incremental, {gib} GiB qcow2, same changed bytes (qemu | file source)",
+            f"{res.cell(key + '.qemu.s', s_fmt)} | {res.cell(key + '.file.s', s_fmt)}", "", None, "info", None)
+        add(f"  cycle CPU s per GiB changed, {gib} GiB (qemu incl. QSD | file source)",
+            f"{res.cell(key + '.qemu.cpu_per_gib', lambda v: f'{v:.2f}')} | "
+            f"{res.cell(key + '.file.cpu_per_gib', lambda v: f'{v:.2f}')}", "", None, "info", None)
+    lo, hi = min(sizes), max(sizes)
+    if hi != lo:
+        for src, target in (("qemu", 1.3), ("file", None)):
+            r = ratio(res.med(f"qemu.{hi}.same.{src}.s"), res.med(f"qemu.{lo}.same.{src}.s"))
+            add(f"  {hi} GiB / {lo} GiB cycle time, same changed bytes: {src}", "", "", r,
+                f"<= {target}" if target else "info", (r is not None and r <= target) if target else None)
+            r = ratio(res.med(f"qemu.{hi}.same.{src}.cpu_per_gib"), res.med(f"qemu.{lo}.same.{src}.cpu_per_gib"))
+            add(f"  {hi} GiB / {lo} GiB cycle CPU, same changed bytes: {src}", "", "", r, "info", None)
+
+
 def reflink_rows(res: Results, sizes: list[int], add: Callable[..., None]) -> None:
     """Table rows of :func:`reflink_run`."""
     if not sizes:
@@ -788,7 +917,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def build_table(res: Results, args: argparse.Namespace, cold: bool,
-                reflink_sizes: list[int] | None = None) -> tuple[Table, list[dict]]:
+                reflink_sizes: list[int] | None = None, qemu_sizes: list[int] | None = None) -> tuple[Table, list[dict]]:
     t = Table(title=escape(f"replicad vs baselines — {args.size_mib} MiB ext4 image, 3 sites, min_copies=2, "
                            f"runs={args.runs} (median [min–max])"), show_lines=False)
     for col in ("row", "replicad", "baseline", "ratio", "target", "met"):
@@ -876,6 +1005,7 @@ def build_table(res: Results, args: argparse.Namespace, cold: bool,
             f"cycle p50 {ms_fmt(statistics.median(res.samples['commit.cycle.s']))}", None, "p99 < 20 ms",
             ship_commit[1] < 0.020)
     reflink_rows(res, reflink_sizes or [], add)
+    qemu_rows(res, qemu_sizes or [], add)
     pg_rows(res, add)
     hwm = [res.med(f"memory.{s}.hwm") for s in ("site-a", "site-b", "site-c")]
     if all(h is not None for h in hwm):
@@ -901,9 +1031,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--commits", type=int, default=40, help="tiny-volume snapshots per run for commit latency")
     ap.add_argument("--sparse-volumes", type=int, default=8)
     ap.add_argument("--sparse-gib", type=int, default=64)
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: cluster,scan,memory,reflink,pg; and "
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: cluster,scan,memory,reflink,qemu,pg; and "
                     "within the cluster run incr,commits,rto (e.g. restore rows alone at a large --size-mib)")
     ap.add_argument("--reflink-gib", default="1,16", help="volume sizes of the reflink rows, GiB (default 1,16)")
+    ap.add_argument("--qemu-gib", default="1,4", help="disk sizes of the qemu rows, GiB (default 1,4)")
+    ap.add_argument("--qemu-fill", type=float, default=1.0,
+                    help="share of each qemu-row disk written before the cycles (default 1.0; the rest a hole)")
     ap.add_argument("--reflink-changed-mib", type=float, default=10.24,
                     help="bytes rewritten before each reflink-row cycle, MiB (default 10.24: 1%% of 1 GiB)")
     ap.add_argument("--pg-snapshots", type=int, default=20,
@@ -936,6 +1069,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     res = Results()
     reflink_sizes: list[int] = []
+    qemu_sizes: list[int] = []
     t_start = time.perf_counter()
     try:
         t0 = time.perf_counter()
@@ -951,12 +1085,13 @@ def main(argv: list[str] | None = None) -> int:
         if "memory" not in skip:
             memory_run(work, res, args, console)
         reflink_sizes = reflink_run(work, res, args, console) if "reflink" not in skip else []
+        qemu_sizes = qemu_run(work, res, args, console) if "qemu" not in skip else []
         if "pg" not in skip:
             pg_run(res, args, console)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-    table, rows = build_table(res, args, cold, reflink_sizes)
+    table, rows = build_table(res, args, cold, reflink_sizes, qemu_sizes)
     console.print(table)
     console.print(f"total bench time {time.perf_counter() - t_start:.0f}s")
     if args.json_out:
