@@ -47,6 +47,9 @@ from replicad.storage.durable import read_into
 PIECE_BLOCKS = 64
 """Blocks read and hashed per worker job (4 MiB at 64 KiB blocks)."""
 
+PREFETCH_BYTES = 64 * 2**20
+"""Bytes of changed blocks announced to the kernel ahead of the reads (:func:`_advise`)."""
+
 PAGE_CACHE_BYTES = 64 * 2**20
 """Bound of a :class:`PageCache`: 512 pages of 4096 digests, the whole manifest of a volume of
 up to 128 GiB at 64 KiB blocks (larger volumes: the pages beyond are read from the store)."""
@@ -149,6 +152,27 @@ def _read_piece(fd: int, first: int, count: int, block_size: int, size: int,
     return _hash_part(memoryview(buf), first, block_size, parent_digests, b"", 0, True, False)
 
 
+def _advise(fd: int, pieces: list[tuple[int, int]], start: int, block_size: int, size: int, budget: int) -> int:
+    """Worker thread: announce the reads of ``pieces[start:]`` to the kernel
+    (``POSIX_FADV_WILLNEED``: it starts reading them at once, many at a time) up to ``budget``
+    bytes; returns the index of the first piece not announced (at least ``start + 1``). Why:
+    changes spread over a volume are hundreds of one-block pieces; read two at a time each
+    waits a disk round trip (4 GiB, 655 scattered blocks, cold: most of a 1.5-2 s cycle)."""
+    i, total = start, 0
+    while i < len(pieces) and (total < budget or i == start):
+        first, count = pieces[i]
+        offset = first * block_size
+        length = min(count * block_size, size - offset)
+        if length > 0:
+            try:
+                os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                return len(pieces)  # a hint only: the reads themselves report errors
+        total += max(length, 0)
+        i += 1
+    return i
+
+
 def _pieces(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Runs cut into jobs of at most PIECE_BLOCKS blocks."""
     out = []
@@ -229,8 +253,14 @@ async def tracked_snapshot(view_path: Path, *, volume: str, seq: int, epoch: int
         pager = _CachedPages(store, page_cache)
         nworkers = workers or max(1, min(4, os.cpu_count() or 1))
         pieces = _pieces(runs)
+        advised = refill_at = 0  # pieces announced to the kernel (_advise); announce more from refill_at on
         for w in range(0, len(pieces), nworkers):
             window = pieces[w:w + nworkers]
+            if w >= refill_at and advised < len(pieces):  # keep about PREFETCH_BYTES announced ahead
+                start = max(advised, w)
+                advised = await asyncio.to_thread(_advise, fd, pieces, start, bs, size, PREFETCH_BYTES // 2
+                                                  if start > w else PREFETCH_BYTES)
+                refill_at = w + max(1, (advised - w) // 2)
             jobs = []
             for first, count in window:
                 digests = await asyncio.to_thread(_parent_range, parent, pager, first, count)
