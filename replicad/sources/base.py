@@ -11,6 +11,9 @@ manifest from them. One object per volume and process (:func:`replicad.sources.k
 * ``reflink`` (:class:`replicad.sources.reflink.ReflinkSource`) — a reflink clone of the image
   is the point-in-time view; the extent maps of this clone and the previous one give the
   changed ranges; only those are read.
+* ``qemu`` (:class:`replicad.sources.qemu.QemuSource`) — a qcow2 disk served by
+  qemu-storage-daemon: copy-before-write fleecing is the point-in-time view, a persistent dirty
+  bitmap rotated in the same QMP transaction gives the changed ranges; only those are read.
 
 :func:`replicad.sources.kinds.make_source` picks the class.
 
@@ -28,7 +31,7 @@ and what the metrics export (``replicad_source_*``).
 
 Tracking states (``status()["state"]``): ``idle`` (no cycle as primary yet in this process),
 ``tracking`` (the next cycle reads only what changed), ``lost`` (the change record cannot be
-trusted: see :mod:`replicad.sources.reflink` for the causes), ``rescan`` (a full scan of the
+trusted: see :mod:`replicad.sources.reflink` and :mod:`replicad.sources.qemu` for the causes), ``rescan`` (a full scan of the
 point-in-time view is under way; back to ``tracking`` once it commits). A ``file`` source is
 always ``untracked``.
 """

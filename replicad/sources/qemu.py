@@ -447,15 +447,11 @@ class QemuSource(ReflinkSource):
             self._set("lost", self.reason)
 
     def status(self) -> dict[str, Any]:
-        rec = self._record or {}
-        verify = rec.get("verify") or {}
-        return {"kind": self.kind, "state": self.state, "reason": self.reason, "since_ns": self.since_ns,
-                "qmp_socket": str(self.qmp_socket), "node": self.node, "bitmap": rec.get("bitmap"),
-                "lost_total": dict(self.lost_total), "rescans": self.rescans,
-                "verify": {"runs": self.verify_runs, "mismatches": self.verify_mismatches,
-                           "last_at_ns": verify.get("at_ns") or None, "cycles_since": verify.get("cycles", 0),
-                           "every": self.cfg.source.verify_every, "max_age_s": self.cfg.source.verify_max_age_s},
-                "last": self.last}
+        out = super().status()
+        for key in ("clone_dir", "parent_clone"):
+            out.pop(key, None)
+        out.update(qmp_socket=str(self.qmp_socket), node=self.node, bitmap=(self._record or {}).get("bitmap"))
+        return out
 
 
 # ---------------------------------------------------------------------- helpers

@@ -513,3 +513,19 @@ def test_raw_disk_through_a_qcow2_sidecar(tmp_path: Path, store: ChunkStore) -> 
             assert snap.mode == "tracked"
             assert same_blocks(snap.result.manifest, d.truth(snap, parent))
         assert raw.read_bytes() == q.disk_bytes()
+
+
+def test_damaged_record_rescans_once(tmp_path: Path, store: ChunkStore) -> None:
+    rng = random.Random(13)
+    with running_qsd(tmp_path) as q:
+        d = Driver(q, store)
+        d.cycle()
+        (tmp_path / "data" / "qemu-source" / "ehr.state.json").write_text('{"v": 1, "volume": "ehr", "gen": "x"}')
+        d.source = make_source(volume_cfg(q), tmp_path / "data")
+        random_writes(q, rng, 4)
+        parent = d.parent
+        snap = d.cycle()
+        assert snap.mode == "rescan" and d.source.status()["lost_total"]["state_damaged"] == 1
+        assert same_blocks(snap.result.manifest, d.truth(snap, parent))
+        random_writes(q, rng, 4)
+        assert d.cycle().mode == "tracked"
