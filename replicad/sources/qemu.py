@@ -76,6 +76,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -356,13 +357,14 @@ class QemuSource(ReflinkSource):
                                              "mountpoint": str(self.view_path), "writable": False})
 
     async def _nbd_server(self, q: "_Qmp") -> None:
-        """Start QSD's NBD server on ``nbd_socket`` unless one runs (then it must be there)."""
+        """Start QSD's NBD server on ``nbd_socket`` unless one runs: then it must be the configured
+        ``nbd_socket`` or the one an earlier cycle started in the state dir (UsageError otherwise)."""
         try:
             await q.run("nbd-server-start", {"addr": {"type": "unix", "data": {"path": str(self.nbd_socket)}}})
         except ToolError as err:
             if "already running" not in str(err.evidence.get("desc", "")):
                 raise
-            if self.cfg.source.nbd_socket is None:
+            if self.cfg.source.nbd_socket is None and not _is_socket(self.nbd_socket):  # not the one we started
                 raise UsageError("qemu-storage-daemon runs an NBD server already: set [volumes.source] nbd_socket to "
                                  "its unix socket", node=self.node) from err
 
@@ -589,6 +591,13 @@ def dirty_ranges(socket: Path, export: str, bitmap: str) -> list[tuple[int, int]
             h.shutdown()
         except Exception:  # noqa: BLE001 — closing only
             pass
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _touch(path: Path) -> None:

@@ -529,3 +529,80 @@ def test_damaged_record_rescans_once(tmp_path: Path, store: ChunkStore) -> None:
         assert same_blocks(snap.result.manifest, d.truth(snap, parent))
         random_writes(q, rng, 4)
         assert d.cycle().mode == "tracked"
+
+
+def test_qsd_killed_with_the_view_mounted(tmp_path: Path, store: ChunkStore) -> None:
+    """QSD dies while its FUSE view is mounted (a dead mount is left): the cycle's end fails and
+    says so, the next cycle clears the dead mount and rescans."""
+    rng = random.Random(17)
+    with running_qsd(tmp_path) as q:
+        d = Driver(q, store)
+        d.cycle()
+        random_writes(q, rng, 5)
+        d.seq += 1
+        snap = asyncio.run(d.source.snapshot(volume="ehr", seq=d.seq, epoch=1, parent=d.parent, store=store,
+                                             now_ns=NOW_NS + d.seq))
+        assert view_mounted(tmp_path)
+        q.stop(signal.SIGKILL)
+        asyncio.run(d.source.abandoned(snap))  # never raises; QSD is gone
+        q.start()
+        random_writes(q, rng, 5)
+        parent = d.parent
+        snap = d.cycle()
+        assert snap.mode == "rescan", snap.info
+        assert same_blocks(snap.result.manifest, d.truth(snap, parent))
+        assert not view_mounted(tmp_path)
+
+
+def test_replicad_starts_the_nbd_server_when_qsd_runs_none(tmp_path: Path, store: ChunkStore) -> None:
+    """A QSD with no NBD server (the guest writes through a FUSE export here): the source starts
+    one on its own socket in the data dir and tracks."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "disk.qcow2"), str(SIZE)], check=True,
+                   timeout=60)
+    guest = tmp_path / "guest.img"
+    guest.touch()
+    qmp = tmp_path / "qmp.sock"
+    log = open(tmp_path / "qsd.log", "ab")
+    proc = subprocess.Popen(
+        ["qemu-storage-daemon",
+         "--blockdev", f"driver=file,node-name=disk-file,filename={tmp_path / 'disk.qcow2'}",
+         "--blockdev", "driver=qcow2,node-name=disk,file=disk-file",
+         "--export", f"type=fuse,id=guest,node-name=disk,mountpoint={guest},writable=on",
+         "--chardev", f"socket,path={qmp},server=on,wait=off,id=qmp0", "--monitor", "chardev=qmp0"],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    log.close()
+    try:
+        deadline = time.monotonic() + 30
+        while not (qmp.exists() and guest.stat().st_size == SIZE):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "qsd.log").read_text()
+            time.sleep(0.02)
+        cfg = VolumeConfig.model_validate({"name": "ehr", "path": str(tmp_path / "disk.qcow2"),
+                                           "initial_primary": "site-a", "block_size": BS,
+                                           "source": {"kind": "qemu", "qmp_socket": str(qmp), "node": "disk"}})
+        src = make_source(cfg, tmp_path / "data")
+        first = asyncio.run(src.snapshot(volume="ehr", seq=1, epoch=1, parent=None, store=store, now_ns=NOW_NS))
+        asyncio.run(src.committed(first))
+        fd = os.open(guest, os.O_WRONLY)
+        try:
+            for b in (5, 700):
+                os.pwrite(fd, rng_block(b), b * BS)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        snap = asyncio.run(src.snapshot(volume="ehr", seq=2, epoch=1, parent=first.result.manifest, store=store,
+                                        now_ns=NOW_NS + 1))
+        asyncio.run(src.committed(snap))
+        assert snap.mode == "tracked" and sorted(snap.result.changed_blocks) == [5, 700]
+        assert snap.info["read_blocks"] == 2
+        assert list((tmp_path / "data" / "qemu-source").glob("*.nbd"))  # the server replicad started
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        for mnt in (guest, tmp_path / "data" / "qemu-source" / "ehr.view"):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=30, check=False)
+
+
+def rng_block(b: int) -> bytes:
+    return (f"block {b} rewritten\n" * (BS // 8))[:BS].encode()
