@@ -413,7 +413,9 @@ class QemuSource(ReflinkSource):
                 await self._tidy(q, {new, old} - {None})  # the view first: it holds the frozen bitmap
                 if not committed and old:
                     await q.run("block-dirty-bitmap-merge", {"node": self.node, "target": new, "bitmaps": [old]})
-                await self._tidy(q, {new} if committed or old else set())
+                for name in ([old] if committed or old else [old, new]):
+                    if name:
+                        await q.run("block-dirty-bitmap-remove", {"node": self.node, "name": name})
         except (ReplicadError, OSError) as err:
             ok = False
             log.warning("volume %s: ending the qemu source cycle failed (%s): the next cycle rescans", self.cfg.name,
