@@ -131,13 +131,14 @@ class InstantRecovery:
         self._states: dict[str, InstantState] = {}
 
     # ------------------------------------------------------------------ request
-    def request(self, volume: str, seq: int, manifest: Manifest) -> None:
+    def request(self, volume: str, seq: int, manifest: Manifest, requested_at_ns: int) -> None:
         """``promote --force --instant`` is about to propose: the takeover that follows serves
         ``volume#seq`` at once; ``manifest`` is the one ``promote`` just checked (complete here,
         clean in this site's opinion: :meth:`Promotion._check_restore_point`). In memory only: a
         crash before the takeover wrote its record loses nothing (no write was acknowledged
-        yet), the takeover after the restart is then an ordinary one."""
-        self._requests[volume] = (seq, time.time_ns())
+        yet), the takeover after the restart is then an ordinary one. ``requested_at_ns``: when
+        the promote request arrived (the instant recovery's timings count from it)."""
+        self._requests[volume] = (seq, requested_at_ns)
         self._checked[volume] = (seq, manifest, time.monotonic())
         st = self._states.get(volume)
         if st is not None and st.phase == "done":

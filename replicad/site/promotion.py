@@ -396,6 +396,7 @@ class Promotion:
             raise NotFoundError(f"unknown volume {volume}", volume=volume)
         target = to or self.site_id
         t0 = time.monotonic()
+        t0_ns = time.time_ns()  # issue 16: the instant recovery's timings count from here
         if snapshot is not None and not force:
             raise UsageError("only a forced promotion names the snapshot to restore (--force --snapshot SEQ); a "
                              "planned switchover hands over the newest one", volume=volume, snapshot=snapshot)
@@ -425,7 +426,7 @@ class Promotion:
             runner.became_primary.clear()
             runner.takeover_settled.clear()  # before the proposal: the takeover may run as soon as it applies
             if instant and checked is not None:
-                self.instant.request(volume, snapshot, checked)  # the takeover that follows serves it at once
+                self.instant.request(volume, snapshot, checked, t0_ns)  # the takeover that follows serves it at once
             try:
                 res = await self.cluster.propose("promote", volume=volume, to=target, expected_epoch=vs["epoch"],
                                                  force=True, **extra)
