@@ -393,10 +393,10 @@ class ReflinkSource(SnapshotSource):
             return
         self.verify_mismatches += 1
         differing = await asyncio.to_thread(diff, tracked, full.manifest, store.get)
-        log.error("volume %s#%d: the reflink tracked manifest differs from a full scan of the same clone in %d "
+        log.error("volume %s#%d: the %s tracked manifest differs from a full scan of the same view in %d "
                   "block(s) (first: %s; size %d vs %d): shipping the full scan's manifest instead (the truth); "
-                  "if this repeats, set [volumes.source] kind = \"file\" and report it", volume, seq, len(differing),
-                  differing[:MISMATCH_LOG_BLOCKS], tracked.size_bytes, full.manifest.size_bytes)
+                  "if this repeats, set [volumes.source] kind = \"file\" and report it", volume, seq, self.kind,
+                  len(differing), differing[:MISMATCH_LOG_BLOCKS], tracked.size_bytes, full.manifest.size_bytes)
         snap.result = full
         snap.mode = snap.info["mode"] = "repaired"
         snap.info["mismatched_blocks"] = len(differing)

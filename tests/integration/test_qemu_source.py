@@ -606,3 +606,30 @@ def test_replicad_starts_the_nbd_server_when_qsd_runs_none(tmp_path: Path, store
 
 def rng_block(b: int) -> bytes:
     return (f"block {b} rewritten\n" * (BS // 8))[:BS].encode()
+
+
+def test_verifier_repairs_a_bitmap_that_missed_writes(tmp_path: Path, store: ChunkStore, caplog) -> None:
+    """A record that lies (the recording bitmap is said to track from the first snapshot while it
+    tracks from a later one): the bitmap misses the writes in between, the verifier's full scan
+    of the same view sees them and its manifest is shipped."""
+    import json
+
+    rng = random.Random(19)
+    with running_qsd(tmp_path) as q:
+        d = Driver(q, store, verify_every=1)
+        first = d.cycle()
+        guest_write(q, [10, 11, 12], rng)
+        assert d.cycle().mode == "verified"
+        state = tmp_path / "data" / "qemu-source" / "ehr.state.json"
+        rec = json.loads(state.read_text())
+        rec["root"] = first.result.manifest.root.hex()
+        state.write_text(json.dumps(rec))
+        d.source = make_source(volume_cfg(q, verify_every=1), tmp_path / "data")
+        d.parent = first.result.manifest
+        guest_write(q, [20], rng)
+        with caplog.at_level("ERROR", logger="replicad.sources.reflink"):
+            snap = d.cycle()
+        assert snap.mode == "repaired" and d.source.status()["verify"]["mismatches"] == 1
+        assert snap.info["mismatched_blocks"] == 3
+        assert "qemu tracked manifest differs from a full scan" in caplog.text
+        assert same_blocks(snap.result.manifest, d.truth(snap, first.result.manifest))
