@@ -154,9 +154,30 @@ def _render_status(data: dict) -> None:
         _render_volumes_narrow(data)
     else:
         _render_volumes_table(data)
+    for name, v in data.get("volumes", {}).items():  # issue 16: promote --instant
+        if v.get("instant"):
+            console.print(_instant_line(name, v["instant"]), markup=False, soft_wrap=True)
     for target in data.get("interrupted_restores") or []:
         console.print(f"[red]incomplete:[/red] a restore into {target} was interrupted: that file is incomplete "
                       "(restore into it again with --overwrite if it is to be used)", markup=True, highlight=False)
+
+
+def _instant_line(volume: str, st: dict) -> str:
+    """One line of ``status`` for a volume's instant recovery (``volumes.VOL.instant``)."""
+    def s(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f} s"
+    head = f"instant recovery {volume}#{st['seq']} (epoch {st['epoch']}): {st['phase']}"
+    if st["phase"] in ("serving", "copying", "switching"):
+        head += (f", copy {100 * st['progress']:.0f} % ({st['copy_done_blocks']}/{st['copy_total_blocks']} blocks), "
+                 f"{st['overlay_blocks']} blocks written by the application; serving on {st['socket']}")
+    elif st["phase"] == "done":
+        head += f", switched over after {s(st['switched_after_s'])} ({st['overlay_blocks']} blocks copied in)"
+    elif st["phase"] == "fenced":
+        head += " (another site took the volume over: the export is closed, its writes kept, not applied)"
+    head += f"; first read after {s(st['first_read_after_s'])}"
+    if st.get("last_error") and st["phase"] != "done":
+        head += f"; last error: {st['last_error']}"
+    return head
 
 
 def _keys_shown(ident: dict) -> str:
@@ -308,7 +329,7 @@ def _render_verdict(r: dict) -> None:
 
 def _render_promote(r: dict) -> None:
     line = f"{r['volume']}: primary is now {r['primary']} at epoch {r.get('epoch')}"
-    if r.get("restored_seq") is not None:
+    if r.get("restored_seq") is not None and not r.get("instant"):
         named = " (the one named)" if (r.get("restore") or {}).get("pinned") else ""
         line += f"; restored snapshot #{r['restored_seq']}{named}, root verified, in {r.get('rto_s', 0):.2f}s"
     if r.get("final_seq") is not None:
