@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import random
 import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -153,6 +155,12 @@ def test_instant_promotion_serves_at_once_and_keeps_every_flushed_write(tmp_path
             c.api("site-b", "DELETE", f"/v1/exports/{e['export_id']}")
         closed = c.api("site-b", "DELETE", f"/v1/exports/{inst['export_id']}")  # done: it may close now
         assert closed["closed"] is True
+        with urllib.request.urlopen(c.sites["site-b"].admin_url + "/metrics", timeout=10) as resp:
+            metrics = resp.read().decode()
+        assert 'replicad_instant_recovery_phase{phase="done",site="site-b",volume="ehr"} 1.0' in metrics, \
+            [m for m in metrics.splitlines() if "instant" in m]
+        assert 'replicad_instant_recovery_progress_ratio{site="site-b",volume="ehr"} 1.0' in metrics
+        assert re.search(r'replicad_instant_recovery_first_read_seconds\{site="site-b",volume="ehr"\} [0-9.]+', metrics)
     finally:
         if held.exists():
             subprocess.run(["chattr", "-i", str(held)], env=_env(), capture_output=True, timeout=30)
