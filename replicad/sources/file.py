@@ -47,9 +47,10 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import blake3
 
@@ -242,6 +243,9 @@ class _ParentDigests:
         return page
 
 
+T = TypeVar("T")
+
+
 async def run_hook(argv: Sequence[str], name: str, timeout_s: float) -> None:
     """Run one hook command (argv list, no shell) and wait for it.
 
@@ -277,6 +281,34 @@ async def run_hook(argv: Sequence[str], name: str, timeout_s: float) -> None:
         raise ToolError(f"{name} hook {command[0]!r} exited with {proc.returncode}: {tail}",
                         hook=name, command=command, returncode=proc.returncode,
                         stderr_tail=tail)
+
+
+async def run_hooked(pre: Sequence[str], post: Sequence[str], action: Callable[[], Awaitable[T]],
+                     what: str, timeout_s: float = 300.0) -> T:
+    """``pre`` hook, ``await action()``, ``post`` hook — the post hook also after a failure of
+    the pre hook or of the action, whose error then wins (the post hook's is logged). Empty
+    hooks are skipped. Used by the sources that take their point in time in one step (the
+    reflink clone, the qemu transaction) so that a freeze hook holds only that step.
+
+    Raises:
+        ToolError: a hook failed (see :func:`run_hook`); whatever ``action`` raises.
+    """
+    failed = False
+    try:
+        if pre:
+            await run_hook(pre, "pre_snapshot", timeout_s)
+        return await action()
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if post:
+            try:
+                await run_hook(post, "post_snapshot", timeout_s)
+            except ReplicadError as err:
+                if not failed:
+                    raise
+                log.error("post_snapshot hook failed after a failed %s: %s", what, err)
 
 
 def _open_source(path: Path) -> tuple[int, int]:

@@ -88,7 +88,7 @@ from replicad.core.errors import (NotFoundError, ReplicadError, ToolError, Unava
 from replicad.core.manifest import Manifest
 from replicad.sources.base import SourceSnapshot
 from replicad.sources.extents import block_runs
-from replicad.sources.file import run_hook, take_snapshot
+from replicad.sources.file import run_hooked, take_snapshot
 from replicad.sources.reflink import ReflinkSource, _unlink
 from replicad.sources.tracked import tracked_snapshot
 from replicad.storage.chunkstore import ChunkStore
@@ -299,22 +299,8 @@ class QemuSource(ReflinkSource):
     async def _transaction_hooked(self, q: "_Qmp", actions: list[dict[str, Any]]) -> None:
         """pre hook, the QMP transaction, post hook (also after a failure; the first error wins)."""
         src = self.cfg.source
-        failed = False
-        try:
-            if src.pre_snapshot:
-                await run_hook(src.pre_snapshot, "pre_snapshot", 300.0)
-            await q.run("transaction", {"actions": actions})
-        except BaseException:
-            failed = True
-            raise
-        finally:
-            if src.post_snapshot:
-                try:
-                    await run_hook(src.post_snapshot, "post_snapshot", 300.0)
-                except ReplicadError as err:
-                    if not failed:
-                        raise
-                    log.error("post_snapshot hook failed after a failed transaction: %s", err)
+        await run_hooked(src.pre_snapshot, src.post_snapshot, lambda: q.run("transaction", {"actions": actions}),
+                         "QMP transaction")
 
     def _tracked_bitmap(self, parent: Manifest | None, info: dict[str, Any]) -> str | None:
         """The recording bitmap that lists every write since ``parent``'s view, or None with the

@@ -81,7 +81,7 @@ from replicad.core.errors import CloneCrossDeviceError, ReflinkUnsupportedError,
 from replicad.core.manifest import Manifest, diff
 from replicad.sources.base import SnapshotSource, SourceSnapshot
 from replicad.sources.extents import block_runs, clone_file, differing_ranges, extent_map
-from replicad.sources.file import run_hook, take_snapshot
+from replicad.sources.file import run_hooked, take_snapshot
 from replicad.sources.tracked import PageCache, same_blocks, tracked_snapshot
 from replicad.storage import fingerprints
 from replicad.storage.chunkstore import ChunkStore
@@ -286,22 +286,8 @@ class ReflinkSource(SnapshotSource):
     async def _clone_hooked(self, image: Path, clone: Path) -> None:
         """pre hook, FICLONE image -> clone (fsynced), post hook (also after a failure)."""
         src = self.cfg.source
-        failed = False
-        try:
-            if src.pre_snapshot:
-                await run_hook(src.pre_snapshot, "pre_snapshot", 300.0)
-            await asyncio.to_thread(self._clone, image, clone)
-        except BaseException:
-            failed = True
-            raise
-        finally:
-            if src.post_snapshot:
-                try:
-                    await run_hook(src.post_snapshot, "post_snapshot", 300.0)
-                except ReplicadError as err:
-                    if not failed:
-                        raise
-                    log.error("post_snapshot hook failed after a failed clone: %s", err)
+        await run_hooked(src.pre_snapshot, src.post_snapshot, lambda: asyncio.to_thread(self._clone, image, clone),
+                         "clone")
 
     def _clone(self, image: Path, clone: Path) -> None:
         """Worker thread: FICLONE ``image`` into the new file ``clone``; fsync both it and the dir."""
