@@ -40,6 +40,7 @@ if _AS_COMMAND and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -1376,10 +1377,30 @@ def main(argv: list[str] | None = None) -> int:
     if signal.getsignal(signal.SIGINT) is _interrupted_early:  # from here on: KeyboardInterrupt, caught below
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return _main(parser, argv)
+        rc = _main(parser, argv)
     except KeyboardInterrupt as ki:  # anywhere, the parsing included: one line, never a traceback
         _print_interrupted(ki)
-        return 130
+        rc = 130
+    if rc == 130 and _AS_COMMAND:
+        _exit_interrupted()
+    return rc
+
+
+def _exit_interrupted() -> None:
+    """Leave the ``replicad`` command at once after a Ctrl-C was reported (exit 130).
+
+    The interrupt may have landed inside a logging handler or another thread's lock: the
+    interpreter's exit handlers (``logging.shutdown`` among them) then printed "Exception
+    ignored in atexit callback ... cannot release un-acquired lock" (1 of 4 interrupted
+    restores). The output is flushed here and the process ends without them; a second
+    Ctrl-C meanwhile changes nothing. Only as the command (:data:`_AS_COMMAND`), never in a
+    program that imported :func:`main`."""
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(130)
 
 
 def _print_interrupted(ki: KeyboardInterrupt) -> None:
