@@ -89,8 +89,9 @@ class InstantState:
     def to_dict(self) -> dict[str, Any]:
         """``{volume, epoch, seq, root, phase, resumed, socket, uri, export_id, progress,
         copy_done_blocks, copy_total_blocks, overlay_blocks, serving_after_s, first_read_after_s,
-        copy_s, switched_after_s, last_error}`` (``*_after_s``: seconds from the promote request, or
-        from the re-attach after a restart; None until it happened)."""
+        copy_after_s, switched_after_s, last_error}`` (``*_after_s``: seconds from the arrival of
+        the promote request, or from the re-attach after a restart; None until it happened;
+        ``copy_after_s``: the image verified, the switch-over begins)."""
         def after(ns: int | None) -> float | None:
             return None if ns is None else round((ns - self.requested_at_ns) / 1e9, 3)
         exp = self.export
