@@ -256,6 +256,14 @@ case("Raft connection naming another site: critical for bad_identity only",
        [exp("ReplicadRaftImpersonation", {"site": "site-b", "reason": "bad_identity"}, 1)]),
       ("20m", "ReplicadRaftImpersonation", [])])
 
+case("a follower deposed its Raft leader: critical, leader_deposed only",
+     [('replicad_raft_refused_total{site="site-b", reason="leader_deposed"}', "0 0 1x20"),
+      ('replicad_raft_refused_total{site="site-c", reason="from_deposed_leader"}', "0 0 40x20")],
+     [("1m", "ReplicadRaftLeaderDeposed", []),
+      ("3m", "ReplicadRaftLeaderDeposed",
+       [exp("ReplicadRaftLeaderDeposed", {"site": "site-b", "reason": "leader_deposed"}, 1)]),
+      ("20m", "ReplicadRaftLeaderDeposed", [])])
+
 case("reflink source tracking lost for 15m, and a verifier mismatch",
      [('replicad_source_tracking{site="site-a", volume="ehr", kind="reflink", state="lost"}', "0 1x20 0x10"),
       ('replicad_source_tracking{site="site-a", volume="pacs", kind="reflink", state="lost"}', "0 1 0x30"),

@@ -200,7 +200,33 @@ names up in its own modules):
    budget in the attacker's place: ``forwarded_to_follower``). Before, a compromised member had every site journal
    ~4 MB/s of forged commands, each refused only when applied. The state machine still checks
    every applied command (the leader itself is not checked here: a compromised leader appends
-   what it likes, and only what it signs itself takes effect).
+   what it likes, and only what it signs itself takes effect; point 18 deposes it).
+
+18. **A leader that appends what an honest leader's door refuses is deposed.** An honest leader
+   never appends such an entry (point 17 refuses it when forwarded; its own are signed by itself),
+   so each follower counts, per leader term, the entries it applied that the door would have
+   refused whoever forwarded them (:func:`door_refusal`, sharing the door's signature check):
+   not a replicad command (``malformed``: an entry that does not decode, another pysyncobj entry
+   type, or a payload that is no command map) and, in a signed cluster with an agreed membership,
+   a signature that does not verify under the keys the state before the entry gives the site in
+   ``by`` (``bad_signature``). Not counted, because an honest leader's door lets them through: a
+   command signed for another cluster, replayed or expired (refused only when applied), a key
+   revoked between the door and the entry, anything before the founding, and signatures in the
+   first :data:`DEPOSE_GRACE_ENTRIES` entries after the agreed membership changed (a leader
+   door-checks under the keys it has applied, which may lag a key change in its log). Once a
+   term reaches :data:`DEPOSE_AFTER` (:class:`MisbehaviourCount`), a follower that follows that
+   term's leader deposes it: one ERROR line with the evidence (term, leader address and site,
+   count per reason, log indexes), counted as ``leader_deposed`` (``replicad_raft_refused_total``,
+   alert ``ReplicadRaftLeaderDeposed``), ``status()["deposed"]``; it forgets the leader and its
+   lease and asks for pre-votes at once. For :data:`DEPOSE_HOLD_S` it refuses that member's
+   ``append_entries`` at the deposed term and any later one (``from_deposed_leader``: a term it
+   would claim without this site's vote) and its ``request_vote`` and ``pre_vote``
+   (``vote_for_deposed``). Every honest follower applies the same log, so they all depose it and a
+   majority of them elects one of themselves (to the deposed leader it looks like lost
+   messages). Refusing messages is what a lossy network does, so Raft's safety (and points 7,
+   12, 14, 15, 17) holds; only liveness is traded: during the hold a deposed site cannot lead even
+   if honest (an honest site whose key was rotated but that still signs with the old one). The
+   count is at apply time: entries a leader sends but never commits are not judged (see below).
 
 16. **What the members say the membership is.** A site that has not joined the cluster yet
    cannot trust its own replay of the log to learn the agreed membership when its config
@@ -223,7 +249,11 @@ names up in its own modules):
 
 What a member that IS the Raft leader can still do (Raft is crash-tolerant, not Byzantine):
 append any well-formed command to the log, but only commands signed by itself take effect
-(the others are refused by every state machine, see point 13); so it can commit in its own
+(the others are refused by every state machine, see point 13), and once it committed
+:data:`DEPOSE_AFTER` that an honest leader's door refuses in its term (after a membership change,
+:data:`DEPOSE_GRACE_ENTRIES` more) the honest followers depose it (point 18); it can still grow
+the log with valid commands signed by itself, or with entries it never commits (the followers
+journal them; only the disk bound of point 12 stops that); so it can commit in its own
 name what the state machine accepts from it (a forced promotion to itself, a request for a
 weaker retention that others must still approve); withhold, delay or reorder other sites'
 commands (no progress until it is deposed, which needs it to stop answering: a leader that
@@ -338,6 +368,20 @@ FORWARD_BURST_S = 10.0
 """Point 17: a member's bucket holds this many seconds of its budget (a backlog after a cut)."""
 FORWARD_REASONS = ("forwarded_malformed", "forwarded_not_own", "forwarded_bad_signature", "forwarded_over_budget",
                    "forwarded_to_follower")
+DEPOSE_AFTER = 64
+"""Point 18: entries of one term a follower's state machine refused for a reason the leader's door
+(point 17) refuses (:func:`door_refusal`) before it deposes that term's leader. An honest leader
+appends none (the door refuses them, its own commands verify), bar a key change in flight, which
+:data:`DEPOSE_GRACE_ENTRIES` covers."""
+DEPOSE_HOLD_S = 300.0
+"""Point 18: how long a follower refuses a deposed leader's votes, pre-votes and append entries."""
+DEPOSE_GRACE_ENTRIES = 4096
+"""Point 18: entries applied after a change of the agreed membership (keys) that are never counted: a
+leader door-checks with the keys of its applied state, which may not have applied the change yet
+(every member's forwarding bucket, :data:`FORWARD_CMDS_PER_S` x :data:`FORWARD_BURST_S`, is 2,000)."""
+DEPOSE_REASONS = ("leader_deposed", "from_deposed_leader", "vote_for_deposed")
+"""Point 18: ``leader_deposed`` (once per depose, ERROR); a deposed leader's ``append_entries``
+(``from_deposed_leader``) and ``request_vote``/``pre_vote`` (``vote_for_deposed``) refused."""
 MEMBERSHIP_ASK_S = 2.0
 """Point 16: how often a node that asks queries each member, and answers each member at most."""
 MEMBERSHIP_REPORT_TTL_S = 30.0
@@ -604,6 +648,73 @@ def entry_call(full: Any) -> tuple[int, bytes] | None:
     return None
 
 
+def signature_refusal(state: dict, decoded: dict, trust: Trust | None) -> str | None:
+    """Why the leader's door (point 17) refuses the signature of the decoded command ``decoded``
+    under the applied ``state``: :func:`replicad.core.identity.signature_problem` against the keys
+    the state gives ``decoded["by"]`` (``state.signing_keys``) with the keys revoked through Raft
+    (``"revoked key"`` included), or None when it verifies or is not checked (unsigned cluster,
+    ``trust`` None or without keys; no agreed membership yet)."""
+    if trust is None or trust.keys is None or state.get("incarnation") is None:
+        return None
+    revoked = {k for entry in (state.get("revoked") or {}).values() for k in entry.get("keys", ())}
+    return identity.signature_problem(decoded, cluster_state.signing_keys(state, decoded, trust), revoked)
+
+
+def door_refusal(state: dict, payload: Any, trust: Trust | None) -> str | None:
+    """Point 18's counting rule: the reason (``"malformed"`` or ``"bad_signature"``) the door check
+    of an honest leader (point 17, :meth:`RaftNode._door_check`) refuses the command ``payload``
+    (msgpack bytes of a log entry) whatever member forwarded it, judged under ``state``, the
+    state before the entry is applied; None when an honest leader may append it.
+
+    Counted: a payload that is not a command map (``forwarded_malformed``), and in a signed cluster
+    with an agreed membership a signature that does not verify under the keys the state gives the
+    site in ``by`` (``forwarded_bad_signature``; ``forwarded_not_own`` too, since a site that is not
+    a member has no key). Not counted, since an honest leader's door lets them through: a command
+    signed for another cluster (the door does not compare ``cluster``), replayed or expired (the
+    door keeps no op ids and no majority clock), signed with a key revoked through Raft (a
+    revocation may apply between the door and the entry), anything before the cluster's founding
+    (the door checks no signature then), and what the state machine refuses for its content.
+    Never raises."""
+    decoded = checkpoint.decode_command(payload)
+    if not isinstance(decoded, dict):
+        return "malformed"
+    try:
+        problem = signature_refusal(state, decoded, trust)
+    except Exception:  # a state this code cannot read: never a reason to depose anyone
+        return None
+    return None if problem in (None, "revoked key") else "bad_signature"
+
+
+class MisbehaviourCount:
+    """Point 18, per follower: the entries of each leader term this site's state machine refused
+    for a reason an honest leader's door refuses (:func:`door_refusal`). Keeps the newest
+    :attr:`TERMS_KEPT` terms. Not thread-safe (the tick thread only)."""
+
+    TERMS_KEPT = 4
+
+    def __init__(self, threshold: int = DEPOSE_AFTER) -> None:
+        self.threshold = threshold
+        self.terms: dict[int, dict] = {}  # term -> {"count", "reasons": {reason: n}, "first_idx", "last_idx"}
+
+    def note(self, term: int, idx: int, reason: str) -> None:
+        """Count the entry at log index ``idx`` of leader term ``term``, refused for ``reason``."""
+        entry = self.terms.get(term)
+        if entry is None:
+            entry = self.terms[term] = {"count": 0, "reasons": {}, "first_idx": idx, "last_idx": idx}
+            for old in sorted(self.terms)[:-self.TERMS_KEPT]:
+                del self.terms[old]
+        entry["count"] += 1
+        entry["reasons"][reason] = entry["reasons"].get(reason, 0) + 1
+        entry["last_idx"] = idx
+
+    def over(self, term: int) -> dict | None:
+        """The evidence for ``term`` (a copy) when its count reached the threshold, else None."""
+        entry = self.terms.get(term)
+        if entry is None or entry["count"] < self.threshold:
+            return None
+        return {**entry, "reasons": dict(entry["reasons"]), "term": term}
+
+
 class _HardenedSyncObj(SyncObj):
     """SyncObj that refuses foreign log entries at the leader and skips them when applying.
 
@@ -640,6 +751,11 @@ class _HardenedSyncObj(SyncObj):
     _membership_answered: dict | None = None  # node id -> when this node last answered it
     membership_reports: dict | None = None  # node id -> (report, when)
     door_check: Callable[[Any, str], tuple[str, str] | None] = staticmethod(lambda command, node_id: None)  # point 17
+    # point 18, all touched on the tick thread only (deposed: replaced whole, read by status)
+    take_door_refusal: Callable[[], str | None] = staticmethod(lambda: None)  # set by RaftNode
+    site_of: Callable[[str], str | None] = staticmethod(lambda node_id: None)  # set by RaftNode
+    _misbehaviour: MisbehaviourCount | None = None
+    deposed: dict = {}  # node id -> (term, monotonic time the hold ends, site)
 
     def __init__(self, *args: Any, refusals: RefusalLog | None = None,
                  dump_check: Callable[[Any], list[str]] | None = None, **kwargs: Any) -> None:
@@ -652,6 +768,7 @@ class _HardenedSyncObj(SyncObj):
         serializer = self.__dict__.get("_SyncObj__serializer")
         if isinstance(serializer, GuardedSerializer):
             serializer.on_send_error = self._dump_send_failed
+        self._misbehaviour = MisbehaviourCount()
 
     def _onTick(self, timeToWait: float = 0.0) -> None:
         self._pre_vote_gate()
@@ -661,6 +778,69 @@ class _HardenedSyncObj(SyncObj):
         except errors.StoreFullError as err:  # the leader's own append: point 12
             self._journal_full(err)
         self._track_catch_up()
+        self._depose_check()
+
+    # -- point 18: a leader that appends what an honest leader's door refuses is deposed
+    def _note_applied(self, command: Any) -> None:
+        """After each applied entry but no-ops (tick thread): count it against its term when an
+        honest leader would have refused to append it: not a replicad command (:meth:`_acceptable`,
+        which an honest leader checks for its own and forwarded commands alike), or refused by the
+        state machine for a reason the door refuses (:func:`door_refusal`)."""
+        reason = self.take_door_refusal()  # always taken: it belongs to this entry only
+        if not self._acceptable(command):
+            reason = "malformed"
+        if reason is None or self._misbehaviour is None:
+            return
+        idx = self._SyncObj__raftLastApplied + 1  # pysyncobj moves it after the entry was applied
+        log_ = self._SyncObj__raftLog
+        first = log_[0][1]
+        if not first <= idx < first + len(log_):
+            return
+        self._misbehaviour.note(log_[idx - first][2], idx, reason)
+
+    def holds_deposed(self, node_id: Any, term: int | None = None) -> bool:
+        """``node_id`` was deposed here (at ``term`` or before, when given) and its hold runs."""
+        held = self.deposed.get(node_id)
+        return held is not None and monotonic_time() < held[1] and (term is None or term >= held[0])
+
+    def _depose_check(self) -> None:
+        """A follower whose current term's entries reached :data:`DEPOSE_AFTER` door refusals
+        deposes the leader it follows in that term (point 18): one ERROR line with the evidence,
+        counted (``leader_deposed``); its append entries and votes are refused from now on for
+        :data:`DEPOSE_HOLD_S` (:meth:`_authority_problem`, :meth:`_on_pre_vote`), its lease is
+        forgotten and this node asks for pre-votes on the next tick."""
+        leader = self._SyncObj__raftLeader
+        if leader is None or self._misbehaviour is None or self._SyncObj__raftState == _RAFT_STATE_LEADER \
+                or leader == self._SyncObj__selfNode:
+            return
+        term = self._SyncObj__raftCurrentTerm
+        evidence = self._misbehaviour.over(term)
+        if evidence is None or self.holds_deposed(leader.id, term):
+            return
+        now = monotonic_time()
+        try:
+            site = self.site_of(str(leader.id))
+        except Exception:  # a hint for the log line only
+            site = None
+        self.deposed = {**{k: v for k, v in self.deposed.items() if now < v[1]},
+                        leader.id: (term, now + DEPOSE_HOLD_S, site)}
+        reasons = ", ".join(f"{r}: {n}" for r, n in sorted(evidence["reasons"].items()))
+        self.refusals.refuse(
+            "leader_deposed", "the leader of term %d, %s (site %s), appended %d entries (log %d-%d) that the door of "
+            "an honest leader refuses (%s): deposing it (this site accepts no append entries from it and grants it "
+            "no vote or pre-vote for %.0fs) and asking for the election of another leader. A compromised site: "
+            "README \"A site is compromised\"", term, leader.id, site or "unknown", evidence["count"],
+            evidence["first_idx"], evidence["last_idx"], reasons, DEPOSE_HOLD_S, level=logging.ERROR, every_s=0.0)
+        self._SyncObj__raftLeader = None
+        self._leader_contact = float("-inf")  # no lease: grant the other members' pre-votes and votes
+        self._SyncObj__raftElectionDeadline = 0  # the next tick asks for pre-votes (point 7)
+
+    def deposed_status(self) -> dict:
+        """``{leader address: {"site": str|None, "term": int, "hold_s": float}}`` of the leaders
+        this node deposed whose hold still runs (point 18)."""
+        now = monotonic_time()
+        return {str(node_id): {"site": site, "term": term, "hold_s": round(until - now, 1)}
+                for node_id, (term, until, site) in dict(self.deposed).items() if now < until}
 
     # -- point 15: a leader that cannot send its dump, a follower that cannot catch up
     def _dump_send_failed(self, node: Any, exc: OSError) -> None:
@@ -892,9 +1072,13 @@ class _HardenedSyncObj(SyncObj):
         granted = (term > current and up_to_date and not in_lease
                    and self._SyncObj__raftState != _RAFT_STATE_LEADER
                    and not self._rejoining()  # point 12: an emptied log vouches for nothing
-                   and self._journal_full_now() is None)  # point 12: it could not store the vote it promises
+                   and self._journal_full_now() is None  # point 12: it could not store the vote it promises
+                   and not self.holds_deposed(node.id))  # point 18
         if granted:
             self._pre_vote_granted = (node.id, term, monotonic_time())
+        elif self.holds_deposed(node.id):
+            self.refusals.refuse("vote_for_deposed", "%s: pre_vote at term %d from a leader this node deposed",
+                                 node.id, term)
         self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": term, "granted": granted,
                                              "current_term": current})
 
@@ -944,6 +1128,14 @@ class _HardenedSyncObj(SyncObj):
         """Why a well-formed message may not act on this node (who says it, at which term)."""
         kind, term = message["type"], message.get("term")
         current, leader = self._SyncObj__raftCurrentTerm, self._SyncObj__raftLeader
+        if self.deposed and kind in ("append_entries", "request_vote") and self.holds_deposed(node.id):
+            held_term = self.deposed[node.id][0]
+            if kind == "request_vote":  # point 18
+                return "vote_for_deposed", f"request_vote at term {term} from a leader this node deposed at term " \
+                    f"{held_term} (hold of {DEPOSE_HOLD_S:.0f}s)"
+            if term >= held_term:  # that term, and any later one it would claim without our vote
+                return "from_deposed_leader", f"append_entries at term {term} from the leader this node deposed " \
+                    f"at term {held_term}"
         if kind == "request_vote" and self._rejoining():
             return ("vote_while_rejoining", f"request_vote at term {term}: this node lost its journal and votes "
                     "for nobody until it has caught up with a leader")
@@ -1118,14 +1310,20 @@ class _HardenedSyncObj(SyncObj):
         kind = command[:1]
         if kind == _NO_OP:
             return None
-        if kind != _REGULAR:
-            log.error("skipping a raft log entry of type %r (membership/version entries are disabled)", kind)
-            return None
         try:
-            return SyncObj._SyncObj__doApplyCommand(self, command)
-        except Exception:
-            log.exception("skipping a raft log entry that cannot be applied")
-            return None
+            if kind != _REGULAR:
+                log.error("skipping a raft log entry of type %r (membership/version entries are disabled)", kind)
+                return None
+            try:
+                return SyncObj._SyncObj__doApplyCommand(self, command)
+            except Exception:
+                log.exception("skipping a raft log entry that cannot be applied")
+                return None
+        finally:
+            try:
+                self._note_applied(command)  # point 18
+            except Exception:  # never let the count stop the state machine
+                log.exception("raft: cannot count an applied entry against its leader")
 
 
 # --------------------------------------------------------------------------- state consumer
@@ -1162,6 +1360,9 @@ class _StateConsumer(SyncObjConsumer):
         self.checkpoints = checkpoint.CheckpointLog.fresh(self.initial)
         self.pending_vouch: tuple[int, bytes] | None = None
         self.on_applied = on_applied
+        self.door_refused: str | None = None  # point 18: door_refusal() of the entry applied last
+        self._members_seen: Any = None  # point 18: the agreed membership as of the entry applied last
+        self._since_change = DEPOSE_GRACE_ENTRIES  # entries applied since it changed
 
     def set_initial_limits(self, limits: dict) -> None:
         """Start from an initial state with ``limits`` (``RaftNode._pin_initial_limits``);
@@ -1176,7 +1377,8 @@ class _StateConsumer(SyncObjConsumer):
     def apply_command(self, payload: bytes) -> dict:
         """Apply one msgpack command. Runs on the tick thread of every node; never raises."""
         with self.lock:
-            new_state, result, command = checkpoint.advance(self.cluster, payload, self.trust)
+            before = self.cluster
+            new_state, result, command = checkpoint.advance(before, payload, self.trust)
             self.cluster = new_state
             try:
                 point = self.checkpoints.record(new_state, payload)
@@ -1196,12 +1398,34 @@ class _StateConsumer(SyncObjConsumer):
                                     level=logging.ERROR)
         if result.get("error") in cluster_state.COUNTED_REFUSALS:
             self._count_refusal(command, result)
+        self.door_refused = None if result.get("ok") else door_refusal(before, payload, self.trust)
+        if self.door_refused == "bad_signature" and self._since_change < DEPOSE_GRACE_ENTRIES:
+            self.door_refused = None  # the leader may have door-checked it under the former keys
+        self.track_membership(new_state)
         if self.on_applied is not None:
             try:
                 self.on_applied(command if isinstance(command, dict) else {}, result)
             except Exception:
                 log.exception("on_applied callback failed")
         return result
+
+    def take_door_refusal(self) -> str | None:
+        """Point 18 (tick thread): :attr:`door_refused` of the entry applied last, then None."""
+        reason, self.door_refused = self.door_refused, None
+        return reason
+
+    def track_membership(self, state: dict, installed: bool = False) -> None:
+        """Point 18: restart the grace of :data:`DEPOSE_GRACE_ENTRIES` when ``state``'s agreed
+        membership (its keys) differs from the one of the entry applied before. A full state
+        ``installed`` (a dump) as the first state this process sees sets the reference only."""
+        inc = state.get("incarnation") if isinstance(state, dict) else None
+        members = inc.get("members") if isinstance(inc, dict) else None
+        if installed and self._members_seen is None:
+            self._members_seen = members
+            return
+        changed = members is not self._members_seen and members != self._members_seen
+        self._members_seen = members
+        self._since_change = 0 if changed else min(self._since_change + 1, DEPOSE_GRACE_ENTRIES)
 
     def _count_refusal(self, command: Any, result: dict) -> None:
         try:
@@ -1306,6 +1530,7 @@ class RaftNode:
             return revoked_seen[1]
 
         self._channel = ChannelIdentity(trust=trust, signer=signer, sites_by_addr=sites, revoked=revocations)
+        self._channel_sites = dict(sites)
         self._joining = joining
         self._self_addr = self_addr
         self._partners = [a for a in partner_addrs if a != self_addr]
@@ -1362,6 +1587,8 @@ class RaftNode:
         syncobj.needs_leader = self._needs_leader
         syncobj.membership_of_state = self._membership_of_state
         syncobj.door_check = self._door_check
+        syncobj.take_door_refusal = self._consumer.take_door_refusal
+        syncobj.site_of = self._site_of
         self._syncobj = syncobj
         self._syncobj.addOnTickCallback(self._refresh_status)
 
@@ -1397,13 +1624,18 @@ class RaftNode:
         if by != forwarder:
             return ("forwarded_not_own", f"a command by {str(by)[:40]!r} forwarded by the member of "
                     f"{forwarder!r}: members forward only their own site's commands")
-        revoked = {k for entry in (state.get("revoked") or {}).values() for k in entry.get("keys", ())}
-        problem = identity.signature_problem(decoded, cluster_state.signing_keys(state, decoded, trust), revoked)
+        problem = signature_refusal(state, decoded, trust)  # shared with point 18's counting rule
         if problem is not None:
             return "forwarded_bad_signature", f"{str(decoded.get('op'))[:40]} by {by!r}: {problem}"
         return None
 
     _forward_budget: dict  # node id -> (commands left, bytes left, monotonic time), tick thread only
+
+    def _site_of(self, node_id: str) -> str | None:
+        """The site of Raft member ``node_id`` (its address): the agreed membership's, else the config's."""
+        inc = self.view().get("incarnation") or {}
+        found = next((m["site_id"] for m in inc.get("members") or () if m.get("raft") == node_id), None)
+        return found if found is not None else self._channel_sites.get(node_id)
 
     # -- point 16
     def _membership_of_state(self) -> dict | None:  # tick thread
@@ -1666,6 +1898,7 @@ class RaftNode:
             self._consumer.cluster = state
             self._consumer.checkpoints = points
             self._consumer.pending_vouch = None
+            self._consumer.track_membership(state, installed=True)
         self._dump_error = None
         return last, prev, cluster
 
@@ -1801,8 +2034,8 @@ class RaftNode:
         "partners": {addr: connected}, "dump_error": str|None,
         "refused": {reason: count}, "commands_refused": {reason: count}, "signed": bool,
         "leader_commit_index": int|None, "caught_up": bool, "behind_s": float, "stalled_s": float,
-        "dump_send_failures": int}``
-        (``refused``: Raft traffic refused since start, see :mod:`replicad.consensus.channel`
+        "dump_send_failures": int, "deposed": {addr: {"site", "term", "hold_s"}}}``
+        (``deposed``: leaders this node deposed whose hold runs, point 18; ``refused``: Raft traffic refused since start, see :mod:`replicad.consensus.channel`
         and :mod:`replicad.consensus.guard`; ``commands_refused``: commands in the log the
         state machine refused as ``bad_signature``, ``replayed`` or ``expired``, counted as
         applied here, since start, journal replays included; ``signed``: this node signs;
@@ -1814,7 +2047,7 @@ class RaftNode:
             status["partners"] = dict(self._status["partners"])
         status["dump_error"] = self._dump_error
         status["refused"] = {**dict.fromkeys(KNOWN_REASONS, 0), **dict.fromkeys(FORWARD_REASONS, 0),
-                             **dict.fromkeys((*checkpoint.DUMP_REASONS, "checkpoint_divergent"), 0),
+                             **dict.fromkeys((*checkpoint.DUMP_REASONS, "checkpoint_divergent", *DEPOSE_REASONS), 0),
                              **self._refusals.counts(), **self._consumer.divergences.counts()}
         with self._consumer.lock:
             status["checkpoint"] = self._consumer.checkpoints.summary()
@@ -1828,7 +2061,7 @@ class RaftNode:
     def _empty_status(self) -> dict:
         return {"self": self._self_addr, "leader": None, "is_leader": False, "term": 0,
                 "commit_index": 0, "last_applied": 0, "has_quorum": False, "leader_commit_index": None,
-                "caught_up": False, "behind_s": 0.0, "stalled_s": 0.0, "dump_send_failures": 0,
+                "caught_up": False, "behind_s": 0.0, "stalled_s": 0.0, "dump_send_failures": 0, "deposed": {},
                 "partners": {addr: False for addr in self._partners}}
 
     def _refresh_status(self) -> None:  # tick thread: the only place reading pysyncobj internals
@@ -1846,7 +2079,7 @@ class RaftNode:
                       "commit_index": syncobj.raftCommitIndex, "last_applied": syncobj.raftLastApplied,
                       "has_quorum": bool(syncobj.hasQuorum),
                       "partners": {str(n.id): syncobj.isNodeConnected(n) for n in syncobj.otherNodes},
-                      **syncobj.catch_up_status()}
+                      "deposed": syncobj.deposed_status(), **syncobj.catch_up_status()}
         except Exception:
             log.exception("cannot read raft status")
             return

@@ -14,7 +14,11 @@ With ``attacker`` (the security test: this process holds site-a's key, password 
 and runs code of its own) the node campaigns at once (a short election timeout) and every
 dump it writes, hence ships to a follower behind its compacted log, is forged: its own state
 with the volume ``ehr`` made primary at this site at epoch + 100 and every revocation
-dropped, as a base that claims to be the current count with no suffix.
+dropped, as a base that claims to be the current count with no suffix. Its ``forge`` request
+(``{"seconds", "victim"}``, answered at once) appends ~1,000 ``clock`` commands a second in the
+victim's name, signed with this site's own key, straight into its own log for ``seconds``
+(proposed locally: a leader's own proposals pass no door; a follower forwards them to the leader);
+``forged`` answers how many it submitted so far.
 """
 
 from __future__ import annotations
@@ -71,6 +75,24 @@ def forge(node, spec: dict) -> None:
     node._serialize_dump = forged_dump
 
 
+def forge_flood(node, spec: dict, key, victim: str, seconds: float, counter: list) -> None:
+    """The attacker's ``forge`` (see the module docstring): a thread, fire and forget."""
+    import time
+    import uuid
+
+    from replicad.core import identity
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for _ in range(20):
+            command = {"v": 1, "op": "clock", "op_id": uuid.uuid4().hex, "by": victim, "now_ns": time.time_ns(),
+                       "cluster": spec["cluster"]}
+            command["sig"] = key.sign(identity.canonical_bytes(command))
+            node._consumer.apply_command(msgpack.packb(command, use_bin_type=True))
+            counter[0] += 1
+        time.sleep(0.02)
+
+
 async def main(spec: dict) -> int:
     from replicad.consensus.raft import RaftNode
     from replicad.core import errors
@@ -105,9 +127,17 @@ async def main(spec: dict) -> int:
     threading.Thread(target=read, daemon=True).start()
     print(json.dumps({"ready": True}), flush=True)
 
+    forged = [0]
+
     async def handle(req: dict) -> None:
         try:
-            if req["cmd"] == "propose":
+            if req["cmd"] == "forge" and spec.get("attacker"):
+                threading.Thread(target=forge_flood, args=(node, spec, key, req["victim"], req["seconds"], forged),
+                                 daemon=True).start()
+                out = {"ok": True, "result": {"started": True}}
+            elif req["cmd"] == "forged":
+                out = {"ok": True, "result": {"forged": forged[0]}}
+            elif req["cmd"] == "propose":
                 res = await node.propose(from_json(req["command"]), timeout_s=req.get("timeout_s", 5.0))
                 out = {"ok": True, "result": to_json(res)}
             elif req["cmd"] == "state":

@@ -186,7 +186,7 @@ def test_a_command_flood_from_the_compromised_site_is_bounded_at_the_leader(clus
                                                                            tmp_path: Path) -> None:
     """The attacker's Raft member forwards ~4,000 commands a second for 8 s: its own valid
     commands pass only within its budget, the forged ones never reach the log, and the honest
-    sites keep committing."""
+    sites keep committing; no follower deposes the honest leader (raft point 18)."""
     from replicad.consensus.raft import FORWARD_BURST_S, FORWARD_CMDS_PER_S
     seconds = 8.0
     applied = {s: cluster.status(s)["raft"]["last_applied"] for s in HONEST}
@@ -207,6 +207,9 @@ def test_a_command_flood_from_the_compromised_site_is_bounded_at_the_leader(clus
     cluster.wait_for("a heartbeat of each honest site committed after the flood", lambda: all(
         cluster.status(s)["raft"]["last_applied"] > after[s] for s in HONEST), 30)
     assert all(after[s] > applied[s] for s in HONEST)
+    # the honest leader appended nothing its door refuses: no honest follower deposed it (raft point 18)
+    assert all(raft_refused(cluster, s, "leader_deposed") == 0 for s in HONEST)
+    assert all(not cluster.status(s)["raft"].get("deposed") for s in HONEST)
 
 
 def test_a_stolen_admin_token_only_makes_a_request(cluster: LocalCluster) -> None:
