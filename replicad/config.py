@@ -478,12 +478,15 @@ class AnomalyConfig(BaseModel):
 class DetectionConfig(BaseModel):
     """The volume's initial detection policy (``[volumes.detection]``; issue 14).
 
-    ``mode`` (``"content"`` or ``"encrypted"``; default: not set, i.e. ``content``) is carried
-    into Raft by the ``add_volume`` that first registers the volume in the cluster (the first
-    site whose registration lands decides). Afterwards the cluster's policy in Raft rules: a
-    later change of this key does nothing (a WARNING says so; ``replicad detection VOL --set
-    mode=...`` changes it, as an approved request), and ``[volumes.anomaly]`` may only make
-    detection stricter.
+    ``mode`` (``"content"`` or ``"encrypted"``; default: not set, i.e. ``content``). The volume
+    is always registered with the default policy: one site may not weaken detection on its own
+    word (the state machine refuses an ``add_volume`` whose policy is weaker than the defaults),
+    and ``encrypted`` drops the content signals. So the site whose registration created the
+    volume *requests* the mode (a ``set_detection`` request, logged at WARNING with its id) and
+    the volume is judged in ``content`` mode until operators of other sites approve it
+    (``replicad approve ID``). Afterwards the cluster's policy in Raft rules: a later change of
+    this key does nothing (a WARNING says so; ``replicad detection VOL --set mode=...`` changes
+    it, as an approved request), and ``[volumes.anomaly]`` may only make detection stricter.
     """
 
     model_config = _FROZEN

@@ -874,6 +874,16 @@ def _op_add_volume(state: dict, cmd: dict) -> tuple[dict, dict]:
             raise _Refusal("bad_request", f"detection policy: {'; '.join(problems)}", field="detection",
                            problems=problems)
         detection = {k: anomaly.with_defaults(detection)[k] for k in anomaly.POLICY_DEFAULTS}
+        # one site registers a volume: it may not weaken detection on its own word (a signed
+        # add_volume by a compromised site carried thresholds at 1.0 and encrypted mode, and
+        # every site then judged ciphertext clean). As strict as the defaults or stricter
+        # only; encrypted mode or a weaker threshold is a set_detection request others approve.
+        weakened = anomaly.weakened_keys(anomaly.POLICY_DEFAULTS, detection)
+        if weakened:
+            raise _Refusal("approval_required",
+                           f"the initial detection policy of {name!r} weakens the defaults "
+                           f"({', '.join(weakened)}): register with the defaults or stricter, then request the change "
+                           "(set_detection), which other sites approve", volume=name, weakened=weakened)
     if block_size & (block_size - 1):
         raise _Refusal("bad_request", "block_size must be a power of two", block_size=block_size)
     existing = state["volumes"].get(name)

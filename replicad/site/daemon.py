@@ -530,12 +530,11 @@ class SiteDaemon:
                 for v in self.cfg.volumes:
                     vs = self.cluster.volume_state(v.name)
                     if vs is None:
-                        # [volumes.detection] sets the initial policy; later the Raft policy rules
-                        initial = ({"detection": {**anomaly.POLICY_DEFAULTS, "mode": v.detection.mode}}
-                                   if v.detection.mode is not None else {})
-                        await self.cluster.propose("add_volume", volume=v.name, primary=v.initial_primary,
-                                           block_size=v.block_size_bytes, size_bytes=0, min_copies=v.min_copies,
-                                           retention=_retention_dict(v), **initial)
+                        res = await self.cluster.propose("add_volume", volume=v.name, primary=v.initial_primary,
+                                                         block_size=v.block_size_bytes, size_bytes=0,
+                                                         min_copies=v.min_copies, retention=_retention_dict(v))
+                        if res.get("created"):
+                            await self._request_initial_mode(v)
                 log.info("site %s registered in the cluster", self.site_id)
                 return
             except ConflictError as err:
@@ -547,6 +546,30 @@ class SiteDaemon:
             except ReplicadError as err:
                 log.info("bootstrap waiting for a quorum: %s", err)
                 await asyncio.sleep(1.0)
+
+    async def _request_initial_mode(self, v: VolumeConfig) -> None:
+        """``[volumes.detection] mode`` other than ``content`` for a volume this site just
+        registered: the volume starts with the default policy (one site may not weaken
+        detection on its own word: the state machine refuses an ``add_volume`` that does) and
+        this site requests the mode as a ``set_detection`` other sites approve (approvals,
+        cooling-off), logged at WARNING with the request id. A refused request is logged;
+        the operator can make it again (``replicad detection VOL --set mode=...``)."""
+        mode = v.detection.mode
+        if mode is None or mode == anomaly.POLICY_DEFAULTS["mode"]:
+            return
+        policy = {**anomaly.POLICY_DEFAULTS, "mode": mode}
+        try:
+            res = await self.cluster.propose("request", action="set_detection",
+                                             args={"volume": v.name, "policy": policy},
+                                             reason=f"[volumes.detection] mode = {mode!r} in {self.site_id}'s config")
+        except ReplicadError as err:
+            log.warning("volume %s: [volumes.detection] mode %r could not be requested (%s %s); it is judged in "
+                        "content mode until 'replicad detection %s --set mode=%s' is approved", v.name, mode, err,
+                        err.evidence, v.name, mode)
+            return
+        log.warning("AUDIT volume %s: [volumes.detection] mode %r weakens the content signals: requested as %s; "
+                    "judged in content mode until an operator of another site approves it (replicad approve %s)",
+                    v.name, mode, res.get("request"), res.get("request"))
 
     def _judge_reported_membership(self) -> None:
         """Before joining: stop (:class:`MembershipMismatchError`) when a majority of this

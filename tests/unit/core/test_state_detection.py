@@ -102,18 +102,26 @@ def test_a_suspect_commit_screen_against_clean_opinions_is_no_disagreement(clust
     assert snap["verdict"] == "suspect" and not disagreement(snap)  # the screen still makes it suspect
 
 
-def test_the_first_registration_carries_the_initial_detection_policy(cluster: dict) -> None:
-    """``[volumes.detection] mode = "encrypted"``: the ``add_volume`` that creates the volume
-    carries the policy into Raft; a later registration with another policy changes nothing, and
-    leaving encrypted mode afterwards is a weakening like any other (approvals)."""
-    initial = {**POLICY_DEFAULTS, "mode": "encrypted"}
+def test_one_site_cannot_register_a_volume_with_weaker_detection(cluster: dict) -> None:
+    """The ``add_volume`` that creates a volume may carry a policy as strict as the defaults or
+    stricter, never a weaker one: a compromised site registered a volume with every threshold
+    at 1.0 and encrypted mode on its own signature, and every site then judged ciphertext clean.
+    ``[volumes.detection] mode = "encrypted"`` is a weakening (the content signals go): the
+    daemon registers with the defaults and requests the mode (approvals, cooling-off)."""
     vol = {"volume": "enc", "primary": "a", "block_size": 65536, "size_bytes": 0, "min_copies": 2,
            "retention": cluster["volumes"]["vol"]["retention"]}
-    refused(cluster, cmd("add_volume", by="a", **vol, detection={**initial, "mode": "luks"}), "bad_request")
-    state, res = ok(cluster, cmd("add_volume", by="a", **vol, detection=initial))
-    assert res["created"] and detection_policy(state["volumes"]["enc"]) == initial
+    refused(cluster, cmd("add_volume", by="a", **vol, detection={**POLICY_DEFAULTS, "mode": "luks"}), "bad_request")
+    weak = {**POLICY_DEFAULTS, "mode": "encrypted", "cold_max": 1.0, "change_max": 1.0, "wipe_max": 1.0,
+            "cumulative_max": 1.0, "rename_min": 10**9}
+    for policy in (weak, {**POLICY_DEFAULTS, "mode": "encrypted"}, {**POLICY_DEFAULTS, "min_score": 1.0},
+                   {**POLICY_DEFAULTS, "ransom_notes": []}):
+        res = refused(cluster, cmd("add_volume", by="a", **vol, detection=policy), "approval_required")
+        assert "enc" not in cluster["volumes"], res
+    strict = {**POLICY_DEFAULTS, "min_score": POLICY_DEFAULTS["min_score"] / 2}
+    state, res = ok(cluster, cmd("add_volume", by="a", **vol, detection=strict))
+    assert res["created"] and detection_policy(state["volumes"]["enc"]) == strict
     state, res = ok(state, cmd("add_volume", by="b", **vol, detection=dict(POLICY_DEFAULTS)))
-    assert not res["created"] and detection_policy(state["volumes"]["enc"])["mode"] == "encrypted"
+    assert not res["created"] and detection_policy(state["volumes"]["enc"]) == strict  # the first one stands
     refused(state, cmd("set_detection", by="a", volume="enc", policy=dict(POLICY_DEFAULTS)), "approval_required")
     # without the key the volume starts with the defaults, as before
     state, _ = ok(state, cmd("add_volume", by="a", **{**vol, "volume": "plain"}))
