@@ -12,14 +12,18 @@ Corpora, each an ext4 file system on a loop-mounted image file (``mkfs.ext4``, `
   PostgreSQL is stopped (``pg_ctl stop -m fast``) and the file system unmounted before every
   snapshot, so each snapshot is a consistent image.
 * **fileshare**: letters (text), a SQLite lab database, PNG images (zlib-compressed noisy
-  scans; Pillow is not needed), gz and zip archives, application logs.
+  scans; Pillow is not needed), gz and zip archives, application logs, a software install
+  (``opt/ward-app``: sources, ELF-like binaries, gzipped docs, configs).
 
 Operations, each from the same clean base image (a sparse copy) and snapshotted on top of the
 base's snapshot:
 
 * benign: ``pgbench`` run, ``VACUUM FULL``, ``pgbench -i`` (re-initialisation), ``e4defrag``;
   editing letters, log rotation with gzip, importing PNG images, importing a zip, copying a
-  ``.tar.gz``, SQLite updates + ``VACUUM``;
+  ``.tar.gz``, SQLite updates + ``VACUUM``, a package upgrade (every file of the software tree
+  written as ``name.dpkg-new`` and renamed over ``name``, configs kept as ``.dpkg-old``),
+  ``gzip`` of 400 letters in place, ``fstrim`` after deleting the zip and a third of the images
+  (the report notes how many bytes of the image the discards turned into holes);
 * attacks (PostgreSQL stopped first, as ransomware stops database services): every data file
   encrypted in place with AES-256-CTR (``cryptography``) — **full**; **intermittent** (every
   other 16 bytes); **header-only** (the first 4 KiB of each 64 KiB); **octal** and **base64**
@@ -27,7 +31,15 @@ base's snapshot:
   **ransom note** only (a note file in every directory, nothing encrypted); **copy-encrypt-
   delete** (ciphertext written to new files, originals unlinked: the new blocks land in free
   space); **slow** (1 % of the data bytes encrypted per cycle, one snapshot per cycle, each
-  judged against the newest snapshot judged clean, with the slow window, up to ``--slow-cycles``).
+  judged against the newest snapshot judged clean, with the slow window, up to ``--slow-cycles``);
+  copy-encrypt-delete with a random extension per file, and with ``.gz`` names around level-0
+  gzip of the ciphertext (an attacker hiding behind the rename signal's exemptions); **padded**
+  (hex of the ciphertext in groups of 4 between ``data:`` filler words); **wipers** (every file
+  zeroed in place; every file deleted + ``fstrim``; the image truncated to half after unmount,
+  which the file source refuses by default and the sites judge when ``allow_shrink`` lets it
+  through); **adaptive slow** (:class:`Calibrated`: the attacker reads the policy and the
+  files' extents and encrypts, per cycle, 95 % of ``min_score`` of the data blocks; and 95 % of
+  ``cumulative_max`` per ``window_s``, one cycle a day, the window holding 7 cycles).
 
 Judging: the snapshot is taken by :func:`replicad.sources.file.take_snapshot` into a real
 :class:`~replicad.storage.chunkstore.ChunkStore`; its signals against its base come from
@@ -75,8 +87,9 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from replicad.core import anomaly
+from replicad.core.errors import SourceShrunkError
 from replicad.core.manifest import Manifest
-from replicad.site.detection import Detection
+from replicad.site.detection import Detection, _nonzero_blocks
 from replicad.sources.file import take_snapshot
 from replicad.storage.chunkstore import ChunkStore
 
@@ -243,6 +256,30 @@ def build_fileshare(mnt: Path, scale: float, r: random.Random) -> None:
     logs = mnt / "logs"
     logs.mkdir()
     (logs / "pumps.log").write_text(log_text(r, int(200000 * scale)))
+    software_tree(mnt / "opt" / "ward-app", r, int(300 * scale) + 20, version=1)
+
+
+def software_tree(root: Path, r: random.Random, n: int, version: int) -> list[Path]:
+    """A software install of ``n`` files (Python sources, shared-object-like binaries, gzipped
+    docs as Debian ships them, configs) at ``version``; the same paths at every version."""
+    out = []
+    for i in range(n):
+        kind = i % 4
+        d = root / ("lib", "bin", "share/doc", "etc")[kind] / f"pkg{i % 9}"
+        d.mkdir(parents=True, exist_ok=True)
+        p = d / (f"mod_{i:04}.py", f"tool_{i:04}", f"notes_{i:04}.txt.gz", f"conf_{i:04}.conf")[kind]
+        body = (f"# ward-app {version}.{r.randint(0, 9)} module {i}\n" + "".join(
+            f"def f{j}(x):\n    return x * {r.randint(1, 99)} + {version}\n" for j in range(r.randint(20, 200))))
+        if kind == 1:  # a binary: an ELF header, code-like bytes (structured, not random), strings
+            data = b"\x7fELF\x02\x01\x01" + bytes(9) + bytes(r.choice((0x48, 0x89, 0xe5, 0x8b, 0x45, 0xc3, 0x0f))
+                                                       for _ in range(r.randint(4000, 40000))) + body.encode()
+            p.write_bytes(data)
+        elif kind == 2:
+            p.write_bytes(gzip.compress(body.encode()))
+        else:
+            p.write_text(body)
+        out.append(p)
+    return out
 
 
 def data_files(root: Path, under: str = "") -> list[Path]:
@@ -284,6 +321,9 @@ def transform(data: bytes, how: str, r: random.Random) -> bytes:
         return octal_of(c, len(data))
     if how == "base64":
         return base64.encodebytes(c)[:len(data)]
+    if how == "padded":  # adaptive: hex in 4s between fixed filler tokens, truncated to the file's size
+        h = c[:len(data) // 5 + 4].hex()
+        return "".join(f"data: {h[i:i + 4]} " for i in range(0, len(h), 4)).encode()[:len(data)]
     raise ValueError(how)
 
 
@@ -292,19 +332,72 @@ def encrypt_in_place(files: list[Path], how: str, r: random.Random) -> int:
     for p in files:
         data = p.read_bytes()
         with open(p, "r+b") as f:
-            f.write(transform(data, how, r))
+            f.write(transform(data, how, r) if how != "zero" else bytes(len(data)))
             f.flush()
             os.fsync(f.fileno())
         total += len(data)
     return total
 
 
-def copy_encrypt_delete(files: list[Path], r: random.Random) -> None:
+def copy_encrypt_delete(files: list[Path], r: random.Random, ext: str = ".locked", gzip_frame: bool = False) -> None:
+    """Ciphertext into new files ``name + ext`` (into free space), originals unlinked;
+    ``gzip_frame``: the ciphertext inside a valid gzip stream (level 0), as an attacker hiding
+    behind the ``.gz`` exemption of the rename signal writes it."""
     for p in files:
         data = p.read_bytes()
-        out = p.with_name(p.name + ".locked")
-        out.write_bytes(aes(data, r))
+        out = p.with_name(p.name + ext)
+        c = aes(data, r)
+        out.write_bytes(gzip.compress(c, compresslevel=0) if gzip_frame else c)
         p.unlink()
+
+
+def mount_source(mnt: Path) -> tuple[str, Path]:
+    """The loop device mounted on ``mnt`` and its backing image file."""
+    dev = run(["findmnt", "-no", "SOURCE", str(mnt)]).stdout.strip()
+    return dev, Path(run(["losetup", "-nO", "BACK-FILE", dev]).stdout.strip())
+
+
+NOTES: list[str] = []  # per-run facts the report lists (fstrim: the holes it made in the image)
+
+
+def fstrim_after_delete(mnt: Path, r: random.Random, wipe: bool = False) -> None:
+    """Delete files, then ``fstrim`` the mounted file system; record how much of the image the
+    discards turned into holes (allocated bytes of the backing file before and after). ``wipe``:
+    delete every file (a wiper); else the import zip and a third of the images (benign)."""
+    _, img = mount_source(mnt)
+    victims = data_files(mnt) if wipe else [mnt / "archive" / "reports.zip"] + data_files(mnt, "images")[::3]
+    for p in victims:
+        p.unlink()
+    os.sync()
+    before = os.stat(img).st_blocks * 512
+    out = run(["fstrim", "-v", str(mnt)]).stdout.strip()
+    os.sync()
+    after = os.stat(img).st_blocks * 512
+    NOTES.append(f"{'wiper' if wipe else 'benign'} fstrim ({len(victims)} files deleted): `{out}`; the image's "
+                 f"allocated bytes {before / 2**20:.1f} -> {after / 2**20:.1f} MiB (discards punched holes)")
+
+
+def package_upgrade(mnt: Path, r: random.Random) -> None:
+    """Upgrade the software tree as dpkg does: every file written as ``name.dpkg-new`` and renamed
+    over ``name``; configs kept as ``name.dpkg-old`` first."""
+    root = mnt / "opt" / "ward-app"
+    old = sorted(p for p in root.rglob("*") if p.is_file())
+    staging = root.parent / ".upgrade"
+    fresh = software_tree(staging, r, len(old), version=2)
+    for src, dst in zip(fresh, old):
+        tmp = dst.with_name(dst.name + ".dpkg-new")
+        shutil.copyfile(src, tmp)
+        if dst.suffix == ".conf":
+            os.link(dst, dst.with_name(dst.name + ".dpkg-old"))
+        os.rename(tmp, dst)
+    shutil.rmtree(staging)
+
+
+def gzip_letters(mnt: Path, r: random.Random) -> None:
+    """``gzip`` 400 letters in place (``letter.txt`` -> ``letter.txt.gz``, the original removed)."""
+    letters = data_files(mnt, "letters")
+    files = r.sample(letters, min(400, len(letters)))
+    run(["gzip", "-6", *map(str, files)])
 
 
 def drop_notes(root: Path) -> None:
@@ -333,9 +426,9 @@ class Judge:
         self.det = Detection(cluster, self.store, None, workdir, lambda v: {}, None)  # type: ignore[arg-type]
         self.policy = anomaly.with_defaults(dict(anomaly.POLICY_DEFAULTS))
 
-    def snapshot(self, image: Path, seq: int, parent: Manifest | None) -> Manifest:
+    def snapshot(self, image: Path, seq: int, parent: Manifest | None, allow_shrink: bool = True) -> Manifest:
         res = asyncio.run(take_snapshot(image, volume="bench", seq=seq, epoch=1, parent=parent, store=self.store,
-                                        now_ns=time.time_ns(), allow_shrink=True))
+                                        now_ns=time.time_ns(), allow_shrink=allow_shrink))
         return res.manifest
 
     def judge(self, seq: int, m: Manifest, base: Manifest, window: list[tuple[int, float]]) -> Judged:
@@ -381,6 +474,9 @@ def pg_ops(pg_scale: int) -> dict[str, tuple[bool, Callable[[Path, random.Random
         "attack: base64-encoded": (True, attack("base64")),
         "attack: ransom note only": (True, lambda mnt, r: drop_notes(mnt / "pg")),
         "attack: copy-encrypt-delete": (True, lambda mnt, r: copy_encrypt_delete(data_files(mnt / "pg", "base"), r)),
+        "attack: adaptive, padded hex (data: 3f2a …)": (True, attack("padded")),
+        "attack: wiper (every data file zeroed)": (True, attack("zero")),
+        "attack: image truncated to half": (True, lambda mnt, r: TRUNCATE),
     }
 
 
@@ -440,11 +536,31 @@ def fs_ops(scale: float) -> dict[str, tuple[bool, Callable[[Path, random.Random]
         "attack: octal-encoded": (True, attack("octal")),
         "attack: base64-encoded": (True, attack("base64")),
         "attack: ransom note only": (True, lambda mnt, r: drop_notes(mnt)),
+        "package upgrade (.dpkg-new + rename)": (False, package_upgrade),
+        "gzip 400 letters": (False, gzip_letters),
+        "fstrim after deletes": (False, fstrim_after_delete),
         "attack: copy-encrypt-delete": (True, lambda mnt, r: copy_encrypt_delete(data_files(mnt), r)),
+        "attack: copy-encrypt-delete, per-file random extension": (
+            True, lambda mnt, r: [copy_encrypt_delete([p], r, "." + r.randbytes(3).hex()) for p in data_files(mnt)]
+            and None),
+        "attack: adaptive, copy-encrypt-delete as .gz (gzip-framed)": (
+            True, lambda mnt, r: copy_encrypt_delete(data_files(mnt), r, ".gz", gzip_frame=True)),
+        "attack: adaptive, padded hex (data: 3f2a …)": (True, attack("padded")),
+        "attack: wiper (every file zeroed)": (True, attack("zero")),
+        "attack: wiper (every file deleted + fstrim)": (True, lambda mnt, r: fstrim_after_delete(mnt, r, wipe=True)),
+        "attack: image truncated to half": (True, lambda mnt, r: TRUNCATE),
     }
 
 
+TRUNCATE = "truncate"  # an op returning this has the image truncated to half after unmounting
+
+
 SOCK = Path(tempfile.gettempdir())  # replaced in main by a private directory
+OPS: tuple[str, ...] | None = None  # --ops: only the operations naming one of these
+
+
+def selected(op: str) -> bool:
+    return OPS is None or any(x in op for x in OPS)
 
 
 def bench_corpus(name: str, base_img: Path, ops: dict, seeds: int, judge: Judge, work: Path,
@@ -454,56 +570,167 @@ def bench_corpus(name: str, base_img: Path, ops: dict, seeds: int, judge: Judge,
     img = work / f"{name}.work.img"
     mnt = work / f"{name}.mnt"
     for n, (op, (is_attack, fn)) in enumerate(ops.items()):
+        if not selected(op):
+            continue
         row = Row(name, op, is_attack)
         for seed in range(seeds):
             img.unlink(missing_ok=True)
             img = work / f"{name}.work-{n}-{seed}.img"  # a new file (inode) for every run
             copy_image(base_img, img)
             with mounted(img, mnt):
-                fn(mnt, random.Random(1000 * seed + zlib.crc32(op.encode()) % 1000))
+                post = fn(mnt, random.Random(1000 * seed + zlib.crc32(op.encode()) % 1000))
+            refused = ""
+            if post == TRUNCATE:
+                os.truncate(img, img.stat().st_size // 2)
+                try:  # what the daemon does by default: refuse the shrunk source
+                    judge.snapshot(img, 2, base_m, allow_shrink=False)
+                except SourceShrunkError:
+                    refused = "refused by the source (SourceShrunkError); judged with allow_shrink: "
             m = judge.snapshot(img, 2, base_m)
             row.runs.append(judge.judge(2, m, base_m, []))
+            if refused:
+                row.runs[-1].reason = (refused + row.runs[-1].reason)[:110]
             print(f"  {name:10} {op:32} seed {seed}: {row.runs[-1].verdict:8} score {row.runs[-1].score:.4f} "
                   f"changed {row.runs[-1].changed}", flush=True)
         rows.append(row)
-    # slow: 1 % of the data bytes per cycle, judged against the newest snapshot judged clean
-    row = Row(name, "attack: slow, 1 % of the data per cycle", True)
+    # slow: a share of the data bytes per cycle, judged against the newest snapshot judged clean
+    policy = anomaly.POLICY_DEFAULTS
+    under = 0.95 * policy["cumulative_max"] / 7
+    for label, share, cycles, window_cycles, calibrated in (
+            ("attack: slow, 1 % of the data per cycle", 0.01, slow_cycles, None, False),
+            (f"attack: adaptive slow, 95 % of min_score ({0.95 * policy['min_score']:.1%} of the data blocks) per "
+             f"cycle", 0.95 * policy["min_score"], slow_cycles, None, True),
+            (f"attack: adaptive slow under the slow window ({under:.2%} of the data blocks per daily cycle, "
+             f"window_s 7 days)", under, int(0.05 / under) + 2, 7, True)):
+        if not selected(label):
+            continue
+        img, row = _slow(name, base_img, base_m, seeds, judge, work, img, mnt, slow_under, label, share, cycles,
+                         window_cycles, calibrated)
+        rows.append(row)
+    img.unlink(missing_ok=True)
+    return rows
+
+
+def extents(files: list[Path]) -> dict[Path, list[tuple[int, int, int]]]:
+    """``{file: [(logical byte offset, physical byte offset, length in bytes)]}`` from ``filefrag
+    -e`` (FIEMAP), as an attacker with root on the host reads where a file's bytes lie."""
+    out: dict[Path, list[tuple[int, int, int]]] = {}
+    for i in range(0, len(files), 200):
+        cur = None
+        for line in run(["filefrag", "-b4096", "-e", *map(str, files[i:i + 200])]).stdout.splitlines():
+            if line.startswith("File size of "):
+                cur = Path(line[len("File size of "):].rsplit(" is ", 1)[0])
+                out[cur] = []
+            elif cur is not None and ".." in line and ":" in line:
+                parts = line.replace("..", " ").replace(":", " ").split()
+                with contextlib.suppress(ValueError):
+                    lo, _, po, _, ln = (int(x) for x in parts[1:6])
+                    out[cur].append((lo * 4096, po * 4096, ln * 4096))
+    return out
+
+
+def blocks_touched(ext: list[tuple[int, int, int]], off: int, length: int, bs: int = 65536) -> set[int]:
+    """The volume's ``bs`` blocks holding bytes ``[off, off + length)`` of a file (``ext``)."""
+    out: set[int] = set()
+    for lo, po, ln in ext:
+        a, b = max(off, lo), min(off + length, lo + ln)
+        if a < b:
+            out.update(range((po + a - lo) // bs, (po + b - lo - 1) // bs + 1))
+    return out
+
+
+class Calibrated:
+    """The adaptive attacker of the slow rows: it reads the policy and the files' extents and
+    encrypts, per cycle, whole 64 KiB ranges of files (its permutation, continuing where the last
+    cycle stopped) as long as the volume blocks they touch stay within ``target`` x the volume's
+    data blocks — just under what one snapshot may turn random."""
+
+    def __init__(self, data_blocks: int, target: float, order_seed: int) -> None:
+        self.budget = int(target * data_blocks)
+        self.order_seed = order_seed
+        self.pos = (0, 0)  # (file index in the permutation, byte offset)
+
+    def cycle(self, root: Path, r: random.Random) -> int:
+        files = data_files(root)
+        random.Random(self.order_seed).shuffle(files)
+        ext = extents(files[self.pos[0]:self.pos[0] + 400])
+        touched: set[int] = set()
+        fi, off = self.pos
+        while fi < len(files):
+            p = files[fi]
+            size = p.stat().st_size
+            if off >= size:
+                fi, off = fi + 1, 0
+                if fi - self.pos[0] >= 400:
+                    break
+                continue
+            take = min(65536, size - off)
+            new = blocks_touched(ext.get(p, []), off, take) - touched
+            if len(touched) + len(new) > self.budget:
+                break
+            touched |= new
+            with open(p, "r+b") as f:
+                f.seek(off)
+                plain = f.read(take)
+                f.seek(off)
+                f.write(aes(plain, r))
+            off += take
+        self.pos = (fi, off)
+        os.sync()
+        return len(touched)
+
+
+def _slow(name: str, base_img: Path, base_m: Manifest, seeds: int, judge: Judge, work: Path, img: Path, mnt: Path, slow_under: str,
+          label: str, share: float, slow_cycles: int, window_cycles: int | None,
+          calibrated: bool = False) -> tuple[Path, Row]:
+    """The slow attack: ``share`` of the data bytes encrypted per cycle (one snapshot per cycle,
+    each judged against the newest snapshot judged clean, with the slow window of this site's
+    own scores; ``window_cycles``: the window holds only that many cycles, as ``window_s`` does
+    with one snapshot a day)."""
+    row = Row(name, label, True)
     for seed in range(seeds):
         img.unlink(missing_ok=True)
-        img = work / f"{name}.slow-{seed}.img"
+        img = work / f"{name}.slow-{zlib.crc32(label.encode())}-{seed}.img"
         copy_image(base_img, img)
         r = random.Random(77 + seed)
         clean_m, seq, window, done, detected = base_m, 1, [], 0, None
         with mounted(img, mnt):
             files = data_files(mnt / slow_under if slow_under else mnt)
             total = sum(p.stat().st_size for p in files)
-        step = max(1, total // 100)
+        step = max(1, int(total * share))
+        data_blocks = _nonzero_blocks(base_m, judge.store.get)
+        attacker = Calibrated(data_blocks, share, seed) if calibrated else None
+        hit = 0
         for cycle in range(1, slow_cycles + 1):
-            with mounted(img, mnt):
-                files = data_files(mnt / slow_under if slow_under else mnt)
-                random.Random(seed).shuffle(files)  # the attacker's order: the same permutation each cycle
-                budget = step
-                for p in files:  # continue where the last cycle stopped: bytes [done, done + step)
-                    size = p.stat().st_size
-                    if done >= size:
-                        done -= size
-                        continue
-                    take = min(size - done, budget)
-                    with open(p, "r+b") as f:
-                        f.seek(done)
-                        plain = f.read(take)
-                        f.seek(done)
-                        f.write(aes(plain, r))
-                        f.flush()
-                        os.fsync(f.fileno())
-                    budget -= take
-                    done = 0
-                    if budget <= 0:
-                        break
-                done = cycle * step
+            if attacker is not None:
+                with mounted(img, mnt):
+                    hit += attacker.cycle(mnt / slow_under if slow_under else mnt, r)
+            else:
+                with mounted(img, mnt):
+                    files = data_files(mnt / slow_under if slow_under else mnt)
+                    random.Random(seed).shuffle(files)  # the attacker's order: the same permutation each cycle
+                    budget = step
+                    for p in files:  # continue where the last cycle stopped: bytes [done, done + step)
+                        size = p.stat().st_size
+                        if done >= size:
+                            done -= size
+                            continue
+                        take = min(size - done, budget)
+                        with open(p, "r+b") as f:
+                            f.seek(done)
+                            plain = f.read(take)
+                            f.seek(done)
+                            f.write(aes(plain, r))
+                            f.flush()
+                            os.fsync(f.fileno())
+                        budget -= take
+                        done = 0
+                        if budget <= 0:
+                            break
+                    done = cycle * step
             seq += 1
             m = judge.snapshot(img, seq, clean_m)
-            j = judge.judge(seq, m, clean_m, window)
+            j = judge.judge(seq, m, clean_m, window[-(window_cycles - 1):] if window_cycles else window)
             print(f"  {name:10} slow seed {seed} cycle {cycle}: {j.verdict} score {j.score:.4f} "
                   f"cumulative reason {j.reason[:60]}", flush=True)
             if j.verdict == "suspect":
@@ -515,10 +742,9 @@ def bench_corpus(name: str, base_img: Path, ops: dict, seeds: int, judge: Judge,
         if detected is None:
             row.runs.append(j)
         row.cycles.append(detected)
-        row.share_at_detection.append((detected or slow_cycles) * step / total)
-    img.unlink(missing_ok=True)
-    rows.append(row)
-    return rows
+        row.share_at_detection.append(hit / data_blocks if attacker is not None
+                                      else (detected or slow_cycles) * step / total)
+    return img, row
 
 
 def cluster_rows(fs_base: Path, work: Path) -> list[Row]:
@@ -594,12 +820,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slow-cycles", type=int, default=8)
     p.add_argument("--no-cluster", action="store_true")
     p.add_argument("--only", choices=("postgres", "fileshare"))
+    p.add_argument("--ops", help="comma-separated substrings: run only the operations (and slow rows) naming one")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "detection.md")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("needs root (loop mounts, runuser postgres)", file=sys.stderr)
         return 2
-    global SOCK
+    global SOCK, OPS
+    OPS = tuple(x.strip() for x in args.ops.split(",")) if args.ops else None
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="replicad-detbench-", dir="/var/tmp"))
     os.chmod(work, 0o755)  # the postgres user traverses it to its data directory
@@ -642,7 +870,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.monotonic() - t0:.0f} s, seeds "
               f"{args.seeds}, {'quick' if args.quick else 'full'} sizes, default detection policy "
               f"(min_score {anomaly.POLICY_DEFAULTS['min_score']}, cumulative_max "
-              f"{anomaly.POLICY_DEFAULTS['cumulative_max']}).\n\n" + table(rows) + "\n")
+              f"{anomaly.POLICY_DEFAULTS['cumulative_max']}, rename_min {anomaly.POLICY_DEFAULTS['rename_min']})."
+              f"\n\n" + table(rows) + "\n" + "".join(f"\n* {n}" for n in NOTES) + "\n")
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
