@@ -357,9 +357,13 @@ POLICY_BOUNDS: dict[str, tuple[float, float]] = {
     "cold_age_s": (0, 366 * 86400), "change_max": (0.0, 1.0), "ransom_note_min": (1, 16),
     "rename_min": (1, 10**9), "cold_baseline_cap": (0.0, 1.0),
 }
-COLD_RATE_MARGIN = 0.25
-"""Encrypted mode: the slow window sums a snapshot's cold-rewrite rate only above the learned
-rate (median of confirmed history, capped at ``cold_baseline_cap``) times ``1 + margin``."""
+COLD_RATE_SLACK = 0.1
+"""Encrypted mode: the slack of the slow window's one-sided CUSUM (Page, "Continuous inspection
+schemes", Biometrika 1954), as a share of the learned cold-rewrite rate (median of confirmed
+history, capped at ``cold_baseline_cap``): ``S = max(0, S + rate - learned x (1 + slack))``
+over the window, suspect once ``S > cumulative_max``. Benign snapshots above and below the
+learned rate cancel; a steady excess of more than a tenth of the learned rate accumulates
+(a steady excess below it is not seen: README)."""
 NOISE_FLOOR = 0.0005
 """A snapshot's excess over the baseline below this share of data is noise for naming where
 a drift began (:func:`judge_relative`)."""
@@ -1619,10 +1623,12 @@ class RelativeVerdict:
             blocks rewritten).
         baseline: median score of the confirmed history, capped at ``baseline_cap`` (encrypted
             mode: the learned cold-rewrite rate, capped at ``cold_baseline_cap``); 0 if none.
-        cumulative: excess over the baseline summed over the window, this snapshot included.
+        cumulative: excess over the baseline summed over the window, this snapshot included
+            (encrypted mode: the one-sided CUSUM of :data:`COLD_RATE_SLACK`).
         first_suspect_seq: the first snapshot of the window whose score passed the baseline by
-            more than :data:`NOISE_FLOOR` (where the drift began: the snapshot before it is the
-            one to restore), else this snapshot; None if clean.
+            more than :data:`NOISE_FLOOR` (encrypted mode: where the CUSUM last left zero), i.e.
+            where the drift began (the snapshot before it is the one to restore), else this
+            snapshot; None if clean.
         reasons: operator-readable sentences, one per signal that fired (empty if clean).
     """
 
@@ -1675,12 +1681,19 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple[in
     if encrypted and signals.changed_blocks / signals.data_blocks > float(policy["change_max"]):
         reasons.append(f"{signals.changed_blocks / signals.data_blocks:.1%} of the volume's data changed in one "
                        f"snapshot, above change_max {float(policy['change_max']):.1%}")
-    # encrypted mode: a snapshot's cold rate within COLD_RATE_MARGIN of the learned rate is the
-    # volume's steady benign rewriting, not summed (its ups and downs would add up over a window)
-    level = baseline * (1.0 + COLD_RATE_MARGIN) if encrypted else baseline
+    level = baseline * (1.0 + COLD_RATE_SLACK) if encrypted else baseline
     excess = [(s, x - level) for s, x in window] + [(seq, score - level)]
-    cumulative = sum(max(0.0, e) for _, e in excess)
-    first = next((s for s, e in excess if e > NOISE_FLOOR), None)
+    if encrypted:
+        # a one-sided CUSUM of the signed deviation (COLD_RATE_SLACK): benign snapshots below the
+        # learned rate offset those above it, a steady excess accumulates; the drift began
+        # where the sum last left zero (Page's change-point estimate)
+        cumulative, first = 0.0, None
+        for s, e in excess:
+            cumulative = max(0.0, cumulative + e)
+            first = None if cumulative == 0.0 else (first if first is not None else s)
+    else:
+        cumulative = sum(max(0.0, e) for _, e in excess)
+        first = next((s for s, e in excess if e > NOISE_FLOOR), None)
     if cumulative > float(policy["cumulative_max"]) and not reasons:
         reasons.append(f"slow drift (relative score): {cumulative:.1%} {what} over {len(excess)} snapshots since the last confirmed "
                        f"one, above cumulative_max {float(policy['cumulative_max']):.1%}; it began at #{first}")

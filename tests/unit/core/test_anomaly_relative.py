@@ -196,9 +196,9 @@ def _run_window(p: dict, rates: list[float], confirmed: list[float]) -> int | No
 def test_encrypted_mode_slow_window_learns_the_steady_benign_cold_rate() -> None:
     """Benign cold rewrites of an encrypted volume (0.8-0.9 % per snapshot measured in
     tests/integration/test_encrypted_volume.py) summed in the slow window made the fourth
-    snapshot suspect; the window now sums only what passes the rate learned from confirmed
-    history (x 1.25), while a slow attack of 1 % of cold blocks per snapshot on top of it is
-    still caught before 5 % of the data is encrypted."""
+    snapshot suspect; the window is now a one-sided CUSUM around the rate learned from
+    confirmed history (slack 10 %), while a slow attack of 1 % of cold blocks per snapshot on
+    top of it is still caught before 5 % of the data is encrypted."""
     p = {**POLICY_DEFAULTS, "mode": "encrypted"}
     r = random.Random(3)
     benign = [r.uniform(0.008, 0.009) for _ in range(60)]
@@ -213,9 +213,33 @@ def test_encrypted_mode_slow_window_learns_the_steady_benign_cold_rate() -> None
     # site may only lower the cap
     v = judge_relative(2, _cold(0.055), [], [0.08] * 5, p)
     assert v.baseline == 0.02 and v.verdict == "suspect"
-    assert _run_window(p, [0.024] * 40, [0.08] * 5) is None  # under 1.25 x the capped rate: not summed
-    assert _run_window(p, [0.034] * 40, [0.08] * 5) == 4  # 0.9 % over it per snapshot: the fourth
+    assert _run_window(p, [0.0215] * 40, [0.08] * 5) is None  # within the slack of the capped rate
+    assert _run_window(p, [0.034] * 40, [0.08] * 5) == 3  # 1.2 % over it per snapshot: the third
+    # above the cap the rate is more than the policy lets the baseline learn: it accumulates
+    assert _run_window(p, [0.024] * 40, [0.08] * 5) == 16
     assert weakened_keys(p, {**p, "cold_baseline_cap": 0.1}) == ["cold_baseline_cap"]
     assert stricter(p, {"cold_baseline_cap": 0.5})["cold_baseline_cap"] == 0.02
     # content mode is unchanged: the baseline cap stays baseline_cap (0.5 %)
     assert judge_relative(2, signals(1), [], [0.05] * 5, dict(POLICY_DEFAULTS)).baseline == 0.005
+
+
+def test_encrypted_mode_cusum_catches_a_steady_excess_under_the_old_margin() -> None:
+    """Security review: with a confirmed benign rate of 0.85 %/snapshot, an attacker adding 0.2 %
+    of the volume per snapshot (1.05 %, under the old 1.25 x learned margin, which summed only
+    what passed it) was never flagged over 400 snapshots, 80 % of the volume rewritten
+    (tests/security/atk_encrypted_slow.py of the review). The CUSUM accumulates the 0.115 %
+    per snapshot above the slack: flagged at the 27th, 5.4 % encrypted, naming where it began."""
+    p = {**POLICY_DEFAULTS, "mode": "encrypted"}
+    confirmed = [0.0085] * 60
+    window: list[tuple[int, float]] = []
+    first = None
+    for seq in range(100, 500):
+        v = judge_relative(seq, _cold(0.0105, 1_000_000), window[-168:], confirmed, p)
+        window.append((seq, v.score))
+        if v.verdict == "suspect" and first is None:
+            first = seq
+            assert v.first_suspect_seq == 100 and "slow drift" in v.reasons[0], v
+    assert first == 126, first
+    # benign snapshots around the learned rate cancel: 400 of them alternating 0.6 % and 1.1 %
+    # (mean 0.85 %; the old margin summed each 1.1 %'s 0.0375 % over 1.25 x: flagged at the 162nd)
+    assert _run_window(p, [0.006, 0.011] * 200, confirmed) is None
