@@ -334,14 +334,18 @@ POLICY_DEFAULTS: dict = {
     "baseline_cap": 0.005, "magic_min": 4, "wipe_max": 0.3, "cold_max": 0.05, "cold_age_s": 7 * 86400,
     "change_max": 0.5, "ransom_notes": list(RANSOM_NOTES_DEFAULT), "ransom_note_min": 2,
     "ransom_note_strong": list(RANSOM_NOTE_STRONG_DEFAULT), "rename_min": 16, "cold_baseline_cap": 0.02,
+    "conserve_max": 0.03,
 }
 """The cluster's detection policy when Raft holds none (``state.volumes[v]["detection"]``).
 ``ransom_notes``, ``ransom_note_min``, ``ransom_note_strong``, ``rename_min`` (mass renames:
 names gaining the same appended extension in one snapshot, :func:`appended_extensions`) and
 ``cold_baseline_cap`` (encrypted mode: the highest cold-rewrite rate per snapshot the baseline
-learns from confirmed history) were added later: a policy recorded without them has the
+learns from confirmed history) and ``conserve_max`` (copy-encrypt-delete: the share of data that
+moved from structured to random through freed and filled space in one snapshot,
+:meth:`SnapshotSignals.conserved`) were added later: a policy recorded without them has the
 defaults (:func:`with_defaults`)."""
-OPTIONAL_POLICY_KEYS = ("ransom_notes", "ransom_note_min", "ransom_note_strong", "rename_min", "cold_baseline_cap")
+OPTIONAL_POLICY_KEYS = ("ransom_notes", "ransom_note_min", "ransom_note_strong", "rename_min", "cold_baseline_cap",
+                        "conserve_max")
 PATTERN_LIST_KEYS = ("ransom_notes", "ransom_note_strong")
 """Policy keys holding lists of regular expressions: a site may add patterns (:func:`stricter`),
 dropping one is a weakening (:func:`weakened_keys`)."""
@@ -349,13 +353,13 @@ RANSOM_NOTES_MAX = 32
 """Most ransom-note patterns a policy may hold (each at most :data:`RANSOM_NOTE_CHARS_MAX`)."""
 RANSOM_NOTE_CHARS_MAX = 200
 LOWER_IS_STRICTER = ("min_score", "factor", "cumulative_max", "baseline_cap", "magic_min", "wipe_max", "cold_max",
-                     "cold_age_s", "change_max", "ransom_note_min", "rename_min", "cold_baseline_cap")
+                     "cold_age_s", "change_max", "ransom_note_min", "rename_min", "cold_baseline_cap", "conserve_max")
 HIGHER_IS_STRICTER = ("window_s",)
 POLICY_BOUNDS: dict[str, tuple[float, float]] = {
     "min_score": (0.0, 1.0), "factor": (1.0, 1000.0), "cumulative_max": (0.0, 1.0), "window_s": (0, 366 * 86400),
     "baseline_cap": (0.0, 1.0), "magic_min": (1, 10**9), "wipe_max": (0.0, 1.0), "cold_max": (0.0, 1.0),
     "cold_age_s": (0, 366 * 86400), "change_max": (0.0, 1.0), "ransom_note_min": (1, 16),
-    "rename_min": (1, 10**9), "cold_baseline_cap": (0.0, 1.0),
+    "rename_min": (1, 10**9), "cold_baseline_cap": (0.0, 1.0), "conserve_max": (0.0, 1.0),
 }
 COLD_RATE_SLACK = 0.1
 """Encrypted mode: the slack of the slow window's one-sided CUSUM (Page, "Continuous inspection
@@ -1015,6 +1019,11 @@ class BlockFinding:
             breaks, a C array, binary digits in groups, one of 16 words per nibble, hex or
             base64 in fixed-width groups), where the old content had structure and was no such
             encoding itself.
+        structure_freed: share of the block (0..1, by 4 KiB sub-blocks) that held structured
+            data (:func:`_structured_sub`) and is now all zeros (discarded or zeroed).
+        random_filled: share of the block (0..1, by 4 KiB sub-blocks) that was all zeros (or
+            absent) and now looks random (:func:`_random_sub`). Both feed the conservation
+            signal (:meth:`SnapshotSignals.conserved`).
     """
 
     turned_random: bool
@@ -1033,6 +1042,25 @@ class BlockFinding:
     narrow_alphabet: int = 0
     alphabet_after: int = 256
     separated: int = 0
+    structure_freed: float = 0.0
+    random_filled: float = 0.0
+
+
+def _random_sub(h: float, chi2: float) -> bool:
+    """A sub-block with entropy ``h`` (bits/byte) and chi-square ``chi2`` looks random."""
+    return h >= RANDOM_SUB_ENTROPY_MIN and chi2 < CHI2_RANDOM_MAX
+
+
+def _structured_sub(h: float) -> bool:
+    """A sub-block with entropy ``h`` held structured data: data, not already compressed or
+    encrypted (``DATA_ENTROPY_MIN <= h < ALREADY_RANDOM_ENTROPY``)."""
+    return DATA_ENTROPY_MIN <= h < ALREADY_RANDOM_ENTROPY
+
+
+def _zero_sub(raw: bytes, i: int, h: float) -> bool:
+    """Sub-block ``i`` of ``raw`` is all zeros or beyond its end (``h``: its entropy)."""
+    part = raw[i * SUB_BLOCK:(i + 1) * SUB_BLOCK]
+    return h == 0.0 and (not part or part[0] == 0)
 
 
 def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz4_old: float = 1.0) -> BlockFinding:
@@ -1049,12 +1077,14 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
     """
     if not old:
         ents, chis = sub_block_stats(new or b"")
+        filled = sum(_random_sub(h, c) for h, c in zip(ents, chis)) / len(ents) if ents else 0.0
         return BlockFinding(False, 0, 0.0, sum(ents) / len(ents) if ents else 0.0, 0.0,
-                            min(chis) if chis else 0.0, 1.0, lz4_new, fresh=bool(new))
+                            min(chis) if chis else 0.0, 1.0, lz4_new, fresh=bool(new), random_filled=filled)
     e_old, _ = sub_block_stats(old)
     mean_old = sum(e_old) / len(e_old)
     if not new:
-        return BlockFinding(False, 0, mean_old, 0.0, 0.0, 0.0, lz4_old, 1.0, wiped=True)
+        return BlockFinding(False, 0, mean_old, 0.0, 0.0, 0.0, lz4_old, 1.0, wiped=True,
+                            structure_freed=sum(map(_structured_sub, e_old)) / len(e_old))
     e_new, c_new = sub_block_stats(new)
     random_subs = 0
     max_rise = 0.0
@@ -1113,10 +1143,16 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
             lost = {i for i in lost | narrow | tokens if not _changed_was_random(new, old, i)}
             narrow &= lost
             tokens &= lost
+    freed = filled = 0
     for i, h_new in enumerate(e_new):
         h_old = e_old[i] if i < len(e_old) else 0.0
         rise = h_new - h_old
         max_rise = max(max_rise, rise)
+        # conservation (SnapshotSignals.conserved): zeros that became random, structure that became zeros
+        if _zero_sub(old, i, h_old):
+            filled += _random_sub(h_new, c_new[i])
+        elif _zero_sub(new, i, h_new) and _structured_sub(h_old):
+            freed += 1
         if h_old < DATA_ENTROPY_MIN:
             continue
         if flagged[i] or i in lost:
@@ -1132,7 +1168,7 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
     return BlockFinding(random_subs > 0 or lost_compression, random_subs, mean_old, mean_new, max_rise,
                         min(c_new), lz4_old, lz4_new, tuple(destroyed), structure_lost=len(lost),
                         repeat_excess_after=excess, narrow_alphabet=len(narrow), alphabet_after=alphabet_min,
-                        separated=len(tokens))
+                        separated=len(tokens), structure_freed=freed / len(e_new), random_filled=filled / len(e_new))
 
 
 _NOTE_CACHE: dict[tuple[str, ...], list] = {}
@@ -1526,6 +1562,10 @@ class SnapshotSignals:
         ransom_note_evidence: up to :data:`EVIDENCE_MAX` ``(block index, patterns matched)``.
         names_old, names_new: file names read from the previous and the new versions of the
             changed blocks (:func:`dir_names`, :meth:`add_names`); not in :meth:`summary`.
+        structure_freed: blocks' worth (4 KiB sub-blocks / sub-blocks per block) of structured
+            data that became zeros (:attr:`BlockFinding.structure_freed`).
+        random_filled: blocks' worth of zeros (or new space) that became random
+            (:attr:`BlockFinding.random_filled`).
     """
 
     data_blocks: int
@@ -1542,6 +1582,8 @@ class SnapshotSignals:
     ransom_note_evidence: list = None  # type: ignore[assignment]
     names_old: set = None  # type: ignore[assignment]
     names_new: set = None  # type: ignore[assignment]
+    structure_freed: float = 0.0
+    random_filled: float = 0.0
 
     def __post_init__(self) -> None:
         self.data_blocks = max(1, int(self.data_blocks))
@@ -1585,6 +1627,8 @@ class SnapshotSignals:
             self.wiped += 1
         if finding.fresh and finding.entropy_after >= RANDOM_SUB_ENTROPY_MIN:
             self.fresh_random += 1
+        self.structure_freed += finding.structure_freed
+        self.random_filled += finding.random_filled
         for name in finding.magic_destroyed:
             self.magic_destroyed[name] = self.magic_destroyed.get(name, 0) + 1
         if finding.turned_random:
@@ -1597,6 +1641,15 @@ class SnapshotSignals:
         """Share of the base's data blocks that turned random (0..1, may pass 1 if it grew)."""
         return self.turned_random / self.data_blocks
 
+    @property
+    def conserved(self) -> float:
+        """Conservation signal: ``min(structure_freed, random_filled) / data_blocks``, the share
+        of the data that in this snapshot vanished as structure from some blocks and reappeared
+        as random bytes in blocks that were zeros (copy-encrypt-delete with discard: ciphertext
+        keeps the plaintext's size, so the two match; gzip of logs fills ~10 % of what it frees,
+        imports free nothing structured, deleting compressed images frees nothing structured)."""
+        return min(self.structure_freed, self.random_filled) / self.data_blocks
+
     def summary(self) -> dict:
         """Plain dict of the counts and shares (msgpack/JSON-able), without the evidence."""
         ext, count, _ = self.renamed()
@@ -1604,7 +1657,8 @@ class SnapshotSignals:
                 "turned_random": self.turned_random, "fresh_random": self.fresh_random, "wiped": self.wiped,
                 "cold_rewritten": self.cold_rewritten, "magic_destroyed": dict(self.magic_destroyed),
                 "fs_destroyed": self.fs_destroyed, "shrunk_bytes": self.shrunk_bytes, "score": self.score,
-                "ransom_note": self.ransom_notes}
+                "ransom_note": self.ransom_notes, "structure_freed": round(self.structure_freed, 2),
+                "random_filled": round(self.random_filled, 2), "conserved": self.conserved}
 
 
 EVIDENCE_MAX = 64
@@ -1709,6 +1763,11 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple[in
                        f"wipe_max {float(policy['wipe_max']):.1%}")
     if signals.shrunk_bytes > 0:
         reasons.append(f"the volume shrank by {signals.shrunk_bytes} bytes")
+    if signals.conserved > float(policy["conserve_max"]):
+        reasons.append(f"conservation: {signals.structure_freed / signals.data_blocks:.1%} of the data was structured "
+                       f"and became zeros while {signals.random_filled / signals.data_blocks:.1%} was written as random "
+                       f"bytes where there were zeros (conserved {signals.conserved:.1%}, above conserve_max "
+                       f"{float(policy['conserve_max']):.1%}): copy-encrypt-delete with freed blocks discarded")
     ext, count, names = signals.renamed()
     if count >= int(policy["rename_min"]):
         reasons.append(f"rename: {count} file names gained an appended extension in one snapshot (most: .{ext}, "
