@@ -1439,6 +1439,28 @@ RENAME_EXEMPT: frozenset[str] = frozenset((
 upgrade, ``app.js.map`` of a web build, ``file.sha256``); numbers (``.1``, ``.2``) are exempt
 too. An appended part counts only when one of its dot-separated pieces is neither. Module
 constant, not policy: the list is reviewed code."""
+DOCUMENT_EXTENSIONS: frozenset[str] = frozenset((
+    "doc", "docx", "docm", "dot", "dotx", "odt", "ods", "odp", "odg", "rtf", "txt", "md", "csv", "tsv", "xls",
+    "xlsx", "xlsm", "xlsb", "ppt", "pptx", "pdf", "jpg", "jpeg", "png", "gif", "tif", "tiff", "bmp", "heic",
+    "webp", "dcm", "hl7", "xml", "json", "html", "htm", "eml", "msg", "pst", "mdb", "accdb", "sqlite", "db",
+    "sql", "vsd", "vsdx", "one", "pages", "numbers", "key", "mp3", "mp4", "wav", "avi", "mov",
+))
+"""Extensions of the documents ransomware encrypts (office, text, images, DICOM, mail, small
+databases). A name whose extension of this list was replaced by one neither here nor in
+:data:`RENAME_KNOWN` nor :data:`RENAME_EXEMPT` (``x.docx`` -> ``x.locked``) counts as a rename
+(:func:`replaced_extensions`)."""
+RENAME_KNOWN: frozenset[str] = frozenset((
+    "log", "ini", "conf", "cfg", "yaml", "yml", "toml", "svg", "eps", "ps", "tex", "dvi", "djvu", "xps", "epub",
+    "avif", "jxl", "jp2", "j2k", "dng", "raw", "cr2", "nef", "arw", "aae", "thm", "lrv", "srt", "vtt", "mkv",
+    "webm", "flac", "ogg", "m4a", "aac", "parquet", "feather", "arrow", "h5", "hdf5", "npy", "npz", "pkl", "ics",
+    "vcf", "mbox", "ost", "odf", "fodt", "fods", "wpd", "wps", "xlt", "xltx", "pot", "potx", "pps", "ppsx",
+    "nii", "mhd", "nrrd", "mha", "jpe", "jfif", "ico", "psd", "ai", "indd", "dwg", "dxf", "stl", "dat", "bin",
+    "lnk", "url", "mht", "mhtml", "ocr", "hocr", "alto",
+))
+"""Other well-known extensions: a document converted to one of these in bulk (``scan.tif`` ->
+``scan.pdf`` is in :data:`DOCUMENT_EXTENSIONS` already, ``x.heic`` -> ``x.avif``,
+``table.csv`` -> ``table.parquet``, a photo's ``.aae`` sidecar) is not a rename. Module
+constant, reviewed code, like :data:`RENAME_EXEMPT`."""
 RENAME_EXT_MAX = 64
 """Longest appended part read as an extension (``.id[1E857D00-2275].[mail@host].eking``)."""
 _NAME_BYTE = bytes(x for x in range(256) if 0x20 <= x < 0x7F or x >= 0x80)
@@ -1542,6 +1564,33 @@ def appended_extensions(old_names: set[bytes], new_names: set[bytes]) -> dict[by
     return out
 
 
+def replaced_extensions(old_names: set[bytes], new_names: set[bytes]) -> dict[bytes, list[bytes]]:
+    """Names of ``new_names`` that are not in ``old_names`` and are an old document's name with
+    its extension replaced (``x.docx`` -> ``x.locked``: the stem before the last dot named an
+    old name with an extension of :data:`DOCUMENT_EXTENSIONS`, the new extension is neither
+    there nor in :data:`RENAME_KNOWN`, :data:`RENAME_EXEMPT`, nor a number). The old name may
+    still be read from the changed directory block (a deleted ext4 entry keeps its bytes).
+    Returns ``{new extension (lower case): [new names]}``. Pure."""
+    stems: set[bytes] = set()
+    for name in old_names:
+        i = name.rfind(b".")
+        if i >= 1 and name[i + 1:].lower().decode("latin-1") in DOCUMENT_EXTENSIONS:
+            stems.add(name[:i])
+    out: dict[bytes, list[bytes]] = {}
+    if not stems:
+        return out
+    for name in new_names - old_names:
+        i = name.rfind(b".")
+        if i < 1 or name[:i] not in stems:
+            continue
+        ext = name[i + 1:]
+        low = ext.lower().decode("latin-1")
+        if 0 < len(ext) <= RENAME_EXT_MAX and low not in DOCUMENT_EXTENSIONS and low not in RENAME_KNOWN \
+                and not _exempt_extension(ext):
+            out.setdefault(ext.lower(), []).append(name)
+    return out
+
+
 @dataclass
 class SnapshotSignals:
     """Counts of one snapshot's changes against its base (the newest snapshot this site judged
@@ -1602,11 +1651,14 @@ class SnapshotSignals:
             self.names_old |= dir_names(old)
 
     def renamed(self) -> tuple[str, int, list[str]]:
-        """Names that gained an appended extension (:func:`appended_extensions`): the extension
-        most of them gained, how many gained one (all extensions: ransomware that appends a
-        random extension per file counts too) and up to 8 of those with the most common one
-        (decoded, sorted); ``("", 0, [])`` when none."""
+        """Names that gained an appended extension (:func:`appended_extensions`) or whose
+        document extension was replaced (:func:`replaced_extensions`): the extension most of
+        them gained, how many gained one (all extensions: ransomware that appends a random
+        extension per file counts too) and up to 8 of those with the most common one (decoded,
+        sorted); ``("", 0, [])`` when none."""
         groups = appended_extensions(self.names_old, self.names_new)
+        for ext, names in replaced_extensions(self.names_old, self.names_new).items():
+            groups.setdefault(ext, []).extend(n for n in names if n not in groups[ext])
         if not groups:
             return "", 0, []
         ext, names = max(groups.items(), key=lambda kv: (len(kv[1]), kv[0]))

@@ -190,3 +190,41 @@ def test_conserve_max_is_protected_policy() -> None:
     assert stricter(p, {"conserve_max": 0.01})["conserve_max"] == 0.01
     old = {k: v for k, v in p.items() if k != "conserve_max"}  # a policy recorded before the key
     assert weakened_keys(old, p) == [] and weakened_keys(p, {**old, "conserve_max": 1.0}) == ["conserve_max"]
+
+
+def test_a_replaced_document_extension_en_masse_is_a_rename(tmp_path: Path) -> None:
+    """Review F1: ``x.docx`` -> ``x.locked`` (the extension replaced, not appended) was clean.
+    A known document extension replaced by an unknown one counts in the rename signal."""
+    from tests.unit.core.test_anomaly_rename import host_file, judged
+    names = [f"Befund_{i:04}.docx" for i in range(60)]
+    cipher = host_file(tmp_path, "c", random.Random(1).randbytes(9000))
+    cmds = []
+    for n in names[:20]:
+        cmds += [f"write {cipher} {n[:-5]}.locked", f"rm {n}"]
+    sig, v = judged(tmp_path, names, cmds)
+    assert sig.renamed()[:2] == ("locked", 20), sig.renamed()
+    assert v.verdict == "suspect" and any(r.startswith("rename: 20 file names") for r in v.reasons), v.reasons
+
+
+@pytest.mark.parametrize("kind", ["export to pdf", "photo conversion", "sidecars", "csv to parquet", "temp saves"])
+def test_benign_replaced_extensions_do_not_alarm(tmp_path: Path, kind: str) -> None:
+    from tests.unit.core.test_anomaly_rename import host_file, judged
+    names = [f"Befund_{i:04}.docx" for i in range(30)] + [f"IMG_{i:04}.heic" for i in range(30)] + \
+        [f"table_{i:03}.csv" for i in range(30)]
+    data = host_file(tmp_path, "d", _letter(random.Random(4)))
+    cmds = []
+    for i in range(24):
+        if kind == "export to pdf":
+            cmds += [f"write {data} Befund_{i:04}.pdf"]
+        elif kind == "photo conversion":
+            cmds += [f"write {data} IMG_{i:04}.jpg", f"rm IMG_{i:04}.heic"]
+        elif kind == "sidecars":
+            cmds += [f"write {data} IMG_{i:04}.aae", f"write {data} IMG_{i:04}.xmp"]
+        elif kind == "csv to parquet":
+            cmds += [f"write {data} table_{i:03}.parquet", f"rm table_{i:03}.csv"]
+        else:  # editors' temporaries and backups beside the document
+            cmds += [f"write {data} Befund_{i:04}.tmp", f"write {data} Befund_{i:04}.bak"]
+    sig, v = judged(tmp_path, names, cmds)
+    assert sig.names_new, "the directory's names were read"
+    assert sig.renamed()[1] == 0, sig.renamed()
+    assert v.verdict == "clean", v.reasons
