@@ -99,9 +99,12 @@ Per snapshot (:func:`judge_relative`): ``score = turned-random blocks / data blo
 base``; suspect iff ``score > max(min_score, factor x baseline)``, or the cumulative excess
 over the baseline since the last snapshot a person confirmed clean (bounded to ``window_s``)
 passes ``cumulative_max`` (slow attacks), or ``magic_min`` headers were destroyed, or the
-file system's superblock was, or ``wipe_max`` of the data became zero, or the volume shrank.
+file system's superblock was, or ``wipe_max`` of the data became zero, or the volume shrank,
+or structured data that became zeros and random data written where there were zeros both pass
+``conserve_max`` (copy-encrypt-delete with discard: :meth:`SnapshotSignals.conserved`).
 The baseline is the median of the site's own scores of *confirmed* history, capped at
-``baseline_cap``: an attack spread over many snapshots cannot raise it.
+``baseline_cap``: an attack spread over many snapshots cannot raise it. In ``encrypted`` mode
+the slow window is a one-sided CUSUM around the learned cold rate (:data:`COLD_RATE_SLACK`).
 
 ``change_max`` (share of the data changed in one snapshot) applies in ``encrypted`` mode only:
 in ``content`` mode benign whole-volume rewrites (``VACUUM FULL``, ``pgbench -i``, a restored
