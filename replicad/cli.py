@@ -172,7 +172,13 @@ def _instant_line(volume: str, st: dict) -> str:
         head += (f", copy {100 * st['progress']:.0f} % ({st['copy_done_blocks']}/{st['copy_total_blocks']} blocks), "
                  f"{st['overlay_blocks']} blocks written by the application; serving on {st['socket']}")
     elif st["phase"] == "done":
-        head += f", switched over after {s(st['switched_after_s'])} ({st['overlay_blocks']} blocks copied in)"
+        head += (f", switched over after {s(st['switched_after_s'])} ({st['overlay_blocks']} blocks copied in)"
+                 if st.get("switched_after_s") is not None else " (switched over before a restart)")
+        if st.get("socket"):
+            head += (f"; serving the image on {st['socket']} until released (move the application to the image, "
+                     f"then replicad export --close {st['export_id']})")
+    elif st["phase"] == "released":
+        head += " (the export is closed; the application runs on the image)"
     elif st["phase"] == "fenced":
         head += " (another site took the volume over: the export is closed, its writes kept, not applied)"
     head += f"; first read after {s(st['first_read_after_s'])}"
@@ -1555,7 +1561,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.close:
         _print(args, api(args, "DELETE", f"/v1/exports/{args.close}"), lambda r: console.print(
             f"export {r['export_id']} of {r['volume']}#{r['seq']} closed ({r['bytes_read']} bytes read, "
-            f"{r['read_errors']} read errors)", markup=False, soft_wrap=True))
+            f"{r['read_errors']} read errors)" + ("; the instant recovery is released: the export is not served "
+                                                 "again, also after a restart" if r.get("instant") else ""),
+            markup=False, soft_wrap=True))
         return 0
     if args.volume is None:
         def render(data: dict) -> None:

@@ -202,6 +202,8 @@ class SiteDaemon:
         self.peers = PeerClient(self.session, self.site_id)
         self._build_rooms(self.store, self.catalog, self.peers)
         await asyncio.to_thread(self.exports.recover)  # sockets and overlays of exports a crash left (issue 16)
+        # issue 16: an instant export switched over and not released is the application's disk: served again at once
+        await self.instant.resume({n: (r.acting_epoch, Path(r.cfg.path)) for n, r in self.runners.items()})
 
         await self._serve(peer_routes(self.receiver), self.cfg.peer_listen, client_max_size=64 * 2**20,
                           ssl_context=server_context(tls) if tls is not None else None)
@@ -299,6 +301,7 @@ class SiteDaemon:
         self.instant = InstantRecovery(self.exports, self.data_dir, self.metrics,  # issue 16: promote --instant
                                        background=self._background)
         self.promotion.instant = self.instant
+        self.exports.on_instant_released = self.instant.released
         self.housekeeping = Housekeeping(cluster, store, catalog, runners, self.scrub.repair_step,
                                          lambda: self.cfg.floor, self.metrics, pins=self.exports.pinned)
         self.status = Status(cluster, catalog, store, runners, self.interrupted_restores,

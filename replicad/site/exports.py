@@ -58,12 +58,12 @@ class Export:
     seq: int
     epoch: int
     root: bytes
-    manifest: Manifest
+    manifest: Manifest | None  # None: an instant export serving the image after a restart (no snapshot read)
     socket: Path
     writable: bool
     auto_close: bool
     created_at_ns: int
-    reader: SnapshotReader
+    reader: SnapshotReader | None
     overlay: Overlay | None = None
     server: asyncio.AbstractServer | None = None
     connections: set[asyncio.StreamWriter] = field(default_factory=set)
@@ -81,6 +81,12 @@ class Export:
     image_fd: int | None = None
     first_read_ns: int | None = None
     on_first_read: Callable[[int], None] | None = None
+    size_bytes: int = 0   # the manifest's, or the instant record's when there is no manifest
+    block_size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.manifest is not None:
+            self.size_bytes, self.block_size = self.manifest.size_bytes, self.manifest.block_size
 
     @property
     def name(self) -> str:
@@ -94,7 +100,7 @@ class Export:
         snapshot's, clean or suspect, when the export opened)."""
         out = {"export_id": self.export_id, "volume": self.volume, "seq": self.seq, "epoch": self.epoch,
                "root": self.root.hex(), "socket": str(self.socket), "uri": f"nbd+unix:///?socket={self.socket}",
-               "name": self.name, "size_bytes": self.manifest.size_bytes, "block_size_bytes": self.manifest.block_size,
+               "name": self.name, "size_bytes": self.size_bytes, "block_size_bytes": self.block_size,
                "writable": self.writable, "auto_close": self.auto_close, "created_at_ns": self.created_at_ns,
                "connections": len(self.connections), "bytes_read": self.bytes_read,
                "bytes_written": self.bytes_written, "read_errors": self.read_errors, "verdict": self.verdict}
@@ -105,6 +111,11 @@ class Export:
             out["instant"] = True
             out["serves"] = "image" if self.image_fd is not None else "snapshot+overlay"
         return out
+
+    @property
+    def serves_image(self) -> bool:
+        """An instant recovery's export after its switch-over: it serves the volume's image itself."""
+        return self.instant and self.image_fd is not None
 
 
 class Exports:
@@ -127,13 +138,17 @@ class Exports:
         self.overlay_dir = Path(data_dir) / "exports"
         self.metrics = metrics
         self._exports: dict[str, Export] = {}
+        # instant recovery: called (worker thread) with the volume when the operator closes its
+        # export after the switch-over, so that it is not opened again at the next start
+        self.on_instant_released: Callable[[str], None] | None = None
         self._pending: dict[str, tuple[str, int, int, bytes]] = {}  # pinned while being created
 
     # ------------------------------------------------------------------ pins
     def pinned(self) -> dict[tuple[str, int, int], bytes]:
         """``{(volume, epoch, seq): root}`` of every snapshot an export (open or being opened)
         holds: retention keeps their local records, GC their chunks (``Housekeeping``)."""
-        out = {(e.volume, e.epoch, e.seq): e.root for e in self._exports.values()}
+        out = {(e.volume, e.epoch, e.seq): e.root for e in self._exports.values()
+               if not e.serves_image}  # an instant export after its switch-over reads no snapshot
         out.update({(v, ep, s): r for v, ep, s, r in self._pending.values()})
         return out
 
@@ -237,18 +252,66 @@ class Exports:
             exp.overlay = Overlay(overlay_root, exp.reader, reopen=reopen)
 
         await asyncio.to_thread(prepare)
-        try:
-            exp.server = await asyncio.start_unix_server(lambda r, w: self._connection(exp, r, w), path=str(sock))
-            os.chmod(sock, 0o600)
-        except OSError as err:
-            await asyncio.to_thread(self._discard, exp)
-            raise from_os_error(err, f"listen on {sock}", path=str(sock)) from None
-        self._exports[export_id] = exp
-        self.metrics.export_opened(len(self._exports))
+        await self._listen_instant(exp)
         log.info("AUDIT export %s of %s#%d (epoch %d, root %s) open at %s for instant recovery: %s, writable "
                  "(overlay %s%s)", export_id, volume, seq, epoch, manifest.root.hex()[:16], self.site_id, sock,
                  overlay_root, f", re-attached with {exp.overlay.blocks_written} blocks" if reopen else "")
         return exp
+
+    async def open_instant_image(self, volume: str, epoch: int, seq: int, root: bytes, image: Path, *,
+                                 size_bytes: int, block_size: int) -> Export:
+        """Instant recovery after its switch-over, at a (re)start: serve the volume's ``image``
+        itself, writable, on the instant socket ``<data_dir>/nbd/instant-<volume>.sock`` (the one
+        the application's NBD client knows, so a client that reconnects resumes), until the
+        operator releases it (:meth:`close` without ``force``). ``seq``/``root``: the snapshot
+        the recovery started from (shown, not read); ``size_bytes``/``block_size``: what the
+        export announces (the volume's).
+
+        Returns the :class:`Export`. Raises UsageError (socket path too long, too many exports),
+        a typed OSError (the image cannot be opened read-write, the socket cannot listen)."""
+        export_id = f"instant-{volume}"
+        if export_id in self._exports:
+            return self._exports[export_id]
+        if len(self._exports) + len(self._pending) >= MAX_EXPORTS:
+            raise UsageError(f"{MAX_EXPORTS} exports are open at {self.site_id}: close one first", open=len(self._exports))
+        sock = self.socket_dir / f"{export_id}.sock"
+        if len(os.fsencode(sock)) > SOCKET_PATH_MAX:
+            raise UsageError(f"the export socket path {sock} is longer than {SOCKET_PATH_MAX} bytes (a unix socket "
+                             "limit): give the site a shorter data_dir", path=str(sock))
+        exp = Export(export_id, volume, seq, epoch, root, None, sock, True, False, time.time_ns(), None,
+                     instant=True, gate=asyncio.Lock(), size_bytes=size_bytes, block_size=block_size)
+
+        def prepare() -> None:
+            try:
+                self.socket_dir.mkdir(mode=0o700, exist_ok=True)
+                sock.unlink(missing_ok=True)
+                exp.image_fd = os.open(image, os.O_RDWR)
+            except OSError as err:
+                raise from_os_error(err, f"open {image} for the instant export", path=str(image)) from None
+
+        await asyncio.to_thread(prepare)
+        await self._listen_instant(exp)
+        log.info("AUDIT export %s of %s (instant recovery from #%d, epoch %d) open at %s: %s, writable, serving the "
+                 "image %s itself until released (replicad export --close %s)", export_id, volume, seq, epoch,
+                 self.site_id, sock, image, export_id)
+        return exp
+
+    async def _listen_instant(self, exp: Export) -> None:
+        """Listen on ``exp``'s socket (0600) and register it. Raises a typed OSError (the
+        export's fds are closed)."""
+        try:
+            exp.server = await asyncio.start_unix_server(lambda r, w: self._connection(exp, r, w),
+                                                         path=str(exp.socket))
+            os.chmod(exp.socket, 0o600)
+        except OSError as err:
+            await asyncio.to_thread(self._discard, exp)
+            raise from_os_error(err, f"listen on {exp.socket}", path=str(exp.socket)) from None
+        self._exports[exp.export_id] = exp
+        self.metrics.export_opened(len(self._exports))
+
+    def is_open(self, export_id: str) -> bool:
+        """Whether export ``export_id`` is open now."""
+        return export_id in self._exports
 
     def _prepare(self, exp: Export) -> None:
         """Create the socket directory (0700) and, when writable, the overlay (worker thread)."""
@@ -270,7 +333,9 @@ class Exports:
         and overlay, release its pin. Returns its last :meth:`Export.to_dict` with
         ``closed: true``. Raises NotFoundError for an unknown id, ConflictError for an instant
         recovery's export before its switch-over unless ``force`` (the site stops, or was fenced:
-        its overlay stays on disk)."""
+        its overlay stays on disk). An instant export closed after its switch-over without
+        ``force`` is *released* (:attr:`on_instant_released`): it is not served again at the next
+        start; with ``force`` (the site stops) it is."""
         exp = self._exports.get(export_id)
         if exp is None:
             raise NotFoundError(f"no open export {export_id} at {self.site_id}", export_id=export_id)
@@ -289,13 +354,28 @@ class Exports:
             w.close()
         await asyncio.to_thread(self._discard, exp)
         self.metrics.export_opened(len(self._exports))
-        log.info("AUDIT export %s of %s#%d closed at %s (%s): %d bytes read, %d written, %d read errors", export_id,
-                 exp.volume, exp.seq, self.site_id, why, exp.bytes_read, exp.bytes_written, exp.read_errors)
+        released = exp.instant and not force
+        if released and self.on_instant_released is not None:
+            await asyncio.to_thread(self.on_instant_released, exp.volume)
+        log.info("AUDIT export %s of %s#%d closed at %s (%s): %d bytes read, %d written, %d read errors%s", export_id,
+                 exp.volume, exp.seq, self.site_id, why, exp.bytes_read, exp.bytes_written, exp.read_errors,
+                 "; the instant recovery is released: the export is not served again" if released else "")
         return {**out, "closed": True}
 
     async def close_all(self) -> None:
-        """Close every export (the daemon's stop). Raises nothing."""
+        """Close every export (the daemon's stop). An instant export with NBD clients connected is
+        logged at WARNING: their requests fail until the site is back (it serves the export again
+        on the same socket at its start). Raises nothing."""
         for export_id in list(self._exports):
+            exp = self._exports.get(export_id)
+            if exp is not None and exp.instant and exp.connections:
+                log.warning("the site %s stops while %d NBD client(s) are connected to %s (the application's disk "
+                            "%s, %s): their reads and writes fail until the site is back and serves it again on %s; "
+                            "a client that reconnects (qemu's NBD client with reconnect-delay, nbd-client -persist) "
+                            "resumes, nbdfuse does not (a file system on it sees I/O errors and may lose writes). "
+                            "Before stopping a site, move the application to the plain image (README, Instant "
+                            "recovery)", self.site_id, len(exp.connections), export_id, exp.volume,
+                            "the image itself" if exp.image_fd is not None else "snapshot + overlay", exp.socket)
             try:
                 await self.close(export_id, "the site stops", force=True)
             except ReplicadError as err:
@@ -347,6 +427,7 @@ class Exports:
         ov = exp.overlay
 
         async def read(offset: int, length: int) -> bytes:
+            assert exp.reader is not None, "only an instant export after its switch-over has no reader"
             return await asyncio.to_thread(ov.read if ov is not None else exp.reader.read, offset, length)
 
         def on_bytes(nread: int, nwritten: int) -> None:
@@ -375,7 +456,7 @@ class Exports:
             async def flush() -> None:
                 await asyncio.to_thread(ov.flush)
 
-        return Backend(exp.name, exp.manifest.size_bytes, exp.manifest.block_size,
+        return Backend(exp.name, exp.size_bytes, exp.block_size,
                        f"replicad {exp.volume}#{exp.seq} at {self.site_id}", read, write, zero, flush,
                        on_read_error, on_bytes)
 
@@ -386,13 +467,14 @@ class Exports:
         takes it to copy the overlay into the image with no write in flight)."""
         base = self._plain_backend(exp)
         ov = exp.overlay
-        assert ov is not None and exp.gate is not None
+        assert (ov is not None or exp.image_fd is not None) and exp.gate is not None
         gate = exp.gate
 
         async def read(offset: int, length: int) -> bytes:
             fd = exp.image_fd
             if fd is not None:
                 return await asyncio.to_thread(_pread_exact, fd, offset, length)
+            assert ov is not None
             return await asyncio.to_thread(ov.read, offset, length)
 
         async def write(offset: int, data: bytes) -> None:

@@ -25,8 +25,17 @@ record of the same epoch and snapshot and re-attaches the overlay as last flushe
 ``serving``/``copying``/``switching`` it restarts the copy (the image is compared block by
 block against the snapshot and only differing blocks are rewritten, so finished work is not
 redone; blocks of a half-done switch-over are put back to the snapshot's) and switches over
-again; in ``done`` it does not touch the image. The record is removed only after the acting
-epoch is durable. A record of another epoch or snapshot is set aside
+again; in ``done`` it does not touch the image and serves the image on the export.
+
+**After the switch-over the export is the application's disk until the operator releases
+it.** Once the acting epoch is durable the overlay is removed; the record stays, in ``done``
+(``size_bytes``, ``block_size``), and says: serve the image on the instant socket. Every start
+of the site whose acting epoch is the record's opens it again on the same socket
+(:meth:`InstantRecovery.resume`), so an NBD client that reconnects (qemu's with
+``reconnect-delay``, ``nbd-client -persist``) resumes after a restart. The operator releases it
+(``replicad export --close instant-VOL``, after moving the application to the plain image):
+the record goes and the export is not served again. A fence closes it and removes the record
+(nothing is pending: the image holds everything). A record of another epoch or snapshot is set aside
 (``<volume>.stale-<epoch>-<seq>``, logged at ERROR), never applied: the writes in it were made
 to a takeover that no longer stands.
 """
@@ -84,6 +93,8 @@ class InstantState:
     overlay_blocks: int = 0
     export: Export | None = None
     last_error: str | None = None
+    size_bytes: int = 0
+    block_size: int = 0
     serving: asyncio.Event = field(default_factory=asyncio.Event)
 
     def to_dict(self) -> dict[str, Any]:
@@ -202,7 +213,8 @@ class InstantRecovery:
         """Persist ``st``'s record (tmp + fsync + rename + directory fsync). Raises typed OSError."""
         d = st.dir
         rec = {"version": RECORD_VERSION, "volume": st.volume, "epoch": st.epoch, "seq": st.seq,
-               "root": st.root.hex(), "phase": st.phase, "requested_at_ns": st.requested_at_ns}
+               "root": st.root.hex(), "phase": st.phase, "requested_at_ns": st.requested_at_ns,
+               "size_bytes": st.size_bytes, "block_size": st.block_size}
         tmp = d / (RECORD + ".tmp")
         try:
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -257,11 +269,13 @@ class InstantRecovery:
         req = self._requests.get(volume)
         return req is not None and req[0] == seq
 
-    async def serve(self, volume: str, epoch: int, seq: int, manifest: Manifest) -> InstantState:
+    async def serve(self, volume: str, epoch: int, seq: int, manifest: Manifest, image: Path) -> InstantState:
         """Serve ``volume#seq`` writable now (the takeover of ``epoch``, :meth:`wanted` said
         yes): write the record (or re-attach the one a previous run left), open the export
-        on its overlay. Idempotent (a takeover retried after a failure reuses the export).
-        Returns the state; raises what the record and :meth:`Exports.open_instant` raise."""
+        on its overlay — or, for a record in ``done`` (a crash after the switch-over), on the
+        volume's ``image``. Idempotent (a takeover retried after a failure reuses the export).
+        Returns the state; raises what the record, :meth:`Exports.open_instant` and
+        :meth:`Exports.open_instant_image` raise."""
         st = self._states.get(volume)
         if st is not None and st.epoch == epoch and st.seq == seq and st.export is not None \
                 and st.phase != "done":
@@ -276,11 +290,17 @@ class InstantRecovery:
         else:
             st = InstantState(volume, epoch, seq, manifest.root, self._dir(volume), "serving",
                               req[1] if req else time.time_ns())
+        st.size_bytes, st.block_size = manifest.size_bytes, manifest.block_size
+        if rec is None:
             await asyncio.to_thread(self._write_record, st)  # durable before the export takes a write
         self._states[volume] = st
         self.metrics.instant_phase(volume, st.phase)
-        if st.phase == "done":
-            st.serving.set()  # the image holds everything: nothing to serve from the overlay
+        if st.phase == "done":  # the image holds everything: serve it, nothing from the overlay
+            st.export = await self.exports.open_instant_image(volume, epoch, seq, manifest.root, image,
+                                                              size_bytes=st.size_bytes, block_size=st.block_size)
+            st.serving_at_ns = time.time_ns()
+            self._start_watch(st)
+            st.serving.set()
             return st
 
         def first_read(ns: int) -> None:
@@ -294,10 +314,7 @@ class InstantRecovery:
                                                     on_first_read=first_read)
         st.serving_at_ns = time.time_ns()
         st.copy_total_blocks = manifest.n_blocks
-        task = asyncio.create_task(self._watch(st), name=f"instant-watch:{volume}")
-        if self.background is not None:
-            self.background.add(task)
-            task.add_done_callback(self.background.discard)
+        self._start_watch(st)
         if st.phase == "serving":
             await asyncio.to_thread(self._set_phase, st, "copying")
         st.serving.set()
@@ -306,6 +323,78 @@ class InstantRecovery:
                     volume, seq, self.site_id, st.export.socket, (st.serving_at_ns - st.requested_at_ns) / 1e9,
                     "the re-attach" if st.resumed else "the promote request")
         return st
+
+    def _start_watch(self, st: InstantState) -> None:
+        task = asyncio.create_task(self._watch(st), name=f"instant-watch:{st.volume}")
+        if self.background is not None:
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
+
+    async def resume(self, volumes: dict[str, tuple[int | None, Path]]) -> None:
+        """At the site's start (before the volume loops): serve again, on the instant socket,
+        every volume whose record says ``done`` (switched over, not released) at the epoch the
+        site acts at (``volumes``: ``{volume: (acting epoch from the catalog, image path)}``).
+        Records of other phases or of a site not acting yet are the takeover's
+        (:meth:`wanted`). Failures are logged at ERROR (the site starts; the application's
+        client cannot reconnect until it is fixed and the site restarted). Raises nothing."""
+        for volume, (acting, image) in sorted(volumes.items()):
+            try:
+                rec = await asyncio.to_thread(self._read_record, volume)
+            except ReplicadError as err:
+                log.error("volume %s: %s", volume, err)
+                continue
+            if rec is None or rec["phase"] != "done" or acting is None or rec["epoch"] != acting:
+                continue
+            if not rec.get("size_bytes") or not rec.get("block_size"):
+                log.error("volume %s: the instant-recovery record of epoch %s names no size (written by an older "
+                          "version): the export is not served again; replicad export --close cannot release it, "
+                          "remove %s once the application is off it", volume, rec["epoch"], self._dir(volume))
+                continue
+            st = InstantState(volume, rec["epoch"], rec["seq"], bytes.fromhex(rec["root"]), self._dir(volume), "done",
+                              time.time_ns(), resumed=True, size_bytes=rec["size_bytes"], block_size=rec["block_size"])
+            try:
+                st.export = await self.exports.open_instant_image(volume, st.epoch, st.seq, st.root, image,
+                                                                  size_bytes=st.size_bytes, block_size=st.block_size)
+            except ReplicadError as err:
+                log.error("volume %s: the instant export cannot be served again after the restart: %s %s", volume,
+                          err, err.evidence)
+                continue
+            st.serving_at_ns = time.time_ns()
+            self._states[volume] = st
+            self.metrics.instant_phase(volume, "done")
+            self.metrics.instant_progress(volume, 1.0)
+            self._start_watch(st)
+            st.serving.set()
+            log.warning("AUDIT volume %s: the instant export (recovery from #%d at epoch %d, switched over) is "
+                        "served again at %s on %s: the volume's image itself, until released (replicad export "
+                        "--close instant-%s)", volume, st.seq, st.epoch, self.site_id, st.export.socket, volume)
+
+    def released(self, volume: str) -> None:
+        """The operator closed ``volume``'s instant export after its switch-over
+        (:attr:`Exports.on_instant_released`, worker thread): remove its record, so that it is
+        not served again. Errors logged (the export would be served again at the next start)."""
+        st = self._states.get(volume)
+        if st is not None and st.phase == "done":
+            st.export = None
+            st.phase = "released"  # in memory: the record goes below
+        d = self._dir(volume)
+        rec = None
+        try:
+            rec = self._read_record(volume)
+        except ReplicadError as err:
+            log.error("volume %s: %s", volume, err)
+            return
+        if rec is None or rec["phase"] != "done":
+            return  # nothing recorded, or a recovery still pending (the export refused to close)
+        try:
+            shutil.rmtree(d)
+            fsync_dir(self.root)
+        except OSError as err:
+            log.error("volume %s: cannot remove the instant-recovery record %s (the export is served again at the "
+                      "next start): %s", volume, d, err)
+            return
+        log.warning("AUDIT volume %s: the instant export is released at %s: no longer served (the application "
+                    "runs on the volume's image)", volume, self.site_id)
 
     def progress(self, st: InstantState) -> Callable[[int, int], None]:
         """The restore's ``progress(done_blocks, total_blocks)`` for ``st`` (thread-safe enough:
@@ -379,35 +468,42 @@ class InstantRecovery:
         return fd, sum(n for _, n in runs)
 
     async def finish(self, st: InstantState) -> None:
-        """The acting epoch is durable: remove the record and the overlay (the image holds
-        everything). Errors are logged (a leftover record in ``done`` is harmless: a later
-        takeover of another epoch sets it aside, one of this epoch does not touch the image)."""
+        """The acting epoch is durable: remove the overlay (the image holds everything). The
+        record stays in ``done``: the export keeps serving the image, also after a restart
+        (:meth:`resume`), until the operator releases it (:meth:`released`). Errors are logged (a
+        leftover overlay is removed at the next finish or release)."""
         exp = st.export
         if exp is not None and exp.overlay is not None:
             exp.overlay.close()
+            exp.overlay = None
 
         def remove() -> None:
             try:
-                (st.dir / RECORD).unlink(missing_ok=True)
+                shutil.rmtree(st.dir / "overlay", ignore_errors=False) if (st.dir / "overlay").exists() else None
                 fsync_dir(st.dir)
-                shutil.rmtree(st.dir)
-                fsync_dir(self.root)
             except OSError as err:
-                log.error("volume %s: cannot remove the finished instant-recovery record %s: %s", st.volume, st.dir,
-                          err)
+                log.error("volume %s: cannot remove the applied instant-recovery overlay %s: %s", st.volume,
+                          st.dir / "overlay", err)
         await asyncio.to_thread(remove)
+        log.info("volume %s: instant recovery finished at %s: the export keeps serving the image on %s (also after "
+                 "a restart) until released: move the application to the image, then replicad export --close "
+                 "instant-%s", st.volume, self.site_id, exp.socket if exp is not None else "-", st.volume)
         self.metrics.instant_phase(st.volume, "done")
         self.metrics.instant_progress(st.volume, 1.0)
 
     async def _watch(self, st: InstantState) -> None:
-        """Until the switch-over: once Raft shows another primary or a newer epoch than the
-        takeover's (a forced promotion elsewhere while this site's copy was still failing, when
-        the volume loop does not fence: this site never acted at that epoch), stop serving
-        (:meth:`fenced`). A stale view only shows older epochs: never a false fence."""
+        """While the instant export is open: once Raft shows a newer epoch than the takeover's,
+        or another primary at its epoch (a forced promotion elsewhere while this site's copy was
+        still failing, when the volume loop does not fence: this site never acted at that epoch;
+        or while this site was down after its switch-over), stop serving (:meth:`fenced`). A
+        stale view only shows older epochs (as at a start, before Raft caught up): never a false
+        fence."""
         cluster = self.exports.cluster
-        while st.phase != "done" and self._states.get(st.volume) is st:
+        while self._states.get(st.volume) is st and st.export is not None \
+                and self.exports.is_open(st.export.export_id):
             vs = cluster.volume_state(st.volume)
-            if vs is not None and (vs["epoch"] > st.epoch or vs["primary"] != self.site_id):
+            if vs is not None and (vs["epoch"] > st.epoch or (vs["epoch"] == st.epoch
+                                                               and vs["primary"] != self.site_id)):
                 await self.fenced(st.volume)
                 return
             await asyncio.sleep(WATCH_S)
@@ -429,6 +525,14 @@ class InstantRecovery:
         if pending:
             st.phase = "fenced"  # in memory only (once closed): the record keeps its phase and epoch
             self.metrics.instant_phase(volume, "fenced")
+        else:  # switched over: nothing pending; the export must not come back at the next start
+            def remove() -> None:
+                try:
+                    shutil.rmtree(st.dir, ignore_errors=False) if st.dir.exists() else None
+                    fsync_dir(self.root)
+                except OSError as err:
+                    log.error("volume %s: cannot remove the instant-recovery record %s: %s", volume, st.dir, err)
+            await asyncio.to_thread(remove)
         (log.error if pending else log.warning)(
             "volume %s: fenced at %s during its instant recovery (phase %s): the export is closed%s", volume,
             self.site_id, st.phase, f"; the application's writes stay in {st.dir / 'overlay'} (not applied)"

@@ -273,7 +273,7 @@ class Promotion:
             report.update(restored_seq=seq, skipped_seqs=skipped)
             t_fetched = time.monotonic()
             if self.instant is not None and self.instant.wanted(name, vs["epoch"], seq, manifest.root):
-                inst = await self.instant.serve(name, vs["epoch"], seq, manifest)
+                inst = await self.instant.serve(name, vs["epoch"], seq, manifest, Path(runner.cfg.path))
             try:
                 if inst is not None and inst.phase == "done":
                     applied = None  # switched over before a restart: the image holds snapshot + writes

@@ -22,6 +22,8 @@ import os
 import re
 import random
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -135,7 +137,10 @@ def test_instant_promotion_serves_at_once_and_keeps_every_flushed_write(tmp_path
                          and v, 60)
         assert vol["acting_epoch"] == res["epoch"], vol
         assert held.read_bytes() == bytes(expected)  # snapshot + every flushed write, in the plain image
-        assert not (c.sites["site-b"].dir / "data" / "instant" / VOL).exists()  # the record went with it
+        # the record stays, in done: the export is served (after a restart too) until released
+        assert json.loads((c.sites["site-b"].dir / "data" / "instant" / VOL / "record.json").read_text())["phase"] \
+            == "done"
+        assert not (c.sites["site-b"].dir / "data" / "instant" / VOL / "overlay").exists()  # applied, removed
 
         # the same export serves the image now: a write through it lands in the image file
         w = _qemu_io(uri, "write -P 0x77 0 65536", "flush")
@@ -155,6 +160,7 @@ def test_instant_promotion_serves_at_once_and_keeps_every_flushed_write(tmp_path
             c.api("site-b", "DELETE", f"/v1/exports/{e['export_id']}")
         closed = c.api("site-b", "DELETE", f"/v1/exports/{inst['export_id']}")  # done: it may close now
         assert closed["closed"] is True
+        assert not (c.sites["site-b"].dir / "data" / "instant" / VOL).exists()  # released: the record went
         with urllib.request.urlopen(c.sites["site-b"].admin_url + "/metrics", timeout=10) as resp:
             metrics = resp.read().decode()
         assert 'replicad_instant_recovery_phase{phase="done",site="site-b",volume="ehr"} 1.0' in metrics, \
@@ -302,5 +308,75 @@ def test_a_site_fenced_during_its_instant_recovery_stops_serving_and_keeps_the_w
     finally:
         if held.exists():
             subprocess.run(["chattr", "-i", str(held)], env=_env(), capture_output=True, timeout=30)
+        c.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_after_the_switch_over_the_export_is_served_again_after_a_restart_until_released(tmp_path: Path) -> None:
+    """After the switch-over the instant export is the application's disk: a clean stop of the
+    site (SIGTERM, as systemctl restart) with a client connected is logged at WARNING; the start
+    serves the export again on the same socket, on the image, with a write made before the stop
+    in it. ``replicad export --close instant-VOL`` releases it: the next start does not serve it."""
+    root = Path(tempfile.mkdtemp(prefix="rr", dir="/tmp"))
+    c = LocalCluster(root / "c", interval="1h", min_copies=2, apply_delay="1h")
+    held = c.sites["site-b"].volume_path(VOL)
+    client: socket.socket | None = None
+    try:
+        write_image(c.sites["site-a"].volume_path(VOL), 32, random.Random(11))
+        c.start_all()
+        c.wait_ready(60)
+        snap = snapshot(c, "site-a")
+        assert snap["committed"], snap
+        c.wait_for("site-b holds the snapshot", lambda: any(
+            s["seq"] == snap["seq"] and "site-b" in s["holders"]
+            for s in c.api("site-b", "GET", f"/v1/volumes/{VOL}/snapshots")["snapshots"]), 60)
+        expected = bytearray(c.sites["site-a"].volume_path(VOL).read_bytes())
+        c.kill("site-a")
+        res = c.api("site-b", "POST", f"/v1/volumes/{VOL}/promote", {"force": True, "instant": True})
+        uri, sock, export_id = res["instant"]["uri"], res["instant"]["socket"], res["instant"]["export_id"]
+        c.wait_for("the switch-over", lambda: (s := _instant(c, "site-b")) and s["phase"] == "done", 180)
+        c.wait_for("site-b primary", lambda: c.status("site-b")["volumes"][VOL]["role"] == "primary", 60)
+        w = _qemu_io(uri, "write -P 0x3c 65536 65536", "flush")  # through the export, into the image
+        assert w.returncode == 0, (w.stdout, w.stderr)
+        expected[65536:131072] = b"\x3c" * 65536
+        record = c.sites["site-b"].dir / "data" / "instant" / VOL / "record.json"
+        assert json.loads(record.read_text())["phase"] == "done"  # kept: the export is served until released
+
+        client = socket.socket(socket.AF_UNIX)  # an application's NBD client, connected at the stop
+        client.connect(sock)
+        client.settimeout(30)
+        assert client.recv(8) == b"NBDMAGIC"  # the server's greeting: the connection is being served
+        c.kill("site-b", signal.SIGTERM)
+        log_text = c.sites["site-b"].log_path.read_text(errors="replace")
+        assert re.search(r"WARNING .*stops while 1 NBD client\(s\) are connected to " + export_id, log_text), \
+            c.log_tail("site-b")
+        client.close()
+        client = None
+
+        c.start("site-b")
+        st = c.wait_for("the instant export served again", lambda: (s := _instant(c, "site-b")) and s["resumed"]
+                        and s["phase"] == "done" and s["socket"] == sock and os.path.exists(sock) and s, 120)
+        (root / "expected.img").write_bytes(expected)
+        cmp = _compare(str(root / "expected.img"), uri)  # the image, with the write made before the stop
+        assert cmp.returncode == 0, (cmp.stdout, cmp.stderr)
+        w = _qemu_io(uri, "write -P 0x3d 0 4096", "flush")  # and it takes writes into the image
+        assert w.returncode == 0, (w.stdout, w.stderr)
+        expected[0:4096] = b"\x3d" * 4096
+        assert held.read_bytes() == bytes(expected)
+        listed = {e["export_id"]: e for e in c.api("site-b", "GET", "/v1/exports")["exports"]}
+        assert listed[export_id]["serves"] == "image", listed
+
+        p = subprocess.run([sys.executable, "-m", "replicad", "--admin", c.sites["site-b"].admin_url, "export",
+                            "--close", export_id], capture_output=True, text=True, env=_env(), timeout=60)
+        assert p.returncode == 0, (p.stdout, p.stderr)
+        assert not record.exists() and not os.path.exists(sock)
+        c.kill("site-b", signal.SIGTERM)
+        c.start("site-b")
+        c.wait_for("site-b primary again", lambda: c.status("site-b")["volumes"][VOL]["role"] == "primary", 120)
+        assert export_id not in {e["export_id"] for e in c.api("site-b", "GET", "/v1/exports")["exports"]}
+        assert not os.path.exists(sock) and held.read_bytes() == bytes(expected)
+    finally:
+        if client is not None:
+            client.close()
         c.stop_all()
         shutil.rmtree(root, ignore_errors=True)
