@@ -1567,6 +1567,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     if args.volume is None:
         def render(data: dict) -> None:
+            from replicad.ops.statuspage import export_label
+
             def idle(e: dict) -> str:
                 return (f"{format_duration(round(e.get('idle_s') or 0))} / {format_duration(e['idle_ttl_s'])}"
                         if isinstance(e.get("idle_ttl_s"), (int, float)) else "no limit")
@@ -1575,7 +1577,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 console.print("no export open")
             elif console.width < NARROW_COLUMNS:  # a block per export: ids and URIs whole at 80 columns
                 for e in data["exports"]:
-                    console.print(f"{e['export_id']}: {e['volume']}#{e['seq']} ({e.get('verdict', '?')}), "
+                    console.print(f"{e['export_id']}: {export_label(e)} ({e.get('verdict', '?')}), "
                                   f"{'writable' if e['writable'] else 'read-only'}, {e['connections']} connection(s), "
                                   f"{e['bytes_read']} bytes read, {e['read_errors']} read errors, idle {idle(e)}\n"
                                   f"  {e['uri']}", markup=False, highlight=False, soft_wrap=True)
@@ -1583,7 +1585,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 t = Table("export", "snapshot", "writable", "connections", "bytes read", "read errors",
                           "idle / limit", "URI")
                 for e in data["exports"]:
-                    t.add_row(e["export_id"], f"{e['volume']}#{e['seq']}", "yes" if e["writable"] else "no",
+                    t.add_row(e["export_id"], export_label(e), "yes" if e["writable"] else "no",
                               str(e["connections"]), str(e["bytes_read"]), str(e["read_errors"]), idle(e), e["uri"])
                 console.print(t)
         _print(args, api(args, "GET", "/v1/exports"), render)

@@ -66,8 +66,14 @@ def degraded_reasons(data: dict) -> list[dict]:
         if v.get("role") in ("fenced", "divergent"):
             add("volume_resync", f"{name}: this site is {v['role']} (resync pending)", volume=name)
         if v.get("confirmed") is False:
-            seen = (f"Raft names {v['primary']} primary at epoch {v.get('epoch')} in this site's view"
-                    if v.get("primary") else "this site's view holds no Raft record of it yet")
+            if v.get("primary") and v["primary"] == data.get("site_id"):  # never 'Raft names <itself>'
+                acting = v.get("acting_epoch")
+                seen = (f"Raft names this site primary at epoch {v.get('epoch')} in this site's view; this site "
+                        + (f"acts at epoch {acting}" if acting is not None else "has not acted at it yet"))
+            elif v.get("primary"):
+                seen = f"Raft names {v['primary']} primary at epoch {v.get('epoch')} in this site's view"
+            else:
+                seen = "this site's view holds no Raft record of it yet"
             add("role_unconfirmed", f"{name}: role {v.get('role')} is this site's belief, not confirmed by a "
                                     f"current Raft view ({seen})", volume=name)
         caught_up = set(v.get("last_report_caught_up") or ())

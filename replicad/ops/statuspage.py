@@ -108,6 +108,18 @@ REPLICA_ROLES = ("replica", "fenced", "divergent")
 """Roles that keep a standby (``site/status.py``); the others act as the volume's primary."""
 
 
+def export_label(x: Mapping[str, Any]) -> str:
+    """What an export serves, for a person: ``VOL#SEQ``; an instant recovery's export
+    ``VOL#SEQ + overlay (instant recovery, switch-over pending)`` before its switch-over and
+    ``VOL: the live image (instant recovery from #SEQ)`` after it (``serves`` of
+    :meth:`Export.to_dict`)."""
+    if x.get("serves") == "image":
+        return f"{x.get('volume')}: the live image (instant recovery from #{x.get('seq')})"
+    if x.get("instant"):
+        return f"{x.get('volume')}#{x.get('seq')} + overlay (instant recovery, switch-over pending)"
+    return f"{x.get('volume')}#{x.get('seq')}"
+
+
 def split_suspects(v: Mapping[str, Any]) -> tuple[list[int], list[int]]:
     """The suspect snapshots of one volume's status as ``(current, kept)``: ``current`` are newer
     than the newest clean snapshot (an incident nobody resolved: the page is red), ``kept`` are
@@ -225,8 +237,8 @@ def render(status: Mapping[str, Any], state: Mapping[str, Any], operations: list
     now_ns = now_s * 1e9
     export_rows = [[
         _e(x.get("export_id")),
-        _e(f"{x.get('volume')}#{x.get('seq')}") + (" " + _cls("bad", "SUSPECT") if x.get("verdict") == "suspect"
-                                                  else ""),
+        _e(export_label(x)) + (" " + _cls("bad", "SUSPECT") if x.get("verdict") == "suspect" and
+                               x.get("serves") != "image" else ""),
         _e(bool(x.get("writable"))), _e(x.get("connections")),
         _e(_age((now_ns - x["created_at_ns"]) / 1e9) if isinstance(x.get("created_at_ns"), int) else None),
         _e(_bytes(x.get("bytes_read"))),
@@ -248,6 +260,33 @@ def render(status: Mapping[str, Any], state: Mapping[str, Any], operations: list
                         bar + _e(f"{done} / {total} blocks ({pct} %)" if total else "starting"),
                         _e(_age(now_s - op["started_at"]) if isinstance(op.get("started_at"), (int, float))
                            else None)])
+    inst_rows = []
+    for name, v in sorted((status.get("volumes") or {}).items()):
+        ist = v.get("instant")
+        if not isinstance(ist, Mapping):
+            continue
+        phase, done, total = ist.get("phase"), ist.get("copy_done_blocks") or 0, ist.get("copy_total_blocks") or 0
+        pct = int(100 * done / total) if total else 0
+        if phase in ("serving", "copying", "switching"):
+            progress = (f'<span class="bar"><span class="fill" style="width:{pct}%"></span></span> '
+                        + _e(f"{done} / {total} blocks copied ({pct} %); {ist.get('overlay_blocks')} blocks "
+                             "written by the application (in the overlay)"))
+            serves = _cls("warn", "snapshot + overlay: switch-over pending")
+        elif phase == "done":
+            progress = _e(f"switched over after {ist['switched_after_s']:.1f} s, "
+                          f"{ist.get('overlay_blocks')} blocks copied in"
+                          if isinstance(ist.get("switched_after_s"), (int, float)) else "switched over")
+            serves = (_cls("warn", "the image: the application's disk until released (replicad export --close "
+                               f"{ist.get('export_id')})") if ist.get("socket") else _cls("muted", "closed"))
+        elif phase == "fenced":
+            progress = _cls("bad", "fenced: another site took the volume over; the writes are kept, not applied")
+            serves = _cls("muted", "closed")
+        else:
+            progress, serves = _e(phase), _cls("muted", "closed (released)")
+        inst_rows.append([_e(name), _e(f"#{ist.get('seq')} (epoch {ist.get('epoch')})"), _e(phase), progress,
+                          serves, _e(ist.get("socket")),
+                          _e(f"{ist['first_read_after_s']:.2f} s" if isinstance(ist.get("first_read_after_s"),
+                                                                             (int, float)) else None)])
     healthy = not alert_items and current and raft.get("has_quorum")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -266,6 +305,9 @@ def render(status: Mapping[str, Any], state: Mapping[str, Any], operations: list
         "\n<h2>Alerts</h2>\n" + alert_html +
         "\n<h2>Pending requests</h2>\n" + _table(["id", "action", "by", "reason", "approvals", "status",
                                                   "expires"], req_rows, "requests", "no pending request") +
+        ("\n<h2>Instant recovery</h2>\n" + _table(["volume", "from snapshot", "phase", "progress", "export serves",
+                                                   "socket", "first read after"], inst_rows, "instant", "")
+         if inst_rows else "") +
         "\n<h2>Running operations</h2>\n" + _table(["id", "kind", "volume", "phase", "progress", "running for"],
                                                    op_rows, "operations", "no operation running") +
         "\n<h2>Open exports</h2>\n" + _table(["export", "snapshot", "writable", "connections", "age", "bytes read",

@@ -143,11 +143,15 @@ REPLICA_ROLES = ("replica", "fenced", "divergent")
 
 
 def _role_agrees(runner: VolumeRunner, vs: dict, site_id: str) -> bool:
-    """True if the volume's Raft entry ``vs`` says what ``runner.role`` says: primary or
-    restoring → Raft names this site at its acting epoch; any other role → Raft names
-    another site (a replica granted primary but not yet taken over does not agree)."""
+    """True if the volume's Raft entry ``vs`` says what ``runner.role`` says: primary → Raft
+    names this site at its acting epoch; restoring → Raft names this site (the takeover of the
+    granted epoch is running: the acting epoch is made durable only at its end, so it is still
+    the previous one); any other role → Raft names another site (a replica granted primary but
+    not yet taken over does not agree)."""
     if runner.role in REPLICA_ROLES:
         return vs.get("primary") != site_id
+    if runner.role == "restoring":
+        return vs.get("primary") == site_id
     return vs.get("primary") == site_id and vs.get("epoch") == runner.acting_epoch
 
 

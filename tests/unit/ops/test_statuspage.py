@@ -141,3 +141,34 @@ def test_open_exports_are_listed_with_their_idle_limit() -> None:
     empty = statuspage.render(_healthy({"newest_committed": 5, "newest_clean": 5, "suspect": []}),
                               {"volumes": {}}, [], {}, 1000.0)
     assert "no export open" in empty
+
+
+INSTANT = {"volume": "ehr", "epoch": 3, "seq": 7, "phase": "copying", "export_id": "instant-ehr",
+           "socket": "/d/nbd/instant-ehr.sock", "progress": 0.25, "copy_done_blocks": 40, "copy_total_blocks": 160,
+           "overlay_blocks": 3, "first_read_after_s": 0.9, "switched_after_s": None}
+
+
+def test_the_instant_recovery_shows_its_phase_progress_and_what_the_export_serves() -> None:
+    status = _healthy({"newest_committed": 7, "newest_clean": 7, "suspect": []})
+    status["volumes"]["ehr"]["instant"] = dict(INSTANT, socket=EVIL)
+    exports = [{"export_id": "instant-ehr", "volume": "ehr", "seq": 7, "writable": True, "connections": 1,
+                "created_at_ns": 990 * 10**9, "bytes_read": 0, "verdict": "clean", "instant": True,
+                "serves": "snapshot+overlay", "idle_s": None, "idle_ttl_s": None}]
+    page = statuspage.render(status, {"volumes": {}}, [], {}, 1000.0, exports=exports)
+    for shown in ('id="instant"', "#7 (epoch 3)", "copying", "40 / 160 blocks copied (25 %)",
+                  "3 blocks written by the application", "switch-over pending", "0.90 s",
+                  "ehr#7 + overlay (instant recovery, switch-over pending)"):
+        assert shown in page, shown
+    parser = _Tags()
+    parser.feed(page)
+    assert "script" not in parser.tags and "img" not in parser.tags
+    # after the switch-over the export serves the live image: never labelled as the snapshot
+    status["volumes"]["ehr"]["instant"] = dict(INSTANT, phase="done", switched_after_s=12.5)
+    exports[0]["serves"] = "image"
+    page = statuspage.render(status, {"volumes": {}}, [], {}, 1000.0, exports=exports)
+    assert "switched over after 12.5 s, 3 blocks copied in" in page
+    assert "disk until released (replicad export --close instant-ehr)" in page
+    assert "ehr: the live image (instant recovery from #7)" in page and ">ehr#7<" not in page
+    # no instant recovery: no section
+    assert 'id="instant"' not in statuspage.render(_healthy({"newest_committed": 7, "newest_clean": 7,
+                                                             "suspect": []}), {"volumes": {}}, [], {}, 1000.0)

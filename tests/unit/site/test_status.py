@@ -168,3 +168,21 @@ def test_a_replica_that_missed_the_last_snapshot_is_degraded_until_it_holds_it_o
     state["volumes"]["ehr"]["snapshots"][2] = {"verdict": "clean", "created_at_ns": now, "root": b"t" * 32,
                                                "holders": ["site-a", "site-b", "site-c"]}  # caught up since
     assert reasons() == []
+
+
+def test_a_takeover_in_progress_is_confirmed_and_never_named_as_another_site() -> None:
+    # promote --force (--instant): Raft granted site-b epoch 2; the takeover runs (role restoring),
+    # the acting epoch is still the previous one until it ends: the cluster agrees, nothing degraded
+    for acting in (None, 1):
+        st = _status(_Raft(CURRENT, _state("site-b", 2, 1.0)), "restoring", acting)
+        assert st["volumes"]["ehr"]["confirmed"] is True, acting
+        assert "role_unconfirmed" not in {r["reason"] for r in st["degraded_reasons"]}
+    # restoring while Raft names another site: not confirmed, and said so
+    st = _status(_Raft(CURRENT, _state("site-a", 3, 1.0)), "restoring", None)
+    assert st["volumes"]["ehr"]["confirmed"] is False
+    # a primary whose acting epoch is not Raft's: the sentence says this site, not 'Raft names site-b'
+    from replicad.core.health import degraded_reasons
+    st = _status(_Raft(CURRENT, _state("site-b", 3, 1.0)), "primary", 2)
+    msg = next(r["message"] for r in degraded_reasons(st) if r["reason"] == "role_unconfirmed")
+    assert "Raft names this site primary at epoch 3" in msg and "acts at epoch 2" in msg, msg
+    assert "names site-b" not in msg
