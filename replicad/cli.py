@@ -344,14 +344,18 @@ def _render_promote(r: dict) -> None:
     console.print(line, markup=False, soft_wrap=True)
     inst = r.get("instant")
     if inst is not None:  # issue 16: promote --instant
-        console.print(f"READY (instant): {r['primary']} serves {r['volume']}#{inst['seq']} as a writable NBD export "
-                      f"{inst['serving_after_s']:.2f} s after the request; attach the application to\n"
+        after = (f" {inst['serving_after_s']:.2f} s after the request"
+                 if isinstance(inst.get("serving_after_s"), (int, float)) else "")
+        console.print(f"READY (instant): {r['primary']} serves snapshot #{inst['seq']} of {r['volume']} as a writable "
+                      f"NBD export{after} on {inst['socket']}; attach the application to\n"
                       f"  {inst['uri']}\n"
                       f"  e.g. nbdfuse DIR/{r['volume']}.img '{inst['uri']}' &  (DIR an empty directory), then "
                       f"losetup -f --show DIR/{r['volume']}.img and mount the loop device\n"
-                      "The image is written in the background; at the switch-over the export's writes are copied "
-                      "into it and the export goes on serving the image. Follow it with 'replicad status'.",
-                      markup=False, soft_wrap=True)
+                      f"The image is being written in the background (phase {inst.get('phase')}); the switch-over "
+                      "is not done yet: until then the application's writes are at this site only (no snapshot). "
+                      "At the switch-over they are copied into the image and the export goes on serving the image "
+                      "(also after a restart of the site, until 'replicad export --close "
+                      f"{inst.get('export_id')}'). Follow it with 'replicad status'.", markup=False, soft_wrap=True)
         return
     if r.get("ready") is True:
         after = f" ({r['ready_after_s']:.1f} s after the handover)" if r.get("ready_after_s") is not None else ""
@@ -378,9 +382,59 @@ def cmd_promote(args: argparse.Namespace) -> int:
         if not args.force:
             raise UsageError("--instant serves a forced promotion at once: use it with --force")
         body["instant"] = True
-    res = api(args, "POST", f"/v1/volumes/{args.volume}/promote", body)
+    before = _promote_view(args) if args.force else None
+    try:
+        res = api(args, "POST", f"/v1/volumes/{args.volume}/promote", body)
+    except KeyboardInterrupt:
+        if before is None:
+            raise
+        raise _PromoteInterrupted(_promote_interrupted_message(args, before)) from None
     _print(args, res, _render_promote)
     return PROMOTE_NOT_READY_EXIT if res.get("ready") is False else 0
+
+
+class _PromoteInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a forced ``promote``: ``message`` says whether the takeover started."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _promote_view(args: argparse.Namespace) -> dict | None:
+    """``{site, primary, epoch}`` of ``args.volume`` at the site the command talks to (before
+    and after a forced promotion, to tell after a Ctrl-C whether it was granted); None when the
+    status cannot be read (the promote request then reports the problem itself)."""
+    try:
+        st = api(args, "GET", "/v1/status", timeout_s=10)
+    except (ReplicadError, OSError):
+        return None
+    v = (st.get("volumes") or {}).get(args.volume) or {}
+    return {"site": st.get("site_id"), "primary": v.get("primary"), "epoch": v.get("epoch"),
+            "instant": v.get("instant")}
+
+
+def _promote_interrupted_message(args: argparse.Namespace, before: dict) -> str:
+    """What a Ctrl-C during ``promote --force`` left: the site goes on with the request it
+    received (Ctrl-C does not cancel it), so say whether Raft granted it already."""
+    vol, site = args.volume, before.get("site")
+    try:
+        now = _promote_view(args)
+    except KeyboardInterrupt:
+        now = None
+    if now is None:
+        return (f"interrupted: {site} received the promotion of {vol} and goes on with it (Ctrl-C does not cancel "
+                f"it); whether the takeover started is unknown: run 'replicad status' at {site} before anything else")
+    if now["primary"] == site and now["epoch"] != before.get("epoch"):
+        inst = now.get("instant")
+        return (f"interrupted: the promotion was granted ({site} is primary of {vol} at epoch {now['epoch']}); the "
+                f"takeover goes on at {site} (Ctrl-C does not stop it)"
+                + (f": instant recovery {inst.get('phase')}, export {inst.get('uri')}" if isinstance(inst, dict)
+                   and inst.get("epoch") == now["epoch"] else "")
+                + f"; follow it with 'replicad status' at {site}")
+    return (f"interrupted: nothing was granted yet ({vol}: primary {now['primary']}, epoch {now['epoch']}); {site} "
+            "still finishes the request it received and may propose it in the next seconds: run 'replicad status' "
+            f"at {site} before retrying (a second promote is refused once the first is granted)")
 
 
 SNAPSHOT_NOT_COMMITTED_EXIT = 7  # ``replicad snapshot``: taken, but stored at fewer than min_copies sites
