@@ -48,8 +48,10 @@ def test_an_idle_export_is_closed_and_its_pin_released() -> None:
             c.wait_ready(60)
             first = snapshot(c, "site-a")
             assert first["committed"] and first["seq"] == 1, first
-            c.wait_for("site-b holds #1", lambda: "site-b" in c.api("site-b", "GET", f"/v1/volumes/{VOL}/snapshots")
-                       ["snapshots"][0]["holders"], 30)
+            # site-b's view may not list #1 yet (it was committed at site-a a moment ago): wait, bounded
+            c.wait_for("site-b holds #1", lambda: any(
+                s["seq"] == 1 and "site-b" in s["holders"]
+                for s in c.api("site-b", "GET", f"/v1/volumes/{VOL}/snapshots")["snapshots"]), 60)
 
             longer = cli("export", VOL, "--snapshot", "1", "--ttl", "1h")
             assert longer.returncode == 2 and "export_idle_ttl" in longer.stderr, longer.stdout + longer.stderr
