@@ -23,7 +23,6 @@ import re
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -316,11 +315,12 @@ def test_after_the_switch_over_the_export_is_served_again_after_a_restart_until_
     """After the switch-over the instant export is the application's disk: a clean stop of the
     site (SIGTERM, as systemctl restart) with a client connected is logged at WARNING; the start
     serves the export again on the same socket, on the image, with a write made before the stop
-    in it. ``replicad export --close instant-VOL`` releases it: the next start does not serve it."""
+    in it; the client (qemu's, with reconnect-delay) reconnects and goes on in the same process.
+    ``replicad export --close instant-VOL`` releases it: the next start does not serve it."""
     root = Path(tempfile.mkdtemp(prefix="rr", dir="/tmp"))
     c = LocalCluster(root / "c", interval="1h", min_copies=2, apply_delay="1h")
     held = c.sites["site-b"].volume_path(VOL)
-    client: socket.socket | None = None
+    client: subprocess.Popen | None = None
     try:
         write_image(c.sites["site-a"].volume_path(VOL), 32, random.Random(11))
         c.start_all()
@@ -342,22 +342,31 @@ def test_after_the_switch_over_the_export_is_served_again_after_a_restart_until_
         record = c.sites["site-b"].dir / "data" / "instant" / VOL / "record.json"
         assert json.loads(record.read_text())["phase"] == "done"  # kept: the export is served until released
 
-        client = socket.socket(socket.AF_UNIX)  # an application's NBD client, connected at the stop
-        client.connect(sock)
-        client.settimeout(30)
-        assert client.recv(8) == b"NBDMAGIC"  # the server's greeting: the connection is being served
+        # an application's NBD client made to reconnect (qemu's reconnect-delay), connected at the stop
+        client = subprocess.Popen(["qemu-io", "--image-opts", f"driver=raw,file.driver=nbd,file.server.type=unix,"
+                                   f"file.server.path={sock},file.reconnect-delay=120"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  env=_env())
+        client.stdin.write("read -P 0x3c 65536 65536\n")
+        client.stdin.flush()
+        c.wait_for("the client connected", lambda: any(e["connections"] for e in c.api(
+            "site-b", "GET", "/v1/exports")["exports"] if e["export_id"] == export_id), 60)
         c.kill("site-b", signal.SIGTERM)
         log_text = c.sites["site-b"].log_path.read_text(errors="replace")
         assert re.search(r"WARNING .*stops while 1 NBD client\(s\) are connected to " + export_id, log_text), \
             c.log_tail("site-b")
-        client.close()
-        client = None
 
         c.start("site-b")
         st = c.wait_for("the instant export served again", lambda: (s := _instant(c, "site-b")) and s["resumed"]
                         and s["phase"] == "done" and s["socket"] == sock and os.path.exists(sock) and s, 120)
+        # the same client process, reconnected: a write and a read through it
+        out, _ = client.communicate("write -P 0x3e 8192 4096\nflush\nread -P 0x3e 8192 4096\nquit\n", timeout=180)
+        client = None
+        assert "Pattern verification failed" not in out and "error" not in out.lower(), out
+        assert out.count("read 65536/65536") == 1 and "wrote 4096/4096" in out and "read 4096/4096" in out, out
+        expected[8192:12288] = b"\x3e" * 4096
         (root / "expected.img").write_bytes(expected)
-        cmp = _compare(str(root / "expected.img"), uri)  # the image, with the write made before the stop
+        cmp = _compare(str(root / "expected.img"), uri)  # the image, with the writes before and after the stop
         assert cmp.returncode == 0, (cmp.stdout, cmp.stderr)
         w = _qemu_io(uri, "write -P 0x3d 0 4096", "flush")  # and it takes writes into the image
         assert w.returncode == 0, (w.stdout, w.stderr)
@@ -376,7 +385,8 @@ def test_after_the_switch_over_the_export_is_served_again_after_a_restart_until_
         assert export_id not in {e["export_id"] for e in c.api("site-b", "GET", "/v1/exports")["exports"]}
         assert not os.path.exists(sock) and held.read_bytes() == bytes(expected)
     finally:
-        if client is not None:
-            client.close()
+        if client is not None and client.poll() is None:
+            client.kill()  # by PID: the qemu-io this test started
+            client.wait(timeout=10)
         c.stop_all()
         shutil.rmtree(root, ignore_errors=True)
