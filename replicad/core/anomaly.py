@@ -1054,6 +1054,36 @@ def _random_sub(h: float, chi2: float) -> bool:
     return h >= RANDOM_SUB_ENTROPY_MIN and chi2 < CHI2_RANDOM_MAX
 
 
+CONSERVE_RATIO_MIN = 0.5
+"""The conservation signal speaks only when the random bytes filled in are at least this share
+of the structure freed: ciphertext keeps the plaintext's size (0.8-1.0 measured with footers and
+files' last blocks), compression writes a fraction (gzip of logs: 0.13). Compressed before
+encryption (a password-protected 7z) is compression in the bytes too: not seen."""
+FILLED_TAIL_MIN = 512
+"""Fewest bytes before a sub-block's trailing zeros judged as random (:func:`_filled_share`)."""
+
+
+def _filled_share(raw: bytes, i: int, h: float, chi2: float) -> float:
+    """Share (0..1) of sub-block ``i`` of ``raw`` (entropy ``h``, chi-square ``chi2``) that is
+    random: 1 if the whole looks random; else, when it ends in zeros (a file's last block), the
+    share of the bytes before them if at least :data:`FILLED_TAIL_MIN` of them look random:
+    plug-in entropy within 0.15 bit of what n uniform bytes give (``8 - 255 / (2 n ln 2)``,
+    the Miller-Madow bias; Miller 1955) and chi-square under :data:`CHI2_RANDOM_MAX`."""
+    if _random_sub(h, chi2):
+        return 1.0
+    part = raw[i * SUB_BLOCK:(i + 1) * SUB_BLOCK]
+    if h < DATA_ENTROPY_MIN or not part or part[-1] != 0:
+        return 0.0
+    body = part.rstrip(b"\0")
+    n = len(body)
+    if n < FILLED_TAIL_MIN:
+        return 0.0
+    ents, chis = sub_block_stats(body)
+    if ents[0] >= 8.0 - 255.0 / (2.0 * n * math.log(2.0)) - 0.15 and chis[0] < CHI2_RANDOM_MAX:
+        return n / len(part)
+    return 0.0
+
+
 def _structured_sub(h: float) -> bool:
     """A sub-block with entropy ``h`` held structured data: data, not already compressed or
     encrypted (``DATA_ENTROPY_MIN <= h < ALREADY_RANDOM_ENTROPY``)."""
@@ -1080,7 +1110,7 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
     """
     if not old:
         ents, chis = sub_block_stats(new or b"")
-        filled = sum(_random_sub(h, c) for h, c in zip(ents, chis)) / len(ents) if ents else 0.0
+        filled = sum(_filled_share(new, i, h, c) for i, (h, c) in enumerate(zip(ents, chis))) / len(ents) if ents else 0.0
         return BlockFinding(False, 0, 0.0, sum(ents) / len(ents) if ents else 0.0, 0.0,
                             min(chis) if chis else 0.0, 1.0, lz4_new, fresh=bool(new), random_filled=filled)
     e_old, _ = sub_block_stats(old)
@@ -1146,14 +1176,14 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
             lost = {i for i in lost | narrow | tokens if not _changed_was_random(new, old, i)}
             narrow &= lost
             tokens &= lost
-    freed = filled = 0
+    freed, filled = 0, 0.0
     for i, h_new in enumerate(e_new):
         h_old = e_old[i] if i < len(e_old) else 0.0
         rise = h_new - h_old
         max_rise = max(max_rise, rise)
         # conservation (SnapshotSignals.conserved): zeros that became random, structure that became zeros
         if _zero_sub(old, i, h_old):
-            filled += _random_sub(h_new, c_new[i])
+            filled += _filled_share(new, i, h_new, c_new[i])
         elif _zero_sub(new, i, h_new) and _structured_sub(h_old):
             freed += 1
         if h_old < DATA_ENTROPY_MIN:
@@ -1702,7 +1732,9 @@ class SnapshotSignals:
         of the data that in this snapshot vanished as structure from some blocks and reappeared
         as random bytes in blocks that were zeros (copy-encrypt-delete with discard: ciphertext
         keeps the plaintext's size, so the two match; gzip of logs fills ~10 % of what it frees,
-        imports free nothing structured, deleting compressed images frees nothing structured)."""
+        imports free nothing structured, deleting compressed images frees nothing structured).
+        :func:`judge_relative` also requires ``random_filled >= CONSERVE_RATIO_MIN x
+        structure_freed``."""
         return min(self.structure_freed, self.random_filled) / self.data_blocks
 
     def summary(self) -> dict:
@@ -1818,7 +1850,8 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple[in
                        f"wipe_max {float(policy['wipe_max']):.1%}")
     if signals.shrunk_bytes > 0:
         reasons.append(f"the volume shrank by {signals.shrunk_bytes} bytes")
-    if signals.conserved > float(policy["conserve_max"]):
+    if signals.conserved > float(policy["conserve_max"]) \
+            and signals.random_filled >= CONSERVE_RATIO_MIN * signals.structure_freed:
         reasons.append(f"conservation: {signals.structure_freed / signals.data_blocks:.1%} of the data was structured "
                        f"and became zeros while {signals.random_filled / signals.data_blocks:.1%} was written as random "
                        f"bytes where there were zeros (conserved {signals.conserved:.1%}, above conserve_max "

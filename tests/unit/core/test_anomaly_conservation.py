@@ -138,8 +138,9 @@ def test_without_discard_the_freed_structure_stays_and_nothing_is_seen(tmp_path:
 
 
 def test_gzip_of_logs_with_discard_is_clean(tmp_path: Path) -> None:
-    """``gzip *.log`` on a discard mount: 40 logs' structure freed, their gzip files (random
-    content, about a tenth of the size) written into the freed zeros: conserved ~ the small side."""
+    """``gzip *.log`` on a discard mount: 40 logs' structure freed (24 % of the data), their gzip
+    files (random content, about a tenth of the size) written into the freed zeros: the smaller
+    side passes conserve_max, but compression writes far less than it frees (CONSERVE_RATIO_MIN)."""
     r = random.Random(3)
     logs = {f"app-{i:03}.log": b"".join(b"2026-12-06T10:%02d:%02d ward=%d dose=%d ok\n" % (
         r.randint(0, 59), r.randint(0, 59), r.randint(1, 40), r.randint(0, 999)) for _ in range(1700))[:65536]
@@ -148,6 +149,7 @@ def test_gzip_of_logs_with_discard_is_clean(tmp_path: Path) -> None:
     written = {n + ".gz": gzip.compress(logs[n]) for n in batch}
     sig, v = _change(tmp_path, logs, batch, written)
     assert sig.structure_freed > 35 and sig.random_filled < sig.structure_freed / 4, sig.summary()
+    assert sig.conserved > POLICY_DEFAULTS["conserve_max"], sig.summary()
     assert v.verdict == "clean", v.reasons
 
 
@@ -228,3 +230,26 @@ def test_benign_replaced_extensions_do_not_alarm(tmp_path: Path, kind: str) -> N
     assert sig.names_new, "the directory's names were read"
     assert sig.renamed()[1] == 0, sig.renamed()
     assert v.verdict == "clean", v.reasons
+
+
+def test_small_documents_are_counted_by_their_last_blocks(tmp_path: Path) -> None:
+    """The review's same-name variant on 300 letters of 1-6 KiB: most ciphertext ends inside a
+    4 KiB sub-block followed by zeros, which as a whole is not random; the bytes before the zeros
+    are judged (``_filled_share``), so what is filled matches what was freed."""
+    from tests.unit.core.test_anomaly_rename import host_file, make_image
+    names = [f"Befund_{i:04}.docx" for i in range(300)]
+    img = make_image(tmp_path, names)
+    before = img.read_bytes()
+    freed = _blocks_of(img, names)
+    cmds = []
+    for i in range(300):
+        r = random.Random(i)
+        cmds.append(f"write {host_file(tmp_path, f'c{i}', r.randbytes(r.randint(1000, 6000)))} t{i:05}")
+    for i, n in enumerate(names):
+        cmds += [f"rm {n}", f"ln t{i:05} {n}", f"unlink t{i:05}"]
+    debugfs(img, cmds, tmp_path)
+    _discard(img, freed)
+    sig = signals_between(before, img.read_bytes())
+    v = judge_relative(2, sig, [], [], dict(POLICY_DEFAULTS))
+    assert sig.random_filled >= 0.7 * sig.structure_freed, sig.summary()
+    assert v.verdict == "suspect" and any(r.startswith("conservation:") for r in v.reasons), v.reasons
