@@ -390,3 +390,42 @@ def test_after_the_switch_over_the_export_is_served_again_after_a_restart_until_
             client.wait(timeout=10)
         c.stop_all()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_site_fenced_after_its_switch_over_stops_serving_and_does_not_serve_again(tmp_path: Path) -> None:
+    """site-b switched over and serves the image on the instant export; site-c is then promoted
+    by force: site-b's export closes (the image is no longer the volume's), its record goes, and
+    a restart of site-b does not serve the export again."""
+    root = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))
+    c = LocalCluster(root / "c", interval="1h", min_copies=2, apply_delay="1h")
+    try:
+        write_image(c.sites["site-a"].volume_path(VOL), 32, random.Random(13))
+        c.start_all()
+        c.wait_ready(60)
+        snap = snapshot(c, "site-a")
+        assert snap["committed"], snap
+        c.wait_for("site-b and site-c hold the snapshot", lambda: any(
+            s["seq"] == snap["seq"] and {"site-b", "site-c"} <= set(s["holders"])
+            for s in c.api("site-b", "GET", f"/v1/volumes/{VOL}/snapshots")["snapshots"]), 60)
+        c.kill("site-a")
+        res = c.api("site-b", "POST", f"/v1/volumes/{VOL}/promote", {"force": True, "instant": True})
+        sock = res["instant"]["socket"]
+        c.wait_for("the switch-over", lambda: (s := _instant(c, "site-b")) and s["phase"] == "done", 180)
+        c.wait_for("site-b primary", lambda: c.status("site-b")["volumes"][VOL]["role"] == "primary", 60)
+        record = c.sites["site-b"].dir / "data" / "instant" / VOL
+        assert (record / "record.json").exists()
+
+        done = c.api("site-c", "POST", f"/v1/volumes/{VOL}/promote", {"force": True})
+        assert done["primary"] == "site-c" and done["epoch"] > res["epoch"], done
+        c.wait_for("site-b's instant export closed", lambda: not os.path.exists(sock) and "instant-" + VOL not in {
+            e["export_id"] for e in c.api("site-b", "GET", "/v1/exports")["exports"]}, 60)
+        c.wait_for("the record removed", lambda: not record.exists(), 30)
+        c.kill("site-b", signal.SIGTERM)
+        c.start("site-b")
+        c.wait_for("site-b a replica", lambda: c.status("site-b")["volumes"][VOL]["role"] in
+                   ("replica", "fenced", "divergent"), 120)
+        assert not os.path.exists(sock) and not record.exists()
+        assert "instant-" + VOL not in {e["export_id"] for e in c.api("site-b", "GET", "/v1/exports")["exports"]}
+    finally:
+        c.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
