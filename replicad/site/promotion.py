@@ -60,6 +60,7 @@ class Promotion:
         self.replication = replication
         self._scan_slots = scan_slots
         self.metrics = metrics
+        self._forcing: dict[str, asyncio.Lock] = {}  # volume -> held while a forced promotion checks and proposes
         self._unrestorable: dict[tuple[str, int, int, bytes], float] = {}  # (volume, epoch, seq, root) -> when skipped
         self.detection: Any = None  # issue 14: site.detection.Detection (set by the daemon); None in bare tests
         self.instant: Any = None  # issue 16: site.instant.InstantRecovery (set by the daemon); None in bare tests
@@ -397,6 +398,7 @@ class Promotion:
         target = to or self.site_id
         t0 = time.monotonic()
         t0_ns = time.time_ns()  # issue 16: the instant recovery's timings count from here
+        named = snapshot is not None  # the operator named the restore point (an instant one picks the newest clean)
         if snapshot is not None and not force:
             raise UsageError("only a forced promotion names the snapshot to restore (--force --snapshot SEQ); a "
                              "planned switchover hands over the newest one", volume=volume, snapshot=snapshot)
@@ -413,27 +415,13 @@ class Promotion:
         if force:
             if target != self.site_id:
                 raise UsageError("a forced promotion is run at the site to promote (omit --to)", volume=volume)
-            if vs["primary"] == self.site_id and runner.acting_epoch == vs["epoch"]:
-                raise ConflictError(f"{self.site_id} is already the primary of {volume}", volume=volume)
-            extra: dict[str, Any] = {}
-            checked: Manifest | None = None
-            if snapshot is not None:
-                checked = await self._check_restore_point(volume, snapshot, vs)
-                extra["snapshot"] = snapshot
+            # one forced promotion of a volume at a time here: a second one (an operator's retry
+            # while the first waits for quorum or restores) waits, then sees the first's grant
+            lock = self._forcing.setdefault(volume, asyncio.Lock())
+            async with lock:
                 vs = self.cluster.volume_state(volume) or vs
-                log.warning("AUDIT volume %s: forced promotion at %s will restore #%d named by the operator (newest "
-                            "clean: #%s)", volume, self.site_id, snapshot, newest_clean(vs))
-            runner.became_primary.clear()
-            runner.takeover_settled.clear()  # before the proposal: the takeover may run as soon as it applies
-            if instant and checked is not None:
-                self.instant.request(volume, snapshot, checked, t0_ns)  # the takeover that follows serves it at once
-            try:
-                res = await self.cluster.propose("promote", volume=volume, to=target, expected_epoch=vs["epoch"],
-                                                 force=True, **extra)
-            except BaseException:
-                if instant:
-                    self.instant.withdraw(volume)
-                raise
+                self._refuse_second_takeover(runner, volume, vs)
+                res = await self._propose_forced(runner, volume, target, vs, snapshot, instant, t0_ns, named)
         else:
             if vs["primary"] is None:  # demoted: nobody hands it over; a forced promotion at the target does
                 raise NotPrimaryError(
@@ -489,6 +477,57 @@ class Promotion:
         return {"volume": volume, "primary": target, "epoch": res.get("epoch"),
                 "restored_seq": runner.last_report.get("restored_seq"),
                 "rto_s": time.monotonic() - t0, "restore": runner.last_report}
+
+    def _refuse_second_takeover(self, runner: VolumeRunner, volume: str, vs: dict) -> None:
+        """A forced promotion of this site while Raft already names it the primary of
+        ``volume`` at ``vs['epoch']``: ConflictError when it acts at that epoch, when its
+        takeover is under way (no failure recorded: a second grant would fence the first and
+        start over — an operator's retried ``promote --force --instant`` tore down the export
+        the first had just opened), or when an instant export serves the volume at that epoch.
+        A takeover that failed (``runner.takeover_error``) may be forced again, e.g. with
+        another ``--snapshot``."""
+        if vs["primary"] != self.site_id:
+            return
+        if runner.acting_epoch == vs["epoch"]:
+            raise ConflictError(f"{self.site_id} is already the primary of {volume}", volume=volume)
+        inst = self.instant.state(volume) if self.instant is not None else None
+        serving = inst is not None and inst.get("epoch") == vs["epoch"] and inst.get("phase") not in ("fenced",
+                                                                                                       "released")
+        if serving or runner.takeover_error is None:
+            what = (f"its instant export serves it ({inst.get('phase')}, {inst.get('socket')})" if serving
+                    else "its takeover is under way")
+            raise ConflictError(
+                f"{self.site_id} is already the primary of {volume} at epoch {vs['epoch']}: {what}; follow it with "
+                f"'replicad status'. A second forced promotion would fence the first and start it over",
+                volume=volume, epoch=vs["epoch"], instant=inst)
+
+    async def _propose_forced(self, runner: VolumeRunner, volume: str, target: str, vs: dict, snapshot: int | None,
+                              instant: bool, t0_ns: int, named: bool) -> dict:
+        """Check the restore point (``snapshot``: ``named`` by the operator, or the newest clean
+        one an instant recovery serves), register an instant request, propose
+        the forced ``promote`` and return its result; an instant request is withdrawn when the
+        proposal fails. Runs under the volume's forcing lock (:meth:`promote`)."""
+        extra: dict[str, Any] = {}
+        checked: Manifest | None = None
+        if snapshot is not None:
+            checked = await self._check_restore_point(volume, snapshot, vs)
+            extra["snapshot"] = snapshot
+            vs = self.cluster.volume_state(volume) or vs
+            log.warning("AUDIT volume %s: forced promotion at %s will restore #%d %s (newest clean: #%s)", volume,
+                        self.site_id, snapshot, "named by the operator" if named else "for instant recovery",
+                        newest_clean(vs))
+        runner.became_primary.clear()
+        runner.takeover_settled.clear()  # before the proposal: the takeover may run as soon as it applies
+        if instant and checked is not None:
+            self.instant.request(volume, snapshot, checked, t0_ns)  # the takeover that follows serves it at once
+        try:
+            res = await self.cluster.propose("promote", volume=volume, to=target, expected_epoch=vs["epoch"],
+                                             force=True, **extra)
+        except BaseException:
+            if instant:
+                self.instant.withdraw(volume)
+            raise
+        return res
 
     async def _await_instant(self, runner: VolumeRunner, volume: str, target: str, res: dict, t0: float,
                              wait_s: float) -> dict:

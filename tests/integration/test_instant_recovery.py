@@ -112,6 +112,15 @@ def test_instant_promotion_serves_at_once_and_keeps_every_flushed_write(tmp_path
         with pytest.raises(Exception) as refused:  # the overlay is the only copy of those writes
             c.api("site-b", "DELETE", f"/v1/exports/{inst['export_id']}")
         assert "instant recovery" in str(refused.value), refused.value
+        # an operator's retry of the promotion: refused, the epoch stays, the export keeps serving
+        # (a second grant fenced the first and tore the export down)
+        again = subprocess.run([sys.executable, "-m", "replicad", "--admin", c.sites["site-b"].admin_url, "promote",
+                                VOL, "--force", "--instant"], capture_output=True, text=True, env=_env(), timeout=180)
+        assert again.returncode == 4 and "already the primary" in again.stderr \
+            and "instant export serves it" in again.stderr, (again.stdout, again.stderr)
+        assert c.api("site-b", "GET", f"/v1/volumes/{VOL}/snapshots")["epoch"] == res["epoch"]
+        r = _qemu_io(uri, "read -P 0xab 131072 65536", readonly=True)
+        assert r.returncode == 0 and "Pattern verification failed" not in r.stdout, (r.stdout, r.stderr)
 
         # kill -9 during the background copy; the restart re-attaches the overlay from its record
         c.kill("site-b")
