@@ -78,6 +78,7 @@ from replicad.site.scrub import Scrub
 from replicad.site.standby import StandbyCheck
 from replicad.site.status import Status
 from replicad.site.volumes import VolumeLoop
+from replicad.storage import fingerprints
 from replicad.storage.audit import AuditLog
 from replicad.storage.catalog import Catalog
 from replicad.storage.chunkstore import ChunkStore
@@ -167,6 +168,14 @@ class SiteDaemon:
             check_site_tls(self.cfg.tls, self.site_id)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_data_dir()
+        for v in self.cfg.volumes:  # a scan killed with the site left its fingerprint cache half written
+            try:
+                if fingerprints.remove_partial(self.data_dir, v.name):
+                    log.info("volume %s: removed the partial fingerprint cache a previous run left (killed "
+                             "mid-scan)", v.name)
+            except OSError as err:  # the next scan writes the same name over it: nothing is lost
+                log.warning("volume %s: the partial fingerprint cache a previous run left cannot be removed: %s",
+                            v.name, err)
         self.store = await asyncio.to_thread(ChunkStore, self.data_dir / "chunks")
         self.catalog = Catalog(self.data_dir / "catalog.db", require_incarnation=True)
         self._check_membership_before_raft()  # MembershipMismatchError: before this site can vote or lead

@@ -91,6 +91,18 @@ def path_for(data_dir: Path, volume: str) -> Path:
     return Path(data_dir) / "fingerprints" / f"{volume}.fp"
 
 
+def remove_partial(data_dir: Path, volume: str) -> bool:
+    """Remove the temporary file a :class:`FingerprintWriter` of a previous run of the site
+    left (killed mid-scan); call only when no writer of this process can be open for
+    ``volume``. Returns whether one was there. Raises OSError when it cannot be removed."""
+    tmp = path_for(data_dir, volume).with_name(f"{volume}.fp.tmp")
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _entries_digest(fd: int, n_entries: int) -> bytes:
     h = xxhash.xxh3_128()
     done, total = 0, n_entries * FP_SIZE

@@ -300,3 +300,20 @@ async def test_a_source_that_shrank_is_refused_before_anything_is_stored(tmp_pat
     m2 = (await take_snapshot(img, volume="pacs", seq=2, epoch=2, parent=m1, store=store, now_ns=2,
                               allow_shrink=True)).manifest  # the operator shrank it on purpose
     assert m2.size_bytes == new_size
+
+
+
+def test_remove_partial_takes_only_the_temporary_file(tmp_path: Path) -> None:
+    """A site killed mid-scan left ``<data>/fingerprints/VOL.fp.tmp`` (chaos kill-mid-write: it was
+    still there after the restart); the daemon's start removes it (``remove_partial``, under the
+    data dir's lock) and keeps the cache itself."""
+    from replicad.storage import fingerprints
+
+    cache = fingerprints.path_for(tmp_path, "ehr")
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"cache")
+    partial = cache.with_name("ehr.fp.tmp")
+    partial.write_bytes(b"half written")
+    assert fingerprints.remove_partial(tmp_path, "ehr") is True
+    assert not partial.exists() and cache.read_bytes() == b"cache"
+    assert fingerprints.remove_partial(tmp_path, "ehr") is False
