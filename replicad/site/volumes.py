@@ -35,6 +35,9 @@ from replicad.telemetry.metrics import SiteMetrics
 log = logging.getLogger("replicad.site.volumes")
 
 TICK_S = 0.5
+LATE_HOLDERS_PER_TICK = 16
+"""A replica records itself as holder of at most this many older snapshots per tick (those it
+received complete after they committed without it; :meth:`VolumeLoop._replica_step`)."""
 
 
 class VolumeLoop:
@@ -180,6 +183,13 @@ class VolumeLoop:
         await self._replica_step(runner, vs)
         return True
 
+    async def _add_holder(self, name: str, seq: int) -> None:
+        """Propose ``add_holder`` of ``name#seq`` for this site; a refusal is logged (INFO)."""
+        try:
+            await self.cluster.propose("add_holder", volume=name, seq=seq, site_id=self.site_id)
+        except ConflictError as err:
+            log.info("add_holder %s#%d refused: %s", name, seq, err)
+
     async def _replica_step(self, runner: VolumeRunner, vs: dict) -> None:
         """Replica tick: hold the newest committed and newest clean snapshots (and say so
         through Raft, ``add_holder``), then bring the standby to the newest clean one."""
@@ -188,10 +198,16 @@ class VolumeLoop:
             snap = vs["snapshots"][seq]
             if self.site_id not in snap["holders"]:
                 await self.pull.ensure_snapshot(name, seq, vs)
-                try:
-                    await self.cluster.propose("add_holder", volume=name, seq=seq, site_id=self.site_id)
-                except ConflictError as err:
-                    log.info("add_holder %s#%d refused: %s", name, seq, err)
+                await self._add_holder(name, seq)
+        # older snapshots whose copy arrived here after they committed without this site (its
+        # acknowledgement came late): say so too, so verify, restores from peers and retention
+        # count this copy (a chaos run flipped a byte in one: no verify looked at it)
+        unlisted = [seq for seq, snap in sorted(vs["snapshots"].items()) if self.site_id not in snap["holders"]]
+        if unlisted:
+            held = {r.root for r in await asyncio.to_thread(self.catalog.list, name)
+                    if r.state in ("received", "committed")}
+            for seq in [s for s in unlisted if vs["snapshots"][s]["root"] in held][:LATE_HOLDERS_PER_TICK]:
+                await self._add_holder(name, seq)
         target = newest_clean(vs)
         if self.detection is not None:
             # issue 14: this site judges every snapshot itself, and a standby takes only a snapshot
