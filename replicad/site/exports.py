@@ -233,12 +233,7 @@ class Exports:
         export_id = f"instant-{volume}"
         if export_id in self._exports:
             return self._exports[export_id]
-        if len(self._exports) + len(self._pending) >= MAX_EXPORTS:
-            raise UsageError(f"{MAX_EXPORTS} exports are open at {self.site_id}: close one first", open=len(self._exports))
-        sock = self.socket_dir / f"{export_id}.sock"
-        if len(os.fsencode(sock)) > SOCKET_PATH_MAX:
-            raise UsageError(f"the export socket path {sock} is longer than {SOCKET_PATH_MAX} bytes (a unix socket "
-                             "limit): give the site a shorter data_dir", path=str(sock))
+        sock = self._instant_socket(export_id)
         exp = Export(export_id, volume, seq, epoch, manifest.root, manifest, sock, True, False, time.time_ns(),
                      SnapshotReader(self.store, manifest), instant=True, gate=asyncio.Lock(),
                      on_first_read=on_first_read)
@@ -272,12 +267,7 @@ class Exports:
         export_id = f"instant-{volume}"
         if export_id in self._exports:
             return self._exports[export_id]
-        if len(self._exports) + len(self._pending) >= MAX_EXPORTS:
-            raise UsageError(f"{MAX_EXPORTS} exports are open at {self.site_id}: close one first", open=len(self._exports))
-        sock = self.socket_dir / f"{export_id}.sock"
-        if len(os.fsencode(sock)) > SOCKET_PATH_MAX:
-            raise UsageError(f"the export socket path {sock} is longer than {SOCKET_PATH_MAX} bytes (a unix socket "
-                             "limit): give the site a shorter data_dir", path=str(sock))
+        sock = self._instant_socket(export_id)
         exp = Export(export_id, volume, seq, epoch, root, None, sock, True, False, time.time_ns(), None,
                      instant=True, gate=asyncio.Lock(), size_bytes=size_bytes, block_size=block_size)
 
@@ -295,6 +285,18 @@ class Exports:
                  "image %s itself until released (replicad export --close %s)", export_id, volume, seq, epoch,
                  self.site_id, sock, image, export_id)
         return exp
+
+    def _instant_socket(self, export_id: str) -> Path:
+        """The socket path of instant export ``export_id`` (``<data_dir>/nbd/<id>.sock``) once it
+        may open. Raises UsageError when :data:`MAX_EXPORTS` are open or the path is longer
+        than a unix socket allows (:data:`SOCKET_PATH_MAX` bytes)."""
+        if len(self._exports) + len(self._pending) >= MAX_EXPORTS:
+            raise UsageError(f"{MAX_EXPORTS} exports are open at {self.site_id}: close one first", open=len(self._exports))
+        sock = self.socket_dir / f"{export_id}.sock"
+        if len(os.fsencode(sock)) > SOCKET_PATH_MAX:
+            raise UsageError(f"the export socket path {sock} is longer than {SOCKET_PATH_MAX} bytes (a unix socket "
+                             "limit): give the site a shorter data_dir", path=str(sock))
+        return sock
 
     async def _listen_instant(self, exp: Export) -> None:
         """Listen on ``exp``'s socket (0600) and register it. Raises a typed OSError (the

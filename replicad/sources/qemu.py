@@ -155,27 +155,11 @@ class QemuSource(ReflinkSource):
         return {"v": STATE_VERSION, "volume": self.cfg.name, "gen": 0, "bitmap": None, "root": None, "open": None,
                 "verify": {"at_ns": 0, "cycles": 0}}
 
-    def _load(self) -> None:
-        """Worker thread, first cycle of this process: create the state dir, read the record,
-        note an unclean restart."""
-        try:
-            self.clone_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as err:
-            raise from_os_error(err, "creating the qemu source state directory", path=str(self.clone_dir)) from err
-        rec = None
-        try:
-            rec = _parse_record(json.loads(self.state_path.read_bytes()), self.cfg.name)
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError) as err:
-            log.warning("volume %s: the qemu source record %s cannot be read (%s): tracking lost, the next cycle "
-                        "rescans", self.cfg.name, self.state_path, err)
-            self._lose("state_damaged")
-        if rec is None:
-            rec = self._empty_record()
-        if rec["open"] is not None:
-            self._unclean = True
-        self._record = rec
+    def _parse(self, data: Any) -> dict[str, Any]:
+        return _parse_record(data, self.cfg.name)
+
+    def _after_load(self) -> None:  # no clone files: the views live in qemu-storage-daemon
+        pass
 
     def _lose(self, reason: str) -> None:
         """Tracking is lost for ``reason``: WARNING, counted."""

@@ -141,26 +141,35 @@ class ReflinkSource(SnapshotSource):
                 "verify": {"at_ns": 0, "cycles": 0}}
 
     def _load(self) -> None:
-        """Worker thread, first cycle of this process: create the clone dir, read the record,
-        note an unclean restart, delete clone files the record does not keep."""
+        """Worker thread, first cycle of this process: create the source's directory, read the
+        record (:meth:`_parse`; a damaged one loses tracking), note an unclean restart, then
+        :meth:`_after_load` (here: delete clone files the record does not keep). Shared with
+        :class:`replicad.sources.qemu.QemuSource`, whose record differs."""
         try:
             self.clone_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as err:
-            raise from_os_error(err, "creating the clone directory", path=str(self.clone_dir)) from err
+            raise from_os_error(err, f"creating the {self.kind} source's directory", path=str(self.clone_dir)) from err
         rec = None
         try:
-            rec = _parse_record(json.loads(self.state_path.read_bytes()), self.cfg.name)
+            rec = self._parse(json.loads(self.state_path.read_bytes()))
         except FileNotFoundError:
-            rec = self._empty_record()
+            pass
         except (OSError, ValueError) as err:
-            log.warning("volume %s: the reflink record %s cannot be read (%s): tracking lost, the next cycle "
-                        "rescans", self.cfg.name, self.state_path, err)
+            log.warning("volume %s: the %s source record %s cannot be read (%s): tracking lost, the next cycle "
+                        "rescans", self.cfg.name, self.kind, self.state_path, err)
             self._lose("state_damaged")
         if rec is None:
             rec = self._empty_record()
         if rec["open"] is not None:
             self._unclean = True
         self._record = rec
+        self._after_load()
+
+    def _parse(self, data: Any) -> dict[str, Any]:
+        """The record read from ``data`` (JSON). Raises ValueError when it is not one."""
+        return _parse_record(data, self.cfg.name)
+
+    def _after_load(self) -> None:
         self._drop_strays()
 
     def _drop_strays(self) -> None:
