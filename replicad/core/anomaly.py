@@ -1858,7 +1858,8 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple[in
                        f"{float(policy['conserve_max']):.1%}): copy-encrypt-delete with freed blocks discarded")
     ext, count, names = signals.renamed()
     if count >= int(policy["rename_min"]):
-        reasons.append(f"rename: {count} file names gained an appended extension in one snapshot (most: .{ext}, "
+        reasons.append(f"rename: {count} file names got a new extension in one snapshot (appended, or replacing a "
+                       f"document's; most: .{ext}, "
                        f"e.g. {', '.join(names[:3])}), at least rename_min {int(policy['rename_min'])}")
     if signals.ransom_notes > 0:
         where = ", ".join(f"#{i}" for i, _ in signals.ransom_note_evidence[:4])

@@ -128,7 +128,7 @@ def evidence_lines(e: Mapping[str, Any]) -> list[str]:
         lines.extend(map_lines(signals, 4))
     renamed = here.get("renamed")
     if isinstance(renamed, Mapping) and renamed.get("names"):
-        lines.append(f"  renamed: {renamed.get('names')} file names gained an appended extension (most: "
+        lines.append(f"  renamed: {renamed.get('names')} file names got a new extension (appended, or replacing a document's; most: "
                      f".{renamed.get('extension')}; e.g. " + ", ".join(str(n) for n in renamed.get("examples") or [])
                      + ")")
     notes = here.get("ransom_notes") or []

@@ -91,7 +91,8 @@ def test_copy_encrypt_delete_into_free_space_is_named(tmp_path: Path) -> None:
     assert (ext, count) == ("locked", 120)
     assert examples[0] == "Befund_0000.docx.locked"
     assert v.verdict == "suspect"
-    assert any(r.startswith("rename: 120 file names gained an appended extension in one snapshot (most: .locked")
+    assert any(r.startswith("rename: 120 file names got a new extension in one snapshot (appended, or replacing a "
+                              "document's; most: .locked")
                for r in v.reasons)
     assert sig.summary()["renamed"] == 120 and sig.summary()["renamed_extension"] == "locked"
 
