@@ -291,11 +291,7 @@ class QemuSource(ReflinkSource):
         state set to ``lost`` (reason) when there is a parent but no usable bitmap."""
         rec = self._record
         assert rec is not None
-        if self._unclean:
-            self._unclean = False
-            self._lose("unclean_restart")
-            return None
-        if parent is None:
+        if not self._continues_tracking(parent):
             return None
         if rec["bitmap"] is None or rec["root"] != parent.root.hex():
             self._lose("no_parent_bitmap")

@@ -265,16 +265,22 @@ class ReflinkSource(SnapshotSource):
         self.last = dict(snap.info)
         return snap
 
+    def _continues_tracking(self, parent: Manifest | None) -> bool:
+        """Whether this cycle may build on ``parent``'s change record: False after an unclean
+        restart (state ``lost``, reason ``unclean_restart``, once) and without a parent. Shared
+        with :class:`replicad.sources.qemu.QemuSource`."""
+        if self._unclean:
+            self._unclean = False
+            self._lose("unclean_restart")
+            return False
+        return parent is not None
+
     def _parent_clone(self, parent: Manifest | None, image_id: dict[str, int]) -> str | None:
         """Worker thread: the clone the parent snapshot was made from, or None with the state
         set to ``lost`` (reason) when there is a parent but no usable clone of it."""
         rec = self._record
         assert rec is not None
-        if self._unclean:
-            self._unclean = False
-            self._lose("unclean_restart")
-            return None
-        if parent is None:
+        if not self._continues_tracking(parent):
             return None
         if rec["image"] is not None and rec["image"] != image_id:
             self._lose("image_replaced")
