@@ -117,17 +117,18 @@ def run(argv: list[str], *, user: str | None = None, env: dict | None = None, ch
 
 # --------------------------------------------------------------------------------- volumes
 @contextlib.contextmanager
-def mounted(image: Path, mnt: Path) -> Iterator[Path]:
+def mounted(image: Path, mnt: Path, options: tuple[str, ...] = ()) -> Iterator[Path]:
     """Mount ``image`` (ext4) on ``mnt`` through a loop device of its own (``losetup --find
     --show``); on exit unmount ``mnt`` and detach that device, both by path. Refuses an image
-    some loop device still holds (a mount of it would share that device's live file system)."""
+    some loop device still holds (a mount of it would share that device's live file system).
+    ``options``: mount options (``("discard",)``: freed blocks become holes of the image)."""
     held = run(["losetup", "-j", str(image)]).stdout.strip()
     if held:
         raise RuntimeError(f"{image} is still attached: {held}")
     mnt.mkdir(parents=True, exist_ok=True)
     device = run(["losetup", "--find", "--show", str(image)]).stdout.strip()
     try:
-        run(["mount", device, str(mnt)])
+        run(["mount", *(["-o", ",".join(options)] if options else []), device, str(mnt)])
         try:
             yield mnt
         finally:
@@ -339,16 +340,25 @@ def encrypt_in_place(files: list[Path], how: str, r: random.Random) -> int:
     return total
 
 
-def copy_encrypt_delete(files: list[Path], r: random.Random, ext: str = ".locked", gzip_frame: bool = False) -> None:
+def copy_encrypt_delete(files: list[Path], r: random.Random, ext: str = ".locked", gzip_frame: bool = False,
+                        keep_names: bool = False, footer: int = 0) -> None:
     """Ciphertext into new files ``name + ext`` (into free space), originals unlinked;
     ``gzip_frame``: the ciphertext inside a valid gzip stream (level 0), as an attacker hiding
-    behind the ``.gz`` exemption of the rename signal writes it."""
+    behind the ``.gz`` exemption of the rename signal writes it. ``keep_names`` (security review
+    F1): the copy is written under a temporary name unrelated to the original's
+    (``.~<random hex>.tmp``, as an editor saves) and renamed over the original's name once the
+    original is unlinked, so no name changes; ``footer``: that many bytes of a structured trailer
+    (a key blob in text) after the ciphertext, so no 64 KiB block of a file is random as a whole."""
     for p in files:
         data = p.read_bytes()
-        out = p.with_name(p.name + ext)
+        out = p.with_name(f".~{r.randbytes(6).hex()}.tmp" if keep_names else p.name + ext)
         c = aes(data, r)
+        if footer:
+            c += ((b"KEYBLOB v2 recipient=ops@example.org file=%s " % p.name.encode()) * (footer // 40 + 1))[:footer]
         out.write_bytes(gzip.compress(c, compresslevel=0) if gzip_frame else c)
         p.unlink()
+        if keep_names:
+            os.rename(out, p)
 
 
 def mount_source(mnt: Path) -> tuple[str, Path]:
@@ -607,6 +617,10 @@ def bench_corpus(name: str, base_img: Path, ops: dict, seeds: int, judge: Judge,
         img, row = _slow(name, base_img, base_m, seeds, judge, work, img, mnt, slow_under, label, share, cycles,
                          window_cycles, calibrated)
         rows.append(row)
+    if selected(KEEP_NAMES) and not slow_under:  # the fileshare: documents, not a database's files
+        img, row = _keep_names(name, base_img, base_m, seeds, judge, work, img, mnt, KEEP_NAMES_SHARE,
+                               KEEP_NAMES_CYCLES)
+        rows.append(row)
     img.unlink(missing_ok=True)
     return rows
 
@@ -744,6 +758,54 @@ def _slow(name: str, base_img: Path, base_m: Manifest, seeds: int, judge: Judge,
         row.cycles.append(detected)
         row.share_at_detection.append(hit / data_blocks if attacker is not None
                                       else (detected or slow_cycles) * step / total)
+    return img, row
+
+
+KEEP_NAMES_SHARE, KEEP_NAMES_CYCLES = 0.15, 6
+KEEP_NAMES = (f"attack: copy-encrypt-delete keeping names, 8 KiB footer, on a discarding volume (-o discard; "
+              f"{KEEP_NAMES_SHARE:.0%} of the data bytes per cycle)")
+
+
+def _keep_names(name: str, base_img: Path, base_m: Manifest, seeds: int, judge: Judge, work: Path, img: Path,
+                mnt: Path, share: float, cycles: int) -> tuple[Path, Row]:
+    """The security review's F1 over several cycles: the volume mounted with ``-o discard``; per
+    cycle whole files (the attacker's order), about ``share`` of the data bytes, are encrypted by
+    :func:`copy_encrypt_delete` keeping their names with an 8 KiB footer; one snapshot per cycle,
+    judged against the newest snapshot judged clean, with the slow window of the earlier clean
+    scores, up to ``cycles`` or the first suspect verdict (its cycle is the row's)."""
+    row = Row(name, KEEP_NAMES, True)
+    for seed in range(seeds):
+        img.unlink(missing_ok=True)
+        img = work / f"{name}.keep-names-{seed}.img"
+        copy_image(base_img, img)
+        r = random.Random(91 + seed)
+        with mounted(img, mnt):
+            sizes = {p: p.stat().st_size for p in data_files(mnt)}
+        files = sorted(sizes)
+        random.Random(seed).shuffle(files)
+        total = sum(sizes.values())
+        clean_m, seq, window, done, encrypted, detected = base_m, 1, [], 0, 0, None
+        for cycle in range(1, cycles + 1):
+            batch: list[Path] = []
+            while done < len(files) and sum(map(sizes.get, batch)) < share * total:
+                batch.append(files[done])
+                done += 1
+            with mounted(img, mnt, options=("discard",)):  # the same mount point: the same paths
+                copy_encrypt_delete(batch, r, keep_names=True, footer=8192)
+            encrypted += sum(map(sizes.get, batch))
+            seq += 1
+            m = judge.snapshot(img, seq, clean_m)
+            j = judge.judge(seq, m, clean_m, window)
+            print(f"  {name:10} keep-names seed {seed} cycle {cycle}: {j.verdict} score {j.score:.4f} "
+                  f"reason {j.reason[:60]}", flush=True)
+            if j.verdict == "suspect":
+                detected = cycle
+                break
+            window.append((seq, j.score))
+            clean_m = m
+        row.runs.append(j)
+        row.cycles.append(detected)
+        row.share_at_detection.append(encrypted / total)
     return img, row
 
 
