@@ -141,6 +141,7 @@ class QemuSource(ReflinkSource):
         self.marker = f"replicad-{cfg.name}-alive"
         self.fleece_path = self.clone_dir / f"{cfg.name}.fleece.qcow2"
         self.view_path = self.clone_dir / f"{cfg.name}.view"
+        self._fleece_template: tuple[int, bytes] | None = None  # (size, an empty qcow2 of it): _write_fleece_image
 
     def matches(self, cfg: VolumeConfig) -> bool:
         s, o = cfg.source, self.cfg.source
@@ -178,10 +179,10 @@ class QemuSource(ReflinkSource):
         finally:
             await q.close()
 
-    async def _node_info(self, q: "_Qmp") -> dict[str, Any]:
-        """QSD's ``query-named-block-nodes`` entry of ``node``. NotFoundError if none, UsageError
-        if it is not a qcow2 node (a persistent bitmap needs qcow2 metadata)."""
-        for n in await q.run("query-named-block-nodes", {"flat": True}):
+    def _node_info(self, nodes: list[dict[str, Any]]) -> dict[str, Any]:
+        """The entry of ``node`` in ``nodes`` (QEMU's ``query-named-block-nodes``). NotFoundError
+        if none, UsageError if it is not a qcow2 node (a persistent bitmap needs qcow2 metadata)."""
+        for n in nodes:
             if n.get("node-name") == self.node:
                 if n.get("drv") != "qcow2":
                     raise UsageError(f"qemu source node {self.node!r} is a {n.get('drv')!r} node; it must be qcow2 "
@@ -190,17 +191,27 @@ class QemuSource(ReflinkSource):
         raise NotFoundError(f"qemu-storage-daemon has no block node {self.node!r}", node=self.node,
                             qmp_socket=str(self.qmp_socket))
 
-    async def _tidy(self, q: "_Qmp", keep: set[str]) -> None:
+    async def _tidy(self, q: "_Qmp", keep: set[str], nodes: list[dict[str, Any]] | None = None) -> None:
         """Remove this volume's view exports, backup job and fleecing node if present, a dead
-        FUSE mount on the view file, and every ``replicad-<volume>-<n>`` bitmap not in ``keep``."""
-        for cmd, args in (("block-export-del", {"id": self.export, "mode": "hard"}),
-                          ("block-export-del", {"id": self.fuse_id, "mode": "hard"})):
-            await q.run_quiet(cmd, args)
+        FUSE mount on the view file, and every ``replicad-<volume>-<n>`` bitmap not in ``keep``.
+        ``nodes``: QEMU's ``query-named-block-nodes`` answer if the caller has just asked (used
+        when nothing had to be removed before the nodes are looked at). Asks only for what is
+        there: with nothing left over, three queries."""
+        ours = (self.export, self.fuse_id)
+        removed = False
+        for e in await self._exports(q):
+            if e.get("id") in ours:
+                await q.run_quiet("block-export-del", {"id": e["id"], "mode": "hard"})
+                removed = True
         if any(j.get("device") == self.job_id for j in await q.run("query-block-jobs")):
             await q.run_quiet("block-job-cancel", {"device": self.job_id, "force": True})
             await _wait_until(lambda: self._job_gone(q), "the fleecing job to end")
-        await _wait_until(lambda: self._exports_gone(q), "the view exports to close")
-        nodes = {n.get("node-name"): n for n in await q.run("query-named-block-nodes", {"flat": True})}
+            removed = True
+        if removed:
+            await _wait_until(lambda: self._exports_gone(q), "the view exports to close")
+        if removed or nodes is None:
+            nodes = await q.run("query-named-block-nodes", {"flat": True})
+        nodes = {n.get("node-name"): n for n in nodes}
         if self.fleece_node in nodes:
             await q.run("blockdev-del", {"node-name": self.fleece_node})
         await asyncio.to_thread(_unmount_dead, self.view_path)
@@ -214,12 +225,14 @@ class QemuSource(ReflinkSource):
     async def _job_gone(self, q: "_Qmp") -> bool:
         return not any(j.get("device") == self.job_id for j in await q.run("query-block-jobs"))
 
-    async def _exports_gone(self, q: "_Qmp") -> bool:
+    async def _exports(self, q: "_Qmp") -> list[dict[str, Any]]:
         try:
-            exports = await q.run("query-block-exports")
-        except ToolError:
-            return True
-        return not any(e.get("id") in (self.export, self.fuse_id) for e in exports)
+            return list(await q.run("query-block-exports"))
+        except ToolError:  # a QEMU without the block export API has none of ours
+            return []
+
+    async def _exports_gone(self, q: "_Qmp") -> bool:
+        return not any(e.get("id") in (self.export, self.fuse_id) for e in await self._exports(q))
 
     # ------------------------------------------------------------------ cycle
     async def snapshot(self, *, volume: str, seq: int, epoch: int, parent: Manifest | None,
@@ -237,15 +250,17 @@ class QemuSource(ReflinkSource):
         rec = self._record
         assert rec is not None
         t0 = time.perf_counter()
-        async with self._qmp() as q:
-            info = await self._node_info(q)
+        failed: BaseException | None = None
+        async with self._qmp() as q:  # one connection for the view and its exports (QMP serves one client)
+            nodes = await q.run("query-named-block-nodes", {"flat": True})
+            info = self._node_info(nodes)
             old = self._tracked_bitmap(parent, info)
-            await self._tidy(q, {old} if old else set())
+            await self._tidy(q, {old} if old else set(), nodes)
             if not any(b.get("name") == self.marker for b in info.get("dirty-bitmaps") or []):
                 await q.run("block-dirty-bitmap-add", {"node": self.node, "name": self.marker, "persistent": False,
                                                        "disabled": True})
             size = int((info.get("image") or {}).get("virtual-size") or 0)
-            await _run_tool(["qemu-img", "create", "-q", "-f", "qcow2", str(self.fleece_path), str(size)])
+            await self._write_fleece_image(size)
             await q.run("blockdev-add", {"driver": "qcow2", "node-name": self.fleece_node, "backing": self.node,
                                          "file": {"driver": "file", "filename": str(self.fleece_path)}})
             rec["gen"] += 1
@@ -265,10 +280,15 @@ class QemuSource(ReflinkSource):
                 rec["open"] = None
                 self._save()
                 raise
+            view_s = time.perf_counter() - t0
+            try:
+                await self._export(q, old)
+            except BaseException as err:  # ended below, on a connection of its own
+                failed = err
         token = {"old": old, "new": new}
         try:
-            view_s = time.perf_counter() - t0
-            await self._export(old)
+            if failed is not None:
+                raise failed
             snap = await self._build(token, volume, seq, epoch, parent, store, now_ns, size)
             snap.info.update(view_s=view_s)
         except BaseException:
@@ -309,18 +329,38 @@ class QemuSource(ReflinkSource):
             return None
         return rec["bitmap"]
 
-    async def _export(self, old: str | None) -> None:
+    async def _export(self, q: "_Qmp", old: str | None) -> None:
         """Export the fleecing node over NBD (with the frozen bitmap) and over FUSE on the view file."""
-        async with self._qmp() as q:
-            await self._nbd_server(q)
-            args: dict[str, Any] = {"type": "nbd", "id": self.export, "node-name": self.fleece_node,
-                                    "name": self.export, "writable": False}
-            if old:
-                args["bitmaps"] = [old]
-            await q.run("block-export-add", args)
-            await asyncio.to_thread(_touch, self.view_path)
-            await q.run("block-export-add", {"type": "fuse", "id": self.fuse_id, "node-name": self.fleece_node,
-                                             "mountpoint": str(self.view_path), "writable": False})
+        await self._nbd_server(q)
+        args: dict[str, Any] = {"type": "nbd", "id": self.export, "node-name": self.fleece_node,
+                                "name": self.export, "writable": False}
+        if old:
+            args["bitmaps"] = [old]
+        await q.run("block-export-add", args)
+        await asyncio.to_thread(_touch, self.view_path)
+        await q.run("block-export-add", {"type": "fuse", "id": self.fuse_id, "node-name": self.fleece_node,
+                                         "mountpoint": str(self.view_path), "writable": False})
+
+    async def _write_fleece_image(self, size: int) -> None:
+        """Write the fleecing target: an empty qcow2 of ``size`` bytes. ``qemu-img create`` runs
+        once per size in this process (a process start per cycle cost 10-50 ms); its bytes are
+        kept (a few hundred KiB at most: header, L1 and refcount tables) and written each cycle.
+        No fsync: the target is scratch, rewritten at the next cycle. ToolError if ``qemu-img``
+        fails; InternalError / StoreFullError if the state dir cannot be written."""
+        if self._fleece_template is None or self._fleece_template[0] != size:
+            tmp = self.fleece_path.with_name(self.fleece_path.name + ".template")
+            await _run_tool(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp), str(size)])
+            try:
+                data = await asyncio.to_thread(tmp.read_bytes)
+            except OSError as err:
+                raise from_os_error(err, "reading the fleecing image template", path=str(tmp)) from err
+            finally:
+                await asyncio.to_thread(_unlink, tmp)
+            self._fleece_template = (size, data)
+        try:
+            await asyncio.to_thread(self.fleece_path.write_bytes, self._fleece_template[1])
+        except OSError as err:
+            raise from_os_error(err, "writing the fleecing image", path=str(self.fleece_path)) from err
 
     async def _nbd_server(self, q: "_Qmp") -> None:
         """Start QSD's NBD server on ``nbd_socket`` unless one runs: then it must be the configured
@@ -473,12 +513,16 @@ class _Qmp:
 
 
 async def _wait_until(check: Any, what: str, timeout_s: float = QMP_TIMEOUT_S) -> None:
-    """Poll ``await check()`` every 20 ms until true. UnavailableError after ``timeout_s``."""
+    """Poll ``await check()`` until true, 1 ms after the first try, doubling to every 20 ms
+    (a cancelled job or a deleted export is usually gone within a millisecond or two).
+    UnavailableError after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
+    pause_s = 0.001
     while not await check():
         if time.monotonic() > deadline:
             raise UnavailableError(f"qemu-storage-daemon: timed out waiting for {what}", timeout_s=timeout_s)
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(pause_s)
+        pause_s = min(0.02, pause_s * 2)
 
 
 async def _run_tool(argv: list[str], timeout_s: float = 60.0) -> None:
