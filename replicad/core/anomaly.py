@@ -97,14 +97,17 @@ stricter, :func:`stricter`):
 
 Per snapshot (:func:`judge_relative`): ``score = turned-random blocks / data blocks of the
 base``; suspect iff ``score > max(min_score, factor x baseline)``, or the cumulative excess
-over the baseline since the last snapshot a person confirmed clean (bounded to ``window_s``)
-passes ``cumulative_max`` (slow attacks), or ``magic_min`` headers were destroyed, or the
+over the baseline since the last snapshot a person confirmed clean passes ``cumulative_max``
+(slow attacks: the slow window, a one-sided CUSUM, :class:`Cusum`), or ``magic_min`` headers were destroyed, or the
 file system's superblock was, or ``wipe_max`` of the data became zero, or the volume shrank,
 or structured data that became zeros and random data written where there were zeros both pass
-``conserve_max`` (copy-encrypt-delete with discard: :meth:`SnapshotSignals.conserved`).
-The baseline is the median of the site's own scores of *confirmed* history, capped at
-``baseline_cap``: an attack spread over many snapshots cannot raise it. In ``encrypted`` mode
-the slow window is a one-sided CUSUM around the learned cold rate (:data:`COLD_RATE_SLACK`).
+``conserve_max`` (copy-encrypt-delete with discard: :meth:`SnapshotSignals.conserved`), in one
+snapshot or summed in a slow window of its own (the same CUSUM). The baseline is the median of the site's own scores of *confirmed* history, capped at
+``baseline_cap``: an attack spread over many snapshots cannot raise it. The slow windows run from
+the last confirmed snapshot without a time cut; each snapshot adds its value less a level (the
+baseline plus ``slow_slack`` per day since the snapshot before it), the sum never drops below
+zero, so benign ups and downs cancel and a steady excess adds up (:data:`DAY_S`). In
+``encrypted`` mode the level is the learned cold rate (:data:`COLD_RATE_SLACK`).
 
 ``change_max`` (share of the data changed in one snapshot) applies in ``encrypted`` mode only:
 in ``content`` mode benign whole-volume rewrites (``VACUUM FULL``, ``pgbench -i``, a restored
@@ -133,7 +136,7 @@ import statistics
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 try:  # numpy is optional: 64 KiB bincount ~50 µs; the fallback uses bytes.count per value
     import numpy as _np
@@ -337,7 +340,7 @@ POLICY_DEFAULTS: dict = {
     "baseline_cap": 0.005, "magic_min": 4, "wipe_max": 0.3, "cold_max": 0.05, "cold_age_s": 7 * 86400,
     "change_max": 0.5, "ransom_notes": list(RANSOM_NOTES_DEFAULT), "ransom_note_min": 2,
     "ransom_note_strong": list(RANSOM_NOTE_STRONG_DEFAULT), "rename_min": 16, "cold_baseline_cap": 0.02,
-    "conserve_max": 0.03,
+    "conserve_max": 0.03, "slow_slack": 0.001,
 }
 """The cluster's detection policy when Raft holds none (``state.volumes[v]["detection"]``).
 ``ransom_notes``, ``ransom_note_min``, ``ransom_note_strong``, ``rename_min`` (mass renames:
@@ -345,10 +348,12 @@ names gaining the same appended extension in one snapshot, :func:`appended_exten
 ``cold_baseline_cap`` (encrypted mode: the highest cold-rewrite rate per snapshot the baseline
 learns from confirmed history) and ``conserve_max`` (copy-encrypt-delete: the share of data that
 moved from structured to random through freed and filled space in one snapshot,
-:meth:`SnapshotSignals.conserved`) were added later: a policy recorded without them has the
-defaults (:func:`with_defaults`)."""
+:meth:`SnapshotSignals.conserved`) and ``slow_slack`` (the slow windows' allowance: a share of
+the data per day, :class:`Cusum`) were added later: a policy recorded without them has the
+defaults (:func:`with_defaults`). ``window_s`` no longer bounds the slow windows (they run from
+the last confirmed snapshot); it stays in the policy so that recorded policies stay valid."""
 OPTIONAL_POLICY_KEYS = ("ransom_notes", "ransom_note_min", "ransom_note_strong", "rename_min", "cold_baseline_cap",
-                        "conserve_max")
+                        "conserve_max", "slow_slack")
 PATTERN_LIST_KEYS = ("ransom_notes", "ransom_note_strong")
 """Policy keys holding lists of regular expressions: a site may add patterns (:func:`stricter`),
 dropping one is a weakening (:func:`weakened_keys`)."""
@@ -356,13 +361,15 @@ RANSOM_NOTES_MAX = 32
 """Most ransom-note patterns a policy may hold (each at most :data:`RANSOM_NOTE_CHARS_MAX`)."""
 RANSOM_NOTE_CHARS_MAX = 200
 LOWER_IS_STRICTER = ("min_score", "factor", "cumulative_max", "baseline_cap", "magic_min", "wipe_max", "cold_max",
-                     "cold_age_s", "change_max", "ransom_note_min", "rename_min", "cold_baseline_cap", "conserve_max")
+                     "cold_age_s", "change_max", "ransom_note_min", "rename_min", "cold_baseline_cap", "conserve_max",
+                     "slow_slack")
 HIGHER_IS_STRICTER = ("window_s",)
 POLICY_BOUNDS: dict[str, tuple[float, float]] = {
     "min_score": (0.0, 1.0), "factor": (1.0, 1000.0), "cumulative_max": (0.0, 1.0), "window_s": (0, 366 * 86400),
     "baseline_cap": (0.0, 1.0), "magic_min": (1, 10**9), "wipe_max": (0.0, 1.0), "cold_max": (0.0, 1.0),
     "cold_age_s": (0, 366 * 86400), "change_max": (0.0, 1.0), "ransom_note_min": (1, 16),
     "rename_min": (1, 10**9), "cold_baseline_cap": (0.0, 1.0), "conserve_max": (0.0, 1.0),
+    "slow_slack": (0.0, 1.0),
 }
 COLD_RATE_SLACK = 0.1
 """Encrypted mode: the slack of the slow window's one-sided CUSUM (Page, "Continuous inspection
@@ -371,9 +378,54 @@ history, capped at ``cold_baseline_cap``): ``S = max(0, S + rate - learned x (1 
 over the window, suspect once ``S > cumulative_max``. Benign snapshots above and below the
 learned rate cancel; a steady excess of more than a tenth of the learned rate accumulates
 (a steady excess below it is not seen: README)."""
-NOISE_FLOOR = 0.0005
-"""A snapshot's excess over the baseline below this share of data is noise for naming where
-a drift began (:func:`judge_relative`)."""
+DAY_S = 86400
+"""The slack of the slow windows is ``slow_slack`` per day: a snapshot earns the slack of the time
+since the snapshot before it in the window, at most one day (:func:`judge_relative`), so the
+allowance does not grow with the snapshot rate (an attacker writing just under a per-snapshot
+slack every 15 minutes would encrypt 96 slacks a day) and a site's clock or a long gap cannot buy
+more than a day's worth in one snapshot."""
+
+
+@dataclass(frozen=True)
+class Cusum:
+    """State of a one-sided CUSUM (Page, "Continuous inspection schemes", Biometrika 41, 1954):
+    ``total = max(0, total + value - level)`` per snapshot, oldest first. ``began`` is the first
+    snapshot since the sum last left zero (Page's change-point estimate: where a drift began; the
+    snapshot before it is the one to restore), None while ``total`` is 0; ``snapshots`` counts
+    the snapshots since then. Values and totals are shares of the volume's data (0..1). Pure.
+    Used by every slow window (relative score, conservation, encrypted mode's cold rate)."""
+
+    total: float = 0.0
+    began: int | None = None
+    snapshots: int = 0
+
+    def step(self, seq: int, value: float, level: float) -> "Cusum":
+        """The state after snapshot ``seq`` with ``value`` against ``level``."""
+        total = max(0.0, self.total + (value - level))
+        if total == 0.0:
+            return Cusum()
+        return Cusum(total, self.began if self.began is not None else seq, self.snapshots + 1)
+
+    def doc(self) -> dict:
+        """Plain dict (JSON-able): ``total``, ``began``, ``snapshots``."""
+        return {"total": self.total, "began": self.began, "snapshots": self.snapshots}
+
+    @classmethod
+    def from_doc(cls, doc: object) -> "Cusum":
+        """The state :meth:`doc` wrote. Raises ValueError on anything else (a hand-edited or
+        truncated evidence file: the caller recomputes)."""
+        if not isinstance(doc, dict):
+            raise ValueError("a CUSUM state must be a map")
+        total, began, n = doc.get("total"), doc.get("began"), doc.get("snapshots", 0)
+        if isinstance(total, bool) or not isinstance(total, (int, float)) or not 0.0 <= total < 1e6 \
+                or (began is not None and (isinstance(began, bool) or not isinstance(began, int))) \
+                or isinstance(n, bool) or not isinstance(n, int) or n < 0 or (began is None) != (total == 0.0):
+            raise ValueError(f"not a CUSUM state: {doc!r}")
+        return cls(float(total), began, n)
+
+
+SLOW_WINDOWS = ("relative", "conservation")
+"""The slow windows of :func:`judge_relative` (keys of :attr:`RelativeVerdict.slow`)."""
 
 
 def with_defaults(policy: dict) -> dict:
@@ -1737,6 +1789,16 @@ class SnapshotSignals:
         structure_freed``."""
         return min(self.structure_freed, self.random_filled) / self.data_blocks
 
+    @property
+    def conserved_counted(self) -> float:
+        """What the conservation signal counts of this snapshot, in one snapshot and in its slow
+        window: :attr:`conserved` when ``random_filled >= CONSERVE_RATIO_MIN x structure_freed``
+        (ciphertext keeps the plaintext's size), else 0 (compression writes far less than it
+        frees: gzip of logs, repeated every day, never adds up)."""
+        if self.random_filled >= CONSERVE_RATIO_MIN * self.structure_freed:
+            return self.conserved
+        return 0.0
+
     def summary(self) -> dict:
         """Plain dict of the counts and shares (msgpack/JSON-able), without the evidence."""
         ext, count, _ = self.renamed()
@@ -1745,7 +1807,8 @@ class SnapshotSignals:
                 "cold_rewritten": self.cold_rewritten, "magic_destroyed": dict(self.magic_destroyed),
                 "fs_destroyed": self.fs_destroyed, "shrunk_bytes": self.shrunk_bytes, "score": self.score,
                 "ransom_note": self.ransom_notes, "structure_freed": round(self.structure_freed, 2),
-                "random_filled": round(self.random_filled, 2), "conserved": self.conserved}
+                "random_filled": round(self.random_filled, 2), "conserved": self.conserved,
+                "conserved_counted": self.conserved_counted}
 
 
 EVIDENCE_MAX = 64
@@ -1764,13 +1827,14 @@ class RelativeVerdict:
             blocks rewritten).
         baseline: median score of the confirmed history, capped at ``baseline_cap`` (encrypted
             mode: the learned cold-rewrite rate, capped at ``cold_baseline_cap``); 0 if none.
-        cumulative: excess over the baseline summed over the window, this snapshot included
-            (encrypted mode: the one-sided CUSUM of :data:`COLD_RATE_SLACK`).
-        first_suspect_seq: the first snapshot of the window whose score passed the baseline by
-            more than :data:`NOISE_FLOOR` (encrypted mode: where the CUSUM last left zero), i.e.
-            where the drift began (the snapshot before it is the one to restore), else this
+        cumulative: the relative score's slow window after this snapshot (``slow["relative"].total``).
+        first_suspect_seq: where the drift began: the earliest ``began`` of the slow windows
+            whose sum is above zero (the snapshot before it is the one to restore), else this
             snapshot; None if clean.
         reasons: operator-readable sentences, one per signal that fired (empty if clean).
+        slow: ``{window: Cusum}`` after this snapshot, for :data:`SLOW_WINDOWS` (carried to the
+            next snapshot: :func:`judge_relative` ``carried``).
+        flagged: the slow windows that passed their threshold (a subset of :data:`SLOW_WINDOWS`).
     """
 
     verdict: str
@@ -1779,23 +1843,43 @@ class RelativeVerdict:
     cumulative: float
     first_suspect_seq: int | None
     reasons: tuple[str, ...]
+    slow: dict = field(default_factory=dict)
+    flagged: tuple[str, ...] = ()
 
 
-def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple[int, float]],
-                   confirmed: Sequence[float], policy: dict) -> RelativeVerdict:
+def _window_items(window: Sequence[tuple]) -> list[tuple[int, float, float]]:
+    out = []
+    for item in window:
+        if len(item) not in (2, 3):
+            raise ValueError(f"a slow-window item is (seq, value) or (seq, value, elapsed_s), got {item!r}")
+        out.append((int(item[0]), float(item[1]), float(item[2]) if len(item) == 3 else float(DAY_S)))
+    return out
+
+
+def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], confirmed: Sequence[float],
+                   policy: dict, *, conserve_window: Sequence[tuple] = (), carried: dict | None = None,
+                   elapsed_s: float = DAY_S) -> RelativeVerdict:
     """Judge one snapshot from its relative signals (module docstring).
 
     Args:
         seq: the snapshot's seq (named when the drift begins with it).
         signals: its :class:`SnapshotSignals` against this site's clean base.
-        window: ``(seq, score)`` of this site's earlier verdicts on the volume inside the slow
-            window (after the last snapshot a person confirmed clean, within ``window_s``),
-            oldest first; their scores are this site's own, never another site's.
+        window: ``(seq, score)`` or ``(seq, score, elapsed_s)`` of this site's earlier clean
+            verdicts on the volume in the slow window (after the last snapshot a person confirmed
+            clean, or after the state ``carried`` ends), oldest first; their scores are this
+            site's own, never another site's. ``elapsed_s``: seconds since the snapshot before
+            (default one day).
         confirmed: this site's scores of confirmed history (the baseline learns only there).
         policy: the effective detection policy (:data:`POLICY_DEFAULTS` keys).
+        conserve_window: the same for the conservation signal (``(seq, conserved_counted)``:
+            :attr:`SnapshotSignals.conserved_counted`).
+        carried: ``{window: Cusum}`` to start from (the daemon carries each snapshot's state to
+            the next, :attr:`RelativeVerdict.slow`); missing windows start at zero.
+        elapsed_s: seconds since the snapshot before this one (the slack it earns, at most
+            :data:`DAY_S`).
 
     Returns:
-        a :class:`RelativeVerdict`.
+        a :class:`RelativeVerdict`. Raises ValueError on a malformed window item.
     """
     policy = with_defaults(policy)
     encrypted = policy["mode"] == "encrypted"
@@ -1822,22 +1906,40 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple[in
     if encrypted and signals.changed_blocks / signals.data_blocks > float(policy["change_max"]):
         reasons.append(f"{signals.changed_blocks / signals.data_blocks:.1%} of the volume's data changed in one "
                        f"snapshot, above change_max {float(policy['change_max']):.1%}")
+    # the slow windows: one-sided CUSUMs (Cusum) from the last confirmed snapshot; the level is
+    # the baseline plus slow_slack per day since the snapshot before (at most a day's worth per
+    # snapshot); encrypted mode's cold rate keeps its own slack, COLD_RATE_SLACK of the learned
+    # rate per snapshot (measured on its benign series: tests/unit/core/test_anomaly_relative.py)
+    slack = float(policy["slow_slack"])
     level = baseline * (1.0 + COLD_RATE_SLACK) if encrypted else baseline
-    excess = [(s, x - level) for s, x in window] + [(seq, score - level)]
-    if encrypted:
-        # a one-sided CUSUM of the signed deviation (COLD_RATE_SLACK): benign snapshots below the
-        # learned rate offset those above it, a steady excess accumulates; the drift began
-        # where the sum last left zero (Page's change-point estimate)
-        cumulative, first = 0.0, None
-        for s, e in excess:
-            cumulative = max(0.0, cumulative + e)
-            first = None if cumulative == 0.0 else (first if first is not None else s)
-    else:
-        cumulative = sum(max(0.0, e) for _, e in excess)
-        first = next((s for s, e in excess if e > NOISE_FLOOR), None)
-    if cumulative > float(policy["cumulative_max"]) and not reasons:
-        reasons.append(f"slow drift (relative score): {cumulative:.1%} {what} over {len(excess)} snapshots since the last confirmed "
-                       f"one, above cumulative_max {float(policy['cumulative_max']):.1%}; it began at #{first}")
+    carried = carried or {}
+    slow: dict[str, Cusum] = {}
+    for name, items, now, base_level, per_day in (
+            ("relative", window, score, level, 0.0 if encrypted else slack),
+            ("conservation", conserve_window, signals.conserved_counted, 0.0, slack)):
+        state = carried.get(name) or Cusum()
+        for s, x, dt in _window_items(items) + [(seq, now, float(elapsed_s))]:
+            state = state.step(s, x, base_level + per_day * min(max(0.0, dt), DAY_S) / DAY_S)
+        slow[name] = state
+    cumulative = slow["relative"].total
+    flagged: list[str] = []
+    if cumulative > float(policy["cumulative_max"]):
+        flagged.append("relative")
+        if not reasons:
+            reasons.append(f"slow drift (relative score; slow window: one-sided CUSUM since the last confirmed snapshot): "
+                           f"{cumulative:.1%} {what} in excess of the level {level:.2%}"
+                           f"{'' if encrypted else f' + slow_slack {slack:.2%}/day'} over {slow['relative'].snapshots} snapshots, above cumulative_max "
+                           f"{float(policy['cumulative_max']):.1%}; it began at #{slow['relative'].began}")
+    conserved_sum = slow["conservation"]
+    per_snapshot_conserved = signals.conserved_counted > float(policy["conserve_max"])
+    if conserved_sum.total > float(policy["conserve_max"]):
+        flagged.append("conservation")
+        if not per_snapshot_conserved:
+            reasons.append(f"slow drift (conservation; slow window: one-sided CUSUM since the last confirmed snapshot): "
+                           f"{conserved_sum.total:.1%} of the data moved from structure that became zeros to random "
+                           f"bytes where there were zeros, in excess of slow_slack {slack:.2%}/day over "
+                           f"{conserved_sum.snapshots} snapshots, above conserve_max "
+                           f"{float(policy['conserve_max']):.1%}; it began at #{conserved_sum.began}")
     if not encrypted:
         lost = sum(signals.magic_destroyed.values())
         if lost >= int(policy["magic_min"]):
@@ -1850,8 +1952,7 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple[in
                        f"wipe_max {float(policy['wipe_max']):.1%}")
     if signals.shrunk_bytes > 0:
         reasons.append(f"the volume shrank by {signals.shrunk_bytes} bytes")
-    if signals.conserved > float(policy["conserve_max"]) \
-            and signals.random_filled >= CONSERVE_RATIO_MIN * signals.structure_freed:
+    if per_snapshot_conserved:
         reasons.append(f"conservation: {signals.structure_freed / signals.data_blocks:.1%} of the data was structured "
                        f"and became zeros while {signals.random_filled / signals.data_blocks:.1%} was written as random "
                        f"bytes where there were zeros (conserved {signals.conserved:.1%}, above conserve_max "
@@ -1866,7 +1967,7 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple[in
         reasons.append(f"ransom_note: {signals.ransom_notes} changed block(s) read like a ransom note (blocks "
                        f"{where}{', ...' if signals.ransom_notes > 4 else ''})")
     if not reasons:
-        return RelativeVerdict(VERDICT_CLEAN, score, baseline, cumulative, None, ())
-    if first is None:  # the restore point is the snapshot before the drift began, if one did
-        first = seq
-    return RelativeVerdict(VERDICT_SUSPECT, score, baseline, cumulative, first, tuple(reasons))
+        return RelativeVerdict(VERDICT_CLEAN, score, baseline, cumulative, None, (), slow, tuple(flagged))
+    # the restore point is the snapshot before the drift began, if one did
+    first = min((c.began for c in slow.values() if c.began is not None), default=seq)
+    return RelativeVerdict(VERDICT_SUSPECT, score, baseline, cumulative, first, tuple(reasons), slow, tuple(flagged))

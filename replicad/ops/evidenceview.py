@@ -118,6 +118,17 @@ def evidence_lines(e: Mapping[str, Any]) -> list[str]:
         marks.append(f"restore point #{here['restore_seq']}")
     if marks:
         lines.append("  " + "; ".join(marks))
+    slow = here.get("slow")
+    if isinstance(slow, Mapping):
+        for name in ("relative", "conservation"):
+            w = slow.get(name)
+            if not isinstance(w, Mapping):
+                continue
+            began = w.get("began")
+            lines.append(f"  slow window {name} (since confirmed #{slow.get('anchor')}): {percent(w.get('total', 0))} "
+                         f"of max {percent(w.get('max', 0))}"
+                         + ("" if began is None else f", began at #{began} ({w.get('snapshots')} snapshots)")
+                         + (", FLAGGED" if w.get("flagged") else ""))
     reasons = here.get("reasons") or []
     if reasons:
         lines.append("  reasons:")

@@ -170,13 +170,20 @@ class Detection:
             evidence_blocks: list[dict] = []
             notes: list[dict] = []
             renamed = None
+            slow = None
         else:
             base = await self.fetch(volume, base_seq, vs)
             # the cold reference is a store lookup and a manifest load: in the worker thread too
             signals = await asyncio.to_thread(
                 lambda: self._signals(m, base, self._cold_reference(vs, seq, policy), policy))
-            window, confirmed = self._history(volume, seq, vs, policy)
-            verdict = anomaly.judge_relative(seq, signals, window, confirmed, policy)
+            carried, window, conserve, elapsed_s, confirmed, anchor = await asyncio.to_thread(
+                self._history, volume, seq, vs)  # evidence files: off the loop
+            verdict = anomaly.judge_relative(seq, signals, window, confirmed, policy, conserve_window=conserve,
+                                             carried=carried, elapsed_s=elapsed_s)
+            slow = {"anchor": anchor, **{w: {**verdict.slow[w].doc(), "flagged": w in verdict.flagged,
+                                             "max": float(policy["cumulative_max" if w == "relative" else
+                                                                  "conserve_max"])}
+                                         for w in anomaly.SLOW_WINDOWS}}
             reasons = list(verdict.reasons)
             evidence_blocks = [_block_doc(i, f) for i, f in signals.evidence]
             notes = [{"index": i, "patterns": list(p)} for i, p in signals.ransom_note_evidence]
@@ -191,7 +198,7 @@ class Detection:
                "cumulative": verdict.cumulative, "first_suspect_seq": verdict.first_suspect_seq,
                "restore_seq": self._restore_point(vs, verdict.first_suspect_seq),
                "reasons": reasons, "signals": signals.summary(), "blocks": evidence_blocks,
-               "ransom_notes": notes, "renamed": renamed, "policy": policy,
+               "ransom_notes": notes, "renamed": renamed, "policy": policy, "slow": slow,
                "cpu_s": cpu_s, "judged_at_ns": time.time_ns()}
         await asyncio.to_thread(self._write, volume, seq, doc)
         self._own[(volume, seq, snap["root"])] = own
@@ -218,32 +225,79 @@ class Detection:
         return max((s for s, snap in vs["snapshots"].items() if s < first and snap["verdict"] == "clean"),
                    default=None)
 
-    def _history(self, volume: str, seq: int, vs: dict, policy: dict) -> tuple[list[tuple[int, float]], list[float]]:
-        """This site's own scores: the slow window (its *clean* verdicts after the newest confirmed
-        snapshot, within ``window_s`` of this one) and the confirmed history (up to that snapshot)."""
+    def _history(self, volume: str, seq: int, vs: dict) -> tuple[dict, list, list, float, list[float], int | None]:
+        """This site's own history for the slow windows (:func:`anomaly.judge_relative`).
+
+        The windows run from the anchor, the newest snapshot before ``seq`` a person confirmed
+        clean (else the volume's first), without a time cut. The state after the newest later
+        snapshot this site judged clean is carried from its evidence file (``slow``) when that
+        file was written against the same anchor; otherwise (a confirmation since, an evidence
+        file lost or from an older version) the windows are recomputed from this site's clean
+        opinions after the anchor that Raft still holds (scores) and their evidence files
+        (conservation; 0 where a file is missing). Snapshots this site judged suspect are left
+        out: their changes are in every later diff against the clean base.
+
+        Returns ``(carried, window, conserve_window, elapsed_s, confirmed, anchor)``: the
+        :class:`anomaly.Cusum` states to start from, the ``(seq, value, elapsed_s)`` items to
+        fold after them, the seconds since the snapshot before ``seq`` in the window, this
+        site's scores of confirmed history (the baseline learns only there) and the anchor."""
         snaps = vs["snapshots"]
         anchor = max((s for s, snap in snaps.items() if s < seq and snap.get("confirmed")), default=None)
         if anchor is None:  # the volume's first snapshot is the data the signal is measured against
             anchor = min(snaps) if snaps else None
-        since_ns = snaps[seq]["created_at_ns"] - int(policy["window_s"]) * 1_000_000_000
-        window: list[tuple[int, float]] = []
         confirmed: list[float] = []
+        clean_after: list[int] = []
         for s in sorted(snaps):
             if s >= seq:
                 break
             mine = (snaps[s].get("opinions") or {}).get(self.site_id)
             if mine is None:
                 continue
-            score = mine["score_ppm"] / PPM
             if anchor is not None and s <= anchor:
                 if snaps[s].get("confirmed"):
-                    confirmed.append(score)
-            elif snaps[s]["created_at_ns"] >= since_ns and mine["verdict"] == "clean":
-                # a snapshot judged suspect was flagged already, and its changes are in every later
-                # diff against the clean base (or on an abandoned line): summing it again would flag
-                # the new line a takeover starts from the last clean snapshot
-                window.append((s, score))
-        return window, confirmed[-HISTORY_MAX:]
+                    confirmed.append(mine["score_ppm"] / PPM)
+            elif mine["verdict"] == "clean":
+                clean_after.append(s)
+        confirmed = confirmed[-HISTORY_MAX:]
+
+        def elapsed(s: int, before: int | None) -> float:
+            if before is None or before not in snaps:
+                return float(anomaly.DAY_S)
+            return max(0.0, (snaps[s]["created_at_ns"] - snaps[before]["created_at_ns"]) / 1e9)
+
+        prev = clean_after[-1] if clean_after else None
+        now_elapsed = elapsed(seq, prev if prev is not None else anchor)
+        if prev is None:
+            return {}, [], [], now_elapsed, confirmed, anchor
+        doc = self._read_evidence(volume, prev)
+        slow = doc.get("slow") if doc is not None and doc.get("root") == snaps[prev]["root"].hex() else None
+        if isinstance(slow, dict) and slow.get("anchor") == anchor:
+            try:
+                carried = {w: anomaly.Cusum.from_doc(slow.get(w)) for w in anomaly.SLOW_WINDOWS}
+                return carried, [], [], now_elapsed, confirmed, anchor
+            except ValueError as err:
+                log.warning("volume %s: the slow-window state in this site's evidence on #%d is unreadable (%s); "
+                            "recomputing it from the opinions since #%s", volume, prev, err, anchor)
+        window: list[tuple[int, float, float]] = []
+        conserve: list[tuple[int, float, float]] = []
+        before = anchor
+        for s in clean_after:
+            dt = elapsed(s, before)
+            window.append((s, snaps[s]["opinions"][self.site_id]["score_ppm"] / PPM, dt))
+            sdoc = doc if s == prev else self._read_evidence(volume, s)
+            sig = (sdoc or {}).get("signals") or {}
+            counted = sig.get("conserved_counted", 0.0)
+            conserve.append((s, float(counted) if isinstance(counted, (int, float)) else 0.0, dt))
+            before = s
+        return {}, window, conserve, now_elapsed, confirmed, anchor
+
+    def _read_evidence(self, volume: str, seq: int) -> dict | None:
+        """This site's evidence file on ``volume#seq``, None when missing or unreadable."""
+        try:
+            doc = json.loads((self.dir / volume / f"{seq}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
 
     def _cold_reference(self, vs: dict, seq: int, policy: dict) -> Manifest | None:
         """The newest snapshot held here taken at least ``cold_age_s`` before ``seq``: a block

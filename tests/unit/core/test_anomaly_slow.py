@@ -1,0 +1,246 @@
+"""The slow windows (issue 14, "slow" and "adaptive"): one-sided CUSUMs from the last snapshot a
+person confirmed clean, without a time cut, of the relative score and of the conservation
+signal (:class:`replicad.core.anomaly.Cusum`, :func:`~replicad.core.anomaly.judge_relative`),
+and the daemon's carrying of their state from one snapshot to the next
+(:meth:`replicad.site.detection.Detection._history`). The conservation series run on real ext4
+images changed by ``debugfs -w`` (as tests/unit/core/test_anomaly_conservation.py)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import shutil
+import types
+from pathlib import Path
+
+import pytest
+
+from replicad.core.anomaly import (DAY_S, POLICY_DEFAULTS, Cusum, SnapshotSignals, judge_relative, policy_problems,
+                                   stricter, weakened_keys)
+from replicad.core.state import PPM
+from replicad.site.detection import Detection
+from tests.unit.core.test_anomaly_conservation import _blocks_of, _discard, _image
+from tests.unit.core.test_anomaly_rename import debugfs, signals_between
+
+P = dict(POLICY_DEFAULTS)
+
+
+def _turned(share: float, data_blocks: int = 100_000) -> SnapshotSignals:
+    s = SnapshotSignals(data_blocks=data_blocks)
+    s.turned_random = s.changed_blocks = round(share * data_blocks)
+    return s
+
+
+def _series(scores: list[float], confirmed: list[float] = (), elapsed_s: float = DAY_S,
+            policy: dict | None = None) -> tuple[int | None, object]:
+    """Judge one snapshot per score, carrying the slow windows' state as the daemon does; the
+    1-based index of the first suspect one (None) and its verdict (or the last one's)."""
+    carried: dict = {}
+    v = None
+    for i, share in enumerate(scores, start=1):
+        v = judge_relative(i + 1, _turned(share), [], list(confirmed), policy or P, carried=carried,
+                           elapsed_s=elapsed_s)
+        if v.verdict == "suspect":
+            return i, v
+        carried = v.slow
+    return None, v
+
+
+def test_the_attacker_under_the_old_seven_day_window_is_caught_before_five_percent() -> None:
+    """95 % of cumulative_max per window_s (2.85 % per 7 days, one snapshot a day): the old window
+    never summed more than 2.85 %, 5.3 % was encrypted after 14 days. From the last confirmed
+    snapshot without a cut, the excess over slow_slack (0.1 %/day) adds up: flagged on day 10,
+    4.1 % encrypted, naming day 1 as where it began."""
+    daily = 0.95 * P["cumulative_max"] / 7
+    first, v = _series([daily] * 60)
+    assert first == 10 and first * daily < 0.05, first
+    assert v.first_suspect_seq == 2 and v.flagged == ("relative",), v
+    assert v.reasons[0].startswith("slow drift (relative score; slow window") and "began at #2" in v.reasons[0]
+    # snapshots every 15 minutes do not multiply the allowance: the slack is per day
+    first, _ = _series([daily / 96] * 96 * 20, elapsed_s=900)
+    assert first is not None and first * daily / 96 < 0.05, first
+
+
+def test_the_learned_baseline_cannot_ratchet() -> None:
+    """The window's own scores never feed the baseline; confirmed history does, capped at
+    baseline_cap (0.5 %): an attacker at 1.9 % per snapshot (under min_score) is caught on the
+    second snapshot even after a busy confirmed history."""
+    first, v = _series([0.019] * 20, confirmed=[0.03] * 10)
+    assert v.baseline == P["baseline_cap"] and first == 3, (first, v)
+    first, _ = _series([0.004] * 400, confirmed=[0.004] * 10)  # a busy volume at its learned rate
+    assert first is None
+
+
+def test_months_of_benign_churn_without_a_confirmation_stay_clean() -> None:
+    """400 daily snapshots, nobody confirming any: most change nothing that turns random, some
+    import compressed data into reused blocks (the benchmark's benign rows: PNG import 0.12 %,
+    VACUUM FULL 0.45 %, a package upgrade 1.4 % once a month). Clean throughout: spikes decay by
+    the slack, nothing ratchets; the same churn at 15-minute snapshots too."""
+    r = random.Random(11)
+
+    def day(i: int) -> float:
+        if i % 30 == 29:
+            return r.uniform(0.010, 0.014)  # package upgrade
+        x = r.random()
+        return 0.0 if x < 0.7 else r.uniform(0, 0.0015) if x < 0.92 else r.uniform(0.001, 0.0045)
+
+    scores = [day(i) for i in range(400)]
+    first, v = _series(scores)
+    assert first is None and v.cumulative < P["cumulative_max"], (first, v)
+    fine = [0.0] * (96 * 400)
+    for i, x in enumerate(scores):
+        fine[96 * i + r.randrange(96)] = x
+    first, v = _series(fine[: 96 * 120], elapsed_s=900)
+    assert first is None, first
+
+
+def test_cusum_state_and_slow_slack_policy() -> None:
+    c = Cusum().step(5, 0.02, 0.001).step(6, 0.0, 0.001)
+    assert c.began == 5 and c.snapshots == 2 and abs(c.total - 0.018) < 1e-12
+    assert Cusum.from_doc(c.doc()) == c and Cusum().step(1, 0.0, 0.001) == Cusum()
+    for bad in (None, {"total": -1}, {"total": 0.1, "began": None}, {"total": 0.0, "began": 3},
+                {"total": True, "began": 1}, {"total": 0.1, "began": 2, "snapshots": -1}):
+        with pytest.raises(ValueError):
+            Cusum.from_doc(bad)
+    assert weakened_keys(P, {**P, "slow_slack": 0.01}) == ["slow_slack"]
+    assert weakened_keys(P, {**P, "slow_slack": 0.0}) == []
+    assert stricter(P, {"slow_slack": 0.5})["slow_slack"] == P["slow_slack"]
+    assert policy_problems({**P, "slow_slack": 2}) == ["slow_slack must be a number in [0, 1]"]
+    old = {k: v for k, v in P.items() if k != "slow_slack"}  # recorded before the key existed
+    assert policy_problems(old) == [] and weakened_keys(old, P) == []
+    with pytest.raises(ValueError):
+        judge_relative(2, _turned(0.0), [(1,)], [], P)
+
+
+# ------------------------------------------------------------------------- conservation, ext4
+needs_e2fs = pytest.mark.skipif(shutil.which("mkfs.ext4") is None or shutil.which("debugfs") is None,
+                                reason="e2fsprogs (mkfs.ext4, debugfs) not installed")
+
+
+def _doc(r: random.Random) -> bytes:
+    return b"".join(b"%s %d\n" % (r.choice((b"patient ward dose", b"the referral letter", b"blood pressure")),
+                                  r.randint(0, 9999)) for _ in range(4000))[:65536]
+
+
+def _step(tmp: Path, img: Path, cmds: list[str], freed_names: list[str], after: list[str] = ()) -> SnapshotSignals:
+    """One snapshot's change: ``cmds`` (they unlink ``freed_names``), the freed blocks discarded
+    (``mount -o discard`` on a loop or thin device), then ``after``; its signals."""
+    before = img.read_bytes()
+    freed = _blocks_of(img, freed_names)
+    debugfs(img, cmds, tmp)
+    _discard(img, freed)
+    if after:
+        debugfs(img, list(after), tmp)
+    return signals_between(before, img.read_bytes())
+
+
+@needs_e2fs
+def test_copy_encrypt_delete_as_gz_spread_under_conserve_max_is_caught_by_its_slow_window(tmp_path: Path) -> None:
+    """The adaptive copy-encrypt-delete: per daily snapshot 3 of 120 documents (~2.2 % of the
+    data, under conserve_max 3 %) copied as AES-like ciphertext framed as level-0 gzip, named
+    ``.gz``, into never-used space, the originals unlinked and discarded. No per-snapshot signal
+    fires; the conservation window flags the second snapshot (~4.4 % encrypted) and names the
+    first."""
+    r = random.Random(5)
+    names = [f"befund_{i:04}.txt" for i in range(120)]
+    img = _image(tmp_path, {n: _doc(r) for n in names})
+    carried: dict = {}
+    for day in range(1, 5):
+        batch = names[3 * (day - 1): 3 * day]
+        cmds = []
+        for i, n in enumerate(batch):
+            host = tmp_path / f"c{day}-{i}"
+            host.write_bytes(gzip.compress(random.Random(day * 100 + i).randbytes(65536), compresslevel=0))
+            cmds.append(f"write {host} {n}.gz")
+        cmds += [f"rm {n}" for n in batch]
+        sig = _step(tmp_path, img, cmds, batch)
+        v = judge_relative(day + 1, sig, [], [], P, carried=carried)
+        assert sig.conserved_counted < P["conserve_max"] and sig.turned_random == 0, sig.summary()
+        if v.verdict == "suspect":
+            break
+        carried = v.slow
+    assert day == 2 and v.flagged == ("conservation",), (day, v)
+    assert v.first_suspect_seq == 2 and v.reasons[0].startswith("slow drift (conservation"), v.reasons
+
+
+@needs_e2fs
+def test_daily_log_rotation_with_gzip_stays_clean_over_a_long_series(tmp_path: Path) -> None:
+    """Benign: every day yesterday's log (~7 % of the data) is gzipped (a tenth of its size,
+    random content), the day's new log written, the old log and the oldest ``.gz`` deleted
+    (discard). 24 days: the conservation window never leaves zero (compression writes far less
+    than it frees: conserved_counted is 0)."""
+    r = random.Random(9)
+
+    def log_text() -> bytes:
+        return b"".join(b"2026-12-%02d ward=%d pump=%d rate=%d ok\n" % (r.randint(1, 28), r.randint(1, 40),
+                                                                         r.randint(1, 99), r.randint(0, 999))
+                        for _ in range(22000))[:8 * 65536]
+
+    files = {f"doc_{i:03}.txt": _doc(r) for i in range(90)}
+    files["app-0.log"] = log_text()
+    img = _image(tmp_path, files)
+    carried: dict = {}
+    for day in range(1, 13):
+        host_gz, host_log = tmp_path / f"g{day}", tmp_path / f"l{day}"
+        host_gz.write_bytes(gzip.compress(files[f"app-{day - 1}.log"]))
+        files[f"app-{day}.log"] = log_text()
+        host_log.write_bytes(files[f"app-{day}.log"])
+        # logrotate with dateext: the day's new log, yesterday's gzipped, then it and the
+        # oldest .gz unlinked
+        cmds = [f"write {host_log} app-{day}.log", f"write {host_gz} app-{day - 1}.log.gz", f"rm app-{day - 1}.log"]
+        freed = [f"app-{day - 1}.log"]
+        if day > 5:
+            cmds.append(f"rm app-{day - 6}.log.gz")
+            freed.append(f"app-{day - 6}.log.gz")
+        sig = _step(tmp_path, img, cmds, freed)
+        v = judge_relative(day + 1, sig, [], [], P, carried=carried)
+        assert v.verdict == "clean", (day, v.reasons, sig.summary())
+        assert v.slow["conservation"].total == 0.0, (day, sig.summary())
+        assert sig.structure_freed > 5 and sig.random_filled > 0.4, sig.summary()  # it did free and fill
+        carried = v.slow
+
+
+# ------------------------------------------------------------------------- the daemon's carrying
+def _vs(n: int, confirmed: int | None = None) -> dict:
+    return {"snapshots": {s: {"root": bytes([s]) * 32, "created_at_ns": s * DAY_S * 10**9, "verdict": "clean",
+                              "confirmed": s == confirmed, "opinions": {}} for s in range(1, n + 1)}}
+
+
+def test_the_daemon_carries_the_windows_and_recomputes_after_a_confirmation(tmp_path: Path) -> None:
+    """Detection._history: the state of the newest snapshot this site judged clean comes from its
+    evidence file while the anchor (last confirmed snapshot) is the same; after a new
+    confirmation, or with the file gone, the windows are recomputed from the opinions and
+    evidence files after the anchor; suspect opinions are left out."""
+    det = Detection(types.SimpleNamespace(site_id="a"), None, None, tmp_path, lambda v: {}, None)  # type: ignore[arg-type]
+    vs = _vs(6)
+    d = tmp_path / "detection" / "v"
+    d.mkdir(parents=True)
+    carried: dict = {}
+    for seq, share in ((2, 0.012), (3, 0.0), (4, 0.5), (5, 0.012)):
+        got, window, conserve, elapsed_s, confirmed, anchor = det._history("v", seq, vs)
+        assert anchor == 1 and confirmed == [] and elapsed_s == DAY_S * (2 if seq == 5 else 1)
+        sig = _turned(share)
+        v = judge_relative(seq, sig, window, confirmed, P, conserve_window=conserve, carried=got,
+                           elapsed_s=elapsed_s)
+        if seq != 4:
+            assert got == carried and window == [], seq  # carried from the previous file
+        vs["snapshots"][seq]["opinions"]["a"] = {"verdict": v.verdict, "score_ppm": round(v.score * PPM)}
+        doc = {"root": vs["snapshots"][seq]["root"].hex(), "signals": sig.summary(),
+               "slow": {"anchor": anchor, **{w: c.doc() for w, c in v.slow.items()}}}
+        (d / f"{seq}.json").write_text(json.dumps(doc))
+        if v.verdict == "clean":
+            carried = v.slow
+    assert vs["snapshots"][4]["opinions"]["a"]["verdict"] == "suspect"
+    got, _, _, _, _, _ = det._history("v", 6, vs)
+    assert abs(got["relative"].total - (0.012 - 0.001 + 0.012 - 0.002)) < 1e-6 and got["relative"].began == 2
+    # the evidence of #5 lost: recomputed from Raft's opinions (the same sum)
+    (d / "5.json").unlink()
+    got, window, _, elapsed_s, _, _ = det._history("v", 6, vs)
+    assert got == {} and [s for s, _, _ in window] == [2, 3, 5] and elapsed_s == DAY_S
+    v = judge_relative(6, _turned(0.0), window, [], P, carried=got, elapsed_s=elapsed_s)
+    assert abs(v.cumulative - (0.012 - 0.001 + 0.012 - 0.002 - 0.001)) < 1e-6
+    # a person confirms #3: the windows start after it, the baseline learns #3's score only
+    vs["snapshots"][3]["confirmed"] = True
+    got, window, _, _, confirmed, anchor = det._history("v", 6, vs)
+    assert anchor == 3 and got == {} and [s for s, _, _ in window] == [5] and confirmed == [0.0]
