@@ -16,6 +16,7 @@ command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)          # snapshot ex
 command -v nbdinfo >/dev/null 2>&1 || need+=(libnbd-bin)           # snapshot export tests (nbdinfo)
 command -v nbdfuse >/dev/null 2>&1 || need+=(nbdfuse fuse3)        # replicad mount/files/diff (the export as a file)
 command -v qemu-storage-daemon >/dev/null 2>&1 || need+=(qemu-system-common)  # qemu snapshot source (QSD) and its tests
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)     # qemu source against a running VM (its test)
 [ -e /usr/lib/python3/dist-packages/nbd.py ] || need+=(python3-libnbd)            # qemu source: libnbd's Python binding
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql postgresql-contrib)  # PostgreSQL crash-consistency test and bench rows
 if [ ${#need[@]} -gt 0 ]; then
