@@ -5,7 +5,15 @@ an ext4 file system (``mkfs.ext4``, loop-mounted in turn) holding a PostgreSQL d
 (``initdb --data-checksums``). While ``pgbench`` runs and a ``CHECKPOINT`` is asked for every
 ``checkpoint_every_s``, snapshots of the image are taken in-process by replicad's own snapshot
 sources (:func:`replicad.sources.kinds.make_source`: ``reflink``, ``file``), no freeze hook,
-each into its own chunk store and committed (the next one is incremental). Then each snapshot
+each into its own chunk store and committed (the next one is incremental).
+
+With the ``qemu`` source the image is a qcow2 disk (on the same XFS) served by a
+``qemu-storage-daemon`` (QSD) started here (:func:`qsd_disk`), as a VM's disk would be: the ext4
+is made on, and loop-mounted from, QSD's writable FUSE export of the qcow2 node, so every write
+and flush of PostgreSQL and ext4 goes through QSD's block layer, where the source's persistent
+dirty bitmap and copy-before-write fleecing see it; the source talks to QSD's QMP socket and
+starts QSD's NBD server in its own state dir. The qemu source runs alone in its load (the
+other sources read a raw image, not this disk). Then each snapshot
 of a sample is restored into a fresh image (``storage.image.apply_snapshot`` +
 ``verify_image``: O5), that image loop-mounted, PostgreSQL started on it (crash recovery) and
 judged (:class:`Verdict`): it starts; ``pg_amcheck --heapallindexed`` passes; the pgbench
@@ -13,16 +21,19 @@ invariant holds (every pgbench transaction adds the same ``delta`` to one accoun
 one branch and inserts it into the history, so ``sum(abalance) = sum(tbalance) = sum(bbalance)
 = sum(delta)``); after a clean stop ``pg_checksums --check`` passes.
 
-Used by ``tests/integration/test_postgres_snapshots.py`` (CI: few snapshots, ``reflink`` must
-give all good) and ``tests/bench/bench.py`` (``--pg-snapshots``: more, both sources side by
-side, counted, not asserted).
+Used by ``tests/integration/test_postgres_snapshots.py`` (CI: few snapshots, ``reflink`` and
+``qemu`` must give all good) and ``tests/bench/bench.py`` (``--pg-snapshots``: more, the
+sources side by side, counted, not asserted).
 
 Needs root (mounts, loop devices), PostgreSQL's server binaries (Debian ``postgresql``,
 installed by ``scripts/setup.sh``; found under ``/usr/lib/postgresql/*/bin``), ``mkfs.ext4`` and
-``mkfs.xfs``. PostgreSQL refuses to run as root: its commands run as the ``postgres`` system user
+``mkfs.xfs``; for ``qemu`` also ``qemu-storage-daemon``, ``qemu-img``, ``fusermount3``,
+``/dev/fuse`` and the Python modules ``nbd`` (python3-libnbd) and ``qemu.qmp``
+(:func:`require_qemu`). PostgreSQL refuses to run as root: its commands run as the ``postgres`` system user
 (created by the Debian package; created here with ``useradd --system`` if absent). Every process
 started is stopped by its PID, every mount unmounted and every loop device detached by its own
-path, on failure too; every command is bounded in time.
+path, on failure too (QSD by its PID, then every FUSE mount left under the work directory);
+every command is bounded in time.
 """
 
 from __future__ import annotations
@@ -54,6 +65,9 @@ PG_USER = "postgres"
 DB = "bench"
 CMD_TIMEOUT_S = 120
 BLOCK_BYTES = 65536
+QSD_NODE = "disk"
+"""node-name of the qcow2 format node QSD serves (the qemu source's ``node``)."""
+QSD_START_TIMEOUT_S = 30.0
 
 
 class PgUnavailable(RuntimeError):
@@ -148,6 +162,104 @@ def xfs(workdir: Path, size_bytes: int) -> Iterator[Path]:
             image.unlink()
 
 
+def require_qemu() -> None:
+    """Check what :func:`qsd_disk` and the ``qemu`` source need (module docstring). Raises
+    PgUnavailable naming what is missing."""
+    for tool in ("qemu-storage-daemon", "qemu-img", "fusermount3"):
+        if shutil.which(tool) is None:
+            raise PgUnavailable(f"{tool} is not installed (Debian qemu-system-common, qemu-utils, fuse3: "
+                                "scripts/setup.sh)")
+    if not Path("/dev/fuse").exists():
+        raise PgUnavailable("/dev/fuse is missing (QSD's FUSE export needs it)")
+    for module, package in (("nbd", "python3-libnbd"), ("qemu.qmp", "qemu.qmp")):
+        try:
+            __import__(module)
+        except ImportError:
+            raise PgUnavailable(f"Python module {module} is missing ({package}: scripts/setup.sh)") from None
+
+
+@dataclass
+class QemuDisk:
+    """A qcow2 disk served by a running qemu-storage-daemon: ``image`` (the qcow2 file), ``node``
+    (its format node's name), ``qmp`` (QSD's QMP unix socket), ``guest`` (QSD's writable FUSE
+    export of ``node``: a regular file of ``size_bytes`` bytes whose reads and writes are the
+    disk's), ``pid`` (QSD's), ``log`` (its output)."""
+
+    image: Path
+    node: str
+    qmp: Path
+    guest: Path
+    size_bytes: int
+    pid: int
+    log: Path
+
+
+def _fuse_mounts_under(root: Path) -> list[str]:
+    """Mount points of FUSE file systems at or under ``root`` (``/proc/self/mountinfo``), deepest first."""
+    real = os.path.realpath(root)
+    out = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text(errors="replace").splitlines():
+            pre, _, post = line.partition(" - ")
+            fields = pre.split()
+            if len(fields) > 4 and post.startswith("fuse"):
+                point = fields[4].replace("\\040", " ")
+                if point == real or point.startswith(real + "/"):
+                    out.append(point)
+    return sorted(out, key=len, reverse=True)
+
+
+@contextlib.contextmanager
+def qsd_disk(image: Path, size_bytes: int, rundir: Path, *, sweep: Path | None = None) -> Iterator[QemuDisk]:
+    """A fresh qcow2 ``image`` of ``size_bytes`` served by a ``qemu-storage-daemon`` started here
+    (sockets, FUSE mount point and log in ``rundir``, created): node ``QSD_NODE`` exported
+    writable over FUSE on ``rundir/guest.img``, QMP on ``rundir/qmp.sock``, no NBD server (the
+    qemu source starts its own). Yields the :class:`QemuDisk` once QSD answers and the export is
+    mounted (bounded: QSD_START_TIMEOUT_S).
+
+    On exit: SIGTERM to QSD's PID (a clean stop writes the persistent bitmaps back), SIGKILL
+    after 30 s; then every FUSE mount left at or under ``sweep`` (default ``rundir``: e.g. a
+    fleecing view of a QSD that died) is lazily unmounted. The qcow2 stays.
+
+    Raises:
+        PgUnavailable: QSD cannot be started here (a tool missing, QSD exits, or it does not
+            answer in time; the message holds its log's tail).
+        RuntimeError: ``qemu-img create`` failed.
+    """
+    require_qemu()
+    rundir.mkdir(parents=True, exist_ok=True)
+    _check(_run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), str(size_bytes)]), "qemu-img create")
+    qmp, guest, log = rundir / "qmp.sock", rundir / "guest.img", rundir / "qsd.log"
+    guest.touch()
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            ["qemu-storage-daemon",
+             "--blockdev", f"driver=file,node-name={QSD_NODE}-file,filename={image}",
+             "--blockdev", f"driver=qcow2,node-name={QSD_NODE},file={QSD_NODE}-file",
+             "--export", f"type=fuse,id=guest,node-name={QSD_NODE},mountpoint={guest},writable=on",
+             "--chardev", f"socket,path={qmp},server=on,wait=off,id=qmp0", "--monitor", "chardev=qmp0"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    try:
+        deadline = time.monotonic() + QSD_START_TIMEOUT_S
+        while not (qmp.exists() and guest.stat().st_size == size_bytes):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise PgUnavailable(f"qemu-storage-daemon did not start (exit {proc.poll()}): "
+                                    f"{log.read_text(errors='replace').strip()[-600:]}")
+            time.sleep(0.02)
+        yield QemuDisk(image=image, node=QSD_NODE, qmp=qmp, guest=guest, size_bytes=size_bytes, pid=proc.pid,
+                       log=log)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+        for point in _fuse_mounts_under(sweep or rundir):
+            _run(["fusermount3", "-u", "-z", point], timeout_s=30)
+
+
 class Postgres:
     """A PostgreSQL server on the data directory ``data`` (owned by the ``postgres`` user),
     listening on a unix socket in ``sockdir`` only, port ``port``; started with ``pg_ctl -w``
@@ -221,12 +333,14 @@ class Verdict:
 @dataclass
 class Campaign:
     """Snapshots taken under load: per source name, its store, its manifests in order, the
-    seconds each snapshot took; ``transactions`` committed by pgbench in ``load_s`` seconds;
-    ``checkpoints``: CHECKPOINTs that ran meanwhile."""
+    seconds each snapshot took, each one's mode (``full``, ``tracked``, ``rescan``...: the
+    source's ``SourceSnapshot.mode``); ``transactions`` committed by pgbench in ``load_s``
+    seconds; ``checkpoints``: CHECKPOINTs that ran meanwhile."""
 
     stores: dict[str, ChunkStore] = field(default_factory=dict)
     manifests: dict[str, list[Manifest]] = field(default_factory=dict)
     seconds: dict[str, list[float]] = field(default_factory=dict)
+    modes: dict[str, list[str]] = field(default_factory=dict)
     transactions: int = 0
     load_s: float = 0.0
     checkpoints: int = 0
@@ -275,11 +389,15 @@ class Scenario:
         finally:
             shutil.rmtree(self.work, ignore_errors=True)
 
-    def _sources(self, kinds: tuple[str, ...]) -> dict[str, object]:
+    def _sources(self, kinds: tuple[str, ...], disk: QemuDisk | None) -> dict[str, object]:
         out = {}
         for kind in kinds:
+            source: dict[str, object] = {"kind": kind}
+            if kind == "qemu":
+                assert disk is not None
+                source.update(qmp_socket=str(disk.qmp), node=disk.node)
             cfg = VolumeConfig.model_validate({"name": "pg", "path": str(self.volume), "initial_primary": "site-a",
-                                               "block_size": BLOCK_BYTES, "source": {"kind": kind}})
+                                               "block_size": BLOCK_BYTES, "source": source})
             data_dir = self.work / f"data-{kind}"
             data_dir.mkdir()
             out[kind] = make_source(cfg, data_dir)
@@ -289,87 +407,106 @@ class Scenario:
         """Make the ext4 image on the XFS, initdb, ``pgbench -i``, then run pgbench and take
         ``n_snapshots`` rounds of snapshots (one per source kind of ``kinds``, in turn, no
         hooks) ``interval_s`` apart while it runs; stop everything (the sources' clones stay
-        on the XFS, removed with it). Returns the campaign.
+        on the XFS, removed with it). ``kinds == ("qemu",)``: the image is a qcow2 disk served
+        by a QSD started here and the ext4 is mounted from its FUSE export (module docstring);
+        QSD is stopped at the end. Call once per Scenario. Returns the campaign.
 
-        Raises RuntimeError (a PostgreSQL tool failed, pgbench ended early; the message holds
-        its output), PgUnavailable, or what a source raises."""
-        self.volume = self.xfs / "pg.img"
-        with open(self.volume, "wb") as f:
-            f.truncate(self.image_bytes)
-        _check(_run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(self.volume)]),
-               "mkfs.ext4")
+        Raises ValueError (``qemu`` with another kind), RuntimeError (a PostgreSQL tool failed,
+        pgbench ended early; the message holds its output), PgUnavailable, or what a source
+        raises."""
+        if "qemu" in kinds and len(kinds) > 1:
+            raise ValueError(f"the qemu source runs alone (its disk is a qcow2, the others read a raw image): {kinds}")
         camp = Campaign()
-        sources = self._sources(kinds)
-        for kind in kinds:
-            camp.stores[kind] = self._stack.enter_context(ChunkStore(self.work / f"store-{kind}"))
-            camp.manifests[kind], camp.seconds[kind] = [], []
-        with loop_mount(self.volume, self.work / "live") as mnt:
-            data = mnt / "pgdata"
-            data.mkdir()
-            shutil.chown(data, PG_USER, PG_USER)
-            data.chmod(0o700)
-            _check(_run([str(self.bindir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust",
-                         "--data-checksums"], as_pg=True), "initdb")
-            with open(data / "postgresql.conf", "a") as f:  # inherited by every restored copy
-                f.write("\nfsync = on\nfull_page_writes = on\nmax_wal_size = 32MB\nmin_wal_size = 32MB\n"
-                        "checkpoint_timeout = 30s\nshared_buffers = 16MB\nlog_checkpoints = on\n")
-                # durable before any snapshot: a snapshot is what a power cut leaves, and an appended
-                # line still in the page cache reads back as zeros there ("contains errors")
-                f.flush()
-                os.fsync(f.fileno())
-            pg = Postgres(self.bindir, data, self.sockdir, self.logdir / "live.log")
-            bench: subprocess.Popen | None = None
-            stop = threading.Event()
-            try:
-                _check(pg.start(), "pg_ctl start (live)")
-                pg.psql("CREATE DATABASE bench", db="postgres")
-                _check(_run([str(self.bindir / "pgbench"), "-i", "-q", "-s", str(self.scale), "-h", str(self.sockdir),
-                             "-p", str(pg.port), "-U", PG_USER, DB], as_pg=True), "pgbench -i")
-                bench = subprocess.Popen(
-                    [str(self.bindir / "pgbench"), "-n", "-c", str(self.clients), "-j", "2", "-T", "3600",
-                     "-h", str(self.sockdir), "-p", str(pg.port), "-U", PG_USER, DB],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd="/",
-                    user=PG_USER, group=pwd.getpwnam(PG_USER).pw_gid, extra_groups=[])
-                t_load = time.perf_counter()
-
-                def checkpoints() -> None:
-                    while not stop.wait(self.checkpoint_every_s):
-                        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-                            pg.psql("CHECKPOINT")
-                            camp.checkpoints += 1
-
-                ck = threading.Thread(target=checkpoints, daemon=True)
-                ck.start()
-                time.sleep(interval_s)
-                parents: dict[str, Manifest | None] = {k: None for k in kinds}
-                for seq in range(1, n_snapshots + 1):
-                    for kind, src in sources.items():
-                        if bench.poll() is not None:
-                            raise RuntimeError(f"pgbench ended early: {bench.stderr.read()[-800:]}")
-                        t0 = time.perf_counter()
-                        snap = asyncio.run(src.snapshot(volume="pg", seq=seq, epoch=1, parent=parents[kind],
-                                                        store=camp.stores[kind], now_ns=time.time_ns()))
-                        asyncio.run(src.committed(snap))
-                        camp.seconds[kind].append(time.perf_counter() - t0)
-                        parents[kind] = snap.result.manifest
-                        camp.manifests[kind].append(snap.result.manifest)
-                        time.sleep(interval_s / len(sources))
-                stop.set()
-                ck.join(CMD_TIMEOUT_S)
-                camp.transactions = int(pg.psql("SELECT count(*) FROM pgbench_history"))
-                camp.load_s = time.perf_counter() - t_load
-            finally:
-                stop.set()
-                if bench is not None:  # by its PID
-                    if bench.poll() is None:
-                        bench.terminate()
-                    try:
-                        bench.communicate(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        bench.kill()
-                        bench.communicate(timeout=30)
-                pg.stop("fast")
+        with contextlib.ExitStack() as live:
+            disk: QemuDisk | None = None
+            if kinds == ("qemu",):
+                self.volume = self.xfs / "pg.qcow2"
+                disk = live.enter_context(qsd_disk(self.volume, self.image_bytes, self.work / "qsd", sweep=self.work))
+                block = disk.guest  # every write of ext4 goes through QSD
+            else:
+                self.volume = block = self.xfs / "pg.img"
+                with open(self.volume, "wb") as f:
+                    f.truncate(self.image_bytes)
+            _check(_run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(block)]),
+                   "mkfs.ext4")
+            sources = self._sources(kinds, disk)
+            for kind in kinds:
+                camp.stores[kind] = self._stack.enter_context(ChunkStore(self.work / f"store-{kind}"))
+                camp.manifests[kind], camp.seconds[kind], camp.modes[kind] = [], [], []
+            mnt = live.enter_context(loop_mount(block, self.work / "live"))  # unmounted before QSD stops
+            self._load(camp, sources, mnt, n_snapshots, interval_s)
         return camp
+
+    def _load(self, camp: Campaign, sources: dict[str, object], mnt: Path, n_snapshots: int,
+              interval_s: float) -> None:
+        """initdb on the mounted ext4 ``mnt``, pgbench, the rounds of snapshots (run_load)."""
+        kinds = tuple(sources)
+        data = mnt / "pgdata"
+        data.mkdir()
+        shutil.chown(data, PG_USER, PG_USER)
+        data.chmod(0o700)
+        _check(_run([str(self.bindir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust",
+                     "--data-checksums"], as_pg=True), "initdb")
+        with open(data / "postgresql.conf", "a") as f:  # inherited by every restored copy
+            f.write("\nfsync = on\nfull_page_writes = on\nmax_wal_size = 32MB\nmin_wal_size = 32MB\n"
+                    "checkpoint_timeout = 30s\nshared_buffers = 16MB\nlog_checkpoints = on\n")
+            # durable before any snapshot: a snapshot is what a power cut leaves, and an appended
+            # line still in the page cache reads back as zeros there ("contains errors")
+            f.flush()
+            os.fsync(f.fileno())
+        pg = Postgres(self.bindir, data, self.sockdir, self.logdir / "live.log")
+        bench: subprocess.Popen | None = None
+        stop = threading.Event()
+        try:
+            _check(pg.start(), "pg_ctl start (live)")
+            pg.psql("CREATE DATABASE bench", db="postgres")
+            _check(_run([str(self.bindir / "pgbench"), "-i", "-q", "-s", str(self.scale), "-h", str(self.sockdir),
+                         "-p", str(pg.port), "-U", PG_USER, DB], as_pg=True), "pgbench -i")
+            bench = subprocess.Popen(
+                [str(self.bindir / "pgbench"), "-n", "-c", str(self.clients), "-j", "2", "-T", "3600",
+                 "-h", str(self.sockdir), "-p", str(pg.port), "-U", PG_USER, DB],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd="/",
+                user=PG_USER, group=pwd.getpwnam(PG_USER).pw_gid, extra_groups=[])
+            t_load = time.perf_counter()
+
+            def checkpoints() -> None:
+                while not stop.wait(self.checkpoint_every_s):
+                    with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                        pg.psql("CHECKPOINT")
+                        camp.checkpoints += 1
+
+            ck = threading.Thread(target=checkpoints, daemon=True)
+            ck.start()
+            time.sleep(interval_s)
+            parents: dict[str, Manifest | None] = {k: None for k in kinds}
+            for seq in range(1, n_snapshots + 1):
+                for kind, src in sources.items():
+                    if bench.poll() is not None:
+                        raise RuntimeError(f"pgbench ended early: {bench.stderr.read()[-800:]}")
+                    t0 = time.perf_counter()
+                    snap = asyncio.run(src.snapshot(volume="pg", seq=seq, epoch=1, parent=parents[kind],
+                                                    store=camp.stores[kind], now_ns=time.time_ns()))
+                    asyncio.run(src.committed(snap))
+                    camp.seconds[kind].append(time.perf_counter() - t0)
+                    camp.modes[kind].append(snap.mode)
+                    parents[kind] = snap.result.manifest
+                    camp.manifests[kind].append(snap.result.manifest)
+                    time.sleep(interval_s / len(sources))
+            stop.set()
+            ck.join(CMD_TIMEOUT_S)
+            camp.transactions = int(pg.psql("SELECT count(*) FROM pgbench_history"))
+            camp.load_s = time.perf_counter() - t_load
+        finally:
+            stop.set()
+            if bench is not None:  # by its PID
+                if bench.poll() is None:
+                    bench.terminate()
+                try:
+                    bench.communicate(timeout=30)
+                except subprocess.TimeoutExpired:
+                    bench.kill()
+                    bench.communicate(timeout=30)
+            pg.stop("fast")
 
     def judge(self, kind: str, index: int, manifest: Manifest, store: ChunkStore) -> Verdict:
         """Restore ``manifest`` into a fresh image (O5 checked), start PostgreSQL on it and judge it."""
@@ -426,5 +563,5 @@ def sample(n: int, k: int, rng: random.Random) -> list[int]:
     return sorted(picked)
 
 
-__all__ = ["Campaign", "PgUnavailable", "Postgres", "Scenario", "Verdict", "loop_mount", "pg_bin", "require",
-           "sample", "xfs"]
+__all__ = ["Campaign", "PgUnavailable", "Postgres", "QemuDisk", "Scenario", "Verdict", "loop_mount", "pg_bin",
+           "qsd_disk", "require", "require_qemu", "sample", "xfs"]

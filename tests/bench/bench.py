@@ -77,12 +77,16 @@ Rows (units in the table):
   (``--pg-image-mib``, default 2048) on a loop-mounted XFS (reflink=1), ``pgbench -s
   --pg-scale`` (default 16) with 4 clients and a CHECKPOINT every second; in each
   round one snapshot with the ``reflink`` source and one with the ``file`` source (a full read
-  of the live image), no freeze hook; ``--pg-sample`` (default 20: all) snapshots of each source
+  of the live image), no freeze hook; then a second load of the same size for the ``qemu``
+  source alone (the ext4 in a qcow2 disk of that size served by a ``qemu-storage-daemon``
+  started here, mounted from its FUSE export; each snapshot a fleecing view, tracked by the
+  dirty bitmap after the first); ``--pg-sources`` (default ``reflink,file,qemu``) picks them.
+  ``--pg-sample`` (default 20: all) snapshots of each source
   restored into fresh images (O5) and judged: PostgreSQL starts (crash recovery),
   ``pg_amcheck --heapallindexed`` and the pgbench invariant (sum of balances = sum of the
   history's deltas) pass, and ``pg_checksums --check`` after a clean stop. Rows: how many
-  of the sample pass, per source (expected: all with reflink; the file source's torn snapshots
-  fail some), and the seconds per snapshot.
+  of the sample pass, per source (expected: all with reflink and qemu; the file source's torn
+  snapshots fail some), and the seconds per snapshot.
 
 Results go to ``--json-out`` (every sample) for comparisons between runs. Processes are
 stopped by PID; every step has a time bound (``--step-timeout-s``).
@@ -718,25 +722,41 @@ def reflink_run(work: Path, res: Results, args: argparse.Namespace, console: Con
 
 
 def pg_run(res: Results, args: argparse.Namespace, console: Console) -> None:
-    """The PostgreSQL rows (module docstring): one pgbench load, ``--pg-snapshots`` rounds of a
-    reflink and a file-source snapshot, ``--pg-sample`` of each restored and judged. Results:
+    """The PostgreSQL rows (module docstring): one pgbench load with ``--pg-snapshots`` rounds of
+    a reflink and a file-source snapshot, one with as many qemu-source snapshots (of the
+    ``--pg-sources`` asked), ``--pg-sample`` of each restored and judged. Results:
     ``pg.<kind>.judged`` / ``.started`` / ``.good`` (counts), ``pg.<kind>.snap.s``; the verdicts
     that failed are logged with their reason."""
     from tests import pgcrash
 
+    wanted = [k for k in args.pg_sources.split(",") if k]
     try:
         pgcrash.require()
     except pgcrash.PgUnavailable as err:
         console.log(f"PostgreSQL rows skipped: {err}")
         return
-    kinds = ("reflink", "file")
+    loads = [tuple(k for k in ("reflink", "file") if k in wanted), ("qemu",) if "qemu" in wanted else ()]
+    for kinds in filter(None, loads):
+        if kinds == ("qemu",):
+            try:
+                pgcrash.require_qemu()
+            except pgcrash.PgUnavailable as err:
+                console.log(f"PostgreSQL qemu row skipped: {err}")
+                continue
+        pg_load(res, args, console, kinds)
+
+
+def pg_load(res: Results, args: argparse.Namespace, console: Console, kinds: tuple[str, ...]) -> None:
+    """One pgbench load of :func:`pg_run` with snapshots by the sources ``kinds``, then the judging."""
+    from tests import pgcrash
+
     with pgcrash.Scenario(scale=args.pg_scale, image_bytes=args.pg_image_mib * 2**20, clients=4,
                           checkpoint_every_s=1.0) as sc:
         t0 = time.perf_counter()
         camp = sc.run_load(kinds, args.pg_snapshots, interval_s=1.0)
-        console.log(f"PostgreSQL: {len(camp.manifests['reflink'])} rounds of snapshots in "
+        console.log(f"PostgreSQL ({', '.join(kinds)}): {len(camp.manifests[kinds[0]])} rounds of snapshots in "
                     f"{time.perf_counter() - t0:.0f}s, {camp.transactions} pgbench transactions in {camp.load_s:.0f}s, "
-                    f"{camp.checkpoints} checkpoints")
+                    f"{camp.checkpoints} checkpoints; modes {dict((k, sorted(set(v))) for k, v in camp.modes.items())}")
         rng = random.Random(7)
         for kind in kinds:
             manifests = camp.manifests[kind]
@@ -757,14 +777,14 @@ def pg_run(res: Results, args: argparse.Namespace, console: Console) -> None:
 
 def pg_rows(res: Results, add: Callable[..., None]) -> None:
     """Table rows of :func:`pg_run`."""
-    for kind, target in (("reflink", "all good"), ("file", "info")):
+    for kind, target in (("reflink", "all good"), ("qemu", "all good"), ("file", "info")):
         n = res.med(f"pg.{kind}.judged")
         if not n:
             continue
         good, started = int(res.med(f"pg.{kind}.good")), int(res.med(f"pg.{kind}.started"))
         add(f"PostgreSQL under pgbench, no hooks, {kind} source: restored snapshots good (started)",
             f"{good} of {int(n)} ({started} started)", f"per snapshot {res.cell(f'pg.{kind}.snap.s', s_fmt)}",
-            None, target, (good == n) if kind == "reflink" else None)
+            None, target, (good == n) if target == "all good" else None)
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -1041,6 +1061,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="bytes rewritten before each reflink-row cycle, MiB (default 10.24: 1%% of 1 GiB)")
     ap.add_argument("--pg-snapshots", type=int, default=20,
                     help="PostgreSQL rows: rounds of snapshots (one per source) under pgbench (default 20)")
+    ap.add_argument("--pg-sources", default="reflink,file,qemu",
+                    help="PostgreSQL rows: sources, comma list (default reflink,file,qemu; qemu gets a load of its own)")
     ap.add_argument("--pg-sample", type=int, default=20,
                     help="PostgreSQL rows: snapshots of each source restored and judged (default 20: all)")
     ap.add_argument("--pg-scale", type=int, default=16,
@@ -1055,6 +1077,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unsigned", action="store_true",
                     help="sites without identity (unsafe_unsigned): the cost of signed commands, by difference")
     args = ap.parse_args(argv)
+    if set(filter(None, args.pg_sources.split(","))) - {"reflink", "file", "qemu"}:
+        ap.error(f"--pg-sources {args.pg_sources!r}: the sources are reflink, file, qemu")
     console = Console(width=230)
     if shutil.which("rsync") is None:
         console.print("rsync is not installed (apt-get install -y rsync)")
