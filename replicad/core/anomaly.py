@@ -1858,7 +1858,7 @@ def _window_items(window: Sequence[tuple]) -> list[tuple[int, float, float]]:
 
 def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], confirmed: Sequence[float],
                    policy: dict, *, conserve_window: Sequence[tuple] = (), carried: dict | None = None,
-                   elapsed_s: float = DAY_S) -> RelativeVerdict:
+                   elapsed_s: float = DAY_S, learned_rate: float | None = None) -> RelativeVerdict:
     """Judge one snapshot from its relative signals (module docstring).
 
     Args:
@@ -1877,6 +1877,12 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], 
             the next, :attr:`RelativeVerdict.slow`); missing windows start at zero.
         elapsed_s: seconds since the snapshot before this one (the slack it earns, at most
             :data:`DAY_S`).
+        learned_rate: content mode: the share of the data per day that turned random in the
+            history a confirmation vouches for (this site's clean verdicts up to the last
+            confirmed snapshot: ``Detection._history``), or None. When given, the relative
+            window's level is ``min(learned_rate, baseline_cap) + slow_slack`` per day instead
+            of the per-snapshot ``baseline`` plus the slack (a volume snapshotted every few
+            minutes whose benign churn comes once a day has a per-snapshot median of 0).
 
     Returns:
         a :class:`RelativeVerdict`. Raises ValueError on a malformed window item.
@@ -1914,8 +1920,11 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], 
     level = baseline * (1.0 + COLD_RATE_SLACK) if encrypted else baseline
     carried = carried or {}
     slow: dict[str, Cusum] = {}
+    rate = None if encrypted or learned_rate is None else min(float(policy["baseline_cap"]), max(0.0, learned_rate))
+    if rate is not None:
+        level = 0.0
     for name, items, now, base_level, per_day in (
-            ("relative", window, score, level, 0.0 if encrypted else slack),
+            ("relative", window, score, level, 0.0 if encrypted else slack + (rate or 0.0)),
             ("conservation", conserve_window, signals.conserved_counted, 0.0, slack)):
         state = carried.get(name) or Cusum()
         for s, x, dt in _window_items(items) + [(seq, now, float(elapsed_s))]:
@@ -1927,8 +1936,9 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], 
         flagged.append("relative")
         if not reasons:
             reasons.append(f"slow drift (relative score; slow window: one-sided CUSUM since the last confirmed snapshot): "
-                           f"{cumulative:.1%} {what} in excess of the level {level:.2%}"
-                           f"{'' if encrypted else f' + slow_slack {slack:.2%}/day'} over {slow['relative'].snapshots} snapshots, above cumulative_max "
+                           f"{cumulative:.1%} {what} in excess of "
+                           + (f"the level {level:.2%}" if rate is None else f"the confirmed rate {rate:.2%}/day")
+                           + f"{'' if encrypted else f' + slow_slack {slack:.2%}/day'} over {slow['relative'].snapshots} snapshots, above cumulative_max "
                            f"{float(policy['cumulative_max']):.1%}; it began at #{slow['relative'].began}")
     conserved_sum = slow["conservation"]
     per_snapshot_conserved = signals.conserved_counted > float(policy["conserve_max"])

@@ -125,7 +125,8 @@ def evidence_lines(e: Mapping[str, Any]) -> list[str]:
             if not isinstance(w, Mapping):
                 continue
             began = w.get("began")
-            lines.append(f"  slow window {name} (since confirmed #{slow.get('anchor')}): {percent(w.get('total', 0))} "
+            lines.append(f"  slow window {name} (after #{slow.get('anchor')}, the last confirmed or first snapshot): "
+                         f"{percent(w.get('total', 0))} "
                          f"of max {percent(w.get('max', 0))}"
                          + ("" if began is None else f", began at #{began} ({w.get('snapshots')} snapshots)")
                          + (", FLAGGED" if w.get("flagged") else ""))

@@ -47,6 +47,9 @@ from replicad.telemetry.metrics import SiteMetrics
 log = logging.getLogger("replicad.site.detection")
 
 HISTORY_MAX = 64  # own scores of confirmed history feeding the baseline
+VOUCHED_SPAN_S = 30 * 86400
+"""How far before the last confirmed snapshot this site's clean scores teach the slow window's
+rate (:meth:`Detection._history`)."""
 SCORE_MEASURE = {
     "content": "relative score: share of the base's data blocks that turned random against their previous version "
                "(not the primary's commit-time screen, which counts whole blocks that newly look random)",
@@ -176,11 +179,11 @@ class Detection:
             # the cold reference is a store lookup and a manifest load: in the worker thread too
             signals = await asyncio.to_thread(
                 lambda: self._signals(m, base, self._cold_reference(vs, seq, policy), policy))
-            carried, window, conserve, elapsed_s, confirmed, anchor = await asyncio.to_thread(
+            carried, window, conserve, elapsed_s, confirmed, anchor, learned_rate = await asyncio.to_thread(
                 self._history, volume, seq, vs)  # evidence files: off the loop
             verdict = anomaly.judge_relative(seq, signals, window, confirmed, policy, conserve_window=conserve,
-                                             carried=carried, elapsed_s=elapsed_s)
-            slow = {"anchor": anchor, **{w: {**verdict.slow[w].doc(), "flagged": w in verdict.flagged,
+                                             carried=carried, elapsed_s=elapsed_s, learned_rate=learned_rate)
+            slow = {"anchor": anchor, "learned_rate": learned_rate, **{w: {**verdict.slow[w].doc(), "flagged": w in verdict.flagged,
                                              "max": float(policy["cumulative_max" if w == "relative" else
                                                                   "conserve_max"])}
                                          for w in anomaly.SLOW_WINDOWS}}
@@ -225,7 +228,8 @@ class Detection:
         return max((s for s, snap in vs["snapshots"].items() if s < first and snap["verdict"] == "clean"),
                    default=None)
 
-    def _history(self, volume: str, seq: int, vs: dict) -> tuple[dict, list, list, float, list[float], int | None]:
+    def _history(self, volume: str, seq: int, vs: dict) -> tuple[dict, list, list, float, list[float], int | None,
+                                                                  float | None]:
         """This site's own history for the slow windows (:func:`anomaly.judge_relative`).
 
         The windows run from the anchor, the newest snapshot before ``seq`` a person confirmed
@@ -237,16 +241,20 @@ class Detection:
         (conservation; 0 where a file is missing). Snapshots this site judged suspect are left
         out: their changes are in every later diff against the clean base.
 
-        Returns ``(carried, window, conserve_window, elapsed_s, confirmed, anchor)``: the
-        :class:`anomaly.Cusum` states to start from, the ``(seq, value, elapsed_s)`` items to
+        Returns ``(carried, window, conserve_window, elapsed_s, confirmed, anchor, learned_rate)``:
+        the :class:`anomaly.Cusum` states to start from, the ``(seq, value, elapsed_s)`` items to
         fold after them, the seconds since the snapshot before ``seq`` in the window, this
-        site's scores of confirmed history (the baseline learns only there) and the anchor."""
+        site's scores of confirmed history (the baseline learns only there), the anchor, and the
+        share of the data per day that turned random in the :data:`VOUCHED_SPAN_S` before a
+        confirmed anchor (this site's clean verdicts there: the confirmation vouches for every
+        change before it; None without a confirmation or with less than a day of it)."""
         snaps = vs["snapshots"]
         anchor = max((s for s, snap in snaps.items() if s < seq and snap.get("confirmed")), default=None)
         if anchor is None:  # the volume's first snapshot is the data the signal is measured against
             anchor = min(snaps) if snaps else None
         confirmed: list[float] = []
         clean_after: list[int] = []
+        vouched: list[tuple[int, float]] = []
         for s in sorted(snaps):
             if s >= seq:
                 break
@@ -256,9 +264,17 @@ class Detection:
             if anchor is not None and s <= anchor:
                 if snaps[s].get("confirmed"):
                     confirmed.append(mine["score_ppm"] / PPM)
+                if snaps[anchor].get("confirmed") and (mine["verdict"] == "clean" or snaps[s].get("confirmed")) \
+                        and snaps[anchor]["created_at_ns"] - snaps[s]["created_at_ns"] <= VOUCHED_SPAN_S * 10**9:
+                    vouched.append((s, mine["score_ppm"] / PPM))
             elif mine["verdict"] == "clean":
                 clean_after.append(s)
         confirmed = confirmed[-HISTORY_MAX:]
+        learned_rate = None
+        if len(vouched) >= 2:  # the oldest one's score covers the time before the span
+            span_s = (snaps[vouched[-1][0]]["created_at_ns"] - snaps[vouched[0][0]]["created_at_ns"]) / 1e9
+            if span_s >= anomaly.DAY_S:
+                learned_rate = sum(x for _, x in vouched[1:]) / (span_s / anomaly.DAY_S)
 
         def elapsed(s: int, before: int | None) -> float:
             if before is None or before not in snaps:
@@ -268,13 +284,13 @@ class Detection:
         prev = clean_after[-1] if clean_after else None
         now_elapsed = elapsed(seq, prev if prev is not None else anchor)
         if prev is None:
-            return {}, [], [], now_elapsed, confirmed, anchor
+            return {}, [], [], now_elapsed, confirmed, anchor, learned_rate
         doc = self._read_evidence(volume, prev)
         slow = doc.get("slow") if doc is not None and doc.get("root") == snaps[prev]["root"].hex() else None
         if isinstance(slow, dict) and slow.get("anchor") == anchor:
             try:
                 carried = {w: anomaly.Cusum.from_doc(slow.get(w)) for w in anomaly.SLOW_WINDOWS}
-                return carried, [], [], now_elapsed, confirmed, anchor
+                return carried, [], [], now_elapsed, confirmed, anchor, learned_rate
             except ValueError as err:
                 log.warning("volume %s: the slow-window state in this site's evidence on #%d is unreadable (%s); "
                             "recomputing it from the opinions since #%s", volume, prev, err, anchor)
@@ -289,7 +305,7 @@ class Detection:
             counted = sig.get("conserved_counted", 0.0)
             conserve.append((s, float(counted) if isinstance(counted, (int, float)) else 0.0, dt))
             before = s
-        return {}, window, conserve, now_elapsed, confirmed, anchor
+        return {}, window, conserve, now_elapsed, confirmed, anchor, learned_rate
 
     def _read_evidence(self, volume: str, seq: int) -> dict | None:
         """This site's evidence file on ``volume#seq``, None when missing or unreadable."""
