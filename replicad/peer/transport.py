@@ -313,10 +313,11 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
 
 def _read_frames(store: ChunkStore, digests: Sequence[bytes]) -> list[bytes]:
     """The encoded frames of the digests this store holds intact (corrupt ones are dropped from
-    the index and logged; missing ones left out), read with :meth:`ChunkStore.get_encoded_many`:
-    one bytes object holding them all in the order asked (each payload copied once:
-    :func:`~replicad.core.wire.encode_frames`), or an empty list."""
-    found, _missing, corrupt = store.get_encoded_many(digests)
+    the index and logged; missing ones left out), read with :meth:`ChunkStore.get_encoded_many`
+    (O_DIRECT: the disk DMAs into the read buffer; each payload verified where it lies there):
+    one bytes object holding them all in the order asked (each payload copied once, from the
+    read buffer: :func:`~replicad.core.wire.encode_frames`), or an empty list."""
+    found, _missing, corrupt = store.get_encoded_many(digests, views=True, direct=True)
     for d, err in corrupt:
         log.error("corrupt chunk %s found while serving a fetch; dropped from the index: %s", d.hex(), err.evidence)
         store.delete_corrupt(d)
