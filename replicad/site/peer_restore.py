@@ -164,7 +164,7 @@ async def restore_from_holders(peers: PeerClient, holders: dict[str, str], volum
     report = PeerRestoreReport(total, 0, 0, 0, {h: HolderReport() for h in holders}, len(units))
     done = zero_blocks
     if units and not holders:
-        wanted = await asyncio.to_thread(store.missing, list({d for u in units for d in u.places}))
+        wanted = await asyncio.to_thread(lambda: store.missing(list(set().union(*(u.distinct() for u in units)))))
         if wanted:
             raise NotFoundError(f"{len(wanted)} chunks of {volume}#{manifest.seq} are not here and no holder was "
                                 "given", volume=volume, seq=manifest.seq, missing=len(wanted))
@@ -276,7 +276,7 @@ async def restore_from_holders(peers: PeerClient, holders: dict[str, str], volum
                     if unit.pending:
                         await fetch_into(url, unit, rep)
                     if unit.pending:  # the holder answered without some of them
-                        unit.lacking_at.add(holder)
+                        unit.lacking_at = unit.lacking_at | {holder}
                         run.queue.appendleft(unit)
                     else:
                         complete(unit)

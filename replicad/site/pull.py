@@ -112,7 +112,7 @@ class Pull:
             await self.fetch_missing(volume, vs["epoch"], list(manifest.pages), holders)
             plan = await asyncio.to_thread(plan_units, manifest, self.store.get)  # the one pass over the pages
             missing = await asyncio.to_thread(
-                lambda: len(self.store.missing(list({d for u in plan[0] for d in u.places}))))
+                lambda: len(self.store.missing(list(set().union(*(u.distinct() for u in plan[0]))))))
         except IntegrityError:  # a corrupt manifest or page here: the healing path
             return await self.ensure_snapshot(volume, seq, vs), 0
         if not missing:

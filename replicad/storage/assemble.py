@@ -29,16 +29,16 @@ snapshot are holes and are never written.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import errno
 import os
 import stat
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from replicad.core.errors import IntegrityError, InternalError, RemoteProtocolError, RestoreVerifyError, UsageError
-from replicad.core.manifest import PAGE_ENTRIES, ZERO_DIGEST, Manifest, page_entries, pages_from_digests
+from replicad.core.manifest import DIGEST_SIZE, PAGE_ENTRIES, ZERO_DIGEST, Manifest, page_entries
 from replicad.storage.chunkstore import CODEC_RAW, decode_chunk, digest_of
 from replicad.storage.durable import preallocate, read_into
 from replicad.storage.image import (DIRECT_ALIGN, WRITE_RUN_BYTES, aligned_buffer, data_spans, open_direct, target_error,
@@ -71,19 +71,79 @@ def same_bytes(a: memoryview, b: memoryview) -> bool:
     return _memcmp(ca, cb, n) == 0
 
 
-@dataclass
 class Unit:
     """Blocks ``[first_block, first_block + n_blocks)`` of a snapshot (``n_blocks`` blocks, at
-    most UNIT_BYTES), with ``places``: each distinct non-zero chunk digest → the block indexes
-    (absolute) that hold it. ``pending``: the digests not yet placed in the unit's buffer.
+    most UNIT_BYTES), held compactly: ``digests`` is the blocks' digests one after the other
+    (``32 × n_blocks`` bytes, ZERO_DIGEST for a zero block), one object per unit. Why: a plan
+    of per-block Python objects is ~33 M objects for a 2 TiB volume (several GB, and every
+    garbage-collector pass walks them all); this is 2 objects and 4 KiB per 8 MiB unit.
+
+    While a restore works on the unit, :attr:`places` (each distinct non-zero chunk digest →
+    the block indexes, absolute, that hold it) and :attr:`pending` (the digests not yet placed
+    in its buffer) are built on first use and dropped by :meth:`release` once it is written.
     ``lacking_at``: holders that answered without some of ``pending`` (the scheduler's)."""
 
-    ordinal: int
-    first_block: int
-    n_blocks: int
-    places: dict[bytes, list[int]]
-    pending: set[bytes] = field(default_factory=set)
-    lacking_at: set[str] = field(default_factory=set)
+    __slots__ = ("ordinal", "first_block", "n_blocks", "digests", "lacking_at", "_places", "_pending")
+
+    def __init__(self, ordinal: int, first_block: int, n_blocks: int, digests: bytes) -> None:
+        if len(digests) != n_blocks * DIGEST_SIZE:
+            raise InternalError(f"unit of {n_blocks} blocks given {len(digests)} bytes of digests")
+        self.ordinal = ordinal
+        self.first_block = first_block
+        self.n_blocks = n_blocks
+        self.digests = digests
+        self.lacking_at: frozenset[str] = frozenset()
+        self._places: dict[bytes, list[int]] | None = None
+        self._pending: set[bytes] | None = None
+
+    def block_digest(self, k: int) -> bytes:
+        """The digest of the unit's ``k``-th block (0-based)."""
+        return self.digests[k * DIGEST_SIZE:(k + 1) * DIGEST_SIZE]
+
+    def zero_blocks(self) -> list[int]:
+        """The positions (0-based) of the unit's zero blocks (a C-speed search of ``digests``)."""
+        out: list[int] = []
+        d = self.digests
+        pos = d.find(ZERO_DIGEST)
+        while pos >= 0:
+            if pos % DIGEST_SIZE:  # zeros across two digests: search on from the next one
+                pos = d.find(ZERO_DIGEST, pos + DIGEST_SIZE - pos % DIGEST_SIZE)
+                continue
+            out.append(pos // DIGEST_SIZE)
+            pos = d.find(ZERO_DIGEST, pos + DIGEST_SIZE)
+        return out
+
+    def distinct(self) -> set[bytes]:
+        """The distinct non-zero chunk digests of the unit (built afresh: nothing kept)."""
+        d = self.digests
+        out = {d[i:i + DIGEST_SIZE] for i in range(0, len(d), DIGEST_SIZE)}
+        out.discard(ZERO_DIGEST)
+        return out
+
+    @property
+    def places(self) -> dict[bytes, list[int]]:
+        """Each distinct non-zero chunk digest → the block indexes (absolute) that hold it."""
+        if self._places is None:
+            places: dict[bytes, list[int]] = {}
+            d = self.digests
+            for k in range(self.n_blocks):
+                x = d[k * DIGEST_SIZE:(k + 1) * DIGEST_SIZE]
+                if x != ZERO_DIGEST:
+                    places.setdefault(x, []).append(self.first_block + k)
+            self._places = places
+        return self._places
+
+    @property
+    def pending(self) -> set[bytes]:
+        """The digests not yet placed in the unit's buffer (all of :attr:`places` at first)."""
+        if self._pending is None:
+            self._pending = set(self.places)
+        return self._pending
+
+    def release(self) -> None:
+        """Drop :attr:`places` and :attr:`pending` (the unit is written; ``digests`` stays)."""
+        self._places = None
+        self._pending = set()
 
     @property
     def chunks(self) -> int:
@@ -96,36 +156,40 @@ def plan_units(manifest: Manifest, page_of, unit_bytes: int = UNIT_BYTES) -> tup
 
     ``page_of(digest) -> bytes`` returns a manifest page (a verified store read). Units whose
     blocks are all zero are left out. Returns ``(units, zero_blocks)``: the units in block
-    order and the count of blocks in no unit (all-zero: holes in the new image). Raises what
-    ``page_of`` raises."""
+    order (:class:`Unit`: their digests sliced from the pages, no object per block) and the
+    count of blocks in no unit (all-zero: holes in the new image). Raises what ``page_of``
+    raises, RemoteProtocolError for a page of the wrong length."""
     bs = manifest.block_size
     per_unit = max(1, unit_bytes // bs)
+    n = manifest.n_blocks
     units: list[Unit] = []
     zero_blocks = 0
-    cur: Unit | None = None
+    parts: list[bytes] = []   # the digests of the unit being cut, from one page or two
+    first = 0
+    have = 0
     for p, page_digest in enumerate(manifest.pages):
-        entries = page_entries(page_of(page_digest))
+        page = page_of(page_digest)
         base = p * PAGE_ENTRIES
-        for j, d in enumerate(entries):
-            index = base + j
-            if index >= manifest.n_blocks:
-                break
-            if cur is None or index >= cur.first_block + per_unit:
-                if cur is not None and cur.places:
-                    units.append(cur)
-                elif cur is not None:
-                    zero_blocks += cur.n_blocks
-                cur = Unit(len(units), index, 0, {})
-            cur.n_blocks += 1
-            if d != ZERO_DIGEST:
-                cur.places.setdefault(d, []).append(index)
-    if cur is not None:
-        if cur.places:
-            units.append(cur)
-        else:
-            zero_blocks += cur.n_blocks
-    for u in units:
-        u.pending = set(u.places)
+        want = min(PAGE_ENTRIES, n - base)
+        if want <= 0:
+            break
+        if len(page) != want * DIGEST_SIZE:
+            page_entries(page)  # a bad length raises RemoteProtocolError
+            raise RemoteProtocolError("manifest page has a bad length", length=len(page), expected=want * DIGEST_SIZE)
+        j = 0
+        while j < want:
+            take = min(per_unit - have, want - j)
+            parts.append(page[j * DIGEST_SIZE:(j + take) * DIGEST_SIZE])
+            j += take
+            have += take
+            if have == per_unit or base + j == n:
+                digests = parts[0] if len(parts) == 1 else b"".join(parts)
+                if digests.count(0) == len(digests):  # every block zero: a hole
+                    zero_blocks += have
+                else:
+                    units.append(Unit(len(units), first, have, digests))
+                first += have
+                parts, have = [], 0
     return units, zero_blocks
 
 
@@ -148,7 +212,7 @@ class ImageAssembler:
         self.manifest = manifest
         self.bs = manifest.block_size
         self._lock = threading.Lock()
-        self._written: dict[int, list[bytes]] = {}  # unit ordinal -> digests written, in block order
+        self._written: set[int] = set()              # ordinals of the units written and read back
         self._scratch: list[memoryview] = []         # read-back buffers not in use
         self.bytes_written = 0
         self.blocks_written = 0
@@ -232,14 +296,12 @@ class ImageAssembler:
         (:func:`~replicad.storage.image.target_error`)."""
         if unit.pending:
             raise InternalError(f"unit {unit.ordinal} written with {len(unit.pending)} chunks missing")
-        digests = [ZERO_DIGEST] * unit.n_blocks
-        for d, where in unit.places.items():
-            for index in where:
-                digests[index - unit.first_block] = d
         runs: list[tuple[int, int]] = []
-        for k, d in enumerate(digests):
-            if d == ZERO_DIGEST:
+        nonzero = 0
+        for k in range(unit.n_blocks):
+            if unit.block_digest(k) == ZERO_DIGEST:
                 continue
+            nonzero += 1
             if runs and runs[-1][1] == k:
                 runs[-1] = (runs[-1][0], k + 1)
             else:
@@ -284,9 +346,10 @@ class ImageAssembler:
         finally:
             self._give_scratch(scratch)
         with self._lock:
-            self._written[unit.ordinal] = digests
+            self._written.add(unit.ordinal)
             self.bytes_written += nbytes
-            self.blocks_written += sum(1 for d in digests if d != ZERO_DIGEST)
+            self.blocks_written += nonzero
+        unit.release()
         return nbytes
 
     def _take_scratch(self) -> memoryview:
@@ -332,28 +395,60 @@ class ImageAssembler:
         if missing:
             raise InternalError(f"{len(missing)} units of the restore were never written", units=missing[:8])
         bs = self.bs
-        digests = [ZERO_DIGEST] * self.manifest.n_blocks
-        written = bytearray(self.manifest.n_blocks)  # 1: read back after its write
-        for u in units:
-            digests[u.first_block:u.first_block + u.n_blocks] = self._written[u.ordinal]
-            for k, d in enumerate(self._written[u.ordinal]):
-                if d != ZERO_DIGEST:
-                    written[u.first_block + k] = 1
+        n_blocks = self.manifest.n_blocks
+        units = sorted(units, key=lambda u: u.first_block)
         try:
             os.fsync(self.fd)
+            # blocks holding data outside the units' non-zero blocks: read and hashed here
+            other: dict[int, bytes] = {}
+            firsts = [u.first_block for u in units]
+
+            def check(index: int) -> None:
+                n = self._block_len(index)
+                data = os.pread(self.fd, n, index * bs)
+                if data != bytes(n):
+                    other[index] = digest_of(data)
+
             for lo, hi in data_spans(self.fd, 0, self.manifest.size_bytes, bs):
-                for index in range(lo // bs, -(-hi // bs)):
-                    if written[index]:
-                        continue
-                    n = self._block_len(index)
-                    data = os.pread(self.fd, n, index * bs)
-                    digests[index] = ZERO_DIGEST if data == bytes(n) else digest_of(data)
+                index, stop_all = lo // bs, -(-hi // bs)
+                while index < stop_all:
+                    i = bisect.bisect_right(firsts, index) - 1
+                    u = units[i] if i >= 0 and index < firsts[i] + units[i].n_blocks else None
+                    if u is None:  # between units: no block here was written
+                        stop = min(stop_all, firsts[i + 1] if i + 1 < len(units) else stop_all)
+                        for x in range(index, stop):
+                            check(x)
+                    else:  # in a unit: its non-zero blocks were read back after their write (write())
+                        stop = min(stop_all, u.first_block + u.n_blocks)
+                        for k in u.zero_blocks():
+                            if index <= u.first_block + k < stop:
+                                check(u.first_block + k)
+                    index = stop
         except OSError as err:
             raise target_error(err, f"fsync and check restore target {self.target}", self.target,
                                self.manifest.size_bytes) from err
-        pages = tuple(digest_of(p) for p in pages_from_digests(digests))
-        if pages != tuple(self.manifest.pages):
-            first_bad = next((i for i, (a, b) in enumerate(zip(pages, self.manifest.pages)) if a != b), None)
+        # the root rebuilt page by page from the units' digests (zeros between them), no list per block
+        pages: list[bytes] = []
+        ui = 0
+        for base in range(0, n_blocks, PAGE_ENTRIES):
+            end = min(base + PAGE_ENTRIES, n_blocks)
+            page = bytearray((end - base) * DIGEST_SIZE)
+            while ui < len(units) and units[ui].first_block + units[ui].n_blocks <= base:
+                ui += 1
+            k = ui
+            while k < len(units) and units[k].first_block < end:
+                u = units[k]
+                lo, hi = max(u.first_block, base), min(u.first_block + u.n_blocks, end)
+                page[(lo - base) * DIGEST_SIZE:(hi - base) * DIGEST_SIZE] = \
+                    u.digests[(lo - u.first_block) * DIGEST_SIZE:(hi - u.first_block) * DIGEST_SIZE]
+                k += 1
+            for index, d in other.items():
+                if base <= index < end:
+                    page[(index - base) * DIGEST_SIZE:(index - base + 1) * DIGEST_SIZE] = d
+            pages.append(digest_of(page))
+        if tuple(pages) != tuple(self.manifest.pages):
+            first_bad = next((i for i, (a, b) in enumerate(zip(pages, self.manifest.pages)) if a != b),
+                             min(len(pages), len(self.manifest.pages)))
             raise RestoreVerifyError(
                 f"restored image {self.target} does not match snapshot {self.manifest.volume}#{self.manifest.seq}",
                 volume=self.manifest.volume, seq=self.manifest.seq, first_differing_page=first_bad,

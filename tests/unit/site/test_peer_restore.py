@@ -19,7 +19,7 @@ from replicad.peer.transport import PeerClient, peer_routes
 from replicad.site import peer_restore
 from replicad.sources.file import take_snapshot
 from replicad.storage import assemble
-from replicad.storage.chunkstore import ChunkStore
+from replicad.storage.chunkstore import RECORD_HEADER_SIZE, ChunkStore
 from replicad.storage.image import verify_image
 
 from tests.unit.peer.test_transport import Receiver
@@ -289,3 +289,33 @@ async def test_a_plan_made_by_the_caller_is_used_and_the_pages_are_not_read_agai
     assert pages_read == []
     assert rep.units == len(plan[0])
     assert target.read_bytes() == image.read_bytes()
+
+
+async def test_a_chunk_rotten_on_a_holders_disk_is_not_sent_and_comes_from_the_other(tmp_path: Path, stores) -> None:
+    """A holder serves with O_DIRECT reads and verifies every chunk before it leaves: a byte
+    flipped on its disk (in the pack, under a chunk of the snapshot) makes it drop that chunk
+    from its index and answer without it; the unit is taken again by the other holder, which
+    supplies the chunk; the image is byte-exact and nothing was written unverified."""
+    b, c, here = stores
+    image = tmp_path / "volume.img"
+    write_image(image, 300, random.Random(12))
+    manifest = await snapshot_into(image, b, c)
+    copy_chunks(b, here, [manifest.root, *manifest.pages])
+    victim = [d for d in iter_block_digests(manifest, c.get) if d != ZERO_DIGEST][40]
+    pack, offset = c._db.execute("SELECT pack, offset FROM chunks WHERE digest=?", (victim,)).fetchone()
+    with open(c._pack_path(pack), "r+b") as f:
+        f.seek(offset + RECORD_HEADER_SIZE + 10)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x40]))
+    target = tmp_path / "restored.img"
+    async with Server(b, "site-b") as url_b, Server(c, "site-c") as url_c:
+        async with aiohttp.ClientSession() as session:
+            rep = await peer_restore.restore_from_holders(
+                PeerClient(session, "site-a"), {"site-c": url_c, "site-b": url_b}, VOL, 1, manifest, here, target,
+                streams_per_holder=1)
+    assert target.read_bytes() == image.read_bytes()
+    assert verify_image(target, manifest) == manifest.root
+    assert c.missing([victim]) == [victim]  # the rotten chunk left the holder's index
+    assert rep.holders["site-c"].failed is None and rep.holders["site-c"].chunks > 0
+    assert rep.holders["site-b"].chunks > 0

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from replicad.core.errors import IntegrityError, RestoreVerifyError, UsageError
+from replicad.core.manifest import ZERO_DIGEST, iter_block_digests
 from replicad.sources.file import take_snapshot
 from replicad.storage import assemble
 from replicad.storage.chunkstore import CODEC_RAW, ChunkStore
@@ -143,3 +144,52 @@ def test_same_bytes() -> None:
     assert not assemble.same_bytes(memoryview(a)[:10], memoryview(b)[:11])
     assert assemble.same_bytes(memoryview(a)[:0], memoryview(b)[:0])
     assert assemble.same_bytes(memoryview(bytes(a))[:5], memoryview(b)[:5])  # read-only: a plain comparison
+
+
+def test_a_plan_whose_units_cross_page_borders_restores_byte_exact_and_keeps_no_object_per_block(
+        tmp_path: Path) -> None:
+    """4 KiB blocks, 4,400 of them (2 manifest pages), units of 3 blocks: 4,096 is no multiple
+    of 3, so units span the pages' borders. The units' digests, laid end to end with the holes
+    between them, are the manifest's block digests; each unit is one bytes object (its
+    places and pending built on first use, dropped once written); the image comes out
+    byte-exact with the root rebuilt page by page; and a block of a hole found holding data
+    fails the proof."""
+    bs = 4096
+    rng = random.Random(3)
+    image = tmp_path / "volume.img"
+    blocks = [bytes(bs) if (i // 50) % 3 == 1 else rng.randbytes(bs) for i in range(4400)]
+    image.write_bytes(b"".join(blocks))
+    with ChunkStore(tmp_path / "store") as store:
+        manifest = asyncio.run(take_snapshot(image, volume="ehr", seq=1, epoch=1, parent=None, store=store,
+                                             now_ns=1, block_size=bs)).manifest
+        assert len(manifest.pages) == 2
+        units, zero_blocks = assemble.plan_units(manifest, store.get, unit_bytes=3 * bs)
+        laid = [ZERO_DIGEST] * manifest.n_blocks
+        for u in units:
+            assert isinstance(u.digests, bytes) and u._places is None and u.n_blocks <= 3
+            for k in range(u.n_blocks):
+                laid[u.first_block + k] = u.block_digest(k)
+        assert laid == list(iter_block_digests(manifest, store.get))
+        assert any(u.first_block < 4096 < u.first_block + u.n_blocks for u in units)  # one spans a border
+        assert zero_blocks + sum(u.n_blocks for u in units) == manifest.n_blocks
+        asm = assemble.ImageAssembler(tmp_path / "out.img", manifest)
+        try:
+            assemble_all(asm, units, store)
+            assert all(u._places is None and not u.pending for u in units)  # released once written
+            assert asm.finish(units) == manifest.root
+        finally:
+            asm.close()
+        assert (tmp_path / "out.img").read_bytes() == image.read_bytes()
+        hole = next(i for i in range(manifest.n_blocks) if laid[i] == ZERO_DIGEST and i > 4096)
+        units, _ = assemble.plan_units(manifest, store.get)
+        asm = assemble.ImageAssembler(tmp_path / "out2.img", manifest)
+        try:
+            assemble_all(asm, units, store)
+            with open(tmp_path / "out2.img", "r+b") as f:  # data where the snapshot has a zero block
+                f.seek(hole * bs)
+                f.write(b"x")
+            with pytest.raises(RestoreVerifyError) as err:
+                asm.finish(units)
+            assert err.value.evidence["first_differing_page"] == hole // 4096
+        finally:
+            asm.close()
