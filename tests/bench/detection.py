@@ -39,7 +39,10 @@ base's snapshot:
   which the file source refuses by default and the sites judge when ``allow_shrink`` lets it
   through); **adaptive slow** (:class:`Calibrated`: the attacker reads the policy and the
   files' extents and encrypts, per cycle, 95 % of ``min_score`` of the data blocks; and 95 % of
-  ``cumulative_max`` per ``window_s``, one cycle a day, the window holding 7 cycles).
+  ``cumulative_max`` per 7 days, one cycle a day, which the old 7-day window never summed past
+  ``cumulative_max``); **daily** rows (one cycle a day, ``fstrim`` after each, the slow windows'
+  state carried from the last clean snapshot as the daemon does): copy-encrypt-delete as ``.gz``
+  spread under ``conserve_max`` per day, and benign log rotation with gzip for 30 days.
 
 Judging: the snapshot is taken by :func:`replicad.sources.file.take_snapshot` into a real
 :class:`~replicad.storage.chunkstore.ChunkStore`; its signals against its base come from
@@ -449,6 +452,7 @@ class Judged:
     turned_random: int
     reason: str
     cpu_s: float
+    slow: dict = field(default_factory=dict)  # the slow windows' state after it (Cusum per window)
 
 
 class Judge:
@@ -465,12 +469,15 @@ class Judge:
                                         now_ns=time.time_ns(), allow_shrink=allow_shrink))
         return res.manifest
 
-    def judge(self, seq: int, m: Manifest, base: Manifest, window: list[tuple[int, float]]) -> Judged:
+    def judge(self, seq: int, m: Manifest, base: Manifest, window: list[tuple[int, float]],
+              carried: dict | None = None) -> Judged:
+        """``carried``: the slow windows' state after the previous clean snapshot (as the daemon
+        carries it; one snapshot a day)."""
         t0 = time.process_time()
         signals = self.det._signals(m, base, None, self.policy)
-        v = anomaly.judge_relative(seq, signals, window, [], self.policy)
+        v = anomaly.judge_relative(seq, signals, window, [], self.policy, carried=carried)
         return Judged(v.verdict, v.score, signals.changed_blocks, signals.turned_random,
-                      "; ".join(v.reasons)[:110], time.process_time() - t0)
+                      "; ".join(v.reasons)[:110], time.process_time() - t0, v.slow)
 
 
 @dataclass
@@ -627,6 +634,10 @@ def bench_corpus(name: str, base_img: Path, ops: dict, seeds: int, judge: Judge,
             print(f"  {name:10} {op:32} seed {seed}: {row.runs[-1].verdict:8} score {row.runs[-1].score:.4f} "
                   f"changed {row.runs[-1].changed}", flush=True)
         rows.append(row)
+    for label, (is_attack, step, cycles) in (daily_ops() if not slow_under else {}).items():
+        if selected(label):
+            img, row = _daily(name, base_img, base_m, seeds, judge, work, img, mnt, label, is_attack, step, cycles)
+            rows.append(row)
     # slow: a share of the data bytes per cycle, judged against the newest snapshot judged clean
     policy = anomaly.POLICY_DEFAULTS
     under = 0.95 * policy["cumulative_max"] / 7
@@ -634,8 +645,8 @@ def bench_corpus(name: str, base_img: Path, ops: dict, seeds: int, judge: Judge,
             ("attack: slow, 1 % of the data per cycle", 0.01, slow_cycles, None, False),
             (f"attack: adaptive slow, 95 % of min_score ({0.95 * policy['min_score']:.1%} of the data blocks) per "
              f"cycle", 0.95 * policy["min_score"], slow_cycles, None, True),
-            (f"attack: adaptive slow under the slow window ({under:.2%} of the data blocks per daily cycle, "
-             f"window_s 7 days)", under, int(0.05 / under) + 2, 7, True)):
+            (f"attack: adaptive slow under the old 7-day window ({under:.2%} of the data blocks per daily cycle: 95 % "
+             f"of cumulative_max per 7 days)", under, int(0.05 / under) + 2, None, True)):
         if not selected(label):
             continue
         img, row = _slow(name, base_img, base_m, seeds, judge, work, img, mnt, slow_under, label, share, cycles,
@@ -675,6 +686,82 @@ def blocks_touched(ext: list[tuple[int, int, int]], off: int, length: int, bs: i
         if a < b:
             out.update(range((po + a - lo) // bs, (po + b - lo - 1) // bs + 1))
     return out
+
+
+DAILY_CED_SHARE = 0.02
+
+
+def daily_ops() -> dict[str, tuple[bool, Callable[[Path, random.Random, int, dict], float], int]]:
+    """The conservation signal's slow window on the file share, one cycle a day with ``fstrim``
+    after it (the freed blocks read as zeros, as on a discarding thin or loop device): ``label ->
+    (is_attack, step(mnt, r, day, state) -> share of the data bytes encrypted so far, cycles)``."""
+
+    def ced_gz(mnt: Path, r: random.Random, day: int, state: dict) -> float:
+        files = state.setdefault("files", None) or data_files(mnt)
+        if "order" not in state:
+            state["files"] = files
+            state["total"] = sum(p.stat().st_size for p in files)
+            state["order"] = list(range(len(files)))
+            random.Random(state["seed"]).shuffle(state["order"])
+            state["done"] = state["bytes"] = 0
+        batch: list[Path] = []
+        size = 0
+        while state["done"] < len(files) and size < DAILY_CED_SHARE * state["total"]:
+            p = files[state["order"][state["done"]]]
+            state["done"] += 1
+            size += p.stat().st_size
+            batch.append(p)
+        copy_encrypt_delete(batch, r, ".gz", gzip_frame=True)
+        state["bytes"] += size
+        return state["bytes"] / state["total"]
+
+    def rotate_daily(mnt: Path, r: random.Random, day: int, state: dict) -> float:
+        logs = mnt / "logs"
+        log = logs / "pumps.log"
+        (logs / f"pumps.log.{day}.gz").write_bytes(gzip.compress(log.read_bytes()))
+        log.write_text(log_text(r, 2000))
+        (logs / f"pumps.log.{day - 7}.gz").unlink(missing_ok=True)
+        return 0.0
+
+    return {
+        f"attack: adaptive copy-encrypt-delete as .gz (gzip-framed), {DAILY_CED_SHARE:.0%} of the data bytes per "
+        f"daily cycle (under conserve_max), fstrim": (True, ced_gz, 8),
+        "log rotation with gzip, daily for 30 days, fstrim (conservation slow window)": (False, rotate_daily, 30),
+    }
+
+
+def _daily(name: str, base_img: Path, base_m: Manifest, seeds: int, judge: Judge, work: Path, img: Path, mnt: Path,
+           label: str, is_attack: bool, step: Callable, cycles: int) -> tuple[Path, Row]:
+    """One :func:`daily_ops` row: ``cycles`` daily steps, each followed by ``fstrim`` and a snapshot
+    judged against the newest snapshot judged clean with the slow windows' state carried from
+    it (as the daemon does), until the first suspect verdict."""
+    row = Row(name, label, is_attack)
+    for seed in range(seeds):
+        img.unlink(missing_ok=True)
+        img = work / f"{name}.daily-{zlib.crc32(label.encode())}-{seed}.img"
+        copy_image(base_img, img)
+        r = random.Random(31 + seed)
+        clean_m, seq, carried, detected, share, state = base_m, 1, {}, None, 0.0, {"seed": seed}
+        j = None
+        for day in range(1, cycles + 1):
+            with mounted(img, mnt):
+                share = step(mnt, r, day, state)
+                os.sync()
+                run(["fstrim", str(mnt)], check=False)
+            seq += 1
+            m = judge.snapshot(img, seq, clean_m)
+            j = judge.judge(seq, m, clean_m, [], carried)
+            print(f"  {name:10} daily seed {seed} day {day}: {j.verdict} score {j.score:.4f} "
+                  f"conservation {j.slow['conservation'].total:.4f} reason {j.reason[:60]}", flush=True)
+            if j.verdict == "suspect":
+                detected = day
+                break
+            carried, clean_m = j.slow, m
+        row.runs.append(j)
+        if is_attack:
+            row.cycles.append(detected)
+            row.share_at_detection.append(share)
+    return img, row
 
 
 class Calibrated:
