@@ -135,7 +135,7 @@ def mounted(image: Path, mnt: Path, options: tuple[str, ...] = ()) -> Iterator[P
         try:
             yield mnt
         finally:
-            os.sync()
+            run(["sync", "-f", str(mnt)], check=False)  # this file system only (os.sync waits for every one)
             res = run(["umount", str(mnt)], check=False)
             if res.returncode != 0:  # busy: say who, then detach lazily so the run can go on
                 who = run(["fuser", "-vm", str(mnt)], check=False).stderr if shutil.which("fuser") else ""
@@ -382,9 +382,10 @@ def discards_landed(mnt: Path) -> None:
     """Make sure every block freed on the ``-o discard`` mount ``mnt`` is discarded before it is
     unmounted: ext4's online discard runs in a work queue after the commit, and an unmount soon
     after left 36-92 % of the freed 4 KiB blocks of a batch holding their old bytes in the image
-    (kernel 6.18, loop device); a mounted volume gets them all within moments. ``sync``, then
-    ``fstrim`` of the free space (only free blocks: what the discards would have zeroed)."""
-    os.sync()
+    (kernel 6.18, loop device); a mounted volume gets them all within moments. ``sync -f`` (this
+    file system only), then ``fstrim`` of the free space (only free blocks: what the discards
+    would have zeroed)."""
+    run(["sync", "-f", str(mnt)])
     run(["fstrim", str(mnt)])
 
 
