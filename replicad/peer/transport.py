@@ -31,6 +31,7 @@ without ``[tls]`` the ``from`` field is the sender's word.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -51,6 +52,7 @@ log = logging.getLogger("replicad.peer.transport")
 BATCH_BYTES = 8 * 2**20        # receiver: store (and fsync) once this much is buffered
 BATCH_ITEMS = 512
 READ_BATCH = 64                # sender: chunks read from the store per worker-thread call
+FETCH_READ_AHEAD = 2           # /v1/peer/fetch: batches read ahead of the one being sent
 PEER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=3, sock_read=30)
 
 
@@ -289,17 +291,19 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
         def read(i: int) -> asyncio.Future[list[bytes]]:
             return asyncio.ensure_future(asyncio.to_thread(_read_frames, host.store, digests[i:i + READ_BATCH]))
 
-        ahead = read(starts[0]) if starts else None  # batch k+1 is read (and verified) while batch k is sent
+        # batches k+1 .. k+FETCH_READ_AHEAD are read (and verified) while batch k is sent: direct reads
+        # have no page-cache read-ahead, so the disk gets its queue from these
+        ahead = collections.deque(read(i) for i in starts[:FETCH_READ_AHEAD])
         try:
             for k in range(len(starts)):
-                assert ahead is not None
-                frames = await ahead
-                ahead = read(starts[k + 1]) if k + 1 < len(starts) else None
+                frames = await ahead.popleft()
+                if k + FETCH_READ_AHEAD < len(starts):
+                    ahead.append(read(starts[k + FETCH_READ_AHEAD]))
                 if frames:
                     await resp.write(b"".join(frames))
         finally:
-            if ahead is not None:  # the client went away: let the read finish, drop it
-                await asyncio.gather(ahead, return_exceptions=True)
+            if ahead:  # the client went away: let the reads finish, drop them
+                await asyncio.gather(*ahead, return_exceptions=True)
         await resp.write_eof()
         return resp
 

@@ -113,6 +113,12 @@ class Detection:
                         "(the config key only sets the policy at the volume's first registration); judging in %r. "
                         "Change it with: replicad detection %s --set mode=%s (a request other sites approve)",
                         volume, mode, cluster["mode"], cluster["mode"], volume, mode)
+        unusable = anomaly.unusable_notes([*cluster["ransom_notes"], *cluster["ransom_note_strong"]])
+        if unusable and (volume, tuple(unusable)) not in self._mode_warned:  # recorded before RE2 judged patterns
+            self._mode_warned.add((volume, tuple(unusable)))
+            log.warning("volume %s: the detection policy holds ransom-note patterns RE2 refuses (look-around, a "
+                        "backreference, or too large), never matched here: %s. Replace them with: replicad detection "
+                        "%s --set ransom_notes=[...] (a request other sites approve)", volume, unusable, volume)
         return anomaly.stricter(cluster, local)
 
     async def judge_pending(self, volume: str, vs: dict, upto: int | None = None) -> dict[int, str]:

@@ -773,27 +773,43 @@ class ChunkStore:
         fd = self._read_fd(pack_id)
         dfd = self._direct_fd(pack_id) if direct else None
         if dfd is not None:
-            lo = start - start % DIRECT_ALIGN
-            size = -(-(start + length - lo) // DIRECT_ALIGN) * DIRECT_ALIGN
-            buf = self._arena_take(size, keep)
-            got = 0
             try:
-                while got < size:
-                    n = os.preadv(dfd, [buf[got:]], lo + got)
-                    if n <= 0 or n % DIRECT_ALIGN:  # the end of the pack (a partial last page)
-                        got += max(n, 0)
-                        break
-                    got += n
+                return self._read_direct(dfd, pack_id, start, length, keep, fallback=False)
             except OSError as err:
                 if err.errno != errno.EINVAL:
                     raise
                 self._close_direct(pack_id)
                 self._direct_fds[pack_id] = None  # refused after all: the page cache for this pack
-                return self._read_span(pack_id, start, length, False, keep)
-            return buf[start - lo:max(start - lo, min(got, start - lo + length))]
         data = memoryview(_pread_exact(fd, length, start))
         self._drop_behind(pack_id, fd, start, len(data))
         return data
+
+    def _read_direct(self, dfd: int, pack_id: int, start: int, length: int, keep: bool,
+                     fallback: bool = True) -> memoryview:
+        """The O_DIRECT read of :meth:`_read_span` on descriptor ``dfd`` (the caller's: the lock
+        need not be held). ``fallback``: a read refused with EINVAL (direct I/O refused after
+        all) is done again through the page cache under the lock, and the pack is read that way
+        from then on. Raises OSError."""
+        lo = start - start % DIRECT_ALIGN
+        size = -(-(start + length - lo) // DIRECT_ALIGN) * DIRECT_ALIGN
+        buf = self._arena_take(size, keep)
+        got = 0
+        try:
+            while got < size:
+                n = os.preadv(dfd, [buf[got:]], lo + got)
+                if n <= 0 or n % DIRECT_ALIGN:  # the end of the pack (a partial last page)
+                    got += max(n, 0)
+                    break
+                got += n
+        except OSError as err:
+            if err.errno != errno.EINVAL or not fallback:
+                raise
+            with self._lock:
+                self._check_open()
+                self._close_direct(pack_id)
+                self._direct_fds[pack_id] = None
+                return self._read_span(pack_id, start, length, False, keep)
+        return buf[start - lo:max(start - lo, min(got, start - lo + length))]
 
     def _drop_behind(self, pack_id: int, fd: int, offset: int, length: int) -> None:
         """Drop the page-cache pages behind a sequential read of a pack (restore, catch-up,
@@ -894,6 +910,23 @@ class ChunkStore:
         """
         asked = [_check_digest(d) for d in digests]
         records: dict[bytes, tuple[int, bytes, int, int] | IntegrityError] = {}
+        spans: list[tuple[list, int, int, int, int]] = []  # (rows, pack, start, end, descriptor) to read directly
+
+        def take_records(group: list, pack_id: int, start: int, data: memoryview) -> None:
+            for digest, _p, offset, length, codec in group:
+                rec = data[offset - start:offset - start + RECORD_HEADER_SIZE + length]
+                if len(rec) != RECORD_HEADER_SIZE + length:
+                    records[digest] = IntegrityError(f"chunk {digest.hex()} truncated in pack {pack_id}",
+                                                     digest=digest.hex(), pack=pack_id, offset=offset)
+                    continue
+                rec_len, rec_codec, rec_digest, _crc = _REC_HEADER.unpack_from(rec)
+                if (rec_len, rec_codec, rec_digest) != (length, codec, digest):
+                    records[digest] = IntegrityError(f"chunk {digest.hex()}: pack record header does not match "
+                                                     "the index", digest=digest.hex(), pack=pack_id, offset=offset)
+                    continue
+                payload = rec[RECORD_HEADER_SIZE:]
+                records[digest] = (codec, payload if views else bytes(payload), pack_id, offset)
+
         with self._lock:
             self._check_open()
             unique = list(dict.fromkeys(asked))
@@ -919,26 +952,35 @@ class ChunkStore:
                     end = max(end, rows[j][2] + RECORD_HEADER_SIZE + rows[j][3])
                 group, i = rows[i:j + 1], j + 1
                 try:
-                    data = self._read_span(pack_id, start, end - start, direct, keep=views and bool(records))
-                    data = data.toreadonly()
+                    dfd = self._direct_fd(pack_id) if direct else None
+                    if dfd is not None:  # read below, outside the lock, on a descriptor of its own
+                        try:
+                            spans.append((group, pack_id, start, end, os.dup(dfd)))
+                            continue
+                        except OSError:  # no descriptor to spare: read here through the page cache
+                            pass
+                    data = self._read_span(pack_id, start, end - start, False)
                 except OSError as err:
                     for digest, _p, offset, _l, _c in group:
                         records[digest] = IntegrityError(f"chunk {digest.hex()} unreadable: {err}",
                                                          digest=digest.hex(), pack=pack_id, offset=offset)
                     continue
-                for digest, _p, offset, length, codec in group:
-                    rec = data[offset - start:offset - start + RECORD_HEADER_SIZE + length]
-                    if len(rec) != RECORD_HEADER_SIZE + length:
-                        records[digest] = IntegrityError(f"chunk {digest.hex()} truncated in pack {pack_id}",
-                                                         digest=digest.hex(), pack=pack_id, offset=offset)
-                        continue
-                    rec_len, rec_codec, rec_digest, _crc = _REC_HEADER.unpack_from(rec)
-                    if (rec_len, rec_codec, rec_digest) != (length, codec, digest):
-                        records[digest] = IntegrityError(f"chunk {digest.hex()}: pack record header does not match "
-                                                         "the index", digest=digest.hex(), pack=pack_id, offset=offset)
-                        continue
-                    payload = rec[RECORD_HEADER_SIZE:]
-                    records[digest] = (codec, payload if views else bytes(payload), pack_id, offset)
+                take_records(group, pack_id, start, data.toreadonly())
+        # Direct reads outside the lock: several readers (a holder's streams) keep several reads in
+        # flight (the disk's queue), where a read under the lock made each wait for the one before.
+        # A duplicated descriptor keeps its pack readable even if a collection replaces it meanwhile
+        # (the offsets are those of the rows read under the lock, in that very file).
+        for k, (group, pack_id, start, end, fd) in enumerate(spans):
+            try:
+                data = self._read_direct(fd, pack_id, start, end - start, keep=views and k > 0)
+            except OSError as err:
+                for digest, _p, offset, _l, _c in group:
+                    records[digest] = IntegrityError(f"chunk {digest.hex()} unreadable: {err}",
+                                                     digest=digest.hex(), pack=pack_id, offset=offset)
+                continue
+            finally:
+                os.close(fd)
+            take_records(group, pack_id, start, data.toreadonly())
         found: list[tuple[bytes, int, bytes]] = []
         missing: list[bytes] = []
         corrupt: list[tuple[bytes, IntegrityError]] = []

@@ -53,5 +53,12 @@ def test_a_ransom_note_in_a_new_file_makes_every_site_judge_the_snapshot_suspect
             assert here["signals"]["ransom_note"] == 1 and here["signals"]["turned_random"] == 0, here["signals"]
             assert [n["index"] for n in here["ransom_notes"]] == [9] and len(here["ransom_notes"][0]["patterns"]) >= 2
             assert any(r.startswith("ransom_note:") for r in here["reasons"]), here["reasons"]
+            # the slow windows (one-sided CUSUMs since #1, no confirmation): carried from the clean
+            # snapshot's evidence to this one's, neither flagged
+            before = c.api(s, "GET", f"/v1/volumes/{VOL}/snapshots/{clean_seq}/evidence")["here"]
+            for doc in (before, here):
+                assert doc["slow"]["anchor"] == 1 and doc["slow"]["learned_rate"] is None, doc["slow"]
+                assert not doc["slow"]["relative"]["flagged"] and not doc["slow"]["conservation"]["flagged"]
+            assert here["slow"]["relative"]["total"] <= before["slow"]["relative"]["total"] + here["score"], here
     finally:
         c.stop_all()

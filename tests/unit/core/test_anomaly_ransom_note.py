@@ -192,10 +192,13 @@ def test_the_policy_keys_are_checked_and_protected() -> None:
     assert weakened_keys(fewer_strong, POLICY_DEFAULTS) == []
     assert stricter(POLICY_DEFAULTS, {"ransom_note_strong": ["pay@x"]})["ransom_note_strong"] == [
         *RANSOM_NOTE_STRONG_DEFAULT, "pay@x"]
-    # a pattern recorded when patterns were matched against bytes, which only the bytes form accepts
-    assert policy_problems({**POLICY_DEFAULTS, "ransom_notes": [*RANSOM_NOTES_DEFAULT, "(?L)ransom"]}) == []
+    # a pattern recorded before RE2 judged patterns ((?L): bytes only) is refused now, and where a
+    # policy still holds it, it is left out of matching (anomaly.unusable_notes names it)
+    assert policy_problems({**POLICY_DEFAULTS, "ransom_notes": [*RANSOM_NOTES_DEFAULT, "(?L)ransom"]})
     blk = note_in_new_file(b"A ransom is due. Contact http://lockbitapt2d73krlbewgv27tquljgxr33xbwwsp6rk.onion now.")
-    assert "(?L)ransom" in ransom_note_matches(blk, None, [*RANSOM_NOTES_DEFAULT, "(?L)ransom"])
+    assert "(?L)ransom" not in ransom_note_matches(blk, None, [*RANSOM_NOTES_DEFAULT, "(?L)ransom"], minimum=1)
+    assert "ransom" in ransom_note_matches(blk, None, [*RANSOM_NOTES_DEFAULT, "ransom"], minimum=1)
+    assert anomaly.unusable_notes([*RANSOM_NOTES_DEFAULT, "(?L)ransom", "ransom"]) == ["(?L)ransom"]
     assert weakened_keys(POLICY_DEFAULTS, {**POLICY_DEFAULTS, "ransom_note_min": 3}) == ["ransom_note_min"]
     more = {**POLICY_DEFAULTS, "ransom_notes": [*RANSOM_NOTES_DEFAULT, "pay us"], "ransom_note_min": 1}
     assert weakened_keys(POLICY_DEFAULTS, more) == []

@@ -570,3 +570,37 @@ def test_direct_reads_across_packs_and_calls_keep_their_views_apart(tmp_path: Pa
             assert [d for d, _, _ in found] == asked
             for d, codec, payload in found:
                 assert decode_chunk(codec, bytes(payload)) == by_digest[d]
+
+
+def test_direct_reads_from_several_threads_at_once_each_get_their_own_chunks(tmp_path: Path) -> None:
+    """Direct reads run outside the store lock (a holder's streams keep several reads in
+    flight): four threads asking random batches at once each get exactly their chunks, in their
+    order, from their own thread's buffer; no descriptor is left open."""
+    rng = random.Random(8)
+    blocks = [rng.randbytes(rng.randrange(1, 70_000)) for _ in range(200)]
+    with ChunkStore(tmp_path / "s", pack_target_bytes=3 * 2**20) as store:
+        digests = store.put_blocks(blocks)
+        by_digest = dict(zip(digests, blocks))
+        store.get_encoded_many(digests, direct=True)  # opens the packs' descriptors the store keeps
+        fds_before = len(os.listdir("/proc/self/fd"))
+        errors: list[str] = []
+
+        def reader(seed: int) -> None:
+            r = random.Random(seed)
+            for _ in range(25):
+                asked = r.sample(digests, 64)
+                found, missing, corrupt = store.get_encoded_many(asked, views=True, direct=True)
+                if missing or corrupt or [d for d, _, _ in found] != asked:
+                    errors.append(f"thread {seed}: wrong answer")
+                    return
+                if any(decode_chunk(c, bytes(p)) != by_digest[d] for d, c, p in found):
+                    errors.append(f"thread {seed}: wrong bytes")
+                    return
+
+        threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors and not any(t.is_alive() for t in threads)
+        assert len(os.listdir("/proc/self/fd")) == fds_before
