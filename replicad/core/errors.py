@@ -341,6 +341,15 @@ class PeerUnavailableError(UnavailableError):
     code = "peer_unavailable"
 
 
+class PeerStalledError(PeerUnavailableError):
+    """A peer answered a fetch too slowly to count as serving it: fewer than the progress
+    rule's bytes of complete chunk frames within its window (a holder trickling its answer,
+    or one too overloaded to serve). Evidence: ``url``, ``window_s``, ``got_bytes``,
+    ``frames`` (received before it was cut). The fetch goes to another holder."""
+
+    code = "peer_stalled"
+
+
 class StoreFullError(UnavailableError):
     """The data directory is full (ENOSPC/EDQUOT); nothing already stored was damaged."""
 

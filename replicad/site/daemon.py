@@ -287,7 +287,7 @@ class SiteDaemon:
     def _build_rooms(self, store: ChunkStore, catalog: Catalog, peers: PeerClient) -> None:
         """Wire the rooms: each gets the resources it uses, and the rooms it calls."""
         cluster, runners = self.cluster, self.runners
-        self.pull = Pull(cluster, store, catalog, peers)
+        self.pull = Pull(cluster, store, catalog, peers, self.metrics)
         self.replication = Replication(cluster, store, catalog, peers, self.pull, self.metrics, self.data_dir,
                                        self._scan_slots, self._background)
         self.promotion = Promotion(cluster, store, catalog, runners, self.pull, self.replication, self._scan_slots,

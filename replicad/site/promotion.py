@@ -311,6 +311,11 @@ class Promotion:
         if runner.role == "restoring":
             transition(runner, "restore_done")  # O5: the root matched
         report["rto_s"] = time.monotonic() - t0
+        stalled = self.pull.recent_stalls(since=t0)
+        if stalled:  # the restore went on without them (the progress rule)
+            report["stalled_holders"] = stalled
+            log.warning("volume %s: the takeover's restore did without holder(s) %s: they stalled its fetches", name,
+                        ", ".join(sorted(stalled)))
         runner.last_report = report
         runner.last_cycle_at = time.monotonic()  # the restored snapshot is committed: next one in an interval
         runner.became_primary.set()
@@ -463,8 +468,7 @@ class Promotion:
         try:
             await asyncio.wait_for(runner.takeover_settled.wait(), wait_s)
         except asyncio.TimeoutError:
-            raise ConflictError("promotion granted but the restore did not finish in time", volume=volume,
-                                last_error=runner.last_error) from None
+            raise self._not_in_time(runner, volume, t0) from None
         if not runner.became_primary.is_set() and isinstance(runner.takeover_error,
                                                               (TakeoverRestoreError, SnapshotSuspectError)):
             raise runner.takeover_error  # typed, at once: this site cannot serve the volume (or that snapshot)
@@ -472,11 +476,22 @@ class Promotion:
             try:  # a transient failure (a holder unreachable ...): the loop retries after its backoff
                 await asyncio.wait_for(runner.became_primary.wait(), max(0.0, wait_s - (time.monotonic() - t0)))
             except asyncio.TimeoutError:
-                raise ConflictError("promotion granted but the restore did not finish in time", volume=volume,
-                                    last_error=runner.last_error) from None
+                raise self._not_in_time(runner, volume, t0) from None
         return {"volume": volume, "primary": target, "epoch": res.get("epoch"),
                 "restored_seq": runner.last_report.get("restored_seq"),
                 "rto_s": time.monotonic() - t0, "restore": runner.last_report}
+
+    def _not_in_time(self, runner: VolumeRunner, volume: str, t0: float) -> ConflictError:
+        """The ConflictError of a promotion whose restore did not finish within its wait: names
+        the holders that stalled a fetch since the promotion began (monotonic ``t0``; the
+        progress rule of :class:`~replicad.peer.transport.FetchProgress`) and the takeover's
+        last error, also logged at WARNING (the restore goes on in the background)."""
+        stalled = self.pull.recent_stalls(since=t0)
+        why = "; ".join(f"holder {h} stalled: {m}" for h, m in sorted(stalled.items()))
+        msg = "promotion granted but the restore did not finish in time" + (f" ({why})" if why else "") + \
+            (f"; last error: {runner.last_error}" if runner.last_error else "")
+        log.warning("volume %s: %s; the restore goes on", volume, msg)
+        return ConflictError(msg, volume=volume, last_error=runner.last_error, stalled_holders=stalled)
 
     def _refuse_second_takeover(self, runner: VolumeRunner, volume: str, vs: dict) -> None:
         """A forced promotion of this site while Raft already names it the primary of

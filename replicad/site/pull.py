@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
+from typing import Any
 
-from replicad.core.errors import (IntegrityError, NotFoundError, PeerUnavailableError, RecordConflictError,
-                                  ReplicadError)
+from replicad.core.errors import (IntegrityError, NotFoundError, PeerStalledError, PeerUnavailableError,
+                                  RecordConflictError, ReplicadError)
 from replicad.core.manifest import Manifest, iter_block_digests
 from replicad.peer.transport import PeerClient, snapshot_complete
 from replicad.site.cluster import Cluster
@@ -24,6 +26,7 @@ from replicad.storage.image import apply_snapshot
 log = logging.getLogger("replicad.site.pull")
 
 FETCH_SLICE = 256  # digests per request when a fetch into the store is split across holders (16 MiB of 64 KiB blocks)
+STALL_MEMORY_S = 600.0  # a holder that stalled a fetch is asked last for this long (Pull.ranked)
 
 
 class Pull:
@@ -32,22 +35,54 @@ class Pull:
     Args:
         cluster: Raft view and members (holders, their peer URLs).
         store, catalog: this site's chunk store and snapshot catalog.
-        peers: the peer API client.
+        peers: the peer API client; its stalls (the progress rule of
+            :class:`~replicad.peer.transport.FetchProgress`) are reported to :meth:`note_stall`.
+        metrics: counts stalls (``replicad_fetch_stalled_total``); None in bare tests.
     """
 
-    def __init__(self, cluster: Cluster, store: ChunkStore, catalog: Catalog, peers: PeerClient) -> None:
+    def __init__(self, cluster: Cluster, store: ChunkStore, catalog: Catalog, peers: PeerClient,
+                 metrics: Any = None) -> None:
         self.site_id = cluster.site_id
         self.cluster = cluster
         self.store = store
         self.catalog = catalog
         self.peers = peers
+        self.metrics = metrics
+        self.stalls: dict[str, tuple[float, str]] = {}  # holder -> (monotonic time, message) of its last stall
+        peers.on_stall = self.note_stall
         # root -> plan_units of a snapshot whose pages ensure_pages just read, for the restore that
         # follows (one pass over the manifest's pages, not two); taken by restore_streamed
         self._plans: dict[bytes, tuple[list[Unit], int]] = {}
 
+    def note_stall(self, url: str, err: PeerStalledError) -> None:
+        """A fetch from the holder at ``url`` broke the progress rule: logged at WARNING under the
+        holder's name, counted (``replicad_fetch_stalled_total{holder}``), and remembered for
+        :meth:`ranked` and :meth:`recent_stalls`. Never raises."""
+        holder = next((s.site_id for s in self.cluster.cfg().sites if s.peer_url == url), url)
+        self.stalls[holder] = (time.monotonic(), err.message)
+        if self.metrics is not None:
+            self.metrics.fetch_stalled(holder)
+        log.warning("holder %s stalled a fetch (%s): it is asked last for the next %.0fs; its share goes to the "
+                    "other holders", holder, err.message, STALL_MEMORY_S)
+
+    def ranked(self, holders: list[str]) -> list[str]:
+        """``holders`` in the order to ask them: those that stalled a fetch in the last
+        STALL_MEMORY_S seconds last (the oldest stall first), the others in the order given."""
+        now = time.monotonic()
+        recent = {h: t for h, (t, _) in self.stalls.items() if now - t < STALL_MEMORY_S}
+        return [h for h in holders if h not in recent] + sorted((h for h in holders if h in recent),
+                                                                 key=recent.__getitem__)
+
+    def recent_stalls(self, since: float | None = None) -> dict[str, str]:
+        """Holder -> message of its last stall, for stalls at or after monotonic time ``since``
+        (default: the last STALL_MEMORY_S seconds)."""
+        since = time.monotonic() - STALL_MEMORY_S if since is None else since
+        return {h: m for h, (t, m) in self.stalls.items() if t >= since}
+
     async def ensure_snapshot(self, volume: str, seq: int, vs: dict | None = None) -> Manifest:
         """Make sure committed snapshot ``seq`` is complete in the local store, fetching what is
-        missing from its holders; chunks found corrupt locally (the manifest, a page) are dropped
+        missing from its holders (:meth:`fetch_missing`: a holder that stalls loses its share to
+        the others); chunks found corrupt locally (the manifest, a page) are dropped
         and re-fetched, verified by digest, whatever their number — each digest once: one found
         corrupt again after its re-fetch stops the pull (the store here is failing).
 
@@ -226,14 +261,21 @@ class Pull:
         """Fetch the chunks of ``digests`` this store lacks from ``holders`` (verified on receipt,
         durable per batch): more than FETCH_SLICE from several holders are split across all of
         them at once (:meth:`_fetch_parallel`), then what is still missing is asked of each
-        holder not dropped, in turn. Raises NotFoundError if some are still missing after every holder that
+        holder not dropped, in turn, in :meth:`ranked` order. Every request obeys the
+        progress rule (:class:`~replicad.peer.transport.FetchProgress`): a holder that stalls
+        fails like an unreachable one (PeerStalledError, logged and counted by
+        :meth:`note_stall`) and the next holder is asked. Raises NotFoundError if some are still missing after every holder that
         answered lacked them, PeerUnavailableError if no holder could be reached at all (a
         takeover then waits for a holder instead of skipping the snapshot as lost)."""
         need = await asyncio.to_thread(self.store.missing, digests)
+        holders = self.ranked(holders)
         answered: list[str] = []
         failed: set[str] = set()
-        if len(holders) > 1 and len(need) > FETCH_SLICE:
-            answered, failed = await self._fetch_parallel(volume, epoch, need, holders)
+        # a holder that stalled lately is not in the parallel pass (it would hold up a slice for
+        # a window again) unless nobody else is left; it is still asked last for what remains
+        fresh = [h for h in holders if h not in self.recent_stalls()] or holders
+        if len(fresh) > 1 and len(need) > FETCH_SLICE:
+            answered, failed = await self._fetch_parallel(volume, epoch, need, fresh)
             need = await asyncio.to_thread(self.store.missing, need)
         for holder in holders:
             if not need:

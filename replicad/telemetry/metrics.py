@@ -151,6 +151,9 @@ replicad_anomaly_verdict_disagreements                      volume             e
 replicad_restore_skipped_total                              volume             clean snapshots a takeover
                                                                                could not restore from any
                                                                                holder and skipped (counter)
+replicad_fetch_stalled_total                                holder             fetches from a holder that
+                                                                               broke the progress rule
+                                                                               (counter)
 replicad_disk_free_bytes / replicad_disk_size_bytes                            ``shutil.disk_usage``
 replicad_build_info                                         version, python    constant 1
 replicad_scrape_error                                       part               1 if that part failed
@@ -640,6 +643,10 @@ class SiteMetrics:
                                        "Clean committed snapshots a takeover could not restore (no holder could "
                                        "supply their chunks after bounded retries) and skipped for an older one",
                                        ["site", "volume"], registry=self.registry)
+        self.fetches_stalled = Counter("replicad_fetch_stalled_total",
+                                       "Fetches from a holder that broke the progress rule (too few bytes of "
+                                       "complete chunk frames within the window) and went to another holder",
+                                       ["site", "holder"], registry=self.registry)
         self.standby_damaged_events = Counter(
             "replicad_standby_damage_found_total", "Times this site's standby image was found not to hold the snapshot "
             "its standby record names (standby check, verify, or a promotion's O5 check)", ["site", "volume"],
@@ -773,6 +780,10 @@ class SiteMetrics:
     def restore_skipped(self, volume: str) -> None:
         """Count one snapshot a takeover skipped as unrestorable (``replicad_restore_skipped_total``)."""
         self.restores_skipped.labels(self.site_id, volume).inc()
+
+    def fetch_stalled(self, holder: str) -> None:
+        """Count one fetch ``holder`` stalled (``replicad_fetch_stalled_total``)."""
+        self.fetches_stalled.labels(self.site_id, holder).inc()
 
     def standby_damaged(self, volume: str) -> None:
         """Count one standby of ``volume`` found damaged (``replicad_standby_damage_found_total``)."""

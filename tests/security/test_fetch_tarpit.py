@@ -1,0 +1,99 @@
+"""A compromised holder cannot stall an honest site's forced promotion (security review: the
+tarpit holder).
+
+site-c was down while snapshot #2 was committed, so its only holders are site-a and site-b.
+Then the attacker takes site-a's host: its daemon is restarted as
+:mod:`tests.security.tarpit_site` (replicad's daemon answering every ``/v1/peer/fetch`` with
+its head at once and then one byte every 20 s: no read ever hits the client's 30 s sock_read
+timeout). site-a comes first in the snapshot's holders, so site-c's restore asks it first.
+site-c restarts and its operators force-promote it.
+
+Before the progress rule (:class:`replicad.peer.transport.FetchProgress`) the promotion's
+restore waited on site-a forever, silently (no log line, no metric), and honest site-b was
+never asked. Now the fetch from site-a fails within FETCH_PROGRESS_S with a PeerStalledError,
+logged at WARNING under site-a's name and counted in ``replicad_fetch_stalled_total``, and #2
+comes from site-b: the promotion answers with #2 restored, the stall named in its report, and
+site-c's image is #2 byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from replicad.lab.localcluster import LocalCluster
+from tests.integration.conftest import VOL, overwrite_blocks, snapshot, write_image
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def restart_as_tarpit(c: LocalCluster, site: str) -> None:
+    """Stop ``site``'s daemon (SIGTERM, by PID) and start it again as
+    :mod:`tests.security.tarpit_site` on the same config and data dir; the cluster stops it by
+    PID like any of its sites."""
+    c.kill(site, signal.SIGTERM)
+    s = c.sites[site]
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    with open(s.log_path, "ab") as log:
+        s.proc = subprocess.Popen([sys.executable, "-m", "tests.security.tarpit_site", "--trickle-s", "20",
+                                   str(s.config_path)], stdout=log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, env=env, cwd=s.dir)
+
+
+def stalled_count(c: LocalCluster, site: str, holder: str) -> float:
+    """``replicad_fetch_stalled_total`` of ``holder`` on ``site``'s /metrics (0 when none)."""
+    text = urllib.request.urlopen(c.sites[site].admin_url + "/metrics", timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("replicad_fetch_stalled_total{") and f'holder="{holder}"' in line)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_tarpit_holder_cannot_stall_a_forced_promotion(tmp_path: Path) -> None:
+    c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2)
+    try:
+        img = c.sites["site-a"].volume_path(VOL)
+        write_image(img, 48 * 4, random.Random(3))  # 12 MiB
+        c.start_all()
+        c.wait_ready(90)
+        snapshot(c, "site-a")
+        c.kill("site-c", signal.SIGTERM)
+        overwrite_blocks(img, list(range(1, 150, 3)), random.Random(4))
+        s2 = snapshot(c, "site-a")
+        seq = s2["seq"]
+        image_2 = sha(img)
+        holders = {s["seq"]: s["holders"] for s in c.api("site-b", "GET", f"/v1/volumes/{VOL}/snapshots")["snapshots"]}
+        assert holders[seq] == ["site-a", "site-b"], holders  # site-a is asked first
+
+        restart_as_tarpit(c, "site-a")
+        c.wait_for("the tarpit site-a serving", lambda: c.status("site-a"), 60)
+        c.start("site-c")
+        c.wait_for("site-c up", lambda: c.status("site-c"), 90)
+
+        res = c.api("site-c", "POST", f"/v1/volumes/{VOL}/promote", {"force": True, "wait_s": 150}, timeout_s=170)
+        assert res["restored_seq"] == seq, res
+        assert "site-a" in res["restore"].get("stalled_holders", {}), res["restore"]
+        assert "site-b" not in res["restore"].get("stalled_holders", {}), res["restore"]
+        assert sha(c.sites["site-c"].volume_path(VOL)) == image_2, "site-c's image is #2 (from honest site-b)"
+
+        log = c.sites["site-c"].log_path.read_text(errors="replace")
+        assert any(" WARNING " in line and "holder site-a stalled a fetch" in line for line in log.splitlines())
+        assert stalled_count(c, "site-c", "site-a") >= 1
+        assert stalled_count(c, "site-c", "site-b") == 0
+        st = c.status("site-c")["volumes"][VOL]
+        assert st["role"] == "primary" and st["standby_seq"] == seq, st
+    finally:
+        c.stop_all()
