@@ -34,7 +34,8 @@ import asyncio
 import collections
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import aiohttp
@@ -42,8 +43,8 @@ from aiohttp import web
 
 from replicad.core import wire
 from replicad.storage.chunkstore import ChunkStore
-from replicad.core.errors import (IntegrityError, NotFoundError, PeerUnavailableError, RemoteProtocolError, ReplicadError,
-                     RevokedError, from_dict)
+from replicad.core.errors import (IntegrityError, NotFoundError, PeerStalledError, PeerUnavailableError,
+                                  RemoteProtocolError, ReplicadError, RevokedError, from_dict)
 from replicad.core.manifest import Manifest, changed_digests, iter_block_digests
 from replicad.peer.tls import check_sender
 
@@ -54,6 +55,13 @@ BATCH_ITEMS = 512
 READ_BATCH = 64                # sender: chunks read from the store per worker-thread call
 FETCH_READ_AHEAD = 2           # /v1/peer/fetch: batches read ahead of the one being sent
 PEER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=3, sock_read=30)
+# The progress rule of a fetch (ARCHITECTURE.md, Choices: "A holder must make progress"): a
+# holder answering /v1/peer/fetch must deliver FETCH_PROGRESS_BYTES of complete chunk frames
+# (or end its answer) within every FETCH_PROGRESS_S seconds spent waiting on it, the wait for
+# its answer's head included; else the fetch fails with PeerStalledError and goes to another
+# holder. Only time spent waiting on the network counts (not the caller's own work between reads).
+FETCH_PROGRESS_S = 10.0
+FETCH_PROGRESS_BYTES = 2**20
 
 
 class PeerHost(Protocol):
@@ -338,6 +346,11 @@ class PeerClient:
     def __init__(self, session: aiohttp.ClientSession, site_id: str) -> None:
         self.session = session
         self.site_id = site_id
+        # called with (peer_url, PeerStalledError) when a fetch breaks the progress rule, before
+        # the error is raised (the daemon logs it under the holder's name and counts it)
+        self.on_stall: Callable[[str, PeerStalledError], None] | None = None
+        self.progress_s = FETCH_PROGRESS_S         # the progress rule of fetch_frames (FetchProgress)
+        self.progress_bytes = FETCH_PROGRESS_BYTES
 
     async def _post(self, url: str, body: Any, *, timeout: aiohttp.ClientTimeout = PEER_TIMEOUT) -> dict[str, Any]:
         try:
@@ -481,35 +494,95 @@ class PeerClient:
         payload is copied at most once, where it spans two pieces); else ``bytes``
         (:class:`wire.FrameReader`).
 
+        The progress rule (:class:`FetchProgress`) holds for every request: PeerStalledError
+        (also handed to :attr:`on_stall`) when the peer delivers too little too slowly.
+
         Raises PeerUnavailableError (unreachable, reset or cut mid-stream: the frames yielded
-        before stay good), the peer's own error, RemoteProtocolError (a malformed stream)."""
+        before stay good), PeerStalledError, the peer's own error, RemoteProtocolError (a
+        malformed stream)."""
         for i in range(0, len(digests), wire.MAX_DIGESTS_PER_DOC):
             body = wire.encode_doc("fetch", volume=volume, epoch=epoch,
                                    digests=list(digests[i:i + wire.MAX_DIGESTS_PER_DOC]), **{"from": self.site_id})
+            progress = FetchProgress(peer_url, self.progress_s, self.progress_bytes)
             try:
-                async with self.session.post(peer_url + "/v1/peer/fetch", data=body, timeout=PEER_TIMEOUT,
-                                             headers={"Content-Type": wire.CONTENT_TYPE}) as resp:
+                resp = await progress.run(self.session.post(peer_url + "/v1/peer/fetch", data=body,
+                                                            timeout=PEER_TIMEOUT,
+                                                            headers={"Content-Type": wire.CONTENT_TYPE}))
+                async with resp:
                     if resp.status != 200:
-                        raise _error_from(resp.status, await read_bounded(
-                            resp.content, resp.content_length, wire.MAX_DOC_BYTES, "peer error"), peer_url)
+                        raise _error_from(resp.status, await progress.run(read_bounded(
+                            resp.content, resp.content_length, wire.MAX_DOC_BYTES, "peer error")), peer_url)
                     if views:
                         splitter = wire.FrameSplitter("chunks")
-                        async for data, _ in resp.content.iter_chunks():
-                            frames = splitter.feed(data)
+                        pieces = resp.content.iter_chunks()
+                        while (piece := await progress.run(anext(pieces, None))) is not None:
+                            frames = splitter.feed(piece[0])
                             if frames:
+                                progress.delivered(frames)
                                 yield frames
                         splitter.finish()
                         continue
                     reader = wire.FrameReader("chunks")
-                    async for data in resp.content.iter_chunked(wire.FEED_MAX_BYTES):
+                    chunked = resp.content.iter_chunked(wire.FEED_MAX_BYTES)
+                    while (data := await progress.run(anext(chunked, None))) is not None:
                         reader.feed(data)
                         frames = list(reader.frames())
                         if frames:
+                            progress.delivered(frames)
                             yield frames
                     reader.finish()
+            except PeerStalledError as err:
+                if self.on_stall is not None:
+                    self.on_stall(peer_url, err)
+                raise
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
                 raise PeerUnavailableError(f"peer {peer_url} unreachable: {err.__class__.__name__}: {err}",
                                            url=peer_url) from None
+
+
+class FetchProgress:
+    """The progress rule of one ``/v1/peer/fetch`` request: within every FETCH_PROGRESS_S
+    seconds spent waiting on the peer (:meth:`run`), it must deliver FETCH_PROGRESS_BYTES of
+    payload in complete chunk frames (:meth:`delivered`) or end its answer; each time it does,
+    a new window begins. Time outside :meth:`run` (the caller storing or decoding what came)
+    does not count. A sock_read timeout alone never catches a peer that trickles a byte now
+    and then: one frame may take forever while every read returns something.
+
+    Args:
+        url: the peer's URL (named in the error).
+        window_s, min_bytes: the rule (defaults FETCH_PROGRESS_S, FETCH_PROGRESS_BYTES).
+    """
+
+    def __init__(self, url: str, window_s: float = FETCH_PROGRESS_S, min_bytes: int = FETCH_PROGRESS_BYTES) -> None:
+        self.url = url
+        self.window_s = window_s
+        self.min_bytes = min_bytes
+        self.waited = 0.0      # seconds spent waiting on the peer in this window
+        self.got = 0           # payload bytes of complete frames in this window
+        self.frames = 0        # frames received in all
+
+    async def run(self, aw: Any) -> Any:
+        """Await ``aw`` (a read from the peer) within what is left of the window. Raises
+        PeerStalledError when the window runs out first (``aw`` is cancelled)."""
+        t0 = time.monotonic()
+        try:
+            async with asyncio.timeout(max(0.0, self.window_s - self.waited)):
+                return await aw
+        except TimeoutError:
+            raise PeerStalledError(
+                f"peer {self.url} stalled a fetch: {self.got} bytes of complete chunk frames in {self.window_s:.0f}s "
+                f"waiting on it (the progress rule asks {self.min_bytes} bytes per {self.window_s:.0f}s); "
+                f"{self.frames} frames received before", url=self.url, window_s=self.window_s,
+                got_bytes=self.got, frames=self.frames) from None
+        finally:
+            self.waited += time.monotonic() - t0
+
+    def delivered(self, frames: list[tuple[bytes, int, Any]]) -> None:
+        """Credit complete ``frames`` (digest, codec, payload) to the window."""
+        self.frames += len(frames)
+        self.got += sum(len(f[2]) for f in frames)
+        if self.got >= self.min_bytes:
+            self.got, self.waited = 0, 0.0
 
 
 class SharedFrames:
