@@ -940,8 +940,8 @@ def _policy_value(key: str, text: str) -> Any:
 
 def cmd_detection(args: argparse.Namespace) -> int:
     """Show the detection policy (``GET /v1/volumes/VOL/detection``) or change keys of it
-    (``--set key=value``, ``PUT`` with ``{"detection": {key: value}, "reason": R}``): a
-    stricter value applies at once, a weaker one becomes a request other sites approve."""
+    (``--set key=value``, ``PUT`` with ``{"detection": {key: value}, "reason": R}``): every
+    change becomes a request other sites approve (a weaker one then cools off)."""
     path = f"/v1/volumes/{args.volume}/detection"
     if not args.set:
         if args.reason:
@@ -1162,8 +1162,8 @@ EXAMPLES: dict[str, str] = {
     "evidence": "replicad evidence ehr 42                # why each site judged ehr#42 as it did\n"
                 "replicad evidence ehr 42 --json | jq .here.blocks",
     "detection": "replicad detection ehr\n"
-                 "replicad detection ehr --set min_score=0.01 --reason 'tighter after an incident'   # at once\n"
-                 "replicad detection ehr --set min_score=0.05 --reason 'bulk imports'   # weaker: a request",
+                 "replicad detection ehr --set min_score=0.01 --reason 'tighter after an incident'   # a request\n"
+                 "replicad detection ehr --set min_score=0.05 --reason 'bulk imports'   # weaker: request, cooling-off",
     "verdict": "replicad verdict ehr 42 suspect --reason 'encrypted files seen'\n"
                "replicad verdict ehr 42 clean --reason 'bulk import of zip archives'   # a request others approve",
     "requests": "replicad requests",
@@ -1338,7 +1338,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=lambda a: _print(a, api(a, "GET", f"/v1/volumes/{a.volume}/snapshots/{a.seq}/evidence"),
                                        _render_evidence))
     p = command("detection", help="show or change a volume's ransomware detection policy (agreed through Raft; "
-                "weakening is a request other sites approve)")
+                "every change is a request other sites approve)")
     p.add_argument("volume", help="the volume's name (as in [[volumes]] name)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="a policy key: mode (content|encrypted), min_score, factor, cumulative_max, baseline_cap, "

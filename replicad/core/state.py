@@ -178,9 +178,13 @@ Authority rules (threat model: root on one site speaks with that site's identity
   :data:`TAINT_REASON_PREFIX`) whatever the primary proposed: a compromised primary cannot
   make the child of a suspect snapshot the newest clean one.
 * ``set_detection`` (``volume``, ``policy``): the volume's detection policy
-  (:data:`replicad.core.anomaly.POLICY_DEFAULTS` keys, :func:`detection_policy`). A change
-  that weakens any threshold (:func:`replicad.core.anomaly.weakened_keys`) runs only as an
-  approved request (approvals and cooling-off); a stricter one applies at once.
+  (:data:`replicad.core.anomaly.POLICY_DEFAULTS` keys, :func:`detection_policy`). Any change
+  runs only as an approved request: one that weakens any threshold
+  (:func:`replicad.core.anomaly.weakened_keys`) after approvals and cooling-off, a stricter one
+  once approved (no cooling-off: all-zero thresholds on one site's word would make every
+  snapshot suspect everywhere). The same policy again is answered ``changed`` false. A policy
+  whose ransom-note pattern RE2 refuses (:func:`replicad.core.anomaly.note_pattern_problem`) is
+  ``bad_request`` at every site alike. ``add_volume`` takes the default policy only.
 * ``vouch`` (``n``, ``hash``): the signing site says "the state after ``n`` applied commands
   has this 32-byte digest" (a checkpoint, :mod:`replicad.consensus.checkpoint`). Only by a
   registered site, for ``0 < n <=`` ``state["applied"]`` (a state already reached; the count
@@ -874,16 +878,18 @@ def _op_add_volume(state: dict, cmd: dict) -> tuple[dict, dict]:
             raise _Refusal("bad_request", f"detection policy: {'; '.join(problems)}", field="detection",
                            problems=problems)
         detection = {k: anomaly.with_defaults(detection)[k] for k in anomaly.POLICY_DEFAULTS}
-        # one site registers a volume: it may not weaken detection on its own word (a signed
+        # one site registers a volume: it may not set detection on its own word, weaker (a signed
         # add_volume by a compromised site carried thresholds at 1.0 and encrypted mode, and
-        # every site then judged ciphertext clean). As strict as the defaults or stricter
-        # only; encrypted mode or a weaker threshold is a set_detection request others approve.
-        weakened = anomaly.weakened_keys(anomaly.POLICY_DEFAULTS, detection)
-        if weakened:
+        # every site then judged ciphertext clean) or stricter (every threshold at 0: every
+        # snapshot suspect at every site, standbys held, pruning stopped). The defaults only;
+        # any other policy is a set_detection request others approve (the daemon makes it).
+        changed = sorted(k for k in anomaly.POLICY_DEFAULTS if detection[k] != anomaly.POLICY_DEFAULTS[k])
+        if changed:
             raise _Refusal("approval_required",
-                           f"the initial detection policy of {name!r} weakens the defaults "
-                           f"({', '.join(weakened)}): register with the defaults or stricter, then request the change "
-                           "(set_detection), which other sites approve", volume=name, weakened=weakened)
+                           f"the initial detection policy of {name!r} differs from the defaults "
+                           f"({', '.join(changed)}): register with the defaults, then request the change "
+                           "(set_detection), which other sites approve", volume=name, changed=changed,
+                           weakened=anomaly.weakened_keys(anomaly.POLICY_DEFAULTS, detection))
     if block_size & (block_size - 1):
         raise _Refusal("bad_request", "block_size must be a power of two", block_size=block_size)
     existing = state["volumes"].get(name)
@@ -1231,11 +1237,20 @@ def _op_set_detection(state: dict, cmd: dict) -> tuple[dict, dict]:
         raise _Refusal("bad_request", f"detection policy: {'; '.join(problems)}", field="policy", problems=problems)
     _data_site(state, cmd["by"], "detection policy proposer")
     policy = {k: anomaly.with_defaults(policy)[k] for k in anomaly.POLICY_DEFAULTS}
-    weakened = anomaly.weakened_keys(detection_policy(vol), policy)
+    current = detection_policy(vol)
+    if policy == current:
+        return state, {"ok": True, "volume": name, "detection": dict(policy), "weakened": [], "changed": False}
+    weakened = anomaly.weakened_keys(current, policy)
     if weakened:
         _needs_approval(cmd, f"weakening detection ({', '.join(weakened)})", volume=name, weakened=weakened)
+    elif cmd.get(_APPROVED) is not True:  # stricter is no licence: all-zero thresholds hold every standby
+        changed = sorted(k for k in policy if policy[k] != current[k])
+        raise _Refusal("approval_required", f"a change of {name!r}'s detection policy ({', '.join(changed)}) "
+                       "applies everywhere: it must be a request approved by operators at other sites (stricter: "
+                       "no cooling-off; the admin API makes one: replicad requests, replicad approve REQ)",
+                       by=cmd["by"], volume=name, changed=changed, weakened=[])
     return (_with_volume(state, name, {**vol, "detection": policy}),
-            {"ok": True, "volume": name, "detection": dict(policy), "weakened": weakened})
+            {"ok": True, "volume": name, "detection": dict(policy), "weakened": weakened, "changed": True})
 
 
 def _op_site_verdict(state: dict, cmd: dict) -> tuple[dict, dict]:
@@ -1533,6 +1548,19 @@ def _op_approve(state: dict, cmd: dict) -> tuple[dict, dict]:
     return _run_request(new_state, cmd, entry)
 
 
+def _stricter_detection(state: dict, entry: dict) -> bool:
+    """True when ``entry`` is a ``set_detection`` request that weakens nothing against the
+    volume's policy now (:func:`replicad.core.anomaly.weakened_keys`): approved, it runs without
+    a cooling-off."""
+    if entry["action"] != "set_detection":
+        return False
+    vol = state["volumes"].get(entry["args"].get("volume"))
+    policy = entry["args"].get("policy")
+    if vol is None or anomaly.policy_problems(policy):
+        return False
+    return not anomaly.weakened_keys(detection_policy(vol), policy)
+
+
 def _run_request(state: dict, cmd: dict, entry: dict) -> tuple[dict, dict]:
     """The request collected its approvals: start its cooling-off (status ``approved`` until
     ``effective_ns`` by the majority clock, vetoable), or run its action now (raising its
@@ -1544,6 +1572,8 @@ def _run_request(state: dict, cmd: dict, entry: dict) -> tuple[dict, dict]:
         cooling = 0
     elif entry["action"] in MAJORITY_ACTIONS:
         cooling = 0 if _unanimous(state, entry) else trust.membership_cooling_off_ns
+    elif _stricter_detection(state, entry):
+        cooling = 0
     else:
         cooling = trust.cooling_off_ns
     if entry["status"] == "approved":  # already cooling off (an approval completed the unanimity)

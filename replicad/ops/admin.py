@@ -38,7 +38,7 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
     POST   /v1/volumes/{volume}/demote          [admin] {}
     GET    /v1/volumes/{volume}/snapshots/{seq}/evidence  [viewer] every site's verdict, this site's evidence (issue 14)
     GET    /v1/volumes/{volume}/detection       [viewer] the Raft-agreed detection policy, and the one applied here
-    PUT    /v1/volumes/{volume}/detection       [admin] {"detection": {...}, "reason": str?}; weakening: 202 request
+    PUT    /v1/volumes/{volume}/detection       [admin] {"detection": {...}, "reason": str?}; a change: 202 request
     GET    /v1/volumes/{volume}/retention       [viewer] the Raft-agreed retention policy
     PUT    /v1/volumes/{volume}/retention       [admin] {"retention": {...}, "reason": str?}; shortening: 202 request
     POST   /v1/volumes/{volume}/retention/run   [admin] apply the retention policy at this site now
@@ -568,7 +568,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
             _raise_not_found(name)
         return name, body, reason, vs
 
-    async def detection_put(request: web.Request) -> web.Response:  # issue 14: weakening detection is a request
+    async def detection_put(request: web.Request) -> web.Response:  # issue 14: a detection change is a request
         name, body, reason, vs = await _policy_change(request, "detection")
         current = detection_policy(vs)
         change = body.get("detection")
@@ -580,10 +580,11 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         if problems:
             raise UsageError(f"detection policy: {'; '.join(problems)}", field="detection", problems=problems)
         args: dict[str, Any] = {"volume": name, "policy": new}
-        if anomaly.weakened_keys(current, new):
-            return await _make_request(site, "set_detection", args, reason, previous=current)
-        res = await site.cluster.propose("set_detection", **args)
-        return _ok({"volume": name, "detection": res.get("detection", new), "previous": current, "status": "applied"})
+        if new == current:
+            return _ok({"volume": name, "detection": current, "previous": current, "status": "unchanged"})
+        # any change applies at every site: a request (stricter: approvals only; weaker: and cooling-off)
+        return await _make_request(site, "set_detection", args, reason, previous=current,
+                                   weakened=anomaly.weakened_keys(current, new))
 
     async def requests_get(request: web.Request) -> web.Response:
         return _ok({"requests": list_requests(site.cluster.view()), "site_id": site.site_id})

@@ -546,7 +546,7 @@ class SiteDaemon:
                                                          block_size=v.block_size_bytes, size_bytes=0,
                                                          min_copies=v.min_copies, retention=_retention_dict(v))
                         if res.get("created"):
-                            await self._request_initial_mode(v)
+                            await self._request_initial_policy(v)
                 log.info("site %s registered in the cluster", self.site_id)
                 return
             except ConflictError as err:
@@ -559,29 +559,33 @@ class SiteDaemon:
                 log.info("bootstrap waiting for a quorum: %s", err)
                 await asyncio.sleep(1.0)
 
-    async def _request_initial_mode(self, v: VolumeConfig) -> None:
-        """``[volumes.detection] mode`` other than ``content`` for a volume this site just
-        registered: the volume starts with the default policy (one site may not weaken
-        detection on its own word: the state machine refuses an ``add_volume`` that does) and
-        this site requests the mode as a ``set_detection`` other sites approve (approvals,
-        cooling-off), logged at WARNING with the request id. A refused request is logged;
-        the operator can make it again (``replicad detection VOL --set mode=...``)."""
-        mode = v.detection.mode
-        if mode is None or mode == anomaly.POLICY_DEFAULTS["mode"]:
+    async def _request_initial_policy(self, v: VolumeConfig) -> None:
+        """``[volumes.detection]`` keys other than the defaults for a volume this site just
+        registered: the volume starts with the default policy (one site may not set detection on
+        its own word: the state machine refuses an ``add_volume`` that carries another policy) and
+        this site requests the configured policy as a ``set_detection`` other sites approve
+        (approvals; a weakening such as ``mode = "encrypted"`` also cools off), logged at WARNING
+        with the request id. A refused request is logged; the operator can make it again
+        (``replicad detection VOL --set KEY=VALUE``)."""
+        configured = {k: x for k, x in v.detection.model_dump().items() if x is not None}
+        policy = {**anomaly.POLICY_DEFAULTS, **configured}
+        if policy == anomaly.POLICY_DEFAULTS:
             return
-        policy = {**anomaly.POLICY_DEFAULTS, "mode": mode}
+        keys = ", ".join(f"{k} = {x!r}" for k, x in sorted(configured.items()) if x != anomaly.POLICY_DEFAULTS[k])
+        weakened = anomaly.weakened_keys(anomaly.POLICY_DEFAULTS, policy)
         try:
             res = await self.cluster.propose("request", action="set_detection",
                                              args={"volume": v.name, "policy": policy},
-                                             reason=f"[volumes.detection] mode = {mode!r} in {self.site_id}'s config")
+                                             reason=f"[volumes.detection] {keys} in {self.site_id}'s config")
         except ReplicadError as err:
-            log.warning("volume %s: [volumes.detection] mode %r could not be requested (%s %s); it is judged in "
-                        "content mode until 'replicad detection %s --set mode=%s' is approved", v.name, mode, err,
-                        err.evidence, v.name, mode)
+            log.warning("volume %s: [volumes.detection] %s could not be requested (%s %s); it is judged with the "
+                        "default policy until 'replicad detection %s --set ...' is approved", v.name, keys, err,
+                        err.evidence, v.name)
             return
-        log.warning("AUDIT volume %s: [volumes.detection] mode %r weakens the content signals: requested as %s; "
-                    "judged in content mode until an operator of another site approves it (replicad approve %s)",
-                    v.name, mode, res.get("request"), res.get("request"))
+        log.warning("AUDIT volume %s: [volumes.detection] %s%s: requested as %s; judged with the default policy until "
+                    "an operator of another site approves it (replicad approve %s)", v.name, keys,
+                    f" weakens detection ({', '.join(weakened)})" if weakened else "", res.get("request"),
+                    res.get("request"))
 
     def _judge_reported_membership(self) -> None:
         """Before joining: stop (:class:`MembershipMismatchError`) when a majority of this

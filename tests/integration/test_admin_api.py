@@ -329,7 +329,7 @@ def test_live_answers_match_the_openapi_document(cluster: LocalCluster, tmp_path
         ("/v1/volumes/{volume}/detection", "GET", f"{v}/detection", None, VIEWER),
         ("/v1/volumes/{volume}/detection", "GET", "/v1/volumes/nope/detection", None, VIEWER),
         ("/v1/volumes/{volume}/detection", "PUT", f"{v}/detection", {"detection": {"window_s": 8 * 86400}},
-         ADMIN),  # stricter: applies at once (weakening is a request: tests/security/test_detection.py)
+         ADMIN),  # any change is a request (202): tests/security/test_detection_policy.py
         ("/v1/volumes/{volume}/detection", "PUT", f"{v}/detection", {"detection": {"bogus": 1}}, ADMIN),
         ("/v1/volumes/{volume}/detection", "PUT", f"{v}/detection", {"detection": {}}, VIEWER),
         ("/v1/members", "GET", "/v1/members", None, VIEWER),

@@ -249,14 +249,17 @@ def test_an_encrypted_volume_benign_changes_and_ransomware_inside_it(tmp_path: P
         c.start_all()
         c.wait_ready(60)
         t_ready = time.monotonic()
-        # cold_age_s = 1 (stricter: at once) so that seconds-old snapshots count as the cold reference
+        # cold_age_s = 1 (stricter: a request, applied once approved, no cooling-off) so that seconds-old
+        # snapshots count as the cold reference
         change: dict = {"cold_age_s": 1}
         if mode == "encrypted":  # a mode change is weakening (the content signals go): a request, approved
             req = c.api("site-a", "PUT", f"/v1/volumes/{VOL}/detection",
                         {"detection": {"mode": "encrypted"}, "reason": "LUKS2 volume"})
             assert req["status"] == "pending", req
             assert c.api("site-b", "POST", f"/v1/requests/{req['request']}/approve", {})["status"] == "applied"
-        c.api("site-a", "PUT", f"/v1/volumes/{VOL}/detection", {"detection": change})
+        req = c.api("site-a", "PUT", f"/v1/volumes/{VOL}/detection", {"detection": change})
+        assert req["status"] == "pending" and req["weakened"] == [], req
+        assert c.api("site-b", "POST", f"/v1/requests/{req['request']}/approve", {})["status"] == "applied"
         for s in ("site-a",) + HONEST:
             c.wait_for(f"{s} applies mode {mode}", lambda s=s: (lambda p: p["mode"] == mode and p["cold_age_s"] == 1)(
                 c.api(s, "GET", f"/v1/volumes/{VOL}/detection")["effective_here"]), 30)

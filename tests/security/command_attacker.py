@@ -19,6 +19,10 @@ Modes:
 * ``claim-clean`` (issue 14): in its OWN name, for every snapshot from ``--from-seq``: a
   ``site_verdict`` "clean" (score 0), a ``mark_verdict`` "clean" without approvals, and a
   ``set_detection`` with every threshold at its weakest (min_score 1.0) without approvals.
+* ``policy``: in its OWN name, detection policies it may not set alone: a ``set_detection``, a
+  ``request`` of one and an ``add_volume`` of a new volume whose ransom-note pattern backtracks
+  catastrophically in Python's ``re`` (look-around: RE2 refuses it); then a ``set_detection`` and
+  an ``add_volume`` with every threshold at its strictest (every snapshot suspect everywhere).
 * ``replay``: waits for a signed ``clock`` heartbeat of ``--victim`` to reach its Raft log,
   then proposes it again, byte for byte (a captured command sent twice).
 * ``flood``: for ``--wait-s`` seconds, forwards without waiting for answers ~2,000 valid
@@ -80,7 +84,7 @@ async def wait_synced(node, volume: str, timeout_s: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="command_attacker")
-    parser.add_argument("mode", choices=["forge", "replay", "bogus-commit", "claim-clean", "found", "flood"])
+    parser.add_argument("mode", choices=["forge", "replay", "bogus-commit", "claim-clean", "found", "flood", "policy"])
     parser.add_argument("--from-seq", type=int, default=1)
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--work-dir", required=True, type=Path)
@@ -206,6 +210,30 @@ def main(argv: list[str] | None = None) -> int:
                        "change_max": 1.0}
             command = own("set_detection", volume=args.volume, policy=weakest)
             out(mode="claim-clean", op="set_detection", error=await propose(node, command))
+        elif args.mode == "policy":
+            me = cfg.site_id
+            policy = dict(vol.get("detection") or {})
+
+            def own(op: str, **fields) -> dict:
+                return signer.sign({"v": 1, "op": op, "op_id": uuid.uuid4().hex, "by": me, "now_ns": time.time_ns(),
+                                    **fields})
+            from replicad.core.anomaly import POLICY_DEFAULTS
+            base = {**POLICY_DEFAULTS, **policy}
+            redos = {**base, "ransom_notes": [*base["ransom_notes"], r"(?s)(?=(.+)+\x01Z)"]}
+            strictest = {**base, "min_score": 0.0, "cumulative_max": 0.0, "wipe_max": 0.0, "conserve_max": 0.0,
+                         "factor": 1.0, "rename_min": 1, "magic_min": 1, "window_s": 366 * 86400}
+            new_vol = dict(primary=me, block_size=vol["block_size"], size_bytes=0, min_copies=2,
+                           retention=vol["retention"])
+            attempts = [
+                ("redos_set", own("set_detection", volume=args.volume, policy=redos)),
+                ("redos_request", own("request", action="set_detection", args={"volume": args.volume,
+                                                                               "policy": redos}, reason="")),
+                ("redos_add_volume", own("add_volume", volume="evil", detection=redos, **new_vol)),
+                ("strict_set", own("set_detection", volume=args.volume, policy=strictest)),
+                ("strict_add_volume", own("add_volume", volume="strict", detection=strictest, **new_vol)),
+            ]
+            for label, command in attempts:
+                out(mode="policy", attempt=label, op=command["op"], error=await propose(node, command))
         elif args.mode == "bogus-commit":
             root = secrets.token_bytes(32)  # stored nowhere
             me, v, epoch, last = cfg.site_id, args.victim, vol["epoch"], vol["last_seq"]

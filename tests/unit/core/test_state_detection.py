@@ -1,12 +1,12 @@
 """State machine, issue 14: every data site's own verdict (``site_verdict``), the detection
-policy in Raft (``set_detection``: weakening is a protected request), and the child of a
+policy in Raft (``set_detection``: any change is an approved request, a weakening also cools off), and the child of a
 suspect snapshot recorded suspect whatever the primary proposes. Signed commands, real Trust."""
 
 from __future__ import annotations
 
 from replicad.core.anomaly import POLICY_DEFAULTS
 from replicad.core.state import detection_policy, disagreement, list_requests
-from tests.unit.core.test_identity import ROOT, acks, cluster, cmd, ok, refused  # noqa: F401  (fixture)
+from tests.unit.core.test_identity import COOLING, NOW, ROOT, acks, cluster, cmd, ok, refused  # noqa: F401
 
 
 def commit(state: dict, seq: int, verdict: str = "clean", parent: int | None = None) -> dict:
@@ -65,11 +65,20 @@ def test_a_confirmed_snapshot_stays_clean_and_its_tainted_children_are_cleared(c
     assert state["volumes"]["vol"]["snapshots"][1]["verdict"] == "clean"
 
 
-def test_detection_policy_stricter_at_once_weaker_only_by_approved_request(cluster: dict) -> None:
+def test_a_detection_change_applies_only_as_an_approved_request(cluster: dict) -> None:
+    """Any change of a volume's detection policy applies everywhere, so it needs the approvals of
+    other sites: all-zero thresholds on one site's word would make every snapshot suspect at every
+    site (standbys held, pruning stopped) and undoing them is a weakening."""
     assert detection_policy(cluster["volumes"]["vol"]) == POLICY_DEFAULTS
     stricter = {**POLICY_DEFAULTS, "min_score": 0.01}
-    state, res = ok(cluster, cmd("set_detection", by="a", volume="vol", policy=stricter))
-    assert res["weakened"] == [] and detection_policy(state["volumes"]["vol"])["min_score"] == 0.01
+    res = refused(cluster, cmd("set_detection", by="a", volume="vol", policy=stricter), "approval_required")
+    assert res["evidence"]["changed"] == ["min_score"] and res["evidence"]["weakened"] == []
+    state, res = ok(cluster, cmd("set_detection", by="a", volume="vol", policy=dict(POLICY_DEFAULTS)))
+    assert res["changed"] is False  # the same policy again changes nothing and needs nobody
+    state, res = ok(state, cmd("request", by="a", action="set_detection", args={"volume": "vol", "policy": stricter}))
+    assert res["status"] == "pending" and detection_policy(state["volumes"]["vol"]) == POLICY_DEFAULTS
+    state, res = ok(state, cmd("approve", by="b", request=res["request"]))
+    assert res["status"] == "applied" and detection_policy(state["volumes"]["vol"])["min_score"] == 0.01
     weaker = {**POLICY_DEFAULTS, "min_score": 1.0}
     refused(state, cmd("set_detection", by="a", volume="vol", policy=weaker), "approval_required")
     refused(state, cmd("set_detection", by="a", volume="vol", policy={**POLICY_DEFAULTS, "min_score": 7}),
@@ -78,6 +87,38 @@ def test_detection_policy_stricter_at_once_weaker_only_by_approved_request(clust
     assert detection_policy(state["volumes"]["vol"])["min_score"] == 0.01  # pending
     state, _ = ok(state, cmd("approve", by="b", request=list_requests(state)[0]["id"]))
     assert detection_policy(state["volumes"]["vol"])["min_score"] == 1.0
+
+
+def test_a_stricter_detection_request_skips_the_cooling_off_a_weaker_one_keeps(cluster: dict) -> None:
+    strict = {**POLICY_DEFAULTS, "min_score": 0.0, "cumulative_max": 0.0, "wipe_max": 0.0, "conserve_max": 0.0,
+              "factor": 1.0, "rename_min": 1, "magic_min": 1, "window_s": 366 * 86400}
+    state, res = ok(cluster, cmd("request", by="a", action="set_detection", args={"volume": "vol", "policy": strict}),
+                    COOLING)
+    assert res["status"] == "pending" and detection_policy(state["volumes"]["vol"]) == POLICY_DEFAULTS
+    state, res = ok(state, cmd("approve", by="b", request=res["request"]), COOLING)
+    assert res["status"] == "applied" and detection_policy(state["volumes"]["vol"]) == strict
+    state, res = ok(state, cmd("request", by="b", action="set_detection",
+                               args={"volume": "vol", "policy": dict(POLICY_DEFAULTS)}), COOLING)
+    state, res = ok(state, cmd("approve", by="c", request=res["request"]), COOLING)
+    assert res["status"] == "approved" and res["effective_ns"] > NOW  # the undo is a weakening: it cools off
+    assert detection_policy(state["volumes"]["vol"]) == strict
+
+
+def test_a_ransom_note_pattern_re2_refuses_is_refused_at_apply(cluster: dict) -> None:
+    """A backtracking-only pattern (look-around, a backreference) is ``bad_request`` in every op
+    that carries a policy, before any approval is counted; a pattern RE2 takes (even one that
+    backtracks catastrophically in Python's ``re``) is matched in linear time and is accepted."""
+    for evil in (r"(?=(\w+)+!)x", r"(\w+)\1+!", r"(?<!a)b"):
+        policy = {**POLICY_DEFAULTS, "ransom_notes": [*POLICY_DEFAULTS["ransom_notes"], evil]}
+        for command in (cmd("set_detection", by="a", volume="vol", policy=policy),
+                        cmd("request", by="a", action="set_detection", args={"volume": "vol", "policy": policy}),
+                        cmd("add_volume", by="a", volume="new", primary="a", block_size=65536, size_bytes=0,
+                            min_copies=2, retention=cluster["volumes"]["vol"]["retention"], detection=policy)):
+            res = refused(cluster, command, "bad_request")
+            assert "RE2" in res["message"], res
+    policy = {**POLICY_DEFAULTS, "ransom_notes": [*POLICY_DEFAULTS["ransom_notes"], "(?s)(.+)+\x01Z"]}
+    state, res = ok(cluster, cmd("request", by="a", action="set_detection", args={"volume": "vol", "policy": policy}))
+    assert res["status"] == "pending"
 
 
 def test_the_primarys_commit_screen_is_no_opinion_to_disagree_with(cluster: dict) -> None:
@@ -102,27 +143,25 @@ def test_a_suspect_commit_screen_against_clean_opinions_is_no_disagreement(clust
     assert snap["verdict"] == "suspect" and not disagreement(snap)  # the screen still makes it suspect
 
 
-def test_one_site_cannot_register_a_volume_with_weaker_detection(cluster: dict) -> None:
-    """The ``add_volume`` that creates a volume may carry a policy as strict as the defaults or
-    stricter, never a weaker one: a compromised site registered a volume with every threshold
-    at 1.0 and encrypted mode on its own signature, and every site then judged ciphertext clean.
-    ``[volumes.detection] mode = "encrypted"`` is a weakening (the content signals go): the
-    daemon registers with the defaults and requests the mode (approvals, cooling-off)."""
+def test_one_site_registers_a_volume_with_the_default_detection_only(cluster: dict) -> None:
+    """The ``add_volume`` that creates a volume may carry the default policy only: a compromised
+    site registered a volume with every threshold at 1.0 and encrypted mode on its own signature
+    (every site then judged ciphertext clean), or could with every threshold at 0 (every snapshot
+    suspect everywhere). ``[volumes.detection] mode = "encrypted"``: the daemon registers with the
+    defaults and requests the mode (approvals, cooling-off)."""
     vol = {"volume": "enc", "primary": "a", "block_size": 65536, "size_bytes": 0, "min_copies": 2,
            "retention": cluster["volumes"]["vol"]["retention"]}
     refused(cluster, cmd("add_volume", by="a", **vol, detection={**POLICY_DEFAULTS, "mode": "luks"}), "bad_request")
     weak = {**POLICY_DEFAULTS, "mode": "encrypted", "cold_max": 1.0, "change_max": 1.0, "wipe_max": 1.0,
             "cumulative_max": 1.0, "rename_min": 10**9}
+    strict = {**POLICY_DEFAULTS, "min_score": 0.0, "cumulative_max": 0.0, "wipe_max": 0.0, "factor": 1.0}
     for policy in (weak, {**POLICY_DEFAULTS, "mode": "encrypted"}, {**POLICY_DEFAULTS, "min_score": 1.0},
-                   {**POLICY_DEFAULTS, "ransom_notes": []}):
+                   {**POLICY_DEFAULTS, "ransom_notes": []}, strict,
+                   {**POLICY_DEFAULTS, "min_score": POLICY_DEFAULTS["min_score"] / 2}):
         res = refused(cluster, cmd("add_volume", by="a", **vol, detection=policy), "approval_required")
-        assert "enc" not in cluster["volumes"], res
-    strict = {**POLICY_DEFAULTS, "min_score": POLICY_DEFAULTS["min_score"] / 2}
-    state, res = ok(cluster, cmd("add_volume", by="a", **vol, detection=strict))
-    assert res["created"] and detection_policy(state["volumes"]["enc"]) == strict
-    state, res = ok(state, cmd("add_volume", by="b", **vol, detection=dict(POLICY_DEFAULTS)))
-    assert not res["created"] and detection_policy(state["volumes"]["enc"]) == strict  # the first one stands
-    refused(state, cmd("set_detection", by="a", volume="enc", policy=dict(POLICY_DEFAULTS)), "approval_required")
+        assert "enc" not in cluster["volumes"] and res["evidence"]["changed"], res
+    state, res = ok(cluster, cmd("add_volume", by="a", **vol, detection=dict(POLICY_DEFAULTS)))
+    assert res["created"] and detection_policy(state["volumes"]["enc"]) == POLICY_DEFAULTS
     # without the key the volume starts with the defaults, as before
     state, _ = ok(state, cmd("add_volume", by="a", **{**vol, "volume": "plain"}))
     assert detection_policy(state["volumes"]["plain"]) == POLICY_DEFAULTS
