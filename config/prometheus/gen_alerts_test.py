@@ -69,6 +69,24 @@ case("site down: fires after 1m without /metrics, only for that site",
      [("1m", "ReplicadSiteDown", []), ("2m", "ReplicadSiteDown", []),
       ("4m", "ReplicadSiteDown", [exp("ReplicadSiteDown", A)])])
 
+case("a frozen site whose scrape times out: up is 0, the site-down alert fires",
+     [('up{job="replicad", instance="127.0.0.1:7301", site="site-a"}', "1 0 0 0 0"),
+      ('scrape_duration_seconds{job="replicad", instance="127.0.0.1:7301", site="site-a"}', "0.01 10 10 10 10")],
+     [("1m", "ReplicadSiteDown", []), ("3m", "ReplicadSiteDown", [exp("ReplicadSiteDown", A)])])
+
+case("a target that vanished from the scrape config: fires after 5m; a target still scraped does not",
+     [('up{job="replicad", instance="127.0.0.1:7301", site="site-a"}', "1 1 1 stale"),
+      ('up{job="replicad", instance="127.0.0.1:7302", site="site-b"}', "1x75")],
+     [("4m", "ReplicadSiteNoLongerScraped", []),
+      ("10m", "ReplicadSiteNoLongerScraped", [exp("ReplicadSiteNoLongerScraped", A)]),
+      ("70m", "ReplicadSiteNoLongerScraped", [])])
+
+case("a slow /metrics: 3m above 5 s fires; a slow blip does not",
+     [('scrape_duration_seconds{job="replicad", instance="127.0.0.1:7301", site="site-a"}', "0.1 8 8 8 8 8 8"),
+      ('scrape_duration_seconds{job="replicad", instance="127.0.0.1:7302", site="site-b"}', "0.1 8 0.1 0.1 0.1 0.1 0.1")],
+     [("2m", "ReplicadScrapeSlow", []),
+      ("5m", "ReplicadScrapeSlow", [exp("ReplicadScrapeSlow", A, 8)])])
+
 case("RPO above target (commits stopped): the freshest site's view counts; one stale view alone does not fire",
      [('replicad_volume_newest_snapshot_age_seconds{site="site-a", volume="ehr"}', "5 5 200 260 320 380"),
       ('replicad_volume_newest_snapshot_age_seconds{site="site-b", volume="ehr"}', "6 6 205 265 325 385"),
