@@ -172,6 +172,29 @@ def _advise(fd: int, pieces: list[tuple[int, int]], start: int, block_size: int,
     return i
 
 
+def _read_group(fd: int, pieces: list[tuple[int, int]], block_size: int, size: int,
+                parent_digests: list[bytes]) -> list[_PartResult]:
+    """Worker thread: :func:`_read_piece` of each of ``pieces`` (with its parent digests)."""
+    return [_read_piece(fd, first, count, block_size, size, d) for (first, count), d in zip(pieces, parent_digests)]
+
+
+def _groups(pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``pieces`` gathered into worker jobs of at most PIECE_BLOCKS blocks, as ``(start, end)``
+    index ranges of ``pieces`` (consecutive, covering them all). Why: changes scattered over a
+    volume are one-block pieces; one job and two thread hops per block cost more than reading
+    and hashing the block (16 GiB, 2,621 scattered blocks: most of a 1.3-2.4 s tracked build)."""
+    out: list[tuple[int, int]] = []
+    start = blocks = 0
+    for i, (_, count) in enumerate(pieces):
+        if i > start and blocks + count > PIECE_BLOCKS:
+            out.append((start, i))
+            start, blocks = i, 0
+        blocks += count
+    if start < len(pieces):
+        out.append((start, len(pieces)))
+    return out
+
+
 def _pieces(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Runs cut into jobs of at most PIECE_BLOCKS blocks."""
     out = []
@@ -252,23 +275,25 @@ async def tracked_snapshot(view_path: Path, *, volume: str, seq: int, epoch: int
         pager = _CachedPages(store, page_cache)
         nworkers = workers or max(1, min(4, os.cpu_count() or 1))
         pieces = _pieces(runs)
+        groups = _groups(pieces)
         advised = refill_at = 0  # pieces announced to the kernel (_advise); announce more from refill_at on
-        for w in range(0, len(pieces), nworkers):
-            window = pieces[w:w + nworkers]
-            if w >= refill_at and advised < len(pieces):  # keep about PREFETCH_BYTES announced ahead
-                start = max(advised, w)
+        for w in range(0, len(groups), nworkers):
+            window = groups[w:w + nworkers]
+            at = window[0][0]  # index in pieces of the window's first piece
+            if at >= refill_at and advised < len(pieces):  # keep about PREFETCH_BYTES announced ahead
+                start = max(advised, at)
                 advised = await asyncio.to_thread(_advise, fd, pieces, start, bs, size, PREFETCH_BYTES // 2
-                                                  if start > w else PREFETCH_BYTES)
-                refill_at = w + max(1, (advised - w) // 2)
-            jobs = []
-            for first, count in window:
-                digests = await asyncio.to_thread(_parent_range, parent, pager, first, count)
-                jobs.append(asyncio.to_thread(_read_piece, fd, first, count, bs, size, digests))
+                                                  if start > at else PREFETCH_BYTES)
+                refill_at = at + max(1, (advised - at) // 2)
+            # the parent's digests in one thread hop per window (the pager is not thread-safe)
+            digests = await asyncio.to_thread(
+                lambda window=window: [[_parent_range(parent, pager, f, c) for f, c in pieces[a:b]] for a, b in window])
+            jobs = [asyncio.to_thread(_read_group, fd, pieces[a:b], bs, size, d) for (a, b), d in zip(window, digests)]
             try:
-                parts = await asyncio.gather(*jobs)
+                parts = [part for group in await asyncio.gather(*jobs) for part in group]
             except OSError as err:
                 raise from_os_error(err, "reading the snapshot view", source=str(view_path)) from err
-            for (first, count), part in zip(window, parts):
+            for (first, count), part in zip(pieces[window[0][0]:window[-1][1]], parts):
                 for i in range(count):
                     new_digests[first + i] = part.digests[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE]
                 read_blocks += count
