@@ -66,12 +66,12 @@ def test_a_tarpit_holder_cannot_stall_a_forced_promotion(tmp_path: Path) -> None
     c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2)
     try:
         img = c.sites["site-a"].volume_path(VOL)
-        write_image(img, 48 * 4, random.Random(3))  # 12 MiB
+        write_image(img, 64, random.Random(3))  # 4 MiB
         c.start_all()
         c.wait_ready(90)
         snapshot(c, "site-a")
         c.kill("site-c", signal.SIGTERM)
-        overwrite_blocks(img, list(range(1, 150, 3)), random.Random(4))
+        overwrite_blocks(img, list(range(1, 60, 3)), random.Random(4))
         s2 = snapshot(c, "site-a")
         seq = s2["seq"]
         image_2 = sha(img)
