@@ -105,10 +105,10 @@ class Pull:
                 await self.fetch_missing(volume, vs["epoch"], list(manifest.pages), holders)
                 need = await asyncio.to_thread(
                     lambda: self.store.missing(d for d in iter_block_digests(manifest, self.store.get) if any(d)))
-                await self.fetch_missing(volume, vs["epoch"], need, holders)
+                served = await self.fetch_missing(volume, vs["epoch"], need, holders)
                 if need:
                     log.info("pulled %s#%d from %s: %d block chunks were missing here", volume, seq,
-                             ", ".join(holders), len(need))
+                             ", ".join(served), len(need))
                 await asyncio.to_thread(snapshot_complete, self.store, volume, snap["epoch"], seq, root)
                 if self.catalog.find_root(volume, root) is None:
                     await asyncio.to_thread(self._record_committed, SnapshotRecord(
@@ -257,14 +257,15 @@ class Pull:
                 check(d)
         return sorted(bad)
 
-    async def fetch_missing(self, volume: str, epoch: int, digests: list[bytes], holders: list[str]) -> None:
+    async def fetch_missing(self, volume: str, epoch: int, digests: list[bytes], holders: list[str]) -> list[str]:
         """Fetch the chunks of ``digests`` this store lacks from ``holders`` (verified on receipt,
         durable per batch): more than FETCH_SLICE from several holders are split across all of
         them at once (:meth:`_fetch_parallel`), then what is still missing is asked of each
         holder not dropped, in turn, in :meth:`ranked` order. Every request obeys the
         progress rule (:class:`~replicad.peer.transport.FetchProgress`): a holder that stalls
         fails like an unreachable one (PeerStalledError, logged and counted by
-        :meth:`note_stall`) and the next holder is asked. Raises NotFoundError if some are still missing after every holder that
+        :meth:`note_stall`) and the next holder is asked. Returns the holders that served it
+        (none when nothing was missing). Raises NotFoundError if some are still missing after every holder that
         answered lacked them, PeerUnavailableError if no holder could be reached at all (a
         takeover then waits for a holder instead of skipping the snapshot as lost)."""
         need = await asyncio.to_thread(self.store.missing, digests)
@@ -279,12 +280,13 @@ class Pull:
             need = await asyncio.to_thread(self.store.missing, need)
         for holder in holders:
             if not need:
-                return
+                return answered
             if holder in failed:  # dropped by the parallel pass; the others are asked for what is left
                 continue
             try:
                 await self.peers.fetch(self.cluster.peer_url(holder), volume, epoch, need, self.store)
-                answered.append(holder)
+                if holder not in answered:
+                    answered.append(holder)
             except ReplicadError as err:
                 log.info("fetch from %s failed: %s", holder, err)
             need = await asyncio.to_thread(self.store.missing, need)
@@ -295,6 +297,7 @@ class Pull:
         if need:
             raise NotFoundError(f"{len(need)} chunks of {volume} not available from any holder",
                                 volume=volume, missing=len(need), holders=holders, answered=answered)
+        return answered
 
     async def _fetch_parallel(self, volume: str, epoch: int, need: list[bytes],
                               holders: list[str]) -> tuple[list[str], set[str]]:

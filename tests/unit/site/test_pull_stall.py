@@ -1,0 +1,105 @@
+"""Pull.fetch_missing with a holder that stalls (the progress rule of
+replicad.peer.transport.FetchProgress), over real stores and real aiohttp servers on loopback:
+its slices go to the honest holder, the stall is logged under the holder's name and remembered,
+and the next fetch leaves it out of the parallel pass and asks it last."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from replicad.core import wire
+from replicad.lab.localcluster import free_port
+from replicad.peer.transport import PeerClient
+from replicad.site.pull import FETCH_SLICE, Pull
+from replicad.storage.chunkstore import ChunkStore
+
+pytestmark = pytest.mark.timeout(60)
+
+VOL = "ehr"
+
+
+class Holder:
+    """A holder's /v1/peer/fetch over a real store: honest, or (``tarpit``) its head and header
+    document at once, then one byte every 0.05 s."""
+
+    def __init__(self, store: ChunkStore, site_id: str, tarpit: bool = False) -> None:
+        self.store, self.site_id, self.tarpit = store, site_id, tarpit
+        self.requests = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def fetch(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        doc = wire.decode_doc("fetch", await request.read())
+        resp = web.StreamResponse(headers={"Content-Type": wire.CONTENT_TYPE})
+        await resp.prepare(request)
+        await resp.write(wire.encode_doc("chunks", volume=doc["volume"], epoch=doc["epoch"], **{"from": self.site_id}))
+        for d in doc["digests"]:
+            frame = wire.encode_frame(d, *self.store.get_encoded(d))
+            if not self.tarpit:
+                await resp.write(frame)
+                continue
+            for i in range(len(frame)):
+                try:
+                    await resp.write(frame[i:i + 1])
+                except ConnectionResetError:  # the client cut it (the progress rule)
+                    return resp
+                await asyncio.sleep(0.05)
+        await resp.write_eof()
+        return resp
+
+    async def __aenter__(self) -> "Holder":
+        app = web.Application()
+        app.add_routes([web.post("/v1/peer/fetch", self.fetch)])
+        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await self._runner.setup()
+        port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+async def test_a_stalling_holders_share_goes_to_the_other_and_it_is_asked_last_afterwards(
+        tmp_path: Path, caplog) -> None:
+    rng = random.Random(12)
+    blocks = [rng.randbytes(4096) for _ in range(3 * FETCH_SLICE)]
+    with ChunkStore(tmp_path / "b") as b, ChunkStore(tmp_path / "c") as c, ChunkStore(tmp_path / "here") as here:
+        need = b.put_blocks(blocks)
+        c.put_blocks(blocks)
+        async with Holder(b, "site-b") as honest, Holder(c, "site-c", tarpit=True) as tarpit:
+            urls = {"site-b": honest.url, "site-c": tarpit.url}
+            sites = [SimpleNamespace(site_id=s, peer_url=u) for s, u in urls.items()]
+            cluster = SimpleNamespace(site_id="site-a", peer_url=urls.__getitem__,
+                                      cfg=lambda: SimpleNamespace(sites=sites))
+            async with aiohttp.ClientSession() as session:
+                client = PeerClient(session, "site-a")
+                client.progress_s, client.progress_bytes = 0.5, 16384
+                pull = Pull(cluster, here, None, client)
+                with caplog.at_level(logging.WARNING, logger="replicad.site.pull"):
+                    # the tarpit first, as Raft's order of holders may put it: both asked at once
+                    served = await pull.fetch_missing(VOL, 1, need, ["site-c", "site-b"])
+                assert here.missing(need) == [] and served == ["site-b"]
+                assert tarpit.requests >= 1 and set(pull.recent_stalls()) == {"site-c"}
+                assert any("holder site-c stalled a fetch" in r.getMessage() for r in caplog.records
+                           if r.levelno == logging.WARNING)
+                assert pull.ranked(["site-c", "site-b"]) == ["site-b", "site-c"]
+
+                # the next fetch: not in the parallel pass, asked last, so not asked at all
+                for d in need[:2 * FETCH_SLICE]:
+                    here.delete_corrupt(d)
+                asked_before = tarpit.requests
+                served = await pull.fetch_missing(VOL, 1, need, ["site-c", "site-b"])
+                assert here.missing(need) == [] and served == ["site-b"]
+                assert tarpit.requests == asked_before
