@@ -168,7 +168,7 @@ class Pull:
         snap = vs.get("snapshots", {}).get(manifest.seq, {})
         peers = self.cluster.data_peers()
         holders = [h for h in snap.get("holders", peers) if h != self.site_id and h in peers] or peers
-        urls = {h: self.cluster.peer_url(h) for h in holders}
+        urls = {h: self.cluster.peer_url(h) for h in self.ranked(holders)}  # a holder that stalled lately: last
         rep = await restore_from_holders(self.peers, urls, volume, vs.get("epoch", 0), manifest, self.store, target,
                                          progress=progress, plan=self._plans.pop(manifest.root, None))
         log.info("restored %s#%d into %s from %d holders at once: %s; %d chunks from this store", volume,
