@@ -27,6 +27,8 @@ log = logging.getLogger("replicad.site.pull")
 
 FETCH_SLICE = 256  # digests per request when a fetch into the store is split across holders (16 MiB of 64 KiB blocks)
 STALL_MEMORY_S = 600.0  # a holder that stalled a fetch is asked last for this long (Pull.ranked)
+HEDGE_FACTOR = 3.0  # a slice in flight this many times longer than a stream's own slices took is fetched again
+HEDGE_POLL_S = 0.2  # how often an idle stream of the parallel pass looks for such a slice
 
 
 class Pull:
@@ -304,25 +306,72 @@ class Pull:
         """Fetch ``need`` into the store from every holder at once: slices of FETCH_SLICE digests
         in one queue, STREAMS_PER_HOLDER streams per holder each taking the next slice (a faster
         holder takes more). A holder that fails is dropped and its slice goes back to the queue
-        for the others. Returns ``(answered, failed)``: holders that served every slice they
-        took, holders dropped. What a holder lacked is left to the caller. Never raises a peer's
-        error (logged at INFO)."""
-        queue = [need[i:i + FETCH_SLICE] for i in range(0, len(need), FETCH_SLICE)]
+        for the others. Once the queue is empty, a stream whose holder has served slices takes
+        over a slice in flight at another holder for HEDGE_FACTOR times longer than its own
+        slices took (the median), fetching it again; whichever copy ends first cancels the other
+        (the end game of BitTorrent's piece selection, Cohen 2003): a holder that keeps just above
+        the progress rule cannot hold the pass up for the time its slice would take at that rate.
+        Returns ``(answered, failed)``: holders that served every slice they took, holders
+        dropped. What a holder lacked is left to the caller. Never raises a peer's error (logged
+        at INFO)."""
+        queue = [(k, need[i:i + FETCH_SLICE]) for k, i in enumerate(range(0, len(need), FETCH_SLICE))]
         queue.reverse()  # popped from the end: in order
         answered: list[str] = []
         failed: set[str] = set()
+        inflight: dict[int, dict[str, Any]] = {}  # slice -> {part, started, hedged, futs: {future: holder}}
+
+        async def straggler(holder: str, took: list[float]) -> tuple[int, list[bytes]] | None:
+            while not queue and inflight and took:
+                limit = HEDGE_FACTOR * sorted(took)[len(took) // 2]
+                now = time.monotonic()
+                late = [k for k, e in inflight.items() if not e["hedged"] and holder not in e["futs"].values()
+                        and now - e["started"] > limit]
+                if late:
+                    k = min(late, key=lambda k: inflight[k]["started"])
+                    inflight[k]["hedged"] = True
+                    log.info("slice %d of %s still in flight at %s after %.1fs (%s's slices took %.1fs): asking %s "
+                             "too", k, volume, ", ".join(inflight[k]["futs"].values()), now - inflight[k]["started"],
+                             holder, limit / HEDGE_FACTOR, holder)
+                    return k, inflight[k]["part"]
+                await asyncio.sleep(HEDGE_POLL_S)
+            return queue.pop() if queue else None
 
         async def stream(holder: str) -> None:
-            while queue and holder not in failed:
-                part = queue.pop()
+            took: list[float] = []
+            while holder not in failed:
+                job = queue.pop() if queue else await straggler(holder, took)
+                if job is None:
+                    return
+                k, part = job
+                entry = inflight.setdefault(k, {"part": part, "started": time.monotonic(), "hedged": False,
+                                                "futs": {}})
+                fut = asyncio.ensure_future(
+                    self.peers.fetch(self.cluster.peer_url(holder), volume, epoch, part, self.store))
+                entry["futs"][fut] = holder
+                t0 = time.monotonic()
                 try:
-                    await self.peers.fetch(self.cluster.peer_url(holder), volume, epoch, part, self.store)
-                except ReplicadError as err:
-                    queue.append(part)
+                    await asyncio.wait({fut})
+                finally:
+                    entry["futs"].pop(fut, None)
+                    if not fut.done():  # this pass itself was cancelled
+                        fut.cancel()
+                if fut.cancelled():  # the other copy of this slice ended first
+                    continue
+                err = fut.exception()
+                if err is not None and not isinstance(err, ReplicadError):
+                    raise err
+                if err is not None:
+                    if not entry["futs"]:  # nobody else fetching it: back to the queue
+                        inflight.pop(k, None)
+                        queue.append((k, part))
                     if holder not in failed:
                         failed.add(holder)
                         log.info("fetch from %s failed: %s; its share goes to the other holders", holder, err)
                     return
+                took.append(time.monotonic() - t0)
+                inflight.pop(k, None)
+                for other in list(entry["futs"]):  # the slower copy is not needed any more
+                    other.cancel()
                 if holder not in answered:
                     answered.append(holder)
 

@@ -1,7 +1,8 @@
 """Pull.fetch_missing with a holder that stalls (the progress rule of
-replicad.peer.transport.FetchProgress), over real stores and real aiohttp servers on loopback:
-its slices go to the honest holder, the stall is logged under the holder's name and remembered,
-and the next fetch leaves it out of the parallel pass and asks it last."""
+replicad.peer.transport.FetchProgress) or keeps just above it, over real stores and real aiohttp
+servers on loopback: a stalling holder's request goes to the honest holder, the stall is logged
+under its name and remembered, and the next fetch leaves it out of the parallel pass and asks it
+last; a slow holder's slices are taken over at the end of the parallel pass."""
 
 from __future__ import annotations
 
@@ -28,11 +29,13 @@ VOL = "ehr"
 
 class Holder:
     """A holder's /v1/peer/fetch over a real store: honest, or (``tarpit``) its head and header
-    document at once, then one byte every 0.05 s."""
+    document at once, then one byte every 0.05 s, or (``frame_gap_s``) each frame whole after
+    that many seconds. ``served``: frames sent whole."""
 
-    def __init__(self, store: ChunkStore, site_id: str, tarpit: bool = False) -> None:
-        self.store, self.site_id, self.tarpit = store, site_id, tarpit
+    def __init__(self, store: ChunkStore, site_id: str, tarpit: bool = False, frame_gap_s: float = 0.0) -> None:
+        self.store, self.site_id, self.tarpit, self.frame_gap_s = store, site_id, tarpit, frame_gap_s
         self.requests = 0
+        self.served = 0
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -45,7 +48,12 @@ class Holder:
         for d in doc["digests"]:
             frame = wire.encode_frame(d, *self.store.get_encoded(d))
             if not self.tarpit:
-                await resp.write(frame)
+                await asyncio.sleep(self.frame_gap_s)
+                try:
+                    await resp.write(frame)
+                except ConnectionResetError:
+                    return resp
+                self.served += 1
                 continue
             for i in range(len(frame)):
                 try:
@@ -88,18 +96,41 @@ async def test_a_stalling_holders_share_goes_to_the_other_and_it_is_asked_last_a
                 client.progress_s, client.progress_bytes = 0.5, 16384
                 pull = Pull(cluster, here, None, client)
                 with caplog.at_level(logging.WARNING, logger="replicad.site.pull"):
-                    # the tarpit first, as Raft's order of holders may put it: both asked at once
-                    served = await pull.fetch_missing(VOL, 1, need, ["site-c", "site-b"])
-                assert here.missing(need) == [] and served == ["site-b"]
-                assert tarpit.requests >= 1 and set(pull.recent_stalls()) == {"site-c"}
+                    # the tarpit first, as Raft's order of holders may put it; a few chunks (a
+                    # manifest, pages): asked of one holder after the other
+                    served = await pull.fetch_missing(VOL, 1, need[:10], ["site-c", "site-b"])
+                assert here.missing(need[:10]) == [] and served == ["site-b"]
+                assert tarpit.requests == 1 and set(pull.recent_stalls()) == {"site-c"}
                 assert any("holder site-c stalled a fetch" in r.getMessage() for r in caplog.records
                            if r.levelno == logging.WARNING)
                 assert pull.ranked(["site-c", "site-b"]) == ["site-b", "site-c"]
 
-                # the next fetch: not in the parallel pass, asked last, so not asked at all
-                for d in need[:2 * FETCH_SLICE]:
-                    here.delete_corrupt(d)
+                # the next fetch, of many: not in the parallel pass, asked last, so not asked at all
                 asked_before = tarpit.requests
                 served = await pull.fetch_missing(VOL, 1, need, ["site-c", "site-b"])
                 assert here.missing(need) == [] and served == ["site-b"]
                 assert tarpit.requests == asked_before
+
+
+async def test_a_holder_just_above_the_rule_loses_its_slices_to_the_faster_one_at_the_end(tmp_path: Path) -> None:
+    """The slow holder sends a whole 4 KiB frame every 0.1 s (5 per 0.5 s window: the rule asks
+    4): never stalled, but a slice of FETCH_SLICE chunks would take it 25 s. Once the queue is
+    empty, the honest holder's streams fetch its slices again and the slow copies are cut."""
+    rng = random.Random(13)
+    blocks = [rng.randbytes(4096) for _ in range(3 * FETCH_SLICE)]
+    with ChunkStore(tmp_path / "b") as b, ChunkStore(tmp_path / "c") as c, ChunkStore(tmp_path / "here") as here:
+        need = b.put_blocks(blocks)
+        c.put_blocks(blocks)
+        async with Holder(b, "site-b") as honest, Holder(c, "site-c", frame_gap_s=0.1) as slow:
+            urls = {"site-b": honest.url, "site-c": slow.url}
+            sites = [SimpleNamespace(site_id=s, peer_url=u) for s, u in urls.items()]
+            cluster = SimpleNamespace(site_id="site-a", peer_url=urls.__getitem__,
+                                      cfg=lambda: SimpleNamespace(sites=sites))
+            async with aiohttp.ClientSession() as session:
+                client = PeerClient(session, "site-a")
+                client.progress_s, client.progress_bytes = 0.5, 16384
+                pull = Pull(cluster, here, None, client)
+                served = await pull.fetch_missing(VOL, 1, need, ["site-c", "site-b"])
+                assert here.missing(need) == [] and served == ["site-b"]
+                assert pull.recent_stalls() == {}  # it kept to the rule
+                assert slow.requests >= 1 and slow.served < FETCH_SLICE  # its slices were taken over and cut
