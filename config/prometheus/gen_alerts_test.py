@@ -282,6 +282,14 @@ case("a follower deposed its Raft leader: critical, leader_deposed only",
        [exp("ReplicadRaftLeaderDeposed", {"site": "site-b", "reason": "leader_deposed"}, 1)]),
       ("20m", "ReplicadRaftLeaderDeposed", [])])
 
+case("a holder stalled fetches: warning while stalls are within 15m",
+     [('replicad_fetch_stalled_total{site="site-c", holder="site-a"}', "0 0 1x30"),
+      ('replicad_fetch_stalled_total{site="site-c", holder="site-b"}', "0x32")],
+     [("1m", "ReplicadHolderStalledFetch", []),
+      ("3m", "ReplicadHolderStalledFetch",
+       [exp("ReplicadHolderStalledFetch", {"site": "site-c", "holder": "site-a"}, 1)]),
+      ("30m", "ReplicadHolderStalledFetch", [])])
+
 case("reflink source tracking lost for 15m, and a verifier mismatch",
      [('replicad_source_tracking{site="site-a", volume="ehr", kind="reflink", state="lost"}', "0 1x20 0x10"),
       ('replicad_source_tracking{site="site-a", volume="pacs", kind="reflink", state="lost"}', "0 1 0x30"),

@@ -91,6 +91,7 @@ def exported_names(tmp_path: Path) -> set[str]:
     m.shipped("ehr", "site-c", 1)
     m.received("ehr", "site-a", 1)
     m.verify_done("ehr", 1, 1)
+    m.fetch_stalled("site-c")
     return {s.name for fam in text_string_to_metric_families(m.render().decode()) for s in fam.samples}
 
 
