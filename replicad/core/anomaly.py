@@ -79,6 +79,13 @@ stricter, :func:`stricter`):
   8s) are also judged again with their separators stripped. The same encoding over itself, and
   a same-layout rewrite that changed only random fields (a sensor table, a dump of random data,
   a list of random numbers rewritten in place: :func:`_changed_was_random`), do not count;
+* *random islands*: short groups of random bytes glued to filler of their own (8 random bytes
+  and 8 spaces, zeros or a repeated word per 32 bytes of text), which keep a sub-block's entropy
+  near the text's and its repeats, by the *islands* test (:func:`random_islands`): the novel
+  bytes without every byte of a repeated 3-gram (the filler) are at least 512 bytes that look
+  uniform. An old sub-block that had such islands itself (rows with a random key each), and
+  rows shifted by a random field inserted into each (their old text found elsewhere in the old
+  block: :func:`moved_share`), do not count;
 * blocks that were random before and are random after (JPEG, DICOM, archives rewritten) and
   blocks written where there were zeros (imports into free space) do not count;
 * a well-known magic number (file or file-system header) at the start of a sub-block that
@@ -1030,6 +1037,141 @@ def without_filler(tokens: Sequence[bytes]) -> list[bytes]:
     return [t for t in tokens if t not in filler] if filler else []
 
 
+ISLAND_NGRAM = 3
+"""Length (bytes) of the n-grams whose repeats mark filler for :func:`island_bytes`: 3-byte
+runs of filler (three spaces, ``dat``) repeat within a sub-block, 3-grams of random bytes
+(16.7 million kinds) do not (1,024 random bytes: 0.03 chance repeats)."""
+ISLAND_MIN = 512
+"""Fewest bytes left by :func:`island_bytes` for :func:`random_islands` to speak (the bound
+:data:`FILLED_TAIL_MIN` sets for a file's random last block)."""
+ISLAND_DISTINCT_MIN = 192
+"""Fewest distinct byte values among a sub-block's novel bytes before :func:`island_bytes` is
+worth computing: 512 random bytes hold ~221 of 256, text fewer than 100."""
+ISLAND_ENTROPY_SLACK = 0.15
+"""How far (bits/byte) below the entropy of ``n`` uniform bytes (the Miller-Madow bound,
+:func:`random_islands`) the bytes left by :func:`island_bytes` may be: random groups measure
+within 0.06 of it, the same with a stray filler byte per group within 0.1."""
+ISLAND_CHI2_MAX = 340.0
+"""Largest chi-square (255 degrees of freedom) of the bytes :func:`island_bytes` leaves: 3.8
+standard deviations above the mean of uniform bytes (255 +- 22.6; p ~ 2e-4), tighter than
+:data:`CHI2_RANDOM_MAX` for whole sub-blocks: random groups glued to filler measure 185-315 over
+text, logs, SQLite and PostgreSQL pages, a 16-byte random key added to every 50-byte row of a
+SQLite table 380-400 (its row ids and lengths in between)."""
+
+
+def island_bytes(raw: bytes) -> bytes:
+    """``raw`` without every byte that belongs to a repeated n-gram (:data:`ISLAND_NGRAM`) of
+    ``raw``: what is left of short random groups glued to filler (8 random bytes and 8 spaces,
+    zeros or a repeated word per 32) is the random groups alone, each of their 3-grams unique
+    while the filler's repeat. Text and database content left this way keeps its own byte
+    histogram (ASCII letters, a page's small integers). Pure; input shorter than 3 bytes, or
+    without a repeated 3-gram, comes back whole."""
+    n = len(raw)
+    if n < ISLAND_NGRAM:
+        return raw
+    if _np is None:  # pragma: no cover - only where numpy is absent
+        grams = [raw[j:j + ISLAND_NGRAM] for j in range(n - ISLAND_NGRAM + 1)]
+        seen = Counter(grams)
+        cover = [False] * n
+        for j, g in enumerate(grams):
+            if seen[g] > 1:
+                for k in range(ISLAND_NGRAM):
+                    cover[j + k] = True
+        return bytes(x for x, c in zip(raw, cover) if not c)
+    a = _np.frombuffer(raw, dtype=_np.uint8)
+    b = a.astype(_np.uint32)
+    g = (b[:-2] << 16) | (b[1:-1] << 8) | b[2:]
+    _, inverse, counts = _np.unique(g, return_inverse=True, return_counts=True)
+    repeated = counts[inverse.ravel()] > 1
+    cover = _np.zeros(n, dtype=bool)
+    for k in range(ISLAND_NGRAM):
+        cover[k:n - ISLAND_NGRAM + 1 + k] |= repeated
+    return a[~cover].tobytes()
+
+
+def random_islands(raw: bytes, *, loose: bool = False) -> bool:
+    """True iff ``raw`` (one sub-block's novel bytes, or an old sub-block: <= 4 KiB) holds
+    *random islands*: short groups of random bytes between filler. What :func:`island_bytes` leaves is
+    at least :data:`ISLAND_MIN` bytes that look uniform: plug-in entropy within
+    :data:`ISLAND_ENTROPY_SLACK` of ``8 - 255 / (2 n ln 2)`` (the Miller-Madow bias for ``n``
+    uniform bytes; Miller 1955) and chi-square under :data:`ISLAND_CHI2_MAX`. Intermittent
+    encryption that pads each random group with filler of its own (spaces, zeros, a word)
+    keeps the sub-block's entropy near the text's (5.3-5.8 bits/byte) and its repeats; the
+    groups alone are ciphertext.
+
+    ``loose``: the test an *old* sub-block must fail for its new version's islands to be news
+    (half the bytes, twice the entropy slack and chi-square): a page of rows with a random key
+    each, whose own fields (a row id, a length) dilute the keys (chi-square 410-444 measured
+    over SQLite rows with a 16-byte random blob), held islands before. Pure."""
+    factor = 2.0 if loose else 1.0
+    if len(raw) < ISLAND_MIN / factor or (not loose and len(set(raw)) < ISLAND_DISTINCT_MIN):
+        return False
+    left = island_bytes(raw)
+    n = len(left)
+    if n < ISLAND_MIN / factor:
+        return False
+    expected = n / 256.0
+    chi2 = sum((left.count(v) - expected) ** 2 for v in range(256)) / expected
+    return (byte_entropy_bits(left) >= 8.0 - 255.0 / (2.0 * n * math.log(2.0)) - factor * ISLAND_ENTROPY_SLACK
+            and chi2 < factor * ISLAND_CHI2_MAX)
+
+
+MOVED_NGRAM = 8
+"""Length (bytes) of the n-grams :func:`moved_share` looks for in the old block."""
+MOVED_SHARE_MIN = 0.04
+"""Random islands in a sub-block whose changed bytes carry at least this share of old content
+(:func:`moved_share`) are rows shifted by a new random field, not ciphertext: a 24-64 byte
+random key added to every row of a SQLite table measures 0.05-0.21, random groups glued to
+filler over text, logs and SQLite pages at most 0.008."""
+
+
+def _old_grams(old: bytes):
+    """The sorted :data:`MOVED_NGRAM`-byte n-grams of ``old`` as uint64 (numpy only)."""
+    if len(old) < MOVED_NGRAM:
+        return _np.zeros(0, dtype=_np.uint64)
+    g = _np.ascontiguousarray(_np.lib.stride_tricks.sliding_window_view(
+        _np.frombuffer(old, dtype=_np.uint8), MOVED_NGRAM)).view(_np.uint64).ravel()
+    g.sort()
+    return g
+
+
+def moved_share(new: bytes, old: bytes, i: int, old_grams=None) -> float:
+    """Share (0..1) of the distinct :data:`MOVED_NGRAM`-byte n-grams of sub-block ``i`` of
+    ``new`` that start at an offset where ``new`` differs from ``old`` (runs of one byte value
+    left out) and occur anywhere in ``old`` (the whole previous version of the block): the old
+    content moved, not destroyed. A field inserted into every row shifts the rows, and their
+    text reappears at new offsets; ciphertext groups and their filler are nowhere in the old
+    block. 0.0 when there is no such n-gram. ``old_grams``: ``_old_grams(old)`` when the caller
+    judges several sub-blocks of one block (numpy only; computed here otherwise). Pure."""
+    part = new[i * SUB_BLOCK:(i + 1) * SUB_BLOCK]
+    base = old[i * SUB_BLOCK:(i + 1) * SUB_BLOCK]
+    k = MOVED_NGRAM
+    if _np is None:  # pragma: no cover - only where numpy is absent
+        grams = {part[j:j + k] for j in range(len(part) - k + 1)
+                 if (j >= len(base) or part[j] != base[j]) and part[j:j + k] != part[j:j + 1] * k}
+        if not grams:
+            return 0.0
+        seen = {old[j:j + k] for j in range(len(old) - k + 1)}
+        return sum(g in seen for g in grams) / len(grams)
+    if len(part) < k or len(old) < k:
+        return 0.0
+    a = _np.frombuffer(part, dtype=_np.uint8)
+    changed = _np.ones(len(a), dtype=bool)
+    m = min(len(a), len(base))
+    if m:
+        _np.not_equal(a[:m], _np.frombuffer(base, dtype=_np.uint8)[:m], out=changed[:m])
+    windows = _np.lib.stride_tricks.sliding_window_view(a, k)
+    keep = changed[:len(windows)] & ~(windows == windows[:, :1]).all(axis=1)
+    grams = _np.unique(_np.ascontiguousarray(windows[keep]).view(_np.uint64).ravel())
+    if not len(grams):
+        return 0.0
+    olds = _old_grams(old) if old_grams is None else old_grams
+    if not len(olds):
+        return 0.0
+    at = _np.minimum(_np.searchsorted(olds, grams), len(olds) - 1)
+    return float((olds[at] == grams).mean())
+
+
 def structured(count: int, observed: float) -> bool:
     """True iff an old sub-block's non-zero content repeats itself (:data:`STRUCTURED_REPEAT_MIN`)
     over at least :data:`NOVEL_MIN` 4-grams: lz4 could shrink it."""
@@ -1076,6 +1218,10 @@ class BlockFinding:
             breaks, a C array, binary digits in groups, one of 16 words per nibble, hex or
             base64 in fixed-width groups), where the old content had structure and was no such
             encoding itself.
+        islands: sub-blocks (counted in ``structure_lost`` too) whose novel bytes are *random
+            islands* (:func:`random_islands`): short groups of random bytes glued to filler
+            (8 random bytes and 8 spaces, zeros or a repeated word per 32 bytes of text), where the
+            old content had structure and no such islands itself.
         structure_freed: share of the block (0..1, by 4 KiB sub-blocks) that held structured
             data (:func:`_structured_sub`) and is now all zeros (discarded or zeroed).
         random_filled: share of the block (0..1, by 4 KiB sub-blocks) that was all zeros (or
@@ -1099,6 +1245,7 @@ class BlockFinding:
     narrow_alphabet: int = 0
     alphabet_after: int = 256
     separated: int = 0
+    islands: int = 0
     structure_freed: float = 0.0
     random_filled: float = 0.0
 
@@ -1187,6 +1334,7 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
     lost = set()
     narrow: set[int] = set()
     tokens: set[int] = set()
+    islands: set[int] = set()
     excess = 1.0
     alphabet_min = 256
     candidates = [i for i in range(len(e_new)) if not flagged[i] and i < len(e_old)
@@ -1213,10 +1361,12 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
             if i in narrow or i in maybe or rep_new[i][0] < NOVEL_MIN:
                 continue
             off = i * SUB_BLOCK
-            if separated_random(new[off:off + SUB_BLOCK], old[off:off + SUB_BLOCK],
-                                _novel_bytes(new, old, off, SUB_BLOCK)):
+            novel = _novel_bytes(new, old, off, SUB_BLOCK)
+            if separated_random(new[off:off + SUB_BLOCK], old[off:off + SUB_BLOCK], novel):
                 tokens.add(i)
-        if maybe or narrow or tokens:
+            elif random_islands(novel):  # short random groups glued to filler of their own
+                islands.add(i)
+        if maybe or narrow or tokens or islands:
             rep_old = novel_repeats(old, None, skip_zero=True)
             lost = {i for i in maybe if structured(rep_old[i][0], rep_old[i][1])}
             narrow = {i for i in narrow if structured(rep_old[i][0], rep_old[i][1])
@@ -1225,11 +1375,22 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
                       and not _narrow_random(old[i * SUB_BLOCK:(i + 1) * SUB_BLOCK], rep_old[i][2])
                       and not separated_random(old[i * SUB_BLOCK:(i + 1) * SUB_BLOCK], None,
                                                old[i * SUB_BLOCK:(i + 1) * SUB_BLOCK])}
+            # random islands over a sub-block that had them (a table with a binary id column,
+            # records with a random nonce each) are no news, nor rows shifted by a random field
+            # inserted into each (their old text moved, not destroyed)
+            islands = {i for i in islands if structured(rep_old[i][0], rep_old[i][1])
+                       and not random_islands(old[i * SUB_BLOCK:(i + 1) * SUB_BLOCK], loose=True)}
+            if islands and _np is not None:
+                grams = _old_grams(old)
+                islands = {i for i in islands if moved_share(new, old, i, grams) < MOVED_SHARE_MIN}
+            else:  # pragma: no cover - only where numpy is absent
+                islands = {i for i in islands if moved_share(new, old, i) < MOVED_SHARE_MIN}
             # a same-layout rewrite (a sensor table, a dump, a number list rewritten in place):
             # only the random fields changed, and they were random before
-            lost = {i for i in lost | narrow | tokens if not _changed_was_random(new, old, i)}
+            lost = {i for i in lost | narrow | tokens | islands if not _changed_was_random(new, old, i)}
             narrow &= lost
             tokens &= lost
+            islands &= lost
     freed, filled = 0, 0.0
     for i, h_new in enumerate(e_new):
         h_old = e_old[i] if i < len(e_old) else 0.0
@@ -1255,7 +1416,8 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
     return BlockFinding(random_subs > 0 or lost_compression, random_subs, mean_old, mean_new, max_rise,
                         min(c_new), lz4_old, lz4_new, tuple(destroyed), structure_lost=len(lost),
                         repeat_excess_after=excess, narrow_alphabet=len(narrow), alphabet_after=alphabet_min,
-                        separated=len(tokens), structure_freed=freed / len(e_new), random_filled=filled / len(e_new))
+                        separated=len(tokens), islands=len(islands), structure_freed=freed / len(e_new),
+                        random_filled=filled / len(e_new))
 
 
 _NOTE_CACHE: dict[tuple[str, ...], list] = {}
