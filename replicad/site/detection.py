@@ -496,4 +496,4 @@ def _block_doc(index: int, f: anomaly.BlockFinding) -> dict:
             "chi2_after": round(f.chi2_after, 1), "lz4_before": round(f.lz4_before, 3),
             "lz4_after": round(f.lz4_after, 3), "magic_destroyed": list(f.magic_destroyed),
             "structure_lost": f.structure_lost, "repeat_excess_after": round(f.repeat_excess_after, 3),
-            "narrow_alphabet": f.narrow_alphabet, "alphabet_after": f.alphabet_after}
+            "narrow_alphabet": f.narrow_alphabet, "alphabet_after": f.alphabet_after, "islands": f.islands}

@@ -34,7 +34,8 @@ base's snapshot:
   judged against the newest snapshot judged clean, with the slow window, up to ``--slow-cycles``);
   copy-encrypt-delete with a random extension per file, and with ``.gz`` names around level-0
   gzip of the ciphertext (an attacker hiding behind the rename signal's exemptions); **padded**
-  (hex of the ciphertext in groups of 4 between ``data:`` filler words); **wipers** (every file
+  (hex of the ciphertext in groups of 4 between ``data:`` filler words); **intermittent 8/32 +
+  8 spaces glued** (of every 32 bytes, 8 of the ciphertext and 8 spaces); **wipers** (every file
   zeroed in place; every file deleted + ``fstrim``; the image truncated to half after unmount,
   which the file source refuses by default and the sites judge when ``allow_shrink`` lets it
   through); **adaptive slow** (:class:`Calibrated`: the attacker reads the policy and the
@@ -328,6 +329,12 @@ def transform(data: bytes, how: str, r: random.Random) -> bytes:
         return octal_of(c, len(data))
     if how == "base64":
         return base64.encodebytes(c)[:len(data)]
+    if how == "islands":  # adaptive: of every 32 bytes, 8 of the ciphertext and 8 spaces glued to them
+        a = np.frombuffer(data, dtype=np.uint8).copy()
+        pos = np.arange(len(a)) % 32
+        a[pos < 8] = np.frombuffer(c, dtype=np.uint8)[pos < 8]
+        a[(pos >= 8) & (pos < 16)] = 0x20
+        return a.tobytes()
     if how == "padded":  # adaptive: hex in 4s between fixed filler tokens, truncated to the file's size
         h = c[:len(data) // 5 + 4].hex()
         return "".join(f"data: {h[i:i + 4]} " for i in range(0, len(h), 4)).encode()[:len(data)]
@@ -517,6 +524,7 @@ def pg_ops(pg_scale: int) -> dict[str, tuple[bool, Callable[[Path, random.Random
         "attack: ransom note only": (True, lambda mnt, r: drop_notes(mnt / "pg")),
         "attack: copy-encrypt-delete": (True, lambda mnt, r: copy_encrypt_delete(data_files(mnt / "pg", "base"), r)),
         "attack: adaptive, padded hex (data: 3f2a …)": (True, attack("padded")),
+        "attack: adaptive, intermittent 8/32 + 8 spaces glued": (True, attack("islands")),
         "attack: wiper (every data file zeroed)": (True, attack("zero")),
         "attack: image truncated to half": (True, lambda mnt, r: TRUNCATE),
     }
@@ -588,6 +596,7 @@ def fs_ops(scale: float) -> dict[str, tuple[bool, Callable[[Path, random.Random]
         "attack: adaptive, copy-encrypt-delete as .gz (gzip-framed)": (
             True, lambda mnt, r: copy_encrypt_delete(data_files(mnt), r, ".gz", gzip_frame=True)),
         "attack: adaptive, padded hex (data: 3f2a …)": (True, attack("padded")),
+        "attack: adaptive, intermittent 8/32 + 8 spaces glued": (True, attack("islands")),
         "attack: wiper (every file zeroed)": (True, attack("zero")),
         "attack: wiper (every file deleted + fstrim)": (True, lambda mnt, r: fstrim_after_delete(mnt, r, wipe=True)),
         "attack: image truncated to half": (True, lambda mnt, r: TRUNCATE),
