@@ -601,12 +601,13 @@ class SiteMetrics:
         volume_intervals_s: ``{volume: interval_s}`` of the configured volumes: their event
             counters start at zero and their RPO target is 3 intervals.
         clock_ns: wall clock in ns, for ages and event timestamps.
+        holders: the other data sites (``replicad_fetch_stalled_total`` starts at zero for each).
     """
 
     def __init__(self, site_id: str, status_fn: Callable[[], dict] | None = None, *,
                  state_fn: Callable[[], dict] | None = None, data_dir: str | Path | None = None,
                  volume_intervals_s: Mapping[str, float] | None = None,
-                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+                 clock_ns: Callable[[], int] = time.time_ns, holders: Iterable[str] = ()) -> None:
         self.site_id = site_id
         self.status_fn = status_fn
         self.clock_ns = clock_ns
@@ -647,6 +648,8 @@ class SiteMetrics:
                                        "Fetches from a holder that broke the progress rule (too few bytes of "
                                        "complete chunk frames within the window) and went to another holder",
                                        ["site", "holder"], registry=self.registry)
+        for holder in holders:  # at zero from the start: the first stall is an increase() too
+            self.fetches_stalled.labels(site_id, holder)
         self.standby_damaged_events = Counter(
             "replicad_standby_damage_found_total", "Times this site's standby image was found not to hold the snapshot "
             "its standby record names (standby check, verify, or a promotion's O5 check)", ["site", "volume"],
@@ -742,7 +745,8 @@ class SiteMetrics:
                  state_fn: Callable[[], dict] | None = None) -> "SiteMetrics":
         """The metrics of the site configured by ``cfg`` (site id, data dir, volume intervals)."""
         return cls(cfg.site_id, status_fn, state_fn=state_fn, data_dir=cfg.data_dir,
-                   volume_intervals_s={v.name: float(v.interval_s) for v in cfg.volumes})
+                   volume_intervals_s={v.name: float(v.interval_s) for v in cfg.volumes},
+                   holders=[s.site_id for s in cfg.sites if s.site_id != cfg.site_id and s.kind == "data"])
 
     def cycle_done(self, volume: str, report: dict[str, Any]) -> None:
         """Record one finished cycle (``SiteDaemon.cycle`` report: ``committed``, ``cycle_s``,

@@ -47,7 +47,7 @@ DASHBOARD = REPO / "grafana" / "replicad.json"
 WAIT_S = 60.0
 SUBSTITUTIONS = (("$__rate_interval", "30s"), ("$__interval", "5s"), ("$__range", "5m"),
                  ("${site}", ".*"), ("$site", ".*"), ("${volume}", ".*"), ("$volume", ".*"))
-METRIC_NAME = re.compile(r"\b(replicad_[a-z0-9_]+|up)\b")
+METRIC_NAME = re.compile(r"\b(replicad_[a-z0-9_]+|up|scrape_duration_seconds)\b")
 
 
 def prometheus_binary() -> str:

@@ -38,8 +38,9 @@ SIDEWAYS: frozenset[tuple[str, str]] = frozenset({
     ("peer", "replicad.storage.chunkstore"),
     ("consensus", "replicad.storage.durable"),
 })
-# cryptography: Ed25519 verification of signed commands is part of the pure state machine (no I/O)
-CORE_THIRD_PARTY = frozenset({"msgpack", "blake3", "numpy", "cryptography"})
+# cryptography: Ed25519 verification of signed commands is part of the pure state machine (no I/O);
+# re2: ransom-note patterns of a policy matched in linear time (pure computation)
+CORE_THIRD_PARTY = frozenset({"msgpack", "blake3", "numpy", "cryptography", "re2"})
 
 
 @dataclass(frozen=True)
