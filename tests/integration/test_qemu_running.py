@@ -23,7 +23,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,7 +33,7 @@ from replicad.storage.chunkstore import ChunkStore
 from replicad.storage.image import apply_snapshot
 
 pytest.importorskip("nbd", reason="python3-libnbd (scripts/setup.sh)")
-from tests.integration.test_qemu_source import BS, Driver  # noqa: E402
+from tests.integration.test_qemu_source import BS, Driver, spawn_until, stop_pid  # noqa: E402
 
 QEMU = shutil.which("qemu-system-x86_64")
 pytestmark = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 (Debian qemu-system-x86; scripts/setup.sh)")
@@ -92,32 +91,17 @@ class Vm:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        for p in (self.qmp, self.test_qmp, self.nbd):
-            p.unlink(missing_ok=True)
+        self.nbd.unlink(missing_ok=True)
         accel = "kvm:tcg" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "tcg"
-        log = open(self.root / "qemu.log", "ab")
-        self.proc = subprocess.Popen(
-            [QEMU, "-machine", f"q35,accel={accel}", "-nodefaults", "-display", "none", "-S", "-m", "64",
+        self.proc = spawn_until(self.root / "qemu.log", (self.qmp, self.test_qmp), [
+            QEMU, "-machine", f"q35,accel={accel}", "-nodefaults", "-display", "none", "-S", "-m", "64",
              "-blockdev", f"driver=file,node-name=disk-file,filename={self.image}",
              "-blockdev", "driver=qcow2,node-name=disk,file=disk-file",
              "-device", "virtio-blk-pci,drive=disk,id=vd0",
-             "-qmp", f"unix:{self.qmp},server=on,wait=off", "-qmp", f"unix:{self.test_qmp},server=on,wait=off"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + 30
-        while not (self.qmp.exists() and self.test_qmp.exists()):
-            assert self.proc.poll() is None, (self.root / "qemu.log").read_text()
-            assert time.monotonic() < deadline, "qemu-system-x86_64 did not start"
-            time.sleep(0.02)
+             "-qmp", f"unix:{self.qmp},server=on,wait=off", "-qmp", f"unix:{self.test_qmp},server=on,wait=off"])
 
     def stop(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(30)
+        stop_pid(self.proc, sig)
         self.proc = None
 
     def disk_bytes(self) -> bytes:

@@ -41,6 +41,32 @@ SIZE = 64 * 2**20  # 1024 blocks
 NOW_NS = 1_700_000_000 * 10**9
 
 
+def spawn_until(log_path: Path, sockets: tuple[Path, ...], argv: list[str], timeout_s: float = 30) -> subprocess.Popen:
+    """Start ``argv`` (its output appended to ``log_path``) once its ``sockets`` are removed, and
+    wait until it created them all; the log in the assertion if it exits or times out first."""
+    for p in sockets:
+        p.unlink(missing_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while not all(p.exists() for p in sockets):
+        assert proc.poll() is None, log_path.read_text()
+        assert time.monotonic() < deadline, f"{argv[0]} did not start"
+        time.sleep(0.02)
+    return proc
+
+
+def stop_pid(proc: subprocess.Popen | None, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to ``proc`` (by its PID) if it runs and reap it; SIGKILL after 30 s."""
+    if proc is not None and proc.poll() is None:
+        os.kill(proc.pid, sig)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+
+
 class Qsd:
     """One qemu-storage-daemon serving ``disk`` (qcow2) as node ``disk`` over NBD export ``disk``."""
 
@@ -53,32 +79,16 @@ class Qsd:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        for p in (self.qmp, self.nbd):
-            p.unlink(missing_ok=True)
-        log = open(self.root / "qsd.log", "ab")
-        self.proc = subprocess.Popen(
-            ["qemu-storage-daemon",
+        self.proc = spawn_until(self.root / "qsd.log", (self.qmp, self.nbd), [
+             "qemu-storage-daemon",
              "--blockdev", f"driver=file,node-name=disk-file,filename={self.image}",
              "--blockdev", "driver=qcow2,node-name=disk,file=disk-file",
              "--nbd-server", f"addr.type=unix,addr.path={self.nbd}",
              "--export", "type=nbd,id=guest,node-name=disk,name=disk,writable=on",
-             "--chardev", f"socket,path={self.qmp},server=on,wait=off,id=qmp0", "--monitor", "chardev=qmp0"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + 30
-        while not (self.qmp.exists() and self.nbd.exists()):
-            assert self.proc.poll() is None, (self.root / "qsd.log").read_text()
-            assert time.monotonic() < deadline, "qemu-storage-daemon did not start"
-            time.sleep(0.02)
+             "--chardev", f"socket,path={self.qmp},server=on,wait=off,id=qmp0", "--monitor", "chardev=qmp0"])
 
     def stop(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(30)
+        stop_pid(self.proc, sig)
         self.proc = None
 
     def guest(self) -> "nbd.NBD":
