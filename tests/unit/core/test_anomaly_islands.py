@@ -7,6 +7,7 @@ file's pages; no mocks."""
 
 from __future__ import annotations
 
+import gzip
 import random
 import sqlite3
 from pathlib import Path
@@ -123,8 +124,10 @@ def test_the_numbers_of_the_islands_test() -> None:
     assert island_bytes(b" " * 64) == b"" and island_bytes(b"ab") == b"ab"
     assert not random_islands(text(4096, 2)) and not random_islands(log_lines(3)[:4096])
     assert not random_islands(random.Random(5).randbytes(400) + b" " * 400)
-    # ciphertext without filler is islands too (the entropy jump sees it first)
-    assert random_islands(random.Random(6).randbytes(1024))
+    # ciphertext without filler is one island (the entropy jump's), 64 groups of 16 are 64
+    assert not random_islands(random.Random(6).randbytes(1024))
+    r = random.Random(6)
+    assert random_islands(b"".join(r.randbytes(16) + b" " * 16 for _ in range(64)))
     # the share of moved old content: none under ciphertext, most of it when the old text moved
     assert moved_share(new, old, 0) < anomaly.MOVED_SHARE_MIN
     shifted = (b"x" * 100 + old)[:B]
@@ -210,3 +213,18 @@ def test_islands_over_islands_are_no_news() -> None:
     base = text(B, 1)
     f = compare_block(striped(base, 32, 8, 8, "spaces", 3), striped(base, 32, 8, 8, "spaces", 2))
     assert f.islands == 0 and not f.turned_random, f
+
+
+def test_a_random_last_block_before_its_zero_tail_is_one_island() -> None:
+    """gzip of a log written over freed log lines, its last sub-block 300-3,000 bytes of gzip
+    then zeros: one run of random bytes (and a few bytes of chance), no islands (:data:`anomaly.ISLAND_RUNS_MIN`); the
+    sub-blocks full of gzip count as before (uniform). Without the bound the last one counted
+    too, and 30 days of log rotation summed to a slow-window false alarm in the benchmark."""
+    old = log_lines(1)
+    gz = gzip.compress(text(8 * B, 5))
+    for tail in (300, 1000, 3000):
+        new = gz[:3 * 4096 + tail] + bytes(B - 3 * 4096 - tail)
+        f = compare_block(new, old)
+        assert f.islands == 0 and f.random_subs == 3, (tail, f)
+    novel = anomaly._novel_bytes(new, old, 3 * 4096, 4096)
+    assert anomaly._islands(novel)[1] < anomaly.ISLAND_RUNS_MIN and not random_islands(novel)
