@@ -11,7 +11,8 @@ volume's committed snapshot catalog ``{seq: {"created_at_ns": int, "verdict": st
 * older still: pruned.
 
 Whatever the grid says, the plan never contains (O4) a snapshot younger than ``lock_s``,
-a seq in ``protected``, the newest committed snapshot or the newest clean one. This is the
+a seq in ``protected``, the newest committed snapshot, the newest clean one or the newest one
+a person confirmed clean (the slow windows' anchor). This is the
 classic grandfather-father-son grid (as in restic ``forget --keep-hourly/--keep-daily``),
 expressed as age windows rather than counts so that it does not depend on how often
 snapshots are taken. The state machine re-checks the lock and the newest ones
@@ -50,6 +51,9 @@ def plan_prune(snapshots: dict[int, dict], policy: dict, now_ns: int, protected:
     clean = [seq for seq, snap in snapshots.items() if snap.get("verdict") == "clean"]
     if clean:
         keep.add(max(clean))
+    confirmed = [seq for seq, snap in snapshots.items() if snap.get("confirmed")]
+    if confirmed:  # the slow windows' anchor and the rate they learned (replicad.site.detection)
+        keep.add(max(confirmed))
 
     newest_in_bucket: dict[tuple[str, int], int] = {}
     for seq, snap in snapshots.items():

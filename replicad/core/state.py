@@ -423,6 +423,12 @@ def newest_clean(vol_state: dict) -> int | None:
     return max(clean) if clean else None
 
 
+def newest_confirmed(vol_state: dict) -> int | None:
+    """Highest seq a person confirmed clean (the slow windows' anchor), or None when there is none."""
+    confirmed = [seq for seq, snap in (vol_state.get("snapshots") or {}).items() if snap.get("confirmed")]
+    return max(confirmed) if confirmed else None
+
+
 def apply(state: dict, command: dict, trust: Trust | None = None) -> tuple[dict, dict]:
     """Apply one command; return ``(new_state, result)``. Never raises, never mutates ``state``.
 
@@ -1322,7 +1328,7 @@ def _op_prune_snapshots(state: dict, cmd: dict) -> tuple[dict, dict]:
     if newest is not None and vol["snapshots"][newest]["verdict"] == "suspect":
         raise _Refusal("retention_locked", f"volume {name!r}: newest snapshot {newest} is suspect, "
                        "pruning is frozen", volume=name, newest_seq=newest)
-    protected = {s for s in (newest, newest_clean(vol), restore_pin(vol)) if s is not None}
+    protected = {s for s in (newest, newest_clean(vol), newest_confirmed(vol), restore_pin(vol)) if s is not None}
     lock_ns = vol["retention"]["lock_s"] * 1_000_000_000
     quorum_now = quorum_now_ns(state)
     if quorum_now is None:
@@ -1333,7 +1339,8 @@ def _op_prune_snapshots(state: dict, cmd: dict) -> tuple[dict, dict]:
     for seq in seqs:
         if seq in protected:
             raise _Refusal("retention_locked", f"volume {name!r}: snapshot {seq} is the newest "
-                           "committed or newest clean snapshot, or the one a forced promotion restores",
+                           "committed, newest clean or newest confirmed snapshot, or the one a forced "
+                           "promotion restores",
                            volume=name, seq=seq)
         if seq in common:
             # the base of the next incremental ship to that replica (and of its resync): the

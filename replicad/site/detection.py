@@ -241,11 +241,14 @@ class Detection:
         The windows run from the anchor, the newest snapshot before ``seq`` a person confirmed
         clean (else the volume's first), without a time cut. The state after the newest later
         snapshot this site judged clean is carried from its evidence file (``slow``) when that
-        file was written against the same anchor; otherwise (a confirmation since, an evidence
-        file lost or from an older version) the windows are recomputed from this site's clean
-        opinions after the anchor that Raft still holds (scores) and their evidence files
-        (conservation; 0 where a file is missing). Snapshots this site judged suspect are left
-        out: their changes are in every later diff against the clean base.
+        file was written against the same anchor, or against an older one pruned since with no
+        confirmation after it (pruning never lowers a window: any one site can sign
+        ``prune_snapshots``); a lost or unreadable file carries the state of the clean verdict
+        before it, folding the later ones. Otherwise (a confirmation since, no file left) the
+        windows are recomputed from this site's clean opinions after the anchor that Raft still
+        holds (scores) and their evidence files (conservation; 0 where a file is missing).
+        Snapshots this site judged suspect are left out: their changes are in every later diff
+        against the clean base.
 
         Returns ``(carried, window, conserve_window, elapsed_s, confirmed, anchor, learned_rate)``:
         the :class:`anomaly.Cusum` states to start from, the ``(seq, value, elapsed_s)`` items to
@@ -267,7 +270,9 @@ class Detection:
             mine = (snaps[s].get("opinions") or {}).get(self.site_id)
             if mine is None:
                 continue
-            if anchor is not None and s <= anchor:
+            # an anchor nobody confirmed (the first snapshot still in the catalog) may be one this
+            # site judged clean before older ones were pruned: its state is carried, its score counted
+            if anchor is not None and (s < anchor or (s == anchor and snaps[anchor].get("confirmed"))):
                 if snaps[s].get("confirmed"):
                     confirmed.append(mine["score_ppm"] / PPM)
                 if snaps[anchor].get("confirmed") and (mine["verdict"] == "clean" or snaps[s].get("confirmed")) \
@@ -291,27 +296,49 @@ class Detection:
         now_elapsed = elapsed(seq, prev if prev is not None else anchor)
         if prev is None:
             return {}, [], [], now_elapsed, confirmed, anchor, learned_rate
-        doc = self._read_evidence(volume, prev)
-        slow = doc.get("slow") if doc is not None and doc.get("root") == snaps[prev]["root"].hex() else None
-        if isinstance(slow, dict) and slow.get("anchor") == anchor:
-            try:
-                carried = {w: anomaly.Cusum.from_doc(slow.get(w)) for w in anomaly.SLOW_WINDOWS}
-                return carried, [], [], now_elapsed, confirmed, anchor, learned_rate
-            except ValueError as err:
-                log.warning("volume %s: the slow-window state in this site's evidence on #%d is unreadable (%s); "
-                            "recomputing it from the opinions since #%s", volume, prev, err, anchor)
+        newest_confirmed = anchor if anchor is not None and snaps[anchor].get("confirmed") else None
         window: list[tuple[int, float, float]] = []
-        conserve: list[tuple[int, float, float]] = []
         before = anchor
         for s in clean_after:
             dt = elapsed(s, before)
             window.append((s, snaps[s]["opinions"][self.site_id]["score_ppm"] / PPM, dt))
-            sdoc = doc if s == prev else self._read_evidence(volume, s)
+            before = s
+        docs: dict[int, dict | None] = {}
+        # the newest clean verdict here whose evidence still holds a state that counts from this
+        # anchor, or from an older one pruned since with no confirmation after it: pruning never
+        # lowers a window (any one site can sign prune_snapshots), nor does a lost evidence file
+        # (the state is then carried from the one before it)
+        for i in range(len(clean_after) - 1, -1, -1):
+            s = clean_after[i]
+            docs[s] = doc = self._read_evidence(volume, s)
+            slow = doc.get("slow") if doc is not None and doc.get("root") == snaps[s]["root"].hex() else None
+            if not isinstance(slow, dict):
+                continue
+            was = slow.get("anchor")
+            if not (was == anchor or (isinstance(was, int) and not isinstance(was, bool) and was not in snaps
+                                      and (newest_confirmed is None or was > newest_confirmed))):
+                break  # a confirmation since (or one cleared by an approved request): recompute
+            try:
+                carried = {w: anomaly.Cusum.from_doc(slow.get(w)) for w in anomaly.SLOW_WINDOWS}
+            except ValueError as err:
+                log.warning("volume %s: the slow-window state in this site's evidence on #%d is unreadable (%s); "
+                            "carrying the one before it", volume, s, err)
+                continue
+            return (carried, window[i + 1:], self._conserve(volume, window[i + 1:], docs), now_elapsed, confirmed,
+                    anchor, learned_rate)
+        return {}, window, self._conserve(volume, window, docs), now_elapsed, confirmed, anchor, learned_rate
+
+    def _conserve(self, volume: str, window: list[tuple[int, float, float]],
+                  docs: dict[int, dict | None]) -> list[tuple[int, float, float]]:
+        """The conservation items of ``window`` (``(seq, conserved_counted, elapsed_s)``) from this
+        site's evidence files (``docs`` read already); 0 where a file is missing."""
+        out = []
+        for s, _, dt in window:
+            sdoc = docs[s] if s in docs else self._read_evidence(volume, s)
             sig = (sdoc or {}).get("signals") or {}
             counted = sig.get("conserved_counted", 0.0)
-            conserve.append((s, float(counted) if isinstance(counted, (int, float)) else 0.0, dt))
-            before = s
-        return {}, window, conserve, now_elapsed, confirmed, anchor, learned_rate
+            out.append((s, float(counted) if isinstance(counted, (int, float)) else 0.0, dt))
+        return out
 
     def _read_evidence(self, volume: str, seq: int) -> dict | None:
         """This site's evidence file on ``volume#seq``, None when missing or unreadable."""

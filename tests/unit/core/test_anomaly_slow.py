@@ -258,8 +258,15 @@ def test_the_daemon_carries_the_windows_and_recomputes_after_a_confirmation(tmp_
     assert vs["snapshots"][4]["opinions"]["a"]["verdict"] == "suspect"
     got, _, _, _, _, _, _ = det._history("v", 6, vs)
     assert abs(got["relative"].total - (0.012 - 0.001 + 0.012 - 0.002)) < 1e-6 and got["relative"].began == 2
-    # the evidence of #5 lost: recomputed from Raft's opinions (the same sum)
+    # the evidence of #5 lost: #3's state carried, #5 folded from Raft's opinion (the same sum)
     (d / "5.json").unlink()
+    got, window, _, elapsed_s, _, _, _ = det._history("v", 6, vs)
+    assert set(got) == {"relative", "conservation"} and [s for s, _, _ in window] == [5] and elapsed_s == DAY_S
+    v = judge_relative(6, _turned(0.0), window, [], P, carried=got, elapsed_s=elapsed_s)
+    assert abs(v.cumulative - (0.012 - 0.001 + 0.012 - 0.002 - 0.001)) < 1e-6
+    # every file lost: recomputed from Raft's opinions (the same sum)
+    for f in d.iterdir():
+        f.unlink()
     got, window, _, elapsed_s, _, _, _ = det._history("v", 6, vs)
     assert got == {} and [s for s, _, _ in window] == [2, 3, 5] and elapsed_s == DAY_S
     v = judge_relative(6, _turned(0.0), window, [], P, carried=got, elapsed_s=elapsed_s)
@@ -272,6 +279,44 @@ def test_the_daemon_carries_the_windows_and_recomputes_after_a_confirmation(tmp_
     assert rate == 0.0  # #3's score (0) over one day; #2's covers the time before the span
     vs["snapshots"][1]["opinions"]["a"] = {"verdict": "clean", "score_ppm": 0}
     assert det._history("v", 6, vs)[6] == pytest.approx(0.012 / 2)
+
+
+def _judge_and_record(det: Detection, d: Path, vs: dict, seq: int, share: float):
+    got, window, conserve, elapsed_s, confirmed, anchor, rate = det._history("v", seq, vs)
+    sig = _turned(share)
+    v = judge_relative(seq, sig, window, confirmed, P, conserve_window=conserve, carried=got, elapsed_s=elapsed_s,
+                       learned_rate=rate)
+    vs["snapshots"][seq]["opinions"]["a"] = {"verdict": v.verdict, "score_ppm": round(v.score * PPM)}
+    (d / f"{seq}.json").write_text(json.dumps({"root": vs["snapshots"][seq]["root"].hex(), "signals": sig.summary(),
+                                               "slow": {"anchor": anchor, **{w: c.doc() for w, c in v.slow.items()}}}))
+    return v
+
+
+def test_pruning_the_anchor_never_lowers_the_slow_window(tmp_path: Path) -> None:
+    """Any one site can sign prune_snapshots: an attacker pruning everything older than the lock
+    moved the anchor (the first snapshot still in the catalog) and the windows were recomputed
+    from there, dropping the drift before it (9 of 128 blocks encrypted over #2-#10 stayed
+    clean). The carried state survives the pruning of its anchor; only a confirmation since
+    starts the windows anew."""
+    det = Detection(types.SimpleNamespace(site_id="a"), None, None, tmp_path, lambda v: {}, None)  # type: ignore[arg-type]
+    vs = _vs(12)
+    d = tmp_path / "detection" / "v"
+    d.mkdir(parents=True)
+    daily = 0.95 * P["cumulative_max"] / 7  # flagged on day 10 without pruning
+    verdicts = []
+    for seq in range(2, 13):
+        if seq >= 4:  # before each judgement the attacker prunes all but the newest two
+            for s in [s for s in vs["snapshots"] if s < seq - 2]:
+                del vs["snapshots"][s]
+        v = _judge_and_record(det, d, vs, seq, daily)
+        verdicts.append(v.verdict)
+        if seq >= 4:
+            assert v.slow["relative"].began == 2, (seq, v.slow)  # the drift since #2 is still counted
+    assert verdicts.index("suspect") + 2 == 11 and verdicts[-1] == "suspect", verdicts
+    # a confirmation since the pruned anchor does start the windows anew
+    vs["snapshots"][10]["confirmed"] = True
+    got, window, _, _, _, anchor, _ = det._history("v", 12, vs)
+    assert anchor == 10 and got == {} and window == [], (anchor, got, window)
 
 
 def test_the_evidence_view_says_which_window_flagged_and_where_it_began() -> None:

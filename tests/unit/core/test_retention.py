@@ -46,6 +46,17 @@ def test_newest_clean_survives_an_incident():
     assert plan_prune(catalog, POLICY, NOW, set()) == [1]
 
 
+def test_the_newest_confirmed_snapshot_survives_hourly_thinning():
+    """A confirmed snapshot anchors the slow windows and the rate they learn: hourly thinning kept
+    only the newest of its hour and dropped it; the newest confirmed one is kept, older
+    confirmed ones are thinned as before."""
+    hour_start = (NOW - 5 * HOUR_NS) // HOUR_NS * HOUR_NS
+    catalog = {s: {"created_at_ns": hour_start + s * 60 * SECOND_NS, "verdict": "clean"} for s in range(1, 5)}
+    catalog[5] = {"created_at_ns": NOW - 60 * SECOND_NS, "verdict": "clean"}
+    catalog[1]["confirmed"] = catalog[2]["confirmed"] = True
+    assert plan_prune(catalog, POLICY, NOW, set()) == [1, 3]
+
+
 timestamps = st.integers(NOW - 40 * DAY_NS, NOW + HOUR_NS)
 policies = st.fixed_dictionaries({k: st.integers(0, 10 * 86400) for k in POLICY})
 

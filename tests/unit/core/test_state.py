@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from replicad.core import errors
 from replicad.core import state as state_mod
 from replicad.core.identity import Trust
-from replicad.core.state import (APPLIED_OPS_MAX, AUDIT_MAX, apply, initial_state, newest_clean,
+from replicad.core.state import (APPLIED_OPS_MAX, AUDIT_MAX, apply, initial_state, newest_clean, newest_confirmed,
                             newest_committed)
 
 S = 1_000_000_000
@@ -413,6 +413,21 @@ def test_prune_keeps_the_newest_clean_and_freezes_while_the_newest_is_suspect(wi
     refused(state, cmd("prune_snapshots", volume="vol", seqs=[1]), "retention_locked")
 
 
+def test_prune_never_touches_the_newest_confirmed(with_snaps):
+    """Any one site can sign prune_snapshots: the newest snapshot a person confirmed clean (the
+    slow windows' anchor and the rate they learned) is refused like the newest clean one."""
+    state, _ = approved(with_snaps, "mark_verdict", by="b", approver="c", volume="vol", seq=1, verdict="clean",
+                        reason="checked")
+    assert newest_confirmed(state["volumes"]["vol"]) == 1
+    refused(state, cmd("prune_snapshots", volume="vol", seqs=[1]), "retention_locked")
+    refused(state, cmd("prune_snapshots", volume="vol", seqs=[1, 2]), "retention_locked")
+    state, _ = approved(state, "mark_verdict", by="b", approver="c", volume="vol", seq=2, verdict="clean",
+                        reason="checked")
+    state, result = ok(state, cmd("prune_snapshots", volume="vol", seqs=[1]))
+    assert result["pruned"] == [1]
+    refused(state, cmd("prune_snapshots", volume="vol", seqs=[2]), "retention_locked")
+
+
 def test_prune_never_touches_the_newest_clean(with_snaps):
     state, _ = ok(with_snaps, commit(4, verdict="suspect"))
     state, _ = ok(state, commit(5, verdict="clean"))
@@ -430,7 +445,9 @@ def test_prune_never_touches_the_newest_clean(with_snaps):
     refused(state, cmd("prune_snapshots", volume="vol", seqs=[8]), "retention_locked")
     later = NOW + 86400 * S  # 4..8 were stamped at the majority's time: let the lock window pass
     state = tick(state, later)
-    state, _ = ok(state, cmd("prune_snapshots", volume="vol", seqs=[1, 2, 3, 4], now_ns=later))
+    # #4 was confirmed clean by an approved request: the newest confirmed one stays too
+    refused(state, cmd("prune_snapshots", volume="vol", seqs=[1, 2, 3, 4], now_ns=later), "retention_locked")
+    state, _ = ok(state, cmd("prune_snapshots", volume="vol", seqs=[1, 2, 3], now_ns=later))
 
 
 def test_helpers_on_empty_volume(cluster):
