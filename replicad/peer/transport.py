@@ -346,11 +346,27 @@ class PeerClient:
     def __init__(self, session: aiohttp.ClientSession, site_id: str) -> None:
         self.session = session
         self.site_id = site_id
-        # called with (peer_url, PeerStalledError) when a fetch breaks the progress rule, before
-        # the error is raised (the daemon logs it under the holder's name and counts it)
-        self.on_stall: Callable[[str, PeerStalledError], None] | None = None
+        # called with (peer_url, error) when a fetch breaks the progress rule (PeerStalledError) or
+        # the holder's answer is bad (RemoteProtocolError: a frame not asked or sent twice, a
+        # malformed stream; IntegrityError: a chunk that does not match its digest), before the
+        # error is raised (the daemon logs it under the holder's name, counts it, asks it last):
+        # see holder_fault
+        self.on_stall: Callable[[str, ReplicadError], None] | None = None
         self.progress_s = FETCH_PROGRESS_S         # the progress rule of fetch_frames (FetchProgress)
         self.progress_bytes = FETCH_PROGRESS_BYTES
+
+    def holder_fault(self, peer_url: str, err: ReplicadError) -> None:
+        """Hand ``err`` (the holder at ``peer_url`` stalled a fetch or answered it with bad
+        frames) to :attr:`on_stall`, once per error object (a caller that verifies what
+        :meth:`fetch_frames` yielded reports a digest mismatch here; errors of the stream itself
+        are reported by :meth:`fetch_frames`). Never raises."""
+        if self.on_stall is None or getattr(err, "_holder_fault_noted", False):
+            return
+        err._holder_fault_noted = True  # type: ignore[attr-defined]
+        try:
+            self.on_stall(peer_url, err)
+        except Exception:  # noqa: BLE001 - a hook must not hide the fetch's own error
+            log.exception("on_stall hook failed for %s", peer_url)
 
     async def _post(self, url: str, body: Any, *, timeout: aiohttp.ClientTimeout = PEER_TIMEOUT) -> dict[str, Any]:
         try:
@@ -455,8 +471,16 @@ class PeerClient:
         stored (the caller checks what is still missing and asks another holder). The next
         batch is received while the previous one is stored (at most two batches of
         BATCH_BYTES in memory). Raises PeerUnavailableError, the peer's error, or the store's
-        (IntegrityError for a chunk that does not match its digest, StoreFullError).
+        (IntegrityError for a chunk that does not match its digest, RemoteProtocolError for a
+        malformed one: both reported as the holder's fault to :meth:`holder_fault`; StoreFullError).
         """
+        async def put(frames: list[tuple[bytes, int, bytes]]) -> int:
+            try:
+                return await asyncio.to_thread(store.put_encoded, frames)
+            except (IntegrityError, RemoteProtocolError) as err:  # a frame that is not its digest's chunk
+                self.holder_fault(peer_url, err)
+                raise
+
         stored = 0
         storing: asyncio.Future[int] | None = None
         batch: list[tuple[bytes, int, bytes]] = []
@@ -469,13 +493,13 @@ class PeerClient:
                     if batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_ITEMS:
                         if storing is not None:
                             stored += await storing
-                        storing = asyncio.ensure_future(asyncio.to_thread(store.put_encoded, batch))
+                        storing = asyncio.ensure_future(put(batch))
                         batch, batch_bytes = [], 0
             if storing is not None:
                 stored += await storing
                 storing = None
             if batch:
-                stored += await asyncio.to_thread(store.put_encoded, batch)
+                stored += await put(batch)
         finally:
             if storing is not None:  # an error while receiving: the batch in flight finishes whole
                 await asyncio.gather(storing, return_exceptions=True)
@@ -486,8 +510,17 @@ class PeerClient:
         """Stream ``digests`` from the peer's ``/v1/peer/fetch`` without storing them: yields
         lists of ``(digest, codec, payload)`` frames as they arrive (at most one network read
         of wire.FEED_MAX_BYTES each), in the order asked, leaving out those the peer lacks.
-        Nothing is verified here (the caller decodes and checks each digest). Asked in
-        requests of at most wire.MAX_DIGESTS_PER_DOC digests.
+        Payloads are not verified here (the caller decodes and checks each digest, and reports
+        a mismatch to :meth:`holder_fault`). Asked in requests of at most
+        wire.MAX_DIGESTS_PER_DOC distinct digests (a digest asked twice is asked once).
+
+        An answer may carry only digests asked in its request, each at most once: a frame of a
+        digest not asked, or a second frame of one, is a RemoteProtocolError naming the peer
+        (evidence ``url``, ``digest``, ``reason`` "not_asked" or "repeated"), raised before that
+        frame is yielded. A request ends as soon as every digest asked arrived (the rest of the
+        stream is not read), or when the peer ends its answer (those not sent: it lacks them).
+        So a holder can neither replay real frames nor send chunks nobody asked for to keep a
+        fetch alive.
 
         ``views``: payloads are ``memoryview``/``bytearray`` read by :class:`wire.FrameSplitter`
         from the pieces as aiohttp hands them over (no join of pieces, no msgpack buffer: a
@@ -495,32 +528,41 @@ class PeerClient:
         (:class:`wire.FrameReader`).
 
         The progress rule (:class:`FetchProgress`) holds for every request: PeerStalledError
-        (also handed to :attr:`on_stall`) when the peer delivers too little too slowly.
+        when the peer delivers too little too slowly. PeerStalledError and RemoteProtocolError
+        are handed to :meth:`holder_fault` (:attr:`on_stall`) before they are raised.
 
         Raises PeerUnavailableError (unreachable, reset or cut mid-stream: the frames yielded
         before stay good), PeerStalledError, the peer's own error, RemoteProtocolError (a
         malformed stream)."""
+        digests = list(dict.fromkeys(bytes(d) for d in digests))
         for i in range(0, len(digests), wire.MAX_DIGESTS_PER_DOC):
-            body = wire.encode_doc("fetch", volume=volume, epoch=epoch,
-                                   digests=list(digests[i:i + wire.MAX_DIGESTS_PER_DOC]), **{"from": self.site_id})
+            asked = digests[i:i + wire.MAX_DIGESTS_PER_DOC]
+            body = wire.encode_doc("fetch", volume=volume, epoch=epoch, digests=asked, **{"from": self.site_id})
             progress = FetchProgress(peer_url, self.progress_s, self.progress_bytes)
+            answer = FetchAnswer(peer_url, asked)
+            refusal: ReplicadError | None = None
             try:
                 resp = await progress.run(self.session.post(peer_url + "/v1/peer/fetch", data=body,
                                                             timeout=PEER_TIMEOUT,
                                                             headers={"Content-Type": wire.CONTENT_TYPE}))
                 async with resp:
-                    if resp.status != 200:
-                        raise _error_from(resp.status, await progress.run(read_bounded(
+                    if resp.status != 200:  # the peer's refusal: its word, not a bad answer
+                        refusal = _error_from(resp.status, await progress.run(read_bounded(
                             resp.content, resp.content_length, wire.MAX_DOC_BYTES, "peer error")), peer_url)
+                        raise refusal
                     if views:
                         splitter = wire.FrameSplitter("chunks")
                         pieces = resp.content.iter_chunks()
                         while (piece := await progress.run(anext(pieces, None))) is not None:
                             frames = splitter.feed(piece[0])
                             if frames:
+                                answer.check(frames)
                                 progress.delivered(frames)
                                 yield frames
-                        splitter.finish()
+                                if answer.complete:
+                                    break
+                        else:
+                            splitter.finish()
                         continue
                     reader = wire.FrameReader("chunks")
                     chunked = resp.content.iter_chunked(wire.FEED_MAX_BYTES)
@@ -528,12 +570,17 @@ class PeerClient:
                         reader.feed(data)
                         frames = list(reader.frames())
                         if frames:
+                            answer.check(frames)
                             progress.delivered(frames)
                             yield frames
-                    reader.finish()
-            except PeerStalledError as err:
-                if self.on_stall is not None:
-                    self.on_stall(peer_url, err)
+                            if answer.complete:
+                                break
+                    else:
+                        reader.finish()
+            except (PeerStalledError, RemoteProtocolError) as err:
+                if err is not refusal:
+                    err.evidence.setdefault("url", peer_url)
+                    self.holder_fault(peer_url, err)
                 raise
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
                 raise PeerUnavailableError(f"peer {peer_url} unreachable: {err.__class__.__name__}: {err}",
@@ -583,6 +630,41 @@ class FetchProgress:
         self.got += sum(len(f[2]) for f in frames)
         if self.got >= self.min_bytes:
             self.got, self.waited = 0, 0.0
+
+
+class FetchAnswer:
+    """What one ``/v1/peer/fetch`` answer may still carry: each digest asked, at most once.
+
+    Args:
+        url: the peer's URL (named in the error).
+        asked: the distinct digests of the request (32 bytes each).
+    """
+
+    def __init__(self, url: str, asked: Sequence[bytes]) -> None:
+        self.url = url
+        self.asked = frozenset(asked)
+        self.pending = set(self.asked)
+
+    @property
+    def complete(self) -> bool:
+        """Every digest asked has arrived."""
+        return not self.pending
+
+    def check(self, frames: Sequence[tuple[bytes, int, Any]]) -> None:
+        """Take the digests of ``frames`` off the pending set. Raises RemoteProtocolError
+        (evidence ``url``, ``digest`` hex, ``reason`` "not_asked" or "repeated") for a frame of a
+        digest not asked or already received: the peer's fault, the rest of its answer unread."""
+        for frame in frames:
+            d = frame[0]
+            if d in self.pending:
+                self.pending.discard(d)
+                continue
+            reason = "repeated" if d in self.asked else "not_asked"
+            what = "sent again" if reason == "repeated" else "not asked for"
+            raise RemoteProtocolError(
+                f"peer {self.url} broke a fetch: chunk {bytes(d).hex()} {what} "
+                f"({len(self.asked) - len(self.pending)} of {len(self.asked)} asked received before)",
+                url=self.url, digest=bytes(d).hex(), reason=reason)
 
 
 class SharedFrames:

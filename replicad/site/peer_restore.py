@@ -44,7 +44,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from replicad.core.errors import IntegrityError, NotFoundError, PeerUnavailableError, ReplicadError
+from replicad.core.errors import (IntegrityError, NotFoundError, PeerUnavailableError, RemoteProtocolError,
+                                  ReplicadError)
 from replicad.core.manifest import Manifest
 from replicad.peer.transport import PeerClient
 from replicad.storage.assemble import UNIT_BYTES, ImageAssembler, Unit, plan_units
@@ -226,8 +227,18 @@ async def restore_from_holders(peers: PeerClient, holders: dict[str, str], volum
             thread while more is received: one placing in flight, and the frames that arrive
             meanwhile go together to the next one (a network piece is ~256 KiB: one thread
             hand-off per piece cost more than the copies saved), at most PLACE_BATCH_BYTES
-            waiting."""
+            waiting. A frame that is not its digest's chunk (IntegrityError, RemoteProtocolError
+            from the assembler) is reported against the holder (PeerClient.holder_fault: warned,
+            counted, asked last)."""
             buf = run.bufs[unit.ordinal]
+
+            async def place(frames: list) -> None:
+                try:
+                    await asyncio.to_thread(assembler.place, unit, buf, frames)
+                except (IntegrityError, RemoteProtocolError) as err:
+                    peers.holder_fault(url, err)
+                    raise
+
             placing: asyncio.Future | None = None
             waiting: list = []
             waiting_bytes = 0
@@ -242,18 +253,18 @@ async def restore_from_holders(peers: PeerClient, holders: dict[str, str], volum
                         await placing
                         placing = None
                     if placing is None:
-                        placing = asyncio.ensure_future(asyncio.to_thread(assembler.place, unit, buf, waiting))
+                        placing = asyncio.ensure_future(place(waiting))
                         waiting, waiting_bytes = [], 0
                 if placing is not None:
                     await placing
                     placing = None
                 if waiting:
-                    await asyncio.to_thread(assembler.place, unit, buf, waiting)
+                    await place(waiting)
             finally:
                 if placing is not None:  # the stream broke: what was received is still placed
                     await asyncio.gather(placing, return_exceptions=True)
                 if waiting:
-                    await asyncio.gather(asyncio.to_thread(assembler.place, unit, buf, waiting),
+                    await asyncio.gather(place(waiting),
                                          return_exceptions=True)
 
         async def stream(holder: str, url: str) -> None:

@@ -56,16 +56,21 @@ class Pull:
         # follows (one pass over the manifest's pages, not two); taken by restore_streamed
         self._plans: dict[bytes, tuple[list[Unit], int]] = {}
 
-    def note_stall(self, url: str, err: PeerStalledError) -> None:
-        """A fetch from the holder at ``url`` broke the progress rule: logged at WARNING under the
-        holder's name, counted (``replicad_fetch_stalled_total{holder}``), and remembered for
+    def note_stall(self, url: str, err: ReplicadError) -> None:
+        """A fetch from the holder at ``url`` broke the progress rule (PeerStalledError) or was
+        answered with bad frames (RemoteProtocolError: a chunk not asked for, one sent twice, a
+        malformed stream; IntegrityError: a chunk not matching its digest): logged at WARNING
+        under the holder's name, counted (``replicad_fetch_stalled_total{holder}``: bad frames
+        count as a stall, the holder withheld what was asked), and remembered for
         :meth:`ranked` and :meth:`recent_stalls`. Never raises."""
         holder = next((s.site_id for s in self.cluster.cfg().sites if s.peer_url == url), url)
         self.stalls[holder] = (time.monotonic(), err.message)
         if self.metrics is not None:
             self.metrics.fetch_stalled(holder)
-        log.warning("holder %s stalled a fetch (%s): it is asked last for the next %.0fs; its share goes to the "
-                    "other holders", holder, err.message, STALL_MEMORY_S)
+        what = ("stalled a fetch" if isinstance(err, PeerStalledError)
+                else f"answered a fetch with bad frames ({err.code})")
+        log.warning("holder %s %s (%s): it is asked last for the next %.0fs; its share goes to the "
+                    "other holders", holder, what, err.message, STALL_MEMORY_S)
 
     def ranked(self, holders: list[str]) -> list[str]:
         """``holders`` in the order to ask them: those that stalled a fetch in the last

@@ -192,7 +192,8 @@ async def test_a_holder_that_dies_mid_stream_leaves_its_share_to_the_other(tmp_p
 async def test_a_hostile_holder_is_dropped_and_nothing_it_sent_is_written(tmp_path: Path, stores, mangle) -> None:
     """A compromised holder sends payloads that do not match their digests, a raw chunk longer
     than a block, a frame in a msgpack form no sender writes, or garbage: it is dropped with a
-    typed error and the other holder supplies everything; alone, it fails the restore."""
+    typed error, reported against it (``on_stall``), and the other holder supplies everything;
+    alone, it fails the restore."""
     b, c, here = stores
     image = tmp_path / "volume.img"
     write_image(image, 200, random.Random(10))
@@ -204,8 +205,11 @@ async def test_a_hostile_holder_is_dropped_and_nothing_it_sent_is_written(tmp_pa
     async with Server(b, "site-b") as url_b, hostile as url_c:
         async with aiohttp.ClientSession() as session:
             client = PeerClient(session, "site-a")
+            faults: list[str] = []
+            client.on_stall = lambda url, err: faults.append(url)  # Pull.note_stall: warned, ranked last
             rep = await peer_restore.restore_from_holders(client, {"site-c": url_c, "site-b": url_b}, VOL, 1,
                                                           manifest, here, target)
+            assert faults and set(faults) == {url_c}  # its bad frames were reported against it
             assert target.read_bytes() == image.read_bytes()
             assert verify_image(target, manifest) == manifest.root
             assert hostile.served > 0 and rep.holders["site-c"].failed is not None, rep.holders

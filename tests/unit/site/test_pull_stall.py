@@ -32,8 +32,10 @@ class Holder:
     document at once, then one byte every 0.05 s, or (``frame_gap_s``) each frame whole after
     that many seconds. ``served``: frames sent whole."""
 
-    def __init__(self, store: ChunkStore, site_id: str, tarpit: bool = False, frame_gap_s: float = 0.0) -> None:
+    def __init__(self, store: ChunkStore, site_id: str, tarpit: bool = False, frame_gap_s: float = 0.0,
+                 bad: str | None = None) -> None:
         self.store, self.site_id, self.tarpit, self.frame_gap_s = store, site_id, tarpit, frame_gap_s
+        self.bad = bad  # "loop": its first frame over and over; "garbage": the first frame's payload altered
         self.requests = 0
         self.served = 0
         self.url = ""
@@ -45,6 +47,18 @@ class Holder:
         resp = web.StreamResponse(headers={"Content-Type": wire.CONTENT_TYPE})
         await resp.prepare(request)
         await resp.write(wire.encode_doc("chunks", volume=doc["volume"], epoch=doc["epoch"], **{"from": self.site_id}))
+        if self.bad is not None:
+            d = doc["digests"][0]
+            codec, payload = self.store.get_encoded(d)
+            payload = bytes(payload) if self.bad == "loop" else bytes(payload)[:-1] + b"\x00"
+            try:
+                for _ in range(100 if self.bad == "loop" else 1):
+                    await resp.write(wire.encode_frame(d, codec, payload))
+                    await asyncio.sleep(0.01)
+                await resp.write_eof()
+            except ConnectionResetError:
+                pass
+            return resp
         for d in doc["digests"]:
             frame = wire.encode_frame(d, *self.store.get_encoded(d))
             if not self.tarpit:
@@ -134,3 +148,31 @@ async def test_a_holder_just_above_the_rule_loses_its_slices_to_the_faster_one_a
                 assert here.missing(need) == [] and served == ["site-b"]
                 assert pull.recent_stalls() == {}  # it kept to the rule
                 assert slow.requests >= 1 and slow.served < FETCH_SLICE  # its slices were taken over and cut
+
+
+@pytest.mark.parametrize("bad", ["loop", "garbage"])
+async def test_a_holder_answering_with_bad_frames_is_treated_like_a_stalled_one(
+        tmp_path: Path, caplog, bad: str) -> None:
+    """A holder replaying a real frame (or sending one that does not match its digest) is cut
+    at once, logged at WARNING under its name, remembered, and asked last afterwards."""
+    rng = random.Random(14)
+    blocks = [rng.randbytes(4096) for _ in range(10)]
+    with ChunkStore(tmp_path / "b") as b, ChunkStore(tmp_path / "c") as c, ChunkStore(tmp_path / "here") as here:
+        need = b.put_blocks(blocks)
+        c.put_blocks(blocks)
+        async with Holder(b, "site-b") as honest, Holder(c, "site-c", bad=bad) as liar:
+            urls = {"site-b": honest.url, "site-c": liar.url}
+            sites = [SimpleNamespace(site_id=s, peer_url=u) for s, u in urls.items()]
+            cluster = SimpleNamespace(site_id="site-a", peer_url=urls.__getitem__,
+                                      cfg=lambda: SimpleNamespace(sites=sites))
+            async with aiohttp.ClientSession() as session:
+                client = PeerClient(session, "site-a")
+                pull = Pull(cluster, here, None, client)
+                with caplog.at_level(logging.WARNING, logger="replicad.site.pull"):
+                    served = await pull.fetch_missing(VOL, 1, need, ["site-c", "site-b"])
+                assert here.missing(need) == [] and served == ["site-b"] and liar.requests == 1
+                code = "remote_protocol" if bad == "loop" else "integrity"
+                assert any(f"holder site-c answered a fetch with bad frames ({code})" in r.getMessage()
+                           for r in caplog.records if r.levelno == logging.WARNING)
+                assert set(pull.recent_stalls()) == {"site-c"}
+                assert pull.ranked(["site-c", "site-b"]) == ["site-b", "site-c"]
