@@ -19,7 +19,8 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
                                             "verdict": "clean" | "suspect",
                                             "verdict_reason": str, "stats": dict,
                                             "opinions": {site_id: {...}},   # site_verdict (issue 14)
-                                            "confirmed": bool}},            # cleared by approved request
+                                            "confirmed": bool,              # cleared by approved request
+                                            "committed_ns": int}},          # quorum_now_ns at commit
                         "detection": {...},                                 # set_detection, optional
                         "last_seq": int}},
      "audit": [{"op", "by", "volume", "ok", "error", "at_ns"}, ...],   # last AUDIT_MAX
@@ -995,6 +996,10 @@ def _op_commit_snapshot(state: dict, cmd: dict) -> tuple[dict, dict]:
         created_at_ns = quorum_now + CLOCK_AHEAD_MARGIN_NS
     snap = {"root": root, "epoch": epoch, "parent_seq": parent_seq, "created_at_ns": created_at_ns,
             "holders": list(holders), "verdict": verdict, "verdict_reason": verdict_reason, "stats": stats}
+    if quorum_now is not None:
+        # the majority's clock at commit: the slow windows credit their slack by it, not by the
+        # primary's stamps (a sawtooth of stamps +590 s, -5 s multiplied the slack)
+        snap["committed_ns"] = quorum_now
     vol = {**_with_snapshot(vol, seq, snap), "last_seq": seq}
     if size_bytes is not None and size_bytes > vol["size_bytes"]:
         vol["size_bytes"] = size_bytes

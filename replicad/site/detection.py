@@ -252,7 +252,8 @@ class Detection:
 
         Returns ``(carried, window, conserve_window, elapsed_s, confirmed, anchor, learned_rate)``:
         the :class:`anomaly.Cusum` states to start from, the ``(seq, value, elapsed_s)`` items to
-        fold after them, the seconds since the snapshot before ``seq`` in the window, this
+        fold after them, the seconds since the snapshot before ``seq`` in the window (by the
+        majority's clock at commit, ``committed_ns``, as its running maximum), this
         site's scores of confirmed history (the baseline learns only there), the anchor, and the
         share of the data per day that turned random in the :data:`VOUCHED_SPAN_S` before a
         confirmed anchor (this site's clean verdicts there: the confirmation vouches for every
@@ -287,10 +288,21 @@ class Detection:
             if span_s >= anomaly.DAY_S:
                 learned_rate = sum(x for _, x in vouched[1:]) / (span_s / anomaly.DAY_S)
 
+        # the time credited to the slack: the majority's clock at commit (committed_ns; the
+        # primary's stamp for a snapshot committed before it was recorded), as its running
+        # maximum over the catalog, so the credits of a series never add up to more than the time
+        # that passed (a primary's stamps +590 s then -5 s credited 5,950 s in 20 s)
+        mark: dict[int, int] = {}
+        high = None
+        for s in sorted(snaps):
+            t = snaps[s].get("committed_ns", snaps[s]["created_at_ns"])
+            high = t if high is None else max(high, t)
+            mark[s] = high
+
         def elapsed(s: int, before: int | None) -> float:
             if before is None or before not in snaps:
                 return float(anomaly.DAY_S)
-            return max(0.0, (snaps[s]["created_at_ns"] - snaps[before]["created_at_ns"]) / 1e9)
+            return max(0.0, (mark[s] - mark[before]) / 1e9)
 
         prev = clean_after[-1] if clean_after else None
         now_elapsed = elapsed(seq, prev if prev is not None else anchor)

@@ -319,6 +319,35 @@ def test_pruning_the_anchor_never_lowers_the_slow_window(tmp_path: Path) -> None
     assert anchor == 10 and got == {} and window == [], (anchor, got, window)
 
 
+def test_a_sawtooth_of_commit_stamps_never_credits_more_slack_than_the_time_that_passed(tmp_path: Path) -> None:
+    """A primary stamps its commits +590 s then -5 s (each accepted by commit_snapshot, a
+    negative gap clipped to 0): credited from the stamps, 20 snapshots 2 s apart earned 5,970 s
+    of slack. Credited from the majority's clock at commit (committed_ns) as its running maximum,
+    the series earns the 38 s that passed; with the stamps alone (snapshots committed before
+    committed_ns was recorded), the running maximum bounds it to that plus one 590 s lead."""
+    real = [1_700_000_000 * 10**9 + 2 * i * 10**9 for i in range(20)]
+    for with_clock in (True, False):
+        det = Detection(types.SimpleNamespace(site_id="a"), None, None, tmp_path / str(with_clock), lambda v: {},
+                        None)  # type: ignore[arg-type]
+        d = tmp_path / str(with_clock) / "detection" / "v"
+        d.mkdir(parents=True)
+        vs = {"snapshots": {}}
+        for i, t in enumerate(real, start=1):
+            vs["snapshots"][i] = {"root": bytes([i]) * 32, "created_at_ns": t + (590 if i % 2 else -5) * 10**9,
+                                  "verdict": "clean", "confirmed": False, "opinions": {}}
+            if with_clock:
+                vs["snapshots"][i]["committed_ns"] = t
+        vs["snapshots"][1]["opinions"]["a"] = {"verdict": "clean", "score_ppm": 0}
+        credited = 0.0
+        for seq in range(2, 21):
+            credited += det._history("v", seq, vs)[3]
+            _judge_and_record(det, d, vs, seq, 0.0)
+        if with_clock:
+            assert credited == pytest.approx(38.0), credited
+        else:
+            assert 0 < credited <= 38.0 + 590.0, credited
+
+
 def test_the_evidence_view_says_which_window_flagged_and_where_it_began() -> None:
     from replicad.ops.evidenceview import evidence_lines
     here = {"site": "b", "verdict": "suspect", "base_seq": 9, "first_suspect_seq": 2, "restore_seq": 1,

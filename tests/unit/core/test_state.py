@@ -413,6 +413,18 @@ def test_prune_keeps_the_newest_clean_and_freezes_while_the_newest_is_suspect(wi
     refused(state, cmd("prune_snapshots", volume="vol", seqs=[1]), "retention_locked")
 
 
+def test_a_commit_records_the_majority_clock_not_the_primary_stamp(cluster):
+    """commit_snapshot keeps the majority's clock at apply (committed_ns, quorum_now_ns) beside the
+    primary's stamp: the slow windows credit their slack by it (a sawtooth of stamps, +590 s then
+    -5 s, each accepted, multiplied the slack)."""
+    state = tick(cluster, NOW)
+    state, _ = ok(state, commit(1, created_at_ns=NOW + 590 * S, now_ns=NOW + 590 * S))
+    state, _ = ok(state, commit(2, created_at_ns=NOW - 5 * S, now_ns=NOW - 5 * S))
+    snaps = state["volumes"]["vol"]["snapshots"]
+    assert (snaps[1]["created_at_ns"], snaps[2]["created_at_ns"]) == (NOW + 590 * S, NOW - 5 * S)
+    assert snaps[1]["committed_ns"] == snaps[2]["committed_ns"] == NOW
+
+
 def test_prune_never_touches_the_newest_confirmed(with_snaps):
     """Any one site can sign prune_snapshots: the newest snapshot a person confirmed clean (the
     slow windows' anchor and the rate they learned) is refused like the newest clean one."""
