@@ -152,8 +152,8 @@ replicad_restore_skipped_total                              volume             c
                                                                                could not restore from any
                                                                                holder and skipped (counter)
 replicad_fetch_stalled_total                                holder             fetches from a holder that
-                                                                               broke the progress rule
-                                                                               (counter)
+                                                                               broke the progress rule or
+                                                                               sent bad frames (counter)
 replicad_disk_free_bytes / replicad_disk_size_bytes                            ``shutil.disk_usage``
 replicad_build_info                                         version, python    constant 1
 replicad_scrape_error                                       part               1 if that part failed
@@ -646,7 +646,8 @@ class SiteMetrics:
                                        ["site", "volume"], registry=self.registry)
         self.fetches_stalled = Counter("replicad_fetch_stalled_total",
                                        "Fetches from a holder that broke the progress rule (too few bytes of "
-                                       "complete chunk frames within the window) and went to another holder",
+                                       "complete chunk frames within the window) or sent bad frames (a chunk not "
+                                       "asked for, sent twice or not matching its digest) and went to another holder",
                                        ["site", "holder"], registry=self.registry)
         for holder in holders:  # at zero from the start: the first stall is an increase() too
             self.fetches_stalled.labels(site_id, holder)
@@ -786,7 +787,7 @@ class SiteMetrics:
         self.restores_skipped.labels(self.site_id, volume).inc()
 
     def fetch_stalled(self, holder: str) -> None:
-        """Count one fetch ``holder`` stalled (``replicad_fetch_stalled_total``)."""
+        """Count one fetch ``holder`` stalled or answered with bad frames (``replicad_fetch_stalled_total``)."""
         self.fetches_stalled.labels(self.site_id, holder).inc()
 
     def standby_damaged(self, volume: str) -> None:
