@@ -138,6 +138,7 @@ thresholds are this module's, measured on the unit tests' data and on the issue'
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import re
 import statistics
@@ -1549,6 +1550,19 @@ def compile_notes(patterns: Sequence[str]) -> list:
     return _NOTE_CACHE[key]
 
 
+NOTE_HITS_MAX = 4
+"""Distinct matches of one ransom-note pattern collected per block: the signal needs one that the
+block's old version did not hold (:func:`ransom_note_matches`); a few cover a note edited
+next to an older copy."""
+NOTE_MATCHES_MAX = 16
+"""Matches of one pattern read per block and side (new, old): a broad approved pattern such as
+``(?s).`` matched every character of the block (2.2 s per 64 KiB with 20 such patterns). With at
+most :data:`RANSOM_NOTES_MAX` patterns in each of the two lists, a block reads at most
+:data:`NOTE_BLOCK_MATCHES_MAX` matches."""
+NOTE_BLOCK_MATCHES_MAX = 2 * RANSOM_NOTES_MAX * 2 * NOTE_MATCHES_MAX
+"""Matches read per block at most (two pattern lists, two sides): 2,048."""
+
+
 def ransom_note_matches(new: bytes | None, old: bytes | None, patterns: Sequence[str],
                         minimum: int = 2, strong: Sequence[str] | None = None) -> tuple[str, ...]:
     """The ransom-note patterns whose matches in the new version of a block are text its old
@@ -1571,6 +1585,10 @@ def ransom_note_matches(new: bytes | None, old: bytes | None, patterns: Sequence
         strong: the policy's ``ransom_note_strong`` (None: :data:`RANSOM_NOTE_STRONG_DEFAULT`);
             those not already in ``patterns`` are matched too.
 
+    Work is bounded: per pattern, at most :data:`NOTE_HITS_MAX` distinct matches of the new
+    version are kept from its first :data:`NOTE_MATCHES_MAX`, and the old version's first
+    :data:`NOTE_MATCHES_MAX` are read to rule them out (:data:`NOTE_BLOCK_MATCHES_MAX` a block).
+
     Returns:
         the matched patterns (a tuple of the policy's strings: ``patterns`` order, then the
         strong ones that are not in ``patterns``)."""
@@ -1586,11 +1604,17 @@ def ransom_note_matches(new: bytes | None, old: bytes | None, patterns: Sequence
     for text, finditer in zip(every, compile_notes(every)):
         if finditer is None:  # refused by RE2 (unusable_notes): never matched
             continue
-        hits = {h.lower() for t in texts for h in finditer(t)}
+        hits: set[str] = set()
+        for h in itertools.islice((h for t in texts for h in finditer(t)), NOTE_MATCHES_MAX):
+            hits.add(h.lower())
+            if len(hits) >= NOTE_HITS_MAX:
+                break
         if not hits:
             continue
-        for part in old_texts:
-            hits -= {h.lower() for h in finditer(part)}
+        for h in itertools.islice((h for part in old_texts for h in finditer(part)), NOTE_MATCHES_MAX):
+            hits.discard(h.lower())
+            if not hits:
+                break
         if hits:
             found.append(text)
     if len(found) < max(1, minimum) or not set(found) & set(strong):

@@ -225,3 +225,41 @@ def test_false_alarm_count_on_benign_blocks_in_free_space() -> None:
             blocks += 1
             found += bool(ransom_note_matches(make(9000 + 31 * seed), None, RANSOM_NOTES_DEFAULT))
     assert blocks == 210 and found == 0
+
+
+def test_a_broad_approved_pattern_reads_a_bounded_number_of_matches() -> None:
+    """An approved pattern like ``(?s).`` matched every character of a 64 KiB block and every
+    match was collected (2.2 s per block with 20 such patterns): each pattern now reads at most
+    NOTE_MATCHES_MAX matches of each side and keeps NOTE_HITS_MAX distinct ones, what the signal
+    needs (one match the old version did not hold). The real compiled patterns, counted."""
+    patterns = ["(?s).", "[a-z]"] + [f"(?s).{{{i}}}" for i in range(1, 19)]
+    every = patterns + [p for p in RANSOM_NOTE_STRONG_DEFAULT if p not in patterns]
+    real = anomaly.compile_notes(every)
+    read: dict[tuple[int, int], int] = {}
+    calls = iter(range(10**6))
+
+    def counting(i: int, finditer):
+        def run(t: str):
+            key = (i, next(calls))
+            read[key] = 0
+            for h in finditer(t):
+                read[key] += 1
+                yield h
+        return run
+
+    block = (README.encode() * (B // len(README) + 1))[:B]
+    anomaly._NOTE_CACHE[tuple(every)] = [counting(i, f) for i, f in enumerate(real)]
+    try:
+        got = ransom_note_matches(block, None, patterns)
+        assert "(?s)." in got and "[a-z]" in got and set(got) & set(RANSOM_NOTE_STRONG_DEFAULT), got
+        per_pattern: dict[int, int] = {}
+        for (i, _), n in read.items():
+            per_pattern[i] = per_pattern.get(i, 0) + n
+        assert max(per_pattern.values()) <= anomaly.NOTE_MATCHES_MAX, per_pattern
+        # the same note already there: nothing new, read as boundedly
+        read.clear()
+        assert ransom_note_matches(block, block, patterns) == ()
+        assert sum(read.values()) <= anomaly.NOTE_BLOCK_MATCHES_MAX, sum(read.values())
+        assert max(n for n in read.values()) <= anomaly.NOTE_MATCHES_MAX, read
+    finally:
+        anomaly._NOTE_CACHE.pop(tuple(every), None)
