@@ -17,14 +17,10 @@ from aiohttp import web
 
 from replicad.core import wire
 from replicad.core.errors import IntegrityError, RemoteProtocolError, ReplicadError
-from replicad.lab.localcluster import free_port
-from replicad.peer.transport import PeerClient
 from replicad.storage.chunkstore import ChunkStore
+from tests.unit.peer.test_fetch_progress import serving, strict_client
 
 pytestmark = pytest.mark.timeout(60)
-
-WINDOW_S = 0.6
-MIN_BYTES = 60_000  # a little under one 64 KiB frame
 
 
 class Holder:
@@ -78,32 +74,20 @@ async def _run(tmp_path: Path, mode: str, into_store: bool = False) -> tuple[int
     with ChunkStore(tmp_path / "holder") as store, ChunkStore(tmp_path / "here") as here:
         *digests, extra = store.put_blocks([rng.randbytes(65536) for _ in range(5)])
         holder = Holder(store, extra, mode)
-        app = web.Application()
-        app.add_routes([web.post("/v1/peer/fetch", holder.fetch)])
-        runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        url = f"http://127.0.0.1:{port}"
         stalls: list = []
         got, error = 0, None
-        try:
-            async with aiohttp.ClientSession() as session:
-                client = PeerClient(session, "site-c")
-                client.progress_s, client.progress_bytes = WINDOW_S, MIN_BYTES
-                client.on_stall = lambda u, e: stalls.append((u, e))
-                try:
-                    if into_store:
-                        got = await client.fetch(url, "ehr", 1, digests, here)
-                    else:
-                        async for frames in client.fetch_frames(url, "ehr", 1, digests + digests[:1], views=True):
-                            got += len(frames)
-                except ReplicadError as err:
-                    error = err
+        async with serving(holder.fetch) as url, aiohttp.ClientSession() as session:
+            client = strict_client(session, stalls)
+            try:
                 if into_store:
-                    assert here.missing([extra]) == [extra]  # nothing not asked was stored
-        finally:
-            await runner.cleanup()
+                    got = await client.fetch(url, "ehr", 1, digests, here)
+                else:
+                    async for frames in client.fetch_frames(url, "ehr", 1, digests + digests[:1], views=True):
+                        got += len(frames)
+            except ReplicadError as err:
+                error = err
+            if into_store:
+                assert here.missing([extra]) == [extra]  # nothing not asked was stored
         return got, [(u == url, e) for u, e in stalls], error, holder
 
 

@@ -7,8 +7,10 @@ window is not; the caller's own time between reads never counts against the hold
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -54,35 +56,46 @@ class Holder:
         return resp
 
 
+@contextlib.asynccontextmanager
+async def serving(fetch: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
+    """A real loopback server answering ``/v1/peer/fetch`` with ``fetch``; yields its base URL."""
+    app = web.Application()
+    app.add_routes([web.post("/v1/peer/fetch", fetch)])
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def strict_client(session: aiohttp.ClientSession, stalls: list) -> PeerClient:
+    """site-c's client with the test's short progress window; its stall reports appended to ``stalls``."""
+    client = PeerClient(session, "site-c")
+    client.progress_s, client.progress_bytes = WINDOW_S, MIN_BYTES
+    client.on_stall = lambda u, e: stalls.append((u, e))
+    return client
+
+
 async def _run(tmp_path: Path, holder_kw: dict, consume_s: float = 0.0) -> tuple[int, list, float, BaseException | None]:
     """Fetch 4 chunks from a Holder; returns (frames received, on_stall calls, seconds, error)."""
     rng = random.Random(5)
     with ChunkStore(tmp_path / "holder") as store:
         digests = store.put_blocks([rng.randbytes(65536) for _ in range(4)])
         holder = Holder(store, digests, **holder_kw)
-        app = web.Application()
-        app.add_routes([web.post("/v1/peer/fetch", holder.fetch)])
-        runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        url = f"http://127.0.0.1:{port}"
         stalls: list = []
         got, error = 0, None
         t0 = time.monotonic()
-        try:
-            async with aiohttp.ClientSession() as session:
-                client = PeerClient(session, "site-c")
-                client.progress_s, client.progress_bytes = WINDOW_S, MIN_BYTES
-                client.on_stall = lambda u, e: stalls.append((u, e))
-                try:
-                    async for frames in client.fetch_frames(url, "ehr", 1, digests):
-                        got += len(frames)
-                        await asyncio.sleep(consume_s)  # the caller's own work: not the holder's time
-                except PeerStalledError as err:
-                    error = err
-        finally:
-            await runner.cleanup()
+        async with serving(holder.fetch) as url, aiohttp.ClientSession() as session:
+            client = strict_client(session, stalls)
+            try:
+                async for frames in client.fetch_frames(url, "ehr", 1, digests):
+                    got += len(frames)
+                    await asyncio.sleep(consume_s)  # the caller's own work: not the holder's time
+            except PeerStalledError as err:
+                error = err
         return got, [(u == url, e) for u, e in stalls], time.monotonic() - t0, error
 
 
