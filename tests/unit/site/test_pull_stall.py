@@ -93,6 +93,17 @@ class Holder:
         await self._runner.cleanup()
 
 
+def pull_from(session: aiohttp.ClientSession, here: ChunkStore, holders: dict[str, str], strict: bool = True) -> Pull:
+    """site-a's Pull fetching into ``here`` from real loopback holders (``{site: url}``);
+    ``strict``: the test's short progress window (0.5 s, 16 KiB) instead of the daemon's."""
+    sites = [SimpleNamespace(site_id=s, peer_url=u) for s, u in holders.items()]
+    cluster = SimpleNamespace(site_id="site-a", peer_url=holders.__getitem__, cfg=lambda: SimpleNamespace(sites=sites))
+    client = PeerClient(session, "site-a")
+    if strict:
+        client.progress_s, client.progress_bytes = 0.5, 16384
+    return Pull(cluster, here, None, client)
+
+
 async def test_a_stalling_holders_share_goes_to_the_other_and_it_is_asked_last_afterwards(
         tmp_path: Path, caplog) -> None:
     rng = random.Random(12)
@@ -101,14 +112,8 @@ async def test_a_stalling_holders_share_goes_to_the_other_and_it_is_asked_last_a
         need = b.put_blocks(blocks)
         c.put_blocks(blocks)
         async with Holder(b, "site-b") as honest, Holder(c, "site-c", tarpit=True) as tarpit:
-            urls = {"site-b": honest.url, "site-c": tarpit.url}
-            sites = [SimpleNamespace(site_id=s, peer_url=u) for s, u in urls.items()]
-            cluster = SimpleNamespace(site_id="site-a", peer_url=urls.__getitem__,
-                                      cfg=lambda: SimpleNamespace(sites=sites))
             async with aiohttp.ClientSession() as session:
-                client = PeerClient(session, "site-a")
-                client.progress_s, client.progress_bytes = 0.5, 16384
-                pull = Pull(cluster, here, None, client)
+                pull = pull_from(session, here, {"site-b": honest.url, "site-c": tarpit.url})
                 with caplog.at_level(logging.WARNING, logger="replicad.site.pull"):
                     # the tarpit first, as Raft's order of holders may put it; a few chunks (a
                     # manifest, pages): asked of one holder after the other
@@ -136,14 +141,8 @@ async def test_a_holder_just_above_the_rule_loses_its_slices_to_the_faster_one_a
         need = b.put_blocks(blocks)
         c.put_blocks(blocks)
         async with Holder(b, "site-b") as honest, Holder(c, "site-c", frame_gap_s=0.1) as slow:
-            urls = {"site-b": honest.url, "site-c": slow.url}
-            sites = [SimpleNamespace(site_id=s, peer_url=u) for s, u in urls.items()]
-            cluster = SimpleNamespace(site_id="site-a", peer_url=urls.__getitem__,
-                                      cfg=lambda: SimpleNamespace(sites=sites))
             async with aiohttp.ClientSession() as session:
-                client = PeerClient(session, "site-a")
-                client.progress_s, client.progress_bytes = 0.5, 16384
-                pull = Pull(cluster, here, None, client)
+                pull = pull_from(session, here, {"site-b": honest.url, "site-c": slow.url})
                 served = await pull.fetch_missing(VOL, 1, need, ["site-c", "site-b"])
                 assert here.missing(need) == [] and served == ["site-b"]
                 assert pull.recent_stalls() == {}  # it kept to the rule
@@ -161,13 +160,8 @@ async def test_a_holder_answering_with_bad_frames_is_treated_like_a_stalled_one(
         need = b.put_blocks(blocks)
         c.put_blocks(blocks)
         async with Holder(b, "site-b") as honest, Holder(c, "site-c", bad=bad) as liar:
-            urls = {"site-b": honest.url, "site-c": liar.url}
-            sites = [SimpleNamespace(site_id=s, peer_url=u) for s, u in urls.items()]
-            cluster = SimpleNamespace(site_id="site-a", peer_url=urls.__getitem__,
-                                      cfg=lambda: SimpleNamespace(sites=sites))
             async with aiohttp.ClientSession() as session:
-                client = PeerClient(session, "site-a")
-                pull = Pull(cluster, here, None, client)
+                pull = pull_from(session, here, {"site-b": honest.url, "site-c": liar.url}, strict=False)
                 with caplog.at_level(logging.WARNING, logger="replicad.site.pull"):
                     served = await pull.fetch_missing(VOL, 1, need, ["site-c", "site-b"])
                 assert here.missing(need) == [] and served == ["site-b"] and liar.requests == 1
