@@ -141,9 +141,12 @@ Authority rules (threat model: root on one site speaks with that site's identity
   (:func:`tainted_only`).
 * ``prune_snapshots`` (O4) refuses anything inside the lock window, the newest committed
   and the newest clean snapshot, and everything while the newest committed snapshot of
-  the volume is suspect (incident in progress: pruning frozen, DESIGN §7). Ages are
-  measured with the proposer's ``now_ns``; each site still enforces the lock on its own
-  store with its own clock.
+  the volume is suspect (incident in progress: pruning frozen, DESIGN §7). One site's
+  suspect opinion the cluster did not follow pins, for the volume's ``keep_all_s`` after it
+  was recorded, the snapshot it names and the clean one it points back to
+  (:func:`suspect_pins`). Ages are measured with the proposer's ``now_ns`` (never later
+  than the majority's clock); each site still enforces the lock on its own store with its
+  own clock.
 * ``remove_holder`` only by the holder itself (a site cannot make the catalog forget
   another site's copy).
 * ``found`` (``incarnation``: 16 random bytes, ``members``): a site's proposal of the
@@ -167,14 +170,17 @@ Authority rules (threat model: root on one site speaks with that site's identity
 * ``site_verdict`` (``volume``, ``seq``, ``verdict``, ``score_ppm``, ``cumulative_ppm``,
   ``first_seq``, ``reason``; issue 14): the signing data site's own verdict on a committed
   snapshot, judged from the bytes it stores (:mod:`replicad.core.anomaly`, relative signals).
-  Recorded once per site under ``opinions`` (the same verdict again is answered ``changed``
-  false; another one is ``conflict``: a site cannot take back what it said). A ``suspect``
-  opinion makes the snapshot ``suspect`` (reason :data:`SITE_SUSPECT_PREFIX`) unless a person
-  confirmed it clean (an approved ``mark_verdict clean`` sets ``confirmed``): the primary's
-  commit verdict (its whole-volume screen) can only make it suspect, is no opinion
-  (:func:`disagreement` compares opinions only), and a snapshot is clean for standbys,
-  restores, promotions and pruning only if no data site judged it suspect. A ``clean``
-  opinion never clears anything.
+  Recorded once per site under ``opinions`` with ``recorded_ns``, the majority's clock (the
+  same verdict again is answered ``changed`` false; another one is ``conflict``: a site cannot
+  take back what it said). ``suspect`` opinions of :func:`suspect_quorum` data sites
+  (:data:`SUSPECT_SITES_MIN`, 2, or every data site when fewer) make the snapshot ``suspect``
+  (reason :data:`SITE_SUSPECT_PREFIX` and the sites) unless a person confirmed it clean (an
+  approved ``mark_verdict clean`` sets ``confirmed``); the result names ``suspect_sites`` and
+  ``needed``. One site's suspect opinion holds that site's own standby (the daemon applies only
+  what its own opinion calls clean) and pins pruning for a while (:func:`suspect_pins`), nothing
+  else: a site compromised or strictly configured cannot hold every standby. The primary's
+  commit verdict (its whole-volume screen) can only make it suspect and is no opinion
+  (:func:`disagreement` compares opinions only). A ``clean`` opinion never clears anything.
 * A commit whose parent is ``suspect`` is recorded ``suspect`` by descent (reason
   :data:`TAINT_REASON_PREFIX`) whatever the primary proposed: a compromised primary cannot
   make the child of a suspect snapshot the newest clean one.
@@ -1264,6 +1270,64 @@ def _op_set_detection(state: dict, cmd: dict) -> tuple[dict, dict]:
             {"ok": True, "volume": name, "detection": dict(policy), "weakened": weakened, "changed": True})
 
 
+SUSPECT_SITES_MIN = 2
+"""Data sites whose own ``suspect`` opinions (``site_verdict``) make a snapshot suspect for the
+cluster; every data site when there are fewer (:func:`suspect_quorum`). The threat model allows
+one site to lie, so two words hold at least one honest site's; one site's word holds only its own
+standby (ARCHITECTURE "Choices": one site's suspect opinion)."""
+
+
+def suspect_quorum(state: dict) -> int:
+    """The number of data sites (registered, not revoked) whose suspect opinions make a snapshot
+    suspect for the cluster: :data:`SUSPECT_SITES_MIN`, or all of them when there are fewer (a
+    one-site lab: its own word), at least 1. Pure."""
+    data = sum(1 for site, info in (state.get("sites") or {}).items()
+               if info.get("kind") == "data" and not is_revoked(state, site))
+    return max(1, min(SUSPECT_SITES_MIN, data))
+
+
+def suspect_voters(state: dict, snap: dict) -> list[str]:
+    """The registered, unrevoked data sites whose own opinion on ``snap`` is ``suspect``, sorted.
+    Pure."""
+    sites = state.get("sites") or {}
+    return sorted(site for site, o in (snap.get("opinions") or {}).items()
+                  if o.get("verdict") == "suspect" and (sites.get(site) or {}).get("kind") == "data"
+                  and not is_revoked(state, site))
+
+
+def suspect_pins(vol: dict, now_ns: int) -> dict[int, str]:
+    """Snapshots pruning keeps for a while because one site's opinion said ``suspect``, even when
+    the cluster did not (:data:`SUSPECT_SITES_MIN`): ``{seq: why}``. Each suspect opinion on a
+    snapshot no person confirmed, recorded (by the majority's clock, ``recorded_ns``) less than
+    the volume's ``keep_all_s`` before ``now_ns``, pins that snapshot and the one it points back
+    to: the newest older snapshot the cluster calls clean before the opinion's ``first_seq`` (the
+    first suspicious one), else before the snapshot itself. So a lone vote keeps at most two
+    snapshots per vote for one keep-all window (a site votes once per snapshot): the operators'
+    time to look, never an unbounded hold on every site's disk. Pure."""
+    window_ns = int(vol["retention"]["keep_all_s"]) * 1_000_000_000
+    snaps = vol.get("snapshots") or {}
+    clean = sorted(s for s, snap in snaps.items() if snap.get("verdict") == "clean")
+    pins: dict[int, str] = {}
+    for seq, snap in snaps.items():
+        if snap.get("confirmed"):
+            continue
+        for site, o in sorted((snap.get("opinions") or {}).items()):
+            if o.get("verdict") != "suspect":
+                continue
+            recorded = o.get("recorded_ns")
+            if not _is_int(recorded):  # recorded before the majority's clock was kept in the opinion
+                recorded = snap.get("committed_ns", snap["created_at_ns"])
+            if now_ns - recorded >= window_ns:
+                continue
+            pins.setdefault(seq, f"judged suspect by {site}")
+            first = o.get("first_seq")
+            before = min(seq, first) if _is_int(first) else seq
+            back = [s for s in clean if s < before]
+            if back:
+                pins.setdefault(back[-1], f"the clean snapshot {site}'s suspect opinion on #{seq} points back to")
+    return pins
+
+
 def _op_site_verdict(state: dict, cmd: dict) -> tuple[dict, dict]:
     name, vol = _volume(state, cmd)
     seq = _int(cmd, "seq")
@@ -1279,6 +1343,9 @@ def _op_site_verdict(state: dict, cmd: dict) -> tuple[dict, dict]:
     snap = _snapshot(vol, name, seq)
     opinion = {"verdict": verdict, "score_ppm": score_ppm, "cumulative_ppm": cumulative_ppm,
                "first_seq": first_seq, "reason": reason, "at_ns": cmd["now_ns"]}
+    quorum_now = quorum_now_ns(state)
+    if quorum_now is not None:  # what a lone vote's pin is measured from (suspect_pins): not the voter's clock
+        opinion["recorded_ns"] = quorum_now
     opinions = snap.get("opinions") or {}
     if by in opinions:
         if opinions[by]["verdict"] == verdict:
@@ -1286,19 +1353,23 @@ def _op_site_verdict(state: dict, cmd: dict) -> tuple[dict, dict]:
         raise _Refusal("conflict", f"{by!r} already judged {name!r}#{seq} {opinions[by]['verdict']}",
                        volume=name, seq=seq, by=by, recorded=opinions[by]["verdict"], proposed=verdict)
     snap = {**snap, "opinions": {**opinions, by: opinion}}
-    flipped = verdict == "suspect" and snap["verdict"] == "clean" and not snap.get("confirmed")
+    voters, needed = suspect_voters(state, snap), suspect_quorum(state)
+    # one site's word holds its own standby only; the cluster's verdict needs SUSPECT_SITES_MIN
+    flipped = verdict == "suspect" and snap["verdict"] == "clean" and not snap.get("confirmed") and \
+        len(voters) >= needed
     if flipped:
         snap = {**snap, "verdict": "suspect",
-                "verdict_reason": f"{SITE_SUSPECT_PREFIX}{by}: {reason}"[:REASON_MAX_CHARS]}
+                "verdict_reason": f"{SITE_SUSPECT_PREFIX}{', '.join(voters)}: {reason}"[:REASON_MAX_CHARS]}
     return (_with_volume(state, name, _with_snapshot(vol, seq, snap)),
             {"ok": True, "volume": name, "seq": seq, "changed": True, "verdict": snap["verdict"],
-             "flipped": flipped})
+             "flipped": flipped, "suspect_sites": voters, "needed": needed})
 
 
 def disagreement(snap: dict) -> bool:
     """True when the sites' own opinions on a snapshot (``site_verdict``, one per judging site)
-    differ: one site judged it clean, another suspect. A disagreement is itself suspect
-    (issue 14): one of the sites is wrong, broken or lying. The verdict the primary proposed
+    differ: one site judged it clean, another suspect. A disagreement is alerted (issue 14):
+    one of the sites is wrong, broken or lying; each site's standby follows its own opinion, and
+    the cluster's verdict only :func:`suspect_quorum` suspect opinions. The verdict the primary proposed
     with ``commit_snapshot`` is no opinion: it is the whole-volume screen of the scan
     (:func:`replicad.core.anomaly.judge`), a coarser measure than the relative judge every
     site (the primary too) records as its opinion, so an honest primary's screen may say clean
@@ -1341,7 +1412,12 @@ def _op_prune_snapshots(state: dict, cmd: dict) -> tuple[dict, dict]:
                        "yet; pruning waits for them", volume=name)
     now_ns = min(now_ns, quorum_now)  # O4: measured by a majority's clocks, not the proposer's alone
     common = newest_common(state, vol)
+    pins = suspect_pins(vol, now_ns)
     for seq in seqs:
+        if seq in pins:  # one site's suspect opinion: kept for the keep-all window after it
+            raise _Refusal("retention_locked", f"volume {name!r}: snapshot {seq} is kept for keep_all "
+                           f"({vol['retention']['keep_all_s']} s) after a suspect opinion: {pins[seq]}",
+                           volume=name, seq=seq, pinned_by=pins[seq])
         if seq in protected:
             raise _Refusal("retention_locked", f"volume {name!r}: snapshot {seq} is the newest "
                            "committed, newest clean or newest confirmed snapshot, or the one a forced "

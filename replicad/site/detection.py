@@ -4,9 +4,12 @@ Every data site — the primary and each replica — judges every committed snap
 volume from the bytes *it* stores, with the cluster's detection policy
 (:func:`replicad.core.state.detection_policy`, Raft) made stricter, never weaker, by its own
 ``[volumes.anomaly]`` (:func:`replicad.core.anomaly.stricter`), and records the verdict through
-Raft, signed by its own key (``site_verdict``). A ``suspect`` opinion of any data site makes
-the snapshot suspect for every site (standbys hold, restores and promotions skip it, pruning
-freezes); a site applies a snapshot to its standby only once its *own* verdict is clean.
+Raft, signed by its own key (``site_verdict``). A site applies a snapshot to its standby only
+once its *own* verdict is clean or a person confirmed it, and the cluster's verdict is clean
+(:func:`replicad.core.state.suspect_quorum` sites' suspect opinions make a snapshot suspect for
+every site: standbys hold, restores and promotions skip it, pruning freezes). One site's suspect opinion holds that site's standby, pins
+pruning for a keep-all window (:func:`replicad.core.state.suspect_pins`) and is a disagreement
+(logged, counted, alerted) when another site judged the snapshot clean.
 
 How a snapshot is judged (:meth:`Detection.judge`): against its **base**, the newest older
 snapshot this site judged clean (or a person confirmed, or — when this site judged none, e.g.
@@ -37,7 +40,7 @@ from typing import Any, Awaitable, Callable
 from replicad.core import anomaly
 from replicad.core.errors import NotFoundError, ReplicadError
 from replicad.core.manifest import PAGE_ENTRIES, ZERO_DIGEST, Manifest, changed_blocks, page_entries
-from replicad.core.state import PPM, detection_policy, disagreement
+from replicad.core.state import PPM, detection_policy, disagreement, suspect_quorum
 from replicad.site.cluster import Cluster
 from replicad.site.runner import load_manifest
 from replicad.storage.chunkstore import ChunkStore
@@ -429,8 +432,9 @@ class Detection:
                 self._disagreed.add((volume, seq))
                 opinions = {s: o["verdict"] for s, o in (snap.get("opinions") or {}).items()}
                 log.warning("VERDICTS DISAGREE on %s#%d: the sites' own verdicts %s — a site is wrong, broken or "
-                            "lying; the snapshot counts as suspect (replicad evidence %s %d)", volume, seq, opinions,
-                            volume, seq)
+                            "lying; each site's standby follows its own verdict, the cluster's verdict is %s "
+                            "(suspect once %d sites judge it so; replicad evidence %s %d)", volume, seq, opinions,
+                            snap["verdict"], suspect_quorum(self.cluster.view()), volume, seq)
         self.metrics.set_disagreements(volume, found)
         return found
 

@@ -25,7 +25,7 @@ from replicad.core import floor as local_floor
 from replicad.core import retention
 from replicad.core.errors import NotFoundError, ReplicadError
 from replicad.core.manifest import chunk_digests
-from replicad.core.state import locally_effective_retention, newest_common, quorum_now_ns
+from replicad.core.state import locally_effective_retention, newest_common, quorum_now_ns, suspect_pins
 from replicad.site.cluster import Cluster
 from replicad.site.runner import VolumeRunner, load_manifest, runner_of
 from replicad.storage.catalog import Catalog
@@ -119,8 +119,10 @@ class Housekeeping:
             # the bases of the next delta ship to each replica: the state machine's own rule, so the
             # plan never proposes what it would refuse
             common = set(newest_common(self.cluster.view(), vs))
+            # and what one site's suspect opinion pins for a keep-all window (state.suspect_pins)
+            pinned = set(suspect_pins(vs, now_plan)) if now_plan is not None else set()
             plan = retention.plan_prune(vs["snapshots"], vs["retention"], now_plan,
-                                        common) if now_plan is not None else []
+                                        common | pinned) if now_plan is not None else []
             if plan:
                 res = await self.cluster.propose("prune_snapshots", volume=volume, seqs=plan)
                 report["pruned"] = res.get("pruned", plan)

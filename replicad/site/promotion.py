@@ -85,14 +85,16 @@ class Promotion:
                 skipped.append(seq)
                 continue
             backoff = Backoff(base_s=RESTORE_BACKOFF_S, max_s=8 * RESTORE_BACKOFF_S)
-            if self.detection is not None and self.detection.own_verdict(name, seq, vs) == "suspect":
+            confirmed = bool(vs["snapshots"][seq].get("confirmed"))  # a person's approved clean: no own veto
+            if self.detection is not None and not confirmed and self.detection.own_verdict(name, seq, vs) == "suspect":
                 skipped.append(seq)  # issue 14: this site judged it suspect (Raft may not show it yet)
                 continue
             judged_suspect = False
             for attempt in range(1, RESTORE_ATTEMPTS + 1):
                 try:
                     manifest = await self.pull.ensure_snapshot(name, seq, vs)
-                    if self.detection is not None and self.detection.own_verdict(name, seq, vs) is None:
+                    if self.detection is not None and not confirmed and \
+                            self.detection.own_verdict(name, seq, vs) is None:
                         # issue 14: never take over on a snapshot this site has not judged itself
                         judged = await self.detection.judge_pending(name, vs, upto=seq)
                         vs = self.cluster.volume_state(name) or vs

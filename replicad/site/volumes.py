@@ -211,11 +211,14 @@ class VolumeLoop:
         target = newest_clean(vs)
         if self.detection is not None:
             # issue 14: this site judges every snapshot itself, and a standby takes only a snapshot
-            # its OWN verdict calls clean (and no other site called suspect: state verdict clean)
+            # its OWN verdict calls clean and the cluster does not call suspect (the primary's commit,
+            # state.suspect_quorum sites' opinions, a person): one other site's suspect holds nothing
+            # here. A person's approved confirmation (clean, approved by another site) counts for both.
             await self.detection.judge_pending(name, vs)
             vs = self.cluster.volume_state(name) or vs
             target = max((s for s, snap in vs["snapshots"].items() if snap["verdict"] == "clean"
-                          and self.detection.own_verdict(name, s, vs) == "clean"), default=None)
+                          and (snap.get("confirmed") or self.detection.own_verdict(name, s, vs) == "clean")),
+                         default=None)
         if target is None or not runner.cfg.standby:
             return
         snap = vs["snapshots"][target]

@@ -5,8 +5,12 @@ suspect snapshot recorded suspect whatever the primary proposes. Signed commands
 from __future__ import annotations
 
 from replicad.core.anomaly import POLICY_DEFAULTS
-from replicad.core.state import detection_policy, disagreement, list_requests
-from tests.unit.core.test_identity import COOLING, NOW, ROOT, acks, cluster, cmd, ok, refused  # noqa: F401
+from replicad.core import identity
+from replicad.core.state import (detection_policy, disagreement, list_requests, newest_clean, suspect_pins,
+                                 suspect_quorum, suspect_voters)
+from tests.unit.core.test_identity import COOLING, KEYS, NOW, ROOT, S, acks, cluster, cmd, ok, refused  # noqa: F401
+
+KEYS_PUBLIC = {s: identity.format_public_key(identity.public_key_raw(k)) for s, k in KEYS.items()}
 
 
 def commit(state: dict, seq: int, verdict: str = "clean", parent: int | None = None) -> dict:
@@ -22,17 +26,61 @@ def opinion(state: dict, by: str, seq: int, verdict: str, **kw) -> tuple[dict, d
     return ok(state, cmd("site_verdict", by=by, **args))
 
 
-def test_a_replicas_suspect_opinion_overrides_the_primarys_clean_commit(cluster: dict) -> None:
+def test_two_replicas_suspect_opinions_override_the_primarys_clean_commit(cluster: dict) -> None:
+    """A lying primary (clean commit, clean opinion) is stopped by the two honest replicas."""
     state = commit(cluster, 1)
     state, res = opinion(state, "a", 1, "clean")
     assert res["changed"] and state["volumes"]["vol"]["snapshots"][1]["verdict"] == "clean"
     assert not disagreement(state["volumes"]["vol"]["snapshots"][1])
     state, res = opinion(state, "b", 1, "suspect", score_ppm=500_000, reason="50% turned random")
     snap = state["volumes"]["vol"]["snapshots"][1]
-    assert res["flipped"] and snap["verdict"] == "suspect" and snap["verdict_reason"].startswith("judged suspect by b")
+    assert not res["flipped"] and snap["verdict"] == "clean" and res["suspect_sites"] == ["b"] and res["needed"] == 2
     assert disagreement(snap)
-    state, _ = opinion(state, "c", 1, "clean")  # a clean opinion clears nothing
-    assert state["volumes"]["vol"]["snapshots"][1]["verdict"] == "suspect"
+    state, res = opinion(state, "c", 1, "suspect", score_ppm=500_000, reason="50% turned random")
+    snap = state["volumes"]["vol"]["snapshots"][1]
+    assert res["flipped"] and snap["verdict"] == "suspect" and res["suspect_sites"] == ["b", "c"]
+    assert snap["verdict_reason"].startswith("judged suspect by b, c: 50% turned random"), snap
+
+
+def test_one_sites_suspect_opinion_is_its_own_whoever_it_is(cluster: dict) -> None:
+    """One site's word, replica or primary, never makes the cluster's verdict suspect: it holds
+    only that site's standby (the daemon's own-opinion rule), and a clean opinion after it
+    changes nothing either. The snapshot stays a disagreement."""
+    for liar, honest in (("a", ("b", "c")), ("b", ("a", "c"))):
+        state = commit(cluster, 1)
+        state, res = opinion(state, liar, 1, "suspect", reason="everything is suspect")
+        assert not res["flipped"] and res["verdict"] == "clean"
+        for site in honest:
+            state, _ = opinion(state, site, 1, "clean")
+        snap = state["volumes"]["vol"]["snapshots"][1]
+        assert snap["verdict"] == "clean" and disagreement(snap), liar
+        state = commit(state, 2, "clean", parent=1)  # no taint: its parent is clean for the cluster
+        assert state["volumes"]["vol"]["snapshots"][2]["verdict"] == "clean"
+        assert newest_clean(state["volumes"]["vol"]) == 2  # a promotion's default restore point
+
+
+def test_a_revoked_sites_opinion_does_not_count_and_two_data_sites_need_both(cluster: dict) -> None:
+    state, _ = ok(cluster, cmd("request", by="b", action="revoke_site",
+                               args={"site_id": "c", "keys": [KEYS_PUBLIC["c"]]}))
+    state, _ = ok(state, cmd("approve", by="a", request=list_requests(state)[-1]["id"]))
+    assert suspect_quorum(state) == 2  # a and b left: both
+    state = commit(state, 1)
+    snap = state["volumes"]["vol"]["snapshots"][1]
+    snap = {**snap, "opinions": {"c": {"verdict": "suspect"}, "b": {"verdict": "suspect"}}}
+    assert suspect_voters(state, snap) == ["b"]
+    state, res = opinion(state, "b", 1, "suspect")
+    assert not res["flipped"] and res["suspect_sites"] == ["b"]
+    state, res = opinion(state, "a", 1, "suspect")
+    assert res["flipped"] and state["volumes"]["vol"]["snapshots"][1]["verdict"] == "suspect"
+
+
+def test_a_one_data_site_cluster_needs_its_own_word_only() -> None:
+    from replicad.core.state import initial_state
+    state = initial_state(members=("a", "b", "c"))
+    state, _ = ok(state, cmd("register_site", by="a", site_id="a", peer_url="https://a:7443", kind="data"))
+    for w in ("b", "c"):
+        state, _ = ok(state, cmd("register_site", by=w, site_id=w, peer_url=f"https://{w}:7443", kind="witness"))
+    assert suspect_quorum(state) == 1
 
 
 def test_an_opinion_is_written_once(cluster: dict) -> None:
@@ -47,6 +95,7 @@ def test_an_opinion_is_written_once(cluster: dict) -> None:
 def test_the_child_of_a_suspect_snapshot_is_suspect_whatever_the_primary_says(cluster: dict) -> None:
     state = commit(cluster, 1)
     state, _ = opinion(state, "b", 1, "suspect")
+    state, _ = opinion(state, "c", 1, "suspect")
     state = commit(state, 2, "clean", parent=1)
     snap = state["volumes"]["vol"]["snapshots"][2]
     assert snap["verdict"] == "suspect" and snap["verdict_reason"].startswith("descends from suspect snapshot #1")
@@ -55,6 +104,7 @@ def test_the_child_of_a_suspect_snapshot_is_suspect_whatever_the_primary_says(cl
 def test_a_confirmed_snapshot_stays_clean_and_its_tainted_children_are_cleared(cluster: dict) -> None:
     state = commit(cluster, 1)
     state, _ = opinion(state, "b", 1, "suspect")
+    state, _ = opinion(state, "a", 1, "suspect")
     state = commit(state, 2, "clean", parent=1)
     state, _ = ok(state, cmd("request", by="b", action="mark_verdict",
                              args={"volume": "vol", "seq": 1, "verdict": "clean", "reason": "false alarm: import"}))
@@ -127,10 +177,10 @@ def test_the_primarys_commit_screen_is_no_opinion_to_disagree_with(cluster: dict
     state = commit(cluster, 1, "clean")
     state, res = opinion(state, "a", 1, "suspect", score_ppm=120_000, reason="text turned random")
     snap = state["volumes"]["vol"]["snapshots"][1]
-    assert res["flipped"] and snap["verdict"] == "suspect"
+    assert not res["flipped"] and snap["verdict"] == "clean"  # the primary's opinion is one site's word
     assert not disagreement(snap)
-    state, _ = opinion(state, "b", 1, "suspect")
-    assert not disagreement(state["volumes"]["vol"]["snapshots"][1])
+    state, res = opinion(state, "b", 1, "suspect")
+    assert res["flipped"] and not disagreement(state["volumes"]["vol"]["snapshots"][1])
     state, _ = opinion(state, "c", 1, "clean")  # a site's own opinion against the others': a disagreement
     assert disagreement(state["volumes"]["vol"]["snapshots"][1])
 
@@ -165,3 +215,77 @@ def test_one_site_registers_a_volume_with_the_default_detection_only(cluster: di
     # without the key the volume starts with the defaults, as before
     state, _ = ok(state, cmd("add_volume", by="a", **{**vol, "volume": "plain"}))
     assert detection_policy(state["volumes"]["plain"]) == POLICY_DEFAULTS
+
+
+def tick(state: dict, now_ns: int) -> dict:
+    for site in ("a", "b", "c"):
+        state, _ = ok(state, cmd("clock", by=site, now_ns=now_ns))
+    return state
+
+
+def prune(state: dict, seqs: list[int], now_ns: int) -> dict:
+    return ok(state, cmd("prune_snapshots", volume="vol", seqs=seqs, now_ns=now_ns))[0]
+
+
+def test_one_sites_suspect_opinion_pins_pruning_for_the_keep_all_window_only(cluster: dict) -> None:
+    """A lone suspect vote keeps the snapshot it names and the clean one it points back to for
+    ``keep_all_s`` (3600 s here) after the majority recorded it, by the majority's clock: never
+    less (a proposer's clock ahead does not shorten it), never longer (the voter's own stamp far
+    ahead does not lengthen it)."""
+    state = commit(cluster, 1)
+    for seq in (2, 3, 4, 5):
+        state = commit(state, seq, parent=seq - 1)
+    # site b (compromised or strict) calls #4 suspect, first suspicious #3, its clock a year ahead
+    state, res = ok(state, cmd("site_verdict", by="b", now_ns=NOW + 365 * 86400 * S, volume="vol", seq=4,
+                               verdict="suspect", score_ppm=0, cumulative_ppm=0, first_seq=3, reason="says b"))
+    assert not res["flipped"]
+    vol = state["volumes"]["vol"]
+    assert vol["snapshots"][4]["opinions"]["b"]["recorded_ns"] == NOW
+    assert set(suspect_pins(vol, NOW)) == {4, 2}  # the snapshot voted on, the clean one before #3
+    later = NOW + 1800 * S  # past the lock (600 s), inside keep_all (3600 s)
+    state = tick(state, later)
+    for seq in (2, 4):
+        res = refused(state, cmd("prune_snapshots", volume="vol", seqs=[seq], now_ns=later + 7200 * S),
+                      "retention_locked")
+        assert "suspect opinion" in res["message"] and "b" in res["evidence"]["pinned_by"], res
+    state = prune(state, [1, 3], later)  # the rest of the history is the grid's
+    after = NOW + 3601 * S
+    state = tick(state, after)
+    assert suspect_pins(state["volumes"]["vol"], after) == {}
+    state = prune(state, [2, 4], after)
+    assert sorted(state["volumes"]["vol"]["snapshots"]) == [5]
+
+
+def test_a_lone_vote_pins_at_most_two_snapshots_however_far_back_it_points(cluster: dict) -> None:
+    """The attacker's lever on the disk: a suspect vote on every new snapshot pointing back to the
+    first pins the newest clean one before that, one snapshot, plus the voted ones inside the
+    keep-all window they are in anyway."""
+    state = commit(cluster, 1)
+    for seq in range(2, 9):
+        state = commit(state, seq, parent=seq - 1)
+        state, _ = opinion(state, "b", seq, "suspect", first_seq=2)
+    pins = suspect_pins(state["volumes"]["vol"], NOW)
+    assert set(pins) == {1, *range(2, 9)} and all(state["volumes"]["vol"]["snapshots"][s]["verdict"] == "clean"
+                                                  for s in range(1, 9))
+    assert "points back to" in pins[1]
+    after = NOW + 3601 * S
+    state = tick(state, after)
+    state = prune(state, list(range(1, 8)), after)  # one window later: nothing of it is held
+    assert sorted(state["volumes"]["vol"]["snapshots"]) == [8]
+
+
+def test_two_sites_suspect_opinions_freeze_pruning_until_a_person_clears_it(cluster: dict) -> None:
+    state = commit(cluster, 1)
+    state = commit(state, 2, parent=1)
+    state = commit(state, 3, parent=2)
+    state, _ = opinion(state, "b", 3, "suspect")
+    state, _ = opinion(state, "c", 3, "suspect")
+    later = NOW + 10 * 86400 * S  # long past keep_all: the freeze is no window
+    state = tick(state, later)
+    res = refused(state, cmd("prune_snapshots", volume="vol", seqs=[1], now_ns=later), "retention_locked")
+    assert "frozen" in res["message"], res
+    state, _ = ok(state, cmd("request", by="b", now_ns=later, action="mark_verdict",
+                             args={"volume": "vol", "seq": 3, "verdict": "clean", "reason": "false alarm"}))
+    state, _ = ok(state, cmd("approve", by="c", now_ns=later, request=list_requests(state)[-1]["id"]))
+    assert suspect_pins(state["volumes"]["vol"], later) == {}  # a person's confirmation ends the pins too
+    state = prune(state, [1, 2], later)
