@@ -31,8 +31,10 @@ from pathlib import Path
 
 import pytest
 
-from replicad.lab.localcluster import LocalCluster
+from replicad.core.errors import RetentionLockedError
+from replicad.lab.localcluster import NO_FLOOR_TOML, LocalCluster
 from tests.integration.conftest import BLOCK, VOL, overwrite_blocks, snapshot, write_image
+from tests.security import lying_site
 from tests.security.test_holders import metric
 from tests.security.test_signed_commands import attack
 
@@ -204,5 +206,60 @@ def test_an_attacker_primary_cannot_make_the_replicas_apply_hex_encoded_cipherte
             # no entropy signal: the hex is *less* varied than the text it replaced
             assert all(b["entropy_after"] <= b["entropy_before"] + 0.5 and b["structure_lost"] >= 1
                        for b in here["blocks"]), here["blocks"]
+    finally:
+        c.stop_all()
+
+
+SHORT_RETENTION = '[volumes.retention]\nkeep_all = "10s"\nhourly = "10s"\ndaily = "10s"\nlock = "1s"\n'
+
+
+def test_a_site_voting_suspect_on_every_snapshot_holds_no_other_sites_standby(tmp_path: Path) -> None:
+    """The reverse attacker: site-a, the primary, is a real daemon (:mod:`tests.security.lying_site`
+    ``--suspect``) that records every snapshot ``suspect`` in its own name. One site's word is
+    not the cluster's (``state.SUSPECT_SITES_MIN``): site-b and site-c judge each snapshot clean
+    themselves and apply it (standby = the primary's image at that snapshot, byte for byte), the
+    cluster's verdict stays clean, each snapshot is a logged, counted disagreement, and pruning
+    keeps what the votes name and point back to for keep_all (10 s), then the primary's planner
+    prunes it: no freeze."""
+    c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2, extra_volume_toml=SHORT_RETENTION,
+                     extra_site_toml=NO_FLOOR_TOML)
+    try:
+        img = c.sites["site-a"].volume_path(VOL)
+        write_image(img, N_BLOCKS, random.Random(23))
+        for s in HONEST:
+            c.start(s)
+        lying_site.start(c, "site-a", "--suspect")
+        c.wait_ready(60)
+        seqs = []
+        for step in range(2):
+            if step:
+                overwrite_blocks(img, [4, 7], random.Random(24))  # a benign edit of text by text
+            seq = snapshot(c, "site-a")["seq"]
+            seqs.append(seq)
+            image = sha(img)
+            c.wait_for(f"site-a's suspect vote on #{seq}", lambda: opinion(c, "site-b", seq, "site-a") == "suspect", 60)
+            if step:  # right after the vote (keep_all is 10 s): the snapshots it names are pinned, not frozen
+                with pytest.raises(RetentionLockedError, match="suspect opinion") as refused:
+                    c.api("site-b", "POST", f"/v1/volumes/{VOL}/prune", {"seqs": [seqs[0]]})
+                assert "site-a" in str(refused.value.evidence.get("pinned_by")), refused.value.evidence
+                c.api("site-a", "POST", f"/v1/volumes/{VOL}/retention/run", {})  # the primary's own planner
+                assert seqs[0] in snaps(c, "site-b"), "the planner pruned a snapshot a suspect vote pins"
+            for s in HONEST:
+                c.wait_for(f"{s} judged #{seq} clean and applied it though site-a says suspect",
+                           lambda s=s: opinion(c, s, seq, s) == "clean" and standby_seq(c, s) == seq, 90)
+                assert sha(c.sites[s].volume_path(VOL)) == image, f"{s}'s standby is not the primary's #{seq}"
+        for s in HONEST:
+            catalog = snaps(c, s)
+            assert all(catalog[q]["verdict"] == "clean" for q in seqs), (s, catalog)
+            c.wait_for(f"{s} to count {len(seqs)} disagreements", lambda s=s: metric(
+                c, s, "replicad_anomaly_verdict_disagreements") == len(seqs) and "VERDICTS DISAGREE" in c.log_tail(
+                s, 2000), 30)
+        ev = c.api("site-c", "GET", f"/v1/volumes/{VOL}/snapshots/{seqs[-1]}/evidence")
+        assert ev["disagreement"] is True and ev["verdict"] == "clean", ev
+        assert ev["opinions"]["site-a"]["verdict"] == "suspect", ev["opinions"]
+        # one keep-all window after the votes the primary's own planner prunes what they pinned
+        c.wait_for("the planner to prune the snapshot site-a's votes pinned",
+                   lambda: c.api("site-a", "POST", f"/v1/volumes/{VOL}/retention/run", {}) is not None
+                   and seqs[0] not in snaps(c, "site-b"), 60, interval_s=1.0)
     finally:
         c.stop_all()

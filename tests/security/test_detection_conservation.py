@@ -27,9 +27,6 @@ import contextlib
 import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -39,6 +36,7 @@ from replicad.lab.localcluster import LocalCluster
 from tests.bench.detection import (build_fileshare, copy_encrypt_delete, data_files, discards_landed, make_ext4,
                                    mounted)
 from tests.integration.conftest import VOL, snapshot
+from tests.security import lying_site
 from tests.security.test_detection import opinion, sha, snaps, standby_seq
 from tests.security.test_holders import metric
 
@@ -48,7 +46,6 @@ HONEST = ("site-b", "site-c")
 IMAGE_MIB = 64
 SCALE = 0.1  # build_fileshare: 150 letters (~1.6 MB) and the rest, ~5 MB of files
 CYCLES = 4  # a quarter of the files' bytes per cycle: the wipe signal (30 % of the data blocks) stays silent
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _require_root_and_tools() -> None:
@@ -63,13 +60,7 @@ def restart_as_liar(c: LocalCluster, site: str) -> None:
     """Stop ``site``'s daemon (SIGTERM, by PID) and start it again as
     :mod:`tests.security.lying_site` on the same config and data dir; the cluster stops it by
     PID like any of its sites."""
-    c.kill(site, signal.SIGTERM)
-    s = c.sites[site]
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    with open(s.log_path, "ab") as log:
-        s.proc = subprocess.Popen([sys.executable, "-m", "tests.security.lying_site", str(s.config_path)],
-                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=s.dir)
+    lying_site.start(c, site)
 
 
 def test_an_attacker_primary_cannot_make_the_replicas_apply_copy_encrypt_delete_keeping_names(
