@@ -290,6 +290,14 @@ case("a holder stalled fetches: warning while stalls are within 15m",
        [exp("ReplicadHolderStalledFetch", {"site": "site-c", "holder": "site-a"}, 1)]),
       ("30m", "ReplicadHolderStalledFetch", [])])
 
+case("a replica stalled ships: warning while stalls are within 15m",
+     [('replicad_ship_stalled_total{site="site-c", peer="site-a"}', "0 0 1x30"),
+      ('replicad_ship_stalled_total{site="site-c", peer="site-b"}', "0x32")],
+     [("1m", "ReplicadReplicaStalledShip", []),
+      ("3m", "ReplicadReplicaStalledShip",
+       [exp("ReplicadReplicaStalledShip", {"site": "site-c", "peer": "site-a"}, 1)]),
+      ("30m", "ReplicadReplicaStalledShip", [])])
+
 case("reflink source tracking lost for 15m, and a verifier mismatch",
      [('replicad_source_tracking{site="site-a", volume="ehr", kind="reflink", state="lost"}', "0 1x20 0x10"),
       ('replicad_source_tracking{site="site-a", volume="pacs", kind="reflink", state="lost"}', "0 1 0x30"),

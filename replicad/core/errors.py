@@ -345,7 +345,11 @@ class PeerStalledError(PeerUnavailableError):
     """A peer answered a fetch too slowly to count as serving it: fewer than the progress
     rule's bytes of complete chunk frames within its window (a holder trickling its answer,
     or one too overloaded to serve). Evidence: ``url``, ``window_s``, ``got_bytes``,
-    ``frames`` (received before it was cut). The fetch goes to another holder."""
+    ``frames`` (received before it was cut). The fetch goes to another holder.
+
+    Also a replica that did not answer a ship's request (``/v1/peer/missing``, ``snapshot``)
+    within its deadline or took too little of its chunk upload (evidence ``url``,
+    ``request``, ``deadline_s`` or ``window_s``/``got_bytes``/``sent_bytes``): that ship is cut."""
 
     code = "peer_stalled"
 

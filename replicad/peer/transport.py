@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import aiohttp
@@ -62,6 +63,15 @@ PEER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=3, sock_read=30)
 # holder. Only time spent waiting on the network counts (not the caller's own work between reads).
 FETCH_PROGRESS_S = 10.0
 FETCH_PROGRESS_BYTES = 2**20
+# Deadlines of a ship's requests to a replica (ARCHITECTURE.md, Choices: "A replica must answer a
+# ship in time"): /v1/peer/missing (at most wire.MAX_DIGESTS_PER_DOC index lookups there) within
+# SHIP_DOC_S; /v1/peer/snapshot (the replica checks the snapshot complete: without a base, every
+# block of the volume) within SHIP_DOC_S + SHIP_CHECK_S_PER_GIB per GiB of the volume; the chunk
+# upload of /v1/peer/chunks under the progress rule of a fetch (ShipProgress). Else
+# PeerStalledError naming the replica (evidence url, request).
+SHIP_DOC_S = 10.0
+SHIP_CHECK_S_PER_GIB = 5.0
+UPLOAD_PIECE_BYTES = 2**18     # send_chunks: the stream is written (and its progress credited) in pieces of this
 
 
 class PeerHost(Protocol):
@@ -353,7 +363,9 @@ class PeerClient:
         # see holder_fault
         self.on_stall: Callable[[str, ReplicadError], None] | None = None
         self.progress_s = FETCH_PROGRESS_S         # the progress rule of fetch_frames (FetchProgress)
-        self.progress_bytes = FETCH_PROGRESS_BYTES
+        self.progress_bytes = FETCH_PROGRESS_BYTES  # and of send_chunks (ShipProgress)
+        self.ship_doc_s = SHIP_DOC_S                # deadlines of missing and snapshot_ack
+        self.ship_check_s_per_gib = SHIP_CHECK_S_PER_GIB
 
     def holder_fault(self, peer_url: str, err: ReplicadError) -> None:
         """Hand ``err`` (the holder at ``peer_url`` stalled a fetch or answered it with bad
@@ -368,7 +380,21 @@ class PeerClient:
         except Exception:  # noqa: BLE001 - a hook must not hide the fetch's own error
             log.exception("on_stall hook failed for %s", peer_url)
 
-    async def _post(self, url: str, body: Any, *, timeout: aiohttp.ClientTimeout = PEER_TIMEOUT) -> dict[str, Any]:
+    async def _post(self, url: str, body: Any, *, timeout: aiohttp.ClientTimeout = PEER_TIMEOUT,
+                    deadline_s: float | None = None) -> dict[str, Any]:
+        """POST ``body`` to ``url``, return its msgpack reply document. ``deadline_s``: the whole
+        request (connection, body, the reply's head and every byte of it) must end within it,
+        else PeerStalledError (evidence ``url``, ``request`` path, ``deadline_s``); None: only
+        ``timeout``. Raises PeerUnavailableError, the peer's error, RemoteProtocolError."""
+        try:
+            async with asyncio.timeout(deadline_s):
+                return await self._post_once(url, body, timeout)
+        except TimeoutError:  # the deadline (aiohttp's own timeouts are PeerUnavailableError by then)
+            path = url[url.find("/v1/"):] if "/v1/" in url else url
+            raise PeerStalledError(f"peer {url} did not answer {path} within {deadline_s:.0f}s", url=url,
+                                   request=path, deadline_s=deadline_s) from None
+
+    async def _post_once(self, url: str, body: Any, timeout: aiohttp.ClientTimeout) -> dict[str, Any]:
         try:
             async with self.session.post(url, data=body, timeout=timeout,
                                          headers={"Content-Type": wire.CONTENT_TYPE}) as resp:
@@ -381,12 +407,13 @@ class PeerClient:
                                        url=url) from None
 
     async def missing(self, peer_url: str, volume: str, epoch: int, digests: Sequence[bytes]) -> list[bytes]:
-        """Which of ``digests`` the peer lacks (asked in bounded batches)."""
+        """Which of ``digests`` the peer lacks (asked in batches of at most wire.MAX_DIGESTS_PER_DOC,
+        each answered within SHIP_DOC_S, else PeerStalledError)."""
         out: list[bytes] = []
         for i in range(0, len(digests), wire.MAX_DIGESTS_PER_DOC):
             body = wire.encode_doc("missing", volume=volume, epoch=epoch, digests=list(digests[i:i + wire.MAX_DIGESTS_PER_DOC]),
                                    **{"from": self.site_id})
-            reply = await self._post(peer_url + "/v1/peer/missing", body)
+            reply = await self._post(peer_url + "/v1/peer/missing", body, deadline_s=self.ship_doc_s)
             lacking = reply.get("missing")
             if not isinstance(lacking, list) or not all(isinstance(d, bytes) and len(d) == 32 for d in lacking):
                 raise RemoteProtocolError("missing reply malformed", url=peer_url)
@@ -401,6 +428,10 @@ class PeerClient:
         batches of READ_BATCH in a worker thread as aiohttp sends it (bounded memory), or
         through ``shared`` (one read for all the peers of a ship, :class:`SharedFrames`).
 
+        The upload obeys the progress rule of a fetch (:class:`ShipProgress`): the peer must take
+        ``progress_bytes`` of the stream per ``progress_s`` spent waiting on it (its reply
+        included), else PeerStalledError (evidence ``url``, ``request``, ``sent_bytes``).
+
         Raises, besides the peer's errors: NotFoundError (a chunk to send is no longer in the
         local store, e.g. pruned meanwhile) or IntegrityError (one is corrupt here) — local
         conditions, raised as such even though aiohttp met them while sending (it reports any
@@ -410,13 +441,14 @@ class PeerClient:
 
         sent = 0
         local_error: ReplicadError | None = None
+        progress = ShipProgress(peer_url + "/v1/peer/chunks", self.progress_s, self.progress_bytes)
 
         def read(i: int) -> asyncio.Future[list[bytes]]:
             batch = digests[i:i + READ_BATCH]
             return asyncio.ensure_future(shared.read(batch) if shared is not None
                                          else asyncio.to_thread(_read_frames_strict, store, batch))
 
-        async def body() -> AsyncIterator[bytes]:
+        async def body() -> AsyncIterator[bytes | memoryview]:
             nonlocal sent, local_error
             yield header
             starts = range(0, len(digests), READ_BATCH)
@@ -425,20 +457,28 @@ class PeerClient:
                 for k in range(len(starts)):
                     assert ahead is not None
                     try:
-                        frames = await ahead
+                        with progress.local():  # our own store's time: not the peer's
+                            frames = await ahead
                     except ReplicadError as err:
                         local_error = err
                         raise
                     ahead = read(starts[k + 1]) if k + 1 < len(starts) else None
-                    data = b"".join(frames)
-                    sent += len(data)
-                    yield data
+                    data = memoryview(b"".join(frames))
+                    for i in range(0, len(data), UPLOAD_PIECE_BYTES):  # credited piece by piece
+                        piece = data[i:i + UPLOAD_PIECE_BYTES]
+                        sent += len(piece)
+                        yield piece
+                        progress.sent(len(piece))  # resumed: aiohttp wrote it and drained the socket's buffer
+                progress.restart()  # the reply: a whole window for the peer's last batch and fsync
             finally:
                 if ahead is not None:  # the stream ended early: let the read finish, drop it
                     await asyncio.gather(ahead, return_exceptions=True)
 
         try:
-            reply = await self._post(peer_url + "/v1/peer/chunks", body())
+            async with progress.deadline:
+                reply = await self._post(peer_url + "/v1/peer/chunks", body())
+        except TimeoutError:
+            raise progress.stalled(sent + len(header)) from None
         except ReplicadError:
             if local_error is not None:  # our store failed the stream, not the peer or the link
                 raise local_error from None
@@ -448,18 +488,22 @@ class PeerClient:
             raise RemoteProtocolError("chunks reply malformed", url=peer_url)
         return stored, sent + len(header)
 
-    async def snapshot_stored(self, peer_url: str, volume: str, epoch: int, seq: int, root: bytes) -> bool:
+    async def snapshot_stored(self, peer_url: str, volume: str, epoch: int, seq: int, root: bytes,
+                              size_bytes: int = 0) -> bool:
         """Ask the peer to confirm the whole snapshot is durable there (the O2 acknowledgement)."""
-        return (await self.snapshot_ack(peer_url, volume, epoch, seq, root))[0]
+        return (await self.snapshot_ack(peer_url, volume, epoch, seq, root, size_bytes))[0]
 
     async def snapshot_ack(self, peer_url: str, volume: str, epoch: int, seq: int,
-                           root: bytes) -> tuple[bool, bytes | None]:
+                           root: bytes, size_bytes: int = 0) -> tuple[bool, bytes | None]:
         """Like :meth:`snapshot_stored`; returns ``(stored, ack)``: ``ack`` is the peer's signed
         acknowledgement (64 bytes; None when it sent none, as in unsigned lab mode). Not
-        verified here (the caller checks it against the peer's pinned keys). Raises
+        verified here (the caller checks it against the peer's pinned keys). The peer must
+        answer within SHIP_DOC_S + SHIP_CHECK_S_PER_GIB per GiB of ``size_bytes`` (the
+        volume's size: what it may have to check), else PeerStalledError. Raises
         PeerUnavailableError, or the peer's refusal (NotFoundError, StaleEpochError, ...)."""
         body = wire.encode_doc("snapshot", volume=volume, epoch=epoch, seq=seq, root=root, **{"from": self.site_id})
-        reply = await self._post(peer_url + "/v1/peer/snapshot", body)
+        deadline_s = self.ship_doc_s + self.ship_check_s_per_gib * max(0, size_bytes) / 2**30
+        reply = await self._post(peer_url + "/v1/peer/snapshot", body, deadline_s=deadline_s)
         ack = reply.get("ack")
         return reply.get("stored") is True, ack if isinstance(ack, bytes) else None
 
@@ -630,6 +674,66 @@ class FetchProgress:
         self.got += sum(len(f[2]) for f in frames)
         if self.got >= self.min_bytes:
             self.got, self.waited = 0, 0.0
+
+
+class ShipProgress:
+    """The progress rule of one ``/v1/peer/chunks`` upload (a ship's chunks to a replica), as
+    :class:`FetchProgress` for a fetch: within every ``window_s`` seconds spent waiting on the
+    peer (aiohttp writing the stream into the socket, the peer's reply), it must take
+    ``min_bytes`` of the stream; each time it does, a new window begins. The time this site's
+    own store takes to read the next batch (:meth:`local`) does not count.
+    Use: ``async with progress.deadline:`` around the request; a ``TimeoutError`` out of it
+    means the window ran out (:meth:`stalled` makes the error).
+
+    Args:
+        url: the request's URL (named in the error).
+        window_s, min_bytes: the rule (defaults FETCH_PROGRESS_S, FETCH_PROGRESS_BYTES).
+    """
+
+    def __init__(self, url: str, window_s: float = FETCH_PROGRESS_S, min_bytes: int = FETCH_PROGRESS_BYTES) -> None:
+        self.url = url
+        self.window_s = window_s
+        self.min_bytes = min_bytes
+        self.got = 0  # bytes taken by the peer in this window
+        self.deadline = asyncio.timeout(window_s)  # an asyncio.Timeout (needs a running loop)
+
+    def _move(self, when: float | None) -> None:
+        try:
+            self.deadline.reschedule(when)
+        except RuntimeError:  # not entered yet, or already expired or left: nothing to move
+            pass
+
+    @contextlib.contextmanager
+    def local(self) -> Iterator[None]:
+        """This site's own work (reading the next batch from its store): the deadline is held
+        while it runs and moves on by as long as it took."""
+        when = self.deadline.when()
+        now = asyncio.get_running_loop().time()
+        self._move(None)
+        try:
+            yield
+        finally:
+            if when is not None:
+                self._move(asyncio.get_running_loop().time() + max(0.0, when - now))
+
+    def sent(self, nbytes: int) -> None:
+        """The peer took ``nbytes`` more of the stream; a new window once it took ``min_bytes``."""
+        self.got += nbytes
+        if self.got >= self.min_bytes:
+            self.restart()
+
+    def restart(self) -> None:
+        """Begin a new window now."""
+        self.got = 0
+        self._move(asyncio.get_running_loop().time() + self.window_s)
+
+    def stalled(self, sent_bytes: int) -> PeerStalledError:
+        """The error for a window that ran out (``sent_bytes``: the stream's bytes written in all)."""
+        return PeerStalledError(
+            f"peer {self.url} stalled a chunk upload: it took {self.got} bytes in {self.window_s:.0f}s waiting on it "
+            f"(the progress rule asks {self.min_bytes} bytes per {self.window_s:.0f}s); {sent_bytes} bytes sent before",
+            url=self.url, request="/v1/peer/chunks", window_s=self.window_s, got_bytes=self.got,
+            sent_bytes=sent_bytes)
 
 
 class FetchAnswer:

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from replicad.core import anomaly, identity
-from replicad.core.errors import (IntegrityError, NotFoundError, NotPrimaryError, OutOfRangeError, ReplicadError,
-                                  StaleEpochError)
+from replicad.core.errors import (IntegrityError, NotFoundError, NotPrimaryError, OutOfRangeError, PeerStalledError,
+                                  ReplicadError, StaleEpochError)
 from replicad.core.manifest import Manifest, changed_digests
 from replicad.core.state import INT_MAX, SEQ_STEP_MAX, TAINT_STAT, detection_policy, newest_committed
 from replicad.peer.transport import PeerClient, SharedFrames
@@ -29,6 +29,7 @@ from replicad.telemetry.metrics import SiteMetrics
 log = logging.getLogger("replicad.site.replication")
 
 STRAGGLER_GRACE_S = 2.0    # after min_copies stored, how long to wait for the other replicas
+SHIP_STALL_MEMORY_S = 600.0  # a replica that stalled a ship is not waited for (no grace) this long
 
 
 class Replication:
@@ -58,6 +59,9 @@ class Replication:
         self.data_dir = data_dir
         self._scan_slots = scan_slots
         self._background = background
+        # (volume, peer) -> (task, seq) of the ship in flight: one at a time per replica and volume
+        self._shipping: dict[tuple[str, str], tuple[asyncio.Task, int]] = {}
+        self.ship_stalls: dict[str, tuple[float, str]] = {}  # peer -> (monotonic time, message) of its last stall
 
     # ------------------------------------------------------------------ primary
     def source_of(self, runner: VolumeRunner) -> SnapshotSource:
@@ -215,20 +219,53 @@ class Replication:
                             "not counted as a holder", volume, seq, peer, problem)
         return out
 
+    def recent_ship_stalls(self) -> dict[str, str]:
+        """Replica -> message of its last stalled ship request, for those of the last SHIP_STALL_MEMORY_S seconds."""
+        now = time.monotonic()
+        return {p: m for p, (t, m) in self.ship_stalls.items() if now - t < SHIP_STALL_MEMORY_S}
+
+    def _note_ship_stall(self, peer: str, m: Manifest, err: PeerStalledError) -> None:
+        """A ship's request to ``peer`` ran past its deadline or broke the upload's progress rule
+        (:data:`~replicad.peer.transport.SHIP_DOC_S`, :class:`~replicad.peer.transport.ShipProgress`):
+        WARNING under its name, ``replicad_ship_stalled_total{peer}``, and no cycle waits for it
+        (STRAGGLER_GRACE_S) for the next SHIP_STALL_MEMORY_S."""
+        self.ship_stalls[peer] = (time.monotonic(), err.message)
+        self.metrics.ship_stalled(peer)
+        log.warning("replica %s stalled the ship of %s#%d (%s): cut; cycles do not wait for it for the next %.0fs, "
+                    "it gets the next snapshot", peer, m.volume, m.seq, err.message, SHIP_STALL_MEMORY_S)
+
     async def _ship_all(self, runner: VolumeRunner, vs: dict, m: Manifest) -> dict[str, dict]:
         """Ship ``m`` to every data peer concurrently; return ``{peer: report}``.
 
         Returns once every peer answered, or STRAGGLER_GRACE_S after enough peers stored it
         for ``min_copies`` (O2): one slow or frozen replica must not hold every commit for a
         socket timeout. A straggler's ship keeps running in the background; once the snapshot
-        is committed, that replica adds itself as a holder (``_replica_step``).
+        is committed, that replica adds itself as a holder (``_replica_step``). A replica that
+        stalled a ship in the last SHIP_STALL_MEMORY_S gets no grace (once min_copies stored,
+        the cycle does not wait for it at all).
+
+        At most one ship per replica and volume is in flight: a replica whose ship of an older
+        snapshot still runs is not shipped this one (report ``error`` "busy"); the next cycle
+        ships it the newest. Every request of a ship has a deadline
+        (:meth:`PeerClient.missing`, :meth:`~PeerClient.send_chunks`,
+        :meth:`~PeerClient.snapshot_ack`), so a straggler ends in bounded time and a tarpit
+        replica holds at most one connection of this site per volume.
         """
         peers = self.cluster.data_peers()
-        shared = SharedFrames(self.store, consumers=len(peers))
+        busy: dict[str, int] = {}
+        for p in peers:
+            held = self._shipping.get((m.volume, p))
+            if held is not None and not held[0].done():
+                busy[p] = held[1]
+        targets = [p for p in peers if p not in busy]
+        shared = SharedFrames(self.store, consumers=len(targets))
 
         async def one(peer: str) -> tuple[str, dict]:
             try:
                 return peer, await self.ship(peer, vs, m, runner.acting_epoch, shared)
+            except PeerStalledError as err:
+                self._note_ship_stall(peer, m, err)
+                return peer, {"ok": False, "error": err.code, "message": str(err)}
             except ReplicadError as err:
                 if "url" in err.evidence:  # the peer's answer, or the link to it
                     log.warning("ship %s#%d to %s failed: %s", m.volume, m.seq, peer, err)
@@ -237,11 +274,17 @@ class Replication:
                                 peer, self.site_id, err.code, err, err.evidence)
                 return peer, {"ok": False, "error": err.code, "message": str(err)}
 
-        tasks = {asyncio.create_task(one(p), name=f"ship:{m.volume}#{m.seq}:{p}"): p for p in peers}
-        results: dict[str, dict] = {}
+        tasks = {asyncio.create_task(one(p), name=f"ship:{m.volume}#{m.seq}:{p}"): p for p in targets}
+        for t, p in tasks.items():
+            self._shipping[(m.volume, p)] = (t, m.seq)
+        results: dict[str, dict] = {p: {"ok": False, "error": "busy", "message": f"the ship of #{seq} to it is "
+                                        "still running"} for p, seq in busy.items()}
+        slow = self.recent_ship_stalls()
         pending: set[asyncio.Task] = set(tasks)
         grace_until: float | None = None
         while pending:
+            if grace_until is not None and all(tasks[t] in slow for t in pending):
+                break  # enough stored; the rest stalled lately: not waited for
             timeout = None if grace_until is None else max(0.0, grace_until - time.monotonic())
             done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if not done:
@@ -292,7 +335,7 @@ class Replication:
         if lacking:
             _, sent_bytes = await self.peers.send_chunks(url, m.volume, epoch, self.store, lacking, shared)
             self.metrics.shipped(m.volume, peer, sent_bytes)
-        ok, ack = await self.peers.snapshot_ack(url, m.volume, epoch, m.seq, m.root)
+        ok, ack = await self.peers.snapshot_ack(url, m.volume, epoch, m.seq, m.root, m.size_bytes)
         return {"ok": ok, "ack": ack, "offered": len(offer), "sent": len(lacking), "bytes": sent_bytes,
                 "base_seq": base_seq}
 

@@ -154,6 +154,8 @@ replicad_restore_skipped_total                              volume             c
 replicad_fetch_stalled_total                                holder             fetches from a holder that
                                                                                broke the progress rule or
                                                                                sent bad frames (counter)
+replicad_ship_stalled_total                                 peer               ship requests a replica did
+                                                                               not answer in time (counter)
 replicad_disk_free_bytes / replicad_disk_size_bytes                            ``shutil.disk_usage``
 replicad_build_info                                         version, python    constant 1
 replicad_scrape_error                                       part               1 if that part failed
@@ -601,7 +603,8 @@ class SiteMetrics:
         volume_intervals_s: ``{volume: interval_s}`` of the configured volumes: their event
             counters start at zero and their RPO target is 3 intervals.
         clock_ns: wall clock in ns, for ages and event timestamps.
-        holders: the other data sites (``replicad_fetch_stalled_total`` starts at zero for each).
+        holders: the other data sites (``replicad_fetch_stalled_total`` and
+            ``replicad_ship_stalled_total`` start at zero for each).
     """
 
     def __init__(self, site_id: str, status_fn: Callable[[], dict] | None = None, *,
@@ -649,8 +652,13 @@ class SiteMetrics:
                                        "complete chunk frames within the window) or sent bad frames (a chunk not "
                                        "asked for, sent twice or not matching its digest) and went to another holder",
                                        ["site", "holder"], registry=self.registry)
+        self.ships_stalled = Counter("replicad_ship_stalled_total",
+                                     "Ship requests to a replica (missing, chunks, snapshot) cut because it did not "
+                                     "answer within their deadline or took less than the progress rule of its chunk "
+                                     "upload", ["site", "peer"], registry=self.registry)
         for holder in holders:  # at zero from the start: the first stall is an increase() too
             self.fetches_stalled.labels(site_id, holder)
+            self.ships_stalled.labels(site_id, holder)
         self.standby_damaged_events = Counter(
             "replicad_standby_damage_found_total", "Times this site's standby image was found not to hold the snapshot "
             "its standby record names (standby check, verify, or a promotion's O5 check)", ["site", "volume"],
@@ -785,6 +793,10 @@ class SiteMetrics:
     def restore_skipped(self, volume: str) -> None:
         """Count one snapshot a takeover skipped as unrestorable (``replicad_restore_skipped_total``)."""
         self.restores_skipped.labels(self.site_id, volume).inc()
+
+    def ship_stalled(self, peer: str) -> None:
+        """Count one ship request ``peer`` stalled (``replicad_ship_stalled_total``)."""
+        self.ships_stalled.labels(self.site_id, peer).inc()
 
     def fetch_stalled(self, holder: str) -> None:
         """Count one fetch ``holder`` stalled or answered with bad frames (``replicad_fetch_stalled_total``)."""

@@ -10,17 +10,48 @@ With ``--loop`` it sends instead the first chunk frame of its answer (real, inta
 verified by replicad's own code) again and again at ~256 KiB/s (2.5x the client's progress
 rule), for ever: complete valid frames, but never the others asked for.
 
-Run as ``python3 -m tests.security.tarpit_site [--trickle-s S | --loop] CONFIG`` (in place of
-``python3 -m replicad run CONFIG``). Everything else is replicad's code.
+It is a tarpit REPLICA too: the answers of the requests a primary's ship makes of it
+(``/v1/peer/missing``, ``/v1/peer/chunks``, ``/v1/peer/snapshot``) send their head at once and
+then their body (the reply document, computed by replicad's own handler) one byte every
+``--trickle-s`` seconds. With ``--ship`` it is only that (fetches answered honestly); with
+``--loop`` only the looping holder above.
+
+Run as ``python3 -m tests.security.tarpit_site [--trickle-s S | --loop | --ship] CONFIG`` (in
+place of ``python3 -m replicad run CONFIG``). Everything else is replicad's code.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
+import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def restart_as_tarpit(c: Any, site: str, mode: str = "trickle", trickle_s: float = 20.0) -> None:
+    """Stop ``site``'s daemon of the :class:`~replicad.lab.localcluster.LocalCluster` ``c``
+    (SIGTERM, by PID) and start it again as this module on the same config and data dir
+    (``mode`` "trickle": its fetch answers and the replies of a ship's requests one byte per
+    ``trickle_s``; "loop": its fetch answers' first frame for ever; "ship": only the replies of
+    a ship's requests one byte per ``trickle_s``); the cluster
+    stops it by PID like any of its sites."""
+    c.kill(site, signal.SIGTERM)
+    s = c.sites[site]
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    how = {"loop": ["--loop"], "ship": ["--ship", "--trickle-s", str(trickle_s)]}.get(
+        mode, ["--trickle-s", str(trickle_s)])
+    with open(s.log_path, "ab") as log:
+        s.proc = subprocess.Popen([sys.executable, "-m", "tests.security.tarpit_site", *how, str(s.config_path)],
+                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=s.dir)
 
 
 def install(trickle_s: float) -> None:
@@ -71,16 +102,45 @@ def install_loop(rate: float = 256 * 1024) -> None:
     web.StreamResponse.write = write  # type: ignore[method-assign]
 
 
+SHIP_PATHS = ("/v1/peer/missing", "/v1/peer/chunks", "/v1/peer/snapshot")
+
+
+def install_ship(trickle_s: float) -> None:
+    """Replace :meth:`aiohttp.web.Response.write_eof` so that the reply documents of the ship's
+    requests (SHIP_PATHS) go out one byte every ``trickle_s`` seconds after their head (the
+    first byte at once); all else unchanged."""
+    original = web.Response.write_eof
+
+    async def write_eof(self: web.Response, data: bytes = b"") -> None:
+        req = getattr(self, "_req", None)
+        body = self.body
+        if req is None or req.path not in SHIP_PATHS or not isinstance(body, (bytes, bytearray)) or self._eof_sent:
+            return await original(self, data)
+        view = memoryview(bytes(body))
+        for i in range(len(view)):
+            if i:
+                await asyncio.sleep(trickle_s)
+            await web.StreamResponse.write(self, bytes(view[i:i + 1]))
+        await web.StreamResponse.write_eof(self)
+
+    web.Response.write_eof = write_eof  # type: ignore[method-assign]
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m tests.security.tarpit_site")
-    ap.add_argument("--trickle-s", type=float, default=20.0, help="seconds between the bytes of a fetch's frames")
+    ap.add_argument("--trickle-s", type=float, default=20.0,
+                    help="seconds between the bytes of a fetch's frames and of a ship's replies")
     ap.add_argument("--loop", action="store_true", help="replay the first frame of each answer for ever")
+    ap.add_argument("--ship", action="store_true",
+                    help="a tarpit replica: trickle the replies of /v1/peer/missing, chunks and snapshot")
     ap.add_argument("config")
     args = ap.parse_args(argv)
     if args.loop:
         install_loop()
-    else:
+    elif not args.ship:
         install(args.trickle_s)
+    if not args.loop:
+        install_ship(args.trickle_s)
     from replicad.cli import main as replicad_main
     return replicad_main(["run", args.config])
 

@@ -21,16 +21,21 @@ once (:class:`replicad.peer.transport.FetchAnswer`); now its second copy of a fr
 fetch with a RemoteProtocolError, logged at WARNING under site-a's name and counted the same
 way, and #2 comes from site-b (whether during site-c's catch-up or the promotion's restore,
 so the promotion's report may not name it).
+
+Then (the trickle case) site-c, the new primary, ships to site-a, which also trickles the
+replies of a ship's requests (``/v1/peer/missing``, ``chunks``, ``snapshot``) a byte per 20 s,
+and to honest site-b. Before the ship deadlines every ship to site-a waited for ever (each
+cycle one more, each holding a connection and the chunks read for it) and no one said so; now
+every snapshot commits with site-b, a ship to site-a still running is not started again, and
+it is cut at its deadline (:data:`replicad.peer.transport.SHIP_DOC_S`), site-a named in a
+WARNING and in ``replicad_ship_stalled_total``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import signal
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -38,25 +43,9 @@ import pytest
 
 from replicad.lab.localcluster import LocalCluster
 from tests.integration.conftest import VOL, overwrite_blocks, snapshot, write_image
+from tests.security.tarpit_site import restart_as_tarpit
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def restart_as_tarpit(c: LocalCluster, site: str, mode: str = "trickle") -> None:
-    """Stop ``site``'s daemon (SIGTERM, by PID) and start it again as
-    :mod:`tests.security.tarpit_site` (``mode`` "trickle": one byte per 20 s; "loop": its first
-    frame for ever) on the same config and data dir; the cluster stops it by PID like any of its
-    sites."""
-    c.kill(site, signal.SIGTERM)
-    s = c.sites[site]
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    with open(s.log_path, "ab") as log:
-        how = ["--loop"] if mode == "loop" else ["--trickle-s", "20"]
-        s.proc = subprocess.Popen([sys.executable, "-m", "tests.security.tarpit_site", *how, str(s.config_path)], stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, env=env, cwd=s.dir)
 
 
 def stalled_count(c: LocalCluster, site: str, holder: str) -> float:
@@ -64,6 +53,33 @@ def stalled_count(c: LocalCluster, site: str, holder: str) -> float:
     text = urllib.request.urlopen(c.sites[site].admin_url + "/metrics", timeout=10).read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("replicad_fetch_stalled_total{") and f'holder="{holder}"' in line)
+
+
+def ship_stalled_count(c: LocalCluster, site: str, peer: str) -> float:
+    """``replicad_ship_stalled_total`` of ``peer`` on ``site``'s /metrics (0 when none)."""
+    text = urllib.request.urlopen(c.sites[site].admin_url + "/metrics", timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("replicad_ship_stalled_total{") and f'peer="{peer}"' in line)
+
+
+def a_tarpit_replica_does_not_hold_up_shipping(c: LocalCluster) -> None:
+    """site-c, now the primary, ships to tarpit site-a (the replies of missing, chunks and
+    snapshot one byte per 20 s) and honest site-b: every snapshot commits with site-b, a ship
+    to site-a still running is not started again ("busy"), the ship is cut at its deadline and
+    site-a named in a WARNING and in replicad_ship_stalled_total."""
+    reports = [snapshot(c, "site-c"), snapshot(c, "site-c")]
+    for rep in reports:
+        assert rep["committed"] and "site-b" in rep["holders"] and "site-a" not in rep["holders"], rep
+        assert rep["peers"]["site-b"]["ok"], rep["peers"]
+    # the second finds the first's ship to site-a running (unless it was cut in between)
+    assert reports[1]["peers"]["site-a"]["error"] in ("busy", "peer_stalled"), reports[1]["peers"]
+    c.wait_for("site-c cut a ship to site-a", lambda: ship_stalled_count(c, "site-c", "site-a") >= 1, 60)
+    assert ship_stalled_count(c, "site-c", "site-b") == 0
+    log = c.sites["site-c"].log_path.read_text(errors="replace")
+    assert any(" WARNING " in line and f"replica site-a stalled the ship of {VOL}#" in line
+               and "did not answer /v1/peer/" in line for line in log.splitlines()), "named at WARNING"
+    rep = snapshot(c, "site-c")  # site-a stalled lately: shipped to, not waited for
+    assert rep["committed"] and "site-b" in rep["holders"] and "site-a" not in rep["holders"], rep
 
 
 def sha(path: Path) -> str:
@@ -107,5 +123,7 @@ def test_a_tarpit_holder_cannot_stall_a_forced_promotion(tmp_path: Path, mode: s
         assert stalled_count(c, "site-c", "site-b") == 0
         st = c.status("site-c")["volumes"][VOL]
         assert st["role"] == "primary" and st["standby_seq"] == seq, st
+        if mode == "trickle":
+            a_tarpit_replica_does_not_hold_up_shipping(c)
     finally:
         c.stop_all()
