@@ -8,6 +8,9 @@ reopen cleanly and leave no partial file; a random-byte overwrite is flagged sus
 a large compressible rewrite is not, and standbys keep the clean image.
 
 Needs root and ``ip netns``; skipped without them unless ``CI`` is set (then it fails).
+
+The default run keeps CI short: ``slow-fsync`` slows the leader's fsync for 15 s.
+``REPLICAD_CHAOS_LONG=1`` runs every campaign as ``python -m chaos.run`` does (30 s).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from chaos.scenarios import run_scenario
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(200)]
 
+SHORT = {"slow-fsync": {"fault_s": 15.0}}
+"""Shorter faults of the default run (``REPLICAD_CHAOS_LONG=1``: none)."""
+
 _why = netns_available()
 if _why and not os.environ.get("CI"):
     pytestmark.append(pytest.mark.skip(reason=f"chaos campaigns need root and ip netns: {_why}"))
@@ -34,7 +40,8 @@ if _why and not os.environ.get("CI"):
                                                   ("slow-fsync", 2, 254), ("kill-mid-write", 3, 249),
                                                   ("ransomware", 1, 248)])
 def test_campaign_upholds_every_invariant(scenario: str, seed: int, run_id: int, tmp_path: Path) -> None:
-    hist, notes = run_scenario(scenario, seed, tmp_path / scenario, run_id)
+    params = None if os.environ.get("REPLICAD_CHAOS_LONG") else SHORT.get(scenario)
+    hist, notes = run_scenario(scenario, seed, tmp_path / scenario, run_id, params=params)
     events = read_history(hist)
     violations = check(events)
     assert not violations, f"{scenario} seed {seed}:\n" + "\n".join(map(str, violations)) + "\n" + "\n".join(notes)
