@@ -20,6 +20,12 @@ How (see ARCHITECTURE.md, "Restore from peers"):
 * Memory is bounded by RESTORE_WINDOW_BYTES: a unit takes one of ``window // UNIT_BYTES``
   buffers before its first chunk is asked for and gives it back once written (plus, per unit
   being written, one read-back buffer of the same size).
+* End game: once a stream finds no queued unit it may take, it takes over a unit in flight at
+  another holder for HEDGE_FACTOR times longer than its own holder's units took (the median):
+  that fetch is cut (the chunks it placed stay), the slow holder is not given that unit again
+  while another holder is left, and the unit goes to the head of the queue. A holder that keeps
+  just above the progress rule (1 MiB per 10 s: 80 s for an 8 MiB unit) cannot hold the last
+  units up (BitTorrent's end game, Cohen 2003, as :meth:`replicad.site.pull.Pull._fetch_parallel`).
 * A holder that fails (unreachable, cut mid-stream, an error, a chunk that does not match its
   digest) is dropped for the rest of the restore: its unit goes back to the head of the queue,
   keeping the chunks already placed, and the other holders' streams take it. A holder that
@@ -38,9 +44,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,16 +64,20 @@ log = logging.getLogger("replicad.site.peer_restore")
 RESTORE_WINDOW_BYTES = 64 * 2**20  # decoded bytes of the units in flight (fetching, decoding, writing): 8 of 8 MiB
 STREAMS_PER_HOLDER = 2             # concurrent /v1/peer/fetch streams to each holder
 PLACE_BATCH_BYTES = 2 * 2**20      # received payload bytes waiting for a worker thread, at most
+HEDGE_FACTOR = 3.0                 # a unit in flight this many times longer than a holder's own units took is taken over
+HEDGE_POLL_S = 0.2                 # how often an idle stream looks for such a unit
 
 
 @dataclass
 class HolderReport:
     """What one holder supplied to a restore: ``chunks`` and payload ``bytes`` (compressed, as
-    sent), ``failed``: why it was dropped (None if it served to the end)."""
+    sent), ``failed``: why it was dropped (None if it served to the end), ``taken_over``: units
+    it was fetching that a faster holder's stream took over (the end game)."""
 
     chunks: int = 0
     bytes: int = 0
     failed: str | None = None
+    taken_over: int = 0  # units of its taken over by a faster holder's stream (the end game)
 
 
 @dataclass
@@ -84,14 +96,15 @@ class PeerRestoreReport:
     def to_dict(self) -> dict:
         """JSON-ready form (the restore's answer, ``peers``)."""
         return {"local_chunks": self.local_chunks, "units": self.units,
-                "holders": {h: {"chunks": r.chunks, "bytes": r.bytes, "failed": r.failed}
+                "holders": {h: {"chunks": r.chunks, "bytes": r.bytes, "failed": r.failed, "taken_over": r.taken_over}
                             for h, r in self.holders.items()}}
 
 
 class _Run:
     """The shared state of one restore's streams (event loop only: no locks needed)."""
 
-    def __init__(self, units: list[Unit], slots: int) -> None:
+    def __init__(self, units: list[Unit], slots: int, holders: Iterable[str] = ()) -> None:
+        self.holders = list(holders)
         self.queue: collections.deque[Unit] = collections.deque(units)
         self.bufs: dict[int, memoryview] = {}            # unit ordinal -> its buffer (holds a slot)
         self.free: list[memoryview] = []                 # buffers given back, reused
@@ -104,18 +117,31 @@ class _Run:
         self.error: BaseException | None = None
         self.tasks: set[asyncio.Task] = set()
         self.local_checked: set[int] = set()             # units whose local chunks were placed
+        self.inflight: dict[int, tuple[str, float, asyncio.Future]] = {}  # unit -> (holder, started, its fetch)
+        self.avoid: dict[int, set[str]] = {}             # unit -> holders it was taken over from
+        self.took: dict[str, list[float]] = {}           # holder -> seconds each unit it fetched took
+
+    def may_serve(self, holder: str, unit: Unit) -> bool:
+        """``holder`` did not answer without some of ``unit``'s chunks, and the unit was not taken
+        over from it (unless every holder still in the restore was)."""
+        if holder in unit.lacking_at:
+            return False
+        avoided = self.avoid.get(unit.ordinal)
+        if not avoided or holder not in avoided:
+            return True
+        return not any(h not in avoided and h not in self.dead for h in self.holders)
 
     def take(self, holder: str, new_buffer: memoryview | None) -> Unit | None:
         """The first queued unit ``holder`` may serve that has a buffer already; else, if a slot
         is free, the first one it may serve (given a buffer: ``new_buffer()``)."""
         for unit in self.queue:
-            if holder not in unit.lacking_at and unit.ordinal in self.bufs:
+            if self.may_serve(holder, unit) and unit.ordinal in self.bufs:
                 self.queue.remove(unit)
                 return unit
         if self.free_slots <= 0:
             return None
         for unit in self.queue:
-            if holder not in unit.lacking_at:
+            if self.may_serve(holder, unit):
                 self.queue.remove(unit)
                 self.free_slots -= 1
                 self.bufs[unit.ordinal] = self.free.pop() if self.free else new_buffer()
@@ -125,6 +151,21 @@ class _Run:
     async def notify(self) -> None:
         async with self.changed:
             self.changed.notify_all()
+
+    def late(self, holder: str, now: float) -> tuple[int, str, float] | None:
+        """The end game: ``(unit, other holder, seconds in flight)`` of the unit fetched longest
+        at another holder, if that is more than HEDGE_FACTOR times the median time ``holder``'s
+        own units took (None before it fetched one, or when nothing is that late)."""
+        mine = self.took.get(holder)
+        if not mine:
+            return None
+        limit = HEDGE_FACTOR * statistics.median(mine)
+        late = [(now - t0, o, h) for o, (h, t0, _) in self.inflight.items()
+                if h != holder and holder not in self.avoid.get(o, ()) and now - t0 > limit]
+        if not late:
+            return None
+        secs, o, h = max(late)
+        return o, h, secs
 
 
 async def restore_from_holders(peers: PeerClient, holders: dict[str, str], volume: str, epoch: int,
@@ -170,7 +211,7 @@ async def restore_from_holders(peers: PeerClient, holders: dict[str, str], volum
             raise NotFoundError(f"{len(wanted)} chunks of {volume}#{manifest.seq} are not here and no holder was "
                                 "given", volume=volume, seq=manifest.seq, missing=len(wanted))
     assembler = await asyncio.to_thread(ImageAssembler, target, manifest, direct=direct)
-    run = _Run(units, max(1, window_bytes // UNIT_BYTES))
+    run = _Run(units, max(1, window_bytes // UNIT_BYTES), holders)
     try:
         if progress is not None:
             progress(done, total)
@@ -239,33 +280,41 @@ async def restore_from_holders(peers: PeerClient, holders: dict[str, str], volum
                     peers.holder_fault(url, err)
                     raise
 
+            # a placing runs to its end even when this fetch is cut (taken over, cancelled): the
+            # unit's buffer and pending set are never written by two threads at once
             placing: asyncio.Future | None = None
             waiting: list = []
             waiting_bytes = 0
+            stream = peers.fetch_frames(url, volume, epoch, sorted(unit.pending), views=True)
             try:
-                async for frames in peers.fetch_frames(url, volume, epoch, sorted(unit.pending), views=True):
+                async for frames in stream:
                     n = sum(len(f[2]) for f in frames)
                     rep.chunks += len(frames)
                     rep.bytes += n
                     waiting.extend(frames)
                     waiting_bytes += n
                     if placing is not None and (placing.done() or waiting_bytes >= PLACE_BATCH_BYTES):
-                        await placing
+                        await asyncio.shield(placing)
                         placing = None
                     if placing is None:
                         placing = asyncio.ensure_future(place(waiting))
                         waiting, waiting_bytes = [], 0
                 if placing is not None:
-                    await placing
+                    await asyncio.shield(placing)
                     placing = None
                 if waiting:
-                    await place(waiting)
+                    placing, waiting = asyncio.ensure_future(place(waiting)), []
+                    await asyncio.shield(placing)
+                    placing = None
             finally:
-                if placing is not None:  # the stream broke: what was received is still placed
-                    await asyncio.gather(placing, return_exceptions=True)
-                if waiting:
-                    await asyncio.gather(place(waiting),
-                                         return_exceptions=True)
+                await stream.aclose()  # cut here: the answer's connection is released now
+                # the stream broke or was cut: what was received is still placed, one placing at a
+                # time (asyncio.wait: a wait that is itself cut does not cut the placing)
+                for last in ([placing] if placing is not None else []) + ([place(waiting)] if waiting else []):
+                    fut = asyncio.ensure_future(last)
+                    await asyncio.wait({fut})
+                    if not fut.cancelled():
+                        fut.exception()  # retrieved: the stream's own error is the one raised
 
         async def stream(holder: str, url: str) -> None:
             rep = report.holders[holder]
@@ -274,18 +323,50 @@ async def restore_from_holders(peers: PeerClient, holders: dict[str, str], volum
                     return
                 unit = run.take(holder, assembler.buffer)
                 if unit is None:
+                    late = run.late(holder, time.monotonic())
+                    if late is not None:  # the end game: cut the slow holder's fetch of that unit
+                        o, other, secs = late
+                        _, _, fetch = run.inflight.pop(o)
+                        run.avoid.setdefault(o, set()).add(other)
+                        report.holders[other].taken_over += 1
+                        log.info("restore of %s#%d: unit %d at %s for %.1fs (%s's units took %.1fs): taken over by %s",
+                                 volume, manifest.seq, o, other, secs, holder, statistics.median(run.took[holder]),
+                                 holder)
+                        fetch.cancel()  # its stream puts the unit back at the head of the queue
+                        continue
                     async with run.changed:
                         if run.busy == 0 and run.writing == 0:  # nothing can change any more
                             run.changed.notify_all()
                             return
-                        await run.changed.wait()
+                        if run.took.get(holder) and any(h != holder for h, _, _ in run.inflight.values()):
+                            with contextlib.suppress(TimeoutError):  # look for a late unit again soon
+                                async with asyncio.timeout(HEDGE_POLL_S):
+                                    await run.changed.wait()
+                        else:
+                            await run.changed.wait()
                     continue
                 run.busy += 1
                 try:
                     if unit.ordinal not in run.local_checked:
                         await place_local(unit)
                     if unit.pending:
-                        await fetch_into(url, unit, rep)
+                        t_fetch = time.monotonic()
+                        fetch = asyncio.ensure_future(fetch_into(url, unit, rep))
+                        run.inflight[unit.ordinal] = (holder, t_fetch, fetch)
+                        try:
+                            await asyncio.wait({fetch})
+                        finally:
+                            if run.inflight.get(unit.ordinal, (None, None, None))[2] is fetch:
+                                del run.inflight[unit.ordinal]
+                            if not fetch.done():  # this stream itself is cancelled: its fetch too
+                                fetch.cancel()
+                                await asyncio.wait({fetch})
+                        if fetch.cancelled():  # taken over by a faster holder's stream (the end game)
+                            run.queue.appendleft(unit)
+                            continue
+                        if fetch.exception() is not None:
+                            raise fetch.exception()
+                        run.took.setdefault(holder, []).append(time.monotonic() - t_fetch)
                     if unit.pending:  # the holder answered without some of them
                         unit.lacking_at = unit.lacking_at | {holder}
                         run.queue.appendleft(unit)

@@ -4,6 +4,7 @@ dies in the middle of a stream, a chunk no holder has, and chunks this site stil
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
@@ -82,6 +83,20 @@ class Server:
         await resp.write_eof()
         return resp
 
+    async def slow_fetch(self, request: web.Request) -> web.StreamResponse:
+        """A holder just above the progress rule: every frame whole, ``self.gap_s`` apart."""
+        doc = wire.decode_doc("fetch", await request.read())
+        resp = web.StreamResponse(headers={"Content-Type": wire.CONTENT_TYPE})
+        await resp.prepare(request)
+        await resp.write(wire.encode_doc("chunks", volume=doc["volume"], epoch=doc["epoch"],
+                                         **{"from": self.site_id}))
+        for d in doc["digests"]:
+            await asyncio.sleep(self.gap_s)
+            await resp.write(wire.encode_frame(d, *self.store.get_encoded(d)))
+            self.served += 1
+        await resp.write_eof()
+        return resp
+
     async def hostile_fetch(self, request: web.Request) -> web.StreamResponse:
         """A compromised holder: answers every fetch with frames broken the way ``self.mangle``
         says (see test_a_hostile_holder_is_dropped_and_nothing_it_sent_is_written)."""
@@ -114,6 +129,8 @@ class Server:
         app = web.Application()
         if getattr(self, "mangle", None) is not None:
             app.add_routes([web.post("/v1/peer/fetch", self.hostile_fetch)])
+        elif getattr(self, "gap_s", None) is not None:
+            app.add_routes([web.post("/v1/peer/fetch", self.slow_fetch)])
         elif self.die_after is None:
             app.add_routes(peer_routes(host))
         else:
@@ -186,6 +203,31 @@ async def test_a_holder_that_dies_mid_stream_leaves_its_share_to_the_other(tmp_p
     assert dying.served == 70 and 0 < rep.holders["site-c"].chunks <= 70  # the last ones sent may be lost in the cut
     assert rep.holders["site-c"].failed is not None and "peer_unavailable" in rep.holders["site-c"].failed
     assert rep.holders["site-b"].failed is None and rep.holders["site-b"].chunks > 0
+
+
+async def test_a_unit_at_a_holder_just_above_the_rule_is_taken_over_by_the_faster_one(tmp_path: Path,
+                                                                                       stores) -> None:
+    """The end game: site-b sends every frame whole 0.1 s apart (640 KiB/s, 6x the progress
+    rule: never cut by it; ~13 s per 8 MiB unit). It takes the first unit of each of its two
+    streams; once site-c's streams find nothing left to take, they take over site-b's units
+    (in flight longer than 3x site-c's own units took): the restore does not wait for them."""
+    b, c, here = stores
+    image = tmp_path / "volume.img"
+    write_image(image, 640, random.Random(12))  # 40 MiB: 6 units
+    manifest = await snapshot_into(image, b, c)
+    copy_chunks(b, here, [manifest.root, *manifest.pages])
+    target = tmp_path / "restored.img"
+    slow = Server(b, "site-b")
+    slow.gap_s = 0.1
+    async with slow as url_b, Server(c, "site-c") as url_c:
+        async with aiohttp.ClientSession() as session:
+            rep = await peer_restore.restore_from_holders(
+                PeerClient(session, "site-a"), {"site-b": url_b, "site-c": url_c}, VOL, 1, manifest, here, target)
+    assert target.read_bytes() == image.read_bytes()
+    assert verify_image(target, manifest) == manifest.root
+    assert rep.holders["site-b"].taken_over >= 1 and rep.holders["site-b"].failed is None, rep.to_dict()
+    assert rep.holders["site-c"].taken_over == 0
+    assert rep.to_dict()["holders"]["site-b"]["taken_over"] == rep.holders["site-b"].taken_over
 
 
 @pytest.mark.parametrize("mangle", ["flip", "oversize", "noncanonical", "garbage"])
