@@ -2106,9 +2106,9 @@ class RelativeVerdict:
         baseline: median score of the confirmed history, capped at ``baseline_cap`` (encrypted
             mode: the learned cold-rewrite rate, capped at ``cold_baseline_cap``); 0 if none.
         cumulative: the relative score's slow window after this snapshot (``slow["relative"].total``).
-        first_suspect_seq: where the drift began: the earliest ``began`` of the slow windows
-            whose sum is above zero (the snapshot before it is the one to restore), else this
-            snapshot; None if clean.
+        first_suspect_seq: this snapshot when a single-snapshot signal flagged it; when only a
+            slow window's crossing flagged it, where the drift began: the earliest ``began`` of
+            the windows that crossed (the snapshot before it is the one to restore); None if clean.
         reasons: operator-readable sentences, one per signal that fired (empty if clean).
         slow: ``{window: Cusum}`` after this snapshot, for :data:`SLOW_WINDOWS` (carried to the
             next snapshot: :func:`judge_relative` ``carried``).
@@ -2256,6 +2256,11 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], 
                        f"{where}{', ...' if signals.ransom_notes > 4 else ''})")
     if not reasons:
         return RelativeVerdict(VERDICT_CLEAN, score, baseline, cumulative, None, (), slow, tuple(flagged))
-    # the restore point is the snapshot before the drift began, if one did
-    first = min((c.began for c in slow.values() if c.began is not None), default=seq)
+    # the restore point: a snapshot flagged on its own (a single-snapshot signal fired) is the first
+    # suspicious one, its clean parent the restore point, whatever small sum a slow window carried
+    # (0.1 % of benign drift over two clean snapshots must not throw them away); only a snapshot
+    # flagged by a slow window alone points back to where that window's sum left zero
+    slow_only = all(r.startswith("slow drift (") for r in reasons)
+    first = min((slow[name].began for name in flagged if slow[name].began is not None), default=seq) \
+        if slow_only else seq
     return RelativeVerdict(VERDICT_SUSPECT, score, baseline, cumulative, first, tuple(reasons), slow, tuple(flagged))

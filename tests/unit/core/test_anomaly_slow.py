@@ -357,3 +357,24 @@ def test_the_evidence_view_says_which_window_flagged_and_where_it_began() -> Non
     assert "  slow window conservation (after #1, the last confirmed or first snapshot): 3.10 % of max 3.00 %, " \
            "began at #2 (9 snapshots), FLAGGED" in lines, lines
     assert any(x.startswith("  slow window relative") and x.endswith("of max 3.00 %") for x in lines), lines
+
+
+def test_a_snapshot_flagged_on_its_own_is_the_first_suspect_whatever_a_window_carried() -> None:
+    """The demo's case: 0.1 % of benign drift over clean #3 and #4 (snapshots seconds apart earn
+    no slack) left the relative window above zero since #3; then #5 has 23 % turned random. #5 is
+    flagged on its own score: it is the first suspect and #4 the restore point (pointing at #3
+    threw a clean snapshot away, although the 23 % also carried the window past cumulative_max).
+    Only a window crossing alone points back, to where the window that crossed left zero."""
+    carried: dict = {}
+    for seq, share in ((2, 0.0), (3, 0.0005), (4, 0.0005)):
+        v = judge_relative(seq, _turned(share), [], [], P, carried=carried, elapsed_s=1.0)
+        assert v.verdict == "clean", v
+        carried = v.slow
+    assert carried["relative"].began == 3 and carried["relative"].total > 0
+    v = judge_relative(5, _turned(0.23), [], [], P, carried=carried, elapsed_s=1.0)
+    assert v.verdict == "suspect" and v.flagged == ("relative",) and v.first_suspect_seq == 5, v
+    assert v.reasons[0].startswith("relative score: 23.0%"), v.reasons
+    drift = {"relative": Cusum(0.02, 3, 2), "conservation": Cusum(0.001, 2, 3)}  # only the relative one crosses
+    v = judge_relative(5, _turned(0.019), [], [], P, carried=drift, elapsed_s=1.0)  # 1.9 %: under min_score
+    assert v.flagged == ("relative",) and v.reasons[0].startswith("slow drift (relative"), v
+    assert v.first_suspect_seq == 3, v  # not the conservation window's #2: it did not cross
