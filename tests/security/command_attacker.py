@@ -31,7 +31,9 @@ Modes:
 * ``found`` (a cluster being founded: start it before the honest sites): in its OWN name, every
   0.2 s until ``--wait-s`` passed, ``found`` proposals of memberships of its choosing: its
   config's list with an extra key of its own pinned for ``--victim``, and a list naming only
-  itself; each answer is printed (``adopted``, ``members``).
+  itself; each answer is printed (``adopted``, ``members``). With ``--stop-file``: it also stops
+  after the first round begun once that file exists (the caller saw the cluster founded) in
+  which a proposal committed, so its last proposals are judged by the founded cluster.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--victim", default="site-b")
     parser.add_argument("--volume", default="ehr")
     parser.add_argument("--wait-s", type=float, default=30.0)
+    parser.add_argument("--stop-file", type=Path, default=None)
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
     signer = load_signer(cfg)
@@ -120,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         out(mode="found", started=True, evil_key=evil_key)
         deadline = time.monotonic() + args.wait_s
         while time.monotonic() < deadline:
+            stopping, committed = args.stop_file is not None and args.stop_file.exists(), False
             for label, listed in (("extra_key", extra), ("alone", alone)):
                 command = signer.sign({"v": 1, "op": "found", "op_id": uuid.uuid4().hex, "by": cfg.site_id,
                                        "now_ns": time.time_ns(), "incarnation": secrets.token_bytes(16),
@@ -128,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
                     res = await node.propose(command, timeout_s=2.0)
                     out(mode="found", attempt=label, error="ok", adopted=res.get("adopted"),
                         members=res.get("members"))
+                    committed = True
                 except Exception as exc:  # no leader yet, or refused: the tests judge the honest sites
                     out(mode="found", attempt=label, error=getattr(exc, "code", type(exc).__name__))
+            if stopping and committed:
+                return
             await asyncio.sleep(0.2)
 
     async def flood() -> None:

@@ -155,7 +155,8 @@ def test_the_attacker_proposing_first_does_not_choose_the_membership(tmp_path: P
     attacker = subprocess.Popen(
         [sys.executable, "-m", "tests.security.command_attacker", "found", "--config",
          str(c.sites["site-a"].config_path), "--work-dir", str(tmp_path / "attacker"), "--victim", "site-c",
-         "--wait-s", "40"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+         "--wait-s", "40", "--stop-file", str(tmp_path / "founded")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=REPO)
     try:
         first = json.loads(attacker.stdout.readline())  # its Raft member runs and proposes before b and c start
         assert first.get("started"), first
@@ -166,6 +167,7 @@ def test_the_attacker_proposing_first_does_not_choose_the_membership(tmp_path: P
         for s in ("site-b", "site-c"):  # (the volume's initial primary is site-a: no volume is ready)
             c.wait_for(f"{s} founds the cluster with the honest list", lambda s=s: agreed(c, s) == honest, 90)
             assert c.sites[s].proc.poll() is None, c.log_tail(s)
+        (tmp_path / "founded").touch()  # it stops after a round the founded cluster committed (at most 40 s)
         out, err = attacker.communicate(timeout=90)
         answers = [json.loads(line) for line in out.splitlines() if line.strip()]
         # every proposal of the attacker's lists went through Raft; none was adopted
