@@ -435,6 +435,16 @@ class BadAckError(AccessError):
     code = "bad_ack"
 
 
+class NotSelfError(AccessError):
+    """The state machine refused a validly signed command by which one site speaks for another
+    where only a site may speak for itself: a ``register_site`` whose signer (``by``) is not the
+    site it registers (a compromised site naming an honest one a witness, or moving its peer
+    address). Evidence: ``by``, ``site_id``, ``op``. Logged at WARNING and counted in
+    ``replicad_command_refused_total{reason="not_self"}`` at every site."""
+
+    code = "not_self"
+
+
 class OutOfRangeError(ConflictError):
     """A value past a bound of the replicated state: a snapshot seq more than
     ``state.SEQ_STEP_MAX`` past the volume's last one (or past 2**63-1), a size past

@@ -90,6 +90,12 @@ Authority rules (threat model: root on one site speaks with that site's identity
   else ``bad_ack``); seq at most ``last_seq +`` :data:`SEQ_STEP_MAX` and size at most
   :data:`SIZE_BYTES_MAX` (else ``out_of_range``).
 * ``add_holder`` only by the holder itself (a site cannot name another as holding a copy).
+* ``register_site`` only by the site it registers (``not_self``, counted like the identity
+  refusals: a site that names another a witness or moves its peer address speaks for it), and,
+  once a membership is agreed, only as a member and with the ``kind`` the agreed membership
+  records for it (``conflict``; ``set_members`` changes a kind). The agreed membership decides a
+  member's kind (:func:`site_kind`): ``set_members`` and the adoption of a ``found`` rewrite
+  the kinds of the registered members, so ``sites`` never says otherwise.
 * ``promote`` is a compare-and-set on the epoch. Planned (``force`` false): asked by the
   current primary. Forced: asked by any registered data site for itself (``to`` = ``by``:
   never another site, whose live image a named ``snapshot`` would roll back); the Raft majority that
@@ -243,11 +249,12 @@ RETENTION_KEYS = ("keep_all_s", "hourly_s", "daily_s", "lock_s")
 COMMON_KEYS = frozenset({"v", "op", "op_id", "by", "now_ns", identity.CLUSTER_FIELD, identity.SIG_FIELD})
 IDENTITY_REFUSALS = frozenset({"bad_signature", "replayed", "expired", "revoked"})
 """Refusal codes of commands that are not what their signer said (forged, replayed, stale)."""
-COUNTED_REFUSALS = IDENTITY_REFUSALS | {"bad_ack", "out_of_range"}
+COUNTED_REFUSALS = IDENTITY_REFUSALS | {"bad_ack", "out_of_range", "not_self"}
 """Refusals every site logs at WARNING and counts (``replicad_command_refused_total{reason}``):
 the identity refusals, a commit naming a holder without its signed acknowledgement
-(``bad_ack``) and a seq or size past the state machine's bounds (``out_of_range``). The last
-two are validly signed commands: they are remembered like any other refusal."""
+(``bad_ack``), a seq or size past the state machine's bounds (``out_of_range``) and a site
+registering another (``not_self``). The last three are validly signed commands: they are
+remembered like any other refusal."""
 SEQ_STEP_MAX = 1_000_000
 """A committed seq is at most ``last_seq + SEQ_STEP_MAX``. A primary numbers its snapshots
 ``last_seq + 1`` (or one past its own uncommitted ones, a few at most), so a legitimate gap
@@ -413,8 +420,8 @@ def newest_common(state: dict, vol_state: dict) -> dict[int, str]:
     first in site order is named)."""
     primary = vol_state.get("primary")
     out: dict[int, str] = {}
-    for site, info in sorted(state.get("sites", {}).items()):
-        if site == primary or info.get("kind") != "data":
+    for site in sorted(state.get("sites", {})):
+        if site == primary or site_kind(state, site) != "data":
             continue
         both = [seq for seq, snap in (vol_state.get("snapshots") or {}).items()
                 if primary in snap["holders"] and site in snap["holders"]]
@@ -806,13 +813,37 @@ def _snapshot(vol: dict, name: str, seq: int) -> dict:
     return snap
 
 
-def _data_site(state: dict, site_id: str, role: str) -> None:
-    site = state["sites"].get(site_id)
+def site_kind(state: dict, site_id: Any) -> str | None:
+    """``"data"`` or ``"witness"``: the kind the agreed membership records for a registered
+    site (the kind of its own registration before any incarnation, or for a registered site the
+    membership no longer names); None for a site that is not registered. A site's own
+    ``register_site`` never decides its kind once a membership is agreed: a compromised site
+    re-registering itself would otherwise change who judges, holds and approves. Pure."""
+    site = (state.get("sites") or {}).get(site_id)
     if site is None:
+        return None
+    for m in (state.get("incarnation") or {}).get("members") or ():
+        if m["site_id"] == site_id:
+            return m["kind"]
+    return site["kind"]
+
+
+def _with_member_kinds(sites: dict, members: list) -> dict:
+    """``sites`` with each registered member's ``kind`` set to the one ``members`` (an agreed
+    membership) records for it: the registrations never disagree with the membership."""
+    kinds = {m["site_id"]: m["kind"] for m in members}
+    if all(kinds.get(s, e["kind"]) == e["kind"] for s, e in sites.items()):
+        return sites
+    return {s: {**e, "kind": kinds.get(s, e["kind"])} for s, e in sites.items()}
+
+
+def _data_site(state: dict, site_id: str, role: str) -> None:
+    kind = site_kind(state, site_id)
+    if kind is None:
         raise _Refusal("not_found", f"{role} {site_id!r} is not a registered site", site_id=site_id)
-    if site["kind"] != "data":
+    if kind != "data":
         raise _Refusal("conflict", f"{role} {site_id!r} is a witness: it stores no volume data",
-                       site_id=site_id, kind=site["kind"])
+                       site_id=site_id, kind=kind)
 
 
 def _check_epoch(name: str, vol: dict, epoch: int, field: str) -> None:
@@ -844,6 +875,15 @@ def _op_register_site(state: dict, cmd: dict) -> tuple[dict, dict]:
     site_id = _site_id(cmd, "site_id")
     peer_url = _str(cmd, "peer_url", URL_MAX_CHARS)
     kind = _choice(cmd, "kind", SITE_KINDS)
+    if cmd["by"] != site_id:  # a site registers itself only: its kind and address are its own word
+        raise _Refusal("not_self", f"register_site by {cmd['by']!r} names {site_id!r}: a site may only register "
+                       "itself", by=cmd["by"], site_id=site_id, op="register_site", kind=kind)
+    inc = state.get("incarnation")
+    agreed = next((m for m in inc["members"] if m["site_id"] == site_id), None) if inc is not None else None
+    if agreed is not None and agreed["kind"] != kind:  # the agreed membership decides (set_members changes it)
+        raise _Refusal("conflict", f"site {site_id!r} is a {agreed['kind']} site in the cluster's agreed "
+                       f"membership: it cannot register as a {kind} (a set_members request changes a kind)",
+                       site_id=site_id, kind=kind, agreed_kind=agreed["kind"])
     if kind == "witness":
         primary_of = sorted(n for n, v in state["volumes"].items() if v["primary"] == site_id)
         if primary_of:
@@ -854,7 +894,6 @@ def _op_register_site(state: dict, cmd: dict) -> tuple[dict, dict]:
         bounds = state.get("limits") or {}
         members = bounds.get("members")
         max_sites = bounds.get("max_sites", SITES_MAX)
-        inc = state.get("incarnation")
         if inc is not None:  # the agreed membership decides, never the config the state started from
             members, max_sites = [m["site_id"] for m in inc["members"]], SITES_MAX
         if isinstance(members, list) and site_id not in members:
@@ -1442,12 +1481,13 @@ def _op_prune_snapshots(state: dict, cmd: dict) -> tuple[dict, dict]:
 def approvals_needed(state: dict, trust: Trust | None) -> int:
     """Sites (the requester counting as one) that must agree before a protection-weakening
     request applies: ``trust.approvals`` when set, else a majority of the registered data
-    sites; never more than the registered sites, never less than 1."""
+    sites (kinds by :func:`site_kind`: the agreed membership's); never more than the registered
+    sites, never less than 1."""
     sites = state.get("sites", {})
     if trust is not None and trust.approvals is not None:
         wanted = trust.approvals
     else:
-        wanted = sum(1 for s in sites.values() if s.get("kind") == "data") // 2 + 1
+        wanted = sum(1 for s in sites if site_kind(state, s) == "data") // 2 + 1
     return max(1, min(wanted, max(1, len(sites))))
 
 
@@ -1915,6 +1955,7 @@ def _op_found(state: dict, cmd: dict) -> tuple[dict, dict]:
     # the configured limits (the Raft node's config) end with the adoption: from then on the agreed
     # membership bounds registration, so the state no longer depends on any site's config
     adopted = {k: v for k, v in state.items() if k not in ("founding", "limits")}
+    adopted["sites"] = _with_member_kinds(state["sites"], members)
     return ({**adopted, "incarnation": entry},
             {"ok": True, "created": True, "adopted": True, "incarnation": new_id, "members": members,
              "agreeing": agreeing, "needed": needed})
@@ -1933,8 +1974,13 @@ def _op_set_members(state: dict, cmd: dict) -> tuple[dict, dict]:
         if missing:
             raise _Refusal("approval_required", f"changing the entry of {', '.join(missing)} needs its own approval "
                            "(a member's Raft address, kind or keys never change without it)", waiting_for=missing)
+    witnesses = {m["site_id"] for m in members if m["kind"] == "witness"}
+    primary_of = sorted(n for n, v in state["volumes"].items() if v["primary"] in witnesses)
+    if primary_of:
+        raise _Refusal("conflict", f"the sites primary of {primary_of} cannot become witnesses", volumes=primary_of)
     changed = members != current["members"]
-    return ({**state, "incarnation": {**current, "members": members}},
+    return ({**state, "incarnation": {**current, "members": members},
+             "sites": _with_member_kinds(state["sites"], members)},
             {"ok": True, "members": members, "changed": changed})
 
 

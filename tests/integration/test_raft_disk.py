@@ -47,7 +47,7 @@ def test_a_full_disk_on_the_leader_loses_no_acknowledged_entry_and_answers_store
 
         committed, answers = [], []
         for i in range(40):  # ~120 KiB of entries through the leader: it runs full on the way
-            command = {**cmd("register_site", site_id=f"s{i}", peer_url=f"https://s{i}", kind="data"),
+            command = {**cmd("register_site", by=f"s{i}", site_id=f"s{i}", peer_url=f"https://s{i}", kind="data"),
                        "op_id": uuid.uuid4().hex, "pad": PAD}
             t0 = time.monotonic()
             reply = leader.propose(command, timeout_s=3.0)
@@ -64,7 +64,7 @@ def test_a_full_disk_on_the_leader_loses_no_acknowledged_entry_and_answers_store
         reply = None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            reply = others[0].propose(cmd("register_site", by="b", site_id="after", peer_url="https://after",
+            reply = others[0].propose(cmd("register_site", by="after", site_id="after", peer_url="https://after",
                                           kind="data"), timeout_s=3.0)
             if reply["ok"]:
                 break
@@ -152,7 +152,7 @@ def test_a_full_leader_steps_down_without_an_election_storm(tmp_path):
         outcomes = []
         t0 = time.monotonic()
         for i in range(20):  # ~3 KiB each: the leader runs full within the first few
-            command = {**cmd("register_site", by="b", site_id=f"s{i}", peer_url=f"https://s{i}", kind="data"),
+            command = {**cmd("register_site", by=f"s{i}", site_id=f"s{i}", peer_url=f"https://s{i}", kind="data"),
                        "op_id": uuid.uuid4().hex, "pad": PAD}
             reply = leader.propose(command, timeout_s=0.5) if i < 3 else None  # fill it through the leader
             reply = proposer.propose(command, timeout_s=3.0) if reply is None or reply.get("error") else reply

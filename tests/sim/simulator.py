@@ -363,7 +363,8 @@ class Simulation:
                      "min_copies": self.cfg.min_copies, "retention": dict(self.cfg.retention)})
         for args in boot:
             self.op_counter += 1
-            state, result = apply(state, {"v": 1, "op_id": f"boot-{self.op_counter}", "by": self.data_ids[0],
+            by = args["site_id"] if args["op"] == "register_site" else self.data_ids[0]  # a site registers itself
+            state, result = apply(state, {"v": 1, "op_id": f"boot-{self.op_counter}", "by": by,
                                           "now_ns": START_NS, **args})
             if not result["ok"]:
                 raise RuntimeError(f"bootstrap refused: {result}")

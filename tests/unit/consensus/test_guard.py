@@ -99,12 +99,12 @@ def _cluster():
 
 def test_register_site_only_for_configured_members_and_within_the_cap():
     state = _cluster()
-    new, res = apply(state, _cmd("register_site", by="a", site_id="forged-1", peer_url="http://x", kind="data"))
+    new, res = apply(state, _cmd("register_site", by="forged-1", site_id="forged-1", peer_url="http://x", kind="data"))
     assert res["error"] == "conflict" and "not a configured member" in res["message"]
     assert set(new["sites"]) == {"a", "b", "c"}
     open_state = initial_state(max_sites=2)
     for i, expect in ((0, True), (1, True), (2, False)):
-        open_state, res = apply(open_state, _cmd("register_site", by="a", site_id=f"s{i}", peer_url="u", kind="data"))
+        open_state, res = apply(open_state, _cmd("register_site", by=f"s{i}", site_id=f"s{i}", peer_url="u", kind="data"))
         assert res["ok"] is expect
     assert initial_state(max_sites=10**6)["limits"]["max_sites"] == SITES_MAX
     # re-registering a known site (new URL) stays possible

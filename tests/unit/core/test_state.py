@@ -143,7 +143,7 @@ def test_broken_state_gives_internal_not_an_exception():
 
 
 def test_same_op_id_returns_the_stored_result_and_changes_nothing(cluster):
-    command = cmd("register_site", site_id="d", peer_url="https://d", kind="data")
+    command = cmd("register_site", by="d", site_id="d", peer_url="https://d", kind="data")
     once, first = ok(cluster, command)
     twice, second = run(once, command)
     assert second == first and twice is once
@@ -158,7 +158,7 @@ def test_same_op_id_returns_the_stored_result_and_changes_nothing(cluster):
 def test_audit_and_applied_ops_are_bounded():
     state = initial_state()
     for i in range(max(AUDIT_MAX, APPLIED_OPS_MAX) + 5):
-        state, _ = apply(state, cmd("register_site", site_id=f"s{i % 3}", peer_url="u", kind="data"))
+        state, _ = apply(state, cmd("register_site", by=f"s{i % 3}", site_id=f"s{i % 3}", peer_url="u", kind="data"))
     assert len(state["audit"]) == AUDIT_MAX
     assert len(state["applied_ops"]) == APPLIED_OPS_MAX
     assert list(state["applied_ops"])[-1] == f"op-{next(_ids) - 1}"
@@ -535,7 +535,7 @@ def test_random_commands_never_raise_and_refusals_change_nothing(trust, command_
         if not result["ok"]:
             assert result["error"] in ("bad_request", "not_found", "conflict", "stale_epoch",
                                        "not_primary", "retention_locked", "approval_required", "replayed",
-                                       "expired", "out_of_range", "bad_ack")
+                                       "expired", "out_of_range", "bad_ack", "not_self")
             assert {k: v for k, v in _data(new).items() if k != "seen"} == \
                 {k: v for k, v in _data(state).items() if k != "seen"}
         for vol in new["volumes"].values():
@@ -584,7 +584,8 @@ def test_no_prune_before_a_majority_reported_a_clock():
 
     state = initial_state()
     for site in ("a", "b", "c"):
-        state, _ = ok(state, cmd("register_site", by="a", site_id=site, peer_url=f"https://{site}", kind="data"))
+        state, _ = ok(state, cmd("register_site", by=site, site_id=site, peer_url=f"https://{site}", kind="data"))
+    state = {**state, "clocks": {"a": state["clocks"]["a"]}}  # b and c registered but reported no clock
     assert quorum_now_ns(state) is None  # only "a" has spoken
     state, _ = ok(state, cmd("add_volume", volume="v", primary="a", block_size=65536, size_bytes=1 << 20,
                              min_copies=1, retention={"keep_all_s": 0, "hourly_s": 0, "daily_s": 0, "lock_s": 0}))

@@ -225,3 +225,110 @@ def test_honest_sites_that_disagree_found_nothing_until_one_corrects_its_config(
     assert not res["adopted"] and set(s["founding"]) == {"b", "c"}
     s, res = run(s, cmd("found", "c", incarnation=b"C" * 16, members=M3))  # corrected, proposed again
     assert res["adopted"] and s["incarnation"]["founders"] == ["b", "c"]
+
+
+# --------------------------------------------------------------------------- registration
+
+
+RET = {"keep_all_s": 3600, "hourly_s": 86400, "daily_s": 7 * 86400, "lock_s": 600}
+
+
+def _with_volume(s: dict) -> dict:
+    s, _ = run(s, cmd("add_volume", "a", volume="vol", primary="a", block_size=65536, size_bytes=0,
+                      min_copies=2, retention=RET))
+    s, _ = after(s, 0)
+    return s
+
+
+def test_a_site_registering_another_is_refused_and_counted() -> None:
+    """Review R2: site a re-registered b and c as witnesses (a bogus peer address): a's own
+    weakening request then needed a's approval only, and b's forced promotion and b's revocation
+    of a were refused ("is a witness")."""
+    assert "not_self" in st.COUNTED_REFUSALS
+    s = _with_volume(founded())
+    for victim, kind in (("b", "witness"), ("c", "witness"), ("b", "data")):
+        res = refused(s, cmd("register_site", "a", site_id=victim, peer_url="http://127.0.0.1:9", kind=kind), "not_self")
+        assert res["evidence"] == {"by": "a", "site_id": victim, "op": "register_site", "kind": kind}
+        s, _ = st.apply(s, cmd("register_site", "a", site_id=victim, peer_url="http://127.0.0.1:9", kind=kind), POLICY)
+    assert s["sites"] == {site: {"peer_url": f"http://{site}", "kind": "data"} for site in "abc"}
+    assert [r["error"] for r in s["audit"][-3:]] == ["not_self"] * 3
+    assert st.approvals_needed(s, POLICY) == 2
+    s, req = run(s, cmd("request", "a", action="set_retention", args={"volume": "vol", "retention": {**RET, "lock_s": 1}}))
+    assert req["status"] == "pending" and req["needed"] == 2
+    s, revoke_a = run(s, cmd("request", "b", action="revoke_site", args=revoke("a")))  # b is still a data site
+    assert revoke_a["status"] == "pending"
+    s, promoted = run(s, cmd("promote", "b", volume="vol", to="b", expected_epoch=1, force=True))
+    assert s["volumes"]["vol"]["primary"] == "b" and promoted["epoch"] == 2
+    # before any incarnation too (a one-site lab registers itself; nobody registers another)
+    bare = st.initial_state(members=["a", "b"])
+    refused(bare, cmd("register_site", "a", site_id="b", peer_url="http://b", kind="data"), "not_self")
+
+
+def test_a_signed_registration_naming_another_site_is_refused_after_its_signature_verifies() -> None:
+    """The attacker signs with its own key (a valid signature of a member): the identity
+    checks pass, the op refuses it."""
+    from replicad.core import identity
+
+    keys = {site: identity.generate_private_key() for site in "abc"}
+    members = [{"site_id": site, "raft": f"10.0.0.{i}:7000", "kind": "data",
+                "keys": [identity.format_public_key(identity.public_key_raw(keys[site]))]}
+               for i, site in enumerate("abc", 1)]
+    trust = Trust(cluster_id="c", keys={site: (identity.public_key_raw(keys[site]),) for site in "abc"})
+    signed = lambda by, op, **args: identity.Signer(by, keys[by], "c").sign(cmd(op, by, **args))  # noqa: E731
+    s = st.initial_state(members=["a", "b", "c"])
+    for site in "abc":
+        s, _ = run(s, signed(site, "found", incarnation=site.encode() * 16, members=members), trust)
+    for site in "abc":
+        s, _ = run(s, signed(site, "register_site", site_id=site, peer_url=f"http://{site}", kind="data"), trust)
+    forged = signed("a", "register_site", site_id="b", peer_url="http://127.0.0.1:9", kind="witness")
+    res = refused(s, forged, "not_self", trust)
+    assert "a site may only register itself" in res["message"]
+    new, _ = st.apply(s, forged, trust)
+    assert new["sites"] == s["sites"] and forged["op_id"] in new["seen"]["a"]["ops"]  # remembered: no replay
+
+
+def test_a_members_kind_is_the_agreed_memberships_never_its_own_registration() -> None:
+    """A compromised site re-registering ITSELF with another kind changes nothing: kinds (who
+    holds, judges, is promoted, and how many approvals a request needs) come from the agreed
+    membership; set_members changes them, with the member's own approval."""
+    m4 = M3 + [{"site_id": "w", "raft": "10.0.0.4:7000", "kind": "witness", "keys": ["ed25519:w"]}]
+    s = st.initial_state(members=["a", "b", "c", "w"])
+    for site in "abcw":
+        s, _ = run(s, cmd("register_site", site, site_id=site, peer_url=f"http://{site}",
+                          kind="witness" if site == "w" else "data"))
+    for site in "abc":
+        s, res = run(s, cmd("found", site, incarnation=site.encode() * 16, members=m4))
+    assert res["adopted"]
+    s = _with_volume(s)
+    res = refused(s, cmd("register_site", "w", site_id="w", peer_url="http://w", kind="data"), "conflict")
+    assert res["evidence"]["agreed_kind"] == "witness"
+    refused(s, cmd("register_site", "b", site_id="b", peer_url="http://b", kind="witness"), "conflict")
+    s, _ = run(s, cmd("register_site", "b", site_id="b", peer_url="http://b2", kind="data"))  # its address: its word
+    assert s["sites"]["b"] == {"peer_url": "http://b2", "kind": "data"} and st.site_kind(s, "w") == "witness"
+    refused(s, cmd("promote", "w", volume="vol", to="w", expected_epoch=1, force=True), "conflict")
+    assert st.approvals_needed(s, POLICY) == 2
+    # c becomes a witness through set_members: the registrations follow the agreed membership
+    c_witness = _with(m4, "c", kind="witness")
+    s, req = run(s, cmd("request", "a", action="set_members", args={"members": c_witness}))
+    for site in "bcw":
+        s, done = run(s, cmd("approve", site, request=req["request"]))
+    assert done["status"] == "applied"
+    assert s["sites"]["c"]["kind"] == "witness" and st.site_kind(s, "c") == "witness"
+    refused(s, cmd("promote", "c", volume="vol", to="c", expected_epoch=1, force=True), "conflict")
+    assert st.approvals_needed(s, POLICY) == 2  # a and b: both
+    # a primary never becomes a witness that way
+    a_witness = _with(c_witness, "a", kind="witness")
+    sub = {**cmd("set_members", "b", members=a_witness), st._APPROVED: True, st._APPROVALS: ["a", "b", "c", "w"]}
+    with pytest.raises(st._Refusal) as refusal:
+        st._op_set_members(s, sub)
+    assert refusal.value.code == "conflict" and refusal.value.evidence["volumes"] == ["vol"]
+
+
+def test_a_registration_before_the_founding_takes_the_adopted_kind() -> None:
+    s = st.initial_state(members=["a", "b", "c"])
+    for site in "abc":
+        s, _ = run(s, cmd("register_site", site, site_id=site, peer_url=f"http://{site}",
+                          kind="witness" if site == "c" else "data"))
+    for site in "ab":
+        s, res = run(s, cmd("found", site, incarnation=site.encode() * 16, members=M3))
+    assert res["adopted"] and s["sites"]["c"]["kind"] == "data"
