@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from replicad.ops.adminclient import call_admin
@@ -59,7 +60,10 @@ def _console(stderr: bool) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     columns = os.environ.get("COLUMNS", "")
     width = int(columns) if columns.isdigit() and int(columns) >= 40 else None if stream.isatty() else 160
-    return Console(stderr=stderr, width=width, highlight=False)
+    # markup and emoji codes off: every piece of data printed (file names, volume and site names,
+    # reasons, patterns, paths, messages) is shown as it is; a line with styles says markup=True
+    # and passes its data through esc() (rich.markup.escape)
+    return Console(stderr=stderr, width=width, highlight=False, markup=False, emoji=False)
 
 
 NARROW_COLUMNS = 120  # below this width ``replicad status`` prints one block per volume instead of a table
@@ -69,15 +73,47 @@ console = _console(stderr=False)
 err_console = _console(stderr=True)
 
 
+def esc(value: Any) -> str:
+    """``value`` as text for a line printed with ``markup=True``: a file name such as ``[bold]x``
+    or a regex such as ``[a-z2-7]{16}`` is shown as it is, never read as rich markup (the names
+    come from whoever wrote the volume)."""
+    return escape(str(value))
+
+
 def _admin_url(args: argparse.Namespace) -> str:
     if getattr(args, "admin", None):
         return args.admin.rstrip("/")
     if getattr(args, "site_config", None):
         from replicad.config import load_config
 
-        cfg = load_config(Path(args.site_config))
-        return cfg.self_ref().admin_url
+        try:
+            cfg = load_config(Path(args.site_config))
+        except ConfigError as err:  # the CLI needs only the admin URL: a typo elsewhere does not stop it
+            url = _admin_url_of_toml(Path(args.site_config))
+            if url is None:
+                raise
+            err_console.print(f"warning: {args.site_config} has {len(err.problems) or 1} problem(s) ('replicad "
+                              f"check-config {args.site_config}' lists them); using its admin URL {url}",
+                              soft_wrap=True)
+            return url
+        return str(cfg.self_ref().admin_url).rstrip("/")
     return os.environ.get("REPLICAD_ADMIN", "http://127.0.0.1:7301").rstrip("/")
+
+
+def _admin_url_of_toml(path: Path) -> str | None:
+    """The ``admin_url`` of the own ``[[sites]]`` entry (``site_id``) of a site config that does
+    not validate as a whole, read from its TOML alone; None when the file is no TOML or has no
+    such entry (the caller reports the config's problems then)."""
+    import tomllib
+
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    own = next((s for s in doc.get("sites") or [] if isinstance(s, dict) and s.get("site_id") == doc.get("site_id")),
+               None)
+    url = own.get("admin_url") if own else None
+    return url.rstrip("/") if isinstance(url, str) and url.startswith(("http://", "https://")) else None
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -116,16 +152,17 @@ def _site_name(data: dict, raft_addr: str | None) -> str:
 
 def _render_status(data: dict) -> None:
     raft = data.get("raft", {})
-    console.print(f"[bold]site[/bold] {data['site_id']}   raft leader: {_site_name(data, raft.get('leader'))}   "
-                  f"term {raft.get('term')}   commit index {raft.get('commit_index')}   "
-                  f"quorum: {'yes' if raft.get('has_quorum') else 'NO'}")
+    console.print(f"[bold]site[/bold] {esc(data['site_id'])}   raft leader: {esc(_site_name(data, raft.get('leader')))}"
+                  f"   term {esc(raft.get('term'))}   commit index {esc(raft.get('commit_index'))}   "
+                  f"quorum: {'yes' if raft.get('has_quorum') else 'NO'}", markup=True)
     view = data.get("view") or {}
     if view.get("current") is False or raft.get("synced") is False:
         age = view.get("age_s")
-        console.print(f"[red]Raft view NOT CURRENT ({view.get('why') or 'no leader, or the log is still being applied'}"
+        why = view.get("why") or "no leader, or the log is still being applied"
+        console.print(f"[red]Raft view NOT CURRENT ({esc(why)}"
                       f"{f'; last own command applied {age:.0f} s ago' if age is not None else ''}): the figures "
                       "below may be old, and a role marked '?' is this site's belief, not what the cluster agreed. "
-                      "Read the cluster from another site.[/red]")
+                      "Read the cluster from another site.[/red]", markup=True)
     if data.get("members"):
         console.print("members: " + ", ".join(
             m["site_id"] + (" (this site)" if m.get("self") else "" if m.get("reachable") else " (UNREACHABLE)")
@@ -133,7 +170,7 @@ def _render_status(data: dict) -> None:
     ident = data.get("identity") or {}
     if ident.get("unsafe_unsigned"):
         console.print("[red]UNSAFE: this site runs without identity (identity.unsafe_unsigned): its commands are "
-                      "not signed and nobody's are checked[/red]")
+                      "not signed and nobody's are checked[/red]", markup=True)
     elif ident:
         console.print(f"identity: cluster {ident.get('cluster_id')}, commands signed ({_keys_shown(ident)})",
                       markup=False, soft_wrap=True)
@@ -143,12 +180,12 @@ def _render_status(data: dict) -> None:
                           f"{r.get('by')}; a member again, its {r.get('keys')} revoked key(s) stay refused)",
                           markup=False, soft_wrap=True)
         else:
-            console.print(f"[red]revoked[/red]: {site} ({r.get('keys')} key(s), by a request of {r.get('by')}); "
-                          "its commands are refused", markup=True)
+            console.print(f"[red]revoked[/red]: {esc(site)} ({esc(r.get('keys'))} key(s), by a request of "
+                          f"{esc(r.get('by'))}); its commands are refused", markup=True)
     pending = [r for r in data.get("requests") or [] if r.get("status") in ("pending", "approved")]
     if pending:
         console.print(f"[yellow]{len(pending)} request(s) waiting for approval or cooling off[/yellow] "
-                      "(replicad requests; replicad veto REQ stops one):")
+                      "(replicad requests; replicad veto REQ stops one):", markup=True)
         for r in pending:
             console.print("  " + _request_line(r), markup=False, soft_wrap=True)
     if console.width < NARROW_COLUMNS:
@@ -159,7 +196,7 @@ def _render_status(data: dict) -> None:
         if v.get("instant"):
             console.print(_instant_line(name, v["instant"]), markup=False, soft_wrap=True)
     for target in data.get("interrupted_restores") or []:
-        console.print(f"[red]incomplete:[/red] a restore into {target} was interrupted: that file is incomplete "
+        console.print(f"[red]incomplete:[/red] a restore into {esc(target)} was interrupted: that file is incomplete "
                       "(restore into it again with --overwrite if it is to be used)", markup=True, highlight=False)
 
 
@@ -218,13 +255,14 @@ def _volume_cells(v: dict) -> dict[str, str]:
 
 def _render_volumes_narrow(data: dict) -> None:
     """One block of short lines per volume (terminals narrower than :data:`NARROW_COLUMNS`)."""
-    console.print("[bold]volumes[/bold]")
+    console.print("[bold]volumes[/bold]", markup=True)
     for name, v in data.get("volumes", {}).items():
         c = _volume_cells(v)
         newest_suspect = v.get("newest_committed") is not None and v.get("newest_committed") != v.get("newest_clean")
         style = "red" if newest_suspect else "bold"
-        console.print(f"[{style}]{name}[/{style}]: {c['role']} (primary {c['primary']}, epoch {c['epoch']}), "
-                      f"RPO {c['rpo']} s (newest clean), newest {c['age']} s old", soft_wrap=False)
+        console.print(f"[{style}]{esc(name)}[/{style}]: {esc(c['role'])} (primary {esc(c['primary'])}, epoch "
+                      f"{esc(c['epoch'])}), RPO {esc(c['rpo'])} s (newest clean), newest {esc(c['age'])} s old",
+                      soft_wrap=False, markup=True)
         console.print(f"  snapshots: newest #{c['newest']}, newest clean #{c['clean']}, standby {c['standby']}")
         if c["suspect"] != "-" or c["divergent"] != "-":
             console.print(f"  suspect: {c['suspect']}   divergent: {c['divergent']}", style=style)
@@ -295,7 +333,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     _print(args, data, _render_status)
     problems = status_problems(data)
     if problems:  # on stderr: --json output stays the API's document
-        err_console.print(f"[red]degraded[/red] (exit {STATUS_DEGRADED_EXIT}): ", end="")
+        err_console.print(f"[red]degraded[/red] (exit {STATUS_DEGRADED_EXIT}): ", end="", markup=True)
         err_console.print("; ".join(problems), markup=False, soft_wrap=True)
     return STATUS_DEGRADED_EXIT if problems else 0
 
@@ -316,10 +354,12 @@ def _render_volumes(data: dict) -> None:
 def _render_cycle(r: dict) -> None:
     state = "committed" if r.get("committed") else "NOT committed (too few sites stored it)"
     style = "red" if r.get("verdict") == "suspect" else "green"
-    console.print(f"snapshot #{r['seq']}: {state}, [{style}]{r.get('verdict')}[/{style}] "
-                  f"(score {r.get('score', 0):.4f}, baseline {r.get('baseline', 0):.4f}), "
-                  f"{r.get('changed_blocks')} changed blocks, held by {', '.join(r.get('holders', []))}, "
-                  f"{r.get('bytes_shipped', 0)} bytes shipped in {r.get('cycle_s', r.get('scan_s', 0)):.2f}s")
+    console.print(f"snapshot #{esc(r['seq'])}: {state}, [{style}]{esc(r.get('verdict'))}[/{style}] "
+                  f"(commit-time screen {r.get('score', 0):.1%} of the non-zero blocks newly random, baseline "
+                  f"{r.get('baseline', 0):.1%}; 'replicad evidence' has each site's relative score), "
+                  f"{esc(r.get('changed_blocks'))} changed blocks, held by {esc(', '.join(r.get('holders', [])))}, "
+                  f"{esc(r.get('bytes_shipped', 0))} bytes shipped in {r.get('cycle_s', r.get('scan_s', 0)):.2f}s",
+                  markup=True)
     for peer, p in sorted(r.get("peers", {}).items()):
         if not p.get("ok"):
             console.print(f"  {peer}: not stored yet — {p.get('error')}: {p.get('message')}")
@@ -331,7 +371,7 @@ def _render_verdict(r: dict) -> None:
         return
     console.print(f"{r['volume']}#{r['seq']} is now {r['verdict']}")
     if r.get("warning"):
-        err_console.print(f"[yellow]warning[/yellow]: {r['warning']}")
+        err_console.print(f"[yellow]warning[/yellow]: {esc(r['warning'])}", markup=True)
 
 
 def _render_promote(r: dict) -> None:
@@ -362,7 +402,8 @@ def _render_promote(r: dict) -> None:
         console.print(f"READY: {r['primary']} serves {r['volume']} (image restored, root verified){after}; "
                       "the application may start there", markup=False, soft_wrap=True)
     elif r.get("ready") is False:
-        err_console.print(f"[red]NOT READY[/red]: {r['primary']} does not serve {r['volume']} yet: ", end="")
+        err_console.print(f"[red]NOT READY[/red]: {esc(r['primary'])} does not serve {esc(r['volume'])} yet: ", end="",
+                          markup=True)
         err_console.print(f"{r.get('not_ready')}. Do not start the application until 'replicad status' at "
                           f"{r['primary']} shows {r['volume']} primary.", markup=False, soft_wrap=True)
 
@@ -446,8 +487,9 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     _print(args, res, _render_cycle)
     if res.get("committed") is not True:
         err_console.print(f"[red]not committed[/red] (exit {SNAPSHOT_NOT_COMMITTED_EXIT}): snapshot "
-                          f"#{res.get('seq')} is stored at {', '.join(res.get('holders') or []) or 'no site'} only, "
-                          "fewer than min_copies; it is kept here and is not a recovery point yet", soft_wrap=True)
+                          f"#{esc(res.get('seq'))} is stored at "
+                          f"{esc(', '.join(res.get('holders') or []) or 'no site')} only, fewer than min_copies; it is "
+                          "kept here and is not a recovery point yet", soft_wrap=True, markup=True)
         return SNAPSHOT_NOT_COMMITTED_EXIT
     return 0
 
@@ -537,7 +579,8 @@ def _request_line(r: dict) -> str:
     import datetime as dt
 
     expires = dt.datetime.fromtimestamp(r["expires_ns"] / 1e9).strftime("%Y-%m-%d %H:%M")
-    args = "; ".join(f"{k}: {_readable(v, k)}" for k, v in sorted((r.get("args") or {}).items()))
+    args = "; ".join(f"{k}: {_readable(v, k)}" for k, v in sorted((r.get("args") or {}).items())
+                     if not (k == "reason" and v == r.get("reason")))  # the reason is shown once, below
     effective = (dt.datetime.fromtimestamp(r["effective_ns"] / 1e9).strftime("%Y-%m-%d %H:%M")
                  if r.get("effective_ns") else "")
     return (f"{r['id']} [{r['status']}] by {r['by']}: {r['action']} {args}"
@@ -589,15 +632,17 @@ def _render_retention(data: dict) -> None:
     line = ", ".join(f"{k.removesuffix('_s')} {format_duration(r[k])}" for k in ("keep_all_s", "hourly_s",
                                                                                  "daily_s", "lock_s"))
     console.print(f"{data['volume']} retention: {line}")
-    if "previous" in data:
+    if data.get("status") == "unchanged":  # any change is a request (another site approves it)
+        console.print("  (unchanged: that is the policy already agreed)")
+    elif "previous" in data:
         console.print("  (agreed through Raft; every site applies it)")
 
 
 def _render_verify(r: dict) -> None:
     style = "red" if r.get("lost") else "yellow" if r.get("corrupt") else "green"
-    console.print(f"verify {r['volume']}#{r['seq']}: {r['checked']} chunks checked, "
-                  f"[{style}]{len(r['corrupt'])} corrupt, {r['healed']} healed, {r['lost']} lost[/{style}] "
-                  f"in {r['seconds']:.2f}s")
+    console.print(f"verify {esc(r['volume'])}#{esc(r['seq'])}: {esc(r['checked'])} chunks checked, "
+                  f"[{style}]{len(r['corrupt'])} corrupt, {esc(r['healed'])} healed, {esc(r['lost'])} lost[/{style}] "
+                  f"in {r['seconds']:.2f}s", markup=True)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -621,11 +666,11 @@ def _follow(args: argparse.Namespace, op: dict, title: str) -> dict:
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("blocks"), TimeElapsedColumn(), console=err_console,
                       disable=getattr(args, "json", False)) as progress:
-            task = progress.add_task(f"{title}: starting", total=None)
+            task = progress.add_task(esc(f"{title}: starting"), total=None)
             while op["state"] == "running":
                 time.sleep(0.2)
                 op = api(args, "GET", f"/v1/operations/{op['id']}")
-                progress.update(task, description=f"{title}: {op['phase']}",
+                progress.update(task, description=esc(f"{title}: {op['phase']}"),
                                 completed=op["done_blocks"], total=op["total_blocks"] or None)
     except KeyboardInterrupt:
         raise Detached(op["id"], title) from None
@@ -692,7 +737,7 @@ def _render_admin_audit(data: dict) -> None:
     if chain.get("ok"):
         console.print(f"chain intact: {chain.get('n_records')} records")
     else:
-        console.print(f"[red]chain BROKEN at record {chain.get('first_bad_seq')}[/red]")
+        console.print(f"[red]chain BROKEN at record {esc(chain.get('first_bad_seq'))}[/red]", markup=True)
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
@@ -749,9 +794,10 @@ def cmd_drill(args: argparse.Namespace) -> int:
     def render(r: dict) -> None:
         fsck, app = report.get("fsck") or {}, report.get("application_check") or {}
         word = "[green]PASSED[/green]" if r.get("outcome", "passed") == "passed" else "[red]FAILED[/red]"
-        console.print(f"drill {r['volume']}#{r['seq']} ({r.get('verdict')}): {word}: restored and root verified "
-                      f"{r['root'][:16]}…: RTO {r.get('rto_s', r['seconds']):.2f}s, {r['blocks_written']} blocks "
-                      "written; " + (f"image kept at {r['target']}" if r.get("kept") else "image deleted"))
+        console.print(f"drill {esc(r['volume'])}#{esc(r['seq'])} ({esc(r.get('verdict'))}): {word}: restored and root "
+                      f"verified {esc(r['root'][:16])}…: RTO {r.get('rto_s', r['seconds']):.2f}s, "
+                      f"{esc(r['blocks_written'])} blocks written; "
+                      + (f"image kept at {esc(r['target'])}" if r.get("kept") else "image deleted"), markup=True)
         if report:
             rpo = (report.get("rpo") or {}).get("measured_s")
             console.print(f"  RPO {rpo if rpo is not None else '-'} s (target {report['rpo'].get('target_s')} s); "
@@ -858,12 +904,13 @@ def _render_evidence(e: dict) -> None:
     """``replicad evidence VOL SEQ``: the cluster's verdict, every site's own opinion, and what
     this site saw (``here``: base, signals, reasons, the blocks)."""
     style = "red" if e.get("verdict") == "suspect" else "green"
-    console.print(f"{e['volume']}#{e['seq']}: [{style}]{e.get('verdict')}[/{style}]"
+    console.print(f"{esc(e['volume'])}#{esc(e['seq'])}: [{style}]{esc(e.get('verdict'))}[/{style}]"
                   + (" (confirmed by a person)" if e.get("confirmed") else "")
-                  + (f" — {e['verdict_reason']}" if e.get("verdict_reason") else ""), soft_wrap=True)
+                  + (f" — {esc(e['verdict_reason'])}" if e.get("verdict_reason") else ""),
+                  soft_wrap=True, markup=True)
     if e.get("disagreement"):
         console.print("[red]the sites' own verdicts DISAGREE[/red]: a site is wrong, broken or lying "
-                      "(see ReplicadVerdictDisagreement in the README)")
+                      "(see ReplicadVerdictDisagreement in the README)", markup=True)
     from replicad.ops.evidenceview import evidence_lines, opinion_cells  # issue 16: readable, --json exact
 
     if console.width < NARROW_COLUMNS:  # one line per site: a table of long reasons is unreadable at 80
@@ -894,6 +941,8 @@ def _render_detection(d: dict) -> None:
         return
 
     def shown(key: str, value: Any) -> str:
+        if isinstance(value, list):  # ransom_notes: one pattern a line, as written (no repr's doubled backslashes)
+            return "\n".join(map(str, value)) or "(none)"
         return format_duration(value) if key.endswith("_s") and isinstance(value, (int, float)) else str(value)
 
     policy, here = d.get("detection") or {}, d.get("effective_here") or {}
@@ -1028,8 +1077,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     result = {"file": args.file, "ok": ok, "n_records": n, "first_bad_seq": bad}
     _print(args, result, lambda r: console.print(  # one line whatever the width: scripts grep it
         f"{r['file']}: {r['n_records']} records, chain intact" if r["ok"] else
-        f"[red]{r['file']}: chain BROKEN at record {r['first_bad_seq']}[/red] ({r['n_records']} lines)",
-        soft_wrap=True))
+        f"{r['file']}: chain BROKEN at record {r['first_bad_seq']} ({r['n_records']} lines)",
+        soft_wrap=True, style=None if r["ok"] else "red"))
     if not ok:
         raise IntegrityError(f"audit chain of {args.file} is broken at record {bad}", file=args.file,
                              first_bad_seq=bad, n_records=n)
@@ -1156,7 +1205,10 @@ EXAMPLES: dict[str, str] = {
     "cancel": "replicad cancel 3f9c0a1b2d4e            # the id printed by restore/drill or listed on Ctrl-C",
     "operation": "replicad operation 3f9c0a1b2d4e",
     "verify": "replicad verify ehr --snapshot 41",
-    "drill": "replicad drill ehr --sandbox /srv/drill",
+    "drill": "replicad drill ehr --sandbox /srv/drill\n"
+             "replicad drill verify drill-ehr-41-20261207T031500Z.html --config /etc/replicad/site-a.toml",
+    "drill-verify": "replicad drill verify drill-ehr-41-20261207T031500Z.html --config /etc/replicad/site-a.toml\n"
+                    "replicad drill verify REPORT --key ed25519:...   # the drilling site's public key",
     "members": "replicad members\nreplicad members propose /etc/replicad/site-a.new.toml --reason 'add site-d'",
     "retention": "replicad retention ehr\nreplicad retention ehr --set lock=48h --set daily=30d",
     "evidence": "replicad evidence ehr 42                # why each site judged ehr#42 as it did\n"
@@ -1225,7 +1277,9 @@ def main(argv: list[str] | None = None) -> int:
     p = command("demo", help="three sites on this machine: replicate, attack, fail over, restore")
     p.add_argument("--dir", help="keep the demo's state in this directory")
     p.add_argument("--size-mib", type=int, default=256, help="volume size (MiB)")
-    p.add_argument("--seed", type=int, default=20261129)
+    p.add_argument("--seed", type=int, default=20261129,
+                   help="seed of the volume's files and of the attack (the same seed, the same story; default "
+                        "%(default)s)")
     p.set_defaults(fn=cmd_demo)
 
     p = command("status", help=f"site, Raft and per-volume status; exit {STATUS_DEGRADED_EXIT} if degraded")
@@ -1301,11 +1355,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pdf", action="store_true", help="also print the report to a PDF beside it (same name, .pdf) "
                    "with headless Chromium; the HTML stays the signed evidence")
     p.set_defaults(fn=cmd_drill)
-    # "replicad drill verify FILE" is parsed as drill-verify (see the argv rewrite below)
-    p = sub.add_parser("drill-verify", parents=[common], allow_abbrev=False,
-                       description="check a drill report's signature against the pinned key (drill evidence)")
-    sub._choices_actions = [a for a in sub._choices_actions if a.dest != "drill-verify"]  # listed as "drill verify"
-    p.add_argument("report_file", metavar="REPORT")
+    # "replicad drill verify FILE" is parsed as drill-verify (see the argv rewrite below); both spellings work
+    p = command("drill-verify", help="check a drill report's signature against the key the cluster pins for "
+                "its site, offline (also spelled 'replicad drill verify REPORT')", parent=offline)
+    p.add_argument("report_file", metavar="REPORT", help="the drill report (HTML) that 'replicad drill' wrote")
     p.add_argument("--key", action="append", help="the drilling site's public key ed25519:... (instead of --config)")
     p.set_defaults(fn=cmd_drill_verify)
     p = command("members", help="the sites of the Raft group and whether this site reaches them")
@@ -1518,7 +1571,7 @@ def _main(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
 def _print_config_error(args: argparse.Namespace, err: ConfigError) -> int:
     """Every problem of an invalid config, one line each, on stderr; returns the exit code."""
     where = getattr(args, "config", None) or getattr(args, "identity_config", None) or "the configuration"
-    err_console.print(f"[red]config invalid[/red]: {len(err.problems) or 1} problem(s) in {where}:")
+    err_console.print(f"[red]config invalid[/red]: {len(err.problems) or 1} problem(s) in {esc(where)}:", markup=True)
     for problem in err.problems or [err.message]:
         err_console.print(f"  - {problem}", markup=False, soft_wrap=True)
     return err.exit_code
@@ -1526,11 +1579,19 @@ def _print_config_error(args: argparse.Namespace, err: ConfigError) -> int:
 
 def _print_error(err: ReplicadError) -> int:
     """One line (code: message), a hint and the evidence on stderr; returns the exit code."""
-    err_console.print(f"[red]{err.code}[/red]: ", end="")
+    err_console.print(f"[red]{esc(err.code)}[/red]: ", end="", markup=True)
     err_console.print(err.message, markup=False, soft_wrap=True)
-    if err.code == "peer_unavailable" and "admin API" in err.message:
+    if err.code == "peer_unavailable" and "admin API" in err.message and err.evidence.get("status"):
+        err_console.print(f"  hint: something answers there, but not a replicad admin API (HTTP "
+                          f"{err.evidence['status']}): another port or service, e.g. the site's peer port? the "
+                          "admin API listens on the site's [admin] listen (its [[sites]] admin_url); choose it "
+                          "with --admin URL or --config FILE", markup=False, soft_wrap=True)
+    elif err.code == "peer_unavailable" and "admin API" in err.message:
         err_console.print("  hint: is the site's daemon running? choose the site with --admin URL or "
                           "--config FILE (or $REPLICAD_ADMIN)", markup=False, soft_wrap=True)
+    if err.code == "not_primary" and err.evidence.get("primary"):
+        err_console.print(f"  hint: the primary is {err.evidence['primary']}: run it there (--config its site "
+                          "config, or --admin its admin URL)", markup=False, soft_wrap=True)
     if err.evidence:
         err_console.print(f"  evidence: {json.dumps(err.to_dict()['evidence'])}", markup=False, soft_wrap=True)
     return err.exit_code
@@ -1548,8 +1609,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     op = api(args, "POST", f"/v1/volumes/{args.volume}/restore", body)
     result = _follow(args, op, f"restore {args.volume}")
     if result.get("verdict") == "suspect":
-        err_console.print(f"[red]warning[/red]: snapshot #{result['seq']} is SUSPECT (ransomware signal): its "
-                          "content may be encrypted; the newest clean snapshot is the default")
+        err_console.print(f"[red]warning[/red]: snapshot #{esc(result['seq'])} is SUSPECT (ransomware signal): its "
+                          "content may be encrypted; the newest clean snapshot is the default", markup=True)
     _print(args, result, lambda r: console.print(
         f"restored {r['volume']}#{r['seq']} ({r.get('verdict')}) into {r['target']}: root verified "
         f"{r['root'][:16]}…, {r['blocks_written']} blocks written in {r['seconds']:.2f}s"))
@@ -1671,9 +1732,9 @@ def _warn_suspect(volume: str, verdicts: list[tuple[int, str | None]]) -> None:
     """A warning line on stderr for each SUSPECT snapshot among ``verdicts`` (seq, verdict)."""
     for seq, verdict in verdicts:
         if verdict == "suspect":
-            err_console.print(f"[red]warning[/red]: snapshot {volume}#{seq} is SUSPECT (ransomware signal): its "
-                              "content may be encrypted; 'replicad snapshots VOL' lists the clean ones",
-                              soft_wrap=True)
+            err_console.print(f"[red]warning[/red]: snapshot {esc(volume)}#{esc(seq)} is SUSPECT (ransomware signal): "
+                              "its content may be encrypted; 'replicad snapshots VOL' lists the clean ones",
+                              soft_wrap=True, markup=True)
 
 
 def cmd_mount(args: argparse.Namespace) -> int:

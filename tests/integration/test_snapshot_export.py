@@ -37,7 +37,9 @@ pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mou
 
 RETENTION = '[volumes.retention]\nkeep_all = "1h"\nhourly = "1h"\ndaily = "1h"\nlock = "1s"\n'
 V1 = {"docs/a.txt": b"alpha " * 500, "docs/b.txt": b"bravo\n" * 100, "keep.txt": b"unchanged\n" * 50,
-      "gone.txt": b"to be deleted\n", "scans/x.bin": random.Random(5).randbytes(150_000)}
+      "gone.txt": b"to be deleted\n", "scans/x.bin": random.Random(5).randbytes(150_000),
+      # names an attacker chose: shown as they are, never read as rich markup ([bold] would vanish)
+      "records/[bold]x/[red]y :smile:.txt": b"name\n"}
 V2_CHANGES = {"docs/a.txt": b"ALPHA " * 500,        # same size, new content, mtime put back: found by digest
               "docs/b.txt": b"bravo\n" * 300,        # grows
               "scans/y.bin": random.Random(6).randbytes(70_000), "new/inside.txt": b"new dir\n"}
@@ -238,6 +240,9 @@ def test_files_diff_and_mount(cluster, vol: str) -> None:
     top = json.loads(_replicad(c, "site-b", "files", vol, "--snapshot", "2", "/docs", "--json").stdout)
     assert [e["path"] for e in top] == ["/docs/a.txt", "/docs/b.txt"]
     assert _replicad(c, "site-b", "files", vol, "--snapshot", "2", "/nope", check=False).returncode == 3
+    listed = _replicad(c, "site-b", "files", vol, "--snapshot", "1", "/records", "-r").stdout
+    paths = [line.rstrip().rpartition("  ")[2].strip() for line in listed.splitlines()]
+    assert paths == ["path", "/records/[bold]x", "/records/[bold]x/[red]y :smile:.txt"], listed
 
     d = json.loads(_replicad(c, "site-b", "diff", vol, "1", "2", "--json").stdout)
     assert {e["path"] for e in d["added"]} == {"/scans/y.bin", "/new", "/new/inside.txt"}

@@ -451,3 +451,72 @@ def test_status_shows_no_primary_and_both_ages(admin_stub) -> None:
     assert res.returncode == 1, err
     assert "NONE (demoted)" in out and "RPO s (clean)" in out and "600.0" in out and "60.0" in out, out
     assert "ehr: no primary" in err and "replicad promote ehr --force" in err, err
+
+
+def test_data_is_printed_as_it_is_never_read_as_rich_markup(admin_stub) -> None:
+    """Names, reasons and patterns come from whoever wrote the volume or runs a site: brackets
+    are shown as they are (rich markup would hide ``[bold]`` and turn ``[a-z2-7]`` into nothing)."""
+    url, answers = admin_stub
+    pattern = r"(?<=[a-z2-7]{16})\.onion\b"
+    policy = {"mode": "content", "min_score": 0.02, "ransom_notes": [pattern, "[red]pay :smile:"]}
+    answers["/v1/volumes/ehr/detection"] = (200, {"volume": "ehr", "detection": policy, "effective_here": policy})
+    res = run_env({}, "--admin", url, "detection", "ehr")
+    assert res.returncode == 0 and pattern in res.stdout and "[red]pay :smile:" in res.stdout, res.stdout
+    vol = {**STATUS["volumes"]["radiology-archive"], "last_error": "io: [bold]x unreadable",
+           "newest_committed": 10453}  # the newest suspect: the styled line of the narrow layout
+    status = {**STATUS, "site_id": "[b]site-a", "volumes": {"[red]ehr": vol},
+              "interrupted_restores": ["/srv/[bold]x.img"], "view": {"current": False, "why": "[i]no leader"}}
+    answers["/v1/status"] = (200, status)
+    for columns in ("80", "200"):
+        res = run_env({"COLUMNS": columns}, "--admin", url, "status")
+        text = " ".join(res.stdout.replace("│", " ").split())
+        for shown in ("[b]site-a", "[red]ehr", "[bold]x unreadable", "/srv/[bold]x.img", "[i]no leader"):
+            assert shown in text, (columns, shown, text)
+    evidence = {**EVIDENCE, "volume": "[red]ehr", "verdict_reason": "judged suspect by [b]site-b",
+                "here": {**EVIDENCE["here"], "reasons": ["[bold]notes matched " + pattern]}}
+    answers["/v1/volumes/ehr/snapshots/12/evidence"] = (200, evidence)
+    res = run_env({}, "--admin", url, "evidence", "ehr", "12")
+    text = " ".join(res.stdout.split())
+    for shown in ("[red]ehr#12", "judged suspect by [b]site-b", "[bold]notes matched " + pattern):
+        assert shown in text, (shown, text)
+    answers["/v1/volumes/ehr/snapshot"] = (200, {"seq": 7, "committed": False, "verdict": "clean", "score": 0.0,
+                                                  "changed_blocks": 3, "holders": ["[red]site-a"], "peers": {}})
+    res = run_env({}, "--admin", url, "snapshot", "ehr")
+    assert "held by [red]site-a" in res.stdout and "stored at [red]site-a only" in " ".join(res.stderr.split())
+    answers["/v1/volumes/ehr/snapshots"] = (404, {"error": "not_found", "message": "no volume [bold]ehr",
+                                                  "evidence": {}})
+    res = run_env({}, "--admin", url, "snapshots", "ehr")
+    assert res.returncode == 3 and "no volume [bold]ehr" in res.stderr, res.stderr
+
+
+def test_hints_name_the_primary_the_wrong_service_and_the_config_problems(admin_stub, sample_configs: Path,
+                                                                         tmp_path: Path) -> None:
+    url, answers = admin_stub
+    answers["/v1/volumes/ehr/snapshot"] = (409, {"error": "not_primary", "message": "site-b is not the primary of ehr",
+                                                  "evidence": {"volume": "ehr", "primary": "site-a"}})
+    res = run_env({}, "--admin", url, "snapshot", "ehr")
+    assert res.returncode == 4 and "hint: the primary is site-a" in " ".join(res.stderr.split()), res.stderr
+    answers["/v1/status"] = (404, "<html>404: Not Found</html>")  # e.g. the peer port: HTTP, not the admin API
+    res = run_env({}, "--admin", url, "status")
+    text = " ".join(res.stderr.split())
+    assert res.returncode == 7 and "another port or service" in text and "daemon running" not in text, text
+    # --config: the CLI needs the admin URL only; a bad key elsewhere is a warning naming the file
+    answers["/v1/status"] = (200, STATUS)
+    config = tmp_path / "site-a.toml"
+    config.write_text((sample_configs / "site-a.toml").read_text().replace('log_level = "info"', 'log_level = "verbos"')
+                      .replace('admin_url = "http://127.0.0.1:7301"', f'admin_url = "{url}"'))
+    res = run_env({}, "--config", str(config), "status")
+    text = " ".join(res.stderr.split())
+    assert res.returncode == 1 and "site site-a" in res.stdout, res.stderr  # degraded: the stub's last error
+    assert f"warning: {config} has" in text and f"problem(s) ('replicad check-config {config}' lists them)" in text
+    assert run_env({}, "check-config", str(config)).returncode == 2  # check-config still refuses it
+
+
+def test_requests_show_the_reason_once(admin_stub) -> None:
+    url, answers = admin_stub
+    answers["/v1/requests"] = (200, {"site_id": "site-a", "requests": [{
+        "id": "r4", "by": "site-b", "action": "set_verdict", "status": "pending", "approvals": ["site-b"],
+        "needed": 2, "reason": "bulk import of zip archives", "expires_ns": 1_900_000_000 * 10**9,
+        "args": {"volume": "ehr", "seq": 42, "verdict": "clean", "reason": "bulk import of zip archives"}}]})
+    res = run_env({}, "--admin", url, "requests")
+    assert res.returncode == 0 and res.stdout.count("bulk import of zip archives") == 1, res.stdout
