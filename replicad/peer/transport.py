@@ -72,7 +72,8 @@ FETCH_LAG_MIN_S = 2.0
 # SHIP_DOC_S; /v1/peer/snapshot (the replica checks the snapshot complete: without a base, every
 # block of the volume) within SHIP_DOC_S + SHIP_CHECK_S_PER_GIB per GiB of the volume; the chunk
 # upload of /v1/peer/chunks under the progress rule of a fetch (ShipProgress). Else
-# PeerStalledError naming the replica (evidence url, request).
+# PeerStalledError naming the replica (evidence url, request). Measured in-process at load 22:
+# missing of 4,096 digests 0.06 s, the check of 1 GiB without a base 0.09-0.28 s.
 SHIP_DOC_S = 10.0
 SHIP_CHECK_S_PER_GIB = 5.0
 UPLOAD_PIECE_BYTES = 2**18     # send_chunks: the stream is written (and its progress credited) in pieces of this
