@@ -47,7 +47,8 @@ stricter, :func:`stricter`):
   block's lz4 compressibility before and after. A sub-block *turned random* when it was data
   (entropy >= 0.5 bit/byte: not a zero or near-zero region) and either became uniform
   (entropy >= 7.5, chi-square < 400, and it was not already above 7.2) or its entropy rose by
-  at least 2 bits/byte to at least 5 (intermittent encryption: half the bytes random); or the
+  at least 2 bits/byte to at least 5 (intermittent encryption: half the bytes random) while
+  its novel bytes do not repeat themselves like code does (:data:`JUMP_STRUCTURED_EXCESS`); or the
   whole block lost its compressibility (lz4 ratio from <= 0.85 to >= 0.95 with +1 bit/byte).
   A block counts once whatever the number of its sub-blocks that turned random, so header-only
   encryption (the first 4 KiB of each 64 KiB) counts every block it touched;
@@ -278,6 +279,21 @@ entropy is at least :data:`JUMP_ENTROPY_MIN`: every other 16 bytes encrypted rai
 ~2.8 and database pages by 2.8-4.9; an edit of text by text or of a page by a page moves it
 by < 0.1."""
 JUMP_ENTROPY_MIN = 5.0
+JUMP_STRUCTURED_EXCESS = 0.05
+"""A sub-block counted by the entropy jump alone (not uniform) is not counted by it when its
+novel bytes repeat 4-grams at least this much more than independent bytes with their histogram
+would (:func:`novel_repeats`' ``observed - expected``): real machine code written over text or
+tables (a package upgrade whose new files land in blocks the old ones freed) measures 0.07-0.69,
+ciphertext in any stripe 0.000-0.001 (:data:`MEMORYLESS_MARGIN` is 0.03), ciphertext glued to
+copied text 0.06-0.21. Such a
+sub-block is judged by the structure tests instead (the repeat, narrow-alphabet, token and
+islands tests), as a sub-block whose entropy did not jump, if its novel bytes also stay under
+:data:`JUMP_STRUCTURED_ENTROPY_MAX`."""
+JUMP_STRUCTURED_ENTROPY_MAX = 6.8
+"""Entropy (bits/byte) of a sub-block's novel bytes under which :data:`JUMP_STRUCTURED_EXCESS`
+may excuse its entropy jump: machine code's novel bytes measure 4.5-6.6, ciphertext glued to
+text copied from the block or from elsewhere (half of the novel bytes random) 6.9-7.1, which
+the islands test (filler of its own) does not see: the jump stays their test."""
 LZ4_COMPRESSIBLE_MAX = 0.85
 LZ4_INCOMPRESSIBLE_MIN = 0.95
 LZ4_ENTROPY_RISE_MIN = 1.0
@@ -1349,11 +1365,24 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
     max_rise = 0.0
     destroyed: list[str] = []
     flagged: list[bool] = []
+    jump_only: list[int] = []
     for i, h_new in enumerate(e_new):
         h_old = e_old[i] if i < len(e_old) else 0.0
         uniform = h_new >= RANDOM_SUB_ENTROPY_MIN and c_new[i] < CHI2_RANDOM_MAX and h_old < ALREADY_RANDOM_ENTROPY
         jumped = h_new - h_old >= ENTROPY_JUMP_MIN and h_new >= JUMP_ENTROPY_MIN
         flagged.append(h_old >= DATA_ENTROPY_MIN and (uniform or jumped))
+        if flagged[-1] and not uniform and i < len(e_old):
+            jump_only.append(i)
+    rep_new = None
+    if jump_only:
+        # a rise of entropy alone is no ciphertext when the novel bytes repeat far more than their
+        # histogram predicts (machine code over text); they are judged by the tests below instead
+        rep_new = novel_repeats(new, old)
+        for i in jump_only:
+            count, observed, expected = rep_new[i]
+            if count >= NOVEL_MIN and observed - expected >= JUMP_STRUCTURED_EXCESS and \
+                    byte_entropy_bits(_novel_bytes(new, old, i * SUB_BLOCK, SUB_BLOCK)) < JUMP_STRUCTURED_ENTROPY_MAX:
+                flagged[i] = False
     # encoded ciphertext keeps a low entropy: the repeat test, only where it can still change the
     # answer (a data sub-block not yet flagged and not already random-looking before)
     lost = set()
@@ -1365,7 +1394,7 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
     candidates = [i for i in range(len(e_new)) if not flagged[i] and i < len(e_old)
                   and DATA_ENTROPY_MIN <= e_old[i] < ALREADY_RANDOM_ENTROPY]
     if candidates:
-        rep_new = novel_repeats(new, old)
+        rep_new = novel_repeats(new, old) if rep_new is None else rep_new
         judged = [r[1] - r[2] for r in rep_new if r[0] >= NOVEL_MIN]
         excess = min(judged, default=1.0)
         maybe = [i for i in candidates if memoryless(*rep_new[i])]
