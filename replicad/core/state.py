@@ -1317,20 +1317,19 @@ standby (ARCHITECTURE "Choices": one site's suspect opinion)."""
 
 
 def suspect_quorum(state: dict) -> int:
-    """The number of data sites (registered, not revoked) whose suspect opinions make a snapshot
-    suspect for the cluster: :data:`SUSPECT_SITES_MIN`, or all of them when there are fewer (a
-    one-site lab: its own word), at least 1. Pure."""
-    data = sum(1 for site, info in (state.get("sites") or {}).items()
-               if info.get("kind") == "data" and not is_revoked(state, site))
+    """The number of data sites (registered, not revoked; kinds by :func:`site_kind`) whose
+    suspect opinions make a snapshot suspect for the cluster: :data:`SUSPECT_SITES_MIN`, or all
+    of them when there are fewer (a one-site lab: its own word), at least 1. Pure."""
+    data = sum(1 for site in (state.get("sites") or {})
+               if site_kind(state, site) == "data" and not is_revoked(state, site))
     return max(1, min(SUSPECT_SITES_MIN, data))
 
 
 def suspect_voters(state: dict, snap: dict) -> list[str]:
-    """The registered, unrevoked data sites whose own opinion on ``snap`` is ``suspect``, sorted.
-    Pure."""
-    sites = state.get("sites") or {}
+    """The registered, unrevoked data sites (:func:`site_kind`) whose own opinion on ``snap`` is
+    ``suspect``, sorted. Pure."""
     return sorted(site for site, o in (snap.get("opinions") or {}).items()
-                  if o.get("verdict") == "suspect" and (sites.get(site) or {}).get("kind") == "data"
+                  if o.get("verdict") == "suspect" and site_kind(state, site) == "data"
                   and not is_revoked(state, site))
 
 

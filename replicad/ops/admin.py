@@ -594,10 +594,18 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         body = await _json_body(request)
         if body:
             raise UsageError("approve takes no body", known=[])
+        before = next((r for r in list_requests(site.cluster.view()) if r.get("id") == req_id), None)
         res = await site.cluster.propose("approve", request=req_id)
         log.warning("AUDIT request %s approved at %s: %s of %s approvals (%s)", req_id, site.site_id,
                     len(res.get("approvals") or []), res.get("needed"), res.get("status"))
-        return _ok(_request_answer(res))
+        out = _request_answer(res)
+        if res.get("status") == "pending":  # say why nothing changed: this site counted already (made it or approved)
+            counted = before is not None and site.site_id in (before.get("approvals") or [])
+            out["next"] = ((f"{site.site_id} was already counted ("
+                            + ("it made the request" if before.get("by") == site.site_id else "it approved it before")
+                            + "): nothing changed; " if counted else "")
+                           + f"an operator of another site approves it there: replicad approve {req_id}")
+        return _ok(out)
 
     async def retention_get(request: web.Request) -> web.Response:
         name = request.match_info["volume"]
@@ -834,8 +842,12 @@ async def _forward(site: "SiteDaemon", primary: str, path: str, body: dict, auth
         async with site.session.post(url + path, json=body, headers=headers,
                                      timeout=aiohttp.ClientTimeout(total=300)) as resp:
             data = await resp.json(content_type=None)
-            if resp.status != 200:
-                raise from_dict(data if isinstance(data, dict) else {}, resp.status)
+            if resp.status != 200:  # named: the operator talked to this site, the primary refused
+                doc = data if isinstance(data, dict) else {}
+                raise from_dict({**doc, "message": f"{primary} (the primary, forwarded to by {site.site_id}) refused: "
+                                 f"{doc.get('message', 'error without message')}",
+                                 "evidence": {**(doc.get("evidence") if isinstance(doc.get("evidence"), dict) else {}),
+                                              "refused_by": primary}}, resp.status)
             return data
     except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as err:
         raise PeerUnavailableError(f"primary {primary} admin endpoint unreachable: {err}", primary=primary) from None

@@ -32,8 +32,10 @@ async def run_site(cfg: SiteConfig, config_path: Path | None = None) -> int:
     daemon = SiteDaemon(cfg)
     loop = asyncio.get_running_loop()
     watchdog: asyncio.Task | None = None
+    started = False  # "stopped" is logged only for a site that started (not one refused at start)
     try:
         await daemon.start(admin_routes=admin_routes)
+        started = True
         watchdog = asyncio.create_task(notifier.watchdog_loop(), name="watchdog")
         if config_path is not None:
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.create_task(
@@ -46,7 +48,8 @@ async def run_site(cfg: SiteConfig, config_path: Path | None = None) -> int:
         if watchdog is not None:
             watchdog.cancel()
         await daemon.stop()
-        log.info("site %s stopped", cfg.site_id)
+        if started:
+            log.info("site %s stopped", cfg.site_id)
     if daemon.fatal is not None:
         raise daemon.fatal  # the site stopped itself (e.g. a membership it disagrees with): exit with its code
     return 0

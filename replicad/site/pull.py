@@ -29,6 +29,14 @@ FETCH_SLICE = 256  # digests per request when a fetch into the store is split ac
 STALL_MEMORY_S = 600.0  # a holder that stalled a fetch is asked last for this long (Pull.ranked)
 HEDGE_FACTOR = 3.0  # a slice in flight this many times longer than a stream's own slices took is fetched again
 HEDGE_POLL_S = 0.2  # how often an idle stream of the parallel pass looks for such a slice
+# A fetch asked of one holder after the other (few chunks: a manifest, pages) asks the next
+# holder too once the first has taken SMALL_HEDGE_S + SMALL_HEDGE_S_PER_CHUNK per chunk asked:
+# an honest holder under load (2 cores, load 10-15 and busy loops) sent its first frame within
+# 1.0 s and at >= 1.7 MB/s (tests/bench/fetch_progress), so 2x that first frame plus 64 KiB per
+# 1.5 MB/s (a whole FETCH_SLICE: 13 s) leaves an honest holder alone, and a holder just above
+# the progress rule (16 MiB of FETCH_SLICE chunks: ~160 s) no longer holds the fetch that long.
+SMALL_HEDGE_S = 2.0
+SMALL_HEDGE_S_PER_CHUNK = 2**16 / 1.5e6
 
 
 class Pull:
@@ -268,7 +276,8 @@ class Pull:
         """Fetch the chunks of ``digests`` this store lacks from ``holders`` (verified on receipt,
         durable per batch): more than FETCH_SLICE from several holders are split across all of
         them at once (:meth:`_fetch_parallel`), then what is still missing is asked of each
-        holder not dropped, in turn, in :meth:`ranked` order. Every request obeys the
+        holder not dropped, in turn, in :meth:`ranked` order, the next one also asked when the
+        one before takes too long (:meth:`_fetch_staggered`). Every request obeys the
         progress rule (:class:`~replicad.peer.transport.FetchProgress`): a holder that stalls
         fails like an unreachable one (PeerStalledError, logged and counted by
         :meth:`note_stall`) and the next holder is asked. Returns the holders that served it
@@ -285,18 +294,10 @@ class Pull:
         if len(fresh) > 1 and len(need) > FETCH_SLICE:
             answered, failed = await self._fetch_parallel(volume, epoch, need, fresh)
             need = await asyncio.to_thread(self.store.missing, need)
-        for holder in holders:
-            if not need:
-                return answered
-            if holder in failed:  # dropped by the parallel pass; the others are asked for what is left
-                continue
-            try:
-                await self.peers.fetch(self.cluster.peer_url(holder), volume, epoch, need, self.store)
-                if holder not in answered:
-                    answered.append(holder)
-            except ReplicadError as err:
-                log.info("fetch from %s failed: %s", holder, err)
-            need = await asyncio.to_thread(self.store.missing, need)
+        if need:
+            need = await self._fetch_staggered(volume, epoch, need, [h for h in holders if h not in failed], answered)
+        if not need:
+            return answered
         if need and holders and not answered:
             # nobody could be asked: the chunks may well exist (holders down, link cut) — not "lost"
             raise PeerUnavailableError(f"{len(need)} chunks of {volume} missing here and no holder reachable "
@@ -305,6 +306,53 @@ class Pull:
             raise NotFoundError(f"{len(need)} chunks of {volume} not available from any holder",
                                 volume=volume, missing=len(need), holders=holders, answered=answered)
         return answered
+
+    async def _fetch_staggered(self, volume: str, epoch: int, need: list[bytes], holders: list[str],
+                               answered: list[str]) -> list[bytes]:
+        """Ask ``holders`` for ``need`` one after the other, in that order: the next one when the
+        one asked ended (served, lacked some, failed), or, while it still runs, once it has taken
+        SMALL_HEDGE_S + SMALL_HEDGE_S_PER_CHUNK per chunk asked (a hedged request: "The Tail at
+        Scale", Dean and Barroso 2013); each asked for what is still missing then. Whichever
+        leaves nothing missing ends the others (cancelled; their batches in flight are stored
+        whole). Holders that answered are appended to ``answered``; failures logged at INFO.
+        Returns what is still missing."""
+        queue = list(holders)
+        running: dict[asyncio.Future, tuple[str, float]] = {}  # fetch -> (holder, its deadline to hedge)
+
+        def ask() -> None:
+            holder = queue.pop(0)
+            fut = asyncio.ensure_future(self.peers.fetch(self.cluster.peer_url(holder), volume, epoch, need, self.store))
+            running[fut] = (holder, time.monotonic() + SMALL_HEDGE_S + SMALL_HEDGE_S_PER_CHUNK * len(need))
+
+        try:
+            while need and (queue or running):
+                if not running:
+                    ask()
+                hedge_at = min(t for _, t in running.values())
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED,
+                                             timeout=max(0.0, hedge_at - time.monotonic()) if queue else None)
+                for fut in done:
+                    holder, _ = running.pop(fut)
+                    err = fut.exception()
+                    if err is None:
+                        if holder not in answered:
+                            answered.append(holder)
+                    elif isinstance(err, ReplicadError):
+                        log.info("fetch from %s failed: %s", holder, err)
+                    else:
+                        raise err
+                need = await asyncio.to_thread(self.store.missing, need)
+                if need and queue and (not done and time.monotonic() >= hedge_at):
+                    late = [h for h, t in running.values() if t <= time.monotonic()]
+                    log.info("fetch of %d chunks of %s still running at %s: asking %s too", len(need), volume,
+                             ", ".join(late), queue[0])
+                    ask()
+        finally:
+            for fut in running:
+                fut.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+        return need
 
     async def _fetch_parallel(self, volume: str, epoch: int, need: list[bytes],
                               holders: list[str]) -> tuple[list[str], set[str]]:

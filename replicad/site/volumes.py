@@ -291,7 +291,13 @@ class VolumeLoop:
             if vs is None or vs["primary"] != self.site_id or runner.acting_epoch != vs["epoch"]:
                 raise NotPrimaryError(f"{self.site_id} is not the primary of {volume}", volume=volume,
                                       primary=vs["primary"] if vs else None)
-            return await self.replication.cycle(runner)
+            try:
+                report = await self.replication.cycle(runner)
+            except ReplicadError as err:  # an operator's "snapshot now" failing shows in status like a scheduled one
+                runner.last_error = f"{err.code}: {err}"
+                raise
+            runner.last_error = None
+            return report
 
     # ------------------------------------------------------------------ cluster incarnations
     async def enter_incarnation(self, incarnation: bytes, state: dict) -> dict[str, int]:

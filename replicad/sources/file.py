@@ -135,6 +135,20 @@ class _Totals:
     random_blocks: int = 0
     new_chunks: int = 0
     hashed_blocks: int = 0
+    # pages_out of take_snapshot: {digest: page bytes} of the pages stored, up to its bound
+    kept_pages: dict[bytes, bytes] | None = None
+    kept_room: int = 0
+
+    def keep_pages(self, digests: list[bytes], pages: list[bytes]) -> None:
+        """Remember the stored ``pages`` (whose digests ``_store_batch`` computed) while room lasts."""
+        if self.kept_pages is None:
+            return
+        for d, page in zip(digests, pages):
+            if len(page) > self.kept_room:
+                self.kept_pages = None  # incomplete: the caller gets none rather than a part
+                return
+            self.kept_pages[d] = page
+            self.kept_room -= len(page)
 
 
 def _hash_part(view: memoryview, first_index: int, block_size: int, parent_digests: bytes,
@@ -384,6 +398,7 @@ class _Storer:
         self.pages: list[bytes] = []
         self.pending_bytes = 0
         self.inflight: asyncio.Future[tuple[int, list[bytes]]] | None = None
+        self.inflight_pages: list[bytes] = []
 
     async def add(self, items: list[tuple[bytes, int, bytes, bytes]], pages: list[bytes]) -> None:
         self.items.extend(items)
@@ -402,6 +417,7 @@ class _Storer:
         # O1: blocks, then the pages that reference them, are durable in one put; puts run
         # in order, so a page is never stored before its blocks.
         self.inflight = asyncio.ensure_future(asyncio.to_thread(_store_batch, self.store, items, pages))
+        self.inflight_pages = pages
 
     async def wait(self) -> None:
         """Wait for the put in flight (its error, if any, is raised here)."""
@@ -411,6 +427,7 @@ class _Storer:
         new, page_digests = await fut
         self.totals.new_chunks += new
         self.totals.pages.extend(page_digests)
+        self.totals.keep_pages(page_digests, self.inflight_pages)
 
     async def settle(self) -> None:
         """After a failure or cancellation: let a put in flight finish, ignore its outcome."""
@@ -471,10 +488,12 @@ class _Fingerprints:
 
 async def _scan(source_path: Path, block_size: int, read_size_bytes: int,
                 parent: Manifest | None, store: ChunkStore,
-                fps: _Fingerprints, allow_shrink: bool = False) -> tuple[int, _Totals]:
+                fps: _Fingerprints, allow_shrink: bool = False, kept_pages: dict[bytes, bytes] | None = None,
+                kept_max_bytes: int = 0) -> tuple[int, _Totals]:
     """Read, hash and store every block; returns (size_bytes, totals). Pages are cut as they
     fill; the last partial page stays in ``totals.page_buf``. Every block chunk and full page
-    is durable when this returns.
+    is durable when this returns. ``kept_pages``: an empty dict the stored pages go into
+    (``totals.kept_pages``; None there once they pass ``kept_max_bytes``).
 
     Pipeline per batch (``read_size_bytes``): one worker-thread step (:func:`_prepare`) finds
     the next batch (a hole or data) and loads its parent digests and cached fingerprints;
@@ -492,7 +511,7 @@ async def _scan(source_path: Path, block_size: int, read_size_bytes: int,
     except SourceShrunkError:
         os.close(fd)
         raise
-    totals = _Totals()
+    totals = _Totals(kept_pages=kept_pages, kept_room=kept_max_bytes)
     storer = _Storer(store, totals)
     parents = _ParentDigests(parent, store)
     await asyncio.to_thread(fps.start_writer, block_size, size)
@@ -645,7 +664,8 @@ async def take_snapshot(source_path: Path, *, volume: str, seq: int, epoch: int,
                         hook_timeout_s: float = 300.0, fingerprints: Path | None = None,
                         full_pass_every: int = FULL_PASS_EVERY_SCANS,
                         full_pass_max_age_ns: int = FULL_PASS_MAX_AGE_NS,
-                        allow_shrink: bool = False) -> ScanResult:
+                        allow_shrink: bool = False, pages_out: dict[bytes, bytes] | None = None,
+                        pages_out_max_bytes: int = 64 * 2**20) -> ScanResult:
     """Snapshot ``source_path`` (regular file or block device) into ``store``.
 
     Args:
@@ -663,6 +683,9 @@ async def take_snapshot(source_path: Path, *, volume: str, seq: int, epoch: int,
         allow_shrink: accept a source smaller than ``parent`` (the operator shrank the volume
             on purpose, or a forensic scan that keeps whatever the image holds). Otherwise a
             smaller source — a 0-byte image included — is refused before anything is read.
+        pages_out: filled with ``{digest: bytes}`` of every page of the new manifest (bytes this
+            scan built and hashed) when they total at most ``pages_out_max_bytes``, else left
+            empty; for a tracking source's page cache (the next tracked cycle's parent pages).
 
     Returns:
         a :class:`ScanResult`; O1: every chunk and the manifest are durable.
@@ -686,6 +709,7 @@ async def take_snapshot(source_path: Path, *, volume: str, seq: int, epoch: int,
     if not 0 < bs <= BLOCK_SIZE_MAX_BYTES:
         raise UsageError("block size out of range", block_size=bs)
     fps = _Fingerprints()
+    keep: dict[bytes, bytes] | None = {} if pages_out is not None else None
     if fingerprints is not None:
         fps.path, fps.now_ns = Path(fingerprints), now_ns
     if fingerprints is not None and parent is not None:
@@ -696,7 +720,8 @@ async def take_snapshot(source_path: Path, *, volume: str, seq: int, epoch: int,
     try:
         if pre_snapshot:
             await run_hook(pre_snapshot, "pre_snapshot", hook_timeout_s)
-        size, totals = await _scan(Path(source_path), bs, read_size_bytes, parent, store, fps, allow_shrink)
+        size, totals = await _scan(Path(source_path), bs, read_size_bytes, parent, store, fps, allow_shrink,
+                                   keep, pages_out_max_bytes)
     except BaseException:
         failed = True
         fps.finish(None)  # closes and unlinks only: quick, and safe while being cancelled
@@ -716,6 +741,8 @@ async def take_snapshot(source_path: Path, *, volume: str, seq: int, epoch: int,
     except BaseException:
         fps.finish(None)
         raise
+    if pages_out is not None and totals.kept_pages is not None:
+        pages_out.update(totals.kept_pages)
     # the cache now describes a durable snapshot (never one whose manifest may be missing)
     await asyncio.to_thread(fps.finish, manifest.root)
     log.debug("scan %s#%d: %d of %d non-zero blocks BLAKE3-hashed (fingerprint cache %s)",
@@ -732,10 +759,11 @@ async def _finish_manifest(volume: str, seq: int, epoch: int, parent: Manifest |
                            totals: _Totals) -> Manifest:
     """Store the last partial page and the manifest (O1: durable on return)."""
     if totals.page_buf:
-        new, page_digests = await asyncio.to_thread(_store_batch, store, [],
-                                                    [bytes(totals.page_buf)])
+        last = [bytes(totals.page_buf)]
+        new, page_digests = await asyncio.to_thread(_store_batch, store, [], last)
         totals.new_chunks += new
         totals.pages.extend(page_digests)
+        totals.keep_pages(page_digests, last)
     n_blocks = -(-size // bs)
     stats = {"total_blocks": n_blocks, "zero_blocks": totals.zero_blocks,
              "changed_blocks": len(totals.changed), "changed_bytes": totals.changed_bytes,

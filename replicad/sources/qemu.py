@@ -398,9 +398,12 @@ class QemuSource(ReflinkSource):
         if mode == "rescan":
             self.rescans += 1
             log.info("volume %s: full rescan of the point-in-time view (tracking %s)", volume, self.reason)
+        pages: dict[bytes, bytes] = {}  # what the scan built: the next tracked cycle's parent pages
         result = await take_snapshot(self.view_path, volume=volume, seq=seq, epoch=epoch, parent=parent, store=store,
                                      now_ns=now_ns, block_size=self.cfg.block_size_bytes, fingerprints=None,
-                                     allow_shrink=allow_shrink)
+                                     allow_shrink=allow_shrink, pages_out=pages,
+                                     pages_out_max_bytes=self._pages.max_bytes)
+        self._pages.replace(result.manifest.pages, pages)
         return SourceSnapshot(result, mode, {"mode": mode, "scan_s": result.scan_seconds}, token)
 
     # ------------------------------------------------------------------ after the cycle

@@ -371,9 +371,12 @@ class ReflinkSource(SnapshotSource):
         if mode == "rescan":
             self.rescans += 1
             log.info("volume %s: full rescan of clone %s (tracking %s)", volume, name, self.reason)
+        pages: dict[bytes, bytes] = {}  # what the scan built: the next tracked cycle's parent pages
         result = await take_snapshot(clone, volume=volume, seq=seq, epoch=epoch, parent=parent, store=store,
                                      now_ns=now_ns, block_size=self.cfg.block_size_bytes, fingerprints=None,
-                                     allow_shrink=allow_shrink)
+                                     allow_shrink=allow_shrink, pages_out=pages,
+                                     pages_out_max_bytes=self._pages.max_bytes)
+        self._pages.replace(result.manifest.pages, pages)
         return SourceSnapshot(result, mode, {"mode": mode, "scan_s": result.scan_seconds}, name)
 
     def _verify_due(self, now_ns: int) -> bool:
@@ -384,8 +387,10 @@ class ReflinkSource(SnapshotSource):
     async def _verify(self, snap: SourceSnapshot, clone: Path, volume: str, seq: int, epoch: int,
                       parent: Manifest, store: ChunkStore, now_ns: int) -> None:
         """Full scan of the same clone; on a mismatch ship the full scan's manifest (ERROR, counted)."""
+        pages: dict[bytes, bytes] = {}
         full = await take_snapshot(clone, volume=volume, seq=seq, epoch=epoch, parent=parent, store=store,
-                                   now_ns=now_ns, fingerprints=None, allow_shrink=self.cfg.source.allow_shrink)
+                                   now_ns=now_ns, fingerprints=None, allow_shrink=self.cfg.source.allow_shrink,
+                                   pages_out=pages, pages_out_max_bytes=self._pages.max_bytes)
         self.verify_runs += 1
         snap.info["verify_s"] = full.scan_seconds
         tracked = snap.result.manifest
@@ -399,6 +404,7 @@ class ReflinkSource(SnapshotSource):
                   "if this repeats, set [volumes.source] kind = \"file\" and report it", volume, seq, self.kind,
                   len(differing), differing[:MISMATCH_LOG_BLOCKS], tracked.size_bytes, full.manifest.size_bytes)
         snap.result = full
+        self._pages.replace(full.manifest.pages, pages)  # the parent of the next cycle is the truth
         snap.mode = snap.info["mode"] = "repaired"
         snap.info["mismatched_blocks"] = len(differing)
 

@@ -205,6 +205,7 @@ def test_retention_policy_through_raft(cluster: LocalCluster) -> None:
     assert call(cluster, "site-a", "POST", f"/v1/requests/{req}/approve", {}, token=OPERATOR)[0] == 403
     status, _, body = call(cluster, "site-a", "POST", f"/v1/requests/{req}/approve", {})  # its own site again
     assert status == 200 and body["status"] == "pending", body
+    assert body["next"].startswith("site-a was already counted (it made the request): nothing changed"), body
     status, _, body = call(cluster, "site-b", "POST", f"/v1/requests/{req}/approve", {}, token=NO_TOKEN)
     assert status == 200 and body["status"] == "applied" and body["approvals"] == ["site-a", "site-b"], body
     cluster.wait_for("site-a sees the approved policy", lambda: call(cluster, "site-a", "GET", path, token=VIEWER)[2]

@@ -334,6 +334,8 @@ def test_switchover_onto_a_suspect_line_is_refused_until_the_false_alarm_is_clea
     with pytest.raises(ConflictError) as refused:  # it would serve #good and drop the newer snapshots silently
         cluster.api("site-c", "POST", f"/v1/volumes/{VOL}/promote", {"to": "site-b"})
     assert refused.value.evidence["newest_clean"] == good["seq"], refused.value.evidence
+    assert refused.value.evidence["refused_by"] == "site-a", refused.value.evidence  # forwarded: who refused
+    assert refused.value.message.startswith("site-a (the primary, forwarded to by site-c) refused: "), refused.value
     assert cluster.status("site-a")["volumes"][VOL]["primary"] == "site-a"
     # operators at two sites clear the false alarm: the snapshots suspect only by descent clear with it
     req = cluster.api("site-a", "POST", f"/v1/volumes/{VOL}/snapshots/{alarm['seq']}/verdict",

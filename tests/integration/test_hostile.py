@@ -117,7 +117,7 @@ def test_a_second_daemon_on_a_running_sites_data_dir_stops_before_touching_it(cl
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "in use by another replicad process" in out.stderr, out.stderr
     assert f"pid {site.proc.pid}" in out.stderr
-    assert "Traceback" not in out.stderr
+    assert "Traceback" not in out.stderr and "site site-b stopped" not in out.stderr  # it never started
     assert cluster.status("site-b")["raft"]["synced"]  # the running site is untouched
 
 
@@ -132,3 +132,30 @@ def test_a_failing_cycle_stays_visible_in_status(cluster_factory) -> None:
         assert all(seen), f"idle ticks hid the failure: {seen}"  # ticks every 0.5 s, cycles every 2 s
     finally:
         moved.rename(img)
+
+
+def test_a_failed_snapshot_now_shows_in_status_and_a_replica_names_the_primary(cluster: LocalCluster) -> None:
+    """An operator's "snapshot now" that fails leaves its error in status (``last error``, the
+    site degraded) as a scheduled cycle's does (interval 1h here: no scheduled cycle runs), and
+    a success clears it; asked at a replica, the CLI names the primary."""
+    import subprocess
+    import sys
+
+    from replicad.core.errors import ReplicadError
+
+    img = cluster.sites["site-a"].volume_path(VOL)
+    moved = img.with_name("moved-away.img")
+    img.rename(moved)  # the primary's source disappears
+    try:
+        with pytest.raises(ReplicadError) as failed:
+            snapshot(cluster, "site-a")
+        error = cluster.status("site-a")["volumes"][VOL]["last_error"]
+        assert error and error.startswith(f"{failed.value.code}: "), (error, failed.value)
+    finally:
+        moved.rename(img)
+    assert snapshot(cluster, "site-a")["committed"]
+    assert cluster.status("site-a")["volumes"][VOL]["last_error"] is None
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run([sys.executable, "-m", "replicad", "--admin", cluster.sites["site-b"].admin_url, "snapshot",
+                          VOL], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 4 and "hint: the primary is site-a" in " ".join(out.stderr.split()), out.stderr

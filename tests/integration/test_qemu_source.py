@@ -236,6 +236,8 @@ def test_tracked_manifest_equals_full_scan_after_random_writes(tmp_path: Path, s
             assert snap.mode == "tracked", snap.info
             assert snap.info["read_blocks"] <= len(touched) + 1, (snap.info, len(touched))
             assert same_blocks(snap.result.manifest, d.truth(snap, parent))
+        # every parent page came from the source's page cache, the full scan's too: no store read
+        assert d.source._pages.misses == 0 and d.source._pages.hits > 0
         assert not view_mounted(tmp_path)
         names = {b["name"] for n in asyncio.run(_nodes(q)) if n["node-name"] == "disk"
                  for b in n.get("dirty-bitmaps") or [] if "name" in b}

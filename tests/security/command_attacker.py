@@ -34,6 +34,11 @@ Modes:
   itself; each answer is printed (``adopted``, ``members``). With ``--stop-file``: it also stops
   after the first round begun once that file exists (the caller saw the cluster founded) in
   which a proposal committed, so its last proposals are judged by the founded cluster.
+* ``reregister`` (review R2): in its OWN name (its own key), a ``register_site`` of every other
+  site as a witness at a bogus peer address and one of ``--victim`` as a data site at that
+  address (it would have cut b's and c's votes from every approval count, promotion and
+  revocation), one of itself as a witness (against the agreed membership), then a ``request``
+  to shorten the volume's retention to one second; the request's line carries ``needed``.
 """
 
 from __future__ import annotations
@@ -86,7 +91,8 @@ async def wait_synced(node, volume: str, timeout_s: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="command_attacker")
-    parser.add_argument("mode", choices=["forge", "replay", "bogus-commit", "claim-clean", "found", "flood", "policy"])
+    parser.add_argument("mode", choices=["forge", "replay", "bogus-commit", "claim-clean", "found", "flood", "policy",
+                                           "reregister"])
     parser.add_argument("--from-seq", type=int, default=1)
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--work-dir", required=True, type=Path)
@@ -241,6 +247,31 @@ def main(argv: list[str] | None = None) -> int:
             ]
             for label, command in attempts:
                 out(mode="policy", attempt=label, op=command["op"], error=await propose(node, command))
+        elif args.mode == "reregister":
+            me, bogus = cfg.site_id, "http://127.0.0.1:9"
+
+            def own(op: str, **fields) -> dict:
+                return signer.sign({"v": 1, "op": op, "op_id": uuid.uuid4().hex, "by": me, "now_ns": time.time_ns(),
+                                    **fields})
+            attempts = [(f"{s.site_id}_witness", own("register_site", site_id=s.site_id, peer_url=bogus, kind="witness"))
+                        for s in cfg.sites if s.site_id != me]
+            attempts += [("victim_data", own("register_site", site_id=args.victim, peer_url=bogus, kind="data")),
+                         ("self_witness", own("register_site", site_id=me, peer_url=bogus, kind="witness"))]
+            for label, command in attempts:
+                deadline, error = time.monotonic() + 20, "no_quorum"
+                while error == "no_quorum" and time.monotonic() < deadline:  # the same op id: applied once
+                    error = await propose(node, command)
+                out(mode="reregister", attempt=label, op=command["op"], site_id=command["site_id"],
+                    kind=command["kind"], error=error)
+            one_second = {"keep_all_s": 1, "hourly_s": 1, "daily_s": 1, "lock_s": 1}
+            command = own("request", action="set_retention", args={"volume": args.volume, "retention": one_second},
+                          reason="routine")
+            try:
+                res = await node.propose(command, timeout_s=5.0)
+                out(mode="reregister", attempt="request", op="request", error="ok", status=res.get("status"),
+                    needed=res.get("needed"), request=res.get("request"))
+            except Exception as exc:
+                out(mode="reregister", attempt="request", op="request", error=getattr(exc, "code", type(exc).__name__))
         elif args.mode == "bogus-commit":
             root = secrets.token_bytes(32)  # stored nowhere
             me, v, epoch, last = cfg.site_id, args.victim, vol["epoch"], vol["last_seq"]

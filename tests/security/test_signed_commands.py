@@ -6,7 +6,9 @@ holding site-a's config, the cluster's Raft password and site-a's own key runs s
 member in place of its daemon and proposes commands. The honest sites b and c are judged:
 their committed catalog, primary, epoch and retention do not change, every refused command
 leaves a WARNING line and a ``replicad_command_refused_total{reason}`` sample, and the Raft
-audit records each refusal. Then the stolen admin token of site-a asks to shorten retention:
+audit records each refusal; in its own name it cannot register another site either (as a
+witness: out of every approval count, promotion and revocation). Then the stolen admin token
+of site-a asks to shorten retention:
 it stays a pending request, and applies only once an operator of site-b approves it at
 site-b with site-b's own token. Last, a majority revokes site-a: its commands, its Raft
 connections (existing and new) and its peer API requests are refused at b and c.
@@ -130,7 +132,7 @@ def test_every_site_signs_and_the_refusal_metric_starts_at_zero(cluster: LocalCl
     for site in cluster.sites:
         ident = cluster.status(site)["identity"]
         assert ident["signed"] is True and ident["unsafe_unsigned"] is False and ident["public_key"], ident
-        for reason in ("bad_signature", "replayed", "expired"):
+        for reason in ("bad_signature", "replayed", "expired", "not_self"):
             assert refused(cluster, site, reason) == 0
 
 
@@ -180,6 +182,35 @@ def test_a_captured_signed_command_replayed_is_refused(cluster: LocalCluster, tm
             assert any(a["op"] == "clock" and a["by"] == "site-b" and a["error"] == "replayed" for a in audit), s
     else:
         assert sum(raft_refused(cluster, s, "forwarded_not_own") for s in HONEST) >= 1
+
+
+def test_the_compromised_site_cannot_register_another_site(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Review R2: site-a, with its own key, registered site-b and site-c as witnesses at a bogus
+    address; its own request to shorten retention then needed its approval only, and b's forced
+    promotion and b's revocation of site-a were refused ("is a witness"). Now each is refused
+    (not_self, WARNING, counted) and the kinds stay the agreed membership's."""
+    before = {s: (cluster.status(s)["sites"], refused(cluster, s, "not_self")) for s in HONEST}
+    assert all(kinds["site-b"]["kind"] == "data" for kinds, _ in before.values())
+    results = {r["attempt"]: r for r in attack(cluster, "reregister", tmp_path / "attacker", "--victim", "site-b")}
+    print("reregister:", results)
+    assert {k: results[k]["error"] for k in ("site-b_witness", "site-c_witness", "victim_data", "self_witness")} == \
+        {"site-b_witness": "not_self", "site-c_witness": "not_self", "victim_data": "not_self",
+         "self_witness": "conflict"}, results
+    request = results["request"]
+    assert request["error"] == "ok" and request["status"] == "pending" and request["needed"] == 2, request
+    for s in HONEST:
+        cluster.wait_for(f"{s} applied the attacker's request", lambda s=s: request["request"] in
+                         {r["id"] for r in cluster.status(s)["requests"]}, 20)
+        assert cluster.status(s)["sites"] == before[s][0], s  # kinds and peer addresses unchanged
+        assert refused(cluster, s, "not_self") >= before[s][1] + 3, s
+        assert "raft command refused [not_self]" in cluster.log_tail(s, 600), s
+        audit = cluster.api(s, "GET", "/v1/audit")["audit"]
+        assert sum(a["op"] == "register_site" and a["by"] == "site-a" and a["error"] == "not_self"
+                   for a in audit) >= 3, s
+        listed = {r["id"]: r for r in cluster.status(s)["requests"]}[request["request"]]
+        assert listed["status"] == "pending" and listed["needed"] == 2, listed
+    # site-b is still a data site: its forced promotion and its revocation of site-a work (the
+    # last case of this module does both)
 
 
 def test_a_command_flood_from_the_compromised_site_is_bounded_at_the_leader(cluster: LocalCluster,

@@ -2,7 +2,8 @@
 replicad.peer.transport.FetchProgress) or keeps just above it, over real stores and real aiohttp
 servers on loopback: a stalling holder's request goes to the honest holder, the stall is logged
 under its name and remembered, and the next fetch leaves it out of the parallel pass and asks it
-last; a slow holder's slices are taken over at the end of the parallel pass."""
+last; a slow holder's slices are taken over at the end of the parallel pass, and a few chunks
+asked of a slow holder are asked of the next one too once it takes too long."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from aiohttp import web
 
 from replicad.core import wire
 from replicad.lab.localcluster import free_port
+from replicad.peer import transport
 from replicad.peer.transport import PeerClient
+from replicad.site import pull as pull_module
 from replicad.site.pull import FETCH_SLICE, Pull
 from replicad.storage.chunkstore import ChunkStore
 
@@ -132,21 +135,70 @@ async def test_a_stalling_holders_share_goes_to_the_other_and_it_is_asked_last_a
 
 
 async def test_a_holder_just_above_the_rule_loses_its_slices_to_the_faster_one_at_the_end(tmp_path: Path) -> None:
-    """The slow holder sends a whole 4 KiB frame every 0.1 s (5 per 0.5 s window: the rule asks
-    4): never stalled, but a slice of FETCH_SLICE chunks would take it 25 s. Once the queue is
+    """The slow holder sends a whole 4 KiB frame every 0.05 s (10 per 0.5 s window: the rule asks
+    4; at 0.1 s, 5 per window, under load it was cut with 3): never stalled, but a slice of
+    FETCH_SLICE chunks would take it 13 s. Once the queue is
     empty, the honest holder's streams fetch its slices again and the slow copies are cut."""
     rng = random.Random(13)
     blocks = [rng.randbytes(4096) for _ in range(3 * FETCH_SLICE)]
     with ChunkStore(tmp_path / "b") as b, ChunkStore(tmp_path / "c") as c, ChunkStore(tmp_path / "here") as here:
         need = b.put_blocks(blocks)
         c.put_blocks(blocks)
-        async with Holder(b, "site-b") as honest, Holder(c, "site-c", frame_gap_s=0.1) as slow:
+        async with Holder(b, "site-b") as honest, Holder(c, "site-c", frame_gap_s=0.05) as slow:
             async with aiohttp.ClientSession() as session:
                 pull = pull_from(session, here, {"site-b": honest.url, "site-c": slow.url})
                 served = await pull.fetch_missing(VOL, 1, need, ["site-c", "site-b"])
                 assert here.missing(need) == [] and served == ["site-b"]
                 assert pull.recent_stalls() == {}  # it kept to the rule
                 assert slow.requests >= 1 and slow.served < FETCH_SLICE  # its slices were taken over and cut
+
+
+async def test_a_few_chunks_asked_of_a_holder_just_above_the_rule_are_asked_of_the_next_one_too(
+        tmp_path: Path, monkeypatch) -> None:
+    """A fetch of fewer than FETCH_SLICE chunks (a manifest, pages) goes holder after holder.
+    The slow holder sends a whole 4 KiB frame every 0.05 s (10 per 0.5 s window: the rule asks
+    4): 200 chunks would take it 10 s. Once it has taken the hedge time (here 0.3 s + 1 ms per chunk), the next
+    holder is asked too; it serves them all and the slow fetch is cut, not counted as a stall."""
+    monkeypatch.setattr(pull_module, "SMALL_HEDGE_S", 0.3)
+    monkeypatch.setattr(pull_module, "SMALL_HEDGE_S_PER_CHUNK", 0.001)
+    rng = random.Random(15)
+    blocks = [rng.randbytes(4096) for _ in range(200)]
+    with ChunkStore(tmp_path / "b") as b, ChunkStore(tmp_path / "c") as c, ChunkStore(tmp_path / "here") as here:
+        need = b.put_blocks(blocks)
+        c.put_blocks(blocks)
+        async with Holder(b, "site-b") as honest, Holder(c, "site-c", frame_gap_s=0.05) as slow:
+            async with aiohttp.ClientSession() as session:
+                pull = pull_from(session, here, {"site-b": honest.url, "site-c": slow.url})
+                served = await pull.fetch_missing(VOL, 1, need, ["site-c", "site-b"])
+                assert here.missing(need) == [] and served == ["site-b"]
+                assert slow.requests == 1 and slow.served < 200 and honest.requests == 1
+                assert pull.recent_stalls() == {}  # it kept to the rule
+
+
+async def test_a_tarpit_cut_because_the_next_holder_served_first_is_still_named(tmp_path: Path, monkeypatch,
+                                                                                 caplog) -> None:
+    """The tarpit (a byte per 0.05 s) asked first for a few chunks, under the daemon's rule (1 MiB
+    per 10 s): the next holder is asked at the hedge time and serves them before the rule's window
+    runs out; the tarpit's fetch, cut then, lagged behind the rule pro rata (nothing in more than
+    FETCH_LAG_MIN_S, here 0.2 s): it is named and remembered like a stalled one."""
+    monkeypatch.setattr(pull_module, "SMALL_HEDGE_S", 0.3)
+    monkeypatch.setattr(pull_module, "SMALL_HEDGE_S_PER_CHUNK", 0.001)
+    monkeypatch.setattr(transport, "FETCH_LAG_MIN_S", 0.2)
+    rng = random.Random(16)
+    blocks = [rng.randbytes(4096) for _ in range(10)]
+    with ChunkStore(tmp_path / "b") as b, ChunkStore(tmp_path / "c") as c, ChunkStore(tmp_path / "here") as here:
+        need = b.put_blocks(blocks)
+        c.put_blocks(blocks)
+        async with Holder(b, "site-b") as honest, Holder(c, "site-c", tarpit=True) as tarpit:
+            async with aiohttp.ClientSession() as session:
+                pull = pull_from(session, here, {"site-b": honest.url, "site-c": tarpit.url}, strict=False)
+                with caplog.at_level(logging.WARNING, logger="replicad.site.pull"):
+                    served = await pull.fetch_missing(VOL, 1, need, ["site-c", "site-b"])
+                assert here.missing(need) == [] and served == ["site-b"] and tarpit.requests == 1
+                assert set(pull.recent_stalls()) == {"site-c"}
+                assert "another holder served it first" in pull.recent_stalls()["site-c"]
+                assert any("holder site-c stalled a fetch" in r.getMessage() for r in caplog.records
+                           if r.levelno == logging.WARNING)
 
 
 @pytest.mark.parametrize("bad", ["loop", "garbage"])
