@@ -1334,7 +1334,8 @@ class _StateConsumer(SyncObjConsumer):
 
     ``trust`` (:class:`replicad.core.identity.Trust`) goes to every
     :func:`replicad.core.state.apply`; a command refused as forged, replayed, expired, naming
-    a holder without its acknowledgement or past a bound (``state.COUNTED_REFUSALS``) is logged at WARNING (rate-limited per reason) and
+    a holder without its acknowledgement, past a bound or registering another site
+    (``state.COUNTED_REFUSALS``) is logged at WARNING (rate-limited per reason) and
     counted in ``refused`` (``replicad_command_refused_total{reason}``).
 
     Checkpoints (:mod:`replicad.consensus.checkpoint`): each command is applied through

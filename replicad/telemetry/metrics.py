@@ -366,7 +366,8 @@ class StateCollector(Collector):
         commands = CounterMetricFamily("replicad_command_refused", "Commands in the Raft log the state machine "
                                        "refused: not signed by the site they name (bad_signature), replayed, "
                                        "expired (core.identity), a commit naming a holder without its signed "
-                                       "acknowledgement (bad_ack), a seq or size past a bound (out_of_range)", labels=["site", "reason"])
+                                       "acknowledgement (bad_ack), a seq or size past a bound (out_of_range), a site registering another "
+                                       "(not_self)", labels=["site", "reason"])
         try:
             for reason, count in sorted(((status.get("raft") or {}).get("refused") or {}).items()):
                 if _num(count) is not None:
