@@ -90,6 +90,13 @@ Rows (units in the table):
   of the sample pass, per source (expected: all with reflink and qemu; the file source's torn
   snapshots fail some), and the seconds per snapshot.
 
+* **RPO** (``--rpo`` alone; :mod:`tests.bench.rpo`): per source (``--rpo-sources``, default
+  ``reflink,qemu,file``), a ``--rpo-gib`` (16) GiB volume on a real cluster of two data sites and a
+  witness, a writer process rewriting 1 % of its blocks per minute spread over time, and the
+  daemon's own cycles at each of ``--rpo-intervals`` (2,5,10,15,30,60 s) for ``--rpo-window-s``
+  (300) each: the shortest interval that keeps up (cycle below the interval, the replica's
+  applied lag bounded), its cycle durations and the replica's lags.
+
 Results go to ``--json-out`` (every sample) for comparisons between runs. Processes are
 stopped by PID; every step has a time bound (``--step-timeout-s``).
 """
@@ -1044,6 +1051,34 @@ def build_table(res: Results, args: argparse.Namespace, cold: bool,
     return t, rows
 
 
+def rpo_main(work: Path, args: argparse.Namespace, console: Console, header: str) -> int:
+    """``--rpo``: the RPO rows alone (:mod:`tests.bench.rpo`), their table and JSON."""
+    from tests.bench.rpo import rpo_rows, rpo_run
+
+    t_start = time.perf_counter()
+    try:
+        results = rpo_run(work, args, lambda msg: console.log(escape(msg)))
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    t = Table(title=f"RPO rows: {args.rpo_gib} GiB, {args.rpo_churn_pct:g} % of the blocks per minute, 2 sites")
+    for col in ("row", "replicad", "baseline", "ratio", "target", "met"):
+        t.add_column(col, overflow="fold")
+    rows: list[dict] = []
+
+    def add(name: str, ours: str, base: str, r: float | None, target: str, ok: bool | None) -> None:
+        t.add_row(name, ours, base, "–", target, "–")
+        rows.append({"row": name, "replicad": ours, "baseline": base, "ratio": r, "target": target, "met": ok})
+
+    rpo_rows(results, add)
+    console.print(t)
+    console.print(f"total bench time {time.perf_counter() - t_start:.0f}s")
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "machine": header,
+                                             "rows": rows, "rpo": results}, indent=1))
+    return 0
+
+
 def machine_header() -> str:
     free = subprocess.run(["free", "-m"], capture_output=True, text=True, check=False).stdout.strip()
     rsync_v = subprocess.run(["rsync", "--version"], capture_output=True, text=True,
@@ -1083,6 +1118,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step-timeout-s", type=float, default=900.0)
     ap.add_argument("--workdir", type=Path, default=None, help="scratch dir (default: a new temp dir, removed)")
     ap.add_argument("--json-out", type=Path, default=None)
+    ap.add_argument("--rpo", action="store_true",
+                    help="only the RPO rows (tests/bench/rpo.py): per source, the shortest interval that keeps up "
+                         "with --rpo-churn-pct %% of the volume per minute, on a two-site cluster")
+    ap.add_argument("--rpo-gib", type=int, default=16, help="RPO rows: volume size, GiB (default 16)")
+    ap.add_argument("--rpo-sources", default="reflink,qemu,file", help="RPO rows: sources (default reflink,qemu,file)")
+    ap.add_argument("--rpo-intervals", type=lambda v: [float(x) for x in v.split(",") if x], default=[2, 5, 10, 15, 30, 60],
+                    help="RPO rows: snapshot intervals tried, s, ascending (default 2,5,10,15,30,60)")
+    ap.add_argument("--rpo-window-s", type=float, default=300.0, help="RPO rows: measured time per interval (default 300)")
+    ap.add_argument("--rpo-warmup-s", type=float, default=30.0, help="RPO rows: time per interval not counted (default 30)")
+    ap.add_argument("--rpo-churn-pct", type=float, default=1.0, help="RPO rows: %% of the blocks rewritten per minute")
+    ap.add_argument("--rpo-all", action="store_true",
+                    help="RPO rows: every interval (default: stop at the first, shortest, that keeps up)")
     ap.add_argument("--unsigned", action="store_true",
                     help="sites without identity (unsafe_unsigned): the cost of signed commands, by difference")
     args = ap.parse_args(argv)
@@ -1100,6 +1147,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"cold-cache rows: {'yes' if cold else 'no (drop_caches not writable)'}")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="replicad-bench-", dir="/var/tmp"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.rpo:
+        return rpo_main(work, args, console, header)
     res = Results()
     reflink_sizes: list[int] = []
     qemu_sizes: list[int] = []
