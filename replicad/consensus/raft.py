@@ -347,6 +347,10 @@ _RAFT_STATE_LEADER = pysyncobj.syncobj._RAFT_STATE.LEADER
 # (1.4 s), above the 3-6 s gaps a stalled tick (slow fsync) produces at a node that does
 # hear its leader, below the 30 s RPO target of a cut-off primary.
 ISOLATED_AFTER_S = 10.0
+# pysyncobj redials a member it is not connected to at most this often (its default, 5 s, made
+# a site that started before its peers listened, or a member back from a partition, wait up to
+# 5 s more to be heard; a refused dial is one TCP SYN, refusals are logged at most every few s).
+REDIAL_S = 1.0
 # Point 15: a leader that cannot read its dump steps down after this many failed reads within
 # the window (one try per member per guard.DUMP_SEND_RETRY_S: ~1 s), then stays out of
 # elections long enough for a member that can read its own dump to be elected and serve it.
@@ -1577,6 +1581,7 @@ class RaftNode:
             bindAddress=self._bind_addr,
             dynamicMembershipChange=False,
             logCompactionMinEntries=self._compaction_min_entries,
+            connectionRetryTime=REDIAL_S,
         )
         try:
             with transport_identity(self._channel):  # pysyncobj builds the transport inside SyncObj.__init__

@@ -516,7 +516,8 @@ class SiteDaemon:
                         self._founding_waits(res)
                         if self.fatal is not None:
                             return
-                        await asyncio.sleep(FOUND_RETRY_S)
+                        # the others' proposals may found it in the meantime: join as soon as they do
+                        await _until(lambda: self.raft.view().get("incarnation") is not None, FOUND_RETRY_S)
                         continue
                     await self.cluster.wait_synced()
                     current = self.raft.view().get("incarnation") or {"id": res["incarnation"],
@@ -554,7 +555,12 @@ class SiteDaemon:
                 return
             except NotFoundError as err:  # e.g. the initial primary has not registered yet
                 log.info("bootstrap waiting: %s", err)
-                await asyncio.sleep(1.0)
+                primaries = {v.initial_primary for v in self.cfg.volumes}
+                registered = lambda: primaries <= set(self.cluster.view().get("sites") or {})  # noqa: E731
+                if registered():  # refused for another reason: look again in a second
+                    await asyncio.sleep(1.0)
+                else:  # try again as soon as the initial primaries registered
+                    await _until(registered, 1.0)
             except ReplicadError as err:
                 log.info("bootstrap waiting for a quorum: %s", err)
                 await asyncio.sleep(1.0)
@@ -678,7 +684,22 @@ LAB_CHECKPOINT_EVERY_ENV = "REPLICAD_LAB_CHECKPOINT_EVERY"
 """Environment variable read only with ``lab = true``: the Raft checkpoint interval in commands
 (every site of the bench must use the same); production always uses ``CHECKPOINT_EVERY``."""
 FOUND_RETRY_S = 2.0
-"""Seconds between two ``found`` proposals of a site while the cluster is not founded yet."""
+"""Seconds between two ``found`` proposals of a site while the cluster is not founded yet (it
+joins as soon as the others' proposals found it, without waiting for the next one)."""
+UNTIL_POLL_S = 0.05
+"""Seconds between two looks of :func:`_until` at the applied Raft state."""
+
+
+async def _until(done: Callable[[], bool], timeout_s: float) -> None:
+    """Return once ``done()`` is true (looked at every :data:`UNTIL_POLL_S`) or ``timeout_s``
+    seconds passed, whichever comes first; never raises for the timeout (the caller's loop
+    looks again). For the bootstrap's waits on what other sites commit: a fixed sleep made
+    every fresh cluster's first proposer wait a whole retry period after the others founded it."""
+    deadline = time.monotonic() + timeout_s
+    while not done() and time.monotonic() < deadline:
+        await asyncio.sleep(UNTIL_POLL_S)
+
+
 MEMBERSHIP_COMPARE = (
     "Do not copy either list: compare each entry named here (site id, Raft address, kind, public keys) with the "
     "operators of the other sites out of band (phone or in person, not through this cluster), then correct the "
