@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from replicad.lab.demo_volume import build_volume, ordinary_changes, ransomware_attack, verify_volume
@@ -49,15 +50,15 @@ class _Steps:
 
     def run(self, title: str, fn, *args: Any, **kw: Any) -> Any:
         t0 = time.monotonic()
-        with console.status(f"[bold]{title}[/bold] …"):
+        with console.status(f"[bold]{escape(title)}[/bold] …"):
             result = fn(*args, **kw)
         dt = time.monotonic() - t0
         self.times.append((title, dt))
-        console.print(f"[green]✓[/green] {title} [dim]({dt:.2f}s)[/dim]")
+        console.print(f"[green]✓[/green] {escape(title)} [dim]({dt:.2f}s)[/dim]")
         return result
 
     def check(self, ok: bool, what: str) -> None:
-        console.print(f"  {'[green]PASS[/green]' if ok else '[red]FAIL[/red]'} {what}")
+        console.print(f"  {'[green]PASS[/green]' if ok else '[red]FAIL[/red]'} {escape(what)}")
         if not ok:
             self.failures.append(what)
 
@@ -66,7 +67,7 @@ def run_demo(keep_dir: Path | None = None, *, size_mib: int = 256, seed: int = 2
     """Run the demo; returns 0 if every check passed, 1 otherwise (2 if it could not run)."""
     root = Path(keep_dir).absolute() if keep_dir else Path(tempfile.mkdtemp(prefix="replicad-demo-"))
     if keep_dir and root.exists() and any(root.iterdir()):
-        console.print(f"[red]--dir {root} is not empty[/red]; give a new or empty directory")
+        console.print(f"[red]--dir {escape(str(root))} is not empty[/red]; give a new or empty directory")
         return 2
     root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -76,9 +77,10 @@ def run_demo(keep_dir: Path | None = None, *, size_mib: int = 256, seed: int = 2
         with cluster:
             return _story(cluster, root, rng, steps, size_mib)
     except ReplicadError as err:
-        console.print(f"[red]demo failed[/red]: {err.code}: {err.message} {err.evidence or ''}")
+        failed = f"{err.code}: {err.message} {err.evidence or ''}"
+        console.print(f"[red]demo failed[/red]: {escape(failed)}")
         for site in cluster.sites:
-            console.print(f"[dim]--- {site} log tail ---\n{cluster.log_tail(site, 15)}[/dim]")
+            console.print(f"[dim]--- {site} log tail ---\n{escape(cluster.log_tail(site, 15))}[/dim]")
         return 1
     finally:
         if keep_dir is None:
@@ -152,8 +154,16 @@ def _story(cluster: LocalCluster, root: Path, rng: random.Random, steps: _Steps,
     attack_at = time.time()
     bad = steps.run("next snapshot cycle at site-a", _snapshot, cluster, a)
     steps.check(bad["verdict"] == "suspect",
-                f"snapshot #{bad['seq']} judged {bad['verdict']} (score {bad['score']:.3f} vs baseline "
-                f"{bad['baseline']:.4f})")
+                f"snapshot #{bad['seq']} judged {bad['verdict']} by site-a's commit-time screen "
+                f"({bad['score']:.1%} of the non-zero blocks newly random, baseline {bad['baseline']:.1%})")
+    # each replica's own relative judgement, and the restore point its evidence names
+    here = steps.run("site-b's own verdict (replicad evidence ehr SEQ at site-b)", cluster.wait_for,
+                     "site-b's evidence", lambda: cluster.api(
+                         b, "GET", f"/v1/volumes/{VOLUME}/snapshots/{bad['seq']}/evidence").get("here"), 60)
+    steps.check(here.get("verdict") == "suspect" and here.get("first_suspect_seq") == bad["seq"]
+                and here.get("restore_seq") == clean_seq,
+                f"site-b: relative score {here.get('score', 0):.1%} of the data turned random; first suspicious "
+                f"#{here.get('first_suspect_seq')}, restore point #{here.get('restore_seq')}")
     time.sleep(1.5)  # give the replicas a chance to (wrongly) apply it; they must not
     for s in (b, c):
         st = cluster.status(s)["volumes"][VOLUME]
@@ -197,10 +207,10 @@ def _story(cluster: LocalCluster, root: Path, rng: random.Random, steps: _Steps,
     table.add_row("blocks rewritten by the promotion", str(promo["restore"].get("blocks_written")))
     table.add_row("new primary / epoch", f"{st['primary']} / {st['epoch']}")
     for title, dt in steps.times:
-        table.add_row(f"[dim]{title}[/dim]", f"[dim]{dt:.2f} s[/dim]")
+        table.add_row(f"[dim]{escape(title)}[/dim]", f"[dim]{dt:.2f} s[/dim]")
     console.print(table)
     if steps.failures:
-        console.print(f"[red]{len(steps.failures)} check(s) failed:[/red] " + "; ".join(steps.failures))
+        console.print(f"[red]{len(steps.failures)} check(s) failed:[/red] " + escape("; ".join(steps.failures)))
         return 1
     console.print("[bold green]all checks passed[/bold green]: the clean volume is back, verified block by block "
                   "and file by file.")
