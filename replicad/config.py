@@ -291,21 +291,26 @@ class SiteRef(BaseModel):
     public_key: PublicKeys = ()
 
 
+MAX_RETENTION_S = 10 * 366 * 86400.0  # = replicad.core.state.RETENTION_MAX_S: the state refuses longer
+
+
 class RetentionConfig(BaseModel):
     """Snapshot retention policy of a volume (seconds; TOML keys take durations).
 
     Every snapshot is kept for ``keep_all_s``; then one per hour up to ``hourly_s``; then
     one per day up to ``daily_s``; older ones are pruned. No snapshot younger than
     ``lock_s`` is ever deleted, whatever any site asks (O4). Requires
-    ``keep_all_s <= hourly_s <= daily_s``.
+    ``keep_all_s <= hourly_s <= daily_s``; each at most ten years. The defaults are the longest
+    a volume is registered with (``replicad.core.state.DEFAULT_RETENTION``): the initial primary
+    requests longer keys from the other sites (approvals, no cooling-off).
     """
 
     model_config = _FROZEN
 
-    keep_all_s: DurationS = Field(24 * 3600.0, alias="keep_all", ge=0)
-    hourly_s: DurationS = Field(7 * 86400.0, alias="hourly", ge=0)
-    daily_s: DurationS = Field(30 * 86400.0, alias="daily", ge=0)
-    lock_s: DurationS = Field(24 * 3600.0, alias="lock", ge=0)
+    keep_all_s: DurationS = Field(24 * 3600.0, alias="keep_all", ge=0, le=MAX_RETENTION_S)
+    hourly_s: DurationS = Field(7 * 86400.0, alias="hourly", ge=0, le=MAX_RETENTION_S)
+    daily_s: DurationS = Field(30 * 86400.0, alias="daily", ge=0, le=MAX_RETENTION_S)
+    lock_s: DurationS = Field(24 * 3600.0, alias="lock", ge=0, le=MAX_RETENTION_S)
 
     @model_validator(mode="after")
     def _ordered(self) -> RetentionConfig:

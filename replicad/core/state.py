@@ -22,7 +22,8 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
                                             "confirmed": bool,              # cleared by approved request
                                             "committed_ns": int}},          # quorum_now_ns at commit
                         "detection": {...},                                 # set_detection, optional
-                        "last_seq": int}},
+                        "last_seq": int,
+                        "registered_by": site_id}},                         # add_volume's signer
      "audit": [{"op", "by", "volume", "ok", "error", "at_ns"}, ...],   # last AUDIT_MAX
      "applied_ops": {op_id: result},                                   # last APPLIED_OPS_MAX
      "clocks": {site_id: now_ns},                                      # registered sites only
@@ -103,7 +104,16 @@ Authority rules (threat model: root on one site speaks with that site's identity
   ``snapshot`` to restore (committed, held, clean: else ``not_found`` / ``snapshot_suspect``);
   the volume then records it as :data:`RESTORE_PIN` for the new epoch, and pruning keeps it.
 * ``demote``: by the current primary, or by any data site with ``force``.
-* Approvals (O4): a ``set_retention`` that shortens ``keep_all_s`` or ``lock_s``, and a
+* ``add_volume`` only by the volume's ``primary`` (``not_self``, counted: a site registering a
+  name nobody registered yet with another site as primary made that site a standby of its own
+  live volume), with ``min_copies`` at most :data:`SITES_MAX` and a retention no longer than
+  :data:`DEFAULT_RETENTION` (``approval_required``: the registering daemon requests a longer
+  one). An existing name is answered ``created`` false (another ``block_size``: ``conflict``);
+  every daemon compares a registered volume with its own config (``registered_by``).
+* Retention: every duration at most :data:`RETENTION_MAX_S` (``bad_request``). ``set_retention``
+  runs only as the action of an approved request: a shorter key (:func:`retention_weakened`)
+  after approvals and the cooling-off, a longer one once approved (no cooling-off).
+* Approvals (O4): a ``set_retention`` (any change, see above), and a
   ``mark_verdict`` that turns a ``suspect`` snapshot back to ``clean``, are refused
   (``approval_required``) unless they run as the action of a request: op ``request``
   (``action``, ``args``, ``reason``) records it (checked at once against the current state;
@@ -246,6 +256,10 @@ INT_MAX = 2**63 - 1
 SITE_KINDS = ("data", "witness")
 VERDICTS = ("clean", "suspect")
 RETENTION_KEYS = ("keep_all_s", "hourly_s", "daily_s", "lock_s")
+RETENTION_MAX_S = 10 * 366 * 86400  # ceiling of every retention duration (ten years: beyond that a typo or an attack)
+DEFAULT_RETENTION = {"keep_all_s": 86400, "hourly_s": 7 * 86400, "daily_s": 30 * 86400, "lock_s": 86400}
+"""The retention a volume may start with at most (= ``replicad.config.RetentionConfig()``): a longer one
+keeps every site's copies longer on one site's word (disks fill); the registering daemon requests it."""
 COMMON_KEYS = frozenset({"v", "op", "op_id", "by", "now_ns", identity.CLUSTER_FIELD, identity.SIG_FIELD})
 IDENTITY_REFUSALS = frozenset({"bad_signature", "replayed", "expired", "revoked"})
 """Refusal codes of commands that are not what their signer said (forged, replayed, stale)."""
@@ -764,7 +778,19 @@ def _retention(command: dict) -> dict:
                        field="retention")
     for key in RETENTION_KEYS:
         _int(value, key)
+        if value[key] > RETENTION_MAX_S:  # 2**62 s of lock froze every site's deletions for good
+            raise _Refusal("bad_request", f"retention {key} {value[key]} s is longer than {RETENTION_MAX_S} s "
+                           "(ten years)", field="retention", key=key, value=value[key], max_s=RETENTION_MAX_S)
     return {key: value[key] for key in RETENTION_KEYS}
+
+
+def retention_weakened(current: dict, proposed: dict) -> list[str]:
+    """The keys of ``proposed`` (a retention map, :data:`RETENTION_KEYS`, seconds) shorter than in
+    ``current``, sorted. Every key keeps more the longer it is (:func:`replicad.core.retention.plan_prune`:
+    ``keep_all_s`` every snapshot, ``hourly_s`` / ``daily_s`` the windows thinned to one a UTC hour /
+    day after it, ``lock_s`` nothing deleted), so a shorter one keeps fewer snapshots: a weakening.
+    Pure; a missing key counts as 0."""
+    return sorted(k for k in RETENTION_KEYS if proposed.get(k, 0) < current.get(k, 0))
 
 
 def _stats(command: dict) -> dict:
@@ -922,6 +948,9 @@ def _op_add_volume(state: dict, cmd: dict) -> tuple[dict, dict]:
         raise _Refusal("out_of_range", f"size_bytes {size_bytes} > {SIZE_BYTES_MAX} (1 PiB)", field="size_bytes",
                        size_bytes=size_bytes, max_size_bytes=SIZE_BYTES_MAX)
     min_copies = _int(cmd, "min_copies", 1)
+    if min_copies > SITES_MAX:
+        raise _Refusal("out_of_range", f"min_copies {min_copies} > {SITES_MAX} (the most sites a cluster has)",
+                       field="min_copies", min_copies=min_copies, max_min_copies=SITES_MAX)
     retention = _retention(cmd)
     detection = cmd.get("detection")
     if detection is not None:  # the initial policy a site's [volumes.detection] sets (issue 14)
@@ -950,12 +979,23 @@ def _op_add_volume(state: dict, cmd: dict) -> tuple[dict, dict]:
             raise _Refusal("conflict", f"volume {name!r} exists with block_size {existing['block_size']}",
                            volume=name, block_size=block_size, current_block_size=existing["block_size"])
         return state, {"ok": True, "volume": name, "created": False, "epoch": existing["epoch"]}
+    if primary != cmd["by"]:  # a site registers a volume only as its own primary (squatting another's name)
+        raise _Refusal("not_self", f"add_volume by {cmd['by']!r} names {primary!r} as primary of {name!r}: a "
+                       "volume is registered by its initial primary only", by=cmd["by"], primary=primary,
+                       volume=name, op="add_volume")
+    longer = sorted(k for k in RETENTION_KEYS if retention[k] > DEFAULT_RETENTION[k])
+    if longer:  # one site may not make every site keep copies longer: the daemon requests it (approvals)
+        raise _Refusal("approval_required", f"the initial retention of {name!r} is longer than the defaults "
+                       f"({', '.join(longer)}): register with at most {DEFAULT_RETENTION}, then request the change "
+                       "(set_retention), which other sites approve", volume=name, lengthened=longer,
+                       defaults=dict(DEFAULT_RETENTION))
     _data_site(state, primary, "primary")
     if len(state["volumes"]) >= VOLUMES_MAX:
         raise _Refusal("conflict", f"the cluster already has {VOLUMES_MAX} volumes, the most it may have",
                        volume=name, max_volumes=VOLUMES_MAX)
     vol = {"primary": primary, "epoch": 1, "block_size": block_size, "size_bytes": size_bytes,
-           "min_copies": min_copies, "retention": retention, "snapshots": {}, "last_seq": 0}
+           "min_copies": min_copies, "retention": retention, "snapshots": {}, "last_seq": 0,
+           "registered_by": cmd["by"]}
     if detection is not None:
         vol["detection"] = detection
     return _with_volume(state, name, vol), {"ok": True, "volume": name, "created": True, "epoch": 1}
@@ -1420,16 +1460,30 @@ def disagreement(snap: dict) -> bool:
 
 
 def _op_set_retention(state: dict, cmd: dict) -> tuple[dict, dict]:
+    """Change a volume's retention: only as the action of an approved request. A shorter key
+    (:func:`retention_weakened`) is a weakening (approvals and the cooling-off); a longer one
+    applies once approved, without cooling-off (:func:`_stricter_retention`): a lock of 2**62 s
+    on one site's word froze deletion at every site, and its undo was a weakening that site
+    could veto. The same policy again is answered ``changed`` false."""
     name, vol = _volume(state, cmd)
     retention = _retention(cmd)
     old = vol["retention"]
-    shortened = [k for k in ("keep_all_s", "lock_s") if retention[k] < old[k]]
-    if shortened:
-        # O4: no single site can shorten retention.
-        _needs_approval(cmd, f"shortening {shortened}", volume=name, shortened=shortened,
-                      current=dict(old), requested=dict(retention))
+    if retention == old:
+        return state, {"ok": True, "volume": name, "retention": dict(retention), "weakened": [], "changed": False}
+    weakened = retention_weakened(old, retention)
+    if weakened:  # O4: no single site can shorten retention
+        _needs_approval(cmd, f"shortening {weakened}", volume=name, shortened=weakened, weakened=weakened,
+                        current=dict(old), requested=dict(retention))
+    elif cmd.get(_APPROVED) is not True:  # longer is no licence: every site keeps every copy that long
+        lengthened = [k for k in RETENTION_KEYS if retention[k] != old[k]]
+        raise _Refusal("approval_required", f"a change of {name!r}'s retention ({', '.join(lengthened)}) keeps "
+                       "every site's copies longer: it must be a request approved by operators at other sites "
+                       "(longer: no cooling-off; the admin API makes one: replicad requests, replicad approve REQ)",
+                       by=cmd["by"], volume=name, lengthened=lengthened, weakened=[], current=dict(old),
+                       requested=dict(retention))
     vol = {**vol, "retention": retention}
-    return _with_volume(state, name, vol), {"ok": True, "volume": name, "retention": dict(retention)}
+    return _with_volume(state, name, vol), {"ok": True, "volume": name, "retention": dict(retention),
+                                            "weakened": weakened, "changed": True}
 
 
 def _op_prune_snapshots(state: dict, cmd: dict) -> tuple[dict, dict]:
@@ -1688,6 +1742,18 @@ def _stricter_detection(state: dict, entry: dict) -> bool:
     return not anomaly.weakened_keys(detection_policy(vol), policy)
 
 
+def _stricter_retention(state: dict, entry: dict) -> bool:
+    """True when ``entry`` is a ``set_retention`` request that shortens no key of the volume's
+    retention now (:func:`retention_weakened`): approved, it runs without a cooling-off."""
+    if entry["action"] != "set_retention":
+        return False
+    vol = state["volumes"].get(entry["args"].get("volume"))
+    proposed = entry["args"].get("retention")
+    if vol is None or not isinstance(proposed, dict):
+        return False
+    return not retention_weakened(vol["retention"], proposed)
+
+
 def _run_request(state: dict, cmd: dict, entry: dict) -> tuple[dict, dict]:
     """The request collected its approvals: start its cooling-off (status ``approved`` until
     ``effective_ns`` by the majority clock, vetoable), or run its action now (raising its
@@ -1699,7 +1765,7 @@ def _run_request(state: dict, cmd: dict, entry: dict) -> tuple[dict, dict]:
         cooling = 0
     elif entry["action"] in MAJORITY_ACTIONS:
         cooling = 0 if _unanimous(state, entry) else trust.membership_cooling_off_ns
-    elif _stricter_detection(state, entry):
+    elif _stricter_detection(state, entry) or _stricter_retention(state, entry):
         cooling = 0
     else:
         cooling = trust.cooling_off_ns

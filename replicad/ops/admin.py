@@ -72,9 +72,12 @@ every member reachable before the next.
 
 **Retention** ``PUT``: ``retention`` may give any of ``keep_all_s``, ``hourly_s``,
 ``daily_s``, ``lock_s`` (seconds) or ``keep_all``, ``hourly``, ``daily``, ``lock``
-(durations such as ``"48h"``); missing keys keep their current value.
+(durations such as ``"48h"``), each at most ten years; missing keys keep their current value.
+Any change is a request (202 with its id): a longer policy applies once another site approves
+it (no cooling-off: one site's 2**62 s lock froze deletion everywhere), a shorter key is a
+weakening (below). The same policy again answers 200 ``unchanged``.
 
-**Approvals.** Shortening ``keep_all_s`` or ``lock_s``, and clearing a ``suspect`` verdict,
+**Approvals.** Shortening any retention key, and clearing a ``suspect`` verdict,
 weaken protection: the call records a *request* through Raft (answer 202 with its id) and
 nothing changes until operators of other sites approve it, each at their own site with an
 admin token valid there (``POST /v1/requests/{id}/approve``; the approval is a command
@@ -103,7 +106,7 @@ from replicad.storage.audit import AuditLog, verify_chain
 from replicad.core.errors import (InternalError, NotFoundError, NotSupportedError, PeerUnavailableError, ReplicadError,
                      UnauthenticatedError, UsageError, _jsonable, from_dict)
 from replicad.core import anomaly  # issue 14
-from replicad.core.state import detection_policy, list_requests
+from replicad.core.state import RETENTION_MAX_S, detection_policy, list_requests, retention_weakened
 from replicad.core.units import parse_duration
 from replicad.site.runner import runner_of
 
@@ -289,6 +292,9 @@ def _retention_update(body: dict, current: dict) -> dict:
             raise UsageError(f"retention.{key}: {err}", field=f"retention.{key}") from None
         if seconds < 0 or seconds != int(seconds):
             raise UsageError(f"retention.{key} must be whole non-negative seconds", field=f"retention.{key}")
+        if seconds > RETENTION_MAX_S:
+            raise UsageError(f"retention.{key} must be at most {RETENTION_MAX_S} s (ten years)",
+                             field=f"retention.{key}", max_s=RETENTION_MAX_S)
         out[name] = int(seconds)
     if not out["keep_all_s"] <= out["hourly_s"] <= out["daily_s"]:
         raise UsageError("retention must satisfy keep_all <= hourly <= daily", field="retention", requested=out)
@@ -644,11 +650,12 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         name, body, reason, vs = await _policy_change(request, "retention")
         new = _retention_update(body, vs["retention"])
         args: dict[str, Any] = {"volume": name, "retention": new}
-        if any(new[k] < vs["retention"][k] for k in ("keep_all_s", "lock_s")):
-            return await _make_request(site, "set_retention", args, reason, previous=dict(vs["retention"]))
-        res = await site.cluster.propose("set_retention", **args)
-        return _ok({"volume": name, "retention": res.get("retention", new), "previous": dict(vs["retention"]),
-                    "status": "applied"})
+        current = dict(vs["retention"])
+        if new == current:
+            return _ok({"volume": name, "retention": current, "previous": current, "status": "unchanged"})
+        # any change applies at every site: a request (longer: approvals only; shorter: and cooling-off)
+        return await _make_request(site, "set_retention", args, reason, previous=current,
+                                   weakened=retention_weakened(current, new))
 
     async def retention_run(request: web.Request) -> web.Response:
         name = request.match_info["volume"]

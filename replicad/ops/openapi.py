@@ -277,8 +277,9 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
     ("retentionGet", "GET", "/v1/volumes/{volume}/retention", "The Raft-agreed retention policy", None,
      {"200": "Retention"}, (404,)),
     ("retentionPut", "PUT", "/v1/volumes/{volume}/retention",
-     "Change the retention policy through Raft; shortening keep_all or lock becomes a request (202) that "
-     "operators of other sites approve (O4)",
+     "Change the retention policy through Raft: any change becomes a request (202) that operators of other "
+     "sites approve (longer: no cooling-off; any key shorter: and the cooling-off, O4); every key at most ten "
+     "years; the same policy again: 200 with status unchanged",
      "RetentionPut", {"200": "RetentionSet", "202": "RequestState"}, (400, 404, 409, 503)),
     ("retentionRun", "POST", "/v1/volumes/{volume}/retention/run", "Apply the retention policy at this site now",
      "Empty", {"200": "RetentionReport"}, (400, 404, 409, 503)),

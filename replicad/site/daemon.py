@@ -57,7 +57,7 @@ from replicad.consensus.raft import RaftNode
 from replicad.core import anomaly
 from replicad.core.errors import (ConflictError, MembershipMismatchError, NotFoundError, ReplicadError,
                                   from_os_error)
-from replicad.core.state import CLOCK_REPORT_PERIOD_NS
+from replicad.core.state import CLOCK_REPORT_PERIOD_NS, DEFAULT_RETENTION
 from replicad.peer.tls import check_site_tls, client_context, server_context
 from replicad.peer.transport import PeerClient, peer_routes
 from replicad.site import reload
@@ -78,6 +78,7 @@ from replicad.site.scrub import Scrub
 from replicad.site.standby import StandbyCheck
 from replicad.site.status import Status
 from replicad.site.volumes import VolumeLoop
+from replicad.site.registration import RegistrationCheck
 from replicad.storage import fingerprints
 from replicad.storage.audit import AuditLog
 from replicad.storage.catalog import Catalog
@@ -298,6 +299,7 @@ class SiteDaemon:
         self.detection = Detection(cluster, store, self.metrics, self.data_dir, self._local_detection,
                                    self.pull.ensure_snapshot)
         self.volumes.detection = self.promotion.detection = self.detection
+        self.volumes.registration = RegistrationCheck(self.site_id, self.metrics.registration_mismatch)
         self.volumes.background = self._background
         self.recovery = Recovery(cluster, lambda: self.cfg, self.data_dir, store, catalog, runners, self.pull,
                                  self.interrupted_restores)
@@ -447,6 +449,8 @@ class SiteDaemon:
                 members = (self.raft.view().get("incarnation") or {}).get("members") if self.raft else None
                 if members:
                     self._loop.call_soon_threadsafe(self._membership_agreed, members)
+        if result.get("ok") and command.get("op") in CLUSTER_WIDE_OPS:
+            self._cluster_wide_event(command, result)
         if not result.get("ok") or command.get("op") not in ("promote", "demote"):
             return
         runner = self.runners.get(command.get("volume", ""))
@@ -458,6 +462,21 @@ class SiteDaemon:
             runner.fence_flag.set()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(runner.wake.set)
+
+    def _cluster_wide_event(self, command: dict, result: dict) -> None:
+        """Tick thread: a command signed by ANOTHER site that changed a volume for every site (its
+        registration, retention, detection policy, a verdict, its primary: :data:`CLUSTER_WIDE_OPS`)
+        is logged at WARNING naming that site, once this site joined (not its replay at start).
+        A compromised site's changes are then in every honest site's log, not only in its own."""
+        by = command.get("by")
+        if by == self.site_id or getattr(self, "volumes", None) is None or not self.volumes.joined.is_set() \
+                or result.get("changed") is False or result.get("created") is False:
+            return
+        op = command.get("op")
+        fields = {k: command[k] for k in CLUSTER_WIDE_FIELDS.get(op, ()) if k in command}
+        outcome = {k: result[k] for k in ("epoch", "previous_primary", "cleared", "weakened") if k in result}
+        log.warning("AUDIT %s of volume %s by %s (a command signed by %s, applied at every site): %s %s", op,
+                    command.get("volume"), by, by, fields, outcome)
 
     def _request_event(self, command: dict, result: dict) -> None:
         """Tick thread: every site logs protection-weakening requests and what became of them
@@ -479,9 +498,11 @@ class SiteDaemon:
         applied = list(result.get("requests_applied") or [])
         if result.get("status") == "applied":
             applied.append(result)
+        requests = (self.raft.view().get("requests") or {}) if applied and self.raft is not None else {}
         for done in applied:
-            log.warning("AUDIT request %s %s: %s %s", done.get("request"), done.get("status"), done.get("action"),
-                        done.get("result"))
+            log.warning("AUDIT request %s %s: %s %s (requested by %s)", done.get("request"), done.get("status"),
+                        done.get("action"), done.get("result"),
+                        (requests.get(done.get("request")) or {}).get("by", "?"))
         if applied and self._loop is not None:
             for runner in self.runners.values():
                 self._loop.call_soon_threadsafe(runner.wake.set)
@@ -541,13 +562,7 @@ class SiteDaemon:
             try:
                 await self.cluster.propose("register_site", site_id=self.site_id, peer_url=me.peer_url, kind=me.kind)
                 for v in self.cfg.volumes:
-                    vs = self.cluster.volume_state(v.name)
-                    if vs is None:
-                        res = await self.cluster.propose("add_volume", volume=v.name, primary=v.initial_primary,
-                                                         block_size=v.block_size_bytes, size_bytes=0,
-                                                         min_copies=v.min_copies, retention=_retention_dict(v))
-                        if res.get("created"):
-                            await self._request_initial_policy(v)
+                    await self._register_volume(v)
                 log.info("site %s registered in the cluster", self.site_id)
                 return
             except ConflictError as err:
@@ -564,6 +579,55 @@ class SiteDaemon:
             except ReplicadError as err:
                 log.info("bootstrap waiting for a quorum: %s", err)
                 await asyncio.sleep(1.0)
+
+    async def _register_volume(self, v: VolumeConfig) -> None:
+        """Register ``v`` in the Raft state if this site is its ``initial_primary`` and nobody did
+        yet (``add_volume`` is signed by the volume's primary only): with each retention key at
+        most the state's :data:`~replicad.core.state.DEFAULT_RETENTION` (one site may not make
+        every site keep copies longer), then this site requests its ``[volumes.retention]`` and
+        ``[volumes.detection]`` where they differ (:meth:`_request_initial_retention`,
+        :meth:`_request_initial_policy`). Other sites wait for the primary's registration. A
+        registration that differs from this config (another registering site or block size:
+        squatted, or a race lost to one) is refused here as ``conflict`` and judged by every
+        runner (:mod:`replicad.site.registration`): logged, never the end of the bootstrap of
+        the other volumes."""
+        if self.cluster.volume_state(v.name) is not None or v.initial_primary != self.site_id:
+            return
+        configured = _retention_dict(v)
+        registered = {k: min(x, DEFAULT_RETENTION[k]) for k, x in configured.items()}
+        try:
+            res = await self.cluster.propose("add_volume", volume=v.name, primary=self.site_id,
+                                             block_size=v.block_size_bytes, size_bytes=0, min_copies=v.min_copies,
+                                             retention=registered)
+        except ConflictError as err:  # registered meanwhile with another block size: the runner judges it
+            log.error("volume %s: registration refused: %s %s", v.name, err, err.evidence)
+            return
+        if res.get("created"):
+            await self._request_initial_policy(v)
+            await self._request_initial_retention(v, registered, configured)
+
+    async def _request_initial_retention(self, v: VolumeConfig, registered: dict, configured: dict) -> None:
+        """``[volumes.retention]`` longer than :data:`~replicad.core.state.DEFAULT_RETENTION` for a
+        volume this site just registered (with the defaults for those keys): requested as a
+        ``set_retention`` other sites approve (longer: no cooling-off), logged at WARNING with the
+        request id. A refused request is logged; the operator can make it again
+        (``replicad retention VOL --set KEY=DURATION``)."""
+        if registered == configured:
+            return
+        keys = ", ".join(f"{k.removesuffix('_s')} = {configured[k]} s" for k in sorted(configured)
+                         if configured[k] != registered[k])
+        try:
+            res = await self.cluster.propose("request", action="set_retention",
+                                             args={"volume": v.name, "retention": configured},
+                                             reason=f"[volumes.retention] {keys} in {self.site_id}'s config")
+        except ReplicadError as err:
+            log.warning("volume %s: [volumes.retention] %s could not be requested (%s %s); the volume keeps %s until "
+                        "'replicad retention %s --set ...' is approved", v.name, keys, err, err.evidence, registered,
+                        v.name)
+            return
+        log.warning("AUDIT volume %s: [volumes.retention] %s: requested as %s; the volume keeps the defaults for "
+                    "those keys until an operator of another site approves it (replicad approve %s)", v.name, keys,
+                    res.get("request"), res.get("request"))
 
     async def _request_initial_policy(self, v: VolumeConfig) -> None:
         """``[volumes.detection]`` keys other than the defaults for a volume this site just
@@ -683,6 +747,13 @@ class SiteDaemon:
 LAB_CHECKPOINT_EVERY_ENV = "REPLICAD_LAB_CHECKPOINT_EVERY"
 """Environment variable read only with ``lab = true``: the Raft checkpoint interval in commands
 (every site of the bench must use the same); production always uses ``CHECKPOINT_EVERY``."""
+CLUSTER_WIDE_OPS = ("add_volume", "set_retention", "set_detection", "mark_verdict", "demote", "promote")
+"""Ops that change a volume for every site: each applied one signed by another site is logged
+at WARNING at this site (:meth:`SiteDaemon._cluster_wide_event`)."""
+CLUSTER_WIDE_FIELDS = {"add_volume": ("primary", "block_size", "min_copies", "retention"),
+                       "set_retention": ("retention",), "set_detection": ("policy",),
+                       "mark_verdict": ("seq", "verdict", "reason"), "demote": ("expected_epoch", "force"),
+                       "promote": ("to", "expected_epoch", "force", "snapshot")}
 FOUND_RETRY_S = 2.0
 """Seconds between two ``found`` proposals of a site while the cluster is not founded yet (it
 joins as soon as the others' proposals found it, without waiting for the next one)."""

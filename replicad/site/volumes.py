@@ -26,6 +26,7 @@ from replicad.site.cluster import Cluster
 from replicad.site.detection import Detection
 from replicad.site.promotion import Promotion
 from replicad.site.pull import Pull
+from replicad.site.registration import RegistrationCheck
 from replicad.site.replication import Replication
 from replicad.site.runner import VolumeRunner, load_manifest, runner_of, transition
 from replicad.storage.catalog import Catalog
@@ -64,6 +65,7 @@ class VolumeLoop:
         self.metrics = metrics
         self.joined = asyncio.Event()  # set once this site entered the cluster's incarnation
         self.detection: Detection | None = None  # issue 14: this site's own verdicts (set by the daemon)
+        self.registration: RegistrationCheck | None = None  # the registration against this config (set by the daemon)
         self._judging: dict[str, asyncio.Task] = {}  # issue 14: the primary's own judge, off the cycle's path
         self.background: set[asyncio.Task] | None = None  # the site's background tasks (cancelled at stop)
 
@@ -157,6 +159,10 @@ class VolumeLoop:
             return False  # the incarnation is not settled: an old epoch must never meet a new one
         vs = self.cluster.volume_state(runner.cfg.name)
         if vs is None:
+            return False
+        if self.registration is not None and self.registration.held(runner.cfg, vs):
+            # registered by another site or with another block size (site/registration.py)
+            runner.last_error = "held: the cluster's registration of this volume differs from this config (see the log)"
             return False
         # A stale view (restart, cut off from the majority) can only show an older epoch than the
         # truth: fencing on it is safe, and so is going on producing under the epoch this site

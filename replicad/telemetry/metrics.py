@@ -687,6 +687,10 @@ class SiteMetrics:
         self.disagreements = Gauge("replicad_anomaly_verdict_disagreements", "Committed snapshots on which the "
                                    "sites' verdicts disagree (one site is wrong, broken or lying)",
                                    ["site", "volume"], registry=self.registry)
+        self.registration_mismatch = Gauge("replicad_volume_registration_mismatch", "1: the volume's Raft "
+                                           "registration (registering site, block size, min_copies) differs from "
+                                           "this site's config (site/registration.py; held when acting on it would "
+                                           "harm this site's data)", ["site", "volume"], registry=self.registry)
         # issue 16: drill evidence (site/drills.py); 0 = no passed drill at this site
         self.drill_last_success = Gauge("replicad_drill_last_success_timestamp_seconds",
                                         "Unix time of the newest passed recovery drill of the volume at this site "
@@ -741,6 +745,7 @@ class SiteMetrics:
             self.judged_bytes.labels(site_id, volume)
             self.judge_cpu.labels(site_id, volume)
             self.disagreements.labels(site_id, volume).set(0)
+            self.registration_mismatch.labels(site_id, volume).set(0)
             self.drill_last_success.labels(site_id, volume).set(0)  # drill evidence: none yet
             for outcome in ("passed", "failed"):  # drill outcomes
                 self.drill_runs.labels(site_id, volume, outcome)

@@ -191,17 +191,25 @@ def test_retention_policy_through_raft(cluster: LocalCluster) -> None:
     status, _, before = call(cluster, "site-a", "GET", path, token=VIEWER)
     assert status == 200
     lock = before["retention"]["lock_s"]
+    # a longer policy keeps every site's copies longer: a request too, applied at its second approval (no cooling-off)
     status, _, body = call(cluster, "site-a", "PUT", path, {"retention": {"lock": lock + 3600}})
-    assert status == 200 and body["retention"]["lock_s"] == lock + 3600
+    assert status == 202 and body["status"] == "pending" and body["weakened"] == [], body
+    assert call(cluster, "site-a", "GET", path, token=VIEWER)[2]["retention"]["lock_s"] == lock
+    status, _, body = call(cluster, "site-b", "POST", f"/v1/requests/{body['request']}/approve", {}, token=NO_TOKEN)
+    assert status == 200 and body["status"] == "applied", body
+    status, _, body = call(cluster, "site-a", "PUT", path, {"retention": {"lock": lock + 3600}})
+    assert status == 200 and body["status"] == "unchanged", body
+    assert call(cluster, "site-a", "PUT", path, {"retention": {"lock": "3700d"}})[0] == 400  # > ten years
     cluster.wait_for("site-c sees the new policy", lambda: call(cluster, "site-c", "GET", path, token=NO_TOKEN)[2]
                      ["retention"]["lock_s"] == lock + 3600, timeout_s=20)
     # O4: one site cannot shorten it: a request, pending until an operator of another site approves it there
     status, _, body = call(cluster, "site-a", "PUT", path, {"retention": {"lock_s": lock}, "reason": "test"})
-    assert status == 202 and body["status"] == "pending" and body["needed"] == 2, body
+    assert status == 202 and body["status"] == "pending" and body["needed"] == 2 and body["weakened"] == ["lock_s"]
     req = body["request"]
     assert call(cluster, "site-a", "GET", path, token=VIEWER)[2]["retention"]["lock_s"] == lock + 3600
     listed = call(cluster, "site-c", "GET", "/v1/requests", token=NO_TOKEN)[2]["requests"]
-    assert [(r["id"], r["status"], r["by"], r["reason"]) for r in listed] == [(req, "pending", "site-a", "test")]
+    assert [(r["id"], r["status"], r["by"], r["reason"]) for r in listed if r["status"] == "pending"] == \
+        [(req, "pending", "site-a", "test")]
     assert call(cluster, "site-a", "POST", f"/v1/requests/{req}/approve", {}, token=OPERATOR)[0] == 403
     status, _, body = call(cluster, "site-a", "POST", f"/v1/requests/{req}/approve", {})  # its own site again
     assert status == 200 and body["status"] == "pending", body

@@ -55,7 +55,7 @@ def test_a_forged_dump_from_the_leader_is_refused_and_the_follower_keeps_its_sta
     c.start()
     make_the_attacker_lead(nodes)
     register_all(nodes)
-    propose_ok(a, {"op": "add_volume", "volume": "ehr", "primary": "site-b", "block_size": 4096,
+    propose_ok(b, {"op": "add_volume", "volume": "ehr", "primary": "site-b", "block_size": 4096,  # by its primary
                    "size_bytes": 1 << 20, "min_copies": 1, "retention": RETENTION})
     wait_for(lambda: "ehr" in c.state()["volumes"], "the volume at site-c")
     before = c.state()

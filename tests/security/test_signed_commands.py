@@ -305,7 +305,8 @@ def test_a_majority_revokes_the_compromised_site(cluster: LocalCluster) -> None:
     # machine when site-a applied its revocation before being cut off, else it reaches no quorum
     requests_before = len(cluster.api("site-b", "GET", "/v1/requests")["requests"])
     with pytest.raises(ReplicadError) as info:
-        cluster.api("site-a", "PUT", f"/v1/volumes/{VOL}/retention", {"retention": {"lock": "1s"}}, token=STOLEN)
+        cluster.api("site-a", "PUT", f"/v1/volumes/{VOL}/retention", {"retention": {"lock": "2s"}},  # a change: a request
+                    token=STOLEN)
     assert info.value.code in ("revoked", "no_quorum"), info.value
     assert len(cluster.api("site-b", "GET", "/v1/requests")["requests"]) == requests_before
     # on the network: site-a's Raft connections are dropped at both honest sites, whichever side dialed

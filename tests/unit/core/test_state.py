@@ -187,8 +187,9 @@ def test_add_volume(cluster):
     assert result["created"] is False and _data(same) == _data(cluster)
     base = dict(size_bytes=1, min_copies=1, retention=dict(RETENTION))
     refused(cluster, cmd("add_volume", volume="vol", primary="a", block_size=4096, **base), "conflict")
-    refused(cluster, cmd("add_volume", volume="v2", primary="zz", block_size=4096, **base), "not_found")
-    refused(cluster, cmd("add_volume", volume="v2", primary="w", block_size=4096, **base), "conflict")
+    refused(cluster, cmd("add_volume", by="zz", volume="v2", primary="zz", block_size=4096, **base), "not_found")
+    refused(cluster, cmd("add_volume", by="w", volume="v2", primary="w", block_size=4096, **base), "conflict")
+    refused(cluster, cmd("add_volume", by="a", volume="v2", primary="b", block_size=4096, **base), "not_self")
     refused(cluster, cmd("add_volume", volume="v2", primary="a", block_size=1000, **base), "bad_request")
     refused(cluster, cmd("add_volume", volume="v2", primary="a", block_size=4096, size_bytes=1,
                          min_copies=0, retention=dict(RETENTION)), "bad_request")
@@ -373,16 +374,24 @@ def test_demote(with_snaps):
 # --------------------------------------------------------------------------- retention
 
 
-def test_set_retention_lengthening_is_free_shortening_needs_a_second_site(cluster):
+def test_set_retention_any_change_needs_a_second_site(cluster):
+    """One site's ``set_retention`` changes nothing, longer or shorter (tests/unit/core/test_retention_authority.py
+    has the directions, the cooling-off and the ceiling)."""
     longer = {**RETENTION, "keep_all_s": 7200, "lock_s": 1200}
-    state, _ = ok(cluster, cmd("set_retention", volume="vol", retention=longer))
+    result = refused(cluster, cmd("set_retention", volume="vol", retention=longer), "approval_required")
+    assert result["evidence"]["lengthened"] == ["keep_all_s", "lock_s"]
+    state, _ = approved(cluster, "set_retention", volume="vol", retention=longer)
+    assert state["volumes"]["vol"]["retention"] == longer
     shorter = {**longer, "lock_s": 60}
     result = refused(state, cmd("set_retention", volume="vol", retention=shorter), "approval_required")
     assert result["evidence"]["shortened"] == ["lock_s"]
     refused(state, cmd("set_retention", volume="vol", retention=shorter, approved_by=["b"]), "bad_request")
     state, _ = approved(state, "set_retention", volume="vol", retention=shorter)
     assert state["volumes"]["vol"]["retention"]["lock_s"] == 60
-    state, _ = ok(state, cmd("set_retention", volume="vol", retention={**shorter, "hourly_s": 0}))
+    result = refused(state, cmd("set_retention", volume="vol", retention={**shorter, "hourly_s": 0}), "approval_required")
+    assert result["evidence"]["shortened"] == ["hourly_s"]
+    _, result = ok(state, cmd("set_retention", volume="vol", retention=shorter))
+    assert result["changed"] is False
 
 
 def test_prune_snapshots(with_snaps):

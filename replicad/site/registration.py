@@ -1,0 +1,86 @@
+"""A volume's Raft registration compared with this site's ``[[volumes]]`` entry.
+
+``add_volume`` is signed by the volume's initial primary only (:mod:`replicad.core.state`), but
+a site may still register a name nobody registered yet, in its own name, before the site whose
+config names it starts: a squatted volume. Every site compares what the cluster recorded
+(``registered_by``, ``block_size``, ``min_copies``) with its own config, logs a difference at
+ERROR naming the registering site, sets ``replicad_volume_registration_mismatch{volume}`` to 1
+and, where acting on it would do harm, holds the volume (its runner takes no step):
+
+* another ``block_size``: this site's source, manifests and standby would not fit;
+* this site is the configured initial primary and another site registered the volume: as a
+  replica of that site this site would overwrite its own live volume with the other site's
+  snapshots.
+
+A held volume stays held until the config and the registration agree (the operator renames the
+volume or, if the other site's registration is legitimate, sets ``initial_primary`` to it) and
+the site restarts. Volumes registered before the record had ``registered_by`` compare only
+``block_size`` and ``min_copies``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from replicad.config import VolumeConfig
+
+log = logging.getLogger(__name__)
+
+
+def registration_problems(cfg: VolumeConfig, vs: dict) -> list[str]:
+    """How the volume's Raft entry ``vs`` differs from ``cfg`` (this site's ``[[volumes]]``
+    entry): one sentence per difference, [] when they agree. Pure."""
+    out = []
+    by = vs.get("registered_by")
+    if by is not None and by != cfg.initial_primary:
+        out.append(f"registered by {by}, not by its initial_primary {cfg.initial_primary} (this config)")
+    if vs.get("block_size") != cfg.block_size_bytes:
+        out.append(f"block_size {vs.get('block_size')} (this config: {cfg.block_size_bytes})")
+    if vs.get("min_copies") != cfg.min_copies:
+        out.append(f"min_copies {vs.get('min_copies')} (this config: {cfg.min_copies})")
+    return out
+
+
+def must_hold(cfg: VolumeConfig, vs: dict, site_id: str) -> bool:
+    """True when acting on the volume would harm this site's data (module docstring). Pure."""
+    by = vs.get("registered_by")
+    squatted = by is not None and by != cfg.initial_primary and cfg.initial_primary == site_id
+    return squatted or vs.get("block_size") != cfg.block_size_bytes
+
+
+class RegistrationCheck:
+    """Each volume's registration judged once per distinct Raft entry: the ERROR line, the gauge,
+    and whether the volume is held (:meth:`held`, asked by every runner's tick).
+
+    Args:
+        site_id: this site.
+        gauge: ``replicad_volume_registration_mismatch`` (labels site, volume), or None.
+    """
+
+    def __init__(self, site_id: str, gauge: Any = None) -> None:
+        self.site_id = site_id
+        self.gauge = gauge
+        self._seen: dict[str, tuple] = {}  # volume -> the registration last judged
+        self._held: dict[str, bool] = {}
+
+    def held(self, cfg: VolumeConfig, vs: dict) -> bool:
+        """Judge ``vs`` (the volume's Raft entry) against ``cfg`` if it is new; True: hold the volume."""
+        key = (vs.get("registered_by"), vs.get("block_size"), vs.get("min_copies"))
+        if self._seen.get(cfg.name) != key:
+            self._seen[cfg.name] = key
+            problems = registration_problems(cfg, vs)
+            hold = bool(problems) and must_hold(cfg, vs, self.site_id)
+            self._held[cfg.name] = hold
+            if self.gauge is not None:
+                self.gauge.labels(self.site_id, cfg.name).set(1 if problems else 0)
+            if problems:
+                log.error("AUDIT volume %s: the cluster's registration (by %s) differs from this site's config: %s; %s",
+                          cfg.name, vs.get("registered_by", "an unrecorded site"), "; ".join(problems),
+                          "this site HOLDS the volume (no standby apply, no snapshot, no takeover) until the config "
+                          "and the registration agree: a site that registered a name nobody configured it for is a "
+                          "security incident; if it is legitimate, set initial_primary (or block_size) as "
+                          "registered and restart" if hold else
+                          "this site goes on with the registered values; compare the configs with the other sites' "
+                          "operators")
+        return self._held[cfg.name]

@@ -1,0 +1,107 @@
+"""The attacker of the volume-registration and retention test: a real process holding everything
+of ONE site (its config, the cluster's Raft password, its own site key) that runs that site's
+Raft member itself (the site's daemon must be down) and proposes commands in its OWN name,
+signed with its own key (review R3).
+
+Run as ``python3 -m tests.security.squat_attacker --config SITE.toml --work-dir DIR --squat VOL
+--victim SITE --volume VOL2 [--wait-s S]``. It prints one JSON line per attempt (``attempt``,
+``op``, ``error``: the code the replicated state machine answered, or ``ok``, and ``status`` /
+``request`` for a request) and exits 0 whatever happened: the test judges the honest sites.
+
+1. As soon as a leader is known: ``add_volume`` of ``--squat`` (a name the honest configs list
+   and nobody registered yet) naming ``--victim`` as primary with ``min_copies`` 1 and zero
+   retention (``squat_victim``), then the same name in its own name with another block size
+   (``squat_own``).
+2. Once ``--volume`` has a committed snapshot: ``set_retention`` with ``lock_s`` and
+   ``keep_all_s`` at 2**62 and the thinning windows at 0 (``forever``), a lock of 30 days
+   within the ceiling (``longer``), a ``request`` of it (``longer_request``), and a
+   ``mark_verdict`` suspect of the newest snapshot (``suspect``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from replicad.config import load_config, load_signer
+from tests.security.command_attacker import out, propose
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="squat_attacker")
+    parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--work-dir", required=True, type=Path)
+    parser.add_argument("--squat", required=True)
+    parser.add_argument("--victim", required=True)
+    parser.add_argument("--volume", required=True)
+    parser.add_argument("--wait-s", type=float, default=90.0)
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config)
+    signer = load_signer(cfg)
+    assert signer is not None, "the attacker's site signs"
+    from replicad.consensus.raft import RaftNode
+
+    partners = [s.raft for s in cfg.sites if s.site_id != cfg.site_id]
+    node = RaftNode(cfg.self_ref().raft, partners, args.work_dir, cfg.raft_password.get_secret_value(),
+                    trust=cfg.trust(), signer=signer, sites={s.raft: s.site_id for s in cfg.sites})
+    node.start()
+    node._signer = None  # its Raft connections prove this site; the commands carry its own signature
+    me = cfg.site_id
+
+    def own(op: str, **fields) -> dict:
+        return signer.sign({"v": 1, "op": op, "op_id": uuid.uuid4().hex, "by": me, "now_ns": time.time_ns(), **fields})
+
+    async def until(done, what: str) -> None:
+        deadline = time.monotonic() + args.wait_s
+        while not done():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"attacker: no {what} within {args.wait_s} s")
+            await asyncio.sleep(0.1)
+
+    def synced() -> bool:
+        st = node.status()
+        return st.get("leader") is not None and st.get("last_applied", 0) >= st.get("commit_index", 1) and \
+            me in (node.view().get("sites") or {})
+
+    async def run() -> None:
+        await until(synced, "leader")
+        await propose(node, own("clock"))  # the majority clock knows this site
+        zero = {"keep_all_s": 0, "hourly_s": 0, "daily_s": 0, "lock_s": 0}
+        for label, command in (
+                ("squat_victim", own("add_volume", volume=args.squat, primary=args.victim, block_size=65536,
+                                     size_bytes=0, min_copies=1, retention=zero)),
+                ("squat_own", own("add_volume", volume=args.squat, primary=me, block_size=4096, size_bytes=0,
+                                  min_copies=1, retention=zero))):
+            out(attempt=label, op=command["op"], error=await propose(node, command))
+        await until(lambda: (node.view()["volumes"].get(args.volume) or {}).get("snapshots"), "snapshot")
+        vol = node.view()["volumes"][args.volume]
+        forever = {"keep_all_s": 2**62, "hourly_s": 0, "daily_s": 0, "lock_s": 2**62}
+        longer = {**vol["retention"], "lock_s": 30 * 86400}
+        for label, command in (("forever", own("set_retention", volume=args.volume, retention=forever)),
+                               ("longer", own("set_retention", volume=args.volume, retention=longer))):
+            out(attempt=label, op=command["op"], error=await propose(node, command))
+        command = own("request", action="set_retention", args={"volume": args.volume, "retention": longer},
+                      reason="keep more")
+        try:
+            res = await node.propose(command, timeout_s=5.0)
+            out(attempt="longer_request", op="request", error="ok", status=res.get("status"),
+                request=res.get("request"))
+        except Exception as exc:  # the test judges the honest sites
+            out(attempt="longer_request", op="request", error=getattr(exc, "code", type(exc).__name__))
+        command = own("mark_verdict", volume=args.volume, seq=max(vol["snapshots"]), verdict="suspect",
+                      reason="ransom note seen here")
+        out(attempt="suspect", op=command["op"], error=await propose(node, command))
+
+    try:
+        asyncio.run(run())
+    finally:
+        node.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
