@@ -89,7 +89,6 @@ import functools
 import hashlib
 import logging
 import os
-import socket
 import threading
 import time
 import zlib
@@ -121,13 +120,12 @@ MAX_PENDING_PER_IP = 8
 """Handshakes in progress at once from one source address; more are closed at once."""
 MAX_PENDING = 64
 """Handshakes in progress at once in all."""
-USER_TIMEOUT_S = 10.0
-"""``TCP_USER_TIMEOUT`` of every member connection: data this node sent that stays unacknowledged
-this long closes the connection (pysyncobj then redials). Without it a leader's connection to a
-member cut off by a partition stayed "connected" and its data waited for TCP's retransmission
-backoff: after a 50 s partition the healed member was heard from 3 to 25 s later (chaos
-``partition-primary``). Acknowledgements come from the peer's kernel, so a stalled or stopped
-peer process does not trip it."""
+CONNECT_DEADLINE_S = 3.0
+"""A dial of a member that is not connected after this long is closed (pysyncobj redials it
+after ``raft.REDIAL_S``). pysyncobj leaves a dial in progress to the kernel, whose SYN
+retransmissions back off to 32 s and more: a member dialed while a partition cut it off was
+reached only at the next retransmission after the heal (3-25 s after a 50 s partition in the
+chaos ``partition-primary`` campaign, the healed old primary unfenced meanwhile)."""
 LOG_EVERY_S = 1.0
 """Per reason, at most one WARNING per this many seconds; the suppressed count goes in the next."""
 WRONG_KEY_LOG_EVERY_S = 60.0
@@ -215,19 +213,6 @@ def refusals_of(obj: Any) -> RefusalLog:
     """The :class:`RefusalLog` attached to a SyncObj or connection, else a process-wide one."""
     found = getattr(obj, "refusals", None)
     return found if isinstance(found, RefusalLog) else _FALLBACK_REFUSALS
-
-
-def _set_user_timeout(conn: Any) -> None:
-    """Set :data:`USER_TIMEOUT_S` on ``conn``'s socket (Linux ``TCP_USER_TIMEOUT``, RFC 5482);
-    a platform or socket without it keeps TCP's own timeout."""
-    sock = getattr(conn, "_TcpConnection__socket", None)
-    option = getattr(socket, "TCP_USER_TIMEOUT", None)
-    if sock is None or option is None:
-        return
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, option, int(USER_TIMEOUT_S * 1000))
-    except OSError:  # closed meanwhile: pysyncobj reports the disconnect
-        pass
 
 
 def refuse_undecryptable(conn: Any, exc: Exception) -> bool:
@@ -497,7 +482,6 @@ class MemberOnlyTransport(TCPTransport):
 
     # -- incoming connections
     def _onNewIncomingConnection(self, conn: Any) -> None:
-        _set_user_timeout(conn)
         ip = _peer_ip(conn)
         conn.refusals = self.refusals
         conn.replicad_peer = None
@@ -671,7 +655,6 @@ class MemberOnlyTransport(TCPTransport):
         return super()._connectIfNecessarySingle(node)
 
     def _onOutgoingConnected(self, conn: Any) -> None:
-        _set_user_timeout(conn)
         conn.replicad_peer = None
         if not self.identity.signed:
             super()._onOutgoingConnected(conn)
@@ -746,6 +729,10 @@ class MemberOnlyTransport(TCPTransport):
                 self.refusals.refuse("handshake_timeout", "%s did not answer the handshake within %.1fs",
                                      hs.peer_addr, HANDSHAKE_DEADLINE_S)
                 conn.disconnect()  # pysyncobj redials it after connectionRetryTime
+        for node, conn in list(self._connections.items()):  # dials the kernel still retries
+            if conn.state == CONNECTION_STATE.CONNECTING and \
+                    now - getattr(conn, "_TcpConnection__lastReadTime", now) > CONNECT_DEADLINE_S:
+                conn.disconnect()  # (connect() set lastReadTime when it began)
         revoked = self._revoked()
         if not revoked.keys and not revoked.sites:
             return
