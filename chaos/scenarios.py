@@ -773,7 +773,7 @@ def held_audit(ctx: Ctx, site: str, snapshots: list[dict]) -> dict:
 
 def _prepare_retention_race(ctx: Ctx) -> None:
     """Give two sites different retention in their own config files (the Raft-agreed policy
-    is whichever bootstrapped the volume first; the others' files are not consulted)."""
+    is the initial primary's, which alone registers the volume; the others' files are not consulted)."""
     for sid, pol in zip(ctx.cluster.data_sites[:2], (('2h', '4h', '8h', '1h'), ('30m', '1h', '2h', '20m'))):
         cfg = ctx.cluster.sites[sid].config_path
         cfg.write_text(cfg.read_text() + '\n[volumes.retention]\nkeep_all = "%s"\nhourly = "%s"\n'
