@@ -369,7 +369,15 @@ def _render_verdict(r: dict) -> None:
     if "request" in r:
         _render_request_state(r)
         return
-    console.print(f"{r['volume']}#{r['seq']} is now {r['verdict']}")
+    if r.get("marked") == "suspect" and r.get("verdict") == "clean":  # one site's vote: its own standby holds
+        sites = ", ".join(r.get("suspect_sites") or [])
+        console.print(f"{r['volume']}#{r['seq']} marked suspect here: this site's standby holds before it; the "
+                      f"cluster's verdict stays clean until {r.get('needed')} sites judge it suspect (now: {sites})",
+                      markup=False, soft_wrap=True)
+        if r.get("next"):
+            err_console.print(f"next: {r['next']}", markup=False, soft_wrap=True)
+        return
+    console.print(f"{r['volume']}#{r['seq']} is now {r['verdict']}", markup=False)
     if r.get("warning"):
         err_console.print(f"[yellow]warning[/yellow]: {esc(r['warning'])}", markup=True)
 

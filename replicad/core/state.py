@@ -197,6 +197,14 @@ Authority rules (threat model: root on one site speaks with that site's identity
   else: a site compromised or strictly configured cannot hold every standby. The primary's
   commit verdict (its whole-volume screen) can only make it suspect and is no opinion
   (:func:`disagreement` compares opinions only). A ``clean`` opinion never clears anything.
+* ``mark_verdict`` ``suspect`` (a person's verdict, in the signing site's name): that data
+  site's suspect vote (a witness: ``conflict``), kept under :data:`MARKS`. It counts with the
+  opinions, one site once (:func:`suspect_voters`), holds that site's own standby and takeover
+  for the snapshot and its descendants (:func:`held_by_marks`), pins like a lone opinion, and
+  changes neither the cluster's verdict nor ``confirmed`` until :func:`suspect_quorum` sites
+  agree (review R3: one site's mark flipped every site's verdict, rolled standbys back and moved
+  a takeover's restore point). ``mark_verdict clean`` of a clean snapshot takes back the
+  signer's own mark; an approved one confirms the snapshot and drops every mark.
 * A commit whose parent is ``suspect`` is recorded ``suspect`` by descent (reason
   :data:`TAINT_REASON_PREFIX`) whatever the primary proposed: a compromised primary cannot
   make the child of a suspect snapshot the newest clean one.
@@ -1290,18 +1298,54 @@ def settled_verdict(vol: dict, parent_seq: Any, verdict: str, stats: dict) -> st
 
 
 def _op_mark_verdict(state: dict, cmd: dict) -> tuple[dict, dict]:
-    """Set a snapshot's verdict. Clearing a suspect one (``clean``) runs only as an approved
-    request; it also clears every later snapshot that was suspect only because it descends
-    from it (:func:`tainted_only`, through a chain of such snapshots), so the primary's next
-    snapshot is judged against a clean parent. A later snapshot suspect on its own score stays
-    suspect, and so do its descendants. Result: ``cleared``, the seqs cleared with it."""
+    """A person's verdict on a snapshot, in the signing site's name.
+
+    ``suspect``: that data site's suspect vote (a witness stores nothing to judge: ``conflict``),
+    recorded once per site under :data:`MARKS` with ``recorded_ns`` (the majority's clock). It
+    holds the marking site's own standby and takeover at once, for the snapshot and its
+    descendants (:func:`held_by_marks`), pins pruning like a lone opinion (:func:`suspect_pins`)
+    and counts toward :func:`suspect_quorum` with the sites' opinions, one site once
+    (:func:`suspect_voters`): the snapshot turns suspect for the cluster only on a second site's
+    word (a confirmed one: on marks of :func:`suspect_quorum` sites, which end the confirmation).
+    A lone mark changes neither the cluster's verdict nor ``confirmed`` (ARCHITECTURE "Choices":
+    a person's ``verdict ... suspect`` is its site's vote).
+
+    ``clean``: clearing a suspect snapshot runs only as an approved request; it also clears every
+    later snapshot that was suspect only because it descends from it (:func:`tainted_only`,
+    through a chain of such snapshots), so the primary's next snapshot is judged against a clean
+    parent (a later snapshot suspect on its own score stays suspect, and so do its descendants).
+    Approved, it confirms the snapshot and drops every mark; not approved (a clean snapshot), it
+    withdraws the signing site's own mark. Result: ``verdict`` (the cluster's), ``cleared`` (the
+    seqs cleared with it), ``changed``, and for ``suspect`` ``flipped``, ``suspect_sites``,
+    ``needed``."""
     name, vol = _volume(state, cmd)
     seq = _int(cmd, "seq")
     verdict = _choice(cmd, "verdict", VERDICTS)
     reason = _str(cmd, "reason", REASON_MAX_CHARS, empty_ok=True)
     snap = _snapshot(vol, name, seq)
+    by = cmd["by"]
+    marks = dict(snap.get(MARKS) or {})
+    if verdict == "suspect":
+        _data_site(state, by, "a suspect mark's site")  # a witness holds no standby and judges no bytes
+        changed = by not in marks
+        if changed:
+            mark = {"verdict": "suspect", "reason": reason, "at_ns": cmd["now_ns"]}
+            quorum_now = quorum_now_ns(state)
+            if quorum_now is not None:  # what its pin is measured from (suspect_pins): not the marker's clock
+                mark["recorded_ns"] = quorum_now
+            marks[by] = mark
+        snap = {**snap, MARKS: marks}
+        voters, needed = suspect_voters(state, snap), suspect_quorum(state)
+        flipped = snap["verdict"] == "clean" and len(voters) >= needed
+        if flipped:  # a second site's word: suspect everywhere (and a confirmation made before ends)
+            snap = {**snap, "verdict": "suspect", "confirmed": False,
+                    "verdict_reason": f"{SITE_SUSPECT_PREFIX}{', '.join(voters)}: {reason}"[:REASON_MAX_CHARS]}
+        return (_with_volume(state, name, _with_snapshot(vol, seq, snap)),
+                {"ok": True, "volume": name, "seq": seq, "verdict": snap["verdict"], "cleared": [],
+                 "changed": changed, "flipped": flipped, "suspect_sites": voters, "needed": needed})
     cleared: list[int] = []
-    if snap["verdict"] == "suspect" and verdict == "clean":
+    approved = cmd.get(_APPROVED) is True
+    if snap["verdict"] == "suspect":
         # O4 / DESIGN §7: clearing a suspect snapshot re-enables its apply and pruning.
         _needs_approval(cmd, "clearing a suspect verdict", volume=name, seq=seq)
         clean_parents = {seq}
@@ -1310,13 +1354,20 @@ def _op_mark_verdict(state: dict, cmd: dict) -> tuple[dict, dict]:
             if child.get("parent_seq") in clean_parents and tainted_only(child):
                 clean_parents.add(later)
                 cleared.append(later)
-    confirmed = verdict == "clean" and (snap.get("confirmed") or cmd.get(_APPROVED) is True)
-    vol = _with_snapshot(vol, seq, {**snap, "verdict": verdict, "verdict_reason": reason, "confirmed": bool(confirmed)})
+    confirmed = bool(snap.get("confirmed") or approved)
+    if approved:
+        marks = {}  # the persons' agreed word: the marks made before it are answered
+    else:
+        marks.pop(by, None)  # a site takes back its own mark only
+    snap = {**snap, "verdict": "clean", "verdict_reason": reason, "confirmed": confirmed, MARKS: marks}
+    if not marks:
+        del snap[MARKS]
+    vol = _with_snapshot(vol, seq, snap)
     for later in cleared:
         vol = _with_snapshot(vol, later, {**vol["snapshots"][later], "verdict": "clean", "verdict_reason":
                                           f"cleared with #{seq}: suspect only as its descendant ({reason})"[:REASON_MAX_CHARS]})
     return (_with_volume(state, name, vol),
-            {"ok": True, "volume": name, "seq": seq, "verdict": verdict, "cleared": cleared})
+            {"ok": True, "volume": name, "seq": seq, "verdict": "clean", "cleared": cleared, "changed": True})
 
 
 def detection_policy(vol: dict) -> dict:
@@ -1366,17 +1417,49 @@ def suspect_quorum(state: dict) -> int:
 
 
 def suspect_voters(state: dict, snap: dict) -> list[str]:
-    """The registered, unrevoked data sites (:func:`site_kind`) whose own opinion on ``snap`` is
-    ``suspect``, sorted. Pure."""
-    return sorted(site for site, o in (snap.get("opinions") or {}).items()
-                  if o.get("verdict") == "suspect" and site_kind(state, site) == "data"
-                  and not is_revoked(state, site))
+    """The registered, unrevoked data sites (:func:`site_kind`) whose word on ``snap`` is
+    ``suspect``, sorted, each once: its own opinion (``site_verdict``) or a person's mark in its
+    name (``mark_verdict``, :data:`MARKS`). On a snapshot a person confirmed clean only the marks
+    count (an approved confirmation drops the marks made before it, and outweighs the detectors'
+    opinions). Pure."""
+    marks = {site for site, m in (snap.get(MARKS) or {}).items() if m.get("verdict") == "suspect"}
+    opinions = set() if snap.get("confirmed") else {
+        site for site, o in (snap.get("opinions") or {}).items() if o.get("verdict") == "suspect"}
+    return sorted(site for site in marks | opinions
+                  if site_kind(state, site) == "data" and not is_revoked(state, site))
+
+
+MARKS = "marks"
+"""Snapshot key: ``{site_id: {"verdict": "suspect", "reason": str, "at_ns": int, "recorded_ns": int}}``,
+the persons' ``mark_verdict suspect`` of each data site (its suspect vote, :func:`suspect_voters`),
+kept until that site's ``mark_verdict clean`` or an approved confirmation drops it."""
+
+
+def marked_suspect(snap: dict, site_id: str) -> bool:
+    """True when a person marked ``snap`` suspect in ``site_id``'s name (``mark_verdict``). Pure."""
+    return ((snap.get(MARKS) or {}).get(site_id) or {}).get("verdict") == "suspect"
+
+
+def held_by_marks(vol: dict, site_id: str) -> set[int]:
+    """The seqs of ``vol`` (a volume's state) that ``site_id``'s standby and takeover skip because a
+    person there marked them suspect: each marked snapshot (:func:`marked_suspect`) and every
+    snapshot descending from one (``parent_seq`` chains; a pruned parent ends a chain), whatever
+    the cluster's verdict and a confirmation made before the mark say. The site's own descent
+    rule: what a person saw in a snapshot is in its children too, until that site takes its
+    mark back or an approved confirmation answers it. Pure."""
+    snaps = vol.get("snapshots") or {}
+    held: set[int] = set()
+    for seq in sorted(snaps):
+        if marked_suspect(snaps[seq], site_id) or snaps[seq].get("parent_seq") in held:
+            held.add(seq)
+    return held
 
 
 def suspect_pins(vol: dict, now_ns: int) -> dict[int, str]:
     """Snapshots pruning keeps for a while because one site's opinion said ``suspect``, even when
     the cluster did not (:data:`SUSPECT_SITES_MIN`): ``{seq: why}``. Each suspect opinion on a
-    snapshot no person confirmed, recorded (by the majority's clock, ``recorded_ns``) less than
+    snapshot no person confirmed, and each person's suspect mark (:data:`MARKS`), recorded (by the
+    majority's clock, ``recorded_ns``) less than
     the volume's ``keep_all_s`` before ``now_ns``, pins that snapshot and the one it points back
     to: the newest older snapshot the cluster calls clean before the opinion's ``first_seq`` (the
     first suspicious one), else before the snapshot itself. So a lone vote keeps at most two
@@ -1387,9 +1470,10 @@ def suspect_pins(vol: dict, now_ns: int) -> dict[int, str]:
     clean = sorted(s for s, snap in snaps.items() if snap.get("verdict") == "clean")
     pins: dict[int, str] = {}
     for seq, snap in snaps.items():
-        if snap.get("confirmed"):
-            continue
-        for site, o in sorted((snap.get("opinions") or {}).items()):
+        # a person's mark (mark_verdict) pins like an opinion; a confirmation outweighs the opinions
+        words = [*(() if snap.get("confirmed") else sorted((snap.get("opinions") or {}).items())),
+                 *sorted((snap.get(MARKS) or {}).items())]
+        for site, o in words:
             if o.get("verdict") != "suspect":
                 continue
             recorded = o.get("recorded_ns")

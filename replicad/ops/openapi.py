@@ -158,7 +158,11 @@ SCHEMAS: dict[str, dict] = {
     "RetentionReport": _object({"pruned": {"type": "array", "items": _INT}, "forgotten": _INT,
                                 "refused": {"type": "array", "items": _INT}, "gc": {"type": ["object", "null"]}}),
     "VerdictResult": _object({"volume": _STR, "seq": _INT, "verdict": {"enum": ["clean", "suspect"]}},
-                             {"warning": _STR}),
+                             {"warning": _STR, "marked": _STR, "held_here": _BOOL,
+                              "cluster_verdict": {**_STR, "description": (
+                                  "suspect marks: the cluster's verdict after this site's vote (suspect once "
+                                  "'needed' sites' words agree: opinions or persons' marks)")},
+                              "suspect_sites": {"type": "array", "items": _STR}, "needed": _INT, "next": _STR}),
     "PruneResult": _object({"volume": _STR, "pruned": {"type": "array", "items": _INT},
                             "local": _ref("RetentionReport")}),
     "RaftAudit": _object({"audit": {"type": "array", "items": _OBJ}}),
@@ -286,8 +290,10 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
     ("prune", "POST", "/v1/volumes/{volume}/prune", "Prune snapshots now; refused inside the lock window (O4)",
      "Prune", {"200": "PruneResult"}, (400, 404, 409, 503)),
     ("verdict", "POST", "/v1/volumes/{volume}/snapshots/{seq}/verdict",
-     "Operator verdict on a committed snapshot; clearing a suspect one becomes a request (202) that operators "
-     "of other sites approve", "Verdict", {"200": "VerdictResult", "202": "RequestState"}, (400, 404, 409, 503)),
+     "Operator verdict on a committed snapshot; suspect is this site's vote (holds its standby at once, "
+     "suspect for every site once a second site agrees); clearing a suspect one becomes a request (202) that "
+     "operators of other sites approve", "Verdict", {"200": "VerdictResult", "202": "RequestState"},
+     (400, 404, 409, 503)),
     ("evidence", "GET", "/v1/volumes/{volume}/snapshots/{seq}/evidence",
      "Detection evidence of a committed snapshot: every site's own verdict (Raft) and this site's judgement "
      "(base, signals, the blocks that turned random with before/after statistics, the first suspicious snapshot "

@@ -207,10 +207,16 @@ class Housekeeping:
         return {"volume": volume, "pruned": res.get("pruned", seqs), "local": local}
 
     async def set_verdict(self, volume: str, seq: int, verdict: str, reason: str) -> dict:
-        """Operator verdict on a committed snapshot through Raft. Clearing a ``suspect``
-        snapshot is refused here (``approval_required``): it is a request approved by other
-        sites (the admin API makes it). Marking ``suspect``, or ``clean`` a snapshot that is
-        not suspect, applies at once."""
+        """Operator verdict on a committed snapshot through Raft (``mark_verdict`` in this site's
+        name). Clearing a ``suspect`` snapshot is refused here (``approval_required``): it is a
+        request approved by other sites (the admin API makes it). Marking ``suspect`` is this
+        site's suspect vote: it holds this site's standby at once and makes the snapshot suspect
+        for every site once a second site's word (its opinion or a person's mark) agrees; the
+        answer says which (``cluster_verdict``, ``suspect_sites``, ``needed``, ``next``). ``clean``
+        on a snapshot that is not suspect takes back this site's own mark.
+
+        Returns ``{volume, seq, verdict, ...}``; raises what ``mark_verdict`` refuses (a witness
+        site's mark: ConflictError)."""
         args: dict[str, Any] = {"volume": volume, "seq": seq, "verdict": verdict, "reason": reason}
         vs = self.cluster.volume_state(volume)
         newer_suspect = sorted(s for s, snap in (vs or {}).get("snapshots", {}).items()
@@ -222,6 +228,14 @@ class Housekeeping:
         for runner in self.runners.values():
             runner.wake.set()
         out = {"volume": volume, "seq": seq, "verdict": res.get("verdict", verdict)}
+        if verdict == "suspect":
+            out.update(marked="suspect", cluster_verdict=res.get("verdict"), suspect_sites=res.get("suspect_sites", []),
+                       needed=res.get("needed"), held_here=True)
+            if res.get("verdict") == "clean":
+                sites = ", ".join(res.get("suspect_sites") or [])
+                out["next"] = (f"this site's standby holds before #{seq}; the cluster's verdict stays clean until "
+                               f"{res.get('needed')} sites judge it suspect (now {sites}): an operator of another "
+                               f"site marks it there too (replicad verdict {volume} {seq} suspect)")
         if verdict == "clean" and newer_suspect:
             out["warning"] = (f"newer suspect snapshots remain ({', '.join(map(str, newer_suspect))}): #{seq} is now "
                               f"the newest clean snapshot, so standbys apply it and failovers restore it")

@@ -17,7 +17,7 @@ from replicad.core.backoff import Backoff
 from replicad.core.errors import (ConflictError, NoQuorumError, NotFoundError, NotPrimaryError, ReplicadError,
                                   RestoreVerifyError, SnapshotSuspectError, TakeoverRestoreError, UsageError)
 from replicad.core.manifest import Manifest
-from replicad.core.state import newest_clean, restore_pin
+from replicad.core.state import held_by_marks, newest_clean, restore_pin
 from replicad.site.cluster import Cluster
 from replicad.site.pull import Pull
 from replicad.site.replication import Replication
@@ -79,6 +79,7 @@ class Promotion:
         clean = sorted((q for q, snap in vs["snapshots"].items() if snap.get("verdict") == "clean"), reverse=True)
         skipped: list[int] = []
         last_err: NotFoundError | None = None
+        held = held_by_marks(vs, self.site_id)
         for seq in clean:
             key = (name, vs["epoch"], seq, vs["snapshots"][seq]["root"])
             if time.monotonic() - self._unrestorable.get(key, -UNRESTORABLE_FOR_S) < UNRESTORABLE_FOR_S:
@@ -86,6 +87,9 @@ class Promotion:
                 continue
             backoff = Backoff(base_s=RESTORE_BACKOFF_S, max_s=8 * RESTORE_BACKOFF_S)
             confirmed = bool(vs["snapshots"][seq].get("confirmed"))  # a person's approved clean: no own veto
+            if seq in held:
+                skipped.append(seq)  # a person here marked it or its ancestor suspect (mark_verdict)
+                continue
             if self.detection is not None and not confirmed and self.detection.own_verdict(name, seq, vs) == "suspect":
                 skipped.append(seq)  # issue 14: this site judged it suspect (Raft may not show it yet)
                 continue

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from replicad.core.errors import (ConflictError, NotFoundError, NotPrimaryError, ReplicadError, SnapshotSuspectError,
                                   UnavailableError, UsageError, is_transient)
-from replicad.core.state import newest_clean, newest_committed
+from replicad.core.state import held_by_marks, newest_clean, newest_committed
 from replicad.sources.file import take_snapshot
 from replicad.storage.catalog import LEGACY_INCARNATION, SnapshotRecord
 from replicad.storage.image import verify_image
@@ -219,10 +219,13 @@ class VolumeLoop:
             # issue 14: this site judges every snapshot itself, and a standby takes only a snapshot
             # its OWN verdict calls clean and the cluster does not call suspect (the primary's commit,
             # state.suspect_quorum sites' opinions, a person): one other site's suspect holds nothing
-            # here. A person's approved confirmation (clean, approved by another site) counts for both.
+            # here. A person's approved confirmation (clean, approved by another site) counts for both;
+            # a person's suspect mark in this site's name (mark_verdict) holds it and its descendants.
             await self.detection.judge_pending(name, vs)
             vs = self.cluster.volume_state(name) or vs
+            held = held_by_marks(vs, self.site_id)
             target = max((s for s, snap in vs["snapshots"].items() if snap["verdict"] == "clean"
+                          and s not in held
                           and (snap.get("confirmed") or self.detection.own_verdict(name, s, vs) == "clean")),
                          default=None)
         if target is None or not runner.cfg.standby:

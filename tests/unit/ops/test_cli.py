@@ -520,3 +520,21 @@ def test_requests_show_the_reason_once(admin_stub) -> None:
         "args": {"volume": "ehr", "seq": 42, "verdict": "clean", "reason": "bulk import of zip archives"}}]})
     res = run_env({}, "--admin", url, "requests")
     assert res.returncode == 0 and res.stdout.count("bulk import of zip archives") == 1, res.stdout
+
+
+def test_a_lone_suspect_mark_says_it_holds_this_sites_standby_not_the_clusters_verdict(admin_stub) -> None:
+    url, answers = admin_stub
+    answers["/v1/volumes/ehr/snapshots/5/verdict"] = (200, {
+        "volume": "ehr", "seq": 5, "verdict": "clean", "marked": "suspect", "cluster_verdict": "clean",
+        "suspect_sites": ["site-b"], "needed": 2, "held_here": True,
+        "next": "an operator of another site marks it there too (replicad verdict ehr 5 suspect)"})
+    res = run_env({"COLUMNS": "200"}, "--admin", url, "verdict", "ehr", "5", "suspect", "--reason", "notes")
+    out = " ".join(res.stdout.split())
+    assert res.returncode == 0 and "is now clean" not in out, res.stdout + res.stderr
+    assert "marked suspect here" in out and "until 2 sites" in out and "(now: site-b)" in out, out
+    assert "replicad verdict ehr 5 suspect" in " ".join(res.stderr.split()), res.stderr
+    answers["/v1/volumes/ehr/snapshots/5/verdict"] = (200, {"volume": "ehr", "seq": 5, "verdict": "suspect",
+                                                            "marked": "suspect", "suspect_sites": ["site-a", "site-b"],
+                                                            "needed": 2})
+    res = run_env({}, "--admin", url, "verdict", "ehr", "5", "suspect")
+    assert res.returncode == 0 and "ehr#5 is now suspect" in res.stdout, res.stdout + res.stderr
