@@ -39,6 +39,10 @@ Modes:
   address (it would have cut b's and c's votes from every approval count, promotion and
   revocation), one of itself as a witness (against the agreed membership), then a ``request``
   to shorten the volume's retention to one second; the request's line carries ``needed``.
+* ``mark-suspect`` (review R3): in its OWN name (its own key), ``mark_verdict suspect`` of every
+  committed snapshot from ``--from-seq`` (no approval is asked for suspect); each line carries the
+  cluster's verdict after it (``verdict``), ``flipped`` and ``suspect_sites``. It once flipped
+  the cluster's verdict at once: standbys rolled back, later snapshots suspect by descent.
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ async def wait_synced(node, volume: str, timeout_s: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="command_attacker")
     parser.add_argument("mode", choices=["forge", "replay", "bogus-commit", "claim-clean", "found", "flood", "policy",
-                                           "reregister"])
+                                           "reregister", "mark-suspect"])
     parser.add_argument("--from-seq", type=int, default=1)
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--work-dir", required=True, type=Path)
@@ -223,6 +227,18 @@ def main(argv: list[str] | None = None) -> int:
                        "change_max": 1.0}
             command = own("set_detection", volume=args.volume, policy=weakest)
             out(mode="claim-clean", op="set_detection", error=await propose(node, command))
+        elif args.mode == "mark-suspect":
+            me = cfg.site_id
+            for seq in (q for q in seqs if q >= args.from_seq):
+                command = signer.sign({"v": 1, "op": "mark_verdict", "op_id": uuid.uuid4().hex, "by": me,
+                                       "now_ns": time.time_ns(), "volume": args.volume, "seq": seq,
+                                       "verdict": "suspect", "reason": "ransom note seen here"})
+                try:
+                    res = await node.propose(command, timeout_s=5.0)
+                    out(mode="mark-suspect", seq=seq, error="ok", verdict=res.get("verdict"),
+                        flipped=res.get("flipped"), suspect_sites=res.get("suspect_sites"))
+                except Exception as exc:  # the tests judge the honest sites
+                    out(mode="mark-suspect", seq=seq, error=getattr(exc, "code", type(exc).__name__))
         elif args.mode == "policy":
             me = cfg.site_id
             policy = dict(vol.get("detection") or {})

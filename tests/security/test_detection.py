@@ -222,7 +222,11 @@ def test_a_site_voting_suspect_on_every_snapshot_holds_no_other_sites_standby(tm
     is not frozen: an operator's prune of a snapshot the votes name or point back to is refused
     as pinned by site-a's opinion (for keep_all after the vote, 1 min here: that the pin ends is
     the unit tests' ``test_one_sites_suspect_opinion_pins_pruning_for_the_keep_all_window_only``,
-    on the majority's clock), where a frozen volume answers "pruning is frozen"."""
+    on the majority's clock), where a frozen volume answers "pruning is frozen". Then a person's
+    verdict in site-a's name (review R3: ``command_attacker.py mark-suspect``, a real process
+    with site-a's key, its daemon down) marks every snapshot suspect: still one site's word, so
+    the cluster's verdict stays clean, site-b and site-c log each mark at WARNING naming site-a,
+    and both apply the primary's next snapshot."""
     c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2, extra_volume_toml=SHORT_RETENTION,
                      extra_site_toml=NO_FLOOR_TOML)
     try:
@@ -258,5 +262,26 @@ def test_a_site_voting_suspect_on_every_snapshot_holds_no_other_sites_standby(tm
         ev = c.api("site-c", "GET", f"/v1/volumes/{VOL}/snapshots/{seqs[-1]}/evidence")
         assert ev["disagreement"] is True and ev["verdict"] == "clean", ev
         assert ev["opinions"]["site-a"]["verdict"] == "suspect", ev["opinions"]
+
+        # review R3: a person's verdict in site-a's name, signed with its own key by a real attacker
+        # process (its daemon down): mark_verdict suspect of every snapshot, no approval asked. It
+        # flipped the cluster at once; now it is site-a's vote, counted once with its opinion
+        c.kill("site-a", signal.SIGTERM)
+        marks = attack(c, "mark-suspect", tmp_path / "attacker")
+        assert [(m["seq"], m["error"], m["verdict"], m["flipped"], m["suspect_sites"]) for m in marks] == \
+            [(q, "ok", "clean", False, ["site-a"]) for q in seqs], marks
+        for s in HONEST:
+            c.wait_for(f"{s} to log site-a's {len(seqs)} marks at WARNING", lambda s=s: c.log_tail(s, 4000).count(
+                f"WARNING replicad.site.daemon: AUDIT mark_verdict of volume {VOL} by site-a") == len(seqs), 30)
+            assert all(snaps(c, s)[q]["verdict"] == "clean" for q in seqs), (s, snaps(c, s))
+        lying_site.start(c, "site-a", "--suspect")  # the honest standbys go on applying the primary's snapshots
+        c.wait_ready(60)
+        overwrite_blocks(img, [9], random.Random(25))
+        seq = snapshot(c, "site-a")["seq"]
+        image = sha(img)
+        for s in HONEST:
+            c.wait_for(f"{s} applied #{seq} after site-a's marks", lambda s=s: standby_seq(c, s) == seq, 90)
+            assert sha(c.sites[s].volume_path(VOL)) == image, f"{s}'s standby is not the primary's #{seq}"
+            assert snaps(c, s)[seq]["verdict"] == "clean", snaps(c, s)[seq]
     finally:
         c.stop_all()
