@@ -775,12 +775,24 @@ class _HardenedSyncObj(SyncObj):
         self._misbehaviour = MisbehaviourCount()
 
     def _onTick(self, timeToWait: float = 0.0) -> None:
-        self._pre_vote_gate()
+        allowed = self._pre_vote_gate()
         self._ask_membership()
+        # Point 7: pysyncobj starts an election when the deadline has passed by its own look at
+        # the clock, a moment after the gate's; a deadline passing in between (a late heartbeat,
+        # a descheduled or stopped tick thread) started a real election without a pre-vote, and
+        # the node, refused under the lease, stayed at a term above its healthy leader's (it
+        # drops the leader's lower-term messages): no leader for minutes. So pysyncobj sees no
+        # deadline unless the gate allowed the election; one set meanwhile (a message) stays.
+        hidden = None
+        if not allowed and self._SyncObj__raftState != _RAFT_STATE_LEADER:
+            hidden, self._SyncObj__raftElectionDeadline = self._SyncObj__raftElectionDeadline, float("inf")
         try:
             SyncObj._onTick(self, timeToWait)
         except errors.StoreFullError as err:  # the leader's own append: point 12
             self._journal_full(err)
+        finally:
+            if hidden is not None and self._SyncObj__raftElectionDeadline == float("inf"):
+                self._SyncObj__raftElectionDeadline = hidden
         self._track_catch_up()
         self._depose_check()
 
@@ -1003,15 +1015,18 @@ class _HardenedSyncObj(SyncObj):
             except errors.ReplicadError as err:
                 log.warning("raft: caught up after a lost journal, but %s; still not voting", err)
 
-    def _pre_vote_gate(self) -> None:
-        """Hold pysyncobj's election back until a majority granted a pre-vote (point 7)."""
+    def _pre_vote_gate(self) -> bool:
+        """Hold pysyncobj's election back until a majority granted a pre-vote (point 7).
+        Returns True when pysyncobj may start an election on this tick (pre-vote won, a leader
+        transfer, no other member, or a transport not ready yet)."""
         if self._SyncObj__raftState == _RAFT_STATE_LEADER or self._SyncObj__selfNode is None \
                 or not self.__dict__.get("_SyncObj__transport") or not self._SyncObj__transport.ready:
-            return
+            return True
+        if self._SyncObj__transferInProgress:
+            return True
         now = monotonic_time()
-        if self._SyncObj__raftElectionDeadline >= now or not self._SyncObj__connectedToAnyone() \
-                or self._SyncObj__transferInProgress:
-            return
+        if self._SyncObj__raftElectionDeadline >= now or not self._SyncObj__connectedToAnyone():
+            return False
         no_candidacy = "it lost its journal and has not caught up" if self._rejoining() else \
             ("its journal cannot be written (disk full)" if self._journal_full_now() is not None else
              ("it cannot read its own full dump (stepped down)" if now < self._no_candidacy_until else None))
@@ -1020,11 +1035,11 @@ class _HardenedSyncObj(SyncObj):
             if now - self._full_logged >= 10.0:
                 self._full_logged = now
                 log.warning("raft: no leader heard, but this node does not run for election: %s", no_candidacy)
-            return
+            return False
         self._SyncObj__raftLeader = None  # not heard within an election timeout: no longer a leader we know
         if self._pre_vote_won or not self._SyncObj__otherNodes:
             self._pre_vote_won = False  # let pysyncobj's _onTick run the election now
-            return
+            return True
         term = self._SyncObj__raftCurrentTerm + 1
         self._pre_vote_term = term
         self._pre_vote_grants = frozenset()
@@ -1045,6 +1060,7 @@ class _HardenedSyncObj(SyncObj):
                 "last_log_term": self._SyncObj__getCurrentLogTerm(),
                 "needs_leader": needs_leader, "isolated_s": min(since_leader_s, 1e9),
             })
+        return False
 
     def _on_pre_vote(self, node: Any, message: dict) -> None:
         term, last_idx, last_term = (message.get("term"), message.get("last_log_index"),

@@ -258,6 +258,29 @@ def test_an_expired_election_deadline_asks_pre_votes_and_keeps_the_term(follower
     assert not obj._pre_vote_won  # handed over to pysyncobj's election in the same tick
 
 
+def test_a_deadline_passing_between_the_gate_and_pysyncobjs_look_starts_no_election(follower, monkeypatch):
+    """The gate saw the deadline ahead; pysyncobj, a moment later, saw it passed (a late heartbeat,
+    a descheduled or stopped tick thread): it started a real election without a pre-vote, and the
+    node stayed at a term above its healthy leader's (the cluster that never became ready)."""
+    import pysyncobj.syncobj
+
+    obj, leader = follower
+    obj._onTick(0.0)  # the transport binds
+    sent = []
+    obj._SyncObj__transport.send = lambda node, m: sent.append(m)
+    obj._SyncObj__connectedToAnyone = lambda: True
+    term, now = obj.raftCurrentTerm, time.monotonic()
+    monkeypatch.setattr(consensus, "monotonic_time", lambda: now)  # the gate's look
+    monkeypatch.setattr(pysyncobj.syncobj, "monotonicTime", lambda: now + 1.0)  # pysyncobj's, later
+    obj._SyncObj__raftElectionDeadline = now + 0.5
+    obj._onTick(0.0)
+    assert obj.raftCurrentTerm == term and not [m for m in sent if m["type"] == "request_vote"], sent
+    assert obj._SyncObj__raftElectionDeadline == now + 0.5  # the gate asks for pre-votes next tick
+    monkeypatch.setattr(consensus, "monotonic_time", lambda: now + 1.0)
+    obj._onTick(0.0)
+    assert [m["type"] for m in sent] == ["pre_vote"] and obj.raftCurrentTerm == term
+
+
 def test_a_success_answer_to_an_earlier_message_does_not_move_next_index_back(tmp_path):
     conf = SyncObjConf(password=PASSWORD, journalFile=str(tmp_path / "raft.journal"), autoTick=False,
                        appendEntriesUseBatch=False, dynamicMembershipChange=False)
