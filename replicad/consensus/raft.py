@@ -735,6 +735,7 @@ class _HardenedSyncObj(SyncObj):
     needs_leader: Callable[[], bool] = staticmethod(lambda: False)  # set by RaftNode (point 7)
     _started_at: float = float("-inf")
     _isolation_logged: float = float("-inf")
+    _isolated_refusal_logged: float = float("-inf")  # last WARNING refusing an isolated member's pre-vote
     _pre_vote_granted: tuple = (None, None, float("-inf"))  # (node id, term, when) of the last grant
     _votes: tuple = (None, frozenset())  # (term, node ids) of the response_vote messages counted
     _full_logged: float = float("-inf")  # point 12: last ERROR about an unwritable journal
@@ -1069,11 +1070,10 @@ class _HardenedSyncObj(SyncObj):
             return
         in_lease = monotonic_time() - self._leader_contact < self._SyncObj__conf.raftMinTimeout
         isolated_s = message.get("isolated_s")
+        isolated = False
         if in_lease and message.get("needs_leader") is True and isinstance(isolated_s, (int, float)) \
                 and not isinstance(isolated_s, bool) and isolated_s >= ISOLATED_AFTER_S:
-            in_lease = False  # a primary cut off from the leader, not a stalled node (point 7)
-            log.warning("raft: granting a pre-vote to %s despite a live leader: it needs one to commit and "
-                        "has heard from none for %.0fs", getattr(node, "id", node), isolated_s)
+            in_lease, isolated = False, True  # a primary cut off from the leader, not a stalled node (point 7)
         my_last_term = self._SyncObj__getCurrentLogTerm()
         up_to_date = last_term > my_last_term or (last_term == my_last_term
                                                   and last_idx >= self._SyncObj__getCurrentLogIndex())
@@ -1094,6 +1094,8 @@ class _HardenedSyncObj(SyncObj):
                    and not self._rejoining()  # point 12: an emptied log vouches for nothing
                    and self._journal_full_now() is None  # point 12: it could not store the vote it promises
                    and not self.holds_deposed(node.id))  # point 18
+        if isolated:
+            self._log_isolated_pre_vote(node, term, isolated_s, granted, up_to_date, last_idx, last_term)
         if granted:
             self._pre_vote_granted = (node.id, term, monotonic_time())
         elif self.holds_deposed(node.id):
@@ -1101,6 +1103,38 @@ class _HardenedSyncObj(SyncObj):
                                  node.id, term)
         self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": term, "granted": granted,
                                              "current_term": current})
+
+    def _log_isolated_pre_vote(self, node: Any, term: int, isolated_s: float, granted: bool, up_to_date: bool,
+                               last_idx: int, last_term: int) -> None:
+        """WARNING about a pre-vote asked under the isolation exception (point 7), saying what was
+        answered: the grant (every time), or why it was refused (once per :data:`ISOLATED_AFTER_S`).
+        The grant used to be logged before the other rules were checked, so a refusal for a log
+        behind ours read as "granting", and a member left at a term above its leader's (it drops the
+        leader's lower-term messages and cannot catch up) looked elected-for while it was not."""
+        who = getattr(node, "id", node)
+        if granted:
+            log.warning("raft: granting a pre-vote to %s despite a live leader: it needs one to commit and "
+                        "has heard from none for %.0fs", who, isolated_s)
+            return
+        now = monotonic_time()
+        if now - self._isolated_refusal_logged < ISOLATED_AFTER_S:
+            return
+        self._isolated_refusal_logged = now
+        current = self._SyncObj__raftCurrentTerm
+        if not up_to_date:
+            why = "its log (last entry %d of term %d) is behind ours (%d of term %d)" % (
+                last_idx, last_term, self._SyncObj__getCurrentLogIndex(), self._SyncObj__getCurrentLogTerm())
+        elif self._SyncObj__raftState == _RAFT_STATE_LEADER:
+            why = "this node is the leader"
+        elif term <= current:
+            why = "term %d is not above ours (%d)" % (term, current)
+        else:
+            why = "this node votes for nobody now (lost or full journal, or a deposed candidate)"
+        above = term - 1 > current
+        log.warning("raft: refusing a pre-vote at term %d to %s, which needs a leader to commit and has heard from "
+                    "none for %.0fs: %s%s", term, who, isolated_s, why,
+                    "; it is at term %d, above ours (%d): it drops our leader's lower-term messages, so it cannot "
+                    "catch up while this leader leads" % (term - 1, current) if above else "")
 
     def _on_pre_vote_response(self, node: Any, message: dict) -> None:
         term = message.get("term")

@@ -241,6 +241,31 @@ def test_a_primary_cut_off_from_the_leader_is_granted_despite_the_lease(follower
                             isolated_s=cut + 1) == [False]  # the log rule still holds
 
 
+def test_an_isolated_primary_whose_log_is_behind_is_refused_and_the_log_line_says_so(follower, caplog):
+    """16 GiB RPO run: site-a, at term 2 above its leader's (1), asked pre-votes for 5 min; site-b
+    logged "granting a pre-vote ... despite a live leader" each time, yet refused every one: the
+    leader had committed site-b's entries since, and site-a's log was behind. The line was written
+    before the log rule was checked."""
+    obj, leader = follower
+    append(obj, leader, 1, 0, [(b"\x01", 2, 1), (b"\x02", 3, 1)], commit_index=3)  # in the lease, term 1
+    term = obj.raftCurrentTerm
+    cut = consensus.ISOLATED_AFTER_S
+    behind = {"term": term + 2, "last_log_index": 2, "last_log_term": 1, "needs_leader": True, "isolated_s": cut}
+    with caplog.at_level(logging.WARNING, logger=consensus.log.name):
+        assert pre_vote_answers(obj, leader, **behind) == [False]
+        assert pre_vote_answers(obj, leader, **behind) == [False]
+    lines = [r.getMessage() for r in caplog.records]
+    assert not [m for m in lines if "granting" in m], lines
+    refused = [m for m in lines if "refusing a pre-vote" in m]
+    assert len(refused) == 1, lines  # once per ISOLATED_AFTER_S, not per round
+    assert "behind ours (3 of term 1)" in refused[0] and f"at term {term + 1}, above ours ({term})" in refused[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=consensus.log.name):
+        assert pre_vote_answers(obj, leader, **{**behind, "last_log_index": 3}) == [True]  # caught up: granted
+    assert [r.getMessage() for r in caplog.records if "granting a pre-vote" in r.getMessage()]
+    assert obj.raftCurrentTerm == term  # a pre-vote changes nothing here
+
+
 def test_an_expired_election_deadline_asks_pre_votes_and_keeps_the_term(follower):
     obj, leader = follower
     sent = []
