@@ -19,7 +19,7 @@ from replicad.core.identity import CanonicalError, Signer
 from replicad.core.manifest import Manifest
 from replicad.core.state import is_revoked
 from replicad.site.cluster import Cluster
-from replicad.site.runner import load_manifest
+from replicad.site.runner import complete_base, load_manifest
 from replicad.storage.audit import AuditLog
 from replicad.storage.catalog import Catalog, SnapshotRecord
 from replicad.storage.chunkstore import ChunkStore
@@ -70,17 +70,9 @@ class Receiver:
         self._budgets: dict[tuple[str, int, str], int] = {}   # their limits (chunk_budget), per stream key
 
     def complete_base(self, volume: str) -> Manifest | None:
-        """The newest snapshot of ``volume`` in this site's catalog whose manifest is here:
-        every recorded snapshot's chunks are kept live by the collector (``Housekeeping.gc``), and a record is only
-        written once the snapshot was complete (received, produced, or fetched). None while
-        the store has chunks to repair (``ChunkStore.repairs_pending``): a recorded snapshot
-        may then lack one, and every block is looked up instead."""
-        if self.store.repairs_pending:
-            return None
-        for rec in sorted(self.catalog.list(volume), key=lambda r: r.seq, reverse=True):
-            if self.store.has(rec.root):
-                return load_manifest(self.store, rec.root)
-        return None
+        """A snapshot of ``volume`` this site holds completely, or None:
+        :func:`replicad.site.runner.complete_base` (the rule shared with the pull path)."""
+        return complete_base(self.store, self.catalog, volume)
 
     def stored_ack(self, volume: str, epoch: int, seq: int, root: bytes) -> bytes | None:
         """This site's signed "stored" acknowledgement (64 bytes,

@@ -17,6 +17,7 @@ from replicad.core import roles
 from replicad.core.backoff import Backoff
 from replicad.core.errors import NotFoundError, ReplicadError
 from replicad.core.manifest import Manifest
+from replicad.storage.catalog import Catalog
 from replicad.storage.chunkstore import ChunkStore
 
 log = logging.getLogger("replicad.site.runner")
@@ -92,3 +93,26 @@ def load_manifest(store: ChunkStore, root: bytes) -> Manifest:
     """The manifest stored under ``root`` (a verified read). Raises NotFoundError /
     IntegrityError like :meth:`ChunkStore.get`."""
     return Manifest.decode(store.get(root))
+
+
+def complete_base(store: ChunkStore, catalog: Catalog, volume: str) -> Manifest | None:
+    """The newest snapshot of ``volume`` in ``catalog`` (records of every state) whose manifest is in ``store``:
+    a snapshot this site holds completely, to check a new one against
+    (:func:`replicad.core.manifest.changed_digests`: only the blocks that differ are looked up).
+
+    Why a record means complete: a record is only written once its snapshot was complete here
+    (produced, received and checked, or fetched and checked), and the collector never removes a
+    chunk of a snapshot still recorded (``Housekeeping.gc`` keeps live every catalog record of
+    each configured volume, whatever its state, besides Raft's holders and the exports' pins;
+    pruning deletes the record first, and only then may its chunks go). None while the store
+    has chunks to repair (``ChunkStore.repairs_pending``: a chunk found corrupt or lost was
+    dropped, so a recorded snapshot may lack one; every block is looked up instead) or when no
+    recorded manifest is here. Used by the ship path
+    (``Receiver.complete_base``) and the pull path (``Pull.ensure_snapshot``). Synchronous;
+    raises IntegrityError if the base's manifest is corrupt here."""
+    if store.repairs_pending:
+        return None
+    for rec in sorted(catalog.list(volume), key=lambda r: r.seq, reverse=True):
+        if store.has(rec.root):
+            return load_manifest(store, rec.root)
+    return None
