@@ -1628,27 +1628,72 @@ def ransom_note_matches(new: bytes | None, old: bytes | None, patterns: Sequence
     texts = note_texts(new)
     if not texts:
         return ()
-    old_texts = note_texts(old) if old else []
-    found = []
-    for text, finditer in zip(every, compile_notes(every)):
+    compiled = dict(zip(every, compile_notes(every)))
+    old_texts: list[str] | None = None
+    lowered: list[str] | None = None
+
+    def matches(text: str) -> bool:
+        # new text of this pattern's that the old version did not hold (each pattern alone)
+        nonlocal old_texts, lowered
+        finditer = compiled[text]
         if finditer is None:  # refused by RE2 (unusable_notes): never matched
-            continue
+            return False
+        need = _NOTE_LITERALS.get(text)
+        if need is not None and all(t.isascii() for t in texts):
+            folded, literals = need
+            if folded:
+                lowered = [t.lower() for t in texts] if lowered is None else lowered
+            if not any(x in t for t in (lowered if folded else texts) for x in literals):
+                return False  # no literal every match contains: no match
+        run = _NOTE_BASE58_RUNS.get(text)
+        if run is not None and all(t.isascii() for t in texts) and \
+                not any(b"a" * run in t.encode("ascii").translate(_BASE58_MARK) for t in texts):
+            return False  # no run of base58 characters as long as every match
         hits: set[str] = set()
         for h in itertools.islice((h for t in texts for h in finditer(t)), NOTE_MATCHES_MAX):
             hits.add(h.lower())
             if len(hits) >= NOTE_HITS_MAX:
                 break
         if not hits:
-            continue
+            return False
+        old_texts = (note_texts(old) if old else []) if old_texts is None else old_texts
         for h in itertools.islice((h for part in old_texts for h in finditer(part)), NOTE_MATCHES_MAX):
             hits.discard(h.lower())
             if not hits:
                 break
-        if hits:
-            found.append(text)
-    if len(found) < max(1, minimum) or not set(found) & set(strong):
+        return bool(hits)
+
+    # the strong indicators first: without one the answer is () whatever the others match
+    # (benign text never holds one, so the other patterns are not run over it)
+    found_strong = {text for text in dict.fromkeys(strong) if matches(text)}
+    if not found_strong:
+        return ()
+    found = [text for text in every if text in found_strong or (text not in strong and matches(text))]
+    if len(found) < max(1, minimum):
         return ()
     return tuple(found)
+
+
+_NOTE_LITERALS: dict[str, tuple[bool, tuple[str, ...]]] = {
+    RANSOM_NOTE_STRONG_DEFAULT[0]: (True, (".onion",)),
+    RANSOM_NOTE_STRONG_DEFAULT[1]: (True, (".txt", ".htm", ".hta", ".rtf")),
+    RANSOM_NOTE_STRONG_DEFAULT[2]: (False, ("DECRYPT", "RESTORE", "RECOVER", "UNLOCK")),
+    RANSOM_NOTE_STRONG_DEFAULT[4]: (False, ("bc1",)),
+}
+"""Built-in patterns and literals one of which every match of theirs contains: ``(case-folded,
+literals)``, folded meaning the pattern matches case-insensitively (``.onion``; a note file name
+ends in ``.txt``, ``.htm(l)``, ``.hta`` or ``.rtf``; the capitals of a note file name without
+extension name DECRYPT, RESTORE, RECOVER or UNLOCK; a bech32 address starts ``bc1``). Checked on
+ASCII text only (Unicode case folding maps a few other characters onto ASCII letters, e.g.
+U+212A KELVIN SIGN onto ``k``): where none occurs, :func:`ransom_note_matches` skips the regular
+expression (the same answer, ~0.1 ms instead of 0.5-2.4 ms per 64 KiB of text)."""
+_NOTE_BASE58_RUNS: dict[str, int] = {RANSOM_NOTE_STRONG_DEFAULT[3]: 26, RANSOM_NOTE_STRONG_DEFAULT[5]: 95}
+"""Built-in patterns every match of which is a run of at least this many base58 characters
+(``[1-9A-HJ-NP-Za-km-z]``, case-sensitive: a legacy Bitcoin address 26-35, a Monero address 95):
+skipped on ASCII text without such a run (:data:`_NOTE_LITERALS`)."""
+_BASE58_MARK = bytes(0x61 if chr(x) in "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz" else 0x20
+                     for x in range(256))
+"""Translation table: every base58 character to ``a``, any other byte to a space."""
 
 
 _ZERO_WIDTH = dict.fromkeys((0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF, 0x00AD))
