@@ -100,6 +100,12 @@ names up in its own modules):
    whose link to the leader is cut, while both still reach the third site, could never
    commit again although a majority is connected. Replicas never use the exception, so two
    sites that cannot see each other do not take leadership from each other in turn.
+   A primary left at a term above its leader's (it drops the leader's lower-term messages, so
+   its log falls behind and its pre-votes are refused) asks under the same exception; a
+   follower that sees its term above its own and its log behind adopts that term and asks for
+   pre-votes, so a member with the newer log is elected above it (16 GiB RPO run: 5 min
+   without a commit from the primary). A member lying about it wins nothing it could not win
+   under the exception already (the election with an up-to-date log).
 
 8. **Members only, bounded, bound to one site** (:mod:`replicad.consensus.channel`). ``SyncObj``
    is built with :class:`~replicad.consensus.channel.MemberOnlyTransport`: read-only observers,
@@ -1094,7 +1100,11 @@ class _HardenedSyncObj(SyncObj):
                    and not self._rejoining()  # point 12: an emptied log vouches for nothing
                    and self._journal_full_now() is None  # point 12: it could not store the vote it promises
                    and not self.holds_deposed(node.id))  # point 18
-        if isolated:
+        if isolated and not granted and not up_to_date and term - 1 > current \
+                and self._SyncObj__raftState != _RAFT_STATE_LEADER and not self._rejoining() \
+                and self._journal_full_now() is None and not self.holds_deposed(node.id):
+            current = self._adopt_stranded_term(node, term - 1, isolated_s, last_idx, last_term)
+        elif isolated:
             self._log_isolated_pre_vote(node, term, isolated_s, granted, up_to_date, last_idx, last_term)
         if granted:
             self._pre_vote_granted = (node.id, term, monotonic_time())
@@ -1104,13 +1114,38 @@ class _HardenedSyncObj(SyncObj):
         self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": term, "granted": granted,
                                              "current_term": current})
 
+    def _adopt_stranded_term(self, node: Any, term: int, isolated_s: float, last_idx: int, last_term: int) -> int:
+        """Point 7, a primary stranded above its leader's term: ``node`` asked a pre-vote under the
+        isolation exception from ``term``, above ours, with a log behind ours. It can be neither
+        elected (its log is behind) nor reached by our leader (pysyncobj drops append entries of a
+        term below its own), and our leader's lease keeps every other election away: it stayed so
+        for as long as the leader led (16 GiB RPO run: 5 min). Adopt its term (Raft §5.1, as if it
+        had answered with it; votedFor none) and ask for pre-votes on the next tick: a member with
+        the newer log is elected above that term and the stranded primary follows it and catches up.
+
+        Only under the conditions that already let ``node`` be elected with an up-to-date log (it
+        says it needs a leader and has heard from none for :data:`ISOLATED_AFTER_S`), so a member
+        that lies about it can make an election here no more than it already could, and it wins
+        nothing with it. Not at a leader (it steps down by the majority rule), a node without a
+        usable journal, or for a leader this node deposed. Returns the new current term."""
+        ours_idx, ours_term = self._SyncObj__getCurrentLogIndex(), self._SyncObj__getCurrentLogTerm()
+        log.warning("raft: %s needs a leader to commit, has heard from none for %.0fs and is at term %d, above ours "
+                    "(%d), with a log behind ours (last entry %d of term %d; ours %d of term %d): our leader cannot "
+                    "reach it (its lower-term messages are dropped there) and it cannot be elected; adopting term %d "
+                    "and asking for the election of a leader above it", getattr(node, "id", node), isolated_s, term,
+                    self._SyncObj__raftCurrentTerm, last_idx, last_term, ours_idx, ours_term, term)
+        self._SyncObj__setCurrentTerm(term, None)
+        self._SyncObj__raftLeader = None
+        self._SyncObj__raftElectionDeadline = 0  # the next tick asks for pre-votes (point 7)
+        return term
+
     def _log_isolated_pre_vote(self, node: Any, term: int, isolated_s: float, granted: bool, up_to_date: bool,
                                last_idx: int, last_term: int) -> None:
         """WARNING about a pre-vote asked under the isolation exception (point 7), saying what was
         answered: the grant (every time), or why it was refused (once per :data:`ISOLATED_AFTER_S`).
         The grant used to be logged before the other rules were checked, so a refusal for a log
-        behind ours read as "granting", and a member left at a term above its leader's (it drops the
-        leader's lower-term messages and cannot catch up) looked elected-for while it was not."""
+        behind ours read as "granting" (and a primary stranded above its leader's term,
+        :meth:`_adopt_stranded_term`, looked elected-for while it was not)."""
         who = getattr(node, "id", node)
         if granted:
             log.warning("raft: granting a pre-vote to %s despite a live leader: it needs one to commit and "
@@ -1130,11 +1165,8 @@ class _HardenedSyncObj(SyncObj):
             why = "term %d is not above ours (%d)" % (term, current)
         else:
             why = "this node votes for nobody now (lost or full journal, or a deposed candidate)"
-        above = term - 1 > current
         log.warning("raft: refusing a pre-vote at term %d to %s, which needs a leader to commit and has heard from "
-                    "none for %.0fs: %s%s", term, who, isolated_s, why,
-                    "; it is at term %d, above ours (%d): it drops our leader's lower-term messages, so it cannot "
-                    "catch up while this leader leads" % (term - 1, current) if above else "")
+                    "none for %.0fs: %s", term, who, isolated_s, why)
 
     def _on_pre_vote_response(self, node: Any, message: dict) -> None:
         term = message.get("term")
