@@ -99,7 +99,9 @@ names up in its own modules):
    leader for :data:`ISOLATED_AFTER_S` is granted despite the lease. Otherwise a primary
    whose link to the leader is cut, while both still reach the third site, could never
    commit again although a majority is connected. Replicas never use the exception, so two
-   sites that cannot see each other do not take leadership from each other in turn.
+   sites that cannot see each other do not take leadership from each other in turn; since
+   ``needs_leader`` is the asker's own word, it counts only from a member whose site is a
+   volume's primary in the applied state of the node asked.
    A primary left at a term above its leader's (it drops the leader's lower-term messages, so
    its log falls behind and its pre-votes are refused) asks under the same exception; a
    follower that sees its term above its own and its log behind adopts that term and asks for
@@ -765,6 +767,9 @@ class _HardenedSyncObj(SyncObj):
     # point 18, all touched on the tick thread only (deposed: replaced whole, read by status)
     take_door_refusal: Callable[[], str | None] = staticmethod(lambda: None)  # set by RaftNode
     site_of: Callable[[str], str | None] = staticmethod(lambda node_id: None)  # set by RaftNode
+    # point 7: the member is a volume's primary in the applied state (set by RaftNode; a bare
+    # SyncObj without a state has no primaries to check against)
+    is_primary_member: Callable[[str], bool] = staticmethod(lambda node_id: True)
     _misbehaviour: MisbehaviourCount | None = None
     deposed: dict = {}  # node id -> (term, monotonic time the hold ends, site)
 
@@ -1078,7 +1083,8 @@ class _HardenedSyncObj(SyncObj):
         isolated_s = message.get("isolated_s")
         isolated = False
         if in_lease and message.get("needs_leader") is True and isinstance(isolated_s, (int, float)) \
-                and not isinstance(isolated_s, bool) and isolated_s >= ISOLATED_AFTER_S:
+                and not isinstance(isolated_s, bool) and isolated_s >= ISOLATED_AFTER_S \
+                and self._primary_member(node):
             in_lease, isolated = False, True  # a primary cut off from the leader, not a stalled node (point 7)
         my_last_term = self._SyncObj__getCurrentLogTerm()
         up_to_date = last_term > my_last_term or (last_term == my_last_term
@@ -1113,6 +1119,14 @@ class _HardenedSyncObj(SyncObj):
                                  node.id, term)
         self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": term, "granted": granted,
                                              "current_term": current})
+
+    def _primary_member(self, node: Any) -> bool:
+        """``node`` is a volume's primary in this node's applied state: the isolation exception
+        (point 7) is for a primary only, and ``needs_leader`` is the asker's own word."""
+        try:
+            return bool(self.is_primary_member(str(getattr(node, "id", node))))
+        except Exception:  # a check of the state only: never let it break the tick
+            return False
 
     def _adopt_stranded_term(self, node: Any, term: int, isolated_s: float, last_idx: int, last_term: int) -> int:
         """Point 7, a primary stranded above its leader's term: ``node`` asked a pre-vote under the
@@ -1677,6 +1691,7 @@ class RaftNode:
         syncobj.door_check = self._door_check
         syncobj.take_door_refusal = self._consumer.take_door_refusal
         syncobj.site_of = self._site_of
+        syncobj.is_primary_member = self._is_primary_member
         self._syncobj = syncobj
         self._syncobj.addOnTickCallback(self._refresh_status)
 
@@ -1724,6 +1739,12 @@ class RaftNode:
         inc = self.view().get("incarnation") or {}
         found = next((m["site_id"] for m in inc.get("members") or () if m.get("raft") == node_id), None)
         return found if found is not None else self._channel_sites.get(node_id)
+
+    def _is_primary_member(self, node_id: str) -> bool:  # tick thread (point 7)
+        """Raft member ``node_id``'s site is the primary of a volume in the applied state."""
+        site = self._site_of(node_id)
+        return site is not None and any(isinstance(v, dict) and v.get("primary") == site
+                                        for v in (self.view().get("volumes") or {}).values())
 
     # -- point 16
     def _membership_of_state(self) -> dict | None:  # tick thread

@@ -290,6 +290,40 @@ def test_a_primary_stranded_above_its_leaders_term_makes_the_others_elect_above_
     assert [(m["type"], m["term"], m["last_log_index"]) for m in sent] == [("pre_vote", term + 2, 3)]
 
 
+def test_the_isolation_exception_counts_only_from_a_volumes_primary(follower, tmp_path):
+    """needs_leader is the asker's own word: a replica or a witness claiming it is neither granted
+    despite the lease nor makes anyone adopt its term; the primary in the applied state is."""
+    from tests.unit.core.test_state import RETENTION, cmd, initial_state, ok
+
+    obj, leader = follower
+    append(obj, leader, 1, 0, [(b"\x01", 2, 1), (b"\x02", 3, 1)], commit_index=3)  # in the lease, term 1
+    term = obj.raftCurrentTerm
+    cut = consensus.ISOLATED_AFTER_S
+    ask = {"term": term + 1, "last_log_index": 3, "last_log_term": 1, "needs_leader": True, "isolated_s": cut}
+    stranded = {**ask, "term": term + 2, "last_log_index": 2}
+    obj.is_primary_member = lambda node_id: False
+    assert pre_vote_answers(obj, leader, **ask) == [False]
+    assert pre_vote_answers(obj, leader, **stranded) == [False] and obj.raftCurrentTerm == term
+    obj.is_primary_member = lambda node_id: 1 / 0  # a failing check is a no
+    assert pre_vote_answers(obj, leader, **ask) == [False]
+    obj.is_primary_member = lambda node_id: node_id == leader.id
+    assert pre_vote_answers(obj, leader, **ask) == [True]
+
+    state = initial_state()
+    for site in ("a", "b"):
+        state, _ = ok(state, cmd("register_site", by=site, site_id=site, peer_url=f"https://{site}:7443", kind="data"))
+    addrs = {f"127.0.0.1:{free_port()}": s for s in ("a", "b")}
+    by_site = {s: a for a, s in addrs.items()}
+    node = RaftNode(by_site["a"], [by_site["b"]], tmp_path / "node", PASSWORD, sites=addrs)  # not started
+    node._consumer.cluster = state
+    assert not node._is_primary_member(by_site["a"])  # no volume yet: no primary
+    state, _ = ok(state, cmd("add_volume", volume="vol", primary="a", block_size=65536, size_bytes=1 << 30,
+                             min_copies=2, retention=dict(RETENTION)))
+    node._consumer.cluster = state
+    assert node._is_primary_member(by_site["a"]) and not node._is_primary_member(by_site["b"])
+    assert not node._is_primary_member("127.0.0.1:1")  # not a member
+
+
 def test_three_nodes_a_primary_stranded_above_its_leaders_term_catches_up(tmp_path, monkeypatch):
     """The 16 GiB RPO run on three real pysyncobj nodes on loopback, ticked here: the leader and the
     other follower commit; the primary is left at a term above the leader's (as ca18ca9's race left
