@@ -138,6 +138,7 @@ thresholds are this module's, measured on the unit tests' data and on the issue'
 
 from __future__ import annotations
 
+import array
 import functools
 import itertools
 import math
@@ -923,7 +924,8 @@ def _tokens(new_sub: bytes, old_sub: bytes | None) -> list[bytes]:
     return [t for t, k in zip(tokens, novel.tolist()) if k]
 
 
-def token_stats(tokens: Sequence[bytes], *, ngrams: bool = True) -> tuple[int, float, float, float, int, float, float]:
+def token_stats(tokens: Sequence[bytes], *, ngrams: bool = True,
+                counter: Counter | None = None) -> tuple[int, float, float, float, int, float, float]:
     """Statistics of a token sequence for the token test: ``(count, kinds, uniformity,
     distinct_excess, ngram_count, observed, expected)``.
 
@@ -937,11 +939,12 @@ def token_stats(tokens: Sequence[bytes], *, ngrams: bool = True) -> tuple[int, f
       tokens (2..:data:`LONG_NGRAM_MAX`), as :func:`long_repeats` computes them for bytes
       (``ngram_count`` n-grams; all 0 when ``K`` is inf or < 2, or ``ngrams`` is False).
 
+    ``counter``: ``Counter(tokens)`` when the caller has it (counted once per sub-block).
     Empty input: all zeros. Pure."""
     n = len(tokens)
     if n < 2:
         return n, 0.0, 0.0, 0.0, 0, 0.0, 0.0
-    counts = list(Counter(tokens).values())
+    counts = list((Counter(tokens) if counter is None else counter).values())
     d = len(counts)
     pairs = sum(c * (c - 1) for c in counts)
     entropy = math.log2(n) - sum(c * math.log2(c) for c in counts if c > 1) / n
@@ -955,15 +958,17 @@ def token_stats(tokens: Sequence[bytes], *, ngrams: bool = True) -> tuple[int, f
     if not ngrams or g == 0 or count <= 0:
         return n, kinds, uniformity, excess, 0, 0.0, 0.0
     ids: dict[bytes, int] = {}
-    seq = [ids.setdefault(t, len(ids)) for t in tokens]
-    distinct = len({tuple(seq[j:j + g]) for j in range(count)})
+    # each token's id as 4 bytes, an n-gram of tokens as a slice of them (ids < 2^32: exact)
+    seq = array.array("I", [ids.setdefault(t, len(ids)) for t in tokens]).tobytes()
+    width = g * 4
+    distinct = len({seq[j:j + width] for j in range(0, count * 4, 4)})
     collision = sum((c / n) ** 2 for c in counts)
     k = 1.0 / max(collision ** g, 1e-300)
     expected = max(0.0, 1.0 - k * -math.expm1(-count / k) / count)
     return n, kinds, uniformity, excess, count, 1.0 - distinct / count, expected
 
 
-def token_random(tokens: Sequence[bytes]) -> bool:
+def token_random(tokens: Sequence[bytes], counter: Counter | None = None) -> bool:
     """True iff ``tokens`` are independent draws from a near-uniform distribution over short
     tokens: at least :data:`TOKEN_MIN` of them, mean length at most :data:`TOKEN_LEN_MAX`, every
     kind seen once on average (``2 <= K <= n``: the collision count can speak), used evenly
@@ -974,10 +979,10 @@ def token_random(tokens: Sequence[bytes]) -> bool:
     n = len(tokens)
     if n < TOKEN_MIN or sum(map(len, tokens)) > TOKEN_LEN_MAX * n:
         return False
-    n, kinds, uniformity, excess, *_ = token_stats(tokens, ngrams=False)  # cheap first: text fails here
+    n, kinds, uniformity, excess, *_ = token_stats(tokens, ngrams=False, counter=counter)  # cheap first: text fails here
     if not (2 <= kinds <= n and uniformity >= NARROW_UNIFORMITY_MIN and excess <= TOKEN_DISTINCT_EXCESS_MAX):
         return False
-    _, _, _, _, count, observed, expected = token_stats(tokens)
+    _, _, _, _, count, observed, expected = token_stats(tokens, counter=counter)
     return count >= TOKEN_MIN and observed <= expected + MEMORYLESS_MARGIN
 
 
@@ -1025,11 +1030,12 @@ def separated_random(new_sub: bytes, old_sub: bytes | None, novel: bytes) -> boo
     if not text_like(novel):
         return False
     tokens = _tokens(new_sub, old_sub)
-    if token_random(tokens):
+    counter = Counter(tokens) if len(tokens) >= TOKEN_MIN else None  # counted once for both tests
+    if token_random(tokens, counter):
         return True
     if len(novel) - len(novel.translate(None, _SEPARATORS)) > 0 and fixed_width(tokens) and stripped_random(novel):
         return True
-    rest = without_filler(tokens)  # ciphertext padded with fixed filler tokens ("data: 3f2a data: 91bc")
+    rest = without_filler(tokens, counter)  # ciphertext padded with fixed filler tokens ("data: 3f2a data: 91bc")
     return bool(rest) and fixed_width(rest) and stripped_random(b"".join(rest))
 
 
@@ -1039,17 +1045,18 @@ FILLER_SHARE_MIN = 0.1
 FILLER_KINDS_MAX = 4
 
 
-def without_filler(tokens: Sequence[bytes]) -> list[bytes]:
+def without_filler(tokens: Sequence[bytes], counter: Counter | None = None) -> list[bytes]:
     """``tokens`` without their filler: the (at most :data:`FILLER_KINDS_MAX`) most common kinds
     that each make up at least :data:`FILLER_SHARE_MIN` of them (fixed words an attacker puts
     between ciphertext groups so that they repeat like data: ``data: 3f2a data: 91bc``). Empty
     when there are fewer than :data:`TOKEN_MIN` tokens or no filler. What remains is judged again
     only when it is fixed-width groups (:func:`fixed_width`, :func:`stripped_random`): a text's,
     a log's or a timestamp list's tokens without the most common ones are of varying length
-    (the token test over them flagged 4 of 18 timestamp lists over text). Pure."""
+    (the token test over them flagged 4 of 18 timestamp lists over text). ``counter``:
+    ``Counter(tokens)`` when the caller has it. Pure."""
     if len(tokens) < TOKEN_MIN:
         return []
-    top = Counter(tokens).most_common(FILLER_KINDS_MAX)
+    top = (Counter(tokens) if counter is None else counter).most_common(FILLER_KINDS_MAX)
     filler = {t for t, c in top if c >= FILLER_SHARE_MIN * len(tokens)}
     return [t for t in tokens if t not in filler] if filler else []
 
@@ -1152,7 +1159,10 @@ def random_islands(raw: bytes, *, loose: bool = False) -> bool:
     if n < ISLAND_MIN / factor or runs < ISLAND_RUNS_MIN:
         return False
     expected = n / 256.0
-    chi2 = sum((left.count(v) - expected) ** 2 for v in range(256)) / expected
+    # the 256 counts in one pass (numpy), summed in value order as 256 bytes.count calls did
+    counts = _np.bincount(_np.frombuffer(left, dtype=_np.uint8), minlength=256).tolist() if _np is not None \
+        else [left.count(v) for v in range(256)]
+    chi2 = sum((c - expected) ** 2 for c in counts) / expected
     return (byte_entropy_bits(left) >= 8.0 - 255.0 / (2.0 * n * math.log(2.0)) - factor * ISLAND_ENTROPY_SLACK
             and chi2 < factor * ISLAND_CHI2_MAX)
 
@@ -1203,7 +1213,10 @@ def moved_share(new: bytes, old: bytes, i: int, old_grams=None) -> float:
         _np.not_equal(a[:m], _np.frombuffer(base, dtype=_np.uint8)[:m], out=changed[:m])
     windows = _np.lib.stride_tricks.sliding_window_view(a, k)
     keep = changed[:len(windows)] & ~(windows == windows[:, :1]).all(axis=1)
-    grams = _np.unique(_np.ascontiguousarray(windows[keep]).view(_np.uint64).ravel())
+    grams = _np.ascontiguousarray(windows[keep]).view(_np.uint64).ravel()
+    grams.sort()  # distinct values by sort and compare (np.unique hashes: slower at this size)
+    if len(grams) > 1:
+        grams = grams[_np.concatenate(([True], grams[1:] != grams[:-1]))]
     if not len(grams):
         return 0.0
     olds = _old_grams(old) if old_grams is None else old_grams
@@ -1925,10 +1938,15 @@ def dir_names(raw: bytes | None) -> set[bytes]:
         return set()
     a = _np.frombuffer(raw, dtype=_np.uint8)
     n = len(a)
+    small = a[1:-1] <= 7
+    xfs = any(m in raw for m in _XFS_DIR_MAGICS)
+    ntfs = n >= 8 and (b"INDX" in raw or b"FILE0" in raw)
+    if not (xfs or ntfs or small.any()):
+        return set()  # no type byte of the ext4 shape and no XFS or NTFS magic (text): no name
     ok = _NAME_OK[a]
     out: set[bytes] = set()
     # ext4 shape: a[p-2] = len, a[p-1] in 0..7, a[p..p+len) name bytes
-    p = _np.flatnonzero((a[1:-1] <= 7) & ok[2:] & (a[:-2] >= 1)) + 2
+    p = _np.flatnonzero(small & ok[2:] & (a[:-2] >= 1)) + 2
     csum = None
     if len(p):
         csum = _np.concatenate(([0], _np.cumsum(ok, dtype=_np.int64)))
@@ -1941,7 +1959,7 @@ def dir_names(raw: bytes | None) -> set[bytes]:
     idx = _np.arange(n)
     # XFS shape: a[p-1] = len, a[p..p+len) name bytes, a[p+len] in 1..7; only in XFS directory
     # blocks (magic XDD3/XDB3, v4 XD2D/XD2B) and directory inodes (magic IN, mode 040xxx)
-    if any(m in raw for m in _XFS_DIR_MAGICS):
+    if xfs:
         if csum is None:
             csum = _np.concatenate(([0], _np.cumsum(ok, dtype=_np.int64)))
         p = idx[1:]
@@ -1956,7 +1974,7 @@ def dir_names(raw: bytes | None) -> set[bytes]:
             out.add(raw[s:e])
     # NTFS shape: a[p-2] = len (characters), a[p-1] in 0..3, then len x (printable ASCII, 0);
     # only in index records (INDX) and MFT records (FILE)
-    if n >= 8 and (b"INDX" in raw or b"FILE0" in raw):
+    if ntfs:
         pair = _np.zeros(n, dtype=bool)
         pair[:-1] = (a[:-1] >= 0x20) & (a[:-1] < 0x7F) & (a[:-1] != ord("/")) & (a[1:] == 0)
         # c2[i] = pairs at i, i-2, i-4, ... (same parity)
