@@ -121,7 +121,11 @@ Authority rules (threat model: root on one site speaks with that site's identity
   op ``approve`` (``request``) adds the signing site; when :func:`approvals_needed` sites
   (the requester counted) agreed, the action runs as the requester. A request expires
   ``trust.request_ttl_ns`` after it was made, by the majority clock. ``approved_by`` (the
-  old free-text claim) is refused with ``bad_request``.
+  old free-text claim) is refused with ``bad_request``. No ``request`` and no ``approve``
+  before an incarnation is adopted (``conflict``: who counts as a majority is undecided, and
+  the one site registered first would have been every approver); the number needed comes from
+  the agreed membership, and each approval re-checks it against the membership then (the larger
+  of that and the request's ``needed`` counts).
 * Keys (determinism): every signature (commands, holder acknowledgements, vouches) is checked
   against :func:`signing_keys`: once an incarnation is adopted, the keys the state's agreed
   membership records (as changed by applied ``set_members``; revoked keys stay refused), never
@@ -229,6 +233,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Collection
 from typing import Any, Callable
 
 from replicad.core import anomaly, identity
@@ -1330,9 +1335,12 @@ def _op_mark_verdict(state: dict, cmd: dict) -> tuple[dict, dict]:
         changed = by not in marks
         if changed:
             mark = {"verdict": "suspect", "reason": reason, "at_ns": cmd["now_ns"]}
-            quorum_now = quorum_now_ns(state)
-            if quorum_now is not None:  # what its pin is measured from (suspect_pins): not the marker's clock
-                mark["recorded_ns"] = quorum_now
+            first = dict(snap.get(MARKS_FIRST) or {})
+            recorded = first.get(by, quorum_now_ns(state))
+            if recorded is not None:  # what its pin is measured from (suspect_pins): not the marker's clock,
+                mark["recorded_ns"] = recorded  # and never later than this site's first mark here
+                first[by] = recorded
+                snap = {**snap, MARKS_FIRST: first}
             marks[by] = mark
         snap = {**snap, MARKS: marks}
         voters, needed = suspect_voters(state, snap), suspect_quorum(state)
@@ -1357,9 +1365,11 @@ def _op_mark_verdict(state: dict, cmd: dict) -> tuple[dict, dict]:
     confirmed = bool(snap.get("confirmed") or approved)
     if approved:
         marks = {}  # the persons' agreed word: the marks made before it are answered
-    else:
-        marks.pop(by, None)  # a site takes back its own mark only
-    snap = {**snap, "verdict": "clean", "verdict_reason": reason, "confirmed": confirmed, MARKS: marks}
+        snap = {**snap, "verdict_reason": reason}
+        snap.pop(MARKS_FIRST, None)
+    else:  # a site takes back its own mark only; the cluster's reason for the verdict stays
+        marks.pop(by, None)
+    snap = {**snap, "verdict": "clean", "confirmed": confirmed, MARKS: marks}
     if not marks:
         del snap[MARKS]
     vol = _with_snapshot(vol, seq, snap)
@@ -1434,6 +1444,12 @@ MARKS = "marks"
 the persons' ``mark_verdict suspect`` of each data site (its suspect vote, :func:`suspect_voters`),
 kept until that site's ``mark_verdict clean`` or an approved confirmation drops it."""
 
+MARKS_FIRST = "marks_first_ns"
+"""Snapshot key: ``{site_id: int}``, the ``recorded_ns`` of each site's first suspect mark on the
+snapshot, kept when the site takes its mark back (dropped only by an approved confirmation): a
+site marking again keeps that time, so taking back and marking again never renews the pin
+(:func:`suspect_pins`) beyond one keep-all window from the first mark."""
+
 
 def marked_suspect(snap: dict, site_id: str) -> bool:
     """True when a person marked ``snap`` suspect in ``site_id``'s name (``mark_verdict``). Pure."""
@@ -1455,7 +1471,7 @@ def held_by_marks(vol: dict, site_id: str) -> set[int]:
     return held
 
 
-def suspect_pins(vol: dict, now_ns: int) -> dict[int, str]:
+def suspect_pins(vol: dict, now_ns: int, revoked: Collection[str] = ()) -> dict[int, str]:
     """Snapshots pruning keeps for a while because one site's opinion said ``suspect``, even when
     the cluster did not (:data:`SUSPECT_SITES_MIN`): ``{seq: why}``. Each suspect opinion on a
     snapshot no person confirmed, and each person's suspect mark (:data:`MARKS`), recorded (by the
@@ -1464,7 +1480,9 @@ def suspect_pins(vol: dict, now_ns: int) -> dict[int, str]:
     to: the newest older snapshot the cluster calls clean before the opinion's ``first_seq`` (the
     first suspicious one), else before the snapshot itself. So a lone vote keeps at most two
     snapshots per vote for one keep-all window (a site votes once per snapshot): the operators'
-    time to look, never an unbounded hold on every site's disk. Pure."""
+    time to look, never an unbounded hold on every site's disk (a site's mark keeps the time of
+    its first one, :data:`MARKS_FIRST`). The opinions and marks of the sites in ``revoked``
+    (:func:`revoked_sites`) pin nothing. Pure."""
     window_ns = int(vol["retention"]["keep_all_s"]) * 1_000_000_000
     snaps = vol.get("snapshots") or {}
     clean = sorted(s for s, snap in snaps.items() if snap.get("verdict") == "clean")
@@ -1474,7 +1492,7 @@ def suspect_pins(vol: dict, now_ns: int) -> dict[int, str]:
         words = [*(() if snap.get("confirmed") else sorted((snap.get("opinions") or {}).items())),
                  *sorted((snap.get(MARKS) or {}).items())]
         for site, o in words:
-            if o.get("verdict") != "suspect":
+            if o.get("verdict") != "suspect" or site in revoked:
                 continue
             recorded = o.get("recorded_ns")
             if not _is_int(recorded):  # recorded before the majority's clock was kept in the opinion
@@ -1588,7 +1606,7 @@ def _op_prune_snapshots(state: dict, cmd: dict) -> tuple[dict, dict]:
                        "yet; pruning waits for them", volume=name)
     now_ns = min(now_ns, quorum_now)  # O4: measured by a majority's clocks, not the proposer's alone
     common = newest_common(state, vol)
-    pins = suspect_pins(vol, now_ns)
+    pins = suspect_pins(vol, now_ns, revoked_sites(state))
     for seq in seqs:
         if seq in pins:  # one site's suspect opinion: kept for the keep-all window after it
             raise _Refusal("retention_locked", f"volume {name!r}: snapshot {seq} is kept for keep_all "
@@ -1615,26 +1633,46 @@ def _op_prune_snapshots(state: dict, cmd: dict) -> tuple[dict, dict]:
     return _with_volume(state, name, vol), {"ok": True, "volume": name, "pruned": sorted(seqs)}
 
 
+def _member_kinds(state: dict) -> dict[str, str]:
+    """``{site_id: kind}`` of the agreed membership (``incarnation.members``); before any
+    ``found``, of the registered sites (requests and approvals are refused then:
+    :func:`_founded`)."""
+    inc = state.get("incarnation")
+    if inc is not None:
+        return {m["site_id"]: m["kind"] for m in inc["members"]}
+    return {s: e["kind"] for s, e in (state.get("sites") or {}).items()}
+
+
 def approvals_needed(state: dict, trust: Trust | None) -> int:
     """Sites (the requester counting as one) that must agree before a protection-weakening
-    request applies: ``trust.approvals`` when set, else a majority of the registered data
-    sites (kinds by :func:`site_kind`: the agreed membership's); never more than the registered
-    sites, never less than 1."""
-    sites = state.get("sites", {})
+    request applies: ``trust.approvals`` when set, else a majority of the agreed membership's
+    data sites (``incarnation.members``: how many sites have registered so far never lowers
+    it, so a site alone in a cluster that is being set up is no majority); never more than the
+    membership's sites (a count every site agreed to), never less than 1. Pure."""
+    kinds = _member_kinds(state)
     if trust is not None and trust.approvals is not None:
         wanted = trust.approvals
     else:
-        wanted = sum(1 for s in sites if site_kind(state, s) == "data") // 2 + 1
-    return max(1, min(wanted, max(1, len(sites))))
+        wanted = sum(1 for k in kinds.values() if k == "data") // 2 + 1
+    return max(1, min(wanted, max(1, len(kinds))))
 
 
 def _needed(state: dict, trust: Trust | None, action: str) -> int:
-    """Approvals a request of ``action`` needs: revoking a site, at least a majority of all
-    registered sites; otherwise :func:`approvals_needed`."""
+    """Approvals a request of ``action`` needs: revoking a site or changing the membership, at
+    least a majority of the agreed membership's sites; otherwise :func:`approvals_needed`."""
     needed = approvals_needed(state, trust)
     if action in MAJORITY_ACTIONS:
-        needed = max(needed, len(state.get("sites", {})) // 2 + 1)
+        needed = max(needed, len(_member_kinds(state)) // 2 + 1)
     return needed
+
+
+def _founded(state: dict, what: str) -> None:
+    """Refuse (``conflict``) a request or an approval before the cluster's membership is agreed
+    (no ``incarnation``): until then who counts as a majority is undecided, and a site that
+    registered first would be the whole cluster's approvers (one site's word, O4)."""
+    if state.get("incarnation") is None:
+        raise _Refusal("conflict", f"the cluster is not founded yet: no {what} before its membership is agreed "
+                       "(a majority of the configured sites' found proposals)", founded=False)
 
 
 def _voters(state: dict) -> list[str]:
@@ -1748,6 +1786,7 @@ def _op_request(state: dict, cmd: dict) -> tuple[dict, dict]:
     action, args, sub = _action(cmd)
     reason = _str(cmd, "reason", REASON_MAX_CHARS, empty_ok=True) if "reason" in cmd else ""
     trust = cmd.get(_TRUST)
+    _founded(state, "request")
     _data_site(state, cmd["by"], "requester")
     _OPS[action][0](state, {**sub, _APPROVED: True})  # refused now if it could never apply
     requests = _swept_requests(state)
@@ -1783,6 +1822,7 @@ def _op_approve(state: dict, cmd: dict) -> tuple[dict, dict]:
     runs when the approvals reach the number needed (the action's refusal refuses the approval)."""
     req_id = _str(cmd, "request", 32)
     _site_id(cmd, "by")
+    _founded(state, "approval")
     if cmd["by"] not in state["sites"]:
         raise _Refusal("not_found", f"approver {cmd['by']!r} is not a registered site", site_id=cmd["by"])
     entry = (state.get("requests") or {}).get(req_id)
@@ -1798,7 +1838,9 @@ def _op_approve(state: dict, cmd: dict) -> tuple[dict, dict]:
     if cmd["by"] in entry["approvals"]:
         return state, {"ok": True, "request": req_id, "status": entry["status"],
                        "approvals": list(entry["approvals"]), "needed": entry["needed"], "changed": False}
-    entry = {**entry, "approvals": [*entry["approvals"], cmd["by"]]}
+    # the number needed is that of the membership now when it grew since the request was made
+    needed = max(int(entry["needed"]), _needed(state, cmd.get(_TRUST), entry["action"]))
+    entry = {**entry, "approvals": [*entry["approvals"], cmd["by"]], "needed": needed}
     new_state = {**state, "requests": {**state["requests"], req_id: entry}}
     if cooling:  # a revocation or membership change cooling off: the last member's approval applies it now
         if not _unanimous(new_state, entry):
@@ -1911,6 +1953,11 @@ def _apply_due_requests(state: dict, command: Any) -> tuple[dict, list[dict]]:
         state = _with_audit(state, {"op": entry["action"], "by": entry["by"], "volume": entry["args"].get("volume"),
                                     "now_ns": quorum_now}, result)
     return state, out
+
+
+def revoked_sites(state: dict) -> frozenset[str]:
+    """The sites :func:`is_revoked` says are revoked now. Pure."""
+    return frozenset(s for s in (state.get("revoked") or {}) if is_revoked(state, s))
 
 
 def is_revoked(state: dict, site_id: str) -> bool:

@@ -25,7 +25,8 @@ from replicad.core import floor as local_floor
 from replicad.core import retention
 from replicad.core.errors import NotFoundError, ReplicadError
 from replicad.core.manifest import chunk_digests
-from replicad.core.state import locally_effective_retention, newest_common, quorum_now_ns, suspect_pins
+from replicad.core.state import (locally_effective_retention, newest_common, quorum_now_ns, revoked_sites,
+                                  suspect_pins)
 from replicad.site.cluster import Cluster
 from replicad.site.runner import VolumeRunner, load_manifest, runner_of
 from replicad.storage.catalog import Catalog
@@ -120,7 +121,8 @@ class Housekeeping:
             # plan never proposes what it would refuse
             common = set(newest_common(self.cluster.view(), vs))
             # and what one site's suspect opinion pins for a keep-all window (state.suspect_pins)
-            pinned = set(suspect_pins(vs, now_plan)) if now_plan is not None else set()
+            revoked = revoked_sites(self.cluster.view())
+            pinned = set(suspect_pins(vs, now_plan, revoked)) if now_plan is not None else set()
             plan = retention.plan_prune(vs["snapshots"], vs["retention"], now_plan,
                                         common | pinned) if now_plan is not None else []
             if plan:

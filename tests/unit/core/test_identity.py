@@ -63,11 +63,27 @@ def refused(state: dict, command: dict, code: str, trust: Trust = TRUST) -> dict
     return result
 
 
+NEW_A = identity.generate_private_key()  # site a's key once rebuilt (the membership lists it beside its first one)
+
+
+def found(state: dict, sites: tuple = SITES, trust: Trust = TRUST) -> dict:
+    """``state`` founded by a majority of ``sites`` (data sites keyed as :data:`KEYS`; a also with
+    :data:`NEW_A`): requests and approvals are refused before the membership is agreed."""
+    members = [{"site_id": s, "raft": f"127.0.0.1:{7000 + i}", "kind": "data",
+                "keys": sorted(identity.format_public_key(identity.public_key_raw(k))
+                               for k in ((KEYS[s], NEW_A) if s == "a" else (KEYS[s],)))} for i, s in enumerate(sites)]
+    for s in sites[:len(sites) // 2 + 1]:
+        state, _ = ok(state, cmd("found", by=s, incarnation=s.encode() * 16, members=members), trust)
+    assert state["incarnation"]["members"] == members
+    return state
+
+
 @pytest.fixture
 def cluster() -> dict:
     state = initial_state(members=SITES)
     for s in SITES:
         state, _ = ok(state, cmd("register_site", by=s, site_id=s, peer_url=f"https://{s}:7443", kind="data"))
+    state = found(state, SITES)
     state, _ = ok(state, cmd("add_volume", volume="vol", primary="a", block_size=65536, size_bytes=0,
                              min_copies=2, retention=RETENTION))
     for s in SITES:
@@ -307,6 +323,7 @@ def test_a_one_site_lab_applies_a_request_at_once() -> None:
     lone = Trust(cluster_id=CLUSTER, keys={"a": TRUST.keys["a"]}, cooling_off_ns=0)
     state = initial_state(members=["a"])
     state, _ = ok(state, cmd("register_site", by="a", site_id="a", peer_url="https://a:1", kind="data"), lone)
+    state = found(state, ("a",), lone)  # a one-site membership: one approval is a majority
     state, _ = ok(state, cmd("add_volume", volume="vol", primary="a", block_size=65536, size_bytes=0,
                              min_copies=1, retention=RETENTION), lone)
     state, res = ok(state, cmd("request", by="a", action="set_retention", args=shorten()), lone)
@@ -412,7 +429,7 @@ def test_a_majority_revokes_a_sites_key_and_its_commands_are_refused(cluster: di
     refused(state, cmd("promote", by="a", volume="vol", to="a", expected_epoch=1, force=True), "revoked", COOLING)
     ok(state, cmd("clock", by="b"), COOLING)  # the others go on
     # the site, rebuilt with a new key pinned in every config, speaks again; the old key stays refused
-    new_key = identity.generate_private_key()
+    new_key = NEW_A
     rotated = Trust(cluster_id=CLUSTER, keys={**TRUST.keys, "a": (*TRUST.keys["a"], identity.public_key_raw(new_key))},
                     cooling_off_ns=COOLING.cooling_off_ns)
     fresh = Signer("a", new_key, CLUSTER).sign({"v": 1, "op": "clock", "op_id": "new-1", "now_ns": NOW})
@@ -437,7 +454,7 @@ def revoking(site: str, trust: Trust = TRUST) -> dict:
 def test_revocation_revokes_the_keys_named_in_the_request_whatever_the_applying_config_pins(cluster: dict) -> None:
     """Replaying the log after the rebuilt site's new key was pinned (or at a site whose
     config differs) revokes exactly the keys the proposer named: the new key speaks."""
-    new_key = identity.generate_private_key()
+    new_key = NEW_A
     rotated = Trust(cluster_id=CLUSTER, keys={**TRUST.keys, "a": (*TRUST.keys["a"], identity.public_key_raw(new_key))},
                     cooling_off_ns=0, membership_cooling_off_ns=0)
     log = [cmd("request", by="b", action="revoke_site", args=revoking("a"))]
@@ -535,7 +552,7 @@ def test_a_revoked_site_cannot_be_promoted_until_it_rejoins_with_a_new_key(clust
         res = refused(state, cmd("promote", by="b", volume="vol", to="a", expected_epoch=2, force=force), "conflict")
         assert res["evidence"]["revoked"] is True
     # rebuilt with a new key pinned in every config: it registers again and is no longer excluded
-    new_key = identity.generate_private_key()
+    new_key = NEW_A
     rotated = Trust(cluster_id=CLUSTER, keys={**TRUST.keys, "a": (*TRUST.keys["a"], identity.public_key_raw(new_key))},
                     cooling_off_ns=0, membership_cooling_off_ns=0)
     fresh = Signer("a", new_key, CLUSTER).sign({"v": 1, "op": "register_site", "op_id": "re-1", "now_ns": NOW + 1,

@@ -68,6 +68,10 @@ def cluster() -> dict:
     state = initial_state(members=SITES)
     for s in SITES:
         state, _ = ok(state, cmd("register_site", by=s, site_id=s, peer_url=f"https://{s}:7443", kind="data"))
+    members = [{"site_id": s, "raft": f"127.0.0.1:{7000 + i}", "kind": "data",
+                "keys": [identity.format_public_key(identity.public_key_raw(KEYS[s]))]} for i, s in enumerate(SITES)]
+    for s in SITES[:2]:  # founded: no request before the membership is agreed
+        state, _ = ok(state, cmd("found", by=s, incarnation=s.encode() * 16, members=members))
     state, _ = ok(state, cmd("add_volume", by="a", **vol_args()))
     for s in SITES:
         state, _ = ok(state, cmd("clock", by=s))

@@ -79,8 +79,23 @@ def cluster() -> dict:
         # old snapshots keep their timestamps (commit clamps created_at_ns to a majority's time)
         state, _ = ok(state, cmd("register_site", by=site, site_id=site, now_ns=NOW - 30 * 86400 * S,
                                  peer_url=f"https://{site}:7443", kind=kind))
+    state = found(state)
     state, _ = ok(state, cmd("add_volume", volume="vol", primary="a", block_size=65536,
                              size_bytes=1 << 30, min_copies=2, retention=dict(RETENTION)))
+    return state
+
+
+MEMBERS = [{"site_id": s, "raft": f"127.0.0.1:{7000 + i}", "kind": "witness" if s == "w" else "data", "keys": []}
+           for i, s in enumerate("abcw")]
+
+
+def found(state: dict, members: list = MEMBERS, now_ns: int = NOW - 30 * 86400 * S) -> dict:
+    """The cluster founded (``found`` by a majority of ``members`` with the identical list): its
+    membership agreed, as before any request or approval (they are refused until then)."""
+    for m in members[:len(members) // 2 + 1]:
+        state, res = ok(state, cmd("found", by=m["site_id"], now_ns=now_ns, incarnation=m["site_id"].encode() * 16,
+                                   members=members))
+    assert res["adopted"], res
     return state
 
 
@@ -143,7 +158,8 @@ def test_broken_state_gives_internal_not_an_exception():
 
 
 def test_same_op_id_returns_the_stored_result_and_changes_nothing(cluster):
-    command = cmd("register_site", by="d", site_id="d", peer_url="https://d", kind="data")
+    command = cmd("add_volume", volume="v2", primary="a", block_size=65536, size_bytes=0, min_copies=2,
+                  retention=dict(RETENTION))
     once, first = ok(cluster, command)
     twice, second = run(once, command)
     assert second == first and twice is once
