@@ -16,6 +16,13 @@ Run as ``python3 -m tests.security.squat_attacker --config SITE.toml --work-dir 
    ``keep_all_s`` at 2**62 and the thinning windows at 0 (``forever``), a lock of 30 days
    within the ceiling (``longer``), a ``request`` of it (``longer_request``), and a
    ``mark_verdict`` suspect of the newest snapshot (``suspect``).
+
+With ``--prefound`` (review R4; start it while the cluster is not founded, its own site being
+``--volume``'s initial primary): as soon as a leader is known, in its own name, ``register_site``
+of itself and ``add_volume`` of ``--volume`` (``register``, ``add_volume``), then ``request``s of
+ten years of retention for every key (``retention_request``) and of a detection policy that
+judges nothing (``mode = "encrypted"``, every threshold at its loosest bound, no ransom-note
+patterns: ``detection_request``), and an ``approve`` of ``r1`` (``approve``); then it exits.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import uuid
 from pathlib import Path
 
 from replicad.config import load_config, load_signer
+from replicad.core import anomaly
 from tests.security.command_attacker import out, propose
 
 
@@ -35,11 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="squat_attacker")
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--work-dir", required=True, type=Path)
-    parser.add_argument("--squat", required=True)
-    parser.add_argument("--victim", required=True)
+    parser.add_argument("--squat")
+    parser.add_argument("--victim")
     parser.add_argument("--volume", required=True)
     parser.add_argument("--wait-s", type=float, default=90.0)
+    parser.add_argument("--prefound", action="store_true")
     args = parser.parse_args(argv)
+    if not args.prefound and (args.squat is None or args.victim is None):
+        parser.error("--squat and --victim are required without --prefound")
     cfg = load_config(args.config)
     signer = load_signer(cfg)
     assert signer is not None, "the attacker's site signs"
@@ -67,7 +78,33 @@ def main(argv: list[str] | None = None) -> int:
         return st.get("leader") is not None and st.get("last_applied", 0) >= st.get("commit_index", 1) and \
             me in (node.view().get("sites") or {})
 
+    async def prefound() -> None:
+        await until(lambda: node.status().get("leader") is not None, "leader")
+        v = next(x for x in cfg.volumes if x.name == args.volume)
+        ten_years = 10 * 365 * 86400
+        loose = dict(anomaly.POLICY_DEFAULTS, mode="encrypted", ransom_notes=[], ransom_note_strong=[])
+        for key, (low, high) in anomaly.POLICY_BOUNDS.items():
+            if key in anomaly.LOWER_IS_STRICTER:
+                loose[key] = high
+            elif key in anomaly.HIGHER_IS_STRICTER:
+                loose[key] = low
+        for label, command in (
+                ("register", own("register_site", site_id=me, peer_url=cfg.self_ref().peer_url, kind="data")),
+                ("add_volume", own("add_volume", volume=v.name, primary=me, block_size=v.block_size_bytes,
+                                   size_bytes=0, min_copies=v.min_copies,
+                                   retention={k: 86400 for k in ("keep_all_s", "hourly_s", "daily_s", "lock_s")})),
+                ("retention_request", own("request", action="set_retention", reason="keep more",
+                                          args={"volume": v.name, "retention": dict.fromkeys(
+                                              ("keep_all_s", "hourly_s", "daily_s", "lock_s"), ten_years)})),
+                ("detection_request", own("request", action="set_detection", reason="tuning",
+                                          args={"volume": v.name, "policy": loose})),
+                ("approve", own("approve", request="r1"))):
+            out(attempt=label, op=command["op"], error=await propose(node, command),
+                founded=node.view().get("incarnation") is not None)
+
     async def run() -> None:
+        if args.prefound:
+            return await prefound()
         await until(synced, "leader")
         await propose(node, own("clock"))  # the majority clock knows this site
         zero = {"keep_all_s": 0, "hourly_s": 0, "daily_s": 0, "lock_s": 0}
