@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -345,7 +346,8 @@ class Pull:
                     ask()
                 hedge_at = min(t for _, t in running.values())
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED,
-                                             timeout=max(0.0, hedge_at - time.monotonic()) if queue else None)
+                                             timeout=max(0.0, hedge_at - time.monotonic())
+                                             if queue and hedge_at != math.inf else None)
                 for fut in done:
                     holder, _ = running.pop(fut)
                     err = fut.exception()
@@ -358,9 +360,12 @@ class Pull:
                         raise err
                 need = await asyncio.to_thread(self.store.missing, need)
                 if need and queue and (not done and time.monotonic() >= hedge_at):
-                    late = [h for h, t in running.values() if t <= time.monotonic()]
+                    now = time.monotonic()
+                    late = [fut for fut, (_, t) in running.items() if t <= now]
                     log.info("fetch of %d chunks of %s still running at %s: asking %s too", len(need), volume,
-                             ", ".join(late), queue[0])
+                             ", ".join(running[fut][0] for fut in late), queue[0])
+                    for fut in late:  # hedged once: the next holder waits on the deadline of the one asked now
+                        running[fut] = (running[fut][0], math.inf)
                     ask()
         finally:
             for fut in running:

@@ -175,6 +175,29 @@ async def test_a_few_chunks_asked_of_a_holder_just_above_the_rule_are_asked_of_t
                 assert pull.recent_stalls() == {}  # it kept to the rule
 
 
+async def test_after_one_hedge_the_next_holder_waits_for_the_one_just_asked(tmp_path: Path, monkeypatch) -> None:
+    """Three holders, the first slow: once it has taken the hedge time the second is asked, and
+    the third only if the second also takes its hedge time. Here the second serves the 200 chunks
+    well within it (2.2 s), so the third is never asked (the first hedge's passed deadline used to
+    ask every holder left at once)."""
+    monkeypatch.setattr(pull_module, "SMALL_HEDGE_S", 2.0)
+    monkeypatch.setattr(pull_module, "SMALL_HEDGE_S_PER_CHUNK", 0.001)
+    rng = random.Random(16)
+    blocks = [rng.randbytes(4096) for _ in range(200)]
+    with ChunkStore(tmp_path / "b") as b, ChunkStore(tmp_path / "c") as c, ChunkStore(tmp_path / "d") as d, \
+            ChunkStore(tmp_path / "here") as here:
+        need = b.put_blocks(blocks)
+        c.put_blocks(blocks)
+        d.put_blocks(blocks)
+        async with Holder(c, "site-c", frame_gap_s=0.05) as slow, Holder(d, "site-d") as second, \
+                Holder(b, "site-b") as third:
+            async with aiohttp.ClientSession() as session:
+                pull = pull_from(session, here, {"site-b": third.url, "site-c": slow.url, "site-d": second.url})
+                served = await pull.fetch_missing(VOL, 1, need, ["site-c", "site-d", "site-b"])
+                assert here.missing(need) == [] and served == ["site-d"]
+                assert slow.requests == 1 and second.requests == 1 and third.requests == 0
+
+
 async def test_a_tarpit_cut_because_the_next_holder_served_first_is_still_named(tmp_path: Path, monkeypatch,
                                                                                  caplog) -> None:
     """The tarpit (a byte per 0.05 s) asked first for a few chunks, under the daemon's rule (1 MiB
