@@ -1362,6 +1362,9 @@ def _op_mark_verdict(state: dict, cmd: dict) -> tuple[dict, dict]:
             if child.get("parent_seq") in clean_parents and tainted_only(child):
                 clean_parents.add(later)
                 cleared.append(later)
+    if not approved and by not in marks:  # nothing of its own to take back (a witness too): no change
+        return state, {"ok": True, "volume": name, "seq": seq, "verdict": snap["verdict"], "cleared": [],
+                       "changed": False}
     confirmed = bool(snap.get("confirmed") or approved)
     if approved:
         marks = {}  # the persons' agreed word: the marks made before it are answered

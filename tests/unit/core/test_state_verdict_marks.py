@@ -108,8 +108,9 @@ def test_a_site_takes_back_its_own_mark_only(cluster: dict) -> None:
     state = chain(cluster, 2)
     state, _ = mark(state, "b", 2)
     state, _ = mark(state, "c", 1)
-    same, _ = mark(state, "c", 2, verdict="clean")  # c has no mark on #2: b's stays
+    same, res = mark(state, "c", 2, verdict="clean")  # c has no mark on #2: b's stays, nothing changed
     assert marked_suspect(same["volumes"]["vol"]["snapshots"][2], "b")
+    assert res["changed"] is False and same["volumes"] == state["volumes"]  # no AUDIT line at the other sites
     state, res = mark(state, "b", 2, verdict="clean", reason="my mistake")
     snap = state["volumes"]["vol"]["snapshots"][2]
     assert res["verdict"] == "clean" and "marks" not in snap and not snap["confirmed"]
