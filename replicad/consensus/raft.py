@@ -745,6 +745,7 @@ class _HardenedSyncObj(SyncObj):
     _isolation_logged: float = float("-inf")
     _isolated_refusal_logged: float = float("-inf")  # last WARNING refusing an isolated member's pre-vote
     _pre_vote_granted: tuple = (None, None, float("-inf"))  # (node id, term, when) of the last grant
+    _primary_check_warned: float = float("-inf")  # when _primary_member last logged a failing check
     _votes: tuple = (None, frozenset())  # (term, node ids) of the response_vote messages counted
     _full_logged: float = float("-inf")  # point 12: last ERROR about an unwritable journal
     _rejoin_target: int | None = None  # point 12: commit index to reach before voting again
@@ -1125,7 +1126,12 @@ class _HardenedSyncObj(SyncObj):
         (point 7) is for a primary only, and ``needs_leader`` is the asker's own word."""
         try:
             return bool(self.is_primary_member(str(getattr(node, "id", node))))
-        except Exception:  # a check of the state only: never let it break the tick
+        except Exception as err:  # a check of the state only: never let it break the tick; a "no" said aloud
+            now = monotonic_time()
+            if now - self._primary_check_warned >= 10.0:
+                self._primary_check_warned = now
+                log.warning("raft: cannot tell whether %s is a volume's primary (%s: %s): its isolation claim "
+                            "counts as no", getattr(node, "id", node), type(err).__name__, err)
             return False
 
     def _adopt_stranded_term(self, node: Any, term: int, isolated_s: float, last_idx: int, last_term: int) -> int:

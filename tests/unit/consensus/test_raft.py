@@ -290,7 +290,7 @@ def test_a_primary_stranded_above_its_leaders_term_makes_the_others_elect_above_
     assert [(m["type"], m["term"], m["last_log_index"]) for m in sent] == [("pre_vote", term + 2, 3)]
 
 
-def test_the_isolation_exception_counts_only_from_a_volumes_primary(follower, tmp_path):
+def test_the_isolation_exception_counts_only_from_a_volumes_primary(follower, tmp_path, caplog):
     """needs_leader is the asker's own word: a replica or a witness claiming it is neither granted
     despite the lease nor makes anyone adopt its term; the primary in the applied state is."""
     from tests.unit.core.test_state import RETENTION, cmd, initial_state, ok
@@ -304,8 +304,10 @@ def test_the_isolation_exception_counts_only_from_a_volumes_primary(follower, tm
     obj.is_primary_member = lambda node_id: False
     assert pre_vote_answers(obj, leader, **ask) == [False]
     assert pre_vote_answers(obj, leader, **stranded) == [False] and obj.raftCurrentTerm == term
-    obj.is_primary_member = lambda node_id: 1 / 0  # a failing check is a no
-    assert pre_vote_answers(obj, leader, **ask) == [False]
+    obj.is_primary_member = lambda node_id: 1 / 0  # a failing check is a no, said aloud
+    with caplog.at_level(logging.WARNING, logger="replicad.consensus.raft"):
+        assert pre_vote_answers(obj, leader, **ask) == [False]
+    assert "cannot tell whether" in caplog.text and "ZeroDivisionError" in caplog.text
     obj.is_primary_member = lambda node_id: node_id == leader.id
     assert pre_vote_answers(obj, leader, **ask) == [True]
 
