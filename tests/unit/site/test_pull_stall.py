@@ -8,6 +8,7 @@ asked of a slow holder are asked of the next one too once it takes too long."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from pathlib import Path
@@ -96,6 +97,18 @@ class Holder:
         await self._runner.cleanup()
 
 
+@contextlib.contextmanager
+def holding(tmp_path: Path, n: int, seed: int, names: str = "bc"):
+    """Real chunk stores: one per holder name (``b``, ``c``, ...), each holding the same ``n``
+    random 4 KiB blocks, and ``here``, empty. Yields ``(need, here, *holder stores)``."""
+    rng = random.Random(seed)
+    blocks = [rng.randbytes(4096) for _ in range(n)]
+    with contextlib.ExitStack() as stack:
+        stores = [stack.enter_context(ChunkStore(tmp_path / name)) for name in names]
+        need = [s.put_blocks(blocks) for s in stores][0]
+        yield (need, stack.enter_context(ChunkStore(tmp_path / "here")), *stores)
+
+
 def pull_from(session: aiohttp.ClientSession, here: ChunkStore, holders: dict[str, str], strict: bool = True) -> Pull:
     """site-a's Pull fetching into ``here`` from real loopback holders (``{site: url}``);
     ``strict``: the test's short progress window (0.5 s, 16 KiB) instead of the daemon's."""
@@ -109,11 +122,7 @@ def pull_from(session: aiohttp.ClientSession, here: ChunkStore, holders: dict[st
 
 async def test_a_stalling_holders_share_goes_to_the_other_and_it_is_asked_last_afterwards(
         tmp_path: Path, caplog) -> None:
-    rng = random.Random(12)
-    blocks = [rng.randbytes(4096) for _ in range(3 * FETCH_SLICE)]
-    with ChunkStore(tmp_path / "b") as b, ChunkStore(tmp_path / "c") as c, ChunkStore(tmp_path / "here") as here:
-        need = b.put_blocks(blocks)
-        c.put_blocks(blocks)
+    with holding(tmp_path, 3 * FETCH_SLICE, 12) as (need, here, b, c):
         async with Holder(b, "site-b") as honest, Holder(c, "site-c", tarpit=True) as tarpit:
             async with aiohttp.ClientSession() as session:
                 pull = pull_from(session, here, {"site-b": honest.url, "site-c": tarpit.url})
@@ -139,11 +148,7 @@ async def test_a_holder_just_above_the_rule_loses_its_slices_to_the_faster_one_a
     4; at 0.1 s, 5 per window, under load it was cut with 3): never stalled, but a slice of
     FETCH_SLICE chunks would take it 13 s. Once the queue is
     empty, the honest holder's streams fetch its slices again and the slow copies are cut."""
-    rng = random.Random(13)
-    blocks = [rng.randbytes(4096) for _ in range(3 * FETCH_SLICE)]
-    with ChunkStore(tmp_path / "b") as b, ChunkStore(tmp_path / "c") as c, ChunkStore(tmp_path / "here") as here:
-        need = b.put_blocks(blocks)
-        c.put_blocks(blocks)
+    with holding(tmp_path, 3 * FETCH_SLICE, 13) as (need, here, b, c):
         async with Holder(b, "site-b") as honest, Holder(c, "site-c", frame_gap_s=0.05) as slow:
             async with aiohttp.ClientSession() as session:
                 pull = pull_from(session, here, {"site-b": honest.url, "site-c": slow.url})
@@ -161,11 +166,7 @@ async def test_a_few_chunks_asked_of_a_holder_just_above_the_rule_are_asked_of_t
     holder is asked too; it serves them all and the slow fetch is cut, not counted as a stall."""
     monkeypatch.setattr(pull_module, "SMALL_HEDGE_S", 0.3)
     monkeypatch.setattr(pull_module, "SMALL_HEDGE_S_PER_CHUNK", 0.001)
-    rng = random.Random(15)
-    blocks = [rng.randbytes(4096) for _ in range(200)]
-    with ChunkStore(tmp_path / "b") as b, ChunkStore(tmp_path / "c") as c, ChunkStore(tmp_path / "here") as here:
-        need = b.put_blocks(blocks)
-        c.put_blocks(blocks)
+    with holding(tmp_path, 200, 15) as (need, here, b, c):
         async with Holder(b, "site-b") as honest, Holder(c, "site-c", frame_gap_s=0.05) as slow:
             async with aiohttp.ClientSession() as session:
                 pull = pull_from(session, here, {"site-b": honest.url, "site-c": slow.url})
@@ -182,13 +183,7 @@ async def test_after_one_hedge_the_next_holder_waits_for_the_one_just_asked(tmp_
     ask every holder left at once)."""
     monkeypatch.setattr(pull_module, "SMALL_HEDGE_S", 2.0)
     monkeypatch.setattr(pull_module, "SMALL_HEDGE_S_PER_CHUNK", 0.001)
-    rng = random.Random(16)
-    blocks = [rng.randbytes(4096) for _ in range(200)]
-    with ChunkStore(tmp_path / "b") as b, ChunkStore(tmp_path / "c") as c, ChunkStore(tmp_path / "d") as d, \
-            ChunkStore(tmp_path / "here") as here:
-        need = b.put_blocks(blocks)
-        c.put_blocks(blocks)
-        d.put_blocks(blocks)
+    with holding(tmp_path, 200, 16, "bcd") as (need, here, b, c, d):
         async with Holder(c, "site-c", frame_gap_s=0.05) as slow, Holder(d, "site-d") as second, \
                 Holder(b, "site-b") as third:
             async with aiohttp.ClientSession() as session:
@@ -207,11 +202,7 @@ async def test_a_tarpit_cut_because_the_next_holder_served_first_is_still_named(
     monkeypatch.setattr(pull_module, "SMALL_HEDGE_S", 0.3)
     monkeypatch.setattr(pull_module, "SMALL_HEDGE_S_PER_CHUNK", 0.001)
     monkeypatch.setattr(transport, "FETCH_LAG_MIN_S", 0.2)
-    rng = random.Random(16)
-    blocks = [rng.randbytes(4096) for _ in range(10)]
-    with ChunkStore(tmp_path / "b") as b, ChunkStore(tmp_path / "c") as c, ChunkStore(tmp_path / "here") as here:
-        need = b.put_blocks(blocks)
-        c.put_blocks(blocks)
+    with holding(tmp_path, 10, 16) as (need, here, b, c):
         async with Holder(b, "site-b") as honest, Holder(c, "site-c", tarpit=True) as tarpit:
             async with aiohttp.ClientSession() as session:
                 pull = pull_from(session, here, {"site-b": honest.url, "site-c": tarpit.url}, strict=False)
@@ -229,11 +220,7 @@ async def test_a_holder_answering_with_bad_frames_is_treated_like_a_stalled_one(
         tmp_path: Path, caplog, bad: str) -> None:
     """A holder replaying a real frame (or sending one that does not match its digest) is cut
     at once, logged at WARNING under its name, remembered, and asked last afterwards."""
-    rng = random.Random(14)
-    blocks = [rng.randbytes(4096) for _ in range(10)]
-    with ChunkStore(tmp_path / "b") as b, ChunkStore(tmp_path / "c") as c, ChunkStore(tmp_path / "here") as here:
-        need = b.put_blocks(blocks)
-        c.put_blocks(blocks)
+    with holding(tmp_path, 10, 14) as (need, here, b, c):
         async with Holder(b, "site-b") as honest, Holder(c, "site-c", bad=bad) as liar:
             async with aiohttp.ClientSession() as session:
                 pull = pull_from(session, here, {"site-b": honest.url, "site-c": liar.url}, strict=False)
