@@ -919,7 +919,7 @@ def _render_evidence(e: dict) -> None:
     if e.get("disagreement"):
         console.print("[red]the sites' own verdicts DISAGREE[/red]: a site is wrong, broken or lying "
                       "(see ReplicadVerdictDisagreement in the README)", markup=True)
-    from replicad.ops.evidenceview import evidence_lines, opinion_cells  # issue 16: readable, --json exact
+    from replicad.ops.evidenceview import evidence_lines, mark_lines, opinion_cells  # issue 16: readable, --json exact
 
     if console.width < NARROW_COLUMNS:  # one line per site: a table of long reasons is unreadable at 80
         console.print("each site's own verdict:")
@@ -936,7 +936,7 @@ def _render_evidence(e: dict) -> None:
             t.add_row(site, str(o.get("verdict")), *opinion_cells(o),
                       style="red" if o.get("verdict") == "suspect" else None)
         console.print(t)
-    for line in evidence_lines(e):
+    for line in mark_lines(e) + evidence_lines(e):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 

@@ -93,6 +93,24 @@ def opinion_cells(o: Mapping[str, Any]) -> tuple[str, str, str, str]:
             str(o.get("reason") or ""))
 
 
+def mark_lines(e: Mapping[str, Any]) -> list[str]:
+    """Persons' marks on the snapshot (``e["marks"]``: ``{site: {verdict, reason, at_ns,
+    recorded_ns}}``) as lines: each is that site's suspect vote, made by a person in its name
+    (``replicad verdict``); none: no line. Times in UTC."""
+    marks = e.get("marks")
+    if not isinstance(marks, Mapping) or not marks:
+        return []
+    lines = ["persons' marks (each its site's vote; suspect for the cluster on two sites' words):"]
+    for site, m in sorted(marks.items(), key=lambda kv: str(kv[0])):
+        m = m if isinstance(m, Mapping) else {}
+        at = m.get("recorded_ns", m.get("at_ns"))
+        when = (datetime.datetime.fromtimestamp(at / 1e9, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+                if isinstance(at, int) and not isinstance(at, bool) and 0 <= at < 2**62 else "unknown time")
+        reason = str(m.get("reason") or "")
+        lines.append(f"  {site}: {m.get('verdict')} at {when}" + (f": {reason}" if reason else ""))
+    return lines
+
+
 def evidence_lines(e: Mapping[str, Any]) -> list[str]:
     """What this site saw of the snapshot (``e["here"]``) as lines, after the opinions table.
 

@@ -183,7 +183,7 @@ SCHEMAS: dict[str, dict] = {
                         "vetoed_by": _STR}),
     "Requests": _object({"requests": {"type": "array", "items": _ref("Request")}, "site_id": _STR}),
     "Evidence": _object({"volume": _STR, "seq": _INT, "verdict": _STR, "verdict_reason": _STR, "confirmed": _BOOL,
-                         "disagreement": _BOOL, "opinions": _OBJ, "policy": _OBJ},
+                         "disagreement": _BOOL, "opinions": _OBJ, "marks": _OBJ, "policy": _OBJ},
                         {"here": {"type": ["object", "null"]}}),
     "Detection": _object({"volume": _STR, "detection": _OBJ, "effective_here": _OBJ}),
     "DetectionSet": _object({"volume": _STR, "detection": _OBJ, "previous": _OBJ}, {"status": _STR}),

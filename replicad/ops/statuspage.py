@@ -31,7 +31,7 @@ import datetime
 import html
 from typing import Any, Iterable, Mapping
 
-from replicad.core.state import disagreement
+from replicad.core.state import MARKS, disagreement
 
 REFRESH_S = 10
 CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'none'; frame-ancestors 'none'"
@@ -134,9 +134,23 @@ def split_suspects(v: Mapping[str, Any]) -> tuple[list[int], list[int]]:
     return [s for s in suspect if s > ncl], [s for s in suspect if s < ncl]
 
 
+def marked(snaps: Mapping[Any, Any]) -> dict[str, list[int]]:
+    """``{site: [seq, ...]}`` of the snapshots carrying a person's suspect mark in that site's name
+    (:data:`replicad.core.state.MARKS`), seqs ascending. Pure; malformed entries are ignored."""
+    out: dict[str, list[int]] = {}
+    for seq, snap in snaps.items():
+        if not isinstance(snap, Mapping) or not isinstance(seq, int) or isinstance(seq, bool):
+            continue
+        for site, m in (snap.get(MARKS) or {}).items():
+            if isinstance(m, Mapping) and m.get("verdict") == "suspect":
+                out.setdefault(str(site), []).append(seq)
+    return {site: sorted(seqs) for site, seqs in out.items()}
+
+
 def alerts(status: Mapping[str, Any], state: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The conditions worth an alert, as ``(severity, sentence)`` (severity ``bad`` | ``warn``):
-    current suspect snapshots (:func:`split_suspects`), verdict disagreements, damaged or repairing standbys, revoked sites,
+    current suspect snapshots (:func:`split_suspects`), verdict disagreements, persons' suspect marks
+    (:func:`marked`), damaged or repairing standbys, revoked sites,
     an unsigned site, and the status' ``degraded_reasons`` (when it has them). Pure."""
     out: list[tuple[str, str]] = []
     ident = status.get("identity") or {}
@@ -156,6 +170,9 @@ def alerts(status: Mapping[str, Any], state: Mapping[str, Any]) -> list[tuple[st
         if dis:
             out.append(("bad", f"{name}: the sites' verdicts disagree on {', '.join('#' + str(s) for s in dis)} "
                                "(one site is wrong, broken or lying: replicad evidence)"))
+        for site, seqs in sorted(marked(snaps).items()):
+            out.append(("warn", f"{name}: a person marked {', '.join('#' + str(s) for s in seqs)} suspect in {site}'s "
+                                "name (that site's vote: its standby holds; replicad evidence)"))
         sb = v.get("standby") or {}
         if sb.get("state") in ("damaged", "repairing"):
             out.append(("bad" if sb.get("state") == "damaged" else "warn",

@@ -40,7 +40,7 @@ from typing import Any, Awaitable, Callable
 from replicad.core import anomaly
 from replicad.core.errors import NotFoundError, ReplicadError
 from replicad.core.manifest import PAGE_ENTRIES, ZERO_DIGEST, Manifest, changed_blocks, page_entries
-from replicad.core.state import PPM, detection_policy, disagreement, suspect_quorum
+from replicad.core.state import MARKS, PPM, detection_policy, disagreement, suspect_quorum
 from replicad.site.cluster import Cluster
 from replicad.site.runner import load_manifest
 from replicad.storage.chunkstore import ChunkStore
@@ -513,7 +513,9 @@ class Detection:
                 yield doc
 
     def evidence(self, volume: str, seq: int) -> dict[str, Any]:
-        """This site's evidence on ``volume#seq`` and every site's opinion from Raft.
+        """This site's evidence on ``volume#seq``, every site's opinion and every person's mark
+        (``marks``: ``{site: {verdict, reason, at_ns, recorded_ns}}``, a site's suspect vote in its
+        name: :func:`replicad.core.state._op_mark_verdict`) from Raft.
 
         Raises NotFoundError when the snapshot is not committed."""
         vs = self.cluster.volume_state(volume)
@@ -528,9 +530,11 @@ class Detection:
         opinions = {s: {"verdict": o["verdict"], "score": o["score_ppm"] / PPM,
                         "cumulative": o["cumulative_ppm"] / PPM, "first_seq": o.get("first_seq"),
                         "reason": o.get("reason", "")} for s, o in (snap.get("opinions") or {}).items()}
+        marks = {s: {"verdict": m.get("verdict"), "reason": m.get("reason", ""), "at_ns": m.get("at_ns"),
+                     "recorded_ns": m.get("recorded_ns")} for s, m in (snap.get(MARKS) or {}).items()}
         return {"volume": volume, "seq": seq, "verdict": snap["verdict"], "verdict_reason": snap.get("verdict_reason", ""),
                 "confirmed": bool(snap.get("confirmed")), "disagreement": disagreement(snap), "opinions": opinions,
-                "policy": detection_policy(vs), "here": local}
+                "marks": marks, "policy": detection_policy(vs), "here": local}
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:

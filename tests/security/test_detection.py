@@ -274,6 +274,8 @@ def test_a_site_voting_suspect_on_every_snapshot_holds_no_other_sites_standby(tm
             c.wait_for(f"{s} to log site-a's {len(seqs)} marks at WARNING", lambda s=s: c.log_tail(s, 4000).count(
                 f"WARNING replicad.site.daemon: AUDIT mark_verdict of volume {VOL} by site-a") == len(seqs), 30)
             assert all(snaps(c, s)[q]["verdict"] == "clean" for q in seqs), (s, snaps(c, s))
+            ev = c.api(s, "GET", f"/v1/volumes/{VOL}/snapshots/{seqs[-1]}/evidence")  # a person sees the mark
+            assert list(ev["marks"]) == ["site-a"] and ev["marks"]["site-a"]["verdict"] == "suspect", ev["marks"]
         lying_site.start(c, "site-a", "--suspect")  # the honest standbys go on applying the primary's snapshots
         c.wait_ready(60)
         overwrite_blocks(img, [9], random.Random(25))

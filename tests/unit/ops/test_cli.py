@@ -331,6 +331,8 @@ def test_evidence_prints_every_sites_verdict_and_what_this_site_saw(admin_stub) 
                                 "reason": "50 data blocks turned random"},
                      "site-b": {"verdict": "suspect", "score": 0.0625, "cumulative": 0.07, "first_seq": 34,
                                 "reason": "50 data blocks turned random"}},
+        "marks": {"site-c": {"verdict": "suspect", "reason": "a ransom note on the share", "at_ns": 1_796_000_000 * 10**9,
+                             "recorded_ns": 1_796_000_001 * 10**9}},
         "policy": {}, "here": {"site": "site-a", "verdict": "suspect", "score": 0.0625, "baseline": 0.0,
                                "cumulative": 0.07, "base_seq": 33, "first_suspect_seq": 34, "restore_seq": 33,
                                "reasons": ["50 data blocks turned random"], "signals": {"turned_random": 50},
@@ -339,7 +341,8 @@ def test_evidence_prints_every_sites_verdict_and_what_this_site_saw(admin_stub) 
     text = " ".join(res.stdout.split())
     assert res.returncode == 0, res.stderr
     for part in ("ehr#34: suspect", "site-a", "site-b", "judged against #33", "restore point #33",
-                 "50 data blocks turned random", "turned_random: 50", "7, 9"):
+                 "50 data blocks turned random", "turned_random: 50", "7, 9",
+                 "persons' marks", "site-c: suspect at 2026-11-30 00:53:21 UTC: a ransom note on the share"):
         assert part in text, (part, text)
     assert "DISAGREE" not in text
 

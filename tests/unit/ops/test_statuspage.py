@@ -113,6 +113,21 @@ def test_a_suspect_superseded_by_a_newer_clean_snapshot_is_kept_not_alerted() ->
     assert statuspage.split_suspects({"suspect": [1], "newest_clean": None}) == ([1], [])
 
 
+def test_a_persons_suspect_mark_is_shown_with_the_site_it_speaks_for() -> None:
+    # review R3: a lone mark is that site's vote (the cluster's verdict stays clean), so only the
+    # page can tell the operator that one site's standby holds on a person's word
+    status = _healthy({"newest_committed": 5, "newest_clean": 5, "suspect": []})
+    state = {"volumes": {"ehr": {"snapshots": {
+        3: {"verdict": "clean", "marks": {"site-c": {"verdict": "suspect", "reason": "<b>note</b>", "at_ns": 1}}},
+        4: {"verdict": "clean"},
+        5: {"verdict": "clean", "marks": {"site-c": {"verdict": "suspect", "at_ns": 2}}}}}}}
+    assert statuspage.alerts(status, state) == [
+        ("warn", "ehr: a person marked #3, #5 suspect in site-c's name (that site's vote: its standby holds; "
+                 "replicad evidence)")]
+    page = statuspage.render(status, state, [], {"ehr": 60.0}, 1000.0)
+    assert "a person marked #3, #5 suspect in site-c&#x27;s name" in page and "<b>note" not in page
+
+
 def test_a_volume_whose_primary_is_this_site_shows_no_standby() -> None:
     # the catalog still names the standby this site had as a replica (#3): it is the volume now
     page = statuspage.render(_healthy({"newest_committed": 5, "newest_clean": 5, "suspect": []}),
