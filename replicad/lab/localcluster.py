@@ -326,8 +326,9 @@ class LocalCluster:
         return self.api(site_id, "GET", "/v1/status", timeout_s=10)
 
     def wait_ready(self, timeout_s: float = 60) -> None:
-        """Every running site has a current Raft view (leader, majority, log applied), sees
-        every running site registered, and every running data site knows every volume.
+        """Every running site has a current Raft view (leader, majority, log applied), has joined
+        the cluster's incarnation, sees every running site registered, and every running data
+        site knows every volume.
 
         Raises UnavailableError at once if a started site's process has exited (with its exit
         code and log tail): a cluster whose daemons died is never "ready"."""
@@ -338,7 +339,7 @@ class LocalCluster:
             running = [s for s in self.sites.values() if s.proc is not None and s.proc.poll() is None]
             for s in running:
                 st = self.status(s.site_id)
-                if st["raft"].get("leader") is None or st["raft"].get("synced") is False:
+                if st["raft"].get("leader") is None or st["raft"].get("synced") is False or st.get("joined") is False:
                     return False
                 if any(r.site_id not in st.get("sites", {}) for r in running):
                     return False

@@ -82,7 +82,10 @@ SCHEMAS: dict[str, dict] = {
                        "volumes": {"type": "object", "additionalProperties": _ref("VolumeStatus")},
                        "members": {"type": "array", "items": _ref("Member")}, "raft_sites": _OBJ, "sites": _OBJ,
                        "interrupted_restores": {"type": "array", "items": _STR}},
-                      {"identity": _object({"cluster_id": _STR, "signed": _BOOL, "unsafe_unsigned": _BOOL,
+                      {"joined": {"type": ["boolean", "null"], "description": (
+                          "this site entered the cluster's incarnation (before it no volume acts and a snapshot "
+                          "is refused not_joined)")},
+                       "identity": _object({"cluster_id": _STR, "signed": _BOOL, "unsafe_unsigned": _BOOL,
                                             "public_key": {"type": "array", "items": _STR}},
                                            {"revoked": {**_OBJ, "description": (
                                                "site -> {at_ns, by, keys (count), rejoined, rejoined_ns}: revoked "

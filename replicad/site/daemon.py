@@ -318,6 +318,7 @@ class SiteDaemon:
         self.status = Status(cluster, catalog, store, runners, self.interrupted_restores,
                              signing_key=self._signer.public_key if self._signer is not None else None)
         self.status.instant = self.instant.state  # issue 16: instant recovery per volume
+        self.status.joined = self.volumes.joined.is_set  # no snapshot is taken before it (VolumeLoop.snapshot_now)
 
     def _local_detection(self, volume: str) -> dict:
         """This site's ``[volumes.anomaly]`` thresholds of ``volume`` (current config, SIGHUP

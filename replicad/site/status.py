@@ -36,6 +36,7 @@ class Status:
         self.interrupted_restores = interrupted_restores
         self.signing_key = signing_key
         self.instant: Any = None  # issue 16: volume -> instant recovery state or None (set by the daemon)
+        self.joined: Any = None  # () -> bool: this site entered the cluster's incarnation (set by the daemon)
 
     def report(self) -> dict:
         """Site status for the admin API and the metrics: Raft view, per-volume
@@ -43,7 +44,8 @@ class Status:
         was taken, what a restore would lose, None without one; ``newest_age_s``: seconds since
         the newest committed one, suspect or not, None without any), standby (``standby``: seq, state, verified, damaged_blocks),
         the backoff of a failing tick (``retry``: failures, delay_s, in_s), store figures,
-        interrupted restores.
+        interrupted restores, ``joined`` (this site entered the cluster's incarnation: before it,
+        no volume acts and a snapshot is refused ``not_joined``; None when unknown).
 
         Staleness (issue 13, item 10): ``view`` is :meth:`Cluster.view_freshness` (``current``,
         ``age_s``, ``why``); ``raft.synced`` is ``view.current``. Per volume, ``confirmed`` is
@@ -99,7 +101,7 @@ class Status:
             vols[name] = entry
         # "synced": false means the figures below may be an old view (restart, no leader, cut off)
         out = {"site_id": self.site_id, "raft": {**self.cluster.raft.status(), "synced": view["current"]},
-               "view": view, "volumes": vols,
+               "view": view, "volumes": vols, "joined": bool(self.joined()) if self.joined is not None else None,
                "raft_sites": {s.raft: s.site_id for s in self.cluster.sites()},
                "sites": st.get("sites", {}), "store": self.store.stats(),
                "interrupted_restores": list(self.interrupted_restores),
