@@ -22,12 +22,13 @@ so ``root == blake3(data)`` for every accepted ``data``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import blake3
 import msgpack
+import numpy as np
 
 from replicad.core.errors import IntegrityError, RemoteProtocolError
 
@@ -197,19 +198,48 @@ def page_entries(page: bytes) -> list[bytes]:
     return [page[i:i + DIGEST_SIZE] for i in range(0, len(page), DIGEST_SIZE)]
 
 
-def _load_checked(m: Manifest, p: int, load_page: Callable[[bytes], bytes]) -> list[bytes]:
-    """Entries of page ``p`` of ``m``, checked against its digest and expected count."""
+def _load_checked_raw(m: Manifest, p: int, load_page: Callable[[bytes], bytes]) -> bytes:
+    """The bytes of page ``p`` of ``m``, checked against its digest and expected count."""
     page = load_page(m.pages[p])
     if page_digest(page) != m.pages[p]:
         raise IntegrityError(f"manifest page {p} does not match its digest",
                              volume=m.volume, seq=m.seq, page=m.pages[p].hex())
-    entries = page_entries(page)
+    if not page or len(page) % DIGEST_SIZE or len(page) > PAGE_ENTRIES * DIGEST_SIZE:
+        raise RemoteProtocolError("manifest page has a bad length", length=len(page))
     expected = min(PAGE_ENTRIES, m.n_blocks - p * PAGE_ENTRIES)
-    if len(entries) != expected:
+    if len(page) // DIGEST_SIZE != expected:
         raise RemoteProtocolError("manifest page has a wrong number of entries",
                                   volume=m.volume, seq=m.seq, page_index=p,
-                                  entries=len(entries), expected=expected)
-    return entries
+                                  entries=len(page) // DIGEST_SIZE, expected=expected)
+    return page
+
+
+def _load_checked(m: Manifest, p: int, load_page: Callable[[bytes], bytes]) -> list[bytes]:
+    """Entries of page ``p`` of ``m``, checked against its digest and expected count."""
+    return page_entries(_load_checked_raw(m, p, load_page))
+
+
+def page_rows(page: bytes) -> np.ndarray:
+    """A page's entries as a read-only ``(entries, 4)`` ``uint64`` view of its bytes (no copy):
+    entry ``i`` differs from entry ``j`` of another page iff a row differs, and is ZERO_DIGEST
+    iff its row is all zeros. The caller checked the length (a multiple of 32)."""
+    return np.frombuffer(page, dtype=np.uint64).reshape(-1, DIGEST_SIZE // 8)
+
+
+def nonzero_entries(page: bytes) -> int:
+    """How many entries of a page (bytes, a multiple of 32 long) are not ZERO_DIGEST."""
+    return int(np.count_nonzero(page_rows(page).any(axis=1)))
+
+
+def _changed_in_page(new_page: bytes, old_page: bytes) -> np.ndarray:
+    """Indexes (sorted) of the entries of ``new_page`` that :func:`diff` calls changed against
+    ``old_page`` at the same position: differing where both have one, not ZERO_DIGEST past
+    ``old_page``'s end."""
+    nw, od = page_rows(new_page), page_rows(old_page)
+    k = min(len(nw), len(od))
+    both = np.flatnonzero((nw[:k] != od[:k]).any(axis=1))
+    grown = np.flatnonzero(nw[k:].any(axis=1)) + k
+    return np.concatenate([both, grown]) if grown.size else both
 
 
 def iter_block_digests(m: Manifest, load_page: Callable[[bytes], bytes]) -> Iterator[bytes]:
@@ -223,18 +253,19 @@ def iter_block_digests(m: Manifest, load_page: Callable[[bytes], bytes]) -> Iter
 
 
 def _differing_pages(old: Manifest | None, new: Manifest,
-                     load_page: Callable[[bytes], bytes]) -> Iterator[tuple[int, list[bytes], list[bytes]]]:
-    """``(first block index, new entries, old entries)`` of every page of ``new`` whose page
-    digest differs from ``old``'s at the same position (old entries empty past old's end);
-    ``old`` of another block size compares as None. Only those pages are loaded."""
+                     load_page: Callable[[bytes], bytes]) -> Iterator[tuple[int, bytes, bytes]]:
+    """``(first block index, new page bytes, old page bytes)`` of every page of ``new`` whose
+    page digest differs from ``old``'s at the same position (old page ``b""`` past old's end),
+    both checked (:func:`_load_checked_raw`); ``old`` of another block size compares as None.
+    Only those pages are loaded."""
     if old is not None and old.block_size != new.block_size:
         old = None
     old_pages = old.pages if old is not None else ()
     for p, digest in enumerate(new.pages):
         if p < len(old_pages) and old_pages[p] == digest:
             continue  # same digest: same entries, same count
-        old_entries = _load_checked(old, p, load_page) if old is not None and p < len(old_pages) else []
-        yield p * PAGE_ENTRIES, _load_checked(new, p, load_page), old_entries
+        old_page = _load_checked_raw(old, p, load_page) if old is not None and p < len(old_pages) else b""
+        yield p * PAGE_ENTRIES, _load_checked_raw(new, p, load_page), old_page
 
 
 def diff(old: Manifest | None, new: Manifest, load_page: Callable[[bytes], bytes]) -> list[int]:
@@ -244,13 +275,13 @@ def diff(old: Manifest | None, new: Manifest, load_page: Callable[[bytes], bytes
     differ, or ``i >= old.n_blocks`` and new's digest is not ZERO_DIGEST (growing a volume
     with zeros changes nothing). Blocks beyond ``new.n_blocks`` (a shrunk volume) are not
     reported. ``old`` None, or an ``old`` with another block size, compares as an empty
-    volume. Only pages whose page digests differ are loaded.
+    volume. Only pages whose page digests differ are loaded; within a page the entries are
+    compared as rows of a numpy view (:func:`page_rows`: no object per entry, ~1 ms per page
+    of 4096 entries where every page of a 16 GiB volume differs under scattered writes).
     """
     changed: list[int] = []
-    for base, new_entries, old_entries in _differing_pages(old, new, load_page):
-        n_old = len(old_entries)
-        changed.extend(base + i for i, d in enumerate(new_entries)
-                       if (d != old_entries[i] if i < n_old else d != ZERO_DIGEST))
+    for base, new_page, old_page in _differing_pages(old, new, load_page):
+        changed.extend((_changed_in_page(new_page, old_page) + base).tolist())
     return changed
 
 
@@ -260,9 +291,10 @@ def changed_digests(old: Manifest | None, new: Manifest, load_page: Callable[[by
     per block). Whoever holds all of ``old``'s chunks holds ``new``'s once it holds these
     (and ``new``'s pages). Only pages whose page digests differ are loaded."""
     out: list[bytes] = []
-    for _, new_entries, old_entries in _differing_pages(old, new, load_page):
-        out.extend(d for d, o in zip(new_entries, old_entries) if d != o and d != ZERO_DIGEST)
-        out.extend(d for d in new_entries[len(old_entries):] if d != ZERO_DIGEST)
+    for _, new_page, old_page in _differing_pages(old, new, load_page):
+        idx = _changed_in_page(new_page, old_page)
+        idx = idx[page_rows(new_page)[idx].any(axis=1)]  # ZERO_DIGEST: nothing to hold
+        out.extend(new_page[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE] for i in idx.tolist())
     return out
 
 
@@ -273,12 +305,11 @@ def changed_blocks(old: Manifest | None, new: Manifest,
     ZERO_DIGEST: they are gone). ``old`` digest None: past ``old``'s end. Only differing pages
     are loaded (and the tail pages of ``old`` when ``new`` shrank)."""
     out: list[tuple[int, bytes, bytes | None]] = []
-    for base, new_entries, old_entries in _differing_pages(old, new, load_page):
-        n_old = len(old_entries)
-        for i, d in enumerate(new_entries):
-            o = old_entries[i] if i < n_old else None
-            if (d != o) if o is not None else d != ZERO_DIGEST:
-                out.append((base + i, d, o))
+    for base, new_page, old_page in _differing_pages(old, new, load_page):
+        n_old = len(old_page) // DIGEST_SIZE
+        for i in _changed_in_page(new_page, old_page).tolist():
+            a = i * DIGEST_SIZE
+            out.append((base + i, new_page[a:a + DIGEST_SIZE], old_page[a:a + DIGEST_SIZE] if i < n_old else None))
     if old is not None and old.block_size == new.block_size and old.n_blocks > new.n_blocks:
         first_page = new.n_blocks // PAGE_ENTRIES
         for p in range(first_page, len(old.pages)):
@@ -287,6 +318,20 @@ def changed_blocks(old: Manifest | None, new: Manifest,
                 if index >= new.n_blocks and o != ZERO_DIGEST:
                     out.append((index, ZERO_DIGEST, o))
     return out
+
+
+def nonzero_blocks(m: Manifest, load_page: Callable[[bytes], bytes]) -> int:
+    """How many blocks of ``m`` are not ZERO_DIGEST (every page loaded and checked: O(volume),
+    1 page per 4096 blocks). Raises what :func:`iter_block_digests` raises."""
+    return sum(nonzero_entries(_load_checked_raw(m, p, load_page)) for p in range(len(m.pages)))
+
+
+def nonzero_delta(changes: Iterable[tuple[int, bytes, bytes | None]]) -> int:
+    """The change in :func:`nonzero_blocks` from ``old`` to ``new`` given
+    ``changed_blocks(old, new, ...)`` (same block size): +1 per block that became non-zero, -1
+    per block that became zero or is gone past a shrunken end. Exact: a block not listed has the
+    same digest in both, or is zero in both, or is past both ends."""
+    return sum((d != ZERO_DIGEST) - (o is not None and o != ZERO_DIGEST) for _, d, o in changes)
 
 
 def chunk_digests(m: Manifest, load_page: Callable[[bytes], bytes]) -> set[bytes]:

@@ -16,10 +16,13 @@ from replicad.core.manifest import (
     PAGE_ENTRIES,
     ZERO_DIGEST,
     Manifest,
+    changed_blocks,
     changed_digests,
     chunk_digests,
     diff,
     iter_block_digests,
+    nonzero_blocks,
+    nonzero_delta,
     page_digest,
     page_entries,
     pages_from_digests,
@@ -253,3 +256,25 @@ def test_diff_equals_naive_block_by_block_oracle(pair: tuple[list[bytes], list[b
     differing |= {old_pages[p] for p, d in enumerate(new.pages)
                   if p < len(old_pages) and old_pages[p] != d}
     assert set(pages.loaded) <= differing
+
+
+@settings(max_examples=60, deadline=None)
+@given(pair=volume_pair(), has_old=st.booleans())
+def test_changed_blocks_and_nonzero_counts_equal_naive_oracles(pair: tuple[list[bytes], list[bytes]],
+                                                               has_old: bool) -> None:
+    """changed_blocks (index, new digest, old digest or None; old blocks past a shrunken end as
+    ZERO_DIGEST) and the non-zero counts the judges take: nonzero_blocks of ``new`` is that of
+    ``old`` plus nonzero_delta of the changes (grown, shrunk, zeroed, filled)."""
+    old_digests, new_digests = pair
+    pages = PageStore()
+    old = make(old_digests, pages, seq=1) if has_old else None
+    new = make(new_digests, pages, seq=2)
+    base = old_digests if has_old else []
+    expected = [(i, d, base[i] if i < len(base) else None) for i, d in enumerate(new_digests)
+                if (d != base[i] if i < len(base) else d != ZERO_DIGEST)]
+    expected += [(i, ZERO_DIGEST, o) for i, o in enumerate(base) if i >= len(new_digests) and o != ZERO_DIGEST]
+    changes = changed_blocks(old, new, pages.load)
+    assert changes == expected
+    nonzero_new = sum(d != ZERO_DIGEST for d in new_digests)
+    assert nonzero_blocks(new, pages.load) == nonzero_new
+    assert (nonzero_blocks(old, pages.load) if old else 0) + nonzero_delta(changes) == nonzero_new
