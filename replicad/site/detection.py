@@ -33,13 +33,16 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from replicad.core import anomaly
 from replicad.core.errors import NotFoundError, ReplicadError
-from replicad.core.manifest import PAGE_ENTRIES, ZERO_DIGEST, Manifest, changed_blocks, page_entries
+from replicad.core.manifest import (DIGEST_SIZE, PAGE_ENTRIES, ZERO_DIGEST, Manifest, changed_blocks, nonzero_blocks,
+                                    nonzero_delta)
 from replicad.core.state import MARKS, PPM, detection_policy, disagreement, suspect_quorum
 from replicad.site.cluster import Cluster
 from replicad.site.runner import load_manifest
@@ -50,6 +53,7 @@ from replicad.telemetry.metrics import SiteMetrics
 log = logging.getLogger("replicad.site.detection")
 
 HISTORY_MAX = 64  # own scores of confirmed history feeding the baseline
+NONZERO_MEMO = 256  # manifest roots whose non-zero block count is remembered (Detection.nonzero_of)
 VOUCHED_SPAN_S = 30 * 86400
 """How far before the last confirmed snapshot this site's clean scores teach the slow window's
 rate (:meth:`Detection._history`)."""
@@ -90,6 +94,13 @@ class Detection:
         self._disagreed: set[tuple[str, int]] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._mode_warned: set[tuple[str, str]] = set()
+        # manifest root -> its non-zero blocks, counted here (the score's denominator): a base's
+        # count is the count of the snapshot judged before it plus the changed blocks' delta, so a
+        # judgement loads the changed pages only, not every page of the base (O(volume): 64 pages at
+        # 16 GiB). Counted by this site from verified pages, never the primary's stats (its
+        # zero_blocks is the primary's word). Bounded; lost on restart (the next count loads all).
+        self._nonzero: OrderedDict[bytes, int] = OrderedDict()
+        self._nonzero_lock = threading.Lock()
 
     # ------------------------------------------------------------------ verdicts
     def own_verdict(self, volume: str, seq: int, vs: dict) -> str | None:
@@ -393,21 +404,24 @@ class Detection:
         policy = anomaly.with_defaults(policy or anomaly.POLICY_DEFAULTS)
         notes, note_min = list(policy["ransom_notes"]), int(policy["ransom_note_min"])
         strong = list(policy["ransom_note_strong"])
-        data_blocks = _nonzero_blocks(base, self.store.get)
+        data_blocks = self.nonzero_of(base)
         signals = anomaly.SnapshotSignals(data_blocks=data_blocks)
         signals.shrunk_bytes = max(0, base.size_bytes - m.size_bytes)
-        pages: dict[int, list[bytes]] = {}
+        pages: dict[int, bytes] = {}
 
         def ref_digest(index: int) -> bytes | None:
             if ref is None or ref.block_size != m.block_size or index >= ref.n_blocks:
                 return None
             p = index // PAGE_ENTRIES
             if p not in pages:
-                pages[p] = page_entries(self.store.get(ref.pages[p]))
-            entries = pages[p]
-            return entries[index % PAGE_ENTRIES] if index % PAGE_ENTRIES < len(entries) else None
+                pages[p] = self.store.get(ref.pages[p])
+            a = (index % PAGE_ENTRIES) * DIGEST_SIZE
+            return pages[p][a:a + DIGEST_SIZE] if a + DIGEST_SIZE <= len(pages[p]) else None
 
-        for index, new_d, old_d in changed_blocks(base, m, self.store.get):
+        changes = changed_blocks(base, m, self.store.get)
+        if base.block_size == m.block_size:
+            self._remember_nonzero(m.root, data_blocks + nonzero_delta(changes))
+        for index, new_d, old_d in changes:
             new, r_new = self._read(new_d)
             old, r_old = self._read(old_d)
             finding = anomaly.compare_block(new, old, r_new, r_old)
@@ -420,6 +434,25 @@ class Detection:
             if index == 0:
                 signals.fs_destroyed = anomaly.fs_structure_destroyed(new, old)
         return signals
+
+    def nonzero_of(self, m: Manifest) -> int:
+        """Non-zero blocks of ``m``: remembered (counted here before) or counted from every page
+        (:func:`replicad.core.manifest.nonzero_blocks`, remembered). Worker thread."""
+        with self._nonzero_lock:
+            n = self._nonzero.get(m.root)
+            if n is not None:
+                self._nonzero.move_to_end(m.root)
+                return n
+        n = nonzero_blocks(m, self.store.get)
+        self._remember_nonzero(m.root, n)
+        return n
+
+    def _remember_nonzero(self, root: bytes, n: int) -> None:
+        with self._nonzero_lock:
+            self._nonzero[root] = n
+            self._nonzero.move_to_end(root)
+            while len(self._nonzero) > NONZERO_MEMO:
+                self._nonzero.popitem(last=False)
 
     def _read(self, digest: bytes | None) -> tuple[bytes | None, float]:
         if digest is None or digest == ZERO_DIGEST:
@@ -545,12 +578,9 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def _nonzero_blocks(m: Manifest, load_page: Callable[[bytes], bytes]) -> int:
-    """Non-zero blocks of ``m`` (every page loaded: 1 page per 4096 blocks)."""
-    total = 0
-    for p in m.pages:
-        entries = page_entries(load_page(p))
-        total += sum(1 for d in entries if d != ZERO_DIGEST)
-    return total
+    """Non-zero blocks of ``m`` (every page loaded: 1 page per 4096 blocks;
+    :func:`replicad.core.manifest.nonzero_blocks`)."""
+    return nonzero_blocks(m, load_page)
 
 
 def _block_doc(index: int, f: anomaly.BlockFinding) -> dict:
