@@ -50,6 +50,8 @@ import os
 import struct
 from dataclasses import dataclass
 
+import numpy as np
+
 from replicad.core.errors import CloneCrossDeviceError, ReflinkUnsupportedError, from_os_error
 
 FICLONE = 0x40049409
@@ -79,7 +81,16 @@ _FIEMAP_HEAD = struct.Struct("=QQIIII")            # 32 bytes
 _FIEMAP_EXTENT = struct.Struct("=QQQ16xI12x")      # 56 bytes
 FIEMAP_MAX_U64 = 2**64 - 1
 EXTENTS_PER_CALL = 512
-"""Extents asked per FIEMAP call (a 28 KiB buffer); more are read in further calls."""
+"""Extents asked per FIEMAP call by :func:`extent_map` (a 28 KiB buffer); more are read in further calls."""
+ARRAY_EXTENTS_PER_CALL = 16384
+"""Extents asked per FIEMAP call by :func:`extent_arrays` (a 896 KiB buffer). The kernel's cost
+is per extent, not per call (tests/bench/fiemap_cost.py, 45,429 extents on XFS: the ioctls
+alone 0.23 s with 512 per call, 0.21 s with 16,384); the larger buffer saves the Python
+round trips of the smaller one."""
+_EXTENT_DTYPE = np.dtype({"names": ["logical", "physical", "length", "flags"],
+                          "formats": ["=u8", "=u8", "=u8", "=u4"],
+                          "offsets": [0, 8, 16, 40], "itemsize": _FIEMAP_EXTENT.size})
+"""``struct fiemap_extent`` as a numpy record (native order, the reserved fields skipped)."""
 
 _UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.ENOSYS, errno.EBADF)
 
@@ -165,6 +176,138 @@ def extent_map(fd: int, *, path: str = "", sync: bool = True,
         if nxt <= start:  # a file system that returns no progress: stop rather than loop
             return out
         start = nxt
+
+
+@dataclass(frozen=True, eq=False)
+class ExtentArrays:
+    """A file's extent map as parallel numpy arrays of equal length, in FIEMAP's order (by
+    logical offset): ``logical``, ``physical``, ``length`` (``uint64``, bytes) and ``flags``
+    (``uint32``, ``FIEMAP_EXTENT_*``). What :func:`extent_arrays` reads and
+    :func:`changed_ranges` compares: no Python object per extent (50,000 extents of a
+    fragmented image are 4 arrays, not 50,000 :class:`Extent`)."""
+
+    logical: np.ndarray
+    physical: np.ndarray
+    length: np.ndarray
+    flags: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.logical.shape[0])
+
+    @classmethod
+    def of(cls, extents: list[Extent]) -> ExtentArrays:
+        """The arrays of a list of :class:`Extent` (same order)."""
+        return cls(np.array([e.logical for e in extents], dtype=np.uint64),
+                   np.array([e.physical for e in extents], dtype=np.uint64),
+                   np.array([e.length for e in extents], dtype=np.uint64),
+                   np.array([e.flags for e in extents], dtype=np.uint32))
+
+    def extents(self) -> list[Extent]:
+        """The same map as a list of :class:`Extent`."""
+        return [Extent(*t) for t in zip(self.logical.tolist(), self.physical.tolist(), self.length.tolist(),
+                                        self.flags.tolist())]
+
+
+def extent_arrays(fd: int, *, path: str = "", sync: bool = True,
+                  per_call: int = ARRAY_EXTENTS_PER_CALL) -> ExtentArrays:
+    """:func:`extent_map` of the open regular file ``fd`` as :class:`ExtentArrays`: the same
+    ioctls and pagination (``per_call`` extents per call, restart after the last one returned,
+    stop at ``FIEMAP_EXTENT_LAST`` or an empty answer or no progress), each call's buffer
+    decoded at once as a numpy record array of ``struct fiemap_extent``. Blocking: run in a
+    worker thread.
+
+    Raises:
+        ValueError: ``per_call`` < 1.
+        ReflinkUnsupportedError: EOPNOTSUPP/ENOTTY/EINVAL (``reason = "extent_map_unsupported"``).
+        InternalError / UsageError: other OSErrors (:func:`from_os_error`).
+    """
+    if per_call < 1:
+        raise ValueError("per_call must be >= 1")
+    parts: list[np.ndarray] = []
+    start = 0
+    flags = FIEMAP_FLAG_SYNC if sync else 0
+    buf = bytearray(_FIEMAP_HEAD.size + per_call * _FIEMAP_EXTENT.size)
+    while True:
+        _FIEMAP_HEAD.pack_into(buf, 0, start, FIEMAP_MAX_U64 - start, flags, 0, per_call, 0)
+        try:
+            fcntl.ioctl(fd, FS_IOC_FIEMAP, buf, True)
+        except OSError as err:
+            if err.errno in _UNSUPPORTED:
+                raise ReflinkUnsupportedError(
+                    f"cannot read the extent map of {path}: {err.strerror}", path=path, errno=err.errno,
+                    reason="extent_map_unsupported") from err
+            raise from_os_error(err, "reading an extent map (FIEMAP)", path=path) from err
+        mapped = min(_FIEMAP_HEAD.unpack_from(buf, 0)[3], per_call)
+        if mapped == 0:
+            break
+        rec = np.frombuffer(buf, dtype=_EXTENT_DTYPE, count=mapped, offset=_FIEMAP_HEAD.size).copy()  # buf is reused
+        parts.append(rec)
+        if int(rec["flags"][-1]) & FIEMAP_EXTENT_LAST:
+            break
+        nxt = int(rec["logical"][-1]) + int(rec["length"][-1])
+        if nxt <= start:  # a file system that returns no progress: stop rather than loop
+            break
+        start = nxt
+    rec = np.concatenate(parts) if parts else np.zeros(0, dtype=_EXTENT_DTYPE)
+    return ExtentArrays(np.ascontiguousarray(rec["logical"]), np.ascontiguousarray(rec["physical"]),
+                        np.ascontiguousarray(rec["length"]), np.ascontiguousarray(rec["flags"]))
+
+
+def _clip_arrays(x: ExtentArrays, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_clip` on arrays: ``(logical, physical, length, flags)`` cut to ``[0, size)``,
+    sorted by logical offset (stable, like :func:`_clip`)."""
+    keep = (x.logical < np.uint64(size)) & (x.length > 0)
+    lo, ph, ln, fl = x.logical[keep], x.physical[keep], x.length[keep], x.flags[keep]
+    ln = np.minimum(ln, np.uint64(size) - lo)
+    if lo.size > 1 and np.any(lo[1:] < lo[:-1]):
+        order = np.argsort(lo, kind="stable")
+        lo, ph, ln, fl = lo[order], ph[order], ln[order], fl[order]
+    return lo, ph, ln, fl
+
+
+def _covering(lo: np.ndarray, ln: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each offset of ``s``: (the index of the extent of sorted, non-overlapping ``lo``/``ln``
+    that covers it, clipped to a valid index; whether one does)."""
+    if lo.size == 0:
+        return np.zeros(s.shape, dtype=np.intp), np.zeros(s.shape, dtype=bool)
+    i = np.searchsorted(lo, s, side="right").astype(np.intp) - 1
+    valid = i >= 0
+    i = np.maximum(i, 0)
+    return i, valid & (lo[i] + ln[i] > s)
+
+
+def changed_ranges(old: ExtentArrays, old_size: int, new: ExtentArrays, new_size: int) -> list[tuple[int, int]]:
+    """:func:`differing_ranges` of two :class:`ExtentArrays`, the same answer computed with
+    numpy over the cut points (a ``searchsorted`` per map instead of a Python step per piece).
+    Maps whose extents overlap each other (no file system returns that) go through
+    :func:`differing_ranges` itself. Pure."""
+    a = _clip_arrays(old, old_size)
+    b = _clip_arrays(new, new_size)
+    for lo, _, ln, _ in (a, b):
+        if lo.size > 1 and np.any(lo[1:] < lo[:-1] + ln[:-1]):
+            return differing_ranges(old.extents(), old_size, new.extents(), new_size)
+    if new_size <= 0:
+        return []
+    top = np.uint64(new_size)
+    cuts = np.concatenate([a[0], a[0] + a[2], b[0], b[0] + b[2]])
+    cuts = cuts[(cuts > 0) & (cuts < top)]
+    points = np.unique(np.concatenate([np.array([0, new_size], dtype=np.uint64), cuts]))
+    s, e = points[:-1], points[1:]
+    ia, cov_a = _covering(a[0], a[2], s)
+    ib, cov_b = _covering(b[0], b[2], s)
+    same = np.zeros(s.shape, dtype=bool)
+    if a[0].size and b[0].size:
+        fa, fb = a[3][ia], b[3][ib]
+        same = (cov_a & cov_b & (((fa | fb) & np.uint32(UNSAFE_FLAGS)) == 0)
+                & ((fa & np.uint32(FIEMAP_EXTENT_UNWRITTEN)) == (fb & np.uint32(FIEMAP_EXTENT_UNWRITTEN)))
+                & (a[1][ia] + (s - a[0][ia]) == b[1][ib] + (s - b[0][ib])))  # uint64: wraps only where masked
+    idx = np.flatnonzero((cov_a | cov_b) & ~same)
+    if idx.size == 0:
+        return []
+    brk = np.flatnonzero(np.diff(idx) != 1)
+    first = idx[np.concatenate([[0], brk + 1])]
+    last = idx[np.concatenate([brk, [idx.size - 1]])]
+    return list(zip(s[first].tolist(), (e[last] - s[first]).tolist()))
 
 
 def _clip(extents: list[Extent], size: int) -> list[Extent]:

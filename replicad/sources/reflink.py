@@ -10,7 +10,8 @@ cycle (:meth:`ReflinkSource.snapshot`):
    clone and its directory are fsynced.
 2. ``FS_IOC_FIEMAP`` (``FIEMAP_FLAG_SYNC``) of the new clone and of the *parent clone* — the
    clone the parent snapshot was made from — compared by physical address per byte range
-   (:func:`replicad.sources.extents.differing_ranges`); the blocks touched are read from the
+   (:func:`replicad.sources.extents.extent_arrays` and ``changed_ranges``: numpy arrays, no
+   object per extent); the blocks touched are read from the
    new clone and the manifest built from the parent's and those
    (:func:`replicad.sources.tracked.tracked_snapshot`). Cost: the changed blocks, not the volume.
 3. The new clone is recorded with its manifest root; after the snapshot commits
@@ -80,7 +81,7 @@ from replicad.config import VolumeConfig
 from replicad.core.errors import CloneCrossDeviceError, ReflinkUnsupportedError, ReplicadError, from_os_error
 from replicad.core.manifest import Manifest, diff
 from replicad.sources.base import SnapshotSource, SourceSnapshot
-from replicad.sources.extents import block_runs, clone_file, differing_ranges, extent_map
+from replicad.sources.extents import block_runs, changed_ranges, clone_file, extent_arrays
 from replicad.sources.file import run_hooked, take_snapshot
 from replicad.sources.tracked import PageCache, same_blocks, tracked_snapshot
 from replicad.storage import fingerprints
@@ -354,7 +355,7 @@ class ReflinkSource(SnapshotSource):
                 self._lose(str(err.evidence.get("reason", "extent_map_unsupported")))
             else:
                 map_s = time.perf_counter() - t0
-                ranges = differing_ranges(old_map, old_size, new_map, new_size)
+                ranges = changed_ranges(old_map, old_size, new_map, new_size)
                 runs = block_runs(ranges, parent.block_size, -(-new_size // parent.block_size))
                 tr = await tracked_snapshot(clone, volume=volume, seq=seq, epoch=epoch, parent=parent, store=store,
                                             now_ns=now_ns, runs=runs, allow_shrink=allow_shrink,
@@ -482,8 +483,9 @@ _EXPLAIN = {
 }
 
 
-def _maps(old: Path, new: Path) -> tuple[list, int, list, int]:
-    """Worker thread: (extents, size) of both clones (FIEMAP with FIEMAP_FLAG_SYNC)."""
+def _maps(old: Path, new: Path) -> tuple[Any, int, Any, int]:
+    """Worker thread: (extent arrays, size) of both clones (FIEMAP with FIEMAP_FLAG_SYNC,
+    :func:`~replicad.sources.extents.extent_arrays`)."""
     out: list[Any] = []
     for path in (old, new):
         try:
@@ -491,7 +493,7 @@ def _maps(old: Path, new: Path) -> tuple[list, int, list, int]:
         except OSError as err:
             raise from_os_error(err, "opening a clone", path=str(path)) from err
         try:
-            out += [extent_map(fd, path=str(path)), os.fstat(fd).st_size]
+            out += [extent_arrays(fd, path=str(path)), os.fstat(fd).st_size]
         finally:
             os.close(fd)
     return out[0], out[1], out[2], out[3]
