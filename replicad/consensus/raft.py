@@ -1441,7 +1441,8 @@ class _StateConsumer(SyncObjConsumer):
     ``trust`` (:class:`replicad.core.identity.Trust`) goes to every
     :func:`replicad.core.state.apply`; a command refused as forged, replayed, expired, naming
     a holder without its acknowledgement, past a bound or registering another site
-    (``state.COUNTED_REFUSALS``) is logged at WARNING (rate-limited per reason) and
+    (``state.COUNTED_REFUSALS``), a request before the founding or a second role change too soon
+    (``state.counted_reason``) is logged at WARNING (rate-limited per reason) and
     counted in ``refused`` (``replicad_command_refused_total{reason}``).
 
     Checkpoints (:mod:`replicad.consensus.checkpoint`): each command is applied through
@@ -1503,7 +1504,7 @@ class _StateConsumer(SyncObjConsumer):
                                     "cluster or a state installed by a lying leader): rebuild this site's Raft state "
                                     "(README, \"Raft dump damaged\")", sites, n, theirs.hex()[:16], ours.hex()[:16],
                                     level=logging.ERROR)
-        if result.get("error") in cluster_state.COUNTED_REFUSALS:
+        if cluster_state.counted_reason(result) is not None:
             self._count_refusal(command, result)
         self.door_refused = None if result.get("ok") else door_refusal(before, payload, self.trust)
         if self.door_refused == "bad_signature" and self._since_change < DEPOSE_GRACE_ENTRIES:
@@ -1537,7 +1538,8 @@ class _StateConsumer(SyncObjConsumer):
     def _count_refusal(self, command: Any, result: dict) -> None:
         try:
             fields = command if isinstance(command, dict) else {}
-            self.refused.refuse(str(result["error"]), "command %s by %r (op id %r) in the Raft log refused: %s",
+            self.refused.refuse(str(cluster_state.counted_reason(result)),
+                                "command %s by %r (op id %r) in the Raft log refused: %s",
                                 str(fields.get("op"))[:40], str(fields.get("by"))[:64],
                                 str(fields.get("op_id"))[:64], str(result.get("message"))[:300],
                                 prefix="raft command refused")
@@ -2166,7 +2168,7 @@ class RaftNode:
                              **self._refusals.counts(), **self._consumer.divergences.counts()}
         with self._consumer.lock:
             status["checkpoint"] = self._consumer.checkpoints.summary()
-        status["commands_refused"] = {**dict.fromkeys(sorted(cluster_state.COUNTED_REFUSALS), 0),
+        status["commands_refused"] = {**dict.fromkeys(sorted(cluster_state.COUNTED_REASONS), 0),
                                       **self._consumer.refused.counts()}
         status["signed"] = self._signer is not None
         if self._syncobj is None:

@@ -32,6 +32,7 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
      "revoked": {site_id: {"keys": [bytes(32)], "at_ns": int, "by": site_id}},  # revoke_site
      "applied": int,                                                   # commands applied (counted by the Raft node)
      "vouches": {site_id: [[n, bytes(32)], ...]},                      # vouch: last VOUCHES_PER_SITE
+     "vetoes": {site_id: int},                                         # vetoes applied per vetoing site
      "limits": {"members": [site_id, ...] | None, "max_sites": int},   # optional, until found adopts a list
      "incarnation": {"id": bytes(16), "members": [member, ...], "by": site_id, "at_ns": int,
                      "founders": [site_id, ...]},                      # found, once adopted
@@ -103,7 +104,14 @@ Authority rules (threat model: root on one site speaks with that site's identity
   commits the command is what prevents a minority from promoting. A forced one may name the
   ``snapshot`` to restore (committed, held, clean: else ``not_found`` / ``snapshot_suspect``);
   the volume then records it as :data:`RESTORE_PIN` for the new epoch, and pruning keeps it.
-* ``demote``: by the current primary, or by any data site with ``force``.
+* ``demote``: by the current primary, or by any data site with ``force`` (not of a volume
+  without a primary: ``conflict``, it would only move the epoch).
+* Epoch-change rule (:func:`_check_epoch_rate`): each site has one :func:`disruptive_change`
+  (fencing a live primary other than itself, or taking back a role it just held) per volume per
+  :data:`EPOCH_WINDOW_NS` by the majority clock; a second is ``approval_required`` (evidence
+  ``refusal`` ``epoch_rate``) unless it runs as an approved ``request`` (action ``promote`` or
+  ``demote``, no cooling-off). A forced promotion while no live primary serves
+  (:func:`primary_live`) and a planned switchover or demotion are free.
 * ``add_volume`` only by the volume's ``primary`` (``not_self``, counted: a site registering a
   name nobody registered yet with another site as primary made that site a standby of its own
   live volume), with ``min_copies`` at most :data:`SITES_MAX` and a retention no longer than
@@ -265,6 +273,20 @@ start the lock early, and the majority's reports trail the truth by a report per
 normal case but by more when heartbeats stall; ten minutes of staleness is what the cap
 assumes (an honest stamp leads the majority's reports by :data:`CLOCK_LAG_MARGIN_NS` plus NTP
 error, seconds)."""
+EPOCH_WINDOW_NS = 3600 * 10**9
+"""Window of the epoch-change rule (:func:`_check_epoch_rate`), by the majority clock: a site's
+second disruptive epoch change of a volume within it needs other sites' approvals."""
+PRIMARY_SILENT_NS = 6 * CLOCK_REPORT_PERIOD_NS
+"""A primary whose last reported clock trails the majority's clock by more than this (30 s: six
+missed heartbeats) is silent: down, or cut off from the Raft majority (:func:`primary_live`)."""
+EPOCH_CHANGES = "epoch_changes_ns"
+"""Volume key: ``{site_id: ns}``, the majority-clock time of each site's last disruptive epoch
+change of the volume (:func:`_check_epoch_rate`); entries older than :data:`EPOCH_WINDOW_NS`
+are dropped when the next one is recorded."""
+DEMOTED_BY = "demoted_by"
+"""Volume key: the site whose ``demote`` left the volume without a primary (dropped by the next
+``promote``): its own forced promotion right after is a :func:`disruptive_change` (else one
+site's demote-promote-demote loop moved the epoch at will)."""
 INT_MAX = 2**63 - 1
 SITE_KINDS = ("data", "witness")
 VERDICTS = ("clean", "suspect")
@@ -277,6 +299,11 @@ COMMON_KEYS = frozenset({"v", "op", "op_id", "by", "now_ns", identity.CLUSTER_FI
 IDENTITY_REFUSALS = frozenset({"bad_signature", "replayed", "expired", "revoked"})
 """Refusal codes of commands that are not what their signer said (forged, replayed, stale)."""
 COUNTED_REFUSALS = IDENTITY_REFUSALS | {"bad_ack", "out_of_range", "not_self"}
+COUNTED_CONFLICTS = frozenset({"not_founded", "epoch_rate"})
+"""``refusal`` evidence of refusals that are counted like :data:`COUNTED_REFUSALS` under that
+reason, though their code says what the operator must do (``conflict``, ``approval_required``):
+a request before the founding (``not_founded``), a second epoch change too soon (``epoch_rate``)."""
+COUNTED_REASONS = COUNTED_REFUSALS | COUNTED_CONFLICTS
 """Refusals every site logs at WARNING and counts (``replicad_command_refused_total{reason}``):
 the identity refusals, a commit naming a holder without its signed acknowledgement
 (``bad_ack``), a seq or size past the state machine's bounds (``out_of_range``) and a site
@@ -299,7 +326,8 @@ SEEN_PER_SITE_MAX = 2000  # op ids remembered per site for replay checks (> 10 m
 REQUESTS_MAX = 64  # request records kept (pending ones first)
 REQUESTS_PENDING_PER_SITE = 8  # a site cannot crowd out the requests of the others
 WEAKENING_OPS = ("set_retention", "mark_verdict", "set_detection")
-REQUEST_ACTIONS = (*WEAKENING_OPS, "revoke_site", "set_members")  # a majority of the sites, no cooling-off
+EPOCH_ACTIONS = ("promote", "demote")  # a role change past a site's free one (epoch_rate): approvals, no cooling-off
+REQUEST_ACTIONS = (*WEAKENING_OPS, "revoke_site", "set_members", *EPOCH_ACTIONS)
 MAJORITY_ACTIONS = ("revoke_site", "set_members")
 """Requests a majority of all registered sites approves, then cooling off unless every unrevoked
 member approved (module docstring, "Revocation and membership")."""
@@ -696,6 +724,18 @@ def _check_envelope(command: Any) -> Callable[[dict, dict], tuple[dict, dict]]:
         raise _Refusal("bad_request", f"{op}: unknown keys {unknown}, missing keys {missing}",
                        op=op, unknown=unknown, missing=missing)
     return _OPS[op][0]
+
+
+def counted_reason(result: Any) -> str | None:
+    """The reason a refused ``result`` is counted under (``replicad_command_refused_total``,
+    logged at WARNING by the Raft node): its code when in :data:`COUNTED_REFUSALS`, else its
+    evidence's ``refusal`` when in :data:`COUNTED_CONFLICTS`; None when it is not counted. Pure."""
+    if not isinstance(result, dict) or result.get("ok"):
+        return None
+    if result.get("error") in COUNTED_REFUSALS:
+        return result["error"]
+    reason = (result.get("evidence") or {}).get("refusal") if isinstance(result.get("evidence"), dict) else None
+    return reason if reason in COUNTED_CONFLICTS else None
 
 
 def _refused(code: str, message: str, **evidence: Any) -> dict:
@@ -1207,7 +1247,9 @@ def _op_promote(state: dict, cmd: dict) -> tuple[dict, dict]:
     pin = None
     if "snapshot" in cmd:
         pin = _restore_point(vol, name, _int(cmd, "snapshot"))
+    vol = _check_epoch_rate(state, cmd, name, vol, "promote", force)
     vol = {**vol, "primary": to, "epoch": new_epoch}
+    vol.pop(DEMOTED_BY, None)
     vol.pop(RESTORE_PIN, None)
     if pin is not None:
         vol[RESTORE_PIN] = {"epoch": new_epoch, "seq": pin}
@@ -1216,6 +1258,63 @@ def _op_promote(state: dict, cmd: dict) -> tuple[dict, dict]:
     if pin is not None:
         result["snapshot"] = pin
     return _with_volume(state, name, vol), result
+
+
+def primary_live(state: dict, vol: dict) -> bool:
+    """True when the volume has a primary that is neither revoked nor silent: its last reported
+    clock (``state["clocks"]``, its own signed commands, the 5 s heartbeats included) is within
+    :data:`PRIMARY_SILENT_NS` of :func:`quorum_now_ns`. False while no majority clock exists.
+    Only what the Raft log says: a primary cut off from the majority commits nothing, so it
+    falls silent for every site alike. Pure."""
+    primary = vol.get("primary")
+    if primary is None or is_revoked(state, primary):
+        return False
+    quorum_now = quorum_now_ns(state)
+    seen = (state.get("clocks") or {}).get(primary)
+    return quorum_now is not None and _is_int(seen) and seen >= quorum_now - PRIMARY_SILENT_NS
+
+
+def disruptive_change(state: dict, vol: dict, by: str, op: str, force: bool) -> bool:
+    """True when an epoch change of ``op`` (``promote`` or ``demote``) by ``by`` counts under the
+    epoch-change rule (:func:`_check_epoch_rate`): it fences a live primary other than ``by``
+    (a forced demote, or a forced promotion of ``by``), or it takes back a role ``by`` itself
+    just held (a forced promotion of the primary itself, or of ``by`` after ``by`` left the
+    volume without a primary: :data:`DEMOTED_BY`). Free: a planned switchover or demotion by
+    the primary (it gives its own role away), a forced demotion of a silent primary, and a
+    forced promotion while the volume has no live primary that another site left so (none,
+    revoked, or silent: the real failover). Pure."""
+    primary = vol.get("primary")
+    if not force:
+        return False
+    if primary == by or (op == "promote" and primary is None and vol.get(DEMOTED_BY) == by):
+        return True
+    return primary_live(state, vol)
+
+
+def _check_epoch_rate(state: dict, cmd: dict, name: str, vol: dict, op: str, force: bool) -> dict:
+    """The epoch-change rule (one site cannot keep a volume's epoch churning): a site's
+    :func:`disruptive_change` of a volume is refused (``approval_required``, evidence ``refusal``
+    ``epoch_rate``, counted) within :data:`EPOCH_WINDOW_NS` of its previous one by the majority
+    clock, unless it runs as the action of a request other sites approved (``request`` with
+    ``action`` ``promote`` or ``demote``: :func:`approvals_needed` sites, no cooling-off).
+    Returns ``vol`` with the change recorded under :data:`EPOCH_CHANGES` (or unchanged). No
+    majority clock yet: no rule (nothing to measure a window with; no honest volume acts then).
+    Deterministic: the majority clock only, never the signer's own ``now_ns``."""
+    by = cmd["by"]
+    quorum_now = quorum_now_ns(state)
+    if quorum_now is None or not disruptive_change(state, vol, by, op, force):
+        return vol
+    changes = vol.get(EPOCH_CHANGES) or {}
+    last = changes.get(by)
+    if cmd.get(_APPROVED) is not True and _is_int(last) and quorum_now - last < EPOCH_WINDOW_NS:
+        raise _Refusal("approval_required", f"{by!r} changed the role of {name!r} already {(quorum_now - last) // 10**9} s "
+                       f"ago (majority clock) and {vol.get('primary')!r} is its live primary: a second {op} by one "
+                       f"site within {EPOCH_WINDOW_NS // 10**9} s needs the approval of other sites (a request: "
+                       f"'replicad approve' at another site)", volume=name, by=by, op=op, primary=vol.get("primary"),
+                       epoch=vol["epoch"], last_change_ns=last, window_s=EPOCH_WINDOW_NS // 10**9,
+                       refusal="epoch_rate")
+    kept = {s: t for s, t in changes.items() if _is_int(t) and quorum_now - t < EPOCH_WINDOW_NS and s != by}
+    return {**vol, EPOCH_CHANGES: {**kept, by: quorum_now}}
 
 
 RESTORE_PIN = "restore_pin"
@@ -1259,12 +1358,18 @@ def _op_demote(state: dict, cmd: dict) -> tuple[dict, dict]:
     _check_epoch(name, vol, expected_epoch, "expected_epoch")
     if force:
         _data_site(state, cmd["by"], "forced demotion requester")
+        if vol["primary"] is None:
+            # it would fence nobody and only move the epoch: a forced promotion racing it (a
+            # compare-and-set on the epoch) would fail, again and again
+            raise _Refusal("conflict", f"{name!r} has no primary to demote (epoch {vol['epoch']})",
+                           volume=name, epoch=vol["epoch"], primary=None)
     elif cmd["by"] != vol["primary"]:
         raise _Refusal("not_primary", f"demotion of {name!r} must be asked by its primary "
                        f"{vol['primary']!r} (or forced)", volume=name, by=cmd["by"],
                        primary=vol["primary"], epoch=vol["epoch"])
+    vol = _check_epoch_rate(state, cmd, name, vol, "demote", force)
     new_epoch = vol["epoch"] + 1
-    vol = {**vol, "primary": None, "epoch": new_epoch}
+    vol = {**vol, "primary": None, "epoch": new_epoch, DEMOTED_BY: cmd["by"]}
     vol.pop(RESTORE_PIN, None)
     return _with_volume(state, name, vol), {"ok": True, "volume": name, "epoch": new_epoch,
                                             "previous_primary": state["volumes"][name]["primary"]}
@@ -1675,7 +1780,8 @@ def _founded(state: dict, what: str) -> None:
     registered first would be the whole cluster's approvers (one site's word, O4)."""
     if state.get("incarnation") is None:
         raise _Refusal("conflict", f"the cluster is not founded yet: no {what} before its membership is agreed "
-                       "(a majority of the configured sites' found proposals)", founded=False)
+                       "(a majority of the configured sites' found proposals)", founded=False,
+                       refusal="not_founded")
 
 
 def _voters(state: dict) -> list[str]:
@@ -1894,6 +2000,8 @@ def _run_request(state: dict, cmd: dict, entry: dict) -> tuple[dict, dict]:
         cooling = 0
     elif entry["action"] in MAJORITY_ACTIONS:
         cooling = 0 if _unanimous(state, entry) else trust.membership_cooling_off_ns
+    elif entry["action"] in EPOCH_ACTIONS:  # restoring service: other sites agreed, nothing is weakened
+        cooling = 0
     elif _stricter_detection(state, entry) or _stricter_retention(state, entry):
         cooling = 0
     else:
@@ -2034,7 +2142,11 @@ def _not_its_own_revocation(cmd: dict, entry: dict, what: str) -> None:
 def _op_veto(state: dict, cmd: dict) -> tuple[dict, dict]:
     """Any registered site stops a request that has not taken effect (pending or cooling off),
     except the request revoking that site. A site whose revocation is pending may still veto
-    other requests until the revocation applies (its vetoes only ever keep protection)."""
+    other requests until the revocation applies (its vetoes only ever keep protection). One
+    site's veto blocks (ARCHITECTURE, Choices: "A veto blocks"); each is counted per vetoing
+    site in ``vetoes`` (``replicad_request_vetoes_total``) and the result names the request's
+    ``action``, ``requested_by`` and ``volume`` and the site's ``vetoes`` so far, for every
+    site's AUDIT line."""
     req_id = _str(cmd, "request", 32)
     if cmd["by"] not in state["sites"]:
         raise _Refusal("not_found", f"site {cmd['by']!r} is not a registered site", site_id=cmd["by"])
@@ -2046,9 +2158,12 @@ def _op_veto(state: dict, cmd: dict) -> tuple[dict, dict]:
                        "can be vetoed", request=req_id, status=entry["status"])
     _not_its_own_revocation(cmd, entry, "veto")
     vetoed = {**entry, "status": "vetoed", "vetoed_by": cmd["by"]}
-    return ({**state, "requests": {**state["requests"], req_id: vetoed}},
+    vetoes = state.get("vetoes") or {}
+    vetoes = {**vetoes, cmd["by"]: int(vetoes.get(cmd["by"], 0)) + 1}
+    return ({**state, "requests": {**state["requests"], req_id: vetoed}, "vetoes": vetoes},
             {"ok": True, "request": req_id, "status": "vetoed", "vetoed_by": cmd["by"],
-             "approvals": list(entry["approvals"]), "needed": entry["needed"]})
+             "approvals": list(entry["approvals"]), "needed": entry["needed"], "action": entry["action"],
+             "requested_by": entry["by"], "volume": entry["args"].get("volume"), "vetoes": vetoes[cmd["by"]]})
 
 
 def _swept_requests(state: dict) -> dict:

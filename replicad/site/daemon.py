@@ -452,17 +452,25 @@ class SiteDaemon:
                     self._loop.call_soon_threadsafe(self._membership_agreed, members)
         if result.get("ok") and command.get("op") in CLUSTER_WIDE_OPS:
             self._cluster_wide_event(command, result)
-        if not result.get("ok") or command.get("op") not in ("promote", "demote"):
+        if not result.get("ok"):
             return
-        runner = self.runners.get(command.get("volume", ""))
-        if runner is None:
-            return
-        new_epoch = result.get("epoch")
-        if runner.acting_epoch is not None and isinstance(new_epoch, int) and new_epoch > runner.acting_epoch \
-                and not (command.get("op") == "promote" and command.get("to") == self.site_id):
-            runner.fence_flag.set()
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(runner.wake.set)
+        changes = []  # (volume, new epoch, this site promoted): role changes, direct or as approved requests
+        if command.get("op") in ("promote", "demote"):
+            changes.append((command.get("volume", ""), result.get("epoch"),
+                            command.get("op") == "promote" and command.get("to") == self.site_id))
+        for done in [result, *(result.get("requests_applied") or [])]:
+            if done.get("action") in ("promote", "demote") and done.get("status") == "applied":
+                res = done.get("result") or {}
+                changes.append((res.get("volume", ""), res.get("epoch"), res.get("primary") == self.site_id))
+        for volume, new_epoch, promoted_here in changes:
+            runner = self.runners.get(volume)
+            if runner is None:
+                continue
+            if runner.acting_epoch is not None and isinstance(new_epoch, int) and new_epoch > runner.acting_epoch \
+                    and not promoted_here:
+                runner.fence_flag.set()
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(runner.wake.set)
 
     def _cluster_wide_event(self, command: dict, result: dict) -> None:
         """Tick thread: a command signed by ANOTHER site that changed a volume for every site (its
@@ -494,8 +502,12 @@ class SiteDaemon:
             log.warning("AUDIT request %s approved by %s: it takes effect when the cooling-off ends (majority clock "
                         "%d ns) unless a site vetoes it: replicad veto %s", result.get("request"),
                         ", ".join(result.get("approvals") or []), result.get("effective_ns") or 0, result.get("request"))
-        elif result.get("status") == "vetoed":
-            log.warning("AUDIT request %s vetoed by %s", result.get("request"), result.get("vetoed_by"))
+        elif result.get("status") == "vetoed" and command.get("op") == "veto":
+            log.warning("AUDIT veto of request %s (%s%s, requested by %s) by %s: it will not take effect (%s's veto "
+                        "number %s; a site that vetoes every request can be revoked by a majority: replicad revoke "
+                        "%s)", result.get("request"), result.get("action"),
+                        f" of volume {result['volume']}" if result.get("volume") else "", result.get("requested_by"),
+                        result.get("vetoed_by"), result.get("vetoed_by"), result.get("vetoes"), result.get("vetoed_by"))
         applied = list(result.get("requests_applied") or [])
         if result.get("status") == "applied":
             applied.append(result)

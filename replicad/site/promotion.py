@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from replicad.core.backoff import Backoff
-from replicad.core.errors import (ConflictError, NoQuorumError, NotFoundError, NotPrimaryError, ReplicadError,
-                                  RestoreVerifyError, SnapshotSuspectError, TakeoverRestoreError, UsageError)
+from replicad.core.errors import (ApprovalRequiredError, ConflictError, NoQuorumError, NotFoundError,
+                                  NotPrimaryError, ReplicadError, RestoreVerifyError, SnapshotSuspectError,
+                                  TakeoverRestoreError, UsageError)
 from replicad.core.manifest import Manifest
 from replicad.core.state import held_by_marks, newest_clean, restore_pin
 from replicad.site.cluster import Cluster
@@ -541,14 +542,40 @@ class Promotion:
         runner.takeover_settled.clear()  # before the proposal: the takeover may run as soon as it applies
         if instant and checked is not None:
             self.instant.request(volume, snapshot, checked, t0_ns)  # the takeover that follows serves it at once
+        args = {"volume": volume, "to": target, "expected_epoch": vs["epoch"], "force": True, **extra}
         try:
-            res = await self.cluster.propose("promote", volume=volume, to=target, expected_epoch=vs["epoch"],
-                                             force=True, **extra)
+            try:
+                res = await self.cluster.propose("promote", **args)
+            except ApprovalRequiredError as err:
+                await self._epoch_request("promote", args, err)
         except BaseException:
             if instant:
                 self.instant.withdraw(volume)
             raise
         return res
+
+    async def _epoch_request(self, op: str, args: dict, err: ApprovalRequiredError) -> None:
+        """``op`` (a forced ``promote`` or ``demote`` with ``args``) was refused by the
+        epoch-change rule (evidence ``refusal`` ``epoch_rate``: this site's second disruptive
+        role change of the volume within the hour, :func:`replicad.core.state._check_epoch_rate`):
+        file it as a request other sites approve (it applies at the approval, no cooling-off),
+        log it at WARNING and raise ApprovalRequiredError naming the request. Any other
+        ``approval_required`` is raised as it came. Raises what proposing the request raises."""
+        if (err.evidence or {}).get("refusal") != "epoch_rate":
+            raise err
+        volume = args["volume"]
+        res = await self.cluster.propose("request", action=op, args=args,
+                                         reason=f"{op} of {volume} at {self.site_id}: its second role change of the "
+                                                f"volume within the hour ({err})")
+        req = res.get("request")
+        log.warning("AUDIT volume %s: forced %s at %s refused by the epoch-change rule (%s); requested as %s: an "
+                    "operator of another site approves it there with: replicad approve %s", volume, op, self.site_id,
+                    err, req, req)
+        raise ApprovalRequiredError(
+            f"{self.site_id} already changed the role of {volume} within the hour: this forced {op} is request {req}; "
+            f"it applies as soon as an operator of another site runs 'replicad approve {req}' there",
+            volume=volume, request=req, status=res.get("status"), needed=res.get("needed"),
+            hint=f"replicad approve {req} (at another site)")
 
     async def _await_instant(self, runner: VolumeRunner, volume: str, target: str, res: dict, t0: float,
                              wait_s: float) -> dict:
@@ -603,7 +630,11 @@ class Promotion:
             raise NotFoundError(f"unknown volume {volume}", volume=volume)
         runner = self.runners.get(volume)
         if vs["primary"] != self.site_id or runner is None:
-            res = await self.cluster.propose("demote", volume=volume, expected_epoch=vs["epoch"], force=True)
+            args = {"volume": volume, "expected_epoch": vs["epoch"], "force": True}
+            try:
+                res = await self.cluster.propose("demote", **args)
+            except ApprovalRequiredError as err:
+                await self._epoch_request("demote", args, err)
             return {"volume": volume, "epoch": res.get("epoch")}
         async with runner.lock:
             final: dict = {}

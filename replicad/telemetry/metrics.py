@@ -106,6 +106,8 @@ replicad_command_refused_total                              reason             c
                                                                                (bad_signature), replayed,
                                                                                expired or revoked; 0 from
                                                                                the start
+replicad_request_vetoes_total                               by                 Raft state: vetoes applied, by
+                                                                               vetoing site (counter)
 replicad_exports_open                                                          event: snapshot exports (NBD)
                                                                                open now (issue 16)
 replicad_export_read_bytes_total                            volume             event: bytes served to export reads
@@ -404,6 +406,15 @@ class StateCollector(Collector):
         put("replicad_build_info", 1, __version__, platform.python_version())
         for part, failed in errors.items():
             put("replicad_scrape_error", failed, part)
+        vetoes = CounterMetricFamily("replicad_request_vetoes", "Vetoes applied through Raft, by vetoing site "
+                                     "(Raft state, the same at every site): one site vetoing every request blocks "
+                                     "every weakening until it is revoked", labels=["site", "by"])
+        try:
+            for by, count in sorted(((state.get("vetoes") or {}) if self.state_fn is not None else {}).items()):
+                if _num(count) is not None:
+                    vetoes.add_metric([self.site_id, str(by)], _num(count))
+        except Exception as err:  # noqa: BLE001 — a malformed state must not turn /metrics into a 500
+            log.warning("metrics: malformed vetoes in the state: %r", err)
         dump_failures = CounterMetricFamily("replicad_raft_dump_send_failures", "Failed reads of this site's own "
                                             "Raft dump to send it to a member behind the log's start (a leader steps "
                                             "down after a few)", labels=["site"])
@@ -413,6 +424,7 @@ class StateCollector(Collector):
         yield refused
         yield from self._sources(status)
         yield commands
+        yield vetoes
         yield dump_failures
 
     def _degraded(self, status: dict, put: Callable[..., None]) -> None:

@@ -43,6 +43,13 @@ Modes:
   committed snapshot from ``--from-seq`` (no approval is asked for suspect); each line carries the
   cluster's verdict after it (``verdict``), ``flipped`` and ``suspect_sites``. It once flipped
   the cluster's verdict at once: standbys rolled back, later snapshots suspect by descent.
+* ``churn``: in its OWN name (its own key), ``--rounds`` rounds of a forced ``demote`` and a forced
+  ``promote`` of itself, each at the epoch its state shows then (it once bumped the epoch and
+  fenced the primary as often as Raft committed: an honest takeover was fenced again at once);
+  each line carries ``op``, ``error``, and the volume's ``epoch`` and ``primary`` after it.
+* ``veto``: in its OWN name (its own key), a ``veto`` of every pending or approved request (one
+  site may veto; the tests judge what the other sites log and count); each line carries
+  ``request`` and ``error``.
 """
 
 from __future__ import annotations
@@ -96,7 +103,8 @@ async def wait_synced(node, volume: str, timeout_s: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="command_attacker")
     parser.add_argument("mode", choices=["forge", "replay", "bogus-commit", "claim-clean", "found", "flood", "policy",
-                                           "reregister", "mark-suspect"])
+                                           "reregister", "mark-suspect", "churn", "veto"])
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--from-seq", type=int, default=1)
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--work-dir", required=True, type=Path)
@@ -239,6 +247,25 @@ def main(argv: list[str] | None = None) -> int:
                         flipped=res.get("flipped"), suspect_sites=res.get("suspect_sites"))
                 except Exception as exc:  # the tests judge the honest sites
                     out(mode="mark-suspect", seq=seq, error=getattr(exc, "code", type(exc).__name__))
+        elif args.mode == "churn":
+            me = cfg.site_id
+            for _ in range(args.rounds):
+                for op, extra in (("demote", {}), ("promote", {"to": me})):
+                    await wait_synced(node, args.volume, 30)
+                    epoch = node.state()["volumes"][args.volume]["epoch"]
+                    command = signer.sign({"v": 1, "op": op, "op_id": uuid.uuid4().hex, "by": me,
+                                           "now_ns": time.time_ns(), "volume": args.volume, "expected_epoch": epoch,
+                                           "force": True, **extra})
+                    error = await propose(node, command)
+                    after = node.state()["volumes"][args.volume]
+                    out(mode="churn", op=op, error=error, epoch=after["epoch"], primary=after["primary"])
+        elif args.mode == "veto":
+            me = cfg.site_id
+            open_ = [r for r, e in (node.state().get("requests") or {}).items() if e["status"] in ("pending", "approved")]
+            for req in open_:
+                command = signer.sign({"v": 1, "op": "veto", "op_id": uuid.uuid4().hex, "by": me,
+                                       "now_ns": time.time_ns(), "request": req})
+                out(mode="veto", request=req, error=await propose(node, command))
         elif args.mode == "policy":
             me = cfg.site_id
             policy = dict(vol.get("detection") or {})

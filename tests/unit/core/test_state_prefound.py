@@ -49,7 +49,7 @@ def test_no_request_and_no_approval_before_the_membership_is_agreed() -> None:
     state = lone_primary()
     for trust in (None, LAB):
         new, res = request(state, trust=trust)
-        assert res["ok"] is False and res["error"] == "conflict" and res["evidence"] == {"founded": False}, res
+        assert res["ok"] is False and res["error"] == "conflict" and res["evidence"] == {"founded": False, "refusal": "not_founded"}, res
         assert isinstance(errors.from_dict(res), errors.ConflictError) and "not founded" in res["message"]
         assert new["volumes"] == state["volumes"] and not new.get("requests")
         assert new["audit"][-1]["op"] == "request" and new["audit"][-1]["error"] == "conflict"
