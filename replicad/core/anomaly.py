@@ -115,7 +115,12 @@ snapshot or summed in a slow window of its own (the same CUSUM). The baseline is
 the last confirmed snapshot without a time cut; each snapshot adds its value less a level (the
 baseline plus ``slow_slack`` per day since the snapshot before it), the sum never drops below
 zero, so benign ups and downs cancel and a steady excess adds up (:data:`DAY_S`). In
-``encrypted`` mode the level is the learned cold rate (:data:`COLD_RATE_SLACK`).
+``encrypted`` mode the level is the learned cold rate (:data:`COLD_RATE_SLACK`). In ``content``
+mode the **coverage window** (:class:`Coverage`) also counts the *distinct* blocks turned random
+since the last confirmed snapshot, with no slack and no level, suspect past ``cumulative_max``:
+encrypting a share of the data turns that share of distinct blocks random at any pace, while
+benign churn that turns the same blocks random again (a hot table, a log area) counts each once;
+the relative CUSUM sums only each snapshot's new distinct blocks, for the same reason.
 
 ``change_max`` (share of the data changed in one snapshot) applies in ``encrypted`` mode only:
 in ``content`` mode benign whole-volume rewrites (``VACUUM FULL``, ``pgbench -i``, a restored
@@ -139,12 +144,15 @@ thresholds are this module's, measured on the unit tests' data and on the issue'
 from __future__ import annotations
 
 import array
+import base64
 import functools
 import itertools
 import math
 import re
 import statistics
+import sys
 import unicodedata
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -452,8 +460,94 @@ class Cusum:
         return cls(float(total), began, n)
 
 
+@dataclass(frozen=True)
+class Coverage:
+    """The coverage window (content mode): the *distinct* blocks that turned random against their
+    previous version in the snapshots this site judged since the last snapshot a person confirmed
+    clean (else the volume's first), with no slack and no time cut. Encrypting a share of the
+    data turns that share of distinct blocks random whatever the pace, so an attacker under every
+    rate (``min_score`` per snapshot, ``slow_slack`` per day) is flagged once the union passes
+    ``cumulative_max``; benign churn that turns the same blocks random again and again (a hot
+    table's pages, a log area's gzip over freed lines) counts each block once.
+
+    Attributes:
+        blocks: block indices (of the volume, ``block_size`` units) counted so far.
+        extra: a share of the data counted without block indices (items whose blocks are not
+            known: a window recomputed from Raft's scores, a state written before this window
+            existed); counted as distinct, the conservative side.
+        began: the first snapshot that added to it (None while empty).
+    Pure; :meth:`total` is the share of a volume's data blocks."""
+
+    blocks: frozenset = frozenset()
+    extra: float = 0.0
+    began: int | None = None
+
+    def step(self, seq: int, counted: "set[int] | frozenset[int]" = frozenset(), unknown: float = 0.0) -> "Coverage":
+        """The state after snapshot ``seq`` that counted the blocks ``counted`` and ``unknown``
+        (a share of the data) whose indices are not known."""
+        new = frozenset(counted) - self.blocks
+        if not new and unknown <= 0.0:
+            return self
+        return Coverage(self.blocks | new, self.extra + max(0.0, unknown),
+                        self.began if self.began is not None else seq)
+
+    def added(self, before: "Coverage", data_blocks: int) -> float:
+        """The share of ``data_blocks`` this state holds beyond ``before`` (a step's increment)."""
+        return (len(self.blocks) - len(before.blocks)) / max(1, data_blocks) + (self.extra - before.extra)
+
+    def total(self, data_blocks: int) -> float:
+        """The share of ``data_blocks`` counted (0..1, may pass 1 if the volume shrank)."""
+        return len(self.blocks) / max(1, data_blocks) + self.extra
+
+    def doc(self) -> dict:
+        """Plain dict (JSON-able): ``blocks`` (the sorted indices' gaps as little-endian uint32,
+        zlib, base64: ~1-2 bytes a block), ``count``, ``extra``, ``began``."""
+        idx = sorted(self.blocks)
+        gaps = array.array("I", (b - a for a, b in zip([0] + idx[:-1], idx)))  # "I": 4 bytes on Linux
+        if sys.byteorder != "little":  # pragma: no cover
+            gaps.byteswap()
+        return {"blocks": base64.b64encode(zlib.compress(gaps.tobytes(), 6)).decode("ascii"), "count": len(idx),
+                "extra": self.extra, "began": self.began}
+
+    @classmethod
+    def from_doc(cls, doc: object) -> "Coverage":
+        """The state :meth:`doc` wrote. Raises ValueError on anything else (a hand-edited or
+        truncated evidence file: the caller falls back to an older state)."""
+        if not isinstance(doc, dict):
+            raise ValueError("a coverage state must be a map")
+        enc, count, extra, began = doc.get("blocks"), doc.get("count"), doc.get("extra", 0.0), doc.get("began")
+        if not isinstance(enc, str) or isinstance(count, bool) or not isinstance(count, int) or count < 0 \
+                or count > COVERAGE_BLOCKS_MAX or isinstance(extra, bool) or not isinstance(extra, (int, float)) \
+                or not 0.0 <= extra < 1e6 or (began is not None and (isinstance(began, bool) or not isinstance(began, int))):
+            raise ValueError(f"not a coverage state: {str(doc)[:200]!r}")
+        try:
+            raw = zlib.decompressobj().decompress(base64.b64decode(enc, validate=True), 4 * count + 1)
+        except (ValueError, zlib.error) as err:
+            raise ValueError(f"not a coverage state: {err}") from None
+        if len(raw) != 4 * count:
+            raise ValueError(f"not a coverage state: {len(raw)} bytes for {count} blocks")
+        gaps = array.array("I")
+        gaps.frombytes(raw)
+        if sys.byteorder != "little":  # pragma: no cover
+            gaps.byteswap()
+        idx = list(itertools.accumulate(gaps))
+        if count and (idx[-1] >= 2**32 or any(g == 0 for g in gaps[1:])):
+            raise ValueError("not a coverage state: indices not strictly increasing")
+        if (began is None) != (count == 0 and extra == 0.0):
+            raise ValueError("not a coverage state: began does not match its contents")
+        return cls(frozenset(idx), float(extra), began)
+
+
+COVERAGE_BLOCKS_MAX = 1 << 26
+"""Most block indices a coverage state may hold (4 TiB of 64 KiB blocks): a bound on what an
+evidence file can make this site decompress."""
+
+
 SLOW_WINDOWS = ("relative", "conservation")
-"""The slow windows of :func:`judge_relative` (keys of :attr:`RelativeVerdict.slow`)."""
+"""The CUSUM slow windows of :func:`judge_relative` (keys of :attr:`RelativeVerdict.slow`)."""
+COVERAGE = "coverage"
+"""Key of the coverage window (:class:`Coverage`) in :attr:`RelativeVerdict.slow` and in a
+``carried`` state; content mode only."""
 
 
 def with_defaults(policy: dict) -> dict:
@@ -2070,6 +2164,8 @@ class SnapshotSignals:
             data that became zeros (:attr:`BlockFinding.structure_freed`).
         random_filled: blocks' worth of zeros (or new space) that became random
             (:attr:`BlockFinding.random_filled`).
+        counted: the indices of every turned-random block (the coverage window's distinct blocks,
+            :class:`Coverage`); not in :meth:`summary`.
     """
 
     data_blocks: int
@@ -2088,9 +2184,11 @@ class SnapshotSignals:
     names_new: set = None  # type: ignore[assignment]
     structure_freed: float = 0.0
     random_filled: float = 0.0
+    counted: set = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         self.data_blocks = max(1, int(self.data_blocks))
+        self.counted = set(self.counted or ())
         self.magic_destroyed = dict(self.magic_destroyed or {})
         self.evidence = list(self.evidence or [])
         self.ransom_note_evidence = list(self.ransom_note_evidence or [])
@@ -2140,6 +2238,7 @@ class SnapshotSignals:
             self.magic_destroyed[name] = self.magic_destroyed.get(name, 0) + 1
         if finding.turned_random:
             self.turned_random += 1
+            self.counted.add(int(index))
             if len(self.evidence) < EVIDENCE_MAX:
                 self.evidence.append((index, finding))
 
@@ -2202,9 +2301,11 @@ class RelativeVerdict:
             slow window's crossing flagged it, where the drift began: the earliest ``began`` of
             the windows that crossed (the snapshot before it is the one to restore); None if clean.
         reasons: operator-readable sentences, one per signal that fired (empty if clean).
-        slow: ``{window: Cusum}`` after this snapshot, for :data:`SLOW_WINDOWS` (carried to the
-            next snapshot: :func:`judge_relative` ``carried``).
-        flagged: the slow windows that passed their threshold (a subset of :data:`SLOW_WINDOWS`).
+        slow: ``{window: Cusum}`` after this snapshot, for :data:`SLOW_WINDOWS`, and in content
+            mode ``{COVERAGE: Coverage}`` (carried to the next snapshot: :func:`judge_relative`
+            ``carried``).
+        flagged: the slow windows that passed their threshold (of :data:`SLOW_WINDOWS` and
+            :data:`COVERAGE`).
     """
 
     verdict: str
@@ -2243,8 +2344,11 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], 
         policy: the effective detection policy (:data:`POLICY_DEFAULTS` keys).
         conserve_window: the same for the conservation signal (``(seq, conserved_counted)``:
             :attr:`SnapshotSignals.conserved_counted`).
-        carried: ``{window: Cusum}`` to start from (the daemon carries each snapshot's state to
-            the next, :attr:`RelativeVerdict.slow`); missing windows start at zero.
+        carried: ``{window: Cusum}`` to start from, and ``{COVERAGE: Coverage}`` (the daemon
+            carries each snapshot's state to the next, :attr:`RelativeVerdict.slow`); missing
+            windows start at zero. The ``window`` items' blocks are not known: their scores count
+            in the coverage as distinct blocks (the conservative side), and so does any part of
+            ``signals.turned_random`` without an index in ``signals.counted``.
         elapsed_s: seconds since the snapshot before this one (the slack it earns, at most
             :data:`DAY_S`).
         learned_rate: content mode: the share of the data per day that turned random in the
@@ -2289,19 +2393,42 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], 
     slack = float(policy["slow_slack"])
     level = baseline * (1.0 + COLD_RATE_SLACK) if encrypted else baseline
     carried = carried or {}
-    slow: dict[str, Cusum] = {}
+    slow: dict = {}
     rate = None if encrypted or learned_rate is None else min(float(policy["baseline_cap"]), max(0.0, learned_rate))
     if rate is not None:
         level = 0.0
-    for name, items, now, base_level, per_day in (
-            ("relative", window, score, level, 0.0 if encrypted else slack + (rate or 0.0)),
-            ("conservation", conserve_window, signals.conserved_counted, 0.0, slack)):
+    # content mode: the coverage window (distinct blocks turned random since the anchor, no slack);
+    # the relative CUSUM sums each snapshot's *new* distinct blocks, so a block benign churn turns
+    # random again and again adds once to either (items without block indices: their score)
+    items = _window_items(window)
+    values = {}
+    if not encrypted:
+        cov = carried.get(COVERAGE)
+        cov = cov if isinstance(cov, Coverage) else Coverage()
+        for s, x, _ in items:
+            before, cov = cov, cov.step(s, (), x)
+            values[s] = cov.added(before, signals.data_blocks)
+        unknown = max(0, signals.turned_random - len(signals.counted)) / signals.data_blocks
+        before, cov = cov, cov.step(seq, signals.counted, unknown)
+        score_new = cov.added(before, signals.data_blocks)
+        slow[COVERAGE] = cov
+    for name, its, now, base_level, per_day in (
+            ("relative", items, score if encrypted else score_new, level, 0.0 if encrypted else slack + (rate or 0.0)),
+            ("conservation", _window_items(conserve_window), signals.conserved_counted, 0.0, slack)):
         state = carried.get(name) or Cusum()
-        for s, x, dt in _window_items(items) + [(seq, now, float(elapsed_s))]:
+        for s, x, dt in its + [(seq, now, float(elapsed_s))]:
+            x = values.get(s, x) if name == "relative" and s != seq else x
             state = state.step(s, x, base_level + per_day * min(max(0.0, dt), DAY_S) / DAY_S)
         slow[name] = state
     cumulative = slow["relative"].total
     flagged: list[str] = []
+    covered = 0.0 if encrypted else slow[COVERAGE].total(signals.data_blocks)
+    if covered > float(policy["cumulative_max"]):
+        flagged.append(COVERAGE)
+        if not reasons:
+            reasons.append(f"slow drift (coverage: distinct blocks turned random since the last confirmed snapshot, no "
+                           f"slack): {covered:.1%} {what}, above cumulative_max {float(policy['cumulative_max']):.1%}; "
+                           f"it began at #{slow[COVERAGE].began}")
     if cumulative > float(policy["cumulative_max"]):
         flagged.append("relative")
         if not reasons:

@@ -138,7 +138,7 @@ def evidence_lines(e: Mapping[str, Any]) -> list[str]:
         lines.append("  " + "; ".join(marks))
     slow = here.get("slow")
     if isinstance(slow, Mapping):
-        for name in ("relative", "conservation"):
+        for name in ("relative", "conservation", "coverage"):
             w = slow.get(name)
             if not isinstance(w, Mapping):
                 continue
@@ -146,7 +146,8 @@ def evidence_lines(e: Mapping[str, Any]) -> list[str]:
             lines.append(f"  slow window {name} (after #{slow.get('anchor')}, the last confirmed or first snapshot): "
                          f"{percent(w.get('total', 0))} "
                          f"of max {percent(w.get('max', 0))}"
-                         + ("" if began is None else f", began at #{began} ({w.get('snapshots')} snapshots)")
+                         + ("" if began is None else f", began at #{began} ("
+                            + (f"{w.get('count')} distinct blocks)" if name == "coverage" else f"{w.get('snapshots')} snapshots)"))
                          + (", FLAGGED" if w.get("flagged") else ""))
     reasons = here.get("reasons") or []
     if reasons:

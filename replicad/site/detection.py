@@ -216,6 +216,11 @@ class Detection:
                                              "max": float(policy["cumulative_max" if w == "relative" else
                                                                   "conserve_max"])}
                                          for w in anomaly.SLOW_WINDOWS}}
+            cov = verdict.slow.get(anomaly.COVERAGE)
+            if cov is not None:  # content mode: the distinct blocks turned random since the anchor
+                slow[anomaly.COVERAGE] = {**cov.doc(), "total": cov.total(signals.data_blocks),
+                                          "flagged": anomaly.COVERAGE in verdict.flagged,
+                                          "max": float(policy["cumulative_max"])}
             reasons = list(verdict.reasons)
             evidence_blocks = [_block_doc(i, f) for i, f in signals.evidence]
             notes = [{"index": i, "patterns": list(p)} for i, p in signals.ransom_note_evidence]
@@ -355,6 +360,9 @@ class Detection:
                 break  # a confirmation since (or one cleared by an approved request): recompute
             try:
                 carried = {w: anomaly.Cusum.from_doc(slow.get(w)) for w in anomaly.SLOW_WINDOWS}
+                rel = carried["relative"]  # a state written before the coverage window: its sum, as unknown blocks
+                carried[anomaly.COVERAGE] = anomaly.Coverage.from_doc(slow[anomaly.COVERAGE]) \
+                    if anomaly.COVERAGE in slow else anomaly.Coverage(extra=rel.total, began=rel.began)
             except ValueError as err:
                 log.warning("volume %s: the slow-window state in this site's evidence on #%d is unreadable (%s); "
                             "carrying the one before it", volume, s, err)
