@@ -1756,13 +1756,16 @@ def approvals_needed(state: dict, trust: Trust | None) -> int:
     request applies: ``trust.approvals`` when set, else a majority of the agreed membership's
     data sites (``incarnation.members``: how many sites have registered so far never lowers
     it, so a site alone in a cluster that is being set up is no majority); never more than the
-    membership's sites (a count every site agreed to), never less than 1. Pure."""
+    sites that can approve (:func:`_voters`: the membership's unrevoked sites, witnesses
+    included: ``approve`` takes any registered site's word, a witness's operator too; a revoked
+    site can sign nothing, and counting it would leave a configured ``[policy] approvals``
+    equal to the membership's size unreachable until it rejoins), never less than 1. Pure."""
     kinds = _member_kinds(state)
     if trust is not None and trust.approvals is not None:
         wanted = trust.approvals
     else:
         wanted = sum(1 for k in kinds.values() if k == "data") // 2 + 1
-    return max(1, min(wanted, max(1, len(kinds))))
+    return max(1, min(wanted, len(_voters(state))))
 
 
 def _needed(state: dict, trust: Trust | None, action: str) -> int:

@@ -45,6 +45,7 @@ import os
 import signal
 import ssl
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,9 @@ from aiohttp import web
 from replicad.config import SiteConfig, VolumeConfig, load_signer, membership_differences
 from replicad.consensus.raft import RaftNode
 from replicad.core import anomaly
+from replicad.core.backoff import Backoff
 from replicad.core.errors import (ConflictError, MembershipMismatchError, NotFoundError, ReplicadError,
-                                  from_os_error)
+                                  from_os_error, is_transient)
 from replicad.core.state import CLOCK_REPORT_PERIOD_NS, DEFAULT_RETENTION
 from replicad.peer.tls import check_site_tls, client_context, server_context
 from replicad.peer.transport import PeerClient, peer_routes
@@ -616,27 +618,36 @@ class SiteDaemon:
             log.error("volume %s: registration refused: %s %s", v.name, err, err.evidence)
             return
         if res.get("created"):
-            await self._request_initial_policy(v)
-            await self._request_initial_retention(v, registered, configured)
+            # in the background, retried with backoff: a lost quorum must neither drop them nor
+            # hold this site's bootstrap (its other volumes, its registration) meanwhile
+            task = asyncio.create_task(self._initial_requests(v, registered, configured),
+                                       name=f"initial-requests-{v.name}")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _initial_requests(self, v: VolumeConfig, registered: dict, configured: dict) -> None:
+        """The requests of a volume this site just registered: its ``[volumes.detection]``, then
+        its ``[volumes.retention]`` (each through :func:`request_with_retry`)."""
+        await self._request_initial_policy(v)
+        await self._request_initial_retention(v, registered, configured)
 
     async def _request_initial_retention(self, v: VolumeConfig, registered: dict, configured: dict) -> None:
         """``[volumes.retention]`` longer than :data:`~replicad.core.state.DEFAULT_RETENTION` for a
         volume this site just registered (with the defaults for those keys): requested as a
         ``set_retention`` other sites approve (longer: no cooling-off), logged at WARNING with the
-        request id. A refused request is logged; the operator can make it again
-        (``replicad retention VOL --set KEY=DURATION``)."""
+        request id. A request not committed is tried again (:func:`request_with_retry`); a refused
+        one, or one still not committed after the last try, is logged; the operator can make it
+        again (``replicad retention VOL --set KEY=DURATION``)."""
         if registered == configured:
             return
         keys = ", ".join(f"{k.removesuffix('_s')} = {configured[k]} s" for k in sorted(configured)
                          if configured[k] != registered[k])
-        try:
-            res = await self.cluster.propose("request", action="set_retention",
-                                             args={"volume": v.name, "retention": configured},
-                                             reason=f"[volumes.retention] {keys} in {self.site_id}'s config")
-        except ReplicadError as err:
-            log.warning("volume %s: [volumes.retention] %s could not be requested (%s %s); the volume keeps %s until "
-                        "'replicad retention %s --set ...' is approved", v.name, keys, err, err.evidence, registered,
-                        v.name)
+        res = await request_with_retry(self.cluster, f"volume {v.name}: [volumes.retention] {keys}", "set_retention",
+                                       {"volume": v.name, "retention": configured},
+                                       f"[volumes.retention] {keys} in {self.site_id}'s config",
+                                       f"the volume keeps {registered} until 'replicad retention {v.name} --set ...' "
+                                       "is approved")
+        if res is None:
             return
         log.warning("AUDIT volume %s: [volumes.retention] %s: requested as %s; the volume keeps the defaults for "
                     "those keys until an operator of another site approves it (replicad approve %s)", v.name, keys,
@@ -648,22 +659,21 @@ class SiteDaemon:
         its own word: the state machine refuses an ``add_volume`` that carries another policy) and
         this site requests the configured policy as a ``set_detection`` other sites approve
         (approvals; a weakening such as ``mode = "encrypted"`` also cools off), logged at WARNING
-        with the request id. A refused request is logged; the operator can make it again
-        (``replicad detection VOL --set KEY=VALUE``)."""
+        with the request id. A request not committed is tried again (:func:`request_with_retry`); a
+        refused one, or one still not committed after the last try, is logged; the operator can
+        make it again (``replicad detection VOL --set KEY=VALUE``)."""
         configured = {k: x for k, x in v.detection.model_dump().items() if x is not None}
         policy = {**anomaly.POLICY_DEFAULTS, **configured}
         if policy == anomaly.POLICY_DEFAULTS:
             return
         keys = ", ".join(f"{k} = {x!r}" for k, x in sorted(configured.items()) if x != anomaly.POLICY_DEFAULTS[k])
         weakened = anomaly.weakened_keys(anomaly.POLICY_DEFAULTS, policy)
-        try:
-            res = await self.cluster.propose("request", action="set_detection",
-                                             args={"volume": v.name, "policy": policy},
-                                             reason=f"[volumes.detection] {keys} in {self.site_id}'s config")
-        except ReplicadError as err:
-            log.warning("volume %s: [volumes.detection] %s could not be requested (%s %s); it is judged with the "
-                        "default policy until 'replicad detection %s --set ...' is approved", v.name, keys, err,
-                        err.evidence, v.name)
+        res = await request_with_retry(self.cluster, f"volume {v.name}: [volumes.detection] {keys}", "set_detection",
+                                       {"volume": v.name, "policy": policy},
+                                       f"[volumes.detection] {keys} in {self.site_id}'s config",
+                                       f"it is judged with the default policy until 'replicad detection {v.name} "
+                                       "--set ...' is approved")
+        if res is None:
             return
         log.warning("AUDIT volume %s: [volumes.detection] %s%s: requested as %s; judged with the default policy until "
                     "an operator of another site approves it (replicad approve %s)", v.name, keys,
@@ -767,6 +777,42 @@ CLUSTER_WIDE_FIELDS = {"add_volume": ("primary", "block_size", "min_copies", "re
                        "set_retention": ("retention",), "set_detection": ("policy",),
                        "mark_verdict": ("seq", "verdict", "reason"), "demote": ("expected_epoch", "force"),
                        "promote": ("to", "expected_epoch", "force", "snapshot")}
+INITIAL_REQUEST_TRIES = 6
+"""Tries of a registering site's initial request (:func:`request_with_retry`): each waits up to
+``cluster.PROPOSE_DEADLINE_S`` (15 s) for a leader, with :data:`INITIAL_REQUEST_BACKOFF_S`
+between them: 2-3 minutes in all before it gives up."""
+INITIAL_REQUEST_BACKOFF_S = (2.0, 30.0)
+"""``(base_s, max_s)`` of the :class:`~replicad.core.backoff.Backoff` between those tries."""
+
+
+async def request_with_retry(cluster: Any, what: str, action: str, args: dict, reason: str, meanwhile: str,
+                             tries: int = INITIAL_REQUEST_TRIES, backoff: Backoff | None = None) -> dict | None:
+    """Propose ``request`` of ``action`` with ``args`` and ``reason`` through ``cluster``
+    (:meth:`replicad.site.cluster.Cluster.propose`), up to ``tries`` times: a transient failure
+    (:func:`replicad.core.errors.is_transient`: no quorum, a timeout) is logged at WARNING with
+    the try and the delay and tried again after ``backoff`` (default
+    :data:`INITIAL_REQUEST_BACKOFF_S`, equal jitter) with the *same* ``op_id``, so a try that
+    did commit is answered, never made twice. Returns the request's result, or None after a
+    refusal (at once) or the last failed try, logged at WARNING with ``what`` and ``meanwhile``
+    (what holds until an operator makes the request). Never raises a ReplicadError;
+    cancellation propagates."""
+    backoff = backoff or Backoff(*INITIAL_REQUEST_BACKOFF_S)
+    op_id = uuid.uuid4().hex
+    for attempt in range(1, tries + 1):
+        try:
+            return await cluster.propose("request", op_id=op_id, action=action, args=args, reason=reason)
+        except ReplicadError as err:
+            if not is_transient(err) or attempt == tries:
+                log.warning("%s could not be requested (%s %s; try %d of %d); %s", what, err, err.evidence, attempt,
+                            tries, meanwhile)
+                return None
+            delay_s = backoff.failed()
+            log.warning("%s: the request was not committed (%s); try %d of %d in %.1f s", what, err, attempt + 1,
+                        tries, delay_s)
+            await asyncio.sleep(delay_s)
+    return None
+
+
 FOUND_RETRY_S = 2.0
 """Seconds between two ``found`` proposals of a site while the cluster is not founded yet (it
 joins as soon as the others' proposals found it, without waiting for the next one)."""

@@ -8,7 +8,9 @@ and the volume (allowed: a site registers itself, the volume's primary registers
 requests ten years of retention for every key and a detection policy that judges nothing, and
 approves the first request. Before, the first request applied at once (needed 1: one registered
 data site) and the second was approved by site-a alone; now both requests and the approval are
-refused (``conflict``: the cluster is not founded yet) and site-b holds no request.
+refused (``conflict``: the cluster is not founded yet; counted at site-b as
+``replicad_command_refused_total{reason="not_founded"}`` and logged at WARNING) and site-b holds
+no request.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pytest
 
 from replicad.lab.localcluster import LocalCluster
 from tests.integration.conftest import VOL
+from tests.security.test_signed_commands import refused
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -49,6 +52,9 @@ def test_no_request_passes_before_the_cluster_is_founded(tmp_path: Path) -> None
         assert c.api("site-b", "GET", "/v1/requests")["requests"] == []
         vol = c.api("site-b", "GET", "/v1/volumes")["volumes"][VOL]
         assert vol["retention"]["lock_s"] == 86400 and vol["primary"] == "site-a"
+        # each refusal is counted and logged like the other refusals of one site's commands
+        assert refused(c, "site-b", "not_founded") == 3
+        assert "raft command refused [not_founded]" in c.sites["site-b"].log_path.read_text(), c.log_tail("site-b")
     finally:
         if attacker is not None and attacker.poll() is None:
             attacker.kill()
