@@ -645,3 +645,46 @@ def test_verifier_repairs_a_bitmap_that_missed_writes(tmp_path: Path, store: Chu
         assert snap.info["mismatched_blocks"] == 3
         assert "qemu tracked manifest differs from a full scan" in caplog.text
         assert same_blocks(snap.result.manifest, d.truth(snap, first.result.manifest))
+
+
+def test_dirty_ranges_across_block_status_requests(tmp_path: Path) -> None:
+    """A 9 GiB sparse disk is read in three ``block_status`` requests of up to
+    BLOCK_STATUS_CHUNK (4 GiB - 64 KiB, the largest 32-bit length): dirty clusters at the first
+    and last block, a run across the first border (one range, not two), and a 4 KiB write
+    (its whole 64 KiB cluster) come back exactly."""
+    from replicad.sources.qemu import BLOCK_STATUS_CHUNK, _Qmp, dirty_ranges
+
+    size = 9 * 2**30
+    chunk = BLOCK_STATUS_CHUNK
+    assert chunk % BS == 0 and chunk < 2**32 and 2 * chunk < size
+    with running_qsd(tmp_path, size) as q:
+        async def bitmap(cmd: str, **extra: object) -> None:
+            c = _Qmp(q.qmp)
+            await c.connect()
+            try:
+                await c.run(cmd, {"node": "disk", "name": "t", **extra})
+            finally:
+                await c.close()
+
+        asyncio.run(bitmap("block-dirty-bitmap-add", persistent=False))
+        h = q.guest()
+        try:
+            for off, length in ((0, BS), (chunk - BS, 2 * BS), (2 * chunk + 5 * BS + 4096, 4096), (size - BS, BS)):
+                h.pwrite(b"\x5a" * length, off)
+            h.flush()
+        finally:
+            h.shutdown()
+        asyncio.run(bitmap("block-dirty-bitmap-disable"))
+
+        async def export() -> None:
+            c = _Qmp(q.qmp)
+            await c.connect()
+            try:
+                await c.run("block-export-add", {"type": "nbd", "id": "ro", "node-name": "disk", "name": "ro",
+                                                 "writable": False, "bitmaps": ["t"]})
+            finally:
+                await c.close()
+
+        asyncio.run(export())
+        assert dirty_ranges(q.nbd, "ro", "t") == [(0, BS), (chunk - BS, 2 * BS), (2 * chunk + 5 * BS, BS),
+                                                   (size - BS, BS)]
