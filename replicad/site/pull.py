@@ -164,9 +164,12 @@ class Pull:
 
     async def ensure_pages(self, volume: str, seq: int, vs: dict | None = None) -> tuple[Manifest, int]:
         """Make sure the manifest and the pages of committed snapshot ``seq`` are here (fetched from
-        its holders, verified), not its block chunks. Returns ``(manifest, missing)``: how many of
-        its distinct block chunks this store lacks. A snapshot that is complete here is recorded
-        as :meth:`ensure_snapshot` does. Raises like :meth:`ensure_snapshot`."""
+        its holders, verified), not its block chunks. Returns ``(manifest, missing)``: 0 if this
+        store holds every block chunk of it, else how many it lacks among the units looked at
+        (:func:`_lacking`: the walk stops at the first group of units with a chunk missing, so a
+        site whose store was lost is not walked over the whole volume; the restore that follows
+        looks each unit up anyway). A snapshot that is complete here is recorded as
+        :meth:`ensure_snapshot` does. Raises like :meth:`ensure_snapshot`."""
         vs = vs or self.cluster.volume_state(volume)
         if vs is None or seq not in vs["snapshots"]:
             raise NotFoundError(f"no committed snapshot {volume}#{seq}", volume=volume, seq=seq)
@@ -177,8 +180,7 @@ class Pull:
             manifest = load_manifest(self.store, snap["root"])
             await self.fetch_missing(volume, vs["epoch"], list(manifest.pages), holders)
             plan = await asyncio.to_thread(plan_units, manifest, self.store.get)  # the one pass over the pages
-            missing = await asyncio.to_thread(
-                lambda: len(self.store.missing(list(set().union(*(u.distinct() for u in plan[0]))))))
+            missing = await asyncio.to_thread(_lacking, self.store, plan[0])
         except IntegrityError:  # a corrupt manifest or page here: the healing path
             return await self.ensure_snapshot(volume, seq, vs), 0
         if not missing:
@@ -450,6 +452,26 @@ class Pull:
 
         await asyncio.gather(*[stream(h) for _ in range(STREAMS_PER_HOLDER) for h in holders])
         return [h for h in answered if h not in failed], failed
+
+
+def _lacking(store: ChunkStore, units: list[Unit]) -> int:
+    """How many distinct block chunks of ``units`` (in block order) ``store`` lacks, looked up in
+    groups of 1, 2, 4 ... units and stopping after the first group with any missing: 0 means
+    ``store`` holds every one (all looked up, in O(log units) index queries), n > 0 the count in
+    the units looked at so far. Why stop: a restore from peers needs only to know that chunks
+    are missing (it looks every unit up as it writes); a site whose store was lost would
+    otherwise look up every digest of the volume first (2 TiB: millions), holding them all in
+    one set. Synchronous (a worker thread); raises what ``store.missing`` raises."""
+    i, group = 0, 1
+    while i < len(units):
+        wanted: set[bytes] = set()
+        for u in units[i:i + group]:
+            wanted |= u.distinct()
+        lacking = len(store.missing(list(wanted)))
+        if lacking:
+            return lacking
+        i, group = i + group, group * 2
+    return 0
 
 
 def _digest_of(err: IntegrityError) -> bytes | None:
