@@ -236,6 +236,45 @@ names up in its own modules):
    if honest (an honest site whose key was rotated but that still signs with the old one). The
    count is at apply time: entries a leader sends but never commits are not judged (see below).
 
+19. **A leader that withholds a site's commands is deposed by that site** (attacker review F3: a
+   leader that dropped every forwarded ``apply_command`` kept its lease at every follower, since it
+   kept heartbeating and committing its own entries; forced promotions, revocations of it and
+   verdict votes of the two honest sites all failed with ``no_quorum`` and nothing named it). Each
+   follower watches its own commands on their way to the leader (:class:`WithheldWatch`, keyed by
+   the entry's bytes: a retry with the same ``op_id`` is the same record, dated from its first
+   send) until an entry with those bytes is applied here. One not in the log after
+   :data:`WITHHELD_RESEND_S` is sent to the leader again (pysyncobj drops a command sent on a
+   connection that breaks and never resends it). When one stays out for :data:`WITHHELD_AFTER_S`,
+   was sent at least twice while the leader was connected, and this follower is in that leader's
+   lease (its heartbeats arrive) and has applied all the leader reports committed, the follower
+   deposes it as in point 18 (``_depose``: no append entries, votes or pre-votes from it for
+   :data:`DEPOSE_HOLD_S`, lease forgotten, pre-votes asked at once), with one ERROR line naming the
+   leader's site and address, the term, how long and how often the command waited and how many
+   other entries the leader committed meanwhile (or that it committed nothing), counted as
+   ``leader_withholds`` (alert ``ReplicadRaftLeaderWithholds``). A leader that answers a forward
+   with ``REQUEST_DENIED`` (point 17) without appending it is judged the same: only the log counts.
+   Every honest follower whose commands are withheld does this on its own, and a majority of them
+   then grant each other's pre-votes (none is in the withholding leader's lease any more) and elect
+   one of themselves; the deposed leader's own pre-votes are refused by them.
+   Why one site cannot depose an honest leader at will with it: (a) the trigger is this site's own
+   observation and never leaves it; nothing another node decides reads it. (b) What the depose does
+   at the deposing site, refusing the leader's messages and asking for pre-votes early, a compromised
+   site can do anyway (drop messages; a pre-vote changes no state). (c) Every other member grants a
+   pre-vote by its own rules only: outside its own lease of the leader (it deposed it itself, or
+   heard no leader for ``raftMinTimeout``) and to an up-to-date log, or under point 7's isolation
+   exception, which a primary could already claim in words. (d) An honest leader that appends the
+   honest followers' commands keeps its lease at each of them, so a lying follower can at most stop
+   following (a one-site outage) and ask for elections the honest majority refuses, as before.
+   An honest leader is judged only when a command it received twice on a live connection stays out
+   of its log for :data:`WITHHELD_AFTER_S` (an honest leader appends on the tick a forward arrives;
+   a leader that commits nothing at all while heartbeating, having lost its majority, also fails
+   this site and is better replaced). Left open: a leader that withholds only ONE site's commands,
+   while committing the others', is deposed by that site alone; the others keep it (their lease
+   holds, and nothing they can check shows the withholding), so that site stays out for the hold
+   (unless it is a primary: point 7) and the ERROR line and alert name the leader for the operator.
+   A leader that drops its connection to the site every few seconds, or delays each command just
+   under the threshold, is not judged (bounded delay; the reconnects are logged).
+
 16. **What the members say the membership is.** A site that has not joined the cluster yet
    cannot trust its own replay of the log to learn the agreed membership when its config
    differs from the founders' (the founding rule's reference is its config, and a leader its
@@ -263,10 +302,10 @@ append any well-formed command to the log, but only commands signed by itself ta
 the log with valid commands signed by itself, or with entries it never commits (the followers
 journal them; only the disk bound of point 12 stops that); so it can commit in its own
 name what the state machine accepts from it (a forced promotion to itself, a request for a
-weaker retention that others must still approve); withhold, delay or reorder other sites'
-commands (no progress until it is deposed, which needs it to stop answering: a leader that
-keeps answering one follower keeps the role; a withheld command expires after the replay
-window); inflate the terms of its followers (bounded per message); and, for a follower it
+weaker retention that others must still approve); delay or reorder other sites' commands
+(a command withheld for :data:`WITHHELD_AFTER_S` makes its site depose the leader, point 19;
+a leader that withholds one site's commands only keeps the others' lease and the role);
+inflate the terms of its followers (bounded per message); and, for a follower it
 feeds log entries or a dump, omit or reorder other sites' commands after the newest vouched
 checkpoint (point 14: the follower then computes another digest for the next checkpoint and
 reports ``checkpoint_divergent``). It cannot install a state a majority did not vouch for
@@ -289,6 +328,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import copy
+import hashlib
 import io
 import json
 import logging
@@ -391,9 +431,22 @@ DEPOSE_GRACE_ENTRIES = 4096
 """Point 18: entries applied after a change of the agreed membership (keys) that are never counted: a
 leader door-checks with the keys of its applied state, which may not have applied the change yet
 (every member's forwarding bucket, :data:`FORWARD_CMDS_PER_S` x :data:`FORWARD_BURST_S`, is 2,000)."""
-DEPOSE_REASONS = ("leader_deposed", "from_deposed_leader", "vote_for_deposed")
+DEPOSE_REASONS = ("leader_deposed", "from_deposed_leader", "vote_for_deposed", "leader_withholds")
 """Point 18: ``leader_deposed`` (once per depose, ERROR); a deposed leader's ``append_entries``
-(``from_deposed_leader``) and ``request_vote``/``pre_vote`` (``vote_for_deposed``) refused."""
+(``from_deposed_leader``) and ``request_vote``/``pre_vote`` (``vote_for_deposed``) refused.
+Point 19: ``leader_withholds`` (once per depose for withheld commands, ERROR)."""
+WITHHELD_AFTER_S = 45.0
+"""Point 19: how long one of this site's forwarded commands may stay out of its applied log, while
+the leader's heartbeats arrive and this site has applied all the leader reports committed, before
+this site deposes that leader. An honest leader appends a forwarded command on the tick it arrives
+(a commit takes ~1-10 ms here, seconds under a stalled fsync); the daemon gives a proposal
+15 s (``cluster.PROPOSE_DEADLINE_S``), so by then every caller has long seen it fail."""
+WITHHELD_RESEND_S = 10.0
+"""Point 19: a forwarded command not in the log after this long is sent to the leader again (same
+bytes, same request id): pysyncobj loses a command sent on a connection that drops, and never
+sends it again. Only commands resent at least once while the leader was connected are judged."""
+WITHHELD_CHECK_S = 1.0
+"""Point 19: how often a follower looks at its forwarded commands."""
 MEMBERSHIP_ASK_S = 2.0
 """Point 16: how often a node that asks queries each member, and answers each member at most."""
 MEMBERSHIP_REPORT_TTL_S = 30.0
@@ -727,6 +780,81 @@ class MisbehaviourCount:
         return {**entry, "reasons": dict(entry["reasons"]), "term": term}
 
 
+class WithheldWatch:
+    """Point 19, per follower: this site's own commands it forwarded to its leader that have not
+    appeared in its applied log yet. Keyed by the log entry's bytes (a retry of a proposal with
+    the same ``op_id`` is the same signed command, the same bytes: one record, dated from the first
+    send); forgotten when they are applied (whoever appended them), and all at once when the leader
+    or the term changes (pysyncobj fails the waiting proposals then; the daemon retries them under
+    the new leader). At most :attr:`MAX_TRACKED` records (the oldest are kept: they are the
+    evidence). Times are ``monotonic`` seconds passed in. Not thread-safe (the tick thread only).
+
+    A record: ``{"message": the apply_command message, "first_s", "last_s": when first and last
+    sent, "sends_connected": sends while the leader was connected, "leader_commit": the leader's
+    commit index at the first send}``.
+    """
+
+    MAX_TRACKED = 1024
+
+    def __init__(self) -> None:
+        self.following: tuple = (None, None)  # (leader node id, term) the records were sent under
+        self.pending: dict[bytes, dict] = {}
+
+    @staticmethod
+    def key(command: Any) -> bytes | None:
+        """16-byte BLAKE2b of a log entry's bytes (None for anything else)."""
+        if not isinstance(command, (bytes, bytearray)):
+            return None
+        return hashlib.blake2b(bytes(command), digest_size=16).digest()
+
+    def follow(self, leader_id: Any, term: Any) -> None:
+        """The leader and term now followed; records sent under another pair are dropped."""
+        if (leader_id, term) != self.following:
+            self.following = (leader_id, term)
+            self.pending = {}
+
+    def sent(self, message: dict, leader_id: Any, term: Any, connected: bool, leader_commit: Any,
+             now_s: float) -> None:
+        """``message`` (an ``apply_command`` with a request id) was sent to ``leader_id`` at ``term``."""
+        self.follow(leader_id, term)
+        key = self.key(message.get("command"))
+        if key is None:
+            return
+        record = self.pending.get(key)
+        if record is None:
+            if len(self.pending) >= self.MAX_TRACKED:
+                return
+            record = self.pending[key] = {"message": message, "first_s": now_s, "last_s": now_s,
+                                          "sends_connected": 0, "leader_commit": leader_commit}
+        record["last_s"] = now_s
+        record["sends_connected"] += 1 if connected else 0
+
+    def applied(self, command: Any) -> None:
+        """An entry with these bytes was applied here: not withheld."""
+        if self.pending:
+            key = self.key(command)
+            if key is not None:
+                self.pending.pop(key, None)
+
+    def due_resends(self, now_s: float) -> list[dict]:
+        """The messages not sent for :data:`WITHHELD_RESEND_S` (to send again)."""
+        return [r["message"] for r in self.pending.values() if now_s - r["last_s"] >= WITHHELD_RESEND_S]
+
+    def overdue(self, now_s: float) -> dict | None:
+        """Evidence when the oldest record was first sent :data:`WITHHELD_AFTER_S` ago, sent at least
+        twice while the leader was connected, the last time at least half of
+        :data:`WITHHELD_RESEND_S` ago (an honest leader answers a command it got within a tick):
+        ``{"waiting_s", "sends", "waiting": records, "leader_commit": at its first send}``; else None."""
+        if not self.pending:
+            return None
+        oldest = min(self.pending.values(), key=lambda r: r["first_s"])
+        if now_s - oldest["first_s"] < WITHHELD_AFTER_S or oldest["sends_connected"] < 2 \
+                or now_s - oldest["last_s"] < WITHHELD_RESEND_S / 2:
+            return None
+        return {"waiting_s": now_s - oldest["first_s"], "sends": oldest["sends_connected"],
+                "waiting": len(self.pending), "leader_commit": oldest["leader_commit"]}
+
+
 class _HardenedSyncObj(SyncObj):
     """SyncObj that refuses foreign log entries at the leader and skips them when applying.
 
@@ -773,6 +901,8 @@ class _HardenedSyncObj(SyncObj):
     is_primary_member: Callable[[str], bool] = staticmethod(lambda node_id: True)
     _misbehaviour: MisbehaviourCount | None = None
     deposed: dict = {}  # node id -> (term, monotonic time the hold ends, site)
+    _withheld: WithheldWatch | None = None  # point 19, tick thread only
+    _withheld_checked: float = float("-inf")
 
     def __init__(self, *args: Any, refusals: RefusalLog | None = None,
                  dump_check: Callable[[Any], list[str]] | None = None, **kwargs: Any) -> None:
@@ -786,6 +916,16 @@ class _HardenedSyncObj(SyncObj):
         if isinstance(serializer, GuardedSerializer):
             serializer.on_send_error = self._dump_send_failed
         self._misbehaviour = MisbehaviourCount()
+        self._withheld = WithheldWatch()
+        transport = self.__dict__.get("_SyncObj__transport")
+        if transport is not None:  # point 19: see this node's own commands on their way to the leader
+            real_send = transport.send
+
+            def send(node: Any, message: Any) -> Any:
+                if type(message) is dict and message.get("type") == "apply_command" and "request_id" in message:
+                    self._forwarded(node, message)
+                return real_send(node, message)
+            transport.send = send
 
     def _onTick(self, timeToWait: float = 0.0) -> None:
         allowed = self._pre_vote_gate()
@@ -808,6 +948,7 @@ class _HardenedSyncObj(SyncObj):
                 self._SyncObj__raftElectionDeadline = hidden
         self._track_catch_up()
         self._depose_check()
+        self._withheld_check()
 
     # -- point 18: a leader that appends what an honest leader's door refuses is deposed
     def _note_applied(self, command: Any) -> None:
@@ -846,13 +987,7 @@ class _HardenedSyncObj(SyncObj):
         evidence = self._misbehaviour.over(term)
         if evidence is None or self.holds_deposed(leader.id, term):
             return
-        now = monotonic_time()
-        try:
-            site = self.site_of(str(leader.id))
-        except Exception:  # a hint for the log line only
-            site = None
-        self.deposed = {**{k: v for k, v in self.deposed.items() if now < v[1]},
-                        leader.id: (term, now + DEPOSE_HOLD_S, site)}
+        site = self._depose(leader, term)
         reasons = ", ".join(f"{r}: {n}" for r, n in sorted(evidence["reasons"].items()))
         self.refusals.refuse(
             "leader_deposed", "the leader of term %d, %s (site %s), appended %d entries (log %d-%d) that the door of "
@@ -860,9 +995,72 @@ class _HardenedSyncObj(SyncObj):
             "no vote or pre-vote for %.0fs) and asking for the election of another leader. A compromised site: "
             "README \"A site is compromised\"", term, leader.id, site or "unknown", evidence["count"],
             evidence["first_idx"], evidence["last_idx"], reasons, DEPOSE_HOLD_S, level=logging.ERROR, every_s=0.0)
+
+    def _depose(self, leader: Any, term: int) -> str | None:
+        """Points 18 and 19: hold ``leader`` as deposed at ``term`` for :data:`DEPOSE_HOLD_S`, forget
+        it and its lease, and ask for pre-votes on the next tick. Returns its site (a hint), if known."""
+        now = monotonic_time()
+        try:
+            site = self.site_of(str(leader.id))
+        except Exception:  # a hint for the log line only
+            site = None
+        self.deposed = {**{k: v for k, v in self.deposed.items() if now < v[1]},
+                        leader.id: (term, now + DEPOSE_HOLD_S, site)}
         self._SyncObj__raftLeader = None
         self._leader_contact = float("-inf")  # no lease: grant the other members' pre-votes and votes
         self._SyncObj__raftElectionDeadline = 0  # the next tick asks for pre-votes (point 7)
+        return site
+
+    # -- point 19: a leader that withholds this site's commands is deposed
+    def _forwarded(self, node: Any, message: dict) -> None:
+        """Tick thread: an ``apply_command`` of this node's (pysyncobj's forward, or a resend)
+        leaves for ``node``; noted when ``node`` is the leader this node follows."""
+        try:
+            leader = self._SyncObj__raftLeader
+            if leader is None or node != leader or self._SyncObj__raftState == _RAFT_STATE_LEADER:
+                return
+            self._withheld.sent(message, leader.id, self._SyncObj__raftCurrentTerm, self.isNodeConnected(node),
+                                self._SyncObj__leaderCommitIndex, monotonic_time())
+        except Exception:  # never let the watch stop a send
+            log.exception("raft: cannot note a forwarded command")
+
+    def _withheld_check(self) -> None:
+        """Every :data:`WITHHELD_CHECK_S`: resend this node's forwarded commands that are not in its
+        log after :data:`WITHHELD_RESEND_S`, and depose the leader it follows when one stayed out for
+        :data:`WITHHELD_AFTER_S` (:meth:`WithheldWatch.overdue`) while this node is in that leader's
+        lease (its heartbeats arrive) and has applied all it reports committed (point 19)."""
+        now = monotonic_time()
+        if now - self._withheld_checked < WITHHELD_CHECK_S or self._withheld is None:
+            return
+        self._withheld_checked = now
+        leader, term = self._SyncObj__raftLeader, self._SyncObj__raftCurrentTerm
+        if leader is None or self._SyncObj__raftState == _RAFT_STATE_LEADER or leader == self._SyncObj__selfNode:
+            self._withheld.follow(None, None)
+            return
+        self._withheld.follow(leader.id, term)
+        if not self._withheld.pending:
+            return
+        if self.isNodeConnected(leader):
+            for message in self._withheld.due_resends(now):
+                self._SyncObj__transport.send(leader, message)  # noted again by the send hook
+        evidence = self._withheld.overdue(now)
+        leader_commit, applied = self._SyncObj__leaderCommitIndex, self._SyncObj__raftLastApplied
+        if evidence is None or self.holds_deposed(leader.id, term) or not isinstance(leader_commit, int) \
+                or applied < leader_commit or now - self._leader_contact >= self._SyncObj__conf.raftMinTimeout:
+            return  # (behind the leader's commit index: point 15's business; no heartbeat: an election comes)
+        site = self._depose(leader, term)
+        then = evidence["leader_commit"]
+        moved = leader_commit - then if isinstance(then, int) else None
+        self.refusals.refuse(
+            "leader_withholds", "the leader of term %d, %s (site %s), has not appended a command this site forwarded "
+            "%.0fs ago (sent %d times while connected; %d of this site's commands waiting) although its heartbeats "
+            "arrive and %s: it withholds this site's commands. Deposing it (this site accepts no append entries "
+            "from it and grants it no vote or pre-vote for %.0fs) and asking for the election of another leader. "
+            "A compromised site: README \"A site is compromised\"", term, leader.id, site or "unknown",
+            evidence["waiting_s"], evidence["sends"], evidence["waiting"],
+            "it committed nothing meanwhile" if not moved else f"it committed {moved} other entries meanwhile "
+            f"(commit index {then} -> {leader_commit})", DEPOSE_HOLD_S, level=logging.ERROR, every_s=0.0)
+        self._withheld.follow(None, None)
 
     def deposed_status(self) -> dict:
         """``{leader address: {"site": str|None, "term": int, "hold_s": float}}`` of the leaders
@@ -1428,6 +1626,8 @@ class _HardenedSyncObj(SyncObj):
         finally:
             try:
                 self._note_applied(command)  # point 18
+                if self._withheld is not None:
+                    self._withheld.applied(command)  # point 19
             except Exception:  # never let the count stop the state machine
                 log.exception("raft: cannot count an applied entry against its leader")
 
