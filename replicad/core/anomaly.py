@@ -120,7 +120,10 @@ mode the **coverage window** (:class:`Coverage`) also counts the *distinct* bloc
 since the last confirmed snapshot, with no slack and no level, suspect past ``cumulative_max``:
 encrypting a share of the data turns that share of distinct blocks random at any pace, while
 benign churn that turns the same blocks random again (a hot table, a log area) counts each once;
-the relative CUSUM sums only each snapshot's new distinct blocks, for the same reason.
+the relative CUSUM sums only each snapshot's new distinct blocks, for the same reason. The
+coverage also counts nearly empty sub-blocks (not zeros, under :data:`DATA_ENTROPY_MIN`: a page
+with a few tuples, a free-space map) that now look random (:attr:`BlockFinding.sparse_random`),
+which the score leaves out like imports into free space.
 
 ``change_max`` (share of the data changed in one snapshot) applies in ``encrypted`` mode only:
 in ``content`` mode benign whole-volume rewrites (``VACUUM FULL``, ``pgbench -i``, a restored
@@ -1375,6 +1378,10 @@ class BlockFinding:
         random_filled: share of the block (0..1, by 4 KiB sub-blocks) that was all zeros (or
             absent) and now looks random (:func:`_random_sub`). Both feed the conservation
             signal (:meth:`SnapshotSignals.conserved`).
+        sparse_random: sub-blocks that were nearly empty (not all zeros, entropy under
+            :data:`DATA_ENTROPY_MIN`: a database page with a few tuples, a free-space map) and now
+            look random (:func:`_random_sub`); not in ``turned_random`` (imports into reused
+            space), counted by the coverage window (:attr:`SnapshotSignals.sparse`).
     """
 
     turned_random: bool
@@ -1396,6 +1403,7 @@ class BlockFinding:
     islands: int = 0
     structure_freed: float = 0.0
     random_filled: float = 0.0
+    sparse_random: int = 0
 
 
 def _random_sub(h: float, chi2: float) -> bool:
@@ -1552,17 +1560,22 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
             narrow &= lost
             tokens &= lost
             islands &= lost
-    freed, filled = 0, 0.0
+    freed, filled, sparse = 0, 0.0, 0
     for i, h_new in enumerate(e_new):
         h_old = e_old[i] if i < len(e_old) else 0.0
         rise = h_new - h_old
         max_rise = max(max_rise, rise)
         # conservation (SnapshotSignals.conserved): zeros that became random, structure that became zeros
-        if _zero_sub(old, i, h_old):
+        zero_old = _zero_sub(old, i, h_old)
+        if zero_old:
             filled += _filled_share(new, i, h_new, c_new[i])
         elif _zero_sub(new, i, h_new) and _structured_sub(h_old):
             freed += 1
         if h_old < DATA_ENTROPY_MIN:
+            # a nearly empty sub-block (a page with a few tuples, a free-space map) now random: not
+            # in the score (imports into reused space), counted by the coverage window only
+            if not zero_old and _random_sub(h_new, c_new[i]):
+                sparse += 1
             continue
         if flagged[i] or i in lost:
             random_subs += 1
@@ -1578,7 +1591,7 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
                         min(c_new), lz4_old, lz4_new, tuple(destroyed), structure_lost=len(lost),
                         repeat_excess_after=excess, narrow_alphabet=len(narrow), alphabet_after=alphabet_min,
                         separated=len(tokens), islands=len(islands), structure_freed=freed / len(e_new),
-                        random_filled=filled / len(e_new))
+                        random_filled=filled / len(e_new), sparse_random=sparse)
 
 
 _NOTE_CACHE: dict[tuple[str, ...], list] = {}
@@ -2166,6 +2179,9 @@ class SnapshotSignals:
             (:attr:`BlockFinding.random_filled`).
         counted: the indices of every turned-random block (the coverage window's distinct blocks,
             :class:`Coverage`); not in :meth:`summary`.
+        sparse: the indices of changed blocks, not turned random, with a nearly empty sub-block
+            that now looks random (:attr:`BlockFinding.sparse_random`): the coverage window counts
+            them too, the score does not; :meth:`summary` gives their number.
     """
 
     data_blocks: int
@@ -2185,10 +2201,12 @@ class SnapshotSignals:
     structure_freed: float = 0.0
     random_filled: float = 0.0
     counted: set = None  # type: ignore[assignment]
+    sparse: set = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         self.data_blocks = max(1, int(self.data_blocks))
         self.counted = set(self.counted or ())
+        self.sparse = set(self.sparse or ())
         self.magic_destroyed = dict(self.magic_destroyed or {})
         self.evidence = list(self.evidence or [])
         self.ransom_note_evidence = list(self.ransom_note_evidence or [])
@@ -2236,6 +2254,8 @@ class SnapshotSignals:
         self.random_filled += finding.random_filled
         for name in finding.magic_destroyed:
             self.magic_destroyed[name] = self.magic_destroyed.get(name, 0) + 1
+        if finding.sparse_random and not finding.turned_random:
+            self.sparse.add(int(index))
         if finding.turned_random:
             self.turned_random += 1
             self.counted.add(int(index))
@@ -2277,7 +2297,7 @@ class SnapshotSignals:
                 "fs_destroyed": self.fs_destroyed, "shrunk_bytes": self.shrunk_bytes, "score": self.score,
                 "ransom_note": self.ransom_notes, "structure_freed": round(self.structure_freed, 2),
                 "random_filled": round(self.random_filled, 2), "conserved": self.conserved,
-                "conserved_counted": self.conserved_counted}
+                "conserved_counted": self.conserved_counted, "sparse_random": len(self.sparse)}
 
 
 EVIDENCE_MAX = 64
@@ -2409,7 +2429,7 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], 
             before, cov = cov, cov.step(s, (), x)
             values[s] = cov.added(before, signals.data_blocks)
         unknown = max(0, signals.turned_random - len(signals.counted)) / signals.data_blocks
-        before, cov = cov, cov.step(seq, signals.counted, unknown)
+        before, cov = cov, cov.step(seq, signals.counted | signals.sparse, unknown)
         score_new = cov.added(before, signals.data_blocks)
         slow[COVERAGE] = cov
     for name, its, now, base_level, per_day in (

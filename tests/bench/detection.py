@@ -659,6 +659,7 @@ def selected(op: str) -> bool:
 def bench_corpus(name: str, base_img: Path, ops: dict, seeds: int, judge: Judge, work: Path,
                  slow_under: str, slow_cycles: int) -> list[Row]:
     base_m = judge.snapshot(base_img, 1, None)
+    base_blocks = _nonzero_blocks(base_m, judge.store.get)
     rows = []
     img = work / f"{name}.work.img"
     mnt = work / f"{name}.mnt"
@@ -684,21 +685,24 @@ def bench_corpus(name: str, base_img: Path, ops: dict, seeds: int, judge: Judge,
             if refused:
                 row.runs[-1].reason = (refused + row.runs[-1].reason)[:110]
             print(f"  {name:10} {op:32} seed {seed}: {row.runs[-1].verdict:8} score {row.runs[-1].score:.4f} "
-                  f"changed {row.runs[-1].changed}", flush=True)
+                  f"changed {row.runs[-1].changed} {coverage_line(row.runs[-1], base_blocks)}", flush=True)
         rows.append(row)
-    for label, (is_attack, step, cycles) in (daily_ops() if not slow_under else {}).items():
+    for label, (is_attack, step, cycles) in daily_ops(name).items():
         if selected(label):
             img, row = _daily(name, base_img, base_m, seeds, judge, work, img, mnt, label, is_attack, step, cycles)
             rows.append(row)
     # slow: a share of the data bytes per cycle, judged against the newest snapshot judged clean
     policy = anomaly.POLICY_DEFAULTS
     under = 0.95 * policy["cumulative_max"] / 7
+    slack = 0.95 * policy["slow_slack"]
     for label, share, cycles, window_cycles, calibrated in (
             ("attack: slow, 1 % of the data per cycle", 0.01, slow_cycles, None, False),
             (f"attack: adaptive slow, 95 % of min_score ({0.95 * policy['min_score']:.1%} of the data blocks) per "
              f"cycle", 0.95 * policy["min_score"], slow_cycles, None, True),
             (f"attack: adaptive slow under the old 7-day window ({under:.2%} of the data blocks per daily cycle: 95 % "
-             f"of cumulative_max per 7 days)", under, int(0.05 / under) + 2, None, True)):
+             f"of cumulative_max per 7 days)", under, int(0.05 / under) + 2, None, True),
+            (f"attack: adaptive slow under slow_slack ({slack:.3%} of the data blocks per daily cycle: 95 % of "
+             f"slow_slack)", slack, int(0.05 / slack) + 2, None, True)):
         if not selected(label):
             continue
         img, row = _slow(name, base_img, base_m, seeds, judge, work, img, mnt, slow_under, label, share, cycles,
@@ -741,12 +745,45 @@ def blocks_touched(ext: list[tuple[int, int, int]], off: int, length: int, bs: i
 
 
 DAILY_CED_SHARE = 0.02
+NO_TRIM = "no fstrim"
+"""A daily row whose label holds this runs no ``fstrim`` after its cycles (freed blocks keep their
+old bytes, as on a volume that does not discard)."""
 
 
-def daily_ops() -> dict[str, tuple[bool, Callable[[Path, random.Random, int, dict], float], int]]:
-    """The conservation signal's slow window on the file share, one cycle a day with ``fstrim``
-    after it (the freed blocks read as zeros, as on a discarding thin or loop device): ``label ->
-    (is_attack, step(mnt, r, day, state) -> share of the data bytes encrypted so far, cycles)``."""
+def coverage_line(j: "Judged", data_blocks: int) -> str:
+    """The coverage window's state after a verdict, for the progress lines."""
+    cov = j.slow.get(anomaly.COVERAGE)
+    return "coverage -" if cov is None else f"coverage {cov.total(data_blocks):.4f} ({len(cov.blocks)} blocks)"
+
+
+def daily_ops(corpus: str) -> dict[str, tuple[bool, Callable[[Path, random.Random, int, dict], float], int]]:
+    """Daily series, one cycle a day with ``fstrim`` after it (the freed blocks read as zeros, as on
+    a discarding thin or loop device): ``label -> (is_attack, step(mnt, r, day, state) -> share of
+    the data bytes encrypted so far, cycles)``. The file share: the conservation signal's slow
+    window; PostgreSQL: a busy database nobody confirms (the coverage window's false alarms)."""
+    if corpus == "postgres":
+        def busy_db(mnt: Path, r: random.Random, day: int, state: dict) -> float:
+            pg = Postgres(mnt, SOCK)
+            with pg.running():
+                pg.pgbench("-T", "8", "-c", "2")
+                if day % 7 == 0:
+                    pg.sql("VACUUM FULL")
+            return 0.0
+
+        return {"pgbench -T 8 daily, VACUUM FULL weekly, for 14 days, fstrim (coverage window, never confirmed)":
+                (False, busy_db, 14),
+                f"pgbench -T 8 daily, VACUUM FULL weekly, for 28 days, {NO_TRIM} (coverage window, never confirmed)":
+                (False, busy_db, 28)}
+
+    def edit_daily(mnt: Path, r: random.Random, day: int, state: dict) -> float:
+        for p in r.sample(data_files(mnt, "letters"), 60):
+            p.write_text(letter(r, r.randint(300, 3000)))
+        logs = mnt / "logs"
+        log = logs / "pumps.log"
+        (logs / f"pumps.log.{day}.gz").write_bytes(gzip.compress(log.read_bytes()))
+        log.write_text(log_text(r, 2000))
+        (logs / f"pumps.log.{day - 7}.gz").unlink(missing_ok=True)
+        return 0.0
 
     def ced_gz(mnt: Path, r: random.Random, day: int, state: dict) -> float:
         files = state.setdefault("files", None) or data_files(mnt)
@@ -779,6 +816,8 @@ def daily_ops() -> dict[str, tuple[bool, Callable[[Path, random.Random, int, dic
         f"attack: adaptive copy-encrypt-delete as .gz (gzip-framed), {DAILY_CED_SHARE:.0%} of the data bytes per "
         f"daily cycle (under conserve_max), fstrim": (True, ced_gz, 8),
         "log rotation with gzip, daily for 30 days, fstrim (conservation slow window)": (False, rotate_daily, 30),
+        "60 letters rewritten and log rotation with gzip, daily for 30 days, fstrim (coverage window, never "
+        "confirmed)": (False, edit_daily, 30),
     }
 
 
@@ -793,17 +832,20 @@ def _daily(name: str, base_img: Path, base_m: Manifest, seeds: int, judge: Judge
         img = work / f"{name}.daily-{zlib.crc32(label.encode())}-{seed}.img"
         copy_image(base_img, img)
         r = random.Random(31 + seed)
-        clean_m, seq, carried, detected, share, state = base_m, 1, {}, None, 0.0, {"seed": seed}
+        clean_m, seq, carried, detected, share, state, summed = base_m, 1, {}, None, 0.0, {"seed": seed}, 0.0
         j = None
         for day in range(1, cycles + 1):
             with mounted(img, mnt):
                 share = step(mnt, r, day, state)
                 os.sync()
-                run(["fstrim", str(mnt)], check=False)
+                if NO_TRIM not in label:
+                    run(["fstrim", str(mnt)], check=False)
             seq += 1
             m = judge.snapshot(img, seq, clean_m)
             j = judge.judge(seq, m, clean_m, [], carried)
-            print(f"  {name:10} daily seed {seed} day {day}: {j.verdict} score {j.score:.4f} "
+            summed += j.score
+            print(f"  {name:10} daily seed {seed} day {day}: {j.verdict} score {j.score:.4f} summed {summed:.4f} "
+                  f"{coverage_line(j, _nonzero_blocks(m, judge.store.get))} "
                   f"conservation {j.slow['conservation'].total:.4f} reason {j.reason[:60]}", flush=True)
             if j.verdict == "suspect":
                 detected = day
@@ -820,10 +862,13 @@ class Calibrated:
     """The adaptive attacker of the slow rows: it reads the policy and the files' extents and
     encrypts, per cycle, whole 64 KiB ranges of files (its permutation, continuing where the last
     cycle stopped) as long as the volume blocks they touch stay within ``target`` x the volume's
-    data blocks — just under what one snapshot may turn random."""
+    data blocks — just under what one snapshot may turn random. A target under one block per cycle
+    (95 % of ``slow_slack`` on a small volume) is kept on average: the unused fraction is carried
+    to the next cycle."""
 
     def __init__(self, data_blocks: int, target: float, order_seed: int) -> None:
-        self.budget = int(target * data_blocks)
+        self.per_cycle = target * data_blocks
+        self.credit = 0.0
         self.order_seed = order_seed
         self.pos = (0, 0)  # (file index in the permutation, byte offset)
 
@@ -832,6 +877,8 @@ class Calibrated:
         random.Random(self.order_seed).shuffle(files)
         ext = extents(files[self.pos[0]:self.pos[0] + 400])
         touched: set[int] = set()
+        self.credit = min(self.credit + self.per_cycle, max(1.0, self.per_cycle))  # never above one cycle's worth
+        budget = int(self.credit)
         fi, off = self.pos
         while fi < len(files):
             p = files[fi]
@@ -843,7 +890,7 @@ class Calibrated:
                 continue
             take = min(65536, size - off)
             new = blocks_touched(ext.get(p, []), off, take) - touched
-            if len(touched) + len(new) > self.budget:
+            if len(touched) + len(new) > budget:
                 break
             touched |= new
             with open(p, "r+b") as f:
@@ -853,6 +900,7 @@ class Calibrated:
                 f.write(aes(plain, r))
             off += take
         self.pos = (fi, off)
+        self.credit -= len(touched)
         os.sync()
         return len(touched)
 
@@ -870,7 +918,7 @@ def _slow(name: str, base_img: Path, base_m: Manifest, seeds: int, judge: Judge,
         img = work / f"{name}.slow-{zlib.crc32(label.encode())}-{seed}.img"
         copy_image(base_img, img)
         r = random.Random(77 + seed)
-        clean_m, seq, window, done, detected = base_m, 1, [], 0, None
+        clean_m, seq, window, done, detected, carried = base_m, 1, [], 0, None, {}
         with mounted(img, mnt):
             files = data_files(mnt / slow_under if slow_under else mnt)
             total = sum(p.stat().st_size for p in files)
@@ -907,15 +955,19 @@ def _slow(name: str, base_img: Path, base_m: Manifest, seeds: int, judge: Judge,
                     done = cycle * step
             seq += 1
             m = judge.snapshot(img, seq, clean_m)
-            j = judge.judge(seq, m, clean_m, window[-(window_cycles - 1):] if window_cycles else window)
+            # the slow windows' state carried from the newest clean snapshot, as the daemon does
+            # (window_cycles: the old time-cut window, folded from scores)
+            j = judge.judge(seq, m, clean_m, window[-(window_cycles - 1):], {}) if window_cycles else \
+                judge.judge(seq, m, clean_m, [], carried)
             print(f"  {name:10} slow seed {seed} cycle {cycle}: {j.verdict} score {j.score:.4f} "
-                  f"cumulative reason {j.reason[:60]}", flush=True)
+                  f"touched {hit / data_blocks:.4f} {coverage_line(j, data_blocks)} reason {j.reason[:60]}",
+                  flush=True)
             if j.verdict == "suspect":
                 detected = cycle
                 row.runs.append(j)
                 break
             window.append((seq, j.score))
-            clean_m = m
+            clean_m, carried = m, j.slow
         if detected is None:
             row.runs.append(j)
         row.cycles.append(detected)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from replicad.core.anomaly import (DAY_S, POLICY_DEFAULTS, Coverage, Cusum, SnapshotSignals, judge_relative,
-                                   policy_problems, stricter, weakened_keys)
+from replicad.core.anomaly import (DAY_S, POLICY_DEFAULTS, Coverage, Cusum, SnapshotSignals, compare_block,
+                                   judge_relative, policy_problems, stricter, weakened_keys)
 from replicad.core.state import PPM
 from replicad.site.detection import Detection
 from tests.unit.core.test_anomaly_conservation import _blocks_of, _discard, _image
@@ -207,6 +207,30 @@ def test_the_daemon_carries_the_coverage_blocks(tmp_path: Path) -> None:
     (d / "7.json").write_text(json.dumps(doc))
     got = det._history("v", 8, vs)[0]
     assert got["coverage"] == Coverage(extra=0.012, began=3), got
+
+
+def test_nearly_empty_pages_turned_random_count_in_the_coverage_not_in_the_score() -> None:
+    """The PostgreSQL adaptive attacker's uncounted half: free-space-map forks and pages holding a
+    few tuples (0.0-0.3 bits/byte per 4 KiB) encrypted. compare_block leaves them out of the score
+    (imports into reused space), reports them as sparse_random; the coverage counts them. A
+    sub-block that was all zeros stays fresh (random_filled), text stays a counted block."""
+    r = random.Random(5)
+    page = bytearray(65536)
+    for off in range(0, 65536, 8192):  # 8 KiB pages: a header and one short tuple each
+        page[off:off + 24] = bytes(r.randrange(256) for _ in range(24))
+        page[off + 8000:off + 8060] = b"row %05d pump ward 3 ok " % off + bytes(35)
+    sparse = compare_block(r.randbytes(65536), bytes(page))
+    assert not sparse.turned_random and sparse.sparse_random == 16, sparse
+    zeros = compare_block(r.randbytes(65536), bytes(65536))
+    assert zeros.sparse_random == 0 and zeros.random_filled == 1.0 and zeros.fresh is False, zeros
+    text = (b"patient admitted to ward 3, blood pressure normal. " * 1400)[:65536]
+    assert compare_block(r.randbytes(65536), text).turned_random
+    sig = SnapshotSignals(data_blocks=1000)
+    sig.add(7, sparse)
+    sig.add(8, compare_block(r.randbytes(65536), text))
+    assert sig.turned_random == 1 and sig.sparse == {7} and sig.summary()["sparse_random"] == 1
+    v = judge_relative(2, sig, [], [], P)
+    assert v.score == 0.001 and v.slow["coverage"].blocks == {7, 8}, v
 
 
 def test_cusum_state_and_slow_slack_policy() -> None:
