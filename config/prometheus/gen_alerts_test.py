@@ -282,6 +282,14 @@ case("a follower deposed its Raft leader: critical, leader_deposed only",
        [exp("ReplicadRaftLeaderDeposed", {"site": "site-b", "reason": "leader_deposed"}, 1)]),
       ("20m", "ReplicadRaftLeaderDeposed", [])])
 
+case("a follower deposed a leader withholding its commands: critical, leader_withholds only",
+     [('replicad_raft_refused_total{site="site-c", reason="leader_withholds"}', "0 0 1x20"),
+      ('replicad_raft_refused_total{site="site-b", reason="vote_for_deposed"}', "0 0 5x20")],
+     [("1m", "ReplicadRaftLeaderWithholds", []),
+      ("3m", "ReplicadRaftLeaderWithholds",
+       [exp("ReplicadRaftLeaderWithholds", {"site": "site-c", "reason": "leader_withholds"}, 1)]),
+      ("20m", "ReplicadRaftLeaderWithholds", [])])
+
 case("a holder stalled fetches: warning while stalls are within 15m",
      [('replicad_fetch_stalled_total{site="site-c", holder="site-a"}', "0 0 1x30"),
       ('replicad_fetch_stalled_total{site="site-c", holder="site-b"}', "0x32")],

@@ -242,7 +242,8 @@ names up in its own modules):
    verdict votes of the two honest sites all failed with ``no_quorum`` and nothing named it). Each
    follower watches its own commands on their way to the leader (:class:`WithheldWatch`, keyed by
    the entry's bytes: a retry with the same ``op_id`` is the same record, dated from its first
-   send) until an entry with those bytes is applied here. One not in the log after
+   send) until an entry with those bytes is applied here (a full state installed forgets them all:
+   its entries are never applied one by one). One not in the log after
    :data:`WITHHELD_RESEND_S` is sent to the leader again (pysyncobj drops a command sent on a
    connection that breaks and never resends it). When one stays out for :data:`WITHHELD_AFTER_S`,
    was sent at least twice while the leader was connected, and this follower is in that leader's
@@ -2216,6 +2217,9 @@ class RaftNode:
             self._consumer.checkpoints = points
             self._consumer.pending_vouch = None
             self._consumer.track_membership(state, installed=True)
+        syncobj = self._syncobj
+        if syncobj is not None and syncobj._withheld is not None:
+            syncobj._withheld.follow(None, None)  # point 19: entries a full state covers are never applied one by one
         self._dump_error = None
         return last, prev, cluster
 
