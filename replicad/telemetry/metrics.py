@@ -369,7 +369,8 @@ class StateCollector(Collector):
                                        "refused: not signed by the site they name (bad_signature), replayed, "
                                        "expired (core.identity), a commit naming a holder without its signed "
                                        "acknowledgement (bad_ack), a seq or size past a bound (out_of_range), a site registering another "
-                                       "(not_self)", labels=["site", "reason"])
+                                       "(not_self), a request before the founding (not_founded), a site's second "
+                                       "role change within the hour (epoch_rate)", labels=["site", "reason"])
         try:
             for reason, count in sorted(((status.get("raft") or {}).get("refused") or {}).items()):
                 if _num(count) is not None:
