@@ -28,7 +28,9 @@ the primary's config is rewritten and reloaded with SIGHUP between them). Each i
 ``--rpo-window-s`` (default 300 s) after ``--rpo-warmup-s`` (30 s, not counted), while the
 primary's and the replica's status are polled every 0.5 s:
 
-* cycle durations: ``cycle_s`` of each cycle report (scan + ship to the replica + Raft commit);
+* cycle durations: ``cycle_s`` of each cycle report (scan + ship to the replica + Raft commit),
+  and per cycle its parts in the JSON (``parts``: scan, ship, commit, bytes shipped, and the
+  source's own: ``clone_s``, ``map_s`` and ``extents`` of reflink, ``view_s`` of qemu);
 * held lag: the replica's age of the newest committed snapshot (which it holds: O2), the RPO a
   failover to it would see;
 * applied lag: the age of the snapshot the replica's standby holds.
@@ -66,6 +68,8 @@ BLOCK_BYTES = 65536
 VOL = "ehr"
 POLL_S = 0.5
 MIN_CYCLES = 5
+SOURCE_PARTS = ("mode", "clone_s", "map_s", "extents", "read_blocks", "view_s")
+"""Fields of a cycle report's ``source`` kept per cycle in the results (what each source spent)."""
 
 
 def rpo_writer(kind: str, target: str, size_bytes: str, blocks_per_s: str, seed: str, progress: str) -> None:
@@ -143,11 +147,15 @@ def _set_interval(c: LocalCluster, site: str, interval_s: float) -> None:
     os.kill(proc.pid, signal.SIGHUP)
 
 
-def _measure(c: LocalCluster, interval_s: float, args: argparse.Namespace, log: Callable[[str], None]) -> dict:
-    """One interval: warm-up, then the window; returns its samples and verdict."""
+def _measure(c: LocalCluster, interval_s: float, args: argparse.Namespace, log: Callable[[str], None],
+             created: dict[int, float] | None = None) -> dict:
+    """One interval: warm-up, then the window; returns its samples and verdict. ``created``: seq ->
+    creation (wall s) as the replica saw it, shared by the intervals of one source (a standby still
+    at a snapshot of an earlier interval has an applied lag too)."""
     _set_interval(c, "site-a", interval_s)
-    created: dict[int, float] = {}  # seq -> creation (wall s), from the replica's view
+    created = {} if created is None else created  # seq -> creation (wall s), from the replica's view
     cycles: dict[int, float] = {}
+    parts: dict[int, dict] = {}  # seq -> the cycle report's parts (scan, ship, the source's clone/maps/view)
     starts: dict[int, float] = {}
     failed: set[Any] = set()
     held: list[tuple[float, float]] = []
@@ -172,6 +180,10 @@ def _measure(c: LocalCluster, interval_s: float, args: argparse.Namespace, log: 
                 if rep["seq"] not in cycles:
                     cycles[rep["seq"]] = float(rep["cycle_s"])
                     starts[rep["seq"]] = t - float(rep["cycle_s"])
+                    parts[rep["seq"]] = {k: rep.get(k) for k in ("changed_blocks", "scan_s", "ship_s", "commit_s",
+                                                                 "bytes_shipped")}
+                    parts[rep["seq"]].update({k: v for k, v in (rep.get("source") or {}).items()
+                                              if k in SOURCE_PARTS})
             elif a.get("last_error"):
                 failed.add((rep["seq"], a.get("last_error")))
         nc, age = b.get("newest_committed"), b.get("newest_age_s")
@@ -195,6 +207,7 @@ def _measure(c: LocalCluster, interval_s: float, args: argparse.Namespace, log: 
         ok, why = judge_window(interval_s, vals, len(failed), applied, window)
     gaps = [b - a for a, b in zip(sorted(starts.values()), sorted(starts.values())[1:])]
     out = {"interval_s": interval_s, "keeps_up": ok, "why": why, "window_s": window, "cycles": vals,
+           "parts": [dict(seq=q, **parts[q]) for q in sorted(parts)],
            "failed": sorted(map(str, failed)), "gap_median_s": statistics.median(gaps) if gaps else None,
            "held_max_s": max((v for _, v in held), default=None),
            "held_median_s": statistics.median([v for _, v in held]) if held else None,
@@ -278,10 +291,11 @@ def rpo_source(kind: str, work: Path, args: argparse.Namespace, log: Callable[[s
 
         stack.callback(stop_writer)
         t_w = time.monotonic()
+        created: dict[int, float] = {}
         for interval_s in sorted(args.rpo_intervals):
             if interval_s < first:
                 continue
-            r = _measure(c, interval_s, args, log)
+            r = _measure(c, interval_s, args, log, created)
             out["intervals"].append(r)
             if writer.poll() is not None:
                 raise RuntimeError(f"{kind}: the writer process ended ({writer.returncode})")
