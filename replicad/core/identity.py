@@ -17,9 +17,14 @@ signatures from any other use of a site key. The signed fields therefore include
 
 Stored acknowledgements (O2): a site that stored a snapshot completely answers the primary
 with :func:`sign_ack`, an Ed25519 signature by its own key over :func:`ack_bytes` =
-``ACK_DOMAIN + msgpack([cluster_id, volume, epoch, seq, root])``. The primary puts them in
-``commit_snapshot`` (``acks``) and the state machine checks each named holder's (see
-:func:`ack_problem`): a primary cannot name a holder that did not say it stored the snapshot.
+``ACK_DOMAIN + msgpack([cluster_id, volume, epoch, seq, root, size_bytes, n_blocks])``: the
+size and block count are those of the manifest the holder checked complete, so the size a
+commit records is attested by its holders, not the primary's word alone (a 1-block snapshot
+committed as 1 PiB once lifted the replicas' chunk quota for good). The primary puts them in
+``commit_snapshot`` (``acks``) and the state machine checks each named holder's against the
+commit's ``size_bytes`` (see :func:`ack_problem`): a primary cannot name a holder that did not
+say it stored the snapshot, nor change the size it stored. Version 1 acknowledgements (without
+the size) carry another domain and are refused.
 The domain differs from :data:`DOMAIN`, so an acknowledgement is never a valid command
 signature, nor the reverse.
 
@@ -41,8 +46,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 DOMAIN = b"replicad-command-v1\x00"
 """Prefix of every signed byte string (domain separation)."""
-ACK_DOMAIN = b"replicad-stored-ack-v1\x00"
-"""Prefix of every signed "stored" acknowledgement (:func:`ack_bytes`)."""
+ACK_DOMAIN = b"replicad-stored-ack-v2\x00"
+"""Prefix of every signed "stored" acknowledgement (:func:`ack_bytes`); v2 covers the size
+(v1, ``replicad-stored-ack-v1``, did not: its signatures never verify as v2)."""
 PUBLIC_KEY_PREFIX = "ed25519:"
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -152,37 +158,48 @@ def _verify_any(public_keys, revoked, sig: bytes, message: bytes, bad: str) -> s
     return bad
 
 
-def ack_bytes(cluster_id: str, volume: str, epoch: int, seq: int, root: bytes) -> bytes:
+def ack_bytes(cluster_id: str, volume: str, epoch: int, seq: int, root: bytes, size_bytes: int,
+              n_blocks: int) -> bytes:
     """The bytes a "stored" acknowledgement signs: :data:`ACK_DOMAIN` + msgpack of the list
-    ``[cluster_id, volume, epoch, seq, root]`` (a list: field order is the encoding).
+    ``[cluster_id, volume, epoch, seq, root, size_bytes, n_blocks]`` (a list: field order is the
+    encoding).
 
     Args:
         cluster_id: the cluster's name; volume: the volume's name; epoch, seq: ints
-            (0 <= x < 2**64); root: the 32-byte manifest root.
+            (0 <= x < 2**64); root: the 32-byte manifest root; size_bytes: the manifest's image
+            size in bytes, n_blocks: its block count (``ceil(size_bytes / block_size)``), both
+            ints (0 <= x < 2**64).
     Raises:
         CanonicalError: a field of the wrong type (the state machine checks types first).
     """
     if not (isinstance(cluster_id, str) and isinstance(volume, str) and isinstance(root, bytes)
-            and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**64 for x in (epoch, seq))):
-        raise CanonicalError("an acknowledgement covers (str cluster, str volume, int epoch, int seq, bytes root)")
-    return ACK_DOMAIN + msgpack.packb([cluster_id, volume, epoch, seq, root], use_bin_type=True)
+            and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**64
+                    for x in (epoch, seq, size_bytes, n_blocks))):
+        raise CanonicalError("an acknowledgement covers (str cluster, str volume, int epoch, int seq, bytes root, "
+                             "int size_bytes, int n_blocks)")
+    return ACK_DOMAIN + msgpack.packb([cluster_id, volume, epoch, seq, root, size_bytes, n_blocks],
+                                      use_bin_type=True)
 
 
 def sign_ack(private_key: Ed25519PrivateKey, cluster_id: str, volume: str, epoch: int, seq: int,
-             root: bytes) -> bytes:
+             root: bytes, size_bytes: int, n_blocks: int) -> bytes:
     """This site's 64-byte Ed25519 signature of :func:`ack_bytes`: "I store snapshot ``seq``
-    (``root``) of ``volume`` at ``epoch``, completely and durably".
+    (``root``, ``size_bytes`` in ``n_blocks`` blocks) of ``volume`` at ``epoch``, completely and
+    durably".
 
     Raises:
         CanonicalError: see :func:`ack_bytes`.
     """
-    return private_key.sign(ack_bytes(cluster_id, volume, epoch, seq, root))
+    return private_key.sign(ack_bytes(cluster_id, volume, epoch, seq, root, size_bytes, n_blocks))
 
 
 def ack_problem(sig: Any, public_keys: Any, cluster_id: str, volume: str, epoch: int, seq: int, root: bytes,
-                revoked: Any = ()) -> str | None:
+                size_bytes: Any, n_blocks: Any, revoked: Any = ()) -> str | None:
     """Why ``sig`` is not a valid acknowledgement by one of ``public_keys`` (raw 32-byte keys
-    pinned for the holder) of ``(cluster_id, volume, epoch, seq, root)``; None if it is.
+    pinned for the holder) of ``(cluster_id, volume, epoch, seq, root, size_bytes, n_blocks)``;
+    None if it is. An acknowledgement of the same snapshot with another size is ``bad
+    acknowledgement`` (the signature covers the size); a size that is not an int (a commit
+    without ``size_bytes``) is ``not canonical``.
 
     Returns:
         None, or ``missing acknowledgement``, ``no pinned key``, ``not canonical``,
@@ -193,7 +210,7 @@ def ack_problem(sig: Any, public_keys: Any, cluster_id: str, volume: str, epoch:
     if not public_keys:
         return "no pinned key"
     try:
-        message = ack_bytes(cluster_id, volume, epoch, seq, root)
+        message = ack_bytes(cluster_id, volume, epoch, seq, root, size_bytes, n_blocks)
     except CanonicalError:
         return "not canonical"
     return _verify_any(public_keys, revoked, sig, message, "bad acknowledgement")
@@ -313,13 +330,14 @@ class Signer:
             raise ValueError(f"site {self.site_id!r} cannot sign a command by {by!r}")
         return sign_command(self.private_key, {**command, "by": self.site_id, CLUSTER_FIELD: self.cluster_id})
 
-    def sign_ack(self, volume: str, epoch: int, seq: int, root: bytes) -> bytes:
-        """This site's "stored" acknowledgement of a snapshot (:func:`sign_ack`, this cluster).
+    def sign_ack(self, volume: str, epoch: int, seq: int, root: bytes, size_bytes: int, n_blocks: int) -> bytes:
+        """This site's "stored" acknowledgement of a snapshot of ``size_bytes`` in ``n_blocks``
+        blocks (:func:`sign_ack`, this cluster).
 
         Raises:
             CanonicalError: see :func:`ack_bytes`.
         """
-        return sign_ack(self.private_key, self.cluster_id, volume, epoch, seq, root)
+        return sign_ack(self.private_key, self.cluster_id, volume, epoch, seq, root, size_bytes, n_blocks)
 
     @property
     def public_key(self) -> str:

@@ -12,6 +12,7 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
      "sites": {site_id: {"peer_url": str, "kind": "data" | "witness"}},
      "volumes": {name: {"primary": site_id | None, "epoch": int, "block_size": int,
                         "size_bytes": int, "min_copies": int,
+                        "max_size_bytes": int,                              # agreed bound, max_size_bytes()
                         "retention": {"keep_all_s", "hourly_s", "daily_s", "lock_s": int},
                         "snapshots": {seq: {"root": bytes(32), "epoch": int,
                                             "parent_seq": int | None, "created_at_ns": int,
@@ -91,8 +92,19 @@ Authority rules (threat model: root on one site speaks with that site's identity
 * ``commit_snapshot`` only by the primary at the current epoch (fencing, O3); only with
   ``len(holders) >= min_copies`` (O2); every holder but the proposer must have signed its
   "stored" acknowledgement (``acks: {site_id: bytes(64)}``, checked against its pinned keys:
-  else ``bad_ack``); seq at most ``last_seq +`` :data:`SEQ_STEP_MAX` and size at most
-  :data:`SIZE_BYTES_MAX` (else ``out_of_range``).
+  else ``bad_ack``); each acknowledgement covers the commit's ``size_bytes`` (and the block
+  count it gives at the volume's block size): a commit whose size differs from what its holders
+  stored is ``bad_ack`` too. Seq at most ``last_seq +`` :data:`SEQ_STEP_MAX` and size at most
+  the volume's agreed maximum (:func:`max_size_bytes`, never above :data:`SIZE_BYTES_MAX`; else
+  ``out_of_range``, evidence ``refusal`` ``max_size``).
+* Agreed maximum size: ``add_volume`` records ``max_size_bytes``, at most
+  :func:`default_max_size_bytes` of its size (a larger one is ``approval_required``; the
+  default when absent). A volume recorded without one (registered by an older release) has the
+  default of its ``size_bytes`` (:func:`max_size_bytes`), written into the volume by its next
+  commit, so commits never ratchet it up; one registered with size 0 (not known) and no
+  commit yet takes the default of its first commit's size. ``set_max_size`` (``volume``, ``max_size_bytes``,
+  at least the volume's ``size_bytes``) runs only as the action of an approved request, without
+  cooling-off (like a longer retention: a grown volume replicates nothing until it applies).
 * ``add_holder`` only by the holder itself (a site cannot name another as holding a copy).
 * ``register_site`` only by the site it registers (``not_self``, counted like the identity
   refusals: a site that names another a witness or moves its peer address speaks for it), and,
@@ -320,6 +332,13 @@ SIZE_BYTES_MAX = 2**50
 """Largest volume size (bytes) a commit or ``add_volume`` may claim: 1 PiB, far above any
 hospital volume. A larger size is ``out_of_range`` (receivers derive their chunk budget
 from the committed size; an unbounded one would disable it)."""
+MAX_SIZE_FACTOR = 2
+MAX_SIZE_SLACK_BYTES = 2**30
+"""A volume's default agreed maximum size is ``max(MAX_SIZE_FACTOR x size, size +
+MAX_SIZE_SLACK_BYTES)`` (:func:`default_max_size_bytes`): a doubling (the usual disk resize) or
+1 GiB more for a small volume needs nobody's approval; past it the primary's daemon requests a
+new maximum (``set_max_size``) that another site approves (ARCHITECTURE, Choices: "A volume's
+agreed maximum size")."""
 VOUCHES_PER_SITE = 2
 """Vouches kept per site (``vouch``): the newest two, so a checkpoint a majority vouched stays
 visible while the fastest site already vouched the next one."""
@@ -329,7 +348,7 @@ REQUESTS_MAX = 64  # request records kept (pending ones first)
 REQUESTS_PENDING_PER_SITE = 8  # a site cannot crowd out the requests of the others
 WEAKENING_OPS = ("set_retention", "mark_verdict", "set_detection")
 EPOCH_ACTIONS = ("promote", "demote")  # a role change past a site's free one (epoch_rate): approvals, no cooling-off
-REQUEST_ACTIONS = (*WEAKENING_OPS, "revoke_site", "set_members", *EPOCH_ACTIONS)
+REQUEST_ACTIONS = (*WEAKENING_OPS, "revoke_site", "set_members", *EPOCH_ACTIONS, "set_max_size")
 MAJORITY_ACTIONS = ("revoke_site", "set_members")
 """Requests a majority of all registered sites approves, then cooling off unless every unrevoked
 member approved (module docstring, "Revocation and membership")."""
@@ -949,6 +968,31 @@ def _with_snapshot(vol: dict, seq: int, snap: dict) -> dict:
     return {**vol, "snapshots": {**vol["snapshots"], seq: snap}}
 
 
+def default_max_size_bytes(size_bytes: int) -> int:
+    """The default agreed maximum (bytes) of a volume of ``size_bytes`` bytes: ``max(2 x
+    size, size + 1 GiB)`` (:data:`MAX_SIZE_FACTOR`, :data:`MAX_SIZE_SLACK_BYTES`), never above
+    :data:`SIZE_BYTES_MAX` (nor below ``size_bytes``). Pure."""
+    size = max(0, int(size_bytes))
+    return max(size, min(SIZE_BYTES_MAX, max(MAX_SIZE_FACTOR * size, size + MAX_SIZE_SLACK_BYTES)))
+
+
+def max_size_bytes(vol: dict) -> int:
+    """A volume's agreed maximum size in bytes: its recorded ``max_size_bytes``; for a volume
+    recorded without one, :func:`default_max_size_bytes` of its ``size_bytes`` (registered by an
+    older release), or :data:`SIZE_BYTES_MAX` while it was registered without a size (0: a
+    source whose size its primary cannot read before the first snapshot) and has never
+    committed: its first commit then records the default of its size. The same at every site
+    (the state only). Every honest receiver refuses an announced manifest larger than this, and
+    the state refuses such a commit. Pure."""
+    recorded = vol.get("max_size_bytes")
+    if _is_int(recorded):
+        return recorded
+    size = vol.get("size_bytes") or 0
+    if size == 0 and not vol.get("last_seq"):
+        return SIZE_BYTES_MAX
+    return default_max_size_bytes(size)
+
+
 # --------------------------------------------------------------------------- ops
 
 
@@ -1002,6 +1046,11 @@ def _op_add_volume(state: dict, cmd: dict) -> tuple[dict, dict]:
     if size_bytes > SIZE_BYTES_MAX:
         raise _Refusal("out_of_range", f"size_bytes {size_bytes} > {SIZE_BYTES_MAX} (1 PiB)", field="size_bytes",
                        size_bytes=size_bytes, max_size_bytes=SIZE_BYTES_MAX)
+    default_max = default_max_size_bytes(size_bytes)
+    max_size = _int(cmd, "max_size_bytes") if "max_size_bytes" in cmd else None
+    if max_size is not None and max_size < size_bytes:
+        raise _Refusal("bad_request", f"max_size_bytes {max_size} < size_bytes {size_bytes}", field="max_size_bytes",
+                       size_bytes=size_bytes, max_size_bytes=max_size)
     min_copies = _int(cmd, "min_copies", 1)
     if min_copies > SITES_MAX:
         raise _Refusal("out_of_range", f"min_copies {min_copies} > {SITES_MAX} (the most sites a cluster has)",
@@ -1044,6 +1093,11 @@ def _op_add_volume(state: dict, cmd: dict) -> tuple[dict, dict]:
                        f"({', '.join(longer)}): register with at most {DEFAULT_RETENTION}, then request the change "
                        "(set_retention), which other sites approve", volume=name, lengthened=longer,
                        defaults=dict(DEFAULT_RETENTION))
+    if max_size is not None and max_size > default_max:  # one site may not lift every site's chunk quota alone
+        raise _Refusal("approval_required", f"the maximum size {max_size} of {name!r} is above the default for its "
+                       f"size ({default_max} bytes): register with at most that, then request the change "
+                       "(set_max_size), which other sites approve", volume=name, max_size_bytes=max_size,
+                       default_max_size_bytes=default_max)
     _data_site(state, primary, "primary")
     if len(state["volumes"]) >= VOLUMES_MAX:
         raise _Refusal("conflict", f"the cluster already has {VOLUMES_MAX} volumes, the most it may have",
@@ -1051,6 +1105,8 @@ def _op_add_volume(state: dict, cmd: dict) -> tuple[dict, dict]:
     vol = {"primary": primary, "epoch": 1, "block_size": block_size, "size_bytes": size_bytes,
            "min_copies": min_copies, "retention": retention, "snapshots": {}, "last_seq": 0,
            "registered_by": cmd["by"]}
+    if max_size is not None or size_bytes > 0:  # size 0: not known yet, the first commit records it
+        vol["max_size_bytes"] = default_max if max_size is None else max_size
     if detection is not None:
         vol["detection"] = detection
     return _with_volume(state, name, vol), {"ok": True, "volume": name, "created": True, "epoch": 1}
@@ -1090,9 +1146,14 @@ def _op_commit_snapshot(state: dict, cmd: dict) -> tuple[dict, dict]:
     if size_bytes is not None and size_bytes > SIZE_BYTES_MAX:
         raise _Refusal("out_of_range", f"volume {name!r}: size_bytes {size_bytes} > {SIZE_BYTES_MAX} (1 PiB)",
                        volume=name, seq=seq, size_bytes=size_bytes, max_size_bytes=SIZE_BYTES_MAX)
+    max_size = max_size_bytes(vol)
+    if size_bytes is not None and size_bytes > max_size:
+        raise _Refusal("out_of_range", f"volume {name!r}: size_bytes {size_bytes} > its agreed maximum {max_size}: a "
+                       "larger volume is a set_max_size request other sites approve", volume=name, seq=seq,
+                       size_bytes=size_bytes, max_size_bytes=max_size, refusal="max_size")
     for holder in holders:
         _data_site(state, holder, "holder")
-    _check_acks(state, cmd, name, seq, epoch, root, holders)
+    _check_acks(state, cmd, name, seq, epoch, root, holders, size_bytes, vol["block_size"])
     for holder in holders:  # a revoked site is no copy, whatever it acknowledged (unsigned mode too)
         if is_revoked(state, holder):
             raise _Refusal("conflict", f"holder {holder!r} was revoked", volume=name, seq=seq, holder=holder,
@@ -1140,7 +1201,9 @@ def _op_commit_snapshot(state: dict, cmd: dict) -> tuple[dict, dict]:
         # the majority's clock at commit: the slow windows credit their slack by it, not by the
         # primary's stamps (a sawtooth of stamps +590 s, -5 s multiplied the slack)
         snap["committed_ns"] = quorum_now
-    vol = {**_with_snapshot(vol, seq, snap), "last_seq": seq}
+    if max_size == SIZE_BYTES_MAX and not _is_int(vol.get("max_size_bytes")):  # registered without a size
+        max_size = default_max_size_bytes(size_bytes or 0)
+    vol = {**_with_snapshot(vol, seq, snap), "last_seq": seq, "max_size_bytes": max_size}  # frozen: no ratchet
     if size_bytes is not None and size_bytes > vol["size_bytes"]:
         vol["size_bytes"] = size_bytes
     result = {"ok": True, "volume": name, "seq": seq, "epoch": epoch}
@@ -1149,9 +1212,12 @@ def _op_commit_snapshot(state: dict, cmd: dict) -> tuple[dict, dict]:
     return _with_volume(state, name, vol), result
 
 
-def _check_acks(state: dict, cmd: dict, name: str, seq: int, epoch: int, root: bytes, holders: list) -> None:
+def _check_acks(state: dict, cmd: dict, name: str, seq: int, epoch: int, root: bytes, holders: list,
+                size_bytes: int | None, block_size: int) -> None:
     """``bad_ack`` unless every holder other than the proposer signed its "stored"
-    acknowledgement of ``(cluster, volume, epoch, seq, root)`` (``acks``: ``{site_id:
+    acknowledgement of ``(cluster, volume, epoch, seq, root, size_bytes, n_blocks)``, ``n_blocks``
+    being ``ceil(size_bytes / block_size)`` at the volume's block size (so a commit whose size
+    differs from the manifest its holders checked, or without a size, is refused) (``acks``: ``{site_id:
     bytes(64)}``, :func:`replicad.core.identity.ack_problem`) with a key pinned for it and not
     revoked (the keys the agreed membership records, :func:`member_keys`, once the cluster has
     an incarnation: never the local config then). Without trust (unit tests of the ops) or in unsigned lab mode (``unsafe_unsigned``)
@@ -1171,12 +1237,13 @@ def _check_acks(state: dict, cmd: dict, name: str, seq: int, epoch: int, root: b
         if holder == cmd["by"]:
             continue
         keys = member_keys(state, holder) if state.get("incarnation") is not None else trust.keys.get(holder)
+        n_blocks = -(-size_bytes // block_size) if size_bytes is not None else None
         problem = identity.ack_problem(acks.get(holder), keys, trust.cluster_id, name, epoch,
-                                       seq, root, revoked_keys)
+                                       seq, root, size_bytes, n_blocks, revoked_keys)
         if problem is not None:
             raise _Refusal("bad_ack", f"volume {name!r}: snapshot {seq} names {holder!r} as a holder without its "
-                           f"signed acknowledgement ({problem})", volume=name, seq=seq, holder=holder,
-                           by=cmd["by"], problem=problem)
+                           f"signed acknowledgement of it at size_bytes {size_bytes} ({problem})", volume=name,
+                           seq=seq, holder=holder, by=cmd["by"], problem=problem, size_bytes=size_bytes)
 
 
 def _op_add_holder(state: dict, cmd: dict) -> tuple[dict, dict]:
@@ -1698,6 +1765,31 @@ def _op_set_retention(state: dict, cmd: dict) -> tuple[dict, dict]:
                                             "weakened": weakened, "changed": True}
 
 
+def _op_set_max_size(state: dict, cmd: dict) -> tuple[dict, dict]:
+    """Change a volume's agreed maximum size (:func:`max_size_bytes`): only as the action of an
+    approved request (a larger maximum lifts every receiver's chunk quota and what a manifest
+    may claim; one site's word once lifted it to 1 PiB), applied without cooling-off. At least
+    the volume's ``size_bytes`` (``bad_request``), at most :data:`SIZE_BYTES_MAX`
+    (``out_of_range``). The same maximum again is answered ``changed`` false."""
+    name, vol = _volume(state, cmd)
+    wanted = _int(cmd, "max_size_bytes")
+    if wanted > SIZE_BYTES_MAX:
+        raise _Refusal("out_of_range", f"max_size_bytes {wanted} > {SIZE_BYTES_MAX} (1 PiB)", volume=name,
+                       max_size_bytes=wanted, limit=SIZE_BYTES_MAX)
+    if wanted < vol["size_bytes"]:
+        raise _Refusal("bad_request", f"max_size_bytes {wanted} is below {name!r}'s size {vol['size_bytes']}",
+                       volume=name, max_size_bytes=wanted, size_bytes=vol["size_bytes"], field="max_size_bytes")
+    current = max_size_bytes(vol)
+    if wanted == current:
+        return state, {"ok": True, "volume": name, "max_size_bytes": wanted, "changed": False}
+    if cmd.get(_APPROVED) is not True:
+        raise _Refusal("approval_required", f"a change of {name!r}'s maximum size ({current} -> {wanted} bytes) must "
+                       "be a request approved by operators at other sites (no cooling-off; replicad requests, "
+                       "replicad approve REQ)", by=cmd["by"], volume=name, max_size_bytes=wanted, current=current)
+    return (_with_volume(state, name, {**vol, "max_size_bytes": wanted}),
+            {"ok": True, "volume": name, "max_size_bytes": wanted, "previous": current, "changed": True})
+
+
 def _op_prune_snapshots(state: dict, cmd: dict) -> tuple[dict, dict]:
     name, vol = _volume(state, cmd)
     seqs = _seq_list(cmd, "seqs")
@@ -2006,6 +2098,8 @@ def _run_request(state: dict, cmd: dict, entry: dict) -> tuple[dict, dict]:
     elif entry["action"] in MAJORITY_ACTIONS:
         cooling = 0 if _unanimous(state, entry) else trust.membership_cooling_off_ns
     elif entry["action"] in EPOCH_ACTIONS:  # restoring service: other sites agreed, nothing is weakened
+        cooling = 0
+    elif entry["action"] == "set_max_size":  # a grown volume replicates nothing until it applies
         cooling = 0
     elif _stricter_detection(state, entry) or _stricter_retention(state, entry):
         cooling = 0
@@ -2331,7 +2425,7 @@ _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str],
     "register_site": (_op_register_site, frozenset({"site_id", "peer_url", "kind"}),
                       frozenset({"site_id", "peer_url", "kind"})),
     "add_volume": (_op_add_volume, frozenset({"volume", "primary", "block_size", "size_bytes",
-                                              "min_copies", "retention", "detection"}),
+                                              "min_copies", "retention", "detection", "max_size_bytes"}),
                    frozenset({"volume", "primary", "block_size", "size_bytes", "min_copies", "retention"})),
     "commit_snapshot": (_op_commit_snapshot,
                         frozenset({"volume", "seq", "epoch", "root", "parent_seq", "created_at_ns",
@@ -2350,6 +2444,8 @@ _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str],
                      frozenset({"volume", "seq", "verdict", "reason"})),
     "set_retention": (_op_set_retention, frozenset({"volume", "retention"}),
                       frozenset({"volume", "retention"})),
+    "set_max_size": (_op_set_max_size, frozenset({"volume", "max_size_bytes"}),
+                     frozenset({"volume", "max_size_bytes"})),
     "prune_snapshots": (_op_prune_snapshots, frozenset({"volume", "seqs"}), frozenset({"volume", "seqs"})),
     "request": (_op_request, frozenset({"action", "args", "reason"}), frozenset({"action", "args"})),
     "approve": (_op_approve, frozenset({"request"}), frozenset({"request"})),

@@ -11,8 +11,10 @@ Routes (all ``POST``, msgpack bodies from :mod:`replicad.core.wire`, errors as J
 * ``/v1/peer/snapshot`` ``{volume, epoch, from, seq, root}`` → ``{stored: true, ack}`` only if
   the manifest, all its pages and all its chunks are durable here. This is the "stored"
   acknowledgement that O2 counts; ``ack`` (64 bytes, or None in unsigned lab mode) is the
-  receiver's Ed25519 signature of it (:func:`replicad.core.identity.sign_ack`), which the
-  primary hands to the state machine in ``commit_snapshot`` (``acks``).
+  receiver's Ed25519 signature of it, attesting the manifest's size
+  (:func:`replicad.core.identity.sign_ack`), which the primary hands to the state machine in
+  ``commit_snapshot`` (``acks``). A manifest larger than the volume's agreed maximum is refused
+  before any walk (:meth:`PeerHost.check_announced`).
 * ``/v1/peer/fetch``    ``{volume, epoch, from, digests}`` → a frame stream of those it has
   (read path of restore and catch-up; every chunk verified before it leaves the process).
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -107,9 +110,17 @@ class PeerHost(Protocol):
         volume, epoch, seq, root, stored — whatever the request carried; ``err``: the error it
         was refused with, None if accepted). Must not raise."""
 
-    def stored_ack(self, volume: str, epoch: int, seq: int, root: bytes) -> bytes | None:
-        """This site's signed "stored" acknowledgement of the snapshot (64 bytes), None when the
-        site does not sign (unsigned lab mode)."""
+    def stored_ack(self, volume: str, epoch: int, seq: int, root: bytes, size_bytes: int,
+                   n_blocks: int) -> bytes | None:
+        """This site's signed "stored" acknowledgement of the snapshot (64 bytes; it attests the
+        manifest's ``size_bytes`` and ``n_blocks``), None when the site does not sign (unsigned lab
+        mode)."""
+
+    def check_announced(self, volume: str, seq: int, manifest: Manifest) -> None:
+        """Raise RemoteProtocolError (logged, nothing stored) for an announced ``manifest`` this
+        site refuses to walk: a block size or a size past what the cluster agreed for ``volume``.
+        Called after the manifest's own checks and before any of its pages or blocks is looked
+        up. Synchronous and cheap (a worker thread)."""
 
     def complete_base(self, volume: str) -> Manifest | None:
         """A snapshot of ``volume`` this site holds completely (recorded, its chunks kept
@@ -172,14 +183,18 @@ def _check_sender(request: web.Request, sender: object) -> None:
 
 
 def snapshot_complete(store: ChunkStore, volume: str, epoch: int, seq: int, root: bytes,
-                      base: Manifest | None = None) -> Manifest:
+                      base: Manifest | None = None,
+                      check: Callable[[Manifest], None] | None = None) -> Manifest:
     """Check that the manifest ``root`` and everything it references is in ``store``.
 
     ``base``: a snapshot of the volume this site holds completely (``PeerHost.complete_base``);
     then only the blocks that differ from it (:func:`replicad.core.manifest.changed_digests`) are
     looked up, not every block of the volume (1 GiB, 1 % changed: ~170 lookups instead of
-    ~8,300). Returns the decoded manifest. Raises NotFoundError (with the count of missing
-    chunks) or RemoteProtocolError if the manifest is not the announced snapshot. Synchronous.
+    ~8,300). ``check``: called with the decoded manifest before any page or block is looked up
+    (``PeerHost.check_announced``: a manifest of 8 million blocks claimed for a 3 MiB volume
+    was walked for 15 s and 700 MB before anything refused it). Returns the decoded manifest.
+    Raises NotFoundError (with the count of missing chunks) or RemoteProtocolError if the
+    manifest is not the announced snapshot, or what ``check`` raises. Synchronous.
     """
     if not store.has(root):
         raise NotFoundError("manifest not stored here", volume=volume, seq=seq, root=root.hex())
@@ -187,6 +202,8 @@ def snapshot_complete(store: ChunkStore, volume: str, epoch: int, seq: int, root
     if (manifest.volume, manifest.seq, manifest.epoch) != (volume, seq, epoch):
         raise RemoteProtocolError("manifest does not describe the announced snapshot", volume=volume, seq=seq,
                                   epoch=epoch, manifest=[manifest.volume, manifest.seq, manifest.epoch])
+    if check is not None:
+        check(manifest)
     lacking = store.missing(manifest.pages)
     if lacking:
         raise NotFoundError(f"{len(lacking)} manifest pages missing", volume=volume, seq=seq)
@@ -289,9 +306,11 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
             await host.check_write_epoch(doc["volume"], doc["epoch"], doc["from"])
             base = await asyncio.to_thread(host.complete_base, doc["volume"])
             manifest = await asyncio.to_thread(snapshot_complete, host.store, doc["volume"], doc["epoch"],
-                                               doc["seq"], doc["root"], base)
+                                               doc["seq"], doc["root"], base,
+                                               functools.partial(host.check_announced, doc["volume"], doc["seq"]))
             await host.snapshot_received(doc["volume"], doc["epoch"], doc["seq"], doc["root"], manifest.created_at_ns)
-            ack = host.stored_ack(doc["volume"], doc["epoch"], doc["seq"], doc["root"])
+            ack = host.stored_ack(doc["volume"], doc["epoch"], doc["seq"], doc["root"], manifest.size_bytes,
+                                  manifest.n_blocks)
             await host.peer_audit(doc["from"], "/v1/peer/snapshot", _audit_fields(doc), None)
             return _msgpack_response(stored=True, ack=ack)
         except ReplicadError as err:

@@ -612,8 +612,8 @@ class SiteDaemon:
         registered = {k: min(x, DEFAULT_RETENTION[k]) for k, x in configured.items()}
         try:
             res = await self.cluster.propose("add_volume", volume=v.name, primary=self.site_id,
-                                             block_size=v.block_size_bytes, size_bytes=0, min_copies=v.min_copies,
-                                             retention=registered)
+                                             block_size=v.block_size_bytes, size_bytes=registered_size_bytes(v),
+                                             min_copies=v.min_copies, retention=registered)
         except ConflictError as err:  # registered meanwhile with another block size: the runner judges it
             log.error("volume %s: registration refused: %s %s", v.name, err, err.evidence)
             return
@@ -777,6 +777,26 @@ CLUSTER_WIDE_FIELDS = {"add_volume": ("primary", "block_size", "min_copies", "re
                        "set_retention": ("retention",), "set_detection": ("policy",),
                        "mark_verdict": ("seq", "verdict", "reason"), "demote": ("expected_epoch", "force"),
                        "promote": ("to", "expected_epoch", "force", "snapshot")}
+def registered_size_bytes(v: VolumeConfig) -> int:
+    """The size a volume is registered with (``add_volume``; its agreed maximum is derived from
+    it, :func:`replicad.core.state.default_max_size_bytes`): the size of its image file or block
+    device for the ``file`` and ``reflink`` sources, 0 (not known: the first commit's size
+    counts) for the others (a qcow2 file's size is not its disk's) or when it cannot be read
+    (logged at WARNING). Never raises."""
+    if v.source.kind not in ("file", "reflink"):
+        return 0
+    try:
+        fd = os.open(v.path, os.O_RDONLY)
+        try:
+            return os.lseek(fd, 0, os.SEEK_END)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        log.warning("volume %s: the size of %s could not be read (%s): registered without a size, its first "
+                    "snapshot's size sets its agreed maximum", v.name, v.path, err)
+        return 0
+
+
 INITIAL_REQUEST_TRIES = 6
 """Tries of a registering site's initial request (:func:`request_with_retry`): each waits up to
 ``cluster.PROPOSE_DEADLINE_S`` (15 s) for a leader, with :data:`INITIAL_REQUEST_BACKOFF_S`

@@ -17,7 +17,7 @@ from replicad.core.errors import (NotFoundError, NotPrimaryError, QuotaExceededE
                                   RemoteProtocolError, ReplicadError, RevokedError, StaleEpochError)
 from replicad.core.identity import CanonicalError, Signer
 from replicad.core.manifest import Manifest
-from replicad.core.state import is_revoked
+from replicad.core.state import is_revoked, max_size_bytes
 from replicad.site.cluster import Cluster
 from replicad.site.runner import complete_base, load_manifest
 from replicad.storage.audit import AuditLog
@@ -74,15 +74,17 @@ class Receiver:
         :func:`replicad.site.runner.complete_base` (the rule shared with the pull path)."""
         return complete_base(self.store, self.catalog, volume)
 
-    def stored_ack(self, volume: str, epoch: int, seq: int, root: bytes) -> bytes | None:
+    def stored_ack(self, volume: str, epoch: int, seq: int, root: bytes, size_bytes: int,
+                   n_blocks: int) -> bytes | None:
         """This site's signed "stored" acknowledgement (64 bytes,
-        :meth:`replicad.core.identity.Signer.sign_ack`) of a snapshot it just checked complete;
-        None without a signer. Never raises (a value without a canonical form gives None,
+        :meth:`replicad.core.identity.Signer.sign_ack`) of a snapshot it just checked complete,
+        attesting its manifest's ``size_bytes`` and ``n_blocks`` (the commit must carry that
+        size); None without a signer. Never raises (a value without a canonical form gives None,
         which the primary's commit cannot use)."""
         if self.signer is None:
             return None
         try:
-            return self.signer.sign_ack(volume, epoch, seq, root)
+            return self.signer.sign_ack(volume, epoch, seq, root, size_bytes, n_blocks)
         except CanonicalError:
             return None
 
@@ -183,11 +185,34 @@ class Receiver:
                         "gc after the grace)", volume, rec.seq, rec.epoch, self.site_id, MAX_UNCOMMITTED_RECEIVED, seq,
                         epoch)
 
+    def check_announced(self, volume: str, seq: int, manifest: Manifest) -> None:
+        """Refuse an announced ``manifest`` before any of its pages or blocks is looked up
+        (:func:`replicad.peer.transport.snapshot_complete` calls it): :meth:`_refuse_manifest`
+        against the volume's state here. Raises RemoteProtocolError."""
+        self._refuse_manifest(volume, seq, manifest, self.cluster.volume_state(volume) or {})
+
     def _check_manifest(self, volume: str, seq: int, root: bytes, vs: dict) -> None:
-        """Refuse (RemoteProtocolError, logged) an announced manifest whose block size is not
-        the volume's: block size is fixed at the volume's creation (a 16 MiB block size with a
-        repeated page claimed a 4 TiB snapshot of a 4 MiB volume)."""
-        m = load_manifest(self.store, root)
+        """:meth:`_refuse_manifest` of the stored manifest ``root`` (again, when it is recorded)."""
+        self._refuse_manifest(volume, seq, load_manifest(self.store, root), vs)
+
+    def _refuse_manifest(self, volume: str, seq: int, m: Manifest, vs: dict) -> None:
+        """Refuse (RemoteProtocolError, logged at WARNING as AUDIT; the route counts it in
+        ``replicad_peer_refused_total{reason="remote_protocol"}``) an announced manifest whose
+        block size is not the volume's (fixed at the volume's creation: a 16 MiB block size
+        with a repeated page claimed a 4 TiB snapshot of a 4 MiB volume), or whose size is past
+        the volume's agreed maximum (:func:`replicad.core.state.max_size_bytes`: 2000 copies of
+        one page claimed 512 GiB, 8.2 million blocks, for a 3 MiB volume, and the walk that
+        checked them cost 15 s and 700 MB here before the commit made every site judge it)."""
+        if vs:
+            limit = max_size_bytes(vs)
+            if m.size_bytes > limit:
+                log.warning("AUDIT refused snapshot %s#%d announced at %s: it claims %d bytes (%d blocks), more than "
+                            "the volume's agreed maximum %d", volume, seq, self.site_id, m.size_bytes, m.n_blocks,
+                            limit)
+                raise RemoteProtocolError(f"{volume}#{seq}: the manifest claims {m.size_bytes} bytes, more than the "
+                                          f"volume's agreed maximum ({limit} bytes; a larger volume is a set_max_size "
+                                          "request other sites approve)", volume=volume, seq=seq,
+                                          size_bytes=m.size_bytes, max_size_bytes=limit)
         block_size = vs.get("block_size")
         if isinstance(block_size, int) and m.block_size != block_size:
             log.warning("AUDIT refused snapshot %s#%d announced at %s: block size %d, the volume's is %d", volume,
@@ -217,12 +242,14 @@ class Receiver:
     def chunk_budget(self, volume: str) -> int:
         """Bytes of chunks one sender may store for ``volume`` between two snapshots recorded
         here: ``CHUNK_BUDGET_FACTOR`` x the volume's size + ``CHUNK_BUDGET_SLACK_BYTES``, the
-        size being the larger of the cluster state's (grown by each commit) and the newest
-        snapshot held here. Before the volume's first commit neither is known (the first full
+        size being the larger of the cluster state's (grown by each commit, attested by its
+        holders) and the newest snapshot held here, and never above the volume's agreed maximum
+        (:func:`replicad.core.state.max_size_bytes`). Before the volume's first commit neither is known (the first full
         sync): then no per-stream bound applies (:data:`UNBOUNDED`; the disk's own limit
         stands), a gap that closes with the first committed snapshot."""
         vs = self.cluster.volume_state(volume) or {}
         size = int(vs.get("size_bytes") or 0)
+        limit = max_size_bytes(vs) if vs else None
         # only snapshots committed here count: a manifest the primary merely announced could claim
         # any size (a 4 TiB manifest of one repeated page raised the budget of a 4 MiB volume)
         for rec in sorted(self.catalog.list(volume, "committed"), key=lambda r: r.seq, reverse=True):
@@ -231,6 +258,8 @@ class Receiver:
                 break
         if size == 0 and not vs.get("snapshots"):
             return UNBOUNDED
+        if limit is not None:  # no size above the agreed maximum counts (one committed before the bound)
+            size = min(size, limit)
         return int(size * CHUNK_BUDGET_FACTOR) + CHUNK_BUDGET_SLACK_BYTES
 
     async def peer_audit(self, sender: str, path: str, doc: dict[str, Any], err: ReplicadError | None) -> None:

@@ -15,7 +15,8 @@ from replicad.core import anomaly, identity
 from replicad.core.errors import (IntegrityError, NotFoundError, NotPrimaryError, OutOfRangeError, PeerStalledError,
                                   ReplicadError, StaleEpochError)
 from replicad.core.manifest import Manifest, changed_digests
-from replicad.core.state import INT_MAX, SEQ_STEP_MAX, TAINT_STAT, detection_policy, newest_committed
+from replicad.core.state import (INT_MAX, SEQ_STEP_MAX, TAINT_STAT, default_max_size_bytes, detection_policy,
+                                 max_size_bytes, newest_committed)
 from replicad.peer.transport import PeerClient, SharedFrames
 from replicad.site.cluster import Cluster
 from replicad.site.pull import Pull
@@ -132,6 +133,13 @@ class Replication:
         m = result.manifest
         await asyncio.to_thread(self.catalog.put, SnapshotRecord(cfg.name, epoch, seq, m.root, "local",
                                                                  m.created_at_ns))
+        limit = max_size_bytes(vs)
+        if m.size_bytes > limit:  # every receiver refuses it, and so would the state: ask for a new bound
+            await self._request_max_size(cfg.name, m.size_bytes, limit)
+            raise OutOfRangeError(f"{cfg.name}: the image is {m.size_bytes} bytes, more than the volume's agreed "
+                                  f"maximum {limit}: nothing is shipped until another site approves the set_max_size "
+                                  "request (replicad requests; replicad approve REQ)", volume=cfg.name, seq=seq,
+                                  size_bytes=m.size_bytes, max_size_bytes=limit)
         history = [s["stats"] for _, s in sorted(vs["snapshots"].items()) if s["verdict"] == "clean"]
         # issue 14: the cluster's policy, which this site's config may only tighten (a primary's
         # min_score = 1.0 makes nothing clean anywhere: every site judges again, and so does this)
@@ -153,7 +161,7 @@ class Replication:
             raise StaleEpochError("fenced during the cycle", volume=cfg.name, acting_epoch=epoch)
         shipped = await self._ship_all(runner, vs, m)
         t_acked = time.monotonic()  # O2 acknowledgements in hand: the commit timer starts here
-        acks = self._vouched(cfg.name, epoch, seq, m.root, shipped)
+        acks = self._vouched(cfg.name, epoch, seq, m, shipped)
         holders = [self.site_id] + [p for p, r in shipped.items() if r.get("ok") and (p in acks or not self._signs())]
         report = {"seq": seq, "changed_blocks": len(result.changed_blocks), "verdict": verdict.verdict,
                   "score": verdict.score, "baseline": verdict.baseline, "holders": holders,
@@ -194,13 +202,42 @@ class Replication:
                  ", ".join(holders), report["cycle_s"])
         return report
 
+    async def _request_max_size(self, volume: str, size_bytes: int, limit: int) -> None:
+        """The image of ``volume`` grew to ``size_bytes``, past its agreed maximum ``limit``: file
+        a ``set_max_size`` request of :func:`~replicad.core.state.default_max_size_bytes` of the
+        new size (another site approves it; no cooling-off), logged at WARNING with its id;
+        nothing when this site already has one pending for the volume (the request's own
+        expiry, 24 h, lets the next cycle file it again). A failure to propose is logged at
+        WARNING (the next cycle tries again); never raises a ReplicadError."""
+        requests = (self.cluster.view().get("requests") or {}).values()
+        if any(r.get("action") == "set_max_size" and r.get("by") == self.site_id and r.get("status") == "pending"
+               and (r.get("args") or {}).get("volume") == volume for r in requests):
+            log.warning("volume %s: the image is %d bytes, past its agreed maximum %d: waiting for another site to "
+                        "approve this site's set_max_size request (replicad requests)", volume, size_bytes, limit)
+            return
+        wanted = default_max_size_bytes(size_bytes)
+        try:
+            res = await self.cluster.propose("request", action="set_max_size",
+                                             args={"volume": volume, "max_size_bytes": wanted},
+                                             reason=f"{volume} grew to {size_bytes} bytes at its primary "
+                                                    f"{self.site_id}, past its agreed maximum {limit}")
+        except ReplicadError as err:
+            log.warning("volume %s: the image is %d bytes, past its agreed maximum %d; the set_max_size request "
+                        "could not be made (%s %s): the next cycle tries again", volume, size_bytes, limit, err,
+                        err.evidence)
+            return
+        log.warning("AUDIT volume %s: the image is %d bytes, past its agreed maximum %d: requested a maximum of %d "
+                    "bytes as %s; nothing is replicated until an operator of another site approves it "
+                    "(replicad approve %s)", volume, size_bytes, limit, wanted, res.get("request"), res.get("request"))
+
     def _signs(self) -> bool:
         """True unless the cluster runs in unsigned lab mode (acknowledgements unchecked)."""
         return self.cluster.cfg().trust().signed
 
-    def _vouched(self, volume: str, epoch: int, seq: int, root: bytes, shipped: dict[str, dict]) -> dict[str, bytes]:
+    def _vouched(self, volume: str, epoch: int, seq: int, m: Manifest, shipped: dict[str, dict]) -> dict[str, bytes]:
         """``{peer: ack}`` of the peers that answered "stored" with an acknowledgement signed by a
-        key pinned for them (what ``commit_snapshot`` needs, :func:`replicad.core.identity.ack_problem`).
+        key pinned for them of ``m`` at its size (what ``commit_snapshot`` needs,
+        :func:`replicad.core.identity.ack_problem`).
         A peer that said "stored" without a valid one is not counted as a holder (logged at
         WARNING): the state machine would refuse the whole commit (``bad_ack``)."""
         trust = self.cluster.cfg().trust()
@@ -211,7 +248,7 @@ class Replication:
             if not trust.signed:
                 continue
             problem = identity.ack_problem(rep.get("ack"), trust.keys.get(peer), trust.cluster_id, volume, epoch,
-                                           seq, root)
+                                           seq, m.root, m.size_bytes, m.n_blocks)
             if problem is None:
                 out[peer] = rep["ack"]
             else:

@@ -50,6 +50,12 @@ Modes:
 * ``veto``: in its OWN name (its own key), a ``veto`` of every pending or approved request (one
   site may veto; the tests judge what the other sites log and count); each line carries
   ``request`` and ``error``.
+* ``inflate-commit`` (review F2): in its OWN name, a real one-block snapshot (seq ``last + 1``)
+  shipped to every other data site over the peer API (its TLS key), their honest signed
+  "stored" acknowledgements collected, then ``commit_snapshot`` with those acknowledgements and
+  ``size_bytes`` 2**50 (the exact attack: it once lifted every replica's chunk quota to 1.25
+  PiB), then with ``--size-bytes`` (within the volume's bound, still not what they stored).
+  Lines: ``acks`` (the sites that acknowledged), then one per ``attempt`` with ``error``.
 """
 
 from __future__ import annotations
@@ -100,10 +106,58 @@ async def wait_synced(node, volume: str, timeout_s: float) -> None:
         await asyncio.sleep(0.1)
 
 
+class Shipped(dict):
+    """``{site: its signed ack or None}`` of one shipped snapshot, with its manifest ``root``."""
+    root: bytes = b""
+
+
+async def _ship_one_block(cfg, volume: str, epoch: int, seq: int) -> Shipped:
+    """A real one-block snapshot of ``volume`` (seq ``seq``, ``epoch``) shipped over the peer API
+    to every other data site of ``cfg``, with this site's TLS: what each answered (its ack)."""
+    import os
+    import tempfile
+
+    import aiohttp
+
+    from replicad.core.errors import ReplicadError
+    from replicad.core.manifest import Manifest, pages_from_digests
+    from replicad.peer.tls import client_context
+    from replicad.peer.transport import PeerClient
+    from replicad.storage.chunkstore import ChunkStore
+
+    block_size = 65536
+    shipped = Shipped()
+    with tempfile.TemporaryDirectory(prefix="attacker-") as scratch:
+        store = ChunkStore(Path(scratch) / "chunks")
+        (digest,) = store.put_blocks([os.urandom(block_size)])
+        pages = store.put_blocks(pages_from_digests([digest]))
+        m = Manifest(volume=volume, seq=seq, epoch=epoch, parent_seq=None, created_at_ns=time.time_ns(),
+                     size_bytes=block_size, block_size=block_size, pages=tuple(pages), stats={})
+        store.put_blocks([m.encode()])
+        shipped.root = m.root
+        connector = aiohttp.TCPConnector(ssl=client_context(cfg.tls)) if cfg.tls is not None else None
+        async with aiohttp.ClientSession(connector=connector) as session:
+            client = PeerClient(session, cfg.site_id)
+            for site in cfg.sites:
+                if site.site_id == cfg.site_id or site.kind != "data":
+                    continue
+                url = str(site.peer_url).rstrip("/")
+                try:
+                    await client.send_chunks(url, volume, epoch, store, [m.root, *pages, digest])
+                    ok, ack = await client.snapshot_ack(url, volume, epoch, seq, m.root, m.size_bytes)
+                    shipped[site.site_id] = ack if ok else None
+                except ReplicadError as err:
+                    out(mode="inflate-commit", ship_error=err.code, target=site.site_id)
+                    shipped[site.site_id] = None
+        store.close()
+    return shipped
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="command_attacker")
     parser.add_argument("mode", choices=["forge", "replay", "bogus-commit", "claim-clean", "found", "flood", "policy",
-                                           "reregister", "mark-suspect", "churn", "veto"])
+                                           "reregister", "mark-suspect", "churn", "veto", "inflate-commit"])
+    parser.add_argument("--size-bytes", type=int, default=512 * 2**20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--from-seq", type=int, default=1)
     parser.add_argument("--config", required=True, type=Path)
@@ -315,6 +369,18 @@ def main(argv: list[str] | None = None) -> int:
                     needed=res.get("needed"), request=res.get("request"))
             except Exception as exc:
                 out(mode="reregister", attempt="request", op="request", error=getattr(exc, "code", type(exc).__name__))
+        elif args.mode == "inflate-commit":
+            me, epoch, seq = cfg.site_id, vol["epoch"], vol["last_seq"] + 1
+            shipped = await _ship_one_block(cfg, args.volume, epoch, seq)
+            got = {site: ack for site, ack in shipped.items() if ack is not None}
+            out(mode="inflate-commit", acks=sorted(got), shipped=sorted(shipped))
+            for label, size in (("exact", 2**50), ("within_bound", args.size_bytes)):
+                command = signer.sign({"v": 1, "op": "commit_snapshot", "op_id": uuid.uuid4().hex, "by": me,
+                                       "now_ns": time.time_ns(), "volume": args.volume, "seq": seq, "epoch": epoch,
+                                       "root": shipped.root, "parent_seq": None, "created_at_ns": time.time_ns(),
+                                       "holders": [me, *sorted(got)], "stats": {}, "verdict": "clean",
+                                       "size_bytes": size, "acks": got})
+                out(mode="inflate-commit", attempt=label, size_bytes=size, error=await propose(node, command))
         elif args.mode == "bogus-commit":
             root = secrets.token_bytes(32)  # stored nowhere
             me, v, epoch, last = cfg.site_id, args.victim, vol["epoch"], vol["last_seq"]
@@ -328,9 +394,10 @@ def main(argv: list[str] | None = None) -> int:
             attempts = [
                 ("exact", own(seq=2**63 - 1, size_bytes=2**50)),
                 ("no_ack", own()),
-                ("ack_by_own_key", own(acks={v: signer.sign_ack(args.volume, epoch, last + 1, root)})),
+                ("ack_by_own_key", own(size_bytes=65536, acks={v: signer.sign_ack(args.volume, epoch, last + 1, root,
+                                                                                     65536, 1)})),
                 ("huge_seq_with_own_ack", own(seq=2**63 - 1, acks={v: signer.sign_ack(args.volume, epoch,
-                                                                                        2**63 - 1, root)})),
+                                                                                        2**63 - 1, root, 0, 0)})),
             ]
             for label, command in attempts:
                 out(mode="bogus-commit", attempt=label, op=command["op"], by=command["by"], seq=command["seq"],

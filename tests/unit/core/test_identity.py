@@ -7,6 +7,8 @@ from __future__ import annotations
 import copy
 import itertools
 
+import msgpack
+
 import pytest
 
 from replicad.core import errors, identity
@@ -33,9 +35,12 @@ def cmd(op: str, by: str = "a", now_ns: int = NOW, sign: bool = True, **args) ->
     return SIGNERS[by].sign(command) if sign else command
 
 
-def acks(seq: int, *holders: str, epoch: int = 1, root: bytes = ROOT, volume: str = "vol") -> dict:
-    """The signed "stored" acknowledgements of ``holders`` for a commit_snapshot."""
-    return {h: SIGNERS[h].sign_ack(volume, epoch, seq, root) for h in holders}
+def acks(seq: int, *holders: str, epoch: int = 1, root: bytes = ROOT, volume: str = "vol", size_bytes: int = 0,
+         block_size: int = 65536) -> dict:
+    """The signed "stored" acknowledgements of ``holders`` for a commit_snapshot of ``size_bytes``
+    (the commit must carry that size)."""
+    return {h: SIGNERS[h].sign_ack(volume, epoch, seq, root, size_bytes, -(-size_bytes // block_size))
+            for h in holders}
 
 
 def run(state: dict, command: dict, trust: Trust = TRUST) -> tuple[dict, dict]:
@@ -144,7 +149,8 @@ def test_public_key_text_form() -> None:
 
 def test_a_signed_command_applies(cluster: dict) -> None:
     state, res = ok(cluster, cmd("commit_snapshot", by="a", volume="vol", seq=1, epoch=1, root=ROOT,
-                                 parent_seq=None, created_at_ns=NOW, holders=["a", "b"], acks=acks(1, "b"), stats={},
+                                 parent_seq=None, created_at_ns=NOW, holders=["a", "b"], size_bytes=0,
+                                 acks=acks(1, "b"), stats={},
                                  verdict="clean"))
     assert res["seq"] == 1 and 1 in state["volumes"]["vol"]["snapshots"]
 
@@ -274,7 +280,8 @@ def test_a_weakening_change_waits_for_another_site(cluster: dict) -> None:
 
 def test_clearing_a_suspect_verdict_is_a_request_too(cluster: dict) -> None:
     state, _ = ok(cluster, cmd("commit_snapshot", by="a", volume="vol", seq=1, epoch=1, root=ROOT, parent_seq=None,
-                               created_at_ns=NOW, holders=["a", "b"], acks=acks(1, "b"), stats={}, verdict="suspect"))
+                               created_at_ns=NOW, holders=["a", "b"], size_bytes=0,
+                               acks=acks(1, "b"), stats={}, verdict="suspect"))
     clear = {"volume": "vol", "seq": 1, "verdict": "clean", "reason": "bulk import"}
     refused(state, cmd("mark_verdict", by="a", **clear), "approval_required")
     refused(state, cmd("mark_verdict", by="a", approved_by=["b"], **clear), "bad_request")
@@ -372,11 +379,13 @@ def test_any_site_vetoes_a_request_before_it_takes_effect(cluster: dict) -> None
 
 def test_an_action_that_became_impossible_fails_at_its_time(cluster: dict) -> None:
     state, _ = ok(cluster, cmd("commit_snapshot", by="a", volume="vol", seq=1, epoch=1, root=ROOT, parent_seq=None,
-                               created_at_ns=NOW, holders=["a", "b"], acks=acks(1, "b"), stats={}, verdict="suspect"),
+                               created_at_ns=NOW, holders=["a", "b"], size_bytes=0,
+                               acks=acks(1, "b"), stats={}, verdict="suspect"),
                   COOLING)
     # a new line (parent None): a child of suspect #1 would be recorded suspect by descent
     state, _ = ok(state, cmd("commit_snapshot", by="a", volume="vol", seq=2, epoch=1, root=ROOT, parent_seq=None,
-                             created_at_ns=NOW, holders=["a", "b"], acks=acks(2, "b"), stats={}, verdict="clean"), COOLING)
+                             created_at_ns=NOW, holders=["a", "b"], size_bytes=0,
+                             acks=acks(2, "b"), stats={}, verdict="clean"), COOLING)
     clear = {"volume": "vol", "seq": 1, "verdict": "clean", "reason": "r"}
     state, _ = ok(state, cmd("request", by="a", action="mark_verdict", args=clear), COOLING)
     state, _ = ok(state, cmd("approve", by="b", request="r1"), COOLING)
@@ -482,22 +491,29 @@ def test_revocation_revokes_the_keys_named_in_the_request_whatever_the_applying_
 
 
 def test_stored_acknowledgements_are_domain_separated_and_cover_every_field() -> None:
-    msg = identity.ack_bytes(CLUSTER, "vol", 1, 2, ROOT)
-    assert msg.startswith(b"replicad-stored-ack-v1\x00") and not msg.startswith(identity.DOMAIN)
-    sig = SIGNERS["b"].sign_ack("vol", 1, 2, ROOT)
+    msg = identity.ack_bytes(CLUSTER, "vol", 1, 2, ROOT, 4096, 1)
+    assert msg.startswith(b"replicad-stored-ack-v2\x00") and not msg.startswith(identity.DOMAIN)
+    sig = SIGNERS["b"].sign_ack("vol", 1, 2, ROOT, 4096, 1)
     pinned = TRUST.keys["b"]
-    assert identity.ack_problem(sig, pinned, CLUSTER, "vol", 1, 2, ROOT) is None
-    for other in ((CLUSTER + "x", "vol", 1, 2, ROOT), (CLUSTER, "vol2", 1, 2, ROOT), (CLUSTER, "vol", 2, 2, ROOT),
-                  (CLUSTER, "vol", 1, 3, ROOT), (CLUSTER, "vol", 1, 2, bytes(32))):
+    good = (CLUSTER, "vol", 1, 2, ROOT, 4096, 1)
+    assert identity.ack_problem(sig, pinned, *good) is None
+    for other in ((CLUSTER + "x", "vol", 1, 2, ROOT, 4096, 1), (CLUSTER, "vol2", 1, 2, ROOT, 4096, 1),
+                  (CLUSTER, "vol", 2, 2, ROOT, 4096, 1), (CLUSTER, "vol", 1, 3, ROOT, 4096, 1),
+                  (CLUSTER, "vol", 1, 2, bytes(32), 4096, 1),
+                  (CLUSTER, "vol", 1, 2, ROOT, 2**50, 1), (CLUSTER, "vol", 1, 2, ROOT, 4096, 2)):  # size, blocks
         assert identity.ack_problem(sig, pinned, *other) == "bad acknowledgement"
-    assert identity.ack_problem(sig, TRUST.keys["a"], CLUSTER, "vol", 1, 2, ROOT) == "bad acknowledgement"
-    assert identity.ack_problem(None, pinned, CLUSTER, "vol", 1, 2, ROOT) == "missing acknowledgement"
-    assert identity.ack_problem(sig, (), CLUSTER, "vol", 1, 2, ROOT) == "no pinned key"
-    assert identity.ack_problem(sig, pinned, CLUSTER, "vol", 1, 2**64, ROOT) == "not canonical"
-    assert identity.ack_problem(sig, pinned, CLUSTER, "vol", 1, 2, ROOT, revoked=set(pinned)) == "revoked key"
+    assert identity.ack_problem(sig, TRUST.keys["a"], *good) == "bad acknowledgement"
+    assert identity.ack_problem(None, pinned, *good) == "missing acknowledgement"
+    assert identity.ack_problem(sig, (), *good) == "no pinned key"
+    assert identity.ack_problem(sig, pinned, CLUSTER, "vol", 1, 2**64, ROOT, 4096, 1) == "not canonical"
+    assert identity.ack_problem(sig, pinned, CLUSTER, "vol", 1, 2, ROOT, None, None) == "not canonical"  # no size
+    assert identity.ack_problem(sig, pinned, *good, revoked=set(pinned)) == "revoked key"
+    # a version 1 acknowledgement (no size, its own domain) is refused
+    v1 = KEYS["b"].sign(b"replicad-stored-ack-v1\x00" + msgpack.packb([CLUSTER, "vol", 1, 2, ROOT], use_bin_type=True))
+    assert identity.ack_problem(v1, pinned, *good) == "bad acknowledgement"
     # a command signature is never an acknowledgement, nor the reverse
     command = SIGNERS["b"].sign({"v": 1, "op": "clock", "op_id": "x", "now_ns": NOW})
-    assert identity.ack_problem(command["sig"], pinned, CLUSTER, "vol", 1, 2, ROOT) == "bad acknowledgement"
+    assert identity.ack_problem(command["sig"], pinned, *good) == "bad acknowledgement"
     assert identity.signature_problem({**command, "sig": sig}, pinned) == "bad signature"
 
 
@@ -506,18 +522,18 @@ def test_a_commit_naming_a_holder_without_its_signed_acknowledgement_is_refused(
     stored. Each way of faking b's word is ``bad_ack``, audited, and counted as a security refusal."""
     def commit(**over) -> dict:
         args = dict(volume="vol", seq=1, epoch=1, root=ROOT, parent_seq=None, created_at_ns=NOW,
-                    holders=["a", "b"], stats={}, verdict="clean")
+                    holders=["a", "b"], stats={}, verdict="clean", size_bytes=0)
         args.update(over)
         return cmd("commit_snapshot", by="a", **args)
     assert "bad_ack" in cluster_state.COUNTED_REFUSALS and "bad_ack" not in cluster_state.IDENTITY_REFUSALS
-    for bad in ({}, {"b": b"\x00" * 64}, {"b": SIGNERS["a"].sign_ack("vol", 1, 1, ROOT)},   # a's key, b's name
-                {"b": SIGNERS["b"].sign_ack("vol", 1, 2, ROOT)},                             # another seq
-                {"b": SIGNERS["b"].sign_ack("vol", 1, 1, bytes(32))},                        # another root
-                {"b": Signer("b", KEYS["b"], "other").sign_ack("vol", 1, 1, ROOT)}):        # another cluster
+    for bad in ({}, {"b": b"\x00" * 64}, {"b": SIGNERS["a"].sign_ack("vol", 1, 1, ROOT, 0, 0)},   # a's key, b's name
+                {"b": SIGNERS["b"].sign_ack("vol", 1, 2, ROOT, 0, 0)},                             # another seq
+                {"b": SIGNERS["b"].sign_ack("vol", 1, 1, bytes(32), 0, 0)},                        # another root
+                {"b": Signer("b", KEYS["b"], "other").sign_ack("vol", 1, 1, ROOT, 0, 0)}):        # another cluster
         res = refused(cluster, commit(acks=bad), "bad_ack")
         assert res["evidence"]["holder"] == "b" and res["evidence"]["by"] == "a"
         assert isinstance(errors.from_dict(res), errors.BadAckError)
-    refused(cluster, commit(acks={"c": SIGNERS["c"].sign_ack("vol", 1, 1, ROOT)}), "bad_request")  # not a holder
+    refused(cluster, commit(acks={"c": SIGNERS["c"].sign_ack("vol", 1, 1, ROOT, 0, 0)}), "bad_request")  # not a holder
     refused(cluster, commit(acks=["b"]), "bad_request")
     # every other holder must vouch; the proposer need not
     refused(cluster, commit(holders=["a", "b", "c"], acks=acks(1, "b")), "bad_ack")

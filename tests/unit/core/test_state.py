@@ -255,7 +255,8 @@ def test_commit_seq_and_size_bounds(cluster):
     refused(cluster, commit(SEQ_STEP_MAX + 1), "out_of_range")
     refused(cluster, commit(1, size_bytes=2**50 + 1), "out_of_range")
     refused(cluster, {**commit(1), "stats": {"size_bytes": SIZE_BYTES_MAX * 2}}, "out_of_range")
-    state, _ = ok(cluster, commit(SEQ_STEP_MAX, size_bytes=SIZE_BYTES_MAX))
+    refused(cluster, commit(1, size_bytes=SIZE_BYTES_MAX), "out_of_range")  # past the volume's agreed maximum
+    state, _ = ok(cluster, commit(SEQ_STEP_MAX, size_bytes=2 << 30))
     assert state["volumes"]["vol"]["last_seq"] == SEQ_STEP_MAX
     refused(state, commit(2 * SEQ_STEP_MAX + 1), "out_of_range")
     ok(state, commit(2 * SEQ_STEP_MAX))

@@ -16,6 +16,7 @@ KEYS_PUBLIC = {s: identity.format_public_key(identity.public_key_raw(k)) for s, 
 def commit(state: dict, seq: int, verdict: str = "clean", parent: int | None = None) -> dict:
     state, _ = ok(state, cmd("commit_snapshot", by="a", volume="vol", seq=seq, epoch=1, root=ROOT, parent_seq=parent,
                              created_at_ns=state["clocks"]["a"], holders=["a", "b"], acks=acks(seq, "b"), stats={},
+                             size_bytes=0,
                              verdict=verdict))
     return state
 
