@@ -244,9 +244,12 @@ class Receiver:
         here: ``CHUNK_BUDGET_FACTOR`` x the volume's size + ``CHUNK_BUDGET_SLACK_BYTES``, the
         size being the larger of the cluster state's (grown by each commit, attested by its
         holders) and the newest snapshot held here, and never above the volume's agreed maximum
-        (:func:`replicad.core.state.max_size_bytes`). Before the volume's first commit neither is known (the first full
-        sync): then no per-stream bound applies (:data:`UNBOUNDED`; the disk's own limit
-        stands), a gap that closes with the first committed snapshot."""
+        (:func:`replicad.core.state.max_size_bytes`). Before the volume's first commit (the
+        first full sync) the size is the agreed maximum: the image may have grown since it was
+        registered, within the maximum, and a budget from the registered size would refuse the
+        first sync for good (the budget restarts only with a commit). A volume registered
+        without a size and never committed has no per-stream bound (:data:`UNBOUNDED`; the
+        disk's own limit stands), a gap that closes with its first committed snapshot."""
         vs = self.cluster.volume_state(volume) or {}
         size = int(vs.get("size_bytes") or 0)
         limit = max_size_bytes(vs) if vs else None
@@ -256,10 +259,11 @@ class Receiver:
             if self.store.has(rec.root):
                 size = max(size, load_manifest(self.store, rec.root).size_bytes)
                 break
-        if size == 0 and not vs.get("snapshots"):
+        first_sync = not vs.get("snapshots") and not vs.get("last_seq")
+        if size == 0 and first_sync:
             return UNBOUNDED
         if limit is not None:  # no size above the agreed maximum counts (one committed before the bound)
-            size = min(size, limit)
+            size = limit if first_sync else min(size, limit)
         return int(size * CHUNK_BUDGET_FACTOR) + CHUNK_BUDGET_SLACK_BYTES
 
     async def peer_audit(self, sender: str, path: str, doc: dict[str, Any], err: ReplicadError | None) -> None:
