@@ -272,9 +272,9 @@ names up in its own modules):
    this site and is better replaced). Left open: a leader that withholds only ONE site's commands,
    while committing the others', is deposed by that site alone; the others keep it (their lease
    holds, and nothing they can check shows the withholding), so that site stays out for the hold
-   (unless it is a primary: point 7) and the ERROR line and alert name the leader for the operator.
-   A leader that drops its connection to the site every few seconds, or delays each command just
-   under the threshold, is not judged (bounded delay; the reconnects are logged).
+   and the ERROR line and alert name the leader for the operator. A leader that appends each
+   command just under the threshold is not judged (a bounded delay). A connection the leader drops
+   now and then does not reset the clock (dated from the first send; resent once connected).
 
 16. **What the members say the membership is.** A site that has not joined the cluster yet
    cannot trust its own replay of the log to learn the agreed membership when its config
