@@ -258,7 +258,7 @@ import math
 from collections.abc import Collection
 from typing import Any, Callable
 
-from replicad.core import anomaly, identity
+from replicad.core import anomaly, identity, retention
 from replicad.core.identity import Trust
 
 STATE_VERSION = 1
@@ -346,7 +346,7 @@ DIGEST_BYTES = 32  # a vouched state digest (BLAKE3-256, consensus.checkpoint)
 SEEN_PER_SITE_MAX = 2000  # op ids remembered per site for replay checks (> 10 min of heartbeats and commits)
 REQUESTS_MAX = 64  # request records kept (pending ones first)
 REQUESTS_PENDING_PER_SITE = 8  # a site cannot crowd out the requests of the others
-WEAKENING_OPS = ("set_retention", "mark_verdict", "set_detection")
+WEAKENING_OPS = ("set_retention", "mark_verdict", "set_detection", "prune_snapshots")
 EPOCH_ACTIONS = ("promote", "demote")  # a role change past a site's free one (epoch_rate): approvals, no cooling-off
 REQUEST_ACTIONS = (*WEAKENING_OPS, "revoke_site", "set_members", *EPOCH_ACTIONS, "set_max_size")
 MAJORITY_ACTIONS = ("revoke_site", "set_members")
@@ -1830,6 +1830,18 @@ def _op_prune_snapshots(state: dict, cmd: dict) -> tuple[dict, dict]:
         if age_ns < lock_ns:  # O4: nothing inside the lock window is deleted
             raise _Refusal("retention_locked", f"volume {name!r}: snapshot {seq} is inside the lock window",
                            volume=name, seq=seq, age_ns=age_ns, lock_s=vol["retention"]["lock_s"])
+    # the agreed retention grid (keep_all, hourly, daily) binds every proposer, not only the
+    # primary's planner: review R5 pruned, in one site's name, every snapshot past the 1-day lock
+    # that the grid kept for 38 days (the floors kept their data; Raft's catalog lost them). What
+    # the grid keeps goes only as an approved request (other sites' approvals, then the cooling-off)
+    prunable = set(retention.plan_prune(vol["snapshots"], vol["retention"], now_ns, set()))
+    kept = [seq for seq in seqs if seq not in prunable]
+    if kept and cmd.get(_APPROVED) is not True:
+        raise _Refusal("retention_locked", f"volume {name!r}: snapshot(s) {kept} are kept by the volume's agreed "
+                       f"retention (keep_all {vol['retention']['keep_all_s']} s, then one per hour for "
+                       f"{vol['retention']['hourly_s']} s, one per day for {vol['retention']['daily_s']} s): pruning "
+                       "them is a request other sites approve", volume=name, seqs=kept, kept_by_retention=kept,
+                       retention=vol["retention"])
     doomed = set(seqs)
     vol = {**vol, "snapshots": {s: snap for s, snap in vol["snapshots"].items() if s not in doomed}}
     return _with_volume(state, name, vol), {"ok": True, "volume": name, "pruned": sorted(seqs)}

@@ -42,7 +42,8 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
     GET    /v1/volumes/{volume}/retention       [viewer] the Raft-agreed retention policy
     PUT    /v1/volumes/{volume}/retention       [admin] {"retention": {...}, "reason": str?}; shortening: 202 request
     POST   /v1/volumes/{volume}/retention/run   [admin] apply the retention policy at this site now
-    POST   /v1/volumes/{volume}/prune           [admin] {"seqs": [int]}: refused inside the lock window (O4)
+    POST   /v1/volumes/{volume}/prune           [admin] {"seqs": [int]}: refused inside the lock window (O4);
+                                                 what the agreed retention keeps: 202 request
     GET    /v1/members                          [viewer] sites of the Raft group and their reachability
     POST   /v1/members, DELETE /v1/members/{site_id}   [admin] 501 not_supported (see below)
     POST   /v1/membership                       [admin] {"members": [...], "reason"?}: request to change the agreed
@@ -506,7 +507,12 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         if not isinstance(seqs, list) or not seqs or not all(isinstance(x, int) and not isinstance(x, bool)
                                                             and x >= 0 for x in seqs):
             raise UsageError("seqs must be a non-empty list of snapshot numbers", field="seqs")
-        return _ok(await site.housekeeping.prune(name, seqs))
+        out = await site.housekeeping.prune(name, seqs)
+        if out.get("request") and out.get("status") == "pending":  # kept by the agreed retention: a request
+            out["next"] = (f"an operator of another site approves it there: replicad approve {out['request']} "
+                           f"(needs {out.get('needed')} sites, this one counted)")
+            return _ok(out, status=202)
+        return _ok(out)
 
     async def verdict(request: web.Request) -> web.Response:
         name = request.match_info["volume"]

@@ -23,7 +23,7 @@ from typing import Any
 
 from replicad.core import floor as local_floor
 from replicad.core import retention
-from replicad.core.errors import NotFoundError, ReplicadError
+from replicad.core.errors import NotFoundError, ReplicadError, RetentionLockedError
 from replicad.core.manifest import chunk_digests
 from replicad.core.state import (locally_effective_retention, newest_common, quorum_now_ns, revoked_sites,
                                   suspect_pins)
@@ -195,12 +195,30 @@ class Housekeeping:
     async def prune(self, volume: str, seqs: list[int]) -> dict:
         """Operator request to prune exactly the committed snapshots ``seqs`` now; the state
         machine refuses (``retention_locked``, audited in the Raft log) anything inside the
-        lock window. This site then forgets them and collects their chunks; the retention
-        policy does not run here (it runs on its own schedule, or ``retention/run``).
+        lock window, pinned or newest. This site then forgets them and collects their chunks;
+        the retention policy does not run here (it runs on its own schedule, or ``retention/run``).
+        Snapshots the agreed retention grid keeps become a request instead (``prune_snapshots``,
+        approved at other sites, then the cooling-off): one site's word deletes no retained history.
 
-        Returns ``{"volume", "pruned": [seq], "local": <retention_step report, pruned == []>}``.
+        Returns ``{"volume", "pruned": [seq], "local": <retention_step report, pruned == []>}``, or
+        for a request ``{"volume", "pruned": [], "request", "status", "approvals", "needed",
+        "kept_by_retention": [seq]}``.
         """
-        res = await self.cluster.propose("prune_snapshots", volume=volume, seqs=list(seqs))
+        try:
+            res = await self.cluster.propose("prune_snapshots", volume=volume, seqs=list(seqs))
+        except RetentionLockedError as err:
+            if not (err.evidence or {}).get("kept_by_retention"):
+                raise
+            # what the agreed retention keeps goes only as a request other sites approve (and
+            # after the cooling-off): one site's word deletes no retained history
+            req = await self.cluster.propose("request", action="prune_snapshots",
+                                             args={"volume": volume, "seqs": list(seqs)},
+                                             reason=f"operator prune at {self.site_id}")
+            log.warning("AUDIT request %s made at %s: prune %s snapshots %s, kept by the agreed retention",
+                        req.get("request"), self.site_id, volume, list(seqs))
+            return {"volume": volume, "pruned": [], "request": req.get("request"), "status": req.get("status"),
+                    "approvals": req.get("approvals"), "needed": req.get("needed"),
+                    "kept_by_retention": err.evidence["kept_by_retention"]}
         log.info("retention pruned %s snapshots %s (operator request at %s)", volume, res.get("pruned", seqs),
                  self.site_id)
         runner = runner_of(self.runners, volume, self.site_id)

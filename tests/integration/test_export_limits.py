@@ -68,8 +68,12 @@ def test_an_idle_export_is_closed_and_its_pin_released() -> None:
                                                                         plain["export_id"]: 600.0}
 
             assert snapshot(c, "site-a")["seq"] == 2
-            c.wait_for("the lock window of #1 to pass", lambda: c.api(
-                "site-a", "POST", f"/v1/volumes/{VOL}/prune", {"seqs": [1]})["pruned"] == [1], timeout_s=20)
+            # past its lock, kept by the agreed retention (keep_all 1h): a request site-c approves
+            req = c.wait_for("the lock window of #1 to pass", lambda: c.api(
+                "site-a", "POST", f"/v1/volumes/{VOL}/prune", {"seqs": [1]}).get("request"), timeout_s=20)
+            assert c.api("site-c", "POST", f"/v1/requests/{req}/approve", {})["status"] == "applied"
+            c.wait_for("site-b to see #1 pruned", lambda: all(
+                s["seq"] != 1 for s in c.api("site-b", "GET", f"/v1/volumes/{VOL}/snapshots")["snapshots"]), 30)
             rep = c.api("site-b", "POST", f"/v1/volumes/{VOL}/retention/run", {})
             assert 1 in rep.get("exported_kept", []), rep  # pinned by the two exports
 

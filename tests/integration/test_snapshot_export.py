@@ -211,8 +211,12 @@ def test_export_pins_a_pruned_snapshot_until_closed(cluster) -> None:
     c = cluster
     e = c.api("site-b", "POST", "/v1/volumes/ehr/exports", {"snapshot": 1})
     assert c.api("site-a", "POST", "/v1/volumes/ehr/snapshot", {})["seq"] == 2
-    c.wait_for("the lock window of ehr#1 to pass", lambda: c.api(
-        "site-a", "POST", "/v1/volumes/ehr/prune", {"seqs": [1]})["pruned"] == [1], timeout_s=20)
+    # #1 is past its lock but the agreed retention keeps it (keep_all 1h): a request site-c approves
+    req = c.wait_for("the lock window of ehr#1 to pass", lambda: c.api(
+        "site-a", "POST", "/v1/volumes/ehr/prune", {"seqs": [1]}).get("request"), timeout_s=20)
+    assert c.api("site-c", "POST", f"/v1/requests/{req}/approve", {})["status"] == "applied"
+    c.wait_for("site-b to see ehr#1 pruned", lambda: all(
+        s["seq"] != 1 for s in c.api("site-b", "GET", "/v1/volumes/ehr/snapshots")["snapshots"]), 30)
     rep = c.api("site-b", "POST", "/v1/volumes/ehr/retention/run", {})
     assert 1 in rep.get("exported_kept", []), rep
     cmp = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", str(c.root_dir / "ehr-1.img"), e["uri"]],

@@ -390,6 +390,9 @@ def test_an_action_that_became_impossible_fails_at_its_time(cluster: dict) -> No
     state, _ = ok(state, cmd("request", by="a", action="mark_verdict", args=clear), COOLING)
     state, _ = ok(state, cmd("approve", by="b", request="r1"), COOLING)
     later = NOW + 2 * RETENTION["lock_s"] * S  # past the lock, inside the cooling-off
+    # the grid keeps every snapshot for keep_all (as long as the cooling-off here): a volume
+    # whose keep_all is the lock, so that #1 (not the newest of its hour) may go
+    state["volumes"]["vol"]["retention"] = {**RETENTION, "keep_all_s": RETENTION["lock_s"]}
     for s in ("a", "b", "c"):
         state, _ = ok(state, cmd("clock", by=s, now_ns=later), COOLING)
     state, _ = ok(state, cmd("prune_snapshots", by="a", volume="vol", seqs=[1], now_ns=later), COOLING)

@@ -236,21 +236,25 @@ def test_one_sites_suspect_opinion_pins_pruning_for_the_keep_all_window_only(clu
     state = commit(cluster, 1)
     for seq in (2, 3, 4, 5):
         state = commit(state, seq, parent=seq - 1)
+    # past keep_all from their creation: the grid keeps only the newest of their hour (#5)
+    voted = NOW + 3601 * S
+    state = tick(state, voted)
+    assert refused(state, cmd("prune_snapshots", volume="vol", seqs=[5], now_ns=voted), "retention_locked")
     # site b (compromised or strict) calls #4 suspect, first suspicious #3, its clock a year ahead
-    state, res = ok(state, cmd("site_verdict", by="b", now_ns=NOW + 365 * 86400 * S, volume="vol", seq=4,
+    state, res = ok(state, cmd("site_verdict", by="b", now_ns=voted + 365 * 86400 * S, volume="vol", seq=4,
                                verdict="suspect", score_ppm=0, cumulative_ppm=0, first_seq=3, reason="says b"))
     assert not res["flipped"]
     vol = state["volumes"]["vol"]
-    assert vol["snapshots"][4]["opinions"]["b"]["recorded_ns"] == NOW
-    assert set(suspect_pins(vol, NOW)) == {4, 2}  # the snapshot voted on, the clean one before #3
-    later = NOW + 1800 * S  # past the lock (600 s), inside keep_all (3600 s)
+    assert vol["snapshots"][4]["opinions"]["b"]["recorded_ns"] == voted
+    assert set(suspect_pins(vol, voted)) == {4, 2}  # the snapshot voted on, the clean one before #3
+    later = voted + 1800 * S  # inside keep_all (3600 s) after the vote
     state = tick(state, later)
     for seq in (2, 4):
         res = refused(state, cmd("prune_snapshots", volume="vol", seqs=[seq], now_ns=later + 7200 * S),
                       "retention_locked")
         assert "suspect opinion" in res["message"] and "b" in res["evidence"]["pinned_by"], res
     state = prune(state, [1, 3], later)  # the rest of the history is the grid's
-    after = NOW + 3601 * S
+    after = voted + 3601 * S
     state = tick(state, after)
     assert suspect_pins(state["volumes"]["vol"], after) == {}
     state = prune(state, [2, 4], after)
