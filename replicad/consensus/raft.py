@@ -249,7 +249,7 @@ names up in its own modules):
    was sent at least twice while the leader was connected, and this follower is in that leader's
    lease (its heartbeats arrive) and has applied all the leader reports committed, the follower
    deposes it as in point 18 (``_depose``: no append entries, votes or pre-votes from it for
-   :data:`DEPOSE_HOLD_S`, lease forgotten, pre-votes asked at once), with one ERROR line naming the
+   :data:`WITHHELD_HOLD_S`, lease forgotten, pre-votes asked at once), with one ERROR line naming the
    leader's site and address, the term, how long and how often the command waited and how many
    other entries the leader committed meanwhile (or that it committed nothing), counted as
    ``leader_withholds`` (alert ``ReplicadRaftLeaderWithholds``). A leader that answers a forward
@@ -448,6 +448,11 @@ bytes, same request id): pysyncobj loses a command sent on a connection that dro
 sends it again. Only commands resent at least once while the leader was connected are judged."""
 WITHHELD_CHECK_S = 1.0
 """Point 19: how often a follower looks at its forwarded commands."""
+WITHHELD_HOLD_S = 120.0
+"""Point 19: how long a follower refuses a leader it deposed for withholding (point 18's hold is
+longer). Once the honest sites elected one of themselves, its lease keeps the withholding site
+from leading again anyway; a site that deposed alone (the leader withheld from it only, or its
+own link lost what it sent while the leader's heartbeats arrived) follows again this soon."""
 MEMBERSHIP_ASK_S = 2.0
 """Point 16: how often a node that asks queries each member, and answers each member at most."""
 MEMBERSHIP_REPORT_TTL_S = 30.0
@@ -997,8 +1002,8 @@ class _HardenedSyncObj(SyncObj):
             "README \"A site is compromised\"", term, leader.id, site or "unknown", evidence["count"],
             evidence["first_idx"], evidence["last_idx"], reasons, DEPOSE_HOLD_S, level=logging.ERROR, every_s=0.0)
 
-    def _depose(self, leader: Any, term: int) -> str | None:
-        """Points 18 and 19: hold ``leader`` as deposed at ``term`` for :data:`DEPOSE_HOLD_S`, forget
+    def _depose(self, leader: Any, term: int, hold_s: float = DEPOSE_HOLD_S) -> str | None:
+        """Points 18 and 19: hold ``leader`` as deposed at ``term`` for ``hold_s`` seconds, forget
         it and its lease, and ask for pre-votes on the next tick. Returns its site (a hint), if known."""
         now = monotonic_time()
         try:
@@ -1006,7 +1011,7 @@ class _HardenedSyncObj(SyncObj):
         except Exception:  # a hint for the log line only
             site = None
         self.deposed = {**{k: v for k, v in self.deposed.items() if now < v[1]},
-                        leader.id: (term, now + DEPOSE_HOLD_S, site)}
+                        leader.id: (term, now + hold_s, site)}
         self._SyncObj__raftLeader = None
         self._leader_contact = float("-inf")  # no lease: grant the other members' pre-votes and votes
         self._SyncObj__raftElectionDeadline = 0  # the next tick asks for pre-votes (point 7)
@@ -1049,7 +1054,7 @@ class _HardenedSyncObj(SyncObj):
         if evidence is None or self.holds_deposed(leader.id, term) or not isinstance(leader_commit, int) \
                 or applied < leader_commit or now - self._leader_contact >= self._SyncObj__conf.raftMinTimeout:
             return  # (behind the leader's commit index: point 15's business; no heartbeat: an election comes)
-        site = self._depose(leader, term)
+        site = self._depose(leader, term, WITHHELD_HOLD_S)
         then = evidence["leader_commit"]
         moved = leader_commit - then if isinstance(then, int) else None
         self.refusals.refuse(
@@ -1060,7 +1065,7 @@ class _HardenedSyncObj(SyncObj):
             "A compromised site: README \"A site is compromised\"", term, leader.id, site or "unknown",
             evidence["waiting_s"], evidence["sends"], evidence["waiting"],
             "it committed nothing meanwhile" if not moved else f"it committed {moved} other entries meanwhile "
-            f"(commit index {then} -> {leader_commit})", DEPOSE_HOLD_S, level=logging.ERROR, every_s=0.0)
+            f"(commit index {then} -> {leader_commit})", WITHHELD_HOLD_S, level=logging.ERROR, every_s=0.0)
         self._withheld.follow(None, None)
 
     def deposed_status(self) -> dict:
@@ -1437,7 +1442,7 @@ class _HardenedSyncObj(SyncObj):
             held_term = self.deposed[node.id][0]
             if kind == "request_vote":  # point 18
                 return "vote_for_deposed", f"request_vote at term {term} from a leader this node deposed at term " \
-                    f"{held_term} (hold of {DEPOSE_HOLD_S:.0f}s)"
+                    f"{held_term}"
             if term >= held_term:  # that term, and any later one it would claim without our vote
                 return "from_deposed_leader", f"append_entries at term {term} from the leader this node deposed " \
                     f"at term {held_term}"
