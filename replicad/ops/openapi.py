@@ -104,7 +104,10 @@ SCHEMAS: dict[str, dict] = {
                                             {"volume": _STR, "site": _STR, "target": _STR})}}),
     "Volumes": _object({"volumes": {"type": "object", "additionalProperties": _object(
         {"primary": _NSTR, "epoch": _INT, "block_size": _INT, "size_bytes": _INT, "min_copies": _INT,
-         "retention": _RETENTION, "snapshots": _INT, "last_seq": _INT})}}),
+         "retention": _RETENTION, "snapshots": _INT, "last_seq": _INT},
+        {"max_size_bytes": {"type": "integer", "description": (
+            "the volume's agreed maximum size (state.max_size_bytes; absent: derived from size_bytes, "
+            "or not known before the first commit of a volume registered without a size)")}})}}),
     "Snapshot": _object({"seq": _INT, "root": _STR, "epoch": _INT, "created_at_ns": _INT,
                          "holders": {"type": "array", "items": _STR}, "verdict": {"enum": ["clean", "suspect"]}},
                         {"parent_seq": _NINT, "stats": _OBJ, "verdict_reason": _STR}),
@@ -177,7 +180,8 @@ SCHEMAS: dict[str, dict] = {
                            "head": _object({"seq": _INT, "hash": _STR}),
                            "chain": _object({"ok": _BOOL, "n_records": _INT, "first_bad_seq": _NINT})}),
     "OpenAPI": _object({"openapi": _STR, "info": _OBJ, "paths": _OBJ}),
-    "Request": _object({"id": _STR, "by": _STR, "action": {"enum": ["set_retention", "mark_verdict", "set_detection", "revoke_site", "set_members"]},
+    "Request": _object({"id": _STR, "by": _STR, "action": {"enum": ["set_retention", "mark_verdict", "set_detection", "revoke_site", "set_members",
+                                                                    "set_max_size"]},
                         "args": _OBJ, "reason": _STR, "approvals": {"type": "array", "items": _STR},
                         "needed": _INT, "created_ns": _INT, "expires_ns": _INT,
                         "status": {"enum": ["pending", "approved", "applied", "failed", "vetoed", "expired"]},
