@@ -224,3 +224,23 @@ def test_one_site_alone_cannot_depose_the_leader_the_others_follow(nodes):
         and other._SyncObj__raftLeader.id == leader._SyncObj__selfNode.id
     assert withheld_count(other) == 0 and not other.deposed
     assert lone.holds_deposed(leader._SyncObj__selfNode.id) and not lone._isLeader()
+
+
+def test_a_full_state_installed_forgets_the_watched_commands(tmp_path):
+    """Entries a full state covers are never applied one by one: a follower catching up through
+    the leader's dump must not judge it for the commands the dump holds."""
+    from replicad.consensus import dumpfile
+    from tests.unit.consensus.test_checkpoint import _good_dump, _node
+
+    (tmp_path / "raft.dump").write_bytes(dumpfile.frame(_good_dump(tmp_path)))
+    node = _node(tmp_path)
+    node.start()
+    try:
+        node._syncobj._withheld_checked = float("inf")  # the tick thread's check stays out of it
+        watch = node._syncobj._withheld
+        watch.sent({"type": "apply_command", "command": b"\x00mine", "request_id": 1}, "L", 1, True, 0, now_s=0.0)
+        assert watch.pending
+        node._deserialize_dump(str(tmp_path / "raft.dump"))  # as pysyncobj does with a dump it received
+        assert not watch.pending
+    finally:
+        node.close()
