@@ -286,16 +286,21 @@ def diff(old: Manifest | None, new: Manifest, load_page: Callable[[bytes], bytes
 
 
 def changed_digests(old: Manifest | None, new: Manifest, load_page: Callable[[bytes], bytes]) -> list[bytes]:
-    """The non-zero digests of the blocks of ``new`` that :func:`diff` reports changed
-    against ``old``, in block order (a digest used by several changed blocks appears once
-    per block). Whoever holds all of ``old``'s chunks holds ``new``'s once it holds these
-    (and ``new``'s pages). Only pages whose page digests differ are loaded."""
-    out: list[bytes] = []
+    """The distinct non-zero digests of the blocks of ``new`` that :func:`diff` reports
+    changed against ``old``, in the order of their first block (a digest used by several
+    changed blocks appears once: a manifest of millions of blocks repeating a few digests gives
+    a list of a few, not an object per block). Whoever holds all of ``old``'s chunks holds
+    ``new``'s once it holds these (and ``new``'s pages). Only pages whose page digests differ
+    are loaded."""
+    out: dict[bytes, None] = {}
     for _, new_page, old_page in _differing_pages(old, new, load_page):
         idx = _changed_in_page(new_page, old_page)
         idx = idx[page_rows(new_page)[idx].any(axis=1)]  # ZERO_DIGEST: nothing to hold
-        out.extend(new_page[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE] for i in idx.tolist())
-    return out
+        rows = np.frombuffer(new_page, dtype=np.uint8).reshape(-1, DIGEST_SIZE)[idx]
+        _, first = np.unique(rows.view(np.dtype((np.void, DIGEST_SIZE))).ravel(), return_index=True)
+        for i in np.sort(first).tolist():  # a page's distinct digests, in block order
+            out.setdefault(rows[i].tobytes())
+    return list(out)
 
 
 def changed_blocks(old: Manifest | None, new: Manifest,
@@ -318,6 +323,35 @@ def changed_blocks(old: Manifest | None, new: Manifest,
                 if index >= new.n_blocks and o != ZERO_DIGEST:
                     out.append((index, ZERO_DIGEST, o))
     return out
+
+
+def changed_rows(old: Manifest | None, new: Manifest,
+                 load_page: Callable[[bytes], bytes]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """What :func:`changed_blocks` lists, one differing page at a time and as arrays, so that a
+    caller walking millions of changed blocks holds no object per block: ``(indexes, new_rows,
+    old_rows)``, ``indexes`` an ``int64`` array of block indexes (sorted within a page),
+    ``new_rows``/``old_rows`` ``(k, 32)`` ``uint8`` arrays of the digests (ZERO_DIGEST rows past
+    ``old``'s end, where :func:`changed_blocks` says None, and for the blocks gone past a shrunken
+    ``new``). Pages are loaded and checked as in :func:`changed_blocks`; a page whose blocks did
+    not change yields nothing. Raises what :func:`iter_block_digests` raises."""
+    for base, new_page, old_page in _differing_pages(old, new, load_page):
+        idx = _changed_in_page(new_page, old_page)
+        if not idx.size:
+            continue
+        nw = np.frombuffer(new_page, dtype=np.uint8).reshape(-1, DIGEST_SIZE)[idx]
+        od = np.zeros_like(nw)
+        n_old = len(old_page) // DIGEST_SIZE
+        inside = idx < n_old
+        if n_old:
+            od[inside] = np.frombuffer(old_page, dtype=np.uint8).reshape(-1, DIGEST_SIZE)[idx[inside]]
+        yield idx.astype(np.int64) + base, nw, od
+    if old is not None and old.block_size == new.block_size and old.n_blocks > new.n_blocks:
+        for p in range(new.n_blocks // PAGE_ENTRIES, len(old.pages)):
+            od = np.frombuffer(_load_checked_raw(old, p, load_page), dtype=np.uint8).reshape(-1, DIGEST_SIZE)
+            index = np.arange(len(od), dtype=np.int64) + p * PAGE_ENTRIES
+            keep = (index >= new.n_blocks) & od.any(axis=1)
+            if keep.any():
+                yield index[keep], np.zeros((int(keep.sum()), DIGEST_SIZE), dtype=np.uint8), od[keep]
 
 
 def nonzero_blocks(m: Manifest, load_page: Callable[[bytes], bytes]) -> int:

@@ -108,7 +108,8 @@ class VolumeLoop:
 
     def _judge_in_background(self, volume: str) -> None:
         """issue 14: judge the committed snapshots of ``volume`` this site has not judged yet, in a
-        task of its own (not under the volume's lock: the next cycle does not wait for it)."""
+        task of its own (not under the volume's lock: the next cycle, a replica's tick and a
+        takeover do not wait for it); the volume's runner is woken when it recorded verdicts."""
         if self.detection is None:
             return
         task = self._judging.get(volume)
@@ -121,9 +122,13 @@ class VolumeLoop:
 
         async def run() -> None:
             try:
-                await detection.judge_pending(volume, vs)
+                judged = await detection.judge_pending(volume, vs)
             except ReplicadError as err:
                 log.warning("volume %s: judging at %s failed: %s %s", volume, self.site_id, err, err.evidence)
+                return
+            runner = self.runners.get(volume)
+            if judged and runner is not None:
+                runner.wake.set()  # a replica's standby may take what was just judged clean
 
         task = asyncio.create_task(run(), name=f"judge:{volume}")
         self._judging[volume] = task
@@ -221,7 +226,10 @@ class VolumeLoop:
             # state.suspect_quorum sites' opinions, a person): one other site's suspect holds nothing
             # here. A person's approved confirmation (clean, approved by another site) counts for both;
             # a person's suspect mark in this site's name (mark_verdict) holds it and its descendants.
-            await self.detection.judge_pending(name, vs)
+            # Judged in a task of its own, not under runner.lock: a judgement (bounded, but minutes
+            # for a huge one) never holds up this volume's takeover; the standby takes only
+            # snapshots judged clean here already, and the task wakes the runner when it is done.
+            self._judge_in_background(name)
             vs = self.cluster.volume_state(name) or vs
             held = held_by_marks(vs, self.site_id)
             target = max((s for s, snap in vs["snapshots"].items() if snap["verdict"] == "clean"

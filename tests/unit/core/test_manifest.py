@@ -18,6 +18,7 @@ from replicad.core.manifest import (
     Manifest,
     changed_blocks,
     changed_digests,
+    changed_rows,
     chunk_digests,
     diff,
     iter_block_digests,
@@ -229,14 +230,15 @@ def volume_pair(draw: st.DrawFn) -> tuple[list[bytes], list[bytes]]:
 def test_changed_digests_are_the_non_zero_digests_of_the_diff(pair: tuple[list[bytes], list[bytes]],
                                                                has_old: bool) -> None:
     """What a holder of ``old`` lacks for ``new`` (sender's offer, receiver's completeness
-    check): the non-zero digests at exactly the indexes :func:`diff` reports."""
+    check): the non-zero digests at exactly the indexes :func:`diff` reports, each once, in the
+    order of its first block."""
     old_digests, new_digests = pair
     pages = PageStore()
     old = make(old_digests, pages, seq=1) if has_old else None
     new = make(new_digests, pages, seq=2)
     expected = [new_digests[i] for i in naive_diff(old_digests if has_old else None, new_digests)
                 if new_digests[i] != ZERO_DIGEST]
-    assert changed_digests(old, new, pages.load) == expected
+    assert changed_digests(old, new, pages.load) == list(dict.fromkeys(expected))
 
 
 @settings(max_examples=60, deadline=None)
@@ -278,3 +280,7 @@ def test_changed_blocks_and_nonzero_counts_equal_naive_oracles(pair: tuple[list[
     nonzero_new = sum(d != ZERO_DIGEST for d in new_digests)
     assert nonzero_blocks(new, pages.load) == nonzero_new
     assert (nonzero_blocks(old, pages.load) if old else 0) + nonzero_delta(changes) == nonzero_new
+    # changed_rows: the same blocks as arrays page by page (old None as ZERO_DIGEST rows)
+    rows = [(int(i), n.tobytes(), o.tobytes()) for idx, nw, od in changed_rows(old, new, pages.load)
+            for i, n, o in zip(idx, nw, od)]
+    assert rows == [(i, d, ZERO_DIGEST if o is None else o) for i, d, o in expected]
