@@ -894,6 +894,23 @@ def cmd_retention(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_max_size(args: argparse.Namespace) -> int:
+    """Request a new agreed maximum size of a volume (``SIZE`` such as ``200GiB``; admin role):
+    another site's operator approves it (``replicad approve REQ``)."""
+    body: dict[str, Any] = {"max_size_bytes": args.size}
+    if args.reason:
+        body["reason"] = args.reason
+    _print(args, api(args, "PUT", f"/v1/volumes/{args.volume}/max-size", body), _render_max_size)
+    return 0
+
+
+def _render_max_size(data: dict) -> None:
+    if "request" in data:
+        _render_request_state(data)
+        return
+    console.print(f"{data['volume']} maximum size: {data['max_size_bytes']} bytes (unchanged: already agreed)")
+
+
 def _no_approved_by(args: argparse.Namespace) -> None:
     if getattr(args, "approved_by", None):
         raise UsageError("--approved-by is gone: a change that weakens protection becomes a request; operators of "
@@ -1219,6 +1236,8 @@ EXAMPLES: dict[str, str] = {
                     "replicad drill verify REPORT --key ed25519:...   # the drilling site's public key",
     "members": "replicad members\nreplicad members propose /etc/replicad/site-a.new.toml --reason 'add site-d'",
     "retention": "replicad retention ehr\nreplicad retention ehr --set lock=48h --set daily=30d",
+    "max-size": "replicad max-size ehr 200GiB --reason \"disk resized to 120 GiB\"   # then: replicad approve REQ "
+                "at another site",
     "evidence": "replicad evidence ehr 42                # why each site judged ehr#42 as it did\n"
                 "replicad evidence ehr 42 --json | jq .here.blocks",
     "detection": "replicad detection ehr\n"
@@ -1384,6 +1403,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reason", default="", help="why (shown to the operators asked to approve a shortening)")
     p.add_argument("--approved-by", action="append", help=argparse.SUPPRESS)  # retired: says what replaced it
     p.set_defaults(fn=cmd_retention)
+    p = command("max-size", help="request a larger (or smaller) agreed maximum size of a volume; another site "
+                "approves it")
+    p.add_argument("volume")
+    p.add_argument("size", help="the new maximum, e.g. 200GiB (at least the volume's size)")
+    p.add_argument("--reason", default="", help="why (shown to the operators asked to approve)")
+    p.set_defaults(fn=cmd_max_size)
     p = command("verdict", help="operator verdict on a snapshot; clearing a suspect one is a request others approve")
     p.add_argument("volume", help="the volume's name (as in [[volumes]] name)")
     p.add_argument("seq", type=int, help="the snapshot's seq, as 'replicad snapshots VOL' lists it")

@@ -107,8 +107,9 @@ from replicad.storage.audit import AuditLog, verify_chain
 from replicad.core.errors import (InternalError, NotFoundError, NotSupportedError, PeerUnavailableError, ReplicadError,
                      UnauthenticatedError, UsageError, _jsonable, from_dict)
 from replicad.core import anomaly  # issue 14
-from replicad.core.state import RETENTION_MAX_S, detection_policy, list_requests, retention_weakened
-from replicad.core.units import parse_duration
+from replicad.core.state import (RETENTION_MAX_S, SIZE_BYTES_MAX, detection_policy, list_requests, max_size_bytes,
+                                 retention_weakened)
+from replicad.core.units import parse_duration, parse_size
 from replicad.site.runner import runner_of
 
 if TYPE_CHECKING:
@@ -652,6 +653,24 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         keys = sorted(set(ref.public_key)) if site.cfg.trust().signed else []
         return await _make_request(site, "revoke_site", {"site_id": target, "keys": keys}, reason)
 
+    async def max_size_put(request: web.Request) -> web.Response:
+        """A new agreed maximum size of a volume (``{"max_size_bytes": bytes or "200GiB",
+        "reason"?}``): a ``set_max_size`` request other sites approve (no cooling-off); the same
+        maximum again answers ``unchanged``. UsageError for a size that does not parse or is past
+        1 PiB; the state refuses one below the volume's size (``bad_request``)."""
+        name, body, reason, vs = await _policy_change(request, "max_size_bytes")
+        try:
+            wanted = parse_size(body.get("max_size_bytes"))
+        except (ValueError, TypeError) as err:
+            raise UsageError(f"max_size_bytes: {err}", field="max_size_bytes") from None
+        if wanted > SIZE_BYTES_MAX:
+            raise UsageError(f"max_size_bytes {wanted} is past {SIZE_BYTES_MAX} (1 PiB)", field="max_size_bytes")
+        current = max_size_bytes(vs)
+        if wanted == current:
+            return _ok({"volume": name, "max_size_bytes": current, "previous": current, "status": "unchanged"})
+        return await _make_request(site, "set_max_size", {"volume": name, "max_size_bytes": wanted}, reason,
+                                   previous=current)
+
     async def retention_put(request: web.Request) -> web.Response:
         name, body, reason, vs = await _policy_change(request, "retention")
         new = _retention_update(body, vs["retention"])
@@ -751,6 +770,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         ("PUT", "/v1/volumes/{volume}/detection", detection_put),
         ("GET", "/v1/volumes/{volume}/retention", retention_get),
         ("PUT", "/v1/volumes/{volume}/retention", retention_put),
+        ("PUT", "/v1/volumes/{volume}/max-size", max_size_put),
         ("POST", "/v1/volumes/{volume}/retention/run", retention_run),
         ("GET", "/v1/members", members_get),
         ("POST", "/v1/members", members_change),

@@ -72,6 +72,7 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("POST", "/v1/volumes/{volume}/demote"): "admin",
     ("POST", "/v1/volumes/{volume}/readopt"): "admin",
     ("PUT", "/v1/volumes/{volume}/retention"): "admin",
+    ("PUT", "/v1/volumes/{volume}/max-size"): "admin",
     ("POST", "/v1/volumes/{volume}/retention/run"): "admin",
     ("POST", "/v1/volumes/{volume}/prune"): "admin",
     ("POST", "/v1/volumes/{volume}/snapshots/{seq}/verdict"): "admin",

@@ -223,6 +223,10 @@ _BODIES: dict[str, dict] = {
         "any of keep_all_s, hourly_s, daily_s, lock_s (seconds) or keep_all, hourly, daily, lock "
         "(durations such as \"48h\"); missing keys keep their value")}},
         {"reason": {"type": "string", "description": "why (shown to the operators asked to approve a shortening)"}}),
+    "MaxSizePut": _object({"max_size_bytes": {"description": (
+        "the new agreed maximum: bytes, or a size such as \"200GiB\"; at least the volume's size, at most 1 PiB")}},
+        {"reason": {"type": "string", "description": "why (shown to the operators asked to approve)"}}),
+    "MaxSizeSet": _object({"volume": _STR, "max_size_bytes": _INT, "previous": _INT, "status": _STR}),
     "Revoke": _object({}, {"reason": _STR}),
     "ExportCreate": _object({"snapshot": _INT}, {"writable": _BOOL, "auto_close": _BOOL,  # issue 16
                                                  "idle_ttl_s": {"type": "number", "exclusiveMinimum": 0, "description": (
@@ -292,6 +296,10 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
      "sites approve (longer: no cooling-off; any key shorter: and the cooling-off, O4); every key at most ten "
      "years; the same policy again: 200 with status unchanged",
      "RetentionPut", {"200": "RetentionSet", "202": "RequestState"}, (400, 404, 409, 503)),
+    ("maxSizePut", "PUT", "/v1/volumes/{volume}/max-size",
+     "Change the volume's agreed maximum size (state.max_size_bytes): a set_max_size request (202) that an "
+     "operator of another site approves, applied without cooling-off; the same maximum answers unchanged",
+     "MaxSizePut", {"200": "MaxSizeSet", "202": "RequestState"}, (400, 404, 409, 503)),
     ("retentionRun", "POST", "/v1/volumes/{volume}/retention/run", "Apply the retention policy at this site now",
      "Empty", {"200": "RetentionReport"}, (400, 404, 409, 503)),
     ("prune", "POST", "/v1/volumes/{volume}/prune", "Prune snapshots now; refused inside the lock window (O4)",

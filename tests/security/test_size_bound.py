@@ -17,7 +17,8 @@ holding its config, TLS key, Raft password and site key:
    the budget became 1.25 PiB: the flood went through whole.
 3. The honest path: site-a (its daemon back) grows its image past the maximum; its cycle ships
    nothing (``out_of_range``) and files a ``set_max_size`` request, logged; once site-b's
-   operator approves it, the next snapshot commits at the new size.
+   operator approves it, the next snapshot commits at the new size. An operator's own request
+   (``PUT .../max-size``) applies once another site approves it.
 
 One cluster serves the module (the cases run in file order).
 """
@@ -142,3 +143,11 @@ def test_the_primary_asks_for_a_larger_maximum_when_its_image_grows(cluster: Loc
     grown = snapshot(c, "site-a")
     assert grown["committed"] and set(grown["holders"]) == {"site-a", *HONEST}, grown
     c.wait_for("the grown size at b and c", lambda: all(volume(c, s)["size_bytes"] == limit + MIB for s in HONEST), 60)
+    # an operator raises it ahead of a resize (PUT .../max-size): a request too, approved at site-c
+    ahead = c.api("site-a", "PUT", f"/v1/volumes/{VOL}/max-size", {"max_size_bytes": "8GiB", "reason": "resize"})
+    assert ahead["status"] == "pending" and ahead["previous"] == 2 * (limit + MIB), ahead
+    assert volume(c, "site-a")["max_size_bytes"] == 2 * (limit + MIB)
+    c.api("site-c", "POST", f"/v1/requests/{ahead['request']}/approve", {})
+    c.wait_for("8 GiB agreed", lambda: all(volume(c, s)["max_size_bytes"] == 8 * 2**30 for s in c.sites), 60)
+    same = c.api("site-a", "PUT", f"/v1/volumes/{VOL}/max-size", {"max_size_bytes": 8 * 2**30})
+    assert same["status"] == "unchanged", same
