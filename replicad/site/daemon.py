@@ -309,7 +309,7 @@ class SiteDaemon:
         self.standby = StandbyCheck(cluster, store, catalog, runners, self.pull, lambda: self.cfg.scrub, self.metrics)
         self.scrub = Scrub(cluster, store, runners, self.pull, self.metrics, self.standby)
         self.receiver = Receiver(cluster, store, catalog, self.metrics, AuditLog(self.data_dir / "peer-audit.jsonl"),
-                                 signer=self._signer)
+                                 signer=self._signer, configured=lambda: {v.name for v in self.cfg.volumes})
         self.exports = Exports(cluster, store, self.pull, self.data_dir, self.metrics)  # issue 16: NBD exports
         self.instant = InstantRecovery(self.exports, self.data_dir, self.metrics,  # issue 16: promote --instant
                                        background=self._background)

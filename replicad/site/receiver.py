@@ -11,7 +11,8 @@ import asyncio
 import logging
 import sqlite3
 import time
-from typing import Any
+from collections.abc import Collection
+from typing import Any, Callable
 
 from replicad.core.errors import (NotFoundError, NotPrimaryError, QuotaExceededError, RecordConflictError,
                                   RemoteProtocolError, ReplicadError, RevokedError, StaleEpochError)
@@ -54,12 +55,16 @@ class Receiver:
         audit: the peer audit log (``<data_dir>/peer-audit.jsonl``).
         signer: this site's identity, signing its "stored" acknowledgements; None in unsigned
             lab mode (``unsafe_unsigned``: acknowledgements are then unsigned, like commands).
+        configured: ``() -> names`` of the volumes in this site's config (read at each write, so
+            a SIGHUP counts); None: every volume Raft knows (tests of the receiver alone).
     """
 
     def __init__(self, cluster: Cluster, store: ChunkStore, catalog: Catalog, metrics: SiteMetrics,
-                 audit: AuditLog, signer: Signer | None = None) -> None:
+                 audit: AuditLog, signer: Signer | None = None,
+                 configured: Callable[[], Collection[str]] | None = None) -> None:
         self.site_id = cluster.site_id
         self.signer = signer
+        self.configured = configured
         self.cluster = cluster
         self.store = store
         self.catalog = catalog
@@ -103,11 +108,22 @@ class Receiver:
 
         An epoch newer than this site has applied (its Raft view lags the sender's by a few
         milliseconds after a promotion) is given up to EPOCH_CATCH_UP_S to arrive; it is
-        never trusted on the sender's word. Raises NotFoundError (unknown volume or sender),
-        StaleEpochError (older epoch, or a newer one this site never learns), NotPrimaryError.
+        never trusted on the sender's word. Raises NotFoundError (unknown volume or sender, or a
+        volume this site's config does not name), StaleEpochError (older epoch, or a newer one
+        this site never learns), NotPrimaryError.
+
+        A volume missing from this site's config is refused whatever Raft says (review G1: a
+        compromised site registered a volume of its own at up to 1 PiB and, as its primary, filled
+        every honest disk within that volume's chunk budget): this site stores only what its
+        operator configured it to keep.
         """
         if not self.cluster.is_data_site(sender):
             raise NotFoundError(f"{sender!r} is not a data site of this cluster", sender=sender, volume=volume)
+        if self.configured is not None and volume not in self.configured():
+            log.warning("AUDIT refused a write of volume %s by %s at %s: this site's config does not name it",
+                        volume, sender, self.site_id)
+            raise NotFoundError(f"volume {volume} is not configured at {self.site_id}: it stores nothing of it",
+                                volume=volume, sender=sender, reason="not_configured")
         deadline = time.monotonic() + EPOCH_CATCH_UP_S
         while True:
             vs = self.cluster.volume_state(volume)

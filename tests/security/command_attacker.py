@@ -50,6 +50,9 @@ Modes:
 * ``veto``: in its OWN name (its own key), a ``veto`` of every pending or approved request (one
   site may veto; the tests judge what the other sites log and count); each line carries
   ``request`` and ``error``.
+* ``add-volume``: in its OWN name, a volume of its own (``--new-volume``, a name no honest config
+  has; ``--volume``'s block size) of ``--size-bytes``, itself its primary: its chunk budget at every site follows from that
+  size. Line: ``error`` of the ``add_volume``.
 * ``inflate-commit`` (review F2): in its OWN name, a real one-block snapshot (seq ``last + 1``)
   shipped to every other data site over the peer API (its TLS key), their honest signed
   "stored" acknowledgements collected, then ``commit_snapshot`` with those acknowledgements and
@@ -72,6 +75,7 @@ from pathlib import Path
 
 from replicad.config import load_config, load_signer
 from replicad.core import identity
+from replicad.core.state import DEFAULT_RETENTION
 
 
 def out(**fields) -> None:
@@ -156,7 +160,8 @@ async def _ship_one_block(cfg, volume: str, epoch: int, seq: int) -> Shipped:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="command_attacker")
     parser.add_argument("mode", choices=["forge", "replay", "bogus-commit", "claim-clean", "found", "flood", "policy",
-                                           "reregister", "mark-suspect", "churn", "veto", "inflate-commit"])
+                                           "reregister", "mark-suspect", "churn", "veto", "inflate-commit",
+                                           "add-volume"])
     parser.add_argument("--size-bytes", type=int, default=512 * 2**20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--from-seq", type=int, default=1)
@@ -164,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", required=True, type=Path)
     parser.add_argument("--victim", default="site-b")
     parser.add_argument("--volume", default="ehr")
+    parser.add_argument("--new-volume", default="loot")
     parser.add_argument("--wait-s", type=float, default=30.0)
     parser.add_argument("--stop-file", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -369,6 +375,14 @@ def main(argv: list[str] | None = None) -> int:
                     needed=res.get("needed"), request=res.get("request"))
             except Exception as exc:
                 out(mode="reregister", attempt="request", op="request", error=getattr(exc, "code", type(exc).__name__))
+        elif args.mode == "add-volume":
+            me = cfg.site_id  # a volume of its own, in its own name, as large as the state lets it claim
+            command = signer.sign({"v": 1, "op": "add_volume", "op_id": uuid.uuid4().hex, "by": me,
+                                   "now_ns": time.time_ns(), "volume": args.new_volume, "primary": me,
+                                   "block_size": vol["block_size"], "size_bytes": args.size_bytes,
+                                   "min_copies": 2, "retention": dict(DEFAULT_RETENTION)})
+            out(mode="add-volume", volume=args.new_volume, size_bytes=args.size_bytes,
+                error=await propose(node, command))
         elif args.mode == "inflate-commit":
             me, epoch, seq = cfg.site_id, vol["epoch"], vol["last_seq"] + 1
             shipped = await _ship_one_block(cfg, args.volume, epoch, seq)

@@ -151,3 +151,23 @@ def test_the_primary_asks_for_a_larger_maximum_when_its_image_grows(cluster: Loc
     c.wait_for("8 GiB agreed", lambda: all(volume(c, s)["max_size_bytes"] == 8 * 2**30 for s in c.sites), 60)
     same = c.api("site-a", "PUT", f"/v1/volumes/{VOL}/max-size", {"max_size_bytes": 8 * 2**30})
     assert same["status"] == "unchanged", same
+
+
+def test_a_volume_no_honest_config_names_stores_nothing_there(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Review G1: site-a registered a volume of its own at 1 TiB, itself its primary: a chunk budget
+    of 1.25 TiB + 64 MiB at every honest site for a volume none of their operators configured. Now
+    b and c refuse every write of a volume their config does not name (``not_configured``, AUDIT
+    line), whatever Raft records: a 32 MiB flood of ``loot`` leaves their stores as they were."""
+    c = cluster
+    c.kill("site-a")  # its daemon is down; the attacker runs its Raft member
+    [added] = attack(c, "add-volume", tmp_path / "attacker", "--new-volume", "loot", "--size-bytes", str(2**40))
+    assert added["error"] == "ok", added  # registering its own volume in its own name is allowed
+    c.wait_for("loot registered at b and c", lambda: all(
+        c.api(s, "GET", "/v1/volumes")["volumes"].get("loot", {}).get("primary") == "site-a" for s in HONEST), 30)
+    stored = {s: c.status(s)["store"]["stored_bytes"] for s in HONEST}
+    floods = [r for r in peer_attack(c, "chunk-flood", "--volume", "loot", "--epoch", "1", "--mib", "32")
+              if r.get("flood")]
+    assert {r["target"] for r in floods} == set(HONEST) and all(r.get("error") == "not_found" for r in floods), floods
+    for s in HONEST:
+        assert c.status(s)["store"]["stored_bytes"] - stored[s] < MIB, s
+        assert "AUDIT refused a write of volume loot by site-a" in c.log_tail(s, 400), s
