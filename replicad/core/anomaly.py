@@ -479,20 +479,25 @@ class Coverage:
             known: a window recomputed from Raft's scores, a state written before this window
             existed); counted as distinct, the conservative side.
         began: the first snapshot that added to it (None while empty).
+        days: the days credited to the window's snapshots (each at most one: :data:`DAY_S`), for
+            the allowance a confirmed daily rate gives (:func:`judge_relative` ``learned_rate``).
     Pure; :meth:`total` is the share of a volume's data blocks."""
 
     blocks: frozenset = frozenset()
     extra: float = 0.0
     began: int | None = None
+    days: float = 0.0
 
-    def step(self, seq: int, counted: "set[int] | frozenset[int]" = frozenset(), unknown: float = 0.0) -> "Coverage":
+    def step(self, seq: int, counted: "set[int] | frozenset[int]" = frozenset(), unknown: float = 0.0,
+             days: float = 0.0) -> "Coverage":
         """The state after snapshot ``seq`` that counted the blocks ``counted`` and ``unknown``
-        (a share of the data) whose indices are not known."""
+        (a share of the data) whose indices are not known, ``days`` after the snapshot before."""
         new = frozenset(counted) - self.blocks
-        if not new and unknown <= 0.0:
+        if not new and unknown <= 0.0 and days <= 0.0:
             return self
+        grew = bool(new) or unknown > 0.0
         return Coverage(self.blocks | new, self.extra + max(0.0, unknown),
-                        self.began if self.began is not None else seq)
+                        self.began if self.began is not None or not grew else seq, self.days + max(0.0, days))
 
     def added(self, before: "Coverage", data_blocks: int) -> float:
         """The share of ``data_blocks`` this state holds beyond ``before`` (a step's increment)."""
@@ -510,7 +515,7 @@ class Coverage:
         if sys.byteorder != "little":  # pragma: no cover
             gaps.byteswap()
         return {"blocks": base64.b64encode(zlib.compress(gaps.tobytes(), 6)).decode("ascii"), "count": len(idx),
-                "extra": self.extra, "began": self.began}
+                "extra": self.extra, "began": self.began, "days": self.days}
 
     @classmethod
     def from_doc(cls, doc: object) -> "Coverage":
@@ -519,6 +524,9 @@ class Coverage:
         if not isinstance(doc, dict):
             raise ValueError("a coverage state must be a map")
         enc, count, extra, began = doc.get("blocks"), doc.get("count"), doc.get("extra", 0.0), doc.get("began")
+        days = doc.get("days", 0.0)
+        if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0.0 <= days < 1e7:
+            raise ValueError(f"not a coverage state: days {days!r}")
         if not isinstance(enc, str) or isinstance(count, bool) or not isinstance(count, int) or count < 0 \
                 or count > COVERAGE_BLOCKS_MAX or isinstance(extra, bool) or not isinstance(extra, (int, float)) \
                 or not 0.0 <= extra < 1e6 or (began is not None and (isinstance(began, bool) or not isinstance(began, int))):
@@ -538,7 +546,7 @@ class Coverage:
             raise ValueError("not a coverage state: indices not strictly increasing")
         if (began is None) != (count == 0 and extra == 0.0):
             raise ValueError("not a coverage state: began does not match its contents")
-        return cls(frozenset(idx), float(extra), began)
+        return cls(frozenset(idx), float(extra), began, float(days))
 
 
 COVERAGE_BLOCKS_MAX = 1 << 26
@@ -2376,7 +2384,11 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], 
             confirmed snapshot: ``Detection._history``), or None. When given, the relative
             window's level is ``min(learned_rate, baseline_cap) + slow_slack`` per day instead
             of the per-snapshot ``baseline`` plus the slack (a volume snapshotted every few
-            minutes whose benign churn comes once a day has a per-snapshot median of 0).
+            minutes whose benign churn comes once a day has a per-snapshot median of 0), and the
+            coverage window's limit grows by that rate per day credited (without a confirmation
+            the coverage has no allowance at all). The daemon passes the confirmed snapshot's
+            own coverage growth per day where its evidence holds one (distinct blocks: what both
+            windows sum).
 
     Returns:
         a :class:`RelativeVerdict`. Raises ValueError on a malformed window item.
@@ -2425,11 +2437,12 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], 
     if not encrypted:
         cov = carried.get(COVERAGE)
         cov = cov if isinstance(cov, Coverage) else Coverage()
-        for s, x, _ in items:
-            before, cov = cov, cov.step(s, (), x)
+        for s, x, dt in items:
+            before, cov = cov, cov.step(s, (), x, min(max(0.0, dt), DAY_S) / DAY_S)
             values[s] = cov.added(before, signals.data_blocks)
         unknown = max(0, signals.turned_random - len(signals.counted)) / signals.data_blocks
-        before, cov = cov, cov.step(seq, signals.counted | signals.sparse, unknown)
+        before, cov = cov, cov.step(seq, signals.counted | signals.sparse, unknown,
+                                    min(max(0.0, float(elapsed_s)), DAY_S) / DAY_S)
         score_new = cov.added(before, signals.data_blocks)
         slow[COVERAGE] = cov
     for name, its, now, base_level, per_day in (
@@ -2443,12 +2456,15 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], 
     cumulative = slow["relative"].total
     flagged: list[str] = []
     covered = 0.0 if encrypted else slow[COVERAGE].total(signals.data_blocks)
-    if covered > float(policy["cumulative_max"]):
+    # the allowance: the daily rate a confirmation vouches for (None without one: no slack at all)
+    allowance = 0.0 if encrypted else (rate or 0.0) * slow[COVERAGE].days
+    if covered > float(policy["cumulative_max"]) + allowance:
         flagged.append(COVERAGE)
         if not reasons:
             reasons.append(f"slow drift (coverage: distinct blocks turned random since the last confirmed snapshot, no "
-                           f"slack): {covered:.1%} {what}, above cumulative_max {float(policy['cumulative_max']):.1%}; "
-                           f"it began at #{slow[COVERAGE].began}")
+                           f"slack): {covered:.1%} {what}, above cumulative_max {float(policy['cumulative_max']):.1%}"
+                           + (f" + the confirmed rate {rate:.2%}/day over {slow[COVERAGE].days:.0f} days" if allowance
+                              else "") + f"; it began at #{slow[COVERAGE].began}")
     if cumulative > float(policy["cumulative_max"]):
         flagged.append("relative")
         if not reasons:

@@ -702,11 +702,11 @@ def bench_corpus(name: str, base_img: Path, ops: dict, seeds: int, judge: Judge,
             (f"attack: adaptive slow under the old 7-day window ({under:.2%} of the data blocks per daily cycle: 95 % "
              f"of cumulative_max per 7 days)", under, int(0.05 / under) + 2, None, True),
             (f"attack: adaptive slow under slow_slack ({slack:.3%} of the data blocks per daily cycle: 95 % of "
-             f"slow_slack)", slack, int(0.05 / slack) + 2, None, True)):
+             f"slow_slack; until flagged or 5 % touched)", slack, int(0.15 / slack), None, True)):
         if not selected(label):
             continue
         img, row = _slow(name, base_img, base_m, seeds, judge, work, img, mnt, slow_under, label, share, cycles,
-                         window_cycles, calibrated)
+                         window_cycles, calibrated, stop_at=0.05 if "until flagged" in label else None)
         rows.append(row)
     if selected(KEEP_NAMES) and not slow_under:  # the fileshare: documents, not a database's files
         img, row = _keep_names(name, base_img, base_m, seeds, judge, work, img, mnt, KEEP_NAMES_SHARE,
@@ -877,7 +877,8 @@ class Calibrated:
         random.Random(self.order_seed).shuffle(files)
         ext = extents(files[self.pos[0]:self.pos[0] + 400])
         touched: set[int] = set()
-        self.credit = min(self.credit + self.per_cycle, max(1.0, self.per_cycle))  # never above one cycle's worth
+        # never above one cycle's worth, or two blocks (one 64 KiB range may straddle two)
+        self.credit = min(self.credit + self.per_cycle, max(2.0, self.per_cycle))
         budget = int(self.credit)
         fi, off = self.pos
         while fi < len(files):
@@ -907,7 +908,7 @@ class Calibrated:
 
 def _slow(name: str, base_img: Path, base_m: Manifest, seeds: int, judge: Judge, work: Path, img: Path, mnt: Path, slow_under: str,
           label: str, share: float, slow_cycles: int, window_cycles: int | None,
-          calibrated: bool = False) -> tuple[Path, Row]:
+          calibrated: bool = False, stop_at: float | None = None) -> tuple[Path, Row]:
     """The slow attack: ``share`` of the data bytes encrypted per cycle (one snapshot per cycle,
     each judged against the newest snapshot judged clean, with the slow window of this site's
     own scores; ``window_cycles``: the window holds only that many cycles, as ``window_s`` does
@@ -968,6 +969,8 @@ def _slow(name: str, base_img: Path, base_m: Manifest, seeds: int, judge: Judge,
                 break
             window.append((seq, j.score))
             clean_m, carried = m, j.slow
+            if attacker is not None and stop_at is not None and hit / data_blocks >= stop_at:
+                break  # the adaptive attacker reached the issue's mark (5 % of the data) unseen: a miss
         if detected is None:
             row.runs.append(j)
         row.cycles.append(detected)
