@@ -121,11 +121,13 @@ Authority rules (threat model: root on one site speaks with that site's identity
 * ``demote``: by the current primary, or by any data site with ``force`` (not of a volume
   without a primary: ``conflict``, it would only move the epoch).
 * Epoch-change rule (:func:`_check_epoch_rate`): each site has one :func:`disruptive_change`
-  (fencing a live primary other than itself, or taking back a role it just held) per volume per
+  (any forced promotion or demotion, whether the primary is live or silent) per volume per
   :data:`EPOCH_WINDOW_NS` by the majority clock; a second is ``approval_required`` (evidence
   ``refusal`` ``epoch_rate``) unless it runs as an approved ``request`` (action ``promote`` or
-  ``demote``, no cooling-off). A forced promotion while no live primary serves
-  (:func:`primary_live`) and a planned switchover or demotion are free.
+  ``demote``, no cooling-off, at most a majority of the voters' approvals:
+  :func:`_needed`). A planned switchover or demotion by the primary is free. A role-change
+  request cannot be vetoed (``conflict``, evidence ``refusal`` ``not_vetoable``, counted):
+  it has no cooling-off to stop, only approvals.
 * ``add_volume`` only by the volume's ``primary`` (``not_self``, counted: a site registering a
   name nobody registered yet with another site as primary made that site a standby of its own
   live volume), with ``min_copies`` at most :data:`SITES_MAX` and a retention no longer than
@@ -290,17 +292,24 @@ error, seconds)."""
 EPOCH_WINDOW_NS = 3600 * 10**9
 """Window of the epoch-change rule (:func:`_check_epoch_rate`), by the majority clock: a site's
 second disruptive epoch change of a volume within it needs other sites' approvals."""
-PRIMARY_SILENT_NS = 6 * CLOCK_REPORT_PERIOD_NS
-"""A primary whose last reported clock trails the majority's clock by more than this (30 s: six
-missed heartbeats) is silent: down, or cut off from the Raft majority (:func:`primary_live`)."""
+PRIMARY_SILENT_NS = 18 * CLOCK_REPORT_PERIOD_NS
+"""A primary whose last reported clock trails the majority's clock by more than this (90 s:
+eighteen missed heartbeats) is silent: down, or cut off from the Raft majority
+(:func:`primary_live`). It must be well above the silence a Raft leader can impose on one site
+undeposed: a leader that drops a site's forwarded commands (its clock reports too) is deposed
+by that site after ``replicad.consensus.raft.WITHHELD_AFTER_S`` (45 s, point 19), then an
+election (``raftMaxTimeout``, 1.4 s by default, a few rounds under load) and the next report
+(5 s) follow; 30 s let a leader make an honest primary look dead for free (review R6). The
+epoch-change rule no longer turns on it (every forced role change counts); it says whether a
+refused change would have fenced a live primary (evidence ``primary_live``)."""
 EPOCH_CHANGES = "epoch_changes_ns"
 """Volume key: ``{site_id: ns}``, the majority-clock time of each site's last disruptive epoch
 change of the volume (:func:`_check_epoch_rate`); entries older than :data:`EPOCH_WINDOW_NS`
 are dropped when the next one is recorded."""
 DEMOTED_BY = "demoted_by"
 """Volume key: the site whose ``demote`` left the volume without a primary (dropped by the next
-``promote``): its own forced promotion right after is a :func:`disruptive_change` (else one
-site's demote-promote-demote loop moved the epoch at will)."""
+``promote``): who emptied the role (every forced change counts under
+:func:`disruptive_change` now, so the rule no longer reads it; kept in the record)."""
 INT_MAX = 2**63 - 1
 SITE_KINDS = ("data", "witness")
 VERDICTS = ("clean", "suspect")
@@ -313,10 +322,11 @@ COMMON_KEYS = frozenset({"v", "op", "op_id", "by", "now_ns", identity.CLUSTER_FI
 IDENTITY_REFUSALS = frozenset({"bad_signature", "replayed", "expired", "revoked"})
 """Refusal codes of commands that are not what their signer said (forged, replayed, stale)."""
 COUNTED_REFUSALS = IDENTITY_REFUSALS | {"bad_ack", "out_of_range", "not_self"}
-COUNTED_CONFLICTS = frozenset({"not_founded", "epoch_rate"})
+COUNTED_CONFLICTS = frozenset({"not_founded", "epoch_rate", "not_vetoable"})
 """``refusal`` evidence of refusals that are counted like :data:`COUNTED_REFUSALS` under that
 reason, though their code says what the operator must do (``conflict``, ``approval_required``):
-a request before the founding (``not_founded``), a second epoch change too soon (``epoch_rate``)."""
+a request before the founding (``not_founded``), a second epoch change too soon (``epoch_rate``),
+a veto of a role-change request (``not_vetoable``)."""
 COUNTED_REASONS = COUNTED_REFUSALS | COUNTED_CONFLICTS
 """Refusals every site logs at WARNING and counts (``replicad_command_refused_total{reason}``):
 the identity refusals, a commit naming a holder without its signed acknowledgement
@@ -1345,19 +1355,13 @@ def primary_live(state: dict, vol: dict) -> bool:
 
 def disruptive_change(state: dict, vol: dict, by: str, op: str, force: bool) -> bool:
     """True when an epoch change of ``op`` (``promote`` or ``demote``) by ``by`` counts under the
-    epoch-change rule (:func:`_check_epoch_rate`): it fences a live primary other than ``by``
-    (a forced demote, or a forced promotion of ``by``), or it takes back a role ``by`` itself
-    just held (a forced promotion of the primary itself, or of ``by`` after ``by`` left the
-    volume without a primary: :data:`DEMOTED_BY`). Free: a planned switchover or demotion by
-    the primary (it gives its own role away), a forced demotion of a silent primary, and a
-    forced promotion while the volume has no live primary that another site left so (none,
-    revoked, or silent: the real failover). Pure."""
-    primary = vol.get("primary")
-    if not force:
-        return False
-    if primary == by or (op == "promote" and primary is None and vol.get(DEMOTED_BY) == by):
-        return True
-    return primary_live(state, vol)
+    epoch-change rule (:func:`_check_epoch_rate`): every forced one, whatever the primary's
+    liveness. Free: a planned switchover or demotion by the primary (it gives its own role away).
+    A takeover over a silent primary counts too: a Raft leader can silence one site's commands
+    (its clock reports included) for up to point 19's 45 s undeposed, so liveness is what an
+    attacker in the leader's seat sets (review R6: three free takeovers while the honest sites
+    spent theirs). ``state``, ``vol`` and ``by`` are kept for callers. Pure."""
+    return bool(force)
 
 
 def _check_epoch_rate(state: dict, cmd: dict, name: str, vol: dict, op: str, force: bool) -> dict:
@@ -1365,7 +1369,7 @@ def _check_epoch_rate(state: dict, cmd: dict, name: str, vol: dict, op: str, for
     :func:`disruptive_change` of a volume is refused (``approval_required``, evidence ``refusal``
     ``epoch_rate``, counted) within :data:`EPOCH_WINDOW_NS` of its previous one by the majority
     clock, unless it runs as the action of a request other sites approved (``request`` with
-    ``action`` ``promote`` or ``demote``: :func:`approvals_needed` sites, no cooling-off).
+    ``action`` ``promote`` or ``demote``: :func:`_needed` sites, no cooling-off, no veto).
     Returns ``vol`` with the change recorded under :data:`EPOCH_CHANGES` (or unchanged). No
     majority clock yet: no rule (nothing to measure a window with; no honest volume acts then).
     Deterministic: the majority clock only, never the signer's own ``now_ns``."""
@@ -1377,9 +1381,9 @@ def _check_epoch_rate(state: dict, cmd: dict, name: str, vol: dict, op: str, for
     last = changes.get(by)
     if cmd.get(_APPROVED) is not True and _is_int(last) and quorum_now - last < EPOCH_WINDOW_NS:
         raise _Refusal("approval_required", f"{by!r} changed the role of {name!r} already {(quorum_now - last) // 10**9} s "
-                       f"ago (majority clock) and {vol.get('primary')!r} is its live primary: a second {op} by one "
-                       f"site within {EPOCH_WINDOW_NS // 10**9} s needs the approval of other sites (a request: "
-                       f"'replicad approve' at another site)", volume=name, by=by, op=op, primary=vol.get("primary"),
+                       f"ago (majority clock): a second forced {op} by one site within {EPOCH_WINDOW_NS // 10**9} s "
+                       f"needs the approval of other sites (a request: 'replicad approve' at another site)",
+                       volume=name, by=by, op=op, primary=vol.get("primary"), primary_live=primary_live(state, vol),
                        epoch=vol["epoch"], last_change_ns=last, window_s=EPOCH_WINDOW_NS // 10**9,
                        refusal="epoch_rate")
     kept = {s: t for s, t in changes.items() if _is_int(t) and quorum_now - t < EPOCH_WINDOW_NS and s != by}
@@ -1876,10 +1880,16 @@ def approvals_needed(state: dict, trust: Trust | None) -> int:
 
 def _needed(state: dict, trust: Trust | None, action: str) -> int:
     """Approvals a request of ``action`` needs: revoking a site or changing the membership, at
-    least a majority of the agreed membership's sites; otherwise :func:`approvals_needed`."""
+    least a majority of the agreed membership's sites; a role change (:data:`EPOCH_ACTIONS`), at
+    most a majority of the voters (:func:`_voters`); otherwise :func:`approvals_needed`."""
     needed = approvals_needed(state, trust)
     if action in MAJORITY_ACTIONS:
         needed = max(needed, len(_member_kinds(state)) // 2 + 1)
+    elif action in EPOCH_ACTIONS:
+        # a role change restores service: the honest sites together must always reach it, even
+        # under a [policy] approvals that counts a compromised site (ARCHITECTURE, Choices:
+        # "One forced role change per site and hour")
+        needed = min(needed, len(_voters(state)) // 2 + 1)
     return needed
 
 
@@ -2252,7 +2262,8 @@ def _not_its_own_revocation(cmd: dict, entry: dict, what: str) -> None:
 
 def _op_veto(state: dict, cmd: dict) -> tuple[dict, dict]:
     """Any registered site stops a request that has not taken effect (pending or cooling off),
-    except the request revoking that site. A site whose revocation is pending may still veto
+    except the request revoking that site and a role change (:data:`EPOCH_ACTIONS`: ``conflict``,
+    evidence ``refusal`` ``not_vetoable``, counted). A site whose revocation is pending may still veto
     other requests until the revocation applies (its vetoes only ever keep protection). One
     site's veto blocks (ARCHITECTURE, Choices: "A veto blocks"); each is counted per vetoing
     site in ``vetoes`` (``replicad_request_vetoes_total``) and the result names the request's
@@ -2268,6 +2279,14 @@ def _op_veto(state: dict, cmd: dict) -> tuple[dict, dict]:
         raise _Refusal("conflict", f"request {req_id} is {entry['status']}: only a pending or approved request "
                        "can be vetoed", request=req_id, status=entry["status"])
     _not_its_own_revocation(cmd, entry, "veto")
+    if entry["action"] in EPOCH_ACTIONS:
+        # a veto stops a weakening during its cooling-off; a role change has none, only approvals,
+        # and a veto of one let the site that had just taken the volume (a Raft leader sees each
+        # request first) keep the honest sites from taking it back (review R6)
+        raise _Refusal("conflict", f"request {req_id} ({entry['action']} of volume {entry['args'].get('volume')!r}, "
+                       f"requested by {entry['by']!r}) cannot be vetoed: a role change waits for approvals only "
+                       "(withhold yours)", request=req_id, by=cmd["by"], action=entry["action"],
+                       requested_by=entry["by"], volume=entry["args"].get("volume"), refusal="not_vetoable")
     vetoed = {**entry, "status": "vetoed", "vetoed_by": cmd["by"]}
     vetoes = state.get("vetoes") or {}
     vetoes = {**vetoes, cmd["by"]: int(vetoes.get(cmd["by"], 0)) + 1}

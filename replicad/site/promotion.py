@@ -556,7 +556,7 @@ class Promotion:
 
     async def _epoch_request(self, op: str, args: dict, err: ApprovalRequiredError) -> None:
         """``op`` (a forced ``promote`` or ``demote`` with ``args``) was refused by the
-        epoch-change rule (evidence ``refusal`` ``epoch_rate``: this site's second disruptive
+        epoch-change rule (evidence ``refusal`` ``epoch_rate``: this site's second forced
         role change of the volume within the hour, :func:`replicad.core.state._check_epoch_rate`):
         file it as a request other sites approve (it applies at the approval, no cooling-off),
         log it at WARNING and raise ApprovalRequiredError naming the request. Any other

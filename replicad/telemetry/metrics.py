@@ -370,7 +370,8 @@ class StateCollector(Collector):
                                        "expired (core.identity), a commit naming a holder without its signed "
                                        "acknowledgement (bad_ack), a seq or size past a bound (out_of_range), a site registering another "
                                        "(not_self), a request before the founding (not_founded), a site's second "
-                                       "role change within the hour (epoch_rate)", labels=["site", "reason"])
+                                       "role change within the hour (epoch_rate), a veto of a role-change request "
+                                       "(not_vetoable)", labels=["site", "reason"])
         try:
             for reason, count in sorted(((status.get("raft") or {}).get("refused") or {}).items()):
                 if _num(count) is not None:
