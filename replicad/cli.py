@@ -886,6 +886,11 @@ def cmd_retention(args: argparse.Namespace) -> int:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
             raise UsageError(f"--set takes KEY=DURATION (keep_all, hourly, daily, lock), got {item!r}")
+        if value.strip().replace(".", "", 1).isdigit() and value.strip() != "0":
+            # a bare number is seconds to the API: keep_all=2 meant 2 days, not a request for 2 s
+            raise UsageError(f"--set {key.strip()}={value.strip()}: give the unit (e.g. {value.strip()}d, "
+                             f"{value.strip()}h or {value.strip()}s): a retention change applies at every site",
+                             field=key.strip())
         retention[key.strip()] = value.strip()
     body: dict[str, Any] = {"retention": retention}
     if args.reason:

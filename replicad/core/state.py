@@ -1832,8 +1832,12 @@ def _op_prune_snapshots(state: dict, cmd: dict) -> tuple[dict, dict]:
                            volume=name, seq=seq, primary=vol["primary"], replica=common[seq])
         age_ns = now_ns - vol["snapshots"][seq]["created_at_ns"]
         if age_ns < lock_ns:  # O4: nothing inside the lock window is deleted
-            raise _Refusal("retention_locked", f"volume {name!r}: snapshot {seq} is inside the lock window",
-                           volume=name, seq=seq, age_ns=age_ns, lock_s=vol["retention"]["lock_s"])
+            raise _Refusal("retention_locked", f"volume {name!r}: snapshot {seq} is inside the lock window "
+                           f"(age {age_ns // 1_000_000_000} s of {vol['retention']['lock_s']} s: it may go in "
+                           f"{(lock_ns - age_ns + 999_999_999) // 1_000_000_000} s, by the majority's clock; a "
+                           "shorter lock is a retention request other sites approve)", volume=name, seq=seq,
+                           age_ns=age_ns, age_s=age_ns // 1_000_000_000, lock_s=vol["retention"]["lock_s"],
+                           unlocks_in_s=(lock_ns - age_ns + 999_999_999) // 1_000_000_000)
     # the agreed retention grid (keep_all, hourly, daily) binds every proposer, not only the
     # primary's planner: review R5 pruned, in one site's name, every snapshot past the 1-day lock
     # that the grid kept for 38 days (the floors kept their data; Raft's catalog lost them). What

@@ -171,6 +171,9 @@ SCHEMAS: dict[str, dict] = {
                               "suspect_sites": {"type": "array", "items": _STR}, "needed": _INT, "next": _STR}),
     "PruneResult": _object({"volume": _STR, "pruned": {"type": "array", "items": _INT},
                             "local": _ref("RetentionReport")}),
+    "PruneRequest": _object({"volume": _STR, "pruned": {"type": "array", "items": _INT}, "request": _STR,
+                             "status": _STR, "kept_by_retention": {"type": "array", "items": _INT}},
+                            {"approvals": {"type": "array", "items": _STR}, "needed": _INT, "next": _STR}),
     "RaftAudit": _object({"audit": {"type": "array", "items": _OBJ}}),
     "AdminAuditRecord": _object({"seq": _INT, "at": _STR, "who": _STR, "role": _NSTR, "remote": _NSTR,
                                  "method": _STR, "path": _STR, "body": {},
@@ -302,8 +305,11 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
      "MaxSizePut", {"200": "MaxSizeSet", "202": "RequestState"}, (400, 404, 409, 503)),
     ("retentionRun", "POST", "/v1/volumes/{volume}/retention/run", "Apply the retention policy at this site now",
      "Empty", {"200": "RetentionReport"}, (400, 404, 409, 503)),
-    ("prune", "POST", "/v1/volumes/{volume}/prune", "Prune snapshots now; refused inside the lock window (O4)",
-     "Prune", {"200": "PruneResult"}, (400, 404, 409, 503)),
+    ("prune", "POST", "/v1/volumes/{volume}/prune",
+     "Prune snapshots now ({\"seqs\": [int]}); refused inside the lock window (O4; the refusal says in how many "
+     "seconds it ends), for the newest ones and pinned ones; a snapshot the agreed retention grid keeps becomes "
+     "a prune_snapshots request (202) that operators of other sites approve, then the cooling-off",
+     "Prune", {"200": "PruneResult", "202": "PruneRequest"}, (400, 404, 409, 503)),
     ("verdict", "POST", "/v1/volumes/{volume}/snapshots/{seq}/verdict",
      "Operator verdict on a committed snapshot; suspect is this site's vote (holds its standby at once, "
      "suspect for every site once a second site agrees); clearing a suspect one becomes a request (202) that "

@@ -436,7 +436,9 @@ def test_prune_refusals_are_all_or_nothing(with_snaps):
     refused(with_snaps, cmd("prune_snapshots", volume="vol", seqs=[]), "bad_request")
     # O4: inside the lock window (now is 100 s after seq 1 was created, lock_s is 600)
     young = vol["snapshots"][1]["created_at_ns"] + 100 * S
-    refused(with_snaps, cmd("prune_snapshots", volume="vol", seqs=[1], now_ns=young), "retention_locked")
+    res = refused(with_snaps, cmd("prune_snapshots", volume="vol", seqs=[1], now_ns=young), "retention_locked")
+    assert res["evidence"]["unlocks_in_s"] == 600 - res["evidence"]["age_s"], res  # when, and in seconds
+    assert f"it may go in {res['evidence']['unlocks_in_s']} s" in res["message"], res
 
 
 def test_prune_keeps_the_newest_clean_and_freezes_while_the_newest_is_suspect(with_snaps):

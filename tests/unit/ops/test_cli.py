@@ -541,3 +541,10 @@ def test_a_lone_suspect_mark_says_it_holds_this_sites_standby_not_the_clusters_v
                                                             "needed": 2})
     res = run_env({}, "--admin", url, "verdict", "ehr", "5", "suspect")
     assert res.returncode == 0 and "ehr#5 is now suspect" in res.stdout, res.stdout + res.stderr
+
+
+def test_a_retention_value_without_its_unit_is_refused_before_any_request() -> None:
+    # operator trial: keep_all=2 (meant 2 days) was filed as a request to shorten keep_all to 2 s
+    res = run("--admin", "http://127.0.0.1:9", "retention", "ehr", "--set", "keep_all=2")
+    assert res.returncode == 2 and "give the unit (e.g. 2d, 2h or 2s)" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
