@@ -360,6 +360,8 @@ def _render_cycle(r: dict) -> None:
                   f"{esc(r.get('changed_blocks'))} changed blocks, held by {esc(', '.join(r.get('holders', [])))}, "
                   f"{esc(r.get('bytes_shipped', 0))} bytes shipped in {r.get('cycle_s', r.get('scan_s', 0)):.2f}s",
                   markup=True)
+    if r.get("verdict") == "suspect" and r.get("verdict_reason"):  # e.g. only by descent from a suspect parent
+        console.print(f"  suspect because: {r['verdict_reason']}", markup=False, highlight=False, soft_wrap=True)
     for peer, p in sorted(r.get("peers", {}).items()):
         if not p.get("ok"):
             console.print(f"  {peer}: not stored yet — {p.get('error')}: {p.get('message')}")

@@ -164,6 +164,7 @@ class Replication:
         acks = self._vouched(cfg.name, epoch, seq, m, shipped)
         holders = [self.site_id] + [p for p, r in shipped.items() if r.get("ok") and (p in acks or not self._signs())]
         report = {"seq": seq, "changed_blocks": len(result.changed_blocks), "verdict": verdict.verdict,
+                  "verdict_reason": verdict.reason if verdict.verdict == "suspect" else "",
                   "score": verdict.score, "baseline": verdict.baseline, "holders": holders,
                   "bytes_shipped": sum(r.get("bytes", 0) for r in shipped.values()),
                   "scan_s": t_scan, "ship_s": t_acked - t0 - t_scan, "peers": shipped,

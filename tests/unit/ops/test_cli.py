@@ -200,6 +200,17 @@ def test_snapshot_not_committed_exits_nonzero(admin_stub) -> None:
     assert res.returncode == 7 and _json.loads(res.stdout)["committed"] is False
 
 
+def test_a_snapshot_suspect_by_descent_says_so(admin_stub) -> None:
+    # operator trial: "#8: committed, suspect (commit-time screen 0.0 %...)" read as a contradiction
+    url, answers = admin_stub
+    reason = "descends from suspect snapshot #7; an operator clears it with 'replicad verdict ehr 7 clean'"
+    answers["/v1/volumes/ehr/snapshot"] = (200, {"seq": 8, "committed": True, "verdict": "suspect", "score": 0.0,
+                                                  "verdict_reason": reason, "changed_blocks": 1,
+                                                  "holders": ["site-a", "site-b"], "peers": {}})
+    res = run_env({}, "--admin", url, "snapshot", "ehr")
+    assert res.returncode == 0 and "suspect because: " + reason in " ".join(res.stdout.split()), res.stdout
+
+
 def test_json_errors_are_json(admin_stub) -> None:
     url, _ = admin_stub
     res = run_env({}, "--admin", url, "--json", "snapshots", "nope")
