@@ -253,7 +253,11 @@ class Housekeeping:
                        needed=res.get("needed"), held_here=True)
             if res.get("verdict") == "clean":
                 sites = ", ".join(res.get("suspect_sites") or [])
-                out["next"] = (f"this site's standby holds before #{seq}; the cluster's verdict stays clean until "
+                primary = (vs or {}).get("primary") == self.site_id  # a primary has no standby to hold
+                out["held_here"] = not primary
+                here = (f"this site is the primary of {volume}: its mark is its vote (and holds a takeover here "
+                        f"before #{seq})" if primary else f"this site's standby holds before #{seq}")
+                out["next"] = (f"{here}; the cluster's verdict stays clean until "
                                f"{res.get('needed')} sites judge it suspect (now {sites}): an operator of another "
                                f"site marks it there too (replicad verdict {volume} {seq} suspect)")
         if verdict == "clean" and newer_suspect:
