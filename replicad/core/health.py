@@ -22,7 +22,8 @@ def degraded_reasons(data: dict) -> list[dict]:
     its newest committed snapshot is not its newest clean one (suspect: an incident), this
     site is ``fenced``/``divergent`` for it, its role is not confirmed by a current Raft view,
     it has no primary (``primary`` present and None: demoted, so nothing is replicated; an
-    unknown volume, without the key, is not counted), or its last snapshot was not stored at a replica (``last_report.peers``; a straggler still
+    unknown volume, without the key, is not counted; or its primary is revoked, ``identity.revoked``
+    without ``rejoined``: nothing it sends is accepted), or its last snapshot was not stored at a replica (``last_report.peers``; a straggler still
     shipping is not counted, nor a replica that holds that snapshot or a newer one since:
     ``last_report_caught_up``). Pure; never raises on a partial document."""
     out: list[dict] = []
@@ -53,6 +54,8 @@ def degraded_reasons(data: dict) -> list[dict]:
     for target in data.get("interrupted_restores") or []:
         add("restore_interrupted", f"a restore into {target} was interrupted: that file is incomplete (restore "
                                    "into it again with --overwrite if it is to be used)", target=str(target))
+    revoked = {site for site, rec in ((data.get("identity") or {}).get("revoked") or {}).items()
+               if not (isinstance(rec, dict) and rec.get("rejoined"))}
     for name, v in sorted((data.get("volumes") or {}).items()):
         if v.get("last_error"):
             add("volume_error", f"{name}: last error: {v['last_error']}", volume=name)
@@ -63,6 +66,10 @@ def degraded_reasons(data: dict) -> list[dict]:
         if "primary" in v and v["primary"] is None:  # demoted: nothing is replicated, nobody serves it
             add("no_primary", f"{name}: no primary (demoted, epoch {v.get('epoch')}): no snapshots are taken; run "
                               f"'replicad promote {name} --force' AT the site to promote", volume=name)
+        elif v.get("primary") and v["primary"] in revoked:  # its commands and peer writes are refused now
+            add("no_primary", f"{name}: its primary {v['primary']} is revoked: nothing it sends is accepted, so "
+                              f"nobody serves the volume; run 'replicad promote {name} --force' AT the site to "
+                              "promote (the newest clean snapshot, or --snapshot N)", volume=name)
         if v.get("role") in ("fenced", "divergent"):
             add("volume_resync", f"{name}: this site is {v['role']} (resync pending)", volume=name)
         if v.get("confirmed") is False:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+from replicad.core.health import degraded_reasons
 from replicad.site.cluster import Cluster
 from replicad.site.runner import VolumeRunner
 from replicad.site.status import Status
@@ -186,3 +187,14 @@ def test_a_takeover_in_progress_is_confirmed_and_never_named_as_another_site() -
     msg = next(r["message"] for r in degraded_reasons(st) if r["reason"] == "role_unconfirmed")
     assert "Raft names this site primary at epoch 3" in msg and "acts at epoch 2" in msg, msg
     assert "names site-b" not in msg
+
+
+def test_a_revoked_primary_says_to_promote() -> None:
+    # operator trial: after revoking the primary, status said only "site site-b unreachable"
+    st = {"raft": {"leader": "x", "has_quorum": True, "synced": True}, "site_id": "site-c",
+          "identity": {"revoked": {"site-b": {"at_ns": 1, "by": "site-a", "keys": 1}}},
+          "volumes": {"ehr": {"primary": "site-b", "epoch": 3, "role": "replica", "confirmed": True}}}
+    [r] = [r for r in degraded_reasons(st) if r["reason"] == "no_primary"]
+    assert "its primary site-b is revoked" in r["message"] and "replicad promote ehr --force" in r["message"], r
+    st["identity"]["revoked"]["site-b"]["rejoined"] = True  # rebuilt with a new key and registered again
+    assert not [r for r in degraded_reasons(st) if r["reason"] == "no_primary"]
