@@ -132,6 +132,25 @@ def clone_file(src_fd: int, dst_fd: int, *, src: str = "", dst: str = "") -> Non
         raise from_os_error(err, "cloning the volume image", source=src, clone=dst) from err
 
 
+
+def _fiemap_call(fd: int, path: str, buf: bytearray, start: int, flags: int, per_call: int) -> None:
+    """One ``FS_IOC_FIEMAP`` call into ``buf`` (header + ``per_call`` extent records) for the
+    extents from byte ``start`` to the end of the file; the answer is read from ``buf``.
+
+    Raises:
+        ReflinkUnsupportedError: EOPNOTSUPP/ENOTTY/EINVAL (``reason = "extent_map_unsupported"``).
+        InternalError / UsageError: other OSErrors (:func:`from_os_error`).
+    """
+    _FIEMAP_HEAD.pack_into(buf, 0, start, FIEMAP_MAX_U64 - start, flags, 0, per_call, 0)
+    try:
+        fcntl.ioctl(fd, FS_IOC_FIEMAP, buf, True)
+    except OSError as err:
+        if err.errno in _UNSUPPORTED:
+            raise ReflinkUnsupportedError(
+                f"cannot read the extent map of {path}: {err.strerror}", path=path, errno=err.errno,
+                reason="extent_map_unsupported") from err
+        raise from_os_error(err, "reading an extent map (FIEMAP)", path=path) from err
+
 def extent_map(fd: int, *, path: str = "", sync: bool = True,
                per_call: int = EXTENTS_PER_CALL) -> list[Extent]:
     """Every extent of the open regular file ``fd``, sorted by logical offset, through
@@ -152,15 +171,7 @@ def extent_map(fd: int, *, path: str = "", sync: bool = True,
     flags = FIEMAP_FLAG_SYNC if sync else 0
     buf = bytearray(_FIEMAP_HEAD.size + per_call * _FIEMAP_EXTENT.size)
     while True:
-        _FIEMAP_HEAD.pack_into(buf, 0, start, FIEMAP_MAX_U64 - start, flags, 0, per_call, 0)
-        try:
-            fcntl.ioctl(fd, FS_IOC_FIEMAP, buf, True)
-        except OSError as err:
-            if err.errno in _UNSUPPORTED:
-                raise ReflinkUnsupportedError(
-                    f"cannot read the extent map of {path}: {err.strerror}", path=path, errno=err.errno,
-                    reason="extent_map_unsupported") from err
-            raise from_os_error(err, "reading an extent map (FIEMAP)", path=path) from err
+        _fiemap_call(fd, path, buf, start, flags, per_call)
         mapped = _FIEMAP_HEAD.unpack_from(buf, 0)[3]
         if mapped == 0:
             return out
@@ -228,15 +239,7 @@ def extent_arrays(fd: int, *, path: str = "", sync: bool = True,
     flags = FIEMAP_FLAG_SYNC if sync else 0
     buf = bytearray(_FIEMAP_HEAD.size + per_call * _FIEMAP_EXTENT.size)
     while True:
-        _FIEMAP_HEAD.pack_into(buf, 0, start, FIEMAP_MAX_U64 - start, flags, 0, per_call, 0)
-        try:
-            fcntl.ioctl(fd, FS_IOC_FIEMAP, buf, True)
-        except OSError as err:
-            if err.errno in _UNSUPPORTED:
-                raise ReflinkUnsupportedError(
-                    f"cannot read the extent map of {path}: {err.strerror}", path=path, errno=err.errno,
-                    reason="extent_map_unsupported") from err
-            raise from_os_error(err, "reading an extent map (FIEMAP)", path=path) from err
+        _fiemap_call(fd, path, buf, start, flags, per_call)
         mapped = min(_FIEMAP_HEAD.unpack_from(buf, 0)[3], per_call)
         if mapped == 0:
             break
