@@ -1781,7 +1781,8 @@ def _op_set_max_size(state: dict, cmd: dict) -> tuple[dict, dict]:
         raise _Refusal("out_of_range", f"max_size_bytes {wanted} > {SIZE_BYTES_MAX} (1 PiB)", volume=name,
                        max_size_bytes=wanted, limit=SIZE_BYTES_MAX)
     if wanted < vol["size_bytes"]:
-        raise _Refusal("bad_request", f"max_size_bytes {wanted} is below {name!r}'s size {vol['size_bytes']}",
+        raise _Refusal("bad_request", f"max_size_bytes {wanted} bytes is below the size of volume {name!r} "
+                       f"({vol['size_bytes']} bytes): a maximum at least its size",
                        volume=name, max_size_bytes=wanted, size_bytes=vol["size_bytes"], field="max_size_bytes")
     current = max_size_bytes(vol)
     if wanted == current:

@@ -132,7 +132,6 @@ def clone_file(src_fd: int, dst_fd: int, *, src: str = "", dst: str = "") -> Non
         raise from_os_error(err, "cloning the volume image", source=src, clone=dst) from err
 
 
-
 def _fiemap_call(fd: int, path: str, buf: bytearray, start: int, flags: int, per_call: int) -> None:
     """One ``FS_IOC_FIEMAP`` call into ``buf`` (header + ``per_call`` extent records) for the
     extents from byte ``start`` to the end of the file; the answer is read from ``buf``.
