@@ -200,7 +200,10 @@ SCHEMAS: dict[str, dict] = {
     "RequestState": _object({"request": _STR, "status": {"enum": ["pending", "approved", "applied", "vetoed"]},
                              "approvals": {"type": "array", "items": _STR}, "needed": _INT},
                             {"expires_ns": _INT, "effective_ns": _INT, "result": _OBJ, "action": _STR,
-                             "volume": _STR, "site_id": _STR, "previous": _OBJ, "next": _STR,
+                             "volume": _STR, "site_id": _STR, "next": _STR,
+                             "previous": {"type": ["object", "integer"], "description": (
+                                 "what the request would change: the policy (retention, detection) or the "
+                                 "maximum size in bytes (set_max_size)")},
                              "vetoed_by": _STR}),
     # snapshot exports over NBD (issue 16, site/exports.py)
     "Export": _object({"export_id": _STR, "volume": _STR, "seq": _INT, "epoch": _INT, "root": _STR, "socket": _STR,

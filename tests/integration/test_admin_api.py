@@ -325,6 +325,9 @@ def test_live_answers_match_the_openapi_document(cluster: LocalCluster, tmp_path
         ("/v1/sites/{site_id}/revoke", "POST", "/v1/sites/site-c/revoke", {"reason": "test"}, ADMIN),
         ("/v1/sites/{site_id}/revoke", "POST", "/v1/sites/nowhere/revoke", {}, ADMIN),
         ("/v1/sites/{site_id}/revoke", "POST", "/v1/sites/site-c/revoke", {}, VIEWER),
+        ("/v1/volumes/{volume}/max-size", "PUT", f"{v}/max-size", {"max_size_bytes": "2GiB"}, ADMIN),  # a request
+        ("/v1/volumes/{volume}/max-size", "PUT", f"{v}/max-size", {"max_size_bytes": "lots"}, ADMIN),
+        ("/v1/volumes/{volume}/max-size", "PUT", f"{v}/max-size", {"max_size_bytes": "2GiB"}, VIEWER),
         ("/v1/volumes/{volume}/retention/run", "POST", f"{v}/retention/run", {}, ADMIN),
         ("/v1/volumes/{volume}/retention/run", "POST", "/v1/volumes/nope/retention/run", {}, ADMIN),
         ("/v1/volumes/{volume}/prune", "POST", f"{v}/prune", {"seqs": [1]}, ADMIN),

@@ -386,14 +386,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.mode == "inflate-commit":
             me, epoch, seq = cfg.site_id, vol["epoch"], vol["last_seq"] + 1
             shipped = await _ship_one_block(cfg, args.volume, epoch, seq)
-            got = {site: ack for site, ack in shipped.items() if ack is not None}
-            out(mode="inflate-commit", acks=sorted(got), shipped=sorted(shipped))
+            acked = {site: ack for site, ack in shipped.items() if ack is not None}  # not `got`: run()'s event
+            out(mode="inflate-commit", acks=sorted(acked), shipped=sorted(shipped))
             for label, size in (("exact", 2**50), ("within_bound", args.size_bytes)):
                 command = signer.sign({"v": 1, "op": "commit_snapshot", "op_id": uuid.uuid4().hex, "by": me,
                                        "now_ns": time.time_ns(), "volume": args.volume, "seq": seq, "epoch": epoch,
                                        "root": shipped.root, "parent_seq": None, "created_at_ns": time.time_ns(),
-                                       "holders": [me, *sorted(got)], "stats": {}, "verdict": "clean",
-                                       "size_bytes": size, "acks": got})
+                                       "holders": [me, *sorted(acked)], "stats": {}, "verdict": "clean",
+                                       "size_bytes": size, "acks": acked})
                 out(mode="inflate-commit", attempt=label, size_bytes=size, error=await propose(node, command))
         elif args.mode == "bogus-commit":
             root = secrets.token_bytes(32)  # stored nowhere
