@@ -359,6 +359,9 @@ REQUESTS_PENDING_PER_SITE = 8  # a site cannot crowd out the requests of the oth
 WEAKENING_OPS = ("set_retention", "mark_verdict", "set_detection", "prune_snapshots")
 EPOCH_ACTIONS = ("promote", "demote")  # a role change past a site's free one (epoch_rate): approvals, no cooling-off
 REQUEST_ACTIONS = (*WEAKENING_OPS, "revoke_site", "set_members", *EPOCH_ACTIONS, "set_max_size")
+NOT_VETOABLE = (*EPOCH_ACTIONS, "set_max_size")
+"""Requests no site can veto: they weaken nothing during a cooling-off (they have none) and
+restore service (a role change) or replication (a grown volume's maximum); approvals only."""
 MAJORITY_ACTIONS = ("revoke_site", "set_members")
 """Requests a majority of all registered sites approves, then cooling off unless every unrevoked
 member approved (module docstring, "Revocation and membership")."""
@@ -1885,15 +1888,16 @@ def approvals_needed(state: dict, trust: Trust | None) -> int:
 
 def _needed(state: dict, trust: Trust | None, action: str) -> int:
     """Approvals a request of ``action`` needs: revoking a site or changing the membership, at
-    least a majority of the agreed membership's sites; a role change (:data:`EPOCH_ACTIONS`), at
-    most a majority of the voters (:func:`_voters`); otherwise :func:`approvals_needed`."""
+    least a majority of the agreed membership's sites; a role change or a new maximum size
+    (:data:`NOT_VETOABLE`), at most a majority of the voters (:func:`_voters`); otherwise
+    :func:`approvals_needed`."""
     needed = approvals_needed(state, trust)
     if action in MAJORITY_ACTIONS:
         needed = max(needed, len(_member_kinds(state)) // 2 + 1)
-    elif action in EPOCH_ACTIONS:
-        # a role change restores service: the honest sites together must always reach it, even
-        # under a [policy] approvals that counts a compromised site (ARCHITECTURE, Choices:
-        # "One forced role change per site and hour")
+    elif action in NOT_VETOABLE:
+        # a role change restores service, a new maximum lets a grown volume replicate: the honest
+        # sites together must always reach them, even under a [policy] approvals that counts a
+        # compromised site (ARCHITECTURE, Choices: "One forced role change per site and hour")
         needed = min(needed, len(_voters(state)) // 2 + 1)
     return needed
 
@@ -2267,7 +2271,8 @@ def _not_its_own_revocation(cmd: dict, entry: dict, what: str) -> None:
 
 def _op_veto(state: dict, cmd: dict) -> tuple[dict, dict]:
     """Any registered site stops a request that has not taken effect (pending or cooling off),
-    except the request revoking that site and a role change (:data:`EPOCH_ACTIONS`: ``conflict``,
+    except the request revoking that site, a role change and a new maximum size
+    (:data:`NOT_VETOABLE`: ``conflict``,
     evidence ``refusal`` ``not_vetoable``, counted). A site whose revocation is pending may still veto
     other requests until the revocation applies (its vetoes only ever keep protection). One
     site's veto blocks (ARCHITECTURE, Choices: "A veto blocks"); each is counted per vetoing
@@ -2284,12 +2289,13 @@ def _op_veto(state: dict, cmd: dict) -> tuple[dict, dict]:
         raise _Refusal("conflict", f"request {req_id} is {entry['status']}: only a pending or approved request "
                        "can be vetoed", request=req_id, status=entry["status"])
     _not_its_own_revocation(cmd, entry, "veto")
-    if entry["action"] in EPOCH_ACTIONS:
+    if entry["action"] in NOT_VETOABLE:
         # a veto stops a weakening during its cooling-off; a role change has none, only approvals,
         # and a veto of one let the site that had just taken the volume (a Raft leader sees each
-        # request first) keep the honest sites from taking it back (review R6)
+        # request first) keep the honest sites from taking it back (review R6); a grown volume's
+        # new maximum likewise (vetoed at each cycle's request, the volume replicated nothing)
         raise _Refusal("conflict", f"request {req_id} ({entry['action']} of volume {entry['args'].get('volume')!r}, "
-                       f"requested by {entry['by']!r}) cannot be vetoed: a role change waits for approvals only "
+                       f"requested by {entry['by']!r}) cannot be vetoed: it waits for approvals only "
                        "(withhold yours)", request=req_id, by=cmd["by"], action=entry["action"],
                        requested_by=entry["by"], volume=entry["args"].get("volume"), refusal="not_vetoable")
     vetoed = {**entry, "status": "vetoed", "vetoed_by": cmd["by"]}

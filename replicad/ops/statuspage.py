@@ -170,9 +170,11 @@ def alerts(status: Mapping[str, Any], state: Mapping[str, Any]) -> list[tuple[st
         if dis:
             out.append(("bad", f"{name}: the sites' verdicts disagree on {', '.join('#' + str(s) for s in dis)} "
                                "(one site is wrong, broken or lying: replicad evidence)"))
+        primary = (volumes.get(name) or {}).get("primary")
         for site, seqs in sorted(marked(snaps).items()):
+            held = "a takeover there holds" if site == primary else "its standby holds"  # a primary has no standby
             out.append(("warn", f"{name}: a person marked {', '.join('#' + str(s) for s in seqs)} suspect in {site}'s "
-                                "name (that site's vote: its standby holds; replicad evidence)"))
+                                f"name (that site's vote: {held}; replicad evidence)"))
         sb = v.get("standby") or {}
         if sb.get("state") in ("damaged", "repairing"):
             out.append(("bad" if sb.get("state") == "damaged" else "warn",

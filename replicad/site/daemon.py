@@ -610,9 +610,10 @@ class SiteDaemon:
             return
         configured = _retention_dict(v)
         registered = {k: min(x, DEFAULT_RETENTION[k]) for k, x in configured.items()}
+        size = await asyncio.to_thread(registered_size_bytes, v)  # a hung device must not stall the loop
         try:
             res = await self.cluster.propose("add_volume", volume=v.name, primary=self.site_id,
-                                             block_size=v.block_size_bytes, size_bytes=registered_size_bytes(v),
+                                             block_size=v.block_size_bytes, size_bytes=size,
                                              min_copies=v.min_copies, retention=registered)
         except ConflictError as err:  # registered meanwhile with another block size: the runner judges it
             log.error("volume %s: registration refused: %s %s", v.name, err, err.evidence)
@@ -777,6 +778,8 @@ CLUSTER_WIDE_FIELDS = {"add_volume": ("primary", "block_size", "min_copies", "re
                        "set_retention": ("retention",), "set_detection": ("policy",),
                        "mark_verdict": ("seq", "verdict", "reason"), "demote": ("expected_epoch", "force"),
                        "promote": ("to", "expected_epoch", "force", "snapshot")}
+
+
 def registered_size_bytes(v: VolumeConfig) -> int:
     """The size a volume is registered with (``add_volume``; its agreed maximum is derived from
     it, :func:`replicad.core.state.default_max_size_bytes`): the size of its image file or block

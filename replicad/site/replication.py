@@ -131,15 +131,17 @@ class Replication:
         made.append(snap)
         result = snap.result
         m = result.manifest
-        await asyncio.to_thread(self.catalog.put, SnapshotRecord(cfg.name, epoch, seq, m.root, "local",
-                                                                 m.created_at_ns))
         limit = max_size_bytes(vs)
         if m.size_bytes > limit:  # every receiver refuses it, and so would the state: ask for a new bound
+            # before the catalog record: each refused cycle used to leave one more "local" record
+            # (housekeeping never forgets those) and move the next seq on
             await self._request_max_size(cfg.name, m.size_bytes, limit)
             raise OutOfRangeError(f"{cfg.name}: the image is {m.size_bytes} bytes, more than the volume's agreed "
                                   f"maximum {limit}: nothing is shipped until another site approves the set_max_size "
                                   "request (replicad requests; replicad approve REQ)", volume=cfg.name, seq=seq,
                                   size_bytes=m.size_bytes, max_size_bytes=limit)
+        await asyncio.to_thread(self.catalog.put, SnapshotRecord(cfg.name, epoch, seq, m.root, "local",
+                                                                 m.created_at_ns))
         history = [s["stats"] for _, s in sorted(vs["snapshots"].items()) if s["verdict"] == "clean"]
         # issue 14: the cluster's policy, which this site's config may only tighten (a primary's
         # min_score = 1.0 makes nothing clean anywhere: every site judges again, and so does this)

@@ -115,6 +115,17 @@ def test_an_approved_larger_maximum_does_not_cool_off(signed_cluster: dict) -> N
     assert res["status"] == "applied", res  # a grown volume replicates nothing until it applies
 
 
+def test_a_new_maximum_cannot_be_vetoed(signed_cluster: dict) -> None:
+    # last read of the change: c vetoed each cycle's set_max_size request of a grown volume, which
+    # then replicated nothing until c was revoked
+    state, res = signed_ok(signed_cluster, signed_cmd("request", by="a", action="set_max_size",
+                                                      args={"volume": "vol", "max_size_bytes": 4 * GIB}), COOLING)
+    refusal = signed_refused(state, signed_cmd("veto", by="c", request=res["request"]), "conflict", COOLING)
+    assert refusal["evidence"]["refusal"] == "not_vetoable" and counted_reason(refusal) == "not_vetoable", refusal
+    state, res = signed_ok(state, signed_cmd("approve", by="b", request=res["request"]), COOLING)
+    assert res["status"] == "applied" and max_size_bytes(state["volumes"]["vol"]) == 4 * GIB, res
+
+
 def test_the_acknowledgements_attest_the_committed_size(signed_cluster: dict) -> None:
     """F2: b's honest acknowledgement of a 1-block snapshot, committed by the primary with any
     other size (or none) is refused bad_ack, with 2**50 out_of_range (both counted); at the size

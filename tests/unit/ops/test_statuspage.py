@@ -126,6 +126,8 @@ def test_a_persons_suspect_mark_is_shown_with_the_site_it_speaks_for() -> None:
                  "replicad evidence)")]
     page = statuspage.render(status, state, [], {"ehr": 60.0}, 1000.0)
     assert "a person marked #3, #5 suspect in site-c&#x27;s name" in page and "<b>note" not in page
+    state["volumes"]["ehr"]["primary"] = "site-c"  # a primary has no standby to hold
+    assert "(that site's vote: a takeover there holds; replicad evidence)" in statuspage.alerts(status, state)[0][1]
 
 
 def test_a_volume_whose_primary_is_this_site_shows_no_standby() -> None:
