@@ -842,6 +842,17 @@ class WithheldWatch:
             if key is not None:
                 self.pending.pop(key, None)
 
+    def in_log(self, entries: Any) -> None:
+        """These log entries (bytes) are in this node's log, not applied yet: the leader appended
+        them, so they are not withheld (their commit may wait on a majority's slow disk); a resend
+        would append them twice and the state machine refuse the second copy as replayed, under
+        this site's name."""
+        if self.pending:
+            for command in entries:
+                key = self.key(command)
+                if key is not None:
+                    self.pending.pop(key, None)
+
     def due_resends(self, now_s: float) -> list[dict]:
         """The messages not sent for :data:`WITHHELD_RESEND_S` (to send again)."""
         return [r["message"] for r in self.pending.values() if now_s - r["last_s"] >= WITHHELD_RESEND_S]
@@ -1031,8 +1042,9 @@ class _HardenedSyncObj(SyncObj):
             log.exception("raft: cannot note a forwarded command")
 
     def _withheld_check(self) -> None:
-        """Every :data:`WITHHELD_CHECK_S`: resend this node's forwarded commands that are not in its
-        log after :data:`WITHHELD_RESEND_S`, and depose the leader it follows when one stayed out for
+        """Every :data:`WITHHELD_CHECK_S`: forget this node's forwarded commands its log holds (the
+        leader appended them: :meth:`WithheldWatch.in_log`), resend those still not in it after
+        :data:`WITHHELD_RESEND_S`, and depose the leader it follows when one stayed out for
         :data:`WITHHELD_AFTER_S` (:meth:`WithheldWatch.overdue`) while this node is in that leader's
         lease (its heartbeats arrive) and has applied all it reports committed (point 19)."""
         now = monotonic_time()
@@ -1044,6 +1056,12 @@ class _HardenedSyncObj(SyncObj):
             self._withheld.follow(None, None)
             return
         self._withheld.follow(leader.id, term)
+        if not self._withheld.pending:
+            return
+        log_ = self._SyncObj__raftLog  # appended here, not applied yet: not withheld, never resent
+        if len(log_):
+            start = max(0, self._SyncObj__raftLastApplied + 1 - log_[0][1])
+            self._withheld.in_log(entry[0] for entry in log_[start:])
         if not self._withheld.pending:
             return
         if self.isNodeConnected(leader):

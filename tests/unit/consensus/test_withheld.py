@@ -244,3 +244,19 @@ def test_a_full_state_installed_forgets_the_watched_commands(tmp_path):
         assert not watch.pending
     finally:
         node.close()
+
+
+def test_a_command_the_leader_appended_is_neither_resent_nor_judged(monkeypatch):
+    # last read of the change: a command in this node's log whose commit waited > 10 s (a slow
+    # disk at a majority) was resent, appended twice, and its second copy refused as replayed in
+    # this site's name (ReplicadCommandRefused); past 45 s its leader would have been deposed
+    monkeypatch.setattr(consensus, "WITHHELD_AFTER_S", 45.0)
+    monkeypatch.setattr(consensus, "WITHHELD_RESEND_S", 10.0)
+    watch = WithheldWatch()
+    appended, lost = b"\x00" + b"command-1", b"\x00" + b"command-2"
+    for i, entry in enumerate((appended, lost)):
+        watch.sent({"type": "apply_command", "command": entry, "request_id": i}, "L", 3, True, 100, now_s=0.0)
+    watch.in_log(iter([b"\x00" + b"someone else's", appended]))  # in the log, not applied yet
+    assert [m["command"] for m in watch.due_resends(15.0)] == [lost]
+    watch.sent({"type": "apply_command", "command": lost, "request_id": 1}, "L", 3, True, 100, now_s=15.0)
+    assert watch.overdue(60.0)["waiting"] == 1  # only the command the leader never appended
