@@ -24,7 +24,6 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
                                             "committed_ns": int}},          # quorum_now_ns at commit
                         "detection": {...},                                 # set_detection, optional
                         "epoch_changes_ns": {site_id: int},                 # _check_epoch_rate, optional
-                        "demoted_by": site_id,                              # the last demote's signer, until a promote
                         "last_seq": int,
                         "registered_by": site_id}},                         # add_volume's signer
      "audit": [{"op", "by", "volume", "ok", "error", "at_ns"}, ...],   # last AUDIT_MAX
@@ -120,7 +119,7 @@ Authority rules (threat model: root on one site speaks with that site's identity
   the volume then records it as :data:`RESTORE_PIN` for the new epoch, and pruning keeps it.
 * ``demote``: by the current primary, or by any data site with ``force`` (not of a volume
   without a primary: ``conflict``, it would only move the epoch).
-* Epoch-change rule (:func:`_check_epoch_rate`): each site has one :func:`disruptive_change`
+* Epoch-change rule (:func:`_check_epoch_rate`): each site has one disruptive change
   (any forced promotion or demotion, whether the primary is live or silent) per volume per
   :data:`EPOCH_WINDOW_NS` by the majority clock; a second is ``approval_required`` (evidence
   ``refusal`` ``epoch_rate``) unless it runs as an approved ``request`` (action ``promote`` or
@@ -306,10 +305,6 @@ EPOCH_CHANGES = "epoch_changes_ns"
 """Volume key: ``{site_id: ns}``, the majority-clock time of each site's last disruptive epoch
 change of the volume (:func:`_check_epoch_rate`); entries older than :data:`EPOCH_WINDOW_NS`
 are dropped when the next one is recorded."""
-DEMOTED_BY = "demoted_by"
-"""Volume key: the site whose ``demote`` left the volume without a primary (dropped by the next
-``promote``): who emptied the role (every forced change counts under
-:func:`disruptive_change` now, so the rule no longer reads it; kept in the record)."""
 INT_MAX = 2**63 - 1
 SITE_KINDS = ("data", "witness")
 VERDICTS = ("clean", "suspect")
@@ -1331,7 +1326,6 @@ def _op_promote(state: dict, cmd: dict) -> tuple[dict, dict]:
         pin = _restore_point(vol, name, _int(cmd, "snapshot"))
     vol = _check_epoch_rate(state, cmd, name, vol, "promote", force)
     vol = {**vol, "primary": to, "epoch": new_epoch}
-    vol.pop(DEMOTED_BY, None)
     vol.pop(RESTORE_PIN, None)
     if pin is not None:
         vol[RESTORE_PIN] = {"epoch": new_epoch, "seq": pin}
@@ -1356,20 +1350,13 @@ def primary_live(state: dict, vol: dict) -> bool:
     return quorum_now is not None and _is_int(seen) and seen >= quorum_now - PRIMARY_SILENT_NS
 
 
-def disruptive_change(state: dict, vol: dict, by: str, op: str, force: bool) -> bool:
-    """True when an epoch change of ``op`` (``promote`` or ``demote``) by ``by`` counts under the
-    epoch-change rule (:func:`_check_epoch_rate`): every forced one, whatever the primary's
-    liveness. Free: a planned switchover or demotion by the primary (it gives its own role away).
-    A takeover over a silent primary counts too: a Raft leader can silence one site's commands
-    (its clock reports included) for up to point 19's 45 s undeposed, so liveness is what an
-    attacker in the leader's seat sets (review R6: three free takeovers while the honest sites
-    spent theirs). ``state``, ``vol`` and ``by`` are kept for callers. Pure."""
-    return bool(force)
-
-
 def _check_epoch_rate(state: dict, cmd: dict, name: str, vol: dict, op: str, force: bool) -> dict:
-    """The epoch-change rule (one site cannot keep a volume's epoch churning): a site's
-    :func:`disruptive_change` of a volume is refused (``approval_required``, evidence ``refusal``
+    """The epoch-change rule (one site cannot keep a volume's epoch churning): a site's forced
+    promote or demote of a volume (every one, whatever the primary's liveness: a Raft leader can
+    silence one site's commands, its clock reports included, for up to point 19's 45 s undeposed,
+    so liveness is what an attacker in the leader's seat sets; review R6: three free takeovers
+    while the honest sites spent theirs; free: a planned switchover or demotion, the primary giving
+    its own role away) is refused (``approval_required``, evidence ``refusal``
     ``epoch_rate``, counted) within :data:`EPOCH_WINDOW_NS` of its previous one by the majority
     clock, unless it runs as the action of a request other sites approved (``request`` with
     ``action`` ``promote`` or ``demote``: :func:`_needed` sites, no cooling-off, no veto).
@@ -1378,7 +1365,7 @@ def _check_epoch_rate(state: dict, cmd: dict, name: str, vol: dict, op: str, for
     Deterministic: the majority clock only, never the signer's own ``now_ns``."""
     by = cmd["by"]
     quorum_now = quorum_now_ns(state)
-    if quorum_now is None or not disruptive_change(state, vol, by, op, force):
+    if quorum_now is None or not force:
         return vol
     changes = vol.get(EPOCH_CHANGES) or {}
     last = changes.get(by)
@@ -1445,7 +1432,7 @@ def _op_demote(state: dict, cmd: dict) -> tuple[dict, dict]:
                        primary=vol["primary"], epoch=vol["epoch"])
     vol = _check_epoch_rate(state, cmd, name, vol, "demote", force)
     new_epoch = vol["epoch"] + 1
-    vol = {**vol, "primary": None, "epoch": new_epoch, DEMOTED_BY: cmd["by"]}
+    vol = {**vol, "primary": None, "epoch": new_epoch}
     vol.pop(RESTORE_PIN, None)
     return _with_volume(state, name, vol), {"ok": True, "volume": name, "epoch": new_epoch,
                                             "previous_primary": state["volumes"][name]["primary"]}
