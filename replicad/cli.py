@@ -340,15 +340,32 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _render_volumes(data: dict) -> None:
     t = Table(title="volumes (cluster view)")
-    for col in ("volume", "primary", "epoch", "block size", "size", "min copies", "snapshots", "last seq"):
+    for col in ("volume", "primary", "epoch", "block size", "size", "max size (agreed)", "min copies", "snapshots",
+                "last seq"):
         t.add_column(col)
     from replicad.core.units import format_size
 
     for name, v in sorted(data.get("volumes", {}).items()):
         t.add_row(name, str(v.get("primary")), str(v.get("epoch")), format_size(v.get("block_size", 0)),
-                  format_size(v.get("size_bytes", 0)), str(v.get("min_copies")), str(v.get("snapshots")),
-                  str(v.get("last_seq")))
+                  format_size(v.get("size_bytes", 0)), _max_size_shown(v), str(v.get("min_copies")),
+                  str(v.get("snapshots")), str(v.get("last_seq")))
     console.print(t)
+
+
+def _max_size_shown(v: dict) -> str:
+    """A volume's agreed maximum size (``GET /v1/volumes``) as ``replicad volumes`` prints it: the
+    recorded ``max_size_bytes``; without one (registered by an older release) the default of its
+    size, marked ``(default)``; registered without a size and not committed yet: what sets it."""
+    from replicad.core.state import default_max_size_bytes
+    from replicad.core.units import format_size
+
+    recorded = v.get("max_size_bytes")
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        return format_size(recorded)
+    size = v.get("size_bytes")
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        return "none yet (the first snapshot sets it)"
+    return f"{format_size(default_max_size_bytes(size))} (default)"
 
 
 def _render_cycle(r: dict) -> None:

@@ -80,7 +80,7 @@ from replicad.site.scrub import Scrub
 from replicad.site.standby import StandbyCheck
 from replicad.site.status import Status
 from replicad.site.volumes import VolumeLoop
-from replicad.site.registration import RegistrationCheck
+from replicad.site.registration import RegistrationCheck, registered_size_bytes
 from replicad.storage import fingerprints
 from replicad.storage.audit import AuditLog
 from replicad.storage.catalog import Catalog
@@ -610,7 +610,7 @@ class SiteDaemon:
             return
         configured = _retention_dict(v)
         registered = {k: min(x, DEFAULT_RETENTION[k]) for k, x in configured.items()}
-        size = await asyncio.to_thread(registered_size_bytes, v)  # a hung device must not stall the loop
+        size = await registered_size_bytes(v)  # bounded: a hung device or QSD must not stall the loop
         try:
             res = await self.cluster.propose("add_volume", volume=v.name, primary=self.site_id,
                                              block_size=v.block_size_bytes, size_bytes=size,
@@ -778,26 +778,6 @@ CLUSTER_WIDE_FIELDS = {"add_volume": ("primary", "block_size", "min_copies", "re
                        "set_retention": ("retention",), "set_detection": ("policy",),
                        "mark_verdict": ("seq", "verdict", "reason"), "demote": ("expected_epoch", "force"),
                        "promote": ("to", "expected_epoch", "force", "snapshot")}
-
-
-def registered_size_bytes(v: VolumeConfig) -> int:
-    """The size a volume is registered with (``add_volume``; its agreed maximum is derived from
-    it, :func:`replicad.core.state.default_max_size_bytes`): the size of its image file or block
-    device for the ``file`` and ``reflink`` sources, 0 (not known: the first commit's size
-    counts) for the others (a qcow2 file's size is not its disk's) or when it cannot be read
-    (logged at WARNING). Never raises."""
-    if v.source.kind not in ("file", "reflink"):
-        return 0
-    try:
-        fd = os.open(v.path, os.O_RDONLY)
-        try:
-            return os.lseek(fd, 0, os.SEEK_END)
-        finally:
-            os.close(fd)
-    except OSError as err:
-        log.warning("volume %s: the size of %s could not be read (%s): registered without a size, its first "
-                    "snapshot's size sets its agreed maximum", v.name, v.path, err)
-        return 0
 
 
 INITIAL_REQUEST_TRIES = 6

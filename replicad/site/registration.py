@@ -16,16 +16,64 @@ A held volume stays held until the config and the registration agree (the operat
 volume or, if the other site's registration is legitimate, sets ``initial_primary`` to it) and
 the site restarts. Volumes registered before the record had ``registered_by`` compare only
 ``block_size`` and ``min_copies``.
+
+The size a volume is registered with (:func:`registered_size_bytes`) sets its agreed maximum
+before its first commit (:func:`replicad.core.state.default_max_size_bytes`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from typing import Any
 
 from replicad.config import VolumeConfig
+from replicad.core.errors import ReplicadError
+from replicad.sources import qemu
 
 log = logging.getLogger(__name__)
+
+SIZE_QUERY_TIMEOUT_S = 10.0
+"""Bound (seconds) of reading a volume's size at registration: a hung device or a QSD that does
+not answer delays the registration of the site's other volumes by at most this."""
+
+
+async def registered_size_bytes(v: VolumeConfig) -> int:
+    """The size in bytes a volume is registered with (``add_volume``; its agreed maximum is
+    derived from it, :func:`replicad.core.state.default_max_size_bytes`):
+
+    * ``file`` and ``reflink``: the size of its image file or block device (``lseek`` to the
+      end, in a worker thread);
+    * ``qemu``: the virtual size of its disk as qemu-storage-daemon serves it
+      (:func:`replicad.sources.qemu.disk_size_bytes`), not the size of the qcow2 file;
+    * 0 for any other kind, or when the size cannot be read within
+      :data:`SIZE_QUERY_TIMEOUT_S` (logged at WARNING: the volume is registered without a size
+      and its first commit's size sets its agreed maximum).
+
+    Never raises a ReplicadError or OSError; cancellation propagates."""
+    kind = v.source.kind
+    try:
+        if kind in ("file", "reflink"):
+            return await asyncio.wait_for(asyncio.to_thread(_file_size_bytes, str(v.path)), SIZE_QUERY_TIMEOUT_S)
+        if kind == "qemu":
+            return await asyncio.wait_for(qemu.disk_size_bytes(v), SIZE_QUERY_TIMEOUT_S)
+        return 0
+    except (ReplicadError, OSError, asyncio.TimeoutError) as err:
+        what = (f"the virtual size of node {v.source.node!r} (qemu-storage-daemon at {v.source.qmp_socket})"
+                if kind == "qemu" else f"the size of {v.path}")
+        log.warning("volume %s: %s could not be read (%s): registered without a size, its first snapshot's size "
+                    "sets its agreed maximum", v.name, what, str(err) or type(err).__name__)
+        return 0
+
+
+def _file_size_bytes(path: str) -> int:
+    """Size in bytes of the file or block device at ``path`` (worker thread). Raises OSError."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
 
 
 def registration_problems(cfg: VolumeConfig, vs: dict) -> list[str]:

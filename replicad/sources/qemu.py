@@ -185,16 +185,8 @@ class QemuSource(ReflinkSource):
             await q.close()
 
     def _node_info(self, nodes: list[dict[str, Any]]) -> dict[str, Any]:
-        """The entry of ``node`` in ``nodes`` (QEMU's ``query-named-block-nodes``). NotFoundError
-        if none, UsageError if it is not a qcow2 node (a persistent bitmap needs qcow2 metadata)."""
-        for n in nodes:
-            if n.get("node-name") == self.node:
-                if n.get("drv") != "qcow2":
-                    raise UsageError(f"qemu source node {self.node!r} is a {n.get('drv')!r} node; it must be qcow2 "
-                                     "(a raw disk needs a qcow2 metadata sidecar: README)", node=self.node)
-                return n
-        raise NotFoundError(f"qemu-storage-daemon has no block node {self.node!r}", node=self.node,
-                            qmp_socket=str(self.qmp_socket))
+        """The entry of ``node`` in ``nodes`` (:func:`node_info`)."""
+        return node_info(nodes, self.node, self.qmp_socket)
 
     async def _tidy(self, q: "_Qmp", keep: set[str], nodes: list[dict[str, Any]] | None = None) -> None:
         """Remove this volume's view exports, backup job and fleecing node if present, a dead
@@ -473,6 +465,44 @@ class QemuSource(ReflinkSource):
 
 
 # ---------------------------------------------------------------------- helpers
+
+def node_info(nodes: list[dict[str, Any]], node: str, qmp_socket: Path) -> dict[str, Any]:
+    """The entry of block node ``node`` in ``nodes`` (QEMU's ``query-named-block-nodes`` answer
+    of the QSD on ``qmp_socket``). NotFoundError if none, UsageError if it is not a qcow2 node
+    (a persistent bitmap needs qcow2 metadata)."""
+    for n in nodes:
+        if n.get("node-name") == node:
+            if n.get("drv") != "qcow2":
+                raise UsageError(f"qemu source node {node!r} is a {n.get('drv')!r} node; it must be qcow2 "
+                                 "(a raw disk needs a qcow2 metadata sidecar: README)", node=node)
+            return n
+    raise NotFoundError(f"qemu-storage-daemon has no block node {node!r}", node=node, qmp_socket=str(qmp_socket))
+
+
+async def disk_size_bytes(cfg: VolumeConfig) -> int:
+    """The virtual size in bytes of the disk of the ``qemu`` volume ``cfg``: what its guest sees
+    and every snapshot of it holds (``image.virtual-size`` of ``[volumes.source] node`` in
+    QEMU's ``query-named-block-nodes``), not the size of its qcow2 file (which grows with the
+    clusters written). One QMP connection, each step bounded by :data:`QMP_TIMEOUT_S`.
+
+    Raises:
+        UnavailableError: QSD does not answer on ``qmp_socket``.
+        NotFoundError: ``node`` is not a node of QSD. UsageError: ``node`` is not qcow2.
+        ToolError: QSD refused the query, or its answer names no virtual size.
+    """
+    qmp_socket, node = Path(str(cfg.source.qmp_socket)), str(cfg.source.node)
+    q = _Qmp(qmp_socket)
+    await q.connect()
+    try:
+        info = node_info(await q.run("query-named-block-nodes", {"flat": True}), node, qmp_socket)
+    finally:
+        await q.close()
+    size = (info.get("image") or {}).get("virtual-size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ToolError(f"qemu-storage-daemon names no virtual size of node {node!r}", command="query-named-block-nodes",
+                        returncode=None, stderr_tail="", node=node)
+    return size
+
 
 class _Qmp:
     """One QMP connection (``qemu.qmp.QMPClient``) with bounded waits and typed errors."""
