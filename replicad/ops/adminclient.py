@@ -10,6 +10,7 @@ import urllib.request
 from typing import Any
 
 from replicad.core.errors import PeerUnavailableError, UsageError, from_dict
+from replicad.peer.netreason import connection_reason, unreachable_detail
 
 
 def call_admin(base_url: str, method: str, path: str, body: dict | None = None, timeout_s: float = 600,
@@ -47,4 +48,5 @@ def call_admin(base_url: str, method: str, path: str, body: dict | None = None, 
             raise from_dict(payload, err.code) from None
         raise PeerUnavailableError(f"admin API {url} answered HTTP {err.code}", url=url, status=err.code) from None
     except (urllib.error.URLError, OSError) as err:
-        raise PeerUnavailableError(f"admin API {url} unreachable: {getattr(err, 'reason', err)}", url=url) from None
+        raise PeerUnavailableError(f"admin API {url} unreachable: {connection_reason(err)}", url=url,
+                                   detail=unreachable_detail(err)) from None

@@ -50,6 +50,7 @@ from replicad.storage.chunkstore import ChunkStore
 from replicad.core.errors import (IntegrityError, NotFoundError, PeerStalledError, PeerUnavailableError,
                                   RemoteProtocolError, ReplicadError, RevokedError, from_dict)
 from replicad.core.manifest import Manifest, changed_digests, iter_block_digests
+from replicad.peer.netreason import connection_reason, origin, unreachable_detail
 from replicad.peer.tls import check_sender
 
 log = logging.getLogger("replicad.peer.transport")
@@ -427,8 +428,8 @@ class PeerClient:
                     raise _error_from(resp.status, data, url)
                 return wire.decode_reply(data)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
-            raise PeerUnavailableError(f"peer {url} unreachable: {err.__class__.__name__}: {err}",
-                                       url=url) from None
+            raise PeerUnavailableError(f"peer {origin(url)} unreachable: {connection_reason(err)}", url=url,
+                                       detail=unreachable_detail(err)) from None
 
     async def missing(self, peer_url: str, volume: str, epoch: int, digests: Sequence[bytes]) -> list[bytes]:
         """Which of ``digests`` the peer lacks (asked in batches of at most wire.MAX_DIGESTS_PER_DOC,
@@ -651,8 +652,8 @@ class PeerClient:
                     self.holder_fault(peer_url, err)
                 raise
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
-                raise PeerUnavailableError(f"peer {peer_url} unreachable: {err.__class__.__name__}: {err}",
-                                           url=peer_url) from None
+                raise PeerUnavailableError(f"peer {origin(peer_url)} unreachable: {connection_reason(err)}",
+                                           url=peer_url, detail=unreachable_detail(err)) from None
             except asyncio.CancelledError:  # cut by the caller (a faster holder served it): named if it lagged
                 lagged = progress.lagging()
                 if lagged is not None:
