@@ -80,6 +80,36 @@ def esc(value: Any) -> str:
     return escape(str(value))
 
 
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
+"""How every command prints a time: UTC with the zone named (sites and operators may be in
+other zones; an unmarked time was read as local)."""
+
+
+def _utc(ns: Any) -> str:
+    """A time in nanoseconds since the epoch as :data:`TIME_FORMAT` (``2026-12-07 09:03:31
+    UTC``); ``-`` when it is not a number of a plausible range."""
+    import datetime
+
+    if not isinstance(ns, (int, float)) or isinstance(ns, bool) or not 0 <= ns < 2**63:
+        return "-"
+    return datetime.datetime.fromtimestamp(ns / 1e9, datetime.timezone.utc).strftime(TIME_FORMAT)
+
+
+def _size_text(n: Any) -> str:
+    """Bytes for people: ``format_size`` (``2GiB``), with the exact count beside a rounded one
+    (``1.5GiB (1610612737 bytes)``); anything else as text."""
+    from replicad.core.units import format_size, parse_size
+
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        return str(n)
+    shown = format_size(n)
+    try:
+        exact = parse_size(shown) == n
+    except (ValueError, ReplicadError):
+        exact = False
+    return shown if exact else f"{shown} ({n} bytes)"
+
+
 def _admin_url(args: argparse.Namespace) -> str:
     if getattr(args, "admin", None):
         return args.admin.rstrip("/")
@@ -239,14 +269,27 @@ def _keys_shown(ident: dict) -> str:
     return ", ".join(shown)
 
 
+def _standby_shown(v: dict) -> str:
+    """A replica's standby as ``replicad status`` prints it: its seq and how far it is behind the
+    newest clean snapshot (``10450 (2 behind)``, ``10452 (0 behind)``); ``none (3 behind)`` with
+    no standby yet; ``(rewriting)`` while it is being applied; ``(behind: ?)`` when the lag is not
+    known (the Raft view is not current); ``-`` for a primary."""
+    if v.get("role") == "primary" or (v.get("standby_seq") is None and v.get("standby_lag_snapshots") is None):
+        return "-"
+    seq = "none" if v.get("standby_seq") is None else str(v["standby_seq"])
+    lag = v.get("standby_lag_snapshots")
+    if v.get("standby_applying"):
+        return f"{seq} (rewriting)"
+    if isinstance(lag, int) and not isinstance(lag, bool):
+        return f"{seq} ({lag} behind)"
+    return f"{seq} (behind: ?)"
+
+
 def _volume_cells(v: dict) -> dict[str, str]:
     """The per-volume figures ``replicad status`` shows, as text."""
     rpo = v.get("rpo_s")
-    standby = "-" if v.get("role") == "primary" or v.get("standby_seq") is None else str(v["standby_seq"])
-    if v.get("standby_lag_snapshots"):
-        standby += f" ({v['standby_lag_snapshots']} behind)"
     return {"role": _role_shown(v), "primary": _primary_shown(v), "epoch": str(v.get("epoch")),
-            "newest": str(v.get("newest_committed")), "clean": str(v.get("newest_clean")), "standby": standby,
+            "newest": str(v.get("newest_committed")), "clean": str(v.get("newest_clean")), "standby": _standby_shown(v),
             "rpo": f"{rpo:.1f}" if rpo is not None else "-", "age": _newest_age_shown(v),
             "suspect": ",".join(map(str, v.get("suspect", []))) or "-",
             "divergent": ",".join(f"{d['epoch']}:{d['seq']}" for d in v.get("divergent", [])) or "-",
@@ -263,7 +306,8 @@ def _render_volumes_narrow(data: dict) -> None:
         console.print(f"[{style}]{esc(name)}[/{style}]: {esc(c['role'])} (primary {esc(c['primary'])}, epoch "
                       f"{esc(c['epoch'])}), RPO {esc(c['rpo'])} s (newest clean), newest {esc(c['age'])} s old",
                       soft_wrap=False, markup=True)
-        console.print(f"  snapshots: newest #{c['newest']}, newest clean #{c['clean']}, standby {c['standby']}")
+        console.print(f"  snapshots: newest #{c['newest']}, newest clean #{c['clean']}, standby {c['standby']}",
+                      markup=False)
         if c["suspect"] != "-" or c["divergent"] != "-":
             console.print(f"  suspect: {c['suspect']}   divergent: {c['divergent']}", style=style)
         if c["error"]:
@@ -272,16 +316,14 @@ def _render_volumes_narrow(data: dict) -> None:
 
 def _render_volumes_table(data: dict) -> None:
     t = Table(title="volumes")
-    for col in ("volume", "role", "primary", "epoch", "newest", "newest clean", "standby", "RPO s (clean)",
-                "newest age s", "suspect", "divergent", "last error"):
+    for col in ("volume", "role", "primary", "epoch", "newest", "newest clean", "standby (snapshots behind)",
+                "RPO s (clean)", "newest age s", "suspect", "divergent", "last error"):
         t.add_column(col)
     for name, v in data.get("volumes", {}).items():
         rpo = v.get("rpo_s")
-        standby = "-" if v.get("role") == "primary" or v.get("standby_seq") is None else str(v["standby_seq"])
-        if v.get("standby_lag_snapshots"):
-            standby += f" ({v['standby_lag_snapshots']} behind)"
         t.add_row(name, _role_shown(v), _primary_shown(v), str(v.get("epoch")), str(v.get("newest_committed")),
-                  str(v.get("newest_clean")), standby, f"{rpo:.1f}" if rpo is not None else "-", _newest_age_shown(v),
+                  str(v.get("newest_clean")), _standby_shown(v), f"{rpo:.1f}" if rpo is not None else "-",
+                  _newest_age_shown(v),
                   ",".join(map(str, v.get("suspect", []))) or "-",
                   ",".join(f"{d['epoch']}:{d['seq']}" for d in v.get("divergent", [])) or "-",
                   v.get("last_error") or "",
@@ -375,13 +417,21 @@ def _render_cycle(r: dict) -> None:
                   f"(commit-time screen {r.get('score', 0):.1%} of the non-zero blocks newly random, baseline "
                   f"{r.get('baseline', 0):.1%}; 'replicad evidence' has each site's relative score), "
                   f"{esc(r.get('changed_blocks'))} changed blocks, held by {esc(', '.join(r.get('holders', [])))}, "
-                  f"{esc(r.get('bytes_shipped', 0))} bytes shipped in {r.get('cycle_s', r.get('scan_s', 0)):.2f}s",
+                  f"{esc(_shipped(r.get('bytes_shipped', 0)))} shipped in {r.get('cycle_s', r.get('scan_s', 0)):.2f}s",
                   markup=True)
     if r.get("verdict") == "suspect" and r.get("verdict_reason"):  # e.g. only by descent from a suspect parent
         console.print(f"  suspect because: {r['verdict_reason']}", markup=False, highlight=False, soft_wrap=True)
     for peer, p in sorted(r.get("peers", {}).items()):
         if not p.get("ok"):
-            console.print(f"  {peer}: not stored yet — {p.get('error')}: {p.get('message')}")
+            console.print(f"  {peer}: not stored yet ({p.get('error')}): {p.get('message')}", markup=False,
+                          soft_wrap=True)
+
+
+def _shipped(n: Any) -> str:
+    """Bytes a snapshot shipped, rounded for people (``4.0MiB``; ``--json`` has the count)."""
+    from replicad.core.units import format_size
+
+    return format_size(n) if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else str(n)
 
 
 def _render_verdict(r: dict) -> None:
@@ -525,10 +575,8 @@ def _render_snapshots(data: dict) -> None:
     t = Table(title=f"{data['volume']} — primary {data['primary']}, epoch {data['epoch']}")
     for col in ("seq", "epoch", "verdict", "created", "holders", "changed blocks", "root"):
         t.add_column(col)
-    import datetime as dt
-
     for s in data["snapshots"]:
-        created = dt.datetime.fromtimestamp(s["created_at_ns"] / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+        created = _utc(s.get("created_at_ns"))
         style = "red" if s["verdict"] == "suspect" else None
         t.add_row(str(s["seq"]), str(s["epoch"]), s["verdict"], created, ",".join(s["holders"]),
                   str(s.get("stats", {}).get("changed_blocks", "")), str(s["root"])[:16], style=style)
@@ -588,34 +636,50 @@ def _render_members(data: dict) -> None:
     console.print(t)
 
 
+def _key_shown(key: str) -> str:
+    """A request argument's key for people: without its unit suffix (``_s``, ``_bytes``), which
+    the value then carries (``lock 2d``, ``max_size 2GiB``)."""
+    return key.removesuffix("_bytes").removesuffix("_s")
+
+
 def _readable(value: Any, key: str = "") -> str:
     """A request argument for people: a ``*_s`` number as a duration (``604800`` → ``7d``), a
-    map as ``k v, ...`` (its ``*_s`` keys without the suffix), a list comma-separated."""
+    ``*_bytes`` number as a size (``2147483648`` → ``2GiB``), a map as ``k v, ...`` (its keys
+    without the suffix), a list comma-separated."""
     from replicad.core.units import format_duration
 
     if isinstance(value, dict):
-        return ", ".join(f"{k.removesuffix('_s')} {_readable(v, k)}" for k, v in value.items())
+        return ", ".join(f"{_key_shown(k)} {_readable(v, k)}" for k, v in value.items())
     if isinstance(value, list):
         return ", ".join(_readable(v) for v in value)
     if key.endswith("_s") and isinstance(value, (int, float)) and not isinstance(value, bool):
         return format_duration(value)
+    if key.endswith("_bytes") and isinstance(value, int) and not isinstance(value, bool):
+        return _size_text(value)
     return str(value)
 
 
-def _request_line(r: dict) -> str:
-    import datetime as dt
+def _previous_shown(r: dict) -> str:
+    """What a request replaces, for its line: ``; was ...`` (a retention change once applied, a
+    new maximum size once applied) or ``; now ...`` (a maximum size while the request waits);
+    empty when the record names none."""
+    previous = r.get("previous")
+    if isinstance(previous, dict):
+        return f"; was {_readable(previous)}"
+    if r.get("action") == "set_max_size" and isinstance(previous, int) and not isinstance(previous, bool):
+        return f"; {'was' if r.get('status') == 'applied' else 'now'} {_size_text(previous)}"
+    return ""
 
-    expires = dt.datetime.fromtimestamp(r["expires_ns"] / 1e9).strftime("%Y-%m-%d %H:%M")
-    args = "; ".join(f"{k}: {_readable(v, k)}" for k, v in sorted((r.get("args") or {}).items())
+
+def _request_line(r: dict) -> str:
+    args = "; ".join(f"{_key_shown(k)}: {_readable(v, k)}" for k, v in sorted((r.get("args") or {}).items())
                      if not (k == "reason" and v == r.get("reason")))  # the reason is shown once, below
-    effective = (dt.datetime.fromtimestamp(r["effective_ns"] / 1e9).strftime("%Y-%m-%d %H:%M")
-                 if r.get("effective_ns") else "")
     return (f"{r['id']} [{r['status']}] by {r['by']}: {r['action']} {args}"
             + (f" ({r['reason']})" if r.get("reason") else "")
-            + (f"; was {_readable(r['previous'])}" if isinstance(r.get("previous"), dict) else "")
+            + _previous_shown(r)
             + f"; approvals {', '.join(r.get('approvals') or [])} ({len(r.get('approvals') or [])} of {r.get('needed')})"
-            + (f"; expires {expires}" if r["status"] == "pending" else "")
-            + (f"; takes effect {effective} unless vetoed" if r["status"] == "approved" else "")
+            + (f"; expires {_utc(r.get('expires_ns'))}" if r["status"] == "pending" else "")
+            + (f"; takes effect {_utc(r.get('effective_ns'))} unless vetoed" if r["status"] == "approved" else "")
             + (f"; vetoed by {r.get('vetoed_by')}" if r["status"] == "vetoed" else ""))
 
 
@@ -631,22 +695,60 @@ def _render_requests(data: dict) -> None:
 
 
 def _render_request_state(r: dict) -> None:
-    import datetime as dt
-
+    what = " ".join(str(x) for x in (r.get("action"), r.get("volume")) if x)
+    name = f"request {r['request']}" + (f" ({what})" if what else "")
     if r.get("status") == "approved":
-        at = dt.datetime.fromtimestamp(r["effective_ns"] / 1e9).strftime("%Y-%m-%d %H:%M:%S")
-        console.print(f"request {r['request']} approved by {', '.join(r.get('approvals') or [])}: it takes effect at "
-                      f"{at} (cooling-off) unless a site vetoes it (replicad veto {r['request']})")
+        console.print(f"{name} approved by {', '.join(r.get('approvals') or [])}: it takes effect at "
+                      f"{_utc(r.get('effective_ns'))} (cooling-off) unless a site vetoes it (replicad veto "
+                      f"{r['request']})", markup=False, soft_wrap=True)
     elif r.get("status") == "vetoed":
-        console.print(f"request {r['request']} vetoed by {r.get('vetoed_by')}: it will not take effect")
+        console.print(f"{name} vetoed by {r.get('vetoed_by')}: it will not take effect", markup=False,
+                      soft_wrap=True)
     elif r.get("status") == "pending":
-        console.print(f"request {r['request']} is pending: {len(r.get('approvals') or [])} of {r.get('needed')} "
-                      f"sites approved ({', '.join(r.get('approvals') or [])}); nothing changed yet")
+        console.print(f"{name} is pending: {len(r.get('approvals') or [])} of {r.get('needed')} "
+                      f"sites approved ({', '.join(r.get('approvals') or [])}); nothing changed yet", markup=False,
+                      soft_wrap=True)
         if r.get("next"):
-            console.print(f"  next: {r['next']}")
+            console.print(f"  next: {r['next']}", markup=False, soft_wrap=True)
     else:
-        console.print(f"request {r['request']} applied (approved by {', '.join(r.get('approvals') or [])}): "
-                      f"{r.get('result')}")
+        console.print(f"{name} applied (approved by {', '.join(r.get('approvals') or [])}): "
+                      f"{_result_text(r.get('action'), r.get('result'))}", markup=False, soft_wrap=True)
+
+
+def _result_text(action: Any, result: Any) -> str:
+    """What an applied request did (``result``: the state machine's answer to its ``action``),
+    in one sentence: ``ehr: maximum size 2GiB (was 1036MiB)``, ``ehr: pruned #1, #2``; an
+    action without its own sentence as ``key value`` pairs (never a raw map)."""
+    if not isinstance(result, dict):
+        return "done" if result is None else str(result)
+    vol = result.get("volume")
+    if "max_size_bytes" in result:
+        prev = result.get("previous")
+        return (f"{vol}: agreed maximum size {_size_text(result['max_size_bytes'])}"
+                + (f" (was {_size_text(prev)})" if isinstance(prev, int) and result.get("changed", True)
+                   else " (unchanged)"))
+    if "pruned" in result:
+        seqs = ", ".join(f"#{s}" for s in result.get("pruned") or []) or "nothing"
+        return f"{vol}: pruned {seqs}"
+    if "retention" in result:
+        weaker = result.get("weakened") or []
+        return (f"{vol} retention: {_readable(result['retention'])}"
+                + (f" (shorter: {', '.join(_key_shown(k) for k in weaker)})" if weaker else ""))
+    if "detection" in result:
+        weaker = result.get("weakened") or []
+        return (f"{vol} detection policy changed (replicad detection {vol} shows it)"
+                + (f"; weaker: {', '.join(map(str, weaker))}" if weaker else ""))
+    if action == "mark_verdict" or "cleared" in result:
+        cleared = ", ".join(f"#{s}" for s in result.get("cleared") or [])
+        return f"{vol}#{result.get('seq')} is {result.get('verdict')}" + (f" (cleared {cleared})" if cleared else "")
+    if "revoked_keys" in result:
+        return f"site {result.get('site_id')} revoked ({result['revoked_keys']} key(s)): its commands are refused"
+    if "members" in result:
+        sites = ", ".join(str(m.get("site_id", m)) if isinstance(m, dict) else str(m) for m in result["members"])
+        return f"the cluster's membership is now {sites}"
+    if "previous_primary" in result:
+        return f"{vol}: no primary now, epoch {result.get('epoch')} (was {result['previous_primary']})"
+    return "; ".join(f"{_key_shown(k)} {_readable(v, k)}" for k, v in result.items() if k != "ok") or "done"
 
 
 def _render_retention(data: dict) -> None:
@@ -735,8 +837,6 @@ def _render_operation(o: dict) -> None:
 
 
 def _render_raft_audit(data: dict) -> None:
-    import datetime as dt
-
     records = data.get("audit") or []
     if not records:
         console.print("no Raft audit records")
@@ -744,9 +844,7 @@ def _render_raft_audit(data: dict) -> None:
     for col in ("time", "by", "command", "volume", "outcome"):
         t.add_column(col)
     for r in records:
-        at = (dt.datetime.fromtimestamp(r["at_ns"] / 1e9).strftime("%Y-%m-%d %H:%M:%S")
-              if isinstance(r.get("at_ns"), int) else "-")
-        t.add_row(at, str(r.get("by") or "-"), str(r.get("op") or "-"), str(r.get("volume") or "-"),
+        t.add_row(_utc(r.get("at_ns")), str(r.get("by") or "-"), str(r.get("op") or "-"), str(r.get("volume") or "-"),
                   "ok" if r.get("ok") else f"refused: {r.get('error')}", style=None if r.get("ok") else "yellow")
     console.print(t)
 
@@ -757,7 +855,7 @@ def _render_admin_audit(data: dict) -> None:
     for col in ("#", "time", "who", "request", "status"):
         t.add_column(col)
     for r in data.get("records") or []:
-        when = str(r.get("at") or "-").replace("T", " ")[:19]
+        when = _iso_utc(r.get("at"))
         t.add_row(str(r.get("seq")), when, str(r.get("who")), f"{r.get('method')} {r.get('path')}",
                   f"{r.get('status')} {r.get('outcome')}", style="yellow" if r.get("outcome") != "ok" else None)
     console.print(t)
@@ -765,6 +863,22 @@ def _render_admin_audit(data: dict) -> None:
         console.print(f"chain intact: {chain.get('n_records')} records")
     else:
         console.print(f"[red]chain BROKEN at record {esc(chain.get('first_bad_seq'))}[/red]", markup=True)
+
+
+def _iso_utc(at: Any) -> str:
+    """An admin audit record's ``at`` (ISO 8601 in UTC, ``2026-01-31T12:00:00.123456Z``) as
+    :data:`TIME_FORMAT`; ``-`` when it is none, the text as it is when it does not parse."""
+    import datetime
+
+    if not isinstance(at, str) or not at:
+        return "-"
+    try:
+        when = datetime.datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except ValueError:
+        return at
+    if when.tzinfo is None:
+        return at
+    return when.astimezone(datetime.timezone.utc).strftime(TIME_FORMAT)
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
@@ -928,11 +1042,40 @@ def cmd_max_size(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Prune committed snapshots now (``POST /v1/volumes/VOL/prune``, admin role): refused
+    inside the lock window; one the agreed retention keeps becomes a request another site
+    approves (202), then cools off."""
+    body: dict[str, Any] = {"seqs": list(args.seqs)}
+    if args.reason:
+        body["reason"] = args.reason
+    _print(args, api(args, "POST", f"/v1/volumes/{args.volume}/prune", body), _render_prune)
+    return 0
+
+
+def _render_prune(r: dict) -> None:
+    """The answer of a prune: what was pruned (and what this site freed), or the request made
+    for snapshots the agreed retention keeps."""
+    if r.get("request"):
+        kept = ", ".join(f"#{s}" for s in r.get("kept_by_retention") or [])
+        console.print(f"{r.get('volume')}: {kept or 'these snapshots'} kept by the agreed retention: pruning is a "
+                      "request other sites approve (then the cooling-off)", markup=False, soft_wrap=True)
+        _render_request_state({**r, "action": "prune_snapshots"})
+        return
+    local = r.get("local") or {}
+    freed = (local.get("gc") or {}).get("bytes_freed")
+    console.print(f"{r.get('volume')}: pruned {', '.join(f'#{s}' for s in r.get('pruned') or []) or 'nothing'} "
+                  f"from the cluster's catalog (Raft); this site forgot {local.get('forgotten', 0)} snapshot(s)"
+                  + (f" and freed {_size_text(freed)}" if isinstance(freed, int) else ""), markup=False,
+                  soft_wrap=True)
+
+
 def _render_max_size(data: dict) -> None:
     if "request" in data:
         _render_request_state(data)
         return
-    console.print(f"{data['volume']} maximum size: {data['max_size_bytes']} bytes (unchanged: already agreed)")
+    console.print(f"{data['volume']} maximum size: {_size_text(data['max_size_bytes'])} (unchanged: already agreed)",
+                  markup=False)
 
 
 def _no_approved_by(args: argparse.Namespace) -> None:
@@ -1260,6 +1403,8 @@ EXAMPLES: dict[str, str] = {
                     "replicad drill verify REPORT --key ed25519:...   # the drilling site's public key",
     "members": "replicad members\nreplicad members propose /etc/replicad/site-a.new.toml --reason 'add site-d'",
     "retention": "replicad retention ehr\nreplicad retention ehr --set lock=48h --set daily=30d",
+    "prune": "replicad prune ehr 41 --reason 'held a copy of a deleted record'   # kept by the retention: a "
+             "request\nreplicad approve r9                       # at another site, with its admin token",
     "max-size": "replicad max-size ehr 200GiB --reason \"disk resized to 120 GiB\"   # then: replicad approve REQ "
                 "at another site",
     "evidence": "replicad evidence ehr 42                # why each site judged ehr#42 as it did\n"
@@ -1427,6 +1572,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reason", default="", help="why (shown to the operators asked to approve a shortening)")
     p.add_argument("--approved-by", action="append", help=argparse.SUPPRESS)  # retired: says what replaced it
     p.set_defaults(fn=cmd_retention)
+    p = command("prune", help="prune committed snapshots now; one the agreed retention keeps becomes a request "
+                "another site approves (then the cooling-off); refused inside the lock window")
+    p.add_argument("volume", help="the volume's name (as in [[volumes]] name)")
+    p.add_argument("seqs", type=int, nargs="+", metavar="SEQ", help="the snapshots' seqs, as 'replicad snapshots "
+                   "VOL' lists them")
+    p.add_argument("--reason", default="", help="why (shown to the operators asked to approve)")
+    p.set_defaults(fn=cmd_prune)
     p = command("max-size", help="request a larger (or smaller) agreed maximum size of a volume; another site "
                 "approves it")
     p.add_argument("volume")
@@ -1682,9 +1834,7 @@ def _admin_api(args: argparse.Namespace):
 
 
 def _when(ns: int) -> str:
-    import datetime
-
-    return datetime.datetime.fromtimestamp(ns / 1e9, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return _utc(ns)
 
 
 _VALUED = {"--snapshot", "--partition", "--admin", "--config", "--token", "--token-file"}  # options taking a value (exports)
@@ -1828,7 +1978,7 @@ def cmd_files(args: argparse.Namespace) -> int:
         entries = list_files(root, args.path, args.recursive)
 
     def render(rows: list[dict]) -> None:
-        t = Table("mode", "size", "modified (UTC)", "path", box=None)
+        t = Table("mode", "size", "modified", "path", box=None)
         for e in rows:
             t.add_row(e["mode"], str(e["size_bytes"]), _when(e["mtime_ns"]),
                       e["path"] + (f" -> {e['target']}" if "target" in e else ""))

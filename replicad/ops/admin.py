@@ -42,7 +42,7 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
     GET    /v1/volumes/{volume}/retention       [viewer] the Raft-agreed retention policy
     PUT    /v1/volumes/{volume}/retention       [admin] {"retention": {...}, "reason": str?}; shortening: 202 request
     POST   /v1/volumes/{volume}/retention/run   [admin] apply the retention policy at this site now
-    POST   /v1/volumes/{volume}/prune           [admin] {"seqs": [int]}: refused inside the lock window (O4);
+    POST   /v1/volumes/{volume}/prune           [admin] {"seqs": [int], "reason": str?}: refused inside the lock window (O4);
                                                  what the agreed retention keeps: 202 request
     GET    /v1/members                          [viewer] sites of the Raft group and their reachability
     POST   /v1/members, DELETE /v1/members/{site_id}   [admin] 501 not_supported (see below)
@@ -104,6 +104,7 @@ from aiohttp import web
 from replicad.ops import auth
 from replicad.ops.exportlimits import IdleExports, requested_ttl_s
 from replicad.storage.audit import AuditLog, verify_chain
+from replicad.peer.netreason import connection_reason, unreachable_detail
 from replicad.core.errors import (InternalError, NotFoundError, NotSupportedError, PeerUnavailableError, ReplicadError,
                      UnauthenticatedError, UsageError, _jsonable, from_dict)
 from replicad.core import anomaly  # issue 14
@@ -354,7 +355,9 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         return web.Response(text=page, content_type="text/html", charset="utf-8", headers=statuspage.HEADERS)
 
     async def status(request: web.Request) -> web.Response:
-        return _ok(site.status.report() | {"members": members(site)["members"]})
+        report = site.status.report()
+        report["requests"] = with_previous(report.get("requests") or [], site.cluster.view())
+        return _ok(report | {"members": members(site)["members"]})
 
     async def volumes(request: web.Request) -> web.Response:
         st = site.raft.state()
@@ -504,11 +507,17 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
     async def prune(request: web.Request) -> web.Response:
         name = request.match_info["volume"]
         body = await _json_body(request)
+        unknown = set(body) - {"seqs", "reason"}
+        if unknown:
+            raise UsageError(f"unknown keys {sorted(unknown)}", known=["seqs", "reason"])
         seqs = body.get("seqs")
         if not isinstance(seqs, list) or not seqs or not all(isinstance(x, int) and not isinstance(x, bool)
                                                             and x >= 0 for x in seqs):
             raise UsageError("seqs must be a non-empty list of snapshot numbers", field="seqs")
-        out = await site.housekeeping.prune(name, seqs)
+        reason = body.get("reason", "")
+        if not isinstance(reason, str) or len(reason) > 1024:
+            raise UsageError("reason must be a string of at most 1024 characters", field="reason")
+        out = await site.housekeeping.prune(name, seqs, reason)
         if out.get("request") and out.get("status") == "pending":  # kept by the agreed retention: a request
             out["next"] = (f"an operator of another site approves it there: replicad approve {out['request']} "
                            f"(needs {out.get('needed')} sites, this one counted)")
@@ -600,7 +609,8 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
                                    weakened=anomaly.weakened_keys(current, new))
 
     async def requests_get(request: web.Request) -> web.Response:
-        return _ok({"requests": list_requests(site.cluster.view()), "site_id": site.site_id})
+        view = site.cluster.view()
+        return _ok({"requests": with_previous(list_requests(view), view), "site_id": site.site_id})
 
     async def requests_approve(request: web.Request) -> web.Response:
         req_id = request.match_info["request_id"]
@@ -796,10 +806,32 @@ def _no_claimed_approval(body: dict) -> None:
                          "(replicad requests; replicad approve REQ)", field="approved_by")
 
 
+def with_previous(requests: list[dict], view: dict) -> list[dict]:
+    """``requests`` (:func:`~replicad.core.state.list_requests` records) with ``previous`` on each
+    ``set_max_size`` one: the agreed maximum (bytes) it replaces; while it waits (pending,
+    approved) the volume's maximum now in ``view`` (the Raft state), once applied the one its
+    result names. Other records unchanged (a retention change carries its own once applied). Pure."""
+    out = []
+    for r in requests:
+        if r.get("action") == "set_max_size" and "previous" not in r:
+            result = r.get("result") if isinstance(r.get("result"), dict) else {}
+            vs = (view.get("volumes") or {}).get((r.get("args") or {}).get("volume"))
+            if isinstance(result.get("previous"), int):
+                r = {**r, "previous": result["previous"]}
+            elif r.get("status") in ("pending", "approved") and vs is not None:
+                r = {**r, "previous": max_size_bytes(vs)}
+        out.append(r)
+    return out
+
+
 def _request_answer(res: dict) -> dict:
-    """The admin API's view of a ``request`` / ``approve`` result."""
+    """The admin API's view of a ``request`` / ``approve`` result (with the request's
+    ``action`` and ``volume`` when the result names them)."""
     out = {"request": res.get("request"), "status": res.get("status"), "approvals": res.get("approvals", []),
            "needed": res.get("needed")}
+    for key in ("action", "volume"):
+        if res.get(key) is not None:
+            out[key] = res[key]
     for key in ("expires_ns", "effective_ns"):
         if res.get(key) is not None:
             out[key] = res[key]
@@ -859,7 +891,7 @@ async def _await_ready(site: "SiteDaemon", target: str, volume: str, epoch: int 
                     return {"ready": False, "not_ready": why + " (the token is not valid there: check its status "
                                                              "there with its own token)"}
         except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as err:
-            why = f"{target} admin endpoint unreachable: {err}"
+            why = f"{target} admin endpoint unreachable: {connection_reason(err)}"
         if time.monotonic() - t0 >= wait_s:
             return {"ready": False, "not_ready": f"not ready after {wait_s:.0f} s: {why}"}
         await asyncio.sleep(0.2)
@@ -883,4 +915,5 @@ async def _forward(site: "SiteDaemon", primary: str, path: str, body: dict, auth
                                               "refused_by": primary}}, resp.status)
             return data
     except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as err:
-        raise PeerUnavailableError(f"primary {primary} admin endpoint unreachable: {err}", primary=primary) from None
+        raise PeerUnavailableError(f"primary {primary} admin endpoint unreachable: {connection_reason(err)}",
+                                   primary=primary, detail=unreachable_detail(err)) from None

@@ -19,8 +19,16 @@ from typing import Any, Iterable, Mapping
 BLOCK_GROUPS_MAX = 12
 """Ranges of block indices shown before ``… (N more)``."""
 
-SHARE_KEYS = frozenset({"score", "baseline", "cumulative"})
+SHARE_KEYS = frozenset({"score", "baseline", "cumulative", "conserved", "conserved_counted"})
 """Keys whose value is a share of the volume (0..1), shown as a percentage."""
+
+UNITS = {"data_blocks": "blocks", "changed_blocks": "blocks", "turned_random": "blocks", "fresh_random": "blocks",
+         "wiped": "blocks", "cold_rewritten": "blocks", "ransom_note": "blocks", "sparse_random": "blocks",
+         "structure_freed": "blocks' worth", "random_filled": "blocks' worth", "renamed": "file names",
+         "magic_destroyed": "blocks"}
+"""The unit of each count of a snapshot's signals (``anomaly.SnapshotSignals.summary``), printed
+after it; in a nested map (``magic_destroyed``: per header kind) it applies to every value.
+Keys ending in ``_bytes`` are sizes, ``_blocks`` blocks; shares (:data:`SHARE_KEYS`) percentages."""
 
 
 def percent(share: Any) -> str:
@@ -48,6 +56,34 @@ def number(value: Any) -> str:
     return str(value)
 
 
+def size(value: Any) -> str:
+    """A byte count as ``0 bytes``, ``4 KiB (4096 bytes)``-style text: the exact count, with the
+    binary unit before it from 1 KiB on; other values as :func:`number`."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return number(value)
+    if abs(value) < 1024:
+        return f"{value} byte{'' if value == 1 else 's'}"
+    from replicad.core.units import format_size
+
+    return f"{format_size(value)} ({value} bytes)"
+
+
+def with_unit(key: str, value: Any, unit: str | None = None) -> str:
+    """``value`` of signal ``key`` with its unit (:data:`UNITS`, or ``unit`` from an enclosing
+    map): ``12 blocks``, ``2.50 %``, ``1MiB (1048576 bytes)``; a value that is not a number, or
+    a key of no known unit, as :func:`number`."""
+    if key in SHARE_KEYS:
+        return percent(value)
+    if key.endswith("_bytes"):
+        return size(value)
+    unit = UNITS.get(key, unit or ("blocks" if key.endswith("_blocks") else None))
+    if unit is None or not isinstance(value, (int, float)) or isinstance(value, bool):
+        return number(value)
+    if unit == "blocks" and value == 1:
+        unit = "block"
+    return f"{number(value)} {unit}"
+
+
 def block_ranges(indices: Iterable[Any], groups_max: int = BLOCK_GROUPS_MAX) -> str:
     """Block indices as sorted ranges: ``[7, 3, 4, 5, 9]`` → ``3-5, 7, 9``; more than
     ``groups_max`` groups end in ``… (N more blocks)``. Non-integers are ignored."""
@@ -63,10 +99,11 @@ def block_ranges(indices: Iterable[Any], groups_max: int = BLOCK_GROUPS_MAX) -> 
     return ", ".join(shown) + (f", … ({rest} more block{'s' if rest != 1 else ''})" if rest else "")
 
 
-def map_lines(values: Mapping[str, Any], indent: int = 2) -> list[str]:
+def map_lines(values: Mapping[str, Any], indent: int = 2, unit: str | None = None) -> list[str]:
     """``key: value`` lines of a map, sorted by key; a nested map as ``key:`` and its own lines
-    indented two more; an empty map ``key: none``; a list as its items joined; shares
-    (:data:`SHARE_KEYS`) as percentages."""
+    indented two more (its values in the unit of its key); an empty map ``key: none``; a list as
+    its items joined; each number with its unit (:func:`with_unit`: shares as percentages,
+    counts of blocks, sizes in bytes)."""
     pad = " " * indent
     out: list[str] = []
     for key in sorted(values, key=str):
@@ -74,15 +111,13 @@ def map_lines(values: Mapping[str, Any], indent: int = 2) -> list[str]:
         if isinstance(value, Mapping):
             if value:
                 out.append(f"{pad}{key}:")
-                out.extend(map_lines(value, indent + 2))
+                out.extend(map_lines(value, indent + 2, UNITS.get(str(key), unit)))
             else:
                 out.append(f"{pad}{key}: none")
         elif isinstance(value, (list, tuple)):
             out.append(f"{pad}{key}: " + (", ".join(number(v) for v in value) or "none"))
-        elif key in SHARE_KEYS:
-            out.append(f"{pad}{key}: {percent(value)}")
         else:
-            out.append(f"{pad}{key}: {number(value)}")
+            out.append(f"{pad}{key}: {with_unit(str(key), value, unit)}")
     return out
 
 

@@ -15,6 +15,7 @@ import copy
 from typing import Any
 
 from replicad.ops import auth
+from replicad.core.state import REQUEST_ACTIONS
 
 API_VERSION = "1.0.0"
 
@@ -183,13 +184,16 @@ SCHEMAS: dict[str, dict] = {
                            "head": _object({"seq": _INT, "hash": _STR}),
                            "chain": _object({"ok": _BOOL, "n_records": _INT, "first_bad_seq": _NINT})}),
     "OpenAPI": _object({"openapi": _STR, "info": _OBJ, "paths": _OBJ}),
-    "Request": _object({"id": _STR, "by": _STR, "action": {"enum": ["set_retention", "mark_verdict", "set_detection", "revoke_site", "set_members",
-                                                                    "set_max_size"]},
+    "Request": _object({"id": _STR, "by": _STR, "action": {"enum": list(REQUEST_ACTIONS)},
                         "args": _OBJ, "reason": _STR, "approvals": {"type": "array", "items": _STR},
                         "needed": _INT, "created_ns": _INT, "expires_ns": _INT,
                         "status": {"enum": ["pending", "approved", "applied", "failed", "vetoed", "expired"]},
                         "result": {}},
-                       {"approved_ns": _INT, "effective_ns": _INT, "applied_ns": _INT, "previous": _OBJ,
+                       {"approved_ns": _INT, "effective_ns": _INT, "applied_ns": _INT,
+                        "previous": {"type": ["object", "integer"], "description": (
+                            "set_retention, once applied: the policy it replaced; set_max_size: the agreed "
+                            "maximum in bytes it replaces (the volume's now while it waits, once applied the "
+                            "one it replaced)")},
                         "vetoed_by": _STR}),
     "Requests": _object({"requests": {"type": "array", "items": _ref("Request")}, "site_id": _STR}),
     "Evidence": _object({"volume": _STR, "seq": _INT, "verdict": _STR, "verdict_reason": _STR, "confirmed": _BOOL,
@@ -222,7 +226,9 @@ _BODIES: dict[str, dict] = {
                                          "divergent_epoch": _NINT}),
     "Verify": _object({}, {"seq": _NINT}),
     "Drill": _object({"sandbox": _STR}, {"seq": _NINT, "keep": _BOOL}),
-    "Prune": _object({"seqs": {"type": "array", "items": _INT, "minItems": 1}}),
+    "Prune": _object({"seqs": {"type": "array", "items": _INT, "minItems": 1}},
+                     {"reason": {**_STR, "maxLength": 1024, "description": (
+                         "why (shown to the operators asked to approve a request)")}}),
     "Verdict": _object({"verdict": {"enum": ["clean", "suspect"]}}, {"reason": _STR}),
     "DetectionPut": _object({"detection": _OBJ}, {"reason": _STR}),
     "RetentionPut": _object({"retention": {"type": "object", "description": (

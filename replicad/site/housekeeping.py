@@ -192,8 +192,9 @@ class Housekeeping:
             log.warning("retention of %s agreed in Raft is weaker than the floor of %s (the floor is kept here): %s",
                         volume, self.site_id, problem)
 
-    async def prune(self, volume: str, seqs: list[int]) -> dict:
-        """Operator request to prune exactly the committed snapshots ``seqs`` now; the state
+    async def prune(self, volume: str, seqs: list[int], reason: str = "") -> dict:
+        """Operator request to prune exactly the committed snapshots ``seqs`` now (``reason``: the
+        operator's, shown to those asked to approve a request); the state
         machine refuses (``retention_locked``, audited in the Raft log) anything inside the
         lock window, pinned or newest. This site then forgets them and collects their chunks;
         the retention policy does not run here (it runs on its own schedule, or ``retention/run``).
@@ -213,7 +214,7 @@ class Housekeeping:
             # after the cooling-off): one site's word deletes no retained history
             req = await self.cluster.propose("request", action="prune_snapshots",
                                              args={"volume": volume, "seqs": list(seqs)},
-                                             reason=f"operator prune at {self.site_id}")
+                                             reason=reason or f"operator prune at {self.site_id}")
             log.warning("AUDIT request %s made at %s: prune %s snapshots %s, kept by the agreed retention",
                         req.get("request"), self.site_id, volume, list(seqs))
             return {"volume": volume, "pruned": [], "request": req.get("request"), "status": req.get("status"),

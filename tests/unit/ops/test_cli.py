@@ -352,7 +352,7 @@ def test_evidence_prints_every_sites_verdict_and_what_this_site_saw(admin_stub) 
     text = " ".join(res.stdout.split())
     assert res.returncode == 0, res.stderr
     for part in ("ehr#34: suspect", "site-a", "site-b", "judged against #33", "restore point #33",
-                 "50 data blocks turned random", "turned_random: 50", "7, 9",
+                 "50 data blocks turned random", "turned_random: 50 blocks", "7, 9",
                  "persons' marks", "site-c: suspect at 2026-11-30 00:53:21 UTC: a ransom note on the share"):
         assert part in text, (part, text)
     assert "DISAGREE" not in text
@@ -380,8 +380,9 @@ def test_evidence_is_human_readable_and_its_json_exact(admin_stub) -> None:
     res = run_env({"COLUMNS": "120"}, "--admin", url, "evidence", "ehr", "12")
     assert res.returncode == 0, res.stderr
     text = res.stdout
-    for part in ("score 7.34 % (baseline 0.01 %, cumulative 8.12 %)", "    magic_destroyed:", "      ext4: 2",
-                 "      sqlite: 1", "    fs_destroyed: yes", "    score: 7.34 %", "first suspicious #12",
+    for part in ("score 7.34 % (baseline 0.01 %, cumulative 8.12 %)", "    magic_destroyed:", "      ext4: 2 blocks",
+                 "      sqlite: 1 block", "    fs_destroyed: yes", "    score: 7.34 %", "first suspicious #12",
+                 "    data_blocks: 4096 blocks", "    changed_blocks: 301 blocks", "    shrunk_bytes: 0 bytes",
                  "restore point #11", "block 9: how_to_decrypt", "106 block(s) in the evidence: 100-139, 150, 152, "
                  "200-263", "in 0.12 CPU-s", "7.34 %"):
         assert part in text, (part, text)
@@ -559,3 +560,38 @@ def test_a_retention_value_without_its_unit_is_refused_before_any_request() -> N
     res = run("--admin", "http://127.0.0.1:9", "retention", "ehr", "--set", "keep_all=2")
     assert res.returncode == 2 and "give the unit (e.g. 2d, 2h or 2s)" in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_standby_says_how_far_behind_it_is() -> None:
+    from replicad.cli import _standby_shown
+
+    replica = {"role": "replica", "standby_seq": 10450, "standby_lag_snapshots": 2}
+    assert _standby_shown(replica) == "10450 (2 behind)"
+    assert _standby_shown({**replica, "standby_lag_snapshots": 0}) == "10450 (0 behind)"
+    assert _standby_shown({**replica, "standby_seq": None, "standby_lag_snapshots": 3}) == "none (3 behind)"
+    assert _standby_shown({**replica, "standby_lag_snapshots": None}) == "10450 (behind: ?)"  # stale view
+    assert _standby_shown({**replica, "standby_applying": True}) == "10450 (rewriting)"
+    assert _standby_shown({"role": "primary", "standby_seq": 3}) == "-"
+
+
+def test_times_are_utc_and_say_so() -> None:
+    from replicad.cli import _iso_utc, _utc
+
+    assert _utc(1_796_000_000 * 10**9) == "2026-11-30 00:53:20 UTC"
+    assert _iso_utc("2026-01-31T12:00:00.123456Z") == "2026-01-31 12:00:00 UTC"
+    assert (_utc(None), _iso_utc(None), _iso_utc("yesterday")) == ("-", "-", "yesterday")
+
+
+def test_an_applied_request_is_one_sentence_never_a_raw_map(admin_stub) -> None:
+    url, answers = admin_stub
+    answers["/v1/requests/r5/approve"] = (200, {
+        "request": "r5", "status": "applied", "approvals": ["site-a", "site-b"], "needed": 2,
+        "action": "set_retention", "volume": "ehr",
+        "result": {"ok": True, "volume": "ehr", "retention": {"keep_all_s": 86400, "hourly_s": 604800,
+                                                              "daily_s": 2592000, "lock_s": 3600},
+                   "weakened": ["lock_s"], "changed": True}})
+    res = run_env({}, "--admin", url, "approve", "r5")
+    out = " ".join(res.stdout.split())
+    assert res.returncode == 0 and "{" not in out and "'ok'" not in out, out
+    assert ("request r5 (set_retention ehr) applied (approved by site-a, site-b): ehr retention: keep_all 1d, "
+            "hourly 7d, daily 30d, lock 1h (shorter: lock)") in out, out
