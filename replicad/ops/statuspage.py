@@ -239,8 +239,11 @@ def render(status: Mapping[str, Any], state: Mapping[str, Any], operations: list
         if role not in REPLICA_ROLES:  # primary or restoring here: the image is the volume, not a standby
             standby_cell = _cls("muted", "— (primary here)")
         else:
-            standby_cell = _e(f"#{v.get('standby_seq')} {sb.get('state', '')}".strip()
-                              if v.get("standby_seq") is not None else sb.get("state"))
+            lag = v.get("standby_lag_snapshots")
+            behind = (f", {lag} behind" if isinstance(lag, int) and not isinstance(lag, bool)
+                      else ", rewriting" if v.get("standby_applying") else "")
+            standby_cell = _e((f"#{v.get('standby_seq')} {sb.get('state', '')}".strip()
+                               if v.get("standby_seq") is not None else str(sb.get("state"))) + behind)
         vol_rows.append([
             _e(name), role_cell, _e(v.get("primary")), _e(v.get("epoch")), rpo_cell, clean_cell, standby_cell,
             _cls("bad", v.get("last_error")) if v.get("last_error") else _cls("muted", "none"),

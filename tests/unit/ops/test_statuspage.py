@@ -189,3 +189,11 @@ def test_the_instant_recovery_shows_its_phase_progress_and_what_the_export_serve
     # no instant recovery: no section
     assert 'id="instant"' not in statuspage.render(_healthy({"newest_committed": 7, "newest_clean": 7,
                                                              "suspect": []}), {"volumes": {}}, [], {}, 1000.0)
+
+
+def test_a_replicas_standby_says_how_far_behind_it_is() -> None:
+    replica = _healthy({"newest_committed": 5, "newest_clean": 5, "suspect": [], "standby_lag_snapshots": 2})
+    replica["volumes"]["ehr"].update(role="replica", primary="site-b")
+    assert "#3 verified, 2 behind" in statuspage.render(replica, {"volumes": {}}, [], {}, 1000.0)
+    replica["volumes"]["ehr"].update(standby_lag_snapshots=None, standby_applying=True)
+    assert "#3 verified, rewriting" in statuspage.render(replica, {"volumes": {}}, [], {}, 1000.0)
