@@ -92,7 +92,10 @@ stricter, :func:`stricter`):
 * a well-known magic number (file or file-system header) at the start of a sub-block that
   the new version no longer has while the sub-block turned random (:data:`MAGICS`), and the
   volume's own file-system superblock (:data:`FS_MAGICS`) destroyed;
-* blocks that held data and are now zero (a wipe), and a volume that shrank;
+* blocks that held data and are now zero (a wipe), and a volume that shrank; zeroed blocks the new
+  snapshot's ext2/3/4 file system neither allocates nor references (discarded free space:
+  :mod:`replicad.core.ext4alloc`) count only as far as the data its files reference shrank
+  (:attr:`SnapshotSignals.destroyed`);
 * rewrites of *cold* blocks (unchanged since a snapshot at least ``cold_age_s`` old): the
   signal of the ``encrypted`` mode (LUKS, BitLocker, TDE), where content says nothing;
 * ``ransom_note``: changed blocks (new small files included) in which at least
@@ -2171,7 +2174,14 @@ class SnapshotSignals:
         changed_blocks: blocks whose digest differs.
         turned_random: changed blocks that count in the score (:func:`compare_block`).
         fresh_random: blocks written where there were zeros that look random (imports; not scored).
-        wiped: blocks that held data and are now zero, or lie past a shrunken end.
+        wiped: blocks that held data and are now zero, or lie past a shrunken end, except those
+            counted in ``discarded``.
+        discarded: blocks that held data and are now zero where the new snapshot's file system
+            neither allocates nor references any of their blocks (:mod:`replicad.core.ext4alloc`:
+            ``fstrim`` or ``-o discard`` of freed blocks on a thin or loop-backed volume).
+        files_lost: the data the file system's files reference that this snapshot no longer
+            references (written extents of in-use inodes, base minus new, in volume blocks; 0 if
+            it grew or was not read): what of ``discarded`` was deleted rather than moved.
         cold_rewritten: changed blocks unchanged since the cold reference snapshot.
         magic_destroyed: headers lost to random bytes, by name.
         fs_destroyed: the volume's own file-system structure destroyed (name) or None.
@@ -2197,6 +2207,8 @@ class SnapshotSignals:
     turned_random: int = 0
     fresh_random: int = 0
     wiped: int = 0
+    discarded: int = 0
+    files_lost: float = 0.0
     cold_rewritten: int = 0
     magic_destroyed: dict = None  # type: ignore[assignment]
     fs_destroyed: str | None = None
@@ -2276,6 +2288,16 @@ class SnapshotSignals:
         return self.turned_random / self.data_blocks
 
     @property
+    def destroyed(self) -> float:
+        """The wipe measure (``wipe_max``): ``(wiped + min(discarded, files_lost)) / data_blocks``.
+        Zeroed blocks the file system still allocates or references (a wiper zeroing live files)
+        count in full; zeroed blocks it no longer uses (discarded after a delete or a move) count
+        only as far as the files' data shrank: ``VACUUM FULL`` + ``fstrim`` moved its tables
+        (their new copies are referenced: nothing lost), a wiper that deletes every file and trims
+        lost them all."""
+        return (self.wiped + min(self.discarded, max(0.0, self.files_lost))) / self.data_blocks
+
+    @property
     def conserved(self) -> float:
         """Conservation signal: ``min(structure_freed, random_filled) / data_blocks``, the share
         of the data that in this snapshot vanished as structure from some blocks and reappeared
@@ -2301,6 +2323,7 @@ class SnapshotSignals:
         ext, count, _ = self.renamed()
         return {"renamed": count, "renamed_extension": ext, "data_blocks": self.data_blocks, "changed_blocks": self.changed_blocks,
                 "turned_random": self.turned_random, "fresh_random": self.fresh_random, "wiped": self.wiped,
+                "discarded": self.discarded, "files_lost": round(self.files_lost, 2),
                 "cold_rewritten": self.cold_rewritten, "magic_destroyed": dict(self.magic_destroyed),
                 "fs_destroyed": self.fs_destroyed, "shrunk_bytes": self.shrunk_bytes, "score": self.score,
                 "ransom_note": self.ransom_notes, "structure_freed": round(self.structure_freed, 2),
@@ -2490,8 +2513,10 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], 
                            f"({', '.join(f'{k} x{v}' for k, v in sorted(signals.magic_destroyed.items()))})")
     if signals.fs_destroyed:
         reasons.append(f"the volume's {signals.fs_destroyed} was destroyed")
-    if signals.wiped / signals.data_blocks > float(policy["wipe_max"]):
-        reasons.append(f"{signals.wiped / signals.data_blocks:.1%} of the volume's data became zeros, above "
+    if signals.destroyed > float(policy["wipe_max"]):
+        lost = min(signals.discarded, max(0.0, signals.files_lost)) / signals.data_blocks
+        deleted = f" ({lost:.1%} of it deleted and discarded: the files' data shrank by as much)" if lost else ""
+        reasons.append(f"{signals.destroyed:.1%} of the volume's data became zeros{deleted}, above "
                        f"wipe_max {float(policy['wipe_max']):.1%}")
     if signals.shrunk_bytes > 0:
         reasons.append(f"the volume shrank by {signals.shrunk_bytes} bytes")
