@@ -1002,7 +1002,7 @@ def cmd_drill_verify(args: argparse.Namespace) -> int:
               "started_at": checked["started_at"], "ran_by": checked["ran_by"]}
     _print(args, result, lambda r: console.print(
         f"{r['file']}: signature valid (site {r['site_id']}, cluster {r['cluster_id']}): drill of "
-        f"{r['volume']}#{r['seq']} {r['outcome'].upper()} at {r['started_at']} by token {r['ran_by'].get('token')}",
+        f"{r['volume']}#{r['seq']} {r['outcome'].upper()} at {_iso_utc(r['started_at'])} by token {r['ran_by'].get('token')}",
         markup=False, soft_wrap=True))
     return 0
 

@@ -579,6 +579,7 @@ def test_times_are_utc_and_say_so() -> None:
 
     assert _utc(1_796_000_000 * 10**9) == "2026-11-30 00:53:20 UTC"
     assert _iso_utc("2026-01-31T12:00:00.123456Z") == "2026-01-31 12:00:00 UTC"
+    assert _iso_utc("2026-12-07T03:15:00+00:00") == "2026-12-07 03:15:00 UTC"  # a drill report's started_at
     assert (_utc(None), _iso_utc(None), _iso_utc("yesterday")) == ("-", "-", "yesterday")
 
 
