@@ -381,12 +381,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _render_volumes(data: dict) -> None:
+    from replicad.core.units import format_size
+
+    if console.width < NARROW_COLUMNS:  # a line per volume: names and sizes whole at 80 columns
+        console.print("volumes (cluster view)")
+        for name, v in sorted(data.get("volumes", {}).items()):
+            console.print(f"{name}: primary {v.get('primary')}, epoch {v.get('epoch')}, size "
+                          f"{format_size(v.get('size_bytes', 0))}, max size {_max_size_shown(v)}, block size "
+                          f"{format_size(v.get('block_size', 0))}, min copies {v.get('min_copies')}, "
+                          f"{v.get('snapshots')} snapshots, last seq {v.get('last_seq')}", markup=False)
+        return
     t = Table(title="volumes (cluster view)")
     for col in ("volume", "primary", "epoch", "block size", "size", "max size (agreed)", "min copies", "snapshots",
                 "last seq"):
         t.add_column(col)
-    from replicad.core.units import format_size
-
     for name, v in sorted(data.get("volumes", {}).items()):
         t.add_row(name, str(v.get("primary")), str(v.get("epoch")), format_size(v.get("block_size", 0)),
                   format_size(v.get("size_bytes", 0)), _max_size_shown(v), str(v.get("min_copies")),
@@ -406,7 +414,7 @@ def _max_size_shown(v: dict) -> str:
         return format_size(recorded)
     size = v.get("size_bytes")
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-        return "none yet (the first snapshot sets it)"
+        return "none yet (set by the first snapshot)"
     return f"{format_size(default_max_size_bytes(size))} (default)"
 
 

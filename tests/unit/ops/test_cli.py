@@ -596,3 +596,23 @@ def test_an_applied_request_is_one_sentence_never_a_raw_map(admin_stub) -> None:
     assert res.returncode == 0 and "{" not in out and "'ok'" not in out, out
     assert ("request r5 (set_retention ehr) applied (approved by site-a, site-b): ehr retention: keep_all 1d, "
             "hourly 7d, daily 30d, lock 1h (shorter: lock)") in out, out
+
+
+def test_volumes_show_the_agreed_maximum_also_at_80_columns(admin_stub) -> None:
+    url, answers = admin_stub
+    answers["/v1/volumes"] = (200, {"volumes": {
+        "radiology-archive": {"primary": "site-b", "epoch": 12, "block_size": 65536, "size_bytes": 3 * 2**40,
+                              "max_size_bytes": 6 * 2**40, "min_copies": 2, "snapshots": 10452, "last_seq": 10452},
+        "old": {"primary": "site-a", "epoch": 1, "block_size": 65536, "size_bytes": 2**30, "min_copies": 2,
+                "snapshots": 3, "last_seq": 3},  # registered before the bound: the default of its size
+        "vm": {"primary": "site-a", "epoch": 1, "block_size": 65536, "size_bytes": 0, "min_copies": 2,
+               "snapshots": 0, "last_seq": 0}}})  # registered without a size
+    narrow = run_env({"COLUMNS": "80"}, "--admin", url, "volumes")
+    assert narrow.returncode == 0 and all(len(x) <= 80 for x in narrow.stdout.splitlines()), narrow.stdout
+    text = " ".join(narrow.stdout.split())
+    assert "radiology-archive: primary site-b, epoch 12, size 3TiB, max size 6TiB" in text, text
+    assert "old: primary site-a, epoch 1, size 1GiB, max size 2GiB (default)" in text, text
+    assert "vm: primary site-a, epoch 1, size 0B, max size none yet (set by the first snapshot)" in text, text
+    wide = run_env({"COLUMNS": "200"}, "--admin", url, "volumes")
+    row = next(x for x in wide.stdout.splitlines() if "radiology-archive" in x)
+    assert "max size (agreed)" in wide.stdout and "3TiB" in row and "6TiB" in row, wide.stdout
