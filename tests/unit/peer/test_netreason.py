@@ -63,3 +63,34 @@ def test_a_silent_peer_and_other_errors() -> None:
     assert connection_reason(ValueError("odd")) == "ValueError: odd"
     assert connection_reason(socket.gaierror(-2, "Name or service not known")) == "its host name does not resolve"
     assert origin("http://127.0.0.1:7202/v1/peer/missing") == "http://127.0.0.1:7202"
+
+
+def test_a_certificate_of_another_ca_is_named_as_refused(tmp_path) -> None:
+    import ssl
+
+    from replicad.lab.localcluster import LocalCA
+
+    theirs, ours = LocalCA(tmp_path / "theirs"), LocalCA(tmp_path / "ours")
+    cert, key = theirs.issue("site-b")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(ours.ca_file))
+
+    async def fail() -> BaseException:
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with aiohttp.ClientSession() as session:
+                try:
+                    await session.get(f"https://127.0.0.1:{port}/", ssl=client_ctx,
+                                      timeout=aiohttp.ClientTimeout(total=10))
+                except aiohttp.ClientError as err:
+                    return err
+        finally:
+            server.close()
+            await server.wait_closed()
+        raise AssertionError("a certificate of another CA was accepted")
+
+    reason = connection_reason(asyncio.run(fail()))
+    assert reason.startswith("its TLS certificate was refused (") and "certificate" in reason[30:], reason
+    assert not any(w in reason for w in LIBRARY_WORDS), reason
