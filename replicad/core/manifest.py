@@ -4,20 +4,31 @@ A volume of ``n_blocks = ceil(size_bytes / block_size)`` blocks is described by 
 digest of each block (the last block may be short: its digest covers exactly the bytes
 present). All-zero blocks get the sentinel :data:`ZERO_DIGEST` and are never stored.
 
-The digests are cut into **pages** of up to :data:`PAGE_ENTRIES` (4096) concatenated
-32-byte digests; each page is stored as a chunk under ``blake3(page)``. The manifest lists
+The digests are cut into **pages** of up to ``page_entries`` concatenated 32-byte digests
+(the manifest's page geometry: :data:`DEFAULT_PAGE_ENTRIES`, 512 = 16 KiB pages, for new
+manifests; 4096 = 128 KiB for format 1); each page is stored as a chunk under ``blake3(page)``. The manifest lists
 the page digests and is itself stored as a chunk under its **root** =
 ``blake3(manifest.encode())``. So the root covers the page digests, which cover the block
 digests: one 32-byte value committed through Raft pins the whole image. Unchanged pages keep
 their digest, so :func:`diff` loads only the pages whose digests differ.
 
-Wire/disk form (version :data:`FORMAT_VERSION`): a canonical msgpack map with sorted keys::
+Wire/disk form: a canonical msgpack map with sorted keys. Format 1 (pages of 4096 entries,
+implied)::
 
     {"block_size", "created_at_ns", "epoch", "pages": [bin32...], "parent_seq": int|nil,
      "seq", "size_bytes", "stats": {str: int}, "v": 1, "volume": str}
 
-:meth:`Manifest.decode` accepts only that canonical encoding (it re-encodes and compares),
-so ``root == blake3(data)`` for every accepted ``data``.
+Format 2 (:data:`FORMAT_VERSION`) adds ``"page_entries": int`` (one of
+:data:`PAGE_GEOMETRIES` other than 4096) and has ``"v": 2``. A manifest of 4096-entry pages
+is always written as format 1, so each manifest has exactly one encoding and the manifests
+written before format 2 keep their roots (they stay readable and verifiable everywhere:
+stores, Raft, pulls, restores). :meth:`Manifest.decode` accepts only that canonical encoding
+(it re-encodes and compares), so ``root == blake3(data)`` for every accepted ``data``. Why the
+geometry changed: ARCHITECTURE.md, Choices, "Manifest pages under scattered changes".
+
+Every mapping of a block index to a page uses the manifest's own ``page_entries``; between
+two manifests of different geometry (a format-1 parent and its format-2 child, once per volume
+after an upgrade) :func:`diff` and its kin compare block ranges instead of page digests.
 """
 
 from __future__ import annotations
@@ -32,8 +43,18 @@ import numpy as np
 
 from replicad.core.errors import IntegrityError, RemoteProtocolError
 
-FORMAT_VERSION = 1
-PAGE_ENTRIES = 4096
+FORMAT_VERSION = 2
+"""Format of manifests of a geometry other than :data:`V1_PAGE_ENTRIES`."""
+V1_PAGE_ENTRIES = 4096
+"""Entries per page of a format-1 manifest (no ``page_entries`` field)."""
+DEFAULT_PAGE_ENTRIES = 512
+"""Entries per page of the manifests this release writes (16 KiB pages: a scattered change
+costs 16 KiB of page, not 128 KiB; ARCHITECTURE.md, Choices, "Manifest pages under scattered
+changes")."""
+PAGE_GEOMETRIES = frozenset({512, V1_PAGE_ENTRIES})
+"""The page geometries accepted: a peer or the Raft log cannot make a reader cut a volume into
+pages of 1 entry (millions of pages) or 2**30 (one page of 32 GiB)."""
+MAX_PAGE_ENTRIES = max(PAGE_GEOMETRIES)
 DIGEST_SIZE = 32
 ZERO_DIGEST = bytes(DIGEST_SIZE)
 BLOCK_SIZE_MAX_BYTES = 16 * 2**20
@@ -54,6 +75,7 @@ def zero_block(size: int) -> bytes:
 
 _KEYS = frozenset({"v", "volume", "seq", "epoch", "parent_seq", "created_at_ns", "size_bytes",
                    "block_size", "pages", "stats"})
+_KEYS_V2 = _KEYS | {"page_entries"}
 
 
 def _sorted_map(value: Any) -> Any:
@@ -72,8 +94,11 @@ class Manifest:
         parent_seq: seq of the snapshot this one was diffed against, None for a full one.
         created_at_ns: informational wall-clock time, ns since the Unix epoch.
         size_bytes: image size in bytes. block_size: block size in bytes.
-        pages: page digests (32 bytes each), ``ceil(n_blocks / PAGE_ENTRIES)`` of them.
+        pages: page digests (32 bytes each), ``ceil(n_blocks / page_entries)`` of them.
         stats: scan statistics, ``{str: int}`` (see :mod:`replicad.sources.file`).
+        page_entries: block digests per page (the last page may hold fewer), one of
+            :data:`PAGE_GEOMETRIES`; :data:`V1_PAGE_ENTRIES` is written as format 1.
+            Not checked here (a test may build a hostile manifest): :meth:`decode` checks it.
     """
 
     volume: str
@@ -85,15 +110,20 @@ class Manifest:
     block_size: int
     pages: tuple[bytes, ...]
     stats: dict = field(default_factory=dict)
+    page_entries: int = DEFAULT_PAGE_ENTRIES
 
     def encode(self) -> bytes:
-        """Canonical msgpack bytes (sorted keys at every level, bin type for digests)."""
+        """Canonical msgpack bytes (sorted keys at every level, bin type for digests): format 1
+        when ``page_entries`` is :data:`V1_PAGE_ENTRIES`, else format 2 with the field."""
         doc = {
-            "v": FORMAT_VERSION, "volume": self.volume, "seq": self.seq, "epoch": self.epoch,
+            "v": 1, "volume": self.volume, "seq": self.seq, "epoch": self.epoch,
             "parent_seq": self.parent_seq, "created_at_ns": self.created_at_ns,
             "size_bytes": self.size_bytes, "block_size": self.block_size,
             "pages": list(self.pages), "stats": dict(self.stats),
         }
+        if self.page_entries != V1_PAGE_ENTRIES:
+            doc["v"] = FORMAT_VERSION
+            doc["page_entries"] = self.page_entries
         return msgpack.packb(_sorted_map(doc), use_bin_type=True)
 
     @property
@@ -109,6 +139,16 @@ class Manifest:
     def block_len(self, index: int) -> int:
         """Length in bytes of block ``index`` (the last block may be short)."""
         return min(self.block_size, self.size_bytes - index * self.block_size)
+
+    @property
+    def n_pages(self) -> int:
+        """Number of pages the geometry gives, ``ceil(n_blocks / page_entries)`` (what
+        :meth:`decode` requires ``len(pages)`` to be)."""
+        return -(-self.n_blocks // self.page_entries)
+
+    def page_count(self, p: int) -> int:
+        """Entries of page ``p`` (``page_entries``, fewer for the last page; 0 past the end)."""
+        return max(0, min(self.page_entries, self.n_blocks - p * self.page_entries))
 
     @classmethod
     def decode(cls, data: bytes) -> Manifest:
@@ -127,13 +167,19 @@ class Manifest:
             raise RemoteProtocolError(f"manifest is not valid msgpack: {err}") from err
         if not isinstance(doc, dict):
             raise RemoteProtocolError("manifest is not a map")
-        if doc.get("v") != FORMAT_VERSION:
+        version = doc.get("v")
+        if not _is_int(version) or version not in (1, FORMAT_VERSION):
             raise RemoteProtocolError("manifest has an unknown format version",
-                                      version=repr(doc.get("v")), supported=FORMAT_VERSION)
-        if set(doc) != _KEYS:
+                                      version=repr(version), supported=[1, FORMAT_VERSION])
+        keys = _KEYS if version == 1 else _KEYS_V2
+        if set(doc) != keys:
             raise RemoteProtocolError("manifest fields are wrong",
-                                      missing=sorted(_KEYS - set(doc)),
-                                      unknown=sorted(map(str, set(doc) - _KEYS)))
+                                      missing=sorted(keys - set(doc)),
+                                      unknown=sorted(map(str, set(doc) - keys)))
+        geometry = doc.get("page_entries", V1_PAGE_ENTRIES)
+        if not _is_int(geometry) or geometry not in PAGE_GEOMETRIES:
+            raise RemoteProtocolError("manifest page_entries is not an accepted page geometry",
+                                      page_entries=repr(geometry)[:40], accepted=sorted(PAGE_GEOMETRIES))
         volume = doc["volume"]
         if not isinstance(volume, str) or not volume:
             raise RemoteProtocolError("manifest volume must be a non-empty string")
@@ -158,10 +204,12 @@ class Manifest:
             raise RemoteProtocolError("manifest stats must map strings to integers")
         m = cls(volume=volume, seq=ints["seq"], epoch=ints["epoch"], parent_seq=parent,
                 created_at_ns=ints["created_at_ns"], size_bytes=ints["size_bytes"],
-                block_size=ints["block_size"], pages=tuple(pages), stats=stats)
-        if len(m.pages) != -(-m.n_blocks // PAGE_ENTRIES):
+                block_size=ints["block_size"], pages=tuple(pages), stats=stats,
+                page_entries=geometry)
+        if len(m.pages) != m.n_pages:
             raise RemoteProtocolError("manifest page count does not match its size",
-                                      pages=len(m.pages), n_blocks=m.n_blocks)
+                                      pages=len(m.pages), n_blocks=m.n_blocks,
+                                      page_entries=m.page_entries)
         if m.encode() != bytes(data):
             raise RemoteProtocolError("manifest is not canonically encoded")
         return m
@@ -180,20 +228,23 @@ def page_digest(page: bytes) -> bytes:
     return blake3.blake3(page).digest()
 
 
-def pages_from_digests(block_digests: Sequence[bytes]) -> list[bytes]:
-    """Cut block digests into page byte strings of up to PAGE_ENTRIES × 32 bytes."""
-    return [b"".join(block_digests[i:i + PAGE_ENTRIES])
-            for i in range(0, len(block_digests), PAGE_ENTRIES)]
+def pages_from_digests(block_digests: Sequence[bytes],
+                       page_entries: int = DEFAULT_PAGE_ENTRIES) -> list[bytes]:
+    """Cut block digests into page byte strings of up to ``page_entries`` × 32 bytes (the
+    geometry of the manifest they are for)."""
+    return [b"".join(block_digests[i:i + page_entries])
+            for i in range(0, len(block_digests), page_entries)]
 
 
 def page_entries(page: bytes) -> list[bytes]:
-    """Split a page into its 32-byte block digests.
+    """Split a page into its 32-byte block digests (the caller checks the count against its
+    manifest's geometry: :meth:`Manifest.page_count`).
 
     Raises:
-        RemoteProtocolError: empty, longer than PAGE_ENTRIES digests, or length not a
+        RemoteProtocolError: empty, longer than MAX_PAGE_ENTRIES digests, or length not a
             multiple of 32.
     """
-    if not page or len(page) % DIGEST_SIZE or len(page) > PAGE_ENTRIES * DIGEST_SIZE:
+    if not page or len(page) % DIGEST_SIZE or len(page) > MAX_PAGE_ENTRIES * DIGEST_SIZE:
         raise RemoteProtocolError("manifest page has a bad length", length=len(page))
     return [page[i:i + DIGEST_SIZE] for i in range(0, len(page), DIGEST_SIZE)]
 
@@ -204,9 +255,9 @@ def _load_checked_raw(m: Manifest, p: int, load_page: Callable[[bytes], bytes]) 
     if page_digest(page) != m.pages[p]:
         raise IntegrityError(f"manifest page {p} does not match its digest",
                              volume=m.volume, seq=m.seq, page=m.pages[p].hex())
-    if not page or len(page) % DIGEST_SIZE or len(page) > PAGE_ENTRIES * DIGEST_SIZE:
+    if not page or len(page) % DIGEST_SIZE or len(page) > m.page_entries * DIGEST_SIZE:
         raise RemoteProtocolError("manifest page has a bad length", length=len(page))
-    expected = min(PAGE_ENTRIES, m.n_blocks - p * PAGE_ENTRIES)
+    expected = m.page_count(p)
     if len(page) // DIGEST_SIZE != expected:
         raise RemoteProtocolError("manifest page has a wrong number of entries",
                                   volume=m.volume, seq=m.seq, page_index=p,
@@ -260,12 +311,55 @@ def _differing_pages(old: Manifest | None, new: Manifest,
     Only those pages are loaded."""
     if old is not None and old.block_size != new.block_size:
         old = None
+    if old is not None and old.page_entries != new.page_entries:
+        yield from _differing_ranges(old, new, load_page)
+        return
     old_pages = old.pages if old is not None else ()
     for p, digest in enumerate(new.pages):
         if p < len(old_pages) and old_pages[p] == digest:
             continue  # same digest: same entries, same count
         old_page = _load_checked_raw(old, p, load_page) if old is not None and p < len(old_pages) else b""
-        yield p * PAGE_ENTRIES, _load_checked_raw(new, p, load_page), old_page
+        yield p * new.page_entries, _load_checked_raw(new, p, load_page), old_page
+
+
+def _differing_ranges(old: Manifest, new: Manifest,
+                      load_page: Callable[[bytes], bytes]) -> Iterator[tuple[int, bytes, bytes]]:
+    """:func:`_differing_pages` between manifests of different page geometry (a format-1
+    parent and its format-2 child: once per volume after an upgrade): page digests cannot be
+    compared, so every page of both is loaded and checked (O(volume)) and each page of
+    ``new`` is compared with ``old``'s entries of the same block range (:func:`block_range`);
+    a page whose entries equal them is not yielded."""
+    memo: dict[int, bytes] = {}
+    for p in range(len(new.pages)):
+        first = p * new.page_entries
+        new_page = _load_checked_raw(new, p, load_page)
+        old_page = block_range(old, first, first + len(new_page) // DIGEST_SIZE, load_page, memo)
+        if new_page != old_page:
+            yield first, new_page, old_page
+
+
+def block_range(m: Manifest, first: int, stop: int, load_page: Callable[[bytes], bytes],
+                memo: dict[int, bytes] | None = None) -> bytes:
+    """The concatenated digests of blocks ``first .. min(stop, m.n_blocks) - 1`` of ``m``
+    (``b""`` from ``m``'s end on), from its pages in its own geometry, each loaded and checked
+    (:func:`_load_checked_raw`). ``memo``: a dict kept by a caller walking forward, holding the
+    last page loaded (so a page spanning several calls is loaded once). Raises what
+    :func:`iter_block_digests` raises."""
+    stop = min(stop, m.n_blocks)
+    if first >= stop:
+        return b""
+    pe = m.page_entries
+    out = bytearray()
+    for p in range(first // pe, (stop - 1) // pe + 1):
+        page = memo.get(p) if memo is not None else None
+        if page is None:
+            page = _load_checked_raw(m, p, load_page)
+            if memo is not None:
+                memo.clear()
+                memo[p] = page
+        lo, hi = max(first, p * pe) - p * pe, min(stop, (p + 1) * pe) - p * pe
+        out += page[lo * DIGEST_SIZE:hi * DIGEST_SIZE]
+    return bytes(out)
 
 
 def diff(old: Manifest | None, new: Manifest, load_page: Callable[[bytes], bytes]) -> list[int]:
@@ -275,9 +369,9 @@ def diff(old: Manifest | None, new: Manifest, load_page: Callable[[bytes], bytes
     differ, or ``i >= old.n_blocks`` and new's digest is not ZERO_DIGEST (growing a volume
     with zeros changes nothing). Blocks beyond ``new.n_blocks`` (a shrunk volume) are not
     reported. ``old`` None, or an ``old`` with another block size, compares as an empty
-    volume. Only pages whose page digests differ are loaded; within a page the entries are
-    compared as rows of a numpy view (:func:`page_rows`: no object per entry, ~1 ms per page
-    of 4096 entries where every page of a 16 GiB volume differs under scattered writes).
+    volume. Only pages whose page digests differ are loaded (every page of both when their
+    page geometries differ); within a page the entries are compared as rows of a numpy view
+    (:func:`page_rows`: no object per entry, ~1 ms per page of 4096 entries).
     """
     changed: list[int] = []
     for base, new_page, old_page in _differing_pages(old, new, load_page):
@@ -316,10 +410,10 @@ def changed_blocks(old: Manifest | None, new: Manifest,
             a = i * DIGEST_SIZE
             out.append((base + i, new_page[a:a + DIGEST_SIZE], old_page[a:a + DIGEST_SIZE] if i < n_old else None))
     if old is not None and old.block_size == new.block_size and old.n_blocks > new.n_blocks:
-        first_page = new.n_blocks // PAGE_ENTRIES
+        first_page = new.n_blocks // old.page_entries
         for p in range(first_page, len(old.pages)):
             for i, o in enumerate(_load_checked(old, p, load_page)):
-                index = p * PAGE_ENTRIES + i
+                index = p * old.page_entries + i
                 if index >= new.n_blocks and o != ZERO_DIGEST:
                     out.append((index, ZERO_DIGEST, o))
     return out
@@ -346,9 +440,9 @@ def changed_rows(old: Manifest | None, new: Manifest,
             od[inside] = np.frombuffer(old_page, dtype=np.uint8).reshape(-1, DIGEST_SIZE)[idx[inside]]
         yield idx.astype(np.int64) + base, nw, od
     if old is not None and old.block_size == new.block_size and old.n_blocks > new.n_blocks:
-        for p in range(new.n_blocks // PAGE_ENTRIES, len(old.pages)):
+        for p in range(new.n_blocks // old.page_entries, len(old.pages)):
             od = np.frombuffer(_load_checked_raw(old, p, load_page), dtype=np.uint8).reshape(-1, DIGEST_SIZE)
-            index = np.arange(len(od), dtype=np.int64) + p * PAGE_ENTRIES
+            index = np.arange(len(od), dtype=np.int64) + p * old.page_entries
             keep = (index >= new.n_blocks) & od.any(axis=1)
             if keep.any():
                 yield index[keep], np.zeros((int(keep.sum()), DIGEST_SIZE), dtype=np.uint8), od[keep]
@@ -356,7 +450,7 @@ def changed_rows(old: Manifest | None, new: Manifest,
 
 def nonzero_blocks(m: Manifest, load_page: Callable[[bytes], bytes]) -> int:
     """How many blocks of ``m`` are not ZERO_DIGEST (every page loaded and checked: O(volume),
-    1 page per 4096 blocks). Raises what :func:`iter_block_digests` raises."""
+    1 page per ``m.page_entries`` blocks). Raises what :func:`iter_block_digests` raises."""
     return sum(nonzero_entries(_load_checked_raw(m, p, load_page)) for p in range(len(m.pages)))
 
 

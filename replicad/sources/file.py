@@ -78,8 +78,9 @@ from replicad.storage.fingerprints import (
 )
 from replicad.core.manifest import (
     BLOCK_SIZE_MAX_BYTES,
+    DEFAULT_PAGE_ENTRIES,
     DIGEST_SIZE,
-    PAGE_ENTRIES,
+    PAGE_GEOMETRIES,
     ZERO_DIGEST,
     Manifest,
     page_entries,
@@ -90,7 +91,6 @@ log = logging.getLogger("replicad.sources.file")
 
 DEFAULT_BLOCK_SIZE_BYTES = 65536
 HOOK_STDERR_TAIL_BYTES = 2000
-_PAGE_BYTES = PAGE_ENTRIES * DIGEST_SIZE
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,7 @@ class _PartResult:
 
 @dataclass
 class _Totals:
+    page_bytes: int = DEFAULT_PAGE_ENTRIES * DIGEST_SIZE  # one full page of the new manifest
     page_buf: bytearray = field(default_factory=bytearray)
     pages: list[bytes] = field(default_factory=list)  # page digests
     changed: list[int] = field(default_factory=list)
@@ -236,11 +237,12 @@ class _ParentDigests:
         if parent is None or first_index >= parent.n_blocks:
             return b""
         last = min(first_index + count, parent.n_blocks)
+        pe = parent.page_entries  # the parent's geometry (a format-1 parent: 4096)
         out = bytearray()
-        for p in range(first_index // PAGE_ENTRIES, (last - 1) // PAGE_ENTRIES + 1):
+        for p in range(first_index // pe, (last - 1) // pe + 1):
             page = self._page(p)
-            lo = max(first_index, p * PAGE_ENTRIES) - p * PAGE_ENTRIES
-            hi = min(last, (p + 1) * PAGE_ENTRIES) - p * PAGE_ENTRIES
+            lo = max(first_index, p * pe) - p * pe
+            hi = min(last, (p + 1) * pe) - p * pe
             out += page[lo * DIGEST_SIZE:hi * DIGEST_SIZE]
         return bytes(out)
 
@@ -249,8 +251,7 @@ class _ParentDigests:
         if page is None:
             assert self.parent is not None
             page = self.store.get(self.parent.pages[p])  # verified: blake3(page) == digest
-            expected = min(PAGE_ENTRIES, self.parent.n_blocks - p * PAGE_ENTRIES)
-            if len(page_entries(page)) != expected:
+            if len(page_entries(page)) != self.parent.page_count(p):
                 raise InternalError("parent manifest page has a wrong number of entries",
                                     page_index=p, seq=self.parent.seq)
             self.cache = {p: page}  # scans go forward: keep only the current page
@@ -360,7 +361,7 @@ def check_size(parent: Manifest | None, size: int, source_path: Path, allow_shri
 
 
 READ_SIZE_BYTES = 16 * 2**20  # one scan batch, split among the workers (1 GiB, 1 %: 0.21 s vs 0.25 s at 8 MiB)
-HOLE_SPAN_MAX_BLOCKS = 16 * PAGE_ENTRIES  # one hole step: at most 16 pages of digests (2 MiB)
+HOLE_SPAN_MAX_BLOCKS = 65536  # one hole step: at most 2 MiB of digests
 
 
 def _probe(fd: int, offset: int, read_len: int, size: int, block_size: int,
@@ -403,7 +404,7 @@ class _Storer:
     async def add(self, items: list[tuple[bytes, int, bytes, bytes]], pages: list[bytes]) -> None:
         self.items.extend(items)
         self.pages.extend(pages)
-        self.pending_bytes += sum(len(it[2]) for it in items) + len(pages) * _PAGE_BYTES
+        self.pending_bytes += sum(len(it[2]) for it in items) + sum(map(len, pages))
         if self.pending_bytes >= STORE_BATCH_BYTES:
             await self.flush()
 
@@ -489,7 +490,7 @@ class _Fingerprints:
 async def _scan(source_path: Path, block_size: int, read_size_bytes: int,
                 parent: Manifest | None, store: ChunkStore,
                 fps: _Fingerprints, allow_shrink: bool = False, kept_pages: dict[bytes, bytes] | None = None,
-                kept_max_bytes: int = 0) -> tuple[int, _Totals]:
+                kept_max_bytes: int = 0, page_entries: int = DEFAULT_PAGE_ENTRIES) -> tuple[int, _Totals]:
     """Read, hash and store every block; returns (size_bytes, totals). Pages are cut as they
     fill; the last partial page stays in ``totals.page_buf``. Every block chunk and full page
     is durable when this returns. ``kept_pages``: an empty dict the stored pages go into
@@ -511,7 +512,7 @@ async def _scan(source_path: Path, block_size: int, read_size_bytes: int,
     except SourceShrunkError:
         os.close(fd)
         raise
-    totals = _Totals(kept_pages=kept_pages, kept_room=kept_max_bytes)
+    totals = _Totals(page_bytes=page_entries * DIGEST_SIZE, kept_pages=kept_pages, kept_room=kept_max_bytes)
     storer = _Storer(store, totals)
     parents = _ParentDigests(parent, store)
     await asyncio.to_thread(fps.start_writer, block_size, size)
@@ -642,9 +643,10 @@ async def _collect(parts: list[_PartResult], storer: _Storer, totals: _Totals) -
         totals.hashed_blocks += part.hashed_blocks
         items.extend(part.items)
     full_pages: list[bytes] = []
-    while len(totals.page_buf) >= _PAGE_BYTES:
-        full_pages.append(bytes(totals.page_buf[:_PAGE_BYTES]))
-        del totals.page_buf[:_PAGE_BYTES]
+    page_bytes = totals.page_bytes
+    while len(totals.page_buf) >= page_bytes:
+        full_pages.append(bytes(totals.page_buf[:page_bytes]))
+        del totals.page_buf[:page_bytes]
     if items or full_pages:
         await storer.add(items, full_pages)
 
@@ -665,7 +667,8 @@ async def take_snapshot(source_path: Path, *, volume: str, seq: int, epoch: int,
                         full_pass_every: int = FULL_PASS_EVERY_SCANS,
                         full_pass_max_age_ns: int = FULL_PASS_MAX_AGE_NS,
                         allow_shrink: bool = False, pages_out: dict[bytes, bytes] | None = None,
-                        pages_out_max_bytes: int = 64 * 2**20) -> ScanResult:
+                        pages_out_max_bytes: int = 64 * 2**20,
+                        page_entries: int = DEFAULT_PAGE_ENTRIES) -> ScanResult:
     """Snapshot ``source_path`` (regular file or block device) into ``store``.
 
     Args:
@@ -686,6 +689,9 @@ async def take_snapshot(source_path: Path, *, volume: str, seq: int, epoch: int,
         pages_out: filled with ``{digest: bytes}`` of every page of the new manifest (bytes this
             scan built and hashed) when they total at most ``pages_out_max_bytes``, else left
             empty; for a tracking source's page cache (the next tracked cycle's parent pages).
+        page_entries: the new manifest's page geometry (one of PAGE_GEOMETRIES; the parent's
+            may differ: a format-1 parent is read in its own geometry). Other than the default
+            only to write format-1 manifests in tests of upgrades.
 
     Returns:
         a :class:`ScanResult`; O1: every chunk and the manifest are durable.
@@ -708,6 +714,8 @@ async def take_snapshot(source_path: Path, *, volume: str, seq: int, epoch: int,
         bs = block_size or DEFAULT_BLOCK_SIZE_BYTES
     if not 0 < bs <= BLOCK_SIZE_MAX_BYTES:
         raise UsageError("block size out of range", block_size=bs)
+    if page_entries not in PAGE_GEOMETRIES:
+        raise UsageError("page geometry not accepted", page_entries=page_entries, accepted=sorted(PAGE_GEOMETRIES))
     fps = _Fingerprints()
     keep: dict[bytes, bytes] | None = {} if pages_out is not None else None
     if fingerprints is not None:
@@ -721,7 +729,7 @@ async def take_snapshot(source_path: Path, *, volume: str, seq: int, epoch: int,
         if pre_snapshot:
             await run_hook(pre_snapshot, "pre_snapshot", hook_timeout_s)
         size, totals = await _scan(Path(source_path), bs, read_size_bytes, parent, store, fps, allow_shrink,
-                                   keep, pages_out_max_bytes)
+                                   keep, pages_out_max_bytes, page_entries)
     except BaseException:
         failed = True
         fps.finish(None)  # closes and unlinks only: quick, and safe while being cancelled
@@ -772,7 +780,7 @@ async def _finish_manifest(volume: str, seq: int, epoch: int, parent: Manifest |
     manifest = Manifest(volume=volume, seq=seq, epoch=epoch,
                         parent_seq=parent.seq if parent is not None else None,
                         created_at_ns=now_ns, size_bytes=size, block_size=bs,
-                        pages=tuple(totals.pages), stats=stats)
+                        pages=tuple(totals.pages), stats=stats, page_entries=totals.page_bytes // DIGEST_SIZE)
     encoded = manifest.encode()
     (root,) = await asyncio.to_thread(store.put_blocks, [encoded])  # O1: manifest durable
     if root != manifest.root:

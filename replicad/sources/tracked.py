@@ -8,14 +8,20 @@ from the view and go through exactly what the ``file`` source does to a block
 digest, lz4, record header, randomness test; no fingerprint cache); every other block keeps
 the parent's digest. A manifest page none of whose blocks was read keeps the parent's page
 digest without being loaded, so the cost is that of the changed blocks and their pages, not
-of the volume (16 GiB: 64 pages of 4096 digests).
+of the volume (16 GiB: 512 pages of 512 digests).
 
-What stays proportional to the volume is the number of pages touched (a page lists 4096
-blocks: 256 MiB at 64 KiB blocks; changes spread over the volume touch every page). Per
+What stays proportional to the volume is the number of pages touched (a page lists 512
+blocks: 32 MiB at 64 KiB blocks; k changes spread over the volume touch min(k, pages) of
+them, 16 KiB each). Per
 touched page the work is kept to building and storing the new page: the parent's page comes
 from a :class:`PageCache` the source keeps between cycles (the pages of the last manifest it
 built, verified by construction) instead of two verified store reads, and the ``zero_blocks``
-stat is corrected by the changed entries only, not by recounting 4096 entries twice.
+stat is corrected by the changed entries only, not by recounting a page's entries twice.
+
+The new manifest has the default page geometry (:data:`~replicad.core.manifest.DEFAULT_PAGE_ENTRIES`);
+a parent of another geometry (a format-1 manifest written before the upgrade) is read in its own,
+and that first cycle builds every page of the new manifest from the parent's block ranges
+(O(volume), once per volume).
 Measured (XFS, 10 MiB changed, 4 GiB against 1 GiB): see tests/bench/results/bench.md.
 
 The result is the manifest a full scan of the same view with the same parent gives —
@@ -38,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from replicad.core.errors import InternalError, UnavailableError, UsageError, from_os_error
-from replicad.core.manifest import DIGEST_SIZE, PAGE_ENTRIES, ZERO_DIGEST, Manifest
+from replicad.core.manifest import DEFAULT_PAGE_ENTRIES, DIGEST_SIZE, PAGE_GEOMETRIES, ZERO_DIGEST, Manifest
 from replicad.sources.file import ScanResult, _hash_part, _open_source, _PartResult, _Storer, _Totals, check_size
 from replicad.storage.chunkstore import ChunkStore, digest_of, encode_chunk
 from replicad.storage.durable import read_into
@@ -50,7 +56,7 @@ PREFETCH_BYTES = 64 * 2**20
 """Bytes of changed blocks announced to the kernel ahead of the reads (:func:`_advise`)."""
 
 PAGE_CACHE_BYTES = 64 * 2**20
-"""Bound of a :class:`PageCache`: 512 pages of 4096 digests, the whole manifest of a volume of
+"""Bound of a :class:`PageCache`: 4096 pages of 512 digests, the whole manifest of a volume of
 up to 128 GiB at 64 KiB blocks (larger volumes: the pages beyond are read from the store)."""
 
 
@@ -134,9 +140,9 @@ class TrackedResult:
 
 def same_blocks(a: Manifest, b: Manifest) -> bool:
     """True when two manifests list the same content: size, block size and page digests (so
-    every block digest). The verifier's comparison: the manifest root also covers ``stats``,
-    whose ``new_chunks`` depends on the store."""
-    return (a.size_bytes, a.block_size, a.pages) == (b.size_bytes, b.block_size, b.pages)
+    every block digest) in the same page geometry. The verifier's comparison: the manifest
+    root also covers ``stats``, whose ``new_chunks`` depends on the store."""
+    return (a.size_bytes, a.block_size, a.page_entries, a.pages) == (b.size_bytes, b.block_size, b.page_entries, b.pages)
 
 
 def _read_piece(fd: int, first: int, count: int, block_size: int, size: int,
@@ -230,7 +236,8 @@ def _with_size_change(runs: list[tuple[int, int]], parent: Manifest, n_new: int,
 async def tracked_snapshot(view_path: Path, *, volume: str, seq: int, epoch: int, parent: Manifest,
                            store: ChunkStore, now_ns: int, runs: list[tuple[int, int]],
                            allow_shrink: bool = False, workers: int | None = None,
-                           page_cache: PageCache | None = None) -> TrackedResult:
+                           page_cache: PageCache | None = None,
+                           page_entries: int = DEFAULT_PAGE_ENTRIES) -> TrackedResult:
     """Snapshot the view ``view_path`` from ``parent`` and the blocks ``runs`` lists.
 
     Args:
@@ -244,6 +251,9 @@ async def tracked_snapshot(view_path: Path, *, volume: str, seq: int, epoch: int
         workers: worker threads reading and hashing (default min(4, cores)).
         page_cache: the source's :class:`PageCache`: parent pages are taken from it where held;
             on success it holds the new manifest's pages (those known without a store read).
+        page_entries: the new manifest's page geometry (one of PAGE_GEOMETRIES); a parent of
+            another geometry costs one pass over its pages. Other than the default only in
+            tests of upgrades (to write format-1 manifests).
 
     Returns:
         :class:`TrackedResult`; O1: every chunk, page and the manifest are durable.
@@ -258,6 +268,8 @@ async def tracked_snapshot(view_path: Path, *, volume: str, seq: int, epoch: int
     started = time.perf_counter()
     if parent.volume != volume:
         raise UsageError("parent manifest belongs to another volume", volume=volume, parent_volume=parent.volume)
+    if page_entries not in PAGE_GEOMETRIES:
+        raise UsageError("page geometry not accepted", page_entries=page_entries, accepted=sorted(PAGE_GEOMETRIES))
     bs = parent.block_size
     try:
         fd, size = await asyncio.to_thread(_open_source, Path(view_path))
@@ -307,7 +319,7 @@ async def tracked_snapshot(view_path: Path, *, volume: str, seq: int, epoch: int
         await storer.flush()
         await storer.wait()  # O1: blocks durable before the pages that list them
         pages, new_pages, zero_blocks = await asyncio.to_thread(
-            _build_pages, parent, pager, new_digests, n_new)
+            _build_pages, parent, pager, new_digests, n_new, page_entries)
         if new_pages:
             totals.new_chunks += await asyncio.to_thread(_store_pages, store, new_pages)
         done = True
@@ -319,7 +331,7 @@ async def tracked_snapshot(view_path: Path, *, volume: str, seq: int, epoch: int
              "changed_bytes": totals.changed_bytes, "random_changed_blocks": totals.random_blocks,
              "new_chunks": totals.new_chunks, "has_parent": 1}
     manifest = Manifest(volume=volume, seq=seq, epoch=epoch, parent_seq=parent.seq, created_at_ns=now_ns,
-                        size_bytes=size, block_size=bs, pages=tuple(pages), stats=stats)
+                        size_bytes=size, block_size=bs, pages=tuple(pages), stats=stats, page_entries=page_entries)
     (root,) = await asyncio.to_thread(store.put_blocks, [manifest.encode()])  # O1: manifest durable
     if root != manifest.root:
         raise InternalError("stored manifest digest differs from its root", volume=volume, seq=seq)
@@ -339,8 +351,7 @@ def _parent_page(parent: Manifest, pager: _CachedPages | ChunkStore, p: int) -> 
     """Page ``p`` of ``parent`` (verified read, or a page of the cache: verified by construction).
     InternalError if it holds a wrong number of entries."""
     page = pager.get(parent.pages[p])
-    expected = min(PAGE_ENTRIES, parent.n_blocks - p * PAGE_ENTRIES)
-    if len(page) != expected * DIGEST_SIZE:
+    if len(page) != parent.page_count(p) * DIGEST_SIZE:
         raise InternalError("parent manifest page has a wrong number of entries", page_index=p, seq=parent.seq)
     return page
 
@@ -352,41 +363,45 @@ def _parent_range(parent: Manifest, pager: _CachedPages, first_index: int, count
     if first_index >= parent.n_blocks:
         return b""
     last = min(first_index + count, parent.n_blocks)
+    pe = parent.page_entries  # the parent's own geometry
     out = bytearray()
-    for p in range(first_index // PAGE_ENTRIES, (last - 1) // PAGE_ENTRIES + 1):
+    for p in range(first_index // pe, (last - 1) // pe + 1):
         page = _parent_page(parent, pager, p)
-        lo = max(first_index, p * PAGE_ENTRIES) - p * PAGE_ENTRIES
-        hi = min(last, (p + 1) * PAGE_ENTRIES) - p * PAGE_ENTRIES
+        lo = max(first_index, p * pe) - p * pe
+        hi = min(last, (p + 1) * pe) - p * pe
         out += page[lo * DIGEST_SIZE:hi * DIGEST_SIZE]
     return bytes(out)
 
 
 def _store_pages(store: ChunkStore, pages: dict[bytes, bytes]) -> int:
     """Worker thread: store ``{digest: page}`` (digests computed by :func:`_build_pages` from
-    these bytes, so not computed again: a page is 128 KiB and scattered changes touch every
-    page, 8 MiB per cycle at 16 GiB); O1: durable on return. Returns the number newly stored."""
+    these bytes, so not computed again: scattered changes touch min(changes, pages) pages of
+    16 KiB); O1: durable on return. Returns the number newly stored."""
     return store.put_prepared([(d, *encode_chunk(page)) for d, page in pages.items()])
 
 
 def _build_pages(parent: Manifest, pager: _CachedPages | ChunkStore, new_digests: dict[int, bytes],
-                 n_new: int) -> tuple[list[bytes], dict[bytes, bytes], int]:
+                 n_new: int, pe: int = DEFAULT_PAGE_ENTRIES) -> tuple[list[bytes], dict[bytes, bytes], int]:
     """Worker thread: ``(page digests of the new manifest, {digest: bytes} of the new pages to
-    store, zero blocks)``. A page with no new digest and the parent's entry count keeps the parent's page.
+    store, zero blocks)``, pages of ``pe`` entries. A page with no new digest and the parent's entry count keeps the parent's page.
     With the parent's ``zero_blocks`` known, a page of the same entry count corrects it by its
-    changed entries only (O(changed), not O(page))."""
+    changed entries only (O(changed), not O(page)). A parent of another geometry: every page is
+    built from the parent's block range (:func:`_build_pages_regeometry`)."""
+    if parent.page_entries != pe:
+        return _build_pages_regeometry(parent, pager, new_digests, n_new, pe)
     by_page: dict[int, list[int]] = {}
     for i in new_digests:
-        by_page.setdefault(i // PAGE_ENTRIES, []).append(i)
-    n_pages = -(-n_new // PAGE_ENTRIES)
+        by_page.setdefault(i // pe, []).append(i)
+    n_pages = -(-n_new // pe)
     old_zero = parent.stats.get("zero_blocks")
     exact = not (isinstance(old_zero, int) and not isinstance(old_zero, bool))
     zero = 0 if exact else old_zero
     digests: list[bytes] = []
     to_store: dict[bytes, bytes] = {}
     for p in range(max(n_pages, len(parent.pages))):
-        lo = p * PAGE_ENTRIES
-        count = min(PAGE_ENTRIES, n_new - lo) if p < n_pages else 0
-        old_count = min(PAGE_ENTRIES, parent.n_blocks - lo) if p < len(parent.pages) else 0
+        lo = p * pe
+        count = min(pe, n_new - lo) if p < n_pages else 0
+        old_count = parent.page_count(p) if p < len(parent.pages) else 0
         changed = by_page.get(p, ())
         if not changed and count == old_count:
             digests.append(parent.pages[p])
@@ -414,6 +429,50 @@ def _build_pages(parent: Manifest, pager: _CachedPages | ChunkStore, new_digests
             if not exact:
                 zero -= _zeros(old)
             zero += _zeros(page)
+        d = digest_of(page)
+        digests.append(d)
+        to_store[d] = page
+    return digests, to_store, zero
+
+
+class _LastPage:
+    """A pager that remembers the last page it handed out: a parent page of another geometry
+    spans several new pages (4096 entries: 8 of 512) and is asked for once per new page."""
+
+    def __init__(self, pager: _CachedPages | ChunkStore) -> None:
+        self.pager = pager
+        self.last: tuple[bytes, bytes] | None = None
+
+    def get(self, digest: bytes) -> bytes:
+        if self.last is None or self.last[0] != digest:
+            self.last = (digest, self.pager.get(digest))
+        return self.last[1]
+
+
+def _build_pages_regeometry(parent: Manifest, pager: _CachedPages | ChunkStore, new_digests: dict[int, bytes],
+                            n_new: int, pe: int) -> tuple[list[bytes], dict[bytes, bytes], int]:
+    """Worker thread: :func:`_build_pages` for a parent of another page geometry (the first
+    cycle after an upgrade from format-1 manifests): every page of ``pe`` entries is built from
+    the parent's digests of its block range (read in the parent's geometry, each parent page
+    once), holes past the parent's end as ZERO_DIGEST, ``new_digests`` written over; the zero
+    count is recounted (O(volume), once per volume)."""
+    last = _LastPage(pager)
+    by_page: dict[int, list[int]] = {}
+    for i in new_digests:
+        if i < n_new:
+            by_page.setdefault(i // pe, []).append(i)
+    digests: list[bytes] = []
+    to_store: dict[bytes, bytes] = {}
+    zero = 0
+    for lo in range(0, n_new, pe):
+        count = min(pe, n_new - lo)
+        entries = bytearray(_parent_range(parent, last, lo, count))  # type: ignore[arg-type]
+        entries += ZERO_DIGEST * (count - len(entries) // DIGEST_SIZE)
+        for i in by_page.get(lo // pe, ()):
+            a = (i - lo) * DIGEST_SIZE
+            entries[a:a + DIGEST_SIZE] = new_digests[i]
+        page = bytes(entries)
+        zero += _zeros(page)
         d = digest_of(page)
         digests.append(d)
         to_store[d] = page

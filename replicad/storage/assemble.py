@@ -38,7 +38,7 @@ import threading
 from pathlib import Path
 
 from replicad.core.errors import IntegrityError, InternalError, RemoteProtocolError, RestoreVerifyError, UsageError
-from replicad.core.manifest import DIGEST_SIZE, PAGE_ENTRIES, ZERO_DIGEST, Manifest, page_entries
+from replicad.core.manifest import DIGEST_SIZE, ZERO_DIGEST, Manifest, page_entries
 from replicad.storage.chunkstore import CODEC_RAW, decode_chunk, digest_of
 from replicad.storage.durable import preallocate, read_into
 from replicad.storage.image import (DIRECT_ALIGN, WRITE_RUN_BYTES, aligned_buffer, data_spans, open_direct, target_error,
@@ -169,8 +169,8 @@ def plan_units(manifest: Manifest, page_of, unit_bytes: int = UNIT_BYTES) -> tup
     have = 0
     for p, page_digest in enumerate(manifest.pages):
         page = page_of(page_digest)
-        base = p * PAGE_ENTRIES
-        want = min(PAGE_ENTRIES, n - base)
+        base = p * manifest.page_entries
+        want = manifest.page_count(p)
         if want <= 0:
             break
         if len(page) != want * DIGEST_SIZE:
@@ -430,8 +430,9 @@ class ImageAssembler:
         # the root rebuilt page by page from the units' digests (zeros between them), no list per block
         pages: list[bytes] = []
         ui = 0
-        for base in range(0, n_blocks, PAGE_ENTRIES):
-            end = min(base + PAGE_ENTRIES, n_blocks)
+        pe = self.manifest.page_entries  # pages of the manifest's own geometry
+        for base in range(0, n_blocks, pe):
+            end = min(base + pe, n_blocks)
             page = bytearray((end - base) * DIGEST_SIZE)
             while ui < len(units) and units[ui].first_block + units[ui].n_blocks <= base:
                 ui += 1

@@ -1,7 +1,8 @@
 """Writing a snapshot into an image (restore, standby apply) and proving it (O5).
 
 Synchronous functions, run in worker threads by the daemon. They work page by page (one
-manifest page = 4096 blocks) so memory does not grow with the volume size.
+manifest page = ``manifest.page_entries`` blocks, 512 or 4096) so memory does not grow with
+the volume size.
 
 * :func:`apply_snapshot` makes ``target`` equal to a snapshot, rewriting only blocks that
   differ: either by trusting ``base`` (the manifest the target is known to hold, e.g. a
@@ -30,7 +31,7 @@ from pathlib import Path
 from replicad.storage.chunkstore import ChunkStore, digest_of
 from replicad.storage.durable import preallocate, read_into
 from replicad.core.errors import ReplicadError, RestoreVerifyError, TargetFullError, UsageError, from_os_error
-from replicad.core.manifest import PAGE_ENTRIES, ZERO_DIGEST, Manifest, page_entries, pages_from_digests, zero_block
+from replicad.core.manifest import DIGEST_SIZE, ZERO_DIGEST, Manifest, block_range, page_entries, pages_from_digests, zero_block
 
 Progress = Callable[[int, int], None]
 log = logging.getLogger(__name__)
@@ -46,8 +47,8 @@ class ApplyReport:
 
 
 def _pages_to_visit(manifest: Manifest, base: Manifest | None) -> list[int]:
-    if base is None or base.block_size != manifest.block_size:
-        return list(range(len(manifest.pages)))
+    if base is None or base.block_size != manifest.block_size or base.page_entries != manifest.page_entries:
+        return list(range(len(manifest.pages)))  # page digests of another geometry compare nothing
     return [i for i, pd in enumerate(manifest.pages) if i >= len(base.pages) or base.pages[i] != pd]
 
 
@@ -301,9 +302,13 @@ def _apply_page(fd: int, dfd: int | None, read_bufs: tuple[memoryview, memoryvie
     ``rewrite_all`` the target is neither trusted nor read: every block not known to be zero
     (past ``zero_from``) is written. Raises OSError (EINVAL: direct I/O refused)."""
     bs = manifest.block_size
-    first = i * PAGE_ENTRIES
+    first = i * manifest.page_entries
     if rewrite_all:
         have: list[bytes] = []
+    elif base is not None and base.page_entries != manifest.page_entries:
+        # a base of another geometry (a format-1 standby record): its digests of the same blocks
+        raw = block_range(base, first, first + len(want), store.get)
+        have = [raw[k:k + DIGEST_SIZE] for k in range(0, len(raw), DIGEST_SIZE)]
     elif base is not None:
         have = page_entries(store.get(base.pages[i])) if i < len(base.pages) else []
     elif first * bs >= zero_from:
@@ -424,7 +429,7 @@ def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base:
         try:
             for i in _pages_to_visit(manifest, base):
                 want = page_entries(store.get(manifest.pages[i]))
-                first = i * PAGE_ENTRIES
+                first = i * manifest.page_entries
                 while True:  # once more through the page cache if direct I/O is refused midway
                     try:
                         n, nbytes = _apply_page(fd, dfd, read_bufs, writer, manifest, store, base, i,
@@ -460,7 +465,8 @@ def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base:
 
 def image_manifest(path: Path, like: Manifest, *, progress: Progress | None = None,
                    direct: bool = True) -> Manifest:
-    """Re-read ``path`` and build the manifest it would have with ``like``'s header fields.
+    """Re-read ``path`` and build the manifest it would have with ``like``'s header fields and
+    page geometry.
 
     Reads ``like.size_bytes`` bytes, READ_BYTES at a time (memory does not grow with the
     block size), skipping holes; with ``direct`` through O_DIRECT where the file system
@@ -496,17 +502,18 @@ def _image_manifest_fd(fd: int, path: Path, like: Manifest, progress: Progress |
     if os.lseek(fd, 0, os.SEEK_END) < like.size_bytes:
         raise RestoreVerifyError(f"image {path} is shorter than the snapshot ({like.size_bytes} bytes)",
                                  path=str(path), size_bytes=like.size_bytes)
+    pe = like.page_entries  # the geometry of ``like``: the same pages for the same image
     for i in range(len(like.pages) if like.size_bytes else 0):
-        first = i * PAGE_ENTRIES
-        span = min(PAGE_ENTRIES * bs, like.size_bytes - first * bs)
-        page_digests.extend(digest_of(p) for p in pages_from_digests(_read_digests(fd, first * bs, span, bs, buf)))
+        first = i * pe
+        span = min(pe * bs, like.size_bytes - first * bs)
+        page_digests.extend(digest_of(p) for p in pages_from_digests(_read_digests(fd, first * bs, span, bs, buf), pe))
         if progress is not None:
-            progress(min(like.n_blocks, first + PAGE_ENTRIES), like.n_blocks)
+            progress(min(like.n_blocks, first + pe), like.n_blocks)
     # blocks past the manifest's pages (should not exist) would make the roots differ below
-    while len(page_digests) * PAGE_ENTRIES < like.n_blocks:
-        first = len(page_digests) * PAGE_ENTRIES
-        span = min(PAGE_ENTRIES * bs, like.size_bytes - first * bs)
-        extra = pages_from_digests(_read_digests(fd, first * bs, span, bs, buf))
+    while len(page_digests) * pe < like.n_blocks:
+        first = len(page_digests) * pe
+        span = min(pe * bs, like.size_bytes - first * bs)
+        extra = pages_from_digests(_read_digests(fd, first * bs, span, bs, buf), pe)
         if not extra:  # nothing read: stop (the roots differ below)
             break
         page_digests.extend(digest_of(p) for p in extra)
@@ -553,13 +560,13 @@ def check_image_range(path: Path, manifest: Manifest, store: ChunkStore, first_b
         bufs = read_buffers(bs)
         pos = first
         while pos < end:
-            page = pos // PAGE_ENTRIES
-            stop = min(end, (page + 1) * PAGE_ENTRIES)
+            page = pos // manifest.page_entries
+            stop = min(end, (page + 1) * manifest.page_entries)
             want = page_entries(store.get(manifest.pages[page]))
             span = sum(_block_len(manifest, j) for j in range(pos, stop))
             have = _read_digests(fd, pos * bs, span, bs, bufs)
             read += sum(_block_len(manifest, pos + k) for k, d in enumerate(have) if d != ZERO_DIGEST)
-            bad.extend(pos + k for k, d in enumerate(have) if d != want[pos - page * PAGE_ENTRIES + k])
+            bad.extend(pos + k for k, d in enumerate(have) if d != want[pos - page * manifest.page_entries + k])
             pos = stop
 
     try:

@@ -26,12 +26,12 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from replicad.core.errors import IntegrityError, NotFoundError, UsageError, from_os_error
-from replicad.core.manifest import PAGE_ENTRIES, ZERO_DIGEST, Manifest, page_entries, zero_block
+from replicad.core.errors import IntegrityError, NotFoundError, RemoteProtocolError, UsageError, from_os_error
+from replicad.core.manifest import DIGEST_SIZE, ZERO_DIGEST, Manifest, page_entries, zero_block
 from replicad.storage.chunkstore import ChunkStore
 from replicad.storage.durable import fsync_dir
 
-PAGE_CACHE_PAGES = 64  # pages of digests kept (128 KiB each: 8 MiB, 16 GiB of a 64 KiB-block volume)
+PAGE_CACHE_BYTES = 8 * 2**20  # digests of pages kept: 16 GiB of a 64 KiB-block volume (64 pages of 4096, 512 of 512)
 
 
 class SnapshotReader:
@@ -48,23 +48,30 @@ class SnapshotReader:
         self.size_bytes = manifest.size_bytes
         self.block_size = manifest.block_size
         self._pages: OrderedDict[int, list[bytes]] = OrderedDict()
+        self._max_pages = max(1, PAGE_CACHE_BYTES // (manifest.page_entries * DIGEST_SIZE))
         self._lock = threading.Lock()
 
     def digest(self, index: int) -> bytes:
         """The digest of block ``index`` (``ZERO_DIGEST`` for an all-zero block). Raises
-        IntegrityError / NotFoundError of the page's read."""
-        p = index // PAGE_ENTRIES
+        IntegrityError / NotFoundError of the page's read; RemoteProtocolError for a page of
+        the wrong entry count."""
+        pe = self.manifest.page_entries
+        p = index // pe
         with self._lock:
             entries = self._pages.get(p)
             if entries is not None:
                 self._pages.move_to_end(p)
         if entries is None:
             entries = page_entries(self.store.get(self.manifest.pages[p]))
+            if len(entries) != self.manifest.page_count(p):
+                raise RemoteProtocolError("manifest page has a wrong number of entries", volume=self.manifest.volume,
+                                          seq=self.manifest.seq, page_index=p, entries=len(entries),
+                                          expected=self.manifest.page_count(p))
             with self._lock:
                 self._pages[p] = entries
-                while len(self._pages) > PAGE_CACHE_PAGES:
+                while len(self._pages) > self._max_pages:
                     self._pages.popitem(last=False)
-        return entries[index % PAGE_ENTRIES]
+        return entries[index % pe]
 
     def block(self, index: int) -> bytes:
         """The bytes of block ``index`` (the last may be short), verified against its digest.

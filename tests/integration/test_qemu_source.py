@@ -256,9 +256,7 @@ async def _nodes(q: Qsd) -> list[dict]:
 
 
 def block_of(store: ChunkStore, m: Manifest, index: int) -> bytes:
-    from replicad.core.manifest import PAGE_ENTRIES
-
-    digest = page_entries(store.get(m.pages[index // PAGE_ENTRIES]))[index % PAGE_ENTRIES]
+    digest = page_entries(store.get(m.pages[index // m.page_entries]))[index % m.page_entries]
     return bytes(BS) if digest == ZERO_DIGEST else store.get(digest)
 
 

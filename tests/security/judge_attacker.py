@@ -28,7 +28,7 @@ import aiohttp
 
 from replicad.config import load_config, load_signer
 from replicad.core.errors import ReplicadError
-from replicad.core.manifest import PAGE_ENTRIES, Manifest
+from replicad.core.manifest import V1_PAGE_ENTRIES as PAGE_ENTRIES, Manifest
 from replicad.peer.tls import client_context
 from replicad.peer.transport import PeerClient
 from replicad.storage.chunkstore import ChunkStore
@@ -43,7 +43,7 @@ async def _ship(cfg, volume: str, epoch: int, seq: int, pages: int, block_size: 
     (page,) = store.put_blocks([block * PAGE_ENTRIES])
     m = Manifest(volume=volume, seq=seq, epoch=epoch, parent_seq=seq - 1, created_at_ns=time.time_ns(),
                  size_bytes=pages * PAGE_ENTRIES * block_size, block_size=block_size, pages=(page,) * pages,
-                 stats={})
+                 stats={}, page_entries=PAGE_ENTRIES)  # format 1 (4096 per page): still accepted
     store.put_blocks([m.encode()])
     acks: dict[str, bytes] = {}
     connector = aiohttp.TCPConnector(ssl=client_context(cfg.tls)) if cfg.tls is not None else None

@@ -34,7 +34,7 @@ import aiohttp
 
 from replicad.config import load_config
 from replicad.core.errors import ReplicadError
-from replicad.core.manifest import PAGE_ENTRIES, Manifest, iter_block_digests, pages_from_digests
+from replicad.core.manifest import V1_PAGE_ENTRIES as PAGE_ENTRIES, Manifest, iter_block_digests, pages_from_digests
 from replicad.peer.tls import client_context
 from replicad.peer.transport import PeerClient
 from replicad.storage.chunkstore import ChunkStore
@@ -107,11 +107,11 @@ def _inflated(volume: str, epoch: int, seq: int, block_size: int, claim_gib: int
     """A manifest claiming ``claim_gib`` GiB whose every block is the same stored block; and that block's digest."""
     (digest,) = store.put_blocks([os.urandom(1)])  # its length is never checked before an apply
     n_blocks = claim_gib * 2**30 // block_size
-    (page,) = pages_from_digests([digest] * PAGE_ENTRIES)
+    (page,) = pages_from_digests([digest] * PAGE_ENTRIES, PAGE_ENTRIES)  # format 1: still accepted
     (page_digest,) = store.put_blocks([page])
     m = Manifest(volume=volume, seq=seq, epoch=epoch, parent_seq=None, created_at_ns=0,
                  size_bytes=n_blocks * block_size, block_size=block_size,
-                 pages=(page_digest,) * (-(-n_blocks // PAGE_ENTRIES)), stats={})
+                 pages=(page_digest,) * (-(-n_blocks // PAGE_ENTRIES)), stats={}, page_entries=PAGE_ENTRIES)
     store.put_blocks([m.encode()])
     return m, digest
 

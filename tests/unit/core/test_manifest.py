@@ -12,10 +12,13 @@ from hypothesis import strategies as st
 
 from replicad.core.errors import IntegrityError, RemoteProtocolError
 from replicad.core.manifest import (
+    DEFAULT_PAGE_ENTRIES,
     FORMAT_VERSION,
-    PAGE_ENTRIES,
+    PAGE_GEOMETRIES,
+    V1_PAGE_ENTRIES,
     ZERO_DIGEST,
     Manifest,
+    block_range,
     changed_blocks,
     changed_digests,
     changed_rows,
@@ -29,6 +32,9 @@ from replicad.core.manifest import (
     pages_from_digests,
 )
 
+PAGE_ENTRIES = DEFAULT_PAGE_ENTRIES  # the geometry of the manifests ``make`` builds by default
+GEOMETRY_PAIRS = [(512, 512), (V1_PAGE_ENTRIES, V1_PAGE_ENTRIES), (V1_PAGE_ENTRIES, 512), (512, V1_PAGE_ENTRIES)]
+"""(old, new) page geometries: same, and across (a format-1 parent, its format-2 child)."""
 ALPHABET = [ZERO_DIGEST] + [blake3.blake3(b"block %d" % i).digest() for i in range(1, 6)]
 
 
@@ -45,9 +51,9 @@ class PageStore(dict):
 
 
 def make(digests: list[bytes], pages: PageStore, *, seq: int = 1, block_size: int = 4096,
-         size_bytes: int | None = None) -> Manifest:
+         size_bytes: int | None = None, geometry: int = DEFAULT_PAGE_ENTRIES) -> Manifest:
     page_digests = []
-    for page in pages_from_digests(digests):
+    for page in pages_from_digests(digests, geometry):
         d = page_digest(page)
         pages[d] = page
         page_digests.append(d)
@@ -55,7 +61,7 @@ def make(digests: list[bytes], pages: PageStore, *, seq: int = 1, block_size: in
                     created_at_ns=1_700_000_000_000_000_000,
                     size_bytes=len(digests) * block_size if size_bytes is None else size_bytes,
                     block_size=block_size, pages=tuple(page_digests),
-                    stats={"total_blocks": len(digests), "zero_blocks": 0})
+                    stats={"total_blocks": len(digests), "zero_blocks": 0}, page_entries=geometry)
 
 
 def naive_diff(old: list[bytes] | None, new: list[bytes]) -> list[int]:
@@ -73,9 +79,39 @@ def test_encode_decode_roundtrip_and_root_is_blake3_of_encoding() -> None:
     data = m.encode()
     assert Manifest.decode(data) == m
     assert m.root == blake3.blake3(data).digest()
-    assert m.n_blocks == 5000 and len(m.pages) == 2
-    assert msgpack.unpackb(data)["v"] == FORMAT_VERSION
+    assert m.n_blocks == 5000 and len(m.pages) == m.n_pages == 10 and m.page_entries == 512
+    assert msgpack.unpackb(data)["v"] == FORMAT_VERSION == 2
+    assert msgpack.unpackb(data)["page_entries"] == 512
     assert list(msgpack.unpackb(data)) == sorted(msgpack.unpackb(data))
+
+
+def test_format_1_manifest_is_still_decoded_with_its_root_and_geometry() -> None:
+    """A manifest written before format 2 (4096 entries per page, no field) decodes to the
+    geometry it implies and encodes back to the same bytes: its root, held in stores and in
+    Raft, does not change."""
+    pages = PageStore()
+    v1 = make([ALPHABET[1]] * 5000, pages, geometry=V1_PAGE_ENTRIES)
+    data = v1.encode()
+    doc = msgpack.unpackb(data)
+    assert doc["v"] == 1 and "page_entries" not in doc and len(doc["pages"]) == 2
+    legacy = msgpack.packb(dict(sorted(doc.items())), use_bin_type=True)  # as the previous release wrote it
+    assert legacy == data
+    back = Manifest.decode(legacy)
+    assert back.page_entries == V1_PAGE_ENTRIES and back.root == blake3.blake3(legacy).digest()
+    assert list(iter_block_digests(back, pages.load)) == [ALPHABET[1]] * 5000
+    assert back.page_count(0) == 4096 and back.page_count(1) == 5000 - 4096 and back.page_count(2) == 0
+
+
+def test_the_same_blocks_in_two_geometries_are_two_manifests() -> None:
+    pages = PageStore()
+    digests = [ALPHABET[1 + i % 5] for i in range(4097)]
+    a = make(digests, pages, geometry=V1_PAGE_ENTRIES)
+    b = make(digests, pages, geometry=512)
+    assert a.root != b.root and len(a.pages) == 2 and len(b.pages) == 9
+    assert list(iter_block_digests(a, pages.load)) == list(iter_block_digests(b, pages.load)) == digests
+    assert diff(a, b, pages.load) == diff(b, a, pages.load) == []
+    assert block_range(a, 4000, 4200, pages.load) == b"".join(digests[4000:4097])
+    assert block_range(b, 4097, 5000, pages.load) == b""
 
 
 def test_encoding_is_canonical_regardless_of_stats_order() -> None:
@@ -96,6 +132,38 @@ def _doc(**overrides: object) -> bytes:
     doc.update(overrides)
     doc = {k: v for k, v in doc.items() if v != "DROP"}
     return msgpack.packb(dict(sorted(doc.items())), use_bin_type=True)
+
+
+def _v2(**overrides: object) -> bytes:
+    """A format-2 document of 513 blocks of 4096 bytes in 512-entry pages (two pages)."""
+    doc = {"v": 2, "page_entries": 512, "size_bytes": 513 * 4096, "pages": [ALPHABET[1], ALPHABET[2]]}
+    doc.update(overrides)
+    return _doc(**doc)
+
+
+def test_format_2_geometry_is_decoded_and_checked() -> None:
+    m = Manifest.decode(_v2())
+    assert m.page_entries == 512 and m.n_blocks == 513 and m.n_pages == 2
+    assert m.encode() == _v2() and m.root == blake3.blake3(_v2()).digest()
+    # the same size in format 1 takes one page of 4096 entries
+    assert Manifest.decode(_doc(size_bytes=513 * 4096)).page_entries == V1_PAGE_ENTRIES
+    assert PAGE_GEOMETRIES == {512, V1_PAGE_ENTRIES}
+
+
+@pytest.mark.parametrize("data", [
+    _v2(page_entries=1), _v2(page_entries=2**30), _v2(page_entries=0), _v2(page_entries=-512),
+    _v2(page_entries=1024), _v2(page_entries=True), _v2(page_entries="512"), _v2(page_entries=512.0),
+    _v2(page_entries=None), _v2(page_entries="DROP"),
+    _v2(page_entries=V1_PAGE_ENTRIES, pages=[ALPHABET[1]]),  # 4096 is format 1's: not canonical as v2
+    _v2(pages=[ALPHABET[1]]), _v2(pages=[ALPHABET[1]] * 3),  # page count per geometry
+    _v2(v=1),  # format 1 has no page_entries field
+    _v2(v=3),
+], ids=lambda d: msgpack.unpackb(d).get("page_entries", "none").__repr__()[:12])
+def test_decode_refuses_bad_geometries(data: bytes) -> None:
+    """A hostile primary or peer cannot choose the page geometry of a reader's walk: only
+    PAGE_GEOMETRIES, in its one canonical format, with the page count it implies."""
+    with pytest.raises(RemoteProtocolError):
+        Manifest.decode(data)
 
 
 @pytest.mark.parametrize("data", [
@@ -143,7 +211,7 @@ def test_pages_and_entries() -> None:
     pages = pages_from_digests(digests)
     assert [len(p) for p in pages] == [PAGE_ENTRIES * 32, 10 * 32]
     assert page_entries(pages[0]) + page_entries(pages[1]) == digests
-    for bad in (b"x" * 33, b"", bytes(32 * (PAGE_ENTRIES + 1))):
+    for bad in (b"x" * 33, b"", bytes(32 * (V1_PAGE_ENTRIES + 1))):
         with pytest.raises(RemoteProtocolError):
             page_entries(bad)
 
@@ -211,11 +279,11 @@ def test_diff_with_other_block_size_compares_as_empty() -> None:
 @st.composite
 def volume_pair(draw: st.DrawFn) -> tuple[list[bytes], list[bytes]]:
     rng = random.Random(draw(st.integers(0, 2**32)))
-    n_old = draw(st.sampled_from([0, 1, 7, PAGE_ENTRIES - 1, PAGE_ENTRIES, PAGE_ENTRIES + 1,
-                                  2 * PAGE_ENTRIES + 5, 3 * PAGE_ENTRIES]))
+    n_old = draw(st.sampled_from([0, 1, 7, 511, 512, 513, 1029, V1_PAGE_ENTRIES - 1, V1_PAGE_ENTRIES,
+                                  V1_PAGE_ENTRIES + 1, 2 * V1_PAGE_ENTRIES + 5, 3 * V1_PAGE_ENTRIES]))
     old = [ALPHABET[rng.randrange(len(ALPHABET))] for _ in range(n_old)]
-    n_new = max(0, n_old + draw(st.sampled_from([0, 0, 0, 1, -1, 5, -5, PAGE_ENTRIES,
-                                                 -PAGE_ENTRIES])))
+    n_new = max(0, n_old + draw(st.sampled_from([0, 0, 0, 1, -1, 5, -5, 512, -512, V1_PAGE_ENTRIES,
+                                                 -V1_PAGE_ENTRIES])))
     new = (old + [ALPHABET[rng.randrange(len(ALPHABET))] for _ in range(n_new)])[:n_new]
     if n_new > n_old and draw(st.booleans()):
         new[n_old:] = [ZERO_DIGEST] * (n_new - n_old)
@@ -225,33 +293,36 @@ def volume_pair(draw: st.DrawFn) -> tuple[list[bytes], list[bytes]]:
     return old, new
 
 
-@settings(max_examples=60, deadline=None)
-@given(pair=volume_pair(), has_old=st.booleans())
+@settings(max_examples=80, deadline=None)
+@given(pair=volume_pair(), has_old=st.booleans(), geometries=st.sampled_from(GEOMETRY_PAIRS))
 def test_changed_digests_are_the_non_zero_digests_of_the_diff(pair: tuple[list[bytes], list[bytes]],
-                                                               has_old: bool) -> None:
+                                                               has_old: bool, geometries: tuple[int, int]) -> None:
     """What a holder of ``old`` lacks for ``new`` (sender's offer, receiver's completeness
     check): the non-zero digests at exactly the indexes :func:`diff` reports, each once, in the
     order of its first block."""
     old_digests, new_digests = pair
     pages = PageStore()
-    old = make(old_digests, pages, seq=1) if has_old else None
-    new = make(new_digests, pages, seq=2)
+    old = make(old_digests, pages, seq=1, geometry=geometries[0]) if has_old else None
+    new = make(new_digests, pages, seq=2, geometry=geometries[1])
     expected = [new_digests[i] for i in naive_diff(old_digests if has_old else None, new_digests)
                 if new_digests[i] != ZERO_DIGEST]
     assert changed_digests(old, new, pages.load) == list(dict.fromkeys(expected))
 
 
-@settings(max_examples=60, deadline=None)
-@given(pair=volume_pair(), has_old=st.booleans())
+@settings(max_examples=80, deadline=None)
+@given(pair=volume_pair(), has_old=st.booleans(), geometries=st.sampled_from(GEOMETRY_PAIRS))
 def test_diff_equals_naive_block_by_block_oracle(pair: tuple[list[bytes], list[bytes]],
-                                                 has_old: bool) -> None:
+                                                 has_old: bool, geometries: tuple[int, int]) -> None:
+    """Also across geometries (a format-1 parent, its format-2 child): block ranges compared."""
     old_digests, new_digests = pair
     pages = PageStore()
-    old = make(old_digests, pages, seq=1) if has_old else None
-    new = make(new_digests, pages, seq=2)
+    old = make(old_digests, pages, seq=1, geometry=geometries[0]) if has_old else None
+    new = make(new_digests, pages, seq=2, geometry=geometries[1])
     pages.loaded.clear()
     assert diff(old, new, pages.load) == naive_diff(old_digests if has_old else None,
                                                     new_digests)
+    if geometries[0] != geometries[1] and has_old:
+        return  # page digests of different geometries are not comparable: every page is loaded
     old_pages = old.pages if old else ()
     differing = {d for p, d in enumerate(new.pages)
                  if p >= len(old_pages) or old_pages[p] != d}
@@ -260,17 +331,17 @@ def test_diff_equals_naive_block_by_block_oracle(pair: tuple[list[bytes], list[b
     assert set(pages.loaded) <= differing
 
 
-@settings(max_examples=60, deadline=None)
-@given(pair=volume_pair(), has_old=st.booleans())
+@settings(max_examples=80, deadline=None)
+@given(pair=volume_pair(), has_old=st.booleans(), geometries=st.sampled_from(GEOMETRY_PAIRS))
 def test_changed_blocks_and_nonzero_counts_equal_naive_oracles(pair: tuple[list[bytes], list[bytes]],
-                                                               has_old: bool) -> None:
+                                                               has_old: bool, geometries: tuple[int, int]) -> None:
     """changed_blocks (index, new digest, old digest or None; old blocks past a shrunken end as
     ZERO_DIGEST) and the non-zero counts the judges take: nonzero_blocks of ``new`` is that of
     ``old`` plus nonzero_delta of the changes (grown, shrunk, zeroed, filled)."""
     old_digests, new_digests = pair
     pages = PageStore()
-    old = make(old_digests, pages, seq=1) if has_old else None
-    new = make(new_digests, pages, seq=2)
+    old = make(old_digests, pages, seq=1, geometry=geometries[0]) if has_old else None
+    new = make(new_digests, pages, seq=2, geometry=geometries[1])
     base = old_digests if has_old else []
     expected = [(i, d, base[i] if i < len(base) else None) for i, d in enumerate(new_digests)
                 if (d != base[i] if i < len(base) else d != ZERO_DIGEST)]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from replicad.core import anomaly
-from replicad.core.manifest import PAGE_ENTRIES, ZERO_DIGEST, Manifest, changed_blocks, page_digest
+from replicad.core.manifest import V1_PAGE_ENTRIES as PAGE_ENTRIES, ZERO_DIGEST, Manifest, changed_blocks, page_digest
 from replicad.site import detection
 from replicad.site.detection import Detection
 from replicad.sources.file import take_snapshot
@@ -146,7 +146,7 @@ def test_a_manifest_of_a_million_copies_of_one_block_costs_a_few_comparisons(tmp
     [pd] = store.put_blocks([page])
     assert pd == page_digest(page)
     m = Manifest(volume="ehr", seq=3, epoch=1, parent_seq=1, created_at_ns=3, size_bytes=200 * PAGE_ENTRIES * BLOCK,
-                 block_size=BLOCK, pages=(pd,) * 200)
+                 block_size=BLOCK, pages=(pd,) * 200, page_entries=PAGE_ENTRIES)  # format 1: 4096 per page
     det = Detection(types.SimpleNamespace(site_id="site-b"), store, None, tmp_path, lambda v: {}, None)
     det.nonzero_of(base)
     sampling: dict = {}

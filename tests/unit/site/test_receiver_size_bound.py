@@ -10,7 +10,7 @@ import logging
 import pytest
 
 from replicad.core.errors import RemoteProtocolError
-from replicad.core.manifest import PAGE_ENTRIES, Manifest
+from replicad.core.manifest import V1_PAGE_ENTRIES as PAGE_ENTRIES, Manifest
 from replicad.core.state import default_max_size_bytes
 from replicad.peer.transport import snapshot_complete
 from replicad.site.receiver import CHUNK_BUDGET_FACTOR, CHUNK_BUDGET_SLACK_BYTES, UNBOUNDED, Receiver
@@ -46,8 +46,10 @@ def receiver(tmp_path):
 
 def repeated(store: ChunkStore, seq: int, pages: int) -> Manifest:
     """A manifest of ``pages`` copies of one page (its pages are NOT stored here: a walk would
-    find them missing, so a refusal that names the size proves nothing was looked up)."""
-    m = Manifest(VOLUME, seq, 1, None, 1, pages * PAGE_ENTRIES * BLOCK, BLOCK, (bytes(32),) * pages, {})
+    find them missing, so a refusal that names the size proves nothing was looked up); format 1
+    (4096 entries per page: still accepted from peers)."""
+    m = Manifest(VOLUME, seq, 1, None, 1, pages * PAGE_ENTRIES * BLOCK, BLOCK, (bytes(32),) * pages, {},
+                 page_entries=PAGE_ENTRIES)
     store.put_blocks([m.encode()])
     return m
 

@@ -14,7 +14,7 @@ import pytest
 
 from replicad.storage.chunkstore import ChunkStore
 from replicad.core.errors import NotFoundError, SourceShrunkError, ToolError, UsageError
-from replicad.core.manifest import ZERO_DIGEST, Manifest, diff, iter_block_digests
+from replicad.core.manifest import DEFAULT_PAGE_ENTRIES, V1_PAGE_ENTRIES, ZERO_DIGEST, Manifest, diff, iter_block_digests
 from replicad.sources.file import ScanResult, take_snapshot
 
 NOW_NS = 1_800_000_000_000_000_000
@@ -98,18 +98,25 @@ async def test_second_snapshot_reports_exactly_the_changed_blocks(tmp_path: Path
     assert third.new_chunk_count == 0
 
 
-async def test_multi_page_volume_with_small_batches(tmp_path: Path, store: ChunkStore) -> None:
+@pytest.mark.parametrize("geometries", [(DEFAULT_PAGE_ENTRIES, DEFAULT_PAGE_ENTRIES),
+                                        (V1_PAGE_ENTRIES, V1_PAGE_ENTRIES),
+                                        (V1_PAGE_ENTRIES, DEFAULT_PAGE_ENTRIES)], ids=["new", "format1", "upgrade"])
+async def test_multi_page_volume_with_small_batches(tmp_path: Path, store: ChunkStore,
+                                                    geometries: tuple[int, int]) -> None:
+    """Batches that do not align with pages; the parent in the same page geometry or in format
+    1's (the first scan after an upgrade reads the parent's digests in its own geometry)."""
     rng = random.Random(2)
     bs = 512
     n = 2 * 4096 + 300
     img = tmp_path / "big.img"
     img.write_bytes(b"".join(text(rng, bs) if i % 3 else bytes(bs) for i in range(n)))
-    m1 = (await snap(img, store, 1, None, block_size=bs, read_size_bytes=61 * bs)).manifest
-    assert len(m1.pages) == 3
+    m1 = (await snap(img, store, 1, None, block_size=bs, read_size_bytes=61 * bs, page_entries=geometries[0])).manifest
+    assert len(m1.pages) == -(-n // geometries[0]) and m1.page_entries == geometries[0]
     changed = sorted(rng.sample(range(n), 25))
     for i in changed:
         write_blocks(img, i, rng.randbytes(bs), bs)
-    res = await snap(img, store, 2, m1, read_size_bytes=1000 * bs)
+    res = await snap(img, store, 2, m1, read_size_bytes=1000 * bs, page_entries=geometries[1])
+    assert res.manifest.page_entries == geometries[1]
     assert res.changed_blocks == changed == diff(m1, res.manifest, store.get)
     assert list(iter_block_digests(res.manifest, store.get)) == expected_digests(img, bs)
 

@@ -328,13 +328,13 @@ def test_tracked_manifest_equals_full_scan_after_random_writes(fs, vol, store, t
 
 
 def test_tracked_over_several_pages_takes_parent_pages_from_the_cache(fs, vol, store, tmp_path):
-    """4 KiB blocks: a manifest page lists 16 MiB, the image spans 3.5 pages. Writes, zeroed
+    """4 KiB blocks: a manifest page lists 2 MiB (512 entries), the image spans 3.5 pages. Writes, zeroed
     blocks and holes land in every page each cycle; the tracked manifest (its ``zero_blocks``
     stat corrected by the changed entries only) equals a full scan of the same clone, and from
     the first tracked cycle on every parent page comes from the source's page cache (no store
     read: the full scan leaves the pages it built there). After an abandoned cycle the parent's
     pages are read from the store again and the manifest is still right."""
-    from replicad.core.manifest import PAGE_ENTRIES
+    from replicad.core.manifest import DEFAULT_PAGE_ENTRIES as PAGE_ENTRIES
 
     kind, _ = fs
     rng = random.Random(len(kind))

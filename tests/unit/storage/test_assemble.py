@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from replicad.core.errors import IntegrityError, RestoreVerifyError, UsageError
-from replicad.core.manifest import ZERO_DIGEST, iter_block_digests
+from replicad.core.manifest import DEFAULT_PAGE_ENTRIES, V1_PAGE_ENTRIES, ZERO_DIGEST, iter_block_digests
 from replicad.sources.file import take_snapshot
 from replicad.storage import assemble
 from replicad.storage.chunkstore import CODEC_RAW, ChunkStore
@@ -146,10 +146,11 @@ def test_same_bytes() -> None:
     assert assemble.same_bytes(memoryview(bytes(a))[:5], memoryview(b)[:5])  # read-only: a plain comparison
 
 
+@pytest.mark.parametrize("geometry", [DEFAULT_PAGE_ENTRIES, V1_PAGE_ENTRIES])
 def test_a_plan_whose_units_cross_page_borders_restores_byte_exact_and_keeps_no_object_per_block(
-        tmp_path: Path) -> None:
-    """4 KiB blocks, 4,400 of them (2 manifest pages), units of 3 blocks: 4,096 is no multiple
-    of 3, so units span the pages' borders. The units' digests, laid end to end with the holes
+        tmp_path: Path, geometry: int) -> None:
+    """4 KiB blocks, 4,400 of them (9 manifest pages of 512 entries, 2 of format 1's 4096),
+    units of 3 blocks: neither 512 nor 4,096 is a multiple of 3, so units span the pages' borders. The units' digests, laid end to end with the holes
     between them, are the manifest's block digests; each unit is one bytes object (its
     places and pending built on first use, dropped once written); the image comes out
     byte-exact with the root rebuilt page by page; and a block of a hole found holding data
@@ -161,8 +162,8 @@ def test_a_plan_whose_units_cross_page_borders_restores_byte_exact_and_keeps_no_
     image.write_bytes(b"".join(blocks))
     with ChunkStore(tmp_path / "store") as store:
         manifest = asyncio.run(take_snapshot(image, volume="ehr", seq=1, epoch=1, parent=None, store=store,
-                                             now_ns=1, block_size=bs)).manifest
-        assert len(manifest.pages) == 2
+                                             now_ns=1, block_size=bs, page_entries=geometry)).manifest
+        assert manifest.page_entries == geometry and len(manifest.pages) == -(-4400 // geometry)
         units, zero_blocks = assemble.plan_units(manifest, store.get, unit_bytes=3 * bs)
         laid = [ZERO_DIGEST] * manifest.n_blocks
         for u in units:
@@ -170,7 +171,8 @@ def test_a_plan_whose_units_cross_page_borders_restores_byte_exact_and_keeps_no_
             for k in range(u.n_blocks):
                 laid[u.first_block + k] = u.block_digest(k)
         assert laid == list(iter_block_digests(manifest, store.get))
-        assert any(u.first_block < 4096 < u.first_block + u.n_blocks for u in units)  # one spans a border
+        assert any(u.first_block < border < u.first_block + u.n_blocks  # one spans a border
+                   for u in units for border in range(geometry, manifest.n_blocks, geometry))
         assert zero_blocks + sum(u.n_blocks for u in units) == manifest.n_blocks
         asm = assemble.ImageAssembler(tmp_path / "out.img", manifest)
         try:
@@ -190,6 +192,6 @@ def test_a_plan_whose_units_cross_page_borders_restores_byte_exact_and_keeps_no_
                 f.write(b"x")
             with pytest.raises(RestoreVerifyError) as err:
                 asm.finish(units)
-            assert err.value.evidence["first_differing_page"] == hole // 4096
+            assert err.value.evidence["first_differing_page"] == hole // geometry
         finally:
             asm.close()

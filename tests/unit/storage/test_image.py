@@ -18,14 +18,15 @@ from hypothesis import strategies as st
 
 from replicad.storage.chunkstore import ChunkStore, digest_of
 from replicad.core.errors import IntegrityError, NotFoundError, RestoreVerifyError
-from replicad.core.manifest import PAGE_ENTRIES, ZERO_DIGEST, Manifest, pages_from_digests
+from replicad.core.manifest import DEFAULT_PAGE_ENTRIES, V1_PAGE_ENTRIES, ZERO_DIGEST, Manifest, pages_from_digests
 from replicad.storage.image import (ApplyReport, apply_snapshot, check_image_range, digest_region, image_manifest,
                                     open_direct, verify_image)
 from replicad.sources.file import take_snapshot
 
 NOW_NS = 1_800_000_000_000_000_000
 BS = 256                      # bytes per block in most tests
-PAGE_BYTES = BS * PAGE_ENTRIES  # image bytes covered by one manifest page (1 MiB)
+PAGE_ENTRIES = DEFAULT_PAGE_ENTRIES  # the page geometry of the manifests take_snapshot writes
+PAGE_BYTES = BS * PAGE_ENTRIES  # image bytes covered by one manifest page (128 KiB)
 
 
 class CountingStore:
@@ -57,10 +58,10 @@ def make_image(rng: random.Random, size_bytes: int, block_size: int = BS, data_e
 
 
 async def snap(path: Path, store: ChunkStore, seq: int, parent: Manifest | None = None,
-               block_size: int = BS) -> Manifest:
+               block_size: int = BS, page_entries: int = DEFAULT_PAGE_ENTRIES) -> Manifest:
     result = await take_snapshot(path, volume="pacs", seq=seq, epoch=2, parent=parent, store=store,
                                  now_ns=NOW_NS + seq, block_size=block_size, read_size_bytes=2**20,
-                                 allow_shrink=True)  # resizes here are on purpose
+                                 allow_shrink=True, page_entries=page_entries)  # resizes here are on purpose
     return result.manifest
 
 
@@ -97,6 +98,33 @@ async def test_apply_into_a_new_file_gives_identical_bytes(tmp_path: Path, store
     assert verify_image(target, m) == m.root
 
 
+async def test_apply_with_a_format_1_base_writes_every_changed_block(tmp_path: Path, store: ChunkStore) -> None:
+    """A standby whose record is a format-1 manifest (4096-entry pages, before the upgrade)
+    applies its first format-2 snapshot (512-entry pages): the base's page digests say nothing
+    about the new pages, its digests of the same blocks do. A page-by-index comparison would
+    skip or misplace blocks; the image must come out bit-exact, and only changed blocks written."""
+    rng = random.Random(33)
+    size = 2 * V1_PAGE_ENTRIES * BS + 700 * BS + 99  # three format-1 pages, 18 format-2 pages
+    img = tmp_path / "vol.img"
+    data = make_image(rng, size)
+    img.write_bytes(data)
+    m1 = await snap(img, store, 1, page_entries=V1_PAGE_ENTRIES)
+    assert m1.page_entries == V1_PAGE_ENTRIES and len(m1.pages) == 3
+    target = tmp_path / "standby.img"
+    apply_snapshot(target, m1, store)
+    changed = [5, 600, V1_PAGE_ENTRIES + 511, V1_PAGE_ENTRIES + 512, 2 * V1_PAGE_ENTRIES + 699]
+    for index in changed:
+        data[index * BS:(index + 1) * BS] = rng.randbytes(BS)
+    data[-99:] = rng.randbytes(99)  # the short last block too
+    img.write_bytes(data)
+    m2 = await snap(img, store, 2, parent=m1)
+    assert m2.page_entries == DEFAULT_PAGE_ENTRIES and len(m2.pages) == 18
+    report = apply_snapshot(target, m2, store, base=m1)
+    assert target.read_bytes() == bytes(data)
+    assert report.blocks_written == len(changed) + 1
+    assert verify_image(target, m2) == m2.root
+
+
 async def test_apply_over_unknown_content_rewrites_exactly_the_differing_blocks(tmp_path: Path,
                                                                                store: ChunkStore) -> None:
     rng = random.Random(2)
@@ -106,7 +134,7 @@ async def test_apply_over_unknown_content_rewrites_exactly_the_differing_blocks(
     img.write_bytes(want)
     m = await snap(img, store, 1)
     old = bytearray(want)
-    for index in (0, 3, 7, 4095, 4096, 4100, m.n_blocks - 1):   # data, zero, page edges, short last block
+    for index in (0, 3, 7, PAGE_ENTRIES - 1, PAGE_ENTRIES, PAGE_ENTRIES + 4, m.n_blocks - 1):  # data, zero, page edges, short last block
         off = index * BS
         old[off + 5] ^= 0xFF
     old[14 * BS: 15 * BS] = bytes(BS)                         # a data block zeroed in the target
@@ -132,7 +160,7 @@ async def test_apply_with_known_base_visits_only_differing_pages(tmp_path: Path,
     apply_snapshot(target, m1, store)
     # Change two blocks of page 1: one gets new data, one (a data block) becomes zero.
     changed_index = PAGE_ENTRIES + 10
-    zeroed_index = PAGE_ENTRIES + 13  # (4096 + 13) % 7 == 0: a data block
+    zeroed_index = PAGE_ENTRIES + 13  # (512 + 13) % 7 == 0: a data block
     assert any(data[zeroed_index * BS:(zeroed_index + 1) * BS])
     data[changed_index * BS:(changed_index + 1) * BS] = rng.randbytes(BS)
     data[zeroed_index * BS:(zeroed_index + 1) * BS] = bytes(BS)
@@ -364,11 +392,11 @@ def test_the_re_read_skips_holes_and_agrees_with_a_full_read(tmp_path_factory: p
 
 
 def _direct_case(tmp_path: Path) -> tuple[Path, bytearray, int]:
-    """A 4 KiB-block image (O_DIRECT-able) of two pages and a short last block: runs of data
-    longer than one write run, zero blocks inside runs, and holes."""
+    """A 4 KiB-block image (O_DIRECT-able) of 6197 blocks (two format-1 pages, 13 of 512) and a
+    short last block: runs of data longer than one write run, zero blocks inside runs, and holes."""
     bs = 4096
     rng = random.Random(9)
-    size = PAGE_ENTRIES * bs + 2100 * bs + 1234
+    size = V1_PAGE_ENTRIES * bs + 2100 * bs + 1234
     data = bytearray(size)
     for start, n in ((0, 2500), (3000, 7), (4094, 5), (5000, 1000), (6195, 1)):  # blocks
         off = start * bs
