@@ -161,6 +161,9 @@ class LocalCluster:
                  tokens: dict[str, dict[str, tuple[str, str]]] | None = None, tls: bool = False,
                  unsigned: bool = False, cooling_off: str = "0s", membership_cooling_off: str = "0s") -> None:
         self.root = Path(root).absolute()  # the daemons run in their own directories: no relative path
+        self.code_dir = Path(__file__).resolve().parents[2]
+        """The directory whose ``replicad`` package the daemons run (put first on PYTHONPATH at each
+        :meth:`start`): this checkout's; a test of an upgrade points it at an older release's."""
         self.unsigned = unsigned
         self.cooling_off = cooling_off
         self.membership_cooling_off = membership_cooling_off
@@ -241,8 +244,8 @@ class LocalCluster:
         if s.proc is not None and s.proc.poll() is None:
             return
         log = open(s.log_path, "ab")
-        # run the same replicad as the caller's, whatever is installed in site-packages
-        src = str(Path(__file__).resolve().parents[2])
+        # run the same replicad as the caller's (or code_dir's), whatever is installed in site-packages
+        src = str(self.code_dir)
         env = dict(os.environ, PYTHONUNBUFFERED="1",
                    PYTHONPATH=os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])]))
         s.proc = subprocess.Popen([sys.executable, "-m", "replicad", "run", str(s.config_path)], stdout=log,
