@@ -30,6 +30,11 @@ puts), ``qmp_ping`` (an idle ``query-version`` round trip before the cycle) and
 ``pages_touched`` (manifest pages that differ from the parent's). Printed per cycle and as
 medians per size with the 16/1 ratio; ``--json-out`` keeps every sample. Results:
 tests/bench/results/bench.md, "qemu 16/1 GiB ratio, by phase".
+
+``--page-entries 4096,512`` pairs manifest page geometries in the same run: each size gets one
+disk (QSD, source, store, chain) per geometry, its manifests all in that geometry (4096: format
+1's, as written before format 2; 512: format 2's default), and each round runs every disk, the
+order alternating; printed as the 16/1 ratio per geometry and the geometries' ratio per size.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from replicad.config import VolumeConfig
+from replicad.core.manifest import DEFAULT_PAGE_ENTRIES
 from replicad.sources import qemu as qemu_mod
 from replicad.sources import tracked as tracked_mod
 from replicad.sources.kinds import make_source
@@ -59,6 +65,7 @@ PHASES = ("qmp_pre", "transaction", "export", "bitmap", "reads", "pages_build", 
           "finish", "total", "cpu", "qsd_cpu")
 
 _phase: dict[str, float] = defaultdict(float)
+_geometry = {"page_entries": DEFAULT_PAGE_ENTRIES}  # the page geometry of the disk whose cycle runs
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -89,13 +96,17 @@ def instrument() -> None:
     file_mod._store_batch = _timed_sync("reads:chunk_put_thread", file_mod._store_batch)
     put_blocks = ChunkStore.put_blocks
     ChunkStore.put_blocks = _timed_sync("manifest", put_blocks)  # only the manifest goes through it here
-    orig_tracked = qemu_mod.tracked_snapshot
+    orig_tracked, orig_full = qemu_mod.tracked_snapshot, qemu_mod.take_snapshot
+
+    async def take_snapshot(*a: Any, **k: Any) -> Any:
+        return await orig_full(*a, **k, page_entries=_geometry["page_entries"])
+    qemu_mod.take_snapshot = take_snapshot
 
     async def tracked_snapshot(*a: Any, **k: Any) -> Any:
         b0, s0, m0 = _phase["pages_build"], _phase["pages_store"], _phase["manifest"]
         t0 = time.perf_counter()
         try:
-            return await orig_tracked(*a, **k)
+            return await orig_tracked(*a, **k, page_entries=_geometry["page_entries"])
         finally:
             rest = (_phase["pages_build"] - b0) + (_phase["pages_store"] - s0) + (_phase["manifest"] - m0)
             _phase["reads"] += time.perf_counter() - t0 - rest
@@ -199,10 +210,10 @@ def change(q: Any, size: int, n_blocks: int, rng: random.Random, tag: str, conti
 class Disk:
     """One size: its QSD, source, store and parent manifest."""
 
-    def __init__(self, root: Path, gib: int, share: float) -> None:
+    def __init__(self, root: Path, gib: int, share: float, page_entries: int = DEFAULT_PAGE_ENTRIES) -> None:
         from tests.integration.test_qemu_source import Qsd
 
-        self.gib, self.size, self.root = gib, gib * 2**30, root
+        self.gib, self.size, self.root, self.page_entries = gib, gib * 2**30, root, page_entries
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(root / "disk.qcow2"), str(self.size)],
@@ -222,6 +233,7 @@ class Disk:
     async def cycle(self) -> tuple[Any, dict[str, float]]:
         assert self.q.proc is not None
         _phase.clear()
+        _geometry["page_entries"] = self.page_entries
         c0, q0, t0 = time.process_time(), _proc_cpu_s(self.q.proc.pid), time.perf_counter()
         _phase["_start"] = t0
         self.seq += 1
@@ -278,21 +290,23 @@ async def run(args: argparse.Namespace) -> dict[str, dict[int, list[dict[str, fl
     sizes = [int(x) for x in args.gib.split(",")]
     shares = [float(x) for x in args.fill.split(",")]
     shares += [shares[-1]] * (len(sizes) - len(shares))
+    geometries = [int(x) for x in args.page_entries.split(",")]
     rng = random.Random(args.seed)
     work = Path(args.work)
     disks: list[Disk] = []
     patterns, caches = args.patterns.split(","), args.cache.split(",")
-    samples: dict[str, dict[int, list[dict[str, float]]]] = {f"{p}, {c}": {g: [] for g in sizes}
-                                                             for p in patterns for c in caches}
+    samples: dict[str, dict[int, list[dict[str, float]]]] = {f"{p}, {c}, pages of {pe}": {g: [] for g in sizes}
+                                                             for p in patterns for c in caches for pe in geometries}
     try:
         for gib, share in zip(sizes, shares):
-            d = Disk(work / f"d{gib}", gib, share)
-            disks.append(d)
-            t0 = time.perf_counter()
-            fill(d.q, d.fill_bytes, rng)
-            snap, ph = await d.cycle()
-            print(f"{gib} GiB: filled {d.fill_bytes / 2**30:.2f} GiB, first cycle {snap.mode} {ph['total']:.1f}s "
-                  f"({time.perf_counter() - t0:.1f}s with the fill)", flush=True)
+            for pe in geometries:
+                d = Disk(work / f"d{gib}-{pe}", gib, share, pe)
+                disks.append(d)
+                t0 = time.perf_counter()
+                fill(d.q, d.fill_bytes, random.Random(args.seed + gib))  # the same content per size
+                snap, ph = await d.cycle()
+                print(f"{gib} GiB, pages of {pe}: filled {d.fill_bytes / 2**30:.2f} GiB, first cycle {snap.mode} "
+                      f"{ph['total']:.1f}s ({time.perf_counter() - t0:.1f}s with the fill)", flush=True)
         n = args.changed_mib * 2**20 // BS
         for r in range(args.rounds):
             for pattern, cache in [(p, c) for p in patterns for c in caches]:
@@ -308,8 +322,9 @@ async def run(args: argparse.Namespace) -> dict[str, dict[int, list[dict[str, fl
                         raise RuntimeError(f"{d.gib} GiB cycle was {snap.mode}, not tracked")
                     ph["qmp_ping"] = ping_s
                     ph["pages_touched"] = sum(1 for a, b in zip(snap.result.manifest.pages, prev_pages) if a != b)
-                    samples[f"{pattern}, {cache}"][d.gib].append(ph)
-                    print(f"round {r} {pattern} {cache} {d.gib:>3} GiB "
+                    ph["load1"] = os.getloadavg()[0]
+                    samples[f"{pattern}, {cache}, pages of {d.page_entries}"][d.gib].append(ph)
+                    print(f"round {r} {pattern} {cache} {d.gib:>3} GiB pages of {d.page_entries} "
                           + " ".join(f"{k}={ph.get(k, 0) * 1000:.1f}" for k in PHASES)
                           + f" ms, pages touched {ph['pages_touched']}, load {os.getloadavg()[0]:.1f}", flush=True)
     finally:
@@ -330,11 +345,42 @@ def report(samples: dict[int, list[dict[str, float]]]) -> None:
         cells = []
         meds = []
         for g in (lo, hi):
-            v = [s.get(k, 0.0) * (1 if k == "pages_touched" else 1000) for s in samples[g]]
+            v = [s.get(k, 0.0) * (1 if k in ("pages_touched", "load1") else 1000) for s in samples[g]]
             meds.append(statistics.median(v))
             cells.append(f"{statistics.median(v):.1f} [{min(v):.1f}-{max(v):.1f}]")
         ratio = f"{meds[1] / meds[0]:.2f}x" if meds[0] > 0 else "-"
         print(f"| {k} | {cells[0]} | {cells[1]} | {ratio} |")
+
+
+def compare_geometries(samples: dict[str, dict[int, list[dict[str, float]]]]) -> None:
+    """Per pattern and size: the medians of total, cpu and the page phases for each geometry, and
+    the 16/1 ratios of total and cpu per geometry (the issue's target: <= 1.3)."""
+    by: dict[str, dict[int, dict[int, list[dict[str, float]]]]] = defaultdict(dict)
+    for label, by_size in samples.items():
+        head, pe = label.rsplit(", pages of ", 1)
+        by[head][int(pe)] = by_size
+    for head, per_pe in by.items():
+        print(f"\n{head}: by page geometry (medians; load1 median [min-max])")
+        print("| pages of | size GiB | total ms | cpu ms | pages_build ms | pages_store ms | pages touched | load1 |")
+        print("|---|---|---|---|---|---|---|---|")
+        for pe in sorted(per_pe):
+            for g in sorted(per_pe[pe]):
+                s = per_pe[pe][g]
+                if not s:
+                    continue
+
+                def med(k: str, scale: float = 1000.0) -> float:
+                    return statistics.median(x.get(k, 0.0) for x in s) * scale
+                loads = [x.get("load1", 0.0) for x in s]
+                print(f"| {pe} | {g} | {med('total'):.1f} | {med('cpu'):.1f} | {med('pages_build'):.1f} | "
+                      f"{med('pages_store'):.1f} | {med('pages_touched', 1):.0f} | "
+                      f"{statistics.median(loads):.1f} [{min(loads):.1f}-{max(loads):.1f}] |")
+            sizes = sorted(per_pe[pe])
+            if len(sizes) >= 2 and all(per_pe[pe][g] for g in sizes):
+                lo, hi = per_pe[pe][sizes[0]], per_pe[pe][sizes[-1]]
+                for k in ("total", "cpu"):
+                    ratio = statistics.median(x[k] for x in hi) / statistics.median(x[k] for x in lo)
+                    print(f"pages of {pe}: {sizes[-1]}/{sizes[0]} GiB {k} {ratio:.2f}x")
 
 
 def main() -> None:
@@ -349,6 +395,9 @@ def main() -> None:
                     help="comma list: warm (as left), store-cold (the chunk store's files dropped from the page "
                          "cache before each cycle)")
     ap.add_argument("--seed", type=int, default=15)
+    ap.add_argument("--page-entries", default=str(DEFAULT_PAGE_ENTRIES),
+                    help="comma list of manifest page geometries, each its own disks and chain (4096,512: "
+                         "format 1's against format 2's, paired)")
     ap.add_argument("--work", default="/var/tmp/qemu-ratio")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--json-out")
@@ -356,8 +405,9 @@ def main() -> None:
     instrument()
     samples = asyncio.run(run(args))
     for pattern, by_size in samples.items():
-        print(f"\n{pattern} (changes, page cache), {args.changed_mib} MiB per cycle, {args.rounds} paired rounds:")
+        print(f"\n{pattern} (changes, page cache, geometry), {args.changed_mib} MiB per cycle, {args.rounds} paired rounds:")
         report(by_size)
+    compare_geometries(samples)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({p: {str(k): v for k, v in by.items()} for p, by in samples.items()},
                                                   indent=1))
