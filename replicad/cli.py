@@ -704,22 +704,22 @@ def _render_requests(data: dict) -> None:
 
 def _render_request_state(r: dict) -> None:
     what = " ".join(str(x) for x in (r.get("action"), r.get("volume")) if x)
-    name = f"request {r['request']}" + (f" ({what})" if what else "")
+    about = f" ({what})" if what else ""  # after the state: scripts read "request rN is pending"
     if r.get("status") == "approved":
-        console.print(f"{name} approved by {', '.join(r.get('approvals') or [])}: it takes effect at "
-                      f"{_utc(r.get('effective_ns'))} (cooling-off) unless a site vetoes it (replicad veto "
+        console.print(f"request {r['request']} approved by {', '.join(r.get('approvals') or [])}{about}: it takes "
+                      f"effect at {_utc(r.get('effective_ns'))} (cooling-off) unless a site vetoes it (replicad veto "
                       f"{r['request']})", markup=False, soft_wrap=True)
     elif r.get("status") == "vetoed":
-        console.print(f"{name} vetoed by {r.get('vetoed_by')}: it will not take effect", markup=False,
-                      soft_wrap=True)
+        console.print(f"request {r['request']} vetoed by {r.get('vetoed_by')}{about}: it will not take effect",
+                      markup=False, soft_wrap=True)
     elif r.get("status") == "pending":
-        console.print(f"{name} is pending: {len(r.get('approvals') or [])} of {r.get('needed')} "
-                      f"sites approved ({', '.join(r.get('approvals') or [])}); nothing changed yet", markup=False,
-                      soft_wrap=True)
+        console.print(f"request {r['request']} is pending{about}: {len(r.get('approvals') or [])} of "
+                      f"{r.get('needed')} sites approved ({', '.join(r.get('approvals') or [])}); nothing changed yet",
+                      markup=False, soft_wrap=True)
         if r.get("next"):
             console.print(f"  next: {r['next']}", markup=False, soft_wrap=True)
     else:
-        console.print(f"{name} applied (approved by {', '.join(r.get('approvals') or [])}): "
+        console.print(f"request {r['request']} applied (approved by {', '.join(r.get('approvals') or [])}): "
                       f"{_result_text(r.get('action'), r.get('result'))}", markup=False, soft_wrap=True)
 
 

@@ -594,8 +594,13 @@ def test_an_applied_request_is_one_sentence_never_a_raw_map(admin_stub) -> None:
     res = run_env({}, "--admin", url, "approve", "r5")
     out = " ".join(res.stdout.split())
     assert res.returncode == 0 and "{" not in out and "'ok'" not in out, out
-    assert ("request r5 (set_retention ehr) applied (approved by site-a, site-b): ehr retention: keep_all 1d, "
+    assert ("request r5 applied (approved by site-a, site-b): ehr retention: keep_all 1d, "
             "hourly 7d, daily 30d, lock 1h (shorter: lock)") in out, out
+    answers["/v1/requests/r6/approve"] = (200, {"request": "r6", "status": "pending", "approvals": ["site-a"],
+                                                "needed": 2, "action": "set_max_size", "volume": "ehr",
+                                                "next": "an operator of another site approves it there"})
+    res = run_env({}, "--admin", url, "approve", "r6")  # scripts read the id and the state from the front
+    assert "request r6 is pending (set_max_size ehr): 1 of 2 sites approved (site-a)" in res.stdout, res.stdout
 
 
 def test_volumes_show_the_agreed_maximum_also_at_80_columns(admin_stub) -> None:
