@@ -48,7 +48,8 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
     POST   /v1/members, DELETE /v1/members/{site_id}   [admin] 501 not_supported (see below)
     POST   /v1/membership                       [admin] {"members": [...], "reason"?}: request to change the agreed
                                                  membership (a majority of the sites approves it)
-    GET    /v1/requests                         [viewer] protection-weakening requests (pending, applied, expired)
+    GET    /v1/requests                         [viewer] protection-weakening requests (pending, applied, expired);
+                                                 a set_max_size one with "previous", the maximum it replaces
     POST   /v1/requests/{request_id}/approve    [admin] this site approves the request (a command signed by it)
     POST   /v1/requests/{request_id}/veto       [admin] this site stops a request before it takes effect
     POST   /v1/sites/{site_id}/revoke           [admin] {"reason"?}: request to revoke a site's identity (a majority);
