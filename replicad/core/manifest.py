@@ -61,6 +61,22 @@ BLOCK_SIZE_MAX_BYTES = 16 * 2**20
 MANIFEST_MAX_BYTES = 16 * 2**20
 
 
+MANIFEST_ROOM_BYTES = 64 * 1024
+"""What :func:`page_entries_for` leaves of MANIFEST_MAX_BYTES to a manifest's other fields."""
+
+
+def page_entries_for(n_blocks: int) -> int:
+    """The page geometry a new manifest of ``n_blocks`` blocks is written in:
+    :data:`DEFAULT_PAGE_ENTRIES`, unless its page list (34 bytes per page: a digest and its
+    msgpack header) would not leave MANIFEST_ROOM_BYTES of MANIFEST_MAX_BYTES, i.e. past
+    491,520 pages (~15 TiB of 64 KiB blocks); then :data:`V1_PAGE_ENTRIES` (8x fewer pages: up
+    to ~120 TiB, as before format 2), so a large volume keeps a manifest its peers accept."""
+    pages = -(-n_blocks // DEFAULT_PAGE_ENTRIES)
+    if pages * (DIGEST_SIZE + 2) + MANIFEST_ROOM_BYTES <= MANIFEST_MAX_BYTES:
+        return DEFAULT_PAGE_ENTRIES
+    return V1_PAGE_ENTRIES
+
+
 _ZERO_BLOCKS: dict[int, bytes] = {}
 
 

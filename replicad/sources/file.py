@@ -81,6 +81,7 @@ from replicad.core.manifest import (
     DEFAULT_PAGE_ENTRIES,
     DIGEST_SIZE,
     PAGE_GEOMETRIES,
+    page_entries_for,
     ZERO_DIGEST,
     Manifest,
     page_entries,
@@ -490,7 +491,7 @@ class _Fingerprints:
 async def _scan(source_path: Path, block_size: int, read_size_bytes: int,
                 parent: Manifest | None, store: ChunkStore,
                 fps: _Fingerprints, allow_shrink: bool = False, kept_pages: dict[bytes, bytes] | None = None,
-                kept_max_bytes: int = 0, page_entries: int = DEFAULT_PAGE_ENTRIES) -> tuple[int, _Totals]:
+                kept_max_bytes: int = 0, page_entries: int | None = None) -> tuple[int, _Totals]:
     """Read, hash and store every block; returns (size_bytes, totals). Pages are cut as they
     fill; the last partial page stays in ``totals.page_buf``. Every block chunk and full page
     is durable when this returns. ``kept_pages``: an empty dict the stored pages go into
@@ -512,7 +513,8 @@ async def _scan(source_path: Path, block_size: int, read_size_bytes: int,
     except SourceShrunkError:
         os.close(fd)
         raise
-    totals = _Totals(page_bytes=page_entries * DIGEST_SIZE, kept_pages=kept_pages, kept_room=kept_max_bytes)
+    pe = page_entries or page_entries_for(-(-size // block_size))
+    totals = _Totals(page_bytes=pe * DIGEST_SIZE, kept_pages=kept_pages, kept_room=kept_max_bytes)
     storer = _Storer(store, totals)
     parents = _ParentDigests(parent, store)
     await asyncio.to_thread(fps.start_writer, block_size, size)
@@ -668,7 +670,7 @@ async def take_snapshot(source_path: Path, *, volume: str, seq: int, epoch: int,
                         full_pass_max_age_ns: int = FULL_PASS_MAX_AGE_NS,
                         allow_shrink: bool = False, pages_out: dict[bytes, bytes] | None = None,
                         pages_out_max_bytes: int = 64 * 2**20,
-                        page_entries: int = DEFAULT_PAGE_ENTRIES) -> ScanResult:
+                        page_entries: int | None = None) -> ScanResult:
     """Snapshot ``source_path`` (regular file or block device) into ``store``.
 
     Args:
@@ -690,8 +692,9 @@ async def take_snapshot(source_path: Path, *, volume: str, seq: int, epoch: int,
             scan built and hashed) when they total at most ``pages_out_max_bytes``, else left
             empty; for a tracking source's page cache (the next tracked cycle's parent pages).
         page_entries: the new manifest's page geometry (one of PAGE_GEOMETRIES; the parent's
-            may differ: a format-1 parent is read in its own geometry). Other than the default
-            only to write format-1 manifests in tests of upgrades.
+            may differ: a format-1 parent is read in its own geometry); None (the default):
+            :func:`~replicad.core.manifest.page_entries_for` the source's size. Given only to
+            write format-1 manifests in tests of upgrades and benches.
 
     Returns:
         a :class:`ScanResult`; O1: every chunk and the manifest are durable.
@@ -714,7 +717,7 @@ async def take_snapshot(source_path: Path, *, volume: str, seq: int, epoch: int,
         bs = block_size or DEFAULT_BLOCK_SIZE_BYTES
     if not 0 < bs <= BLOCK_SIZE_MAX_BYTES:
         raise UsageError("block size out of range", block_size=bs)
-    if page_entries not in PAGE_GEOMETRIES:
+    if page_entries is not None and page_entries not in PAGE_GEOMETRIES:
         raise UsageError("page geometry not accepted", page_entries=page_entries, accepted=sorted(PAGE_GEOMETRIES))
     fps = _Fingerprints()
     keep: dict[bytes, bytes] | None = {} if pages_out is not None else None

@@ -18,8 +18,8 @@ from a :class:`PageCache` the source keeps between cycles (the pages of the last
 built, verified by construction) instead of two verified store reads, and the ``zero_blocks``
 stat is corrected by the changed entries only, not by recounting a page's entries twice.
 
-The new manifest has the default page geometry (:data:`~replicad.core.manifest.DEFAULT_PAGE_ENTRIES`);
-a parent of another geometry (a format-1 manifest written before the upgrade) is read in its own,
+The new manifest has the page geometry of :func:`~replicad.core.manifest.page_entries_for` (512
+entries; format 1's 4096 past ~15 TiB of 64 KiB blocks, where 512 would not fit a manifest); a parent of another geometry (a format-1 manifest written before the upgrade) is read in its own,
 and that first cycle builds every page of the new manifest from the parent's block ranges
 (O(volume), once per volume).
 Measured (XFS, 10 MiB changed, 4 GiB against 1 GiB): see tests/bench/results/bench.md.
@@ -44,7 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from replicad.core.errors import InternalError, UnavailableError, UsageError, from_os_error
-from replicad.core.manifest import DEFAULT_PAGE_ENTRIES, DIGEST_SIZE, PAGE_GEOMETRIES, ZERO_DIGEST, Manifest
+from replicad.core.manifest import (DEFAULT_PAGE_ENTRIES, DIGEST_SIZE, PAGE_GEOMETRIES, ZERO_DIGEST, Manifest,
+                                    page_entries_for)
 from replicad.sources.file import ScanResult, _hash_part, _open_source, _PartResult, _Storer, _Totals, check_size
 from replicad.storage.chunkstore import ChunkStore, digest_of, encode_chunk
 from replicad.storage.durable import read_into
@@ -237,7 +238,7 @@ async def tracked_snapshot(view_path: Path, *, volume: str, seq: int, epoch: int
                            store: ChunkStore, now_ns: int, runs: list[tuple[int, int]],
                            allow_shrink: bool = False, workers: int | None = None,
                            page_cache: PageCache | None = None,
-                           page_entries: int = DEFAULT_PAGE_ENTRIES) -> TrackedResult:
+                           page_entries: int | None = None) -> TrackedResult:
     """Snapshot the view ``view_path`` from ``parent`` and the blocks ``runs`` lists.
 
     Args:
@@ -251,9 +252,10 @@ async def tracked_snapshot(view_path: Path, *, volume: str, seq: int, epoch: int
         workers: worker threads reading and hashing (default min(4, cores)).
         page_cache: the source's :class:`PageCache`: parent pages are taken from it where held;
             on success it holds the new manifest's pages (those known without a store read).
-        page_entries: the new manifest's page geometry (one of PAGE_GEOMETRIES); a parent of
-            another geometry costs one pass over its pages. Other than the default only in
-            tests of upgrades (to write format-1 manifests).
+        page_entries: the new manifest's page geometry (one of PAGE_GEOMETRIES; None, the
+            default: :func:`~replicad.core.manifest.page_entries_for` the view's size); a parent
+            of another geometry costs one pass over its pages. Given only in tests of upgrades
+            and benches (to write format-1 manifests).
 
     Returns:
         :class:`TrackedResult`; O1: every chunk, page and the manifest are durable.
@@ -268,7 +270,7 @@ async def tracked_snapshot(view_path: Path, *, volume: str, seq: int, epoch: int
     started = time.perf_counter()
     if parent.volume != volume:
         raise UsageError("parent manifest belongs to another volume", volume=volume, parent_volume=parent.volume)
-    if page_entries not in PAGE_GEOMETRIES:
+    if page_entries is not None and page_entries not in PAGE_GEOMETRIES:
         raise UsageError("page geometry not accepted", page_entries=page_entries, accepted=sorted(PAGE_GEOMETRIES))
     bs = parent.block_size
     try:
@@ -283,6 +285,7 @@ async def tracked_snapshot(view_path: Path, *, volume: str, seq: int, epoch: int
     try:
         check_size(parent, size, Path(view_path), allow_shrink)
         n_new = -(-size // bs)
+        pe = page_entries or page_entries_for(n_new)
         runs = [(f, min(c, n_new - f)) for f, c in _with_size_change(runs, parent, n_new, size) if f < n_new]
         pager = _CachedPages(store, page_cache)
         nworkers = workers or max(1, min(4, os.cpu_count() or 1))
@@ -319,7 +322,7 @@ async def tracked_snapshot(view_path: Path, *, volume: str, seq: int, epoch: int
         await storer.flush()
         await storer.wait()  # O1: blocks durable before the pages that list them
         pages, new_pages, zero_blocks = await asyncio.to_thread(
-            _build_pages, parent, pager, new_digests, n_new, page_entries)
+            _build_pages, parent, pager, new_digests, n_new, pe)
         if new_pages:
             totals.new_chunks += await asyncio.to_thread(_store_pages, store, new_pages)
         done = True
@@ -331,7 +334,7 @@ async def tracked_snapshot(view_path: Path, *, volume: str, seq: int, epoch: int
              "changed_bytes": totals.changed_bytes, "random_changed_blocks": totals.random_blocks,
              "new_chunks": totals.new_chunks, "has_parent": 1}
     manifest = Manifest(volume=volume, seq=seq, epoch=epoch, parent_seq=parent.seq, created_at_ns=now_ns,
-                        size_bytes=size, block_size=bs, pages=tuple(pages), stats=stats, page_entries=page_entries)
+                        size_bytes=size, block_size=bs, pages=tuple(pages), stats=stats, page_entries=pe)
     (root,) = await asyncio.to_thread(store.put_blocks, [manifest.encode()])  # O1: manifest durable
     if root != manifest.root:
         raise InternalError("stored manifest digest differs from its root", volume=volume, seq=seq)

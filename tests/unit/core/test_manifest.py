@@ -14,6 +14,7 @@ from replicad.core.errors import IntegrityError, RemoteProtocolError
 from replicad.core.manifest import (
     DEFAULT_PAGE_ENTRIES,
     FORMAT_VERSION,
+    MANIFEST_MAX_BYTES,
     PAGE_GEOMETRIES,
     V1_PAGE_ENTRIES,
     ZERO_DIGEST,
@@ -29,6 +30,7 @@ from replicad.core.manifest import (
     nonzero_delta,
     page_digest,
     page_entries,
+    page_entries_for,
     pages_from_digests,
 )
 
@@ -355,3 +357,27 @@ def test_changed_blocks_and_nonzero_counts_equal_naive_oracles(pair: tuple[list[
     rows = [(int(i), n.tobytes(), o.tobytes()) for idx, nw, od in changed_rows(old, new, pages.load)
             for i, n, o in zip(idx, nw, od)]
     assert rows == [(i, d, ZERO_DIGEST if o is None else o) for i, d, o in expected]
+
+
+def test_new_manifests_use_512_entry_pages_unless_the_page_list_would_not_fit() -> None:
+    """page_entries_for: 512 entries per page while the format-2 page list leaves room in
+    MANIFEST_MAX_BYTES (491,520 pages: ~15 TiB of 64 KiB blocks), format 1's 4096 past that, so
+    a volume that was replicable before format 2 stays replicable. At the edge the manifest
+    encodes within the bound and decodes; 2,048 pages past it (64 KiB of room used up) a
+    format-2 manifest of the same blocks is refused, the format-1 one is not."""
+    edge = 491_520 * 512
+    assert page_entries_for(0) == page_entries_for(1) == page_entries_for(edge) == 512
+    assert page_entries_for(edge + 1) == page_entries_for(2**31) == V1_PAGE_ENTRIES
+    stats = {"total_blocks": edge, "zero_blocks": 0, "changed_blocks": edge, "changed_bytes": edge * 65536,
+             "random_changed_blocks": edge, "new_chunks": edge, "has_parent": 1}
+    at_edge = Manifest("pacs-archive-volume", 2**40, 2**40, 2**40, 2**63, edge * 65536, 65536,
+                       (ALPHABET[1],) * 491_520, stats)
+    data = at_edge.encode()
+    assert len(data) <= MANIFEST_MAX_BYTES and Manifest.decode(data) == at_edge
+    far = edge + 2048 * 512
+    past = Manifest("pacs-archive-volume", 1, 1, None, 0, far * 65536, 65536, (ALPHABET[1],) * -(-far // 512), stats)
+    with pytest.raises(RemoteProtocolError):
+        Manifest.decode(past.encode())
+    bigger = Manifest("pacs-archive-volume", 1, 1, None, 0, far * 65536, 65536,
+                      (ALPHABET[1],) * -(-far // V1_PAGE_ENTRIES), stats, page_entries=V1_PAGE_ENTRIES)
+    assert Manifest.decode(bigger.encode()) == bigger
