@@ -6,8 +6,9 @@ present). All-zero blocks get the sentinel :data:`ZERO_DIGEST` and are never sto
 
 The digests are cut into **pages** of up to ``page_entries`` concatenated 32-byte digests
 (the manifest's page geometry: :data:`DEFAULT_PAGE_ENTRIES`, 512 = 16 KiB pages, for new
-manifests; 4096 = 128 KiB for format 1); each page is stored as a chunk under ``blake3(page)``. The manifest lists
-the page digests and is itself stored as a chunk under its **root** =
+manifests, :func:`page_entries_for`; 4096 = 128 KiB for format 1); each page is stored as a
+chunk under ``blake3(page)``. The manifest lists the page digests and is itself stored as a
+chunk under its **root** =
 ``blake3(manifest.encode())``. So the root covers the page digests, which cover the block
 digests: one 32-byte value committed through Raft pins the whole image. Unchanged pages keep
 their digest, so :func:`diff` loads only the pages whose digests differ.
@@ -59,8 +60,6 @@ DIGEST_SIZE = 32
 ZERO_DIGEST = bytes(DIGEST_SIZE)
 BLOCK_SIZE_MAX_BYTES = 16 * 2**20
 MANIFEST_MAX_BYTES = 16 * 2**20
-
-
 MANIFEST_ROOM_BYTES = 64 * 1024
 """What :func:`page_entries_for` leaves of MANIFEST_MAX_BYTES to a manifest's other fields."""
 
