@@ -216,33 +216,39 @@ Authority rules (threat model: root on one site speaks with that site's identity
   Recorded once per site under ``opinions`` with ``recorded_ns``, the majority's clock (the
   same verdict again is answered ``changed`` false; another one is ``conflict``: a site cannot
   take back what it said). ``suspect`` opinions of :func:`suspect_quorum` data sites
-  (:data:`SUSPECT_SITES_MIN`, 2, or every data site when fewer) make the snapshot ``suspect``
-  (reason :data:`SITE_SUSPECT_PREFIX` and the sites) unless a person confirmed it clean (an
-  approved ``mark_verdict clean`` sets ``confirmed``); the result names ``suspect_sites`` and
-  ``needed``. One site's suspect opinion holds that site's own standby (the daemon applies only
-  what its own opinion calls clean) and pins pruning for a while (:func:`suspect_pins`), nothing
-  else: a site compromised or strictly configured cannot hold every standby. The primary's
+  (:data:`SUSPECT_SITES_MIN`, 2, or every data site when fewer; or, with persons' marks among
+  them, the words of :func:`mark_quorum` sites: :func:`turns_suspect`) make the snapshot
+  ``suspect`` (reason :data:`SITE_SUSPECT_PREFIX` and the sites) unless a person confirmed it
+  clean (an approved ``mark_verdict clean`` sets ``confirmed``); the result names
+  ``suspect_sites``, ``needed``, ``opinion_sites`` and ``needed_with_marks``. One site's suspect
+  opinion holds that site's own standby (the daemon applies only what its own opinion calls
+  clean) and pins pruning for a while (:func:`suspect_pins`), nothing else: a site compromised
+  or strictly configured cannot hold every standby. The primary's
   commit verdict (its whole-volume screen) can only make it suspect and is no opinion
   (:func:`disagreement` compares opinions only). A ``clean`` opinion never clears anything.
 * ``mark_verdict`` ``suspect`` (a person's verdict, in the signing site's name): that data
   site's suspect vote (a witness: ``conflict``), kept under :data:`MARKS`. It counts with the
   opinions, one site once (:func:`suspect_voters`), holds that site's own standby and takeover
   for the snapshot and its descendants (:func:`held_by_marks`), pins like a lone opinion, and
-  changes neither the cluster's verdict nor ``confirmed`` until :func:`suspect_quorum` sites
-  agree (review R3: one site's mark flipped every site's verdict, rolled standbys back and moved
-  a takeover's restore point). ``mark_verdict clean`` of a clean snapshot takes back the
-  signer's own mark; an approved one confirms the snapshot and drops every mark.
+  changes neither the cluster's verdict nor ``confirmed`` until the words of :func:`mark_quorum`
+  sites (:data:`MARK_SITES_MIN`, 3, or every data site when fewer), marks and opinions
+  together, agree (:func:`turns_suspect`; review R3: one site's mark flipped every site's
+  verdict, rolled standbys back and moved a takeover's restore point; review R7: so did site-a's
+  mark with a stolen admin token's at site-b, two sites' marks). ``mark_verdict clean`` of a
+  clean snapshot takes back the signer's own mark; an approved one confirms the snapshot and
+  drops every mark.
 * A commit whose parent is ``suspect`` is recorded ``suspect`` by descent (reason
   :data:`TAINT_REASON_PREFIX`) whatever the primary proposed: a compromised primary cannot
   make the child of a suspect snapshot the newest clean one.
 * ``set_detection`` (``volume``, ``policy``): the volume's detection policy
   (:data:`replicad.core.anomaly.POLICY_DEFAULTS` keys, :func:`detection_policy`). Any change
-  runs only as an approved request: one that weakens any threshold
-  (:func:`replicad.core.anomaly.weakened_keys`) after approvals and cooling-off, a stricter one
-  once approved (no cooling-off: all-zero thresholds on one site's word would make every
-  snapshot suspect everywhere). The same policy again is answered ``changed`` false. A policy
-  whose ransom-note pattern RE2 refuses (:func:`replicad.core.anomaly.note_pattern_problem`) is
-  ``bad_request`` at every site alike. ``add_volume`` takes the default policy only.
+  runs only as an approved request, after approvals and the cooling-off, vetoable, whether it
+  weakens a threshold (:func:`replicad.core.anomaly.weakened_keys`) or only tightens: all-zero
+  thresholds on one site's word would make every snapshot suspect everywhere, and so would
+  they approved at once by one site and a stolen admin token of another (review R7, F2); a
+  site tightens its own judging at once in its config (``[volumes.anomaly]``). The same policy
+  again is answered ``changed`` false. A policy whose ransom-note pattern RE2 refuses
+  (:func:`replicad.core.anomaly.note_pattern_problem`) is ``bad_request`` at every site alike. ``add_volume`` takes the default policy only.
 * ``vouch`` (``n``, ``hash``): the signing site says "the state after ``n`` applied commands
   has this 32-byte digest" (a checkpoint, :mod:`replicad.consensus.checkpoint`). Only by a
   registered site, for ``0 < n <=`` ``state["applied"]`` (a state already reached; the count
@@ -1477,11 +1483,13 @@ def _op_mark_verdict(state: dict, cmd: dict) -> tuple[dict, dict]:
     recorded once per site under :data:`MARKS` with ``recorded_ns`` (the majority's clock). It
     holds the marking site's own standby and takeover at once, for the snapshot and its
     descendants (:func:`held_by_marks`), pins pruning like a lone opinion (:func:`suspect_pins`)
-    and counts toward :func:`suspect_quorum` with the sites' opinions, one site once
-    (:func:`suspect_voters`): the snapshot turns suspect for the cluster only on a second site's
-    word (a confirmed one: on marks of :func:`suspect_quorum` sites, which end the confirmation).
-    A lone mark changes neither the cluster's verdict nor ``confirmed`` (ARCHITECTURE "Choices":
-    a person's ``verdict ... suspect`` is its site's vote).
+    and counts toward :func:`mark_quorum` with the sites' opinions, one site once
+    (:func:`suspect_voters`): the snapshot turns suspect for the cluster only on the words of
+    :func:`mark_quorum` sites (three: one site and one stolen admin token of another give two
+    sites' marks, review R7) or the detector opinions of :func:`suspect_quorum` sites
+    (:func:`turns_suspect`; a confirmed one: on marks of :func:`mark_quorum` sites, which end the
+    confirmation). Fewer marks change neither the cluster's verdict nor ``confirmed``
+    (ARCHITECTURE "Choices": a person's ``verdict ... suspect`` is its site's vote).
 
     ``clean``: clearing a suspect snapshot runs only as an approved request; it also clears every
     later snapshot that was suspect only because it descends from it (:func:`tainted_only`,
@@ -1489,8 +1497,9 @@ def _op_mark_verdict(state: dict, cmd: dict) -> tuple[dict, dict]:
     parent (a later snapshot suspect on its own score stays suspect, and so do its descendants).
     Approved, it confirms the snapshot and drops every mark; not approved (a clean snapshot), it
     withdraws the signing site's own mark. Result: ``verdict`` (the cluster's), ``cleared`` (the
-    seqs cleared with it), ``changed``, and for ``suspect`` ``flipped``, ``suspect_sites``,
-    ``needed``."""
+    seqs cleared with it), ``changed``, and for ``suspect`` ``flipped``, ``suspect_sites`` (marks
+    and opinions), ``needed`` (:func:`mark_quorum`), ``opinion_sites`` and ``needed_opinions``
+    (:func:`suspect_quorum`)."""
     name, vol = _volume(state, cmd)
     seq = _int(cmd, "seq")
     verdict = _choice(cmd, "verdict", VERDICTS)
@@ -1511,14 +1520,15 @@ def _op_mark_verdict(state: dict, cmd: dict) -> tuple[dict, dict]:
                 snap = {**snap, MARKS_FIRST: first}
             marks[by] = mark
         snap = {**snap, MARKS: marks}
-        voters, needed = suspect_voters(state, snap), suspect_quorum(state)
-        flipped = snap["verdict"] == "clean" and len(voters) >= needed
-        if flipped:  # a second site's word: suspect everywhere (and a confirmation made before ends)
+        voters, needed = suspect_voters(state, snap), mark_quorum(state)
+        flipped = snap["verdict"] == "clean" and turns_suspect(state, snap)
+        if flipped:  # a third site's word: suspect everywhere (and a confirmation made before ends)
             snap = {**snap, "verdict": "suspect", "confirmed": False,
                     "verdict_reason": f"{SITE_SUSPECT_PREFIX}{', '.join(voters)}: {reason}"[:REASON_MAX_CHARS]}
         return (_with_volume(state, name, _with_snapshot(vol, seq, snap)),
                 {"ok": True, "volume": name, "seq": seq, "verdict": snap["verdict"], "cleared": [],
-                 "changed": changed, "flipped": flipped, "suspect_sites": voters, "needed": needed})
+                 "changed": changed, "flipped": flipped, "suspect_sites": voters, "needed": needed,
+                 "opinion_sites": opinion_voters(state, snap), "needed_opinions": suspect_quorum(state)})
     cleared: list[int] = []
     approved = cmd.get(_APPROVED) is True
     if snap["verdict"] == "suspect":
@@ -1574,8 +1584,9 @@ def _op_set_detection(state: dict, cmd: dict) -> tuple[dict, dict]:
     elif cmd.get(_APPROVED) is not True:  # stricter is no licence: all-zero thresholds hold every standby
         changed = sorted(k for k in policy if policy[k] != current[k])
         raise _Refusal("approval_required", f"a change of {name!r}'s detection policy ({', '.join(changed)}) "
-                       "applies everywhere: it must be a request approved by operators at other sites (stricter: "
-                       "no cooling-off; the admin API makes one: replicad requests, replicad approve REQ)",
+                       "applies everywhere: it must be a request approved by operators at other sites, then "
+                       "the cooling-off, stricter too (the admin API makes one: replicad requests, replicad approve "
+                       "REQ; this site's [volumes.anomaly] tightens its own judging at once)",
                        by=cmd["by"], volume=name, changed=changed, weakened=[])
     return (_with_volume(state, name, {**vol, "detection": policy}),
             {"ok": True, "volume": name, "detection": dict(policy), "weakened": weakened, "changed": True})
@@ -1588,13 +1599,56 @@ one site to lie, so two words hold at least one honest site's; one site's word h
 standby (ARCHITECTURE "Choices": one site's suspect opinion)."""
 
 
+MARK_SITES_MIN = 3
+"""Data sites whose suspect words, persons' marks (``mark_verdict``) counted with the detectors'
+opinions, make a snapshot suspect for the cluster when fewer than :func:`suspect_quorum` sites'
+detectors say so; every data site when there are fewer (:func:`mark_quorum`). The threat model
+grants the attacker one site and one stolen admin token of another: two sites' marks (review
+R7, F2: site-a's and the stolen token's at site-b) or one site's opinion and another's mark are
+words the attacker can give; three sites' words hold at least one honest site's. A detector
+opinion cannot be given through an admin token (ARCHITECTURE "Choices": a person's verdict is
+its site's vote)."""
+
+
+def _data_sites(state: dict) -> int:
+    """The number of registered, unrevoked data sites (:func:`site_kind`). Pure."""
+    return sum(1 for site in (state.get("sites") or {})
+               if site_kind(state, site) == "data" and not is_revoked(state, site))
+
+
 def suspect_quorum(state: dict) -> int:
     """The number of data sites (registered, not revoked; kinds by :func:`site_kind`) whose
     suspect opinions make a snapshot suspect for the cluster: :data:`SUSPECT_SITES_MIN`, or all
     of them when there are fewer (a one-site lab: its own word), at least 1. Pure."""
-    data = sum(1 for site in (state.get("sites") or {})
-               if site_kind(state, site) == "data" and not is_revoked(state, site))
-    return max(1, min(SUSPECT_SITES_MIN, data))
+    return max(1, min(SUSPECT_SITES_MIN, _data_sites(state)))
+
+
+def mark_quorum(state: dict) -> int:
+    """The number of data sites whose suspect words, persons' marks and detector opinions
+    counted together (:func:`suspect_voters`), make a snapshot suspect for the cluster:
+    :data:`MARK_SITES_MIN`, or all of them when there are fewer, at least 1. Pure."""
+    return max(1, min(MARK_SITES_MIN, _data_sites(state)))
+
+
+def opinion_voters(state: dict, snap: dict) -> list[str]:
+    """The registered, unrevoked data sites whose own detector opinion (``site_verdict``) on
+    ``snap`` is ``suspect``, sorted; none on a snapshot a person confirmed clean (a confirmation
+    outweighs the detectors). Persons' marks are not opinions. Pure."""
+    if snap.get("confirmed"):
+        return []
+    return sorted(site for site, o in (snap.get("opinions") or {}).items()
+                  if o.get("verdict") == "suspect" and site_kind(state, site) == "data" and not is_revoked(state, site))
+
+
+def turns_suspect(state: dict, snap: dict) -> bool:
+    """True when the sites' words on ``snap`` make it suspect for the cluster: the detector
+    opinions of :func:`suspect_quorum` sites (:func:`opinion_voters`), or the words of
+    :func:`mark_quorum` sites, marks and opinions together, one site once (:func:`suspect_voters`).
+    Two sites' marks, or one site's mark and another's opinion, hold only the marking sites' own
+    standbys and takeovers (:func:`held_by_marks`): review R7 (F2), one site and one stolen admin
+    token of another give two sites' marks. Pure."""
+    return len(opinion_voters(state, snap)) >= suspect_quorum(state) or \
+        len(suspect_voters(state, snap)) >= mark_quorum(state)
 
 
 def suspect_voters(state: dict, snap: dict) -> list[str]:
@@ -1706,14 +1760,16 @@ def _op_site_verdict(state: dict, cmd: dict) -> tuple[dict, dict]:
     snap = {**snap, "opinions": {**opinions, by: opinion}}
     voters, needed = suspect_voters(state, snap), suspect_quorum(state)
     # one site's word holds its own standby only; the cluster's verdict needs SUSPECT_SITES_MIN
+    # sites' opinions, or MARK_SITES_MIN sites' words with persons' marks among them
     flipped = verdict == "suspect" and snap["verdict"] == "clean" and not snap.get("confirmed") and \
-        len(voters) >= needed
+        turns_suspect(state, snap)
     if flipped:
         snap = {**snap, "verdict": "suspect",
                 "verdict_reason": f"{SITE_SUSPECT_PREFIX}{', '.join(voters)}: {reason}"[:REASON_MAX_CHARS]}
     return (_with_volume(state, name, _with_snapshot(vol, seq, snap)),
             {"ok": True, "volume": name, "seq": seq, "changed": True, "verdict": snap["verdict"],
-             "flipped": flipped, "suspect_sites": voters, "needed": needed})
+             "flipped": flipped, "suspect_sites": voters, "needed": needed,
+             "opinion_sites": opinion_voters(state, snap), "needed_with_marks": mark_quorum(state)})
 
 
 def disagreement(snap: dict) -> bool:
@@ -2079,19 +2135,6 @@ def _op_approve(state: dict, cmd: dict) -> tuple[dict, dict]:
     return _run_request(new_state, cmd, entry)
 
 
-def _stricter_detection(state: dict, entry: dict) -> bool:
-    """True when ``entry`` is a ``set_detection`` request that weakens nothing against the
-    volume's policy now (:func:`replicad.core.anomaly.weakened_keys`): approved, it runs without
-    a cooling-off."""
-    if entry["action"] != "set_detection":
-        return False
-    vol = state["volumes"].get(entry["args"].get("volume"))
-    policy = entry["args"].get("policy")
-    if vol is None or anomaly.policy_problems(policy):
-        return False
-    return not anomaly.weakened_keys(detection_policy(vol), policy)
-
-
 def _stricter_retention(state: dict, entry: dict) -> bool:
     """True when ``entry`` is a ``set_retention`` request that shortens no key of the volume's
     retention now (:func:`retention_weakened`): approved, it runs without a cooling-off."""
@@ -2107,9 +2150,11 @@ def _stricter_retention(state: dict, entry: dict) -> bool:
 def _run_request(state: dict, cmd: dict, entry: dict) -> tuple[dict, dict]:
     """The request collected its approvals: start its cooling-off (status ``approved`` until
     ``effective_ns`` by the majority clock, vetoable), or run its action now (raising its
-    refusal). The cooling-off is ``trust.cooling_off_ns`` for a weakening change and
+    refusal). The cooling-off is ``trust.cooling_off_ns`` for a weakening change and for every
+    detection policy change (a stricter one too: review R7, F2), and
     ``trust.membership_cooling_off_ns`` for a revocation or membership change, which skips it
-    when every unrevoked member approved (:func:`_unanimous`); none with ``trust`` None."""
+    when every unrevoked member approved (:func:`_unanimous`); none for a role change, a grown
+    maximum size or a longer retention, and none with ``trust`` None."""
     trust = cmd.get(_TRUST)
     if trust is None:
         cooling = 0
@@ -2119,7 +2164,7 @@ def _run_request(state: dict, cmd: dict, entry: dict) -> tuple[dict, dict]:
         cooling = 0
     elif entry["action"] == "set_max_size":  # a grown volume replicates nothing until it applies
         cooling = 0
-    elif _stricter_detection(state, entry) or _stricter_retention(state, entry):
+    elif _stricter_retention(state, entry):
         cooling = 0
     else:
         cooling = trust.cooling_off_ns

@@ -135,7 +135,8 @@ def mark_lines(e: Mapping[str, Any]) -> list[str]:
     marks = e.get("marks")
     if not isinstance(marks, Mapping) or not marks:
         return []
-    lines = ["persons' marks (each its site's vote; suspect for the cluster on two sites' words):"]
+    lines = ["persons' marks (each holds its own site's standby; suspect for the cluster on three sites' words, "
+             "marks or detectors, or on two sites' detectors):"]
     for site, m in sorted(marks.items(), key=lambda kv: str(kv[0])):
         m = m if isinstance(m, Mapping) else {}
         at = m.get("recorded_ns", m.get("at_ns"))

@@ -232,8 +232,9 @@ class Housekeeping:
         name). Clearing a ``suspect`` snapshot is refused here (``approval_required``): it is a
         request approved by other sites (the admin API makes it). Marking ``suspect`` is this
         site's suspect vote: it holds this site's standby at once and makes the snapshot suspect
-        for every site once a second site's word (its opinion or a person's mark) agrees; the
-        answer says which (``cluster_verdict``, ``suspect_sites``, ``needed``, ``next``). ``clean``
+        for every site once the words of ``state.mark_quorum`` sites (three: marks or detector
+        opinions) agree, or two sites' detectors judge it suspect; the answer says which
+        (``cluster_verdict``, ``suspect_sites``, ``needed``, ``next``). ``clean``
         on a snapshot that is not suspect takes back this site's own mark.
 
         Returns ``{volume, seq, verdict, ...}``; raises what ``mark_verdict`` refuses (a witness
@@ -259,8 +260,9 @@ class Housekeeping:
                 here = (f"this site is the primary of {volume}: its mark is its vote (and holds a takeover here "
                         f"before #{seq})" if primary else f"this site's standby holds before #{seq}")
                 out["next"] = (f"{here}; the cluster's verdict stays clean until "
-                               f"{res.get('needed')} sites judge it suspect (now {sites}): an operator of another "
-                               f"site marks it there too (replicad verdict {volume} {seq} suspect)")
+                               f"{res.get('needed')} sites judge it suspect (now {sites}; or the detectors of "
+                               f"{res.get('needed_opinions')}): a site is held only by its own mark, so an operator "
+                               f"at each other site marks it there too (replicad verdict {volume} {seq} suspect)")
         if verdict == "clean" and newer_suspect:
             out["warning"] = (f"newer suspect snapshots remain ({', '.join(map(str, newer_suspect))}): #{seq} is now "
                               f"the newest clean snapshot, so standbys apply it and failovers restore it")

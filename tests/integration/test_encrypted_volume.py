@@ -249,7 +249,7 @@ def test_an_encrypted_volume_benign_changes_and_ransomware_inside_it(tmp_path: P
         c.start_all()
         c.wait_ready(60)
         t_ready = time.monotonic()
-        # cold_age_s = 1 (stricter: a request, applied once approved, no cooling-off) so that seconds-old
+        # cold_age_s = 1 (a request, applied once approved: this cluster's cooling-off is 0 s) so that seconds-old
         # snapshots count as the cold reference
         change: dict = {"cold_age_s": 1}
         if mode == "encrypted":  # a mode change is weakening (the content signals go): a request, approved

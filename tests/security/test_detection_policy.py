@@ -47,7 +47,7 @@ def applied_clean(c: LocalCluster, seq: int) -> None:
 
 
 def test_one_site_can_neither_tighten_detection_alone_nor_freeze_the_judges(tmp_path: Path) -> None:
-    c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2, cooling_off="1h")
+    c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2, cooling_off="10s")
     try:
         img = c.sites["site-a"].volume_path(VOL)
         write_image(img, 48, random.Random(3))
@@ -70,14 +70,15 @@ def test_one_site_can_neither_tighten_detection_alone_nor_freeze_the_judges(tmp_
                   {"detection": {"ransom_notes": [*POLICY_DEFAULTS["ransom_notes"], LOOKAROUND]}})
         assert "RE2" in str(err.value), err.value
 
-        # the attack's pattern: RE2 runs it in linear time; once a second site approves it (stricter:
-        # no cooling-off) every site matches it on the next changed text block and keeps going
+        # the attack's pattern: RE2 runs it in linear time; once a second site approved it and the
+        # cooling-off ended (any detection change cools off: review R7, F2) every site matches it on
+        # the next changed text block and keeps going
         res = c.api("site-a", "PUT", f"/v1/volumes/{VOL}/detection",
                     {"detection": {"ransom_notes": [*POLICY_DEFAULTS["ransom_notes"], EVIL]}})
         assert res["status"] == "pending", res
-        assert c.api("site-b", "POST", f"/v1/requests/{res['request']}/approve")["status"] == "applied"
+        assert c.api("site-b", "POST", f"/v1/requests/{res['request']}/approve")["status"] == "approved"
         for s in ("site-a", *HONEST):
-            c.wait_for(f"{s} has the pattern", lambda s=s: EVIL in policy(c, s)["ransom_notes"], 30)
+            c.wait_for(f"{s} has the pattern", lambda s=s: EVIL in policy(c, s)["ransom_notes"], 60)
         overwrite_blocks(img, [7, 10], random.Random(5))  # text blocks (write_image: b % 3 == 1)
         applied_clean(c, snapshot(c, "site-a")["seq"])
         for s in ("site-a", *HONEST):

@@ -140,19 +140,31 @@ def test_a_detection_change_applies_only_as_an_approved_request(cluster: dict) -
     assert detection_policy(state["volumes"]["vol"])["min_score"] == 1.0
 
 
-def test_a_stricter_detection_request_skips_the_cooling_off_a_weaker_one_keeps(cluster: dict) -> None:
+def test_a_stricter_detection_request_cools_off_too_and_a_third_site_vetoes_it(cluster: dict) -> None:
+    """Review R7 (F2): site-a's request for all-zero thresholds approved with a stolen admin token
+    of site-b applied at once (a stricter policy had no cooling-off): every later snapshot suspect
+    at every site, standbys held, pruning frozen, and the undo a weakening site-a vetoes. Now any
+    detection change cools off, and site-c's veto stops it."""
     strict = {**POLICY_DEFAULTS, "min_score": 0.0, "cumulative_max": 0.0, "wipe_max": 0.0, "conserve_max": 0.0,
               "factor": 1.0, "rename_min": 1, "magic_min": 1, "window_s": 366 * 86400}
     state, res = ok(cluster, cmd("request", by="a", action="set_detection", args={"volume": "vol", "policy": strict}),
                     COOLING)
     assert res["status"] == "pending" and detection_policy(state["volumes"]["vol"]) == POLICY_DEFAULTS
-    state, res = ok(state, cmd("approve", by="b", request=res["request"]), COOLING)
-    assert res["status"] == "applied" and detection_policy(state["volumes"]["vol"]) == strict
-    state, res = ok(state, cmd("request", by="b", action="set_detection",
-                               args={"volume": "vol", "policy": dict(POLICY_DEFAULTS)}), COOLING)
-    state, res = ok(state, cmd("approve", by="c", request=res["request"]), COOLING)
-    assert res["status"] == "approved" and res["effective_ns"] > NOW  # the undo is a weakening: it cools off
-    assert detection_policy(state["volumes"]["vol"]) == strict
+    request = res["request"]
+    state, res = ok(state, cmd("approve", by="b", request=request), COOLING)  # the stolen token's approval
+    assert res["status"] == "approved" and res["effective_ns"] > NOW
+    assert detection_policy(state["volumes"]["vol"]) == POLICY_DEFAULTS  # cooling off: nothing applied
+    vetoed, res = ok(state, cmd("veto", by="c", request=request), COOLING)
+    assert res["status"] == "vetoed"
+    end = NOW + COOLING.cooling_off_ns
+
+    def clocks(state: dict) -> dict:
+        for site in ("a", "b", "c"):
+            state, _ = ok(state, cmd("clock", by=site, now_ns=end), COOLING)
+        return state
+    assert detection_policy(clocks(vetoed)["volumes"]["vol"]) == POLICY_DEFAULTS
+    # unvetoed, it applies once the cooling-off ended (by the majority clock)
+    assert detection_policy(clocks(state)["volumes"]["vol"]) == strict
 
 
 def test_a_ransom_note_pattern_re2_refuses_is_refused_at_apply(cluster: dict) -> None:

@@ -1,13 +1,16 @@
 """State machine: a person's ``mark_verdict suspect`` is the marking site's suspect vote (review R3).
 
 One site's mark holds that site's own standby (``marked_suspect``), pins pruning like a lone
-opinion and counts toward ``suspect_quorum`` with the sites' opinions, one site once; the
-cluster's verdict turns only on a second site's word. A witness's mark is refused. A lone mark
-leaves ``confirmed`` alone; an approved confirmation drops the marks made before it."""
+opinion and counts toward ``mark_quorum`` with the sites' opinions, one site once; the
+cluster's verdict turns on the words of three sites (``MARK_SITES_MIN``) with persons' marks
+among them, or on two sites' detector opinions (review R7, F2: site-a's mark and a stolen admin
+token's at site-b are two sites' marks). A witness's mark is refused. Fewer marks leave
+``confirmed`` alone; an approved confirmation drops the marks made before it."""
 
 from __future__ import annotations
 
-from replicad.core.state import held_by_marks, marked_suspect, newest_clean, suspect_pins, suspect_voters
+from replicad.core.state import (held_by_marks, mark_quorum, marked_suspect, newest_clean, opinion_voters, suspect_pins,
+                                 suspect_quorum, suspect_voters, turns_suspect)
 from tests.unit.core.test_state import NOW, S, approved, cluster, cmd, commit, ok, refused, tick  # noqa: F401
 
 
@@ -35,7 +38,7 @@ def test_one_sites_mark_holds_its_own_standby_only_and_the_descendants_stay_clea
     state, res = mark(state, "c", 2, reason="ransom note seen here")
     snap = state["volumes"]["vol"]["snapshots"][2]
     assert res["verdict"] == "clean" and not res["flipped"] and res["changed"] is True
-    assert res["suspect_sites"] == ["c"] and res["needed"] == 2
+    assert res["suspect_sites"] == ["c"] and res["needed"] == 3 and res["needed_opinions"] == 2
     assert snap["verdict"] == "clean" and snap["verdict_reason"] != "ransom note seen here"
     assert marked_suspect(snap, "c") and not marked_suspect(snap, "b") and not marked_suspect(snap, "a")
     assert snap["marks"]["c"]["recorded_ns"] == NOW  # the majority's clock, for the pin
@@ -48,23 +51,77 @@ def test_one_sites_mark_holds_its_own_standby_only_and_the_descendants_stay_clea
     assert res["changed"] is False and again["volumes"] == state["volumes"]
 
 
-def test_a_second_sites_word_turns_the_cluster_whether_mark_or_opinion(cluster: dict) -> None:
+def test_two_sites_marks_or_a_mark_and_an_opinion_hold_only_the_marking_sites(cluster: dict) -> None:
+    """Review R7 (F2): site-a (the attacker: its own marks and opinions) and one stolen admin
+    token of site-b (marks in b's name) give two sites' words, every detector but a's saying
+    clean. Before, the cluster's verdict turned: site-c's standby rolled back #4 -> #1 and its
+    takeover restored #1. Now it stays clean; each mark holds its own site's standby only."""
+    state = chain(cluster, 4)
+    for seq in (2, 3, 4):
+        for site in ("b", "c"):
+            state, _ = opinion(state, site, seq, "clean")
+        state, _ = opinion(state, "a", seq, "suspect")  # the attacker's own detector lies
+        state, res = mark(state, "b", seq, reason="stolen token")
+        assert not res["flipped"] and res["verdict"] == "clean" and res["suspect_sites"] == ["a", "b"]
+        assert res["opinion_sites"] == ["a"] and (res["needed"], res["needed_opinions"]) == (3, 2)
+        state, res = mark(state, "a", seq)
+        assert not res["flipped"] and res["suspect_sites"] == ["a", "b"]
+    vol = state["volumes"]["vol"]
+    assert all(vol["snapshots"][q]["verdict"] == "clean" for q in (1, 2, 3, 4))
+    assert held_by_marks(vol, "c") == set() and held_by_marks(vol, "b") == {2, 3, 4}
+    assert newest_clean(vol) == 4  # site-c's takeover: the newest snapshot it judged clean
+    state, _ = ok(state, commit(5, parent_seq=4, created_at_ns=NOW))  # no descent from a suspect one
+    assert state["volumes"]["vol"]["snapshots"][5]["verdict"] == "clean"
+    # the other order (the opinion last) turns nothing either
+    s2 = chain(cluster, 2)
+    s2, _ = mark(s2, "a", 2)
+    s2, _ = mark(s2, "b", 2)
+    s2, res = opinion(s2, "a", 2, "suspect")
+    assert not res["flipped"] and res["suspect_sites"] == ["a", "b"] and res["needed_with_marks"] == 3
+
+
+def test_three_sites_words_or_two_sites_opinions_turn_the_cluster(cluster: dict) -> None:
     state = chain(cluster, 3)
-    # a mark and another site's opinion: two sites
-    s1, _ = mark(state, "b", 2)
+    # two detectors: as before, whatever the persons say
+    s1, _ = opinion(state, "b", 2, "suspect")
     s1, res = opinion(s1, "c", 2, "suspect")
-    assert res["flipped"] and s1["volumes"]["vol"]["snapshots"][2]["verdict"] == "suspect"
+    assert res["flipped"]
     assert s1["volumes"]["vol"]["snapshots"][2]["verdict_reason"].startswith("judged suspect by b, c")
-    # an opinion then another site's mark
-    s2, _ = opinion(state, "a", 3, "suspect")
-    s2, res = mark(s2, "b", 3, reason="notes on the share")
-    assert res["flipped"] and res["suspect_sites"] == ["a", "b"]
-    assert s2["volumes"]["vol"]["snapshots"][3]["verdict_reason"] == "judged suspect by a, b: notes on the share"
+    # two marks and a third site's opinion: three sites, one of them honest whoever lies
+    s2, _ = mark(state, "a", 3)
+    s2, _ = mark(s2, "b", 3, reason="notes on the share")
+    s2, res = opinion(s2, "c", 3, "suspect")
+    assert res["flipped"] and res["suspect_sites"] == ["a", "b", "c"]
+    # an honest operator at each site: the third mark turns it
+    s3, _ = mark(state, "b", 3)
+    s3, _ = mark(s3, "c", 3)
+    s3, res = mark(s3, "a", 3, reason="notes on the share")
+    assert res["flipped"] and s3["volumes"]["vol"]["snapshots"][3]["verdict_reason"] == \
+        "judged suspect by a, b, c: notes on the share"
     # one site's opinion and its own person's mark: still one site
-    s3, _ = opinion(state, "b", 3, "suspect")
-    s3, res = mark(s3, "b", 3)
+    s4, _ = opinion(state, "b", 3, "suspect")
+    s4, res = mark(s4, "b", 3)
     assert not res["flipped"] and res["suspect_sites"] == ["b"]
-    assert s3["volumes"]["vol"]["snapshots"][3]["verdict"] == "clean"
+    assert s4["volumes"]["vol"]["snapshots"][3]["verdict"] == "clean"
+
+
+def test_once_the_attacker_is_revoked_two_honest_operators_marks_turn_the_cluster(cluster: dict) -> None:
+    """``mark_quorum`` counts the unrevoked data sites: with site-a revoked (a majority's
+    ``revoke_site``) two data sites are left and the marks of both are every data site's word."""
+    state = chain(cluster, 2)
+    state, _ = mark(state, "b", 2)
+    state, _ = mark(state, "c", 2)
+    snap = state["volumes"]["vol"]["snapshots"][2]
+    assert snap["verdict"] == "clean" and (mark_quorum(state), suspect_quorum(state)) == (3, 2)
+    revoked = {**state, "revoked": {"a": {"at_ns": NOW}}}
+    assert mark_quorum(revoked) == 2 and turns_suspect(revoked, snap) and not turns_suspect(state, snap)
+    assert opinion_voters(revoked, snap) == []
+    # the marks made after the revocation count under the smaller quorum
+    other = chain(cluster, 2)
+    other = {**other, "revoked": {"a": {"at_ns": NOW}}}
+    other, _ = mark(other, "b", 2)
+    other, res = mark(other, "c", 2)
+    assert res["flipped"] and res["needed"] == 2
 
 
 def test_a_witness_mark_is_refused_and_a_revoked_sites_counts_for_nothing(cluster: dict) -> None:
@@ -88,20 +145,26 @@ def test_a_lone_mark_leaves_a_confirmation_and_a_confirmation_drops_the_marks(cl
     snap = state["volumes"]["vol"]["snapshots"][3]
     assert snap["confirmed"] is True and snap["verdict"] == "clean" and marked_suspect(snap, "c")
     assert not res["flipped"]
-    # the detectors' opinions do not outweigh a person's confirmation; a second person's mark does
+    # the detectors' opinions do not outweigh a person's confirmation; three sites' persons' marks do
     state, res = opinion(state, "b", 3, "suspect")
     assert not res["flipped"] and state["volumes"]["vol"]["snapshots"][3]["confirmed"] is True
-    turned, res = mark(state, "a", 3)
-    assert res["flipped"] and res["suspect_sites"] == ["a", "c"]
+    state, res = mark(state, "a", 3)
+    assert not res["flipped"] and res["suspect_sites"] == ["a", "c"]  # two marks (b's opinion: confirmed)
+    turned, res = mark(state, "b", 3)
+    assert res["flipped"] and res["suspect_sites"] == ["a", "b", "c"]
     assert turned["volumes"]["vol"]["snapshots"][3]["verdict"] == "suspect"
     assert turned["volumes"]["vol"]["snapshots"][3]["confirmed"] is False
-    # instead: an approved confirmation answers c's mark (dropped), b's opinion stays on record
+    # instead: an approved confirmation answers a's and c's marks (dropped), b's opinion stays on record
     state, _ = approved(state, "mark_verdict", by="a", approver="b", volume="vol", seq=3, verdict="clean",
                         reason="checked again")
     snap = state["volumes"]["vol"]["snapshots"][3]
     assert "marks" not in snap and snap["confirmed"] is True and snap["opinions"]["b"]["verdict"] == "suspect"
+    state, res = mark(state, "c", 3)
+    assert not res["flipped"] and res["suspect_sites"] == ["c"]  # a's old mark no longer counts
     state, res = mark(state, "a", 3)
-    assert not res["flipped"] and res["suspect_sites"] == ["a"]  # c's old mark no longer counts
+    assert not res["flipped"] and res["suspect_sites"] == ["a", "c"]
+    state, res = mark(state, "b", 3)
+    assert res["flipped"]
 
 
 def test_a_site_takes_back_its_own_mark_only(cluster: dict) -> None:
