@@ -1190,7 +1190,7 @@ def _policy_value(key: str, text: str) -> Any:
 def cmd_detection(args: argparse.Namespace) -> int:
     """Show the detection policy (``GET /v1/volumes/VOL/detection``) or change keys of it
     (``--set key=value``, ``PUT`` with ``{"detection": {key: value}, "reason": R}``): every
-    change becomes a request other sites approve (a weaker one then cools off)."""
+    change becomes a request other sites approve, then cools off (a stricter one too)."""
     path = f"/v1/volumes/{args.volume}/detection"
     if not args.set:
         if args.reason:

@@ -605,7 +605,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         args: dict[str, Any] = {"volume": name, "policy": new}
         if new == current:
             return _ok({"volume": name, "detection": current, "previous": current, "status": "unchanged"})
-        # any change applies at every site: a request (stricter: approvals only; weaker: and cooling-off)
+        # any change applies at every site: a request, approvals and the cooling-off (stricter too: review R7)
         return await _make_request(site, "set_detection", args, reason, previous=current,
                                    weakened=anomaly.weakened_keys(current, new))
 

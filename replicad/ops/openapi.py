@@ -332,8 +332,8 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
      "The Raft-agreed detection policy and the one this site applies (its config may only tighten it)", None,
      {"200": "Detection"}, (404,)),
     ("detectionPut", "PUT", "/v1/volumes/{volume}/detection",
-     "Change detection thresholds through Raft: a request (202) that operators of other sites approve (a "
-     "weaker change then cools off); 200 status unchanged when nothing changes", "DetectionPut", {"200": "DetectionSet", "202": "RequestState"},
+     "Change detection thresholds through Raft: a request (202) that operators of other sites approve, "
+     "then cools off (vetoable; stricter too); 200 status unchanged when nothing changes", "DetectionPut", {"200": "DetectionSet", "202": "RequestState"},
      (400, 404, 409, 503)),
     ("requests", "GET", "/v1/requests", "Protection-weakening requests: pending, applied, expired", None,
      {"200": "Requests"}, ()),
