@@ -43,7 +43,7 @@ from replicad.core import anomaly
 from replicad.core.errors import NotFoundError, ReplicadError
 import numpy as np
 
-from replicad.core.manifest import DIGEST_SIZE, PAGE_ENTRIES, ZERO_DIGEST, Manifest, changed_rows, nonzero_blocks
+from replicad.core.manifest import DIGEST_SIZE, ZERO_DIGEST, Manifest, changed_rows, nonzero_blocks
 from replicad.core.state import MARKS, PPM, detection_policy, disagreement, suspect_quorum
 from replicad.site.cluster import Cluster
 from replicad.site.runner import load_manifest
@@ -482,10 +482,10 @@ class Detection:
         def ref_digest(index: int) -> bytes | None:
             if ref is None or ref.block_size != m.block_size or index >= ref.n_blocks:
                 return None
-            p = index // PAGE_ENTRIES
+            p = index // ref.page_entries  # ref's own page geometry
             if p not in pages:
                 pages[p] = load(ref.pages[p])
-            a = (index % PAGE_ENTRIES) * DIGEST_SIZE
+            a = (index % ref.page_entries) * DIGEST_SIZE
             return pages[p][a:a + DIGEST_SIZE] if a + DIGEST_SIZE <= len(pages[p]) else None
 
         # pass 1: how many blocks changed in each stratum (old version data / zeros or new space)
