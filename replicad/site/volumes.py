@@ -223,7 +223,7 @@ class VolumeLoop:
         if self.detection is not None:
             # issue 14: this site judges every snapshot itself, and a standby takes only a snapshot
             # its OWN verdict calls clean and the cluster does not call suspect (the primary's commit,
-            # state.suspect_quorum sites' opinions, a person): one other site's suspect holds nothing
+            # state.turns_suspect: two sites' opinions or three sites' words): one other site's suspect holds nothing
             # here. A person's approved confirmation (clean, approved by another site) counts for both;
             # a person's suspect mark in this site's name (mark_verdict) holds it and its descendants.
             # Judged in a task of its own, not under runner.lock: a judgement (bounded, but minutes

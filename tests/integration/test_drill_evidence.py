@@ -139,8 +139,9 @@ def test_drill_writes_a_signed_report_that_verify_accepts_and_a_failed_check_is_
 
         # restoring a snapshot judged suspect is no recovery drill: FAILED, never a last success
         fail_marker.unlink()
-        # one site's mark holds its own standby only: the operators of two sites mark it (site-a's turns it)
-        for site in ("site-b", "site-a"):
+        # a site's mark holds its own standby only: the operators of three sites mark it (site-a's turns
+        # it; two sites' marks may be one site's and a stolen admin token's: review R7, F2)
+        for site in ("site-b", "site-c", "site-a"):
             c.api(site, "POST", f"/v1/volumes/{VOL}/snapshots/1/verdict", {"verdict": "suspect",
                                                                          "reason": "the operator saw ransom notes"})
         bad = cli("drill", VOL, "--sandbox", str(sandbox), "--snapshot", "1", "--report",

@@ -471,7 +471,7 @@ def test_suspect_snapshot_is_warned_and_quick_diff_says_contents_were_not_compar
     full = _replicad(c, "site-b", "diff", "ext", "1", "2")
     assert "contents were not compared" not in full.stdout
     if "suspect" not in (verdicts()[1], verdicts()[2]):  # (the detector may have judged the rewritten image already)
-        for site in ("site-a", "site-b"):  # two sites' marks: the cluster's verdict (one holds its own standby)
+        for site in ("site-a", "site-b", "site-c"):  # three sites' marks: the cluster's verdict (state.MARK_SITES_MIN)
             c.api(site, "POST", "/v1/volumes/ext/snapshots/1/verdict", {"verdict": "suspect", "reason": "test"})
         c.wait_for("site-b to know ext#1 is suspect", lambda: verdicts()[1] == "suspect", timeout_s=15)
     seq = 1 if verdicts()[1] == "suspect" else 2
