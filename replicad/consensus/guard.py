@@ -50,7 +50,7 @@ MAX_ENTRY_COMMAND_BYTES = 96 * 1024
 
 KNOWN_TYPES = frozenset({"request_vote", "response_vote", "append_entries", "next_node_idx", "apply_command",
                          "apply_command_response", "timeout_now", "pre_vote", "pre_vote_response",
-                         "membership_query", "membership_report"})
+                         "membership_query", "membership_report", "relay_command"})
 MAX_REPORTED_MEMBERS = 64
 """Most members a ``membership_report`` may list (``replicad.core.state.SITES_MAX`` is lower)."""
 _TERMED = frozenset({"request_vote", "response_vote", "append_entries", "timeout_now", "pre_vote"})
@@ -88,6 +88,9 @@ def shape_problem(message: Any, current_term: int) -> tuple[str, str] | None:
         return "malformed", "next_node_idx with wrong field types"
     if kind == "apply_command" and not isinstance(message.get("command"), bytes):
         return "malformed", "apply_command without a bytes command"
+    if kind == "relay_command" and not (isinstance(message.get("command"), bytes)
+                                        and len(message["command"]) <= MAX_ENTRY_COMMAND_BYTES):
+        return "malformed", "relay_command without a bytes command of at most 96 KiB"
     if kind == "apply_command_response":
         if "request_id" not in message or ("error" not in message and not (
                 _is_int(message.get("log_idx")) and _is_int(message.get("log_term")))):

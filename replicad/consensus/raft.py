@@ -453,11 +453,32 @@ WITHHELD_HOLD_S = 120.0
 longer). Once the honest sites elected one of themselves, its lease keeps the withholding site
 from leading again anyway; a site that deposed alone (the leader withheld from it only, or its
 own link lost what it sent while the leader's heartbeats arrived) follows again this soon."""
+RELAY_CMDS_PER_S = 20.0
+"""Point 20: ``relay_command`` messages a second one member may send to this one (sustained, bursts of
+:data:`RELAY_BURST_S`); beyond, refused (``relay_over_budget``), never passed on nor watched. A member
+passes others' relays on to its leader at half this rate, so an honest leader never refuses an honest
+member's relays for budget (its watch would then depose that leader)."""
+RELAY_BYTES_PER_S = 256 * 1024
+"""Point 20: bytes a second of ``relay_command`` one member may send to this one (sustained)."""
+RELAY_BURST_S = 10.0
+"""Point 20: a relay bucket holds this many seconds of its budget."""
+RELAY_FOR_S = 120.0
+"""Point 20: how long this site keeps relaying one of its own commands that is not applied here (the
+daemon gives a proposal 15 s; a command committed later still holds, once)."""
+RELAY_PER_CHECK = 8
+"""Point 20: at most this many of this site's own commands relayed per :data:`WITHHELD_CHECK_S` (to
+each member: below half of :data:`RELAY_CMDS_PER_S`)."""
+RELAY_REASONS = ("relay_malformed", "relay_not_member", "relay_own_site", "relay_bad_signature",
+                 "relay_over_budget")
+"""Point 20: a ``relay_command`` refused (counted, WARNING): not a replicad command, by a site that is
+not a member, by this site itself, a signature that does not verify (or signed for another cluster),
+over the sender's budget (or this node's budget for passing relays on to its leader)."""
 MEMBERSHIP_ASK_S = 2.0
 """Point 16: how often a node that asks queries each member, and answers each member at most."""
 MEMBERSHIP_REPORT_TTL_S = 30.0
 """Point 16: how long a member's report counts."""
 _FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if isinstance(v, int)}
+_NOT_APPLIED = object()
 
 
 # --------------------------------------------------------------------------- 1. unpickler
@@ -872,6 +893,46 @@ class WithheldWatch:
                 "waiting": len(self.pending), "leader_commit": oldest["leader_commit"]}
 
 
+class RelayBudget:
+    """Point 20: a token bucket per key (a sender's node id) of ``rate_cmds`` messages and
+    ``rate_bytes`` bytes a second, each holding ``burst_s`` seconds' worth. At most
+    :attr:`MAX_KEYS` keys (the members; an unknown key beyond is refused). Times are ``monotonic``
+    seconds passed in. Not thread-safe (the tick thread only)."""
+
+    MAX_KEYS = 256
+
+    def __init__(self, rate_cmds: float, rate_bytes: float, burst_s: float = RELAY_BURST_S) -> None:
+        self.rate_cmds, self.rate_bytes, self.burst_s = rate_cmds, rate_bytes, burst_s
+        self.buckets: dict[str, tuple[float, float, float]] = {}  # key -> (messages left, bytes left, when)
+
+    def take(self, key: str, size: int, now_s: float) -> bool:
+        """Charge one message of ``size`` bytes to ``key``; False (nothing charged) when over budget."""
+        full = (self.rate_cmds * self.burst_s, self.rate_bytes * self.burst_s)
+        if key not in self.buckets and len(self.buckets) >= self.MAX_KEYS:
+            return False
+        cmds, nbytes, last = self.buckets.get(key, (*full, now_s))
+        elapsed = max(0.0, now_s - last)
+        cmds = min(full[0], cmds + elapsed * self.rate_cmds)
+        nbytes = min(full[1], nbytes + elapsed * self.rate_bytes)
+        if cmds < 1 or nbytes < size:
+            self.buckets[key] = (cmds, nbytes, now_s)
+            return False
+        self.buckets[key] = (cmds - 1, nbytes - size, now_s)
+        return True
+
+
+def _once(callback: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+    """``callback`` called at most once (point 20: a proposal is answered by pysyncobj's reply or
+    by its entry applied here, whichever comes first)."""
+    done = [False]
+
+    def call(result: Any, reason: Any) -> None:
+        if not done[0]:
+            done[0] = True
+            callback(result, reason)
+    return call
+
+
 class _HardenedSyncObj(SyncObj):
     """SyncObj that refuses foreign log entries at the leader and skips them when applying.
 
@@ -920,6 +981,14 @@ class _HardenedSyncObj(SyncObj):
     deposed: dict = {}  # node id -> (term, monotonic time the hold ends, site)
     _withheld: WithheldWatch | None = None  # point 19, tick thread only
     _withheld_checked: float = float("-inf")
+    # point 20: relay of this site's own signed commands through the other members
+    relay_check: Callable[[Any, str], tuple[str, str] | None] = staticmethod(lambda command, node_id: None)
+    _relay_in: RelayBudget | None = None  # per sending member, tick thread only
+    _relay_out: RelayBudget | None = None  # others' relays passed on to the leader, tick thread only
+    _own: dict | None = None  # key -> {"command", "first_s", "relayed_s", "callbacks"}; under _own_lock
+    _own_results: dict | None = None  # key -> result of an own command applied here (newest kept); under _own_lock
+    _appending: tuple = (None, {})  # leader: (term, {key: None}) forwarded/relayed commands queued in that term
+    OWN_RESULTS_KEPT = 1024
 
     def __init__(self, *args: Any, refusals: RefusalLog | None = None,
                  dump_check: Callable[[Any], list[str]] | None = None, **kwargs: Any) -> None:
@@ -934,12 +1003,20 @@ class _HardenedSyncObj(SyncObj):
             serializer.on_send_error = self._dump_send_failed
         self._misbehaviour = MisbehaviourCount()
         self._withheld = WithheldWatch()
+        self._own, self._own_results, self._own_lock = {}, {}, threading.Lock()
+        self._relay_in = RelayBudget(RELAY_CMDS_PER_S, RELAY_BYTES_PER_S)
+        self._relay_out = RelayBudget(RELAY_CMDS_PER_S / 2, RELAY_BYTES_PER_S / 2)
         transport = self.__dict__.get("_SyncObj__transport")
-        if transport is not None:  # point 19: see this node's own commands on their way to the leader
+        if transport is not None:  # points 19, 20: see commands on their way to the leader
             real_send = transport.send
 
             def send(node: Any, message: Any) -> Any:
-                if type(message) is dict and message.get("type") == "apply_command" and "request_id" in message:
+                kind = message.get("type") if type(message) is dict else None
+                if kind == "apply_command" and "request_id" in message:
+                    if self._answer_applied(message):
+                        return True
+                    self._forwarded(node, message)
+                elif kind == "relay_command":
                     self._forwarded(node, message)
                 return real_send(node, message)
             transport.send = send
@@ -1051,6 +1128,10 @@ class _HardenedSyncObj(SyncObj):
         if now - self._withheld_checked < WITHHELD_CHECK_S or self._withheld is None:
             return
         self._withheld_checked = now
+        try:
+            self._relay_own(now)  # point 20
+        except Exception:  # never let the relay stop the watch
+            log.exception("raft: cannot relay this site's commands")
         leader, term = self._SyncObj__raftLeader, self._SyncObj__raftCurrentTerm
         if leader is None or self._SyncObj__raftState == _RAFT_STATE_LEADER or leader == self._SyncObj__selfNode:
             self._withheld.follow(None, None)
@@ -1085,6 +1166,142 @@ class _HardenedSyncObj(SyncObj):
             "it committed nothing meanwhile" if not moved else f"it committed {moved} other entries meanwhile "
             f"(commit index {then} -> {leader_commit})", WITHHELD_HOLD_S, level=logging.ERROR, every_s=0.0)
         self._withheld.follow(None, None)
+
+    # -- point 20: this site's own signed commands relayed through the other members
+    def _unapplied_keys(self) -> set:
+        """Tick thread: :meth:`WithheldWatch.key` of every entry of this node's log not applied yet."""
+        log_ = self._SyncObj__raftLog
+        if not len(log_):
+            return set()
+        start = max(0, self._SyncObj__raftLastApplied + 1 - log_[0][1])
+        return {WithheldWatch.key(entry[0]) for entry in log_[start:]}
+
+    def _note_own(self, full: bytes, callback: Any) -> Any:
+        """A proposal of this node (any thread): remembered until its entry is applied here, so that
+        it can be relayed (:meth:`_relay_own`) and answered when an entry with its bytes is applied,
+        whoever appended it. Returns the callback to hand to pysyncobj (called at most once), or
+        None when the entry was applied already (answered now with its result: never appended twice)."""
+        key = WithheldWatch.key(full)
+        with self._own_lock:
+            applied = self._own_results.get(key, _NOT_APPLIED)
+            if applied is _NOT_APPLIED:
+                once = _once(callback)
+                record = self._own.get(key)
+                if record is None and len(self._own) < WithheldWatch.MAX_TRACKED:
+                    record = self._own[key] = {"command": full, "first_s": monotonic_time(),
+                                               "relayed_s": float("-inf"), "callbacks": []}
+                if record is not None and len(record["callbacks"]) < 64:
+                    record["callbacks"].append(once)
+                return once
+        callback(applied, FAIL_REASON.SUCCESS)
+        return None
+
+    def _own_applied(self, command: Any, result: Any) -> None:
+        """Tick thread: an entry was applied here; when it is one of this node's own proposals, answer
+        every caller waiting for it (a relayed copy is not answered by pysyncobj) and keep its result."""
+        key = WithheldWatch.key(command)
+        with self._own_lock:
+            record = self._own.pop(key, None) if self._own else None
+            if record is None:
+                return
+            self._own_results[key] = result
+            while len(self._own_results) > self.OWN_RESULTS_KEPT:
+                del self._own_results[next(iter(self._own_results))]
+        for callback in record["callbacks"]:
+            try:
+                callback(result, FAIL_REASON.SUCCESS)
+            except Exception:
+                log.exception("proposal callback failed")
+
+    def _answer_applied(self, message: dict) -> bool:
+        """Tick thread, before an ``apply_command`` of this node's leaves: when its entry was applied
+        here already (it came through a relay), answer the waiting caller with the result and send
+        nothing (the second copy would be refused as replayed, in this site's name). True if so."""
+        key = WithheldWatch.key(message.get("command"))
+        with self._own_lock:
+            result = self._own_results.get(key, _NOT_APPLIED) if key is not None else _NOT_APPLIED
+        if result is _NOT_APPLIED:
+            return False
+        callback = self._SyncObj__commandsWaitingReply.pop(message.get("request_id"), None)
+        if callback is not None:
+            callback(result, FAIL_REASON.SUCCESS)
+        return True
+
+    def _relay_own(self, now: float) -> None:
+        """Tick thread, every :data:`WITHHELD_CHECK_S`: each of this node's own commands not in its log
+        :data:`WITHHELD_RESEND_S` after it was proposed is handed, unchanged, to every connected member,
+        the leader it follows included (``relay_command``: a new leader never got the forward sent to
+        the old one), again every :data:`WITHHELD_RESEND_S`, for at most :data:`RELAY_FOR_S`,
+        :data:`RELAY_PER_CHECK` per check. A leader appends them itself (it was elected while they
+        waited on a leader that withheld them)."""
+        if not self._own:
+            return
+        with self._own_lock:
+            for key in [k for k, r in self._own.items() if now - r["first_s"] > RELAY_FOR_S]:
+                del self._own[key]
+            due = [r for r in self._own.values() if now - r["first_s"] >= WITHHELD_RESEND_S
+                   and now - r["relayed_s"] >= WITHHELD_RESEND_S][:RELAY_PER_CHECK]
+            for record in due:
+                record["relayed_s"] = now
+        if not due:
+            return
+        if self._SyncObj__raftState == _RAFT_STATE_LEADER:
+            for record in due:
+                if not self._appended_already(record["command"]):
+                    SyncObj._applyCommand(self, record["command"], None)  # answered when applied
+            return
+        appended = self._unapplied_keys()  # the leader appended them: their commit comes
+        targets = [n for n in self._SyncObj__otherNodes if self.isNodeConnected(n)]
+        for record in due:
+            if WithheldWatch.key(record["command"]) not in appended:
+                for node in targets:
+                    self._SyncObj__transport.send(node, {"type": "relay_command", "command": record["command"]})
+
+    def _on_relay_command(self, node: Any, message: dict) -> None:
+        """A member relays a command (point 20): within the sender's budget, a replicad command another
+        member's site signed (:attr:`relay_check`), neither applied (``known``) nor in this log yet.
+        The leader appends it (once: :meth:`_appended_already`); a follower passes it to its leader,
+        within its own budget for that, and watches it like its own commands (point 19)."""
+        command, sender, now = message["command"], str(getattr(node, "id", node)), monotonic_time()
+        if not self._relay_in.take(sender, len(command), now):
+            self.refusals.refuse("relay_over_budget", "%s: relayed more than %.0f commands or %d KiB a second "
+                                 "(bursts of %.0f s)", sender, RELAY_CMDS_PER_S, RELAY_BYTES_PER_S // 1024,
+                                 RELAY_BURST_S)
+            return
+        problem = ("relay_malformed", f"a relayed command that is not a replicad command ({len(command)} bytes)") \
+            if not self._acceptable(command) else self.relay_check(command, sender)
+        if problem is not None:
+            if problem[0] != "known":
+                self.refusals.refuse(problem[0], "%s: %s", sender, problem[1])
+            return
+        if self._SyncObj__raftState == _RAFT_STATE_LEADER:
+            self._applyCommand(command, None)
+            return
+        leader = self._SyncObj__raftLeader
+        if leader is None or leader == node or leader == self._SyncObj__selfNode \
+                or WithheldWatch.key(command) in self._unapplied_keys():
+            return  # no leader to pass it to (the sender asks again), or already appended
+        if not self._relay_out.take("leader", len(command), now):
+            self.refusals.refuse("relay_over_budget", "%s: this node passes at most %.0f relayed commands a second "
+                                 "on to its leader; dropped", sender, RELAY_CMDS_PER_S / 2)
+            return
+        self._SyncObj__transport.send(leader, {"type": "relay_command", "command": command})  # watched: point 19
+
+    def _appended_already(self, full: bytes) -> bool:
+        """Leader, tick thread: ``full``, forwarded or relayed, was queued by this leader in its current
+        term already or is in its log and not applied yet (the same command arriving directly and
+        through a relay, point 20). Otherwise it is remembered (at most 4096 per term, oldest forgotten)."""
+        key, term = WithheldWatch.key(full), self._SyncObj__raftCurrentTerm
+        seen_term, keys = self._appending
+        if seen_term != term:
+            keys = {}
+            self._appending = (term, keys)
+        if key in keys or key in self._unapplied_keys():
+            return True
+        if len(keys) >= 4096:
+            del keys[next(iter(keys))]
+        keys[key] = None
+        return False
 
     def deposed_status(self) -> dict:
         """``{leader address: {"site": str|None, "term": int, "hold_s": float}}`` of the leaders
@@ -1558,6 +1775,9 @@ class _HardenedSyncObj(SyncObj):
                                                          "request_id": message["request_id"],
                                                          "error": FAIL_REASON.REQUEST_DENIED})
                 return
+        if kind == "relay_command":
+            self._on_relay_command(node, message)
+            return
         if kind == "pre_vote":
             self._on_pre_vote(node, message)
             return
@@ -1628,6 +1848,12 @@ class _HardenedSyncObj(SyncObj):
             log.warning("refused a raft command that is not a replicad command (%d bytes)", len(full))
             self._SyncObj__callErrCallback(FAIL_REASON.REQUEST_DENIED, callback)
             return
+        if callback is not None and not isinstance(callback, tuple):  # this node's own proposal (point 20)
+            callback = self._note_own(full, callback)
+            if callback is None:
+                return  # applied already (through a relay): answered with its result
+        elif self._SyncObj__raftState == _RAFT_STATE_LEADER and self._appended_already(full):
+            return  # a second copy of a forwarded or relayed command (point 20): its entry answers
         SyncObj._applyCommand(self, full, callback)
 
     def _acceptable(self, full: Any) -> bool:
@@ -1638,12 +1864,14 @@ class _HardenedSyncObj(SyncObj):
         kind = command[:1]
         if kind == _NO_OP:
             return None
+        result = None
         try:
             if kind != _REGULAR:
                 log.error("skipping a raft log entry of type %r (membership/version entries are disabled)", kind)
                 return None
             try:
-                return SyncObj._SyncObj__doApplyCommand(self, command)
+                result = SyncObj._SyncObj__doApplyCommand(self, command)
+                return result
             except Exception:
                 log.exception("skipping a raft log entry that cannot be applied")
                 return None
@@ -1652,6 +1880,8 @@ class _HardenedSyncObj(SyncObj):
                 self._note_applied(command)  # point 18
                 if self._withheld is not None:
                     self._withheld.applied(command)  # point 19
+                if kind == _REGULAR and self._own:
+                    self._own_applied(command, result)  # point 20
             except Exception:  # never let the count stop the state machine
                 log.exception("raft: cannot count an applied entry against its leader")
 
@@ -1924,6 +2154,7 @@ class RaftNode:
         syncobj.take_door_refusal = self._consumer.take_door_refusal
         syncobj.site_of = self._site_of
         syncobj.is_primary_member = self._is_primary_member
+        syncobj.relay_check = self._relay_check
         self._syncobj = syncobj
         self._syncobj.addOnTickCallback(self._refresh_status)
 
@@ -1965,6 +2196,41 @@ class RaftNode:
         return None
 
     _forward_budget: dict  # node id -> (commands left, bytes left, monotonic time), tick thread only
+
+    # -- point 20
+    def _relay_check(self, command: Any, node_id: str) -> tuple[str, str] | None:
+        """Tick thread: why the ``relay_command`` payload ``command`` (a regular pysyncobj entry of our
+        one method) that member ``node_id`` sent must not be appended or passed on: ``relay_malformed``
+        (no command map), and in a signed cluster with an agreed membership ``relay_not_member``
+        (``by`` is no member), ``relay_own_site`` (``by`` is this site: its commands are its own
+        business), ``relay_bad_signature`` (does not verify under the keys the state gives ``by``,
+        a key revoked through Raft, or signed for another cluster) and ``known`` (not counted: its op
+        id was applied already, or it is older than the replay window; an honest member can relay
+        a command that just committed). None: append it, or pass it on."""
+        entry = entry_call(command)
+        decoded = None if entry is None else checkpoint.decode_command(entry[1])
+        if not isinstance(decoded, dict):
+            return "relay_malformed", f"a relayed command that is not a replicad command ({len(command)} bytes)"
+        trust = self._consumer.trust
+        state = self.view()
+        inc = state.get("incarnation")
+        if trust is None or trust.keys is None or inc is None:
+            return None  # unsigned cluster or founding: the password is the only identity
+        by = decoded.get("by")
+        if by not in {m["site_id"] for m in inc["members"]}:
+            return "relay_not_member", f"a relayed command by {str(by)[:40]!r}, which is not a member"
+        if by == self._site_of(self._self_addr):
+            return "relay_own_site", f"a command of this site ({by!r}) relayed to it"
+        problem = signature_refusal(state, decoded, trust)
+        if problem is None and decoded.get(identity.CLUSTER_FIELD) != trust.cluster_id:
+            problem = "signed for another cluster"
+        if problem is not None:
+            return "relay_bad_signature", f"{str(decoded.get('op'))[:40]} by {by!r}: {problem}"
+        try:
+            cluster_state._check_fresh(state, decoded, trust)
+        except Exception:  # replayed or expired (or fields it cannot read): nothing to relay
+            return "known", "applied already or too old"
+        return None
 
     def _site_of(self, node_id: str) -> str | None:
         """The site of Raft member ``node_id`` (its address): the agreed membership's, else the config's."""

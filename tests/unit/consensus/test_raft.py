@@ -8,6 +8,7 @@ leader sends them, and record the answers it sends back.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import socket
 import time
@@ -361,9 +362,10 @@ def test_three_nodes_a_primary_stranded_above_its_leaders_term_catches_up(tmp_pa
         leader = next(n for n in nodes[1:] if n._isLeader())
         other = next(n for n in nodes[1:] if n is not leader)
 
-        def commit(count):
+        def commit(count):  # distinct commands (the same bytes are the same command: answered once, point 20)
             for _ in range(count):
-                leader.consumer.apply_command(msgpack.packb({"v": 1, "op": "noop"}), callback=lambda *_: None)
+                leader.consumer.apply_command(msgpack.packb({"v": 1, "op": "noop", "op_id": os.urandom(8).hex()}),
+                                              callback=lambda *_: None)
 
         commit(3)
         assert tick(nodes, lambda: leader.raftCommitIndex >= 4 and primary.raftCommitIndex == leader.raftCommitIndex
