@@ -14,6 +14,10 @@ speak for (detector opinions alone: two sites, as before). The stolen token stil
 site-b's own standby (its mark there: ``state.held_by_marks``), and nothing else: the cluster's
 verdict stays clean, site-c's standby stays at #4 (the bytes of the primary's #4), and site-c's
 forced promotion restores #4, the newest snapshot site-c judges clean.
+
+The same pair's second lever: site-a's request for the strictest detection policy, approved
+with the stolen token, applied at once (a stricter policy had no cooling-off): every later
+snapshot suspect at every site. Now every detection change cools off, and site-c's veto stops it.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from pathlib import Path
 
 import pytest
 
+from replicad.core.anomaly import POLICY_DEFAULTS
 from replicad.lab.localcluster import LocalCluster
 from tests.integration.conftest import VOL, overwrite_blocks, snapshot, write_image
+from tests.security.test_detection_policy import STRICTEST, policy
 from tests.security.test_signed_commands import attack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -66,6 +72,17 @@ def test_site_a_and_a_stolen_token_of_site_b_hold_no_third_sites_standby_or_take
                 and standby_seq(c, s) == last, 90)
         assert all(o["verdict"] == "clean" for q in seqs for o in snaps(c, "site-c")[q]["opinions"].values())
         assert sha(c.sites["site-c"].volume_path(VOL)) == image
+
+        # the second lever: site-a's request for the strictest policy, approved with the stolen
+        # token, applied at once (every later snapshot suspect everywhere); now it cools off and
+        # site-c's operator vetoes it
+        req = c.api("site-a", "PUT", f"/v1/volumes/{VOL}/detection", {"detection": STRICTEST, "reason": "tighter"})
+        assert req["status"] == "pending", req
+        ap = c.api("site-b", "POST", f"/v1/requests/{req['request']}/approve", token=STOLEN_B)
+        assert ap["status"] == "approved" and ap["effective_ns"], ap
+        assert policy(c, "site-c") == POLICY_DEFAULTS
+        assert c.api("site-c", "POST", f"/v1/requests/{req['request']}/veto", {}, token=TOKEN_C)["status"] == "vetoed"
+        assert policy(c, "site-c") == POLICY_DEFAULTS
 
         # the attack: the stolen token's marks at site-b, then site-a's own (a real process, its key)
         for q in seqs[1:]:
