@@ -146,7 +146,8 @@ SCHEMAS: dict[str, dict] = {
                               "seconds": _NUM}, {"drill": _BOOL, "kept": _BOOL, "rto_s": _NUM, "phases": _OBJ,
                                                  # a drill's evidence (issue 16, site/drills.py)
                                                  "outcome": {"enum": ["passed", "failed"]}, "report": _OBJ,
-                                                 "signature": _NSTR, "html": _STR, "report_path": _STR}),
+                                                 "signature": _NSTR, "html": _STR, "report_path": _STR,
+                                                 "held_here": _OBJ}),  # {seq: why} the default passed over
     "Operation": _object({"id": _STR, "kind": _STR, "volume": _STR,
                           "state": {"enum": ["running", "done", "failed", "cancelled"]}, "phase": _STR,
                           "done_blocks": _INT, "total_blocks": _INT,
@@ -284,7 +285,8 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
      "Recovery drill: restore into a new image under sandbox, verify its root (O5), delete it unless keep; "
      "runs as an operation", "Drill", {"202": "Operation"}, (400, 404)),
     ("restore", "POST", "/v1/volumes/{volume}/restore",
-     "Restore a committed snapshot (default: newest clean) into target; overwrite needs role admin; "
+     "Restore a committed snapshot (default: newest clean this site does not hold back: not marked or judged "
+     "suspect here, the passed-over ones in held_here) into target; overwrite needs role admin; "
      "wait=false answers 202 with an operation", "Restore", {"200": "RestoreResult", "202": "Operation"},
      (400, 404, 409, 502, 503, 507)),
     ("operation", "GET", "/v1/operations/{op_id}", "Progress and outcome of a restore or drill", None,

@@ -305,6 +305,7 @@ class SiteDaemon:
         self.volumes.background = self._background
         self.recovery = Recovery(cluster, lambda: self.cfg, self.data_dir, store, catalog, runners, self.pull,
                                  self.interrupted_restores)
+        self.recovery.detection = self.detection  # the default restore's filter is the takeover's (held_here)
         self.drills = Drills(cluster, lambda: self.cfg, self.data_dir, self.recovery, self._signer, self.metrics)
         self.standby = StandbyCheck(cluster, store, catalog, runners, self.pull, lambda: self.cfg.scrub, self.metrics)
         self.scrub = Scrub(cluster, store, runners, self.pull, self.metrics, self.standby)

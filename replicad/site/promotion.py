@@ -36,6 +36,40 @@ RESTORE_BACKOFF_S = 2.0     # bound of the first wait (core/backoff.py: 1-2 s, t
 UNRESTORABLE_FOR_S = 600.0  # a skipped snapshot is not tried again by this site for this long
 
 
+def held_here(name: str, vs: dict, seq: int, site_id: str, detection: Any,
+              marked: set[int] | None = None) -> str | None:
+    """Why ``site_id`` holds its own restores and takeovers of ``name#seq`` back from a snapshot
+    the cluster may call clean, or None: a person there marked it or an ancestor suspect
+    (:func:`~replicad.core.state.held_by_marks`, whatever a confirmation said), or this site's
+    own detector judged it suspect (``detection.own_verdict``, also before Raft shows the opinion)
+    and no person confirmed it clean. The one rule of the takeover (:meth:`Promotion._restorable`),
+    a named or instant restore point (:meth:`Promotion._check_restore_point`) and the default
+    restore (:func:`newest_usable_here`, ``Recovery.restore``). ``marked``: ``held_by_marks``
+    already computed for ``vs`` (a caller looping over seqs). ``detection`` None (bare tests): the
+    marks only. Pure but for ``detection``'s memory."""
+    if seq in (marked if marked is not None else held_by_marks(vs, site_id)):
+        return f"a person at {site_id} marked it (or a snapshot it descends from) suspect"
+    snap = vs["snapshots"].get(seq)
+    if detection is not None and snap is not None and not snap.get("confirmed") \
+            and detection.own_verdict(name, seq, vs) == "suspect":
+        return f"{site_id} judged it suspect itself"
+    return None
+
+
+def newest_usable_here(name: str, vs: dict, site_id: str, detection: Any) -> tuple[int | None, dict[int, str]]:
+    """The newest snapshot the cluster calls clean that ``site_id`` does not hold back
+    (:func:`held_here`), and the newer clean ones it held back with why: ``(seq | None, {seq:
+    why})``. Pure but for ``detection``'s memory."""
+    marked = held_by_marks(vs, site_id)
+    held: dict[int, str] = {}
+    for seq in sorted((q for q, snap in vs["snapshots"].items() if snap.get("verdict") == "clean"), reverse=True):
+        why = held_here(name, vs, seq, site_id, detection, marked)
+        if why is None:
+            return seq, held
+        held[seq] = why
+    return None, held
+
+
 class Promotion:
     """Promotion, demotion and fencing of this site's volumes.
 
@@ -88,11 +122,8 @@ class Promotion:
                 continue
             backoff = Backoff(base_s=RESTORE_BACKOFF_S, max_s=8 * RESTORE_BACKOFF_S)
             confirmed = bool(vs["snapshots"][seq].get("confirmed"))  # a person's approved clean: no own veto
-            if seq in held:
-                skipped.append(seq)  # a person here marked it or its ancestor suspect (mark_verdict)
-                continue
-            if self.detection is not None and not confirmed and self.detection.own_verdict(name, seq, vs) == "suspect":
-                skipped.append(seq)  # issue 14: this site judged it suspect (Raft may not show it yet)
+            if held_here(name, vs, seq, self.site_id, self.detection, held) is not None:
+                skipped.append(seq)  # marked suspect here, or judged suspect here (issue 14; Raft may not show it yet)
                 continue
             judged_suspect = False
             for attempt in range(1, RESTORE_ATTEMPTS + 1):
@@ -140,7 +171,8 @@ class Promotion:
 
         Raises NotFoundError (evidence ``reason``: ``not_committed``, ``not_held``, or the
         pull's own when no holder supplies it), SnapshotSuspectError (Raft's verdict, or this
-        site's own opinion, is suspect and no person cleared it), PeerUnavailableError /
+        site's own opinion, is suspect and no person cleared it, or a person here marked it or
+        an ancestor suspect: :func:`held_here`), PeerUnavailableError /
         IntegrityError from the pull."""
         snap = vs["snapshots"].get(seq)
         if snap is None:
@@ -157,6 +189,11 @@ class Promotion:
                 f"{name}#{seq} is {snap.get('verdict')} ({why[:300]}): clear it first (replicad verdict {name} {seq} "
                 f"clean, approved by other sites) or name an older clean snapshot",
                 volume=name, seq=seq, verdict=snap.get("verdict"), reason=why[:300])
+        why = held_here(name, vs, seq, self.site_id, self.detection)
+        if why is not None:
+            raise SnapshotSuspectError(
+                f"{name}#{seq}: {why}; take the mark back or clear it first (replicad verdict, approved by other "
+                "sites), or name an older clean snapshot", volume=name, seq=seq, site=self.site_id, reason=why)
         manifest = await self.pull.ensure_snapshot(name, seq, vs)
         if self.detection is not None and not snap.get("confirmed"):
             if self.detection.own_verdict(name, seq, vs) is None:
@@ -391,10 +428,11 @@ class Promotion:
         NotFoundError / SnapshotSuspectError when it cannot be the restore point.
 
         ``instant`` (forced only, issue 16): the restore point (``snapshot``, else the newest
-        clean one) is pinned like ``snapshot``, and the call returns as soon as the new primary
-        serves it as a writable NBD export (:mod:`replicad.site.instant`), with ``instant``
-        (its state: socket, uri, phase) in the answer, while the image is written in the
-        background; UsageError without ``force``, NotFoundError without a clean snapshot.
+        clean one this site does not hold back, :func:`newest_usable_here`) is pinned like
+        ``snapshot``, and the call returns as soon as the new primary serves it as a writable
+        NBD export (:mod:`replicad.site.instant`), with ``instant`` (its state: socket, uri,
+        phase) in the answer, while the image is written in the background; UsageError without
+        ``force``, NotFoundError without a clean snapshot.
 
         Raises NoQuorumError when this site cannot reach a majority (a minority partition
         cannot promote), StaleEpochError if the epoch moved meanwhile, NotPrimaryError for a
@@ -421,9 +459,11 @@ class Promotion:
             if self.instant is None:
                 raise UsageError("instant recovery is not available here", volume=volume)
             if snapshot is None:
-                snapshot = newest_clean(vs)
+                snapshot, held = newest_usable_here(volume, vs, self.site_id, self.detection)
                 if snapshot is None:
-                    raise NotFoundError(f"{volume} has no clean committed snapshot to serve", volume=volume)
+                    raise NotFoundError(f"{volume} has no clean committed snapshot to serve"
+                                        f"{f' (held back here: {held})' if held else ''}", volume=volume,
+                                        held_here=held)
         if force:
             if target != self.site_id:
                 raise UsageError("a forced promotion is run at the site to promote (omit --to)", volume=volume)

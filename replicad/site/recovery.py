@@ -18,10 +18,10 @@ from typing import Any
 from replicad.config import SiteConfig
 from replicad.core.errors import ConflictError, NotFoundError, UsageError, from_os_error
 from replicad.core.manifest import Manifest
-from replicad.core.state import newest_clean
 from replicad.site.cluster import Cluster
 from replicad.site.operations import Operation
 from replicad.site.peer_restore import PeerRestoreReport
+from replicad.site.promotion import newest_usable_here
 from replicad.site.pull import Pull
 from replicad.site.runner import VolumeRunner, load_manifest, runner_of
 from replicad.storage.catalog import Catalog, SnapshotRecord, RestoreRecord
@@ -61,11 +61,15 @@ class Recovery:
         self.pull = pull
         self.interrupted_restores = interrupted_restores
         self._restoring: set[str] = set()  # resolved targets of the restores running now
+        self.detection: Any = None  # issue 14: site.detection.Detection (set by the daemon); None in bare tests
 
     async def restore(self, volume: str, target: Path, seq: int | None, last_clean: bool = True, *,
                       overwrite: bool = False, op: "Operation | None" = None,
                       divergent_epoch: int | None = None) -> dict:
-        """Restore committed snapshot ``seq`` (default: the newest clean one) into ``target``,
+        """Restore committed snapshot ``seq`` (default: the newest clean one this site does not
+        hold back, the takeover's filter :func:`~replicad.site.promotion.held_here`: not marked
+        suspect by a person here, not judged suspect by this site's detector; the newer ones
+        passed over are logged at WARNING and listed in ``held_here``) into ``target``,
         fetching missing chunks from holders and healing corrupt ones, then verify the
         image's root against the manifest's (O5) before reporting success.
 
@@ -85,6 +89,7 @@ class Recovery:
         self.check_restore_target(target, overwrite)
         t0 = time.monotonic()
         missing = 0  # block chunks of the snapshot not in this store
+        held: dict[int, str] = {}  # newer clean snapshots the default passed over here, with why
         if divergent_epoch is not None:
             rec = next((r for r in self.catalog.list(volume, "divergent")
                         if r.epoch == divergent_epoch and r.seq == seq), None)
@@ -94,10 +99,14 @@ class Recovery:
             manifest = load_manifest(self.store, rec.root)
             verdict = "divergent"
         else:
+            if seq is None:  # the default, and what --last-clean asks for explicitly: the takeover's filter
+                seq, held = newest_usable_here(volume, vs, self.site_id, self.detection)
+                for q, why in sorted(held.items(), reverse=True):
+                    log.warning("volume %s: the default restore passes over #%d, clean for the cluster: %s", volume,
+                                q, why)
             if seq is None:
-                seq = newest_clean(vs)  # the default, and what --last-clean asks for explicitly
-            if seq is None:
-                raise NotFoundError(f"{volume} has no clean committed snapshot", volume=volume)
+                why = f" this site does not hold back (held back here: {held})" if held else ""
+                raise NotFoundError(f"{volume} has no clean committed snapshot{why}", volume=volume, held_here=held)
             kept = self.kept_locally(volume, seq) if seq not in vs["snapshots"] else None
             if seq not in vs["snapshots"] and kept is None:
                 raise NotFoundError(f"no committed snapshot {volume}#{seq}", volume=volume, seq=seq)
@@ -129,6 +138,8 @@ class Recovery:
                "root": root.hex(), "verified": True,
                "blocks_written": rep.blocks_written, "bytes_written": rep.bytes_written,
                "seconds": time.monotonic() - t0, "phases": phases}
+        if held:
+            out["held_here"] = held
         if isinstance(rep, PeerRestoreReport):
             out["peers"] = rep.to_dict()  # streamed from the holders: what each supplied
         return out
