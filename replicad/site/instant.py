@@ -35,9 +35,15 @@ of the site whose acting epoch is the record's opens it again on the same socket
 ``reconnect-delay``, ``nbd-client -persist``) resumes after a restart. The operator releases it
 (``replicad export --close instant-VOL``, after moving the application to the plain image):
 the record goes and the export is not served again. A fence closes it and removes the record
-(nothing is pending: the image holds everything). A record of another epoch or snapshot is set aside
-(``<volume>.stale-<epoch>-<seq>``, logged at ERROR), never applied: the writes in it were made
-to a takeover that no longer stands.
+(nothing is pending: the image holds everything). A record of an earlier epoch is **re-attached**
+under the new epoch (the record rewritten, durably, before the export listens) when this site
+takes the volume over again restoring the same snapshot (seq and root) and no other site was
+primary at any epoch in between (:func:`primaries_between`, from the Raft state's role results):
+another site's forced demote of this one does not discard the application's flushed writes
+(review R7, F3). Any other record (another snapshot,
+another site primary meanwhile, an epoch the state no longer records) is set aside
+(``<volume>.stale-<epoch>-<seq>``, logged at ERROR), never applied nor deleted: the writes in it
+were made to a takeover whose branch the cluster left.
 """
 
 from __future__ import annotations
@@ -67,6 +73,50 @@ PHASES = ("serving", "copying", "switching", "done")
 CHECKED_FRESH_S = 60.0  # promote --instant's check of the restore point stands in for the takeover's this long
 WATCH_S = 1.0  # how often an instant export pending its switch-over checks that this site is still primary
 MERGE_CHUNK_BLOCKS = 64  # overlay blocks copied into the image per read/write at the switch-over
+
+
+EPOCHS_BETWEEN_MAX = 1024  # primaries_between looks at most this many epochs apart
+MISSING: Any = object()  # primaries_between: an epoch whose primary the Raft state no longer records
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def primaries_between(view: dict, volume: str, lo: int, hi: int) -> dict[int, Any]:
+    """Who was primary of ``volume`` at each epoch ``lo < e < hi``, as the applied Raft state
+    ``view`` (:mod:`replicad.core.state`) still records it: ``{epoch: site_id | None |
+    MISSING}`` (None: a demote left it without one; :data:`MISSING`: no record of that epoch
+    is left). The state keeps no history of epochs as such; its role changes are the results
+    of ``promote`` (``epoch``, ``primary``, ``previous_primary``) and ``demote`` (``epoch``,
+    ``previous_primary``) — the only ops that move an epoch — kept in ``applied_ops`` (the last
+    ``APPLIED_OPS_MAX`` results), nested as the ``result`` of an approval that ran a role-change
+    request, and in the request records (``requests``, the last ``REQUESTS_MAX``). Results are
+    computed by the replicated state machine, so no site can write one. Pure; hostile shapes
+    are skipped (their epochs stay MISSING)."""
+    if hi - lo - 1 > EPOCHS_BETWEEN_MAX:
+        return {lo + 1: MISSING}  # more role changes than any record keeps: nothing can be shown
+    known: dict[int, Any] = {}
+
+    def results() -> Any:
+        for res in (view.get("applied_ops") or {}).values():
+            yield res
+            if isinstance(res, dict):
+                yield res.get("result")
+        for req in (view.get("requests") or {}).values():
+            if isinstance(req, dict):
+                yield req.get("result")
+
+    for res in results():
+        if not isinstance(res, dict) or res.get("ok") is not True or res.get("volume") != volume \
+                or not _is_int(res.get("epoch")) or "previous_primary" not in res:
+            continue
+        primary = res.get("primary")  # a demote's result names none
+        if primary is None or isinstance(primary, str):
+            known[res["epoch"]] = primary
+        if res["previous_primary"] is None or isinstance(res["previous_primary"], str):
+            known.setdefault(res["epoch"] - 1, res["previous_primary"])
+    return {e: known.get(e, MISSING) for e in range(lo + 1, hi)}
 
 
 @dataclass
@@ -239,14 +289,20 @@ class InstantRecovery:
     def wanted(self, volume: str, epoch: int, seq: int, root: bytes) -> bool:
         """Whether the takeover of ``volume`` at ``epoch`` restoring ``seq`` (``root``) is an
         instant one: a record of this epoch and snapshot exists (a restart during one), or
-        ``promote --instant`` asked for this snapshot. A record of another epoch or snapshot is
-        set aside (logged at ERROR), or removed if it says ``done`` (a crash after the switch-over
-        and before its removal: nothing pending). Raises IntegrityError for an unreadable record."""
+        ``promote --instant`` asked for this snapshot, or a record of an earlier epoch of this
+        snapshot that this takeover continues (:meth:`_reattach`: rewritten with ``epoch``). Any
+        other record is set aside (logged at ERROR), or removed if it says ``done`` and its
+        overlay is gone (nothing pending). Raises IntegrityError for an unreadable record, a
+        typed OSError when it cannot be rewritten or set aside."""
         rec = self._read_record(volume)
         if rec is not None:
             if rec["epoch"] == epoch and rec["seq"] == seq and rec["root"] == root.hex():
                 return True
-            if rec["phase"] == "done":  # switched over, then a crash before its removal: nothing pending
+            if self._reattach(volume, rec, epoch, seq, root):
+                return True
+            if rec["phase"] == "done" and not (self._dir(volume) / "overlay").is_dir():
+                # switched over, then a crash before the record's removal: nothing pending (an
+                # overlay still beside it is set aside below, never deleted)
                 log.info("volume %s: removing the finished instant-recovery record of epoch %s", volume, rec["epoch"])
                 try:
                     shutil.rmtree(self._dir(volume))
@@ -257,6 +313,10 @@ class InstantRecovery:
                 req = self._requests.get(volume)
                 return req is not None and req[0] == seq
             aside = self.root / f"{volume}.stale-{rec['epoch']}-{rec['seq']}"
+            n = 1
+            while aside.exists():  # never onto an earlier one (set aside twice at the same epoch and seq)
+                n += 1
+                aside = self.root / f"{volume}.stale-{rec['epoch']}-{rec['seq']}.{n}"
             log.error("volume %s: the instant-recovery record of epoch %s, #%s (%s) does not match this takeover "
                       "(epoch %d, #%d): set aside as %s, not applied (its overlay holds writes made to a takeover "
                       "that no longer stands)", volume, rec["epoch"], rec["seq"], rec["phase"], epoch, seq, aside)
@@ -268,6 +328,43 @@ class InstantRecovery:
                                     path=str(self._dir(volume))) from None
         req = self._requests.get(volume)
         return req is not None and req[0] == seq
+
+    def _reattach(self, volume: str, rec: dict, epoch: int, seq: int, root: bytes) -> bool:
+        """The record of an earlier epoch's takeover (``rec``) at this site's takeover of
+        ``volume`` at ``epoch`` restoring ``seq`` (``root``): re-attach it under ``epoch`` when
+        its writes still continue the history the cluster agreed — the same snapshot, still
+        pending (or ``done`` with its overlay still beside it: a fence in the moment between the
+        switch-over and the durable acting epoch), and no other site primary at any epoch
+        between the record's and this one (:func:`primaries_between`: the Raft state's role
+        results; an epoch it no longer records counts as another site's). The record is
+        rewritten with ``epoch`` (tmp + fsync + rename + directory fsync) before this returns
+        True, so a crash now finds a record of this takeover. Returns False when it must be set
+        aside (logged at ERROR with why). Raises typed OSError from the record's write."""
+        if rec["seq"] != seq or rec["root"] != root.hex() or not _is_int(rec["epoch"]) or rec["epoch"] >= epoch:
+            return False
+        d = self._dir(volume)
+        if rec["phase"] == "done" and not (d / "overlay").is_dir():
+            return False  # switched over and the overlay already removed: nothing pending
+        view = self.exports.cluster.view()
+        between = primaries_between(view, volume, rec["epoch"], epoch)
+        others = {e: p for e, p in between.items() if p not in (None, self.site_id)}
+        if others:
+            log.error("volume %s: the instant-recovery record of epoch %s (#%s) cannot continue at epoch %d: %s; its "
+                      "overlay holds writes of a branch the cluster left", volume, rec["epoch"], seq, epoch,
+                      "; ".join(f"epoch {e}: " + (f"{p} was primary" if p is not MISSING else
+                                                 "the cluster state no longer says who was primary")
+                                for e, p in sorted(others.items())))
+            return False
+        st = InstantState(volume, epoch, seq, root, d, "switching" if rec["phase"] == "done" else rec["phase"],
+                          rec.get("requested_at_ns") if _is_int(rec.get("requested_at_ns")) else time.time_ns(),
+                          size_bytes=rec.get("size_bytes") or 0, block_size=rec.get("block_size") or 0)
+        self._write_record(st)
+        log.warning("AUDIT volume %s: this takeover (epoch %d, #%d) continues the instant recovery of epoch %s at %s: "
+                    "same snapshot, and no other site was primary in between (epochs %s: %s); its overlay (the "
+                    "application's flushed writes) is re-attached, not set aside", volume, epoch, seq, rec["epoch"],
+                    self.site_id, f"{rec['epoch'] + 1}..{epoch - 1}" if epoch - rec["epoch"] > 1 else "none",
+                    ", ".join(f"{e}: {p or 'no primary'}" for e, p in sorted(between.items())) or "-")
+        return True
 
     async def serve(self, volume: str, epoch: int, seq: int, manifest: Manifest, image: Path) -> InstantState:
         """Serve ``volume#seq`` writable now (the takeover of ``epoch``, :meth:`wanted` said
@@ -511,13 +608,15 @@ class InstantRecovery:
     async def fenced(self, volume: str) -> None:
         """This site was fenced for ``volume`` (another site holds a newer epoch): the instant
         export stops serving at once (the application must not write to a volume this site no
-        longer owns). Before the switch-over its overlay stays on disk with its record (a later
-        takeover sets it aside: the writes are kept for forensics, never applied); logged at
-        ERROR. Raises nothing."""
+        longer owns). Before the switch-over (or after it while the overlay is still beside the
+        record) its overlay stays on disk with its record: a later takeover continues it
+        (:meth:`_reattach`) or sets it aside, never deletes it; logged at ERROR. Raises nothing."""
         st = self._states.get(volume)
         if st is None or st.export is None or st.export.export_id not in {e["export_id"] for e in self.exports.list()}:
             return
-        pending = st.phase != "done"
+        # switched over but the overlay not yet removed (the acting epoch was not durable yet: no
+        # divergent snapshot will keep the image): the overlay stays, as before the switch-over
+        pending = st.phase != "done" or (st.dir / "overlay").is_dir()
         try:
             await self.exports.close(st.export.export_id, "the site was fenced", force=True)
         except ReplicadError as err:
