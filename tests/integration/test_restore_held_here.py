@@ -1,6 +1,9 @@
 """The default restore uses the takeover's filter (review R7, F1): a snapshot the cluster calls
 clean but a person at this site marked suspect is passed over here, and the snapshot before it
-is restored (real daemons, real files). Before, the default took the cluster's newest clean one."""
+is restored (real daemons, real files). Before, the default took the cluster's newest clean one.
+The same filter refuses the marked snapshot as a named restore point of a forced promotion here
+(before: only this site's opinion was checked) and picks the one before as the default point of
+``promote --instant``."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from replicad.core.errors import SnapshotSuspectError
 from tests.integration.conftest import VOL, overwrite_blocks, snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -36,3 +40,12 @@ def test_a_mark_here_makes_the_default_restore_take_the_snapshot_before(cluster_
     at_c = c.api("site-c", "POST", f"/v1/volumes/{VOL}/restore", {"target": str(tmp_path / "c.img")})
     assert at_c["seq"] == second["seq"] and "held_here" not in at_c, at_c  # no mark at site-c
     assert (tmp_path / "c.img").read_bytes() == img.read_bytes()
+
+    c.kill("site-a")  # the primary is gone: site-b takes the volume over
+    epoch = c.api("site-b", "GET", "/v1/volumes")["volumes"][VOL]["epoch"]
+    with pytest.raises(SnapshotSuspectError) as named:
+        c.api("site-b", "POST", f"/v1/volumes/{VOL}/promote", {"force": True, "snapshot": second["seq"]})
+    assert "marked" in str(named.value), named.value
+    assert c.api("site-b", "GET", "/v1/volumes")["volumes"][VOL]["epoch"] == epoch  # refused before proposing
+    res = c.api("site-b", "POST", f"/v1/volumes/{VOL}/promote", {"force": True, "instant": True})
+    assert res["epoch"] == epoch + 1 and res["instant"]["seq"] == first["seq"], res
