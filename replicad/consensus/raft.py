@@ -93,21 +93,21 @@ names up in its own modules):
    own, it is not the leader and it has not heard from a leader for ``raftMinTimeout``
    (the leader lease). Only with a majority of grants (counting itself) does the node
    start pysyncobj's real election. A leader transfer (``timeout_now``) skips the round.
-   One exception to the lease (found by the chaos ``one-way`` campaign): a node that
-   *needs* to lead (``needs_leader``: the daemon says so for a site that is a volume's
-   primary, whose every snapshot commit goes through the leader) and has heard from no
-   leader for :data:`ISOLATED_AFTER_S` is granted despite the lease. Otherwise a primary
-   whose link to the leader is cut, while both still reach the third site, could never
-   commit again although a majority is connected. Replicas never use the exception, so two
-   sites that cannot see each other do not take leadership from each other in turn; since
-   ``needs_leader`` is the asker's own word, it counts only from a member whose site is a
-   volume's primary in the applied state of the node asked.
-   A primary left at a term above its leader's (it drops the leader's lower-term messages, so
-   its log falls behind and its pre-votes are refused) asks under the same exception; a
-   follower that sees its term above its own and its log behind adopts that term and asks for
-   pre-votes, so a member with the newer log is elected above it (16 GiB RPO run: 5 min
-   without a commit from the primary). A member lying about it wins nothing it could not win
-   under the exception already (the election with an up-to-date log).
+   No exception to the lease. There was one (chaos ``one-way`` campaign): a volume primary
+   (``needs_leader``) that had heard no leader for :data:`ISOLATED_AFTER_S` was granted despite
+   the lease, so that a primary whose link to the leader is cut, while both reach the third site,
+   could commit again; and a follower adopted the term of such a primary stranded above its
+   leader's term with a log behind. Both rested on the asker's own word, and both gave a
+   compromised primary the lead at will (attacker review R7 F1: it claimed isolation with an
+   up-to-date log and took the lead from an honest leader in ~1 s, term 1 -> 2; a claim of a
+   stranded term made a follower drop its leader, lose its lease and then grant the liar's
+   up-to-date pre-vote). And they bought the honest primary ~nothing: every site commits a
+   signed ``clock`` every 5 s (``site/daemon.py``), so a primary truly cut off for 10 s has a log
+   behind the third site's, which refuses it on the log rule anyway; only a member that is NOT
+   cut off could win under the exception. A cut-off (or stranded) primary's commands now commit
+   through the members it still reaches (point 20); it applies them, and anything else, once it
+   hears a leader again. Its pre-vote messages still carry ``needs_leader`` and ``isolated_s``
+   (older members read them); nobody acts on them.
 
 8. **Members only, bounded, bound to one site** (:mod:`replicad.consensus.channel`). ``SyncObj``
    is built with :class:`~replicad.consensus.channel.MemberOnlyTransport`: read-only observers,
@@ -262,19 +262,57 @@ names up in its own modules):
    at the deposing site, refusing the leader's messages and asking for pre-votes early, a compromised
    site can do anyway (drop messages; a pre-vote changes no state). (c) Every other member grants a
    pre-vote by its own rules only: outside its own lease of the leader (it deposed it itself, or
-   heard no leader for ``raftMinTimeout``) and to an up-to-date log, or under point 7's isolation
-   exception, which a primary could already claim in words. (d) An honest leader that appends the
-   honest followers' commands keeps its lease at each of them, so a lying follower can at most stop
-   following (a one-site outage) and ask for elections the honest majority refuses, as before.
+   heard no leader for ``raftMinTimeout``) and to an up-to-date log (point 7 has no exception).
+   (d) An honest leader that appends the honest followers' commands, and the relays they pass on
+   (point 20), keeps its lease at each of them, so a lying follower can at most stop following (a
+   one-site outage) and ask for elections the honest majority refuses, as before.
    An honest leader is judged only when a command it received twice on a live connection stays out
    of its log for :data:`WITHHELD_AFTER_S` (an honest leader appends on the tick a forward arrives;
    a leader that commits nothing at all while heartbeating, having lost its majority, also fails
-   this site and is better replaced). Left open: a leader that withholds only ONE site's commands,
-   while committing the others', is deposed by that site alone; the others keep it (their lease
-   holds, and nothing they can check shows the withholding), so that site stays out for the hold
-   and the ERROR line and alert name the leader for the operator. A leader that appends each
+   this site and is better replaced). A leader that withholds only ONE site's commands, while
+   committing the others', was deposed by that site alone (the others kept their lease: R7 F1);
+   now that site's commands are relayed through the others, which watch them too (point 20), so
+   the majority deposes it. A leader that appends each
    command just under the threshold is not judged (a bounded delay). A connection the leader drops
    now and then does not reset the clock (dated from the first send; resent once connected).
+
+20. **A site's own commands relayed through the other members** (R7 F1; the standard answer to a
+   leader that censors requests: PBFT, Castro & Liskov, OSDI 1999, §4.4, a backup that receives a
+   request forwards it to the primary and starts a timer). Each node remembers its own proposals
+   (the entry's bytes) until an entry with those bytes is applied here. One not in this node's log
+   :data:`WITHHELD_RESEND_S` after it was proposed is handed, unchanged (its own signed bytes), to
+   every connected member, the leader included, as ``relay_command``; again every
+   :data:`WITHHELD_RESEND_S`, for at most :data:`RELAY_FOR_S`, :data:`RELAY_PER_CHECK` per check (a
+   leader appends its own waiting ones itself). A member receiving one (shape-checked by the guard,
+   at most 96 KiB; members only, point 8) takes it only within the sender's budget
+   (:class:`RelayBudget`, :data:`RELAY_CMDS_PER_S`, :data:`RELAY_BYTES_PER_S`: ``relay_over_budget``)
+   and when :meth:`RaftNode._relay_check` passes it: a replicad command (``relay_malformed``) and,
+   in a signed cluster with an agreed membership, signed by another member's site
+   (``relay_not_member``, ``relay_own_site``) under the keys the state gives it and for this
+   cluster (``relay_bad_signature``); one whose op id was applied already or that is older than the
+   replay window is dropped uncounted (``known``: a command that just committed). Refusals are
+   counted and logged at WARNING (``replicad_raft_refused_total``). The leader appends it; a
+   follower that is not in its log passes it on to its leader (at half the budget, so an honest
+   leader never refuses an honest member's relays for budget) and the send is noted in point 19's
+   watch like its own commands: a leader that withholds the relayed command is deposed by this
+   member too, so a leader withholding ONE site's commands is deposed by the majority. The same
+   command arriving directly and relayed is appended once: the leader drops a forward or relay whose
+   bytes it queued in its current term or holds unapplied (:meth:`_HardenedSyncObj._appended_already`),
+   and a node sends no ``apply_command`` for an own command already applied (it answers the waiting
+   proposal with the result instead): the state machine would refuse the second copy as
+   ``replayed``, in the honest site's name. A proposal is answered by the first of pysyncobj's reply
+   and its entry applied here (a relayed copy gets no reply); a member watches only for application,
+   so an honest leader appending a command the state machine refuses is not judged.
+   Why a lying member gains nothing: it can relay only what an honest leader's door would let through
+   from the command's own site (its own commands it can forward anyway; another site's it cannot
+   sign; a captured one that is applied is ``known``, so no replay is appended in an honest site's
+   name); its relays are bounded per sender at every member and, passed on, per member at the leader;
+   a relay an honest member passes on is one the honest leader appends, so no honest member holds it
+   against an honest leader. The relay commits a cut-off primary's commands (point 7) but does not
+   bring its state up to date: it applies them when it hears a leader again (open: a primary cut off
+   from the leader for long stays unsynced and its daemon does not act as primary meanwhile).
+   A command the daemon gave up on (``no_quorum`` after 15 s) can still commit later through a
+   relay, once (``NoQuorumError`` says "may still commit later").
 
 16. **What the members say the membership is.** A site that has not joined the cluster yet
    cannot trust its own replay of the log to learn the agreed membership when its config
@@ -304,8 +342,8 @@ the log with valid commands signed by itself, or with entries it never commits (
 journal them; only the disk bound of point 12 stops that); so it can commit in its own
 name what the state machine accepts from it (a forced promotion to itself, a request for a
 weaker retention that others must still approve); delay or reorder other sites' commands
-(a command withheld for :data:`WITHHELD_AFTER_S` makes its site depose the leader, point 19;
-a leader that withholds one site's commands only keeps the others' lease and the role);
+(a command withheld for :data:`WITHHELD_AFTER_S` makes its site depose the leader, point 19,
+and the members that relay it, point 20: withholding one site's commands loses the majority);
 inflate the terms of its followers (bounded per message); and, for a follower it
 feeds log entries or a dump, omit or reorder other sites' commands after the newest vouched
 checkpoint (point 14: the follower then computes another digest for the next checkpoint and
@@ -392,9 +430,10 @@ VOUCH_RETRY_S = 5.0
 _REGULAR = b"\x00"  # pysyncobj _COMMAND_TYPE.REGULAR
 _NO_OP = b"\x01"  # pysyncobj _COMMAND_TYPE.NO_OP
 _RAFT_STATE_LEADER = pysyncobj.syncobj._RAFT_STATE.LEADER
-# PreVote's isolation exception (point 7): ~7 of pysyncobj's longest election timeouts
-# (1.4 s), above the 3-6 s gaps a stalled tick (slow fsync) produces at a node that does
-# hear its leader, below the 30 s RPO target of a cut-off primary.
+# Point 7: a node that needs a leader to commit (a volume's primary) and heard from none this long
+# says so at WARNING (~7 of pysyncobj's longest election timeouts, 1.4 s; above the 3-6 s gaps a
+# stalled tick produces). It is granted nothing for it (no exception to the lease); its commands go
+# through the relay (point 20).
 ISOLATED_AFTER_S = 10.0
 # pysyncobj redials a member it is not connected to at most this often (its default, 5 s, made
 # a site that started before its peers listened, or a member back from a partition, wait up to
@@ -949,9 +988,7 @@ class _HardenedSyncObj(SyncObj):
     needs_leader: Callable[[], bool] = staticmethod(lambda: False)  # set by RaftNode (point 7)
     _started_at: float = float("-inf")
     _isolation_logged: float = float("-inf")
-    _isolated_refusal_logged: float = float("-inf")  # last WARNING refusing an isolated member's pre-vote
     _pre_vote_granted: tuple = (None, None, float("-inf"))  # (node id, term, when) of the last grant
-    _primary_check_warned: float = float("-inf")  # when _primary_member last logged a failing check
     _votes: tuple = (None, frozenset())  # (term, node ids) of the response_vote messages counted
     _full_logged: float = float("-inf")  # point 12: last ERROR about an unwritable journal
     _rejoin_target: int | None = None  # point 12: commit index to reach before voting again
@@ -974,9 +1011,6 @@ class _HardenedSyncObj(SyncObj):
     # point 18, all touched on the tick thread only (deposed: replaced whole, read by status)
     take_door_refusal: Callable[[], str | None] = staticmethod(lambda: None)  # set by RaftNode
     site_of: Callable[[str], str | None] = staticmethod(lambda node_id: None)  # set by RaftNode
-    # point 7: the member is a volume's primary in the applied state (set by RaftNode; a bare
-    # SyncObj without a state has no primaries to check against)
-    is_primary_member: Callable[[str], bool] = staticmethod(lambda node_id: True)
     _misbehaviour: MisbehaviourCount | None = None
     deposed: dict = {}  # node id -> (term, monotonic time the hold ends, site)
     _withheld: WithheldWatch | None = None  # point 19, tick thread only
@@ -1503,8 +1537,9 @@ class _HardenedSyncObj(SyncObj):
         since_leader_s = now - max(self._leader_contact, self._started_at)
         if needs_leader and since_leader_s >= ISOLATED_AFTER_S and now - self._isolation_logged >= ISOLATED_AFTER_S:
             self._isolation_logged = now
-            log.warning("raft: no leader heard for %.0fs; this site needs one to commit, asking the others "
-                        "to elect it (pre-vote, term %d)", since_leader_s, term)
+            log.warning("raft: no leader heard for %.0fs; this site needs one to commit: asking for pre-votes "
+                        "(term %d), granted only by members that heard no leader either; its commands are relayed "
+                        "through the members it reaches", since_leader_s, term)
         for other in self._SyncObj__otherNodes:
             self._SyncObj__transport.send(other, {
                 "type": "pre_vote", "term": term,
@@ -1519,13 +1554,11 @@ class _HardenedSyncObj(SyncObj):
                                      message.get("last_log_term"))
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (term, last_idx, last_term)):
             return
+        # Point 7: no exception to the lease. A member's word that it needs a leader and is cut off
+        # (``needs_leader``, ``isolated_s``, still sent for older members) is not checked here: it won a
+        # compromised member the lead at will (attacker review R7 F1); a cut-off primary's commands
+        # commit through the relay instead (point 20).
         in_lease = monotonic_time() - self._leader_contact < self._SyncObj__conf.raftMinTimeout
-        isolated_s = message.get("isolated_s")
-        isolated = False
-        if in_lease and message.get("needs_leader") is True and isinstance(isolated_s, (int, float)) \
-                and not isinstance(isolated_s, bool) and isolated_s >= ISOLATED_AFTER_S \
-                and self._primary_member(node):
-            in_lease, isolated = False, True  # a primary cut off from the leader, not a stalled node (point 7)
         my_last_term = self._SyncObj__getCurrentLogTerm()
         up_to_date = last_term > my_last_term or (last_term == my_last_term
                                                   and last_idx >= self._SyncObj__getCurrentLogIndex())
@@ -1546,12 +1579,6 @@ class _HardenedSyncObj(SyncObj):
                    and not self._rejoining()  # point 12: an emptied log vouches for nothing
                    and self._journal_full_now() is None  # point 12: it could not store the vote it promises
                    and not self.holds_deposed(node.id))  # point 18
-        if isolated and not granted and not up_to_date and term - 1 > current \
-                and self._SyncObj__raftState != _RAFT_STATE_LEADER and not self._rejoining() \
-                and self._journal_full_now() is None and not self.holds_deposed(node.id):
-            current = self._adopt_stranded_term(node, term - 1, isolated_s, last_idx, last_term)
-        elif isolated:
-            self._log_isolated_pre_vote(node, term, isolated_s, granted, up_to_date, last_idx, last_term)
         if granted:
             self._pre_vote_granted = (node.id, term, monotonic_time())
         elif self.holds_deposed(node.id):
@@ -1559,73 +1586,6 @@ class _HardenedSyncObj(SyncObj):
                                  node.id, term)
         self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": term, "granted": granted,
                                              "current_term": current})
-
-    def _primary_member(self, node: Any) -> bool:
-        """``node`` is a volume's primary in this node's applied state: the isolation exception
-        (point 7) is for a primary only, and ``needs_leader`` is the asker's own word."""
-        try:
-            return bool(self.is_primary_member(str(getattr(node, "id", node))))
-        except Exception as err:  # a check of the state only: never let it break the tick; a "no" said aloud
-            now = monotonic_time()
-            if now - self._primary_check_warned >= 10.0:
-                self._primary_check_warned = now
-                log.warning("raft: cannot tell whether %s is a volume's primary (%s: %s): its isolation claim "
-                            "counts as no", getattr(node, "id", node), type(err).__name__, err)
-            return False
-
-    def _adopt_stranded_term(self, node: Any, term: int, isolated_s: float, last_idx: int, last_term: int) -> int:
-        """Point 7, a primary stranded above its leader's term: ``node`` asked a pre-vote under the
-        isolation exception from ``term``, above ours, with a log behind ours. It can be neither
-        elected (its log is behind) nor reached by our leader (pysyncobj drops append entries of a
-        term below its own), and our leader's lease keeps every other election away: it stayed so
-        for as long as the leader led (16 GiB RPO run: 5 min). Adopt its term (Raft §5.1, as if it
-        had answered with it; votedFor none) and ask for pre-votes on the next tick: a member with
-        the newer log is elected above that term and the stranded primary follows it and catches up.
-
-        Only under the conditions that already let ``node`` be elected with an up-to-date log (it
-        says it needs a leader and has heard from none for :data:`ISOLATED_AFTER_S`), so a member
-        that lies about it can make an election here no more than it already could, and it wins
-        nothing with it. Not at a leader (it steps down by the majority rule), a node without a
-        usable journal, or for a leader this node deposed. Returns the new current term."""
-        ours_idx, ours_term = self._SyncObj__getCurrentLogIndex(), self._SyncObj__getCurrentLogTerm()
-        log.warning("raft: %s needs a leader to commit, has heard from none for %.0fs and is at term %d, above ours "
-                    "(%d), with a log behind ours (last entry %d of term %d; ours %d of term %d): our leader cannot "
-                    "reach it (its lower-term messages are dropped there) and it cannot be elected; adopting term %d "
-                    "and asking for the election of a leader above it", getattr(node, "id", node), isolated_s, term,
-                    self._SyncObj__raftCurrentTerm, last_idx, last_term, ours_idx, ours_term, term)
-        self._SyncObj__setCurrentTerm(term, None)
-        self._SyncObj__raftLeader = None
-        self._SyncObj__raftElectionDeadline = 0  # the next tick asks for pre-votes (point 7)
-        return term
-
-    def _log_isolated_pre_vote(self, node: Any, term: int, isolated_s: float, granted: bool, up_to_date: bool,
-                               last_idx: int, last_term: int) -> None:
-        """WARNING about a pre-vote asked under the isolation exception (point 7), saying what was
-        answered: the grant (every time), or why it was refused (once per :data:`ISOLATED_AFTER_S`).
-        The grant used to be logged before the other rules were checked, so a refusal for a log
-        behind ours read as "granting" (and a primary stranded above its leader's term,
-        :meth:`_adopt_stranded_term`, looked elected-for while it was not)."""
-        who = getattr(node, "id", node)
-        if granted:
-            log.warning("raft: granting a pre-vote to %s despite a live leader: it needs one to commit and "
-                        "has heard from none for %.0fs", who, isolated_s)
-            return
-        now = monotonic_time()
-        if now - self._isolated_refusal_logged < ISOLATED_AFTER_S:
-            return
-        self._isolated_refusal_logged = now
-        current = self._SyncObj__raftCurrentTerm
-        if not up_to_date:
-            why = "its log (last entry %d of term %d) is behind ours (%d of term %d)" % (
-                last_idx, last_term, self._SyncObj__getCurrentLogIndex(), self._SyncObj__getCurrentLogTerm())
-        elif self._SyncObj__raftState == _RAFT_STATE_LEADER:
-            why = "this node is the leader"
-        elif term <= current:
-            why = "term %d is not above ours (%d)" % (term, current)
-        else:
-            why = "this node votes for nobody now (lost or full journal, or a deposed candidate)"
-        log.warning("raft: refusing a pre-vote at term %d to %s, which needs a leader to commit and has heard from "
-                    "none for %.0fs: %s", term, who, isolated_s, why)
 
     def _on_pre_vote_response(self, node: Any, message: dict) -> None:
         term = message.get("term")
@@ -2153,7 +2113,6 @@ class RaftNode:
         syncobj.door_check = self._door_check
         syncobj.take_door_refusal = self._consumer.take_door_refusal
         syncobj.site_of = self._site_of
-        syncobj.is_primary_member = self._is_primary_member
         syncobj.relay_check = self._relay_check
         self._syncobj = syncobj
         self._syncobj.addOnTickCallback(self._refresh_status)
@@ -2237,12 +2196,6 @@ class RaftNode:
         inc = self.view().get("incarnation") or {}
         found = next((m["site_id"] for m in inc.get("members") or () if m.get("raft") == node_id), None)
         return found if found is not None else self._channel_sites.get(node_id)
-
-    def _is_primary_member(self, node_id: str) -> bool:  # tick thread (point 7)
-        """Raft member ``node_id``'s site is the primary of a volume in the applied state."""
-        site = self._site_of(node_id)
-        return site is not None and any(isinstance(v, dict) and v.get("primary") == site
-                                        for v in (self.view().get("volumes") or {}).values())
 
     # -- point 16
     def _membership_of_state(self) -> dict | None:  # tick thread
