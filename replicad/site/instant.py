@@ -617,6 +617,7 @@ class InstantRecovery:
         # switched over but the overlay not yet removed (the acting epoch was not durable yet: no
         # divergent snapshot will keep the image): the overlay stays, as before the switch-over
         pending = st.phase != "done" or (st.dir / "overlay").is_dir()
+        was = st.phase
         try:
             await self.exports.close(st.export.export_id, "the site was fenced", force=True)
         except ReplicadError as err:
@@ -634,7 +635,8 @@ class InstantRecovery:
             await asyncio.to_thread(remove)
         (log.error if pending else log.warning)(
             "volume %s: fenced at %s during its instant recovery (phase %s): the export is closed%s", volume,
-            self.site_id, st.phase, f"; the application's writes stay in {st.dir / 'overlay'} (not applied)"
+            self.site_id, was, f"; the application's writes stay in {st.dir / 'overlay'} (not applied until "
+            "this site takes the volume over again from the same snapshot, no other site primary meanwhile)"
             if pending else "")
 
     def failed(self, volume: str, err: Exception) -> None:
