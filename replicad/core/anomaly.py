@@ -2179,9 +2179,10 @@ class SnapshotSignals:
         discarded: blocks that held data and are now zero where the new snapshot's file system
             neither allocates nor references any of their blocks (:mod:`replicad.core.ext4alloc`:
             ``fstrim`` or ``-o discard`` of freed blocks on a thin or loop-backed volume).
-        files_lost: the data the file system's files reference that this snapshot no longer
-            references (written extents of in-use inodes, base minus new, in volume blocks; 0 if
-            it grew or was not read): what of ``discarded`` was deleted rather than moved.
+        files_lost: the data the file system's files held in the base and no longer hold (blocks
+            of written extents of in-use inodes, each weighted by its non-zero bytes:
+            :func:`replicad.core.ext4alloc.data_weight`; base minus new, in volume blocks; 0 if it
+            grew or was not read): what of ``discarded`` was deleted rather than moved.
         cold_rewritten: changed blocks unchanged since the cold reference snapshot.
         magic_destroyed: headers lost to random bytes, by name.
         fs_destroyed: the volume's own file-system structure destroyed (name) or None.

@@ -11,7 +11,8 @@ that tell a discard from a wipe (:func:`read_allocation`):
 * the **blocks its files reference**: every extent of every in-use inode's extent tree (and the
   tree's own index and leaf blocks, and extended-attribute blocks), as the kernel finds a file's
   data. A wiper that zeroes live files leaves them referenced; one that also unlinks them makes the
-  file system reference less data, which :attr:`Ext4Allocation.file_blocks` measures.
+  file system reference less data, which :attr:`Ext4Allocation.written` (with the blocks' content:
+  :func:`data_weight`) measures.
 
 The on-disk format is the kernel's, ``Documentation/filesystems/ext4/`` (``super.rst``: the
 superblock at byte 1024, ``group_descr.rst``: the group descriptor table in the block after the
@@ -80,16 +81,21 @@ class Ext4Allocation:
         referenced: ``uint8`` array, one per block: 1 where an in-use inode (``i_links_count`` > 0)
             references the block: an extent (written or unwritten), an extent-tree node, an
             extended-attribute block.
-        file_blocks: blocks of written (initialized) extents of in-use inodes: the data the file
-            system's files hold (a wiper that unlinks files lowers it; ``fallocate`` does not
-            raise it).
+        written: ``uint8`` array, one per block: 1 where a written (initialized) extent of an
+            in-use inode covers the block: where the files hold data (a wiper that unlinks files
+            clears it; ``fallocate`` does not set it; two inodes on one block count it once).
     """
 
     block_size: int
     blocks: int
     in_use: np.ndarray
     referenced: np.ndarray
-    file_blocks: int
+    written: np.ndarray
+
+    @property
+    def file_blocks(self) -> int:
+        """Blocks the files hold data in (``written``)."""
+        return int(np.count_nonzero(self.written))
 
     def unused(self, offset: int, length: int) -> bool:
         """True when every file-system block overlapping bytes ``[offset, offset + length)`` of the
@@ -204,7 +210,21 @@ def read_allocation(read: Callable[[int, int], bytes], size_bytes: int) -> Ext4A
             number = k * inodes_per_group + off // inode_size + 1
             if not walker.inodes(np.frombuffer(raw, dtype=np.uint8).reshape(-1, inode_size), number, first_ino):
                 return None
-    return Ext4Allocation(bs, blocks, in_use, referenced, walker.file_blocks)
+    return Ext4Allocation(bs, blocks, in_use, referenced, walker.written)
+
+
+DATA_SHARE_FULL = 8
+"""A file-system block counts as a whole block of data when at least 1/8 of its bytes are not zero
+(:func:`data_weight`); below, by its share of non-zero bytes times 8."""
+
+
+def data_weight(content: bytes, bs: int) -> np.ndarray:
+    """Per file-system block of ``content`` (a whole number of ``bs``-byte blocks), how much data it
+    holds: ``min(1, 8 x non-zero bytes / bs)`` (float64). A file written full of zeros holds none,
+    a database page or text at least 1/8 full holds a whole block: what a wiper would have to write
+    back, in non-zero bytes, to make deleted data look moved."""
+    a = np.frombuffer(content, dtype=np.uint8).reshape(-1, bs)
+    return np.minimum(1.0, np.count_nonzero(a, axis=1) * (DATA_SHARE_FULL / bs))
 
 
 def _has_backup(group: int, sparse: bool, backups: tuple[int, int] | None) -> bool:
@@ -231,8 +251,9 @@ class _Walker:
 
     def __init__(self, read: Callable[[int, int], bytes], bs: int, blocks: int, referenced: np.ndarray) -> None:
         self.read, self.bs, self.blocks, self.referenced = read, bs, blocks, referenced
-        self.file_blocks = 0
+        self.written = np.zeros(blocks, dtype=np.uint8)
         self.nodes = 0
+        self.visited: set[int] = set()  # tree blocks: a real tree never shares a node
 
     def inodes(self, table: np.ndarray, number: int, first_ino: int) -> bool:
         """Walk one slice of an inode table (rows of ``inode_size`` bytes, the first being inode
@@ -283,16 +304,18 @@ class _Walker:
             length = np.where(written, length, length - 32768)
             if (start + length > self.blocks).any():
                 return False
-            for s, n in zip(start.tolist(), length.tolist()):
+            for s, n, w in zip(start.tolist(), length.tolist(), written.tolist()):
                 self.referenced[s:s + n] = 1
-            self.file_blocks += int(length[written].sum())
+                if w:
+                    self.written[s:s + n] = 1
             return True
         leaf = (e[:, 4:8].copy().view("<u4").ravel().astype(np.int64)
                 | (e[:, 8:10].copy().view("<u2").ravel().astype(np.int64) << 32))
         for b in leaf.tolist():
             self.nodes += 1
-            if b >= self.blocks or self.nodes > TREE_NODES_MAX:
+            if b >= self.blocks or self.nodes > TREE_NODES_MAX or b in self.visited:
                 return False
+            self.visited.add(b)
             self.referenced[b] = 1
             if not self.node(self.read(b * self.bs, self.bs), depth):
                 return False
