@@ -99,12 +99,12 @@ class Ext4Allocation:
 
     def unused(self, offset: int, length: int) -> bool:
         """True when every file-system block overlapping bytes ``[offset, offset + length)`` of the
-        volume is free in the bitmap and referenced by no inode; blocks past the file system's end
-        count as unused."""
+        volume is free in the bitmap and referenced by no inode; a range reaching past the file
+        system's end is not (bytes outside the file system are nobody's free space)."""
         first = offset // self.block_size
-        last = min(self.blocks, (offset + length + self.block_size - 1) // self.block_size)
-        if first >= last:
-            return True
+        last = (offset + length + self.block_size - 1) // self.block_size
+        if last > self.blocks or first >= last:
+            return False
         return not (self.in_use[first:last].any() or self.referenced[first:last].any())
 
     def referenced_in(self, offset: int, length: int) -> int:
