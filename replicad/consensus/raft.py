@@ -507,6 +507,9 @@ daemon gives a proposal 15 s; a command committed later still holds, once)."""
 RELAY_PER_CHECK = 8
 """Point 20: at most this many of this site's own commands relayed per :data:`WITHHELD_CHECK_S` (to
 each member: below half of :data:`RELAY_CMDS_PER_S`)."""
+UNAPPLIED_SCANNED = 4096
+"""Point 20: how many of the newest unapplied log entries a node compares a relayed or forwarded
+command with (an honest backlog is a few entries; one of a leader without a majority grows)."""
 RELAY_REASONS = ("relay_malformed", "relay_not_member", "relay_own_site", "relay_bad_signature",
                  "relay_over_budget")
 """Point 20: a ``relay_command`` refused (counted, WARNING): not a replicad command, by a site that is
@@ -1203,11 +1206,14 @@ class _HardenedSyncObj(SyncObj):
 
     # -- point 20: this site's own signed commands relayed through the other members
     def _unapplied_keys(self) -> set:
-        """Tick thread: :meth:`WithheldWatch.key` of every entry of this node's log not applied yet."""
+        """Tick thread: :meth:`WithheldWatch.key` of the entries of this node's log not applied yet (the
+        newest :data:`UNAPPLIED_SCANNED` of them: a leader that cannot commit must not pay for its whole
+        backlog on every forward)."""
         log_ = self._SyncObj__raftLog
-        if not len(log_):
+        size = len(log_)
+        if not size:
             return set()
-        start = max(0, self._SyncObj__raftLastApplied + 1 - log_[0][1])
+        start = max(0, self._SyncObj__raftLastApplied + 1 - log_[0][1], size - UNAPPLIED_SCANNED)
         return {WithheldWatch.key(entry[0]) for entry in log_[start:]}
 
     def _note_own(self, full: bytes, callback: Any) -> Any:

@@ -1,6 +1,7 @@
 """The withholding Raft leader of ``test_withholding_leader.py`` (attacker review F3): the real
 replicad daemon of ONE site, run with one patch: while the file ``TRIGGER`` exists, its Raft node
-drops every ``apply_command`` a member forwards (no answer, nothing appended). Everything else,
+drops every ``apply_command`` a member forwards and every ``relay_command`` (raft point 20: a
+member's command relayed by itself or another member; no answer, nothing appended). Everything else,
 its own proposals, heartbeats and commits, is the honest daemon's.
 
 Run as ``python3 -m tests.security.withholding_leader TRIGGER run SITE.toml`` (the arguments
@@ -21,7 +22,8 @@ def main(argv: list[str]) -> int:
     honest = raft._HardenedSyncObj._dispatch_message
 
     def withholding(self: Any, node: Any, message: Any) -> None:
-        if isinstance(message, dict) and message.get("type") == "apply_command" and trigger.exists():
+        if isinstance(message, dict) and message.get("type") in ("apply_command", "relay_command") \
+                and trigger.exists():
             return  # dropped: the member hears nothing back and nothing reaches the log
         honest(self, node, message)
 
