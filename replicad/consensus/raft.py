@@ -99,9 +99,9 @@ names up in its own modules):
    could commit again; and a follower adopted the term of such a primary stranded above its
    leader's term with a log behind. Both rested on the asker's own word, and both gave a
    compromised primary the lead at will (attacker review R7 F1: it claimed isolation with an
-   up-to-date log and took the lead from an honest leader in ~1 s, term 1 -> 2; a claim of a
-   stranded term made a follower drop its leader, lose its lease and then grant the liar's
-   up-to-date pre-vote). And they bought the honest primary ~nothing: every site commits a
+   up-to-date log and took the lead from an honest leader in ~1 s, term 1 -> 2; a claimed
+   stranded term could make a follower adopt it, drop its leader's lower-term messages, lose its
+   lease and then grant the liar's up-to-date pre-vote: reasoned from the code, not run). And they bought the honest primary ~nothing: every site commits a
    signed ``clock`` every 5 s (``site/daemon.py``), so a primary truly cut off for 10 s has a log
    behind the third site's, which refuses it on the log rule anyway; only a member that is NOT
    cut off could win under the exception. A cut-off (or stranded) primary's commands now commit
