@@ -127,6 +127,11 @@ the relative CUSUM sums only each snapshot's new distinct blocks, for the same r
 coverage also counts nearly empty sub-blocks (not zeros, under :data:`DATA_ENTROPY_MIN`: a page
 with a few tuples, a free-space map) that now look random (:attr:`BlockFinding.sparse_random`),
 which the score leaves out like imports into free space.
+The **wipe window** (:class:`Wipes`, both modes) does for zeros what the coverage does for random
+bytes: the *distinct* blocks that held data and became zeros (not excused as discarded free space,
+:attr:`SnapshotSignals.destroyed`) since the last confirmed snapshot, less those holding data
+again, suspect past ``wipe_max`` of the window's data (its peak): a wiper zeroing a quarter of
+what is left per snapshot passes it on its second snapshot whatever the pace.
 
 ``change_max`` (share of the data changed in one snapshot) applies in ``encrypted`` mode only:
 in ``content`` mode benign whole-volume rewrites (``VACUUM FULL``, ``pgbench -i``, a restored
@@ -557,11 +562,88 @@ COVERAGE_BLOCKS_MAX = 1 << 26
 evidence file can make this site decompress."""
 
 
+@dataclass(frozen=True)
+class Wipes:
+    """The wipe window (both modes): the *distinct* blocks that held data and became zeros in the
+    snapshots this site judged since the last snapshot a person confirmed clean (else the
+    volume's first), less those that hold data again, with no slack and no time cut; suspect
+    past ``wipe_max`` of :attr:`data` (:func:`judge_relative`). ``wipe_max`` per snapshot alone let
+    a wiper zero a quarter of what was left per snapshot, 81 % of the data in six snapshots.
+
+    Only what the per-snapshot measure counts is counted (:attr:`SnapshotSignals.destroyed`):
+    zeroed blocks the file system still uses, in full; a snapshot with blocks excused as
+    discarded free space adds its measure as a share without indices (which of its zeroed blocks
+    are excused is not known). A block is released when a later snapshot writes it with data that
+    does not look random (a freed page reused, a log area rewritten); zeros turned random are not
+    released (a wiper that refills what it wiped with random bytes: the coverage does not count
+    bytes written where there were zeros).
+
+    Attributes:
+        blocks: block indices (of the volume, ``block_size`` units) zeroed and not refilled.
+        extra: a share of :attr:`data` counted without block indices (snapshots with excused
+            discards, items recomputed from evidence files); never released, the conservative side.
+        began: the first snapshot that added to it (None while it holds nothing: the restore
+            point is the snapshot before it).
+        data: the denominator: the most data blocks a base of the window's snapshots held (the
+            data at the window's start, or more if the volume grew; 0 before the first step), so
+            that writing junk cannot make a wipe look smaller than against the data it destroyed.
+    Pure; :meth:`total` is the share of :attr:`data`."""
+
+    blocks: frozenset = frozenset()
+    extra: float = 0.0
+    began: int | None = None
+    data: int = 0
+
+    def step(self, seq: int, data_blocks: int, zeroed: "set[int] | frozenset[int]" = frozenset(),
+             refilled: "set[int] | frozenset[int]" = frozenset(), unknown: float = 0.0) -> "Wipes":
+        """The state after snapshot ``seq`` judged against a base of ``data_blocks`` non-zero
+        blocks, which zeroed the blocks ``zeroed``, wrote data to the zeros ``refilled`` and adds
+        ``unknown`` (a share of ``data_blocks``) without indices."""
+        data = max(self.data, int(data_blocks), 1)
+        extra = self.extra * self.data / data if self.data else 0.0
+        extra += max(0.0, unknown) * max(1, int(data_blocks)) / data
+        blocks = (self.blocks - frozenset(refilled)) | frozenset(zeroed)
+        grew = bool(frozenset(zeroed) - self.blocks) or unknown > 0.0
+        began = None if not blocks and extra == 0.0 else (self.began if self.began is not None or not grew else seq)
+        return Wipes(blocks, extra, began, data)
+
+    def total(self) -> float:
+        """The share of :attr:`data` counted (0..1, may pass 1 if blocks written later were wiped)."""
+        return len(self.blocks) / max(1, self.data) + self.extra
+
+    def doc(self) -> dict:
+        """Plain dict (JSON-able): ``blocks`` and ``count`` as :meth:`Coverage.doc`, ``extra``,
+        ``began``, ``data``."""
+        cov = Coverage(self.blocks).doc()
+        return {"blocks": cov["blocks"], "count": cov["count"], "extra": self.extra, "began": self.began,
+                "data": self.data}
+
+    @classmethod
+    def from_doc(cls, doc: object) -> "Wipes":
+        """The state :meth:`doc` wrote. Raises ValueError on anything else (a hand-edited or
+        truncated evidence file: the caller falls back to an older state)."""
+        if not isinstance(doc, dict):
+            raise ValueError("a wipe window state must be a map")
+        data = doc.get("data")
+        if isinstance(data, bool) or not isinstance(data, int) or not 0 <= data <= COVERAGE_BLOCKS_MAX:
+            raise ValueError(f"not a wipe window state: data {data!r}")
+        try:
+            cov = Coverage.from_doc({k: doc.get(k) for k in ("blocks", "count", "extra", "began")})
+        except ValueError as err:
+            raise ValueError(f"not a wipe window state: {err}") from None
+        if data == 0 and cov.began is not None:
+            raise ValueError("not a wipe window state: blocks counted against no data")
+        return cls(cov.blocks, cov.extra, cov.began, data)
+
+
 SLOW_WINDOWS = ("relative", "conservation")
 """The CUSUM slow windows of :func:`judge_relative` (keys of :attr:`RelativeVerdict.slow`)."""
 COVERAGE = "coverage"
 """Key of the coverage window (:class:`Coverage`) in :attr:`RelativeVerdict.slow` and in a
 ``carried`` state; content mode only."""
+WIPES = "wipes"
+"""Key of the wipe window (:class:`Wipes`) in :attr:`RelativeVerdict.slow` and in a ``carried``
+state; both modes."""
 
 
 def with_defaults(policy: dict) -> dict:
@@ -2201,6 +2283,10 @@ class SnapshotSignals:
         sparse: the indices of changed blocks, not turned random, with a nearly empty sub-block
             that now looks random (:attr:`BlockFinding.sparse_random`): the coverage window counts
             them too, the score does not; :meth:`summary` gives their number.
+        zeroed: the indices of the blocks counted in ``wiped`` or ``discarded`` (the wipe window,
+            :class:`Wipes`); not in :meth:`summary`.
+        refilled: the indices of blocks that were zeros and now hold data that does not look
+            random (the wipe window releases them: a freed page reused); not in :meth:`summary`.
     """
 
     data_blocks: int
@@ -2223,9 +2309,13 @@ class SnapshotSignals:
     random_filled: float = 0.0
     counted: set = None  # type: ignore[assignment]
     sparse: set = None  # type: ignore[assignment]
+    zeroed: set = None  # type: ignore[assignment]
+    refilled: set = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         self.data_blocks = max(1, int(self.data_blocks))
+        self.zeroed = set(self.zeroed or ())
+        self.refilled = set(self.refilled or ())
         self.counted = set(self.counted or ())
         self.sparse = set(self.sparse or ())
         self.magic_destroyed = dict(self.magic_destroyed or {})
@@ -2269,8 +2359,11 @@ class SnapshotSignals:
         self.cold_rewritten += bool(cold and not finding.fresh)
         if finding.wiped:
             self.wiped += 1
+            self.zeroed.add(int(index))
         if finding.fresh and finding.entropy_after >= RANDOM_SUB_ENTROPY_MIN:
             self.fresh_random += 1
+        elif finding.fresh:
+            self.refilled.add(int(index))
         self.structure_freed += finding.structure_freed
         self.random_filled += finding.random_filled
         for name in finding.magic_destroyed:
@@ -2353,11 +2446,11 @@ class RelativeVerdict:
             slow window's crossing flagged it, where the drift began: the earliest ``began`` of
             the windows that crossed (the snapshot before it is the one to restore); None if clean.
         reasons: operator-readable sentences, one per signal that fired (empty if clean).
-        slow: ``{window: Cusum}`` after this snapshot, for :data:`SLOW_WINDOWS`, and in content
-            mode ``{COVERAGE: Coverage}`` (carried to the next snapshot: :func:`judge_relative`
-            ``carried``).
-        flagged: the slow windows that passed their threshold (of :data:`SLOW_WINDOWS` and
-            :data:`COVERAGE`).
+        slow: ``{window: Cusum}`` after this snapshot, for :data:`SLOW_WINDOWS`, in content
+            mode ``{COVERAGE: Coverage}``, and ``{WIPES: Wipes}`` (carried to the next snapshot:
+            :func:`judge_relative` ``carried``).
+        flagged: the slow windows that passed their threshold (of :data:`SLOW_WINDOWS`,
+            :data:`COVERAGE` and :data:`WIPES`).
     """
 
     verdict: str
@@ -2381,7 +2474,8 @@ def _window_items(window: Sequence[tuple]) -> list[tuple[int, float, float]]:
 
 def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], confirmed: Sequence[float],
                    policy: dict, *, conserve_window: Sequence[tuple] = (), carried: dict | None = None,
-                   elapsed_s: float = DAY_S, learned_rate: float | None = None) -> RelativeVerdict:
+                   elapsed_s: float = DAY_S, learned_rate: float | None = None,
+                   wipe_window: Sequence[tuple] = ()) -> RelativeVerdict:
     """Judge one snapshot from its relative signals (module docstring).
 
     Args:
@@ -2413,6 +2507,9 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], 
             the coverage has no allowance at all). The daemon passes the confirmed snapshot's
             own coverage growth per day where its evidence holds one (distinct blocks: what both
             windows sum).
+        wipe_window: ``(seq, destroyed)`` of the ``window`` items (:attr:`SnapshotSignals.destroyed`
+            from their evidence), folded into the wipe window (:class:`Wipes`, ``carried`` under
+            :data:`WIPES`) as shares without indices; items without one count nothing there.
 
     Returns:
         a :class:`RelativeVerdict`. Raises ValueError on a malformed window item.
@@ -2514,11 +2611,36 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], 
                            f"({', '.join(f'{k} x{v}' for k, v in sorted(signals.magic_destroyed.items()))})")
     if signals.fs_destroyed:
         reasons.append(f"the volume's {signals.fs_destroyed} was destroyed")
+    # the wipe window (Wipes): distinct blocks destroyed since the anchor, net of those holding data
+    # again; a snapshot with excused discards adds its measure without indices
+    wipes = carried.get(WIPES)
+    wipes = wipes if isinstance(wipes, Wipes) else Wipes()
+    shares = {int(s): float(x) for s, x in wipe_window}
+    for s, _, _ in items:
+        wipes = wipes.step(s, wipes.data or signals.data_blocks, unknown=shares.get(s, 0.0))
+    if signals.discarded:
+        wipes = wipes.step(seq, signals.data_blocks, refilled=signals.refilled, unknown=signals.destroyed)
+    else:
+        beyond = max(0, signals.wiped - len(signals.zeroed)) / signals.data_blocks  # sampled: the rest's estimate
+        wipes = wipes.step(seq, signals.data_blocks, signals.zeroed, signals.refilled, beyond)
+    slow[WIPES] = wipes
+    if wipes.total() > float(policy["wipe_max"]):
+        flagged.append(WIPES)
+        if signals.destroyed <= float(policy["wipe_max"]):
+            reasons.append(f"slow drift (wipe window: distinct blocks that held data and became zeros since the last "
+                           f"confirmed snapshot, less those holding data again): {wipes.total():.1%} of the volume's "
+                           f"data ({len(wipes.blocks)} blocks of {wipes.data}"
+                           + (f", + {wipes.extra:.1%} without block indices" if wipes.extra else "")
+                           + f"), above wipe_max {float(policy['wipe_max']):.1%}; it began at #{wipes.began}")
+    wipe_reason = None
     if signals.destroyed > float(policy["wipe_max"]):
         lost = min(signals.discarded, max(0.0, signals.files_lost)) / signals.data_blocks
         deleted = f" ({lost:.1%} of it deleted and discarded: the files' data shrank by as much)" if lost else ""
-        reasons.append(f"{signals.destroyed:.1%} of the volume's data became zeros{deleted}, above "
-                       f"wipe_max {float(policy['wipe_max']):.1%}")
+        since = f"; the wipe window holds {wipes.total():.1%} since #{wipes.began}" \
+            if WIPES in flagged and wipes.began is not None and wipes.began < seq else ""
+        wipe_reason = (f"{signals.destroyed:.1%} of the volume's data became zeros{deleted}, above "
+                       f"wipe_max {float(policy['wipe_max']):.1%}{since}")
+        reasons.append(wipe_reason)
     if signals.shrunk_bytes > 0:
         reasons.append(f"the volume shrank by {signals.shrunk_bytes} bytes")
     if per_snapshot_conserved:
@@ -2541,7 +2663,12 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], 
     # suspicious one, its clean parent the restore point, whatever small sum a slow window carried
     # (0.1 % of benign drift over two clean snapshots must not throw them away); only a snapshot
     # flagged by a slow window alone points back to where that window's sum left zero
+    # the one exception: a snapshot whose own wipe passes wipe_max while the wipe window passed it
+    # too points back to where the window began (judged against the last clean base, a slow
+    # wiper's later snapshots each carry every wipe since it, and the first wiped snapshot was
+    # judged clean: its parent is the restore point, as the window's crossing named it)
     slow_only = all(r.startswith("slow drift (") for r in reasons)
+    wipes_only = WIPES in flagged and all(r.startswith("slow drift (") or r is wipe_reason for r in reasons)
     first = min((slow[name].began for name in flagged if slow[name].began is not None), default=seq) \
-        if slow_only else seq
+        if slow_only else min(seq, slow[WIPES].began if slow[WIPES].began is not None else seq) if wipes_only else seq
     return RelativeVerdict(VERDICT_SUSPECT, score, baseline, cumulative, first, tuple(reasons), slow, tuple(flagged))

@@ -238,16 +238,20 @@ class Detection:
             slow = None
         else:
             base = await self.fetch(volume, base_seq, vs)
-            # the cold reference is a store lookup and a manifest load: in the worker thread too
-            signals, used = await asyncio.to_thread(
-                _timed, lambda: self._signals(m, base, self._cold_reference(vs, seq, policy), policy, sampling))
-            cpu_s += used
             (carried, window, conserve, elapsed_s, confirmed, anchor, learned_rate), used = await asyncio.to_thread(
                 _timed, lambda: self._history(volume, seq, vs))  # evidence files: off the loop
             cpu_s += used
+            # the cold reference is a store lookup and a manifest load: in the worker thread too;
+            # wipe_max less what the wipe window holds: the file-system maps are read (discards
+            # told from wipes) as soon as this snapshot's zeros could take the window past it
+            room = wipe_room(policy, carried)
+            signals, used = await asyncio.to_thread(
+                _timed, lambda: self._signals(m, base, self._cold_reference(vs, seq, policy), room, sampling))
+            cpu_s += used
             t0 = time.thread_time()
             verdict = anomaly.judge_relative(seq, signals, window, confirmed, policy, conserve_window=conserve,
-                                             carried=carried, elapsed_s=elapsed_s, learned_rate=learned_rate)
+                                             carried=carried, elapsed_s=elapsed_s, learned_rate=learned_rate,
+                                             wipe_window=self._wipe_items(volume, window))
             slow = {"anchor": anchor, "learned_rate": learned_rate, **{w: {**verdict.slow[w].doc(), "flagged": w in verdict.flagged,
                                              "max": float(policy["cumulative_max" if w == "relative" else
                                                                   "conserve_max"])}
@@ -257,6 +261,9 @@ class Detection:
                 slow[anomaly.COVERAGE] = {**cov.doc(), "total": cov.total(signals.data_blocks),
                                           "flagged": anomaly.COVERAGE in verdict.flagged,
                                           "max": float(policy["cumulative_max"])}
+            wipes = verdict.slow[anomaly.WIPES]  # the distinct blocks zeroed since the anchor
+            slow[anomaly.WIPES] = {**wipes.doc(), "total": wipes.total(), "flagged": anomaly.WIPES in verdict.flagged,
+                                   "max": float(policy["wipe_max"])}
             reasons = list(verdict.reasons)
             evidence_blocks = [_block_doc(i, f) for i, f in signals.evidence]
             notes = [{"index": i, "patterns": list(p)} for i, p in signals.ransom_note_evidence]
@@ -411,6 +418,8 @@ class Detection:
                 rel = carried["relative"]  # a state written before the coverage window: its sum, as unknown blocks
                 carried[anomaly.COVERAGE] = anomaly.Coverage.from_doc(slow[anomaly.COVERAGE]) \
                     if anomaly.COVERAGE in slow else anomaly.Coverage(extra=rel.total, began=rel.began)
+                if anomaly.WIPES in slow:  # a state written before the wipe window: it starts here
+                    carried[anomaly.WIPES] = anomaly.Wipes.from_doc(slow[anomaly.WIPES])
             except ValueError as err:
                 log.warning("volume %s: the slow-window state in this site's evidence on #%d is unreadable (%s); "
                             "carrying the one before it", volume, s, err)
@@ -429,6 +438,22 @@ class Detection:
             sig = (sdoc or {}).get("signals") or {}
             counted = sig.get("conserved_counted", 0.0)
             out.append((s, float(counted) if isinstance(counted, (int, float)) else 0.0, dt))
+        return out
+
+    def _wipe_items(self, volume: str, window: list[tuple[int, float, float]]) -> list[tuple[int, float]]:
+        """The wipe measure of each ``window`` item (``(seq, destroyed)``: the evidence's
+        ``wiped``, ``discarded`` and ``files_lost`` over ``data_blocks``,
+        :attr:`anomaly.SnapshotSignals.destroyed`) from this site's evidence files; an item whose
+        file is missing or unreadable counts nothing (an empty window when the state was carried)."""
+        out = []
+        for s, _, _ in window:
+            sig = ((self._read_evidence(volume, s) or {}).get("signals")) or {}
+            try:
+                n = max(1, int(sig.get("data_blocks", 1)))
+                lost = min(float(sig.get("discarded", 0)), max(0.0, float(sig.get("files_lost", 0.0))))
+                out.append((s, max(0.0, (float(sig.get("wiped", 0)) + lost) / n)))
+            except (TypeError, ValueError):
+                continue
         return out
 
     def _read_evidence(self, volume: str, seq: int) -> dict | None:
@@ -704,6 +729,18 @@ class _PageCache:
         else:
             self._pages.move_to_end(digest)
         return page
+
+
+def wipe_room(policy: dict, carried: dict) -> dict:
+    """``policy`` with ``wipe_max`` less what the carried wipe window (:class:`anomaly.Wipes`)
+    holds: what :meth:`Detection._signals` compares this snapshot's zeroed blocks with to decide
+    whether to read the file-system maps (discards told from wipes), so that they are read on the
+    snapshot whose zeros could take the window past ``wipe_max``, not only on one passing it alone.
+    Pure."""
+    wipes = carried.get(anomaly.WIPES)
+    if not isinstance(wipes, anomaly.Wipes):
+        return policy
+    return {**policy, "wipe_max": max(0.0, float(policy["wipe_max"]) - wipes.total())}
 
 
 def _scale_counts(signals: anomaly.SnapshotSignals, scale: float) -> None:
