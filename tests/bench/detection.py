@@ -19,7 +19,9 @@ Corpora, each an ext4 file system on a loop-mounted image file (``mkfs.ext4``, `
 Operations, each from the same clean base image (a sparse copy) and snapshotted on top of the
 base's snapshot:
 
-* benign: ``pgbench`` run, ``VACUUM FULL``, ``pgbench -i`` (re-initialisation), ``e4defrag``;
+* benign: ``pgbench`` run, ``VACUUM FULL``, ``VACUUM FULL`` + ``fstrim`` (the old relation files'
+  blocks become holes: zeros the file system no longer uses), ``pgbench -i`` (re-initialisation),
+  ``e4defrag``;
   editing letters, log rotation with gzip, importing PNG images, importing a zip, copying a
   ``.tar.gz``, SQLite updates + ``VACUUM``, a package upgrade (every file of the software tree
   written as ``name.dpkg-new`` and renamed over ``name``, configs kept as ``.dpkg-old``; and the
@@ -38,7 +40,8 @@ base's snapshot:
   gzip of the ciphertext (an attacker hiding behind the rename signal's exemptions); **padded**
   (hex of the ciphertext in groups of 4 between ``data:`` filler words); **intermittent 8/32 +
   8 spaces glued** (of every 32 bytes, 8 of the ciphertext and 8 spaces); **wipers** (every file
-  zeroed in place; every file deleted + ``fstrim``; the image truncated to half after unmount,
+  zeroed in place, and on PostgreSQL also followed by ``fstrim``; every file deleted + ``fstrim``;
+  the image truncated to half after unmount,
   which the file source refuses by default and the sites judge when ``allow_shrink`` lets it
   through); **adaptive slow** (:class:`Calibrated`: the attacker reads the policy and the
   files' extents and encrypts, per cycle, 95 % of ``min_score`` of the data blocks; and 95 % of
@@ -429,24 +432,32 @@ def mount_source(mnt: Path) -> tuple[str, Path]:
     return dev, Path(run(["losetup", "-nO", "BACK-FILE", dev]).stdout.strip())
 
 
+FREE_SPACE_DIAGNOSTIC = False  # --free-space: print how many counted blocks lay in the base's free space
 NOTES: list[str] = []  # per-run facts the report lists (fstrim: the holes it made in the image)
 
 
-def fstrim_after_delete(mnt: Path, r: random.Random, wipe: bool = False) -> None:
+def fstrim_after_delete(mnt: Path, r: random.Random, wipe: bool = False, under: str = "") -> None:
     """Delete files, then ``fstrim`` the mounted file system; record how much of the image the
     discards turned into holes (allocated bytes of the backing file before and after). ``wipe``:
-    delete every file (a wiper); else the import zip and a third of the images (benign)."""
-    _, img = mount_source(mnt)
-    victims = data_files(mnt) if wipe else [mnt / "archive" / "reports.zip"] + data_files(mnt, "images")[::3]
+    delete every file (a wiper; ``under``: only those under that directory); else the import zip
+    and a third of the images (benign)."""
+    victims = data_files(mnt, under) if wipe else [mnt / "archive" / "reports.zip"] + data_files(mnt, "images")[::3]
     for p in victims:
         p.unlink()
+    trim_noted(mnt, f"{'wiper' if wipe else 'benign'} fstrim ({len(victims)} files deleted)")
+
+
+def trim_noted(mnt: Path, what: str) -> None:
+    """``fstrim`` the mounted file system and note how much of its image the discards turned
+    into holes (allocated bytes of the backing file before and after)."""
+    _, img = mount_source(mnt)
     os.sync()
     before = os.stat(img).st_blocks * 512
     out = run(["fstrim", "-v", str(mnt)]).stdout.strip()
     os.sync()
     after = os.stat(img).st_blocks * 512
-    NOTES.append(f"{'wiper' if wipe else 'benign'} fstrim ({len(victims)} files deleted): `{out}`; the image's "
-                 f"allocated bytes {before / 2**20:.1f} -> {after / 2**20:.1f} MiB (discards punched holes)")
+    NOTES.append(f"{what}: `{out}`; the image's allocated bytes {before / 2**20:.1f} -> {after / 2**20:.1f} MiB "
+                 "(discards punched holes)")
 
 
 def package_upgrade(mnt: Path, r: random.Random, one_by_one: bool = False) -> None:
@@ -501,6 +512,8 @@ class Judged:
     reason: str
     cpu_s: float
     slow: dict = field(default_factory=dict)  # the slow windows' state after it (Cusum per window)
+    zeroed: float = 0.0  # share of the data that became zeros (wiped + discarded: the wipe measure before discards)
+    destroyed: float = 0.0  # the wipe measure (anomaly.SnapshotSignals.destroyed)
 
 
 class Judge:
@@ -524,8 +537,18 @@ class Judge:
         t0 = time.process_time()
         signals = self.det._signals(m, base, None, self.policy)
         v = anomaly.judge_relative(seq, signals, window, [], self.policy, carried=carried)
+        cpu = time.process_time() - t0
+        if FREE_SPACE_DIAGNOSTIC and (signals.counted or signals.sparse):
+            # what the coverage window gained over the base file system's free space (blocks
+            # holding stale bytes of deleted files): no file's live data was overwritten there
+            alloc = self.det._allocation(base)
+            blocks = signals.counted | signals.sparse
+            free = sum(alloc.unused(i * m.block_size, m.block_size) for i in blocks) if alloc else -1
+            print(f"    counted {len(blocks)} blocks (turned random or sparse random), {free} of them over blocks "
+                  f"the base's file system neither allocated nor referenced", flush=True)
         return Judged(v.verdict, v.score, signals.changed_blocks, signals.turned_random,
-                      "; ".join(v.reasons)[:110], time.process_time() - t0, v.slow)
+                      "; ".join(v.reasons)[:110], cpu, v.slow,
+                      (signals.wiped + signals.discarded) / signals.data_blocks, signals.destroyed)
 
 
 @dataclass
@@ -554,6 +577,8 @@ def pg_ops(pg_scale: int) -> dict[str, tuple[bool, Callable[[Path, random.Random
     return {
         "pgbench -T 8 (workload)": (False, with_pg(lambda pg: pg.pgbench("-T", "8", "-c", "2"))),
         "VACUUM FULL": (False, with_pg(lambda pg: pg.sql("VACUUM FULL"))),
+        "VACUUM FULL + fstrim": (False, lambda mnt, r: with_pg(lambda pg: pg.sql("VACUUM FULL"))(mnt, r)
+                                 or trim_noted(mnt, "benign VACUUM FULL + fstrim")),
         "pgbench -i (re-initialise)": (False, with_pg(lambda pg: pg.pgbench("-i", "-s", str(pg_scale), "-q"))),
         "e4defrag": (False, lambda mnt, r: run(["e4defrag", str(mnt)], check=False) and None),
         "attack: full": (True, attack("full")),
@@ -566,6 +591,10 @@ def pg_ops(pg_scale: int) -> dict[str, tuple[bool, Callable[[Path, random.Random
         "attack: adaptive, padded hex (data: 3f2a …)": (True, attack("padded")),
         "attack: adaptive, intermittent 8/32 + 8 spaces glued": (True, attack("islands")),
         "attack: wiper (every data file zeroed)": (True, attack("zero")),
+        "attack: wiper (every data file zeroed + fstrim)": (True, lambda mnt, r: attack("zero")(mnt, r)
+                                                            and trim_noted(mnt, "wiper zeroed + fstrim")),
+        "attack: wiper (every data file deleted + fstrim)": (True, lambda mnt, r: fstrim_after_delete(
+            mnt, r, wipe=True, under="pg/base")),
         "attack: image truncated to half": (True, lambda mnt, r: TRUNCATE),
     }
 
@@ -685,7 +714,8 @@ def bench_corpus(name: str, base_img: Path, ops: dict, seeds: int, judge: Judge,
             if refused:
                 row.runs[-1].reason = (refused + row.runs[-1].reason)[:110]
             print(f"  {name:10} {op:32} seed {seed}: {row.runs[-1].verdict:8} score {row.runs[-1].score:.4f} "
-                  f"changed {row.runs[-1].changed} {coverage_line(row.runs[-1], base_blocks)}", flush=True)
+                  f"changed {row.runs[-1].changed} {coverage_line(row.runs[-1], base_blocks)} "
+                  f"{wipe_line(row.runs[-1])}", flush=True)
         rows.append(row)
     for label, (is_attack, step, cycles) in daily_ops(name).items():
         if selected(label):
@@ -754,6 +784,12 @@ def coverage_line(j: "Judged", data_blocks: int) -> str:
     """The coverage window's state after a verdict, for the progress lines."""
     cov = j.slow.get(anomaly.COVERAGE)
     return "coverage -" if cov is None else f"coverage {cov.total(data_blocks):.4f} ({len(cov.blocks)} blocks)"
+
+
+def wipe_line(j: "Judged") -> str:
+    """The wipe measure after a verdict and the share of the data that became zeros (what the
+    measure was before discarded blocks were told apart), for the progress lines."""
+    return f"zeroed {j.zeroed:.4f} destroyed {j.destroyed:.4f} judge {j.cpu_s:.2f} CPU-s"
 
 
 def daily_ops(corpus: str) -> dict[str, tuple[bool, Callable[[Path, random.Random, int, dict], float], int]]:
@@ -846,7 +882,7 @@ def _daily(name: str, base_img: Path, base_m: Manifest, seeds: int, judge: Judge
             summed += j.score
             print(f"  {name:10} daily seed {seed} day {day}: {j.verdict} score {j.score:.4f} summed {summed:.4f} "
                   f"{coverage_line(j, _nonzero_blocks(m, judge.store.get))} "
-                  f"conservation {j.slow['conservation'].total:.4f} reason {j.reason[:60]}", flush=True)
+                  f"conservation {j.slow['conservation'].total:.4f} {wipe_line(j)} reason {j.reason[:60]}", flush=True)
             if j.verdict == "suspect":
                 detected = day
                 break
@@ -1101,14 +1137,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slow-cycles", type=int, default=8)
     p.add_argument("--no-cluster", action="store_true")
     p.add_argument("--only", choices=("postgres", "fileshare"))
+    p.add_argument("--free-space", action="store_true",
+                   help="print, per judged snapshot, how many counted blocks lay in the base file system's free space")
     p.add_argument("--ops", help="comma-separated substrings: run only the operations (and slow rows) naming one")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "detection.md")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("needs root (loop mounts, runuser postgres)", file=sys.stderr)
         return 2
-    global SOCK, OPS
+    global SOCK, OPS, FREE_SPACE_DIAGNOSTIC
     OPS = tuple(x.strip() for x in args.ops.split(",")) if args.ops else None
+    FREE_SPACE_DIAGNOSTIC = args.free_space
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="replicad-detbench-", dir="/var/tmp"))
     os.chmod(work, 0o755)  # the postgres user traverses it to its data directory
