@@ -174,7 +174,7 @@ def evidence_lines(e: Mapping[str, Any]) -> list[str]:
         lines.append("  " + "; ".join(marks))
     slow = here.get("slow")
     if isinstance(slow, Mapping):
-        for name in ("relative", "conservation", "coverage"):
+        for name in ("relative", "conservation", "coverage", "wipes"):
             w = slow.get(name)
             if not isinstance(w, Mapping):
                 continue
@@ -183,7 +183,8 @@ def evidence_lines(e: Mapping[str, Any]) -> list[str]:
                          f"{percent(w.get('total', 0))} "
                          f"of max {percent(w.get('max', 0))}"
                          + ("" if began is None else f", began at #{began} ("
-                            + (f"{w.get('count')} distinct blocks)" if name == "coverage" else f"{w.get('snapshots')} snapshots)"))
+                            + (f"{w.get('count')} distinct blocks)" if name in ("coverage", "wipes")
+                               else f"{w.get('snapshots')} snapshots)"))
                          + (", FLAGGED" if w.get("flagged") else ""))
     reasons = here.get("reasons") or []
     if reasons:

@@ -195,3 +195,14 @@ def test_the_daemon_carries_the_wipe_window_and_a_confirmation_resets_it(tmp_pat
     (d / "5.json").write_text(json.dumps(doc))
     got = det._history("v", 6, vs)[0]
     assert WIPES not in got and "coverage" in got
+
+
+def test_the_evidence_view_shows_the_wipe_window() -> None:
+    """``replicad evidence``: the wipe window's line, as the coverage's (distinct blocks)."""
+    from replicad.ops.evidenceview import evidence_lines
+    w = Wipes().step(2, 64, set(range(16))).step(3, 48, set(range(16, 28)))
+    here = {"site": "b", "verdict": "suspect", "base_seq": 2, "first_suspect_seq": 2, "restore_seq": 1,
+            "slow": {"anchor": 1, WIPES: {**w.doc(), "total": w.total(), "flagged": True, "max": 0.3}}}
+    lines = evidence_lines({"here": here})
+    assert "  slow window wipes (after #1, the last confirmed or first snapshot): 43.8 % of max 30.0 %, " \
+           "began at #2 (28 distinct blocks), FLAGGED" in lines, lines
