@@ -736,10 +736,11 @@ def wipe_room(policy: dict, carried: dict) -> dict:
     (:class:`anomaly.Wipes`) holds: what :meth:`Detection._signals` compares this snapshot's zeroed
     blocks with to decide whether to read the file-system maps (discards told from wipes). They are
     read on a snapshot whose zeros could take the window past half of ``wipe_max``, not only on one
-    passing ``wipe_max`` alone: the first ``fstrim`` of a volume discards the stale bytes of all its
-    free space (20 % of the data of the benchmark's file share), which, counted as wiped, left the
-    window of a month of benign log rotation at 24-25 % (tests/bench/results/detection-wipes.md).
-    Pure."""
+    passing ``wipe_max`` alone: zeroed blocks no file uses any more (discarded free space) count
+    only as far as the files' data shrank, before they eat the window's margin (the file share's
+    first daily ``fstrim`` zeroed 20 % of its data, 16.3 % of it lost as the big log file's
+    rotation; a month of its benign log rotation ended at 19.8-25.3 % of the 30 %:
+    tests/bench/results/detection-wipes.md). Pure."""
     wipes = carried.get(anomaly.WIPES)
     total = wipes.total() if isinstance(wipes, anomaly.Wipes) else 0.0
     return {**policy, "wipe_max": max(0.0, float(policy["wipe_max"]) / 2 - total)}
