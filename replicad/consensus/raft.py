@@ -504,6 +504,10 @@ RELAY_BURST_S = 10.0
 RELAY_FOR_S = 120.0
 """Point 20: how long this site keeps relaying one of its own commands that is not applied here (the
 daemon gives a proposal 15 s; a command committed later still holds, once)."""
+RELAY_EXPIRY_MARGIN_NS = 600 * 10**9
+"""Point 20: a relayed command stamped less than this before the end of the replay window (by the
+majority clock) is not relayed, passed on nor watched: the leader might refuse it as expired before a
+watch of :data:`WITHHELD_AFTER_S` ran out, and that leader would be deposed for it."""
 RELAY_PER_CHECK = 8
 """Point 20: at most this many of this site's own commands relayed per :data:`WITHHELD_CHECK_S` (to
 each member: below half of :data:`RELAY_CMDS_PER_S`)."""
@@ -2171,7 +2175,10 @@ class RaftNode:
         business), ``relay_bad_signature`` (does not verify under the keys the state gives ``by``,
         a key revoked through Raft, or signed for another cluster) and ``known`` (not counted: its op
         id was applied already, or it is older than the replay window; an honest member can relay
-        a command that just committed). None: append it, or pass it on."""
+        a command that just committed; at a follower also: stamped within
+        :data:`RELAY_EXPIRY_MARGIN_NS` of the window's end, or signed by the site of the leader it
+        follows — the leader refuses both, and a watched command the leader refuses would depose an
+        honest leader). None: append it, or pass it on."""
         entry = entry_call(command)
         decoded = None if entry is None else checkpoint.decode_command(entry[1])
         if not isinstance(decoded, dict):
@@ -2195,6 +2202,22 @@ class RaftNode:
             cluster_state._check_fresh(state, decoded, trust)
         except Exception:  # replayed or expired (or fields it cannot read): nothing to relay
             return "known", "applied already or too old"
+        syncobj = self._syncobj
+        if syncobj is None or syncobj._SyncObj__raftState == _RAFT_STATE_LEADER:
+            return None  # the leader appends what is fresh by its own clock (no margin: see below)
+        quorum_now, now_ns = cluster_state.quorum_now_ns(state), decoded.get("now_ns")
+        if quorum_now is not None and isinstance(now_ns, int) \
+                and now_ns < quorum_now - trust.replay_window_ns + RELAY_EXPIRY_MARGIN_NS:
+            # a follower: the leader might refuse it as expired before this node's watch ran out,
+            # and watched, it would depose an honest leader (a member holding an old, never applied
+            # command); the margin is the follower's only, so a leader never refuses what a follower
+            # a little behind it passed on
+            return "known", "too close to the end of the replay window"
+        leader = syncobj._SyncObj__raftLeader
+        if leader is not None and leader != syncobj._SyncObj__selfNode and by == self._site_of(leader.id):
+            # the leader's own command, relayed by a third member: the leader refuses it
+            # (relay_own_site) and appends its own commands itself; watched, it would depose it
+            return "known", "a command of the leader's own site"
         return None
 
     def _site_of(self, node_id: str) -> str | None:

@@ -179,3 +179,44 @@ def test_a_signed_clusters_relay_check_passes_on_only_another_members_valid_unap
     assert check(b"\xc1\xc1") == "relay_malformed" and check(packed([1, 2])) == "relay_malformed"
     assert apply(node._consumer, valid)["ok"]
     assert check(valid) == "known"  # applied: a replay would be refused in site-c's name
+
+
+def test_a_follower_neither_passes_on_nor_watches_its_leaders_own_command_or_one_about_to_expire(tmp_path):
+    """Two relays a follower must drop silently (attacker review R8), each of which the leader would
+    refuse, so that the follower's watch would depose an honest leader: a command of the leader's own
+    site relayed by a third member (the leader refuses ``relay_own_site``), and one stamped within
+    RELAY_EXPIRY_MARGIN_NS of the replay window's end (the leader may refuse it as expired before
+    the watch runs out). The leader itself applies no margin: it never refuses what a follower a
+    little behind it passed on."""
+    from types import SimpleNamespace
+
+    from tests.unit.consensus.test_depose import ADDR, CLUSTER, KEYS, TRUST, apply, founded, packed, signed
+
+    from replicad.consensus.raft import RELAY_EXPIRY_MARGIN_NS, RaftNode
+    from replicad.core.identity import Signer
+    from replicad.core.state import quorum_now_ns
+
+    node = RaftNode(ADDR["a"], [ADDR["b"], ADDR["c"]], tmp_path, "secret", trust=TRUST,
+                    signer=Signer("a", KEYS["a"], CLUSTER), sites={ADDR[s]: s for s in ("a", "b", "c")})
+    node._consumer = founded()
+    for site in ("a", "b", "c"):  # registered sites report clocks: the majority clock exists
+        assert apply(node._consumer, signed(site, "register_site", site_id=site, peer_url=f"https://{site}",
+                                            kind="data"))["ok"]
+    # the leadership this node sees (the attributes of pysyncobj's SyncObj the check reads)
+    node._syncobj = SimpleNamespace(_SyncObj__raftState=consensus.pysyncobj.syncobj._RAFT_STATE.FOLLOWER,
+                                    _SyncObj__raftLeader=SimpleNamespace(id=ADDR["b"]),
+                                    _SyncObj__selfNode=SimpleNamespace(id=ADDR["a"]))
+
+    def check(command: dict):
+        problem = node._relay_check(b"\x00" + pickle.dumps((0, (packed(command),)), protocol=2), ADDR["c"])
+        return None if problem is None else problem[0]
+
+    quorum = quorum_now_ns(node.view())
+    assert quorum is not None
+    edge = quorum - TRUST.replay_window_ns
+    assert check(signed("c")) is None  # another follower's fresh command: passed on and watched
+    assert check(signed("b")) == "known"  # the leader's own, relayed by site-c: dropped
+    assert check(signed("c", now_ns=edge + RELAY_EXPIRY_MARGIN_NS // 2)) == "known"  # about to expire
+    assert check(signed("c", now_ns=edge + 2 * RELAY_EXPIRY_MARGIN_NS)) is None
+    node._syncobj._SyncObj__raftState = consensus._RAFT_STATE_LEADER
+    assert check(signed("c", now_ns=edge + RELAY_EXPIRY_MARGIN_NS // 2)) is None  # the leader: fresh enough
