@@ -60,13 +60,13 @@ TREE_NODES_MAX = 1 << 20
 """Index and leaf blocks read in one file system at most (a 16 TiB file system of 4 KiB blocks
 fully fragmented into 340-extent leaves needs ~3M; past this the reader gives up: ``None``)."""
 READ_MAX = 64 << 20
+"""Bytes of bitmaps or inode tables read in one request (a group's table is read in pieces)."""
 BLOCKS_MAX = 1 << 27
-"""File-system blocks read at most (512 GiB of 4 KiB blocks: two maps of 128 MiB); a larger file
+"""File-system blocks read at most (512 GiB of 4 KiB blocks: three maps of 128 MiB); a larger file
 system gives ``None`` (its zeroed blocks count as wiped, as without this reader). Open: maps
 packed one bit a block, and the bitmaps read in batches, for larger volumes."""
 RO_COMPAT_GDT_CSUM = 0x10
 RO_COMPAT_METADATA_CSUM = 0x400
-"""Bytes of bitmaps or inode tables read in one request (a group's table is read in pieces)."""
 
 
 @dataclass(frozen=True)
