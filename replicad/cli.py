@@ -754,8 +754,9 @@ def _result_text(action: Any, result: Any) -> str:
     if "members" in result:
         sites = ", ".join(str(m.get("site_id", m)) if isinstance(m, dict) else str(m) for m in result["members"])
         return f"the cluster's membership is now {sites}"
-    if "previous_primary" in result:
-        return f"{vol}: no primary now, epoch {result.get('epoch')} (was {result['previous_primary']})"
+    if "previous_primary" in result:  # a promote names its new primary, a demote none
+        now = f"primary {result['primary']}" if result.get("primary") else "no primary"
+        return f"{vol}: {now} now, epoch {result.get('epoch')} (was {result['previous_primary']})"
     return "; ".join(f"{_key_shown(k)} {_readable(v, k)}" for k, v in result.items() if k != "ok") or "done"
 
 

@@ -621,3 +621,13 @@ def test_volumes_show_the_agreed_maximum_also_at_80_columns(admin_stub) -> None:
     wide = run_env({"COLUMNS": "200"}, "--admin", url, "volumes")
     row = next(x for x in wide.stdout.splitlines() if "radiology-archive" in x)
     assert "max size (agreed)" in wide.stdout and "3TiB" in row and "6TiB" in row, wide.stdout
+
+
+def test_an_applied_role_change_names_the_new_primary() -> None:
+    from replicad.cli import _result_text
+
+    promoted = {"ok": True, "volume": "ehr", "epoch": 5, "primary": "site-b", "previous_primary": "site-a",
+                "forced": True}
+    assert _result_text("promote", promoted) == "ehr: primary site-b now, epoch 5 (was site-a)"
+    demoted = {"ok": True, "volume": "ehr", "epoch": 6, "previous_primary": "site-b"}
+    assert _result_text("demote", demoted) == "ehr: no primary now, epoch 6 (was site-b)"
