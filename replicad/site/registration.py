@@ -26,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from replicad.config import VolumeConfig
 from replicad.core.errors import ReplicadError
 from replicad.sources import qemu
+from replicad.sources.file import _open_source
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +70,12 @@ async def registered_size_bytes(v: VolumeConfig) -> int:
 
 
 def _file_size_bytes(path: str) -> int:
-    """Size in bytes of the file or block device at ``path`` (worker thread). Raises OSError."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
-    finally:
-        os.close(fd)
+    """Size in bytes of the file or block device at ``path``, as the ``file`` source reads it
+    (:func:`replicad.sources.file._open_source`; worker thread). Raises OSError, UsageError
+    (neither a regular file nor a block device)."""
+    fd, size = _open_source(Path(path))
+    os.close(fd)
+    return size
 
 
 def registration_problems(cfg: VolumeConfig, vs: dict) -> list[str]:

@@ -43,3 +43,16 @@ def test_each_registration_is_judged_once(caplog) -> None:
     assert gauge.labels("site-a", "pacs")._value.get() == 1
     assert not check.held(CFG, HONEST)  # the registration changed (a new cluster): judged again
     assert gauge.labels("site-a", "pacs")._value.get() == 0 and len(caplog.records) == 1
+
+
+def test_a_file_volume_is_registered_with_its_image_size(tmp_path, caplog) -> None:
+    import asyncio
+
+    from replicad.site.registration import registered_size_bytes
+
+    image = tmp_path / "pacs.img"
+    image.write_bytes(b"\1" * 3 * 65536)
+    assert asyncio.run(registered_size_bytes(CFG.model_copy(update={"path": image}))) == 3 * 65536
+    with caplog.at_level(logging.WARNING, logger="replicad.site.registration"):  # a directory: no size, no raise
+        assert asyncio.run(registered_size_bytes(CFG.model_copy(update={"path": tmp_path}))) == 0
+    assert "registered without a size" in caplog.text, caplog.text
