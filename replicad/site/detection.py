@@ -39,7 +39,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from replicad.core import anomaly
+from replicad.core import anomaly, ext4alloc
 from replicad.core.errors import NotFoundError, ReplicadError
 import numpy as np
 
@@ -49,6 +49,7 @@ from replicad.site.cluster import Cluster
 from replicad.site.runner import load_manifest
 from replicad.storage.chunkstore import ChunkStore
 from replicad.storage.durable import fsync_dir
+from replicad.storage.snapshotview import SnapshotReader
 from replicad.telemetry.metrics import SiteMetrics
 
 log = logging.getLogger("replicad.site.detection")
@@ -246,7 +247,8 @@ class Detection:
             # zeros could take the wipe window past half of wipe_max (wipe_room)
             room = wipe_room(policy, carried)
             signals, used = await asyncio.to_thread(
-                _timed, lambda: self._signals(m, base, self._cold_reference(vs, seq, policy), room, sampling))
+                _timed, lambda: self._signals(m, base, self._cold_reference(vs, seq, policy), room, sampling,
+                                              anchor=None if anchor == base_seq else lambda: self._held(vs, anchor)))
             cpu_s += used
             t0 = time.thread_time()
             verdict = anomaly.judge_relative(seq, signals, window, confirmed, policy, conserve_window=conserve,
@@ -478,7 +480,8 @@ class Detection:
         return None
 
     def _signals(self, m: Manifest, base: Manifest, ref: Manifest | None,
-                 policy: dict | None = None, sampling: dict | None = None) -> anomaly.SnapshotSignals:
+                 policy: dict | None = None, sampling: dict | None = None,
+                 anchor: Callable[[], Manifest | None] | None = None) -> anomaly.SnapshotSignals:
         """The relative signals of ``m`` against ``base`` (worker thread; verified reads), with
         the ransom-note patterns and strong indicators of ``policy`` (default:
         :data:`anomaly.POLICY_DEFAULTS`).
@@ -494,7 +497,13 @@ class Detection:
         conservative side; the sparse ones only as far as sampled). The walk holds arrays of one
         page at a time, never an object per changed block. ``sampling``, if given, is filled
         with ``changed``, ``judged`` (blocks looked at), ``distinct`` (pairs compared), ``scale``
-        (the larger stratum's) and ``strata`` (``{"data"|"fresh": [changed, looked at]}``)."""
+        (the larger stratum's) and ``strata`` (``{"data"|"fresh": [changed, looked at]}``).
+        Zeroed blocks the new file system no longer uses count as ``discarded``, not ``wiped``
+        (:meth:`_discards`: the file-system maps are read only when the zeroed blocks would pass
+        ``wipe_max``; below it they count as ``wiped``, which flags nothing), and only as far as
+        the files' data shrank since the wipe window's anchor: ``anchor`` returns that snapshot's
+        manifest, or None when it is not held here (every discarded block then counts); ``anchor``
+        None: ``base`` is the anchor."""
         policy = anomaly.with_defaults(policy or anomaly.POLICY_DEFAULTS)
         notes, note_min = list(policy["ransom_notes"]), int(policy["ransom_note_min"])
         strong = list(policy["ransom_note_strong"])
@@ -517,7 +526,9 @@ class Detection:
         # and the non-zero count's change (arrays, page by page)
         counts = [0, 0]
         delta = 0
+        changed: list[np.ndarray] = []  # the changed blocks' indices (the wipe measure's balance, _discards)
         for idx, new_rows, old_rows in changed_rows(base, m, load):
+            changed.append(idx)
             had = old_rows.any(axis=1)
             counts[0] += int(np.count_nonzero(had))
             counts[1] += len(idx) - int(np.count_nonzero(had))
@@ -537,6 +548,7 @@ class Detection:
         # pass 2: each distinct (old, new) pair among them compared once
         judged: dict[bytes, tuple[anomaly.BlockFinding, list[str]]] = {}
         pos = [0, 0]
+        zeroed: list[list[int]] = [[], []]  # per stratum: the looked-at blocks that held data and are zeros now
         for idx, new_rows, old_rows in changed_rows(base, m, load):
             if idx[0] == 0:  # the volume's own file-system structure: block 0, always looked at
                 new, _ = self._read(new_rows[0].tobytes())
@@ -561,10 +573,17 @@ class Detection:
                         hit = judged[key] = (finding, anomaly.ransom_note_matches(new, old, notes, note_min, strong))
                     finding, matched = hit
                     part.add(index, finding, old_d != ZERO_DIGEST and ref_digest(index) == old_d)
+                    if finding.wiped:
+                        zeroed[k].append(index)
                     if matched:
                         part.add_note(index, matched)
         looked = [counts[k] if picks[k] is None else len(picks[k]) for k in (0, 1)]
         scales = [counts[k] / looked[k] if looked[k] else 1.0 for k in (0, 1)]
+        # the file-system maps are read only when the zeroed blocks alone would pass wipe_max
+        # (a few zeroed blocks change no verdict: not worth a walk of the inode tables)
+        if sum(len(zeroed[k]) * scales[k] for k in (0, 1)) / max(1, data_blocks) > float(policy["wipe_max"]):
+            self._discards(m, base, parts, zeroed, np.concatenate(changed) if changed else np.zeros(0, np.int64),
+                           anchor)
         for k in (0, 1):
             if picks[k] is not None:
                 _scale_counts(parts[k], scales[k])
@@ -575,6 +594,103 @@ class Detection:
                             scale=round(max(scales), 3), strata={"data": [counts[0], looked[0]],
                                                                  "fresh": [counts[1], looked[1]]})
         return signals
+
+    def _discards(self, m: Manifest, base: Manifest, parts: list[anomaly.SnapshotSignals],
+                  zeroed: list[list[int]], changed: np.ndarray,
+                  anchor: Callable[[], Manifest | None] | None = None) -> None:
+        """Move the zeroed blocks of each stratum (``zeroed[k]``, indices of ``parts[k]``'s wiped
+        blocks) that the new snapshot's ext2/3/4 file system neither allocates nor references from
+        ``wiped`` to ``discarded``, and set ``files_lost`` (of ``parts[0]``) to the data the files
+        held at the wipe window's anchor and no longer hold in ``m``, in volume blocks
+        (:meth:`_files_lost`; :mod:`replicad.core.ext4alloc`;
+        :attr:`anomaly.SnapshotSignals.destroyed`). ``changed``: the indices of every block changed
+        since ``base``. ``anchor``: returns the anchor's manifest (the snapshot the wipe window
+        counts from: the last one a person confirmed, else the volume's first held), None when it
+        is not held here; ``anchor`` None: ``base`` is the anchor. Measured against the anchor, not
+        ``base``: files deleted in one snapshot (metadata only, nothing zeroed: clean) and their
+        blocks zeroed in the next would otherwise be lost against a base that no longer has them,
+        and a volume erased in two steps would pass as discarded free space. Every discarded block
+        counts as lost when the anchor is not held, holds no file system the reader understands,
+        or has another geometry (excusing nothing is the safe side). Nothing moves when the new
+        snapshot holds no such file system. Worker thread; verified reads (raises IntegrityError /
+        NotFoundError like every read of a judgement)."""
+        new = self._allocation(m)
+        if new is None:
+            return
+        bs = m.block_size
+        for part, indices in zip(parts, zeroed):
+            n = sum(1 for i in indices if new.unused(i * bs, m.block_len(i)))
+            part.wiped -= n
+            part.discarded += n
+        if not (parts[0].discarded or parts[1].discarded):
+            return
+        if anchor is not None:
+            was = anchor()
+            if was is not None and was.block_size == bs:
+                load = _PageCache(self.store.get)
+                rows = [idx for idx, _, _ in changed_rows(was, m, load)]
+                changed = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        else:
+            was = base
+        old = self._allocation(was) if was is not None and was.block_size == bs else None
+        if old is None or old.block_size != new.block_size or old.blocks != new.blocks or bs % new.block_size:
+            # anchor not held, no file system there, or another geometry: every discarded block counts as lost
+            parts[0].files_lost = float(parts[0].discarded + parts[1].discarded)
+            return
+        parts[0].files_lost = self._files_lost(m, was, new, old, changed)
+
+    def _files_lost(self, m: Manifest, base: Manifest, new: ext4alloc.Ext4Allocation,
+                    old: ext4alloc.Ext4Allocation, changed: np.ndarray) -> float:
+        """The data the files held in ``base`` and no longer hold in ``m``, in volume blocks (0 if
+        they hold more): over the file-system blocks whose ``written`` mark differs or whose volume
+        block changed, each block's :func:`ext4alloc.data_weight` in ``base`` where ``old`` marks it
+        written, less its weight in ``m`` where ``new`` does. Only those blocks are read (both
+        versions, verified), each distinct content once (a manifest repeating one chunk costs one
+        read, as in :meth:`_signals`): a file written full of zeros, ``fallocate`` or a second inode
+        on live blocks adds nothing; a move (``VACUUM FULL``) writes as much data as it frees."""
+        bs, fs = m.block_size, new.block_size
+        per = bs // fs
+        pad = (-new.blocks) % per
+        written_any = np.concatenate([old.written | new.written, np.zeros(pad, np.uint8)]).reshape(-1, per).any(axis=1)
+        changed = changed[changed < len(written_any)]
+        differs = np.flatnonzero(old.written != new.written) // per
+        blocks = np.union1d(changed[written_any[changed]], differs)
+        readers = (SnapshotReader(self.store, base), SnapshotReader(self.store, m))
+        weights: dict[bytes, np.ndarray] = {}  # per distinct content: read and weighed once
+        lost = 0.0
+        for v in blocks.tolist():
+            first, last = v * per, min(new.blocks, (v + 1) * per)
+            for sign, reader, alloc in ((1.0, readers[0], old), (-1.0, readers[1], new)):
+                marks = alloc.written[first:last]
+                if v >= reader.manifest.n_blocks or not marks.any():
+                    continue
+                digest = reader.digest(v)
+                if digest == ZERO_DIGEST:
+                    continue
+                w = weights.get(digest)
+                if w is None:
+                    w = weights[digest] = ext4alloc.data_weight(reader.block(v).ljust(bs, b"\0")[:per * fs], fs)
+                lost += sign * float(np.dot(marks, w[:last - first]))
+        return max(0.0, lost) * fs / bs
+
+    def _held(self, vs: dict, seq: int | None) -> Manifest | None:
+        """The manifest of snapshot ``seq`` of ``vs`` if this site holds it (a verified read), else
+        None (not in the catalog, pruned, not fetched here, or unreadable: the caller excuses
+        nothing). Worker thread."""
+        snap = vs["snapshots"].get(seq) if seq is not None else None
+        if snap is None or not self.store.has(snap["root"]):
+            return None
+        try:
+            return load_manifest(self.store, snap["root"])
+        except ReplicadError:
+            return None
+
+    def _allocation(self, m: Manifest) -> ext4alloc.Ext4Allocation | None:
+        """The ext2/3/4 allocation of snapshot ``m`` (:func:`ext4alloc.read_allocation`, from
+        verified chunks). Not remembered: its maps take three bytes per file-system block (up to
+        384 MiB at :data:`ext4alloc.BLOCKS_MAX`), and reading them costs milliseconds to seconds,
+        only when zeroed blocks pass ``wipe_max``."""
+        return ext4alloc.read_allocation(SnapshotReader(self.store, m).read, m.size_bytes)
 
     def nonzero_of(self, m: Manifest) -> int:
         """Non-zero blocks of ``m``: remembered (counted here before) or counted from every page
@@ -750,7 +866,7 @@ def _scale_counts(signals: anomaly.SnapshotSignals, scale: float) -> None:
     """Scale the block counts of a sample to the whole (``scale`` = changed / sampled blocks): the
     estimates of what all the changed blocks would have counted (unbiased: each block was in the
     sample with the same chance). ``counted``/``sparse`` keep the sampled indices."""
-    for name in ("turned_random", "fresh_random", "wiped", "cold_rewritten", "ransom_notes"):
+    for name in ("turned_random", "fresh_random", "wiped", "discarded", "cold_rewritten", "ransom_notes"):
         setattr(signals, name, int(round(getattr(signals, name) * scale)))
     signals.structure_freed *= scale
     signals.random_filled *= scale
@@ -771,8 +887,8 @@ def _sampled(sampling: dict) -> str:
 def _merge_into(into: anomaly.SnapshotSignals, other: anomaly.SnapshotSignals) -> None:
     """Add the counts of ``other`` (another stratum of the same snapshot's changed blocks) to
     ``into``; the evidence lists stay within :data:`anomaly.EVIDENCE_MAX`."""
-    for name in ("changed_blocks", "turned_random", "fresh_random", "wiped", "cold_rewritten", "ransom_notes",
-                 "structure_freed", "random_filled"):
+    for name in ("changed_blocks", "turned_random", "fresh_random", "wiped", "discarded", "cold_rewritten",
+                 "ransom_notes", "structure_freed", "random_filled", "files_lost"):
         setattr(into, name, getattr(into, name) + getattr(other, name))
     for name, v in other.magic_destroyed.items():
         into.magic_destroyed[name] = into.magic_destroyed.get(name, 0) + v
