@@ -908,7 +908,7 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def _nonzero_blocks(m: Manifest, load_page: Callable[[bytes], bytes]) -> int:
-    """Non-zero blocks of ``m`` (every page loaded: 1 page per 4096 blocks;
+    """Non-zero blocks of ``m`` (every page loaded: 1 page per ``m.page_entries`` blocks;
     :func:`replicad.core.manifest.nonzero_blocks`)."""
     return nonzero_blocks(m, load_page)
 
