@@ -317,7 +317,8 @@ class Promotion:
                 seq, manifest, skipped = await self._restorable(name, vs)
             report.update(restored_seq=seq, skipped_seqs=skipped)
             t_fetched = time.monotonic()
-            if self.instant is not None and self.instant.wanted(name, vs["epoch"], seq, manifest.root):
+            if self.instant is not None and await asyncio.to_thread(  # reads, may rewrite (fsync) the record
+                    self.instant.wanted, name, vs["epoch"], seq, manifest.root):
                 inst = await self.instant.serve(name, vs["epoch"], seq, manifest, Path(runner.cfg.path))
             try:
                 if inst is not None and inst.phase == "done":
