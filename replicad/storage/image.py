@@ -291,7 +291,8 @@ class _RunWriter:
 
 def _apply_page(fd: int, dfd: int | None, read_bufs: tuple[memoryview, memoryview], writer: _RunWriter | None,
                 manifest: Manifest, store: ChunkStore, base: Manifest | None, i: int,
-                want: list[bytes], zero_from: int, regular: bool, rewrite_all: bool = False) -> tuple[int, int]:
+                want: list[bytes], zero_from: int, regular: bool, rewrite_all: bool = False,
+                memo: dict[int, bytes] | None = None) -> tuple[int, int]:
     """Make page ``i`` of the target hold the block digests ``want``; (blocks, bytes) written.
 
     The target's current digests come from ``base`` (trusted) or a re-read (through ``dfd``
@@ -300,14 +301,16 @@ def _apply_page(fd: int, dfd: int | None, read_bufs: tuple[memoryview, memoryvie
     last block always) with buffered pwrites on ``fd``. Every write of the page is finished
     on return. Idempotent: rerunning a page after a failure writes the same bytes. With
     ``rewrite_all`` the target is neither trusted nor read: every block not known to be zero
-    (past ``zero_from``) is written. Raises OSError (EINVAL: direct I/O refused)."""
+    (past ``zero_from``) is written. ``memo``: kept by the caller across ascending pages, so a
+    ``base`` page of another geometry (one 4096-entry page spans 8 of 512) is loaded once
+    (:func:`~replicad.core.manifest.block_range`). Raises OSError (EINVAL: direct I/O refused)."""
     bs = manifest.block_size
     first = i * manifest.page_entries
     if rewrite_all:
         have: list[bytes] = []
     elif base is not None and base.page_entries != manifest.page_entries:
         # a base of another geometry (a format-1 standby record): its digests of the same blocks
-        raw = block_range(base, first, first + len(want), store.get)
+        raw = block_range(base, first, first + len(want), store.get, memo)
         have = [raw[k:k + DIGEST_SIZE] for k in range(0, len(raw), DIGEST_SIZE)]
     elif base is not None:
         have = page_entries(store.get(base.pages[i])) if i < len(base.pages) else []
@@ -426,6 +429,7 @@ def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base:
             zero_from = min(old_size, manifest.size_bytes)
         dfd = open_direct(target, os.O_RDWR, bs) if direct else None
         writer = _RunWriter(dfd, fd) if dfd is not None else None
+        memo: dict[int, bytes] = {}  # block_range's last base page (a base of another geometry)
         try:
             for i in _pages_to_visit(manifest, base):
                 want = page_entries(store.get(manifest.pages[i]))
@@ -433,7 +437,7 @@ def apply_snapshot(target: Path, manifest: Manifest, store: ChunkStore, *, base:
                 while True:  # once more through the page cache if direct I/O is refused midway
                     try:
                         n, nbytes = _apply_page(fd, dfd, read_bufs, writer, manifest, store, base, i,
-                                                want, zero_from, regular, rewrite_all)
+                                                want, zero_from, regular, rewrite_all, memo)
                         break
                     except OSError as err:
                         if dfd is None or err.errno != errno.EINVAL:

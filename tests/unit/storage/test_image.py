@@ -119,9 +119,11 @@ async def test_apply_with_a_format_1_base_writes_every_changed_block(tmp_path: P
     img.write_bytes(data)
     m2 = await snap(img, store, 2, parent=m1)
     assert m2.page_entries == DEFAULT_PAGE_ENTRIES and len(m2.pages) == 18
-    report = apply_snapshot(target, m2, store, base=m1)
+    counting = CountingStore(store)
+    report = apply_snapshot(target, m2, counting, base=m1)
     assert target.read_bytes() == bytes(data)
     assert report.blocks_written == len(changed) + 1
+    assert [counting.gets.count(p) for p in m1.pages] == [1, 1, 1]  # a base page spanning 8 new ones: read once
     assert verify_image(target, m2) == m2.root
 
 
