@@ -2189,7 +2189,7 @@ class RaftNode:
         if trust is None or trust.keys is None or inc is None:
             return None  # unsigned cluster or founding: the password is the only identity
         by = decoded.get("by")
-        if by not in {m["site_id"] for m in inc["members"]}:
+        if not isinstance(by, str) or by not in {m["site_id"] for m in inc["members"]}:
             return "relay_not_member", f"a relayed command by {str(by)[:40]!r}, which is not a member"
         if by == self._site_of(self._self_addr):
             return "relay_own_site", f"a command of this site ({by!r}) relayed to it"

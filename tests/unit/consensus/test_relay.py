@@ -175,6 +175,7 @@ def test_a_signed_clusters_relay_check_passes_on_only_another_members_valid_unap
     assert check(signed("c", key="b")) == "relay_bad_signature"  # forged in c's name
     assert check(signed("c", cluster="other")) == "relay_bad_signature"
     assert check(signed("z")) == "relay_not_member"
+    assert check({**signed("c"), "by": ["c"]}) == "relay_not_member"  # not even a name (was a TypeError)
     assert check(signed("a")) == "relay_own_site"  # this site's own: never through others
     assert check(b"\xc1\xc1") == "relay_malformed" and check(packed([1, 2])) == "relay_malformed"
     assert apply(node._consumer, valid)["ok"]
