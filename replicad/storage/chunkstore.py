@@ -829,7 +829,8 @@ class ChunkStore:
             run[0] = offset
 
     def _read_record(self, digest: bytes) -> tuple[int, bytes, int, int]:
-        """(codec, payload, pack, offset) of an indexed chunk; header checked, not hashed."""
+        """(codec, payload, pack, offset) of an indexed chunk; header and record crc32 checked
+        (ISA-L's crc32, ~21 GB/s: a few microseconds per chunk), not hashed."""
         with self._lock:
             self._check_open()
             try:
@@ -851,11 +852,17 @@ class ChunkStore:
         if len(data) != RECORD_HEADER_SIZE + length:
             raise IntegrityError(f"chunk {digest.hex()} truncated in pack {pack_id}",
                                  digest=digest.hex(), pack=pack_id, offset=offset)
-        rec_len, rec_codec, rec_digest, _crc = _REC_HEADER.unpack_from(data)
+        rec_len, rec_codec, rec_digest, crc = _REC_HEADER.unpack_from(data)
         if (rec_len, rec_codec, rec_digest) != (length, codec, digest):
             raise IntegrityError(f"chunk {digest.hex()}: pack record header does not match "
                                  "the index", digest=digest.hex(), pack=pack_id, offset=offset)
-        return codec, data[RECORD_HEADER_SIZE:], pack_id, offset
+        payload = data[RECORD_HEADER_SIZE:]
+        if _record_crc(data[:RECORD_HEADER_SIZE - 4], payload) != crc:
+            # the payload may still hash right (a flipped bit in the crc field itself), but the
+            # record is damaged on disk: a collection (_record_ok) would drop it; verify heals it now
+            raise IntegrityError(f"chunk {digest.hex()}: pack record checksum mismatch",
+                                 digest=digest.hex(), pack=pack_id, offset=offset)
+        return codec, payload, pack_id, offset
 
     def _verified(self, digest: bytes) -> tuple[int, bytes, bytes]:
         codec, payload, pack_id, offset = self._read_record(digest)
