@@ -13,8 +13,10 @@ Pack format (version 1, little endian)::
                   u32 crc32(payload_len..digest + payload)
                   then payload_len bytes of payload
 
-The crc32 makes a torn tail (crash in the middle of an append) detectable; the real
-integrity check on every read is BLAKE3 of the decoded bytes against the digest.
+The crc32 makes a torn tail (crash in the middle of an append) detectable, and single-chunk
+reads (``get``, verify's read) check it too (rot in the crc field itself is damage a collection
+would act on); the real integrity check on every read is BLAKE3 of the decoded bytes against the
+digest.
 
 Writes (O1: a chunk is "stored" only once durable): records are appended to the active
 (highest numbered) pack, the pack is fsynced (and the directory when a pack is created),
