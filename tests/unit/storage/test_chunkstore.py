@@ -64,6 +64,15 @@ def pack_files(root: Path) -> list[Path]:
     return sorted((root / "packs").glob("*.pack"))
 
 
+def flip_record_byte(root: Path, digest: bytes, at: int, mask: int) -> None:
+    """XOR byte ``at`` of ``digest``'s pack record (0 = the record header's first byte) with ``mask``."""
+    _, pack_id, offset, _, _ = next(r for r in index_rows(root) if r[0] == digest)
+    pack = next(p for p in pack_files(root) if int(p.stem) == pack_id)
+    data = bytearray(pack.read_bytes())
+    data[offset + at] ^= mask
+    pack.write_bytes(bytes(data))
+
+
 def assert_consistent(root: Path) -> None:
     """Every pack byte is a header or an indexed record; every row reads back verified."""
     rows = index_rows(root)
@@ -386,11 +395,7 @@ def test_gc_drops_corrupt_live_chunk_instead_of_copying_it(tmp_path: Path) -> No
     blocks = [rand_block(rng, 3000) for _ in range(3)]
     with ChunkStore(tmp_path) as store:
         digests = store.put_blocks(blocks)
-    _, _, offset, _, _ = [r for r in index_rows(tmp_path) if r[0] == digests[0]][0]
-    pack = pack_files(tmp_path)[0]
-    data = bytearray(pack.read_bytes())
-    data[offset + RECORD_HEADER_SIZE + 10] ^= 1
-    pack.write_bytes(bytes(data))
+    flip_record_byte(tmp_path, digests[0], RECORD_HEADER_SIZE + 10, 1)
     with ChunkStore(tmp_path) as store:
         result = store.gc({digests[0], digests[1]}, grace_ns=0)
         assert result["chunks_corrupt"] == 1 and result["chunks_removed"] == 1
@@ -406,11 +411,7 @@ def test_a_flipped_byte_in_a_records_crc_field_is_corruption_to_a_get(tmp_path: 
     blocks = [rand_block(rng, 3000) for _ in range(2)]
     with ChunkStore(tmp_path) as store:
         digests = store.put_blocks(blocks)
-    _, _, offset, _, _ = [r for r in index_rows(tmp_path) if r[0] == digests[0]][0]
-    pack = pack_files(tmp_path)[0]
-    data = bytearray(pack.read_bytes())
-    data[offset + RECORD_HEADER_SIZE - 4] ^= 0x5A  # the first byte of the crc32 field
-    pack.write_bytes(bytes(data))
+    flip_record_byte(tmp_path, digests[0], RECORD_HEADER_SIZE - 4, 0x5A)  # the crc32 field's first byte
     with ChunkStore(tmp_path) as store:
         with pytest.raises(IntegrityError, match="checksum"):
             store.get(digests[0])
