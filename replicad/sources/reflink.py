@@ -20,6 +20,13 @@ cycle (:meth:`ReflinkSource.snapshot`):
    the snapshot Raft holds as committed. A snapshot not committed (:meth:`abandoned`) drops its
    clone and keeps the parent's.
 
+Each tracked cycle's phases, wall seconds, are in ``status()["last"]``: ``clone_s`` (hooks,
+FICLONE, fsyncs), ``map_s`` (both maps), ``diff_s`` (comparison and block runs), ``build_s``
+(the changed blocks read, the manifest built and stored) and, after the commit, ``drop_s``
+(the parent clone deleted); ``extents`` the two maps' lengths. The extent-bound phases are the
+kernel's (clone, maps): measured per phase in tests/bench/results/bench.md ("reflink 16/1 GiB,
+paired").
+
 Tracking states (``status()["state"]``): ``tracking`` → ``lost`` → ``rescan`` → ``tracking``.
 The change record is *lost* when:
 
@@ -354,15 +361,16 @@ class ReflinkSource(SnapshotSource):
             except ReflinkUnsupportedError as err:
                 self._lose(str(err.evidence.get("reason", "extent_map_unsupported")))
             else:
-                map_s = time.perf_counter() - t0
+                t1 = time.perf_counter()
                 ranges = changed_ranges(old_map, old_size, new_map, new_size)
                 runs = block_runs(ranges, parent.block_size, -(-new_size // parent.block_size))
+                t2 = time.perf_counter()
                 tr = await tracked_snapshot(clone, volume=volume, seq=seq, epoch=epoch, parent=parent, store=store,
                                             now_ns=now_ns, runs=runs, allow_shrink=allow_shrink,
                                             page_cache=self._pages)
-                info = {"mode": "tracked", "map_s": map_s, "extents": [len(old_map), len(new_map)],
-                        "changed_ranges": len(ranges), "read_blocks": tr.read_blocks, "read_bytes": tr.read_bytes,
-                        "scan_s": tr.scan.scan_seconds}
+                info = {"mode": "tracked", "map_s": t1 - t0, "diff_s": t2 - t1, "build_s": time.perf_counter() - t2,
+                        "extents": [len(old_map), len(new_map)], "changed_ranges": len(ranges),
+                        "read_blocks": tr.read_blocks, "read_bytes": tr.read_bytes, "scan_s": tr.scan.scan_seconds}
                 snap = SourceSnapshot(tr.scan, "tracked", info, name)
                 if self._verify_due(now_ns):
                     await self._verify(snap, clone, volume, seq, epoch, parent, store, now_ns)
@@ -447,8 +455,10 @@ class ReflinkSource(SnapshotSource):
         else:
             rec["verify"]["cycles"] += 1
         self._save()
+        t0 = time.perf_counter()
         for n in old:  # only now: the parent clone stayed until its child committed
             _unlink(self._clone_path(n))
+        self.last["drop_s"] = time.perf_counter() - t0
 
     async def abandoned(self, snap: SourceSnapshot) -> None:
         """Drop ``snap``'s clone; the parent's stays. A rescan not committed leaves ``lost``."""
