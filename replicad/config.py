@@ -751,6 +751,11 @@ class SiteConfig(BaseModel):
     its first start replays the cluster's founding without this config as reference (a site added
     since the founding is not one of its founders). Read only while this site's Raft log is
     empty; harmless to leave set."""
+    raft_withheld_after_s: DurationS | None = Field(None, ge=20, le=600)
+    """``[raft] withheld_after`` (test benches only: needs ``lab = true``): how long one of this
+    site's commands may stay out of the log under a heartbeating leader before this site deposes it
+    (raft point 19); None: ``replicad.consensus.raft.WITHHELD_AFTER_S`` (45 s). At least 20 s, above
+    the daemon's 15 s proposal deadline, so a caller has seen its proposal fail first."""
     peer_listen: HostPort
     admin_listen: HostPort
     admin_tokens: tuple[AdminToken, ...] = ()
@@ -804,6 +809,7 @@ class SiteConfig(BaseModel):
             tls_set=self.tls is not None,
             identity=self.identity,
             policy=self.policy,
+            withheld_after_s=self.raft_withheld_after_s,
         )
         if problems:
             raise PydanticCustomError(
@@ -883,6 +889,7 @@ def _cross_problems(
     tls_set: bool | None,
     identity: IdentityConfig | None = None,
     policy: PolicyConfig | None = None,
+    withheld_after_s: float | None = None,
 ) -> list[str]:
     """Every rule that involves more than one field, as ``"key.path: message"`` strings.
 
@@ -917,6 +924,9 @@ def _cross_problems(
                 f"sites: {len(data_ids)} data site(s) listed; at least {min_data} are needed to hold copies"
                 + ("" if lab else "; set lab = true for a test bench")
             )
+
+    if withheld_after_s is not None and lab is False:
+        problems.append("raft.withheld_after: a test bench setting (production uses 45s); set lab = true")
 
     own = by_id.get(site_id) if site_id is not None else None
     if site_id is not None and site_ids is not None and site_id not in site_ids:
@@ -1035,11 +1045,13 @@ def _same_socket(a: str, b: str) -> bool:
 
 # TOML tables that hold flat SiteConfig fields: table -> {key in table: field name}.
 _TABLES: dict[str, dict[str, str]] = {
-    "raft": {"bind": "raft_bind", "password": "raft_password", "password_file": "raft_password", "join": "raft_join"},
+    "raft": {"bind": "raft_bind", "password": "raft_password", "password_file": "raft_password", "join": "raft_join",
+             "withheld_after": "raft_withheld_after_s"},
     "peer": {"listen": "peer_listen"},
     "admin": {"listen": "admin_listen", "tokens": "admin_tokens", "export_idle_ttl": "admin_export_idle_ttl_s"},
 }
 _FLAT_TO_KEY = {"raft_bind": "raft.bind", "raft_password": "raft.password", "raft_join": "raft.join",
+                "raft_withheld_after_s": "raft.withheld_after",
                 "peer_listen": "peer.listen", "admin_listen": "admin.listen", "admin_tokens": "admin.tokens",
                 "admin_export_idle_ttl_s": "admin.export_idle_ttl"}
 
@@ -1241,6 +1253,8 @@ def _salvage_cross_problems(flat: dict[str, Any], context: dict[str, Any]) -> li
         lab=lab if isinstance(lab, bool) else None,
         tls_set="tls" in flat,
         identity=valid(TypeAdapter(IdentityConfig), flat.get("identity", {})),
+        withheld_after_s=(valid(TypeAdapter(DurationS), flat["raft_withheld_after_s"])
+                          if "raft_withheld_after_s" in flat else None),
     )
 
 

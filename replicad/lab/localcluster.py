@@ -153,13 +153,16 @@ class LocalCluster:
         membership_cooling_off: ``[policy] membership_cooling_off`` of every site (default
             ``"0s"``, written with ``unsafe_short_membership_cooling_off = true``: a revocation or
             membership change applies at its last needed approval; production's default is 15 min).
+        withheld_after: ``[raft] withheld_after`` of every site (written with ``lab = true``), for
+            tests of raft point 19's watch; None: production's 45 s.
     """
 
     def __init__(self, root: Path, *, n_data: int = 3, n_witness: int = 0, volumes: tuple[str, ...] = ("ehr",),
                  interval: str = "1h", min_copies: int = 2, block_size: str = "64KiB",
                  apply_delay: str = "0s", extra_volume_toml: str = "", extra_site_toml: str = "",
                  tokens: dict[str, dict[str, tuple[str, str]]] | None = None, tls: bool = False,
-                 unsigned: bool = False, cooling_off: str = "0s", membership_cooling_off: str = "0s") -> None:
+                 unsigned: bool = False, cooling_off: str = "0s", membership_cooling_off: str = "0s",
+                 withheld_after: str | None = None) -> None:
         self.root = Path(root).absolute()  # the daemons run in their own directories: no relative path
         self.code_dir = Path(__file__).resolve().parents[2]
         """The directory whose ``replicad`` package the daemons run (put first on PYTHONPATH at each
@@ -167,6 +170,7 @@ class LocalCluster:
         self.unsigned = unsigned
         self.cooling_off = cooling_off
         self.membership_cooling_off = membership_cooling_off
+        self.withheld_after = withheld_after
         self.cluster_id = "lab-" + secrets.token_hex(4)
         self.ca = LocalCA(self.root / "tls") if tls else None  # mutual TLS on the peer API
         self.volumes = volumes
@@ -233,8 +237,10 @@ class LocalCluster:
                 f"# 127.0.0.1 with free ports picked at start. interval = {interval!r}: the demo and the tests\n"
                 f"# take snapshots on demand (POST /v1/volumes/VOL/snapshot). Keys: config/README.md.\n"
                 f'site_id = "{s.site_id}"\ncluster_id = "{self.cluster_id}"\ndata_dir = "data"\nlog_level = "info"\n'
-                f'[raft]\nbind = "127.0.0.1:{s.raft_port}"\npassword_file = "raft.key"\n'
-                f'[peer]\nlisten = "127.0.0.1:{s.peer_port}"\n[admin]\nlisten = "127.0.0.1:{s.admin_port}"\n'
+                + ("" if self.withheld_after is None else "lab = true\n")
+                + f'[raft]\nbind = "127.0.0.1:{s.raft_port}"\npassword_file = "raft.key"\n'
+                + ("" if self.withheld_after is None else f'withheld_after = "{self.withheld_after}"\n')
+                + f'[peer]\nlisten = "127.0.0.1:{s.peer_port}"\n[admin]\nlisten = "127.0.0.1:{s.admin_port}"\n'
                 + tls + ident + self._tokens_toml(s.site_id) + self.extra_site_toml + members + vols)
 
     # ------------------------------------------------------------------ processes

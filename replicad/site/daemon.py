@@ -54,6 +54,7 @@ import aiohttp
 from aiohttp import web
 
 from replicad.config import SiteConfig, VolumeConfig, load_signer, membership_differences
+from replicad.consensus import raft as consensus_raft
 from replicad.consensus.raft import RaftNode
 from replicad.core import anomaly
 from replicad.core.backoff import Backoff
@@ -193,6 +194,8 @@ class SiteDaemon:
         else:
             log.info("site %s signs its commands as %s (cluster %s)", self.site_id, signer.public_key,
                      self.cfg.cluster_id)
+        if self.cfg.raft_withheld_after_s is not None:  # a test bench (lab = true, config.py): point 19's watch
+            consensus_raft.WITHHELD_AFTER_S = self.cfg.raft_withheld_after_s  # read at each check; one site a process
         self.raft = RaftNode(me.raft, partners, self.data_dir / "raft",
                              self.cfg.raft_password.get_secret_value(), on_applied=self._on_applied,
                              needs_leader=self._acts_as_primary,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from replicad.consensus.raft import ISOLATED_AFTER_S, RELAY_FOR_S, WITHHELD_AFTER_S, WITHHELD_RESEND_S
+from replicad.consensus.raft import ISOLATED_AFTER_S, RELAY_FOR_S, WITHHELD_RESEND_S
 from replicad.core.errors import ReplicadError
 from replicad.lab.localcluster import LocalCluster
 from tests.integration.conftest import VOL, write_image
@@ -33,6 +33,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
 REPO = Path(__file__).parents[2]
 SITES = ("site-a", "site-b", "site-c")
 HONEST = ("site-b", "site-c")
+WITHHELD_AFTER_S = 20.0
+"""Point 19's watch on this bench (``[raft] withheld_after``; production: 45 s): the mechanism is
+under test, not the constant; above the daemon's 15 s proposal deadline."""
 
 
 def start_attacker(c: LocalCluster, grab: Path, withhold: Path, victim: str) -> None:
@@ -53,7 +56,7 @@ def raft_of(c: LocalCluster, site: str) -> dict:
 
 @pytest.fixture
 def cluster(tmp_path: Path):
-    c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2)
+    c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2, withheld_after=f"{WITHHELD_AFTER_S:.0f}s")
     write_image(c.sites["site-a"].volume_path(VOL), 32, random.Random(3))
     try:
         c.start_all()
@@ -76,7 +79,7 @@ def test_a_site_claiming_isolation_does_not_take_the_lead_from_an_honest_leader(
 
     grab.touch()
     c.wait_for("the attacker claims isolation", lambda: "ATTACKER: claiming isolation" in c.log_tail("site-a"), 30)
-    end = time.monotonic() + 3 * ISOLATED_AFTER_S  # before: the lead was taken within ~1 s
+    end = time.monotonic() + 1.5 * ISOLATED_AFTER_S  # before: the lead was taken within ~1 s
     while time.monotonic() < end:
         assert not raft_of(c, "site-a")["is_leader"]
         assert raft_of(c, leader)["is_leader"]

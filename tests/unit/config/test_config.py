@@ -424,6 +424,18 @@ def test_lab_allows_a_single_site(doc: dict[str, Any]) -> None:
     assert parse_config(doc).peers() == ()
 
 
+def test_a_short_withheld_watch_is_a_test_bench_setting(doc: dict[str, Any]) -> None:
+    assert parse_config(copy.deepcopy(doc)).raft_withheld_after_s is None  # the daemon keeps raft's 45 s
+    doc["raft"]["withheld_after"] = "20s"
+    assert _problems(copy.deepcopy(doc)) == [
+        "raft.withheld_after: a test bench setting (production uses 45s); set lab = true"]
+    doc["lab"] = True
+    assert parse_config(copy.deepcopy(doc)).raft_withheld_after_s == 20.0
+    for short_or_long in ("19s", "11min"):
+        doc["raft"]["withheld_after"] = short_or_long
+        assert [p for p in _problems(copy.deepcopy(doc)) if p.startswith("raft.withheld_after")], short_or_long
+
+
 def test_ipv6_addresses(doc: dict[str, Any]) -> None:
     doc["raft"]["bind"] = "[::1]:7101"
     doc["sites"][0].update(raft="[::1]:7101", peer_url="http://[::1]:7201", admin_url="http://[::1]:7301")
