@@ -57,9 +57,17 @@ Rows (units in the table):
   into one local chunk store (warm page cache): the ``reflink`` source (clone + extent maps +
   read of the changed blocks + manifest, then ``committed``), the ``file`` source (full read
   with its fingerprint cache) and ``rsync --inplace --no-whole-file --ignore-times`` of the
-  image to a local copy (one target, no fsync). Rows: each size, the 16 GiB / 1 GiB ratio per
-  source (target <= 1.3 for reflink), and at the largest size with 1 % of *it* changed, reflink
-  vs rsync (target >= 50x); cycle CPU seconds (``time.process_time``) per GiB changed.
+  image to a local copy (one target, no fsync). The sizes are paired: all images are made and
+  mounted first, then each round rewrites the same bytes in every image and runs its cycles,
+  the sizes taking turns going first (the same write history, and the same load); the file
+  source's and rsync's rounds follow all the reflink rounds (same bytes rewritten before each),
+  so their full reads of the largest image do not evict what its next reflink cycle reads
+  (``--reflink-interleave``: the order before, each round's baselines right after its reflink
+  cycle). Rows: each size, the 16 GiB / 1 GiB ratio per source (target <= 1.3 for
+  reflink; also the median of each round's own ratio), the image's extent count and the load
+  average before each reflink cycle, the cycle's phases (clone, maps, compare, build, parent
+  clone dropped), and at the largest size with 1 % of *it* changed (after the paired rounds),
+  reflink vs rsync (target >= 50x); cycle CPU seconds (``time.process_time``) per GiB changed.
 
 * **qemu** (``--qemu-gib``, default ``1,4``; ``--skip qemu``): for each size a qcow2 disk of that
   size, its first ``--qemu-fill`` (default all) filled with the same text-like blocks (``qemu-img convert`` of a raw image, which is kept
@@ -105,6 +113,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -654,80 +663,122 @@ def change_bytes(path: Path, n_bytes: int, rng: random.Random, tag: str) -> int:
     return len(picked)
 
 
+def extent_count(path: Path) -> int:
+    """The file's extent count (FIEMAP with sync, what ``filefrag`` reports)."""
+    from replicad.sources.extents import extent_arrays
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return len(extent_arrays(fd, path=str(path)))
+    finally:
+        os.close(fd)
+
+
 def reflink_run(work: Path, res: Results, args: argparse.Namespace, console: Console) -> list[int]:
     """The reflink rows (module docstring): per size, reflink / file source / rsync incremental
-    cycles with the same changed bytes. Returns the sizes measured (GiB)."""
+    cycles with the same changed bytes, the sizes paired: every image is made and mounted first,
+    then each round rewrites the same bytes in each image and runs its reflink cycle, the sizes
+    taking turns going first (the same write history and the same load); then as many rounds of
+    the file source and rsync (their full reads of the largest image, between reflink cycles,
+    would evict what those read); then 1 % of the largest image, reflink against rsync. The image's extent count before each reflink cycle and the cycle's phases are kept
+    beside its time. Returns the sizes measured (GiB)."""
     from replicad.config import VolumeConfig
     from replicad.sources.kinds import make_source
     from tests.loopfs import loop_fs
 
     sizes = [int(x) for x in args.reflink_gib.split(",") if x]
     free = shutil.disk_usage(work).free
-    if sizes and free < (2 * max(sizes) + 8) * 2**30:  # image + rsync copy + store
+    if sizes and free < sum(2 * g + 8 for g in sizes) * 2**30:  # image + rsync copy + store, all at once
         sizes[-1] = min(sizes[-1], 8)
         console.log(f"reflink: only {free / 2**30:.0f} GiB free under {work}: largest size lowered to {sizes[-1]} GiB")
     changed = int(args.reflink_changed_mib * 2**20)
-    for gib in sizes:
-        root = work / f"reflink{gib}"
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(parents=True)
-        size = gib * 2**30
-        rng = random.Random(gib)
-        with loop_fs(root, "xfs", size_bytes=size + size // 8 + 2**30) as mnt:
+    with contextlib.ExitStack() as stack:
+        vols: list[dict[str, Any]] = []
+        for gib in sizes:
+            root = work / f"reflink{gib}"
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            stack.callback(shutil.rmtree, root, ignore_errors=True)
+            size = gib * 2**30
+            mnt = stack.enter_context(loop_fs(root, "xfs", size_bytes=size + size // 8 + 2**30))
             img = mnt / "ehr.img"
+            stack.callback(img.unlink, missing_ok=True)
+            stack.callback(lambda m=mnt: [p.unlink() for p in (m / ".replicad-clones").glob("*")])
             t0 = time.perf_counter()
+            rng = random.Random(gib)
             write_text_image(img, size, rng)
             console.log(f"reflink {gib} GiB: image written in {time.perf_counter() - t0:.1f}s")
             store = ChunkStore(root / "store")
-            try:
-                cfg = VolumeConfig.model_validate({"name": VOL, "path": str(img), "initial_primary": "site-a",
-                                                   "block_size": BLOCK_BYTES, "source": {"kind": "reflink"}})
-                fcfg = VolumeConfig.model_validate({"name": VOL, "path": str(img), "initial_primary": "site-a",
-                                                    "block_size": BLOCK_BYTES})
-                rsrc, fsrc = make_source(cfg, root), make_source(fcfg, root)
-
-                def cycle(src, parent, seq):
-                    c0, t0 = time.process_time(), time.perf_counter()
-                    snap = asyncio.run(src.snapshot(volume=VOL, seq=seq, epoch=1, parent=parent, store=store,
-                                                    now_ns=time.time_ns()))
-                    asyncio.run(src.committed(snap))
-                    return snap, time.perf_counter() - t0, time.process_time() - c0
-
-                rpar, _, _ = cycle(rsrc, None, 1)
-                fpar, _, _ = cycle(fsrc, None, 1)
-                target = root / "rsync-target.img"
-                subprocess.run(["cp", "--sparse=never", str(img), str(target)], check=True, timeout=args.step_timeout_s)
-                rpar, fpar = rpar.result.manifest, fpar.result.manifest
-                plan = [("same", changed)] * args.runs
-                if gib == max(sizes):
-                    plan += [("pct", size // 100)]
-                for k, (kind, nbytes) in enumerate(plan):
-                    n = change_bytes(img, nbytes, rng, f"{gib}-{k}")
-                    snap, dt, cpu = cycle(rsrc, rpar, 2 + k)
+            stack.callback(store.close)
+            cfg = VolumeConfig.model_validate({"name": VOL, "path": str(img), "initial_primary": "site-a",
+                                               "block_size": BLOCK_BYTES, "source": {"kind": "reflink"}})
+            fcfg = VolumeConfig.model_validate({"name": VOL, "path": str(img), "initial_primary": "site-a",
+                                                "block_size": BLOCK_BYTES})
+            v = {"gib": gib, "size": size, "img": img, "rng": rng, "store": store, "root": root,
+                 "rsrc": make_source(cfg, root), "fsrc": make_source(fcfg, root)}
+            v["rpar"] = _reflink_cycle(v, "rsrc", None, 1)[0].result.manifest
+            v["fpar"] = _reflink_cycle(v, "fsrc", None, 1)[0].result.manifest
+            v["target"] = root / "rsync-target.img"
+            subprocess.run(["cp", "--sparse=never", str(img), str(v["target"])], check=True, timeout=args.step_timeout_s)
+            vols.append(v)
+        hi, lo = max(sizes), min(sizes)
+        # rounds: the reflink cycles of all sizes, paired; then the baselines' rounds (their full
+        # reads of the largest image would otherwise evict what its next reflink cycle reads);
+        # then 1 % of the largest image, reflink against rsync
+        if args.reflink_interleave:  # the older order: each round's baselines right after its reflink cycle
+            plan = [("same", k, True, True) for k in range(args.runs)]
+        else:
+            plan = [("same", k, True, False) for k in range(args.runs)] + [("same", k, False, True)
+                                                                           for k in range(args.runs)]
+        plan.append(("pct", args.runs, True, True))
+        for kind, k, reflink_round, base_round in plan:
+            turn = [v for v in (vols if k % 2 == 0 else vols[::-1]) if kind == "same" or v["gib"] == hi]
+            round_s: dict[int, float] = {}
+            for v in turn:
+                gib = v["gib"]
+                n = change_bytes(v["img"], v["size"] // 100 if kind == "pct" else changed, v["rng"],
+                                 f"{gib}-{k}-{int(reflink_round)}{int(base_round)}")
+                key = f"reflink.{gib}.{kind}"
+                note = ""
+                if reflink_round:
+                    res.add(f"{key}.extents", extent_count(v["img"]))
+                    res.add(f"{key}.load1", os.getloadavg()[0])
+                    snap, dt, cpu = _reflink_cycle(v, "rsrc", v["rpar"], v["rpar"].seq + 1)
                     if snap.mode not in ("tracked", "verified"):
                         raise RuntimeError(f"reflink cycle was {snap.mode}, not tracked")
-                    rpar = snap.result.manifest
-                    key = f"reflink.{gib}.{kind}"
+                    v["rpar"] = snap.result.manifest
+                    round_s[gib] = dt
                     res.add(f"{key}.reflink.s", dt)
+                    res.add(f"{key}.reflink.cpu_s", cpu)
                     res.add(f"{key}.reflink.cpu_per_gib", cpu / (n * BLOCK_BYTES / 2**30))
-                    if kind == "same":
-                        fsnap, dt, cpu = cycle(fsrc, fpar, 2 + k)
-                        fpar = fsnap.result.manifest
-                        res.add(f"{key}.file.s", dt)
-                        res.add(f"{key}.file.cpu_per_gib", cpu / (n * BLOCK_BYTES / 2**30))
-                    dt, _ = rsync_to(["--inplace", "--no-whole-file", "--ignore-times"], img, [str(target)],
-                                     args.step_timeout_s)
-                    res.add(f"{key}.rsync.s", dt)
-                    console.log(f"reflink {gib} GiB {kind} ({n} blocks): reflink {res.samples[key + '.reflink.s'][-1]:.3f}s"
-                                + (f", file {res.samples[key + '.file.s'][-1]:.3f}s" if kind == "same" else "")
-                                + f", rsync {dt:.2f}s")
-            finally:
-                store.close()
-                for p in (mnt / ".replicad-clones").glob("*"):
-                    p.unlink()
-                img.unlink(missing_ok=True)
-        shutil.rmtree(root, ignore_errors=True)
+                    for phase in ("clone_s", "map_s", "diff_s", "build_s", "drop_s"):
+                        res.add(f"{key}.reflink.{phase}", v["rsrc"].last.get(phase) or 0.0)
+                    note += (f"{res.samples[key + '.extents'][-1]:.0f} extents, load {os.getloadavg()[0]:.1f}: "
+                             f"reflink {dt:.3f}s (cpu {cpu:.3f}s)")
+                if kind == "same" and base_round:
+                    fsnap, fdt, fcpu = _reflink_cycle(v, "fsrc", v["fpar"], v["fpar"].seq + 1)
+                    v["fpar"] = fsnap.result.manifest
+                    res.add(f"{key}.file.s", fdt)
+                    res.add(f"{key}.file.cpu_per_gib", fcpu / (n * BLOCK_BYTES / 2**30))
+                    note += f", file {fdt:.3f}s (load {os.getloadavg()[0]:.1f})"
+                if base_round:
+                    rdt, _ = rsync_to(["--inplace", "--no-whole-file", "--ignore-times"], v["img"],
+                                      [str(v["target"])], args.step_timeout_s)
+                    res.add(f"{key}.rsync.s", rdt)
+                    note += f", rsync {rdt:.2f}s"
+                console.log(f"reflink {gib} GiB {kind} round {k} ({n} blocks) {note}")
+            if kind == "same" and reflink_round and len(sizes) > 1:
+                res.add("reflink.pair_ratio", round_s[hi] / round_s[lo])
     return sizes
+
+
+def _reflink_cycle(v: dict[str, Any], src: str, parent: Any, seq: int) -> tuple[Any, float, float]:
+    """One cycle of ``v[src]`` into ``v["store"]`` and its commit: (snapshot, wall s, CPU s)."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    snap = asyncio.run(v[src].snapshot(volume=VOL, seq=seq, epoch=1, parent=parent, store=v["store"],
+                                       now_ns=time.time_ns()))
+    asyncio.run(v[src].committed(snap))
+    return snap, time.perf_counter() - t0, time.process_time() - c0
 
 
 def pg_run(res: Results, args: argparse.Namespace, console: Console) -> None:
@@ -934,12 +985,22 @@ def reflink_rows(res: Results, sizes: list[int], add: Callable[..., None]) -> No
         add(f"  cycle CPU s per GiB changed, {gib} GiB (reflink | file source)",
             f"{res.cell(key + '.reflink.cpu_per_gib', lambda v: f'{v:.2f}')} | "
             f"{res.cell(key + '.file.cpu_per_gib', lambda v: f'{v:.2f}')}", "", None, "info", None)
+        add(f"  image extents before the cycle, {gib} GiB | load", res.cell(key + ".extents", lambda v: f"{v:.0f}"),
+            res.cell(key + ".load1", lambda v: f"{v:.1f}"), None, "info", None)
+        add(f"  phases, {gib} GiB: clone | maps | compare | build | drop parent",
+            " | ".join(res.cell(f"{key}.reflink.{p}", ms_fmt) for p in ("clone_s", "map_s", "diff_s", "build_s", "drop_s")),
+            "", None, "info", None)
     lo, hi = min(sizes), max(sizes)
     if hi != lo:
         for src, target in (("reflink", 1.3), ("file", None), ("rsync", None)):
             r = ratio(res.med(f"reflink.{hi}.same.{src}.s"), res.med(f"reflink.{lo}.same.{src}.s"))
             add(f"  {hi} GiB / {lo} GiB cycle time, same changed bytes: {src}", "", "", r,
                 f"<= {target}" if target else "info", (r is not None and r <= target) if target else None)
+        r = res.med("reflink.pair_ratio")
+        add(f"  {hi} GiB / {lo} GiB reflink, median of the rounds' own ratios (paired)",
+            res.cell("reflink.pair_ratio", lambda v: f"{v:.2f}x"), "", r, "info", None)
+        r = ratio(res.med(f"reflink.{hi}.same.reflink.cpu_s"), res.med(f"reflink.{lo}.same.reflink.cpu_s"))
+        add(f"  {hi} GiB / {lo} GiB reflink cycle CPU s", "", "", r, "info", None)
     key = f"reflink.{hi}.pct"
     r = ratio(res.med(key + ".rsync.s"), res.med(key + ".reflink.s"))
     add(f"reflink incremental, {hi} GiB, 1% changed vs rsync 1 target", res.cell(key + ".reflink.s", s_fmt),
@@ -1101,6 +1162,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--qemu-gib", default="1,4", help="disk sizes of the qemu rows, GiB (default 1,4)")
     ap.add_argument("--qemu-fill", type=float, default=1.0,
                     help="share of each qemu-row disk written before the cycles (default 1.0; the rest a hole)")
+    ap.add_argument("--reflink-interleave", action="store_true",
+                    help="reflink rows: run each round's file source and rsync right after its reflink cycles "
+                         "(the order before the rows were paired) instead of in rounds of their own after them")
     ap.add_argument("--reflink-changed-mib", type=float, default=10.24,
                     help="bytes rewritten before each reflink-row cycle, MiB (default 10.24: 1%% of 1 GiB)")
     ap.add_argument("--pg-snapshots", type=int, default=20,
