@@ -92,7 +92,9 @@ stricter, :func:`stricter`):
 * a well-known magic number (file or file-system header) at the start of a sub-block that
   the new version no longer has while the sub-block turned random (:data:`MAGICS`), and the
   volume's own file-system superblock (:data:`FS_MAGICS`) destroyed;
-* blocks that held data and are now zero (a wipe), and a volume that shrank; zeroed blocks the new
+* blocks that held data and are now zero (a wipe), or whose every 4 KiB sub-block is now zeros or
+  a *fill* (one period of at most 512 bytes repeated: ``0xFF``, ``DEADBEEF``, a repeated sector;
+  :func:`fill_period`), and a volume that shrank; zeroed blocks the new
   snapshot's ext2/3/4 file system neither allocates nor references (discarded free space:
   :mod:`replicad.core.ext4alloc`) count only as far as the data its files reference shrank
   (:attr:`SnapshotSignals.destroyed`);
@@ -1442,7 +1444,11 @@ class BlockFinding:
         chi2_after: smallest chi-square of its new sub-blocks (lowest = most uniform).
         lz4_before, lz4_after: lz4 encoded/raw ratio (1.0: lz4 does not shrink it).
         magic_destroyed: names of the headers the new version lost to random bytes.
-        wiped: the block held data and is now all zeros.
+        wiped: the block held data (:func:`holds_no_data` false) and now holds none: all zeros,
+            or every 4 KiB sub-block zeros or a fill (:func:`fill_period`: ``0xFF``, a pattern, a
+            repeated 512-byte sector), what a wiper that does not write zeros writes.
+        unfilled: the block held no data (zeros and fills, not all zeros) and now does: like
+            ``fresh``, it releases the block from the wipe window when it does not look random.
         fresh: the block was all zeros (or absent) and now holds data.
         structure_lost: sub-blocks (counted in ``random_subs`` too) whose old content repeated
             itself (:func:`structured`) and whose novel bytes are memoryless (:func:`memoryless`):
@@ -1497,6 +1503,7 @@ class BlockFinding:
     structure_freed: float = 0.0
     random_filled: float = 0.0
     sparse_random: int = 0
+    unfilled: bool = False
 
 
 def _random_sub(h: float, chi2: float) -> bool:
@@ -1546,6 +1553,69 @@ def _zero_sub(raw: bytes, i: int, h: float) -> bool:
     return h == 0.0 and (not part or part[0] == 0)
 
 
+FILL_PERIOD_SHORT = 16
+"""Periods (bytes) up to this are a *fill* whatever they are (:func:`fill_period`): a constant byte
+(``0xFF``, ``0x41``), a short pattern (``DEADBEEF``, the Gutmann and DoD 5220.22-M passes ``0x55``,
+``0xAA``, ``0x92 0x49 0x24``), what wipers write when they do not write zeros."""
+FILL_PERIOD_MAX = 512
+"""Longest period (bytes) of a *fill*: longer than :data:`FILL_PERIOD_SHORT`, only a divisor of it
+(32, 64, ..., 512: one buffer of a sector written over and over, a sector being the unit of a raw
+disk write). A text line repeated over a block (``tests/bench/rpo.py``'s writer, 60-90 bytes; a
+log repeating one message) has another period and is data."""
+FILL_BODY_MIN = 256
+"""Fewest bytes of a sub-block, its leading and trailing zeros left out, that can be a fill: a
+page holding only its header (a PostgreSQL page emptied by ``VACUUM``: 24 bytes, then zeros) is
+no fill, a wiped file's last block (its fill, then the zeros past the file's end) is."""
+FILL_CHECKS_MAX = 16
+"""Most candidate periods :func:`fill_period` compares in full per sub-block (each a ``memcmp`` of
+<= 4 KiB), so that a crafted sub-block (``a`` x 4095 + ``b``: every shift matches the head)
+costs microseconds; past it the sub-block is no fill (it is not one: a fill matches at its first
+candidate, its period)."""
+
+
+def fill_period(part: bytes) -> int:
+    """The period of ``part`` (one sub-block) if it is a *fill*, else 0: its bytes without leading
+    and trailing zeros (the body) are at least :data:`FILL_BODY_MIN` and at least two periods long
+    and repeat one period ``p`` (``body[p:] == body[:-p]``) of at most :data:`FILL_PERIOD_SHORT`
+    bytes or a divisor of :data:`FILL_PERIOD_MAX`. Candidates are the shifts where the body's first
+    16 bytes occur again (``bytes.find``), at most :data:`FILL_CHECKS_MAX` compared in full. A body
+    whose smallest period is another (a line of 70 bytes repeated) has none of these (Fine and Wilf,
+    "Uniqueness theorems for periodic functions", Proc. AMS 16, 1965: two periods whose sum fits in
+    the body make their gcd one). Such a sub-block holds at most one period of information: no
+    data. Pure; ~1 µs for text."""
+    body = part.strip(b"\0")
+    n = len(body)
+    if n < FILL_BODY_MIN:
+        return 0
+    head, tail = body[:16], body[-16:]
+    limit = min(FILL_PERIOD_MAX, n // 2)
+    start, checks = 1, 0
+    while checks < FILL_CHECKS_MAX:
+        p = body.find(head, start, limit + len(head))
+        if p < 0 or p > limit:
+            return 0
+        if (p <= FILL_PERIOD_SHORT or FILL_PERIOD_MAX % p == 0) and body[n - 16 - p:n - p] == tail:
+            checks += 1
+            if body[p:] == body[:-p]:
+                return p
+        start = p + 1
+    return 0
+
+
+def _no_data_sub(part: bytes) -> bool:
+    """Sub-block ``part`` holds no data: all zeros, or a fill (:func:`fill_period`)."""
+    return not part.strip(b"\0") or fill_period(part) > 0
+
+
+def holds_no_data(raw: bytes | None) -> bool:
+    """Every 4 KiB sub-block of ``raw`` is all zeros or a fill (:func:`fill_period`): the block
+    holds no data (None and b"" too). Stops at the first sub-block holding data, so data costs
+    one :func:`fill_period`. Pure."""
+    if not raw:
+        return True
+    return all(_no_data_sub(raw[o:o + SUB_BLOCK]) for o in range(0, len(raw), SUB_BLOCK))
+
+
 def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz4_old: float = 1.0) -> BlockFinding:
     """Compare the new version of one block with its previous version (module docstring).
 
@@ -1565,9 +1635,14 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
                             min(chis) if chis else 0.0, 1.0, lz4_new, fresh=bool(new), random_filled=filled)
     e_old, _ = sub_block_stats(old)
     mean_old = sum(e_old) / len(e_old)
-    if not new:
-        return BlockFinding(False, 0, mean_old, 0.0, 0.0, 0.0, lz4_old, 1.0, wiped=True,
+    if not new:  # zeros: wiped if the block held data (zeros over a fill destroy nothing)
+        return BlockFinding(False, 0, mean_old, 0.0, 0.0, 0.0, lz4_old, 1.0, wiped=not holds_no_data(old),
                             structure_freed=sum(map(_structured_sub, e_old)) / len(e_old))
+    # a fill (0xFF, a pattern, a repeated sector) over data is a wipe as zeros are; data over a
+    # block that held none (zeros and fills) releases it from the wipe window (SnapshotSignals.add)
+    new_empty = holds_no_data(new)
+    old_empty = holds_no_data(old)
+    filled_over, unfilled = new_empty and not old_empty, old_empty and not new_empty
     e_new, c_new = sub_block_stats(new)
     random_subs = 0
     max_rise = 0.0
@@ -1684,7 +1759,8 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
                         min(c_new), lz4_old, lz4_new, tuple(destroyed), structure_lost=len(lost),
                         repeat_excess_after=excess, narrow_alphabet=len(narrow), alphabet_after=alphabet_min,
                         separated=len(tokens), islands=len(islands), structure_freed=freed / len(e_new),
-                        random_filled=filled / len(e_new), sparse_random=sparse)
+                        random_filled=filled / len(e_new), sparse_random=sparse, wiped=filled_over,
+                        unfilled=unfilled)
 
 
 _NOTE_CACHE: dict[tuple[str, ...], list] = {}
@@ -2256,8 +2332,8 @@ class SnapshotSignals:
         changed_blocks: blocks whose digest differs.
         turned_random: changed blocks that count in the score (:func:`compare_block`).
         fresh_random: blocks written where there were zeros that look random (imports; not scored).
-        wiped: blocks that held data and are now zero, or lie past a shrunken end, except those
-            counted in ``discarded``.
+        wiped: blocks that held data and are now zero or a fill (:attr:`BlockFinding.wiped`),
+            or lie past a shrunken end, except those counted in ``discarded``.
         discarded: blocks that held data and are now zero where the new snapshot's file system
             neither allocates nor references any of their blocks (:mod:`replicad.core.ext4alloc`:
             ``fstrim`` or ``-o discard`` of freed blocks on a thin or loop-backed volume).
@@ -2285,8 +2361,9 @@ class SnapshotSignals:
             them too, the score does not; :meth:`summary` gives their number.
         zeroed: the indices of the blocks counted in ``wiped`` or ``discarded`` (the wipe window,
             :class:`Wipes`); not in :meth:`summary`.
-        refilled: the indices of blocks that were zeros and now hold data that does not look
-            random (the wipe window releases them: a freed page reused); not in :meth:`summary`.
+        refilled: the indices of blocks that were zeros (or held no data: zeros and fills,
+            :attr:`BlockFinding.unfilled`) and now hold data that does not look random (the wipe
+            window releases them: a freed page reused); not in :meth:`summary`.
     """
 
     data_blocks: int
@@ -2362,7 +2439,8 @@ class SnapshotSignals:
             self.zeroed.add(int(index))
         if finding.fresh and finding.entropy_after >= RANDOM_SUB_ENTROPY_MIN:
             self.fresh_random += 1
-        elif finding.fresh:
+        elif finding.fresh or (finding.unfilled and not finding.turned_random
+                               and finding.entropy_after < RANDOM_SUB_ENTROPY_MIN):
             self.refilled.add(int(index))
         self.structure_freed += finding.structure_freed
         self.random_filled += finding.random_filled
@@ -2627,7 +2705,7 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], 
     if wipes.total() > float(policy["wipe_max"]):
         flagged.append(WIPES)
         if signals.destroyed <= float(policy["wipe_max"]):
-            reasons.append(f"slow drift (wipe window: distinct blocks that held data and became zeros since the last "
+            reasons.append(f"slow drift (wipe window: distinct blocks that held data and became zeros or a fill since the last "
                            f"confirmed snapshot, less those holding data again): {wipes.total():.1%} of the volume's "
                            f"data ({len(wipes.blocks)} blocks of {wipes.data}"
                            + (f", + {wipes.extra:.1%} without block indices" if wipes.extra else "")
@@ -2638,7 +2716,7 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], 
         deleted = f" ({lost:.1%} of it deleted and discarded: the files' data shrank by as much)" if lost else ""
         since = f"; the wipe window holds {wipes.total():.1%} since #{wipes.began}" \
             if WIPES in flagged and wipes.began is not None and wipes.began < seq else ""
-        wipe_reason = (f"{signals.destroyed:.1%} of the volume's data became zeros{deleted}, above "
+        wipe_reason = (f"{signals.destroyed:.1%} of the volume's data became zeros or a fill{deleted}, above "
                        f"wipe_max {float(policy['wipe_max']):.1%}{since}")
         reasons.append(wipe_reason)
     if signals.shrunk_bytes > 0:

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from replicad.core.anomaly import fill_period
+
 EXT4_MAGIC = 0xEF53
 INCOMPAT_META_BG = 0x10
 INCOMPAT_64BIT = 0x80
@@ -220,11 +222,17 @@ DATA_SHARE_FULL = 8
 
 def data_weight(content: bytes, bs: int) -> np.ndarray:
     """Per file-system block of ``content`` (a whole number of ``bs``-byte blocks), how much data it
-    holds: ``min(1, 8 x non-zero bytes / bs)`` (float64). A file written full of zeros holds none,
-    a database page or text at least 1/8 full holds a whole block: what a wiper would have to write
-    back, in non-zero bytes, to make deleted data look moved."""
+    holds: ``min(1, 8 x non-zero bytes / bs)`` (float64), 0 for a *fill* (one short period repeated:
+    ``0xFF``, ``DEADBEEF``, a repeated sector; :func:`replicad.core.anomaly.fill_period`). A file
+    written full of zeros or of a fill holds none, a database page or text at least 1/8 full holds
+    a whole block: what a wiper would have to write back, in non-zero bytes that are no fill, to
+    make deleted data look moved."""
     a = np.frombuffer(content, dtype=np.uint8).reshape(-1, bs)
-    return np.minimum(1.0, np.count_nonzero(a, axis=1) * (DATA_SHARE_FULL / bs))
+    w = np.minimum(1.0, np.count_nonzero(a, axis=1) * (DATA_SHARE_FULL / bs))
+    for i in np.flatnonzero(w).tolist():
+        if fill_period(content[i * bs:(i + 1) * bs]):
+            w[i] = 0.0
+    return w
 
 
 def _has_backup(group: int, sparse: bool, backups: tuple[int, int] | None) -> bool:

@@ -301,10 +301,18 @@ def test_the_wipe_measure_counts_discards_only_as_far_as_the_files_data_shrank()
 
 
 def test_data_weight() -> None:
-    """A block's data: its share of non-zero bytes times 8, at most 1."""
+    """A block's data: its share of non-zero bytes times 8, at most 1; a fill (one short period
+    repeated, :func:`replicad.core.anomaly.fill_period`) holds none, as zeros."""
     bs = 1024
-    blocks = bytes(bs) + b"x" * bs + (b"x" + bytes(15)) * (bs // 16) + (b"x" + bytes(7)) * (bs // 8)
+    r = random.Random(0)
+
+    def sparse(every: int) -> bytes:  # one non-zero byte every ``every``, no period
+        return b"".join(bytes([r.randrange(1, 256)]) + bytes(every - 1) for _ in range(bs // every))
+
+    blocks = bytes(bs) + bytes(r.randrange(1, 256) for _ in range(bs)) + sparse(16) + sparse(8)
     assert ext4alloc.data_weight(blocks, bs).tolist() == [0.0, 1.0, 0.5, 1.0]
+    fills = b"x" * bs + (b"x" + bytes(15)) * (bs // 16) + (b"x" + bytes(7)) * (bs // 8)
+    assert ext4alloc.data_weight(fills, bs).tolist() == [0.0, 0.0, 0.0]
 
 
 def test_zeros_on_a_volume_without_ext4_still_count_as_wiped(tmp_path: Path) -> None:
