@@ -484,6 +484,39 @@ def is_transient(err: BaseException) -> bool:
     return isinstance(err, TimeoutError)
 
 
+def facts_text(facts: Any) -> str:
+    """``facts`` (an error's evidence, a command's arguments or result) in words for a log line
+    or a terminal: ``key=value`` pairs separated by spaces, in the mapping's order, values as in
+    TOML (``true``/``false`` lowercase, strings bare unless they hold a space, ``=``, a quote or
+    nothing, then double-quoted; lists ``[1, 2]``; nested mappings ``{key=value ...}``; bytes as
+    hex; None as ``none``). Anything but a mapping is shown as one such value. Never raises.
+
+    >>> facts_text({"ok": True, "volume": "ehr", "seqs": [3, 4], "reason": "mass rename"})
+    'ok=true volume=ehr seqs=[3, 4] reason="mass rename"'
+    """
+    if isinstance(facts, dict):
+        return " ".join(f"{k}={_fact_value(v)}" for k, v in facts.items())
+    return _fact_value(facts)
+
+
+def _fact_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, dict):
+        return "{" + facts_text(value) + "}"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
+        return "[" + ", ".join(_fact_value(v) for v in items) + "]"
+    text = str(value)
+    if isinstance(value, str) and (not text or any(c in text for c in ' ="\'\t\n') or not text.isprintable()):
+        return '"' + text.encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
+    return text
+
+
 def from_os_error(err: OSError, what: str, **evidence: Any) -> ReplicadError:
     """Translate an ``OSError`` met while doing ``what`` into the tree (disk full → StoreFullError;
     missing → NotFoundError; permissions, read-only, bad path → UsageError; port taken →

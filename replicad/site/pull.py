@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from replicad.core.errors import (IntegrityError, NotFoundError, PeerStalledError, PeerUnavailableError,
-                                  RecordConflictError, ReplicadError)
+                                  RecordConflictError, ReplicadError, StoreFullError)
 from replicad.core.manifest import Manifest, changed_digests, iter_block_digests
 from replicad.peer.transport import PeerClient, snapshot_complete
 from replicad.site.cluster import Cluster
@@ -301,7 +301,9 @@ class Pull:
         :meth:`note_stall`) and the next holder is asked. Returns the holders that served it
         (none when nothing was missing). Raises NotFoundError if some are still missing after every holder that
         answered lacked them, PeerUnavailableError if no holder could be reached at all (a
-        takeover then waits for a holder instead of skipping the snapshot as lost)."""
+        takeover then waits for a holder instead of skipping the snapshot as lost), StoreFullError
+        naming this site's chunk store when its disk is full (:meth:`_own_store_full`: at once,
+        no other holder is asked; not a holder's fault)."""
         need = await asyncio.to_thread(self.store.missing, digests)
         holders = self.ranked(holders)
         answered: list[str] = []
@@ -356,6 +358,8 @@ class Pull:
                     if err is None:
                         if holder not in answered:
                             answered.append(holder)
+                    elif self._own_store_full(err):
+                        raise self._store_full(err, volume, len(need), holder) from err
                     elif isinstance(err, ReplicadError):
                         log.info("fetch from %s failed: %s", holder, err)
                     else:
@@ -394,6 +398,7 @@ class Pull:
         answered: list[str] = []
         failed: set[str] = set()
         inflight: dict[int, dict[str, Any]] = {}  # slice -> {part, started, hedged, futs: {future: holder}}
+        full: list[StoreFullError] = []  # this site's own disk is full: every stream stops
 
         async def straggler(holder: str, took: list[float]) -> tuple[int, list[bytes]] | None:
             while not queue and inflight and took:
@@ -413,7 +418,7 @@ class Pull:
 
         async def stream(holder: str) -> None:
             took: list[float] = []
-            while holder not in failed:
+            while holder not in failed and not full:
                 job = queue.pop() if queue else await straggler(holder, took)
                 if job is None:
                     return
@@ -435,6 +440,11 @@ class Pull:
                 err = fut.exception()
                 if err is not None and not isinstance(err, ReplicadError):
                     raise err
+                if err is not None and self._own_store_full(err):
+                    if not full:
+                        full.append(self._store_full(err, volume, len(need), holder))
+                    queue.clear()
+                    return
                 if err is not None:
                     if not entry["futs"]:  # nobody else fetching it: back to the queue
                         inflight.pop(k, None)
@@ -451,7 +461,29 @@ class Pull:
                     answered.append(holder)
 
         await asyncio.gather(*[stream(h) for _ in range(STREAMS_PER_HOLDER) for h in holders])
+        if full:
+            raise full[0]
         return [h for h in answered if h not in failed], failed
+
+    @staticmethod
+    def _own_store_full(err: BaseException) -> bool:
+        """True for this site's own chunk store refusing chunks for lack of space (a
+        StoreFullError raised by ``store.put_encoded``), not a holder's ``store_full`` answer
+        (those carry the holder's ``url``, :func:`~replicad.peer.transport._error_from`)."""
+        return isinstance(err, StoreFullError) and "url" not in err.evidence
+
+    def _store_full(self, err: StoreFullError, volume: str, missing: int, holder: str) -> StoreFullError:
+        """The StoreFullError an operator reads for this site's full disk (the caller logs it:
+        a volume's runner at ERROR, :meth:`~replicad.site.volumes.Volumes.run_volume`): it names
+        the chunk store's directory (under ``data_dir``) and the holder whose chunks could not be
+        stored. Evidence: ``path``, ``volume``, ``missing`` (chunks still wanted),
+        ``holder``, and the store's own facts."""
+        path = str(self.store.root)
+        full = StoreFullError(f"this site's disk is full: chunks of {volume} fetched from {holder} cannot be stored in "
+                              f"{path} (the data_dir's chunk store): no space left on device; {missing} chunks still "
+                              f"missing here: free space there or grow that file system",
+                              **{**err.evidence, "path": path, "volume": volume, "missing": missing, "holder": holder})
+        return full
 
 
 def _lacking(store: ChunkStore, units: list[Unit]) -> int:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from replicad.core.errors import (ConflictError, NotFoundError, NotPrimaryError, ReplicadError, SnapshotSuspectError,
-                                  UnavailableError, UsageError, is_transient)
+                                  StoreFullError, UnavailableError, UsageError, facts_text, is_transient)
 from replicad.core.state import held_by_marks, newest_clean, newest_committed
 from replicad.sources.file import take_snapshot
 from replicad.storage.catalog import LEGACY_INCARNATION, SnapshotRecord
@@ -92,9 +92,11 @@ class VolumeLoop:
                 if runner.role == "primary":
                     self.metrics.cycle_failed(name)
                 delay = self._backoff(runner)
-                (log.info if is_transient(err) else log.warning)(
-                    "volume %s: %s %s (failure %d in a row; next try in %.1fs)", name, err, err.evidence,
-                    runner.retry.failures, delay)
+                # a full disk here waits for the operator, not for time: ERROR; other transient errors INFO
+                level = (logging.ERROR if isinstance(err, StoreFullError)
+                         else logging.INFO if is_transient(err) else logging.WARNING)
+                log.log(level, "volume %s: %s: %s (%s; failure %d in a row; next try in %.1fs)", name, err.code, err,
+                        facts_text(err.evidence), runner.retry.failures, delay)
             except Exception as err:  # noqa: BLE001 — a runner must survive its own bugs, loudly
                 runner.last_error = f"internal: {err!r}"
                 delay = self._backoff(runner)
