@@ -201,7 +201,7 @@ names up in its own modules):
    not signed by the forwarding member's own site (``forwarded_not_own``: an honest daemon only
    ever forwards its own commands) or its signature does not verify under the keys the state
    gives that site (``forwarded_bad_signature``), or when the member is over its budget
-   (``forwarded_over_budget``: a token bucket per member of :data:`FORWARD_CMDS_PER_S`
+   (``forwarded_over_budget``: a token bucket per member, :class:`MemberBudget`, of :data:`FORWARD_CMDS_PER_S`
    commands and :data:`FORWARD_BYTES_PER_S` bytes a second, bursts of
    :data:`FORWARD_BURST_S` seconds' worth). A non-leader never relays a member's ``apply_command``
    sent without a request id (pysyncobj would forward it as its own, spending the honest site's
@@ -285,7 +285,7 @@ names up in its own modules):
    :data:`WITHHELD_RESEND_S`, for at most :data:`RELAY_FOR_S`, :data:`RELAY_PER_CHECK` per check (a
    leader appends its own waiting ones itself). A member receiving one (shape-checked by the guard,
    at most 96 KiB; members only, point 8) takes it only within the sender's budget
-   (:class:`RelayBudget`, :data:`RELAY_CMDS_PER_S`, :data:`RELAY_BYTES_PER_S`: ``relay_over_budget``)
+   (:class:`MemberBudget`, :data:`RELAY_CMDS_PER_S`, :data:`RELAY_BYTES_PER_S`: ``relay_over_budget``)
    and when :meth:`RaftNode._relay_check` passes it: a replicad command (``relay_malformed``) and,
    in a signed cluster with an agreed membership, signed by another member's site
    (``relay_not_member``, ``relay_own_site``) under the keys the state gives it and for this
@@ -939,28 +939,35 @@ class WithheldWatch:
                 "waiting": len(self.pending), "leader_commit": oldest["leader_commit"]}
 
 
-class RelayBudget:
-    """Point 20: a token bucket per key (a sender's node id) of ``rate_cmds`` messages and
-    ``rate_bytes`` bytes a second, each holding ``burst_s`` seconds' worth. At most
-    :attr:`MAX_KEYS` keys (the members; an unknown key beyond is refused). Times are ``monotonic``
-    seconds passed in. Not thread-safe (the tick thread only)."""
+class MemberBudget:
+    """Points 17 and 20: a token bucket per key (a sender's node id) of ``rate_cmds`` messages and
+    ``rate_bytes`` bytes a second, each holding ``burst_s`` seconds' worth. At most ``max_keys``
+    keys (the members; an unknown key beyond is refused; None: no bound). With ``debt`` =
+    ``(messages, bytes)``, a refused message is charged too, down to minus that much (point 17:
+    a member over budget stays over while it keeps sending); without, a refused one costs nothing.
+    Times are ``monotonic`` seconds passed in. Not thread-safe (the tick thread only)."""
 
     MAX_KEYS = 256
 
-    def __init__(self, rate_cmds: float, rate_bytes: float, burst_s: float = RELAY_BURST_S) -> None:
+    def __init__(self, rate_cmds: float, rate_bytes: float, burst_s: float = RELAY_BURST_S,
+                 max_keys: int | None = MAX_KEYS, debt: tuple[float, float] | None = None) -> None:
         self.rate_cmds, self.rate_bytes, self.burst_s = rate_cmds, rate_bytes, burst_s
+        self.max_keys, self.debt = max_keys, debt
         self.buckets: dict[str, tuple[float, float, float]] = {}  # key -> (messages left, bytes left, when)
 
     def take(self, key: str, size: int, now_s: float) -> bool:
-        """Charge one message of ``size`` bytes to ``key``; False (nothing charged) when over budget."""
+        """Charge one message of ``size`` bytes to ``key``; False when over budget (then charged
+        only with ``debt``)."""
         full = (self.rate_cmds * self.burst_s, self.rate_bytes * self.burst_s)
-        if key not in self.buckets and len(self.buckets) >= self.MAX_KEYS:
+        if key not in self.buckets and self.max_keys is not None and len(self.buckets) >= self.max_keys:
             return False
         cmds, nbytes, last = self.buckets.get(key, (*full, now_s))
         elapsed = max(0.0, now_s - last)
         cmds = min(full[0], cmds + elapsed * self.rate_cmds)
         nbytes = min(full[1], nbytes + elapsed * self.rate_bytes)
         if cmds < 1 or nbytes < size:
+            if self.debt is not None:
+                cmds, nbytes = max(cmds - 1, -self.debt[0]), max(nbytes - size, -self.debt[1])
             self.buckets[key] = (cmds, nbytes, now_s)
             return False
         self.buckets[key] = (cmds - 1, nbytes - size, now_s)
@@ -1024,8 +1031,8 @@ class _HardenedSyncObj(SyncObj):
     _withheld_checked: float = float("-inf")
     # point 20: relay of this site's own signed commands through the other members
     relay_check: Callable[[Any, str], tuple[str, str] | None] = staticmethod(lambda command, node_id: None)
-    _relay_in: RelayBudget | None = None  # per sending member, tick thread only
-    _relay_out: RelayBudget | None = None  # others' relays passed on to the leader, tick thread only
+    _relay_in: MemberBudget | None = None  # per sending member, tick thread only
+    _relay_out: MemberBudget | None = None  # others' relays passed on to the leader, tick thread only
     _own: dict | None = None  # key -> {"command", "first_s", "relayed_s", "callbacks"}; under _own_lock
     _own_results: dict | None = None  # key -> result of an own command applied here (newest kept); under _own_lock
     _appending: tuple = (None, {})  # leader: (term, {key: None}) forwarded/relayed commands queued in that term
@@ -1045,8 +1052,8 @@ class _HardenedSyncObj(SyncObj):
         self._misbehaviour = MisbehaviourCount()
         self._withheld = WithheldWatch()
         self._own, self._own_results, self._own_lock = {}, {}, threading.Lock()
-        self._relay_in = RelayBudget(RELAY_CMDS_PER_S, RELAY_BYTES_PER_S)
-        self._relay_out = RelayBudget(RELAY_CMDS_PER_S / 2, RELAY_BYTES_PER_S / 2)
+        self._relay_in = MemberBudget(RELAY_CMDS_PER_S, RELAY_BYTES_PER_S)
+        self._relay_out = MemberBudget(RELAY_CMDS_PER_S / 2, RELAY_BYTES_PER_S / 2)
         transport = self.__dict__.get("_SyncObj__transport")
         if transport is not None:  # points 19, 20: see commands on their way to the leader
             real_send = transport.send
@@ -2081,7 +2088,8 @@ class RaftNode:
         self._dump_error: str | None = None
         self._status_lock = threading.Lock()
         self._status: dict = self._empty_status()
-        self._forward_budget = {}
+        self._forward_budget = MemberBudget(FORWARD_CMDS_PER_S, FORWARD_BYTES_PER_S, FORWARD_BURST_S, max_keys=None,
+                                            debt=(1.0, float(MAX_COMMAND_BYTES)))
 
     # -- lifecycle
     def start(self) -> None:
@@ -2133,28 +2141,16 @@ class RaftNode:
         member ``node_id`` forwarded must not be appended (point 17), else None. Charges the
         member's budget for every command, refused or not."""
         size = len(command) if isinstance(command, (bytes, bytearray)) else 0
-        now = monotonic_time()
-        cmds, nbytes, last = self._forward_budget.get(node_id, (FORWARD_CMDS_PER_S * FORWARD_BURST_S,
-                                                                FORWARD_BYTES_PER_S * FORWARD_BURST_S, now))
-        elapsed = max(0.0, now - last)
-        cmds = min(FORWARD_CMDS_PER_S * FORWARD_BURST_S, cmds + elapsed * FORWARD_CMDS_PER_S) - 1
-        nbytes = min(FORWARD_BYTES_PER_S * FORWARD_BURST_S, nbytes + elapsed * FORWARD_BYTES_PER_S) - size
-        self._forward_budget[node_id] = (max(cmds, -1.0), max(nbytes, -float(MAX_COMMAND_BYTES)), now)
-        if cmds < 0 or nbytes < 0:
+        if not self._forward_budget.take(node_id, size, monotonic_time()):
             return ("forwarded_over_budget", f"forwarded more than {FORWARD_CMDS_PER_S:.0f} commands or "
                     f"{FORWARD_BYTES_PER_S // 1024} KiB a second (bursts of {FORWARD_BURST_S:.0f} s)")
-        entry = entry_call(command)
-        decoded = None if entry is None else checkpoint.decode_command(entry[1])
-        if not isinstance(decoded, dict):
+        decoded, state, trust = self._checked_command(command)
+        if decoded is None:
             return "forwarded_malformed", f"a forwarded command that is not a replicad command ({size} bytes)"
-        trust = self._consumer.trust
-        if trust is None or trust.keys is None:
-            return None  # unsigned cluster: the password is the only identity
-        state = self.view()
-        inc = state.get("incarnation")
-        if inc is None:
-            return None  # founding: only found commands, each checked against its own list when applied
-        forwarder = next((m["site_id"] for m in inc["members"] if m["raft"] == node_id), None)
+        if state is None:
+            return None  # unsigned cluster: the password is the only identity; founding: only found
+            # commands, each checked against its own list when applied
+        forwarder = next((m["site_id"] for m in state["incarnation"]["members"] if m["raft"] == node_id), None)
         by = decoded.get("by")
         if by != forwarder:
             return ("forwarded_not_own", f"a command by {str(by)[:40]!r} forwarded by the member of "
@@ -2164,7 +2160,26 @@ class RaftNode:
             return "forwarded_bad_signature", f"{str(decoded.get('op'))[:40]} by {by!r}: {problem}"
         return None
 
-    _forward_budget: dict  # node id -> (commands left, bytes left, monotonic time), tick thread only
+    _forward_budget: MemberBudget  # per member node id, tick thread only
+
+    def _checked_command(self, command: Any) -> tuple[dict | None, dict | None, Trust | None]:
+        """Points 17 and 20, tick thread: ``(decoded, state, trust)`` for the payload ``command`` of an
+        ``apply_command`` or ``relay_command`` (a regular pysyncobj entry of our one method):
+        ``decoded`` the replicad command map it carries, or None (then all three are None); ``state``
+        (the applied cluster state, :meth:`view`) and ``trust`` only in a signed cluster with an
+        agreed membership, where sites and signatures are checked; else both None (unsigned: the
+        password is the only identity; founding: only found commands, checked when applied)."""
+        entry = entry_call(command)
+        decoded = None if entry is None else checkpoint.decode_command(entry[1])
+        if not isinstance(decoded, dict):
+            return None, None, None
+        trust = self._consumer.trust
+        if trust is None or trust.keys is None:
+            return decoded, None, None
+        state = self.view()
+        if state.get("incarnation") is None:
+            return decoded, None, None
+        return decoded, state, trust
 
     # -- point 20
     def _relay_check(self, command: Any, node_id: str) -> tuple[str, str] | None:
@@ -2179,17 +2194,13 @@ class RaftNode:
         :data:`RELAY_EXPIRY_MARGIN_NS` of the window's end, or signed by the site of the leader it
         follows — the leader refuses both, and a watched command the leader refuses would depose an
         honest leader). None: append it, or pass it on."""
-        entry = entry_call(command)
-        decoded = None if entry is None else checkpoint.decode_command(entry[1])
-        if not isinstance(decoded, dict):
+        decoded, state, trust = self._checked_command(command)
+        if decoded is None:
             return "relay_malformed", f"a relayed command that is not a replicad command ({len(command)} bytes)"
-        trust = self._consumer.trust
-        state = self.view()
-        inc = state.get("incarnation")
-        if trust is None or trust.keys is None or inc is None:
+        if state is None:
             return None  # unsigned cluster or founding: the password is the only identity
         by = decoded.get("by")
-        if not isinstance(by, str) or by not in {m["site_id"] for m in inc["members"]}:
+        if not isinstance(by, str) or by not in {m["site_id"] for m in state["incarnation"]["members"]}:
             return "relay_not_member", f"a relayed command by {str(by)[:40]!r}, which is not a member"
         if by == self._site_of(self._self_addr):
             return "relay_own_site", f"a command of this site ({by!r}) relayed to it"
