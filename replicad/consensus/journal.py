@@ -123,6 +123,10 @@ def _truncate_synced(path: Path, size: int) -> None:
 _RECORD_HEAD = struct.Struct("<II")  # payload length, crc32 of the payload
 _PAYLOAD_HEAD = struct.Struct("<QQ")  # idx, term
 FREE_TO_RESUME_BYTES = 256 * 1024
+META_LOG_EVERY_S = 300.0
+"""A lazy store of the meta file (the commit index, once a second) that keeps failing with the
+same error is logged at its first failure, then at most once per this many seconds with how many
+failed since; a recovery is logged once."""
 """Free space at which a journal that ran full is tried again (a record is at most ~80 KiB)."""
 DUMP_NAME = "raft.dump"  # RaftNode's dump beside the journal: its presence proves a past life
 
@@ -199,6 +203,8 @@ class DurableJournal(Journal):
         self.write_error: errors.ReplicadError | None = None
         self._probed_at = float("-inf")
         """The last append/meta write that failed for lack of space (StoreFullError), until one succeeds."""
+        self._lazy_failures = 0  # lazy meta stores failed in a row (onOneSecondTimer)
+        self._lazy_logged: tuple[float, str, int] | None = None  # (when, text, failures then) of its last line
         meta_missing = not self._meta_path.exists()
         self._meta = self._load_meta()
         self._meta_dirty = False
@@ -350,15 +356,18 @@ class DurableJournal(Journal):
             self._store_meta()
 
     # -- failures
-    def _guarded(self, action: Any, what: str, **evidence: Any) -> Any:
-        """Run a mutation; translate OSError into the error tree (ENOSPC → StoreFullError)."""
+    def _guarded(self, action: Any, what: str, path: Path | None = None, **evidence: Any) -> Any:
+        """Run a mutation of the file ``path`` (default: the journal; the meta file names its
+        own); translate OSError into the error tree (ENOSPC → StoreFullError), naming ``path``
+        in the message and as evidence ``path``."""
         if self._broken is not None:
             raise errors.InternalError(f"raft journal {self._path} is unusable after a failed write; restart the "
                                        "site (it re-reads the file)", path=str(self._path), detail=self._broken)
+        path = self._path if path is None else path
         try:
             result = action()
         except OSError as exc:
-            err = errors.from_os_error(exc, f"{what} ({self._path})", **evidence)
+            err = errors.from_os_error(exc, f"{what} ({path})", **{"path": str(path), **evidence})
             if isinstance(err, errors.StoreFullError):
                 self.write_error = err
             raise err from exc
@@ -514,7 +523,7 @@ class DurableJournal(Journal):
     # -- meta
     def _store_meta(self) -> None:
         data = encode_meta(self._meta)  # with its checksum (format 2)
-        self._guarded(lambda: _write_durably(self._meta_path, data), "writing the raft meta file")
+        self._guarded(lambda: _write_durably(self._meta_path, data), "writing the raft meta file", self._meta_path)
         self._meta_dirty = False
 
     def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
@@ -543,7 +552,27 @@ class DurableJournal(Journal):
             try:
                 self._store_meta()
             except errors.ReplicadError as err:
-                log.warning("raft journal meta (commit index) not stored: %s", err)
+                self._lazy_meta_failed(err)
+                return
+            if self._lazy_failures:
+                log.warning("raft meta file %s: the commit index is stored again (after %d failed tries)",
+                            self._meta_path, self._lazy_failures)
+                self._lazy_failures, self._lazy_logged = 0, None
+
+    def _lazy_meta_failed(self, err: errors.ReplicadError) -> None:
+        """A lazy store of the commit index failed (once a second while it lasts): logged at
+        WARNING the first time and whenever the error's text changes, else at most once per
+        :data:`META_LOG_EVERY_S` with how many tries failed since the last line."""
+        self._lazy_failures += 1
+        now = time.monotonic()
+        text = str(err)
+        if self._lazy_logged is not None and self._lazy_logged[1] == text \
+                and now - self._lazy_logged[0] < META_LOG_EVERY_S:
+            return
+        repeated = self._lazy_failures - self._lazy_logged[2] if self._lazy_logged is not None else 0
+        log.warning("raft meta file: the commit index is not stored: %s%s", text,
+                    f" ({repeated} more failed tries since the last line; tried each second)" if repeated else "")
+        self._lazy_logged = (now, text, self._lazy_failures)
 
 
 def _create_journal(journalFile: str | None = None) -> Journal:

@@ -193,3 +193,48 @@ def test_a_lone_node_whose_journal_was_moved_aside_is_not_held_back(tmp_path):
         assert obj._SyncObj__raftLog.rejoining and not obj._rejoining()
     finally:
         obj._destroy()
+
+
+def test_a_full_disk_under_the_lazy_meta_store_names_the_meta_file_and_is_not_logged_each_second(
+        tmp_path, caplog, monkeypatch):
+    """The commit index is stored once a second (onOneSecondTimer): on a full tmpfs the error names
+    the file written, raft.journal.meta (not raft.journal), and the same failure is logged once,
+    then once per META_LOG_EVERY_S with how many tries failed since; a recovery once."""
+    import errno
+    import logging
+
+    from replicad.consensus import journal as journal_module
+
+    with small_tmpfs(tmp_path / "raft", "256k") as raft_dir:
+        journal = DurableJournal(str(raft_dir / "raft.journal"))
+        journal.add(b"\x00" * 40, 1, 1)
+        filler = raft_dir / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\xff" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        with pytest.raises(errors.StoreFullError) as caught:
+            journal.setCurrentTerm(2, None)  # stored at once (a vote): raised to the caller
+        assert f"({raft_dir / 'raft.journal.meta'})" in str(caught.value)
+        assert caught.value.evidence["path"] == str(raft_dir / "raft.journal.meta")
+
+        journal.setRaftCommitIndex(1)
+        with caplog.at_level(logging.WARNING, logger="replicad.consensus.raft"):
+            for _ in range(30):
+                journal.onOneSecondTimer()
+            lines = [r.getMessage() for r in caplog.records]
+            assert len(lines) == 1, lines
+            assert "raft.journal.meta" in lines[0] and "no space left on device" in lines[0]
+            monkeypatch.setattr(journal_module, "META_LOG_EVERY_S", 0.0)
+            journal.onOneSecondTimer()
+            assert "(30 more failed tries since the last line" in caplog.records[-1].getMessage()
+            filler.unlink()
+            journal.onOneSecondTimer()
+            journal.onOneSecondTimer()
+            assert len(caplog.records) == 3
+            assert "stored again (after 31 failed tries)" in caplog.records[-1].getMessage()
+        journal._destroy()
