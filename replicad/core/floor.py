@@ -253,6 +253,23 @@ def weaker_than_floor(policy: dict, floor: FloorPolicy) -> list[str]:
     return problems
 
 
+def shorter_than(policy: dict, default: dict) -> list[str]:
+    """The keys of Raft retention ``policy`` shorter than in ``default`` (the retention a volume
+    is registered with, :data:`replicad.core.state.DEFAULT_RETENTION`), in ``default``'s order;
+    empty when ``policy`` keeps at least as long as the shipped default on every key.
+
+    Why: the default floor keeps more than the default Raft policy on purpose (a 7-day lock, one
+    snapshot per ISO week for 13 weeks and per month for 12 months, against a grid of 38 days
+    that has no weekly or monthly tier: matching it would keep a daily snapshot for a year at
+    every site). :func:`weaker_than_floor` is then a fact of the design, not news; it is news
+    (a WARNING at the site) only once the cluster's policy was shortened below the default.
+
+    Raises:
+        KeyError: a key of ``default`` is missing from ``policy``.
+    """
+    return [key for key in default if policy[key] < default[key]]
+
+
 def _days(seconds: float) -> str:
     days = seconds / 86_400
     return f"{days:g}d" if days >= 1 else f"{seconds:g}s"

@@ -25,8 +25,8 @@ from replicad.core import floor as local_floor
 from replicad.core import retention
 from replicad.core.errors import NotFoundError, ReplicadError, RetentionLockedError
 from replicad.core.manifest import chunk_digests
-from replicad.core.state import (locally_effective_retention, newest_common, quorum_now_ns, revoked_sites,
-                                  suspect_pins)
+from replicad.core.state import (DEFAULT_RETENTION, locally_effective_retention, newest_common, quorum_now_ns,
+                                  revoked_sites, suspect_pins)
 from replicad.site.cluster import Cluster
 from replicad.site.runner import VolumeRunner, load_manifest, runner_of
 from replicad.storage.catalog import Catalog
@@ -182,15 +182,27 @@ class Housekeeping:
                 self.catalog.set_state(volume, rec.epoch, rec.seq, "committed")
 
     def _warn_if_weaker(self, volume: str, raft_policy: dict, policy: local_floor.FloorPolicy) -> None:
-        """WARNING once per (policy, floor) pair when the Raft policy of ``volume`` is weaker
-        than this site's floor (the floor still wins here)."""
+        """Once per (policy, floor) pair when the Raft policy of ``volume`` is weaker than this
+        site's floor (the floor still wins here): at WARNING when the Raft policy was shortened
+        below the default a volume is registered with (:func:`~replicad.core.floor.shorter_than`
+        names the keys), else at INFO (the shipped defaults: the default floor keeps more than
+        the default Raft policy on purpose, so a default cluster logs no WARNING)."""
         key = (tuple(sorted(raft_policy.items())), policy)
         if self._weaker_warned.get(volume) == key:
             return
         self._weaker_warned[volume] = key
-        for problem in local_floor.weaker_than_floor(raft_policy, policy):
-            log.warning("retention of %s agreed in Raft is weaker than the floor of %s (the floor is kept here): %s",
-                        volume, self.site_id, problem)
+        problems = local_floor.weaker_than_floor(raft_policy, policy)
+        if not problems:
+            return
+        shortened = local_floor.shorter_than(raft_policy, DEFAULT_RETENTION)
+        if shortened:
+            log.warning("retention of %s agreed in Raft was shortened below the default (%s) and is weaker than the "
+                        "floor of %s (the floor is kept here): %s", volume, ", ".join(shortened), self.site_id,
+                        "; ".join(problems))
+        else:
+            log.info("retention of %s agreed in Raft keeps less than the floor of %s, as the defaults do on purpose "
+                     "(the floor is kept here; config/README.md [floor]): %s", volume, self.site_id,
+                     "; ".join(problems))
 
     async def prune(self, volume: str, seqs: list[int], reason: str = "") -> dict:
         """Operator request to prune exactly the committed snapshots ``seqs`` now (``reason``: the

@@ -189,3 +189,18 @@ def test_adding_newer_records_never_unprotects_one(policy: FloorPolicy, items, n
         for key, why in before.items():
             assert set(why) <= set(after.get(key, ()))
         before = after
+
+
+def test_the_default_raft_policy_is_weaker_than_the_default_floor_only_by_design() -> None:
+    """The shipped defaults differ on purpose (the floor's weekly and monthly tiers): a site
+    logs that at INFO; a WARNING needs a policy shortened below the default (housekeeping)."""
+    from replicad.config import RetentionConfig
+    from replicad.core.floor import shorter_than
+    from replicad.core.state import DEFAULT_RETENTION
+
+    shipped = RetentionConfig().model_dump()
+    assert {k: shipped[k] for k in DEFAULT_RETENTION} == DEFAULT_RETENTION  # one default, two places
+    assert weaker_than_floor(DEFAULT_RETENTION, DEFAULT_FLOOR) and shorter_than(DEFAULT_RETENTION, DEFAULT_RETENTION) == []
+    assert shorter_than({**DEFAULT_RETENTION, "lock_s": 3600, "daily_s": 7 * 86400}, DEFAULT_RETENTION) == [
+        "daily_s", "lock_s"]
+    assert shorter_than({k: v * 2 for k, v in DEFAULT_RETENTION.items()}, DEFAULT_RETENTION) == []
