@@ -42,20 +42,34 @@ def snapshot(c: LocalCluster, site: str) -> dict:
     return c.api(site, "POST", f"/v1/volumes/{VOL}/snapshot", {})
 
 
+def start_cluster(root: Path, *, extra_volume_toml: str = "", n_blocks: int = 192, interval: str = "1h",
+                  tls: bool = False, extra_site_toml: str = "") -> LocalCluster:
+    """A ready three-site cluster under ``root`` whose site-a holds a fresh image of ``n_blocks``;
+    the caller stops it (:meth:`LocalCluster.stop_all`, also when this raises)."""
+    c = LocalCluster(root, interval=interval, min_copies=2, extra_volume_toml=extra_volume_toml, tls=tls,
+                     extra_site_toml=extra_site_toml)
+    write_image(c.sites["site-a"].volume_path(VOL), n_blocks, random.Random(1))
+    try:
+        c.start_all()
+        c.wait_ready(60)
+    except BaseException:
+        c.stop_all()
+        raise
+    return c
+
+
 @pytest.fixture
 def cluster_factory(tmp_path: Path):
-    """``make(extra_volume_toml="", n_blocks=192, interval="1h", tls=False, extra_site_toml="")`` starts a ready three-site cluster whose
-    site-a holds a fresh image; every cluster made is stopped (by PID) at teardown."""
+    """``make(extra_volume_toml="", n_blocks=192, interval="1h", tls=False, extra_site_toml="")`` starts a ready
+    three-site cluster whose site-a holds a fresh image (:func:`start_cluster`); every cluster made is stopped
+    (by PID) at teardown."""
     made: list[LocalCluster] = []
 
     def make(extra_volume_toml: str = "", n_blocks: int = 192, interval: str = "1h", tls: bool = False,
              extra_site_toml: str = "") -> LocalCluster:
-        c = LocalCluster(tmp_path / f"cluster{len(made)}", interval=interval, min_copies=2,
-                         extra_volume_toml=extra_volume_toml, tls=tls, extra_site_toml=extra_site_toml)
+        c = start_cluster(tmp_path / f"cluster{len(made)}", extra_volume_toml=extra_volume_toml, n_blocks=n_blocks,
+                          interval=interval, tls=tls, extra_site_toml=extra_site_toml)
         made.append(c)
-        write_image(c.sites["site-a"].volume_path(VOL), n_blocks, random.Random(1))
-        c.start_all()
-        c.wait_ready(60)
         return c
 
     try:

@@ -18,14 +18,26 @@ from replicad.core import wire
 from replicad.core.errors import UsageError
 from replicad.lab.localcluster import LocalCluster
 
-from .conftest import VOL, snapshot
+from .conftest import VOL, snapshot, start_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """One cluster for the tests that leave it as they found it (a frozen site thawed, a moved image put back):
+    each cluster start costs seconds of daemon start-up."""
+    c = start_cluster(tmp_path_factory.mktemp("hostile") / "cluster", n_blocks=48)
+    try:
+        yield c
+    finally:
+        c.stop_all()
+
+
 @pytest.fixture
-def cluster(cluster_factory):
-    return cluster_factory(n_blocks=48)
+def cluster(shared_cluster: LocalCluster) -> LocalCluster:
+    shared_cluster.wait_ready(60)  # as a fresh one: every site up, current and registered
+    return shared_cluster
 
 
 def post_slowly(port: int, path: str, body: bytes, piece: int = 1448, pause_s: float = 0.002) -> tuple[int, bytes]:
