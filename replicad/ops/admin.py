@@ -107,7 +107,7 @@ from replicad.ops.exportlimits import IdleExports, requested_ttl_s
 from replicad.storage.audit import AuditLog, verify_chain
 from replicad.peer.netreason import connection_reason, unreachable_detail
 from replicad.core.errors import (InternalError, NotFoundError, NotSupportedError, PeerUnavailableError, ReplicadError,
-                     UnauthenticatedError, UsageError, _jsonable, from_dict)
+                     UnauthenticatedError, UsageError, _jsonable, facts_text, from_dict)
 from replicad.core import anomaly  # issue 14
 from replicad.core.state import (RETENTION_MAX_S, SIZE_BYTES_MAX, detection_policy, list_requests, max_size_bytes,
                                  retention_weakened)
@@ -850,7 +850,7 @@ async def _make_request(site: "SiteDaemon", action: str, args: dict, reason: str
     if res.get("status") == "pending":
         out["next"] = (f"an operator of another site approves it there: replicad approve {res.get('request')} "
                        f"(needs {res.get('needed')} sites, this one counted)")
-        log.warning("AUDIT request %s made at %s: %s %s", res.get("request"), site.site_id, action, args)
+        log.warning("AUDIT request %s made at %s: %s %s", res.get("request"), site.site_id, action, facts_text(args))
         return _ok(out, status=202)
     return _ok(out)
 

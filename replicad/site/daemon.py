@@ -59,7 +59,7 @@ from replicad.consensus.raft import RaftNode
 from replicad.core import anomaly
 from replicad.core.backoff import Backoff
 from replicad.core.errors import (ConflictError, MembershipMismatchError, NotFoundError, ReplicadError,
-                                  from_os_error, is_transient)
+                                  facts_text, from_os_error, is_transient)
 from replicad.core.state import CLOCK_REPORT_PERIOD_NS, DEFAULT_RETENTION
 from replicad.peer.tls import check_site_tls, client_context, server_context
 from replicad.peer.transport import PeerClient, peer_routes
@@ -89,6 +89,18 @@ from replicad.storage.chunkstore import ChunkStore
 from replicad.telemetry.metrics import SiteMetrics
 
 log = logging.getLogger("replicad.site.daemon")
+
+
+def _request_words(action: Any, args: Any, reason: Any = None) -> str:
+    """A request's action, arguments and reason for an AUDIT line:
+    ``set_retention volume=ehr retention={...} reason="..."`` (:func:`~replicad.core.errors.facts_text`);
+    ``?`` for an action not known here."""
+    words = str(action or "?")
+    if isinstance(args, dict) and args:
+        words += " " + facts_text(args)
+    if reason:
+        words += " " + facts_text({"reason": reason})
+    return words
 
 CLOCK_HEARTBEAT_S = CLOCK_REPORT_PERIOD_NS / 1e9  # Raft-reported site clocks (lock window by a majority)
 SHUTDOWN_GRACE_S = 10.0    # well inside systemd's TimeoutStopSec=60
@@ -490,38 +502,58 @@ class SiteDaemon:
         op = command.get("op")
         fields = {k: command[k] for k in CLUSTER_WIDE_FIELDS.get(op, ()) if k in command}
         outcome = {k: result[k] for k in ("epoch", "previous_primary", "cleared", "weakened") if k in result}
-        log.warning("AUDIT %s of volume %s by %s (a command signed by %s, applied at every site): %s %s", op,
-                    command.get("volume"), by, by, fields, outcome)
+        log.warning("AUDIT %s of volume %s by %s (a command signed by %s, applied at every site): %s", op,
+                    command.get("volume"), by, by, facts_text({**fields, **outcome}))
 
     def _request_event(self, command: dict, result: dict) -> None:
         """Tick thread: every site logs protection-weakening requests and what became of them
         (operators at every site see what they are asked to approve), and wakes its runners
-        when an approved action applied (a verdict cleared, a retention changed)."""
-        args = command.get("args") if command.get("op") == "request" else None
+        when an approved action applied (a verdict cleared, a retention changed).
+
+        Lines start ``AUDIT request``, at WARNING; an entry applied before this site joined the
+        cluster (the Raft log replayed at start, or caught up from the leader) starts
+        ``AUDIT (replayed from the Raft log) request``, at INFO: grepping ``AUDIT request`` finds
+        what happened while the site runs, not the whole history again at each restart. The
+        action and its arguments are ``key=value`` words (:func:`~replicad.core.errors.facts_text`),
+        an approval names the request's action (from the Raft view: the approve command has none)."""
+        replayed = getattr(self, "volumes", None) is None or not self.volumes.joined.is_set()
+        level, audit = (logging.INFO, "AUDIT (replayed from the Raft log)") if replayed else (logging.WARNING, "AUDIT")
+        requests = (self.raft.view().get("requests") or {}) if self.raft is not None else {}
+        req_id = result.get("request")
+        entry = requests.get(req_id) or {}
+        if command.get("op") == "request":
+            what = _request_words(command.get("action"), command.get("args"), command.get("reason"))
+        else:
+            what = _request_words(entry.get("action"), entry.get("args"), entry.get("reason"))
         if result.get("status") == "pending":
-            log.warning("AUDIT request %s by %s: %s %s%s -- approvals %s of %s needed; an operator of another site "
-                        "approves it at their own site with: replicad approve %s", result.get("request"),
-                        command.get("by"), command.get("action", ""), args if args is not None else "",
-                        f" ({command['reason']})" if command.get("reason") else "",
-                        len(result.get("approvals") or []), result.get("needed"), result.get("request"))
+            if command.get("op") == "request":
+                head = f"{req_id} by {command.get('by')}: {what}"
+            else:
+                head = (f"{req_id} ({what}, requested by {entry.get('by', '?')}) "
+                        + (f"approved by {command.get('by')}" if result.get("changed", True)
+                           else f"not changed: {command.get('by')} was already counted"))
+            log.log(level if result.get("changed", True) else logging.INFO,
+                    "%s request %s -- approvals %s of %s needed; an operator of another site approves it at their "
+                    "own site with: replicad approve %s", audit, head, len(result.get("approvals") or []),
+                    result.get("needed"), req_id)
         elif result.get("status") == "approved":
-            log.warning("AUDIT request %s approved by %s: it takes effect when the cooling-off ends (majority clock "
-                        "%d ns) unless a site vetoes it: replicad veto %s", result.get("request"),
-                        ", ".join(result.get("approvals") or []), result.get("effective_ns") or 0, result.get("request"))
+            log.log(level, "%s request %s (%s, requested by %s) approved by %s: it takes effect when the cooling-off "
+                    "ends (majority clock %d ns) unless a site vetoes it: replicad veto %s", audit, req_id, what,
+                    entry.get("by", "?"), ", ".join(result.get("approvals") or []), result.get("effective_ns") or 0,
+                    req_id)
         elif result.get("status") == "vetoed" and command.get("op") == "veto":
-            log.warning("AUDIT veto of request %s (%s%s, requested by %s) by %s: it will not take effect (%s's veto "
-                        "number %s; a site that vetoes every request can be revoked by a majority: replicad revoke "
-                        "%s)", result.get("request"), result.get("action"),
-                        f" of volume {result['volume']}" if result.get("volume") else "", result.get("requested_by"),
-                        result.get("vetoed_by"), result.get("vetoed_by"), result.get("vetoes"), result.get("vetoed_by"))
+            log.log(level, "%s veto of request %s (%s%s, requested by %s) by %s: it will not take effect (%s's veto "
+                    "number %s; a site that vetoes every request can be revoked by a majority: replicad revoke "
+                    "%s)", audit, req_id, result.get("action"),
+                    f" of volume {result['volume']}" if result.get("volume") else "", result.get("requested_by"),
+                    result.get("vetoed_by"), result.get("vetoed_by"), result.get("vetoes"), result.get("vetoed_by"))
         applied = list(result.get("requests_applied") or [])
         if result.get("status") == "applied":
             applied.append(result)
-        requests = (self.raft.view().get("requests") or {}) if applied and self.raft is not None else {}
         for done in applied:
-            log.warning("AUDIT request %s %s: %s %s (requested by %s)", done.get("request"), done.get("status"),
-                        done.get("action"), done.get("result"),
-                        (requests.get(done.get("request")) or {}).get("by", "?"))
+            log.log(level, "%s request %s %s: %s: %s (requested by %s)", audit, done.get("request"), done.get("status"),
+                    done.get("action"), facts_text(done.get("result")),
+                    (requests.get(done.get("request")) or {}).get("by", "?"))
         if applied and self._loop is not None:
             for runner in self.runners.values():
                 self._loop.call_soon_threadsafe(runner.wake.set)

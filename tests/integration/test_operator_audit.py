@@ -1,0 +1,51 @@
+"""AUDIT lines of requests on three real sites, as an operator greps them: an approval by the
+site that made the request names the action and its arguments (not ``r1 by site-a:   --``);
+arguments and results are ``key=value`` words, not Python dict reprs; a restarted site does not
+log the request history again as new ``AUDIT request`` WARNINGs: the Raft log's replay is marked
+``AUDIT (replayed from the Raft log)`` at INFO."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from replicad.lab.localcluster import NO_FLOOR_TOML
+
+from .conftest import VOL
+from .test_operator_cli import cli, flat
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+def test_request_audit_lines_name_the_action_and_a_restart_marks_its_replay(cluster_factory) -> None:
+    c = cluster_factory(n_blocks=32, interval="3650d", extra_site_toml=NO_FLOOR_TOML)
+    res = cli(c, "site-a", "max-size", VOL, "2GiB", "--reason", "disk resized")
+    req = re.search(r"request (r\d+)", flat(res)).group(1)
+    res = cli(c, "site-a", "approve", req)  # its own request: counted already
+    assert res.returncode == 0, flat(res)
+    res = cli(c, "site-b", "approve", req)
+    assert res.returncode == 0 and "applied" in flat(res), flat(res)
+
+    def lines(site: str, start: int = 0) -> list[str]:
+        return c.sites[site].log_path.read_text(errors="replace").splitlines()[start:]
+
+    c.wait_for("site-c logged the request applied",
+               lambda: any(f"AUDIT request {req} applied" in x for x in lines("site-c")), 30)
+    made = next(x for x in lines("site-c") if f"AUDIT request {req} by site-a:" in x)
+    assert "set_max_size volume=ehr max_size_bytes=2147483648" in made and 'reason="disk resized"' in made, made
+    again = next(x for x in lines("site-a") if f"AUDIT request {req} (" in x and "already counted" in x)
+    assert "set_max_size volume=ehr" in again and "INFO" in again, again
+    applied = next(x for x in lines("site-c") if f"AUDIT request {req} applied" in x)
+    assert "{" not in applied and "'" not in applied and "True" not in applied, applied
+    assert "max_size_bytes=2147483648" in applied, applied
+
+    before = len(lines("site-c"))
+    c.kill("site-c")
+    c.start("site-c")
+    c.wait_for("site-c joined again", lambda: c.status("site-c").get("raft", {}).get("leader"), 60)
+    c.wait_for("site-c replayed the request",
+               lambda: any(f"request {req} applied" in x for x in lines("site-c", before)), 60)
+    after = [x for x in lines("site-c", before) if f"request {req}" in x]
+    assert after and all("AUDIT (replayed from the Raft log) request" in x and "WARNING" not in x for x in after), \
+        after
