@@ -24,6 +24,9 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
                                             "committed_ns": int}},          # quorum_now_ns at commit
                         "detection": {...},                                 # set_detection, optional
                         "epoch_changes_ns": {site_id: int},                 # _check_epoch_rate, optional
+                        "restore_pin": {"epoch", "seq"},                    # RESTORE_PIN, optional
+                        "instant": {"epoch", "site", "seq", "since_ns"},    # INSTANT, optional
+                        "max_size_base": {"bytes", "at_ns"},                # MAX_SIZE_BASE, optional
                         "last_seq": int,
                         "registered_by": site_id}},                         # add_volume's signer
      "audit": [{"op", "by", "volume", "ok", "error", "at_ns"}, ...],   # last AUDIT_MAX
@@ -102,8 +105,12 @@ Authority rules (threat model: root on one site speaks with that site's identity
   default of its ``size_bytes`` (:func:`max_size_bytes`), written into the volume by its next
   commit, so commits never ratchet it up; one registered with size 0 (not known) and no
   commit yet takes the default of its first commit's size. ``set_max_size`` (``volume``, ``max_size_bytes``,
-  at least the volume's ``size_bytes``) runs only as the action of an approved request, without
-  cooling-off (like a longer retention: a grown volume replicates nothing until it applies).
+  at least the volume's ``size_bytes``) runs only as the action of an approved request: a smaller
+  maximum, or a larger one up to :func:`max_size_at_once` (twice the maximum, at most once per
+  :data:`MAX_SIZE_WINDOW_NS`), without cooling-off and not vetoable (a grown volume replicates
+  nothing until it applies); a larger one after the cooling-off, vetoable, unless every unrevoked
+  member approved it (one site and one stolen admin token of another lifted every replica's chunk
+  quota at once).
 * ``add_holder`` only by the holder itself (a site cannot name another as holding a copy).
 * ``register_site`` only by the site it registers (``not_self``, counted like the identity
   refusals: a site that names another a witness or moves its peer address speaks for it), and,
@@ -117,8 +124,16 @@ Authority rules (threat model: root on one site speaks with that site's identity
   commits the command is what prevents a minority from promoting. A forced one may name the
   ``snapshot`` to restore (committed, held, clean: else ``not_found`` / ``snapshot_suspect``);
   the volume then records it as :data:`RESTORE_PIN` for the new epoch, and pruning keeps it.
+  With ``instant`` (force and ``snapshot`` required, else ``bad_request``) the new primary serves
+  that snapshot at once through an overlay while it restores: the volume records
+  :data:`INSTANT` until the primary's first commit at that epoch.
 * ``demote``: by the current primary, or by any data site with ``force`` (not of a volume
   without a primary: ``conflict``, it would only move the epoch).
+* Instant-recovery rule (:func:`_check_instant`): while the primary is in an instant recovery
+  (:func:`instant_recovery`), a forced ``promote`` or ``demote`` by any other site is
+  ``approval_required`` (evidence ``refusal`` ``instant_recovery``, counted) unless it runs as an
+  approved role-change request (no cooling-off, no veto): the overlay at the primary holds the
+  only copy of the application's writes, and another primary in between sets it aside.
 * Epoch-change rule (:func:`_check_epoch_rate`): each site has one disruptive change
   (any forced promotion or demotion, whether the primary is live or silent) per volume per
   :data:`EPOCH_WINDOW_NS` by the majority clock; a second is ``approval_required`` (evidence
@@ -323,11 +338,12 @@ COMMON_KEYS = frozenset({"v", "op", "op_id", "by", "now_ns", identity.CLUSTER_FI
 IDENTITY_REFUSALS = frozenset({"bad_signature", "replayed", "expired", "revoked"})
 """Refusal codes of commands that are not what their signer said (forged, replayed, stale)."""
 COUNTED_REFUSALS = IDENTITY_REFUSALS | {"bad_ack", "out_of_range", "not_self"}
-COUNTED_CONFLICTS = frozenset({"not_founded", "epoch_rate", "not_vetoable"})
+COUNTED_CONFLICTS = frozenset({"not_founded", "epoch_rate", "not_vetoable", "instant_recovery"})
 """``refusal`` evidence of refusals that are counted like :data:`COUNTED_REFUSALS` under that
 reason, though their code says what the operator must do (``conflict``, ``approval_required``):
 a request before the founding (``not_founded``), a second epoch change too soon (``epoch_rate``),
-a veto of a role-change request (``not_vetoable``)."""
+a veto of a role-change request (``not_vetoable``), a forced role change taking a volume from a
+primary in an instant recovery (``instant_recovery``, :func:`instant_recovery`)."""
 COUNTED_REASONS = COUNTED_REFUSALS | COUNTED_CONFLICTS
 """Refusals every site logs at WARNING and counts (``replicad_command_refused_total{reason}``):
 the identity refusals, a commit naming a holder without its signed acknowledgement
@@ -350,6 +366,15 @@ MAX_SIZE_SLACK_BYTES)`` (:func:`default_max_size_bytes`): a doubling (the usual 
 1 GiB more for a small volume needs nobody's approval; past it the primary's daemon requests a
 new maximum (``set_max_size``) that another site approves (ARCHITECTURE, Choices: "A volume's
 agreed maximum size")."""
+MAX_SIZE_WINDOW_NS = 24 * 3600 * 10**9
+"""Window of the at-once growth of a volume's agreed maximum (:func:`max_size_at_once`), by the
+majority clock: within it, approved raises apply at once only up to :data:`MAX_SIZE_FACTOR` times
+the smallest maximum the volume had since the first of them."""
+MAX_SIZE_BASE = "max_size_base"
+"""Volume key: ``{"bytes": int, "at_ns": int}``, the agreed maximum before the first raise that
+applied at once within :data:`MAX_SIZE_WINDOW_NS` (``at_ns``: majority clock): the base of
+:func:`max_size_at_once` while the window lasts. A raise that cooled off unvetoed (or that every
+member approved) drops it."""
 VOUCHES_PER_SITE = 2
 """Vouches kept per site (``vouch``): the newest two, so a checkpoint a majority vouched stays
 visible while the fastest site already vouched the next one."""
@@ -362,7 +387,9 @@ EPOCH_ACTIONS = ("promote", "demote")  # a role change past a site's free one (e
 REQUEST_ACTIONS = (*WEAKENING_OPS, "revoke_site", "set_members", *EPOCH_ACTIONS, "set_max_size")
 NOT_VETOABLE = (*EPOCH_ACTIONS, "set_max_size")
 """Requests no site can veto: they weaken nothing during a cooling-off (they have none) and
-restore service (a role change) or replication (a grown volume's maximum); approvals only."""
+restore service (a role change) or replication (a grown volume's maximum); approvals only. A
+``set_max_size`` past :func:`max_size_at_once` is the exception: it cools off, and any site may
+veto it (:func:`max_size_cools_off`)."""
 MAJORITY_ACTIONS = ("revoke_site", "set_members")
 """Requests a majority of all registered sites approves, then cooling off unless every unrevoked
 member approved (module docstring, "Revocation and membership")."""
@@ -820,8 +847,13 @@ def _valid_op_id(value: Any) -> bool:
 # --------------------------------------------------------------------------- field validators
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """True for a plain ``int`` (never a ``bool``, which is an ``int`` in Python): the type check of
+    every integer field the state machine reads from a command, a decoded state or a record. Pure."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+_is_int = is_int
 
 
 def _int(command: dict, key: str, minimum: int = 0) -> int:
@@ -1005,6 +1037,45 @@ def max_size_bytes(vol: dict) -> int:
     if size == 0 and not vol.get("last_seq"):
         return SIZE_BYTES_MAX
     return default_max_size_bytes(size)
+
+
+def _max_size_base(state: dict, vol: dict) -> dict | None:
+    """``vol``'s :data:`MAX_SIZE_BASE` while its window lasts by the majority clock (kept when
+    there is no majority clock: nothing measures the window then), else None. Pure."""
+    rec = vol.get(MAX_SIZE_BASE)
+    if not isinstance(rec, dict) or not _is_int(rec.get("bytes")) or not _is_int(rec.get("at_ns")):
+        return None
+    quorum_now = quorum_now_ns(state)
+    if quorum_now is not None and quorum_now - rec["at_ns"] >= MAX_SIZE_WINDOW_NS:
+        return None
+    return rec
+
+
+def max_size_at_once(state: dict, vol: dict) -> int:
+    """The largest agreed maximum (bytes) an approved ``set_max_size`` of ``vol`` may set at once,
+    without cooling-off and not vetoable: :data:`MAX_SIZE_FACTOR` times the base, the current
+    maximum (:func:`max_size_bytes`) or, within :data:`MAX_SIZE_WINDOW_NS` of the first raise that
+    applied at once, the maximum before it if smaller (:data:`MAX_SIZE_BASE`); at most
+    :data:`SIZE_BYTES_MAX`. So raises at once double the maximum at most once a day: a hostile
+    primary with one approval (a stolen admin token, or an operator approving what looks routine)
+    cannot lift every replica's chunk quota step by step in minutes. A larger one cools off
+    (``trust.cooling_off_ns``) and any site may veto it, unless every unrevoked member approved it
+    (ARCHITECTURE, Choices: "A volume's agreed maximum size"). Pure."""
+    base = max_size_bytes(vol)
+    rec = _max_size_base(state, vol)
+    if rec is not None:
+        base = min(base, rec["bytes"])
+    return min(SIZE_BYTES_MAX, MAX_SIZE_FACTOR * base)
+
+
+def max_size_cools_off(state: dict, entry: dict) -> bool:
+    """True when ``entry`` (a request record) is a ``set_max_size`` of a known volume past
+    :func:`max_size_at_once`: approved, it cools off, and any site may veto it. Pure."""
+    if entry.get("action") != "set_max_size":
+        return False
+    vol = (state.get("volumes") or {}).get((entry.get("args") or {}).get("volume"))
+    wanted = (entry.get("args") or {}).get("max_size_bytes")
+    return vol is not None and _is_int(wanted) and wanted > max_size_at_once(state, vol)
 
 
 # --------------------------------------------------------------------------- ops
@@ -1218,6 +1289,7 @@ def _op_commit_snapshot(state: dict, cmd: dict) -> tuple[dict, dict]:
     if max_size == SIZE_BYTES_MAX and not _is_int(vol.get("max_size_bytes")):  # registered without a size
         max_size = default_max_size_bytes(size_bytes or 0)
     vol = {**_with_snapshot(vol, seq, snap), "last_seq": seq, "max_size_bytes": max_size}  # frozen: no ratchet
+    vol.pop(INSTANT, None)  # the primary's first commit at its epoch: the instant recovery's writes are replicated
     if size_bytes is not None and size_bytes > vol["size_bytes"]:
         vol["size_bytes"] = size_bytes
     result = {"ok": True, "volume": name, "seq": seq, "epoch": epoch}
@@ -1301,6 +1373,10 @@ def _op_promote(state: dict, cmd: dict) -> tuple[dict, dict]:
     to = _site_id(cmd, "to")
     expected_epoch = _int(cmd, "expected_epoch")
     force = _bool(cmd, "force")
+    instant = _bool(cmd, "instant")
+    if instant and (not force or "snapshot" not in cmd):
+        raise _Refusal("bad_request", "an instant recovery is a forced promotion naming the snapshot it serves "
+                       "(force and snapshot)", volume=name, field="instant")
     _check_epoch(name, vol, expected_epoch, "expected_epoch")
     _data_site(state, to, "promotion target")
     if is_revoked(state, to):
@@ -1330,15 +1406,24 @@ def _op_promote(state: dict, cmd: dict) -> tuple[dict, dict]:
     pin = None
     if "snapshot" in cmd:
         pin = _restore_point(vol, name, _int(cmd, "snapshot"))
+    if force:
+        _check_instant(state, cmd, name, vol, "promote")
     vol = _check_epoch_rate(state, cmd, name, vol, "promote", force)
     vol = {**vol, "primary": to, "epoch": new_epoch}
     vol.pop(RESTORE_PIN, None)
+    vol.pop(INSTANT, None)
     if pin is not None:
         vol[RESTORE_PIN] = {"epoch": new_epoch, "seq": pin}
+    if instant:
+        since = quorum_now_ns(state)
+        vol[INSTANT] = {"epoch": new_epoch, "site": to, "seq": pin,
+                        "since_ns": cmd["now_ns"] if since is None else since}
     result = {"ok": True, "volume": name, "epoch": new_epoch, "primary": to,
               "previous_primary": state["volumes"][name]["primary"], "forced": force}
     if pin is not None:
         result["snapshot"] = pin
+    if instant:
+        result["instant"] = True
     return _with_volume(state, name, vol), result
 
 
@@ -1420,6 +1505,53 @@ def restore_pin(vol_state: dict) -> int | None:
     return None
 
 
+INSTANT = "instant"
+"""Volume key set by a forced ``promote`` with ``instant`` (which names its ``snapshot``):
+``{"epoch": the new epoch, "site": the new primary, "seq": the snapshot it serves, "since_ns":
+the majority clock at the grant}``. That primary serves the snapshot at once through a
+copy-on-write overlay while it restores the image (``replicad.site.instant``): the application's
+writes since are at that site only, until the primary's first commit at that epoch (the overlay
+was merged into the image before it: no snapshot is taken before the switch-over), which drops
+the key; so does any later ``promote`` or ``demote``. While it stands, :func:`instant_recovery`."""
+
+
+def instant_recovery(state: dict, vol: dict) -> dict | None:
+    """The instant recovery ``vol``'s primary is in (:data:`INSTANT`: recorded at the current epoch
+    for the current primary, which is not revoked, no commit at that epoch yet), or None. While
+    there is one, a forced ``promote`` or ``demote`` by any other site is ``approval_required``
+    (evidence ``refusal`` ``instant_recovery``, counted) unless it runs as an approved request
+    (:func:`_check_instant`). Pure."""
+    inst = vol.get(INSTANT)
+    primary = vol.get("primary")
+    if not isinstance(inst, dict) or primary is None or inst.get("epoch") != vol.get("epoch") \
+            or inst.get("site") != primary or is_revoked(state, primary):
+        return None
+    return inst
+
+
+def _check_instant(state: dict, cmd: dict, name: str, vol: dict, op: str) -> None:
+    """The instant-recovery rule (ARCHITECTURE, Choices: "A primary in an instant recovery keeps
+    the volume"): a forced ``op`` (``promote`` or ``demote``) of ``name`` by a site other than its
+    primary, while the primary is in an instant recovery (:func:`instant_recovery`), takes the
+    volume from a site whose overlay holds the only copy of the application's writes since the
+    grant (another primary in between sets that overlay aside at its next takeover). It is
+    refused (``approval_required``, evidence ``refusal`` ``instant_recovery``, counted) unless it
+    runs as the action of a request other sites approved (``request`` with ``action`` ``promote``
+    or ``demote``: :func:`_needed` sites, no cooling-off, no veto, as a second change within the
+    hour). The primary's own changes (a planned switchover or demotion, a forced promotion of
+    itself again) are its operator's and stay free. Deterministic: the state only."""
+    inst = instant_recovery(state, vol)
+    if inst is None or cmd["by"] == vol["primary"] or cmd.get(_APPROVED) is True:
+        return
+    raise _Refusal("approval_required", f"{vol['primary']!r} is in an instant recovery of {name!r} (serving "
+                   f"#{inst.get('seq')} since epoch {inst.get('epoch')}; the application's writes since are in its "
+                   f"overlay only, until its first snapshot at that epoch): a forced {op} by {cmd['by']!r} would take "
+                   "the volume from it and needs the approval of other sites (a request: 'replicad approve' at "
+                   "another site)",
+                   volume=name, by=cmd["by"], op=op, primary=vol["primary"], epoch=vol["epoch"],
+                   seq=inst.get("seq"), since_ns=inst.get("since_ns"), refusal="instant_recovery")
+
+
 def _op_demote(state: dict, cmd: dict) -> tuple[dict, dict]:
     name, vol = _volume(state, cmd)
     expected_epoch = _int(cmd, "expected_epoch")
@@ -1436,10 +1568,13 @@ def _op_demote(state: dict, cmd: dict) -> tuple[dict, dict]:
         raise _Refusal("not_primary", f"demotion of {name!r} must be asked by its primary "
                        f"{vol['primary']!r} (or forced)", volume=name, by=cmd["by"],
                        primary=vol["primary"], epoch=vol["epoch"])
+    if force:
+        _check_instant(state, cmd, name, vol, "demote")
     vol = _check_epoch_rate(state, cmd, name, vol, "demote", force)
     new_epoch = vol["epoch"] + 1
     vol = {**vol, "primary": None, "epoch": new_epoch}
     vol.pop(RESTORE_PIN, None)
+    vol.pop(INSTANT, None)
     return _with_volume(state, name, vol), {"ok": True, "volume": name, "epoch": new_epoch,
                                             "previous_primary": state["volumes"][name]["primary"]}
 
@@ -1818,9 +1953,14 @@ def _op_set_retention(state: dict, cmd: dict) -> tuple[dict, dict]:
 def _op_set_max_size(state: dict, cmd: dict) -> tuple[dict, dict]:
     """Change a volume's agreed maximum size (:func:`max_size_bytes`): only as the action of an
     approved request (a larger maximum lifts every receiver's chunk quota and what a manifest
-    may claim; one site's word once lifted it to 1 PiB), applied without cooling-off. At least
-    the volume's ``size_bytes`` (``bad_request``), at most :data:`SIZE_BYTES_MAX`
-    (``out_of_range``). The same maximum again is answered ``changed`` false."""
+    may claim; one site's word once lifted it to 1 PiB). A smaller one, or a larger one up to
+    :func:`max_size_at_once`, applies at the approval (not vetoable: a grown volume replicates
+    nothing until it applies); a larger one after the cooling-off, vetoable, unless every
+    unrevoked member approved it (:func:`_run_request`). At least the volume's ``size_bytes``
+    (``bad_request``), at most :data:`SIZE_BYTES_MAX` (``out_of_range``). The same maximum again
+    is answered ``changed`` false. The first raise at once of a window records
+    :data:`MAX_SIZE_BASE`; one past the at-once bound drops it. Result: ``max_size_bytes``,
+    ``previous``, ``changed`` and ``at_once`` (the bound it was judged against)."""
     name, vol = _volume(state, cmd)
     wanted = _int(cmd, "max_size_bytes")
     if wanted > SIZE_BYTES_MAX:
@@ -1833,12 +1973,22 @@ def _op_set_max_size(state: dict, cmd: dict) -> tuple[dict, dict]:
     current = max_size_bytes(vol)
     if wanted == current:
         return state, {"ok": True, "volume": name, "max_size_bytes": wanted, "changed": False}
+    at_once = max_size_at_once(state, vol)
     if cmd.get(_APPROVED) is not True:
         raise _Refusal("approval_required", f"a change of {name!r}'s maximum size ({current} -> {wanted} bytes) must "
-                       "be a request approved by operators at other sites (no cooling-off; replicad requests, "
-                       "replicad approve REQ)", by=cmd["by"], volume=name, max_size_bytes=wanted, current=current)
-    return (_with_volume(state, name, {**vol, "max_size_bytes": wanted}),
-            {"ok": True, "volume": name, "max_size_bytes": wanted, "previous": current, "changed": True})
+                       "be a request approved by operators at other sites (up to "
+                       f"{at_once} bytes at the approval; beyond, after the cooling-off, vetoable, unless every "
+                       "site approved; replicad requests, replicad approve REQ)", by=cmd["by"], volume=name,
+                       max_size_bytes=wanted, current=current, at_once=at_once)
+    new_vol = {**vol, "max_size_bytes": wanted}
+    if wanted > at_once:  # it cooled off unvetoed, or every member approved: the base of the next raises
+        new_vol.pop(MAX_SIZE_BASE, None)
+    elif wanted > current and _max_size_base(state, vol) is None:  # the first raise at once in a window
+        quorum_now = quorum_now_ns(state)
+        new_vol[MAX_SIZE_BASE] = {"bytes": current, "at_ns": cmd["now_ns"] if quorum_now is None else quorum_now}
+    return (_with_volume(state, name, new_vol),
+            {"ok": True, "volume": name, "max_size_bytes": wanted, "previous": current, "changed": True,
+             "at_once": at_once})
 
 
 def _op_prune_snapshots(state: dict, cmd: dict) -> tuple[dict, dict]:
@@ -2108,7 +2258,8 @@ def _op_approve(state: dict, cmd: dict) -> tuple[dict, dict]:
     entry = (state.get("requests") or {}).get(req_id)
     if entry is None:
         raise _Refusal("not_found", f"unknown request {req_id!r}", request=req_id)
-    cooling = entry["status"] == "approved" and entry["action"] in MAJORITY_ACTIONS
+    cooling = entry["status"] == "approved" and (entry["action"] in MAJORITY_ACTIONS
+                                                 or entry["action"] == "set_max_size")
     if entry["status"] != "pending" and not cooling:
         raise _Refusal("conflict", f"request {req_id} is {entry['status']}, not pending", request=req_id,
                        status=entry["status"])
@@ -2122,7 +2273,8 @@ def _op_approve(state: dict, cmd: dict) -> tuple[dict, dict]:
     needed = max(int(entry["needed"]), _needed(state, cmd.get(_TRUST), entry["action"]))
     entry = {**entry, "approvals": [*entry["approvals"], cmd["by"]], "needed": needed}
     new_state = {**state, "requests": {**state["requests"], req_id: entry}}
-    if cooling:  # a revocation or membership change cooling off: the last member's approval applies it now
+    if cooling:  # a revocation, membership change or large maximum cooling off: the last member's approval
+        # applies it now
         if not _unanimous(new_state, entry):
             return new_state, {"ok": True, "request": req_id, "status": "approved",
                                "approvals": list(entry["approvals"]), "needed": entry["needed"],
@@ -2154,7 +2306,9 @@ def _run_request(state: dict, cmd: dict, entry: dict) -> tuple[dict, dict]:
     detection policy change (a stricter one too: review R7, F2), and
     ``trust.membership_cooling_off_ns`` for a revocation or membership change, which skips it
     when every unrevoked member approved (:func:`_unanimous`); none for a role change, a grown
-    maximum size or a longer retention, and none with ``trust`` None."""
+    maximum size up to :func:`max_size_at_once` or a longer retention, and none with ``trust``
+    None; a larger maximum cools off for ``trust.cooling_off_ns`` unless every unrevoked member
+    approved it."""
     trust = cmd.get(_TRUST)
     if trust is None:
         cooling = 0
@@ -2162,8 +2316,9 @@ def _run_request(state: dict, cmd: dict, entry: dict) -> tuple[dict, dict]:
         cooling = 0 if _unanimous(state, entry) else trust.membership_cooling_off_ns
     elif entry["action"] in EPOCH_ACTIONS:  # restoring service: other sites agreed, nothing is weakened
         cooling = 0
-    elif entry["action"] == "set_max_size":  # a grown volume replicates nothing until it applies
-        cooling = 0
+    elif entry["action"] == "set_max_size":  # a grown volume replicates nothing until it applies: at once up
+        # to max_size_at_once; a larger maximum (every replica's disk) cools off unless every member approved
+        cooling = trust.cooling_off_ns if max_size_cools_off(state, entry) and not _unanimous(state, entry) else 0
     elif _stricter_retention(state, entry):
         cooling = 0
     else:
@@ -2303,8 +2458,8 @@ def _not_its_own_revocation(cmd: dict, entry: dict, what: str) -> None:
 
 def _op_veto(state: dict, cmd: dict) -> tuple[dict, dict]:
     """Any registered site stops a request that has not taken effect (pending or cooling off),
-    except the request revoking that site, a role change and a new maximum size
-    (:data:`NOT_VETOABLE`: ``conflict``,
+    except the request revoking that site, a role change and a new maximum size up to
+    :func:`max_size_at_once` (:data:`NOT_VETOABLE`: ``conflict``,
     evidence ``refusal`` ``not_vetoable``, counted). A site whose revocation is pending may still veto
     other requests until the revocation applies (its vetoes only ever keep protection). One
     site's veto blocks (ARCHITECTURE, Choices: "A veto blocks"); each is counted per vetoing
@@ -2321,7 +2476,9 @@ def _op_veto(state: dict, cmd: dict) -> tuple[dict, dict]:
         raise _Refusal("conflict", f"request {req_id} is {entry['status']}: only a pending or approved request "
                        "can be vetoed", request=req_id, status=entry["status"])
     _not_its_own_revocation(cmd, entry, "veto")
-    if entry["action"] in NOT_VETOABLE:
+    cooling_max_size = entry["action"] == "set_max_size" and (entry["status"] == "approved" or
+                                                               max_size_cools_off(state, entry))
+    if entry["action"] in NOT_VETOABLE and not cooling_max_size:
         # a veto stops a weakening during its cooling-off; a role change has none, only approvals,
         # and a veto of one let the site that had just taken the volume (a Raft leader sees each
         # request first) keep the honest sites from taking it back (review R6); a grown volume's
@@ -2510,7 +2667,7 @@ _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str],
                    frozenset({"volume", "seq", "site_id"})),
     "remove_holder": (_op_remove_holder, frozenset({"volume", "seq", "site_id"}),
                       frozenset({"volume", "seq", "site_id"})),
-    "promote": (_op_promote, frozenset({"volume", "to", "expected_epoch", "force", "snapshot"}),
+    "promote": (_op_promote, frozenset({"volume", "to", "expected_epoch", "force", "snapshot", "instant"}),
                 frozenset({"volume", "to", "expected_epoch"})),
     "demote": (_op_demote, frozenset({"volume", "expected_epoch", "force"}),
                frozenset({"volume", "expected_epoch"})),

@@ -10,10 +10,10 @@ import copy
 
 import pytest
 
-from replicad.core.state import (MAX_SIZE_SLACK_BYTES, SIZE_BYTES_MAX, counted_reason, default_max_size_bytes,
-                                 max_size_bytes)
+from replicad.core.state import (MAX_SIZE_BASE, MAX_SIZE_SLACK_BYTES, MAX_SIZE_WINDOW_NS, SIZE_BYTES_MAX,
+                                 counted_reason, default_max_size_bytes, max_size_at_once, max_size_bytes)
 from replicad.core.state import initial_state
-from tests.unit.core.test_identity import COOLING, RETENTION as SIGNED_RETENTION, SIGNERS, SITES, acks, found
+from tests.unit.core.test_identity import COOLING, NOW, RETENTION as SIGNED_RETENTION, SIGNERS, SITES, acks, found
 from tests.unit.core.test_identity import cmd as signed_cmd
 from tests.unit.core.test_identity import ok as signed_ok
 from tests.unit.core.test_identity import refused as signed_refused
@@ -108,22 +108,102 @@ def test_a_larger_maximum_is_a_request_another_site_approves(cluster: dict) -> N
                          args={"volume": "vol", "max_size_bytes": SIZE_BYTES_MAX + 1}), "out_of_range")
 
 
-def test_an_approved_larger_maximum_does_not_cool_off(signed_cluster: dict) -> None:
-    state, res = signed_ok(signed_cluster, signed_cmd("request", by="a", action="set_max_size",
-                                                      args={"volume": "vol", "max_size_bytes": 4 * GIB}), COOLING)
-    state, res = signed_ok(state, signed_cmd("approve", by="b", request=res["request"]), COOLING)
+M0 = GIB + 65536  # signed_cluster's agreed maximum: the default of its 64 KiB
+
+
+def _request(state: dict, wanted: int, by: str = "a") -> tuple[dict, str]:
+    state, res = signed_ok(state, signed_cmd("request", by=by, action="set_max_size",
+                                             args={"volume": "vol", "max_size_bytes": wanted}), COOLING)
+    assert res["status"] == "pending", res
+    return state, res["request"]
+
+
+def _clocks(state: dict, now_ns: int, sites=("a", "b", "c")) -> tuple[dict, dict]:
+    res: dict = {}
+    for s in sites:
+        state, res = signed_ok(state, signed_cmd("clock", by=s, now_ns=now_ns), COOLING)
+    return state, res
+
+
+def test_an_approved_doubling_of_the_maximum_does_not_cool_off(signed_cluster: dict) -> None:
+    assert max_size_at_once(signed_cluster, signed_cluster["volumes"]["vol"]) == 2 * M0
+    state, req = _request(signed_cluster, 2 * M0)
+    state, res = signed_ok(state, signed_cmd("approve", by="b", request=req), COOLING)
     assert res["status"] == "applied", res  # a grown volume replicates nothing until it applies
+    assert max_size_bytes(state["volumes"]["vol"]) == 2 * M0
+    assert state["volumes"]["vol"][MAX_SIZE_BASE] == {"bytes": M0, "at_ns": NOW}  # the window's base
 
 
-def test_a_new_maximum_cannot_be_vetoed(signed_cluster: dict) -> None:
+def test_a_new_maximum_within_the_doubling_cannot_be_vetoed(signed_cluster: dict) -> None:
     # last read of the change: c vetoed each cycle's set_max_size request of a grown volume, which
     # then replicated nothing until c was revoked
-    state, res = signed_ok(signed_cluster, signed_cmd("request", by="a", action="set_max_size",
-                                                      args={"volume": "vol", "max_size_bytes": 4 * GIB}), COOLING)
-    refusal = signed_refused(state, signed_cmd("veto", by="c", request=res["request"]), "conflict", COOLING)
+    state, req = _request(signed_cluster, 2 * M0)
+    refusal = signed_refused(state, signed_cmd("veto", by="c", request=req), "conflict", COOLING)
     assert refusal["evidence"]["refusal"] == "not_vetoable" and counted_reason(refusal) == "not_vetoable", refusal
-    state, res = signed_ok(state, signed_cmd("approve", by="b", request=res["request"]), COOLING)
-    assert res["status"] == "applied" and max_size_bytes(state["volumes"]["vol"]) == 4 * GIB, res
+    state, res = signed_ok(state, signed_cmd("approve", by="b", request=req), COOLING)
+    assert res["status"] == "applied" and max_size_bytes(state["volumes"]["vol"]) == 2 * M0, res
+
+
+def test_one_site_and_a_stolen_token_cannot_lift_the_maximum_at_once(signed_cluster: dict) -> None:
+    """The attacker's primary a files, a stolen admin token of b approves: before, 2**50 applied at
+    the approval (every replica's chunk quota, and a hostile primary filled their disks). Now past
+    twice the maximum it cools off, and c vetoes it; nor do doublings at once ratchet: the second
+    one within the day is judged against the maximum before the first."""
+    state, req = _request(signed_cluster, 2**50)
+    state, res = signed_ok(state, signed_cmd("approve", by="b", request=req), COOLING)
+    assert res["status"] == "approved" and res["effective_ns"] == NOW + COOLING.cooling_off_ns, res
+    assert max_size_bytes(state["volumes"]["vol"]) == M0  # not yet
+    state, res = signed_ok(state, signed_cmd("veto", by="c", request=req), COOLING)
+    assert res["status"] == "vetoed", res
+    state, _ = _clocks(state, NOW + 2 * COOLING.cooling_off_ns)
+    assert max_size_bytes(state["volumes"]["vol"]) == M0  # vetoed: never applied
+    # doubling after doubling: the first applies at once, the second (4 x M0) cools off
+    now = NOW + 2 * COOLING.cooling_off_ns
+    state, req = _request(state, 2 * M0)
+    state, res = signed_ok(state, signed_cmd("approve", by="b", request=req, now_ns=now), COOLING)
+    assert res["status"] == "applied" and max_size_bytes(state["volumes"]["vol"]) == 2 * M0, res
+    assert max_size_at_once(state, state["volumes"]["vol"]) == 2 * M0  # the base is M0 for a day
+    state, req = _request(state, 4 * M0)
+    state, res = signed_ok(state, signed_cmd("approve", by="b", request=req, now_ns=now), COOLING)
+    assert res["status"] == "approved", res
+    state, res = signed_ok(state, signed_cmd("veto", by="c", request=req, now_ns=now), COOLING)
+    assert res["status"] == "vetoed" and max_size_bytes(state["volumes"]["vol"]) == 2 * M0, res
+    # one site's clock running ahead does not end the window; the majority's does
+    state, _ = _clocks(state, now + MAX_SIZE_WINDOW_NS, sites=("a",))
+    assert max_size_at_once(state, state["volumes"]["vol"]) == 2 * M0
+    state, _ = _clocks(state, now + MAX_SIZE_WINDOW_NS, sites=("b",))
+    assert max_size_at_once(state, state["volumes"]["vol"]) == 4 * M0
+
+
+def test_a_large_maximum_applies_after_its_cooling_off_or_with_every_site(signed_cluster: dict) -> None:
+    # a real resize of 8x: after the cooling-off, nobody vetoing, it applies and is the next base
+    state, req = _request(signed_cluster, 8 * GIB)
+    state, res = signed_ok(state, signed_cmd("approve", by="b", request=req), COOLING)
+    assert res["status"] == "approved", res
+    state, res = _clocks(state, NOW + COOLING.cooling_off_ns, sites=("a", "b"))  # the majority's clock
+    assert [(d["request"], d["status"]) for d in res["requests_applied"]] == [(req, "applied")], res
+    assert max_size_bytes(state["volumes"]["vol"]) == 8 * GIB and MAX_SIZE_BASE not in state["volumes"]["vol"]
+    assert max_size_at_once(state, state["volumes"]["vol"]) == 16 * GIB
+    # every site approving skips the cooling-off (the operators of all sites agree on a resize)
+    state, req = _request(state, 64 * GIB)
+    state, res = signed_ok(state, signed_cmd("approve", by="b", request=req), COOLING)
+    assert res["status"] == "approved", res
+    state, res = signed_ok(state, signed_cmd("approve", by="a", request=req), COOLING)  # the requester's again
+    assert res["changed"] is False and res["status"] == "approved", res
+    state, res = signed_ok(state, signed_cmd("approve", by="c", request=req), COOLING)
+    assert res["status"] == "applied" and max_size_bytes(state["volumes"]["vol"]) == 64 * GIB, res
+
+
+def test_a_smaller_maximum_applies_at_the_approval(signed_cluster: dict) -> None:
+    state, req = _request(signed_cluster, 2 * M0)
+    state, _ = signed_ok(state, signed_cmd("approve", by="b", request=req), COOLING)
+    state, req = _request(state, M0 // 2)
+    refusal = signed_refused(state, signed_cmd("veto", by="c", request=req), "conflict", COOLING)
+    assert refusal["evidence"]["refusal"] == "not_vetoable", refusal
+    state, res = signed_ok(state, signed_cmd("approve", by="b", request=req), COOLING)
+    assert res["status"] == "applied" and max_size_bytes(state["volumes"]["vol"]) == M0 // 2, res
+    # the window's base is the smallest maximum since its first raise: now M0 // 2
+    assert max_size_at_once(state, state["volumes"]["vol"]) == M0
 
 
 def test_the_acknowledgements_attest_the_committed_size(signed_cluster: dict) -> None:
