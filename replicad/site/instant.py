@@ -39,8 +39,11 @@ the record goes and the export is not served again. A fence closes it and remove
 under the new epoch (the record rewritten, durably, before the export listens) when this site
 takes the volume over again restoring the same snapshot (seq and root) and no other site was
 primary at any epoch in between (:func:`primaries_between`, from the Raft state's role results):
-another site's forced demote of this one does not discard the application's flushed writes
-(review R7, F3). Any other record (another snapshot,
+a demote of this one does not discard the application's flushed writes (review R7, F3). The
+forced promotion says ``instant`` to the Raft state, which holds the volume for this site until
+its first commit at that epoch (:func:`replicad.core.state.instant_recovery`): no other site takes
+it over, or demotes it, without other sites' approval, and a plain forced promotion of this site
+continues a pending record (:meth:`InstantRecovery.pending`). Any other record (another snapshot,
 another site primary meanwhile, an epoch the state no longer records) is set aside
 (``<volume>.stale-<epoch>-<seq>``, logged at ERROR), never applied nor deleted: the writes in it
 were made to a takeover whose branch the cluster left.
@@ -61,6 +64,7 @@ from typing import Any
 
 from replicad.core.errors import IntegrityError, ReplicadError, RestoreVerifyError, UsageError, from_os_error
 from replicad.core.manifest import Manifest
+from replicad.core.state import is_int
 from replicad.site.exports import Export, Exports
 from replicad.storage.durable import fsync_dir
 from replicad.telemetry.metrics import SiteMetrics
@@ -77,10 +81,6 @@ MERGE_CHUNK_BLOCKS = 64  # overlay blocks copied into the image per read/write a
 
 EPOCHS_BETWEEN_MAX = 1024  # primaries_between looks at most this many epochs apart
 MISSING: Any = object()  # primaries_between: an epoch whose primary the Raft state no longer records
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def primaries_between(view: dict, volume: str, lo: int, hi: int) -> dict[int, Any]:
@@ -109,7 +109,7 @@ def primaries_between(view: dict, volume: str, lo: int, hi: int) -> dict[int, An
 
     for res in results():
         if not isinstance(res, dict) or res.get("ok") is not True or res.get("volume") != volume \
-                or not _is_int(res.get("epoch")) or "previous_primary" not in res:
+                or not is_int(res.get("epoch")) or "previous_primary" not in res:
             continue
         primary = res.get("primary")  # a demote's result names none
         if primary is None or isinstance(primary, str):
@@ -205,6 +205,24 @@ class InstantRecovery:
         st = self._states.get(volume)
         if st is not None and st.phase == "done":
             del self._states[volume]
+
+    def pending(self, volume: str) -> int | None:
+        """The snapshot seq of ``volume``'s instant recovery this site left pending (a record not
+        ``done``, or ``done`` with its overlay still beside it: the application's flushed writes
+        are in the overlay only), None when there is none or the record cannot be read (the
+        takeover names that one). A plain ``promote --force`` of this site continues it
+        (:meth:`Promotion.promote`): the forced promotion then says ``instant``, so the state holds
+        the volume for this site again until its first commit (:func:`replicad.core.state.instant_recovery`).
+        Blocking (reads the record: a worker thread)."""
+        try:
+            rec = self._read_record(volume)
+        except ReplicadError:
+            return None
+        if rec is None or not is_int(rec.get("seq")):
+            return None
+        if rec["phase"] == "done" and not (self._dir(volume) / "overlay").is_dir():
+            return None
+        return rec["seq"]
 
     def withdraw(self, volume: str) -> None:
         """The promotion was not proposed (refused, lost quorum): forget the request."""
@@ -340,7 +358,7 @@ class InstantRecovery:
         rewritten with ``epoch`` (tmp + fsync + rename + directory fsync) before this returns
         True, so a crash now finds a record of this takeover. Returns False when it must be set
         aside (logged at ERROR with why). Raises typed OSError from the record's write."""
-        if rec["seq"] != seq or rec["root"] != root.hex() or not _is_int(rec["epoch"]) or rec["epoch"] >= epoch:
+        if rec["seq"] != seq or rec["root"] != root.hex() or not is_int(rec["epoch"]) or rec["epoch"] >= epoch:
             return False
         d = self._dir(volume)
         if rec["phase"] == "done" and not (d / "overlay").is_dir():
@@ -356,7 +374,7 @@ class InstantRecovery:
                                 for e, p in sorted(others.items())))
             return False
         st = InstantState(volume, epoch, seq, root, d, "switching" if rec["phase"] == "done" else rec["phase"],
-                          rec.get("requested_at_ns") if _is_int(rec.get("requested_at_ns")) else time.time_ns(),
+                          rec.get("requested_at_ns") if is_int(rec.get("requested_at_ns")) else time.time_ns(),
                           size_bytes=rec.get("size_bytes") or 0, block_size=rec.get("block_size") or 0)
         self._write_record(st)
         log.warning("AUDIT volume %s: this takeover (epoch %d, #%d) continues the instant recovery of epoch %s at %s: "

@@ -433,7 +433,17 @@ class Promotion:
         ``snapshot``, and the call returns as soon as the new primary serves it as a writable
         NBD export (:mod:`replicad.site.instant`), with ``instant`` (its state: socket, uri,
         phase) in the answer, while the image is written in the background; UsageError without
-        ``force``, NotFoundError without a clean snapshot.
+        ``force``, NotFoundError without a clean snapshot. The forced promotion says ``instant``
+        to the state, which then holds the volume for this site until its first commit at the new
+        epoch: another site's forced role change is a request others approve
+        (:func:`~replicad.core.state.instant_recovery`). A plain forced promotion of a site that
+        left an instant recovery pending (fenced before its switch-over, its overlay kept:
+        :meth:`InstantRecovery.pending`) continues it: it is instant on that record's snapshot (an
+        operator who wants the snapshot without those writes moves ``<data_dir>/instant/VOL``
+        aside first).
+
+        A forced promotion refused by the epoch-change or the instant-recovery rule is filed as a
+        request (ApprovalRequiredError naming it, :meth:`_epoch_request`).
 
         Raises NoQuorumError when this site cannot reach a majority (a minority partition
         cannot promote), StaleEpochError if the epoch moved meanwhile, NotPrimaryError for a
@@ -465,6 +475,11 @@ class Promotion:
                     raise NotFoundError(f"{volume} has no clean committed snapshot to serve"
                                         f"{f' (held back here: {held})' if held else ''}", volume=volume,
                                         held_here=held)
+        continuing = False  # a pending instant recovery of this site that this promotion continues
+        if force and not instant and snapshot is None and self.instant is not None:
+            pending = await asyncio.to_thread(self.instant.pending, volume)
+            if pending is not None and pending in vs["snapshots"]:
+                snapshot, instant, continuing = pending, True, True
         if force:
             if target != self.site_id:
                 raise UsageError("a forced promotion is run at the site to promote (omit --to)", volume=volume)
@@ -474,7 +489,9 @@ class Promotion:
             async with lock:
                 vs = self.cluster.volume_state(volume) or vs
                 self._refuse_second_takeover(runner, volume, vs)
-                res = await self._propose_forced(runner, volume, target, vs, snapshot, instant, t0_ns, named)
+                res = await self._propose_forced(runner, volume, target, vs, snapshot, instant, t0_ns, named,
+                                                 continuing)
+                instant = res.get("instant") is True
         else:
             if vs["primary"] is None:  # demoted: nobody hands it over; a forced promotion at the target does
                 raise NotPrimaryError(
@@ -565,19 +582,36 @@ class Promotion:
                 volume=volume, epoch=vs["epoch"], instant=inst)
 
     async def _propose_forced(self, runner: VolumeRunner, volume: str, target: str, vs: dict, snapshot: int | None,
-                              instant: bool, t0_ns: int, named: bool) -> dict:
+                              instant: bool, t0_ns: int, named: bool, continuing: bool = False) -> dict:
         """Check the restore point (``snapshot``: ``named`` by the operator, or the newest clean
         one an instant recovery serves), register an instant request, propose
-        the forced ``promote`` and return its result; an instant request is withdrawn when the
-        proposal fails. Runs under the volume's forcing lock (:meth:`promote`)."""
+        the forced ``promote`` (with ``instant``: the state then holds the volume for this site
+        until its first commit at the new epoch, :func:`replicad.core.state.instant_recovery`) and
+        return its result; an instant request is withdrawn when the proposal fails. ``continuing``:
+        the instant recovery is the pending one of this site's record (:meth:`InstantRecovery.pending`),
+        not the operator's choice: a restore point that cannot serve any more makes this an
+        ordinary forced promotion (the takeover sets the record aside). Runs under the volume's
+        forcing lock (:meth:`promote`)."""
         extra: dict[str, Any] = {}
         checked: Manifest | None = None
         if snapshot is not None:
-            checked = await self._check_restore_point(volume, snapshot, vs)
+            try:
+                checked = await self._check_restore_point(volume, snapshot, vs)
+            except (NotFoundError, SnapshotSuspectError) as err:
+                if not continuing:
+                    raise
+                log.warning("volume %s: the pending instant recovery of #%d at %s cannot continue (%s): an ordinary "
+                            "forced promotion; its record is set aside at the takeover", volume, snapshot,
+                            self.site_id, err)
+                snapshot, instant = None, False
+        if snapshot is not None:
             extra["snapshot"] = snapshot
+            if instant:
+                extra["instant"] = True
             vs = self.cluster.volume_state(volume) or vs
             log.warning("AUDIT volume %s: forced promotion at %s will restore #%d %s (newest clean: #%s)", volume,
-                        self.site_id, snapshot, "named by the operator" if named else "for instant recovery",
+                        self.site_id, snapshot, "named by the operator" if named else
+                        "continuing its pending instant recovery" if continuing else "for instant recovery",
                         newest_clean(vs))
         runner.became_primary.clear()
         runner.takeover_settled.clear()  # before the proposal: the takeover may run as soon as it applies
@@ -598,25 +632,32 @@ class Promotion:
     async def _epoch_request(self, op: str, args: dict, err: ApprovalRequiredError) -> None:
         """``op`` (a forced ``promote`` or ``demote`` with ``args``) was refused by the
         epoch-change rule (evidence ``refusal`` ``epoch_rate``: this site's second forced
-        role change of the volume within the hour, :func:`replicad.core.state._check_epoch_rate`):
+        role change of the volume within the hour, :func:`replicad.core.state._check_epoch_rate`)
+        or by the instant-recovery rule (``instant_recovery``: the primary serves an instant
+        recovery whose writes are at that site only, :func:`replicad.core.state.instant_recovery`):
         file it as a request other sites approve (it applies at the approval, no cooling-off),
-        log it at WARNING and raise ApprovalRequiredError naming the request. Any other
-        ``approval_required`` is raised as it came. Raises what proposing the request raises."""
-        if (err.evidence or {}).get("refusal") != "epoch_rate":
+        log it at WARNING and raise ApprovalRequiredError naming the request (evidence
+        ``refusal``: which rule). Any other ``approval_required`` is raised as it came. Raises what
+        proposing the request raises."""
+        refusal = (err.evidence or {}).get("refusal")
+        if refusal not in ("epoch_rate", "instant_recovery"):
             raise err
         volume = args["volume"]
+        if refusal == "instant_recovery":
+            why = (f"{err.evidence.get('primary')} serves an instant recovery of {volume} "
+                   f"(#{err.evidence.get('seq')}): the application's writes since are in its overlay only, and this "
+                   "would take the volume from it")
+        else:
+            why = f"{self.site_id}'s second role change of the volume within the hour"
         res = await self.cluster.propose("request", action=op, args=args,
-                                         reason=f"{op} of {volume} at {self.site_id}: its second role change of the "
-                                                f"volume within the hour ({err})")
+                                         reason=f"{op} of {volume} at {self.site_id}: {why} ({err})")
         req = res.get("request")
-        log.warning("AUDIT volume %s: forced %s at %s refused by the epoch-change rule (%s); requested as %s: an "
-                    "operator of another site approves it there with: replicad approve %s", volume, op, self.site_id,
-                    err, req, req)
+        log.warning("AUDIT volume %s: forced %s at %s refused (%s: %s); requested as %s: an operator of another site "
+                    "approves it there with: replicad approve %s", volume, op, self.site_id, refusal, err, req, req)
         raise ApprovalRequiredError(
-            f"{self.site_id} already changed the role of {volume} within the hour: this forced {op} is request {req}; "
-            f"it applies as soon as an operator of another site runs 'replicad approve {req}' there",
-            volume=volume, request=req, status=res.get("status"), needed=res.get("needed"),
-            hint=f"replicad approve {req} (at another site)")
+            f"{why}: this forced {op} is request {req}; it applies as soon as an operator of another site runs "
+            f"'replicad approve {req}' there", volume=volume, request=req, status=res.get("status"),
+            needed=res.get("needed"), refusal=refusal, hint=f"replicad approve {req} (at another site)")
 
     async def _await_instant(self, runner: VolumeRunner, volume: str, target: str, res: dict, t0: float,
                              wait_s: float) -> dict:

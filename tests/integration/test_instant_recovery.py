@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from replicad.core.errors import ApprovalRequiredError
 from replicad.lab.localcluster import LocalCluster
 from tests.integration.conftest import BLOCK, VOL, snapshot, write_image
 
@@ -277,9 +278,22 @@ def test_ext4_on_the_instant_export_is_mounted_written_and_kept_through_the_swit
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _promote_c_over_an_instant_b(c: LocalCluster) -> dict:
+    """site-c's forced promotion while site-b's instant recovery holds the volume (until site-b's
+    first commit at its epoch, ``state.instant_recovery``): a request, approved at site-b. Returns
+    the promotion's result."""
+    with pytest.raises(ApprovalRequiredError) as err:
+        c.api("site-c", "POST", f"/v1/volumes/{VOL}/promote", {"force": True, "wait_s": 5}, timeout_s=60)
+    assert err.value.evidence["refusal"] == "instant_recovery", err.value.evidence
+    done = c.api("site-b", "POST", f"/v1/requests/{err.value.evidence['request']}/approve", {})
+    assert done["status"] == "applied", done
+    return done["result"]
+
+
 def test_a_site_fenced_during_its_instant_recovery_stops_serving_and_keeps_the_writes(tmp_path: Path) -> None:
-    """site-b serves an instant recovery whose copy cannot finish; the operator then promotes
-    site-c by force. site-b never acted at its epoch (the volume loop has nothing to fence),
+    """site-b serves an instant recovery whose copy cannot finish; the operators then promote
+    site-c by force (a request site-b's operator approves: the instant recovery holds the volume
+    otherwise). site-b never acted at its epoch (the volume loop has nothing to fence),
     yet its export must stop taking writes for a volume it no longer owns: it closes, the
     overlay and its record stay on disk (never applied), status says ``fenced``."""
     root = Path(tempfile.mkdtemp(prefix="rg", dir="/tmp"))
@@ -302,7 +316,7 @@ def test_a_site_fenced_during_its_instant_recovery_stops_serving_and_keeps_the_w
         w = _qemu_io(uri, "write -P 0x42 0 65536", "flush")
         assert w.returncode == 0, (w.stdout, w.stderr)
 
-        done = c.api("site-c", "POST", f"/v1/volumes/{VOL}/promote", {"force": True})
+        done = _promote_c_over_an_instant_b(c)
         assert done["primary"] == "site-c" and done["epoch"] > res["epoch"], done
         st = c.wait_for("site-b's instant export fenced", lambda: (s := _instant(c, "site-b")) and
                         s["phase"] == "fenced" and s, 60)
@@ -403,7 +417,7 @@ def test_after_the_switch_over_the_export_is_served_again_after_a_restart_until_
 
 def test_a_site_fenced_after_its_switch_over_stops_serving_and_does_not_serve_again(tmp_path: Path) -> None:
     """site-b switched over and serves the image on the instant export; site-c is then promoted
-    by force: site-b's export closes (the image is no longer the volume's), its record goes, and
+    by force (a request site-b approves: no commit at site-b's epoch yet): site-b's export closes (the image is no longer the volume's), its record goes, and
     a restart of site-b does not serve the export again."""
     root = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))
     c = LocalCluster(root / "c", interval="1h", min_copies=2, apply_delay="1h")
@@ -424,7 +438,7 @@ def test_a_site_fenced_after_its_switch_over_stops_serving_and_does_not_serve_ag
         record = c.sites["site-b"].dir / "data" / "instant" / VOL
         assert (record / "record.json").exists()
 
-        done = c.api("site-c", "POST", f"/v1/volumes/{VOL}/promote", {"force": True})
+        done = _promote_c_over_an_instant_b(c)
         assert done["primary"] == "site-c" and done["epoch"] > res["epoch"], done
         c.wait_for("site-b's instant export closed", lambda: not os.path.exists(sock) and "instant-" + VOL not in {
             e["export_id"] for e in c.api("site-b", "GET", "/v1/exports")["exports"]}, 60)

@@ -47,6 +47,13 @@ Modes:
   ``promote`` of itself, each at the epoch its state shows then (it once bumped the epoch and
   fenced the primary as often as Raft committed: an honest takeover was fenced again at once);
   each line carries ``op``, ``error``, and the volume's ``epoch`` and ``primary`` after it.
+* ``take-instant``: in its OWN name (its own key), while another site serves an instant recovery
+  of ``--volume``: a forced ``promote`` of itself, one naming the newest snapshot as an instant
+  recovery of its own, a forced ``demote`` (each at the epoch its state shows then; its one
+  forced change of the hour once took the volume from the honest site, whose overlay was then
+  set aside), then a ``request`` of the forced promotion of itself; each line carries ``attempt``,
+  ``error``, ``refusal`` (the evidence's), and the volume's ``epoch`` and ``primary`` after it;
+  the request's line ``request``, ``status`` and ``needed``.
 * ``veto``: in its OWN name (its own key), a ``veto`` of every pending or approved request (one
   site may veto; the tests judge what the other sites log and count); each line carries
   ``request`` and ``error``.
@@ -161,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="command_attacker")
     parser.add_argument("mode", choices=["forge", "replay", "bogus-commit", "claim-clean", "found", "flood", "policy",
                                            "reregister", "mark-suspect", "churn", "veto", "inflate-commit",
-                                           "add-volume"])
+                                           "add-volume", "take-instant"])
     parser.add_argument("--size-bytes", type=int, default=512 * 2**20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--from-seq", type=int, default=1)
@@ -319,6 +326,39 @@ def main(argv: list[str] | None = None) -> int:
                     error = await propose(node, command)
                     after = node.state()["volumes"][args.volume]
                     out(mode="churn", op=op, error=error, epoch=after["epoch"], primary=after["primary"])
+        elif args.mode == "take-instant":
+            me = cfg.site_id
+
+            def own(fields: dict) -> dict:
+                return signer.sign({"v": 1, "op_id": uuid.uuid4().hex, "by": me, "now_ns": time.time_ns(), **fields})
+            for label in ("promote_self", "promote_self_instant", "demote"):
+                await wait_synced(node, args.volume, 30)
+                now = node.state()["volumes"][args.volume]
+                fields = {"op": "demote" if label == "demote" else "promote", "volume": args.volume,
+                          "expected_epoch": now["epoch"], "force": True}
+                if label != "demote":
+                    fields["to"] = me
+                if label == "promote_self_instant":
+                    fields.update(snapshot=max(now["snapshots"]), instant=True)
+                try:
+                    await node.propose(own(fields), timeout_s=5.0)
+                    error, refusal = "ok", None
+                except Exception as exc:  # the tests judge the honest sites
+                    error, refusal = getattr(exc, "code", type(exc).__name__), \
+                        (getattr(exc, "evidence", None) or {}).get("refusal")
+                after = node.state()["volumes"][args.volume]
+                out(mode="take-instant", attempt=label, op=fields["op"], error=error, refusal=refusal,
+                    epoch=after["epoch"], primary=after["primary"])
+            now = node.state()["volumes"][args.volume]
+            command = own({"op": "request", "action": "promote", "reason": "routine failover test",
+                           "args": {"volume": args.volume, "to": me, "expected_epoch": now["epoch"], "force": True}})
+            try:
+                res = await node.propose(command, timeout_s=5.0)
+                out(mode="take-instant", attempt="request", op="request", error="ok", status=res.get("status"),
+                    request=res.get("request"), needed=res.get("needed"))
+            except Exception as exc:
+                out(mode="take-instant", attempt="request", op="request",
+                    error=getattr(exc, "code", type(exc).__name__))
         elif args.mode == "veto":
             me = cfg.site_id
             open_ = [r for r, e in (node.state().get("requests") or {}).items() if e["status"] in ("pending", "approved")]

@@ -1,20 +1,24 @@
-"""A forced demote during an honest site's instant recovery (review R7, F3), with real daemons,
-a real attacker process and a real NBD client.
+"""A demote during an honest site's instant recovery (review R7, F3), with real daemons, a real
+attacker process and a real NBD client.
 
 site-a is the attacker: a real process holding site-a's config and its own site key that runs
-site-a's Raft member (``command_attacker.py churn --rounds 1``: one forced ``demote``, the one
-forced role change of the hour every site keeps, then a forced ``promote`` of itself, refused by
-the epoch-change rule). site-b took the volume over with ``promote --force --instant``; its
-image is immutable (``chattr +i``), so the copy cannot finish and the application's writes live
-only in the instant overlay. The application (``qemu-io``) writes and FLUSHes 64 KiB.
+site-a's Raft member (``command_attacker.py churn --rounds 1``: a forced ``demote``, then a forced
+``promote`` of itself). site-b took the volume over with ``promote --force --instant``; its image
+is immutable (``chattr +i``), so the copy cannot finish and the application's writes live only in
+the instant overlay. The application (``qemu-io``) writes and FLUSHes 64 KiB.
 
-* The attacker's demote fences site-b (the export closes). site-b is promoted again (its second
-  forced change within the hour: a request site-c's operator approves) restoring the same
-  snapshot, and no other site was primary in between: the overlay is re-attached under the new
-  epoch and, once the copy completes, the image holds the application's write (before the fix
-  the overlay was set aside as ``ehr.stale-<epoch>-<seq>`` and the image held the snapshot).
-* Control: when another site (site-c, by its own forced promotion) was primary in between, the
-  branch truly diverged and site-b's overlay is still set aside, kept on disk, never applied.
+* The attacker's forced demote, its one forced role change of the hour, once fenced site-b; now
+  the state holds the volume for a primary in an instant recovery (``state.instant_recovery``)
+  and both are refused (``approval_required``; ``tests/security/test_instant_takeover.py`` has the
+  rest of that attack). A demotion other sites approved (an operator's mistake, or a stolen admin
+  token) still fences site-b (the export closes); site-b is promoted again (its second forced
+  change within the hour: a request site-c's operator approves) restoring the same snapshot, and
+  no other site was primary in between: the overlay is re-attached under the new epoch and, once
+  the copy completes, the image holds the application's write (before the F3 fix the overlay was
+  set aside as ``ehr.stale-<epoch>-<seq>`` and the image held the snapshot).
+* Control: when another site (site-c, by its forced promotion, a request site-b approved) was
+  primary in between, the branch truly diverged and site-b's overlay is still set aside, kept on
+  disk, never applied.
 """
 
 from __future__ import annotations
@@ -95,8 +99,15 @@ def test_a_forced_demote_during_an_instant_recovery_loses_no_flushed_write(tmp_p
                              cwd=REPO, env=_env())
         assert out.returncode == 0, out.stderr[-3000:]
         lines = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
-        assert [(x["op"], x["error"]) for x in lines] == [("demote", "ok"), ("promote", "approval_required")], lines
-        assert lines[0]["epoch"] == res["epoch"] + 1 and lines[0]["primary"] is None, lines
+        assert [(x["op"], x["error"]) for x in lines] == [("demote", "approval_required"),
+                                                          ("promote", "approval_required")], lines
+        assert all((x["epoch"], x["primary"]) == (res["epoch"], "site-b") for x in lines), lines
+        # a demotion other sites approved: site-c's operator asks, site-b's approves
+        with pytest.raises(ApprovalRequiredError) as err:
+            c.api("site-c", "POST", f"/v1/volumes/{VOL}/demote", {}, timeout_s=60)
+        assert err.value.evidence["refusal"] == "instant_recovery", err.value.evidence
+        done = c.api("site-b", "POST", f"/v1/requests/{err.value.evidence['request']}/approve", {})
+        assert done["status"] == "applied" and done["result"]["epoch"] == res["epoch"] + 1, done
         c.wait_for("site-b's instant export fenced",
                    lambda: (s := _instant(c, "site-b")) and s["phase"] == "fenced", 60)
         record = c.sites["site-b"].dir / "data" / "instant" / VOL
@@ -112,6 +123,9 @@ def test_a_forced_demote_during_an_instant_recovery_loses_no_flushed_write(tmp_p
         st = _instant(c, "site-b")  # the takeover continued the instant recovery: switched over at the new epoch
         assert st["phase"] == "done" and st["epoch"] == res["epoch"] + 2 and st["seq"] == res["instant"]["seq"], st
         assert "is re-attached, not set aside" in c.log_tail("site-b", 3000)
+        # its plain forced promotion continued the pending instant recovery: the state holds it again
+        held_by = c.api("site-c", "GET", "/v1/volumes")["volumes"][VOL].get("instant")
+        assert held_by == {**held_by, "site": "site-b", "epoch": res["epoch"] + 2, "seq": res["instant"]["seq"]}, held_by
     finally:
         if held.exists():
             subprocess.run(["chattr", "-i", str(held)], env=_env(), capture_output=True, timeout=30)
@@ -123,8 +137,11 @@ def test_another_primary_in_between_still_sets_the_overlay_aside(tmp_path: Path)
     held = c.sites["site-b"].volume_path(VOL)
     try:
         res = _instant_takeover_with_a_write(c, held)
-        promo = c.api("site-c", "POST", f"/v1/volumes/{VOL}/promote", {"force": True})
-        assert promo["primary"] == "site-c" and promo["epoch"] == res["epoch"] + 1, promo
+        with pytest.raises(ApprovalRequiredError) as err:  # site-b is in an instant recovery: site-b approves
+            c.api("site-c", "POST", f"/v1/volumes/{VOL}/promote", {"force": True, "wait_s": 5}, timeout_s=60)
+        assert err.value.evidence["refusal"] == "instant_recovery", err.value.evidence
+        promo = c.api("site-b", "POST", f"/v1/requests/{err.value.evidence['request']}/approve", {})
+        assert promo["result"]["primary"] == "site-c" and promo["result"]["epoch"] == res["epoch"] + 1, promo
         c.wait_for("site-b's instant export fenced",
                    lambda: (s := _instant(c, "site-b")) and s["phase"] == "fenced", 60)
         _chattr("-i", held)
