@@ -16,7 +16,7 @@ from replicad.core.errors import (IntegrityError, NotFoundError, NotPrimaryError
                                   ReplicadError, StaleEpochError)
 from replicad.core.manifest import Manifest, changed_digests
 from replicad.core.state import (INT_MAX, SEQ_STEP_MAX, TAINT_STAT, default_max_size_bytes, detection_policy,
-                                 max_size_bytes, newest_committed)
+                                 max_size_at_once, max_size_bytes, newest_committed)
 from replicad.peer.transport import PeerClient, SharedFrames
 from replicad.site.cluster import Cluster
 from replicad.site.pull import Pull
@@ -208,17 +208,26 @@ class Replication:
     async def _request_max_size(self, volume: str, size_bytes: int, limit: int) -> None:
         """The image of ``volume`` grew to ``size_bytes``, past its agreed maximum ``limit``: file
         a ``set_max_size`` request of :func:`~replicad.core.state.default_max_size_bytes` of the
-        new size (another site approves it; no cooling-off), logged at WARNING with its id;
-        nothing when this site already has one pending for the volume (the request's own
-        expiry, 24 h, lets the next cycle file it again). A failure to propose is logged at
-        WARNING (the next cycle tries again); never raises a ReplicadError."""
-        requests = (self.cluster.view().get("requests") or {}).values()
-        if any(r.get("action") == "set_max_size" and r.get("by") == self.site_id and r.get("status") == "pending"
+        new size, or of :func:`~replicad.core.state.max_size_at_once` when the new size fits under
+        it (another site approves it and it applies at once; a larger one cools off and may be
+        vetoed), logged at WARNING with its id;
+        nothing when this site already has one pending or cooling off for the volume (the
+        request's own expiry, 24 h, lets the next cycle file it again). A failure to propose is
+        logged at WARNING (the next cycle tries again); never raises a ReplicadError."""
+        view = self.cluster.view()
+        requests = (view.get("requests") or {}).values()
+        if any(r.get("action") == "set_max_size" and r.get("by") == self.site_id
+               and r.get("status") in ("pending", "approved")
                and (r.get("args") or {}).get("volume") == volume for r in requests):
             log.warning("volume %s: the image is %d bytes, past its agreed maximum %d: waiting for another site to "
-                        "approve this site's set_max_size request (replicad requests)", volume, size_bytes, limit)
+                        "approve this site's set_max_size request, or for its cooling-off (replicad requests)",
+                        volume, size_bytes, limit)
             return
         wanted = default_max_size_bytes(size_bytes)
+        vs = (view.get("volumes") or {}).get(volume)
+        at_once = max_size_at_once(view, vs) if vs is not None else 0
+        if size_bytes <= at_once:  # the most that applies at the approval (a larger one cools off a day)
+            wanted = min(wanted, at_once)
         try:
             res = await self.cluster.propose("request", action="set_max_size",
                                              args={"volume": volume, "max_size_bytes": wanted},
