@@ -51,6 +51,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from replicad.ops.adminclient import call_admin
+from replicad.core.units import size_text
 from replicad.core.errors import (ConfigError, IntegrityError, InternalError, NotFoundError, ReplicadError, UsageError,
                                   from_dict, from_os_error)
 
@@ -93,21 +94,6 @@ def _utc(ns: Any) -> str:
     if not isinstance(ns, (int, float)) or isinstance(ns, bool) or not 0 <= ns < 2**63:
         return "-"
     return datetime.datetime.fromtimestamp(ns / 1e9, datetime.timezone.utc).strftime(TIME_FORMAT)
-
-
-def _size_text(n: Any) -> str:
-    """Bytes for people: ``format_size`` (``2GiB``), with the exact count beside a rounded one
-    (``1.5GiB (1610612737 bytes)``); anything else as text."""
-    from replicad.core.units import format_size, parse_size
-
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        return str(n)
-    shown = format_size(n)
-    try:
-        exact = parse_size(shown) == n
-    except (ValueError, ReplicadError):
-        exact = False
-    return shown if exact else f"{shown} ({n} bytes)"
 
 
 def _admin_url(args: argparse.Namespace) -> str:
@@ -381,14 +367,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _render_volumes(data: dict) -> None:
-    from replicad.core.units import format_size
-
     if console.width < NARROW_COLUMNS:  # a line per volume: names and sizes whole at 80 columns
         console.print("volumes (cluster view)")
         for name, v in sorted(data.get("volumes", {}).items()):
             console.print(f"{name}: primary {v.get('primary')}, epoch {v.get('epoch')}, size "
-                          f"{format_size(v.get('size_bytes', 0))}, max size {_max_size_shown(v)}, block size "
-                          f"{format_size(v.get('block_size', 0))}, min copies {v.get('min_copies')}, "
+                          f"{size_text(v.get('size_bytes', 0), count='never')}, max size {_max_size_shown(v)}, "
+                          f"block size {size_text(v.get('block_size', 0), count='never')}, "
+                          f"min copies {v.get('min_copies')}, "
                           f"{v.get('snapshots')} snapshots, last seq {v.get('last_seq')}", markup=False)
         return
     t = Table(title="volumes (cluster view)")
@@ -396,8 +381,8 @@ def _render_volumes(data: dict) -> None:
                 "last seq"):
         t.add_column(col)
     for name, v in sorted(data.get("volumes", {}).items()):
-        t.add_row(name, str(v.get("primary")), str(v.get("epoch")), format_size(v.get("block_size", 0)),
-                  format_size(v.get("size_bytes", 0)), _max_size_shown(v), str(v.get("min_copies")),
+        t.add_row(name, str(v.get("primary")), str(v.get("epoch")), size_text(v.get("block_size", 0), count="never"),
+                  size_text(v.get("size_bytes", 0), count="never"), _max_size_shown(v), str(v.get("min_copies")),
                   str(v.get("snapshots")), str(v.get("last_seq")))
     console.print(t)
 
@@ -425,7 +410,8 @@ def _render_cycle(r: dict) -> None:
                   f"(commit-time screen {r.get('score', 0):.1%} of the non-zero blocks newly random, baseline "
                   f"{r.get('baseline', 0):.1%}; 'replicad evidence' has each site's relative score), "
                   f"{esc(r.get('changed_blocks'))} changed blocks, held by {esc(', '.join(r.get('holders', [])))}, "
-                  f"{esc(_shipped(r.get('bytes_shipped', 0)))} shipped in {r.get('cycle_s', r.get('scan_s', 0)):.2f}s",
+                  f"{esc(size_text(r.get('bytes_shipped', 0), count='never'))} shipped in "
+                  f"{r.get('cycle_s', r.get('scan_s', 0)):.2f}s",
                   markup=True)
     if r.get("verdict") == "suspect" and r.get("verdict_reason"):  # e.g. only by descent from a suspect parent
         console.print(f"  suspect because: {r['verdict_reason']}", markup=False, highlight=False, soft_wrap=True)
@@ -433,13 +419,6 @@ def _render_cycle(r: dict) -> None:
         if not p.get("ok"):
             console.print(f"  {peer}: not stored yet ({p.get('error')}): {p.get('message')}", markup=False,
                           soft_wrap=True)
-
-
-def _shipped(n: Any) -> str:
-    """Bytes a snapshot shipped, rounded for people (``4.0MiB``; ``--json`` has the count)."""
-    from replicad.core.units import format_size
-
-    return format_size(n) if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else str(n)
 
 
 def _render_verdict(r: dict) -> None:
@@ -663,7 +642,7 @@ def _readable(value: Any, key: str = "") -> str:
     if key.endswith("_s") and isinstance(value, (int, float)) and not isinstance(value, bool):
         return format_duration(value)
     if key.endswith("_bytes") and isinstance(value, int) and not isinstance(value, bool):
-        return _size_text(value)
+        return size_text(value)
     return str(value)
 
 
@@ -675,7 +654,7 @@ def _previous_shown(r: dict) -> str:
     if isinstance(previous, dict):
         return f"; was {_readable(previous)}"
     if r.get("action") == "set_max_size" and isinstance(previous, int) and not isinstance(previous, bool):
-        return f"; {'was' if r.get('status') == 'applied' else 'now'} {_size_text(previous)}"
+        return f"; {'was' if r.get('status') == 'applied' else 'now'} {size_text(previous)}"
     return ""
 
 
@@ -732,8 +711,8 @@ def _result_text(action: Any, result: Any) -> str:
     vol = result.get("volume")
     if "max_size_bytes" in result:
         prev = result.get("previous")
-        return (f"{vol}: agreed maximum size {_size_text(result['max_size_bytes'])}"
-                + (f" (was {_size_text(prev)})" if isinstance(prev, int) and result.get("changed", True)
+        return (f"{vol}: agreed maximum size {size_text(result['max_size_bytes'])}"
+                + (f" (was {size_text(prev)})" if isinstance(prev, int) and result.get("changed", True)
                    else " (unchanged)"))
     if "pruned" in result:
         seqs = ", ".join(f"#{s}" for s in result.get("pruned") or []) or "nothing"
@@ -1075,7 +1054,7 @@ def _render_prune(r: dict) -> None:
     freed = (local.get("gc") or {}).get("bytes_freed")
     console.print(f"{r.get('volume')}: pruned {', '.join(f'#{s}' for s in r.get('pruned') or []) or 'nothing'} "
                   f"from the cluster's catalog (Raft); this site forgot {local.get('forgotten', 0)} snapshot(s)"
-                  + (f" and freed {_size_text(freed)}" if isinstance(freed, int) else ""), markup=False,
+                  + (f" and freed {size_text(freed)}" if isinstance(freed, int) else ""), markup=False,
                   soft_wrap=True)
 
 
@@ -1083,7 +1062,7 @@ def _render_max_size(data: dict) -> None:
     if "request" in data:
         _render_request_state(data)
         return
-    console.print(f"{data['volume']} maximum size: {_size_text(data['max_size_bytes'])} (unchanged: already agreed)",
+    console.print(f"{data['volume']} maximum size: {size_text(data['max_size_bytes'])} (unchanged: already agreed)",
                   markup=False)
 
 
@@ -1359,7 +1338,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     from replicad.config import load_config
 
+    from replicad.site.datadir import data_dir_problems
+
     cfg = load_config(Path(_config_path(args)))
+    problems = data_dir_problems(Path(cfg.data_dir))  # exists or creatable, a directory, writable (as this user)
+    if problems:
+        raise ConfigError(problems[0], problems=problems, path=str(cfg.data_dir))
     if cfg.tls is not None:
         from replicad.peer.tls import check_site_tls
 
@@ -1463,6 +1447,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="replicad", parents=[common], allow_abbrev=False,
                                      description="replicad: block-level snapshot replication between sites, "
                                                  "agreed through Raft, for recovery after ransomware.")
+    import platform
+
+    from replicad import __version__
+
+    # the version and Python that replicad_build_info{version, python} exports
+    parser.add_argument("--version", action="version",
+                        version=f"replicad {__version__} (Python {platform.python_version()})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, parent: argparse.ArgumentParser = common) -> argparse.ArgumentParser:

@@ -211,6 +211,45 @@ def format_size(n: int) -> str:
     return f"{n}B"
 
 
+SIZE_COUNTS = ("rounded", "always", "never")
+"""When :func:`size_text` writes the exact count of bytes beside :func:`format_size`'s text."""
+
+
+def size_text(n: object, count: str = "rounded") -> str:
+    """``n`` bytes for people, as the CLI and the evidence view word a byte count (the status
+    page's glance, ``1.5 MiB``, is its own). :func:`format_size`'s text, with the exact count
+    beside it per ``count``:
+
+    * ``"rounded"``: only when that text does not :func:`parse_size` back to ``n``: ``2GiB``,
+      ``1.5KiB``, ``999B``, ``1.5GiB (1610612737 bytes)`` (what an operator confirms);
+    * ``"always"``: ``0 bytes``, ``1 byte``, ``4KiB (4096 bytes)`` (evidence, compared by
+      count); under 1 KiB the count alone;
+    * ``"never"``: ``1.5GiB`` (a summary; ``--json`` has the count).
+
+    Negative values (deltas) keep their sign. Anything that is not an integer (``bool``
+    included) as ``str(n)``: an answer from a site is shown as it came, never a traceback.
+
+    Raises:
+        ValueError: ``count`` is not one of :data:`SIZE_COUNTS`.
+    """
+    if count not in SIZE_COUNTS:
+        raise ValueError(f"size_text: count must be one of {', '.join(SIZE_COUNTS)}, got {count!r}")
+    if isinstance(n, bool) or not isinstance(n, int):
+        return str(n)
+    if count == "always" and abs(n) < 1024:
+        return f"{n} byte{'' if n == 1 else 's'}"
+    shown = format_size(n)
+    if count == "never":
+        return shown
+    if count == "rounded":
+        try:
+            if parse_size(shown.lstrip("-")) == abs(n):
+                return shown
+        except ValueError:  # a rounded value that is no whole number of bytes
+            pass
+    return f"{shown} ({n} bytes)"
+
+
 _FORMAT_DURATION_PARTS: tuple[tuple[str, int], ...] = (("d", 86400), ("h", 3600), ("m", 60))
 
 

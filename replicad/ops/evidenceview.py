@@ -61,11 +61,9 @@ def size(value: Any) -> str:
     binary unit before it from 1 KiB on; other values as :func:`number`."""
     if not isinstance(value, int) or isinstance(value, bool):
         return number(value)
-    if abs(value) < 1024:
-        return f"{value} byte{'' if value == 1 else 's'}"
-    from replicad.core.units import format_size
+    from replicad.core.units import size_text
 
-    return f"{format_size(value)} ({value} bytes)"
+    return size_text(value, count="always")
 
 
 def with_unit(key: str, value: Any, unit: str | None = None) -> str:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replicad.core.units import format_duration, format_size, parse_duration, parse_size
+from replicad.core.units import format_duration, format_size, parse_duration, parse_size, size_text
 
 
 @pytest.mark.parametrize(
@@ -192,3 +192,31 @@ def parse_size_approx(text: str) -> float:
 def test_format_duration_round_trips_to_the_millisecond(millis: int) -> None:
     seconds = millis / 1000
     assert parse_duration(format_duration(seconds)) == pytest.approx(seconds, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("n", "count", "expected"),
+    [
+        (2 * 1024**3, "rounded", "2GiB"),
+        (1536, "rounded", "1.5KiB"),  # parses back exactly: no count
+        (999, "rounded", "999B"),
+        (0, "rounded", "0B"),
+        (1610612737, "rounded", "1.5GiB (1610612737 bytes)"),
+        (-1610612737, "rounded", "-1.5GiB (-1610612737 bytes)"),
+        (0, "always", "0 bytes"),
+        (1, "always", "1 byte"),
+        (-5, "always", "-5 bytes"),
+        (4096, "always", "4KiB (4096 bytes)"),
+        (1610612737, "never", "1.5GiB"),
+        (None, "rounded", "None"),
+        (True, "always", "True"),
+        ("4KiB", "never", "4KiB"),
+    ],
+)
+def test_size_text(n: object, count: str, expected: str) -> None:
+    assert size_text(n, count) == expected
+
+
+def test_size_text_refuses_an_unknown_count() -> None:
+    with pytest.raises(ValueError, match="count must be one of"):
+        size_text(1, "sometimes")
