@@ -58,6 +58,15 @@ def start_cluster(root: Path, *, extra_volume_toml: str = "", n_blocks: int = 19
     return c
 
 
+def ready_again(c: LocalCluster, timeout_s: float = 90) -> LocalCluster:
+    """A cluster shared by a module's tests, as each test expects a fresh one: every site's daemon
+    running (a test before may have stopped one; started again on its data) and the cluster ready."""
+    for site in c.sites:
+        c.start(site)
+    c.wait_ready(timeout_s)
+    return c
+
+
 @pytest.fixture
 def cluster_factory(tmp_path: Path):
     """``make(extra_volume_toml="", n_blocks=192, interval="1h", tls=False, extra_site_toml="")`` starts a ready

@@ -18,7 +18,7 @@ from replicad.core import wire
 from replicad.core.errors import UsageError
 from replicad.lab.localcluster import LocalCluster
 
-from .conftest import VOL, snapshot, start_cluster
+from .conftest import VOL, ready_again, snapshot, start_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -36,8 +36,7 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def cluster(shared_cluster: LocalCluster) -> LocalCluster:
-    shared_cluster.wait_ready(60)  # as a fresh one: every site up, current and registered
-    return shared_cluster
+    return ready_again(shared_cluster)
 
 
 def post_slowly(port: int, path: str, body: bytes, piece: int = 1448, pause_s: float = 0.002) -> tuple[int, bytes]:

@@ -21,7 +21,7 @@ import pytest
 from replicad.core.errors import UnavailableError
 from replicad.lab.localcluster import LocalCluster
 
-from .conftest import VOL, snapshot, write_image
+from .conftest import VOL, ready_again, snapshot, start_cluster, write_image
 
 pytestmark = pytest.mark.integration
 
@@ -56,11 +56,21 @@ def metric(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """One cluster with a committed snapshot for the tests below: each leaves site-a primary (the
+    switchover switches back); the last one stops two sites, which :func:`ready_again` restarts."""
+    c = start_cluster(tmp_path_factory.mktemp("defects") / "cluster")
+    try:
+        snapshot(c, "site-a")
+        yield c
+    finally:
+        c.stop_all()
+
+
 @pytest.fixture
-def cluster(cluster_factory) -> LocalCluster:
-    c = cluster_factory()
-    snapshot(c, "site-a")
-    return c
+def cluster(shared_cluster: LocalCluster) -> LocalCluster:
+    return ready_again(shared_cluster)
 
 
 def test_planned_switchover_returns_once_the_new_primary_serves_the_volume(cluster: LocalCluster) -> None:
