@@ -176,8 +176,8 @@ class Promotion:
         IntegrityError from the pull."""
         snap = vs["snapshots"].get(seq)
         if snap is None:
-            raise NotFoundError(f"{name} has no committed snapshot #{seq} (committed: "
-                                f"{sorted(vs['snapshots'])}); only a committed snapshot can be restored",
+            raise NotFoundError(f"{name} has no committed snapshot #{seq} ({_seqs_text(vs['snapshots'])}); only a "
+                                "committed snapshot can be restored ('replicad snapshots' lists them)",
                                 volume=name, seq=seq, reason="not_committed")
         if not snap.get("holders"):
             raise NotFoundError(f"{name}#{seq} is held by no site any more", volume=name, seq=seq, reason="not_held")
@@ -744,3 +744,16 @@ class Promotion:
                             divergent, vs["epoch"])
         return {"volume": volume, "epoch": res.get("epoch"), "final_seq": final.get("seq"),
                 "final_committed": bool(final.get("committed")), "divergent": divergent}
+
+
+def _seqs_text(seqs: Any, newest: int = 5) -> str:
+    """Committed sequence numbers for an error message, bounded whatever their number: their
+    count and range, and the ``newest`` highest (``committed: 11 snapshots, #1 to #11; the newest
+    #7, #8, #9, #10, #11``); ``no committed snapshot`` when there is none."""
+    ordered = sorted(seqs)
+    if not ordered:
+        return "no committed snapshot"
+    if len(ordered) <= newest:
+        return "committed: " + ", ".join(f"#{s}" for s in ordered)
+    return (f"committed: {len(ordered)} snapshots, #{ordered[0]} to #{ordered[-1]}; the newest "
+            + ", ".join(f"#{s}" for s in ordered[-newest:]))

@@ -64,6 +64,7 @@ def test_forced_promotion_restores_the_snapshot_the_operator_names(tmp_path: Pat
         epoch = c.status("site-b")["volumes"][VOL]["epoch"]
         missing = cli("promote", VOL, "--force", "--snapshot", str(bad["seq"] + 50))
         assert missing.returncode == 3 and "no committed snapshot" in missing.stderr, missing.stderr
+        assert f"(committed: #1, #2, #3, #{bad['seq']})" in " ".join(missing.stderr.split()), missing.stderr
         suspect = cli("promote", VOL, "--force", "--snapshot", str(bad["seq"]))
         assert suspect.returncode == 4 and "suspect" in suspect.stderr, suspect.stderr
         planned = cli("promote", VOL, "--to", "site-c", "--snapshot", str(chosen["seq"]))
