@@ -54,6 +54,9 @@ Modes:
   set aside), then a ``request`` of the forced promotion of itself; each line carries ``attempt``,
   ``error``, ``refusal`` (the evidence's), and the volume's ``epoch`` and ``primary`` after it;
   the request's line ``request``, ``status`` and ``needed``.
+* ``raise-max``: in its OWN name (its own key), a ``request`` of ``set_max_size`` of ``--volume`` to
+  ``--size-bytes`` (a stolen admin token of another site then approves it); the line carries
+  ``request``, ``status``, ``needed`` and ``error``.
 * ``veto``: in its OWN name (its own key), a ``veto`` of every pending or approved request (one
   site may veto; the tests judge what the other sites log and count); each line carries
   ``request`` and ``error``.
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="command_attacker")
     parser.add_argument("mode", choices=["forge", "replay", "bogus-commit", "claim-clean", "found", "flood", "policy",
                                            "reregister", "mark-suspect", "churn", "veto", "inflate-commit",
-                                           "add-volume", "take-instant"])
+                                           "add-volume", "take-instant", "raise-max"])
     parser.add_argument("--size-bytes", type=int, default=512 * 2**20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--from-seq", type=int, default=1)
@@ -359,6 +362,16 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 out(mode="take-instant", attempt="request", op="request",
                     error=getattr(exc, "code", type(exc).__name__))
+        elif args.mode == "raise-max":
+            command = signer.sign({"v": 1, "op": "request", "op_id": uuid.uuid4().hex, "by": cfg.site_id,
+                                   "now_ns": time.time_ns(), "action": "set_max_size", "reason": "disk resized",
+                                   "args": {"volume": args.volume, "max_size_bytes": args.size_bytes}})
+            try:
+                res = await node.propose(command, timeout_s=5.0)
+                out(mode="raise-max", size_bytes=args.size_bytes, error="ok", request=res.get("request"),
+                    status=res.get("status"), needed=res.get("needed"))
+            except Exception as exc:  # the tests judge the honest sites
+                out(mode="raise-max", size_bytes=args.size_bytes, error=getattr(exc, "code", type(exc).__name__))
         elif args.mode == "veto":
             me = cfg.site_id
             open_ = [r for r, e in (node.state().get("requests") or {}).items() if e["status"] in ("pending", "approved")]
