@@ -652,8 +652,9 @@ class Promotion:
         res = await self.cluster.propose("request", action=op, args=args,
                                          reason=f"{op} of {volume} at {self.site_id}: {why} ({err})")
         req = res.get("request")
-        log.warning("AUDIT volume %s: forced %s at %s refused (%s: %s); requested as %s: an operator of another site "
-                    "approves it there with: replicad approve %s", volume, op, self.site_id, refusal, err, req, req)
+        rule = "the instant-recovery rule" if refusal == "instant_recovery" else "the epoch-change rule"
+        log.warning("AUDIT volume %s: forced %s at %s refused by %s (%s); requested as %s: an operator of another "
+                    "site approves it there with: replicad approve %s", volume, op, self.site_id, rule, err, req, req)
         raise ApprovalRequiredError(
             f"{why}: this forced {op} is request {req}; it applies as soon as an operator of another site runs "
             f"'replicad approve {req}' there", volume=volume, request=req, status=res.get("status"),
