@@ -1444,11 +1444,13 @@ class BlockFinding:
         chi2_after: smallest chi-square of its new sub-blocks (lowest = most uniform).
         lz4_before, lz4_after: lz4 encoded/raw ratio (1.0: lz4 does not shrink it).
         magic_destroyed: names of the headers the new version lost to random bytes.
-        wiped: the block held data (:func:`holds_no_data` false) and now holds none: all zeros,
-            or every 4 KiB sub-block zeros or a fill (:func:`fill_period`: ``0xFF``, a pattern, a
-            repeated 512-byte sector), what a wiper that does not write zeros writes.
-        unfilled: the block held no data (zeros and fills, not all zeros) and now does: like
-            ``fresh``, it releases the block from the wipe window when it does not look random.
+        wiped: the block held data and is now all zeros (unless it held only a fill), or held
+            data (:func:`_content`) and now holds a fill (:func:`fill_period`: ``0xFF``, a pattern,
+            a repeated 512-byte sector) and nothing else but zeros and bodies under
+            :data:`FILL_BODY_MIN` bytes (a file's last bytes): what a wiper that does not write
+            zeros writes. Such a block is judged no further (as zeros).
+        unfilled: the block held no data (zeros, fills, short bodies; not all zeros) and now does:
+            like ``fresh``, it releases the block from the wipe window when it does not look random.
         fresh: the block was all zeros (or absent) and now holds data.
         structure_lost: sub-blocks (counted in ``random_subs`` too) whose old content repeated
             itself (:func:`structured`) and whose novel bytes are memoryless (:func:`memoryless`):
@@ -1584,9 +1586,11 @@ def fill_period(part: bytes) -> int:
     the body make their gcd one). Such a sub-block holds at most one period of information: no
     data. Pure; ~1 µs for text."""
     body = part.strip(b"\0")
+    return _body_period(body) if len(body) >= FILL_BODY_MIN else 0
+
+
+def _body_period(body: bytes) -> int:
     n = len(body)
-    if n < FILL_BODY_MIN:
-        return 0
     head, tail = body[:16], body[-16:]
     limit = min(FILL_PERIOD_MAX, n // 2)
     start, checks = 1, 0
@@ -1602,18 +1606,27 @@ def fill_period(part: bytes) -> int:
     return 0
 
 
-def _no_data_sub(part: bytes) -> bool:
-    """Sub-block ``part`` holds no data: all zeros, or a fill (:func:`fill_period`)."""
-    return not part.strip(b"\0") or fill_period(part) > 0
+def _content(raw: bytes | None) -> tuple[bool, bool]:
+    """``(data, fill)`` of a block: whether some 4 KiB sub-block holds data (a body, zeros left
+    out at both ends, of at least :data:`FILL_BODY_MIN` bytes that is no fill), and whether one is a
+    fill (:func:`fill_period`). Sub-blocks of zeros or of a shorter body (a page holding only its
+    header, a file's last few bytes) are neither. Stops at the first sub-block holding data (then
+    ``fill`` is what was seen before it), so data costs one :func:`fill_period`."""
+    fill = False
+    for o in range(0, len(raw or b""), SUB_BLOCK):
+        body = raw[o:o + SUB_BLOCK].strip(b"\0")  # type: ignore[index]
+        if len(body) < FILL_BODY_MIN:
+            continue
+        if not _body_period(body):
+            return True, fill
+        fill = True
+    return False, fill
 
 
 def holds_no_data(raw: bytes | None) -> bool:
-    """Every 4 KiB sub-block of ``raw`` is all zeros or a fill (:func:`fill_period`): the block
-    holds no data (None and b"" too). Stops at the first sub-block holding data, so data costs
-    one :func:`fill_period`. Pure."""
-    if not raw:
-        return True
-    return all(_no_data_sub(raw[o:o + SUB_BLOCK]) for o in range(0, len(raw), SUB_BLOCK))
+    """No 4 KiB sub-block of ``raw`` holds data (:func:`_content`: each is zeros, a fill, or a body
+    under :data:`FILL_BODY_MIN` bytes); None and b"" too. Pure."""
+    return not _content(raw)[0]
 
 
 def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz4_old: float = 1.0) -> BlockFinding:
@@ -1635,14 +1648,20 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
                             min(chis) if chis else 0.0, 1.0, lz4_new, fresh=bool(new), random_filled=filled)
     e_old, _ = sub_block_stats(old)
     mean_old = sum(e_old) / len(e_old)
-    if not new:  # zeros: wiped if the block held data (zeros over a fill destroy nothing)
-        return BlockFinding(False, 0, mean_old, 0.0, 0.0, 0.0, lz4_old, 1.0, wiped=not holds_no_data(old),
+    old_data, old_fill = _content(old)
+    if not new:  # zeros: wiped unless the block held only a fill (and zeros, slivers: nothing lost)
+        return BlockFinding(False, 0, mean_old, 0.0, 0.0, 0.0, lz4_old, 1.0, wiped=old_data or not old_fill,
                             structure_freed=sum(map(_structured_sub, e_old)) / len(e_old))
-    # a fill (0xFF, a pattern, a repeated sector) over data is a wipe as zeros are; data over a
-    # block that held none (zeros and fills) releases it from the wipe window (SnapshotSignals.add)
-    new_empty = holds_no_data(new)
-    old_empty = holds_no_data(old)
-    filled_over, unfilled = new_empty and not old_empty, old_empty and not new_empty
+    # a fill (0xFF, a pattern, a repeated sector) over data, nothing else holding data, is a wipe as
+    # zeros are (judged no further, as zeros); data over a block that held none releases it from
+    # the wipe window (SnapshotSignals.add)
+    new_data, new_fill = _content(new)
+    if old_data and new_fill and not new_data:
+        e_new, c_new = sub_block_stats(new)
+        return BlockFinding(False, 0, mean_old, sum(e_new) / len(e_new), max(0.0, max(
+            h - (e_old[i] if i < len(e_old) else 0.0) for i, h in enumerate(e_new))), min(c_new), lz4_old, lz4_new,
+            wiped=True)
+    unfilled = new_data and not old_data
     e_new, c_new = sub_block_stats(new)
     random_subs = 0
     max_rise = 0.0
@@ -1759,8 +1778,7 @@ def compare_block(new: bytes | None, old: bytes | None, lz4_new: float = 1.0, lz
                         min(c_new), lz4_old, lz4_new, tuple(destroyed), structure_lost=len(lost),
                         repeat_excess_after=excess, narrow_alphabet=len(narrow), alphabet_after=alphabet_min,
                         separated=len(tokens), islands=len(islands), structure_freed=freed / len(e_new),
-                        random_filled=filled / len(e_new), sparse_random=sparse, wiped=filled_over,
-                        unfilled=unfilled)
+                        random_filled=filled / len(e_new), sparse_random=sparse, unfilled=unfilled)
 
 
 _NOTE_CACHE: dict[tuple[str, ...], list] = {}

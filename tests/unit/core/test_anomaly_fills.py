@@ -33,6 +33,7 @@ FILLS = {
     "one text sector": (text(BLOCK, 3)[:512]) * (BLOCK // 512),
     "0xFF then the zeros past a file's end": b"\xff" * (BLOCK - 5000) + bytes(5000),
     "0xFF and zeroed sub-blocks": (b"\xff" * SUB + bytes(SUB)) * (BLOCK // SUB // 2),
+    "0xFF and files' last 100 bytes": (b"\xff" * SUB + b"\xff" * 100 + bytes(SUB - 100)) * (BLOCK // SUB // 2),
 }
 
 
@@ -74,6 +75,8 @@ def test_what_is_no_wipe() -> None:
     assert not compare_block(FILLS["0xFF"], None).wiped and compare_block(FILLS["0xFF"], None).fresh
     assert not compare_block(None, FILLS["0xFF"]).wiped and compare_block(None, t).wiped
     assert not compare_block(b"\xff" * (BLOCK - SUB) + t[-SUB:], t).wiped
+    # pages holding only their header (a table emptied by DELETE and VACUUM): no fill, no wipe
+    assert not compare_block((b"\x01\x00\x00\x00\x18\x00\x20\x1f" * 3 + bytes(8192 - 24)) * 8, db_page_block(15)).wiped
     # the benign and attack pairs of the cost corpus (text edits, logs, database pages, the RPO
     # writer's repeated lines, compressed over compressed, encryption): none is a wipe
     assert not [(kind, i) for kind, i, new, old, rn, ro in cost.pairs() if compare_block(new, old, rn, ro).wiped]
