@@ -11,6 +11,7 @@ from pathlib import Path
 from replicad.config import SiteConfig
 from replicad.ops.admin import admin_routes
 from replicad.site.daemon import SiteDaemon
+from replicad.site.datadir import prepare_data_dir
 from replicad.telemetry.systemd import Notifier, configure_logging
 
 log = logging.getLogger("replicad.ops.service")
@@ -28,6 +29,7 @@ async def run_site(cfg: SiteConfig, config_path: Path | None = None) -> int:
     MembershipMismatchError), after a clean stop: the CLI exits with its code.
     """
     configure_logging(cfg.log_level)
+    prepare_data_dir(Path(cfg.data_dir))  # a ConfigError naming data_dir (was "not_found: replicad run: ...")
     notifier = Notifier.from_env()
     daemon = SiteDaemon(cfg)
     loop = asyncio.get_running_loop()
