@@ -44,7 +44,7 @@ import contextlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from rich.console import Console
 from rich.markup import escape
@@ -403,18 +403,31 @@ def _max_size_shown(v: dict) -> str:
     return f"{format_size(default_max_size_bytes(size))} (default)"
 
 
-def _render_cycle(r: dict) -> None:
+def _render_cycle(r: dict, volume: str = "VOL", cluster: dict | None = None) -> None:
+    """A snapshot cycle's report. The verdict it carries is the primary's commit-time screen,
+    not the cluster's: every site judges the snapshot itself after the commit (a mass rename
+    the screen let through was suspect at all three sites seconds later), so it is shown as
+    what it is, with the cluster's verdict as known when the command returns (``cluster``: the
+    snapshot's entry of ``GET /v1/volumes/VOL/snapshots``; None: not read) and the commands
+    that show the sites' verdicts later."""
+    seq = r.get("seq")
     state = "committed" if r.get("committed") else "NOT committed (too few sites stored it)"
-    style = "red" if r.get("verdict") == "suspect" else "green"
-    console.print(f"snapshot #{esc(r['seq'])}: {state}, [{style}]{esc(r.get('verdict'))}[/{style}] "
-                  f"(commit-time screen {r.get('score', 0):.1%} of the non-zero blocks newly random, baseline "
-                  f"{r.get('baseline', 0):.1%}; 'replicad evidence' has each site's relative score), "
-                  f"{esc(r.get('changed_blocks'))} changed blocks, held by {esc(', '.join(r.get('holders', [])))}, "
+    console.print(f"snapshot #{esc(seq)}: {state}, {esc(r.get('changed_blocks'))} changed blocks, held by "
+                  f"{esc(', '.join(r.get('holders', [])))}, "
                   f"{esc(size_text(r.get('bytes_shipped', 0), count='never'))} shipped in "
-                  f"{r.get('cycle_s', r.get('scan_s', 0)):.2f}s",
-                  markup=True)
+                  f"{r.get('cycle_s', r.get('scan_s', 0)):.2f}s", markup=True)
+    screen = f"{r.get('score', 0):.1%} of the non-zero blocks newly random, baseline {r.get('baseline', 0):.1%}"
+    if r.get("verdict") == "suspect":
+        console.print(f"  the primary's commit-time screen: [red]suspect[/red] ({esc(screen)})", markup=True,
+                      soft_wrap=True)
+    else:
+        console.print(f"  the primary's commit-time screen found nothing ({esc(screen)}); that is not the verdict: "
+                      f"every site judges #{esc(seq)} itself next", markup=True, soft_wrap=True)
     if r.get("verdict") == "suspect" and r.get("verdict_reason"):  # e.g. only by descent from a suspect parent
         console.print(f"  suspect because: {r['verdict_reason']}", markup=False, highlight=False, soft_wrap=True)
+    if r.get("committed"):
+        console.print(f"  {_cluster_verdict_text(cluster)}; the verdicts later: replicad snapshots {volume} "
+                      f"(each site's: replicad evidence {volume} {seq})", markup=False, soft_wrap=True)
     for peer, p in sorted(r.get("peers", {}).items()):
         if not p.get("ok"):
             console.print(f"  {peer}: not stored yet ({p.get('error')}): {p.get('message')}", markup=False,
@@ -545,10 +558,32 @@ def _promote_interrupted_message(args: argparse.Namespace, before: dict) -> str:
 SNAPSHOT_NOT_COMMITTED_EXIT = 7  # ``replicad snapshot``: taken, but stored at fewer than min_copies sites
 
 
+def _cluster_verdict_text(snap: dict | None) -> str:
+    """The cluster's verdict on a snapshot as its ``snapshots`` entry has it, with the sites that
+    gave an opinion so far (``opinions``); "not read" for None."""
+    if snap is None:
+        return "the cluster's verdict was not read"
+    opinions = snap.get("opinions") or {}
+    by = {v: sorted(site for site, o in opinions.items() if isinstance(o, dict) and o.get("verdict") == v)
+          for v in ("suspect", "clean")}
+    judged = "; ".join(f"{v} at {', '.join(sites)}" for v, sites in by.items() if sites)
+    return (f"the cluster's verdict now: {snap.get('verdict')} "
+            + (f"(the sites' own verdicts so far: {judged})" if judged else "(no site has judged it yet)"))
+
+
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    """Take a snapshot now; exit :data:`SNAPSHOT_NOT_COMMITTED_EXIT` if it was not committed."""
+    """Take a snapshot now; exit :data:`SNAPSHOT_NOT_COMMITTED_EXIT` if it was not committed, 0
+    once committed whatever its verdict (no exit code says suspect: the verdict is the cluster's,
+    reached after the commit; ``replicad snapshots VOL`` shows it)."""
     res = api(args, "POST", f"/v1/volumes/{args.volume}/snapshot", {})
-    _print(args, res, _render_cycle)
+    cluster = None
+    if not getattr(args, "json", False) and res.get("committed") is True:
+        try:  # the cluster's verdict so far (the sites judge it after the commit)
+            listed = api(args, "GET", f"/v1/volumes/{args.volume}/snapshots", timeout_s=10)
+            cluster = next((s for s in listed.get("snapshots") or [] if s.get("seq") == res.get("seq")), None)
+        except ReplicadError:
+            cluster = None
+    _print(args, res, lambda r: _render_cycle(r, args.volume, cluster))
     if res.get("committed") is not True:
         err_console.print(f"[red]not committed[/red] (exit {SNAPSHOT_NOT_COMMITTED_EXIT}): snapshot "
                           f"#{esc(res.get('seq'))} is stored at "
@@ -1003,42 +1038,53 @@ def cmd_retention(args: argparse.Namespace) -> int:
         _print(args, api(args, "GET", path), _render_retention)
         return 0
     retention: dict[str, str] = {}
-    for item in args.set:
+    for key, value in _set_pairs(args.set, "KEY=DURATION (keep_all, hourly, daily, lock)"):
+        if value.replace(".", "", 1).isdigit() and value != "0":
+            # a bare number is seconds to the API: keep_all=2 meant 2 days, not a request for 2 s
+            raise UsageError(f"--set {key}={value}: give the unit (e.g. {value}d, {value}h or {value}s): a "
+                             "retention change applies at every site", field=key)
+        retention[key] = value
+    return _send_change(args, "PUT", path, {"retention": retention}, _render_retention)
+
+
+def _set_pairs(items: list[str], shape: str) -> Iterator[tuple[str, str]]:
+    """``--set`` items (``KEY=VALUE``) as ``(key, value)`` pairs, both stripped, one at a time
+    (the caller's own check of a value comes before the next item is looked at).
+
+    Raises:
+        UsageError: an item without ``=`` or with an empty key or value (``shape`` says what
+        the command takes, e.g. ``KEY=DURATION (keep_all, ...)``).
+    """
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
-            raise UsageError(f"--set takes KEY=DURATION (keep_all, hourly, daily, lock), got {item!r}")
-        if value.strip().replace(".", "", 1).isdigit() and value.strip() != "0":
-            # a bare number is seconds to the API: keep_all=2 meant 2 days, not a request for 2 s
-            raise UsageError(f"--set {key.strip()}={value.strip()}: give the unit (e.g. {value.strip()}d, "
-                             f"{value.strip()}h or {value.strip()}s): a retention change applies at every site",
-                             field=key.strip())
-        retention[key.strip()] = value.strip()
-    body: dict[str, Any] = {"retention": retention}
+            raise UsageError(f"--set takes {shape}, got {item!r}")
+        yield key.strip(), value.strip()
+
+
+def _send_change(args: argparse.Namespace, method: str, path: str, body: dict[str, Any],
+                 render: Callable[[Any], None]) -> int:
+    """Send a change of the cluster's agreed settings (``body``, with the operator's ``--reason``
+    when given) and print the answer with ``render`` (``--json``: as it came). Returns 0; errors
+    of :func:`api` propagate."""
     if args.reason:
-        body["reason"] = args.reason
-    _print(args, api(args, "PUT", path, body), _render_retention)
+        body = {**body, "reason": args.reason}
+    _print(args, api(args, method, path, body), render)
     return 0
 
 
 def cmd_max_size(args: argparse.Namespace) -> int:
     """Request a new agreed maximum size of a volume (``SIZE`` such as ``200GiB``; admin role):
     another site's operator approves it (``replicad approve REQ``)."""
-    body: dict[str, Any] = {"max_size_bytes": args.size}
-    if args.reason:
-        body["reason"] = args.reason
-    _print(args, api(args, "PUT", f"/v1/volumes/{args.volume}/max-size", body), _render_max_size)
-    return 0
+    return _send_change(args, "PUT", f"/v1/volumes/{args.volume}/max-size", {"max_size_bytes": args.size},
+                        _render_max_size)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """Prune committed snapshots now (``POST /v1/volumes/VOL/prune``, admin role): refused
     inside the lock window; one the agreed retention keeps becomes a request another site
     approves (202), then cools off."""
-    body: dict[str, Any] = {"seqs": list(args.seqs)}
-    if args.reason:
-        body["reason"] = args.reason
-    _print(args, api(args, "POST", f"/v1/volumes/{args.volume}/prune", body), _render_prune)
-    return 0
+    return _send_change(args, "POST", f"/v1/volumes/{args.volume}/prune", {"seqs": list(args.seqs)}, _render_prune)
 
 
 def _render_prune(r: dict) -> None:
@@ -1177,17 +1223,9 @@ def cmd_detection(args: argparse.Namespace) -> int:
             raise UsageError("--reason goes with --set (a change); without --set the policy is only shown")
         _print(args, api(args, "GET", path), _render_detection)
         return 0
-    change: dict[str, Any] = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise UsageError(f"--set takes KEY=VALUE (e.g. min_score=0.01, window_s=14d, mode=encrypted), got {item!r}")
-        change[key.strip()] = _policy_value(key.strip(), value.strip())
-    body: dict[str, Any] = {"detection": change}
-    if args.reason:
-        body["reason"] = args.reason
-    _print(args, api(args, "PUT", path, body), _render_detection)
-    return 0
+    change = {key: _policy_value(key, value)
+              for key, value in _set_pairs(args.set, "KEY=VALUE (e.g. min_score=0.01, window_s=14d, mode=encrypted)")}
+    return _send_change(args, "PUT", path, {"detection": change}, _render_detection)
 
 
 def cmd_identity_init(args: argparse.Namespace) -> int:
@@ -1376,7 +1414,8 @@ EXAMPLES: dict[str, str] = {
               "replicad --admin http://10.0.0.2:7301 status",
     "volumes": "replicad volumes",
     "snapshots": "replicad snapshots ehr",
-    "snapshot": "replicad snapshot ehr                 # exit 7 if it was not committed",
+    "snapshot": "replicad snapshot ehr                 # exit 7 if it was not committed (0 if committed, "
+                "whatever the sites judge it after: replicad snapshots ehr)",
     "readopt": "replicad readopt ehr --snapshot 3:41",
     "promote": "replicad promote ehr --to site-b       # at (or forwarded to) the primary; waits until site-b "
                "serves it\nreplicad promote ehr --force             # at the site to promote, when the primary "

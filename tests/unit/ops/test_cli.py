@@ -211,6 +211,33 @@ def test_a_snapshot_suspect_by_descent_says_so(admin_stub) -> None:
     assert res.returncode == 0 and "suspect because: " + reason in " ".join(res.stdout.split()), res.stdout
 
 
+def test_a_snapshot_clean_at_the_primary_is_not_called_clean_and_the_clusters_verdict_is_shown(admin_stub) -> None:
+    """Operator trial: "snapshot #10: committed, clean (commit-time screen 0.0 % ...)", exit 0,
+    while all three sites judged #10 suspect (a mass rename) seconds later. The screen's result
+    is named as what it is, the cluster's verdict as read when the command returns, and the
+    commands that show the verdicts later; the exit code stays 0 for a committed snapshot."""
+    url, answers = admin_stub
+    answers["/v1/volumes/ehr/snapshot"] = (200, {"seq": 10, "committed": True, "verdict": "clean", "score": 0.0,
+                                                  "baseline": 0.0, "changed_blocks": 40,
+                                                  "holders": ["site-a", "site-b", "site-c"], "peers": {}})
+    res = run_env({}, "--admin", url, "snapshot", "ehr")  # the snapshots list is not answered: "not read"
+    out = " ".join(res.stdout.split())
+    assert res.returncode == 0 and "snapshot #10: committed, 40 changed blocks" in out, out
+    assert "committed, clean" not in out and "the primary's commit-time screen found nothing" in out, out
+    assert "that is not the verdict: every site judges #10 itself next" in out, out
+    assert "the cluster's verdict was not read; the verdicts later: replicad snapshots ehr" in out, out
+    assert "replicad evidence ehr 10" in out, out
+    answers["/v1/volumes/ehr/snapshots"] = (200, {"volume": "ehr", "epoch": 1, "primary": "site-a", "snapshots": [
+        {"seq": 10, "verdict": "suspect", "holders": ["site-a", "site-b", "site-c"],
+         "opinions": {"site-b": {"verdict": "suspect"}, "site-c": {"verdict": "suspect"},
+                      "site-a": {"verdict": "clean"}}}]})
+    res = run_env({}, "--admin", url, "snapshot", "ehr")
+    out = " ".join(res.stdout.split())
+    assert res.returncode == 0, out
+    assert ("the cluster's verdict now: suspect (the sites' own verdicts so far: suspect at site-b, site-c; "
+            "clean at site-a)") in out, out
+
+
 def test_json_errors_are_json(admin_stub) -> None:
     url, _ = admin_stub
     res = run_env({}, "--admin", url, "--json", "snapshots", "nope")
@@ -562,6 +589,26 @@ def test_a_retention_value_without_its_unit_is_refused_before_any_request() -> N
     assert "Traceback" not in res.stderr
 
 
+def test_changes_send_their_reason_and_refuse_a_set_without_a_value(admin_stub) -> None:
+    """retention, max-size and prune send the operator's --reason with the change (and none when
+    not given); a --set item without KEY=VALUE is refused before any request."""
+    url, answers = admin_stub
+    for path in ("retention", "max-size", "prune"):
+        answers[f"/v1/volumes/ehr/{path}"] = (200, {"volume": "ehr"})  # --json: printed as it came
+    received = answers["__received__"]  # type: ignore[index]
+    for argv in (("retention", "ehr", "--set", " keep_all = 2d ", "--reason", "audit"), ("max-size", "ehr", "2GiB"),
+                 ("prune", "ehr", "3", "--reason", "a deleted record")):
+        res = run_env({}, "--admin", url, "--json", *argv)
+        assert res.returncode == 0, res.stderr
+    assert received == [("PUT", "/v1/volumes/ehr/retention", {"retention": {"keep_all": "2d"}, "reason": "audit"}),
+                        ("PUT", "/v1/volumes/ehr/max-size", {"max_size_bytes": "2GiB"}),
+                        ("POST", "/v1/volumes/ehr/prune", {"seqs": [3], "reason": "a deleted record"})], received
+    for command in ("retention", "detection"):
+        res = run_env({}, "--admin", url, command, "ehr", "--set", "keep_all")
+        assert res.returncode == 2 and "--set takes KEY=" in res.stderr and "'keep_all'" in res.stderr, res.stderr
+    assert len(received) == 3
+
+
 def test_standby_says_how_far_behind_it_is() -> None:
     from replicad.cli import _standby_shown
 
@@ -631,3 +678,4 @@ def test_an_applied_role_change_names_the_new_primary() -> None:
     assert _result_text("promote", promoted) == "ehr: primary site-b now, epoch 5 (was site-a)"
     demoted = {"ok": True, "volume": "ehr", "epoch": 6, "previous_primary": "site-b"}
     assert _result_text("demote", demoted) == "ehr: no primary now, epoch 6 (was site-b)"
+
