@@ -46,14 +46,27 @@ def percent(share: Any) -> str:
 
 def number(value: Any) -> str:
     """A value as short text: integers as they are, floats to 4 significant digits, booleans
-    yes/no, None and the empty string ``-``."""
+    yes/no, None and the empty string ``-``; other text as :func:`printable`."""
     if value is None or value == "":
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return str(value)
+    return printable(str(value))
+
+
+def printable(text: Any) -> str:
+    """``text`` as it is when every character prints, else double-quoted with each character
+    that does not print, and U+FFFD (a byte that did not decode: a file name read from
+    ciphertext), escaped as ``\\xNN``/``\\uNNNN`` and `` (not text)`` after it: ``renamed_extension:
+    "1\\ufffdea\\ufffdm" (not text)``, not garbage on the terminal."""
+    text = str(text)
+    if all(c.isprintable() and c != "\ufffd" for c in text):
+        return text
+    escaped = "".join(c if c.isprintable() and c not in '\ufffd"\\' else
+                      ("\\" + c if c in '"\\' else c.encode("unicode_escape").decode("ascii")) for c in text)
+    return f'"{escaped}" (not text)'
 
 
 def size(value: Any) -> str:
@@ -187,7 +200,7 @@ def evidence_lines(e: Mapping[str, Any]) -> list[str]:
     reasons = here.get("reasons") or []
     if reasons:
         lines.append("  reasons:")
-        lines.extend(f"    - {r}" for r in reasons)
+        lines.extend(f"    - {printable(r)}" for r in reasons)
     signals = here.get("signals") or {}
     if signals:
         lines.append("  signals:")
@@ -195,8 +208,8 @@ def evidence_lines(e: Mapping[str, Any]) -> list[str]:
     renamed = here.get("renamed")
     if isinstance(renamed, Mapping) and renamed.get("names"):
         lines.append(f"  renamed: {renamed.get('names')} file names got a new extension (appended, or replacing a document's; most: "
-                     f".{renamed.get('extension')}; e.g. " + ", ".join(str(n) for n in renamed.get("examples") or [])
-                     + ")")
+                     f".{printable(renamed.get('extension'))}; e.g. "
+                     + ", ".join(printable(n) for n in renamed.get("examples") or []) + ")")
     notes = here.get("ransom_notes") or []
     if notes:
         lines.append(f"  ransom notes in {len(notes)} block(s):")

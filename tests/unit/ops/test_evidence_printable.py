@@ -1,0 +1,24 @@
+"""``replicad evidence`` prints text from a snapshot's evidence that does not print (a file
+name's extension read from ciphertext, decoded with U+FFFD for its bad bytes; a hostile site's
+control characters) escaped, not as garbage on the operator's terminal."""
+
+from __future__ import annotations
+
+from replicad.ops.evidenceview import evidence_lines, printable
+
+
+def test_undecodable_and_control_characters_are_escaped_and_said_to_be_no_text() -> None:
+    assert printable("1\ufffdea\ufffdm") == '"1\\ufffdea\\ufffdm" (not text)'
+    assert printable("x\x1b[2Jy\n") == '"x\\x1b[2Jy\\n" (not text)'
+    assert printable("locked") == "locked" and printable("dossier-été") == "dossier-été"
+
+
+def test_the_evidence_lines_show_a_renamed_extension_from_ciphertext_escaped() -> None:
+    e = {"here": {"site": "site-b", "verdict": "suspect", "base_seq": 9, "score": 0.0, "baseline": 0.0,
+                  "signals": {"renamed": 40, "renamed_extension": "1\ufffdea\ufffdm\ufffdw\ufffd"},
+                  "renamed": {"names": 40, "extension": "\ufffd\x01", "examples": ["a.doc.\ufffd\x01"]},
+                  "reasons": ["mass rename \x1b[31m"]}}
+    text = "\n".join(evidence_lines(e))
+    assert "\ufffd" not in text and "\x1b" not in text and "\x01" not in text, text
+    assert 'renamed_extension: "1\\ufffdea\\ufffdm\\ufffdw\\ufffd" (not text)' in text, text
+    assert '"mass rename \\x1b[31m" (not text)' in text, text
