@@ -119,6 +119,32 @@ def primaries_between(view: dict, volume: str, lo: int, hi: int) -> dict[int, An
     return {e: known.get(e, MISSING) for e in range(lo + 1, hi)}
 
 
+def continuable(rec: dict, overlay: bool, view: dict, volume: str, site_id: str) -> int | None:
+    """The snapshot seq of the instant-recovery record ``rec`` (a record of ``site_id``'s) if a
+    forced promotion of ``site_id`` granted now would continue it (:meth:`InstantRecovery._reattach`'s
+    rule, judged before the promotion): pending (not ``done``, or ``done`` with its ``overlay``
+    still beside it), its snapshot still committed with the record's root, and no other site
+    primary at any epoch after the record's, the current one included (:func:`primaries_between`;
+    an epoch the state no longer records counts as another site's). Else None: the promotion is an
+    ordinary one (the newest clean snapshot), and its takeover sets the record aside. Pure."""
+    vs = (view.get("volumes") or {}).get(volume)
+    seq, epoch = rec.get("seq"), rec.get("epoch")
+    if vs is None or not is_int(seq) or not is_int(epoch) or epoch > vs.get("epoch", -1):
+        return None
+    if rec.get("phase") == "done" and not overlay:
+        return None
+    snap = (vs.get("snapshots") or {}).get(seq)
+    root = snap.get("root") if isinstance(snap, dict) else None
+    if not isinstance(root, bytes) or root.hex() != rec.get("root"):
+        return None
+    between = primaries_between(view, volume, epoch, vs["epoch"])
+    if vs["epoch"] > epoch:
+        between[vs["epoch"]] = vs.get("primary")
+    if any(p not in (None, site_id) for p in between.values()):
+        return None
+    return seq
+
+
 @dataclass
 class InstantState:
     """One volume's instant recovery: the snapshot ``seq`` (``root``) served at ``epoch``, its
@@ -206,23 +232,21 @@ class InstantRecovery:
         if st is not None and st.phase == "done":
             del self._states[volume]
 
-    def pending(self, volume: str) -> int | None:
-        """The snapshot seq of ``volume``'s instant recovery this site left pending (a record not
-        ``done``, or ``done`` with its overlay still beside it: the application's flushed writes
-        are in the overlay only), None when there is none or the record cannot be read (the
-        takeover names that one). A plain ``promote --force`` of this site continues it
-        (:meth:`Promotion.promote`): the forced promotion then says ``instant``, so the state holds
-        the volume for this site again until its first commit (:func:`replicad.core.state.instant_recovery`).
+    def pending(self, volume: str, view: dict) -> int | None:
+        """The snapshot seq of ``volume``'s instant recovery this site left pending that its next
+        takeover would continue (:func:`continuable` under the applied Raft state ``view``), None
+        when there is none or the record cannot be read (the takeover names that one). A plain
+        ``promote --force`` of this site continues it (:meth:`Promotion.promote`): the forced
+        promotion then says ``instant`` on that snapshot, so the state holds the volume for this
+        site again until its first commit (:func:`replicad.core.state.instant_recovery`).
         Blocking (reads the record: a worker thread)."""
         try:
             rec = self._read_record(volume)
         except ReplicadError:
             return None
-        if rec is None or not is_int(rec.get("seq")):
+        if rec is None:
             return None
-        if rec["phase"] == "done" and not (self._dir(volume) / "overlay").is_dir():
-            return None
-        return rec["seq"]
+        return continuable(rec, (self._dir(volume) / "overlay").is_dir(), view, volume, self.site_id)
 
     def withdraw(self, volume: str) -> None:
         """The promotion was not proposed (refused, lost quorum): forget the request."""

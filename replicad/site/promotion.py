@@ -477,7 +477,7 @@ class Promotion:
                                         held_here=held)
         continuing = False  # a pending instant recovery of this site that this promotion continues
         if force and not instant and snapshot is None and self.instant is not None:
-            pending = await asyncio.to_thread(self.instant.pending, volume)
+            pending = await asyncio.to_thread(self.instant.pending, volume, self.cluster.view())
             if pending is not None and pending in vs["snapshots"]:
                 snapshot, instant, continuing = pending, True, True
         if force:
