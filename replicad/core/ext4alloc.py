@@ -29,7 +29,8 @@ block bitmap or whole-table walk, and pins its dependencies to exact versions; e
 from the snapshot's verified chunks.
 
 The bytes are the volume's, so possibly an attacker's: every count is bounded by the volume's size,
-an extent tree by :data:`TREE_DEPTH_MAX` levels and :data:`TREE_NODES_MAX` nodes; anything this
+an extent tree by :data:`TREE_DEPTH_MAX` levels and :data:`TREE_NODES_MAX` nodes, and the whole walk
+by a work budget proportional to the file system's blocks (:func:`parse_budget`); anything this
 reader does not understand (no ext2/3/4 superblock, ``META_BG``, ``BIGALLOC``, a file mapped by
 ext2/3 indirect blocks, a malformed tree) gives ``None``: the caller then excuses nothing (the
 wipe measure counts every zeroed block, as before).
@@ -117,12 +118,17 @@ class Ext4Allocation:
         return int(np.count_nonzero(self.referenced[first:last])) if first < last else 0
 
 
-def read_allocation(read: Callable[[int, int], bytes], size_bytes: int) -> Ext4Allocation | None:
+def read_allocation(read: Callable[[int, int], bytes], size_bytes: int,
+                    report: dict | None = None) -> Ext4Allocation | None:
     """The block bitmaps and the blocks referenced by the in-use inodes of the ext2/3/4 file system
     at the start of a volume of ``size_bytes`` bytes, read through ``read(offset, length) -> bytes``.
 
     Returns None when the volume holds no ext2/3/4 file system this reader understands (see the
-    module docstring). Raises only what ``read`` raises (a corrupt or missing chunk)."""
+    module docstring), or when walking its inodes and extent trees would take more work than a real
+    file system of its size can need (:func:`parse_budget`: forged metadata; the caller then
+    excuses nothing). ``report``, if given, is filled with the budget's :meth:`ParseBudget.doc`
+    once the walk started (``exceeded`` True: it gave up for that reason). Raises only what
+    ``read`` raises (a corrupt or missing chunk)."""
     if size_bytes < 2048:
         return None
     sb = read(1024, 1024)
@@ -195,7 +201,10 @@ def read_allocation(read: Callable[[int, int], bytes], size_bytes: int) -> Ext4A
     for at in table_at.tolist():
         in_use[at:at + table_blocks] = 1
     referenced = np.zeros(blocks, dtype=np.uint8)
-    walker = _Walker(read, bs, blocks, referenced)
+    budget = parse_budget(blocks)
+    if report is not None:
+        report.update(budget.doc())
+    walker = _Walker(read, bs, blocks, referenced, budget)
     total = 0  # a real file system's tables are disjoint: together within the volume
     for k in range(groups):
         if flags[k] & BG_INODE_UNINIT:
@@ -210,8 +219,12 @@ def read_allocation(read: Callable[[int, int], bytes], size_bytes: int) -> Ext4A
             if raw.count(0) == len(raw):  # never-used inodes (zeroed tables): nothing to walk
                 continue
             number = k * inodes_per_group + off // inode_size + 1
-            if not walker.inodes(np.frombuffer(raw, dtype=np.uint8).reshape(-1, inode_size), number, first_ino):
+            ok = walker.inodes(np.frombuffer(raw, dtype=np.uint8).reshape(-1, inode_size), number, first_ino)
+            if report is not None:
+                report.update(budget.doc())
+            if not ok:
                 return None
+    walker.flush()
     return Ext4Allocation(bs, blocks, in_use, referenced, walker.written)
 
 
@@ -254,45 +267,159 @@ def _has_backup(group: int, sparse: bool, backups: tuple[int, int] | None) -> bo
     return False
 
 
-class _Walker:
-    """Marks the blocks an inode table's in-use inodes reference (:func:`read_allocation`)."""
+class ParseBudget:
+    """The work one :func:`read_allocation` may do, in units of about one live inode's cost: an
+    in-use inode or an extent entry counts 1, a tree block read :data:`NODE_COST`. Sized by
+    :func:`parse_budget` from the file system's own block count; spent by :class:`_Walker`.
 
-    def __init__(self, read: Callable[[int, int], bytes], bs: int, blocks: int, referenced: np.ndarray) -> None:
+    Attributes:
+        limit: the units allowed.
+        spent: the units spent so far (may pass ``limit`` by the last charge).
+        inodes, extents, nodes: what was charged, by kind.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.spent = int(limit), 0
+        self.inodes = self.extents = self.nodes = 0
+
+    def charge(self, inodes: int = 0, extents: int = 0, nodes: int = 0) -> bool:
+        """Charge work; False once the budget is exceeded (the caller gives up: ``None``)."""
+        self.inodes += inodes
+        self.extents += extents
+        self.nodes += nodes
+        self.spent += inodes + extents + nodes * NODE_COST
+        return self.spent <= self.limit
+
+    @property
+    def exceeded(self) -> bool:
+        return self.spent > self.limit
+
+    def doc(self) -> dict:
+        """Plain dict: ``limit``, ``spent``, ``inodes``, ``extents``, ``nodes``, ``exceeded``."""
+        return {"limit": self.limit, "spent": self.spent, "inodes": self.inodes, "extents": self.extents,
+                "nodes": self.nodes, "exceeded": self.exceeded}
+
+
+NODE_COST = 32
+"""Budget units (:class:`ParseBudget`) of one extent-tree block read: a 4 KiB read through the
+snapshot's verified chunks and its header parsed, measured at ~30 live inodes' worth here (its
+extents are charged apart)."""
+PARSE_BUDGET_PER_BLOCK = 1
+"""Budget units per file-system block (:func:`parse_budget`). What a real file system can need:
+every extent covers at least one block and no two files share one (ext4 has no reflinks), so its
+extent entries are at most its blocks; its in-use inodes are at most its inode count, one per 16 KiB
+by default (``mke2fs.conf`` ``inode_ratio``), a quarter of its 4 KiB blocks; its tree blocks one
+per ~170-340 extents (leaves at least half full) plus one per file of more than 4 extents. The
+file systems of the detection bench spend 0.3-3 % of it (tests/bench/results/detection-discard.md)."""
+PARSE_BUDGET_MIN = 1 << 16
+"""Budget units every file system gets, however small (a 64 MiB test volume)."""
+
+
+def parse_budget(blocks: int) -> ParseBudget:
+    """The budget of one :func:`read_allocation` of a file system of ``blocks`` blocks:
+    :data:`PARSE_BUDGET_MIN` + :data:`PARSE_BUDGET_PER_BLOCK` x ``blocks``. A forged file system
+    (every inode live with 4 extents, or trees of full leaves) spends it in ~0.4-1 µs per unit
+    here: ~2-4 CPU-s at 16 GiB, where it took ~85 s (inodes) to ~10 min (trees) before
+    (tests/bench/results/detection-discard.md)."""
+    return ParseBudget(PARSE_BUDGET_MIN + PARSE_BUDGET_PER_BLOCK * int(blocks))
+
+
+class _Walker:
+    """Marks the blocks an inode table's in-use inodes reference (:func:`read_allocation`), within
+    a :class:`ParseBudget`. Extents are gathered as arrays and marked in batches
+    (:meth:`flush`: one pass over the maps per batch of at most :attr:`batch` extents), so an
+    extent of 32,768 blocks costs what one of 1 does."""
+
+    def __init__(self, read: Callable[[int, int], bytes], bs: int, blocks: int, referenced: np.ndarray,
+                 budget: ParseBudget | None = None) -> None:
         self.read, self.bs, self.blocks, self.referenced = read, bs, blocks, referenced
         self.written = np.zeros(blocks, dtype=np.uint8)
         self.nodes = 0
         self.visited: set[int] = set()  # tree blocks: a real tree never shares a node
+        self.budget = budget if budget is not None else parse_budget(blocks)
+        self.batch = max(1 << 20, blocks // 8)
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._queued = 0
+
+    def _extents(self, start: np.ndarray, length: np.ndarray) -> bool:
+        """Queue leaf extents (raw ``ee_len``: above 32,768 an unwritten extent of ``ee_len -
+        32768`` blocks); False when one reaches past the file system's end."""
+        written = length <= 32768
+        length = np.where(written, length, length - 32768)
+        if (start + length > self.blocks).any():
+            return False
+        self._pending.append((start, length, written))
+        self._queued += len(start)
+        if self._queued >= self.batch:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Mark the queued extents in ``referenced`` (all) and ``written`` (written ones): a
+        difference array over the blocks (``bincount`` of starts less ends, cumulated)."""
+        if not self._pending:
+            return
+        start = np.concatenate([p[0] for p in self._pending])
+        length = np.concatenate([p[1] for p in self._pending])
+        written = np.concatenate([p[2] for p in self._pending])
+        self._pending, self._queued = [], 0
+        for marks, keep in ((self.referenced, length > 0), (self.written, written & (length > 0))):
+            s, n = start[keep], length[keep]
+            if not len(s):
+                continue
+            cover = np.cumsum(np.bincount(s, minlength=self.blocks + 1)[:self.blocks]
+                              - np.bincount(s + n, minlength=self.blocks + 1)[:self.blocks])
+            marks |= (cover > 0).astype(np.uint8)
 
     def inodes(self, table: np.ndarray, number: int, first_ino: int) -> bool:
         """Walk one slice of an inode table (rows of ``inode_size`` bytes, the first being inode
         ``number``); False when an in-use inode is not understood (ext2/3 block map, a malformed
-        tree). Reserved inodes below ``s_first_ino`` mapped the ext2/3 way (the resize inode 7:
-        reserved group-descriptor blocks, in use in the bitmap) are skipped."""
+        tree) or the budget is spent. Reserved inodes below ``s_first_ino`` mapped the ext2/3 way
+        (the resize inode 7: reserved group-descriptor blocks, in use in the bitmap) are skipped.
+        Inline trees (depth 0, up to 4 extents in ``i_block``: most files) are read as arrays;
+        deeper ones block by block (:meth:`node`)."""
         mode = table[:, 0:2].copy().view("<u2").ravel()
         links = table[:, 0x1A:0x1C].copy().view("<u2").ravel()
         live = np.flatnonzero((mode != 0) & (links > 0))
         if not len(live):
             return True
+        if not self.budget.charge(inodes=len(live)):
+            return False
         rows = table[live]
         iflags = rows[:, 0x20:0x24].copy().view("<u4").ravel()
         acl = (rows[:, 0x68:0x6C].copy().view("<u4").ravel().astype(np.uint64)
                | (rows[:, 0x76:0x78].copy().view("<u2").ravel().astype(np.uint64) << np.uint64(32)))
-        for a in acl[(acl > 0) & (acl < self.blocks)]:
-            self.referenced[int(a)] = 1
+        self.referenced[acl[(acl > 0) & (acl < self.blocks)].astype(np.int64)] = 1
         iblocks = rows[:, 0x1C:0x20].copy().view("<u4").ravel()
-        kind = (mode[live] & 0xF000)
-        for i in range(len(rows)):
-            f = int(iflags[i])
-            if f & INLINE_DATA_FL:
-                continue
-            if not f & EXTENTS_FL:
-                # a fast symlink, a device, fifo or socket holds no blocks; a file or directory
-                # with blocks mapped the ext2/3 way is not read here
-                if (iblocks[i] == 0 or int(kind[i]) not in (0x8000, 0x4000, 0xA000)
-                        or number + int(live[i]) < first_ino):
-                    continue
-                return False
-            if not self.node(rows[i, 0x28:0x28 + 60].tobytes(), TREE_DEPTH_MAX + 1):
+        kind = mode[live] & 0xF000
+        inline = (iflags & INLINE_DATA_FL) != 0
+        extents = ~inline & ((iflags & EXTENTS_FL) != 0)
+        # a fast symlink, a device, fifo or socket holds no blocks; a file or directory with
+        # blocks mapped the ext2/3 way is not read here
+        mapped = (~inline & ~extents & (iblocks != 0) & np.isin(kind, (0x8000, 0x4000, 0xA000))
+                  & (number + live >= first_ino))
+        if mapped.any():
+            return False
+        tree = rows[extents][:, 0x28:0x28 + 60]
+        if not len(tree):
+            return True
+        head = tree[:, :8].copy().view("<u2")
+        magic, entries, max_entries, depth = head[:, 0], head[:, 1].astype(np.int64), head[:, 2], head[:, 3]
+        if ((magic != EXTENT_MAGIC) | (depth > TREE_DEPTH_MAX) | (entries > max_entries) | (entries > 4)).any():
+            return False
+        flat = depth == 0
+        e = tree[flat][:, 12:60].reshape(-1, 4, 12)
+        used = np.arange(4)[None, :] < entries[flat][:, None]
+        e = e[used]
+        if not self.budget.charge(extents=len(e)):
+            return False
+        length = e[:, 4:6].copy().view("<u2").ravel().astype(np.int64)
+        start = (e[:, 8:12].copy().view("<u4").ravel().astype(np.int64)
+                 | (e[:, 6:8].copy().view("<u2").ravel().astype(np.int64) << 32))
+        if len(e) and not self._extents(start, length):
+            return False
+        for raw in tree[~flat]:
+            if not self.node(raw.tobytes(), TREE_DEPTH_MAX + 1):
                 return False
         return True
 
@@ -303,25 +430,20 @@ class _Walker:
             return False
         if not entries:
             return True
+        if not self.budget.charge(extents=entries):
+            return False
         e = np.frombuffer(raw, dtype=np.uint8, count=12 * entries, offset=12).reshape(entries, 12)
         if depth == 0:
             length = e[:, 4:6].copy().view("<u2").ravel().astype(np.int64)
             start = (e[:, 8:12].copy().view("<u4").ravel().astype(np.int64)
                      | (e[:, 6:8].copy().view("<u2").ravel().astype(np.int64) << 32))
-            written = length <= 32768
-            length = np.where(written, length, length - 32768)
-            if (start + length > self.blocks).any():
-                return False
-            for s, n, w in zip(start.tolist(), length.tolist(), written.tolist()):
-                self.referenced[s:s + n] = 1
-                if w:
-                    self.written[s:s + n] = 1
-            return True
+            return self._extents(start, length)
         leaf = (e[:, 4:8].copy().view("<u4").ravel().astype(np.int64)
                 | (e[:, 8:10].copy().view("<u2").ravel().astype(np.int64) << 32))
         for b in leaf.tolist():
             self.nodes += 1
-            if b >= self.blocks or self.nodes > TREE_NODES_MAX or b in self.visited:
+            if b >= self.blocks or self.nodes > TREE_NODES_MAX or b in self.visited \
+                    or not self.budget.charge(nodes=1):
                 return False
             self.visited.add(b)
             self.referenced[b] = 1

@@ -73,6 +73,11 @@ with ``JUDGE_BLOCKS_MAX // FRESH_SHARE`` of them: they never count in the score 
 fresh and conservation counts), and a manifest of millions of them (a claimed size far past the
 base's) must not thin out the sample of the blocks that held data, which the score is a share of."""
 PAGE_CACHE = 8  # manifest pages kept per judgement (a manifest repeating one page loads it once)
+WEIGHTS_MAX = 4096
+"""Distinct block contents whose :func:`ext4alloc.data_weight` one :meth:`Detection._files_lost`
+keeps (~200 bytes each): it met one entry per distinct content of every block it read, without
+bound (a forged volume of distinct blocks: one entry per block); past it the oldest is dropped and
+read again if met again."""
 VOUCHED_SPAN_S = 30 * 86400
 """How far before the last confirmed snapshot this site's clean scores teach the slow window's
 rate (:meth:`Detection._history`)."""
@@ -115,6 +120,7 @@ class Detection:
         self._own: dict[tuple[str, int, bytes], str] = {}  # (volume, seq, root) -> own verdict, until Raft has it
         self._disagreed: set[tuple[str, int]] = set()
         self._rng_seed = rng_seed
+        self.allocations_over_budget = 0  # file-system maps given up on as over budget (_allocation)
         # (volume, seq) -> held while that snapshot is judged: a judgement of one snapshot (the
         # background's of a newer one) never holds up another's (a takeover's of an older one)
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
@@ -583,7 +589,7 @@ class Detection:
         # (a few zeroed blocks change no verdict: not worth a walk of the inode tables)
         if sum(len(zeroed[k]) * scales[k] for k in (0, 1)) / max(1, data_blocks) > float(policy["wipe_max"]):
             self._discards(m, base, parts, zeroed, np.concatenate(changed) if changed else np.zeros(0, np.int64),
-                           anchor)
+                           anchor, sampling)
         for k in (0, 1):
             if picks[k] is not None:
                 _scale_counts(parts[k], scales[k])
@@ -597,7 +603,7 @@ class Detection:
 
     def _discards(self, m: Manifest, base: Manifest, parts: list[anomaly.SnapshotSignals],
                   zeroed: list[list[int]], changed: np.ndarray,
-                  anchor: Callable[[], Manifest | None] | None = None) -> None:
+                  anchor: Callable[[], Manifest | None] | None = None, sampling: dict | None = None) -> None:
         """Move the zeroed blocks of each stratum (``zeroed[k]``, indices of ``parts[k]``'s wiped
         blocks) that the new snapshot's ext2/3/4 file system neither allocates nor references from
         ``wiped`` to ``discarded``, and set ``files_lost`` (of ``parts[0]``) to the data the files
@@ -613,8 +619,8 @@ class Detection:
         counts as lost when the anchor is not held, holds no file system the reader understands,
         or has another geometry (excusing nothing is the safe side). Nothing moves when the new
         snapshot holds no such file system. Worker thread; verified reads (raises IntegrityError /
-        NotFoundError like every read of a judgement)."""
-        new = self._allocation(m)
+        NotFoundError like every read of a judgement). ``sampling``: :meth:`_allocation`'s."""
+        new = self._allocation(m, sampling)
         if new is None:
             return
         bs = m.block_size
@@ -632,7 +638,7 @@ class Detection:
                 changed = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         else:
             was = base
-        old = self._allocation(was) if was is not None and was.block_size == bs else None
+        old = self._allocation(was, sampling) if was is not None and was.block_size == bs else None
         if old is None or old.block_size != new.block_size or old.blocks != new.blocks or bs % new.block_size:
             # anchor not held, no file system there, or another geometry: every discarded block counts as lost
             parts[0].files_lost = float(parts[0].discarded + parts[1].discarded)
@@ -656,7 +662,7 @@ class Detection:
         differs = np.flatnonzero(old.written != new.written) // per
         blocks = np.union1d(changed[written_any[changed]], differs)
         readers = (SnapshotReader(self.store, base), SnapshotReader(self.store, m))
-        weights: dict[bytes, np.ndarray] = {}  # per distinct content: read and weighed once
+        weights: dict[bytes, np.ndarray] = {}  # per distinct content: read and weighed once (WEIGHTS_MAX kept)
         lost = 0.0
         for v in blocks.tolist():
             first, last = v * per, min(new.blocks, (v + 1) * per)
@@ -669,6 +675,8 @@ class Detection:
                     continue
                 w = weights.get(digest)
                 if w is None:
+                    if len(weights) >= WEIGHTS_MAX:  # the oldest first: a repeated chunk is met again soon
+                        del weights[next(iter(weights))]
                     w = weights[digest] = ext4alloc.data_weight(reader.block(v).ljust(bs, b"\0")[:per * fs], fs)
                 lost += sign * float(np.dot(marks, w[:last - first]))
         return max(0.0, lost) * fs / bs
@@ -685,12 +693,26 @@ class Detection:
         except ReplicadError:
             return None
 
-    def _allocation(self, m: Manifest) -> ext4alloc.Ext4Allocation | None:
+    def _allocation(self, m: Manifest, sampling: dict | None = None) -> ext4alloc.Ext4Allocation | None:
         """The ext2/3/4 allocation of snapshot ``m`` (:func:`ext4alloc.read_allocation`, from
         verified chunks). Not remembered: its maps take three bytes per file-system block (up to
         384 MiB at :data:`ext4alloc.BLOCKS_MAX`), and reading them costs milliseconds to seconds,
-        only when zeroed blocks pass ``wipe_max``."""
-        return ext4alloc.read_allocation(SnapshotReader(self.store, m).read, m.size_bytes)
+        only when zeroed blocks pass ``wipe_max``. Metadata that needs more work than a file system
+        of its size can (:func:`ext4alloc.parse_budget`: forged inodes or extent trees) gives None,
+        so nothing is excused; that is logged (WARNING), counted in :attr:`allocations_over_budget`
+        and named in ``sampling`` (``allocation_over_budget``: the seqs, in the evidence)."""
+        report: dict = {}
+        alloc = ext4alloc.read_allocation(SnapshotReader(self.store, m).read, m.size_bytes, report)
+        if alloc is None and report.get("exceeded"):
+            self.allocations_over_budget += 1
+            log.warning("volume %s#%d: its ext4 inodes and extent trees need more work than a file system of its size "
+                        "can (%d units spent of %d: %d inodes, %d extents, %d tree blocks); nothing of it is excused "
+                        "as discarded free space (forged metadata, or a file system this reader cannot walk in its "
+                        "budget)", m.volume, m.seq, report["spent"], report["limit"], report["inodes"],
+                        report["extents"], report["nodes"])
+            if sampling is not None:
+                sampling.setdefault("allocation_over_budget", []).append(m.seq)
+        return alloc
 
     def nonzero_of(self, m: Manifest) -> int:
         """Non-zero blocks of ``m``: remembered (counted here before) or counted from every page

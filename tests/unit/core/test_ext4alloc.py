@@ -411,3 +411,47 @@ def test_files_erased_in_one_snapshot_and_zeroed_in_the_next_count_as_destroyed(
         assert sig.destroyed > 0.9 > float(policy["wipe_max"]), sig.summary()
         v = anomaly.judge_relative(3, sig, [], [], policy)
         assert v.verdict == "suspect" and any("deleted and discarded" in x for x in v.reasons), v.reasons
+
+
+def test_forged_metadata_is_given_up_within_the_budget_and_excuses_nothing(tmp_path: Path) -> None:
+    """A hostile primary's inode tables (every inode a live file of 4 extents, the most the format
+    allows per group) or extent trees (leaves of 340 extents) cost at most the budget of a real
+    file system of that size (:func:`ext4alloc.parse_budget`): the reader gives up (None, its report
+    says so) after walking part of them; the judge then excuses nothing, logs it and counts it."""
+    from tests.bench.detection_forged import forge, mkfs
+
+    img = tmp_path / "v.img"
+    mkfs(img, 64)
+    good = img.read_bytes()
+    report: dict = {}
+    alloc = ext4alloc.read_allocation(lambda o, n: good[o:o + n], len(good), report)
+    assert alloc is not None and not report["exceeded"] and report["limit"] == (1 << 16) + 16384, report
+    assert report["spent"] < 100, report
+    for kind, n in (("inodes", 0), ("trees", 400)):
+        img.write_bytes(good)
+        made = forge(img, kind, n)
+        bad = img.read_bytes()
+        report = {}
+        assert ext4alloc.read_allocation(lambda o, n, b=bad: b[o:o + n], len(bad), report) is None
+        # past the budget by at most one slice of a table read as arrays (its inodes and their
+        # inline extents), or one tree block's extents
+        assert report["exceeded"] and report["spent"] <= report["limit"] + 5 * made["inodes"], (kind, report)
+        assert kind == "inodes" or report["nodes"] < made["leaves"], (kind, made, report)
+    # the judge: 48 blocks of text written into the free space, then zeroed on the forged image
+    store = ChunkStore(tmp_path / "store")
+    det = Detection(types.SimpleNamespace(site_id="t"), store, None, tmp_path, lambda v: {}, None)  # type: ignore[arg-type]
+    r = random.Random(11)
+    base_img = bytearray(good)
+    for b in range(400, 448):
+        base_img[b * 65536:(b + 1) * 65536] = _text(r, 65536)
+    img.write_bytes(bytes(base_img))
+    snap = lambda seq, parent: asyncio.run(take_snapshot(  # noqa: E731
+        img, volume="v", seq=seq, epoch=1, parent=parent, store=store, now_ns=time.time_ns())).manifest
+    base = snap(1, None)
+    img.write_bytes(good)
+    forge(img, "inodes")
+    m = snap(2, base)
+    sampling: dict = {}
+    sig = det._signals(m, base, None, None, sampling)
+    assert sig.wiped >= 48 and sig.discarded == 0, sig.summary()
+    assert det.allocations_over_budget == 1 and sampling["allocation_over_budget"] == [2], sampling
