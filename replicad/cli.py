@@ -594,13 +594,16 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def _render_snapshots(data: dict) -> None:
+    if console.width < NARROW_COLUMNS:  # a line per snapshot: holders and roots whole at 80 columns
+        _render_snapshots_narrow(data)
+        return
     t = Table(title=f"{data['volume']} — primary {data['primary']}, epoch {data['epoch']}")
     for col in ("seq", "epoch", "verdict", "created", "holders", "changed blocks", "root"):
         t.add_column(col)
     for s in data["snapshots"]:
         created = _utc(s.get("created_at_ns"))
-        style = "red" if s["verdict"] == "suspect" else None
-        t.add_row(str(s["seq"]), str(s["epoch"]), s["verdict"], created, ",".join(s["holders"]),
+        style = "red" if s["verdict"] == "suspect" else "yellow" if s.get("held_here") else None
+        t.add_row(str(s["seq"]), str(s["epoch"]), _verdict_here(s), created, ",".join(s["holders"]),
                   str(s.get("stats", {}).get("changed_blocks", "")), str(s["root"])[:16], style=style)
     for d in data.get("divergent", []):
         t.add_row(str(d["seq"]), str(d["epoch"]), "divergent", "", "(this site only)", "", str(d["root"])[:16],
@@ -611,6 +614,51 @@ def _render_snapshots(data: dict) -> None:
                   f"{judged or 'never'} here)", "", "(this site only)", "", str(d["root"])[:16],
                   style="red" if judged == "suspect" else "magenta")
     console.print(t)
+    _render_held_here(data)
+    if data.get("previous"):
+        console.print("previous: records of an earlier cluster incarnation (every site lost its Raft state); "
+                      "'replicad readopt VOL' at the primary makes one the next snapshot")
+
+
+def _verdict_here(s: dict) -> str:
+    """A snapshot's verdict cell: the cluster's, and ``held here`` when this site holds its
+    restores and takeovers back from a snapshot the cluster calls clean (``held_here``)."""
+    return f"{s['verdict']}, held here" if s.get("held_here") else str(s["verdict"])
+
+
+def _render_held_here(data: dict) -> None:
+    """Under a snapshot list: why each snapshot the cluster calls clean is held back at this site
+    (``held_here``: a person's mark here, this site's own detector), and the snapshot a restore
+    here picks by default (``restore_default_here``), when the site said."""
+    held = [s for s in data.get("snapshots") or [] if s.get("held_here")]
+    for s in held:
+        console.print(f"#{s['seq']} held here: {s['held_here']}; this site's takeovers and default restores pass it "
+                      "over", markup=False, soft_wrap=True, style="yellow")
+    if "restore_default_here" in data and (held or data["restore_default_here"] is None):
+        default = data["restore_default_here"]
+        console.print(f"default restore point here: {'#' + str(default) if default is not None else 'none'}",
+                      markup=False, soft_wrap=True)
+
+
+def _render_snapshots_narrow(data: dict) -> None:
+    """:func:`_render_snapshots` below :data:`NARROW_COLUMNS`: the table's cells as one line per
+    snapshot, wrapped at the terminal's width (the table cut holders and roots at 80 columns)."""
+    console.print(f"{data['volume']} — primary {data['primary']}, epoch {data['epoch']}", markup=False)
+    for s in data["snapshots"]:
+        console.print(f"#{s['seq']} (epoch {s['epoch']}): {_verdict_here(s)}, created {_utc(s.get('created_at_ns'))}, "
+                      f"held by {', '.join(s['holders']) or 'no site'}, "
+                      f"{s.get('stats', {}).get('changed_blocks', '?')} changed blocks, root {str(s['root'])[:16]}",
+                      markup=False,
+                      style="red" if s["verdict"] == "suspect" else "yellow" if s.get("held_here") else None)
+    for d in data.get("divergent", []):
+        console.print(f"#{d['seq']} (epoch {d['epoch']}): divergent, this site only, root {str(d['root'])[:16]}",
+                      markup=False, style="yellow")
+    for d in data.get("previous", []):
+        judged = d.get("judged_here")
+        console.print(f"#{d['seq']} (epoch {d['epoch']}): previous {d['incarnation'][:8]} ({d.get('state')}, judged "
+                      f"{judged or 'never'} here), this site only, root {str(d['root'])[:16]}", markup=False,
+                      style="red" if judged == "suspect" else "magenta")
+    _render_held_here(data)
     if data.get("previous"):
         console.print("previous: records of an earlier cluster incarnation (every site lost its Raft state); "
                       "'replicad readopt VOL' at the primary makes one the next snapshot")
@@ -678,6 +726,8 @@ def _readable(value: Any, key: str = "") -> str:
         return format_duration(value)
     if key.endswith("_bytes") and isinstance(value, int) and not isinstance(value, bool):
         return size_text(value)
+    if isinstance(value, bool) or value is None:  # as in the TOML config: force: true, not True
+        return "none" if value is None else "true" if value else "false"
     return str(value)
 
 
@@ -1859,10 +1909,19 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if result.get("verdict") == "suspect":
         err_console.print(f"[red]warning[/red]: snapshot #{esc(result['seq'])} is SUSPECT (ransomware signal): its "
                           "content may be encrypted; the newest clean snapshot is the default", markup=True)
-    _print(args, result, lambda r: console.print(
-        f"restored {r['volume']}#{r['seq']} ({r.get('verdict')}) into {r['target']}: root verified "
-        f"{r['root'][:16]}…, {r['blocks_written']} blocks written in {r['seconds']:.2f}s"))
+    _print(args, result, _render_restore)
     return 0
+
+
+def _render_restore(r: dict) -> None:
+    """A restore's result, and the newer snapshots the cluster calls clean that this site passed
+    over for it (``held_here``: ``{seq: why}``), newest first."""
+    console.print(f"restored {r['volume']}#{r['seq']} ({r.get('verdict')}) into {r['target']}: root verified "
+                  f"{r['root'][:16]}…, {r['blocks_written']} blocks written in {r['seconds']:.2f}s", markup=False)
+    held = r.get("held_here") or {}
+    for seq in sorted(held, key=lambda q: int(q) if str(q).isdigit() else -1, reverse=True):
+        console.print(f"  passed over #{seq}, clean for the cluster but held back here: {held[seq]}", markup=False,
+                      soft_wrap=True, style="yellow")
 
 
 # ---------------------------------------------------------------------- snapshot exports and file views (issue 16)

@@ -262,6 +262,36 @@ def test_requests_are_printed_readably(admin_stub) -> None:
     assert "was keep_all 2d" in text and "_s" not in text and "{" not in text, text
 
 
+def test_request_booleans_are_words_as_in_toml(admin_stub) -> None:
+    """Operator trial: ``requests`` showed ``force: True``."""
+    url, answers = admin_stub
+    answers["/v1/requests"] = (200, {"site_id": "site-a", "requests": [{
+        "id": "r4", "by": "site-b", "action": "promote", "status": "pending", "approvals": ["site-b"],
+        "needed": 2, "reason": "", "expires_ns": 1_900_000_000 * 10**9,
+        "args": {"volume": "ehr", "to": "site-b", "force": True, "instant": False}}]})
+    res = run_env({}, "--admin", url, "requests")
+    text = " ".join(res.stdout.split())
+    assert res.returncode == 0 and "force: true" in text and "instant: false" in text, text
+    assert "True" not in text and "False" not in text, text
+
+
+def test_snapshots_at_80_columns_keep_holders_and_roots_whole(admin_stub) -> None:
+    url, answers = admin_stub
+    answers["/v1/volumes/radiology-archive/snapshots"] = (200, {
+        "volume": "radiology-archive", "epoch": 3, "primary": "site-a", "divergent": [], "previous": [],
+        "snapshots": [{"seq": 10452, "epoch": 3, "verdict": "suspect", "created_at_ns": 1_800_000_000 * 10**9,
+                       "holders": ["site-a", "site-b", "site-c"], "stats": {"changed_blocks": 977},
+                       "root": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}]})
+    res = run_env({"COLUMNS": "80"}, "--admin", url, "snapshots", "radiology-archive")
+    lines = res.stdout.splitlines()
+    assert res.returncode == 0 and all(len(line) <= 80 for line in lines), res.stdout
+    text = " ".join(res.stdout.split())
+    for whole in ("#10452", "suspect", "site-a, site-b, site-c", "977 changed blocks", "9f86d081884c7d65",
+                  "UTC"):
+        assert whole in text, (whole, res.stdout)
+    assert "…" not in res.stdout
+
+
 def test_audit_log_has_a_command(admin_stub) -> None:
     url, answers = admin_stub
     answers["/v1/audit"] = (200, {"audit": [{"op": "promote", "by": "site-b", "volume": "ehr", "ok": True,
@@ -679,3 +709,31 @@ def test_an_applied_role_change_names_the_new_primary() -> None:
     demoted = {"ok": True, "volume": "ehr", "epoch": 6, "previous_primary": "site-b"}
     assert _result_text("demote", demoted) == "ehr: no primary now, epoch 6 (was site-b)"
 
+
+
+def test_snapshots_and_restore_show_what_this_site_holds_back(admin_stub) -> None:
+    """An operator choosing a restore point at site-b: #8 is clean for the cluster but a person at
+    site-b marked it, so a restore here takes #7 (``held_here``, ``restore_default_here``)."""
+    url, answers = admin_stub
+    snap = {"epoch": 1, "created_at_ns": 1_800_000_000 * 10**9, "holders": ["site-a", "site-b"],
+            "stats": {"changed_blocks": 3}, "root": "ab" * 32, "verdict": "clean"}
+    why = "a person at site-b marked it (or a snapshot it descends from) suspect"
+    answers["/v1/volumes/ehr/snapshots"] = (200, {
+        "volume": "ehr", "epoch": 1, "primary": "site-a", "divergent": [], "previous": [], "kept_locally": [],
+        "snapshots": [{**snap, "seq": 7}, {**snap, "seq": 8, "held_here": why}], "restore_default_here": 7})
+    for columns in ("200", "80"):
+        res = run_env({"COLUMNS": columns}, "--admin", url, "snapshots", "ehr")
+        text = " ".join(res.stdout.replace("│", " ").split())
+        assert res.returncode == 0 and "clean, held here" in text, text
+        assert f"#8 held here: {why}" in text and "default restore point here: #7" in text, text
+    answers["/v1/volumes/ehr/snapshots"][1]["snapshots"][1].pop("held_here")  # type: ignore[index]
+    res = run_env({"COLUMNS": "200"}, "--admin", url, "snapshots", "ehr")
+    assert res.returncode == 0 and "held here" not in res.stdout and "default restore" not in res.stdout, res.stdout
+
+    from replicad.cli import _render_restore, console
+    with console.capture() as out:
+        _render_restore({"volume": "ehr", "seq": 7, "verdict": "clean", "target": "/srv/ehr-[copy].img",
+                         "root": "ab" * 32, "blocks_written": 3, "seconds": 0.5, "held_here": {"8": why}})
+    text = " ".join(out.get().split())
+    assert "restored ehr#7 (clean) into /srv/ehr-[copy].img" in text, text
+    assert f"passed over #8, clean for the cluster but held back here: {why}" in text, text
