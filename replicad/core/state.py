@@ -155,7 +155,8 @@ Authority rules (threat model: root on one site speaks with that site's identity
   ``mark_verdict`` that turns a ``suspect`` snapshot back to ``clean``, are refused
   (``approval_required``) unless they run as the action of a request: op ``request``
   (``action``, ``args``, ``reason``) records it (checked at once against the current state;
-  at most :data:`REQUESTS_PENDING_PER_SITE` pending per site, :data:`REQUESTS_MAX` records),
+  at most :data:`REQUESTS_PENDING_PER_SITE` pending per site; :func:`_bounded_requests` keeps
+  every pending and approved record and forgets finished ones per requester),
   op ``approve`` (``request``) adds the signing site; when :func:`approvals_needed` sites
   (the requester counted) agreed, the action runs as the requester. A request expires
   ``trust.request_ttl_ns`` after it was made, by the majority clock. ``approved_by`` (the
@@ -380,7 +381,14 @@ VOUCHES_PER_SITE = 2
 visible while the fastest site already vouched the next one."""
 DIGEST_BYTES = 32  # a vouched state digest (BLAKE3-256, consensus.checkpoint)
 SEEN_PER_SITE_MAX = 2000  # op ids remembered per site for replay checks (> 10 min of heartbeats and commits)
-REQUESTS_MAX = 64  # request records kept (pending ones first)
+REQUESTS_MAX = 64
+"""Finished request records (``applied``, ``failed``, ``vetoed``, ``expired``) kept per requesting
+site, oldest forgotten first (:func:`_bounded_requests`); pending and approved ones are never
+forgotten, nor the newest :data:`RETENTION_RECORDS_PER_VOLUME` applied retention changes of a volume."""
+RETENTION_RECORDS_PER_VOLUME = 8
+"""Applied ``set_retention`` records kept per volume whatever their requester did since: the
+``previous`` policy each holds is what a site's own ``[floor] cooling_off``
+(:func:`locally_effective_retention`) keeps meanwhile."""
 REQUESTS_PENDING_PER_SITE = 8  # a site cannot crowd out the requests of the others
 WEAKENING_OPS = ("set_retention", "mark_verdict", "set_detection", "prune_snapshots")
 EPOCH_ACTIONS = ("promote", "demote")  # a role change past a site's free one (epoch_rate): approvals, no cooling-off
@@ -2232,16 +2240,16 @@ def _op_request(state: dict, cmd: dict) -> tuple[dict, dict]:
              "approvals": [cmd["by"]], "needed": _needed(state, trust, action), "created_ns": cmd["now_ns"],
              "expires_ns": base + ttl, "status": "pending", "result": None}
     requests[entry["id"]] = entry
-    requests = _bounded_requests(requests)
-    if entry["id"] not in requests:
-        raise _Refusal("conflict", f"{REQUESTS_MAX} pending requests already: approve or let some expire",
-                       max_requests=REQUESTS_MAX)
+    requests, forgotten = _bounded_requests(requests, cmd["by"])
     new_state = {**state, "requests": requests, "request_seq": number}
     missing = _missing_approvals(new_state, entry)
     if entry["needed"] <= 1 and not missing:  # a one-site lab: nobody else to ask
-        return _run_request(new_state, cmd, entry)
+        new_state, answer = _run_request(new_state, cmd, entry)
+        return new_state, {**answer, "forgotten": forgotten} if forgotten else answer
     answer = {"ok": True, "request": entry["id"], "status": "pending", "approvals": list(entry["approvals"]),
               "needed": entry["needed"], "expires_ns": entry["expires_ns"]}
+    if forgotten:
+        answer["forgotten"] = forgotten
     if action in MAJORITY_ACTIONS:
         answer.update(membership_change(new_state, action, args), waiting_for=missing)
     return new_state, answer
@@ -2476,6 +2484,12 @@ def _op_veto(state: dict, cmd: dict) -> tuple[dict, dict]:
         raise _Refusal("conflict", f"request {req_id} is {entry['status']}: only a pending or approved request "
                        "can be vetoed", request=req_id, status=entry["status"])
     _not_its_own_revocation(cmd, entry, "veto")
+    if entry["by"] == cmd["by"]:  # its own request: a withdrawal, which leaves no record (review R9, F1)
+        requests = {r: e for r, e in state["requests"].items() if r != req_id}
+        return ({**state, "requests": requests},
+                {"ok": True, "request": req_id, "status": "withdrawn", "withdrawn_by": cmd["by"],
+                 "action": entry["action"], "requested_by": entry["by"], "volume": entry["args"].get("volume"),
+                 "was": entry["status"]})
     cooling_max_size = entry["action"] == "set_max_size" and (entry["status"] == "approved" or
                                                                max_size_cools_off(state, entry))
     if entry["action"] in NOT_VETOABLE and not cooling_max_size:
@@ -2506,18 +2520,37 @@ def _swept_requests(state: dict) -> dict:
     return out
 
 
-def _bounded_requests(requests: dict) -> dict:
-    """At most :data:`REQUESTS_MAX` records: finished ones (oldest first) are forgotten first."""
-    if len(requests) <= REQUESTS_MAX:
-        return requests
-    out = dict(requests)
-    for req_id in [r for r, e in requests.items() if e["status"] != "pending"]:
-        if len(out) <= REQUESTS_MAX:
-            break
-        del out[req_id]
-    while len(out) > REQUESTS_MAX:
-        del out[next(reversed(out))]  # the newest pending one: the caller refuses it
-    return out
+def _kept_retention_records(requests: dict) -> set[str]:
+    """Ids of the newest :data:`RETENTION_RECORDS_PER_VOLUME` applied ``set_retention`` records of
+    each volume (:func:`locally_effective_retention` reads their ``previous`` policy)."""
+    per_volume: dict[Any, list[str]] = {}
+    for req_id, entry in requests.items():
+        if entry["status"] == "applied" and entry["action"] == "set_retention":
+            per_volume.setdefault(entry["args"].get("volume"), []).append(req_id)
+    return {r for ids in per_volume.values() for r in ids[-RETENTION_RECORDS_PER_VOLUME:]}
+
+
+def _bounded_requests(requests: dict, by: str) -> tuple[dict, list[dict]]:
+    """``(records, forgotten)``: the request records with the oldest finished ones of ``by`` (the
+    site that just made a request) forgotten past :data:`REQUESTS_MAX`, and a summary ``{"request",
+    "status", "action", "requested_by"}`` of each forgotten one (every site logs them).
+
+    Never forgotten: pending records (at most :data:`REQUESTS_PENDING_PER_SITE` per site),
+    ``approved`` ones (cooling off: a majority's decision, a revocation among them) and the newest
+    :data:`RETENTION_RECORDS_PER_VOLUME` applied retention changes of each volume; never another
+    site's records. Before (review R9, F1) the table held 64 records in all and forgot finished
+    ones oldest first, ``approved`` counting as finished: a site repeating a request and its own
+    veto 64 times erased its approved revocation, silently at every site. Insertion order is
+    creation order (``r<n>``), so the first records are the oldest."""
+    finished = [r for r, e in requests.items() if e["by"] == by and e["status"] not in ("pending", "approved")]
+    if len(finished) <= REQUESTS_MAX:
+        return requests, []
+    kept = _kept_retention_records(requests)
+    candidates = [r for r in finished if r not in kept]
+    drop = candidates[:max(0, len(finished) - REQUESTS_MAX)]
+    out = {r: e for r, e in requests.items() if r not in set(drop)}
+    return out, [{"request": r, "status": requests[r]["status"], "action": requests[r]["action"],
+                  "requested_by": by} for r in drop]
 
 
 def _members(cmd: dict) -> list[dict]:

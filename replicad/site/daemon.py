@@ -60,7 +60,7 @@ from replicad.core import anomaly
 from replicad.core.backoff import Backoff
 from replicad.core.errors import (ConflictError, MembershipMismatchError, NotFoundError, ReplicadError,
                                   facts_text, from_os_error, is_transient)
-from replicad.core.state import CLOCK_REPORT_PERIOD_NS, DEFAULT_RETENTION
+from replicad.core.state import CLOCK_REPORT_PERIOD_NS, DEFAULT_RETENTION, REQUESTS_MAX
 from replicad.peer.tls import check_site_tls, client_context, server_context
 from replicad.peer.transport import PeerClient, peer_routes
 from replicad.site import reload
@@ -547,6 +547,15 @@ class SiteDaemon:
                     "%s)", audit, req_id, result.get("action"),
                     f" of volume {result['volume']}" if result.get("volume") else "", result.get("requested_by"),
                     result.get("vetoed_by"), result.get("vetoed_by"), result.get("vetoes"), result.get("vetoed_by"))
+        elif result.get("status") == "withdrawn":
+            log.log(level, "%s request %s (%s%s, %s when withdrawn) withdrawn by its requester %s: it will not take "
+                    "effect", audit, req_id, result.get("action"),
+                    f" of volume {result['volume']}" if result.get("volume") else "", result.get("was"),
+                    result.get("withdrawn_by"))
+        for gone in result.get("forgotten") or ():  # finished records of the same requester, oldest first
+            log.log(level, "%s request %s (%s, %s, requested by %s) forgotten: its requester made more than %d "
+                    "requests since", audit, gone.get("request"), gone.get("action"), gone.get("status"),
+                    gone.get("requested_by"), REQUESTS_MAX)
         applied = list(result.get("requests_applied") or [])
         if result.get("status") == "applied":
             applied.append(result)

@@ -1,0 +1,91 @@
+"""One compromised site takes no more than its share of the replicated state (review R9).
+
+The attacker is site-a: a real process (``state_share_attacker.py``) holding site-a's config,
+the cluster's Raft password and site-a's own key runs site-a's Raft member in place of its daemon
+and proposes commands in its own name, each legal on its own. The honest sites b and c are judged:
+
+* its approved revocation, cooling off, survives its ``request`` + own ``veto`` flood (each a
+  withdrawal, logged at b and c) and applies (F1).
+
+One cluster serves the whole module (the cases run in file order; the last revokes site-a).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from replicad.core import state as st
+from replicad.lab.localcluster import LocalCluster
+from tests.integration.conftest import VOL, snapshot, write_image
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+HONEST = ("site-b", "site-c")
+REPO = Path(__file__).parents[2]
+COOLING_S = 120  # [policy] membership_cooling_off: longer than the flood of the last test takes
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    c = LocalCluster(tmp_path_factory.mktemp("share") / "cluster", interval="1h", min_copies=2,
+                     membership_cooling_off=f"{COOLING_S}s")
+    write_image(c.sites["site-a"].volume_path(VOL), 16, random.Random(9))
+    try:
+        c.start_all()
+        c.wait_ready(120)
+        snapshot(c, "site-a")
+        c.kill("site-a")  # site-a is taken: its Raft member is the attacker's from now on
+        yield c
+    finally:
+        c.stop_all()
+
+
+def attack(c: LocalCluster, mode: str, tmp_path: Path, *args: str, timeout_s: float = 200) -> list[dict]:
+    """Run the attacker with site-a's config (site-a's daemon down); its JSON lines."""
+    out = subprocess.run([sys.executable, "-m", "tests.security.state_share_attacker", mode, "--config",
+                          str(c.sites["site-a"].config_path), "--work-dir", str(tmp_path / f"attacker-{mode}"),
+                          "--volume", VOL, *args], capture_output=True, text=True, timeout=timeout_s, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    assert lines, out.stderr[-3000:]
+    return lines
+
+
+def log_lines(c: LocalCluster, site: str) -> list[str]:
+    return c.sites[site].log_path.read_text(errors="replace").splitlines()
+
+
+def test_an_approved_revocation_survives_its_targets_request_flood(cluster: LocalCluster, tmp_path: Path) -> None:
+    cluster.wait_for("site-b's admin API (restarted above)", lambda: cluster.status("site-b"), 60)
+    r = cluster.api("site-b", "POST", "/v1/sites/site-a/revoke", {"reason": "site-a compromised"})
+    rid = r["request"]
+    r2 = cluster.api("site-c", "POST", f"/v1/requests/{rid}/approve")
+    assert r2["status"] == "approved", r2
+    rounds = st.REQUESTS_MAX + 8  # the old table forgot the approved revocation at round 64
+    lines = attack(cluster, "erase", tmp_path, "--target", rid, "--rounds", str(rounds))
+    assert len(lines) == rounds
+    trace = [(x["round"], x["veto"], x["target"], x["records"]) for x in lines]
+    # until the revocation applies (the cooling-off may end during a slow flood) every round is a
+    # withdrawal that leaves no record: the revocation stays approved past the old table's 64 records
+    # (a proposal of the attacker's may fail on its way, no leader for a moment: not a round then)
+    failed = [x for x in lines if x["veto"] is None]
+    assert len(failed) <= 3, failed
+    cooling = [x for x in lines if x["target"] == "approved" and x not in failed]
+    assert len(cooling) > st.REQUESTS_MAX and {x["veto"] for x in cooling} == {"withdrawn"}, trace
+    assert {x["target"] for x in lines} <= {"approved", "applied"}, trace
+    assert max(x["records"] for x in cooling) <= 2 and not any(x["forgotten"] for x in lines), trace
+    time.sleep(2)
+    for site in HONEST:  # each withdrawal is in every honest site's log
+        withdrawn = [line for line in log_lines(cluster, site) if "withdrawn by its requester site-a" in line]
+        assert len(withdrawn) == sum(x["veto"] == "withdrawn" for x in lines), (site, withdrawn[-2:])
+    cluster.wait_for("site-a revoked at b and c",
+                     lambda: all(any(x["id"] == rid and x["status"] == "applied"
+                                     for x in cluster.api(s, "GET", "/v1/requests")["requests"]) for s in HONEST),
+                     COOLING_S + 60, interval_s=2)

@@ -1,0 +1,87 @@
+"""One site's share of the replicated state (review R9): bounds one compromised site cannot
+pass on its own, each named by the review's finding (F1, F6, F4, F5). The real-process versions
+are in tests/security/test_state_share.py."""
+
+from __future__ import annotations
+
+from replicad.core import state as st
+from replicad.core.identity import Trust
+from tests.unit.core.test_state_membership import (MIN15, NOW, POLICY, after, cmd, founded, refused, revoke, run,
+                                                   status)
+
+RET = {"keep_all_s": 3600, "hourly_s": 86400, "daily_s": 7 * 86400, "lock_s": 600}
+SHORTER = {**RET, "lock_s": 60}
+AT_ONCE = Trust(cluster_id="c", keys=None, cooling_off_ns=0, membership_cooling_off_ns=MIN15)
+
+
+def with_volume(trust: Trust = POLICY, name: str = "vol", by: str = "a", min_copies: int = 2) -> dict:
+    s = founded(trust)
+    s, _ = run(s, cmd("add_volume", by, volume=name, primary=by, block_size=65536, size_bytes=1 << 20,
+                      min_copies=min_copies, retention=dict(RET)), trust)
+    return s
+
+
+def snapshot(seq: int, volume: str = "vol", by: str = "a", holders=("a", "b")) -> dict:
+    return cmd("commit_snapshot", by, volume=volume, seq=seq, epoch=1, root=bytes([seq % 256]) * 32, parent_seq=None,
+               created_at_ns=NOW, holders=list(holders), stats={"changed_blocks": 1}, verdict="clean")
+
+
+# --------------------------------------------------------------------------- F1: request records
+
+
+def test_a_site_cannot_erase_its_approved_revocation_with_requests_it_withdraws() -> None:
+    s = with_volume()
+    s, req = run(s, cmd("request", "b", action="revoke_site", args=revoke("a")))
+    s, done = run(s, cmd("approve", "c", request=req["request"]))
+    assert done["status"] == "approved"
+    for _ in range(2 * st.REQUESTS_MAX + 8):  # the attack: a no-op request and its own veto, repeated
+        s, r = run(s, cmd("request", "a", action="set_retention", args={"volume": "vol", "retention": dict(RET)}))
+        s, v = run(s, cmd("veto", "a", request=r["request"]))
+        assert v["status"] == "withdrawn" and v["was"] == "pending" and "forgotten" not in r
+    assert set(s["requests"]) == {req["request"]}  # a withdrawal leaves no record and counts as no veto
+    assert "vetoes" not in s
+    assert status(s, req["request"]) == "approved"
+    s, applied = after(s, MIN15)
+    assert [a["status"] for a in applied] == ["applied"] and st.is_revoked(s, "a")
+
+
+def test_a_requester_flood_forgets_only_its_own_finished_records_and_says_which() -> None:
+    s = with_volume()
+    s, b_req = run(s, cmd("request", "b", action="set_retention", args={"volume": "vol", "retention": SHORTER}))
+    s, _ = run(s, cmd("veto", "c", request=b_req["request"]))  # finished: another site's record
+    forgotten = []
+    firsts = []
+    for _ in range(st.REQUESTS_MAX + 10):
+        s, r = run(s, cmd("request", "a", action="set_retention", args={"volume": "vol", "retention": dict(RET)}))
+        firsts.append(r["request"])
+        forgotten += r.get("forgotten") or []
+        s, _ = run(s, cmd("veto", "c", request=r["request"]))
+    s, r = run(s, cmd("request", "a", action="set_retention", args={"volume": "vol", "retention": dict(RET)}))
+    forgotten += r.get("forgotten") or []
+    assert [f["request"] for f in forgotten] == firsts[:10]  # oldest first, each named for the logs
+    assert {(f["status"], f["action"], f["requested_by"]) for f in forgotten} == {("vetoed", "set_retention", "a")}
+    assert status(s, b_req["request"]) == "vetoed"  # never another site's record
+    mine = [e for e in s["requests"].values() if e["by"] == "a" and e["status"] != "pending"]
+    assert len(mine) == st.REQUESTS_MAX
+
+
+def test_the_retention_changes_a_local_cooling_off_reads_survive_their_requesters_flood() -> None:
+    s = with_volume(AT_ONCE)
+    s, r = run(s, cmd("request", "a", action="set_retention", args={"volume": "vol", "retention": SHORTER}), AT_ONCE)
+    s, done = run(s, cmd("approve", "b", request=r["request"]), AT_ONCE)
+    assert done["status"] == "applied" and s["volumes"]["vol"]["retention"] == SHORTER
+    day = 86400 * 10**9
+    assert st.locally_effective_retention(s, "vol", NOW + 1, day)["lock_s"] == RET["lock_s"]
+    for _ in range(st.REQUESTS_MAX + 10):  # a's own finished records: its applied weakening is the oldest
+        s, q = run(s, cmd("request", "a", action="set_retention", args={"volume": "vol", "retention": dict(SHORTER)}),
+                   AT_ONCE)
+        s, _ = run(s, cmd("veto", "c", request=q["request"]), AT_ONCE)
+    assert status(s, r["request"]) == "applied"
+    assert st.locally_effective_retention(s, "vol", NOW + 1, day)["lock_s"] == RET["lock_s"]
+
+
+def test_another_sites_veto_still_vetoes_and_is_counted() -> None:
+    s = with_volume()
+    s, r = run(s, cmd("request", "a", action="set_retention", args={"volume": "vol", "retention": SHORTER}))
+    s, v = run(s, cmd("veto", "b", request=r["request"]))
+    assert v["status"] == "vetoed" and s["vetoes"] == {"b": 1} and status(s, r["request"]) == "vetoed"
