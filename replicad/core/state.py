@@ -53,6 +53,8 @@ at most :data:`VOLUMES_MAX` volumes, :data:`SNAPSHOTS_MAX` snapshot records per 
 (each with at most :data:`STATS_MAX_KEYS` stats of at most :data:`STATS_MAX_CHARS`
 characters in all), and ``clocks`` only for registered sites. A command that would pass a
 bound is refused with ``conflict`` (and audited).
+Names, site ids, request ids and reasons are printable text (:func:`_str`: no control or other
+non-printable character, ``bad_request``): they are written into every site's log.
 
 ``apply`` never mutates its input: it returns a new top-level dict that shares every
 unchanged sub-structure with the old one (copy on write along the changed path). Callers
@@ -840,11 +842,13 @@ def _peek_int(command: Any, key: str) -> int:
 
 
 def _safe(value: Any) -> Any:
-    """A short, msgpack-able rendering of an untrusted value for evidence."""
+    """A short, msgpack-able rendering of an untrusted value for evidence (a string with a
+    non-printable character as its ``unicode_escape`` text: evidence is logged)."""
     if value is None or isinstance(value, (bool, int)):
         return value if not isinstance(value, int) or abs(value) <= INT_MAX else str(value)[:40]
     if isinstance(value, str):
-        return value[:NAME_MAX_CHARS]
+        value = value[:NAME_MAX_CHARS]
+        return value if value.isprintable() else value.encode("unicode_escape").decode("ascii")[:NAME_MAX_CHARS]
     return type(value).__name__
 
 
@@ -873,10 +877,18 @@ def _int(command: dict, key: str, minimum: int = 0) -> int:
 
 
 def _str(command: dict, key: str, max_chars: int = NAME_MAX_CHARS, empty_ok: bool = False) -> str:
+    """``command[key]``: a string of 1 (0 with ``empty_ok``) to ``max_chars`` printable characters
+    (``str.isprintable``: no newline, tab, control, format or separator character but the space).
+    ``bad_request`` otherwise (evidence ``refusal`` ``not_printable`` for such a character): names
+    and reasons are written into every site's log, and a newline in a signed reason or volume name
+    wrote whole forged lines there (review R9, F6)."""
     value = command.get(key)
     if not isinstance(value, str) or len(value) > max_chars or (not value and not empty_ok):
         raise _Refusal("bad_request", f"{key} must be a string of 1..{max_chars} characters",
                        field=key, value=_safe(value))
+    if not value.isprintable():
+        raise _Refusal("bad_request", f"{key} must be printable text (no control characters such as a newline)",
+                       field=key, value=_safe(value), refusal="not_printable")
     return value
 
 

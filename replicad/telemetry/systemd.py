@@ -90,12 +90,38 @@ class Notifier:
             await asyncio.sleep(period_s)
 
 
+def escaped(text: str) -> str:
+    """``text`` with every non-printable character (``str.isprintable``: newline, carriage return,
+    tab, escape and other control, format and separator characters) as its backslash escape
+    (``\\n``, ``\\x1b``, ``\\u2028``): one log record is one line whatever a peer put in a name,
+    a reason or an error it sent (review R9, F6: a signed request's reason holding a newline wrote
+    whole forged lines, dated and leveled, into every site's log). Printable text is unchanged."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+class LineFormatter(logging.Formatter):
+    """``%(asctime)s %(levelname)s %(name)s: %(message)s`` with the message :func:`escaped`; a
+    traceback (this process's own) keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(_escaped_record(record))
+
+
+def _escaped_record(record: logging.LogRecord) -> logging.LogRecord:
+    copy = logging.makeLogRecord(record.__dict__)
+    copy.message = escaped(record.message)
+    return copy
+
+
 class JournalFormatter(logging.Formatter):
-    """``<priority>logger: message`` lines for journald (which timestamps them itself)."""
+    """``<priority>logger: message`` lines for journald (which timestamps them itself); the message
+    :func:`escaped` (a newline in it would start a journal record of any priority)."""
 
     def format(self, record: logging.LogRecord) -> str:
         prio = _PRIORITY.get(record.levelno, 6)
-        text = f"{record.name}: {record.getMessage()}"
+        text = f"{record.name}: {escaped(record.getMessage())}"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return "\n".join(f"<{prio}>{line}" for line in text.splitlines())
@@ -107,5 +133,5 @@ def configure_logging(level: str = "info") -> None:
     if os.environ.get("JOURNAL_STREAM"):
         handler.setFormatter(JournalFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True)

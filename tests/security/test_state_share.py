@@ -4,6 +4,8 @@ The attacker is site-a: a real process (``state_share_attacker.py``) holding sit
 the cluster's Raft password and site-a's own key runs site-a's Raft member in place of its daemon
 and proposes commands in its own name, each legal on its own. The honest sites b and c are judged:
 
+* a request reason and a volume name holding a newline are refused (``bad_request``) and no
+  forged line reaches their logs (F6);
 * its approved revocation, cooling off, survives its ``request`` + own ``veto`` flood (each a
   withdrawal, logged at b and c) and applies (F1).
 
@@ -60,6 +62,19 @@ def attack(c: LocalCluster, mode: str, tmp_path: Path, *args: str, timeout_s: fl
 
 def log_lines(c: LocalCluster, site: str) -> list[str]:
     return c.sites[site].log_path.read_text(errors="replace").splitlines()
+
+
+def test_names_and_reasons_holding_a_newline_are_refused_and_forge_no_line(cluster: LocalCluster,
+                                                                            tmp_path: Path) -> None:
+    lines = attack(cluster, "logforge", tmp_path)
+    assert [(x["attempt"], x["error"], x["refusal"]) for x in lines] == \
+        [("reason", "bad_request", "not_printable"), ("volume", "bad_request", "not_printable")], lines
+    time.sleep(2)  # the honest sites applied and logged both
+    for site in HONEST:
+        log = log_lines(cluster, site)
+        assert not [line for line in log if line.startswith("2026-12-07 12:00:0")], site
+        assert all("\\n2026-12-07" in line for line in log if "routine" in line or "tmp\\n" in line), site
+    assert not [v for v in attack(cluster, "view", tmp_path)[0]["volumes"] if "\n" in v]
 
 
 def test_an_approved_revocation_survives_its_targets_request_flood(cluster: LocalCluster, tmp_path: Path) -> None:

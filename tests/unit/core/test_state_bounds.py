@@ -4,6 +4,8 @@ are in tests/security/test_state_share.py."""
 
 from __future__ import annotations
 
+import pytest
+
 from replicad.core import state as st
 from replicad.core.identity import Trust
 from tests.unit.core.test_state_membership import (MIN15, NOW, POLICY, after, cmd, founded, refused, revoke, run,
@@ -85,3 +87,28 @@ def test_another_sites_veto_still_vetoes_and_is_counted() -> None:
     s, r = run(s, cmd("request", "a", action="set_retention", args={"volume": "vol", "retention": SHORTER}))
     s, v = run(s, cmd("veto", "b", request=r["request"]))
     assert v["status"] == "vetoed" and s["vetoes"] == {"b": 1} and status(s, r["request"]) == "vetoed"
+
+
+# --------------------------------------------------------------------------- F6: printable text
+
+
+@pytest.mark.parametrize("text", ["routine\n2026-12-07 12:00:01,000 WARNING forged", "tab\there", "esc\x1b[31m",
+                                  "line\u2028sep", "cr\r", "nul\x00", "zero\u200bwidth"])
+def test_names_and_reasons_with_non_printable_characters_are_refused(text: str) -> None:
+    s = with_volume()
+    res = refused(s, cmd("request", "a", action="set_retention", args={"volume": "vol", "retention": SHORTER},
+                         reason=text), "bad_request")
+    assert res["evidence"]["refusal"] == "not_printable" and res["evidence"]["value"].isprintable(), res
+    res = refused(s, cmd("add_volume", "a", volume=text, primary="a", block_size=65536, size_bytes=0, min_copies=2,
+                         retention=dict(RET)), "bad_request")
+    assert res["evidence"]["field"] == "volume" and res["evidence"]["value"].isprintable()
+    assert all(v.isprintable() for v in s["volumes"])
+
+
+def test_printable_text_beyond_ascii_is_accepted() -> None:
+    s = with_volume()
+    s, r = run(s, cmd("request", "a", action="set_retention", args={"volume": "vol", "retention": SHORTER},
+                      reason="Zürich: quarterly audit, übertrag"))
+    assert r["status"] == "pending"
+    run(s, cmd("add_volume", "a", volume="bürgerämter db", primary="a", block_size=65536, size_bytes=0, min_copies=2,
+               retention=dict(RET)))
