@@ -49,7 +49,9 @@ password must not be able to grow it without limit): ``audit`` keeps the last
 :data:`AUDIT_MAX` records, ``applied_ops`` the last :data:`APPLIED_OPS_MAX` results; at most
 ``max_sites`` (default :data:`SITES_MAX`) sites and, when ``members`` is set, only those
 site ids (the configured ``[[sites]]``, given to :func:`initial_state` by the Raft node);
-at most :data:`VOLUMES_MAX` volumes, :data:`SNAPSHOTS_MAX` snapshot records per volume
+at most :data:`VOLUMES_MAX` volumes, :data:`VOLUMES_PER_SITE_MAX` of them registered by one
+site (volumes registered by a revoked site do not count against :data:`VOLUMES_MAX`, up to
+:data:`VOLUMES_HARD_MAX`), :data:`SNAPSHOTS_MAX` snapshot records per volume
 (each with at most :data:`STATS_MAX_KEYS` stats of at most :data:`STATS_MAX_CHARS`
 characters in all), and ``clocks`` only for registered sites. A command that would pass a
 bound is refused with ``conflict`` (and audited).
@@ -299,6 +301,13 @@ STATS_MAX_KEYS = 64
 PRUNE_MAX_SEQS = 10_000
 SITES_MAX = 64  # a Raft group of pysyncobj is small; the Raft node passes its own member count
 VOLUMES_MAX = 256
+VOLUMES_PER_SITE_MAX = VOLUMES_MAX // 2
+"""Volumes one site may register (``registered_by``): a compromised site filling the table with
+volumes of its own leaves the others at least half of it (ARCHITECTURE, Choices: "One site's share
+of the replicated state")."""
+VOLUMES_HARD_MAX = 2 * VOLUMES_MAX
+"""Volumes the state holds at most, counting those of revoked sites (which do not count against
+:data:`VOLUMES_MAX`: a revocation frees their share, their records stay for the history)."""
 SNAPSHOTS_MAX = 10_000  # per volume: > 1 year of hourly snapshots, or 34 days every 5 minutes
 STATS_MAX_CHARS = 4096  # all keys and string values of one snapshot's stats together
 CLOCK_REPORT_PERIOD_NS = 5_000_000_000  # every site reports its clock at least this often (daemon heartbeat)
@@ -1204,9 +1213,7 @@ def _op_add_volume(state: dict, cmd: dict) -> tuple[dict, dict]:
                        "(set_max_size), which other sites approve", volume=name, max_size_bytes=max_size,
                        default_max_size_bytes=default_max)
     _data_site(state, primary, "primary")
-    if len(state["volumes"]) >= VOLUMES_MAX:
-        raise _Refusal("conflict", f"the cluster already has {VOLUMES_MAX} volumes, the most it may have",
-                       volume=name, max_volumes=VOLUMES_MAX)
+    _check_volume_quota(state, cmd["by"], name)
     vol = {"primary": primary, "epoch": 1, "block_size": block_size, "size_bytes": size_bytes,
            "min_copies": min_copies, "retention": retention, "snapshots": {}, "last_seq": 0,
            "registered_by": cmd["by"]}
@@ -1215,6 +1222,28 @@ def _op_add_volume(state: dict, cmd: dict) -> tuple[dict, dict]:
     if detection is not None:
         vol["detection"] = detection
     return _with_volume(state, name, vol), {"ok": True, "volume": name, "created": True, "epoch": 1}
+
+
+def registered_by(vol: dict) -> str:
+    """The site that registered ``vol`` (``registered_by``; its primary for a record without it). Pure."""
+    by = vol.get("registered_by")
+    return by if isinstance(by, str) else vol.get("primary", "")
+
+
+def _check_volume_quota(state: dict, by: str, name: str) -> None:
+    """``conflict`` when ``by`` registered :data:`VOLUMES_PER_SITE_MAX` volumes already (evidence
+    ``refusal`` ``volume_quota``), or the cluster holds :data:`VOLUMES_MAX` volumes of unrevoked
+    sites (or :data:`VOLUMES_HARD_MAX` in all)."""
+    revoked = revoked_sites(state)
+    mine = sum(1 for v in state["volumes"].values() if registered_by(v) == by)
+    if mine >= VOLUMES_PER_SITE_MAX:
+        raise _Refusal("conflict", f"{by!r} registered {mine} volumes already, the most one site may register "
+                       f"(the other sites keep the rest of the cluster's {VOLUMES_MAX})", volume=name, by=by,
+                       registered=mine, max_volumes_per_site=VOLUMES_PER_SITE_MAX, refusal="volume_quota")
+    counted = sum(1 for v in state["volumes"].values() if registered_by(v) not in revoked)
+    if counted >= VOLUMES_MAX or len(state["volumes"]) >= VOLUMES_HARD_MAX:
+        raise _Refusal("conflict", f"the cluster already has {counted} volumes, the most it may have",
+                       volume=name, max_volumes=VOLUMES_MAX, volumes=len(state["volumes"]))
 
 
 def _op_commit_snapshot(state: dict, cmd: dict) -> tuple[dict, dict]:

@@ -6,6 +6,8 @@ and proposes commands in its own name, each legal on its own. The honest sites b
 
 * a request reason and a volume name holding a newline are refused (``bad_request``) and no
   forged line reaches their logs (F6);
+* it registers at most ``state.VOLUMES_PER_SITE_MAX`` volumes; the hospital's next volume at site-b
+  still registers (F4);
 * its approved revocation, cooling off, survives its ``request`` + own ``veto`` flood (each a
   withdrawal, logged at b and c) and applies (F1).
 
@@ -75,6 +77,27 @@ def test_names_and_reasons_holding_a_newline_are_refused_and_forge_no_line(clust
         assert not [line for line in log if line.startswith("2026-12-07 12:00:0")], site
         assert all("\\n2026-12-07" in line for line in log if "routine" in line or "tmp\\n" in line), site
     assert not [v for v in attack(cluster, "view", tmp_path)[0]["volumes"] if "\n" in v]
+
+
+def test_one_site_registers_at_most_its_share_of_the_volume_table(cluster: LocalCluster, tmp_path: Path) -> None:
+    (line,) = attack(cluster, "squat", tmp_path, "--count", str(st.VOLUMES_PER_SITE_MAX + 10))
+    assert line["mine"] == st.VOLUMES_PER_SITE_MAX and line["refused"] == 4, line
+    assert line["refusal"] == {"error": "conflict", "refusal": "volume_quota"}, line
+    # a month later the hospital adds volume "lab" at site-b, its primary
+    b = cluster.sites["site-b"]
+    b.config_path.write_text(b.config_path.read_text() + '\n[[volumes]]\nname = "lab"\npath = "lab.img"\n'
+                             'block_size = "64KiB"\ninterval = "1h"\nmin_copies = 2\ninitial_primary = "site-b"\n'
+                             'apply_delay = "0s"\n')
+    (b.dir / "lab.img").write_bytes(random.Random(5).randbytes(2**20))
+    cluster.kill("site-b", 15)
+    cluster.start("site-b")
+    deadline = time.monotonic() + 90
+    while True:
+        volumes = attack(cluster, "view", tmp_path)[0]["volumes"]
+        if volumes.get("lab") == "site-b" or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert volumes.get("lab") == "site-b", [line for line in log_lines(cluster, "site-b") if "lab" in line][-5:]
 
 
 def test_an_approved_revocation_survives_its_targets_request_flood(cluster: LocalCluster, tmp_path: Path) -> None:

@@ -112,3 +112,30 @@ def test_printable_text_beyond_ascii_is_accepted() -> None:
     assert r["status"] == "pending"
     run(s, cmd("add_volume", "a", volume="bürgerämter db", primary="a", block_size=65536, size_bytes=0, min_copies=2,
                retention=dict(RET)))
+
+
+# --------------------------------------------------------------------------- F4: volume quota
+
+
+def test_one_site_registers_at_most_its_share_of_the_volume_table() -> None:
+    s = founded()
+    for i in range(st.VOLUMES_PER_SITE_MAX):
+        s, _ = run(s, cmd("add_volume", "a", volume=f"junk{i}", primary="a", block_size=65536, size_bytes=0,
+                          min_copies=2, retention=dict(RET)))
+    res = refused(s, cmd("add_volume", "a", volume="one-more", primary="a", block_size=65536, size_bytes=0,
+                         min_copies=2, retention=dict(RET)), "conflict")
+    assert res["evidence"]["refusal"] == "volume_quota" and res["evidence"]["registered"] == st.VOLUMES_PER_SITE_MAX
+    for i in range(st.VOLUMES_MAX - st.VOLUMES_PER_SITE_MAX):  # the honest sites keep the rest of the table
+        s, _ = run(s, cmd("add_volume", "bc"[i % 2], volume=f"ehr{i}", primary="bc"[i % 2], block_size=65536,
+                          size_bytes=0, min_copies=2, retention=dict(RET)))
+    res = refused(s, cmd("add_volume", "b", volume="full", primary="b", block_size=65536, size_bytes=0, min_copies=2,
+                         retention=dict(RET)), "conflict")
+    assert res["evidence"]["max_volumes"] == st.VOLUMES_MAX and "refusal" not in res["evidence"]
+    # a majority revokes a: its volumes stay on record but no longer count against the table
+    s, req = run(s, cmd("request", "b", action="revoke_site", args=revoke("a")))
+    s, _ = run(s, cmd("approve", "c", request=req["request"]))
+    s, _ = after(s, MIN15)
+    assert st.is_revoked(s, "a")
+    s, added = run(s, cmd("add_volume", "b", volume="lab", primary="b", block_size=65536, size_bytes=0, min_copies=2,
+                          retention=dict(RET)))
+    assert added["created"] and "junk0" in s["volumes"]
