@@ -6,6 +6,8 @@ and proposes commands in its own name, each legal on its own. The honest sites b
 
 * a request reason and a volume name holding a newline are refused (``bad_request``) and no
   forged line reaches their logs (F6);
+* snapshots of its own volumes (``min_copies`` 1) held by itself alone are refused: nothing
+  grows their state (F5);
 * it registers at most ``state.VOLUMES_PER_SITE_MAX`` volumes; the hospital's next volume at site-b
   still registers (F4);
 * its approved revocation, cooling off, survives its ``request`` + own ``veto`` flood (each a
@@ -77,6 +79,13 @@ def test_names_and_reasons_holding_a_newline_are_refused_and_forge_no_line(clust
         assert not [line for line in log if line.startswith("2026-12-07 12:00:0")], site
         assert all("\\n2026-12-07" in line for line in log if "routine" in line or "tmp\\n" in line), site
     assert not [v for v in attack(cluster, "view", tmp_path)[0]["volumes"] if "\n" in v]
+
+
+def test_snapshots_held_by_one_site_alone_are_refused(cluster: LocalCluster, tmp_path: Path) -> None:
+    (line,) = attack(cluster, "bloat", tmp_path, "--volumes", "4", "--seconds", "8", "--rate", "100")
+    assert line["volumes"] == 4 and line["sent"] > 100, line
+    assert "ok" not in line["answers"] and line["answers"].get("conflict", 0) > 0, line
+    assert line["records"] == 0, line
 
 
 def test_one_site_registers_at_most_its_share_of_the_volume_table(cluster: LocalCluster, tmp_path: Path) -> None:

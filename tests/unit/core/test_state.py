@@ -633,7 +633,7 @@ def test_no_prune_before_a_majority_reported_a_clock():
                              min_copies=1, retention={"keep_all_s": 0, "hourly_s": 0, "daily_s": 0, "lock_s": 0}))
     for seq in (1, 2):
         state, _ = ok(state, cmd("commit_snapshot", volume="v", seq=seq, epoch=1, root=bytes([seq]) * 32,
-                                 parent_seq=seq - 1 or None, created_at_ns=NOW - 86400 * S, holders=["a"],
+                                 parent_seq=seq - 1 or None, created_at_ns=NOW - 86400 * S, holders=["a", "b"],
                                  stats={}, verdict="clean"))
     refused(state, cmd("prune_snapshots", volume="v", seqs=[1]), "retention_locked")
 

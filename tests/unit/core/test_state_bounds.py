@@ -139,3 +139,37 @@ def test_one_site_registers_at_most_its_share_of_the_volume_table() -> None:
     s, added = run(s, cmd("add_volume", "b", volume="lab", primary="b", block_size=65536, size_bytes=0, min_copies=2,
                           retention=dict(RET)))
     assert added["created"] and "junk0" in s["volumes"]
+
+
+# --------------------------------------------------------------------------- F5: state growth
+
+
+def test_a_snapshot_needs_a_second_holder_once_two_data_sites_exist() -> None:
+    s = with_volume(min_copies=1)
+    res = refused(s, snapshot(1, holders=("a",)), "conflict")
+    assert res["evidence"]["copies_needed"] == 2 and res["evidence"]["min_copies"] == 1
+    s, _ = run(s, snapshot(1, holders=("a", "c")))
+    # one data site (a lab): its own copy is all there is
+    lab = st.initial_state(members=["a"])
+    lab, _ = run(lab, cmd("register_site", "a", site_id="a", peer_url="http://a", kind="data"), None)
+    lab, _ = run(lab, cmd("add_volume", "a", volume="vol", primary="a", block_size=65536, size_bytes=1 << 20,
+                          min_copies=1, retention=dict(RET)), None)
+    run(lab, snapshot(1, holders=("a",)), None)
+
+
+def test_the_volumes_one_site_registered_hold_a_bounded_number_of_records(monkeypatch) -> None:
+    monkeypatch.setattr(st, "SNAPSHOT_RECORDS_PER_SITE", 5)
+    s = with_volume()
+    s, _ = run(s, cmd("add_volume", "a", volume="vol2", primary="a", block_size=65536, size_bytes=1 << 20,
+                      min_copies=2, retention=dict(RET)))
+    s, _ = run(s, cmd("add_volume", "b", volume="ehr", primary="b", block_size=65536, size_bytes=1 << 20,
+                      min_copies=2, retention=dict(RET)))
+    for seq in (1, 2, 3):
+        s, _ = run(s, snapshot(seq))
+    for seq in (1, 2):
+        s, _ = run(s, snapshot(seq, volume="vol2"))
+    res = refused(s, snapshot(3, volume="vol2"), "conflict")
+    assert res["evidence"]["refusal"] == "site_records" and res["evidence"]["registered_by"] == "a"
+    for seq in range(1, 6):  # another site's volumes are not charged for a's: b has its own five
+        s, _ = run(s, snapshot(seq, volume="ehr", by="b", holders=("b", "c")))
+    refused(s, snapshot(6, volume="ehr", by="b", holders=("b", "c")), "conflict")

@@ -72,10 +72,10 @@ def test_a_volume_registered_without_a_size_takes_the_bound_of_its_first_commit(
     state, _ = ok(cluster, cmd("add_volume", volume="v0", size_bytes=0, **base))
     assert "max_size_bytes" not in state["volumes"]["v0"]  # a source whose size its primary cannot read yet
     assert max_size_bytes(state["volumes"]["v0"]) == SIZE_BYTES_MAX
-    first = {**commit(1, holders=("a",), size_bytes=3 * GIB), "volume": "v0"}
+    first = {**commit(1, holders=("a", "b"), size_bytes=3 * GIB), "volume": "v0"}
     state, _ = ok(state, first)
     assert state["volumes"]["v0"]["max_size_bytes"] == 6 * GIB
-    refused(state, {**commit(2, holders=("a",), size_bytes=6 * GIB + 1), "volume": "v0"}, "out_of_range")
+    refused(state, {**commit(2, holders=("a", "b"), size_bytes=6 * GIB + 1), "volume": "v0"}, "out_of_range")
 
 
 def test_a_volume_registered_before_the_bound_gets_it_from_its_size_once(cluster: dict) -> None:  # noqa: F811
