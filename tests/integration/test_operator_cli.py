@@ -51,6 +51,10 @@ def test_operator_commands_on_a_real_cluster(cluster_factory) -> None:
         res = cli(c, "site-a", "snapshot", VOL)
         assert res.returncode == 0 and f"snapshot #{seq}: committed" in res.stdout, flat(res)
         assert "bytes shipped" not in res.stdout and re.search(r"(\d+(\.\d)?[KMG]iB|\d+B) shipped", flat(res)), flat(res)
+        # the primary's screen is not called the verdict; the cluster's, as read on return, is named
+        assert "committed, clean" not in flat(res) and "commit-time screen found nothing" in flat(res), flat(res)
+        assert re.search(r"the cluster's verdict now: clean \((no site has judged it yet|the sites' own verdicts so "
+                         r"far: clean at [a-z, -]+)\); the verdicts later: replicad snapshots ehr", flat(res)), flat(res)
 
     # the agreed maximum, beside the size (the default rule of the registered size)
     size = BLOCKS * 65536
