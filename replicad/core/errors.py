@@ -37,11 +37,13 @@ pysyncobj, sqlite3) are translated into this tree at the adapter that met them.
     ├── UnavailableError               exit 7   transient: retry later
     │   ├── NoQuorumError                       Raft could not commit (minority, no leader)
     │   ├── PeerUnavailableError                a peer did not answer
+    │   │   └── PeerBusyError           (503)   a holder serves as many fetches as it allows: ask later
     │   ├── StoreFullError                      the data dir is full (ENOSPC)
     │   └── TargetFullError                     a restore target's file system is full (ENOSPC)
     ├── AccessError                    exit 8   admin API access control
     │   ├── UnauthenticatedError                (HTTP 401) no bearer token, or an unknown one
-    │   └── ForbiddenError                      (HTTP 403) the token's role is too low
+    │   ├── ForbiddenError                      (HTTP 403) the token's role is too low
+    │   └── FetchRefusedError           (403)   a fetch of a volume (or chunk) the requester may not read
     ├── ToolError                      exit 1   an external tool (mke2fs, debugfs, e2fsck) failed
     └── InternalError                  exit 70  a bug; carries the original exception text
 
@@ -354,6 +356,16 @@ class PeerStalledError(PeerUnavailableError):
     code = "peer_stalled"
 
 
+class PeerBusyError(PeerUnavailableError):
+    """A holder refused a ``/v1/peer/fetch`` because it already serves as many fetches as it
+    allows, for the requesting site or in all (``transport.FETCH_PER_SITE``,
+    ``transport.FETCH_GLOBAL``, and none of its waiting places freed in time). Nothing was
+    read; the fetch may be asked again later or of another holder. Evidence: ``sender``,
+    ``limit`` (``per_site`` or ``global``), ``serving``, ``waited_s``."""
+
+    code = "peer_busy"
+
+
 class StoreFullError(UnavailableError):
     """The data directory is full (ENOSPC/EDQUOT); nothing already stored was damaged."""
 
@@ -389,6 +401,19 @@ class ForbiddenError(AccessError):
     """The token is valid but its role does not allow this request."""
 
     code = "forbidden"
+    http_status = 403
+
+
+class FetchRefusedError(AccessError):
+    """A holder refused a ``/v1/peer/fetch``: the requesting site may not read that volume (it
+    is neither the volume's primary nor a holder of any of its committed snapshots in Raft),
+    or the request asks for a manifest or a manifest page of another volume under its name.
+    Evidence: ``sender``, ``volume``, ``reason`` (``not_holder``, ``unknown_volume``,
+    ``not_data_site``, ``other_volume``), ``digest`` (hex) for ``other_volume``. Logged at
+    WARNING once per requester and reason per audit window, counted in
+    ``replicad_fetch_refused_total{requester,reason}`` and in the holder's peer audit."""
+
+    code = "fetch_refused"
     http_status = 403
 
 

@@ -17,6 +17,12 @@ Routes (all ``POST``, msgpack bodies from :mod:`replicad.core.wire`, errors as J
   before any walk (:meth:`PeerHost.check_announced`).
 * ``/v1/peer/fetch``    ``{volume, epoch, from, digests}`` → a frame stream of those it has
   (read path of restore and catch-up; every chunk verified before it leaves the process).
+  Served only to a site that may hold ``volume`` and only what is not another volume's
+  manifest or page (:meth:`PeerHost.check_fetch`: FetchRefusedError, 403); a digest asked twice
+  is RemoteProtocolError (reason ``duplicate_digests``); past FETCH_PER_SITE fetches of the
+  sender or FETCH_GLOBAL in all, PeerBusyError (503) after a bounded wait (:class:`FetchGate`).
+  Read in batches bounded by bytes (FETCH_BATCH_BYTES); a client that takes no batch within
+  FETCH_SEND_STALL_S is cut. Every answered fetch is handed to :meth:`PeerHost.fetch_done`.
 
 Writes (``chunks``, ``snapshot``) are fenced: the :class:`PeerHost` refuses an epoch older
 than the committed one with :class:`~replicad.core.errors.StaleEpochError`. Every write
@@ -47,8 +53,8 @@ from aiohttp import web
 
 from replicad.core import wire
 from replicad.storage.chunkstore import ChunkStore
-from replicad.core.errors import (IntegrityError, NotFoundError, PeerStalledError, PeerUnavailableError,
-                                  RemoteProtocolError, ReplicadError, RevokedError, from_dict)
+from replicad.core.errors import (IntegrityError, NotFoundError, PeerBusyError, PeerStalledError,
+                                  PeerUnavailableError, RemoteProtocolError, ReplicadError, RevokedError, from_dict)
 from replicad.core.manifest import Manifest, changed_digests, iter_block_digests
 from replicad.peer.netreason import connection_reason, origin, unreachable_detail
 from replicad.peer.tls import check_sender
@@ -59,6 +65,32 @@ BATCH_BYTES = 8 * 2**20        # receiver: store (and fsync) once this much is b
 BATCH_ITEMS = 512
 READ_BATCH = 64                # sender: chunks read from the store per worker-thread call
 FETCH_READ_AHEAD = 2           # /v1/peer/fetch: batches read ahead of the one being sent
+# The serving side of /v1/peer/fetch (ARCHITECTURE.md, Choices: "A fetch costs its holder a
+# bounded memory"). A fetch is read in batches of at most READ_BATCH chunks and at most
+# FETCH_BATCH_BYTES of payload (planned from the index before anything is read: 64 chunks of
+# 64 KiB as before, 4 chunks of 1 MiB), so one fetch holds at most (1 + FETCH_READ_AHEAD) x
+# FETCH_BATCH_BYTES of chunk data (12 MiB: the batch being sent and the two read ahead) whatever
+# its block size; at most FETCH_PER_SITE fetches of one requesting site are served at once (a
+# restore streams STREAMS_PER_HOLDER = 2 per holder) and FETCH_GLOBAL in all; a fetch past them
+# waits up to FETCH_WAIT_S for a place (at most FETCH_WAITING_PER_SITE waiting per site, each
+# holding only its request document), else PeerBusyError. Bound on the chunk data all fetches
+# hold: FETCH_GLOBAL x 12 MiB = 96 MiB, 24 MiB for one site (before: 3 batches of 64 chunks per
+# fetch, no limit: 17 MiB per unread fetch of 64 KiB blocks, 257 MiB of 1 MiB blocks).
+FETCH_BATCH_BYTES = 4 * 2**20
+FETCH_PER_SITE = 2
+FETCH_GLOBAL = 8
+FETCH_WAITING_PER_SITE = 4
+FETCH_WAIT_S = 5.0             # half the client's progress window, which counts the wait for the answer's head
+# The server's progress rule: a client must take each batch it is sent (at most FETCH_BATCH_BYTES)
+# within FETCH_SEND_STALL_S (3x the client's own window FETCH_PROGRESS_S), else its connection is
+# cut (its place freed, its memory dropped); and its request document must arrive within
+# FETCH_DOC_S. An honest restore takes a 4 MiB batch in well under a second.
+FETCH_SEND_STALL_S = 30.0
+FETCH_DOC_S = 30.0
+# A client answered PeerBusyError asks the same holder again after FETCH_BUSY_RETRY_S (its share meanwhile
+# open to the other holders), up to FETCH_BUSY_RETRIES times in a row; then the holder counts as failed.
+FETCH_BUSY_RETRY_S = 1.0
+FETCH_BUSY_RETRIES = 10
 PEER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=3, sock_read=30)
 # The progress rule of a fetch (ARCHITECTURE.md, Choices: "A holder must make progress"): a
 # holder answering /v1/peer/fetch must deliver FETCH_PROGRESS_BYTES of complete chunk frames
@@ -127,6 +159,19 @@ class PeerHost(Protocol):
         """A snapshot of ``volume`` this site holds completely (recorded, its chunks kept
         live by the collector), to check a new snapshot against; None if there is none.
         Synchronous (called in a worker thread)."""
+
+    def check_fetch(self, volume: str, sender: str, digests: Sequence[bytes]) -> None:
+        """Raise FetchRefusedError unless ``sender`` may read ``digests`` under ``volume`` (the
+        volume's primary or a holder of one of its snapshots in Raft; no manifest or page of
+        another volume). Synchronous (called in a worker thread)."""
+
+    def fetch_done(self, sender: str, volume: str | None, chunks: int, payload_bytes: int,
+                   err: ReplicadError | None) -> None:
+        """Account one answered ``/v1/peer/fetch`` of ``sender``: served (``err`` None) or refused
+        or cut (``err``: FetchRefusedError, PeerBusyError, RemoteProtocolError, PeerStalledError
+        for a client that did not read, PeerUnavailableError for one that went away), with the
+        chunks and payload bytes sent. Logged, counted and audited per requester and volume in
+        aggregate (not per request). Synchronous, cheap, never raises."""
 
 
 def error_response(err: ReplicadError) -> web.Response:
@@ -318,37 +363,102 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
             await host.peer_audit(str(doc.get("from", "?")), "/v1/peer/snapshot", _audit_fields(doc), err)
             return error_response(err)
 
+    gate = FetchGate()
+
     async def fetch(request: web.Request) -> web.StreamResponse:
         doc: dict[str, Any] = {}
+        sender = "?"
         try:
-            doc = await _read_doc(request, "fetch")
-            host.check_peer(doc["from"])
+            try:
+                async with asyncio.timeout(FETCH_DOC_S):
+                    doc = await _read_doc(request, "fetch")
+            except TimeoutError:
+                raise RemoteProtocolError(f"fetch request not received within {FETCH_DOC_S:.0f}s",
+                                          deadline_s=FETCH_DOC_S) from None
+            sender = str(doc["from"])
+            host.check_peer(sender)
+            digests: list[bytes] = doc["digests"]
+            if len(set(digests)) != len(digests):
+                raise RemoteProtocolError(f"fetch by {sender} asks a chunk more than once "
+                                          f"({len(digests)} digests, {len(set(digests))} distinct)",
+                                          sender=sender, reason="duplicate_digests", asked=len(digests),
+                                          distinct=len(set(digests)))
+            await asyncio.to_thread(host.check_fetch, doc["volume"], sender, digests)
+            await gate.acquire(sender)
         except ReplicadError as err:
-            return await refused_read("/v1/peer/fetch", doc, err)
-        resp = web.StreamResponse(headers={"Content-Type": wire.CONTENT_TYPE})
-        await resp.prepare(request)
-        await resp.write(wire.encode_doc("chunks", volume=doc["volume"], epoch=doc["epoch"], **{"from": host.site_id}))
-        digests: list[bytes] = doc["digests"]
-        starts = range(0, len(digests), READ_BATCH)
-
-        def read(i: int) -> asyncio.Future[list[bytes]]:
-            return asyncio.ensure_future(asyncio.to_thread(_read_frames, host.store, digests[i:i + READ_BATCH]))
-
-        # batches k+1 .. k+FETCH_READ_AHEAD are read (and verified) while batch k is sent: direct reads
-        # have no page-cache read-ahead, so the disk gets its queue from these
-        ahead = collections.deque(read(i) for i in starts[:FETCH_READ_AHEAD])
+            if isinstance(err, RevokedError):
+                return await refused_read("/v1/peer/fetch", doc, err)
+            host.fetch_done(sender, doc.get("volume"), 0, 0, err)
+            return error_response(err)
+        except (ConnectionError, aiohttp.ClientError) as err:  # went away before it asked
+            host.fetch_done(sender, doc.get("volume"), 0, 0,
+                            PeerUnavailableError(f"fetch request cut: {err}", sender=sender))
+            return web.Response(status=400)
         try:
-            for k in range(len(starts)):
-                frames = await ahead.popleft()
-                if k + FETCH_READ_AHEAD < len(starts):
-                    ahead.append(read(starts[k + FETCH_READ_AHEAD]))
-                if frames:
-                    await resp.write(b"".join(frames))
+            return await _serve_fetch(request, doc, sender)
         finally:
-            if ahead:  # the client went away: let the reads finish, drop them
+            gate.release(sender)
+
+    async def _serve_fetch(request: web.Request, doc: dict[str, Any], sender: str) -> web.StreamResponse:
+        """Stream the frames of ``doc["digests"]`` this store holds, in batches planned by bytes
+        (:func:`plan_fetch_batches`), FETCH_READ_AHEAD read (and verified) ahead of the one sent.
+        A client that takes no batch within FETCH_SEND_STALL_S, or goes away, is cut and
+        accounted (never a traceback)."""
+        resp = web.StreamResponse(headers={"Content-Type": wire.CONTENT_TYPE})
+        sent_chunks = sent_bytes = 0
+
+        def read(batch: list[bytes]) -> asyncio.Future[list[bytes]]:
+            return asyncio.ensure_future(asyncio.to_thread(_read_frames, host.store, batch))
+
+        ahead: collections.deque[asyncio.Future[list[bytes]]] = collections.deque()
+        err: ReplicadError | None = None
+        try:
+            lengths = await asyncio.to_thread(host.store.encoded_lengths, doc["digests"])
+            batches = plan_fetch_batches(doc["digests"], lengths)
+            # batches k+1 .. k+FETCH_READ_AHEAD are read (and verified) while batch k is sent: direct reads
+            # have no page-cache read-ahead, so the disk gets its queue from these
+            ahead.extend(read(b) for b in batches[:FETCH_READ_AHEAD])
+            await resp.prepare(request)
+            await resp.write(wire.encode_doc("chunks", volume=doc["volume"], epoch=doc["epoch"],
+                                             **{"from": host.site_id}))
+            for k in range(len(batches)):
+                frames = await ahead.popleft()
+                if k + FETCH_READ_AHEAD < len(batches):
+                    ahead.append(read(batches[k + FETCH_READ_AHEAD]))
+                if frames:
+                    data = b"".join(frames)
+                    try:
+                        async with asyncio.timeout(FETCH_SEND_STALL_S):
+                            await resp.write(data)
+                    except TimeoutError:
+                        err = PeerStalledError(
+                            f"{sender} took no {len(data)}-byte batch of its fetch within {FETCH_SEND_STALL_S:.0f}s: "
+                            f"connection cut after {sent_chunks} chunks ({sent_bytes} bytes)", sender=sender,
+                            reason="client_stalled", window_s=FETCH_SEND_STALL_S, sent_bytes=sent_bytes)
+                        if request.transport is not None:
+                            request.transport.abort()  # drops what it buffered for the client at once
+                        return resp
+                    sent_chunks += len(batches[k])
+                    sent_bytes += len(data)
+            await resp.write_eof()
+            return resp
+        except (ConnectionError, aiohttp.ClientError) as cut:
+            err = PeerUnavailableError(f"{sender} went away during its fetch after {sent_chunks} chunks "
+                                       f"({sent_bytes} bytes): {type(cut).__name__}", sender=sender,
+                                       reason="client_gone", sent_bytes=sent_bytes)
+            return resp
+        except ReplicadError as failed:  # this site's store (its index or a pack) failed the fetch
+            err = failed
+            log.error("serving a fetch of %s to %s failed here: %s %s", doc.get("volume"), sender, failed.code, failed)
+            if not resp.prepared:
+                return error_response(failed)
+            if request.transport is not None:
+                request.transport.abort()  # the client sees a cut answer and asks another holder
+            return resp
+        finally:
+            if ahead:  # cut early: let the reads finish, drop them
                 await asyncio.gather(*ahead, return_exceptions=True)
-        await resp.write_eof()
-        return resp
+            host.fetch_done(sender, doc.get("volume"), sent_chunks, sent_bytes, err)
 
     async def hello(request: web.Request) -> web.Response:
         return web.json_response({"site_id": host.site_id, "wire_version": wire.WIRE_VERSION})
@@ -369,6 +479,105 @@ def _read_frames(store: ChunkStore, digests: Sequence[bytes]) -> list[bytes]:
         log.error("corrupt chunk %s found while serving a fetch; dropped from the index: %s", d.hex(), err.evidence)
         store.delete_corrupt(d)
     return [wire.encode_frames(found)] if found else []
+
+
+def plan_fetch_batches(digests: Sequence[bytes], lengths: dict[bytes, int],
+                       max_items: int = READ_BATCH, max_bytes: int = FETCH_BATCH_BYTES) -> list[list[bytes]]:
+    """The reads of one fetch: ``digests`` this store holds (``lengths``: payload bytes per
+    digest, :meth:`ChunkStore.encoded_lengths`; the others are left out), in the order asked,
+    cut into batches of at most ``max_items`` chunks and ``max_bytes`` of payload (a chunk
+    larger than ``max_bytes`` alone). Pure."""
+    out: list[list[bytes]] = []
+    batch: list[bytes] = []
+    size = 0
+    for d in digests:
+        n = lengths.get(d)
+        if n is None:
+            continue
+        if batch and (len(batch) >= max_items or size + n > max_bytes):
+            out.append(batch)
+            batch, size = [], 0
+        batch.append(d)
+        size += n
+    if batch:
+        out.append(batch)
+    return out
+
+
+class FetchGate:
+    """Places to serve ``/v1/peer/fetch``: at most ``per_site`` at once for one requesting site
+    and ``total`` in all. A fetch past them waits for a place, first come first served, up to
+    ``wait_s``; at most ``waiting_per_site`` of one site wait (a waiting fetch holds only its
+    request document). Else PeerBusyError. Event loop only (no locks).
+
+    Args:
+        per_site, total, waiting_per_site, wait_s: the bounds (defaults FETCH_PER_SITE,
+            FETCH_GLOBAL, FETCH_WAITING_PER_SITE, FETCH_WAIT_S).
+    """
+
+    def __init__(self, per_site: int = FETCH_PER_SITE, total: int = FETCH_GLOBAL,
+                 waiting_per_site: int = FETCH_WAITING_PER_SITE, wait_s: float = FETCH_WAIT_S) -> None:
+        self.per_site = per_site
+        self.total = total
+        self.waiting_per_site = waiting_per_site
+        self.wait_s = wait_s
+        self.serving: collections.Counter[str] = collections.Counter()
+        self.waiting: collections.Counter[str] = collections.Counter()
+        self._queue: collections.deque[tuple[str, asyncio.Future[None]]] = collections.deque()
+
+    def _fits(self, sender: str) -> bool:
+        return self.serving[sender] < self.per_site and sum(self.serving.values()) < self.total
+
+    def _busy(self, sender: str, waited_s: float) -> PeerBusyError:
+        limit = "per_site" if self.serving[sender] >= self.per_site else "global"
+        return PeerBusyError(
+            f"this site serves {self.serving[sender]} fetches of {sender} and {sum(self.serving.values())} in all "
+            f"(at most {self.per_site} per site, {self.total} in all): ask later or another holder",
+            sender=sender, limit=limit, serving=self.serving[sender], waited_s=round(waited_s, 3))
+
+    async def acquire(self, sender: str) -> None:
+        """Take a place for a fetch of ``sender`` (waiting up to ``wait_s``). Raises PeerBusyError."""
+        if self._fits(sender):  # a fetch waits only while it does not fit: none that fits is passed over
+            self.serving[sender] += 1
+            return
+        if self.waiting[sender] >= self.waiting_per_site:
+            raise self._busy(sender, 0.0)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (sender, fut)
+        self._queue.append(entry)
+        self.waiting[sender] += 1
+        t0 = time.monotonic()
+        try:
+            await asyncio.wait({fut}, timeout=self.wait_s)
+        except BaseException:
+            if fut.done():  # given a place just as this fetch was cancelled: give it back
+                self.release(sender)
+            raise
+        finally:
+            self.waiting[sender] -= 1
+            if not fut.done():
+                fut.cancel()
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(entry)
+        if fut.cancelled():
+            raise self._busy(sender, time.monotonic() - t0)
+
+    def release(self, sender: str) -> None:
+        """Give back a place of ``sender`` and hand free places to the fetches waiting, in order."""
+        self.serving[sender] -= 1
+        if self.serving[sender] <= 0:
+            del self.serving[sender]
+        passed: collections.deque[tuple[str, asyncio.Future[None]]] = collections.deque()
+        while self._queue:
+            who, fut = self._queue.popleft()
+            if fut.done():
+                continue
+            if self._fits(who):
+                self.serving[who] += 1
+                fut.set_result(None)
+            else:
+                passed.append((who, fut))
+        self._queue = passed
 
 
 class PeerClient:

@@ -26,6 +26,9 @@ How (see ARCHITECTURE.md, "Restore from peers"):
   while another holder is left, and the unit goes to the head of the queue. A holder that keeps
   just above the progress rule (1 MiB per 10 s: 80 s for an 8 MiB unit) cannot hold the last
   units up (BitTorrent's end game, Cohen 2003, as :meth:`replicad.site.pull.Pull._fetch_parallel`).
+* A holder that answers PeerBusyError (it serves as many fetches as it allows) is asked again
+  after FETCH_BUSY_RETRY_S, its unit back at the head of the queue for the other holders
+  meanwhile; FETCH_BUSY_RETRIES such answers in a row count as a failure.
 * A holder that fails (unreachable, cut mid-stream, an error, a chunk that does not match its
   digest) is dropped for the rest of the restore: its unit goes back to the head of the queue,
   keeping the chunks already placed, and the other holders' streams take it. A holder that
@@ -52,10 +55,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from replicad.core.errors import (IntegrityError, NotFoundError, PeerUnavailableError, RemoteProtocolError,
-                                  ReplicadError)
+from replicad.core.errors import (IntegrityError, NotFoundError, PeerBusyError, PeerUnavailableError,
+                                  RemoteProtocolError, ReplicadError)
 from replicad.core.manifest import Manifest
-from replicad.peer.transport import PeerClient
+from replicad.peer.transport import FETCH_BUSY_RETRIES, FETCH_BUSY_RETRY_S, PeerClient
 from replicad.storage.assemble import UNIT_BYTES, ImageAssembler, Unit, plan_units
 from replicad.storage.chunkstore import CODEC_RAW, ChunkStore
 
@@ -321,6 +324,7 @@ async def restore_from_holders(peers: PeerClient, holders: dict[str, str], volum
 
         async def stream(holder: str, url: str) -> None:
             rep = report.holders[holder]
+            busy = 0  # PeerBusyError answers in a row (the holder serves its limit of fetches): asked again later
             while True:
                 if run.error is not None or holder in run.dead or run.remaining == 0:
                     return
@@ -370,6 +374,7 @@ async def restore_from_holders(peers: PeerClient, holders: dict[str, str], volum
                         if fetch.exception() is not None:
                             raise fetch.exception()
                         run.took.setdefault(holder, []).append(time.monotonic() - t_fetch)
+                        busy = 0
                     if unit.pending:  # the holder answered without some of them
                         unit.lacking_at = unit.lacking_at | {holder}
                         run.queue.appendleft(unit)
@@ -382,6 +387,11 @@ async def restore_from_holders(peers: PeerClient, holders: dict[str, str], volum
                     run.queue.appendleft(unit)  # its placed chunks stay; another holder's stream takes it
                     if holder in run.dead:  # its other stream said so already
                         return
+                    if isinstance(err, PeerBusyError) and busy < FETCH_BUSY_RETRIES:
+                        busy += 1
+                        await run.notify()  # the unit is open to the other holders' streams meanwhile
+                        await asyncio.sleep(FETCH_BUSY_RETRY_S)
+                        continue
                     rep.failed = f"{err.code}: {err.message}"
                     run.dead.add(holder)
                     log.warning("restore of %s#%d: holder %s failed after %d chunks (%s); its share goes to %s",

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from replicad.core.errors import (IntegrityError, NotFoundError, PeerStalledError, PeerUnavailableError,
-                                  RecordConflictError, ReplicadError, StoreFullError)
+from replicad.core.errors import (IntegrityError, NotFoundError, PeerBusyError, PeerStalledError,
+                                  PeerUnavailableError, RecordConflictError, ReplicadError, StoreFullError)
 from replicad.core.manifest import Manifest, changed_digests, iter_block_digests
-from replicad.peer.transport import PeerClient, snapshot_complete
+from replicad.peer.transport import FETCH_BUSY_RETRIES, FETCH_BUSY_RETRY_S, PeerClient, snapshot_complete
 from replicad.site.cluster import Cluster
 from replicad.site.peer_restore import STREAMS_PER_HOLDER, PeerRestoreReport, restore_from_holders
 from replicad.site.runner import complete_base, load_manifest
@@ -418,6 +418,7 @@ class Pull:
 
         async def stream(holder: str) -> None:
             took: list[float] = []
+            busy = 0  # PeerBusyError answers in a row: the holder serves its limit of fetches
             while holder not in failed and not full:
                 job = queue.pop() if queue else await straggler(holder, took)
                 if job is None:
@@ -449,10 +450,15 @@ class Pull:
                     if not entry["futs"]:  # nobody else fetching it: back to the queue
                         inflight.pop(k, None)
                         queue.append((k, part))
+                    if isinstance(err, PeerBusyError) and busy < FETCH_BUSY_RETRIES:  # later, same holder
+                        busy += 1
+                        await asyncio.sleep(FETCH_BUSY_RETRY_S)
+                        continue
                     if holder not in failed:
                         failed.add(holder)
                         log.info("fetch from %s failed: %s; its share goes to the other holders", holder, err)
                     return
+                busy = 0
                 took.append(time.monotonic() - t0)
                 inflight.pop(k, None)
                 for other in list(entry["futs"]):  # the slower copy is not needed any more

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Collection
 from typing import Any, Callable
 
-from replicad.core.errors import (NotFoundError, NotPrimaryError, QuotaExceededError, RecordConflictError,
-                                  RemoteProtocolError, ReplicadError, RevokedError, StaleEpochError)
+from replicad.core.errors import (FetchRefusedError, NotFoundError, NotPrimaryError, QuotaExceededError,
+                                  RecordConflictError, RemoteProtocolError, ReplicadError, RevokedError,
+                                  StaleEpochError)
 from replicad.core.identity import CanonicalError, Signer
 from replicad.core.manifest import Manifest
 from replicad.core.state import is_revoked, max_size_bytes
@@ -43,6 +45,11 @@ CHUNK_BUDGET_SLACK_BYTES = 64 * 2**20
 # abandoned those snapshots and must not be refused forever once it can commit again.
 MAX_UNCOMMITTED_RECEIVED = 4
 UNBOUNDED = 2**62  # the chunk budget of a volume whose size nobody knows yet (before its first commit)
+# The peer audit of reads (/v1/peer/fetch) is kept per requesting site and volume in aggregate: one
+# record per FETCH_AUDIT_S window in which the site fetched (requests, chunks, bytes, refusals by
+# reason), not one per request (a 16 GiB restore asks ~2,000); a refusal or cut is logged at WARNING
+# the first time in a window per requester and reason, the others counted in that record.
+FETCH_AUDIT_S = 60.0
 
 
 class Receiver:
@@ -73,6 +80,11 @@ class Receiver:
         self._pending: set[asyncio.Future] = set()  # background catalog updates
         self._inflight: dict[tuple[str, int, str], int] = {}  # chunk bytes since the last recorded snapshot
         self._budgets: dict[tuple[str, int, str], int] = {}   # their limits (chunk_budget), per stream key
+        self._meta_lock = threading.Lock()  # check_fetch runs in worker threads
+        self._meta_key: frozenset[tuple[str, bytes]] | None = None
+        self._meta_owners: dict[bytes, frozenset[str]] = {}  # manifest root or page digest -> volumes
+        self._pages: dict[bytes, tuple[bytes, ...]] = {}      # manifest root -> its page digests
+        self._reads: dict[tuple[str, str], dict[str, Any]] = {}  # (requester, volume) -> this window's totals
 
     def complete_base(self, volume: str) -> Manifest | None:
         """A snapshot of ``volume`` this site holds completely, or None:
@@ -139,6 +151,138 @@ class Receiver:
         if vs["primary"] != sender:
             raise NotPrimaryError(f"{sender} is not the primary of {volume} at epoch {epoch}",
                                   volume=volume, epoch=epoch, sender=sender, primary=vs["primary"])
+
+    def check_fetch(self, volume: str, sender: str, digests: Collection[bytes]) -> None:
+        """Serve a fetch only to a site that may hold ``volume``, and only what is not another
+        volume's index (issue: any site rebuilt a volume its config does not name from a holder).
+
+        The rule, from the Raft state: ``sender`` is a data site of this cluster, ``volume`` is
+        registered, and ``sender`` is its primary or a holder of one of its snapshots in the
+        catalog (a replica that never held one gets its first snapshot by the primary's ship,
+        not by fetch). And no digest asked is the manifest root or a manifest page of another
+        volume's snapshot (Raft's catalog) unless it is also ``volume``'s: without another
+        volume's manifest and pages a site cannot learn its block digests. Block digests
+        themselves are not checked (no digest-to-volume index here: a site that knows a
+        block's content can still learn whether a holder has it). Cost: one pass over Raft's
+        catalog per call; the manifests of new roots are read once (cached by root).
+
+        Raises FetchRefusedError (evidence ``sender``, ``volume``, ``reason`` not_data_site,
+        unknown_volume, not_holder or other_volume with ``digest``). Synchronous (a worker
+        thread)."""
+        if not self.cluster.is_data_site(sender):
+            raise FetchRefusedError(f"{sender!r} is not a data site of this cluster: it may fetch nothing",
+                                    sender=sender, volume=volume, reason="not_data_site")
+        view = self.cluster.view()
+        vs = view["volumes"].get(volume)
+        if vs is None:
+            raise FetchRefusedError(f"{sender} fetches under volume {volume!r}, which the cluster does not know",
+                                    sender=sender, volume=volume, reason="unknown_volume")
+        snapshots = vs.get("snapshots") or {}
+        if sender != vs.get("primary") and not any(sender in snap["holders"] for snap in snapshots.values()):
+            raise FetchRefusedError(f"{sender} fetches volume {volume}, which it neither is the primary of nor holds "
+                                    "a snapshot of in Raft's catalog", sender=sender, volume=volume,
+                                    reason="not_holder")
+        owners = self._manifest_owners(view)
+        for d in digests:
+            vols = owners.get(bytes(d))
+            if vols is not None and volume not in vols:
+                raise FetchRefusedError(f"{sender} fetches under volume {volume} a manifest or page of "
+                                        f"{', '.join(sorted(vols))}", sender=sender, volume=volume,
+                                        reason="other_volume", digest=bytes(d).hex())
+
+    def _manifest_owners(self, view: dict) -> dict[bytes, frozenset[str]]:
+        """``{digest: volumes}`` for every manifest root in Raft's catalog and every page of those
+        whose manifest is stored here; rebuilt only when the catalog's roots changed."""
+        key = frozenset((name, snap["root"]) for name, vs in view["volumes"].items()
+                        for snap in (vs.get("snapshots") or {}).values())
+        with self._meta_lock:
+            if key == self._meta_key:
+                return self._meta_owners
+            owners: dict[bytes, set[str]] = {}
+            pages: dict[bytes, tuple[bytes, ...]] = {}
+            for name, root in key:
+                if root not in pages:
+                    got = self._pages.get(root)
+                    if got is None:
+                        try:
+                            got = tuple(load_manifest(self.store, root).pages)
+                        except ReplicadError:  # not stored here (or unreadable): the root alone
+                            got = ()
+                    pages[root] = got
+                for d in (root, *pages[root]):
+                    owners.setdefault(d, set()).add(name)
+            self._pages = pages
+            self._meta_owners = {d: frozenset(v) for d, v in owners.items()}
+            self._meta_key = key
+            return self._meta_owners
+
+    def fetch_done(self, sender: str, volume: str | None, chunks: int, payload_bytes: int,
+                   err: ReplicadError | None) -> None:
+        """Account one answered fetch of ``sender`` (``PeerHost.fetch_done``): served bytes in
+        ``replicad_fetch_served_bytes_total``, a refusal or cut in
+        ``replicad_fetch_refused_total{requester,reason}``, logged (WARNING; INFO for a client that
+        went away, as a restore's end game cuts the slower holder's fetch) and audited the first
+        time per requester and reason in a FETCH_AUDIT_S window; one peer-audit record per
+        requester and volume per window (requests, chunks, bytes, refusals by reason; the window
+        open at shutdown is not written). A requester that is not a configured site is counted as
+        ``other`` (the sender's word without TLS). Never raises."""
+        try:
+            who = sender if any(s.site_id == sender for s in self.cluster.sites()) else "other"
+            vol = volume if isinstance(volume, str) and self.cluster.volume_state(volume) is not None else "?"
+            key = (who, vol)
+            entry = self._reads.get(key)
+            if entry is None:
+                entry = self._reads[key] = {"requests": 0, "chunks": 0, "bytes": 0, "refused": {}}
+                asyncio.get_running_loop().call_later(FETCH_AUDIT_S, self._flush_reads, key)
+            entry["requests"] += 1
+            entry["chunks"] += chunks
+            entry["bytes"] += payload_bytes
+            if payload_bytes and vol != "?" and self.metrics is not None:
+                self.metrics.fetch_served(who, vol, payload_bytes)
+            if err is None:
+                return
+            reason = str(err.evidence.get("reason") or err.code)
+            if reason == "peer_busy":
+                reason = "busy"
+            if self.metrics is not None:
+                self.metrics.fetch_refused(who, reason)
+            refused = entry["refused"]
+            refused[reason] = refused.get(reason, 0) + 1
+            if refused[reason] == 1:  # the first of the window: logged and audited at once
+                what = "cut" if reason in ("client_stalled", "client_gone") else "refused"
+                (log.info if reason == "client_gone" else log.warning)(
+                    "AUDIT %s fetch of volume %s by %s at %s: %s: %s (further ones this minute counted in "
+                    "peer-audit.jsonl and replicad_fetch_refused_total)", what, vol,
+                    who if who != "other" else f"unknown site {sender[:64]!r}", self.site_id, reason, err)
+                self._audit_read(key, {"who": who, "role": "peer", "remote": None, "method": "POST",
+                                       "path": "/v1/peer/fetch", "body": {"volume": vol, "reason": reason,
+                                                                         "chunks": chunks, "bytes": payload_bytes},
+                                       "outcome": what, "status": err.http_status, "error": err.code})
+        except Exception as bug:  # noqa: BLE001 - accounting must never fail a fetch
+            log.error("accounting a fetch of %s at %s failed: %s: %s", sender[:64], self.site_id,
+                      type(bug).__name__, bug)
+
+    def _flush_reads(self, key: tuple[str, str]) -> None:
+        """Write the window's read record of ``key`` (requester, volume) to the peer audit."""
+        entry = self._reads.pop(key, None)
+        if entry is None:
+            return
+        record = {"who": key[0], "role": "peer", "remote": None, "method": "POST", "path": "/v1/peer/fetch",
+                  "body": {"volume": key[1], "window_s": FETCH_AUDIT_S, **entry},
+                  "outcome": "refused" if entry["refused"] and not entry["bytes"] else "ok",
+                  "status": 200, "error": ",".join(sorted(entry["refused"])) or None}
+        self._audit_read(key, record)
+
+    def _audit_read(self, key: tuple[str, str], record: dict) -> None:
+        task = asyncio.ensure_future(self._append_read(key, record))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _append_read(self, key: tuple[str, str], record: dict) -> None:
+        try:
+            await asyncio.to_thread(self.audit.append, record)
+        except ReplicadError as audit_err:
+            log.error("peer audit record of %s's reads of %s lost at %s: %s", key[0], key[1], self.site_id, audit_err)
 
     def chunks_received(self, volume: str, sender: str, payload_bytes: int) -> None:
         """Account chunk payload bytes received from ``sender`` (metrics)."""

@@ -497,6 +497,26 @@ class ChunkStore:
         with self._lock:
             return bool(self._present([digest]))
 
+    def encoded_lengths(self, digests: Sequence[bytes]) -> dict[bytes, int]:
+        """``{digest: payload bytes as stored}`` (compressed size, the frame's payload when
+        served) for the digests this store indexes, from the index alone (no pack read): a
+        server plans its reads by bytes before it reads (``/v1/peer/fetch``). Digests not
+        indexed are left out. Raises RemoteProtocolError (a digest not 32 bytes),
+        StoreFullError/InternalError (the index)."""
+        wanted = list(dict.fromkeys(_check_digest(d) for d in digests))
+        out: dict[bytes, int] = {}
+        with self._lock:
+            self._check_open()
+            try:
+                for i in range(0, len(wanted), _SQL_BATCH):
+                    part = wanted[i:i + _SQL_BATCH]
+                    marks = ",".join("?" * len(part))
+                    out.update(self._db.execute(f"SELECT digest, length FROM chunks WHERE digest IN ({marks})",
+                                                part))
+            except sqlite3.Error as err:
+                raise _translate(err, "querying the chunk index") from err
+        return out
+
     def _present(self, digests: Sequence[bytes]) -> set[bytes]:
         self._check_open()
         present: set[bytes] = set()

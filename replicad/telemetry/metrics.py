@@ -156,6 +156,10 @@ replicad_restore_skipped_total                              volume             c
 replicad_fetch_stalled_total                                holder             fetches from a holder that
                                                                                broke the progress rule or
                                                                                sent bad frames (counter)
+replicad_fetch_refused_total                                requester, reason  fetches this site refused or
+                                                                               cut as a holder (counter)
+replicad_fetch_served_bytes_total                           requester, volume  chunk bytes this site served
+                                                                               as a holder (counter)
 replicad_ship_stalled_total                                 peer               ship requests a replica did
                                                                                not answer in time (counter)
 replicad_disk_free_bytes / replicad_disk_size_bytes                            ``shutil.disk_usage``
@@ -667,6 +671,14 @@ class SiteMetrics:
                                        "complete chunk frames within the window) or sent bad frames (a chunk not "
                                        "asked for, sent twice or not matching its digest) and went to another holder",
                                        ["site", "holder"], registry=self.registry)
+        self.fetches_refused = Counter("replicad_fetch_refused_total",
+                                       "Fetches (/v1/peer/fetch) this site refused or cut as a holder, by requesting "
+                                       "site (a site not configured here counts as 'other') and reason (not_holder, "
+                                       "other_volume, busy, duplicate_digests, client_stalled, client_gone, ...)",
+                                       ["site", "requester", "reason"], registry=self.registry)
+        self.fetch_served_bytes = Counter("replicad_fetch_served_bytes_total",
+                                          "Chunk payload bytes this site served to a requesting site's fetches",
+                                          ["site", "requester", "volume"], registry=self.registry)
         self.ships_stalled = Counter("replicad_ship_stalled_total",
                                      "Ship requests to a replica (missing, chunks, snapshot) cut because it did not "
                                      "answer within their deadline or took less than the progress rule of its chunk "
@@ -817,6 +829,14 @@ class SiteMetrics:
     def ship_stalled(self, peer: str) -> None:
         """Count one ship request ``peer`` stalled (``replicad_ship_stalled_total``)."""
         self.ships_stalled.labels(self.site_id, peer).inc()
+
+    def fetch_refused(self, requester: str, reason: str) -> None:
+        """Count one fetch of ``requester`` refused or cut here (``replicad_fetch_refused_total``)."""
+        self.fetches_refused.labels(self.site_id, requester, reason).inc()
+
+    def fetch_served(self, requester: str, volume: str, payload_bytes: int) -> None:
+        """Count ``payload_bytes`` served to ``requester``'s fetches of ``volume``."""
+        self.fetch_served_bytes.labels(self.site_id, requester, volume).inc(payload_bytes)
 
     def fetch_stalled(self, holder: str) -> None:
         """Count one fetch ``holder`` stalled or answered with bad frames (``replicad_fetch_stalled_total``)."""

@@ -27,6 +27,7 @@ class Receiver:
         self.store = store
         self.audited: list[tuple] = []
         self.revoked: set[str] = set()
+        self.fetches: list[tuple] = []
 
     async def check_write_epoch(self, volume: str, epoch: int, sender: str) -> None:
         return None
@@ -49,6 +50,12 @@ class Receiver:
 
     async def peer_audit(self, sender: str, path: str, doc: dict, err) -> None:
         self.audited.append((sender, path, doc, err.code if err is not None else None))
+
+    def check_fetch(self, volume: str, sender: str, digests) -> None:
+        return None
+
+    def fetch_done(self, sender: str, volume, chunks: int, payload_bytes: int, err) -> None:
+        self.fetches.append((sender, volume, chunks, payload_bytes, err.code if err is not None else None))
 
 
 async def test_a_chunk_pruned_from_the_local_store_is_a_local_error_not_an_unreachable_peer(tmp_path: Path) -> None:
