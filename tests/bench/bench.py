@@ -367,6 +367,11 @@ def set_apply_delay(c: LocalCluster, site: str, delay: str) -> None:
     path.write_text(text.replace('apply_delay = "0s"', f'apply_delay = "{delay}"'))
 
 
+# The bench restores in the name of the volume's primary (stopped or not): a holder serves a volume's
+# chunks only to its primary and its holders (Receiver.check_fetch).
+RESTORING_SITE = "site-a"
+
+
 async def restore_from_peer(peer_url: str, root: bytes, store_dir: Path, target: Path) -> dict[str, float]:
     """Fetch snapshot ``root`` and everything it references from ``peer_url`` into a fresh
     store, apply it to ``target`` and verify it; seconds per phase."""
@@ -374,7 +379,7 @@ async def restore_from_peer(peer_url: str, root: bytes, store_dir: Path, target:
     try:
         t0 = time.perf_counter()
         async with aiohttp.ClientSession() as session:
-            client = PeerClient(session, "bench")
+            client = PeerClient(session, RESTORING_SITE)
             await client.fetch(peer_url, VOL, 0, [root], store)
             m = Manifest.decode(store.get(root))
             await client.fetch(peer_url, VOL, 0, list(m.pages), store)
@@ -401,7 +406,7 @@ async def restore_from_peers(peer_urls: dict[str, str], root: bytes, store_dir: 
     try:
         t0 = time.perf_counter()
         async with aiohttp.ClientSession() as session:
-            client = PeerClient(session, "bench")
+            client = PeerClient(session, RESTORING_SITE)
             first = next(iter(peer_urls.values()))
             await client.fetch(first, VOL, 0, [root], store)
             m = Manifest.decode(store.get(root))
