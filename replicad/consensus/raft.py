@@ -393,6 +393,7 @@ from pysyncobj.node import TCPNode
 from pysyncobj.tcp_connection import TcpConnection
 
 from replicad.consensus import checkpoint, dumpfile
+from replicad.consensus import journal as journal_module
 from replicad.consensus.channel import (KNOWN_REASONS, MAX_DECOMPRESSED_BYTES, ChannelIdentity, DecompressionBombError,
                                        MemberOnlyTransport, RefusalLog, Revocations, bounded_decompress, refusals_of,
                                        refuse_undecryptable, revocations_of, transport_identity)
@@ -1004,7 +1005,8 @@ class _HardenedSyncObj(SyncObj):
     _isolation_logged: float = float("-inf")
     _pre_vote_granted: tuple = (None, None, float("-inf"))  # (node id, term, when) of the last grant
     _votes: tuple = (None, frozenset())  # (term, node ids) of the response_vote messages counted
-    _full_logged: float = float("-inf")  # point 12: last ERROR about an unwritable journal
+    _full_logged: float = float("-inf")  # point 12: last WARNING of no candidacy (journal full, lost, dump)
+    _full_error: tuple = (float("-inf"), "", 0)  # point 12: (when, text, failures since) of the last full ERROR
     _rejoin_target: int | None = None  # point 12: commit index to reach before voting again
     # point 15, all touched on the tick thread only
     _dump_send_failures: int = 0  # failed reads of this node's own dump (to send it), since start
@@ -1496,10 +1498,15 @@ class _HardenedSyncObj(SyncObj):
         as before), and a leader that cannot append must not stay leader (no commit for as long
         as it keeps the role): step down; :meth:`_pre_vote_gate` keeps it from campaigning."""
         now = monotonic_time()
-        if now - self._full_logged >= 10.0:
-            self._full_logged = now
-            log.error("raft: %s; %s", err, "stepping down as leader, no candidacy until space is back"
-                      if self._SyncObj__raftState == _RAFT_STATE_LEADER else "acknowledging nothing until space is back")
+        text = f"{err}; " + ("stepping down as leader, no candidacy until space is back"
+                             if self._SyncObj__raftState == _RAFT_STATE_LEADER else
+                             "acknowledging nothing until space is back")
+        at, last, since = self._full_error
+        if text != last or now - at >= journal_module.META_LOG_EVERY_S:  # the first, then every 5 min with a count
+            log.error("raft: %s%s", text, f" ({since} more such failures since the last line)" if since else "")
+            self._full_error = (now, text, 0)
+        else:
+            self._full_error = (at, last, since + 1)
         if self._SyncObj__raftState == _RAFT_STATE_LEADER:
             self._SyncObj__setState(pysyncobj.syncobj._RAFT_STATE.FOLLOWER)
             self._SyncObj__raftLeader = None
