@@ -620,11 +620,14 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
             raise UsageError("approve takes no body", known=[])
         before = next((r for r in list_requests(site.cluster.view()) if r.get("id") == req_id), None)
         res = await site.cluster.propose("approve", request=req_id)
-        log.warning("AUDIT request %s approved at %s: %s of %s approvals (%s)", req_id, site.site_id,
-                    len(res.get("approvals") or []), res.get("needed"), res.get("status"))
+        counted = before is not None and site.site_id in (before.get("approvals") or [])
+        what = f"{before.get('action')} {facts_text(before.get('args') or {})}" if before is not None else "?"
+        log.log(logging.INFO if counted else logging.WARNING, "AUDIT request %s (%s, requested by %s) %s at %s: %s of "
+                "%s approvals (%s)", req_id, what, (before or {}).get("by", "?"),
+                "not changed: already counted" if counted else "approved", site.site_id,
+                len(res.get("approvals") or []), res.get("needed"), res.get("status"))
         out = _request_answer(res)
         if res.get("status") == "pending":  # say why nothing changed: this site counted already (made it or approved)
-            counted = before is not None and site.site_id in (before.get("approvals") or [])
             out["next"] = ((f"{site.site_id} was already counted ("
                             + ("it made the request" if before.get("by") == site.site_id else "it approved it before")
                             + "): nothing changed; " if counted else "")
