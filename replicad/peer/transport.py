@@ -515,12 +515,12 @@ class FetchGate:
             FETCH_GLOBAL, FETCH_WAITING_PER_SITE, FETCH_WAIT_S).
     """
 
-    def __init__(self, per_site: int = FETCH_PER_SITE, total: int = FETCH_GLOBAL,
-                 waiting_per_site: int = FETCH_WAITING_PER_SITE, wait_s: float = FETCH_WAIT_S) -> None:
-        self.per_site = per_site
-        self.total = total
-        self.waiting_per_site = waiting_per_site
-        self.wait_s = wait_s
+    def __init__(self, per_site: int | None = None, total: int | None = None,
+                 waiting_per_site: int | None = None, wait_s: float | None = None) -> None:
+        self.per_site = FETCH_PER_SITE if per_site is None else per_site
+        self.total = FETCH_GLOBAL if total is None else total
+        self.waiting_per_site = FETCH_WAITING_PER_SITE if waiting_per_site is None else waiting_per_site
+        self.wait_s = FETCH_WAIT_S if wait_s is None else wait_s
         self.serving: collections.Counter[str] = collections.Counter()
         self.waiting: collections.Counter[str] = collections.Counter()
         self._queue: collections.deque[tuple[str, asyncio.Future[None]]] = collections.deque()

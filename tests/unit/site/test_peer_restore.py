@@ -365,3 +365,54 @@ async def test_a_chunk_rotten_on_a_holders_disk_is_not_sent_and_comes_from_the_o
     assert c.missing([victim]) == [victim]  # the rotten chunk left the holder's index
     assert rep.holders["site-c"].failed is None and rep.holders["site-c"].chunks > 0
     assert rep.holders["site-b"].chunks > 0
+
+
+async def test_a_holder_that_answers_busy_is_asked_again_later_not_dropped(tmp_path: Path, stores,
+                                                                           monkeypatch) -> None:
+    from replicad.peer import transport
+    b, c, here = stores
+    image = tmp_path / "volume.img"
+    write_image(image, 640, random.Random(8))
+    manifest = await snapshot_into(image, b, c)
+    copy_chunks(b, here, [manifest.root, *manifest.pages])
+    # each holder serves one fetch of a site at a time and lets none wait: the second stream of
+    # each holder is answered peer_busy
+    monkeypatch.setattr(transport, "FETCH_PER_SITE", 1)
+    monkeypatch.setattr(transport, "FETCH_WAITING_PER_SITE", 0)
+    monkeypatch.setattr(transport, "FETCH_BUSY_RETRY_S", 0.05)
+    monkeypatch.setattr(peer_restore, "FETCH_BUSY_RETRY_S", 0.05)
+    target = tmp_path / "restored.img"
+    async with Server(b, "site-b") as url_b, Server(c, "site-c") as url_c:
+        async with aiohttp.ClientSession() as session:
+            rep = await peer_restore.restore_from_holders(
+                PeerClient(session, "site-a"), {"site-b": url_b, "site-c": url_c}, VOL, 1, manifest, here, target)
+    assert target.read_bytes() == image.read_bytes()
+    assert all(r.failed is None for r in rep.holders.values()), rep.to_dict()
+    assert all(r.chunks > 0 for r in rep.holders.values()), rep.to_dict()
+
+
+async def test_a_fetch_into_the_store_asks_a_busy_holder_again_later(tmp_path: Path, stores, monkeypatch) -> None:
+    """Pull.fetch_missing's two streams per holder against holders that serve one fetch of a site
+    at a time: the second stream's slices are answered peer_busy, asked again, all stored, and
+    neither holder is dropped (both served)."""
+    from types import SimpleNamespace
+
+    from replicad.peer import transport
+    from replicad.site import pull as pull_mod
+
+    b, c, here = stores
+    image = tmp_path / "volume.img"
+    write_image(image, 1200, random.Random(9))
+    manifest = await snapshot_into(image, b, c)
+    need = [d for d in dict.fromkeys(iter_block_digests(manifest, b.get)) if d != ZERO_DIGEST]
+    monkeypatch.setattr(transport, "FETCH_PER_SITE", 1)
+    monkeypatch.setattr(transport, "FETCH_WAITING_PER_SITE", 0)
+    monkeypatch.setattr(pull_mod, "FETCH_BUSY_RETRY_S", 0.05)
+    async with Server(b, "site-b") as url_b, Server(c, "site-c") as url_c:
+        urls = {"site-b": url_b, "site-c": url_c}
+        async with aiohttp.ClientSession() as session:
+            cluster = SimpleNamespace(site_id="site-a", peer_url=urls.__getitem__)
+            pull = pull_mod.Pull(cluster, here, None, PeerClient(session, "site-a"))
+            answered, failed = await pull._fetch_parallel(VOL, 1, need, ["site-b", "site-c"])
+    assert here.missing(need) == []
+    assert failed == set() and sorted(answered) == ["site-b", "site-c"]
