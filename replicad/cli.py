@@ -776,6 +776,9 @@ def _render_request_state(r: dict) -> None:
     elif r.get("status") == "vetoed":
         console.print(f"request {r['request']} vetoed by {r.get('vetoed_by')}{about}: it will not take effect",
                       markup=False, soft_wrap=True)
+    elif r.get("status") == "withdrawn":
+        console.print(f"request {r['request']} withdrawn{about}: this site made it; it will not take effect and its "
+                      "record is gone", markup=False, soft_wrap=True)
     elif r.get("status") == "pending":
         console.print(f"request {r['request']} is pending{about}: {len(r.get('approvals') or [])} of "
                       f"{r.get('needed')} sites approved ({', '.join(r.get('approvals') or [])}); nothing changed yet",

@@ -2560,8 +2560,8 @@ def _op_veto(state: dict, cmd: dict) -> tuple[dict, dict]:
         requests = {r: e for r, e in state["requests"].items() if r != req_id}
         return ({**state, "requests": requests},
                 {"ok": True, "request": req_id, "status": "withdrawn", "withdrawn_by": cmd["by"],
-                 "action": entry["action"], "requested_by": entry["by"], "volume": entry["args"].get("volume"),
-                 "was": entry["status"]})
+                 "approvals": list(entry["approvals"]), "needed": entry["needed"], "action": entry["action"],
+                 "requested_by": entry["by"], "volume": entry["args"].get("volume"), "was": entry["status"]})
     cooling_max_size = entry["action"] == "set_max_size" and (entry["status"] == "approved" or
                                                                max_size_cools_off(state, entry))
     if entry["action"] in NOT_VETOABLE and not cooling_max_size:

@@ -648,7 +648,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
             raise UsageError("veto takes no body", known=[])
         res = await site.cluster.propose("veto", request=req_id)
         log.warning("AUDIT request %s %s at %s", req_id, res.get("status", "vetoed"), site.site_id)  # or withdrawn
-        return _ok(_request_answer(res) | {"vetoed_by": res.get("vetoed_by")})
+        return _ok(_request_answer(res) | ({"vetoed_by": res["vetoed_by"]} if res.get("vetoed_by") else {}))
 
     async def site_revoke(request: web.Request) -> web.Response:
         target = request.match_info["site_id"]

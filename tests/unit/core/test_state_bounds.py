@@ -40,6 +40,7 @@ def test_a_site_cannot_erase_its_approved_revocation_with_requests_it_withdraws(
         s, r = run(s, cmd("request", "a", action="set_retention", args={"volume": "vol", "retention": dict(RET)}))
         s, v = run(s, cmd("veto", "a", request=r["request"]))
         assert v["status"] == "withdrawn" and v["was"] == "pending" and "forgotten" not in r
+        assert v["approvals"] == ["a"] and v["needed"] == 2 and "vetoed_by" not in v
     assert set(s["requests"]) == {req["request"]}  # a withdrawal leaves no record and counts as no veto
     assert "vetoes" not in s
     assert status(s, req["request"]) == "approved"
