@@ -82,6 +82,7 @@ class Receiver:
         self._budgets: dict[tuple[str, int, str], int] = {}   # their limits (chunk_budget), per stream key
         self._meta_lock = threading.Lock()  # check_fetch runs in worker threads
         self._meta_key: frozenset[tuple[str, bytes]] | None = None
+        self._meta_view: dict | None = None                  # the Raft view _meta_owners was checked against
         self._meta_owners: dict[bytes, frozenset[str]] = {}  # manifest root or page digest -> volumes
         self._pages: dict[bytes, tuple[bytes, ...]] = {}      # manifest root -> its page digests
         self._reads: dict[tuple[str, str], dict[str, Any]] = {}  # (requester, volume) -> this window's totals
@@ -192,11 +193,15 @@ class Receiver:
 
     def _manifest_owners(self, view: dict) -> dict[bytes, frozenset[str]]:
         """``{digest: volumes}`` for every manifest root in Raft's catalog and every page of those
-        whose manifest is stored here; rebuilt only when the catalog's roots changed."""
+        whose manifest is stored here; rebuilt only when the catalog's roots changed (looked at
+        only when the Raft view is another object: views are immutable values)."""
+        if view is self._meta_view:
+            return self._meta_owners
         key = frozenset((name, snap["root"]) for name, vs in view["volumes"].items()
                         for snap in (vs.get("snapshots") or {}).values())
         with self._meta_lock:
             if key == self._meta_key:
+                self._meta_view = view
                 return self._meta_owners
             owners: dict[bytes, set[str]] = {}
             pages: dict[bytes, tuple[bytes, ...]] = {}
@@ -214,6 +219,7 @@ class Receiver:
             self._pages = pages
             self._meta_owners = {d: frozenset(v) for d, v in owners.items()}
             self._meta_key = key
+            self._meta_view = view
             return self._meta_owners
 
     def fetch_done(self, sender: str, volume: str | None, chunks: int, payload_bytes: int,
