@@ -34,6 +34,8 @@ FILLS = {
     "0xFF then the zeros past a file's end": b"\xff" * (BLOCK - 5000) + bytes(5000),
     "0xFF and zeroed sub-blocks": (b"\xff" * SUB + bytes(SUB)) * (BLOCK // SUB // 2),
     "0xFF and files' last 100 bytes": (b"\xff" * SUB + b"\xff" * 100 + bytes(SUB - 100)) * (BLOCK // SUB // 2),
+    "0xFF over files of a 1 KiB-block file system (each last block: its bytes, then zeros)":
+        (b"\xff" * 300 + bytes(724) + b"DEADBEEF" * 128 + b"\xff" * 700 + bytes(324) + b"\xff" * 1024) * (BLOCK // SUB),
 }
 
 
