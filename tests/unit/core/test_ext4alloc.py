@@ -425,7 +425,7 @@ def test_forged_metadata_is_given_up_within_the_budget_and_excuses_nothing(tmp_p
     good = img.read_bytes()
     report: dict = {}
     alloc = ext4alloc.read_allocation(lambda o, n: good[o:o + n], len(good), report)
-    assert alloc is not None and not report["exceeded"] and report["limit"] == (1 << 16) + 16384, report
+    assert alloc is not None and not report["exceeded"] and report["limit"] == (1 << 16) + 3 * 16384, report
     assert report["spent"] < 100, report
     for kind, n in (("inodes", 0), ("trees", 400)):
         img.write_bytes(good)
