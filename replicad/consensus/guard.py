@@ -19,7 +19,6 @@ pruned).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +26,7 @@ from typing import Any, Callable
 from replicad.consensus import dumpfile
 from replicad.consensus.channel import RefusalLog
 from replicad.core import errors
-from replicad.storage.durable import fsync_dir
+from replicad.storage.durable import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -267,14 +266,8 @@ class GuardedSerializer:
                         "its content verified, stored here in format %d", len(blob), dumpfile.LEGACY_VERSION,
                         dumpfile.FORMAT_VERSION)
             blob = dumpfile.frame(blob)
-        tmp = self._dump_file.with_name(self._dump_file.name + ".1.tmp")
         try:
-            with open(tmp, "wb") as f:
-                f.write(blob)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._dump_file)
-            fsync_dir(self._dump_file.parent)
+            write_durably(self._dump_file, blob, ".1.tmp")
         except OSError as exc:
             self._refusals.refuse("dump_unwritable", "a full state from the leader (%d bytes) cannot be written to "
                                   "%s (%s): this node cannot catch up until it can", len(blob), self._dump_file, exc,

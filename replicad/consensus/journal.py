@@ -50,7 +50,7 @@ import pysyncobj.journal
 from pysyncobj.journal import Journal
 
 from replicad.core import errors
-from replicad.storage.durable import fsync_dir
+from replicad.storage.durable import fsync_dir, write_durably
 
 log = logging.getLogger("replicad.consensus.raft")  # the journal logs as part of the Raft adapter
 
@@ -60,24 +60,6 @@ META_VERSION = 2
 """The meta file's format: 2 carries ``sum`` (:func:`meta_sum`); 1 (before) had no checksum."""
 META_LEGACY_VERSION = 1
 META_DOMAIN = b"replicad-raft-meta-v2\x00"
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: tmp file, fsync, rename, fsync directory.
-
-    Raises OSError as met; the tmp file is removed then, and ``path`` is untouched.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def meta_sum(meta: dict) -> str:
@@ -194,7 +176,7 @@ class DurableJournal(Journal):
     def __init__(self, journal_file: str) -> None:
         self._path = Path(journal_file)
         self._meta_path = self._path.with_name(self._path.name + ".meta")
-        for leftover in (self._path, self._meta_path):  # a crash inside _write_durably: never renamed, never read
+        for leftover in (self._path, self._meta_path):  # a crash inside write_durably: never renamed, never read
             leftover.with_name(leftover.name + ".tmp").unlink(missing_ok=True)
         self._entries: list[tuple[bytes, int, int]] = []
         self._offsets: list[int] = []
@@ -237,7 +219,7 @@ class DurableJournal(Journal):
                         self._meta.get("currentTerm", 0),
                         ", a dump" if self._path.with_name(DUMP_NAME).exists() else "")
             self._store_meta()
-        _write_durably(self._path, self._HEADER)
+        write_durably(self._path, self._HEADER)
 
     def _meta_damaged(self, why: str, **evidence: Any) -> errors.JournalDamagedError:
         return errors.JournalDamagedError(
@@ -287,7 +269,7 @@ class DurableJournal(Journal):
                     META_LEGACY_VERSION, meta.get("currentTerm"), meta.get("votedForNodeId"))
         meta["v"] = META_VERSION
         try:
-            _write_durably(self._meta_path, encode_meta(meta))
+            write_durably(self._meta_path, encode_meta(meta))
         except OSError as exc:  # the next term change or commit-index store writes it again
             log.warning("raft meta file %s not rewritten with a checksum yet: %s", self._meta_path, exc)
         return meta
@@ -328,7 +310,7 @@ class DurableJournal(Journal):
         complete = len(tail) >= 8 and 16 <= _RECORD_HEAD.unpack_from(tail)[0] == len(tail) - 8
         aside = self._path.with_name(f"{self._path.name}.torn-{offset}")
         try:
-            _write_durably(aside, tail)
+            write_durably(aside, tail)
         except OSError as exc:
             aside = None
             log.error("raft journal %s: cannot keep the torn tail aside (%s)", self._path, exc)
@@ -448,7 +430,7 @@ class DurableJournal(Journal):
             # Persist any rename done just before (pysyncobj renames the full dump into place
             # and then compacts the log): the dump must be durable before the log shrinks.
             fsync_dir(self._path.parent)
-            _write_durably(self._path, b"".join(chunks))  # the old file stays whole if this fails
+            write_durably(self._path, b"".join(chunks))  # the old file stays whole if this fails
             return os.open(self._path, os.O_RDWR)
         fd = self._guarded(rewrite, "rewriting the raft journal")
         os.close(self._fd)
@@ -523,7 +505,7 @@ class DurableJournal(Journal):
     # -- meta
     def _store_meta(self) -> None:
         data = encode_meta(self._meta)  # with its checksum (format 2)
-        self._guarded(lambda: _write_durably(self._meta_path, data), "writing the raft meta file", self._meta_path)
+        self._guarded(lambda: write_durably(self._meta_path, data), "writing the raft meta file", self._meta_path)
         self._meta_dirty = False
 
     def setRaftCommitIndex(self, raftCommitIndex: int) -> None:

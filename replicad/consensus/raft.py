@@ -404,7 +404,7 @@ from replicad.core import errors
 from replicad.core import state as cluster_state
 from replicad.core import identity
 from replicad.core.identity import CanonicalError, Signer, Trust
-from replicad.storage.durable import fsync_dir
+from replicad.storage.durable import fsync_dir, write_durably
 
 log = logging.getLogger(__name__)
 
@@ -2361,18 +2361,8 @@ class RaftNode:
             log.info("raft: this site joins an existing cluster ([raft] join): it replays the cluster's founding "
                      "without its own config as reference")
             consumer.set_initial_limits(cluster_state.limits(joining=True))
-        tmp = path.with_suffix(".tmp")
         try:
-            with open(tmp, "w") as f:
-                json.dump(consumer.limits, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            dir_fd = os.open(self._data_dir, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_durably(path, json.dumps(consumer.limits).encode())
         except OSError as exc:
             raise errors.from_os_error(exc, f"writing {path}") from exc
 
@@ -2462,16 +2452,9 @@ class RaftNode:
             log.warning("raft dump %s has the previous file format (%d, no checksum; written before this version): "
                         "its content verified, accepting it once and rewriting it with a checksum (format %d)",
                         path, dumpfile.LEGACY_VERSION, dumpfile.FORMAT_VERSION)
-            tmp = path.with_name(path.name + ".upgrade.tmp")
             try:
-                with open(tmp, "wb") as f:
-                    f.write(dumpfile.frame(data))
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-                fsync_dir(path.parent)
+                write_durably(path, dumpfile.frame(data), ".upgrade.tmp")
             except OSError as exc:
-                tmp.unlink(missing_ok=True)
                 raise errors.from_os_error(exc, f"rewriting {path} with a checksum") from exc
         self._verified = (checkpoint.document_key(document), state, points)
 

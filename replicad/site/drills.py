@@ -43,7 +43,7 @@ from replicad.core.identity import Signer
 from replicad.site.cluster import Cluster
 from replicad.site.operations import Operation
 from replicad.site.recovery import Recovery
-from replicad.storage.durable import fsync_dir
+from replicad.storage.durable import write_durably
 from replicad.telemetry.metrics import SiteMetrics
 
 log = logging.getLogger("replicad.site.drills")
@@ -143,19 +143,10 @@ class Drills:
         d.mkdir(parents=True, exist_ok=True)
         name = f"{report['started_at'].replace(':', '')}-{volume}-{report['snapshot']['seq']}.html"
         path = d / name
-        tmp = d / f".{name}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(html_text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(d)
+        write_durably(path, html_text.encode("utf-8"))
         if passed_at is not None:
-            self._last_success[volume] = passed_at
-            tmp = self.dir / f".{LAST_SUCCESS_FILE}.tmp"
-            tmp.write_text(json.dumps(self._last_success, sort_keys=True))
-            os.replace(tmp, self.dir / LAST_SUCCESS_FILE)
-            fsync_dir(self.dir)
+            self._last_success[volume] = passed_at  # fsynced too (it was renamed unsynced: empty after a crash)
+            write_durably(self.dir / LAST_SUCCESS_FILE, json.dumps(self._last_success, sort_keys=True).encode())
         return path
 
     async def run(self, volume: str, seq: int | None, sandbox: Path, keep: bool = False, *,

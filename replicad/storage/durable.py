@@ -19,6 +19,26 @@ def fsync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
+def write_durably(path: Path, data: bytes, tmp_suffix: str = ".tmp") -> None:
+    """Write ``data`` to ``path`` atomically: the file ``path`` + ``tmp_suffix`` written and
+    fsynced, renamed over ``path``, then the directory fsynced. A reader sees the old file or the
+    new one whole, after a crash too (a leftover tmp file is never read).
+
+    Raises OSError as met; the tmp file is removed then, and ``path`` is untouched (unless only
+    the directory fsync failed: the rename happened)."""
+    tmp = path.with_name(path.name + tmp_suffix)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
 # errnos of a file system / file type without fallocate support: the write goes ahead unallocated
 _NO_FALLOCATE = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENODEV, errno.ESPIPE})
 
