@@ -109,9 +109,10 @@ from replicad.peer.netreason import connection_reason, unreachable_detail
 from replicad.core.errors import (InternalError, NotFoundError, NotSupportedError, PeerUnavailableError, ReplicadError,
                      UnauthenticatedError, UsageError, _jsonable, facts_text, from_dict)
 from replicad.core import anomaly  # issue 14
-from replicad.core.state import (RETENTION_MAX_S, SIZE_BYTES_MAX, detection_policy, list_requests, max_size_bytes,
-                                 retention_weakened)
+from replicad.core.state import (RETENTION_MAX_S, SIZE_BYTES_MAX, detection_policy, held_by_marks, list_requests,
+                                 max_size_bytes, retention_weakened)
 from replicad.core.units import parse_duration, parse_size
+from replicad.site.promotion import held_here
 from replicad.site.runner import runner_of
 
 if TYPE_CHECKING:
@@ -372,6 +373,17 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         if vs is None:
             _raise_not_found(name)
         committed = [{"seq": seq, **dict(snap)} for seq, snap in sorted(vs["snapshots"].items())]
+        # clean for the cluster but held back by this site (a person's mark here, its own detector):
+        # its takeovers and restores pass them over (promotion.held_here), so an operator sees why
+        marked = held_by_marks(vs, site.site_id)
+        usable = None
+        for entry in committed:
+            if entry["verdict"] == "clean":
+                why = held_here(name, vs, entry["seq"], site.site_id, site.detection, marked)
+                if why is None:
+                    usable = entry["seq"]
+                else:
+                    entry["held_here"] = why
         divergent = []
         kept = []
         if site.catalog is not None and name in site.runners:
@@ -395,7 +407,8 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         else:
             previous = []
         return _ok({"volume": name, "epoch": vs["epoch"], "primary": vs["primary"], "snapshots": committed,
-                    "divergent": divergent, "kept_locally": kept, "previous": previous})
+                    "divergent": divergent, "kept_locally": kept, "previous": previous,
+                    "restore_default_here": usable})
 
     async def snapshot(request: web.Request) -> web.Response:
         return _ok(await site.volumes.snapshot_on_request(request.match_info["volume"]))

@@ -111,7 +111,11 @@ SCHEMAS: dict[str, dict] = {
             "or not known before the first commit of a volume registered without a size)")}})}}),
     "Snapshot": _object({"seq": _INT, "root": _STR, "epoch": _INT, "created_at_ns": _INT,
                          "holders": {"type": "array", "items": _STR}, "verdict": {"enum": ["clean", "suspect"]}},
-                        {"parent_seq": _NINT, "stats": _OBJ, "verdict_reason": _STR}),
+                        {"parent_seq": _NINT, "stats": _OBJ, "verdict_reason": _STR,
+                         "held_here": {**_STR, "description": (
+                             "clean for the cluster, but this site holds its takeovers and restores back from it: "
+                             "why (a person here marked it or an ancestor suspect, or this site's detector judged "
+                             "it suspect; site.promotion.held_here)")}}),
     "Snapshots": _object({"volume": _STR, "epoch": _INT, "primary": _NSTR,
                           "snapshots": {"type": "array", "items": _ref("Snapshot")},
                           "divergent": {"type": "array", "items": _object(
@@ -120,7 +124,10 @@ SCHEMAS: dict[str, dict] = {
                               {"epoch": _INT, "seq": _INT, "root": _STR, "state": _STR, "created_at_ns": _INT})}},
                          {"previous": {"type": "array", "items": _object(
                              {"incarnation": _STR, "epoch": _INT, "seq": _INT, "root": _STR, "state": _NSTR,
-                              "created_at_ns": _INT}, {"judged_here": _NSTR})}}),
+                              "created_at_ns": _INT}, {"judged_here": _NSTR})},
+                          "restore_default_here": {**_NINT, "description": (
+                              "the snapshot a restore at this site picks without --snapshot: the newest clean one "
+                              "it does not hold back (null: none)")}}),
     "Readopt": _object({}, {"incarnation": _STR, "epoch": _NINT, "seq": _NINT, "confirm_suspect": _BOOL}),
     "Membership": _object({"members": {"type": "array", "items": _object(
         {"site_id": _STR, "raft": _STR, "kind": _STR, "keys": {"type": "array", "items": _STR}})}},

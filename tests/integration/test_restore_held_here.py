@@ -31,6 +31,11 @@ def test_a_mark_here_makes_the_default_restore_take_the_snapshot_before(cluster_
     res = c.api("site-b", "POST", f"/v1/volumes/{VOL}/snapshots/{second['seq']}/verdict",
                 {"verdict": "suspect", "reason": "ransom note seen here"})
     assert res["cluster_verdict"] == "clean" and res["suspect_sites"] == ["site-b"], res
+    listed = {s: c.api(s, "GET", f"/v1/volumes/{VOL}/snapshots") for s in ("site-b", "site-c")}
+    shown = {s: {x["seq"]: x.get("held_here") for x in doc["snapshots"]} for s, doc in listed.items()}
+    assert "marked" in shown["site-b"][second["seq"]] and shown["site-b"][first["seq"]] is None, shown
+    assert listed["site-b"]["restore_default_here"] == first["seq"], listed["site-b"]  # what the operator sees
+    assert not any(shown["site-c"].values()) and listed["site-c"]["restore_default_here"] == second["seq"], shown
 
     at_b = c.api("site-b", "POST", f"/v1/volumes/{VOL}/restore", {"target": str(tmp_path / "b.img")})
     assert at_b["seq"] == first["seq"] and at_b["verified"], at_b
