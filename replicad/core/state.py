@@ -2545,7 +2545,9 @@ def _op_veto(state: dict, cmd: dict) -> tuple[dict, dict]:
     site's veto blocks (ARCHITECTURE, Choices: "A veto blocks"); each is counted per vetoing
     site in ``vetoes`` (``replicad_request_vetoes_total``) and the result names the request's
     ``action``, ``requested_by`` and ``volume`` and the site's ``vetoes`` so far, for every
-    site's AUDIT line."""
+    site's AUDIT line. The requester's own veto is a withdrawal (status ``withdrawn``, with ``was``, the
+    status it had): the record goes and no veto is counted, so a site cannot fill the request table
+    with requests it vetoes itself (review R9, F1)."""
     req_id = _str(cmd, "request", 32)
     if cmd["by"] not in state["sites"]:
         raise _Refusal("not_found", f"site {cmd['by']!r} is not a registered site", site_id=cmd["by"])
