@@ -325,6 +325,12 @@ def parse_budget(blocks: int) -> ParseBudget:
     return ParseBudget(PARSE_BUDGET_MIN + PARSE_BUDGET_PER_BLOCK * int(blocks))
 
 
+FLUSH_SLICES_MAX = 1 << 16
+"""Most extents :meth:`_Walker.flush` marks one slice each (when their lengths sum to at most the
+file system's blocks, as a real file system's do); more, or overlapping ones (forged), through a
+difference array."""
+
+
 class _Walker:
     """Marks the blocks an inode table's in-use inodes reference (:func:`read_allocation`), within
     a :class:`ParseBudget`. Extents are gathered as arrays and marked in batches
@@ -367,6 +373,12 @@ class _Walker:
         for marks, keep in ((self.referenced, length > 0), (self.written, written & (length > 0))):
             s, n = start[keep], length[keep]
             if not len(s):
+                continue
+            if len(s) <= FLUSH_SLICES_MAX and int(n.sum()) <= self.blocks:
+                # a real file system's few extents, disjoint: slices (a difference array costs a
+                # pass over every block: 0.12 CPU-s at 16 GiB for 3 extents)
+                for a, k in zip(s.tolist(), n.tolist()):
+                    marks[a:a + k] = 1
                 continue
             cover = np.cumsum(np.bincount(s, minlength=self.blocks + 1)[:self.blocks]
                               - np.bincount(s + n, minlength=self.blocks + 1)[:self.blocks])
