@@ -85,12 +85,12 @@ def extents_of(path: Path) -> int:
         os.close(fd)
 
 
-def defragment(img: Path) -> float:
-    """``xfs_fsr`` of ``img`` (copies its data into fresh, contiguous extents and swaps them in;
-    shared extents included: the parent clone keeps the old ones). Seconds."""
+def defragment(img: Path) -> tuple[float, str]:
+    """``xfs_fsr -v`` of ``img`` (copies its data into fresh, contiguous extents and swaps them
+    in; shared extents included: the parent clone keeps the old ones). (Seconds, its output.)"""
     t0 = time.perf_counter()
-    subprocess.run(["xfs_fsr", str(img)], check=True, timeout=3600, capture_output=True)
-    return time.perf_counter() - t0
+    out = subprocess.run(["xfs_fsr", "-v", str(img)], check=True, timeout=3600, capture_output=True, text=True)
+    return time.perf_counter() - t0, (out.stdout + out.stderr).strip()
 
 
 class Volume:
@@ -166,9 +166,9 @@ def main() -> None:
             if k in defrag_at:
                 for v in vols:
                     before = extents_of(v.img)
-                    dt = defragment(v.img)
+                    dt, said = defragment(v.img)
                     print(f"{v.gib} GiB: xfs_fsr {before} -> {extents_of(v.img)} extents in {dt:.1f}s "
-                          f"(load {os.getloadavg()[0]:.1f})", flush=True)
+                          f"(load {os.getloadavg()[0]:.1f}): {said[-300:]}", flush=True)
             for v in (vols if k % 2 == 0 else vols[::-1]):
                 n = change_bytes(v.img, changed, v.rng, f"{v.gib}-{k}")
                 ext = extents_of(v.img)
