@@ -290,6 +290,14 @@ case("a follower deposed a leader withholding its commands: critical, leader_wit
        [exp("ReplicadRaftLeaderWithholds", {"site": "site-c", "reason": "leader_withholds"}, 1)]),
       ("20m", "ReplicadRaftLeaderWithholds", [])])
 
+case("a site read a volume it does not hold: warning while refusals are within 15m; busy alone is quiet",
+     [('replicad_fetch_refused_total{site="site-b", requester="site-a", reason="not_holder"}', "0 0 3x30"),
+      ('replicad_fetch_refused_total{site="site-b", requester="site-c", reason="busy"}', "0 0 5 9 20x30")],
+     [("1m", "ReplicadPeerFetchRefused", []),
+      ("3m", "ReplicadPeerFetchRefused",
+       [exp("ReplicadPeerFetchRefused", {"site": "site-b", "requester": "site-a", "reason": "not_holder"}, 3)]),
+      ("30m", "ReplicadPeerFetchRefused", [])])
+
 case("a holder stalled fetches: warning while stalls are within 15m",
      [('replicad_fetch_stalled_total{site="site-c", holder="site-a"}', "0 0 1x30"),
       ('replicad_fetch_stalled_total{site="site-c", holder="site-b"}', "0x32")],

@@ -610,6 +610,10 @@ PEER_REFUSAL_REASONS = ("record_conflict", "quota_exceeded", "not_primary", "sta
                         "remote_protocol")
 """Error codes of refused peer writes exported at 0 from the start (others appear when first seen)."""
 
+FETCH_REFUSAL_ALERTED = ("not_holder", "other_volume", "duplicate_digests", "client_stalled")
+"""Reasons of ``replicad_fetch_refused_total`` exported at 0 for every other data site from the start
+(the alert ReplicadPeerFetchRefused then sees the first one as an increase)."""
+
 
 class SiteMetrics:
     """The metrics registry of one site.
@@ -686,6 +690,8 @@ class SiteMetrics:
         for holder in holders:  # at zero from the start: the first stall is an increase() too
             self.fetches_stalled.labels(site_id, holder)
             self.ships_stalled.labels(site_id, holder)
+            for reason in FETCH_REFUSAL_ALERTED:  # and the first refusal of a site's read (ReplicadPeerFetchRefused)
+                self.fetches_refused.labels(site_id, holder, reason)
         self.standby_damaged_events = Counter(
             "replicad_standby_damage_found_total", "Times this site's standby image was found not to hold the snapshot "
             "its standby record names (standby check, verify, or a promotion's O5 check)", ["site", "volume"],
