@@ -371,12 +371,22 @@ def transform(data: bytes, how: str, r: random.Random) -> bytes:
     raise ValueError(how)
 
 
+FILLS = {"zero": b"\0", "0xff": b"\xff", "deadbeef": b"DEADBEEF"}
+"""The wipers' patterns (``how`` of :func:`encrypt_in_place`): zeros, and fills that are neither
+zeros nor random (:func:`replicad.core.anomaly.fill_period`)."""
+
+
+def fill_of(how: str, n: int) -> bytes:
+    """``n`` bytes of the wiper pattern ``how`` (:data:`FILLS`)."""
+    return (FILLS[how] * (n // len(FILLS[how]) + 1))[:n]
+
+
 def encrypt_in_place(files: list[Path], how: str, r: random.Random) -> int:
     total = 0
     for p in files:
         data = p.read_bytes()
         with open(p, "r+b") as f:
-            f.write(transform(data, how, r) if how != "zero" else bytes(len(data)))
+            f.write(transform(data, how, r) if how not in FILLS else fill_of(how, len(data)))
             f.flush()
             os.fsync(f.fileno())
         total += len(data)
@@ -591,6 +601,8 @@ def pg_ops(pg_scale: int) -> dict[str, tuple[bool, Callable[[Path, random.Random
         "attack: adaptive, padded hex (data: 3f2a …)": (True, attack("padded")),
         "attack: adaptive, intermittent 8/32 + 8 spaces glued": (True, attack("islands")),
         "attack: wiper (every data file zeroed)": (True, attack("zero")),
+        "attack: wiper (every data file overwritten with 0xFF)": (True, attack("0xff")),
+        "attack: wiper (every data file overwritten with DEADBEEF)": (True, attack("deadbeef")),
         "attack: wiper (every data file zeroed + fstrim)": (True, lambda mnt, r: attack("zero")(mnt, r)
                                                             and trim_noted(mnt, "wiper zeroed + fstrim")),
         "attack: wiper (every data file deleted + fstrim)": (True, lambda mnt, r: fstrim_after_delete(
@@ -630,6 +642,27 @@ def fs_ops(scale: float) -> dict[str, tuple[bool, Callable[[Path, random.Random]
                 t.add(p, arcname=p.name)
         (mnt / "archive" / "backup_copy.tar.gz").write_bytes(buf.getvalue())
 
+    def flash_images(mnt: Path, r: random.Random) -> None:
+        """Delete a third of the letters (freed blocks reused), then write 0xFF-padded firmware
+        images (each 1 MiB: 64 KiB of code, 0xFF to its end, as a flash dump) of as many bytes
+        plus a third: the benign side of a 0xFF wiper. Meant as fills over the deleted letters'
+        stale blocks; ext4 puts 1 MiB files into never-used space instead (fresh blocks, not
+        counted: tests/bench/results/detection-wipes.md)."""
+        gone = 0
+        for p in r.sample(data_files(mnt, "letters"), len(data_files(mnt, "letters")) // 3):
+            gone += p.stat().st_size
+            p.unlink()
+        d = mnt / "firmware"
+        d.mkdir()
+        for i in range(max(2, gone * 4 // 3 // (1 << 20) + 1)):
+            (d / f"pump_fw_{i:03}.bin").write_bytes(machine_code(r, 64 << 10) + b"\xff" * ((1 << 20) - (64 << 10)))
+
+    def sqlite_preallocated(mnt: Path, r: random.Random) -> None:
+        """SQLite updates and a 0xFF-preallocated journal file of 8 MiB (a device log preformatted
+        as erased flash)."""
+        sqlite_updates(mnt, r)
+        (mnt / "logs" / "device_ring.bin").write_bytes(b"\xff" * (8 << 20))
+
     def sqlite_updates(mnt: Path, r: random.Random) -> None:
         db = sqlite3.connect(mnt / "lab.sqlite")
         db.execute("update results set value = value * 1.01 where id % 7 = 0")
@@ -648,6 +681,8 @@ def fs_ops(scale: float) -> dict[str, tuple[bool, Callable[[Path, random.Random]
         "import a zip": (False, import_zip),
         "copy a .tar.gz": (False, copy_targz),
         "SQLite updates + VACUUM": (False, sqlite_updates),
+        "delete a third of the letters + write 0xFF-padded firmware images": (False, flash_images),
+        "SQLite updates + a 0xFF-preallocated 8 MiB ring file": (False, sqlite_preallocated),
         "e4defrag": (False, lambda mnt, r: run(["e4defrag", str(mnt)], check=False) and None),
         "attack: full": (True, attack("full")),
         "attack: intermittent 16/32": (True, attack("intermittent")),
@@ -669,6 +704,8 @@ def fs_ops(scale: float) -> dict[str, tuple[bool, Callable[[Path, random.Random]
         "attack: adaptive, padded hex (data: 3f2a …)": (True, attack("padded")),
         "attack: adaptive, intermittent 8/32 + 8 spaces glued": (True, attack("islands")),
         "attack: wiper (every file zeroed)": (True, attack("zero")),
+        "attack: wiper (every file overwritten with 0xFF)": (True, attack("0xff")),
+        "attack: wiper (every file overwritten with DEADBEEF)": (True, attack("deadbeef")),
         "attack: wiper (every file deleted + fstrim)": (True, lambda mnt, r: fstrim_after_delete(mnt, r, wipe=True)),
         "attack: image truncated to half": (True, lambda mnt, r: TRUNCATE),
     }
