@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,8 +245,10 @@ class LocalCluster:
                 + tls + ident + self._tokens_toml(s.site_id) + self.extra_site_toml + members + vols)
 
     # ------------------------------------------------------------------ processes
-    def start(self, site_id: str) -> None:
-        """Start (or restart) one site's daemon process."""
+    def start(self, site_id: str, *, module: str = "replicad", args: Sequence[str] = ("run",)) -> None:
+        """Start (or restart) one site's daemon process, ``python -m MODULE ARGS... CONFIG`` in the
+        site's directory (tests run a site as a module that patches the daemon, e.g. an attacker);
+        nothing when it runs already."""
         s = self.sites[site_id]
         if s.proc is not None and s.proc.poll() is None:
             return
@@ -254,7 +257,7 @@ class LocalCluster:
         src = str(self.code_dir)
         env = dict(os.environ, PYTHONUNBUFFERED="1",
                    PYTHONPATH=os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])]))
-        s.proc = subprocess.Popen([sys.executable, "-m", "replicad", "run", str(s.config_path)], stdout=log,
+        s.proc = subprocess.Popen([sys.executable, "-m", module, *args, str(s.config_path)], stdout=log,
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=s.dir)
         log.close()
 

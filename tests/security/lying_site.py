@@ -22,17 +22,12 @@ the mode replaces before the daemon starts:
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 from replicad.core import anomaly
 from replicad.site import detection
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 async def _lying_judge(self: detection.Detection, volume: str, seq: int, vs: dict) -> dict:
@@ -62,12 +57,7 @@ def start(c: Any, site: str, *options: str) -> None:
     as this module with ``options`` on the same config and data dir; the cluster stops it by PID
     like any of its sites."""
     c.kill(site, signal.SIGTERM)
-    s = c.sites[site]
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    with open(s.log_path, "ab") as log:
-        s.proc = subprocess.Popen([sys.executable, "-m", "tests.security.lying_site", *options, str(s.config_path)],
-                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=s.dir)
+    c.start(site, module="tests.security.lying_site", args=options)
 
 
 def main(argv: list[str]) -> int:

@@ -24,16 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
-import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def restart_as_tarpit(c: Any, site: str, mode: str = "trickle", trickle_s: float = 20.0) -> None:
@@ -44,14 +39,9 @@ def restart_as_tarpit(c: Any, site: str, mode: str = "trickle", trickle_s: float
     a ship's requests one byte per ``trickle_s``); the cluster
     stops it by PID like any of its sites."""
     c.kill(site, signal.SIGTERM)
-    s = c.sites[site]
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
     how = {"loop": ["--loop"], "ship": ["--ship", "--trickle-s", str(trickle_s)]}.get(
         mode, ["--trickle-s", str(trickle_s)])
-    with open(s.log_path, "ab") as log:
-        s.proc = subprocess.Popen([sys.executable, "-m", "tests.security.tarpit_site", *how, str(s.config_path)],
-                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=s.dir)
+    c.start(site, module="tests.security.tarpit_site", args=how)
 
 
 def install(trickle_s: float) -> None:

@@ -12,10 +12,7 @@ them to the leader and watches them like its own: both depose site-a and the com
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -30,7 +27,6 @@ from tests.security.test_signed_commands import raft_refused
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
 
-REPO = Path(__file__).parents[2]
 SITES = ("site-a", "site-b", "site-c")
 HONEST = ("site-b", "site-c")
 WITHHELD_AFTER_S = 20.0
@@ -40,14 +36,8 @@ under test, not the constant; above the daemon's 15 s proposal deadline."""
 
 def start_attacker(c: LocalCluster, grab: Path, withhold: Path, victim: str) -> None:
     """Replace site-a's daemon with the patched one (its process is tracked by PID as before)."""
-    s = c.sites["site-a"]
     c.kill("site-a")
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    with open(s.log_path, "ab") as log:
-        s.proc = subprocess.Popen([sys.executable, "-m", "tests.security.grabbing_leader", str(grab), str(withhold),
-                                   victim, "run", str(s.config_path)], stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, env=env, cwd=s.dir)
+    c.start("site-a", module="tests.security.grabbing_leader", args=(str(grab), str(withhold), victim, "run"))
 
 
 def raft_of(c: LocalCluster, site: str) -> dict:

@@ -14,10 +14,7 @@ elect one of themselves, and site-b's forced promotion commits.
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,7 +27,6 @@ from tests.security.test_signed_commands import raft_refused
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
-REPO = Path(__file__).parents[2]
 SITES = ("site-a", "site-b", "site-c")
 HONEST = ("site-b", "site-c")
 WITHHELD_AFTER_S = 25.0
@@ -40,14 +36,8 @@ so site-b still follows site-a when its withheld promotion fails."""
 
 def start_withholding(c: LocalCluster, trigger: Path) -> None:
     """Replace site-a's daemon with the patched one (its process is tracked by PID as before)."""
-    s = c.sites["site-a"]
     c.kill("site-a")
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    with open(s.log_path, "ab") as log:
-        s.proc = subprocess.Popen([sys.executable, "-m", "tests.security.withholding_leader", str(trigger), "run",
-                                   str(s.config_path)], stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, env=env, cwd=s.dir)
+    c.start("site-a", module="tests.security.withholding_leader", args=(str(trigger), "run"))
 
 
 def raft_of(c: LocalCluster, site: str) -> dict:
