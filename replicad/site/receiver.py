@@ -230,7 +230,7 @@ class Receiver:
         went away, as a restore's end game cuts the slower holder's fetch) and audited the first
         time per requester and reason in a FETCH_AUDIT_S window; one peer-audit record per
         requester and volume per window (requests, chunks, bytes, refusals by reason; the window
-        open at shutdown is not written). A requester that is not a configured site is counted as
+        open at shutdown is written by :meth:`flush_reads`). A requester that is not a configured site is counted as
         ``other`` (the sender's word without TLS). Never raises."""
         try:
             who = sender if any(s.site_id == sender for s in self.cluster.sites()) else "other"
@@ -278,6 +278,14 @@ class Receiver:
                   "outcome": "refused" if entry["refused"] and not entry["bytes"] else "ok",
                   "status": 200, "error": ",".join(sorted(entry["refused"])) or None}
         self._audit_read(key, record)
+
+    async def flush_reads(self) -> None:
+        """Write the read records of every window still open and wait for the audit writes in
+        flight (at shutdown, once the peer server stopped: else the last minute of reads is not
+        audited). Never raises."""
+        for key in list(self._reads):
+            self._flush_reads(key)
+        await asyncio.gather(*list(self._pending), return_exceptions=True)
 
     def _audit_read(self, key: tuple[str, str], record: dict) -> None:
         task = asyncio.ensure_future(self._append_read(key, record))

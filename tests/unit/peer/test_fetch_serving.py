@@ -121,3 +121,51 @@ def test_a_holder_serves_a_volume_only_to_its_primary_and_holders(tmp_path: Path
             assert refused.value.evidence["reason"] == reason, (volume, sender)
         # a block of another volume is not checked (no digest-to-volume index: ARCHITECTURE.md)
         r.check_fetch("ehr", "a", [hr_block])
+
+
+class Audit:
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def append(self, record: dict) -> None:
+        self.records.append(record)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.refused: list[tuple[str, str]] = []
+        self.served: list[tuple[str, str, int]] = []
+
+    def fetch_refused(self, requester: str, reason: str) -> None:
+        self.refused.append((requester, reason))
+
+    def fetch_served(self, requester: str, volume: str, payload_bytes: int) -> None:
+        self.served.append((requester, volume, payload_bytes))
+
+
+async def test_reads_are_audited_per_site_and_volume_and_a_refusal_once_per_window(tmp_path: Path, caplog) -> None:
+    from types import SimpleNamespace
+    with ChunkStore(tmp_path / "store") as store:
+        ehr, _ = _volume(store, "ehr", 1)
+        hr, _ = _volume(store, "hr", 2)
+        view = View({"ehr": ehr.root, "hr": hr.root})
+        view.sites = lambda: (SimpleNamespace(site_id="a"), SimpleNamespace(site_id="b"), SimpleNamespace(site_id="c"))
+        audit, metrics = Audit(), Metrics()
+        r = SiteReceiver(view, store, catalog=None, metrics=metrics, audit=audit)
+        for _ in range(100):  # a restore's fetches: one record
+            r.fetch_done("a", "ehr", 64, 2**20, None)
+        for _ in range(50):  # a flood of refusals: one WARNING, one record at once, counted each
+            r.fetch_done("a", "hr", 0, 0, FetchRefusedError("no", reason="not_holder"))
+        r.fetch_done("mallory", "loot", 0, 0, PeerBusyError("busy"))  # not a site, not a volume: bounded labels
+        await r.flush_reads()
+    warnings = [m for m in caplog.messages if "AUDIT refused fetch of volume hr by a" in m]
+    assert len(warnings) == 1
+    assert metrics.refused.count(("a", "not_holder")) == 50 and ("other", "busy") in metrics.refused
+    assert sum(n for _, _, n in metrics.served) == 100 * 2**20
+    bodies = [(rec["who"], rec["body"]) for rec in audit.records]
+    assert ("a", {"volume": "hr", "reason": "not_holder", "chunks": 0, "bytes": 0}) in bodies  # the first, at once
+    windows = {(who, b["volume"]): b for who, b in bodies if "window_s" in b}
+    assert windows[("a", "ehr")]["requests"] == 100 and windows[("a", "ehr")]["bytes"] == 100 * 2**20
+    assert windows[("a", "hr")]["refused"] == {"not_holder": 50}
+    assert ("other", "?") in windows
+    assert len(audit.records) == 5  # 3 windows + 2 first refusals: not one per request
