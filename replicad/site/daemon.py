@@ -436,6 +436,8 @@ class SiteDaemon:
         await asyncio.gather(*tasks, return_exceptions=True)
         for r in self._web_runners:
             await r.cleanup()
+        if getattr(self, "receiver", None) is not None:  # the peer server is down: audit the last reads
+            await self.receiver.flush_reads()
         if self.session is not None:
             await self.session.close()
         if self.raft is not None:
