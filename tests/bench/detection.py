@@ -657,6 +657,21 @@ def fs_ops(scale: float) -> dict[str, tuple[bool, Callable[[Path, random.Random]
         for i in range(max(2, gone * 4 // 3 // (1 << 20) + 1)):
             (d / f"pump_fw_{i:03}.bin").write_bytes(machine_code(r, 64 << 10) + b"\xff" * ((1 << 20) - (64 << 10)))
 
+    def flash_blobs(mnt: Path, r: random.Random) -> None:
+        """Delete a third of the letters, then write as many erased-flash blobs (``0xFF``), each
+        the size of a deleted letter, so ext4 puts them into the letters' freed blocks: fills
+        over stale data, counted as wiped where the file system allocates them (as files of
+        zeros would be)."""
+        sizes = []
+        for p in r.sample(data_files(mnt, "letters"), len(data_files(mnt, "letters")) // 3):
+            sizes.append(p.stat().st_size)
+            p.unlink()
+        os.sync()
+        d = mnt / "nvram"
+        d.mkdir()
+        for i, n in enumerate(sizes):
+            (d / f"blob_{i:05}.bin").write_bytes(b"\xff" * n)
+
     def sqlite_preallocated(mnt: Path, r: random.Random) -> None:
         """SQLite updates and a 0xFF-preallocated journal file of 8 MiB (a device log preformatted
         as erased flash)."""
@@ -683,6 +698,8 @@ def fs_ops(scale: float) -> dict[str, tuple[bool, Callable[[Path, random.Random]
         "SQLite updates + VACUUM": (False, sqlite_updates),
         "delete a third of the letters + write 0xFF-padded firmware images": (False, flash_images),
         "SQLite updates + a 0xFF-preallocated 8 MiB ring file": (False, sqlite_preallocated),
+        "delete a third of the letters + as many 0xFF blobs of their sizes (fills over stale data)": (False,
+                                                                                                  flash_blobs),
         "e4defrag": (False, lambda mnt, r: run(["e4defrag", str(mnt)], check=False) and None),
         "attack: full": (True, attack("full")),
         "attack: intermittent 16/32": (True, attack("intermittent")),
