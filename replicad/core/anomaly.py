@@ -130,7 +130,7 @@ coverage also counts nearly empty sub-blocks (not zeros, under :data:`DATA_ENTRO
 with a few tuples, a free-space map) that now look random (:attr:`BlockFinding.sparse_random`),
 which the score leaves out like imports into free space.
 The **wipe window** (:class:`Wipes`, both modes) does for zeros what the coverage does for random
-bytes: the *distinct* blocks that held data and became zeros (not excused as discarded free space,
+bytes: the *distinct* blocks that held data and became zeros or a fill (not excused as discarded free space,
 :attr:`SnapshotSignals.destroyed`) since the last confirmed snapshot, less those holding data
 again, suspect past ``wipe_max`` of the window's data (its peak): a wiper zeroing a quarter of
 what is left per snapshot passes it on its second snapshot whatever the pace.
@@ -566,7 +566,8 @@ evidence file can make this site decompress."""
 
 @dataclass(frozen=True)
 class Wipes:
-    """The wipe window (both modes): the *distinct* blocks that held data and became zeros in the
+    """The wipe window (both modes): the *distinct* blocks that held data and became zeros (or a
+    fill: :attr:`BlockFinding.wiped`) in the
     snapshots this site judged since the last snapshot a person confirmed clean (else the
     volume's first), less those that hold data again, with no slack and no time cut; suspect
     past ``wipe_max`` of :attr:`data` (:func:`judge_relative`). ``wipe_max`` per snapshot alone let
