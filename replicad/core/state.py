@@ -38,6 +38,7 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
      "applied": int,                                                   # commands applied (counted by the Raft node)
      "vouches": {site_id: [[n, bytes(32)], ...]},                      # vouch: last VOUCHES_PER_SITE
      "vetoes": {site_id: int},                                         # vetoes applied per vetoing site
+     "removed_volumes": {volume: {"epoch", "last_seq", "registered_by", "removed_ns"}},  # remove_volume
      "limits": {"members": [site_id, ...] | None, "max_sites": int},   # optional, until found adopts a list
      "incarnation": {"id": bytes(16), "members": [member, ...], "by": site_id, "at_ns": int,
                      "founders": [site_id, ...]},                      # found, once adopted
@@ -272,6 +273,12 @@ Authority rules (threat model: root on one site speaks with that site's identity
   site tightens its own judging at once in its config (``[volumes.anomaly]``). The same policy
   again is answered ``changed`` false. A policy whose ransom-note pattern RE2 refuses
   (:func:`replicad.core.anomaly.note_pattern_problem`) is ``bad_request`` at every site alike. ``add_volume`` takes the default policy only.
+* ``remove_volume`` (``volume``, :func:`_op_remove_volume`): only as the action of an approved
+  request, with the approvals and the cooling-off of a weakening, vetoable by any site; no
+  cooling-off for a volume a revoked site registered (:func:`removal_is_easy`). Refused
+  (``retention_locked``) while any snapshot of the volume is inside its lock window, its newest
+  is suspect or its primary is in an instant recovery. A later ``add_volume`` of the name starts
+  past the removed epoch and seq (:data:`REMOVED_VOLUMES`).
 * ``vouch`` (``n``, ``hash``): the signing site says "the state after ``n`` applied commands
   has this 32-byte digest" (a checkpoint, :mod:`replicad.consensus.checkpoint`). Only by a
   registered site, for ``0 < n <=`` ``state["applied"]`` (a state already reached; the count
@@ -408,7 +415,7 @@ RETENTION_RECORDS_PER_VOLUME = 8
 ``previous`` policy each holds is what a site's own ``[floor] cooling_off``
 (:func:`locally_effective_retention`) keeps meanwhile."""
 REQUESTS_PENDING_PER_SITE = 8  # a site cannot crowd out the requests of the others
-WEAKENING_OPS = ("set_retention", "mark_verdict", "set_detection", "prune_snapshots")
+WEAKENING_OPS = ("set_retention", "mark_verdict", "set_detection", "prune_snapshots", "remove_volume")
 EPOCH_ACTIONS = ("promote", "demote")  # a role change past a site's free one (epoch_rate): approvals, no cooling-off
 REQUEST_ACTIONS = (*WEAKENING_OPS, "revoke_site", "set_members", *EPOCH_ACTIONS, "set_max_size")
 NOT_VETOABLE = (*EPOCH_ACTIONS, "set_max_size")
@@ -419,6 +426,11 @@ veto it (:func:`max_size_cools_off`)."""
 MAJORITY_ACTIONS = ("revoke_site", "set_members")
 """Requests a majority of all registered sites approves, then cooling off unless every unrevoked
 member approved (module docstring, "Revocation and membership")."""
+REMOVED_VOLUMES = "removed_volumes"
+"""State key: ``{volume: {"epoch": int, "last_seq": int, "registered_by": site_id, "removed_ns":
+int}}``, what an applied ``remove_volume`` left of a volume: a later ``add_volume`` of the same name
+starts past that epoch and seq (:func:`_op_remove_volume`), so no site's kept records of the old
+volume ever collide with the new one's (``record_conflict``)."""
 INCARNATION_BYTES = 16  # a cluster incarnation id (found)
 SITE_SUSPECT_PREFIX = "judged suspect by "
 """``verdict_reason`` prefix of a snapshot made suspect by a site's own opinion (``site_verdict``)."""
@@ -474,7 +486,9 @@ def dump_problems(current: Any, proposed: Any, now_ns: int) -> list[str]:
     through ``prune_snapshots``, which refuses anything inside the lock window. So a later
     state of the same history keeps all of that; a state that does not is forged. A missing
     record is accepted only when it is older than the lock window by ``now_ns`` (the
-    receiver's own clock) under the *current* retention.
+    receiver's own clock) under the *current* retention; a missing volume only when the dump
+    records it in :data:`REMOVED_VOLUMES` at its epoch and last seq or later, and each of its
+    records passes the same lock check (``remove_volume`` refuses a volume with any).
 
     Args:
         current: this node's applied state.
@@ -503,6 +517,10 @@ def _dump_problems(current: dict, proposed: Any, now_ns: int) -> list[str]:
         problems.append(f"sites {missing_sites[:5]} would be forgotten")
     for name, vol in current.get("volumes", {}).items():
         new = proposed["volumes"].get(name)
+        gone = (proposed.get(REMOVED_VOLUMES) or {}).get(name) if isinstance(proposed.get(REMOVED_VOLUMES), dict) \
+            else None
+        if new is None and isinstance(gone, dict):  # removed (remove_volume): past its epoch and seq, outside the lock
+            new = {"epoch": gone.get("epoch"), "last_seq": gone.get("last_seq"), "snapshots": {}}
         if not isinstance(new, dict) or not isinstance(new.get("snapshots"), dict):
             problems.append(f"volume {name!r} would be forgotten")
             continue
@@ -949,13 +967,66 @@ def retention_weakened(current: dict, proposed: dict) -> list[str]:
     return sorted(k for k in RETENTION_KEYS if proposed.get(k, 0) < current.get(k, 0))
 
 
-def _stats(command: dict) -> dict:
+STATS_READ = {"total_blocks": "blocks", "zero_blocks": "blocks", "changed_blocks": "blocks",
+              "random_changed_blocks": "blocks", "changed_bytes": "bytes", "size_bytes": "bytes",
+              "new_chunks": "count", "tainted_by": "count", "has_parent": "flag"}
+"""The stats keys the daemons read (:func:`replicad.core.anomaly.judge`, the CLI, the metrics,
+:func:`tainted_only`) and the integer each must be when present: ``blocks`` in [0, the commit's
+block count], ``bytes`` in [0, that count x block size] (``size_bytes`` in [0,
+:data:`SIZE_BYTES_MAX`]), ``count`` in [0, 2**63-1], ``flag`` 0 or 1 (:func:`stats_problem`).
+A string ``random_changed_blocks`` once stopped every later snapshot of the volume at its next
+primary (int() of it in the judge's history)."""
+
+
+def stats_problem(stats: Any, n_blocks: int | None = None, block_size: int | None = None) -> str | None:
+    """Why ``stats`` (one snapshot's stats map) is not what the daemons may read, or None.
+
+    Args:
+        stats: the map, from a command or a replicated record.
+        n_blocks: the snapshot's block count (``ceil(size_bytes / block_size)``), None: not bounded
+            beyond 2**63-1.
+        block_size: the volume's block size in bytes, None: not bounded.
+
+    A problem: not a map of at most :data:`STATS_MAX_KEYS` printable string keys of at most 64
+    characters to scalars (None, bool, int, finite float, printable string of at most
+    :data:`REASON_MAX_CHARS`), more than :data:`STATS_MAX_CHARS` characters of keys and strings in
+    all, or a :data:`STATS_READ` key that is not an integer within its bound. Pure; never raises:
+    readers of replicated records call it to skip a bad entry (recorded before this check)."""
+    if not isinstance(stats, dict) or len(stats) > STATS_MAX_KEYS:
+        return f"not a map of at most {STATS_MAX_KEYS} keys"
+    chars = 0
+    for key, value in stats.items():
+        if not isinstance(key, str) or not 0 < len(key) <= 64 or not key.isprintable():
+            return f"key {_safe(key)!r} is not printable text of 1..64 characters"
+        if not _plain_scalar(value) or (isinstance(value, str) and not value.isprintable()):
+            return f"{key}: {_safe(value)!r} is not a number or printable text"
+        chars += len(key) + (len(value) if isinstance(value, str) else 0)
+    if chars > STATS_MAX_CHARS:
+        return f"{chars} characters of keys and text, more than {STATS_MAX_CHARS}"
+    blocks = n_blocks if n_blocks is not None else INT_MAX
+    limits = {"blocks": blocks, "bytes": INT_MAX if n_blocks is None or block_size is None
+              else min(INT_MAX, n_blocks * block_size), "count": INT_MAX, "flag": 1}
+    for key, kind in STATS_READ.items():
+        if key not in stats:
+            continue
+        value = stats[key]
+        top = SIZE_BYTES_MAX if key == "size_bytes" else limits[kind]
+        if not _is_int(value) or not 0 <= value <= top:
+            return f"{key} must be an integer in [0, {top}], not {_safe(value)!r}"
+    return None
+
+
+def _stats(command: dict, n_blocks: int | None = None, block_size: int | None = None) -> dict:
+    """``command["stats"]`` when :func:`stats_problem` finds nothing (bounded by ``n_blocks`` and
+    ``block_size``), else ``bad_request`` (evidence ``refusal`` ``not_printable`` for a key or text
+    that does not print, ``stats`` for the rest, ``problem``: what)."""
     value = command.get("stats")
-    if not isinstance(value, dict) or len(value) > STATS_MAX_KEYS or not all(
-            isinstance(k, str) and len(k) <= 64 and _plain_scalar(v) for k, v in value.items()) or \
-            sum(len(k) + (len(v) if isinstance(v, str) else 0) for k, v in value.items()) > STATS_MAX_CHARS:
-        raise _Refusal("bad_request", f"stats must be a map of at most {STATS_MAX_KEYS} "
-                       f"string keys to scalar values, {STATS_MAX_CHARS} characters in all", field="stats")
+    problem = stats_problem(value, n_blocks, block_size)
+    if problem is not None:
+        refusal = "not_printable" if "printable" in problem else "stats"
+        raise _Refusal("bad_request", f"stats: {problem} (a map of at most {STATS_MAX_KEYS} printable keys to "
+                       f"scalars, {STATS_MAX_CHARS} characters in all; {sorted(STATS_READ)} integers within the "
+                       "volume's size)", field="stats", problem=problem, refusal=refusal)
     return dict(value)
 
 
@@ -1221,14 +1292,16 @@ def _op_add_volume(state: dict, cmd: dict) -> tuple[dict, dict]:
                        default_max_size_bytes=default_max)
     _data_site(state, primary, "primary")
     _check_volume_quota(state, cmd["by"], name)
-    vol = {"primary": primary, "epoch": 1, "block_size": block_size, "size_bytes": size_bytes,
-           "min_copies": min_copies, "retention": retention, "snapshots": {}, "last_seq": 0,
+    gone = (state.get(REMOVED_VOLUMES) or {}).get(name) or {}  # a removed volume's name: start past its history
+    epoch = int(gone.get("epoch", 0)) + 1
+    vol = {"primary": primary, "epoch": epoch, "block_size": block_size, "size_bytes": size_bytes,
+           "min_copies": min_copies, "retention": retention, "snapshots": {}, "last_seq": int(gone.get("last_seq", 0)),
            "registered_by": cmd["by"]}
     if max_size is not None or size_bytes > 0:  # size 0: not known yet, the first commit records it
         vol["max_size_bytes"] = default_max if max_size is None else max_size
     if detection is not None:
         vol["detection"] = detection
-    return _with_volume(state, name, vol), {"ok": True, "volume": name, "created": True, "epoch": 1}
+    return _with_volume(state, name, vol), {"ok": True, "volume": name, "created": True, "epoch": epoch}
 
 
 def registered_by(vol: dict) -> str:
@@ -1289,11 +1362,14 @@ def _op_commit_snapshot(state: dict, cmd: dict) -> tuple[dict, dict]:
     if not isinstance(holders, list) or not all(isinstance(h, str) and 0 < len(h) <= NAME_MAX_CHARS
                                                 for h in holders) or len(set(holders)) != len(holders):
         raise _Refusal("bad_request", "holders must be a list of distinct site ids", field="holders")
-    stats = _stats(cmd)
+    raw_stats = cmd.get("stats")
     verdict = _choice(cmd, "verdict", VERDICTS)
-    size_bytes = cmd.get("size_bytes", stats.get("size_bytes"))
+    size_bytes = cmd.get("size_bytes", raw_stats.get("size_bytes") if isinstance(raw_stats, dict) else None)
     if size_bytes is not None:
         size_bytes = _int({"size_bytes": size_bytes}, "size_bytes")
+    # the stats the daemons read: integers within the snapshot's block count (review R10, F1)
+    bound = size_bytes if size_bytes is not None else max_size_bytes(vol)
+    stats = _stats(cmd, -(-min(bound, SIZE_BYTES_MAX) // vol["block_size"]), vol["block_size"])
     # O3: only the primary under the current epoch produces snapshots.
     _check_epoch(name, vol, epoch, "epoch")
     if cmd["by"] != vol["primary"]:
@@ -2132,6 +2208,58 @@ def _op_prune_snapshots(state: dict, cmd: dict) -> tuple[dict, dict]:
     return _with_volume(state, name, vol), {"ok": True, "volume": name, "pruned": sorted(seqs)}
 
 
+def removal_is_easy(state: dict, vol: dict) -> bool:
+    """True when ``vol`` was registered by a revoked site (:func:`registered_by`,
+    :func:`is_revoked`): its ``remove_volume`` request, once approved, applies without the
+    cooling-off. Pure."""
+    return is_revoked(state, registered_by(vol))
+
+
+def _op_remove_volume(state: dict, cmd: dict) -> tuple[dict, dict]:
+    """Forget ``volume`` from the cluster state: its record and its snapshot catalog (ARCHITECTURE,
+    Choices: "Removing a volume"). Only as the action of an approved request (else
+    ``approval_required``): the approvals of a weakening (:func:`approvals_needed`), then the
+    cooling-off, vetoable by any registered site (its registering site and its primary too);
+    without the cooling-off when a revoked site registered it (:func:`removal_is_easy`).
+    Refused (``retention_locked``) while any of its snapshots is inside the volume's lock window
+    by the majority clock (a volume still replicating cannot be removed: its primary must stop
+    first), while the majority clock is unknown, while its newest committed snapshot is suspect
+    (pruning frozen) and while its primary is in an instant recovery; these are checked when the
+    request is made and again when it applies. The state keeps :data:`REMOVED_VOLUMES` (its epoch
+    and last seq); every site keeps its own records and chunks of the volume (its floor decides).
+    Result: ``{"ok", "volume", "removed": True, "epoch", "last_seq", "snapshots": int}``."""
+    name, vol = _volume(state, cmd)
+    if cmd.get(_APPROVED) is not True:
+        _needs_approval(cmd, f"removing volume {name!r}", volume=name)
+    quorum_now = quorum_now_ns(state)
+    if quorum_now is None:
+        raise _Refusal("retention_locked", f"volume {name!r}: the clocks of a majority of sites are not known "
+                       "yet; a removal waits for them", volume=name)
+    newest = newest_committed(vol)
+    if newest is not None and vol["snapshots"][newest]["verdict"] == "suspect":
+        raise _Refusal("retention_locked", f"volume {name!r}: newest snapshot {newest} is suspect: pruning and "
+                       "removal are frozen", volume=name, newest_seq=newest)
+    if instant_recovery(state, vol) is not None:
+        raise _Refusal("retention_locked", f"volume {name!r}: its primary {vol['primary']!r} is in an instant "
+                       "recovery", volume=name, primary=vol["primary"])
+    lock_ns = vol["retention"]["lock_s"] * 1_000_000_000
+    youngest = max((s["created_at_ns"] for s in vol["snapshots"].values()), default=None)
+    if youngest is not None and quorum_now - youngest < lock_ns:
+        age_ns = quorum_now - youngest
+        raise _Refusal("retention_locked", f"volume {name!r}: its newest snapshot is inside the lock window (age "
+                       f"{age_ns // 1_000_000_000} s of {vol['retention']['lock_s']} s, by the majority's clock): "
+                       "a volume is removed only after its primary stopped snapshotting for the lock window",
+                       volume=name, age_s=age_ns // 1_000_000_000, lock_s=vol["retention"]["lock_s"],
+                       unlocks_in_s=(lock_ns - age_ns + 999_999_999) // 1_000_000_000)
+    volumes = {n: v for n, v in state["volumes"].items() if n != name}
+    gone = {"epoch": int(vol["epoch"]), "last_seq": int(vol["last_seq"]), "registered_by": registered_by(vol),
+            "removed_ns": quorum_now}
+    removed = {**(state.get(REMOVED_VOLUMES) or {}), name: gone}
+    return ({**state, "volumes": volumes, REMOVED_VOLUMES: removed},
+            {"ok": True, "volume": name, "removed": True, "epoch": gone["epoch"], "last_seq": gone["last_seq"],
+             "registered_by": gone["registered_by"], "snapshots": len(vol["snapshots"])})
+
+
 def _member_kinds(state: dict) -> dict[str, str]:
     """``{site_id: kind}`` of the agreed membership (``incarnation.members``); before any
     ``found``, of the registered sites (requests and approvals are refused then:
@@ -2401,6 +2529,9 @@ def _run_request(state: dict, cmd: dict, entry: dict) -> tuple[dict, dict]:
         cooling = trust.cooling_off_ns if max_size_cools_off(state, entry) and not _unanimous(state, entry) else 0
     elif _stricter_retention(state, entry):
         cooling = 0
+    elif entry["action"] == "remove_volume" and entry["args"].get("volume") in state["volumes"] and \
+            removal_is_easy(state, state["volumes"][entry["args"]["volume"]]):
+        cooling = 0  # a revoked site's volume: the approvals suffice
     else:
         cooling = trust.cooling_off_ns
     if entry["status"] == "approved":  # already cooling off (an approval completed the unanimity)
@@ -2785,6 +2916,7 @@ _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str],
     "set_max_size": (_op_set_max_size, frozenset({"volume", "max_size_bytes"}),
                      frozenset({"volume", "max_size_bytes"})),
     "prune_snapshots": (_op_prune_snapshots, frozenset({"volume", "seqs"}), frozenset({"volume", "seqs"})),
+    "remove_volume": (_op_remove_volume, frozenset({"volume"}), frozenset({"volume"})),
     "request": (_op_request, frozenset({"action", "args", "reason"}), frozenset({"action", "args"})),
     "approve": (_op_approve, frozenset({"request"}), frozenset({"request"})),
     "veto": (_op_veto, frozenset({"request"}), frozenset({"request"})),
