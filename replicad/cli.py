@@ -805,6 +805,9 @@ def _result_text(action: Any, result: Any) -> str:
     if "pruned" in result:
         seqs = ", ".join(f"#{s}" for s in result.get("pruned") or []) or "nothing"
         return f"{vol}: pruned {seqs}"
+    if result.get("removed") is True:
+        return (f"{vol}: removed from the cluster state ({result.get('snapshots', 0)} snapshot record(s), epoch "
+                f"{result.get('epoch')}, last seq {result.get('last_seq')}); each site keeps its own copies")
     if "retention" in result:
         weaker = result.get("weakened") or []
         return (f"{vol} retention: {_readable(result['retention'])}"
@@ -1138,6 +1141,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
     inside the lock window; one the agreed retention keeps becomes a request another site
     approves (202), then cools off."""
     return _send_change(args, "POST", f"/v1/volumes/{args.volume}/prune", {"seqs": list(args.seqs)}, _render_prune)
+
+
+def cmd_remove_volume(args: argparse.Namespace) -> int:
+    """Request to forget a volume from the cluster state (``POST /v1/volumes/VOL/remove``, admin
+    role): operators of other sites approve it (``replicad approve REQ``), then it cools off,
+    vetoable (``replicad veto REQ``); refused while a snapshot of it is inside its lock window.
+    Each site keeps its own copies of the volume's snapshots."""
+    return _send_change(args, "POST", f"/v1/volumes/{args.volume}/remove", {}, _render_request_state)
 
 
 def _render_prune(r: dict) -> None:
@@ -1490,6 +1501,8 @@ EXAMPLES: dict[str, str] = {
     "retention": "replicad retention ehr\nreplicad retention ehr --set lock=48h --set daily=30d",
     "prune": "replicad prune ehr 41 --reason 'held a copy of a deleted record'   # kept by the retention: a "
              "request\nreplicad approve r9                       # at another site, with its admin token",
+    "remove-volume": "replicad remove-volume old-vm --reason 'VM decommissioned'   # then: replicad approve REQ "
+                     "at another site; it cools off",
     "max-size": "replicad max-size ehr 200GiB --reason \"disk resized to 120 GiB\"   # then: replicad approve REQ "
                 "at another site",
     "evidence": "replicad evidence ehr 42                # why each site judged ehr#42 as it did\n"
@@ -1671,6 +1684,11 @@ def main(argv: list[str] | None = None) -> int:
                    "VOL' lists them")
     p.add_argument("--reason", default="", help="why (shown to the operators asked to approve)")
     p.set_defaults(fn=cmd_prune)
+    p = command("remove-volume", help="request to forget a volume from the cluster state; other sites approve it, "
+                "then it cools off (vetoable); refused while a snapshot is inside the lock window")
+    p.add_argument("volume", help="the volume's name, as 'replicad status' lists it")
+    p.add_argument("--reason", default="", help="why (shown to the operators asked to approve)")
+    p.set_defaults(fn=cmd_remove_volume)
     p = command("max-size", help="request a larger (or smaller) agreed maximum size of a volume; another site "
                 "approves it")
     p.add_argument("volume")

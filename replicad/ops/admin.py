@@ -44,6 +44,8 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
     POST   /v1/volumes/{volume}/retention/run   [admin] apply the retention policy at this site now
     POST   /v1/volumes/{volume}/prune           [admin] {"seqs": [int], "reason": str?}: refused inside the lock window (O4);
                                                  what the agreed retention keeps: 202 request
+    POST   /v1/volumes/{volume}/remove          [admin] {"reason": str?}: 202 remove_volume request (approvals, then
+                                                 the cooling-off; refused while a snapshot is inside the lock window)
     GET    /v1/members                          [viewer] sites of the Raft group and their reachability
     POST   /v1/members, DELETE /v1/members/{site_id}   [admin] 501 not_supported (see below)
     POST   /v1/membership                       [admin] {"members": [...], "reason"?}: request to change the agreed
@@ -538,6 +540,23 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
             return _ok(out, status=202)
         return _ok(out)
 
+    async def remove(request: web.Request) -> web.Response:
+        """Request to forget a volume from the cluster state (``remove_volume``: other sites
+        approve, then the cooling-off, vetoable; none for a revoked site's volume). NotFoundError
+        for a volume the cluster does not know; the state machine refuses one with a snapshot
+        inside its lock window (``retention_locked``). Every site keeps its own records and chunks."""
+        name = request.match_info["volume"]
+        body = await _json_body(request)
+        unknown = set(body) - {"reason"}
+        if unknown:
+            raise UsageError(f"unknown keys {sorted(unknown)}", known=["reason"])
+        reason = body.get("reason", "")
+        if not isinstance(reason, str) or len(reason) > 1024:
+            raise UsageError("reason must be a string of at most 1024 characters", field="reason")
+        if site.cluster.volume_state(name) is None:
+            _raise_not_found(name)
+        return await _make_request(site, "remove_volume", {"volume": name}, reason)
+
     async def verdict(request: web.Request) -> web.Response:
         name = request.match_info["volume"]
         try:
@@ -791,6 +810,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         ("GET", "/v1/operations/{op_id}", operation),
         ("DELETE", "/v1/operations/{op_id}", operation_cancel),
         ("POST", "/v1/volumes/{volume}/prune", prune),
+        ("POST", "/v1/volumes/{volume}/remove", remove),
         ("POST", "/v1/volumes/{volume}/snapshots/{seq}/verdict", verdict),
         ("GET", "/v1/volumes/{volume}/snapshots/{seq}/evidence", evidence_get),
         ("GET", "/v1/volumes/{volume}/detection", detection_get),

@@ -75,6 +75,7 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("PUT", "/v1/volumes/{volume}/max-size"): "admin",
     ("POST", "/v1/volumes/{volume}/retention/run"): "admin",
     ("POST", "/v1/volumes/{volume}/prune"): "admin",
+    ("POST", "/v1/volumes/{volume}/remove"): "admin",
     ("POST", "/v1/volumes/{volume}/snapshots/{seq}/verdict"): "admin",
     ("GET", "/v1/volumes/{volume}/snapshots/{seq}/evidence"): "viewer",
     ("GET", "/v1/volumes/{volume}/detection"): "viewer",

@@ -249,6 +249,8 @@ _BODIES: dict[str, dict] = {
         {"reason": {"type": "string", "description": "why (shown to the operators asked to approve)"}}),
     "MaxSizeSet": _object({"volume": _STR, "max_size_bytes": _INT, "previous": _INT, "status": _STR}),
     "Revoke": _object({}, {"reason": _STR}),
+    "RemoveVolume": _object({}, {"reason": {"type": "string", "description": (
+        "why (shown to the operators asked to approve)")}}),
     "ExportCreate": _object({"snapshot": _INT}, {"writable": _BOOL, "auto_close": _BOOL,  # issue 16
                                                  "idle_ttl_s": {"type": "number", "exclusiveMinimum": 0, "description": (
                                                      "close after this many seconds without use (at most, and "
@@ -329,6 +331,12 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
      "seconds it ends), for the newest ones and pinned ones; a snapshot the agreed retention grid keeps becomes "
      "a prune_snapshots request (202) that operators of other sites approve, then the cooling-off",
      "Prune", {"200": "PruneResult", "202": "PruneRequest"}, (400, 404, 409, 503)),
+    ("removeVolume", "POST", "/v1/volumes/{volume}/remove",
+     "Request to forget a volume from the cluster state (remove_volume, 202): operators of other sites approve "
+     "it, then it cools off (vetoable by any site); at the approvals for a volume a revoked site registered. "
+     "Refused (409 retention_locked) while any of its snapshots is inside the lock window, its newest is suspect "
+     "or its primary is in an instant recovery; each site keeps its own copies (its floor decides)",
+     "RemoveVolume", {"202": "RequestState", "200": "RequestState"}, (400, 404, 409, 503)),
     ("verdict", "POST", "/v1/volumes/{volume}/snapshots/{seq}/verdict",
      "Operator verdict on a committed snapshot; suspect is this site's vote (holds its standby at once, "
      "suspect for every site once a second site agrees); clearing a suspect one becomes a request (202) that "

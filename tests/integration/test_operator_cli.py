@@ -3,7 +3,8 @@ leftovers): ``replicad prune`` of a snapshot the agreed retention keeps files a 
 site approves; ``approve`` prints what the request did, not a raw map; ``requests`` prints sizes
 with their unit and the maximum a ``set_max_size`` replaces; ``volumes`` shows the agreed
 maximum; times are UTC and say so; ``evidence`` counts carry their unit; ``status`` says how far a
-standby is behind; a snapshot with a replica down says why in plain words."""
+standby is behind; a snapshot with a replica down says why in plain words; ``remove-volume`` files a
+request another site approves."""
 
 from __future__ import annotations
 
@@ -129,3 +130,22 @@ def test_operator_commands_on_a_real_cluster(cluster_factory) -> None:
     assert "unreachable: connection refused" in out, out
     for library_text in ("ClientConnectorError", "Cannot connect to host", "ssl:default", "Connect call failed"):
         assert library_text not in out, out
+
+    # a decommissioned volume: a removal request (refused while its newest snapshot is inside the lock
+    # window, 1 s), approved at another site (cooling-off 0 s here), then gone from every site's view
+    res = c.wait_for("the lock window of the newest snapshot to pass", lambda: (
+        lambda r: r if r.returncode == 0 else None)(cli(c, "site-b", "remove-volume", VOL, "--reason",
+                                                        "VM decommissioned")), 30, 1.0)
+    out = flat(res)
+    assert "is pending (remove_volume ehr): 1 of 2 sites approved (site-b)" in out, out
+    req = re.search(r"replicad approve (r\d+)", out).group(1)
+    line = next(x for x in cli(c, "site-a", "requests").stdout.splitlines() if x.startswith(f"{req} "))
+    assert "remove_volume" in line and "(VM decommissioned)" in line, line
+    res = cli(c, "site-a", "approve", req)
+    out = flat(res)
+    assert res.returncode == 0 and "{" not in out, out
+    assert re.search(rf"request {req} applied \(approved by site-b, site-a\): {VOL}: removed from the cluster state "
+                     r"\(\d snapshot record\(s\), epoch 1, last seq 4\); each site keeps its own copies", out), out
+    c.wait_for("site-b to see the removal", lambda: VOL not in (c.api("site-b", "GET", "/v1/volumes").get("volumes")
+                                                                  or {}), 30)
+    assert f" {VOL} " not in cli(c, "site-b", "volumes").stdout
