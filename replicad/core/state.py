@@ -54,7 +54,8 @@ at most :data:`VOLUMES_MAX` volumes, :data:`VOLUMES_PER_SITE_MAX` of them regist
 site (volumes registered by a revoked site do not count against :data:`VOLUMES_MAX`, up to
 :data:`VOLUMES_HARD_MAX`), :data:`SNAPSHOTS_MAX` snapshot records per volume and
 :data:`SNAPSHOT_RECORDS_PER_SITE` in all the volumes one site registered (each with at most
-:data:`STATS_MAX_KEYS` stats of at most :data:`STATS_MAX_CHARS` characters in all), and
+:data:`STATS_MAX_KEYS` stats of at most :data:`STATS_MAX_CHARS` characters in all, and
+:data:`STATS_BYTES_PER_SITE` bytes of stats together, :func:`stats_bytes`), and
 ``clocks`` only for registered sites. A snapshot is committed with at least two holders once
 the cluster has two unrevoked data sites (:func:`copies_needed`), whatever ``min_copies`` says:
 one site cannot grow every site's state with snapshots only it holds. A command that would pass
@@ -324,6 +325,14 @@ SNAPSHOT_RECORDS_PER_SITE = 4 * SNAPSHOTS_MAX
 volumes of 625 records each (a day every 5 minutes, a week hourly, a month daily, with room); with
 :data:`STATS_MAX_CHARS` about 200 MB of state at most per site instead of 256 x 10,000 records."""
 STATS_MAX_CHARS = 4096  # all keys and string values of one snapshot's stats together
+STATS_BYTES_PER_SITE = 32 * 2**20
+"""Bytes of stats (:func:`stats_bytes`) kept in all the volumes one site registered together
+(``registered_by``): 32 MiB, about 5.7 times what a real cluster reaches at
+:data:`SNAPSHOT_RECORDS_PER_SITE` records (a three-site lab cluster's committed records carry 7 keys,
+147 bytes each: 40,000 of them are 5.9 MB), against the ~200 MB that 40,000 records of
+:data:`STATS_MAX_CHARS` allowed (ARCHITECTURE, Choices: "One site's share of the replicated state").
+Past it a commit is ``conflict``, evidence ``refusal`` ``site_stats``: prune first."""
+STATS_SCALAR_BYTES = 8  # what a number, a bool or None counts in stats_bytes (a msgpack int64 or float64)
 CLOCK_REPORT_PERIOD_NS = 5_000_000_000  # every site reports its clock at least this often (daemon heartbeat)
 CLOCK_LAG_MARGIN_NS = 2 * CLOCK_REPORT_PERIOD_NS  # how far a majority's reported time may trail the truth
 CLOCK_AHEAD_MARGIN_NS = 600_000_000_000
@@ -1294,6 +1303,50 @@ def _check_site_records(state: dict, name: str, vol: dict, seq: int) -> None:
                        records=held, max_records_per_site=SNAPSHOT_RECORDS_PER_SITE, refusal="site_records")
 
 
+def stats_bytes(stats: Any) -> int:
+    """Bytes one snapshot's ``stats`` count against :data:`STATS_BYTES_PER_SITE`: each key's UTF-8
+    length, plus each string value's UTF-8 length, or :data:`STATS_SCALAR_BYTES` for any other
+    value (about its msgpack size in the state). Pure; 0 for anything but a map."""
+    if not isinstance(stats, dict):
+        return 0
+    return sum(len(str(k).encode("utf-8", "replace")) +
+               (len(v.encode("utf-8", "replace")) if isinstance(v, str) else STATS_SCALAR_BYTES)
+               for k, v in stats.items())
+
+
+_STATS_MEMO: dict[int, tuple[dict, int]] = {}
+"""``id(snapshots map) -> (the map, its stats bytes)``: states are immutable values and a commit
+copies only its volume's map, so a site's other volumes are summed once. The map is held so that
+its id is not reused; cleared past :data:`VOLUMES_HARD_MAX` x 4 entries."""
+
+
+def _volume_stats_bytes(vol: dict) -> int:
+    """:func:`stats_bytes` of every snapshot record of ``vol`` together (memoised per snapshots map)."""
+    snaps = vol["snapshots"]
+    hit = _STATS_MEMO.get(id(snaps))
+    if hit is not None and hit[0] is snaps:
+        return hit[1]
+    total = sum(stats_bytes(snap.get("stats")) for snap in snaps.values())
+    if len(_STATS_MEMO) >= 4 * VOLUMES_HARD_MAX:
+        _STATS_MEMO.clear()
+    _STATS_MEMO[id(snaps)] = (snaps, total)
+    return total
+
+
+def _check_site_stats(state: dict, name: str, vol: dict, seq: int, stats: dict) -> None:
+    """``conflict`` when ``stats`` would take the stats of the volumes registered by ``vol``'s
+    registering site past :data:`STATS_BYTES_PER_SITE` (evidence ``refusal`` ``site_stats``):
+    prune first."""
+    by = registered_by(vol)
+    held = sum(_volume_stats_bytes(v) for v in state["volumes"].values() if registered_by(v) == by)
+    adding = stats_bytes(stats)
+    if held + adding > STATS_BYTES_PER_SITE:
+        raise _Refusal("conflict", f"the volumes registered by {by!r} hold {held} bytes of snapshot stats; "
+                       f"{adding} more would pass the {STATS_BYTES_PER_SITE} one site's volumes may hold (prune "
+                       "first)", volume=name, seq=seq, registered_by=by, stats_bytes=held, adding=adding,
+                       max_stats_bytes_per_site=STATS_BYTES_PER_SITE, refusal="site_stats")
+
+
 def _op_commit_snapshot(state: dict, cmd: dict) -> tuple[dict, dict]:
     name, vol = _volume(state, cmd)
     seq = _int(cmd, "seq", 1)
@@ -1350,6 +1403,7 @@ def _op_commit_snapshot(state: dict, cmd: dict) -> tuple[dict, dict]:
         raise _Refusal("conflict", f"volume {name!r} already has {SNAPSHOTS_MAX} snapshot records (prune first)",
                        volume=name, seq=seq, max_snapshots=SNAPSHOTS_MAX)
     _check_site_records(state, name, vol, seq)
+    _check_site_stats(state, name, vol, seq, stats)
     if parent_seq is not None and parent_seq not in vol["snapshots"]:
         raise _Refusal("not_found", f"volume {name!r}: parent snapshot {parent_seq} is not in the catalog",
                        volume=name, seq=seq, parent_seq=parent_seq)
