@@ -976,13 +976,67 @@ def retention_weakened(current: dict, proposed: dict) -> list[str]:
     return sorted(k for k in RETENTION_KEYS if proposed.get(k, 0) < current.get(k, 0))
 
 
-def _stats(command: dict) -> dict:
+STATS_READ = {"total_blocks": "blocks", "zero_blocks": "blocks", "changed_blocks": "blocks",
+              "random_changed_blocks": "blocks", "changed_bytes": "bytes", "size_bytes": "count",
+              "new_chunks": "count", "tainted_by": "count", "has_parent": "flag"}
+"""The stats keys the daemons read (:func:`replicad.core.anomaly.judge`, the CLI, the metrics,
+:func:`tainted_only`) and the integer each must be when present: ``blocks`` in [0, the commit's
+block count], ``bytes`` in [0, that count x block size], ``count`` in [0, 2**63-1] (``size_bytes``, the
+commit's size when it names none, is then bounded as that size, ``out_of_range``), ``flag`` 0 or 1
+(:func:`stats_problem`).
+A string ``random_changed_blocks`` once stopped every later snapshot of the volume at its next
+primary (int() of it in the judge's history)."""
+
+
+def stats_problem(stats: Any, n_blocks: int | None = None, block_size: int | None = None) -> str | None:
+    """Why ``stats`` (one snapshot's stats map) is not what the daemons may read, or None.
+
+    Args:
+        stats: the map, from a command or a replicated record.
+        n_blocks: the snapshot's block count (``ceil(size_bytes / block_size)``), None: not bounded
+            beyond 2**63-1.
+        block_size: the volume's block size in bytes, None: not bounded.
+
+    A problem: not a map of at most :data:`STATS_MAX_KEYS` printable string keys of at most 64
+    characters to scalars (None, bool, int, finite float, printable string of at most
+    :data:`REASON_MAX_CHARS`), more than :data:`STATS_MAX_CHARS` characters of keys and strings in
+    all, or a :data:`STATS_READ` key that is not an integer within its bound. Pure; never raises:
+    readers of replicated records call it to skip a bad entry (recorded before this check)."""
+    if not isinstance(stats, dict) or len(stats) > STATS_MAX_KEYS:
+        return f"not a map of at most {STATS_MAX_KEYS} keys"
+    chars = 0
+    for key, value in stats.items():
+        if not isinstance(key, str) or not 0 < len(key) <= 64 or not key.isprintable():
+            return f"key {_safe(key)!r} is not printable text of 1..64 characters"
+        if not _plain_scalar(value) or (isinstance(value, str) and not value.isprintable()):
+            return f"{key}: {_safe(value)!r} is not a number or printable text"
+        chars += len(key) + (len(value) if isinstance(value, str) else 0)
+    if chars > STATS_MAX_CHARS:
+        return f"{chars} characters of keys and text, more than {STATS_MAX_CHARS}"
+    blocks = n_blocks if n_blocks is not None else INT_MAX
+    limits = {"blocks": blocks, "bytes": INT_MAX if n_blocks is None or block_size is None
+              else min(INT_MAX, n_blocks * block_size), "count": INT_MAX, "flag": 1}
+    for key, kind in STATS_READ.items():
+        if key not in stats:
+            continue
+        value = stats[key]
+        top = limits[kind]
+        if not _is_int(value) or not 0 <= value <= top:
+            return f"{key} must be an integer in [0, {top}], not {_safe(value)!r}"
+    return None
+
+
+def _stats(command: dict, n_blocks: int | None = None, block_size: int | None = None) -> dict:
+    """``command["stats"]`` when :func:`stats_problem` finds nothing (bounded by ``n_blocks`` and
+    ``block_size``), else ``bad_request`` (evidence ``refusal`` ``not_printable`` for a key or text
+    that does not print, ``stats`` for the rest, ``problem``: what)."""
     value = command.get("stats")
-    if not isinstance(value, dict) or len(value) > STATS_MAX_KEYS or not all(
-            isinstance(k, str) and len(k) <= 64 and _plain_scalar(v) for k, v in value.items()) or \
-            sum(len(k) + (len(v) if isinstance(v, str) else 0) for k, v in value.items()) > STATS_MAX_CHARS:
-        raise _Refusal("bad_request", f"stats must be a map of at most {STATS_MAX_KEYS} "
-                       f"string keys to scalar values, {STATS_MAX_CHARS} characters in all", field="stats")
+    problem = stats_problem(value, n_blocks, block_size)
+    if problem is not None:
+        refusal = "not_printable" if "printable" in problem else "stats"
+        raise _Refusal("bad_request", f"stats: {problem} (a map of at most {STATS_MAX_KEYS} printable keys to "
+                       f"scalars, {STATS_MAX_CHARS} characters in all; {sorted(STATS_READ)} integers within the "
+                       "volume's size)", field="stats", problem=problem, refusal=refusal)
     return dict(value)
 
 
@@ -1362,11 +1416,15 @@ def _op_commit_snapshot(state: dict, cmd: dict) -> tuple[dict, dict]:
     if not isinstance(holders, list) or not all(isinstance(h, str) and 0 < len(h) <= NAME_MAX_CHARS
                                                 for h in holders) or len(set(holders)) != len(holders):
         raise _Refusal("bad_request", "holders must be a list of distinct site ids", field="holders")
-    stats = _stats(cmd)
+    raw_stats = cmd.get("stats")
     verdict = _choice(cmd, "verdict", VERDICTS)
-    size_bytes = cmd.get("size_bytes", stats.get("size_bytes"))
+    size_bytes = cmd.get("size_bytes", raw_stats.get("size_bytes") if isinstance(raw_stats, dict) else None)
     if size_bytes is not None:
         size_bytes = _int({"size_bytes": size_bytes}, "size_bytes")
+    # the stats the daemons read: integers within the volume's block count (review R10, F1); the
+    # largest size the volume had bounds them (a shrunk image's scan may count the cut blocks)
+    bound = max(size_bytes, int(vol.get("size_bytes") or 0)) if size_bytes is not None else max_size_bytes(vol)
+    stats = _stats(cmd, -(-min(bound, SIZE_BYTES_MAX) // vol["block_size"]), vol["block_size"])
     # O3: only the primary under the current epoch produces snapshots.
     _check_epoch(name, vol, epoch, "epoch")
     if cmd["by"] != vol["primary"]:

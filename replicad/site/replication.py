@@ -16,7 +16,7 @@ from replicad.core.errors import (IntegrityError, NotFoundError, NotPrimaryError
                                   ReplicadError, StaleEpochError)
 from replicad.core.manifest import Manifest, changed_digests
 from replicad.core.state import (INT_MAX, SEQ_STEP_MAX, TAINT_STAT, default_max_size_bytes, detection_policy,
-                                 max_size_at_once, max_size_bytes, newest_committed)
+                                 max_size_at_once, max_size_bytes, newest_committed, stats_problem)
 from replicad.peer.transport import PeerClient, SharedFrames
 from replicad.site.cluster import Cluster
 from replicad.site.pull import Pull
@@ -63,6 +63,8 @@ class Replication:
         # (volume, peer) -> (task, seq) of the ship in flight: one at a time per replica and volume
         self._shipping: dict[tuple[str, str], tuple[asyncio.Task, int]] = {}
         self.ship_stalls: dict[str, tuple[float, str]] = {}  # peer -> (monotonic time, message) of its last stall
+        # (volume, seq) of committed clean snapshots whose stats the judge cannot read: logged once each
+        self.unreadable_stats: set[tuple[str, int]] = set()
 
     # ------------------------------------------------------------------ primary
     def source_of(self, runner: VolumeRunner) -> SnapshotSource:
@@ -142,7 +144,7 @@ class Replication:
                                   size_bytes=m.size_bytes, max_size_bytes=limit)
         await asyncio.to_thread(self.catalog.put, SnapshotRecord(cfg.name, epoch, seq, m.root, "local",
                                                                  m.created_at_ns))
-        history = [s["stats"] for _, s in sorted(vs["snapshots"].items()) if s["verdict"] == "clean"]
+        history = self._clean_history(cfg.name, vs)
         # issue 14: the cluster's policy, which this site's config may only tighten (a primary's
         # min_score = 1.0 makes nothing clean anywhere: every site judges again, and so does this)
         policy = anomaly.stricter(detection_policy(vs), {"min_score": cfg.anomaly.min_score,
@@ -204,6 +206,30 @@ class Replication:
                  "follows), held by %s, %.2fs", cfg.name, seq, epoch, len(result.changed_blocks), verdict.verdict,
                  ", ".join(holders), report["cycle_s"])
         return report
+
+    def _clean_history(self, volume: str, vs: dict) -> list[dict]:
+        """The stats of the committed clean snapshots of ``vs`` (the volume's Raft entry), oldest
+        first: the judge's history (:func:`replicad.core.anomaly.judge`). A record whose stats the
+        judge cannot read (:func:`replicad.core.state.stats_problem`: a string where a count
+        belongs, committed before the state checked them) is left out, logged once per snapshot at
+        WARNING and counted in :attr:`unreadable_stats`: a bad record committed by an earlier
+        primary must not stop this one's snapshots (review R10, F1)."""
+        history = []
+        size = vs.get("size_bytes")
+        bs = vs.get("block_size")
+        n_blocks = -(-size // bs) if isinstance(size, int) and isinstance(bs, int) and bs > 0 and size > 0 else None
+        for seq, snap in sorted(vs["snapshots"].items()):
+            if snap.get("verdict") != "clean":
+                continue
+            problem = stats_problem(snap.get("stats"), n_blocks, bs if n_blocks is not None else None)
+            if problem is None:
+                history.append(snap["stats"])
+            elif (volume, seq) not in self.unreadable_stats:
+                self.unreadable_stats.add((volume, seq))
+                log.warning("%s: snapshot #%s (epoch %s) has stats the judge cannot read (%s): left out of the "
+                            "volume's baseline (%d such snapshot(s) of this volume so far)", volume, seq,
+                            snap.get("epoch"), problem, sum(1 for v, _ in self.unreadable_stats if v == volume))
+        return history
 
     async def _request_max_size(self, volume: str, size_bytes: int, limit: int) -> None:
         """The image of ``volume`` grew to ``size_bytes``, past its agreed maximum ``limit``: file

@@ -525,7 +525,8 @@ class StateCollector(Collector):
             stats = newest.get("stats") or {}
             put("replicad_snapshot_newest_changed_blocks", stats.get("changed_blocks"), name)
             put("replicad_snapshot_newest_changed_bytes", stats.get("changed_bytes"), name)
-            put("replicad_anomaly_score_ratio", score_of(stats), name)
+            # a record the judge cannot read (committed before the state checked stats) has no score
+            put("replicad_anomaly_score_ratio", score_of(stats) if cluster_state.stats_problem(stats) is None else None, name)
             put("replicad_anomaly_newest_suspect", newest.get("verdict") == "suspect", name)
         clean = [seq for seq, s in snaps.items() if s.get("verdict") == "clean"]
         if not clean:
