@@ -153,10 +153,29 @@ def api(args: argparse.Namespace, method: str, path: str, body: dict | None = No
 
 
 def _print(args: argparse.Namespace, data: Any, render=None) -> None:
+    """``data`` (an admin answer) as JSON (``--json`` or no ``render``: control characters are
+    escaped by JSON), else through ``render`` after :func:`_shown`."""
     if getattr(args, "json", False) or render is None:
         console.print_json(json.dumps(data))
     else:
-        render(data)
+        render(_shown(data))
+
+
+def _shown(data: Any) -> Any:
+    """``data`` with every string (map keys too) that does not print escaped and quoted
+    (:func:`replicad.ops.evidenceview.printable`): names, stats and reasons come from Raft and
+    peers, and a primary's stats value with terminal escapes and a newline rewrote the lines
+    around it at every site's ``replicad snapshots`` (review R10, F3). Printable text is kept as
+    it is; other values unchanged."""
+    from replicad.ops.evidenceview import printable
+
+    if isinstance(data, str):
+        return printable(data)
+    if isinstance(data, dict):
+        return {(printable(k) if isinstance(k, str) else k): _shown(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_shown(v) for v in data]
+    return data
 
 
 def _site_name(data: dict, raft_addr: str | None) -> str:
