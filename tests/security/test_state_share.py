@@ -6,8 +6,10 @@ and proposes commands in its own name, each legal on its own. The honest sites b
 
 * a request reason and a volume name holding a newline are refused (``bad_request``) and no
   forged line reaches their logs (F6);
-* snapshots of its own volumes (``min_copies`` 1) held by itself alone are refused: nothing
-  grows their state (F5);
+* snapshots of its own volumes carrying 4 KB of stats each are refused (``bad_request``, more
+  than ``state.STATS_BYTES_PER_RECORD``): nothing grows their state (F5); what its volumes can
+  hold is bounded per volume (``state.SNAPSHOTS_MAX`` records, ``state.SITE_RECORDS_BOUND`` in
+  all), never charged to another volume (review R10, F2);
 * it registers at most ``state.VOLUMES_PER_SITE_MAX`` volumes; the hospital's next volume at site-b
   still registers (F4);
 * its approved revocation, cooling off, survives its ``request`` + own ``veto`` flood (each a
@@ -81,10 +83,10 @@ def test_names_and_reasons_holding_a_newline_are_refused_and_forge_no_line(clust
     assert not [v for v in attack(cluster, "view", tmp_path)[0]["volumes"] if "\n" in v]
 
 
-def test_snapshots_held_by_one_site_alone_are_refused(cluster: LocalCluster, tmp_path: Path) -> None:
+def test_snapshots_carrying_4_kb_of_stats_are_refused(cluster: LocalCluster, tmp_path: Path) -> None:
     (line,) = attack(cluster, "bloat", tmp_path, "--volumes", "4", "--seconds", "8", "--rate", "100")
     assert line["volumes"] == 4 and line["sent"] > 100, line
-    assert "ok" not in line["answers"] and line["answers"].get("conflict", 0) > 0, line
+    assert "ok" not in line["answers"] and line["answers"].get("bad_request", 0) > 0, line
     assert line["records"] == 0, line
 
 

@@ -145,32 +145,44 @@ def test_one_site_registers_at_most_its_share_of_the_volume_table() -> None:
 # --------------------------------------------------------------------------- F5: state growth
 
 
-def test_a_snapshot_needs_a_second_holder_once_two_data_sites_exist() -> None:
+def test_min_copies_is_the_operators_choice() -> None:
+    """min_copies 1 commits with the primary alone, also with two data sites (a cluster of two
+    data sites and a witness keeps committing while the other data site is down); min_copies 2
+    needs a second holder (review R10, F2: the forced second holder stopped the surviving site)."""
     s = with_volume(min_copies=1)
+    s, res = run(s, snapshot(1, holders=("a",)))
+    assert res["ok"], res
+    s = with_volume(min_copies=2)
     res = refused(s, snapshot(1, holders=("a",)), "conflict")
-    assert res["evidence"]["copies_needed"] == 2 and res["evidence"]["min_copies"] == 1
-    s, _ = run(s, snapshot(1, holders=("a", "c")))
-    # one data site (a lab): its own copy is all there is
-    lab = st.initial_state(members=["a"])
-    lab, _ = run(lab, cmd("register_site", "a", site_id="a", peer_url="http://a", kind="data"), None)
-    lab, _ = run(lab, cmd("add_volume", "a", volume="vol", primary="a", block_size=65536, size_bytes=1 << 20,
-                          min_copies=1, retention=dict(RET)), None)
-    run(lab, snapshot(1, holders=("a",)), None)
+    assert res["evidence"]["copies_needed"] == 2 and res["evidence"]["min_copies"] == 2
 
 
-def test_the_volumes_one_site_registered_hold_a_bounded_number_of_records(monkeypatch) -> None:
-    monkeypatch.setattr(st, "SNAPSHOT_RECORDS_PER_SITE", 5)
-    s = with_volume()
-    s, _ = run(s, cmd("add_volume", "a", volume="vol2", primary="a", block_size=65536, size_bytes=1 << 20,
-                      min_copies=2, retention=dict(RET)))
-    s, _ = run(s, cmd("add_volume", "b", volume="ehr", primary="b", block_size=65536, size_bytes=1 << 20,
-                      min_copies=2, retention=dict(RET)))
-    for seq in (1, 2, 3):
-        s, _ = run(s, snapshot(seq))
+def test_a_sites_junk_volumes_never_refuse_another_volumes_commit(monkeypatch) -> None:
+    """Review R10, F2 (a): site a registered ehr, b is its primary now; a fills volumes of its own
+    to the per-volume bound (an honest c acknowledging) and is revoked: b's commits of ehr still
+    apply. Every record bound is the volume's own (SNAPSHOTS_MAX, here 5)."""
+    monkeypatch.setattr(st, "SNAPSHOTS_MAX", 5)
+    s = with_volume(name="ehr")
     for seq in (1, 2):
-        s, _ = run(s, snapshot(seq, volume="vol2"))
-    res = refused(s, snapshot(3, volume="vol2"), "conflict")
-    assert res["evidence"]["refusal"] == "site_records" and res["evidence"]["registered_by"] == "a"
-    for seq in range(1, 6):  # another site's volumes are not charged for a's: b has its own five
-        s, _ = run(s, snapshot(seq, volume="ehr", by="b", holders=("b", "c")))
-    refused(s, snapshot(6, volume="ehr", by="b", holders=("b", "c")), "conflict")
+        s, _ = run(s, snapshot(seq, volume="ehr"))
+    s, r = run(s, cmd("promote", "b", volume="ehr", to="b", expected_epoch=1, force=True))
+    assert r["ok"] and st.registered_by(s["volumes"]["ehr"]) == "a", r
+    for i in range(4):
+        s, _ = run(s, cmd("add_volume", "a", volume=f"junk{i}", primary="a", block_size=65536, size_bytes=1 << 20,
+                          min_copies=1, retention=dict(RET)))
+        for seq in range(1, 6):
+            s, res = run(s, snapshot(seq, volume=f"junk{i}", holders=("a", "c")))
+            assert res["ok"], res
+        res = refused(s, snapshot(6, volume=f"junk{i}", holders=("a", "c")), "conflict")  # its own bound
+        assert res["evidence"]["max_snapshots"] == 5
+    epoch = s["volumes"]["ehr"]["epoch"]
+    s, res = run(s, {**snapshot(3, volume="ehr", by="b", holders=("b", "c")), "epoch": epoch})
+    assert res["ok"], res
+    s, req = run(s, cmd("request", "b", action="revoke_site", args=revoke("a")))
+    s, _ = run(s, cmd("approve", "c", request=req["request"]))
+    s, _ = after(s, 10**15)
+    assert st.is_revoked(s, "a")
+    later = NOW + 10**15
+    s, res = run(s, {**snapshot(4, volume="ehr", by="b", holders=("b", "c")), "epoch": epoch, "now_ns": later,
+                     "created_at_ns": later})
+    assert res["ok"], res
