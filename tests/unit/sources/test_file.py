@@ -324,3 +324,56 @@ def test_remove_partial_takes_only_the_temporary_file(tmp_path: Path) -> None:
     assert fingerprints.remove_partial(tmp_path, "ehr") is True
     assert not partial.exists() and cache.read_bytes() == b"cache"
     assert fingerprints.remove_partial(tmp_path, "ehr") is False
+
+
+def _cold_image(path: Path, size: int) -> int:
+    """Write ``size`` bytes of text at ``path``, make it durable and uncached; an fd on it.
+    Skips when this host cannot tell or cannot drop cached pages (no cachestat, a tmpfs)."""
+    from replicad.sources.file import cached_pages
+    path.write_bytes(text(random.Random(7), size))
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    if cached_pages(fd, 0, 0) != 0:
+        os.close(fd)
+        pytest.skip("cachestat(2) missing or pages not droppable on this file system")
+    return fd
+
+
+async def test_a_private_scan_leaves_none_of_its_pages_cached(tmp_path: Path, store: ChunkStore) -> None:
+    from replicad.sources.file import cached_pages
+    img = tmp_path / "clone.img"
+    fd = _cold_image(img, 8 * 2**20 + 12345)
+    try:
+        kept = await snap(img, store, 1, None, block_size=4096, read_size_bytes=2**20)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        private = await snap(img, store, 1, None, block_size=4096, read_size_bytes=2**20, private=True)
+        assert cached_pages(fd, 0, 0) == 0
+        # the same bytes read: the same blocks, whatever the page cache holds afterwards
+        want = expected_digests(img, 4096)
+        assert list(iter_block_digests(private.manifest, store.get)) == want
+        assert list(iter_block_digests(kept.manifest, store.get)) == want
+        assert private.manifest.pages == kept.manifest.pages
+        assert rebuild(store, private.manifest) == img.read_bytes()
+    finally:
+        os.close(fd)
+
+
+async def test_a_live_scan_drops_only_the_batches_nothing_else_had_cached(tmp_path: Path,
+                                                                            store: ChunkStore) -> None:
+    from replicad.sources.file import READ_SIZE_BYTES, cached_pages
+    img = tmp_path / "live.img"
+    batch = READ_SIZE_BYTES  # at least the readahead window of the device (8 MiB here)
+    fd = _cold_image(img, 4 * batch)
+    try:
+        parent = (await snap(img, store, 1, None, block_size=4096)).manifest
+        assert cached_pages(fd, 0, 0) == 0  # cold before: every batch dropped
+        hot = 2 * batch + 8192
+        os.pread(fd, 4096, hot)  # the VM's hot page, in the third batch
+        res = await snap(img, store, 2, parent, block_size=4096)
+        assert res.changed_blocks == [] and res.manifest.pages == parent.pages
+        assert cached_pages(fd, hot, 4096) == 1  # still cached, with the rest of its batch
+        assert cached_pages(fd, 0, 2 * batch) == 0
+        assert cached_pages(fd, 3 * batch, 0) == 0
+    finally:
+        os.close(fd)
