@@ -457,6 +457,7 @@ MEMBER_KEYS_MAX = 8  # public keys per member in the agreed membership
 _TRUST = object()  # internal key: the Trust a handler runs under (never in a decoded command)
 _APPROVED = object()  # internal key: set on an action run by a request that collected its approvals
 _APPROVALS = object()  # internal key: the approving sites of the request an action runs for
+_REQUEST = object()  # internal key: the id of the request an action runs for
 
 
 class _Refusal(Exception):
@@ -2250,7 +2251,9 @@ def _op_remove_volume(state: dict, cmd: dict) -> tuple[dict, dict]:
     (pruning frozen) and while its primary is in an instant recovery; these are checked when the
     request is made and again when it applies. The state keeps :data:`REMOVED_VOLUMES` (its epoch
     and last seq); every site keeps its own records and chunks of the volume (its floor decides).
-    Result: ``{"ok", "volume", "removed": True, "epoch", "last_seq", "snapshots": int}``."""
+    The volume's other open requests end ``failed`` (:func:`_end_requests_of`). Result: ``{"ok",
+    "volume", "removed": True, "epoch", "last_seq", "registered_by", "snapshots": int}``, with
+    ``ended_requests`` (their ids) when there were any."""
     name, vol = _volume(state, cmd)
     if cmd.get(_APPROVED) is not True:
         _needs_approval(cmd, f"removing volume {name!r}", volume=name)
@@ -2278,9 +2281,30 @@ def _op_remove_volume(state: dict, cmd: dict) -> tuple[dict, dict]:
     gone = {"epoch": int(vol["epoch"]), "last_seq": int(vol["last_seq"]), "registered_by": registered_by(vol),
             "removed_ns": quorum_now}
     removed = {**(state.get(REMOVED_VOLUMES) or {}), name: gone}
-    return ({**state, "volumes": volumes, REMOVED_VOLUMES: removed},
-            {"ok": True, "volume": name, "removed": True, "epoch": gone["epoch"], "last_seq": gone["last_seq"],
-             "registered_by": gone["registered_by"], "snapshots": len(vol["snapshots"])})
+    requests, ended = _end_requests_of(state.get("requests") or {}, name, quorum_now, cmd.get(_REQUEST))
+    result = {"ok": True, "volume": name, "removed": True, "epoch": gone["epoch"], "last_seq": gone["last_seq"],
+              "registered_by": gone["registered_by"], "snapshots": len(vol["snapshots"])}
+    if ended:
+        result["ended_requests"] = ended
+    return {**state, "volumes": volumes, REMOVED_VOLUMES: removed, "requests": requests}, result
+
+
+def _end_requests_of(requests: dict, name: str, now_ns: int, running: Any) -> tuple[dict, list[str]]:
+    """``(records, ids)``: the request records with every pending or approved (cooling-off)
+    request naming volume ``name`` but ``running`` (the removal's own, which :func:`_run_action`
+    records) marked ``failed`` (``not_found``) at ``now_ns`` (majority clock), and their ids in
+    table order. A removed volume's open requests end with it: a weakening approved for it would
+    otherwise apply to the next volume registered under its name. Pure."""
+    ended = [r for r, e in requests.items() if r != running and e["status"] in ("pending", "approved")
+             and isinstance(e.get("args"), dict) and e["args"].get("volume") == name]
+    if not ended:
+        return requests, []
+    out = dict(requests)
+    for req_id in ended:
+        out[req_id] = {**out[req_id], "status": "failed", "applied_ns": now_ns,
+                       "result": _refused("not_found", f"volume {name!r} was removed (remove_volume) before this "
+                                          "request applied", volume=name, removed=True)}
+    return out, ended
 
 
 def _member_kinds(state: dict) -> dict[str, str]:
@@ -2578,7 +2602,8 @@ def _run_action(state: dict, entry: dict, op_id: str, now_ns: int, trust: Any) -
     """Run ``entry``'s action as its requester; the record becomes ``applied`` (with
     ``applied_ns`` and, for a retention change, the ``previous`` policy). Raises its refusal."""
     sub = {"v": COMMAND_VERSION, "op": entry["action"], "op_id": op_id, "by": entry["by"],
-           "now_ns": now_ns, **entry["args"], _TRUST: trust, _APPROVED: True, _APPROVALS: list(entry["approvals"])}
+           "now_ns": now_ns, **entry["args"], _TRUST: trust, _APPROVED: True, _APPROVALS: list(entry["approvals"]),
+           _REQUEST: entry["id"]}
     before = state["volumes"].get(entry["args"].get("volume"))
     new_state, result = _OPS[entry["action"]][0](state, sub)
     applied_ns = quorum_now_ns(state)

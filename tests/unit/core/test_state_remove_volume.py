@@ -128,3 +128,26 @@ def test_a_state_dump_without_a_removed_volume_is_accepted_and_without_a_live_on
     lower = {**s2, st.REMOVED_VOLUMES: {"vol": {**s2[st.REMOVED_VOLUMES]["vol"], "last_seq": 0}}}
     assert any("last seq" in p for p in st.dump_problems(s, lower, now))
     assert any("lock window" in p for p in st.dump_problems(s, s2, NOW + 1))  # the receiver's own clock
+
+
+def test_a_weakening_approved_for_a_removed_volume_ends_with_it_and_never_reaches_the_next_volume_of_its_name() -> None:
+    s = with_volume()
+    s, _ = run(s, snapshot(1))
+    s, _ = after(s, LOCK + S)
+    t0 = NOW + LOCK + S
+    s, rm = run(s, cmd("request", "b", now_ns=t0, action="remove_volume", args=removal()))
+    s, _ = run(s, cmd("approve", "c", now_ns=t0, request=rm["request"]))
+    s, ret = run(s, cmd("request", "b", now_ns=t0 + 60 * S, action="set_retention",
+                        args={"volume": "vol", "retention": {**RET, "keep_all_s": 60}}))
+    s, _ = after(s, LOCK + 61 * S)
+    s, res = run(s, cmd("approve", "c", now_ns=t0 + 60 * S, request=ret["request"]))
+    assert res["status"] == "approved"  # cooling off, a minute behind the removal
+    s, applied = after(s, LOCK + S + DEFAULT_COOLING_OFF_NS)
+    assert [a["action"] for a in applied] == ["remove_volume"]
+    assert applied[0]["result"]["ended_requests"] == [ret["request"]]
+    assert status(s, rm["request"]) == "applied" and status(s, ret["request"]) == "failed"
+    assert s["requests"][ret["request"]]["result"]["error"] == "not_found"
+    s, _ = run(s, cmd("add_volume", "a", now_ns=t0 + DEFAULT_COOLING_OFF_NS + S, volume="vol", primary="a",
+                      block_size=65536, size_bytes=1 << 20, min_copies=2, retention=dict(RET)))
+    s, applied = after(s, LOCK + 120 * S + DEFAULT_COOLING_OFF_NS)
+    assert applied == [] and s["volumes"]["vol"]["retention"] == RET
