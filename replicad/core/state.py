@@ -299,6 +299,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Collection
 from typing import Any, Callable
 
@@ -900,7 +901,7 @@ def _safe(value: Any) -> Any:
         return value if not isinstance(value, int) or abs(value) <= INT_MAX else str(value)[:40]
     if isinstance(value, str):
         value = value[:NAME_MAX_CHARS]
-        return value if value.isprintable() else value.encode("unicode_escape").decode("ascii")[:NAME_MAX_CHARS]
+        return value if printable(value) else value.encode("unicode_escape").decode("ascii")[:NAME_MAX_CHARS]
     return type(value).__name__
 
 
@@ -928,9 +929,35 @@ def _int(command: dict, key: str, minimum: int = 0) -> int:
     return value
 
 
+NOT_PRINTABLE_RANGES = (
+    (0x0000, 0x001F), (0x007F, 0x00A0), (0x00AD, 0x00AD), (0x0600, 0x0605), (0x061C, 0x061C), (0x06DD, 0x06DD),
+    (0x070F, 0x070F), (0x0890, 0x0891), (0x08E2, 0x08E2), (0x1680, 0x1680), (0x180E, 0x180E), (0x2000, 0x200F),
+    (0x2028, 0x202F), (0x205F, 0x2064), (0x2066, 0x206F), (0x3000, 0x3000), (0xD800, 0xF8FF), (0xFDD0, 0xFDEF),
+    (0xFEFF, 0xFEFF), (0xFFF9, 0xFFFB), (0xFFFE, 0xFFFF), (0x110BD, 0x110BD), (0x110CD, 0x110CD),
+    (0x13430, 0x13438), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0x1FFFE, 0x1FFFF), (0x2FFFE, 0x2FFFF),
+    (0x3FFFE, 0x3FFFF), (0x4FFFE, 0x4FFFF), (0x5FFFE, 0x5FFFF), (0x6FFFE, 0x6FFFF), (0x7FFFE, 0x7FFFF),
+    (0x8FFFE, 0x8FFFF), (0x9FFFE, 0x9FFFF), (0xAFFFE, 0xAFFFF), (0xBFFFE, 0xBFFFF), (0xCFFFE, 0xCFFFF),
+    (0xDFFFE, 0xDFFFF), (0xE0001, 0xE0001), (0xE0020, 0xE007F), (0xEFFFE, 0x10FFFF))
+"""Code points :func:`printable` refuses (inclusive ranges): those ``str.isprintable`` refused under
+Unicode 14.0 (Python 3.11) that are assigned or permanent: controls (Cc), format characters (Cf:
+bidi overrides, zero-width ones), surrogates, private use, line and paragraph separators, every
+space but U+0020, and the noncharacters. Frozen here, not read from the interpreter: which code
+points are unassigned (also refused by ``isprintable``) changes with the Unicode version of the
+Python a site runs (Python 3.12's Unicode 15.0 assigned U+1FAE8, which 3.11 refuses), and a Raft
+decision taken by that table would differ between two sites running the same release."""
+_NOT_PRINTABLE = re.compile("[" + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in NOT_PRINTABLE_RANGES) + "]")
+
+
+def printable(text: str) -> bool:
+    """True when ``text`` holds no code point of :data:`NOT_PRINTABLE_RANGES`: the printable test
+    of every replicated decision (names, reasons, stats), the same whatever Python's Unicode
+    version (a code point unassigned in one version is accepted). Pure."""
+    return _NOT_PRINTABLE.search(text) is None
+
+
 def _str(command: dict, key: str, max_chars: int = NAME_MAX_CHARS, empty_ok: bool = False) -> str:
     """``command[key]``: a string of 1 (0 with ``empty_ok``) to ``max_chars`` printable characters
-    (``str.isprintable``: no newline, tab, control, format or separator character but the space).
+    (:func:`printable`: no newline, tab, control, format or separator character but the space).
     ``bad_request`` otherwise (evidence ``refusal`` ``not_printable`` for such a character): names
     and reasons are written into every site's log, and a newline in a signed reason or volume name
     wrote whole forged lines there (review R9, F6)."""
@@ -938,7 +965,7 @@ def _str(command: dict, key: str, max_chars: int = NAME_MAX_CHARS, empty_ok: boo
     if not isinstance(value, str) or len(value) > max_chars or (not value and not empty_ok):
         raise _Refusal("bad_request", f"{key} must be a string of 1..{max_chars} characters",
                        field=key, value=_safe(value))
-    if not value.isprintable():
+    if not printable(value):
         raise _Refusal("bad_request", f"{key} must be printable text (no control characters such as a newline)",
                        field=key, value=_safe(value), refusal="not_printable")
     return value
@@ -1015,9 +1042,9 @@ def stats_problem(stats: Any, n_blocks: int | None = None, block_size: int | Non
         return f"not a map of at most {STATS_MAX_KEYS} keys"
     chars = 0
     for key, value in stats.items():
-        if not isinstance(key, str) or not 0 < len(key) <= 64 or not key.isprintable():
+        if not isinstance(key, str) or not 0 < len(key) <= 64 or not printable(key):
             return f"key {_safe(key)!r} is not printable text of 1..64 characters"
-        if not _plain_scalar(value) or (isinstance(value, str) and not value.isprintable()):
+        if not _plain_scalar(value) or (isinstance(value, str) and not printable(value)):
             return f"{key}: {_safe(value)!r} is not a number or printable text"
         chars += len(key) + (len(value) if isinstance(value, str) else 0)
     if chars > STATS_MAX_CHARS:
