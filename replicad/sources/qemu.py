@@ -399,7 +399,7 @@ class QemuSource(ReflinkSource):
         result = await take_snapshot(self.view_path, volume=volume, seq=seq, epoch=epoch, parent=parent, store=store,
                                      now_ns=now_ns, block_size=self.cfg.block_size_bytes, fingerprints=None,
                                      allow_shrink=allow_shrink, pages_out=pages,
-                                     pages_out_max_bytes=self._pages.max_bytes)
+                                     pages_out_max_bytes=self._pages.max_bytes, private=True)
         self._pages.replace(result.manifest.pages, pages)
         return SourceSnapshot(result, mode, {"mode": mode, "scan_s": result.scan_seconds}, token)
 
