@@ -334,19 +334,27 @@ class Pull:
         SMALL_HEDGE_S + SMALL_HEDGE_S_PER_CHUNK per chunk asked (a hedged request: "The Tail at
         Scale", Dean and Barroso 2013); each asked for what is still missing then. Whichever
         leaves nothing missing ends the others (cancelled; their batches in flight are stored
-        whole). Holders that answered are appended to ``answered``; failures logged at INFO.
-        Returns what is still missing."""
+        whole). A holder that answers PeerBusyError is asked again after FETCH_BUSY_RETRY_S, up to
+        FETCH_BUSY_RETRIES times (as in :meth:`_fetch_parallel`: busy is not lacking). Holders
+        that answered are appended to ``answered``; failures logged at INFO. Returns what is
+        still missing."""
         queue = list(holders)
         running: dict[asyncio.Future, tuple[str, float]] = {}  # fetch -> (holder, its deadline to hedge)
+        busy: dict[str, int] = {}        # holder -> PeerBusyError answers so far
+        ask_after: dict[str, float] = {}  # a busy holder -> monotonic time it may be asked again
 
         def ask() -> None:
             holder = queue.pop(0)
+            ask_after.pop(holder, None)
             fut = asyncio.ensure_future(self.peers.fetch(self.cluster.peer_url(holder), volume, epoch, need, self.store))
             running[fut] = (holder, time.monotonic() + SMALL_HEDGE_S + SMALL_HEDGE_S_PER_CHUNK * len(need))
 
         try:
             while need and (queue or running):
                 if not running:
+                    wait_s = ask_after.get(queue[0], 0.0) - time.monotonic()
+                    if wait_s > 0:
+                        await asyncio.sleep(wait_s)
                     ask()
                 hedge_at = min(t for _, t in running.values())
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED,
@@ -360,6 +368,12 @@ class Pull:
                             answered.append(holder)
                     elif self._own_store_full(err):
                         raise self._store_full(err, volume, len(need), holder) from err
+                    elif isinstance(err, PeerBusyError) and busy.get(holder, 0) < FETCH_BUSY_RETRIES:
+                        busy[holder] = busy.get(holder, 0) + 1
+                        ask_after[holder] = time.monotonic() + FETCH_BUSY_RETRY_S
+                        queue.append(holder)  # asked again later, after the others
+                        log.info("fetch from %s: busy (%d); asking it again in %.1fs", holder, busy[holder],
+                                 FETCH_BUSY_RETRY_S)
                     elif isinstance(err, ReplicadError):
                         log.info("fetch from %s failed: %s", holder, err)
                     else:

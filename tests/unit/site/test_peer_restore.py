@@ -416,3 +416,55 @@ async def test_a_fetch_into_the_store_asks_a_busy_holder_again_later(tmp_path: P
             answered, failed = await pull._fetch_parallel(VOL, 1, need, ["site-b", "site-c"])
     assert here.missing(need) == []
     assert failed == set() and sorted(answered) == ["site-b", "site-c"]
+
+
+async def test_a_small_fetch_asks_a_busy_holder_again_instead_of_calling_the_chunk_lost(tmp_path: Path,
+                                                                                        stores, monkeypatch) -> None:
+    """Pull.fetch_missing of a few chunks (the one-holder-at-a-time path): site-c lacks one chunk
+    and site-b, which has it, answers its first fetch peer_busy: site-b is asked again later and
+    the chunk is stored (a busy holder is not one that lacked it: a NotFoundError here makes a
+    takeover skip a clean snapshot as lost)."""
+    from types import SimpleNamespace
+
+    from replicad.core.errors import PeerBusyError
+    from replicad.peer.transport import error_response
+    from replicad.site import pull as pull_mod
+
+    b, c, here = stores
+    image = tmp_path / "volume.img"
+    write_image(image, 40, random.Random(10))
+    manifest = await snapshot_into(image, b, c)
+    need = [d for d in dict.fromkeys(iter_block_digests(manifest, b.get)) if d != ZERO_DIGEST]
+    assert len(need) < pull_mod.FETCH_SLICE
+    lost = need[3]
+    c.delete_corrupt(lost)
+    monkeypatch.setattr(pull_mod, "FETCH_BUSY_RETRY_S", 0.05)
+    host = Receiver(b)
+    host.site_id = "site-b"
+    serve = next(r.handler for r in peer_routes(host) if r.path == "/v1/peer/fetch")
+    asked = []
+
+    async def busy_once(request: web.Request) -> web.StreamResponse:
+        asked.append(1)
+        if len(asked) == 1:
+            await request.read()
+            return error_response(PeerBusyError("serving its limit", sender="site-a", limit="per_site"))
+        return await serve(request)
+
+    app = web.Application()
+    app.add_routes([web.post("/v1/peer/fetch", busy_once)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with Server(c, "site-c") as url_c:
+            urls = {"site-b": f"http://127.0.0.1:{port}", "site-c": url_c}
+            async with aiohttp.ClientSession() as session:
+                cluster = SimpleNamespace(site_id="site-a", peer_url=urls.__getitem__)
+                pull = pull_mod.Pull(cluster, here, None, PeerClient(session, "site-a"))
+                served = await pull.fetch_missing(VOL, 1, need, ["site-b", "site-c"])
+    finally:
+        await runner.cleanup()
+    assert here.missing(need) == []
+    assert len(asked) == 2 and "site-b" in served
