@@ -105,11 +105,11 @@ def _truncate_synced(path: Path, size: int) -> None:
 _RECORD_HEAD = struct.Struct("<II")  # payload length, crc32 of the payload
 _PAYLOAD_HEAD = struct.Struct("<QQ")  # idx, term
 FREE_TO_RESUME_BYTES = 256 * 1024
+"""Free space at which a journal that ran full is tried again (a record is at most ~80 KiB)."""
 META_LOG_EVERY_S = 300.0
 """A lazy store of the meta file (the commit index, once a second) that keeps failing with the
 same error is logged at its first failure, then at most once per this many seconds with how many
 failed since; a recovery is logged once."""
-"""Free space at which a journal that ran full is tried again (a record is at most ~80 KiB)."""
 DUMP_NAME = "raft.dump"  # RaftNode's dump beside the journal: its presence proves a past life
 
 
