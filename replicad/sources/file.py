@@ -75,6 +75,7 @@ import ctypes
 import errno
 import logging
 import os
+import platform
 import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -375,7 +376,15 @@ def _open_source(path: Path) -> tuple[int, int]:
     return fd, size
 
 
-_CACHESTAT_SYSCALL = 451  # cachestat(2): one number on every Linux architecture (asm-generic/unistd.h, 6.5)
+def _cachestat_number(machine: str) -> int | None:
+    """cachestat(2)'s system call number on ``machine`` (``platform.machine()``): 451 in the
+    common table (Linux 6.5: asm-generic/unistd.h, arch/x86/entry/syscalls/syscall_64.tbl and the
+    other arch tables); None where the number is another (alpha adds 110; MIPS and ia64 number by
+    ABI), so that this module never calls another system call there (nothing is dropped)."""
+    return None if machine.lower().startswith(("alpha", "mips", "ia64")) else 451
+
+
+_CACHESTAT_SYSCALL = _cachestat_number(platform.machine())
 
 
 class _CachestatRange(ctypes.Structure):
@@ -399,7 +408,7 @@ def cached_pages(fd: int, offset: int, length: int) -> int | None:
     """Pages of ``fd`` in ``[offset, offset + length)`` (bytes) held in the page cache, by
     ``cachestat(2)`` (Linux >= 6.5; include/uapi/linux/mman.h); None when it cannot be asked
     (no such call, EPERM, or any other error). ``length`` 0 means to the end of the file."""
-    if _libc is None:
+    if _libc is None or _CACHESTAT_SYSCALL is None:
         return None
     rng = _CachestatRange(offset, length)
     cs = _Cachestat()

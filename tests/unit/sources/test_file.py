@@ -377,3 +377,13 @@ async def test_a_live_scan_drops_only_the_batches_nothing_else_had_cached(tmp_pa
         assert cached_pages(fd, 3 * batch, 0) == 0
     finally:
         os.close(fd)
+
+
+def test_cachestat_is_called_by_its_number_only_where_that_number_is_451() -> None:
+    """cachestat(2) is 451 in the common system call table; on alpha (561), MIPS and ia64 (numbered
+    by ABI) 451 is another call or none: there the scan asks nothing and drops nothing."""
+    from replicad.sources.file import _cachestat_number
+    for machine in ("x86_64", "aarch64", "armv7l", "ppc64le", "s390x", "riscv64", "i686", "loongarch64"):
+        assert _cachestat_number(machine) == 451, machine
+    for machine in ("alpha", "mips", "mips64", "ia64"):
+        assert _cachestat_number(machine) is None, machine
