@@ -194,7 +194,8 @@ class Receiver:
     def _manifest_owners(self, view: dict) -> dict[bytes, frozenset[str]]:
         """``{digest: volumes}`` for every manifest root in Raft's catalog and every page of those
         whose manifest is stored here; rebuilt only when the catalog's roots changed (looked at
-        only when the Raft view is another object: views are immutable values)."""
+        only when the Raft view is another object: views are immutable values). A manifest not
+        stored here yet is looked for again at each rebuild (its pages count once it arrives)."""
         if view is self._meta_view:
             return self._meta_owners
         key = frozenset((name, snap["root"]) for name, vs in view["volumes"].items()
@@ -206,15 +207,17 @@ class Receiver:
             owners: dict[bytes, set[str]] = {}
             pages: dict[bytes, tuple[bytes, ...]] = {}
             for name, root in key:
-                if root not in pages:
+                got = pages.get(root)
+                if got is None:
                     got = self._pages.get(root)
                     if got is None:
                         try:
-                            got = tuple(load_manifest(self.store, root).pages)
-                        except ReplicadError:  # not stored here (or unreadable): the root alone
-                            got = ()
-                    pages[root] = got
-                for d in (root, *pages[root]):
+                            got = pages[root] = tuple(load_manifest(self.store, root).pages)
+                        except ReplicadError:  # not stored here (or unreadable) yet: the root alone, for
+                            got = ()           # now (read again at the next change of the catalog)
+                    else:
+                        pages[root] = got
+                for d in (root, *got):
                     owners.setdefault(d, set()).add(name)
             self._pages = pages
             self._meta_owners = {d: frozenset(v) for d, v in owners.items()}

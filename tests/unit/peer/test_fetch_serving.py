@@ -169,3 +169,22 @@ async def test_reads_are_audited_per_site_and_volume_and_a_refusal_once_per_wind
     assert windows[("a", "hr")]["refused"] == {"not_holder": 50}
     assert ("other", "?") in windows
     assert len(audit.records) == 5  # 3 windows + 2 first refusals: not one per request
+
+
+def test_a_manifest_stored_after_its_root_was_first_seen_has_its_pages_guarded(tmp_path: Path) -> None:
+    """hr's snapshot is in Raft's catalog before its manifest reaches this holder: once it is stored
+    and the catalog changed, hr's pages are another volume's for a fetch under ehr (the first look
+    found only hr's root and must not stay the answer for as long as that root is in the catalog)."""
+    with ChunkStore(tmp_path / "store") as store, ChunkStore(tmp_path / "elsewhere") as elsewhere:
+        ehr, _ = _volume(store, "ehr", 1)
+        hr, _ = _volume(elsewhere, "hr", 2)
+        view = View({"ehr": ehr.root, "hr": hr.root})
+        r = SiteReceiver(view, store, catalog=None, metrics=None, audit=None)
+        r.check_fetch("ehr", "a", [hr.pages[0]])  # hr's manifest not here: its pages are unknown here
+        store.put_encoded([(d, *elsewhere.get_encoded(d)) for d in (hr.root, *hr.pages)])
+        ehr2, _ = _volume(store, "ehr", 3)
+        view.state = {"volumes": {**view.state["volumes"], "ehr": {"primary": "a", "snapshots": {
+            1: {"root": ehr.root, "holders": ["a", "b"]}, 2: {"root": ehr2.root, "holders": ["a", "b"]}}}}}
+        with pytest.raises(FetchRefusedError) as refused:
+            r.check_fetch("ehr", "a", [hr.pages[0]])
+        assert refused.value.evidence["reason"] == "other_volume"
