@@ -657,7 +657,11 @@ class SiteDaemon:
             return
         configured = _retention_dict(v)
         registered = {k: min(x, DEFAULT_RETENTION[k]) for k, x in configured.items()}
-        size = await registered_size_bytes(v)  # bounded: a hung device or QSD must not stall the loop
+        try:
+            size = await registered_size_bytes(v)  # bounded: a hung device or QSD must not stall the loop
+        except ReplicadError as err:  # a qemu volume whose QSD does not answer: never registered without a size
+            log.error("volume %s: registration refused: %s %s", v.name, err, facts_text(err.evidence))
+            return
         try:
             res = await self.cluster.propose("add_volume", volume=v.name, primary=self.site_id,
                                              block_size=v.block_size_bytes, size_bytes=size,
