@@ -18,7 +18,9 @@ the site restarts. Volumes registered before the record had ``registered_by`` co
 ``block_size`` and ``min_copies``.
 
 The size a volume is registered with (:func:`registered_size_bytes`) sets its agreed maximum
-before its first commit (:func:`replicad.core.state.default_max_size_bytes`).
+before its first commit (:func:`replicad.core.state.default_max_size_bytes`). A ``qemu`` volume
+whose qemu-storage-daemon does not answer is not registered (no volume of size 0 whose first
+snapshot would set any maximum): its size is asked again with a bounded back-off, then refused.
 """
 
 from __future__ import annotations
@@ -30,43 +32,84 @@ from pathlib import Path
 from typing import Any
 
 from replicad.config import VolumeConfig
-from replicad.core.errors import ReplicadError
+from replicad.core.backoff import Backoff
+from replicad.core.errors import ReplicadError, UnavailableError
 from replicad.sources import qemu
 from replicad.sources.file import _open_source
 
 log = logging.getLogger(__name__)
 
 SIZE_QUERY_TIMEOUT_S = 10.0
-"""Bound (seconds) of reading a volume's size at registration: a hung device or a QSD that does
-not answer delays the registration of the site's other volumes by at most this."""
+"""Bound (seconds) of one reading of a volume's size at registration: a hung device or a QSD that
+does not answer delays the registration of the site's other volumes by at most this (a ``qemu``
+volume: this for each of its :data:`SIZE_QUERY_ATTEMPTS` tries)."""
+SIZE_QUERY_ATTEMPTS = 4
+"""Tries of reading a ``qemu`` volume's virtual size while its qemu-storage-daemon does not answer
+(started after replicad, restarting); then the registration is refused."""
+SIZE_QUERY_BACKOFF_S = 1.0
+"""First back-off bound between those tries (:class:`replicad.core.backoff.Backoff`: waits of
+0.5-1, 1-2 and 2-4 s, at most 7 s in all)."""
 
 
-async def registered_size_bytes(v: VolumeConfig) -> int:
+async def registered_size_bytes(v: VolumeConfig, attempts: int = SIZE_QUERY_ATTEMPTS,
+                                backoff_s: float = SIZE_QUERY_BACKOFF_S) -> int:
     """The size in bytes a volume is registered with (``add_volume``; its agreed maximum is
     derived from it, :func:`replicad.core.state.default_max_size_bytes`):
 
     * ``file`` and ``reflink``: the size of its image file or block device (``lseek`` to the
-      end, in a worker thread);
+      end, in a worker thread); 0 when it cannot be read within :data:`SIZE_QUERY_TIMEOUT_S`
+      (logged at WARNING: the volume is registered without a size and its first commit's size
+      sets its agreed maximum);
     * ``qemu``: the virtual size of its disk as qemu-storage-daemon serves it
-      (:func:`replicad.sources.qemu.disk_size_bytes`), not the size of the qcow2 file;
-    * 0 for any other kind, or when the size cannot be read within
-      :data:`SIZE_QUERY_TIMEOUT_S` (logged at WARNING: the volume is registered without a size
-      and its first commit's size sets its agreed maximum).
+      (:func:`replicad.sources.qemu.disk_size_bytes`), not the size of the qcow2 file. A QSD
+      that does not answer within :data:`SIZE_QUERY_TIMEOUT_S` is asked again, ``attempts``
+      times in all, with a back-off of first bound ``backoff_s`` seconds (each retry logged at
+      WARNING);
+    * 0 for any other kind.
 
-    Never raises a ReplicadError or OSError; cancellation propagates."""
+    Raises:
+        UnavailableError: a ``qemu`` volume's QSD did not answer any try: the volume must not be
+            registered (evidence ``volume``, ``qmp_socket``, ``node``, ``attempts``, ``action``).
+        NotFoundError, UsageError, ToolError: a ``qemu`` volume's QSD answered that it has no
+            such node, that the node is not qcow2, or no virtual size: refused at once (the
+            config or QSD's is wrong), evidence ``volume`` added.
+
+    Never raises for ``file`` or ``reflink`` volumes; cancellation propagates."""
     kind = v.source.kind
+    if kind == "qemu":
+        return await _qemu_size_bytes(v, attempts, backoff_s)
     try:
         if kind in ("file", "reflink"):
             return await asyncio.wait_for(asyncio.to_thread(_file_size_bytes, str(v.path)), SIZE_QUERY_TIMEOUT_S)
-        if kind == "qemu":
-            return await asyncio.wait_for(qemu.disk_size_bytes(v), SIZE_QUERY_TIMEOUT_S)
         return 0
     except (ReplicadError, OSError, asyncio.TimeoutError) as err:
-        what = (f"the virtual size of node {v.source.node!r} (qemu-storage-daemon at {v.source.qmp_socket})"
-                if kind == "qemu" else f"the size of {v.path}")
-        log.warning("volume %s: %s could not be read (%s): registered without a size, its first snapshot's size "
-                    "sets its agreed maximum", v.name, what, str(err) or type(err).__name__)
+        log.warning("volume %s: the size of %s could not be read (%s): registered without a size, its first "
+                    "snapshot's size sets its agreed maximum", v.name, v.path, str(err) or type(err).__name__)
         return 0
+
+
+async def _qemu_size_bytes(v: VolumeConfig, attempts: int, backoff_s: float) -> int:
+    """:func:`registered_size_bytes` of a ``qemu`` volume (its rules and errors)."""
+    where = f"qemu-storage-daemon at {v.source.qmp_socket}, node {v.source.node!r}"
+    backoff = Backoff(base_s=backoff_s, max_s=max(backoff_s, 60.0))
+    for attempt in range(1, attempts + 1):
+        try:
+            return await asyncio.wait_for(qemu.disk_size_bytes(v), SIZE_QUERY_TIMEOUT_S)
+        except (UnavailableError, asyncio.TimeoutError) as err:
+            problem = str(err) or f"no answer within {SIZE_QUERY_TIMEOUT_S:.0f}s"
+        except ReplicadError as err:  # it answered: no such node, not qcow2, no virtual size
+            raise type(err)(f"volume {v.name} not registered: {err}", **{**err.evidence, "volume": v.name}) from err
+        if attempt < attempts:
+            delay = backoff.failed()
+            log.warning("volume %s: the virtual size of its disk could not be read (try %d of %d: %s); asking "
+                        "%s again in %.1fs", v.name, attempt, attempts, problem, where, delay)
+            await asyncio.sleep(delay)
+    raise UnavailableError(
+        f"volume {v.name} not registered: {where} did not answer {attempts} tries ({problem}); a volume is never "
+        "registered without its size. Start qemu-storage-daemon (README \"Change tracking with "
+        "qemu-storage-daemon\"), then restart replicad",
+        volume=v.name, qmp_socket=str(v.source.qmp_socket), node=str(v.source.node), attempts=attempts,
+        action="start qemu-storage-daemon, then restart replicad")
 
 
 def _file_size_bytes(path: str) -> int:
