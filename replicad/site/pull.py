@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from replicad.core.errors import (IntegrityError, NotFoundError, PeerBusyError, PeerStalledError,
+from replicad.core.errors import (FetchRefusedError, IntegrityError, NotFoundError, PeerBusyError, PeerStalledError,
                                   PeerUnavailableError, RecordConflictError, ReplicadError, StoreFullError)
 from replicad.core.manifest import Manifest, changed_digests, iter_block_digests
 from replicad.peer.transport import FETCH_BUSY_RETRIES, FETCH_BUSY_RETRY_S, PeerClient, snapshot_complete
@@ -301,23 +301,34 @@ class Pull:
         :meth:`note_stall`) and the next holder is asked. Returns the holders that served it
         (none when nothing was missing). Raises NotFoundError if some are still missing after every holder that
         answered lacked them, PeerUnavailableError if no holder could be reached at all (a
-        takeover then waits for a holder instead of skipping the snapshot as lost), StoreFullError
+        takeover then waits for a holder instead of skipping the snapshot as lost; evidence
+        ``reason`` ``fetch_refused`` when every holder refused this site the volume), StoreFullError
         naming this site's chunk store when its disk is full (:meth:`_own_store_full`: at once,
         no other holder is asked; not a holder's fault)."""
         need = await asyncio.to_thread(self.store.missing, digests)
         holders = self.ranked(holders)
         answered: list[str] = []
         failed: set[str] = set()
+        refused: dict[str, FetchRefusedError] = {}  # holders that refused this site the volume (check_fetch)
         # a holder that stalled lately is not in the parallel pass (it would hold up a slice for
         # a window again) unless nobody else is left; it is still asked last for what remains
         fresh = [h for h in holders if h not in self.recent_stalls()] or holders
         if len(fresh) > 1 and len(need) > FETCH_SLICE:
-            answered, failed = await self._fetch_parallel(volume, epoch, need, fresh)
+            answered, failed = await self._fetch_parallel(volume, epoch, need, fresh, refused)
             need = await asyncio.to_thread(self.store.missing, need)
         if need:
-            need = await self._fetch_staggered(volume, epoch, need, [h for h in holders if h not in failed], answered)
+            need = await self._fetch_staggered(volume, epoch, need, [h for h in holders if h not in failed], answered,
+                                               refused)
         if not need:
             return answered
+        if need and holders and not answered and set(refused) >= set(holders):
+            # every holder refused this site the volume (check_fetch: not its primary nor a holder in Raft): said
+            # so, not "no holder reachable" (the type stays: callers wait and retry as for unreachable holders)
+            first = refused[holders[0]]
+            raise PeerUnavailableError(f"{len(need)} chunks of {volume} missing here and every holder refused this "
+                                       f"site's read ({', '.join(holders)}): {first.message}", volume=volume,
+                                       missing=len(need), holders=holders, reason="fetch_refused",
+                                       refusal=first.evidence.get("reason"))
         if need and holders and not answered:
             # nobody could be asked: the chunks may well exist (holders down, link cut) — not "lost"
             raise PeerUnavailableError(f"{len(need)} chunks of {volume} missing here and no holder reachable "
@@ -328,7 +339,8 @@ class Pull:
         return answered
 
     async def _fetch_staggered(self, volume: str, epoch: int, need: list[bytes], holders: list[str],
-                               answered: list[str]) -> list[bytes]:
+                               answered: list[str],
+                               refused: dict[str, FetchRefusedError] | None = None) -> list[bytes]:
         """Ask ``holders`` for ``need`` one after the other, in that order: the next one when the
         one asked ended (served, lacked some, failed), or, while it still runs, once it has taken
         SMALL_HEDGE_S + SMALL_HEDGE_S_PER_CHUNK per chunk asked (a hedged request: "The Tail at
@@ -375,6 +387,8 @@ class Pull:
                         log.info("fetch from %s: busy (%d); asking it again in %.1fs", holder, busy[holder],
                                  FETCH_BUSY_RETRY_S)
                     elif isinstance(err, ReplicadError):
+                        if isinstance(err, FetchRefusedError) and refused is not None:
+                            refused[holder] = err
                         log.info("fetch from %s failed: %s", holder, err)
                     else:
                         raise err
@@ -394,8 +408,8 @@ class Pull:
                 await asyncio.gather(*running, return_exceptions=True)
         return need
 
-    async def _fetch_parallel(self, volume: str, epoch: int, need: list[bytes],
-                              holders: list[str]) -> tuple[list[str], set[str]]:
+    async def _fetch_parallel(self, volume: str, epoch: int, need: list[bytes], holders: list[str],
+                              refused: dict[str, FetchRefusedError] | None = None) -> tuple[list[str], set[str]]:
         """Fetch ``need`` into the store from every holder at once: slices of FETCH_SLICE digests
         in one queue, STREAMS_PER_HOLDER streams per holder each taking the next slice (a faster
         holder takes more). A holder that fails is dropped and its slice goes back to the queue
@@ -468,6 +482,8 @@ class Pull:
                         busy += 1
                         await asyncio.sleep(FETCH_BUSY_RETRY_S)
                         continue
+                    if isinstance(err, FetchRefusedError) and refused is not None:
+                        refused[holder] = err
                     if holder not in failed:
                         failed.add(holder)
                         log.info("fetch from %s failed: %s; its share goes to the other holders", holder, err)

@@ -468,3 +468,47 @@ async def test_a_small_fetch_asks_a_busy_holder_again_instead_of_calling_the_chu
         await runner.cleanup()
     assert here.missing(need) == []
     assert len(asked) == 2 and "site-b" in served
+
+
+async def test_a_fetch_every_holder_refuses_says_refused_not_unreachable(tmp_path: Path, stores) -> None:
+    """Pull.fetch_missing when every holder answers fetch_refused (this site neither is the volume's
+    primary nor holds it in Raft): PeerUnavailableError as before (callers wait), but saying the
+    holders refused (evidence reason fetch_refused, the holders' reason), not 'no holder reachable'."""
+    from types import SimpleNamespace
+
+    from replicad.core.errors import FetchRefusedError
+    from replicad.peer.transport import error_response
+    from replicad.site import pull as pull_mod
+
+    b, _, here = stores
+    image = tmp_path / "volume.img"
+    write_image(image, 20, random.Random(11))
+    manifest = await snapshot_into(image, b)
+    need = [d for d in dict.fromkeys(iter_block_digests(manifest, b.get)) if d != ZERO_DIGEST]
+
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        return error_response(FetchRefusedError("site-a may not read ehr", sender="site-a", volume=VOL,
+                                                reason="not_holder"))
+
+    runners, urls = [], {}
+    try:
+        for name in ("site-b", "site-c"):
+            app = web.Application()
+            app.add_routes([web.post("/v1/peer/fetch", refuse)])
+            runner = web.AppRunner(app)
+            await runner.setup()
+            runners.append(runner)
+            port = free_port()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            urls[name] = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            cluster = SimpleNamespace(site_id="site-a", peer_url=urls.__getitem__)
+            pull = pull_mod.Pull(cluster, here, None, PeerClient(session, "site-a"))
+            with pytest.raises(PeerUnavailableError) as err:
+                await pull.fetch_missing(VOL, 1, need, ["site-b", "site-c"])
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+    assert err.value.evidence.get("reason") == "fetch_refused", err.value.evidence
+    assert err.value.evidence.get("refusal") == "not_holder" and "refused" in err.value.message
