@@ -206,11 +206,16 @@ class Receiver:
                 return self._meta_owners
             owners: dict[bytes, set[str]] = {}
             pages: dict[bytes, tuple[bytes, ...]] = {}
+            # the roots not read yet that are stored here: one index query, not a failed read per root
+            unread = {root for _, root in key if root not in self._pages}
+            absent = set(self.store.missing(sorted(unread))) if unread else set()
             for name, root in key:
                 got = pages.get(root)
                 if got is None:
                     got = self._pages.get(root)
-                    if got is None:
+                    if got is None and root in absent:
+                        got = ()
+                    elif got is None:
                         try:
                             got = pages[root] = tuple(load_manifest(self.store, root).pages)
                         except ReplicadError:  # not stored here (or unreadable) yet: the root alone, for
