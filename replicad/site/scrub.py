@@ -9,7 +9,7 @@ import asyncio
 import logging
 import time
 
-from replicad.core.errors import IntegrityError, NotFoundError, PeerUnavailableError
+from replicad.core.errors import IntegrityError, NotFoundError, PeerUnavailableError, ReplicadError
 from replicad.core.manifest import Manifest, page_entries
 from replicad.site.cluster import Cluster
 from replicad.site.pull import Pull
@@ -122,6 +122,23 @@ class Scrub:
                         check(d)
         return checked, corrupt
 
+    def _metadata_owners(self) -> dict[bytes, set[str]]:
+        """``{digest: volumes}`` of every manifest root in Raft's catalog and every page of those
+        stored here (:meth:`repair_step` asks each under its own volume). Synchronous (a worker
+        thread); a manifest not readable here gives its root alone."""
+        owners: dict[bytes, set[str]] = {}
+        for name, vs in (self.cluster.view().get("volumes") or {}).items():
+            for snap in (vs.get("snapshots") or {}).values():
+                root = snap["root"]
+                owners.setdefault(root, set()).add(name)
+                try:
+                    pages = Manifest.decode(self.store.get(root)).pages
+                except ReplicadError:
+                    continue
+                for p in pages:
+                    owners.setdefault(p, set()).add(name)
+        return owners
+
     async def repair_step(self) -> int:
         """Re-fetch the chunks this store dropped and could not heal (``repairs_pending``:
         corrupt, or lost with a pack tail) from the other data sites, for every volume.
@@ -133,12 +150,18 @@ class Scrub:
         if not self.store.repairs_pending:
             return 0
         wanted = await asyncio.to_thread(self.store.pending_repairs)
+        # a holder refuses a whole fetch asking another volume's manifest or page under a volume's name
+        # (Receiver.check_fetch, other_volume): those go only under their own volume
+        meta = await asyncio.to_thread(self._metadata_owners) if wanted else {}
         for name in self.runners:
             vs = self.cluster.volume_state(name)
             if vs is None or not wanted:
                 continue
+            ask = [d for d in wanted if name in meta.get(d, (name,))]
+            if not ask:
+                continue
             try:
-                await self.pull.fetch_missing(name, vs["epoch"], wanted, self.cluster.data_peers())
+                await self.pull.fetch_missing(name, vs["epoch"], ask, self.cluster.data_peers())
             except (NotFoundError, PeerUnavailableError) as err:
                 log.info("repair of %d chunks for %s: %s", len(wanted), name, err)
             wanted = await asyncio.to_thread(self.store.pending_repairs)
