@@ -64,7 +64,7 @@ from replicad.core.state import CLOCK_REPORT_PERIOD_NS, DEFAULT_RETENTION, REQUE
 from replicad.peer.tls import check_site_tls, client_context, server_context
 from replicad.peer.transport import PeerClient, peer_routes
 from replicad.site import reload
-from replicad.site.cluster import Cluster
+from replicad.site.cluster import PROPOSE_DEADLINE_S, Cluster
 from replicad.site.detection import Detection
 from replicad.site.housekeeping import Housekeeping
 from replicad.site.operations import Operations
@@ -590,7 +590,9 @@ class SiteDaemon:
                 self._judge_reported_membership()
                 if self.fatal is not None:
                     return
-                await self.cluster.wait_synced()  # catch up first: decide on the CURRENT membership
+                await self._synced_or_stopped()  # catch up first: decide on the CURRENT membership
+                if self.fatal is not None:
+                    return
                 current = self.raft.view().get("incarnation")
                 if current is None:  # not founded yet: propose this config's list
                     res = await self.cluster.propose("found", incarnation=os.urandom(16),
@@ -731,6 +733,19 @@ class SiteDaemon:
                     "an operator of another site approves it (replicad approve %s)", v.name, keys,
                     f" weakens detection ({', '.join(weakened)})" if weakened else "", res.get("request"),
                     res.get("request"))
+
+    async def _synced_or_stopped(self) -> None:
+        """Bootstrap: wait for a current Raft view as :meth:`Cluster.wait_synced` does (NoQuorumError after
+        ``cluster.PROPOSE_DEADLINE_S``), judging the members' membership reports every second meanwhile
+        (:meth:`_judge_reported_membership`; returns once it stopped the site): a site whose config lacks
+        the leader never hears it, and it stopped only after that whole wait."""
+        deadline = time.monotonic() + PROPOSE_DEADLINE_S
+        while not self.cluster.raft_synced() and time.monotonic() < deadline:
+            await _until(self.cluster.raft_synced, 1.0)
+            self._judge_reported_membership()
+            if self.fatal is not None:
+                return
+        await self.cluster.wait_synced(0.0)  # NoQuorumError unless current
 
     def _judge_reported_membership(self) -> None:
         """Before joining: stop (:class:`MembershipMismatchError`) when a majority of this
