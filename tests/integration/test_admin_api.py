@@ -361,6 +361,10 @@ def test_live_answers_match_the_openapi_document(cluster: LocalCluster, tmp_path
         ("/v1/audit", "GET", "/v1/audit", None, NO_TOKEN),
         ("/v1/audit/admin", "GET", "/v1/audit/admin", None, VIEWER),
         ("/v1/audit/admin", "GET", "/v1/audit/admin?limit=0", None, VIEWER),
+        ("/v1/volumes/{volume}/remove", "POST", f"{v}/remove", {"reason": "decommissioned"}, ADMIN),
+        ("/v1/volumes/{volume}/remove", "POST", "/v1/volumes/nope/remove", {}, ADMIN),
+        ("/v1/volumes/{volume}/remove", "POST", f"{v}/remove", {"bogus": 1}, ADMIN),
+        ("/v1/volumes/{volume}/remove", "POST", f"{v}/remove", {}, VIEWER),
         ("/v1/volumes/{volume}/demote", "POST", f"{v}/demote", {}, ADMIN),
         ("/v1/volumes/{volume}/demote", "POST", "/v1/volumes/nope/demote", {}, ADMIN),
         ("/v1/volumes/{volume}/promote", "POST", f"{v}/promote", {"force": "yes"}, ADMIN),
@@ -398,10 +402,10 @@ def test_live_answers_match_the_openapi_document(cluster: LocalCluster, tmp_path
         statuses.setdefault((method, documented), set()).add(status)
     documented = {(m.upper(), p) for p, item in doc["paths"].items() for m in item}
     assert seen == documented
-    # every operation was answered once as designed (a prune inside the lock window is refused,
-    # membership changes are not supported) and every protected one refused once
+    # every operation was answered once as designed (a prune or a removal inside the lock window is
+    # refused, membership changes are not supported) and every protected one refused once
     # readopt needs a previous cluster incarnation, which this cluster has not (tests/integration/test_incarnation.py)
-    assert all(any(s < 300 for s in st) or key[1].endswith(("/prune", "/readopt")) or 501 in st
+    assert all(any(s < 300 for s in st) or key[1].endswith(("/prune", "/readopt", "/remove")) or 501 in st
                for key, st in statuses.items()), statuses
     assert all(any(s >= 400 for s in st) for key, st in statuses.items()
                if doc["paths"][key[1]][key[0].lower()]["x-required-role"] != "open"), statuses
