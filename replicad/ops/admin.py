@@ -158,6 +158,22 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def _only_keys(body: dict, *known: str) -> None:
+    """UsageError naming the keys of a request body that are not in ``known``."""
+    unknown = set(body) - set(known)
+    if unknown:
+        raise UsageError(f"unknown keys {sorted(unknown)}", known=list(known))
+
+
+def _reason(body: dict) -> str:
+    """The ``reason`` of a request body: a string of at most 1024 characters ("" when absent);
+    UsageError otherwise."""
+    reason = body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > 1024:
+        raise UsageError("reason must be a string of at most 1024 characters", field="reason")
+    return reason
+
+
 def _opt_int(body: dict, key: str) -> int | None:
     value = body.get(key)
     if value is None:
@@ -530,9 +546,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         if not isinstance(seqs, list) or not seqs or not all(isinstance(x, int) and not isinstance(x, bool)
                                                             and x >= 0 for x in seqs):
             raise UsageError("seqs must be a non-empty list of snapshot numbers", field="seqs")
-        reason = body.get("reason", "")
-        if not isinstance(reason, str) or len(reason) > 1024:
-            raise UsageError("reason must be a string of at most 1024 characters", field="reason")
+        reason = _reason(body)
         out = await site.housekeeping.prune(name, seqs, reason)
         if out.get("request") and out.get("status") == "pending":  # kept by the agreed retention: a request
             out["next"] = (f"an operator of another site approves it there: replicad approve {out['request']} "
@@ -547,12 +561,8 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         inside its lock window (``retention_locked``). Every site keeps its own records and chunks."""
         name = request.match_info["volume"]
         body = await _json_body(request)
-        unknown = set(body) - {"reason"}
-        if unknown:
-            raise UsageError(f"unknown keys {sorted(unknown)}", known=["reason"])
-        reason = body.get("reason", "")
-        if not isinstance(reason, str) or len(reason) > 1024:
-            raise UsageError("reason must be a string of at most 1024 characters", field="reason")
+        _only_keys(body, "reason")
+        reason = _reason(body)
         if site.cluster.volume_state(name) is None:
             _raise_not_found(name)
         return await _make_request(site, "remove_volume", {"volume": name}, reason)
@@ -571,8 +581,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         value, reason = body.get("verdict"), body.get("reason", "")
         if value not in ("clean", "suspect"):
             raise UsageError("verdict must be 'clean' or 'suspect'", field="verdict")
-        if not isinstance(reason, str) or len(reason) > 1024:
-            raise UsageError("reason must be a string of at most 1024 characters", field="reason")
+        reason = _reason(body)
         vs = site.cluster.volume_state(name)
         if vs is None:
             _raise_not_found(name)
@@ -615,9 +624,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         unknown = set(body) - {field, "reason"}
         if unknown:
             raise UsageError(f"unknown keys {sorted(unknown)}", known=[field, "reason"])
-        reason = body.get("reason", "")
-        if not isinstance(reason, str) or len(reason) > 1024:
-            raise UsageError("reason must be a string of at most 1024 characters", field="reason")
+        reason = _reason(body)
         vs = site.cluster.volume_state(name)
         if vs is None:
             _raise_not_found(name)
@@ -685,12 +692,8 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
     async def site_revoke(request: web.Request) -> web.Response:
         target = request.match_info["site_id"]
         body = await _json_body(request)
-        unknown = set(body) - {"reason"}
-        if unknown:
-            raise UsageError(f"unknown keys {sorted(unknown)}", known=["reason"])
-        reason = body.get("reason", "")
-        if not isinstance(reason, str) or len(reason) > 1024:
-            raise UsageError("reason must be a string of at most 1024 characters", field="reason")
+        _only_keys(body, "reason")
+        reason = _reason(body)
         ref = next((s for s in site.cfg.sites if s.site_id == target), None)
         if ref is None:
             raise NotFoundError(f"unknown site {target}", site=target)
@@ -749,8 +752,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         if not isinstance(members, list) or not members:
             raise UsageError("members: the new [[sites]] list, as 'replicad members propose FILE' reads it",
                              field="members")
-        if not isinstance(reason, str) or len(reason) > 1024:
-            raise UsageError("reason must be a string of at most 1024 characters", field="reason")
+        reason = _reason(body)
         return await _make_request(site, "set_members", {"members": members}, reason)
 
     async def audit(request: web.Request) -> web.Response:
