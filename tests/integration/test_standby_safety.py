@@ -131,7 +131,7 @@ def test_a_failing_resync_backs_off_exponentially(cluster_factory) -> None:
         assert first["committed"]
         c.wait_for("five failures in a row", lambda: standby(c, "site-c")["retry"]["failures"] >= 5, 90)
         log = c.sites["site-c"].log_path.read_text()
-        lines = re.findall(r"volume ehr: .*\(failure (\d+) in a row; next try in ([0-9.]+)s\)", log)
+        lines = re.findall(r"volume ehr: .*[(;] ?failure (\d+) in a row; next try in ([0-9.]+)s\)", log)
         failures = [int(n) for n, _ in lines]
         assert failures[:5] == [1, 2, 3, 4, 5], lines  # one line per failed try, never a burst of them
         for n, delay in lines[:5]:
