@@ -1036,7 +1036,7 @@ class _HardenedSyncObj(SyncObj):
     _relay_in: MemberBudget | None = None  # per sending member, tick thread only
     _relay_out: MemberBudget | None = None  # others' relays passed on to the leader, tick thread only
     _own: dict | None = None  # key -> {"command", "first_s", "relayed_s", "callbacks"}; under _own_lock
-    _own_results: dict | None = None  # key -> result of an own command applied here (newest kept); under _own_lock
+    _own_results: dict | None = None  # key -> result of a command applied here (newest kept); under _own_lock
     _appending: tuple = (None, {})  # leader: (term, {key: None}) forwarded/relayed commands queued in that term
     OWN_RESULTS_KEPT = 1024
 
@@ -1250,16 +1250,20 @@ class _HardenedSyncObj(SyncObj):
         return None
 
     def _own_applied(self, command: Any, result: Any) -> None:
-        """Tick thread: an entry was applied here; when it is one of this node's own proposals, answer
-        every caller waiting for it (a relayed copy is not answered by pysyncobj) and keep its result."""
+        """Tick thread: an entry was applied here. Its result is kept (the newest
+        :attr:`OWN_RESULTS_KEPT`), whoever appended it: a proposal here of the same bytes later (a
+        retry of the same command through this node) is answered with it instead of sent (a leader
+        drops a forward of bytes it appended in its term, and the relay of an applied op id is
+        ``known``: the caller would wait for nothing). When it is one of this node's own proposals,
+        every caller waiting for it is answered (a relayed copy is not answered by pysyncobj)."""
         key = WithheldWatch.key(command)
         with self._own_lock:
             record = self._own.pop(key, None) if self._own else None
-            if record is None:
-                return
             self._own_results[key] = result
             while len(self._own_results) > self.OWN_RESULTS_KEPT:
                 del self._own_results[next(iter(self._own_results))]
+        if record is None:
+            return
         for callback in record["callbacks"]:
             try:
                 callback(result, FAIL_REASON.SUCCESS)
@@ -1864,7 +1868,7 @@ class _HardenedSyncObj(SyncObj):
                 self._note_applied(command)  # point 18
                 if self._withheld is not None:
                     self._withheld.applied(command)  # point 19
-                if kind == _REGULAR and self._own:
+                if kind == _REGULAR:
                     self._own_applied(command, result)  # point 20
             except Exception:  # never let the count stop the state machine
                 log.exception("raft: cannot count an applied entry against its leader")

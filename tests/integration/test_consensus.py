@@ -267,15 +267,22 @@ def test_propose_is_applied_on_all_three_and_refusals_are_typed(make_cluster):
 
 
 def test_same_op_id_is_applied_once(make_cluster):
+    """The same command (same bytes) proposed through both followers: the leader appends the second
+    forward never (it appended those bytes in its term), so the second follower, which applied the
+    entry already, answers from it (before: it waited for nothing, ``no_quorum`` after 30 s)."""
     nodes = make_cluster()
-    leader_of(nodes)
+    leader = leader_of(nodes)
+    first_node, second_node = [n for n in nodes if n is not leader]
     command = {**cmd("register_site", site_id="a", peer_url="https://a", kind="data"), "op_id": "op-once"}
-    first = propose_until_ok(nodes[0], command)
-    second = propose_until_ok(nodes[2], command)
-    assert first["ok"] and second["ok"]
+    first = propose_until_ok(first_node, command)
+    assert first["ok"], first
+    wait_for(lambda: "a" in second_node.state()["sites"], "the entry applied at the second follower")
+    second = propose_until_ok(second_node, command)
+    assert second["ok"], second
     assert first["result"] == second["result"]
     # the proposer's callback fires once the command is applied on the proposer itself
-    assert [r["op"] for r in nodes[2].state()["audit"]] == ["register_site"]
+    assert [r["op"] for r in second_node.state()["audit"]] == ["register_site"]
+    assert [r["op"] for r in leader.state()["audit"]] == ["register_site"]
 
 
 def test_commits_resume_after_kill_9_of_the_leader(make_cluster):
