@@ -192,6 +192,16 @@ class RetentionLockedError(ConflictError):
     code = "retention_locked"
 
 
+class RulesVersionError(ConflictError):
+    """The cluster state is decided under a rules version (``state.rules``) above the highest
+    this site's code applies (``state.RULES_MAX``): the site runs an older release than the one
+    that raised the rules, and applying the log with older rules would give it another state than
+    the other sites'. The site stops at start; run the release the other sites run. Evidence:
+    ``rules``, ``max_rules``."""
+
+    code = "rules_version"
+
+
 class ApprovalRequiredError(ConflictError):
     """The approval rule (O4): clearing a suspect snapshot or shortening retention is a
     *request* (``replicad requests``) that applies only once operators at other sites

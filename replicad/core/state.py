@@ -39,6 +39,7 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
      "vouches": {site_id: [[n, bytes(32)], ...]},                      # vouch: last VOUCHES_PER_SITE
      "vetoes": {site_id: int},                                         # vetoes applied per vetoing site
      "removed_volumes": {volume: {"epoch", "last_seq", "registered_by", "removed_ns"}},  # remove_volume
+     "rules": int,                                                     # rules version, absent = 1 (RULES)
      "limits": {"members": [site_id, ...] | None, "max_sites": int},   # optional, until found adopts a list
      "incarnation": {"id": bytes(16), "members": [member, ...], "by": site_id, "at_ns": int,
                      "founders": [site_id, ...]},                      # found, once adopted
@@ -103,6 +104,41 @@ Rules shared by all ops:
 * Exactly-once: a command whose ``op_id`` is already in ``applied_ops`` returns the stored
   result and changes nothing (not even the audit). Refusals are stored too, so a retried
   command always gets the answer of its first application.
+
+Rules version (:data:`RULES`, :func:`rules`): each site rebuilds its state at start from its own
+last checkpoint plus the log entries after it, applied by the code it runs now, and the sites'
+checkpoints are at different indexes; a command that two releases decide differently would leave
+the sites with different states (``checkpoint divergent``). So the rules that decide a command are
+the state's, not the code's: a state without :data:`RULES` is decided under rules 1, every rule as
+release b976d0a decided it, results and state contents alike (:mod:`replicad.core.state_rules1`,
+that release's state machine frozen: the digest of any log applied under rules 1 is b976d0a's);
+rules 2 are this module's. What rules 2 change: a requester's veto of its own request is a
+withdrawal; an approved ``set_max_size`` past :func:`max_size_at_once` cools off (results carry
+``at_once``, the volume :data:`MAX_SIZE_BASE`); finished requests are bounded per requester
+(:func:`_bounded_requests`) instead of 64 in all oldest first; one site registers at most
+:data:`VOLUMES_PER_SITE_MAX` volumes; a commit's stats are checked (:func:`stats_problem`,
+:data:`STATS_BYTES_PER_RECORD`); names, reasons and stats text are printable (:func:`printable`)
+and evidence escapes what is not; an instant recovery turns other sites' forced role changes into
+requests (:func:`_check_instant`); ``remove_volume`` exists (under rules 1 it is an unknown op, as
+b976d0a refused it). Only the ``rules`` command (``to``, :func:`_op_rules`) changes the version:
+by a registered site, only upward, at most :data:`RULES_MAX` (the highest this code applies),
+refused otherwise; the version the state has is answered ``changed`` false. It is decided by this
+module under any version (its refusals too), so a log with it replays alike at every site that
+runs this code, and every entry before it stays decided under rules 1.
+
+The daemon proposes ``rules`` ``to`` :data:`RULES_MAX` at start, once its Raft view is current and
+it registered (``SiteDaemon._raise_rules``). That is safe only when every member runs code whose
+:data:`RULES_MAX` is at least that: in an all-stopped upgrade (every site stopped, upgraded, then
+started) it holds, since a site proposes only after it started on the new code and the others
+apply the raise only once they run it too (a stopped site applies it when it replays). A rolling
+upgrade would break it: a site still on the previous release answers ``rules`` as an unknown op
+while the others raise, and their states part from there. A rolling upgrade needs each member to
+report its :data:`RULES_MAX` (for example with its clock reports, as the membership is reported
+now), and a site to propose the raise only once every unrevoked member of the agreed membership
+reported at least that version; until then it is not supported (README, "Upgrades"). A site whose
+state is at a rules version above its own :data:`RULES_MAX` (it runs an older release than the
+cluster's rules, and received the state whole) cannot decide like the others and stops at start;
+one that replays a raise past its :data:`RULES_MAX` refuses it (``out_of_range``, counted).
 
 Authority rules (threat model: root on one site speaks with that site's identity):
 
@@ -303,11 +339,16 @@ import re
 from collections.abc import Collection
 from typing import Any, Callable
 
-from replicad.core import anomaly, identity, retention
+from replicad.core import anomaly, identity, retention, state_rules1
 from replicad.core.identity import Trust
 
 STATE_VERSION = 1
 COMMAND_VERSION = 1
+RULES = "rules"
+"""State key: the rules version the state is decided under (:func:`rules`); absent means 1."""
+RULES_MAX = 2
+"""The highest rules version this code applies (module docstring, "Rules version"). 1: every rule
+as release b976d0a decided it (:mod:`replicad.core.state_rules1`, frozen); 2: this release's rules."""
 AUDIT_MAX = 1000
 APPLIED_OPS_MAX = 5000
 ROOT_SIZE_BYTES = 32  # BLAKE3-256 manifest root (DESIGN §3)
@@ -471,7 +512,7 @@ class _Refusal(Exception):
         self.evidence = evidence
 
 
-def initial_state(members: Any = None, max_sites: int | None = None) -> dict:
+def initial_state(members: Any = None, max_sites: int | None = None, rules: int | None = None) -> dict:
     """An empty cluster state (version ``STATE_VERSION``).
 
     Args:
@@ -479,12 +520,31 @@ def initial_state(members: Any = None, max_sites: int | None = None) -> dict:
             ``[[sites]]``; all sites must pass the same list, or their states diverge).
             None: any site id (up to ``max_sites``).
         max_sites: at most this many registered sites (default :data:`SITES_MAX`).
+        rules: the state's rules version (:data:`RULES`), 1..:data:`RULES_MAX`. None (every Raft
+            node): no key, rules 1, so a log replayed from its start is decided by the rules its
+            entries were first decided by, and the ``rules`` command in the log raises them.
+            Unit tests of this release's rules pass :data:`RULES_MAX`.
     Without arguments the state carries no ``limits`` (the defaults apply).
+
+    Raises:
+        ValueError: ``rules`` not an int in 1..:data:`RULES_MAX`.
     """
     state = {"v": STATE_VERSION, "sites": {}, "volumes": {}, "audit": [], "applied_ops": {}, "clocks": {}}
     if members is not None or max_sites is not None:
         state["limits"] = limits(members, max_sites)
+    if rules is not None:
+        if not _is_int(rules) or not 1 <= rules <= RULES_MAX:
+            raise ValueError(f"rules must be an int in 1..{RULES_MAX}, not {rules!r}")
+        if rules > 1:
+            state[RULES] = rules
     return state
+
+
+def rules(state: Any) -> int:
+    """The rules version ``state`` is decided under: its :data:`RULES` entry, 1 when absent (every
+    state made before the rules version existed) or malformed. Pure; never raises."""
+    value = state.get(RULES) if isinstance(state, dict) else None
+    return value if _is_int(value) and value >= 1 else 1
 
 
 def limits(members: Any = None, max_sites: int | None = None, joining: bool = False) -> dict:
@@ -634,8 +694,14 @@ def apply(state: dict, command: dict, trust: Trust | None = None) -> tuple[dict,
             ops; never a site). With ``trust.keys`` None (``unsafe_unsigned``) signatures
             are not checked but replays still are.
 
-    See the module docstring for the command and result shapes and the rules.
+    See the module docstring for the command and result shapes and the rules. A state under
+    rules 1 (:func:`rules`) is decided by :mod:`replicad.core.state_rules1` (release b976d0a's
+    state machine, frozen), but for the ``rules`` command that raises it (module docstring,
+    "Rules version").
     """
+    if rules(state) < 2 and _peek_str(command, "op") != "rules":
+        # RULES 1: release b976d0a's state machine decides, results and state contents alike
+        return state_rules1.apply(state, command, trust)
     try:
         return _apply_checked(state, command, trust)
     except Exception as exc:  # last resort: a raise here would wedge every Raft node
@@ -2965,6 +3031,30 @@ def _op_vouch(state: dict, cmd: dict) -> tuple[dict, dict]:
     return {**state, "vouches": {**vouches, by: kept}}, {"ok": True, "n": n}
 
 
+def _op_rules(state: dict, cmd: dict) -> tuple[dict, dict]:
+    """Raise the state's rules version (:data:`RULES`) to ``to`` (module docstring, "Rules
+    version"): by a registered site (``not_found``), only upward (a lower ``to`` is ``conflict``,
+    evidence ``refusal`` ``rules_lower``), at most :data:`RULES_MAX`, the highest this code applies
+    (``out_of_range`` past it, or below 1). The version the state has already is answered
+    ``changed`` false (every site proposes the raise at its start: the second one is a no-op).
+    Result: ``{"ok", "rules": int, "previous": int, "changed": bool}``."""
+    to = cmd.get("to")
+    if not _is_int(to):
+        raise _Refusal("bad_request", "to must be an integer rules version", field="to", value=_safe(to))
+    if cmd["by"] not in state["sites"]:
+        raise _Refusal("not_found", f"site {cmd['by']!r} is not a registered site", site_id=cmd["by"])
+    if not 1 <= to <= RULES_MAX:
+        raise _Refusal("out_of_range", f"rules {to}: this code applies rules 1..{RULES_MAX}", to=to,
+                       max_rules=RULES_MAX)
+    current = rules(state)
+    if to < current:
+        raise _Refusal("conflict", f"rules {to}: the state is decided under rules {current} already; a rules "
+                       "version is only ever raised", to=to, rules=current, refusal="rules_lower")
+    if to == current:
+        return state, {"ok": True, "rules": current, "previous": current, "changed": False}
+    return {**state, RULES: to}, {"ok": True, "rules": to, "previous": current, "changed": True}
+
+
 _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str], frozenset[str]]] = {
     "register_site": (_op_register_site, frozenset({"site_id", "peer_url", "kind"}),
                       frozenset({"site_id", "peer_url", "kind"})),
@@ -2998,6 +3088,7 @@ _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str],
     "revoke_site": (_op_revoke_site, frozenset({"site_id", "keys"}), frozenset({"site_id", "keys"})),
     "clock": (lambda state, cmd: (state, {"ok": True}), frozenset(), frozenset()),
     "vouch": (_op_vouch, frozenset({"n", "hash"}), frozenset({"n", "hash"})),
+    "rules": (_op_rules, frozenset({"to"}), frozenset({"to"})),
     "found": (_op_found, frozenset({"incarnation", "members"}), frozenset({"incarnation", "members"})),
     "set_members": (_op_set_members, frozenset({"members"}), frozenset({"members"})),
     "set_detection": (_op_set_detection, frozenset({"volume", "policy"}), frozenset({"volume", "policy"})),

@@ -14,7 +14,7 @@ import pytest
 from replicad.core import errors, identity
 from replicad.core import state as cluster_state
 from replicad.core.identity import Signer, Trust
-from replicad.core.state import apply, initial_state, list_requests
+from replicad.core.state import RULES_MAX, apply, initial_state, list_requests
 
 S = 1_000_000_000
 NOW = 1_700_000_000 * S
@@ -85,7 +85,7 @@ def found(state: dict, sites: tuple = SITES, trust: Trust = TRUST) -> dict:
 
 @pytest.fixture
 def cluster() -> dict:
-    state = initial_state(members=SITES)
+    state = initial_state(members=SITES, rules=RULES_MAX)
     for s in SITES:
         state, _ = ok(state, cmd("register_site", by=s, site_id=s, peer_url=f"https://{s}:7443", kind="data"))
     state = found(state, SITES)
@@ -328,7 +328,7 @@ def test_the_policy_sets_how_many_sites_approve(cluster: dict) -> None:
 
 def test_a_one_site_lab_applies_a_request_at_once() -> None:
     lone = Trust(cluster_id=CLUSTER, keys={"a": TRUST.keys["a"]}, cooling_off_ns=0)
-    state = initial_state(members=["a"])
+    state = initial_state(members=["a"], rules=RULES_MAX)
     state, _ = ok(state, cmd("register_site", by="a", site_id="a", peer_url="https://a:1", kind="data"), lone)
     state = found(state, ("a",), lone)  # a one-site membership: one approval is a majority
     state, _ = ok(state, cmd("add_volume", volume="vol", primary="a", block_size=65536, size_bytes=0,

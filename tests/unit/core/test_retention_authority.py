@@ -16,7 +16,7 @@ import pytest
 from replicad.config import MAX_RETENTION_S, RetentionConfig
 from replicad.core import errors, identity
 from replicad.core.identity import Signer, Trust
-from replicad.core.state import (DEFAULT_RETENTION, RETENTION_MAX_S, apply, initial_state, list_requests,
+from replicad.core.state import (DEFAULT_RETENTION, RETENTION_MAX_S, RULES_MAX, apply, initial_state, list_requests,
                                  retention_weakened)
 
 S = 1_000_000_000
@@ -65,7 +65,7 @@ def vol_args(name: str = "vol", primary: str = "a", retention: dict | None = Non
 
 @pytest.fixture
 def cluster() -> dict:
-    state = initial_state(members=SITES)
+    state = initial_state(members=SITES, rules=RULES_MAX)
     for s in SITES:
         state, _ = ok(state, cmd("register_site", by=s, site_id=s, peer_url=f"https://{s}:7443", kind="data"))
     members = [{"site_id": s, "raft": f"127.0.0.1:{7000 + i}", "kind": "data",

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from replicad.core import errors
 from replicad.core import state as state_mod
 from replicad.core.identity import Trust
-from replicad.core.state import (APPLIED_OPS_MAX, AUDIT_MAX, apply, initial_state, newest_clean, newest_confirmed,
-                            newest_committed)
+from replicad.core.state import (APPLIED_OPS_MAX, AUDIT_MAX, RULES_MAX, apply, initial_state, newest_clean,
+                                 newest_committed, newest_confirmed)
 
 S = 1_000_000_000
 NOW = 1_700_000_000 * S
@@ -73,7 +73,7 @@ def commit(seq: int, epoch: int = 1, by: str = "a", holders=("a", "b"), verdict:
 
 @pytest.fixture
 def cluster() -> dict:
-    state = initial_state()
+    state = initial_state(rules=RULES_MAX)
     for site, kind in (("a", "data"), ("b", "data"), ("c", "data"), ("w", "witness")):
         # registered a month ago: the majority's clock is then in the past, so the fixtures'
         # old snapshots keep their timestamps (commit clamps created_at_ns to a majority's time)
@@ -133,7 +133,7 @@ def tick(state: dict, now_ns: int) -> dict:
      "site_id": "a", "peer_url": "u", "kind": "data", "extra": 1},
 ])
 def test_malformed_commands_are_bad_requests(command):
-    state = initial_state()
+    state = initial_state(rules=RULES_MAX)
     new, result = run(state, command)
     assert result["ok"] is False and result["error"] == "bad_request"
     assert _data(new) == _data(state)
@@ -141,13 +141,13 @@ def test_malformed_commands_are_bad_requests(command):
 
 
 def test_unknown_state_version_is_refused():
-    state = {**initial_state(), "v": 99}
+    state = {**initial_state(rules=RULES_MAX), "v": 99}
     new, result = apply(state, cmd("register_site", site_id="a", peer_url="u", kind="data"))
     assert result["error"] == "bad_request" and new is state
 
 
 def test_broken_state_gives_internal_not_an_exception():
-    state = {**initial_state(), "volumes": None}  # corrupt: volumes must be a map
+    state = {**initial_state(rules=RULES_MAX), "volumes": None}  # corrupt: volumes must be a map
     new, result = apply(state, cmd("promote", volume="vol", to="a", expected_epoch=1))
     assert result["ok"] is False and result["error"] == "internal"
     assert isinstance(errors.from_dict(result), errors.InternalError)
@@ -172,7 +172,7 @@ def test_same_op_id_returns_the_stored_result_and_changes_nothing(cluster):
 
 
 def test_audit_and_applied_ops_are_bounded():
-    state = initial_state()
+    state = initial_state(rules=RULES_MAX)
     for i in range(max(AUDIT_MAX, APPLIED_OPS_MAX) + 5):
         state, _ = apply(state, cmd("register_site", by=f"s{i % 3}", site_id=f"s{i % 3}", peer_url="u", kind="data"))
     assert len(state["audit"]) == AUDIT_MAX
@@ -565,7 +565,7 @@ commands = st.one_of(
 @settings(max_examples=60, deadline=None)
 @given(st.lists(commands, max_size=40), st.data())
 def test_random_commands_never_raise_and_refusals_change_nothing(trust, command_list, data):
-    state = initial_state()
+    state = initial_state(rules=RULES_MAX)
     for i, command in enumerate(command_list):
         if isinstance(command, dict) and "op_id" in command:
             reuse = data.draw(st.booleans()) and i > 0
@@ -624,7 +624,7 @@ def test_unregistered_sites_have_no_clock(cluster):
 def test_no_prune_before_a_majority_reported_a_clock():
     from replicad.core.state import quorum_now_ns
 
-    state = initial_state()
+    state = initial_state(rules=RULES_MAX)
     for site in ("a", "b", "c"):
         state, _ = ok(state, cmd("register_site", by=site, site_id=site, peer_url=f"https://{site}", kind="data"))
     state = {**state, "clocks": {"a": state["clocks"]["a"]}}  # b and c registered but reported no clock

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from replicad.core.anomaly import POLICY_DEFAULTS
 from replicad.core import identity
-from replicad.core.state import (detection_policy, disagreement, list_requests, newest_clean, suspect_pins,
+from replicad.core.state import (RULES_MAX, detection_policy, disagreement, list_requests, newest_clean, suspect_pins,
                                  suspect_quorum, suspect_voters)
 from tests.unit.core.test_identity import COOLING, KEYS, NOW, ROOT, S, acks, cluster, cmd, ok, refused  # noqa: F401
 
@@ -77,7 +77,7 @@ def test_a_revoked_sites_opinion_does_not_count_and_two_data_sites_need_both(clu
 
 def test_a_one_data_site_cluster_needs_its_own_word_only() -> None:
     from replicad.core.state import initial_state
-    state = initial_state(members=("a", "b", "c"))
+    state = initial_state(members=("a", "b", "c"), rules=RULES_MAX)
     state, _ = ok(state, cmd("register_site", by="a", site_id="a", peer_url="https://a:7443", kind="data"))
     for w in ("b", "c"):
         state, _ = ok(state, cmd("register_site", by=w, site_id=w, peer_url=f"https://{w}:7443", kind="witness"))

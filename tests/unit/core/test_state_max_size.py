@@ -10,7 +10,7 @@ import copy
 
 import pytest
 
-from replicad.core.state import (MAX_SIZE_BASE, MAX_SIZE_SLACK_BYTES, MAX_SIZE_WINDOW_NS, SIZE_BYTES_MAX,
+from replicad.core.state import (MAX_SIZE_BASE, MAX_SIZE_SLACK_BYTES, MAX_SIZE_WINDOW_NS, RULES_MAX, SIZE_BYTES_MAX,
                                  counted_reason, default_max_size_bytes, max_size_at_once, max_size_bytes)
 from replicad.core.state import initial_state
 from tests.unit.core.test_identity import COOLING, NOW, RETENTION as SIGNED_RETENTION, SIGNERS, SITES, acks, found
@@ -26,7 +26,7 @@ MIB = 2**20
 @pytest.fixture
 def signed_cluster() -> dict:
     """Sites a, b, c (signed commands, keys checked), volume ``vol`` of 64 KiB (max 1 GiB + 64 KiB)."""
-    state = initial_state(members=SITES)
+    state = initial_state(members=SITES, rules=RULES_MAX)
     for s in SITES:
         state, _ = signed_ok(state, signed_cmd("register_site", by=s, site_id=s, peer_url=f"https://{s}:7443",
                                                kind="data"))

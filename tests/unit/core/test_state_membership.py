@@ -19,6 +19,7 @@ import pytest
 
 from replicad.core import state as st
 from replicad.core.identity import Trust
+from replicad.core.state import RULES_MAX
 
 S = 1_000_000_000
 NOW = 1_700_000_000 * S
@@ -52,7 +53,7 @@ def refused(state: dict, command: dict, code: str, trust: Trust | None = POLICY)
 
 def founded(trust: Trust | None = POLICY) -> dict:
     """Three registered data sites a, b, c, configured as such, founded with :data:`M3`."""
-    s = st.initial_state(members=["a", "b", "c"])
+    s = st.initial_state(members=["a", "b", "c"], rules=RULES_MAX)
     for site in "abc":
         s, _ = run(s, cmd("register_site", site, site_id=site, peer_url=f"http://{site}", kind="data"), trust)
     for site in "ab":
@@ -190,7 +191,7 @@ def test_removing_a_revoked_member_needs_no_approval_of_its_own() -> None:
 
 
 def _configured() -> dict:
-    s = st.initial_state(members=["a", "b", "c"])
+    s = st.initial_state(members=["a", "b", "c"], rules=RULES_MAX)
     return s
 
 
@@ -260,7 +261,7 @@ def test_a_site_registering_another_is_refused_and_counted() -> None:
     s, promoted = run(s, cmd("promote", "b", volume="vol", to="b", expected_epoch=1, force=True))
     assert s["volumes"]["vol"]["primary"] == "b" and promoted["epoch"] == 2
     # before any incarnation too (a one-site lab registers itself; nobody registers another)
-    bare = st.initial_state(members=["a", "b"])
+    bare = st.initial_state(members=["a", "b"], rules=RULES_MAX)
     refused(bare, cmd("register_site", "a", site_id="b", peer_url="http://b", kind="data"), "not_self")
 
 
@@ -275,7 +276,7 @@ def test_a_signed_registration_naming_another_site_is_refused_after_its_signatur
                for i, site in enumerate("abc", 1)]
     trust = Trust(cluster_id="c", keys={site: (identity.public_key_raw(keys[site]),) for site in "abc"})
     signed = lambda by, op, **args: identity.Signer(by, keys[by], "c").sign(cmd(op, by, **args))  # noqa: E731
-    s = st.initial_state(members=["a", "b", "c"])
+    s = st.initial_state(members=["a", "b", "c"], rules=RULES_MAX)
     for site in "abc":
         s, _ = run(s, signed(site, "found", incarnation=site.encode() * 16, members=members), trust)
     for site in "abc":
@@ -292,7 +293,7 @@ def test_a_members_kind_is_the_agreed_memberships_never_its_own_registration() -
     holds, judges, is promoted, and how many approvals a request needs) come from the agreed
     membership; set_members changes them, with the member's own approval."""
     m4 = M3 + [{"site_id": "w", "raft": "10.0.0.4:7000", "kind": "witness", "keys": ["ed25519:w"]}]
-    s = st.initial_state(members=["a", "b", "c", "w"])
+    s = st.initial_state(members=["a", "b", "c", "w"], rules=RULES_MAX)
     for site in "abcw":
         s, _ = run(s, cmd("register_site", site, site_id=site, peer_url=f"http://{site}",
                           kind="witness" if site == "w" else "data"))
@@ -325,7 +326,7 @@ def test_a_members_kind_is_the_agreed_memberships_never_its_own_registration() -
 
 
 def test_a_registration_before_the_founding_takes_the_adopted_kind() -> None:
-    s = st.initial_state(members=["a", "b", "c"])
+    s = st.initial_state(members=["a", "b", "c"], rules=RULES_MAX)
     for site in "abc":
         s, _ = run(s, cmd("register_site", site, site_id=site, peer_url=f"http://{site}",
                           kind="witness" if site == "c" else "data"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from replicad.core import errors
 from replicad.core.identity import Trust
-from replicad.core.state import apply, initial_state, revoked_sites, suspect_pins
+from replicad.core.state import RULES_MAX, apply, initial_state, revoked_sites, suspect_pins
 from tests.unit.core.test_state import (NOW, RETENTION, S, cluster, cmd, ok, refused, tick,  # noqa: F401
                                         with_snaps)
 from tests.unit.core.test_state_verdict_marks import chain, mark
@@ -25,7 +25,7 @@ M3 = [{"site_id": s, "raft": f"127.0.0.1:{7000 + i}", "kind": "data", "keys": []
 
 def lone_primary() -> dict:
     """Only site a registered, with its volume: the state the attacker built before the others started."""
-    state = initial_state()
+    state = initial_state(rules=RULES_MAX)
     state, _ = ok(state, cmd("register_site", by="a", site_id="a", peer_url="https://a:7443", kind="data"))
     state, _ = ok(state, cmd("add_volume", volume="vol", primary="a", block_size=65536, size_bytes=0, min_copies=2,
                              retention=dict(RETENTION)))

@@ -3,14 +3,14 @@ checkpoints that use it: ``tests/unit/consensus/test_checkpoint.py``)."""
 
 from __future__ import annotations
 
-from replicad.core.state import VOUCHES_PER_SITE, apply, initial_state
+from replicad.core.state import RULES_MAX, VOUCHES_PER_SITE, apply, initial_state
 from tests.unit.core.test_identity import TRUST, cmd, ok, refused
 
 DIGEST = bytes(range(32))
 
 
 def registered(applied: int = 10) -> dict:
-    state = initial_state()
+    state = initial_state(rules=RULES_MAX)
     for s in ("a", "b", "c"):
         state, _ = ok(state, cmd("register_site", by=s, site_id=s, peer_url=f"https://{s}", kind="data"))
     return {**state, "applied": applied}
@@ -36,7 +36,7 @@ def test_a_vouch_for_a_state_not_reached_or_not_newer_is_refused():
 
 
 def test_a_vouch_needs_a_registered_site_and_its_signature():
-    state = {**initial_state(), "applied": 10}
+    state = {**initial_state(rules=RULES_MAX), "applied": 10}
     refused(state, cmd("vouch", by="a", n=4, hash=DIGEST), "not_found")
     state = registered()
     forged = {**cmd("vouch", by="a", n=4, hash=DIGEST), "by": "b"}

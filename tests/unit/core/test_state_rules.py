@@ -1,0 +1,250 @@
+"""The state's rules version (``state.rules``): a command log applied to a state under rules 1 gives
+the state and results release b976d0a's state machine gives (the same state digest), for every
+family of commands whose rules changed since; after the ``rules`` command raised the version the
+new rules decide. And the ``rules`` command itself: only upward, at most ``RULES_MAX``, idempotent.
+
+b976d0a's state machine is loaded from the repository's history (``git show
+b976d0a:replicad/core/state.py``) into a module of its own, not from the frozen copy the package
+carries (:mod:`replicad.core.state_rules1`), whose text is checked against it too.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import itertools
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from replicad.consensus.checkpoint import state_digest
+from replicad.core import state as st
+from replicad.core import state_rules1
+from replicad.core.identity import Trust
+
+OLD_RELEASE = "b976d0a"
+REPO = Path(__file__).resolve().parents[3]
+S = 1_000_000_000
+NOW = 1_700_000_000 * S
+MIN15 = 15 * 60 * S
+GIB = 1 << 30
+POLICY = Trust(cluster_id="c", keys=None, membership_cooling_off_ns=MIN15)  # unsigned: the rules, not the keys
+RET = {"keep_all_s": 3600, "hourly_s": 86400, "daily_s": 7 * 86400, "lock_s": 0}
+M3 = [{"site_id": s, "raft": f"10.0.0.{i}:7000", "kind": "data", "keys": [f"ed25519:{s}"]}
+      for i, s in enumerate("abc", 1)]
+_ids = itertools.count()
+
+
+def cmd(op: str, by: str, now_ns: int = NOW, **args) -> dict:
+    """One unsigned command of ``by`` stamped ``now_ns``, with a fresh op id."""
+    return {"v": 1, "op": op, "op_id": f"{op}-{by}-{next(_ids)}", "by": by, "now_ns": now_ns, **args}
+
+
+@pytest.fixture(scope="module")
+def old():
+    """b976d0a's ``replicad.core.state``, from the repository's history, as a module of its own."""
+    try:
+        text = subprocess.run(["git", "-C", str(REPO), "show", f"{OLD_RELEASE}:replicad/core/state.py"],
+                              check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:  # a checkout without history
+        pytest.fail(f"release {OLD_RELEASE}'s state machine is not in this checkout's history: {exc}")
+    spec = importlib.util.spec_from_loader("replicad_state_b976d0a", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and annotations look their module up
+    exec(compile(text, f"{OLD_RELEASE}:replicad/core/state.py", "exec"), module.__dict__)
+    module.SOURCE = text
+    return module
+
+
+FOUNDING = [*(cmd("register_site", site, site_id=site, peer_url=f"http://{site}", kind="data") for site in "abc"),
+            *(cmd("found", site, incarnation=site.encode() * 16, members=M3) for site in "ab")]
+
+
+def founded(apply) -> dict:
+    """Three registered data sites a, b, c founded with :data:`M3` (:data:`FOUNDING`, the same
+    commands each time), every command applied by ``apply``, from a state without a rules
+    version (rules 1)."""
+    s = st.initial_state(members=["a", "b", "c"])
+    for c in FOUNDING:
+        s, res = apply(s, copy.deepcopy(c), POLICY)
+        assert res["ok"], res
+    assert res["adopted"], res
+    return s
+
+
+def replay(apply, state: dict, log: list[dict]) -> tuple[dict, list[dict]]:
+    """``state`` after ``log`` applied by ``apply`` in order, and every result."""
+    s, results = copy.deepcopy(state), []
+    for c in log:
+        s, r = apply(s, copy.deepcopy(c), POLICY)
+        results.append(r)
+    return s, results
+
+
+def add_volume(name: str = "vol", by: str = "a", **extra) -> dict:
+    return cmd("add_volume", by, volume=name, primary=by, block_size=65536, size_bytes=1 << 20, min_copies=2,
+               retention=dict(RET), **extra)
+
+
+def commit(seq: int = 1, epoch: int = 1, by: str = "a", holders=("a", "b"), stats=None, volume: str = "vol",
+           now_ns: int = NOW) -> dict:
+    return cmd("commit_snapshot", by, now_ns=now_ns, volume=volume, seq=seq, epoch=epoch, root=bytes([seq]) * 32,
+               parent_seq=None if seq == 1 else seq - 1, created_at_ns=now_ns, holders=list(holders),
+               stats={"changed_blocks": 1, "total_blocks": 16} if stats is None else stats, verdict="clean",
+               size_bytes=1 << 20)
+
+
+def clocks(ns: int) -> list[dict]:
+    """Every site reports ``NOW + ns``: the majority clock moves there."""
+    return [cmd("clock", site, now_ns=NOW + ns) for site in "abc"]
+
+
+def _retentions(n: int) -> list[dict]:
+    out = [add_volume()]
+    for i in range(n):
+        by, ap = ("b", "c") if i % 2 else ("c", "b")
+        out.append(cmd("request", by, action="set_retention",
+                       args={"volume": "vol", "retention": {**RET, "keep_all_s": 3600 + 60 * (i + 1)}}))
+        out.append(cmd("approve", ap, request=f"r{i + 1}"))
+    return out
+
+
+# Each family: the log, and what the new rules decide of it (checked on the state and results after
+# the raise). Each log's old and new answers differ, so its digest under the two rules differs too.
+FAMILIES = {
+    "own veto is a withdrawal": (
+        [add_volume(), cmd("request", "b", action="set_retention",
+                           args={"volume": "vol", "retention": {**RET, "keep_all_s": 1800}}),
+         cmd("veto", "b", request="r1")],
+        lambda s, r: r[-1]["status"] == "withdrawn" and "r1" not in s["requests"]),
+    "set_max_size past twice the maximum cools off": (
+        [add_volume(), cmd("request", "a", action="set_max_size", args={"volume": "vol", "max_size_bytes": 8 * GIB}),
+         cmd("approve", "b", request="r1")],
+        lambda s, r: r[-1]["status"] == "approved" and s["volumes"]["vol"]["max_size_bytes"] < 8 * GIB),
+    "set_max_size at once carries at_once and max_size_base": (
+        [add_volume(), cmd("request", "a", action="set_max_size",
+                           args={"volume": "vol", "max_size_bytes": GIB + (1 << 21)}),
+         cmd("approve", "b", request="r1")],
+        lambda s, r: r[-1]["status"] == "applied" and "at_once" in s["requests"]["r1"]["result"]
+        and st.MAX_SIZE_BASE in s["volumes"]["vol"]),
+    "finished requests bounded per requester": (
+        _retentions(70),
+        lambda s, r: len(s["requests"]) == 70),
+    "one site registers at most 128 volumes": (
+        [add_volume(f"v{i}") for i in range(st.VOLUMES_PER_SITE_MAX + 1)],
+        lambda s, r: r[-1]["error"] == "conflict" and r[-1]["evidence"]["refusal"] == "volume_quota"),
+    "stats of a commit: 384 bytes per record": (
+        [add_volume(), commit(stats={"note": "x" * 400})],
+        lambda s, r: r[-1]["evidence"].get("refusal") == "stats_bytes"),
+    "stats of a commit: the read keys are integers": (
+        [add_volume(), commit(stats={"random_changed_blocks": "x", "total_blocks": 16})],
+        lambda s, r: r[-1]["error"] == "bad_request" and r[-1]["evidence"].get("refusal") == "stats"),
+    "stats of a commit: fewer holders than min_copies (evidence copies_needed)": (
+        [add_volume(), commit(holders=("a",))],
+        lambda s, r: r[-1]["evidence"].get("copies_needed") == 2),
+    "names are printable": (
+        [add_volume("vol\nforged line")],
+        lambda s, r: r[-1]["evidence"].get("refusal") == "not_printable" and not s["volumes"]),
+    "reasons are printable": (
+        [add_volume(), cmd("request", "b", action="set_retention", reason="ok\x1b[2Jforged",
+                           args={"volume": "vol", "retention": {**RET, "keep_all_s": 1800}})],
+        lambda s, r: r[-1]["evidence"].get("refusal") == "not_printable"),
+    "an instant recovery turns other sites' forced role changes into requests": (
+        [add_volume(), commit(),
+         cmd("promote", "b", volume="vol", to="b", expected_epoch=1, force=True, snapshot=1, instant=True),
+         cmd("promote", "c", volume="vol", to="c", expected_epoch=2, force=True)],
+        lambda s, r: r[-2]["ok"] and r[-1]["error"] == "approval_required"
+        and r[-1]["evidence"]["refusal"] == "instant_recovery" and s["volumes"]["vol"]["primary"] == "b"),
+    "remove_volume is a new command": (
+        [add_volume(), *clocks(10 * S), cmd("remove_volume", "a", volume="vol"),
+         cmd("request", "a", action="remove_volume", args={"volume": "vol"})],
+        lambda s, r: r[-2]["error"] == "approval_required" and r[-1]["ok"] and r[-1]["status"] == "pending"),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_log_under_rules_1_is_decided_as_b976d0a_decided_it(old, family: str) -> None:
+    """The log applied to a rules-1 state gives b976d0a's results and state digest; raised to
+    rules 2 first, the same log is decided by the new rules (and the digest differs)."""
+    log, new_rule = FAMILIES[family]
+    s_old, r_old = replay(old.apply, founded(old.apply), log)
+    start = founded(st.apply)
+    assert st.rules(start) == 1 and st.RULES not in start
+    assert state_digest(start) == state_digest(founded(old.apply))
+    s1, r1 = replay(st.apply, start, log)
+    assert r1 == r_old
+    assert state_digest(s1) == state_digest(s_old)
+    assert st.rules(s1) == 1 and st.RULES not in s1
+
+    raised, res = st.apply(start, cmd("rules", "c", to=st.RULES_MAX), POLICY)
+    assert res == {"ok": True, "rules": st.RULES_MAX, "previous": 1, "changed": True}
+    s2, r2 = replay(st.apply, raised, log)
+    assert new_rule(s2, r2), r2[-1]
+    assert state_digest(s2) != state_digest(s_old)
+
+
+def test_a_raise_in_the_middle_of_a_log(old) -> None:
+    """Entries before the raise stay decided by rules 1, entries after it by the new rules: the
+    own veto before it is a veto counted against the site, the one after it a withdrawal."""
+    veto = [cmd("request", "b", action="set_retention", args={"volume": "vol", "retention": {**RET, "keep_all_s": 1800}}),
+            cmd("veto", "b", request="r1")]
+    again = [cmd("request", "b", action="set_retention", args={"volume": "vol", "retention": {**RET, "keep_all_s": 1700}}),
+             cmd("veto", "b", request="r2")]
+    s, r = replay(st.apply, founded(st.apply), [add_volume(), *veto, cmd("rules", "a", to=2), *again])
+    assert [x.get("status") for x in r] == [None, "pending", "vetoed", None, "pending", "withdrawn"]
+    assert s["requests"]["r1"]["status"] == "vetoed" and "r2" not in s["requests"]
+    assert s["vetoes"] == {"b": 1} and st.rules(s) == 2
+
+
+def test_the_package_carries_b976d0a_state_machine_unchanged(old) -> None:
+    """:mod:`replicad.core.state_rules1` is b976d0a's state.py with a comment header only."""
+    text = Path(state_rules1.__file__).read_text(encoding="utf-8")
+    header, sep, body = text.partition('"""The replicated cluster state machine')
+    assert sep and all(line.startswith("#") for line in header.splitlines())
+    assert sep + body == old.SOURCE
+
+
+def test_rules_raise_only_upward_at_most_rules_max_idempotent() -> None:
+    """``rules``: 1 -> 2 changes the state; 2 again is answered changed false and changes only the
+    audit; past RULES_MAX or below 1 ``out_of_range`` (counted), lower ``conflict`` (``rules_lower``),
+    not an int ``bad_request``; by a site that is not registered ``not_found``. A refusal leaves the
+    rules where they were."""
+    s = founded(st.apply)
+    for to, code in ((st.RULES_MAX + 1, "out_of_range"), (0, "out_of_range"), ("2", "bad_request"),
+                     (True, "bad_request")):
+        same, res = st.apply(s, cmd("rules", "a", to=to), POLICY)
+        assert res["ok"] is False and res["error"] == code, res
+        assert st.rules(same) == 1 and st.RULES not in same
+    _, res = st.apply(s, cmd("rules", "z", to=2), POLICY)
+    assert res["error"] == "not_found"
+    _, res = st.apply(s, cmd("rules", "a", to=2, extra=1), POLICY)
+    assert res["error"] == "bad_request"
+
+    _, res = st.apply(s, cmd("rules", "a", to=1), POLICY)  # rules 1 already: nothing to raise
+    assert res == {"ok": True, "rules": 1, "previous": 1, "changed": False}
+    s2, res = st.apply(s, cmd("rules", "a", to=2), POLICY)
+    assert res == {"ok": True, "rules": 2, "previous": 1, "changed": True} and s2[st.RULES] == 2
+    s3, res = st.apply(s2, cmd("rules", "b", to=2), POLICY)  # every site proposes it at start
+    assert res == {"ok": True, "rules": 2, "previous": 2, "changed": False}
+    assert {k: v for k, v in s3.items() if k not in ("audit", "applied_ops", "clocks", "seen")} == \
+        {k: v for k, v in s2.items() if k not in ("audit", "applied_ops", "clocks", "seen")}
+    s4, res = st.apply(s3, cmd("rules", "c", to=1), POLICY)
+    assert res["error"] == "conflict" and res["evidence"]["refusal"] == "rules_lower"
+    assert st.rules(s4) == 2
+    retry = cmd("rules", "a", to=2)
+    s5, first = st.apply(s2, retry, POLICY)
+    assert st.apply(s5, retry, POLICY) == (s5, first)  # exactly-once: a retried raise gets its first answer
+
+
+def test_rules_of_a_state_and_initial_state() -> None:
+    """``rules``: absent or malformed is 1; ``initial_state(rules=...)`` only within 1..RULES_MAX."""
+    assert st.rules(st.initial_state()) == 1 and st.RULES not in st.initial_state()
+    assert st.rules({st.RULES: "2"}) == 1 and st.rules({st.RULES: 0}) == 1 and st.rules(None) == 1
+    assert st.initial_state(rules=1) == st.initial_state()
+    assert st.rules(st.initial_state(rules=st.RULES_MAX)) == st.RULES_MAX
+    for bad in (0, st.RULES_MAX + 1, "2", True):
+        with pytest.raises(ValueError):
+            st.initial_state(rules=bad)
+    assert "rules" in st.OPS and "rules" not in state_rules1.OPS
