@@ -59,8 +59,8 @@ from replicad.consensus.raft import RaftNode
 from replicad.core import anomaly
 from replicad.core.backoff import Backoff
 from replicad.core.errors import (ConflictError, MembershipMismatchError, NotFoundError, ReplicadError,
-                                  facts_text, from_os_error, is_transient)
-from replicad.core.state import CLOCK_REPORT_PERIOD_NS, DEFAULT_RETENTION, REQUESTS_MAX
+                                  RulesVersionError, facts_text, from_os_error, is_transient)
+from replicad.core.state import CLOCK_REPORT_PERIOD_NS, DEFAULT_RETENTION, REQUESTS_MAX, RULES_MAX, rules
 from replicad.peer.tls import check_site_tls, client_context, server_context
 from replicad.peer.transport import PeerClient, peer_routes
 from replicad.site import reload
@@ -625,6 +625,9 @@ class SiteDaemon:
         while True:
             try:
                 await self.cluster.propose("register_site", site_id=self.site_id, peer_url=me.peer_url, kind=me.kind)
+                await self._raise_rules()
+                if self.fatal is not None:
+                    return
                 for v in self.cfg.volumes:
                     await self._register_volume(v)
                 log.info("site %s registered in the cluster", self.site_id)
@@ -643,6 +646,43 @@ class SiteDaemon:
             except ReplicadError as err:
                 log.info("bootstrap waiting for a quorum: %s", err)
                 await asyncio.sleep(1.0)
+
+    async def _raise_rules(self) -> None:
+        """Raise the cluster state's rules version to this code's :data:`~replicad.core.state.RULES_MAX`
+        (op ``rules``), once: called by the bootstrap after this site's Raft view is current and it
+        registered. A state already there is left alone (no command); one above it stops the site
+        (:class:`RulesVersionError`: this release cannot decide like the others).
+
+        Proposing at start is safe in an all-stopped upgrade, the only kind supported
+        (:mod:`replicad.core.state`, "Rules version"): every member runs this release by the time
+        it applies the raise, so all of them decide every later command under the same rules, and
+        every earlier one, replayed from any checkpoint, under the rules it was first decided by.
+        A rolling upgrade would need each member to report its ``RULES_MAX`` (with its clock
+        reports) and this proposal to wait until every unrevoked member reported at least this
+        version. A refused raise (another site's raise applied meanwhile is answered ``changed``
+        false, never refused) is logged at ERROR and the site goes on under the state's rules. The
+        stop covers a state this site received whole (a dump); a raise past its ``RULES_MAX`` that it
+        replays is refused there (``out_of_range``, counted and logged at WARNING).
+
+        Raises:
+            ReplicadError: no quorum (the bootstrap retries)."""
+        current = rules(self.raft.view())
+        if current > RULES_MAX:
+            self._fail(RulesVersionError(f"the cluster state is decided under rules {current}, and this release "
+                                         f"applies rules 1..{RULES_MAX}: run the release the other sites run",
+                                         rules=current, max_rules=RULES_MAX))
+            return
+        if current == RULES_MAX:
+            return
+        try:
+            res = await self.cluster.propose("rules", to=RULES_MAX)
+        except ConflictError as err:
+            log.error("site %s: raising the cluster's rules to %d was refused: %s %s", self.site_id, RULES_MAX, err,
+                      err.evidence)
+            return
+        if res.get("changed"):  # the first site to start raises them; the others' proposals are no-ops
+            log.warning("AUDIT site %s: the cluster's rules raised %s -> %s", self.site_id, res.get("previous"),
+                        res.get("rules"))
 
     async def _register_volume(self, v: VolumeConfig) -> None:
         """Register ``v`` in the Raft state if this site is its ``initial_primary`` and nobody did

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from replicad.core.state import initial_state
+from replicad.core.state import RULES_MAX, initial_state
 from replicad.site.instant import continuable
 from tests.unit.core.test_state import NOW, RETENTION, ROOT, S, cmd, commit, found, ok, tick
 
@@ -17,7 +17,7 @@ from tests.unit.core.test_state import NOW, RETENTION, ROOT, S, cmd, commit, fou
 def b_fenced() -> dict:
     """``vol`` (primary a, epoch 1, clean #1); b's instant recovery of #1 at epoch 2; a demotion
     c requested and a approved (epoch 3, no primary): b's record of epoch 2 is pending."""
-    state = initial_state()
+    state = initial_state(rules=RULES_MAX)
     for site, kind in (("a", "data"), ("b", "data"), ("c", "data"), ("w", "witness")):
         state, _ = ok(state, cmd("register_site", by=site, site_id=site, now_ns=NOW - 30 * 86400 * S,
                                  peer_url=f"https://{site}:7443", kind=kind))

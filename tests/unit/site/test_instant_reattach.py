@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from replicad.core.state import APPLIED_OPS_MAX, initial_state
+from replicad.core.state import APPLIED_OPS_MAX, RULES_MAX, initial_state
 from replicad.site.instant import EPOCHS_BETWEEN_MAX, MISSING, primaries_between
 from tests.unit.core.test_state import NOW, RETENTION, S, cmd, commit, found, ok, refused, tick
 
@@ -15,7 +15,7 @@ from tests.unit.core.test_state import NOW, RETENTION, S, cmd, commit, found, ok
 def b_instant() -> dict:
     """Volume ``vol`` (primary a, epoch 1, one clean snapshot); b takes it over by force (epoch 2:
     its instant recovery), every site's clock reported (the epoch-change rule measures by it)."""
-    state = initial_state()
+    state = initial_state(rules=RULES_MAX)
     for site, kind in (("a", "data"), ("b", "data"), ("c", "data"), ("w", "witness")):
         state, _ = ok(state, cmd("register_site", by=site, site_id=site, now_ns=NOW - 30 * 86400 * S,
                                  peer_url=f"https://{site}:7443", kind=kind))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from replicad.core.state import apply, initial_state
+from replicad.core.state import RULES_MAX, apply, initial_state
 from replicad.site.housekeeping import Housekeeping
 
 S = 1_000_000_000
@@ -19,7 +19,7 @@ class Cluster:
 
     def __init__(self, site_id: str) -> None:
         self.site_id = site_id
-        self.state = initial_state(members=("a", "b", "c"))
+        self.state = initial_state(members=("a", "b", "c"), rules=RULES_MAX)
         self.n = 0
         for s in ("a", "b", "c"):
             self.run("register_site", s, site_id=s, peer_url=f"http://{s}", kind="data")
