@@ -644,6 +644,7 @@ class Detection:
             parts[0].files_lost = float(parts[0].discarded + parts[1].discarded)
             return
         parts[0].files_lost = self._files_lost(m, was, new, old, changed)
+        parts[0].lost_since_anchor = True  # the net loss since the anchor: the wipe window charges it once
 
     def _files_lost(self, m: Manifest, base: Manifest, new: ext4alloc.Ext4Allocation,
                     old: ext4alloc.Ext4Allocation, changed: np.ndarray) -> float:

@@ -408,6 +408,9 @@ def test_files_erased_in_one_snapshot_and_zeroed_in_the_next_count_as_destroyed(
     for anchor in (lambda: m1, lambda: None):  # the anchor held; not held: nothing excused
         sig = det._signals(m3, m2, None, anchor=anchor)
         assert sig.discarded == parent.discarded and sig.files_lost >= 0.95 * sig.discarded, sig.summary()
+        # measured from the anchor's file system: the wipe window charges it once (Wipes.charge);
+        # the anchor not held: every discarded block counted as lost, charged every time
+        assert sig.lost_since_anchor == (anchor() is not None) and parent.lost_since_anchor, sig.summary()
         assert sig.destroyed > 0.9 > float(policy["wipe_max"]), sig.summary()
         v = anomaly.judge_relative(3, sig, [], [], policy)
         assert v.verdict == "suspect" and any("deleted and discarded" in x for x in v.reasons), v.reasons
