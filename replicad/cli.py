@@ -217,6 +217,13 @@ def _render_status(data: dict) -> None:
         else:
             console.print(f"[red]revoked[/red]: {esc(site)} ({esc(r.get('keys'))} key(s), by a request of "
                           f"{esc(r.get('by'))}); its commands are refused", markup=True)
+    rules = data.get("rules") or {}
+    if rules.get("waiting"):  # a rolling upgrade in progress (replicad.site.rules_raise)
+        behind = "; ".join(f"{site}: {m.get('problem')}" for site, m in sorted((rules.get("members") or {}).items())
+                           if isinstance(m, dict) and m.get("problem"))
+        console.print(f"[yellow]rules {esc(rules.get('version'))}[/yellow] (this release applies "
+                      f"1..{esc(rules.get('max'))}): raised once every member runs a release applying them; "
+                      f"waiting for {esc(behind or 'the members')}", markup=True, soft_wrap=True)
     pending = [r for r in data.get("requests") or [] if r.get("status") in ("pending", "approved")]
     if pending:
         console.print(f"[yellow]{len(pending)} request(s) waiting for approval or cooling off[/yellow] "

@@ -49,6 +49,9 @@ DOMAIN = b"replicad-command-v1\x00"
 ACK_DOMAIN = b"replicad-stored-ack-v2\x00"
 """Prefix of every signed "stored" acknowledgement (:func:`ack_bytes`); v2 covers the size
 (v1, ``replicad-stored-ack-v1``, did not: its signatures never verify as v2)."""
+RELEASE_DOMAIN = b"replicad-release-report-v1\x00"
+"""Prefix of every signed release report (:func:`release_report_bytes`): "this site runs a release
+that applies rules 1..``rules_max``" (the state's ``rules`` command carries every member's)."""
 PUBLIC_KEY_PREFIX = "ed25519:"
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -216,6 +219,51 @@ def ack_problem(sig: Any, public_keys: Any, cluster_id: str, volume: str, epoch:
     return _verify_any(public_keys, revoked, sig, message, "bad acknowledgement")
 
 
+def release_report_bytes(cluster_id: str, site_id: str, rules_max: int, at_ns: int) -> bytes:
+    """The bytes a release report signs: :data:`RELEASE_DOMAIN` + msgpack of the list
+    ``[cluster_id, site_id, rules_max, at_ns]``: "site ``site_id`` of ``cluster_id`` runs a release
+    that applies the state's rules 1..``rules_max``, said at ``at_ns``" (ns since the epoch, by the
+    site's clock).
+
+    Raises:
+        CanonicalError: a field of the wrong type (ints: 0 <= x < 2**64).
+    """
+    if not (isinstance(cluster_id, str) and isinstance(site_id, str)
+            and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**64 for x in (rules_max, at_ns))):
+        raise CanonicalError("a release report covers (str cluster, str site, int rules_max, int at_ns)")
+    return RELEASE_DOMAIN + msgpack.packb([cluster_id, site_id, rules_max, at_ns], use_bin_type=True)
+
+
+def sign_release_report(private_key: Ed25519PrivateKey, cluster_id: str, site_id: str, rules_max: int,
+                        at_ns: int) -> bytes:
+    """The 64-byte Ed25519 signature of :func:`release_report_bytes` by ``private_key``.
+
+    Raises:
+        CanonicalError: see :func:`release_report_bytes`.
+    """
+    return private_key.sign(release_report_bytes(cluster_id, site_id, rules_max, at_ns))
+
+
+def release_report_problem(sig: Any, public_keys: Any, cluster_id: str, site_id: str, rules_max: Any, at_ns: Any,
+                           revoked: Any = ()) -> str | None:
+    """Why ``sig`` is not a valid release report of ``site_id`` (:func:`release_report_bytes`)
+    under one of ``public_keys`` (raw 32-byte keys the state records for it); None if it is.
+
+    Returns:
+        None, or ``missing signature``, ``no pinned key``, ``not canonical``, ``revoked key`` or
+        ``bad release report``. Never raises.
+    """
+    if not isinstance(sig, bytes) or len(sig) != SIGNATURE_BYTES:
+        return "missing signature"
+    if not public_keys:
+        return "no pinned key"
+    try:
+        message = release_report_bytes(cluster_id, site_id, rules_max, at_ns)
+    except CanonicalError:
+        return "not canonical"
+    return _verify_any(public_keys, revoked, sig, message, "bad release report")
+
+
 def generate_private_key() -> Ed25519PrivateKey:
     """A new random Ed25519 private key (OS randomness)."""
     return Ed25519PrivateKey.generate()
@@ -338,6 +386,15 @@ class Signer:
             CanonicalError: see :func:`ack_bytes`.
         """
         return sign_ack(self.private_key, self.cluster_id, volume, epoch, seq, root, size_bytes, n_blocks)
+
+    def sign_release_report(self, rules_max: int, at_ns: int) -> bytes:
+        """This site's 64-byte signature of its release report (:func:`release_report_bytes`,
+        this cluster and site).
+
+        Raises:
+            CanonicalError: see :func:`release_report_bytes`.
+        """
+        return sign_release_report(self.private_key, self.cluster_id, self.site_id, rules_max, at_ns)
 
     @property
     def public_key(self) -> str:

@@ -120,25 +120,30 @@ withdrawal; an approved ``set_max_size`` past :func:`max_size_at_once` cools off
 :data:`STATS_BYTES_PER_RECORD`); names, reasons and stats text are printable (:func:`printable`)
 and evidence escapes what is not; an instant recovery turns other sites' forced role changes into
 requests (:func:`_check_instant`); ``remove_volume`` exists (under rules 1 it is an unknown op, as
-b976d0a refused it). Only the ``rules`` command (``to``, :func:`_op_rules`) changes the version:
-by a registered site, only upward, at most :data:`RULES_MAX` (the highest this code applies),
-refused otherwise; the version the state has is answered ``changed`` false. It is decided by this
-module under any version (its refusals too), so a log with it replays alike at every site that
-runs this code, and every entry before it stays decided under rules 1.
+b976d0a refused it). Only the ``rules`` command (``to``, ``reports``, :func:`_op_rules`) changes
+the version: by a registered site, only upward, at most :data:`RULES_MAX` (the highest this code
+applies), and only with a signed release report of every unrevoked member of the agreed membership
+(:func:`rules_reports_problems`: ``[rules_max, at_ns, sig]``, "I run a release applying rules
+1..rules_max", within :data:`RULES_REPORT_TTL_NS` of the majority clock, signed under the keys
+the state records for the member); refused otherwise. Under rules 1 only a raise accepted by this
+module is decided here: every other ``rules`` command (refused, or naming the version the state
+has) is decided by :mod:`replicad.core.state_rules1`, an unknown op as b976d0a answered it, so a
+``rules`` command that fails (a hostile site's, or an honest one racing a report) leaves a site
+still on b976d0a and an upgraded one with the same state. Under rules 2 it is decided by this
+module (the version the state has is answered ``changed`` false), so a log with it replays alike
+at every site that runs this code, and every entry before the raise stays decided under rules 1.
 
-The daemon proposes ``rules`` ``to`` :data:`RULES_MAX` at start, once its Raft view is current and
-it registered (``SiteDaemon._raise_rules``). That is safe only when every member runs code whose
-:data:`RULES_MAX` is at least that: in an all-stopped upgrade (every site stopped, upgraded, then
-started) it holds, since a site proposes only after it started on the new code and the others
-apply the raise only once they run it too (a stopped site applies it when it replays). A rolling
-upgrade would break it: a site still on the previous release answers ``rules`` as an unknown op
-while the others raise, and their states part from there. A rolling upgrade needs each member to
-report its :data:`RULES_MAX` (for example with its clock reports, as the membership is reported
-now), and a site to propose the raise only once every unrevoked member of the agreed membership
-reported at least that version; until then it is not supported (README, "Upgrades"). A site whose
-state is at a rules version above its own :data:`RULES_MAX` (it runs an older release than the
-cluster's rules, and received the state whole) cannot decide like the others and stops at start;
-one that replays a raise past its :data:`RULES_MAX` refuses it (``out_of_range``, counted).
+Rolling upgrades: a raise is accepted only when every unrevoked member said, under its own key,
+that it runs a release applying the new rules; a member still on b976d0a has no such report (its
+peer API does not serve one), so the raise waits for it, and the sites decide every command
+alike meanwhile (rules 1: this code decides as b976d0a). The daemon collects the reports over the
+peer API (``GET /v1/peer/release``) and proposes the raise once every member reported
+(``SiteDaemon._raise_rules``); one hostile member can delay the raise (no report, or a low one)
+until it is revoked, and cannot hasten it past an honest member still on the previous release
+(it would need that member's signature). A member that lies "2" while it runs b976d0a parts only
+its own state. A site whose state is at a rules version above its own :data:`RULES_MAX` (it runs
+an older release than the cluster's rules, and received the state whole) cannot decide like the
+others and stops at start.
 
 Authority rules (threat model: root on one site speaks with that site's identity):
 
@@ -349,6 +354,11 @@ RULES = "rules"
 RULES_MAX = 2
 """The highest rules version this code applies (module docstring, "Rules version"). 1: every rule
 as release b976d0a decided it (:mod:`replicad.core.state_rules1`, frozen); 2: this release's rules."""
+RULES_REPORT_TTL_NS = 10 * 60 * 1_000_000_000
+"""A member's release report in a ``rules`` raise counts only when stamped within this of the
+majority clock (:func:`quorum_now_ns`): 10 minutes. A raising site collects the reports seconds
+before it proposes; an older report of a site since rolled back to an older release is no
+longer evidence of what it runs."""
 AUDIT_MAX = 1000
 APPLIED_OPS_MAX = 5000
 ROOT_SIZE_BYTES = 32  # BLAKE3-256 manifest root (DESIGN §3)
@@ -699,9 +709,21 @@ def apply(state: dict, command: dict, trust: Trust | None = None) -> tuple[dict,
     state machine, frozen), but for the ``rules`` command that raises it (module docstring,
     "Rules version").
     """
-    if rules(state) < 2 and _peek_str(command, "op") != "rules":
-        # RULES 1: release b976d0a's state machine decides, results and state contents alike
+    if rules(state) < 2:
+        # RULES 1: release b976d0a's state machine decides, results and state contents alike; of a
+        # rules command only a raise this code accepts is this code's (b976d0a answers every
+        # rules command as an unknown op: a refused or no-op one decided here would part the
+        # states of a cluster still running b976d0a at some sites)
+        if _peek_str(command, "op") == "rules":
+            new_state, result = _apply_guarded(state, command, trust)
+            if result.get("ok") and result.get("changed"):
+                return new_state, result
         return state_rules1.apply(state, command, trust)
+    return _apply_guarded(state, command, trust)
+
+
+def _apply_guarded(state: dict, command: dict, trust: Trust | None) -> tuple[dict, dict]:
+    """:func:`_apply_checked` under this code's rules; never raises (a bug is an ``internal`` result)."""
     try:
         return _apply_checked(state, command, trust)
     except Exception as exc:  # last resort: a raise here would wedge every Raft node
@@ -3035,8 +3057,15 @@ def _op_rules(state: dict, cmd: dict) -> tuple[dict, dict]:
     """Raise the state's rules version (:data:`RULES`) to ``to`` (module docstring, "Rules
     version"): by a registered site (``not_found``), only upward (a lower ``to`` is ``conflict``,
     evidence ``refusal`` ``rules_lower``), at most :data:`RULES_MAX`, the highest this code applies
-    (``out_of_range`` past it, or below 1). The version the state has already is answered
-    ``changed`` false (every site proposes the raise at its start: the second one is a no-op).
+    (``out_of_range`` past it, or below 1), and only with ``reports`` showing that every unrevoked
+    member runs a release applying ``to`` (:func:`rules_reports_problems`; else ``conflict``,
+    evidence ``refusal`` ``rules_unreported`` and the members' problems). The version the state
+    has already is answered ``changed`` false (no reports needed). Under rules 1 only a raise
+    accepted here is this code's: every other ``rules`` command is decided by
+    :mod:`replicad.core.state_rules1` (an unknown op, as b976d0a answers it).
+
+    ``reports``: ``{site_id: [rules_max, at_ns, sig]}``, each member's release report
+    (:func:`replicad.core.identity.release_report_bytes`; ``sig`` 64 bytes, or None unsigned).
     Result: ``{"ok", "rules": int, "previous": int, "changed": bool}``."""
     to = cmd.get("to")
     if not _is_int(to):
@@ -3052,7 +3081,61 @@ def _op_rules(state: dict, cmd: dict) -> tuple[dict, dict]:
                        "version is only ever raised", to=to, rules=current, refusal="rules_lower")
     if to == current:
         return state, {"ok": True, "rules": current, "previous": current, "changed": False}
+    reports = cmd.get("reports")
+    if not isinstance(reports, dict) or len(reports) > SITES_MAX:
+        raise _Refusal("bad_request", f"rules {to}: a raise carries reports, a map of at most {SITES_MAX} members' "
+                       "release reports", field="reports")
+    problems = rules_reports_problems(state, reports, to, cmd.get(_TRUST))
+    if problems:
+        raise _Refusal("conflict", f"rules {to}: not every unrevoked member reported a release applying it "
+                       f"({'; '.join(f'{site}: {why}' for site, why in sorted(problems.items()))})", to=to,
+                       refusal="rules_unreported", problems=problems)
     return {**state, RULES: to}, {"ok": True, "rules": to, "previous": current, "changed": True}
+
+
+def rules_members(state: dict) -> list[str]:
+    """The sites whose release reports a raise of the rules needs (:func:`_op_rules`): the
+    unrevoked members of the agreed membership (data sites and witnesses: each applies every
+    command), or, before an incarnation, the registered sites not revoked. Sorted; pure."""
+    inc = state.get("incarnation")
+    sites = [m["site_id"] for m in inc["members"]] if inc is not None else list(state.get("sites") or {})
+    revoked = state.get("revoked") or {}
+    return sorted(s for s in sites if s not in revoked)
+
+
+def rules_reports_problems(state: dict, reports: Any, to: int, trust: Trust | None) -> dict[str, str]:
+    """``{site_id: why}`` for each member (:func:`rules_members`) whose release report in ``reports``
+    (``{site_id: [rules_max, at_ns, sig]}``) does not show a release applying rules ``to``:
+    ``not reported``, ``malformed``, ``runs rules 1..N`` (N < ``to``), ``stale`` (``at_ns``
+    more than :data:`RULES_REPORT_TTL_NS` from the majority clock, when there is one), or the
+    signature's problem (signed clusters: under the keys the state records for the member,
+    revoked keys refused; :func:`replicad.core.identity.release_report_problem`). {} when every
+    member reported. Reports of other sites are ignored. Pure; never raises."""
+    problems: dict[str, str] = {}
+    reports = reports if isinstance(reports, dict) else {}
+    quorum_now = quorum_now_ns(state)
+    revoked_keys = {k for entry in (state.get("revoked") or {}).values() for k in entry.get("keys", ())}
+    for site in rules_members(state):
+        entry = reports.get(site)
+        if entry is None:
+            problems[site] = "not reported"
+            continue
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 3 and _is_int(entry[0]) and _is_int(entry[1])
+                and (entry[2] is None or isinstance(entry[2], bytes))):
+            problems[site] = "malformed"
+            continue
+        rules_max, at_ns, sig = entry
+        if rules_max < to:
+            problems[site] = f"runs rules 1..{rules_max}"
+        elif quorum_now is not None and abs(at_ns - quorum_now) > RULES_REPORT_TTL_NS:
+            problems[site] = "stale"
+        elif trust is not None and trust.keys is not None:
+            keys = member_keys(state, site) if state.get("incarnation") is not None else (trust.keys.get(site) or ())
+            problem = identity.release_report_problem(sig, keys, trust.cluster_id, site, rules_max, at_ns,
+                                                      revoked_keys)
+            if problem is not None:
+                problems[site] = problem
+    return problems
 
 
 _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str], frozenset[str]]] = {
@@ -3088,7 +3171,7 @@ _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str],
     "revoke_site": (_op_revoke_site, frozenset({"site_id", "keys"}), frozenset({"site_id", "keys"})),
     "clock": (lambda state, cmd: (state, {"ok": True}), frozenset(), frozenset()),
     "vouch": (_op_vouch, frozenset({"n", "hash"}), frozenset({"n", "hash"})),
-    "rules": (_op_rules, frozenset({"to"}), frozenset({"to"})),
+    "rules": (_op_rules, frozenset({"to", "reports"}), frozenset({"to"})),
     "found": (_op_found, frozenset({"incarnation", "members"}), frozenset({"incarnation", "members"})),
     "set_members": (_op_set_members, frozenset({"members"}), frozenset({"members"})),
     "set_detection": (_op_set_detection, frozenset({"volume", "policy"}), frozenset({"volume", "policy"})),

@@ -97,6 +97,13 @@ SCHEMAS: dict[str, dict] = {
                                                 "each key pinned for this site: {key, signs (this site signs with "
                                                 "it), revoked (the cluster revoked it)}"), "items": _OBJ}}),
                        "requests": {"type": "array", "items": _ref("Request")},
+                       "rules": _object({"version": _INT, "max": _INT, "reported_max": _NINT, "waiting": _BOOL,
+                                         "waiting_since": _NNUM, "members": _OBJ},
+                                        {"applied": _NINT, "vouches": _OBJ}) | {"description": (
+                           "the rules version the cluster state is decided under (version), the highest this "
+                           "release applies (max), what this site reports (reported_max, null: none), and while "
+                           "waiting to raise it (a rolling upgrade), each member's last release report {rules_max, "
+                           "problem}; applied and vouches (site -> {n: digest}) compare the sites' states")},
                        "degraded": {**_BOOL, "description": "true when replicad status calls this site degraded"},
                        "degraded_reasons": {"type": "array", "description": (
                            "why the site is degraded (empty: healthy); reason is one of "

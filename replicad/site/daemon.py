@@ -82,6 +82,7 @@ from replicad.site.standby import StandbyCheck
 from replicad.site.status import Status
 from replicad.site.volumes import VolumeLoop
 from replicad.site.registration import RegistrationCheck, registered_size_bytes
+from replicad.site.rules_raise import RulesRaise, reported_rules_max
 from replicad.storage import fingerprints
 from replicad.storage.audit import AuditLog
 from replicad.storage.catalog import Catalog
@@ -180,6 +181,7 @@ class SiteDaemon:
                 served on ``admin.listen``.
         """
         self._loop = asyncio.get_running_loop()
+        self._reported_max = reported_rules_max(self.cfg.lab)  # ConfigError (a bad lab knob): before anything opens
         if self.cfg.tls is not None:  # before anything opens: a bad certificate stops the start
             check_site_tls(self.cfg.tls, self.site_id)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -232,7 +234,8 @@ class SiteDaemon:
         # issue 16: an instant export switched over and not released is the application's disk: served again at once
         await self.instant.resume({n: (r.acting_epoch, Path(r.cfg.path)) for n, r in self.runners.items()})
 
-        await self._serve(peer_routes(self.receiver), self.cfg.peer_listen, client_max_size=64 * 2**20,
+        await self._serve([*peer_routes(self.receiver), self.rules_raise.route()], self.cfg.peer_listen,
+                          client_max_size=64 * 2**20,
                           ssl_context=server_context(tls) if tls is not None else None)
         await self._serve(admin_routes(self), self.cfg.admin_listen)
         self._tasks.append(asyncio.create_task(self._bootstrap(), name="bootstrap"))
@@ -337,6 +340,9 @@ class SiteDaemon:
                              signing_key=self._signer.public_key if self._signer is not None else None)
         self.status.instant = self.instant.state  # issue 16: instant recovery per volume
         self.status.joined = self.volumes.joined.is_set  # no snapshot is taken before it (VolumeLoop.snapshot_now)
+        self.rules_raise = RulesRaise(self.site_id, cluster, self._signer, self.cfg.trust, self.session,
+                                      self._reported_max)
+        self.status.rules = self.rules_raise.status  # the rules version and the wait to raise it
 
     def _local_detection(self, volume: str) -> dict:
         """This site's ``[volumes.anomaly]`` thresholds of ``volume`` (current config, SIGHUP
@@ -625,7 +631,7 @@ class SiteDaemon:
         while True:
             try:
                 await self.cluster.propose("register_site", site_id=self.site_id, peer_url=me.peer_url, kind=me.kind)
-                await self._raise_rules()
+                self._raise_rules()
                 if self.fatal is not None:
                     return
                 for v in self.cfg.volumes:
@@ -647,42 +653,31 @@ class SiteDaemon:
                 log.info("bootstrap waiting for a quorum: %s", err)
                 await asyncio.sleep(1.0)
 
-    async def _raise_rules(self) -> None:
+    def _raise_rules(self) -> None:
         """Raise the cluster state's rules version to this code's :data:`~replicad.core.state.RULES_MAX`
-        (op ``rules``), once: called by the bootstrap after this site's Raft view is current and it
-        registered. A state already there is left alone (no command); one above it stops the site
-        (:class:`RulesVersionError`: this release cannot decide like the others).
+        (op ``rules``) once every member runs a release applying it: called by the bootstrap after
+        this site's Raft view is current and it registered. A state already there is left alone; one
+        above it stops the site (:class:`RulesVersionError`: this release cannot decide like the
+        others); else :meth:`RulesRaise.run <replicad.site.rules_raise.RulesRaise.run>` waits in the
+        background (the bootstrap goes on: the site's volumes register and act meanwhile) until
+        every unrevoked member of the agreed membership reported, signed, a release applying it
+        (``GET /v1/peer/release``), then proposes the raise with their reports; the state machine
+        checks them again (:func:`~replicad.core.state.rules_reports_problems`).
 
-        Proposing at start is safe in an all-stopped upgrade, the only kind supported
-        (:mod:`replicad.core.state`, "Rules version"): every member runs this release by the time
-        it applies the raise, so all of them decide every later command under the same rules, and
-        every earlier one, replayed from any checkpoint, under the rules it was first decided by.
-        A rolling upgrade would need each member to report its ``RULES_MAX`` (with its clock
-        reports) and this proposal to wait until every unrevoked member reported at least this
-        version. A refused raise (another site's raise applied meanwhile is answered ``changed``
-        false, never refused) is logged at ERROR and the site goes on under the state's rules. The
-        stop covers a state this site received whole (a dump); a raise past its ``RULES_MAX`` that it
-        replays is refused there (``out_of_range``, counted and logged at WARNING).
-
-        Raises:
-            ReplicadError: no quorum (the bootstrap retries)."""
+        So a rolling upgrade is safe (:mod:`replicad.core.state`, "Rules version"): while one member
+        still runs b976d0a (no report) the state stays under rules 1, which every release decides
+        alike, and the raise is applied only once each member runs a release that applies it. Every
+        upgraded site waits so; the first raise applied wins, the others find it done. The stop
+        covers a state this site received whole (a dump); a raise past its ``RULES_MAX`` that it
+        replays is refused there (under rules 1 as b976d0a refuses it, an unknown op)."""
         current = rules(self.raft.view())
         if current > RULES_MAX:
             self._fail(RulesVersionError(f"the cluster state is decided under rules {current}, and this release "
                                          f"applies rules 1..{RULES_MAX}: run the release the other sites run",
                                          rules=current, max_rules=RULES_MAX))
             return
-        if current == RULES_MAX:
-            return
-        try:
-            res = await self.cluster.propose("rules", to=RULES_MAX)
-        except ConflictError as err:
-            log.error("site %s: raising the cluster's rules to %d was refused: %s %s", self.site_id, RULES_MAX, err,
-                      err.evidence)
-            return
-        if res.get("changed"):  # the first site to start raises them; the others' proposals are no-ops
-            log.warning("AUDIT site %s: the cluster's rules raised %s -> %s", self.site_id, res.get("previous"),
-                        res.get("rules"))
+        if current < RULES_MAX and not any(t.get_name() == "rules-raise" and not t.done() for t in self._tasks):
+            self._tasks.append(asyncio.create_task(self.rules_raise.run(self._stopping), name="rules-raise"))
 
     async def _register_volume(self, v: VolumeConfig) -> None:
         """Register ``v`` in the Raft state if this site is its ``initial_primary`` and nobody did

@@ -37,6 +37,7 @@ class Status:
         self.signing_key = signing_key
         self.instant: Any = None  # issue 16: volume -> instant recovery state or None (set by the daemon)
         self.joined: Any = None  # () -> bool: this site entered the cluster's incarnation (set by the daemon)
+        self.rules: Any = None  # () -> dict: the state's rules version and the wait to raise it (set by the daemon)
 
     def report(self) -> dict:
         """Site status for the admin API and the metrics: Raft view, per-volume
@@ -106,6 +107,8 @@ class Status:
                "sites": st.get("sites", {}), "store": self.store.stats(),
                "interrupted_restores": list(self.interrupted_restores),
                "identity": self._identity(), "requests": list_requests(st)}
+        if self.rules is not None:
+            out["rules"] = self.rules()  # rolling upgrades: replicad.site.rules_raise.RulesRaise.status
         reasons = degraded_reasons(out)  # what `replicad status` calls degraded, for scripts and /metrics
         out["degraded"] = bool(reasons)
         out["degraded_reasons"] = reasons

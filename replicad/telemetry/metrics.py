@@ -93,6 +93,12 @@ replicad_requests_open                                      action             R
                                                                                for approvals or in their
                                                                                cooling-off (0 per action
                                                                                from the start)
+replicad_rules_version / _rules_max                                            Raft state's rules version /
+                                                                               this release's RULES_MAX
+replicad_rules_raise_waiting                                                   1 while this site waits for
+                                                                               every member's release report
+replicad_rules_member_behind                                peer               while waiting: 1 for a member
+                                                                               without a report applying them
 replicad_site_degraded                                                         status: 1 when replicad status
                                                                                says degraded
 replicad_site_degraded_reasons                              reason             status: reasons of each kind
@@ -284,6 +290,14 @@ STATE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
                                        "0 for each kind that does not apply)", ("reason",)),
     "replicad_disk_free_bytes": ("Bytes free for this site on the data directory's file system", ()),
     "replicad_disk_size_bytes": ("Size of the data directory's file system", ()),
+    "replicad_rules_version": ("The rules version the cluster state is decided under (Raft state, core.state "
+                               "rules; the same at every site)", ()),
+    "replicad_rules_max": ("The highest rules version this site's release applies (core.state RULES_MAX)", ()),
+    "replicad_rules_raise_waiting": ("1 while this site waits for every member to report a release applying its "
+                                     "rules before it raises them (a rolling upgrade in progress)", ()),
+    "replicad_rules_member_behind": ("1 for a member whose last release report (or its absence: an older release, "
+                                     "not reachable) keeps this site from raising the rules, while it waits",
+                                     ("peer",)),
     "replicad_build_info": ("Build information (constant 1)", ("version", "python")),
     "replicad_scrape_error": ("1 if this part of the state could not be read at this scrape", ("part",)),
 }
@@ -398,6 +412,7 @@ class StateCollector(Collector):
             self._volumes(status, state, put, stale)
             self._store(status, put)
             self._degraded(status, put)
+            self._rules(status, put)
         except Exception as err:  # noqa: BLE001 — a malformed status must not turn /metrics into a 500
             errors["status"] = 1
             log.warning("metrics: malformed status or state: %r", err)
@@ -450,6 +465,21 @@ class StateCollector(Collector):
         put("replicad_site_degraded", bool(reasons))
         for code, n in sorted(counts.items()):
             put("replicad_site_degraded_reasons", n, code)
+
+    def _rules(self, status: dict, put: Callable[..., None]) -> None:
+        """``replicad_rules_*`` from the status' ``rules`` (:meth:`replicad.site.rules_raise.RulesRaise.status`):
+        the state's version, this release's maximum, the wait to raise and, while waiting, each
+        member that keeps it (1) or not (0)."""
+        entry = status.get("rules")
+        if not isinstance(entry, dict):
+            return
+        put("replicad_rules_version", entry.get("version"))
+        put("replicad_rules_max", entry.get("max"))
+        put("replicad_rules_raise_waiting", bool(entry.get("waiting")))
+        if entry.get("waiting"):
+            for site, member in sorted((entry.get("members") or {}).items()):
+                put("replicad_rules_member_behind", isinstance(member, dict) and member.get("problem") is not None,
+                    str(site))
 
     def _raft(self, status: dict, put: Callable[..., None]) -> None:
         raft = status.get("raft")

@@ -22,6 +22,7 @@ import pytest
 from replicad.consensus.checkpoint import state_digest
 from replicad.core import state as st
 from replicad.core import state_rules1
+from replicad.core import identity
 from replicad.core.identity import Trust
 
 OLD_RELEASE = "b976d0a"
@@ -94,6 +95,16 @@ def commit(seq: int = 1, epoch: int = 1, by: str = "a", holders=("a", "b"), stat
                parent_seq=None if seq == 1 else seq - 1, created_at_ns=now_ns, holders=list(holders),
                stats={"changed_blocks": 1, "total_blocks": 16} if stats is None else stats, verdict="clean",
                size_bytes=1 << 20)
+
+
+def reports(to: int = st.RULES_MAX, sites: str = "abc", at_ns: int = NOW) -> dict:
+    """Unsigned release reports of ``sites``, each running a release applying rules 1..``to``."""
+    return {site: [to, at_ns, None] for site in sites}
+
+
+def raise_to(by: str, to: int = st.RULES_MAX, **kw) -> dict:
+    """``by``'s raise to ``to`` with every member's report (:func:`reports`)."""
+    return cmd("rules", by, to=to, reports=kw.pop("reports", reports(to)), **kw)
 
 
 def clocks(ns: int) -> list[dict]:
@@ -178,7 +189,7 @@ def test_a_log_under_rules_1_is_decided_as_b976d0a_decided_it(old, family: str) 
     assert state_digest(s1) == state_digest(s_old)
     assert st.rules(s1) == 1 and st.RULES not in s1
 
-    raised, res = st.apply(start, cmd("rules", "c", to=st.RULES_MAX), POLICY)
+    raised, res = st.apply(start, raise_to("c"), POLICY)
     assert res == {"ok": True, "rules": st.RULES_MAX, "previous": 1, "changed": True}
     s2, r2 = replay(st.apply, raised, log)
     assert new_rule(s2, r2), r2[-1]
@@ -192,7 +203,7 @@ def test_a_raise_in_the_middle_of_a_log(old) -> None:
             cmd("veto", "b", request="r1")]
     again = [cmd("request", "b", action="set_retention", args={"volume": "vol", "retention": {**RET, "keep_all_s": 1700}}),
              cmd("veto", "b", request="r2")]
-    s, r = replay(st.apply, founded(st.apply), [add_volume(), *veto, cmd("rules", "a", to=2), *again])
+    s, r = replay(st.apply, founded(st.apply), [add_volume(), *veto, raise_to("a"), *again])
     assert [x.get("status") for x in r] == [None, "pending", "vetoed", None, "pending", "withdrawn"]
     assert s["requests"]["r1"]["status"] == "vetoed" and "r2" not in s["requests"]
     assert s["vetoes"] == {"b": 1} and st.rules(s) == 2
@@ -206,36 +217,91 @@ def test_the_package_carries_b976d0a_state_machine_unchanged(old) -> None:
     assert sep + body == old.SOURCE
 
 
-def test_rules_raise_only_upward_at_most_rules_max_idempotent() -> None:
-    """``rules``: 1 -> 2 changes the state; 2 again is answered changed false and changes only the
-    audit; past RULES_MAX or below 1 ``out_of_range`` (counted), lower ``conflict`` (``rules_lower``),
-    not an int ``bad_request``; by a site that is not registered ``not_found``. A refusal leaves the
-    rules where they were."""
+def test_rules_raise_only_upward_at_most_rules_max_idempotent(old) -> None:
+    """``rules``: 1 -> 2 with every member's report changes the state; 2 again is answered changed
+    false and changes only the audit; lower ``conflict`` (``rules_lower``); past RULES_MAX or below
+    1 ``out_of_range``. Under rules 1 every ``rules`` command but an accepted raise is decided as
+    b976d0a decides it (an unknown op): results and digest equal b976d0a's, rules still 1."""
     s = founded(st.apply)
-    for to, code in ((st.RULES_MAX + 1, "out_of_range"), (0, "out_of_range"), ("2", "bad_request"),
-                     (True, "bad_request")):
-        same, res = st.apply(s, cmd("rules", "a", to=to), POLICY)
-        assert res["ok"] is False and res["error"] == code, res
-        assert st.rules(same) == 1 and st.RULES not in same
-    _, res = st.apply(s, cmd("rules", "z", to=2), POLICY)
-    assert res["error"] == "not_found"
-    _, res = st.apply(s, cmd("rules", "a", to=2, extra=1), POLICY)
-    assert res["error"] == "bad_request"
+    refused = [raise_to("a", st.RULES_MAX + 1), raise_to("a", 0), raise_to("a", "2"), raise_to("a", True),
+               raise_to("z"), raise_to("a", extra=1), raise_to("a", 1), cmd("rules", "a", to=2)]
+    same, res = replay(st.apply, s, refused)
+    same_old, res_old = replay(old.apply, founded(old.apply), refused)
+    assert res == res_old and all(r["ok"] is False and r["message"] == "unknown op" for r in res), res
+    assert state_digest(same) == state_digest(same_old) and st.rules(same) == 1 and st.RULES not in same
 
-    _, res = st.apply(s, cmd("rules", "a", to=1), POLICY)  # rules 1 already: nothing to raise
-    assert res == {"ok": True, "rules": 1, "previous": 1, "changed": False}
-    s2, res = st.apply(s, cmd("rules", "a", to=2), POLICY)
+    s2, res = st.apply(s, raise_to("a"), POLICY)
     assert res == {"ok": True, "rules": 2, "previous": 1, "changed": True} and s2[st.RULES] == 2
-    s3, res = st.apply(s2, cmd("rules", "b", to=2), POLICY)  # every site proposes it at start
+    s3, res = st.apply(s2, cmd("rules", "b", to=2), POLICY)  # the version the state has: no reports needed
     assert res == {"ok": True, "rules": 2, "previous": 2, "changed": False}
     assert {k: v for k, v in s3.items() if k not in ("audit", "applied_ops", "clocks", "seen")} == \
         {k: v for k, v in s2.items() if k not in ("audit", "applied_ops", "clocks", "seen")}
     s4, res = st.apply(s3, cmd("rules", "c", to=1), POLICY)
     assert res["error"] == "conflict" and res["evidence"]["refusal"] == "rules_lower"
     assert st.rules(s4) == 2
-    retry = cmd("rules", "a", to=2)
-    s5, first = st.apply(s2, retry, POLICY)
+    _, res = st.apply(s3, raise_to("a", st.RULES_MAX + 1), POLICY)  # under rules 2: this code's refusal
+    assert res["error"] == "out_of_range"
+    retry = raise_to("a")
+    s5, first = st.apply(s, retry, POLICY)
     assert st.apply(s5, retry, POLICY) == (s5, first)  # exactly-once: a retried raise gets its first answer
+
+
+@pytest.mark.parametrize("case", ["missing", "older", "stale", "malformed", "no reports"])
+def test_a_raise_needs_every_unrevoked_member_s_report(old, case: str) -> None:
+    """A raise without a report of a release applying the new rules from every member (one
+    missing, one running rules 1..1, one stamped an hour from the majority clock, one malformed,
+    none) is refused, and under rules 1 decided as b976d0a decides it; a revoked member's report
+    is not needed."""
+    bad = {"missing": reports(sites="ab"), "older": {**reports(), "c": [1, NOW, None]},
+           "stale": {**reports(), "c": [2, NOW - 3600 * S, None]}, "malformed": {**reports(), "c": [2, None]},
+           "no reports": None}[case]
+    command = cmd("rules", "a", to=2, **({} if bad is None else {"reports": bad}))
+    s = founded(st.apply)
+    same, res = st.apply(s, copy.deepcopy(command), POLICY)
+    same_old, res_old = old.apply(founded(old.apply), copy.deepcopy(command), POLICY)
+    assert res == res_old and res["ok"] is False and st.rules(same) == 1
+    assert state_digest(same) == state_digest(same_old)
+    if bad is not None:  # what the raise lacks, as this code says it
+        assert st.rules_reports_problems(s, bad, 2, POLICY).keys() == {"c"}
+    revoked = {**s, "revoked": {"c": {"keys": []}}}
+    assert st.rules_members(revoked) == ["a", "b"]
+    if case != "no reports":
+        _, res = st.apply(revoked, copy.deepcopy(command), POLICY)
+        assert res["ok"] and res["changed"], res
+
+
+def test_a_signed_raise_needs_each_member_s_own_signature() -> None:
+    """In a signed cluster each report is checked under the key the agreed membership records for
+    its member: site a cannot report for b (its own key on b's report is ``bad release report``),
+    a report signed by b for another cluster is refused, b's own is accepted."""
+    keys = {site: identity.generate_private_key() for site in "abc"}
+    members = [{"site_id": site, "raft": f"10.0.0.{i}:7000", "kind": "data",
+                "keys": [identity.format_public_key(identity.public_key_raw(keys[site]))]}
+               for i, site in enumerate("abc", 1)]
+    trust = Trust(cluster_id="c", keys={site: (identity.public_key_raw(k),) for site, k in keys.items()},
+                  membership_cooling_off_ns=MIN15)
+
+    def signed(op: str, by: str, **args) -> dict:
+        return identity.sign_command(keys[by], {**cmd(op, by, **args), "cluster": "c"})
+
+    s = st.initial_state(members=["a", "b", "c"])
+    for c in [*(signed("register_site", site, site_id=site, peer_url=f"http://{site}", kind="data") for site in "abc"),
+              *(signed("found", site, incarnation=b"i" * 16, members=members) for site in "ab")]:
+        s, res = st.apply(s, c, trust)
+        assert res["ok"], res
+
+    def report(site: str, signer: str, cluster: str = "c") -> list:
+        return [2, NOW, identity.sign_release_report(keys[signer], cluster, site, 2, NOW)]
+
+    good = {site: report(site, site) for site in "abc"}
+    for forged, why in (({**good, "b": report("b", "a")}, "bad release report"),
+                        ({**good, "b": report("b", "b", cluster="other")}, "bad release report"),
+                        ({**good, "b": [2, NOW, None]}, "missing signature")):
+        assert st.rules_reports_problems(s, forged, 2, trust) == {"b": why}
+        same, res = st.apply(s, signed("rules", "a", to=2, reports=forged), trust)
+        assert res["ok"] is False and st.rules(same) == 1
+    raised, res = st.apply(s, signed("rules", "a", to=2, reports=good), trust)
+    assert res["ok"] and res["changed"] and st.rules(raised) == 2
 
 
 def test_rules_of_a_state_and_initial_state() -> None:

@@ -1,7 +1,9 @@
-"""The daemon raises the cluster state's rules version at start (``SiteDaemon._raise_rules``): once,
-to its code's ``RULES_MAX``, a no-op when the state is there already (another site raised it), and
-a state above it stops the site (``RulesVersionError``). The cluster and Raft node here are
-stand-ins over a real state machine: ``propose`` applies the command with ``state.apply`` and
+"""Raising the cluster state's rules version (``replicad.site.rules_raise``, ``SiteDaemon._raise_rules``):
+each site serves its signed release report on a real peer HTTP server (127.0.0.1); a site raises
+only once every unrevoked member reported a release applying the new rules, a member still on an
+older release (no report: 404, as b976d0a answers) or unreachable keeps it waiting, and a state
+above this code's rules stops the site. The cluster here is a stand-in over the real state
+machine: ``propose`` applies the command with ``state.apply`` under the sites' real keys and
 answers its result as the real cluster does (a refusal raised as its typed error)."""
 
 from __future__ import annotations
@@ -9,84 +11,188 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
+from types import SimpleNamespace
 
-from replicad.core import errors
+import aiohttp
+from aiohttp import web
+
+from replicad.core import errors, identity
 from replicad.core import state as st
+from replicad.core.identity import Signer, Trust
 from replicad.site.daemon import SiteDaemon
+from replicad.site.rules_raise import RulesRaise
 
-NOW = 1_700_000_000 * 10**9
 _ids = itertools.count()
+SITES = ("a", "b", "c")
+KEYS = {s: identity.generate_private_key() for s in SITES}
+TRUST = Trust(cluster_id="c", keys={s: (identity.public_key_raw(k),) for s, k in KEYS.items()})
 
 
 class StateCluster:
-    """``propose`` applies each command to :attr:`state` (unsigned) and records it; ``view`` is the
-    Raft view (the state)."""
+    """``propose`` applies each command of ``by`` (signed with its key) to :attr:`state` and
+    records it; ``view`` is the Raft view; ``sites`` the configured peers (``urls``)."""
 
-    def __init__(self, state: dict) -> None:
-        self.state = state
+    def __init__(self, state: dict, urls: dict[str, str] | None = None) -> None:
+        self.state, self.urls = state, urls or {}
         self.calls: list[dict] = []
 
     def view(self) -> dict:
         return self.state
 
-    async def propose(self, op: str, **fields) -> dict:
-        command = {"v": 1, "op": op, "op_id": f"{op}-{next(_ids)}", "by": "a", "now_ns": NOW, **fields}
+    def sites(self) -> list:
+        return [SimpleNamespace(site_id=s, peer_url=u) for s, u in self.urls.items()]
+
+    def apply(self, op: str, by: str, **fields) -> dict:
+        command = identity.sign_command(KEYS[by], {"v": 1, "op": op, "op_id": f"{op}-{next(_ids)}", "by": by,
+                                                   "now_ns": time.time_ns(), "cluster": "c", **fields})
         self.calls.append(command)
-        self.state, result = st.apply(self.state, command)
+        self.state, result = st.apply(self.state, command, TRUST)
+        return result
+
+
+def founded() -> StateCluster:
+    cluster = StateCluster(st.initial_state(members=list(SITES)))
+    members = [{"site_id": s, "raft": f"127.0.0.1:{7000 + i}", "kind": "data",
+                "keys": [identity.format_public_key(identity.public_key_raw(KEYS[s]))]} for i, s in enumerate(SITES)]
+    for s in SITES:
+        assert cluster.apply("register_site", s, site_id=s, peer_url=f"http://{s}", kind="data")["ok"]
+    for s in SITES:
+        res = cluster.apply("found", s, incarnation=b"i" * 16, members=members)
+    assert res["ok"] and cluster.state.get("incarnation"), res
+    return cluster
+
+
+class SiteCluster:
+    """One site's handle on the shared :class:`StateCluster`: proposes as ``by``."""
+
+    def __init__(self, shared: StateCluster, by: str) -> None:
+        self.shared, self.by = shared, by
+
+    def view(self) -> dict:
+        return self.shared.view()
+
+    def sites(self) -> list:
+        return self.shared.sites()
+
+    async def propose(self, op: str, **fields) -> dict:
+        result = self.shared.apply(op, self.by, **fields)
         if not result["ok"]:
             raise errors.from_dict(result)
         return result
 
 
-def daemon(state: dict) -> tuple[SiteDaemon, StateCluster]:
-    """A daemon with only what ``_raise_rules`` reads: its site id, Raft view, cluster and stop flag."""
-    cluster = StateCluster(state)
-    d = object.__new__(SiteDaemon)
-    d.site_id, d.raft, d.cluster, d.fatal, d._stopping = "a", cluster, cluster, None, asyncio.Event()
-    return d, cluster
+async def serve(raise_: RulesRaise) -> tuple[web.AppRunner, str]:
+    """``raise_``'s peer route on a real HTTP server on 127.0.0.1; ``(runner, base url)``."""
+    app = web.Application()
+    app.add_routes([raise_.route()])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    return runner, f"http://127.0.0.1:{port}"
 
 
-def registered(rules: int | None = None) -> dict:
-    s = st.initial_state(rules=rules)
-    s, res = st.apply(s, {"v": 1, "op": "register_site", "op_id": "reg-a", "by": "a", "now_ns": NOW,
-                          "site_id": "a", "peer_url": "http://a", "kind": "data"})
-    assert res["ok"], res
-    return s
+async def three_sites(shared: StateCluster, reported: dict[str, int | None], session: aiohttp.ClientSession):
+    raises = {s: RulesRaise(s, SiteCluster(shared, s), Signer(s, KEYS[s], "c"), lambda: TRUST, session,
+                            reported[s]) for s in SITES}
+    runners = []
+    for s, r in raises.items():
+        runner, url = await serve(r)
+        runners.append(runner)
+        shared.urls[s] = url
+    return raises, runners
 
 
-def test_a_site_raises_the_rules_once_and_a_second_start_proposes_nothing(caplog) -> None:
-    d, cluster = daemon(registered())
+def test_a_site_raises_only_once_every_member_reports_the_new_release(caplog) -> None:
+    async def main() -> None:
+        shared = founded()
+        async with aiohttp.ClientSession() as session:
+            raises, runners = await three_sites(shared, {"a": 2, "b": 2, "c": None}, session)
+            try:
+                # c serves no report (an older release): a asks, waits, says so, proposes nothing
+                reports, members = await raises["a"].collect(2)
+                assert set(reports) == {"a", "b"} and members["c"] == {
+                    "rules_max": None, "problem": "no release report (an older release)"}
+                assert members["a"]["problem"] is None and members["b"]["problem"] is None
+                stopping = asyncio.Event()
+                task = asyncio.create_task(raises["a"].run(stopping))
+                await asyncio.sleep(0.5)
+                assert raises["a"].status()["waiting"] and st.rules(shared.state) == 1
+                assert not any(c["op"] == "rules" for c in shared.calls)
+                # c reports rules 1..1: still waiting
+                raises["c"].reported_max = 1
+                _, members = await raises["a"].collect(2)
+                assert members["c"] == {"rules_max": 1, "problem": "runs rules 1..1"}
+                # c upgraded: a raises at its next round, with every member's signed report
+                raises["c"].reported_max = 2
+                stopping.set()
+                await task
+                await raises["a"].run(asyncio.Event())
+                assert st.rules(shared.state) == 2 and raises["a"].raised_here is True
+                raised = [c for c in shared.calls if c["op"] == "rules"]
+                assert len(raised) == 1 and set(raised[0]["reports"]) == set(SITES)
+                # b finds the state raised: no command, not waiting
+                await raises["b"].run(asyncio.Event())
+                assert len([c for c in shared.calls if c["op"] == "rules"]) == 1
+                assert raises["b"].raised_here is False and raises["b"].status()["waiting"] is False
+            finally:
+                for runner in runners:
+                    await runner.cleanup()
+
     with caplog.at_level(logging.WARNING):
-        asyncio.run(d._raise_rules())
-    assert [c["op"] for c in cluster.calls] == ["rules"] and cluster.calls[0]["to"] == st.RULES_MAX
-    assert st.rules(cluster.state) == st.RULES_MAX and d.fatal is None
-    assert any("rules raised 1 -> 2" in r.getMessage() for r in caplog.records)
-    asyncio.run(d._raise_rules())
-    assert len(cluster.calls) == 1
+        asyncio.run(main())
+    text = caplog.text
+    assert "rules stay at 1 until every member runs a release applying rules 2" in text
+    assert "c: no release report (an older release)" in text
+    assert "AUDIT site a: the cluster's rules raised 1 -> 2" in text
+
+
+def test_an_unreachable_member_and_a_forged_report_keep_the_rules() -> None:
+    """A member whose peer API does not answer is ``not reachable``; a member answering a report
+    signed by another key (a site speaking for another) is refused by the state machine's own
+    check before any proposal; a raise proposed anyway is refused, rules 1 kept."""
+    async def main() -> None:
+        shared = founded()
+        async with aiohttp.ClientSession() as session:
+            raises, runners = await three_sites(shared, {"a": 2, "b": 2, "c": 2}, session)
+            try:
+                await runners[2].cleanup()  # c's peer server gone
+                _, members = await raises["a"].collect(2)
+                assert members["c"]["problem"].startswith("not reachable"), members
+                raises["c"].signer = Signer("c", KEYS["a"], "c")  # c's report signed with a's key
+                runner, shared.urls["c"] = await serve(raises["c"])
+                runners[2] = runner
+                reports, members = await raises["a"].collect(2)
+                assert members["c"] == {"rules_max": 2, "problem": "bad release report"}, members
+                stopping = asyncio.Event()
+                task = asyncio.create_task(raises["a"].run(stopping))
+                await asyncio.sleep(0.3)
+                stopping.set()
+                await task
+                assert not any(c["op"] == "rules" for c in shared.calls)
+                try:
+                    await SiteCluster(shared, "a").propose("rules", to=2, reports=reports)
+                except errors.ReplicadError:
+                    pass
+                else:
+                    raise AssertionError("a raise with a forged report was applied")
+                assert st.rules(shared.state) == 1
+            finally:
+                for runner in runners:
+                    await runner.cleanup()
+
+    asyncio.run(main())
 
 
 def test_a_state_above_this_code_s_rules_stops_the_site() -> None:
-    d, cluster = daemon({**registered(), st.RULES: st.RULES_MAX + 1})
-    asyncio.run(d._raise_rules())
-    assert cluster.calls == []
+    d = object.__new__(SiteDaemon)
+    state = {**founded().state, st.RULES: st.RULES_MAX + 1}
+    d.site_id, d.raft, d.fatal, d._stopping, d._tasks = "a", SimpleNamespace(view=lambda: state), None, \
+        asyncio.Event(), []
+    d._raise_rules()
+    assert d._tasks == []
     assert isinstance(d.fatal, errors.RulesVersionError) and d.fatal.evidence == {"rules": st.RULES_MAX + 1,
                                                                                   "max_rules": st.RULES_MAX}
     assert d._stopping.is_set()
-
-
-def test_a_refused_raise_is_logged_and_the_site_goes_on(caplog) -> None:
-    d, cluster = daemon(st.initial_state())  # "a" is not registered: not_found is no conflict, it propagates
-    try:
-        asyncio.run(d._raise_rules())
-    except errors.NotFoundError:
-        pass
-    else:
-        raise AssertionError("a refusal other than a conflict goes to the bootstrap's retry")
-    d, cluster = daemon(registered())
-
-    async def refuse(op: str, **fields) -> dict:
-        raise errors.OutOfRangeError("rules 2: this code applies rules 1..1", to=2, max_rules=1)
-    cluster.propose = refuse
-    with caplog.at_level(logging.ERROR):
-        asyncio.run(d._raise_rules())
-    assert d.fatal is None and any("was refused" in r.getMessage() for r in caplog.records)

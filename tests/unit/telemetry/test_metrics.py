@@ -65,6 +65,9 @@ def site_status(role: str = "replica", standby_seq: int | None = 1) -> dict:
                             "source": {"kind": "reflink", "state": "lost", "reason": "no_parent_clone",
                                        "lost_total": {"no_parent_clone": 1}, "verify": {"runs": 2, "mismatches": 1}}}},
         "store": {"chunks": 123, "stored_bytes": 4_567_890, "packs": 2},
+        "rules": {"version": 1, "max": 2, "reported_max": 2, "waiting": True, "waiting_since": 1.0,
+                  "members": {"site-a": {"rules_max": 2, "problem": None},
+                              "site-c": {"rules_max": None, "problem": "no release report (an older release)"}}},
     }
 
 
@@ -214,6 +217,22 @@ def test_event_counters(tmp_path: Path) -> None:
     assert value(smp, "replicad_ship_received_bytes_total", **vol, peer="site-a") == 700
     assert value(smp, "replicad_verify_runs_total", **vol) == 2
     assert value(smp, "replicad_verify_mismatches_total", **vol) == 2
+
+
+def test_the_rules_gauges_say_who_keeps_the_raise_waiting(tmp_path: Path) -> None:
+    """``replicad_rules_*``: the state's rules version, this release's maximum, the wait, and each
+    member behind while waiting (none once the rules are raised)."""
+    st = site_status()
+    smp = samples(make(tmp_path, st, raft_state()))
+    assert value(smp, "replicad_rules_version", site="site-b") == 1
+    assert value(smp, "replicad_rules_max", site="site-b") == 2
+    assert value(smp, "replicad_rules_raise_waiting", site="site-b") == 1
+    assert value(smp, "replicad_rules_member_behind", site="site-b", peer="site-c") == 1
+    assert value(smp, "replicad_rules_member_behind", site="site-b", peer="site-a") == 0
+    st["rules"] = {**st["rules"], "version": 2, "waiting": False}
+    smp = samples(make(tmp_path, st, raft_state()))
+    assert value(smp, "replicad_rules_raise_waiting", site="site-b") == 0
+    assert "replicad_rules_member_behind" not in names(smp)
 
 
 def test_every_declared_gauge_is_emitted_for_a_full_status(tmp_path: Path) -> None:

@@ -1,0 +1,262 @@
+"""Raising the cluster state's rules version (op ``rules``) in a rolling upgrade.
+
+Each site serves its signed release report on the peer API (``GET /v1/peer/release``, JSON
+``{"site_id", "rules_max", "at_ns", "sig"}``: "this site runs a release applying the state's rules
+1..rules_max", ``sig`` the base64 Ed25519 signature of
+:func:`replicad.core.identity.release_report_bytes`, None in unsigned lab mode). A release before
+the rules version (b976d0a) has no such route: its peer API answers 404, read here as "an older
+release".
+
+:class:`RulesRaise` (one per site, started by the daemon's bootstrap once the site registered)
+asks every unrevoked member of the agreed membership for its report every :data:`POLL_S`, and
+proposes ``rules`` ``to`` this code's :data:`~replicad.core.state.RULES_MAX` with every member's
+report once each member reported a release applying it (checked beforehand by the state
+machine's own :func:`~replicad.core.state.rules_reports_problems`). Until then the cluster stays
+under its rules (rules 1: this release decides every command as b976d0a does, so a cluster of
+mixed releases keeps one state), and the site says what it waits for: a WARNING line per
+:data:`LOG_EVERY_S` naming the members and why (``runs rules 1..1``, ``no release report (an
+older release)``, ``not reachable``), :meth:`RulesRaise.status` in ``GET /v1/status`` (``rules``)
+and the gauges ``replicad_rules_*``. Every site does this; the first raise applied wins and the
+others find the state raised (a proposal racing it is answered ``changed`` false).
+
+What a hostile member can do (ARCHITECTURE.md, Choices, "The state's rules version"): delay the
+raise (no report, or a low one) until it is revoked; not hasten it past an honest member still on
+an older release, whose signed report it cannot make (the state machine checks each report under
+the keys the agreed membership records for its member).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from replicad.core import state as cluster_state
+from replicad.core.errors import ConfigError, ReplicadError
+from replicad.core.identity import Signer, Trust
+from replicad.core.state import RULES_MAX, rules
+
+log = logging.getLogger("replicad.site.rules_raise")
+
+POLL_S = 5.0
+"""How often a site waiting to raise the rules asks the members for their release reports."""
+LOG_EVERY_S = 60.0
+"""A site waiting to raise the rules says which members it waits for at most once per this."""
+ASK_TIMEOUT = aiohttp.ClientTimeout(total=5.0, connect=3.0)
+"""One member's ``GET /v1/peer/release``: a member that does not answer within it is ``not reachable``."""
+REPORT_MAX_BYTES = 4096
+"""A release report's JSON body at most (a member answering more is ``malformed``)."""
+ROUTE = "/v1/peer/release"
+LAB_REPORT_RULES_MAX_ENV = "REPLICAD_LAB_REPORT_RULES_MAX"
+"""Test benches only (the site's config must say ``lab = true``; ignored with a WARNING otherwise):
+the ``rules_max`` this site reports instead of its code's :data:`RULES_MAX`, to play a site still
+on an older release in a cluster test; ``0``: no report at all (404, as release b976d0a's peer API
+answers). Never set in production: a site reporting less than it runs only delays the raise; one
+reporting more than it runs would be a lie."""
+
+
+def reported_rules_max(lab: bool) -> int | None:
+    """The ``rules_max`` this site reports: :data:`RULES_MAX`, or the lab knob
+    :data:`LAB_REPORT_RULES_MAX_ENV` on a test bench (``lab``); None: serve no report (knob 0).
+
+    Raises:
+        ConfigError: the knob is set on a test bench and is not an int in 0..RULES_MAX."""
+    text = os.environ.get(LAB_REPORT_RULES_MAX_ENV)
+    if text is None:
+        return RULES_MAX
+    if not lab:
+        log.warning("%s is a test bench setting (lab = true): ignored, this site reports rules 1..%d",
+                    LAB_REPORT_RULES_MAX_ENV, RULES_MAX)
+        return RULES_MAX
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= RULES_MAX:
+        raise ConfigError(f"{LAB_REPORT_RULES_MAX_ENV}={text!r}: an int in 0..{RULES_MAX}",
+                          field=LAB_REPORT_RULES_MAX_ENV, value=text[:40])
+    log.warning("LAB: site reports a release applying rules 1..%d (%s; this code applies 1..%d)%s", value,
+                LAB_REPORT_RULES_MAX_ENV, RULES_MAX, ": no release report at all" if value == 0 else "")
+    return value or None
+
+
+class RulesRaise:
+    """This site's release report, and its wait to raise the rules (module docstring).
+
+    Args:
+        site_id: this site.
+        cluster: the site's :class:`~replicad.site.cluster.Cluster` (``view``, ``propose``, ``sites``).
+        signer: this site's identity (None in unsigned lab mode: reports carry no signature).
+        trust: returns the state machine's :class:`~replicad.core.identity.Trust` (the config's).
+        session: the peer HTTP client session (the peer API's TLS context).
+        reported_max: the ``rules_max`` this site reports (:func:`reported_rules_max`); None: none.
+    """
+
+    def __init__(self, site_id: str, cluster: Any, signer: Signer | None, trust: Callable[[], Trust],
+                 session: aiohttp.ClientSession | None, reported_max: int | None) -> None:
+        self.site_id = site_id
+        self.cluster = cluster
+        self.signer = signer
+        self.trust = trust
+        self.session = session
+        self.reported_max = reported_max
+        self.waiting = False
+        self.members: dict[str, dict] = {}  # site -> {"rules_max": int | None, "problem": str | None}
+        self.waiting_since: float | None = None  # time.time() the wait began
+        self.raised_here: bool | None = None  # True: this site's raise applied; False: another's
+        self._logged = float("-inf")
+
+    # ------------------------------------------------------------------ the report
+    def own_report(self) -> dict | None:
+        """``{"site_id", "rules_max", "at_ns", "sig"}`` (``sig`` base64 or None unsigned), stamped
+        now; None when this site serves none (lab knob 0)."""
+        if self.reported_max is None:
+            return None
+        at_ns = time.time_ns()
+        sig = self.signer.sign_release_report(self.reported_max, at_ns) if self.signer is not None else None
+        return {"site_id": self.site_id, "rules_max": self.reported_max, "at_ns": at_ns,
+                "sig": base64.b64encode(sig).decode() if sig is not None else None}
+
+    def route(self) -> web.RouteDef:
+        """``GET /v1/peer/release`` on the peer API: :meth:`own_report` as JSON, 404 when none."""
+
+        async def release(request: web.Request) -> web.Response:
+            report = self.own_report()
+            if report is None:
+                raise web.HTTPNotFound()
+            return web.json_response(report)
+
+        return web.get(ROUTE, release)
+
+    # ------------------------------------------------------------------ asking the members
+    async def _ask(self, site: str, url: str | None) -> tuple[list | None, int | None, str | None]:
+        """``(report entry [rules_max, at_ns, sig], rules_max, problem)`` of one member."""
+        if site == self.site_id:
+            body = self.own_report()
+            if body is None:
+                return None, None, "no release report (an older release)"
+        elif url is None or self.session is None:
+            return None, None, "no peer URL known"
+        else:
+            try:
+                async with self.session.get(url.rstrip("/") + ROUTE, timeout=ASK_TIMEOUT) as resp:
+                    if resp.status == 404:
+                        return None, None, "no release report (an older release)"
+                    raw = await resp.content.read(REPORT_MAX_BYTES + 1)
+                    if resp.status != 200 or len(raw) > REPORT_MAX_BYTES:
+                        return None, None, f"malformed release report (HTTP {resp.status}, {len(raw)} bytes)"
+                    body = json.loads(raw)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+                return None, None, f"not reachable ({type(err).__name__})"
+            except ValueError:
+                return None, None, "malformed release report (not JSON)"
+        if not isinstance(body, dict) or body.get("site_id") != site:
+            return None, None, "malformed release report (another site's)"
+        rules_max, at_ns, sig_text = body.get("rules_max"), body.get("at_ns"), body.get("sig")
+        if not (type(rules_max) is int and type(at_ns) is int and (sig_text is None or isinstance(sig_text, str))):
+            return None, None, "malformed release report"
+        try:
+            sig = base64.b64decode(sig_text, validate=True) if sig_text is not None else None
+        except (binascii.Error, ValueError):
+            return None, None, "malformed release report (signature)"
+        return [rules_max, at_ns, sig], rules_max, None
+
+    async def collect(self, target: int) -> tuple[dict, dict[str, dict]]:
+        """Ask every member (:func:`~replicad.core.state.rules_members` of the current view) at
+        once. Returns ``(reports, members)``: ``reports`` ``{site: [rules_max, at_ns, sig]}`` for
+        the raise command; ``members`` ``{site: {"rules_max", "problem"}}``, ``problem`` None only
+        when the state machine would count that member's report for rules ``target``."""
+        view = self.cluster.view()
+        urls = {s.site_id: str(s.peer_url) for s in self.cluster.sites()}
+        for site, entry in (view.get("sites") or {}).items():
+            urls.setdefault(site, entry.get("peer_url"))
+        sites = cluster_state.rules_members(view)
+        answers = await asyncio.gather(*(self._ask(site, urls.get(site)) for site in sites))
+        reports = {site: entry for site, (entry, _, _) in zip(sites, answers) if entry is not None}
+        checked = cluster_state.rules_reports_problems(view, reports, target, self.trust())
+        members = {site: {"rules_max": rules_max, "problem": problem or checked.get(site)}
+                   for site, (_, rules_max, problem) in zip(sites, answers)}
+        return reports, members
+
+    # ------------------------------------------------------------------ the wait
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Until the state's rules reach this code's :data:`RULES_MAX` (or ``stopping``): ask the
+        members every :data:`POLL_S`; propose the raise once every one reported a release applying
+        it. A refused or unanswered proposal is logged and asked again at the next round."""
+        target = RULES_MAX
+        while not stopping.is_set():
+            current = rules(self.cluster.view())
+            if current >= target:
+                self._done(current)
+                return
+            try:
+                reports, self.members = await self.collect(target)
+                behind = {site: m["problem"] for site, m in self.members.items() if m["problem"] is not None}
+                if self.members and not behind:
+                    await self._propose(target, reports)
+                else:
+                    self._wait(current, target, behind)
+            except Exception:  # never let one bad round end the wait: the raise would never come
+                log.exception("site %s: a round of the rules raise failed; asking again in %.0f s", self.site_id,
+                              POLL_S)
+            try:
+                await asyncio.wait_for(stopping.wait(), POLL_S)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _propose(self, target: int, reports: dict) -> None:
+        try:
+            res = await self.cluster.propose("rules", to=target, reports=reports)
+        except ReplicadError as err:  # a report gone stale, a member changed, no quorum: the next round
+            log.warning("site %s: raising the cluster's rules to %d was not applied: %s %s; asking again in %.0f s",
+                        self.site_id, target, err, err.evidence, POLL_S)
+            return
+        if res.get("changed"):
+            self.raised_here = True
+            log.warning("AUDIT site %s: the cluster's rules raised %s -> %s (every member reported a release "
+                        "applying them: %s)", self.site_id, res.get("previous"), res.get("rules"),
+                        ", ".join(f"{s} 1..{r[0]}" for s, r in sorted(reports.items())))
+
+    def _wait(self, current: int, target: int, behind: dict[str, str]) -> None:
+        now = time.monotonic()
+        if not self.waiting:
+            self.waiting, self.waiting_since = True, time.time()
+        if now - self._logged >= LOG_EVERY_S:
+            self._logged = now
+            log.warning("site %s: the cluster's rules stay at %d until every member runs a release applying rules "
+                        "%d (a rolling upgrade in progress: upgrade these sites): %s", self.site_id, current, target,
+                        "; ".join(f"{site}: {why}" for site, why in sorted(behind.items())) or "no member known yet")
+
+    def _done(self, current: int) -> None:
+        if self.waiting or self.raised_here is None:
+            if self.raised_here is None:
+                self.raised_here = False
+            if self.waiting:
+                log.info("site %s: the cluster's rules are at %d: nothing left to wait for", self.site_id, current)
+        self.waiting = False
+
+    def status(self) -> dict:
+        """``{"version", "max", "reported_max", "waiting", "waiting_since", "members", "applied",
+        "vouches"}`` for ``GET /v1/status`` (``rules``): the state's rules version, this code's
+        ``RULES_MAX``, what this site reports, whether it waits for members' reports to raise,
+        since when (epoch seconds), each member's last answer ``{"rules_max", "problem"}``; and,
+        to compare the sites' states through an upgrade, the commands applied here (``applied``)
+        and the checkpoint digests each member vouched (``{site: {n: hex digest}}``, Raft
+        state): equal digests at the same ``n`` are equal states."""
+        view = self.cluster.view()
+        vouches = {str(site): {str(n): bytes(d).hex() for n, d in kept if isinstance(d, (bytes, bytearray))}
+                   for site, kept in sorted((view.get("vouches") or {}).items())}
+        waiting = self.waiting and rules(view) < RULES_MAX  # raised by another site since the last round
+        return {"version": rules(view), "max": RULES_MAX, "reported_max": self.reported_max,
+                "waiting": waiting, "waiting_since": self.waiting_since if waiting else None,
+                "members": {site: dict(m) for site, m in sorted(self.members.items())},
+                "applied": view.get("applied"), "vouches": vouches}

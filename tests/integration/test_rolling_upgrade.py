@@ -1,0 +1,146 @@
+"""A rolling upgrade on real daemons: the rules version is raised only once every member runs a
+release that applies it (``replicad.site.rules_raise``).
+
+Three sites; site-c plays a site still on an older release (the lab knob
+``REPLICAD_LAB_REPORT_RULES_MAX=1``, on a ``lab = true`` config: it reports a release applying
+rules 1..1). The other sites do not raise: the rules stay 1, each says whom it waits for (status
+``rules``, ``replicad_rules_*`` gauges), snapshots still commit. Once site-c restarts without the
+knob (its upgrade) the raise is applied, by one site, and every site's vouched checkpoint digests
+after it agree (checkpoints every few commands through ``REPLICAD_LAB_CHECKPOINT_EVERY``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+import signal
+
+import pytest
+import requests
+
+from replicad.core.state import RULES_MAX
+from replicad.lab.localcluster import LocalCluster
+from replicad.site.rules_raise import LAB_REPORT_RULES_MAX_ENV
+
+from .conftest import VOL, snapshot, write_image
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+EVERY = 8
+SITES = ("site-a", "site-b", "site-c")
+
+
+def _lab(config: str) -> str:
+    return config.replace('log_level = "info"\n', 'log_level = "info"\nlab = true\n', 1)
+
+
+def _rules(c: LocalCluster, site: str) -> dict:
+    return c.status(site)["rules"]
+
+
+def _metric(c: LocalCluster, site: str, name: str) -> list[str]:
+    text = requests.get(c.sites[site].admin_url + "/metrics", timeout=10).text
+    return [line for line in text.splitlines() if line.startswith(name + "{")]
+
+
+class Vouches:
+    """The checkpoint digests every site vouched, gathered over polls of site-a's view (the state
+    keeps each site's last two vouches only): ``{n: {site: digest}}``."""
+
+    def __init__(self, c: LocalCluster) -> None:
+        self.c = c
+        self.seen: dict[int, dict[str, str]] = {}
+
+    def agreed_after(self, applied: int) -> dict[int, str] | None:
+        """``{n: digest}`` of the checkpoints after ``applied`` every site vouched, all alike; None
+        while there is none. Raises AssertionError on two different digests for one ``n``."""
+        for site, kept in _rules(self.c, "site-a")["vouches"].items():
+            for n, digest in kept.items():
+                self.seen.setdefault(int(n), {})[site] = digest
+        for n, by_site in self.seen.items():
+            assert len(set(by_site.values())) == 1, (n, by_site)
+        return {n: next(iter(d.values())) for n, d in sorted(self.seen.items())
+                if n > applied and set(d) == set(SITES)} or None
+
+
+@pytest.fixture
+def bench(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPLICAD_LAB_CHECKPOINT_EVERY", str(EVERY))
+    c = LocalCluster(tmp_path / "cluster", n_data=3)
+    for s in SITES:
+        c.sites[s].config_path.write_text(_lab(c.sites[s].config_path.read_text()))
+    write_image(c.sites["site-a"].volume_path(VOL), 64, random.Random(1))
+    try:
+        c.start("site-a")
+        c.start("site-b")
+        monkeypatch.setenv(LAB_REPORT_RULES_MAX_ENV, "1")  # site-c: "an older release"
+        c.start("site-c")
+        monkeypatch.delenv(LAB_REPORT_RULES_MAX_ENV)
+        c.wait_ready(90)
+        yield c
+    finally:
+        c.stop_all()
+
+
+def test_the_rules_are_raised_only_once_every_member_reports_the_new_release(bench) -> None:
+    c = bench
+    # 1. site-c reports rules 1..1: a and b wait, the rules stay 1, and they say so
+    def waiting() -> bool:
+        return all(_rules(c, s)["waiting"] and _rules(c, s)["members"].get("site-c", {}).get("problem")
+                   for s in ("site-a", "site-b"))
+    c.wait_for("a and b waiting for site-c", waiting, 60)
+    for s in SITES:
+        rules = _rules(c, s)
+        assert rules["version"] == 1, (s, rules)
+    a = _rules(c, "site-a")
+    assert a["members"]["site-c"] == {"rules_max": 1, "problem": "runs rules 1..1"}, a
+    assert a["members"]["site-a"]["problem"] is None and a["members"]["site-b"]["problem"] is None, a
+    assert _rules(c, "site-c")["reported_max"] == 1
+    assert _metric(c, "site-a", "replicad_rules_version") == ['replicad_rules_version{site="site-a"} 1.0']
+    assert _metric(c, "site-a", "replicad_rules_raise_waiting") == \
+        ['replicad_rules_raise_waiting{site="site-a"} 1.0']
+    assert 'replicad_rules_member_behind{peer="site-c",site="site-a"} 1.0' in \
+        _metric(c, "site-a", "replicad_rules_member_behind")
+    log_a = c.sites["site-a"].log_path.read_text()
+    assert re.search(r"rules stay at 1 until every member runs a release applying rules 2 .*site-c: runs rules "
+                     r"1\.\.1", log_a), c.log_tail("site-a")
+
+    # 2. commits go on under rules 1, every site alike
+    for _ in range(2):
+        assert snapshot(c, "site-a")["committed"]
+    applied = _rules(c, "site-a")["applied"]
+    vouches = Vouches(c)
+    c.wait_for("checkpoints agreed under rules 1", lambda: vouches.agreed_after(0), 120, interval_s=1.0)
+    assert all(_rules(c, s)["version"] == 1 for s in SITES)
+
+    # 3. site-c is "upgraded": restarted without the knob; the raise follows, once
+    c.kill("site-c", signal.SIGTERM)
+    c.start("site-c")
+    c.wait_for("rules raised at every site", lambda: all(_rules(c, s)["version"] == RULES_MAX for s in SITES), 90)
+    raised = _rules(c, "site-a")["applied"]
+    assert raised > applied
+    audits = [s for s in SITES if "the cluster's rules raised 1 -> 2" in c.sites[s].log_path.read_text()]
+    assert len(audits) == 1, audits
+    for s in SITES:
+        rules = _rules(c, s)
+        assert rules["waiting"] is False and rules["reported_max"] == RULES_MAX, (s, rules)
+    assert _metric(c, "site-b", "replicad_rules_version") == [f'replicad_rules_version{{site="site-b"}} {RULES_MAX}.0']
+    assert _metric(c, "site-b", "replicad_rules_raise_waiting") == \
+        ['replicad_rules_raise_waiting{site="site-b"} 0.0']
+
+    # 4. commits go on under the new rules, and the states after the raise agree at every site
+    assert snapshot(c, "site-a")["committed"]
+
+    def agreed() -> dict | None:
+        got = vouches.agreed_after(raised)
+        if got is None and next(ticks) % 10 == 9:
+            snapshot(c, "site-a")  # commands for the checkpoints to cover, beside the clock reports
+        return got
+    ticks = itertools.count()
+    c.wait_for("checkpoints after the raise vouched alike by every site", agreed, 120, interval_s=1.0)
+    for s in SITES:
+        raft = c.status(s)["raft"]
+        assert raft["refused"]["checkpoint_divergent"] == 0, (s, raft["refused"], c.log_tail(s))
+    snaps = c.api("site-b", "GET", f"/v1/volumes/{VOL}/snapshots")
+    assert snaps, snaps
