@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 HONEST = ("site-b", "site-c")
 REPO = Path(__file__).parents[2]
-COOLING_S = 120  # [policy] membership_cooling_off: longer than the flood of the last test takes
+COOLING_S = 30  # [policy] membership_cooling_off: longer than the flood of the last test takes (~4 s)
 
 
 @pytest.fixture(scope="module")
