@@ -118,6 +118,19 @@ class Ext4Allocation:
         return int(np.count_nonzero(self.referenced[first:last])) if first < last else 0
 
 
+SUPERBLOCK_OFFSET = 1024
+"""Where an ext2/3/4 superblock starts on its volume (kernel ``Documentation/filesystems/ext4``)."""
+
+
+def has_superblock(read: Callable[[int, int], bytes], size_bytes: int) -> bool:
+    """True when the volume read through ``read(offset, length)`` holds the ext2/3/4 magic
+    (``EXT4_MAGIC`` at ``SUPERBLOCK_OFFSET + 0x38``); says nothing of whether
+    :func:`read_allocation` understands the rest. Raises only what ``read`` raises."""
+    if size_bytes < SUPERBLOCK_OFFSET + 1024:
+        return False
+    return struct.unpack_from("<H", read(SUPERBLOCK_OFFSET + 0x38, 2), 0)[0] == EXT4_MAGIC
+
+
 def read_allocation(read: Callable[[int, int], bytes], size_bytes: int,
                     report: dict | None = None) -> Ext4Allocation | None:
     """The block bitmaps and the blocks referenced by the in-use inodes of the ext2/3/4 file system

@@ -30,6 +30,7 @@ The very first snapshot of a volume (no older one in the catalog) is clean by de
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -73,6 +74,13 @@ with ``JUDGE_BLOCKS_MAX // FRESH_SHARE`` of them: they never count in the score 
 fresh and conservation counts), and a manifest of millions of them (a claimed size far past the
 base's) must not thin out the sample of the blocks that held data, which the score is a share of."""
 PAGE_CACHE = 8  # manifest pages kept per judgement (a manifest repeating one page loads it once)
+RELEASED_BLOCKS_MAX = 2 * JUDGE_BLOCKS_MAX
+"""Most blocks one :meth:`Detection._released` reads (those holding file-system blocks the files
+released, and the changed blocks the files hold: 2 GiB of 64 KiB blocks; a read and 64 BLAKE2b
+digests of 1 KiB each, ~0.1-0.2 ms a block); past it nothing is counted as released (the
+conservation signal as it was without it) and the evidence's ``sampling`` says so."""
+NO_FS_MAX = 1024
+"""Snapshots remembered as holding no ext2/3/4 file system (:meth:`Detection._released`)."""
 WEIGHTS_MAX = 4096
 """Distinct block contents whose :func:`ext4alloc.data_weight` one :meth:`Detection._files_lost`
 keeps (~200 bytes each): it met one entry per distinct content of every block it read, without
@@ -132,6 +140,10 @@ class Detection:
         # zero_blocks is the primary's word). Bounded; lost on restart (the next count loads all).
         self._nonzero: OrderedDict[bytes, int] = OrderedDict()
         self._nonzero_lock = threading.Lock()
+        # manifest roots whose volume holds no ext2/3/4 superblock (checked by _released): a later
+        # snapshot that did not change those bytes holds none either, and its judgement loads no
+        # unchanged page to find that out (bounded: NO_FS_MAX, the oldest dropped)
+        self._no_fs: OrderedDict[bytes, None] = OrderedDict()
 
     # ------------------------------------------------------------------ verdicts
     def own_verdict(self, volume: str, seq: int, vs: dict) -> str | None:
@@ -254,7 +266,8 @@ class Detection:
             room = wipe_room(policy, carried)
             signals, used = await asyncio.to_thread(
                 _timed, lambda: self._signals(m, base, self._cold_reference(vs, seq, policy), room, sampling,
-                                              anchor=None if anchor == base_seq else lambda: self._held(vs, anchor)))
+                                              anchor=None if anchor == base_seq else lambda: self._held(vs, anchor),
+                                              elapsed_s=elapsed_s))
             cpu_s += used
             t0 = time.thread_time()
             verdict = anomaly.judge_relative(seq, signals, window, confirmed, policy, conserve_window=conserve,
@@ -487,7 +500,8 @@ class Detection:
 
     def _signals(self, m: Manifest, base: Manifest, ref: Manifest | None,
                  policy: dict | None = None, sampling: dict | None = None,
-                 anchor: Callable[[], Manifest | None] | None = None) -> anomaly.SnapshotSignals:
+                 anchor: Callable[[], Manifest | None] | None = None,
+                 elapsed_s: float = anomaly.DAY_S) -> anomaly.SnapshotSignals:
         """The relative signals of ``m`` against ``base`` (worker thread; verified reads), with
         the ransom-note patterns and strong indicators of ``policy`` (default:
         :data:`anomaly.POLICY_DEFAULTS`).
@@ -509,7 +523,11 @@ class Detection:
         ``wipe_max``; below it they count as ``wiped``, which flags nothing), and only as far as
         the files' data shrank since the wipe window's anchor: ``anchor`` returns that snapshot's
         manifest, or None when it is not held here (every discarded block then counts); ``anchor``
-        None: ``base`` is the anchor."""
+        None: ``base`` is the anchor. Random bytes written where there were zeros beyond what the
+        conservation window's slack absorbs over ``elapsed_s`` (seconds since the snapshot before,
+        at most a day: ``slow_slack`` of the data per day) make the judge read both snapshots'
+        file-system maps for what the files released (:meth:`_released`): below it this snapshot
+        cannot add to the conservation window whatever was released."""
         policy = anomaly.with_defaults(policy or anomaly.POLICY_DEFAULTS)
         notes, note_min = list(policy["ransom_notes"]), int(policy["ransom_note_min"])
         strong = list(policy["ransom_note_strong"])
@@ -541,6 +559,11 @@ class Detection:
             delta += int(np.count_nonzero(new_rows.any(axis=1))) - int(np.count_nonzero(had))
         if base.block_size == m.block_size:
             self._remember_nonzero(m.root, data_blocks + delta)
+            if base.root in self._no_fs:  # no ext2/3/4 superblock in base: none in m unless its bytes changed
+                sb = np.arange(ext4alloc.SUPERBLOCK_OFFSET // m.block_size,
+                               (ext4alloc.SUPERBLOCK_OFFSET + 1023) // m.block_size + 1)
+                if not any(np.isin(sb, idx).any() for idx in changed):
+                    self._remember_no_fs(m.root)
         # the blocks looked at, per stratum: all, or a uniform random sample of the budget
         budgets = (JUDGE_BLOCKS_MAX, max(1, JUDGE_BLOCKS_MAX // FRESH_SHARE))
         picks: list[np.ndarray | None] = [None, None]
@@ -595,6 +618,13 @@ class Detection:
                 _scale_counts(parts[k], scales[k])
         _merge_into(signals, parts[1])
         signals.changed_blocks = counts[0] + counts[1]
+        floor = float(policy["slow_slack"]) * min(max(0.0, float(elapsed_s)), anomaly.DAY_S) / anomaly.DAY_S
+        if signals.random_filled >= 1.0 and signals.random_filled / data_blocks > floor \
+                and base.block_size == m.block_size:
+            # random bytes written where there were zeros: what the files left in place as free
+            # space (copy-encrypt-delete without discard) is weighed against them (conservation)
+            signals.structure_released = self._released(
+                m, base, np.concatenate(changed) if changed else np.zeros(0, np.int64), sampling)
         if sampling is not None:
             sampling.update(changed=counts[0] + counts[1], judged=looked[0] + looked[1], distinct=len(judged),
                             scale=round(max(scales), 3), strata={"data": [counts[0], looked[0]],
@@ -645,6 +675,81 @@ class Detection:
             return
         parts[0].files_lost = self._files_lost(m, was, new, old, changed)
         parts[0].lost_since_anchor = True  # the net loss since the anchor: the wipe window charges it once
+
+    def _released(self, m: Manifest, base: Manifest, changed: np.ndarray, sampling: dict | None = None) -> float:
+        """Blocks' worth of structured data the files of ``base`` held and those of ``m`` no longer
+        hold, left in place (:attr:`anomaly.SnapshotSignals.structure_released`): the file-system
+        blocks (:mod:`replicad.core.ext4alloc`) written in ``base``'s maps and not in ``m``'s, whose
+        bytes are the same in both snapshots and held structured data
+        (:func:`anomaly.structured_pieces`), less those whose bytes the files of ``m`` hold in a
+        block changed since ``base`` (a move: ``e4defrag``, a copy then a delete, writes the same
+        bytes elsewhere; each copy excuses one). Copy-encrypt-delete on a volume that does not
+        discard unlinks the originals and leaves their bytes where they were: the zeros the
+        conservation signal weighs on a discarding volume are never written (the bench's
+        ``.gz``-named attacker: 0 conserved, 0/2). ``changed``: the indices of the blocks changed
+        since ``base``. 0 when either snapshot holds no file system the reader understands, their
+        geometries differ, or more than :data:`RELEASED_BLOCKS_MAX` blocks would be read
+        (``sampling``: ``released_skipped``; nothing counted, as before this signal). Worker thread;
+        verified reads."""
+        changed = np.unique(changed)
+        if m.root in self._no_fs:  # _signals carried it: the superblock's bytes unchanged since a base without one
+            return 0.0
+        if not ext4alloc.has_superblock(SnapshotReader(self.store, m).read, m.size_bytes):
+            self._remember_no_fs(m.root)
+            return 0.0
+        new = self._allocation(m, sampling)
+        old = self._allocation(base, sampling) if new is not None else None
+        if new is None or old is None or old.block_size != new.block_size or old.blocks != new.blocks \
+                or m.block_size % new.block_size:
+            return 0.0
+        bs, fs = m.block_size, new.block_size
+        per = bs // fs
+        freed = np.flatnonzero((old.written != 0) & (new.written == 0))
+        touched = np.unique(freed // per)
+        touched = touched[touched < base.n_blocks]
+        written = np.concatenate([new.written, np.zeros((-new.blocks) % per, np.uint8)]).reshape(-1, per)
+        moved = changed[(changed < len(written)) & (changed < m.n_blocks)]
+        moved = moved[written[moved].any(axis=1)] if len(moved) else moved
+        if len(touched) + len(moved) > RELEASED_BLOCKS_MAX:
+            if sampling is not None:
+                sampling["released_skipped"] = int(len(touched) + len(moved))
+            return 0.0
+        readers = (SnapshotReader(self.store, base), SnapshotReader(self.store, m))
+        is_changed = np.isin(touched, changed)
+        left: dict[bytes, int] = {}  # the bytes of each structured piece released and left in place: how many
+        for v, was_changed in zip(touched.tolist(), is_changed.tolist()):
+            if readers[0].digest(v) == ZERO_DIGEST:
+                continue
+            raw = readers[0].block(v).ljust(bs, b"\0")
+            now = raw
+            if was_changed:
+                now = bytes(bs) if v >= m.n_blocks or readers[1].digest(v) == ZERO_DIGEST \
+                    else readers[1].block(v).ljust(bs, b"\0")
+            structured = anomaly.structured_pieces(raw, fs)
+            for f in freed[np.searchsorted(freed, v * per):np.searchsorted(freed, (v + 1) * per)].tolist():
+                k = f - v * per
+                piece = raw[k * fs:(k + 1) * fs]
+                if structured[k] and now[k * fs:(k + 1) * fs] == piece:
+                    key = hashlib.blake2b(piece, digest_size=16).digest()
+                    left[key] = left.get(key, 0) + 1
+        if not left:
+            return 0.0
+        for v in moved.tolist():  # the files' pieces in changed blocks: a copy of a released piece excuses it
+            if readers[1].digest(v) == ZERO_DIGEST:
+                continue
+            raw = readers[1].block(v).ljust(bs, b"\0")
+            for k in np.flatnonzero(written[v]).tolist():
+                key = hashlib.blake2b(raw[k * fs:(k + 1) * fs], digest_size=16).digest()
+                if left.get(key):
+                    left[key] -= 1
+        return sum(left.values()) * fs / bs
+
+    def _remember_no_fs(self, root: bytes) -> None:
+        """Remember that snapshot ``root`` holds no ext2/3/4 superblock (:attr:`_no_fs`)."""
+        self._no_fs[root] = None
+        self._no_fs.move_to_end(root)
+        while len(self._no_fs) > NO_FS_MAX:
+            self._no_fs.popitem(last=False)
 
     def _files_lost(self, m: Manifest, base: Manifest, new: ext4alloc.Ext4Allocation,
                     old: ext4alloc.Ext4Allocation, changed: np.ndarray) -> float:

@@ -908,6 +908,11 @@ def daily_ops(corpus: str) -> dict[str, tuple[bool, Callable[[Path, random.Rando
         "log rotation with gzip, daily for 30 days, fstrim (conservation slow window)": (False, rotate_daily, 30),
         "60 letters rewritten and log rotation with gzip, daily for 30 days, fstrim (coverage window, never "
         "confirmed)": (False, edit_daily, 30),
+        # without discard the originals' bytes stay where they were: conservation by what the files released
+        f"attack: adaptive copy-encrypt-delete as .gz (gzip-framed), {DAILY_CED_SHARE:.0%} of the data bytes per "
+        f"daily cycle (under conserve_max), {NO_TRIM}": (True, ced_gz, 8),
+        f"60 letters rewritten and log rotation with gzip, daily for 30 days, {NO_TRIM} (released structure, never "
+        "confirmed)": (False, edit_daily, 30),
     }
 
 
