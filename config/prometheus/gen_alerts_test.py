@@ -298,6 +298,16 @@ case("a site read a volume it does not hold: warning while refusals are within 1
        [exp("ReplicadPeerFetchRefused", {"site": "site-b", "requester": "site-a", "reason": "not_holder"}, 3)]),
       ("30m", "ReplicadPeerFetchRefused", [])])
 
+case("a site held request documents past its share: warning while refusals are within 15m; global busy is quiet",
+     [('replicad_peer_doc_refused_total{site="site-b", peer="site-c", route="fetch", reason="doc_busy_per_site"}',
+       "0 0 40x30"),
+      ('replicad_peer_doc_refused_total{site="site-b", peer="site-a", route="missing", reason="doc_busy_global"}',
+       "0 0 3 5x30")],
+     [("1m", "ReplicadPeerDocRefused", []),
+      ("3m", "ReplicadPeerDocRefused",
+       [exp("ReplicadPeerDocRefused", {"site": "site-b", "peer": "site-c", "reason": "doc_busy_per_site"}, 40)]),
+      ("30m", "ReplicadPeerDocRefused", [])])
+
 case("a holder stalled fetches: warning while stalls are within 15m",
      [('replicad_fetch_stalled_total{site="site-c", holder="site-a"}', "0 0 1x30"),
       ('replicad_fetch_stalled_total{site="site-c", holder="site-b"}', "0x32")],

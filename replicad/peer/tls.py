@@ -88,6 +88,18 @@ def cert_names(peercert: dict[str, Any]) -> set[str]:
     return names
 
 
+def cert_site(peercert: dict[str, Any] | None) -> str | None:
+    """The site a verified peer certificate (``getpeercert()`` form) belongs to, known before
+    any byte of the request body is read: its commonName (the site id, :func:`check_site_tls`);
+    without one, its DNS subjectAltNames joined by ``|``; None for a request not over TLS."""
+    if peercert is None:
+        return None
+    common = sorted(value for rdn in peercert.get("subject", ()) for key, value in rdn if key == "commonName")
+    if common:
+        return common[0]
+    return "|".join(sorted(cert_names(peercert))) or "?"
+
+
 def check_sender(peercert: dict[str, Any] | None, sender: object) -> None:
     """Raise ForbiddenError unless the TLS client certificate names ``sender`` (the ``from``
     of a peer document). ``peercert`` None: the request did not come over TLS (a cluster

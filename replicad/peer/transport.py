@@ -57,7 +57,7 @@ from replicad.core.errors import (IntegrityError, NotFoundError, PeerBusyError, 
                                   PeerUnavailableError, RemoteProtocolError, ReplicadError, RevokedError, from_dict)
 from replicad.core.manifest import Manifest, changed_digests, iter_block_digests
 from replicad.peer.netreason import connection_reason, origin, unreachable_detail
-from replicad.peer.tls import check_sender
+from replicad.peer.tls import cert_site, check_sender
 
 log = logging.getLogger("replicad.peer.transport")
 
@@ -84,9 +84,33 @@ FETCH_WAIT_S = 5.0             # half the client's progress window, which counts
 # The server's progress rule: a client must take each batch it is sent (at most FETCH_BATCH_BYTES)
 # within FETCH_SEND_STALL_S (3x the client's own window FETCH_PROGRESS_S), else its connection is
 # cut (its place freed, its memory dropped); and its request document must arrive within
-# FETCH_DOC_S. An honest restore takes a 4 MiB batch in well under a second.
+# DOC_RECEIVE_S (below). An honest restore takes a 4 MiB batch in well under a second.
 FETCH_SEND_STALL_S = 30.0
-FETCH_DOC_S = 30.0
+# Request documents (ARCHITECTURE.md, Choices: "A peer document costs its receiver a bounded
+# memory"). Each route's document is refused past what an honest peer can ever send (DOC_LIMITS,
+# checked against Content-Length before any byte is read and again while reading): a missing or
+# fetch document carries at most wire.MAX_DIGESTS_PER_DOC digests of 34 bytes each as msgpack
+# (bin 8: marker, length, 32 bytes) behind a 3-byte array head, plus an envelope (keys, two names
+# of at most 255 characters, counters, root) of at most 2,129 bytes (measured: 255 four-byte
+# characters in both names, counters at wire.MAX_COUNTER), bounded here by DOC_ENVELOPE_BYTES;
+# a snapshot document and the head of a chunk stream are an envelope alone. A document must
+# arrive whole within DOC_RECEIVE_S of its request's head (140 KiB in 10 s: a link of at least
+# 14 KiB/s, 115 kbit/s; the progress rule of a fetch already asks 100 KiB/s of a holder). At most
+# DOC_PER_SITE documents of one peer and DOC_GLOBAL in all are received at once (DocGate: the
+# excess refused at once, before its body is read, with PeerBusyError): the bodies all of them
+# hold stay under DOC_GLOBAL x 140 KiB = 8.8 MiB, 2.2 MiB for one peer (before: 8 MiB each,
+# without a bound on their number, kept up to 30 s: 256 unfinished fetch documents of one site
+# held 2 GiB). A peer is its TLS certificate's site (:func:`peer_identity`).
+DOC_ENVELOPE_BYTES = 4096
+DOC_DIGESTS_BYTES = 3 + wire.MAX_DIGESTS_PER_DOC * (2 + wire.DIGEST_SIZE)
+DOC_LIMITS = {"missing": DOC_DIGESTS_BYTES + DOC_ENVELOPE_BYTES, "fetch": DOC_DIGESTS_BYTES + DOC_ENVELOPE_BYTES,
+              "snapshot": DOC_ENVELOPE_BYTES, "chunks": DOC_ENVELOPE_BYTES}
+DOC_RECEIVE_S = 10.0
+DOC_PER_SITE = 16
+DOC_GLOBAL = 64
+DOC_LOG_S = 60.0               # a refused document is logged once per this per peer, route and reason
+DOC_REFUSALS = ("doc_busy", "doc_too_large", "doc_too_slow")  # evidence reasons of the DocGate's refusals
+FROM_HEADER = "X-Replicad-From"  # the sending site's name, its word (read before the body only without TLS)
 # A client answered PeerBusyError asks the same holder again after FETCH_BUSY_RETRY_S (its share meanwhile
 # open to the other holders), up to FETCH_BUSY_RETRIES times in a row; then the holder counts as failed.
 FETCH_BUSY_RETRY_S = 1.0
@@ -199,9 +223,132 @@ async def read_bounded(stream: aiohttp.StreamReader, declared: int | None, limit
     return b"".join(parts)
 
 
-async def _read_doc(request: web.Request, kind: str) -> dict[str, Any]:
-    body = await read_bounded(request.content, request.content_length, wire.MAX_DOC_BYTES, f"{kind} document")
-    doc = wire.decode_doc(kind, body)
+def peer_identity(request: web.Request) -> tuple[str, bool]:
+    """Who sends ``request``, known before its body is read: ``(name, certified)``. Over mutual
+    TLS the site its certificate names (:func:`replicad.peer.tls.cert_site`; certified True).
+    Without ``[tls]`` no sender is authenticated: the name it gives in the FROM_HEADER header
+    (PeerClient sends it), else ``"?@"`` and its remote address (certified False); a peer that
+    lies there only shares the bounds of the name it takes, the bound in all stands."""
+    transport = request.transport
+    site = cert_site(transport.get_extra_info("peercert") if transport is not None else None)
+    if site is not None:
+        return site, True
+    claimed = request.headers.get(FROM_HEADER, "")
+    if claimed and len(claimed) <= wire.MAX_NAME_CHARS and claimed.isprintable():
+        return claimed, False
+    return f"?@{request.remote or '?'}", False
+
+
+class DocGate:
+    """Places to receive peer request documents: at most ``per_site`` bodies of one peer
+    (:func:`peer_identity`) at once and ``total`` in all, taken before the body is read and
+    given back once it is read (or refused); the excess is refused at once (PeerBusyError,
+    evidence ``reason`` "doc_busy", ``limit`` per_site or global). Every refusal of a document
+    (busy, too large, too slow: :meth:`refused`) is handed to ``on_refused(peer, route, reason)``
+    and logged at WARNING once per DOC_LOG_S per peer, route and reason (the others of that
+    minute counted in the next line). Event loop only (no locks).
+
+    Args:
+        site_id: this site (named in the log).
+        on_refused: ``(peer, route, reason) -> None`` (metrics); None: logged only. Must not raise.
+        per_site, total: the bounds (defaults DOC_PER_SITE, DOC_GLOBAL).
+        clock: monotonic seconds (the log's rate).
+    """
+
+    def __init__(self, site_id: str = "?", on_refused: Callable[[str, str, str], None] | None = None,
+                 per_site: int | None = None, total: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.site_id = site_id
+        self.on_refused = on_refused
+        self.per_site = DOC_PER_SITE if per_site is None else per_site
+        self.total = DOC_GLOBAL if total is None else total
+        self.clock = clock
+        self.receiving: collections.Counter[str] = collections.Counter()
+        self._logged: dict[tuple[str, str, str], list[float | int]] = {}  # -> [last logged at, refused since]
+
+    def acquire(self, peer: str, route: str) -> None:
+        """Take a place for one document of ``peer`` on ``route``. Raises PeerBusyError (and
+        accounts it, :meth:`refused`) when ``peer`` or all peers hold every place."""
+        mine, all_ = self.receiving[peer], sum(self.receiving.values())
+        if mine < self.per_site and all_ < self.total:
+            self.receiving[peer] += 1
+            return
+        limit = "per_site" if mine >= self.per_site else "global"
+        err = PeerBusyError(f"{self.site_id} receives {mine} request documents of {peer} and {all_} in all (at most "
+                            f"{self.per_site} per site, {self.total} in all): ask later", sender=peer, route=route,
+                            reason="doc_busy", limit=limit, receiving=mine)
+        self.refused(peer, route, err)
+        raise err
+
+    def release(self, peer: str) -> None:
+        """Give back a place of ``peer``."""
+        self.receiving[peer] -= 1
+        if self.receiving[peer] <= 0:
+            del self.receiving[peer]
+
+    def refused(self, peer: str, route: str, err: ReplicadError) -> None:
+        """Account one document of ``peer`` on ``route`` refused with ``err`` (its evidence
+        ``reason``: doc_busy, doc_too_large, doc_too_slow). Never raises."""
+        reason = str(err.evidence.get("reason") or err.code)
+        if reason == "doc_busy":
+            reason = f"doc_busy_{err.evidence.get('limit', 'global')}"
+        if self.on_refused is not None:
+            try:
+                self.on_refused(peer, route, reason)
+            except Exception:  # noqa: BLE001 - accounting must not change the answer
+                log.exception("accounting a refused document of %s failed", peer[:64])
+        now = self.clock()
+        entry = self._logged.setdefault((peer, route, reason), [float("-inf"), 0])
+        entry[1] += 1
+        if now - entry[0] < DOC_LOG_S:
+            return
+        log.warning("AUDIT refused %s documents of site %r at %s: %s: %s (%d refused since the last such line; "
+                    "once per %.0fs per site, route and reason)", route, peer[:64], self.site_id, reason, err,
+                    entry[1], DOC_LOG_S)
+        entry[0], entry[1] = now, 0
+
+
+async def read_doc_body(request: web.Request, route: str) -> bytes:
+    """The body of ``request``, a document of ``route`` (a key of DOC_LIMITS), read into one
+    buffer of at most its limit: refused before anything is read when its Content-Length is
+    larger, and as soon as more arrives than the limit; whole within DOC_RECEIVE_S. Raises
+    RemoteProtocolError (evidence ``reason`` doc_too_large or doc_too_slow, ``limit``)."""
+    limit = DOC_LIMITS[route]
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise RemoteProtocolError(f"{route} document of {declared} bytes is larger than any honest one ({limit})",
+                                  route=route, bytes=declared, limit=limit, reason="doc_too_large")
+    buf = bytearray()
+    try:
+        async with asyncio.timeout(DOC_RECEIVE_S):
+            while data := await request.content.read(limit + 1 - len(buf)):
+                buf += data
+                if len(buf) > limit:
+                    raise RemoteProtocolError(f"{route} document is larger than any honest one ({limit} bytes)",
+                                              route=route, bytes=len(buf), limit=limit, reason="doc_too_large")
+    except TimeoutError:
+        raise RemoteProtocolError(f"{route} document not received within {DOC_RECEIVE_S:g}s ({len(buf)} bytes came)",
+                                  route=route, bytes=len(buf), deadline_s=DOC_RECEIVE_S,
+                                  reason="doc_too_slow") from None
+    return bytes(buf)
+
+
+async def receive_doc(request: web.Request, route: str, gate: DocGate) -> dict[str, Any]:
+    """Receive and decode the request document of ``route`` under ``gate``: a place of the
+    sending peer taken before the body is read (:meth:`DocGate.acquire`), the body read within
+    its bounds (:func:`read_doc_body`), the place given back. Raises PeerBusyError,
+    RemoteProtocolError (accounted as refused documents when busy, too large or too slow), or
+    ForbiddenError (the ``from`` is not the TLS certificate's site)."""
+    peer = peer_identity(request)[0]
+    gate.acquire(peer, route)
+    try:
+        body = await read_doc_body(request, route)
+    except RemoteProtocolError as err:
+        gate.refused(peer, route, err)
+        raise
+    finally:
+        gate.release(peer)
+    doc = wire.decode_doc(route, body)
     _check_sender(request, doc["from"])
     return doc
 
@@ -264,7 +411,10 @@ def snapshot_complete(store: ChunkStore, volume: str, epoch: int, seq: int, root
 
 
 def peer_routes(host: PeerHost) -> list[web.RouteDef]:
-    """The peer API of ``host`` as aiohttp route definitions."""
+    """The peer API of ``host`` as aiohttp route definitions. Every route's document (the
+    head of a chunk stream included) is received under one :class:`DocGate`, whose refusals go
+    to ``host.doc_refused(peer, route, reason)`` when the host has it (metrics)."""
+    docs = DocGate(str(getattr(host, "site_id", "?")), getattr(host, "doc_refused", None))
 
     async def refused_read(path: str, doc: dict[str, Any], err: ReplicadError) -> web.Response:
         if isinstance(err, RevokedError):  # reads are audited only when the sender is revoked
@@ -274,7 +424,7 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
     async def missing(request: web.Request) -> web.Response:
         doc: dict[str, Any] = {}
         try:
-            doc = await _read_doc(request, "missing")
+            doc = await receive_doc(request, "missing", docs)
             host.check_peer(doc["from"])
             lacking = await asyncio.to_thread(host.store.missing, doc["digests"])
             return _msgpack_response(missing=lacking)
@@ -286,7 +436,6 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
         stored = 0
         batch: list[tuple[bytes, int, bytes]] = []
         batch_bytes = 0
-        checked = False
         received_bytes = 0
         # one batch is stored (verified, written, fsynced: O1) while the next is received, so
         # the sender is not stalled by this site's fsyncs; at most two batches in memory
@@ -300,31 +449,72 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
             if items:
                 storing = asyncio.ensure_future(asyncio.to_thread(host.store.put_encoded, items))
 
+        async def check(header: dict[str, Any]) -> None:
+            # fencing: refuse the stream of a stale primary before storing anything
+            _check_sender(request, header["from"])
+            host.check_peer(header["from"])
+            await host.check_write_epoch(header["volume"], header["epoch"], header["from"])
+
+        async def head() -> list[tuple[bytes, int, bytes]]:
+            """Receive the stream's head document under the DocGate (a place of the peer, at most
+            DOC_LIMITS["chunks"] bytes before it is whole, within DOC_RECEIVE_S) and fence it;
+            return the frames that came with it."""
+            peer = peer_identity(request)[0]
+            docs.acquire(peer, "chunks")
+            try:
+                frames: list[tuple[bytes, int, bytes]] = []
+                limit, got = DOC_LIMITS["chunks"], 0
+                try:
+                    async with asyncio.timeout(DOC_RECEIVE_S):
+                        while reader.header is None:
+                            data = await request.content.read(limit + 1 - got)
+                            if not data:
+                                break
+                            got += len(data)
+                            reader.feed(data)
+                            frames.extend(reader.frames())
+                            if reader.header is None and got > limit:
+                                raise RemoteProtocolError(
+                                    f"chunks head document is larger than any honest one ({limit} bytes)",
+                                    route="chunks", bytes=got, limit=limit, reason="doc_too_large")
+                except TimeoutError:
+                    raise RemoteProtocolError(f"chunks head document not received within {DOC_RECEIVE_S:g}s "
+                                              f"({got} bytes came)", route="chunks", bytes=got,
+                                              deadline_s=DOC_RECEIVE_S, reason="doc_too_slow") from None
+            except RemoteProtocolError as err:
+                if err.evidence.get("reason") in DOC_REFUSALS:
+                    docs.refused(peer, "chunks", err)
+                raise
+            finally:
+                docs.release(peer)
+            if reader.header is not None:
+                await check(reader.header)
+            return frames
+
+        def take(frame: tuple[bytes, int, bytes]) -> list[tuple[bytes, int, bytes]] | None:
+            """Count ``frame`` in the quota and the batch; the batch to store when it is full."""
+            nonlocal batch, batch_bytes, received_bytes
+            # quota: never more than a snapshot in flight can need (refused before storing)
+            assert reader.header is not None
+            host.admit_chunk(reader.header["volume"], reader.header["epoch"], reader.header["from"], len(frame[2]))
+            batch.append(frame)
+            batch_bytes += len(frame[2])
+            received_bytes += len(frame[2])
+            if batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_ITEMS:
+                full, batch, batch_bytes = batch, [], 0
+                return full
+            return None
+
         try:
+            for frame in await head():
+                if (full := take(frame)) is not None:
+                    await store(full)
             async for data in request.content.iter_chunked(wire.FEED_MAX_BYTES):
                 reader.feed(data)
                 for frame in reader.frames():
-                    if not checked:
-                        # fencing: refuse the stream of a stale primary before storing anything
-                        _check_sender(request, reader.header["from"])
-                        host.check_peer(reader.header["from"])
-                        await host.check_write_epoch(reader.header["volume"], reader.header["epoch"],
-                                               reader.header["from"])
-                        checked = True
-                    # quota: never more than a snapshot in flight can need (refused before storing)
-                    host.admit_chunk(reader.header["volume"], reader.header["epoch"], reader.header["from"],
-                                     len(frame[2]))
-                    batch.append(frame)
-                    batch_bytes += len(frame[2])
-                    received_bytes += len(frame[2])
-                    if batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_ITEMS:
-                        await store(batch)
-                        batch, batch_bytes = [], 0
-            header = reader.finish()
-            if not checked:
-                _check_sender(request, header["from"])
-                host.check_peer(header["from"])
-                await host.check_write_epoch(header["volume"], header["epoch"], header["from"])
+                    if (full := take(frame)) is not None:
+                        await store(full)
+            header = reader.finish()  # a stream without a head document: RemoteProtocolError
             await store(batch)
             await store([])  # O1: every batch durable before the answer
             host.chunks_received(header["volume"], header["from"], received_bytes)
@@ -332,6 +522,8 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
                                                                                   bytes=received_bytes), None)
             return _msgpack_response(stored=stored)
         except ReplicadError as err:
+            if err.evidence.get("reason") in DOC_REFUSALS:  # accounted and logged by the DocGate
+                return error_response(err)
             if isinstance(err, IntegrityError):
                 log.warning("peer sent a corrupt chunk: %s", err.evidence)
             await host.peer_audit(_sender(reader), "/v1/peer/chunks",
@@ -347,7 +539,7 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
     async def snapshot(request: web.Request) -> web.Response:
         doc: dict[str, Any] = {}
         try:
-            doc = await _read_doc(request, "snapshot")
+            doc = await receive_doc(request, "snapshot", docs)
             host.check_peer(doc["from"])
             await host.check_write_epoch(doc["volume"], doc["epoch"], doc["from"])
             base = await asyncio.to_thread(host.complete_base, doc["volume"])
@@ -360,6 +552,8 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
             await host.peer_audit(doc["from"], "/v1/peer/snapshot", _audit_fields(doc), None)
             return _msgpack_response(stored=True, ack=ack)
         except ReplicadError as err:
+            if err.evidence.get("reason") in DOC_REFUSALS:  # accounted and logged by the DocGate
+                return error_response(err)
             await host.peer_audit(str(doc.get("from", "?")), "/v1/peer/snapshot", _audit_fields(doc), err)
             return error_response(err)
 
@@ -367,14 +561,15 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
 
     async def fetch(request: web.Request) -> web.StreamResponse:
         doc: dict[str, Any] = {}
-        sender = "?"
+        peer, certified = peer_identity(request)
+        sender = peer if certified else "?"  # over TLS its certificate's site, before the document names it
         try:
             try:
-                async with asyncio.timeout(FETCH_DOC_S):
-                    doc = await _read_doc(request, "fetch")
-            except TimeoutError:
-                raise RemoteProtocolError(f"fetch request not received within {FETCH_DOC_S:.0f}s",
-                                          deadline_s=FETCH_DOC_S) from None
+                doc = await receive_doc(request, "fetch", docs)
+            except ReplicadError as err:
+                if err.evidence.get("reason") in DOC_REFUSALS:
+                    return error_response(err)  # accounted and logged by the DocGate (not per fetch)
+                raise
             sender = str(doc["from"])
             host.check_peer(sender)
             digests: list[bytes] = doc["digests"]
@@ -600,6 +795,8 @@ class PeerClient:
         self.progress_bytes = FETCH_PROGRESS_BYTES  # and of send_chunks (ShipProgress)
         self.ship_doc_s = SHIP_DOC_S                # deadlines of missing and snapshot_ack
         self.ship_check_s_per_gib = SHIP_CHECK_S_PER_GIB
+        # FROM_HEADER: the name a receiver without TLS bounds this site's documents under (peer_identity)
+        self._headers = {"Content-Type": wire.CONTENT_TYPE, FROM_HEADER: site_id}
 
     def holder_fault(self, peer_url: str, err: ReplicadError) -> None:
         """Hand ``err`` (the holder at ``peer_url`` stalled a fetch or answered it with bad
@@ -631,7 +828,7 @@ class PeerClient:
     async def _post_once(self, url: str, body: Any, timeout: aiohttp.ClientTimeout) -> dict[str, Any]:
         try:
             async with self.session.post(url, data=body, timeout=timeout,
-                                         headers={"Content-Type": wire.CONTENT_TYPE}) as resp:
+                                         headers=self._headers) as resp:
                 data = await read_bounded(resp.content, resp.content_length, wire.MAX_DOC_BYTES, "peer reply")
                 if resp.status != 200:
                     raise _error_from(resp.status, data, url)
@@ -822,7 +1019,7 @@ class PeerClient:
             try:
                 resp = await progress.run(self.session.post(peer_url + "/v1/peer/fetch", data=body,
                                                             timeout=PEER_TIMEOUT,
-                                                            headers={"Content-Type": wire.CONTENT_TYPE}))
+                                                            headers=self._headers))
                 async with resp:
                     if resp.status != 200:  # the peer's refusal: its word, not a bad answer
                         refusal = _error_from(resp.status, await progress.run(read_bounded(

@@ -276,6 +276,22 @@ class Receiver:
             log.error("accounting a fetch of %s at %s failed: %s: %s", sender[:64], self.site_id,
                       type(bug).__name__, bug)
 
+    def doc_refused(self, peer: str, route: str, reason: str) -> None:
+        """Count one request document of ``peer`` (its TLS certificate's site, or its word
+        without TLS: :func:`replicad.peer.transport.peer_identity`) refused on ``route`` before
+        it was read or while it was (``reason``: doc_busy_per_site, doc_busy_global,
+        doc_too_large, doc_too_slow) in ``replicad_peer_doc_refused_total{peer,route,reason}``; a
+        peer that is not a configured site counts as ``other``. The DocGate logs it (once a
+        minute per peer, route and reason); nothing is audited (no document was read). Never
+        raises."""
+        try:
+            who = peer if any(s.site_id == peer for s in self.cluster.sites()) else "other"
+            if self.metrics is not None:
+                self.metrics.peer_doc_refused(who, route, reason)
+        except Exception as bug:  # noqa: BLE001 - accounting must never change an answer
+            log.error("accounting a refused document of %s at %s failed: %s: %s", peer[:64], self.site_id,
+                      type(bug).__name__, bug)
+
     def _flush_reads(self, key: tuple[str, str]) -> None:
         """Write the window's read record of ``key`` (requester, volume) to the peer audit."""
         entry = self._reads.pop(key, None)

@@ -164,6 +164,8 @@ replicad_fetch_stalled_total                                holder             f
                                                                                sent bad frames (counter)
 replicad_fetch_refused_total                                requester, reason  fetches this site refused or
                                                                                cut as a holder (counter)
+replicad_peer_doc_refused_total                             peer, route,       peer request documents refused
+                                                            reason             before or while read (counter)
 replicad_fetch_served_bytes_total                           requester, volume  chunk bytes this site served
                                                                                as a holder (counter)
 replicad_ship_stalled_total                                 peer               ship requests a replica did
@@ -645,6 +647,10 @@ FETCH_REFUSAL_ALERTED = ("not_holder", "other_volume", "duplicate_digests", "cli
 """Reasons of ``replicad_fetch_refused_total`` exported at 0 for every other data site from the start
 (the alert ReplicadPeerFetchRefused then sees the first one as an increase)."""
 
+DOC_REFUSAL_ALERTED = ("doc_busy_per_site", "doc_too_large", "doc_too_slow")
+"""Reasons of ``replicad_peer_doc_refused_total`` exported at 0 (route ``fetch``) for every other data
+site from the start (the alert ReplicadPeerDocRefused sums over routes and sees the first one as an increase)."""
+
 
 class SiteMetrics:
     """The metrics registry of one site.
@@ -711,6 +717,12 @@ class SiteMetrics:
                                        "site (a site not configured here counts as 'other') and reason (not_holder, "
                                        "other_volume, busy, duplicate_digests, client_stalled, client_gone, ...)",
                                        ["site", "requester", "reason"], registry=self.registry)
+        self.peer_docs_refused = Counter(
+            "replicad_peer_doc_refused_total",
+            "Peer request documents (missing, fetch, snapshot, the head of a chunk stream) this site refused before "
+            "or while reading them, by sending peer (its TLS certificate's site; 'other' if not a configured site), "
+            "route and reason (doc_busy_per_site, doc_busy_global, doc_too_large, doc_too_slow)",
+            ["site", "peer", "route", "reason"], registry=self.registry)
         self.fetch_served_bytes = Counter("replicad_fetch_served_bytes_total",
                                           "Chunk payload bytes this site served to a requesting site's fetches",
                                           ["site", "requester", "volume"], registry=self.registry)
@@ -723,6 +735,8 @@ class SiteMetrics:
             self.ships_stalled.labels(site_id, holder)
             for reason in FETCH_REFUSAL_ALERTED:  # and the first refusal of a site's read (ReplicadPeerFetchRefused)
                 self.fetches_refused.labels(site_id, holder, reason)
+            for reason in DOC_REFUSAL_ALERTED:  # and of its documents (ReplicadPeerDocRefused)
+                self.peer_docs_refused.labels(site_id, holder, "fetch", reason)
         self.standby_damaged_events = Counter(
             "replicad_standby_damage_found_total", "Times this site's standby image was found not to hold the snapshot "
             "its standby record names (standby check, verify, or a promotion's O5 check)", ["site", "volume"],
@@ -870,6 +884,10 @@ class SiteMetrics:
     def fetch_refused(self, requester: str, reason: str) -> None:
         """Count one fetch of ``requester`` refused or cut here (``replicad_fetch_refused_total``)."""
         self.fetches_refused.labels(self.site_id, requester, reason).inc()
+
+    def peer_doc_refused(self, peer: str, route: str, reason: str) -> None:
+        """Count one request document of ``peer`` refused on ``route`` (``replicad_peer_doc_refused_total``)."""
+        self.peer_docs_refused.labels(self.site_id, peer, route, reason).inc()
 
     def fetch_served(self, requester: str, volume: str, payload_bytes: int) -> None:
         """Count ``payload_bytes`` served to ``requester``'s fetches of ``volume``."""
