@@ -1,0 +1,405 @@
+"""Upgrade campaign (outside CI): release b976d0a -> this checkout, on real daemons.
+
+One command, bounded (``--budget``, default 900 s), every daemon stopped by PID at the end::
+
+    python3 -m chaos.upgrade [--root /tmp/upgrade/run] [--out tests/bench/results/upgrade.md]
+
+Release b976d0a runs from a git worktree (``git worktree add /tmp/upgrade/old b976d0a``, made
+when missing, kept for the next run). Each phase starts a three-site cluster (real image files,
+real snapshots shipped and committed, checkpoints every 8 commands through
+``REPLICAD_LAB_CHECKPOINT_EVERY`` on ``lab = true`` configs) on b976d0a, takes snapshots, then:
+
+* **all-stopped**: every site stopped, then started on this checkout;
+* **rolling**: one site at a time (site-c, site-b, then the primary site-a) stopped and started on
+  this checkout, a snapshot committed after each step.
+
+After each step: every running site's Raft view current, a snapshot committed, the rules version
+(this checkout's status ``rules``; b976d0a has none), and the sites' states compared: every
+checkpoint after the step vouched by all three sites with one digest (the vouches in the Raft
+state, read from an upgraded site's ``rules.vouches``) and no site counting
+``checkpoint_divergent``. After each phase: ``snapshots`` at every site, a forced promotion of
+site-b with site-a killed (its restore verified), a snapshot committed by the new primary, site-a
+back (fenced), states compared again. Results with timings and the load average go to ``--out``
+(Markdown) and stdout; the exit code is 1 when a check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from replicad.lab.localcluster import LocalCluster
+
+OLD = "b976d0a"
+NEW = Path(__file__).resolve().parents[1]
+"""The code the sites are upgraded to: this checkout (``--new`` another, e.g. a release to compare)."""
+VOL = "ehr"
+SITES = ("site-a", "site-b", "site-c")
+EVERY = 8
+BLOCK = 64 * 1024
+
+
+class Failed(Exception):
+    """A campaign check failed."""
+
+
+def ensure_worktree(path: Path) -> Path:
+    """The worktree of release :data:`OLD` at ``path`` (``git worktree add``, made when missing)."""
+    if not (path / "replicad" / "site" / "daemon.py").exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "-C", str(NEW), "worktree", "add", "--detach", str(path), OLD], check=True,
+                       capture_output=True)
+    head = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    if not OLD.startswith(head[:7]) and not head.startswith(OLD):
+        raise Failed(f"{path} is at {head}, not {OLD}")
+    return path
+
+
+def write_image(path: Path, n_blocks: int, rng: random.Random) -> None:
+    """A volume image: text-like blocks (compressible), fsynced."""
+    with open(path, "wb") as f:
+        for _ in range(n_blocks):
+            f.write(bytes(rng.choice(b"abcdefgh \n") for _ in range(256)) * (BLOCK // 256))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def touch_blocks(path: Path, rng: random.Random, n: int = 3) -> None:
+    """Rewrite ``n`` random blocks in place (text-like), fsynced: something for the next snapshot."""
+    size = path.stat().st_size // BLOCK
+    with open(path, "r+b") as f:
+        for b in rng.sample(range(size), n):
+            f.seek(b * BLOCK)
+            f.write(bytes(rng.choice(b"ijklmnop \n") for _ in range(256)) * (BLOCK // 256))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds (0 when gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class Campaign:
+    """One phase's cluster and its checks; rows of results in :attr:`rows`."""
+
+    def __init__(self, root: Path, old: Path, phase: str, rows: list[dict]) -> None:
+        self.phase, self.rows, self.old = phase, rows, old
+        self.c = LocalCluster(root, n_data=3, interval="1h", min_copies=2)
+        for s in SITES:
+            cfg = self.c.sites[s].config_path
+            cfg.write_text(cfg.read_text().replace('log_level = "info"\n', 'log_level = "info"\nlab = true\n', 1))
+        self.code = dict.fromkeys(SITES, old)
+        self.rng = random.Random(sum(map(ord, phase)))
+        write_image(self.c.sites["site-a"].volume_path(VOL), 128, self.rng)
+        self.seen: dict[int, dict[str, str]] = {}
+        self.cpu: dict[str, float] = dict.fromkeys(SITES, 0.0)
+        self.primary = "site-a"
+        self.started_at = 0.0  # time.time() of the last step's starts
+
+    # ---------------------------------------------------------------- processes
+    def start(self, site: str, code: Path) -> None:
+        self.code[site] = code
+        self.c.code_dir = code
+        self.c.start(site)
+
+    def stop(self, site: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.c.sites[site].proc
+        if proc is not None and proc.poll() is None:
+            self.cpu[site] += cpu_s(proc.pid)
+        self.c.kill(site, sig)
+
+    def release(self, site: str) -> str:
+        return "new" if self.code[site] == NEW else OLD
+
+    # ---------------------------------------------------------------- checks
+    def ready(self, timeout_s: float = 120) -> None:
+        self.c.wait_ready(timeout_s)
+
+    def snapshot(self, site: str | None = None) -> dict:
+        site = site or self.primary
+        touch_blocks(self.c.sites[site].volume_path(VOL), self.rng)
+        t0 = time.monotonic()
+        res = self.c.wait_for(f"a snapshot committed at {site}", lambda: self._snap(site), 120, interval_s=1.0)
+        res["_s"] = time.monotonic() - t0
+        return res
+
+    def _snap(self, site: str) -> dict | None:
+        res = self.c.api(site, "POST", f"/v1/volumes/{VOL}/snapshot", {})
+        return res if res.get("committed") else None
+
+    def rules(self) -> dict[str, Any]:
+        """``{site: rules version}`` (None: a site on b976d0a, whose status has none)."""
+        return {s: (self.c.status(s).get("rules") or {}).get("version") for s in SITES
+                if self.c.sites[s].proc is not None and self.c.sites[s].proc.poll() is None}
+
+    def _vouches(self) -> None:
+        upgraded = [s for s in self.running() if self.code[s] == NEW]
+        for reader in upgraded[:1]:
+            for site, kept in ((self.c.status(reader).get("rules") or {}).get("vouches") or {}).items():
+                for n, digest in kept.items():
+                    self.seen.setdefault(int(n), {})[site] = digest
+
+    def agreed(self, after: int, timeout_s: float = 150) -> tuple[int | None, float]:
+        """Wait until a checkpoint after ``after`` (commands applied) was vouched by all three sites
+        (read from an upgraded site's ``rules.vouches``); ``(n, seconds)``. Without such a site (all
+        on b976d0a, or ``--new`` a release without them): until every site made two checkpoints
+        more, ``n`` None. Failed at once when two sites vouched different digests for one ``n``,
+        or a site counts or logs ``checkpoint_divergent``."""
+        t0 = time.monotonic()
+        ticks = iter(range(10**6))
+        base: dict[str, int] = {}
+
+        def done() -> int | bool | None:
+            self._divergence()
+            self._vouches()
+            for n, by_site in self.seen.items():
+                if len(set(by_site.values())) > 1:
+                    raise Failed(f"{self.phase}: checkpoint {n} vouched with different digests: {by_site}")
+            if self.seen:
+                common = sorted(n for n, d in self.seen.items() if n > after and set(d) == set(SITES))
+                found = common[0] if common else None
+            else:  # nobody shows the vouches: each site's own checkpoints must move on, undivergent
+                now = {s: int(((self.c.status(s).get("raft") or {}).get("checkpoint") or {}).get("n") or 0)
+                       for s in self.running()}
+                for s, n in now.items():
+                    base.setdefault(s, n)
+                found = True if all(n >= base[s] + 2 * EVERY for s, n in now.items()) else None
+            if not found and next(ticks) % 15 == 14:
+                self.snapshot()  # commands for the checkpoints to cover, beside the clock reports
+            return found
+        found = self.c.wait_for("a checkpoint vouched alike by every site", done, timeout_s, interval_s=1.0)
+        self._divergence()
+        return (None if found is True else found), time.monotonic() - t0
+
+    def running(self) -> list[str]:
+        return [s for s in SITES if self.c.sites[s].proc is not None and self.c.sites[s].proc.poll() is None]
+
+    def _divergence(self) -> None:
+        for s in self.running():
+            refused = (self.c.status(s).get("raft") or {}).get("refused") or {}
+            if refused.get("checkpoint_divergent"):
+                raise Failed(f"{self.phase}: {s} counts checkpoint_divergent {refused['checkpoint_divergent']}")
+            if "its state differs from the majority" in self.c.sites[s].log_path.read_text(errors="replace"):
+                raise Failed(f"{self.phase}: {s} logged a divergent checkpoint")
+
+    def applied(self) -> int:
+        for s in self.running():
+            if self.code[s] == NEW and "rules" in self.c.status(s):
+                return int(self.c.status(s)["rules"]["applied"])
+        return 0
+
+    def row(self, step: str, wall_s: float, **fields: Any) -> None:
+        row = {"phase": self.phase, "step": step, "wall_s": round(wall_s, 1),
+               "load1": round(os.getloadavg()[0], 1),
+               "releases": " ".join(f"{s[-1]}={self.release(s)}" for s in SITES), **fields}
+        self.rows.append(row)
+        print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+
+    # ---------------------------------------------------------------- phases
+    def on_old(self) -> None:
+        t0 = time.monotonic()
+        for s in SITES:
+            self.start(s, self.old)
+        self.ready()
+        self.row("start 3 sites on b976d0a", time.monotonic() - t0)
+        t0 = time.monotonic()
+        for _ in range(3):
+            snap = self.snapshot()
+        self.agreed(0)
+        self.row("3 snapshots on b976d0a", time.monotonic() - t0, seq=snap["seq"], commit_s=round(snap["_s"], 1),
+                 divergent=0)
+
+    def step(self, label: str, sites: tuple[str, ...]) -> None:
+        """Stop ``sites`` (all, then start all: an all-stopped upgrade) and start them on this checkout."""
+        t0 = time.monotonic()
+        for s in sites:
+            self.stop(s)
+        for s in sites:
+            self.start(s, NEW)
+        self.started_at = time.time()
+        self.ready()
+        ready_s = time.monotonic() - t0
+        before = self.applied()
+        snap = self.snapshot()
+        rules = self.rules()
+        n, agree_s = self.agreed(before)
+        self.row(label, ready_s, seq=snap["seq"], commit_s=round(snap["_s"], 1), rules=rules, agreed_n=n,
+                 agree_s=round(agree_s, 1), divergent=0)
+
+    def raised(self, since: float) -> tuple[float, str]:
+        """Wait until every site's rules are this checkout's (2); ``(seconds from the wall-clock time
+        ``since`` to the raise's AUDIT line, the site that logged it)``. Failed unless exactly one
+        site logged the raise."""
+        self.c.wait_for("rules raised at every site", lambda: set(self.rules().values()) == {2}, 120,
+                        interval_s=0.5)
+        lines = [(s, line) for s in SITES for line in self.c.sites[s].log_path.read_text(errors="replace").splitlines()
+                 if "the cluster's rules raised 1 -> 2" in line]
+        if len(lines) != 1:
+            raise Failed(f"{self.phase}: {len(lines)} sites logged the raise: {lines}")
+        site, line = lines[0]
+        # the log's time is local time, to the millisecond
+        stamp = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) + int(line[20:23]) / 1e3
+        return stamp - since, site
+
+    def after(self) -> None:
+        """snapshots at every site; a forced promotion of site-b with site-a killed; a commit by
+        site-b; site-a back, fenced; states compared."""
+        counts = {s: len(self.c.api(s, "GET", f"/v1/volumes/{VOL}/snapshots")["snapshots"]) for s in SITES}
+        if len(set(counts.values())) != 1 or not counts["site-a"]:
+            raise Failed(f"{self.phase}: the sites list different committed snapshots: {counts}")
+        t0 = time.monotonic()
+        self.stop("site-a", signal.SIGKILL)
+        promo = self.c.api("site-b", "POST", f"/v1/volumes/{VOL}/promote", {"force": True})
+        promote_s = time.monotonic() - t0
+        if promo.get("epoch") is None or promo.get("restored_seq") is None:
+            raise Failed(f"{self.phase}: promote answered {promo}")
+        self.primary = "site-b"
+        snap = self.snapshot("site-b")
+        if set(snap.get("holders") or ()) != {"site-b", "site-c"}:
+            raise Failed(f"{self.phase}: the new primary's commit has holders {snap.get('holders')}")
+        self.start("site-a", NEW)
+        self.ready()
+        def fenced() -> dict | None:
+            st = self.c.status("site-a")["volumes"][VOL]
+            return st if st["primary"] == "site-b" and st["role"] not in ("primary", "restoring") else None
+        try:
+            self.c.wait_for("site-a back as a replica of site-b", fenced, 90, interval_s=0.5)
+        except Exception as exc:
+            raise Failed(f"{self.phase}: site-a back is not a replica of site-b: "
+                         f"{self.c.status('site-a')['volumes'][VOL]}") from exc
+        before = self.applied()
+        snap2 = self.snapshot("site-b")
+        n, agree_s = self.agreed(before)
+        self.row("snapshots, promote site-b (site-a killed), site-a back", promote_s, snapshots=counts,
+                 restored_seq=promo["restored_seq"], epoch=promo["epoch"], seq=snap2["seq"], rules=self.rules(),
+                 agreed_n=n, agree_s=round(agree_s, 1), divergent=0)
+
+    def close(self) -> None:
+        for s in SITES:
+            proc = self.c.sites[s].proc
+            if proc is not None and proc.poll() is None:
+                self.cpu[s] += cpu_s(proc.pid)
+        self.c.stop_all()
+
+
+def all_stopped(root: Path, old: Path, rows: list[dict]) -> dict[str, float]:
+    camp = Campaign(root / "all-stopped", old, "all-stopped", rows)
+    try:
+        camp.on_old()
+        camp.step("all stopped, all started on this checkout", SITES)
+        delay, by = camp.raised(camp.started_at)
+        camp.row("rules raised 1 -> 2: from the starts to the raise's AUDIT line", delay, by=by, rules=camp.rules())
+        camp.after()
+        return camp.cpu
+    finally:
+        camp.close()
+
+
+def rolling(root: Path, old: Path, rows: list[dict]) -> dict[str, float]:
+    camp = Campaign(root / "rolling", old, "rolling", rows)
+    try:
+        camp.on_old()
+        for s in ("site-c", "site-b"):
+            camp.step(f"{s} upgraded (others running)", (s,))
+            if set(v for v in camp.rules().values() if v is not None) != {1}:
+                raise Failed(f"rolling: rules raised while a site still runs {OLD}: {camp.rules()}")
+        camp.step("site-a (primary) upgraded: last", ("site-a",))
+        delay, by = camp.raised(camp.started_at)
+        camp.row("rules raised 1 -> 2: from the last start to the raise's AUDIT line", delay, by=by,
+                 rules=camp.rules())
+        before = camp.applied()
+        snap = camp.snapshot()
+        n, agree_s = camp.agreed(before)
+        camp.row("after the raise", agree_s, seq=snap["seq"], agreed_n=n, divergent=0)
+        camp.after()
+        return camp.cpu
+    finally:
+        camp.close()
+
+
+def write_results(out: Path, rows: list[dict], cpu: dict[str, dict[str, float]], total_s: float, ok: bool,
+                  failure: str | None) -> None:
+    head = subprocess.run(["git", "-C", str(NEW), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() or "?"
+    dirty = subprocess.run(["git", "-C", str(NEW), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    lines = [f"# Upgrade campaign: {OLD} -> {head}{' + working-tree changes' if dirty else ''} "
+             f"(`python3 -m chaos.upgrade`)", "",
+             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores shared with other "
+             f"work; total {total_s:.0f} s; result: **{'passed' if ok else 'FAILED: ' + str(failure)}**.",
+             "Each phase: a fresh three-site cluster (real image files, snapshots shipped and committed, checkpoints "
+             f"every {EVERY} commands) on {OLD}, then upgraded. `wall_s`: the step's stop-to-ready time (rows of "
+             "checks: their own time); `load1`: the 1-minute load average then; `agreed_n`: the first checkpoint "
+             "after the step that all three sites vouched with one digest (None: no site on this checkout yet, "
+             "divergence counts checked only); `rules`: each site's rules version (None: b976d0a).", "",
+             "| phase | step | releases | wall_s | load1 | details |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        details = ", ".join(f"{k}={v}" for k, v in r.items()
+                            if k not in ("phase", "step", "releases", "wall_s", "load1"))
+        lines.append(f"| {r['phase']} | {r['step']} | {r['releases']} | {r['wall_s']} | {r['load1']} | {details} |")
+    lines += ["", "Daemon CPU seconds over each phase (all three sites' processes, summed at each stop):", ""]
+    for phase, per_site in cpu.items():
+        lines.append(f"* {phase}: " + ", ".join(f"{s} {v:.1f} s" for s, v in per_site.items())
+                     + f"; total {sum(per_site.values()):.1f} s")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    global NEW
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", type=Path, default=Path("/tmp/upgrade/run"))
+    p.add_argument("--old", type=Path, default=Path("/tmp/upgrade/old"), help=f"worktree of {OLD}")
+    p.add_argument("--out", type=Path, default=NEW / "tests" / "bench" / "results" / "upgrade.md")
+    p.add_argument("--budget", type=float, default=900.0, help="seconds before the campaign gives up")
+    p.add_argument("--phase", choices=("all-stopped", "rolling", "both"), default="both")
+    p.add_argument("--new", type=Path, default=None,
+                   help="the code to upgrade to (a checkout; default this one): to check that the campaign "
+                        "sees a release that raises the rules while a site still runs b976d0a")
+    args = p.parse_args(argv)
+    if args.new is not None:
+        NEW = args.new.resolve()
+    old = ensure_worktree(args.old)
+    if args.root.exists():
+        shutil.rmtree(args.root)  # our own directory only (default /tmp/upgrade/run)
+    os.environ["REPLICAD_LAB_CHECKPOINT_EVERY"] = str(EVERY)
+
+    def out_of_time(signum: int, frame: Any) -> None:
+        raise Failed(f"out of the {args.budget:.0f} s budget")
+    signal.signal(signal.SIGALRM, out_of_time)
+    signal.alarm(int(args.budget))
+    rows: list[dict] = []
+    cpu: dict[str, dict[str, float]] = {}
+    t0 = time.monotonic()
+    ok, failure = True, None
+    try:
+        if args.phase in ("all-stopped", "both"):
+            cpu["all-stopped"] = all_stopped(args.root, old, rows)
+        if args.phase in ("rolling", "both"):
+            cpu["rolling"] = rolling(args.root, old, rows)
+    except Exception as exc:  # noqa: BLE001 — the campaign reports any failure in its results
+        ok, failure = False, f"{type(exc).__name__}: {exc}"
+        print(f"FAILED: {failure}", file=sys.stderr)
+    finally:
+        signal.alarm(0)
+    write_results(args.out, rows, cpu, time.monotonic() - t0, ok, failure)
+    print(f"results: {args.out}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
