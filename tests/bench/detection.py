@@ -894,6 +894,18 @@ def daily_ops(corpus: str) -> dict[str, tuple[bool, Callable[[Path, random.Rando
         state["bytes"] += size
         return state["bytes"] / state["total"]
 
+    def ced_gz_split(mnt: Path, r: random.Random, day: int, state: dict) -> float:
+        """The .gz attacker's two halves in two snapshots: day 1 every data file's ciphertext
+        written beside it as ``name.gz`` (gzip level 0), day 2 the originals unlinked."""
+        if day == 1:
+            state["files"] = data_files(mnt)
+            for p in state["files"]:
+                p.with_name(p.name + ".gz").write_bytes(gzip.compress(aes(p.read_bytes(), r), compresslevel=0))
+            return 0.0
+        for p in state["files"]:
+            p.unlink(missing_ok=True)
+        return 1.0
+
     def rotate_daily(mnt: Path, r: random.Random, day: int, state: dict) -> float:
         logs = mnt / "logs"
         log = logs / "pumps.log"
@@ -913,6 +925,8 @@ def daily_ops(corpus: str) -> dict[str, tuple[bool, Callable[[Path, random.Rando
         f"daily cycle (under conserve_max), {NO_TRIM}": (True, ced_gz, 8),
         f"60 letters rewritten and log rotation with gzip, daily for 30 days, {NO_TRIM} (released structure, never "
         "confirmed)": (False, edit_daily, 30),
+        f"attack: adaptive copy-encrypt-delete as .gz split in two snapshots (copies, then the originals deleted), "
+        f"{NO_TRIM}": (True, ced_gz_split, 2),
     }
 
 
