@@ -737,3 +737,19 @@ def test_snapshots_and_restore_show_what_this_site_holds_back(admin_stub) -> Non
     text = " ".join(out.get().split())
     assert "restored ehr#7 (clean) into /srv/ehr-[copy].img" in text, text
     assert f"passed over #8, clean for the cluster but held back here: {why}" in text, text
+
+
+def test_status_says_whom_the_rules_raise_waits_for(admin_stub) -> None:
+    """A rolling upgrade in progress: ``replicad status`` names the members that keep the rules
+    where they are (status ``rules``, waiting); nothing once they are raised."""
+    url, answers = admin_stub
+    rules = {"version": 1, "max": 2, "reported_max": 2, "waiting": True, "waiting_since": 1.0,
+             "members": {"site-a": {"rules_max": 2, "problem": None},
+                         "site-c": {"rules_max": None, "problem": "no release report (an older release)"}}}
+    answers["/v1/status"] = (200, {**STATUS, "rules": rules})
+    text = " ".join(run_env({"COLUMNS": "200"}, "--admin", url, "status").stdout.split())
+    assert "rules 1 (this release applies 1..2)" in text, text
+    assert "waiting for site-c: no release report (an older release)" in text and "site-a:" not in text, text
+    answers["/v1/status"] = (200, {**STATUS, "rules": {**rules, "version": 2, "waiting": False}})
+    text = " ".join(run_env({"COLUMNS": "200"}, "--admin", url, "status").stdout.split())
+    assert "waiting for" not in text, text
