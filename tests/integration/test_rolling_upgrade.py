@@ -6,7 +6,8 @@ Three sites; site-c plays a site still on an older release (the lab knob
 rules 1..1). The other sites do not raise: the rules stay 1, each says whom it waits for (status
 ``rules``, ``replicad_rules_*`` gauges), snapshots still commit. Once site-c restarts without the
 knob (its upgrade) the raise is applied, by one site, and every site's vouched checkpoint digests
-after it agree (checkpoints every few commands through ``REPLICAD_LAB_CHECKPOINT_EVERY``).
+after it agree (checkpoints every few commands through ``REPLICAD_LAB_CHECKPOINT_EVERY``), also
+once a site restarted after the raise and replayed its log.
 """
 
 from __future__ import annotations
@@ -139,6 +140,16 @@ def test_the_rules_are_raised_only_once_every_member_reports_the_new_release(ben
         return got
     ticks = itertools.count()
     c.wait_for("checkpoints after the raise vouched alike by every site", agreed, 120, interval_s=1.0)
+
+    # 5. a site restarted after the raise replays the log (the raise included) into the same states
+    c.kill("site-b", signal.SIGTERM)
+    c.start("site-b")
+    c.wait_ready(90)
+    restarted = _rules(c, "site-b")["applied"]
+    ticks = itertools.count()
+    c.wait_for("checkpoints after site-b's restart vouched alike by every site", lambda: (
+        vouches.agreed_after(restarted) or (next(ticks) % 10 == 9 and snapshot(c, "site-a") and None)), 120,
+        interval_s=1.0)
     for s in SITES:
         raft = c.status(s)["raft"]
         assert raft["refused"]["checkpoint_divergent"] == 0, (s, raft["refused"], c.log_tail(s))
