@@ -122,26 +122,36 @@ and evidence escapes what is not; an instant recovery turns other sites' forced 
 requests (:func:`_check_instant`); ``remove_volume`` exists (under rules 1 it is an unknown op, as
 b976d0a refused it). Only the ``rules`` command (``to``, ``reports``, :func:`_op_rules`) changes
 the version: by a registered site, only upward, at most :data:`RULES_MAX` (the highest this code
-applies), and only with a signed release report of every unrevoked member of the agreed membership
-(:func:`rules_reports_problems`: ``[rules_max, at_ns, sig]``, "I run a release applying rules
-1..rules_max", within :data:`RULES_REPORT_TTL_NS` of the majority clock, signed under the keys
-the state records for the member); refused otherwise. Under rules 1 only a raise accepted by this
-module is decided here: every other ``rules`` command (refused, or naming the version the state
-has) is decided by :mod:`replicad.core.state_rules1`, an unknown op as b976d0a answered it, so a
-``rules`` command that fails (a hostile site's, or an honest one racing a report) leaves a site
-still on b976d0a and an upgraded one with the same state. Under rules 2 it is decided by this
-module (the version the state has is answered ``changed`` false), so a log with it replays alike
-at every site that runs this code, and every entry before the raise stays decided under rules 1.
+applies), in a founded cluster with a majority clock, and only with signed release reports of a
+majority of the unrevoked members of the agreed membership (:func:`rules_reports_problems`:
+``[rules_max, at_ns, sig]``, "I run a release applying rules 1..rules_max", within
+:data:`RULES_REPORT_TTL_NS` of the majority clock, signed under the keys the state records for
+the member); refused otherwise. Under rules 1 only a raise accepted by this module is decided
+here: every other ``rules`` command (refused, or naming the version the state has) is decided by
+:mod:`replicad.core.state_rules1`, an unknown op as b976d0a answered it, so a ``rules`` command
+that fails (a hostile site's, or an honest one racing a report) leaves a site still on b976d0a
+and an upgraded one with the same state. Under rules 2 it is decided by this module (the version
+the state has is answered ``changed`` false), so a log with it replays alike at every site that
+runs this code, and every entry before the raise stays decided under rules 1.
 
-Rolling upgrades: a raise is accepted only when every unrevoked member said, under its own key,
-that it runs a release applying the new rules; a member still on b976d0a has no such report (its
-peer API does not serve one), so the raise waits for it, and the sites decide every command
-alike meanwhile (rules 1: this code decides as b976d0a). The daemon collects the reports over the
-peer API (``GET /v1/peer/release``) and proposes the raise once every member reported
-(``SiteDaemon._raise_rules``); one hostile member can delay the raise (no report, or a low one)
-until it is revoked, and cannot hasten it past an honest member still on the previous release
-(it would need that member's signature). A member that lies "2" while it runs b976d0a parts only
-its own state. A site whose state is at a rules version above its own :data:`RULES_MAX` (it runs
+A cluster founded by this release never runs under rules 1: its sites' Raft nodes start from an
+initial state at :data:`RULES_MAX` (pinned in ``raft.limits`` when the log starts empty,
+``RaftNode._pin_initial_limits``); a site joining an existing cluster, or one whose pinned file
+predates the rules (every node of an upgraded cluster), starts from rules 1 and takes the
+cluster's rules from its log or dump.
+
+Rolling upgrades: the daemons propose a raise by themselves only once every unrevoked member
+said, under its own key, that it runs a release applying the new rules; a member still on
+b976d0a has no such report (its peer API does not serve one), so the raise waits for it, and the
+sites decide every command alike meanwhile (rules 1: this code decides as b976d0a). The daemon
+collects the reports over the peer API (``GET /v1/peer/release``,
+:mod:`replicad.site.rules_raise`). The state machine accepts a raise with the reports of a
+majority: one hostile member withholding its report cannot keep the cluster under rules 1 (whose
+request table it can flood until an approved revocation of itself is forgotten) — an operator
+raises with a majority (``replicad raise-rules``), and a member left behind on the previous
+release parts from the others until it is upgraded and its Raft state rebuilt. One hostile
+member cannot hasten a raise past a majority still on the previous release (it would need their
+signatures); a member that lies "2" while it runs b976d0a parts only its own state. A site whose state is at a rules version above its own :data:`RULES_MAX` (it runs
 an older release than the cluster's rules, and received the state whole) cannot decide like the
 others and stops at start.
 
@@ -3057,16 +3067,25 @@ def _op_rules(state: dict, cmd: dict) -> tuple[dict, dict]:
     """Raise the state's rules version (:data:`RULES`) to ``to`` (module docstring, "Rules
     version"): by a registered site (``not_found``), only upward (a lower ``to`` is ``conflict``,
     evidence ``refusal`` ``rules_lower``), at most :data:`RULES_MAX`, the highest this code applies
-    (``out_of_range`` past it, or below 1), and only with ``reports`` showing that every unrevoked
-    member runs a release applying ``to`` (:func:`rules_reports_problems`; else ``conflict``,
-    evidence ``refusal`` ``rules_unreported`` and the members' problems). The version the state
-    has already is answered ``changed`` false (no reports needed). Under rules 1 only a raise
+    (``out_of_range`` past it, or below 1), in a founded cluster (``conflict`` ``rules_not_founded``)
+    with a majority clock (``rules_no_clock``: a report's age could not be judged), and only with
+    ``reports`` showing that a majority of the unrevoked members runs a release applying ``to``
+    (:func:`rules_reports_problems`; else ``conflict``, evidence ``refusal`` ``rules_unreported``,
+    the members' problems, ``reported`` and ``needed``). A majority, not every member: one
+    hostile member withholding its report would otherwise keep rules 1 — and their holes, among
+    them the erasure of an approved revocation of itself — for ever. The sites' daemons propose a
+    raise by themselves only once every member reported (``replicad.site.rules_raise``); with a
+    majority only when an operator asks (``replicad raise-rules``): a member left behind on the
+    previous release refuses the raise and parts from the majority until it is upgraded and its
+    Raft state rebuilt (README, "Upgrades"). The version the state has already is answered
+    ``changed`` false (no reports needed). Under rules 1 only a raise
     accepted here is this code's: every other ``rules`` command is decided by
     :mod:`replicad.core.state_rules1` (an unknown op, as b976d0a answers it).
 
     ``reports``: ``{site_id: [rules_max, at_ns, sig]}``, each member's release report
     (:func:`replicad.core.identity.release_report_bytes`; ``sig`` 64 bytes, or None unsigned).
-    Result: ``{"ok", "rules": int, "previous": int, "changed": bool}``."""
+    Result: ``{"ok", "rules": int, "previous": int, "changed": bool}``, and on a raise ``behind``:
+    ``{site_id: why}`` of the members whose reports did not show the new rules ({} when all did)."""
     to = cmd.get("to")
     if not _is_int(to):
         raise _Refusal("bad_request", "to must be an integer rules version", field="to", value=_safe(to))
@@ -3085,18 +3104,30 @@ def _op_rules(state: dict, cmd: dict) -> tuple[dict, dict]:
     if not isinstance(reports, dict) or len(reports) > SITES_MAX:
         raise _Refusal("bad_request", f"rules {to}: a raise carries reports, a map of at most {SITES_MAX} members' "
                        "release reports", field="reports")
+    if state.get("incarnation") is None:
+        raise _Refusal("conflict", f"rules {to}: the cluster is not founded yet (no agreed membership to count "
+                       "the release reports against)", to=to, refusal="rules_not_founded")
+    if quorum_now_ns(state) is None:
+        raise _Refusal("conflict", f"rules {to}: no majority clock yet (a release report's age cannot be judged)",
+                       to=to, refusal="rules_no_clock")
+    members = rules_members(state)
     problems = rules_reports_problems(state, reports, to, cmd.get(_TRUST))
-    if problems:
-        raise _Refusal("conflict", f"rules {to}: not every unrevoked member reported a release applying it "
+    reported = len(members) - len(problems)
+    needed = len(members) // 2 + 1
+    if reported < needed:
+        raise _Refusal("conflict", f"rules {to}: {reported} of {len(members)} unrevoked members reported a release "
+                       f"applying it, a majority ({needed}) must "
                        f"({'; '.join(f'{site}: {why}' for site, why in sorted(problems.items()))})", to=to,
-                       refusal="rules_unreported", problems=problems)
-    return {**state, RULES: to}, {"ok": True, "rules": to, "previous": current, "changed": True}
+                       refusal="rules_unreported", problems=problems, reported=reported, needed=needed)
+    return ({**state, RULES: to},
+            {"ok": True, "rules": to, "previous": current, "changed": True, "behind": problems})
 
 
 def rules_members(state: dict) -> list[str]:
-    """The sites whose release reports a raise of the rules needs (:func:`_op_rules`): the
-    unrevoked members of the agreed membership (data sites and witnesses: each applies every
-    command), or, before an incarnation, the registered sites not revoked. Sorted; pure."""
+    """The sites whose release reports a raise of the rules counts (:func:`_op_rules`: a majority
+    of them): the unrevoked members of the agreed membership (data sites and witnesses: each
+    applies every command), or, before an incarnation (no raise is accepted then), the
+    registered sites not revoked. Sorted; pure."""
     inc = state.get("incarnation")
     sites = [m["site_id"] for m in inc["members"]] if inc is not None else list(state.get("sites") or {})
     revoked = state.get("revoked") or {}

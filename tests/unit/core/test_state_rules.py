@@ -190,7 +190,7 @@ def test_a_log_under_rules_1_is_decided_as_b976d0a_decided_it(old, family: str) 
     assert st.rules(s1) == 1 and st.RULES not in s1
 
     raised, res = st.apply(start, raise_to("c"), POLICY)
-    assert res == {"ok": True, "rules": st.RULES_MAX, "previous": 1, "changed": True}
+    assert res == {"ok": True, "rules": st.RULES_MAX, "previous": 1, "changed": True, "behind": {}}
     s2, r2 = replay(st.apply, raised, log)
     assert new_rule(s2, r2), r2[-1]
     assert state_digest(s2) != state_digest(s_old)
@@ -231,7 +231,7 @@ def test_rules_raise_only_upward_at_most_rules_max_idempotent(old) -> None:
     assert state_digest(same) == state_digest(same_old) and st.rules(same) == 1 and st.RULES not in same
 
     s2, res = st.apply(s, raise_to("a"), POLICY)
-    assert res == {"ok": True, "rules": 2, "previous": 1, "changed": True} and s2[st.RULES] == 2
+    assert res == {"ok": True, "rules": 2, "previous": 1, "changed": True, "behind": {}} and s2[st.RULES] == 2
     s3, res = st.apply(s2, cmd("rules", "b", to=2), POLICY)  # the version the state has: no reports needed
     assert res == {"ok": True, "rules": 2, "previous": 2, "changed": False}
     assert {k: v for k, v in s3.items() if k not in ("audit", "applied_ops", "clocks", "seen")} == \
@@ -247,27 +247,57 @@ def test_rules_raise_only_upward_at_most_rules_max_idempotent(old) -> None:
 
 
 @pytest.mark.parametrize("case", ["missing", "older", "stale", "malformed", "no reports"])
-def test_a_raise_needs_every_unrevoked_member_s_report(old, case: str) -> None:
-    """A raise without a report of a release applying the new rules from every member (one
-    missing, one running rules 1..1, one stamped an hour from the majority clock, one malformed,
-    none) is refused, and under rules 1 decided as b976d0a decides it; a revoked member's report
-    is not needed."""
-    bad = {"missing": reports(sites="ab"), "older": {**reports(), "c": [1, NOW, None]},
-           "stale": {**reports(), "c": [2, NOW - 3600 * S, None]}, "malformed": {**reports(), "c": [2, None]},
-           "no reports": None}[case]
-    command = cmd("rules", "a", to=2, **({} if bad is None else {"reports": bad}))
+def test_a_raise_needs_a_majority_of_the_unrevoked_members_reports(old, case: str) -> None:
+    """A raise without a report of a release applying the new rules from a majority of the members
+    (b and c each missing, running rules 1..1, stamped an hour from the majority clock,
+    malformed; or no reports at all) is refused, and under rules 1 decided as b976d0a decides it.
+    With one member's report bad the other two are a majority: the raise is accepted and names
+    that member ``behind`` (one hostile member withholding its report cannot hold rules 1). A
+    revoked member is not counted."""
+    bad_one = {"missing": {}, "older": [1, NOW, None], "stale": [2, NOW - 3600 * S, None],
+               "malformed": [2, None], "no reports": None}[case]
+
+    def with_bad(sites: str) -> dict | None:
+        if bad_one is None:
+            return None
+        good = reports(sites="".join(x for x in "abc" if x not in sites))
+        return good if bad_one == {} else {**good, **{x: bad_one for x in sites}}
+
+    two_bad = with_bad("bc")
+    command = cmd("rules", "a", to=2, **({} if two_bad is None else {"reports": two_bad}))
     s = founded(st.apply)
     same, res = st.apply(s, copy.deepcopy(command), POLICY)
     same_old, res_old = old.apply(founded(old.apply), copy.deepcopy(command), POLICY)
     assert res == res_old and res["ok"] is False and st.rules(same) == 1
     assert state_digest(same) == state_digest(same_old)
-    if bad is not None:  # what the raise lacks, as this code says it
-        assert st.rules_reports_problems(s, bad, 2, POLICY).keys() == {"c"}
-    revoked = {**s, "revoked": {"c": {"keys": []}}}
+    if two_bad is None:
+        return
+    assert st.rules_reports_problems(s, two_bad, 2, POLICY).keys() == {"b", "c"}
+    _, refused = st._apply_guarded(s, copy.deepcopy(command), POLICY)  # what this code says of it
+    assert refused["evidence"]["refusal"] == "rules_unreported", refused
+    assert (refused["evidence"]["reported"], refused["evidence"]["needed"]) == (1, 2)
+    revoked = {**s, "revoked": {"c": {"keys": []}}}  # a and b: b's report is needed too
     assert st.rules_members(revoked) == ["a", "b"]
-    if case != "no reports":
-        _, res = st.apply(revoked, copy.deepcopy(command), POLICY)
-        assert res["ok"] and res["changed"], res
+    _, res = st.apply(revoked, copy.deepcopy(command), POLICY)
+    assert res["ok"] is False
+    one_bad = with_bad("c")
+    raised, res = st.apply(s, cmd("rules", "a", to=2, reports=one_bad), POLICY)
+    assert res["ok"] and res["changed"] and st.rules(raised) == 2, res
+    assert list(res["behind"]) == ["c"]
+
+
+def test_no_raise_before_the_founding_or_without_a_majority_clock() -> None:
+    """Before an agreed membership there is nothing to count reports against, and without a
+    majority clock a report's age cannot be judged: both refused (a site alone registered in a
+    fresh cluster could otherwise raise with its own report)."""
+    s = st.initial_state(members=["a", "b", "c"])
+    s, res = st.apply(s, cmd("register_site", "c", site_id="c", peer_url="http://c", kind="data"), POLICY)
+    assert res["ok"], res
+    _, res = st._apply_guarded(s, cmd("rules", "c", to=2, reports=reports(sites="c")), POLICY)
+    assert res["evidence"]["refusal"] == "rules_not_founded", res
+    s = founded(st.apply)
+    _, res = st._apply_guarded({**s, "clocks": {}}, raise_to("a"), POLICY)
+    assert res["evidence"]["refusal"] == "rules_no_clock", res
 
 
 def test_a_signed_raise_needs_each_member_s_own_signature() -> None:
@@ -298,7 +328,9 @@ def test_a_signed_raise_needs_each_member_s_own_signature() -> None:
                         ({**good, "b": report("b", "b", cluster="other")}, "bad release report"),
                         ({**good, "b": [2, NOW, None]}, "missing signature")):
         assert st.rules_reports_problems(s, forged, 2, trust) == {"b": why}
-        same, res = st.apply(s, signed("rules", "a", to=2, reports=forged), trust)
+        # a alone with a forged report for b and none of c: no majority
+        lone = {k: v for k, v in forged.items() if k != "c"}
+        same, res = st.apply(s, signed("rules", "a", to=2, reports=lone), trust)
         assert res["ok"] is False and st.rules(same) == 1
     raised, res = st.apply(s, signed("rules", "a", to=2, reports=good), trust)
     assert res["ok"] and res["changed"] and st.rules(raised) == 2

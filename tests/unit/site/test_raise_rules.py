@@ -152,7 +152,9 @@ def test_a_site_raises_only_once_every_member_reports_the_new_release(caplog) ->
 def test_an_unreachable_member_and_a_forged_report_keep_the_rules() -> None:
     """A member whose peer API does not answer is ``not reachable``; a member answering a report
     signed by another key (a site speaking for another) is refused by the state machine's own
-    check before any proposal; a raise proposed anyway is refused, rules 1 kept."""
+    check before any proposal (the daemon raises by itself only with every member's report); a
+    raise proposed anyway without a majority of good reports is refused, rules 1 kept; with one
+    (an operator's raise) it is applied and names the member left behind."""
     async def main() -> None:
         shared = founded()
         async with aiohttp.ClientSession() as session:
@@ -172,13 +174,18 @@ def test_an_unreachable_member_and_a_forged_report_keep_the_rules() -> None:
                 stopping.set()
                 await task
                 assert not any(c["op"] == "rules" for c in shared.calls)
-                try:
-                    await SiteCluster(shared, "a").propose("rules", to=2, reports=reports)
+                try:  # a's own and c's forged report: not a majority of good ones
+                    await SiteCluster(shared, "a").propose("rules", to=2, reports={
+                        k: v for k, v in reports.items() if k != "b"})
                 except errors.ReplicadError:
                     pass
                 else:
-                    raise AssertionError("a raise with a forged report was applied")
+                    raise AssertionError("a raise with a forged report and no majority was applied")
                 assert st.rules(shared.state) == 1
+                # with b's report the good ones are a majority: applied, c named behind
+                res = await SiteCluster(shared, "a").propose("rules", to=2, reports=reports)
+                assert res["changed"] and list(res["behind"]) == ["c"], res
+                assert st.rules(shared.state) == 2
             finally:
                 for runner in runners:
                     await runner.cleanup()
