@@ -21,8 +21,9 @@ Modes:
   ``mine`` (volumes this site registered, in its view) and ``volumes`` (all).
 * ``bloat`` (F5): ``--volumes`` volumes of its own with ``min_copies`` 1, then for ``--seconds``
   ~``--rate`` a second ``commit_snapshot`` of them held by itself alone, with 4 KB of stats
-  (fire and forget; each answer counted). One line: ``sent``, ``answers`` (count per answer),
-  ``records`` (its volumes' snapshot records in its view), ``state_bytes`` (msgpack).
+  (fire and forget; each answer counted, up to 5 s waited for the last). One line: ``sent``,
+  ``answers`` (count per answer), ``records`` (its volumes' snapshot records in its view),
+  ``state_bytes`` (msgpack).
 * ``view``: one line, ``volumes``: ``{name: registered_by}`` in this member's synced view.
 """
 
@@ -162,7 +163,12 @@ def main(argv: list[str] | None = None) -> int:
                 node._consumer.apply_command(msgpack.packb(cmd, use_bin_type=True), callback=done)
                 sent += 1
             await asyncio.sleep(0.02)
-        await asyncio.sleep(5.0)  # the last answers
+        deadline = time.monotonic() + 5.0  # the last answers (each command is answered once: its callback)
+        while time.monotonic() < deadline:
+            with lock:
+                if sum(counts.values()) >= sent:
+                    break
+            await asyncio.sleep(0.05)
         state = node.state()
         with lock:
             out(volumes=len(vols), sent=sent, answers=dict(counts),

@@ -84,7 +84,7 @@ def test_names_and_reasons_holding_a_newline_are_refused_and_forge_no_line(clust
 
 
 def test_snapshots_carrying_4_kb_of_stats_are_refused(cluster: LocalCluster, tmp_path: Path) -> None:
-    (line,) = attack(cluster, "bloat", tmp_path, "--volumes", "4", "--seconds", "8", "--rate", "100")
+    (line,) = attack(cluster, "bloat", tmp_path, "--volumes", "4", "--seconds", "3", "--rate", "100")
     assert line["volumes"] == 4 and line["sent"] > 100, line
     assert "ok" not in line["answers"] and line["answers"].get("bad_request", 0) > 0, line
     assert line["records"] == 0, line
