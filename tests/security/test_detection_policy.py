@@ -47,7 +47,7 @@ def applied_clean(c: LocalCluster, seq: int) -> None:
 
 
 def test_one_site_can_neither_tighten_detection_alone_nor_freeze_the_judges(tmp_path: Path) -> None:
-    c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2, cooling_off="10s")
+    c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2, cooling_off="3s")
     try:
         img = c.sites["site-a"].volume_path(VOL)
         write_image(img, 48, random.Random(3))
