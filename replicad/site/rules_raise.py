@@ -216,6 +216,11 @@ class RulesRaise:
             try:
                 reports, self.members = await self.collect(target)
                 behind = {site: m["problem"] for site, m in self.members.items() if m["problem"] is not None}
+                view = self.cluster.view()
+                if view.get("incarnation") is None or cluster_state.quorum_now_ns(view) is None:
+                    # the state machine judges a report's age by the majority clock: none yet (a cluster
+                    # just founded) would refuse the raise (rules_no_clock), as an unknown op under rules 1
+                    behind = {**behind, "cluster": "no majority clock yet (its clock reports come every 5 s)"}
                 if self.members and not behind:
                     await self._propose(target, reports)
                 else:
