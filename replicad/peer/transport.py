@@ -223,6 +223,21 @@ async def read_bounded(stream: aiohttp.StreamReader, declared: int | None, limit
     return b"".join(parts)
 
 
+async def refuse_doc(request: web.Request, err: ReplicadError) -> web.StreamResponse:
+    """Answer a refused request document (``err``: PeerBusyError, RemoteProtocolError) and close
+    its connection at once: the rest of its body is not read (aiohttp would read and drop it for
+    up to 10 s, the connection and its TLS buffers open meanwhile)."""
+    resp = error_response(err)
+    resp.force_close()
+    try:
+        await resp.prepare(request)
+        await resp.write_eof()
+    except (ConnectionError, aiohttp.ClientError):  # the peer is gone already
+        pass
+    request.protocol.force_close()
+    return resp
+
+
 def peer_identity(request: web.Request) -> tuple[str, bool]:
     """Who sends ``request``, known before its body is read: ``(name, certified)``. Over mutual
     TLS the site its certificate names (:func:`replicad.peer.tls.cert_site`; certified True).
@@ -429,6 +444,8 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
             lacking = await asyncio.to_thread(host.store.missing, doc["digests"])
             return _msgpack_response(missing=lacking)
         except ReplicadError as err:
+            if err.evidence.get("reason") in DOC_REFUSALS:  # accounted and logged by the DocGate
+                return await refuse_doc(request, err)
             return await refused_read("/v1/peer/missing", doc, err)
 
     async def chunks(request: web.Request) -> web.Response:
@@ -523,7 +540,7 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
             return _msgpack_response(stored=stored)
         except ReplicadError as err:
             if err.evidence.get("reason") in DOC_REFUSALS:  # accounted and logged by the DocGate
-                return error_response(err)
+                return await refuse_doc(request, err)
             if isinstance(err, IntegrityError):
                 log.warning("peer sent a corrupt chunk: %s", err.evidence)
             await host.peer_audit(_sender(reader), "/v1/peer/chunks",
@@ -553,7 +570,7 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
             return _msgpack_response(stored=True, ack=ack)
         except ReplicadError as err:
             if err.evidence.get("reason") in DOC_REFUSALS:  # accounted and logged by the DocGate
-                return error_response(err)
+                return await refuse_doc(request, err)
             await host.peer_audit(str(doc.get("from", "?")), "/v1/peer/snapshot", _audit_fields(doc), err)
             return error_response(err)
 
@@ -568,7 +585,7 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
                 doc = await receive_doc(request, "fetch", docs)
             except ReplicadError as err:
                 if err.evidence.get("reason") in DOC_REFUSALS:
-                    return error_response(err)  # accounted and logged by the DocGate (not per fetch)
+                    return await refuse_doc(request, err)  # accounted and logged by the DocGate (not per fetch)
                 raise
             sender = str(doc["from"])
             host.check_peer(sender)
