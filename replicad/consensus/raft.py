@@ -2654,6 +2654,12 @@ class RaftNode:
             current = self._consumer.cluster
         return copy.deepcopy(current)  # states are never mutated in place: copy outside the lock
 
+    def applied_count(self) -> int:
+        """The number of commands the applied state holds since the log's initial state (the
+        checkpoints' count: the same at every site for the same state, carried by dumps). Read on
+        the tick thread (``on_applied``) it is the count including the entry just applied."""
+        return self._consumer.checkpoints.end_n
+
     def view(self) -> dict:
         """The applied cluster state itself, without a copy: READ ONLY.
 

@@ -83,6 +83,7 @@ from replicad.site.status import Status
 from replicad.site.volumes import VolumeLoop
 from replicad.site.registration import RegistrationCheck, registered_size_bytes
 from replicad.site.rules_raise import RulesRaise, reported_rules_max
+from replicad.site.seen import SeenMark
 from replicad.storage import fingerprints
 from replicad.storage.audit import AuditLog
 from replicad.storage.catalog import Catalog
@@ -225,6 +226,7 @@ class SiteDaemon:
             runner.acting_epoch = self.catalog.acting_epoch(name)
             runner.role = "primary" if runner.acting_epoch is not None else "replica"
         self.interrupted_restores.extend(await asyncio.to_thread(recover_restores, self.catalog))
+        self.seen = SeenMark(self.data_dir)  # before the first entry is applied
         self.raft.start()
         tls = self.cfg.tls
         self.session = aiohttp.ClientSession(
@@ -447,6 +449,7 @@ class SiteDaemon:
             await self.receiver.flush_reads()
         if self.session is not None:
             await self.session.close()
+        self._save_seen()
         if self.raft is not None:
             await asyncio.to_thread(self.raft.close)
         if self.catalog is not None:
@@ -499,20 +502,49 @@ class SiteDaemon:
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(runner.wake.set)
 
+    def _joined(self) -> bool:
+        return getattr(self, "volumes", None) is not None and self.volumes.joined.is_set()
+
+    def _away(self) -> bool:
+        """Tick thread, in ``on_applied``: the entry just applied was committed while this site was
+        down or catching up (past its :class:`~replicad.site.seen.SeenMark`), not seen live."""
+        seen = getattr(self, "seen", None)
+        return seen is not None and self.raft is not None and seen.away(self.raft.applied_count())
+
+    def _save_seen(self) -> None:
+        """Record how far this site has seen the cluster live (only once it joined); a write error is
+        logged (the mark stays behind: later entries are logged again at the next start)."""
+        seen = getattr(self, "seen", None)
+        if seen is None or self.raft is None or not self._joined():
+            return
+        try:
+            seen.save(self.raft.applied_count())
+        except ReplicadError as err:
+            log.warning("site %s: cannot record how far it saw the cluster live: %s %s", self.site_id, err,
+                        facts_text(err.evidence))
+
     def _cluster_wide_event(self, command: dict, result: dict) -> None:
         """Tick thread: a command signed by ANOTHER site that changed a volume for every site (its
         registration, retention, detection policy, a verdict, its primary: :data:`CLUSTER_WIDE_OPS`)
-        is logged at WARNING naming that site, once this site joined (not its replay at start).
-        A compromised site's changes are then in every honest site's log, not only in its own."""
+        is logged at WARNING naming that site, once this site joined (not its replay at start), or
+        when it was committed while this site was away (``AUDIT (committed while this site was
+        away)``: :mod:`replicad.site.seen`). A compromised site's changes are then in every honest
+        site's log, not only in its own."""
         by = command.get("by")
-        if by == self.site_id or getattr(self, "volumes", None) is None or not self.volumes.joined.is_set() \
-                or result.get("changed") is False or result.get("created") is False:
+        if by == self.site_id or result.get("changed") is False or result.get("created") is False:
+            return
+        if self._joined():
+            audit = "AUDIT"
+        elif self._away():
+            audit = "AUDIT (committed while this site was away)"
+        else:
             return
         op = command.get("op")
         fields = {k: command[k] for k in CLUSTER_WIDE_FIELDS.get(op, ()) if k in command}
         outcome = {k: result[k] for k in ("epoch", "previous_primary", "cleared", "weakened") if k in result}
-        log.warning("AUDIT %s of volume %s by %s (a command signed by %s, applied at every site): %s", op,
+        log.warning("%s %s of volume %s by %s (a command signed by %s, applied at every site): %s", audit, op,
                     command.get("volume"), by, by, facts_text({**fields, **outcome}))
+        self._save_seen()  # after the line: a crash in between logs it again, never loses it
 
     def _request_event(self, command: dict, result: dict) -> None:
         """Tick thread: every site logs protection-weakening requests and what became of them
@@ -522,11 +554,17 @@ class SiteDaemon:
         Lines start ``AUDIT request``, at WARNING; an entry applied before this site joined the
         cluster (the Raft log replayed at start, or caught up from the leader) starts
         ``AUDIT (replayed from the Raft log) request``, at INFO: grepping ``AUDIT request`` finds
-        what happened while the site runs, not the whole history again at each restart. The
+        what happened while the site runs, not the whole history again at each restart — unless
+        it was committed while this site was away (:mod:`replicad.site.seen`): ``AUDIT
+        (committed while this site was away) request``, at WARNING. The
         action and its arguments are ``key=value`` words (:func:`~replicad.core.errors.facts_text`),
         an approval names the request's action (from the Raft view: the approve command has none)."""
-        replayed = getattr(self, "volumes", None) is None or not self.volumes.joined.is_set()
-        level, audit = (logging.INFO, "AUDIT (replayed from the Raft log)") if replayed else (logging.WARNING, "AUDIT")
+        if self._joined():
+            level, audit = logging.WARNING, "AUDIT"
+        elif self._away():
+            level, audit = logging.WARNING, "AUDIT (committed while this site was away)"
+        else:
+            level, audit = logging.INFO, "AUDIT (replayed from the Raft log)"
         requests = (self.raft.view().get("requests") or {}) if self.raft is not None else {}
         req_id = result.get("request")
         entry = requests.get(req_id) or {}
@@ -572,6 +610,8 @@ class SiteDaemon:
             log.log(level, "%s request %s %s: %s: %s (requested by %s)", audit, done.get("request"), done.get("status"),
                     done.get("action"), facts_text(done.get("result")),
                     (requests.get(done.get("request")) or {}).get("by", "?"))
+        if level == logging.WARNING:
+            self._save_seen()  # after the lines: a crash in between logs them again, never loses them
         if applied and self._loop is not None:
             for runner in self.runners.values():
                 self._loop.call_soon_threadsafe(runner.wake.set)
@@ -876,6 +916,7 @@ class SiteDaemon:
         the cluster's incarnation: before it, the log holds only ``found`` commands, whose
         signatures apply checks without the local config (:func:`replicad.core.state.signing_keys`)."""
         await self.volumes.joined.wait()
+        await asyncio.to_thread(self._save_seen)  # what it caught up with is seen (and logged if it was away)
         while True:
             await asyncio.sleep(CLOCK_HEARTBEAT_S)
             try:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+import signal
+
 import pytest
 
 from replicad.lab.localcluster import NO_FLOOR_TOML
@@ -41,7 +43,7 @@ def test_request_audit_lines_name_the_action_and_a_restart_marks_its_replay(clus
     assert "max_size_bytes=2147483648" in applied, applied
 
     before = len(lines("site-c"))
-    c.kill("site-c")
+    c.kill("site-c", signal.SIGTERM)  # a stop records how far site-c saw the cluster live
     c.start("site-c")
     c.wait_for("site-c joined again", lambda: c.status("site-c").get("raft", {}).get("leader"), 60)
     c.wait_for("site-c replayed the request",
@@ -49,3 +51,29 @@ def test_request_audit_lines_name_the_action_and_a_restart_marks_its_replay(clus
     after = [x for x in lines("site-c", before) if f"request {req}" in x]
     assert after and all("AUDIT (replayed from the Raft log) request" in x and "WARNING" not in x for x in after), \
         after
+
+    # site-c down while site-a asks and site-b approves: committed while site-c was away, so its
+    # restart logs them at WARNING as such (a hostile site's changes made while the honest sites
+    # start or upgrade reach their logs), and a later restart does not again
+    c.kill("site-c")
+    res = cli(c, "site-a", "max-size", VOL, "3GiB", "--reason", "while c was down")
+    away_req = re.search(r"request (r\d+)", flat(res)).group(1)
+    res = cli(c, "site-b", "approve", away_req)
+    assert res.returncode == 0 and "applied" in flat(res), flat(res)
+    before = len(lines("site-c"))
+    c.start("site-c")
+    c.wait_for("site-c logged what it missed",
+               lambda: any(f"request {away_req} applied" in x for x in lines("site-c", before)), 60)
+    missed = [x for x in lines("site-c", before) if f"request {away_req}" in x]
+    assert missed and all("AUDIT (committed while this site was away) request" in x and "WARNING" in x
+                          for x in missed), missed
+    assert not any(f"request {req} " in x and "WARNING" in x for x in lines("site-c", before)), \
+        "seen live before: not logged as missed"
+    c.wait_for("site-c joined", lambda: c.status("site-c").get("raft", {}).get("leader"), 60)
+    before = len(lines("site-c"))
+    c.kill("site-c", signal.SIGTERM)
+    c.start("site-c")
+    c.wait_for("site-c replayed it", lambda: any(f"request {away_req} applied" in x for x in lines("site-c", before)),
+               60)
+    again = [x for x in lines("site-c", before) if f"request {away_req}" in x]
+    assert all("AUDIT (replayed from the Raft log) request" in x and "WARNING" not in x for x in again), again
