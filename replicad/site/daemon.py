@@ -343,8 +343,8 @@ class SiteDaemon:
                              signing_key=self._signer.public_key if self._signer is not None else None)
         self.status.instant = self.instant.state  # issue 16: instant recovery per volume
         self.status.joined = self.volumes.joined.is_set  # no snapshot is taken before it (VolumeLoop.snapshot_now)
-        self.rules_raise = RulesRaise(self.site_id, cluster, self._signer, self.cfg.trust, self.session,
-                                      self._reported_max)
+        self.rules_raise = RulesRaise(self.site_id, cluster, self._signer, lambda: self.cfg.trust(), self.session,
+                                      self._reported_max)  # the current config's trust (SIGHUP replaces cfg)
         self.status.rules = self.rules_raise.status  # the rules version and the wait to raise it
 
     def _local_detection(self, volume: str) -> dict:
