@@ -183,3 +183,12 @@ def test_refusals_are_logged_once_a_minute_per_site_route_and_reason(caplog: pyt
     gate.release("site-c")
     gate.acquire("site-c", "fetch")  # its place given back
     assert gate.receiving == {"site-c": 1}
+
+
+def test_the_peer_of_a_tls_request_is_its_certificates_site_before_any_body_byte() -> None:
+    from replicad.peer.tls import cert_site
+    cert = {"subject": ((("countryName", "CH"),), (("commonName", "site-c"),)),
+            "subjectAltName": (("DNS", "b.example"), ("IP Address", "127.0.0.1"))}
+    assert cert_site(cert) == "site-c"
+    assert cert_site({"subject": (), "subjectAltName": (("DNS", "y"), ("DNS", "x"))}) == "x|y"
+    assert cert_site(None) is None  # not over TLS: the X-Replicad-From word, else the address
