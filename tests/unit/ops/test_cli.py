@@ -1,4 +1,5 @@
-"""The ``replicad`` command line as an operator runs it (a real subprocess)."""
+"""The ``replicad`` command line as an operator runs it (a real subprocess; the help of each command also
+through the same ``main()`` in this process)."""
 
 from __future__ import annotations
 
@@ -313,13 +314,17 @@ def test_run_and_check_config_take_the_path_positionally_or_as_config(sample_con
     assert res.returncode == 2 and "--config FILE" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_every_command_has_help_with_examples() -> None:
-    from replicad.cli import EXAMPLES
+def test_every_command_has_help_with_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    from replicad.cli import EXAMPLES, main
 
-    for name in EXAMPLES:
-        res = run(name, "--help")
-        assert res.returncode == 0 and "examples:" in res.stdout and "replicad " + name.split()[0] in res.stdout, \
-            (name, res.stdout[-300:])
+    res = run("promote", "--help")  # as an operator asks it
+    assert res.returncode == 0 and "examples:" in res.stdout and "replicad promote" in res.stdout, res.stdout[-300:]
+    for name in EXAMPLES:  # the same main() in this process (argparse prints the help and exits 0)
+        with pytest.raises(SystemExit) as exited:
+            main([name, "--help"])
+        out = capsys.readouterr().out
+        assert exited.value.code == 0 and "examples:" in out and "replicad " + name.split()[0] in out, \
+            (name, out[-300:])
 
 
 def test_check_config_lists_cross_field_problems_beside_a_wrong_field(sample_configs: Path, tmp_path: Path) -> None:
