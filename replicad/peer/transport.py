@@ -109,6 +109,7 @@ DOC_RECEIVE_S = 10.0
 DOC_PER_SITE = 16
 DOC_GLOBAL = 64
 DOC_LOG_S = 60.0               # a refused document is logged once per this per peer, route and reason
+DOC_LOG_KEYS = 64              # (peer, route, reason) remembered for that (a cluster has a few sites)
 DOC_REFUSALS = ("doc_busy", "doc_too_large", "doc_too_slow")  # evidence reasons of the DocGate's refusals
 FROM_HEADER = "X-Replicad-From"  # the sending site's name, its word (read before the body only without TLS)
 # A client answered PeerBusyError asks the same holder again after FETCH_BUSY_RETRY_S (its share meanwhile
@@ -261,7 +262,8 @@ class DocGate:
     evidence ``reason`` "doc_busy", ``limit`` per_site or global). Every refusal of a document
     (busy, too large, too slow: :meth:`refused`) is handed to ``on_refused(peer, route, reason)``
     and logged at WARNING once per DOC_LOG_S per peer, route and reason (the others of that
-    minute counted in the next line). Event loop only (no locks).
+    minute counted in the next line; at most DOC_LOG_KEYS peers remembered, the others of a
+    minute logged together as ``'*'``: without TLS a peer names itself). Event loop only.
 
     Args:
         site_id: this site (named in the log).
@@ -313,12 +315,18 @@ class DocGate:
             except Exception:  # noqa: BLE001 - accounting must not change the answer
                 log.exception("accounting a refused document of %s failed", peer[:64])
         now = self.clock()
-        entry = self._logged.setdefault((peer, route, reason), [float("-inf"), 0])
+        key = (peer, route, reason)
+        if key not in self._logged and len(self._logged) >= DOC_LOG_KEYS:
+            # names are a peer's word without TLS: forget the quiet ones, else count it under "*"
+            self._logged = {k: v for k, v in self._logged.items() if now - v[0] < DOC_LOG_S}
+            if len(self._logged) >= DOC_LOG_KEYS:
+                key = ("*", route, reason)
+        entry = self._logged.setdefault(key, [float("-inf"), 0])
         entry[1] += 1
         if now - entry[0] < DOC_LOG_S:
             return
         log.warning("AUDIT refused %s documents of site %r at %s: %s: %s (%d refused since the last such line; "
-                    "once per %.0fs per site, route and reason)", route, peer[:64], self.site_id, reason, err,
+                    "once per %.0fs per site, route and reason)", route, key[0][:64], self.site_id, reason, err,
                     entry[1], DOC_LOG_S)
         entry[0], entry[1] = now, 0
 

@@ -183,6 +183,12 @@ def test_refusals_are_logged_once_a_minute_per_site_route_and_reason(caplog: pyt
     gate.release("site-c")
     gate.acquire("site-c", "fetch")  # its place given back
     assert gate.receiving == {"site-c": 1}
+    caplog.clear()
+    for i in range(3 * transport.DOC_LOG_KEYS):  # names claimed without TLS: what is remembered stays bounded
+        now[0] += 0.001
+        gate.refused(f"claimed-{i}", "fetch", RemoteProtocolError("x", reason="doc_too_slow"))
+    assert len(gate._logged) <= transport.DOC_LOG_KEYS + 1
+    assert sum("documents of site '*'" in r.getMessage() for r in caplog.records) == 1  # the rest of the minute
 
 
 def test_the_peer_of_a_tls_request_is_its_certificates_site_before_any_body_byte() -> None:
