@@ -24,7 +24,8 @@ SHARE_KEYS = frozenset({"score", "baseline", "cumulative", "conserved", "conserv
 
 UNITS = {"data_blocks": "blocks", "changed_blocks": "blocks", "turned_random": "blocks", "fresh_random": "blocks",
          "wiped": "blocks", "cold_rewritten": "blocks", "ransom_note": "blocks", "sparse_random": "blocks",
-         "structure_freed": "blocks' worth", "random_filled": "blocks' worth", "renamed": "file names",
+         "structure_freed": "blocks' worth", "random_filled": "blocks' worth", "structure_released": "blocks' worth",
+         "renamed": "file names",
          "magic_destroyed": "blocks"}
 """The unit of each count of a snapshot's signals (``anomaly.SnapshotSignals.summary``), printed
 after it; in a nested map (``magic_destroyed``: per header kind) it applies to every value.

@@ -394,7 +394,7 @@ def encrypt_in_place(files: list[Path], how: str, r: random.Random) -> int:
 
 
 def copy_encrypt_delete(files: list[Path], r: random.Random, ext: str = ".locked", gzip_frame: bool = False,
-                        keep_names: bool = False, footer: int = 0) -> None:
+                        keep_names: bool = False, footer: int = 0, b64: bool = False) -> None:
     """Ciphertext into new files ``name + ext`` (into free space), originals unlinked;
     ``gzip_frame``: the ciphertext inside a valid gzip stream (level 0), as an attacker hiding
     behind the ``.gz`` exemption of the rename signal writes it. ``keep_names`` (security review
@@ -402,7 +402,8 @@ def copy_encrypt_delete(files: list[Path], r: random.Random, ext: str = ".locked
     unrelated to the original's (``.~<random hex>.tmp``, as an editor saves), then each original
     is unlinked and its copy renamed to its name, so no name changes and no copy lands in blocks
     an original of the same batch freed (nothing turns random against its previous version in one
-    snapshot; ``gzip_frame`` is not used with it); ``footer``:
+    snapshot; ``gzip_frame`` is not used with it); ``b64``: the ciphertext written as MIME base64
+    (6 bits/byte: never "random" by entropy, so nothing counts as random filled); ``footer``:
     that many bytes of a structured trailer (a key blob in text) after the ciphertext, as the
     review's attacker wrote."""
     copies = []
@@ -410,6 +411,8 @@ def copy_encrypt_delete(files: list[Path], r: random.Random, ext: str = ".locked
         data = p.read_bytes()
         out = p.with_name(f".~{r.randbytes(6).hex()}.tmp" if keep_names else p.name + ext)
         c = aes(data, r)
+        if b64:
+            c = base64.encodebytes(c)
         if footer:
             c += ((b"KEYBLOB v2 recipient=ops@example.org file=%s " % p.name.encode()) * (footer // 40 + 1))[:footer]
         if keep_names:  # on disk (blocks allocated) before any original is freed
@@ -718,6 +721,8 @@ def fs_ops(scale: float) -> dict[str, tuple[bool, Callable[[Path, random.Random]
             and None),
         "attack: adaptive, copy-encrypt-delete as .gz (gzip-framed)": (
             True, lambda mnt, r: copy_encrypt_delete(data_files(mnt), r, ".gz", gzip_frame=True)),
+        "attack: adaptive, copy-encrypt-delete as .bak, MIME base64 of the ciphertext": (
+            True, lambda mnt, r: copy_encrypt_delete(data_files(mnt), r, ".bak", b64=True)),
         "attack: adaptive, padded hex (data: 3f2a …)": (True, attack("padded")),
         "attack: adaptive, intermittent 8/32 + 8 spaces glued": (True, attack("islands")),
         "attack: wiper (every file zeroed)": (True, attack("zero")),

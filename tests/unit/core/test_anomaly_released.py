@@ -13,7 +13,10 @@ stay), snapshotted into a real chunk store by the file source and judged by the 
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
+import os
+import uuid
 import random
 import shutil
 import time
@@ -72,23 +75,28 @@ def _judge(tmp_path: Path, img: Path, change) -> tuple[anomaly.SnapshotSignals, 
     return sig, anomaly.judge_relative(2, sig, [], [], dict(anomaly.POLICY_DEFAULTS))
 
 
+@pytest.mark.parametrize("encoding", ["gz", "base64"])
 @pytest.mark.parametrize("block_size", [1024, 4096])
-def test_copy_encrypt_delete_as_gz_without_discard_is_conservation(tmp_path: Path, block_size: int) -> None:
+def test_copy_encrypt_delete_as_gz_without_discard_is_conservation(tmp_path: Path, block_size: int,
+                                                                   encoding: str) -> None:
     """The bench's ``.gz``-named attacker (gzip level 0 around AES output: a valid gzip stream,
     and ``.gz`` is what ``gzip *`` writes, so the rename signal is silent) on a volume that does
     not discard: every letter's ciphertext written into free space (fresh: never scored), the
     originals unlinked and left in place. Nothing turned random against its previous version and
     nothing became zeros: before the files' maps were read, 0 conserved, clean. Now the letters'
     released text (in place, found nowhere in what was written) is weighed against the random bytes
-    filled in: suspect by conservation."""
+    filled in: suspect by conservation. The same with the ciphertext as MIME base64 under ``.bak``
+    (another exempt name; 6 bits/byte, never random by entropy): its memoryless bytes count as
+    random filled (:data:`anomaly.ENCODED_FILL_ENTROPY_MIN`)."""
     img, scratch, letters = _volume(tmp_path, block_size)
 
     def attack() -> None:
         cmds = []
         for i, data in enumerate(letters):
             host = scratch / f"c{i}"
-            host.write_bytes(gzip.compress(random.Random(i).randbytes(len(data)), compresslevel=0))
-            cmds.append(f"write {host} letter_{i:03d}.txt.gz")
+            c = random.Random(i).randbytes(len(data))
+            host.write_bytes(gzip.compress(c, compresslevel=0) if encoding == "gz" else base64.encodebytes(c))
+            cmds.append(f"write {host} letter_{i:03d}.txt.{'gz' if encoding == 'gz' else 'bak'}")
         # every copy first, then the originals unlinked: the ciphertext lands in never-used space
         # (written in between, ext4 reuses the freed blocks and the relative score sees it)
         _debugfs(img, scratch, cmds + [f"rm letter_{i:03d}.txt" for i in range(len(letters))])
@@ -146,3 +154,25 @@ def test_structured_pieces() -> None:
     assert anomaly.structured_pieces(raw, 1024).tolist() == [True] * 4 + [False] * 8 + [True] * 4
     assert anomaly.structured_pieces(raw, 4096).tolist() == [True, False, False, True]
     assert anomaly.structured_pieces(b"", 1024).tolist() == []
+
+
+def test_encoded_random_written_into_zeros_counts_as_random_filled() -> None:
+    """Over zeros (fresh space): base64 and hex of random bytes (and a UUID list: the documented
+    class of random data in an encoding) are random filled like ciphertext itself; text, logs and
+    CSV are not, and a block lz4 shrank is not asked (the chunk store's ratio)."""
+    r = random.Random(9)
+    c = os.urandom(64 * 1024)
+    block = 64 * 1024
+    encoded = {"base64": base64.encodebytes(c)[:block], "hex": c.hex().encode()[:block],
+               "uuids": b"\n".join(str(uuid.UUID(int=r.getrandbits(128))).encode() for _ in range(2000))[:block]}
+    plain = {"text": _text(r, block),
+             "log": b"".join(b"2026-12-07 12:%02d:%02d pump %d ok flow %d\n" % (r.randint(0, 59), r.randint(0, 59),
+                                                                               r.randint(1, 40), r.randint(0, 999))
+                             for _ in range(3000))[:block],
+             "csv": b"".join(b"%d,%.3f,%.3f\n" % (i, r.random(), r.random() * 100) for i in range(4000))[:block]}
+    for name, data in encoded.items():
+        assert anomaly.compare_block(data, None).random_filled == 1.0, name
+        assert anomaly.compare_block(data, None, lz4_new=0.5).random_filled == 0.0, name
+    for name, data in plain.items():
+        assert anomaly.compare_block(data, None).random_filled == 0.0, name
+    assert anomaly.compare_block(c, None).random_filled == 1.0
