@@ -559,7 +559,7 @@ class Detection:
             delta += int(np.count_nonzero(new_rows.any(axis=1))) - int(np.count_nonzero(had))
         if base.block_size == m.block_size:
             self._remember_nonzero(m.root, data_blocks + delta)
-            if base.root in self._no_fs:  # no ext2/3/4 superblock in base: none in m unless its bytes changed
+            if self._known_no_fs(base.root):  # no ext2/3/4 superblock in base: none in m unless its bytes changed
                 sb = np.arange(ext4alloc.SUPERBLOCK_OFFSET // m.block_size,
                                (ext4alloc.SUPERBLOCK_OFFSET + 1023) // m.block_size + 1)
                 if not any(np.isin(sb, idx).any() for idx in changed):
@@ -692,7 +692,7 @@ class Detection:
         (``sampling``: ``released_skipped``; nothing counted, as before this signal). Worker thread;
         verified reads."""
         changed = np.unique(changed)
-        if m.root in self._no_fs:  # _signals carried it: the superblock's bytes unchanged since a base without one
+        if self._known_no_fs(m.root):  # _signals carried it: the superblock's bytes unchanged since a base without one
             return 0.0
         if not ext4alloc.has_superblock(SnapshotReader(self.store, m).read, m.size_bytes):
             self._remember_no_fs(m.root)
@@ -745,11 +745,18 @@ class Detection:
         return sum(left.values()) * fs / bs
 
     def _remember_no_fs(self, root: bytes) -> None:
-        """Remember that snapshot ``root`` holds no ext2/3/4 superblock (:attr:`_no_fs`)."""
-        self._no_fs[root] = None
-        self._no_fs.move_to_end(root)
-        while len(self._no_fs) > NO_FS_MAX:
-            self._no_fs.popitem(last=False)
+        """Remember that snapshot ``root`` holds no ext2/3/4 superblock (:attr:`_no_fs`; judgements
+        run in worker threads: under the non-zero count's lock)."""
+        with self._nonzero_lock:
+            self._no_fs[root] = None
+            self._no_fs.move_to_end(root)
+            while len(self._no_fs) > NO_FS_MAX:
+                self._no_fs.popitem(last=False)
+
+    def _known_no_fs(self, root: bytes) -> bool:
+        """True when snapshot ``root`` is remembered as holding no ext2/3/4 superblock."""
+        with self._nonzero_lock:
+            return root in self._no_fs
 
     def _files_lost(self, m: Manifest, base: Manifest, new: ext4alloc.Ext4Allocation,
                     old: ext4alloc.Ext4Allocation, changed: np.ndarray) -> float:
