@@ -19,6 +19,10 @@ dropped, as a base that claims to be the current count with no suffix. Its ``for
 victim's name, signed with this site's own key, straight into its own log for ``seconds``
 (proposed locally: a leader's own proposals pass no door; a follower forwards them to the leader);
 ``forged`` answers how many it submitted so far.
+
+``depose_grace`` (optional): the entries after a change of the agreed membership whose refusals a
+follower does not count against the leader (``replicad.consensus.raft.DEPOSE_GRACE_ENTRIES``,
+4,096), for a test of the deposing that is not a test of the grace.
 """
 
 from __future__ import annotations
@@ -94,10 +98,13 @@ def forge_flood(node, spec: dict, key, victim: str, seconds: float, counter: lis
 
 
 async def main(spec: dict) -> int:
+    from replicad.consensus import raft
     from replicad.consensus.raft import RaftNode
     from replicad.core import errors
     from replicad.core.identity import Signer, Trust, load_private_key_pem
 
+    if "depose_grace" in spec:  # point 18's grace after a membership change (raft.DEPOSE_GRACE_ENTRIES)
+        raft.DEPOSE_GRACE_ENTRIES = spec["depose_grace"]
     if spec.get("attacker"):
         import pysyncobj.syncobj
         pysyncobj.syncobj.SyncObj._SyncObj__generateRaftTimeout = lambda self: 0.05  # campaign first

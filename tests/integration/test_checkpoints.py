@@ -58,7 +58,8 @@ class SignedNode(Node):
         return self.stderr_path.read_text(errors="replace")
 
 
-def make_signed_cluster(tmp_path: Path, compaction: int = 20, attacker: str | None = None) -> list[SignedNode]:
+def make_signed_cluster(tmp_path: Path, compaction: int = 20, attacker: str | None = None,
+                        depose_grace: int | None = None) -> list[SignedNode]:
     addrs = {s: f"127.0.0.1:{free_port()}" for s in SITES}
     keys = {s: identity.generate_private_key() for s in SITES}
     cluster = f"ckpt-{uuid.uuid4().hex[:8]}"
@@ -70,6 +71,8 @@ def make_signed_cluster(tmp_path: Path, compaction: int = 20, attacker: str | No
                 "key_pem": str(tmp_path / f"{s}.pem"), "password": "checkpoint-secret", "cluster": cluster,
                 "keys": {t: identity.public_key_raw(keys[t]).hex() for t in SITES},
                 "sites": {a: t for t, a in addrs.items()}, "attacker": s == attacker}
+        if depose_grace is not None:
+            spec["depose_grace"] = depose_grace
         nodes.append(SignedNode(spec, tmp_path / f"{s}.json"))
     return nodes
 
