@@ -152,6 +152,42 @@ def api(args: argparse.Namespace, method: str, path: str, body: dict | None = No
     return call_admin(_admin_url(args), method, path, body, timeout_s, token=_token(args))
 
 
+def cmd_raise_rules(args: argparse.Namespace) -> int:
+    """``replicad raise-rules``: this site's operator's consent to raise the cluster's rules
+    leaving ``--leave-behind`` members behind, or ``--cancel`` (``POST /v1/rules/raise``).
+
+    Raises:
+        UsageError: neither or both of ``--leave-behind`` and ``--cancel``, or no ``--reason``."""
+    sites = sorted({s.strip() for arg in args.leave_behind for s in arg.split(",") if s.strip()})
+    if args.cancel == bool(sites):
+        raise UsageError("raise-rules: --leave-behind SITE (with --reason) or --cancel", known=["leave_behind"])
+    if args.cancel:
+        body: dict = {"cancel": True}
+    else:
+        if not args.reason.strip():
+            raise UsageError("raise-rules: --reason is required (why these members are left behind)", field="reason")
+        body = {"leave_behind": sites, "reason": args.reason}
+    _print(args, api(args, "POST", "/v1/rules/raise", body), _render_rules_consent)
+    return 0
+
+
+def _render_rules_consent(data: dict) -> None:
+    consent, withdrawn, rules = data.get("consent"), data.get("withdrawn"), data.get("rules") or {}
+    if consent:
+        console.print(f"this site consents to raise the cluster's rules to {rules.get('max')} leaving behind "
+                      f"{', '.join(consent.get('leave_behind') or [])} until "
+                      f"{_utc(consent.get('expires_ns'))}; "
+                      "the sites raise once a majority of the operators consented (replicad status shows the wait)",
+                      markup=False, soft_wrap=True)
+    elif withdrawn:
+        console.print(f"consent withdrawn (it left behind {', '.join(withdrawn.get('leave_behind') or [])}); a "
+                      "report served before stays good for 10 minutes", markup=False, soft_wrap=True)
+    else:
+        console.print("this site had no consent in force", markup=False, soft_wrap=True)
+    if rules.get("version") is not None:
+        console.print(f"rules {rules.get('version')} (this release applies 1..{rules.get('max')})", markup=False)
+
+
 def _print(args: argparse.Namespace, data: Any, render=None) -> None:
     """``data`` (an admin answer) as JSON (``--json`` or no ``render``: control characters are
     escaped by JSON), else through ``render`` after :func:`_shown`."""
@@ -224,6 +260,12 @@ def _render_status(data: dict) -> None:
         console.print(f"[yellow]rules {esc(rules.get('version'))}[/yellow] (this release applies "
                       f"1..{esc(rules.get('max'))}): raised once every member runs a release applying them; "
                       f"waiting for {esc(behind or 'the members')}", markup=True, soft_wrap=True)
+        mine = rules.get("consent") or {}
+        if rules.get("consented") or mine:  # operators' consents to leave members behind (replicad raise-rules)
+            consented = ", ".join(rules.get("consented") or []) or "none"
+            console.print(f"  consents to leave members behind: {esc(consented)} cover them; here: "
+                          f"{esc(', '.join(mine.get('leave_behind') or []) or 'none')}",
+                          markup=True, soft_wrap=True)
     pending = [r for r in data.get("requests") or [] if r.get("status") in ("pending", "approved")]
     if pending:
         console.print(f"[yellow]{len(pending)} request(s) waiting for approval or cooling off[/yellow] "
@@ -1541,6 +1583,8 @@ EXAMPLES: dict[str, str] = {
     "requests": "replicad requests",
     "approve": "replicad approve r7                    # with THIS site's admin token",
     "revoke": "replicad revoke site-c --reason 'host compromised'",
+    "raise-rules": "replicad raise-rules --leave-behind site-c --reason 'site-c cannot be upgraded this week'\n"
+                   "replicad raise-rules --cancel            # withdraw this site's consent",
     "veto": "replicad veto r7",
     "identity": "replicad identity init --out /etc/replicad/site.key\n"
                 "replicad identity show --config /etc/replicad/site-a.toml",
@@ -1755,6 +1799,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reason", default="", help="why (shown to the operators asked to approve)")
     p.set_defaults(fn=lambda a: _print(a, api(a, "POST", f"/v1/sites/{a.site}/revoke", {"reason": a.reason}),
                                        _render_request_state))
+    p = command("raise-rules", help="consent, as THIS site's operator, to raise the cluster's rules leaving "
+                "members behind (still on an older release, or withholding their release report); the sites "
+                "raise once a majority of the operators consented")
+    p.add_argument("--leave-behind", action="append", default=[], metavar="SITE",
+                   help="a member to leave behind (repeat, or comma-separated)")
+    p.add_argument("--reason", default="", help="why (kept with the consent, in the admin audit log)")
+    p.add_argument("--cancel", action="store_true", help="withdraw this site's consent")
+    p.set_defaults(fn=cmd_raise_rules)
     p = command("veto", help="stop a request (pending, or approved and cooling off) before it takes effect")
     p.add_argument("request", help="request id, as listed by replicad requests")
     p.set_defaults(fn=lambda a: _print(a, api(a, "POST", f"/v1/requests/{a.request}/veto", {}),

@@ -52,6 +52,9 @@ ACK_DOMAIN = b"replicad-stored-ack-v2\x00"
 RELEASE_DOMAIN = b"replicad-release-report-v1\x00"
 """Prefix of every signed release report (:func:`release_report_bytes`): "this site runs a release
 that applies rules 1..``rules_max``" (the state's ``rules`` command carries every member's)."""
+RELEASE_CONSENT_DOMAIN = b"replicad-release-report-consent-v1\x00"
+"""Prefix of a signed release report that also carries its operator's consent to raise the rules
+leaving members behind (:func:`release_report_bytes` with ``leave_behind``)."""
 PUBLIC_KEY_PREFIX = "ed25519:"
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -219,35 +222,48 @@ def ack_problem(sig: Any, public_keys: Any, cluster_id: str, volume: str, epoch:
     return _verify_any(public_keys, revoked, sig, message, "bad acknowledgement")
 
 
-def release_report_bytes(cluster_id: str, site_id: str, rules_max: int, at_ns: int) -> bytes:
+def release_report_bytes(cluster_id: str, site_id: str, rules_max: int, at_ns: int,
+                         leave_behind: list[str] | None = None) -> bytes:
     """The bytes a release report signs: :data:`RELEASE_DOMAIN` + msgpack of the list
     ``[cluster_id, site_id, rules_max, at_ns]``: "site ``site_id`` of ``cluster_id`` runs a release
     that applies the state's rules 1..``rules_max``, said at ``at_ns``" (ns since the epoch, by the
-    site's clock).
+    site's clock). With ``leave_behind`` (a list of site ids, sorted, no repeats) the report also
+    carries its operator's consent to raise the rules leaving those members behind
+    (``replicad raise-rules --leave-behind``): :data:`RELEASE_CONSENT_DOMAIN` + msgpack of
+    ``[cluster_id, site_id, rules_max, at_ns, leave_behind]``, a form of its own (a signature of
+    one form never verifies as the other).
 
     Raises:
-        CanonicalError: a field of the wrong type (ints: 0 <= x < 2**64).
+        CanonicalError: a field of the wrong type (ints: 0 <= x < 2**64; ``leave_behind`` a sorted
+            list of distinct strings).
     """
     if not (isinstance(cluster_id, str) and isinstance(site_id, str)
             and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**64 for x in (rules_max, at_ns))):
         raise CanonicalError("a release report covers (str cluster, str site, int rules_max, int at_ns)")
-    return RELEASE_DOMAIN + msgpack.packb([cluster_id, site_id, rules_max, at_ns], use_bin_type=True)
+    if leave_behind is None:
+        return RELEASE_DOMAIN + msgpack.packb([cluster_id, site_id, rules_max, at_ns], use_bin_type=True)
+    if not (isinstance(leave_behind, list) and all(isinstance(s, str) for s in leave_behind)
+            and leave_behind == sorted(set(leave_behind))):
+        raise CanonicalError("a release report's leave_behind is a sorted list of distinct site ids")
+    return RELEASE_CONSENT_DOMAIN + msgpack.packb([cluster_id, site_id, rules_max, at_ns, leave_behind],
+                                                  use_bin_type=True)
 
 
 def sign_release_report(private_key: Ed25519PrivateKey, cluster_id: str, site_id: str, rules_max: int,
-                        at_ns: int) -> bytes:
+                        at_ns: int, leave_behind: list[str] | None = None) -> bytes:
     """The 64-byte Ed25519 signature of :func:`release_report_bytes` by ``private_key``.
 
     Raises:
         CanonicalError: see :func:`release_report_bytes`.
     """
-    return private_key.sign(release_report_bytes(cluster_id, site_id, rules_max, at_ns))
+    return private_key.sign(release_report_bytes(cluster_id, site_id, rules_max, at_ns, leave_behind))
 
 
 def release_report_problem(sig: Any, public_keys: Any, cluster_id: str, site_id: str, rules_max: Any, at_ns: Any,
-                           revoked: Any = ()) -> str | None:
-    """Why ``sig`` is not a valid release report of ``site_id`` (:func:`release_report_bytes`)
-    under one of ``public_keys`` (raw 32-byte keys the state records for it); None if it is.
+                           revoked: Any = (), leave_behind: Any = None) -> str | None:
+    """Why ``sig`` is not a valid release report of ``site_id`` (:func:`release_report_bytes`,
+    with its operator's ``leave_behind`` consent when not None) under one of ``public_keys`` (raw
+    32-byte keys the state records for it); None if it is.
 
     Returns:
         None, or ``missing signature``, ``no pinned key``, ``not canonical``, ``revoked key`` or
@@ -258,7 +274,7 @@ def release_report_problem(sig: Any, public_keys: Any, cluster_id: str, site_id:
     if not public_keys:
         return "no pinned key"
     try:
-        message = release_report_bytes(cluster_id, site_id, rules_max, at_ns)
+        message = release_report_bytes(cluster_id, site_id, rules_max, at_ns, leave_behind)
     except CanonicalError:
         return "not canonical"
     return _verify_any(public_keys, revoked, sig, message, "bad release report")
@@ -387,14 +403,14 @@ class Signer:
         """
         return sign_ack(self.private_key, self.cluster_id, volume, epoch, seq, root, size_bytes, n_blocks)
 
-    def sign_release_report(self, rules_max: int, at_ns: int) -> bytes:
+    def sign_release_report(self, rules_max: int, at_ns: int, leave_behind: list[str] | None = None) -> bytes:
         """This site's 64-byte signature of its release report (:func:`release_report_bytes`,
-        this cluster and site).
+        this cluster and site; with its operator's ``leave_behind`` consent when not None).
 
         Raises:
             CanonicalError: see :func:`release_report_bytes`.
         """
-        return sign_release_report(self.private_key, self.cluster_id, self.site_id, rules_max, at_ns)
+        return sign_release_report(self.private_key, self.cluster_id, self.site_id, rules_max, at_ns, leave_behind)
 
     @property
     def public_key(self) -> str:

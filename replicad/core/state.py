@@ -122,11 +122,13 @@ and evidence escapes what is not; an instant recovery turns other sites' forced 
 requests (:func:`_check_instant`); ``remove_volume`` exists (under rules 1 it is an unknown op, as
 b976d0a refused it). Only the ``rules`` command (``to``, ``reports``, :func:`_op_rules`) changes
 the version: by a registered site, only upward, at most :data:`RULES_MAX` (the highest this code
-applies), in a founded cluster with a majority clock, and only with signed release reports of a
-majority of the unrevoked members of the agreed membership (:func:`rules_reports_problems`:
-``[rules_max, at_ns, sig]``, "I run a release applying rules 1..rules_max", within
-:data:`RULES_REPORT_TTL_NS` of the majority clock, signed under the keys the state records for
-the member); refused otherwise. Under rules 1 only a raise accepted by this module is decided
+applies), in a founded cluster with a majority clock, and only with signed release reports
+(:func:`rules_reports_problems`: ``[rules_max, at_ns, sig]``, "I run a release applying rules
+1..rules_max", within :data:`RULES_REPORT_TTL_NS` of the majority clock, signed under the keys
+the state records for the member) of every unrevoked member of the agreed membership, or of a
+majority of them with the consent of a majority of the members' operators to leave the others
+behind (:func:`rules_consents`: ``[rules_max, at_ns, sig, leave_behind]``, the consent signed
+inside the report); refused otherwise. Under rules 1 only a raise accepted by this module is decided
 here: every other ``rules`` command (refused, or naming the version the state has) is decided by
 :mod:`replicad.core.state_rules1`, an unknown op as b976d0a answered it, so a ``rules`` command
 that fails (a hostile site's, or an honest one racing a report) leaves a site still on b976d0a
@@ -145,15 +147,20 @@ said, under its own key, that it runs a release applying the new rules; a member
 b976d0a has no such report (its peer API does not serve one), so the raise waits for it, and the
 sites decide every command alike meanwhile (rules 1: this code decides as b976d0a). The daemon
 collects the reports over the peer API (``GET /v1/peer/release``,
-:mod:`replicad.site.rules_raise`). The state machine accepts a raise with the reports of a
-majority: one hostile member withholding its report cannot keep the cluster under rules 1 (whose
-request table it can flood until an approved revocation of itself is forgotten) — an operator
-raises with a majority (``replicad raise-rules``), and a member left behind on the previous
-release parts from the others until it is upgraded and its Raft state rebuilt. One hostile
-member cannot hasten a raise past a majority still on the previous release (it would need their
-signatures); a member that lies "2" while it runs b976d0a parts only its own state. A site whose state is at a rules version above its own :data:`RULES_MAX` (it runs
-an older release than the cluster's rules, and received the state whole) cannot decide like the
-others and stops at start.
+:mod:`replicad.site.rules_raise`). A member that cannot be upgraded soon, or is suspected
+hostile and withholds its report, is left behind only by a majority of the operators: each runs
+``replicad raise-rules --leave-behind SITE`` at their own site, whose report then carries the
+consent, signed; the state machine accepts the raise with a majority's reports and a majority's
+consents covering every member without a report. One hostile member withholding its report
+cannot keep the cluster under rules 1 (whose request table it can flood until an approved
+revocation of itself is forgotten): a majority of operators leaves it behind. One hostile member
+cannot hasten a raise past an honest member still on the previous release (with its own lying
+report and one honest site's served report it has a majority of reports, but one consent: an
+honest report carries none unless its operator gave it). A member left behind on the previous
+release parts from the others until it is upgraded and its Raft state rebuilt; a member that
+lies "2" while it runs b976d0a parts only its own state. A site whose state is at a rules version
+above its own :data:`RULES_MAX` (it runs an older release than the cluster's rules, and received
+the state whole) cannot decide like the others and stops at start.
 
 Authority rules (threat model: root on one site speaks with that site's identity):
 
@@ -3069,23 +3076,35 @@ def _op_rules(state: dict, cmd: dict) -> tuple[dict, dict]:
     evidence ``refusal`` ``rules_lower``), at most :data:`RULES_MAX`, the highest this code applies
     (``out_of_range`` past it, or below 1), in a founded cluster (``conflict`` ``rules_not_founded``)
     with a majority clock (``rules_no_clock``: a report's age could not be judged), and only with
-    ``reports`` showing that a majority of the unrevoked members runs a release applying ``to``
-    (:func:`rules_reports_problems`; else ``conflict``, evidence ``refusal`` ``rules_unreported``,
-    the members' problems, ``reported`` and ``needed``). A majority, not every member: one
-    hostile member withholding its report would otherwise keep rules 1 — and their holes, among
-    them the erasure of an approved revocation of itself — for ever. The sites' daemons propose a
-    raise by themselves only once every member reported (``replicad.site.rules_raise``); with a
-    majority only when an operator asks (``replicad raise-rules``): a member left behind on the
-    previous release refuses the raise and parts from the majority until it is upgraded and its
-    Raft state rebuilt (README, "Upgrades"). The version the state has already is answered
-    ``changed`` false (no reports needed). Under rules 1 only a raise
-    accepted here is this code's: every other ``rules`` command is decided by
-    :mod:`replicad.core.state_rules1` (an unknown op, as b976d0a answers it).
+    ``reports`` (:func:`rules_reports_problems`) showing either
 
-    ``reports``: ``{site_id: [rules_max, at_ns, sig]}``, each member's release report
-    (:func:`replicad.core.identity.release_report_bytes`; ``sig`` 64 bytes, or None unsigned).
-    Result: ``{"ok", "rules": int, "previous": int, "changed": bool}``, and on a raise ``behind``:
-    ``{site_id: why}`` of the members whose reports did not show the new rules ({} when all did)."""
+    1. that every unrevoked member runs a release applying ``to``; or
+    2. that a majority of them does, AND the consent of a majority of the unrevoked members'
+       operators to leave behind the members without a good report (:func:`rules_consents`: a
+       good report whose signed ``leave_behind`` covers every one of them).
+
+    Else ``conflict``: evidence ``refusal`` ``rules_unreported`` (fewer than a majority of good
+    reports; the members' ``problems``, ``reported``, ``needed``) or ``rules_no_consent`` (a
+    majority reported, too few operators consented to leave the others behind: ``problems``,
+    ``consented``, ``needed``). Why both (ARCHITECTURE.md, Choices, "The state's rules version"):
+    every member's report alone lets one hostile member hold rules 1 for ever by withholding its
+    own (and under rules 1 it can flood the request table until an approved revocation of itself
+    is forgotten); a majority's reports alone let one hostile member raise with its own lying
+    report and one upgraded honest site's served report while an honest member still runs the
+    previous release, which then parts from the others. A consent travels only inside an honest
+    site's signed report, given by its operator (``replicad raise-rules --leave-behind``), so one
+    site can neither hasten a raise past an honest member (a second operator must consent) nor
+    hold rules 1 (a majority of operators can leave it behind). The version the state has already
+    is answered ``changed`` false (no reports needed). Under rules 1 only a raise accepted here is
+    this code's: every other ``rules`` command is decided by :mod:`replicad.core.state_rules1` (an
+    unknown op, as b976d0a answers it).
+
+    ``reports``: ``{site_id: [rules_max, at_ns, sig]}`` or ``[rules_max, at_ns, sig, leave_behind]``,
+    each member's release report (:func:`replicad.core.identity.release_report_bytes`; ``sig`` 64
+    bytes, or None unsigned; ``leave_behind`` sorted site ids). Result: ``{"ok", "rules": int,
+    "previous": int, "changed": bool}``, and on a raise ``behind``: ``{site_id: why}`` of the members
+    whose reports did not show the new rules ({} when all did) and, when some were left behind,
+    ``consented``: the sites whose operators consented to leave them behind."""
     to = cmd.get("to")
     if not _is_int(to):
         raise _Refusal("bad_request", "to must be an integer rules version", field="to", value=_safe(to))
@@ -3114,13 +3133,20 @@ def _op_rules(state: dict, cmd: dict) -> tuple[dict, dict]:
     problems = rules_reports_problems(state, reports, to, cmd.get(_TRUST))
     reported = len(members) - len(problems)
     needed = len(members) // 2 + 1
+    said = '; '.join(f'{site}: {why}' for site, why in sorted(problems.items()))
     if reported < needed:
         raise _Refusal("conflict", f"rules {to}: {reported} of {len(members)} unrevoked members reported a release "
-                       f"applying it, a majority ({needed}) must "
-                       f"({'; '.join(f'{site}: {why}' for site, why in sorted(problems.items()))})", to=to,
+                       f"applying it, a majority ({needed}) must ({said})", to=to,
                        refusal="rules_unreported", problems=problems, reported=reported, needed=needed)
+    consented = rules_consents(state, reports, problems) if problems else []
+    if problems and len(consented) < needed:
+        raise _Refusal("conflict", f"rules {to}: {len(consented)} of {len(members)} unrevoked members' operators "
+                       f"consented to leave behind {', '.join(sorted(problems))}, a majority ({needed}) must "
+                       f"(replicad raise-rules --leave-behind at each site; {said})", to=to,
+                       refusal="rules_no_consent", problems=problems, consented=consented, needed=needed)
     return ({**state, RULES: to},
-            {"ok": True, "rules": to, "previous": current, "changed": True, "behind": problems})
+            {"ok": True, "rules": to, "previous": current, "changed": True, "behind": problems,
+             **({"consented": consented} if problems else {})})
 
 
 def rules_members(state: dict) -> list[str]:
@@ -3136,7 +3162,9 @@ def rules_members(state: dict) -> list[str]:
 
 def rules_reports_problems(state: dict, reports: Any, to: int, trust: Trust | None) -> dict[str, str]:
     """``{site_id: why}`` for each member (:func:`rules_members`) whose release report in ``reports``
-    (``{site_id: [rules_max, at_ns, sig]}``) does not show a release applying rules ``to``:
+    (``{site_id: [rules_max, at_ns, sig]}``, or ``[rules_max, at_ns, sig, leave_behind]`` with its
+    operator's consent, ``leave_behind`` a sorted list of at most :data:`SITES_MAX` distinct site
+    ids, signed with it) does not show a release applying rules ``to``:
     ``not reported``, ``malformed``, ``runs rules 1..N`` (N < ``to``), ``stale`` (``at_ns``
     more than :data:`RULES_REPORT_TTL_NS` from the majority clock, when there is one), or the
     signature's problem (signed clusters: under the keys the state records for the member,
@@ -3151,11 +3179,13 @@ def rules_reports_problems(state: dict, reports: Any, to: int, trust: Trust | No
         if entry is None:
             problems[site] = "not reported"
             continue
-        if not (isinstance(entry, (list, tuple)) and len(entry) == 3 and _is_int(entry[0]) and _is_int(entry[1])
-                and (entry[2] is None or isinstance(entry[2], bytes))):
+        if not (isinstance(entry, (list, tuple)) and len(entry) in (3, 4) and _is_int(entry[0])
+                and _is_int(entry[1]) and (entry[2] is None or isinstance(entry[2], bytes))
+                and (len(entry) == 3 or leave_behind_ok(entry[3]))):
             problems[site] = "malformed"
             continue
-        rules_max, at_ns, sig = entry
+        rules_max, at_ns, sig = entry[:3]
+        leave_behind = list(entry[3]) if len(entry) == 4 else None
         if rules_max < to:
             problems[site] = f"runs rules 1..{rules_max}"
         elif quorum_now is not None and abs(at_ns - quorum_now) > RULES_REPORT_TTL_NS:
@@ -3163,10 +3193,37 @@ def rules_reports_problems(state: dict, reports: Any, to: int, trust: Trust | No
         elif trust is not None and trust.keys is not None:
             keys = member_keys(state, site) if state.get("incarnation") is not None else (trust.keys.get(site) or ())
             problem = identity.release_report_problem(sig, keys, trust.cluster_id, site, rules_max, at_ns,
-                                                      revoked_keys)
+                                                      revoked_keys, leave_behind)
             if problem is not None:
                 problems[site] = problem
     return problems
+
+
+def leave_behind_ok(value: Any) -> bool:
+    """A report's ``leave_behind``: a sorted list of at most :data:`SITES_MAX` distinct site ids
+    (strings of at most :data:`NAME_MAX_CHARS`, printable). Pure."""
+    return (isinstance(value, (list, tuple)) and len(value) <= SITES_MAX
+            and all(isinstance(s, str) and 0 < len(s) <= NAME_MAX_CHARS and printable(s) for s in value)
+            and list(value) == sorted(set(value)))
+
+
+def rules_consents(state: dict, reports: Any, problems: dict[str, str]) -> list[str]:
+    """The members whose operators consent to a raise of the rules leaving behind every member in
+    ``problems`` (:func:`rules_reports_problems` of the same ``reports``): each member without a
+    problem whose report carries a ``leave_behind`` covering all of ``problems`` (the signature
+    covers it: checked there). A member's consent to leave behind more members than ``problems``
+    counts (it agreed to lose those and others); one leaving fewer does not. Sorted; pure; never
+    raises."""
+    reports = reports if isinstance(reports, dict) else {}
+    behind = set(problems)
+    out = []
+    for site in rules_members(state):
+        entry = reports.get(site)
+        if site in problems or not isinstance(entry, (list, tuple)) or len(entry) != 4:
+            continue
+        if leave_behind_ok(entry[3]) and behind <= set(entry[3]):
+            out.append(site)
+    return out
 
 
 _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str], frozenset[str]]] = {

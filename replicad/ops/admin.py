@@ -56,6 +56,10 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
     POST   /v1/requests/{request_id}/veto       [admin] this site stops a request before it takes effect
     POST   /v1/sites/{site_id}/revoke           [admin] {"reason"?}: request to revoke a site's identity (a majority);
                                                 the request names the keys this site pins for it
+    POST   /v1/rules/raise                      [operator] {"leave_behind": [site], "reason": str} or {"cancel": true}:
+                                                 this site's operator consents to raise the cluster's rules leaving
+                                                 those members behind (site.rules_raise; a majority of the operators
+                                                 must), or withdraws the consent
     GET    /v1/audit                            [viewer] the newest Raft audit records
     GET    /v1/audit/admin                      [viewer] this site's admin audit log + chain check
 
@@ -333,6 +337,8 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
     """
     audit_log = AuditLog(site.data_dir / AUDIT_FILE)
     guard = _Guard(site, audit_log)
+    if getattr(site, "rules_raise", None) is not None:  # the operator's consent to leave members behind
+        site.rules_raise.keep_consent_in(site.data_dir)
     idle_exports = IdleExports(lambda: site.exports, site._background)  # exports' idle limit (ops/exportlimits.py)
 
     async def healthz(request: web.Request) -> web.Response:
@@ -689,6 +695,26 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         log.warning("AUDIT request %s %s at %s", req_id, res.get("status", "vetoed"), site.site_id)  # or withdrawn
         return _ok(_request_answer(res) | ({"vetoed_by": res["vetoed_by"]} if res.get("vetoed_by") else {}))
 
+    async def rules_raise(request: web.Request) -> web.Response:
+        """This site's operator's consent to raise the cluster's rules leaving members behind
+        (``replicad raise-rules``; :meth:`replicad.site.rules_raise.RulesRaise.give_consent`), or its
+        withdrawal (``cancel``). Answers ``{"consent": {...} | None, "withdrawn": {...} | None,
+        "rules": status}``."""
+        body = await _json_body(request)
+        _only_keys(body, "leave_behind", "reason", "cancel")
+        principal = request.get(PRINCIPAL_KEY)
+        who = principal.name if principal else auth.ANONYMOUS
+        if _opt_bool(body, "cancel"):
+            if "leave_behind" in body:
+                raise UsageError("cancel takes no leave_behind", field="leave_behind")
+            withdrawn = await asyncio.to_thread(site.rules_raise.cancel_consent, who)
+            return _ok({"consent": None, "withdrawn": withdrawn, "rules": site.rules_raise.status()})
+        if "leave_behind" not in body:
+            raise UsageError("leave_behind: the members to leave behind (or cancel: true)", field="leave_behind")
+        consent = await asyncio.to_thread(site.rules_raise.give_consent, body["leave_behind"], body.get("reason"),
+                                          who)
+        return _ok({"consent": consent, "withdrawn": None, "rules": site.rules_raise.status()})
+
     async def site_revoke(request: web.Request) -> web.Response:
         target = request.match_info["site_id"]
         body = await _json_body(request)
@@ -829,6 +855,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         ("POST", "/v1/requests/{request_id}/approve", requests_approve),
         ("POST", "/v1/requests/{request_id}/veto", requests_veto),
         ("POST", "/v1/sites/{site_id}/revoke", site_revoke),
+        ("POST", "/v1/rules/raise", rules_raise),
         ("GET", "/v1/audit", audit),
         ("GET", "/v1/audit/admin", audit_admin),
         ("POST", "/v1/volumes/{volume}/exports", export_create),  # snapshot exports over NBD (issue 16)

@@ -83,6 +83,7 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("POST", "/v1/requests/{request_id}/approve"): "admin",
     ("POST", "/v1/requests/{request_id}/veto"): "admin",
     ("POST", "/v1/sites/{site_id}/revoke"): "admin",
+    ("POST", "/v1/rules/raise"): "operator",  # a consent to leave members behind in a rules raise
     ("POST", "/v1/members"): "admin",
     ("DELETE", "/v1/members/{site_id}"): "admin",
     ("POST", "/v1/membership"): "admin",

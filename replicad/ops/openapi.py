@@ -191,6 +191,10 @@ SCHEMAS: dict[str, dict] = {
                              "status": _STR, "kept_by_retention": {"type": "array", "items": _INT}},
                             {"approvals": {"type": "array", "items": _STR}, "needed": _INT, "next": _STR}),
     "RaftAudit": _object({"audit": {"type": "array", "items": _OBJ}}),
+    "RulesConsent": _object({"consent": {"type": ["object", "null"], "description": (
+        "this site's consent in force: {leave_behind, reason, by, at_ns, expires_ns}, or null")},
+        "withdrawn": {"type": ["object", "null"], "description": "the consent withdrawn (cancel), or null"},
+        "rules": {**_OBJ, "description": "the rules version and the wait to raise it (as GET /v1/status rules)"}}),
     "AdminAuditRecord": _object({"seq": _INT, "at": _STR, "who": _STR, "role": _NSTR, "remote": _NSTR,
                                  "method": _STR, "path": _STR, "body": {},
                                  "outcome": {"enum": ["ok", "accepted", "refused", "failed"]}, "status": _INT,
@@ -256,6 +260,10 @@ _BODIES: dict[str, dict] = {
         {"reason": {"type": "string", "description": "why (shown to the operators asked to approve)"}}),
     "MaxSizeSet": _object({"volume": _STR, "max_size_bytes": _INT, "previous": _INT, "status": _STR}),
     "Revoke": _object({}, {"reason": _STR}),
+    "RulesRaise": _object({}, {"leave_behind": {"type": "array", "items": _STR, "minItems": 1, "description": (
+        "the members to leave behind (unrevoked members of the agreed membership, not this site)")},
+        "reason": {**_STR, "maxLength": 1024, "description": "why they are left behind (required with leave_behind)"},
+        "cancel": {**_BOOL, "description": "withdraw this site's consent instead"}}),
     "RemoveVolume": _object({}, {"reason": {"type": "string", "description": (
         "why (shown to the operators asked to approve)")}}),
     "ExportCreate": _object({"snapshot": _INT}, {"writable": _BOOL, "auto_close": _BOOL,  # issue 16
@@ -389,6 +397,11 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
     ("exports", "GET", "/v1/exports", "The snapshot exports open at this site", None, {"200": "Exports"}, ()),
     ("exportDelete", "DELETE", "/v1/exports/{export_id}", "Close an export: its socket, overlay and pin go",
      None, {"200": "Export"}, (404,)),
+    ("rulesRaise", "POST", "/v1/rules/raise",
+     "This site's operator consents to raise the cluster's rules leaving the named members behind (each still on "
+     "an older release, or withholding its release report); the consent is signed into this site's release "
+     "report for 24 h; once a majority of the members reported and a majority of the operators consented, the "
+     "sites raise. cancel: withdraw it", "RulesRaise", {"200": "RulesConsent"}, (400, 409)),
     ("audit", "GET", "/v1/audit", "The newest Raft audit records", None, {"200": "RaftAudit"}, ()),
     ("adminAudit", "GET", "/v1/audit/admin", "This site's admin audit log (newest records) and its chain check",
      None, {"200": "AdminAudit"}, (400,)),

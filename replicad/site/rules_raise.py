@@ -19,10 +19,23 @@ older release)``, ``not reachable``), :meth:`RulesRaise.status` in ``GET /v1/sta
 and the gauges ``replicad_rules_*``. Every site does this; the first raise applied wins and the
 others find the state raised (a proposal racing it is answered ``changed`` false).
 
-What a hostile member can do (ARCHITECTURE.md, Choices, "The state's rules version"): delay the
-raise (no report, or a low one) until it is revoked; not hasten it past an honest member still on
-an older release, whose signed report it cannot make (the state machine checks each report under
-the keys the agreed membership records for its member).
+A member that cannot be upgraded soon, or is suspected hostile and withholds its report, is left
+behind only with the consent of a majority of the operators (ARCHITECTURE.md, Choices, "The
+state's rules version", option (d)): an operator runs ``replicad raise-rules --leave-behind SITE
+--reason ...`` at their own site (admin API ``POST /v1/rules/raise``, operator role, in the admin
+audit log); the consent is kept in ``<data_dir>/``:data:`CONSENT_FILE` (written durably) until it
+expires (:data:`CONSENT_TTL_S`) or is withdrawn (``--cancel``), and the site's release report
+carries it, signed (``leave_behind``: sorted site ids). Once a majority of the members reported and
+a majority's consents cover every member without a good report, every site proposes the raise by
+itself; the state machine counts the consents again (:func:`~replicad.core.state.rules_consents`).
+While it waits, the WARNING line names the command.
+
+What a hostile member can do: delay the raise (no report, or a low one) until a majority of the
+operators leaves it behind; not hasten it past an honest member still on an older release: it
+cannot make that member's signed report, and with its own lying report and one honest site's
+served report it has a majority of reports but one consent (an honest report carries one only
+when its operator gave it). A consent withdrawn or expired is no longer served; a report served
+before stays good for the state's :data:`~replicad.core.state.RULES_REPORT_TTL_NS` (10 minutes).
 """
 
 from __future__ import annotations
@@ -40,10 +53,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from pathlib import Path
+
 from replicad.core import state as cluster_state
-from replicad.core.errors import ConfigError, ReplicadError
+from replicad.core.errors import ConfigError, ConflictError, ReplicadError, UsageError
 from replicad.core.identity import Signer, Trust
 from replicad.core.state import RULES_MAX, rules
+from replicad.storage.durable import fsync_dir, write_durably
 
 log = logging.getLogger("replicad.site.rules_raise")
 
@@ -58,6 +74,13 @@ REPORT_MAX_BYTES = 4096
 ROUTE = "/v1/peer/release"
 REPORT_REUSE_S = 1.0
 """A signed report is served again for this long (well inside the state's 10-minute window)."""
+CONSENT_FILE = "rules-consent.json"
+"""This site's operator's consent to raise the rules leaving members behind, in the data dir:
+JSON ``{"leave_behind": [site], "reason", "by", "at_ns", "expires_ns"}``."""
+CONSENT_TTL_S = 24 * 3600
+"""A consent expires after a day: an operator's decision of an upgrade window, not a standing
+permission (a member that fails later is judged again)."""
+REASON_MAX_CHARS = 1024
 LAB_REPORT_RULES_MAX_ENV = "REPLICAD_LAB_REPORT_RULES_MAX"
 """Test benches only (the site's config must say ``lab = true``; ignored with a WARNING otherwise):
 the ``rules_max`` this site reports instead of its code's :data:`RULES_MAX`, to play a site still
@@ -116,22 +139,132 @@ class RulesRaise:
         self.waiting_since: float | None = None  # time.time() the wait began
         self.raised_here: bool | None = None  # True: this site's raise applied; False: another's
         self._logged = float("-inf")
-        self._report: tuple[float, tuple, dict] | None = None  # (monotonic s, (rules_max, signer), report) last
+        self._report: tuple[float, tuple, dict] | None = None  # (monotonic s, (rules_max, signer, consent), report)
+        self._consent_path: Path | None = None
+        self._consent: dict | None = None  # CONSENT_FILE's content, expired or not
+        self.consented: list[str] = []  # members whose served consents cover the members behind (last round)
+
+    # ------------------------------------------------------------------ the operator's consent
+    def keep_consent_in(self, data_dir: Path) -> None:
+        """Keep this site's consent in ``data_dir`` / :data:`CONSENT_FILE`, and load it (the
+        admin API's start calls this).
+
+        Raises:
+            ConfigError: the file exists and is damaged (not the JSON this module writes): remove
+                it (the consent is withdrawn) and start the site again."""
+        path = Path(data_dir) / CONSENT_FILE
+        consent = None
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raw = None
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read this site's consent to leave members behind: {err}",
+                              path=str(path)) from None
+        if raw is not None:
+            try:
+                consent = json.loads(raw)
+            except ValueError:
+                consent = None
+            if not _consent_ok(consent):
+                raise ConfigError(f"{path} is damaged (this site's consent to raise the rules leaving members "
+                                  "behind): remove it to withdraw the consent, then start the site",
+                                  path=str(path))
+        self._consent_path, self._consent = path, consent
+
+    def consent(self) -> dict | None:
+        """This site's operator's consent in force (:data:`CONSENT_FILE`, not expired), or None."""
+        c = self._consent
+        if c is None or c["expires_ns"] <= time.time_ns():
+            return None
+        return dict(c)
+
+    def give_consent(self, leave_behind: Any, reason: Any, by: str) -> dict:
+        """Record (durably, then serve in the report) this site's operator's consent to raise the
+        rules leaving ``leave_behind`` behind; it replaces an earlier one and expires after
+        :data:`CONSENT_TTL_S`. ``by``: the operator's token name (the admin audit log has it too).
+        Returns the consent.
+
+        Raises:
+            UsageError: ``leave_behind`` not a non-empty list of distinct unrevoked members of the
+                agreed membership other than this site, or ``reason`` not a non-empty printable
+                string of at most :data:`REASON_MAX_CHARS`.
+            ConflictError: the cluster's rules are at this code's ``RULES_MAX`` already, or no
+                agreed membership yet.
+            OSError: the file could not be written (nothing changed)."""
+        view = self.cluster.view()
+        current = rules(view)
+        if current >= RULES_MAX:
+            raise ConflictError(f"the cluster's rules are at {current} already: nothing to raise", rules=current)
+        if view.get("incarnation") is None:
+            raise ConflictError("the cluster is not founded yet: no agreed membership to leave members of")
+        members = cluster_state.rules_members(view)
+        if not (isinstance(leave_behind, list) and leave_behind and len(leave_behind) <= cluster_state.SITES_MAX
+                and all(isinstance(s, str) for s in leave_behind) and len(set(leave_behind)) == len(leave_behind)):
+            raise UsageError("leave_behind must be a non-empty list of distinct site ids", field="leave_behind")
+        unknown = sorted(s for s in leave_behind if s not in members)
+        if unknown:
+            raise UsageError(f"leave_behind {unknown}: not unrevoked members of the agreed membership "
+                             f"({', '.join(members)})", field="leave_behind", members=members)
+        if self.site_id in leave_behind:
+            raise UsageError(f"leave_behind names this site ({self.site_id}): consent at another site",
+                             field="leave_behind")
+        if not (isinstance(reason, str) and reason.strip() and len(reason) <= REASON_MAX_CHARS
+                and cluster_state.printable(reason)):
+            raise UsageError(f"reason: why these members are left behind (printable, at most {REASON_MAX_CHARS} "
+                             "characters)", field="reason")
+        if self._consent_path is None:
+            raise ConflictError("this site keeps no consent (no data dir)")
+        now = time.time_ns()
+        consent = {"leave_behind": sorted(leave_behind), "reason": reason, "by": str(by)[:128], "at_ns": now,
+                   "expires_ns": now + int(CONSENT_TTL_S * 1e9)}
+        write_durably(self._consent_path, json.dumps(consent, sort_keys=True).encode())
+        self._consent = consent
+        log.warning("AUDIT site %s: operator %s consents to raise the cluster's rules to %d leaving behind %s "
+                    "(until %s UTC): %s", self.site_id, consent["by"], RULES_MAX, ", ".join(consent["leave_behind"]),
+                    time.strftime("%Y-%m-%d %H:%M", time.gmtime(consent["expires_ns"] / 1e9)), reason)
+        return dict(consent)
+
+    def cancel_consent(self, by: str) -> dict | None:
+        """Withdraw this site's consent (remove :data:`CONSENT_FILE`, durably); the one withdrawn, or
+        None when there was none. A report served before stays good for the state's 10 minutes.
+
+        Raises:
+            OSError: the file could not be removed."""
+        old = self._consent
+        if self._consent_path is not None:
+            try:
+                self._consent_path.unlink()
+            except FileNotFoundError:
+                pass
+            else:
+                fsync_dir(self._consent_path.parent)
+        self._consent = None
+        if old is not None:
+            log.warning("AUDIT site %s: operator %s withdrew the consent to leave behind %s", self.site_id,
+                        str(by)[:128], ", ".join(old["leave_behind"]))
+        return old
 
     # ------------------------------------------------------------------ the report
     def own_report(self) -> dict | None:
         """``{"site_id", "rules_max", "at_ns", "sig"}`` (``sig`` base64 or None unsigned), stamped
-        now; None when this site serves none (lab knob 0)."""
+        now, and ``leave_behind`` (sorted site ids, signed with the rest) while this site's operator
+        consents (:meth:`consent`); None when this site serves none (lab knob 0)."""
         if self.reported_max is None:
             return None
         now = time.monotonic()
-        key = (self.reported_max, self.signer)
+        consent = self.consent()
+        leave_behind = consent["leave_behind"] if consent is not None else None
+        key = (self.reported_max, self.signer, tuple(leave_behind) if leave_behind is not None else None)
         if self._report is not None and self._report[1] == key and now - self._report[0] < REPORT_REUSE_S:
             return self._report[2]  # a flood of asks costs one signature a second
         at_ns = time.time_ns()
-        sig = self.signer.sign_release_report(self.reported_max, at_ns) if self.signer is not None else None
+        sig = (self.signer.sign_release_report(self.reported_max, at_ns, leave_behind)
+               if self.signer is not None else None)
         report = {"site_id": self.site_id, "rules_max": self.reported_max, "at_ns": at_ns,
                   "sig": base64.b64encode(sig).decode() if sig is not None else None}
+        if leave_behind is not None:
+            report["leave_behind"] = list(leave_behind)
         self._report = (now, key, report)
         return report
 
@@ -183,13 +316,19 @@ class RulesRaise:
             sig = base64.b64decode(sig_text, validate=True) if sig_text is not None else None
         except (binascii.Error, ValueError):
             return None, None, "malformed release report (signature)"
-        return [rules_max, at_ns, sig], rules_max, None
+        if "leave_behind" not in body:
+            return [rules_max, at_ns, sig], rules_max, None
+        leave_behind = body["leave_behind"]
+        if not cluster_state.leave_behind_ok(leave_behind):
+            return None, None, "malformed release report (leave_behind)"
+        return [rules_max, at_ns, sig, list(leave_behind)], rules_max, None
 
     async def collect(self, target: int) -> tuple[dict, dict[str, dict]]:
         """Ask every member (:func:`~replicad.core.state.rules_members` of the current view) at
-        once. Returns ``(reports, members)``: ``reports`` ``{site: [rules_max, at_ns, sig]}`` for
-        the raise command; ``members`` ``{site: {"rules_max", "problem"}}``, ``problem`` None only
-        when the state machine would count that member's report for rules ``target``."""
+        once. Returns ``(reports, members)``: ``reports`` ``{site: [rules_max, at_ns, sig]}`` (with
+        ``leave_behind`` as a 4th element when the member's operator consents) for the raise
+        command; ``members`` ``{site: {"rules_max", "problem"}}``, ``problem`` None only when the
+        state machine would count that member's report for rules ``target``."""
         view = self.cluster.view()
         urls = {s.site_id: str(s.peer_url) for s in self.cluster.sites()}
         for site, entry in (view.get("sites") or {}).items():
@@ -206,7 +345,9 @@ class RulesRaise:
     async def run(self, stopping: asyncio.Event) -> None:
         """Until the state's rules reach this code's :data:`RULES_MAX` (or ``stopping``): ask the
         members every :data:`POLL_S`; propose the raise once every one reported a release applying
-        it. A refused or unanswered proposal is logged and asked again at the next round."""
+        it, or once a majority did and a majority of the operators consent to leave the others
+        behind (their consents, served in their reports, cover every member without a good one).
+        A refused or unanswered proposal is logged and asked again at the next round."""
         target = RULES_MAX
         while not stopping.is_set():
             current = rules(self.cluster.view())
@@ -221,8 +362,14 @@ class RulesRaise:
                     # the state machine judges a report's age by the majority clock: none yet (a cluster
                     # just founded) would refuse the raise (rules_no_clock), as an unknown op under rules 1
                     behind = {**behind, "cluster": "no majority clock yet (its clock reports come every 5 s)"}
+                checked = cluster_state.rules_reports_problems(view, reports, target, self.trust())
+                self.consented = cluster_state.rules_consents(view, reports, checked) if checked else []
+                needed = len(self.members) // 2 + 1
                 if self.members and not behind:
                     await self._propose(target, reports)
+                elif (self.members and "cluster" not in behind and len(self.members) - len(checked) >= needed
+                      and len(self.consented) >= needed):
+                    await self._propose(target, reports, left_behind=checked)
                 else:
                     self._wait(current, target, behind)
             except Exception:  # never let one bad round end the wait: the raise would never come
@@ -233,14 +380,21 @@ class RulesRaise:
             except asyncio.TimeoutError:
                 pass
 
-    async def _propose(self, target: int, reports: dict) -> None:
+    async def _propose(self, target: int, reports: dict, left_behind: dict[str, str] | None = None) -> None:
         try:
             res = await self.cluster.propose("rules", to=target, reports=reports)
         except ReplicadError as err:  # a report gone stale, a member changed, no quorum: the next round
             log.warning("site %s: raising the cluster's rules to %d was not applied: %s %s; asking again in %.0f s",
                         self.site_id, target, err, err.evidence, POLL_S)
             return
-        if res.get("changed"):
+        if res.get("changed") and res.get("behind"):
+            self.raised_here = True
+            log.warning("AUDIT site %s: the cluster's rules raised %s -> %s leaving behind %s (the operators of %s "
+                        "consented; a member left behind parts from the others until it is upgraded and its Raft "
+                        "state rebuilt)", self.site_id, res.get("previous"), res.get("rules"),
+                        "; ".join(f"{s}: {why}" for s, why in sorted(res["behind"].items())),
+                        ", ".join(res.get("consented") or ()))
+        elif res.get("changed"):
             self.raised_here = True
             log.warning("AUDIT site %s: the cluster's rules raised %s -> %s (every member reported a release "
                         "applying them: %s)", self.site_id, res.get("previous"), res.get("rules"),
@@ -252,9 +406,16 @@ class RulesRaise:
             self.waiting, self.waiting_since = True, time.time()
         if now - self._logged >= LOG_EVERY_S:
             self._logged = now
+            sites = sorted(s for s in behind if s != "cluster")
+            mine = self.consent()
             log.warning("site %s: the cluster's rules stay at %d until every member runs a release applying rules "
-                        "%d (a rolling upgrade in progress: upgrade these sites): %s", self.site_id, current, target,
-                        "; ".join(f"{site}: {why}" for site, why in sorted(behind.items())) or "no member known yet")
+                        "%d (a rolling upgrade in progress: upgrade these sites): %s.%s", self.site_id, current, target,
+                        "; ".join(f"{site}: {why}" for site, why in sorted(behind.items())) or "no member known yet",
+                        (f" If a member cannot be upgraded soon or is suspected hostile, a majority of the "
+                         f"operators can leave it behind: each runs at their own site `replicad raise-rules "
+                         f"--leave-behind {','.join(sites)} --reason '...'` (consents in force: "
+                         f"{', '.join(self.consented) or 'none'}; here: "
+                         f"{', '.join(mine['leave_behind']) if mine else 'none'})") if sites else "")
 
     def _done(self, current: int) -> None:
         if self.waiting or self.raised_here is None:
@@ -265,10 +426,12 @@ class RulesRaise:
         self.waiting = False
 
     def status(self) -> dict:
-        """``{"version", "max", "reported_max", "waiting", "waiting_since", "members", "applied",
-        "vouches"}`` for ``GET /v1/status`` (``rules``): the state's rules version, this code's
-        ``RULES_MAX``, what this site reports, whether it waits for members' reports to raise,
-        since when (epoch seconds), each member's last answer ``{"rules_max", "problem"}``; and,
+        """``{"version", "max", "reported_max", "waiting", "waiting_since", "members", "consent",
+        "consented", "applied", "vouches"}`` for ``GET /v1/status`` (``rules``): the state's rules
+        version, this code's ``RULES_MAX``, what this site reports, whether it waits for members'
+        reports to raise, since when (epoch seconds), each member's last answer ``{"rules_max",
+        "problem"}``, this site's operator's consent in force (:meth:`consent`, or None) and the
+        members whose served consents cover the members behind (last round); and,
         to compare the sites' states through an upgrade, the commands applied here (``applied``)
         and the checkpoint digests each member vouched (``{site: {n: hex digest}}``, Raft
         state): equal digests at the same ``n`` are equal states."""
@@ -279,4 +442,13 @@ class RulesRaise:
         return {"version": rules(view), "max": RULES_MAX, "reported_max": self.reported_max,
                 "waiting": waiting, "waiting_since": self.waiting_since if waiting else None,
                 "members": {site: dict(m) for site, m in sorted(self.members.items())},
+                "consent": self.consent(), "consented": list(self.consented) if waiting else [],
                 "applied": view.get("applied"), "vouches": vouches}
+
+
+def _consent_ok(c: Any) -> bool:
+    """:data:`CONSENT_FILE`'s content as :meth:`RulesRaise.give_consent` writes it."""
+    return (isinstance(c, dict) and set(c) == {"leave_behind", "reason", "by", "at_ns", "expires_ns"}
+            and cluster_state.leave_behind_ok(c["leave_behind"]) and bool(c["leave_behind"])
+            and isinstance(c["reason"], str) and isinstance(c["by"], str)
+            and all(type(c[k]) is int and c[k] >= 0 for k in ("at_ns", "expires_ns")))

@@ -251,9 +251,10 @@ def test_a_raise_needs_a_majority_of_the_unrevoked_members_reports(old, case: st
     """A raise without a report of a release applying the new rules from a majority of the members
     (b and c each missing, running rules 1..1, stamped an hour from the majority clock,
     malformed; or no reports at all) is refused, and under rules 1 decided as b976d0a decides it.
-    With one member's report bad the other two are a majority: the raise is accepted and names
-    that member ``behind`` (one hostile member withholding its report cannot hold rules 1). A
-    revoked member is not counted."""
+    With one member's report bad the other two are a majority, but without their operators'
+    consent to leave it behind the raise is refused too (``rules_no_consent``; b976d0a's answer
+    under rules 1); with it the raise is accepted and names that member ``behind`` (one hostile
+    member withholding its report cannot hold rules 1). A revoked member is not counted."""
     bad_one = {"missing": {}, "older": [1, NOW, None], "stale": [2, NOW - 3600 * S, None],
                "malformed": [2, None], "no reports": None}[case]
 
@@ -281,9 +282,16 @@ def test_a_raise_needs_a_majority_of_the_unrevoked_members_reports(old, case: st
     _, res = st.apply(revoked, copy.deepcopy(command), POLICY)
     assert res["ok"] is False
     one_bad = with_bad("c")
-    raised, res = st.apply(s, cmd("rules", "a", to=2, reports=one_bad), POLICY)
+    command = cmd("rules", "a", to=2, reports=one_bad)
+    same, res = st.apply(s, copy.deepcopy(command), POLICY)
+    same_old, res_old = old.apply(founded(old.apply), copy.deepcopy(command), POLICY)
+    assert res == res_old and res["ok"] is False and state_digest(same) == state_digest(same_old)
+    _, refused = st._apply_guarded(s, copy.deepcopy(command), POLICY)
+    assert refused["evidence"]["refusal"] == "rules_no_consent", refused
+    consent = {site: [*one_bad[site], ["c"]] for site in "ab"}
+    raised, res = st.apply(s, cmd("rules", "a", to=2, reports={**one_bad, **consent}), POLICY)
     assert res["ok"] and res["changed"] and st.rules(raised) == 2, res
-    assert list(res["behind"]) == ["c"]
+    assert list(res["behind"]) == ["c"] and res["consented"] == ["a", "b"]
 
 
 def test_no_raise_before_the_founding_or_without_a_majority_clock() -> None:
@@ -346,3 +354,82 @@ def test_rules_of_a_state_and_initial_state() -> None:
         with pytest.raises(ValueError):
             st.initial_state(rules=bad)
     assert "rules" in st.OPS and "rules" not in state_rules1.OPS
+
+
+def consenting(site: str, leave_behind: list[str], at_ns: int = NOW) -> list:
+    """``site``'s unsigned report of a release applying rules 2 with its operator's consent."""
+    return [2, at_ns, None, leave_behind]
+
+
+@pytest.mark.parametrize("case", ["hostile consent and a captured report", "consent short of the behind set",
+                                  "consent of a member behind", "stale consent", "malformed consent",
+                                  "unsorted consent"])
+def test_a_raise_leaving_members_behind_needs_a_majority_of_operators(old, case: str) -> None:
+    """Option (d) of ARCHITECTURE.md's choice on the rules version: with a member's report
+    missing, a raise needs the consent of a majority of the operators, each inside a good report
+    whose ``leave_behind`` covers every member without one. Refused: a hostile site's own consent
+    beside an honest site's report captured without consent; consents that leave out one of the
+    members behind; a consent in the report of a member that is itself behind (it runs rules
+    1..1); a consent stamped an hour off the majority clock; a ``leave_behind`` that is not a list
+    of site ids, or not sorted. Each refused raise is decided under rules 1 as b976d0a decides it
+    (the same results and state digest)."""
+    five = [{"site_id": s, "raft": f"10.0.0.{i}:7000", "kind": "data", "keys": [f"ed25519:{s}"]}
+            for i, s in enumerate("abcde", 1)]
+    reps = {"hostile consent and a captured report": {"a": consenting("a", ["c"]), "b": [2, NOW, None]},
+            "consent short of the behind set": {"a": consenting("a", ["c"]), "b": consenting("b", ["c"]),
+                                                "d": consenting("d", ["c"])},
+            "consent of a member behind": {"a": consenting("a", ["c"]), "b": [1, NOW, None, ["c"]]},
+            "stale consent": {"a": consenting("a", ["c"]), "b": consenting("b", ["c"], NOW - 3600 * S)},
+            "malformed consent": {"a": consenting("a", ["c"]), "b": [2, NOW, None, "c"]},
+            "unsorted consent": {"a": consenting("a", ["c", "b"]), "b": consenting("b", ["c", "b"])}}[case]
+    if case == "consent short of the behind set":  # five members: c and e without a report, a b d consent to c only
+        log = [*(cmd("register_site", s, site_id=s, peer_url=f"http://{s}", kind="data") for s in "abcde"),
+               *(cmd("found", s, incarnation=b"f" * 16, members=five) for s in "abc")]
+        s0, s0_old = replay(st.apply, st.initial_state(members=list("abcde")), log)[0], \
+            replay(old.apply, st.initial_state(members=list("abcde")), log)[0]
+        assert s0.get("incarnation") is not None
+        ticks = [cmd("clock", x) for x in "abcde"]
+        s0, s0_old = replay(st.apply, s0, ticks)[0], replay(old.apply, s0_old, ticks)[0]
+    else:
+        s0, s0_old = founded(st.apply), founded(old.apply)
+    command = cmd("rules", "a", to=2, reports=reps)
+    same, res = st.apply(s0, copy.deepcopy(command), POLICY)
+    same_old, res_old = old.apply(s0_old, copy.deepcopy(command), POLICY)
+    assert res == res_old and res["ok"] is False and st.rules(same) == 1, res
+    assert state_digest(same) == state_digest(same_old)
+    _, refused = st._apply_guarded(s0, copy.deepcopy(command), POLICY)
+    assert refused["evidence"]["refusal"] in ("rules_no_consent", "rules_unreported"), refused
+    if case == "consent short of the behind set":
+        assert refused["evidence"]["consented"] == [] and set(refused["evidence"]["problems"]) == {"c", "e"}
+        good = {x: consenting(x, ["c", "e"]) for x in "abd"}  # the same three covering both: accepted
+        raised, res = st.apply(s0, cmd("rules", "a", to=2, reports=good), POLICY)
+        assert res["ok"] and st.rules(raised) == 2 and sorted(res["behind"]) == ["c", "e"], res
+        assert res["consented"] == ["a", "b", "d"]
+
+
+def test_a_consent_covering_more_members_counts_and_every_report_needs_none() -> None:
+    """A consent to leave behind c (and b, which reported after all) counts for leaving behind c;
+    with every member's good report no consent is needed, and a consent in it changes nothing."""
+    s = founded(st.apply)
+    raised, res = st.apply(s, cmd("rules", "b", to=2, reports={"a": consenting("a", ["b", "c"]),
+                                                               "b": consenting("b", ["c"])}), POLICY)
+    assert res["ok"] and res["behind"] == {"c": "not reported"} and res["consented"] == ["a", "b"], res
+    raised, res = st.apply(s, cmd("rules", "b", to=2, reports={**reports(), "a": consenting("a", ["c"])}), POLICY)
+    assert res == {"ok": True, "rules": 2, "previous": 1, "changed": True, "behind": {}}, res
+
+
+def test_a_signed_consent_is_covered_by_its_signature() -> None:
+    """In a signed cluster a consent is part of the signed report: a ``leave_behind`` added to
+    (or changed in) a report signed without it is ``bad release report``; a 3-element report's
+    signature does not verify as a consent and the other way round."""
+    keys = {site: identity.generate_private_key() for site in "abc"}
+    cid = "c"
+    plain = identity.sign_release_report(keys["b"], cid, "b", 2, NOW)
+    consent = identity.sign_release_report(keys["b"], cid, "b", 2, NOW, ["c"])
+    pub = (identity.public_key_raw(keys["b"]),)
+    assert identity.release_report_problem(plain, pub, cid, "b", 2, NOW) is None
+    assert identity.release_report_problem(consent, pub, cid, "b", 2, NOW, (), ["c"]) is None
+    assert identity.release_report_problem(plain, pub, cid, "b", 2, NOW, (), ["c"]) == "bad release report"
+    assert identity.release_report_problem(consent, pub, cid, "b", 2, NOW, (), ["a"]) == "bad release report"
+    assert identity.release_report_problem(consent, pub, cid, "b", 2, NOW) == "bad release report"
+    assert identity.release_report_problem(consent, pub, cid, "b", 2, NOW, (), ["c", "a"]) == "not canonical"

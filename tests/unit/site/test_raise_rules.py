@@ -154,7 +154,8 @@ def test_an_unreachable_member_and_a_forged_report_keep_the_rules() -> None:
     signed by another key (a site speaking for another) is refused by the state machine's own
     check before any proposal (the daemon raises by itself only with every member's report); a
     raise proposed anyway without a majority of good reports is refused, rules 1 kept; with one
-    (an operator's raise) it is applied and names the member left behind."""
+    but no operator's consent to leave c behind it is refused too (a hostile site with one
+    honest site's served report cannot raise past an honest member)."""
     async def main() -> None:
         shared = founded()
         async with aiohttp.ClientSession() as session:
@@ -182,10 +183,16 @@ def test_an_unreachable_member_and_a_forged_report_keep_the_rules() -> None:
                 else:
                     raise AssertionError("a raise with a forged report and no majority was applied")
                 assert st.rules(shared.state) == 1
-                # with b's report the good ones are a majority: applied, c named behind
-                res = await SiteCluster(shared, "a").propose("rules", to=2, reports=reports)
-                assert res["changed"] and list(res["behind"]) == ["c"], res
-                assert st.rules(shared.state) == 2
+                # with b's report the good ones are a majority, but no operator consented to leave c behind
+                # (under rules 1 a refused raise is answered as b976d0a answers it: an unknown op)
+                assert st.rules_consents(shared.state, reports, {"c": "bad release report"}) == []
+                try:
+                    await SiteCluster(shared, "a").propose("rules", to=2, reports=reports)
+                except errors.ReplicadError:
+                    pass
+                else:
+                    raise AssertionError("a raise leaving c behind without consents was applied")
+                assert st.rules(shared.state) == 1
             finally:
                 for runner in runners:
                     await runner.cleanup()
@@ -203,3 +210,99 @@ def test_a_state_above_this_code_s_rules_stops_the_site() -> None:
     assert isinstance(d.fatal, errors.RulesVersionError) and d.fatal.evidence == {"rules": st.RULES_MAX + 1,
                                                                                   "max_rules": st.RULES_MAX}
     assert d._stopping.is_set()
+
+
+def test_a_majority_of_operators_consents_and_the_sites_raise_leaving_a_member_behind(tmp_path, caplog) -> None:
+    """c serves no report (an older release). a's operator consents to leave c behind: a's served
+    report carries ``leave_behind`` under its signature; with that one consent no site proposes
+    (the wait's WARNING names the command), and a raise proposed anyway by b (a's consent and b's
+    own report) is refused. b's operator consents too: b's next round raises by itself, the
+    result names c behind and a, b consenting. A consent is kept in the data dir (a new
+    RulesRaise over it serves it), expires, is withdrawn by ``cancel_consent``; a damaged file
+    stops the start (ConfigError); bad input is a UsageError."""
+    async def main() -> None:
+        shared = founded()
+        async with aiohttp.ClientSession() as session:
+            raises, runners = await three_sites(shared, {"a": 2, "b": 2, "c": None}, session)
+            for s in SITES:
+                (tmp_path / s).mkdir()
+                raises[s].keep_consent_in(tmp_path / s)
+            try:
+                for bad in (["d"], ["a"], [], "c", ["c", "c"]):
+                    try:
+                        raises["a"].give_consent(bad, "why", "op-a")
+                    except errors.UsageError:
+                        pass
+                    else:
+                        raise AssertionError(f"consent to leave behind {bad!r} accepted")
+                try:
+                    raises["a"].give_consent(["c"], "", "op-a")
+                except errors.UsageError:
+                    pass
+                else:
+                    raise AssertionError("a consent without a reason accepted")
+                consent = raises["a"].give_consent(["c"], "c cannot be upgraded this week", "op-a")
+                assert consent["leave_behind"] == ["c"] and consent["by"] == "op-a"
+                reports, members = await raises["b"].collect(2)
+                assert reports["a"][3] == ["c"] and len(reports["b"]) == 3 and "c" not in reports
+                assert members["a"]["problem"] is None  # the consent verifies under a's key
+                # one consent: b waits and says what the operators can do; nothing proposed
+                await run_briefly(raises["b"])
+                assert st.rules(shared.state) == 1 and not any(c["op"] == "rules" for c in shared.calls)
+                assert raises["b"].status()["consented"] == ["a"] and raises["b"].status()["consent"] is None
+                assert st.rules_consents(shared.state, reports, {"c": "not reported"}) == ["a"]
+                try:  # the hostile reading: a's consent and b's report without one
+                    await SiteCluster(shared, "b").propose("rules", to=2, reports=reports)
+                except errors.ReplicadError:
+                    pass
+                else:
+                    raise AssertionError("a raise with one consent was applied")
+                # a consent tampered with in transit (c added) no longer verifies
+                forged = {**reports, "a": [*reports["a"][:3], ["b", "c"]]}
+                assert st.rules_reports_problems(shared.state, forged, 2, TRUST) == {
+                    "a": "bad release report", "c": "not reported"}
+                # kept durably: a RulesRaise over a's data dir serves it
+                again = RulesRaise("a", SiteCluster(shared, "a"), Signer("a", KEYS["a"], "c"), lambda: TRUST,
+                                   session, 2)
+                again.keep_consent_in(tmp_path / "a")
+                assert again.own_report()["leave_behind"] == ["c"]
+                # b's operator consents: b's next round raises by itself
+                raises["b"].give_consent(["c"], "c on the old release until its hardware is replaced", "op-b")
+                await run_briefly(raises["b"])
+                assert st.rules(shared.state) == 2 and raises["b"].raised_here is True
+                raised = [c for c in shared.calls if c["op"] == "rules"]
+                applied = shared.state["applied_ops"][raised[-1]["op_id"]]
+                assert applied["changed"] and list(applied["behind"]) == ["c"], applied
+                assert applied["consented"] == ["a", "b"]
+                # withdrawn, expired, damaged
+                assert raises["a"].cancel_consent("op-a")["leave_behind"] == ["c"]
+                assert not (tmp_path / "a" / "rules-consent.json").exists()
+                assert "leave_behind" not in raises["a"].own_report() and raises["a"].consent() is None
+                raises["b"]._consent = {**raises["b"]._consent, "expires_ns": time.time_ns() - 1}
+                assert raises["b"].consent() is None and "leave_behind" not in raises["b"].own_report()
+                (tmp_path / "c" / "rules-consent.json").write_text('{"leave_behind": "c"}')
+                try:
+                    raises["c"].keep_consent_in(tmp_path / "c")
+                except errors.ConfigError:
+                    pass
+                else:
+                    raise AssertionError("a damaged consent file was read")
+            finally:
+                for runner in runners:
+                    await runner.cleanup()
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(main())
+    text = caplog.text
+    assert "replicad raise-rules --leave-behind c --reason" in text and "consents in force: a" in text
+    assert "AUDIT site a: operator op-a consents to raise the cluster's rules to 2 leaving behind c" in text
+    assert "AUDIT site b: the cluster's rules raised 1 -> 2 leaving behind c: not reported" in text
+
+
+async def run_briefly(raise_: RulesRaise) -> None:
+    """One round of ``raise_``'s wait (it ends at the raise, or is stopped after its first round)."""
+    stopping = asyncio.Event()
+    task = asyncio.create_task(raise_.run(stopping))
+    await asyncio.sleep(0.3)
+    stopping.set()
+    await task
