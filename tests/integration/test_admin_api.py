@@ -325,6 +325,10 @@ def test_live_answers_match_the_openapi_document(cluster: LocalCluster, tmp_path
         ("/v1/sites/{site_id}/revoke", "POST", "/v1/sites/site-c/revoke", {"reason": "test"}, ADMIN),
         ("/v1/sites/{site_id}/revoke", "POST", "/v1/sites/nowhere/revoke", {}, ADMIN),
         ("/v1/sites/{site_id}/revoke", "POST", "/v1/sites/site-c/revoke", {}, VIEWER),
+        ("/v1/rules/raise", "POST", "/v1/rules/raise", {"cancel": True}, OPERATOR),  # none to withdraw
+        ("/v1/rules/raise", "POST", "/v1/rules/raise", {"leave_behind": ["site-c"], "reason": "t"}, OPERATOR),  # 409
+        ("/v1/rules/raise", "POST", "/v1/rules/raise", {"bogus": 1}, OPERATOR),  # 400
+        ("/v1/rules/raise", "POST", "/v1/rules/raise", {"cancel": True}, VIEWER),
         ("/v1/volumes/{volume}/max-size", "PUT", f"{v}/max-size", {"max_size_bytes": "2GiB"}, ADMIN),  # a request
         ("/v1/volumes/{volume}/max-size", "PUT", f"{v}/max-size", {"max_size_bytes": "lots"}, ADMIN),
         ("/v1/volumes/{volume}/max-size", "PUT", f"{v}/max-size", {"max_size_bytes": "2GiB"}, VIEWER),

@@ -8,14 +8,23 @@ rules 1..1). The other sites do not raise: the rules stay 1, each says whom it w
 knob (its upgrade) the raise is applied, by one site, and every site's vouched checkpoint digests
 after it agree (checkpoints every few commands through ``REPLICAD_LAB_CHECKPOINT_EVERY``), also
 once a site restarted after the raise and replayed its log.
+
+A site that cannot be upgraded soon (or is suspected hostile) is left behind by a majority of
+the operators (ARCHITECTURE.md, Choices, "The state's rules version", option (d)): site-c stays on
+"the older release"; site-a's operator runs ``replicad raise-rules --leave-behind site-c``, and
+with that one consent no site raises; once site-b's operator runs it too, the raise happens and
+names site-c behind.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import re
 import signal
+import subprocess
+import sys
 
 import pytest
 import requests
@@ -157,3 +166,43 @@ def test_the_rules_are_raised_only_once_every_member_reports_the_new_release(ben
         assert raft["refused"]["checkpoint_divergent"] == 0, (s, raft["refused"], c.log_tail(s))
     snaps = c.api("site-b", "GET", f"/v1/volumes/{VOL}/snapshots")
     assert snaps, snaps
+
+
+def _raise_rules(c: LocalCluster, site: str, *args: str) -> subprocess.CompletedProcess:
+    """``replicad raise-rules ARGS`` against ``site``'s admin API, as its operator."""
+    token = c.default_token(site)
+    env = {k: v for k, v in os.environ.items() if k != "REPLICAD_TOKEN"} | ({"REPLICAD_TOKEN": token} if token else {})
+    return subprocess.run([sys.executable, "-m", "replicad", "--admin", c.sites[site].admin_url, "raise-rules",
+                           *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_a_majority_of_operators_leaves_a_site_behind(bench) -> None:
+    c = bench
+    c.wait_for("a and b waiting for site-c", lambda: all(
+        _rules(c, s)["waiting"] and _rules(c, s)["members"].get("site-c", {}).get("problem") == "runs rules 1..1"
+        for s in ("site-a", "site-b")), 60)
+    log_a = c.sites["site-a"].log_path.read_text()  # the wait's WARNING (once a minute) names the command
+    assert "a majority of the operators can leave it behind: each runs at their own site `replicad raise-rules " \
+        "--leave-behind" in log_a, c.log_tail("site-a")
+
+    # 1. site-a's operator consents: one consent, no raise (the other sites see it, and wait)
+    refused = _raise_rules(c, "site-a", "--leave-behind", "site-c")  # no reason: refused, nothing kept
+    assert refused.returncode != 0 and "--reason is required" in refused.stderr, refused
+    done = _raise_rules(c, "site-a", "--leave-behind", "site-c", "--reason", "site-c stays on the old release")
+    assert done.returncode == 0 and "leaving behind site-c" in done.stdout, (done.stdout, done.stderr)
+    assert _rules(c, "site-a")["consent"]["leave_behind"] == ["site-c"]
+    c.wait_for("site-b sees site-a's consent", lambda: _rules(c, "site-b")["consented"] == ["site-a"], 30)
+    assert all(_rules(c, s)["version"] == 1 for s in SITES)
+    audit = c.api("site-a", "GET", "/v1/audit/admin")
+    assert any("/v1/rules/raise" in str(r) for r in audit["records"]), audit
+
+    # 2. site-b's operator consents too: the raise follows, naming site-c behind
+    done = _raise_rules(c, "site-b", "--leave-behind", "site-c", "--reason", "site-c stays on the old release")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    c.wait_for("rules raised at a and b", lambda: all(_rules(c, s)["version"] == RULES_MAX
+                                                       for s in ("site-a", "site-b")), 60)
+    raised = [line for s in SITES for line in c.sites[s].log_path.read_text().splitlines()  # site-c runs this
+              if "the cluster's rules raised 1 -> 2" in line]  # code: it may be the one that proposes
+    assert len(raised) == 1 and "leaving behind site-c: runs rules 1..1" in raised[0], raised
+    assert "the operators of site-a, site-b consented" in raised[0], raised
+    assert snapshot(c, "site-a")["committed"]
