@@ -173,9 +173,11 @@ class RulesRaise:
         self._consent_path, self._consent = path, consent
 
     def consent(self) -> dict | None:
-        """This site's operator's consent in force (:data:`CONSENT_FILE`, not expired), or None."""
+        """This site's operator's consent in force (:data:`CONSENT_FILE`, not expired, and the
+        cluster's rules still below this code's :data:`RULES_MAX`: a consent is for one raise, and
+        is not served for a later one), or None."""
         c = self._consent
-        if c is None or c["expires_ns"] <= time.time_ns():
+        if c is None or c["expires_ns"] <= time.time_ns() or rules(self.cluster.view()) >= RULES_MAX:
             return None
         return dict(c)
 
