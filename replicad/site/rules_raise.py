@@ -76,7 +76,8 @@ REPORT_REUSE_S = 1.0
 """A signed report is served again for this long (well inside the state's 10-minute window)."""
 CONSENT_FILE = "rules-consent.json"
 """This site's operator's consent to raise the rules leaving members behind, in the data dir:
-JSON ``{"leave_behind": [site], "reason", "by", "at_ns", "expires_ns"}``."""
+JSON ``{"leave_behind": [site], "reason", "by", "to", "at_ns", "expires_ns"}`` (``to``: the rules
+version of the raise it consents to, this code's :data:`~replicad.core.state.RULES_MAX`)."""
 CONSENT_TTL_S = 24 * 3600
 """A consent expires after a day: an operator's decision of an upgrade window, not a standing
 permission (a member that fails later is judged again)."""
@@ -173,11 +174,12 @@ class RulesRaise:
         self._consent_path, self._consent = path, consent
 
     def consent(self) -> dict | None:
-        """This site's operator's consent in force (:data:`CONSENT_FILE`, not expired, and the
-        cluster's rules still below this code's :data:`RULES_MAX`: a consent is for one raise, and
-        is not served for a later one), or None."""
+        """This site's operator's consent in force (:data:`CONSENT_FILE`, not expired, given for a
+        raise to this code's :data:`RULES_MAX` and the cluster's rules still below it: a consent is
+        for one raise, and is not served for a later one), or None."""
         c = self._consent
-        if c is None or c["expires_ns"] <= time.time_ns() or rules(self.cluster.view()) >= RULES_MAX:
+        if (c is None or c["expires_ns"] <= time.time_ns() or c["to"] != RULES_MAX
+                or rules(self.cluster.view()) >= RULES_MAX):
             return None
         return dict(c)
 
@@ -218,8 +220,8 @@ class RulesRaise:
         if self._consent_path is None:
             raise ConflictError("this site keeps no consent (no data dir)")
         now = time.time_ns()
-        consent = {"leave_behind": sorted(leave_behind), "reason": reason, "by": str(by)[:128], "at_ns": now,
-                   "expires_ns": now + int(CONSENT_TTL_S * 1e9)}
+        consent = {"leave_behind": sorted(leave_behind), "reason": reason, "by": str(by)[:128], "to": RULES_MAX,
+                   "at_ns": now, "expires_ns": now + int(CONSENT_TTL_S * 1e9)}
         write_durably(self._consent_path, json.dumps(consent, sort_keys=True).encode())
         self._consent = consent
         log.warning("AUDIT site %s: operator %s consents to raise the cluster's rules to %d leaving behind %s "
@@ -450,7 +452,7 @@ class RulesRaise:
 
 def _consent_ok(c: Any) -> bool:
     """:data:`CONSENT_FILE`'s content as :meth:`RulesRaise.give_consent` writes it."""
-    return (isinstance(c, dict) and set(c) == {"leave_behind", "reason", "by", "at_ns", "expires_ns"}
+    return (isinstance(c, dict) and set(c) == {"leave_behind", "reason", "by", "to", "at_ns", "expires_ns"}
             and cluster_state.leave_behind_ok(c["leave_behind"]) and bool(c["leave_behind"])
             and isinstance(c["reason"], str) and isinstance(c["by"], str)
-            and all(type(c[k]) is int and c[k] >= 0 for k in ("at_ns", "expires_ns")))
+            and all(type(c[k]) is int and c[k] >= 0 for k in ("to", "at_ns", "expires_ns")))

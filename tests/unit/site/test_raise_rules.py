@@ -282,6 +282,9 @@ def test_a_majority_of_operators_consents_and_the_sites_raise_leaving_a_member_b
                 assert raises["a"]._consent is None
                 shared.state = {**shared.state, st.RULES: 1}  # (as if before the raise) an expired one is not served
                 assert raises["b"].consent() is not None
+                raises["b"]._consent = {**raises["b"]._consent, "to": st.RULES_MAX - 1}  # another raise's
+                assert raises["b"].consent() is None
+                raises["b"]._consent = {**raises["b"]._consent, "to": st.RULES_MAX}
                 raises["b"]._consent = {**raises["b"]._consent, "expires_ns": time.time_ns() - 1}
                 assert raises["b"].consent() is None and "leave_behind" not in raises["b"].own_report()
                 (tmp_path / "c" / "rules-consent.json").write_text('{"leave_behind": "c"}')
