@@ -126,4 +126,7 @@ def test_a_tarpit_holder_cannot_stall_a_forced_promotion(tmp_path: Path, mode: s
         if mode == "trickle":
             a_tarpit_replica_does_not_hold_up_shipping(c)
     finally:
+        # the tarpit first (SIGKILL, by PID): a clean stop of it waits out its trickling answers for
+        # replicad.site.daemon.SHUTDOWN_GRACE_S (10 s); the honest sites stop as usual
+        c.kill("site-a")
         c.stop_all()
