@@ -24,7 +24,8 @@ Modes:
   catastrophically in Python's ``re`` (look-around: RE2 refuses it); then a ``set_detection`` and
   an ``add_volume`` with every threshold at its strictest (every snapshot suspect everywhere).
 * ``replay``: waits for a signed ``clock`` heartbeat of ``--victim`` to reach its Raft log,
-  then proposes it again, byte for byte (a captured command sent twice).
+  then proposes it again, byte for byte (a captured command sent twice; its node's memory of
+  applied bytes cleared first, so that the bytes reach the leader).
 * ``flood``: for ``--wait-s`` seconds, forwards without waiting for answers ~2,000 valid
   ``clock`` commands a second in its OWN name and as many forged in ``--victim``'s name; prints
   one line with the count of each answer per kind.
@@ -199,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     partners = [s.raft for s in cfg.sites if s.site_id != cfg.site_id]
     node = RaftNode(cfg.self_ref().raft, partners, args.work_dir, cfg.raft_password.get_secret_value(),
                     on_applied=on_applied, trust=cfg.trust(), signer=signer,  # the same state machine as every site
-                    sites={s.raft: s.site_id for s in cfg.sites})
+                    sites={s.raft: s.site_id for s in cfg.sites},
+                    members=[s.site_id for s in cfg.sites])  # as the daemon: the same initial state
     node.start()
     node._signer = None  # its Raft connections prove this site; the forged commands carry what the attacker made
 
@@ -478,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
                 return
             command = captured[0]
             await asyncio.sleep(1.0)  # the victim's later heartbeats commit first
+            # an honest node answers a proposal of bytes it applied already from their kept result,
+            # sending nothing; the attacker sends them: its node forgets what it applied
+            node._syncobj._own_results.clear()
             out(mode="replay", op=command["op"], by=command["by"], op_id=command["op_id"],
                 error=await propose(node, command))
 

@@ -424,7 +424,8 @@ def mode_bloat(cfg, args) -> None:
     partners = [s.raft for s in cfg.sites if s.site_id != cfg.site_id]
     work = Path(args.work_dir)
     node = RaftNode(me, partners, work, cfg.raft_password.get_secret_value(), trust=cfg.trust(),
-                    signer=load_signer(cfg), sites={s.raft: s.site_id for s in cfg.sites})
+                    signer=load_signer(cfg), sites={s.raft: s.site_id for s in cfg.sites},
+                    members=[s.site_id for s in cfg.sites])  # as the daemon: the same initial state
     node.start()
     node._signer = None  # the channel proves this site; the forged commands go out unsigned
 

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
     partners = [s.raft for s in cfg.sites if s.site_id != cfg.site_id]
     node = RaftNode(cfg.self_ref().raft, partners, args.work_dir, cfg.raft_password.get_secret_value(),
-                    trust=cfg.trust(), signer=signer, sites={s.raft: s.site_id for s in cfg.sites})
+                    trust=cfg.trust(), signer=signer, sites={s.raft: s.site_id for s in cfg.sites},
+                    members=[s.site_id for s in cfg.sites])  # as the daemon: the same initial state
     node.start()
     node._signer = None  # its Raft connections prove this site; the commands carry its own signature
     me = cfg.site_id

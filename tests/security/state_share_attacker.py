@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
     node = RaftNode(cfg.self_ref().raft, [s.raft for s in cfg.sites if s.site_id != cfg.site_id], args.work_dir,
                     cfg.raft_password.get_secret_value(), trust=cfg.trust(), signer=signer,
-                    sites={s.raft: s.site_id for s in cfg.sites})
+                    sites={s.raft: s.site_id for s in cfg.sites},
+                    members=[s.site_id for s in cfg.sites])  # as the daemon: the same initial state
     node.start()
     node._signer = None  # the commands carry the attacker's own signature
     me = cfg.site_id
