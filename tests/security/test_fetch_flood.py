@@ -6,7 +6,8 @@
   limit), 88 -> 1633 MiB for 6 connections. Now a fetch holds at most (1 + FETCH_READ_AHEAD)
   batches of FETCH_BATCH_BYTES, at most FETCH_PER_SITE of one site are served, the rest wait
   briefly and are refused ``peer_busy``; a client that takes nothing for FETCH_SEND_STALL_S is
-  cut; each refusal and cut is logged once naming site-a, counted, and no traceback is logged.
+  cut (here 10 s: site-b runs as ``short_stall_site.py``); each refusal and cut is logged once
+  naming site-a, counted, and no traceback is logged.
 * A fetch asking one digest 4,096 times is refused (``duplicate_digests``).
 * Confidentiality: volume ``hr`` is held only at site-b (primary) and site-c; site-a rebuilt it
   byte for byte from site-b by fetching its manifest, pages and blocks under any volume name.
@@ -41,6 +42,8 @@ MIB = 2**20
 # (the batch being sent twice, aiohttp's buffer and ours, and FETCH_READ_AHEAD read ahead), plus a
 # margin for the worker threads' read buffers and the allocator (measured: ~20 MiB with no fetch).
 BOUND = FETCH_PER_SITE * (2 + FETCH_READ_AHEAD) * FETCH_BATCH_BYTES + 48 * MIB
+STALL_S = 10.0
+"""site-b's FETCH_SEND_STALL_S in the first test (``short_stall_site.py``; production: 30 s)."""
 
 
 def status_of(pid: int) -> dict[str, int]:
@@ -77,7 +80,11 @@ def test_unread_fetches_cost_a_holder_bounded_memory_and_are_refused_by_name(tmp
     img = c.sites["site-a"].volume_path("ehr")
     img.write_bytes(random.Random(5).randbytes(48 * MIB))  # incompressible: 48 chunks of 1 MiB
     try:
-        c.start_all()
+        for site in c.sites:
+            if site == "site-b":
+                c.start(site, module="tests.security.short_stall_site", args=(str(STALL_S), "run"))
+            else:
+                c.start(site)
         c.wait_ready(60)
         c.api("site-a", "POST", "/v1/volumes/ehr/snapshot", {})
         c.kill("site-a")  # the attacker holds site-a now
@@ -90,7 +97,7 @@ def test_unread_fetches_cost_a_holder_bounded_memory_and_are_refused_by_name(tmp
         assert dup[1]["status"].startswith("HTTP/1.1 400"), dup
 
         held = attacker(c, "hold", "--volume", "ehr", "--image", str(img), "--connections", "20",
-                        "--hold-s", str(FETCH_SEND_STALL_S + 5))
+                        "--hold-s", str(STALL_S + 5))
         assert held[0] == {"opened": 20, "digests": 48}
         served = [r for r in held[1:] if r["status"].startswith("HTTP/1.1 200")]
         busy = [r for r in held[1:] if r["busy"]]
@@ -111,7 +118,7 @@ def test_unread_fetches_cost_a_holder_bounded_memory_and_are_refused_by_name(tmp
             assert metric(c, "site-b", "replicad_fetch_refused_total", requester="site-a", reason=reason) >= 1
         assert metric(c, "site-b", "replicad_fetch_refused_total", requester="site-a", reason="busy") >= \
             20 - FETCH_PER_SITE - 4  # those past the waiting places at once, the others after FETCH_WAIT_S
-        assert FETCH_WAIT_S < FETCH_SEND_STALL_S
+        assert FETCH_WAIT_S < STALL_S < FETCH_SEND_STALL_S
     finally:
         c.stop_all()
 
