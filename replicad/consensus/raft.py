@@ -1914,15 +1914,12 @@ class _StateConsumer(SyncObjConsumer):
         self._members_seen: Any = None  # point 18: the agreed membership as of the entry applied last
         self._since_change = DEPOSE_GRACE_ENTRIES  # entries applied since it changed
 
-    def set_initial_limits(self, limits: dict, rules: int = 1) -> None:
-        """Start from an initial state with ``limits`` and the rules version ``rules``
-        (``RaftNode._pin_initial_limits``); only before anything was applied.
-
-        Raises:
-            ValueError: ``rules`` not in 1..``state.RULES_MAX``."""
+    def set_initial_limits(self, limits: dict) -> None:
+        """Start from an initial state with ``limits`` (``RaftNode._pin_initial_limits``);
+        only before anything was applied."""
         with self.lock:
             self.limits = limits
-            self.initial = {**cluster_state.initial_state(rules=rules), "limits": limits}
+            self.initial = {**cluster_state.initial_state(), "limits": limits}
             self.cluster = self.initial
             self.checkpoints = checkpoint.CheckpointLog.fresh(self.initial, self.checkpoints.every)
 
@@ -2054,9 +2051,6 @@ class RaftNode:
         joining: this site joins an existing cluster (``[raft] join``): an empty log starts
             from ``limits(joining=True)`` (:meth:`_pin_initial_limits`); ignored once the log
             has entries.
-        fresh_rules: the rules version (``state.RULES``) an empty log of a founding site starts
-            from (:meth:`_pin_initial_limits`): this release's ``RULES_MAX``; 1 only in the lab
-            (a cluster that looks upgraded from the previous release).
 
     Raises:
         errors.ConfigError: empty password; a signed ``trust`` without ``signer``, or a
@@ -2068,8 +2062,7 @@ class RaftNode:
                  compaction_min_entries: int = 5000, needs_leader: Callable[[], bool] | None = None,
                  members: Sequence[str] | None = None, max_sites: int | None = None,
                  trust: Trust | None = None, signer: Signer | None = None,
-                 sites: dict[str, str] | None = None, joining: bool = False,
-                 fresh_rules: int = cluster_state.RULES_MAX) -> None:
+                 sites: dict[str, str] | None = None, joining: bool = False) -> None:
         if not password:
             raise errors.ConfigError("raft password must be set", problems=["raft.password: empty"])
         sites = dict(sites or {})
@@ -2090,7 +2083,6 @@ class RaftNode:
         self._channel = ChannelIdentity(trust=trust, signer=signer, sites_by_addr=sites, revoked=revocations)
         self._channel_sites = dict(sites)
         self._joining = joining
-        self._fresh_rules = fresh_rules
         self._self_addr = self_addr
         self._partners = [a for a in partner_addrs if a != self_addr]
         self._data_dir = Path(data_dir)
@@ -2338,27 +2330,17 @@ class RaftNode:
         removed through ``set_members``) must not change that history on replay, or this
         site's state and checkpoint digests would differ from the other sites' (the state
         drops ``limits`` when a list is adopted; what follows depends on the state alone).
-        The same holds for its rules version (``state.RULES``, "Rules version"): a cluster
-        founded by this release starts under this release's rules (a hostile site must not get
-        the previous release's rules for the seconds before an honest site could raise them:
-        it registered 256 volumes of its own then), an upgraded one under rules 1.
 
-        The limits and rules are kept in ``data_dir/raft.limits`` (JSON ``{"members",
-        "max_sites", ["joining"], ["rules"]}``, written atomically with fsync) when the log
-        starts empty (no journal, no dump) and read back at every later start; no ``rules``
-        key is rules 1 (every file written before the rules version existed). An empty log
-        starts under ``fresh_rules`` (this release's ``RULES_MAX``) — unless the file is there
-        without ``rules`` (a site of an upgraded cluster whose log was rebuilt: it replays that
-        cluster's history, which began under rules 1) — and a site that joins an existing
-        cluster (``joining``, ``[raft] join``) under rules 1 with ``limits(joining=True)``: its
-        config names sites added since the founding, which must not change how the founders'
-        ``found`` commands apply (it replays an agreed founding exactly as its founders applied
-        it), and the rules it replays under come from the cluster's log or dump. A node without
-        the file but with a log (written before the file existed) pins its config's limits
-        under rules 1. Unreadable file: the config's limits under rules 1, logged at WARNING.
+        The limits are kept in ``data_dir/raft.limits`` (JSON, written atomically with fsync)
+        when the log starts empty (no journal, no dump) and read back at every later start.
+        A node without the file but with a log (written before the file existed) pins its
+        config's limits. Unreadable file: the config's limits, logged at WARNING. A site that
+        joins an existing cluster (``joining``, ``[raft] join``) starts an empty log from
+        ``limits(joining=True)``: its config names sites added since the founding, which must
+        not change how the founders' ``found`` commands apply (it replays an agreed founding
+        exactly as its founders applied it).
 
         Raises:
-            errors.RulesVersionError: the file names rules above this release's ``RULES_MAX``.
             errors.StoreFullError / errors.InternalError: the file cannot be written.
         """
         consumer = self._consumer
@@ -2366,48 +2348,25 @@ class RaftNode:
             return
         path = self._data_dir / "raft.limits"
         fresh = not (self._data_dir / "raft.journal").exists() and not (self._data_dir / "raft.dump").exists()
-        pinned: dict | None = None
-        if path.exists():
+        if path.exists() and not fresh:
             try:
                 pinned = json.loads(path.read_text())
                 limits = cluster_state.limits(pinned["members"], pinned["max_sites"], bool(pinned.get("joining")))
-                rules = pinned.get("rules", 1)
-                if not isinstance(rules, int) or isinstance(rules, bool) or rules < 1:
-                    raise ValueError(f"rules {rules!r} is not a rules version")
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("raft: %s unreadable (%s): replaying with this config's limits", path, exc)
-                if not fresh:
-                    return
-                pinned = None
-            else:
-                if rules > cluster_state.RULES_MAX:
-                    raise errors.RulesVersionError(
-                        f"{path} says this site's Raft log started under rules {rules}, and this release applies "
-                        f"rules 1..{cluster_state.RULES_MAX}: run the release the other sites run",
-                        rules=rules, max_rules=cluster_state.RULES_MAX)
-        if pinned is not None and not fresh:
+                return
             if limits != consumer.limits:
                 log.info("raft: replaying this log from the limits it started with (%s, at most %d sites), not this "
                          "config's (%s): the membership changed since through set_members", limits["members"],
                          limits["max_sites"], consumer.limits["members"])
-            consumer.set_initial_limits(limits, rules)
+            consumer.set_initial_limits(limits)
             return
-        rules = 1
         if fresh and self._joining:
             log.info("raft: this site joins an existing cluster ([raft] join): it replays the cluster's founding "
                      "without its own config as reference")
             consumer.set_initial_limits(cluster_state.limits(joining=True))
-        elif fresh:
-            rules = self._fresh_rules if pinned is None else pinned.get("rules", 1)
-            if pinned is not None and rules == 1:
-                log.info("raft: this site's log starts empty, and %s says it belongs to a cluster that began under "
-                         "rules 1 (upgraded from the previous release): it replays that history under them", path)
-            consumer.set_initial_limits(consumer.limits, rules)
-        document = dict(consumer.limits)
-        if rules > 1:
-            document["rules"] = rules
         try:
-            write_durably(path, json.dumps(document).encode())
+            write_durably(path, json.dumps(consumer.limits).encode())
         except OSError as exc:
             raise errors.from_os_error(exc, f"writing {path}") from exc
 

@@ -136,11 +136,14 @@ and an upgraded one with the same state. Under rules 2 it is decided by this mod
 the state has is answered ``changed`` false), so a log with it replays alike at every site that
 runs this code, and every entry before the raise stays decided under rules 1.
 
-A cluster founded by this release never runs under rules 1: its sites' Raft nodes start from an
-initial state at :data:`RULES_MAX` (pinned in ``raft.limits`` when the log starts empty,
-``RaftNode._pin_initial_limits``); a site joining an existing cluster, or one whose pinned file
-predates the rules (every node of an upgraded cluster), starts from rules 1 and takes the
-cluster's rules from its log or dump.
+Every Raft log starts under rules 1, a new cluster's too: a node that joins a cluster or whose log
+was rebuilt replays the log from its first entry (when the leader has not compacted it), and only
+what the log itself carries can tell it the rules of those entries; a start under this release's
+rules pinned in a local file (tried) parted every joining and every rebuilt node from the others.
+So a new cluster runs under rules 1 from its founding until its daemons raise the rules (seconds,
+once every member reported): a hostile member present at the founding can use those seconds
+(it registered 256 volumes of its own in an attacker review; the honest sites log them, as
+committed while they were away, and can revoke it and remove them under rules 2).
 
 Rolling upgrades: the daemons propose a raise by themselves only once every unrevoked member
 said, under its own key, that it runs a release applying the new rules; a member still on

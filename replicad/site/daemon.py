@@ -58,8 +58,8 @@ from replicad.consensus import raft as consensus_raft
 from replicad.consensus.raft import RaftNode
 from replicad.core import anomaly
 from replicad.core.backoff import Backoff
-from replicad.core.errors import (ConfigError, ConflictError, MembershipMismatchError, NotFoundError,
-                                  ReplicadError, RulesVersionError, facts_text, from_os_error, is_transient)
+from replicad.core.errors import (ConflictError, MembershipMismatchError, NotFoundError, ReplicadError,
+                                  RulesVersionError, facts_text, from_os_error, is_transient)
 from replicad.core.state import CLOCK_REPORT_PERIOD_NS, DEFAULT_RETENTION, REQUESTS_MAX, RULES_MAX, rules
 from replicad.peer.tls import check_site_tls, client_context, server_context
 from replicad.peer.transport import PeerClient, peer_routes
@@ -216,8 +216,7 @@ class SiteDaemon:
                              needs_leader=self._acts_as_primary,
                              members=[s.site_id for s in self.cfg.sites],
                              trust=self.cfg.trust(), signer=signer,
-                             sites={s.raft: s.site_id for s in self.cfg.sites}, joining=self.cfg.raft_join,
-                             fresh_rules=self._fresh_rules())
+                             sites={s.raft: s.site_id for s in self.cfg.sites}, joining=self.cfg.raft_join)
         every = os.environ.get(LAB_CHECKPOINT_EVERY_ENV)
         if every and self.cfg.lab:  # a test bench: checkpoints (and their vouches) within seconds
             self.raft.set_checkpoint_interval(int(every))
@@ -694,20 +693,6 @@ class SiteDaemon:
                 log.info("bootstrap waiting for a quorum: %s", err)
                 await asyncio.sleep(1.0)
 
-    def _fresh_rules(self) -> int:
-        """The rules version an empty Raft log of this site starts from: ``RULES_MAX``, or in the lab
-        (``lab = true``) :data:`LAB_FRESH_RULES_ENV` when set (1..``RULES_MAX``).
-
-        Raises:
-            ConfigError: the variable is set on a lab config and is not a rules version."""
-        value = os.environ.get(LAB_FRESH_RULES_ENV)
-        if not value or not self.cfg.lab:
-            return RULES_MAX
-        if not value.isdigit() or not 1 <= int(value) <= RULES_MAX:
-            raise ConfigError(f"{LAB_FRESH_RULES_ENV}={value!r}: a rules version 1..{RULES_MAX}",
-                              problems=[f"{LAB_FRESH_RULES_ENV}: not 1..{RULES_MAX}"])
-        return int(value)
-
     def _raise_rules(self) -> None:
         """Raise the cluster state's rules version to this code's :data:`~replicad.core.state.RULES_MAX`
         (op ``rules``) once every member runs a release applying it: called by the bootstrap after
@@ -925,10 +910,6 @@ class SiteDaemon:
                 log.debug("clock heartbeat not committed: %s", err)
 
 
-LAB_FRESH_RULES_ENV = "REPLICAD_LAB_FRESH_RULES"
-"""Environment variable read only with ``lab = true``: the rules version an empty Raft log starts
-from (``RaftNode(fresh_rules=...)``): ``1`` makes a new bench cluster look upgraded from the
-previous release; production always starts a new cluster under ``RULES_MAX``."""
 LAB_CHECKPOINT_EVERY_ENV = "REPLICAD_LAB_CHECKPOINT_EVERY"
 """Environment variable read only with ``lab = true``: the Raft checkpoint interval in commands
 (every site of the bench must use the same); production always uses ``CHECKPOINT_EVERY``."""

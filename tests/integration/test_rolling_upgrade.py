@@ -31,7 +31,6 @@ import requests
 
 from replicad.core.state import RULES_MAX
 from replicad.lab.localcluster import LocalCluster
-from replicad.site.daemon import LAB_FRESH_RULES_ENV
 from replicad.site.rules_raise import LAB_REPORT_RULES_MAX_ENV
 
 from .conftest import VOL, snapshot, write_image
@@ -78,7 +77,6 @@ class Vouches:
 @pytest.fixture
 def bench(tmp_path, monkeypatch):
     monkeypatch.setenv("REPLICAD_LAB_CHECKPOINT_EVERY", str(EVERY))
-    monkeypatch.setenv(LAB_FRESH_RULES_ENV, "1")  # a cluster upgraded from the previous release
     c = LocalCluster(tmp_path / "cluster", n_data=3)
     for s in SITES:
         c.sites[s].config_path.write_text(_lab(c.sites[s].config_path.read_text()))
