@@ -481,6 +481,8 @@ class SiteDaemon:
                     self._loop.call_soon_threadsafe(self._membership_agreed, members)
         if result.get("ok") and command.get("op") in CLUSTER_WIDE_OPS:
             self._cluster_wide_event(command, result)
+        if result.get("ok") and command.get("op") == "rules" and result.get("changed"):
+            self._rules_event(command, result)
         if not result.get("ok"):
             return
         changes = []  # (volume, new epoch, this site promoted): role changes, direct or as approved requests
@@ -544,6 +546,25 @@ class SiteDaemon:
         log.warning("%s %s of volume %s by %s (a command signed by %s, applied at every site): %s", audit, op,
                     command.get("volume"), by, by, facts_text({**fields, **outcome}))
         self._save_seen()  # after the line: a crash in between logs it again, never loses it
+
+    def _rules_event(self, command: dict, result: dict) -> None:
+        """Tick thread: a raise of the cluster's rules is logged at every site at WARNING, naming the
+        site that proposed it, the members it leaves behind and the operators who consented (the
+        raising site's own line says the same from its side). Replayed at start: INFO, as the
+        other AUDIT lines."""
+        if self._joined():
+            level, audit = logging.WARNING, "AUDIT"
+        elif self._away():
+            level, audit = logging.WARNING, "AUDIT (committed while this site was away)"
+        else:
+            level, audit = logging.INFO, "AUDIT (replayed from the Raft log)"
+        behind = result.get("behind") or {}
+        log.log(level, "%s the cluster's rules raised %s -> %s by %s%s", audit, result.get("previous"),
+                result.get("rules"), command.get("by"),
+                (f", leaving behind {facts_text(behind)} with the consent of the operators of "
+                 f"{', '.join(result.get('consented') or [])}") if behind else " (every member reported the release)")
+        if level == logging.WARNING:
+            self._save_seen()
 
     def _request_event(self, command: dict, result: dict) -> None:
         """Tick thread: every site logs protection-weakening requests and what became of them

@@ -130,8 +130,12 @@ def test_the_rules_are_raised_only_once_every_member_reports_the_new_release(ben
     c.wait_for("rules raised at every site", lambda: all(_rules(c, s)["version"] == RULES_MAX for s in SITES), 90)
     raised = _rules(c, "site-a")["applied"]
     assert raised > applied
-    audits = [s for s in SITES if "the cluster's rules raised 1 -> 2" in c.sites[s].log_path.read_text()]
-    assert len(audits) == 1, audits
+    audits = [s for s in SITES if re.search(r"AUDIT site \S+: the cluster's rules raised 1 -> 2",
+                                            c.sites[s].log_path.read_text())]
+    assert len(audits) == 1, audits  # one site raised; every site logs the raise, naming that site
+    c.wait_for("every site logged the raise", lambda: all(
+        f"AUDIT the cluster's rules raised 1 -> 2 by {audits[0]} (every member reported the release)"
+        in c.sites[s].log_path.read_text() for s in SITES), 30)
     for s in SITES:
         rules = _rules(c, s)
         assert rules["waiting"] is False and rules["reported_max"] == RULES_MAX, (s, rules)
@@ -200,7 +204,11 @@ def test_a_majority_of_operators_leaves_a_site_behind(bench) -> None:
     c.wait_for("rules raised at a and b", lambda: all(_rules(c, s)["version"] == RULES_MAX
                                                        for s in ("site-a", "site-b")), 60)
     raised = [line for s in SITES for line in c.sites[s].log_path.read_text().splitlines()  # site-c runs this
-              if "the cluster's rules raised 1 -> 2" in line]  # code: it may be the one that proposes
+              if re.search(r"AUDIT site \S+: the cluster's rules raised 1 -> 2", line)]  # code: it may propose
     assert len(raised) == 1 and "leaving behind site-c: runs rules 1..1" in raised[0], raised
     assert "the operators of site-a, site-b consented" in raised[0], raised
+    c.wait_for("a and b logged who raised and whom it leaves behind", lambda: all(
+        "the cluster's rules raised 1 -> 2 by " in c.sites[s].log_path.read_text()
+        and "leaving behind site-c=\"runs rules 1..1\" with the consent of the operators of site-a, site-b"
+        in c.sites[s].log_path.read_text() for s in ("site-a", "site-b")), 30)
     assert snapshot(c, "site-a")["committed"]
