@@ -111,7 +111,6 @@ DOC_GLOBAL = 64
 DOC_LOG_S = 60.0               # a refused document is logged once per this per peer, route and reason
 DOC_LOG_KEYS = 64              # (peer, route, reason) remembered for that (a cluster has a few sites)
 DOC_REFUSALS = ("doc_busy", "doc_too_large", "doc_too_slow")  # evidence reasons of the DocGate's refusals
-FROM_HEADER = "X-Replicad-From"  # the sending site's name, its word (read before the body only without TLS)
 # A client answered PeerBusyError asks the same holder again after FETCH_BUSY_RETRY_S (its share meanwhile
 # open to the other holders), up to FETCH_BUSY_RETRIES times in a row; then the holder counts as failed.
 FETCH_BUSY_RETRY_S = 1.0
@@ -242,17 +241,17 @@ async def refuse_doc(request: web.Request, err: ReplicadError) -> web.StreamResp
 def peer_identity(request: web.Request) -> tuple[str, bool]:
     """Who sends ``request``, known before its body is read: ``(name, certified)``. Over mutual
     TLS the site its certificate names (:func:`replicad.peer.tls.cert_site`; certified True).
-    Without ``[tls]`` no sender is authenticated: the name it gives in the FROM_HEADER header
-    (PeerClient sends it), else ``"?@"`` and its remote address (certified False); a peer that
-    lies there only shares the bounds of the name it takes, the bound in all stands."""
+    Without ``[tls]`` no sender is authenticated, and a name a peer would give is its word: the
+    name is ``"unauthenticated@"`` and its remote address (certified False), so the per-peer
+    bounds are per address (a claimed name, read before, let a peer naming itself after several
+    sites take each name's places, fill the bound in all, and have the refusals name an honest
+    site).
+    """
     transport = request.transport
     site = cert_site(transport.get_extra_info("peercert") if transport is not None else None)
     if site is not None:
         return site, True
-    claimed = request.headers.get(FROM_HEADER, "")
-    if claimed and len(claimed) <= wire.MAX_NAME_CHARS and claimed.isprintable():
-        return claimed, False
-    return f"?@{request.remote or '?'}", False
+    return f"unauthenticated@{request.remote or '?'}", False
 
 
 class DocGate:
@@ -820,8 +819,7 @@ class PeerClient:
         self.progress_bytes = FETCH_PROGRESS_BYTES  # and of send_chunks (ShipProgress)
         self.ship_doc_s = SHIP_DOC_S                # deadlines of missing and snapshot_ack
         self.ship_check_s_per_gib = SHIP_CHECK_S_PER_GIB
-        # FROM_HEADER: the name a receiver without TLS bounds this site's documents under (peer_identity)
-        self._headers = {"Content-Type": wire.CONTENT_TYPE, FROM_HEADER: site_id}
+        self._headers = {"Content-Type": wire.CONTENT_TYPE}
 
     def holder_fault(self, peer_url: str, err: ReplicadError) -> None:
         """Hand ``err`` (the holder at ``peer_url`` stalled a fetch or answered it with bad

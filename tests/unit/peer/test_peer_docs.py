@@ -70,15 +70,25 @@ class Server:
     async def __aexit__(self, *exc: object) -> None:
         await self.runner.cleanup()
 
-    async def hold(self, route: str, sender: str, declared: int, send: int) -> tuple[asyncio.StreamReader,
-                                                                                      asyncio.StreamWriter]:
-        """Open a connection and send the head of a POST to ``route`` declaring ``declared``
-        body bytes (naming ``sender`` in X-Replicad-From) and ``send`` bytes of it."""
-        r, w = await asyncio.open_connection("127.0.0.1", self.port)
+    async def hold(self, route: str, sender: str, declared: int, send: int,
+                   claim: str | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Open a connection from ``sender``'s address (:data:`SOURCE`: without TLS a peer is its
+        address; the X-Replicad-From word it also sends counts for nothing) and send the head of a
+        POST to ``route`` declaring ``declared`` body bytes and ``send`` bytes of it."""
+        r, w = await asyncio.open_connection("127.0.0.1", self.port, local_addr=(SOURCE[sender], 0))
         w.write(f"POST /v1/peer/{route} HTTP/1.1\r\nHost: x\r\nContent-Type: {wire.CONTENT_TYPE}\r\n"
-                f"X-Replicad-From: {sender}\r\nContent-Length: {declared}\r\n\r\n".encode() + b"\x00" * send)
+                f"X-Replicad-From: {claim or sender}\r\nContent-Length: {declared}\r\n\r\n".encode() + b"\x00" * send)
         await w.drain()
         return r, w
+
+
+SOURCE = {"site-c": "127.0.0.3", "site-a": "127.0.0.2"}
+"""The loopback address each raw test sender connects from (PeerClient connects from 127.0.0.1)."""
+
+
+def unauth(sender: str) -> str:
+    """The name a receiver without TLS gives ``sender`` (``transport.peer_identity``)."""
+    return f"unauthenticated@{SOURCE.get(sender, sender)}"
 
 
 async def answer(r: asyncio.StreamReader) -> tuple[int, dict]:
@@ -100,7 +110,7 @@ async def test_a_document_declared_larger_than_any_honest_one_is_refused_before_
                 status, body = await answer(r)  # answered with no body byte sent (chunks: 4 KiB + 1)
                 w.close()
                 assert (status, body["error"], body["evidence"]["reason"]) == (400, "remote_protocol", "doc_too_large")
-            assert srv.host.docs_refused == [("site-c", route, "doc_too_large")
+            assert srv.host.docs_refused == [(unauth("site-c"), route, "doc_too_large")
                                              for route in ("fetch", "missing", "snapshot", "chunks")]
             async with aiohttp.ClientSession() as session:  # a body without Content-Length: refused while read
                 async def body():
@@ -121,8 +131,8 @@ async def test_one_site_holds_at_most_its_share_of_unfinished_documents_and_othe
             size = DOC_LIMITS["fetch"]
             held = [await srv.hold("fetch", "site-c", size, size - 1) for _ in range(4)]
             await asyncio.sleep(0.2)  # the server took their places
-            r, w = await srv.hold("fetch", "site-c", size, size - 1)
-            status, body = await answer(r)  # the fifth: refused at once, the others still unfinished
+            r, w = await srv.hold("fetch", "site-c", size, size - 1, claim="site-a")
+            status, body = await answer(r)  # the fifth (naming itself site-a, its word): refused at once
             w.close()
             assert (status, body["error"], body["evidence"]["reason"], body["evidence"]["limit"]) == \
                 (503, "peer_busy", "doc_busy", "per_site")
@@ -142,8 +152,9 @@ async def test_one_site_holds_at_most_its_share_of_unfinished_documents_and_othe
                     w.close()
                 await asyncio.sleep(0.3)  # their places given back
                 assert await client.missing(f"http://127.0.0.1:{srv.port}", "v", 1, [d]) == []
-            assert sorted(set(srv.host.docs_refused)) == [("site-a", "missing", "doc_busy_global"),
-                                                           ("site-c", "fetch", "doc_busy_per_site")]
+            # the client's refused ask came from 127.0.0.1: without TLS a peer is its address
+            assert sorted(set(srv.host.docs_refused)) == [(unauth("127.0.0.1"), "missing", "doc_busy_global"),
+                                                           (unauth("site-c"), "fetch", "doc_busy_per_site")]
 
 
 async def test_a_document_not_finished_within_the_deadline_is_refused(
@@ -157,7 +168,8 @@ async def test_a_document_not_finished_within_the_deadline_is_refused(
                 status, body = await answer(r)
                 w.close()
                 assert (status, body["evidence"]["reason"]) == (400, "doc_too_slow")
-            assert srv.host.docs_refused == [("site-c", "fetch", "doc_too_slow"), ("site-c", "chunks", "doc_too_slow")]
+            assert srv.host.docs_refused == [(unauth("site-c"), "fetch", "doc_too_slow"),
+                                             (unauth("site-c"), "chunks", "doc_too_slow")]
 
 
 def test_refusals_are_logged_once_a_minute_per_site_route_and_reason(caplog: pytest.LogCaptureFixture) -> None:
@@ -197,4 +209,4 @@ def test_the_peer_of_a_tls_request_is_its_certificates_site_before_any_body_byte
             "subjectAltName": (("DNS", "b.example"), ("IP Address", "127.0.0.1"))}
     assert cert_site(cert) == "site-c"
     assert cert_site({"subject": (), "subjectAltName": (("DNS", "y"), ("DNS", "x"))}) == "x|y"
-    assert cert_site(None) is None  # not over TLS: the X-Replicad-From word, else the address
+    assert cert_site(None) is None  # not over TLS: the peer is its address (peer_identity)
