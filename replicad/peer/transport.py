@@ -111,6 +111,18 @@ DOC_GLOBAL = 64
 DOC_LOG_S = 60.0               # a refused document is logged once per this per peer, route and reason
 DOC_LOG_KEYS = 64              # (peer, route, reason) remembered for that (a cluster has a few sites)
 DOC_REFUSALS = ("doc_busy", "doc_too_large", "doc_too_slow")  # evidence reasons of the DocGate's refusals
+# A chunk stream (/v1/peer/chunks) holds up to two batches (BATCH_BYTES each) and a frame being
+# read (~17 MiB) while it lasts. Review R12 F3: the primary of a volume configured here opened 40
+# streams to site-b, each stopping mid-frame after ~12 MiB, and held them (91 -> 604 MiB, kept
+# after it left; only the disk quota of admit_chunk bounded them). So at most CHUNK_STREAMS_PER_PEER
+# streams of one peer and CHUNK_STREAMS_TOTAL in all are received at once (the excess refused at
+# once, 503 peer_busy: a ship retries), and a stream that brings no byte for CHUNK_IDLE_S is cut
+# (doc_too_slow). An honest primary ships each volume over one stream at a time (a straggler's
+# ship may overlap the next), and its sender is silent only while it reads its next batch from its
+# own store (seconds under load) or waits on this site's fsyncs (not counted here).
+CHUNK_STREAMS_PER_PEER = 8
+CHUNK_STREAMS_TOTAL = 32
+CHUNK_IDLE_S = 60.0
 # A client answered PeerBusyError asks the same holder again after FETCH_BUSY_RETRY_S (its share meanwhile
 # open to the other holders), up to FETCH_BUSY_RETRIES times in a row; then the holder counts as failed.
 FETCH_BUSY_RETRY_S = 1.0
@@ -437,6 +449,8 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
     head of a chunk stream included) is received under one :class:`DocGate`, whose refusals go
     to ``host.doc_refused(peer, route, reason)`` when the host has it (metrics)."""
     docs = DocGate(str(getattr(host, "site_id", "?")), getattr(host, "doc_refused", None))
+    streams = DocGate(str(getattr(host, "site_id", "?")), getattr(host, "doc_refused", None),
+                      per_site=CHUNK_STREAMS_PER_PEER, total=CHUNK_STREAMS_TOTAL)
 
     async def refused_read(path: str, doc: dict[str, Any], err: ReplicadError) -> web.Response:
         if isinstance(err, RevokedError):  # reads are audited only when the sender is revoked
@@ -529,11 +543,33 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
                 return full
             return None
 
+        async def body() -> AsyncIterator[bytes]:
+            """The stream's bytes after its head; cut (doc_too_slow) when none come for CHUNK_IDLE_S."""
+            pieces = request.content.iter_chunked(wire.FEED_MAX_BYTES).__aiter__()
+            while True:
+                try:
+                    async with asyncio.timeout(CHUNK_IDLE_S):
+                        data = await pieces.__anext__()
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    err = RemoteProtocolError(f"chunk stream brought no byte for {CHUNK_IDLE_S:g}s "
+                                              f"({received_bytes} bytes of chunks came)", route="chunks",
+                                              idle_s=CHUNK_IDLE_S, reason="doc_too_slow")
+                    streams.refused(stream_peer, "chunks", err)
+                    raise err from None
+                yield data
+
+        stream_peer = peer_identity(request)[0]
+        try:
+            streams.acquire(stream_peer, "chunks")
+        except PeerBusyError as err:
+            return await refuse_doc(request, err)
         try:
             for frame in await head():
                 if (full := take(frame)) is not None:
                     await store(full)
-            async for data in request.content.iter_chunked(wire.FEED_MAX_BYTES):
+            async for data in body():
                 reader.feed(data)
                 for frame in reader.frames():
                     if (full := take(frame)) is not None:
@@ -557,6 +593,7 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
             log.info("chunk stream cut after %d stored: %s", stored, err)
             return error_response(PeerUnavailableError("chunk stream cut", stored=stored))
         finally:
+            streams.release(stream_peer)
             if storing is not None:  # an error elsewhere: the batch in flight still finishes (or fails) whole
                 await asyncio.gather(storing, return_exceptions=True)
 

@@ -210,3 +210,35 @@ def test_the_peer_of_a_tls_request_is_its_certificates_site_before_any_body_byte
     assert cert_site(cert) == "site-c"
     assert cert_site({"subject": (), "subjectAltName": (("DNS", "y"), ("DNS", "x"))}) == "x|y"
     assert cert_site(None) is None  # not over TLS: the peer is its address (peer_identity)
+
+
+async def test_chunk_streams_are_bounded_per_peer_and_cut_when_idle(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review R12 F3: a primary's streams that stop mid-frame held ~12 MiB each for ever. At most
+    CHUNK_STREAMS_PER_PEER of one peer at once (the next refused busy at once), and a stream that
+    brings no byte for CHUNK_IDLE_S after its head is cut (doc_too_slow); the places come back."""
+    monkeypatch.setattr(transport, "CHUNK_STREAMS_PER_PEER", 2)
+    monkeypatch.setattr(transport, "CHUNK_IDLE_S", 1.0)
+    head = wire.encode_doc("chunks", volume="v", epoch=1, **{"from": "site-c"})
+    with ChunkStore(tmp_path / "store") as store:
+        async with Server(Host(store)) as srv:
+            held = [await srv.hold("chunks", "site-c", 64 * 2**20, 0) for _ in range(2)]
+            for _, w in held:
+                w.write(head)  # a whole head, then nothing
+                await w.drain()
+            await asyncio.sleep(0.3)
+            r, w = await srv.hold("chunks", "site-c", 64 * 2**20, 0)
+            status, body = await answer(r)  # the third of site-c: refused at once
+            w.close()
+            assert (status, body["error"], body["evidence"]["reason"]) == (503, "peer_busy", "doc_busy")
+            for r, w in held:  # the two held ones: cut once idle
+                status, body = await answer(r)
+                w.close()
+                assert (status, body["evidence"]["reason"]) == (400, "doc_too_slow"), body
+            r, w = await srv.hold("chunks", "site-c", 64 * 2**20, 0)  # the places are back
+            w.write(head)
+            await w.drain()
+            status, body = await answer(r)
+            w.close()
+            assert (status, body["evidence"]["reason"]) == (400, "doc_too_slow")
+            assert (unauth("site-c"), "chunks", "doc_busy_per_site") in srv.host.docs_refused
