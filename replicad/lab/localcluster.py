@@ -43,6 +43,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports free on ``host`` right now: each bound to port 0 and held until all
+    are read, then closed (probed one after the other, closed at once, the kernel could hand one
+    out twice: two of a cluster's sites' ports the same, a site refused to start)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 class LocalCA:
     """A throwaway certificate authority for mutual TLS between local sites (tests, demo):
     EC P-256 keys, certificates valid for one day, written as PEM files under ``root``."""
@@ -177,9 +191,10 @@ class LocalCluster:
         self.volumes = volumes
         names = [f"site-{chr(ord('a') + i)}" for i in range(n_data + n_witness)]
         self.sites: dict[str, SiteProc] = {}
+        ports = free_ports(3 * len(names))
         for i, name in enumerate(names):
             kind = "data" if i < n_data else "witness"
-            self.sites[name] = SiteProc(name, kind, free_port(), free_port(), free_port(), self.root / name)
+            self.sites[name] = SiteProc(name, kind, *ports[3 * i:3 * i + 3], self.root / name)
         self.primary = names[0]
         self.tokens = {site: dict(named) for site, named in (tokens or {}).items()}
         self.extra_site_toml = extra_site_toml
