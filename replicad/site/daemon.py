@@ -512,6 +512,17 @@ class SiteDaemon:
         seen = getattr(self, "seen", None)
         return seen is not None and self.raft is not None and seen.away(self.raft.applied_count())
 
+    def _audit_prefix(self) -> tuple[int, str]:
+        """Tick thread: the level and the start of an AUDIT line for the entry just applied: seen
+        live (WARNING ``AUDIT``), committed while this site was away (WARNING ``AUDIT (committed
+        while this site was away)``) or this site's history replayed at start (INFO ``AUDIT
+        (replayed from the Raft log)``)."""
+        if self._joined():
+            return logging.WARNING, "AUDIT"
+        if self._away():
+            return logging.WARNING, "AUDIT (committed while this site was away)"
+        return logging.INFO, "AUDIT (replayed from the Raft log)"
+
     def _save_seen(self) -> None:
         """Record how far this site has seen the cluster live (only once it joined); a write error is
         logged (the mark stays behind: later entries are logged again at the next start)."""
@@ -534,11 +545,8 @@ class SiteDaemon:
         by = command.get("by")
         if by == self.site_id or result.get("changed") is False or result.get("created") is False:
             return
-        if self._joined():
-            audit = "AUDIT"
-        elif self._away():
-            audit = "AUDIT (committed while this site was away)"
-        else:
+        level, audit = self._audit_prefix()
+        if level != logging.WARNING:  # the history replayed at start: not logged again
             return
         op = command.get("op")
         fields = {k: command[k] for k in CLUSTER_WIDE_FIELDS.get(op, ()) if k in command}
@@ -552,12 +560,7 @@ class SiteDaemon:
         site that proposed it, the members it leaves behind and the operators who consented (the
         raising site's own line says the same from its side). Replayed at start: INFO, as the
         other AUDIT lines."""
-        if self._joined():
-            level, audit = logging.WARNING, "AUDIT"
-        elif self._away():
-            level, audit = logging.WARNING, "AUDIT (committed while this site was away)"
-        else:
-            level, audit = logging.INFO, "AUDIT (replayed from the Raft log)"
+        level, audit = self._audit_prefix()
         behind = result.get("behind") or {}
         log.log(level, "%s the cluster's rules raised %s -> %s by %s%s", audit, result.get("previous"),
                 result.get("rules"), command.get("by"),
@@ -579,12 +582,7 @@ class SiteDaemon:
         (committed while this site was away) request``, at WARNING. The
         action and its arguments are ``key=value`` words (:func:`~replicad.core.errors.facts_text`),
         an approval names the request's action (from the Raft view: the approve command has none)."""
-        if self._joined():
-            level, audit = logging.WARNING, "AUDIT"
-        elif self._away():
-            level, audit = logging.WARNING, "AUDIT (committed while this site was away)"
-        else:
-            level, audit = logging.INFO, "AUDIT (replayed from the Raft log)"
+        level, audit = self._audit_prefix()
         requests = (self.raft.view().get("requests") or {}) if self.raft is not None else {}
         req_id = result.get("request")
         entry = requests.get(req_id) or {}
