@@ -433,3 +433,20 @@ def test_a_signed_consent_is_covered_by_its_signature() -> None:
     assert identity.release_report_problem(consent, pub, cid, "b", 2, NOW, (), ["a"]) == "bad release report"
     assert identity.release_report_problem(consent, pub, cid, "b", 2, NOW) == "bad release report"
     assert identity.release_report_problem(consent, pub, cid, "b", 2, NOW, (), ["c", "a"]) == "not canonical"
+
+
+def test_a_rules_command_reusing_an_applied_op_id_is_b976d0a_s_unknown_op(old) -> None:
+    """Under rules 1 a ``rules`` command whose op id is an applied command's, whose stored answer is
+    ``ok`` and ``changed``, is not a raise: this code would answer the stored result and leave the
+    state as it was, b976d0a refuses it as an unknown op and records the refusal (a last reader:
+    one site parted the upgraded sites from those still on b976d0a with it)."""
+    stored = {"ok": True, "changed": True}
+    s = founded(st.apply)
+    s = {**s, "applied_ops": {**s["applied_ops"], "taken-op": stored}}
+    s_old = founded(old.apply)
+    s_old = {**s_old, "applied_ops": {**s_old["applied_ops"], "taken-op": stored}}
+    command = {**cmd("rules", "c", to=2, reports={}), "op_id": "taken-op"}
+    new, res = st.apply(s, copy.deepcopy(command), POLICY)
+    new_old, res_old = old.apply(s_old, copy.deepcopy(command), POLICY)
+    assert res == res_old and res["ok"] is False, (res, res_old)
+    assert state_digest(new) == state_digest(new_old) and st.rules(new) == 1
