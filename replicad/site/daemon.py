@@ -448,7 +448,9 @@ class SiteDaemon:
             await self.receiver.flush_reads()
         if self.session is not None:
             await self.session.close()
-        self._save_seen()
+        if self._seen_task is not None:
+            self._seen_task.cancel()
+        self._save_seen()  # the last mark, written now
         if self.raft is not None:
             await asyncio.to_thread(self.raft.close)
         if self.catalog is not None:
@@ -481,7 +483,9 @@ class SiteDaemon:
                     self._loop.call_soon_threadsafe(self._membership_agreed, members)
         if result.get("ok") and command.get("op") in CLUSTER_WIDE_OPS:
             self._cluster_wide_event(command, result)
-        if result.get("ok") and command.get("op") == "rules" and result.get("changed"):
+        if result.get("ok") and command.get("op") == "rules" and result.get("changed") \
+                and isinstance(result.get("rules"), int) and isinstance(result.get("previous"), int) \
+                and result["rules"] > result["previous"]:  # a raise, not another command's stored answer
             self._rules_event(command, result)
         if not result.get("ok"):
             return
@@ -523,14 +527,36 @@ class SiteDaemon:
             return logging.WARNING, "AUDIT (committed while this site was away)"
         return logging.INFO, "AUDIT (replayed from the Raft log)"
 
+    _seen_upto: int | None = None  # the applied count up to which every AUDIT line was logged live
+    _seen_task: asyncio.Future | None = None
+
+    def _logged_live(self) -> None:
+        """Tick thread, after AUDIT lines of the entry just applied were logged live: the mark may move
+        up to it. Written by the event loop within :data:`SEEN_SAVE_S` (never an fsync on the tick
+        thread: every honest site would pay one per change another site makes)."""
+        if self.raft is None or not self._joined():
+            return
+        self._seen_upto = self.raft.applied_count()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._save_seen_soon)
+
+    def _save_seen_soon(self) -> None:
+        """Event loop: write the mark once, :data:`SEEN_SAVE_S` from now (one write for a burst)."""
+        if self._seen_task is None or self._seen_task.done():
+            async def later() -> None:
+                await asyncio.sleep(SEEN_SAVE_S)
+                await asyncio.to_thread(self._save_seen)
+            self._seen_task = asyncio.ensure_future(later())
+
     def _save_seen(self) -> None:
-        """Record how far this site has seen the cluster live (only once it joined); a write error is
-        logged (the mark stays behind: later entries are logged again at the next start)."""
+        """Record how far this site has seen the cluster live (:attr:`_seen_upto`, only once it joined);
+        a write error is logged (the mark stays behind: later entries are logged again at the next
+        start). Not on the tick thread (an fsync)."""
         seen = getattr(self, "seen", None)
-        if seen is None or self.raft is None or not self._joined():
+        if seen is None or self._seen_upto is None:
             return
         try:
-            seen.save(self.raft.applied_count())
+            seen.save(self._seen_upto)
         except ReplicadError as err:
             log.warning("site %s: cannot record how far it saw the cluster live: %s %s", self.site_id, err,
                         facts_text(err.evidence))
@@ -553,7 +579,7 @@ class SiteDaemon:
         outcome = {k: result[k] for k in ("epoch", "previous_primary", "cleared", "weakened") if k in result}
         log.warning("%s %s of volume %s by %s (a command signed by %s, applied at every site): %s", audit, op,
                     command.get("volume"), by, by, facts_text({**fields, **outcome}))
-        self._save_seen()  # after the line: a crash in between logs it again, never loses it
+        self._logged_live()  # after the line: a crash before the mark is written logs it again, never loses it
 
     def _rules_event(self, command: dict, result: dict) -> None:
         """Tick thread: a raise of the cluster's rules is logged at every site at WARNING, naming the
@@ -567,7 +593,7 @@ class SiteDaemon:
                 (f", leaving behind {facts_text(behind)} with the consent of the operators of "
                  f"{', '.join(result.get('consented') or [])}") if behind else " (every member reported the release)")
         if level == logging.WARNING:
-            self._save_seen()
+            self._logged_live()
 
     def _request_event(self, command: dict, result: dict) -> None:
         """Tick thread: every site logs protection-weakening requests and what became of them
@@ -629,7 +655,7 @@ class SiteDaemon:
                     done.get("action"), facts_text(done.get("result")),
                     (requests.get(done.get("request")) or {}).get("by", "?"))
         if level == logging.WARNING:
-            self._save_seen()  # after the lines: a crash in between logs them again, never loses them
+            self._logged_live()  # after the lines: a crash before the mark is written logs them again
         if applied and self._loop is not None:
             for runner in self.runners.values():
                 self._loop.call_soon_threadsafe(runner.wake.set)
@@ -920,7 +946,8 @@ class SiteDaemon:
         the cluster's incarnation: before it, the log holds only ``found`` commands, whose
         signatures apply checks without the local config (:func:`replicad.core.state.signing_keys`)."""
         await self.volumes.joined.wait()
-        await asyncio.to_thread(self._save_seen)  # what it caught up with is seen (and logged if it was away)
+        self._seen_upto = self.raft.applied_count()  # what it caught up with is seen (and logged if it was away)
+        await asyncio.to_thread(self._save_seen)
         while True:
             await asyncio.sleep(CLOCK_HEARTBEAT_S)
             try:
@@ -929,6 +956,9 @@ class SiteDaemon:
                 log.debug("clock heartbeat not committed: %s", err)
 
 
+SEEN_SAVE_S = 1.0
+"""How soon after AUDIT lines logged live the mark of how far this site saw the cluster is written
+(:mod:`replicad.site.seen`): a stop or crash within it logs those lines once more at the next start."""
 LAB_CHECKPOINT_EVERY_ENV = "REPLICAD_LAB_CHECKPOINT_EVERY"
 """Environment variable read only with ``lab = true``: the Raft checkpoint interval in commands
 (every site of the bench must use the same); production always uses ``CHECKPOINT_EVERY``."""
