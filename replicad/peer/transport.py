@@ -593,9 +593,11 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
             log.info("chunk stream cut after %d stored: %s", stored, err)
             return error_response(PeerUnavailableError("chunk stream cut", stored=stored))
         finally:
-            streams.release(stream_peer)
-            if storing is not None:  # an error elsewhere: the batch in flight still finishes (or fails) whole
-                await asyncio.gather(storing, return_exceptions=True)
+            try:
+                if storing is not None:  # an error elsewhere: the batch in flight still finishes (or fails) whole
+                    await asyncio.gather(storing, return_exceptions=True)
+            finally:
+                streams.release(stream_peer)  # after its batch: the place bounds the memory it holds
 
     async def snapshot(request: web.Request) -> web.Response:
         doc: dict[str, Any] = {}
