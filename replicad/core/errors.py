@@ -38,6 +38,7 @@ pysyncobj, sqlite3) are translated into this tree at the adapter that met them.
     │   ├── NoQuorumError                       Raft could not commit (minority, no leader)
     │   ├── PeerUnavailableError                a peer did not answer
     │   │   └── PeerBusyError           (503)   a holder serves as many fetches as it allows: ask later
+    │   ├── StreamSlotsBusyError                this site's chunk streams to a peer stayed at its bound: ship later
     │   ├── StoreFullError                      the data dir is full (ENOSPC)
     │   └── TargetFullError                     a restore target's file system is full (ENOSPC)
     ├── AccessError                    exit 8   admin API access control
@@ -374,6 +375,17 @@ class PeerBusyError(PeerUnavailableError):
     ``limit`` (``per_site`` or ``global``), ``serving``, ``waited_s``."""
 
     code = "peer_busy"
+
+
+class StreamSlotsBusyError(UnavailableError):
+    """A ship waited for a place to open a chunk stream (``/v1/peer/chunks``) to a peer and none
+    freed in time: this site already streams ``transport.CHUNK_SLOTS_PER_PEER`` to it (other
+    volumes' ships) and earlier ships waited first. A local condition, not the peer's fault and
+    not a sign that it is down or slow: nothing was sent; the next cycle ships again. Evidence:
+    ``peer`` (its origin), ``streams`` (open to it), ``limit``, ``waiting`` (ships queued behind),
+    ``waited_s``."""
+
+    code = "stream_slots_busy"
 
 
 class StoreFullError(UnavailableError):

@@ -54,7 +54,8 @@ from aiohttp import web
 from replicad.core import wire
 from replicad.storage.chunkstore import ChunkStore
 from replicad.core.errors import (IntegrityError, NotFoundError, PeerBusyError, PeerStalledError,
-                                  PeerUnavailableError, RemoteProtocolError, ReplicadError, RevokedError, from_dict)
+                                  PeerUnavailableError, RemoteProtocolError, ReplicadError, RevokedError,
+                                  StreamSlotsBusyError, from_dict)
 from replicad.core.manifest import Manifest, changed_digests, iter_block_digests
 from replicad.peer.netreason import connection_reason, origin, unreachable_detail
 from replicad.peer.tls import cert_site, check_sender
@@ -123,6 +124,18 @@ DOC_REFUSALS = ("doc_busy", "doc_too_large", "doc_too_slow")  # evidence reasons
 CHUNK_STREAMS_PER_PEER = 8
 CHUNK_STREAMS_TOTAL = 32
 CHUNK_IDLE_S = 60.0
+# The sending side of that bound (ARCHITECTURE.md, Choices: "A primary keeps within a replica's
+# chunk streams"): a site opens at most CHUNK_SLOTS_PER_PEER chunk streams to one peer at once
+# (StreamSlots in PeerClient); a ship past them waits for a place, first come first served, for at
+# most the wait its caller gives (the ship path: its volume's interval within [CHUNK_SLOT_WAIT_MIN_S,
+# CHUNK_SLOT_WAIT_MAX_S], replicad.site.replication.slot_wait_s), else StreamSlotsBusyError and the
+# next cycle ships again. Two fewer than the replica allows: the replica gives a stream's place
+# back only once its batch in flight is fsynced, after this site saw the stream end (a stream this
+# site cut, a reply it did not wait for), and without TLS every site behind one address shares
+# that address's places there. Fetches (restore, catch-up) are bounded by FetchGate, not by these.
+CHUNK_SLOTS_PER_PEER = CHUNK_STREAMS_PER_PEER - 2
+CHUNK_SLOT_WAIT_MIN_S = 30.0
+CHUNK_SLOT_WAIT_MAX_S = 300.0
 # A client answered PeerBusyError asks the same holder again after FETCH_BUSY_RETRY_S (its share meanwhile
 # open to the other holders), up to FETCH_BUSY_RETRIES times in a row; then the holder counts as failed.
 FETCH_BUSY_RETRY_S = 1.0
@@ -838,8 +851,89 @@ class FetchGate:
         self._queue = passed
 
 
+class StreamSlots:
+    """Places for the chunk streams (``/v1/peer/chunks``) this site opens to each peer: at most
+    ``per_peer`` to one peer at once (the sending side of the replica's CHUNK_STREAMS_PER_PEER).
+    A stream past them waits for a place, first come first served (none that would fit passes a
+    waiting one), up to the wait its caller gives; a waiting stream holds nothing but its place in
+    the queue. Peers are keys (the peer's origin, :func:`replicad.peer.netreason.origin`); event
+    loop only (no locks).
+
+    Args:
+        per_peer: the bound (default CHUNK_SLOTS_PER_PEER).
+    """
+
+    def __init__(self, per_peer: int | None = None) -> None:
+        self.per_peer = CHUNK_SLOTS_PER_PEER if per_peer is None else per_peer
+        self.open: collections.Counter[str] = collections.Counter()  # places taken, per peer
+        self._queues: dict[str, collections.deque[asyncio.Future[None]]] = {}
+
+    def waiting(self, peer: str) -> int:
+        """Streams to ``peer`` waiting for a place."""
+        return sum(1 for fut in self._queues.get(peer, ()) if not fut.done())
+
+    def free(self, peer: str) -> bool:
+        """True when a stream to ``peer`` would get a place at once."""
+        return self.open[peer] < self.per_peer and not self.waiting(peer)
+
+    async def acquire(self, peer: str, wait_s: float) -> float:
+        """Take a place for one stream to ``peer``, waiting up to ``wait_s`` seconds; returns the
+        seconds waited (0.0 when one was free). Raises StreamSlotsBusyError (evidence ``peer``,
+        ``streams``, ``limit``, ``waiting``, ``waited_s``) when none was given in time. A caller
+        cancelled while waiting leaves the queue (a place given to it meanwhile is given on)."""
+        if self.free(peer):
+            self.open[peer] += 1
+            return 0.0
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(peer, collections.deque()).append(fut)
+        t0 = time.monotonic()
+        try:
+            await asyncio.wait({fut}, timeout=max(0.0, wait_s))
+        except BaseException:
+            if fut.done() and not fut.cancelled():  # given a place just as this stream was cancelled
+                self.release(peer)
+            self._leave_queue(peer, fut)
+            raise
+        waited = time.monotonic() - t0
+        if fut.done() and not fut.cancelled():
+            return waited
+        self._leave_queue(peer, fut)
+        raise StreamSlotsBusyError(
+            f"no place for a chunk stream to {peer} within {wait_s:.0f}s: this site has {self.open[peer]} open to it "
+            f"(at most {self.per_peer} at once, {self.waiting(peer)} other ship(s) waiting); the next cycle ships "
+            "again", peer=peer, streams=self.open[peer], limit=self.per_peer, waiting=self.waiting(peer),
+            waited_s=round(waited, 3))
+
+    def _leave_queue(self, peer: str, fut: asyncio.Future[None]) -> None:
+        if not fut.done():
+            fut.cancel()
+        queue = self._queues.get(peer)
+        if queue is not None:
+            with contextlib.suppress(ValueError):
+                queue.remove(fut)
+            if not queue:
+                del self._queues[peer]
+
+    def release(self, peer: str) -> None:
+        """Give back a place of ``peer``: to the first stream waiting for one, else free."""
+        queue = self._queues.get(peer)
+        while queue:
+            fut = queue.popleft()
+            if not fut.done():
+                fut.set_result(None)  # the place passes on: open[peer] stays
+                if not queue:
+                    del self._queues[peer]
+                return
+        self._queues.pop(peer, None)
+        self.open[peer] -= 1
+        if self.open[peer] <= 0:
+            del self.open[peer]
+
+
 class PeerClient:
-    """Client side of the peer API, one per site, sharing one aiohttp session.
+    """Client side of the peer API, one per site, sharing one aiohttp session. It opens at
+    most CHUNK_SLOTS_PER_PEER chunk streams to one peer at once (:attr:`chunk_slots`,
+    :meth:`send_chunks`).
 
     Every method raises PeerUnavailableError when the peer cannot be reached, or the peer's
     own error (rebuilt from its JSON body: StaleEpochError, IntegrityError, ...).
@@ -858,6 +952,7 @@ class PeerClient:
         self.progress_bytes = FETCH_PROGRESS_BYTES  # and of send_chunks (ShipProgress)
         self.ship_doc_s = SHIP_DOC_S                # deadlines of missing and snapshot_ack
         self.ship_check_s_per_gib = SHIP_CHECK_S_PER_GIB
+        self.chunk_slots = StreamSlots()            # chunk streams open to each peer (send_chunks)
         self._headers = {"Content-Type": wire.CONTENT_TYPE}
 
     def holder_fault(self, peer_url: str, err: ReplicadError) -> None:
@@ -914,12 +1009,23 @@ class PeerClient:
         return out
 
     async def send_chunks(self, peer_url: str, volume: str, epoch: int, store: ChunkStore,
-                          digests: Sequence[bytes], shared: SharedFrames | None = None) -> tuple[int, int]:
+                          digests: Sequence[bytes], shared: SharedFrames | None = None, *,
+                          slot_wait_s: float = CHUNK_SLOT_WAIT_MIN_S,
+                          on_slot_wait: Callable[[float, bool], None] | None = None) -> tuple[int, int]:
         """Stream ``digests`` (read verified from ``store``, already compressed) to the peer.
 
         Returns ``(newly_stored_count, bytes_sent)``. The stream is read from the store in
         batches of READ_BATCH in a worker thread as aiohttp sends it (bounded memory), or
         through ``shared`` (one read for all the peers of a ship, :class:`SharedFrames`).
+
+        The stream first takes one of this site's places to the peer (:attr:`chunk_slots`, at
+        most CHUNK_SLOTS_PER_PEER at once), waiting up to ``slot_wait_s`` seconds, else
+        StreamSlotsBusyError (nothing sent). The wait is not the peer's time: the progress rule
+        starts once the place is taken. ``on_slot_wait(seconds, got)`` is called after a wait
+        (not when a place was free at once); it must not raise. A sender that has to wait
+        leaves ``shared`` (:meth:`SharedFrames.leave`) and reads its own batches once it streams:
+        the other peers' senders go on, and nothing is kept for it meanwhile. This call owns the
+        sender's share of ``shared``: it takes batches of it or leaves it.
 
         The upload obeys the progress rule of a fetch (:class:`ShipProgress`): the peer must take
         ``progress_bytes`` of the stream per ``progress_s`` spent waiting on it (its reply
@@ -930,14 +1036,41 @@ class PeerClient:
         conditions, raised as such even though aiohttp met them while sending (it reports any
         failure of a request body as a connection error).
         """
+        slot = origin(peer_url)
+        if shared is not None and not self.chunk_slots.free(slot):
+            shared.leave()  # it waits: the others' batches are not kept for it
+            shared = None
+        try:
+            waited = await self.chunk_slots.acquire(slot, slot_wait_s)
+        except StreamSlotsBusyError as err:
+            if on_slot_wait is not None:
+                on_slot_wait(float(err.evidence.get("waited_s", slot_wait_s)), False)
+            raise
+        except BaseException:
+            if shared is not None:  # cancelled at once (it took no batch)
+                shared.leave()
+            raise
+        if waited and on_slot_wait is not None:
+            on_slot_wait(waited, True)
+        try:
+            return await self._send_chunks(peer_url, volume, epoch, store, digests, shared)
+        finally:
+            self.chunk_slots.release(slot)
+
+    async def _send_chunks(self, peer_url: str, volume: str, epoch: int, store: ChunkStore,
+                           digests: Sequence[bytes], shared: SharedFrames | None) -> tuple[int, int]:
+        """:meth:`send_chunks` once its place is taken."""
         header = wire.encode_doc("chunks", volume=volume, epoch=epoch, **{"from": self.site_id})
 
         sent = 0
         local_error: ReplicadError | None = None
         progress = ShipProgress(peer_url + "/v1/peer/chunks", self.progress_s, self.progress_bytes)
+        took = False  # a batch of ``shared`` asked for (else the share is left at the end)
 
         def read(i: int) -> asyncio.Future[list[bytes]]:
+            nonlocal took
             batch = digests[i:i + READ_BATCH]
+            took = took or shared is not None
             return asyncio.ensure_future(shared.read(batch) if shared is not None
                                          else asyncio.to_thread(_read_frames_strict, store, batch))
 
@@ -976,6 +1109,9 @@ class PeerClient:
             if local_error is not None:  # our store failed the stream, not the peer or the link
                 raise local_error from None
             raise
+        finally:
+            if shared is not None and not took:  # the stream ended before its first batch
+                shared.leave()
         stored = reply.get("stored")
         if not isinstance(stored, int):
             raise RemoteProtocolError("chunks reply malformed", url=peer_url)
@@ -1294,6 +1430,10 @@ class SharedFrames:
     64 KiB blocks: 32 MiB). Measured (1 GiB first full sync to 2 replicas): the sender's
     store reads and BLAKE3 verification were ~1.3 s of CPU, half of it for the second peer.
     An error (a chunk missing or corrupt here) reaches every sender of that batch.
+
+    Each of the ``consumers`` either takes batches (:meth:`read`) or, before it took any, leaves
+    (:meth:`leave`, once): a sender that waits for a place to stream to its peer, has nothing
+    to send, or failed before its first batch. Then no batch is kept for it.
     """
 
     def __init__(self, store: ChunkStore, consumers: int, max_batches: int = 8) -> None:
@@ -1316,6 +1456,13 @@ class SharedFrames:
         if entry[1] >= self.consumers:
             self._batches.pop(key, None)
         return await asyncio.shield(entry[0])
+
+    def leave(self) -> None:
+        """One consumer that took no batch will take none: it is not counted any more, and the
+        batches every remaining consumer took are dropped."""
+        self.consumers = max(0, self.consumers - 1)
+        for key in [k for k, entry in self._batches.items() if entry[1] >= self.consumers]:
+            del self._batches[key]
 
 
 def _read_frames_strict(store: ChunkStore, digests: Sequence[bytes]) -> list[bytes]:

@@ -17,7 +17,7 @@ from replicad.core.errors import (IntegrityError, NotFoundError, NotPrimaryError
 from replicad.core.manifest import Manifest, changed_digests
 from replicad.core.state import (INT_MAX, SEQ_STEP_MAX, TAINT_STAT, default_max_size_bytes, detection_policy,
                                  max_size_at_once, max_size_bytes, newest_committed, stats_problem)
-from replicad.peer.transport import PeerClient, SharedFrames
+from replicad.peer.transport import CHUNK_SLOT_WAIT_MAX_S, CHUNK_SLOT_WAIT_MIN_S, PeerClient, SharedFrames
 from replicad.site.cluster import Cluster
 from replicad.site.pull import Pull
 from replicad.site.runner import VolumeRunner, load_manifest
@@ -163,7 +163,7 @@ class Replication:
         t_scan = time.monotonic() - t0
         if runner.fence_flag.is_set():  # O3
             raise StaleEpochError("fenced during the cycle", volume=cfg.name, acting_epoch=epoch)
-        shipped = await self._ship_all(runner, vs, m)
+        shipped = await self._ship_all(runner, vs, m, slot_wait_s(cfg.interval_s))
         t_acked = time.monotonic()  # O2 acknowledgements in hand: the commit timer starts here
         acks = self._vouched(cfg.name, epoch, seq, m, shipped)
         holders = [self.site_id] + [p for p, r in shipped.items() if r.get("ok") and (p in acks or not self._signs())]
@@ -309,8 +309,12 @@ class Replication:
         log.warning("replica %s stalled the ship of %s#%d (%s): cut; cycles do not wait for it for the next %.0fs, "
                     "it gets the next snapshot", peer, m.volume, m.seq, err.message, SHIP_STALL_MEMORY_S)
 
-    async def _ship_all(self, runner: VolumeRunner, vs: dict, m: Manifest) -> dict[str, dict]:
-        """Ship ``m`` to every data peer concurrently; return ``{peer: report}``.
+    async def _ship_all(self, runner: VolumeRunner, vs: dict, m: Manifest,
+                        wait_s: float = CHUNK_SLOT_WAIT_MIN_S) -> dict[str, dict]:
+        """Ship ``m`` to every data peer concurrently; return ``{peer: report}``. A ship whose
+        chunk stream waits for one of this site's places to its peer waits up to ``wait_s``
+        (:func:`slot_wait_s`), then fails with StreamSlotsBusyError (report ``error``
+        "stream_slots_busy"; a local condition: neither a stall nor the peer down).
 
         Returns once every peer answered, or STRAGGLER_GRACE_S after enough peers stored it
         for ``min_copies`` (O2): one slow or frozen replica must not hold every commit for a
@@ -337,7 +341,7 @@ class Replication:
 
         async def one(peer: str) -> tuple[str, dict]:
             try:
-                return peer, await self.ship(peer, vs, m, runner.acting_epoch, shared)
+                return peer, await self.ship(peer, vs, m, runner.acting_epoch, shared, wait_s)
             except PeerStalledError as err:
                 self._note_ship_stall(peer, m, err)
                 return peer, {"ok": False, "error": err.code, "message": str(err)}
@@ -376,16 +380,20 @@ class Replication:
             t.add_done_callback(self._background.discard)
         return results
 
-    async def ship(self, peer: str, vs: dict, m: Manifest, epoch: int, shared: SharedFrames | None = None) -> dict:
+    async def ship(self, peer: str, vs: dict, m: Manifest, epoch: int, shared: SharedFrames | None = None,
+                   wait_s: float = CHUNK_SLOT_WAIT_MIN_S) -> dict:
         """Ship snapshot ``m`` to ``peer``: offer only what differs from the newest snapshot both
-        hold (delta), stream what it lacks, then get its O2 "stored" acknowledgement.
+        hold (delta), stream what it lacks, then get its O2 "stored" acknowledgement. The stream
+        waits up to ``wait_s`` for one of this site's places to the peer
+        (:meth:`PeerClient.send_chunks`).
+        This ship is one consumer of ``shared``: it takes its batches or leaves it.
 
         A chunk found corrupt in the local store while reading it for shipping is dropped,
         re-fetched (verified) from another data site that has it, and the ship retried once
         (reading its own batches: ``shared`` may hold the failed one).
         """
         try:
-            return await self._ship_once(peer, vs, m, epoch, shared)
+            return await self._ship_once(peer, vs, m, epoch, shared, wait_s)
         except IntegrityError as err:
             bad = err.evidence.get("digest")
             if not isinstance(bad, str) or err.code != "integrity" or "url" in err.evidence:
@@ -393,26 +401,44 @@ class Replication:
             log.error("corrupt chunk %s in the store of %s while shipping: re-fetching it", bad, self.site_id)
             await asyncio.to_thread(self.store.delete_corrupt, bytes.fromhex(bad))
             await self.pull.fetch_missing(m.volume, epoch, [bytes.fromhex(bad)], self.cluster.data_peers())
-            return await self._ship_once(peer, vs, m, epoch)
+            return await self._ship_once(peer, vs, m, epoch, None, wait_s)
 
     async def _ship_once(self, peer: str, vs: dict, m: Manifest, epoch: int,
-                         shared: SharedFrames | None = None) -> dict:
+                         shared: SharedFrames | None = None, wait_s: float = CHUNK_SLOT_WAIT_MIN_S) -> dict:
         url = self.cluster.peer_url(peer)
-        # the newest snapshot both are said to hold, whose manifest is really here: one whose
-        # chunks every holder lost (skipped at the takeover) is no base
-        base_seq = next((s for s in sorted(vs["snapshots"], reverse=True) if peer in vs["snapshots"][s]["holders"]
-                         and self.site_id in vs["snapshots"][s]["holders"]
-                         and self.store.has(vs["snapshots"][s]["root"])), None)
-        base = load_manifest(self.store, vs["snapshots"][base_seq]["root"]) if base_seq is not None else None
-        offer = await asyncio.to_thread(offer_digests, self.store, m, base)
-        lacking = await self.peers.missing(url, m.volume, epoch, offer)
+        try:
+            # the newest snapshot both are said to hold, whose manifest is really here: one whose
+            # chunks every holder lost (skipped at the takeover) is no base
+            base_seq = next((s for s in sorted(vs["snapshots"], reverse=True)
+                             if peer in vs["snapshots"][s]["holders"] and self.site_id in vs["snapshots"][s]["holders"]
+                             and self.store.has(vs["snapshots"][s]["root"])), None)
+            base = load_manifest(self.store, vs["snapshots"][base_seq]["root"]) if base_seq is not None else None
+            offer = await asyncio.to_thread(offer_digests, self.store, m, base)
+            lacking = await self.peers.missing(url, m.volume, epoch, offer)
+        except BaseException:
+            if shared is not None:  # no batch taken: none is kept for this peer
+                shared.leave()
+            raise
         sent_bytes = 0
         if lacking:
-            _, sent_bytes = await self.peers.send_chunks(url, m.volume, epoch, self.store, lacking, shared)
+            _, sent_bytes = await self.peers.send_chunks(url, m.volume, epoch, self.store, lacking, shared,
+                                                         slot_wait_s=wait_s)
             self.metrics.shipped(m.volume, peer, sent_bytes)
+        elif shared is not None:
+            shared.leave()
         ok, ack = await self.peers.snapshot_ack(url, m.volume, epoch, m.seq, m.root, m.size_bytes)
         return {"ok": ok, "ack": ack, "offered": len(offer), "sent": len(lacking), "bytes": sent_bytes,
                 "base_seq": base_seq}
+
+
+def slot_wait_s(interval_s: float) -> float:
+    """How long a ship of a volume snapshotted every ``interval_s`` seconds waits for one of this
+    site's places to stream chunks to a peer (:class:`~replicad.peer.transport.StreamSlots`): the
+    volume's interval (its next cycle is due by then), at least CHUNK_SLOT_WAIT_MIN_S (a short
+    lab interval would give up a place in the queue that comes within seconds) and at most
+    CHUNK_SLOT_WAIT_MAX_S (the cycle holds the volume's lock meanwhile: a fence or an operator's
+    snapshot waits for it)."""
+    return min(max(float(interval_s), CHUNK_SLOT_WAIT_MIN_S), CHUNK_SLOT_WAIT_MAX_S)
 
 
 def next_seq(volume: str, last_seq: int, local_max: int) -> int:
