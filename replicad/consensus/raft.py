@@ -93,6 +93,17 @@ names up in its own modules):
    own, it is not the leader and it has not heard from a leader for ``raftMinTimeout``
    (the leader lease). Only with a majority of grants (counting itself) does the node
    start pysyncobj's real election. A leader transfer (``timeout_now``) skips the round.
+   A round ends when a leader is heard (an ``append_entries`` at this node's term or above) and
+   when its win is used, and a win is used only within ``raftMaxTimeout`` / 2 of its majority:
+   a win kept past the leader's heartbeat (the grant and the heartbeat in one poll), late grants
+   of a round that ended so, or a win whose tick was held up, started a real election later that
+   the members inside their leader's lease refused (``vote_in_lease``: a grant exempts only a
+   request_vote within ``raftMaxTimeout``), leaving the node one term above its healthy leader,
+   dropping the leader's messages, never in sync again (the state a site upgraded beside a
+   b976d0a leader under load was seen in, 2 runs in 5; the paths are reproduced on real nodes in
+   ``tests/unit/consensus/test_stranded_term.py``, the runs were not). A node stranded
+   above its leader's term by another path (a granter that answers its queue late) still stays
+   there while the others keep their lease; its commands commit through the relay (point 20).
    No exception to the lease. There was one (chaos ``one-way`` campaign): a volume primary
    (``needs_leader``) that had heard no leader for :data:`ISOLATED_AFTER_S` was granted despite
    the lease, so that a primary whose link to the leader is cut, while both reach the third site,
@@ -1000,6 +1011,7 @@ class _HardenedSyncObj(SyncObj):
     _pre_vote_term: int | None = None  # the term asked for in the current round
     _pre_vote_grants: frozenset = frozenset()  # node ids that granted it
     _pre_vote_won: bool = False  # a majority granted: the next tick starts the real election
+    _pre_vote_won_at: float = float("-inf")  # monotonic time of that majority (a win is used fresh only)
     needs_leader: Callable[[], bool] = staticmethod(lambda: False)  # set by RaftNode (point 7)
     _started_at: float = float("-inf")
     _isolation_logged: float = float("-inf")
@@ -1551,9 +1563,16 @@ class _HardenedSyncObj(SyncObj):
                 log.warning("raft: no leader heard, but this node does not run for election: %s", no_candidacy)
             return False
         self._SyncObj__raftLeader = None  # not heard within an election timeout: no longer a leader we know
-        if self._pre_vote_won or not self._SyncObj__otherNodes:
-            self._pre_vote_won = False  # let pysyncobj's _onTick run the election now
+        if not self._SyncObj__otherNodes:
             return True
+        if self._pre_vote_won:
+            fresh = now - self._pre_vote_won_at < self._SyncObj__conf.raftMaxTimeout / 2
+            self._end_pre_vote_round()
+            if fresh:
+                return True  # let pysyncobj's _onTick run the election now
+            # else: the granters' window for our request_vote may be over (this tick thread was
+            # held up since): a vote they refuse inside their lease leaves this node above its
+            # leader's term for good; ask again
         term = self._SyncObj__raftCurrentTerm + 1
         self._pre_vote_term = term
         self._pre_vote_grants = frozenset()
@@ -1576,6 +1595,17 @@ class _HardenedSyncObj(SyncObj):
                 "needs_leader": needs_leader, "isolated_s": min(since_leader_s, 1e9),
             })
         return False
+
+    def _end_pre_vote_round(self) -> None:
+        """Forget the current pre-vote round, its grants and a win not used yet (point 7): on every
+        ``append_entries`` at this node's term or above (a leader is heard), and when a win is used.
+        A win kept past a leader's heartbeat (its grant and the heartbeat in one poll), or grants of
+        a round that ended so arriving late, started a real election at the next heartbeat gap with
+        no fresh grant: the members inside their leader's lease refused that vote, and the node
+        stayed above its leader's term, dropping the leader's messages (never synced again)."""
+        self._pre_vote_term = None
+        self._pre_vote_grants = frozenset()
+        self._pre_vote_won = False
 
     def _on_pre_vote(self, node: Any, message: dict) -> None:
         term, last_idx, last_term = (message.get("term"), message.get("last_log_index"),
@@ -1640,6 +1670,7 @@ class _HardenedSyncObj(SyncObj):
         if len(self._pre_vote_grants) + 1 > (len(self._SyncObj__otherNodes) + 1) / 2:
             self._pre_vote_term = None
             self._pre_vote_won = True
+            self._pre_vote_won_at = monotonic_time()
             self._SyncObj__raftElectionDeadline = 0  # the next tick elects
 
     def _leader_has_majority(self, within_s: float) -> bool:
@@ -1775,6 +1806,7 @@ class _HardenedSyncObj(SyncObj):
         if kind == "append_entries" and isinstance(message.get("term"), int) \
                 and message["term"] >= self.raftCurrentTerm:
             self._leader_contact = monotonic_time()
+            self._end_pre_vote_round()
         if kind == "append_entries" and "prevLogIdx" in message and "transmission" not in message:
             self._on_append_entries(node, message)
             if self._rejoining():
