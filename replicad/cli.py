@@ -811,12 +811,26 @@ def _previous_shown(r: dict) -> str:
     return ""
 
 
+_DOCUMENT_ARGS = ("policy", "retention", "members", "max_size_bytes", "to", "verdict")
+"""Request args the ``changes`` line of a request shows as ``key: old -> new`` instead."""
+
+
 def _request_line(r: dict) -> str:
-    args = "; ".join(f"{_key_shown(k)}: {_readable(v, k)}" for k, v in sorted((r.get("args") or {}).items())
+    """One request for people: id, status, requester, action, its args; with ``changes`` (a
+    site of this release, :mod:`replicad.ops.requestdiff`) the keys it changes as ``key: old ->
+    new`` and a count of the rest in place of the whole document (``--json`` has the full
+    args); without, long values (a policy's pattern lists) summarised as counts."""
+    from replicad.ops.requestdiff import args_summary, changes_text
+
+    diff = r.get("changes") if isinstance(r.get("changes"), dict) else None
+    shown = args_summary(r.get("args") or {})
+    if diff is not None:
+        shown = {k: v for k, v in shown.items() if k not in _DOCUMENT_ARGS}
+    args = "; ".join(f"{_key_shown(k)}: {_readable(v, k)}" for k, v in sorted(shown.items())
                      if not (k == "reason" and v == r.get("reason")))  # the reason is shown once, below
     return (f"{r['id']} [{r['status']}] by {r['by']}: {r['action']} {args}"
             + (f" ({r['reason']})" if r.get("reason") else "")
-            + _previous_shown(r)
+            + (f"; changes {changes_text(diff)}" if diff is not None else _previous_shown(r))
             + f"; approvals {', '.join(r.get('approvals') or [])} ({len(r.get('approvals') or [])} of {r.get('needed')})"
             + (f"; expires {_utc(r.get('expires_ns'))}" if r["status"] == "pending" else "")
             + (f"; takes effect {_utc(r.get('effective_ns'))} unless vetoed" if r["status"] == "approved" else "")

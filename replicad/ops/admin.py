@@ -51,7 +51,9 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
     POST   /v1/membership                       [admin] {"members": [...], "reason"?}: request to change the agreed
                                                  membership (a majority of the sites approves it)
     GET    /v1/requests                         [viewer] protection-weakening requests (pending, applied, expired);
-                                                 a set_max_size one with "previous", the maximum it replaces
+                                                 a set_max_size one with "previous", the maximum it replaces; each
+                                                 with "changes" (the keys its args' document changes, old and new:
+                                                 replicad.ops.requestdiff) when there is something to compare with
     POST   /v1/requests/{request_id}/approve    [admin] this site approves the request (a command signed by it)
     POST   /v1/requests/{request_id}/veto       [admin] this site stops a request before it takes effect
     POST   /v1/sites/{site_id}/revoke           [admin] {"reason"?}: request to revoke a site's identity (a majority);
@@ -110,6 +112,7 @@ from aiohttp import web
 
 from replicad.ops import auth
 from replicad.ops.exportlimits import IdleExports, requested_ttl_s
+from replicad.ops.requestdiff import with_changes
 from replicad.storage.audit import AuditLog, verify_chain
 from replicad.peer.netreason import connection_reason, unreachable_detail
 from replicad.core.errors import (InternalError, NotFoundError, NotSupportedError, PeerUnavailableError, ReplicadError,
@@ -382,7 +385,8 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
 
     async def status(request: web.Request) -> web.Response:
         report = site.status.report()
-        report["requests"] = with_previous(report.get("requests") or [], site.cluster.view())
+        view = site.cluster.view()
+        report["requests"] = with_changes(with_previous(report.get("requests") or [], view), view)
         return _ok(report | {"members": members(site)["members"]})
 
     async def volumes(request: web.Request) -> web.Response:
@@ -656,7 +660,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
 
     async def requests_get(request: web.Request) -> web.Response:
         view = site.cluster.view()
-        return _ok({"requests": with_previous(list_requests(view), view), "site_id": site.site_id})
+        return _ok({"requests": with_changes(with_previous(list_requests(view), view), view), "site_id": site.site_id})
 
     async def requests_approve(request: web.Request) -> web.Response:
         req_id = request.match_info["request_id"]

@@ -213,6 +213,14 @@ SCHEMAS: dict[str, dict] = {
                             "set_retention, once applied: the policy it replaced; set_max_size: the agreed "
                             "maximum in bytes it replaces (the volume's now while it waits, once applied the "
                             "one it replaced)")},
+                        "changes": {**_object({"against": {"enum": ["now", "before"]},
+                                               "changes": {"type": "array", "items": _OBJ}, "unchanged": _INT}),
+                                    "description": (
+                            "the keys of the args' document (detection policy, retention, maximum size, "
+                            "membership, primary, verdict) that differ from what they replace: each "
+                            "{key, old, new}, or {key, added, removed} for a list; 'now': the agreed state "
+                            "now (the request waits), 'before': what it replaced (applied); absent when "
+                            "there is nothing to compare with")},
                         "vetoed_by": _STR}),
     "Requests": _object({"requests": {"type": "array", "items": _ref("Request")}, "site_id": _STR}),
     "Evidence": _object({"volume": _STR, "seq": _INT, "verdict": _STR, "verdict_reason": _STR, "confirmed": _BOOL,

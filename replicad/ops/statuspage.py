@@ -87,6 +87,15 @@ def _bytes(n: Any) -> str:
     return f"{n} B"
 
 
+def _request_changes(r: Mapping[str, Any], state: Mapping[str, Any]) -> str:
+    """What request ``r`` changes against the agreed ``state``, in one line
+    (:func:`replicad.ops.requestdiff.changes_text`), or ``see replicad requests --json``."""
+    from replicad.ops.requestdiff import changes_text, request_changes
+
+    diff = request_changes(dict(r), dict(state))
+    return changes_text(diff) if diff is not None else "see replicad requests --json"
+
+
 def _utc(ns_or_s: Any, ns: bool = True) -> str:
     if not isinstance(ns_or_s, (int, float)) or isinstance(ns_or_s, bool) or ns_or_s <= 0:
         return "—"
@@ -268,6 +277,7 @@ def render(status: Mapping[str, Any], state: Mapping[str, Any], operations: list
            else "no limit"),
     ] for x in exports or []]
     req_rows = [[_e(r.get("id")), _e(r.get("action")), _e(r.get("by")), _e(r.get("reason")),
+                 _e(_request_changes(r, state)),
                  _e(f"{len(r.get('approvals') or [])} of {r.get('needed')}"), _e(r.get("status")),
                  _e(_utc(r.get("expires_ns")))]
                 for r in status.get("requests") or [] if r.get("status") in ("pending", "approved")]
@@ -325,7 +335,7 @@ def render(status: Mapping[str, Any], state: Mapping[str, Any], operations: list
                                          "newest clean", "standby", "last error"], vol_rows, "volumes",
                                         "no volume at this site") +
         "\n<h2>Alerts</h2>\n" + alert_html +
-        "\n<h2>Pending requests</h2>\n" + _table(["id", "action", "by", "reason", "approvals", "status",
+        "\n<h2>Pending requests</h2>\n" + _table(["id", "action", "by", "reason", "changes", "approvals", "status",
                                                   "expires"], req_rows, "requests", "no pending request") +
         ("\n<h2>Instant recovery</h2>\n" + _table(["volume", "from snapshot", "phase", "progress", "export serves",
                                                    "socket", "first read after"], inst_rows, "instant", "")

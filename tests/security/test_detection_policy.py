@@ -59,6 +59,10 @@ def test_one_site_can_neither_tighten_detection_alone_nor_freeze_the_judges(tmp_
         res = c.api("site-a", "PUT", f"/v1/volumes/{VOL}/detection", {"detection": STRICTEST, "reason": "tighter"})
         assert res["status"] == "pending" and res["request"] and res["weakened"] == [], res
         assert "approve" in res["next"], res
+        listed = next(r for r in c.api("site-b", "GET", "/v1/requests")["requests"] if r["id"] == res["request"])
+        assert listed["args"]["policy"]["ransom_notes"] == POLICY_DEFAULTS["ransom_notes"]  # full args kept
+        assert {ch["key"]: (ch["old"], ch["new"]) for ch in listed["changes"]["changes"]} == \
+            {k: (POLICY_DEFAULTS[k], v) for k, v in STRICTEST.items()}, listed  # what the approver weighs
         for s in ("site-a", *HONEST):
             assert policy(c, s) == POLICY_DEFAULTS, s
         overwrite_blocks(img, [4], random.Random(4))  # a benign edit of text by text
