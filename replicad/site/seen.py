@@ -8,9 +8,17 @@ change made then (a hostile site registering volumes while the honest sites star
 policy during an all-stopped upgrade) would never reach this site's log. The mark is the number of
 commands this site's state had applied (``RaftNode.applied_count``) when it last saw the cluster
 live; entries beyond it are logged at start as committed while this site was away. The mark is
-written after each line logged live (on the Raft tick thread, after the line: a crash between the
-two logs that entry once more at the next start, never loses it), when the site joins and when it
-stops.
+written within a second of lines logged live (by the event loop, after the line: a crash between
+the two logs that entry once more at the next start, never loses it), when the site joins and
+when it stops.
+
+A site's first start (a data dir holding neither the mark nor a Raft journal or checkpoint) has
+seen nothing yet: what it applies before it first joins the cluster (the founding's
+registrations, the rules raise) was committed *before this site first joined*, not while it was
+away, and is logged at INFO as such. A data dir that holds a Raft journal or checkpoint but no
+mark (deleted to hide what was committed while the site was down, or unreadable) is no first
+start: everything it replays is logged at WARNING as possibly committed while it was away, saying
+the mark was missing (a data dir of a release before the mark logs its history so once).
 
 Kept in ``data_dir/audit.seen`` (JSON ``{"applied": int}``, written with fsync and rename).
 """
@@ -33,35 +41,52 @@ SEEN_FILE = "audit.seen"
 class SeenMark:
     """The mark of one site's data dir.
 
-    ``mark`` (int or None): the applied count seen live. None: unknown — a data dir with a Raft log
-    written before the mark existed (an upgrade): nothing replayed is called new, as before. A
-    data dir without a Raft log starts at 0: everything it applies is new to it.
+    ``mark`` (int or None): the applied count seen live; None while unknown (no mark on a data dir
+    with a Raft journal or checkpoint, or an unreadable one: :attr:`missing` says why).
+    ``first_start``: True on a data dir without mark nor Raft log, until the first :meth:`save`
+    (the site joined and saw the cluster live).
     """
 
     def __init__(self, data_dir: Path) -> None:
-        """Read the mark of ``data_dir`` (never raises: an unreadable file is logged at WARNING and
-        read as unknown)."""
+        """Read the mark of ``data_dir`` (never raises: a missing or unreadable mark beside a Raft
+        log is logged at WARNING and every entry replayed counts as possibly committed away)."""
         self.path = Path(data_dir) / SEEN_FILE
         self.mark: int | None = None
+        self.first_start = False
+        self.missing: str | None = None  # why the mark is unknown: "missing", "unreadable (...)"
         self._saved: int | None = None
         self._lock = threading.Lock()  # the tick thread and the event loop both save
+        raft = Path(data_dir) / "raft"
         try:
             value = json.loads(self.path.read_text())["applied"]
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"applied {value!r} is not a count")
             self.mark = self._saved = value
         except FileNotFoundError:
-            raft = Path(data_dir) / "raft"
             if not (raft / "raft.journal").exists() and not (raft / "raft.dump").exists():
-                self.mark = 0
+                self.mark, self.first_start = 0, True
+            else:
+                self.missing = "missing"
+                log.warning("%s is missing beside a Raft log in %s: every cluster-wide change this site replays is "
+                            "logged as possibly committed while it was away (the mark is kept from now on; a "
+                            "data dir of a release before it logs its history so once)", self.path, raft)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("%s unreadable (%s): entries this site replays at start are not told apart from the ones "
+            self.missing = f"unreadable ({exc})"
+            log.warning("%s unreadable (%s): every cluster-wide change this site replays is logged as possibly "
                         "committed while it was away", self.path, exc)
 
     def away(self, applied: int) -> bool:
-        """True when the entry that made the applied count ``applied`` is past the mark: committed
-        while this site was down or catching up. Pure."""
-        return self.mark is not None and applied > self.mark
+        """True when the entry that made the applied count ``applied`` may have been committed while
+        this site was down or catching up: past the mark, or any entry while the mark is missing
+        (:attr:`missing`); never on a first start (:meth:`before_first_join`). Pure."""
+        if self.mark is None:
+            return self.missing is not None
+        return not self.first_start and applied > self.mark
+
+    def before_first_join(self) -> bool:
+        """True on a site's first start until it first saw the cluster live (the first
+        :meth:`save`): an entry applied now was committed before this site first joined. Pure."""
+        return self.first_start
 
     def save(self, applied: int) -> None:
         """Record ``applied`` as seen live (only when past the last write; thread-safe).
@@ -76,3 +101,5 @@ class SeenMark:
             except OSError as exc:
                 raise errors.from_os_error(exc, f"writing {self.path}") from exc
             self._saved = self.mark = applied
+            self.first_start = False
+            self.missing = None
