@@ -238,6 +238,11 @@ def _render_status(data: dict) -> None:
         console.print("members: " + ", ".join(
             m["site_id"] + (" (this site)" if m.get("self") else "" if m.get("reachable") else " (UNREACHABLE)")
             for m in data["members"]))
+    if isinstance(data.get("release"), dict):  # the same at every site after an upgrade (README, "Upgrading")
+        from replicad.release import identity_text
+
+        console.print("release: " + identity_text(data["release"]).removeprefix("replicad "), markup=False,
+                      soft_wrap=True)
     ident = data.get("identity") or {}
     if ident.get("unsafe_unsigned"):
         console.print("[red]UNSAFE: this site runs without identity (identity.unsafe_unsigned): its commands are "
@@ -1636,13 +1641,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="replicad", parents=[common], allow_abbrev=False,
                                      description="replicad: block-level snapshot replication between sites, "
                                                  "agreed through Raft, for recovery after ransomware.")
-    import platform
+    class _VersionAction(argparse.Action):
+        """``--version``: the release's identity (:func:`replicad.release.identity_text`, what
+        ``replicad_build_info`` and ``replicad status`` show), computed only when asked."""
 
-    from replicad import __version__
+        def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+            from replicad.release import identity_text
 
-    # the version and Python that replicad_build_info{version, python} exports
-    parser.add_argument("--version", action="version",
-                        version=f"replicad {__version__} (Python {platform.python_version()})")
+            print(identity_text())
+            parser.exit()
+
+    parser.add_argument("--version", nargs=0, action=_VersionAction,
+                        help="the release: version, cluster rules it applies, digest of its sources, git commit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, parent: argparse.ArgumentParser = common) -> argparse.ArgumentParser:

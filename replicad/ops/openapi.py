@@ -83,7 +83,11 @@ SCHEMAS: dict[str, dict] = {
                        "volumes": {"type": "object", "additionalProperties": _ref("VolumeStatus")},
                        "members": {"type": "array", "items": _ref("Member")}, "raft_sites": _OBJ, "sites": _OBJ,
                        "interrupted_restores": {"type": "array", "items": _STR}},
-                      {"joined": {"type": ["boolean", "null"], "description": (
+                      {"release": {**_object({"version": _STR, "rules": _STR, "rules_max": _INT, "source": _STR,
+                                              "commit": _NSTR, "python": _STR}), "description": (
+                          "the release this site runs (replicad.release): the rules range it applies and the first "
+                          "12 hex digits of a SHA-256 of its .py sources; the same at every site after an upgrade")},
+                       "joined": {"type": ["boolean", "null"], "description": (
                           "this site entered the cluster's incarnation (before it no volume acts and a snapshot "
                           "is refused not_joined)")},
                        "identity": _object({"cluster_id": _STR, "signed": _BOOL, "unsafe_unsigned": _BOOL,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import platform
 import time
 from typing import Any
 
 from replicad.core.errors import _jsonable
 from replicad.core.health import degraded_reasons
 from replicad.core.state import list_requests, newest_clean, newest_committed
+from replicad.release import identity
 from replicad.site.cluster import Cluster
 from replicad.site.runner import VolumeRunner
 from replicad.site.standby import standby_status
@@ -106,7 +108,8 @@ class Status:
                "raft_sites": {s.raft: s.site_id for s in self.cluster.sites()},
                "sites": st.get("sites", {}), "store": self.store.stats(),
                "interrupted_restores": list(self.interrupted_restores),
-               "identity": self._identity(), "requests": list_requests(st)}
+               "identity": self._identity(), "requests": list_requests(st),
+               "release": {**identity(), "python": platform.python_version()}}
         if self.rules is not None:
             out["rules"] = self.rules()  # rolling upgrades: replicad.site.rules_raise.RulesRaise.status
         reasons = degraded_reasons(out)  # what `replicad status` calls degraded, for scripts and /metrics
