@@ -171,6 +171,22 @@ def cmd_raise_rules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _consents_shown(rules: dict) -> str:
+    """The wait for operators' consents to leave members behind (``GET /v1/status`` ``rules``:
+    :meth:`replicad.site.rules_raise.RulesRaise.status`): ``consents to leave members behind:
+    1 of 3 operators' consents (need 2): site-a; this site's operator leaves behind: site-c``. The
+    need is what the state machine asks (a majority of the members, ``len(members) // 2 + 1``:
+    :func:`replicad.core.state._op_rules`); the consents counted are those this site's last round
+    found covering every member behind."""
+    consented = [str(s) for s in rules.get("consented") or []]
+    members = len(rules.get("members") or {})
+    mine = (rules.get("consent") or {}).get("leave_behind") or []
+    need = f"{len(consented)} of {members} operators' consents (need {members // 2 + 1})" if members else \
+        f"{len(consented)} operators' consents (members not known yet)"
+    return (f"consents to leave members behind: {need}" + (f": {', '.join(consented)}" if consented else "")
+            + f"; this site's operator leaves behind: {', '.join(str(s) for s in mine) or 'none'}")
+
+
 def _render_rules_consent(data: dict) -> None:
     consent, withdrawn, rules = data.get("consent"), data.get("withdrawn"), data.get("rules") or {}
     if consent:
@@ -179,6 +195,10 @@ def _render_rules_consent(data: dict) -> None:
                       f"{_utc(consent.get('expires_ns'))}; "
                       "the sites raise once a majority of the operators consented (replicad status shows the wait)",
                       markup=False, soft_wrap=True)
+        if rules.get("members"):  # as of this site's last round (every 30 s): its own consent counts from the next
+            console.print("  " + _consents_shown({**rules, "consent": consent}) + " (as of this site's last round)",
+                          markup=False,
+                          soft_wrap=True)
     elif withdrawn:
         console.print(f"consent withdrawn (it left behind {', '.join(withdrawn.get('leave_behind') or [])}); a "
                       "report served before stays good for 10 minutes", markup=False, soft_wrap=True)
@@ -267,10 +287,7 @@ def _render_status(data: dict) -> None:
                       f"waiting for {esc(behind or 'the members')}", markup=True, soft_wrap=True)
         mine = rules.get("consent") or {}
         if rules.get("consented") or mine:  # operators' consents to leave members behind (replicad raise-rules)
-            consented = ", ".join(rules.get("consented") or []) or "none"
-            console.print(f"  consents to leave members behind: {esc(consented)} cover them; here: "
-                          f"{esc(', '.join(mine.get('leave_behind') or []) or 'none')}",
-                          markup=True, soft_wrap=True)
+            console.print("  " + _consents_shown(rules), markup=False, soft_wrap=True)
     pending = [r for r in data.get("requests") or [] if r.get("status") in ("pending", "approved")]
     if pending:
         console.print(f"[yellow]{len(pending)} request(s) waiting for approval or cooling off[/yellow] "
