@@ -503,8 +503,11 @@ class Promotion:
             if vs["primary"] != self.site_id:
                 raise NotPrimaryError(f"a planned switchover runs at the primary ({vs['primary']})", volume=volume,
                                       primary=vs["primary"])
-            if target == self.site_id:
-                raise UsageError("--to names the site to hand the volume to", volume=volume)
+            if target == self.site_id:  # nothing to hand over: the site named already serves the volume
+                raise ConflictError(
+                    f"{target} is already the primary of {volume} (epoch {vs['epoch']}): nothing to switch over; "
+                    f"to hand it to another site, run 'replicad promote {volume} --to SITE' naming that site",
+                    volume=volume, primary=vs["primary"], epoch=vs["epoch"], to=target)
             async with runner.lock:
                 final = await self.replication.cycle(runner)  # final snapshot: no data lost
                 if not final.get("committed"):

@@ -83,6 +83,9 @@ def test_planned_switchover_returns_once_the_new_primary_serves_the_volume(clust
     assert vol["role"] == "primary" and vol["acting_epoch"] == answer["epoch"], vol
     human = cli(cluster, "site-b", "promote", VOL, "--to", "site-a")
     assert human.returncode == 0 and "READY: site-a serves ehr" in " ".join(human.stdout.split()), human.stdout
+    again = cli(cluster, "site-b", "promote", VOL, "--to", "site-a")  # forwarded to site-a, the primary already
+    assert again.returncode == 4 and "site-a is already the primary of ehr" in " ".join(again.stderr.split()), \
+        again.stderr  # conflict (exit 4), not a usage error about what --to means
 
 
 def test_restore_refused_for_permissions_leaves_no_degraded_site(cluster: LocalCluster, tmp_path: Path) -> None:
