@@ -1293,6 +1293,8 @@ def _format_error(error: Any, password_key: str) -> str:
         message = "required key is missing"
     elif kind == "tuple_type":
         message = "expected an array ([[...]] tables, or a [...] list)"
+    elif kind in ("model_type", "model_attributes_type", "dict_type") and loc:
+        message = f"must be a table ({_table_header(loc, password_key)}), not {_toml_type(error.get('input'))}"
     else:
         message = error["msg"]
         for prefix in ("Value error, ", "Assertion failed, "):
@@ -1300,6 +1302,23 @@ def _format_error(error: Any, password_key: str) -> str:
                 message = message[len(prefix):]
         message = message[:1].lower() + message[1:]
     return f"{_loc_to_key(loc, password_key)}: {message}"
+
+
+def _table_header(loc: tuple[Any, ...], password_key: str) -> str:
+    """The TOML header of the table at ``loc``: ``[[volumes]]`` for an entry of an array of tables
+    (``("volumes", 0)``), ``[volumes.retention]`` for a table inside one, ``[admin]``."""
+    key = _loc_to_key(tuple(p for p in loc if not isinstance(p, int)), password_key)
+    return f"[[{key}]]" if isinstance(loc[-1], int) else f"[{key}]"
+
+
+def _toml_type(value: Any) -> str:
+    """What a TOML value is, in TOML's words (``an integer``, ``an array``), never the value (a
+    secret's place may hold one)."""
+    for kind, word in ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"),
+                       ((list, tuple), "an array")):
+        if isinstance(value, kind):
+            return word
+    return "a " + type(value).__name__.lower()
 
 
 def _loc_to_key(loc: tuple[Any, ...], password_key: str) -> str:
