@@ -22,6 +22,7 @@ RANK: dict[str, int] = {
     "replicad": 0,      # the package itself (__version__ only)
     "core": 0,          # pure: state machine, roles, retention, anomaly, manifest, wire, errors, units
     "config": 1,        # the config schema and its loading
+    "release": 1,       # which release runs: rules range, a digest of the sources, git commit (reads files)
     "storage": 2,       # chunk store, catalog, durable I/O, fingerprints, image apply/verify
     "consensus": 2,     # the pysyncobj bridge
     "peer": 2,          # peer transport, TLS
