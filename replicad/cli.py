@@ -148,8 +148,23 @@ def _token(args: argparse.Namespace) -> str | None:
 
 
 def api(args: argparse.Namespace, method: str, path: str, body: dict | None = None, timeout_s: float = 600) -> Any:
-    """Call the admin API of the chosen site; returns the decoded JSON or raises the error class it names."""
-    return call_admin(_admin_url(args), method, path, body, timeout_s, token=_token(args))
+    """Call the admin API of the chosen site; returns the decoded JSON or raises the error class it names.
+    A token sent to a site without access control is said once on stderr (:func:`_open_site_notice`)."""
+    return call_admin(_admin_url(args), method, path, body, timeout_s, token=_token(args),
+                      on_open=lambda: _open_site_notice(args))
+
+
+_noticed_open: set[str] = set()  # the admin URLs whose open access this process has said
+
+
+def _open_site_notice(args: argparse.Namespace) -> None:
+    """One line on stderr, once per admin URL: the site has no admin tokens, the token given was
+    not checked (``--token wrong`` against it succeeds)."""
+    url = _admin_url(args)
+    if url not in _noticed_open:
+        _noticed_open.add(url)
+        err_console.print(f"notice: {url} has no access control (no [[admin.tokens]] configured): the token given "
+                          "was not checked", markup=False, soft_wrap=True)
 
 
 def cmd_raise_rules(args: argparse.Namespace) -> int:

@@ -252,6 +252,8 @@ class _Guard:
                 code, resp = internal.code, _err(internal)
             if required != auth.OPEN and (method != "GET" or resp.status >= 400):
                 await self._audit(request, principal, resp.status, code)
+            if required != auth.OPEN and self.tokens().open and not resp.prepared:  # a token sent is not checked
+                resp.headers[auth.ACCESS_CONTROL_HEADER] = "none"
             return resp
 
         return wrapped

@@ -7,16 +7,19 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Callable
 
 from replicad.core.errors import PeerUnavailableError, UsageError, from_dict
+from replicad.ops.auth import ACCESS_CONTROL_HEADER
 from replicad.peer.netreason import connection_reason, unreachable_detail
 
 
 def call_admin(base_url: str, method: str, path: str, body: dict | None = None, timeout_s: float = 600,
-               token: str | None = None) -> Any:
+               token: str | None = None, on_open: Callable[[], None] | None = None) -> Any:
     """``method`` ``base_url + path`` with a JSON body (and ``token`` as a bearer token when
-    given); returns the decoded JSON answer.
+    given); returns the decoded JSON answer. ``on_open`` is called when a token was sent and the
+    site answered that it has no access control (``X-Replicad-Access-Control: none``,
+    :data:`replicad.ops.auth.ACCESS_CONTROL_HEADER`): the token was not checked.
 
     Raises:
         the ReplicadError subclass named by an error answer ({error, message, evidence});
@@ -38,6 +41,8 @@ def call_admin(base_url: str, method: str, path: str, body: dict | None = None, 
                          f"admin port): {err}", url=base_url) from None
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            if token and on_open is not None and resp.headers.get(ACCESS_CONTROL_HEADER) == "none":
+                on_open()
             return json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as err:
         try:

@@ -22,7 +22,9 @@ SHA-256 is enough because tokens are random (``generate_token``: 256 bits), not 
 * **No token configured → the API is open** and every caller is ``anonymous`` with role
   ``admin``. Config validation allows this only when ``admin.listen`` is a loopback
   address (:func:`replicad.config.is_loopback_host`): then anyone with a shell on the host
-  is the admin, as with a local socket.
+  is the admin, as with a local socket. Its answers to routes with a role then carry
+  ``X-Replicad-Access-Control: none`` (:data:`ACCESS_CONTROL_HEADER`): the CLI says once that a
+  token it sent was not checked (a ``--token`` against an open site succeeded silently).
 
 Pure code: no I/O, no clock.
 """
@@ -45,6 +47,8 @@ ANONYMOUS = "anonymous"
 OPEN = "open"                 # a route without access control
 MIN_TOKEN_CHARS = 24          # hash-token refuses shorter tokens (guessable)
 TOKEN_BYTES = 32              # generate_token: 256 bits of randomness
+ACCESS_CONTROL_HEADER = "X-Replicad-Access-Control"
+"""Answer header of a site without admin tokens (value ``none``): nobody's token is checked there."""
 
 # (method, route template) -> role needed, or OPEN. The admin server refuses to start a
 # route missing here, and the OpenAPI document shows it as ``x-required-role``.

@@ -22,6 +22,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 def test_request_audit_lines_name_the_action_and_a_restart_marks_its_replay(cluster_factory) -> None:
     c = cluster_factory(n_blocks=32, interval="3650d", extra_site_toml=NO_FLOOR_TOML)
+    # a token sent to a site without access control is said to be unchecked, once; none sent: nothing said
+    res = cli(c, "site-a", "--token", "wrong-" + "x" * 30, "requests")
+    assert res.returncode == 0 and res.stderr.count("has no access control") == 1, res.stderr
+    assert "has no access control" not in cli(c, "site-a", "requests").stderr
     res = cli(c, "site-a", "max-size", VOL, "2GiB", "--reason", "disk resized")
     req = re.search(r"request (r\d+)", flat(res)).group(1)
     res = cli(c, "site-a", "approve", req)  # its own request: counted already
