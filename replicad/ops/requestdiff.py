@@ -139,7 +139,7 @@ def with_changes(requests: list[dict], view: dict) -> list[dict]:
     return out
 
 
-def args_summary(args: Any, limit: int = 120) -> dict:
+def args_summary(args: Any, limit: int = 400) -> dict:
     """``args`` with every value whose JSON text is longer than ``limit`` characters replaced by
     a count: a map by ``"<N keys>"``, a list by ``"<N items>"``, a string by its first ``limit``
     characters and ``"..."``; the full args stay in the record. Pure."""

@@ -64,6 +64,9 @@ def test_without_anything_to_compare_the_args_are_summarised() -> None:
         assert request_changes(r, VIEW) is None, r
     line = _request_line(_request("set_detection", {"volume": "ehr", "policy": policy}, "applied"))
     assert "policy: <18 keys>" in line.replace(str(len(POLICY_DEFAULTS)), "18") and "ransom" not in line, line
+    keys = [f"ed25519:{c * 43}=" for c in "ABC"]  # a revocation names the keys pinned: shown whole, not counted
+    line = _request_line(_request("revoke_site", {"site_id": "site-c", "keys": keys}))
+    assert all(k in line for k in keys), line
     for hostile in ({"volumes": None}, {"volumes": {"ehr": "x"}}, {}):  # another site's word: never raises
         for r in (_request("set_retention", {"volume": "ehr", "retention": RETENTION}),
                   _request("promote", {"volume": "ehr", "to": "site-b"}),
