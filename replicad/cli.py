@@ -902,6 +902,10 @@ def _render_request_state(r: dict) -> None:
         console.print(f"request {r['request']} is pending{about}: {len(r.get('approvals') or [])} of "
                       f"{r.get('needed')} sites approved ({', '.join(r.get('approvals') or [])}); nothing changed yet",
                       markup=False, soft_wrap=True)
+        if isinstance(r.get("changes"), dict):  # what the approvers will see (replicad requests)
+            from replicad.ops.requestdiff import changes_text
+
+            console.print(f"  changes: {changes_text(r['changes'])}", markup=False, soft_wrap=True)
         if r.get("next"):
             console.print(f"  next: {r['next']}", markup=False, soft_wrap=True)
     else:

@@ -112,7 +112,7 @@ from aiohttp import web
 
 from replicad.ops import auth
 from replicad.ops.exportlimits import IdleExports, requested_ttl_s
-from replicad.ops.requestdiff import with_changes
+from replicad.ops.requestdiff import request_changes, with_changes
 from replicad.storage.audit import AuditLog, verify_chain
 from replicad.peer.netreason import connection_reason, unreachable_detail
 from replicad.core.errors import (InternalError, NotFoundError, NotSupportedError, PeerUnavailableError, ReplicadError,
@@ -915,9 +915,11 @@ def _request_answer(res: dict) -> dict:
 async def _make_request(site: "SiteDaemon", action: str, args: dict, reason: str, **extra: Any) -> web.Response:
     """Record a protection-weakening change as a request through Raft: 202 while it waits
     for approvals (200 when the policy needs no other site)."""
+    view = site.cluster.view()  # before it applies: what the request changes, as the approvers will see it
+    changes = request_changes({"action": action, "args": args, "status": "pending"}, view)
     res = await site.cluster.propose("request", action=action, args=args, reason=reason)
     out = {**_request_answer(res), "action": action, **{k: args[k] for k in ("volume", "site_id") if k in args},
-           **extra}
+           **({"changes": changes} if changes is not None else {}), **extra}
     if res.get("status") == "pending":
         out["next"] = (f"an operator of another site approves it there: replicad approve {res.get('request')} "
                        f"(needs {res.get('needed')} sites, this one counted)")

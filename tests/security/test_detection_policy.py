@@ -59,6 +59,7 @@ def test_one_site_can_neither_tighten_detection_alone_nor_freeze_the_judges(tmp_
         res = c.api("site-a", "PUT", f"/v1/volumes/{VOL}/detection", {"detection": STRICTEST, "reason": "tighter"})
         assert res["status"] == "pending" and res["request"] and res["weakened"] == [], res
         assert "approve" in res["next"], res
+        assert {ch["key"] for ch in res["changes"]["changes"]} == set(STRICTEST), res  # the requester sees it too
         listed = next(r for r in c.api("site-b", "GET", "/v1/requests")["requests"] if r["id"] == res["request"])
         assert listed["args"]["policy"]["ransom_notes"] == POLICY_DEFAULTS["ransom_notes"]  # full args kept
         assert {ch["key"]: (ch["old"], ch["new"]) for ch in listed["changes"]["changes"]} == \

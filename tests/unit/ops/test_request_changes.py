@@ -5,7 +5,8 @@ status page's requests table."""
 
 from __future__ import annotations
 
-from replicad.cli import _request_line
+from replicad import cli
+from replicad.cli import _render_request_state, _request_line
 from replicad.core.anomaly import POLICY_DEFAULTS
 from replicad.ops import statuspage
 from replicad.ops.requestdiff import request_changes, with_changes
@@ -72,3 +73,13 @@ def test_without_anything_to_compare_the_args_are_summarised() -> None:
                   _request("promote", {"volume": "ehr", "to": "site-b"}),
                   _request("mark_verdict", {"volume": "ehr", "seq": 4, "verdict": "clean"})):
             assert request_changes(r, hostile) is None
+
+
+def test_the_answer_to_a_new_request_says_what_it_changes() -> None:
+    diff = request_changes(_request("set_detection", {"volume": "ehr", "policy": {**POLICY_DEFAULTS,
+                                                                                  "min_score": 0.5}}), VIEW)
+    with cli.console.capture() as cap:
+        _render_request_state({"request": "r3", "status": "pending", "approvals": ["site-a"], "needed": 2,
+                               "action": "set_detection", "volume": "ehr", "changes": diff})
+    assert "request r3 is pending (set_detection ehr)" in cap.get(), cap.get()
+    assert f"changes: min_score: {POLICY_DEFAULTS['min_score']} -> 0.5 (" in cap.get(), cap.get()
