@@ -140,10 +140,19 @@ Every Raft log starts under rules 1, a new cluster's too: a node that joins a cl
 was rebuilt replays the log from its first entry (when the leader has not compacted it), and only
 what the log itself carries can tell it the rules of those entries; a start under this release's
 rules pinned in a local file (tried) parted every joining and every rebuilt node from the others.
-So a new cluster runs under rules 1 from its founding until its daemons raise the rules (seconds,
-once every member reported): a hostile member present at the founding can use those seconds
-(it registered 256 volumes of its own in an attacker review; the honest sites log them, as
-committed while they were away, and can revoke it and remove them under rules 2).
+So the founding carries them: this release's daemons propose ``found`` with ``rules`` (their
+:data:`RULES_MAX`), and the first such ``found`` this code accepts in a state never founded (no
+``incarnation``) founds it under those rules (:func:`founding_rules`): it is applied to
+:func:`founding_start`, the initial state under them keeping only the state's limits and records
+(:data:`FOUNDING_KEPT`), so what any member had applied before it under rules 1 (a hostile member's
+registrations in the seconds before the founding: 256 volumes in an attacker review) is dropped,
+and the result says so (``rules``, ``previous``, ``dropped``: counts of sites, volumes and found
+proposals). A ``found`` carrying rules that this code refuses, or that names rules outside
+``rules(state) + 1 .. RULES_MAX`` or comes after the founding, is decided by the state's rules as
+any command (under rules 1, b976d0a's refusal of a key it does not know). Release b976d0a refuses
+every such ``found``: a b976d0a site in a cluster founded so never sees it founded (its own found
+proposals never make a majority), so it never joins and never acts, instead of acting on a state
+decided under other rules; a cluster founded by b976d0a and upgraded is never refounded.
 
 Rolling upgrades: the daemons propose a raise by themselves only once every unrevoked member
 said, under its own key, that it runs a release applying the new rules; a member still on
@@ -299,7 +308,9 @@ Authority rules (threat model: root on one site speaks with that site's identity
   proposing this list) and ``needed``; every site keeps proposing its config's list. Once
   adopted, a ``found`` changes nothing and answers the recorded ``incarnation`` and
   ``members`` (``created`` False). Only by a site the members list names and, when known,
-  a configured one (``conflict``).
+  a configured one (``conflict``). With ``rules`` (an int, at most :data:`RULES_MAX`:
+  ``out_of_range``) the first one of a never-founded state founds it under those rules ("Rules
+  version" above); afterwards it is a plain ``found``.
 * ``set_members`` (``members``): replaces the agreed membership (not the incarnation); only
   as a request (see "Revocation and membership"; README: adding or removing a site).
 * ``site_verdict`` (``volume``, ``seq``, ``verdict``, ``score_ppm``, ``cumulative_ppm``,
@@ -552,7 +563,8 @@ def initial_state(members: Any = None, max_sites: int | None = None, rules: int 
         max_sites: at most this many registered sites (default :data:`SITES_MAX`).
         rules: the state's rules version (:data:`RULES`), 1..:data:`RULES_MAX`. None (every Raft
             node): no key, rules 1, so a log replayed from its start is decided by the rules its
-            entries were first decided by, and the ``rules`` command in the log raises them.
+            entries were first decided by, and the founding ``found`` (:func:`founding_rules`) or
+            the ``rules`` command in the log raises them.
             Unit tests of this release's rules pass :data:`RULES_MAX`.
     Without arguments the state carries no ``limits`` (the defaults apply).
 
@@ -575,6 +587,32 @@ def rules(state: Any) -> int:
     state made before the rules version existed) or malformed. Pure; never raises."""
     value = state.get(RULES) if isinstance(state, dict) else None
     return value if _is_int(value) and value >= 1 else 1
+
+
+FOUNDING_KEPT = ("limits", "audit", "applied_ops", "seen", "applied")
+"""What a state keeps when a ``found`` carrying rules founds it (:func:`founding_start`): its
+configured limits and its records (audit, exactly-once answers, replay memory, the applied count);
+the rest (sites, volumes, founding proposals, clocks, ...) was decided under other rules."""
+
+
+def founding_rules(state: Any, command: Any) -> int | None:
+    """The rules version a ``found`` command founds ``state`` under (module docstring, "Rules
+    version"): its ``rules`` when the state has no incarnation (never founded) and that int is
+    above the state's :func:`rules` and at most :data:`RULES_MAX`; None otherwise (then the
+    command is decided by the state's rules like any other: under rules 1 as b976d0a refused a
+    ``found`` with a key it did not know). Pure; never raises."""
+    if not isinstance(state, dict) or not isinstance(command, dict) or command.get("op") != "found":
+        return None
+    wanted = command.get(RULES)
+    if state.get("incarnation") is not None or not _is_int(wanted) or not rules(state) < wanted <= RULES_MAX:
+        return None
+    return wanted
+
+
+def founding_start(state: dict, to: int) -> dict:
+    """The state a ``found`` carrying rules ``to`` is applied to: :func:`initial_state` under
+    ``to`` with ``state``'s :data:`FOUNDING_KEPT` entries. Pure."""
+    return {**initial_state(rules=to), **{k: state[k] for k in FOUNDING_KEPT if k in state}}
 
 
 def limits(members: Any = None, max_sites: int | None = None, joining: bool = False) -> dict:
@@ -729,6 +767,16 @@ def apply(state: dict, command: dict, trust: Trust | None = None) -> tuple[dict,
     state machine, frozen), but for the ``rules`` command that raises it (module docstring,
     "Rules version").
     """
+    founding = founding_rules(state, command)
+    if founding is not None:
+        # a found carrying the rules of a never-founded state: the cluster is founded under them,
+        # and what was applied before it (under rules 1, by any member) is dropped (module
+        # docstring, "Rules version"); refused there, it is decided as if it named none
+        new_state, result = _apply_guarded(founding_start(state, founding), command, trust)
+        if result.get("ok"):
+            dropped = {k: len(state.get(k) or {}) for k in ("sites", "volumes", "founding") if state.get(k)}
+            return new_state, {**result, "rules": founding, "previous": rules(state),
+                               **({"dropped": dropped} if dropped else {})}
     if rules(state) < 2:
         # RULES 1: release b976d0a's state machine decides, results and state contents alike; of a
         # rules command only a raise this code accepts is this code's (b976d0a answers every
@@ -2995,6 +3043,11 @@ def _op_found(state: dict, cmd: dict) -> tuple[dict, dict]:
     if not isinstance(inc, bytes) or len(inc) != INCARNATION_BYTES:
         raise _Refusal("bad_request", f"incarnation must be {INCARNATION_BYTES} bytes", field="incarnation")
     members = _members(cmd)
+    if RULES in cmd:  # the rules it founds the cluster under (apply, founding_rules): a state already there
+        wanted = _int(cmd, RULES, 1)
+        if wanted > RULES_MAX:
+            raise _Refusal("out_of_range", f"found with rules {wanted}: this code applies rules 1..{RULES_MAX}",
+                           field=RULES, to=wanted, max_rules=RULES_MAX)
     current = state.get("incarnation")
     if current is not None:
         return state, {"ok": True, "created": False, "adopted": True, "incarnation": current["id"],
@@ -3265,7 +3318,7 @@ _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str],
     "clock": (lambda state, cmd: (state, {"ok": True}), frozenset(), frozenset()),
     "vouch": (_op_vouch, frozenset({"n", "hash"}), frozenset({"n", "hash"})),
     "rules": (_op_rules, frozenset({"to", "reports"}), frozenset({"to"})),
-    "found": (_op_found, frozenset({"incarnation", "members"}), frozenset({"incarnation", "members"})),
+    "found": (_op_found, frozenset({"incarnation", "members", RULES}), frozenset({"incarnation", "members"})),
     "set_members": (_op_set_members, frozenset({"members"}), frozenset({"members"})),
     "set_detection": (_op_set_detection, frozenset({"volume", "policy"}), frozenset({"volume", "policy"})),
     "site_verdict": (_op_site_verdict, frozenset({"volume", "seq", "verdict", "score_ppm", "cumulative_ppm",
