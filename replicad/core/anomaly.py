@@ -676,6 +676,72 @@ class Wipes:
         return cls(cov.blocks, cov.extra, cov.began, data, float(lost))
 
 
+@dataclass(frozen=True)
+class Paired:
+    """Conservation across snapshots (both modes; :func:`judge_relative`): the ciphertext-like new
+    files and the structured data released since the anchor (the last snapshot a person confirmed
+    clean, else the volume's first), each measured by the judge against the anchor itself, not
+    summed per snapshot (``Detection._paired``). Copy-encrypt-delete split over two snapshots (the
+    copies in one, the originals deleted in the next) never meets itself in one snapshot's
+    conservation; against the anchor both halves are there, however long the attacker waits.
+    Only new files whose first bytes read as ciphertext count on the filled side
+    (:func:`replicad.core.filehead.ciphertext_like`): imported scans, archives and compressed
+    logs start with a format's signature and header, so a never-confirmed share that imports
+    scans and deletes letters for weeks pairs nothing. Suspect when ``min(filled, released)``
+    passes ``conserve_max``.
+
+    Attributes:
+        filled: share of the data (the base's data blocks) held by files new since the anchor
+            whose first bytes read as ciphertext, as last measured (0 before).
+        released: share of the data the anchor's files held as structured bytes that no file holds
+            now, left in place or zeroed (``Detection._released`` against the anchor), as last
+            measured (measured only while ``filled`` passes ``conserve_max``; 0 otherwise).
+        began: the first snapshot whose measure found ciphertext-like files (None while there
+            were none): the restore point is the snapshot before it, or before the deletes when
+            they came first (the evidence names both shares).
+        measured: the snapshot measured last (None before).
+    Pure."""
+
+    filled: float = 0.0
+    released: float = 0.0
+    began: int | None = None
+    measured: int | None = None
+
+    def step(self, seq: int, filled: float, released: float) -> "Paired":
+        """The state after snapshot ``seq`` measured ``filled`` and ``released`` (shares) against
+        the anchor; a snapshot not measured keeps the state (the trigger: ``Detection._signals``)."""
+        filled, released = max(0.0, float(filled)), max(0.0, float(released))
+        began = (self.began if self.began is not None else seq) if filled > 0.0 else None
+        return Paired(filled, released, began, seq)
+
+    def total(self) -> float:
+        """What the window counts: ``min(filled, released)``."""
+        return min(self.filled, self.released)
+
+    def doc(self) -> dict:
+        """Plain dict (JSON-able): ``filled``, ``released``, ``began``, ``measured``."""
+        return {"filled": self.filled, "released": self.released, "began": self.began, "measured": self.measured}
+
+    @classmethod
+    def from_doc(cls, doc: object) -> "Paired":
+        """The state :meth:`doc` wrote. Raises ValueError on anything else."""
+        if not isinstance(doc, dict):
+            raise ValueError("a paired window state must be a map")
+        vals = []
+        for k in ("filled", "released"):
+            x = doc.get(k)
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0.0 <= x < 1e6:
+                raise ValueError(f"not a paired window state: {k} {x!r}")
+            vals.append(float(x))
+        began, measured = doc.get("began"), doc.get("measured")
+        for x in (began, measured):
+            if x is not None and (isinstance(x, bool) or not isinstance(x, int)):
+                raise ValueError(f"not a paired window state: {doc!r}")
+        if (began is None) != (vals[0] == 0.0):
+            raise ValueError("not a paired window state: began does not match filled")
+        return cls(vals[0], vals[1], began, measured)
+
+
 SLOW_WINDOWS = ("relative", "conservation")
 """The CUSUM slow windows of :func:`judge_relative` (keys of :attr:`RelativeVerdict.slow`)."""
 COVERAGE = "coverage"
@@ -684,6 +750,9 @@ COVERAGE = "coverage"
 WIPES = "wipes"
 """Key of the wipe window (:class:`Wipes`) in :attr:`RelativeVerdict.slow` and in a ``carried``
 state; both modes."""
+PAIRED = "paired"
+"""Key of conservation across snapshots (:class:`Paired`) in :attr:`RelativeVerdict.slow` and in a
+``carried`` state; both modes."""
 
 
 def with_defaults(policy: dict) -> dict:
@@ -2502,6 +2571,10 @@ class SnapshotSignals:
     structure_freed: float = 0.0
     random_filled: float = 0.0
     structure_released: float = 0.0
+    paired_measured: bool = False
+    ciphertext_files: float = 0.0
+    released_since_anchor: float = 0.0
+    ciphertext_examples: list = None  # type: ignore[assignment]
     counted: set = None  # type: ignore[assignment]
     sparse: set = None  # type: ignore[assignment]
     zeroed: set = None  # type: ignore[assignment]
@@ -2518,6 +2591,7 @@ class SnapshotSignals:
         self.ransom_note_evidence = list(self.ransom_note_evidence or [])
         self.names_old = set(self.names_old or ())
         self.names_new = set(self.names_new or ())
+        self.ciphertext_examples = list(self.ciphertext_examples or [])
 
     def add_names(self, new: bytes | None, old: bytes | None, finding: "BlockFinding") -> None:
         """Read the file names of one changed block's versions (:func:`dir_names`); a version
@@ -2622,7 +2696,10 @@ class SnapshotSignals:
                 "ransom_note": self.ransom_notes, "structure_freed": round(self.structure_freed, 2),
                 "random_filled": round(self.random_filled, 2), "structure_released": round(self.structure_released, 2),
                 "conserved": self.conserved,
-                "conserved_counted": self.conserved_counted, "sparse_random": len(self.sparse)}
+                "conserved_counted": self.conserved_counted, "sparse_random": len(self.sparse),
+                "paired_measured": self.paired_measured, "ciphertext_files": round(self.ciphertext_files, 2),
+                "released_since_anchor": round(self.released_since_anchor, 2),
+                "ciphertext_examples": list(self.ciphertext_examples[:8])}
 
 
 EVIDENCE_MAX = 64
@@ -2647,10 +2724,10 @@ class RelativeVerdict:
             the windows that crossed (the snapshot before it is the one to restore); None if clean.
         reasons: operator-readable sentences, one per signal that fired (empty if clean).
         slow: ``{window: Cusum}`` after this snapshot, for :data:`SLOW_WINDOWS`, in content
-            mode ``{COVERAGE: Coverage}``, and ``{WIPES: Wipes}`` (carried to the next snapshot:
-            :func:`judge_relative` ``carried``).
+            mode ``{COVERAGE: Coverage}``, ``{WIPES: Wipes}`` and ``{PAIRED: Paired}`` (carried
+            to the next snapshot: :func:`judge_relative` ``carried``).
         flagged: the slow windows that passed their threshold (of :data:`SLOW_WINDOWS`,
-            :data:`COVERAGE` and :data:`WIPES`).
+            :data:`COVERAGE`, :data:`WIPES` and :data:`PAIRED`).
     """
 
     verdict: str
@@ -2804,6 +2881,23 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], 
                            f"bytes where there were zeros, in excess of slow_slack {slack:.2%}/day over "
                            f"{conserved_sum.snapshots} snapshots, above conserve_max "
                            f"{float(policy['conserve_max']):.1%}; it began at #{conserved_sum.began}")
+    # conservation across snapshots (Paired): ciphertext-like new files and structured data released,
+    # both since the anchor, measured by the judge only when it could matter (Detection._signals)
+    paired = carried.get(PAIRED)
+    paired = paired if isinstance(paired, Paired) else Paired()
+    if signals.paired_measured:
+        paired = paired.step(seq, signals.ciphertext_files / signals.data_blocks,
+                             signals.released_since_anchor / signals.data_blocks)
+    slow[PAIRED] = paired
+    if paired.total() > float(policy["conserve_max"]):
+        flagged.append(PAIRED)
+        if not per_snapshot_conserved:
+            reasons.append(f"slow drift (conservation across snapshots: since the last confirmed snapshot "
+                           f"{paired.filled:.1%} of the data was written as new files that start as ciphertext and "
+                           f"{paired.released:.1%} was structured data the files released; both above conserve_max "
+                           f"{float(policy['conserve_max']):.1%}"
+                           + (f", e.g. {signals.ciphertext_examples[0]}" if signals.ciphertext_examples else "")
+                           + f"; it began at #{paired.began})")
     if not encrypted:
         lost = sum(signals.magic_destroyed.values())
         if lost >= int(policy["magic_min"]):

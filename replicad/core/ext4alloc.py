@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -87,6 +87,11 @@ class Ext4Allocation:
         written: ``uint8`` array, one per block: 1 where a written (initialized) extent of an
             in-use inode covers the block: where the files hold data (a wiper that unlinks files
             clears it; ``fallocate`` does not set it; two inodes on one block count it once).
+        heads: ``int64`` array of shape ``(files, 3)``: per in-use regular file whose logical
+            block 0 lies in a written extent, ``(block, run, size)``: the file-system block
+            holding the file's first bytes, how many blocks of that extent follow it
+            contiguously (``ee_len``), and the file's size in bytes (``i_size``). What a file
+            starts with (``replicad.core.filehead``) is read from there.
     """
 
     block_size: int
@@ -94,6 +99,7 @@ class Ext4Allocation:
     in_use: np.ndarray
     referenced: np.ndarray
     written: np.ndarray
+    heads: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
 
     @property
     def file_blocks(self) -> int:
@@ -238,7 +244,8 @@ def read_allocation(read: Callable[[int, int], bytes], size_bytes: int,
             if not ok:
                 return None
     walker.flush()
-    return Ext4Allocation(bs, blocks, in_use, referenced, walker.written)
+    heads = np.concatenate(walker.heads).astype(np.int64) if walker.heads else np.zeros((0, 3), dtype=np.int64)
+    return Ext4Allocation(bs, blocks, in_use, referenced, walker.written, heads)
 
 
 DATA_SHARE_FULL = 8
@@ -360,6 +367,7 @@ class _Walker:
         self.batch = max(1 << 20, blocks // 8)
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._queued = 0
+        self.heads: list[np.ndarray] = []  # (block, run, size) rows of each regular file's logical block 0
 
     def _extents(self, start: np.ndarray, length: np.ndarray) -> bool:
         """Queue leaf extents (raw ``ee_len``: above 32,768 an unwritten extent of ``ee_len -
@@ -436,6 +444,7 @@ class _Walker:
         flat = depth == 0
         e = tree[flat][:, 12:60].reshape(-1, 4, 12)
         used = np.arange(4)[None, :] < entries[flat][:, None]
+        owner = np.broadcast_to(np.arange(len(used))[:, None], used.shape)[used]  # row of tree[flat] per extent
         e = e[used]
         if not self.budget.charge(extents=len(e)):
             return False
@@ -444,13 +453,22 @@ class _Walker:
                  | (e[:, 6:8].copy().view("<u2").ravel().astype(np.int64) << 32))
         if len(e) and not self._extents(start, length):
             return False
-        for raw in tree[~flat]:
-            if not self.node(raw.tobytes(), TREE_DEPTH_MAX + 1):
+        # each regular file's first bytes: the written extent whose ee_block is 0
+        size = (rows[:, 0x4:0x8].copy().view("<u4").ravel().astype(np.int64)
+                | (rows[:, 0x6C:0x70].copy().view("<u4").ravel().astype(np.int64) << 32))[extents]
+        regular = (kind[extents] == 0x8000)
+        logical = e[:, 0:4].copy().view("<u4").ravel()
+        first = np.flatnonzero((logical == 0) & (length > 0) & (length <= 32768) & regular[flat][owner])
+        if len(first):  # arrays: a forged table of millions of files must not become millions of objects
+            self.heads.append(np.stack([start[first], length[first], size[flat][owner[first]]], axis=1))
+        for raw, is_reg, n in zip(tree[~flat], regular[~flat].tolist(), size[~flat].tolist()):
+            if not self.node(raw.tobytes(), TREE_DEPTH_MAX + 1, n if is_reg else None):
                 return False
         return True
 
-    def node(self, raw: bytes, depth_left: int) -> bool:
-        """One extent-tree node (the inode's ``i_block`` or a tree block)."""
+    def node(self, raw: bytes, depth_left: int, size: int | None = None) -> bool:
+        """One extent-tree node (the inode's ``i_block`` or a tree block); ``size``: the file's
+        size when the tree is a regular file's (its logical block 0 goes to :attr:`heads`)."""
         magic, entries, max_entries, depth = struct.unpack_from("<HHHH", raw, 0)
         if magic != EXTENT_MAGIC or depth >= depth_left or entries > max_entries or 12 + 12 * entries > len(raw):
             return False
@@ -463,6 +481,11 @@ class _Walker:
             length = e[:, 4:6].copy().view("<u2").ravel().astype(np.int64)
             start = (e[:, 8:12].copy().view("<u4").ravel().astype(np.int64)
                      | (e[:, 6:8].copy().view("<u2").ravel().astype(np.int64) << 32))
+            if size is not None:
+                logical = e[:, 0:4].copy().view("<u4").ravel()
+                first = np.flatnonzero((logical == 0) & (length > 0) & (length <= 32768))
+                if len(first):
+                    self.heads.append(np.array([[start[first[0]], length[first[0]], size]], dtype=np.int64))
             return self._extents(start, length)
         leaf = (e[:, 4:8].copy().view("<u4").ravel().astype(np.int64)
                 | (e[:, 8:10].copy().view("<u2").ravel().astype(np.int64) << 32))
@@ -473,6 +496,6 @@ class _Walker:
                 return False
             self.visited.add(b)
             self.referenced[b] = 1
-            if not self.node(self.read(b * self.bs, self.bs), depth):
+            if not self.node(self.read(b * self.bs, self.bs), depth, size):
                 return False
         return True

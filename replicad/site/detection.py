@@ -40,7 +40,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from replicad.core import anomaly, ext4alloc
+from replicad.core import anomaly, ext4alloc, filehead
 from replicad.core.errors import NotFoundError, ReplicadError
 import numpy as np
 
@@ -75,6 +75,14 @@ fresh and conservation counts), and a manifest of millions of them (a claimed si
 base's) must not thin out the sample of the blocks that held data, which the score is a share of."""
 PAGE_CACHE = 8  # manifest pages kept per judgement (a manifest repeating one page loads it once)
 RELEASED_BLOCKS_MAX = 2 * JUDGE_BLOCKS_MAX
+HEAD_BLOCKS_MAX = JUDGE_BLOCKS_MAX
+HEADS_MEMO = 1 << 16
+"""File starts whose verdict is remembered (by the digests of their block's new and old
+versions, offset and length; ~200 bytes each): a never-confirmed volume re-measures every file
+new since the anchor in each judgement that writes random bytes, reading only the new ones."""
+"""Volume blocks holding the first bytes of files new since the anchor read at most per
+judgement (:meth:`Detection._ciphertext_files`); past it a uniform random sample of them (this
+site's own randomness), its files' sizes scaled to all of them."""
 """Most blocks one :meth:`Detection._released` reads (those holding file-system blocks the files
 released, and the changed blocks the files hold: 2 GiB of 64 KiB blocks; a read and 64 BLAKE2b
 digests of 1 KiB each, ~0.1-0.2 ms a block); past it nothing is counted as released (the
@@ -140,6 +148,13 @@ class Detection:
         # zero_blocks is the primary's word). Bounded; lost on restart (the next count loads all).
         self._nonzero: OrderedDict[bytes, int] = OrderedDict()
         self._nonzero_lock = threading.Lock()
+        # (new digest, old digest, offset, length) -> filehead.ciphertext_like of a file's start
+        # (_ciphertext_files; under _nonzero_lock: judgements run in worker threads)
+        self._heads_memo: OrderedDict[tuple[bytes, bytes, int, int], str | None] = OrderedDict()
+        # the file-system maps read during one _signals call, by manifest root (that thread's only:
+        # the wipe measure, what the files released and conservation across snapshots read the same
+        # snapshots' maps; dropped when the call returns)
+        self._judging = threading.local()
         # manifest roots whose volume holds no ext2/3/4 superblock (checked by _released): a later
         # snapshot that did not change those bytes holds none either, and its judgement loads no
         # unchanged page to find that out (bounded: NO_FS_MAX, the oldest dropped)
@@ -267,7 +282,7 @@ class Detection:
             signals, used = await asyncio.to_thread(
                 _timed, lambda: self._signals(m, base, self._cold_reference(vs, seq, policy), room, sampling,
                                               anchor=None if anchor == base_seq else lambda: self._held(vs, anchor),
-                                              elapsed_s=elapsed_s))
+                                              elapsed_s=elapsed_s, paired=carried.get(anomaly.PAIRED)))
             cpu_s += used
             t0 = time.thread_time()
             verdict = anomaly.judge_relative(seq, signals, window, confirmed, policy, conserve_window=conserve,
@@ -282,6 +297,9 @@ class Detection:
                 slow[anomaly.COVERAGE] = {**cov.doc(), "total": cov.total(signals.data_blocks),
                                           "flagged": anomaly.COVERAGE in verdict.flagged,
                                           "max": float(policy["cumulative_max"])}
+            paired = verdict.slow[anomaly.PAIRED]  # ciphertext-like files and released structure since the anchor
+            slow[anomaly.PAIRED] = {**paired.doc(), "total": paired.total(), "flagged": anomaly.PAIRED in verdict.flagged,
+                                    "max": float(policy["conserve_max"])}
             wipes = verdict.slow[anomaly.WIPES]  # the distinct blocks zeroed since the anchor
             slow[anomaly.WIPES] = {**wipes.doc(), "total": wipes.total(), "flagged": anomaly.WIPES in verdict.flagged,
                                    "max": float(policy["wipe_max"])}
@@ -441,6 +459,8 @@ class Detection:
                     if anomaly.COVERAGE in slow else anomaly.Coverage(extra=rel.total, began=rel.began)
                 if anomaly.WIPES in slow:  # a state written before the wipe window: it starts here
                     carried[anomaly.WIPES] = anomaly.Wipes.from_doc(slow[anomaly.WIPES])
+                if anomaly.PAIRED in slow:  # absent (written before it): measured again, the conservative side
+                    carried[anomaly.PAIRED] = anomaly.Paired.from_doc(slow[anomaly.PAIRED])
             except ValueError as err:
                 log.warning("volume %s: the slow-window state in this site's evidence on #%d is unreadable (%s); "
                             "carrying the one before it", volume, s, err)
@@ -501,7 +521,7 @@ class Detection:
     def _signals(self, m: Manifest, base: Manifest, ref: Manifest | None,
                  policy: dict | None = None, sampling: dict | None = None,
                  anchor: Callable[[], Manifest | None] | None = None,
-                 elapsed_s: float = anomaly.DAY_S) -> anomaly.SnapshotSignals:
+                 elapsed_s: float = anomaly.DAY_S, paired: "anomaly.Paired | None" = None) -> anomaly.SnapshotSignals:
         """The relative signals of ``m`` against ``base`` (worker thread; verified reads), with
         the ransom-note patterns and strong indicators of ``policy`` (default:
         :data:`anomaly.POLICY_DEFAULTS`).
@@ -527,7 +547,20 @@ class Detection:
         conservation window's slack absorbs over ``elapsed_s`` (seconds since the snapshot before,
         at most a day: ``slow_slack`` of the data per day) make the judge read both snapshots'
         file-system maps for what the files released (:meth:`_released`): below it this snapshot
-        cannot add to the conservation window whatever was released."""
+        cannot add to the conservation window whatever was released. The same trigger, a
+        ``paired`` state (carried from the snapshot before: :class:`anomaly.Paired`) whose
+        ciphertext-like files pass ``conserve_max``, or no carried state at all, measure
+        conservation across snapshots against the anchor (:meth:`_paired`)."""
+        self._judging.allocations = {}
+        try:
+            return self._signals_of(m, base, ref, policy, sampling, anchor, elapsed_s, paired)
+        finally:
+            self._judging.allocations = None
+
+    def _signals_of(self, m: Manifest, base: Manifest, ref: Manifest | None, policy: dict | None,
+                    sampling: dict | None, anchor: Callable[[], Manifest | None] | None, elapsed_s: float,
+                    paired: "anomaly.Paired | None") -> anomaly.SnapshotSignals:
+        """:meth:`_signals`, with the file-system maps it reads kept for the call."""
         policy = anomaly.with_defaults(policy or anomaly.POLICY_DEFAULTS)
         notes, note_min = list(policy["ransom_notes"]), int(policy["ransom_note_min"])
         strong = list(policy["ransom_note_strong"])
@@ -619,12 +652,20 @@ class Detection:
         _merge_into(signals, parts[1])
         signals.changed_blocks = counts[0] + counts[1]
         floor = float(policy["slow_slack"]) * min(max(0.0, float(elapsed_s)), anomaly.DAY_S) / anomaly.DAY_S
-        if signals.random_filled >= 1.0 and signals.random_filled / data_blocks > floor \
-                and base.block_size == m.block_size:
+        filling = signals.random_filled >= 1.0 and signals.random_filled / data_blocks > floor
+        if filling and base.block_size == m.block_size:
             # random bytes written where there were zeros: what the files left in place as free
             # space (copy-encrypt-delete without discard) is weighed against them (conservation)
             signals.structure_released = self._released(
                 m, base, np.concatenate(changed) if changed else np.zeros(0, np.int64), sampling)
+        # any random bytes written (no slack: the measure is against the anchor, not a sum, so an
+        # attacker under slow_slack a day is measured as it grows), no carried state, or a carried
+        # one whose ciphertext-like files pass conserve_max (their originals may be deleted now)
+        wrote_random = signals.random_filled > 0.0 or signals.turned_random > 0 or signals.fresh_random > 0
+        if (wrote_random or paired is None or paired.filled > float(policy["conserve_max"])) \
+                and base.block_size == m.block_size:
+            self._paired(m, base, signals, np.concatenate(changed) if changed else np.zeros(0, np.int64),
+                         float(policy["conserve_max"]), anchor, sampling)
         if sampling is not None:
             sampling.update(changed=counts[0] + counts[1], judged=looked[0] + looked[1], distinct=len(judged),
                             scale=round(max(scales), 3), strata={"data": [counts[0], looked[0]],
@@ -676,7 +717,8 @@ class Detection:
         parts[0].files_lost = self._files_lost(m, was, new, old, changed)
         parts[0].lost_since_anchor = True  # the net loss since the anchor: the wipe window charges it once
 
-    def _released(self, m: Manifest, base: Manifest, changed: np.ndarray, sampling: dict | None = None) -> float:
+    def _released(self, m: Manifest, base: Manifest, changed: np.ndarray, sampling: dict | None = None,
+                  zeroed: bool = False) -> float:
         """Blocks' worth of structured data the files of ``base`` held and those of ``m`` no longer
         hold, left in place (:attr:`anomaly.SnapshotSignals.structure_released`): the file-system
         blocks (:mod:`replicad.core.ext4alloc`) written in ``base``'s maps and not in ``m``'s, whose
@@ -689,8 +731,10 @@ class Detection:
         ``.gz``-named attacker: 0 conserved, 0/2). ``changed``: the indices of the blocks changed
         since ``base``. 0 when either snapshot holds no file system the reader understands, their
         geometries differ, or more than :data:`RELEASED_BLOCKS_MAX` blocks would be read
-        (``sampling``: ``released_skipped``; nothing counted, as before this signal). Worker thread;
-        verified reads."""
+        (``sampling``: ``released_skipped``; nothing counted, as before this signal). ``zeroed``:
+        structured pieces released and now zeros (discarded) count too (:meth:`_paired`, against
+        the anchor; per snapshot the zeros are ``structure_freed``'s). Worker thread; verified
+        reads."""
         changed = np.unique(changed)
         if self._known_no_fs(m.root):  # _signals carried it: the superblock's bytes unchanged since a base without one
             return 0.0
@@ -729,7 +773,8 @@ class Detection:
             for f in freed[np.searchsorted(freed, v * per):np.searchsorted(freed, (v + 1) * per)].tolist():
                 k = f - v * per
                 piece = raw[k * fs:(k + 1) * fs]
-                if structured[k] and now[k * fs:(k + 1) * fs] == piece:
+                after = now[k * fs:(k + 1) * fs]
+                if structured[k] and (after == piece or (zeroed and after.count(0) == len(after))):
                     key = hashlib.blake2b(piece, digest_size=16).digest()
                     left[key] = left.get(key, 0) + 1
         if not left:
@@ -743,6 +788,106 @@ class Detection:
                 if left.get(key):
                     left[key] -= 1
         return sum(left.values()) * fs / bs
+
+    def _paired(self, m: Manifest, base: Manifest, signals: anomaly.SnapshotSignals, changed: np.ndarray,
+                conserve_max: float, anchor: Callable[[], Manifest | None] | None = None,
+                sampling: dict | None = None) -> None:
+        """Measure conservation across snapshots (:class:`anomaly.Paired`) into ``signals``: the
+        files of ``m`` new since the anchor whose first bytes read as ciphertext
+        (:meth:`_ciphertext_files`, ``ciphertext_files``), and, when those pass ``conserve_max``
+        of the data, the structured data the anchor's files held and no file of ``m`` holds, left
+        in place or zeroed (:meth:`_released` against the anchor, ``released_since_anchor``).
+        ``anchor``: returns the anchor's manifest (None: not held here); ``anchor`` None: ``base``
+        is the anchor. An anchor not held or of another geometry is replaced by ``base`` (the
+        measure then covers the snapshots since the base only). Nothing is measured without an
+        ext2/3/4 file system in ``m``. Worker thread; verified reads."""
+        if self._known_no_fs(m.root) or not ext4alloc.has_superblock(SnapshotReader(self.store, m).read, m.size_bytes):
+            return
+        was = base
+        if anchor is not None:
+            held = anchor()
+            if held is not None and held.block_size == m.block_size:
+                was = held
+                load = _PageCache(self.store.get)
+                rows = [idx for idx, _, _ in changed_rows(was, m, load)]
+                changed = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        t0 = time.thread_time()
+        signals.ciphertext_files = self._ciphertext_files(m, was, changed, signals, sampling)
+        signals.paired_measured = True
+        if signals.ciphertext_files / signals.data_blocks > conserve_max:
+            signals.released_since_anchor = self._released(m, was, changed, sampling, zeroed=True)
+        if sampling is not None:
+            sampling["paired_cpu_s"] = round(sampling.get("paired_cpu_s", 0.0) + time.thread_time() - t0, 4)
+
+    def _ciphertext_files(self, m: Manifest, was: Manifest, changed: np.ndarray,
+                          signals: anomaly.SnapshotSignals | None = None, sampling: dict | None = None) -> float:
+        """Volume blocks' worth (file sizes / ``m.block_size``) of the regular files of ``m`` whose
+        first bytes are new since ``was`` (their first file-system block lies in a block changed
+        since ``was`` and its bytes differ there) and read as ciphertext
+        (:func:`filehead.ciphertext_like`: up to 4 KiB of the file's first extent, within its
+        size). ``changed``: the indices of the blocks changed since ``was``. Each volume block
+        holding such a start is read once; past :data:`HEAD_BLOCKS_MAX` of them a uniform random
+        sample (``sampling``: ``heads_sampled``), the counted sizes scaled by all candidates'
+        sizes over the sampled ones'. Up to 8 examples (file-system block, why) go to
+        ``signals.ciphertext_examples``. 0 without a file system the reader understands. Worker
+        thread; verified reads."""
+        new = self._allocation(m, sampling)
+        if new is None or not len(new.heads) or m.block_size % new.block_size:
+            return 0.0
+        bs, fs = m.block_size, new.block_size
+        heads = new.heads.copy()
+        heads[:, 2] = np.clip(heads[:, 2], 0, m.size_bytes)  # i_size is the primary's word: within the volume
+        vol = heads[:, 0] * fs // bs
+        keep = np.isin(vol, changed) & (vol < m.n_blocks)
+        heads, vol = heads[keep], vol[keep]
+        if not len(heads):
+            return 0.0
+        blocks = np.unique(vol)
+        scale = 1.0
+        if len(blocks) > HEAD_BLOCKS_MAX:
+            rng = np.random.default_rng(self._rng_seed if self._rng_seed is not None
+                                        else int.from_bytes(os.urandom(16), "little"))
+            pick = np.sort(rng.choice(blocks, size=HEAD_BLOCKS_MAX, replace=False))
+            inside = np.isin(vol, pick)
+            scale = float(heads[:, 2].sum()) / max(1.0, float(heads[inside, 2].sum()))
+            heads, vol, blocks = heads[inside], vol[inside], pick
+            if sampling is not None:
+                sampling["heads_sampled"] = [int(len(keep.nonzero()[0])), int(len(heads))]
+        readers = (SnapshotReader(self.store, m), SnapshotReader(self.store, was))
+        order = np.argsort(vol, kind="stable")
+        heads, vol = heads[order], vol[order]
+        total = 0.0
+        bounds = np.searchsorted(vol, blocks).tolist() + [len(vol)]
+        for j, v in enumerate(blocks.tolist()):
+            if readers[0].digest(v) == ZERO_DIGEST:
+                continue
+            new_d = readers[0].digest(v)
+            old_d = ZERO_DIGEST if v >= was.n_blocks else readers[1].digest(v)
+            raw = old = None
+            for start, run, size in heads[bounds[j]:bounds[j + 1]].tolist():
+                off = start * fs - v * bs
+                n = min(filehead.HEAD_MAX, run * fs, size, bs - off)
+                if n < filehead.HEAD_MIN:
+                    continue
+                key = (new_d, old_d, off, n)
+                with self._nonzero_lock:
+                    known = self._heads_memo.get(key, self._heads_memo)
+                if known is self._heads_memo:  # not remembered: read (each block once) and judge
+                    if raw is None:
+                        raw = readers[0].block(v).ljust(bs, b"\0")
+                        old = bytes(bs) if old_d == ZERO_DIGEST else readers[1].block(v).ljust(bs, b"\0")
+                    head = raw[off:off + n]
+                    known = None if old[off:off + n] == head else filehead.ciphertext_like(head)
+                    with self._nonzero_lock:
+                        self._heads_memo[key] = known
+                        while len(self._heads_memo) > HEADS_MEMO:
+                            self._heads_memo.popitem(last=False)
+                why = known
+                if why is not None:
+                    total += size / bs
+                    if signals is not None and len(signals.ciphertext_examples) < 8:
+                        signals.ciphertext_examples.append(f"file at block {start}: {why}")
+        return total * scale
 
     def _remember_no_fs(self, root: bytes) -> None:
         """Remember that snapshot ``root`` holds no ext2/3/4 superblock (:attr:`_no_fs`; judgements
@@ -814,8 +959,13 @@ class Detection:
         of its size can (:func:`ext4alloc.parse_budget`: forged inodes or extent trees) gives None,
         so nothing is excused; that is logged (WARNING), counted in :attr:`allocations_over_budget`
         and named in ``sampling`` (``allocation_over_budget``: the seqs, in the evidence)."""
+        kept = getattr(self._judging, "allocations", None)  # within one _signals call: read once
+        if kept is not None and m.root in kept:
+            return kept[m.root]
         report: dict = {}
         alloc = ext4alloc.read_allocation(SnapshotReader(self.store, m).read, m.size_bytes, report)
+        if kept is not None:
+            kept[m.root] = alloc
         if alloc is None and report.get("exceeded"):
             self.allocations_over_budget += 1
             log.warning("volume %s#%d: its ext4 inodes and extent trees need more work than a file system of its size "

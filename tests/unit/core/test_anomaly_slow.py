@@ -411,7 +411,7 @@ def test_the_daemon_carries_the_windows_and_recomputes_after_a_confirmation(tmp_
     # the evidence of #5 lost: #3's state carried, #5 folded from Raft's opinion (the same sum)
     (d / "5.json").unlink()
     got, window, _, elapsed_s, _, _, _ = det._history("v", 6, vs)
-    assert set(got) == {"relative", "conservation", "coverage", "wipes"} and [s for s, _, _ in window] == [5] \
+    assert set(got) == {"relative", "conservation", "coverage", "wipes", "paired"} and [s for s, _, _ in window] == [5] \
         and elapsed_s == DAY_S
     v = judge_relative(6, _turned(0.0), window, [], P, carried=got, elapsed_s=elapsed_s)
     assert abs(v.cumulative - (0.012 - 0.001 + 0.012 - 0.002 - 0.001)) < 1e-6
