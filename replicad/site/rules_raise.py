@@ -90,6 +90,37 @@ answers). Never set in production: a site reporting less than it runs only delay
 reporting more than it runs would be a lie."""
 
 
+LAB_FOUND_RULES_ENV = "REPLICAD_LAB_FOUND_RULES"
+"""Test benches only (``lab = true``; ignored with a WARNING otherwise): the rules this site's
+``found`` proposals carry instead of :data:`RULES_MAX`; ``1``: none (a plain ``found``, as release
+b976d0a proposes it), so a new test cluster starts under rules 1 like one founded by b976d0a and
+upgraded since. Never set in production: a cluster founded under rules 1 is open to a hostile
+member's commands decided under them until its daemons raise the rules."""
+
+
+def founding_rules(lab: bool) -> int:
+    """The rules version this site's ``found`` proposals carry (``state.founding_rules``):
+    :data:`RULES_MAX`, or the lab knob :data:`LAB_FOUND_RULES_ENV` on a test bench (``lab``).
+
+    Raises:
+        ConfigError: the knob is set on a test bench and is not an int in 1..RULES_MAX."""
+    text = os.environ.get(LAB_FOUND_RULES_ENV)
+    if text is None:
+        return RULES_MAX
+    if not lab:
+        log.warning("%s is a test bench setting (lab = true): ignored, this site founds under rules %d",
+                    LAB_FOUND_RULES_ENV, RULES_MAX)
+        return RULES_MAX
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= RULES_MAX:
+        raise ConfigError(f"{LAB_FOUND_RULES_ENV}={text!r}: an int in 1..{RULES_MAX}", field=LAB_FOUND_RULES_ENV,
+                          value=text[:40])
+    return value
+
+
 def reported_rules_max(lab: bool) -> int | None:
     """The ``rules_max`` this site reports: :data:`RULES_MAX`, or the lab knob
     :data:`LAB_REPORT_RULES_MAX_ENV` on a test bench (``lab``); None: serve no report (knob 0).

@@ -1,7 +1,8 @@
 """A rolling upgrade on real daemons: the rules version is raised only once every member runs a
 release that applies it (``replicad.site.rules_raise``).
 
-Three sites; site-c plays a site still on an older release (the lab knob
+Three sites, founded under rules 1 as by release b976d0a (the lab knob ``REPLICAD_LAB_FOUND_RULES=1``:
+plain ``found`` proposals); site-c plays a site still on an older release (the lab knob
 ``REPLICAD_LAB_REPORT_RULES_MAX=1``, on a ``lab = true`` config: it reports a release applying
 rules 1..1). The other sites do not raise: the rules stay 1, each says whom it waits for (status
 ``rules``, ``replicad_rules_*`` gauges), snapshots still commit. Once site-c restarts without the
@@ -31,7 +32,7 @@ import requests
 
 from replicad.core.state import RULES_MAX
 from replicad.lab.localcluster import LocalCluster
-from replicad.site.rules_raise import LAB_REPORT_RULES_MAX_ENV
+from replicad.site.rules_raise import LAB_FOUND_RULES_ENV, LAB_REPORT_RULES_MAX_ENV
 
 from .conftest import VOL, snapshot, write_image
 
@@ -77,6 +78,7 @@ class Vouches:
 @pytest.fixture
 def bench(tmp_path, monkeypatch):
     monkeypatch.setenv("REPLICAD_LAB_CHECKPOINT_EVERY", str(EVERY))
+    monkeypatch.setenv(LAB_FOUND_RULES_ENV, "1")  # founded under rules 1, as by b976d0a and upgraded since
     c = LocalCluster(tmp_path / "cluster", n_data=3)
     for s in SITES:
         c.sites[s].config_path.write_text(_lab(c.sites[s].config_path.read_text()))
