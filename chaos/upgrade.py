@@ -11,7 +11,10 @@ real snapshots shipped and committed, checkpoints every 8 commands through
 
 * **all-stopped**: every site stopped, then started on this checkout;
 * **rolling**: one site at a time (site-c, site-b, then the primary site-a) stopped and started on
-  this checkout, a snapshot committed after each step.
+  this checkout, a snapshot committed after each step;
+* **primary-first**: the primary site-a upgraded first beside a b976d0a leader, then site-b, each
+  held up (SIGSTOP 1.0-1.6 s, five times) while it starts, every site then checked to follow one
+  leader in one term (a site stranded above its leader's term never syncs: raft point 7); site-c last.
 
 After each step: every running site's Raft view current, a snapshot committed, the rules version
 (this checkout's status ``rules``; b976d0a has none), and the sites' states compared: every
@@ -45,6 +48,8 @@ VOL = "ehr"
 SITES = ("site-a", "site-b", "site-c")
 EVERY = 8
 BLOCK = 64 * 1024
+STALLS = 5
+"""How often a site is held up while it starts in the primary-first phase (:meth:`Campaign.stalls`)."""
 
 
 class Failed(Exception):
@@ -109,11 +114,14 @@ class Campaign:
         self.cpu: dict[str, float] = dict.fromkeys(SITES, 0.0)
         self.primary = "site-a"
         self.started_at = 0.0  # time.time() of the last step's starts
+        self.log_from: dict[str, int] = dict.fromkeys(SITES, 0)  # each site's log offset at its last start
 
     # ---------------------------------------------------------------- processes
     def start(self, site: str, code: Path) -> None:
         self.code[site] = code
         self.c.code_dir = code
+        log_path = self.c.sites[site].log_path
+        self.log_from[site] = log_path.stat().st_size if log_path.exists() else 0  # this run's lines only
         self.c.start(site)
 
     def stop(self, site: str, sig: int = signal.SIGTERM) -> None:
@@ -193,8 +201,10 @@ class Campaign:
             refused = (self.c.status(s).get("raft") or {}).get("refused") or {}
             if refused.get("checkpoint_divergent"):
                 raise Failed(f"{self.phase}: {s} counts checkpoint_divergent {refused['checkpoint_divergent']}")
-            if "its state differs from the majority" in self.c.sites[s].log_path.read_text(errors="replace"):
-                raise Failed(f"{self.phase}: {s} logged a divergent checkpoint")
+            with open(self.c.sites[s].log_path, "rb") as f:  # since its last start
+                f.seek(self.log_from[s])
+                if b"its state differs from the majority" in f.read():
+                    raise Failed(f"{self.phase}: {s} logged a divergent checkpoint")
 
     def applied(self) -> int:
         for s in self.running():
@@ -223,33 +233,76 @@ class Campaign:
         self.row("3 snapshots on b976d0a", time.monotonic() - t0, seq=snap["seq"], commit_s=round(snap["_s"], 1),
                  divergent=0)
 
-    def step(self, label: str, sites: tuple[str, ...]) -> None:
-        """Stop ``sites`` (all, then start all: an all-stopped upgrade) and start them on this checkout."""
+    def stalls(self, site: str, n: int = STALLS) -> None:
+        """Hold ``site``'s process up ``n`` times (SIGSTOP 1.0-1.6 s, SIGCONT, 0.3-0.8 s running), by
+        PID: a starved tick thread on a busy machine, where a site upgraded beside a b976d0a leader was
+        seen one term above the leader's, never in sync again (raft point 7)."""
+        proc = self.c.sites[site].proc
+        for _ in range(n):
+            if proc is None or proc.poll() is not None:
+                return
+            proc.send_signal(signal.SIGSTOP)
+            try:
+                time.sleep(self.rng.uniform(1.0, 1.6))
+            finally:
+                proc.send_signal(signal.SIGCONT)
+            time.sleep(self.rng.uniform(0.3, 0.8))
+
+    def one_term(self, timeout_s: float = 60) -> dict[str, int]:
+        """Wait until every running site follows one leader in one term, synced; ``{site: term}``.
+        Failed when it does not come (a site stranded above its leader's term)."""
+        def same() -> dict[str, int] | None:
+            views = {s: (self.c.status(s).get("raft") or {}) for s in self.running()}
+            ok = (len({v.get("term") for v in views.values()}) == 1
+                  and len({v.get("leader") for v in views.values()}) == 1
+                  and all(v.get("leader") and v.get("synced") is not False for v in views.values()))
+            return {s: v.get("term") for s, v in views.items()} if ok else None
+        try:
+            return self.c.wait_for("one leader and one term at every site", same, timeout_s, interval_s=0.5)
+        except Exception as exc:
+            views = {s: {k: (self.c.status(s).get("raft") or {}).get(k) for k in ("leader", "term", "commit_index")}
+                     for s in self.running()}
+            raise Failed(f"{self.phase}: the sites do not follow one leader in one term: {views}") from exc
+
+    def step(self, label: str, sites: tuple[str, ...], stalled: bool = False) -> None:
+        """Stop ``sites`` (all, then start all: an all-stopped upgrade) and start them on this checkout
+        (``stalled``: each held up :data:`STALLS` times while it starts, :meth:`stalls`)."""
         t0 = time.monotonic()
         for s in sites:
             self.stop(s)
         for s in sites:
             self.start(s, NEW)
         self.started_at = time.time()
+        if stalled:
+            for s in sites:
+                self.c.wait_for(f"{s} serving its status", lambda: self.c.status(s), 60, interval_s=0.2)
+                self.stalls(s)
         self.ready()
+        terms = self.one_term() if stalled else None
         ready_s = time.monotonic() - t0
         before = self.applied()
         snap = self.snapshot()
         rules = self.rules()
         n, agree_s = self.agreed(before)
         self.row(label, ready_s, seq=snap["seq"], commit_s=round(snap["_s"], 1), rules=rules, agreed_n=n,
-                 agree_s=round(agree_s, 1), divergent=0)
+                 agree_s=round(agree_s, 1), divergent=0, **({"terms": terms} if stalled else {}))
 
     def raised(self, since: float) -> tuple[float, str]:
         """Wait until every site's rules are this checkout's (2); ``(seconds from the wall-clock time
-        ``since`` to the raise's AUDIT line, the site that logged it)``. Failed unless exactly one
-        site logged the raise."""
+        ``since`` to the raising site's AUDIT line, that site)``. Failed unless exactly one site
+        proposed the raise (``AUDIT site ...: the cluster's rules raised``) and every site logged it
+        once (``AUDIT [(replayed ...)] the cluster's rules raised 1 -> 2 by ...``)."""
         self.c.wait_for("rules raised at every site", lambda: set(self.rules().values()) == {2}, 120,
                         interval_s=0.5)
-        lines = [(s, line) for s in SITES for line in self.c.sites[s].log_path.read_text(errors="replace").splitlines()
-                 if "the cluster's rules raised 1 -> 2" in line]
+        logs = {s: self.c.sites[s].log_path.read_text(errors="replace").splitlines() for s in SITES}
+        lines = [(s, line) for s in SITES for line in logs[s]
+                 if "AUDIT site " in line and "the cluster's rules raised 1 -> 2" in line]
         if len(lines) != 1:
-            raise Failed(f"{self.phase}: {len(lines)} sites logged the raise: {lines}")
+            raise Failed(f"{self.phase}: {len(lines)} sites proposed the raise: {lines}")
+        seen = {s: sum(1 for line in logs[s] if "AUDIT" in line and "the cluster's rules raised 1 -> 2 by " in line)
+                for s in SITES}  # live, replayed at start or committed while away: once
+        if set(seen.values()) != {1}:
+            raise Failed(f"{self.phase}: the raise is not logged once at every site: {seen}")
         site, line = lines[0]
         # the log's time is local time, to the millisecond
         stamp = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) + int(line[20:23]) / 1e3
@@ -331,6 +384,26 @@ def rolling(root: Path, old: Path, rows: list[dict]) -> dict[str, float]:
         camp.close()
 
 
+def primary_first(root: Path, old: Path, rows: list[dict]) -> dict[str, float]:
+    """The order of the observation (raft point 7): the primary site-a upgraded first, beside a
+    b976d0a leader, its process held up while it starts; then site-b and site-c."""
+    camp = Campaign(root / "primary-first", old, "primary-first", rows)
+    try:
+        camp.on_old()
+        camp.step("site-a (primary) upgraded first, held up 5 x 1.0-1.6 s while it starts", ("site-a",),
+                  stalled=True)
+        camp.step("site-b upgraded, held up likewise", ("site-b",), stalled=True)
+        if set(v for v in camp.rules().values() if v is not None) != {1}:
+            raise Failed(f"primary-first: rules raised while a site still runs {OLD}: {camp.rules()}")
+        camp.step("site-c upgraded: last", ("site-c",))
+        delay, by = camp.raised(camp.started_at)
+        camp.row("rules raised 1 -> 2: from the last start to the raise's AUDIT line", delay, by=by,
+                 rules=camp.rules())
+        return camp.cpu
+    finally:
+        camp.close()
+
+
 def write_results(out: Path, rows: list[dict], cpu: dict[str, dict[str, float]], total_s: float, ok: bool,
                   failure: str | None) -> None:
     head = subprocess.run(["git", "-C", str(NEW), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -366,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--old", type=Path, default=Path("/tmp/upgrade/old"), help=f"worktree of {OLD}")
     p.add_argument("--out", type=Path, default=NEW / "tests" / "bench" / "results" / "upgrade.md")
     p.add_argument("--budget", type=float, default=900.0, help="seconds before the campaign gives up")
-    p.add_argument("--phase", choices=("all-stopped", "rolling", "both"), default="both")
+    p.add_argument("--phase", choices=("all-stopped", "rolling", "primary-first", "both", "all"),
+                   default="all", help="both: all-stopped and rolling; all: and primary-first")
     p.add_argument("--new", type=Path, default=None,
                    help="the code to upgrade to (a checkout; default this one): to check that the campaign "
                         "sees a release that raises the rules while a site still runs b976d0a")
@@ -387,10 +461,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     ok, failure = True, None
     try:
-        if args.phase in ("all-stopped", "both"):
+        if args.phase in ("all-stopped", "both", "all"):
             cpu["all-stopped"] = all_stopped(args.root, old, rows)
-        if args.phase in ("rolling", "both"):
+        if args.phase in ("rolling", "both", "all"):
             cpu["rolling"] = rolling(args.root, old, rows)
+        if args.phase in ("primary-first", "all"):
+            cpu["primary-first"] = primary_first(args.root, old, rows)
     except Exception as exc:  # noqa: BLE001 — the campaign reports any failure in its results
         ok, failure = False, f"{type(exc).__name__}: {exc}"
         print(f"FAILED: {failure}", file=sys.stderr)
