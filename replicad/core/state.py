@@ -628,7 +628,9 @@ def dump_problems(current: Any, proposed: Any, now_ns: int) -> list[str]:
     """Why a full state received from the network must not replace ``current``; [] if none.
 
     A Raft leader installs its whole state on a follower that lags behind its compacted log.
-    Every op only adds sites and volumes, only raises epochs and last seqs, never rewrites a
+    Every op but the founding under new rules (:func:`founding_rules`: a ``current`` state never
+    founded, under lower rules than ``proposed``'s, is checked for shape only) only adds sites
+    and volumes, only raises epochs and last seqs, never rewrites a
     committed snapshot's root, epoch or creation time, and removes a snapshot record only
     through ``prune_snapshots``, which refuses anything inside the lock window. So a later
     state of the same history keeps all of that; a state that does not is forged. A missing
@@ -659,6 +661,11 @@ def _dump_problems(current: dict, proposed: Any, now_ns: int) -> list[str]:
     if not isinstance(proposed.get("audit"), list):
         return ["audit is not a list"]
     problems: list[str] = []
+    if current.get("incarnation") is None and rules(proposed) > rules(current):
+        # a found carrying rules (founding_rules) drops what a never-founded state held: a follower
+        # still before the founding keeps no history a later state must keep (honest sites register
+        # only once founded); the vouched checkpoint is the gate there
+        return problems
     missing_sites = sorted(set(current.get("sites", {})) - set(proposed["sites"]))
     if missing_sites:
         problems.append(f"sites {missing_sites[:5]} would be forgotten")

@@ -131,3 +131,16 @@ def test_the_log_replays_to_the_same_digest_from_its_first_entry():
         digests[who] = out
     assert digests["founder"][adopted_at:] == digests["joiner"][adopted_at:]
     assert st.rules(s) == st.RULES_MAX and sorted(s["volumes"]) == ["v"]
+
+
+def test_a_follower_still_before_the_founding_takes_the_founded_state_whole():
+    """A full state from the leader must keep every site and volume of the follower's, but the
+    founding under rules 2 dropped what a never-founded state held: such a follower takes it."""
+    before, _ = replay(st.apply, st.initial_state(members=M3_IDS), hostile_first())
+    founded, _ = replay(st.apply, before, [found("a", rules=st.RULES_MAX), found("b", rules=st.RULES_MAX),
+                                           register("a")])
+    assert st.dump_problems(before, founded, 0) == []
+    later, _ = replay(st.apply, founded, [add_volume("v", by="a")])
+    assert st.dump_problems(later, founded, 0)  # a founded follower's volume must be kept, as before
+    plain, _ = replay(st.apply, before, [found("a"), found("b")])  # founded under rules 1: nothing dropped
+    assert st.dump_problems(before, {**plain, "volumes": {}}, 0)
