@@ -94,7 +94,7 @@ names up in its own modules):
    (the leader lease). Only with a majority of grants (counting itself) does the node
    start pysyncobj's real election. A leader transfer (``timeout_now``) skips the round.
    A round ends when a leader is heard (an ``append_entries`` at this node's term or above) and
-   when its win is used, and a win is used only within ``raftMaxTimeout`` / 2 of its majority:
+   when its win is used, and a win is used only within ``raftMaxTimeout`` of its majority:
    a win kept past the leader's heartbeat (the grant and the heartbeat in one poll), late grants
    of a round that ended so, or a win whose tick was held up, started a real election later that
    the members inside their leader's lease refused (``vote_in_lease``: a grant exempts only a
@@ -1566,13 +1566,13 @@ class _HardenedSyncObj(SyncObj):
         if not self._SyncObj__otherNodes:
             return True
         if self._pre_vote_won:
-            fresh = now - self._pre_vote_won_at < self._SyncObj__conf.raftMaxTimeout / 2
+            fresh = now - self._pre_vote_won_at < self._SyncObj__conf.raftMaxTimeout
             self._end_pre_vote_round()
             if fresh:
                 return True  # let pysyncobj's _onTick run the election now
-            # else: the granters' window for our request_vote may be over (this tick thread was
-            # held up since): a vote they refuse inside their lease leaves this node above its
-            # leader's term for good; ask again
+            # else: the granters' window for our request_vote is over (this tick thread was held
+            # up since; a grant exempts a request_vote from the lease for raftMaxTimeout): a vote
+            # they refuse inside their lease leaves this node above its leader's term; ask again
         term = self._SyncObj__raftCurrentTerm + 1
         self._pre_vote_term = term
         self._pre_vote_grants = frozenset()

@@ -133,7 +133,7 @@ def test_a_pre_vote_win_kept_past_a_stalled_tick_is_asked_again(tmp_path):
         follower._SyncObj__onMessageReceived(node_of(follower, other), {
             "type": "pre_vote_response", "term": term + 1, "granted": True, "current_term": term})
         assert follower._pre_vote_won
-        stall(nodes, follower, 1.0)  # held up before its next tick; the leader's heartbeats wait
+        stall(nodes, follower, 1.6)  # held up past raftMaxTimeout before its next tick; heartbeats wait
         tick(nodes, lambda: False, 3.0)
         assert follower.raftCurrentTerm == term and leader._isLeader() and leader.raftCurrentTerm == term
         assert tick(nodes, lambda: synced(nodes), 10.0)
