@@ -76,6 +76,9 @@ base's) must not thin out the sample of the blocks that held data, which the sco
 PAGE_CACHE = 8  # manifest pages kept per judgement (a manifest repeating one page loads it once)
 RELEASED_BLOCKS_MAX = 2 * JUDGE_BLOCKS_MAX
 HEAD_BLOCKS_MAX = JUDGE_BLOCKS_MAX
+ALLOCATIONS_KEPT = 2
+"""File-system maps kept within one judgement (``Detection._allocation``; the least recently used
+dropped first): three bytes per file-system block each, up to 384 MiB at ``ext4alloc.BLOCKS_MAX``."""
 HEADS_MEMO = 1 << 16
 """File starts whose verdict is remembered (by the digests of their block's new and old
 versions, offset and length; ~200 bytes each): a never-confirmed volume re-measures every file
@@ -551,7 +554,7 @@ class Detection:
         ``paired`` state (carried from the snapshot before: :class:`anomaly.Paired`) whose
         ciphertext-like files pass ``conserve_max``, or no carried state at all, measure
         conservation across snapshots against the anchor (:meth:`_paired`)."""
-        self._judging.allocations = {}
+        self._judging.allocations = OrderedDict()
         try:
             return self._signals_of(m, base, ref, policy, sampling, anchor, elapsed_s, paired)
         finally:
@@ -961,7 +964,10 @@ class Detection:
         and named in ``sampling`` (``allocation_over_budget``: the seqs, in the evidence)."""
         kept = getattr(self._judging, "allocations", None)  # within one _signals call: read once
         if kept is not None and m.root in kept:
+            kept.move_to_end(m.root)
             return kept[m.root]
+        if kept is not None and len(kept) >= ALLOCATIONS_KEPT:  # at most two maps alive, as before the cache
+            kept.popitem(last=False)
         report: dict = {}
         alloc = ext4alloc.read_allocation(SnapshotReader(self.store, m).read, m.size_bytes, report)
         if kept is not None:

@@ -285,3 +285,42 @@ def test_paired_state_round_trips_and_refuses_garbage() -> None:
         with pytest.raises(ValueError):
             anomaly.Paired.from_doc(bad)
     assert anomaly.Paired().step(6, 0.0, 0.5).began is None  # deletes alone: nothing ciphertext-like
+
+
+@needs_e2fs
+def test_one_judgement_reads_each_map_once_and_keeps_at_most_two(tmp_path: Path) -> None:
+    """Within one ``_signals`` call the file-system maps of a snapshot are read once (the wipe
+    measure, what the files released and conservation across snapshots all ask for them), and at
+    most ``ALLOCATIONS_KEPT`` (2) are kept: three bytes per file-system block each."""
+    from collections import OrderedDict
+
+    from replicad.site import detection
+    img, scratch, letters = _volume(tmp_path, 4096, letters=10)
+    store = ChunkStore(tmp_path / "store")
+    det = Detection(types.SimpleNamespace(site_id="t"), store, None, tmp_path, lambda v: {}, None)  # type: ignore[arg-type]
+    ms = []
+    for seq in (1, 2, 3):
+        _debugfs(img, scratch, [f"rm letter_{seq:03d}.txt"])
+        ms.append(asyncio.run(take_snapshot(img, volume="v", seq=seq, epoch=1, parent=ms[-1] if ms else None,
+                                            store=store, now_ns=time.time_ns())).manifest)
+    calls = []
+    real = ext4alloc.read_allocation
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    ext4alloc.read_allocation, saved = counting, ext4alloc.read_allocation
+    try:
+        det._judging.allocations = OrderedDict()
+        first = det._allocation(ms[0])
+        assert det._allocation(ms[0]) is first and len(calls) == 1
+        det._allocation(ms[1])
+        det._allocation(ms[2])
+        assert list(det._judging.allocations) == [ms[1].root, ms[2].root] and len(calls) == 3
+        assert detection.ALLOCATIONS_KEPT == 2
+        det._judging.allocations = None
+        det._allocation(ms[2])
+        det._allocation(ms[2])
+        assert len(calls) == 5  # outside a judgement: not kept
+    finally:
+        ext4alloc.read_allocation = saved
