@@ -415,6 +415,37 @@ class RulesRaise:
             except asyncio.TimeoutError:
                 pass
 
+    async def watch(self, stopping: asyncio.Event) -> None:
+        """Until ``stopping``: once the state is founded at this code's :data:`RULES_MAX` (a cluster
+        founded under them, or raised), ask the members for their reports every :data:`LOG_EVERY_S`
+        and name at ERROR each member whose release does not apply them (no report: an older
+        release; or a lower ``rules_max``): it cannot decide like the others (release b976d0a
+        refuses a founding that carries the rules and never joins such a cluster, and decides a
+        raised one under rules 1). Its status ``rules.members`` says so too. A member not reachable
+        is not named (down, not behind). Never raises."""
+        while not stopping.is_set():
+            try:
+                view = self.cluster.view()
+                current = rules(view)
+                if current >= RULES_MAX and view.get("incarnation") is not None and not self.waiting:
+                    _, members = await self.collect(current)
+                    self.members = members
+                    behind = {site: m["problem"] for site, m in members.items()
+                              if (m["rules_max"] is None and str(m["problem"]).startswith("no release report"))
+                              or (m["rules_max"] is not None and m["rules_max"] < current)}
+                    if behind:
+                        log.error("site %s: the cluster's rules are %d and %s: %s; such a member cannot decide like "
+                                  "the others (a site on release b976d0a never joins a cluster founded under them, "
+                                  "and parts from one raised since): upgrade it", self.site_id, current,
+                                  "these members run a release that does not apply them",
+                                  "; ".join(f"{site}: {why}" for site, why in sorted(behind.items())))
+            except Exception:  # never let one bad round end the watch
+                log.exception("site %s: a round of asking the members for their releases failed", self.site_id)
+            try:
+                await asyncio.wait_for(stopping.wait(), LOG_EVERY_S)
+            except asyncio.TimeoutError:
+                pass
+
     async def _propose(self, target: int, reports: dict, left_behind: dict[str, str] | None = None) -> None:
         try:
             res = await self.cluster.propose("rules", to=target, reports=reports)
