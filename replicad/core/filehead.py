@@ -18,10 +18,13 @@ bytes of a file (its logical block 0, read through the ext4 maps: ``ext4alloc.Ex
   is followed by 0x00 or a restart marker, ITU-T T.81 B.1.1.5; at most
   :data:`STUFFING_SLIPS_MAX` other pairs), JPEG 2000 (the same after SOD: no 0xFF followed by
   a byte >= 0x90 inside packet data, ITU-T T.800 A.1.1), 7z (its start header's CRC-32),
-  bzip2 (the block magic ``1AY&SY`` after ``BZh1-9``); a failed check is judged as unknown bytes;
-* other well-known signatures (PDF, DICOM ``DICM`` at 128, TIFF, GIF, ELF, PE, OLE, SQLite,
-  tar's ``ustar`` at 257, ISO-BMFF ``ftyp`` at 4, RIFF, Ogg, FLAC, Matroska, MP3's ID3, zstd,
-  rar, qcow2, ...) are trusted as they are;
+  bzip2 (the block magic ``1AY&SY`` after ``BZh1-9``), DICOM (``DICM`` at 128, then a File Meta
+  element of group 0002 with an explicit VR, PS3.10 7.1), PDF (a version, then `` obj`` within
+  the first bytes, ISO 32000 7.5), ISO-BMFF (an ``ftyp`` box of a sane size, then a box with a
+  printable type, ISO/IEC 14496-12 4.3) and RIFF (printable form and chunk types); a failed
+  check is judged as unknown bytes;
+* other well-known signatures (TIFF, GIF, ELF, PE, OLE, SQLite, tar's ``ustar`` at 257, Ogg,
+  FLAC, Matroska, MP3's ID3, zstd, rar, qcow2, ...) are trusted as they are;
 * anything else is ciphertext-like when its bytes after the first quarter (at most 1 KiB: room
   for a header of the attacker's own) look uniform: plug-in entropy within
   :data:`ENTROPY_SLACK` bit of the Miller-Madow expectation for that many uniform bytes (Miller
@@ -29,9 +32,9 @@ bytes of a file (its logical block 0, read through the ext4 maps: ``ext4alloc.Ex
   and nothing more (hex, base32/64, octal and binary digits of ciphertext: the judge's own
   repeat tests, ``anomaly.memoryless`` and the narrow-alphabet test).
 
-What this cannot see, by construction: ciphertext behind a trusted signature whose payload is
-legitimately uniform (a fake MP4, DICOM, PDF or zstd header; a JPEG or JPEG 2000 header with
-stuffed ciphertext), ciphertext after an original first block kept in plain text, compression
+What this cannot see, by construction: ciphertext behind a header whose format's body is
+legitimately uniform and that passes the checks above (a real MP4, DICOM or PDF header copied in
+front of it; a zstd or rar signature; a JPEG or JPEG 2000 header with stuffed ciphertext), ciphertext after an original first block kept in plain text, compression
 before encryption inside an opaque container (a password-protected 7z). Pure functions (zlib,
 lzma, numpy); inputs are at most a few KiB.
 """
@@ -261,6 +264,11 @@ def _jp2_boxes_ok(raw: bytes) -> bool:
     return True
 
 
+def _printable_type(code: bytes) -> bool:
+    """A four-character code (box, chunk or form type): four printable ASCII bytes."""
+    return len(code) == 4 and all(0x20 <= c < 0x7F for c in code)
+
+
 def _checked(raw: bytes) -> tuple[str, bool] | None:
     """``(name, passes)`` for the signatures this module checks beyond their magic, else None."""
     if raw.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -273,6 +281,16 @@ def _checked(raw: bytes) -> tuple[str, bool] | None:
         return "jp2", _jp2_boxes_ok(raw) and _j2k_ok(raw)
     if raw.startswith(b"7z\xbc\xaf\x27\x1c"):
         return "7z", len(raw) >= 32 and zlib.crc32(raw[12:32]) & 0xFFFFFFFF == struct.unpack_from("<I", raw, 8)[0]
+    if raw[128:132] == b"DICM":  # PS3.10 7.1: the File Meta group (0002) follows, explicit VR little endian
+        return "dicom", raw[132:134] == b"\x02\x00" and raw[136:138].isalpha() and raw[136:138].isupper()
+    if raw.startswith(b"%PDF-"):  # ISO 32000: a version, then objects ("n g obj") in the first KiB or so
+        return "pdf", raw[5:6] in (b"1", b"2") and raw[6:7] == b"." and b" obj" in raw
+    if raw[4:8] == b"ftyp":  # ISO/IEC 14496-12 4.3: the ftyp box, then another box with a printable type
+        (n,) = struct.unpack_from(">I", raw, 0)
+        return "iso-bmff", 16 <= n <= len(raw) - 8 and n % 4 == 0 and _printable_type(raw[n + 4:n + 8]) \
+            and _printable_type(raw[8:12])
+    if raw.startswith(b"RIFF"):  # RIFF: a form type and a first chunk with printable four-character codes
+        return "riff", _printable_type(raw[8:12]) and _printable_type(raw[12:16])
     if raw.startswith(b"BZh") and len(raw) >= 10 and 0x31 <= raw[3] <= 0x39:
         return "bzip2", raw[4:10] == b"1AY&SY" or raw[4:10] == b"\x17\x72\x45\x38\x50\x90"
     return None

@@ -82,7 +82,8 @@ def test_file_starts_that_read_as_ciphertext() -> None:
     """Ciphertext as a new file, in the forms an attacker writes it: raw, inside gzip (level 0, the
     bench's ``.gz`` attacker, and level 9), xz, a stored zip entry, behind an encryption format's
     header, behind 200 bytes of its own header, behind a PNG, JPEG or bzip2 signature whose
-    structure does not check out, as octal, binary or hex digits, compressed before encryption.
+    structure does not check out (and DICOM, PDF, MP4 and RIFF signatures without their first
+    structures), as octal, binary or hex digits, compressed before encryption.
     All read as ciphertext."""
     r = random.Random(3)
     text = _text(r, 20000)
@@ -98,6 +99,8 @@ def test_file_starts_that_read_as_ciphertext() -> None:
         "xz": lzma.compress(c), "zip stored": _zip({"a.bin": c}, zipfile.ZIP_STORED),
         "openssl enc": b"Salted__" + c, "own header": b"LOCKEDv2" * 25 + c,
         "fake png": b"\x89PNG\r\n\x1a\n" + c, "fake jpeg": jpeg_head + c, "fake bzip2": b"BZh9" + c,
+        "fake dicom": bytes(128) + b"DICM" + c, "fake pdf": b"%PDF-1.7\n" + c,
+        "fake mp4": b"\x00\x00\x00\x18ftypisom" + c, "fake riff": b"RIFF\x00\x10\x00\x00" + c,
     }
     for name, data in attacks.items():
         assert filehead.ciphertext_like(data[:4096]) is not None, name
@@ -107,7 +110,8 @@ def test_file_starts_of_benign_imports_do_not() -> None:
     """What a file share imports and writes: letters, real PNG scans, gzip of text (log rotation),
     a ``.tar.gz`` of letters and of PNG scans, zip archives (deflated text and PNG, and PNG
     stored), xz and bzip2 of text, gzip of a PNG, SQLite, ELF and MATLAB headers before
-    random-looking bytes, an ODF document (a stored ``mimetype`` entry before deflated ones), a
+    random-looking bytes, DICOM with compressed pixel data, a PDF and an MP4 whose bodies are
+    compressed, an ODF document (a stored ``mimetype`` entry before deflated ones), a
     CSV of measurements, a file shorter than ``HEAD_MIN``. None reads as ciphertext."""
     r = random.Random(5)
     text = _text(r, 20000)
@@ -124,6 +128,11 @@ def test_file_starts_of_benign_imports_do_not() -> None:
         "csv of measurements": "".join(f"{i},{r.uniform(0, 200):.2f},{r.choice(('Na', 'K', 'Hb'))}\n"
                                        for i in range(400)).encode(),
         "matlab": b"MATLAB 5.0 MAT-file, Platform: GLNXA64".ljust(128, b" ") + zlib.compress(r.randbytes(6000)),
+        "dicom, compressed pixels": bytes(128) + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00\xc8\x00\x00\x00"
+        + b"\x02\x00\x10\x00UI\x16\x001.2.840.10008.1.2.4.90" + r.randbytes(6000),
+        "pdf": b"%PDF-1.5\n%\xd0\xd4\xc5\xd8\n1 0 obj\n<< /Length 6000 /Filter /FlateDecode >>\nstream\n"
+        + zlib.compress(r.randbytes(6000)),
+        "mp4": b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2\x00\x01\x00\x00mdat" + r.randbytes(6000),
     }
     for name, data in benign.items():
         assert filehead.ciphertext_like(data[:4096]) is None, name
