@@ -394,7 +394,8 @@ def encrypt_in_place(files: list[Path], how: str, r: random.Random) -> int:
 
 
 def copy_encrypt_delete(files: list[Path], r: random.Random, ext: str = ".locked", gzip_frame: bool = False,
-                        keep_names: bool = False, footer: int = 0, b64: bool = False) -> None:
+                        keep_names: bool = False, footer: int = 0, b64: bool = False, octal: bool = False,
+                        compress: bool = False, zip_password: bool = False) -> None:
     """Ciphertext into new files ``name + ext`` (into free space), originals unlinked;
     ``gzip_frame``: the ciphertext inside a valid gzip stream (level 0), as an attacker hiding
     behind the ``.gz`` exemption of the rename signal writes it. ``keep_names`` (security review
@@ -405,14 +406,24 @@ def copy_encrypt_delete(files: list[Path], r: random.Random, ext: str = ".locked
     snapshot; ``gzip_frame`` is not used with it); ``b64``: the ciphertext written as MIME base64
     (6 bits/byte: never "random" by entropy, so nothing counts as random filled); ``footer``:
     that many bytes of a structured trailer (a key blob in text) after the ciphertext, as the
-    review's attacker wrote."""
+    review's attacker wrote. ``octal``: the ciphertext as octal digits (3 per byte, 64 to a line:
+    under 3 bits/byte, where the 4-gram test has no power); ``compress``: zlib (level 6) before the
+    encryption (a fraction of the plaintext's size); ``zip_password``: each copy a
+    password-protected zip (the ``zip -P`` command: ZipCrypto) named ``name.zip``."""
     copies = []
     for p in files:
+        if zip_password:
+            run(["zip", "-q", "-j", "-P", r.randbytes(8).hex(), str(p) + ".zip", str(p)])
+            p.unlink()
+            continue
         data = p.read_bytes()
         out = p.with_name(f".~{r.randbytes(6).hex()}.tmp" if keep_names else p.name + ext)
-        c = aes(data, r)
+        c = aes(zlib.compress(data, 6) if compress else data, r)
         if b64:
             c = base64.encodebytes(c)
+        if octal:
+            o = octal_of(c, 3 * len(c))
+            c = b"\n".join(o[i:i + 64] for i in range(0, len(o), 64))
         if footer:
             c += ((b"KEYBLOB v2 recipient=ops@example.org file=%s " % p.name.encode()) * (footer // 40 + 1))[:footer]
         if keep_names:  # on disk (blocks allocated) before any original is freed
@@ -527,6 +538,7 @@ class Judged:
     slow: dict = field(default_factory=dict)  # the slow windows' state after it (Cusum per window)
     zeroed: float = 0.0  # share of the data that became zeros (wiped + discarded: the wipe measure before discards)
     destroyed: float = 0.0  # the wipe measure (anomaly.SnapshotSignals.destroyed)
+    paired_cpu_s: float = 0.0  # CPU of conservation across snapshots (Detection._paired), within cpu_s
 
 
 class Judge:
@@ -544,11 +556,15 @@ class Judge:
         return res.manifest
 
     def judge(self, seq: int, m: Manifest, base: Manifest, window: list[tuple[int, float]],
-              carried: dict | None = None) -> Judged:
+              carried: dict | None = None, anchor: Manifest | None = None) -> Judged:
         """``carried``: the slow windows' state after the previous clean snapshot (as the daemon
-        carries it; one snapshot a day)."""
+        carries it; one snapshot a day); ``anchor``: the snapshot the windows count from (the
+        volume's first here: nobody confirms), None when it is ``base``."""
         t0 = time.process_time()
-        signals = self.det._signals(m, base, None, self.policy)
+        sampling: dict = {}
+        signals = self.det._signals(m, base, None, self.policy, sampling,
+                                    anchor=None if anchor is None or anchor is base else (lambda: anchor),
+                                    paired=carried.get(anomaly.PAIRED) if carried else None)
         v = anomaly.judge_relative(seq, signals, window, [], self.policy, carried=carried)
         cpu = time.process_time() - t0
         if FREE_SPACE_DIAGNOSTIC and (signals.counted or signals.sparse):
@@ -561,7 +577,8 @@ class Judge:
                   f"the base's file system neither allocated nor referenced", flush=True)
         return Judged(v.verdict, v.score, signals.changed_blocks, signals.turned_random,
                       "; ".join(v.reasons)[:110], cpu, v.slow,
-                      (signals.wiped + signals.discarded) / signals.data_blocks, signals.destroyed)
+                      (signals.wiped + signals.discarded) / signals.data_blocks, signals.destroyed,
+                      float(sampling.get("paired_cpu_s", 0.0)))
 
 
 @dataclass
@@ -723,6 +740,12 @@ def fs_ops(scale: float) -> dict[str, tuple[bool, Callable[[Path, random.Random]
             True, lambda mnt, r: copy_encrypt_delete(data_files(mnt), r, ".gz", gzip_frame=True)),
         "attack: adaptive, copy-encrypt-delete as .bak, MIME base64 of the ciphertext": (
             True, lambda mnt, r: copy_encrypt_delete(data_files(mnt), r, ".bak", b64=True)),
+        "attack: adaptive, copy-encrypt-delete as .bak, octal digits of the ciphertext": (
+            True, lambda mnt, r: copy_encrypt_delete(data_files(mnt), r, ".bak", octal=True)),
+        "attack: adaptive, copy-encrypt-delete as .gz, compressed before encryption (zlib, AES, gzip level 0)": (
+            True, lambda mnt, r: copy_encrypt_delete(data_files(mnt), r, ".gz", gzip_frame=True, compress=True)),
+        "attack: copy-encrypt-delete as password-protected zips (zip -P)": (
+            True, lambda mnt, r: copy_encrypt_delete(data_files(mnt), r, zip_password=True)),
         "attack: adaptive, padded hex (data: 3f2a …)": (True, attack("padded")),
         "attack: adaptive, intermittent 8/32 + 8 spaces glued": (True, attack("islands")),
         "attack: wiper (every file zeroed)": (True, attack("zero")),
@@ -774,7 +797,8 @@ def bench_corpus(name: str, base_img: Path, ops: dict, seeds: int, judge: Judge,
                 row.runs[-1].reason = (refused + row.runs[-1].reason)[:110]
             print(f"  {name:10} {op:32} seed {seed}: {row.runs[-1].verdict:8} score {row.runs[-1].score:.4f} "
                   f"changed {row.runs[-1].changed} {coverage_line(row.runs[-1], base_blocks)} "
-                  f"{wipe_line(row.runs[-1])}", flush=True)
+                  f"{wipe_line(row.runs[-1])} {paired_line(row.runs[-1])} cpu {row.runs[-1].cpu_s:.2f} "
+                  f"reason {row.runs[-1].reason[:70]}", flush=True)
         rows.append(row)
     for label, (is_attack, step, cycles) in daily_ops(name).items():
         if selected(label):
@@ -845,6 +869,14 @@ def coverage_line(j: "Judged", data_blocks: int) -> str:
     return "coverage -" if cov is None else f"coverage {cov.total(data_blocks):.4f} ({len(cov.blocks)} blocks)"
 
 
+def paired_line(j: "Judged") -> str:
+    """Conservation across snapshots after ``j``: ciphertext-like files / released structure since
+    the anchor (shares of the data), and its CPU in this judgement."""
+    p = j.slow.get(anomaly.PAIRED)
+    return "paired -" if p is None else \
+        f"paired {p.filled:.4f}/{p.released:.4f} (cpu {j.paired_cpu_s:.3f})"
+
+
 def wipe_line(j: "Judged") -> str:
     """The wipe measure after a verdict and the share of the data that became zeros (what the
     measure was before discarded blocks were told apart), for the progress lines."""
@@ -899,13 +931,21 @@ def daily_ops(corpus: str) -> dict[str, tuple[bool, Callable[[Path, random.Rando
         state["bytes"] += size
         return state["bytes"] / state["total"]
 
-    def ced_gz_split(mnt: Path, r: random.Random, day: int, state: dict) -> float:
+    def ced_gz_split(mnt: Path, r: random.Random, day: int, state: dict, how: str = "gz") -> float:
         """The .gz attacker's two halves in two snapshots: day 1 every data file's ciphertext
-        written beside it as ``name.gz`` (gzip level 0), day 2 the originals unlinked."""
+        written beside it as ``name.gz`` (gzip level 0), day 2 the originals unlinked. ``how``:
+        ``octal`` (the ciphertext as octal digits, 64 to a line, as ``name.bak``), ``compressed``
+        (zlib before AES, in gzip level 0 as ``name.gz``)."""
         if day == 1:
             state["files"] = data_files(mnt)
             for p in state["files"]:
-                p.with_name(p.name + ".gz").write_bytes(gzip.compress(aes(p.read_bytes(), r), compresslevel=0))
+                data = p.read_bytes()
+                if how == "octal":
+                    o = octal_of(aes(data, r), 3 * len(data))
+                    p.with_name(p.name + ".bak").write_bytes(b"\n".join(o[i:i + 64] for i in range(0, len(o), 64)))
+                else:
+                    c = aes(zlib.compress(data, 6) if how == "compressed" else data, r)
+                    p.with_name(p.name + ".gz").write_bytes(gzip.compress(c, compresslevel=0))
             return 0.0
         for p in state["files"]:
             p.unlink(missing_ok=True)
@@ -932,6 +972,11 @@ def daily_ops(corpus: str) -> dict[str, tuple[bool, Callable[[Path, random.Rando
         "confirmed)": (False, edit_daily, 30),
         f"attack: adaptive copy-encrypt-delete as .gz split in two snapshots (copies, then the originals deleted), "
         f"{NO_TRIM}": (True, ced_gz_split, 2),
+        f"attack: adaptive copy-encrypt-delete split in two snapshots, octal digits of the ciphertext as .bak, "
+        f"{NO_TRIM}": (True, lambda mnt, r, day, state: ced_gz_split(mnt, r, day, state, "octal"), 2),
+        f"attack: adaptive copy-encrypt-delete split in two snapshots, compressed before encryption (zlib, AES, gzip "
+        f"level 0) as .gz, {NO_TRIM}": (True, lambda mnt, r, day, state: ced_gz_split(mnt, r, day, state, "compressed"),
+                                        2),
     }
 
 
@@ -956,11 +1001,12 @@ def _daily(name: str, base_img: Path, base_m: Manifest, seeds: int, judge: Judge
                     run(["fstrim", str(mnt)], check=False)
             seq += 1
             m = judge.snapshot(img, seq, clean_m)
-            j = judge.judge(seq, m, clean_m, [], carried)
+            j = judge.judge(seq, m, clean_m, [], carried, anchor=base_m)
             summed += j.score
             print(f"  {name:10} daily seed {seed} day {day}: {j.verdict} score {j.score:.4f} summed {summed:.4f} "
                   f"{coverage_line(j, _nonzero_blocks(m, judge.store.get))} "
-                  f"conservation {j.slow['conservation'].total:.4f} {wipe_line(j)} reason {j.reason[:60]}", flush=True)
+                  f"conservation {j.slow['conservation'].total:.4f} {wipe_line(j)} {paired_line(j)} cpu {j.cpu_s:.2f} "
+                  f"reason {j.reason[:60]}", flush=True)
             if j.verdict == "suspect":
                 detected = day
                 break
