@@ -21,8 +21,10 @@ bytes of a file (its logical block 0, read through the ext4 maps: ``ext4alloc.Ex
   bzip2 (the block magic ``1AY&SY`` after ``BZh1-9``), DICOM (``DICM`` at 128, then a File Meta
   element of group 0002 with an explicit VR, PS3.10 7.1), PDF (a version, then `` obj`` within
   the first bytes, ISO 32000 7.5), ISO-BMFF (an ``ftyp`` box of a sane size, then a box with a
-  printable type, ISO/IEC 14496-12 4.3) and RIFF (printable form and chunk types); a failed
-  check is judged as unknown bytes;
+  printable type, ISO/IEC 14496-12 4.3), RIFF (printable form and chunk types) and a PostgreSQL
+  relation file's first page (``pd_pagesize_version`` 0x2004 and ``pd_lower <= pd_upper <=
+  pd_special <= 8192``, ``src/include/storage/bufpage.h``: a TOAST file of image ``bytea`` values is
+  compressed data behind page and tuple headers); a failed check is judged as unknown bytes;
 * other well-known signatures (TIFF, GIF, ELF, PE, OLE, SQLite, tar's ``ustar`` at 257, Ogg,
   FLAC, Matroska, MP3's ID3, zstd, rar, qcow2, ...) are trusted as they are;
 * anything else is ciphertext-like when its bytes after the first quarter (at most 1 KiB: room
@@ -291,6 +293,9 @@ def _checked(raw: bytes) -> tuple[str, bool] | None:
             and _printable_type(raw[8:12])
     if raw.startswith(b"RIFF"):  # RIFF: a form type and a first chunk with printable four-character codes
         return "riff", _printable_type(raw[8:12]) and _printable_type(raw[12:16])
+    if len(raw) >= 24 and raw[18:20] == b"\x04\x20":  # a PostgreSQL page (bufpage.h: 8 KiB, layout 4)
+        lower, upper, special = struct.unpack_from("<HHH", raw, 12)
+        return "postgresql page", 24 <= lower <= upper <= special <= 8192
     if raw.startswith(b"BZh") and len(raw) >= 10 and 0x31 <= raw[3] <= 0x39:
         return "bzip2", raw[4:10] == b"1AY&SY" or raw[4:10] == b"\x17\x72\x45\x38\x50\x90"
     return None

@@ -106,12 +106,27 @@ def test_file_starts_that_read_as_ciphertext() -> None:
         assert filehead.ciphertext_like(data[:4096]) is not None, name
 
 
+def _toast_page(r: random.Random) -> bytes:
+    """A PostgreSQL TOAST page (``bufpage.h`` layout 4, 8 KiB): the page header, four line pointers
+    and four chunks of 1,996 bytes of already-compressed data (an image ``bytea``) from the end."""
+    page = bytearray(8192)
+    upper = 8192
+    for i in range(4):
+        t = bytes(24) + struct.pack("<IIi", 16384 + i, i, 2000 << 2) + r.randbytes(1996)
+        upper -= (len(t) + 7) // 8 * 8
+        page[upper:upper + len(t)] = t
+        struct.pack_into("<I", page, 24 + 4 * i, upper | (1 << 15) | (len(t) << 17))
+    struct.pack_into("<QHHHHHHI", page, 0, 0x1234, 0, 0, 24 + 16, upper, 8192, 0x2004, 0)
+    return bytes(page)
+
+
 def test_file_starts_of_benign_imports_do_not() -> None:
     """What a file share imports and writes: letters, real PNG scans, gzip of text (log rotation),
     a ``.tar.gz`` of letters and of PNG scans, zip archives (deflated text and PNG, and PNG
     stored), xz and bzip2 of text, gzip of a PNG, SQLite, ELF and MATLAB headers before
     random-looking bytes, DICOM with compressed pixel data, a PDF and an MP4 whose bodies are
-    compressed, an ODF document (a stored ``mimetype`` entry before deflated ones), a
+    compressed, a PostgreSQL TOAST file of image ``bytea`` values (compressed data behind page and
+    tuple headers), an ODF document (a stored ``mimetype`` entry before deflated ones), a
     CSV of measurements, a file shorter than ``HEAD_MIN``. None reads as ciphertext."""
     r = random.Random(5)
     text = _text(r, 20000)
@@ -133,6 +148,7 @@ def test_file_starts_of_benign_imports_do_not() -> None:
         "pdf": b"%PDF-1.5\n%\xd0\xd4\xc5\xd8\n1 0 obj\n<< /Length 6000 /Filter /FlateDecode >>\nstream\n"
         + zlib.compress(r.randbytes(6000)),
         "mp4": b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2\x00\x01\x00\x00mdat" + r.randbytes(6000),
+        "postgresql toast of images": _toast_page(r) * 2,
     }
     for name, data in benign.items():
         assert filehead.ciphertext_like(data[:4096]) is None, name
