@@ -611,6 +611,15 @@ def pg_ops(pg_scale: int) -> dict[str, tuple[bool, Callable[[Path, random.Random
                                  or trim_noted(mnt, "benign VACUUM FULL + fstrim")),
         "pgbench -i (re-initialise)": (False, with_pg(lambda pg: pg.pgbench("-i", "-s", str(pg_scale), "-q"))),
         "e4defrag": (False, lambda mnt, r: run(["e4defrag", str(mnt)], check=False) and None),
+        # a lab system keeping scans in the database: 40 MB of incompressible bytea (stored out of line,
+        # uncompressed: a TOAST relation file of compressed data behind page and tuple headers), then
+        # VACUUM FULL (every table written anew, the old files released and left in place)
+        "import 40 MB of scans as bytea (TOAST), then VACUUM FULL": (False, with_pg(lambda pg: (
+            pg.sql("CREATE TABLE scans (id int PRIMARY KEY, img bytea); "
+                   "ALTER TABLE scans ALTER COLUMN img SET STORAGE EXTERNAL"),
+            pg.sql("INSERT INTO scans SELECT g, (SELECT string_agg(sha256((g * 10000 + i)::text::bytea), ''::bytea) "
+                   "FROM generate_series(1, 3125) i) FROM generate_series(1, 400) g"),
+            pg.sql("VACUUM FULL")) and None)),
         "attack: full": (True, attack("full")),
         "attack: intermittent 16/32": (True, attack("intermittent")),
         "attack: header-only 4K/64K": (True, attack("header")),
