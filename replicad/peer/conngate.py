@@ -54,6 +54,7 @@ log = logging.getLogger("replicad.peer.conngate")
 CONN_PER_PEER = 128      # > 100: the honest client's whole connection pool (module docstring)
 CONN_TOTAL = 1024        # 8 peers at their bound; fds and ~40 KiB each: ~40 MiB when all are idle
 ADMIN_CONN_TOTAL = 256   # the admin API: operators, the CLI (one connection a command), Prometheus
+ADMIN_CONN_PER_ADDRESS = 64  # one address (no TLS there) cannot take the admin API's every place
 HEAD_S = 10.0            # an honest client writes its head at once after connecting (milliseconds)
 IDLE_S = 30.0            # peer listener keep-alive; 2x the honest client's pool keep-alive (15 s)
 HANDSHAKE_S = 10.0       # a TLS handshake (milliseconds on any link a site replicates over)
