@@ -32,6 +32,9 @@ class Status:
                  interrupted_restores: list[str], signing_key: str | None = None) -> None:
         self.site_id = cluster.site_id
         self.cluster = cluster
+        # the release of the code this process loaded, read now: a pip install over it while it runs
+        # must not be reported as what runs (replicad.release caches it for /metrics too)
+        self.release = {**identity(), "python": platform.python_version()}
         self.catalog = catalog
         self.store = store
         self.runners = runners
@@ -109,7 +112,7 @@ class Status:
                "sites": st.get("sites", {}), "store": self.store.stats(),
                "interrupted_restores": list(self.interrupted_restores),
                "identity": self._identity(), "requests": list_requests(st),
-               "release": {**identity(), "python": platform.python_version()}}
+               "release": dict(self.release)}
         if self.rules is not None:
             out["rules"] = self.rules()  # rolling upgrades: replicad.site.rules_raise.RulesRaise.status
         reasons = degraded_reasons(out)  # what `replicad status` calls degraded, for scripts and /metrics
