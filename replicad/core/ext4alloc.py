@@ -38,6 +38,7 @@ wipe measure counts every zeroed block, as before).
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,6 +69,10 @@ BLOCKS_MAX = 1 << 27
 """File-system blocks read at most (512 GiB of 4 KiB blocks: three maps of 128 MiB); a larger file
 system gives ``None`` (its zeroed blocks count as wiped, as without this reader). Open: maps
 packed one bit a block, and the bitmaps read in batches, for larger volumes."""
+HEADS_MAX = 1 << 20
+"""Rows of :attr:`Ext4Allocation.heads` kept at most (24 bytes each: 24 MiB). The walk's budget
+allows ~3 inodes per file-system block, so a forged table of tiny files would otherwise cost 72
+bytes per block, 24 times the maps themselves; past it a uniform sample is kept."""
 RO_COMPAT_GDT_CSUM = 0x10
 RO_COMPAT_METADATA_CSUM = 0x400
 
@@ -91,7 +96,13 @@ class Ext4Allocation:
             block 0 lies in a written extent, ``(block, run, size)``: the file-system block
             holding the file's first bytes, how many blocks of that extent follow it
             contiguously (``ee_len``), and the file's size in bytes (``i_size``). What a file
-            starts with (``replicad.core.filehead``) is read from there.
+            starts with (``replicad.core.filehead``) is read from there. At most
+            :data:`HEADS_MAX` rows: past it a uniform random sample (:attr:`heads_share`).
+        heads_share: the probability with which each regular file's row was kept in
+            :attr:`heads` (1.0: all of them; halved each time the rows would pass
+            :data:`HEADS_MAX`, each row kept by a draw from ``os.urandom``-seeded randomness the
+            volume's writer cannot know): a count over :attr:`heads` divided by it estimates the
+            count over every file.
     """
 
     block_size: int
@@ -100,6 +111,7 @@ class Ext4Allocation:
     referenced: np.ndarray
     written: np.ndarray
     heads: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
+    heads_share: float = 1.0
 
     @property
     def file_blocks(self) -> int:
@@ -245,7 +257,7 @@ def read_allocation(read: Callable[[int, int], bytes], size_bytes: int,
                 return None
     walker.flush()
     heads = np.concatenate(walker.heads).astype(np.int64) if walker.heads else np.zeros((0, 3), dtype=np.int64)
-    return Ext4Allocation(bs, blocks, in_use, referenced, walker.written, heads)
+    return Ext4Allocation(bs, blocks, in_use, referenced, walker.written, heads, walker.heads_share)
 
 
 DATA_SHARE_FULL = 8
@@ -368,6 +380,27 @@ class _Walker:
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._queued = 0
         self.heads: list[np.ndarray] = []  # (block, run, size) rows of each regular file's logical block 0
+        self.heads_share = 1.0  # each row kept with this probability (_keep_heads)
+        self._head_rows = 0
+        self._rng: np.random.Generator | None = None
+
+    def _keep_heads(self, rows: np.ndarray) -> None:
+        """Keep ``rows`` of :attr:`heads`, each with probability :attr:`heads_share`; past
+        :data:`HEADS_MAX` rows every kept row is kept again with probability 1/2 and the share
+        halves (a uniform sample of every file's row, whatever their order on disk)."""
+        if self.heads_share < 1.0:
+            rows = rows[self._draw(len(rows)) < self.heads_share]
+        self.heads.append(rows)
+        self._head_rows += len(rows)
+        while self._head_rows > HEADS_MAX:
+            kept = np.concatenate(self.heads)
+            kept = kept[self._draw(len(kept)) < 0.5]
+            self.heads, self._head_rows, self.heads_share = [kept], len(kept), self.heads_share / 2
+
+    def _draw(self, n: int) -> np.ndarray:
+        if self._rng is None:
+            self._rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
+        return self._rng.random(n)
 
     def _extents(self, start: np.ndarray, length: np.ndarray) -> bool:
         """Queue leaf extents (raw ``ee_len``: above 32,768 an unwritten extent of ``ee_len -
@@ -460,7 +493,7 @@ class _Walker:
         logical = e[:, 0:4].copy().view("<u4").ravel()
         first = np.flatnonzero((logical == 0) & (length > 0) & (length <= 32768) & regular[flat][owner])
         if len(first):  # arrays: a forged table of millions of files must not become millions of objects
-            self.heads.append(np.stack([start[first], length[first], size[flat][owner[first]]], axis=1))
+            self._keep_heads(np.stack([start[first], length[first], size[flat][owner[first]]], axis=1))
         for raw, is_reg, n in zip(tree[~flat], regular[~flat].tolist(), size[~flat].tolist()):
             if not self.node(raw.tobytes(), TREE_DEPTH_MAX + 1, n if is_reg else None):
                 return False
@@ -485,7 +518,7 @@ class _Walker:
                 logical = e[:, 0:4].copy().view("<u4").ravel()
                 first = np.flatnonzero((logical == 0) & (length > 0) & (length <= 32768))
                 if len(first):
-                    self.heads.append(np.array([[start[first[0]], length[first[0]], size]], dtype=np.int64))
+                    self._keep_heads(np.array([[start[first[0]], length[first[0]], size]], dtype=np.int64))
             return self._extents(start, length)
         leaf = (e[:, 4:8].copy().view("<u4").ravel().astype(np.int64)
                 | (e[:, 8:10].copy().view("<u2").ravel().astype(np.int64) << 32))

@@ -75,7 +75,15 @@ fresh and conservation counts), and a manifest of millions of them (a claimed si
 base's) must not thin out the sample of the blocks that held data, which the score is a share of."""
 PAGE_CACHE = 8  # manifest pages kept per judgement (a manifest repeating one page loads it once)
 RELEASED_BLOCKS_MAX = 2 * JUDGE_BLOCKS_MAX
-HEAD_BLOCKS_MAX = JUDGE_BLOCKS_MAX
+"""Most blocks one :meth:`Detection._released` reads (those holding file-system blocks the files
+released, and the changed blocks the files hold: 2 GiB of 64 KiB blocks; a read and 64 BLAKE2b
+digests of 1 KiB each, ~0.1-0.2 ms a block); past it nothing is counted as released (the
+conservation signal as it was without it) and the evidence's ``sampling`` says so."""
+HEADS_JUDGED_MAX = JUDGE_BLOCKS_MAX
+"""File starts in blocks changed since the anchor judged at most per judgement
+(:meth:`Detection._ciphertext_files`: one read of a block each, 0.02-0.5 ms per start): past it a
+uniform random sample of them (this site's own randomness), the count scaled to all of them; a
+volume of a million tiny new files costs what 16,384 do."""
 ALLOCATIONS_KEPT = 2
 """File-system maps kept within one judgement (``Detection._allocation``; the least recently used
 dropped first): three bytes per file-system block each, up to 384 MiB at ``ext4alloc.BLOCKS_MAX``."""
@@ -83,13 +91,6 @@ HEADS_MEMO = 1 << 16
 """File starts whose verdict is remembered (by the digests of their block's new and old
 versions, offset and length; ~200 bytes each): a never-confirmed volume re-measures every file
 new since the anchor in each judgement that writes random bytes, reading only the new ones."""
-"""Volume blocks holding the first bytes of files new since the anchor read at most per
-judgement (:meth:`Detection._ciphertext_files`); past it a uniform random sample of them (this
-site's own randomness), its files' sizes scaled to all of them."""
-"""Most blocks one :meth:`Detection._released` reads (those holding file-system blocks the files
-released, and the changed blocks the files hold: 2 GiB of 64 KiB blocks; a read and 64 BLAKE2b
-digests of 1 KiB each, ~0.1-0.2 ms a block); past it nothing is counted as released (the
-conservation signal as it was without it) and the evidence's ``sampling`` says so."""
 NO_FS_MAX = 1024
 """Snapshots remembered as holding no ext2/3/4 file system (:meth:`Detection._released`)."""
 WEIGHTS_MAX = 4096
@@ -829,9 +830,10 @@ class Detection:
         since ``was`` and its bytes differ there) and read as ciphertext
         (:func:`filehead.ciphertext_like`: up to 4 KiB of the file's first extent, within its
         size). ``changed``: the indices of the blocks changed since ``was``. Each volume block
-        holding such a start is read once; past :data:`HEAD_BLOCKS_MAX` of them a uniform random
-        sample (``sampling``: ``heads_sampled``), the counted sizes scaled by all candidates'
-        sizes over the sampled ones'. Up to 8 examples (file-system block, why) go to
+        holding such a start is read once; past :data:`HEADS_JUDGED_MAX` starts a uniform random
+        sample of them (``sampling``: ``heads_sampled``), the sizes counted scaled by candidates
+        over sampled, and by the allocation's own ``heads_share`` (a sample past
+        ``ext4alloc.HEADS_MAX`` files). Up to 8 examples (file-system block, why) go to
         ``signals.ciphertext_examples``. 0 without a file system the reader understands. Worker
         thread; verified reads."""
         new = self._allocation(m, sampling)
@@ -845,17 +847,16 @@ class Detection:
         heads, vol = heads[keep], vol[keep]
         if not len(heads):
             return 0.0
-        blocks = np.unique(vol)
-        scale = 1.0
-        if len(blocks) > HEAD_BLOCKS_MAX:
+        scale = 1.0 / max(new.heads_share, 1e-12)
+        if len(heads) > HEADS_JUDGED_MAX:
             rng = np.random.default_rng(self._rng_seed if self._rng_seed is not None
                                         else int.from_bytes(os.urandom(16), "little"))
-            pick = np.sort(rng.choice(blocks, size=HEAD_BLOCKS_MAX, replace=False))
-            inside = np.isin(vol, pick)
-            scale = float(heads[:, 2].sum()) / max(1.0, float(heads[inside, 2].sum()))
-            heads, vol, blocks = heads[inside], vol[inside], pick
+            pick = np.sort(rng.choice(len(heads), size=HEADS_JUDGED_MAX, replace=False))
+            scale *= len(heads) / HEADS_JUDGED_MAX
             if sampling is not None:
-                sampling["heads_sampled"] = [int(len(keep.nonzero()[0])), int(len(heads))]
+                sampling["heads_sampled"] = [int(len(heads)), HEADS_JUDGED_MAX]
+            heads, vol = heads[pick], vol[pick]
+        blocks = np.unique(vol)
         readers = (SnapshotReader(self.store, m), SnapshotReader(self.store, was))
         order = np.argsort(vol, kind="stable")
         heads, vol = heads[order], vol[order]

@@ -349,3 +349,42 @@ def test_one_judgement_reads_each_map_once_and_keeps_at_most_two(tmp_path: Path)
         assert len(calls) == 5  # outside a judgement: not kept
     finally:
         ext4alloc.read_allocation = saved
+
+
+@needs_e2fs
+def test_file_starts_are_sampled_past_their_bounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A volume of many small files costs a bounded walk and a bounded judgement: past
+    ``ext4alloc.HEADS_MAX`` rows the reader keeps a uniform sample (``heads_share`` halving), and
+    past ``HEADS_JUDGED_MAX`` starts the judge reads a uniform sample, each scaled back: the
+    estimate of the ciphertext-like files stays near the count over all of them."""
+    from replicad.site import detection
+    img, scratch, letters = _volume(tmp_path, 4096, letters=40)
+    store = ChunkStore(tmp_path / "store")
+    det = Detection(types.SimpleNamespace(site_id="t"), store, None, tmp_path, lambda v: {}, None,  # type: ignore[arg-type]
+                    rng_seed=5)
+    m1 = asyncio.run(take_snapshot(img, volume="v", seq=1, epoch=1, parent=None, store=store,
+                                   now_ns=time.time_ns())).manifest
+    cmds = []
+    for i, data in enumerate(letters):
+        (scratch / f"c{i}").write_bytes(_aes(data, i))
+        cmds.append(f"write {scratch / f'c{i}'} letter_{i:03d}.txt.locked")
+    _debugfs(img, scratch, cmds)
+    m2 = asyncio.run(take_snapshot(img, volume="v", seq=2, epoch=1, parent=m1, store=store,
+                                   now_ns=time.time_ns())).manifest
+    changed = np.concatenate([idx for idx, _, _ in detection.changed_rows(m1, m2, detection._PageCache(store.get))])
+    full = det._ciphertext_files(m2, m1, changed)
+    assert full == pytest.approx(sum(len(d) for d in letters) / m2.block_size)
+    whole = det._allocation(m2)
+    assert whole.heads_share == 1.0 and len(whole.heads) >= 80  # 40 letters, 20 scans, 40 copies
+
+    monkeypatch.setattr(ext4alloc, "HEADS_MAX", 16)
+    thin = det._allocation(m2)
+    assert len(thin.heads) <= 16 and thin.heads_share <= 0.25, (len(thin.heads), thin.heads_share)
+    assert {tuple(r) for r in thin.heads.tolist()} <= {tuple(r) for r in whole.heads.tolist()}
+    monkeypatch.setattr(ext4alloc, "HEADS_MAX", 1 << 20)
+
+    monkeypatch.setattr(detection, "HEADS_JUDGED_MAX", 20)
+    sampling: dict = {}
+    part = det._ciphertext_files(m2, m1, changed, sampling=sampling)
+    assert sampling["heads_sampled"][1] == 20 and sampling["heads_sampled"][0] > 20, sampling
+    assert 0.3 * full < part < 3.0 * full, (part, full)
