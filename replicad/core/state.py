@@ -30,7 +30,8 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
                         "last_seq": int,
                         "registered_by": site_id}},                         # add_volume's signer
      "audit": [{"op", "by", "volume", "ok", "error", "at_ns"}, ...],   # last AUDIT_MAX
-     "applied_ops": {op_id: result},                                   # last APPLIED_OPS_MAX
+     "applied_ops": {op_id: result},                                   # last APPLIED_OPS_MAX; rules >= 3:
+                                                                       # {applied_key(by, op_id): result}
      "clocks": {site_id: now_ns},                                      # registered sites only
      "seen": {site_id: {"ops": {op_id: now_ns}, "floor_ns": int}},     # replay memory, see below
      "requests": {req_id: {...}}, "request_seq": int,                  # see list_requests
@@ -88,7 +89,9 @@ stamp at or below the floor (``replayed``); a command stamped more than
 ``trust.replay_window_ns`` before :func:`quorum_now_ns` is ``expired``. These three refusals
 are audited but neither remembered as results nor in the replay memory (a forged command
 cannot take an honest command's op id). An op id already in ``applied_ops`` is answered with
-its stored result before the replay checks (exactly-once retries).
+its stored result before the replay checks (exactly-once retries); under rules 3 and later the
+memory is keyed by the signing site and the op id (:func:`applied_key`), so one site's command
+never answers for another site's.
 
 Result: ``{"ok": True, ...}`` or ``{"ok": False, "error": code, "message": str,
 "evidence": dict}`` where ``code`` is the ``code`` of a class of :mod:`replicad.core.errors`
@@ -103,7 +106,11 @@ Rules shared by all ops:
 * Every command, accepted or refused, appends one audit record.
 * Exactly-once: a command whose ``op_id`` is already in ``applied_ops`` returns the stored
   result and changes nothing (not even the audit). Refusals are stored too, so a retried
-  command always gets the answer of its first application.
+  command always gets the answer of its first application. Under rules 3 and later the key is
+  ``(by, op_id)`` (:func:`applied_key`): under rules 1 and 2 a Raft leader that appended a
+  command of its own, signed by itself, with the op id of another site's forwarded command just
+  before it had that command answered with its own stored result and never applied (attacker
+  review r13, F5: revocations, vetoes and verdicts cancelled unseen).
 
 Rules version (:data:`RULES`, :func:`rules`): each site rebuilds its state at start from its own
 last checkpoint plus the log entries after it, applied by the code it runs now, and the sites'
@@ -120,7 +127,10 @@ withdrawal; an approved ``set_max_size`` past :func:`max_size_at_once` cools off
 :data:`STATS_BYTES_PER_RECORD`); names, reasons and stats text are printable (:func:`printable`)
 and evidence escapes what is not; an instant recovery turns other sites' forced role changes into
 requests (:func:`_check_instant`); ``remove_volume`` exists (under rules 1 it is an unknown op, as
-b976d0a refused it). Only the ``rules`` command (``to``, ``reports``, :func:`_op_rules`) changes
+b976d0a refused it). What rules 3 change: the exactly-once memory (``applied_ops``) is keyed by
+the signing site and the op id (:func:`applied_key`); the raise (or a founding) to rules 3 keys
+the answers kept from before by the one site whose replay memory holds their op id, and drops
+the others (:func:`applied_by_signer`). Only the ``rules`` command (``to``, ``reports``, :func:`_op_rules`) changes
 the version: by a registered site, only upward, at most :data:`RULES_MAX` (the highest this code
 applies), in a founded cluster with a majority clock, and only with signed release reports
 (:func:`rules_reports_problems`: ``[rules_max, at_ns, sig]``, "I run a release applying rules
@@ -382,9 +392,13 @@ STATE_VERSION = 1
 COMMAND_VERSION = 1
 RULES = "rules"
 """State key: the rules version the state is decided under (:func:`rules`); absent means 1."""
-RULES_MAX = 2
+RULES_MAX = 3
 """The highest rules version this code applies (module docstring, "Rules version"). 1: every rule
-as release b976d0a decided it (:mod:`replicad.core.state_rules1`, frozen); 2: this release's rules."""
+as release b976d0a decided it (:mod:`replicad.core.state_rules1`, frozen); 2: this module's rules
+with the exactly-once memory keyed by op id alone; 3: keyed by signing site and op id
+(:func:`applied_key`)."""
+RULES_SIGNER_KEYED = 3
+"""The first rules version whose exactly-once memory is keyed by ``(by, op_id)`` (:func:`applied_key`)."""
 RULES_REPORT_TTL_NS = 10 * 60 * 1_000_000_000
 """A member's release report in a ``rules`` raise counts only when stamped within this of the
 majority clock (:func:`quorum_now_ns`): 10 minutes. A raising site collects the reports seconds
@@ -612,7 +626,41 @@ def founding_rules(state: Any, command: Any) -> int | None:
 def founding_start(state: dict, to: int) -> dict:
     """The state a ``found`` carrying rules ``to`` is applied to: :func:`initial_state` under
     ``to`` with ``state``'s :data:`FOUNDING_KEPT` entries. Pure."""
-    return {**initial_state(rules=to), **{k: state[k] for k in FOUNDING_KEPT if k in state}}
+    start = {**initial_state(rules=to), **{k: state[k] for k in FOUNDING_KEPT if k in state}}
+    if to >= RULES_SIGNER_KEYED > rules(state):
+        start["applied_ops"] = applied_by_signer(start)
+    return start
+
+
+def applied_key(state: dict, by: Any, op_id: str) -> str:
+    """The key of ``op_id`` signed by ``by`` in the exactly-once memory (``applied_ops``) of
+    ``state``: the op id itself under rules 1 and 2; under :data:`RULES_SIGNER_KEYED` and later
+    ``by`` (a site id, printable: no NUL) and the op id joined by a NUL, so that a command of one
+    site never answers for another site's with the same op id (attacker review r13, F5). ``by``
+    not a string (a command refused for its envelope) keys as the empty site. Pure."""
+    if rules(state) < RULES_SIGNER_KEYED:
+        return op_id
+    return f"{by if isinstance(by, str) else ''}\x00{op_id}"
+
+
+def applied_by_signer(state: dict) -> dict:
+    """``state``'s ``applied_ops``, kept under rules 1 or 2 (keyed by op id alone), keyed as
+    :func:`applied_key` keys them under :data:`RULES_SIGNER_KEYED`: each answer by the one site
+    whose replay memory (``seen``) holds its op id (the site whose command was decided and
+    stored under it; a command answered from the memory never enters the replay memory), in
+    the same order. An answer no site's replay memory holds, or more than one site's, is
+    dropped: a retry of it is then refused as ``replayed`` (or decided anew when its op id is
+    unknown to its site too: a state without replay memory, unsigned). Pure."""
+    owners: dict[str, list[str]] = {}
+    for site, memory in (state.get("seen") or {}).items():
+        for op_id in (memory.get("ops") or {}) if isinstance(memory, dict) else ():
+            owners.setdefault(op_id, []).append(site)
+    keyed = {}
+    for op_id, result in (state.get("applied_ops") or {}).items():
+        sites = owners.get(op_id)
+        if sites is not None and len(sites) == 1:
+            keyed[f"{sites[0]}\x00{op_id}"] = result
+    return keyed
 
 
 def limits(members: Any = None, max_sites: int | None = None, joining: bool = False) -> dict:
@@ -822,15 +870,17 @@ def _apply_checked(state: dict, command: dict, trust: Trust | None) -> tuple[dic
                           version=state.get("v") if isinstance(state, dict) else None)
         return state, result
     op_id = _peek_str(command, "op_id")
-    if trust is None and op_id is not None and op_id in state["applied_ops"]:
-        return state, state["applied_ops"][op_id]
+    key = applied_key(state, _peek_str(command, "by"), op_id) if op_id is not None else None
+    if trust is None and key is not None and key in state["applied_ops"]:
+        return state, state["applied_ops"][key]
     try:
         handler = _check_envelope(command)
         if trust is not None:
             _check_identity(state, command, trust)
-            if op_id in state["applied_ops"]:
+            if key in state["applied_ops"]:
                 # exactly-once: a retry (or a replay) of an applied command gets its first answer
-                return state, state["applied_ops"][op_id]
+                # (rules 3: only one signed by the same site, applied_key)
+                return state, state["applied_ops"][key]
             _check_fresh(state, command, trust)
         new_state, result = handler(state, _with_trust(command, trust))
     except _Refusal as refusal:
@@ -848,7 +898,7 @@ def _apply_checked(state: dict, command: dict, trust: Trust | None) -> tuple[dic
     if op_id is not None and _valid_op_id(op_id) and result.get("error") not in IDENTITY_REFUSALS:
         # identity refusals are not remembered: a forged command reusing an honest op id
         # must not answer for the honest command that may follow it
-        new_state = _with_applied(new_state, op_id, result)
+        new_state = _with_applied(new_state, applied_key(new_state, _peek_str(command, "by"), op_id), result)
     return new_state, result
 
 
@@ -3209,7 +3259,10 @@ def _op_rules(state: dict, cmd: dict) -> tuple[dict, dict]:
                        f"consented to leave behind {', '.join(sorted(problems))}, a majority ({needed}) must "
                        f"(replicad raise-rules --leave-behind at each site; {said})", to=to,
                        refusal="rules_no_consent", problems=problems, consented=consented, needed=needed)
-    return ({**state, RULES: to},
+    raised = {**state, RULES: to}
+    if current < RULES_SIGNER_KEYED <= to:  # the exactly-once memory is keyed by signer from now on
+        raised["applied_ops"] = applied_by_signer(state)
+    return (raised,
             {"ok": True, "rules": to, "previous": current, "changed": True, "behind": problems,
              **({"consented": consented} if problems else {})})
 

@@ -206,7 +206,7 @@ def test_a_raise_in_the_middle_of_a_log(old) -> None:
     s, r = replay(st.apply, founded(st.apply), [add_volume(), *veto, raise_to("a"), *again])
     assert [x.get("status") for x in r] == [None, "pending", "vetoed", None, "pending", "withdrawn"]
     assert s["requests"]["r1"]["status"] == "vetoed" and "r2" not in s["requests"]
-    assert s["vetoes"] == {"b": 1} and st.rules(s) == 2
+    assert s["vetoes"] == {"b": 1} and st.rules(s) == st.RULES_MAX
 
 
 def test_the_package_carries_b976d0a_state_machine_unchanged(old) -> None:
@@ -231,15 +231,16 @@ def test_rules_raise_only_upward_at_most_rules_max_idempotent(old) -> None:
     assert state_digest(same) == state_digest(same_old) and st.rules(same) == 1 and st.RULES not in same
 
     s2, res = st.apply(s, raise_to("a"), POLICY)
-    assert res == {"ok": True, "rules": 2, "previous": 1, "changed": True, "behind": {}} and s2[st.RULES] == 2
-    s3, res = st.apply(s2, cmd("rules", "b", to=2), POLICY)  # the version the state has: no reports needed
-    assert res == {"ok": True, "rules": 2, "previous": 2, "changed": False}
+    R = st.RULES_MAX
+    assert res == {"ok": True, "rules": R, "previous": 1, "changed": True, "behind": {}} and s2[st.RULES] == R
+    s3, res = st.apply(s2, cmd("rules", "b", to=R), POLICY)  # the version the state has: no reports needed
+    assert res == {"ok": True, "rules": R, "previous": R, "changed": False}
     assert {k: v for k, v in s3.items() if k not in ("audit", "applied_ops", "clocks", "seen")} == \
         {k: v for k, v in s2.items() if k not in ("audit", "applied_ops", "clocks", "seen")}
     s4, res = st.apply(s3, cmd("rules", "c", to=1), POLICY)
     assert res["error"] == "conflict" and res["evidence"]["refusal"] == "rules_lower"
-    assert st.rules(s4) == 2
-    _, res = st.apply(s3, raise_to("a", st.RULES_MAX + 1), POLICY)  # under rules 2: this code's refusal
+    assert st.rules(s4) == R
+    _, res = st.apply(s3, raise_to("a", st.RULES_MAX + 1), POLICY)  # under this code's rules: its refusal
     assert res["error"] == "out_of_range"
     retry = raise_to("a")
     s5, first = st.apply(s, retry, POLICY)

@@ -27,6 +27,7 @@ _ids = itertools.count()
 SITES = ("a", "b", "c")
 KEYS = {s: identity.generate_private_key() for s in SITES}
 TRUST = Trust(cluster_id="c", keys={s: (identity.public_key_raw(k),) for s, k in KEYS.items()})
+R = st.RULES_MAX  # the rules of this release: what the sites report and raise to
 
 
 class StateCluster:
@@ -109,10 +110,10 @@ def test_a_site_raises_only_once_every_member_reports_the_new_release(caplog) ->
     async def main() -> None:
         shared = founded()
         async with aiohttp.ClientSession() as session:
-            raises, runners = await three_sites(shared, {"a": 2, "b": 2, "c": None}, session)
+            raises, runners = await three_sites(shared, {"a": R, "b": R, "c": None}, session)
             try:
                 # c serves no report (an older release): a asks, waits, says so, proposes nothing
-                reports, members = await raises["a"].collect(2)
+                reports, members = await raises["a"].collect(R)
                 assert set(reports) == {"a", "b"} and members["c"] == {
                     "rules_max": None, "problem": "no release report (an older release)"}
                 assert members["a"]["problem"] is None and members["b"]["problem"] is None
@@ -123,14 +124,14 @@ def test_a_site_raises_only_once_every_member_reports_the_new_release(caplog) ->
                 assert not any(c["op"] == "rules" for c in shared.calls)
                 # c reports rules 1..1: still waiting
                 raises["c"].reported_max = 1
-                _, members = await raises["a"].collect(2)
+                _, members = await raises["a"].collect(R)
                 assert members["c"] == {"rules_max": 1, "problem": "runs rules 1..1"}
                 # c upgraded: a raises at its next round, with every member's signed report
-                raises["c"].reported_max = 2
+                raises["c"].reported_max = R
                 stopping.set()
                 await task
                 await raises["a"].run(asyncio.Event())
-                assert st.rules(shared.state) == 2 and raises["a"].raised_here is True
+                assert st.rules(shared.state) == R and raises["a"].raised_here is True
                 raised = [c for c in shared.calls if c["op"] == "rules"]
                 assert len(raised) == 1 and set(raised[0]["reports"]) == set(SITES)
                 # b finds the state raised: no command, not waiting
@@ -144,9 +145,9 @@ def test_a_site_raises_only_once_every_member_reports_the_new_release(caplog) ->
     with caplog.at_level(logging.WARNING):
         asyncio.run(main())
     text = caplog.text
-    assert "rules stay at 1 until every member runs a release applying rules 2" in text
+    assert f"rules stay at 1 until every member runs a release applying rules {R}" in text
     assert "c: no release report (an older release)" in text
-    assert "AUDIT site a: the cluster's rules raised 1 -> 2" in text
+    assert f"AUDIT site a: the cluster's rules raised 1 -> {R}" in text
 
 
 def test_an_unreachable_member_and_a_forged_report_keep_the_rules() -> None:
@@ -159,16 +160,16 @@ def test_an_unreachable_member_and_a_forged_report_keep_the_rules() -> None:
     async def main() -> None:
         shared = founded()
         async with aiohttp.ClientSession() as session:
-            raises, runners = await three_sites(shared, {"a": 2, "b": 2, "c": 2}, session)
+            raises, runners = await three_sites(shared, {"a": R, "b": R, "c": R}, session)
             try:
                 await runners[2].cleanup()  # c's peer server gone
-                _, members = await raises["a"].collect(2)
+                _, members = await raises["a"].collect(R)
                 assert members["c"]["problem"].startswith("not reachable"), members
                 raises["c"].signer = Signer("c", KEYS["a"], "c")  # c's report signed with a's key
                 runner, shared.urls["c"] = await serve(raises["c"])
                 runners[2] = runner
-                reports, members = await raises["a"].collect(2)
-                assert members["c"] == {"rules_max": 2, "problem": "bad release report"}, members
+                reports, members = await raises["a"].collect(R)
+                assert members["c"] == {"rules_max": R, "problem": "bad release report"}, members
                 stopping = asyncio.Event()
                 task = asyncio.create_task(raises["a"].run(stopping))
                 await asyncio.sleep(0.3)
@@ -176,7 +177,7 @@ def test_an_unreachable_member_and_a_forged_report_keep_the_rules() -> None:
                 await task
                 assert not any(c["op"] == "rules" for c in shared.calls)
                 try:  # a's own and c's forged report: not a majority of good ones
-                    await SiteCluster(shared, "a").propose("rules", to=2, reports={
+                    await SiteCluster(shared, "a").propose("rules", to=R, reports={
                         k: v for k, v in reports.items() if k != "b"})
                 except errors.ReplicadError:
                     pass
@@ -187,7 +188,7 @@ def test_an_unreachable_member_and_a_forged_report_keep_the_rules() -> None:
                 # (under rules 1 a refused raise is answered as b976d0a answers it: an unknown op)
                 assert st.rules_consents(shared.state, reports, {"c": "bad release report"}) == []
                 try:
-                    await SiteCluster(shared, "a").propose("rules", to=2, reports=reports)
+                    await SiteCluster(shared, "a").propose("rules", to=R, reports=reports)
                 except errors.ReplicadError:
                     pass
                 else:
@@ -223,7 +224,7 @@ def test_a_majority_of_operators_consents_and_the_sites_raise_leaving_a_member_b
     async def main() -> None:
         shared = founded()
         async with aiohttp.ClientSession() as session:
-            raises, runners = await three_sites(shared, {"a": 2, "b": 2, "c": None}, session)
+            raises, runners = await three_sites(shared, {"a": R, "b": R, "c": None}, session)
             for s in SITES:
                 (tmp_path / s).mkdir()
                 raises[s].keep_consent_in(tmp_path / s)
@@ -243,7 +244,7 @@ def test_a_majority_of_operators_consents_and_the_sites_raise_leaving_a_member_b
                     raise AssertionError("a consent without a reason accepted")
                 consent = raises["a"].give_consent(["c"], "c cannot be upgraded this week", "op-a")
                 assert consent["leave_behind"] == ["c"] and consent["by"] == "op-a"
-                reports, members = await raises["b"].collect(2)
+                reports, members = await raises["b"].collect(R)
                 assert reports["a"][3] == ["c"] and len(reports["b"]) == 3 and "c" not in reports
                 assert members["a"]["problem"] is None  # the consent verifies under a's key
                 # one consent: b waits and says what the operators can do; nothing proposed
@@ -252,26 +253,26 @@ def test_a_majority_of_operators_consents_and_the_sites_raise_leaving_a_member_b
                 assert raises["b"].status()["consented"] == ["a"] and raises["b"].status()["consent"] is None
                 assert st.rules_consents(shared.state, reports, {"c": "not reported"}) == ["a"]
                 try:  # the hostile reading: a's consent and b's report without one
-                    await SiteCluster(shared, "b").propose("rules", to=2, reports=reports)
+                    await SiteCluster(shared, "b").propose("rules", to=R, reports=reports)
                 except errors.ReplicadError:
                     pass
                 else:
                     raise AssertionError("a raise with one consent was applied")
                 # a consent tampered with in transit (c added) no longer verifies
                 forged = {**reports, "a": [*reports["a"][:3], ["b", "c"]]}
-                assert st.rules_reports_problems(shared.state, forged, 2, TRUST) == {
+                assert st.rules_reports_problems(shared.state, forged, R, TRUST) == {
                     "a": "bad release report", "c": "not reported"}
                 # kept durably: a RulesRaise over a's data dir serves it
                 again = RulesRaise("a", SiteCluster(shared, "a"), Signer("a", KEYS["a"], "c"), lambda: TRUST,
-                                   session, 2)
+                                   session, R)
                 again.keep_consent_in(tmp_path / "a")
                 assert again.own_report()["leave_behind"] == ["c"]
                 # b's operator consents: b's next round raises by itself
                 raises["b"].give_consent(["c"], "c on the old release until its hardware is replaced", "op-b")
                 await run_briefly(raises["b"])
-                assert st.rules(shared.state) == 2 and raises["b"].raised_here is True
+                assert st.rules(shared.state) == R and raises["b"].raised_here is True
                 raised = [c for c in shared.calls if c["op"] == "rules"]
-                applied = shared.state["applied_ops"][raised[-1]["op_id"]]
+                applied = shared.state["applied_ops"][st.applied_key(shared.state, "b", raised[-1]["op_id"])]
                 assert applied["changed"] and list(applied["behind"]) == ["c"], applied
                 assert applied["consented"] == ["a", "b"]
                 assert raises["a"].consent() is None and "leave_behind" not in raises["a"].own_report()  # served once
@@ -302,8 +303,8 @@ def test_a_majority_of_operators_consents_and_the_sites_raise_leaving_a_member_b
         asyncio.run(main())
     text = caplog.text
     assert "replicad raise-rules --leave-behind c --reason" in text and "consents in force: a" in text
-    assert "AUDIT site a: operator op-a consents to raise the cluster's rules to 2 leaving behind c" in text
-    assert "AUDIT site b: the cluster's rules raised 1 -> 2 leaving behind c: not reported" in text
+    assert f"AUDIT site a: operator op-a consents to raise the cluster's rules to {R} leaving behind c" in text
+    assert f"AUDIT site b: the cluster's rules raised 1 -> {R} leaving behind c: not reported" in text
 
 
 async def run_briefly(raise_: RulesRaise) -> None:

@@ -33,7 +33,7 @@ def test_a_member_on_an_older_release_is_named_once_the_rules_are_there(caplog, 
     async def main() -> None:
         shared = founded_under_rules_2()
         async with aiohttp.ClientSession() as session:
-            raises, runners = await three_sites(shared, {"a": 2, "b": 2, "c": None}, session)
+            raises, runners = await three_sites(shared, {"a": st.RULES_MAX, "b": st.RULES_MAX, "c": None}, session)
             try:
                 stopping = asyncio.Event()
                 with caplog.at_level(logging.ERROR, logger="replicad.site.rules_raise"):
@@ -44,13 +44,13 @@ def test_a_member_on_an_older_release_is_named_once_the_rules_are_there(caplog, 
                         await asyncio.sleep(0.05)
                     stopping.set()
                     await task
-                assert "site a: the cluster's rules are 2" in caplog.text
+                assert f"site a: the cluster's rules are {st.RULES_MAX}" in caplog.text
                 assert "c: no release report (an older release)" in caplog.text and "b:" not in caplog.text
                 status = raises["a"].status()
                 assert status["members"]["c"]["problem"] and status["members"]["b"]["problem"] is None
                 assert status["waiting"] is False
-                # c upgraded (it reports 2 now), b down (not reachable): nobody is named
-                raises["c"].reported_max = 2
+                # c upgraded (it reports this release's rules now), b down (not reachable): nobody is named
+                raises["c"].reported_max = st.RULES_MAX
                 await runners[1].cleanup()
                 caplog.clear()
                 stopping = asyncio.Event()
@@ -73,7 +73,7 @@ def test_while_the_rules_are_below_the_watch_leaves_it_to_the_raise(caplog, monk
     async def main() -> None:
         shared = founded()  # rules 1: the raise's wait names the members behind, at WARNING
         async with aiohttp.ClientSession() as session:
-            raises, runners = await three_sites(shared, {"a": 2, "b": 2, "c": None}, session)
+            raises, runners = await three_sites(shared, {"a": st.RULES_MAX, "b": st.RULES_MAX, "c": None}, session)
             try:
                 stopping = asyncio.Event()
                 with caplog.at_level(logging.ERROR, logger="replicad.site.rules_raise"):
