@@ -91,7 +91,8 @@ are audited but neither remembered as results nor in the replay memory (a forged
 cannot take an honest command's op id). An op id already in ``applied_ops`` is answered with
 its stored result before the replay checks (exactly-once retries); under rules 3 and later the
 memory is keyed by the signing site and the op id (:func:`applied_key`), so one site's command
-never answers for another site's.
+never answers for another site's, and only a command whose signature was checked enters it or the
+replay memory (a command refused for its envelope names a site nobody verified).
 
 Result: ``{"ok": True, ...}`` or ``{"ok": False, "error": code, "message": str,
 "evidence": dict}`` where ``code`` is the ``code`` of a class of :mod:`replicad.core.errors`
@@ -873,10 +874,15 @@ def _apply_checked(state: dict, command: dict, trust: Trust | None) -> tuple[dic
     key = applied_key(state, _peek_str(command, "by"), op_id) if op_id is not None else None
     if trust is None and key is not None and key in state["applied_ops"]:
         return state, state["applied_ops"][key]
+    # rules 3: only a command whose signature was checked is remembered (exactly-once answers and
+    # replay memory): one refused for its envelope names a signer nobody verified, and under a
+    # key (by, op_id) it would answer for (or replay) that site's own command (r13, F5)
+    verified = trust is None or rules(state) < RULES_SIGNER_KEYED
     try:
         handler = _check_envelope(command)
         if trust is not None:
             _check_identity(state, command, trust)
+            verified = True
             if key in state["applied_ops"]:
                 # exactly-once: a retry (or a replay) of an applied command gets its first answer
                 # (rules 3: only one signed by the same site, applied_key)
@@ -890,12 +896,12 @@ def _apply_checked(state: dict, command: dict, trust: Trust | None) -> tuple[dic
         new_state, due = _apply_due_requests(new_state, command)
         if due:
             result = {**result, "requests_applied": due}
-    if trust is not None and result.get("error") not in IDENTITY_REFUSALS:
+    if trust is not None and result.get("error") not in IDENTITY_REFUSALS and verified:
         new_state = _with_seen(new_state, command, trust)
     if result.get("ok") and _peek_str(command, "op") == "clock":
         return new_state, result  # heartbeats: neither audited nor remembered (they would crowd both out)
     new_state = _with_audit(new_state, command, result)
-    if op_id is not None and _valid_op_id(op_id) and result.get("error") not in IDENTITY_REFUSALS:
+    if op_id is not None and _valid_op_id(op_id) and result.get("error") not in IDENTITY_REFUSALS and verified:
         # identity refusals are not remembered: a forged command reusing an honest op id
         # must not answer for the honest command that may follow it
         new_state = _with_applied(new_state, applied_key(new_state, _peek_str(command, "by"), op_id), result)

@@ -170,3 +170,19 @@ def test_a_raise_to_3_keys_the_kept_answers_by_their_signer() -> None:
     after, (clock_again, revoke_again, raise_again) = replay(st.apply, raised, [clock, revoke, raise_])
     assert clock_again == res[0] and raise_again == r
     assert revoke_again["ok"] and revoke_again["request"] == "r1"  # a's op id was never decided: decided now
+
+
+def test_a_command_refused_for_its_envelope_never_answers_for_the_site_it_names(previous) -> None:
+    """An entry claiming to be a's, with a's op id, refused for its envelope (an unknown key: no
+    signature was checked): under rules 2 (as the previous release) it is remembered and a's
+    command is answered with its refusal; under rules 3 nothing is remembered of it (neither an
+    answer nor the replay memory) and a's command applies."""
+    revoke = revoke_c()
+    forged = {**revoke, "args": {"site_id": "c"}, "junk": 1}  # claims by a; refused before any signature check
+    base = founding(2)
+    s, res = replay(st.apply, founded(st.apply, 2, base), [forged, revoke])
+    s_prev, res_prev = replay(previous.apply, founded(previous.apply, 2, base), [forged, revoke])
+    assert res == res_prev and state_digest(s) == state_digest(s_prev)
+    assert res[0]["error"] == "bad_request" and res[1] == res[0] and not s.get("requests")
+    s, res = replay(st.apply, founded(st.apply, 3), [forged, revoke])
+    assert res[0]["error"] == "bad_request" and res[1]["ok"] and res[1]["request"] == "r1", res
