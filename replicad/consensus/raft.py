@@ -325,6 +325,34 @@ names up in its own modules):
    A command the daemon gave up on (``no_quorum`` after 15 s) can still commit later through a
    relay, once (``NoQuorumError`` says "may still commit later").
 
+21. **A leader that front-runs a site's command is deposed by that site** (attacker review r13,
+   F5: a hostile leader appended, before each command another site forwarded, a command of its
+   own, signed by itself, with the same op id; under rules 1 and 2 the state machine answers a
+   known op id with its stored result, so the honest command was answered with the leader's
+   result and never applied, and being appended it was not withheld: revocations, vetoes,
+   verdicts and raises of the rules were cancelled unseen). Each node remembers the op ids of its
+   own proposals (pending, and the last :attr:`_HardenedSyncObj.OWN_RESULTS_KEPT` applied). An
+   applied entry carrying one of them with other bytes, whose signature verifies under the keys
+   of the state before it (:func:`signature_refusal`: a forged one proves nothing and, refused as
+   forged, is remembered nowhere), shows a site that signed another site's op id, which an
+   honest site never does (op ids are random). When that site is the one of the leader this node
+   follows in the entry's term, the node deposes it as in point 19 (``_depose``, hold
+   :data:`WITHHELD_HOLD_S`), ERROR naming the leader, the entry (index, term, op) and the op id,
+   counted as ``leader_front_runs`` (alert ``ReplicadRaftLeaderFrontRuns``); otherwise (another
+   member that learned the op id, e.g. from a relay, point 20; or a leader of an earlier term) it
+   logs ERROR naming that site, counted as ``op_id_taken``, and deposes nobody (the leader that
+   appended it may be honest). This node's own proposal, when the state machine answered it from
+   the memory after such an entry (rules 1 and 2; under rules 3 the memory is keyed by signing
+   site and op id and the command applies), is answered with a ``leader_front_run`` refusal
+   (:class:`~replicad.core.errors.LeaderFrontRunError`), never with the other site's result, and
+   :meth:`replicad.site.cluster.Cluster.propose` proposes it again as a new command. And a
+   proposal is answered only by the application here of an entry with its own bytes (point 20),
+   never by pysyncobj's reply, which names a log index the leader chooses: a hostile leader
+   could name another entry's. Only the site whose command was front-run deposes (a third site
+   cannot tell a front-run from a member copying the leader's op id to frame it); a leader that
+   front-runs every site's commands loses the majority, one that front-runs one site's only is
+   left by that site alone and, under rules 3, cancels nothing.
+
 16. **What the members say the membership is.** A site that has not joined the cluster yet
    cannot trust its own replay of the log to learn the agreed membership when its config
    differs from the founders' (the founding rule's reference is its config, and a leader its
@@ -483,10 +511,13 @@ DEPOSE_GRACE_ENTRIES = 4096
 """Point 18: entries applied after a change of the agreed membership (keys) that are never counted: a
 leader door-checks with the keys of its applied state, which may not have applied the change yet
 (every member's forwarding bucket, :data:`FORWARD_CMDS_PER_S` x :data:`FORWARD_BURST_S`, is 2,000)."""
-DEPOSE_REASONS = ("leader_deposed", "from_deposed_leader", "vote_for_deposed", "leader_withholds")
+DEPOSE_REASONS = ("leader_deposed", "from_deposed_leader", "vote_for_deposed", "leader_withholds",
+                  "leader_front_runs", "op_id_taken")
 """Point 18: ``leader_deposed`` (once per depose, ERROR); a deposed leader's ``append_entries``
 (``from_deposed_leader``) and ``request_vote``/``pre_vote`` (``vote_for_deposed``) refused.
-Point 19: ``leader_withholds`` (once per depose for withheld commands, ERROR)."""
+Point 19: ``leader_withholds`` (once per depose for withheld commands, ERROR). Point 21:
+``leader_front_runs`` (the leader's site signed an entry with one of this site's op ids: deposed,
+ERROR), ``op_id_taken`` (another site did: ERROR, nobody deposed)."""
 WITHHELD_AFTER_S = 45.0
 """Point 19: how long one of this site's forwarded commands may stay out of its applied log, while
 the leader's heartbeats arrive and this site has applied all the leader reports committed, before
@@ -986,6 +1017,22 @@ class MemberBudget:
         return True
 
 
+def _failures_only(callback: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+    """Point 21: the callback pysyncobj gets for a proposal this node tracks: only failures pass
+    (its success names the log index the leader chose, whose entry may be another one); the
+    proposal is answered with success by its own entry applied here (:meth:`_HardenedSyncObj._own_applied`)."""
+    def call(result: Any, reason: Any) -> None:
+        if reason != FAIL_REASON.SUCCESS:
+            callback(result, reason)
+    return call
+
+
+def _decoded_entry(full: Any) -> Any:
+    """The decoded command map of a regular log entry's bytes, or None. Never raises."""
+    entry = entry_call(full)
+    return checkpoint.decode_command(entry[1]) if entry is not None else None
+
+
 def _once(callback: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
     """``callback`` called at most once (point 20: a proposal is answered by pysyncobj's reply or
     by its entry applied here, whichever comes first)."""
@@ -1051,6 +1098,10 @@ class _HardenedSyncObj(SyncObj):
     _own_results: dict | None = None  # key -> result of a command applied here (newest kept); under _own_lock
     _appending: tuple = (None, {})  # leader: (term, {key: None}) forwarded/relayed commands queued in that term
     OWN_RESULTS_KEPT = 1024
+    # point 21: front-run own commands
+    take_applied_entry: Callable[[], tuple | None] = staticmethod(lambda: None)  # set by RaftNode
+    _own_ops: dict | None = None  # op id -> key of this node's own proposals (pending and recent); under _own_lock
+    _front_runs: dict | None = None  # op id -> evidence of a signed entry of another site that carried it
 
     def __init__(self, *args: Any, refusals: RefusalLog | None = None,
                  dump_check: Callable[[Any], list[str]] | None = None, **kwargs: Any) -> None:
@@ -1066,6 +1117,7 @@ class _HardenedSyncObj(SyncObj):
         self._misbehaviour = MisbehaviourCount()
         self._withheld = WithheldWatch()
         self._own, self._own_results, self._own_lock = {}, {}, threading.Lock()
+        self._own_ops, self._front_runs = {}, {}
         self._relay_in = MemberBudget(RELAY_CMDS_PER_S, RELAY_BYTES_PER_S)
         self._relay_out = MemberBudget(RELAY_CMDS_PER_S / 2, RELAY_BYTES_PER_S / 2)
         transport = self.__dict__.get("_SyncObj__transport")
@@ -1247,7 +1299,14 @@ class _HardenedSyncObj(SyncObj):
         whoever appended it. Returns the callback to hand to pysyncobj (called at most once), or
         None when the entry was applied already (answered now with its result: never appended twice)."""
         key = WithheldWatch.key(full)
+        decoded = _decoded_entry(full)
+        op_id = decoded.get("op_id") if isinstance(decoded, dict) else None
         with self._own_lock:
+            if isinstance(op_id, str):  # point 21
+                self._own_ops.pop(op_id, None)
+                self._own_ops[op_id] = key
+                while len(self._own_ops) > 2 * self.OWN_RESULTS_KEPT:
+                    del self._own_ops[next(iter(self._own_ops))]
             applied = self._own_results.get(key, _NOT_APPLIED)
             if applied is _NOT_APPLIED:
                 once = _once(callback)
@@ -1257,6 +1316,7 @@ class _HardenedSyncObj(SyncObj):
                                                "relayed_s": float("-inf"), "callbacks": []}
                 if record is not None and len(record["callbacks"]) < 64:
                     record["callbacks"].append(once)
+                    return _failures_only(once)  # point 21: answered by its own entry applied here
                 return once
         callback(applied, FAIL_REASON.SUCCESS)
         return None
@@ -1371,6 +1431,86 @@ class _HardenedSyncObj(SyncObj):
             del keys[next(iter(keys))]
         keys[key] = None
         return False
+
+    # -- point 21: a leader that front-runs this site's commands is deposed
+    def _front_run_check(self, command: Any, result: Any, entry: tuple | None) -> Any:
+        """Tick thread, after each applied regular entry: ``result`` as this node's own proposal of
+        these bytes is to be answered. ``entry``: ``(state before, decoded command, result, trust)`` from
+        the consumer (that result is the state machine's own; ``result`` is pysyncobj's). An entry carrying the op id of one of this node's own proposals with other
+        bytes, signed by its site (:func:`signature_refusal` under the state before it), is judged
+        (:meth:`_op_id_taken`); this node's own entry answered from the exactly-once memory after
+        such an entry is answered with a ``leader_front_run`` refusal instead. Never raises."""
+        try:
+            if entry is None or not self._own_ops:
+                return result
+            before, decoded, result, trust = entry
+            op_id = decoded.get("op_id") if isinstance(decoded, dict) else None
+            key = WithheldWatch.key(command)
+            with self._own_lock:
+                own = self._own_ops.get(op_id) if isinstance(op_id, str) else None
+                taken = self._front_runs.get(op_id) if own is not None else None
+            if own is None:
+                return result
+            if own != key:
+                self._op_id_taken(before, decoded, op_id, result, trust)
+                return result
+            stored = (before.get("applied_ops") or {}).get(cluster_state.applied_key(before, decoded.get("by"), op_id))
+            if taken is None or stored is None or result is not stored:
+                return result  # applied (rules 3), or this node's own retry answered with its first answer
+            return {"ok": False, "error": errors.LeaderFrontRunError.code,
+                    "message": f"site {taken['signer']} signed a command with this command's op id, appended "
+                               f"before it (log index {taken['index']}, term {taken['term']}, leader "
+                               f"{taken['leader'] or 'not known here'}), and the state machine answered this command "
+                               "with that one's result: it was NOT applied (a leader that does this is deposed "
+                               "here); propose it again as a new command",
+                    "evidence": {"op": str(decoded.get("op"))[:40], "op_id": op_id, **taken}}
+        except Exception:  # never let the check stop the state machine
+            log.exception("raft: cannot check an applied entry against this site's own op ids")
+            return result
+
+    def _op_id_taken(self, before: Any, decoded: dict, op_id: str, result: Any, trust: Trust | None) -> None:
+        """Point 21: an applied entry with other bytes carries the op id of one of this node's own
+        proposals. Judged only when its signature verifies (a forged one proves nothing and is
+        remembered nowhere under rules 3). Signed by the site of the leader this node follows in the
+        entry's term: ERROR, ``leader_front_runs``, that leader deposed; else ERROR, ``op_id_taken``."""
+        if signature_refusal(before, decoded, trust) is not None \
+                or (isinstance(result, dict) and result.get("error") in cluster_state.IDENTITY_REFUSALS):
+            return
+        idx = self._SyncObj__raftLastApplied + 1  # pysyncobj moves it after the entry was applied
+        log_ = self._SyncObj__raftLog
+        first = log_[0][1] if len(log_) else idx
+        term = log_[idx - first][2] if first <= idx < first + len(log_) else None
+        signer = str(decoded.get("by"))[:64]
+        leader = self._SyncObj__raftLeader
+        following = leader is not None and leader != self._SyncObj__selfNode \
+            and self._SyncObj__raftState != _RAFT_STATE_LEADER and term == self._SyncObj__raftCurrentTerm
+        try:
+            leader_site = self.site_of(str(leader.id)) if following else None
+        except Exception:
+            leader_site = None
+        evidence = {"signer": signer, "leader": leader_site, "term": term, "index": idx}
+        with self._own_lock:
+            self._front_runs[op_id] = evidence
+            while len(self._front_runs) > self.OWN_RESULTS_KEPT:
+                del self._front_runs[next(iter(self._front_runs))]
+        op = str(decoded.get("op"))[:40]
+        if following and leader_site is not None and leader_site == signer:
+            if not self.holds_deposed(leader.id, term):
+                self._depose(leader, term, WITHHELD_HOLD_S)
+            self.refusals.refuse(
+                "leader_front_runs", "the leader of term %s, %s (site %s), appended at log index %d a command of its own "
+                "(%s) carrying the op id %s of a command this site proposed: under rules 1 and 2 this site's command "
+                "is answered with that command's result and never applied. It front-runs this site's commands. "
+                "Deposing it (this site accepts no append entries from it and grants it no vote or pre-vote for "
+                "%.0fs) and asking for the election of another leader. A compromised site: README \"A site is "
+                "compromised\"", term, leader.id, signer, idx, op, op_id[:64], WITHHELD_HOLD_S,
+                level=logging.ERROR, every_s=0.0)
+            return
+        self.refusals.refuse(
+            "op_id_taken", "site %s signed a command (%s, log index %d, term %s) carrying the op id %s of a command "
+            "this site proposed (an honest site never does: op ids are random); the leader that appended it (%s) is "
+            "not that site, so nobody is deposed. A compromised site: README \"A site is compromised\"",
+            signer, op, idx, term, op_id[:64], leader_site or "not known here", level=logging.ERROR, every_s=0.0)
 
     def deposed_status(self) -> dict:
         """``{leader address: {"site": str|None, "term": int, "hold_s": float}}`` of the leaders
@@ -1898,10 +2038,11 @@ class _HardenedSyncObj(SyncObj):
         finally:
             try:
                 self._note_applied(command)  # point 18
+                entry = self.take_applied_entry()  # point 21: always taken, it belongs to this entry only
                 if self._withheld is not None:
                     self._withheld.applied(command)  # point 19
                 if kind == _REGULAR:
-                    self._own_applied(command, result)  # point 20
+                    self._own_applied(command, self._front_run_check(command, result, entry))  # points 20, 21
             except Exception:  # never let the count stop the state machine
                 log.exception("raft: cannot count an applied entry against its leader")
 
@@ -1943,6 +2084,7 @@ class _StateConsumer(SyncObjConsumer):
         self.pending_vouch: tuple[int, bytes] | None = None
         self.on_applied = on_applied
         self.door_refused: str | None = None  # point 18: door_refusal() of the entry applied last
+        self.applied_entry: tuple | None = None  # point 21: (state before, command, result, trust) of the entry applied last
         self._members_seen: Any = None  # point 18: the agreed membership as of the entry applied last
         self._since_change = DEPOSE_GRACE_ENTRIES  # entries applied since it changed
 
@@ -1981,6 +2123,7 @@ class _StateConsumer(SyncObjConsumer):
         if cluster_state.counted_reason(result) is not None:
             self._count_refusal(command, result)
         self.door_refused = None if result.get("ok") else door_refusal(before, payload, self.trust)
+        self.applied_entry = (before, command, result, self.trust)
         if self.door_refused == "bad_signature" and self._since_change < DEPOSE_GRACE_ENTRIES:
             self.door_refused = None  # the leader may have door-checked it under the former keys
         self.track_membership(new_state)
@@ -1990,6 +2133,11 @@ class _StateConsumer(SyncObjConsumer):
             except Exception:
                 log.exception("on_applied callback failed")
         return result
+
+    def take_applied_entry(self) -> tuple | None:
+        """Point 21 (tick thread): :attr:`applied_entry` of the entry applied last, then None."""
+        entry, self.applied_entry = self.applied_entry, None
+        return entry
 
     def take_door_refusal(self) -> str | None:
         """Point 18 (tick thread): :attr:`door_refused` of the entry applied last, then None."""
@@ -2173,6 +2321,7 @@ class RaftNode:
         syncobj.membership_of_state = self._membership_of_state
         syncobj.door_check = self._door_check
         syncobj.take_door_refusal = self._consumer.take_door_refusal
+        syncobj.take_applied_entry = self._consumer.take_applied_entry
         syncobj.site_of = self._site_of
         syncobj.relay_check = self._relay_check
         self._syncobj = syncobj

@@ -348,6 +348,17 @@ class NoQuorumError(UnavailableError):
     code = "no_quorum"
 
 
+class LeaderFrontRunError(UnavailableError):
+    """The Raft leader appended, just before this site's command, a command of another site with
+    the same op id, and the state machine answered this site's command with that command's stored
+    result instead of applying it (rules 1 and 2 key the exactly-once memory by op id alone).
+    This site deposed that leader (``replicad.consensus.raft``, point 21); the command was not
+    applied: propose it again as a new command (a new op id). Evidence: ``op``, ``op_id``,
+    ``signer`` (the site whose command took the op id), ``leader``, ``term``, ``index``."""
+
+    code = "leader_front_run"
+
+
 class PeerUnavailableError(UnavailableError):
     """A peer site did not answer (refused, reset, timed out)."""
 

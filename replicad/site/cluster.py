@@ -12,7 +12,7 @@ from typing import Any
 
 from replicad.config import SiteConfig, SiteRef
 from replicad.consensus.raft import RaftNode
-from replicad.core.errors import NoQuorumError, NotFoundError
+from replicad.core.errors import LeaderFrontRunError, NoQuorumError, NotFoundError
 from replicad.core.state import is_revoked
 
 PROPOSE_TIMEOUT_S = 5.0
@@ -41,6 +41,14 @@ class Cluster:
         leader is reachable — e.g. during the election that follows the loss of the leader
         — until ``deadline_s``; then NoQuorumError: a minority partition cannot commit.
         State machine refusals (StaleEpochError, ConflictError ...) are raised at once.
+        A command answered ``leader_front_run`` (:class:`LeaderFrontRunError`: the leader put
+        another site's command with its op id before it, and it was answered with that one's
+        result, not applied; ``replicad.consensus.raft`` point 21) is proposed again as a new
+        command (new ``op_id`` and stamp) within the same deadline: its op id was never decided
+        (an answer from the exactly-once memory enters no replay memory), so it applies at most
+        once unless a site replays its bytes after the other site's stored answer left the
+        memory (``state.APPLIED_OPS_MAX`` newer answers) and inside the replay window: rules 3
+        close that (the command is applied, never answered from another site's answer).
         """
         cmd = {"op": op, "by": self.site_id, "now_ns": time.time_ns(), "op_id": uuid.uuid4().hex, **args}
         deadline = time.monotonic() + deadline_s
@@ -48,6 +56,11 @@ class Cluster:
             remaining = deadline - time.monotonic()
             try:
                 return await self.raft.propose(cmd, timeout_s=max(0.5, min(PROPOSE_TIMEOUT_S, remaining)))
+            except LeaderFrontRunError:
+                if time.monotonic() + 0.3 >= deadline:
+                    raise
+                cmd = {**cmd, "now_ns": time.time_ns(), "op_id": uuid.uuid4().hex}
+                await asyncio.sleep(0.3)
             except NoQuorumError:
                 if time.monotonic() + 0.3 >= deadline:
                     raise
