@@ -1,0 +1,80 @@
+"""Point 21 of :mod:`replicad.consensus.raft`: a leader that front-runs a site's command is deposed.
+
+Three real hardened pysyncobj nodes on loopback, ticked here (the fixture of test_withheld.py), each
+wired as :class:`~replicad.consensus.raft.RaftNode` wires it (the consumer's applied entries, a site
+per node). The state is the real state machine under rules 1 (op ids remembered alone), unsigned.
+The attacker is the leader with one patch: before a member's forwarded command it appends a command
+of its own carrying the same op id (attacker review r13, F5). The member's proposal is answered
+``leader_front_run`` (never with the leader's stored answer), the member deposes the leader
+(``leader_front_runs``), the third node does not; a front-running entry naming another site is
+``op_id_taken`` and deposes nobody.
+"""
+
+from __future__ import annotations
+
+import msgpack
+from pysyncobj.config import FAIL_REASON
+
+from replicad.consensus import checkpoint, raft as consensus
+from replicad.core import errors
+
+from tests.unit.consensus.test_withheld import elect, nodes, tick  # noqa: F401
+
+
+def wire(nodes) -> dict:
+    """Each node as RaftNode.start wires it: the consumer's applied entries, the site of each node id."""
+    sites = {n._SyncObj__selfNode.id: f"site-{i}" for i, n in enumerate(nodes)}
+    for n in nodes:
+        n.take_applied_entry = n.consumer.take_applied_entry
+        n.site_of = sites.get
+    return sites
+
+
+def front_running(leader, signer: str):
+    """Patch ``leader``: before each forwarded command, append one of its own (in ``signer``'s
+    name) with the same op id."""
+    real_dispatch = leader._dispatch_message
+
+    def dispatch(node, message):
+        if isinstance(message, dict) and message.get("type") == "apply_command":
+            entry = consensus.entry_call(message.get("command"))
+            cmd = checkpoint.decode_command(entry[1]) if entry is not None else None
+            if isinstance(cmd, dict):
+                mine = {"v": 1, "op": "noop", "op_id": cmd["op_id"], "by": signer}
+                leader.consumer.apply_command(msgpack.packb(mine), callback=None)
+        real_dispatch(node, message)
+    leader._dispatch_message = dispatch
+
+
+def propose_as(node, site: str, op_id: str, answers: dict) -> None:
+    node.consumer.apply_command(msgpack.packb({"v": 1, "op": "noop", "op_id": op_id, "by": site}),
+                                callback=lambda result, reason: answers.setdefault(op_id, (result, reason)))
+
+
+def test_a_front_run_command_is_refused_typed_and_its_site_deposes_the_leader(nodes):
+    sites = wire(nodes)
+    leader, (victim, other) = elect(nodes)
+    front_running(leader, sites[leader._SyncObj__selfNode.id])
+    answers: dict = {}
+    propose_as(victim, sites[victim._SyncObj__selfNode.id], "front-run-1", answers)
+    assert tick(nodes, lambda: "front-run-1" in answers, 15.0)
+    result, reason = answers["front-run-1"]
+    assert reason == FAIL_REASON.SUCCESS and result["error"] == "leader_front_run", result
+    assert isinstance(errors.from_dict(result), errors.LeaderFrontRunError)
+    assert result["evidence"]["signer"] == sites[leader._SyncObj__selfNode.id] == result["evidence"]["leader"]
+    assert victim.refusals.counts().get("leader_front_runs") == 1
+    assert leader._SyncObj__selfNode.id in victim.deposed
+    assert not other.refusals.counts().get("leader_front_runs") and not other.deposed
+
+
+def test_an_op_id_taken_by_another_site_deposes_nobody(nodes):
+    sites = wire(nodes)
+    leader, (victim, other) = elect(nodes)
+    front_running(leader, sites[other._SyncObj__selfNode.id])  # the entry names the third site
+    answers: dict = {}
+    propose_as(victim, sites[victim._SyncObj__selfNode.id], "taken-1", answers)
+    assert tick(nodes, lambda: "taken-1" in answers, 15.0)
+    result, _ = answers["taken-1"]
+    assert result["error"] == "leader_front_run" and result["evidence"]["signer"] == sites[other._SyncObj__selfNode.id]
+    assert victim.refusals.counts().get("op_id_taken") == 1 and not victim.refusals.counts().get("leader_front_runs")
+    assert not victim.deposed and victim._SyncObj__raftLeader is not None
