@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from replicad.core.state import RULES_MAX
 from replicad.lab.localcluster import LocalCluster
 
 OLD = "b976d0a"
@@ -288,18 +289,19 @@ class Campaign:
                  agree_s=round(agree_s, 1), divergent=0, **({"terms": terms} if stalled else {}))
 
     def raised(self, since: float) -> tuple[float, str]:
-        """Wait until every site's rules are this checkout's (2); ``(seconds from the wall-clock time
-        ``since`` to the raising site's AUDIT line, that site)``. Failed unless exactly one site
+        """Wait until every site's rules are this checkout's (``RULES_MAX``); ``(seconds from the
+        wall-clock time ``since`` to the raising site's AUDIT line, that site)``. Failed unless exactly one site
         proposed the raise (``AUDIT site ...: the cluster's rules raised``) and every site logged it
-        once (``AUDIT [(replayed ...)] the cluster's rules raised 1 -> 2 by ...``)."""
-        self.c.wait_for("rules raised at every site", lambda: set(self.rules().values()) == {2}, 120,
+        once (``AUDIT [(replayed ...)] the cluster's rules raised 1 -> RULES_MAX by ...``)."""
+        self.c.wait_for("rules raised at every site", lambda: set(self.rules().values()) == {RULES_MAX}, 120,
                         interval_s=0.5)
         logs = {s: self.c.sites[s].log_path.read_text(errors="replace").splitlines() for s in SITES}
         lines = [(s, line) for s in SITES for line in logs[s]
-                 if "AUDIT site " in line and "the cluster's rules raised 1 -> 2" in line]
+                 if "AUDIT site " in line and f"the cluster's rules raised 1 -> {RULES_MAX}" in line]
         if len(lines) != 1:
             raise Failed(f"{self.phase}: {len(lines)} sites proposed the raise: {lines}")
-        seen = {s: sum(1 for line in logs[s] if "AUDIT" in line and "the cluster's rules raised 1 -> 2 by " in line)
+        seen = {s: sum(1 for line in logs[s] if "AUDIT" in line and f"the cluster's rules raised 1 -> {RULES_MAX} by "
+                       in line)
                 for s in SITES}  # live, replayed at start or committed while away: once
         if set(seen.values()) != {1}:
             raise Failed(f"{self.phase}: the raise is not logged once at every site: {seen}")
@@ -355,7 +357,8 @@ def all_stopped(root: Path, old: Path, rows: list[dict]) -> dict[str, float]:
         camp.on_old()
         camp.step("all stopped, all started on this checkout", SITES)
         delay, by = camp.raised(camp.started_at)
-        camp.row("rules raised 1 -> 2: from the starts to the raise's AUDIT line", delay, by=by, rules=camp.rules())
+        camp.row(f"rules raised 1 -> {RULES_MAX}: from the starts to the raise's AUDIT line", delay, by=by,
+                 rules=camp.rules())
         camp.after()
         return camp.cpu
     finally:
@@ -372,7 +375,7 @@ def rolling(root: Path, old: Path, rows: list[dict]) -> dict[str, float]:
                 raise Failed(f"rolling: rules raised while a site still runs {OLD}: {camp.rules()}")
         camp.step("site-a (primary) upgraded: last", ("site-a",))
         delay, by = camp.raised(camp.started_at)
-        camp.row("rules raised 1 -> 2: from the last start to the raise's AUDIT line", delay, by=by,
+        camp.row(f"rules raised 1 -> {RULES_MAX}: from the last start to the raise's AUDIT line", delay, by=by,
                  rules=camp.rules())
         before = camp.applied()
         snap = camp.snapshot()
@@ -397,7 +400,7 @@ def primary_first(root: Path, old: Path, rows: list[dict]) -> dict[str, float]:
             raise Failed(f"primary-first: rules raised while a site still runs {OLD}: {camp.rules()}")
         camp.step("site-c upgraded: last", ("site-c",))
         delay, by = camp.raised(camp.started_at)
-        camp.row("rules raised 1 -> 2: from the last start to the raise's AUDIT line", delay, by=by,
+        camp.row(f"rules raised 1 -> {RULES_MAX}: from the last start to the raise's AUDIT line", delay, by=by,
                  rules=camp.rules())
         return camp.cpu
     finally:
