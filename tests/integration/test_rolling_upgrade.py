@@ -115,8 +115,8 @@ def test_the_rules_are_raised_only_once_every_member_reports_the_new_release(ben
     assert 'replicad_rules_member_behind{peer="site-c",site="site-a"} 1.0' in \
         _metric(c, "site-a", "replicad_rules_member_behind")
     log_a = c.sites["site-a"].log_path.read_text()
-    assert re.search(r"rules stay at 1 until every member runs a release applying rules 2 .*site-c: runs rules "
-                     r"1\.\.1", log_a), c.log_tail("site-a")
+    assert re.search(rf"rules stay at 1 until every member runs a release applying rules {RULES_MAX} .*site-c: "
+                     r"runs rules 1\.\.1", log_a), c.log_tail("site-a")
 
     # 2. commits go on under rules 1, every site alike
     for _ in range(2):
@@ -132,11 +132,11 @@ def test_the_rules_are_raised_only_once_every_member_reports_the_new_release(ben
     c.wait_for("rules raised at every site", lambda: all(_rules(c, s)["version"] == RULES_MAX for s in SITES), 90)
     raised = _rules(c, "site-a")["applied"]
     assert raised > applied
-    audits = [s for s in SITES if re.search(r"AUDIT site \S+: the cluster's rules raised 1 -> 2",
+    audits = [s for s in SITES if re.search(rf"AUDIT site \S+: the cluster's rules raised 1 -> {RULES_MAX}",
                                             c.sites[s].log_path.read_text())]
     assert len(audits) == 1, audits  # one site raised; every site logs the raise, naming that site
     c.wait_for("every site logged the raise", lambda: all(
-        f"AUDIT the cluster's rules raised 1 -> 2 by {audits[0]} (every member reported the release)"
+        f"AUDIT the cluster's rules raised 1 -> {RULES_MAX} by {audits[0]} (every member reported the release)"
         in c.sites[s].log_path.read_text() for s in SITES), 30)
     for s in SITES:
         rules = _rules(c, s)
@@ -206,11 +206,11 @@ def test_a_majority_of_operators_leaves_a_site_behind(bench) -> None:
     c.wait_for("rules raised at a and b", lambda: all(_rules(c, s)["version"] == RULES_MAX
                                                        for s in ("site-a", "site-b")), 60)
     raised = [line for s in SITES for line in c.sites[s].log_path.read_text().splitlines()  # site-c runs this
-              if re.search(r"AUDIT site \S+: the cluster's rules raised 1 -> 2", line)]  # code: it may propose
+              if re.search(rf"AUDIT site \S+: the cluster's rules raised 1 -> {RULES_MAX}", line)]  # code: it may propose
     assert len(raised) == 1 and "leaving behind site-c: runs rules 1..1" in raised[0], raised
     assert "the operators of site-a, site-b consented" in raised[0], raised
     c.wait_for("a and b logged who raised and whom it leaves behind", lambda: all(
-        "the cluster's rules raised 1 -> 2 by " in c.sites[s].log_path.read_text()
+        f"the cluster's rules raised 1 -> {RULES_MAX} by " in c.sites[s].log_path.read_text()
         and "leaving behind site-c=\"runs rules 1..1\" with the consent of the operators of site-a, site-b"
         in c.sites[s].log_path.read_text() for s in ("site-a", "site-b")), 30)
     assert snapshot(c, "site-a")["committed"]
