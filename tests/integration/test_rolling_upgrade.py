@@ -206,7 +206,8 @@ def test_a_majority_of_operators_leaves_a_site_behind(bench) -> None:
     c.wait_for("rules raised at a and b", lambda: all(_rules(c, s)["version"] == RULES_MAX
                                                        for s in ("site-a", "site-b")), 60)
     raised = [line for s in SITES for line in c.sites[s].log_path.read_text().splitlines()  # site-c runs this
-              if re.search(rf"AUDIT site \S+: the cluster's rules raised 1 -> {RULES_MAX}", line)]  # code: it may propose
+              if re.search(rf"AUDIT site \S+: the cluster's rules raised 1 -> {RULES_MAX}", line)]  # code: it may
+    # propose
     assert len(raised) == 1 and "leaving behind site-c: runs rules 1..1" in raised[0], raised
     assert "the operators of site-a, site-b consented" in raised[0], raised
     c.wait_for("a and b logged who raised and whom it leaves behind", lambda: all(
