@@ -700,31 +700,42 @@ class Paired:
             were none): the restore point is the snapshot before it, or before the deletes when
             they came first (the evidence names both shares).
         measured: the snapshot measured last (None before).
+        wrote: random bytes were written since the anchor (by a measured snapshot): every later
+            snapshot is measured too (``Detection._signals``), since the metadata naming a file's
+            new first bytes can reach the volume after the bytes themselves (ext4 writes data
+            before the journal commit that maps it, and its home locations later still; an
+            attacker writing raw blocks can wait as long as it likes): a snapshot that writes
+            nothing random may be the first one whose files start with the ciphertext.
     Pure."""
 
     filled: float = 0.0
     released: float = 0.0
     began: int | None = None
     measured: int | None = None
+    wrote: bool = False
 
-    def step(self, seq: int, filled: float, released: float) -> "Paired":
+    def step(self, seq: int, filled: float, released: float, wrote: bool = False) -> "Paired":
         """The state after snapshot ``seq`` measured ``filled`` and ``released`` (shares) against
-        the anchor; a snapshot not measured keeps the state (the trigger: ``Detection._signals``)."""
+        the anchor; ``wrote``: that snapshot wrote random bytes. A snapshot not measured keeps the
+        state (the trigger: ``Detection._signals``)."""
         filled, released = max(0.0, float(filled)), max(0.0, float(released))
         began = (self.began if self.began is not None else seq) if filled > 0.0 else None
-        return Paired(filled, released, began, seq)
+        return Paired(filled, released, began, seq, self.wrote or bool(wrote) or filled > 0.0)
 
     def total(self) -> float:
         """What the window counts: ``min(filled, released)``."""
         return min(self.filled, self.released)
 
     def doc(self) -> dict:
-        """Plain dict (JSON-able): ``filled``, ``released``, ``began``, ``measured``."""
-        return {"filled": self.filled, "released": self.released, "began": self.began, "measured": self.measured}
+        """Plain dict (JSON-able): ``filled``, ``released``, ``began``, ``measured``, ``wrote``."""
+        return {"filled": self.filled, "released": self.released, "began": self.began, "measured": self.measured,
+                "wrote": self.wrote}
 
     @classmethod
     def from_doc(cls, doc: object) -> "Paired":
-        """The state :meth:`doc` wrote. Raises ValueError on anything else."""
+        """The state :meth:`doc` wrote (one without ``wrote``, written before it, reads as
+        ``wrote`` True: measured at every snapshot, the conservative side). Raises ValueError on
+        anything else."""
         if not isinstance(doc, dict):
             raise ValueError("a paired window state must be a map")
         vals = []
@@ -739,7 +750,10 @@ class Paired:
                 raise ValueError(f"not a paired window state: {doc!r}")
         if (began is None) != (vals[0] == 0.0):
             raise ValueError("not a paired window state: began does not match filled")
-        return cls(vals[0], vals[1], began, measured)
+        wrote = doc.get("wrote", True)
+        if not isinstance(wrote, bool):
+            raise ValueError(f"not a paired window state: wrote {wrote!r}")
+        return cls(vals[0], vals[1], began, measured, wrote)
 
 
 SLOW_WINDOWS = ("relative", "conservation")
@@ -2652,6 +2666,13 @@ class SnapshotSignals:
         return self.turned_random / self.data_blocks
 
     @property
+    def wrote_random(self) -> bool:
+        """Random bytes were written: a block turned random, or random (or encoded) bytes were
+        written where there were zeros or new space (what starts conservation across snapshots'
+        measure at every snapshot after it: :class:`Paired`)."""
+        return self.random_filled > 0.0 or self.turned_random > 0 or self.fresh_random > 0
+
+    @property
     def destroyed(self) -> float:
         """The wipe measure (``wipe_max``): ``(wiped + min(discarded, files_lost)) / data_blocks``.
         Zeroed blocks the file system still allocates or references (a wiper zeroing live files)
@@ -2738,6 +2759,27 @@ class RelativeVerdict:
     reasons: tuple[str, ...]
     slow: dict = field(default_factory=dict)
     flagged: tuple[str, ...] = ()
+
+
+def conservation_reason(signals: SnapshotSignals, conserve_max: float) -> str:
+    """The sentence of a snapshot flagged by conservation (``conservation: ...``), naming what was
+    measured on the freed side: structure that became zeros in the snapshot's bytes
+    (:attr:`SnapshotSignals.structure_freed`: discarded or zeroed) and structure the files released
+    and left in place (:attr:`SnapshotSignals.structure_released`: unlinked or truncated, the bytes
+    still there as free space), each only when it is there. Pure."""
+    data = max(1, signals.data_blocks)
+    freed, released = signals.structure_freed / data, signals.structure_released / data
+    parts = ([f"{freed:.1%} became zeros: discarded or zeroed"] if signals.structure_freed else []) \
+        + ([f"{released:.1%} released by the files and left in place as free space"]
+           if signals.structure_released else [])
+    how = ("the old blocks left in place" if not signals.structure_freed
+           else "the old blocks discarded" if not signals.structure_released
+           else "the old blocks partly discarded, partly left in place")
+    return (f"conservation: {freed + released:.1%} of the data was structured and left the files "
+            f"({'; '.join(parts) or 'nothing measured'}) while {signals.random_filled / data:.1%} was written as "
+            f"random bytes where there were zeros (conserved {signals.conserved:.1%}, above conserve_max "
+            f"{conserve_max:.1%}): files rewritten as ciphertext elsewhere (copy-encrypt-delete, or truncated and "
+            f"rewritten), {how}")
 
 
 def _window_items(window: Sequence[tuple]) -> list[tuple[int, float, float]]:
@@ -2887,7 +2929,7 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], 
     paired = paired if isinstance(paired, Paired) else Paired()
     if signals.paired_measured:
         paired = paired.step(seq, signals.ciphertext_files / signals.data_blocks,
-                             signals.released_since_anchor / signals.data_blocks)
+                             signals.released_since_anchor / signals.data_blocks, signals.wrote_random)
     slow[PAIRED] = paired
     if paired.total() > float(policy["conserve_max"]):
         flagged.append(PAIRED)
@@ -2940,13 +2982,7 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], 
     if signals.shrunk_bytes > 0:
         reasons.append(f"the volume shrank by {signals.shrunk_bytes} bytes")
     if per_snapshot_conserved:
-        released = (f" ({signals.structure_released / signals.data_blocks:.1%} of it released by the files and left in "
-                    f"place)") if signals.structure_released else ""
-        reasons.append(f"conservation: {(signals.structure_freed + signals.structure_released) / signals.data_blocks:.1%} "
-                       f"of the data was structured and became zeros or free{released} while "
-                       f"{signals.random_filled / signals.data_blocks:.1%} was written as random "
-                       f"bytes where there were zeros (conserved {signals.conserved:.1%}, above conserve_max "
-                       f"{float(policy['conserve_max']):.1%}): copy-encrypt-delete with freed blocks discarded")
+        reasons.append(conservation_reason(signals, float(policy["conserve_max"])))
     ext, count, names = signals.renamed()
     if count >= int(policy["rename_min"]):
         reasons.append(f"rename: {count} file names got a new extension in one snapshot (appended, or replacing a "

@@ -75,6 +75,25 @@ allows ~3 inodes per file-system block, so a forged table of tiny files would ot
 bytes per block, 24 times the maps themselves; past it a uniform sample is kept."""
 RO_COMPAT_GDT_CSUM = 0x10
 RO_COMPAT_METADATA_CSUM = 0x400
+COMPAT_HAS_JOURNAL = 0x4
+INCOMPAT_RECOVER = 0x4
+JOURNAL_INO = 8
+JBD2_MAGIC = 0xC03B3998
+JBD2_DESCRIPTOR, JBD2_COMMIT, JBD2_SB_V1, JBD2_SB_V2, JBD2_REVOKE = 1, 2, 3, 4, 5
+JBD2_INCOMPAT_64BIT, JBD2_INCOMPAT_CSUM_V2, JBD2_INCOMPAT_CSUM_V3, JBD2_INCOMPAT_FAST_COMMIT = 0x2, 0x8, 0x10, 0x20
+JBD2_FLAG_ESCAPE, JBD2_FLAG_SAME_UUID, JBD2_FLAG_LAST_TAG = 0x1, 0x2, 0x8
+JBD2_FC_BLOCKS_DEFAULT = 256
+"""jbd2's on-disk format (``Documentation/filesystems/ext4/journal.rst``; ``include/linux/jbd2.h``):
+big-endian block headers (magic, block type, sequence), the journal superblock's ``s_blocksize``
+(0xC), ``s_maxlen`` (0x10), ``s_first`` (0x14), ``s_sequence`` (0x18), ``s_start`` (0x1C),
+``s_feature_incompat`` (0x28), ``s_num_fc_blks`` (0x54); descriptor tags of 16 bytes with
+``CSUM_V3`` (``journal_block_tag3_t``), else 12 (+2 with ``CSUM_V2``, -4 without ``64BIT``), each
+followed by a 16-byte UUID unless ``SAME_UUID``; revoke records of 4 or 8 (``64BIT``) bytes after a
+16-byte header whose ``r_count`` (0xC) is the bytes used. The superblock's ``s_journal_inum``
+(0xE0) names the journal's inode (8); ``INCOMPAT_RECOVER`` is set while the file system is mounted
+(cleared by a clean unmount)."""
+JOURNAL_NODES_MAX = 1024
+"""Extent-tree blocks of the journal inode read at most (a real journal needs one or none)."""
 
 
 @dataclass(frozen=True)
@@ -158,8 +177,13 @@ def read_allocation(read: Callable[[int, int], bytes], size_bytes: int,
     module docstring), or when walking its inodes and extent trees would take more work than a real
     file system of its size can need (:func:`parse_budget`: forged metadata; the caller then
     excuses nothing). ``report``, if given, is filled with the budget's :meth:`ParseBudget.doc`
-    once the walk started (``exceeded`` True: it gave up for that reason). Raises only what
-    ``read`` raises (a corrupt or missing chunk)."""
+    once the walk started (``exceeded`` True: it gave up for that reason). A file system marked as
+    needing recovery (``INCOMPAT_RECOVER``: mounted while snapshotted, or not cleanly unmounted) is
+    read with the committed transactions of its internal journal replayed over the home locations
+    (:func:`journal_copies`), as a mount of the snapshot would see it: ext4 commits metadata to the
+    journal first and writes it home up to ~30 s later, so the home locations alone show files that
+    a restore's mount no longer has (and miss new ones). Raises only what ``read`` raises (a corrupt
+    or missing chunk)."""
     if size_bytes < 2048:
         return None
     sb = read(1024, 1024)
@@ -186,9 +210,21 @@ def read_allocation(read: Callable[[int, int], bytes], size_bytes: int,
     groups = (blocks - first_data + per_group - 1) // per_group
     if inodes_count > groups * inodes_per_group:
         return None
-    gdt = read((first_data + 1) * bs, groups * desc) if (first_data + 1) * bs + groups * desc <= size_bytes else None
-    if gdt is None:
+    if (first_data + 1) * bs + groups * desc > size_bytes:
         return None
+    if compat & COMPAT_HAS_JOURNAL and incompat & INCOMPAT_RECOVER:
+        # mounted (or not cleanly unmounted): what the kernel committed to the journal and has not
+        # written to its home yet is read from the journal, as a mount would replay it
+        gdt0 = read((first_data + 1) * bs, desc)
+        table0 = struct.unpack_from("<I", gdt0, 0x8)[0] | (
+            (struct.unpack_from("<I", gdt0, 0x28)[0] << 32) if wide and desc >= 64 else 0)
+        (journal_ino,) = struct.unpack_from("<I", sb, 0xE0)
+        if journal_ino == JOURNAL_INO and JOURNAL_INO <= inodes_per_group and table0 < blocks:
+            inode = read(table0 * bs + (JOURNAL_INO - 1) * inode_size, 128)
+            copies = journal_copies(read, bs, blocks, inode)
+            if copies:
+                read = _overlaid(read, bs, copies)
+    gdt = read((first_data + 1) * bs, groups * desc)
     g = np.frombuffer(gdt, dtype=np.uint8).reshape(groups, desc)
 
     def field(off: int, hi: int | None) -> np.ndarray:
@@ -278,6 +314,152 @@ def data_weight(content: bytes, bs: int) -> np.ndarray:
         if fill_period(content[i * bs:(i + 1) * bs]):
             w[i] = 0.0
     return w
+
+
+def journal_copies(read: Callable[[int, int], bytes], bs: int, blocks: int,
+                   inode: bytes) -> dict[int, tuple[int, bool]]:
+    """What a mount would replay from an ext3/4 file system's internal jbd2 journal (the
+    journal's inode ``inode``, its first 128 bytes): ``{file-system block: (the file-system block
+    holding its newest committed copy in the journal, escaped)}`` (escaped: the copy's first four
+    bytes stand for :data:`JBD2_MAGIC`). Follows the log from ``s_start`` with ``s_sequence`` as the
+    kernel's recovery does (``fs/jbd2/recovery.c``): transactions in sequence, each descriptor's
+    tags naming the blocks that follow it, a transaction counted once its commit block is found,
+    a block revoked by a transaction at or after its own not replayed; the log ends at the first
+    block that is not the next expected one. Empty when the journal is clean (``s_start`` 0), not
+    an extent-mapped inode, or not understood (a block size other than the file system's, a
+    journal superblock version 1 without features). Not done: checksums (``CSUM_V2``/``V3``) are
+    not verified (the kernel skips a block or stops at a commit whose checksum fails: a journal
+    forged to fail them is replayed here and not by the kernel), the fast-commit area (``FAST_COMMIT``:
+    inode updates logged apart from the main log) is not read. Bounded by the journal's length:
+    each log block is visited at most once. Raises only what ``read`` raises."""
+    (mode,) = struct.unpack_from("<H", inode, 0)
+    (iflags,) = struct.unpack_from("<I", inode, 0x20)
+    if mode & 0xF000 != 0x8000 or not iflags & EXTENTS_FL:
+        return {}
+    ext: list[tuple[int, int, int]] = []  # (logical, physical, length) of the journal's written extents
+    nodes = [0]
+
+    def walk(raw: bytes, depth_left: int) -> bool:
+        magic, entries, max_entries, depth = struct.unpack_from("<HHHH", raw, 0)
+        if magic != EXTENT_MAGIC or depth >= depth_left or entries > max_entries or 12 + 12 * entries > len(raw):
+            return False
+        for k in range(entries):
+            a = 12 + 12 * k
+            if depth == 0:
+                logical, length, hi, lo = struct.unpack_from("<IHHI", raw, a)
+                if 0 < length <= 32768 and (hi << 32 | lo) + length <= blocks:
+                    ext.append((logical, hi << 32 | lo, length))
+                continue
+            lo, hi = struct.unpack_from("<IH", raw, a + 4)
+            child = hi << 32 | lo
+            nodes[0] += 1
+            if child >= blocks or nodes[0] > JOURNAL_NODES_MAX or not walk(read(child * bs, bs), depth):
+                return False
+        return True
+    if not walk(inode[0x28:0x28 + 60], TREE_DEPTH_MAX + 1) or not ext:
+        return {}
+    ext.sort()
+    logical = np.array([e[0] for e in ext], dtype=np.int64)
+
+    def where(n: int) -> int | None:  # the file-system block of the journal's block n
+        k = int(np.searchsorted(logical, n, side="right")) - 1
+        if k < 0 or n >= ext[k][0] + ext[k][2]:
+            return None
+        return ext[k][1] + n - ext[k][0]
+    at = where(0)
+    if at is None:
+        return {}
+    js = read(at * bs, 1024)
+    magic, kind = struct.unpack_from(">II", js, 0)
+    j_bs, maxlen, first, sequence, start = struct.unpack_from(">IIIII", js, 0xC)
+    if magic != JBD2_MAGIC or kind not in (JBD2_SB_V1, JBD2_SB_V2) or j_bs != bs or start == 0 \
+            or not 0 < first <= start < maxlen:
+        return {}
+    incompat = struct.unpack_from(">I", js, 0x28)[0] if kind == JBD2_SB_V2 else 0
+    wide, v2, v3 = (bool(incompat & f) for f in (JBD2_INCOMPAT_64BIT, JBD2_INCOMPAT_CSUM_V2, JBD2_INCOMPAT_CSUM_V3))
+    if incompat & JBD2_INCOMPAT_FAST_COMMIT:
+        maxlen -= struct.unpack_from(">I", js, 0x54)[0] or JBD2_FC_BLOCKS_DEFAULT
+    tag_bytes = 16 if v3 else 12 + (2 if v2 else 0) - (0 if wide else 4)
+    tail = 4 if v2 or v3 else 0
+    copies: dict[int, tuple[int, bool, int]] = {}  # block -> (its copy's fs block, escaped, transaction)
+    revoked: dict[int, int] = {}  # block -> newest transaction revoking it
+    pending: list[tuple[int, int, bool]] = []
+    pending_revokes: list[int] = []
+    pos, seq, committed = start, sequence, 0
+
+    def step(n: int) -> int:
+        n += 1
+        return first if n >= maxlen else n
+    for _ in range(max(0, maxlen - first)):
+        at = where(pos)
+        if at is None:
+            break
+        block = read(at * bs, bs)
+        magic, kind, tid = struct.unpack_from(">III", block, 0)
+        if magic != JBD2_MAGIC or tid != seq:
+            break
+        if kind == JBD2_DESCRIPTOR:
+            off, end = 12, bs - tail
+            while off + tag_bytes <= end:
+                if v3:
+                    lo, flags, hi = struct.unpack_from(">III", block, off)
+                else:
+                    lo, flags, hi = struct.unpack_from(">I2xHI", block, off) if tag_bytes >= 12 else \
+                        (*struct.unpack_from(">I2xH", block, off), 0)
+                target = lo | (hi << 32 if wide else 0)
+                pos = step(pos)
+                copy = where(pos)
+                if copy is None:
+                    break
+                if target < blocks:
+                    pending.append((target, copy, bool(flags & JBD2_FLAG_ESCAPE)))
+                off += tag_bytes + (0 if flags & JBD2_FLAG_SAME_UUID else 16)
+                if flags & JBD2_FLAG_LAST_TAG:
+                    break
+        elif kind == JBD2_REVOKE:
+            (count,) = struct.unpack_from(">I", block, 0xC)
+            size = 8 if wide else 4
+            for off in range(16, min(count, bs) - size + 1, size):
+                pending_revokes.append(int.from_bytes(block[off:off + size], "big"))
+        elif kind == JBD2_COMMIT:
+            committed += 1  # transactions counted in log order (the sequence number wraps)
+            for target, copy, escaped in pending:
+                copies[target] = (copy, escaped, committed)
+            for target in pending_revokes:
+                revoked[target] = committed
+            pending, pending_revokes = [], []
+            seq = (seq + 1) & 0xFFFFFFFF
+        else:
+            break
+        pos = step(pos)
+        if pos == start:
+            break
+    return {b: (c, e) for b, (c, e, t) in copies.items() if revoked.get(b, 0) < t}
+
+
+def _overlaid(read: Callable[[int, int], bytes], bs: int,
+              copies: dict[int, tuple[int, bool]]) -> Callable[[int, int], bytes]:
+    """``read`` with the file-system blocks of ``copies`` (:func:`journal_copies`) read from their
+    journal copies."""
+    keys = np.array(sorted(copies), dtype=np.int64)
+    magic = struct.pack(">I", JBD2_MAGIC)
+
+    def overlaid(offset: int, length: int) -> bytes:
+        raw = read(offset, length)
+        end = offset + len(raw)
+        lo, hi = np.searchsorted(keys, [offset // bs, (end + bs - 1) // bs])
+        if lo == hi:
+            return raw
+        buf = bytearray(raw)
+        for b in keys[lo:hi].tolist():
+            at, escaped = copies[b]
+            data = bytearray(read(at * bs, bs).ljust(bs, b"\0"))
+            if escaped:
+                data[0:4] = magic
+            s, e = max(offset, b * bs), min(end, (b + 1) * bs)
+            buf[s - offset:e - offset] = data[s - b * bs:e - b * bs]
+        return bytes(buf)
+    return overlaid
 
 
 def _has_backup(group: int, sparse: bool, backups: tuple[int, int] | None) -> bool:

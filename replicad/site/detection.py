@@ -663,10 +663,12 @@ class Detection:
             signals.structure_released = self._released(
                 m, base, np.concatenate(changed) if changed else np.zeros(0, np.int64), sampling)
         # any random bytes written (no slack: the measure is against the anchor, not a sum, so an
-        # attacker under slow_slack a day is measured as it grows), no carried state, or a carried
-        # one whose ciphertext-like files pass conserve_max (their originals may be deleted now)
-        wrote_random = signals.random_filled > 0.0 or signals.turned_random > 0 or signals.fresh_random > 0
-        if (wrote_random or paired is None or paired.filled > float(policy["conserve_max"])) \
+        # attacker under slow_slack a day is measured as it grows), no carried state, a carried
+        # one whose ciphertext-like files pass conserve_max (their originals may be deleted now),
+        # or random bytes written since the anchor (Paired.wrote: the metadata that makes them a
+        # file's first bytes may come in a later snapshot than the bytes: ext4's journal commit,
+        # its home locations' writeback, an attacker's raw writes)
+        if (signals.wrote_random or paired is None or paired.wrote or paired.filled > float(policy["conserve_max"])) \
                 and base.block_size == m.block_size:
             self._paired(m, base, signals, np.concatenate(changed) if changed else np.zeros(0, np.int64),
                          float(policy["conserve_max"]), anchor, sampling)
