@@ -334,7 +334,8 @@ names up in its own modules):
    own proposals (pending, and the last :attr:`_HardenedSyncObj.OWN_RESULTS_KEPT` applied). An
    applied entry carrying one of them with other bytes, whose signature verifies under the keys
    of the state before it (:func:`signature_refusal`: a forged one proves nothing and, refused as
-   forged, is remembered nowhere), shows a site that signed another site's op id, which an
+   forged, is remembered nowhere) and not this site's own (a retry with a new stamp), shows a
+   site that signed another site's op id, which an
    honest site never does (op ids are random). When that site is the one of the leader this node
    follows in the entry's term, the node deposes it as in point 19 (``_depose``, hold
    :data:`WITHHELD_HOLD_S`), ERROR naming the leader, the entry (index, term, op) and the op id,
@@ -1471,11 +1472,18 @@ class _HardenedSyncObj(SyncObj):
     def _op_id_taken(self, before: Any, decoded: dict, op_id: str, result: Any, trust: Trust | None) -> None:
         """Point 21: an applied entry with other bytes carries the op id of one of this node's own
         proposals. Judged only when its signature verifies (a forged one proves nothing and is
-        remembered nowhere under rules 3). Signed by the site of the leader this node follows in the
+        remembered nowhere under rules 3) and it is not this site's own (a retry of the op id with a
+        new stamp, as ``daemon.request_with_retry`` makes: its first answer is this site's). Signed by the site of the leader this node follows in the
         entry's term: ERROR, ``leader_front_runs``, that leader deposed; else ERROR, ``op_id_taken``."""
         if signature_refusal(before, decoded, trust) is not None \
                 or (isinstance(result, dict) and result.get("error") in cluster_state.IDENTITY_REFUSALS):
             return
+        try:
+            own_site = self.site_of(str(self._SyncObj__selfNode.id))
+        except Exception:
+            own_site = None
+        if own_site is not None and decoded.get("by") == own_site:
+            return  # this site's own: a retry of the op id with a new stamp (daemon.request_with_retry)
         idx = self._SyncObj__raftLastApplied + 1  # pysyncobj moves it after the entry was applied
         log_ = self._SyncObj__raftLog
         first = log_[0][1] if len(log_) else idx

@@ -46,9 +46,9 @@ def front_running(leader, signer: str):
     leader._dispatch_message = dispatch
 
 
-def propose_as(node, site: str, op_id: str, answers: dict) -> None:
-    node.consumer.apply_command(msgpack.packb({"v": 1, "op": "noop", "op_id": op_id, "by": site}),
-                                callback=lambda result, reason: answers.setdefault(op_id, (result, reason)))
+def propose_as(node, site: str, op_id: str, answers: dict, key: str | None = None, **extra) -> None:
+    node.consumer.apply_command(msgpack.packb({"v": 1, "op": "noop", "op_id": op_id, "by": site, **extra}),
+                                callback=lambda result, reason: answers.setdefault(key or op_id, (result, reason)))
 
 
 def test_a_front_run_command_is_refused_typed_and_its_site_deposes_the_leader(nodes):
@@ -78,3 +78,19 @@ def test_an_op_id_taken_by_another_site_deposes_nobody(nodes):
     assert result["error"] == "leader_front_run" and result["evidence"]["signer"] == sites[other._SyncObj__selfNode.id]
     assert victim.refusals.counts().get("op_id_taken") == 1 and not victim.refusals.counts().get("leader_front_runs")
     assert not victim.deposed and victim._SyncObj__raftLeader is not None
+
+
+def test_this_site_s_own_retry_with_a_new_stamp_is_no_front_run(nodes):
+    """``daemon.request_with_retry`` proposes the same op id again with a new stamp (other bytes,
+    same site): the second is answered with the first's answer, nobody is judged or deposed."""
+    sites = wire(nodes)
+    leader, (victim, other) = elect(nodes)
+    site = sites[victim._SyncObj__selfNode.id]
+    answers: dict = {}
+    propose_as(victim, site, "retry-1", answers, key="first", now_ns=1)
+    propose_as(victim, site, "retry-1", answers, key="second", now_ns=2)
+    assert tick(nodes, lambda: {"first", "second"} <= set(answers), 15.0)
+    assert answers["second"][0] == answers["first"][0] and answers["first"][0]["error"] != "leader_front_run"
+    for n in nodes:
+        counts = n.refusals.counts()
+        assert not counts.get("op_id_taken") and not counts.get("leader_front_runs") and not n.deposed
