@@ -120,7 +120,8 @@ the sites with different states (``checkpoint divergent``). So the rules that de
 the state's, not the code's: a state without :data:`RULES` is decided under rules 1, every rule as
 release b976d0a decided it, results and state contents alike (:mod:`replicad.core.state_rules1`,
 that release's state machine frozen: the digest of any log applied under rules 1 is b976d0a's);
-rules 2 are this module's. What rules 2 change: a requester's veto of its own request is a
+rules 2 and 3 are this module's (rules 3 differ from 2 only where ``rules >= 3`` is tested:
+:data:`RULES_SIGNER_KEYED`). What rules 2 change: a requester's veto of its own request is a
 withdrawal; an approved ``set_max_size`` past :func:`max_size_at_once` cools off (results carry
 ``at_once``, the volume :data:`MAX_SIZE_BASE`); finished requests are bounded per requester
 (:func:`_bounded_requests`) instead of 64 in all oldest first; one site registers at most
@@ -143,7 +144,7 @@ inside the report); refused otherwise. Under rules 1 only a raise accepted by th
 here: every other ``rules`` command (refused, or naming the version the state has) is decided by
 :mod:`replicad.core.state_rules1`, an unknown op as b976d0a answered it, so a ``rules`` command
 that fails (a hostile site's, or an honest one racing a report) leaves a site still on b976d0a
-and an upgraded one with the same state. Under rules 2 it is decided by this module (the version
+and an upgraded one with the same state. Under rules 2 and later it is decided by this module (the version
 the state has is answered ``changed`` false), so a log with it replays alike at every site that
 runs this code, and every entry before the raise stays decided under rules 1.
 
