@@ -369,7 +369,8 @@ def journal_copies(read: Callable[[int, int], bytes], bs: int, blocks: int,
     at = where(0)
     if at is None:
         return {}
-    js = read(at * bs, 1024)
+    fs_block = _blocks_of(read, bs, blocks)
+    js = fs_block(at)
     magic, kind = struct.unpack_from(">II", js, 0)
     j_bs, maxlen, first, sequence, start = struct.unpack_from(">IIIII", js, 0xC)
     if magic != JBD2_MAGIC or kind not in (JBD2_SB_V1, JBD2_SB_V2) or j_bs != bs or start == 0 \
@@ -394,7 +395,7 @@ def journal_copies(read: Callable[[int, int], bytes], bs: int, blocks: int,
         at = where(pos)
         if at is None:
             break
-        block = read(at * bs, bs)
+        block = fs_block(at)
         magic, kind, tid = struct.unpack_from(">III", block, 0)
         if magic != JBD2_MAGIC or tid != seq:
             break
@@ -437,12 +438,35 @@ def journal_copies(read: Callable[[int, int], bytes], bs: int, blocks: int,
     return {b: (c, e) for b, (c, e, t) in copies.items() if revoked.get(b, 0) < t}
 
 
+JOURNAL_READ_BYTES = 1 << 20
+"""Bytes read at once from the journal's log (:func:`_blocks_of`): the log is read in order, so one
+verified read serves the blocks of a window (a 1 KiB block read alone would decompress its 64 KiB
+chunk once per block)."""
+
+
+def _blocks_of(read: Callable[[int, int], bytes], bs: int, blocks: int) -> Callable[[int], bytes]:
+    """``block(n)``: file-system block ``n`` (``bs`` bytes, below ``blocks``), read through ``read``
+    a window of :data:`JOURNAL_READ_BYTES` at a time; the last window is kept."""
+    per = max(1, JOURNAL_READ_BYTES // bs)
+    kept: list = [None, b""]
+
+    def block(n: int) -> bytes:
+        w = n // per
+        if kept[0] != w:
+            first = w * per
+            kept[0], kept[1] = w, read(first * bs, (min(blocks, first + per) - first) * bs)
+        at = (n - w * per) * bs
+        return kept[1][at:at + bs].ljust(bs, b"\0")
+    return block
+
+
 def _overlaid(read: Callable[[int, int], bytes], bs: int,
               copies: dict[int, tuple[int, bool]]) -> Callable[[int, int], bytes]:
     """``read`` with the file-system blocks of ``copies`` (:func:`journal_copies`) read from their
     journal copies."""
     keys = np.array(sorted(copies), dtype=np.int64)
     magic = struct.pack(">I", JBD2_MAGIC)
+    copy_of = _blocks_of(read, bs, max(at for at, _ in copies.values()) + 1)
 
     def overlaid(offset: int, length: int) -> bytes:
         raw = read(offset, length)
@@ -453,7 +477,7 @@ def _overlaid(read: Callable[[int, int], bytes], bs: int,
         buf = bytearray(raw)
         for b in keys[lo:hi].tolist():
             at, escaped = copies[b]
-            data = bytearray(read(at * bs, bs).ljust(bs, b"\0"))
+            data = bytearray(copy_of(at))
             if escaped:
                 data[0:4] = magic
             s, e = max(offset, b * bs), min(end, (b + 1) * bs)
