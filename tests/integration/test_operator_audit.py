@@ -2,7 +2,8 @@
 site that made the request names the action and its arguments (not ``r1 by site-a:   --``);
 arguments and results are ``key=value`` words, not Python dict reprs; a restarted site does not
 log the request history again as new ``AUDIT request`` WARNINGs: the Raft log's replay is marked
-``AUDIT (replayed from the Raft log)`` at INFO."""
+``AUDIT (replayed from the Raft log)`` at INFO; a founding is logged as committed before a site
+first joined (INFO), never as while it was away; a deleted mark is no first start (WARNING)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 def test_request_audit_lines_name_the_action_and_a_restart_marks_its_replay(cluster_factory) -> None:
     c = cluster_factory(n_blocks=32, interval="3650d", extra_site_toml=NO_FLOOR_TOML)
+    for site in c.sites:  # the founding (add_volume, the rules raise) is no site's absence
+        founding = c.sites[site].log_path.read_text(errors="replace").splitlines()
+        assert not [x for x in founding if "was away" in x], (site, [x for x in founding if "was away" in x])
+        assert all("INFO" in x for x in founding if "AUDIT (committed before this site first joined)" in x), site
     # a token sent to a site without access control is said to be unchecked, once; none sent: nothing said
     res = cli(c, "site-a", "--token", "wrong-" + "x" * 30, "requests")
     assert res.returncode == 0 and res.stderr.count("has no access control") == 1, res.stderr
@@ -81,3 +86,15 @@ def test_request_audit_lines_name_the_action_and_a_restart_marks_its_replay(clus
                60)
     again = [x for x in lines("site-c", before) if f"request {away_req}" in x]
     assert all("AUDIT (replayed from the Raft log) request" in x and "WARNING" not in x for x in again), again
+
+    # the mark deleted (to hide what was committed while site-c was down): not a first start, the
+    # replayed history is logged at WARNING saying the mark was missing
+    c.wait_for("site-c joined", lambda: c.status("site-c").get("raft", {}).get("leader"), 60)
+    c.kill("site-c", signal.SIGTERM)
+    (c.sites["site-c"].dir / "data" / "audit.seen").unlink()
+    before = len(lines("site-c"))
+    c.start("site-c")
+    c.wait_for("site-c replayed it", lambda: any(f"request {away_req} applied" in x for x in lines("site-c", before)),
+               60)
+    hidden = [x for x in lines("site-c", before) if f"request {away_req}" in x]
+    assert hidden and all("WARNING" in x and "committed while this site was away" in x for x in hidden), hidden
