@@ -553,8 +553,9 @@ class Detection:
         file-system maps for what the files released (:meth:`_released`): below it this snapshot
         cannot add to the conservation window whatever was released. The same trigger, a
         ``paired`` state (carried from the snapshot before: :class:`anomaly.Paired`) whose
-        ciphertext-like files pass ``conserve_max``, or no carried state at all, measure
-        conservation across snapshots against the anchor (:meth:`_paired`)."""
+        ciphertext-like files pass ``conserve_max`` or that saw random bytes written since the
+        anchor (``wrote``: the metadata naming them may come a snapshot later), or no carried
+        state at all, measure conservation across snapshots against the anchor (:meth:`_paired`)."""
         self._judging.allocations = OrderedDict()
         try:
             return self._signals_of(m, base, ref, policy, sampling, anchor, elapsed_s, paired)
