@@ -290,6 +290,18 @@ case("a follower deposed a leader withholding its commands: critical, leader_wit
        [exp("ReplicadRaftLeaderWithholds", {"site": "site-c", "reason": "leader_withholds"}, 1)]),
       ("20m", "ReplicadRaftLeaderWithholds", [])])
 
+case("a follower saw its op id signed by another site: critical, leader_front_runs and op_id_taken only",
+     [('replicad_raft_refused_total{site="site-a", reason="leader_front_runs"}', "0 0 1x20"),
+      ('replicad_raft_refused_total{site="site-b", reason="op_id_taken"}', "0 0 0 0 0 0 1x20"),
+      ('replicad_raft_refused_total{site="site-b", reason="vote_for_deposed"}', "0 0 5x20")],
+     [("1m", "ReplicadRaftLeaderFrontRuns", []),
+      ("3m", "ReplicadRaftLeaderFrontRuns",
+       [exp("ReplicadRaftLeaderFrontRuns", {"site": "site-a", "reason": "leader_front_runs"}, 1)]),
+      ("7m", "ReplicadRaftLeaderFrontRuns",
+       [exp("ReplicadRaftLeaderFrontRuns", {"site": "site-a", "reason": "leader_front_runs"}, 1),
+        exp("ReplicadRaftLeaderFrontRuns", {"site": "site-b", "reason": "op_id_taken"}, 1)]),
+      ("25m", "ReplicadRaftLeaderFrontRuns", [])])
+
 case("a site read a volume it does not hold: warning while refusals are within 15m; busy alone is quiet",
      [('replicad_fetch_refused_total{site="site-b", requester="site-a", reason="not_holder"}', "0 0 3x30"),
       ('replicad_fetch_refused_total{site="site-b", requester="site-c", reason="busy"}', "0 0 5 9 20x30")],
@@ -307,6 +319,20 @@ case("a site held request documents past its share: warning while refusals are w
       ("3m", "ReplicadPeerDocRefused",
        [exp("ReplicadPeerDocRefused", {"site": "site-b", "peer": "site-c", "reason": "doc_busy_per_site"}, 40)]),
       ("30m", "ReplicadPeerDocRefused", [])])
+
+case("a site held peer connections past its share or without a head: warning within 15m; admin is quiet",
+     [('replicad_conn_refused_total{site="site-b", listener="peer", peer="site-c", reason="conn_busy_per_peer"}',
+       "0 0 1744x30"),
+      ('replicad_conn_refused_total{site="site-b", listener="peer", peer="site-c", reason="head_timeout"}',
+       "0 0 0 256x30"),
+      ('replicad_conn_refused_total{site="site-b", listener="peer", peer="site-a", reason="head_timeout"}', "0x33"),
+      ('replicad_conn_refused_total{site="site-b", listener="admin", peer="other", reason="head_timeout"}',
+       "0 0 3x30")],
+     [("1m", "ReplicadPeerConnRefused", []),
+      ("4m", "ReplicadPeerConnRefused",
+       [exp("ReplicadPeerConnRefused", {"site": "site-b", "peer": "site-c", "reason": "conn_busy_per_peer"}, 1744),
+        exp("ReplicadPeerConnRefused", {"site": "site-b", "peer": "site-c", "reason": "head_timeout"}, 256)]),
+      ("30m", "ReplicadPeerConnRefused", [])])
 
 case("a holder stalled fetches: warning while stalls are within 15m",
      [('replicad_fetch_stalled_total{site="site-c", holder="site-a"}', "0 0 1x30"),

@@ -61,6 +61,7 @@ from replicad.core.backoff import Backoff
 from replicad.core.errors import (ConflictError, MembershipMismatchError, NotFoundError, ReplicadError,
                                   RulesVersionError, facts_text, from_os_error, is_transient)
 from replicad.core.state import CLOCK_REPORT_PERIOD_NS, DEFAULT_RETENTION, REQUESTS_MAX, RULES_MAX, rules
+from replicad.peer import conngate
 from replicad.peer.tls import check_site_tls, client_context, server_context
 from replicad.peer.transport import PeerClient, peer_routes
 from replicad.site import reload
@@ -82,7 +83,7 @@ from replicad.site.standby import StandbyCheck
 from replicad.site.status import Status
 from replicad.site.volumes import VolumeLoop
 from replicad.site.registration import RegistrationCheck, registered_size_bytes
-from replicad.site.rules_raise import RulesRaise, reported_rules_max
+from replicad.site.rules_raise import RulesRaise, founding_rules, reported_rules_max
 from replicad.site.seen import SeenMark
 from replicad.storage import fingerprints
 from replicad.storage.audit import AuditLog
@@ -183,6 +184,7 @@ class SiteDaemon:
         """
         self._loop = asyncio.get_running_loop()
         self._reported_max = reported_rules_max(self.cfg.lab)  # ConfigError (a bad lab knob): before anything opens
+        self._founding_rules = founding_rules(self.cfg.lab)  # the rules this site's found proposals carry
         if self.cfg.tls is not None:  # before anything opens: a bad certificate stops the start
             check_site_tls(self.cfg.tls, self.site_id)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -239,7 +241,7 @@ class SiteDaemon:
         await self._serve([*peer_routes(self.receiver), self.rules_raise.route()], self.cfg.peer_listen,
                           client_max_size=64 * 2**20,
                           ssl_context=server_context(tls) if tls is not None else None)
-        await self._serve(admin_routes(self), self.cfg.admin_listen)
+        await self._serve(admin_routes(self), self.cfg.admin_listen, listener="admin")
         self._tasks.append(asyncio.create_task(self._bootstrap(), name="bootstrap"))
         for runner in self.runners.values():
             self._tasks.append(asyncio.create_task(self.volumes.run_volume(runner),
@@ -389,14 +391,40 @@ class SiteDaemon:
         return any(r.acting_epoch is not None for r in list(self.runners.values()))
 
     async def _serve(self, routes: list[web.RouteDef], listen: str, ssl_context: ssl.SSLContext | None = None,
-                     **app_kw: Any) -> None:
-        app = web.Application(**app_kw)
+                     listener: str = "peer", **app_kw: Any) -> None:
+        """Serve ``routes`` on ``listen`` under a :class:`~replicad.peer.conngate.ConnGate`
+        (ARCHITECTURE.md, Choices: "A connection costs its listener a bounded number of file
+        descriptors"). ``listener`` ``"peer"``: at most CONN_PER_PEER connections of one
+        certificate's site (without TLS, addresses are no site's: only CONN_TOTAL bounds them) and
+        CONN_TOTAL in all, idle keep-alive closed after IDLE_S; ``"admin"``: ADMIN_CONN_PER_ADDRESS
+        of one address and ADMIN_CONN_TOTAL in all, aiohttp's keep-alive (longer than any
+        scraper's pool). Both: a request head within HEAD_S of connecting
+        (``REPLICAD_LAB_CONN_HEAD_S`` with ``lab = true``), a TLS handshake within HANDSHAKE_S.
+        Refusals counted in ``replicad_conn_refused_total``."""
+        head_s = conngate.HEAD_S
+        if self.cfg.lab and os.environ.get(conngate.LAB_CONN_HEAD_ENV):  # a test bench: deadlines within seconds
+            head_s = float(os.environ[conngate.LAB_CONN_HEAD_ENV])
+        sites = {s.site_id for s in self.cfg.sites}
+
+        def refused(peer: str, reason: str) -> None:
+            if self.metrics is not None:
+                self.metrics.conn_refused(listener, peer if listener == "peer" and peer in sites else "other", reason)
+        if listener == "peer":
+            total = max(conngate.CONN_TOTAL, conngate.CONN_PER_PEER * len(self.cfg.sites))
+            gate = conngate.ConnGate(self.site_id, listener, refused, total=total, head_s=head_s,
+                                     per_peer=conngate.CONN_PER_PEER if ssl_context is not None else total)
+            handler_kw: dict[str, Any] = {"keepalive_timeout": conngate.IDLE_S}
+        else:
+            gate = conngate.ConnGate(self.site_id, listener, refused, per_peer=conngate.ADMIN_CONN_PER_ADDRESS,
+                                     total=conngate.ADMIN_CONN_TOTAL, head_s=head_s)
+            handler_kw = {}
+        app = web.Application(middlewares=[gate.middleware], **app_kw)
         app.add_routes(routes)
         # on stop, in-flight requests get SHUTDOWN_GRACE_S to finish, then are abandoned
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S, **handler_kw)
         await runner.setup()
         host, port = _host_port(listen)
-        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+        await conngate.GatedTCPSite(runner, host, port, gate, ssl_context=ssl_context).start()
         self._web_runners.append(runner)
 
     def request_stop(self) -> None:
@@ -483,7 +511,8 @@ class SiteDaemon:
                     self._loop.call_soon_threadsafe(self._membership_agreed, members)
         if result.get("ok") and command.get("op") in CLUSTER_WIDE_OPS:
             self._cluster_wide_event(command, result)
-        if result.get("ok") and command.get("op") == "rules" and result.get("changed") \
+        if result.get("ok") and (command.get("op") == "found" or (command.get("op") == "rules"
+                                                                   and result.get("changed"))) \
                 and isinstance(result.get("rules"), int) and isinstance(result.get("previous"), int) \
                 and result["rules"] > result["previous"]:  # a raise, not another command's stored answer
             self._rules_event(command, result)
@@ -518,12 +547,20 @@ class SiteDaemon:
 
     def _audit_prefix(self) -> tuple[int, str]:
         """Tick thread: the level and the start of an AUDIT line for the entry just applied: seen
-        live (WARNING ``AUDIT``), committed while this site was away (WARNING ``AUDIT (committed
-        while this site was away)``) or this site's history replayed at start (INFO ``AUDIT
-        (replayed from the Raft log)``)."""
+        live (WARNING ``AUDIT``), committed before this site first joined the cluster (its first
+        start: INFO ``AUDIT (committed before this site first joined)``), committed while this site
+        was away (WARNING ``AUDIT (committed while this site was away)``; with ``, or before: its
+        mark audit.seen was missing`` when a data dir with a Raft log had no mark) or this site's
+        history replayed at start (INFO ``AUDIT (replayed from the Raft log)``)."""
         if self._joined():
             return logging.WARNING, "AUDIT"
+        seen = getattr(self, "seen", None)
+        if seen is not None and seen.before_first_join():
+            return logging.INFO, "AUDIT (committed before this site first joined)"
         if self._away():
+            if seen is not None and seen.missing is not None:
+                return logging.WARNING, (f"AUDIT (committed while this site was away, or before: its mark "
+                                         f"{seen.path.name} was {seen.missing})")
             return logging.WARNING, "AUDIT (committed while this site was away)"
         return logging.INFO, "AUDIT (replayed from the Raft log)"
 
@@ -585,8 +622,20 @@ class SiteDaemon:
         """Tick thread: a raise of the cluster's rules is logged at every site at WARNING, naming the
         site that proposed it, the members it leaves behind and the operators who consented (the
         raising site's own line says the same from its side). Replayed at start: INFO, as the
-        other AUDIT lines."""
+        other AUDIT lines. A founding that carried the rules (``found``, ``state.founding_rules``)
+        says the cluster is founded under them, at WARNING when it dropped what members had applied
+        before it under rules 1."""
         level, audit = self._audit_prefix()
+        if command.get("op") == "found":  # the founding carried them (state.founding_rules)
+            dropped = result.get("dropped") or {}
+            log.log(level if not dropped else logging.WARNING,
+                    "%s the cluster is founded under rules %s (%s's found proposal carried them)%s", audit,
+                    result.get("rules"), command.get("by"),
+                    (f"; dropped what members applied before it under rules {result.get('previous')}: "
+                     f"{facts_text(dropped)}") if dropped else "")
+            if level == logging.WARNING:
+                self._logged_live()
+            return
         behind = result.get("behind") or {}
         log.log(level, "%s the cluster's rules raised %s -> %s by %s%s", audit, result.get("previous"),
                 result.get("rules"), command.get("by"),
@@ -686,8 +735,12 @@ class SiteDaemon:
                     return
                 current = self.raft.view().get("incarnation")
                 if current is None:  # not founded yet: propose this config's list
+                    # the founding carries this release's rules: a new cluster is decided under them from
+                    # its founding (state.founding_rules; a cluster founded already is not refounded)
                     res = await self.cluster.propose("found", incarnation=os.urandom(16),
-                                                     members=self.cfg.membership())
+                                                     members=self.cfg.membership(),
+                                                     **({"rules": self._founding_rules}
+                                                        if self._founding_rules > 1 else {}))
                     if not res.get("adopted", True):
                         self._founding_waits(res)
                         if self.fatal is not None:
@@ -754,7 +807,9 @@ class SiteDaemon:
         alike, and the raise is applied only once each member runs a release that applies it. Every
         upgraded site waits so; the first raise applied wins, the others find it done. The stop
         covers a state this site received whole (a dump); a raise past its ``RULES_MAX`` that it
-        replays is refused there (under rules 1 as b976d0a refuses it, an unknown op)."""
+        replays is refused there (under rules 1 as b976d0a refuses it, an unknown op). Once the
+        rules are at ``RULES_MAX`` (founded or raised so), :meth:`RulesRaise.watch` names at ERROR
+        each member whose release does not apply them."""
         current = rules(self.raft.view())
         if current > RULES_MAX:
             self._fail(RulesVersionError(f"the cluster state is decided under rules {current}, and this release "
@@ -763,6 +818,8 @@ class SiteDaemon:
             return
         if current < RULES_MAX and not any(t.get_name() == "rules-raise" and not t.done() for t in self._tasks):
             self._tasks.append(asyncio.create_task(self.rules_raise.run(self._stopping), name="rules-raise"))
+        if not any(t.get_name() == "rules-watch" for t in self._tasks):  # names members behind once there
+            self._tasks.append(asyncio.create_task(self.rules_raise.watch(self._stopping), name="rules-watch"))
 
     async def _register_volume(self, v: VolumeConfig) -> None:
         """Register ``v`` in the Raft state if this site is its ``initial_primary`` and nobody did

@@ -309,6 +309,16 @@ class Replication:
         log.warning("replica %s stalled the ship of %s#%d (%s): cut; cycles do not wait for it for the next %.0fs, "
                     "it gets the next snapshot", peer, m.volume, m.seq, err.message, SHIP_STALL_MEMORY_S)
 
+    def _slot_waited(self, peer: str, waited_s: float, got: bool) -> None:
+        """A ship's chunk stream to ``peer`` waited ``waited_s`` seconds for one of this site's
+        places (:class:`~replicad.peer.transport.StreamSlots`) and got one or gave up: counted
+        (``replicad_ship_slot_waits_total``, ``replicad_ship_slot_wait_seconds_total``), never
+        as a stall. Never raises."""
+        try:
+            self.metrics.ship_slot_waited(peer, waited_s, got)
+        except Exception as bug:  # noqa: BLE001 - accounting must not fail a ship
+            log.error("accounting a wait for a chunk stream to %s failed: %s: %s", peer, type(bug).__name__, bug)
+
     async def _ship_all(self, runner: VolumeRunner, vs: dict, m: Manifest,
                         wait_s: float = CHUNK_SLOT_WAIT_MIN_S) -> dict[str, dict]:
         """Ship ``m`` to every data peer concurrently; return ``{peer: report}``. A ship whose
@@ -385,7 +395,7 @@ class Replication:
         """Ship snapshot ``m`` to ``peer``: offer only what differs from the newest snapshot both
         hold (delta), stream what it lacks, then get its O2 "stored" acknowledgement. The stream
         waits up to ``wait_s`` for one of this site's places to the peer
-        (:meth:`PeerClient.send_chunks`).
+        (:meth:`PeerClient.send_chunks`; the wait is counted in ``replicad_ship_slot_wait_*``).
         This ship is one consumer of ``shared``: it takes its batches or leaves it.
 
         A chunk found corrupt in the local store while reading it for shipping is dropped,
@@ -405,8 +415,8 @@ class Replication:
 
     async def _ship_once(self, peer: str, vs: dict, m: Manifest, epoch: int,
                          shared: SharedFrames | None = None, wait_s: float = CHUNK_SLOT_WAIT_MIN_S) -> dict:
-        url = self.cluster.peer_url(peer)
         try:
+            url = self.cluster.peer_url(peer)
             # the newest snapshot both are said to hold, whose manifest is really here: one whose
             # chunks every holder lost (skipped at the takeover) is no base
             base_seq = next((s for s in sorted(vs["snapshots"], reverse=True)
@@ -421,8 +431,9 @@ class Replication:
             raise
         sent_bytes = 0
         if lacking:
-            _, sent_bytes = await self.peers.send_chunks(url, m.volume, epoch, self.store, lacking, shared,
-                                                         slot_wait_s=wait_s)
+            _, sent_bytes = await self.peers.send_chunks(
+                url, m.volume, epoch, self.store, lacking, shared, slot_wait_s=wait_s,
+                on_slot_wait=lambda waited_s, got: self._slot_waited(peer, waited_s, got))
             self.metrics.shipped(m.volume, peer, sent_bytes)
         elif shared is not None:
             shared.leave()

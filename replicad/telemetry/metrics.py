@@ -166,12 +166,23 @@ replicad_fetch_refused_total                                requester, reason  f
                                                                                cut as a holder (counter)
 replicad_peer_doc_refused_total                             peer, route,       peer request documents refused
                                                             reason             before or while read (counter)
+replicad_conn_refused_total                                 listener, peer,    connections a listener (peer |
+                                                            reason             admin) closed: over its bounds
+                                                                               (conn_busy_per_peer | _global)
+                                                                               or no request head in time
+                                                                               (head_timeout) (counter)
 replicad_fetch_served_bytes_total                           requester, volume  chunk bytes this site served
                                                                                as a holder (counter)
 replicad_ship_stalled_total                                 peer               ship requests a replica did
                                                                                not answer in time (counter)
+replicad_ship_slot_waits_total                              peer, outcome      chunk streams that waited for
+                                                                               a place to the peer (got |
+                                                                               timed_out) (counter)
+replicad_ship_slot_wait_seconds_total                       peer               seconds they waited (counter)
 replicad_disk_free_bytes / replicad_disk_size_bytes                            ``shutil.disk_usage``
-replicad_build_info                                         version, python    constant 1
+replicad_build_info                                         version, python,   constant 1
+                                                            rules, source,     (replicad.release: the rules
+                                                            commit             range, a digest of the sources)
 replicad_scrape_error                                       part               1 if that part failed
 ==========================================================  =================  ===========================
 
@@ -199,6 +210,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from replicad import __version__
+from replicad.release import identity
 from replicad.core.anomaly import score_of
 from replicad.core import state as cluster_state
 from replicad.core.roles import ROLES
@@ -300,7 +312,8 @@ STATE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "replicad_rules_member_behind": ("1 for a member whose last release report (or its absence: an older release, "
                                      "not reachable) keeps this site from raising the rules, while it waits",
                                      ("peer",)),
-    "replicad_build_info": ("Build information (constant 1)", ("version", "python")),
+    "replicad_build_info": ("Build information (constant 1): the release (replicad.release; the same source at "
+                            "every site after an upgrade)", ("version", "python", "rules", "source", "commit")),
     "replicad_scrape_error": ("1 if this part of the state could not be read at this scrape", ("part",)),
 }
 
@@ -426,7 +439,9 @@ class StateCollector(Collector):
             except OSError as err:
                 errors["disk"] = 1
                 log.warning("metrics: cannot stat the data dir %s: %r", self.data_dir, err)
-        put("replicad_build_info", 1, __version__, platform.python_version())
+        release = identity()
+        put("replicad_build_info", 1, __version__, platform.python_version(), release["rules"], release["source"],
+            release["commit"] or "")
         for part, failed in errors.items():
             put("replicad_scrape_error", failed, part)
         vetoes = CounterMetricFamily("replicad_request_vetoes", "Vetoes applied through Raft, by vetoing site "
@@ -651,6 +666,10 @@ DOC_REFUSAL_ALERTED = ("doc_busy_per_site", "doc_too_large", "doc_too_slow")
 """Reasons of ``replicad_peer_doc_refused_total`` exported at 0 (route ``fetch``) for every other data
 site from the start (the alert ReplicadPeerDocRefused sums over routes and sees the first one as an increase)."""
 
+CONN_REFUSAL_ALERTED = ("conn_busy_per_peer", "conn_busy_global", "head_timeout")
+"""Reasons of ``replicad_conn_refused_total`` exported at 0 (listener ``peer``) for every other data site
+from the start (the alert ReplicadPeerConnRefused sees the first one as an increase)."""
+
 
 class SiteMetrics:
     """The metrics registry of one site.
@@ -723,6 +742,12 @@ class SiteMetrics:
             "or while reading them, by sending peer (its TLS certificate's site; 'other' if not a configured site), "
             "route and reason (doc_busy_per_site, doc_busy_global, doc_too_large, doc_too_slow)",
             ["site", "peer", "route", "reason"], registry=self.registry)
+        self.conns_refused = Counter(
+            "replicad_conn_refused_total",
+            "Connections a listener (peer, admin) of this site closed at once because their peer (its TLS "
+            "certificate's site on the peer listener; 'other' if not a configured site, without TLS, and on the admin "
+            "listener) held as many as it may or all peers did (conn_busy_per_peer, conn_busy_global), or because no "
+            "request head came in time (head_timeout)", ["site", "listener", "peer", "reason"], registry=self.registry)
         self.fetch_served_bytes = Counter("replicad_fetch_served_bytes_total",
                                           "Chunk payload bytes this site served to a requesting site's fetches",
                                           ["site", "requester", "volume"], registry=self.registry)
@@ -730,13 +755,23 @@ class SiteMetrics:
                                      "Ship requests to a replica (missing, chunks, snapshot) cut because it did not "
                                      "answer within their deadline or took less than the progress rule of its chunk "
                                      "upload", ["site", "peer"], registry=self.registry)
+        self.ship_slot_waits = Counter(
+            "replicad_ship_slot_waits_total", "Chunk streams of ships that waited for one of this site's places to the "
+            "peer (at most CHUNK_SLOTS_PER_PEER open at once), by outcome (got | timed_out: the ship failed "
+            "stream_slots_busy)", ["site", "peer", "outcome"], registry=self.registry)
+        self.ship_slot_wait_seconds = Counter(
+            "replicad_ship_slot_wait_seconds_total", "Seconds chunk streams of ships waited for one of this site's "
+            "places to the peer (not the peer's time: not a stall)", ["site", "peer"], registry=self.registry)
         for holder in holders:  # at zero from the start: the first stall is an increase() too
             self.fetches_stalled.labels(site_id, holder)
             self.ships_stalled.labels(site_id, holder)
+            self.ship_slot_wait_seconds.labels(site_id, holder)
             for reason in FETCH_REFUSAL_ALERTED:  # and the first refusal of a site's read (ReplicadPeerFetchRefused)
                 self.fetches_refused.labels(site_id, holder, reason)
             for reason in DOC_REFUSAL_ALERTED:  # and of its documents (ReplicadPeerDocRefused)
                 self.peer_docs_refused.labels(site_id, holder, "fetch", reason)
+            for reason in CONN_REFUSAL_ALERTED:  # and of its connections (ReplicadPeerConnRefused)
+                self.conns_refused.labels(site_id, "peer", holder, reason)
         self.standby_damaged_events = Counter(
             "replicad_standby_damage_found_total", "Times this site's standby image was found not to hold the snapshot "
             "its standby record names (standby check, verify, or a promotion's O5 check)", ["site", "volume"],
@@ -881,6 +916,12 @@ class SiteMetrics:
         """Count one ship request ``peer`` stalled (``replicad_ship_stalled_total``)."""
         self.ships_stalled.labels(self.site_id, peer).inc()
 
+    def ship_slot_waited(self, peer: str, waited_s: float, got: bool) -> None:
+        """Count one chunk stream to ``peer`` that waited ``waited_s`` seconds for a place and got
+        one (``got``) or gave up (``replicad_ship_slot_waits_total``, ``..._wait_seconds_total``)."""
+        self.ship_slot_waits.labels(self.site_id, peer, "got" if got else "timed_out").inc()
+        self.ship_slot_wait_seconds.labels(self.site_id, peer).inc(max(0.0, waited_s))
+
     def fetch_refused(self, requester: str, reason: str) -> None:
         """Count one fetch of ``requester`` refused or cut here (``replicad_fetch_refused_total``)."""
         self.fetches_refused.labels(self.site_id, requester, reason).inc()
@@ -888,6 +929,11 @@ class SiteMetrics:
     def peer_doc_refused(self, peer: str, route: str, reason: str) -> None:
         """Count one request document of ``peer`` refused on ``route`` (``replicad_peer_doc_refused_total``)."""
         self.peer_docs_refused.labels(self.site_id, peer, route, reason).inc()
+
+    def conn_refused(self, listener: str, peer: str, reason: str) -> None:
+        """Count one connection of ``peer`` (a configured site or ``other``) that ``listener``
+        (peer, admin) closed for ``reason`` (``replicad_conn_refused_total``)."""
+        self.conns_refused.labels(self.site_id, listener, peer, reason).inc()
 
     def fetch_served(self, requester: str, volume: str, payload_bytes: int) -> None:
         """Count ``payload_bytes`` served to ``requester``'s fetches of ``volume``."""

@@ -12,9 +12,12 @@ from tests.unit.ops.test_cli import run
 
 def test_version_is_the_one_the_metrics_export() -> None:
     from replicad import __version__
+    from replicad.core.state import RULES_MAX
+    from replicad.release import source_digest
 
     res = run("--version")
-    assert res.returncode == 0 and res.stdout.startswith(f"replicad {__version__} (Python "), res.stdout + res.stderr
+    assert res.returncode == 0 and res.stdout.startswith(
+        f"replicad {__version__} (rules 1-{RULES_MAX}, source {source_digest()}"), res.stdout + res.stderr
 
 
 @pytest.mark.parametrize("data_dir, expected", [

@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from replicad.telemetry.metrics import DEFAULT_RPO_TARGET_S, STATE_GAUGES, SiteMetrics
 from replicad.core.roles import ROLES
+from replicad.release import identity
 
 NOW_NS = 1_700_000_000 * 10**9
 MIN_NS = 60 * 10**9
@@ -119,6 +120,10 @@ def test_state_gauges_from_status_and_raft_state(tmp_path: Path) -> None:
         assert value(smp, "replicad_scrape_error", **site, part=part) == 0
     build = [k for k in smp if k[0] == "replicad_build_info"]
     assert len(build) == 1 and dict(build[0][1])["version"]
+    release = identity()  # which release: the rules range it applies and a digest of its sources (same version)
+    assert {k: dict(build[0][1])[k] for k in ("rules", "source")} == {"rules": release["rules"],
+                                                                      "source": release["source"]}
+    assert len(release["source"]) == 12 and int(release["source"], 16) >= 0
 
 
 def test_role_is_one_hot(tmp_path: Path) -> None:
