@@ -14,7 +14,9 @@ real snapshots shipped and committed, checkpoints every 8 commands through
   this checkout, a snapshot committed after each step;
 * **primary-first**: the primary site-a upgraded first beside a b976d0a leader, then site-b, each
   held up (SIGSTOP 1.0-1.6 s, five times) while it starts, every site then checked to follow one
-  leader in one term (a site stranded above its leader's term never syncs: raft point 7); site-c last.
+  leader in one term (a site stranded above its leader's term never syncs: raft point 7); site-c last;
+* **new-cluster**: a new cluster founded by site-a and site-b on this checkout (under its rules)
+  with site-c on b976d0a, which must stay out (never joined); then site-c upgraded, states compared.
 
 After each step: every running site's Raft view current, a snapshot committed, the rules version
 (this checkout's status ``rules``; b976d0a has none), and the sites' states compared: every
@@ -202,8 +204,8 @@ class Campaign:
             refused = (self.c.status(s).get("raft") or {}).get("refused") or {}
             if refused.get("checkpoint_divergent"):
                 raise Failed(f"{self.phase}: {s} counts checkpoint_divergent {refused['checkpoint_divergent']}")
-            with open(self.c.sites[s].log_path, "rb") as f:  # since its last start
-                f.seek(self.log_from[s])
+            with open(self.c.sites[s].log_path, "rb") as f:  # since its last start (new-cluster: site-c
+                f.seek(self.log_from[s])                     # on b976d0a diverged, as it must)
                 if b"its state differs from the majority" in f.read():
                     raise Failed(f"{self.phase}: {s} logged a divergent checkpoint")
 
@@ -407,6 +409,59 @@ def primary_first(root: Path, old: Path, rows: list[dict]) -> dict[str, float]:
         camp.close()
 
 
+def new_cluster(root: Path, old: Path, rows: list[dict]) -> dict[str, float]:
+    """A new cluster founded by this checkout (site-a, site-b) with site-c still on b976d0a: a, b
+    found it under this checkout's rules (their found proposals carry them); b976d0a refuses those
+    proposals (a key it does not know) and never sees the cluster founded: site-c must stay out
+    (never joined, never acting), not act on a state decided under other rules, and site-a and
+    site-b must name it (ERROR: no release report, upgrade it). Then site-c is upgraded: it
+    replays its log under this checkout and agrees with the others."""
+    camp = Campaign(root / "new-cluster", old, "new-cluster", rows)
+    try:
+        t0 = time.monotonic()
+        camp.start("site-a", NEW)
+        camp.start("site-b", NEW)
+        camp.start("site-c", old)
+
+        def founded() -> bool:
+            return all(camp.c.status(s).get("joined")
+                       and (camp.c.status(s).get("rules") or {}).get("version") == RULES_MAX
+                       and (camp.c.status(s)["volumes"].get(VOL) or {}).get("epoch") is not None
+                       for s in ("site-a", "site-b"))
+        camp.c.wait_for(f"site-a and site-b founded under rules {RULES_MAX}", founded, 120, interval_s=0.5)
+        ready_s = time.monotonic() - t0
+        snap = camp.snapshot()
+        time.sleep(10)  # site-c's chances to join, were it to
+        c_status = camp.c.status("site-c")
+        c_log = camp.c.sites["site-c"].log_path.read_text(errors="replace")
+        divergent = {s: ((camp.c.status(s).get("raft") or {}).get("refused") or {}).get("checkpoint_divergent")
+                     for s in ("site-a", "site-b")}
+        if c_status.get("joined") is not False or "registered in the cluster" in c_log:
+            raise Failed(f"new-cluster: site-c (b976d0a) joined a cluster founded under rules {RULES_MAX}: "
+                         f"{c_status.get('joined')}")
+        if any(divergent.values()):
+            raise Failed(f"new-cluster: the sites of this checkout count checkpoint_divergent: {divergent}")
+        logs = {s: camp.c.sites[s].log_path.read_text(errors="replace").splitlines() for s in ("site-a", "site-b")}
+        founded_lines = {s: sum(1 for line in lines if f"the cluster is founded under rules {RULES_MAX}" in line)
+                         for s, lines in logs.items()}
+        named = {s: sum(1 for line in lines if "site-c: no release report" in line and "upgrade it" in line)
+                 for s, lines in logs.items()}
+        if not all(named.values()):
+            raise Failed(f"new-cluster: the sites of this checkout do not name site-c as an older release: {named}")
+        camp.row("site-a, site-b on this checkout and site-c on b976d0a found a new cluster", ready_s,
+                 seq=snap["seq"], commit_s=round(snap["_s"], 1), rules=camp.rules(), founded_lines=founded_lines,
+                 c_named_at=named,
+                 c_joined=c_status.get("joined"), c_waiting_lines=c_log.count("propose this config's membership"),
+                 c_divergent=((c_status.get("raft") or {}).get("refused") or {}).get("checkpoint_divergent"),
+                 divergent=divergent)
+        camp.step("site-c upgraded: its log replayed under this checkout", ("site-c",))
+        if "registered in the cluster" not in camp.c.sites["site-c"].log_path.read_text(errors="replace"):
+            raise Failed("new-cluster: site-c upgraded did not join")
+        return camp.cpu
+    finally:
+        camp.close()
+
+
 def write_results(out: Path, rows: list[dict], cpu: dict[str, dict[str, float]], total_s: float, ok: bool,
                   failure: str | None) -> None:
     head = subprocess.run(["git", "-C", str(NEW), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -418,7 +473,8 @@ def write_results(out: Path, rows: list[dict], cpu: dict[str, dict[str, float]],
              f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores shared with other "
              f"work; total {total_s:.0f} s; result: **{'passed' if ok else 'FAILED: ' + str(failure)}**.",
              "Each phase: a fresh three-site cluster (real image files, snapshots shipped and committed, checkpoints "
-             f"every {EVERY} commands) on {OLD}, then upgraded. `wall_s`: the step's stop-to-ready time (rows of "
+             f"every {EVERY} commands) on {OLD}, then upgraded (new-cluster: two sites on this checkout and one on "
+             f"{OLD} found it). `wall_s`: the step's stop-to-ready time (rows of "
              "checks: their own time); `load1`: the 1-minute load average then; `agreed_n`: the first checkpoint "
              "after the step that all three sites vouched with one digest (None: no site on this checkout yet, "
              "divergence counts checked only); `rules`: each site's rules version (None: b976d0a).", "",
@@ -442,8 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--old", type=Path, default=Path("/tmp/upgrade/old"), help=f"worktree of {OLD}")
     p.add_argument("--out", type=Path, default=NEW / "tests" / "bench" / "results" / "upgrade.md")
     p.add_argument("--budget", type=float, default=900.0, help="seconds before the campaign gives up")
-    p.add_argument("--phase", choices=("all-stopped", "rolling", "primary-first", "both", "all"),
-                   default="all", help="both: all-stopped and rolling; all: and primary-first")
+    p.add_argument("--phase", choices=("all-stopped", "rolling", "primary-first", "new-cluster", "both", "all"),
+                   default="all", help="both: all-stopped and rolling; all: and primary-first, new-cluster")
     p.add_argument("--new", type=Path, default=None,
                    help="the code to upgrade to (a checkout; default this one): to check that the campaign "
                         "sees a release that raises the rules while a site still runs b976d0a")
@@ -470,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
             cpu["rolling"] = rolling(args.root, old, rows)
         if args.phase in ("primary-first", "all"):
             cpu["primary-first"] = primary_first(args.root, old, rows)
+        if args.phase in ("new-cluster", "all"):
+            cpu["new-cluster"] = new_cluster(args.root, old, rows)
     except Exception as exc:  # noqa: BLE001 — the campaign reports any failure in its results
         ok, failure = False, f"{type(exc).__name__}: {exc}"
         print(f"FAILED: {failure}", file=sys.stderr)
