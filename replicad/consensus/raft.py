@@ -343,8 +343,11 @@ names up in its own modules):
    member that learned the op id, e.g. from a relay, point 20; or a leader of an earlier term) it
    logs ERROR naming that site, counted as ``op_id_taken``, and deposes nobody (the leader that
    appended it may be honest). This node's own proposal, when the state machine answered it from
-   the memory after such an entry (rules 1 and 2; under rules 3 the memory is keyed by signing
-   site and op id and the command applies), is answered with a ``leader_front_run`` refusal
+   the memory with the answer of such an entry (rules 1 and 2, and only when that entry was decided
+   before this site's own command, so that its answer is the one stored under the op id: a retry
+   of a command already applied is answered with its own first answer, and proposing it anew would
+   apply it twice; under rules 3 the memory is keyed by signing site and op id and the command
+   applies, so never), is answered with a ``leader_front_run`` refusal
    (:class:`~replicad.core.errors.LeaderFrontRunError`), never with the other site's result, and
    :meth:`replicad.site.cluster.Cluster.propose` proposes it again as a new command. And a
    proposal is answered only by the application here of an entry with its own bytes (point 20),
@@ -1102,7 +1105,7 @@ class _HardenedSyncObj(SyncObj):
     # point 21: front-run own commands
     take_applied_entry: Callable[[], tuple | None] = staticmethod(lambda: None)  # set by RaftNode
     _own_ops: dict | None = None  # op id -> key of this node's own proposals (pending and recent); under _own_lock
-    _front_runs: dict | None = None  # op id -> evidence of a signed entry of another site that carried it
+    _front_runs: dict | None = None  # op id -> evidence of another site's signed entry whose answer it stored
 
     def __init__(self, *args: Any, refusals: RefusalLog | None = None,
                  dump_check: Callable[[Any], list[str]] | None = None, **kwargs: Any) -> None:
@@ -1439,8 +1442,9 @@ class _HardenedSyncObj(SyncObj):
         these bytes is to be answered. ``entry``: ``(state before, decoded command, result, trust)`` from
         the consumer (that result is the state machine's own; ``result`` is pysyncobj's). An entry carrying the op id of one of this node's own proposals with other
         bytes, signed by its site (:func:`signature_refusal` under the state before it), is judged
-        (:meth:`_op_id_taken`); this node's own entry answered from the exactly-once memory after
-        such an entry is answered with a ``leader_front_run`` refusal instead. Never raises."""
+        (:meth:`_op_id_taken`); this node's own entry answered from the exactly-once memory with
+        the very answer such an entry stored (rules 1 and 2 only) is answered with a
+        ``leader_front_run`` refusal instead. Never raises."""
         try:
             if entry is None or not self._own_ops:
                 return result
@@ -1455,16 +1459,19 @@ class _HardenedSyncObj(SyncObj):
             if own != key:
                 self._op_id_taken(before, decoded, op_id, result, trust)
                 return result
+            if cluster_state.rules(before) >= cluster_state.RULES_SIGNER_KEYED:
+                return result  # an answer stored under (this site, op id) is this site's own: never front-run
             stored = (before.get("applied_ops") or {}).get(cluster_state.applied_key(before, decoded.get("by"), op_id))
-            if taken is None or stored is None or result is not stored:
-                return result  # applied (rules 3), or this node's own retry answered with its first answer
+            if taken is None or stored is None or result is not stored or stored is not taken["stored"]:
+                return result  # applied, or answered with this site's own first answer (a retry of its op id)
             return {"ok": False, "error": errors.LeaderFrontRunError.code,
                     "message": f"site {taken['signer']} signed a command with this command's op id, appended "
                                f"before it (log index {taken['index']}, term {taken['term']}, leader "
                                f"{taken['leader'] or 'not known here'}), and the state machine answered this command "
                                "with that one's result: it was NOT applied (a leader that does this is deposed "
                                "here); propose it again as a new command",
-                    "evidence": {"op": str(decoded.get("op"))[:40], "op_id": op_id, **taken}}
+                    "evidence": {"op": str(decoded.get("op"))[:40], "op_id": op_id,
+                                 **{k: v for k, v in taken.items() if k != "stored"}}}
         except Exception:  # never let the check stop the state machine
             log.exception("raft: cannot check an applied entry against this site's own op ids")
             return result
@@ -1474,7 +1481,9 @@ class _HardenedSyncObj(SyncObj):
         proposals. Judged only when its signature verifies (a forged one proves nothing and is
         remembered nowhere under rules 3) and it is not this site's own (a retry of the op id with a
         new stamp, as ``daemon.request_with_retry`` makes: its first answer is this site's). Signed by the site of the leader this node follows in the
-        entry's term: ERROR, ``leader_front_runs``, that leader deposed; else ERROR, ``op_id_taken``."""
+        entry's term: ERROR, ``leader_front_runs``, that leader deposed; else ERROR, ``op_id_taken``.
+        Remembered in :attr:`_front_runs` (with its answer, ``stored``) only under rules 1 and 2 and
+        when the op id was not answered yet: then its answer is the one stored under the op id."""
         if signature_refusal(before, decoded, trust) is not None \
                 or (isinstance(result, dict) and result.get("error") in cluster_state.IDENTITY_REFUSALS):
             return
@@ -1497,10 +1506,16 @@ class _HardenedSyncObj(SyncObj):
         except Exception:
             leader_site = None
         evidence = {"signer": signer, "leader": leader_site, "term": term, "index": idx}
-        with self._own_lock:
-            self._front_runs[op_id] = evidence
-            while len(self._front_runs) > self.OWN_RESULTS_KEPT:
-                del self._front_runs[next(iter(self._front_runs))]
+        if cluster_state.rules(before) < cluster_state.RULES_SIGNER_KEYED and \
+                cluster_state.applied_key(before, decoded.get("by"), op_id) not in (before.get("applied_ops") or {}):
+            # its answer became the one stored under the op id: this site's entry after it is answered
+            # with that very answer (``stored``), never applied. Not when this site's own command was
+            # decided first (a later retry of it is answered with its own answer: applied once), nor
+            # under rules 3 (the memory is keyed by signer: no other site's answer answers for ours)
+            with self._own_lock:
+                self._front_runs[op_id] = {**evidence, "stored": result}
+                while len(self._front_runs) > self.OWN_RESULTS_KEPT:
+                    del self._front_runs[next(iter(self._front_runs))]
         op = str(decoded.get("op"))[:40]
         if following and leader_site is not None and leader_site == signer:
             if not self.holds_deposed(leader.id, term):

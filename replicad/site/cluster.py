@@ -41,14 +41,16 @@ class Cluster:
         leader is reachable — e.g. during the election that follows the loss of the leader
         — until ``deadline_s``; then NoQuorumError: a minority partition cannot commit.
         State machine refusals (StaleEpochError, ConflictError ...) are raised at once.
-        A command answered ``leader_front_run`` (:class:`LeaderFrontRunError`: the leader put
-        another site's command with its op id before it, and it was answered with that one's
-        result, not applied; ``replicad.consensus.raft`` point 21) is proposed again as a new
-        command (new ``op_id`` and stamp) within the same deadline: its op id was never decided
-        (an answer from the exactly-once memory enters no replay memory), so it applies at most
-        once unless a site replays its bytes after the other site's stored answer left the
-        memory (``state.APPLIED_OPS_MAX`` newer answers) and inside the replay window: rules 3
-        close that (the command is applied, never answered from another site's answer).
+        A command answered ``leader_front_run`` (:class:`LeaderFrontRunError`: under rules 1 and
+        2 only, the leader put another site's command with its op id before it, decided before
+        any try of this one, and it was answered with that one's stored result, not applied;
+        ``replicad.consensus.raft`` point 21) is proposed again as a new command (new ``op_id``
+        and stamp) within the same deadline: its op id was never decided (an answer from the
+        exactly-once memory enters no replay memory; a try of it decided before the other
+        site's command is never answered ``leader_front_run``, so a retry after a timeout is not
+        proposed twice), so it applies at most once unless a site replays its bytes after the
+        other site's stored answer left the memory (``state.APPLIED_OPS_MAX`` newer answers) and
+        inside the replay window: rules 3 close that (the command is applied, never answered from another site's answer).
         """
         cmd = {"op": op, "by": self.site_id, "now_ns": time.time_ns(), "op_id": uuid.uuid4().hex, **args}
         deadline = time.monotonic() + deadline_s

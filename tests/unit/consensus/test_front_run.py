@@ -13,10 +13,12 @@ of its own carrying the same op id (attacker review r13, F5). The member's propo
 from __future__ import annotations
 
 import msgpack
+import pytest
 from pysyncobj.config import FAIL_REASON
 
 from replicad.consensus import checkpoint, raft as consensus
 from replicad.core import errors
+from replicad.core import state as cluster_state
 
 from tests.unit.consensus.test_withheld import elect, nodes, tick  # noqa: F401
 
@@ -94,3 +96,55 @@ def test_this_site_s_own_retry_with_a_new_stamp_is_no_front_run(nodes):
     for n in nodes:
         counts = n.refusals.counts()
         assert not counts.get("op_id_taken") and not counts.get("leader_front_runs") and not n.deposed
+
+
+def under_rules(nodes, rules: int) -> None:
+    """Each node's state machine starts from the initial state under ``rules`` (nothing applied yet)."""
+    for n in nodes:
+        c = n.consumer
+        c.initial = c.cluster = cluster_state.initial_state(rules=rules)
+        c.checkpoints = checkpoint.CheckpointLog.fresh(c.initial, c.checkpoints.every)
+
+
+@pytest.mark.parametrize("rules", [1, 2, 3])
+def test_a_retry_after_another_site_took_the_op_id_of_an_applied_command_is_no_front_run(nodes, rules):
+    """This site's command applied first, then another site signs an entry with its op id, then this
+    site retries it (same op id, new stamp, as ``daemon.request_with_retry`` does after a timeout):
+    the retry is answered with the first answer, never ``leader_front_run`` (which would make
+    ``Cluster.propose`` propose it again as a new command: applied twice). The other site's entry
+    is still ``op_id_taken``."""
+    under_rules(nodes, rules)
+    sites = wire(nodes)
+    leader, (victim, other) = elect(nodes)
+    site = sites[victim._SyncObj__selfNode.id]
+    answers: dict = {}
+    propose_as(victim, site, "late-1", answers, key="first", now_ns=1)
+    assert tick(nodes, lambda: "first" in answers, 15.0)
+    assert answers["first"][0].get("error") != "leader_front_run", answers["first"]
+    propose_as(other, sites[other._SyncObj__selfNode.id], "late-1", answers, key="foreign", now_ns=5)
+    assert tick(nodes, lambda: "foreign" in answers and victim.refusals.counts().get("op_id_taken") == 1, 15.0)
+    propose_as(victim, site, "late-1", answers, key="retry", now_ns=9)
+    assert tick(nodes, lambda: "retry" in answers, 15.0)
+    result, reason = answers["retry"]
+    assert reason == FAIL_REASON.SUCCESS and result.get("error") != "leader_front_run", result
+    assert result == answers["first"][0]
+    applied = victim.consumer.cluster["applied_ops"]
+    assert applied[cluster_state.applied_key(victim.consumer.cluster, site, "late-1")] == answers["first"][0]
+
+
+def test_under_rules_3_a_front_running_leader_is_deposed_and_the_command_applies(nodes):
+    """Rules 3: the leader's own entry with a member's op id is stored under the leader's site; the
+    member's command is decided (its own answer, never ``leader_front_run``), and the member still
+    deposes the leader that signed its op id."""
+    under_rules(nodes, 3)
+    sites = wire(nodes)
+    leader, (victim, other) = elect(nodes)
+    front_running(leader, sites[leader._SyncObj__selfNode.id])
+    answers: dict = {}
+    propose_as(victim, sites[victim._SyncObj__selfNode.id], "front-run-3", answers)
+    assert tick(nodes, lambda: "front-run-3" in answers, 15.0)
+    result, reason = answers["front-run-3"]
+    assert reason == FAIL_REASON.SUCCESS and result.get("error") != "leader_front_run", result
+    state = victim.consumer.cluster  # decided (noop is an unknown op) and stored under this site's own key
+    assert cluster_state.applied_key(state, sites[victim._SyncObj__selfNode.id], "front-run-3") in state["applied_ops"]
+    assert victim.refusals.counts().get("leader_front_runs") == 1 and leader._SyncObj__selfNode.id in victim.deposed
