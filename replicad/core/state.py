@@ -144,9 +144,18 @@ inside the report); refused otherwise. Under rules 1 only a raise accepted by th
 here: every other ``rules`` command (refused, or naming the version the state has) is decided by
 :mod:`replicad.core.state_rules1`, an unknown op as b976d0a answered it, so a ``rules`` command
 that fails (a hostile site's, or an honest one racing a report) leaves a site still on b976d0a
-and an upgraded one with the same state. Under rules 2 and later it is decided by this module (the version
-the state has is answered ``changed`` false), so a log with it replays alike at every site that
-runs this code, and every entry before the raise stays decided under rules 1.
+and an upgraded one with the same state. Under rules 2 likewise only a raise accepted by this
+module (to 3) is this module's: every other ``rules`` command is decided as releases 84f7f0f and
+74f9f08 (whose :data:`RULES_MAX` was 2) decided it, with the bound frozen at :data:`RULES2_MAX`
+(``rules 3`` ``out_of_range`` "1..2", whatever its reports), and a ``found`` carrying ``rules``
+that founds nothing as 74f9f08 decided it (past 2 ``out_of_range`` "1..2"; release 84f7f0f
+refused the key, and 74f9f08 already answered otherwise: a cluster founded under rules 2 by
+74f9f08 sees such founds from its honest members, an 84f7f0f site never joins it); so one
+registered site (a hostile one too) cannot part sites of the previous release from upgraded ones
+during a rolling upgrade under rules 2. Under rules 3 and later it is decided by this module
+(the version the state has is answered ``changed`` false), so a log with it replays alike at
+every site that runs this code, and every entry before the raise stays decided under the rules
+it was first decided by.
 
 Every Raft log starts under rules 1, a new cluster's too: a node that joins a cluster or whose log
 was rebuilt replays the log from its first entry (when the leader has not compacted it), and only
@@ -401,6 +410,10 @@ with the exactly-once memory keyed by op id alone; 3: keyed by signing site and 
 (:func:`applied_key`)."""
 RULES_SIGNER_KEYED = 3
 """The first rules version whose exactly-once memory is keyed by ``(by, op_id)`` (:func:`applied_key`)."""
+RULES2_MAX = 2
+"""The highest rules version releases 84f7f0f and 74f9f08 applied (their :data:`RULES_MAX`): under
+rules 2 a ``rules`` command that raises nothing, and a ``found`` carrying ``rules`` that founds
+nothing, are decided with this bound (:func:`apply`, :data:`_OPS_RULES2`), as they decided them."""
 RULES_REPORT_TTL_NS = 10 * 60 * 1_000_000_000
 """A member's release report in a ``rules`` raise counts only when stamped within this of the
 majority clock (:func:`quorum_now_ns`): 10 minutes. A raising site collects the reports seconds
@@ -822,7 +835,9 @@ def apply(state: dict, command: dict, trust: Trust | None = None) -> tuple[dict,
     See the module docstring for the command and result shapes and the rules. A state under
     rules 1 (:func:`rules`) is decided by :mod:`replicad.core.state_rules1` (release b976d0a's
     state machine, frozen), but for the ``rules`` command that raises it (module docstring,
-    "Rules version").
+    "Rules version"); a state under rules 2 by this module with the op table of the releases
+    whose :data:`RULES_MAX` was 2 (:data:`_OPS_RULES2`: ``rules`` and ``found`` bounded at
+    :data:`RULES2_MAX`), but for the ``rules`` command that raises it.
     """
     founding = founding_rules(state, command)
     if founding is not None:
@@ -846,13 +861,26 @@ def apply(state: dict, command: dict, trust: Trust | None = None) -> tuple[dict,
                 # op id this one reuses (b976d0a refuses it as an unknown op, and records that)
                 return new_state, result
         return state_rules1.apply(state, command, trust)
+    if rules(state) == 2:
+        # RULES 2: decided as releases 84f7f0f and 74f9f08 decided it (their RULES_MAX was 2); of a
+        # rules command only a raise this code accepts (to 3) is this code's: a refused or no-op
+        # one decided with this code's bound would part the states of a cluster still running
+        # them at some sites (rules 4 "1..3", rules 3 without reports refused otherwise than
+        # out_of_range), as would a found carrying rules 3 (adopted here, out_of_range there)
+        if _peek_str(command, "op") == "rules":
+            new_state, result = _apply_guarded(state, command, trust)
+            if result.get("ok") and result.get("changed") and rules(new_state) > rules(state):
+                return new_state, result
+        return _apply_guarded(state, command, trust, _OPS_RULES2)
     return _apply_guarded(state, command, trust)
 
 
-def _apply_guarded(state: dict, command: dict, trust: Trust | None) -> tuple[dict, dict]:
-    """:func:`_apply_checked` under this code's rules; never raises (a bug is an ``internal`` result)."""
+def _apply_guarded(state: dict, command: dict, trust: Trust | None,
+                   ops: dict | None = None) -> tuple[dict, dict]:
+    """:func:`_apply_checked` under this code's rules (op table ``ops``, :data:`_OPS` when None);
+    never raises (a bug is an ``internal`` result)."""
     try:
-        return _apply_checked(state, command, trust)
+        return _apply_checked(state, command, trust, _OPS if ops is None else ops)
     except Exception as exc:  # last resort: a raise here would wedge every Raft node
         result = {"ok": False, "error": "internal",
                   "message": f"state machine bug: {type(exc).__name__}: {exc}",
@@ -866,7 +894,7 @@ def _apply_guarded(state: dict, command: dict, trust: Trust | None) -> tuple[dic
 # --------------------------------------------------------------------------- dispatch
 
 
-def _apply_checked(state: dict, command: dict, trust: Trust | None) -> tuple[dict, dict]:
+def _apply_checked(state: dict, command: dict, trust: Trust | None, ops: dict) -> tuple[dict, dict]:
     if not isinstance(state, dict) or state.get("v") != STATE_VERSION:
         result = _refused("bad_request", "unknown cluster state version",
                           version=state.get("v") if isinstance(state, dict) else None)
@@ -880,7 +908,7 @@ def _apply_checked(state: dict, command: dict, trust: Trust | None) -> tuple[dic
     # key (by, op_id) it would answer for (or replay) that site's own command (r13, F5)
     verified = trust is None or rules(state) < RULES_SIGNER_KEYED
     try:
-        handler = _check_envelope(command)
+        handler = _check_envelope(command, ops)
         if trust is not None:
             _check_identity(state, command, trust)
             verified = True
@@ -1048,13 +1076,16 @@ def _with_clock(state: dict, command: Any) -> dict:
     return {**state, "clocks": {**state.get("clocks", {}), by: now_ns}}
 
 
-def _check_envelope(command: Any) -> Callable[[dict, dict], tuple[dict, dict]]:
+def _check_envelope(command: Any, ops: dict) -> Callable[[dict, dict], tuple[dict, dict]]:
+    """The handler of ``command``'s op in the op table ``ops`` (:data:`_OPS`, or
+    :data:`_OPS_RULES2` under rules 2) after its envelope checks (version, op, op id, ``by``,
+    ``now_ns``, the op's allowed and required keys). Raises _Refusal ``bad_request``."""
     if not isinstance(command, dict):
         raise _Refusal("bad_request", "command must be a map")
     if command.get("v") != COMMAND_VERSION or isinstance(command.get("v"), bool):
         raise _Refusal("bad_request", "unknown command version", version=_safe(command.get("v")))
     op = command.get("op")
-    if not isinstance(op, str) or op not in _OPS:
+    if not isinstance(op, str) or op not in ops:
         raise _Refusal("bad_request", "unknown op", op=_safe(op))
     if not _valid_op_id(command.get("op_id")):
         raise _Refusal("bad_request", "op_id must be a non-empty string", op=op)
@@ -1064,13 +1095,13 @@ def _check_envelope(command: Any) -> Callable[[dict, dict], tuple[dict, dict]]:
         raise _Refusal("bad_request", "approved_by is no longer accepted: a change that weakens protection is a "
                        "request that operators at other sites approve (replicad requests, replicad approve REQ)",
                        op=op, field="approved_by")
-    allowed, required = _OPS[op][1], _OPS[op][2]
+    allowed, required = ops[op][1], ops[op][2]
     unknown = sorted(str(k) for k in command if k not in COMMON_KEYS and k not in allowed)
     missing = sorted(k for k in required if k not in command)
     if unknown or missing:
         raise _Refusal("bad_request", f"{op}: unknown keys {unknown}, missing keys {missing}",
                        op=op, unknown=unknown, missing=missing)
-    return _OPS[op][0]
+    return ops[op][0]
 
 
 def counted_reason(result: Any) -> str | None:
@@ -3100,18 +3131,19 @@ def founding_needed(members: list[dict], reference: list[str] | None) -> int:
     return needed
 
 
-def _op_found(state: dict, cmd: dict) -> tuple[dict, dict]:
+def _op_found(state: dict, cmd: dict, max_rules: int = RULES_MAX) -> tuple[dict, dict]:
     """Record the signing site's proposal of the incarnation and membership; adopt the list
-    when a majority proposes it identically (see the module docstring, ``found``)."""
+    when a majority proposes it identically (see the module docstring, ``found``). A ``rules``
+    it carries past ``max_rules`` is ``out_of_range`` (under rules 2 :data:`RULES2_MAX`, :func:`apply`)."""
     inc = cmd.get("incarnation")
     if not isinstance(inc, bytes) or len(inc) != INCARNATION_BYTES:
         raise _Refusal("bad_request", f"incarnation must be {INCARNATION_BYTES} bytes", field="incarnation")
     members = _members(cmd)
     if RULES in cmd:  # the rules it founds the cluster under (apply, founding_rules): a state already there
         wanted = _int(cmd, RULES, 1)
-        if wanted > RULES_MAX:
-            raise _Refusal("out_of_range", f"found with rules {wanted}: this code applies rules 1..{RULES_MAX}",
-                           field=RULES, to=wanted, max_rules=RULES_MAX)
+        if wanted > max_rules:
+            raise _Refusal("out_of_range", f"found with rules {wanted}: this code applies rules 1..{max_rules}",
+                           field=RULES, to=wanted, max_rules=max_rules)
     current = state.get("incarnation")
     if current is not None:
         return state, {"ok": True, "created": False, "adopted": True, "incarnation": current["id"],
@@ -3192,7 +3224,7 @@ def _op_vouch(state: dict, cmd: dict) -> tuple[dict, dict]:
     return {**state, "vouches": {**vouches, by: kept}}, {"ok": True, "n": n}
 
 
-def _op_rules(state: dict, cmd: dict) -> tuple[dict, dict]:
+def _op_rules(state: dict, cmd: dict, max_rules: int = RULES_MAX) -> tuple[dict, dict]:
     """Raise the state's rules version (:data:`RULES`) to ``to`` (module docstring, "Rules
     version"): by a registered site (``not_found``), only upward (a lower ``to`` is ``conflict``,
     evidence ``refusal`` ``rules_lower``), at most :data:`RULES_MAX`, the highest this code applies
@@ -3219,7 +3251,8 @@ def _op_rules(state: dict, cmd: dict) -> tuple[dict, dict]:
     hold rules 1 (a majority of operators can leave it behind). The version the state has already
     is answered ``changed`` false (no reports needed). Under rules 1 only a raise accepted here is
     this code's: every other ``rules`` command is decided by :mod:`replicad.core.state_rules1` (an
-    unknown op, as b976d0a answers it).
+    unknown op, as b976d0a answers it); under rules 2 with ``max_rules`` :data:`RULES2_MAX` in
+    place of :data:`RULES_MAX` (:func:`apply`: as 84f7f0f and 74f9f08 answer it).
 
     ``reports``: ``{site_id: [rules_max, at_ns, sig]}`` or ``[rules_max, at_ns, sig, leave_behind]``,
     each member's release report (:func:`replicad.core.identity.release_report_bytes`; ``sig`` 64
@@ -3232,9 +3265,9 @@ def _op_rules(state: dict, cmd: dict) -> tuple[dict, dict]:
         raise _Refusal("bad_request", "to must be an integer rules version", field="to", value=_safe(to))
     if cmd["by"] not in state["sites"]:
         raise _Refusal("not_found", f"site {cmd['by']!r} is not a registered site", site_id=cmd["by"])
-    if not 1 <= to <= RULES_MAX:
-        raise _Refusal("out_of_range", f"rules {to}: this code applies rules 1..{RULES_MAX}", to=to,
-                       max_rules=RULES_MAX)
+    if not 1 <= to <= max_rules:
+        raise _Refusal("out_of_range", f"rules {to}: this code applies rules 1..{max_rules}", to=to,
+                       max_rules=max_rules)
     current = rules(state)
     if to < current:
         raise _Refusal("conflict", f"rules {to}: the state is decided under rules {current} already; a rules "
@@ -3395,3 +3428,11 @@ _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str],
 
 OPS: tuple[str, ...] = tuple(_OPS)
 """The names of every op the state machine knows."""
+
+_OPS_RULES2: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str], frozenset[str]]] = {
+    **_OPS,
+    "rules": (lambda state, cmd: _op_rules(state, cmd, max_rules=RULES2_MAX), _OPS["rules"][1], _OPS["rules"][2]),
+    "found": (lambda state, cmd: _op_found(state, cmd, max_rules=RULES2_MAX), _OPS["found"][1], _OPS["found"][2]),
+}
+"""The op table a state under rules 2 is decided by (:func:`apply`): that of the releases whose
+:data:`RULES_MAX` was :data:`RULES2_MAX` (84f7f0f, 74f9f08): ``rules`` and ``found`` bounded at 2."""

@@ -1,0 +1,248 @@
+"""Rules 2 are decided as the releases whose RULES_MAX was 2 decided them (84f7f0f, and 74f9f08
+whose ``found`` also carries ``rules``): during a rolling upgrade from either, one registered site
+(a hostile one too) must not be able to make a site of that release and a site of this one store
+different answers, and so different checkpoints. The commands that once did: ``rules`` to 4
+(answered "1..3" here, "1..2" there), ``rules`` to 3 with no or bad reports (``bad_request`` or
+``conflict`` here, ``out_of_range`` there) and a ``found`` carrying ``rules`` 3 in a founded
+rules-2 state (adopted here, ``out_of_range`` in 74f9f08). Only a raise this release accepts (to
+3) may differ. The same logs run through this checkout's ``state.apply`` and through each
+release's (its package tree, from the repository's history, in a child process of its own): every
+result and every state digest must be equal. 84f7f0f refused a ``found`` carrying ``rules`` for
+an unknown key, 74f9f08 decides it: there the two releases part from each other already, and this
+one decides as 74f9f08 (whose clusters founded under rules 2 see such founds from honest members
+racing the founding; an 84f7f0f site never joins those). Real signed commands, real state
+machines of all three releases."""
+
+from __future__ import annotations
+
+import copy
+import io
+import itertools
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from replicad.consensus.checkpoint import state_digest
+from replicad.core import identity
+from replicad.core import state as st
+from replicad.core.identity import Trust
+
+RELEASES = ("84f7f0f", "74f9f08")  # RULES_MAX 2; 74f9f08's found carries rules (the founding under them)
+REPO = Path(__file__).resolve().parents[3]
+S = 1_000_000_000
+NOW = 1_700_000_000 * S
+SITES = ("a", "b", "c")
+KEYS = {s: identity.generate_private_key() for s in SITES}
+PUBLIC = {s: (identity.public_key_raw(k),) for s, k in KEYS.items()}
+TRUST = Trust(cluster_id="c", keys=PUBLIC)
+MEMBERS = [{"site_id": s, "raft": f"127.0.0.1:{7000 + i}", "kind": "data",
+            "keys": [identity.format_public_key(PUBLIC[s][0])]} for i, s in enumerate(SITES)]
+_ids = itertools.count()
+_clock = itertools.count(1)
+
+# the child: applies a pickled log with a release's state machine, from that release's own tree
+_RUNNER = """
+import pickle, sys
+tree = sys.argv[1]
+sys.path.insert(0, tree)
+from replicad.core import state as st
+from replicad.core.identity import Trust
+from replicad.consensus.checkpoint import state_digest
+assert st.__file__.startswith(tree), st.__file__
+assert st.RULES_MAX == 2, st.RULES_MAX
+job = pickle.load(sys.stdin.buffer)
+trust = None if job["keys"] is None else Trust(cluster_id="c", keys=job["keys"])
+s = st.initial_state(**job["initial"])
+out = []
+for command in job["log"]:
+    s, res = st.apply(s, command, trust)
+    out.append((res, state_digest(s)))
+sys.stdout.buffer.write(pickle.dumps(out))
+"""
+
+
+def signed(op: str, by: str, op_id: str | None = None, **args) -> dict:
+    """``by``'s command, signed with its key, stamped a little later than the last one."""
+    return identity.sign_command(KEYS[by], {"v": 1, "op": op, "op_id": op_id or f"{op}-{by}-{next(_ids)}", "by": by,
+                                            "now_ns": NOW + next(_clock) * 1000, "cluster": "c", **args})
+
+
+def unsigned(op: str, by: str, op_id: str | None = None, **args) -> dict:
+    """``by``'s command without a signature (a state machine run without trust)."""
+    return {"v": 1, "op": op, "op_id": op_id or f"{op}-{by}-{next(_ids)}", "by": by,
+            "now_ns": NOW + next(_clock) * 1000, **args}
+
+
+def reports(rules_max: int, sites: str = "abc") -> dict:
+    """Release reports of ``sites`` saying "rules 1..rules_max", signed by each."""
+    return {s: [rules_max, NOW, identity.sign_release_report(KEYS[s], "c", s, rules_max, NOW)] for s in sites}
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory) -> dict[str, Path]:
+    """Each release's ``replicad`` package tree (:data:`RELEASES`), from the repository's history."""
+    out = {}
+    for release in RELEASES:
+        try:
+            blob = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", release, "replicad"],
+                                  check=True, capture_output=True).stdout
+        except (OSError, subprocess.CalledProcessError) as exc:
+            pytest.fail(f"release {release} is not in this checkout's history: {exc}")
+        tree = tmp_path_factory.mktemp(f"release{release}")
+        with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+            tar.extractall(tree, filter="data")
+        assert "\nRULES_MAX = 2\n" in (tree / "replicad" / "core" / "state.py").read_text()
+        out[release] = tree
+    return out
+
+
+def run_previous(tree: Path, log: list[dict], keys: dict | None, initial: dict) -> list[tuple[dict, bytes]]:
+    """``log`` applied by the previous release: each result and the state digest after it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+    done = subprocess.run([sys.executable, "-c", _RUNNER, str(tree)], cwd=tree, env=env, timeout=120,
+                          input=pickle.dumps({"log": log, "keys": keys, "initial": initial}), capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    return pickle.loads(done.stdout)
+
+
+def run_current(log: list[dict], trust: Trust | None, initial: dict) -> tuple[dict, list[tuple[dict, bytes]]]:
+    """``log`` applied by this checkout: the final state, each result and the digest after it."""
+    s = st.initial_state(**initial)
+    out = []
+    for command in log:
+        s, res = st.apply(s, copy.deepcopy(command), trust)
+        out.append((res, state_digest(s)))
+    return s, out
+
+
+def assert_alike(log: list[dict], previous: list, current: list) -> None:
+    """Every result and every digest equal, step by step (the first difference named)."""
+    assert len(previous) == len(current) == len(log)
+    for command, (old_res, old_digest), (new_res, new_digest) in zip(log, previous, current):
+        what = {k: command.get(k) for k in ("op", "op_id", "to", "rules")}
+        assert new_res == old_res, (what, new_res, old_res)
+        assert new_digest == old_digest, what
+
+
+def founded_under_2_signed() -> list[dict]:
+    """A cluster of a, b, c founded as 84f7f0f founds it (plain found: rules 1), registered, then
+    raised to rules 2 with every member's report (every release accepts that raise)."""
+    return [*(signed("found", s, incarnation=b"i" * 16, members=MEMBERS) for s in SITES),
+            *(signed("register_site", s, site_id=s, peer_url=f"http://{s}", kind="data") for s in SITES),
+            signed("rules", "a", op_id="raise-2", to=2, reports=reports(2))]
+
+
+def founded_at_2_signed() -> list[dict]:
+    """A cluster of a, b, c founded under rules 2 as 74f9f08 founds it (each found carrying rules
+    2: the third one comes after the adoption), registered, then a no-op ``rules`` 2 (the op id a
+    later command reuses, as the raise's in :func:`founded_under_2_signed`)."""
+    return [*(signed("found", s, incarnation=b"i" * 16, members=MEMBERS, rules=2) for s in SITES),
+            *(signed("register_site", s, site_id=s, peer_url=f"http://{s}", kind="data") for s in SITES),
+            signed("rules", "a", op_id="raise-2", to=2)]
+
+
+def rules_commands() -> list[dict]:
+    """The ``rules`` commands the reader's reproduction found decided differently, their kin, and
+    ordinary rules-2 commands, as a hostile or an honest member may send them."""
+    return [
+        signed("rules", "c", to=4),
+        signed("rules", "c", to=3),
+        signed("rules", "c", to=3, reports={}),
+        signed("rules", "c", to=3, reports="x"),
+        signed("rules", "c", to=3, reports=reports(2)),  # honest reports of the previous release: 1..2
+        signed("rules", "c", to=3, reports=reports(3, "c")),  # one report of three
+        signed("rules", "c", to=3, reports={"a": [3, NOW, b"x" * 64], "b": [3, NOW, None], "c": "bad"}),
+        signed("rules", "b", to=2),  # the version the state has: changed false
+        signed("rules", "b", to=1),  # rules_lower
+        signed("rules", "b", to=0),
+        signed("rules", "b", to="3"),
+        signed("rules", "c", op_id="raise-2", to=3, reports=reports(3)),  # another command's op id
+        signed("add_volume", "a", volume="v", primary="a", block_size=4096, size_bytes=1 << 20, min_copies=2,
+               retention=dict(st.DEFAULT_RETENTION)),
+        signed("request", "a", action="set_retention", args={"volume": "v", "retention": dict(st.DEFAULT_RETENTION)},
+               reason="tighter"),
+        signed("register_site", "b", site_id="b", peer_url="http://b2", kind="data"),
+        signed("vouch", "b", n=5, hash=b"h" * 32),
+        signed("clock", "c"),
+        signed("nonsense", "c"),
+    ]
+
+
+def found_commands() -> list[dict]:
+    """``found`` commands in a founded state: carrying rules (3 was adopted here and is
+    out_of_range in 74f9f08), and a plain one."""
+    return [signed("found", "c", incarnation=b"j" * 16, members=MEMBERS, rules=3),
+            signed("found", "c", incarnation=b"j" * 16, members=MEMBERS, rules=2),
+            signed("found", "c", incarnation=b"j" * 16, members=MEMBERS, rules=9),
+            signed("found", "c", incarnation=b"j" * 16, members=MEMBERS, rules="x"),
+            signed("found", "b", incarnation=b"j" * 16, members=MEMBERS),  # plain: adopted
+            signed("clock", "a")]
+
+
+def test_rules_commands_under_rules_2_decided_as_both_releases(trees) -> None:
+    base = founded_under_2_signed()
+    log = base + rules_commands()
+    state, current = run_current(log, TRUST, {"members": list(SITES)})
+    assert st.rules(state) == 2 and state.get("incarnation") and "v" in state["volumes"]
+    to4, to3 = current[len(base)][0], current[len(base) + 1][0]
+    assert (to4["error"], to4["message"], to4["evidence"]["max_rules"]) == \
+        ("out_of_range", "rules 4: this code applies rules 1..2", 2)
+    assert to3["error"] == "out_of_range"
+    for release in RELEASES:
+        assert_alike(log, run_previous(trees[release], log, PUBLIC, {"members": list(SITES)}), current)
+
+
+def test_founds_under_rules_2_decided_as_74f9f08(trees) -> None:
+    """In a cluster raised to 2 and in one founded under 2: as 74f9f08 decides them, results and
+    digests; 84f7f0f refuses the rules key (it parts from 74f9f08 there already)."""
+    for base in (founded_under_2_signed(), founded_at_2_signed()):
+        log = base + rules_commands() + found_commands()
+        state, current = run_current(log, TRUST, {"members": list(SITES)})
+        assert st.rules(state) == 2 and state.get("incarnation")
+        assert_alike(log, run_previous(trees["74f9f08"], log, PUBLIC, {"members": list(SITES)}), current)
+        to3 = current[len(log) - len(found_commands())][0]
+        assert (to3["error"], to3["evidence"]["max_rules"]) == ("out_of_range", 2), to3
+    log = founded_under_2_signed() + found_commands()
+    previous = run_previous(trees["84f7f0f"], log, PUBLIC, {"members": list(SITES)})
+    assert previous[len(founded_under_2_signed())][0]["evidence"]["unknown"] == ["rules"]
+
+
+def test_rules_2_unsigned_log_decided_as_both_releases(trees) -> None:
+    """The reader's reproduction (no identity checks): a state made under rules 2, one site."""
+    member = [{"site_id": "a", "raft": "127.0.0.1:1", "kind": "data", "keys": []}]
+    log = [unsigned("found", "a", incarnation=b"\x01" * 16, members=member),
+           unsigned("register_site", "a", site_id="a", peer_url="https://127.0.0.1:2", kind="data"),
+           unsigned("rules", "a", to=4),
+           unsigned("rules", "a", to=3),
+           unsigned("rules", "z", to=3),  # not registered
+           unsigned("found", "a", incarnation=b"\x02" * 16, members=member, rules=3),
+           unsigned("rules", "a", to=3, reports={"a": [3, NOW, None]}),  # unsigned: raises here
+           unsigned("found", "a", incarnation=b"\x02" * 16, members=member, rules=3),
+           unsigned("clock", "a")]
+    state, current = run_current(log, None, {"rules": 2})
+    for release in RELEASES:
+        assert_alike(log[:5], run_previous(trees[release], log[:5], None, {"rules": 2}), current[:5])
+    previous = run_previous(trees["74f9f08"], log, None, {"rules": 2})
+    assert_alike(log[:6], previous[:6], current[:6])
+    # a raise this release accepts is the one command that may differ: no release before applies rules 3
+    assert previous[6][0]["error"] == "out_of_range"
+    assert current[6][0]["ok"] and current[6][0]["changed"] and st.rules(state) == 3
+    assert current[7][0]["ok"] and current[7][0]["adopted"]  # under rules 3 a found may carry rules 3
+
+
+def test_a_raise_to_3_is_this_release_s_under_rules_2(trees) -> None:
+    """Every member reports rules 1..3: the raise is accepted here (the upgrade's purpose); the
+    releases before, which no member runs any more, would refuse it."""
+    log = founded_under_2_signed() + [signed("rules", "b", to=3, reports=reports(3))]
+    state, current = run_current(log, TRUST, {"members": list(SITES)})
+    for release in RELEASES:
+        previous = run_previous(trees[release], log, PUBLIC, {"members": list(SITES)})
+        assert_alike(log[:-1], previous[:-1], current[:-1])
+        assert previous[-1][0]["error"] == "out_of_range"
+    assert current[-1][0] == {"ok": True, "rules": 3, "previous": 2, "changed": True, "behind": {}}
+    assert st.rules(state) == 3
