@@ -352,8 +352,10 @@ names up in its own modules):
    :meth:`replicad.site.cluster.Cluster.propose` proposes it again as a new command. And a
    proposal is answered only by the application here of an entry with its own bytes (point 20),
    never by pysyncobj's reply, which names a log index the leader chooses: a hostile leader
-   could name another entry's. Only the site whose command was front-run deposes (a third site
-   cannot tell a front-run from a member copying the leader's op id to frame it); a leader that
+   could name another entry's; or, when a leader's full state covers it, by the answer that state
+   stores as this site's (:meth:`_HardenedSyncObj._answer_installed`). Only the site whose
+   command was front-run deposes (a third site cannot tell a front-run from a member copying the
+   leader's op id to frame it); a leader that
    front-runs every site's commands loses the majority, one that front-runs one site's only is
    left by that site alone and, under rules 3, cancels nothing.
 
@@ -1345,6 +1347,51 @@ class _HardenedSyncObj(SyncObj):
                 callback(result, FAIL_REASON.SUCCESS)
             except Exception:
                 log.exception("proposal callback failed")
+
+    def _answer_installed(self, state: Any) -> None:
+        """Tick thread: a full state (a leader's dump) was installed here. The entries it covers are
+        never applied here one by one, so this node's own proposals among them would never be
+        answered by their entry (point 21): their callers would get ``no_quorum`` at their deadline
+        although the command committed, and might propose it again as a new one. Each pending own
+        proposal whose answer ``state`` stores as this site's is answered with it now (and kept, as
+        :meth:`_own_applied` keeps results): under rules 3 the answer under (its signer, its op id),
+        which is always its own; under rules 1 and 2 only when its op id is also in its site's replay
+        memory (``state["seen"]``: the command was decided, not answered with the answer of another
+        site's command that took its op id, point 21). Others stay pending. Never raises."""
+        try:
+            applied = state.get("applied_ops") if isinstance(state, dict) else None
+            if not isinstance(applied, dict) or not applied or not self._own:
+                return
+            keyed = cluster_state.rules(state) >= cluster_state.RULES_SIGNER_KEYED
+            answered = []
+            with self._own_lock:
+                for key, record in list(self._own.items()):
+                    decoded = _decoded_entry(record["command"])
+                    op_id = decoded.get("op_id") if isinstance(decoded, dict) else None
+                    if not isinstance(op_id, str):
+                        continue
+                    by = decoded.get("by")
+                    result = applied.get(cluster_state.applied_key(state, by, op_id), _NOT_APPLIED)
+                    if result is _NOT_APPLIED:
+                        continue
+                    if not keyed:
+                        memory = (state.get("seen") or {}).get(by) if isinstance(by, str) else None
+                        if not isinstance(memory, dict) or op_id not in (memory.get("ops") or {}):
+                            continue
+                    del self._own[key]
+                    self._own_results[key] = result
+                    while len(self._own_results) > self.OWN_RESULTS_KEPT:
+                        del self._own_results[next(iter(self._own_results))]
+                    answered.append((record, result))
+        except Exception:
+            log.exception("raft: cannot answer this node's own proposals from an installed full state")
+            return
+        for record, result in answered:
+            for callback in record["callbacks"]:
+                try:
+                    callback(result, FAIL_REASON.SUCCESS)
+                except Exception:
+                    log.exception("proposal callback failed")
 
     def _answer_applied(self, message: dict) -> bool:
         """Tick thread, before an ``apply_command`` of this node's leaves: when its entry was applied
@@ -2700,6 +2747,8 @@ class RaftNode:
         syncobj = self._syncobj
         if syncobj is not None and syncobj._withheld is not None:
             syncobj._withheld.follow(None, None)  # point 19: entries a full state covers are never applied one by one
+        if syncobj is not None:
+            syncobj._answer_installed(state)  # point 21: nor are this node's own commands among them answered
         self._dump_error = None
         return last, prev, cluster
 

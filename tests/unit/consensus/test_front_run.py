@@ -148,3 +148,37 @@ def test_under_rules_3_a_front_running_leader_is_deposed_and_the_command_applies
     state = victim.consumer.cluster  # decided (noop is an unknown op) and stored under this site's own key
     assert cluster_state.applied_key(state, sites[victim._SyncObj__selfNode.id], "front-run-3") in state["applied_ops"]
     assert victim.refusals.counts().get("leader_front_runs") == 1 and leader._SyncObj__selfNode.id in victim.deposed
+
+
+@pytest.mark.parametrize("rules, decided, answered", [(3, False, True), (2, True, True), (2, False, False)])
+def test_an_own_command_a_full_state_covers_is_answered_with_this_sites_stored_answer(tmp_path, rules, decided,
+                                                                                        answered):
+    """A leader's dump covers this node's pending command: its entry is never applied here, so it is
+    answered from the installed state, with the answer stored as this site's (rules 3: keyed by
+    signer; rules 1 and 2: only when the op id is in the site's replay memory, else the answer may
+    be another site's that took its op id, and the command stays pending)."""
+    import pickle
+
+    from replicad.consensus import dumpfile
+    from tests.unit.consensus.test_checkpoint import EVERY, POSITION, _node
+
+    mine = {"v": 1, "op": "noop", "op_id": "covered-1", "by": "site-a", "now_ns": 7}
+    stored = {"ok": True, "stored": "as site-a's"}
+    state = {**cluster_state.initial_state(rules=rules), "applied": 3}
+    state["applied_ops"] = {cluster_state.applied_key(state, "site-a", "covered-1"): stored}
+    if decided:
+        state["seen"] = {"site-a": {"ops": {"covered-1": 7}, "floor_ns": 0}}
+    points = checkpoint.CheckpointLog(EVERY, 3, state, checkpoint.state_digest(state), initial=False)
+    (tmp_path / "raft.dump").write_bytes(dumpfile.frame(msgpack.packb(
+        checkpoint.dump_document(points, state, None, **POSITION), use_bin_type=True)))
+    node = _node(tmp_path)
+    node.start()
+    try:
+        answers: list = []
+        full = consensus._REGULAR + pickle.dumps((0, (msgpack.packb(mine),)), protocol=2)
+        assert node._syncobj._note_own(full, lambda result, reason: answers.append((result, reason))) is not None
+        node._deserialize_dump(str(tmp_path / "raft.dump"))  # as pysyncobj does with a dump it received
+        assert answers == ([(stored, FAIL_REASON.SUCCESS)] if answered else [])
+        assert (consensus.WithheldWatch.key(full) in node._syncobj._own) is not answered
+    finally:
+        node.close()
