@@ -355,9 +355,9 @@ names up in its own modules):
    could name another entry's; or, when a leader's full state covers it, by the answer that state
    stores as this site's (:meth:`_HardenedSyncObj._answer_installed`). Only the site whose
    command was front-run deposes (a third site cannot tell a front-run from a member copying the
-   leader's op id to frame it); a leader that
-   front-runs every site's commands loses the majority, one that front-runs one site's only is
-   left by that site alone and, under rules 3, cancels nothing.
+   leader's op id to frame it); a leader that front-runs every site's commands loses the
+   majority, one that front-runs one site's only is left by that site alone and, under rules 3,
+   cancels nothing.
 
 16. **What the members say the membership is.** A site that has not joined the cluster yet
    cannot trust its own replay of the log to learn the agreed membership when its config
