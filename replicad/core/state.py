@@ -148,11 +148,11 @@ and an upgraded one with the same state. Under rules 2 likewise only a raise acc
 module (to 3) is this module's: every other ``rules`` command is decided as releases 84f7f0f and
 74f9f08 (whose :data:`RULES_MAX` was 2) decided it, with the bound frozen at :data:`RULES2_MAX`
 (``rules 3`` ``out_of_range`` "1..2", whatever its reports), and a ``found`` carrying ``rules``
-that founds nothing as 74f9f08 decided it (past 2 ``out_of_range`` "1..2"; release 84f7f0f
-refused the key, and 74f9f08 already answered otherwise: a cluster founded under rules 2 by
-74f9f08 sees such founds from its honest members, an 84f7f0f site never joins it); so one
-registered site (a hostile one too) cannot part sites of the previous release from upgraded ones
-during a rolling upgrade under rules 2. Under rules 3 and later it is decided by this module
+that founds nothing as release 84f7f0f decided it (``bad_request`` for the unknown key), but in
+a state founded under rules by this code (:data:`FOUNDED_RULES`: a lab cluster founded under
+rules 2, whose honest members' founds carry rules 2; no 84f7f0f site ever joins it) as 74f9f08
+decided it (past 2 ``out_of_range`` "1..2"); so one registered site (a hostile one too) cannot
+part sites of the previous release from upgraded ones during a rolling upgrade under rules 2. Under rules 3 and later it is decided by this module
 (the version the state has is answered ``changed`` false), so a log with it replays alike at
 every site that runs this code, and every entry before the raise stays decided under the rules
 it was first decided by.
@@ -414,6 +414,15 @@ RULES2_MAX = 2
 """The highest rules version releases 84f7f0f and 74f9f08 applied (their :data:`RULES_MAX`): under
 rules 2 a ``rules`` command that raises nothing, and a ``found`` carrying ``rules`` that founds
 nothing, are decided with this bound (:func:`apply`, :data:`_OPS_RULES2`), as they decided them."""
+FOUNDED_RULES = "founded_rules"
+"""The state key a founding under rules records (:func:`apply`, :func:`founding_rules`): the
+rules version (an int, 2..:data:`RULES_MAX`) the ``found`` carrying ``rules`` that founded a
+never-founded state named. Only this release writes it: no state of release 84f7f0f or b976d0a
+has it. Under rules 2 it tells a
+cluster founded under rules 2 (the lab's ``REPLICAD_LAB_FOUND_RULES=2``: its honest members'
+later founds carry rules 2 and are decided as 74f9f08 decided them) from one raised to 2 by
+84f7f0f (a ``found`` carrying ``rules`` is refused for the unknown key, as 84f7f0f refuses it).
+Fixed once the state has an incarnation (:func:`dump_problems`)."""
 RULES_REPORT_TTL_NS = 10 * 60 * 1_000_000_000
 """A member's release report in a ``rules`` raise counts only when stamped within this of the
 majority clock (:func:`quorum_now_ns`): 10 minutes. A raising site collects the reports seconds
@@ -629,11 +638,15 @@ def founding_rules(state: Any, command: Any) -> int | None:
     version"): its ``rules`` when the state has no incarnation (never founded) and that int is
     above the state's :func:`rules` and at most :data:`RULES_MAX`; None otherwise (then the
     command is decided by the state's rules like any other: under rules 1 as b976d0a refused a
-    ``found`` with a key it did not know). Pure; never raises."""
+    ``found`` with a key it did not know), and None in a state under rules 2 that no founding
+    under rules made (no :data:`FOUNDED_RULES`: release 84f7f0f refuses the key there). Pure;
+    never raises."""
     if not isinstance(state, dict) or not isinstance(command, dict) or command.get("op") != "found":
         return None
     wanted = command.get(RULES)
     if state.get("incarnation") is not None or not _is_int(wanted) or not rules(state) < wanted <= RULES_MAX:
+        return None
+    if rules(state) == RULES2_MAX and FOUNDED_RULES not in state:
         return None
     return wanted
 
@@ -724,6 +737,10 @@ def _dump_problems(current: dict, proposed: Any, now_ns: int) -> list[str]:
     if not isinstance(proposed.get("audit"), list):
         return ["audit is not a list"]
     problems: list[str] = []
+    if current.get("incarnation") is not None and current.get(FOUNDED_RULES) != proposed.get(FOUNDED_RULES):
+        # written only by the founding (FOUNDED_RULES), before any incarnation: a dump that adds,
+        # drops or changes it would change how later founds are decided under rules 2
+        problems.append(f"{FOUNDED_RULES} {current.get(FOUNDED_RULES)!r} would become {proposed.get(FOUNDED_RULES)!r}")
     if current.get("incarnation") is None and rules(proposed) > rules(current):
         # a found carrying rules (founding_rules) drops what a never-founded state held: a follower
         # still before the founding keeps no history a later state must keep (honest sites register
@@ -843,9 +860,12 @@ def apply(state: dict, command: dict, trust: Trust | None = None) -> tuple[dict,
     if founding is not None:
         # a found carrying the rules of a never-founded state: the cluster is founded under them,
         # and what was applied before it (under rules 1, by any member) is dropped (module
-        # docstring, "Rules version"); refused there, it is decided as if it named none
+        # docstring, "Rules version"); refused there, it is decided as if it named none. The
+        # state records it (FOUNDED_RULES): only such a state decides later founds carrying
+        # rules under rules 2 as this code does
         new_state, result = _apply_guarded(founding_start(state, founding), command, trust)
         if result.get("ok"):
+            new_state = {**new_state, FOUNDED_RULES: founding}
             dropped = {k: len(state.get(k) or {}) for k in ("sites", "volumes", "founding") if state.get(k)}
             return new_state, {**result, "rules": founding, "previous": rules(state),
                                **({"dropped": dropped} if dropped else {})}
@@ -867,11 +887,14 @@ def apply(state: dict, command: dict, trust: Trust | None = None) -> tuple[dict,
         # one decided with this code's bound would part the states of a cluster still running
         # them at some sites (rules 4 "1..3", rules 3 without reports refused otherwise than
         # out_of_range), as would a found carrying rules 3 (adopted here, out_of_range there)
+        # (74f9f08's bound: a state founded under rules by this code, FOUNDED_RULES); in any other
+        # rules-2 state (raised to 2 by release 84f7f0f) a found carrying rules is refused for
+        # the key as 84f7f0f refuses it
         if _peek_str(command, "op") == "rules":
             new_state, result = _apply_guarded(state, command, trust)
             if result.get("ok") and result.get("changed") and rules(new_state) > rules(state):
                 return new_state, result
-        return _apply_guarded(state, command, trust, _OPS_RULES2)
+        return _apply_guarded(state, command, trust, _OPS_RULES2 if FOUNDED_RULES in state else _OPS_RULES2_PLAIN)
     return _apply_guarded(state, command, trust)
 
 
@@ -3434,5 +3457,14 @@ _OPS_RULES2: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozense
     "rules": (lambda state, cmd: _op_rules(state, cmd, max_rules=RULES2_MAX), _OPS["rules"][1], _OPS["rules"][2]),
     "found": (lambda state, cmd: _op_found(state, cmd, max_rules=RULES2_MAX), _OPS["found"][1], _OPS["found"][2]),
 }
-"""The op table a state under rules 2 is decided by (:func:`apply`): that of the releases whose
-:data:`RULES_MAX` was :data:`RULES2_MAX` (84f7f0f, 74f9f08): ``rules`` and ``found`` bounded at 2."""
+"""The op table a state under rules 2 founded under rules (:data:`FOUNDED_RULES`) is decided by
+(:func:`apply`): that of 74f9f08, whose :data:`RULES_MAX` was :data:`RULES2_MAX`: ``rules`` and
+``found`` bounded at 2."""
+
+_OPS_RULES2_PLAIN: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str], frozenset[str]]] = {
+    **_OPS_RULES2,
+    "found": (_op_found, _OPS["found"][1] - {RULES}, _OPS["found"][2]),
+}
+"""The op table any other state under rules 2 (raised to 2, as release 84f7f0f raises it) is
+decided by (:func:`apply`): release 84f7f0f's: ``rules`` bounded at 2, a ``found`` carrying
+``rules`` refused ``bad_request`` for the unknown key (its message and evidence)."""

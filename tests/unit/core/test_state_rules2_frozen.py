@@ -3,15 +3,16 @@ whose ``found`` also carries ``rules``): during a rolling upgrade from either, o
 (a hostile one too) must not be able to make a site of that release and a site of this one store
 different answers, and so different checkpoints. The commands that once did: ``rules`` to 4
 (answered "1..3" here, "1..2" there), ``rules`` to 3 with no or bad reports (``bad_request`` or
-``conflict`` here, ``out_of_range`` there) and a ``found`` carrying ``rules`` 3 in a founded
-rules-2 state (adopted here, ``out_of_range`` in 74f9f08). Only a raise this release accepts (to
-3) may differ. The same logs run through this checkout's ``state.apply`` and through each
-release's (its package tree, from the repository's history, in a child process of its own): every
-result and every state digest must be equal. 84f7f0f refused a ``found`` carrying ``rules`` for
-an unknown key, 74f9f08 decides it: there the two releases part from each other already, and this
-one decides as 74f9f08 (whose clusters founded under rules 2 see such founds from honest members
-racing the founding; an 84f7f0f site never joins those). Real signed commands, real state
-machines of all three releases."""
+``conflict`` here, ``out_of_range`` there) and a ``found`` carrying ``rules`` in a founded
+rules-2 state (adopted here, refused for the unknown key by 84f7f0f). Only a raise this release
+accepts (to 3) may differ. The same logs run through this checkout's ``state.apply`` and through
+each release's (its package tree, from the repository's history, in a child process of its own):
+every result and every state digest must be equal. 84f7f0f refused a ``found`` carrying
+``rules`` for an unknown key, 74f9f08 decides it: a state raised to 2 (as 84f7f0f raises it, the
+only rules-2 clusters in the field) is decided as 84f7f0f decides it; a state founded under rules
+2 (the lab's founding knob: it records ``founded_rules``, which no 84f7f0f state has, and no
+84f7f0f site ever joins it) as 74f9f08 decides it, its honest members' founds racing the
+founding adopted. Real signed commands, real state machines of all three releases."""
 
 from __future__ import annotations
 
@@ -110,13 +111,17 @@ def run_previous(tree: Path, log: list[dict], keys: dict | None, initial: dict) 
     return pickle.loads(done.stdout)
 
 
-def run_current(log: list[dict], trust: Trust | None, initial: dict) -> tuple[dict, list[tuple[dict, bytes]]]:
-    """``log`` applied by this checkout: the final state, each result and the digest after it."""
+def run_current(log: list[dict], trust: Trust | None, initial: dict,
+                unmarked: bool = False) -> tuple[dict, list[tuple[dict, bytes]]]:
+    """``log`` applied by this checkout: the final state, each result and the digest after it
+    (``unmarked``: the digest of the state without its ``founded_rules``, which 74f9f08 did not
+    write)."""
     s = st.initial_state(**initial)
     out = []
     for command in log:
         s, res = st.apply(s, copy.deepcopy(command), trust)
-        out.append((res, state_digest(s)))
+        digested = {k: v for k, v in s.items() if k != st.FOUNDED_RULES} if unmarked else s
+        out.append((res, state_digest(digested)))
     return s, out
 
 
@@ -197,19 +202,49 @@ def test_rules_commands_under_rules_2_decided_as_both_releases(trees) -> None:
         assert_alike(log, run_previous(trees[release], log, PUBLIC, {"members": list(SITES)}), current)
 
 
-def test_founds_under_rules_2_decided_as_74f9f08(trees) -> None:
-    """In a cluster raised to 2 and in one founded under 2: as 74f9f08 decides them, results and
-    digests; 84f7f0f refuses the rules key (it parts from 74f9f08 there already)."""
-    for base in (founded_under_2_signed(), founded_at_2_signed()):
-        log = base + rules_commands() + found_commands()
-        state, current = run_current(log, TRUST, {"members": list(SITES)})
-        assert st.rules(state) == 2 and state.get("incarnation")
-        assert_alike(log, run_previous(trees["74f9f08"], log, PUBLIC, {"members": list(SITES)}), current)
-        to3 = current[len(log) - len(found_commands())][0]
-        assert (to3["error"], to3["evidence"]["max_rules"]) == ("out_of_range", 2), to3
-    log = founded_under_2_signed() + found_commands()
-    previous = run_previous(trees["84f7f0f"], log, PUBLIC, {"members": list(SITES)})
-    assert previous[len(founded_under_2_signed())][0]["evidence"]["unknown"] == ["rules"]
+def test_founds_in_a_cluster_raised_to_2_decided_as_84f7f0f(trees) -> None:
+    """A cluster founded and raised to 2 as 84f7f0f does it (no ``founded_rules``): every found,
+    with rules or without, decided as 84f7f0f decides it, results and digests (a found carrying
+    rules is refused for the key: one hostile member's rules 2 or 3 would otherwise part the
+    upgraded sites from those still on 84f7f0f)."""
+    base = founded_under_2_signed()
+    log = base + rules_commands() + found_commands()
+    state, current = run_current(log, TRUST, {"members": list(SITES)})
+    assert st.rules(state) == 2 and state.get("incarnation") and st.FOUNDED_RULES not in state
+    assert_alike(log, run_previous(trees["84f7f0f"], log, PUBLIC, {"members": list(SITES)}), current)
+    first = len(log) - len(found_commands())
+    for res, _ in current[first:first + 4]:
+        assert (res["error"], res["message"], res["evidence"]) == \
+            ("bad_request", "found: unknown keys ['rules'], missing keys []",
+             {"op": "found", "unknown": ["rules"], "missing": []}), res
+    assert current[first + 4][0]["ok"] and current[first + 4][0]["adopted"]
+
+
+def test_founds_in_a_cluster_founded_at_2_decided_as_74f9f08(trees) -> None:
+    """A lab cluster founded under rules 2 (each found carrying rules 2): it records the founding,
+    its honest members' founds carrying rules 2 are adopted, rules 3 is out_of_range, as 74f9f08
+    decides them (results; digests but for the record 74f9f08 did not write)."""
+    base = founded_at_2_signed()
+    log = base + rules_commands() + found_commands()
+    state, current = run_current(log, TRUST, {"members": list(SITES)}, unmarked=True)
+    assert st.rules(state) == 2 and state.get("incarnation") and state[st.FOUNDED_RULES] == 2
+    assert current[0][0]["rules"] == 2 and current[1][0]["adopted"] and current[2][0]["adopted"]
+    assert_alike(log, run_previous(trees["74f9f08"], log, PUBLIC, {"members": list(SITES)}), current)
+    first = len(log) - len(found_commands())
+    to3, to2 = current[first][0], current[first + 1][0]
+    assert (to3["error"], to3["evidence"]["max_rules"]) == ("out_of_range", 2), to3
+    assert to2["ok"] and to2["adopted"], to2
+
+
+def test_a_dump_keeps_the_founding_record() -> None:
+    """A Raft dump may neither add nor drop ``founded_rules`` in a founded state (it decides how
+    later founds are answered under rules 2)."""
+    raised, _ = run_current(founded_under_2_signed(), TRUST, {"members": list(SITES)})
+    lab, _ = run_current(founded_at_2_signed(), TRUST, {"members": list(SITES)})
+    assert st.dump_problems(raised, raised, NOW) == [] and st.dump_problems(lab, lab, NOW) == []
+    assert st.dump_problems(raised, {**raised, st.FOUNDED_RULES: 2}, NOW) == ["founded_rules None would become 2"]
+    dropped = {k: v for k, v in lab.items() if k != st.FOUNDED_RULES}
+    assert st.dump_problems(lab, dropped, NOW) == ["founded_rules 2 would become None"]
 
 
 def test_rules_2_unsigned_log_decided_as_both_releases(trees) -> None:
@@ -227,8 +262,8 @@ def test_rules_2_unsigned_log_decided_as_both_releases(trees) -> None:
     state, current = run_current(log, None, {"rules": 2})
     for release in RELEASES:
         assert_alike(log[:5], run_previous(trees[release], log[:5], None, {"rules": 2}), current[:5])
-    previous = run_previous(trees["74f9f08"], log, None, {"rules": 2})
-    assert_alike(log[:6], previous[:6], current[:6])
+    previous = run_previous(trees["84f7f0f"], log, None, {"rules": 2})
+    assert_alike(log[:6], previous[:6], current[:6])  # not founded under rules: the found with rules refused
     # a raise this release accepts is the one command that may differ: no release before applies rules 3
     assert previous[6][0]["error"] == "out_of_range"
     assert current[6][0]["ok"] and current[6][0]["changed"] and st.rules(state) == 3
