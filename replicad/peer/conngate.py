@@ -184,7 +184,15 @@ class _GatedProtocol(asyncio.Protocol):
         self.transport = transport
         self.gate._heads[transport] = self
         self.deadline = asyncio.get_running_loop().call_later(self.gate.head_s, self._head_late)
-        self.inner = self.server()
+        try:
+            self.inner = self.server()
+        except BaseException:  # no handler for it (aiohttp shutting down): its place given back at once
+            self.head_done()
+            self.gate._heads.pop(transport, None)
+            self.gate.release(self.peer)
+            self.transport = None
+            transport.abort()
+            raise
         self.inner.connection_made(transport)
 
     def head_done(self) -> None:

@@ -195,3 +195,32 @@ async def test_a_site_whose_app_lacks_the_gate_middleware_refuses_to_listen() ->
             await GatedTCPSite(runner, "127.0.0.1", free_port(), gate).start()
     finally:
         await runner.cleanup()
+
+
+class _Transport:
+    """The little of a transport the gate reads before a handler exists."""
+
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.9", 4242) if name == "peername" else None
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_a_handler_that_cannot_be_made_gives_its_place_back() -> None:
+    """A failing ``server()`` (aiohttp's handler factory) kept the place for ever: the head
+    deadline aborted the transport, but ``connection_lost`` saw no handler and released nothing."""
+    gate = ConnGate("site-b", "peer", None, per_peer=1, total=4, head_s=HEAD_S)
+
+    def server() -> asyncio.Protocol:
+        raise RuntimeError("shutting down")
+    proto = gate.protocol_factory(server)()
+    transport = _Transport()
+    with pytest.raises(RuntimeError):
+        proto.connection_made(transport)  # type: ignore[arg-type]
+    proto.connection_lost(None)
+    assert transport.aborted and dict(gate.open) == {} and not gate._heads
+    assert gate.admit("unauthenticated@127.0.0.9") is None  # the peer's one place is free again
