@@ -1263,11 +1263,19 @@ def table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+def _at_least_one(text: str) -> int:
+    """argparse type: an integer >= 1 (a slow row of no cycle judges nothing)."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="smaller volumes (pgbench scale 2, a quarter of the files)")
-    p.add_argument("--slow-cycles", type=int, default=8)
+    p.add_argument("--slow-cycles", type=_at_least_one, default=8, help="cycles of each slow attack (at least 1)")
     p.add_argument("--no-cluster", action="store_true")
     p.add_argument("--only", choices=("postgres", "fileshare"))
     p.add_argument("--free-space", action="store_true",
