@@ -98,27 +98,35 @@ upgraded since. Never set in production: a cluster founded under rules 1 is open
 member's commands decided under them until its daemons raise the rules."""
 
 
+def _lab_rules_knob(env: str, lab: bool, lowest: int, production: str) -> int:
+    """The int in ``lowest``..RULES_MAX that the lab knob ``env`` sets on a test bench (``lab``),
+    else :data:`RULES_MAX` (unset; or set without ``lab``: logged, ``production`` says what this
+    site does instead).
+
+    Raises:
+        ConfigError: the knob is set on a test bench and is not an int in ``lowest``..RULES_MAX."""
+    text = os.environ.get(env)
+    if text is None:
+        return RULES_MAX
+    if not lab:
+        log.warning("%s is a test bench setting (lab = true): ignored, %s", env, production)
+        return RULES_MAX
+    try:
+        value = int(text)
+    except ValueError:
+        value = lowest - 1
+    if not lowest <= value <= RULES_MAX:
+        raise ConfigError(f"{env}={text!r}: an int in {lowest}..{RULES_MAX}", field=env, value=text[:40])
+    return value
+
+
 def founding_rules(lab: bool) -> int:
     """The rules version this site's ``found`` proposals carry (``state.founding_rules``):
     :data:`RULES_MAX`, or the lab knob :data:`LAB_FOUND_RULES_ENV` on a test bench (``lab``).
 
     Raises:
         ConfigError: the knob is set on a test bench and is not an int in 1..RULES_MAX."""
-    text = os.environ.get(LAB_FOUND_RULES_ENV)
-    if text is None:
-        return RULES_MAX
-    if not lab:
-        log.warning("%s is a test bench setting (lab = true): ignored, this site founds under rules %d",
-                    LAB_FOUND_RULES_ENV, RULES_MAX)
-        return RULES_MAX
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= RULES_MAX:
-        raise ConfigError(f"{LAB_FOUND_RULES_ENV}={text!r}: an int in 1..{RULES_MAX}", field=LAB_FOUND_RULES_ENV,
-                          value=text[:40])
-    return value
+    return _lab_rules_knob(LAB_FOUND_RULES_ENV, lab, 1, f"this site founds under rules {RULES_MAX}")
 
 
 def reported_rules_max(lab: bool) -> int | None:
@@ -127,22 +135,10 @@ def reported_rules_max(lab: bool) -> int | None:
 
     Raises:
         ConfigError: the knob is set on a test bench and is not an int in 0..RULES_MAX."""
-    text = os.environ.get(LAB_REPORT_RULES_MAX_ENV)
-    if text is None:
-        return RULES_MAX
-    if not lab:
-        log.warning("%s is a test bench setting (lab = true): ignored, this site reports rules 1..%d",
-                    LAB_REPORT_RULES_MAX_ENV, RULES_MAX)
-        return RULES_MAX
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= RULES_MAX:
-        raise ConfigError(f"{LAB_REPORT_RULES_MAX_ENV}={text!r}: an int in 0..{RULES_MAX}",
-                          field=LAB_REPORT_RULES_MAX_ENV, value=text[:40])
-    log.warning("LAB: site reports a release applying rules 1..%d (%s; this code applies 1..%d)%s", value,
-                LAB_REPORT_RULES_MAX_ENV, RULES_MAX, ": no release report at all" if value == 0 else "")
+    value = _lab_rules_knob(LAB_REPORT_RULES_MAX_ENV, lab, 0, f"this site reports rules 1..{RULES_MAX}")
+    if lab and os.environ.get(LAB_REPORT_RULES_MAX_ENV) is not None:
+        log.warning("LAB: site reports a release applying rules 1..%d (%s; this code applies 1..%d)%s", value,
+                    LAB_REPORT_RULES_MAX_ENV, RULES_MAX, ": no release report at all" if value == 0 else "")
     return value or None
 
 
