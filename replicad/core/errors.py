@@ -36,6 +36,7 @@ pysyncobj, sqlite3) are translated into this tree at the adapter that met them.
     │   └── LocalProtocolError                  we were about to send something invalid (our bug)
     ├── UnavailableError               exit 7   transient: retry later
     │   ├── NoQuorumError                       Raft could not commit (minority, no leader)
+    │   │   └── CommitUnknownError              timed out while this site deposed its leader: committed or not?
     │   ├── PeerUnavailableError                a peer did not answer
     │   │   └── PeerBusyError           (503)   a holder serves as many fetches as it allows: ask later
     │   ├── StreamSlotsBusyError                this site's chunk streams to a peer stayed at its bound: ship later
@@ -346,6 +347,18 @@ class NoQuorumError(UnavailableError):
     """Raft could not commit the command in time: no leader or no majority reachable."""
 
     code = "no_quorum"
+
+
+class CommitUnknownError(NoQuorumError):
+    """A proposal was not answered within its deadline while this site held a Raft leader deposed
+    (``replicad.consensus.raft`` points 18, 19 and 21: it accepts nothing from that leader for the
+    hold, so it applies nothing meanwhile while the other members may keep following it). The
+    command may have committed all the same, relayed by another member (point 20): it is NOT known
+    whether it did. Look before trying again (``replicad requests`` / ``replicad status`` at
+    another site): a new try is a new command. A retry with the same op id is safe (transient).
+    Evidence: ``op``, ``op_id``, ``deposed`` (the leaders held deposed, with their sites)."""
+
+    code = "commit_unknown"
 
 
 class LeaderFrontRunError(UnavailableError):

@@ -12,8 +12,10 @@ from typing import Any
 
 from replicad.config import SiteConfig, SiteRef
 from replicad.consensus.raft import RaftNode
-from replicad.core.errors import LeaderFrontRunError, NoQuorumError, NotFoundError
-from replicad.core.state import is_revoked
+import msgpack
+
+from replicad.core.errors import CommitUnknownError, LeaderFrontRunError, NoQuorumError, NotFoundError
+from replicad.core.state import is_revoked, list_requests
 
 PROPOSE_TIMEOUT_S = 5.0
 PROPOSE_DEADLINE_S = 15.0   # how long a proposal waits for a leader election (seen: 0.5-2.1 s)
@@ -51,7 +53,19 @@ class Cluster:
         proposed twice), so it applies at most once unless a site replays its bytes after the
         other site's stored answer left the memory (``state.APPLIED_OPS_MAX`` newer answers) and
         inside the replay window: rules 3 close that (the command is applied, never answered from another site's answer).
+
+        A ``request`` (``action``, ``args``) identical to a pending request of this site in the
+        current view (:meth:`own_pending_request`) is answered with that request, not proposed:
+        an operator trying again after a failure that was not one (the first try committed
+        through a relay) made a second request each time until the site's quota of pending
+        requests was used up (attacker review r14, A2). Not committed by the deadline while
+        this site holds a Raft leader deposed: :class:`CommitUnknownError` (the command may
+        have committed through another member's relay; look before trying again).
         """
+        if op == "request":
+            existing = self.own_pending_request(args.get("action"), args.get("args"))
+            if existing is not None:
+                return existing
         cmd = {"op": op, "by": self.site_id, "now_ns": time.time_ns(), "op_id": uuid.uuid4().hex, **args}
         deadline = time.monotonic() + deadline_s
         while True:
@@ -63,10 +77,52 @@ class Cluster:
                     raise
                 cmd = {**cmd, "now_ns": time.time_ns(), "op_id": uuid.uuid4().hex}
                 await asyncio.sleep(0.3)
-            except NoQuorumError:
+            except NoQuorumError as err:
                 if time.monotonic() + 0.3 >= deadline:
-                    raise
+                    raise self._unknown_while_deposing(err, cmd) from None
                 await asyncio.sleep(0.3)
+
+    def _unknown_while_deposing(self, err: NoQuorumError, cmd: dict) -> NoQuorumError:
+        """``err``, the last failure of a proposal at its deadline, as the operator must read it: a
+        :class:`CommitUnknownError` when this node holds a Raft leader deposed (``status()["deposed"]``:
+        it applies nothing from that leader for the hold, while the other members may follow it and
+        commit this site's command relayed through them, raft point 20), else ``err`` itself; a
+        proposal the leader refused at its door (``reason`` ``request_denied``) stays ``err``."""
+        try:
+            deposed = self.raft.status().get("deposed") or {}
+        except Exception:  # status is a hint here: the original error stands
+            deposed = {}
+        if not deposed or (err.evidence or {}).get("reason") == "request_denied":
+            return err
+        held = ", ".join(f"{addr} (site {d.get('site') or 'not known'}, {d.get('hold_s', 0):.0f}s left)"
+                         for addr, d in sorted(deposed.items()))
+        return CommitUnknownError(
+            f"it is NOT known whether this {cmd.get('op')} committed: this site deposed the Raft leader {held} and "
+            "applies nothing from it meanwhile, but the other sites may follow it and commit this command relayed "
+            "through them. Look before trying again (replicad requests, or replicad status at another site): "
+            "a new try is a new command", op=cmd.get("op"), op_id=cmd.get("op_id"), reason=(err.evidence or {}).get(
+                "reason"), deposed={addr: d.get("site") for addr, d in deposed.items()})
+
+    def own_pending_request(self, action: Any, args: Any) -> dict | None:
+        """The answer of a pending (not expired) request of this site with exactly ``action`` and
+        ``args`` (compared as the state stores them: after a msgpack round trip) in the applied
+        state, when this site's view is current (:meth:`raft_synced`; a stale view may show a
+        request pending that expired or applied since): ``{"ok": True, "request", "status":
+        "pending", "approvals", "needed", "expires_ns", "existing": True}`` (the newest such
+        request), else None. Read only: proposes nothing, decides nothing in the state machine
+        (whose decisions stay those of every rules version)."""
+        if not isinstance(action, str) or not isinstance(args, dict) or not self.raft_synced():
+            return None
+        try:
+            wanted = msgpack.unpackb(msgpack.packb(args, use_bin_type=True), raw=False)
+        except (TypeError, ValueError, OverflowError):
+            return None  # the state machine refuses what does not encode: nothing can equal it
+        for r in list_requests(self.view()):
+            if r.get("status") == "pending" and r.get("by") == self.site_id and r.get("action") == action \
+                    and r.get("args") == wanted:
+                return {"ok": True, "request": r["id"], "status": "pending", "approvals": list(r["approvals"]),
+                        "needed": r["needed"], "expires_ns": r["expires_ns"], "existing": True}
+        return None
 
     def raft_synced(self) -> bool:
         """True when this site's applied Raft state is current: a leader is known, a majority is

@@ -1,0 +1,133 @@
+"""Cluster.propose as the operator meets it after a front-running leader (attacker review r14, A2).
+
+* A ``request`` identical (action, args) to a pending request of this site in the current view is
+  answered with that request, not proposed again (an operator's retries after false failures made
+  r1..r8 and used up the site's quota of pending requests).
+* A proposal not committed by its deadline while this site holds a Raft leader deposed is
+  ``commit_unknown`` (:class:`~replicad.core.errors.CommitUnknownError`): the command may have
+  committed through another member's relay.
+
+The Raft handle is a stand-in holding the real state machine (``replicad.core.state.apply``
+decides every command, as each node's consumer does); what it reports as its status is set by
+each test (a current view, or a deposition held).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from replicad.core import errors
+from replicad.core import state as cluster_state
+from replicad.site.cluster import Cluster
+
+from tests.unit.core.test_state import NOW, RETENTION, cluster, cmd, ok  # noqa: F401
+
+WEAKER = {**RETENTION, "keep_all_s": 60}
+
+
+class _Raft:
+    """The handle Cluster uses: ``propose`` applies the command to the state through the real
+    state machine (or raises ``fail``), ``status`` says what a RaftNode's says, ``view`` the state."""
+
+    def __init__(self, state: dict) -> None:
+        self.state = state
+        self.proposed: list[dict] = []
+        self.fail: errors.ReplicadError | None = None
+        self.synced = True
+        self.deposed: dict = {}
+
+    async def propose(self, command: dict, timeout_s: float = 5.0) -> dict:
+        self.proposed.append(command)
+        if self.fail is not None:
+            raise self.fail
+        self.state, result = cluster_state.apply(self.state, {"v": 1, **command})
+        if not result.get("ok"):
+            raise errors.from_dict(result)
+        return result
+
+    def status(self) -> dict:
+        return {"leader": "127.0.0.1:1" if self.synced else None, "has_quorum": self.synced, "last_applied": 5,
+                "commit_index": 5, "caught_up": self.synced, "deposed": self.deposed}
+
+    def view(self) -> dict:
+        return self.state
+
+
+def _cluster(state: dict, site: str = "a") -> tuple[Cluster, _Raft]:
+    raft = _Raft(state)
+    return Cluster(site, raft, lambda: SimpleNamespace(sites=())), raft
+
+
+def _request(c: Cluster, args: dict, action: str = "set_retention", reason: str = "save space") -> dict:
+    return asyncio.run(c.propose("request", action=action, args=args, reason=reason, now_ns=NOW))
+
+
+def test_an_identical_pending_request_of_this_site_is_answered_with_that_request(cluster):
+    c, raft = _cluster(cluster)
+    args = {"volume": "vol", "retention": dict(WEAKER)}
+    first = _request(c, args)
+    assert first["status"] == "pending" and len(raft.proposed) == 1
+    again = _request(c, args, reason="hostile, again")  # the operator tries again: nothing proposed
+    assert again["request"] == first["request"] and again["status"] == "pending" and again["existing"] is True
+    assert again["approvals"] == first["approvals"] and again["needed"] == first["needed"]
+    assert again["expires_ns"] == first["expires_ns"] and len(raft.proposed) == 1
+    assert len(cluster_state.list_requests(raft.state)) == 1
+
+    other = _request(c, {"volume": "vol", "retention": {**WEAKER, "keep_all_s": 120}})  # other args: a new one
+    assert other["request"] != first["request"] and len(raft.proposed) == 2
+    b, _ = _cluster(raft.state, site="b")  # another site's identical request is its own
+    b.raft = raft
+    b_req = _request(b, args)
+    assert b_req["request"] not in (first["request"], other["request"]) and "existing" not in b_req
+
+
+def test_a_request_is_proposed_again_once_the_first_is_no_longer_pending(cluster):
+    c, raft = _cluster(cluster)
+    args = {"volume": "vol", "retention": dict(WEAKER)}
+    first = _request(c, args)
+    raft.state, res = ok(raft.state, cmd("approve", by="b", request=first["request"], now_ns=NOW))
+    assert res["status"] != "pending", res
+    second = _request(c, args)
+    assert second["request"] != first["request"] and "existing" not in second and len(raft.proposed) == 2
+    # an expired pending request is not answered for either
+    expired = {**raft.state["requests"][second["request"]], "expires_ns": 0}
+    raft.state = {**raft.state, "requests": {**raft.state["requests"], second["request"]: expired}}
+    third = _request(c, args)
+    assert third["request"] not in (first["request"], second["request"]) and len(raft.proposed) == 3
+
+
+def test_a_stale_view_is_not_trusted_for_the_answer(cluster):
+    c, raft = _cluster(cluster)
+    args = {"volume": "vol", "retention": dict(WEAKER)}
+    first = _request(c, args)
+    raft.synced = False  # the view may be old: the request may have expired or applied since
+    second = _request(c, args)
+    assert second["request"] != first["request"] and len(raft.proposed) == 2
+
+
+def _propose(c: Cluster) -> errors.ReplicadError:
+    with pytest.raises(errors.NoQuorumError) as caught:
+        asyncio.run(c.propose("clock", deadline_s=0.1))
+    return caught.value
+
+
+def test_a_timeout_while_this_site_deposed_its_leader_is_commit_unknown(cluster):
+    c, raft = _cluster(cluster)
+    raft.fail = errors.NoQuorumError("raft did not commit the command in time", reason="timeout", op="clock")
+    assert type(_propose(c)) is errors.NoQuorumError  # no deposition: the plain answer
+
+    raft.deposed = {"127.0.0.1:7002": {"site": "c", "term": 4, "hold_s": 97.3}}
+    err = _propose(c)
+    assert isinstance(err, errors.CommitUnknownError) and err.code == "commit_unknown"
+    assert errors.is_transient(err) and err.http_status == 503 and err.exit_code == 7
+    assert "NOT known whether" in err.message and "replicad requests" in err.message and "(site c," in err.message
+    assert err.evidence["deposed"] == {"127.0.0.1:7002": "c"} and err.evidence["op"] == "clock"
+    assert err.evidence["op_id"] == raft.proposed[-1]["op_id"]
+    again = errors.from_dict({"error": err.code, "message": err.message, "evidence": err.evidence})
+    assert isinstance(again, errors.CommitUnknownError)  # as the CLI reads the admin API's answer
+
+    raft.fail = errors.NoQuorumError("the leader refused it", reason="request_denied", op="clock")
+    assert type(_propose(c)) is errors.NoQuorumError  # refused at the door: known not committed
