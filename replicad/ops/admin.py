@@ -919,11 +919,17 @@ async def _make_request(site: "SiteDaemon", action: str, args: dict, reason: str
     changes = request_changes({"action": action, "args": args, "status": "pending"}, view)
     res = await site.cluster.propose("request", action=action, args=args, reason=reason)
     out = {**_request_answer(res), "action": action, **{k: args[k] for k in ("volume", "site_id") if k in args},
-           **({"changes": changes} if changes is not None else {}), **extra}
+           **({"changes": changes} if changes is not None else {}), **extra,
+           **({"existing": True} if res.get("existing") else {})}
     if res.get("status") == "pending":
         out["next"] = (f"an operator of another site approves it there: replicad approve {res.get('request')} "
                        f"(needs {res.get('needed')} sites, this one counted)")
-        log.warning("AUDIT request %s made at %s: %s %s", res.get("request"), site.site_id, action, facts_text(args))
+        if res.get("existing"):  # Cluster.propose: this site's identical pending request, nothing proposed
+            log.warning("AUDIT request %s asked for again at %s (identical to this pending request of the site: "
+                        "nothing new proposed): %s %s", res.get("request"), site.site_id, action, facts_text(args))
+        else:
+            log.warning("AUDIT request %s made at %s: %s %s", res.get("request"), site.site_id, action,
+                        facts_text(args))
         return _ok(out, status=202)
     return _ok(out)
 
