@@ -240,7 +240,10 @@ SCHEMAS: dict[str, dict] = {
                              "previous": {"type": ["object", "integer"], "description": (
                                  "what the request would change: the policy (retention, detection) or the "
                                  "maximum size in bytes (set_max_size)")},
-                             "vetoed_by": _STR, "changes": _OBJ}),
+                             "vetoed_by": _STR, "changes": _OBJ,
+                             "existing": {"type": "boolean", "description": (
+                                 "true: an identical (action, args) request of this site was pending already; it "
+                                 "is answered, nothing new was proposed")}}),
     # snapshot exports over NBD (issue 16, site/exports.py)
     "Export": _object({"export_id": _STR, "volume": _STR, "seq": _INT, "epoch": _INT, "root": _STR, "socket": _STR,
                        "uri": _STR, "name": _STR, "size_bytes": _INT, "block_size_bytes": _INT, "writable": _BOOL,
