@@ -337,9 +337,15 @@ names up in its own modules):
    forged, is remembered nowhere) and not this site's own (a retry with a new stamp), shows a
    site that signed another site's op id, which an
    honest site never does (op ids are random). When that site is the one of the leader this node
-   follows in the entry's term, the node deposes it as in point 19 (``_depose``, hold
-   :data:`WITHHELD_HOLD_S`), ERROR naming the leader, the entry (index, term, op) and the op id,
-   counted as ``leader_front_runs`` (alert ``ReplicadRaftLeaderFrontRuns``); otherwise (another
+   follows in the entry's term, the node logs ERROR naming the leader, the entry (index, term, op)
+   and the op id, counted as ``leader_front_runs`` (alert ``ReplicadRaftLeaderFrontRuns``), and
+   under rules 1 and 2 deposes it as in point 19 (``_depose``, hold :data:`WITHHELD_HOLD_S`);
+   under rules 3 it does not (attacker review r14, A2): the command applies anyway, and one
+   front-run entry would cut this site off for the hold while the other members keep following
+   that leader (a primary committing nothing for 2 minutes, its operators' requests answered
+   ``no_quorum`` while they commit through relays), at the cost of one entry, again after every
+   hold. A command of this site that reached the leader relayed by another member (point 20) is
+   judged alike when the entries are applied here. When the signer is another site (another
    member that learned the op id, e.g. from a relay, point 20; or a leader of an earlier term) it
    logs ERROR naming that site, counted as ``op_id_taken``, and deposes nobody (the leader that
    appended it may be honest). This node's own proposal, when the state machine answered it from
@@ -355,9 +361,10 @@ names up in its own modules):
    could name another entry's; or, when a leader's full state covers it, by the answer that state
    stores as this site's (:meth:`_HardenedSyncObj._answer_installed`). Only the site whose
    command was front-run deposes (a third site cannot tell a front-run from a member copying the
-   leader's op id to frame it); a leader that front-runs every site's commands loses the
-   majority, one that front-runs one site's only is left by that site alone and, under rules 3,
-   cancels nothing.
+   leader's op id to frame it); under rules 1 and 2 a leader that front-runs every site's commands
+   loses the majority, one that front-runs one site's only is left by that site alone; under
+   rules 3 it cancels nothing and keeps leading, alerted at each site it front-ran (its operators
+   revoke it: README "A site is compromised").
 
 16. **What the members say the membership is.** A site that has not joined the cluster yet
    cannot trust its own replay of the log to learn the agreed membership when its config
@@ -522,8 +529,8 @@ DEPOSE_REASONS = ("leader_deposed", "from_deposed_leader", "vote_for_deposed", "
 """Point 18: ``leader_deposed`` (once per depose, ERROR); a deposed leader's ``append_entries``
 (``from_deposed_leader``) and ``request_vote``/``pre_vote`` (``vote_for_deposed``) refused.
 Point 19: ``leader_withholds`` (once per depose for withheld commands, ERROR). Point 21:
-``leader_front_runs`` (the leader's site signed an entry with one of this site's op ids: deposed,
-ERROR), ``op_id_taken`` (another site did: ERROR, nobody deposed)."""
+``leader_front_runs`` (the leader's site signed an entry with one of this site's op ids: ERROR,
+deposed under rules 1 and 2), ``op_id_taken`` (another site did: ERROR, nobody deposed)."""
 WITHHELD_AFTER_S = 45.0
 """Point 19: how long one of this site's forwarded commands may stay out of its applied log, while
 the leader's heartbeats arrive and this site has applied all the leader reports committed, before
@@ -1528,7 +1535,8 @@ class _HardenedSyncObj(SyncObj):
         proposals. Judged only when its signature verifies (a forged one proves nothing and is
         remembered nowhere under rules 3) and it is not this site's own (a retry of the op id with a
         new stamp, as ``daemon.request_with_retry`` makes: its first answer is this site's). Signed by the site of the leader this node follows in the
-        entry's term: ERROR, ``leader_front_runs``, that leader deposed; else ERROR, ``op_id_taken``.
+        entry's term: ERROR, ``leader_front_runs``, and under rules 1 and 2 that leader deposed (under
+        rules 3 not: the command applies anyway); else ERROR, ``op_id_taken``.
         Remembered in :attr:`_front_runs` (with its answer, ``stored``) only under rules 1 and 2 and
         when the op id was not answered yet: then its answer is the one stored under the op id."""
         if signature_refusal(before, decoded, trust) is not None \
@@ -1565,6 +1573,19 @@ class _HardenedSyncObj(SyncObj):
                     del self._front_runs[next(iter(self._front_runs))]
         op = str(decoded.get("op"))[:40]
         if following and leader_site is not None and leader_site == signer:
+            if cluster_state.rules(before) >= cluster_state.RULES_SIGNER_KEYED:
+                # the front-run cancels nothing (this site's command is decided under its own key), while
+                # a deposition would cut this site off for the hold when the others keep following that
+                # leader (attacker review r14, A2): alert only
+                self.refusals.refuse(
+                    "leader_front_runs", "the leader of term %s, %s (site %s), appended at log index %d a command of "
+                    "its own (%s) carrying the op id %s of a command this site proposed: it front-runs this site's "
+                    "commands. Under the cluster's rules %d this site's command applies anyway (the exactly-once "
+                    "memory is keyed by signing site), so the leader is NOT deposed (deposing it would cut this "
+                    "site off while the others follow it). A compromised site: README \"A site is compromised\"",
+                    term, leader.id, signer, idx, op, op_id[:64], cluster_state.rules(before),
+                    level=logging.ERROR, every_s=0.0)
+                return
             if not self.holds_deposed(leader.id, term):
                 self._depose(leader, term, WITHHELD_HOLD_S)
             self.refusals.refuse(
