@@ -1,4 +1,5 @@
-"""Point 21 of :mod:`replicad.consensus.raft`: a leader that front-runs a site's command is deposed.
+"""Point 21 of :mod:`replicad.consensus.raft`: a leader that front-runs a site's command is deposed
+(under rules 1 and 2; alerted only under rules 3).
 
 Three real hardened pysyncobj nodes on loopback, ticked here (the fixture of test_withheld.py), each
 wired as :class:`~replicad.consensus.raft.RaftNode` wires it (the consumer's applied entries, a site
@@ -7,7 +8,8 @@ The attacker is the leader with one patch: before a member's forwarded command i
 of its own carrying the same op id (attacker review r13, F5). The member's proposal is answered
 ``leader_front_run`` (never with the leader's stored answer), the member deposes the leader
 (``leader_front_runs``), the third node does not; a front-running entry naming another site is
-``op_id_taken`` and deposes nobody.
+``op_id_taken`` and deposes nobody. Under rules 3 the member's command applies and the member
+alerts without deposing; commands relayed through the members (point 20) are judged alike.
 """
 
 from __future__ import annotations
@@ -32,20 +34,28 @@ def wire(nodes) -> dict:
     return sites
 
 
-def front_running(leader, signer: str):
-    """Patch ``leader``: before each forwarded command, append one of its own (in ``signer``'s
-    name) with the same op id."""
+def front_running(leader, signer: str, kinds: tuple = ("apply_command",), withhold_forwards: bool = False) -> list:
+    """Patch ``leader``: before each command a member forwards (``apply_command``) or relays
+    (``relay_command``, point 20), as ``kinds`` names, append one of its own (in ``signer``'s name)
+    with the same op id. ``withhold_forwards``: drop every forwarded command (so that its site
+    relays it through the members). Returns the list of op ids front-run (one per front-run)."""
     real_dispatch = leader._dispatch_message
+    done: list = []
 
     def dispatch(node, message):
-        if isinstance(message, dict) and message.get("type") == "apply_command":
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "apply_command" and withhold_forwards:
+            return
+        if kind in kinds:
             entry = consensus.entry_call(message.get("command"))
             cmd = checkpoint.decode_command(entry[1]) if entry is not None else None
             if isinstance(cmd, dict):
-                mine = {"v": 1, "op": "noop", "op_id": cmd["op_id"], "by": signer}
+                mine = {"v": 1, "op": "noop", "op_id": cmd["op_id"], "by": signer, "n": len(done)}
                 leader.consumer.apply_command(msgpack.packb(mine), callback=None)
+                done.append(cmd["op_id"])
         real_dispatch(node, message)
     leader._dispatch_message = dispatch
+    return done
 
 
 def propose_as(node, site: str, op_id: str, answers: dict, key: str | None = None, **extra) -> None:
@@ -132,22 +142,63 @@ def test_a_retry_after_another_site_took_the_op_id_of_an_applied_command_is_no_f
     assert applied[cluster_state.applied_key(victim.consumer.cluster, site, "late-1")] == answers["first"][0]
 
 
-def test_under_rules_3_a_front_running_leader_is_deposed_and_the_command_applies(nodes):
+def test_under_rules_3_a_front_running_leader_is_alerted_not_deposed_and_the_commands_apply(nodes):
     """Rules 3: the leader's own entry with a member's op id is stored under the leader's site; the
-    member's command is decided (its own answer, never ``leader_front_run``), and the member still
-    deposes the leader that signed its op id."""
+    member's command is decided (its own answer, never ``leader_front_run``). The member logs and
+    counts it (``leader_front_runs``) but does NOT depose the leader (attacker review r14, A2: one
+    entry cut the member off for 2 minutes while the third site kept following the leader): it
+    keeps following it, and its next command, front-run again, applies as promptly."""
     under_rules(nodes, 3)
     sites = wire(nodes)
     leader, (victim, other) = elect(nodes)
-    front_running(leader, sites[leader._SyncObj__selfNode.id])
+    leader_id, site = leader._SyncObj__selfNode.id, sites[victim._SyncObj__selfNode.id]
+    front_run = front_running(leader, sites[leader_id])
     answers: dict = {}
-    propose_as(victim, sites[victim._SyncObj__selfNode.id], "front-run-3", answers)
-    assert tick(nodes, lambda: "front-run-3" in answers, 15.0)
-    result, reason = answers["front-run-3"]
-    assert reason == FAIL_REASON.SUCCESS and result.get("error") != "leader_front_run", result
-    state = victim.consumer.cluster  # decided (noop is an unknown op) and stored under this site's own key
-    assert cluster_state.applied_key(state, sites[victim._SyncObj__selfNode.id], "front-run-3") in state["applied_ops"]
-    assert victim.refusals.counts().get("leader_front_runs") == 1 and leader._SyncObj__selfNode.id in victim.deposed
+    for n, op_id in enumerate(("front-run-3", "front-run-3b"), start=1):
+        propose_as(victim, site, op_id, answers)
+        assert tick(nodes, lambda: op_id in answers, 15.0)
+        result, reason = answers[op_id]
+        assert reason == FAIL_REASON.SUCCESS and result.get("error") != "leader_front_run", result
+        state = victim.consumer.cluster  # decided (noop is an unknown op) and stored under this site's own key
+        assert cluster_state.applied_key(state, site, op_id) in state["applied_ops"]
+        assert front_run.count(op_id) >= 1
+        assert victim.refusals.counts().get("leader_front_runs") == n  # alerted, each time
+        assert not victim.deposed and victim._SyncObj__raftLeader is not None \
+            and victim._SyncObj__raftLeader.id == leader_id  # still following it
+    assert leader._isLeader() and not other.deposed and not other.refusals.counts().get("leader_front_runs")
+
+
+@pytest.mark.parametrize("rules", [2, 3])
+def test_a_front_run_relayed_command(nodes, rules):
+    """Point 20's relay path (attacker review r14, A4): the leader drops the member's forward, so
+    the member relays its command through the members (and to the leader itself), and the leader
+    front-runs each relayed copy. The member judges the entries as it judges front-run forwards:
+    under rules 3 its command applies and it alerts without deposing; under rules 1 and 2 it
+    deposes the leader at once (not after point 19's withholding threshold) and its command is
+    answered ``leader_front_run`` when its entry is applied here (then proposed anew by
+    ``Cluster.propose``), never with the leader's answer."""
+    under_rules(nodes, rules)
+    sites = wire(nodes)
+    leader, (victim, other) = elect(nodes)
+    leader_id, site = leader._SyncObj__selfNode.id, sites[victim._SyncObj__selfNode.id]
+    front_run = front_running(leader, sites[leader_id], kinds=("relay_command",), withhold_forwards=True)
+    answers: dict = {}
+    propose_as(victim, site, "relayed-1", answers)
+    assert tick(nodes, lambda: victim.refusals.counts().get("leader_front_runs"), 15.0)
+    assert "relayed-1" in front_run  # the attack ran on a relayed copy
+    if rules == 3:
+        assert tick(nodes, lambda: "relayed-1" in answers, 15.0)
+        result, reason = answers["relayed-1"]
+        assert reason == FAIL_REASON.SUCCESS and result.get("error") != "leader_front_run", result
+        state = victim.consumer.cluster
+        assert cluster_state.applied_key(state, site, "relayed-1") in state["applied_ops"]
+        assert not victim.deposed and victim._SyncObj__raftLeader.id == leader_id
+    else:
+        assert victim.holds_deposed(leader_id)
+        assert victim.refusals.counts().get("leader_withholds") is None  # the front-run, not the withholding
+        if "relayed-1" in answers:
+            assert answers["relayed-1"][0]["error"] == "leader_front_run", answers
+    assert not other.refusals.counts().get("leader_front_runs") and not other.refusals.counts().get("op_id_taken")
 
 
 @pytest.mark.parametrize("rules, decided, answered", [(3, False, True), (2, True, True), (2, False, False)])
