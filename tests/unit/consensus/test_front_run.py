@@ -169,7 +169,7 @@ def test_under_rules_3_a_front_running_leader_is_alerted_not_deposed_and_the_com
 
 
 @pytest.mark.parametrize("rules", [2, 3])
-def test_a_front_run_relayed_command(nodes, rules):
+def test_a_front_run_relayed_command(nodes, rules, monkeypatch):
     """Point 20's relay path (attacker review r14, A4): the leader drops the member's forward, so
     the member relays its command through the members (and to the leader itself), and the leader
     front-runs each relayed copy. The member judges the entries as it judges front-run forwards:
@@ -177,6 +177,7 @@ def test_a_front_run_relayed_command(nodes, rules):
     deposes the leader at once (not after point 19's withholding threshold) and its command is
     answered ``leader_front_run`` when its entry is applied here (then proposed anew by
     ``Cluster.propose``), never with the leader's answer."""
+    monkeypatch.setattr(consensus, "WITHHELD_AFTER_S", 30.0)  # the forward's withholding judged long after
     under_rules(nodes, rules)
     sites = wire(nodes)
     leader, (victim, other) = elect(nodes)
