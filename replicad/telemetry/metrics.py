@@ -114,6 +114,10 @@ replicad_command_refused_total                              reason             c
                                                                                the start
 replicad_request_vetoes_total                               by                 Raft state: vetoes applied, by
                                                                                vetoing site (counter)
+replicad_request_vanished_total                             action             event: approved requests gone
+                                                                               from the Raft state without
+                                                                               being applied (rules 1's table
+                                                                               bound; site.requestwatch)
 replicad_exports_open                                                          event: snapshot exports (NBD)
                                                                                open now (issue 16)
 replicad_export_read_bytes_total                            volume             event: bytes served to export reads
@@ -748,6 +752,13 @@ class SiteMetrics:
             "certificate's site on the peer listener; 'other' if not a configured site, without TLS, and on the admin "
             "listener) held as many as it may or all peers did (conn_busy_per_peer, conn_busy_global), or because no "
             "request head came in time (head_timeout)", ["site", "listener", "peer", "reason"], registry=self.registry)
+        self.requests_vanished = Counter(
+            "replicad_request_vanished_total", "Approved requests (cooling off) this site saw gone from the Raft "
+            "state without a record of their end (applied, failed, vetoed, withdrawn): under rules 1 a site's own "
+            "requests push them out of the 64-record request table (replicad.site.requestwatch), by action",
+            ["site", "action"], registry=self.registry)
+        for action in cluster_state.REQUEST_ACTIONS:  # at zero: the alert sees the first one
+            self.requests_vanished.labels(site_id, action)
         self.fetch_served_bytes = Counter("replicad_fetch_served_bytes_total",
                                           "Chunk payload bytes this site served to a requesting site's fetches",
                                           ["site", "requester", "volume"], registry=self.registry)
@@ -921,6 +932,11 @@ class SiteMetrics:
         one (``got``) or gave up (``replicad_ship_slot_waits_total``, ``..._wait_seconds_total``)."""
         self.ship_slot_waits.labels(self.site_id, peer, "got" if got else "timed_out").inc()
         self.ship_slot_wait_seconds.labels(self.site_id, peer).inc(max(0.0, waited_s))
+
+    def request_vanished(self, action: str) -> None:
+        """Count one approved request of ``action`` gone from the Raft state unapplied
+        (``replicad_request_vanished_total``)."""
+        self.requests_vanished.labels(self.site_id, action).inc()
 
     def fetch_refused(self, requester: str, reason: str) -> None:
         """Count one fetch of ``requester`` refused or cut here (``replicad_fetch_refused_total``)."""
