@@ -258,6 +258,14 @@ case("requests open: a revocation at once (critical), a retention change after 1
       ("2m", "ReplicadRequestOpen", [exp("ReplicadRequestOpen", {"site": "site-b", "action": "set_retention"})]),
       ("4m", "ReplicadRequestOpen", [])])
 
+case("an approved request vanished from the state unapplied: critical while within 1h",
+     [('replicad_request_vanished_total{site="site-a", action="revoke_site"}', "0 0 1x90"),
+      ('replicad_request_vanished_total{site="site-a", action="set_members"}', "0x92")],
+     [("1m", "ReplicadRequestVanished", []),
+      ("3m", "ReplicadRequestVanished", [exp("ReplicadRequestVanished", {"site": "site-a", "action": "revoke_site"},
+                                             1)]),
+      ("80m", "ReplicadRequestVanished", [])])
+
 case("Raft traffic refused",
      [('replicad_raft_refused_total{site="site-a", reason="readonly_node"}', "0 0 5x20"),
       ('replicad_raft_refused_total{site="site-b", reason="readonly_node"}', "0x22")],
