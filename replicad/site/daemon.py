@@ -83,6 +83,7 @@ from replicad.site.standby import StandbyCheck
 from replicad.site.status import Status
 from replicad.site.volumes import VolumeLoop
 from replicad.site.registration import RegistrationCheck, registered_size_bytes
+from replicad.site.requestwatch import RequestWatch
 from replicad.site.rules_raise import RulesRaise, founding_rules, reported_rules_max
 from replicad.site.seen import SeenMark
 from replicad.storage import fingerprints
@@ -167,6 +168,8 @@ class SiteDaemon:
         self._data_dir_lock: int | None = None  # fd holding the flock of data_dir/lock
         self.metrics = SiteMetrics.for_site(cfg, lambda: self.status.report(),
                                             lambda: self.raft.view() if self.raft else {})
+        self.request_watch = RequestWatch(self.site_id, counted=self.metrics.request_vanished,  # R13, F6
+                                          audit_prefix=self._audit_prefix, logged_live=self._logged_live)
         self._background: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started_at = time.time()
@@ -498,6 +501,8 @@ class SiteDaemon:
         A committed snapshot this site holds turns its ``received`` record ``committed``
         (:meth:`Receiver.committed`), which the local floor's calendar rules count.
         """
+        if self.raft is not None:  # an approved request gone from the state unapplied: ERROR (site.requestwatch)
+            self.request_watch.observe(self.raft.view(), self.raft.applied_count(), command, result)
         if result.get("ok") and command.get("op") == "commit_snapshot" and self._loop is not None \
                 and getattr(self, "receiver", None) is not None:
             self._loop.call_soon_threadsafe(self.receiver.committed, command)
