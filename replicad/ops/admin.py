@@ -122,6 +122,7 @@ from replicad.core.state import (RETENTION_MAX_S, SIZE_BYTES_MAX, detection_poli
                                  max_size_bytes, retention_weakened)
 from replicad.core.units import parse_duration, parse_size
 from replicad.site.promotion import held_here
+from replicad.site.requestwatch import revocation_warning
 from replicad.site.runner import runner_of
 
 if TYPE_CHECKING:
@@ -732,7 +733,14 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         # the request names the exact keys it revokes (this site's pinned keys of the target,
         # inside the signed command): every site revokes those, whatever its config pins later
         keys = sorted(set(ref.public_key)) if site.cfg.trust().signed else []
-        return await _make_request(site, "revoke_site", {"site_id": target, "keys": keys}, reason)
+        # under rules 1 the target's own requests can erase the approved revocation (review R13, F6)
+        behind = [s for s, m in (site.rules_raise.status().get("members") or {}).items() if m.get("problem")]
+        warning = revocation_warning(site.cluster.view(), target, behind)
+        answer = await _make_request(site, "revoke_site", {"site_id": target, "keys": keys}, reason,
+                                     **({"warning": warning} if warning is not None else {}))
+        if warning is not None:
+            log.warning("AUDIT revocation of %s requested at %s under rules 1: %s", target, site.site_id, warning)
+        return answer
 
     async def max_size_put(request: web.Request) -> web.Response:
         """A new agreed maximum size of a volume (``{"max_size_bytes": bytes or "200GiB",
