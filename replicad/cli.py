@@ -911,6 +911,8 @@ def _render_request_state(r: dict) -> None:
     else:
         console.print(f"request {r['request']} applied (approved by {', '.join(r.get('approvals') or [])}): "
                       f"{_result_text(r.get('action'), r.get('result'))}", markup=False, soft_wrap=True)
+    if r.get("warning"):  # a revocation under rules 1 (review R13, F6)
+        err_console.print(f"[yellow]warning[/yellow]: {esc(r['warning'])}", markup=True, soft_wrap=True)
 
 
 def _result_text(action: Any, result: Any) -> str:

@@ -1,0 +1,107 @@
+"""An approved revocation erased under rules 1 is said, not lost unseen (review R13, F6).
+
+Three real daemons founded under rules 1, as by release b976d0a (the lab knob
+``REPLICAD_LAB_FOUND_RULES=1``); site-c, the attacker, reports rules 1..1 (``REPLICAD_LAB_REPORT_RULES_MAX=1``:
+it withholds its release report), so the rules stay 1 (rules 1 are b976d0a's frozen machine,
+``core/state_rules1.py``, whose request table keeps 64 finished records in all, approved ones among
+them). site-a's operator runs ``replicad revoke site-c``: the CLI warns that under rules 1 the
+revocation can be erased and names ``replicad raise-rules --leave-behind site-c`` first, and site-a's
+log says it at WARNING. site-b approves (it cools off: site-c never approves its own revocation).
+Then site-c's own daemon, through its admin API, makes 70 requests and vetoes each itself: the
+approved revocation is pushed out of the table. site-a's and site-b's logs carry the ERROR naming
+the vanished request and whose request pushed it out, and ``replicad_request_vanished_total
+{action="revoke_site"}`` counts it at both (before: nothing at all, R13 F6).
+
+The cooling-off is long (10 min): the flood ends well inside it, and the test never waits for it.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from replicad.lab.localcluster import LocalCluster
+from replicad.site.rules_raise import LAB_FOUND_RULES_ENV, LAB_REPORT_RULES_MAX_ENV
+from tests.integration.conftest import VOL, write_image
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+SITES = ("site-a", "site-b", "site-c")
+FLOOD = 70  # more than the 64 records rules 1 keep in all
+
+
+def _lab(config: str) -> str:
+    return config.replace('log_level = "info"\n', 'log_level = "info"\nlab = true\n', 1)
+
+
+def _cli(c: LocalCluster, site: str, *args: str) -> subprocess.CompletedProcess:
+    token = c.default_token(site)
+    env = {"PATH": "/usr/bin:/bin", "COLUMNS": "200", **({"REPLICAD_TOKEN": token} if token else {})}
+    return subprocess.run([sys.executable, "-m", "replicad", "--admin", c.sites[site].admin_url, *args],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=Path(__file__).parents[2])
+
+
+def _vanished(c: LocalCluster, site: str) -> float | None:
+    """``replicad_request_vanished_total{action="revoke_site"}`` of ``site`` (created at 0); None if absent."""
+    text = requests.get(c.sites[site].admin_url + "/metrics", timeout=10).text
+    line = f'replicad_request_vanished_total{{action="revoke_site",site="{site}"}} '
+    return next((float(x[len(line):]) for x in text.splitlines() if x.startswith(line)), None)
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    monkeypatch.setenv(LAB_FOUND_RULES_ENV, "1")  # founded under rules 1, as by b976d0a
+    c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2, membership_cooling_off="600s")
+    for s in SITES:
+        c.sites[s].config_path.write_text(_lab(c.sites[s].config_path.read_text()))
+    write_image(c.sites["site-a"].volume_path(VOL), 16, random.Random(13))
+    try:
+        c.start("site-a")
+        c.start("site-b")
+        monkeypatch.setenv(LAB_REPORT_RULES_MAX_ENV, "1")  # site-c withholds: the rules stay 1
+        c.start("site-c")
+        monkeypatch.delenv(LAB_REPORT_RULES_MAX_ENV)
+        c.wait_ready(90)
+        yield c
+    finally:
+        c.stop_all()
+
+
+def test_a_revocation_erased_by_its_targets_flood_is_announced_and_reported(cluster: LocalCluster) -> None:
+    c = cluster
+    assert all(c.status(s)["rules"]["version"] == 1 for s in SITES)
+
+    # 1. the revocation is made, and says that rules 1 can erase it and what to run first
+    out = _cli(c, "site-a", "revoke", "site-c", "--reason", "compromised")
+    assert out.returncode == 0, out.stderr
+    said = " ".join((out.stdout + out.stderr).split())
+    rid = re.search(r"request (r\d+) is pending", said).group(1)
+    assert "warning: the cluster's rules are 1" in said, said
+    assert "replicad raise-rules --leave-behind site-c --reason" in said and "replicad revoke site-c" in said, said
+    c.wait_for("site-a's WARNING", lambda: re.search(
+        r"WARNING .*AUDIT revocation of site-c requested at site-a under rules 1: .*replicad raise-rules "
+        r"--leave-behind site-c", c.sites["site-a"].log_path.read_text()), 10)
+    assert c.api("site-b", "POST", f"/v1/requests/{rid}/approve")["status"] == "approved"
+
+    # 2. site-c's own daemon: requests it vetoes itself, until the approved revocation is gone
+    for i in range(FLOOD):
+        q = c.api("site-c", "PUT", f"/v1/volumes/{VOL}/retention",
+                  {"retention": {"keep_all_s": 7200 + i, "hourly_s": 604800, "daily_s": 2592000, "lock_s": 86400},
+                   "reason": "x"})
+        assert c.api("site-c", "POST", f"/v1/requests/{q['request']}/veto")["status"] == "vetoed"
+    assert rid not in {r["id"] for r in c.api("site-a", "GET", "/v1/requests")["requests"]}  # erased (rules 1)
+
+    # 3. a and b say so, at ERROR, naming the request and the site whose request pushed it out, and count it
+    line = re.compile(rf"ERROR .*AUDIT request {rid} \(revoke_site site_id=site-c, requested by site-a, approved by "
+                      rf"site-a, site-b, .*VANISHED .*pushed out of the request table by request r\d+ of site-c.*"
+                      r"replicad raise-rules --leave-behind site-c")
+    for s in ("site-a", "site-b"):
+        c.wait_for(f"{s}'s ERROR", lambda s=s: line.search(c.sites[s].log_path.read_text()), 30)
+        assert len(line.findall(c.sites[s].log_path.read_text())) == 1, c.log_tail(s)
+        assert _vanished(c, s) == 1
