@@ -41,7 +41,8 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
      "vetoes": {site_id: int},                                         # vetoes applied per vetoing site
      "removed_volumes": {volume: {"epoch", "last_seq", "registered_by", "removed_ns"}},  # remove_volume
      "rules": int,                                                     # rules version, absent = 1 (RULES)
-     "limits": {"members": [site_id, ...] | None, "max_sites": int},   # optional, until found adopts a list
+     "limits": {"members": [site_id, ...] | None, "max_sites": int,   # optional, until found adopts a list
+                "keys": {site_id: [str, ...]} | None},                   # optional: FOUNDING_KEYS
      "incarnation": {"id": bytes(16), "members": [member, ...], "by": site_id, "at_ns": int,
                      "founders": [site_id, ...]},                      # found, once adopted
      "founding": {site_id: {"members": [member, ...], "incarnation": bytes(16), "at_ns": int}}}
@@ -277,7 +278,11 @@ Authority rules (threat model: root on one site speaks with that site's identity
   membership records (as changed by applied ``set_members``; revoked keys stay refused), never
   the applying site's config, so replaying the log after any ``[[sites]]`` change (a rotated
   key, a witness added or removed) gives the same state and the same checkpoint digests. A
-  ``found`` is self-certifying (the key its own list gives its proposer). Before any
+  ``found`` must verify under the key its own list gives its proposer AND, before any
+  incarnation, under a key the founding reference pins for its proposer (:func:`founding_keys`:
+  the ``[[sites]]`` keys of the applying site's config when its Raft log started, kept in
+  ``limits``; attacker review r14, A1: a site signing a ``found`` in another site's name with a
+  key of its own, listed for that site, founded the cluster with that key). Before any
   incarnation the other commands are checked against ``trust.keys`` (the local config): in a
   cluster of daemons that window holds only ``found`` commands. The configured ``limits``
   (set by the Raft node from its config) are dropped when a list is adopted; registration is
@@ -330,7 +335,9 @@ Authority rules (threat model: root on one site speaks with that site's identity
   proposing this list) and ``needed``; every site keeps proposing its config's list. Once
   adopted, a ``found`` changes nothing and answers the recorded ``incarnation`` and
   ``members`` (``created`` False). Only by a site the members list names and, when known,
-  a configured one (``conflict``). With ``rules`` (an int, at most :data:`RULES_MAX`:
+  a configured one (``conflict``); before the founding, by a site the founding reference pins
+  keys for, only signed with one of them (``bad_signature``, evidence ``refusal``
+  :data:`FOUND_UNPINNED`, whatever rules decide the state: :func:`apply`). With ``rules`` (an int, at most :data:`RULES_MAX`:
   ``out_of_range``) the first one of a never-founded state founds it under those rules ("Rules
   version" above); afterwards it is a plain ``found``.
 * ``set_members`` (``members``): replaces the agreed membership (not the incarnation); only
@@ -692,13 +699,71 @@ def applied_by_signer(state: dict) -> dict:
     return keyed
 
 
-def limits(members: Any = None, max_sites: int | None = None, joining: bool = False) -> dict:
+def limits(members: Any = None, max_sites: int | None = None, joining: bool = False,
+           keys: Any = None) -> dict:
     """The ``limits`` entry of a state: ``{"members": sorted ids | None, "max_sites": int}``,
     plus ``"joining": True`` for a site that joins an existing cluster (``members`` None: it
-    replays the ``found`` commands without a configured reference, :func:`_founding_reference`)."""
+    replays the ``found`` commands without a configured reference, :func:`_founding_reference`),
+    plus :data:`FOUNDING_KEYS` when ``keys`` is given: ``{site_id: (raw 32-byte key, ...)}`` (a
+    :attr:`Trust.keys <replicad.core.identity.Trust.keys>`), kept as ``{site_id: sorted
+    "ed25519:<base64>" strings}`` (JSON, so the Raft node can pin it in ``raft.limits``)."""
     ids = None if members is None or joining else sorted({str(m) for m in members})
     cap = SITES_MAX if max_sites is None or joining else max(1, min(int(max_sites), SITES_MAX))
-    return {"members": ids, "max_sites": cap, "joining": True} if joining else {"members": ids, "max_sites": cap}
+    out: dict = {"members": ids, "max_sites": cap, "joining": True} if joining else {"members": ids, "max_sites": cap}
+    if keys is not None:
+        out[FOUNDING_KEYS] = {str(site): sorted(identity.format_public_key(k) for k in site_keys)
+                              for site, site_keys in sorted(keys.items())}
+    return out
+
+
+FOUNDING_KEYS = "keys"
+"""The ``limits`` entry (:func:`limits`) that pins, for the commands before the founding, the keys
+of every configured site: the applying site's ``[[sites]]`` keys when its Raft log started (the
+Raft node keeps them in ``raft.limits`` with the site ids, so a replay after a key rotation
+decides the founding as it was decided: :func:`founding_keys`). None: a log started by a release
+that had no such entry (its founding stays decided as that release decided it)."""
+FOUND_UNPINNED = "found_unpinned"
+"""The evidence ``refusal`` of a ``found`` refused before the founding because it is not signed
+with a key the founding reference pins for its proposer (:func:`founding_key_problem`; code
+``bad_signature``, so counted with the identity refusals)."""
+
+
+def founding_keys(state: Any, trust: Trust | None) -> dict[str, tuple[bytes, ...]] | None:
+    """The keys a ``found`` before the founding must be signed with, per site: ``limits``'
+    :data:`FOUNDING_KEYS` when present (None there: a log started by an older release, no
+    reference), else ``trust.keys`` (the local config: states without such limits, unit tests).
+    None in unsigned mode. Never raises (a malformed entry names no key)."""
+    if trust is None or trust.keys is None:
+        return None
+    bounds = state.get("limits") if isinstance(state, dict) else None
+    if isinstance(bounds, dict) and FOUNDING_KEYS in bounds:
+        pinned = bounds[FOUNDING_KEYS]
+        if not isinstance(pinned, dict):
+            return None
+        return {site: _raw_keys(texts) for site, texts in pinned.items()}
+    return {site: tuple(keys) for site, keys in trust.keys.items()}
+
+
+def founding_key_problem(state: Any, command: Any, trust: Trust | None) -> str | None:
+    """Why a ``found`` cannot count before the founding: its signature does not verify under the
+    keys :func:`founding_keys` pins for its proposer (attacker review r14, A1: the key its own
+    list gives its proposer is the proposer's word, so one site could sign a ``found`` in another
+    configured site's name with a key of its own listed for it, and make the majority of
+    identical lists with its own). None when it may count: not a ``found``, the state founded
+    already (the agreed membership's keys decide then), unsigned mode, no reference (an older
+    release's log), a proposer the reference does not name (:func:`_op_found` refuses one its
+    configured sites do not name; a site that joined later decides those as the founders did),
+    a ``by`` that is not a string (the envelope check refuses it), or a good signature. The one
+    config-dependent rule of ``found``; pinned when the Raft log starts, so a replay of the same
+    log by the same site decides the same (module docstring, "Keys"). Never raises."""
+    if not isinstance(command, dict) or command.get("op") != "found" or not isinstance(command.get("by"), str):
+        return None
+    if not isinstance(state, dict) or state.get("incarnation") is not None:
+        return None
+    pinned = founding_keys(state, trust)
+    if pinned is None or command["by"] not in pinned:
+        return None
+    return identity.signature_problem(command, pinned[command["by"]])
 
 
 def dump_problems(current: Any, proposed: Any, now_ns: int) -> list[str]:
@@ -857,6 +922,22 @@ def apply(state: dict, command: dict, trust: Trust | None = None) -> tuple[dict,
     whose :data:`RULES_MAX` was 2 (:data:`_OPS_RULES2`: ``rules`` and ``found`` bounded at
     :data:`RULES2_MAX`), but for the ``rules`` command that raises it.
     """
+    problem = founding_key_problem(state, command, trust)
+    if problem is not None:
+        # a found in the name of a configured site, not signed with a key pinned for it (r14 A1),
+        # refused here for every rules version: the frozen rules-1 machine (a plain found) and the
+        # founding under rules (a found carrying them) would take the key its own list names. No
+        # honest found is refused so (an honest site signs with the key every config pins for it),
+        # so every honest log decides as before; refused like any identity refusal: audited only
+        by = command["by"]
+        result = _refused("bad_signature", f"found by {by!r}: {problem} (not signed by a key the [[sites]] config "
+                          "pinned for it when this site's Raft log started: a found in another site's name, or this "
+                          "site's config differs from the proposer's; README \"A site is compromised\")",
+                          by=by, op="found", problem=problem, refusal=FOUND_UNPINNED)
+        try:
+            return _with_audit(state, command, result), result
+        except Exception:  # a state this code cannot read: hand it back untouched (apply never raises)
+            return state, result
     founding = founding_rules(state, command)
     if founding is not None:
         # a found carrying the rules of a never-founded state: the cluster is founded under them,
@@ -989,9 +1070,11 @@ def signing_keys(state: dict, command: Any, trust: Trust | None) -> tuple[bytes,
       changed by applied ``set_members``) records for the site; () for a site that is not a
       member (nothing it signs is accepted). Keys revoked through Raft are refused by the caller
       (``revoked``), so a revoked key recorded in the membership stays refused.
-    * No incarnation yet, a ``found``: self-certifying, the keys its own proposed ``members``
-      give its proposer (() when it names none or is malformed: the op refuses it anyway);
-      adoption needs a majority of identical lists from configured sites (:func:`_op_found`).
+    * No incarnation yet, a ``found``: the keys its own proposed ``members`` give its proposer
+      (() when it names none or is malformed: the op refuses it anyway); adoption needs a
+      majority of identical lists from configured sites (:func:`_op_found`). :func:`apply` has
+      refused it already unless it also verifies under the keys the founding reference pins for
+      its proposer (:func:`founding_key_problem`, for rules 1 too).
     * No incarnation yet, any other command: the keys ``trust`` pins for the site (the local
       config). This is the one config-dependent rule, and the window it covers holds only
       ``found`` commands in a cluster of daemons (a site proposes nothing else before it
