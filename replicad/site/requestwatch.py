@@ -48,12 +48,13 @@ from typing import Any, Callable
 
 from replicad.core.errors import facts_text
 from replicad.core.state import rules
+from replicad.core.state_rules1 import REQUESTS_MAX as REQUESTS_MAX_RULES1
 
 log = logging.getLogger("replicad.site.daemon")
 
-RULES1_REQUESTS_MAX = 64
-"""The request records release b976d0a's machine keeps in all (``state_rules1.REQUESTS_MAX``),
-named in the ERROR line."""
+RULES1_REQUESTS_MAX = REQUESTS_MAX_RULES1
+"""The request records release b976d0a's machine keeps in all, named in the ERROR line."""
+
 
 def _number(req_id: Any) -> int:
     """``7`` for ``"r7"``; -1 for anything else."""
@@ -109,6 +110,7 @@ class RequestWatch:
         self.vanished: list[dict] = []  # what observe reported, newest last (at most 64 kept)
         self._requests: Any = None  # the state's "requests" map as last seen (states are copy on write)
         self._count: int | None = None
+        self._looked = False  # observe ran once: what is approved then is the start
         self._rules: int | None = None
         self._seq = 0  # the state's request_seq as last seen
 
@@ -117,14 +119,15 @@ class RequestWatch:
         (``RaftNode.applied_count``), after ``command`` gave ``result`` (the entry just applied;
         None after a full state installed). Logs and counts each approved request that vanished
         and returns them: ``[{"request", "action", "args", "by", "approvals", "effective_ns",
-        "pushed_out_by": {site: requests made since}, "pushed_out_by_request": id | None,
-        "rules", "one_entry": bool}]``. The first look only records what is approved. Never raises
+        "pushed_out_by": {site: requests made since, still in the table}, "pushed_out_by_request":
+        id | None, "pushed_out_by_site": site | None, "rules", "one_entry": bool, "entry": the
+        record as last seen}]``. The first look only records what is approved. Never raises
         for any state shape."""
         if not isinstance(state, dict):
             return []
         requests = state.get("requests")
         one_entry = self._count is not None and isinstance(count, int) and count == self._count + 1
-        first = self._count is None
+        first, self._looked = not self._looked, True
         previous_rules, now_rules = self._rules, rules(state)
         previous_seq = self._seq
         self._count, self._rules = count, now_rules
@@ -235,8 +238,8 @@ class RequestWatch:
         log.log(logging.ERROR if live else logging.INFO,
                 "%s request %s (%s, requested by %s, approved by %s, cooling off until majority clock %s ns) "
                 "VANISHED from the cluster state before it took effect: %s (requests made since, still in the "
-                "table, by site: %s). It will not take effect and no site says so otherwise (%s). %s", prefix, report["request"],
-                request_words(entry), entry.get("by", "?"), ", ".join(report["approvals"]) or "?",
+                "table, by site: %s). It will not take effect and no site says so otherwise (%s). %s", prefix,
+                report["request"], request_words(entry), entry.get("by", "?"), ", ".join(report["approvals"]) or "?",
                 report["effective_ns"], how, made or "none", why, next_step(entry))
         if live:
             if self._counted is not None:
