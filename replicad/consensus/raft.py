@@ -2248,9 +2248,24 @@ class _StateConsumer(SyncObjConsumer):
         self._members_seen = members
         self._since_change = 0 if changed else min(self._since_change + 1, DEPOSE_GRACE_ENTRIES)
 
+    leader_of: Callable[[], str] | None = None
+    """Set by the Raft node (tick thread): the leader this node follows, as text, for a forged
+    ``found``'s ERROR line (:meth:`_count_refusal`)."""
+
     def _count_refusal(self, command: Any, result: dict) -> None:
         try:
             fields = command if isinstance(command, dict) else {}
+            evidence = result.get("evidence") if isinstance(result.get("evidence"), dict) else {}
+            if evidence.get("refusal") == cluster_state.FOUND_UNPINNED:  # r14 A1: a found in another site's name
+                leader = self.leader_of() if self.leader_of is not None else "not known here"
+                self.refused.refuse(
+                    str(cluster_state.counted_reason(result)),
+                    "a found (op id %r) in the name of site %r, not signed with the key this site's [[sites]] "
+                    "pins for it, was appended to the Raft log (leader %s): a site forging another site's "
+                    "founding proposal, or configs that differ; it does not count. README \"A site is compromised\"",
+                    str(fields.get("op_id"))[:64], str(fields.get("by"))[:64], leader,
+                    level=logging.ERROR, prefix="raft command refused")
+                return
             self.refused.refuse(str(cluster_state.counted_reason(result)),
                                 "command %s by %r (op id %r) in the Raft log refused: %s",
                                 str(fields.get("op"))[:40], str(fields.get("by"))[:64],
@@ -2362,7 +2377,8 @@ class RaftNode:
         self._bind_addr = f"{bind_host}:{port}" if bind_host else self_addr
         self._compaction_min_entries = max(2, compaction_min_entries)
         self._needs_leader = needs_leader or (lambda: False)
-        limits = cluster_state.limits(members, max_sites=len(self._partners) + 1 if max_sites is None else max_sites)
+        limits = cluster_state.limits(members, max_sites=len(self._partners) + 1 if max_sites is None else max_sites,
+                                      keys=trust.keys if trust is not None else None)
         self._consumer = _StateConsumer(on_applied, limits, trust)  # consumer pattern: built before SyncObj
         self._signer = signer
         self._refusals = RefusalLog()
@@ -2413,6 +2429,7 @@ class RaftNode:
         syncobj.door_check = self._door_check
         syncobj.take_door_refusal = self._consumer.take_door_refusal
         syncobj.take_applied_entry = self._consumer.take_applied_entry
+        self._consumer.leader_of = self._leader_text
         syncobj.site_of = self._site_of
         syncobj.relay_check = self._relay_check
         self._syncobj = syncobj
@@ -2514,6 +2531,15 @@ class RaftNode:
             return "known", "a command of the leader's own site"
         return None
 
+    def _leader_text(self) -> str:
+        """Tick thread: the leader this node follows, ``ADDRESS (site ID)`` by this config's
+        ``[[sites]]``, or ``not known here``. Never raises, never takes the state lock."""
+        syncobj = self._syncobj
+        leader = syncobj._SyncObj__raftLeader if syncobj is not None else None
+        if leader is None:
+            return "not known here"
+        return f"{leader.id} (site {self._channel_sites.get(leader.id, '?')})"
+
     def _site_of(self, node_id: str) -> str | None:
         """The site of Raft member ``node_id`` (its address): the agreed membership's, else the config's."""
         inc = self.view().get("incarnation") or {}
@@ -2610,7 +2636,12 @@ class RaftNode:
         joins an existing cluster (``joining``, ``[raft] join``) starts an empty log from
         ``limits(joining=True)``: its config names sites added since the founding, which must
         not change how the founders' ``found`` commands apply (it replays an agreed founding
-        exactly as its founders applied it).
+        exactly as its founders applied it). The limits carry the config's ``[[sites]]`` keys
+        (``state.FOUNDING_KEYS``: a ``found`` before the founding counts only signed with the key
+        pinned for its proposer, r14 A1), pinned in the file the same way, so a key rotated
+        since the log started does not change how its founding replays; a file written before
+        they existed pins ``None`` there (that log's founding replays as the release that wrote
+        it decided it).
 
         Raises:
             errors.StoreFullError / errors.InternalError: the file cannot be written.
@@ -2624,19 +2655,31 @@ class RaftNode:
             try:
                 pinned = json.loads(path.read_text())
                 limits = cluster_state.limits(pinned["members"], pinned["max_sites"], bool(pinned.get("joining")))
+                if cluster_state.FOUNDING_KEYS in (consumer.limits or {}):  # a signed site: its founding key reference
+                    keys = pinned.get(cluster_state.FOUNDING_KEYS)
+                    if keys is not None and not (isinstance(keys, dict) and all(
+                            isinstance(k, list) and all(isinstance(t, str) for t in k) for k in keys.values())):
+                        raise ValueError(f"{cluster_state.FOUNDING_KEYS} is not a map of key lists")
+                    limits[cluster_state.FOUNDING_KEYS] = keys
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("raft: %s unreadable (%s): replaying with this config's limits", path, exc)
                 return
             if limits != consumer.limits:
                 log.info("raft: replaying this log from the limits it started with (%s, at most %d sites), not this "
-                         "config's (%s): the membership changed since through set_members", limits["members"],
+                         "config's (%s): the membership or its keys changed since through set_members, or an older release "
+                         "started the log", limits["members"],
                          limits["max_sites"], consumer.limits["members"])
             consumer.set_initial_limits(limits)
             return
         if fresh and self._joining:
             log.info("raft: this site joins an existing cluster ([raft] join): it replays the cluster's founding "
-                     "without its own config as reference")
-            consumer.set_initial_limits(cluster_state.limits(joining=True))
+                     "without its own config's site list as reference (its pinned keys still refuse a found in a "
+                     "configured site's name signed with another key)")
+            consumer.set_initial_limits(cluster_state.limits(joining=True, keys=self._consumer.trust.keys
+                                                             if self._consumer.trust is not None else None))
+        elif not fresh and cluster_state.FOUNDING_KEYS in consumer.limits:
+            # a log without the file (written before it existed): its founding was decided without a key reference
+            consumer.set_initial_limits({**consumer.limits, cluster_state.FOUNDING_KEYS: None})
         try:
             write_durably(path, json.dumps(consumer.limits).encode())
         except OSError as exc:
