@@ -6,11 +6,13 @@ it withholds its release report), so the rules stay 1 (rules 1 are b976d0a's fro
 ``core/state_rules1.py``, whose request table keeps 64 finished records in all, approved ones among
 them). site-a's operator runs ``replicad revoke site-c``: the CLI warns that under rules 1 the
 revocation can be erased and names ``replicad raise-rules --leave-behind site-c`` first, and site-a's
-log says it at WARNING. site-b approves (it cools off: site-c never approves its own revocation).
-Then site-c's own daemon, through its admin API, makes 70 requests and vetoes each itself: the
-approved revocation is pushed out of the table. site-a's and site-b's logs carry the ERROR naming
-the vanished request and whose request pushed it out, and ``replicad_request_vanished_total
-{action="revoke_site"}`` counts it at both (before: nothing at all, R13 F6).
+log says it at WARNING. site-b approves (it cools off: site-c never approves its own revocation)
+and stops. Then site-c's own daemon, through its admin API, makes 70 requests and vetoes each
+itself (a and c commit them): the approved revocation is pushed out of the table. site-a's log
+carries the ERROR naming the vanished request and whose request pushed it out, seen live; site-b's
+once it started again and caught up (``AUDIT (committed while this site was away)``); and
+``replicad_request_vanished_total{action="revoke_site"}`` counts it at both (before: nothing at
+all, R13 F6).
 
 The cooling-off is long (10 min): the flood ends well inside it, and the test never waits for it.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import random
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +91,7 @@ def test_a_revocation_erased_by_its_targets_flood_is_announced_and_reported(clus
         r"WARNING .*AUDIT revocation of site-c requested at site-a under rules 1: .*replicad raise-rules "
         r"--leave-behind site-c", c.sites["site-a"].log_path.read_text()), 10)
     assert c.api("site-b", "POST", f"/v1/requests/{rid}/approve")["status"] == "approved"
+    c.kill("site-b", signal.SIGTERM)  # it sees the rest when it is back
 
     # 2. site-c's own daemon: requests it vetoes itself, until the approved revocation is gone
     for i in range(FLOOD):
@@ -98,10 +102,13 @@ def test_a_revocation_erased_by_its_targets_flood_is_announced_and_reported(clus
     assert rid not in {r["id"] for r in c.api("site-a", "GET", "/v1/requests")["requests"]}  # erased (rules 1)
 
     # 3. a and b say so, at ERROR, naming the request and the site whose request pushed it out, and count it
-    line = re.compile(rf"ERROR .*AUDIT request {rid} \(revoke_site site_id=site-c, requested by site-a, approved by "
-                      rf"site-a, site-b, .*VANISHED .*pushed out of the request table by request r\d+ of site-c.*"
+    c.start("site-b")
+    line = re.compile(rf"ERROR .*AUDIT (?:\(committed while this site was away\) )?request {rid} \(revoke_site "
+                      rf"site_id=site-c, requested by site-a, approved by site-a, site-b, .*VANISHED .*pushed out of the request table by request r\d+ of site-c.*"
                       r"replicad raise-rules --leave-behind site-c")
     for s in ("site-a", "site-b"):
         c.wait_for(f"{s}'s ERROR", lambda s=s: line.search(c.sites[s].log_path.read_text()), 30)
         assert len(line.findall(c.sites[s].log_path.read_text())) == 1, c.log_tail(s)
         assert _vanished(c, s) == 1
+    assert "AUDIT (committed while this site was away) request" in line.search(
+        c.sites["site-b"].log_path.read_text()).group(0)
