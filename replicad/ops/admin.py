@@ -684,6 +684,12 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
                             + ("it made the request" if before.get("by") == site.site_id else "it approved it before")
                             + "): nothing changed; " if counted else "")
                            + f"an operator of another site approves it there: replicad approve {req_id}")
+        target = ((before or {}).get("args") or {}).get("site_id")
+        if res.get("status") == "approved" and (before or {}).get("action") == "revoke_site" and \
+                isinstance(target, str):
+            warning = revocation_warning(site.cluster.view(), target)  # cooling off under rules 1 (R13, F6)
+            if warning is not None:
+                out["warning"] = warning
         return _ok(out)
 
     async def retention_get(request: web.Request) -> web.Response:

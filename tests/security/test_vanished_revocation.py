@@ -6,8 +6,8 @@ it withholds its release report), so the rules stay 1 (rules 1 are b976d0a's fro
 ``core/state_rules1.py``, whose request table keeps 64 finished records in all, approved ones among
 them). site-a's operator runs ``replicad revoke site-c``: the CLI warns that under rules 1 the
 revocation can be erased and names ``replicad raise-rules --leave-behind site-c`` first, and site-a's
-log says it at WARNING. site-b approves (it cools off: site-c never approves its own revocation)
-and stops. Then site-c's own daemon, through its admin API, makes 70 requests and vetoes each
+log says it at WARNING. site-b approves (it cools off: site-c never approves its own revocation;
+the approval's answer carries the warning too) and stops. Then site-c's own daemon, through its admin API, makes 70 requests and vetoes each
 itself (a and c commit them): the approved revocation is pushed out of the table. site-a's log
 carries the ERROR naming the vanished request and whose request pushed it out, seen live; site-b's
 once it started again and caught up (``AUDIT (committed while this site was away)``); and
@@ -90,7 +90,8 @@ def test_a_revocation_erased_by_its_targets_flood_is_announced_and_reported(clus
     c.wait_for("site-a's WARNING", lambda: re.search(
         r"WARNING .*AUDIT revocation of site-c requested at site-a under rules 1: .*replicad raise-rules "
         r"--leave-behind site-c", c.sites["site-a"].log_path.read_text()), 10)
-    assert c.api("site-b", "POST", f"/v1/requests/{rid}/approve")["status"] == "approved"
+    approved = c.api("site-b", "POST", f"/v1/requests/{rid}/approve")  # it cools off: the API answer says so too
+    assert approved["status"] == "approved" and "replicad raise-rules --leave-behind site-c" in approved["warning"]
     c.kill("site-b", signal.SIGTERM)  # it sees the rest when it is back
 
     # 2. site-c's own daemon: requests it vetoes itself, until the approved revocation is gone
