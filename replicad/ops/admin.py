@@ -57,7 +57,9 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
     POST   /v1/requests/{request_id}/approve    [admin] this site approves the request (a command signed by it)
     POST   /v1/requests/{request_id}/veto       [admin] this site stops a request before it takes effect
     POST   /v1/sites/{site_id}/revoke           [admin] {"reason"?}: request to revoke a site's identity (a majority);
-                                                the request names the keys this site pins for it
+                                                the request names the keys this site pins for it; under the
+                                                cluster's rules 1 the answer's "warning" says the target's own
+                                                requests can erase it (raise the rules first: R13, F6)
     POST   /v1/rules/raise                      [operator] {"leave_behind": [site], "reason": str} or {"cancel": true}:
                                                  this site's operator consents to raise the cluster's rules leaving
                                                  those members behind (site.rules_raise; a majority of the operators

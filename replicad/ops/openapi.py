@@ -243,7 +243,11 @@ SCHEMAS: dict[str, dict] = {
                              "vetoed_by": _STR, "changes": _OBJ,
                              "existing": {"type": "boolean", "description": (
                                  "true: an identical (action, args) request of this site was pending already; it "
-                                 "is answered, nothing new was proposed")}}),
+                                 "is answered, nothing new was proposed")},
+                             "warning": {"type": "string", "description": (
+                                 "a revocation requested or approved while the cluster's rules are 1: the target's "
+                                 "own requests can erase it before its cooling-off ends; raise the rules first "
+                                 "(replicad raise-rules --leave-behind SITE), then revoke")}}),
     # snapshot exports over NBD (issue 16, site/exports.py)
     "Export": _object({"export_id": _STR, "volume": _STR, "seq": _INT, "epoch": _INT, "root": _STR, "socket": _STR,
                        "uri": _STR, "name": _STR, "size_bytes": _INT, "block_size_bytes": _INT, "writable": _BOOL,
@@ -389,8 +393,9 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
      "This site approves a request (a command signed by this site); it applies once enough sites approved",
      "Empty", {"200": "RequestState"}, (400, 403, 404, 409, 503)),
     ("revoke", "POST", "/v1/sites/{site_id}/revoke",
-     "Request to revoke a site's identity: applies (no cooling-off) once a majority of the sites approved; "
-     "from then on every command signed by its keys is refused", "Revoke", {"202": "RequestState",
+     "Request to revoke a site's identity: once a majority of the sites approved, it applies when the membership "
+     "cooling-off ends (at once if every other member approved); from then on every command signed by its keys is "
+     "refused. Under the cluster's rules 1 the answer carries a warning (the target can erase it)", "Revoke", {"202": "RequestState",
                                                                             "200": "RequestState"},
      (400, 404, 409, 503)),
     ("veto", "POST", "/v1/requests/{request_id}/veto",
