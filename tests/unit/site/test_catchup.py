@@ -1,0 +1,177 @@
+"""``replicad.site.catchup`` (attacker review r13, F3): what a full-state catch-up covered, told as
+AUDIT lines, on states made by the real state machine (``state.apply``): the facts an operator
+audits that changed between the state before and the installed one, and the audit records of the
+commands it covered past this site's mark. The real-daemon version is
+tests/security/test_catchup_audit.py."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+from replicad.core import state as st
+from replicad.site import catchup
+from replicad.site.catchup import install_report, new_audit_records, state_changes
+from tests.unit.core.test_state_membership import LAB, MIN15, NOW, after, cmd, founded, revoke, run
+
+RET = {"keep_all_s": 3600, "hourly_s": 86400, "daily_s": 7 * 86400, "lock_s": 600}
+LONGER = {**RET, "lock_s": 7200}
+
+
+def counted(state: dict, n: int) -> dict:
+    """``state`` as the Raft node keeps it: ``applied`` counts the commands (checkpoint.advance)."""
+    return {**state, "applied": n}
+
+
+def base() -> dict:
+    s = founded()
+    s, _ = run(s, cmd("add_volume", "a", volume="ehr", primary="a", block_size=65536, size_bytes=1 << 20,
+                      min_copies=2, retention=dict(RET)))
+    return s
+
+
+def away(s: dict) -> dict:
+    """What the live sites committed while site b was away (the attack of r13 F3 and the usual ones)."""
+    s, _ = run(s, cmd("add_volume", "c", volume="evil0", primary="c", block_size=65536, size_bytes=0,
+                      min_copies=1, retention={k: 3600 for k in RET}))
+    s, longer = run(s, cmd("request", "a", action="set_retention", args={"volume": "ehr", "retention": dict(LONGER)}))
+    s, done = run(s, cmd("approve", "b", request=longer["request"]))  # longer: applies at its approvals
+    assert done["status"] == "applied", done
+    s, req = run(s, cmd("request", "a", action="revoke_site", args=revoke("c"), reason="compromised"))
+    s, _ = run(s, cmd("approve", "b", request=req["request"]))  # approved: cools off (MIN15)
+    s, weak = run(s, cmd("request", "c", action="set_retention", args={"volume": "ehr", "retention": dict(RET)}))
+    s, _ = run(s, cmd("veto", "a", request=weak["request"]))
+    s, _ = run(s, cmd("demote", "a", volume="ehr", expected_epoch=1))
+    for _ in range(30):
+        s, _ = run(s, cmd("clock", "c"))
+    s, done = after(s, MIN15 + 1)
+    assert st.is_revoked(s, "c"), done
+    return s
+
+
+def test_every_audited_change_while_away_is_a_line() -> None:
+    before = base()
+    lines = state_changes(before, away(before))
+    text = "\n".join(lines)
+    print(text)
+    assert "volume evil0 added (registered by c): primary=c block_size=65536 min_copies=1 " \
+           "retention={keep_all_s=3600 hourly_s=3600 daily_s=3600 lock_s=3600} epoch=1" in lines
+    assert any(line.startswith("volume ehr: retention {keep_all_s=3600") and "lock_s=7200}" in line for line in lines)
+    assert "volume ehr: primary a -> none, epoch 1 -> 2" in lines
+    assert any(line.startswith("site c revoked by ") for line in lines), text
+    # the requests, in the live AUDIT request lines' words (one piece of code: request_words)
+    assert any(line.startswith("request r2 by a: revoke_site site_id=c keys=[] reason=compromised -- now applied")
+               for line in lines), text
+    assert any(line.startswith("request r3 by c: set_retention volume=ehr") and "now vetoed" in line
+               and "vetoed by a" in line for line in lines), text
+    assert "vetoes by a: 0 -> 1" in lines
+    # nothing else: heartbeats change no audited fact
+    assert len(lines) == 8, text
+
+
+def test_an_unchanged_state_has_no_line_and_a_founding_is_told() -> None:
+    s = base()
+    assert state_changes(s, copy.deepcopy(s)) == []
+    lines = state_changes(st.initial_state(members=["a", "b", "c"]), s)
+    assert any(line.startswith("the cluster founded: incarnation ") for line in lines), lines
+    assert any(line.startswith("member c agreed: kind=data raft=10.0.0.3:7000") for line in lines), lines
+    assert any(line.startswith("site a registered:") for line in lines)
+
+
+def test_rules_membership_keys_snapshots_and_verdicts() -> None:
+    s = counted(base(), 10)
+    changed = copy.deepcopy(s)
+    changed["rules"] = st.RULES_MAX + 1  # only what the comparison reads: a raise
+    changed["incarnation"]["members"][2]["keys"] = ["ed25519:other"]
+    vol = changed["volumes"]["ehr"]
+    vol["snapshots"] = {seq: {"root": bytes(32), "verdict": "suspect" if seq in (3, 4) else "clean",
+                              "verdict_reason": "entropy"} for seq in range(1, 16)}
+    lines = state_changes(s, changed)
+    print("\n".join(lines))
+    assert f"the cluster's rules raised {st.rules(s)} -> {st.RULES_MAX + 1}" in lines
+    assert any(line.startswith("member c changed: keys [ed25519:c] -> [ed25519:other]") for line in lines)
+    assert "volume ehr: 15 snapshot(s) committed, seqs [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ... 5 more]" in lines
+    assert "volume ehr: 2 snapshot(s) judged suspect, seqs [3, 4] (#3: reason=entropy)" in lines
+    cleared = copy.deepcopy(changed)
+    cleared["volumes"]["ehr"]["snapshots"][3].update(verdict="clean", confirmed=True)
+    del cleared["volumes"]["ehr"]["snapshots"][1]
+    lines = state_changes(changed, cleared)
+    assert lines == ["volume ehr: 1 snapshot record(s) pruned, seqs [1]",
+                     "volume ehr: 1 suspect snapshot(s) cleared, seqs [3]",
+                     "volume ehr: 1 snapshot(s) confirmed clean by an approved request, seqs [3]"], lines
+
+
+def test_the_new_audit_records_follow_the_overlap_of_the_kept_window() -> None:
+    s = base()
+    later = away(s)
+    records, complete = new_audit_records(s, later)
+    assert complete and len(records) == len(later["audit"]) - len(s["audit"])
+    assert [r["op"] for r in records[:3]] == ["add_volume", "request", "approve"]
+    # more commands than the state keeps: no overlap, every kept record is new, and it says so
+    flooded = later
+    for _ in range(st.AUDIT_MAX):  # refused (a retention change is a request), audited
+        flooded, result = st.apply(flooded, cmd("set_retention", "c", volume="ehr", retention=dict(RET)), LAB)
+        assert not result["ok"]
+    records, complete = new_audit_records(s, flooded)
+    assert not complete and len(records) == st.AUDIT_MAX
+    assert new_audit_records({}, {}) == ([], True)
+
+
+def test_the_report_of_an_install_past_the_mark() -> None:
+    before = counted(base(), 20)
+    installed = counted(away(before), 6083)
+    report = install_report(before, installed, at_start=False, mark=20)
+    levels = {level for level, _ in report}
+    assert levels == {logging.WARNING}
+    head = "AUDIT (committed while this site was away; received whole from the leader, commands 21..6083)"
+    summary = report[0][1]
+    print("\n".join(line for _, line in report))
+    assert summary.startswith(head + ": the entries were not applied here one by one; what changed between "
+                              "command 20 (this site's state before) and command 6083")
+    assert "8 fact(s); 9 audit record(s) of those commands; each follows" in summary  # an applied clock has none
+    assert any(line == f"{head} volume evil0 added (registered by c): primary=c block_size=65536 min_copies=1 "
+                       "retention={keep_all_s=3600 hourly_s=3600 daily_s=3600 lock_s=3600} epoch=1"
+               for _, line in report)
+    assert any(line.startswith(f"{head} audit record: command add_volume by c volume=evil0: applied (stamped 2023-")
+               for _, line in report)
+    assert not any("audit record: command clock" in line for _, line in report)
+
+
+def test_the_levels_first_start_missing_mark_and_seen_before() -> None:
+    before, installed = counted(base(), 20), counted(away(base()), 90)
+    first = install_report(before, installed, at_start=False, mark=0, first_start=True)
+    assert {lvl for lvl, _ in first} == {logging.INFO}
+    assert first[0][1].startswith("AUDIT (committed before this site first joined; received whole from the leader, "
+                                  "commands 21..90)")
+    missing = install_report(before, installed, at_start=False, mark=None, missing="missing")
+    assert missing[0] == (logging.WARNING, missing[0][1]) and "its mark audit.seen was missing" in missing[0][1]
+    seen = install_report(before, installed, at_start=False, mark=90)
+    assert seen == [(logging.INFO, "AUDIT (replayed: received whole from the leader, commands 21..90, all seen live "
+                                   "here before: mark 90) nothing new to audit")]
+
+
+def test_a_dump_loaded_at_start_past_the_mark_lists_the_facts_and_the_records_past_it() -> None:
+    empty = st.initial_state(members=["a", "b", "c"])
+    installed = counted(away(base()), 200)
+    report = install_report(empty, installed, at_start=True, mark=195)
+    summary = report[0][1]
+    assert summary.startswith("AUDIT (committed while this site was away; this site's own Raft dump, loaded at start, "
+                              "commands 196..200): the entries were not applied here one by one; the state's facts")
+    records = [line for _, line in report if "audit record:" in line]
+    assert len(records) <= 5  # at most one per command past the mark
+    assert any("volume evil0 added" in line for _, line in report)
+
+
+def test_the_report_is_bounded_and_never_raises(monkeypatch) -> None:
+    monkeypatch.setattr(catchup, "FACTS_MAX", 3)
+    monkeypatch.setattr(catchup, "RECORDS_MAX", 2)
+    before, installed = counted(base(), 1), counted(away(base()), 500)
+    report = install_report(before, installed, at_start=False, mark=1)
+    assert sum("audit record:" in line for _, line in report) == 2
+    assert any("more fact(s): see `replicad status`" in line for _, line in report)
+    assert any("older audit record(s) not listed" in line for _, line in report)
+    for junk in (None, [], "x", {"volumes": [1]}, {"volumes": {"v": 3}, "requests": {"r": None}, "audit": [1, None],
+                                                   "incarnation": {"members": "x"}, "revoked": {"c": 7}}):
+        assert install_report(junk, installed, at_start=False, mark=0)
+        assert install_report(installed, junk, at_start=True, mark=None, missing="missing")
+        state_changes(junk, junk)
