@@ -2388,6 +2388,7 @@ class RaftNode:
         self._status: dict = self._empty_status()
         self._forward_budget = MemberBudget(FORWARD_CMDS_PER_S, FORWARD_BYTES_PER_S, FORWARD_BURST_S, max_keys=None,
                                             debt=(1.0, float(MAX_COMMAND_BYTES)))
+        self._dump_installs = 0  # full states received from a leader and installed since start
 
     # -- lifecycle
     def start(self) -> None:
@@ -2405,6 +2406,7 @@ class RaftNode:
             raise errors.from_os_error(exc, "creating the raft data dir") from exc
         self._pin_initial_limits()  # before anything is applied: the log's first state
         self._check_local_dump()  # point 14: never run from an empty state over a compacted journal
+        self._dump_at_start = (self._data_dir / "raft.dump").exists()  # loaded on the first tick (on_installed)
         conf = SyncObjConf(
             password=self._password,
             journalFile=str(self._data_dir / "raft.journal"),
@@ -2804,6 +2806,7 @@ class RaftNode:
             log.error("cannot load raft dump %s: %s", dump_file, self._dump_error)
             raise
         with self._consumer.lock:
+            before = self._consumer.cluster
             self._consumer.cluster = state
             self._consumer.checkpoints = points
             self._consumer.pending_vouch = None
@@ -2814,7 +2817,29 @@ class RaftNode:
         if syncobj is not None:
             syncobj._answer_installed(state)  # point 21: nor are this node's own commands among them answered
         self._dump_error = None
+        self._installed(before, state)
         return last, prev, cluster
+
+    on_installed: Callable[[dict, dict, bool], None] | None = None
+    """``(state before, state installed, at_start)``, called on the tick thread after a full state
+    replaced the applied one (set before :meth:`start`): ``at_start`` for this site's own dump
+    loaded at start, else one received from the leader (counted in ``status()["dump_installs"]``).
+    The entries it covers are never applied here one by one, so ``on_applied`` never sees them
+    (attacker review r13, F3: the daemon audits the difference, ``replicad.site.catchup``)."""
+    _dump_at_start = False  # this site's own raft.dump is loaded on the first tick after start()
+
+    def _installed(self, before: dict, state: dict) -> None:
+        """Tick thread, after :meth:`_deserialize_dump` swapped ``state`` in: count it and call
+        :attr:`on_installed`; never raises into pysyncobj (a failing callback is logged at ERROR)."""
+        at_start, self._dump_at_start = self._dump_at_start, False
+        if not at_start:
+            self._dump_installs += 1
+        if self.on_installed is not None:
+            try:
+                self.on_installed(before, state, at_start)
+            except Exception as exc:  # the state is installed; only its audit is incomplete
+                log.error("raft: the audit of a full state installed here failed (%s: %s); compare this site's "
+                          "`replicad status` with another site's", type(exc).__name__, str(exc)[:300])
 
     def _vouch_step(self, syncobj: Any) -> None:
         """Tick thread: propose this site's signed vouch for its newest checkpoint, once this
@@ -2954,7 +2979,7 @@ class RaftNode:
         "partners": {addr: connected}, "dump_error": str|None,
         "refused": {reason: count}, "commands_refused": {reason: count}, "signed": bool,
         "leader_commit_index": int|None, "caught_up": bool, "behind_s": float, "stalled_s": float,
-        "dump_send_failures": int, "deposed": {addr: {"site", "term", "hold_s"}}}``
+        "dump_send_failures": int, "deposed": {addr: {"site", "term", "hold_s"}}, "dump_installs": int}``
         (``deposed``: leaders this node deposed whose hold runs, point 18; ``refused``: Raft traffic refused since start, see :mod:`replicad.consensus.channel`
         and :mod:`replicad.consensus.guard`; ``commands_refused``: commands in the log the
         state machine refused as ``bad_signature``, ``replayed`` or ``expired``, counted as
@@ -2974,6 +2999,7 @@ class RaftNode:
         status["commands_refused"] = {**dict.fromkeys(sorted(cluster_state.COUNTED_REASONS), 0),
                                       **self._consumer.refused.counts()}
         status["signed"] = self._signer is not None
+        status["dump_installs"] = self._dump_installs
         if self._syncobj is None:
             status.update(leader=None, is_leader=False, has_quorum=False)
         return status
