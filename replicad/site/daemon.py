@@ -86,6 +86,8 @@ from replicad.site.registration import RegistrationCheck, registered_size_bytes
 from replicad.site.requestwatch import RequestWatch
 from replicad.site.rules_raise import RulesRaise, founding_rules, reported_rules_max
 from replicad.site.seen import SeenMark
+from replicad.site.catchup import install_report
+from replicad.site.catchup import request_words as _request_words
 from replicad.storage import fingerprints
 from replicad.storage.audit import AuditLog
 from replicad.storage.catalog import Catalog
@@ -94,17 +96,6 @@ from replicad.telemetry.metrics import SiteMetrics
 
 log = logging.getLogger("replicad.site.daemon")
 
-
-def _request_words(action: Any, args: Any, reason: Any = None) -> str:
-    """A request's action, arguments and reason for an AUDIT line:
-    ``set_retention volume=ehr retention={...} reason="..."`` (:func:`~replicad.core.errors.facts_text`);
-    ``?`` for an action not known here."""
-    words = str(action or "?")
-    if isinstance(args, dict) and args:
-        words += " " + facts_text(args)
-    if reason:
-        words += " " + facts_text({"reason": reason})
-    return words
 
 CLOCK_HEARTBEAT_S = CLOCK_REPORT_PERIOD_NS / 1e9  # Raft-reported site clocks (lock window by a majority)
 SHUTDOWN_GRACE_S = 10.0    # well inside systemd's TimeoutStopSec=60
@@ -216,8 +207,10 @@ class SiteDaemon:
                      self.cfg.cluster_id)
         if self.cfg.raft_withheld_after_s is not None:  # a test bench (lab = true, config.py): point 19's watch
             consensus_raft.WITHHELD_AFTER_S = self.cfg.raft_withheld_after_s  # read at each check; one site a process
+        compaction = os.environ.get(LAB_COMPACTION_ENTRIES_ENV) if self.cfg.lab else None
         self.raft = RaftNode(me.raft, partners, self.data_dir / "raft",
                              self.cfg.raft_password.get_secret_value(), on_applied=self._on_applied,
+                             compaction_min_entries=int(compaction) if compaction else COMPACTION_ENTRIES,
                              needs_leader=self._acts_as_primary,
                              members=[s.site_id for s in self.cfg.sites],
                              trust=self.cfg.trust(), signer=signer,
@@ -225,6 +218,7 @@ class SiteDaemon:
         every = os.environ.get(LAB_CHECKPOINT_EVERY_ENV)
         if every and self.cfg.lab:  # a test bench: checkpoints (and their vouches) within seconds
             self.raft.set_checkpoint_interval(int(every))
+        self.raft.on_installed = self._on_installed  # a full state installed: its audit (site.catchup)
         self.cluster = Cluster(self.site_id, self.raft, lambda: self.cfg)
         for name, runner in self.runners.items():
             runner.acting_epoch = self.catalog.acting_epoch(name)
@@ -540,6 +534,42 @@ class SiteDaemon:
                 runner.fence_flag.set()
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(runner.wake.set)
+
+    def _on_installed(self, before: dict, after: dict, at_start: bool) -> None:
+        """Called on the Raft tick thread when a full state replaced the applied one (attacker review
+        r13, F3): one received from the leader by a site behind its compacted log, or this site's own
+        Raft dump loaded at start. The entries it covers never reach :meth:`_on_applied`, so what
+        they changed is logged here (:func:`~replicad.site.catchup.install_report`: a summary line
+        naming the commands covered, then one line per cluster-wide fact and per audit record, with
+        the AUDIT heads of :meth:`_audit_prefix`), and what ``on_applied`` would have done for them
+        is done from the new state: fence flags of volumes whose epoch moved past the one this site
+        acts under, runners woken, the agreed membership kept. Never raises (a failure is logged)."""
+        try:
+            seen = getattr(self, "seen", None)
+            report = install_report(before, after, at_start=at_start, mark=None if seen is None else seen.mark,
+                                    missing=None if seen is None else seen.missing,
+                                    first_start=seen is not None and seen.before_first_join(),
+                                    mark_name="audit.seen" if seen is None else seen.path.name)
+            for level, line in report:
+                log.log(level, "%s", line)
+            if any(level == logging.WARNING for level, _ in report):
+                self._logged_live()  # after the lines (only once joined; else the clock loop's first save)
+        except Exception as exc:  # the state is installed; its audit must not stop the Raft node
+            log.error("site %s: cannot audit the full state installed here (%s: %s); compare `replicad status` "
+                      "with another site's", self.site_id, type(exc).__name__, str(exc)[:300])
+        volumes = after.get("volumes") if isinstance(after, dict) else None
+        for name, runner in self.runners.items():
+            vol = volumes.get(name) if isinstance(volumes, dict) else None
+            epoch = vol.get("epoch") if isinstance(vol, dict) else None
+            if runner.acting_epoch is not None and isinstance(epoch, int) and epoch > runner.acting_epoch \
+                    and vol.get("primary") != self.site_id:
+                runner.fence_flag.set()
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(runner.wake.set)
+        members = ((after.get("incarnation") or {}).get("members") if isinstance(after, dict) else None)
+        was = ((before.get("incarnation") or {}).get("members") if isinstance(before, dict) else None)
+        if members and members != was and self._loop is not None and getattr(self, "volumes", None) is not None:
+            self._loop.call_soon_threadsafe(self._membership_agreed, members)
 
     def _joined(self) -> bool:
         return getattr(self, "volumes", None) is not None and self.volumes.joined.is_set()
@@ -1024,6 +1054,13 @@ SEEN_SAVE_S = 1.0
 LAB_CHECKPOINT_EVERY_ENV = "REPLICAD_LAB_CHECKPOINT_EVERY"
 """Environment variable read only with ``lab = true``: the Raft checkpoint interval in commands
 (every site of the bench must use the same); production always uses ``CHECKPOINT_EVERY``."""
+COMPACTION_ENTRIES = 5000
+"""Raft log entries past which a site writes its full state and compacts its log (pysyncobj's
+``logCompactionMinEntries``; it also compacts every 5 minutes). A site behind the leader's log start
+catches up from that state (:mod:`replicad.site.catchup` audits it)."""
+LAB_COMPACTION_ENTRIES_ENV = "REPLICAD_LAB_COMPACTION_ENTRIES"
+"""Environment variable read only with ``lab = true``: :data:`COMPACTION_ENTRIES` for a test bench
+(at least 2; with ``REPLICAD_LAB_CHECKPOINT_EVERY`` a full-state catch-up within seconds)."""
 CLUSTER_WIDE_OPS = ("add_volume", "set_retention", "set_detection", "mark_verdict", "demote", "promote")
 """Ops that change a volume for every site: each applied one signed by another site is logged
 at WARNING at this site (:meth:`SiteDaemon._cluster_wide_event`)."""
