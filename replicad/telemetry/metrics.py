@@ -88,6 +88,10 @@ replicad_raft_behind_seconds                                                   s
                                                                                reached the leader's commit
 replicad_raft_dump_send_failures_total                                         leader: own dump unreadable
                                                                                (counter)
+replicad_raft_dump_installs_total                                              full states received from the
+                                                                               leader and installed (a catch-up
+                                                                               past the compacted log; its
+                                                                               AUDIT lines: site.catchup)
 replicad_sites_revoked                                                         Raft state: revoked sites
 replicad_requests_open                                      action             Raft state: requests waiting
                                                                                for approvals or in their
@@ -462,12 +466,19 @@ class StateCollector(Collector):
                                             "down after a few)", labels=["site"])
         if _num((status.get("raft") or {}).get("dump_send_failures")) is not None:
             dump_failures.add_metric([self.site_id], _num(status["raft"]["dump_send_failures"]))
+        dump_installs = CounterMetricFamily("replicad_raft_dump_installs", "Full states received from the leader and "
+                                            "installed since start: this site was behind the leader's compacted log "
+                                            "and caught up without applying the entries one by one (what they "
+                                            "changed is logged as AUDIT lines, site.catchup)", labels=["site"])
+        if _num((status.get("raft") or {}).get("dump_installs")) is not None:
+            dump_installs.add_metric([self.site_id], _num(status["raft"]["dump_installs"]))
         yield from fams.values()
         yield refused
         yield from self._sources(status)
         yield commands
         yield vetoes
         yield dump_failures
+        yield dump_installs
 
     def _degraded(self, status: dict, put: Callable[..., None]) -> None:
         """``replicad_site_degraded`` and one ``replicad_site_degraded_reasons`` series per kind
