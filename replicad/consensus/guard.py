@@ -7,7 +7,8 @@ functions here decide, without side effects, whether a message may reach pysynco
 ``raft._HardenedSyncObj`` applies them with the node's own Raft state (which node it
 follows, whether its leader lease holds). :class:`GuardedSerializer` replaces pysyncobj's
 receiving half of a dump transfer so that a dump is checked *before* it replaces
-``raft.dump`` on disk.
+``raft.dump`` on disk. :class:`ClockRate` bounds how many ``clock`` heartbeats of one site a leader
+appends (attacker review r13, F3: one site forced every site to compact its log within seconds).
 
 What a dump must satisfy (:func:`replicad.core.state.dump_problems`): it keeps every site
 and volume this node knows, epochs and last seqs never go back, every committed snapshot
@@ -26,6 +27,7 @@ from typing import Any, Callable
 from replicad.consensus import dumpfile
 from replicad.consensus.channel import RefusalLog
 from replicad.core import errors
+from replicad.core.state import CLOCK_REPORT_PERIOD_NS
 from replicad.storage.durable import write_durably
 
 log = logging.getLogger(__name__)
@@ -274,3 +276,61 @@ class GuardedSerializer:
                                   level=logging.ERROR)
             return False
         return True
+
+
+CLOCK_HONEST_PER_S = 1e9 / CLOCK_REPORT_PERIOD_NS
+"""``clock`` heartbeats a second an honest site proposes: one per ``state.CLOCK_REPORT_PERIOD_NS``
+(5 s; ``site.daemon.CLOCK_HEARTBEAT_S``: the daemon's clock loop sleeps that long after each
+proposal settled), 0.2 a second."""
+CLOCK_PER_S = 5 * CLOCK_HONEST_PER_S
+"""Per-site bound on ``clock`` commands at the leader (sustained): five times the honest rate, 1 a
+second. What an honest site sends beyond one per period: the same command sent again while it is not
+in the log (``raft`` point 19, every ``WITHHELD_RESEND_S`` = 10 s) and relayed through the other
+members (point 20, every 10 s too), and a new loop after a restart (the burst). Attacker review r13,
+F3: one site forwarded 6,000 signed heartbeats in ~17 s (within the command budget, point 17: 200 a
+second) and so forced every site to compact its log (``logCompactionMinEntries``, 5,000), which makes
+a site that is away catch up from a full state instead of the entries. At this bound the same takes
+83 minutes through the door, and a heartbeat holds no other information: a site may need one per
+period to count in the majority clock."""
+CLOCK_BURST = 30
+"""Per-site ``clock`` commands the leader takes at once (a restart, resends after a cut)."""
+CLOCK_REASONS = ("forwarded_clock_over_rate", "relay_clock_over_rate")
+"""Counted refusals (``replicad_raft_refused_total{reason}``, WARNING): a member forwarded more of its
+site's ``clock`` commands than :data:`CLOCK_PER_S` (bursts of :data:`CLOCK_BURST`), or relayed more
+of one site's than that (a follower passes on at most half of it for each site, so a leader never
+refuses what an honest follower passes on, which that follower watches: ``raft`` point 20)."""
+
+
+class ClockRate:
+    """Per-site rate of ``clock`` commands a Raft node takes (attacker review r13, F3; bounds and
+    their source: :data:`CLOCK_PER_S`, :data:`CLOCK_BURST`).
+
+    A token bucket per key of ``per_s`` commands a second holding ``burst`` of them; a refused
+    command costs nothing (an over-eager site gets its rate, never less). At most
+    :data:`KEYS_MAX` keys (members, or member and site pairs): a key beyond is refused. Times are
+    ``monotonic`` seconds passed in. Not thread-safe (the Raft tick thread only)."""
+
+    KEYS_MAX = 4096
+
+    def __init__(self, per_s: float = CLOCK_PER_S, burst: float = CLOCK_BURST) -> None:
+        if not per_s > 0 or not burst >= 1:
+            raise ValueError(f"a clock rate needs per_s > 0 and burst >= 1, not {per_s!r}, {burst!r}")
+        self.per_s, self.burst = float(per_s), float(burst)
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when)
+
+    def take(self, key: str, now_s: float) -> bool:
+        """Charge one ``clock`` command to ``key``; False when it is over the rate (not charged)."""
+        if key not in self._buckets and len(self._buckets) >= self.KEYS_MAX:
+            return False
+        tokens, last = self._buckets.get(key, (self.burst, now_s))
+        tokens = min(self.burst, tokens + max(0.0, now_s - last) * self.per_s)
+        if tokens < 1:
+            self._buckets[key] = (tokens, now_s)
+            return False
+        self._buckets[key] = (tokens - 1, now_s)
+        return True
+
+    def detail(self, who: str) -> str:
+        """The refusal's text for the log: who sent too many, and the bound."""
+        return (f"{who}: more clock heartbeats than {self.per_s:g} a second (bursts of {self.burst:.0f}; an honest "
+                f"site sends one every {1 / CLOCK_HONEST_PER_S:g} s); refused")

@@ -1,0 +1,107 @@
+"""Attacker review r13, F3: a per-site rate of ``clock`` heartbeats at the leader's door.
+
+One site forwarded 6,000 signed heartbeats in ~17 s (within the command budget of point 17) and so
+forced every site to compact its Raft log; a site away then catches up from a full state. The door
+(:meth:`RaftNode._door_check`) and the relay check (point 20, :meth:`RaftNode._relay_check`) now
+take ``clock`` commands of one site at :data:`guard.CLOCK_PER_S` (bursts of
+:data:`guard.CLOCK_BURST`); what is over is refused (counted as ``forwarded_clock_over_rate`` /
+``relay_clock_over_rate``) and every other command passes as before.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from replicad.consensus.guard import CLOCK_BURST, CLOCK_HONEST_PER_S, CLOCK_PER_S, ClockRate
+from replicad.consensus.raft import RaftNode
+from replicad.core.identity import Signer
+from replicad.core.state import CLOCK_REPORT_PERIOD_NS
+from tests.unit.consensus.test_depose import ADDR, CLUSTER, KEYS, SITES, TRUST, founded, packed, signed
+
+
+def entry(command: dict) -> bytes:
+    return b"\x00" + pickle.dumps((0, (packed(command),)), protocol=2)  # a pysyncobj entry of our one method
+
+
+@pytest.fixture
+def leader(tmp_path):
+    """An honest leader's RaftNode (not started: a node without a tick thread judges relays as a leader)."""
+    node = RaftNode(ADDR["a"], [ADDR["b"], ADDR["c"]], tmp_path, "secret", trust=TRUST,
+                    signer=Signer("a", KEYS["a"], CLUSTER), sites={ADDR[s]: s for s in SITES})
+    node._consumer = founded()
+    return node
+
+
+def test_the_bound_is_a_multiple_of_the_honest_heartbeat():
+    assert CLOCK_HONEST_PER_S == pytest.approx(1e9 / CLOCK_REPORT_PERIOD_NS) == pytest.approx(0.2)
+    assert CLOCK_PER_S == pytest.approx(5 * CLOCK_HONEST_PER_S)
+    # forcing a compaction of 5,000 entries with heartbeats alone takes over an hour at the bound
+    assert (5000 - CLOCK_BURST) / CLOCK_PER_S > 3600
+
+
+def test_a_bucket_takes_its_burst_then_its_rate_and_charges_no_refusal():
+    rate = ClockRate(per_s=1.0, burst=3)
+    assert [rate.take("b", 0.0) for _ in range(4)] == [True, True, True, False]
+    assert [rate.take("b", 0.5) for _ in range(2)] == [False, False]  # half a token: refused, not charged
+    assert rate.take("b", 1.0) and not rate.take("b", 1.0)
+    assert rate.take("c", 1.0)  # another key has its own
+    assert [rate.take("b", 100.0) for _ in range(4)] == [True, True, True, False]  # refilled to the burst only
+    with pytest.raises(ValueError):
+        ClockRate(per_s=0)
+
+
+def test_a_bucket_refuses_keys_past_its_bound(monkeypatch):
+    monkeypatch.setattr(ClockRate, "KEYS_MAX", 2)
+    rate = ClockRate()
+    assert rate.take("a", 0.0) and rate.take("b", 0.0) and not rate.take("c", 0.0)
+
+
+def test_the_door_refuses_a_clock_flood_of_one_member_only(leader, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr("replicad.consensus.raft.monotonic_time", lambda: now[0])
+    answers = [leader._door_check(entry(signed("c")), ADDR["c"]) for _ in range(CLOCK_BURST + 20)]
+    assert answers[:CLOCK_BURST] == [None] * CLOCK_BURST
+    assert {a[0] for a in answers[CLOCK_BURST:]} == {"forwarded_clock_over_rate"}
+    assert "site 'c'" in answers[-1][1] and "one every 5 s" in answers[-1][1]
+    # site-b's heartbeats and site-c's other commands are not held up by site-c's flood
+    assert leader._door_check(entry(signed("b")), ADDR["b"]) is None
+    assert leader._door_check(entry(signed("c", op="register_site", site_id="c", peer_url="http://x", kind="data")),
+                              ADDR["c"]) is None
+    # an honest site's heartbeats (one every 5 s) are never refused, even after its burst is spent
+    for _ in range(CLOCK_BURST):
+        leader._door_check(entry(signed("b")), ADDR["b"])
+    for _ in range(50):
+        now[0] += 1 / CLOCK_HONEST_PER_S
+        assert leader._door_check(entry(signed("b")), ADDR["b"]) is None
+    # a forged heartbeat is refused for what it is and spends nothing of the site's rate
+    now[0] += 3600
+    for _ in range(CLOCK_BURST + 5):
+        problem = leader._door_check(entry(signed("b", key="c")), ADDR["c"])
+        assert problem is not None and problem[0] in ("forwarded_not_own", "forwarded_bad_signature")
+    assert leader._door_check(entry(signed("c")), ADDR["c"]) is None
+
+
+def test_relayed_clocks_have_their_own_rate_per_member_and_site(leader, monkeypatch):
+    monkeypatch.setattr("replicad.consensus.raft.monotonic_time", lambda: 5000.0)
+    answers = [leader._relay_check(entry(signed("c")), ADDR["b"]) for _ in range(CLOCK_BURST + 5)]
+    assert answers[:CLOCK_BURST] == [None] * CLOCK_BURST
+    assert {a[0] for a in answers[CLOCK_BURST:]} == {"relay_clock_over_rate"}
+    assert leader._relay_check(entry(signed("b")), ADDR["c"]) is None  # another site's
+    # the door's rate is another bucket: what member c forwards itself is judged on its own
+    assert leader._door_check(entry(signed("c")), ADDR["c"]) is None
+
+
+def test_a_follower_passes_on_at_most_half_of_what_a_leader_takes(leader, monkeypatch):
+    monkeypatch.setattr("replicad.consensus.raft.monotonic_time", lambda: 5000.0)
+
+    class Follower:  # the pysyncobj state a relay check reads: not the leader
+        _SyncObj__raftState = 0
+        _SyncObj__raftLeader = None
+        _SyncObj__selfNode = None
+    monkeypatch.setattr(leader, "_syncobj", Follower())
+    answers = [leader._relay_check(entry(signed("c")), ADDR["b"]) for _ in range(CLOCK_BURST)]
+    passed = answers.count(None)
+    assert passed == CLOCK_BURST // 2, answers
+    assert {a[0] for a in answers if a is not None} == {"relay_clock_over_rate"}
