@@ -214,7 +214,11 @@ names up in its own modules):
    gives that site (``forwarded_bad_signature``), or when the member is over its budget
    (``forwarded_over_budget``: a token bucket per member, :class:`MemberBudget`, of :data:`FORWARD_CMDS_PER_S`
    commands and :data:`FORWARD_BYTES_PER_S` bytes a second, bursts of
-   :data:`FORWARD_BURST_S` seconds' worth). A non-leader never relays a member's ``apply_command``
+   :data:`FORWARD_BURST_S` seconds' worth). A site's ``clock`` heartbeats, forwarded or relayed
+   (point 20), have a rate of their own, :class:`~replicad.consensus.guard.ClockRate` (5 times an
+   honest site's: ``forwarded_clock_over_rate``, ``relay_clock_over_rate``; attacker review r13, F3:
+   one site's 6,000 heartbeats in 17 s made every site compact its log, and a site away then catches
+   up from a full state). A non-leader never relays a member's ``apply_command``
    sent without a request id (pysyncobj would forward it as its own, spending the honest site's
    budget in the attacker's place: ``forwarded_to_follower``). Before, a compromised member had every site journal
    ~4 MB/s of forged commands, each refused only when applied. The state machine still checks
@@ -449,7 +453,8 @@ from replicad.consensus import journal as journal_module
 from replicad.consensus.channel import (KNOWN_REASONS, MAX_DECOMPRESSED_BYTES, ChannelIdentity, DecompressionBombError,
                                        MemberOnlyTransport, RefusalLog, Revocations, bounded_decompress, refusals_of,
                                        refuse_undecryptable, revocations_of, transport_identity)
-from replicad.consensus.guard import MAX_TERM_STEP, GuardedSerializer, shape_problem
+from replicad.consensus.guard import (CLOCK_BURST, CLOCK_PER_S, CLOCK_REASONS, MAX_TERM_STEP, ClockRate,
+                                      GuardedSerializer, shape_problem)
 from replicad.consensus.journal import (JOURNAL_MAGIC, JOURNAL_VERSION, META_VERSION,  # noqa: F401 (re-exported)
                                        DurableJournal, _create_journal)
 from replicad.core import errors
@@ -2388,6 +2393,8 @@ class RaftNode:
         self._status: dict = self._empty_status()
         self._forward_budget = MemberBudget(FORWARD_CMDS_PER_S, FORWARD_BYTES_PER_S, FORWARD_BURST_S, max_keys=None,
                                             debt=(1.0, float(MAX_COMMAND_BYTES)))
+        self._clock_rate = ClockRate()  # r13 F3: forwarded per member, relayed per member and site (leader)
+        self._clock_pass = ClockRate(CLOCK_PER_S / 2, CLOCK_BURST / 2)  # relayed clocks a follower passes on, per site
         self._dump_installs = 0  # full states received from a leader and installed since start
 
     # -- lifecycle
@@ -2440,8 +2447,36 @@ class RaftNode:
     # -- point 17
     def _door_check(self, command: Any, node_id: str) -> tuple[str, str] | None:
         """Tick thread: ``(reason, detail)`` when the ``apply_command`` payload ``command`` that
-        member ``node_id`` forwarded must not be appended (point 17), else None. Charges the
-        member's budget for every command, refused or not."""
+        member ``node_id`` forwarded must not be appended (point 17, :meth:`_door_problem`; then a
+        ``clock`` past its site's rate, :meth:`_clock_check`), else None."""
+        return self._door_problem(command, node_id) or self._clock_check(command, node_id, relayed=False)
+
+    def _clock_check(self, command: Any, node_id: str, relayed: bool) -> tuple[str, str] | None:
+        """Attacker review r13, F3 (tick thread): a ``clock`` command that passed the door (point 17)
+        or the relay check (point 20) past its site's rate (:class:`~replicad.consensus.guard.ClockRate`,
+        :data:`~replicad.consensus.guard.CLOCK_PER_S`) is refused: ``forwarded_clock_over_rate`` per
+        forwarding member (it forwards only its own site's), ``relay_clock_over_rate`` per sending
+        member and signing site at a leader, per signing site at a follower passing relays on (at half
+        the rate: the leader never refuses what an honest follower passes on and watches). None
+        for any other command."""
+        entry = entry_call(command)
+        decoded = None if entry is None else checkpoint.decode_command(entry[1])
+        if not isinstance(decoded, dict) or decoded.get("op") != "clock":
+            return None
+        by, now = str(decoded.get("by"))[:64], monotonic_time()
+        if not relayed:
+            return None if self._clock_rate.take(node_id, now) else \
+                ("forwarded_clock_over_rate", self._clock_rate.detail(f"member {node_id} (site {by!r})"))
+        syncobj = self._syncobj
+        if syncobj is None or syncobj._SyncObj__raftState == _RAFT_STATE_LEADER:
+            return None if self._clock_rate.take(f"{node_id} {by}", now) else \
+                ("relay_clock_over_rate", self._clock_rate.detail(f"site {by!r} relayed by member {node_id}"))
+        return None if self._clock_pass.take(by, now) else \
+            ("relay_clock_over_rate", self._clock_pass.detail(f"site {by!r} relayed through this follower"))
+
+    def _door_problem(self, command: Any, node_id: str) -> tuple[str, str] | None:
+        """Point 17 (tick thread): ``(reason, detail)`` when the forwarded ``command`` must not be
+        appended, else None. Charges the member's budget for every command, refused or not."""
         size = len(command) if isinstance(command, (bytes, bytearray)) else 0
         if not self._forward_budget.take(node_id, size, monotonic_time()):
             return ("forwarded_over_budget", f"forwarded more than {FORWARD_CMDS_PER_S:.0f} commands or "
@@ -2485,6 +2520,10 @@ class RaftNode:
 
     # -- point 20
     def _relay_check(self, command: Any, node_id: str) -> tuple[str, str] | None:
+        """Tick thread: :meth:`_relay_problem`, then a ``clock`` past its site's rate (:meth:`_clock_check`)."""
+        return self._relay_problem(command, node_id) or self._clock_check(command, node_id, relayed=True)
+
+    def _relay_problem(self, command: Any, node_id: str) -> tuple[str, str] | None:
         """Tick thread: why the ``relay_command`` payload ``command`` (a regular pysyncobj entry of our
         one method) that member ``node_id`` sent must not be appended or passed on: ``relay_malformed``
         (no command map), and in a signed cluster with an agreed membership ``relay_not_member``
@@ -2991,7 +3030,7 @@ class RaftNode:
             status = dict(self._status)
             status["partners"] = dict(self._status["partners"])
         status["dump_error"] = self._dump_error
-        status["refused"] = {**dict.fromkeys(KNOWN_REASONS, 0), **dict.fromkeys(FORWARD_REASONS, 0),
+        status["refused"] = {**dict.fromkeys(KNOWN_REASONS, 0), **dict.fromkeys((*FORWARD_REASONS, *CLOCK_REASONS), 0),
                              **dict.fromkeys((*checkpoint.DUMP_REASONS, "checkpoint_divergent", *DEPOSE_REASONS), 0),
                              **self._refusals.counts(), **self._consumer.divergences.counts()}
         with self._consumer.lock:
