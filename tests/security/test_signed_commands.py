@@ -218,6 +218,7 @@ def test_a_command_flood_from_the_compromised_site_is_bounded_at_the_leader(clus
     """The attacker's Raft member forwards ~4,000 commands a second for 8 s: its own valid
     commands pass only within its budget, the forged ones never reach the log, and the honest
     sites keep committing; no follower deposes the honest leader (raft point 18)."""
+    from replicad.consensus.guard import CLOCK_BURST, CLOCK_PER_S
     from replicad.consensus.raft import FORWARD_BURST_S, FORWARD_CMDS_PER_S
     seconds = 8.0
     applied = {s: cluster.status(s)["raft"]["last_applied"] for s in HONEST}
@@ -230,8 +231,10 @@ def test_a_command_flood_from_the_compromised_site_is_bounded_at_the_leader(clus
     assert own["ok"] <= FORWARD_CMDS_PER_S * (FORWARD_BURST_S + seconds + 30), own
     over = sum(raft_refused(cluster, s, "forwarded_over_budget") for s in HONEST)
     not_own = sum(raft_refused(cluster, s, "forwarded_not_own") for s in HONEST)
+    clocks = sum(raft_refused(cluster, s, "forwarded_clock_over_rate") for s in HONEST)  # r13 F3: its own clocks
     # every refusal counted at the leader (a forged command past the budget counts as over budget)
-    assert over + not_own >= own["refused_at_door"] + forged["refused_at_door"], (over, not_own, result)
+    assert over + not_own + clocks >= own["refused_at_door"] + forged["refused_at_door"], (over, not_own, result)
+    assert clocks > 0 and own["ok"] <= CLOCK_BURST + CLOCK_PER_S * (seconds + 30), (clocks, own)
     assert not_own > 0, (over, not_own, result)
     # the honest sites are not held up: both report their clocks again after the flood
     after = {s: cluster.status(s)["raft"]["last_applied"] for s in HONEST}
