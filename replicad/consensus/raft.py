@@ -2256,12 +2256,18 @@ class _StateConsumer(SyncObjConsumer):
     leader_of: Callable[[], str] | None = None
     """Set by the Raft node (tick thread): the leader this node follows, as text, for a forged
     ``found``'s ERROR line (:meth:`_count_refusal`)."""
+    founds_unpinned = 0
+    """``found`` commands applied here and refused as not signed with the key the founding
+    reference pins for their proposer (``state.FOUND_UNPINNED``), since this process started:
+    before it joins, the daemon then compares its founding with the members' reports
+    (:meth:`RaftNode.founds_unpinned`)."""
 
     def _count_refusal(self, command: Any, result: dict) -> None:
         try:
             fields = command if isinstance(command, dict) else {}
             evidence = result.get("evidence") if isinstance(result.get("evidence"), dict) else {}
             if evidence.get("refusal") == cluster_state.FOUND_UNPINNED:  # r14 A1: a found in another site's name
+                self.founds_unpinned += 1
                 leader = self.leader_of() if self.leader_of is not None else "not known here"
                 self.refused.refuse(
                     str(cluster_state.counted_reason(result)),
@@ -2571,6 +2577,12 @@ class RaftNode:
             # (relay_own_site) and appends its own commands itself; watched, it would depose it
             return "known", "a command of the leader's own site"
         return None
+
+    def founds_unpinned(self) -> int:
+        """How many ``found`` commands this node applied and refused since it started because they
+        were not signed with the key its founding reference pins for their proposer (a forged one,
+        or one its log started too late to judge as the founders did: ``state.founding_keys``)."""
+        return self._consumer.founds_unpinned
 
     def _leader_text(self) -> str:
         """Tick thread: the leader this node follows, ``ADDRESS (site ID)`` by this config's
