@@ -769,6 +769,12 @@ class SiteDaemon:
                 if self.fatal is not None:
                     return
                 current = self.raft.view().get("incarnation")
+                hold = self._judge_founding_replay(None if current is None else current.get("id"))
+                if self.fatal is not None:
+                    return
+                if hold:  # its replay refused a found: not before the members' reports are compared
+                    await asyncio.sleep(1.0)
+                    continue
                 if current is None:  # not founded yet: propose this config's list
                     # the founding carries this release's rules: a new cluster is decided under them from
                     # its founding (state.founding_rules; a cluster founded already is not refounded)
@@ -995,6 +1001,65 @@ class SiteDaemon:
                     action=MEMBERSHIP_RUNBOOK))
                 return
 
+    _unfounded_since: float | None = None  # monotonic s: a majority reported a founding this site's state lacks
+    _held_since: float | None = None  # monotonic s: founded here after a refused found, no majority report yet
+
+    def _judge_founding_replay(self, mine: bytes | None) -> bool:
+        """Before joining, caught up (attacker review r14, A1): stop (:class:`MembershipMismatchError`)
+        when a majority of this config's sites report one cluster incarnation (their membership
+        reports, :meth:`RaftNode.membership_reports`: each bound to its site by the Raft channel,
+        one site's word never enough) and this site's state holds another (``mine``), or, for
+        :data:`FOUNDING_REPLAY_S` while it stayed caught up, none. Its replay of the founding
+        decided a ``found`` otherwise than the founders: a ``found`` counts only signed with the key
+        the ``[[sites]]`` config pinned for its proposer when this site's Raft log started
+        (``state.founding_keys``), so a site that started its log (rebuilt, or joining) after a
+        founder's founding key was retired from the configs, while a leader's log still held the
+        founding, refuses that founder's proposal. Without this it would wait for ever, its state
+        never founded, or act on another incarnation.
+
+        Returns True (hold: do not join yet) while this site is founded, refused a ``found`` for its
+        key since it started (:meth:`RaftNode.founds_unpinned`: a forged one, or one it judged
+        otherwise than the founders), and no majority reported yet, for at most
+        :data:`FOUNDING_REPLAY_S` (then it joins, WARNING: nothing to compare with). A site that
+        refused no ``found`` never waits for the reports."""
+        names = {s.raft: s.site_id for s in self.cfg.sites if s.site_id != self.site_id}
+        by_id: dict[bytes, list[str]] = {}
+        for addr, report in self.raft.membership_reports().items():
+            inc = report.get("incarnation") if isinstance(report, dict) else None
+            if addr in names and isinstance(inc, bytes):
+                by_id.setdefault(inc, []).append(names[addr])
+        theirs = next(((inc, sorted(sites)) for inc, sites in by_id.items()
+                       if len(sites) >= len(self.cfg.sites) // 2 + 1), None)
+        now = time.monotonic()
+        if theirs is None and mine is not None and self.raft.founds_unpinned():
+            self._held_since = now if self._held_since is None else self._held_since
+            if now - self._held_since < FOUNDING_REPLAY_S:
+                return True
+            log.warning("site %s: this site refused a found proposal of the founding for its key, and no majority of "
+                        "the configured sites reported the cluster's incarnation within %.0f s to compare its own "
+                        "with; it joins incarnation %s", self.site_id, FOUNDING_REPLAY_S, mine.hex())
+            return False
+        if theirs is None or theirs[0] == mine:
+            self._unfounded_since = None
+            return False
+        if mine is None:
+            if self._unfounded_since is None:
+                self._unfounded_since = now
+            if now - self._unfounded_since < FOUNDING_REPLAY_S:
+                return False
+        problem = (f"incarnation: {', '.join(theirs[1])} report the cluster founded as {theirs[0].hex()}, this site's "
+                   f"replay of the Raft log {'founded ' + mine.hex() if mine is not None else 'founded nothing'}")
+        self._fail(MembershipMismatchError(
+            f"site {self.site_id}: {problem}: it decided the founding's found proposals otherwise than the sites that "
+            "founded the cluster. A found counts only signed with the key the [[sites]] config pinned for its proposer "
+            "when this site's Raft log started: a founder's key that signed the founding is no longer pinned in this "
+            "config (retired while a Raft log still holds the founding), or this config differs from theirs. The "
+            "site stops before it acts as leader or primary. Move this site's Raft directory aside and start it "
+            "again once the leader's log is compacted past the founding (README \"Rotate a site's key\", step 6)",
+            problems=[problem], source=f"membership reports of {', '.join(theirs[1])} (Raft channel)",
+            action=MEMBERSHIP_RUNBOOK))
+        return False
+
     def _founding_waits(self, res: dict) -> None:
         """Log why the cluster is not founded yet: how many sites propose this config's list, and
         each site proposing another one with its differences (from the Raft state's
@@ -1106,6 +1171,11 @@ async def request_with_retry(cluster: Any, what: str, action: str, args: dict, r
     return None
 
 
+FOUNDING_REPLAY_S = 20.0
+"""How long a caught-up site that has not joined may hold no founding while a majority of its
+configured sites report one before it stops (``SiteDaemon._judge_founding_replay``): a site that
+is caught up applies the entry that founded the cluster within milliseconds of the others; 20 s
+(ten rounds of :data:`FOUND_RETRY_S`) leaves room for a slow disk, never for a wrong stop."""
 FOUND_RETRY_S = 2.0
 """Seconds between two ``found`` proposals of a site while the cluster is not founded yet (it
 joins as soon as the others' proposals found it, without waiting for the next one)."""
