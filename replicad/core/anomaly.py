@@ -165,6 +165,7 @@ import itertools
 import math
 import re
 import statistics
+import struct
 import sys
 import unicodedata
 import zlib
@@ -1703,6 +1704,80 @@ def structured_pieces(raw: bytes, piece: int) -> "_np.ndarray":
     return (ent >= DATA_ENTROPY_MIN) & (ent < ALREADY_RANDOM_ENTROPY)
 
 
+WAL_PAGE = 8192
+"""PostgreSQL's WAL page size (``XLOG_BLCKSZ``, 8 KiB unless built otherwise): every page of a
+WAL segment file starts with an ``XLogPageHeaderData`` (``src/include/access/xlog_internal.h``):
+``xlp_magic`` (uint16, ``XLOG_PAGE_MAGIC`` of the server's release: 0xD110 in PostgreSQL 15),
+``xlp_info`` (uint16, flags within ``XLP_ALL_FLAGS`` 0x0F), ``xlp_tli`` (uint32, the timeline,
+>= 1), ``xlp_pageaddr`` (uint64, the page's WAL address, a multiple of the page size) and
+``xlp_rem_len`` (uint32), in the host's byte order (little-endian read here)."""
+WAL_MAGIC_RANGE = (0xD000, 0xD1FF)
+"""``XLOG_PAGE_MAGIC`` values of PostgreSQL releases (9.3 0xD075 ... 15 0xD110, 16 0xD113,
+17 0xD116): a new release takes the next value."""
+WAL_SEGMENT_MIN = 1 << 20
+"""The smallest WAL segment size ``initdb --wal-segsize`` allows (1 MiB; 16 MiB by default): a
+page's offset within its segment file is its ``xlp_pageaddr`` modulo the segment size, so modulo
+this it is the same for every segment size."""
+
+
+def wal_offset(raw: bytes | None) -> int | None:
+    """Where ``raw`` lies in a PostgreSQL WAL segment file, if it is made wholly of WAL pages.
+
+    ``raw``: one volume block (bytes, a multiple of :data:`WAL_PAGE` long). Returns the offset of
+    its first page within its segment, modulo :data:`WAL_SEGMENT_MIN` (an int), when every
+    :data:`WAL_PAGE` page starts with a WAL page header (:data:`WAL_PAGE`'s fields: one magic in
+    :data:`WAL_MAGIC_RANGE` for the whole block, flags within 0x0F, timeline >= 1, a non-zero
+    page address that is a multiple of the page size) and the pages' addresses follow their
+    places in the block (page ``k``'s address is the first's plus ``k`` pages, modulo
+    :data:`WAL_SEGMENT_MIN`: a segment's pages lie in order in its file; pages written at
+    different times may come from different segments recycled over the same file). None
+    otherwise: any other block, a WAL segment whose pages do not start at the block's start (its
+    extent not aligned to the volume's blocks), a block partly zeros (a segment being filled).
+    A shape any writer can give its bytes; :func:`wal_recycled` says when it excuses anything.
+    Pure function; no errors."""
+    n = len(raw) if raw is not None else 0
+    if n == 0 or n % WAL_PAGE:
+        return None
+    magic0 = None
+    first = None
+    for k in range(n // WAL_PAGE):
+        magic, info, tli, addr = struct.unpack_from("<HHIQ", raw, k * WAL_PAGE)
+        if magic0 is None:
+            magic0 = magic
+        if magic != magic0 or not WAL_MAGIC_RANGE[0] <= magic <= WAL_MAGIC_RANGE[1] or info & ~0x0F \
+                or tli < 1 or addr == 0 or addr % WAL_PAGE:
+            return None
+        off = (addr - k * WAL_PAGE) % WAL_SEGMENT_MIN
+        if first is None:
+            first = off
+        elif off != first:
+            return None
+    return first
+
+
+def wal_recycled(new: bytes | None, old: bytes | None, anchor: bytes | None) -> bool:
+    """True when a changed block is PostgreSQL recycling its write-ahead log in place: its new
+    version, its previous version and its version in the anchor snapshot (the last one a person
+    confirmed, else the volume's first: trusted as the windows trust it) are each made wholly of
+    WAL pages (:func:`wal_offset`) at the same offset within a segment file.
+
+    Why: PostgreSQL renames a WAL segment no longer needed to a future segment's name and
+    overwrites it in place (``RemoveXlogFile``, ``InstallXLogFileSegment``), so the same volume
+    blocks hold old log records, then new ones: a pgbench database's records of random account
+    numbers and balances, full page images, a ``bytea`` import's bytes, turning "random" against
+    the previous records (the coverage window's false alarm on a busy database nobody confirms:
+    ``tests/bench/results/detection.md``). Overwriting log records that were log records in the
+    anchor destroys no relation file's data. What this does not excuse: any block that was not
+    WAL in the anchor (a relation file's pages given WAL headers in a snapshot after it, then
+    encrypted under them, stays counted), WAL written over other data (a new segment file in
+    freed blocks), a block only partly WAL. What an attacker gains: the anchor's WAL blocks,
+    overwritten keeping a WAL page header in every 8 KiB (the log since the last checkpoint lost:
+    ``pg_resetwal``), or used to hide ciphertext copied there (bounded by the anchor's WAL, and
+    the originals' deletion is what conservation and the wipe measure judge). Pure function."""
+    at = wal_offset(new)
+    return at is not None and wal_offset(old) == at and wal_offset(anchor) == at
+
+
 def _zero_sub(raw: bytes, i: int, h: float) -> bool:
     """Sub-block ``i`` of ``raw`` is all zeros or beyond its end (``h``: its entropy)."""
     part = raw[i * SUB_BLOCK:(i + 1) * SUB_BLOCK]
@@ -2560,6 +2635,10 @@ class SnapshotSignals:
             them too, the score does not; :meth:`summary` gives their number.
         zeroed: the indices of the blocks counted in ``wiped`` or ``discarded`` (the wipe window,
             :class:`Wipes`); not in :meth:`summary`.
+        wal_recycled: changed blocks that would have counted as turned random or sparse random
+            and are PostgreSQL's write-ahead log recycled in place (:func:`wal_recycled`, against
+            the anchor's version: ``Detection._signals``): counted neither in the score nor in the
+            coverage window.
         refilled: the indices of blocks that were zeros (or held no data: zeros and fills,
             :attr:`BlockFinding.unfilled`) and now hold data that does not look random (the wipe
             window releases them: a freed page reused); not in :meth:`summary`.
@@ -2592,6 +2671,7 @@ class SnapshotSignals:
     counted: set = None  # type: ignore[assignment]
     sparse: set = None  # type: ignore[assignment]
     zeroed: set = None  # type: ignore[assignment]
+    wal_recycled: int = 0
     refilled: set = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -2719,7 +2799,7 @@ class SnapshotSignals:
                 "conserved": self.conserved,
                 "conserved_counted": self.conserved_counted, "sparse_random": len(self.sparse),
                 "paired_measured": self.paired_measured, "ciphertext_files": round(self.ciphertext_files, 2),
-                "released_since_anchor": round(self.released_since_anchor, 2),
+                "released_since_anchor": round(self.released_since_anchor, 2), "wal_recycled": self.wal_recycled,
                 "ciphertext_examples": list(self.ciphertext_examples[:8])}
 
 

@@ -30,6 +30,7 @@ The very first snapshot of a volume (no older one in the catalog) is clean by de
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -555,7 +556,12 @@ class Detection:
         ``paired`` state (carried from the snapshot before: :class:`anomaly.Paired`) whose
         ciphertext-like files pass ``conserve_max`` or that saw random bytes written since the
         anchor (``wrote``: the metadata naming them may come a snapshot later), or no carried
-        state at all, measure conservation across snapshots against the anchor (:meth:`_paired`)."""
+        state at all, measure conservation across snapshots against the anchor (:meth:`_paired`).
+        A block that would count as turned random (or sparse random) and is PostgreSQL's
+        write-ahead log recycled in place (:func:`anomaly.wal_recycled`: WAL pages at the same
+        segment offset in its new, its previous and the anchor's version; the anchor's version is
+        read only for such blocks, none excused when the anchor is not held here) counts in
+        neither the score nor the coverage window (``wal_recycled``)."""
         self._judging.allocations = OrderedDict()
         try:
             return self._signals_of(m, base, ref, policy, sampling, anchor, elapsed_s, paired)
@@ -613,7 +619,31 @@ class Detection:
                     picks[k] = np.sort(rng.choice(counts[k], size=budgets[k], replace=False))
         parts = [signals, anomaly.SnapshotSignals(data_blocks=data_blocks)]  # old data / zeros or new space
         # pass 2: each distinct (old, new) pair among them compared once
-        judged: dict[bytes, tuple[anomaly.BlockFinding, list[str]]] = {}
+        judged: dict[bytes, tuple[anomaly.BlockFinding, list[str], int | None]] = {}
+        held: list = []  # the anchor's manifest, looked up once, when a counted block is WAL before and after
+        anchor_wal: dict[bytes, int | None] = {}  # the anchor's block digest -> anomaly.wal_offset of its bytes
+
+        def recycled_since_anchor(index: int, old_d: bytes, at: int) -> bool:
+            """The anchor's version of block ``index`` is WAL at ``at`` too (anomaly.wal_recycled);
+            ``anchor`` None: ``base`` is the anchor. No anchor held here, or of another geometry:
+            nothing is excused."""
+            if anchor is None:
+                return True
+            if not held:
+                held.append(anchor())
+            was = held[0]
+            if was is None or was.block_size != m.block_size or index >= was.n_blocks:
+                return False
+            p = index // was.page_entries
+            a = (index % was.page_entries) * DIGEST_SIZE
+            page = load(was.pages[p])
+            d = page[a:a + DIGEST_SIZE]
+            if d == old_d:
+                return True
+            if d not in anchor_wal:
+                anchor_wal[d] = anomaly.wal_offset(self._read(d)[0]) if len(d) == DIGEST_SIZE else None
+            return anchor_wal[d] == at
+
         pos = [0, 0]
         zeroed: list[list[int]] = [[], []]  # per stratum: the looked-at blocks that held data and are zeros now
         for idx, new_rows, old_rows in changed_rows(base, m, load):
@@ -637,8 +667,17 @@ class Detection:
                         old, r_old = self._read(old_d)
                         finding = anomaly.compare_block(new, old, r_new, r_old)
                         signals.add_names(new, old, finding)  # sets of names: once per pair is all of them
-                        hit = judged[key] = (finding, anomaly.ransom_note_matches(new, old, notes, note_min, strong))
-                    finding, matched = hit
+                        wal = None  # a counted block WAL before and after: the offset, checked in the anchor below
+                        if finding.turned_random or finding.sparse_random:
+                            wal = anomaly.wal_offset(new)
+                            if wal is not None and anomaly.wal_offset(old) != wal:
+                                wal = None
+                        hit = judged[key] = (finding, anomaly.ransom_note_matches(new, old, notes, note_min, strong),
+                                             wal)
+                    finding, matched, wal = hit
+                    if wal is not None and recycled_since_anchor(index, old_d, wal):
+                        finding = dataclasses.replace(finding, turned_random=False, sparse_random=0)
+                        part.wal_recycled += 1
                     part.add(index, finding, old_d != ZERO_DIGEST and ref_digest(index) == old_d)
                     if finding.wiped:
                         zeroed[k].append(index)
@@ -1161,7 +1200,8 @@ def _scale_counts(signals: anomaly.SnapshotSignals, scale: float) -> None:
     """Scale the block counts of a sample to the whole (``scale`` = changed / sampled blocks): the
     estimates of what all the changed blocks would have counted (unbiased: each block was in the
     sample with the same chance). ``counted``/``sparse`` keep the sampled indices."""
-    for name in ("turned_random", "fresh_random", "wiped", "discarded", "cold_rewritten", "ransom_notes"):
+    for name in ("turned_random", "fresh_random", "wiped", "discarded", "cold_rewritten", "ransom_notes",
+                 "wal_recycled"):
         setattr(signals, name, int(round(getattr(signals, name) * scale)))
     signals.structure_freed *= scale
     signals.random_filled *= scale
@@ -1183,7 +1223,7 @@ def _merge_into(into: anomaly.SnapshotSignals, other: anomaly.SnapshotSignals) -
     """Add the counts of ``other`` (another stratum of the same snapshot's changed blocks) to
     ``into``; the evidence lists stay within :data:`anomaly.EVIDENCE_MAX`."""
     for name in ("changed_blocks", "turned_random", "fresh_random", "wiped", "discarded", "cold_rewritten",
-                 "ransom_notes", "structure_freed", "random_filled", "files_lost"):
+                 "ransom_notes", "structure_freed", "random_filled", "files_lost", "wal_recycled"):
         setattr(into, name, getattr(into, name) + getattr(other, name))
     for name, v in other.magic_destroyed.items():
         into.magic_destroyed[name] = into.magic_destroyed.get(name, 0) + v

@@ -539,6 +539,7 @@ class Judged:
     zeroed: float = 0.0  # share of the data that became zeros (wiped + discarded: the wipe measure before discards)
     destroyed: float = 0.0  # the wipe measure (anomaly.SnapshotSignals.destroyed)
     paired_cpu_s: float = 0.0  # CPU of conservation across snapshots (Detection._paired), within cpu_s
+    wal_recycled: int = 0  # blocks not counted: PostgreSQL's WAL recycled in place (anomaly.wal_recycled)
 
 
 class Judge:
@@ -578,7 +579,7 @@ class Judge:
         return Judged(v.verdict, v.score, signals.changed_blocks, signals.turned_random,
                       "; ".join(v.reasons)[:110], cpu, v.slow,
                       (signals.wiped + signals.discarded) / signals.data_blocks, signals.destroyed,
-                      float(sampling.get("paired_cpu_s", 0.0)))
+                      float(sampling.get("paired_cpu_s", 0.0)), signals.wal_recycled)
 
 
 @dataclass
@@ -889,7 +890,7 @@ def paired_line(j: "Judged") -> str:
 def wipe_line(j: "Judged") -> str:
     """The wipe measure after a verdict and the share of the data that became zeros (what the
     measure was before discarded blocks were told apart), for the progress lines."""
-    return f"zeroed {j.zeroed:.4f} destroyed {j.destroyed:.4f} judge {j.cpu_s:.2f} CPU-s"
+    return f"zeroed {j.zeroed:.4f} destroyed {j.destroyed:.4f} wal recycled {j.wal_recycled} judge {j.cpu_s:.2f} CPU-s"
 
 
 def daily_ops(corpus: str) -> dict[str, tuple[bool, Callable[[Path, random.Random, int, dict], float], int]]:
