@@ -570,6 +570,8 @@ class SiteDaemon:
         was = ((before.get("incarnation") or {}).get("members") if isinstance(before, dict) else None)
         if members and members != was and self._loop is not None and getattr(self, "volumes", None) is not None:
             self._loop.call_soon_threadsafe(self._membership_agreed, members)
+        if self.raft is not None:  # an approved request gone in what it covers: ERROR (site.requestwatch), last
+            self.request_watch.observe(after, self.raft.applied_count())
 
     def _joined(self) -> bool:
         return getattr(self, "volumes", None) is not None and self.volumes.joined.is_set()
