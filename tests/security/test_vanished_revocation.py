@@ -10,9 +10,10 @@ log says it at WARNING. site-b approves (it cools off: site-c never approves its
 the approval's answer carries the warning too) and stops. Then site-c's own daemon, through its admin API, makes 70 requests and vetoes each
 itself (a and c commit them): the approved revocation is pushed out of the table. site-a's log
 carries the ERROR naming the vanished request and whose request pushed it out, seen live; site-b's
-once it started again and caught up (``AUDIT (committed while this site was away)``); and
-``replicad_request_vanished_total{action="revoke_site"}`` counts it at both (before: nothing at
-all, R13 F6).
+once it started again and caught up from the leader's full state (its log compacted meanwhile:
+``REPLICAD_LAB_COMPACTION_ENTRIES``; ``AUDIT (committed while this site was away)``, "gone while
+this site caught up from a full state"); and ``replicad_request_vanished_total{action="revoke_site"}``
+counts it at both (before: nothing at all, R13 F6).
 
 The cooling-off is long (10 min): the flood ends well inside it, and the test never waits for it.
 """
@@ -24,6 +25,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,7 @@ import requests
 from replicad.lab.localcluster import LocalCluster
 from replicad.site.rules_raise import LAB_FOUND_RULES_ENV, LAB_REPORT_RULES_MAX_ENV
 from tests.integration.conftest import VOL, write_image
+from tests.integration.test_incarnation import _leader
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -57,9 +60,16 @@ def _vanished(c: LocalCluster, site: str) -> float | None:
     return next((float(x[len(line):]) for x in text.splitlines() if x.startswith(line)), None)
 
 
+def _metric_sum(c: LocalCluster, site: str, name: str) -> float:
+    text = requests.get(c.sites[site].admin_url + "/metrics", timeout=10).text
+    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(name + "{"))
+
+
 @pytest.fixture
 def cluster(tmp_path, monkeypatch):
     monkeypatch.setenv(LAB_FOUND_RULES_ENV, "1")  # founded under rules 1, as by b976d0a
+    monkeypatch.setenv("REPLICAD_LAB_CHECKPOINT_EVERY", "8")  # a log compacted every 24 entries: site-b, back,
+    monkeypatch.setenv("REPLICAD_LAB_COMPACTION_ENTRIES", "24")  # catches up from the leader's full state
     c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2, membership_cooling_off="600s")
     for s in SITES:
         c.sites[s].config_path.write_text(_lab(c.sites[s].config_path.read_text()))
@@ -102,14 +112,27 @@ def test_a_revocation_erased_by_its_targets_flood_is_announced_and_reported(clus
         assert c.api("site-c", "POST", f"/v1/requests/{q['request']}/veto")["status"] == "vetoed"
     assert rid not in {r["id"] for r in c.api("site-a", "GET", "/v1/requests")["requests"]}  # erased (rules 1)
 
+    flood_done = time.time()
+    leader = c.wait_for("a leader", lambda: _leader(c, ("site-a", "site-c")), 30)
+    dump = c.sites[leader].dir / "data" / "raft" / "raft.dump"
+    c.wait_for(f"{leader} compacted its log after the flood", lambda: dump.exists()
+               and dump.stat().st_mtime > flood_done, 90)
+
     # 3. a and b say so, at ERROR, naming the request and the site whose request pushed it out, and count it
     c.start("site-b")
+    c.wait_for("site-b installed the leader's full state", lambda: c.status("site-b")["raft"].get("dump_installs", 0)
+               >= 1, 90)
     line = re.compile(rf"ERROR .*AUDIT (?:\(committed while this site was away\) )?request {rid} \(revoke_site "
-                      rf"site_id=site-c, requested by site-a, approved by site-a, site-b, .*VANISHED .*pushed out of the request table by request r\d+ of site-c.*"
-                      r"replicad raise-rules --leave-behind site-c")
+                      rf"site_id=site-c, requested by site-a, approved by site-a, site-b, .*VANISHED .*(pushed out of "
+                      r"the request table by request r\d+ of site-c|gone while this site caught up from a full "
+                      r"state).*replicad raise-rules --leave-behind site-c")
     for s in ("site-a", "site-b"):
         c.wait_for(f"{s}'s ERROR", lambda s=s: line.search(c.sites[s].log_path.read_text()), 30)
         assert len(line.findall(c.sites[s].log_path.read_text())) == 1, c.log_tail(s)
         assert _vanished(c, s) == 1
-    assert "AUDIT (committed while this site was away) request" in line.search(
-        c.sites["site-b"].log_path.read_text()).group(0)
+    live = line.search(c.sites["site-a"].log_path.read_text()).group(0)
+    assert "AUDIT request" in live and "pushed out of the request table by request" in live, live
+    away = line.search(c.sites["site-b"].log_path.read_text()).group(0)
+    assert "AUDIT (committed while this site was away) request" in away, away
+    assert "gone while this site caught up from a full state" in away and "by site: site-c " in away, away
+    assert _metric_sum(c, "site-b", "replicad_raft_dump_installs_total") >= 1
