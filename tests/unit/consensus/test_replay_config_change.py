@@ -5,9 +5,9 @@ or an added witness in ``[[sites]]`` made every restarted site compute other che
 The log below is what a three-site cluster writes across a key rotation and the addition and
 removal of a witness, each through an approved ``set_members``; it is replayed through
 :func:`replicad.consensus.checkpoint.advance` (what the Raft node runs) under the config every
-site had before, the configs after each change, and as a site that joined later
-(``limits(joining=True)``): every replay ends in the same state digest, with the same result
-for every command.
+site had before, the configs after each change (a's old key retired among them), and as a site
+that joined later (``limits(joining=True)``), each from the limits its Raft node pinned when its
+log started: every replay ends in the same state digest, with the same result for every command.
 """
 
 from __future__ import annotations
@@ -99,7 +99,9 @@ def replay(payloads: list[bytes], limits: dict, config: list[dict]) -> tuple[dic
 
 def test_replaying_under_another_config_gives_the_same_state_digest() -> None:
     log = history()
-    founding = st.limits(["a", "b", "c"], 3)
+    # the limits the Raft node pinned when the log started (raft.limits): the site ids and, for the
+    # founds before the founding, the keys of the config then (state.founding_keys)
+    founding = st.limits(["a", "b", "c"], 3, keys=trust(M3).keys)
     base_state, base_results = replay(log.payloads, founding, M3)  # every site's config at the founding
     assert [r["ok"] for r in base_results[:3]] == [True, True, True]
     assert base_state["incarnation"]["founders"] == ["a", "b"] and "limits" not in base_state
@@ -117,7 +119,7 @@ def test_replaying_under_another_config_gives_the_same_state_digest() -> None:
         assert results == base_results
         assert checkpoint.state_digest(state) == digest
     # a site added later replays the founding as its founders applied it
-    state, results = replay(log.payloads, st.limits(joining=True), WITH_W)
+    state, results = replay(log.payloads, st.limits(joining=True, keys=trust(WITH_W).keys), WITH_W)
     assert results == base_results
     assert checkpoint.state_digest(state) == digest
 
@@ -131,8 +133,10 @@ def test_a_found_is_checked_against_its_own_list_and_a_forged_one_is_refused_eve
     log.add("b", "found", incarnation=b"b" * 16, members=M3)
     log.add("c", "found", incarnation=b"c" * 16, members=M3)
     for config in (M3, WITH_W):
-        state, results = replay(log.payloads, st.limits(["a", "b", "c"], 3), config)
+        state, results = replay(log.payloads, st.limits(["a", "b", "c"], 3, keys=trust(M3).keys), config)
         assert results[0]["error"] == "bad_signature"
-        assert results[1]["ok"] and not results[1]["adopted"]  # one vote for another list: never a majority
+        # self-consistent, but not signed with the key pinned for a when the log started (r14 A1): it
+        # used to count as a's vote for another list; it counts for nothing now
+        assert results[1]["error"] == "bad_signature" and results[1]["evidence"]["refusal"] == st.FOUND_UNPINNED
         assert results[3]["adopted"] and state["incarnation"]["members"] == M3
         assert state["incarnation"]["founders"] == ["b", "c"]
