@@ -125,6 +125,12 @@ def run(argv: list[str], *, user: str | None = None, env: dict | None = None, ch
 
 
 # --------------------------------------------------------------------------------- volumes
+DETACH_WAITS, DETACH_WAIT_S = 60, 0.5
+"""How long :func:`mounted` waits for a loop device detached by the mount before to leave the
+image (``losetup -d`` returns before the kernel drops the binding when something still holds
+the device for a moment: udev's probes under load; seen as a crash of a 14-day series on day 4)."""
+
+
 @contextlib.contextmanager
 def mounted(image: Path, mnt: Path, options: tuple[str, ...] = ()) -> Iterator[Path]:
     """Mount ``image`` (ext4) on ``mnt`` through a loop device of its own (``losetup --find
@@ -132,6 +138,11 @@ def mounted(image: Path, mnt: Path, options: tuple[str, ...] = ()) -> Iterator[P
     some loop device still holds (a mount of it would share that device's live file system).
     ``options``: mount options (``("discard",)``: freed blocks become holes of the image)."""
     held = run(["losetup", "-j", str(image)]).stdout.strip()
+    for _ in range(DETACH_WAITS):  # the previous mount's device, detached a moment ago, may still be listed
+        if not held:
+            break
+        time.sleep(DETACH_WAIT_S)
+        held = run(["losetup", "-j", str(image)]).stdout.strip()
     if held:
         raise RuntimeError(f"{image} is still attached: {held}")
     mnt.mkdir(parents=True, exist_ok=True)
