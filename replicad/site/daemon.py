@@ -666,8 +666,10 @@ class SiteDaemon:
         if command.get("op") == "found":  # the founding carried them (state.founding_rules)
             dropped = result.get("dropped") or {}
             log.log(level if not dropped else logging.WARNING,
-                    "%s the cluster is founded under rules %s (%s's found proposal carried them)%s", audit,
+                    "%s the cluster is founded under rules %s (%s's found proposal carried them)%s%s", audit,
                     result.get("rules"), command.get("by"),
+                    "" if result.get("adopted", True) else
+                    "; its membership is not adopted yet (a majority of identical found proposals adopts one)",
                     (f"; dropped what members applied before it under rules {result.get('previous')}: "
                      f"{facts_text(dropped)}") if dropped else "")
             if level == logging.WARNING:
