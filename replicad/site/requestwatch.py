@@ -29,9 +29,19 @@ How an end is told from a vanishing, by what the state records:
 * more entries at once (a full state installed): the record may have ended and been forgotten
   since. It counts as ended when the state shows it ran: a ``revoke_site`` whose target's
   ``revoked`` entry is not older than the approval, or an audit record of its action by its
-  requester at or after its ``effective_ns`` (the state's ``audit`` keeps the last 1,000); or when
-  the state was under rules 2 or later both before and after (approved records are kept there:
-  it was withdrawn or finished and forgotten; INFO). Otherwise vanished.
+  requester, *accepted* (``ok``), stamped at or after its ``effective_ns`` and not past the
+  state's majority clock (the record a due request leaves; the state's ``audit`` keeps the last
+  1,000); or when the state was under rules 2 or later both before and after (approved records
+  are kept there: it was withdrawn or finished and forgotten; INFO). A refused record proves
+  nothing: the state machine audits a refused command with the ``op``, ``by`` and ``now_ns`` it
+  claims, unsigned, so one entry a leader forges in the requester's name would otherwise pass for
+  the run (attack review R15, F3); a due request whose action failed is audited refused too, and
+  is reported like one that vanished (it did not take effect either). When no accepted record
+  shows it ran and the kept records do not reach back to this site's last look (the ``audit``
+  list was full and none of the records it held then is still there: more than 1,000 records
+  since, a flood of refused commands among them), whether it ran cannot be told from the state:
+  a WARNING says so (``not known whether it ran``), not counted as vanished (attack review R15,
+  F4). Otherwise vanished.
 
 Not re-proposed (ARCHITECTURE, Choices, "An approved request that vanished"): a request proposed
 again by the daemon would be signed by this site without its operator and need the other
@@ -47,7 +57,7 @@ import logging
 from typing import Any, Callable
 
 from replicad.core.errors import facts_text
-from replicad.core.state import rules
+from replicad.core.state import AUDIT_MAX, quorum_now_ns, rules
 from replicad.core.state_rules1 import REQUESTS_MAX as REQUESTS_MAX_RULES1
 
 log = logging.getLogger("replicad.site.daemon")
@@ -113,6 +123,8 @@ class RequestWatch:
         self._looked = False  # observe ran once: what is approved then is the start
         self._rules: int | None = None
         self._seq = 0  # the state's request_seq as last seen
+        self._audit: Any = None  # the state's "audit" list as last seen
+        self.unknown: list[dict] = []  # requests whose end the state cannot tell (WARNING), newest last (64 kept)
 
     def observe(self, state: Any, count: int | None, command: Any = None, result: Any = None) -> list[dict]:
         """Look at ``state`` (the applied cluster state, read only), whose applied count is ``count``
@@ -129,15 +141,15 @@ class RequestWatch:
         one_entry = self._count is not None and isinstance(count, int) and count == self._count + 1
         first, self._looked = not self._looked, True
         previous_rules, now_rules = self._rules, rules(state)
-        previous_seq = self._seq
-        self._count, self._rules = count, now_rules
+        previous_seq, previous_audit = self._seq, self._audit
+        self._count, self._rules, self._audit = count, now_rules, state.get("audit")
         seq = state.get("request_seq")
         self._seq = seq if isinstance(seq, int) else previous_seq
         if requests is self._requests and not first:
             return []
         self._requests = requests
         records = requests if isinstance(requests, dict) else {}
-        gone = []
+        gone, unknown = [], []
         for req_id, old in list(self.watched.items()):
             entry = records.get(req_id)
             if isinstance(entry, dict) and entry.get("status") == "approved":
@@ -156,14 +168,36 @@ class RequestWatch:
                              "finished and forgotten since)", req_id, request_words(old), old.get("by", "?"),
                              now_rules)
                 continue
-            gone.append(self._report(req_id, old, records, previous_seq, now_rules, one_entry, command, result))
+            report = self._report(req_id, old, records, previous_seq, now_rules, one_entry, command, result)
+            if not one_entry and not self._covers(previous_audit, state.get("audit")):
+                unknown.append(report)
+                continue
+            gone.append(report)
         for req_id, entry in records.items():
             if isinstance(entry, dict) and entry.get("status") == "approved":
                 self.watched[req_id] = entry
         for report in gone:
             self._log(report)
+        for report in unknown:
+            self._log_unknown(report, state.get("audit"))
         self.vanished = (self.vanished + gone)[-64:]
+        self.unknown = (self.unknown + unknown)[-64:]
         return gone
+
+    @staticmethod
+    def _covers(before: Any, after: Any) -> bool:
+        """True when the ``audit`` list ``after`` holds every record appended since ``before`` (the
+        list as this site last looked): it never dropped one (shorter than ``AUDIT_MAX``), or it
+        still holds ``before``'s newest records, in order, at its start. A false match (identical
+        records) says covered: the safe side (vanished is reported, not hidden)."""
+        now = after if isinstance(after, list) else []
+        if len(now) < AUDIT_MAX:
+            return True
+        was = before if isinstance(before, list) else []
+        for overlap in range(min(len(was), len(now)), 0, -1):
+            if now[0] == was[-overlap] and now[:overlap] == was[-overlap:]:
+                return True
+        return False
 
     @staticmethod
     def _ended_by(req_id: str, result: Any) -> bool:
@@ -179,8 +213,9 @@ class RequestWatch:
     @staticmethod
     def _ran(state: dict, entry: dict) -> bool:
         """True when ``state`` shows ``entry`` (an approved request whose record is gone) ran: a
-        revocation in ``revoked`` since its approval, or an audit record of its action by its
-        requester (and volume) at or after its ``effective_ns``."""
+        revocation in ``revoked`` since its approval, or an accepted audit record of its action by
+        its requester (and volume) stamped from its ``effective_ns`` to the state's majority clock
+        (a refused record is an unsigned claim: module docstring)."""
         args = entry.get("args") if isinstance(entry.get("args"), dict) else {}
         approved_ns = entry.get("approved_ns") if isinstance(entry.get("approved_ns"), int) else 0
         if entry.get("action") == "revoke_site":
@@ -189,10 +224,15 @@ class RequestWatch:
                 return True
         effective = entry.get("effective_ns") if isinstance(entry.get("effective_ns"), int) else approved_ns
         audit = state.get("audit")
+        try:
+            clock = quorum_now_ns(state)
+        except Exception:  # a malformed state: no majority clock to bound the stamps by
+            clock = None
         for record in reversed(audit if isinstance(audit, list) else []):
-            if isinstance(record, dict) and record.get("op") == entry.get("action") and \
+            if isinstance(record, dict) and record.get("ok") is True and record.get("op") == entry.get("action") and \
                     record.get("by") == entry.get("by") and record.get("volume") == args.get("volume") and \
-                    isinstance(record.get("at_ns"), int) and record["at_ns"] >= effective:
+                    isinstance(record.get("at_ns"), int) and record["at_ns"] >= effective and \
+                    (clock is None or record["at_ns"] <= clock):
                 return True
         return False
 
@@ -217,6 +257,29 @@ class RequestWatch:
                 "pushed_out_by_site": str(command.get("by", "?")) if pushed is not None else None,
                 "rules": now_rules, "one_entry": one_entry, "entry": entry}
 
+    def _log_unknown(self, report: dict, audit: Any) -> None:
+        """The WARNING line (INFO for history replayed at start) of an approved request gone while this
+        site caught up from a full state whose kept audit records do not reach back to this site's last
+        look: it may have run, or vanished; not counted."""
+        level, prefix = self._audit_prefix() if self._audit_prefix is not None else (logging.WARNING, "AUDIT")
+        entry = report["entry"]
+        refused: dict[str, int] = {}
+        for record in audit if isinstance(audit, list) else ():
+            if isinstance(record, dict) and not record.get("ok"):
+                refused[str(record.get("by"))] = refused.get(str(record.get("by")), 0) + 1
+        made = ", ".join(f"{site} {n}" for site, n in report["pushed_out_by"].items())
+        log.log(logging.WARNING if level >= logging.WARNING else logging.INFO,
+                "%s request %s (%s, requested by %s, approved by %s, cooling off until majority clock %s ns) is gone "
+                "from the cluster state, installed whole while this site caught up: not known whether it ran. The "
+                "state keeps the last %d audit records and none this site held before is among them (refused "
+                "commands in them, by claimed signer: %s), so the record of its run may have been pushed out, or it "
+                "vanished unrun (requests made since, still in the table, by site: %s). Check what it was to do "
+                "(replicad status, GET /v1/audit at a site that stayed up); if it did not take effect: %s", prefix,
+                report["request"], request_words(entry), entry.get("by", "?"), ", ".join(report["approvals"]) or "?",
+                report["effective_ns"], AUDIT_MAX,
+                ", ".join(f"{s} {n}" for s, n in sorted(refused.items())) or "none", made or "none",
+                next_step(entry))
+
     def _log(self, report: dict) -> None:
         """The ERROR line (INFO for history replayed at start) and the count of one vanished request."""
         level, prefix = self._audit_prefix() if self._audit_prefix is not None else (logging.WARNING, "AUDIT")
@@ -226,7 +289,8 @@ class RequestWatch:
             how = (f"pushed out of the request table by request {report['pushed_out_by_request']} of "
                    f"{report['pushed_out_by_site']}")
         else:
-            how = "gone while this site caught up from a full state, with no record of it running"
+            how = ("gone while this site caught up from a full state, with no accepted record of it running (a failed run "
+                   "is audited refused and counts as not run)")
         made = ", ".join(f"{site} {n}" for site, n in report["pushed_out_by"].items())
         if report["rules"] < 2:
             why = (f"under the cluster's rules 1 the request table keeps {RULES1_REQUESTS_MAX} finished records in all "

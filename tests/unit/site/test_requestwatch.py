@@ -203,3 +203,43 @@ def test_the_vanished_counter_starts_at_zero_for_every_request_action() -> None:
     flood(w, "c")
     text = generate_latest(metrics.registry).decode()
     assert 'replicad_request_vanished_total{action="revoke_site",site="site-x"} 1.0' in text
+
+
+def test_a_refused_record_in_the_requesters_name_is_no_proof_it_ran() -> None:
+    # attack review R15, F3: the state machine audits a refused command with the op, by and now_ns it
+    # claims; one such entry (a leader's forgery) must not pass for the run of a vanished revocation
+    w = Watched(founded_rules1())
+    rid = approved_revocation(w)
+    effective = w.state["requests"][rid]["effective_ns"]
+    counted: list[str] = []
+    behind = RequestWatch("site-x", counted=counted.append)
+    behind.observe(w.state, w.count)
+    flood(w, "c")
+    for now_ns in (effective, 2**62):
+        w.state, result = st.apply(w.state, cmd("revoke_site", "a", now_ns=now_ns, site_id="c"), POLICY)
+        assert not result["ok"] and w.state["audit"][-1]["by"] == "a" and w.state["audit"][-1]["op"] == "revoke_site"
+    gone = behind.observe(w.state, w.count + 2)
+    assert [r["request"] for r in gone] == [rid] and counted == ["revoke_site"]
+
+
+def test_a_request_whose_records_a_refusal_flood_pushed_out_is_not_known_to_have_run(caplog) -> None:
+    # attack review R15, F4: applied, then its table record forgotten and its audit record pushed out
+    # by 1,000 refused commands: the returning site cannot tell, says so at WARNING, counts nothing
+    w = Watched(founded_rules1())
+    weak = w.run(cmd("request", "a", action="set_retention", args={"volume": "vol", "retention": SHORTER}))
+    assert w.run(cmd("approve", "b", request=weak["request"]))["status"] == "approved"
+    counted: list[str] = []
+    behind = RequestWatch("site-x", counted=counted.append)
+    behind.observe(w.state, w.count)
+    w.after(POLICY.cooling_off_ns)
+    assert w.state["volumes"]["vol"]["retention"] == SHORTER
+    flood(w, "b")
+    for _ in range(st.AUDIT_MAX):
+        w.state, result = st.apply(w.state, cmd("veto", "c", now_ns=w.now, request="r999999"), POLICY)
+        assert result["error"] == "not_found"
+    caplog.set_level(logging.INFO, logger="replicad.site.daemon")
+    assert behind.observe(w.state, w.count + st.AUDIT_MAX) == [] and counted == []
+    assert [r["request"] for r in behind.unknown] == [weak["request"]]
+    lines = [r for r in caplog.records if weak["request"] in r.getMessage()]
+    assert [r.levelno for r in lines] == [logging.WARNING], [r.getMessage() for r in lines]
+    assert "not known whether it ran" in lines[0].getMessage() and "c 1000" in lines[0].getMessage()
