@@ -18,7 +18,12 @@ install, are compared on every cluster-wide fact an operator audits, and the sta
 * requests: new ones and each status change (:func:`request_words`, the wording of the live
   ``AUDIT request`` lines), and vetoes per site;
 * the ``audit`` records (op, signer, volume, outcome, stamp) of the commands the state covers past
-  this site's position; ``clock`` and ``vouch`` records are counted, not listed.
+  this site's position: the accepted ones listed, oldest first (``clock`` and ``vouch`` counted,
+  not listed), then the refused ones counted, one line per (op, claimed signer, error) with the
+  range of their claimed stamps. A refused record is the command's claim, unsigned (the state
+  machine audits a forged or malformed command with the ``op``, ``by`` and ``now_ns`` it names),
+  and one site's thousand refused commands (attack review R15, F2: 6,000 vetoes of a request that
+  does not exist in ~21 s) must not push the accepted records out of the list.
 
 Everything here is pure and never raises (a state that is not the expected shape gives a line
 saying which part could not be compared). The lines are bounded (:data:`FACTS_MAX`,
@@ -38,7 +43,8 @@ from replicad.core.errors import facts_text
 FACTS_MAX = 200
 """Fact lines logged for one install at most (then one line counting the rest)."""
 RECORDS_MAX = 200
-"""Audit records listed for one install at most (the state keeps ``state.AUDIT_MAX``, 1,000)."""
+"""Accepted audit records listed for one install at most (the state keeps ``state.AUDIT_MAX``,
+1,000); and at most as many lines counting refused ones."""
 SEQS_SHOWN = 10
 """Snapshot seqs named in one line at most (then how many more)."""
 QUIET_OPS = ("clock", "vouch")
@@ -293,6 +299,33 @@ def record_text(record: dict) -> str:
     return f"command {record.get('op')} by {record.get('by')}{volume}: {outcome} (stamped {_when(record.get('at_ns'))})"
 
 
+def refused_text(group: tuple, n: int, first_ns: Any, last_ns: Any) -> str:
+    """``n`` refused ``audit`` records of one ``(op, by, error)`` in words: ``6000 command(s) veto
+    claiming signer site-c: refused not_found (claimed stamps 2026-...Z .. 2026-...Z)``."""
+    op, by, error = group
+    stamps = _when(first_ns) if first_ns == last_ns else f"{_when(first_ns)} .. {_when(last_ns)}"
+    return f"{n} command(s) {op} claiming signer {by}: refused {error} (claimed stamps {stamps})"
+
+
+def _split(records: list[dict]) -> tuple[list[dict], dict[str, int], dict[tuple, list]]:
+    """``(accepted listed, {quiet op: count}, {(op, by, error): [count, first at_ns, last at_ns]})``
+    of ``records`` (oldest first), the refused groups in the order first met."""
+    quiet: dict[str, int] = {}
+    listed: list[dict] = []
+    refused: dict[tuple, list] = {}
+    for record in records:
+        if not record.get("ok"):
+            group = refused.setdefault((str(record.get("op")), str(record.get("by")), str(record.get("error"))),
+                                       [0, record.get("at_ns"), None])
+            group[0] += 1
+            group[2] = record.get("at_ns")
+        elif record.get("op") in QUIET_OPS:
+            quiet[str(record.get("op"))] = quiet.get(str(record.get("op")), 0) + 1
+        else:
+            listed.append(record)
+    return listed, quiet, refused
+
+
 def install_report(before: Any, after: Any, *, at_start: bool, mark: int | None, missing: str | None = None,
                    first_start: bool = False, mark_name: str = "audit.seen") -> list[tuple[int, str]]:
     """The ``(level, line)`` to log for a full state installed over ``before`` (attacker review r13,
@@ -307,9 +340,11 @@ def install_report(before: Any, after: Any, *, at_start: bool, mark: int | None,
         first_start: the site never joined yet (``SeenMark.before_first_join``).
 
     Returns: one summary line naming the commands covered and the counts, then one line per
-    changed fact (:func:`state_changes`, at most :data:`FACTS_MAX`) and per audit record of the
-    commands past the mark (:func:`new_audit_records`, at most :data:`RECORDS_MAX`, clocks and
-    vouches counted), each starting with the same ``AUDIT (...)`` head. Levels: WARNING when the
+    changed fact (:func:`state_changes`, at most :data:`FACTS_MAX`), per accepted audit record of
+    the commands past the mark (:func:`new_audit_records`, at most :data:`RECORDS_MAX`, clocks and
+    vouches counted), then one per (op, claimed signer, error) of the refused ones
+    (:func:`refused_text`, at most :data:`RECORDS_MAX`, the largest counts), each starting with the
+    same ``AUDIT (...)`` head. Levels: WARNING when the
     covered commands go past the mark (or the mark is missing); INFO on a first start (``committed
     before this site first joined``); a state not past the mark gives its summary line only, at
     INFO (seen live before, as the log replayed at start is not logged again).
@@ -332,21 +367,18 @@ def install_report(before: Any, after: Any, *, at_start: bool, mark: int | None,
     records, complete = new_audit_records(before, after)
     if not first_start and (mark is not None or missing is None) and now - lo + 1 < len(records):
         records = records[len(records) - max(0, now - lo + 1):]  # at most one record per command past the mark
-    quiet: dict[str, int] = {}
-    listed = []
-    for record in records:
-        if record.get("op") in QUIET_OPS and record.get("ok"):
-            quiet[str(record.get("op"))] = quiet.get(str(record.get("op")), 0) + 1
-        else:
-            listed.append(record)
+    listed, quiet, refused = _split(records)
+    n_refused = sum(g[0] for g in refused.values())
     basis = ("the state's facts (this site's state before is the empty one it starts from: every fact is listed)"
              if was == 0 else f"what changed between command {was} (this site's state before) and command {now}")
     summary = (f"{head}: the entries were not applied here one by one; {basis}: {len(facts)} fact(s); "
                f"{len(listed)} audit record(s) of those commands"
                + (f" ({', '.join(f'{n} {op}' for op, n in sorted(quiet.items()))} not listed)" if quiet else "")
+               + (f"; {n_refused} refused command(s), counted per command, claimed signer and error (a refused "
+                  f"record is the command's unsigned claim)" if refused else "")
                + ("" if complete else f"; the state keeps the last {cluster_state.AUDIT_MAX} records: older ones of "
                                      f"these commands are not kept")
-               + ("; each follows" if facts or listed else ""))
+               + ("; each follows" if facts or listed or refused else ""))
     lines = [(level, summary)]
     lines += [(level, f"{head} {fact}") for fact in facts[:FACTS_MAX]]
     if len(facts) > FACTS_MAX:
@@ -355,4 +387,11 @@ def install_report(before: Any, after: Any, *, at_start: bool, mark: int | None,
     if len(listed) > RECORDS_MAX:
         lines.append((level, f"{head} ... and {len(listed) - RECORDS_MAX} older audit record(s) not listed: see "
                              f"GET /v1/audit"))
+    groups = sorted(refused.items(), key=lambda kv: -kv[1][0])  # stable: the largest counts, then first met
+    lines += [(level, f"{head} refused: {refused_text(g, n, first, last)}") for g, (n, first, last) in
+              groups[:RECORDS_MAX]]
+    if len(groups) > RECORDS_MAX:
+        rest = groups[RECORDS_MAX:]
+        lines.append((level, f"{head} ... and {sum(n for _, (n, _f, _l) in rest)} refused command(s) of "
+                             f"{len(rest)} more (command, signer, error) not counted here: see GET /v1/audit"))
     return lines

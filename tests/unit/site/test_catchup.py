@@ -175,3 +175,26 @@ def test_the_report_is_bounded_and_never_raises(monkeypatch) -> None:
         assert install_report(junk, installed, at_start=False, mark=0)
         assert install_report(installed, junk, at_start=True, mark=None, missing="missing")
         state_changes(junk, junk)
+
+
+def test_a_refusal_flood_is_counted_in_one_line_and_the_accepted_records_stay_listed() -> None:
+    # attack review R15, F2: c's vetoes of a request that does not exist, refused and audited, filled
+    # the listed records and pushed the accepted ones (add_volume) out of the list (c is revoked by
+    # then here: its commands are refused for that)
+    before = counted(base(), 20)
+    s = away(before)
+    for _ in range(600):
+        s, result = st.apply(s, cmd("veto", "c", now_ns=NOW + MIN15 + 1, request="r999999"), LAB)
+        assert result["error"] == "revoked"
+    s, _ = run(s, cmd("add_volume", "a", volume="late", primary="a", block_size=65536, size_bytes=1 << 20,
+                      min_copies=2, retention=dict(RET), now_ns=NOW + MIN15 + 1))
+    report = install_report(before, counted(s, 700), at_start=False, mark=20)
+    lines = [line.split(") ", 1)[1] for _, line in report[1:]]
+    assert "600 refused command(s), counted per command, claimed signer and error" in report[0][1]
+    refused = [line for line in lines if line.startswith("refused: ")]
+    assert refused == [line for line in lines if "refused revoked" in line] and len(refused) == 1
+    assert refused[0].startswith("refused: 600 command(s) veto claiming signer c: refused revoked (claimed stamps ")
+    listed = [line for line in lines if line.startswith("audit record: ")]
+    assert listed[0].startswith("audit record: command add_volume by c volume=evil0: applied")
+    assert listed[-1].startswith("audit record: command add_volume by a volume=late: applied")
+    assert lines.index(listed[-1]) < lines.index(refused[0])
