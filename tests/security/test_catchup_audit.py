@@ -5,7 +5,11 @@
   line for what was committed meanwhile (a revocation request, a retention change, a weakening
   applied ...), while the live sites logged each. Now the install logs one summary line naming the
   commands it covered, one line per changed cluster-wide fact and the audit records of those
-  commands (``replicad.site.catchup``), and counts it (``replicad_raft_dump_installs_total``). Real
+  commands (``replicad.site.catchup``), and counts it (``replicad_raft_dump_installs_total``).
+  Site-c's daemon also vetoes a request that does not exist :data:`VETOES` times meanwhile (attack
+  review R15, F2: each refused, ``not_found``, and audited): the accepted records are still listed
+  (before, the newest 200 records listed were c's refused vetoes alone) and the refused ones are
+  counted in one line. Real
   daemons; the compaction threshold and checkpoint interval are lowered with the lab knobs
   ``REPLICAD_LAB_COMPACTION_ENTRIES`` / ``REPLICAD_LAB_CHECKPOINT_EVERY`` (production: 5,000 and
   256) so that the catch-up happens within seconds.
@@ -22,11 +26,13 @@ import random
 import signal
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from replicad.consensus.guard import CLOCK_BURST, CLOCK_PER_S
+from replicad.core.errors import ReplicadError
 from replicad.lab.localcluster import LocalCluster
 from tests.integration.conftest import VOL, write_image
 from tests.integration.test_incarnation import _leader
@@ -41,12 +47,23 @@ COMPACTION = 24
 """Log entries past which a site compacts (REPLICAD_LAB_COMPACTION_ENTRIES)."""
 ROUNDS = 16
 """Retention requests (and their approvals) committed while site-b is away: past COMPACTION."""
+VETOES = 210
+"""Site-c's vetoes of a request that does not exist while site-b is away: past catchup.RECORDS_MAX."""
 
 
 def metric(c: LocalCluster, site: str, name: str) -> float:
     """The sum of ``name``'s samples on ``site``'s /metrics (0 when absent)."""
     text = urllib.request.urlopen(c.sites[site].admin_url + "/metrics", timeout=10).read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def veto_missing(c: LocalCluster) -> str:
+    """Site-c vetoes a request that does not exist; the refusal's code."""
+    try:
+        c.api("site-c", "POST", "/v1/requests/r999999/veto")
+    except ReplicadError as err:
+        return str(getattr(err, "code", type(err).__name__))
+    return "accepted"
 
 
 def retention(c: LocalCluster, site: str) -> dict:
@@ -85,6 +102,10 @@ def test_a_site_that_catches_up_from_a_full_state_logs_what_it_missed(cluster: L
         longer = c.api("site-a", "PUT", f"/v1/volumes/{VOL}/retention",
                        {"retention": {"keep_all": "1h", "hourly": "1h", "daily": f"{2 + i}h", "lock": "1h"}})
         assert c.api("site-c", "POST", f"/v1/requests/{longer['request']}/approve", {})["status"] == "applied"
+    # ... and site-c's flood of refused commands, each audited (R15 F2)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: veto_missing(c), range(VETOES)))
+    assert answers == ["not_found"] * VETOES, answers
     events_done = time.time()
     leader = c.wait_for("a leader", lambda: _leader(c, ("site-a", "site-c")), 30)
     dump = c.sites[leader].dir / "data" / "raft" / "raft.dump"
@@ -112,6 +133,11 @@ def test_a_site_that_catches_up_from_a_full_state_logs_what_it_missed(cluster: L
     assert f"volume {VOL}: retention {{keep_all_s={before['keep_all_s']}" in missed and \
         f"lock_s={lock_before}}} -> {{keep_all_s=3600" in missed, missed
     assert "audit record: command request by site-a" in missed, missed
+    assert "audit record: command approve by site-c" in missed, missed
+    refused = [line for line in missed.splitlines() if " refused: " in line]
+    assert len(refused) == 1 and f"refused: {VETOES} command(s) veto claiming signer site-c: refused not_found" \
+        in refused[0], refused
+    assert f"{VETOES} refused command(s), counted per command, claimed signer and error" in summaries[0]
     assert metric(c, "site-b", "replicad_raft_dump_installs_total") >= 1
     assert "Traceback" not in log
     # a restart loads that state from site-b's own Raft dump: seen (its mark moved past it), not logged again

@@ -15,6 +15,12 @@ once it started again and caught up from the leader's full state (its log compac
 this site caught up from a full state"); and ``replicad_request_vanished_total{action="revoke_site"}``
 counts it at both (before: nothing at all, R13 F6).
 
+Site-c's daemon is the forging leader (``forging_record_leader.py``, started first: it votes for
+nobody, so it leads): once the revocation is erased it appends one entry of its own making, a
+``revoke_site`` in site-a's name signed with its own key, refused and audited as site-a's claim.
+Before (attack review R15, F3), that refused record passed for the revocation's run at site-b and
+silenced its report; only an accepted record counts now.
+
 The cooling-off is long (10 min): the flood ends well inside it, and the test never waits for it.
 """
 
@@ -75,11 +81,11 @@ def cluster(tmp_path, monkeypatch):
         c.sites[s].config_path.write_text(_lab(c.sites[s].config_path.read_text()))
     write_image(c.sites["site-a"].volume_path(VOL), 16, random.Random(13))
     try:
+        monkeypatch.setenv(LAB_REPORT_RULES_MAX_ENV, "1")  # site-c withholds: the rules stay 1
+        c.start("site-c", module="tests.security.forging_record_leader", args=(str(c.root / "forge"), "run"))
+        monkeypatch.delenv(LAB_REPORT_RULES_MAX_ENV)
         c.start("site-a")
         c.start("site-b")
-        monkeypatch.setenv(LAB_REPORT_RULES_MAX_ENV, "1")  # site-c withholds: the rules stay 1
-        c.start("site-c")
-        monkeypatch.delenv(LAB_REPORT_RULES_MAX_ENV)
         c.wait_ready(90)
         yield c
     finally:
@@ -111,6 +117,9 @@ def test_a_revocation_erased_by_its_targets_flood_is_announced_and_reported(clus
                    "reason": "x"})
         assert c.api("site-c", "POST", f"/v1/requests/{q['request']}/veto")["status"] == "vetoed"
     assert rid not in {r["id"] for r in c.api("site-a", "GET", "/v1/requests")["requests"]}  # erased (rules 1)
+    # the leader's one forged entry: a refused revoke_site in site-a's name, audited as its claim
+    (c.root / "forge").touch()
+    c.wait_for("site-c's forged entry", lambda: "FORGED RECORD appended" in c.sites["site-c"].log_path.read_text(), 30)
 
     flood_done = time.time()
     leader = c.wait_for("a leader", lambda: _leader(c, ("site-a", "site-c")), 30)
