@@ -289,8 +289,8 @@ class RequestWatch:
             how = (f"pushed out of the request table by request {report['pushed_out_by_request']} of "
                    f"{report['pushed_out_by_site']}")
         else:
-            how = ("gone while this site caught up from a full state, with no accepted record of it running (a failed run "
-                   "is audited refused and counts as not run)")
+            how = ("gone while this site caught up from a full state, with no accepted record of it running "
+                   "(a failed run is audited refused and counts as not run)")
         made = ", ".join(f"{site} {n}" for site, n in report["pushed_out_by"].items())
         if report["rules"] < 2:
             why = (f"under the cluster's rules 1 the request table keeps {RULES1_REQUESTS_MAX} finished records in all "
