@@ -425,6 +425,7 @@ import codecs
 import copy
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -572,6 +573,16 @@ watch of :data:`WITHHELD_AFTER_S` ran out, and that leader would be deposed for 
 RELAY_PER_CHECK = 8
 """Point 20: at most this many of this site's own commands relayed per :data:`WITHHELD_CHECK_S` (to
 each member: below half of :data:`RELAY_CMDS_PER_S`)."""
+FOUNDS_SEEN_MAX = 4096
+"""``found`` commands before the founding a node notes (:meth:`_StateConsumer.note_found`) to
+compare its founding with the members' reports (:meth:`RaftNode.refused_founder_of`); a site
+proposes one every 2 s until the founding, so this covers hours of it."""
+FOUNDERS_SCANNED = 8
+""":meth:`_StateConsumer.note_found` tries every set of up to this many other sites proposing the
+same list as the ``found`` just applied (at most 2^8 BLAKE2b hashes of a few hundred bytes a
+``found``, on the tick thread, only while a refused proposal is among them)."""
+FOUNDER_CANDIDATES_MAX = 16384
+"""Incarnation ids a node keeps that a refused ``found`` would have made (~1.5 MB at most)."""
 UNAPPLIED_SCANNED = 4096
 """Point 20: how many of the newest unapplied log entries a node compares a relayed or forwarded
 command with (an honest backlog is a few entries; one of a leader without a majority grows)."""
@@ -2183,6 +2194,9 @@ class _StateConsumer(SyncObjConsumer):
         self.applied_entry: tuple | None = None  # point 21: (state before, command, result, trust) of the entry applied last
         self._members_seen: Any = None  # point 18: the agreed membership as of the entry applied last
         self._since_change = DEPOSE_GRACE_ENTRIES  # entries applied since it changed
+        self.founds_noted = 0  # founds before the founding noted (note_found), at most FOUNDS_SEEN_MAX
+        self._founds_latest: dict[str, tuple[bytes, bytes, bool]] = {}  # by: (members digest, id, refused)
+        self.founder_candidates: dict[bytes, str] = {}  # incarnation id: the refused proposer among its makers
 
     def set_initial_limits(self, limits: dict) -> None:
         """Start from an initial state with ``limits`` (``RaftNode._pin_initial_limits``);
@@ -2218,6 +2232,7 @@ class _StateConsumer(SyncObjConsumer):
                                     level=logging.ERROR)
         if cluster_state.counted_reason(result) is not None:
             self._count_refusal(command, result)
+        self.note_found(before, command, result)
         self.door_refused = None if result.get("ok") else door_refusal(before, payload, self.trust)
         self.applied_entry = (before, command, result, self.trust)
         if self.door_refused == "bad_signature" and self._since_change < DEPOSE_GRACE_ENTRIES:
@@ -2261,6 +2276,48 @@ class _StateConsumer(SyncObjConsumer):
     reference pins for their proposer (``state.FOUND_UNPINNED``), since this process started:
     before it joins, the daemon then compares its founding with the members' reports
     (:meth:`RaftNode.founds_unpinned`)."""
+
+    def note_found(self, before: Any, command: Any, result: dict) -> None:
+        """For :meth:`RaftNode.refused_founder_of` (attacker review r15, F1): replay the ``found``
+        applied to a state not founded yet, counted or refused for its key
+        (``state.FOUND_UNPINNED``), as if the refused ones had counted: each site's latest
+        proposal is kept, and every set of sites whose latest proposals name the same members as
+        this one, with it and holding a refused one, gives the incarnation ``state._op_found``
+        would derive from them (BLAKE2b-128 of their random ids, in site order), kept in
+        :attr:`founder_candidates` with the refused proposer. The founders adopted their
+        incarnation at one such step, so a site whose log started after a founder's key was
+        retired (``state.founding_keys``) finds the reported incarnation there; a site the
+        founding was withheld from, never. At most :data:`FOUNDS_SEEN_MAX` ``found`` commands,
+        :data:`FOUNDERS_SCANNED` other sites a set, :data:`FOUNDER_CANDIDATES_MAX` ids. Never raises."""
+        try:
+            if not isinstance(command, dict) or command.get("op") != "found" or not isinstance(before, dict) \
+                    or before.get("incarnation") is not None or self.founds_noted >= FOUNDS_SEEN_MAX:
+                return
+            evidence = result.get("evidence") if isinstance(result.get("evidence"), dict) else {}
+            refused = evidence.get("refusal") == cluster_state.FOUND_UNPINNED
+            by, inc = command.get("by"), command.get("incarnation")
+            if not (result.get("ok") or refused) or not isinstance(by, str) or not isinstance(inc, bytes):
+                return
+            self.founds_noted += 1
+            members = hashlib.blake2b(repr(command.get("members")).encode(), digest_size=16).digest()
+            latest = self._founds_latest
+            latest[by] = (members, inc, refused)
+            # the founders may be fewer than the sites proposing that list here (a proposal dropped
+            # by a founding under rules, or one by a site outside the configured ones)
+            others = sorted(site for site, p in latest.items() if p[0] == members and site != by)[:FOUNDERS_SCANNED]
+            if not refused and not any(latest[site][2] for site in others):
+                return
+            for size in range(1, len(others) + 1):
+                for chosen in itertools.combinations(others, size):
+                    sites = sorted((by, *chosen))
+                    owner = next((site for site in sites if latest[site][2]), None)
+                    if owner is None or len(self.founder_candidates) >= FOUNDER_CANDIDATES_MAX:
+                        continue
+                    made = hashlib.blake2b(b"".join(latest[site][1] for site in sites),
+                                           digest_size=cluster_state.INCARNATION_BYTES).digest()
+                    self.founder_candidates.setdefault(made, owner)
+        except Exception:
+            log.exception("cannot note a found")
 
     def _count_refusal(self, command: Any, result: dict) -> None:
         try:
@@ -2583,6 +2640,31 @@ class RaftNode:
         were not signed with the key its founding reference pins for their proposer (a forged one,
         or one its log started too late to judge as the founders did: ``state.founding_keys``)."""
         return self._consumer.founds_unpinned
+
+    def refused_founder_of(self, incarnation: bytes) -> str | None:
+        """The site whose ``found``, refused here for its key (:meth:`founds_unpinned`), counts
+        among the founders of ``incarnation`` (16 bytes, what a majority of the members report),
+        or None (:meth:`_StateConsumer.note_found`: the ``found`` commands this node applied
+        before its founding replayed as if the refused ones had counted). A site is named in the
+        founding-replay gap (a founder's key retired from this config while a log still holds the
+        founding: ``state.founding_keys``); None when this node never applied the proposals that
+        founded ``incarnation`` (a leader withholding them, or a log not caught up). Never raises."""
+        return self._consumer.founder_candidates.get(incarnation)
+
+    def founding_unpinned_log(self) -> bool:
+        """True when this node's log was started by an older release, so it pins no founding keys
+        (``state.FOUNDING_KEYS`` None in its initial limits: ``raft.limits`` without keys, or no
+        file): a ``found`` before the founding is then decided self-certifying, as that release
+        decided it (:meth:`_pin_initial_limits`). False in unsigned mode."""
+        limits = self._consumer.initial.get("limits")
+        return (self._consumer.trust is not None and self._consumer.trust.keys is not None
+                and isinstance(limits, dict) and cluster_state.FOUNDING_KEYS in limits
+                and limits[cluster_state.FOUNDING_KEYS] is None)
+
+    def leader_text(self) -> str:
+        """The leader this node follows, ``ADDRESS (site ID)`` by this config's ``[[sites]]``, or
+        ``not known here`` (:meth:`_leader_text`). Never raises."""
+        return self._leader_text()
 
     def _leader_text(self) -> str:
         """Tick thread: the leader this node follows, ``ADDRESS (site ID)`` by this config's
