@@ -779,6 +779,12 @@ class SiteDaemon:
                 if hold:  # its replay refused a found: not before the members' reports are compared
                     await asyncio.sleep(1.0)
                     continue
+                if current is None and not self._said_unpinned and self.raft.founding_unpinned_log():
+                    self._said_unpinned = True
+                    log.warning("site %s: this Raft log was started by an older release and pins no founding keys: "
+                                "until the cluster is founded, a found forged in another site's name counts here as "
+                                "that release decided it. Stop every site, move each site's Raft directory aside and "
+                                "start them again (README \"Upgrades\")", self.site_id)
                 if current is None:  # not founded yet: propose this config's list
                     # the founding carries this release's rules: a new cluster is decided under them from
                     # its founding (state.founding_rules; a cluster founded already is not refounded)
@@ -1007,19 +1013,31 @@ class SiteDaemon:
 
     _unfounded_since: float | None = None  # monotonic s: a majority reported a founding this site's state lacks
     _held_since: float | None = None  # monotonic s: founded here after a refused found, no majority report yet
+    _withheld_said: float | None = None  # monotonic s: the ERROR line on a founding never applied here, last
+    _said_unpinned = False  # the WARNING on a log an older release started, unfounded, said
 
     def _judge_founding_replay(self, mine: bytes | None) -> bool:
-        """Before joining, caught up (attacker review r14, A1): stop (:class:`MembershipMismatchError`)
-        when a majority of this config's sites report one cluster incarnation (their membership
-        reports, :meth:`RaftNode.membership_reports`: each bound to its site by the Raft channel,
-        one site's word never enough) and this site's state holds another (``mine``), or, for
-        :data:`FOUNDING_REPLAY_S` while it stayed caught up, none. Its replay of the founding
-        decided a ``found`` otherwise than the founders: a ``found`` counts only signed with the key
-        the ``[[sites]]`` config pinned for its proposer when this site's Raft log started
+        """Before joining, caught up (attacker review r14, A1; r15 F1): stop
+        (:class:`MembershipMismatchError`) when a majority of this config's sites report one cluster
+        incarnation (their membership reports, :meth:`RaftNode.membership_reports`: each bound to
+        its site by the Raft channel, one site's word never enough) and this site's state holds
+        another (``mine``), or none while its replay refused a ``found`` that counts among that
+        incarnation's founders (:meth:`RaftNode.refused_founder_of`) for :func:`founding_replay_s`.
+        That is the gap the check is for: a ``found`` counts only signed with the key the
+        ``[[sites]]`` config pinned for its proposer when this site's Raft log started
         (``state.founding_keys``), so a site that started its log (rebuilt, or joining) after a
         founder's founding key was retired from the configs, while a leader's log still held the
-        founding, refuses that founder's proposal. Without this it would wait for ever, its state
+        founding, refuses that founder's proposal; without this it would wait for ever, its state
         never founded, or act on another incarnation.
+
+        A state that founded nothing and refused no founder's proposal never applied the ones that
+        founded the cluster: the leader that sends this site its log may withhold them while it
+        reports this site caught up (r15 F1: a leading site made the last site of a first
+        deployment stop, blaming a key rotation). The site then does not stop: it logs an ERROR
+        naming that leader (after three rounds of :data:`FOUND_RETRY_S`, then every
+        :data:`FOUNDING_REPLAY_S`) and keeps proposing its ``found``, which
+        that leader must append, or this site deposes it after ``WITHHELD_AFTER_S`` (raft point 19)
+        and catches up from the next leader.
 
         Returns True (hold: do not join yet) while this site is founded, refused a ``found`` for its
         key since it started (:meth:`RaftNode.founds_unpinned`: a forged one, or one it judged
@@ -1046,20 +1064,42 @@ class SiteDaemon:
         if theirs is None or theirs[0] == mine:
             self._unfounded_since = None
             return False
+        refused = self.raft.refused_founder_of(theirs[0])
+        leader = self.raft.leader_text()
         if mine is None:
             if self._unfounded_since is None:
                 self._unfounded_since = now
-            if now - self._unfounded_since < FOUNDING_REPLAY_S:
+            waited = now - self._unfounded_since
+            if refused is None:
+                # not on the first rounds: reports of an entry committed after this site's catch-up
+                if waited >= 3 * FOUND_RETRY_S and (self._withheld_said is None
+                                                    or now - self._withheld_said >= FOUNDING_REPLAY_S):
+                    self._withheld_said = now
+                    log.error("site %s: founding withheld? %s report the cluster founded as %s for %.0f s; this "
+                              "site's replay of the Raft log, caught up by the leader's word, holds none of the found "
+                              "proposals that founded it: the leader %s may withhold them (README \"A site is "
+                              "compromised\"). The site keeps proposing its found: a leader that never appends it is "
+                              "deposed after %.0f s (raft point 19) and this site catches up from the next one",
+                              self.site_id, ", ".join(theirs[1]), theirs[0].hex(), waited, leader,
+                              consensus_raft.WITHHELD_AFTER_S)
                 return False
+            if waited < founding_replay_s():
+                return False
+        cause = (f"it refused site {refused}'s found proposal, which counts among the founders of {theirs[0].hex()}, "
+                 "as not signed with the key the [[sites]] config pinned for it when this site's Raft log started: a "
+                 "founder's key that signed the founding is no longer pinned in this config (retired while a Raft log "
+                 "still holds the founding), or this config differs from theirs"
+                 if refused is not None else
+                 f"no found it refused counts among their founders: the founds that founded {mine.hex()} here were "
+                 f"sent by the leader {leader}, which may have sent this site another log than the others, or this "
+                 "config differs from theirs (README \"A site is compromised\")")
         problem = (f"incarnation: {', '.join(theirs[1])} report the cluster founded as {theirs[0].hex()}, this site's "
                    f"replay of the Raft log {'founded ' + mine.hex() if mine is not None else 'founded nothing'}")
         self._fail(MembershipMismatchError(
             f"site {self.site_id}: {problem}: it decided the founding's found proposals otherwise than the sites that "
-            "founded the cluster. A found counts only signed with the key the [[sites]] config pinned for its proposer "
-            "when this site's Raft log started: a founder's key that signed the founding is no longer pinned in this "
-            "config (retired while a Raft log still holds the founding), or this config differs from theirs. The "
-            "site stops before it acts as leader or primary. Move this site's Raft directory aside and start it "
-            "again once the leader's log is compacted past the founding (README \"Rotate a site's key\", step 6)",
+            f"founded the cluster: {cause}. The site stops before it acts as leader or primary. Move this site's Raft "
+            "directory aside and start it again once the leader's log is compacted past the founding (README "
+            "\"Rotate a site's key\", step 6)",
             problems=[problem], source=f"membership reports of {', '.join(theirs[1])} (Raft channel)",
             action=MEMBERSHIP_RUNBOOK))
         return False
@@ -1176,10 +1216,23 @@ async def request_with_retry(cluster: Any, what: str, action: str, args: dict, r
 
 
 FOUNDING_REPLAY_S = 20.0
-"""How long a caught-up site that has not joined may hold no founding while a majority of its
-configured sites report one before it stops (``SiteDaemon._judge_founding_replay``): a site that
-is caught up applies the entry that founded the cluster within milliseconds of the others; 20 s
-(ten rounds of :data:`FOUND_RETRY_S`) leaves room for a slow disk, never for a wrong stop."""
+"""Seconds past ``WITHHELD_AFTER_S`` (raft point 19) that a caught-up site which has not joined may
+hold no founding, while a majority of its configured sites report one and its replay refused a
+founder's ``found``, before it stops (:func:`founding_replay_s`, ``SiteDaemon._judge_founding_replay``);
+also how long a site that founded after refusing a ``found`` waits for the reports, and how often a
+founding never applied here is logged. A caught-up site applies the entry that founded the cluster
+within milliseconds of the others; the wait outlasts point 19 (a leader that withholds this site's
+``found`` is deposed first) plus a proposal round (``cluster.PROPOSE_DEADLINE_S``, 15 s) and an
+election (r15 F1: 20 s alone let a withholding leader stop a site before point 19 deposed it)."""
+
+
+def founding_replay_s() -> float:
+    """How long, in seconds, a site that refused a founder's ``found`` holds no founding before it
+    stops: ``WITHHELD_AFTER_S`` (read at each call: ``[raft] withheld_after`` in lab configs) plus
+    :data:`FOUNDING_REPLAY_S` (65 s by default)."""
+    return consensus_raft.WITHHELD_AFTER_S + FOUNDING_REPLAY_S
+
+
 FOUND_RETRY_S = 2.0
 """Seconds between two ``found`` proposals of a site while the cluster is not founded yet (it
 joins as soon as the others' proposals found it, without waiting for the next one)."""
