@@ -512,19 +512,10 @@ class RaftRun:
 
 
 def _free_ports(n: int) -> list[int]:
-    import socket
-    rng = random.Random()
-    out: list[int] = []
-    while len(out) < n:
-        port = rng.randint(20000, 60000)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        if port not in out:
-            out.append(port)
-    return out
+    """``n`` distinct free loopback ports (:func:`replicad.lab.localcluster.free_ports`: from the
+    range of ``REPLICAD_LAB_PORTS`` when set, as the test suite sets it per worker process)."""
+    from replicad.lab.localcluster import free_ports
+    return free_ports(n)
 
 
 # ---------------------------------------------------------------------- checker

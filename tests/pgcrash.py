@@ -46,7 +46,6 @@ import pwd
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -57,6 +56,7 @@ from pathlib import Path
 
 from replicad.config import VolumeConfig
 from replicad.core.manifest import Manifest
+from replicad.lab.localcluster import free_port
 from replicad.sources.kinds import make_source
 from replicad.storage.chunkstore import ChunkStore
 from replicad.storage.image import apply_snapshot, verify_image
@@ -120,9 +120,8 @@ def _check(res: subprocess.CompletedProcess, what: str) -> str:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port (from this test process's own range: localcluster.LAB_PORTS_ENV)."""
+    return free_port()
 
 
 @contextlib.contextmanager

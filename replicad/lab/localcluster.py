@@ -36,21 +36,70 @@ from replicad.core.errors import ReplicadError, UnavailableError
 RAFT_KEY = "demo-cluster-shared-raft-password-0123456789"
 
 
+LAB_PORTS_ENV = "REPLICAD_LAB_PORTS"
+"""``LOW-HIGH`` (inclusive): :func:`free_ports` picks from this range only, probing each port with a
+bind. The test suite gives each of its worker processes a range of its own below the kernel's
+ephemeral range (``net.ipv4.ip_local_port_range``, which ``bind(("", 0))`` and outgoing connections
+draw from): a port picked for a daemon of one worker, free until that daemon binds it, is then never
+handed to another worker's pick, server or client. Unset: the kernel picks (``bind`` to port 0)."""
+
+
+def _lab_port_range() -> tuple[int, int] | None:
+    """:data:`LAB_PORTS_ENV` as ``(low, high)``, None when unset.
+
+    Raises:
+        ValueError: set but not ``LOW-HIGH`` with 1 <= LOW <= HIGH <= 65535."""
+    text = os.environ.get(LAB_PORTS_ENV)
+    if not text:
+        return None
+    low_text, sep, high_text = text.partition("-")
+    low, high = (int(low_text), int(high_text)) if sep else (0, -1)
+    if not 1 <= low <= high <= 65535:
+        raise ValueError(f"{LAB_PORTS_ENV}={text!r}: LOW-HIGH with 1 <= LOW <= HIGH <= 65535")
+    return low, high
+
+
+_next_port = [-1]  # the offset in LAB_PORTS_ENV's range this process probes next (-1: not drawn yet)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` right now (bind to port 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port free on ``host`` right now (:func:`free_ports` of one)."""
+    return free_ports(1, host)[0]
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct TCP ports free on ``host`` right now: each bound to port 0 and held until all
-    are read, then closed (probed one after the other, closed at once, the kernel could hand one
-    out twice: two of a cluster's sites' ports the same, a site refused to start)."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    """``n`` distinct TCP ports free on ``host`` right now: each bound and held until all are read,
+    then closed (probed one after the other, closed at once, the kernel could hand one out twice:
+    two of a cluster's sites' ports the same, a site refused to start). From :data:`LAB_PORTS_ENV`'s
+    range when set (probed on from where this process's last pick stopped, first from a random place,
+    wrapping around: a port picked here comes again only after every other port of the range;
+    ``OSError`` when fewer than ``n`` of its ports are free), else the kernel's pick (port 0)."""
+    span = _lab_port_range()
+    socks: list[socket.socket] = []
     try:
-        for s in socks:
-            s.bind((host, 0))
+        if span is None:
+            for _ in range(n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind((host, 0))
+        else:
+            low, high = span
+            size = high - low + 1
+            for _ in range(size):
+                if len(socks) == n:
+                    break
+                _next_port[0] = (_next_port[0] if _next_port[0] >= 0 else secrets.randbelow(size)) % size
+                port = low + _next_port[0]
+                _next_port[0] += 1
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    s.bind((host, port))  # no SO_REUSEADDR: a port still in TIME_WAIT is skipped
+                except OSError:
+                    s.close()
+                    continue
+                socks.append(s)
+            if len(socks) < n:
+                raise OSError(f"fewer than {n} free ports on {host} in {LAB_PORTS_ENV} {low}-{high}")
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:

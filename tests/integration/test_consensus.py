@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import pickle
-import random
 import signal
 import socket
 import subprocess
@@ -27,6 +26,7 @@ import pytest
 from replicad.core import errors
 from replicad.consensus.journal import DurableJournal, encode_meta
 from replicad.consensus.raft import MAX_FRAME_BYTES, restricted_loads
+from replicad.lab.localcluster import free_port as lab_free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -120,17 +120,9 @@ asyncio.run(main())
 
 
 def free_port() -> int:
-    """A random free loopback port (bind-checked)."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randint(20000, 60000)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port found")
+    """A free loopback port (bind-checked; from this test process's own range, see
+    :data:`replicad.lab.localcluster.LAB_PORTS_ENV`)."""
+    return lab_free_port()
 
 
 class Node:

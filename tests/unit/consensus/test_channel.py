@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import socket
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from replicad.consensus import channel
 from replicad.consensus.raft import RaftNode
 from replicad.core import errors, identity
+from replicad.lab.localcluster import free_port as lab_free_port
 from tests.security.raft_attacker import Wire
 
 pytestmark = pytest.mark.timeout(90)
@@ -27,9 +27,8 @@ CLUSTER = "unit-cluster"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port (from this test process's own range: localcluster.LAB_PORTS_ENV)."""
+    return lab_free_port()
 
 
 # --------------------------------------------------------------------------- pure parts

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 import time
 
@@ -21,21 +20,14 @@ from pysyncobj.node import TCPNode
 from replicad.consensus import raft as consensus
 from replicad.consensus.journal import DurableJournal
 from replicad.consensus.raft import MAX_FRAME_BYTES, MAX_HANDSHAKE_FRAME_BYTES, RaftNode, plan_append_entries
+from replicad.lab.localcluster import free_port as lab_free_port
 
 PASSWORD = "unit-secret"
 
 
 def free_port() -> int:
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randint(20000, 60000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
+    """A free loopback port (from this test process's own range: localcluster.LAB_PORTS_ENV)."""
+    return lab_free_port()
 
 
 # --------------------------------------------------------------------------- the pure rule
