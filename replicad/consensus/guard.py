@@ -308,8 +308,12 @@ class ClockRate:
 
     A token bucket per key of ``per_s`` commands a second holding ``burst`` of them; a refused
     command costs nothing (an over-eager site gets its rate, never less). At most
-    :data:`KEYS_MAX` keys (members, or member and site pairs): a key beyond is refused. Times are
-    ``monotonic`` seconds passed in. Not thread-safe (the Raft tick thread only)."""
+    :data:`KEYS_MAX` keys (members, or member and site pairs); a new key is never refused for
+    that: when the table is full, the keys whose buckets have refilled to ``burst`` are forgotten
+    (a forgotten key starts again from a full bucket, which is what it had: nothing is lost), and
+    if none has, the one nearest to full (made-up keys must not lock out an honest site's: attacker
+    review r2, F1). Times are ``monotonic`` seconds passed in. Not thread-safe (the Raft tick
+    thread only)."""
 
     KEYS_MAX = 4096
 
@@ -322,7 +326,7 @@ class ClockRate:
     def take(self, key: str, now_s: float) -> bool:
         """Charge one ``clock`` command to ``key``; False when it is over the rate (not charged)."""
         if key not in self._buckets and len(self._buckets) >= self.KEYS_MAX:
-            return False
+            self._forget_full(now_s)
         tokens, last = self._buckets.get(key, (self.burst, now_s))
         tokens = min(self.burst, tokens + max(0.0, now_s - last) * self.per_s)
         if tokens < 1:
@@ -330,6 +334,22 @@ class ClockRate:
             return False
         self._buckets[key] = (tokens - 1, now_s)
         return True
+
+    def _refilled(self, key: str, now_s: float) -> float:
+        """The tokens ``key``'s bucket holds at ``now_s`` (at most ``burst``)."""
+        tokens, last = self._buckets[key]
+        return min(self.burst, tokens + max(0.0, now_s - last) * self.per_s)
+
+    def _forget_full(self, now_s: float) -> None:
+        """Make room for one key in a full table: drop every key whose bucket is full again (one
+        pass over the table; a key refills within ``burst / per_s`` seconds, 30 s, and a member
+        relays at most 200 commands a second, point 17, so the pass mostly frees many keys), else
+        the key nearest to full."""
+        full = [key for key in self._buckets if self._refilled(key, now_s) >= self.burst]
+        for key in full:
+            del self._buckets[key]
+        if not full:
+            del self._buckets[max(self._buckets, key=lambda k: self._refilled(k, now_s))]
 
     def detail(self, who: str) -> str:
         """The refusal's text for the log: who sent too many, and the bound."""

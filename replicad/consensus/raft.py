@@ -2527,6 +2527,10 @@ class RaftNode:
         if not isinstance(decoded, dict) or decoded.get("op") != "clock":
             return None
         by, now = str(decoded.get("by"))[:64], monotonic_time()
+        if relayed and self._checked_command(command)[1] is None:
+            # unsigned or not founded yet: nothing checked ``by`` (point 20), so a relaying member
+            # could name any number of made-up sites; one key per sending member (r2 F1)
+            by = "*"
         if not relayed:
             return None if self._clock_rate.take(node_id, now) else \
                 ("forwarded_clock_over_rate", self._clock_rate.detail(f"member {node_id} (site {by!r})"))

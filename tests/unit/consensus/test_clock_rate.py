@@ -52,10 +52,39 @@ def test_a_bucket_takes_its_burst_then_its_rate_and_charges_no_refusal():
         ClockRate(per_s=0)
 
 
-def test_a_bucket_refuses_keys_past_its_bound(monkeypatch):
-    monkeypatch.setattr(ClockRate, "KEYS_MAX", 2)
-    rate = ClockRate()
-    assert rate.take("a", 0.0) and rate.take("b", 0.0) and not rate.take("c", 0.0)
+def test_a_full_table_forgets_refilled_keys_and_never_refuses_a_new_one(monkeypatch):
+    monkeypatch.setattr(ClockRate, "KEYS_MAX", 3)
+    rate = ClockRate(per_s=1.0, burst=3)
+    assert rate.take("a", 0.0) and rate.take("b", 0.0) and rate.take("c", 0.0)
+    assert rate.take("c", 0.0) and rate.take("c", 0.0) and not rate.take("c", 0.0)  # c spent its burst
+    assert rate.take("d", 0.0)  # full, nothing refilled: the nearest to full (a or b) goes, never c
+    assert set(rate._buckets) in ({"b", "c", "d"}, {"a", "c", "d"}) and not rate.take("c", 0.0)
+    assert rate.take("e", 1.5)  # a, b and d refilled by now: forgotten, c keeps what it spent
+    assert set(rate._buckets) == {"c", "e"} and rate._refilled("c", 1.5) == pytest.approx(1.5)
+
+
+def test_made_up_sites_relayed_before_the_founding_lock_out_no_one(tmp_path, monkeypatch):
+    """Attacker review r2, F1: before the founding nothing checks a relayed command's ``by``
+    (point 20); site c relayed 4,096 clocks of made-up sites, which filled the leader's table for
+    as long as it ran, and every honest site's clock was refused from then on."""
+    now = [1000.0]
+    monkeypatch.setattr("replicad.consensus.raft.monotonic_time", lambda: now[0])
+    node = RaftNode(ADDR["a"], [ADDR["b"], ADDR["c"]], tmp_path, "secret", trust=TRUST,
+                    signer=Signer("a", KEYS["a"], CLUSTER), sites={ADDR[s]: s for s in SITES})
+    answers = [node._relay_check(entry({"op": "clock", "by": f"x{i}", "now_ns": 1, "op_id": f"o{i}"}), ADDR["c"])
+               for i in range(ClockRate.KEYS_MAX + 10)]
+    assert answers[:CLOCK_BURST] == [None] * CLOCK_BURST  # one key for what member c relays unchecked
+    assert {a[0] for a in answers[CLOCK_BURST:]} == {"relay_clock_over_rate"}
+    assert len(node._clock_rate._buckets) == 1
+    node._consumer = founded()
+    now[0] += 3600
+    assert node._door_check(entry(signed("b")), ADDR["b"]) is None
+    assert node._relay_check(entry(signed("b")), ADDR["c"]) is None
+    # and made-up keys in a full table (however they came) lock out no one either
+    for i in range(ClockRate.KEYS_MAX):
+        node._clock_rate.take(f"junk {i}", now[0])
+    assert node._door_check(entry(signed("c")), ADDR["c"]) is None
+    assert node._relay_check(entry(signed("c")), ADDR["b"]) is None
 
 
 def test_the_door_refuses_a_clock_flood_of_one_member_only(leader, monkeypatch):
