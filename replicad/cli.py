@@ -43,6 +43,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -155,6 +156,22 @@ def api(args: argparse.Namespace, method: str, path: str, body: dict | None = No
 
 
 _noticed_open: set[str] = set()  # the admin URLs whose open access this process has said
+
+
+def path_segment(value: str, what: str) -> str:
+    """``value`` (a request id or site name typed by the operator) percent-quoted as one segment
+    of an admin API path (``urllib.parse.quote`` with no safe characters).
+
+    Raises:
+        UsageError (bad_request, exit 2): ``value`` is empty, ``.`` or ``..``, holds ``/`` or a
+            character that does not print (``str.isprintable``) -- such a value names no request
+            or site, and sent as is it reached another path and read as an unreachable site
+            (operator try-out 2, item 9)."""
+    if not value or value in (".", "..") or "/" in value or not value.isprintable():
+        raise UsageError(f"{what} {json.dumps(value)} is not a valid {what}: not empty, no '/', no '.' or '..' "
+                         "alone, printable characters only (replicad requests and replicad status show the names)",
+                         field=what.replace(" ", "_"), value=value)
+    return urllib.parse.quote(value, safe="")
 
 
 def _open_site_notice(args: argparse.Namespace) -> None:
@@ -888,6 +905,23 @@ def _render_requests(data: dict) -> None:
 def _render_request_state(r: dict) -> None:
     what = " ".join(str(x) for x in (r.get("action"), r.get("volume")) if x)
     about = f" ({what})" if what else ""  # after the state: scripts read "request rN is pending"
+    if r.get("already"):  # approve/veto of a settled request: answered from the view, nothing proposed
+        console.print(f"request {r['request']} is already {r.get('status')}{about}: nothing proposed",
+                      markup=False, soft_wrap=True)
+        return
+    if r.get("existing") and r.get("status") == "pending":  # an identical request asked again: none recorded
+        approved = f"{len(r.get('approvals') or [])} of {r.get('needed')} sites approved"
+        if r.get("own") is False:  # another site's request: approving it is what counts
+            console.print(f"request {r['request']} by {r.get('by')} is already pending{about} (asked here: nothing "
+                          f"new recorded; {approved}): approve it with replicad approve {r['request']}",
+                          markup=False, soft_wrap=True)
+        else:
+            console.print(f"request {r['request']} is already pending{about} (asked again: nothing new recorded; "
+                          f"its reason stays {json.dumps(r.get('reason') or '')}; {approved})",
+                          markup=False, soft_wrap=True)
+            if r.get("next"):
+                console.print(f"  next: {r['next']}", markup=False, soft_wrap=True)
+        return
     if r.get("status") == "approved":
         console.print(f"request {r['request']} approved by {', '.join(r.get('approvals') or [])}{about}: it takes "
                       f"effect at {_utc(r.get('effective_ns'))} (cooling-off) unless a site vetoes it (replicad veto "
@@ -1854,13 +1888,13 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=lambda a: _print(a, api(a, "GET", "/v1/requests"), _render_requests))
     p = command("approve", help="approve a request of another site, as THIS site (admin token of this site)")
     p.add_argument("request", help="request id, as listed by replicad requests (r1, r2 ...)")
-    p.set_defaults(fn=lambda a: _print(a, api(a, "POST", f"/v1/requests/{a.request}/approve", {}),
-                                       _render_request_state))
+    p.set_defaults(fn=lambda a: _print(a, api(a, "POST", f"/v1/requests/{path_segment(a.request, 'request id')}"
+                                              "/approve", {}), _render_request_state))
     p = command("revoke", help="request to revoke a site's identity (compromised); a majority of sites approves")
     p.add_argument("site", help="the site whose keys to revoke")
     p.add_argument("--reason", default="", help="why (shown to the operators asked to approve)")
-    p.set_defaults(fn=lambda a: _print(a, api(a, "POST", f"/v1/sites/{a.site}/revoke", {"reason": a.reason}),
-                                       _render_request_state))
+    p.set_defaults(fn=lambda a: _print(a, api(a, "POST", f"/v1/sites/{path_segment(a.site, 'site name')}/revoke",
+                                              {"reason": a.reason}), _render_request_state))
     p = command("raise-rules", help="consent, as THIS site's operator, to raise the cluster's rules leaving "
                 "members behind (still on an older release, or withholding their release report); the sites "
                 "raise once a majority of the operators consented")
@@ -1871,7 +1905,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_raise_rules)
     p = command("veto", help="stop a request (pending, or approved and cooling off) before it takes effect")
     p.add_argument("request", help="request id, as listed by replicad requests")
-    p.set_defaults(fn=lambda a: _print(a, api(a, "POST", f"/v1/requests/{a.request}/veto", {}),
+    p.add_argument("--reason", default="", help="why (kept in this site's log and admin audit log)")
+    p.set_defaults(fn=lambda a: _print(a, api(a, "POST", f"/v1/requests/{path_segment(a.request, 'request id')}"
+                                              "/veto", {"reason": a.reason} if a.reason else {}),
                                        _render_request_state))
     p = command("identity", help="this site's signing key: create one, or show the public key")
     id_sub = p.add_subparsers(dest="identity_command", required=True)

@@ -117,11 +117,11 @@ from replicad.ops.exportlimits import IdleExports, requested_ttl_s
 from replicad.ops.requestdiff import request_changes, with_changes
 from replicad.storage.audit import AuditLog, verify_chain
 from replicad.peer.netreason import connection_reason, unreachable_detail
-from replicad.core.errors import (InternalError, NotFoundError, NotSupportedError, PeerUnavailableError, ReplicadError,
-                     UnauthenticatedError, UsageError, _jsonable, facts_text, from_dict)
+from replicad.core.errors import (ConflictError, InternalError, NotFoundError, NotSupportedError, PeerUnavailableError,
+                                  ReplicadError, UnauthenticatedError, UsageError, _jsonable, facts_text, from_dict)
 from replicad.core import anomaly  # issue 14
 from replicad.core.state import (RETENTION_MAX_S, SIZE_BYTES_MAX, detection_policy, held_by_marks, list_requests,
-                                 max_size_bytes, retention_weakened)
+                                 is_revoked, max_size_bytes, retention_weakened)
 from replicad.core.units import parse_duration, parse_size
 from replicad.site.promotion import held_here
 from replicad.site.requestwatch import revocation_warning
@@ -318,7 +318,9 @@ def _retention_update(body: dict, current: dict) -> dict:
     for key, value in given.items():
         name = key if key in RETENTION_KEYS else f"{key}_s"
         if name not in RETENTION_KEYS:
-            raise UsageError(f"unknown retention key {key!r}", field="retention", known=list(RETENTION_KEYS))
+            short = [k.removesuffix("_s") for k in RETENTION_KEYS]  # the CLI's spellings (--set daily=14d)
+            raise UsageError(f"unknown retention key {key!r}: known {', '.join(short)} (each also as <key>_s)",
+                             field="retention", known=short)
         if isinstance(value, bool):
             raise UsageError(f"retention.{key} must be seconds or a duration", field=f"retention.{key}")
         try:
@@ -673,6 +675,9 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         if body:
             raise UsageError("approve takes no body", known=[])
         before = next((r for r in list_requests(site.cluster.view()) if r.get("id") == req_id), None)
+        done = _settled_answer(site, req_id, before, "approve")
+        if done is not None:
+            return done
         res = await site.cluster.propose("approve", request=req_id)
         counted = before is not None and site.site_id in (before.get("approvals") or [])
         what = f"{before.get('action')} {facts_text(before.get('args') or {})}" if before is not None else "?"
@@ -704,10 +709,15 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
     async def requests_veto(request: web.Request) -> web.Response:
         req_id = request.match_info["request_id"]
         body = await _json_body(request)
-        if body:
-            raise UsageError("veto takes no body", known=[])
+        _only_keys(body, "reason")
+        reason = _reason(body)  # the veto command carries none (rules): kept in this log line and the admin audit
+        before = next((r for r in list_requests(site.cluster.view()) if r.get("id") == req_id), None)
+        done = _settled_answer(site, req_id, before, "veto")
+        if done is not None:
+            return done
         res = await site.cluster.propose("veto", request=req_id)
-        log.warning("AUDIT request %s %s at %s", req_id, res.get("status", "vetoed"), site.site_id)  # or withdrawn
+        log.warning("AUDIT request %s %s at %s%s", req_id, res.get("status", "vetoed"), site.site_id,  # or withdrawn
+                    f": {reason}" if reason else "")
         return _ok(_request_answer(res) | ({"vetoed_by": res["vetoed_by"]} if res.get("vetoed_by") else {}))
 
     async def rules_raise(request: web.Request) -> web.Response:
@@ -738,6 +748,16 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         ref = next((s for s in site.cfg.sites if s.site_id == target), None)
         if ref is None:
             raise NotFoundError(f"unknown site {target}", site=target)
+        if target == site.site_id:  # its own approval would count: one typo + one approval elsewhere (try-out 2, 1)
+            raise ConflictError(f"a site cannot ask for its own revocation: {target} is this site; ask at another "
+                                f"site (replicad --config <another site's config> revoke {target})", site=target)
+        view = site.cluster.view()
+        if is_revoked(view, target):
+            by = next((r for r in list_requests(view) if r.get("action") == "revoke_site" and
+                       r.get("status") == "applied" and (r.get("args") or {}).get("site_id") == target), None)
+            raise ConflictError(f"site {target} is already revoked"
+                                + (f" by {by['id']} (requested by {by.get('by')})" if by else "")
+                                + ": nothing to request", site=target, request=(by or {}).get("id"))
         # the request names the exact keys it revokes (this site's pinned keys of the target,
         # inside the signed command): every site revokes those, whatever its config pins later
         keys = sorted(set(ref.public_key)) if site.cfg.trust().signed else []
@@ -912,6 +932,41 @@ def with_previous(requests: list[dict], view: dict) -> list[dict]:
     return out
 
 
+SETTLED_OK = {"approve": frozenset({"applied"}), "veto": frozenset({"vetoed", "failed", "expired"})}
+"""Settled statuses in which an ``approve`` / ``veto`` asked again is a success (exit 0): what the
+operator asked for holds (an applied request took effect; a vetoed, failed or expired one will
+not). Any other settled status contradicts the ask (``conflict``, exit 4): a script must learn
+that an approved change did not happen, or that a veto came too late."""
+
+
+def _settled_answer(site: "SiteDaemon", req_id: str, before: dict | None, op: str) -> web.Response | None:
+    """The answer to ``op`` (``approve`` | ``veto``) of request ``req_id`` when this site's current
+    view (:meth:`Cluster.raft_synced`) already settles it, proposing no Raft command: a repeated
+    ask reached Raft and showed at other sites as a refused command, "a sign to look at that
+    site" (operator try-out 2, item 11). ``before`` is the request's record in the view (None:
+    not there). Returns 200 ``{"request", "status", ..., "already": True}`` when the status is in
+    :data:`SETTLED_OK`; raises NotFoundError for an id the current view does not hold, and
+    ConflictError for a contradicting settled status; None (propose as before) while the request
+    is pending or approved, or when the view is not current (the state machine decides)."""
+    if not site.cluster.raft_synced():
+        return None
+    if before is None:
+        raise NotFoundError(f"no request {req_id} at this site (replicad requests lists them; a withdrawn request "
+                            "leaves no record)", request=req_id)
+    status = before.get("status")
+    if status in ("pending", "approved"):
+        return None
+    answer = {"request": req_id, "status": status, "approvals": list(before.get("approvals") or []),
+              "needed": before.get("needed"), "action": before.get("action"), "already": True,
+              **({"vetoed_by": before["vetoed_by"]} if before.get("vetoed_by") else {}),
+              **({"result": before["result"]} if before.get("result") is not None else {})}
+    if status in SETTLED_OK[op]:
+        log.info("AUDIT request %s: %s asked at %s, already %s (nothing proposed)", req_id, op, site.site_id, status)
+        return _ok(answer)
+    raise ConflictError(f"request {req_id} is already {status}: it cannot be {op}d now (nothing proposed)",
+                        request=req_id, status=status)
+
+
 def _request_answer(res: dict) -> dict:
     """The admin API's view of a ``request`` / ``approve`` result (with the request's
     ``action`` and ``volume`` when the result names them)."""
@@ -936,11 +991,18 @@ async def _make_request(site: "SiteDaemon", action: str, args: dict, reason: str
     res = await site.cluster.propose("request", action=action, args=args, reason=reason)
     out = {**_request_answer(res), "action": action, **{k: args[k] for k in ("volume", "site_id") if k in args},
            **({"changes": changes} if changes is not None else {}), **extra,
-           **({"existing": True} if res.get("existing") else {})}
+           **({"existing": True, "by": res.get("by") or site.site_id, "own": (res.get("by") or site.site_id) ==
+               site.site_id, "reason": res.get("reason") or ""} if res.get("existing") else {})}
     if res.get("status") == "pending":
         out["next"] = (f"an operator of another site approves it there: replicad approve {res.get('request')} "
                        f"(needs {res.get('needed')} sites, this one counted)")
-        if res.get("existing"):  # Cluster.propose: this site's identical pending request, nothing proposed
+        if res.get("existing") and out["by"] != site.site_id:  # another site's identical request: nothing proposed
+            out["next"] = (f"{res.get('request')} by {out['by']} is pending: approve it with replicad approve "
+                           f"{res.get('request')} (this site has not approved it; nothing new recorded)")
+            log.warning("AUDIT request %s of %s asked for again at %s (identical to that pending request: nothing "
+                        "new proposed): %s %s", res.get("request"), out["by"], site.site_id, action,
+                        facts_text(args))
+        elif res.get("existing"):  # Cluster.propose: this site's identical pending request, nothing proposed
             log.warning("AUDIT request %s asked for again at %s (identical to this pending request of the site: "
                         "nothing new proposed): %s %s", res.get("request"), site.site_id, action, facts_text(args))
         else:

@@ -233,7 +233,7 @@ SCHEMAS: dict[str, dict] = {
     "Detection": _object({"volume": _STR, "detection": _OBJ, "effective_here": _OBJ}),
     "DetectionSet": _object({"volume": _STR, "detection": _OBJ, "previous": _OBJ}, {"status": _STR}),
     "RequestState": _object({"request": _STR, "status": {"enum": ["pending", "approved", "applied", "vetoed",
-                                                                  "withdrawn"]},
+                                                                  "withdrawn", "failed", "expired"]},
                              "approvals": {"type": "array", "items": _STR}, "needed": _INT},
                             {"expires_ns": _INT, "effective_ns": _INT, "result": _OBJ, "action": _STR,
                              "volume": _STR, "site_id": _STR, "next": _STR,
@@ -242,8 +242,19 @@ SCHEMAS: dict[str, dict] = {
                                  "maximum size in bytes (set_max_size)")},
                              "vetoed_by": _STR, "changes": _OBJ,
                              "existing": {"type": "boolean", "description": (
-                                 "true: an identical (action, args) request of this site was pending already; it "
-                                 "is answered, nothing new was proposed")},
+                                 "true: an identical (action, args) request was pending already (this site's, "
+                                 "else another site's: own false); it is answered, nothing new was proposed")},
+                             "by": {"type": "string", "description": (
+                                 "with existing: the site that made the pending request")},
+                             "own": {"type": "boolean", "description": (
+                                 "with existing: true when this site made it; false: approve it with "
+                                 "replicad approve REQ (this site's approval is not counted yet)")},
+                             "reason": {"type": "string", "description": (
+                                 "with existing: the pending request's reason (a new reason is not recorded)")},
+                             "already": {"type": "boolean", "description": (
+                                 "true: approve of an applied request, or veto of a vetoed, failed or expired "
+                                 "one, answered from this site's current view; nothing was proposed (the "
+                                 "contradicting cases are 409 conflict)")},
                              "warning": {"type": "string", "description": (
                                  "a revocation requested or approved while the cluster's rules are 1: the target's "
                                  "own requests can erase it before its cooling-off ends; raise the rules first "
@@ -279,6 +290,8 @@ _BODIES: dict[str, dict] = {
         {"reason": {"type": "string", "description": "why (shown to the operators asked to approve)"}}),
     "MaxSizeSet": _object({"volume": _STR, "max_size_bytes": _INT, "previous": _INT, "status": _STR}),
     "Revoke": _object({}, {"reason": _STR}),
+    "Veto": _object({}, {"reason": {**_STR, "maxLength": 1024, "description": (
+        "why (the veto command carries none: kept in this site's log and admin audit log)")}}),
     "RulesRaise": _object({}, {"leave_behind": {"type": "array", "items": _STR, "minItems": 1, "description": (
         "the members to leave behind (unrevoked members of the agreed membership, not this site)")},
         "reason": {**_STR, "maxLength": 1024, "description": "why they are left behind (required with leave_behind)"},
@@ -390,18 +403,23 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
     ("requests", "GET", "/v1/requests", "Protection-weakening requests: pending, applied, expired", None,
      {"200": "Requests"}, ()),
     ("approve", "POST", "/v1/requests/{request_id}/approve",
-     "This site approves a request (a command signed by this site); it applies once enough sites approved",
+     "This site approves a request (a command signed by this site); it applies once enough sites approved. "
+     "A request already applied answers 200 already; a vetoed, failed or expired one 409; an id this site's "
+     "current view does not hold 404; nothing is proposed for these",
      "Empty", {"200": "RequestState"}, (400, 403, 404, 409, 503)),
     ("revoke", "POST", "/v1/sites/{site_id}/revoke",
      "Request to revoke a site's identity: once a majority of the sites approved, it applies when the membership "
      "cooling-off ends (at once if every other member approved); from then on every command signed by its keys is "
-     "refused. Under the cluster's rules 1 the answer carries a warning (the target can erase it)", "Revoke", {"202": "RequestState",
+     "refused. Under the cluster's rules 1 the answer carries a warning (the target can erase it). A site "
+     "cannot ask for its own revocation, nor for one of a site already revoked (409); a revocation another "
+     "site asked for already answers that request (existing, own false)", "Revoke", {"202": "RequestState",
                                                                             "200": "RequestState"},
      (400, 404, 409, 503)),
     ("veto", "POST", "/v1/requests/{request_id}/veto",
      "This site stops a request (pending, or approved and cooling off) before it takes effect; its own request "
-     "is withdrawn (status withdrawn: the record goes, no veto is counted)",
-     "Empty", {"200": "RequestState"}, (400, 403, 404, 409, 503)),
+     "is withdrawn (status withdrawn: the record goes, no veto is counted). A request already vetoed, failed "
+     "or expired answers 200 already; an applied one 409; nothing is proposed for either",
+     "Veto", {"200": "RequestState"}, (400, 403, 404, 409, 503)),
     ("members", "GET", "/v1/members", "Sites of the Raft group and their reachability", None,
      {"200": "Members"}, ()),
     ("membersAdd", "POST", "/v1/members",

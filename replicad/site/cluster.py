@@ -54,16 +54,18 @@ class Cluster:
         other site's stored answer left the memory (``state.APPLIED_OPS_MAX`` newer answers) and
         inside the replay window: rules 3 close that (the command is applied, never answered from another site's answer).
 
-        A ``request`` (``action``, ``args``) identical to a pending request of this site in the
-        current view (:meth:`own_pending_request`) is answered with that request, not proposed:
-        an operator trying again after a failure that was not one (the first try committed
-        through a relay) made a second request each time until the site's quota of pending
-        requests was used up (attacker review r14, A2). Not committed by the deadline while
+        A ``request`` (``action``, ``args``) identical to a pending request in the current view
+        (:meth:`identical_pending_request`: this site's, else another site's) is answered with
+        that request, not proposed: an operator trying again after a failure that was not one
+        (the first try committed through a relay) made a second request each time until the
+        site's quota of pending requests was used up (attacker review r14, A2); a second site
+        asking for what another site's request asks (two revocations of one site) made a
+        parallel request that stayed live after the first applied (operator try-out 2, item 2). Not committed by the deadline while
         this site holds a Raft leader deposed: :class:`CommitUnknownError` (the command may
         have committed through another member's relay; look before trying again).
         """
         if op == "request":
-            existing = self.own_pending_request(args.get("action"), args.get("args"))
+            existing = self.identical_pending_request(args.get("action"), args.get("args"))
             if existing is not None:
                 return existing
         cmd = {"op": op, "by": self.site_id, "now_ns": time.time_ns(), "op_id": uuid.uuid4().hex, **args}
@@ -103,25 +105,27 @@ class Cluster:
             "a new try is a new command", op=cmd.get("op"), op_id=cmd.get("op_id"), reason=(err.evidence or {}).get(
                 "reason"), deposed={addr: d.get("site") for addr, d in deposed.items()})
 
-    def own_pending_request(self, action: Any, args: Any) -> dict | None:
-        """The answer of a pending (not expired) request of this site with exactly ``action`` and
-        ``args`` (compared as the state stores them: after a msgpack round trip) in the applied
-        state, when this site's view is current (:meth:`raft_synced`; a stale view may show a
-        request pending that expired or applied since): ``{"ok": True, "request", "status":
-        "pending", "approvals", "needed", "expires_ns", "existing": True}`` (the newest such
-        request), else None. Read only: proposes nothing, decides nothing in the state machine
-        (whose decisions stay those of every rules version)."""
+    def identical_pending_request(self, action: Any, args: Any) -> dict | None:
+        """The answer of a pending (not expired) request with exactly ``action`` and ``args``
+        (compared as the state stores them: after a msgpack round trip) in the applied state,
+        when this site's view is current (:meth:`raft_synced`; a stale view may show a request
+        pending that expired or applied since): ``{"ok": True, "request", "status": "pending",
+        "approvals", "needed", "expires_ns", "by", "reason", "existing": True}`` -- the newest
+        such request of this site, else the newest of another site (``by`` names it: the caller
+        points the operator to approving it) -- else None. Read only: proposes nothing, decides
+        nothing in the state machine (whose decisions stay those of every rules version)."""
         if not isinstance(action, str) or not isinstance(args, dict) or not self.raft_synced():
             return None
         try:
             wanted = msgpack.unpackb(msgpack.packb(args, use_bin_type=True), raw=False)
         except (TypeError, ValueError, OverflowError):
             return None  # the state machine refuses what does not encode: nothing can equal it
-        for r in list_requests(self.view()):
-            if r.get("status") == "pending" and r.get("by") == self.site_id and r.get("action") == action \
-                    and r.get("args") == wanted:
-                return {"ok": True, "request": r["id"], "status": "pending", "approvals": list(r["approvals"]),
-                        "needed": r["needed"], "expires_ns": r["expires_ns"], "existing": True}
+        same = [r for r in list_requests(self.view())
+                if r.get("status") == "pending" and r.get("action") == action and r.get("args") == wanted]
+        for r in sorted(same, key=lambda r: r.get("by") != self.site_id):  # stable: newest first within each
+            return {"ok": True, "request": r["id"], "status": "pending", "approvals": list(r["approvals"]),
+                    "needed": r["needed"], "expires_ns": r["expires_ns"], "by": r.get("by"),
+                    "reason": r.get("reason"), "existing": True}
         return None
 
     def raft_synced(self) -> bool:

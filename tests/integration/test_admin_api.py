@@ -224,6 +224,63 @@ def test_retention_policy_through_raft(cluster: LocalCluster) -> None:
     assert call(cluster, "site-a", "PUT", path, {"retention": {"daily": 1}})[0] == 400  # keep_all <= hourly <= daily
 
 
+def test_repeated_and_self_directed_requests_propose_nothing(cluster: LocalCluster) -> None:
+    """Operator try-out 2, items 1, 2, 3 and 11, on real daemons: a site's revocation of itself is
+    refused at the proposer; another site's identical request is answered with the pending one (a
+    pointer to approve it); an approve of an applied request and a veto of a vetoed one answer what
+    they are (``already``) and the contradicting ones ``conflict``, all without a new request."""
+    def requests(site: str) -> list[dict]:
+        return call(cluster, site, "GET", "/v1/requests", token=NO_TOKEN if site != "site-a" else VIEWER)[2][
+            "requests"]
+
+    count = len(requests("site-a"))
+    status, _, body = call(cluster, "site-b", "POST", "/v1/sites/site-b/revoke", {"reason": "typo"}, token=NO_TOKEN)
+    assert status == 409 and body["error"] == "conflict" and "cannot ask for its own revocation" in body["message"]
+    cli = subprocess.run([sys.executable, "-m", "replicad", "--admin", cluster.sites["site-b"].admin_url, "revoke",
+                          "site-b"], capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k != "REPLICAD_TOKEN"})
+    assert cli.returncode == 4 and "ask at another site" in cli.stderr, (cli.stdout, cli.stderr)
+    path = f"/v1/volumes/{VOL}/retention"
+    daily = call(cluster, "site-a", "GET", path, token=VIEWER)[2]["retention"]["daily_s"] + 86400
+    status, _, first = call(cluster, "site-a", "PUT", path, {"retention": {"daily_s": daily}, "reason": "first"})
+    assert status == 202 and first["status"] == "pending" and "existing" not in first, first
+    req = first["request"]
+    cluster.wait_for("site-b sees the request", lambda: any(r["id"] == req for r in requests("site-b")),
+                     timeout_s=20)
+    status, _, other = call(cluster, "site-b", "PUT", path, {"retention": {"daily": f"{daily}s"}, "reason": "2nd"},
+                            token=NO_TOKEN)
+    assert status == 202 and other["request"] == req and other["existing"] is True and other["own"] is False, other
+    assert other["by"] == "site-a" and other["reason"] == "first" and other["approvals"] == ["site-a"], other
+    assert other["next"].startswith(f"{req} by site-a is pending: approve it with replicad approve {req}"), other
+    status, _, again = call(cluster, "site-a", "PUT", path, {"retention": {"daily_s": daily}, "reason": "other"})
+    assert status == 202 and again["request"] == req and again["own"] is True and again["reason"] == "first"
+    assert len(requests("site-a")) == count + 1
+    status, _, body = call(cluster, "site-b", "POST", f"/v1/requests/{req}/approve", {}, token=NO_TOKEN)
+    assert status == 200 and body["status"] == "applied", body
+    cluster.wait_for("site-c sees it applied", lambda: any(r["id"] == req and r["status"] == "applied"
+                                                            for r in requests("site-c")), timeout_s=20)
+    status, _, body = call(cluster, "site-c", "POST", f"/v1/requests/{req}/approve", {}, token=NO_TOKEN)
+    assert status == 200 and body["status"] == "applied" and body["already"] is True, body
+    status, _, body = call(cluster, "site-c", "POST", f"/v1/requests/{req}/veto", {}, token=NO_TOKEN)
+    assert status == 409 and "already applied" in body["message"], body
+    status, _, second = call(cluster, "site-a", "PUT", path, {"retention": {"daily_s": daily + 86400}})
+    assert status == 202, second
+    cluster.wait_for("site-b sees the second request", lambda: any(r["id"] == second["request"]
+                                                                   for r in requests("site-b")), timeout_s=20)
+    status, _, body = call(cluster, "site-b", "POST", f"/v1/requests/{second['request']}/veto",
+                           {"reason": "not agreed"}, token=NO_TOKEN)
+    assert status == 200 and body["status"] == "vetoed", body
+    cluster.wait_for("site-c sees it vetoed", lambda: any(r["id"] == second["request"] and r["status"] == "vetoed"
+                                                          for r in requests("site-c")), timeout_s=20)
+    status, _, body = call(cluster, "site-c", "POST", f"/v1/requests/{second['request']}/veto", {}, token=NO_TOKEN)
+    assert status == 200 and body["already"] is True and body["vetoed_by"] == "site-b", body
+    status, _, body = call(cluster, "site-c", "POST", f"/v1/requests/{second['request']}/approve", {},
+                           token=NO_TOKEN)
+    assert status == 409 and "already vetoed" in body["message"], body
+    assert call(cluster, "site-c", "POST", "/v1/requests/r999/approve", {}, token=NO_TOKEN)[0] == 404
+    assert len(requests("site-a")) == count + 2
+
+
 def test_audit_file_chains_and_records_refused_calls(cluster: LocalCluster) -> None:
     tag = f"/v1/volumes/{VOL}/snapshot"
     assert call(cluster, "site-a", "POST", tag, {}, token=NO_TOKEN)[0] == 401

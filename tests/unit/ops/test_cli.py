@@ -758,3 +758,41 @@ def test_status_says_whom_the_rules_raise_waits_for(admin_stub) -> None:
     answers["/v1/status"] = (200, {**STATUS, "rules": {**rules, "version": 2, "waiting": False}})
     text = " ".join(run_env({"COLUMNS": "200"}, "--admin", url, "status").stdout.split())
     assert "waiting for" not in text, text
+
+
+def test_bad_ids_and_site_names_are_refused_before_any_call(admin_stub) -> None:
+    """Operator try-out 2, item 9: an empty id or one with '/' reached another path and read as an
+    unreachable site (exit 7); refused client-side (bad_request, exit 2), nothing sent."""
+    url, answers = admin_stub
+    received = answers["__received__"]  # type: ignore[index]
+    for argv in (("approve", ""), ("veto", "r6x/../../v1"), ("revoke", ""), ("revoke", ".."), ("approve", "r1\x07")):
+        res = run_env({}, "--admin", url, *argv)
+        assert res.returncode == 2 and "bad_request" in res.stderr and "Traceback" not in res.stderr, (argv, res)
+    assert received == [], received
+    answers["/v1/requests/r%20%C3%A9/veto"] = (200, {"request": "r é", "status": "vetoed", "approvals": [],
+                                                     "needed": 2, "vetoed_by": "site-a"})
+    res = run_env({}, "--admin", url, "veto", "r é", "--reason", "not agreed by phone")  # quoted; veto takes a reason
+    assert res.returncode == 0 and "request r é vetoed by site-a" in res.stdout, (res.stdout, res.stderr)
+    assert received == [("POST", "/v1/requests/r%20%C3%A9/veto", {"reason": "not agreed by phone"})], received
+
+
+def test_a_request_asked_again_says_so_in_text(admin_stub) -> None:
+    """Operator try-out 2, items 2, 3 and 11: the text of an identical request asked again (this
+    site's own, or another site's) and of an approve of an applied request is not the first answer."""
+    url, answers = admin_stub
+    base = {"request": "r1", "status": "pending", "approvals": ["site-a"], "needed": 2, "action": "set_retention",
+            "volume": "ehr", "existing": True, "by": "site-a", "reason": "disk full"}
+    answers["/v1/volumes/ehr/retention"] = (202, {**base, "own": True, "next": "an operator of another site"})
+    res = run_env({}, "--admin", url, "retention", "ehr", "--set", "daily=14d", "--reason", "other")
+    out = " ".join(res.stdout.split())
+    assert res.returncode == 0 and ('request r1 is already pending (set_retention ehr) (asked again: nothing new '
+                                    'recorded; its reason stays "disk full"') in out, out
+    answers["/v1/sites/site-a/revoke"] = (202, {**base, "action": "revoke_site", "volume": None, "own": False})
+    res = run_env({}, "--admin", url, "revoke", "site-a")
+    out = " ".join(res.stdout.split())
+    assert res.returncode == 0 and "request r1 by site-a is already pending" in out, out
+    assert "approve it with replicad approve r1" in out, out
+    answers["/v1/requests/r1/approve"] = (200, {"request": "r1", "status": "applied", "approvals": ["a", "b"],
+                                                "needed": 2, "already": True})
+    res = run_env({}, "--admin", url, "approve", "r1")
+    assert res.returncode == 0 and "request r1 is already applied: nothing proposed" in res.stdout, res.stdout

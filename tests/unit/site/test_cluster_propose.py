@@ -1,8 +1,8 @@
 """Cluster.propose as the operator meets it after a front-running leader (attacker review r14, A2).
 
-* A ``request`` identical (action, args) to a pending request of this site in the current view is
-  answered with that request, not proposed again (an operator's retries after false failures made
-  r1..r8 and used up the site's quota of pending requests).
+* A ``request`` identical (action, args) to a pending request in the current view is answered with
+  that request, not proposed again (an operator's retries after false failures made r1..r8 and used
+  up the site's quota of pending requests); this site's own first, else another site's (``by``).
 * A proposal not committed by its deadline while this site holds a Raft leader deposed is
   ``commit_unknown`` (:class:`~replicad.core.errors.CommitUnknownError`): the command may have
   committed through another member's relay.
@@ -78,10 +78,11 @@ def test_an_identical_pending_request_of_this_site_is_answered_with_that_request
 
     other = _request(c, {"volume": "vol", "retention": {**WEAKER, "keep_all_s": 120}})  # other args: a new one
     assert other["request"] != first["request"] and len(raft.proposed) == 2
-    b, _ = _cluster(raft.state, site="b")  # another site's identical request is its own
+    b, _ = _cluster(raft.state, site="b")  # another site's identical request: answered with it, naming its site
     b.raft = raft
-    b_req = _request(b, args)
-    assert b_req["request"] not in (first["request"], other["request"]) and "existing" not in b_req
+    b_req = _request(b, args, reason="b's reason")
+    assert b_req["request"] == first["request"] and b_req["existing"] is True and b_req["by"] == "a", b_req
+    assert b_req["reason"] == "save space" and len(raft.proposed) == 2  # operator try-out 2, item 2
 
 
 def test_a_request_is_proposed_again_once_the_first_is_no_longer_pending(cluster):
