@@ -1021,23 +1021,24 @@ class SiteDaemon:
         (:class:`MembershipMismatchError`) when a majority of this config's sites report one cluster
         incarnation (their membership reports, :meth:`RaftNode.membership_reports`: each bound to
         its site by the Raft channel, one site's word never enough) and this site's state holds
-        another (``mine``), or none while its replay refused a ``found`` that counts among that
-        incarnation's founders (:meth:`RaftNode.refused_founder_of`) for :func:`founding_replay_s`.
-        That is the gap the check is for: a ``found`` counts only signed with the key the
-        ``[[sites]]`` config pinned for its proposer when this site's Raft log started
-        (``state.founding_keys``), so a site that started its log (rebuilt, or joining) after a
-        founder's founding key was retired from the configs, while a leader's log still held the
-        founding, refuses that founder's proposal; without this it would wait for ever, its state
-        never founded, or act on another incarnation.
+        another (``mine``): it would act on another incarnation. One gap leads there: a ``found``
+        counts only signed with the key the ``[[sites]]`` config pinned for its proposer when this
+        site's Raft log started (``state.founding_keys``), so a site that started its log (rebuilt,
+        or joining) after a founder's founding key was retired from the configs, while a leader's
+        log still held the founding, refuses that founder's proposal.
 
-        A state that founded nothing and refused no founder's proposal never applied the ones that
-        founded the cluster: the leader that sends this site its log may withhold them while it
-        reports this site caught up (r15 F1: a leading site made the last site of a first
-        deployment stop, blaming a key rotation). The site then does not stop: it logs an ERROR
-        naming that leader (after three rounds of :data:`FOUND_RETRY_S`, then every
-        :data:`FOUNDING_REPLAY_S`) and keeps proposing its ``found``, which
-        that leader must append, or this site deposes it after ``WITHHELD_AFTER_S`` (raft point 19)
-        and catches up from the next leader.
+        A state that founded nothing never stops (it acts on no incarnation): the leader that sends
+        this site its log may withhold the founding while it reports this site caught up (r15 F1: a
+        leading site made the last site of a first deployment stop, blaming a key rotation), and
+        may append a ``found`` forged in a founder's name with that founder's public random id,
+        which this site refuses and :meth:`RaftNode.refused_founder_of` then names (attacker review
+        r2, F2: a stop on that named a retired key that was never retired). The site logs an ERROR
+        (after three rounds of :data:`FOUND_RETRY_S`, then every :data:`FOUNDING_REPLAY_S`): no
+        refused founder, a founding withheld by the leader it names; a refused one, both causes
+        (that leader withholding and forging, or that founder's key retired: the remedy of README
+        "Rotate a site's key", step 6). It keeps proposing its ``found``, which that leader must
+        append, or this site deposes it after ``WITHHELD_AFTER_S`` (raft point 19) and catches up
+        from the next leader.
 
         Returns True (hold: do not join yet) while this site is founded, refused a ``found`` for its
         key since it started (:meth:`RaftNode.founds_unpinned`: a forged one, or one it judged
@@ -1067,14 +1068,17 @@ class SiteDaemon:
         refused = self.raft.refused_founder_of(theirs[0])
         leader = self.raft.leader_text()
         if mine is None:
+            # never a stop here (attacker review r2, F2): a refused found among the founders may be
+            # one the leader forged in a founder's name (incarnation random ids are public), and a
+            # site holding no incarnation acts on none; it keeps proposing its found and says why
             if self._unfounded_since is None:
                 self._unfounded_since = now
             waited = now - self._unfounded_since
-            if refused is None:
-                # not on the first rounds: reports of an entry committed after this site's catch-up
-                if waited >= 3 * FOUND_RETRY_S and (self._withheld_said is None
-                                                    or now - self._withheld_said >= FOUNDING_REPLAY_S):
-                    self._withheld_said = now
+            # not on the first rounds: reports of an entry committed after this site's catch-up
+            if waited >= 3 * FOUND_RETRY_S and (self._withheld_said is None
+                                                or now - self._withheld_said >= FOUNDING_REPLAY_S):
+                self._withheld_said = now
+                if refused is None:
                     log.error("site %s: founding withheld? %s report the cluster founded as %s for %.0f s; this "
                               "site's replay of the Raft log, caught up by the leader's word, holds none of the found "
                               "proposals that founded it: the leader %s may withhold them (README \"A site is "
@@ -1082,19 +1086,32 @@ class SiteDaemon:
                               "deposed after %.0f s (raft point 19) and this site catches up from the next one",
                               self.site_id, ", ".join(theirs[1]), theirs[0].hex(), waited, leader,
                               consensus_raft.WITHHELD_AFTER_S)
-                return False
-            if waited < founding_replay_s():
-                return False
+                else:
+                    log.error("site %s: founding not applied here: %s report the cluster founded as %s for %.0f s; "
+                              "this site's replay of the Raft log founded nothing, and it refused a found proposal in "
+                              "the name of site %s that would count among their founders, as not signed with the key "
+                              "the [[sites]] config pinned for it when this site's Raft log started. Either the "
+                              "leader %s withholds the founding and appended a found forged in site %s's name "
+                              "(README \"A site is compromised\"; a leader that never appends this site's found is "
+                              "deposed after %.0f s, raft point 19), or a founder's key that signed the founding was "
+                              "retired from this config while a Raft log still holds the founding (move this site's "
+                              "Raft directory aside and start it again once the leader's log is compacted past the "
+                              "founding: README \"Rotate a site's key\", step 6). The site acts on no incarnation "
+                              "it does not hold: it keeps proposing its found and waits",
+                              self.site_id, ", ".join(theirs[1]), theirs[0].hex(), waited, refused, leader, refused,
+                              consensus_raft.WITHHELD_AFTER_S)
+            return False
         cause = (f"it refused site {refused}'s found proposal, which counts among the founders of {theirs[0].hex()}, "
                  "as not signed with the key the [[sites]] config pinned for it when this site's Raft log started: a "
                  "founder's key that signed the founding is no longer pinned in this config (retired while a Raft log "
-                 "still holds the founding), or this config differs from theirs"
+                 f"still holds the founding), or this config differs from theirs, or the leader {leader} forged that "
+                 "proposal and withheld the founding"
                  if refused is not None else
                  f"no found it refused counts among their founders: the founds that founded {mine.hex()} here were "
                  f"sent by the leader {leader}, which may have sent this site another log than the others, or this "
                  "config differs from theirs (README \"A site is compromised\")")
         problem = (f"incarnation: {', '.join(theirs[1])} report the cluster founded as {theirs[0].hex()}, this site's "
-                   f"replay of the Raft log {'founded ' + mine.hex() if mine is not None else 'founded nothing'}")
+                   f"replay of the Raft log founded {mine.hex()}")
         self._fail(MembershipMismatchError(
             f"site {self.site_id}: {problem}: it decided the founding's found proposals otherwise than the sites that "
             f"founded the cluster: {cause}. The site stops before it acts as leader or primary. Move this site's Raft "
@@ -1216,21 +1233,10 @@ async def request_with_retry(cluster: Any, what: str, action: str, args: dict, r
 
 
 FOUNDING_REPLAY_S = 20.0
-"""Seconds past ``WITHHELD_AFTER_S`` (raft point 19) that a caught-up site which has not joined may
-hold no founding, while a majority of its configured sites report one and its replay refused a
-founder's ``found``, before it stops (:func:`founding_replay_s`, ``SiteDaemon._judge_founding_replay``);
-also how long a site that founded after refusing a ``found`` waits for the reports, and how often a
-founding never applied here is logged. A caught-up site applies the entry that founded the cluster
-within milliseconds of the others; the wait outlasts point 19 (a leader that withholds this site's
-``found`` is deposed first) plus a proposal round (``cluster.PROPOSE_DEADLINE_S``, 15 s) and an
-election (r15 F1: 20 s alone let a withholding leader stop a site before point 19 deposed it)."""
-
-
-def founding_replay_s() -> float:
-    """How long, in seconds, a site that refused a founder's ``found`` holds no founding before it
-    stops: ``WITHHELD_AFTER_S`` (read at each call: ``[raft] withheld_after`` in lab configs) plus
-    :data:`FOUNDING_REPLAY_S` (65 s by default)."""
-    return consensus_raft.WITHHELD_AFTER_S + FOUNDING_REPLAY_S
+"""How long a site that founded after refusing a ``found`` waits for the members' reports
+(``SiteDaemon._judge_founding_replay``), and how often a founding not applied here is logged (ERROR;
+such a site waits, it never stops for it: attacker review r2, F2). A caught-up site applies the
+entry that founded the cluster within milliseconds of the others."""
 
 
 FOUND_RETRY_S = 2.0
