@@ -8,12 +8,13 @@ Real RaftNodes (not started), real signed commands through the real state machin
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 from replicad.consensus.raft import _StateConsumer
 from replicad.core import state as st
-from tests.unit.consensus.test_depose import MEMBERS, SITES, TRUST, apply, signed
+from tests.unit.consensus.test_depose import ADDR, MEMBERS, SITES, TRUST, apply, signed
 from tests.unit.consensus.test_founding_keys import ROTATED, node
 
 
@@ -64,3 +65,58 @@ def test_a_log_an_older_release_started_is_said_to_pin_no_founding_keys(tmp_path
     (old / "raft.journal").write_bytes(b"")
     (old / "raft.limits").write_text(json.dumps({"members": list(SITES), "max_sites": 3}))
     assert node(old).founding_unpinned_log()
+
+
+class _Reporting:
+    """This node as the daemon's judge reads it, with the members' membership reports (which the
+    Raft channel carries between running daemons) given."""
+
+    def __init__(self, node, reports: dict) -> None:
+        self.node, self.reports = node, reports
+
+    def membership_reports(self) -> dict:
+        return self.reports
+
+    def __getattr__(self, name: str):
+        return getattr(self.node, name)
+
+
+def test_a_found_forged_with_a_founders_public_id_never_stops_a_site(tmp_path: Path, monkeypatch, caplog) -> None:
+    """Attacker review r2, F2: incarnation random ids are public, so a leader withholding the
+    founding appends a found in founder b's name with b's random id and its own signature; the
+    replay then names b as a refused founder. Before, the site stopped (exit 2) blaming b's
+    retired key; now it never stops while it holds no incarnation: ERROR lines naming both causes."""
+    from types import SimpleNamespace
+
+    from replicad.site import daemon as site_daemon
+
+    b_inc = os.urandom(16)
+    b_found = signed("b", "found", incarnation=b_inc, members=MEMBERS, rules=st.RULES_MAX)
+    c_found = founds("c")[0]
+    theirs = founders_incarnation([b_found, c_found])
+    victim = node(tmp_path)  # site a, honest config: no key was ever retired
+    apply(victim._consumer, signed("b", "found", key="c", incarnation=b_inc, members=MEMBERS, rules=st.RULES_MAX))
+    apply(victim._consumer, c_found)
+    assert victim._consumer.cluster.get("incarnation") is None
+    assert victim.refused_founder_of(theirs) == "b"  # the forgery is not told from the gap here
+    report = {"incarnation": theirs}
+    judge = SimpleNamespace(
+        site_id="a", cfg=SimpleNamespace(sites=[SimpleNamespace(site_id=s, raft=ADDR[s]) for s in SITES]),
+        raft=_Reporting(victim, {ADDR["b"]: report, ADDR["c"]: report}), failed=[],
+        _held_since=None, _unfounded_since=None, _withheld_said=None)
+    judge._fail = judge.failed.append
+    now = [5000.0]
+    monkeypatch.setattr(site_daemon.time, "monotonic", lambda: now[0])
+    caplog.set_level(logging.ERROR)
+    for _ in range(200):  # 2,000 s: far past any former stop
+        assert site_daemon.SiteDaemon._judge_founding_replay(judge, None) is False
+        now[0] += 10.0
+    assert judge.failed == []
+    said = [r.getMessage() for r in caplog.records if "founding not applied here" in r.getMessage()]
+    assert len(said) == 100, len(said)  # every FOUNDING_REPLAY_S (20 s), never per check
+    assert "in the name of site b" in said[0] and "forged in site b's name" in said[0], said[0]
+    assert "Rotate a site's key" in said[0] and "keeps proposing its found and waits" in said[0]
+    # a site that founded another incarnation still stops: it would act on it
+    mine = os.urandom(16)
+    site_daemon.SiteDaemon._judge_founding_replay(judge, mine)
+    assert len(judge.failed) == 1 and "forged that proposal" in str(judge.failed[0])
