@@ -449,6 +449,7 @@ from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.node import TCPNode
 from pysyncobj.tcp_connection import TcpConnection
 
+from replicad.consensus import channel as channel_module
 from replicad.consensus import checkpoint, dumpfile
 from replicad.consensus import journal as journal_module
 from replicad.consensus.channel import (KNOWN_REASONS, MAX_DECOMPRESSED_BYTES, ChannelIdentity, DecompressionBombError,
@@ -1131,6 +1132,7 @@ class _HardenedSyncObj(SyncObj):
     take_applied_entry: Callable[[], tuple | None] = staticmethod(lambda: None)  # set by RaftNode
     _own_ops: dict | None = None  # op id -> key of this node's own proposals (pending and recent); under _own_lock
     _front_runs: dict | None = None  # op id -> evidence of another site's signed entry whose answer it stored
+    _front_runs_said: dict | None = None  # (leader or signer, op id) -> None: point 21's ERROR said once (newest kept)
 
     def __init__(self, *args: Any, refusals: RefusalLog | None = None,
                  dump_check: Callable[[Any], list[str]] | None = None, **kwargs: Any) -> None:
@@ -1146,7 +1148,7 @@ class _HardenedSyncObj(SyncObj):
         self._misbehaviour = MisbehaviourCount()
         self._withheld = WithheldWatch()
         self._own, self._own_results, self._own_lock = {}, {}, threading.Lock()
-        self._own_ops, self._front_runs = {}, {}
+        self._own_ops, self._front_runs, self._front_runs_said = {}, {}, {}
         self._relay_in = MemberBudget(RELAY_CMDS_PER_S, RELAY_BYTES_PER_S)
         self._relay_out = MemberBudget(RELAY_CMDS_PER_S / 2, RELAY_BYTES_PER_S / 2)
         transport = self.__dict__.get("_SyncObj__transport")
@@ -1600,7 +1602,7 @@ class _HardenedSyncObj(SyncObj):
                     "memory is keyed by signing site), so the leader is NOT deposed (deposing it would cut this "
                     "site off while the others follow it). A compromised site: README \"A site is compromised\"",
                     term, leader.id, signer, idx, op, op_id[:64], cluster_state.rules(before),
-                    level=logging.ERROR, every_s=0.0)
+                    level=logging.ERROR, **self._front_run_said(str(leader.id), op_id))
                 return
             if not self.holds_deposed(leader.id, term):
                 self._depose(leader, term, WITHHELD_HOLD_S)
@@ -1611,13 +1613,29 @@ class _HardenedSyncObj(SyncObj):
                 "Deposing it (this site accepts no append entries from it and grants it no vote or pre-vote for "
                 "%.0fs) and asking for the election of another leader. A compromised site: README \"A site is "
                 "compromised\"", term, leader.id, signer, idx, op, op_id[:64], WITHHELD_HOLD_S,
-                level=logging.ERROR, every_s=0.0)
+                level=logging.ERROR, **self._front_run_said(str(leader.id), op_id))
             return
         self.refusals.refuse(
             "op_id_taken", "site %s signed a command (%s, log index %d, term %s) carrying the op id %s of a command "
             "this site proposed (an honest site never does: op ids are random); the leader that appended it (%s) is "
             "not that site, so nobody is deposed. A compromised site: README \"A site is compromised\"",
-            signer, op, idx, term, op_id[:64], leader_site or "not known here", level=logging.ERROR, every_s=0.0)
+            signer, op, idx, term, op_id[:64], leader_site or "not known here", level=logging.ERROR,
+            **self._front_run_said(signer, op_id))
+
+    def _front_run_said(self, who: str, op_id: str) -> dict:
+        """Point 21's ERROR line for an entry of ``who`` (the leader's address, or the signing site)
+        carrying this site's ``op_id``: ``refuse`` keywords that log the first entry of each
+        ``(who, op id)`` and further ones at most once per ``channel.LOG_EVERY_S`` for ``who``
+        (with the count of those not logged); every entry is counted. Attacker review r2, F3: a
+        leader repeating one front-run entry 300 times logged 300 ERROR lines. The newest
+        :attr:`OWN_RESULTS_KEPT` pairs are remembered."""
+        said, key = self._front_runs_said, (who, op_id)
+        with self._own_lock:
+            first = key not in said
+            said[key] = None
+            while len(said) > self.OWN_RESULTS_KEPT:
+                del said[next(iter(said))]
+        return {"every_s": 0.0 if first else channel_module.LOG_EVERY_S, "about": who}
 
     def deposed_status(self) -> dict:
         """``{leader address: {"site": str|None, "term": int, "hold_s": float}}`` of the leaders
