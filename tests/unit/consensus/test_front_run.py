@@ -14,6 +14,8 @@ alerts without deposing; commands relayed through the members (point 20) are jud
 
 from __future__ import annotations
 
+import logging
+
 import msgpack
 import pytest
 from pysyncobj.config import FAIL_REASON
@@ -166,6 +168,39 @@ def test_under_rules_3_a_front_running_leader_is_alerted_not_deposed_and_the_com
         assert not victim.deposed and victim._SyncObj__raftLeader is not None \
             and victim._SyncObj__raftLeader.id == leader_id  # still following it
     assert leader._isLeader() and not other.deposed and not other.refusals.counts().get("leader_front_runs")
+
+
+def test_under_rules_3_a_repeated_front_run_is_counted_each_time_and_logged_once(nodes, monkeypatch, caplog):
+    """Attacker review r2, F3: a leader appending one front-run entry 300 times made the member log
+    300 ERROR lines. Every entry is counted; the ERROR is said once per leader and op id, and
+    repeats at most once per ``channel.LOG_EVERY_S`` (here set past the test's length)."""
+    monkeypatch.setattr("replicad.consensus.channel.LOG_EVERY_S", 1e9)
+    under_rules(nodes, 3)
+    sites = wire(nodes)
+    leader, (victim, _) = elect(nodes)
+    lsite, repeats = sites[leader._SyncObj__selfNode.id], {"flood-1": 300, "flood-2": 1}
+    real = leader._dispatch_message
+
+    def dispatch(node, message):
+        if isinstance(message, dict) and message.get("type") == "apply_command":
+            entry = consensus.entry_call(message.get("command"))
+            cmd = checkpoint.decode_command(entry[1]) if entry is not None else None
+            if isinstance(cmd, dict) and cmd.get("op_id") in repeats:
+                for i in range(repeats.pop(cmd["op_id"])):
+                    leader.consumer.apply_command(msgpack.packb({"v": 1, "op": "noop", "op_id": cmd["op_id"],
+                                                                "by": lsite, "n": i}), callback=None)
+        real(node, message)
+    monkeypatch.setattr(leader, "_dispatch_message", dispatch)
+    caplog.set_level(logging.ERROR)
+    answers: dict = {}
+    for op_id, total in (("flood-1", 300), ("flood-2", 301)):
+        propose_as(victim, sites[victim._SyncObj__selfNode.id], op_id, answers)
+        assert tick(nodes, lambda: op_id in answers and victim.refusals.counts().get("leader_front_runs", 0) >= total,
+                    60.0), victim.refusals.counts()
+        assert answers[op_id][1] == FAIL_REASON.SUCCESS and answers[op_id][0].get("error") != "leader_front_run"
+    lines = [r.getMessage() for r in caplog.records if "[leader_front_runs]" in r.getMessage()]
+    assert victim.refusals.counts()["leader_front_runs"] == 301 and not victim.deposed
+    assert len(lines) == 2 and "flood-1" in lines[0] and "flood-2" in lines[1], lines
 
 
 @pytest.mark.parametrize("rules", [2, 3])
