@@ -6,12 +6,15 @@ that matters (``min_score 0.02 -> 0.5``, a weakening) is buried in kilobytes of 
 :func:`request_changes` compares such args with what they replace and gives only the keys that
 differ; the full ``args`` stay in the request record (``--json``).
 
-What "old" is: while a request waits (``pending``, ``approved``, ``expired``) the agreed state
-now (the Raft view this site holds); once applied, only what the record itself names as
-replaced (a retention change's ``previous``, a maximum size's ``result.previous``) — the state
-now already holds the new values. Other records (``failed``, ``vetoed``, an applied detection
-or membership change) have no comparison: ``changes`` is None and the caller summarises the
-args (:func:`args_summary`).
+What "old" is: while a request waits (``pending``, ``approved``, ``expired``) or once it ended
+without taking effect (``vetoed``, ``failed``, ``withdrawn``...) the agreed state now (the Raft
+view this site holds: what it asks compared with what is in force); once applied, only what the
+record itself names as replaced (a retention change's ``previous``, a maximum size's
+``result.previous``) — the state now already holds the new values — and for an applied
+detection policy, whose record names no previous one, the defaults (``against`` ``"defaults"``:
+``compared with the defaults: min_score: 0.02 -> 0.05 (17 other keys as the defaults)``). Other
+records (an applied membership or role change) have no comparison: ``changes`` is None and the
+caller summarises the args (:func:`args_summary`).
 
 Every value here is another site's word (a request's args are whatever its requester sent
 within the state machine's checks): the functions never raise on any shape and copy nothing
@@ -81,7 +84,7 @@ def request_changes(r: dict, view: dict) -> dict | None:
     with ``view`` (the Raft state) while it waits or with the ``previous`` it records once
     applied. Pure; never raises.
 
-    Returns ``{"against": "now" | "before", "changes": [change], "unchanged": int}`` (a change
+    Returns ``{"against": "now" | "before" | "defaults", "changes": [change], "unchanged": int}`` (a change
     ``{"key", "old", "new"}`` or, for lists, ``{"key", "added", "removed"}``; ``unchanged`` the
     keys of the document equal to what they replace), or None when there is nothing to compare
     with (an action whose args are no document, an unknown volume, a record that names no
@@ -89,12 +92,18 @@ def request_changes(r: dict, view: dict) -> dict | None:
     action, status = r.get("action"), r.get("status")
     args = r.get("args") if isinstance(r.get("args"), dict) else {}
     vol = (view.get("volumes") or {}).get(args.get("volume")) if isinstance(view.get("volumes"), dict) else None
-    waiting = status in WAITING
+    waiting = status != "applied"  # waiting, or ended without effect: compared with the state now
+    against = "now" if waiting else "before"
     from replicad.core.state import detection_policy, max_size_bytes  # the CLI imports this module for its text
 
     try:
         if action == "set_detection" and waiting and isinstance(vol, dict) and isinstance(args.get("policy"), dict):
             changes, same = _map_changes(detection_policy(vol), args["policy"])
+        elif action == "set_detection" and not waiting and isinstance(args.get("policy"), dict):  # none recorded
+            from replicad.core.anomaly import POLICY_DEFAULTS, with_defaults
+
+            changes, same = _map_changes(with_defaults(dict(POLICY_DEFAULTS)), args["policy"])
+            against = "defaults"
         elif action == "set_retention" and isinstance(args.get("retention"), dict):
             old = vol.get("retention") if waiting and isinstance(vol, dict) else r.get("previous") \
                 if status == "applied" else None
@@ -127,7 +136,21 @@ def request_changes(r: dict, view: dict) -> dict | None:
             return None
     except (KeyError, TypeError, ValueError, AttributeError):  # a record of a shape this code does not know
         return None
-    return {"against": "now" if waiting else "before", "changes": changes, "unchanged": same}
+    return {"against": against, "changes": changes, "unchanged": same}
+
+
+def document_changes(old: Any, new: Any) -> dict | None:
+    """What document ``new`` (a detection policy, a retention map) changes from ``old``, in the
+    shape of :func:`request_changes` with ``against`` ``"before"`` (for :func:`changes_text`:
+    ``min_score: 0.02 -> 0.05 (17 other keys as before)``); None when either is not a map.
+    Pure; never raises."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return None
+    try:
+        changes, same = _map_changes(old, new)
+    except (TypeError, ValueError):  # unhashable or uncomparable values of a hostile shape
+        return None
+    return {"against": "before", "changes": changes, "unchanged": same}
 
 
 def with_changes(requests: list[dict], view: dict) -> list[dict]:
@@ -207,11 +230,12 @@ def change_text(change: dict) -> str:
 
 def changes_text(diff: dict) -> str:
     """A :func:`request_changes` answer in one line: the changes, ``, ``-separated, then how
-    many keys stay as they are (``min_score: 0.02 -> 0.01 (17 other keys as now)``)."""
+    many keys stay as they are (``min_score: 0.02 -> 0.01 (17 other keys as now)``); compared with
+    the defaults, it says so first."""
     changes = diff.get("changes") or []
-    as_ = "as now" if diff.get("against") == "now" else "as before"
-    text = ", ".join(change_text(c) for c in changes) if changes else f"nothing differs from {as_.split()[1]}"
+    against = {"now": "now", "defaults": "the defaults"}.get(diff.get("against"), "before")
+    text = ", ".join(change_text(c) for c in changes) if changes else f"nothing differs from {against}"
     unchanged = diff.get("unchanged") or 0
     if changes and unchanged:
-        text += f" ({unchanged} other {'key' if unchanged == 1 else 'keys'} {as_})"
-    return text
+        text += f" ({unchanged} other {'key' if unchanged == 1 else 'keys'} as {against})"
+    return f"compared with the defaults: {text}" if diff.get("against") == "defaults" and changes else text

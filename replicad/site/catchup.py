@@ -18,8 +18,9 @@ install, are compared on every cluster-wide fact an operator audits, and the sta
 * requests: new ones and each status change (:func:`request_words`, the wording of the live
   ``AUDIT request`` lines), and vetoes per site;
 * the ``audit`` records (op, signer, volume, outcome, stamp) of the commands the state covers past
-  this site's position: the accepted ones listed, oldest first (``clock`` and ``vouch`` counted,
-  not listed), then the refused ones counted, one line per (op, claimed signer, error) with the
+  this site's position: the accepted ones listed, oldest first (the routine ones,
+  :data:`ROUTINE_OPS`: clocks, vouches, snapshot commits and verdicts, counted per command and
+  signer in one line), then the refused ones counted, one line per (op, claimed signer, error) with the
   range of their claimed stamps. A refused record is the command's claim, unsigned (the state
   machine audits a forged or malformed command with the ``op``, ``by`` and ``now_ns`` it names),
   and one site's thousand refused commands (attack review R15, F2: 6,000 vetoes of a request that
@@ -39,6 +40,7 @@ from typing import Any, Callable
 
 from replicad.core import state as cluster_state
 from replicad.core.errors import facts_text
+from replicad.ops.requestdiff import args_summary, change_text, changes_text, document_changes, request_changes
 
 FACTS_MAX = 200
 """Fact lines logged for one install at most (then one line counting the rest)."""
@@ -47,8 +49,13 @@ RECORDS_MAX = 200
 1,000); and at most as many lines counting refused ones."""
 SEQS_SHOWN = 10
 """Snapshot seqs named in one line at most (then how many more)."""
-QUIET_OPS = ("clock", "vouch")
-"""Audit records counted, not listed: every site's heartbeat every 5 s and checkpoint vouches."""
+ROUTINE_OPS = ("clock", "vouch", "commit_snapshot", "site_verdict", "add_holder", "remove_holder")
+"""Accepted audit records counted per (command, signer), not listed one by one: every site's
+heartbeat every 5 s, checkpoint vouches, each snapshot's commit, every site's verdict on it and
+the copies it holds (six minutes away are dozens of them: listed, they bury the facts, which stay
+one line each)."""
+ROUTINE_GROUPS_SHOWN = 30
+"""(command, signer) counts named in the routine records' line at most (then how many more)."""
 VOLUME_FIELDS = ("primary", "block_size", "min_copies", "retention")
 """What a volume's registration line shows (the live ``AUDIT add_volume`` line's fields)."""
 
@@ -56,10 +63,12 @@ VOLUME_FIELDS = ("primary", "block_size", "min_copies", "retention")
 def request_words(action: Any, args: Any, reason: Any = None) -> str:
     """A request's action, arguments and reason for an AUDIT line:
     ``set_retention volume=ehr retention={...} reason="..."`` (:func:`~replicad.core.errors.facts_text`);
-    ``?`` for an action not known here."""
+    an argument longer than 400 characters (a detection policy's ransom-note patterns) counted
+    (``policy=<18 keys>``: :func:`~replicad.ops.requestdiff.args_summary`; the request record
+    keeps it whole); ``?`` for an action not known here."""
     words = str(action or "?")
     if isinstance(args, dict) and args:
-        words += " " + facts_text(args)
+        words += " " + facts_text(args_summary(args))
     if reason:
         words += " " + facts_text({"reason": reason})
     return words
@@ -205,13 +214,44 @@ def _volumes(before: dict, after: dict) -> list[str]:
         if (old.get("primary"), old.get("epoch")) != (new.get("primary"), new.get("epoch")):
             out.append(f"volume {name}: primary {_value(old.get('primary'))} -> {_value(new.get('primary'))}, epoch "
                        f"{old.get('epoch')} -> {new.get('epoch')}")
-        for key, what in (("retention", "retention"), ("detection", "detection policy"),
-                          ("min_copies", "min_copies"), ("max_size_bytes", "max_size_bytes"),
-                          (cluster_state.RESTORE_PIN, "hold: restore pin (forced promotion)"),
+        out.extend(_policies(name, old, new))
+        for key in ("min_copies", "max_size_bytes"):
+            if old.get(key) != new.get(key):
+                out.append(f"volume {name}: {change_text({'key': key, 'old': old.get(key), 'new': new.get(key)})}")
+        for key, what in ((cluster_state.RESTORE_PIN, "hold: restore pin (forced promotion)"),
                           (cluster_state.INSTANT, "hold: instant recovery")):
             if old.get(key) != new.get(key):
                 out.append(f"volume {name}: {what} {_value(old.get(key))} -> {_value(new.get(key))}")
         out.extend(_snapshots(name, old, new))
+    return out
+
+
+def _policies(name: str, old: dict, new: dict) -> list[str]:
+    """A volume's retention and detection policy changes in the CLI's words and units, only the keys
+    that differ (``volume ehr: detection policy changed: min_score: 0.02 -> 0.05 (17 other keys as
+    before)``, ``retention changed: daily: 30d -> 60d``): :mod:`replicad.ops.requestdiff`, what
+    ``replicad requests`` shows. A detection policy is compared as it applies
+    (``state.detection_policy``: the defaults while none was set), so a first policy is a change
+    from the defaults, not from "none"."""
+    out = []
+    if old.get("retention") != new.get("retention"):
+        diff = document_changes(old.get("retention"), new.get("retention"))
+        out.append(f"volume {name}: retention changed: {changes_text(diff)}" if diff is not None else
+                   f"volume {name}: retention {_value(old.get('retention'))} -> {_value(new.get('retention'))}")
+    if old.get("detection") != new.get("detection"):
+        try:
+            was, now = cluster_state.detection_policy(old), cluster_state.detection_policy(new)
+        except Exception:  # a policy of a shape the state would not hold: say what is there, counted
+            was, now = None, None
+        diff = document_changes(was, now)
+        if diff is None:
+            out.append(f"volume {name}: detection policy {facts_text(args_summary({'was': old.get('detection')}))}"
+                       f" -> {facts_text(args_summary({'now': new.get('detection')}))}")
+        elif diff["changes"]:
+            default = " (the defaults applied before)" if old.get("detection") is None else ""
+            out.append(f"volume {name}: detection policy changed{default}: {changes_text(diff)}")
+        else:
+            out.append(f"volume {name}: detection policy recorded as it applied already: nothing differs")
     return out
 
 
@@ -220,6 +260,9 @@ def _requests(before: dict, after: dict) -> list[str]:
     for req_id, entry in now.items():
         entry, prior = _d(entry), was.get(req_id)
         what = request_words(entry.get("action"), entry.get("args"), entry.get("reason"))
+        diff = request_changes(entry, after)
+        if diff is not None:
+            what += f" (changes {changes_text(diff)})"
         approvals = ", ".join(map(str, entry.get("approvals") or ()))
         if prior is None:
             out.append(f"request {req_id} by {entry.get('by', '?')}: {what} -- now {entry.get('status')}, approvals "
@@ -243,7 +286,7 @@ def _outcome(entry: dict) -> str:
     if entry.get("status") == "vetoed":
         return f"; vetoed by {entry.get('vetoed_by')}"
     if entry.get("status") in ("applied", "failed") and entry.get("result") is not None:
-        return f": {facts_text(entry.get('result'))}"
+        return f": {facts_text(args_summary(entry.get('result')))}"
     if entry.get("status") == "approved":
         return f"; takes effect when the cooling-off ends (majority clock {_when(entry.get('effective_ns'))})"
     return ""
@@ -307,10 +350,10 @@ def refused_text(group: tuple, n: int, first_ns: Any, last_ns: Any) -> str:
     return f"{n} command(s) {op} claiming signer {by}: refused {error} (claimed stamps {stamps})"
 
 
-def _split(records: list[dict]) -> tuple[list[dict], dict[str, int], dict[tuple, list]]:
-    """``(accepted listed, {quiet op: count}, {(op, by, error): [count, first at_ns, last at_ns]})``
-    of ``records`` (oldest first), the refused groups in the order first met."""
-    quiet: dict[str, int] = {}
+def _split(records: list[dict]) -> tuple[list[dict], dict[tuple, int], dict[tuple, list]]:
+    """``(accepted listed, {(routine op, signer): count}, {(op, by, error): [count, first at_ns, last
+    at_ns]})`` of ``records`` (oldest first; :data:`ROUTINE_OPS`), the groups in the order first met."""
+    routine: dict[tuple, int] = {}
     listed: list[dict] = []
     refused: dict[tuple, list] = {}
     for record in records:
@@ -319,11 +362,23 @@ def _split(records: list[dict]) -> tuple[list[dict], dict[str, int], dict[tuple,
                                        [0, record.get("at_ns"), None])
             group[0] += 1
             group[2] = record.get("at_ns")
-        elif record.get("op") in QUIET_OPS:
-            quiet[str(record.get("op"))] = quiet.get(str(record.get("op")), 0) + 1
+        elif record.get("op") in ROUTINE_OPS:
+            key = (str(record.get("op")), str(record.get("by")))
+            routine[key] = routine.get(key, 0) + 1
         else:
             listed.append(record)
-    return listed, quiet, refused
+    return listed, routine, refused
+
+
+def routine_text(routine: dict[tuple, int]) -> str:
+    """Routine accepted records counted per (command, signer), the largest counts first (at most
+    :data:`ROUTINE_GROUPS_SHOWN`): ``31 commit_snapshot by site-a, 6 site_verdict by site-b``."""
+    groups = sorted(routine.items(), key=lambda kv: (-kv[1], kv[0]))
+    text = ", ".join(f"{n} {op} by {by}" for (op, by), n in groups[:ROUTINE_GROUPS_SHOWN])
+    rest = groups[ROUTINE_GROUPS_SHOWN:]
+    if rest:
+        text += f" and {sum(n for _, n in rest)} of {len(rest)} more (command, signer)"
+    return text
 
 
 def install_report(before: Any, after: Any, *, at_start: bool, mark: int | None, missing: str | None = None,
@@ -340,14 +395,17 @@ def install_report(before: Any, after: Any, *, at_start: bool, mark: int | None,
         first_start: the site never joined yet (``SeenMark.before_first_join``).
 
     Returns: one summary line naming the commands covered and the counts, then one line per
-    changed fact (:func:`state_changes`, at most :data:`FACTS_MAX`), per accepted audit record of
-    the commands past the mark (:func:`new_audit_records`, at most :data:`RECORDS_MAX`, clocks and
-    vouches counted), then one per (op, claimed signer, error) of the refused ones
+    changed fact (:func:`state_changes`, at most :data:`FACTS_MAX`), one counting the routine
+    accepted records per (command, signer) (:data:`ROUTINE_OPS`, :func:`routine_text`), one per
+    other accepted audit record of the commands past the mark (:func:`new_audit_records`, at most
+    :data:`RECORDS_MAX`), then one per (op, claimed signer, error) of the refused ones
     (:func:`refused_text`, at most :data:`RECORDS_MAX`, the largest counts), each starting with the
     same ``AUDIT (...)`` head. Levels: WARNING when the
     covered commands go past the mark (or the mark is missing); INFO on a first start (``committed
     before this site first joined``); a state not past the mark gives its summary line only, at
-    INFO (seen live before, as the log replayed at start is not logged again).
+    INFO (logged here before, live or as the lines of an earlier catch-up that received those
+    commands whole: the mark cannot tell which, so the line does not claim they were seen live; as
+    the log replayed at start is not logged again).
     """
     was, now = applied(before), applied(after)
     seen_upto = was if mark is None else max(was, mark)
@@ -359,30 +417,33 @@ def install_report(before: Any, after: Any, *, at_start: bool, mark: int | None,
         level, head = logging.WARNING, (f"AUDIT (committed while this site was away, or before: its mark {mark_name} "
                                         f"was {missing}; {source}, commands {was + 1}..{now})")
     elif lo > now:
-        return [(logging.INFO, f"AUDIT (replayed: {source}, commands {was + 1}..{now}, all seen live here before: "
-                               f"mark {mark}) nothing new to audit")]
+        return [(logging.INFO, f"AUDIT (replayed: {source}, commands {was + 1}..{now}, each logged here before, "
+                               f"live or in an earlier catch-up's lines: mark {mark}) nothing new to audit")]
     else:
         level, head = logging.WARNING, f"AUDIT (committed while this site was away; {source}, commands {lo}..{now})"
     facts = state_changes(before, after)
     records, complete = new_audit_records(before, after)
     if not first_start and (mark is not None or missing is None) and now - lo + 1 < len(records):
         records = records[len(records) - max(0, now - lo + 1):]  # at most one record per command past the mark
-    listed, quiet, refused = _split(records)
+    listed, routine, refused = _split(records)
     n_refused = sum(g[0] for g in refused.values())
     basis = ("the state's facts (this site's state before is the empty one it starts from: every fact is listed)"
              if was == 0 else f"what changed between command {was} (this site's state before) and command {now}")
     summary = (f"{head}: the entries were not applied here one by one; {basis}: {len(facts)} fact(s); "
                f"{len(listed)} audit record(s) of those commands"
-               + (f" ({', '.join(f'{n} {op}' for op, n in sorted(quiet.items()))} not listed)" if quiet else "")
+               + (f" listed, {sum(routine.values())} routine one(s) ({', '.join(sorted({op for op, _ in routine}))}) "
+                  f"counted per command and signer" if routine else "")
                + (f"; {n_refused} refused command(s), counted per command, claimed signer and error (a refused "
                   f"record is the command's unsigned claim)" if refused else "")
                + ("" if complete else f"; the state keeps the last {cluster_state.AUDIT_MAX} records: older ones of "
                                      f"these commands are not kept")
-               + ("; each follows" if facts or listed or refused else ""))
+               + ("; each follows" if facts or listed or refused or routine else ""))
     lines = [(level, summary)]
     lines += [(level, f"{head} {fact}") for fact in facts[:FACTS_MAX]]
     if len(facts) > FACTS_MAX:
         lines.append((level, f"{head} ... and {len(facts) - FACTS_MAX} more fact(s): see `replicad status`"))
+    if routine:
+        lines.append((level, f"{head} routine audit records (accepted, counted): {routine_text(routine)}"))
     lines += [(level, f"{head} audit record: {record_text(r)}") for r in listed[-RECORDS_MAX:]]
     if len(listed) > RECORDS_MAX:
         lines.append((level, f"{head} ... and {len(listed) - RECORDS_MAX} older audit record(s) not listed: see "

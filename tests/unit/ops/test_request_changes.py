@@ -59,11 +59,11 @@ def test_retention_max_size_membership_and_role_changes_name_old_and_new() -> No
 
 def test_without_anything_to_compare_the_args_are_summarised() -> None:
     policy = {**POLICY_DEFAULTS, "min_score": 0.5}
-    for r in (_request("set_detection", {"volume": "ehr", "policy": policy}, "applied"),  # the state holds it now
+    for r in (_request("set_members", {"members": MEMBERS[:2]}, "applied"),  # the state holds it now
               _request("set_detection", {"volume": "gone", "policy": policy}),
               {**_request("set_members", {"members": "not a list"}), "args": None}):
         assert request_changes(r, VIEW) is None, r
-    line = _request_line(_request("set_detection", {"volume": "ehr", "policy": policy}, "applied"))
+    line = _request_line(_request("set_detection", {"volume": "gone", "policy": policy}, "applied"))
     assert "policy: <18 keys>" in line.replace(str(len(POLICY_DEFAULTS)), "18") and "ransom" not in line, line
     keys = [f"ed25519:{c * 43}=" for c in "ABC"]  # a revocation names the keys pinned: shown whole, not counted
     line = _request_line(_request("revoke_site", {"site_id": "site-c", "keys": keys}))
@@ -83,3 +83,21 @@ def test_the_answer_to_a_new_request_says_what_it_changes() -> None:
                                "action": "set_detection", "volume": "ehr", "changes": diff})
     assert "request r3 is pending (set_detection ehr)" in cap.get(), cap.get()
     assert f"changes: min_score: {POLICY_DEFAULTS['min_score']} -> 0.5 (" in cap.get(), cap.get()
+
+
+def test_every_status_shows_changes_not_the_whole_document() -> None:
+    # an operator's tryout: `r4 [applied] by site-b: set_detection policy: <18 keys>` (no change shown) and
+    # `r2 [vetoed] ... set_retention retention: keep_all 1d, hourly 3d, daily 14d, lock 1d` (the whole map)
+    policy = {**POLICY_DEFAULTS, "min_score": 0.05}
+    applied = with_changes([_request("set_detection", {"volume": "ehr", "policy": policy}, "applied")], VIEW)[0]
+    line = _request_line(applied)
+    # its record names no previous policy: compared with the defaults, and it says so
+    assert f"; changes compared with the defaults: min_score: {POLICY_DEFAULTS['min_score']} -> 0.05 " \
+           f"({len(POLICY_DEFAULTS) - 1} other keys as the defaults)" in line, line
+    assert "<" not in line.split("; changes")[0].split("set_detection")[1], line  # no "<18 keys>" beside it
+    shorter = {**RETENTION, "daily_s": 14 * 86400}
+    for status in ("vetoed", "failed", "withdrawn"):
+        r = with_changes([_request("set_retention", {"volume": "ehr", "retention": shorter}, status)], VIEW)[0]
+        line = _request_line(r)
+        assert "; changes daily: 30d -> 14d (3 other keys as now)" in line, (status, line)
+        assert "keep_all" not in line, line  # not the whole map

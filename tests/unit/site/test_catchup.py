@@ -56,7 +56,8 @@ def test_every_audited_change_while_away_is_a_line() -> None:
     print(text)
     assert "volume evil0 added (registered by c): primary=c block_size=65536 min_copies=1 " \
            "retention={keep_all_s=3600 hourly_s=3600 daily_s=3600 lock_s=3600} epoch=1" in lines
-    assert any(line.startswith("volume ehr: retention {keep_all_s=3600") and "lock_s=7200}" in line for line in lines)
+    # in the CLI's units, only what changed (replicad.ops.requestdiff: what `replicad requests` shows)
+    assert "volume ehr: retention changed: lock: 10m -> 2h (3 other keys as before)" in lines
     assert "volume ehr: primary a -> none, epoch 1 -> 2" in lines
     assert any(line.startswith("site c revoked by ") for line in lines), text
     # the requests, in the live AUDIT request lines' words (one piece of code: request_words)
@@ -146,8 +147,10 @@ def test_the_levels_first_start_missing_mark_and_seen_before() -> None:
     missing = install_report(before, installed, at_start=False, mark=None, missing="missing")
     assert missing[0] == (logging.WARNING, missing[0][1]) and "its mark audit.seen was missing" in missing[0][1]
     seen = install_report(before, installed, at_start=False, mark=90)
-    assert seen == [(logging.INFO, "AUDIT (replayed: received whole from the leader, commands 21..90, all seen live "
-                                   "here before: mark 90) nothing new to audit")]
+    # not "all seen live here before": commands received whole earlier were logged as a catch-up, not seen live
+    assert seen == [(logging.INFO, "AUDIT (replayed: received whole from the leader, commands 21..90, each logged "
+                                   "here before, live or in an earlier catch-up's lines: mark 90) nothing new to "
+                                   "audit")]
 
 
 def test_a_dump_loaded_at_start_past_the_mark_lists_the_facts_and_the_records_past_it() -> None:
@@ -198,3 +201,44 @@ def test_a_refusal_flood_is_counted_in_one_line_and_the_accepted_records_stay_li
     assert listed[0].startswith("audit record: command add_volume by c volume=evil0: applied")
     assert listed[-1].startswith("audit record: command add_volume by a volume=late: applied")
     assert lines.index(listed[-1]) < lines.index(refused[0])
+
+
+def test_a_detection_policy_change_is_the_keys_that_changed_from_the_policy_that_applied() -> None:
+    # the operator's tryout: `detection policy none -> {mode=content ... ransom_notes=[...]}` (4 KB) for a
+    # change of min_score 0.02 -> 0.05; "none" was the defaults applied
+    from replicad.core.anomaly import POLICY_DEFAULTS
+
+    before = base()
+    s, req = run(before, cmd("request", "a", action="set_detection",
+                             args={"volume": "ehr", "policy": {**POLICY_DEFAULTS, "min_score": 0.05}}))
+    s, approved = run(s, cmd("approve", "b", request=req["request"]))
+    s, _ = after(s, approved["effective_ns"] - NOW + 1)  # a weakening: the cooling-off
+    assert s["volumes"]["ehr"].get("detection"), "the request applied"
+    lines = state_changes(before, s)
+    others = len(POLICY_DEFAULTS) - 1
+    assert f"volume ehr: detection policy changed (the defaults applied before): min_score: 0.02 -> 0.05 " \
+           f"({others} other keys as before)" in lines, lines
+    assert all(len(line) < 600 for line in lines), lines  # never the whole policy (its ransom-note patterns)
+    assert not any("ransom_notes=[" in line for line in lines), lines
+
+
+def test_routine_records_are_counted_per_command_and_signer() -> None:
+    before = counted(base(), 20)
+    s = away(before)
+    # six minutes away: each snapshot's commit and every site's verdict on it (the state machine's
+    # own record shape; committing real snapshots needs signed acks: test_identity)
+    done = [{**s["audit"][-1], "op": op, "by": by, "volume": "ehr", "at_ns": NOW + i}
+            for i, (op, by) in enumerate([("commit_snapshot", "a")] * 31 + [("site_verdict", "b")] * 6
+                                         + [("site_verdict", "c")] * 2)]
+    s = {**s, "audit": [*s["audit"], *done]}
+    report = install_report(before, counted(s, 200), at_start=False, mark=20)
+    lines = [line for _, line in report]
+    print("\n".join(lines))
+    routine = [line for line in lines if "routine audit records" in line]
+    assert len(routine) == 1, lines
+    assert routine[0].endswith("routine audit records (accepted, counted): 31 commit_snapshot by a, "
+                               "6 site_verdict by b, 2 site_verdict by c"), routine
+    assert not any("audit record: command commit_snapshot" in line or "audit record: command site_verdict" in line
+                   for line in lines)
+    assert any("audit record: command add_volume by c volume=evil0" in line for line in lines)  # facts: one each
+    assert "39 routine one(s) (commit_snapshot, site_verdict) counted per command and signer" in lines[0], lines[0]
