@@ -1999,6 +1999,15 @@ class _HardenedSyncObj(SyncObj):
             if problem is None:
                 problem = self._authority_problem(node, message)
             if problem is not None:
+                if problem[0] == "snapshot_from_non_leader" and self._SyncObj__raftLeader is None and \
+                        message.get("term", -1) >= self._SyncObj__raftCurrentTerm:
+                    # a restarted node hears the leader's full state before its first append_entries names
+                    # that leader: refused and counted as ever, a line at INFO (operator try-out 2, item 6);
+                    # once this node follows a leader, a full state from another member stays a WARNING
+                    self.refusals.refuse(problem[0], "%s: %s (this node follows no leader yet, as at a restart: "
+                                         "the leader sends it again once followed)", getattr(node, "id", node),
+                                         problem[1], level=logging.INFO, about="no leader yet")
+                    return
                 self.refusals.refuse(problem[0], "%s: %s", getattr(node, "id", node), problem[1])
                 return
             self._dispatch_message(node, message)
