@@ -128,6 +128,10 @@ reached only at the next retransmission after the heal (3-25 s after a 50 s part
 chaos ``partition-primary`` campaign, the healed old primary unfenced meanwhile)."""
 LOG_EVERY_S = 1.0
 """Per reason, at most one WARNING per this many seconds; the suppressed count goes in the next."""
+REVOKED_LOG_EVERY_S = 60.0
+"""``revoked_site``: at most one WARNING line per revoked site per this many seconds (a revoked
+site still running redials every second: once a second per honest site was 3,600 lines an hour;
+operator try-out 2, item 8); the count of the refusals not logged goes in the next line."""
 WRONG_KEY_LOG_EVERY_S = 60.0
 """``wrong_raft_key``: at most one ERROR line per this many seconds (a member with another key
 reconnects every second; the line says the same each time)."""
@@ -187,17 +191,19 @@ class RefusalLog:
         self._suppressed: dict[str, int] = {}
 
     def refuse(self, reason: str, message: str, *args: Any, level: int = logging.WARNING,
-               prefix: str = "raft refused", every_s: float = LOG_EVERY_S) -> None:
+               prefix: str = "raft refused", every_s: float = LOG_EVERY_S, about: str | None = None) -> None:
         """Count one refusal of ``reason``; log ``prefix [reason]: message % args`` unless
-        this reason was logged within the last ``every_s`` seconds."""
+        this reason (with ``about``, e.g. a site name, when given: one line per reason and
+        ``about``) was logged within the last ``every_s`` seconds."""
         now = time.monotonic()
+        key = reason if about is None else f"{reason}\x00{about}"
         with self._lock:
             self._counts[reason] = self._counts.get(reason, 0) + 1
-            if now - self._last_logged.get(reason, float("-inf")) < every_s:
-                self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+            if now - self._last_logged.get(key, float("-inf")) < every_s:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
                 return
-            self._last_logged[reason] = now
-            suppressed = self._suppressed.pop(reason, 0)
+            self._last_logged[key] = now
+            suppressed = self._suppressed.pop(key, 0)
         more = f" ({suppressed} more refused for this reason since the last line)" if suppressed else ""
         log.log(level, prefix + " [%s]: " + message + more, reason, *args)
 
@@ -231,6 +237,16 @@ def refuse_undecryptable(conn: Any, exc: Exception) -> bool:
         "password')",
         _peer_ip(conn), level=logging.ERROR, every_s=WRONG_KEY_LOG_EVERY_S)
     return True
+
+
+def _revoked_rate(reason: str, site: str | None) -> dict[str, Any]:
+    """The rate limit of a refusal's line: ``revoked_site`` at most once per
+    :data:`REVOKED_LOG_EVERY_S` per revoked ``site`` (one key for every path that refuses it, so
+    the accepting and the dropping side do not each write a line); any other reason the default
+    (once per :data:`LOG_EVERY_S` per reason)."""
+    if reason != "revoked_site":
+        return {}
+    return {"every_s": REVOKED_LOG_EVERY_S, "about": site or "?"}
 
 
 def _peer_ip(conn: Any) -> str:
@@ -515,8 +531,9 @@ class MemberOnlyTransport(TCPTransport):
                               "dials itself (it never connects here): impostor", ip, node.address)
             return None
         if self._site_cut_off(node.address, self._revoked()):
+            revoked_site = self.identity.sites_by_addr.get(node.address, "?")
             self._refuse_conn(conn, "revoked_site", "a connection from %s named %s (site %s), revoked through "
-                              "Raft", ip, node.address, self.identity.sites_by_addr.get(node.address, "?"))
+                              "Raft", ip, node.address, revoked_site, site=revoked_site)
             return None
         return node
 
@@ -592,7 +609,7 @@ class MemberOnlyTransport(TCPTransport):
         if problem is not None:
             self._refuse_conn(conn, problem, "a connection from %s named %s (site %s) %s", ip, hs.peer_addr, site,
                               "but proved it only with a key revoked through Raft" if problem == "revoked_site"
-                              else "without a valid signature by a key pinned for that site: impostor")
+                              else "without a valid signature by a key pinned for that site: impostor", site=site)
             return
         try:
             to_acceptor, from_acceptor = session_keys(hs.ephemeral, hs.peer_eph, t)
@@ -614,18 +631,18 @@ class MemberOnlyTransport(TCPTransport):
         self._refuse_conn(conn, "utility_message", "utility command from the network")
         return True
 
-    def _refuse_conn(self, conn: Any, reason: str, message: str, *args: Any) -> None:
-        self.refusals.refuse(reason, message, *args)
+    def _refuse_conn(self, conn: Any, reason: str, message: str, *args: Any, site: str | None = None) -> None:
+        self.refusals.refuse(reason, message, *args, **_revoked_rate(reason, site))
         self._pending.pop(conn, None)
         self._handshakes.pop(conn, None)
         self._unknownConnections.discard(conn)
         conn.setOnDisconnectedCallback(None)
         conn.disconnect()
 
-    def _refuse_outgoing(self, conn: Any, reason: str, message: str, *args: Any) -> None:
+    def _refuse_outgoing(self, conn: Any, reason: str, message: str, *args: Any, site: str | None = None) -> None:
         """Refuse the node this node dialed: count, log, close (pysyncobj redials it after
         ``connectionRetryTime``; its disconnect callback stays, the connection object is reused)."""
-        self.refusals.refuse(reason, message, *args)
+        self.refusals.refuse(reason, message, *args, **_revoked_rate(reason, site))
         self._handshakes.pop(conn, None)
         conn.disconnect()
 
@@ -696,7 +713,7 @@ class MemberOnlyTransport(TCPTransport):
         if problem is not None:
             self._refuse_outgoing(conn, problem, "the node answering at %s (site %s) %s", node.address, site,
                               "proved it only with a key revoked through Raft" if problem == "revoked_site"
-                              else "did not prove it is that site: impostor")
+                              else "did not prove it is that site: impostor", site=site)
             return
         self._handshakes.pop(conn, None)
         conn.sendRandKey = nonce_a
@@ -738,8 +755,10 @@ class MemberOnlyTransport(TCPTransport):
             return
         for node, conn in list(self._connections.items()):
             if conn.state != CONNECTION_STATE.DISCONNECTED and self._peer_revoked(conn, node.address, revoked):
+                revoked_site = self.identity.sites_by_addr.get(node.address, "?")
                 self.refusals.refuse("revoked_site", "dropping the Raft connection of %s (site %s): revoked "
-                                     "through Raft", node.address, self.identity.sites_by_addr.get(node.address, "?"))
+                                     "through Raft", node.address, revoked_site,
+                                     **_revoked_rate("revoked_site", revoked_site))
                 conn.disconnect()
 
     def destroy(self) -> None:
