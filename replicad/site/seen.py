@@ -103,3 +103,39 @@ class SeenMark:
             self._saved = self.mark = applied
             self.first_start = False
             self.missing = None
+
+
+# The words of AUDIT lines that differ between a line seen live and one of history (replayed at start,
+# caught up, committed while this site was away): a line of history gives no "next step" advice (the
+# request it names may have applied or ended since: what became of it is logged after it, as the later
+# entries apply) and tells no state as current. Pure; used by ``site.daemon``.
+
+def pending_words(approvals: int, needed: object, req_id: object, live: bool) -> str:
+    """What a pending request's AUDIT line ends with: ``1 of 2 approvals`` and, seen
+    live, the next step (``an operator of another site approves it at their own site with: replicad
+    approve r6``); a line of history says the count was then and where its fate is told instead."""
+    count = f"{approvals} of {needed} approvals"
+    if live:
+        return f"{count}; an operator of another site approves it at their own site with: replicad approve {req_id}"
+    return (f"{count} at that command (history: what became of {req_id} is logged after it as the later "
+            f"commands apply; now: replicad requests)")
+
+
+def approved_words(effective_ns: int, req_id: object, live: bool) -> str:
+    """What an approved request's AUDIT line ends with: when it takes effect and, seen live, how to
+    stop it (``replicad veto r6``); a line of history only when it was to take effect."""
+    if live:
+        return (f"it takes effect when the cooling-off ends (majority clock {effective_ns} ns) unless a site vetoes "
+                f"it: replicad veto {req_id}")
+    return (f"it was to take effect when the cooling-off ended (majority clock {effective_ns} ns) unless a site "
+            f"vetoed it (history: what became of {req_id} is logged after it; now: replicad requests)")
+
+
+def unadopted_words(live: bool) -> str:
+    """A ``found`` that adopted no membership, for its AUDIT line: seen live, the membership is not
+    adopted yet; replayed, that proposal alone adopted none (the cluster may well be founded since:
+    a later line says so)."""
+    if live:
+        return "; its membership is not adopted yet (a majority of identical found proposals adopts one)"
+    return ("; this proposal alone adopted no membership (a majority of identical found proposals adopts one: "
+            "a later line of this replay says so when it happened)")
