@@ -85,7 +85,8 @@ from replicad.site.volumes import VolumeLoop
 from replicad.site.registration import RegistrationCheck, registered_size_bytes
 from replicad.site.requestwatch import RequestWatch
 from replicad.site.rules_raise import RulesRaise, founding_rules, reported_rules_max
-from replicad.site.seen import SeenMark
+from replicad.ops.requestdiff import args_summary
+from replicad.site.seen import SeenMark, approved_words, pending_words, unadopted_words
 from replicad.site.catchup import install_report
 from replicad.site.catchup import request_words as _request_words
 from replicad.storage import fingerprints
@@ -668,8 +669,7 @@ class SiteDaemon:
             log.log(level if not dropped else logging.WARNING,
                     "%s the cluster is founded under rules %s (%s's found proposal carried them)%s%s", audit,
                     result.get("rules"), command.get("by"),
-                    "" if result.get("adopted", True) else
-                    "; its membership is not adopted yet (a majority of identical found proposals adopts one)",
+                    "" if result.get("adopted", True) else unadopted_words(audit == "AUDIT"),
                     (f"; dropped what members applied before it under rules {result.get('previous')}: "
                      f"{facts_text(dropped)}") if dropped else "")
             if level == logging.WARNING:
@@ -693,9 +693,14 @@ class SiteDaemon:
         ``AUDIT (replayed from the Raft log) request``, at INFO: grepping ``AUDIT request`` finds
         what happened while the site runs, not the whole history again at each restart — unless
         it was committed while this site was away (:mod:`replicad.site.seen`): ``AUDIT
-        (committed while this site was away) request``, at WARNING. The
-        action and its arguments are ``key=value`` words (:func:`~replicad.core.errors.facts_text`),
-        an approval names the request's action (from the Raft view: the approve command has none)."""
+        (committed while this site was away) request``, at WARNING. Only a line seen live gives the
+        next step (``replicad approve r6``, ``replicad veto r6``): a line of history says the count
+        was then and that what became of the request follows
+        (:func:`~replicad.site.seen.pending_words`), as the request may have applied or ended since.
+        The action and its arguments (a document longer than 400 characters counted,
+        :func:`~replicad.ops.requestdiff.args_summary`) are ``key=value`` words
+        (:func:`~replicad.core.errors.facts_text`), an approval names the request's action (from the
+        Raft view: the approve command has none)."""
         level, audit = self._audit_prefix()
         requests = (self.raft.view().get("requests") or {}) if self.raft is not None else {}
         req_id = result.get("request")
@@ -711,15 +716,12 @@ class SiteDaemon:
                 head = (f"{req_id} ({what}, requested by {entry.get('by', '?')}) "
                         + (f"approved by {command.get('by')}" if result.get("changed", True)
                            else f"not changed: {command.get('by')} was already counted"))
-            log.log(level if result.get("changed", True) else logging.INFO,
-                    "%s request %s -- approvals %s of %s needed; an operator of another site approves it at their "
-                    "own site with: replicad approve %s", audit, head, len(result.get("approvals") or []),
-                    result.get("needed"), req_id)
+            log.log(level if result.get("changed", True) else logging.INFO, "%s request %s -- %s", audit, head,
+                    pending_words(len(result.get("approvals") or []), result.get("needed"), req_id, audit == "AUDIT"))
         elif result.get("status") == "approved":
-            log.log(level, "%s request %s (%s, requested by %s) approved by %s: it takes effect when the cooling-off "
-                    "ends (majority clock %d ns) unless a site vetoes it: replicad veto %s", audit, req_id, what,
-                    entry.get("by", "?"), ", ".join(result.get("approvals") or []), result.get("effective_ns") or 0,
-                    req_id)
+            log.log(level, "%s request %s (%s, requested by %s) approved by %s: %s", audit, req_id, what,
+                    entry.get("by", "?"), ", ".join(result.get("approvals") or []),
+                    approved_words(result.get("effective_ns") or 0, req_id, audit == "AUDIT"))
         elif result.get("status") == "vetoed" and command.get("op") == "veto":
             log.log(level, "%s veto of request %s (%s%s, requested by %s) by %s: it will not take effect (%s's veto "
                     "number %s; a site that vetoes every request can be revoked by a majority: replicad revoke "
@@ -740,7 +742,7 @@ class SiteDaemon:
             applied.append(result)
         for done in applied:
             log.log(level, "%s request %s %s: %s: %s (requested by %s)", audit, done.get("request"), done.get("status"),
-                    done.get("action"), facts_text(done.get("result")),
+                    done.get("action"), facts_text(args_summary(done.get("result"))),
                     (requests.get(done.get("request")) or {}).get("by", "?"))
         if level == logging.WARNING:
             self._logged_live()  # after the lines: a crash before the mark is written logs them again
