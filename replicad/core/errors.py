@@ -36,7 +36,7 @@ pysyncobj, sqlite3) are translated into this tree at the adapter that met them.
     │   └── LocalProtocolError                  we were about to send something invalid (our bug)
     ├── UnavailableError               exit 7   transient: retry later
     │   ├── NoQuorumError                       Raft could not commit (minority, no leader)
-    │   │   └── CommitUnknownError              timed out while this site deposed its leader: committed or not?
+    │   │   └── CommitUnknownError     exit 9   timed out while this site deposed its leader: committed or not?
     │   ├── PeerUnavailableError                a peer did not answer
     │   │   └── PeerBusyError           (503)   a holder serves as many fetches as it allows: ask later
     │   ├── StreamSlotsBusyError                this site's chunk streams to a peer stayed at its bound: ship later
@@ -355,10 +355,14 @@ class CommitUnknownError(NoQuorumError):
     hold, so it applies nothing meanwhile while the other members may keep following it). The
     command may have committed all the same, relayed by another member (point 20): it is NOT known
     whether it did. Look before trying again (``replicad requests`` / ``replicad status`` at
-    another site): a new try is a new command. A retry with the same op id is safe (transient).
+    another site): a new try is a new command. A retry with the same op id is safe, so it stays
+    ``transient`` for the retries inside the daemon that keep the op id (``request_with_retry``);
+    its own exit code, 9, not 7's "retry later", so that automation retrying on exit 7 (which sends
+    a new command, a new op id) does not apply a command twice (attacker review r2, L3).
     Evidence: ``op``, ``op_id``, ``deposed`` (the leaders held deposed, with their sites)."""
 
     code = "commit_unknown"
+    exit_code = 9
 
 
 class LeaderFrontRunError(UnavailableError):

@@ -123,12 +123,14 @@ def test_a_timeout_while_this_site_deposed_its_leader_is_commit_unknown(cluster)
     raft.deposed = {"127.0.0.1:7002": {"site": "c", "term": 4, "hold_s": 97.3}}
     err = _propose(c)
     assert isinstance(err, errors.CommitUnknownError) and err.code == "commit_unknown"
-    assert errors.is_transient(err) and err.http_status == 503 and err.exit_code == 7
+    # a retry keeping the op id is safe (transient inside the daemon); never exit 7's "retry later",
+    # on which automation would send a new command (r2 L3)
+    assert errors.is_transient(err) and err.http_status == 503 and err.exit_code == 9
     assert "NOT known whether" in err.message and "replicad requests" in err.message and "(site c," in err.message
     assert err.evidence["deposed"] == {"127.0.0.1:7002": "c"} and err.evidence["op"] == "clock"
     assert err.evidence["op_id"] == raft.proposed[-1]["op_id"]
     again = errors.from_dict({"error": err.code, "message": err.message, "evidence": err.evidence})
-    assert isinstance(again, errors.CommitUnknownError)  # as the CLI reads the admin API's answer
+    assert isinstance(again, errors.CommitUnknownError) and again.exit_code == 9  # as the CLI reads the API's answer
 
     raft.fail = errors.NoQuorumError("the leader refused it", reason="request_denied", op="clock")
     assert type(_propose(c)) is errors.NoQuorumError  # refused at the door: known not committed
