@@ -7,7 +7,7 @@ other commands talk to a site's admin API (``--admin URL``, or the ``admin.liste
 Human output is a rich table; ``--json`` prints the API's JSON for scripts. Errors print
 one line (never a traceback) and exit with the code of their class in
 :mod:`replicad.core.errors` (2 usage/config, 3 not found, 4 conflict, 5 integrity, 6 protocol,
-7 unavailable, 8 access denied, 70 internal). ``status`` exits 1
+7 unavailable, 8 access denied, 9 commit outcome unknown, 70 internal). ``status`` exits 1
 (:data:`STATUS_DEGRADED_EXIT`) when the site is degraded (:func:`status_problems`).
 
 The admin token (:mod:`replicad.ops.auth`) is taken from ``--token``, else the first line of
