@@ -1840,7 +1840,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("volume")
     p.add_argument("--set", action="append", metavar="KEY=DURATION",
                    help="keep_all, hourly, daily or lock, e.g. --set lock=48h (repeatable)")
-    p.add_argument("--reason", default="", help="why (shown to the operators asked to approve a shortening)")
+    p.add_argument("--reason", default="", help="why (shown to the operators asked to approve: every change, "
+                   "longer too, is a request)")
     p.add_argument("--approved-by", action="append", help=argparse.SUPPRESS)  # retired: says what replaced it
     p.set_defaults(fn=cmd_retention)
     p = command("prune", help="prune committed snapshots now; one the agreed retention keeps becomes a request "
@@ -1882,9 +1883,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="a policy key: mode (content|encrypted), min_score, factor, cumulative_max, baseline_cap, "
                         "magic_min, wipe_max, cold_max, change_max (numbers), window_s, cold_age_s (durations, "
                         "e.g. 14d); repeatable")
-    p.add_argument("--reason", default="", help="why (shown to the operators asked to approve a weakening)")
+    p.add_argument("--reason", default="", help="why (shown to the operators asked to approve: every change, "
+                   "stricter too, is a request)")
     p.set_defaults(fn=cmd_detection)
-    p = command("requests", help="protection-weakening requests (pending, applied, expired) seen at this site")
+    p = command("requests", help="requests other sites approve (policy changes, longer ones too; revocations, "
+                "membership; pending, applied, expired) seen at this site")
     p.set_defaults(fn=lambda a: _print(a, api(a, "GET", "/v1/requests"), _render_requests))
     p = command("approve", help="approve a request of another site, as THIS site (admin token of this site)")
     p.add_argument("request", help="request id, as listed by replicad requests (r1, r2 ...)")
