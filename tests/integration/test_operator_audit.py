@@ -76,6 +76,9 @@ def test_request_audit_lines_name_the_action_and_a_restart_marks_its_replay(clus
     missed = [x for x in lines("site-c", before) if f"request {away_req}" in x]
     assert missed and all("AUDIT (committed while this site was away) request" in x and "WARNING" in x
                           for x in missed), missed
+    # lines of history: no next step for a request that has applied since (its fate follows them)
+    assert not any(f"replicad approve {away_req}" in x for x in missed), missed
+    assert any(f"request {away_req} by site-a:" in x and "approvals at that command" in x for x in missed), missed
     assert not any(f"request {req} " in x and "WARNING" in x for x in lines("site-c", before)), \
         "seen live before: not logged as missed"
     c.wait_for("site-c joined", lambda: c.status("site-c").get("raft", {}).get("leader"), 60)
