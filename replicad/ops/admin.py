@@ -988,7 +988,9 @@ async def _make_request(site: "SiteDaemon", action: str, args: dict, reason: str
     for approvals (200 when the policy needs no other site)."""
     view = site.cluster.view()  # before it applies: what the request changes, as the approvers will see it
     changes = request_changes({"action": action, "args": args, "status": "pending"}, view)
-    res = await site.cluster.propose("request", action=action, args=args, reason=reason)
+    res = site.cluster.identical_pending_request(action, args)  # another site's: answered with it, none proposed
+    if res is None or res["by"] == site.site_id:  # (this site's own: Cluster.propose answers with it)
+        res = await site.cluster.propose("request", action=action, args=args, reason=reason)
     out = {**_request_answer(res), "action": action, **{k: args[k] for k in ("volume", "site_id") if k in args},
            **({"changes": changes} if changes is not None else {}), **extra,
            **({"existing": True, "by": res.get("by") or site.site_id, "own": (res.get("by") or site.site_id) ==

@@ -54,19 +54,19 @@ class Cluster:
         other site's stored answer left the memory (``state.APPLIED_OPS_MAX`` newer answers) and
         inside the replay window: rules 3 close that (the command is applied, never answered from another site's answer).
 
-        A ``request`` (``action``, ``args``) identical to a pending request in the current view
-        (:meth:`identical_pending_request`: this site's, else another site's) is answered with
-        that request, not proposed: an operator trying again after a failure that was not one
-        (the first try committed through a relay) made a second request each time until the
-        site's quota of pending requests was used up (attacker review r14, A2); a second site
-        asking for what another site's request asks (two revocations of one site) made a
-        parallel request that stayed live after the first applied (operator try-out 2, item 2). Not committed by the deadline while
+        A ``request`` (``action``, ``args``) identical to a pending request of this site in the
+        current view (:meth:`identical_pending_request`) is answered with that request, not
+        proposed: an operator trying again after a failure that was not one (the first try
+        committed through a relay) made a second request each time until the site's quota of
+        pending requests was used up (attacker review r14, A2). Another site's identical request
+        is the caller's to answer (the admin API points the operator to approving it); this
+        site's own daemon tasks still make their own. Not committed by the deadline while
         this site holds a Raft leader deposed: :class:`CommitUnknownError` (the command may
         have committed through another member's relay; look before trying again).
         """
         if op == "request":
             existing = self.identical_pending_request(args.get("action"), args.get("args"))
-            if existing is not None:
+            if existing is not None and existing["by"] == self.site_id:
                 return existing
         cmd = {"op": op, "by": self.site_id, "now_ns": time.time_ns(), "op_id": uuid.uuid4().hex, **args}
         deadline = time.monotonic() + deadline_s

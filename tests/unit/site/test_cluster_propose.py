@@ -2,7 +2,8 @@
 
 * A ``request`` identical (action, args) to a pending request in the current view is answered with
   that request, not proposed again (an operator's retries after false failures made r1..r8 and used
-  up the site's quota of pending requests); this site's own first, else another site's (``by``).
+  up the site's quota of pending requests); ``identical_pending_request`` also finds another
+  site's (``by``), which the admin API answers with (operator try-out 2, item 2).
 * A proposal not committed by its deadline while this site holds a Raft leader deposed is
   ``commit_unknown`` (:class:`~replicad.core.errors.CommitUnknownError`): the command may have
   committed through another member's relay.
@@ -78,11 +79,14 @@ def test_an_identical_pending_request_of_this_site_is_answered_with_that_request
 
     other = _request(c, {"volume": "vol", "retention": {**WEAKER, "keep_all_s": 120}})  # other args: a new one
     assert other["request"] != first["request"] and len(raft.proposed) == 2
-    b, _ = _cluster(raft.state, site="b")  # another site's identical request: answered with it, naming its site
+    b, _ = _cluster(raft.state, site="b")  # another site's identical request: found, for the admin API's answer
     b.raft = raft
-    b_req = _request(b, args, reason="b's reason")
-    assert b_req["request"] == first["request"] and b_req["existing"] is True and b_req["by"] == "a", b_req
-    assert b_req["reason"] == "save space" and len(raft.proposed) == 2  # operator try-out 2, item 2
+    found = b.identical_pending_request("set_retention", args)
+    assert found is not None and found["request"] == first["request"] and found["by"] == "a", found
+    assert found["reason"] == "save space" and found["existing"] is True  # operator try-out 2, item 2
+    b_req = _request(b, args)  # Cluster.propose itself answers only with this site's own (daemon tasks)
+    assert b_req["request"] not in (first["request"], other["request"]) and "existing" not in b_req
+    assert b.identical_pending_request("set_retention", args)["request"] == b_req["request"]  # its own first
 
 
 def test_a_request_is_proposed_again_once_the_first_is_no_longer_pending(cluster):
