@@ -139,3 +139,27 @@ def unadopted_words(live: bool) -> str:
         return "; its membership is not adopted yet (a majority of identical found proposals adopts one)"
     return ("; this proposal alone adopted no membership (a majority of identical found proposals adopts one: "
             "a later line of this replay says so when it happened)")
+
+
+HISTORY_FATES_MAX = 200
+"""Requests whose status now is told once a site joined after lines of history named them (then a
+count of the rest: ``replicad requests``)."""
+
+
+def fate_words(req_id: object, entry: object) -> str:
+    """What became of request ``req_id`` (its record in the state now, ``state.list_requests``
+    shape, or None once forgotten), for the line a site logs once it joined after logging the
+    request in lines of history: ``request r6 (set_retention, requested by site-b): since applied``;
+    still pending it gives the next step (``replicad approve r6``: current now). Pure; never raises."""
+    if not isinstance(entry, dict):
+        return f"request {req_id}: gone from the state since (finished records are bounded per requester)"
+    head = f"request {req_id} ({entry.get('action', '?')}, requested by {entry.get('by', '?')})"
+    status, approvals = entry.get("status"), entry.get("approvals")
+    count = len(approvals) if isinstance(approvals, list) else 0
+    if status == "pending":
+        return f"{head}: still pending, {pending_words(count, entry.get('needed'), req_id, live=True)}"
+    if status == "approved":
+        return f"{head}: approved, {approved_words(entry.get('effective_ns') or 0, req_id, live=True)}"
+    if status == "vetoed":
+        return f"{head}: since vetoed by {entry.get('vetoed_by', '?')}"
+    return f"{head}: since {status}"

@@ -31,3 +31,18 @@ def test_a_replayed_founding_tells_that_proposal_alone_not_the_state_now() -> No
     assert "its membership is not adopted yet" in unadopted_words(live=True)
     replayed = unadopted_words(live=False)
     assert "not adopted yet" not in replayed and "this proposal alone adopted no membership" in replayed
+
+
+def test_what_became_of_a_request_named_in_lines_of_history() -> None:
+    from replicad.site.seen import fate_words
+
+    entry = {"action": "set_retention", "by": "site-b", "status": "applied", "approvals": ["site-b", "site-a"],
+             "needed": 2}
+    assert fate_words("r6", entry) == "request r6 (set_retention, requested by site-b): since applied"
+    assert fate_words("r6", {**entry, "status": "vetoed", "vetoed_by": "site-c"}).endswith("since vetoed by site-c")
+    pending = fate_words("r6", {**entry, "status": "pending", "approvals": ["site-b"]})
+    assert pending.endswith("still pending, 1 of 2 approvals; an operator of another site approves it at their own "
+                            "site with: replicad approve r6"), pending  # current now: the next step is right
+    assert "gone from the state" in fate_words("r6", None)
+    for junk in ("x", 3, {"approvals": "x"}):
+        assert fate_words("r6", junk)
