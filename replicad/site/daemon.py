@@ -86,7 +86,8 @@ from replicad.site.registration import RegistrationCheck, registered_size_bytes
 from replicad.site.requestwatch import RequestWatch
 from replicad.site.rules_raise import RulesRaise, founding_rules, reported_rules_max
 from replicad.ops.requestdiff import args_summary
-from replicad.site.seen import SeenMark, approved_words, pending_words, unadopted_words
+from replicad.site.seen import (HISTORY_FATES_MAX, SeenMark, approved_words, fate_words, pending_words,
+                                unadopted_words)
 from replicad.site.catchup import install_report
 from replicad.site.catchup import request_words as _request_words
 from replicad.storage import fingerprints
@@ -603,6 +604,7 @@ class SiteDaemon:
         return logging.INFO, "AUDIT (replayed from the Raft log)"
 
     _seen_upto: int | None = None  # the applied count up to which every AUDIT line was logged live
+    _history_requests: list | None = None  # (request id, AUDIT head) named in lines of history, until joined
     _seen_task: asyncio.Future | None = None
 
     def _logged_live(self) -> None:
@@ -744,6 +746,12 @@ class SiteDaemon:
             log.log(level, "%s request %s %s: %s: %s (requested by %s)", audit, done.get("request"), done.get("status"),
                     done.get("action"), facts_text(args_summary(done.get("result"))),
                     (requests.get(done.get("request")) or {}).get("by", "?"))
+        if level == logging.WARNING and audit != "AUDIT":  # history: its fate is told once this site joined
+            if self._history_requests is None:
+                self._history_requests = []
+            for rid in [req_id, *(d.get("request") for d in applied)]:
+                if rid is not None and all(rid != named for named, _ in self._history_requests):
+                    self._history_requests.append((rid, audit))
         if level == logging.WARNING:
             self._logged_live()  # after the lines: a crash before the mark is written logs them again
         if applied and self._loop is not None:
@@ -1159,6 +1167,21 @@ class SiteDaemon:
             log.warning("bootstrap: site %s proposes a membership that differs from this config's [[sites]] (%s). %s",
                         site, "; ".join(problems), MEMBERSHIP_COMPARE)
 
+    def _log_history_fates(self) -> None:
+        """Event loop, once this site joined: for each request its lines of history named (committed
+        while it was away; those lines give no next step), what became of it, from the state now
+        (:func:`~replicad.site.seen.fate_words`: ``since applied``, or still pending with the step
+        that is current now), at most :data:`~replicad.site.seen.HISTORY_FATES_MAX` lines."""
+        ids, self._history_requests = list(self._history_requests or ()), None
+        if not ids or self.raft is None:
+            return
+        requests = self.raft.view().get("requests") or {}
+        for rid, audit in ids[:HISTORY_FATES_MAX]:  # under the head of the lines that named it
+            log.warning("%s %s", audit, fate_words(rid, requests.get(rid)))
+        if len(ids) > HISTORY_FATES_MAX:
+            log.warning("%s ... and %d more request(s) named above: their status now in replicad requests",
+                        ids[-1][1], len(ids) - HISTORY_FATES_MAX)
+
     async def _clock_loop(self) -> None:
         """Report this site's clock through Raft every CLOCK_HEARTBEAT_S: the state machine
         measures the retention lock window with the time a majority of sites have reached, so
@@ -1166,6 +1189,7 @@ class SiteDaemon:
         the cluster's incarnation: before it, the log holds only ``found`` commands, whose
         signatures apply checks without the local config (:func:`replicad.core.state.signing_keys`)."""
         await self.volumes.joined.wait()
+        self._log_history_fates()
         self._seen_upto = self.raft.applied_count()  # what it caught up with is seen (and logged if it was away)
         await asyncio.to_thread(self._save_seen)
         while True:
