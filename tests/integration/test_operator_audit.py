@@ -79,6 +79,10 @@ def test_request_audit_lines_name_the_action_and_a_restart_marks_its_replay(clus
     # lines of history: no next step for a request that has applied since (its fate follows them)
     assert not any(f"replicad approve {away_req}" in x for x in missed), missed
     assert any(f"request {away_req} by site-a:" in x and "approvals at that command" in x for x in missed), missed
+    # ... and once it joined, what became of it (from the state now)
+    c.wait_for("site-c told the request's status now", lambda: any(
+        f"AUDIT (committed while this site was away) request {away_req} (set_max_size, requested by site-a): "
+        f"since applied" in x for x in lines("site-c", before)), 60)
     assert not any(f"request {req} " in x and "WARNING" in x for x in lines("site-c", before)), \
         "seen live before: not logged as missed"
     c.wait_for("site-c joined", lambda: c.status("site-c").get("raft", {}).get("leader"), 60)
