@@ -286,9 +286,12 @@ def _render_status(data: dict) -> None:
                       f"{f'; last own command applied {age:.0f} s ago' if age is not None else ''}): the figures "
                       "below may be old, and a role marked '?' is this site's belief, not what the cluster agreed. "
                       "Read the cluster from another site.[/red]", markup=True)
+    cut_off = {site for site, r in ((data.get("identity") or {}).get("revoked") or {}).items()
+               if not (isinstance(r, dict) and r.get("rejoined"))}
     if data.get("members"):
         console.print("members: " + ", ".join(
-            m["site_id"] + (" (this site)" if m.get("self") else "" if m.get("reachable") else " (UNREACHABLE)")
+            m["site_id"] + (" (this site)" if m.get("self") else "" if m.get("reachable")
+                            else " (revoked)" if m["site_id"] in cut_off else " (UNREACHABLE)")
             for m in data["members"]))
     if isinstance(data.get("release"), dict):  # the same at every site after an upgrade (README, "Upgrading")
         from replicad.release import identity_text
@@ -309,7 +312,10 @@ def _render_status(data: dict) -> None:
                           markup=False, soft_wrap=True)
         else:
             console.print(f"[red]revoked[/red]: {esc(site)} ({esc(r.get('keys'))} key(s), by a request of "
-                          f"{esc(r.get('by'))}); its commands are refused", markup=True)
+                          f"{esc(r.get('by'))}); its commands are refused: revoked (cut off as intended), not "
+                          "counted as degraded, until it is rebuilt with a new key or left out of the membership "
+                          "('replicad members propose FILE', README \"A site is compromised\" step 6)",
+                          markup=True, soft_wrap=True)
     rules = data.get("rules") or {}
     if rules.get("waiting"):  # a rolling upgrade in progress (replicad.site.rules_raise)
         behind = "; ".join(f"{site}: {m.get('problem')}" for site, m in sorted((rules.get("members") or {}).items())

@@ -17,7 +17,8 @@ def degraded_reasons(data: dict) -> list[dict]:
     degraded site: a list of ``{"reason": code, "message": sentence, "volume"?: name,
     "site"?: site id}`` (empty: healthy; codes in :data:`DEGRADED_REASONS`). Degraded means:
     the site runs without identity; it knows no Raft leader or no quorum, or its view is not
-    current; a member is unreachable (``members``, else the Raft partners); chunks lost here
+    current; a member is unreachable (``members``, else the Raft partners; a revoked site,
+    ``identity.revoked`` without ``rejoined``, is cut off as intended and not counted); chunks lost here
     await repair; a restore was interrupted; or a volume's last step failed (``last_error``),
     its newest committed snapshot is not its newest clean one (suspect: an incident), this
     site is ``fenced``/``divergent`` for it, its role is not confirmed by a current Raft view,
@@ -40,12 +41,16 @@ def degraded_reasons(data: dict) -> list[dict]:
         add("no_quorum", "no Raft quorum")
     if raft.get("synced") is False:
         add("view_not_current", "this site's Raft view is not current")
+    revoked = {site for site, rec in ((data.get("identity") or {}).get("revoked") or {}).items()
+               if not (isinstance(rec, dict) and rec.get("rejoined"))}
     if data.get("members") is not None:
         down = [str(m.get("site_id")) for m in data["members"] if not m.get("self") and not m.get("reachable")]
     else:
         names = data.get("raft_sites") or {}
         down = [str(names.get(addr, addr)) for addr, up in sorted((raft.get("partners") or {}).items()) if not up]
     for site in down:
+        if site in revoked:  # cut off as intended: not a fault (the status shows it under revoked)
+            continue
         add("member_unreachable", f"site {site} unreachable", site=site)
     pending = (data.get("store") or {}).get("repairs_pending")
     if pending:
@@ -54,8 +59,6 @@ def degraded_reasons(data: dict) -> list[dict]:
     for target in data.get("interrupted_restores") or []:
         add("restore_interrupted", f"a restore into {target} was interrupted: that file is incomplete (restore "
                                    "into it again with --overwrite if it is to be used)", target=str(target))
-    revoked = {site for site, rec in ((data.get("identity") or {}).get("revoked") or {}).items()
-               if not (isinstance(rec, dict) and rec.get("rejoined"))}
     for name, v in sorted((data.get("volumes") or {}).items()):
         if v.get("last_error"):
             add("volume_error", f"{name}: last error: {v['last_error']}", volume=name)

@@ -518,6 +518,32 @@ def test_status_shows_a_rejoined_site_and_the_key_it_signs_with(admin_stub) -> N
     assert "revoked: site-c" in text
 
 
+def test_a_revoked_site_is_cut_off_as_intended_not_degrading_and_an_honest_unreachable_one_still_is(
+        admin_stub) -> None:
+    """After a revocation the revoked site is unreachable for good: ``replicad status`` names it
+    revoked with what ends that, and exits 0; an unrevoked unreachable member still degrades."""
+    from replicad.cli import status_problems
+
+    members = [{"site_id": "site-b", "self": True, "reachable": True},
+               {"site_id": "site-c", "self": False, "reachable": False}]
+    revoked = {**REBUILT, "raft": {**STATUS.get("raft", {}), "leader": "127.0.0.1:7102", "has_quorum": True,
+                                   "synced": True},
+               "members": members, "volumes": {}, "interrupted_restores": [], "store": {}}
+    assert status_problems(revoked) == []
+    honest = {**revoked, "members": [*members, {"site_id": "site-d", "self": False, "reachable": False}]}
+    assert status_problems(honest) == ["site site-d unreachable"]
+    url, answers = admin_stub
+    answers["/v1/status"] = (200, revoked)
+    res = run_env({"COLUMNS": "160"}, "--admin", url, "status")
+    text = " ".join(res.stdout.split())
+    assert res.returncode == 0 and "degraded" not in res.stderr, (res.stdout, res.stderr)
+    assert "site-c (revoked)" in text and "UNREACHABLE" not in text, text
+    assert "revoked (cut off as intended)" in text and "replicad members propose" in text, text
+    answers["/v1/status"] = (200, honest)
+    res = run_env({"COLUMNS": "160"}, "--admin", url, "status")
+    assert res.returncode == 1 and "site site-d unreachable" in res.stderr, (res.stdout, res.stderr)
+
+
 def test_status_shows_no_primary_and_both_ages(admin_stub) -> None:
     url, answers = admin_stub
     vol = {**STATUS["volumes"]["radiology-archive"], "primary": None, "last_error": None, "rpo_s": 600.0,
