@@ -15,11 +15,13 @@ from replicad.consensus.raft import RaftNode
 import msgpack
 
 from replicad.core.errors import CommitUnknownError, LeaderFrontRunError, NoQuorumError, NotFoundError
-from replicad.core.state import is_revoked, list_requests
+from replicad.core.state import is_revoked, list_requests, quorum_now_ns
 
 PROPOSE_TIMEOUT_S = 5.0
 PROPOSE_DEADLINE_S = 15.0   # how long a proposal waits for a leader election (seen: 0.5-2.1 s)
 VIEW_WAIT_S = 5.0           # how long an operator's request waits for a stale view to become current
+REQUEST_ANSWER_MARGIN = 10  # a pending request answers an identical new one only while more than 1/10 of the
+                            # request lifetime ([policy] request_ttl) is left by the majority clock
 
 
 class Cluster:
@@ -112,16 +114,26 @@ class Cluster:
         pending that expired or applied since): ``{"ok": True, "request", "status": "pending",
         "approvals", "needed", "expires_ns", "by", "reason", "existing": True}`` -- the newest
         such request of this site, else the newest of another site (``by`` names it: the caller
-        points the operator to approving it) -- else None. Read only: proposes nothing, decides
-        nothing in the state machine (whose decisions stay those of every rules version)."""
+        points the operator to approving it) -- else None. A request with less than a tenth of
+        the request lifetime (``[policy] request_ttl``; :data:`REQUEST_ANSWER_MARGIN`) left before
+        its ``expires_ns`` by the majority clock answers nothing: it would likely expire before
+        another site's operator approves it, so the new request (its reason kept) is made instead.
+        A tenth rather than a fixed time: it scales with the lifetime an operator chose (2.4 h of
+        the default 24 h: time to reach an operator at another site; 60 s of the shortest, 10
+        min). Read only: proposes nothing, decides nothing in the state machine (whose decisions
+        stay those of every rules version)."""
         if not isinstance(action, str) or not isinstance(args, dict) or not self.raft_synced():
             return None
         try:
             wanted = msgpack.unpackb(msgpack.packb(args, use_bin_type=True), raw=False)
         except (TypeError, ValueError, OverflowError):
             return None  # the state machine refuses what does not encode: nothing can equal it
-        same = [r for r in list_requests(self.view())
-                if r.get("status") == "pending" and r.get("action") == action and r.get("args") == wanted]
+        view = self.view()
+        now = quorum_now_ns(view)  # None: no majority clock, nothing expires yet
+        margin_ns = int(self.cfg().policy.request_ttl_s * 1e9) // REQUEST_ANSWER_MARGIN
+        same = [r for r in list_requests(view)
+                if r.get("status") == "pending" and r.get("action") == action and r.get("args") == wanted
+                and (now is None or int(r["expires_ns"]) - now > margin_ns)]
         for r in sorted(same, key=lambda r: r.get("by") != self.site_id):  # stable: newest first within each
             return {"ok": True, "request": r["id"], "status": "pending", "approvals": list(r["approvals"]),
                     "needed": r["needed"], "expires_ns": r["expires_ns"], "by": r.get("by"),

@@ -27,6 +27,7 @@ from replicad.site.cluster import Cluster
 from tests.unit.core.test_state import NOW, RETENTION, cluster, cmd, ok  # noqa: F401
 
 WEAKER = {**RETENTION, "keep_all_s": 60}
+TTL_S = 24 * 3600.0  # [policy] request_ttl: the default
 
 
 class _Raft:
@@ -59,7 +60,7 @@ class _Raft:
 
 def _cluster(state: dict, site: str = "a") -> tuple[Cluster, _Raft]:
     raft = _Raft(state)
-    return Cluster(site, raft, lambda: SimpleNamespace(sites=())), raft
+    return Cluster(site, raft, lambda: SimpleNamespace(sites=(), policy=SimpleNamespace(request_ttl_s=TTL_S))), raft
 
 
 def _request(c: Cluster, args: dict, action: str = "set_retention", reason: str = "save space") -> dict:
@@ -102,6 +103,29 @@ def test_a_request_is_proposed_again_once_the_first_is_no_longer_pending(cluster
     raft.state = {**raft.state, "requests": {**raft.state["requests"], second["request"]: expired}}
     third = _request(c, args)
     assert third["request"] not in (first["request"], second["request"]) and len(raft.proposed) == 3
+
+
+def test_a_request_about_to_expire_does_not_answer_an_identical_new_one(cluster):
+    """Less than a tenth of its lifetime left by the majority clock: the new request is made,
+    with its own reason (it would otherwise be answered with one expiring before anyone approves)."""
+    c, raft = _cluster(cluster)
+    args = {"volume": "vol", "retention": dict(WEAKER)}
+    first = _request(c, args)
+    now = cluster_state.quorum_now_ns(raft.state)
+    assert now is not None
+    lifetime = int(TTL_S * 10**9)
+
+    def left(ns: int) -> None:
+        moved = {**raft.state["requests"][first["request"]], "expires_ns": now + ns}
+        raft.state = {**raft.state, "requests": {**raft.state["requests"], first["request"]: moved}}
+
+    left(lifetime // 10 + 10**9)  # just over a tenth left: still the answer
+    assert _request(c, args, reason="again")["request"] == first["request"] and len(raft.proposed) == 1
+    left(lifetime // 10 - 10**9)  # just under: a new request, its reason kept
+    second = _request(c, args, reason="the first one is about to expire")
+    assert second["request"] != first["request"] and "existing" not in second and len(raft.proposed) == 2
+    assert raft.state["requests"][second["request"]]["reason"] == "the first one is about to expire"
+    assert c.identical_pending_request("set_retention", args)["request"] == second["request"]
 
 
 def test_a_stale_view_is_not_trusted_for_the_answer(cluster):
