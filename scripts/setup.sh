@@ -34,6 +34,11 @@ fi
 # A Debian system Python marks itself externally managed (PEP 668): this script installs into
 # the interpreter it is given, as a throwaway test/demo machine wants; sites use a venv
 # (README, "Install on a site").
+# Inside a fresh venv (Debian 12's pip 23.0 and setuptools 66, no wheel) bring the build tools up
+# first: an install there failed "invalid command 'bdist_wheel'"; the system's own pip is Debian's.
+if python3 -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then
+    python3 -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
+fi
 PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 # libnbd's Python binding is Debian's only (not on PyPI): link its two files into the interpreter
 # replicad runs on (the qemu source reads dirty bitmaps with it); it must be the same Python minor.
