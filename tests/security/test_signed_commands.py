@@ -321,6 +321,9 @@ def test_a_majority_revokes_the_compromised_site(cluster: LocalCluster) -> None:
         cluster.wait_for(f"{s} drops site-a's Raft connection", lambda s=s: raft_refused(cluster, s, "revoked_site") >= 1
                          and cluster.status(s)["raft"]["partners"][addr_a] is False, 20)
         assert "raft refused [revoked_site]" in cluster.log_tail(s, 2000), s
+        # cut off as intended: not an unreachable member that keeps the site degraded (operator try-out 2, item 7)
+        reasons = cluster.status(s)["degraded_reasons"]
+        assert not [r for r in reasons if r.get("site") == "site-a"], reasons
     # a new handshake signed with site-a's (revoked) key is refused where site-a may dial; where the
     # honest site is the dialer, it no longer dials site-a
     for s in HONEST:
