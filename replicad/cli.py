@@ -877,10 +877,10 @@ _DOCUMENT_ARGS = ("policy", "retention", "members", "max_size_bytes", "to", "ver
 
 def _request_line(r: dict) -> str:
     """One request for people: id, status, requester, action, its args; with ``changes`` (a
-    site of this release, :mod:`replicad.ops.requestdiff`) the keys it changes as ``key: old ->
+    site of this release, :mod:`replicad.core.requestdiff`) the keys it changes as ``key: old ->
     new`` and a count of the rest in place of the whole document (``--json`` has the full
     args); without, long values (a policy's pattern lists) summarised as counts."""
-    from replicad.ops.requestdiff import args_summary, changes_text
+    from replicad.core.requestdiff import args_summary, changes_text
 
     diff = r.get("changes") if isinstance(r.get("changes"), dict) else None
     shown = args_summary(r.get("args") or {})
@@ -943,7 +943,7 @@ def _render_request_state(r: dict) -> None:
                       f"{r.get('needed')} sites approved ({', '.join(r.get('approvals') or [])}); nothing changed yet",
                       markup=False, soft_wrap=True)
         if isinstance(r.get("changes"), dict):  # what the approvers will see (replicad requests)
-            from replicad.ops.requestdiff import changes_text
+            from replicad.core.requestdiff import changes_text
 
             console.print(f"  changes: {changes_text(r['changes'])}", markup=False, soft_wrap=True)
         if r.get("next"):

@@ -53,7 +53,7 @@ document served at ``/v1/openapi.json`` — :mod:`replicad.ops.openapi` — desc
     GET    /v1/requests                         [viewer] protection-weakening requests (pending, applied, expired);
                                                  a set_max_size one with "previous", the maximum it replaces; each
                                                  with "changes" (the keys its args' document changes, old and new:
-                                                 replicad.ops.requestdiff) when there is something to compare with
+                                                 replicad.core.requestdiff) when there is something to compare with
     POST   /v1/requests/{request_id}/approve    [admin] this site approves the request (a command signed by it)
     POST   /v1/requests/{request_id}/veto       [admin] this site stops a request before it takes effect
     POST   /v1/sites/{site_id}/revoke           [admin] {"reason"?}: request to revoke a site's identity (a majority);
@@ -114,7 +114,7 @@ from aiohttp import web
 
 from replicad.ops import auth
 from replicad.ops.exportlimits import IdleExports, requested_ttl_s
-from replicad.ops.requestdiff import request_changes, with_changes
+from replicad.core.requestdiff import request_changes, with_changes
 from replicad.storage.audit import AuditLog, verify_chain
 from replicad.peer.netreason import connection_reason, unreachable_detail
 from replicad.core.errors import (ConflictError, InternalError, NotFoundError, NotSupportedError, PeerUnavailableError,

@@ -89,8 +89,8 @@ def _bytes(n: Any) -> str:
 
 def _request_changes(r: Mapping[str, Any], state: Mapping[str, Any]) -> str:
     """What request ``r`` changes against the agreed ``state``, in one line
-    (:func:`replicad.ops.requestdiff.changes_text`), or ``see replicad requests --json``."""
-    from replicad.ops.requestdiff import changes_text, request_changes
+    (:func:`replicad.core.requestdiff.changes_text`), or ``see replicad requests --json``."""
+    from replicad.core.requestdiff import changes_text, request_changes
 
     diff = request_changes(dict(r), dict(state))
     return changes_text(diff) if diff is not None else "see replicad requests --json"

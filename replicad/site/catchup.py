@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 from replicad.core import state as cluster_state
 from replicad.core.errors import facts_text
-from replicad.ops.requestdiff import args_summary, change_text, changes_text, document_changes, request_changes
+from replicad.core.requestdiff import args_summary, change_text, changes_text, document_changes, request_changes
 
 FACTS_MAX = 200
 """Fact lines logged for one install at most (then one line counting the rest)."""
@@ -64,7 +64,7 @@ def request_words(action: Any, args: Any, reason: Any = None) -> str:
     """A request's action, arguments and reason for an AUDIT line:
     ``set_retention volume=ehr retention={...} reason="..."`` (:func:`~replicad.core.errors.facts_text`);
     an argument longer than 400 characters (a detection policy's ransom-note patterns) counted
-    (``policy=<18 keys>``: :func:`~replicad.ops.requestdiff.args_summary`; the request record
+    (``policy=<18 keys>``: :func:`~replicad.core.requestdiff.args_summary`; the request record
     keeps it whole); ``?`` for an action not known here."""
     words = str(action or "?")
     if isinstance(args, dict) and args:
@@ -229,7 +229,7 @@ def _volumes(before: dict, after: dict) -> list[str]:
 def _policies(name: str, old: dict, new: dict) -> list[str]:
     """A volume's retention and detection policy changes in the CLI's words and units, only the keys
     that differ (``volume ehr: detection policy changed: min_score: 0.02 -> 0.05 (17 other keys as
-    before)``, ``retention changed: daily: 30d -> 60d``): :mod:`replicad.ops.requestdiff`, what
+    before)``, ``retention changed: daily: 30d -> 60d``): :mod:`replicad.core.requestdiff`, what
     ``replicad requests`` shows. A detection policy is compared as it applies
     (``state.detection_policy``: the defaults while none was set), so a first policy is a change
     from the defaults, not from "none"."""

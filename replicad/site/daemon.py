@@ -85,7 +85,7 @@ from replicad.site.volumes import VolumeLoop
 from replicad.site.registration import RegistrationCheck, registered_size_bytes
 from replicad.site.requestwatch import RequestWatch
 from replicad.site.rules_raise import RulesRaise, founding_rules, reported_rules_max
-from replicad.ops.requestdiff import args_summary
+from replicad.core.requestdiff import args_summary
 from replicad.site.seen import (HISTORY_FATES_MAX, SeenMark, approved_words, fate_words, pending_words,
                                 unadopted_words)
 from replicad.site.catchup import install_report
@@ -700,7 +700,7 @@ class SiteDaemon:
         was then and that what became of the request follows
         (:func:`~replicad.site.seen.pending_words`), as the request may have applied or ended since.
         The action and its arguments (a document longer than 400 characters counted,
-        :func:`~replicad.ops.requestdiff.args_summary`) are ``key=value`` words
+        :func:`~replicad.core.requestdiff.args_summary`) are ``key=value`` words
         (:func:`~replicad.core.errors.facts_text`), an approval names the request's action (from the
         Raft view: the approve command has none)."""
         level, audit = self._audit_prefix()

@@ -133,7 +133,7 @@ def test_a_site_that_catches_up_from_a_full_state_logs_what_it_missed(cluster: L
     # the weakening and its approvals, and the volume's retention now
     assert f"request {weak['request']} by site-c: set_retention volume={VOL}" in missed, missed
     lock_before = before["lock_s"]
-    # in the CLI's units, only the keys that changed (replicad.ops.requestdiff, as `replicad requests`)
+    # in the CLI's units, only the keys that changed (replicad.core.requestdiff, as `replicad requests`)
     assert f"volume {VOL}: retention changed: " in missed and \
         f"lock: {format_duration(lock_before)} -> 1h" in missed, missed
     assert "audit record: command request by site-a" in missed, missed

@@ -1,6 +1,6 @@
 """A request is shown to the person approving it as what it changes (``key: old -> new``), not as
 the whole document its args hold (a detection policy is ~3 KB of ransom-note patterns with the
-one weakened threshold buried inside): replicad.ops.requestdiff, the CLI's request line and the
+one weakened threshold buried inside): replicad.core.requestdiff, the CLI's request line and the
 status page's requests table."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from replicad import cli
 from replicad.cli import _render_request_state, _request_line
 from replicad.core.anomaly import POLICY_DEFAULTS
 from replicad.ops import statuspage
-from replicad.ops.requestdiff import request_changes, with_changes
+from replicad.core.requestdiff import request_changes, with_changes
 
 RETENTION = {"keep_all_s": 86400, "hourly_s": 7 * 86400, "daily_s": 30 * 86400, "lock_s": 7 * 86400}
 MEMBERS = [{"site_id": s, "raft": f"127.0.0.1:{7000 + i}", "kind": "data", "keys": [f"k{i}"]}

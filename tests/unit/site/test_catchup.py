@@ -56,7 +56,7 @@ def test_every_audited_change_while_away_is_a_line() -> None:
     print(text)
     assert "volume evil0 added (registered by c): primary=c block_size=65536 min_copies=1 " \
            "retention={keep_all_s=3600 hourly_s=3600 daily_s=3600 lock_s=3600} epoch=1" in lines
-    # in the CLI's units, only what changed (replicad.ops.requestdiff: what `replicad requests` shows)
+    # in the CLI's units, only what changed (replicad.core.requestdiff: what `replicad requests` shows)
     assert "volume ehr: retention changed: lock: 10m -> 2h (3 other keys as before)" in lines
     assert "volume ehr: primary a -> none, epoch 1 -> 2" in lines
     assert any(line.startswith("site c revoked by ") for line in lines), text
