@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
 
     async def prefound() -> None:
         await until(lambda: node.status().get("leader") is not None, "leader")
+        # after the honest site's found proposal: a found carrying the rules founds a never-founded
+        # state anew and drops what was applied before it (state.founding_rules), so commands applied
+        # first would vanish under a late found (seen on a loaded machine), not be judged
+        await until(lambda: any(site != me for site in node.view().get("founding") or {}), "another site's found")
         v = next(x for x in cfg.volumes if x.name == args.volume)
         ten_years = 10 * 365 * 86400
         loose = dict(anomaly.POLICY_DEFAULTS, mode="encrypted", ransom_notes=[], ransom_note_strong=[])
