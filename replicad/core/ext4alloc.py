@@ -92,6 +92,10 @@ followed by a 16-byte UUID unless ``SAME_UUID``; revoke records of 4 or 8 (``64B
 16-byte header whose ``r_count`` (0xC) is the bytes used. The superblock's ``s_journal_inum``
 (0xE0) names the journal's inode (8); ``INCOMPAT_RECOVER`` is set while the file system is mounted
 (cleared by a clean unmount)."""
+OWNER_EXTENTS_MAX = 1 << 22
+"""Extents (and tree blocks) whose owning inode :attr:`Ext4Allocation.owners` keeps at most (16
+bytes each: 64 MiB). A real file system has far fewer (one per file, a few for large or fragmented
+ones); a forged one past it keeps no owners (``owners`` None: nothing is excused by ownership)."""
 JOURNAL_NODES_MAX = 1024
 """Extent-tree blocks of the journal inode read at most (a real journal needs one or none)."""
 
@@ -122,6 +126,13 @@ class Ext4Allocation:
             :data:`HEADS_MAX`, each row kept by a draw from ``os.urandom``-seeded randomness the
             volume's writer cannot know): a count over :attr:`heads` divided by it estimates the
             count over every file.
+        owners: which inode references each block, as ``(start, length, owner)`` ``int64``
+            arrays sorted by ``start`` (written and unwritten extents and extent-tree blocks;
+            not extended-attribute blocks, which inodes may share; ``owner`` is the inode number
+            plus its ``i_generation`` (offset 0x64) x 2^32: ext4 gives every inode it creates a
+            new generation, so a new file that got a deleted file's number is another owner),
+            read through :meth:`owner`; None when not kept (more than :data:`OWNER_EXTENTS_MAX`, or two
+            ranges overlap: a real file system never maps one block twice).
     """
 
     block_size: int
@@ -131,6 +142,22 @@ class Ext4Allocation:
     written: np.ndarray
     heads: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
     heads_share: float = 1.0
+    owners: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def owner(self, blocks: np.ndarray) -> np.ndarray | None:
+        """The owner (inode number + ``i_generation`` x 2^32, :attr:`owners`) referencing each
+        file-system block of ``blocks`` (an integer array of block numbers), 0 where no inode's
+        extent or tree block covers it (free space, metadata, an extended-attribute block); None
+        when :attr:`owners` was not kept. ``owner & 0xFFFFFFFF`` is the inode number."""
+        if self.owners is None:
+            return None
+        start, length, ino = self.owners
+        blocks = np.asarray(blocks, dtype=np.int64)
+        at = np.searchsorted(start, blocks, side="right") - 1
+        ok = at >= 0
+        at = np.where(ok, at, 0)
+        inside = ok & (blocks < start[at] + length[at]) if len(start) else np.zeros(len(blocks), dtype=bool)
+        return np.where(inside, ino[at] if len(start) else 0, 0).astype(np.int64)
 
     @property
     def file_blocks(self) -> int:
@@ -293,7 +320,8 @@ def read_allocation(read: Callable[[int, int], bytes], size_bytes: int,
                 return None
     walker.flush()
     heads = np.concatenate(walker.heads).astype(np.int64) if walker.heads else np.zeros((0, 3), dtype=np.int64)
-    return Ext4Allocation(bs, blocks, in_use, referenced, walker.written, heads, walker.heads_share)
+    return Ext4Allocation(bs, blocks, in_use, referenced, walker.written, heads, walker.heads_share,
+                          walker.owners())
 
 
 DATA_SHARE_FULL = 8
@@ -589,6 +617,34 @@ class _Walker:
         self.heads_share = 1.0  # each row kept with this probability (_keep_heads)
         self._head_rows = 0
         self._rng: np.random.Generator | None = None
+        self._owned: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = []  # (start, length, inode)
+        self._owned_n = 0
+
+    def _own(self, start: np.ndarray, length: np.ndarray, ino: np.ndarray) -> None:
+        """Record that inodes ``ino`` reference ``length`` blocks from ``start`` (arrays of one
+        length); past :data:`OWNER_EXTENTS_MAX` ranges no owners are kept."""
+        if self._owned is None:
+            return
+        self._owned_n += len(start)
+        if self._owned_n > OWNER_EXTENTS_MAX:
+            self._owned = None
+            return
+        self._owned.append((start.astype(np.int64), length.astype(np.int64), ino.astype(np.int64)))
+
+    def owners(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The recorded ranges sorted by start (:attr:`Ext4Allocation.owners`), empty ranges
+        dropped; None when not kept or when two ranges overlap."""
+        if self._owned is None:
+            return None
+        if not self._owned:
+            return (np.zeros(0, np.int64),) * 3
+        start, length, ino = (np.concatenate([o[k] for o in self._owned]) for k in range(3))
+        keep = length > 0
+        order = np.argsort(start[keep], kind="stable")
+        start, length, ino = start[keep][order], length[keep][order], ino[keep][order]
+        if len(start) > 1 and (start[1:] < start[:-1] + length[:-1]).any():
+            return None
+        return start, length, ino
 
     def _keep_heads(self, rows: np.ndarray) -> None:
         """Keep ``rows`` of :attr:`heads`, each with probability :attr:`heads_share`; past
@@ -608,13 +664,15 @@ class _Walker:
             self._rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
         return self._rng.random(n)
 
-    def _extents(self, start: np.ndarray, length: np.ndarray) -> bool:
+    def _extents(self, start: np.ndarray, length: np.ndarray, ino: np.ndarray) -> bool:
         """Queue leaf extents (raw ``ee_len``: above 32,768 an unwritten extent of ``ee_len -
-        32768`` blocks); False when one reaches past the file system's end."""
+        32768`` blocks) of inodes ``ino`` (one per extent); False when one reaches past the file
+        system's end."""
         written = length <= 32768
         length = np.where(written, length, length - 32768)
         if (start + length > self.blocks).any():
             return False
+        self._own(start, length, ino)
         self._pending.append((start, length, written))
         self._queued += len(start)
         if self._queued >= self.batch:
@@ -690,7 +748,11 @@ class _Walker:
         length = e[:, 4:6].copy().view("<u2").ravel().astype(np.int64)
         start = (e[:, 8:12].copy().view("<u4").ravel().astype(np.int64)
                  | (e[:, 6:8].copy().view("<u2").ravel().astype(np.int64) << 32))
-        if len(e) and not self._extents(start, length):
+        # each row of tree's owner: its inode number and i_generation (0x64; ext4 draws a new one
+        # for every inode it creates: a number reused by a new file is another owner)
+        generation = rows[:, 0x64:0x68].copy().view("<u4").ravel().astype(np.int64)
+        numbers = ((number + live).astype(np.int64) | (generation << 32))[extents]
+        if len(e) and not self._extents(start, length, numbers[flat][owner]):
             return False
         # each regular file's first bytes: the written extent whose ee_block is 0
         size = (rows[:, 0x4:0x8].copy().view("<u4").ravel().astype(np.int64)
@@ -700,14 +762,16 @@ class _Walker:
         first = np.flatnonzero((logical == 0) & (length > 0) & (length <= 32768) & regular[flat][owner])
         if len(first):  # arrays: a forged table of millions of files must not become millions of objects
             self._keep_heads(np.stack([start[first], length[first], size[flat][owner[first]]], axis=1))
-        for raw, is_reg, n in zip(tree[~flat], regular[~flat].tolist(), size[~flat].tolist()):
-            if not self.node(raw.tobytes(), TREE_DEPTH_MAX + 1, n if is_reg else None):
+        for raw, is_reg, n, ino in zip(tree[~flat], regular[~flat].tolist(), size[~flat].tolist(),
+                                       numbers[~flat].tolist()):
+            if not self.node(raw.tobytes(), TREE_DEPTH_MAX + 1, n if is_reg else None, ino):
                 return False
         return True
 
-    def node(self, raw: bytes, depth_left: int, size: int | None = None) -> bool:
-        """One extent-tree node (the inode's ``i_block`` or a tree block); ``size``: the file's
-        size when the tree is a regular file's (its logical block 0 goes to :attr:`heads`)."""
+    def node(self, raw: bytes, depth_left: int, size: int | None = None, ino: int = 0) -> bool:
+        """One extent-tree node (the inode's ``i_block`` or a tree block) of inode ``ino``;
+        ``size``: the file's size when the tree is a regular file's (its logical block 0 goes to
+        :attr:`heads`)."""
         magic, entries, max_entries, depth = struct.unpack_from("<HHHH", raw, 0)
         if magic != EXTENT_MAGIC or depth >= depth_left or entries > max_entries or 12 + 12 * entries > len(raw):
             return False
@@ -725,7 +789,7 @@ class _Walker:
                 first = np.flatnonzero((logical == 0) & (length > 0) & (length <= 32768))
                 if len(first):
                     self._keep_heads(np.array([[start[first[0]], length[first[0]], size]], dtype=np.int64))
-            return self._extents(start, length)
+            return self._extents(start, length, np.full(len(start), ino, dtype=np.int64))
         leaf = (e[:, 4:8].copy().view("<u4").ravel().astype(np.int64)
                 | (e[:, 8:10].copy().view("<u2").ravel().astype(np.int64) << 32))
         for b in leaf.tolist():
@@ -735,6 +799,7 @@ class _Walker:
                 return False
             self.visited.add(b)
             self.referenced[b] = 1
-            if not self.node(self.read(b * self.bs, self.bs), depth, size):
+            self._own(np.array([b], np.int64), np.ones(1, np.int64), np.array([ino], np.int64))
+            if not self.node(self.read(b * self.bs, self.bs), depth, size, ino):
                 return False
         return True
