@@ -29,7 +29,9 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
                         "max_size_base": {"bytes", "at_ns"},                # MAX_SIZE_BASE, optional
                         "last_seq": int,
                         "registered_by": site_id}},                         # add_volume's signer
-     "audit": [{"op", "by", "volume", "ok", "error", "at_ns"}, ...],   # last AUDIT_MAX
+     "audit": [{"op", "by", "volume", "ok", "error", "at_ns"}, ...],   # last AUDIT_MAX; rules >= 4: also
+                                                                       # "signer", "n"; shares (audit_trim)
+     "audit_dropped": {share: [count, newest n]},                      # rules >= 4: AUDIT_DROPPED
      "applied_ops": {op_id: result},                                   # last APPLIED_OPS_MAX; rules >= 3:
                                                                        # {applied_key(by, op_id): result}
      "clocks": {site_id: now_ns},                                      # registered sites only
@@ -50,7 +52,8 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
 
 Bounds (the state is replicated to and kept by every site; a member holding the Raft
 password must not be able to grow it without limit): ``audit`` keeps the last
-:data:`AUDIT_MAX` records, ``applied_ops`` the last :data:`APPLIED_OPS_MAX` results; at most
+:data:`AUDIT_MAX` records (rules 4 and later: at most :data:`AUDIT_KEPT_MAX`, cut by signing site:
+:func:`audit_trim`), ``applied_ops`` the last :data:`APPLIED_OPS_MAX` results; at most
 ``max_sites`` (default :data:`SITES_MAX`) sites and, when ``members`` is set, only those
 site ids (the configured ``[[sites]]``, given to :func:`initial_state` by the Raft node);
 at most :data:`VOLUMES_MAX` volumes, :data:`VOLUMES_PER_SITE_MAX` of them registered by one
@@ -106,7 +109,16 @@ Rules shared by all ops:
 
 * Everything is validated before anything changes: a refused command leaves the
   cluster data (sites, volumes) exactly as it was.
-* Every command, accepted or refused, appends one audit record.
+* Every command, accepted or refused, appends one audit record (but an accepted ``clock`` and an
+  answer from the exactly-once memory). Under rules 1..3 the list keeps the last :data:`AUDIT_MAX`
+  of every command: one site's flood of cheap signed commands (refused or harmless) pushed every
+  other site's records out within seconds (attack review R15, F2). Under
+  :data:`RULES_AUDIT_BY_SIGNER` and later each record is attributed to the site whose signature and
+  freshness were checked (``signer``; None for a forged, replayed, stale, revoked or malformed claim:
+  :func:`audit_signer`) and carries its command's count (``n``); past :data:`AUDIT_KEPT_MAX` the list
+  is cut by shares (:func:`audit_trim`: each signer's records one share, the unattributed ones one
+  more; the largest shares cut to one level, routine and refused records before notable ones), so
+  a flood pushes out only its own share's records; :data:`AUDIT_DROPPED` counts what each share lost.
 * Exactly-once: a command whose ``op_id`` is already in ``applied_ops`` returns the stored
   result and changes nothing (not even the audit). Refusals are stored too, so a retried
   command always gets the answer of its first application. Under rules 3 and later the key is
@@ -122,8 +134,9 @@ the sites with different states (``checkpoint divergent``). So the rules that de
 the state's, not the code's: a state without :data:`RULES` is decided under rules 1, every rule as
 release b976d0a decided it, results and state contents alike (:mod:`replicad.core.state_rules1`,
 that release's state machine frozen: the digest of any log applied under rules 1 is b976d0a's);
-rules 2 and 3 are this module's (rules 3 differ from 2 only where ``rules >= 3`` is tested:
-:data:`RULES_SIGNER_KEYED`). What rules 2 change: a requester's veto of its own request is a
+rules 2, 3 and 4 are this module's (rules 3 differ from 2 only where ``rules >= 3`` is tested:
+:data:`RULES_SIGNER_KEYED`; rules 4 from 3 only where :data:`RULES_AUDIT_BY_SIGNER` is tested).
+What rules 2 change: a requester's veto of its own request is a
 withdrawal; an approved ``set_max_size`` past :func:`max_size_at_once` cools off (results carry
 ``at_once``, the volume :data:`MAX_SIZE_BASE`); finished requests are bounded per requester
 (:func:`_bounded_requests`) instead of 64 in all oldest first; one site registers at most
@@ -134,7 +147,10 @@ requests (:func:`_check_instant`); ``remove_volume`` exists (under rules 1 it is
 b976d0a refused it). What rules 3 change: the exactly-once memory (``applied_ops``) is keyed by
 the signing site and the op id (:func:`applied_key`); the raise (or a founding) to rules 3 keys
 the answers kept from before by the one site whose replay memory holds their op id, and drops
-the others (:func:`applied_by_signer`). Only the ``rules`` command (``to``, ``reports``, :func:`_op_rules`) changes
+the others (:func:`applied_by_signer`). What rules 4 change: the audit is kept per signing site
+(:func:`_with_audit`, :func:`audit_trim`); the raise (or a founding) to rules 4 attributes the
+records kept from before (:func:`audit_by_signer`: an accepted one to its site, a refused one to
+nobody). Only the ``rules`` command (``to``, ``reports``, :func:`_op_rules`) changes
 the version: by a registered site, only upward, at most :data:`RULES_MAX` (the highest this code
 applies), in a founded cluster with a majority clock, and only with signed release reports
 (:func:`rules_reports_problems`: ``[rules_max, at_ns, sig]``, "I run a release applying rules
@@ -154,7 +170,11 @@ that founds nothing as release 84f7f0f decided it (``bad_request`` for the unkno
 a state founded under rules by this code (:data:`FOUNDED_RULES`: a lab cluster founded under
 rules 2, whose honest members' founds carry rules 2; no 84f7f0f site ever joins it) as 74f9f08
 decided it (past 2 ``out_of_range`` "1..2"); so one registered site (a hostile one too) cannot
-part sites of the previous release from upgraded ones during a rolling upgrade under rules 2. Under rules 3 and later it is decided by this module
+part sites of the previous release from upgraded ones during a rolling upgrade under rules 2.
+Under rules 3 likewise only a raise accepted by this module (to 4) is this module's: every other
+``rules`` command, and a ``found`` carrying ``rules`` in a founded state, is decided as release
+64af970 (whose :data:`RULES_MAX` was 3) decided it, with the bound frozen at :data:`RULES3_MAX`
+(:data:`_OPS_RULES3`). Under rules 4 and later it is decided by this module
 (the version the state has is answered ``changed`` false), so a log with it replays alike at
 every site that runs this code, and every entry before the raise stays decided under the rules
 it was first decided by.
@@ -411,13 +431,22 @@ STATE_VERSION = 1
 COMMAND_VERSION = 1
 RULES = "rules"
 """State key: the rules version the state is decided under (:func:`rules`); absent means 1."""
-RULES_MAX = 3
+RULES_MAX = 4
 """The highest rules version this code applies (module docstring, "Rules version"). 1: every rule
 as release b976d0a decided it (:mod:`replicad.core.state_rules1`, frozen); 2: this module's rules
 with the exactly-once memory keyed by op id alone; 3: keyed by signing site and op id
-(:func:`applied_key`)."""
+(:func:`applied_key`); 4: the audit kept per signing site (:data:`RULES_AUDIT_BY_SIGNER`)."""
 RULES_SIGNER_KEYED = 3
 """The first rules version whose exactly-once memory is keyed by ``(by, op_id)`` (:func:`applied_key`)."""
+RULES_AUDIT_BY_SIGNER = 4
+"""The first rules version whose ``audit`` is kept per signing site (:func:`_with_audit`,
+:data:`AUDIT_KEPT_MAX`): before it the list keeps the last :data:`AUDIT_MAX` records of every
+command, and one site's flood of cheap signed commands (refused or harmless) pushed every other
+site's records out of every site's state within seconds (attack review R15, F2)."""
+RULES3_MAX = 3
+"""The highest rules version release 64af970 applied (its :data:`RULES_MAX`): under rules 3 a
+``rules`` command that raises nothing, and a ``found`` carrying ``rules`` that founds nothing, are
+decided with this bound (:func:`apply`, :data:`_OPS_RULES3`), as it decided them."""
 RULES2_MAX = 2
 """The highest rules version releases 84f7f0f and 74f9f08 applied (their :data:`RULES_MAX`): under
 rules 2 a ``rules`` command that raises nothing, and a ``found`` carrying ``rules`` that founds
@@ -437,6 +466,33 @@ majority clock (:func:`quorum_now_ns`): 10 minutes. A raising site collects the 
 before it proposes; an older report of a site since rolled back to an older release is no
 longer evidence of what it runs."""
 AUDIT_MAX = 1000
+"""Audit records a state under rules 1..3 keeps: the last ones of every command, whoever signed it."""
+AUDIT_KEPT_MAX = 2000
+"""Audit records a state under :data:`RULES_AUDIT_BY_SIGNER` and later keeps at most. Past it the
+list is cut to :data:`AUDIT_KEPT_AFTER_TRIM` at once (:func:`audit_trim`), by shares: each signing
+site's records, and the records no signature attributes (``signer`` None), are one share each; the
+largest shares are cut to one level, each losing its own oldest routine or refused records first
+(:func:`audit_notable`: accepted, not :data:`AUDIT_ROUTINE_OPS`), then its own oldest notable ones.
+So a site's flood pushes out only its own records: every other share keeps all its records up to
+the level (at least ``AUDIT_KEPT_AFTER_TRIM / shares``: 375 of each with three sites, 23 with
+:data:`SITES_MAX`), the notable ones last. Memory: twice :data:`AUDIT_MAX` records of ~0.5 KB in
+memory each (8 small fields), ~1 MB per site in all, ~120 KB of msgpack in a dump
+(ARCHITECTURE.md, Choices, "One site's share of the kept audit")."""
+AUDIT_KEPT_AFTER_TRIM = AUDIT_KEPT_MAX * 3 // 4
+"""What :func:`audit_trim` cuts the list to (1,500): a quarter at once, so that the O(records) cut is
+paid once every 500 audited commands, not at each (as :data:`SEEN_PER_SITE_MAX`'s)."""
+AUDIT_ROUTINE_OPS = frozenset({"clock", "vouch", "commit_snapshot", "site_verdict", "add_holder", "remove_holder"})
+"""Ops whose accepted records a share loses before its notable ones (:func:`audit_trim`): the
+daemons' own routine (heartbeats, checkpoint vouches, each snapshot's commit, verdicts and holders),
+dozens an hour per volume and site (``site.catchup.ROUTINE_OPS`` counts them likewise)."""
+AUDIT_DROPPED = "audit_dropped"
+"""State key (rules 4 and later): ``{share: [records dropped, newest command count among them]}``
+of :func:`audit_trim` (share: the signing site, ``""`` for the unattributed records), at most
+:data:`AUDIT_DROPPED_KEYS_MAX` shares (those that dropped the newest kept). What a catch-up tells
+with it (:func:`audit_kept_since`): whether every record of the commands after a count is kept."""
+AUDIT_DROPPED_KEYS_MAX = 129
+"""Shares :data:`AUDIT_DROPPED` names at most: twice :data:`SITES_MAX` and the unattributed one (a
+share is a member or a registered site; members change only by approved requests)."""
 APPLIED_OPS_MAX = 5000
 ROOT_SIZE_BYTES = 32  # BLAKE3-256 manifest root (DESIGN §3)
 NAME_MAX_CHARS = 255
@@ -665,6 +721,8 @@ def founding_start(state: dict, to: int) -> dict:
     start = {**initial_state(rules=to), **{k: state[k] for k in FOUNDING_KEPT if k in state}}
     if to >= RULES_SIGNER_KEYED > rules(state):
         start["applied_ops"] = applied_by_signer(start)
+    if to >= RULES_AUDIT_BY_SIGNER > rules(state):
+        start["audit"] = audit_by_signer(start)
     return start
 
 
@@ -920,7 +978,8 @@ def apply(state: dict, command: dict, trust: Trust | None = None) -> tuple[dict,
     state machine, frozen), but for the ``rules`` command that raises it (module docstring,
     "Rules version"); a state under rules 2 by this module with the op table of the releases
     whose :data:`RULES_MAX` was 2 (:data:`_OPS_RULES2`: ``rules`` and ``found`` bounded at
-    :data:`RULES2_MAX`), but for the ``rules`` command that raises it.
+    :data:`RULES2_MAX`), but for the ``rules`` command that raises it; a state under rules 3
+    likewise with that of release 64af970 (:data:`_OPS_RULES3`, bounded at :data:`RULES3_MAX`).
     """
     problem = founding_key_problem(state, command, trust)
     if problem is not None:
@@ -977,6 +1036,17 @@ def apply(state: dict, command: dict, trust: Trust | None = None) -> tuple[dict,
             if result.get("ok") and result.get("changed") and rules(new_state) > rules(state):
                 return new_state, result
         return _apply_guarded(state, command, trust, _OPS_RULES2 if FOUNDED_RULES in state else _OPS_RULES2_PLAIN)
+    if rules(state) == RULES3_MAX:
+        # RULES 3: decided as release 64af970 decided it (its RULES_MAX was 3); of a rules command
+        # only a raise this code accepts (to 4) is this code's: a refused or no-op one decided with
+        # this code's bound would part the states of a cluster still running it at some sites
+        # (rules 5 "1..4", rules 4 without reports refused otherwise than out_of_range), as would a
+        # found carrying rules 4 in a founded state (out_of_range there)
+        if _peek_str(command, "op") == "rules":
+            new_state, result = _apply_guarded(state, command, trust)
+            if result.get("ok") and result.get("changed") and rules(new_state) > rules(state):
+                return new_state, result
+        return _apply_guarded(state, command, trust, _OPS_RULES3)
     return _apply_guarded(state, command, trust)
 
 
@@ -1012,6 +1082,7 @@ def _apply_checked(state: dict, command: dict, trust: Trust | None, ops: dict) -
     # replay memory): one refused for its envelope names a signer nobody verified, and under a
     # key (by, op_id) it would answer for (or replay) that site's own command (r13, F5)
     verified = trust is None or rules(state) < RULES_SIGNER_KEYED
+    identified = False  # the envelope passed (and, with trust, the signature): rules 4's audit share
     try:
         handler = _check_envelope(command, ops)
         if trust is not None:
@@ -1022,6 +1093,7 @@ def _apply_checked(state: dict, command: dict, trust: Trust | None, ops: dict) -
                 # (rules 3: only one signed by the same site, applied_key)
                 return state, state["applied_ops"][key]
             _check_fresh(state, command, trust)
+        identified = True
         new_state, result = handler(state, _with_trust(command, trust))
     except _Refusal as refusal:
         new_state, result = state, _refused(refusal.code, refusal.message, **refusal.evidence)
@@ -1034,7 +1106,10 @@ def _apply_checked(state: dict, command: dict, trust: Trust | None, ops: dict) -
         new_state = _with_seen(new_state, command, trust)
     if result.get("ok") and _peek_str(command, "op") == "clock":
         return new_state, result  # heartbeats: neither audited nor remembered (they would crowd both out)
-    new_state = _with_audit(new_state, command, result)
+    # rules 4: the record counts against its signer's share only when its signature (and freshness)
+    # were checked: a forged, replayed or malformed claim in an honest site's name is unattributed
+    checked = verified and identified and result.get("error") not in IDENTITY_REFUSALS
+    new_state = _with_audit(new_state, command, result, audit_signer(state, command, trust) if checked else None)
     if op_id is not None and _valid_op_id(op_id) and result.get("error") not in IDENTITY_REFUSALS and verified:
         # identity refusals are not remembered: a forged command reusing an honest op id
         # must not answer for the honest command that may follow it
@@ -1227,13 +1302,138 @@ def _refused(code: str, message: str, **evidence: Any) -> dict:
     return {"ok": False, "error": code, "message": message, "evidence": evidence}
 
 
-def _with_audit(state: dict, command: Any, result: dict) -> dict:
+def _with_audit(state: dict, command: Any, result: dict, signer: str | None = None) -> dict:
+    """``state`` with the audit record of ``command`` and its ``result`` appended: ``{"op", "by",
+    "volume", "ok", "error", "at_ns"}`` (what the command claims, and its outcome). Under rules 1..3
+    the list keeps the last :data:`AUDIT_MAX`. Under :data:`RULES_AUDIT_BY_SIGNER` and later the record
+    also carries ``signer`` (the site whose signature and freshness were checked, :func:`audit_signer`,
+    or None: the share of unattributed claims) and ``n`` (the command's count, ``state["applied"] + 1``;
+    the Raft node counts identically at every site), and the list is cut by shares past
+    :data:`AUDIT_KEPT_MAX` (:func:`audit_trim`), the dropped records counted under :data:`AUDIT_DROPPED`."""
     record = {"op": _peek_str(command, "op"), "by": _peek_str(command, "by"),
               "volume": _peek_str(command, "volume"), "ok": bool(result.get("ok")),
               "error": result.get("error"), "at_ns": _peek_int(command, "now_ns")}
-    audit = list(state.get("audit", ()))[-(AUDIT_MAX - 1):]
+    if rules(state) < RULES_AUDIT_BY_SIGNER:
+        audit = list(state.get("audit", ()))[-(AUDIT_MAX - 1):]
+        audit.append(record)
+        return {**state, "audit": audit}
+    applied = state.get("applied", 0)
+    record["signer"] = signer
+    record["n"] = (applied if _is_int(applied) and applied >= 0 else 0) + 1
+    audit = list(state.get("audit", ()))
     audit.append(record)
-    return {**state, "audit": audit}
+    if len(audit) <= AUDIT_KEPT_MAX:
+        return {**state, "audit": audit}
+    kept, dropped = audit_trim(audit, AUDIT_KEPT_AFTER_TRIM)
+    counts = dict(state.get(AUDIT_DROPPED) or {})
+    for share, (n, newest) in dropped.items():
+        was = counts.get(share) if isinstance(counts.get(share), list) else [0, None]
+        counts[share] = [was[0] + n, newest if not _is_int(was[1]) or (_is_int(newest) and newest > was[1]) else was[1]]
+    if len(counts) > AUDIT_DROPPED_KEYS_MAX:  # the shares that dropped the newest records
+        counts = dict(sorted(counts.items(), key=lambda kv: (kv[1][1] if _is_int(kv[1][1]) else -1, kv[0]),
+                             reverse=True)[:AUDIT_DROPPED_KEYS_MAX])
+    return {**state, "audit": kept, AUDIT_DROPPED: counts}
+
+
+def audit_share(record: Any) -> str:
+    """The share an audit record counts against (:func:`audit_trim`): its ``signer`` (a site id), or
+    ``""`` for a record no checked signature attributes (``signer`` None: forged, replayed, stale,
+    malformed or revoked commands; records of rules 1..3 refused ones). Pure."""
+    signer = record.get("signer") if isinstance(record, dict) else None
+    return signer if isinstance(signer, str) else ""
+
+
+def audit_notable(record: Any) -> bool:
+    """True for an accepted record whose op is not :data:`AUDIT_ROUTINE_OPS` (a registration, a
+    request, an approval, a veto, a request's action run, a role change, a rules raise, a founding
+    ...): the records a share keeps longest (:func:`audit_trim`). Pure."""
+    return isinstance(record, dict) and record.get("ok") is True and record.get("op") not in AUDIT_ROUTINE_OPS
+
+
+def audit_trim(audit: list, target: int) -> tuple[list, dict[str, tuple[int, int | None]]]:
+    """``(kept, dropped)``: ``audit`` (records oldest first) cut to at most ``target`` records by
+    shares (:func:`audit_share`): the level is the highest count ``L`` with ``sum(min(count, L))``
+    at most ``target`` over the shares; every share above it keeps ``L`` of its records, losing its
+    oldest not :func:`audit_notable` ones first, then its oldest notable ones; the others keep all.
+    ``kept`` is in ``audit``'s order; ``dropped`` is ``{share: (records dropped, the newest ``n``
+    among them)}``. A flood of one share (one signing site, or the unattributed claims) thus drops
+    only its own records (max-min fair shares; ARCHITECTURE.md, Choices, "One site's share of the
+    kept audit"). Pure; O(records)."""
+    counts: dict[str, int] = {}
+    for record in audit:
+        share = audit_share(record)
+        counts[share] = counts.get(share, 0) + 1
+    if len(audit) <= target:
+        return list(audit), {}
+    low, high = 0, max(counts.values())  # the level: the highest L with sum(min(count, L)) <= target
+    while low < high:
+        mid = (low + high + 1) // 2
+        if sum(min(c, mid) for c in counts.values()) <= target:
+            low = mid
+        else:
+            high = mid - 1
+    excess = {share: c - low for share, c in counts.items() if c > low}
+    routine: dict[str, list[int]] = {share: [] for share in excess}
+    notable: dict[str, list[int]] = {share: [] for share in excess}
+    for i, record in enumerate(audit):
+        share = audit_share(record)
+        if share in excess:
+            (notable if audit_notable(record) else routine)[share].append(i)
+    drop: set[int] = set()
+    dropped: dict[str, tuple[int, int | None]] = {}
+    for share, n in excess.items():
+        gone = (routine[share] + notable[share])[:n]
+        drop.update(gone)
+        ns = [audit[i].get("n") for i in gone if isinstance(audit[i], dict) and _is_int(audit[i].get("n"))]
+        dropped[share] = (len(gone), max(ns) if ns else None)
+    return [r for i, r in enumerate(audit) if i not in drop], dropped
+
+
+def audit_signer(state: dict, command: Any, trust: Trust | None) -> str | None:
+    """The site a command's audit record is attributed to (:func:`audit_share`), once its
+    signature, key and freshness were checked: its ``by`` when that is a site the command could be
+    checked for (once founded, a member of the agreed membership; before, a site ``trust`` pins
+    keys for; in unsigned mode, and with ``trust`` None in unit tests, a registered site), else
+    None. The caller passes it only for a command not refused for its envelope or identity. Pure."""
+    by = _peek_str(command, "by")
+    if by is None:
+        return None
+    if trust is None or trust.keys is None:
+        return by if by in (state.get("sites") or {}) else None
+    if state.get("incarnation") is not None:
+        return by if any(m.get("site_id") == by for m in state["incarnation"].get("members") or ()) else None
+    return by if by in trust.keys else None
+
+
+def audit_by_signer(state: dict) -> list:
+    """``state``'s ``audit``, kept under rules 1..3, with the fields of :func:`_with_audit` under
+    :data:`RULES_AUDIT_BY_SIGNER`: ``signer`` its ``by`` for an accepted record of a site
+    :func:`audit_signer` would attribute now (the command was accepted: its signature had been
+    checked), None for a refused one (its ``by`` is a claim nobody checked); ``n`` None (the count
+    of its command is not known). Order kept. Pure."""
+    out = []
+    for record in state.get("audit") or ():
+        if not isinstance(record, dict):
+            continue
+        by = record.get("by")
+        known = isinstance(by, str) and (by in (state.get("sites") or {}) or any(
+            m.get("site_id") == by for m in (state.get("incarnation") or {}).get("members") or ()))
+        out.append({**record, "signer": by if record.get("ok") is True and known else None, "n": None})
+    return out
+
+
+def audit_kept_since(state: Any, count: int) -> bool | None:
+    """Whether ``state``'s ``audit`` still holds every record of the commands after the first
+    ``count`` (each share's newest dropped record, :data:`AUDIT_DROPPED`, is of a command up to
+    ``count``); None under rules 1..3 (records carry no count: only the list's overlap with an
+    earlier one can tell). Pure; never raises."""
+    if not isinstance(state, dict) or rules(state) < RULES_AUDIT_BY_SIGNER:
+        return None
+    for entry in (state.get(AUDIT_DROPPED) or {}).values() if isinstance(state.get(AUDIT_DROPPED), dict) else ():
+        newest = entry[1] if isinstance(entry, list) and len(entry) == 2 else None
+        if not _is_int(newest) or newest > count:
+            return False
+    return True
 
 
 def _with_applied(state: dict, op_id: str, result: dict) -> dict:
@@ -3025,7 +3225,7 @@ def _apply_due_requests(state: dict, command: Any) -> tuple[dict, list[dict]]:
         out.append({"request": req_id, "status": "applied" if result.get("ok") else "failed",
                     "action": entry["action"], "volume": entry["args"].get("volume"), "result": result})
         state = _with_audit(state, {"op": entry["action"], "by": entry["by"], "volume": entry["args"].get("volume"),
-                                    "now_ns": quorum_now}, result)
+                                    "now_ns": quorum_now}, result, entry["by"])  # the requester signed it
     return state, out
 
 
@@ -3241,7 +3441,8 @@ def founding_needed(members: list[dict], reference: list[str] | None) -> int:
 def _op_found(state: dict, cmd: dict, max_rules: int = RULES_MAX) -> tuple[dict, dict]:
     """Record the signing site's proposal of the incarnation and membership; adopt the list
     when a majority proposes it identically (see the module docstring, ``found``). A ``rules``
-    it carries past ``max_rules`` is ``out_of_range`` (under rules 2 :data:`RULES2_MAX`, :func:`apply`)."""
+    it carries past ``max_rules`` is ``out_of_range`` (under rules 2 :data:`RULES2_MAX`, under rules 3
+    :data:`RULES3_MAX`: :func:`apply`)."""
     inc = cmd.get("incarnation")
     if not isinstance(inc, bytes) or len(inc) != INCARNATION_BYTES:
         raise _Refusal("bad_request", f"incarnation must be {INCARNATION_BYTES} bytes", field="incarnation")
@@ -3359,7 +3560,9 @@ def _op_rules(state: dict, cmd: dict, max_rules: int = RULES_MAX) -> tuple[dict,
     is answered ``changed`` false (no reports needed). Under rules 1 only a raise accepted here is
     this code's: every other ``rules`` command is decided by :mod:`replicad.core.state_rules1` (an
     unknown op, as b976d0a answers it); under rules 2 with ``max_rules`` :data:`RULES2_MAX` in
-    place of :data:`RULES_MAX` (:func:`apply`: as 84f7f0f and 74f9f08 answer it).
+    place of :data:`RULES_MAX` (:func:`apply`: as 84f7f0f and 74f9f08 answer it), under rules 3
+    with :data:`RULES3_MAX` (as 64af970 answers it). The raise to :data:`RULES_AUDIT_BY_SIGNER`
+    attributes the audit records kept from before (:func:`audit_by_signer`).
 
     ``reports``: ``{site_id: [rules_max, at_ns, sig]}`` or ``[rules_max, at_ns, sig, leave_behind]``,
     each member's release report (:func:`replicad.core.identity.release_report_bytes`; ``sig`` 64
@@ -3409,6 +3612,8 @@ def _op_rules(state: dict, cmd: dict, max_rules: int = RULES_MAX) -> tuple[dict,
     raised = {**state, RULES: to}
     if current < RULES_SIGNER_KEYED <= to:  # the exactly-once memory is keyed by signer from now on
         raised["applied_ops"] = applied_by_signer(state)
+    if current < RULES_AUDIT_BY_SIGNER <= to:  # the audit is kept per signing site from now on
+        raised["audit"] = audit_by_signer(state)
     return (raised,
             {"ok": True, "rules": to, "previous": current, "changed": True, "behind": problems,
              **({"consented": consented} if problems else {})})
@@ -3535,6 +3740,14 @@ _OPS: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str],
 
 OPS: tuple[str, ...] = tuple(_OPS)
 """The names of every op the state machine knows."""
+
+_OPS_RULES3: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str], frozenset[str]]] = {
+    **_OPS,
+    "rules": (lambda state, cmd: _op_rules(state, cmd, max_rules=RULES3_MAX), _OPS["rules"][1], _OPS["rules"][2]),
+    "found": (lambda state, cmd: _op_found(state, cmd, max_rules=RULES3_MAX), _OPS["found"][1], _OPS["found"][2]),
+}
+"""The op table a state under rules 3 is decided by (:func:`apply`): that of 64af970, whose
+:data:`RULES_MAX` was :data:`RULES3_MAX`: ``rules`` and ``found`` bounded at 3."""
 
 _OPS_RULES2: dict[str, tuple[Callable[[dict, dict], tuple[dict, dict]], frozenset[str], frozenset[str]]] = {
     **_OPS,

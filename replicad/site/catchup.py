@@ -24,7 +24,11 @@ install, are compared on every cluster-wide fact an operator audits, and the sta
   range of their claimed stamps. A refused record is the command's claim, unsigned (the state
   machine audits a forged or malformed command with the ``op``, ``by`` and ``now_ns`` it names),
   and one site's thousand refused commands (attack review R15, F2: 6,000 vetoes of a request that
-  does not exist in ~21 s) must not push the accepted records out of the list.
+  does not exist in ~21 s) must not push the accepted records out of the list. Under rules 4
+  (``state.RULES_AUDIT_BY_SIGNER``) the state itself keeps each signing site's share of the records
+  (such a flood drops only the flooding site's own): the new records are those past this site's
+  count (each carries its command's ``n``), and what a share dropped is named per share
+  (:func:`dropped_text`).
 
 Everything here is pure and never raises (a state that is not the expected shape gives a line
 saying which part could not be compared). The lines are bounded (:data:`FACTS_MAX`,
@@ -46,7 +50,8 @@ FACTS_MAX = 200
 """Fact lines logged for one install at most (then one line counting the rest)."""
 RECORDS_MAX = 200
 """Accepted audit records listed for one install at most (the state keeps ``state.AUDIT_MAX``,
-1,000); and at most as many lines counting refused ones."""
+1,000, under rules 1..3; at most ``state.AUDIT_KEPT_MAX``, 2,000, by signing site under rules 4);
+and at most as many lines counting refused ones."""
 SEQS_SHOWN = 10
 """Snapshot seqs named in one line at most (then how many more)."""
 ROUTINE_OPS = ("clock", "vouch", "commit_snapshot", "site_verdict", "add_holder", "remove_holder")
@@ -312,20 +317,63 @@ def state_changes(before: Any, after: Any) -> list[str]:
     return out
 
 
-def new_audit_records(before: Any, after: Any) -> tuple[list[dict], bool]:
-    """``(records, complete)``: the ``audit`` records ``after`` holds that ``before`` did not (the
-    state keeps the last ``state.AUDIT_MAX``: ``after``'s list is ``before``'s with the new ones
-    appended and the oldest dropped). ``complete`` is False when no overlap was found (more commands
-    than the list keeps, or ``before`` held none): older records of the commands covered may be
-    gone. Pure; never raises."""
-    was = [r for r in (_d(before).get("audit") or ()) if isinstance(r, dict)] \
-        if isinstance(_d(before).get("audit"), list) else []
-    now = [r for r in (_d(after).get("audit") or ()) if isinstance(r, dict)] \
-        if isinstance(_d(after).get("audit"), list) else []
+def _overlap_new(was: list[dict], now: list[dict]) -> tuple[list[dict], bool]:
+    """The records of ``now`` past its longest start that ends ``was`` (rules 1..3: a window of
+    the last ``state.AUDIT_MAX``), and whether such an overlap was found."""
     for overlap in range(min(len(was), len(now)), 0, -1):
         if now[0] == was[-overlap] and now[:overlap] == was[-overlap:]:
             return now[overlap:], True
     return now, not was and not now
+
+
+def _legacy(record: dict) -> dict:
+    """A record as rules 1..3 kept it (without the ``signer`` and ``n`` of rules 4)."""
+    return {k: v for k, v in record.items() if k not in ("signer", "n")}
+
+
+def new_audit_records(before: Any, after: Any) -> tuple[list[dict], bool]:
+    """``(records, complete)``: the ``audit`` records ``after`` holds that ``before`` did not.
+    Under rules 1..3 the state keeps the last ``state.AUDIT_MAX``: ``after``'s list is ``before``'s
+    with the new ones appended and the oldest dropped, so the new ones follow the overlap. Under
+    rules 4 (``state.RULES_AUDIT_BY_SIGNER``) the list is cut by signing site (``state.audit_trim``:
+    a flood drops only its own share's records, from anywhere in the list) and each record carries
+    its command's count ``n``: the new ones are those past ``before``'s count (``applied``), and
+    the records kept from before the raise (``n`` None) follow the overlap as under rules 1..3.
+    ``complete`` is False when older records of the commands covered may be gone (no overlap: more
+    commands than the list keeps, or ``before`` held none; rules 4: a share dropped a record of a
+    command past ``before``'s count, ``state.audit_kept_since``). Pure; never raises."""
+    was = [r for r in (_d(before).get("audit") or ()) if isinstance(r, dict)] \
+        if isinstance(_d(before).get("audit"), list) else []
+    now = [r for r in (_d(after).get("audit") or ()) if isinstance(r, dict)] \
+        if isinstance(_d(after).get("audit"), list) else []
+    if cluster_state.rules(_d(after)) < cluster_state.RULES_AUDIT_BY_SIGNER:
+        return _overlap_new(was, now)
+    since = applied(before)
+    counted = [r for r in now if _count(r.get("n")) is not None and r["n"] > since]
+    legacy = [r for r in now if r.get("n") is None]
+    complete = cluster_state.audit_kept_since(_d(after), since) is True
+    if legacy:
+        old = [_legacy(r) for r in was if _count(r.get("n")) is None]
+        fresh, found = _overlap_new(old, [_legacy(r) for r in legacy])
+        return legacy[len(legacy) - len(fresh):] + counted, complete and found
+    return counted, complete
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def dropped_text(after: Any, since: int) -> str:
+    """Rules 4: the shares whose records of commands past ``since`` the state dropped
+    (``state.AUDIT_DROPPED``), largest first: ``site-c 5210, unattributed 12`` (records each dropped
+    in all, the flood of one signing site pushing out only its own); "" when none did. Never raises."""
+    dropped = _d(after).get(cluster_state.AUDIT_DROPPED)
+    shares = []
+    for share, entry in (dropped.items() if isinstance(dropped, dict) else ()):
+        if isinstance(entry, list) and len(entry) == 2 and _count(entry[0]) is not None and \
+                (_count(entry[1]) is None or entry[1] > since):
+            shares.append((entry[0], str(share) or "unattributed"))
+    return ", ".join(f"{name} {n}" for n, name in sorted(shares, key=lambda x: (-x[0], x[1])))
 
 
 def _when(at_ns: Any) -> str:
@@ -435,8 +483,12 @@ def install_report(before: Any, after: Any, *, at_start: bool, mark: int | None,
                   f"counted per command and signer" if routine else "")
                + (f"; {n_refused} refused command(s), counted per command, claimed signer and error (a refused "
                   f"record is the command's unsigned claim)" if refused else "")
-               + ("" if complete else f"; the state keeps the last {cluster_state.AUDIT_MAX} records: older ones of "
-                                     f"these commands are not kept")
+               + ("" if complete else
+                  f"; the state keeps the last {cluster_state.AUDIT_MAX} records: older ones of these commands are not "
+                  f"kept" if cluster_state.rules(_d(after)) < cluster_state.RULES_AUDIT_BY_SIGNER else
+                  f"; the state keeps each signing site's share of the records (rules "
+                  f"{cluster_state.RULES_AUDIT_BY_SIGNER}): older records of these commands dropped, by share: "
+                  f"{dropped_text(after, was) or 'kept from before the raise'}")
                + ("; each follows" if facts or listed or refused or routine else ""))
     lines = [(level, summary)]
     lines += [(level, f"{head} {fact}") for fact in facts[:FACTS_MAX]]

@@ -57,7 +57,7 @@ import logging
 from typing import Any, Callable
 
 from replicad.core.errors import facts_text
-from replicad.core.state import AUDIT_MAX, quorum_now_ns, rules
+from replicad.core.state import AUDIT_MAX, audit_kept_since, quorum_now_ns, rules
 from replicad.core.state_rules1 import REQUESTS_MAX as REQUESTS_MAX_RULES1
 
 log = logging.getLogger("replicad.site.daemon")
@@ -141,7 +141,7 @@ class RequestWatch:
         one_entry = self._count is not None and isinstance(count, int) and count == self._count + 1
         first, self._looked = not self._looked, True
         previous_rules, now_rules = self._rules, rules(state)
-        previous_seq, previous_audit = self._seq, self._audit
+        previous_seq, previous_audit, previous_count = self._seq, self._audit, self._count
         self._count, self._rules, self._audit = count, now_rules, state.get("audit")
         seq = state.get("request_seq")
         self._seq = seq if isinstance(seq, int) else previous_seq
@@ -169,7 +169,9 @@ class RequestWatch:
                              now_rules)
                 continue
             report = self._report(req_id, old, records, previous_seq, now_rules, one_entry, command, result)
-            if not one_entry and not self._covers(previous_audit, state.get("audit")):
+            # rules 4: the records carry their command's count and the state says what its shares dropped
+            kept = audit_kept_since(state, previous_count) if isinstance(previous_count, int) else None
+            if not one_entry and not (self._covers(previous_audit, state.get("audit")) if kept is None else kept):
                 unknown.append(report)
                 continue
             gone.append(report)

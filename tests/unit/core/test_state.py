@@ -54,9 +54,14 @@ def refused(state: dict, command: dict, code: str) -> dict:
     assert isinstance(errors.from_dict(result), errors.ReplicadError)
     assert errors.from_dict(result).code == code
     assert _data(new) == _data(state)
-    assert new["audit"][-1] == {"op": command.get("op"), "by": command.get("by"),
-                                "volume": command.get("volume"), "ok": False, "error": code,
-                                "at_ns": command.get("now_ns")}
+    record = new["audit"][-1]
+    assert {k: v for k, v in record.items() if k not in ("signer", "n")} == {
+        "op": command.get("op"), "by": command.get("by"), "volume": command.get("volume"), "ok": False,
+        "error": code, "at_ns": command.get("now_ns")}
+    if state_mod.rules(new) >= state_mod.RULES_AUDIT_BY_SIGNER:  # rules 4: the share it counts against, the command's count
+        assert record["signer"] in (None, command.get("by")) and record["n"] == new.get("applied", 0) + 1, record
+    else:
+        assert "signer" not in record and "n" not in record, record
     return result
 
 
@@ -171,11 +176,15 @@ def test_same_op_id_returns_the_stored_result_and_changes_nothing(cluster):
     assert r2 == r1 and again is after
 
 
-def test_audit_and_applied_ops_are_bounded():
-    state = initial_state(rules=RULES_MAX)
+@pytest.mark.parametrize("rules", [3, RULES_MAX])
+def test_audit_and_applied_ops_are_bounded(rules):
+    state = initial_state(rules=rules)
     for i in range(max(AUDIT_MAX, APPLIED_OPS_MAX) + 5):
         state, _ = apply(state, cmd("register_site", by=f"s{i % 3}", site_id=f"s{i % 3}", peer_url="u", kind="data"))
-    assert len(state["audit"]) == AUDIT_MAX
+    if rules < state_mod.RULES_AUDIT_BY_SIGNER:
+        assert len(state["audit"]) == AUDIT_MAX
+    else:  # rules 4: cut by shares past AUDIT_KEPT_MAX to AUDIT_KEPT_AFTER_TRIM
+        assert state_mod.AUDIT_KEPT_AFTER_TRIM <= len(state["audit"]) <= state_mod.AUDIT_KEPT_MAX
     assert len(state["applied_ops"]) == APPLIED_OPS_MAX
     assert list(state["applied_ops"])[-1].endswith(f"\x00op-{next(_ids) - 1}")  # rules 3: keyed by signer too
 

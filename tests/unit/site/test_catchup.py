@@ -12,7 +12,7 @@ import logging
 from replicad.core import state as st
 from replicad.site import catchup
 from replicad.site.catchup import install_report, new_audit_records, state_changes
-from tests.unit.core.test_state_membership import LAB, MIN15, NOW, after, cmd, founded, revoke, run
+from tests.unit.core.test_state_membership import LAB, M3, MIN15, NOW, after, cmd, founded, revoke, run
 
 RET = {"keep_all_s": 3600, "hourly_s": 86400, "daily_s": 7 * 86400, "lock_s": 600}
 LONGER = {**RET, "lock_s": 7200}
@@ -23,10 +23,21 @@ def counted(state: dict, n: int) -> dict:
     return {**state, "applied": n}
 
 
-def base() -> dict:
-    s = founded()
+def base(rules: int = st.RULES_MAX) -> dict:
+    s = founded() if rules == st.RULES_MAX else founded_at(rules)
     s, _ = run(s, cmd("add_volume", "a", volume="ehr", primary="a", block_size=65536, size_bytes=1 << 20,
                       min_copies=2, retention=dict(RET)))
+    return s
+
+
+def founded_at(rules: int) -> dict:
+    """:func:`founded` under ``rules`` (rules 3: the audit as the last ``st.AUDIT_MAX`` records)."""
+    s = st.initial_state(members=["a", "b", "c"], rules=rules)
+    for site in "abc":
+        s, _ = run(s, cmd("register_site", site, site_id=site, peer_url=f"http://{site}", kind="data"))
+    for site in "ab":
+        s, res = run(s, cmd("found", site, incarnation=site.encode() * 16, members=M3))
+    assert res["adopted"] and st.rules(s) == rules
     return s
 
 
@@ -103,7 +114,7 @@ def test_rules_membership_keys_snapshots_and_verdicts() -> None:
 
 
 def test_the_new_audit_records_follow_the_overlap_of_the_kept_window() -> None:
-    s = base()
+    s = base(rules=3)  # rules 1..3: the last AUDIT_MAX records of every command
     later = away(s)
     records, complete = new_audit_records(s, later)
     assert complete and len(records) == len(later["audit"]) - len(s["audit"])
@@ -116,6 +127,29 @@ def test_the_new_audit_records_follow_the_overlap_of_the_kept_window() -> None:
     records, complete = new_audit_records(s, flooded)
     assert not complete and len(records) == st.AUDIT_MAX
     assert new_audit_records({}, {}) == ([], True)
+
+
+def test_under_rules_4_the_new_records_are_those_past_the_count_and_a_flood_drops_only_its_own() -> None:
+    s = counted(base(), 20)
+    later = counted(away(s), 60)
+    records, complete = new_audit_records(s, later)
+    assert complete and records == [r for r in later["audit"] if r["n"] > 20] and len(records) >= 8
+    assert [r["op"] for r in records[:3]] == ["add_volume", "request", "approve"]
+    assert records[1]["signer"] == "a" and records[2]["signer"] == "b"  # checked signers' shares
+    # site b's flood of refused signed commands (a retention change is a request): more than the list keeps
+    flooded = later
+    for i in range(st.AUDIT_KEPT_MAX + 100):
+        flooded, result = st.apply({**flooded, "applied": 60 + i},
+                                   cmd("set_retention", "b", volume="ehr", retention=dict(RET)), LAB)
+        assert not result["ok"]
+    flooded = counted(flooded, 60 + st.AUDIT_KEPT_MAX + 100)
+    records, complete = new_audit_records(s, flooded)
+    assert not complete  # b's own older records of those commands were dropped
+    honest = [r for r in records if r["by"] != "b"]
+    assert honest == [r for r in later["audit"] if r["n"] > 20 and r["by"] != "b"]  # every other share kept
+    assert new_audit_records(later, flooded)[1] is False and new_audit_records(flooded, flooded) == ([], True)
+    report = install_report(s, flooded, at_start=False, mark=20)
+    assert "older records of these commands dropped, by share: b " in report[0][1], report[0][1]
 
 
 def test_the_report_of_an_install_past_the_mark() -> None:
@@ -168,7 +202,8 @@ def test_a_dump_loaded_at_start_past_the_mark_lists_the_facts_and_the_records_pa
 def test_the_report_is_bounded_and_never_raises(monkeypatch) -> None:
     monkeypatch.setattr(catchup, "FACTS_MAX", 3)
     monkeypatch.setattr(catchup, "RECORDS_MAX", 2)
-    before, installed = counted(base(), 1), counted(away(base()), 500)
+    before = counted(base(), 1)
+    installed = counted(away(before), 500)
     report = install_report(before, installed, at_start=False, mark=1)
     assert sum("audit record:" in line for _, line in report) == 2
     assert any("more fact(s): see `replicad status`" in line for _, line in report)

@@ -1,0 +1,244 @@
+"""Rules 1..3 are decided as release 64af970 (whose RULES_MAX was 3) decided them; only a raise to 4
+(or a founding under 4 of a never-founded state) is this code's.
+
+Rules 4 keep the audit per signing site (``state.RULES_AUDIT_BY_SIGNER``, attack review R15, F2:
+under rules 3 one site's flood of cheap signed commands pushed every other site's records out of
+the last ``AUDIT_MAX``). A cluster still running 64af970 at some sites during a rolling upgrade
+must keep one state: the same logs, a refused flood past ``AUDIT_MAX`` among them, and the ``rules``
+and ``found`` commands that a bound of 4 would answer otherwise than 64af970's bound of 3 (rules 4
+without or with bad reports, rules 5, a found carrying rules 4 in a founded cluster), run through
+this checkout's ``state.apply`` and through 64af970's (its package tree from the repository's
+history, in a child process of its own): every result and every state digest must be equal, under
+rules 3, and under rules 2 and 1 too. Then the raise to 4, which only this code accepts, and the
+same flood after it: the honest sites' records stay. Real signed commands, real state machines."""
+
+from __future__ import annotations
+
+import copy
+import io
+import itertools
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from replicad.consensus.checkpoint import state_digest
+from replicad.core import identity
+from replicad.core import state as st
+from replicad.core.identity import Trust
+
+RELEASE = "64af970"  # RULES_MAX 3
+REPO = Path(__file__).resolve().parents[3]
+S = 1_000_000_000
+NOW = 1_700_000_000 * S
+SITES = ("a", "b", "c")
+KEYS = {s: identity.generate_private_key() for s in SITES}
+PUBLIC = {s: (identity.public_key_raw(k),) for s, k in KEYS.items()}
+TRUST = Trust(cluster_id="c", keys=PUBLIC)
+MEMBERS = [{"site_id": s, "raft": f"127.0.0.1:{7000 + i}", "kind": "data",
+            "keys": [identity.format_public_key(PUBLIC[s][0])]} for i, s in enumerate(SITES)]
+FLOOD = st.AUDIT_MAX + 150
+"""Site c's refused commands: more than rules 1..3 keep records of."""
+_ids = itertools.count()
+_clock = itertools.count(1)
+
+# the child: applies a pickled log with 64af970's state machine, from its own tree, counting the
+# commands as the Raft node does (checkpoint.advance: "applied")
+_RUNNER = """
+import pickle, sys
+tree = sys.argv[1]
+sys.path.insert(0, tree)
+from replicad.core import state as st
+from replicad.core.identity import Trust
+from replicad.consensus.checkpoint import advance, state_digest
+import msgpack
+assert st.__file__.startswith(tree), st.__file__
+assert st.RULES_MAX == 3, st.RULES_MAX
+job = pickle.load(sys.stdin.buffer)
+trust = None if job["keys"] is None else Trust(cluster_id="c", keys=job["keys"])
+s = st.initial_state(**job["initial"])
+out = []
+for command in job["log"]:
+    s, res, _ = advance(s, msgpack.packb(command, use_bin_type=True), trust)
+    out.append((res, state_digest(s)))
+sys.stdout.buffer.write(pickle.dumps(out))
+"""
+
+
+def signed(op: str, by: str, op_id: str | None = None, **args) -> dict:
+    """``by``'s command, signed with its key, stamped a little later than the last one."""
+    return identity.sign_command(KEYS[by], {"v": 1, "op": op, "op_id": op_id or f"{op}-{by}-{next(_ids)}", "by": by,
+                                            "now_ns": NOW + next(_clock) * 1000, "cluster": "c", **args})
+
+
+def forged(op: str, victim: str, by: str = "c", **args) -> dict:
+    """A command in ``victim``'s name signed with ``by``'s key (``bad_signature``, audited as the claim)."""
+    return identity.sign_command(KEYS[by], {"v": 1, "op": op, "op_id": f"{op}-{victim}-{next(_ids)}", "by": victim,
+                                            "now_ns": NOW + next(_clock) * 1000, "cluster": "c", **args})
+
+
+def reports(rules_max: int, sites: str = "abc") -> dict:
+    """Release reports of ``sites`` saying "rules 1..rules_max", signed by each."""
+    return {s: [rules_max, NOW, identity.sign_release_report(KEYS[s], "c", s, rules_max, NOW)] for s in sites}
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """64af970's ``replicad`` package tree, from the repository's history."""
+    try:
+        blob = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", RELEASE, "replicad"],
+                              check=True, capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.fail(f"release {RELEASE} is not in this checkout's history: {exc}")
+    out = tmp_path_factory.mktemp(f"release{RELEASE}")
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        tar.extractall(out, filter="data")
+    assert "\nRULES_MAX = 3\n" in (out / "replicad" / "core" / "state.py").read_text()
+    return out
+
+
+def run_previous(tree: Path, log: list[dict], keys: dict | None, initial: dict) -> list[tuple[dict, bytes]]:
+    """``log`` applied by 64af970: each result and the state digest after it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+    done = subprocess.run([sys.executable, "-c", _RUNNER, str(tree)], cwd=tree, env=env, timeout=300,
+                          input=pickle.dumps({"log": log, "keys": keys, "initial": initial}), capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    return pickle.loads(done.stdout)
+
+
+def run_current(log: list[dict], trust: Trust | None, initial: dict) -> tuple[dict, list[tuple[dict, bytes]]]:
+    """``log`` applied by this checkout, counted as the Raft node counts: the final state, each
+    result and the digest after it."""
+    s = st.initial_state(**initial)
+    out = []
+    for command in log:
+        new, res = st.apply(s, copy.deepcopy(command), trust)
+        s = {**new, "applied": s.get("applied", 0) + 1}
+        out.append((res, state_digest(s)))
+    return s, out
+
+
+def assert_alike(log: list[dict], previous: list, current: list) -> None:
+    """Every result and every digest equal, step by step (the first difference named)."""
+    assert len(previous) == len(current) == len(log)
+    for i, (command, (old_res, old_digest), (new_res, new_digest)) in enumerate(zip(log, previous, current)):
+        what = {k: command.get(k) for k in ("op", "op_id", "to", "rules", "by")}
+        assert new_res == old_res, (i, what, new_res, old_res)
+        assert new_digest == old_digest, (i, what)
+
+
+def founded(rules: int) -> list[dict]:
+    """A cluster of a, b, c founded under ``rules`` (each found carrying them; 1: plain founds, then a
+    raise to 2 with every report when ``rules`` is 2 is not wanted: see the callers), registered, a
+    volume of a's."""
+    carry = {} if rules == 1 else {"rules": rules}
+    return [*(signed("found", s, incarnation=b"i" * 16, members=MEMBERS, **carry) for s in SITES),
+            *(signed("register_site", s, site_id=s, peer_url=f"http://{s}", kind="data") for s in SITES),
+            signed("add_volume", "a", volume="v", primary="a", block_size=4096, size_bytes=1 << 20, min_copies=2,
+                   retention=dict(st.DEFAULT_RETENTION))]
+
+
+def honest_and_flood() -> list[dict]:
+    """Honest protected commands (a revocation of c requested by a and approved by b: it cools off; a
+    retention change requested by a), then c's flood: vetoes of a request that does not exist
+    (signed by c, refused), claims in a's name signed by c (``bad_signature``), replays of a's
+    request, and a malformed command; then one more honest request."""
+    request = signed("request", "a", action="set_retention", args={"volume": "v", "retention": {
+        **st.DEFAULT_RETENTION, "lock_s": st.DEFAULT_RETENTION["lock_s"] + 60}}, reason="longer lock")
+    out = [signed("request", "a", op_id="revoke-c", action="revoke_site",
+                  args={"site_id": "c", "keys": MEMBERS[2]["keys"]}, reason="compromised"),
+           request]
+    out += [signed("veto", "c", request=f"r{900000 + i}") for i in range(FLOOD)]
+    out += [forged("approve", "a", request="r1") for _ in range(40)]
+    out += [request] * 5  # replayed (answered from the exactly-once memory: not audited)
+    out += [{"v": 1, "op": "veto", "by": "a", "op_id": "junk", "now_ns": NOW}] * 5  # unsigned
+    out += [signed("request", "b", action="remove_volume", args={"volume": "v"}, reason="retired")]
+    return out
+
+
+def rules_commands(to: int) -> list[dict]:
+    """The ``rules`` and ``found`` commands a bound of 4 answers otherwise than 64af970's bound of 3
+    (``to`` the version a raise would name: 4), as a hostile or honest member may send them."""
+    return [
+        signed("rules", "c", to=to),
+        signed("rules", "c", to=to, reports={}),
+        signed("rules", "c", to=to, reports="x"),
+        signed("rules", "c", to=to, reports=reports(3)),  # honest reports of 64af970: 1..3
+        signed("rules", "c", to=to, reports=reports(4, "c")),  # one report of three
+        signed("rules", "c", to=to + 1, reports=reports(to + 1)),
+        signed("rules", "b", to=3),
+        signed("rules", "b", to=1),
+        signed("rules", "b", to="4"),
+        signed("found", "c", incarnation=b"j" * 16, members=MEMBERS, rules=4),
+        signed("found", "c", incarnation=b"j" * 16, members=MEMBERS, rules=5),
+        signed("found", "c", incarnation=b"j" * 16, members=MEMBERS, rules=3),
+        signed("found", "b", incarnation=b"j" * 16, members=MEMBERS),
+        signed("clock", "c"),
+        signed("nonsense", "c"),
+    ]
+
+
+def test_rules_3_decide_as_64af970_through_a_refused_flood(tree) -> None:
+    log = founded(3) + honest_and_flood() + rules_commands(4)
+    state, current = run_current(log, TRUST, {"members": list(SITES)})
+    assert st.rules(state) == 3 and state.get("incarnation") and "v" in state["volumes"]
+    assert len(state["audit"]) == st.AUDIT_MAX and all(r["by"] == "c" or not r["ok"] for r in state["audit"][:-30])
+    assert not any(r["op"] == "request" and r["by"] == "a" for r in state["audit"])  # pushed out under rules 3
+    first = len(log) - len(rules_commands(4))
+    for res, _ in current[first:first + 5]:
+        assert (res["error"], res["evidence"]["max_rules"]) == ("out_of_range", 3), res
+    found4 = current[first + 9][0]
+    assert (found4["error"], found4["evidence"]["max_rules"]) == ("out_of_range", 3), found4
+    assert_alike(log, run_previous(tree, log, PUBLIC, {"members": list(SITES)}), current)
+
+
+@pytest.mark.parametrize("rules", [1, 2])
+def test_rules_1_and_2_decide_as_64af970(tree, rules) -> None:
+    """Founded under rules 1 (plain founds) or 2 (a lab cluster's founds carrying 2): the same log,
+    the same results and digests (a raise to 4 is refused there: no complete reports)."""
+    log = founded(rules) + honest_and_flood()[:300] + rules_commands(4)
+    state, current = run_current(log, TRUST, {"members": list(SITES)})
+    assert st.rules(state) == rules
+    assert_alike(log, run_previous(tree, log, PUBLIC, {"members": list(SITES)}), current)
+
+
+def test_the_raise_to_4_is_this_code_s_and_then_a_flood_pushes_out_only_its_own_records(tree) -> None:
+    """Every member reports rules 1..4: the raise is accepted here (64af970 refuses it, out_of_range)
+    and the kept records are attributed (accepted ones to their signer); after it, c's flood leaves
+    a's and b's records in the state, and the catch-up's view of them."""
+    before = founded(3) + [signed("request", "a", op_id="revoke-c", action="revoke_site",
+                                  args={"site_id": "c", "keys": MEMBERS[2]["keys"]}, reason="compromised")]
+    raise4 = signed("rules", "b", to=4, reports=reports(4))
+    log = before + [raise4]
+    state, current = run_current(log, TRUST, {"members": list(SITES)})
+    previous = run_previous(tree, log, PUBLIC, {"members": list(SITES)})
+    assert_alike(log[:-1], previous[:-1], current[:-1])
+    assert previous[-1][0]["error"] == "out_of_range"
+    assert current[-1][0] == {"ok": True, "rules": 4, "previous": 3, "changed": True, "behind": {}}
+    assert st.rules(state) == 4
+    kept = {(r["op"], r["by"]): r for r in state["audit"]}
+    assert kept[("request", "a")]["signer"] == "a" and kept[("request", "a")]["n"] is None  # from before the raise
+    assert kept[("rules", "b")]["signer"] == "b" and kept[("rules", "b")]["n"] == len(log)
+    # after the raise: b approves the revocation, c floods (more than the list keeps), a requests again
+    flood = [signed("approve", "b", request=current[len(before) - 1][0]["request"])]
+    flood += [signed("veto", "c", request=f"r{900000 + i}") for i in range(st.AUDIT_KEPT_MAX + 300)]
+    flood += [forged("approve", "a", request="r1") for _ in range(st.AUDIT_KEPT_MAX // 2)]
+    flood += [signed("request", "a", action="remove_volume", args={"volume": "v"}, reason="retired")]
+    s = state
+    for command in flood:
+        new, _ = st.apply(s, command, TRUST)
+        s = {**new, "applied": s["applied"] + 1}
+    audit = s["audit"]
+    assert len(audit) <= st.AUDIT_KEPT_MAX
+    honest = [(r["op"], r["by"]) for r in audit if r["signer"] in ("a", "b")]
+    assert honest == [("found", "a"), ("found", "b"), ("register_site", "a"), ("register_site", "b"),
+                      ("add_volume", "a"), ("request", "a"), ("rules", "b"), ("approve", "b"), ("request", "a")], honest
+    assert all(r["ok"] for r in audit if r["signer"] in ("a", "b"))  # every accepted record of a and b kept
+    dropped = s[st.AUDIT_DROPPED]
+    assert "c" in dropped and set(dropped) <= {"c", ""}, dropped  # c's own share, the claims in a's name: no other
+    assert dropped["c"][0] >= st.AUDIT_KEPT_MAX // 2 and st.audit_kept_since(s, len(log)) is False
+    assert st.audit_kept_since(s, s["applied"]) is True
