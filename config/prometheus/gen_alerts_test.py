@@ -147,11 +147,18 @@ case("stale Raft view at a site that is up: fires after 3m; a blip and a site th
      [("2m", "ReplicadRaftViewStale", []),
       ("5m", "ReplicadRaftViewStale", [exp("ReplicadRaftViewStale", {"site": "site-a"})])])
 
-case("Raft peer unreachable for 2m",
-     [('replicad_raft_peer_up{site="site-a", peer="site-c"}', "1 0 0 0 0 0"),
-      ('replicad_raft_peer_up{site="site-a", peer="site-b"}', "1x5")],
+case("Raft peer unreachable for 2m; a revoked peer, cut off as intended, never fires; rebuilt, it counts again",
+     [('replicad_raft_peer_up{site="site-a", peer="site-c"}', "1 0 0 0 0 0x10"),
+      ('replicad_raft_peer_revoked{site="site-a", peer="site-c"}', "0x15"),
+      ('replicad_raft_peer_up{site="site-a", peer="site-b"}', "1x15"),
+      ('replicad_raft_peer_revoked{site="site-a", peer="site-b"}', "0x15"),
+      ('replicad_raft_peer_up{site="site-b", peer="site-d"}', "1 0x14"),
+      ('replicad_raft_peer_revoked{site="site-b", peer="site-d"}', "0 1x9 0x5")],
      [("2m", "ReplicadRaftPeerUnreachable", []),
-      ("4m", "ReplicadRaftPeerUnreachable", [exp("ReplicadRaftPeerUnreachable", {"site": "site-a", "peer": "site-c"})])])
+      ("4m", "ReplicadRaftPeerUnreachable", [exp("ReplicadRaftPeerUnreachable", {"site": "site-a", "peer": "site-c"})]),
+      ("14m", "ReplicadRaftPeerUnreachable",
+       [exp("ReplicadRaftPeerUnreachable", {"site": "site-a", "peer": "site-c"}),
+        exp("ReplicadRaftPeerUnreachable", {"site": "site-b", "peer": "site-d"})])])
 
 case("replication stalled: the primary stops committing; a replica never alerts",
      [('replicad_snapshot_last_cycle_timestamp_seconds{site="site-a", volume="ehr", outcome="committed"}', "0 60 120x8"),
@@ -266,13 +273,25 @@ case("an approved request vanished from the state unapplied: critical while with
                                              1)]),
       ("80m", "ReplicadRequestVanished", [])])
 
-case("Raft traffic refused",
+case("Raft traffic refused: any reason without an honest cause fires at once; restarts, pauses and a revoked "
+     "site left running do not; a flood of a routine reason does",
      [('replicad_raft_refused_total{site="site-a", reason="readonly_node"}', "0 0 5x20"),
-      ('replicad_raft_refused_total{site="site-b", reason="readonly_node"}', "0x22")],
+      ('replicad_raft_refused_total{site="site-b", reason="readonly_node"}', "0x22"),
+      # site-b restarted twice past a compacted log (the counter starts again at each start)
+      ('replicad_raft_refused_total{site="site-b", reason="snapshot_before_leader"}', "0 0 0 2 2 2 0 3x15"),
+      # site-c dialed a paused member, and a revoked site keeps trying it (about one a second)
+      ('replicad_raft_refused_total{site="site-c", reason="handshake_unanswered"}', "0 2 4 6x19"),
+      ('replicad_raft_refused_total{site="site-c", reason="revoked_site"}', "0+60x22"),
+      # site-a's port probed: connections that never name a member, 10 a minute from minute 4
+      ('replicad_raft_refused_total{site="site-a", reason="handshake_timeout"}', "0 0 0 1 1+10x18")],
      [("1m", "ReplicadRaftTrafficRefused", []),
       ("3m", "ReplicadRaftTrafficRefused",
        [exp("ReplicadRaftTrafficRefused", {"site": "site-a", "reason": "readonly_node"}, 5)]),
-      ("20m", "ReplicadRaftTrafficRefused", [])])
+      ("6m", "ReplicadRaftTrafficRefused",
+       [exp("ReplicadRaftTrafficRefused", {"site": "site-a", "reason": "readonly_node"}, 5),
+        exp("ReplicadRaftTrafficRefused", {"site": "site-a", "reason": "handshake_timeout"}, 21)]),
+      ("20m", "ReplicadRaftTrafficRefused",
+       [exp("ReplicadRaftTrafficRefused", {"site": "site-a", "reason": "handshake_timeout"}, 150)])])
 
 case("Raft connection naming another site: critical for bad_identity only",
      [('replicad_raft_refused_total{site="site-b", reason="bad_identity"}', "0 0 1x20"),

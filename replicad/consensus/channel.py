@@ -171,9 +171,29 @@ def bounded_decompress(data: bytes, limit_bytes: int = MAX_DECOMPRESSED_BYTES) -
 KNOWN_REASONS = ("wrong_raft_key", "bad_frame", "bad_handshake", "bad_identity", "decompressed_too_large", "frame_too_large", "handshake_timeout", "malformed",
                  "readonly_node", "revoked_site", "snapshot_from_non_leader", "snapshot_regresses", "snapshot_too_large",
                  "term_from_non_leader", "too_many_connections", "unknown_node", "utility_message",
-                 "vote_in_lease")
+                 "vote_in_lease", "snapshot_before_leader", "handshake_unanswered")
 """Reasons exported at 0 from the start (a counter series exists before its first refusal, so
 rules over ``increase()`` see the first one); other reasons appear when first counted."""
+
+ROUTINE_REASONS = ("snapshot_before_leader", "handshake_timeout", "handshake_unanswered", "revoked_site")
+"""Reasons honest members also cause, which ``ReplicadRaftTrafficRefused`` leaves out (each still
+counted and logged). Measured on real daemons (12 restarts, SIGTERM and SIGKILL, past a compacted
+log; 5 pauses of 8 s by SIGSTOP, leader and follower; a revoked site left running):
+``snapshot_before_leader``: 2-3 at each restarted site (the leader's full state before its first
+append_entries names it); ``handshake_unanswered``: ~2 at a member that dialed a paused one;
+``handshake_timeout``: an incoming connection that named no member in time (a peer paused
+mid-handshake, a port scanner); ``revoked_site``: about one a second at a member while a revoked
+site runs. A flood of :data:`ROUTINE_FLOOD_REASONS` still fires the alert; the other two have
+alerts of their own (``ReplicadRaftPeerUnreachable``, ``ReplicadSiteRevoked``). Every other
+reason had no honest cause: a misconfigured member, or one holding the password and breaking
+the rules (tests/unit/telemetry/test_alert_rules.py checks alerts.yml against these lists)."""
+
+ROUTINE_FLOOD_REASONS = ("snapshot_before_leader", "handshake_timeout")
+"""Routine reasons that fire ``ReplicadRaftTrafficRefused`` past :data:`ROUTINE_FLOOD` in 15 min."""
+
+ROUTINE_FLOOD = 20
+"""Refusals of one routine reason within 15 min past which ``ReplicadRaftTrafficRefused`` fires
+(config/prometheus/alerts.yml; ten times the count of one restart or pause)."""
 
 
 class RefusalLog:
@@ -743,7 +763,9 @@ class MemberOnlyTransport(TCPTransport):
         for conn, hs in list(self._handshakes.items()):
             if hs.role == DIALER and now - hs.since > HANDSHAKE_DEADLINE_S:
                 self._handshakes.pop(conn, None)
-                self.refusals.refuse("handshake_timeout", "%s did not answer the handshake within %.1fs",
+                # a member this node dialed stalls (paused, overloaded, a link dropping packets): not
+                # traffic refused but a peer out of reach (replicad_raft_peer_up 0), so its own reason
+                self.refusals.refuse("handshake_unanswered", "%s did not answer the handshake within %.1fs",
                                      hs.peer_addr, HANDSHAKE_DEADLINE_S)
                 conn.disconnect()  # pysyncobj redials it after connectionRetryTime
         for node, conn in list(self._connections.items()):  # dials the kernel still retries

@@ -12,6 +12,17 @@ DEGRADED_REASONS = ("unsafe_unsigned", "no_leader", "no_quorum", "view_not_curre
 """Every ``reason`` code :func:`degraded_reasons` gives (``replicad_site_degraded_reasons{reason}``)."""
 
 
+def cut_off_sites(data: dict) -> set[str]:
+    """The sites the status document ``data`` names revoked and not rebuilt since
+    (``identity.revoked`` entries without ``rejoined``): cut off as intended, so neither a
+    degraded member (:func:`degraded_reasons`) nor an unreachable Raft peer
+    (``replicad_raft_peer_revoked``, which ReplicadRaftPeerUnreachable leaves out). Pure; never
+    raises on a partial document."""
+    identity = data.get("identity") if isinstance(data.get("identity"), dict) else {}
+    revoked = identity.get("revoked") if isinstance(identity.get("revoked"), dict) else {}
+    return {str(site) for site, rec in revoked.items() if not (isinstance(rec, dict) and rec.get("rejoined"))}
+
+
 def degraded_reasons(data: dict) -> list[dict]:
     """Why the status document ``data`` (``GET /v1/status``, or :meth:`Status.report`) shows a
     degraded site: a list of ``{"reason": code, "message": sentence, "volume"?: name,
@@ -41,8 +52,7 @@ def degraded_reasons(data: dict) -> list[dict]:
         add("no_quorum", "no Raft quorum")
     if raft.get("synced") is False:
         add("view_not_current", "this site's Raft view is not current")
-    revoked = {site for site, rec in ((data.get("identity") or {}).get("revoked") or {}).items()
-               if not (isinstance(rec, dict) and rec.get("rejoined"))}
+    revoked = cut_off_sites(data)
     if data.get("members") is not None:
         down = [str(m.get("site_id")) for m in data["members"] if not m.get("self") and not m.get("reachable")]
     else:

@@ -82,6 +82,9 @@ replicad_raft_view_age_seconds                                                 s
                                                                                site's own newest command was
                                                                                applied here (~0-10 s current)
 replicad_raft_peer_up                                       peer               Raft partner connected
+replicad_raft_peer_revoked                                  peer               1: that partner is revoked
+                                                                               (cut off as intended: not
+                                                                               an unreachable member)
 replicad_raft_refused_total                                 reason             Raft traffic refused (counter)
 replicad_raft_synced                                                           Cluster.raft_synced (0/1)
 replicad_raft_behind_seconds                                                   since the applied index last
@@ -302,6 +305,9 @@ STATE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "replicad_raft_commit_index": ("Raft commit index", ()),
     "replicad_raft_last_applied_index": ("Last Raft log index applied here", ()),
     "replicad_raft_peer_up": ("1 if the Raft partner (peer = its site id) is connected", ("peer",)),
+    "replicad_raft_peer_revoked": ("1 if the Raft partner (peer = its site id) is revoked through Raft and not "
+                                   "rebuilt since: its connections are refused as intended (core.health."
+                                   "cut_off_sites)", ("peer",)),
     "replicad_raft_synced": ("1 if this site's applied Raft state is current (a leader, a majority, and "
                              "everything the leader reports committed applied here)", ()),
     "replicad_raft_behind_seconds": ("Seconds since this site last applied everything its Raft leader reports "
@@ -526,8 +532,11 @@ class StateCollector(Collector):
         put("replicad_raft_synced", bool(raft.get("synced")))
         put("replicad_raft_behind_seconds", raft.get("behind_s"))
         names = status.get("raft_sites") or {}
+        cut_off = health.cut_off_sites(status)
         for addr, connected in sorted((raft.get("partners") or {}).items()):
-            put("replicad_raft_peer_up", bool(connected), str(names.get(addr, addr)))
+            peer = str(names.get(addr, addr))
+            put("replicad_raft_peer_up", bool(connected), peer)
+            put("replicad_raft_peer_revoked", peer in cut_off, peer)
         view = status.get("view")  # how current this view is (issue 13, item 10: not stale)
         if isinstance(view, dict) and isinstance(view.get("current"), bool):
             put("replicad_raft_view_stale", not view["current"])

@@ -150,3 +150,22 @@ def test_runbooks_name_the_templated_unit() -> None:
     wrong = re.findall(r"(?:systemctl \w+|journalctl -u) replicad(?!@)\b", text)
     assert not wrong, wrong
     assert "systemctl status replicad@{{ $labels.site }}" in text
+
+
+def test_raft_refused_alert_leaves_out_exactly_the_routine_reasons() -> None:
+    """ReplicadRaftTrafficRefused fires on any refusal but those honest members also cause
+    (``channel.ROUTINE_REASONS``), and on a flood of ``channel.ROUTINE_FLOOD_REASONS``: the rule
+    and the lists the channel documents must not drift apart (a reason added to one only would
+    fire for every restart again, or hide an attack)."""
+    from replicad.consensus import channel
+
+    rule = next(r for r in rules() if r["alert"] == "ReplicadRaftTrafficRefused")
+    any_, flood = [line.strip() for line in rule["expr"].strip().splitlines()]
+    left_out = re.fullmatch(r'increase\(replicad_raft_refused_total\{reason!~"([a-z_|]+)"\}\[15m\]\) > 0', any_)
+    assert left_out and set(left_out.group(1).split("|")) == set(channel.ROUTINE_REASONS), any_
+    flooded = re.fullmatch(r'or increase\(replicad_raft_refused_total\{reason=~"([a-z_|]+)"\}\[15m\]\) > (\d+)', flood)
+    assert flooded and set(flooded.group(1).split("|")) == set(channel.ROUTINE_FLOOD_REASONS), flood
+    assert int(flooded.group(2)) == channel.ROUTINE_FLOOD
+    assert set(channel.ROUTINE_FLOOD_REASONS) < set(channel.ROUTINE_REASONS) <= set(channel.KNOWN_REASONS)
+    assert not {"bad_identity", "leader_deposed", "leader_withholds", "snapshot_from_non_leader"} & \
+        set(channel.ROUTINE_REASONS)

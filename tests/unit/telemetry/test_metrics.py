@@ -114,6 +114,8 @@ def test_state_gauges_from_status_and_raft_state(tmp_path: Path) -> None:
     assert value(smp, "replicad_raft_dump_send_failures_total", **site) == 3
     assert value(smp, "replicad_raft_peer_up", **site, peer="site-a") == 1
     assert value(smp, "replicad_raft_peer_up", **site, peer="site-c") == 0
+    assert value(smp, "replicad_raft_peer_revoked", **site, peer="site-a") == 0
+    assert value(smp, "replicad_raft_peer_revoked", **site, peer="site-c") == 0
     assert value(smp, "replicad_disk_free_bytes", **site) > 0
     assert value(smp, "replicad_disk_size_bytes", **site) >= value(smp, "replicad_disk_free_bytes", **site)
     for part in ("status", "state", "disk"):
@@ -124,6 +126,26 @@ def test_state_gauges_from_status_and_raft_state(tmp_path: Path) -> None:
     assert {k: dict(build[0][1])[k] for k in ("rules", "source")} == {"rules": release["rules"],
                                                                       "source": release["source"]}
     assert len(release["source"]) == 12 and int(release["source"], 16) >= 0
+
+
+def test_a_revoked_partner_is_marked_revoked_not_only_down(tmp_path: Path) -> None:
+    """ReplicadRaftPeerUnreachable fired for ever for a revoked site (cut off as intended): its
+    partner is marked ``replicad_raft_peer_revoked`` 1, which the alert leaves out; a revoked site
+    rebuilt with a new key (``rejoined``) is a member again, down when it is down."""
+    site = {"site": "site-b"}
+    status = site_status()
+    status["identity"] = {"revoked": {"site-c": {"at_ns": NOW_NS, "by": "site-a", "keys": 1, "rejoined": False}}}
+    smp = samples(make(tmp_path, status, raft_state()))
+    assert value(smp, "replicad_raft_peer_up", **site, peer="site-c") == 0  # still reported as it is
+    assert value(smp, "replicad_raft_peer_revoked", **site, peer="site-c") == 1
+    assert value(smp, "replicad_raft_peer_revoked", **site, peer="site-a") == 0
+    status["identity"]["revoked"]["site-c"]["rejoined"] = True
+    smp = samples(make(tmp_path, status, raft_state()))
+    assert value(smp, "replicad_raft_peer_revoked", **site, peer="site-c") == 0
+    status["identity"] = {"revoked": ["site-c"]}  # malformed: no revoked partner, and a scrape that works
+    smp = samples(make(tmp_path, status, raft_state()))
+    assert value(smp, "replicad_raft_peer_revoked", **site, peer="site-c") == 0
+    assert value(smp, "replicad_scrape_error", **site, part="status") == 0
 
 
 def test_role_is_one_hot(tmp_path: Path) -> None:
