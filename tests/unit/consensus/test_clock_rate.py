@@ -15,23 +15,12 @@ import pickle
 import pytest
 
 from replicad.consensus.guard import CLOCK_BURST, CLOCK_HONEST_PER_S, CLOCK_PER_S, ClockRate
-from replicad.consensus.raft import RaftNode
-from replicad.core.identity import Signer
 from replicad.core.state import CLOCK_REPORT_PERIOD_NS
-from tests.unit.consensus.test_depose import ADDR, CLUSTER, KEYS, SITES, TRUST, founded, packed, signed
+from tests.unit.consensus.test_depose import ADDR, founded, packed, signed
 
 
 def entry(command: dict) -> bytes:
     return b"\x00" + pickle.dumps((0, (packed(command),)), protocol=2)  # a pysyncobj entry of our one method
-
-
-@pytest.fixture
-def leader(tmp_path):
-    """An honest leader's RaftNode (not started: a node without a tick thread judges relays as a leader)."""
-    node = RaftNode(ADDR["a"], [ADDR["b"], ADDR["c"]], tmp_path, "secret", trust=TRUST,
-                    signer=Signer("a", KEYS["a"], CLUSTER), sites={ADDR[s]: s for s in SITES})
-    node._consumer = founded()
-    return node
 
 
 def test_the_bound_is_a_multiple_of_the_honest_heartbeat():
@@ -63,14 +52,13 @@ def test_a_full_table_forgets_refilled_keys_and_never_refuses_a_new_one(monkeypa
     assert set(rate._buckets) == {"c", "e"} and rate._refilled("c", 1.5) == pytest.approx(1.5)
 
 
-def test_made_up_sites_relayed_before_the_founding_lock_out_no_one(tmp_path, monkeypatch):
+def test_made_up_sites_relayed_before_the_founding_lock_out_no_one(unfounded_leader, monkeypatch):
     """Attacker review r2, F1: before the founding nothing checks a relayed command's ``by``
     (point 20); site c relayed 4,096 clocks of made-up sites, which filled the leader's table for
     as long as it ran, and every honest site's clock was refused from then on."""
     now = [1000.0]
     monkeypatch.setattr("replicad.consensus.raft.monotonic_time", lambda: now[0])
-    node = RaftNode(ADDR["a"], [ADDR["b"], ADDR["c"]], tmp_path, "secret", trust=TRUST,
-                    signer=Signer("a", KEYS["a"], CLUSTER), sites={ADDR[s]: s for s in SITES})
+    node = unfounded_leader
     answers = [node._relay_check(entry({"op": "clock", "by": f"x{i}", "now_ns": 1, "op_id": f"o{i}"}), ADDR["c"])
                for i in range(ClockRate.KEYS_MAX + 10)]
     assert answers[:CLOCK_BURST] == [None] * CLOCK_BURST  # one key for what member c relays unchecked

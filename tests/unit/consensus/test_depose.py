@@ -73,15 +73,6 @@ def door(node: RaftNode, payload: bytes, forwarder: str) -> str | None:
     return None if problem is None else problem[0]
 
 
-@pytest.fixture
-def leader(tmp_path):
-    """An honest leader's RaftNode (not started: only its door check is used) at the founded state."""
-    node = RaftNode(ADDR["a"], [ADDR["b"], ADDR["c"]], tmp_path, "secret", trust=TRUST,
-                    signer=Signer("a", KEYS["a"], CLUSTER), sites={ADDR[s]: s for s in SITES})
-    node._consumer = founded()
-    return node
-
-
 def test_the_counting_rule_counts_exactly_what_an_honest_leaders_door_refuses(leader, monkeypatch):
     monkeypatch.setattr(raft, "DEPOSE_GRACE_ENTRIES", 0)  # the grace after the founding: tested below
     state = leader.view()

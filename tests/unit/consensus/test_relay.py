@@ -150,19 +150,14 @@ def test_lying_relays_are_refused_counted_and_never_depose_an_honest_leader(node
     assert leader.refusals.counts().get("relay_over_budget", 0) == 0  # the honest follower never overran it
 
 
-def test_a_signed_clusters_relay_check_passes_on_only_another_members_valid_unapplied_command(tmp_path):
+def test_a_signed_clusters_relay_check_passes_on_only_another_members_valid_unapplied_command(leader):
     """What a member may hand on (signed cluster, agreed membership): a command another member's site
     signed and that is not applied yet. Forged, foreign, this site's own, another cluster's: refused
     and named; one applied already: ``known`` (dropped, not counted: an honest site relays a command
     that just committed)."""
-    from tests.unit.consensus.test_depose import ADDR, CLUSTER, KEYS, SITES, TRUST, apply, founded, packed, signed
+    from tests.unit.consensus.test_depose import ADDR, apply, packed, signed
 
-    from replicad.consensus.raft import RaftNode
-    from replicad.core.identity import Signer
-
-    node = RaftNode(ADDR["a"], [ADDR["b"], ADDR["c"]], tmp_path, "secret", trust=TRUST,
-                    signer=Signer("a", KEYS["a"], CLUSTER), sites={ADDR[s]: s for s in SITES})  # not started
-    node._consumer = founded()
+    node = leader  # not started
 
     def check(command: dict | bytes, sender: str = "b"):
         payload = command if isinstance(command, bytes) else packed(command)
@@ -182,7 +177,7 @@ def test_a_signed_clusters_relay_check_passes_on_only_another_members_valid_unap
     assert check(valid) == "known"  # applied: a replay would be refused in site-c's name
 
 
-def test_a_follower_neither_passes_on_nor_watches_its_leaders_own_command_or_one_about_to_expire(tmp_path):
+def test_a_follower_neither_passes_on_nor_watches_its_leaders_own_command_or_one_about_to_expire(leader):
     """Two relays a follower must drop silently (attacker review R8), each of which the leader would
     refuse, so that the follower's watch would depose an honest leader: a command of the leader's own
     site relayed by a third member (the leader refuses ``relay_own_site``), and one stamped within
@@ -191,15 +186,12 @@ def test_a_follower_neither_passes_on_nor_watches_its_leaders_own_command_or_one
     little behind it passed on."""
     from types import SimpleNamespace
 
-    from tests.unit.consensus.test_depose import ADDR, CLUSTER, KEYS, TRUST, apply, founded, packed, signed
+    from tests.unit.consensus.test_depose import ADDR, TRUST, apply, packed, signed
 
-    from replicad.consensus.raft import RELAY_EXPIRY_MARGIN_NS, RaftNode
-    from replicad.core.identity import Signer
+    from replicad.consensus.raft import RELAY_EXPIRY_MARGIN_NS
     from replicad.core.state import quorum_now_ns
 
-    node = RaftNode(ADDR["a"], [ADDR["b"], ADDR["c"]], tmp_path, "secret", trust=TRUST,
-                    signer=Signer("a", KEYS["a"], CLUSTER), sites={ADDR[s]: s for s in ("a", "b", "c")})
-    node._consumer = founded()
+    node = leader
     for site in ("a", "b", "c"):  # registered sites report clocks: the majority clock exists
         assert apply(node._consumer, signed(site, "register_site", site_id=site, peer_url=f"https://{site}",
                                             kind="data"))["ok"]
