@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from replicad.core import state as cluster_state
 from replicad.core.errors import facts_text
@@ -109,6 +109,16 @@ def _rules(before: dict, after: dict) -> list[str]:
     return [] if was == now else [f"the cluster's rules raised {was} -> {now}"]
 
 
+def _keyed_diff(before: dict, after: dict, key: Callable[[Any], Any] = str) -> Iterator[tuple[Any, Any, Any]]:
+    """``(name, old, new)`` of each entry of the mappings ``before`` / ``after`` that differs (one
+    side None where it is absent), in the order of ``key`` over the names of both: the walk every
+    keyed part of the state (members, sites, revocations, volumes) is compared by."""
+    for name in sorted(set(before) | set(after), key=key):
+        old, new = before.get(name), after.get(name)
+        if old is not new and old != new:
+            yield name, old, new
+
+
 def _members(inc: Any) -> dict:
     return {m.get("site_id"): m for m in (_d(inc).get("members") or ()) if isinstance(m, dict)}
 
@@ -120,11 +130,7 @@ def _membership(before: dict, after: dict) -> list[str]:
         out.append(f"the cluster {'founded' if b_inc is None else 're-founded'}: incarnation "
                    f"{_short(_d(a_inc).get('id'))} by {_d(a_inc).get('by')}, founders "
                    f"{', '.join(map(str, _d(a_inc).get('founders') or ()))}")
-    was, now = _members(b_inc), _members(a_inc)
-    for site in sorted(set(was) | set(now), key=str):
-        old, new = was.get(site), now.get(site)
-        if old == new:
-            continue
+    for site, old, new in _keyed_diff(_members(b_inc), _members(a_inc)):
         if old is None:
             out.append(f"member {site} agreed: kind={new.get('kind')} raft={new.get('raft')} keys="
                        f"[{', '.join(_short(k) for k in new.get('keys') or ())}]")
@@ -141,22 +147,15 @@ def _membership(before: dict, after: dict) -> list[str]:
 
 
 def _sites(before: dict, after: dict) -> list[str]:
-    was, now, out = _d(before.get("sites")), _d(after.get("sites")), []
-    for site in sorted(set(was) | set(now), key=str):
-        old, new = was.get(site), now.get(site)
-        if old == new:
-            continue
+    out = []
+    for site, old, new in _keyed_diff(_d(before.get("sites")), _d(after.get("sites"))):
         if old is None:
             out.append(f"site {site} registered: {facts_text(_d(new))}")
         elif new is None:
             out.append(f"site {site} no longer registered")
         else:
             out.append(f"site {site} registration changed: {_value(old)} -> {_value(new)}")
-    was, now = _d(before.get("revoked")), _d(after.get("revoked"))
-    for site in sorted(set(was) | set(now), key=str):
-        old, new = was.get(site), now.get(site)
-        if old == new:
-            continue
+    for site, old, new in _keyed_diff(_d(before.get("revoked")), _d(after.get("revoked"))):
         if new is None:
             out.append(f"revocation of site {site} gone from the state")
         else:
@@ -202,11 +201,8 @@ def _snapshots(name: str, old: dict, new: dict) -> list[str]:
 
 
 def _volumes(before: dict, after: dict) -> list[str]:
-    was, now, out = _d(before.get("volumes")), _d(after.get("volumes")), []
-    for name in sorted(set(was) | set(now), key=str):
-        old, new = was.get(name), now.get(name)
-        if old is new or old == new:
-            continue
+    out = []
+    for name, old, new in _keyed_diff(_d(before.get("volumes")), _d(after.get("volumes"))):
         if old is None:
             out.append(_volume_added(name, _d(new)))
             out.extend(_snapshots(name, {}, _d(new)))
