@@ -1088,9 +1088,15 @@ def _render_raft_audit(data: dict) -> None:
     for col in ("time", "by", "command", "volume", "outcome"):
         t.add_column(col)
     for r in records:
-        t.add_row(_utc(r.get("at_ns")), str(r.get("by") or "-"), str(r.get("op") or "-"), str(r.get("volume") or "-"),
+        by = str(r.get("by") or "-") + (" (unchecked claim)" if "signer" in r and r.get("signer") is None else "")
+        t.add_row(_utc(r.get("at_ns")), by, str(r.get("op") or "-"), str(r.get("volume") or "-"),
                   "ok" if r.get("ok") else f"refused: {r.get('error')}", style=None if r.get("ok") else "yellow")
     console.print(t)
+    dropped = data.get("dropped") if isinstance(data.get("dropped"), dict) else {}
+    if dropped:  # rules 4: each signing site's share is cut on its own (a flood drops only its own records)
+        console.print("records dropped from the kept audit, by share: " + ", ".join(
+            f"{share or 'unattributed'} {entry[0]}" for share, entry in sorted(dropped.items())
+            if isinstance(entry, list) and entry), markup=False, soft_wrap=True)
 
 
 def _render_admin_audit(data: dict) -> None:
@@ -1935,7 +1941,11 @@ def main(argv: list[str] | None = None) -> int:
     audit_sub = p.add_subparsers(dest="audit_command", required=True)
     pl = audit_sub.add_parser("log", help="the newest Raft audit records: every command, who sent it, its outcome",
                               parents=[common])
-    pl.set_defaults(fn=lambda a: _print(a, api(a, "GET", "/v1/audit"), _render_raft_audit))
+    pl.add_argument("--signer", default=None, help="only this site's records (under rules 4: those whose signature "
+                    "was checked as its own, so another site's flood never hides them; '' the unattributed claims)")
+    pl.add_argument("--limit", type=int, default=200, help="records to show, the newest (1-2000, default 200)")
+    pl.set_defaults(fn=lambda a: _print(a, api(a, "GET", "/v1/audit?" + urllib.parse.urlencode(
+        {"limit": a.limit, **({"signer": a.signer} if a.signer is not None else {})})), _render_raft_audit))
     pa = audit_sub.add_parser("admin", help="this site's admin audit log (newest records) and its chain check",
                               parents=[common])
     pa.add_argument("--limit", type=int, default=200, help="records to show (1-10000, default 200)")

@@ -120,6 +120,8 @@ from replicad.peer.netreason import connection_reason, unreachable_detail
 from replicad.core.errors import (ConflictError, InternalError, NotFoundError, NotSupportedError, PeerUnavailableError,
                                   ReplicadError, UnauthenticatedError, UsageError, _jsonable, facts_text, from_dict)
 from replicad.core import anomaly  # issue 14
+from replicad.core.state import AUDIT_DROPPED, AUDIT_KEPT_MAX, RULES_AUDIT_BY_SIGNER, audit_share
+from replicad.core.state import rules as cluster_rules
 from replicad.core.state import (RETENTION_MAX_S, SIZE_BYTES_MAX, detection_policy, held_by_marks, list_requests,
                                  is_revoked, max_size_bytes, retention_weakened)
 from replicad.core.units import parse_duration, parse_size
@@ -824,7 +826,27 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         return await _make_request(site, "set_members", {"members": members}, reason)
 
     async def audit(request: web.Request) -> web.Response:
-        return _ok({"audit": site.raft.state().get("audit", [])[-200:]})
+        """The kept Raft audit records, newest last: the newest ``limit`` (default 200, at most
+        ``AUDIT_KEPT_MAX``); with ``signer``, only that site's share (rules 4: the records whose
+        signature was checked as that site's, ``state.audit_share``; ``signer=`` alone the
+        unattributed claims; rules 1..3: the records claiming it in ``by``), so that one site's flood
+        never hides another site's records here. Also ``rules`` and, under rules 4, ``dropped``
+        (``state.AUDIT_DROPPED``: what each share lost)."""
+        try:
+            limit = int(request.query.get("limit", "200"))
+        except ValueError:
+            raise UsageError("limit must be an integer", field="limit") from None
+        if not 1 <= limit <= AUDIT_KEPT_MAX:
+            raise UsageError(f"limit must be in 1..{AUDIT_KEPT_MAX}", field="limit")
+        state = site.raft.state()
+        records = [r for r in state.get("audit") or () if isinstance(r, dict)]
+        signer = request.query.get("signer")
+        if signer is not None:
+            by_share = cluster_rules(state) >= RULES_AUDIT_BY_SIGNER
+            records = [r for r in records if (audit_share(r) if by_share else r.get("by")) == signer]
+        dropped = state.get(AUDIT_DROPPED)
+        return _ok({"audit": records[-limit:], "rules": cluster_rules(state),
+                    **({"dropped": dropped} if isinstance(dropped, dict) else {})})
 
     async def audit_admin(request: web.Request) -> web.Response:
         try:

@@ -194,7 +194,8 @@ SCHEMAS: dict[str, dict] = {
     "PruneRequest": _object({"volume": _STR, "pruned": {"type": "array", "items": _INT}, "request": _STR,
                              "status": _STR, "kept_by_retention": {"type": "array", "items": _INT}},
                             {"approvals": {"type": "array", "items": _STR}, "needed": _INT, "next": _STR}),
-    "RaftAudit": _object({"audit": {"type": "array", "items": _OBJ}}),
+    "RaftAudit": _object({"audit": {"type": "array", "items": _OBJ}, "rules": _INT}, {"dropped": {
+        "type": "object", "description": "rules 4: records dropped per share {signer or '': [count, newest n]}"}}),
     "RulesConsent": _object({"consent": {"type": ["object", "null"], "description": (
         "this site's consent in force: {leave_behind, reason, by, at_ns, expires_ns}, or null")},
         "withdrawn": {"type": ["object", "null"], "description": "the consent withdrawn (cancel), or null"},
@@ -440,7 +441,9 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
      "an older release, or withholding its release report); the consent is signed into this site's release "
      "report for 24 h; once a majority of the members reported and a majority of the operators consented, the "
      "sites raise. cancel: withdraw it", "RulesRaise", {"200": "RulesConsent"}, (400, 409)),
-    ("audit", "GET", "/v1/audit", "The newest Raft audit records", None, {"200": "RaftAudit"}, ()),
+    ("audit", "GET", "/v1/audit", "The newest kept Raft audit records (limit, default 200); signer: only that "
+     "site's share (rules 4: the records whose signature was checked as that site's; empty: the unattributed "
+     "claims)", None, {"200": "RaftAudit"}, (400,)),
     ("adminAudit", "GET", "/v1/audit/admin", "This site's admin audit log (newest records) and its chain check",
      None, {"200": "AdminAudit"}, (400,)),
 ]
@@ -476,6 +479,10 @@ def build_document() -> dict:
         if op_id == "adminAudit":
             params.append({"name": "limit", "in": "query", "required": False,
                            "schema": {"type": "integer", "minimum": 1, "maximum": 10000}})
+        if op_id == "audit":  # the kept Raft audit: one share (state.audit_share), the newest limit
+            params += [{"name": "limit", "in": "query", "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 2000}},
+                       {"name": "signer", "in": "query", "required": False, "schema": _STR}]
         if params:
             op["parameters"] = params
         if body is not None:

@@ -387,23 +387,28 @@ def record_text(record: dict) -> str:
 
 
 def refused_text(group: tuple, n: int, first_ns: Any, last_ns: Any) -> str:
-    """``n`` refused ``audit`` records of one ``(op, by, error)`` in words: ``6000 command(s) veto
-    claiming signer site-c: refused not_found (claimed stamps 2026-...Z .. 2026-...Z)``."""
-    op, by, error = group
+    """``n`` refused ``audit`` records of one ``(op, by, error[, checked])`` in words: ``6000
+    command(s) veto claiming signer site-c: refused not_found (claimed stamps 2026-...Z .. 2026-...Z)``;
+    ``checked`` (rules 4: the record's ``signer`` is its ``by``, the signature was checked) says
+    ``signed by site-c (signature checked)`` instead of the claim."""
+    op, by, error = group[:3]
     stamps = _when(first_ns) if first_ns == last_ns else f"{_when(first_ns)} .. {_when(last_ns)}"
-    return f"{n} command(s) {op} claiming signer {by}: refused {error} (claimed stamps {stamps})"
+    who = f"signed by {by} (signature checked)" if len(group) > 3 and group[3] else f"claiming signer {by}"
+    return f"{n} command(s) {op} {who}: refused {error} (claimed stamps {stamps})"
 
 
 def _split(records: list[dict]) -> tuple[list[dict], dict[tuple, int], dict[tuple, list]]:
-    """``(accepted listed, {(routine op, signer): count}, {(op, by, error): [count, first at_ns, last
-    at_ns]})`` of ``records`` (oldest first; :data:`ROUTINE_OPS`), the groups in the order first met."""
+    """``(accepted listed, {(routine op, signer): count}, {(op, by, error, signature checked): [count,
+    first at_ns, last at_ns]})`` of ``records`` (oldest first; :data:`ROUTINE_OPS`), the groups in the order
+    first met."""
     routine: dict[tuple, int] = {}
     listed: list[dict] = []
     refused: dict[tuple, list] = {}
     for record in records:
         if not record.get("ok"):
-            group = refused.setdefault((str(record.get("op")), str(record.get("by")), str(record.get("error"))),
-                                       [0, record.get("at_ns"), None])
+            checked = isinstance(record.get("signer"), str) and record.get("signer") == record.get("by")  # rules 4
+            key = (str(record.get("op")), str(record.get("by")), str(record.get("error")), checked)
+            group = refused.setdefault(key, [0, record.get("at_ns"), None])
             group[0] += 1
             group[2] = record.get("at_ns")
         elif record.get("op") in ROUTINE_OPS:
@@ -478,7 +483,9 @@ def install_report(before: Any, after: Any, *, at_start: bool, mark: int | None,
                + (f" listed, {sum(routine.values())} routine one(s) ({', '.join(sorted({op for op, _ in routine}))}) "
                   f"counted per command and signer" if routine else "")
                + (f"; {n_refused} refused command(s), counted per command, claimed signer and error (a refused "
-                  f"record is the command's unsigned claim)" if refused else "")
+                  + ("record is the command's unsigned claim)" if cluster_state.rules(_d(after))
+                     < cluster_state.RULES_AUDIT_BY_SIGNER else "record is the command's claim unless its line says "
+                     "its signature was checked)") if refused else "")
                + ("" if complete else
                   f"; the state keeps the last {cluster_state.AUDIT_MAX} records: older ones of these commands are not "
                   f"kept" if cluster_state.rules(_d(after)) < cluster_state.RULES_AUDIT_BY_SIGNER else

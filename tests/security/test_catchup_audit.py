@@ -139,8 +139,9 @@ def test_a_site_that_catches_up_from_a_full_state_logs_what_it_missed(cluster: L
     assert "audit record: command request by site-a" in missed, missed
     assert "audit record: command approve by site-c" in missed, missed
     refused = [line for line in missed.splitlines() if " refused: " in line]
-    assert len(refused) == 1 and f"refused: {VETOES} command(s) veto claiming signer site-c: refused conflict" \
-        in refused[0], refused
+    # rules 4: site-c's own signed vetoes, their signature checked (a claim in its name would say "claiming")
+    assert len(refused) == 1 and f"refused: {VETOES} command(s) veto signed by site-c (signature checked): refused " \
+        "conflict" in refused[0], refused
     assert f"{VETOES} refused command(s), counted per command, claimed signer and error" in summaries[0]
     assert metric(c, "site-b", "replicad_raft_dump_installs_total") >= 1
     assert "Traceback" not in log

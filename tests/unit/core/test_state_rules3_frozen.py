@@ -132,9 +132,8 @@ def assert_alike(log: list[dict], previous: list, current: list) -> None:
 
 
 def founded(rules: int) -> list[dict]:
-    """A cluster of a, b, c founded under ``rules`` (each found carrying them; 1: plain founds, then a
-    raise to 2 with every report when ``rules`` is 2 is not wanted: see the callers), registered, a
-    volume of a's."""
+    """A cluster of a, b, c founded under ``rules`` (each found carrying them; 1: plain founds, as
+    b976d0a founds), registered, a volume of a's."""
     carry = {} if rules == 1 else {"rules": rules}
     return [*(signed("found", s, incarnation=b"i" * 16, members=MEMBERS, **carry) for s in SITES),
             *(signed("register_site", s, site_id=s, peer_url=f"http://{s}", kind="data") for s in SITES),

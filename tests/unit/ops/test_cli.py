@@ -295,13 +295,26 @@ def test_snapshots_at_80_columns_keep_holders_and_roots_whole(admin_stub) -> Non
 
 def test_audit_log_has_a_command(admin_stub) -> None:
     url, answers = admin_stub
-    answers["/v1/audit"] = (200, {"audit": [{"op": "promote", "by": "site-b", "volume": "ehr", "ok": True,
-                                             "error": None, "at_ns": 1_800_000_000 * 10**9},
-                                            {"op": "prune", "by": "site-a", "volume": "ehr", "ok": False,
-                                             "error": "retention_locked", "at_ns": 1_800_000_100 * 10**9}]})
+    answers["/v1/audit?limit=200"] = (200, {"audit": [{"op": "promote", "by": "site-b", "volume": "ehr", "ok": True,
+                                                       "error": None, "at_ns": 1_800_000_000 * 10**9},
+                                                      {"op": "prune", "by": "site-a", "volume": "ehr", "ok": False,
+                                                       "error": "retention_locked", "at_ns": 1_800_000_100 * 10**9}]})
     res = run_env({}, "--admin", url, "audit", "log")
     assert res.returncode == 0, res.stderr
     assert "promote" in res.stdout and "site-b" in res.stdout and "refused: retention_locked" in res.stdout
+    # rules 4: one signing site's share, and what each share dropped (a flood drops only its own)
+    answers["/v1/audit?limit=50&signer=site-a"] = (200, {"rules": 4, "dropped": {"site-c": [5210, 9000], "": [3, 80]},
+                                                        "audit": [{"op": "request", "by": "site-a", "volume": None,
+                                                                   "ok": True, "error": None, "signer": "site-a",
+                                                                   "n": 40, "at_ns": 1_800_000_000 * 10**9},
+                                                                  {"op": "approve", "by": "site-a", "volume": None,
+                                                                   "ok": False, "error": "bad_signature",
+                                                                   "signer": None, "n": 41,
+                                                                   "at_ns": 1_800_000_001 * 10**9}]})
+    res = run_env({"COLUMNS": "200"}, "--admin", url, "audit", "log", "--signer", "site-a", "--limit", "50")
+    assert res.returncode == 0, res.stderr
+    assert "site-a (unchecked claim)" in res.stdout and "records dropped from the kept audit, by share: " \
+        "unattributed 3, site-c 5210" in " ".join(res.stdout.split()), res.stdout
 
 
 def test_run_and_check_config_take_the_path_positionally_or_as_config(sample_configs: Path) -> None:

@@ -150,6 +150,10 @@ def test_under_rules_4_the_new_records_are_those_past_the_count_and_a_flood_drop
     assert new_audit_records(later, flooded)[1] is False and new_audit_records(flooded, flooded) == ([], True)
     report = install_report(s, flooded, at_start=False, mark=20)
     assert "older records of these commands dropped, by share: b " in report[0][1], report[0][1]
+    refused = [line for _, line in report if " refused: " in line]
+    assert "command(s) set_retention signed by b (signature checked): refused approval_required" in refused[0], \
+        refused  # its records carry the share they count against; the replay memory's floor refuses the last
+    assert refused[1:] and all("set_retention claiming signer b: refused replayed" in line for line in refused[1:])
 
 
 def test_the_report_of_an_install_past_the_mark() -> None:
