@@ -472,6 +472,8 @@ def install_report(before: Any, after: Any, *, at_start: bool, mark: int | None,
         level, head = logging.WARNING, f"AUDIT (committed while this site was away; {source}, commands {lo}..{now})"
     facts = state_changes(before, after)
     records, complete = new_audit_records(before, after)
+    if not first_start and (mark is not None or missing is None):  # rules 4: each record's command count
+        records = [r for r in records if _count(r.get("n")) is None or r["n"] >= lo]
     if not first_start and (mark is not None or missing is None) and now - lo + 1 < len(records):
         records = records[len(records) - max(0, now - lo + 1):]  # at most one record per command past the mark
     listed, routine, refused = _split(records)

@@ -8,7 +8,9 @@ rules 1..1). The other sites do not raise: the rules stay 1, each says whom it w
 ``rules``, ``replicad_rules_*`` gauges), snapshots still commit. Once site-c restarts without the
 knob (its upgrade) the raise is applied, by one site, and every site's vouched checkpoint digests
 after it agree (checkpoints every few commands through ``REPLICAD_LAB_CHECKPOINT_EVERY``), also
-once a site restarted after the raise and replayed its log.
+once a site restarted after the raise and replayed its log. The same from a cluster founded under
+rules 3 (as by 64af970; ``REPLICAD_LAB_FOUND_RULES=3``), raised to 4 on the running cluster: the
+kept audit records name their checked signer from then on.
 
 A site that cannot be upgraded soon (or is suspected hostile) is left behind by a majority of
 the operators (ARCHITECTURE.md, Choices, "The state's rules version", option (d)): site-c stays on
@@ -76,9 +78,12 @@ class Vouches:
 
 
 @pytest.fixture
-def bench(tmp_path, monkeypatch):
+def bench(tmp_path, monkeypatch, request):
+    """Three sites founded under rules ``request.param`` (default 1, as by b976d0a and upgraded since;
+    3: as by 64af970), site-c reporting a release applying rules 1..that (not yet upgraded)."""
+    founded = getattr(request, "param", 1)
     monkeypatch.setenv("REPLICAD_LAB_CHECKPOINT_EVERY", str(EVERY))
-    monkeypatch.setenv(LAB_FOUND_RULES_ENV, "1")  # founded under rules 1, as by b976d0a and upgraded since
+    monkeypatch.setenv(LAB_FOUND_RULES_ENV, str(founded))
     c = LocalCluster(tmp_path / "cluster", n_data=3)
     for s in SITES:
         c.sites[s].config_path.write_text(_lab(c.sites[s].config_path.read_text()))
@@ -86,7 +91,7 @@ def bench(tmp_path, monkeypatch):
     try:
         c.start("site-a")
         c.start("site-b")
-        monkeypatch.setenv(LAB_REPORT_RULES_MAX_ENV, "1")  # site-c: "an older release"
+        monkeypatch.setenv(LAB_REPORT_RULES_MAX_ENV, str(founded))  # site-c: "an older release"
         c.start("site-c")
         monkeypatch.delenv(LAB_REPORT_RULES_MAX_ENV)
         c.wait_ready(90)
@@ -95,36 +100,39 @@ def bench(tmp_path, monkeypatch):
         c.stop_all()
 
 
-def test_the_rules_are_raised_only_once_every_member_reports_the_new_release(bench) -> None:
+@pytest.mark.parametrize("bench", [1, 3], indirect=True, ids=["from-rules-1", "from-rules-3"])
+def test_the_rules_are_raised_only_once_every_member_reports_the_new_release(bench, request) -> None:
+    """From rules 1 (b976d0a's) and from rules 3 (64af970's, whose audit rules 4 keep per signer)."""
     c = bench
-    # 1. site-c reports rules 1..1: a and b wait, the rules stay 1, and they say so
+    was = request.node.callspec.params["bench"]
+    # 1. site-c reports rules 1..was: a and b wait, the rules stay at was, and they say so
     def waiting() -> bool:
         return all(_rules(c, s)["waiting"] and _rules(c, s)["members"].get("site-c", {}).get("problem")
                    for s in ("site-a", "site-b"))
     c.wait_for("a and b waiting for site-c", waiting, 60)
     for s in SITES:
         rules = _rules(c, s)
-        assert rules["version"] == 1, (s, rules)
+        assert rules["version"] == was, (s, rules)
     a = _rules(c, "site-a")
-    assert a["members"]["site-c"] == {"rules_max": 1, "problem": "runs rules 1..1"}, a
+    assert a["members"]["site-c"] == {"rules_max": was, "problem": f"runs rules 1..{was}"}, a
     assert a["members"]["site-a"]["problem"] is None and a["members"]["site-b"]["problem"] is None, a
-    assert _rules(c, "site-c")["reported_max"] == 1
-    assert _metric(c, "site-a", "replicad_rules_version") == ['replicad_rules_version{site="site-a"} 1.0']
+    assert _rules(c, "site-c")["reported_max"] == was
+    assert _metric(c, "site-a", "replicad_rules_version") == [f'replicad_rules_version{{site="site-a"}} {was}.0']
     assert _metric(c, "site-a", "replicad_rules_raise_waiting") == \
         ['replicad_rules_raise_waiting{site="site-a"} 1.0']
     assert 'replicad_rules_member_behind{peer="site-c",site="site-a"} 1.0' in \
         _metric(c, "site-a", "replicad_rules_member_behind")
     log_a = c.sites["site-a"].log_path.read_text()
-    assert re.search(rf"rules stay at 1 until every member runs a release applying rules {RULES_MAX} .*site-c: "
-                     r"runs rules 1\.\.1", log_a), c.log_tail("site-a")
+    assert re.search(rf"rules stay at {was} until every member runs a release applying rules {RULES_MAX} .*site-c: "
+                     rf"runs rules 1\.\.{was}", log_a), c.log_tail("site-a")
 
-    # 2. commits go on under rules 1, every site alike
+    # 2. commits go on under the rules it was founded under, every site alike
     for _ in range(2):
         assert snapshot(c, "site-a")["committed"]
     applied = _rules(c, "site-a")["applied"]
     vouches = Vouches(c)
-    c.wait_for("checkpoints agreed under rules 1", lambda: vouches.agreed_after(0), 120, interval_s=1.0)
-    assert all(_rules(c, s)["version"] == 1 for s in SITES)
+    c.wait_for(f"checkpoints agreed under rules {was}", lambda: vouches.agreed_after(0), 120, interval_s=1.0)
+    assert all(_rules(c, s)["version"] == was for s in SITES)
 
     # 3. site-c is "upgraded": restarted without the knob; the raise follows, once
     c.kill("site-c", signal.SIGTERM)
@@ -132,11 +140,11 @@ def test_the_rules_are_raised_only_once_every_member_reports_the_new_release(ben
     c.wait_for("rules raised at every site", lambda: all(_rules(c, s)["version"] == RULES_MAX for s in SITES), 90)
     raised = _rules(c, "site-a")["applied"]
     assert raised > applied
-    audits = [s for s in SITES if re.search(rf"AUDIT site \S+: the cluster's rules raised 1 -> {RULES_MAX}",
+    audits = [s for s in SITES if re.search(rf"AUDIT site \S+: the cluster's rules raised {was} -> {RULES_MAX}",
                                             c.sites[s].log_path.read_text())]
     assert len(audits) == 1, audits  # one site raised; every site logs the raise, naming that site
     c.wait_for("every site logged the raise", lambda: all(
-        f"AUDIT the cluster's rules raised 1 -> {RULES_MAX} by {audits[0]} (every member reported the release)"
+        f"AUDIT the cluster's rules raised {was} -> {RULES_MAX} by {audits[0]} (every member reported the release)"
         in c.sites[s].log_path.read_text() for s in SITES), 30)
     for s in SITES:
         rules = _rules(c, s)
@@ -144,6 +152,10 @@ def test_the_rules_are_raised_only_once_every_member_reports_the_new_release(ben
     assert _metric(c, "site-b", "replicad_rules_version") == [f'replicad_rules_version{{site="site-b"}} {RULES_MAX}.0']
     assert _metric(c, "site-b", "replicad_rules_raise_waiting") == \
         ['replicad_rules_raise_waiting{site="site-b"} 0.0']
+
+    kept = c.api("site-a", "GET", "/v1/audit?limit=2000")["audit"]  # rules 4: each record's share
+    assert kept and all("signer" in r for r in kept), kept[-3:]
+    assert [r for r in kept if r["op"] == "rules" and r["ok"]][-1]["signer"] == audits[0]
 
     # 4. commits go on under the new rules, and the states after the raise agree at every site
     assert snapshot(c, "site-a")["committed"]
