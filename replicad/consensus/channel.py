@@ -209,6 +209,7 @@ class RefusalLog:
         self._counts: dict[str, int] = {}
         self._last_logged: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
+        self._bad_identity_at: dict[str, tuple[float, bool]] = {}  # site -> (monotonic time, abandoned only)
 
     def refuse(self, reason: str, message: str, *args: Any, level: int = logging.WARNING,
                prefix: str = "raft refused", every_s: float = LOG_EVERY_S, about: str | None = None) -> None:
@@ -231,6 +232,28 @@ class RefusalLog:
         with self._lock:
             return dict(self._counts)
 
+    def note_bad_identity(self, site: str, *, abandoned: bool = False) -> None:
+        """Remember that a handshake with configured site ``site`` just failed: as ``bad_identity``
+        here, or (``abandoned``) dropped by that site right after this site's signed answer (what
+        the dialer does when this site's proof does not verify there). Read by
+        :meth:`bad_identity_sites`: ``replicad.site.clusterid`` then asks that site which cluster it
+        belongs to, to tell a ``cluster_id`` typo from a key mismatch or an impostor. At most
+        :data:`BAD_IDENTITY_SITES_MAX` sites are kept (configured sites only)."""
+        with self._lock:
+            if site in self._bad_identity_at or len(self._bad_identity_at) < BAD_IDENTITY_SITES_MAX:
+                prior = self._bad_identity_at.get(site, (0.0, True))
+                self._bad_identity_at[site] = (time.monotonic(), abandoned and prior[1])
+
+    def bad_identity_sites(self, within_s: float) -> dict[str, bool]:
+        """``{site: abandoned}`` of the sites noted by :meth:`note_bad_identity` within the last
+        ``within_s`` seconds (``abandoned`` False once a ``bad_identity`` was seen here)."""
+        now = time.monotonic()
+        with self._lock:
+            return {s: ab for s, (at, ab) in sorted(self._bad_identity_at.items()) if now - at <= within_s}
+
+
+BAD_IDENTITY_SITES_MAX = 256
+"""Sites :meth:`RefusalLog.note_bad_identity` remembers (only configured sites are noted)."""
 
 _FALLBACK_REFUSALS = RefusalLog()
 
@@ -629,7 +652,9 @@ class MemberOnlyTransport(TCPTransport):
         if problem is not None:
             self._refuse_conn(conn, problem, "a connection from %s named %s (site %s) %s", ip, hs.peer_addr, site,
                               "but proved it only with a key revoked through Raft" if problem == "revoked_site"
-                              else "without a valid signature by a key pinned for that site: impostor", site=site)
+                              else "without a valid signature by a key pinned for that site: an impostor, a key not "
+                              "pinned here, or a cluster_id that differs (replicad.site.clusterid asks it which)",
+                              site=site)
             return
         try:
             to_acceptor, from_acceptor = session_keys(hs.ephemeral, hs.peer_eph, t)
@@ -653,6 +678,8 @@ class MemberOnlyTransport(TCPTransport):
 
     def _refuse_conn(self, conn: Any, reason: str, message: str, *args: Any, site: str | None = None) -> None:
         self.refusals.refuse(reason, message, *args, **_revoked_rate(reason, site))
+        if reason == "bad_identity" and site and site != "?":
+            self.refusals.note_bad_identity(site)
         self._pending.pop(conn, None)
         self._handshakes.pop(conn, None)
         self._unknownConnections.discard(conn)
@@ -663,12 +690,18 @@ class MemberOnlyTransport(TCPTransport):
         """Refuse the node this node dialed: count, log, close (pysyncobj redials it after
         ``connectionRetryTime``; its disconnect callback stays, the connection object is reused)."""
         self.refusals.refuse(reason, message, *args, **_revoked_rate(reason, site))
+        if reason == "bad_identity" and site and site != "?":
+            self.refusals.note_bad_identity(site)
         self._handshakes.pop(conn, None)
         conn.disconnect()
 
     def _onDisconnected(self, conn: Any) -> None:
         self._pending.pop(conn, None)
-        self._handshakes.pop(conn, None)
+        hs = self._handshakes.pop(conn, None)
+        if hs is not None and hs.role == ACCEPTOR:  # the dialer dropped it after our signed answer
+            site = self.identity.sites_by_addr.get(hs.peer_addr)
+            if site:
+                self.refusals.note_bad_identity(site, abandoned=True)
         conn.replicad_peer = None
         super()._onDisconnected(conn)
 
@@ -733,7 +766,8 @@ class MemberOnlyTransport(TCPTransport):
         if problem is not None:
             self._refuse_outgoing(conn, problem, "the node answering at %s (site %s) %s", node.address, site,
                               "proved it only with a key revoked through Raft" if problem == "revoked_site"
-                              else "did not prove it is that site: impostor", site=site)
+                              else "did not prove it is that site: an impostor, a key not pinned here, or a "
+                              "cluster_id that differs (replicad.site.clusterid asks it which)", site=site)
             return
         self._handshakes.pop(conn, None)
         conn.sendRandKey = nonce_a

@@ -732,7 +732,12 @@ def peer_routes(host: PeerHost) -> list[web.RouteDef]:
             host.fetch_done(sender, doc.get("volume"), sent_chunks, sent_bytes, err)
 
     async def hello(request: web.Request) -> web.Response:
-        return web.json_response({"site_id": host.site_id, "wire_version": wire.WIRE_VERSION})
+        # cluster_id: what this site's config names, said to anyone who reaches the peer port (not a
+        # secret: drill reports carry it); a site whose Raft handshakes fail as bad_identity compares
+        # it with its own (replicad.site.clusterid) to tell a cluster_id typo from a key mismatch
+        return web.json_response({"site_id": host.site_id, "wire_version": wire.WIRE_VERSION,
+                                  **({"cluster_id": cid} if isinstance(cid := getattr(host, "cluster_id", None), str)
+                                     else {})})
 
     return [web.post("/v1/peer/missing", missing), web.post("/v1/peer/chunks", chunks),
             web.post("/v1/peer/snapshot", snapshot), web.post("/v1/peer/fetch", fetch),
@@ -993,6 +998,27 @@ class PeerClient:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
             raise PeerUnavailableError(f"peer {origin(url)} unreachable: {connection_reason(err)}", url=url,
                                        detail=unreachable_detail(err)) from None
+
+    async def hello(self, peer_url: str, timeout_s: float = 5.0) -> dict[str, Any]:
+        """The peer's ``GET /v1/peer/hello`` answer: ``{"site_id", "wire_version"[, "cluster_id"]}``
+        (a JSON object of at most 64 KiB, within ``timeout_s`` seconds). Raises
+        PeerUnavailableError (unreachable, not JSON, not an object, or an HTTP error)."""
+        url = peer_url.rstrip("/") + "/v1/peer/hello"
+        try:
+            async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                data = await read_bounded(resp.content, resp.content_length, 64 * 1024, "peer hello")
+                if resp.status != 200:
+                    raise PeerUnavailableError(f"peer {origin(url)} answered its hello with HTTP {resp.status}",
+                                               url=url, status=resp.status)
+                doc = json.loads(data)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+            raise PeerUnavailableError(f"peer {origin(url)} unreachable: {connection_reason(err)}", url=url,
+                                       detail=unreachable_detail(err)) from None
+        except ValueError:
+            raise PeerUnavailableError(f"peer {origin(url)} answered its hello with no JSON", url=url) from None
+        if not isinstance(doc, dict):
+            raise PeerUnavailableError(f"peer {origin(url)} answered its hello with no JSON object", url=url)
+        return doc
 
     async def missing(self, peer_url: str, volume: str, epoch: int, digests: Sequence[bytes]) -> list[bytes]:
         """Which of ``digests`` the peer lacks (asked in batches of at most wire.MAX_DIGESTS_PER_DOC,

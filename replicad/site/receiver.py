@@ -87,6 +87,11 @@ class Receiver:
         self._pages: dict[bytes, tuple[bytes, ...]] = {}      # manifest root -> its page digests
         self._reads: dict[tuple[str, str], dict[str, Any]] = {}  # (requester, volume) -> this window's totals
 
+    @property
+    def cluster_id(self) -> str:
+        """The ``cluster_id`` this site's config names (the peer hello says it)."""
+        return self.cluster.cfg().cluster_id
+
     def complete_base(self, volume: str) -> Manifest | None:
         """A snapshot of ``volume`` this site holds completely, or None:
         :func:`replicad.site.runner.complete_base` (the rule shared with the pull path)."""
