@@ -65,6 +65,7 @@ from replicad.peer import conngate
 from replicad.peer.tls import check_site_tls, client_context, server_context
 from replicad.peer.transport import PeerClient, peer_routes
 from replicad.site import reload
+from replicad.site.clusterid import ClusterIdCheck
 from replicad.site.cluster import PROPOSE_DEADLINE_S, Cluster
 from replicad.site.detection import Detection
 from replicad.site.housekeeping import Housekeeping
@@ -248,6 +249,9 @@ class SiteDaemon:
         self._tasks.append(asyncio.create_task(self.housekeeping.retention_loop(), name="retention"))
         self._tasks.append(asyncio.create_task(self.standby.loop(), name="standby-check"))
         self._tasks.append(asyncio.create_task(self._clock_loop(), name="clock"))
+        self._tasks.append(asyncio.create_task(ClusterIdCheck(  # a cluster_id typo named (bad_identity handshakes)
+            self.site_id, lambda: self.cfg.cluster_id, self.raft._refusals.bad_identity_sites, self.cluster.peer_url,
+            lambda: [s.site_id for s in self.cfg.sites], self.peers.hello).run(), name="cluster-id-check"))
         log.info("site %s started: peer %s admin %s raft %s", self.site_id, self.cfg.peer_listen,
                  self.cfg.admin_listen, me.raft)
 
