@@ -494,23 +494,31 @@ class Coverage:
         began: the first snapshot that added to it (None while empty).
         days: the days credited to the window's snapshots (each at most one: :data:`DAY_S`), for
             the allowance a confirmed daily rate gives (:func:`judge_relative` ``learned_rate``).
+        moved: block indices excused since the anchor because their content moved
+            (:attr:`SnapshotSignals.moved`): not counted while the snapshots' files hold their
+            anchor content nearly whole; each one whose copy is gone (``moved_lost``) is counted
+            from then on. A copy kept to pass one snapshot and deleted or encrypted in a later
+            one is counted then, however many snapshots later.
     Pure; :meth:`total` is the share of a volume's data blocks."""
 
     blocks: frozenset = frozenset()
     extra: float = 0.0
     began: int | None = None
     days: float = 0.0
+    moved: frozenset = frozenset()
 
     def step(self, seq: int, counted: "set[int] | frozenset[int]" = frozenset(), unknown: float = 0.0,
-             days: float = 0.0) -> "Coverage":
+             days: float = 0.0, moved: "set[int] | frozenset[int]" = frozenset()) -> "Coverage":
         """The state after snapshot ``seq`` that counted the blocks ``counted`` and ``unknown``
-        (a share of the data) whose indices are not known, ``days`` after the snapshot before."""
+        (a share of the data) whose indices are not known, ``days`` after the snapshot before,
+        and excused the blocks ``moved`` as moved (kept in :attr:`moved` unless counted)."""
         new = frozenset(counted) - self.blocks
-        if not new and unknown <= 0.0 and days <= 0.0:
+        kept = (self.moved | frozenset(moved)) - self.blocks - new
+        if not new and unknown <= 0.0 and days <= 0.0 and kept == self.moved:
             return self
         grew = bool(new) or unknown > 0.0
         return Coverage(self.blocks | new, self.extra + max(0.0, unknown),
-                        self.began if self.began is not None or not grew else seq, self.days + max(0.0, days))
+                        self.began if self.began is not None or not grew else seq, self.days + max(0.0, days), kept)
 
     def added(self, before: "Coverage", data_blocks: int) -> float:
         """The share of ``data_blocks`` this state holds beyond ``before`` (a step's increment)."""
@@ -522,13 +530,13 @@ class Coverage:
 
     def doc(self) -> dict:
         """Plain dict (JSON-able): ``blocks`` (the sorted indices' gaps as little-endian uint32,
-        zlib, base64: ~1-2 bytes a block), ``count``, ``extra``, ``began``."""
-        idx = sorted(self.blocks)
-        gaps = array.array("I", (b - a for a, b in zip([0] + idx[:-1], idx)))  # "I": 4 bytes on Linux
-        if sys.byteorder != "little":  # pragma: no cover
-            gaps.byteswap()
-        return {"blocks": base64.b64encode(zlib.compress(gaps.tobytes(), 6)).decode("ascii"), "count": len(idx),
-                "extra": self.extra, "began": self.began, "days": self.days}
+        zlib, base64: ~1-2 bytes a block), ``count``, ``extra``, ``began``, ``days``, and
+        ``moved`` / ``moved_count`` (the same encoding) when :attr:`moved` holds any."""
+        doc = {"blocks": _encode_blocks(self.blocks), "count": len(self.blocks),
+               "extra": self.extra, "began": self.began, "days": self.days}
+        if self.moved:
+            doc.update(moved=_encode_blocks(self.moved), moved_count=len(self.moved))
+        return doc
 
     @classmethod
     def from_doc(cls, doc: object) -> "Coverage":
@@ -544,22 +552,46 @@ class Coverage:
                 or count > COVERAGE_BLOCKS_MAX or isinstance(extra, bool) or not isinstance(extra, (int, float)) \
                 or not 0.0 <= extra < 1e6 or (began is not None and (isinstance(began, bool) or not isinstance(began, int))):
             raise ValueError(f"not a coverage state: {str(doc)[:200]!r}")
-        try:
-            raw = zlib.decompressobj().decompress(base64.b64decode(enc, validate=True), 4 * count + 1)
-        except (ValueError, zlib.error) as err:
-            raise ValueError(f"not a coverage state: {err}") from None
-        if len(raw) != 4 * count:
-            raise ValueError(f"not a coverage state: {len(raw)} bytes for {count} blocks")
-        gaps = array.array("I")
-        gaps.frombytes(raw)
-        if sys.byteorder != "little":  # pragma: no cover
-            gaps.byteswap()
-        idx = list(itertools.accumulate(gaps))
-        if count and (idx[-1] >= 2**32 or any(g == 0 for g in gaps[1:])):
-            raise ValueError("not a coverage state: indices not strictly increasing")
+        idx = _decode_blocks(enc, count)
         if (began is None) != (count == 0 and extra == 0.0):
             raise ValueError("not a coverage state: began does not match its contents")
-        return cls(frozenset(idx), float(extra), began, float(days))
+        moved: list[int] = []
+        if "moved" in doc or "moved_count" in doc:
+            m_count = doc.get("moved_count")
+            if isinstance(m_count, bool) or not isinstance(m_count, int) or not 0 <= m_count <= COVERAGE_BLOCKS_MAX:
+                raise ValueError(f"not a coverage state: moved_count {m_count!r}")
+            moved = _decode_blocks(doc.get("moved"), m_count)
+        return cls(frozenset(idx), float(extra), began, float(days), frozenset(moved) - frozenset(idx))
+
+
+def _encode_blocks(blocks: "frozenset[int] | set[int]") -> str:
+    """Sorted block indices as their gaps (little-endian uint32), zlib, base64 (:class:`Coverage`)."""
+    idx = sorted(blocks)
+    gaps = array.array("I", (b - a for a, b in zip([0] + idx[:-1], idx)))  # "I": 4 bytes on Linux
+    if sys.byteorder != "little":  # pragma: no cover
+        gaps.byteswap()
+    return base64.b64encode(zlib.compress(gaps.tobytes(), 6)).decode("ascii")
+
+
+def _decode_blocks(enc: object, count: int) -> list[int]:
+    """What :func:`_encode_blocks` wrote for ``count`` indices; raises ValueError on anything
+    else (at most ``4 x count + 1`` bytes are decompressed)."""
+    if not isinstance(enc, str):
+        raise ValueError("not a coverage state: blocks not a string")
+    try:
+        raw = zlib.decompressobj().decompress(base64.b64decode(enc, validate=True), 4 * count + 1)
+    except (ValueError, zlib.error) as err:
+        raise ValueError(f"not a coverage state: {err}") from None
+    if len(raw) != 4 * count:
+        raise ValueError(f"not a coverage state: {len(raw)} bytes for {count} blocks")
+    gaps = array.array("I")
+    gaps.frombytes(raw)
+    if sys.byteorder != "little":  # pragma: no cover
+        gaps.byteswap()
+    idx = list(itertools.accumulate(gaps))
+    if count and (idx[-1] >= 2**32 or any(g == 0 for g in gaps[1:])):
+        raise ValueError("not a coverage state: indices not strictly increasing")
+    return idx
 
 
 COVERAGE_BLOCKS_MAX = 1 << 26
@@ -1778,6 +1810,100 @@ def wal_recycled(new: bytes | None, old: bytes | None, anchor: bytes | None) -> 
     return at is not None and wal_offset(old) == at and wal_offset(anchor) == at
 
 
+NEAR_WINDOW = 16
+"""Bytes of one window of the near-copy test (:func:`near_windows`): two aligned 8-byte words."""
+NEAR_ALIGN = 8
+"""Windows start at multiples of this many bytes of a block: PostgreSQL aligns every tuple to 8
+bytes (``MAXALIGN``) and file systems copy whole blocks, so a tuple moved to another place of a
+page, or a page to another block, keeps its windows at aligned offsets."""
+NEAR_SELECT = 16
+"""One window in this many is kept, chosen by its own hash (content-defined: the same bytes are
+chosen wherever they lie, so an old block and its copy choose the same windows): ~512 windows
+of a 64 KiB block, ~32 of a 4 KiB file-system block of text, ~10 of a pgbench page's 4 KiB."""
+NEAR_COPY_MIN = 0.5
+"""Share of an old version's chosen windows that must be found in the new snapshot's files for
+its content to count as moved (:func:`near_copied`). ``VACUUM FULL`` rewrites a table's tuples
+with new headers (``t_ctid``, ``t_infomask``) and a new page header: 55-95 % of a pgbench page's
+windows survive (measured on the bench's ``bytea`` + ``VACUUM FULL`` images, most 60-70 %); the
+old write-ahead log's stale pages under new data 0-50 %, most under 10 %."""
+NEAR_WINDOWS_MIN = 4
+"""Fewest chosen windows an old version needs to be judged by :func:`near_copied` (fewer: zeros,
+fills, runs of one word; never counted as copied)."""
+_NEAR_C1, _NEAR_C2 = (_np.uint64(0x9E3779B97F4A7C15), _np.uint64(0xC2B2AE3D27D4EB4F)) if _np is not None else (0, 0)
+
+
+def near_windows(raw: bytes) -> "_np.ndarray":
+    """The chosen windows of ``raw`` (:data:`NEAR_WINDOW` bytes at every :data:`NEAR_ALIGN`-byte
+    offset, kept when their 64-bit hash is 0 modulo :data:`NEAR_SELECT`), as ``uint64`` hashes
+    (unsorted, with repeats). A window whose two words are equal or either is zero (zeros,
+    blank filler, one repeated word) is never chosen: filler matches filler everywhere. The hash
+    is a multiply-xorshift of the two little-endian words (Steele, Lea and Flood 2014, SplitMix
+    constants): not a cryptographic hash; what an attacker can do with a collision is make an
+    old block's content look copied, which its own copy does anyway. Needs numpy; no errors."""
+    a = _np.frombuffer(raw[:len(raw) // NEAR_ALIGN * NEAR_ALIGN], dtype="<u8")
+    if len(a) < 2:
+        return _np.zeros(0, dtype=_np.uint64)
+    x, y = a[:-1], a[1:]
+    with _np.errstate(over="ignore"):
+        h = x * _NEAR_C1 + (y ^ (y >> _np.uint64(31))) * _NEAR_C2
+        h ^= h >> _np.uint64(29)
+        h *= _NEAR_C1
+        h ^= h >> _np.uint64(32)
+    keep = ((h % _np.uint64(NEAR_SELECT)) == 0) & (x != y) & (x != 0) & (y != 0)
+    return h[keep]
+
+
+NEAR_COMMON_MAX = 8
+"""A window found in more than this many places (files) of the index says nothing of where a
+block's content went (a phrase of a letter template, a repeated record): left out."""
+class NearIndex:
+    """Chosen windows (:func:`near_windows`) of some data, each with the *place* it was found in
+    (the file holding it: an ext4 owner, ``ext4alloc.Ext4Allocation.owner``), sorted by hash
+    (:func:`near_copied`). ``parts``: ``(hashes, place)`` pairs (several may name one place);
+    a hash repeated within one place is kept once. Needs numpy; no errors."""
+
+    def __init__(self, parts: "Sequence[tuple[_np.ndarray, int]]" = ()) -> None:
+        h = _np.concatenate([p[0] for p in parts]) if parts else _np.zeros(0, _np.uint64)
+        b = _np.concatenate([_np.full(len(p[0]), p[1], dtype=_np.int64) for p in parts]) if parts \
+            else _np.zeros(0, _np.int64)
+        if len(h):  # one row per (hash, place)
+            pair = _np.unique(_np.stack([h.view(_np.int64), b], axis=1), axis=0)
+            h, b = pair[:, 0].view(_np.uint64), pair[:, 1]
+        order = _np.argsort(h, kind="stable")
+        self.hashes, self.blocks = _np.ascontiguousarray(h[order]), _np.ascontiguousarray(b[order])
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+
+def near_copied(raw: bytes, index: NearIndex) -> bool:
+    """True when ``raw``'s content survives nearly whole in *one place* of the data ``index`` was
+    built from. Its distinct chosen windows (:func:`near_windows`) found in more than
+    :data:`NEAR_COMMON_MAX` places of the index say nothing and are left out; of the others (at
+    least :data:`NEAR_WINDOWS_MIN`), at least :data:`NEAR_COPY_MIN` must be found in *one*
+    place (one file). Windows common to many places (templates, repeated records) or scattered
+    over many files (rows of the same shape elsewhere) do not make a copy; a table rewritten
+    into a new file does, wherever the file system put its extents. Pure; needs numpy."""
+    q = _np.unique(near_windows(raw))
+    if len(q) < NEAR_WINDOWS_MIN or not len(index):
+        return False
+    lo = _np.searchsorted(index.hashes, q, side="left")
+    hi = _np.searchsorted(index.hashes, q, side="right")
+    n = hi - lo
+    told = n <= NEAR_COMMON_MAX  # the windows that can say where the content went
+    judged = int(_np.count_nonzero(told))
+    use = told & (n > 0)
+    if judged < NEAR_WINDOWS_MIN or int(_np.count_nonzero(use)) < NEAR_COPY_MIN * judged:
+        return False
+    reps, starts, wid = n[use], lo[use], _np.flatnonzero(use)
+    first = _np.repeat(_np.cumsum(reps) - reps, reps)
+    at = _np.repeat(starts, reps) + (_np.arange(int(reps.sum())) - first)
+    dest, who = index.blocks[at], _np.repeat(wid, reps)
+    del who  # one row per (hash, place): each window counts once per place
+    best = int(_np.unique(dest, return_counts=True)[1].max())
+    return best >= NEAR_COPY_MIN * judged
+
+
 def _zero_sub(raw: bytes, i: int, h: float) -> bool:
     """Sub-block ``i`` of ``raw`` is all zeros or beyond its end (``h``: its entropy)."""
     part = raw[i * SUB_BLOCK:(i + 1) * SUB_BLOCK]
@@ -2660,6 +2786,20 @@ class SnapshotSignals:
         refilled: the indices of blocks that were zeros (or held no data: zeros and fills,
             :attr:`BlockFinding.unfilled`) and now hold data that does not look random (the wipe
             window releases them: a freed page reused); not in :meth:`summary`.
+        moved: the indices of blocks that would have counted as turned random or sparse random
+            and whose previous content *moved*: no file-system block of theirs is held by the
+            file that held it in the base (ext4 owners: inode and generation), and their version
+            in the anchor is found nearly whole in the new snapshot's files, in blocks changed
+            since the anchor (:func:`near_copied`: ``VACUUM FULL`` rewriting a table into a new
+            file, the freed blocks then reused). Not counted; their random bytes count as
+            ``random_filled``; the coverage window keeps them (:attr:`Coverage.moved`) and counts
+            each whose copy is gone at a later snapshot (``moved_lost``).
+        moved_lost: the indices of blocks :attr:`Coverage.moved` held whose anchor content this
+            snapshot's files no longer hold nearly whole: counted by the coverage window now.
+        free_filled: blocks that would have counted and whose previous bytes were stale free
+            space since the anchor (no file held any of their file-system blocks in the base nor
+            in the anchor, and their bytes were the anchor's): not counted; their random bytes
+            count as ``random_filled`` (what an import into free space writes).
     """
 
     data_blocks: int
@@ -2691,8 +2831,13 @@ class SnapshotSignals:
     zeroed: set = None  # type: ignore[assignment]
     wal_recycled: int = 0
     refilled: set = None  # type: ignore[assignment]
+    moved: set = None  # type: ignore[assignment]
+    moved_lost: set = None  # type: ignore[assignment]
+    free_filled: int = 0
 
     def __post_init__(self) -> None:
+        self.moved = set(self.moved or ())
+        self.moved_lost = set(self.moved_lost or ())
         self.data_blocks = max(1, int(self.data_blocks))
         self.zeroed = set(self.zeroed or ())
         self.refilled = set(self.refilled or ())
@@ -2818,6 +2963,7 @@ class SnapshotSignals:
                 "conserved_counted": self.conserved_counted, "sparse_random": len(self.sparse),
                 "paired_measured": self.paired_measured, "ciphertext_files": round(self.ciphertext_files, 2),
                 "released_since_anchor": round(self.released_since_anchor, 2), "wal_recycled": self.wal_recycled,
+                "moved": len(self.moved), "moved_lost": len(self.moved_lost), "free_filled": self.free_filled,
                 "ciphertext_examples": list(self.ciphertext_examples[:8])}
 
 
@@ -2979,8 +3125,8 @@ def judge_relative(seq: int, signals: SnapshotSignals, window: Sequence[tuple], 
             before, cov = cov, cov.step(s, (), x, min(max(0.0, dt), DAY_S) / DAY_S)
             values[s] = cov.added(before, signals.data_blocks)
         unknown = max(0, signals.turned_random - len(signals.counted)) / signals.data_blocks
-        before, cov = cov, cov.step(seq, signals.counted | signals.sparse, unknown,
-                                    min(max(0.0, float(elapsed_s)), DAY_S) / DAY_S)
+        before, cov = cov, cov.step(seq, signals.counted | signals.sparse | signals.moved_lost, unknown,
+                                    min(max(0.0, float(elapsed_s)), DAY_S) / DAY_S, signals.moved)
         score_new = cov.added(before, signals.data_blocks)
         slow[COVERAGE] = cov
     for name, its, now, base_level, per_day in (

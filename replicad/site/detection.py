@@ -287,7 +287,8 @@ class Detection:
             signals, used = await asyncio.to_thread(
                 _timed, lambda: self._signals(m, base, self._cold_reference(vs, seq, policy), room, sampling,
                                               anchor=None if anchor == base_seq else lambda: self._held(vs, anchor),
-                                              elapsed_s=elapsed_s, paired=carried.get(anomaly.PAIRED)))
+                                              elapsed_s=elapsed_s, paired=carried.get(anomaly.PAIRED),
+                                              coverage=carried.get(anomaly.COVERAGE)))
             cpu_s += used
             t0 = time.thread_time()
             verdict = anomaly.judge_relative(seq, signals, window, confirmed, policy, conserve_window=conserve,
@@ -526,7 +527,8 @@ class Detection:
     def _signals(self, m: Manifest, base: Manifest, ref: Manifest | None,
                  policy: dict | None = None, sampling: dict | None = None,
                  anchor: Callable[[], Manifest | None] | None = None,
-                 elapsed_s: float = anomaly.DAY_S, paired: "anomaly.Paired | None" = None) -> anomaly.SnapshotSignals:
+                 elapsed_s: float = anomaly.DAY_S, paired: "anomaly.Paired | None" = None,
+                 coverage: "anomaly.Coverage | None" = None) -> anomaly.SnapshotSignals:
         """The relative signals of ``m`` against ``base`` (worker thread; verified reads), with
         the ransom-note patterns and strong indicators of ``policy`` (default:
         :data:`anomaly.POLICY_DEFAULTS`).
@@ -561,16 +563,21 @@ class Detection:
         write-ahead log recycled in place (:func:`anomaly.wal_recycled`: WAL pages at the same
         segment offset in its new, its previous and the anchor's version; the anchor's version is
         read only for such blocks, none excused when the anchor is not held here) counts in
-        neither the score nor the coverage window (``wal_recycled``)."""
+        neither the score nor the coverage window (``wal_recycled``). A block that would count and
+        whose previous content moved or was stale free space (:meth:`_moved`: ext4 owners and
+        near-copies, ``moved`` / ``free_filled``) counts as random bytes filled instead; the
+        blocks ``coverage`` (the coverage window's carried state) keeps as moved are checked
+        again and those whose copy is gone are ``moved_lost``."""
         self._judging.allocations = OrderedDict()
         try:
-            return self._signals_of(m, base, ref, policy, sampling, anchor, elapsed_s, paired)
+            return self._signals_of(m, base, ref, policy, sampling, anchor, elapsed_s, paired, coverage)
         finally:
             self._judging.allocations = None
 
     def _signals_of(self, m: Manifest, base: Manifest, ref: Manifest | None, policy: dict | None,
                     sampling: dict | None, anchor: Callable[[], Manifest | None] | None, elapsed_s: float,
-                    paired: "anomaly.Paired | None") -> anomaly.SnapshotSignals:
+                    paired: "anomaly.Paired | None",
+                    coverage: "anomaly.Coverage | None" = None) -> anomaly.SnapshotSignals:
         """:meth:`_signals`, with the file-system maps it reads kept for the call."""
         policy = anomaly.with_defaults(policy or anomaly.POLICY_DEFAULTS)
         notes, note_min = list(policy["ransom_notes"]), int(policy["ransom_note_min"])
@@ -645,6 +652,7 @@ class Detection:
             return anchor_wal[d] == at
 
         pos = [0, 0]
+        pending: list[tuple[int, int, anomaly.BlockFinding, bool, bytes]] = []  # (stratum, index, finding, cold, old digest)
         zeroed: list[list[int]] = [[], []]  # per stratum: the looked-at blocks that held data and are zeros now
         for idx, new_rows, old_rows in changed_rows(base, m, load):
             if idx[0] == 0:  # the volume's own file-system structure: block 0, always looked at
@@ -678,11 +686,34 @@ class Detection:
                     if wal is not None and recycled_since_anchor(index, old_d, wal):
                         finding = dataclasses.replace(finding, turned_random=False, sparse_random=0)
                         part.wal_recycled += 1
-                    part.add(index, finding, old_d != ZERO_DIGEST and ref_digest(index) == old_d)
+                    cold = old_d != ZERO_DIGEST and ref_digest(index) == old_d
+                    if (finding.turned_random or finding.sparse_random) and old_d != ZERO_DIGEST:
+                        pending.append((k, index, finding, cold, old_d))  # counted unless it moved (_moved)
+                    else:
+                        part.add(index, finding, cold)
                     if finding.wiped:
                         zeroed[k].append(index)
                     if matched:
                         part.add_note(index, matched)
+        carried_moved = coverage.moved if coverage is not None else frozenset()
+        moved: set[int] = set()
+        free: set[int] = set()
+        if (pending or carried_moved) and base.block_size == m.block_size:
+            moved, free, signals.moved_lost = self._moved(
+                m, base, [(index, old_d) for _, index, _, _, old_d in pending], anchor, carried_moved,
+                coverage.blocks if coverage is not None else frozenset(), sampling)
+        for k, index, finding, cold, _ in pending:
+            if index in moved or index in free:
+                # its old content moved (or was stale free space): the random bytes fill space
+                # the files released, as an import would; conservation weighs them
+                share = max(finding.random_subs, finding.sparse_random) / max(1, m.block_size // anomaly.SUB_BLOCK)
+                finding = dataclasses.replace(finding, turned_random=False, sparse_random=0,
+                                              random_filled=max(finding.random_filled, min(1.0, share)))
+                if index in moved:
+                    parts[k].moved.add(index)
+                else:
+                    parts[k].free_filled += 1
+            parts[k].add(index, finding, cold)
         looked = [counts[k] if picks[k] is None else len(picks[k]) for k in (0, 1)]
         scales = [counts[k] / looked[k] if looked[k] else 1.0 for k in (0, 1)]
         # the file-system maps are read only when the zeroed blocks alone would pass wipe_max
@@ -763,6 +794,101 @@ class Detection:
         parts[0].files_lost = self._files_lost(m, was, new, old, changed)
         parts[0].lost_since_anchor = True  # the net loss since the anchor: the wipe window charges it once
 
+    def _moved(self, m: Manifest, base: Manifest, candidates: list[tuple[int, bytes]],
+               anchor: Callable[[], Manifest | None] | None, carried: frozenset, covered: frozenset,
+               sampling: dict | None = None) -> tuple[set[int], set[int], set[int]]:
+        """Which of the blocks that would count as turned random (``candidates``: ``(index, base
+        digest)``) held content that moved or stale free space, and which blocks the coverage
+        window keeps as moved (``carried``) lost their copy: ``(moved, free, lost)``.
+
+        * **free**: none of the block's file-system blocks held file data (ext4 ``written``) in
+          ``base`` nor in the anchor, and its bytes in ``base`` are the anchor's: stale bytes of
+          files deleted before the anchor (the write-ahead log's old segments, a table's old
+          file), which no file of the anchor or since held. Overwriting them destroys nothing a
+          restore of the anchor or of any later snapshot would give back.
+        * **moved**: each of the block's file-system blocks that held file data in ``base`` has
+          an owner there (ext4alloc ``owners``: inode number and generation) that does not own
+          it in ``m`` (the file was deleted, truncated or rewritten elsewhere: ``VACUUM FULL``
+          writes a table into a new file), and the block's version in the anchor is found nearly
+          whole (:func:`anomaly.near_copied`) in what ``m``'s files hold in blocks changed since
+          the anchor, other than blocks counted (this snapshot's candidates, ``covered``: the
+          coverage window's), most of it in one file. A file encrypted in place keeps its owner and is never excused,
+          whatever copies exist; an attacker that copies the plaintext away, deletes the
+          original and writes ciphertext over its blocks is excused only while the copy exists:
+          every later snapshot checks ``carried`` again (``lost``: counted from then on).
+        * **lost**: blocks of ``carried`` whose anchor version ``m``'s files no longer hold.
+
+        Nothing is excused (and every carried block is lost) when ``m``, ``base`` or the anchor
+        hold no ext2/3/4 file system this reader understands or their geometries differ, the
+        anchor is not held here, the owners were not kept, or more than
+        :data:`RELEASED_BLOCKS_MAX` changed blocks would be read for the copies (``sampling``:
+        ``moved_skipped``). ``anchor`` None: ``base`` is the anchor. Worker thread; verified
+        reads; raises what the store raises."""
+        none: tuple[set[int], set[int], set[int]] = (set(), set(), set(carried))
+        if self._known_no_fs(m.root) or not ext4alloc.has_superblock(SnapshotReader(self.store, m).read, m.size_bytes):
+            return none
+        was = base if anchor is None else anchor()
+        if was is None or was.block_size != m.block_size:
+            return none
+        new = self._allocation(m, sampling)
+        old = self._allocation(base, sampling) if new is not None else None
+        first = (old if was is base else self._allocation(was, sampling)) if old is not None else None
+        if new is None or old is None or first is None or len({a.block_size for a in (new, old, first)}) != 1 \
+                or len({a.blocks for a in (new, old, first)}) != 1 or m.block_size % new.block_size:
+            return none
+        per = m.block_size // new.block_size
+        readers = {"was": SnapshotReader(self.store, was), "m": SnapshotReader(self.store, m)}
+        free: set[int] = set()
+        maybe: list[int] = []
+        for index, old_d in candidates:
+            fs = np.arange(index * per, min((index + 1) * per, new.blocks))
+            if not len(fs):
+                continue
+            held = old.written[fs] != 0
+            if not held.any():
+                if not first.written[fs].any() and index < was.n_blocks and readers["was"].digest(index) == old_d:
+                    free.add(index)
+                continue
+            o0, o1 = old.owner(fs[held]), new.owner(fs[held])
+            if o0 is not None and o1 is not None and (o0 != 0).all() and (o0 != o1).all():
+                maybe.append(index)
+        if not maybe and not carried:
+            return set(), free, set()
+        # the copies: what m's files hold in blocks changed since the anchor, counted ones excepted
+        load = _PageCache(self.store.get)
+        skip = np.array(sorted(covered | {i for i, _ in candidates}), dtype=np.int64)
+        since = [idx[~np.isin(idx, skip)] for idx, _, _ in changed_rows(was, m, load)]
+        since_all = np.concatenate(since) if since else np.zeros(0, np.int64)
+        since_all = since_all[since_all * per < new.blocks]
+        if len(since_all) > RELEASED_BLOCKS_MAX:
+            if sampling is not None:
+                sampling["moved_skipped"] = int(len(since_all))
+            return none
+        written = np.concatenate([new.written, np.zeros((-new.blocks) % per, np.uint8)]).reshape(-1, per)
+        fsz = new.block_size
+        parts = []
+        for v in since_all.tolist():
+            w = np.flatnonzero(written[v])
+            if not len(w) or readers["m"].digest(v) == ZERO_DIGEST:
+                continue
+            raw = readers["m"].block(v)
+            owners = new.owner(v * per + w)
+            parts.extend((anomaly.near_windows(raw[k * fsz:(k + 1) * fsz]), int(o))
+                         for k, o in zip(w.tolist(), owners.tolist()))
+        index_ = anomaly.NearIndex(parts)
+
+        def copied(index: int) -> bool:
+            if index >= was.n_blocks or readers["was"].digest(index) == ZERO_DIGEST:
+                return False
+            return anomaly.near_copied(readers["was"].block(index), index_)
+
+        moved = {i for i in maybe if copied(i)}
+        lost = {i for i in carried - moved if not copied(i)}
+        if sampling is not None:
+            sampling.update(moved=len(moved), moved_lost=len(lost), moved_index=int(len(index_)),
+                            moved_read=int(len(since_all)))
+        return moved, free, lost
+
     def _released(self, m: Manifest, base: Manifest, changed: np.ndarray, sampling: dict | None = None,
                   zeroed: bool = False) -> float:
         """Blocks' worth of structured data the files of ``base`` held and those of ``m`` no longer
@@ -774,7 +900,9 @@ class Detection:
         bytes elsewhere; each copy excuses one). Copy-encrypt-delete on a volume that does not
         discard unlinks the originals and leaves their bytes where they were: the zeros the
         conservation signal weighs on a discarding volume are never written (the bench's
-        ``.gz``-named attacker: 0 conserved, 0/2). ``changed``: the indices of the blocks changed
+        ``.gz``-named attacker: 0 conserved, 0/2); a piece found nearly whole there
+        (:func:`anomaly.near_copied`: ``VACUUM FULL`` writes every tuple with new header bytes)
+        moved too. ``changed``: the indices of the blocks changed
         since ``base``. 0 when either snapshot holds no file system the reader understands, their
         geometries differ, or more than :data:`RELEASED_BLOCKS_MAX` blocks would be read
         (``sampling``: ``released_skipped``; nothing counted, as before this signal). ``zeroed``:
@@ -807,6 +935,7 @@ class Detection:
         readers = (SnapshotReader(self.store, base), SnapshotReader(self.store, m))
         is_changed = np.isin(touched, changed)
         left: dict[bytes, int] = {}  # the bytes of each structured piece released and left in place: how many
+        pieces: dict[bytes, bytes] = {}  # the piece of each key (the near-copy test)
         for v, was_changed in zip(touched.tolist(), is_changed.tolist()):
             if readers[0].digest(v) == ZERO_DIGEST:
                 continue
@@ -823,16 +952,27 @@ class Detection:
                 if structured[k] and (after == piece or (zeroed and after.count(0) == len(after))):
                     key = hashlib.blake2b(piece, digest_size=16).digest()
                     left[key] = left.get(key, 0) + 1
+                    pieces.setdefault(key, piece)
         if not left:
             return 0.0
+        windows = []
         for v in moved.tolist():  # the files' pieces in changed blocks: a copy of a released piece excuses it
             if readers[1].digest(v) == ZERO_DIGEST:
                 continue
             raw = readers[1].block(v).ljust(bs, b"\0")
             for k in np.flatnonzero(written[v]).tolist():
                 key = hashlib.blake2b(raw[k * fs:(k + 1) * fs], digest_size=16).digest()
+                place = new.owner(np.array([v * per + k]))  # the file holding it (owners not kept: the block)
+                windows.append((anomaly.near_windows(raw[k * fs:(k + 1) * fs]),
+                                int(place[0]) if place is not None else -1 - v))
                 if left.get(key):
                     left[key] -= 1
+        # a piece found nearly whole in what the files wrote (VACUUM FULL's new tuple headers):
+        # moved too
+        index = anomaly.NearIndex(windows)
+        for key, n in left.items():
+            if n and anomaly.near_copied(pieces[key], index):
+                left[key] = 0
         return sum(left.values()) * fs / bs
 
     def _paired(self, m: Manifest, base: Manifest, signals: anomaly.SnapshotSignals, changed: np.ndarray,
@@ -1201,7 +1341,7 @@ def _scale_counts(signals: anomaly.SnapshotSignals, scale: float) -> None:
     estimates of what all the changed blocks would have counted (unbiased: each block was in the
     sample with the same chance). ``counted``/``sparse`` keep the sampled indices."""
     for name in ("turned_random", "fresh_random", "wiped", "discarded", "cold_rewritten", "ransom_notes",
-                 "wal_recycled"):
+                 "wal_recycled", "free_filled"):
         setattr(signals, name, int(round(getattr(signals, name) * scale)))
     signals.structure_freed *= scale
     signals.random_filled *= scale
@@ -1223,8 +1363,9 @@ def _merge_into(into: anomaly.SnapshotSignals, other: anomaly.SnapshotSignals) -
     """Add the counts of ``other`` (another stratum of the same snapshot's changed blocks) to
     ``into``; the evidence lists stay within :data:`anomaly.EVIDENCE_MAX`."""
     for name in ("changed_blocks", "turned_random", "fresh_random", "wiped", "discarded", "cold_rewritten",
-                 "ransom_notes", "structure_freed", "random_filled", "files_lost", "wal_recycled"):
+                 "ransom_notes", "structure_freed", "random_filled", "files_lost", "wal_recycled", "free_filled"):
         setattr(into, name, getattr(into, name) + getattr(other, name))
+    into.moved |= other.moved
     for name, v in other.magic_destroyed.items():
         into.magic_destroyed[name] = into.magic_destroyed.get(name, 0) + v
     into.counted |= other.counted

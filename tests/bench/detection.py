@@ -551,6 +551,7 @@ class Judged:
     destroyed: float = 0.0  # the wipe measure (anomaly.SnapshotSignals.destroyed)
     paired_cpu_s: float = 0.0  # CPU of conservation across snapshots (Detection._paired), within cpu_s
     wal_recycled: int = 0  # blocks not counted: PostgreSQL's WAL recycled in place (anomaly.wal_recycled)
+    moved: tuple[int, int, int] = (0, 0, 0)  # blocks not counted as moved, as stale free space; moved ones lost
 
 
 class Judge:
@@ -576,7 +577,8 @@ class Judge:
         sampling: dict = {}
         signals = self.det._signals(m, base, None, self.policy, sampling,
                                     anchor=None if anchor is None or anchor is base else (lambda: anchor),
-                                    paired=carried.get(anomaly.PAIRED) if carried else None)
+                                    paired=carried.get(anomaly.PAIRED) if carried else None,
+                                    coverage=carried.get(anomaly.COVERAGE) if carried else None)
         v = anomaly.judge_relative(seq, signals, window, [], self.policy, carried=carried)
         cpu = time.process_time() - t0
         if FREE_SPACE_DIAGNOSTIC and (signals.counted or signals.sparse):
@@ -590,7 +592,8 @@ class Judge:
         return Judged(v.verdict, v.score, signals.changed_blocks, signals.turned_random,
                       "; ".join(v.reasons)[:110], cpu, v.slow,
                       (signals.wiped + signals.discarded) / signals.data_blocks, signals.destroyed,
-                      float(sampling.get("paired_cpu_s", 0.0)), signals.wal_recycled)
+                      float(sampling.get("paired_cpu_s", 0.0)), signals.wal_recycled,
+                      (len(signals.moved), signals.free_filled, len(signals.moved_lost)))
 
 
 @dataclass
@@ -901,7 +904,8 @@ def paired_line(j: "Judged") -> str:
 def wipe_line(j: "Judged") -> str:
     """The wipe measure after a verdict and the share of the data that became zeros (what the
     measure was before discarded blocks were told apart), for the progress lines."""
-    return f"zeroed {j.zeroed:.4f} destroyed {j.destroyed:.4f} wal recycled {j.wal_recycled} judge {j.cpu_s:.2f} CPU-s"
+    return (f"zeroed {j.zeroed:.4f} destroyed {j.destroyed:.4f} wal recycled {j.wal_recycled} moved/free/lost "
+            f"{'/'.join(map(str, j.moved))} judge {j.cpu_s:.2f} CPU-s load {os.getloadavg()[0]:.1f}")
 
 
 def daily_ops(corpus: str) -> dict[str, tuple[bool, Callable[[Path, random.Random, int, dict], float], int]]:
