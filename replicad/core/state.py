@@ -476,8 +476,8 @@ largest shares are cut to one level, each losing its own oldest routine or refus
 So a site's flood pushes out only its own records: every other share keeps all its records up to
 the level (at least ``AUDIT_KEPT_AFTER_TRIM / shares``: 375 of each with three sites, 23 with
 :data:`SITES_MAX`), the notable ones last. Memory: twice :data:`AUDIT_MAX` records of ~0.5 KB in
-memory each (8 small fields: 456 B measured), ~0.9 MB per site in all, ~140 KB of msgpack in a dump
-(ARCHITECTURE.md, Choices, "One site's share of the kept audit")."""
+memory each (8 small fields: 459 B measured, tests/bench/results/audit_share.md), ~0.9 MB per site in
+all, ~140 KB of msgpack in a dump (ARCHITECTURE.md, Choices, "One site's share of the kept audit")."""
 AUDIT_KEPT_AFTER_TRIM = AUDIT_KEPT_MAX * 3 // 4
 """What :func:`audit_trim` cuts the list to (1,500): a quarter at once, so that the O(records) cut is
 paid once every 500 audited commands, not at each (as :data:`SEEN_PER_SITE_MAX`'s)."""
