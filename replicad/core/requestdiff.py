@@ -131,7 +131,11 @@ def request_changes(r: dict, view: dict) -> dict | None:
             if not isinstance(snap, dict):
                 return None
             change = _value_change(f"#{args.get('seq')} verdict", snap.get("verdict"), args.get("verdict"))
-            changes, same = ([change] if change else []), int(change is None)
+            # an approved clean confirms the snapshot: the slow windows then measure from it
+            confirm = _value_change(f"#{args.get('seq')} confirmed by a person", bool(snap.get("confirmed")), True) \
+                if args.get("verdict") == "clean" else None
+            changes = [c for c in (change, confirm) if c is not None]
+            same = int(change is None) + int(args.get("verdict") == "clean" and confirm is None)
         else:
             return None
     except (KeyError, TypeError, ValueError, AttributeError):  # a record of a shape this code does not know

@@ -275,9 +275,16 @@ class Housekeeping:
                                f"{res.get('needed')} sites judge it suspect (now {sites}; or the detectors of "
                                f"{res.get('needed_opinions')}): a site is held only by its own mark, so an operator "
                                f"at each other site marks it there too (replicad verdict {volume} {seq} suspect)")
+        if verdict == "clean":
+            out["changed"] = bool(res.get("changed", True))
+            out["withdrawn"] = out["changed"]  # clean on a clean snapshot: this site's own suspect mark taken back
         if verdict == "clean" and newer_suspect:
-            out["warning"] = (f"newer suspect snapshots remain ({', '.join(map(str, newer_suspect))}): #{seq} is now "
-                              f"the newest clean snapshot, so standbys apply it and failovers restore it")
+            after = self.cluster.volume_state(volume) or vs or {}
+            newer_clean = sorted(s for s, snap in after.get("snapshots", {}).items()
+                                 if s > seq and snap["verdict"] == "clean")
+            out["warning"] = (f"newer suspect snapshots remain ({', '.join(map(str, newer_suspect))})" + (
+                f": #{seq} is now the newest clean snapshot, so standbys apply it and failovers restore it"
+                if not newer_clean and res.get("verdict", verdict) == "clean" else ""))
         return out
 
     def gc(self) -> dict:
