@@ -123,7 +123,7 @@ from replicad.core import anomaly  # issue 14
 from replicad.core.state import AUDIT_DROPPED, AUDIT_KEPT_MAX, RULES_AUDIT_BY_SIGNER, audit_share
 from replicad.core.state import rules as cluster_rules
 from replicad.core.state import (RETENTION_MAX_S, SIZE_BYTES_MAX, detection_policy, held_by_marks, list_requests,
-                                 is_revoked, max_size_bytes, retention_weakened)
+                                 is_revoked, max_size_bytes, newest_confirmed, retention_weakened)
 from replicad.core.units import parse_duration, parse_size
 from replicad.site.promotion import held_here
 from replicad.site.requestwatch import revocation_warning
@@ -605,10 +605,18 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         if vs is None:
             _raise_not_found(name)
         snap = vs["snapshots"].get(seq)
-        if snap is not None and snap["verdict"] == "suspect" and value == "clean":
-            # clearing a suspect verdict weakens protection: a request others approve
-            return await _make_request(site, "mark_verdict", {"volume": name, "seq": seq, "verdict": value,
-                                                              "reason": reason}, reason)
+        if snap is not None and value == "clean":
+            own_mark = site.site_id in (snap.get("marks") or {})  # core.state.MARKS: this site's suspect vote
+            if snap.get("confirmed"):  # a person's approved clean already: no request, nothing changes
+                return _ok({"volume": name, "seq": seq, "verdict": "clean", "changed": False, "confirmed": True,
+                            "note": f"{name}#{seq} is already confirmed clean by a person (the slow windows measure "
+                                    f"from the newest confirmed snapshot, #{newest_confirmed(vs)}): nothing changed"})
+            if snap["verdict"] == "suspect" or not own_mark:
+                # clearing a suspect verdict, or confirming a clean one (the slow windows' anchor and the rate
+                # they allow move to it): a person vouching weakens protection, a request others approve
+                return await _make_request(site, "mark_verdict", {"volume": name, "seq": seq, "verdict": value,
+                                                                  "reason": reason}, reason,
+                                           confirms=snap["verdict"] == "clean")
         return _ok(await site.housekeeping.set_verdict(name, seq, value, reason))
 
     async def evidence_get(request: web.Request) -> web.Response:  # issue 14: detection evidence
