@@ -188,7 +188,11 @@ SCHEMAS: dict[str, dict] = {
                               "cluster_verdict": {**_STR, "description": (
                                   "suspect marks: the cluster's verdict after this site's vote (suspect once "
                                   "'needed' sites' words agree: opinions or persons' marks)")},
-                              "suspect_sites": {"type": "array", "items": _STR}, "needed": _INT, "next": _STR}),
+                              "suspect_sites": {"type": "array", "items": _STR}, "needed": _INT, "next": _STR,
+                              "changed": _BOOL, "withdrawn": {**_BOOL, "description": (
+                                  "clean: this site's own suspect mark was taken back")},
+                              "confirmed": _BOOL, "note": {**_STR, "description": (
+                                  "nothing to do (the snapshot is confirmed clean already): said in words")}}),
     "PruneResult": _object({"volume": _STR, "pruned": {"type": "array", "items": _INT},
                             "local": _ref("RetentionReport")}),
     "PruneRequest": _object({"volume": _STR, "pruned": {"type": "array", "items": _INT}, "request": _STR,
@@ -387,8 +391,10 @@ _OPS: list[tuple[str, str, str, str, str | None, dict[str, str], tuple[int, ...]
      "RemoveVolume", {"202": "RequestState", "200": "RequestState"}, (400, 404, 409, 503)),
     ("verdict", "POST", "/v1/volumes/{volume}/snapshots/{seq}/verdict",
      "Operator verdict on a committed snapshot; suspect is this site's vote (holds its standby at once, "
-     "suspect for every site once a second site agrees); clearing a suspect one becomes a request (202) that "
-     "operators of other sites approve", "Verdict", {"200": "VerdictResult", "202": "RequestState"},
+     "suspect for every site once a second site agrees); clean withdraws this site's own suspect mark, else it "
+     "is a person's confirmation, a request (202, confirms true on a clean snapshot) that operators of other "
+     "sites approve: it clears a suspect snapshot, and on a clean one the slow windows then measure from it; "
+     "on a snapshot confirmed already: 200, changed false, note", "Verdict", {"200": "VerdictResult", "202": "RequestState"},
      (400, 404, 409, 503)),
     ("evidence", "GET", "/v1/volumes/{volume}/snapshots/{seq}/evidence",
      "Detection evidence of a committed snapshot: every site's own verdict (Raft) and this site's judgement "
