@@ -574,7 +574,16 @@ def _render_verdict(r: dict) -> None:
         if r.get("next"):
             err_console.print(f"next: {r['next']}", markup=False, soft_wrap=True)
         return
-    console.print(f"{r['volume']}#{r['seq']} is now {r['verdict']}", markup=False)
+    if r.get("note"):  # nothing to do (already confirmed): said as such
+        console.print(r["note"], markup=False, soft_wrap=True)
+    elif r.get("withdrawn"):
+        console.print(f"{r['volume']}#{r['seq']}: this site's suspect mark withdrawn; the cluster's verdict: "
+                      f"{r['verdict']} (to confirm it clean as a person: replicad verdict {r['volume']} {r['seq']} "
+                      f"clean once more, a request another site approves)", markup=False, soft_wrap=True)
+    elif r.get("changed") is False:
+        console.print(f"{r['volume']}#{r['seq']} stays {r['verdict']}: nothing changed", markup=False)
+    else:
+        console.print(f"{r['volume']}#{r['seq']} is now {r['verdict']}", markup=False)
     if r.get("warning"):
         err_console.print(f"[yellow]warning[/yellow]: {esc(r['warning'])}", markup=True)
 
@@ -1878,7 +1887,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("volume", help="the volume's name (as in [[volumes]] name)")
     p.add_argument("seq", type=int, help="the snapshot's seq, as 'replicad snapshots VOL' lists it")
     p.add_argument("verdict", choices=("clean", "suspect"),
-                   help="suspect: at once; clean: a request other sites approve (a person's confirmation)")
+                   help="suspect: this site's vote, at once; clean: withdraws this site's own suspect mark, else a "
+                   "request other sites approve: a person's confirmation (clears a suspect snapshot; on a clean one "
+                   "the slow windows then measure from it and learn its rate of benign random writes)")
     p.add_argument("--reason", default="", help="why (kept in the audit logs)")
     p.add_argument("--approved-by", action="append", help=argparse.SUPPRESS)  # retired: says what replaced it
     p.set_defaults(fn=cmd_verdict)
