@@ -119,8 +119,14 @@ def hash_token(token: str) -> str:
 
 
 def generate_token() -> str:
-    """A new random token (``secrets.token_urlsafe``, 256 bits, 43 characters)."""
-    return secrets.token_urlsafe(TOKEN_BYTES)
+    """A new random token (``secrets.token_urlsafe``: 32 bytes, 43 characters of the URL-safe
+    base64 alphabet). One that begins with ``-`` is drawn again: ``replicad --token -x...`` reads
+    it as an option (argparse), and 1 draw in 64 began with it. Rejecting those keeps
+    log2(2**256 * 63/64) = 255.98 bits of entropy."""
+    while True:
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        if not token.startswith("-"):
+            return token
 
 
 def role_allows(role: str, required: str) -> bool:

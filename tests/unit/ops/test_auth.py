@@ -37,6 +37,23 @@ def test_generated_tokens_are_long_and_distinct() -> None:
     assert len(tokens) == 50 and min(map(len, tokens)) >= auth.MIN_TOKEN_CHARS
 
 
+def test_generated_tokens_never_begin_with_a_dash() -> None:
+    """1 draw in 64 began with '-', which `replicad --token X` reads as an option: in 2,000 draws
+    (a 1 - (63/64)**2000 chance, about 1 - 2e-14, that the old rule made one) none does."""
+    assert not any(auth.generate_token().startswith("-") for _ in range(2000))
+
+
+def test_a_token_beginning_with_a_dash_is_read_after_token() -> None:
+    from replicad.cli import _token_joined
+
+    dash = "-" + "A" * 42
+    assert _token_joined(["--token", dash, "status"]) == [f"--token={dash}", "status"]
+    assert _token_joined(["--token", "-j", "status"]) == ["--token", "-j", "status"]  # too short: an option
+    assert _token_joined(["--token", "abc" * 15]) == ["--token", "abc" * 15]
+    res = _cli("--admin", "http://127.0.0.1:9", "--token", dash, "status")
+    assert "expected one argument" not in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
 def test_each_token_authenticates_as_its_name_and_role(table: auth.TokenTable) -> None:
     assert table.authenticate(f"Bearer {VIEW}") == auth.Principal("ann", "viewer")
     assert table.authenticate(f"bearer   {OPER} ") == auth.Principal("otto", "operator")
