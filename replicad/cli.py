@@ -1713,6 +1713,31 @@ def _json_error(err: ReplicadError) -> None:
     print(json.dumps(err.to_dict()), flush=True)
 
 
+def _token_joined(argv: list[str]) -> list[str]:
+    """``argv`` with ``--token VALUE`` written ``--token=VALUE`` when VALUE begins with ``-``:
+    argparse reads such a value as an option ("expected one argument"), and tokens generated
+    before ``hash-token --generate`` stopped making them begin with ``-`` 1 time in 64. Only
+    the word right after ``--token``, and only when it is long enough to be a token
+    (``auth.MIN_TOKEN_CHARS``), so no option is swallowed."""
+    from replicad.ops.auth import MIN_TOKEN_CHARS
+
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--token" and i + 1 < len(argv) and argv[i + 1].startswith("-") \
+                and len(argv[i + 1]) >= MIN_TOKEN_CHARS:
+            out.append(f"--token={argv[i + 1]}")
+            i += 2
+            continue
+        if word == "--":
+            out.extend(argv[i:])
+            break
+        out.append(word)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``replicad`` console script. Returns (and exits with) the exit code."""
     # allow_abbrev=False: "--to" must never be read as an abbreviation of "--token"
@@ -2057,7 +2082,7 @@ def _main(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     at = _command_index(argv)
     if at is not None and argv[at] == "files":  # files VOL --snapshot SEQ [PATH]: PATH not left over (exports)
         argv = _options_first(argv, at)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_token_joined(argv))
     as_json = bool(getattr(args, "json", False))
     try:
         rc = args.fn(args)
