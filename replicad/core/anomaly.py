@@ -1832,17 +1832,20 @@ fills, runs of one word; never counted as copied)."""
 _NEAR_C1, _NEAR_C2 = (_np.uint64(0x9E3779B97F4A7C15), _np.uint64(0xC2B2AE3D27D4EB4F)) if _np is not None else (0, 0)
 
 
-def near_windows(raw: bytes) -> "_np.ndarray":
+def near_windows(raw: bytes, positions: bool = False):
     """The chosen windows of ``raw`` (:data:`NEAR_WINDOW` bytes at every :data:`NEAR_ALIGN`-byte
     offset, kept when their 64-bit hash is 0 modulo :data:`NEAR_SELECT`), as ``uint64`` hashes
     (unsorted, with repeats). A window whose two words are equal or either is zero (zeros,
     blank filler, one repeated word) is never chosen: filler matches filler everywhere. The hash
     is a multiply-xorshift of the two little-endian words (Steele, Lea and Flood 2014, SplitMix
     constants): not a cryptographic hash; what an attacker can do with a collision is make an
-    old block's content look copied, which its own copy does anyway. Needs numpy; no errors."""
+    old block's content look copied, which its own copy does anyway. ``positions``: also return
+    each chosen window's byte offset (``int64``), as ``(hashes, offsets)``. Needs numpy; no
+    errors."""
     a = _np.frombuffer(raw[:len(raw) // NEAR_ALIGN * NEAR_ALIGN], dtype="<u8")
     if len(a) < 2:
-        return _np.zeros(0, dtype=_np.uint64)
+        empty = _np.zeros(0, dtype=_np.uint64)
+        return (empty, _np.zeros(0, dtype=_np.int64)) if positions else empty
     x, y = a[:-1], a[1:]
     with _np.errstate(over="ignore"):
         h = x * _NEAR_C1 + (y ^ (y >> _np.uint64(31))) * _NEAR_C2
@@ -1850,6 +1853,8 @@ def near_windows(raw: bytes) -> "_np.ndarray":
         h *= _NEAR_C1
         h ^= h >> _np.uint64(32)
     keep = ((h % _np.uint64(NEAR_SELECT)) == 0) & (x != y) & (x != 0) & (y != 0)
+    if positions:
+        return h[keep], _np.flatnonzero(keep).astype(_np.int64) * NEAR_ALIGN
     return h[keep]
 
 

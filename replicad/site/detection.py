@@ -872,9 +872,12 @@ class Detection:
             if not len(w) or readers["m"].digest(v) == ZERO_DIGEST:
                 continue
             raw = readers["m"].block(v)
-            owners = new.owner(v * per + w)
-            parts.extend((anomaly.near_windows(raw[k * fsz:(k + 1) * fsz]), int(o))
-                         for k, o in zip(w.tolist(), owners.tolist()))
+            hashes, at = anomaly.near_windows(raw, positions=True)  # the block at once; each window's piece
+            piece = at // fsz
+            inside = (at % fsz <= fsz - anomaly.NEAR_WINDOW) & (written[v][np.minimum(piece, per - 1)] != 0)
+            owner = new.owner(v * per + piece[inside])
+            for o in np.unique(owner).tolist():
+                parts.append((hashes[inside][owner == o], int(o)))
         index_ = anomaly.NearIndex(parts)
 
         def copied(index: int) -> bool:
