@@ -256,6 +256,10 @@ SCHEMAS: dict[str, dict] = {
                                  "replicad approve REQ (this site's approval is not counted yet)")},
                              "reason": {"type": "string", "description": (
                                  "with existing: the pending request's reason (a new reason is not recorded)")},
+                             "identical": {"type": "array", "items": _OBJ, "description": (
+                                 "with existing: every identical pending request, oldest first ({request, by, "
+                                 "approvals, needed, expires_ns, reason}); the answer is this site's own, else the "
+                                 "oldest: a copy filed later by another site is listed, never preferred")},
                              "already": {"type": "boolean", "description": (
                                  "true: approve of an applied request, or veto of a vetoed, failed or expired "
                                  "one, answered from this site's current view; nothing was proposed (the "

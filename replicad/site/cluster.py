@@ -112,9 +112,16 @@ class Cluster:
         (compared as the state stores them: after a msgpack round trip) in the applied state,
         when this site's view is current (:meth:`raft_synced`; a stale view may show a request
         pending that expired or applied since): ``{"ok": True, "request", "status": "pending",
-        "approvals", "needed", "expires_ns", "by", "reason", "existing": True}`` -- the newest
-        such request of this site, else the newest of another site (``by`` names it: the caller
-        points the operator to approving it) -- else None. A request with less than a tenth of
+        "approvals", "needed", "expires_ns", "by", "reason", "existing": True, "identical": [...]}``
+        -- the oldest such request of this site, else the OLDEST of another site (``by`` names it:
+        the caller points the operator to approving it) -- else None. ``identical`` lists every
+        such request, oldest first (``{"request", "by", "approvals", "needed", "expires_ns",
+        "reason"}``): the operator sees each site that asked for the same change and who approved
+        which. The oldest, not the newest: a site that filed a copy of an honest site's pending
+        request had the next honest operator pointed to its copy, approved, and withdrew it during
+        the cooling-off, voiding the approvals of a majority's change (attack review R16, F1; such
+        a withdrawal is logged at ERROR and counted at every site, ``site.daemon``). A request
+        with less than a tenth of
         the request lifetime (``[policy] request_ttl``; :data:`REQUEST_ANSWER_MARGIN`) left before
         its ``expires_ns`` by the majority clock answers nothing: it would likely expire before
         another site's operator approves it, so the new request (its reason kept) is made instead.
@@ -134,10 +141,13 @@ class Cluster:
         same = [r for r in list_requests(view)
                 if r.get("status") == "pending" and r.get("action") == action and r.get("args") == wanted
                 and (now is None or int(r["expires_ns"]) - now > margin_ns)]
-        for r in sorted(same, key=lambda r: r.get("by") != self.site_id):  # stable: newest first within each
+        same.reverse()  # list_requests: newest first; oldest first here
+        identical = [{"request": r["id"], "by": r.get("by"), "approvals": list(r["approvals"]), "needed": r["needed"],
+                      "expires_ns": r["expires_ns"], "reason": r.get("reason")} for r in same]
+        for r in sorted(same, key=lambda r: r.get("by") != self.site_id):  # stable: oldest first within each
             return {"ok": True, "request": r["id"], "status": "pending", "approvals": list(r["approvals"]),
                     "needed": r["needed"], "expires_ns": r["expires_ns"], "by": r.get("by"),
-                    "reason": r.get("reason"), "existing": True}
+                    "reason": r.get("reason"), "existing": True, "identical": identical}
         return None
 
     def raft_synced(self) -> bool:

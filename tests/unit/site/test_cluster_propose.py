@@ -90,6 +90,29 @@ def test_an_identical_pending_request_of_this_site_is_answered_with_that_request
     assert b.identical_pending_request("set_retention", args)["request"] == b_req["request"]  # its own first
 
 
+def test_another_sites_identical_requests_answer_with_the_oldest_and_list_every_one(cluster):
+    """Attack review R16, F1: c filed a copy of a's pending request; b's operator, asking for the
+    same, was answered with c's (the newest), approved it, and c withdrew it during the cooling-off.
+    The answer is now the oldest (a's), and lists each identical pending request with its approvals."""
+    a, raft = _cluster(cluster, site="a")
+    args = {"volume": "vol", "retention": dict(WEAKER)}
+    first = _request(a, args, reason="tighten after incident")
+    c, _ = _cluster(raft.state, site="c")
+    c.raft = raft
+    copy_ = _request(c, args, reason="site-a's operator asked me to re-file")  # c's own: a new request
+    assert copy_["request"] != first["request"] and len(raft.proposed) == 2
+    b, _ = _cluster(raft.state, site="b")
+    b.raft = raft
+    found = b.identical_pending_request("set_retention", args)
+    assert found["request"] == first["request"] and found["by"] == "a", found
+    assert [(r["request"], r["by"], r["approvals"]) for r in found["identical"]] == [
+        (first["request"], "a", ["a"]), (copy_["request"], "c", ["c"])], found
+    assert found["identical"][1]["reason"] == "site-a's operator asked me to re-file"
+    # each site's own stays its answer (its operator asked again: nothing new proposed)
+    assert c.identical_pending_request("set_retention", args)["request"] == copy_["request"]
+    assert a.identical_pending_request("set_retention", args)["request"] == first["request"]
+
+
 def test_a_request_is_proposed_again_once_the_first_is_no_longer_pending(cluster):
     c, raft = _cluster(cluster)
     args = {"volume": "vol", "retention": dict(WEAKER)}
