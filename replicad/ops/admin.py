@@ -1024,16 +1024,23 @@ async def _make_request(site: "SiteDaemon", action: str, args: dict, reason: str
     out = {**_request_answer(res), "action": action, **{k: args[k] for k in ("volume", "site_id") if k in args},
            **({"changes": changes} if changes is not None else {}), **extra,
            **({"existing": True, "by": res.get("by") or site.site_id, "own": (res.get("by") or site.site_id) ==
-               site.site_id, "reason": res.get("reason") or ""} if res.get("existing") else {})}
+               site.site_id, "reason": res.get("reason") or "", "identical": list(res.get("identical") or [])}
+              if res.get("existing") else {})}
     if res.get("status") == "pending":
         out["next"] = (f"an operator of another site approves it there: replicad approve {res.get('request')} "
                        f"(needs {res.get('needed')} sites, this one counted)")
+        others = [r for r in out.get("identical") or () if r.get("request") != res.get("request")]
+        also = ("; identical pending requests also: " + ", ".join(
+            f"{r.get('request')} by {r.get('by')} (approved by {', '.join(map(str, r.get('approvals') or ()))})"
+            for r in others)) if others else ""
+        out["next"] += also
         if res.get("existing") and out["by"] != site.site_id:  # another site's identical request: nothing proposed
-            out["next"] = (f"{res.get('request')} by {out['by']} is pending: approve it with replicad approve "
-                           f"{res.get('request')} (this site has not approved it; nothing new recorded)")
-            log.warning("AUDIT request %s of %s asked for again at %s (identical to that pending request: nothing "
-                        "new proposed): %s %s", res.get("request"), out["by"], site.site_id, action,
-                        facts_text(args))
+            out["next"] = (f"{res.get('request')} by {out['by']} is pending (the oldest identical request): approve "
+                           f"it with replicad approve {res.get('request')} (this site has not approved it; nothing "
+                           f"new recorded){also}")
+            log.warning("AUDIT request %s of %s asked for again at %s (identical to that pending request, the oldest "
+                        "of %d: nothing new proposed): %s %s", res.get("request"), out["by"], site.site_id,
+                        len(out.get("identical") or ()) or 1, action, facts_text(args))
         elif res.get("existing"):  # Cluster.propose: this site's identical pending request, nothing proposed
             log.warning("AUDIT request %s asked for again at %s (identical to this pending request of the site: "
                         "nothing new proposed): %s %s", res.get("request"), site.site_id, action, facts_text(args))
