@@ -928,7 +928,8 @@ def _render_request_state(r: dict) -> None:
         approved = f"{len(r.get('approvals') or [])} of {r.get('needed')} sites approved"
         if r.get("own") is False:  # another site's request: approving it is what counts
             console.print(f"request {r['request']} by {r.get('by')} is already pending{about} (asked here: nothing "
-                          f"new recorded; {approved}): approve it with replicad approve {r['request']}",
+                          f"new recorded; {approved}; the oldest identical request): approve it with replicad approve "
+                          f"{r['request']}",
                           markup=False, soft_wrap=True)
         else:
             console.print(f"request {r['request']} is already pending{about} (asked again: nothing new recorded; "
@@ -936,6 +937,11 @@ def _render_request_state(r: dict) -> None:
                           markup=False, soft_wrap=True)
             if r.get("next"):
                 console.print(f"  next: {r['next']}", markup=False, soft_wrap=True)
+        for other in r.get("identical") or ():  # every identical pending request, oldest first (R16, F1)
+            if other.get("request") != r.get("request"):
+                console.print(f"  identical request also pending: {other.get('request')} by {other.get('by')} "
+                              f"(approved by {', '.join(map(str, other.get('approvals') or ())) or 'none'}; reason "
+                              f"{json.dumps(other.get('reason') or '')})", markup=False, soft_wrap=True)
         return
     if r.get("status") == "approved":
         console.print(f"request {r['request']} approved by {', '.join(r.get('approvals') or [])}{about}: it takes "
