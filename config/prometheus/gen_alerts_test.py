@@ -277,6 +277,17 @@ case("an approved request vanished from the state unapplied: critical while with
                                              1)]),
       ("80m", "ReplicadRequestVanished", [])])
 
+case("a request withdrawn by its requester after another site approved it: critical while within 1h; a "
+     "withdrawal nobody else approved does not fire",
+     [('replicad_request_withdrawn_total{site="site-b", action="set_detection", approved="true"}', "0 0 1x90"),
+      ('replicad_request_withdrawn_total{site="site-b", action="set_detection", approved="false"}', "0x92"),
+      ('replicad_request_withdrawn_total{site="site-a", action="set_retention", approved="false"}', "0 0 1 2x89"),
+      ('replicad_request_withdrawn_total{site="site-a", action="set_retention", approved="true"}', "0x92")],
+     [("1m", "ReplicadRequestWithdrawnAfterApproval", []),
+      ("3m", "ReplicadRequestWithdrawnAfterApproval", [exp("ReplicadRequestWithdrawnAfterApproval",
+                                                           {"site": "site-b", "action": "set_detection"}, 1)]),
+      ("80m", "ReplicadRequestWithdrawnAfterApproval", [])])
+
 case("Raft traffic refused: any reason without an honest cause fires at once; restarts, pauses and a revoked "
      "site left running do not; a flood of a routine reason does",
      [('replicad_raft_refused_total{site="site-a", reason="readonly_node"}', "0 0 5x20"),

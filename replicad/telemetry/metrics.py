@@ -125,6 +125,10 @@ replicad_request_vanished_total                             action             e
                                                                                from the Raft state without
                                                                                being applied (rules 1's table
                                                                                bound; site.requestwatch)
+replicad_request_withdrawn_total                            action, approved   event: requests withdrawn by
+                                                                               their requester (its own veto);
+                                                                               approved "true": another site
+                                                                               had approved it (R16, F1)
 replicad_exports_open                                                          event: snapshot exports (NBD)
                                                                                open now (issue 16)
 replicad_export_read_bytes_total                            volume             event: bytes served to export reads
@@ -779,6 +783,14 @@ class SiteMetrics:
             ["site", "action"], registry=self.registry)
         for action in cluster_state.REQUEST_ACTIONS:  # at zero: the alert sees the first one
             self.requests_vanished.labels(site_id, action)
+        self.requests_withdrawn = Counter(
+            "replicad_request_withdrawn_total", "Requests withdrawn by their requester (its own veto: the record goes, "
+            "no veto is counted) that this site saw as news (live, or committed while it was away), by action; "
+            "approved=\"true\" when another site had approved it: its approvals are void (attack review R16, F1)",
+            ["site", "action", "approved"], registry=self.registry)
+        for action in cluster_state.REQUEST_ACTIONS:
+            for approved in ("true", "false"):
+                self.requests_withdrawn.labels(site_id, action, approved)
         self.fetch_served_bytes = Counter("replicad_fetch_served_bytes_total",
                                           "Chunk payload bytes this site served to a requesting site's fetches",
                                           ["site", "requester", "volume"], registry=self.registry)
@@ -957,6 +969,11 @@ class SiteMetrics:
         """Count one approved request of ``action`` gone from the Raft state unapplied
         (``replicad_request_vanished_total``)."""
         self.requests_vanished.labels(self.site_id, action).inc()
+
+    def request_withdrawn(self, action: str, *, approved: bool) -> None:
+        """Count one request of ``action`` withdrawn by its requester, ``approved`` when another site
+        had approved it (``replicad_request_withdrawn_total``)."""
+        self.requests_withdrawn.labels(self.site_id, action, "true" if approved else "false").inc()
 
     def fetch_refused(self, requester: str, reason: str) -> None:
         """Count one fetch of ``requester`` refused or cut here (``replicad_fetch_refused_total``)."""
