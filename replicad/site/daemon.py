@@ -735,10 +735,7 @@ class SiteDaemon:
                     f" of volume {result['volume']}" if result.get("volume") else "", result.get("requested_by"),
                     result.get("vetoed_by"), result.get("vetoed_by"), result.get("vetoes"), result.get("vetoed_by"))
         elif result.get("status") == "withdrawn":
-            log.log(level, "%s request %s (%s%s, %s when withdrawn) withdrawn by its requester %s: it will not take "
-                    "effect", audit, req_id, result.get("action"),
-                    f" of volume {result['volume']}" if result.get("volume") else "", result.get("was"),
-                    result.get("withdrawn_by"))
+            self._withdrawal_event(level, audit, req_id, result)
         for gone in result.get("forgotten") or ():  # finished records of the same requester, oldest first
             log.log(level, "%s request %s (%s, %s, requested by %s) forgotten: its requester made more than %d "
                     "requests since", audit, gone.get("request"), gone.get("action"), gone.get("status"),
@@ -761,6 +758,35 @@ class SiteDaemon:
         if applied and self._loop is not None:
             for runner in self.runners.values():
                 self._loop.call_soon_threadsafe(runner.wake.set)
+
+    def _withdrawal_event(self, level: int, audit: str, req_id: Any, result: dict) -> None:
+        """Tick thread: a request withdrawn by its requester (its own veto: ``state._op_veto``, the
+        record goes, no veto counted). When another site had approved it, every site logs it at
+        ERROR naming the requester and the approvals it voids, and counts it
+        (``replicad_request_withdrawn_total{approved="true"}``, alert
+        ``ReplicadRequestWithdrawnAfterApproval``): a site that copies an honest site's pending
+        request, gets it approved and withdraws it during the cooling-off keeps a majority's
+        change from taking effect without a veto counted against it (attack review R16, F1). A
+        withdrawal nobody else approved (an operator taking back their own request) stays a
+        WARNING, counted ``approved="false"``. Counted only when logged as news (level WARNING:
+        live or committed while away), not the history replayed at start (its counter starts at
+        each start)."""
+        requester = result.get("withdrawn_by")
+        voided = [str(s) for s in (result.get("approvals") or ()) if s != requester]
+        about = f" of volume {result['volume']}" if result.get("volume") else ""
+        if voided:
+            log.log(logging.ERROR if level == logging.WARNING else level,
+                    "%s request %s (%s%s, %s when withdrawn) withdrawn by its requester %s after %s approved it: "
+                    "the approval(s) of %s are void and it will not take effect (no veto is counted). If the change "
+                    "is still wanted, approve an identical request of another site or ask for it again at your own "
+                    "(replicad requests); ask %s's operator why: a site that withdraws a request others approved "
+                    "may be keeping a majority's change from taking effect", audit, req_id, result.get("action"),
+                    about, result.get("was"), requester, ", ".join(voided), ", ".join(voided), requester)
+        else:
+            log.log(level, "%s request %s (%s%s, %s when withdrawn) withdrawn by its requester %s: it will not take "
+                    "effect", audit, req_id, result.get("action"), about, result.get("was"), requester)
+        if level == logging.WARNING:
+            self.metrics.request_withdrawn(str(result.get("action")), approved=bool(voided))
 
     async def _bootstrap(self) -> None:
         """Join the cluster, then register this site and its volumes in the Raft state
