@@ -831,6 +831,12 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
             raise UsageError("members: the new [[sites]] list, as 'replicad members propose FILE' reads it",
                              field="members")
         reason = _reason(body)
+        diff = request_changes({"action": "set_members", "args": {"members": members}, "status": "pending"},
+                               site.cluster.view())
+        if diff is not None and not diff.get("changes"):  # a request would change nothing, yet stay open
+            raise ConflictError("nothing to change: the members proposed are the cluster's agreed members now "
+                                "(same sites, kinds, Raft addresses and keys); no request made",
+                                reason="unchanged", unchanged=diff.get("unchanged"))
         return await _make_request(site, "set_members", {"members": members}, reason)
 
     async def audit(request: web.Request) -> web.Response:
@@ -1013,11 +1019,47 @@ def _request_answer(res: dict) -> dict:
     return out
 
 
+def _identical_approved(view: dict, action: str, args: dict) -> dict | None:
+    """The request record (:func:`list_requests`) approved and cooling off (status ``approved``)
+    whose action and args equal ``action`` and ``args`` (compared as the state stores them: after a
+    msgpack round trip), else None: a revocation, membership change or large maximum asked for
+    again during its cooling-off is answered with it (a new request would stay pending after it
+    applied, nothing left to change, until it expired). Pure."""
+    import msgpack
+
+    try:
+        wanted = msgpack.unpackb(msgpack.packb(args, use_bin_type=True), raw=False)
+    except (TypeError, ValueError):
+        return None
+    return next((r for r in list_requests(view) if r.get("status") == "approved" and r.get("action") == action
+                 and r.get("args") == wanted), None)
+
+
+def _utc_text(ns: Any) -> str:
+    """A Raft time in nanoseconds as ``2026-12-08 00:44:09 UTC`` (``?`` when not an int)."""
+    import datetime
+
+    if not isinstance(ns, int):
+        return "?"
+    return datetime.datetime.fromtimestamp(ns / 1e9, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 async def _make_request(site: "SiteDaemon", action: str, args: dict, reason: str, **extra: Any) -> web.Response:
     """Record a protection-weakening change as a request through Raft: 202 while it waits
     for approvals (200 when the policy needs no other site)."""
     view = site.cluster.view()  # before it applies: what the request changes, as the approvers will see it
     changes = request_changes({"action": action, "args": args, "status": "pending"}, view)
+    cooling = _identical_approved(view, action, args)
+    if cooling is not None:  # approved, cooling off: it takes effect without a new request (which would stay moot)
+        log.warning("AUDIT request %s (approved, cooling off) asked for again at %s: nothing new proposed: %s %s",
+                    cooling["id"], site.site_id, action, facts_text(args))
+        return _ok({"request": cooling["id"], "status": "approved", "approvals": list(cooling.get("approvals") or []),
+                    "needed": cooling.get("needed"), "effective_ns": cooling.get("effective_ns"), "action": action,
+                    **{k: args[k] for k in ("volume", "site_id") if k in args}, "existing": True, "already": True,
+                    "by": cooling.get("by"), "own": cooling.get("by") == site.site_id,
+                    "reason": cooling.get("reason") or "",
+                    "next": f"{cooling['id']} takes effect at {_utc_text(cooling.get('effective_ns'))} (cooling-off) "
+                            f"unless a site vetoes it (replicad veto {cooling['id']}); nothing new recorded"})
     res = site.cluster.identical_pending_request(action, args)  # another site's: answered with it, none proposed
     if res is None or res["by"] == site.site_id:  # (this site's own: Cluster.propose answers with it)
         res = await site.cluster.propose("request", action=action, args=args, reason=reason)
