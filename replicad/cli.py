@@ -918,11 +918,13 @@ def _render_requests(data: dict) -> None:
 
 
 def _render_request_state(r: dict) -> None:
-    what = " ".join(str(x) for x in (r.get("action"), r.get("volume")) if x)
+    what = " ".join(str(x) for x in (r.get("action"), r.get("volume") or r.get("site_id")) if x)
     about = f" ({what})" if what else ""  # after the state: scripts read "request rN is pending"
     if r.get("already"):  # approve/veto of a settled request: answered from the view, nothing proposed
         console.print(f"request {r['request']} is already {r.get('status')}{about}: nothing proposed",
                       markup=False, soft_wrap=True)
+        if r.get("next"):  # an approved identical request asked for again: when it takes effect
+            console.print(f"  next: {r['next']}", markup=False, soft_wrap=True)
         return
     if r.get("existing") and r.get("status") == "pending":  # an identical request asked again: none recorded
         approved = f"{len(r.get('approvals') or [])} of {r.get('needed')} sites approved"
