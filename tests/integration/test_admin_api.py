@@ -325,6 +325,14 @@ def _validator(doc: dict, response: dict) -> jsonschema.Draft202012Validator | N
     return jsonschema.Draft202012Validator({**content["schema"], "components": doc["components"]})
 
 
+def _one_more_key(members: list[dict]) -> list[dict]:
+    """``members`` with a new key pinned beside the last member's own (a membership change)."""
+    from replicad.core import identity
+
+    extra = identity.format_public_key(identity.public_key_raw(identity.generate_private_key()))
+    return [*members[:-1], {**members[-1], "keys": [*members[-1]["keys"], extra]}]
+
+
 def test_live_answers_match_the_openapi_document(cluster: LocalCluster, tmp_path: Path) -> None:
     doc = call(cluster, "site-a", "GET", "/v1/openapi.json", token=NO_TOKEN)[2]
     sandbox = tmp_path / "sandbox"
@@ -411,8 +419,10 @@ def test_live_answers_match_the_openapi_document(cluster: LocalCluster, tmp_path
         ("/v1/members", "POST", "/v1/members", {}, VIEWER),
         ("/v1/members/{site_id}", "DELETE", "/v1/members/site-c", None, ADMIN),
         ("/v1/membership", "POST", "/v1/membership", {"members": []}, ADMIN),
-        ("/v1/membership", "POST", "/v1/membership",  # the same list: a pending request that changes nothing
+        ("/v1/membership", "POST", "/v1/membership",  # the same list: nothing to change, refused (409)
          {"members": load_config(cluster.sites["site-a"].config_path).membership()}, ADMIN),
+        ("/v1/membership", "POST", "/v1/membership", {"members": _one_more_key(  # a pending request, never approved
+            load_config(cluster.sites["site-a"].config_path).membership())}, ADMIN),
         ("/v1/membership", "POST", "/v1/membership", {}, VIEWER),
         ("/v1/volumes/{volume}/readopt", "POST", f"{v}/readopt", {}, ADMIN),  # no previous incarnation: 404
         ("/v1/volumes/{volume}/readopt", "POST", f"{v}/readopt", {"epoch": 1}, ADMIN),  # epoch without seq: 400
