@@ -191,6 +191,32 @@ def args_summary(args: Any, limit: int = 400) -> dict:
     return out
 
 
+def args_brief(action: Any, args: Any) -> str:
+    """A request's args in one short line, for a request :func:`request_changes` has nothing to
+    compare for (a revocation, a prune): ``revoke site-c (keys: 'ed25519:AAAA...')``-like
+    ``site_id: site-c; keys: 'ed25519:...'``; a list of at most :data:`ITEMS_SHOWN` items named,
+    a longer one counted (:func:`value_text`), a document counted. Pure; never raises."""
+    if not isinstance(args, dict) or not args:
+        return str(action or "?")
+    parts = []
+    for key, value in sorted(args.items(), key=lambda kv: str(kv[0])):
+        if isinstance(value, list) and value and all(isinstance(x, (str, int)) for x in value):
+            parts.append(f"{key}: {_items_text(value)}")
+        else:
+            parts.append(f"{key}: {value_text(value, str(key))}")
+    return "; ".join(parts)
+
+
+def approvals_text(approvals: Any, needed: Any) -> str:
+    """``2 of 2`` approvals; past the number needed (a revocation waits for every member's word
+    during its cooling-off, or more sites approved than needed) ``3 (2 needed)``, never ``3 of 2``.
+    Pure."""
+    n = len(approvals) if isinstance(approvals, (list, tuple)) else 0
+    if isinstance(needed, int) and n > needed:
+        return f"{n} ({needed} needed)"
+    return f"{n} of {needed}"
+
+
 ITEMS_SHOWN = 3
 """List items a change text names (``added 'a', 'b', 'c' and 4 more``)."""
 ITEM_CHARS = 60

@@ -31,6 +31,7 @@ import datetime
 import html
 from typing import Any, Iterable, Mapping
 
+from replicad.core.requestdiff import approvals_text
 from replicad.core.state import MARKS, disagreement
 
 REFRESH_S = 10
@@ -89,11 +90,20 @@ def _bytes(n: Any) -> str:
 
 def _request_changes(r: Mapping[str, Any], state: Mapping[str, Any]) -> str:
     """What request ``r`` changes against the agreed ``state``, in one line
-    (:func:`replicad.core.requestdiff.changes_text`), or ``see replicad requests --json``."""
-    from replicad.core.requestdiff import changes_text, request_changes
+    (:func:`replicad.core.requestdiff.changes_text`), or, with nothing to compare (a revocation,
+    a prune), its args in brief (:func:`replicad.core.requestdiff.args_brief`)."""
+    from replicad.core.requestdiff import args_brief, changes_text, request_changes
 
     diff = request_changes(dict(r), dict(state))
-    return changes_text(diff) if diff is not None else "see replicad requests --json"
+    return changes_text(diff) if diff is not None else args_brief(r.get("action"), r.get("args"))
+
+
+def _request_when(r: Mapping[str, Any]) -> str:
+    """When a shown request ends: a pending one ``expires ...``, an approved one (cooling off)
+    ``takes effect ... unless vetoed``."""
+    if r.get("status") == "approved":
+        return f"takes effect {_utc(r.get('effective_ns'))} unless vetoed"
+    return f"expires {_utc(r.get('expires_ns'))}"
 
 
 def _utc(ns_or_s: Any, ns: bool = True) -> str:
@@ -278,8 +288,8 @@ def render(status: Mapping[str, Any], state: Mapping[str, Any], operations: list
     ] for x in exports or []]
     req_rows = [[_e(r.get("id")), _e(r.get("action")), _e(r.get("by")), _e(r.get("reason")),
                  _e(_request_changes(r, state)),
-                 _e(f"{len(r.get('approvals') or [])} of {r.get('needed')}"), _e(r.get("status")),
-                 _e(_utc(r.get("expires_ns")))]
+                 _e(approvals_text(r.get("approvals"), r.get("needed"))), _e(r.get("status")),
+                 _e(_request_when(r))]
                 for r in status.get("requests") or [] if r.get("status") in ("pending", "approved")]
     op_rows = []
     for op in operations:
@@ -336,7 +346,7 @@ def render(status: Mapping[str, Any], state: Mapping[str, Any], operations: list
                                         "no volume at this site") +
         "\n<h2>Alerts</h2>\n" + alert_html +
         "\n<h2>Pending requests</h2>\n" + _table(["id", "action", "by", "reason", "changes", "approvals", "status",
-                                                  "expires"], req_rows, "requests", "no pending request") +
+                                                  "ends"], req_rows, "requests", "no pending request") +
         ("\n<h2>Instant recovery</h2>\n" + _table(["volume", "from snapshot", "phase", "progress", "export serves",
                                                    "socket", "first read after"], inst_rows, "instant", "")
          if inst_rows else "") +

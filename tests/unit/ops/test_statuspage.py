@@ -197,3 +197,17 @@ def test_a_replicas_standby_says_how_far_behind_it_is() -> None:
     assert "#3 verified, 2 behind" in statuspage.render(replica, {"volumes": {}}, [], {}, 1000.0)
     replica["volumes"]["ehr"].update(standby_lag_snapshots=None, standby_applying=True)
     assert "#3 verified, rewriting" in statuspage.render(replica, {"volumes": {}}, [], {}, 1000.0)
+
+
+def test_an_approved_request_says_when_it_takes_effect_and_what_it_changes() -> None:
+    status = _status()
+    status["requests"] = [{"id": "r4", "action": "revoke_site", "by": "site-b", "reason": "stolen disk",
+                           "args": {"site_id": "site-a", "keys": ["ed25519:" + "A" * 43 + "="]},
+                           "approvals": ["site-b", "site-c", "site-a"], "needed": 2, "status": "approved",
+                           "expires_ns": 2 * 10**18, "effective_ns": 1_800_000_000 * 10**9}]
+    page = statuspage.render(status, STATE, OPS, {"ehr": 60.0, "pacs": 60.0}, 1000.0)
+    row = page[page.index("<td>r4</td>"):]
+    row = row[:row.index("</tr>")]
+    assert "takes effect 2027-01-15 08:00:00 UTC unless vetoed" in row and "expires" not in row, row
+    assert "site_id: site-a" in row and "keys: &#x27;ed25519:AAAA" in row and "requests --json" not in row, row
+    assert "3 (2 needed)" in row and "3 of 2" not in row, row
