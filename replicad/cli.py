@@ -889,7 +889,7 @@ def _request_line(r: dict) -> str:
     site of this release, :mod:`replicad.core.requestdiff`) the keys it changes as ``key: old ->
     new`` and a count of the rest in place of the whole document (``--json`` has the full
     args); without, long values (a policy's pattern lists) summarised as counts."""
-    from replicad.core.requestdiff import args_summary, changes_text
+    from replicad.core.requestdiff import approvals_text, args_summary, changes_text
 
     diff = r.get("changes") if isinstance(r.get("changes"), dict) else None
     shown = args_summary(r.get("args") or {})
@@ -900,7 +900,7 @@ def _request_line(r: dict) -> str:
     return (f"{r['id']} [{r['status']}] by {r['by']}: {r['action']} {args}"
             + (f" ({r['reason']})" if r.get("reason") else "")
             + (f"; changes {changes_text(diff)}" if diff is not None else _previous_shown(r))
-            + f"; approvals {', '.join(r.get('approvals') or [])} ({len(r.get('approvals') or [])} of {r.get('needed')})"
+            + f"; approvals {', '.join(r.get('approvals') or [])} ({approvals_text(r.get('approvals'), r.get('needed'))})"
             + (f"; expires {_utc(r.get('expires_ns'))}" if r["status"] == "pending" else "")
             + (f"; takes effect {_utc(r.get('effective_ns'))} unless vetoed" if r["status"] == "approved" else "")
             + (f"; vetoed by {r.get('vetoed_by')}" if r["status"] == "vetoed" else ""))
