@@ -18,7 +18,10 @@ install, are compared on every cluster-wide fact an operator audits, and the sta
 * requests: new ones and each status change (:func:`request_words`, the wording of the live
   ``AUDIT request`` lines), and vetoes per site;
 * the ``audit`` records (op, signer, volume, outcome, stamp) of the commands the state covers past
-  this site's position: the accepted ones listed, oldest first (the routine ones,
+  this site's position: the accepted ones listed, oldest first, identical ones (same command,
+  signer and volume) past :data:`LISTED_EACH_MAX` one line with their count and the range of
+  their stamps (a flood of 2,000 accepted no-op ``add_volume`` of one site is one line, not the
+  200 that buried another site's revocation request: attack review R16, F2) (the routine ones,
   :data:`ROUTINE_OPS`: clocks, vouches, snapshot commits and verdicts, counted per command and
   signer in one line), then the refused ones counted, one line per (op, claimed signer, error) with the
   range of their claimed stamps. A refused record is the command's claim, unsigned (the state
@@ -47,7 +50,13 @@ from replicad.core.errors import facts_text
 from replicad.core.requestdiff import args_summary, change_text, changes_text, document_changes, request_changes
 
 FACTS_MAX = 200
-"""Fact lines logged for one install at most (then one line counting the rest)."""
+"""Fact lines of the cluster's governance (rules, membership, sites and revocations, requests and
+vetoes) logged for one install at most (then one line counting the rest); listed first, with a
+budget of their own: a site's own volumes (up to 128, a line each for its registration and its
+snapshots) pushed every request and veto out of a shared budget (attack review R16, R-b)."""
+VOLUME_FACTS_MAX = 200
+"""Fact lines of the volumes logged for one install at most, after the governance facts (then one
+line counting the rest)."""
 RECORDS_MAX = 200
 """Accepted audit records listed for one install at most (the state keeps ``state.AUDIT_MAX``,
 1,000, under rules 1..3; at most ``state.AUDIT_KEPT_MAX``, 2,000, by signing site under rules 4);
@@ -59,6 +68,9 @@ ROUTINE_OPS = ("clock", "vouch", "commit_snapshot", "site_verdict", "add_holder"
 heartbeat every 5 s, checkpoint vouches, each snapshot's commit, every site's verdict on it and
 the copies it holds (six minutes away are dozens of them: listed, they bury the facts, which stay
 one line each)."""
+LISTED_EACH_MAX = 3
+"""Accepted, not routine audit records of one (command, signer, volume) listed one by one at most;
+more of them are one line with their count and the range of their stamps (:func:`group_listed`)."""
 ROUTINE_GROUPS_SHOWN = 30
 """(command, signer) counts named in the routine records' line at most (then how many more)."""
 VOLUME_FIELDS = ("primary", "block_size", "min_copies", "retention")
@@ -274,6 +286,14 @@ def _requests(before: dict, after: dict) -> list[str]:
     for req_id in was:
         if req_id not in now:
             prior = _d(was[req_id])
+            if prior.get("status") in ("pending", "approved"):  # not finished: its requester withdrew it
+                voided = [str(s) for s in (prior.get("approvals") or ()) if s != prior.get("by")]
+                out.append(f"request {req_id} ({prior.get('action')}, {prior.get('status')}, requested by "
+                           f"{prior.get('by', '?')}) gone unfinished: withdrawn by its requester"
+                           + (f" after {', '.join(voided)} approved it (their approvals are void)" if voided else "")
+                           + (", or pushed out of the request table (rules 1)" if cluster_state.rules(after) < 2
+                              else ""))
+                continue
             out.append(f"request {req_id} ({prior.get('action')}, {prior.get('status')}, requested by "
                        f"{prior.get('by', '?')}) forgotten (finished records are bounded per requester)")
     was_v, now_v = _d(before.get("vetoes")), _d(after.get("vetoes"))
@@ -294,23 +314,37 @@ def _outcome(entry: dict) -> str:
 
 
 SECTIONS: tuple[tuple[str, Callable[[dict, dict], list[str]]], ...] = (
-    ("rules", _rules), ("membership", _membership), ("sites and revocations", _sites), ("volumes", _volumes),
-    ("requests", _requests))
-"""The parts compared, in the order their lines are logged."""
+    ("rules", _rules), ("membership", _membership), ("sites and revocations", _sites), ("requests", _requests),
+    ("volumes", _volumes))
+"""The parts compared, in the order their lines are logged: the governance parts (bounded together
+by :data:`FACTS_MAX`), then the volumes (:data:`VOLUME_FACTS_MAX`)."""
+VOLUME_SECTIONS = ("volumes",)
+"""The parts of :data:`SECTIONS` bounded by :data:`VOLUME_FACTS_MAX`."""
 
 
-def state_changes(before: Any, after: Any) -> list[str]:
-    """Lines (no prefix) naming each cluster-wide fact that differs from ``before`` to ``after``
-    (module docstring), unbounded: :func:`install_report` bounds them. Pure; never raises: a part
-    that cannot be compared gives ``cannot compare PART: ERROR``."""
+def state_change_parts(before: Any, after: Any) -> tuple[list[str], list[str]]:
+    """``(governance, volumes)``: the lines (no prefix) of :func:`state_changes` split by budget:
+    rules, membership, sites and revocations, requests and vetoes; then the volumes. Pure; never
+    raises: a part that cannot be compared gives ``cannot compare PART: ERROR`` in its list."""
     before, after = _d(before), _d(after)
-    out: list[str] = []
+    governance: list[str] = []
+    volumes: list[str] = []
     for part, compare in SECTIONS:
+        out = volumes if part in VOLUME_SECTIONS else governance
         try:
             out.extend(compare(before, after))
         except Exception as exc:  # a malformed state: say so, go on
             out.append(f"cannot compare {part}: {type(exc).__name__}: {str(exc)[:200]}")
-    return out
+    return governance, volumes
+
+
+def state_changes(before: Any, after: Any) -> list[str]:
+    """Lines (no prefix) naming each cluster-wide fact that differs from ``before`` to ``after``
+    (module docstring), unbounded, in the order of :data:`SECTIONS` (the governance facts, then
+    the volumes): :func:`install_report` bounds them. Pure; never raises: a part that cannot be
+    compared gives ``cannot compare PART: ERROR``."""
+    governance, volumes = state_change_parts(before, after)
+    return governance + volumes
 
 
 def _overlap_new(was: list[dict], now: list[dict]) -> tuple[list[dict], bool]:
@@ -397,6 +431,44 @@ def refused_text(group: tuple, n: int, first_ns: Any, last_ns: Any) -> str:
     return f"{n} command(s) {op} {who}: refused {error} (claimed stamps {stamps})"
 
 
+def listed_text(record: dict, n: int, first_ns: Any, last_ns: Any) -> str:
+    """``n`` identical accepted ``audit`` records (same op, signer and volume; ``record`` the first)
+    in words: :func:`record_text` for one, else ``command add_volume by site-c volume=ehr: applied
+    2000 times (stamped 2026-...Z .. 2026-...Z)``."""
+    if n <= 1:
+        return record_text(record)
+    volume = f" volume={record.get('volume')}" if record.get("volume") else ""
+    stamps = _when(first_ns) if first_ns == last_ns else f"{_when(first_ns)} .. {_when(last_ns)}"
+    return f"command {record.get('op')} by {record.get('by')}{volume}: applied {n} times (stamped {stamps})"
+
+
+def group_listed(listed: list[dict]) -> list[tuple[dict, int, Any, Any]]:
+    """The accepted, not routine records ``listed`` (oldest first) as lines: ``[(first record, count,
+    first at_ns, last at_ns)]``. Records of an (op, signer, volume) met more than
+    :data:`LISTED_EACH_MAX` times are one entry with their count, at the place of the first (attack
+    review R16, F2: a flood of one site's identical accepted commands is one line); the others one
+    entry each, in their order."""
+    def key(record: dict) -> tuple:
+        return str(record.get("op")), str(record.get("by")), str(record.get("volume"))
+
+    counts: dict[tuple, int] = {}
+    for record in listed:
+        counts[key(record)] = counts.get(key(record), 0) + 1
+    out: list[list] = []
+    groups: dict[tuple, list] = {}
+    for record in listed:
+        k = key(record)
+        if counts[k] <= LISTED_EACH_MAX:
+            out.append([record, 1, record.get("at_ns"), record.get("at_ns")])
+            continue
+        if k not in groups:
+            groups[k] = [record, 0, record.get("at_ns"), None]
+            out.append(groups[k])
+        groups[k][1] += 1
+        groups[k][3] = record.get("at_ns")
+    return [tuple(g) for g in out]  # type: ignore[misc]
+
+
 def _split(records: list[dict]) -> tuple[list[dict], dict[tuple, int], dict[tuple, list]]:
     """``(accepted listed, {(routine op, signer): count}, {(op, by, error, signature checked): [count,
     first at_ns, last at_ns]})`` of ``records`` (oldest first; :data:`ROUTINE_OPS`), the groups in the order
@@ -444,10 +516,12 @@ def install_report(before: Any, after: Any, *, at_start: bool, mark: int | None,
         first_start: the site never joined yet (``SeenMark.before_first_join``).
 
     Returns: one summary line naming the commands covered and the counts, then one line per
-    changed fact (:func:`state_changes`, at most :data:`FACTS_MAX`), one counting the routine
-    accepted records per (command, signer) (:data:`ROUTINE_OPS`, :func:`routine_text`), one per
-    other accepted audit record of the commands past the mark (:func:`new_audit_records`, at most
-    :data:`RECORDS_MAX`), then one per (op, claimed signer, error) of the refused ones
+    changed fact (:func:`state_change_parts`: the governance facts, at most :data:`FACTS_MAX`, then
+    the volumes', at most :data:`VOLUME_FACTS_MAX`), one counting the routine accepted records per
+    (command, signer) (:data:`ROUTINE_OPS`, :func:`routine_text`), one per other accepted audit
+    record of the commands past the mark, identical ones (op, signer, volume) past
+    :data:`LISTED_EACH_MAX` one line counted (:func:`new_audit_records`, :func:`group_listed`, at
+    most :data:`RECORDS_MAX` lines), then one per (op, claimed signer, error) of the refused ones
     (:func:`refused_text`, at most :data:`RECORDS_MAX`, the largest counts), each starting with the
     same ``AUDIT (...)`` head. Levels: WARNING when the
     covered commands go past the mark (or the mark is missing); INFO on a first start (``committed
@@ -470,18 +544,22 @@ def install_report(before: Any, after: Any, *, at_start: bool, mark: int | None,
                                f"live or in an earlier catch-up's lines: mark {mark}) nothing new to audit")]
     else:
         level, head = logging.WARNING, f"AUDIT (committed while this site was away; {source}, commands {lo}..{now})"
-    facts = state_changes(before, after)
+    governance, volume_facts = state_change_parts(before, after)
+    facts = governance + volume_facts
     records, complete = new_audit_records(before, after)
     if not first_start and (mark is not None or missing is None):  # rules 4: each record's command count
         records = [r for r in records if _count(r.get("n")) is None or r["n"] >= lo]
     if not first_start and (mark is not None or missing is None) and now - lo + 1 < len(records):
         records = records[len(records) - max(0, now - lo + 1):]  # at most one record per command past the mark
     listed, routine, refused = _split(records)
+    grouped = group_listed(listed)
     n_refused = sum(g[0] for g in refused.values())
     basis = ("the state's facts (this site's state before is the empty one it starts from: every fact is listed)"
              if was == 0 else f"what changed between command {was} (this site's state before) and command {now}")
     summary = (f"{head}: the entries were not applied here one by one; {basis}: {len(facts)} fact(s); "
                f"{len(listed)} audit record(s) of those commands"
+               + (f" (in {len(grouped)} line(s): identical ones counted per command, signer and volume)"
+                  if len(grouped) < len(listed) else "")
                + (f" listed, {sum(routine.values())} routine one(s) ({', '.join(sorted({op for op, _ in routine}))}) "
                   f"counted per command and signer" if routine else "")
                + (f"; {n_refused} refused command(s), counted per command, claimed signer and error (a refused "
@@ -496,15 +574,21 @@ def install_report(before: Any, after: Any, *, at_start: bool, mark: int | None,
                   f"{dropped_text(after, was) or 'kept from before the raise'}")
                + ("; each follows" if facts or listed or refused or routine else ""))
     lines = [(level, summary)]
-    lines += [(level, f"{head} {fact}") for fact in facts[:FACTS_MAX]]
-    if len(facts) > FACTS_MAX:
-        lines.append((level, f"{head} ... and {len(facts) - FACTS_MAX} more fact(s): see `replicad status`"))
+    lines += [(level, f"{head} {fact}") for fact in governance[:FACTS_MAX]]
+    if len(governance) > FACTS_MAX:
+        lines.append((level, f"{head} ... and {len(governance) - FACTS_MAX} more fact(s) of the rules, membership, "
+                             f"sites and requests: see `replicad status` and `replicad requests`"))
+    lines += [(level, f"{head} {fact}") for fact in volume_facts[:VOLUME_FACTS_MAX]]
+    if len(volume_facts) > VOLUME_FACTS_MAX:
+        lines.append((level, f"{head} ... and {len(volume_facts) - VOLUME_FACTS_MAX} more fact(s) of the volumes: "
+                             f"see `replicad status`"))
     if routine:
         lines.append((level, f"{head} routine audit records (accepted, counted): {routine_text(routine)}"))
-    lines += [(level, f"{head} audit record: {record_text(r)}") for r in listed[-RECORDS_MAX:]]
-    if len(listed) > RECORDS_MAX:
-        lines.append((level, f"{head} ... and {len(listed) - RECORDS_MAX} older audit record(s) not listed: see "
-                             f"GET /v1/audit"))
+    lines += [(level, f"{head} audit record: {listed_text(*g)}") for g in grouped[-RECORDS_MAX:]]
+    if len(grouped) > RECORDS_MAX:
+        older = grouped[:-RECORDS_MAX]
+        lines.append((level, f"{head} ... and {sum(g[1] for g in older)} older audit record(s) in {len(older)} "
+                             f"line(s) not listed: see GET /v1/audit"))
     groups = sorted(refused.items(), key=lambda kv: -kv[1][0])  # stable: the largest counts, then first met
     lines += [(level, f"{head} refused: {refused_text(g, n, first, last)}") for g, (n, first, last) in
               groups[:RECORDS_MAX]]

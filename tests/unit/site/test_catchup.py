@@ -205,13 +205,16 @@ def test_a_dump_loaded_at_start_past_the_mark_lists_the_facts_and_the_records_pa
 
 def test_the_report_is_bounded_and_never_raises(monkeypatch) -> None:
     monkeypatch.setattr(catchup, "FACTS_MAX", 3)
+    monkeypatch.setattr(catchup, "VOLUME_FACTS_MAX", 1)
     monkeypatch.setattr(catchup, "RECORDS_MAX", 2)
     before = counted(base(), 1)
     installed = counted(away(before), 500)
     report = install_report(before, installed, at_start=False, mark=1)
     assert sum("audit record:" in line for _, line in report) == 2
-    assert any("more fact(s): see `replicad status`" in line for _, line in report)
-    assert any("older audit record(s) not listed" in line for _, line in report)
+    assert any("... and 2 more fact(s) of the rules, membership, sites and requests: see `replicad status`" in line
+               for _, line in report)
+    assert any("... and 2 more fact(s) of the volumes: see `replicad status`" in line for _, line in report)
+    assert any("older audit record(s) in " in line and "line(s) not listed" in line for _, line in report)
     for junk in (None, [], "x", {"volumes": [1]}, {"volumes": {"v": 3}, "requests": {"r": None}, "audit": [1, None],
                                                    "incarnation": {"members": "x"}, "revoked": {"c": 7}}):
         assert install_report(junk, installed, at_start=False, mark=0)
@@ -281,3 +284,86 @@ def test_routine_records_are_counted_per_command_and_signer() -> None:
                    for line in lines)
     assert any("audit record: command add_volume by c volume=evil0" in line for line in lines)  # facts: one each
     assert "39 routine one(s) (commit_snapshot, site_verdict) counted per command and signer" in lines[0], lines[0]
+
+
+def _volume_flood(s: dict, site: str, n: int) -> dict:
+    """``site`` registers ``n`` volumes of its own, each with 12 committed snapshots (the snapshot
+    records as the state keeps them; committing real ones needs signed acks: test_identity)."""
+    for i in range(n):
+        s, _ = st.apply(s, cmd("add_volume", site, volume=f"own{i}", primary=site, block_size=65536, size_bytes=0,
+                               min_copies=1, retention={k: 3600 for k in RET}), LAB)
+        assert f"own{i}" in s["volumes"], i
+    volumes = {name: ({**v, "snapshots": {seq: {"root": bytes(32), "verdict": "clean"} for seq in range(1, 13)}}
+                      if name.startswith("own") else v) for name, v in s["volumes"].items()}
+    return {**s, "volumes": volumes}
+
+
+def test_the_governance_facts_have_their_own_budget_listed_before_the_volumes() -> None:
+    # attack review R16, R-b: c's own volumes (a registration line and a snapshots line each) took
+    # the whole shared budget of 200 fact lines and pushed a's revocation request and the vetoes
+    # out into "... and N more"
+    before = counted(base(), 20)
+    s, rv = run(before, cmd("request", "a", action="revoke_site", args=revoke("c"), reason="compromised"))
+    s, weak = run(s, cmd("request", "c", action="set_retention", args={"volume": "ehr", "retention": dict(RET)}))
+    s, _ = run(s, cmd("veto", "a", request=weak["request"]))
+    s = _volume_flood(s, "c", 120)
+    report = install_report(before, counted(s, 400), at_start=False, mark=20)
+    lines = [line.split(") ", 1)[1] for _, line in report[1:]]
+    print("\n".join(lines[:8]), lines[-3:], sep="\n")
+    revocation = next(i for i, line in enumerate(lines)
+                      if line.startswith(f"request {rv['request']} by a: revoke_site"))
+    vetoed = next(i for i, line in enumerate(lines) if line.startswith(f"request {weak['request']} by c:"))
+    vetoes = lines.index("vetoes by a: 0 -> 1")
+    first_volume = next(i for i, line in enumerate(lines) if line.startswith("volume own"))
+    assert max(revocation, vetoed, vetoes) < first_volume
+    volume_lines = [line for line in lines if line.startswith("volume own")]
+    assert len(volume_lines) == catchup.VOLUME_FACTS_MAX  # 240 facts of the volumes: cut, counted
+    assert "... and 40 more fact(s) of the volumes: see `replicad status`" in lines
+    assert not any("more fact(s) of the rules" in line for line in lines)
+    assert "243 fact(s)" in report[0][1]
+
+
+def test_identical_accepted_records_are_one_line_with_their_count() -> None:
+    # attack review R16, F2: c's accepted no-op add_volume, 600 of them, filled the 200 listed
+    # records and pushed a's revocation request's record out of the listing
+    before = counted(base(), 20)
+    s, _ = run(before, cmd("add_volume", "c", volume="evil0", primary="c", block_size=65536, size_bytes=0,
+                           min_copies=1, retention={k: 3600 for k in RET}))
+    s, rv = run(s, cmd("request", "a", action="revoke_site", args=revoke("c"), reason="compromised"))
+    for i in range(600):
+        s, result = st.apply(s, cmd("add_volume", "c", now_ns=NOW + (1 + i) * 10**6, volume="evil0", primary="c",
+                                    block_size=65536, size_bytes=0, min_copies=1,
+                                    retention={k: 3600 for k in RET}), LAB)
+        assert result["ok"] is True and result.get("created") is False, result
+    report = install_report(before, counted(s, 700), at_start=False, mark=20)
+    lines = [line.split(") ", 1)[1] for _, line in report[1:]]
+    listed = [line for line in lines if line.startswith("audit record: ")]
+    print("\n".join(listed))
+    assert listed[0].startswith("audit record: command add_volume by c volume=evil0: applied 601 times (stamped "
+                                "2023-11-14T22:13:20.000000Z .. 2023-11-14T22:13:20.600000Z)"), listed
+    assert listed[1].startswith("audit record: command request by a: applied"), listed
+    assert len(listed) == 2
+    # up to LISTED_EACH_MAX of one (command, signer, volume): one line each, in their order
+    three = [{"op": "request", "by": "a", "ok": True, "at_ns": NOW + i} for i in range(3)]
+    mixed = [*three[:2], {"op": "approve", "by": "b", "ok": True, "at_ns": NOW + 5}, three[2]]
+    assert catchup.group_listed(mixed) == [(r, 1, r["at_ns"], r["at_ns"]) for r in mixed]
+    four = [*mixed, {**three[0], "at_ns": NOW + 9}]
+    assert catchup.group_listed(four) == [(three[0], 4, NOW, NOW + 9), (mixed[2], 1, NOW + 5, NOW + 5)]
+    assert "602 audit record(s) of those commands (in 2 line(s): identical ones counted per command, signer and " \
+           "volume)" in report[0][1]
+
+
+def test_a_request_withdrawn_after_another_sites_approval_is_named_in_the_catch_up() -> None:
+    # attack review R16, F1: the requester's own veto leaves no record; the catch-up said "forgotten
+    # (finished records are bounded per requester)" of an approved request c withdrew
+    before = base()
+    s, req = run(before, cmd("request", "c", action="set_retention",
+                             args={"volume": "ehr", "retention": {**RET, "lock_s": 60}}))  # weaker: cools off
+    s, approved = run(s, cmd("approve", "b", request=req["request"]))
+    was = s
+    s, withdrawn = run(s, cmd("veto", "c", request=req["request"]))
+    assert withdrawn["status"] == "withdrawn", withdrawn
+    lines = state_changes(was, s)
+    assert any(line.startswith(f"request {req['request']} (set_retention, {approved['status']}, requested by c) gone "
+                               "unfinished: withdrawn by its requester after b approved it (their approvals are void)")
+               for line in lines), lines
