@@ -857,6 +857,22 @@ class SiteDaemon:
             except Exception:  # never let one bad round end the join: a site that never joins never acts
                 log.exception("bootstrap: a round of joining the cluster failed unexpectedly; retrying")
                 await asyncio.sleep(1.0)
+        await self._register(me)
+
+    async def _register(self, me: Any) -> None:
+        """Register this site (``register_site``, idempotent) and then its volumes
+        (:meth:`_register_volume`) in the Raft state: the bootstrap's last step, once joined.
+
+        A transient failure (:func:`~replicad.core.errors.is_transient`: no leader or quorum, a
+        commit not known within the deadline) is logged at WARNING with the try and the delay and
+        tried again after :data:`REGISTER_BACKOFF_S` (equal jitter: 1 s, 2 s, 4 s ... at most 60 s;
+        a fixed second wrote an INFO line a second for as long as the quorum was gone); the first
+        try that works after failures is logged at WARNING too. A ``not_found`` (a volume's
+        initial primary not registered yet) waits for it. Any other refusal is permanent (the
+        agreed membership or the state refuses this site's word: ``conflict``, ``not_self``, a
+        revoked or unknown key): logged at ERROR once, naming the cause, and not tried again
+        (a restart tries again, once the cause is fixed); the site runs on unregistered."""
+        backoff = Backoff(*REGISTER_BACKOFF_S)
         while True:
             try:
                 await self.cluster.propose("register_site", site_id=self.site_id, peer_url=me.peer_url, kind=me.kind)
@@ -865,10 +881,11 @@ class SiteDaemon:
                     return
                 for v in self.cfg.volumes:
                     await self._register_volume(v)
-                log.info("site %s registered in the cluster", self.site_id)
-                return
-            except ConflictError as err:
-                log.warning("bootstrap refused: %s %s", err, err.evidence)
+                if backoff.failures:
+                    log.warning("site %s registered in the cluster after %d failed tries", self.site_id,
+                                backoff.failures)
+                else:
+                    log.info("site %s registered in the cluster", self.site_id)
                 return
             except NotFoundError as err:  # e.g. the initial primary has not registered yet
                 log.info("bootstrap waiting: %s", err)
@@ -879,8 +896,15 @@ class SiteDaemon:
                 else:  # try again as soon as the initial primaries registered
                     await _until(registered, 1.0)
             except ReplicadError as err:
-                log.info("bootstrap waiting for a quorum: %s", err)
-                await asyncio.sleep(1.0)
+                if not is_transient(err):
+                    log.error("site %s: registration refused, not tried again: %s %s (this site runs unregistered: "
+                              "no volume of it replicates; fix what the refusal names, then restart the site)",
+                              self.site_id, err, facts_text(err.evidence))
+                    return
+                delay_s = backoff.failed()
+                log.warning("site %s: registration not committed (%s); try %d in %.1f s", self.site_id, err,
+                            backoff.failures + 1, delay_s)
+                await asyncio.sleep(delay_s)
 
     def _raise_rules(self) -> None:
         """Raise the cluster state's rules version to this code's :data:`~replicad.core.state.RULES_MAX`
@@ -912,7 +936,35 @@ class SiteDaemon:
         if not any(t.get_name() == "rules-watch" for t in self._tasks):  # names members behind once there
             self._tasks.append(asyncio.create_task(self.rules_raise.watch(self._stopping), name="rules-watch"))
 
-    async def _register_volume(self, v: VolumeConfig) -> None:
+    async def _register_when_room(self, v: VolumeConfig) -> None:
+        """Try ``add_volume`` of ``v`` again, after :data:`VOLUME_ROOM_BACKOFF_S` (equal jitter),
+        while the cluster refuses it as full (``conflict`` with ``max_volumes``): each try at INFO,
+        the registration that works at WARNING; another refusal ends it (logged at ERROR, as
+        :meth:`_register_volume` does). Runs in the background until then or until the daemon stops."""
+        backoff = Backoff(*VOLUME_ROOM_BACKOFF_S)
+        while not self._stopping.is_set():
+            delay_s = backoff.failed()
+            log.info("volume %s: the cluster was full at try %d: trying again in %.0f s", v.name, backoff.failures,
+                     delay_s)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay_s)
+                return
+            except asyncio.TimeoutError:
+                pass
+            try:
+                await self._register_volume(v, retrying=True)
+            except ReplicadError as err:
+                if isinstance(err, ConflictError) and "max_volumes" in err.evidence or is_transient(err) \
+                        or isinstance(err, NotFoundError):
+                    continue
+                log.error("volume %s: registration refused: %s %s", v.name, err, facts_text(err.evidence))
+                return
+            if self.cluster.volume_state(v.name) is not None:
+                log.warning("volume %s is registered now, after %d tries refused for a full cluster", v.name,
+                            backoff.failures)
+                return
+
+    async def _register_volume(self, v: VolumeConfig, retrying: bool = False) -> None:
         """Register ``v`` in the Raft state if this site is its ``initial_primary`` and nobody did
         yet (``add_volume`` is signed by the volume's primary only): with each retention key at
         most the state's :data:`~replicad.core.state.DEFAULT_RETENTION` (one site may not make
@@ -936,8 +988,24 @@ class SiteDaemon:
             res = await self.cluster.propose("add_volume", volume=v.name, primary=self.site_id,
                                              block_size=v.block_size_bytes, size_bytes=size,
                                              min_copies=v.min_copies, retention=registered)
-        except ConflictError as err:  # registered meanwhile with another block size: the runner judges it
-            log.error("volume %s: registration refused: %s %s", v.name, err, err.evidence)
+        except ReplicadError as err:
+            if is_transient(err) or isinstance(err, NotFoundError):  # the bootstrap's loop tries again
+                raise
+            if isinstance(err, ConflictError) and "max_volumes" in err.evidence and not retrying:
+                # the cluster holds the most volumes of unrevoked sites: room comes back when a site
+                # hoarding them is revoked or its volumes removed (review R13, F1), so try again
+                log.error("volume %s: registration refused: %s %s; tried again every few minutes until the "
+                          "cluster has room (revoke or remove what fills it: README \"A site is compromised\")",
+                          v.name, err, facts_text(err.evidence))
+                task = asyncio.create_task(self._register_when_room(v), name=f"register-{v.name}")
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+                return
+            if retrying:
+                raise
+            # registered meanwhile with another block size (the runner judges it), this site's own
+            # share of volumes full, a size or policy out of range: permanent, the other volumes go on
+            log.error("volume %s: registration refused: %s %s", v.name, err, facts_text(err.evidence))
             return
         if res.get("created"):
             # in the background, retried with backoff: a lost quorum must neither drop them nor
@@ -1251,6 +1319,14 @@ CLUSTER_WIDE_FIELDS = {"add_volume": ("primary", "block_size", "min_copies", "re
                        "mark_verdict": ("seq", "verdict", "reason"), "demote": ("expected_epoch", "force"),
                        "promote": ("to", "expected_epoch", "force", "snapshot")}
 
+
+VOLUME_ROOM_BACKOFF_S = (60.0, 900.0)
+"""``(base_s, max_s)`` of the :class:`~replicad.core.backoff.Backoff` between the tries to register a
+volume the cluster refused as full (``SiteDaemon._register_when_room``)."""
+
+REGISTER_BACKOFF_S = (1.0, 60.0)
+"""``(base_s, max_s)`` of the :class:`~replicad.core.backoff.Backoff` between a site's tries to
+register itself and its volumes after a transient failure (``SiteDaemon._register``)."""
 
 INITIAL_REQUEST_TRIES = 6
 """Tries of a registering site's initial request (:func:`request_with_retry`): each waits up to
