@@ -258,10 +258,19 @@ def dump_document(checkpoints: CheckpointLog, state: dict, trust: Trust | None, 
         members, majority = voters(trust, state)
         raise NotCompacting(f"none of the checkpoints kept here ({[p[0] for p in checkpoints.points]}) is vouched by "
                             f"{majority} of the {len(members)} sites; {len(checkpoints.payloads)} commands since the "
-                            f"oldest (vouches lag: sites down, or not vouching)")
+                            f"oldest (vouches lag: sites down, or not vouching); sites that vouched none of them: "
+                            f"{lagging(checkpoints, state, members) or 'none'}")
     base_n, base, suffix = found
     return {"v": DUMP_VERSION, "base_n": base_n, "base": base, "suffix": list(suffix), "last": list(last),
             "prev": list(prev), "cluster": list(cluster)}
+
+
+def lagging(checkpoints: CheckpointLog, state: dict, members: frozenset[str]) -> list[str]:
+    """The member sites (sorted) whose vouches kept in ``state`` include none of the checkpoints
+    kept here (revoked sites included: their vouches never count): the sites a log that does not
+    compact waits on."""
+    return sorted(site for site in members
+                  if not any(site in vouched_by(state, n, digest, members) for n, digest, _ in checkpoints.points))
 
 
 def _refused(reason: str, message: str, **evidence: Any) -> errors.DumpRefusedError:

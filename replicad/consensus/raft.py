@@ -370,6 +370,31 @@ names up in its own modules):
    rules 3 it cancels nothing and keeps leading, alerted at each site it front-ran (its operators
    revoke it: README "A site is compromised").
 
+22. **What one member can make the others keep** (attacker review R16 F3). The log compacts only at
+   a checkpoint a majority vouched (point 14); while an honest site is down a compromised member that
+   withholds its vouches blocks that, and then filled the log with large signed commands the state
+   machine refuses later (a veto of no request with a 36 KB pad): leading, at ~6 MB/s (its own
+   entries passed no door; point 18 counts forged and malformed ones only), 1,056 MB of Raft dir and
+   1,274 MB RSS at the honest survivor in 180 s; following, within its forwarding budget, ~0.65 MB/s.
+   Now (a) each follower charges the entries its leader appends in its term signed by the leader's
+   own site to a member's forwarding budget (point 17's :data:`FORWARD_CMDS_PER_S`,
+   :data:`FORWARD_BYTES_PER_S`, :data:`FORWARD_BURST_S`; only while this node is in sync, since a
+   node catching up applies old entries at its own pace) and (b) every node counts, per signing site,
+   the commands its log kept since its last compaction (:class:`LogShare`; reset when a dump is
+   written or installed). The leader's door refuses a member's forwarded command beyond its share
+   (:data:`LOG_SHARE_BYTES`, :data:`LOG_SHARE_ENTRIES`: ``forwarded_over_share``, WARNING naming the
+   member), a node refuses its own proposal beyond it (``NoQuorumError`` ``log_share``), and a small
+   ``vouch`` is never refused (it is what lets the log compact again). A follower that counted
+   :data:`DEPOSE_AFTER` of its leader's own entries of the current term over the budget or over the
+   share (times :data:`LOG_SHARE_SLACK`: nodes compact at different moments) deposes it as in point 18
+   (``_depose``, hold :data:`DEPOSE_HOLD_S`): ERROR naming the leader's address and site, counted as
+   ``leader_over_budget`` (:class:`LeaderBudgetWatch`). An honest leader's own traffic is what it would
+   forward as a follower, within the same budget and share. The ERROR "not compacting the log" names
+   the sites that vouched none of the checkpoints kept (:func:`~replicad.consensus.checkpoint.lagging`)
+   and the log kept per signing site. Left: a leader's replays of other sites' captured commands
+   (refused as ``replayed``, not its own) are not charged; a leader that keeps a follower out of sync
+   (a commit index it never reaches) escapes the rate there, not the share.
+
 16. **What the members say the membership is.** A site that has not joined the cluster yet
    cannot trust its own replay of the log to learn the agreed membership when its config
    differs from the founders' (the founding rule's reference is its config, and a leader its
@@ -519,7 +544,35 @@ at that rate, commands of 1-2 KiB)."""
 FORWARD_BURST_S = 10.0
 """Point 17: a member's bucket holds this many seconds of its budget (a backlog after a cut)."""
 FORWARD_REASONS = ("forwarded_malformed", "forwarded_not_own", "forwarded_bad_signature", "forwarded_over_budget",
-                   "forwarded_to_follower")
+                   "forwarded_to_follower", "forwarded_over_share")
+LOG_SHARE_BYTES = 256 * 1024 * 1024
+"""Point 22: bytes of commands signed by one site that the Raft log kept since this node's last
+compaction may hold before the leader's door refuses that site's forwarded commands
+(``forwarded_over_share``) and a node refuses its own proposals. The log is compacted only at a
+checkpoint a majority vouched (point 14); while that is blocked (a site down, a member not vouching)
+the log grows, and this share is what one member can make every other member keep.
+
+What an honest site sends in a day (sizes of signed msgpack commands as proposed here: ``clock`` 182 B,
+``vouch`` 228 B, ``add_holder`` 226 B, ``commit_snapshot`` with stats and two holders' acks ~1,130 B):
+the primary of 64 volumes at a 5-minute interval commits 18,432 snapshots (20.8 MB); holding the
+snapshots of 128 volumes of the other sites it says ``add_holder`` 36,864 times (8.3 MB); its clock
+every 5 s is 17,280 commands (3.1 MB); its vouches, one per 256 commands of the cluster, ~860
+(0.2 MB): ~73,400 commands, ~32 MB a day. The share holds 8 days of that by bytes, 7 by commands; at a
+1-minute interval (~294,000 commands, ~149 MB a day) 1.8 days. Each member's share is kept by every
+member: a cluster of three keeps at most ~768 MiB of log however long compaction waits (the attacker's
+share alone: 256 MiB, ~300 MB of memory: measured 1.2 MB of RSS per MB of log), where one member
+filling its forwarding budget (:data:`FORWARD_BYTES_PER_S`) made each site keep ~86 GB a day (attacker
+review R16 F3)."""
+LOG_SHARE_ENTRIES = 524_288
+"""Point 22: commands signed by one site the log kept since this node's last compaction may hold (as
+:data:`LOG_SHARE_BYTES`, the bound for small commands; see there for an honest site's day)."""
+LOG_SHARE_SLACK = 1.25
+"""Point 22: a follower judges its leader's own site over its share only beyond this many times
+:data:`LOG_SHARE_BYTES` / :data:`LOG_SHARE_ENTRIES`: each node counts since its own last compaction,
+and nodes compact at different moments (pysyncobj: every 5,000 entries or 300 s when allowed)."""
+SHARE_EXEMPT_BYTES = 1024
+"""Point 22: a ``vouch`` of at most this many bytes is never refused for the share (vouches are what
+lets the log compact again; an honest one is 228 bytes)."""
 DEPOSE_AFTER = 64
 """Point 18: entries of one term a follower's state machine refused for a reason the leader's door
 (point 17) refuses (:func:`door_refusal`) before it deposes that term's leader. An honest leader
@@ -532,12 +585,14 @@ DEPOSE_GRACE_ENTRIES = 4096
 leader door-checks with the keys of its applied state, which may not have applied the change yet
 (every member's forwarding bucket, :data:`FORWARD_CMDS_PER_S` x :data:`FORWARD_BURST_S`, is 2,000)."""
 DEPOSE_REASONS = ("leader_deposed", "from_deposed_leader", "vote_for_deposed", "leader_withholds",
-                  "leader_front_runs", "op_id_taken")
+                  "leader_front_runs", "op_id_taken", "leader_over_budget")
 """Point 18: ``leader_deposed`` (once per depose, ERROR); a deposed leader's ``append_entries``
 (``from_deposed_leader``) and ``request_vote``/``pre_vote`` (``vote_for_deposed``) refused.
 Point 19: ``leader_withholds`` (once per depose for withheld commands, ERROR). Point 21:
 ``leader_front_runs`` (the leader's site signed an entry with one of this site's op ids: ERROR,
-deposed under rules 1 and 2), ``op_id_taken`` (another site did: ERROR, nobody deposed)."""
+deposed under rules 1 and 2), ``op_id_taken`` (another site did: ERROR, nobody deposed). Point 22:
+``leader_over_budget`` (the leader's own entries beyond a member's forwarding budget or its share
+of the log: ERROR, deposed)."""
 WITHHELD_AFTER_S = 45.0
 """Point 19: how long one of this site's forwarded commands may stay out of its applied log, while
 the leader's heartbeats arrive and this site has applied all the leader reports committed, before
@@ -1047,6 +1102,96 @@ class MemberBudget:
         return True
 
 
+def share_exempt(decoded: Any, size: int) -> bool:
+    """Point 22: a command never refused nor counted against its site for the share: a ``vouch`` of at
+    most :data:`SHARE_EXEMPT_BYTES` (``size``: its payload's bytes)."""
+    return isinstance(decoded, dict) and decoded.get("op") == "vouch" and size <= SHARE_EXEMPT_BYTES
+
+
+class LogShare:
+    """Point 22: per signing site (a command's ``by``), ``(commands, bytes)`` applied since this
+    node's log was last compacted (or a full state installed), i.e. what the log keeps of each
+    site. At most :attr:`MAX_SITES` sites; others (an unsigned cluster's made-up names) share the
+    key ``"*"``. Written on the tick thread (under the consumer's lock); a read of one site is a
+    dict lookup (any thread)."""
+
+    MAX_SITES = 256
+
+    def __init__(self) -> None:
+        self.sites: dict[str, tuple[int, int]] = {}
+
+    def note(self, by: Any, size: int) -> None:
+        """One command signed by ``by`` (anything; non-strings count under ``"?"``) of ``size`` bytes."""
+        key = str(by)[:64] if isinstance(by, str) else "?"
+        if key not in self.sites and len(self.sites) >= self.MAX_SITES:
+            key = "*"
+        count, nbytes = self.sites.get(key, (0, 0))
+        self.sites[key] = (count + 1, nbytes + size)
+
+    def reset(self) -> None:
+        """The log was compacted (or replaced by a full state): nothing of it is kept any more."""
+        self.sites = {}
+
+    def over(self, site: Any, factor: float = 1.0) -> tuple[int, int] | None:
+        """``(commands, bytes)`` of ``site`` when beyond ``factor`` times :data:`LOG_SHARE_ENTRIES` or
+        :data:`LOG_SHARE_BYTES`, else None."""
+        count, nbytes = self.sites.get(str(site)[:64], (0, 0))
+        if count > LOG_SHARE_ENTRIES * factor or nbytes > LOG_SHARE_BYTES * factor:
+            return count, nbytes
+        return None
+
+    def text(self) -> str:
+        """``"site-c 1024 commands / 36.0 MiB, ..."``, largest first (for log lines)."""
+        ranked = sorted(self.sites.items(), key=lambda kv: -kv[1][1])
+        return ", ".join(f"{k} {c} commands / {b / 2**20:.1f} MiB" for k, (c, b) in ranked) or "none"
+
+
+class LeaderBudgetWatch:
+    """Point 22, per follower: the entries the leader it follows appended in its term signed by the
+    leader's own site, charged to a bucket of a member's forwarding budget (:data:`FORWARD_CMDS_PER_S`,
+    :data:`FORWARD_BYTES_PER_S`, :data:`FORWARD_BURST_S`, with the door's debt), and counted when over
+    it (``rate``) or over the site's share of the log (``share``, :class:`LogShare`). Forgets all when
+    the leader or the term changes. Times are ``monotonic`` seconds passed in. Not thread-safe (the
+    tick thread only)."""
+
+    def __init__(self) -> None:
+        self.following: tuple = (None, None)
+        self.site: str | None = None
+        self.budget = MemberBudget(FORWARD_CMDS_PER_S, FORWARD_BYTES_PER_S, FORWARD_BURST_S, max_keys=None,
+                                   debt=(1.0, float(MAX_COMMAND_BYTES)))
+        self.count, self.reasons, self.first_idx, self.last_idx = 0, {}, None, None
+
+    def follow(self, leader_id: Any, term: Any, site_of: Callable[[], str | None]) -> None:
+        """The leader and term now followed; ``site_of()`` gives the leader's site (asked on a change only)."""
+        if (leader_id, term) != self.following:
+            self.__init__()
+            self.following = (leader_id, term)
+            try:
+                self.site = site_of()
+            except Exception:  # no site known: nothing is judged
+                self.site = None
+
+    def note(self, idx: int, size: int, now_s: float, rate: bool, over_share: bool) -> None:
+        """The leader's own entry at log index ``idx`` of ``size`` bytes was applied; ``rate``: this
+        node was in sync (entries arrive at the leader's pace), so it is charged to the bucket."""
+        reason = "share" if over_share else None
+        if rate and not self.budget.take("leader", size, now_s):
+            reason = reason or "rate"
+        if reason is None:
+            return
+        self.count += 1
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        self.first_idx = idx if self.first_idx is None else self.first_idx
+        self.last_idx = idx
+
+    def over(self, leader_id: Any, term: Any) -> dict | None:
+        """Evidence (a copy) when the followed ``(leader_id, term)`` reached :data:`DEPOSE_AFTER` counted entries."""
+        if (leader_id, term) != self.following or self.count < DEPOSE_AFTER:
+            return None
+        return {"count": self.count, "reasons": dict(self.reasons), "first_idx": self.first_idx,
+                "last_idx": self.last_idx, "site": self.site}
+
+
 def _failures_only(callback: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
     """Point 21: the callback pysyncobj gets for a proposal this node tracks: only failures pass
     (its success names the log index the leader chose, whose entry may be another one); the
@@ -1120,6 +1265,9 @@ class _HardenedSyncObj(SyncObj):
     deposed: dict = {}  # node id -> (term, monotonic time the hold ends, site)
     _withheld: WithheldWatch | None = None  # point 19, tick thread only
     _withheld_checked: float = float("-inf")
+    # point 22: the leader's own entries against a member's budget and share, tick thread only
+    _leader_budget: LeaderBudgetWatch | None = None
+    share_over: Callable[[str, float], tuple[int, int] | None] = staticmethod(lambda site, factor: None)  # RaftNode
     # point 20: relay of this site's own signed commands through the other members
     relay_check: Callable[[Any, str], tuple[str, str] | None] = staticmethod(lambda command, node_id: None)
     _relay_in: MemberBudget | None = None  # per sending member, tick thread only
@@ -1147,6 +1295,7 @@ class _HardenedSyncObj(SyncObj):
             serializer.on_send_error = self._dump_send_failed
         self._misbehaviour = MisbehaviourCount()
         self._withheld = WithheldWatch()
+        self._leader_budget = LeaderBudgetWatch()
         self._own, self._own_results, self._own_lock = {}, {}, threading.Lock()
         self._own_ops, self._front_runs, self._front_runs_said = {}, {}, {}
         self._relay_in = MemberBudget(RELAY_CMDS_PER_S, RELAY_BYTES_PER_S)
@@ -1187,6 +1336,7 @@ class _HardenedSyncObj(SyncObj):
                 self._SyncObj__raftElectionDeadline = hidden
         self._track_catch_up()
         self._depose_check()
+        self._leader_budget_check()
         self._withheld_check()
 
     # -- point 18: a leader that appends what an honest leader's door refuses is deposed
@@ -1249,6 +1399,56 @@ class _HardenedSyncObj(SyncObj):
         self._leader_contact = float("-inf")  # no lease: grant the other members' pre-votes and votes
         self._SyncObj__raftElectionDeadline = 0  # the next tick asks for pre-votes (point 7)
         return site
+
+    # -- point 22: a leader over a member's budget or share with its own entries is deposed
+    def _note_leader_entry(self, command: bytes, entry: tuple | None) -> None:
+        """After each applied regular entry (tick thread): when this node follows a leader and the
+        entry is of that leader's term and signed by the leader's site (``by``), count it in
+        :class:`LeaderBudgetWatch` against the forwarding budget of a member (only while this node
+        is in sync: catching up, it applies old entries faster than they were appended) and against
+        the site's share of the log (:class:`LogShare`, times :data:`LOG_SHARE_SLACK`)."""
+        leader, watch = self._SyncObj__raftLeader, self._leader_budget
+        if entry is None or watch is None or leader is None or self._SyncObj__raftState == _RAFT_STATE_LEADER \
+                or leader == self._SyncObj__selfNode:
+            return
+        idx = self._SyncObj__raftLastApplied + 1  # pysyncobj moves it after the entry was applied
+        log_, term = self._SyncObj__raftLog, self._SyncObj__raftCurrentTerm
+        first = log_[0][1]
+        if not first <= idx < first + len(log_) or log_[idx - first][2] != term:
+            return
+        watch.follow(leader.id, term, lambda: self.site_of(str(leader.id)))
+        decoded = entry[1]
+        if watch.site is None or not isinstance(decoded, dict) or decoded.get("by") != watch.site:
+            return
+        size = len(command)
+        now = monotonic_time()
+        over_share = not share_exempt(decoded, size) and self.share_over(watch.site, LOG_SHARE_SLACK) is not None
+        watch.note(idx, size, now, now - self._caught_up_at < SYNCED_GRACE_S, over_share)
+
+    def _leader_budget_check(self) -> None:
+        """A follower that counted :data:`DEPOSE_AFTER` of its leader's own entries of the current term
+        beyond a member's budget or the site's share (:meth:`_note_leader_entry`) deposes it (point 22,
+        ``_depose``, hold :data:`DEPOSE_HOLD_S`): one ERROR naming the leader, counted
+        ``leader_over_budget``."""
+        leader, watch = self._SyncObj__raftLeader, self._leader_budget
+        if leader is None or watch is None or self._SyncObj__raftState == _RAFT_STATE_LEADER \
+                or leader == self._SyncObj__selfNode:
+            return
+        term = self._SyncObj__raftCurrentTerm
+        evidence = watch.over(leader.id, term)
+        if evidence is None or self.holds_deposed(leader.id, term):
+            return
+        site = self._depose(leader, term) or evidence["site"]
+        reasons = ", ".join(f"{r}: {n}" for r, n in sorted(evidence["reasons"].items()))
+        self.refusals.refuse(
+            "leader_over_budget", "the leader of term %d, %s (site %s), appended %d entries of its own site (log "
+            "%d-%d) beyond what the door of an honest leader takes from a member (rate: over %.0f commands or %d KiB "
+            "a second; share: over its share of the log kept since the last compaction, %d commands or %d MiB) "
+            "(%s): deposing it (this site accepts no append entries from it and grants it no vote or pre-vote for "
+            "%.0fs) and asking for the election of another leader. A compromised site: README \"A site is "
+            "compromised\"", term, leader.id, site or "unknown", evidence["count"], evidence["first_idx"],
+            evidence["last_idx"], FORWARD_CMDS_PER_S, FORWARD_BYTES_PER_S // 1024, LOG_SHARE_ENTRIES,
+            LOG_SHARE_BYTES // 2**20, reasons, DEPOSE_HOLD_S, level=logging.ERROR, every_s=0.0)
 
     # -- point 19: a leader that withholds this site's commands is deposed
     def _forwarded(self, node: Any, message: dict) -> None:
@@ -2177,6 +2377,7 @@ class _HardenedSyncObj(SyncObj):
             try:
                 self._note_applied(command)  # point 18
                 entry = self.take_applied_entry()  # point 21: always taken, it belongs to this entry only
+                self._note_leader_entry(command, entry)  # point 22
                 if self._withheld is not None:
                     self._withheld.applied(command)  # point 19
                 if kind == _REGULAR:
@@ -2220,6 +2421,7 @@ class _StateConsumer(SyncObjConsumer):
         self.cluster = self.initial
         self.checkpoints = checkpoint.CheckpointLog.fresh(self.initial)
         self.pending_vouch: tuple[int, bytes] | None = None
+        self.share = LogShare()  # point 22: what the log keeps of each signing site since its compaction
         self.on_applied = on_applied
         self.door_refused: str | None = None  # point 18: door_refusal() of the entry applied last
         self.applied_entry: tuple | None = None  # point 21: (state before, command, result, trust) of the entry applied last
@@ -2245,6 +2447,8 @@ class _StateConsumer(SyncObjConsumer):
             before = self.cluster
             new_state, result, command = checkpoint.advance(before, payload, self.trust)
             self.cluster = new_state
+            if not share_exempt(command, len(payload)):
+                self.share.note(command.get("by") if isinstance(command, dict) else None, len(payload))
             try:
                 point = self.checkpoints.record(new_state, payload)
             except Exception:  # a checkpoint must never stop the state machine
@@ -2275,6 +2479,10 @@ class _StateConsumer(SyncObjConsumer):
             except Exception:
                 log.exception("on_applied callback failed")
         return result
+
+    def share_over(self, site: Any, factor: float = 1.0) -> tuple[int, int] | None:
+        """Point 22: :meth:`LogShare.over` of the share now kept (any thread)."""
+        return self.share.over(site, factor)
 
     def take_applied_entry(self) -> tuple | None:
         """Point 21 (tick thread): :attr:`applied_entry` of the entry applied last, then None."""
@@ -2531,6 +2739,7 @@ class RaftNode:
         syncobj.membership_of_state = self._membership_of_state
         syncobj.door_check = self._door_check
         syncobj.take_door_refusal = self._consumer.take_door_refusal
+        syncobj.share_over = self._consumer.share_over
         syncobj.take_applied_entry = self._consumer.take_applied_entry
         self._consumer.leader_of = self._leader_text
         syncobj.site_of = self._site_of
@@ -2593,6 +2802,12 @@ class RaftNode:
         problem = signature_refusal(state, decoded, trust)  # shared with point 18's counting rule
         if problem is not None:
             return "forwarded_bad_signature", f"{str(decoded.get('op'))[:40]} by {by!r}: {problem}"
+        held = None if share_exempt(decoded, size) else self._consumer.share_over(by)
+        if held is not None:  # point 22
+            return ("forwarded_over_share", f"member {node_id} (site {by!r}): the log kept since the last compaction "
+                    f"holds {held[0]} of its commands, {held[1] / 2**20:.1f} MiB, over a site's share "
+                    f"({LOG_SHARE_ENTRIES} commands or {LOG_SHARE_BYTES // 2**20} MiB) while no checkpoint a "
+                    f"majority vouched lets the log compact (see the ERROR \"not compacting the log\")")
         return None
 
     _forward_budget: MemberBudget  # per member node id, tick thread only
@@ -2783,8 +2998,11 @@ class RaftNode:
                 if now - self._not_compacting_logged >= 60.0:
                     self._not_compacting_logged = now
                     log.error("raft: not compacting the log (it keeps growing until a majority vouches a checkpoint "
-                              "kept here): %s", exc)
+                              "kept here): %s; the log kept since the last compaction, per signing site: %s (each "
+                              "site's share: %d commands or %d MiB, beyond which its commands are refused, point 22)",
+                              exc, self._consumer.share.text(), LOG_SHARE_ENTRIES, LOG_SHARE_BYTES // 2**20)
                 raise
+            self._consumer.share.reset()  # point 22: pysyncobj drops the log up to here once this is written
         with open(tmp_file, "wb") as f:
             f.write(dumpfile.encode(document))  # format 3: BLAKE3 of the body in the header
             f.flush()
@@ -2978,6 +3196,7 @@ class RaftNode:
             self._consumer.cluster = state
             self._consumer.checkpoints = points
             self._consumer.pending_vouch = None
+            self._consumer.share.reset()  # point 22: the log is replaced by this state
             self._consumer.track_membership(state, installed=True)
         syncobj = self._syncobj
         if syncobj is not None and syncobj._withheld is not None:
@@ -3085,6 +3304,15 @@ class RaftNode:
         if len(payload) > MAX_COMMAND_BYTES:
             raise errors.LocalProtocolError("raft command too large", op=op, size_bytes=len(payload),
                                             max_bytes=MAX_COMMAND_BYTES)
+        held = None if self._signer is None or share_exempt(command, len(payload)) else \
+            self._consumer.share_over(command.get("by"))
+        if held is not None:  # point 22: the leader's door would refuse it (a leader: its followers depose it)
+            raise errors.NoQuorumError(
+                f"raft did not take the command: the log kept since its last compaction holds {held[0]} commands "
+                f"({held[1] / 2**20:.1f} MiB) of this site, over a site's share ({LOG_SHARE_ENTRIES} commands or "
+                f"{LOG_SHARE_BYTES // 2**20} MiB); the log compacts again once a majority vouches a checkpoint: bring "
+                f"the sites that are down back (see the ERROR \"not compacting the log\")",
+                reason="log_share", op=op, op_id=op_id)
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
 

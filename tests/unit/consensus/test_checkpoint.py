@@ -221,8 +221,14 @@ def test_the_writer_refuses_to_compact_when_vouches_lag_and_keeps_payloads_bound
     c = grown(vouchers=())
     for _ in range((checkpoint.CHECKPOINTS_KEPT + 2) * EVERY):
         c.add(payload("clock", "a"))
-    with pytest.raises(checkpoint.NotCompacting):
+    with pytest.raises(checkpoint.NotCompacting) as raised:
         c.dump()
+    assert "sites that vouched none of them: ['a', 'b', 'c']" in str(raised.value)  # R16 F3: named
+    n, digest = c.site.points[-1]
+    c.add(payload("vouch", "a", n=n, hash=digest))
+    with pytest.raises(checkpoint.NotCompacting) as raised:
+        c.dump()
+    assert "sites that vouched none of them: ['b', 'c']" in str(raised.value)
     assert len(c.site.log.payloads) <= checkpoint.suffix_max(EVERY)
     assert len(c.site.log.points) == checkpoint.CHECKPOINTS_KEPT + 1
     # the vouches arrive: the newest checkpoint is the base again
