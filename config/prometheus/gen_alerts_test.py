@@ -324,6 +324,14 @@ case("a follower deposed its Raft leader: critical, leader_deposed only",
        [exp("ReplicadRaftLeaderDeposed", {"site": "site-b", "reason": "leader_deposed"}, 1)]),
       ("20m", "ReplicadRaftLeaderDeposed", [])])
 
+case("a follower deposed a leader over a member's budget or share with its own entries: critical",
+     [('replicad_raft_refused_total{site="site-a", reason="leader_over_budget"}', "0 0 1x20"),
+      ('replicad_raft_refused_total{site="site-a", reason="forwarded_over_share"}', "0 0 5x20")],
+     [("1m", "ReplicadRaftLeaderDeposed", []),
+      ("3m", "ReplicadRaftLeaderDeposed",
+       [exp("ReplicadRaftLeaderDeposed", {"site": "site-a", "reason": "leader_over_budget"}, 1)]),
+      ("20m", "ReplicadRaftLeaderDeposed", [])])
+
 case("a follower deposed a leader withholding its commands: critical, leader_withholds only",
      [('replicad_raft_refused_total{site="site-c", reason="leader_withholds"}', "0 0 1x20"),
       ('replicad_raft_refused_total{site="site-b", reason="vote_for_deposed"}', "0 0 5x20")],
