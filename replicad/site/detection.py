@@ -809,7 +809,9 @@ class Detection:
         * **moved**: each of the block's file-system blocks that held file data in ``base`` has
           an owner there (ext4alloc ``owners``: inode number and generation) that does not own
           it in ``m`` (the file was deleted, truncated or rewritten elsewhere: ``VACUUM FULL``
-          writes a table into a new file), and the block's version in the anchor is found nearly
+          writes a table into a new file), or none held file data in ``base`` (stale bytes of a
+          file deleted since the anchor: last week's ``VACUUM FULL`` left the old tables' blocks
+          free), and the block's version in the anchor is found nearly
           whole (:func:`anomaly.near_copied`) in what ``m``'s files hold in blocks changed since
           the anchor, other than blocks counted (this snapshot's candidates, ``covered``: the
           coverage window's), most of it in one file. A file encrypted in place keeps its owner and is never excused,
@@ -848,6 +850,8 @@ class Detection:
             if not held.any():
                 if not first.written[fs].any() and index < was.n_blocks and readers["was"].digest(index) == old_d:
                     free.add(index)
+                else:  # stale bytes of a file deleted since the anchor: moved if the anchor's content lives on
+                    maybe.append(index)
                 continue
             o0, o1 = old.owner(fs[held]), new.owner(fs[held])
             if o0 is not None and o1 is not None and (o0 != 0).all() and (o0 != o1).all():

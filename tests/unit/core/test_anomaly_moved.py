@@ -186,12 +186,13 @@ def test_a_table_rewritten_into_a_new_file_is_clean_encryption_is_not(tmp_path: 
     m3b = snap(m2b)
     sig3, v3 = _judge(det, m3b, m2b, carried=v.slow, anchor=lambda: m1b)
     assert v3.verdict == "clean" and not sig3.moved_lost, (v3.reasons, sig3.summary())
-    # no copy: the old rows are gone, the new owner's random bytes count
+    # no copy: the old rows are gone; whether ext4 gave their blocks to the new file (counted as
+    # turned random) or not (left in place: conservation), suspect and nothing moved
     fresh()
     m1c = snap(None)
     rewrite(copy=False)
     sig, v = _judge(det, snap(m1c), m1c)
-    assert v.verdict == "suspect" and not sig.moved and sig.turned_random >= 40, sig.summary()
+    assert v.verdict == "suspect" and not sig.moved, (v.reasons, sig.summary())
     # in place (the same inode) while a copy exists: counted
     fresh()
     m1d = snap(None)
