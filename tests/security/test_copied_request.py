@@ -1,0 +1,132 @@
+"""A copied request withdrawn after an honest approval (attack review R16, F1).
+
+Three real daemons; site-c is the attacker (``copying_requester.py``: its admin API files a copy
+of another site's pending request as its own). A weakening request cools off (5 min here), so a
+site can withdraw its own request (its own veto: the record goes, no veto is counted) after the
+approvals were given.
+
+1. site-a's operator asks for a stricter detection policy (``min_score`` 0.5): r_a, pending with
+   site-a's approval.
+2. site-c files the identical request: r_c ("site-a's operator asked me to re-file").
+3. site-b's operator asks for the same at site-b. Before, the answer was the NEWEST identical
+   request of another site, c's r_c ("approve it with replicad approve r_c"), not naming r_a; b
+   approved r_c, c withdrew it, and the change of a majority never applied, with no veto counted
+   and only a WARNING line. Now the answer is the OLDEST, a's r_a, and it lists every identical
+   pending request with its requester and approvals (r_c by site-c too), in the API's answer and
+   in ``replicad detection``'s words.
+4. site-b approves r_c anyway (an operator following an older message) and site-c withdraws it:
+   site-a and site-b each log an ERROR AUDIT line naming the requester and the approval it voids,
+   and count it (``replicad_request_withdrawn_total{action="set_detection",approved="true"}``).
+5. site-b approves r_a: it is approved by site-a and site-b and cools off (site-c's veto of it
+   would be a counted veto, not a withdrawal).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from replicad.lab.localcluster import LocalCluster
+from tests.integration.conftest import VOL, write_image
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+STRICTER = {"detection": {"min_score": 0.5}, "reason": "tighten after incident"}
+
+
+def _cli(c: LocalCluster, site: str, *args: str) -> subprocess.CompletedProcess:
+    token = c.default_token(site)
+    env = {"PATH": "/usr/bin:/bin", "COLUMNS": "200", **({"REPLICAD_TOKEN": token} if token else {})}
+    return subprocess.run([sys.executable, "-m", "replicad", "--admin", c.sites[site].admin_url, *args],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=Path(__file__).parents[2])
+
+
+def _withdrawn(c: LocalCluster, site: str, approved: str) -> float | None:
+    """``replicad_request_withdrawn_total{action="set_detection",approved=...}`` of ``site``; None if absent."""
+    text = requests.get(c.sites[site].admin_url + "/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("replicad_request_withdrawn_total{") and 'action="set_detection"' in line \
+                and f'approved="{approved}"' in line and f'site="{site}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def _vetoes(c: LocalCluster, site: str) -> float:
+    text = requests.get(c.sites[site].admin_url + "/metrics", timeout=10).text
+    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith("replicad_request_vetoes_total{"))
+
+
+def _pending(c: LocalCluster, site: str, req_id: str) -> bool:
+    return any(r["id"] == req_id and r["status"] == "pending" for r in c.api(site, "GET", "/v1/requests")["requests"])
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2, cooling_off="300s")
+    write_image(c.sites["site-a"].volume_path(VOL), 16, random.Random(7))
+    try:
+        c.start("site-a")
+        c.start("site-b")
+        c.start("site-c", module="tests.security.copying_requester", args=("run",))
+        c.wait_ready(120)
+        yield c
+    finally:
+        c.stop_all()
+
+
+def test_a_copied_request_does_not_take_the_honest_answer_and_its_withdrawal_is_an_error(cluster) -> None:
+    c = cluster
+    # 1. site-a asks
+    ra = c.api("site-a", "PUT", f"/v1/volumes/{VOL}/detection", STRICTER)
+    assert ra["status"] == "pending" and ra["approvals"] == ["site-a"], ra
+    r_a = ra["request"]
+    c.wait_for("site-c sees a's request", lambda: _pending(c, "site-c", r_a), 30)
+    # 2. site-c copies it
+    rc = c.api("site-c", "PUT", f"/v1/volumes/{VOL}/detection",
+               {**STRICTER, "reason": "tighten after incident (site-a's operator asked me to re-file)"})
+    r_c = rc["request"]
+    assert r_c != r_a and rc["approvals"] == ["site-c"] and not rc.get("existing"), rc
+    c.wait_for("site-b sees both", lambda: _pending(c, "site-b", r_a) and _pending(c, "site-b", r_c), 30)
+
+    # 3. site-b's operator asks the same: answered with a's, the oldest; c's copy listed beside it
+    rb = c.api("site-b", "PUT", f"/v1/volumes/{VOL}/detection", STRICTER)
+    assert rb["existing"] is True and rb["own"] is False, rb
+    assert rb["request"] == r_a and rb["by"] == "site-a", rb
+    assert f"approve it with replicad approve {r_a}" in rb["next"], rb
+    assert [(r["request"], r["by"], r["approvals"]) for r in rb["identical"]] == [
+        (r_a, "site-a", ["site-a"]), (r_c, "site-c", ["site-c"])], rb
+    assert f"{r_c} by site-c (approved by site-c)" in rb["next"], rb
+    assert _pending(c, "site-b", r_a) and not any(r["approvals"] == ["site-c", "site-b"] for r in
+                                                  c.api("site-b", "GET", "/v1/requests")["requests"])
+    out = _cli(c, "site-b", "detection", VOL, "--set", "min_score=0.5", "--reason", "tighten after incident")
+    said = " ".join(out.stdout.split())
+    assert out.returncode == 0 and f"request {r_a} by site-a is already pending" in said, (said, out.stderr)
+    assert f"approve it with replicad approve {r_a}" in said, said
+    assert f"identical request also pending: {r_c} by site-c (approved by site-c;" in said, said
+
+    # 4. site-b approves c's copy anyway; c withdraws it during the cooling-off
+    ap = c.api("site-b", "POST", f"/v1/requests/{r_c}/approve", {})
+    assert ap["status"] == "approved" and ap["approvals"] == ["site-c", "site-b"], ap
+    for s in ("site-a", "site-b"):
+        assert _withdrawn(c, s, "true") == 0  # at zero from the start: the alert sees the first one
+    w = c.api("site-c", "POST", f"/v1/requests/{r_c}/veto", {})
+    assert w["status"] == "withdrawn", w
+    line = re.compile(rf"ERROR .*AUDIT request {r_c} \(set_detection of volume {VOL}, approved when withdrawn\) "
+                      r"withdrawn by its requester site-c after site-b approved it: the approval\(s\) of site-b are "
+                      r"void and it will not take effect")
+    for s in ("site-a", "site-b"):
+        c.wait_for(f"{s}'s ERROR", lambda s=s: line.search(c.sites[s].log_path.read_text()), 30)
+        assert len(line.findall(c.sites[s].log_path.read_text())) == 1, c.log_tail(s)
+        c.wait_for(f"{s} counts it", lambda s=s: _withdrawn(c, s, "true") == 1, 10)
+        assert _withdrawn(c, s, "false") == 0
+        assert _vetoes(c, s) == 0  # a withdrawal is not a veto: the new count is what says it
+
+    # 5. the honest request is still there to approve, and approving it starts its cooling-off
+    ap = c.api("site-b", "POST", f"/v1/requests/{r_a}/approve", {})
+    assert ap["status"] == "approved" and ap["approvals"] == ["site-a", "site-b"], ap
