@@ -303,6 +303,28 @@ def _requests(before: dict, after: dict) -> list[str]:
     return out
 
 
+def withdrawn_after_approval(before: Any, after: Any) -> list[dict]:
+    """The requests ``before`` held pending or approved, with the approval of a site other than
+    their requester, that ``after`` no longer holds (withdrawn by their requester, the requester's
+    own veto; under rules 1 also pushed out of the request table): ``[{"request", "action", "by",
+    "voided": [site]}]`` in ``before``'s order. What the live ``AUDIT request ... withdrawn by its
+    requester ... after ... approved it`` ERROR line says, for a site that caught up from a full
+    state (attack review R16, F1). Pure; never raises."""
+    out = []
+    try:
+        was, now = _d(_d(before).get("requests")), _d(_d(after).get("requests"))
+        for req_id, prior in was.items():
+            prior = _d(prior)
+            if req_id in now or prior.get("status") not in ("pending", "approved"):
+                continue
+            voided = [str(s) for s in (prior.get("approvals") or ()) if s != prior.get("by")]
+            if voided:
+                out.append({"request": req_id, "action": prior.get("action"), "by": prior.get("by"), "voided": voided})
+    except Exception:  # a malformed state: _requests says it cannot compare
+        return []
+    return out
+
+
 def _outcome(entry: dict) -> str:
     if entry.get("status") == "vetoed":
         return f"; vetoed by {entry.get('vetoed_by')}"
@@ -523,8 +545,9 @@ def install_report(before: Any, after: Any, *, at_start: bool, mark: int | None,
     :data:`LISTED_EACH_MAX` one line counted (:func:`new_audit_records`, :func:`group_listed`, at
     most :data:`RECORDS_MAX` lines), then one per (op, claimed signer, error) of the refused ones
     (:func:`refused_text`, at most :data:`RECORDS_MAX`, the largest counts), each starting with the
-    same ``AUDIT (...)`` head. Levels: WARNING when the
-    covered commands go past the mark (or the mark is missing); INFO on a first start (``committed
+    same ``AUDIT (...)`` head. Levels: WARNING when the covered commands go past the mark (or the
+    mark is missing; ERROR for the line of a request withdrawn after another site approved it,
+    :func:`withdrawn_after_approval`, as the live line); INFO on a first start (``committed
     before this site first joined``); a state not past the mark gives its summary line only, at
     INFO (logged here before, live or as the lines of an earlier catch-up that received those
     commands whole: the mark cannot tell which, so the line does not claim they were seen live; as
@@ -574,7 +597,10 @@ def install_report(before: Any, after: Any, *, at_start: bool, mark: int | None,
                   f"{dropped_text(after, was) or 'kept from before the raise'}")
                + ("; each follows" if facts or listed or refused or routine else ""))
     lines = [(level, summary)]
-    lines += [(level, f"{head} {fact}") for fact in governance[:FACTS_MAX]]
+    voiding = tuple(f"request {w['request']} (" for w in withdrawn_after_approval(before, after))
+    loud = logging.ERROR if level == logging.WARNING else level  # as the live line (site.daemon)
+    lines += [(loud if fact.startswith(voiding) and " gone unfinished: " in fact else level, f"{head} {fact}")
+              for fact in governance[:FACTS_MAX]]
     if len(governance) > FACTS_MAX:
         lines.append((level, f"{head} ... and {len(governance) - FACTS_MAX} more fact(s) of the rules, membership, "
                              f"sites and requests: see `replicad status` and `replicad requests`"))

@@ -367,3 +367,17 @@ def test_a_request_withdrawn_after_another_sites_approval_is_named_in_the_catch_
     assert any(line.startswith(f"request {req['request']} (set_retention, {approved['status']}, requested by c) gone "
                                "unfinished: withdrawn by its requester after b approved it (their approvals are void)")
                for line in lines), lines
+    assert catchup.withdrawn_after_approval(was, s) == [
+        {"request": req["request"], "action": "set_retention", "by": "c", "voided": ["b"]}]
+    # the catch-up's line of it is an ERROR, as the live line (site.daemon); the others stay WARNING
+    report = install_report(counted(was, 30), counted(s, 31), at_start=False, mark=30)
+    loud = [line for level, line in report if level == logging.ERROR]
+    assert len(loud) == 1 and f"request {req['request']} (set_retention" in loud[0], report
+    assert {level for level, _ in report} == {logging.WARNING, logging.ERROR}
+    # a withdrawal nobody else approved: no ERROR, nothing voided
+    s2, own = run(before, cmd("request", "c", action="set_retention",
+                              args={"volume": "ehr", "retention": {**RET, "lock_s": 60}}))
+    s3, _ = run(s2, cmd("veto", "c", request=own["request"]))
+    assert catchup.withdrawn_after_approval(s2, s3) == []
+    assert {level for level, _ in install_report(counted(s2, 30), counted(s3, 31), at_start=False, mark=30)} == \
+        {logging.WARNING}
