@@ -89,7 +89,7 @@ from replicad.site.rules_raise import RulesRaise, founding_rules, reported_rules
 from replicad.core.requestdiff import args_summary
 from replicad.site.seen import (HISTORY_FATES_MAX, SeenMark, approved_words, fate_words, pending_words,
                                 unadopted_words)
-from replicad.site.catchup import install_report
+from replicad.site.catchup import install_report, withdrawn_after_approval
 from replicad.site.catchup import request_words as _request_words
 from replicad.storage import fingerprints
 from replicad.storage.audit import AuditLog
@@ -558,6 +558,9 @@ class SiteDaemon:
                                     mark_name="audit.seen" if seen is None else seen.path.name)
             for level, line in report:
                 log.log(level, "%s", line)
+            if report and report[0][0] == logging.WARNING:  # news (not a first start, not seen): as live (R16, F1)
+                for gone in withdrawn_after_approval(before, after):
+                    self.metrics.request_withdrawn(str(gone.get("action")), approved=True)
             if any(level == logging.WARNING for level, _ in report):
                 self._logged_live()  # after the lines (only once joined; else the clock loop's first save)
         except Exception as exc:  # the state is installed; its audit must not stop the Raft node
