@@ -117,7 +117,8 @@ from replicad.ops.exportlimits import IdleExports, requested_ttl_s
 from replicad.core.requestdiff import request_changes, with_changes
 from replicad.storage.audit import AuditLog, verify_chain
 from replicad.peer.netreason import connection_reason, unreachable_detail
-from replicad.core.errors import (ConflictError, InternalError, NotFoundError, NotSupportedError, PeerUnavailableError,
+from replicad.core.errors import (ConflictError, InternalError, MethodNotAllowedError, NotFoundError,
+                                  NotSupportedError, PeerUnavailableError,
                                   ReplicadError, UnauthenticatedError, UsageError, _jsonable, facts_text, from_dict)
 from replicad.core import anomaly  # issue 14
 from replicad.core.state import AUDIT_DROPPED, AUDIT_KEPT_MAX, RULES_AUDIT_BY_SIGNER, audit_share
@@ -158,7 +159,14 @@ def _err(err: ReplicadError) -> web.Response:
     return resp
 
 
+_BODY_KEY = "replicad.json_body"  # the body as _json_body parsed it (read once: aiohttp's can_read_body turns False)
+
+
 async def _json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body (``{}`` without a body), parsed once per request.
+    UsageError (400 ``bad_request``) when it is not JSON or not an object."""
+    if _BODY_KEY in request:
+        return request[_BODY_KEY]
     if not request.can_read_body:
         return {}
     try:
@@ -167,6 +175,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         raise UsageError(f"request body is not JSON: {err}") from None
     if not isinstance(body, dict):
         raise UsageError("request body must be a JSON object")
+    request[_BODY_KEY] = body
     return body
 
 
@@ -246,6 +255,8 @@ class _Guard:
                     principal = self.tokens().authenticate(request.headers.get("Authorization"), allow_basic=basic)
                     request[PRINCIPAL_KEY] = principal
                     auth.authorize(principal, required, f"{method} {request.path}")
+                if method != "GET" and request.can_read_body:
+                    await _json_body(request)  # a malformed body is a 400 on every route, even one that reads none
                 resp = await fn(request)
             except ReplicadError as err:
                 code, resp = err.code, _err(err)
@@ -266,7 +277,7 @@ class _Guard:
     async def _audit(self, request: web.Request, principal: auth.Principal | None, status: int,
                      code: str | None) -> None:
         body: Any = None
-        if request.can_read_body:
+        if request.body_exists:  # read before (cached): can_read_body is False once a handler read it
             try:
                 raw = await request.read()
                 body = json.loads(raw) if raw else None
@@ -940,6 +951,26 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         ("GET", "/v1/exports", exports_list), ("DELETE", "/v1/exports/{export_id}", export_delete),
     ]
     return [web.route(method, path, guard.wrap(method, path, fn)) for method, path, fn in table]
+
+
+@web.middleware
+async def json_route_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp middleware of the admin listener: a path no route serves answers 404 and a method a
+    path does not serve 405 (with ``Allow``) as the API's typed JSON errors ``{error, message,
+    evidence}`` (``not_found``, ``method_not_allowed``), not aiohttp's text/plain pages."""
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = sorted(exc.allowed_methods)
+        resp = _err(MethodNotAllowedError(f"{request.method} is not served on {request.path} (allowed: "
+                                          f"{', '.join(allowed)}; the API: GET /v1/openapi.json)",
+                                          method=request.method, path=request.path, allowed=allowed))
+        resp.headers["Allow"] = ",".join(allowed)
+        return resp
+    except web.HTTPNotFound:
+        if request.match_info.http_exception is None:  # a handler's own 404 (none raise it): as it is
+            raise
+        return _err(NotFoundError(f"no API path {request.path} (the API: GET /v1/openapi.json)", path=request.path))
 
 
 def _no_claimed_approval(body: dict) -> None:
