@@ -134,6 +134,14 @@ class NotSupportedError(UsageError):
     http_status = 501
 
 
+class MethodNotAllowedError(UsageError):
+    """An admin API path asked with a method it does not serve (HTTP 405; evidence ``method``,
+    ``path``, ``allowed``)."""
+
+    code = "method_not_allowed"
+    http_status = 405
+
+
 class ReflinkUnsupportedError(UsageError):
     """A ``reflink`` volume's image cannot be cloned or mapped: ``ioctl(FICLONE)`` or
     ``FS_IOC_FIEMAP`` answered EOPNOTSUPP/ENOTTY/EINVAL (ext4, XFS without ``reflink=1``, a block

@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 
 from replicad.config import SiteConfig
-from replicad.ops.admin import admin_routes
+from replicad.ops.admin import admin_routes, json_route_errors
 from replicad.site.daemon import SiteDaemon
 from replicad.site.datadir import prepare_data_dir
 from replicad.telemetry.systemd import Notifier, configure_logging
@@ -37,7 +37,7 @@ async def run_site(cfg: SiteConfig, config_path: Path | None = None) -> int:
     watchdog: asyncio.Task | None = None
     started = False  # "stopped" is logged only for a site that started (not one refused at start)
     try:
-        await daemon.start(admin_routes=admin_routes)
+        await daemon.start(admin_routes=admin_routes, admin_middlewares=(json_route_errors,))
         started = True
         watchdog = asyncio.create_task(notifier.watchdog_loop(), name="watchdog")
         if config_path is not None:
