@@ -46,7 +46,7 @@ import signal
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -172,12 +172,14 @@ class SiteDaemon:
         self._founding_logged: dict[str, list[str]] = {}  # other sites' differing found proposals, as last logged
 
     # ------------------------------------------------------------------ lifecycle
-    async def start(self, *, admin_routes: AdminRoutes) -> None:
+    async def start(self, *, admin_routes: AdminRoutes, admin_middlewares: Sequence[Any] = ()) -> None:
         """Open the store and catalog, start Raft, the peer and admin servers and the runners.
 
         Args:
             admin_routes: builds the admin API of this site (``replicad.ops.admin.admin_routes``),
                 served on ``admin.listen``.
+            admin_middlewares: aiohttp middlewares of the admin listener, after the connection gate
+                (``replicad.ops.admin.json_route_errors``: unknown paths and methods as typed JSON errors).
         """
         self._loop = asyncio.get_running_loop()
         self._reported_max = reported_rules_max(self.cfg.lab)  # ConfigError (a bad lab knob): before anything opens
@@ -241,7 +243,7 @@ class SiteDaemon:
         await self._serve([*peer_routes(self.receiver), self.rules_raise.route()], self.cfg.peer_listen,
                           client_max_size=64 * 2**20,
                           ssl_context=server_context(tls) if tls is not None else None)
-        await self._serve(admin_routes(self), self.cfg.admin_listen, listener="admin")
+        await self._serve(admin_routes(self), self.cfg.admin_listen, listener="admin", middlewares=admin_middlewares)
         self._tasks.append(asyncio.create_task(self._bootstrap(), name="bootstrap"))
         for runner in self.runners.values():
             self._tasks.append(asyncio.create_task(self.volumes.run_volume(runner),
@@ -394,7 +396,7 @@ class SiteDaemon:
         return any(r.acting_epoch is not None for r in list(self.runners.values()))
 
     async def _serve(self, routes: list[web.RouteDef], listen: str, ssl_context: ssl.SSLContext | None = None,
-                     listener: str = "peer", **app_kw: Any) -> None:
+                     listener: str = "peer", middlewares: Sequence[Any] = (), **app_kw: Any) -> None:
         """Serve ``routes`` on ``listen`` under a :class:`~replicad.peer.conngate.ConnGate`
         (ARCHITECTURE.md, Choices: "A connection costs its listener a bounded number of file
         descriptors"). ``listener`` ``"peer"``: at most CONN_PER_PEER connections of one
@@ -421,7 +423,7 @@ class SiteDaemon:
             gate = conngate.ConnGate(self.site_id, listener, refused, per_peer=conngate.ADMIN_CONN_PER_ADDRESS,
                                      total=conngate.ADMIN_CONN_TOTAL, head_s=head_s)
             handler_kw = {}
-        app = web.Application(middlewares=[gate.middleware], **app_kw)
+        app = web.Application(middlewares=[gate.middleware, *middlewares], **app_kw)
         app.add_routes(routes)
         # on stop, in-flight requests get SHUTDOWN_GRACE_S to finish, then are abandoned
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S, **handler_kw)
