@@ -383,7 +383,8 @@ names up in its own modules):
    the commands its log kept since its last compaction (:class:`LogShare`; reset when a dump is
    written or installed). The leader's door refuses a member's forwarded command beyond its share
    (:data:`LOG_SHARE_BYTES`, :data:`LOG_SHARE_ENTRIES`: ``forwarded_over_share``, WARNING naming the
-   member), a node refuses its own proposal beyond it (``NoQuorumError`` ``log_share``), and a small
+   member), a node refuses its own proposal beyond :data:`LOG_SHARE_OWN` of it (``NoQuorumError``
+   ``log_share``: before the door, whose refusal point 19 would hold against an honest leader), and a small
    ``vouch`` is never refused (it is what lets the log compact again). A follower that counted
    :data:`DEPOSE_AFTER` of its leader's own entries of the current term over the budget or over the
    share (times :data:`LOG_SHARE_SLACK`: nodes compact at different moments) deposes it as in point 18
@@ -570,6 +571,10 @@ LOG_SHARE_SLACK = 1.25
 """Point 22: a follower judges its leader's own site over its share only beyond this many times
 :data:`LOG_SHARE_BYTES` / :data:`LOG_SHARE_ENTRIES`: each node counts since its own last compaction,
 and nodes compact at different moments (pysyncobj: every 5,000 entries or 300 s when allowed)."""
+LOG_SHARE_OWN = 0.9
+"""Point 22: a node refuses its own proposals beyond this many times its site's share, before the
+leader's door would (a command the door refuses stays in point 19's watch, and its site would depose
+an honest leader for it; the counts of two nodes differ by what one compacted and the other not yet)."""
 SHARE_EXEMPT_BYTES = 1024
 """Point 22: a ``vouch`` of at most this many bytes is never refused for the share (vouches are what
 lets the log compact again; an honest one is 228 bytes)."""
@@ -3305,7 +3310,7 @@ class RaftNode:
             raise errors.LocalProtocolError("raft command too large", op=op, size_bytes=len(payload),
                                             max_bytes=MAX_COMMAND_BYTES)
         held = None if self._signer is None or share_exempt(command, len(payload)) else \
-            self._consumer.share_over(command.get("by"))
+            self._consumer.share_over(command.get("by"), LOG_SHARE_OWN)
         if held is not None:  # point 22: the leader's door would refuse it (a leader: its followers depose it)
             raise errors.NoQuorumError(
                 f"raft did not take the command: the log kept since its last compaction holds {held[0]} commands "
