@@ -3010,6 +3010,13 @@ class RelativeVerdict:
     flagged: tuple[str, ...] = ()
 
 
+def _as_much(share: float) -> str:
+    """A written amount measured against the data before it: ``12.5% of the data``; past the
+    data's own size (a copy into free space of a volume that held little) ``2.1 times the data``,
+    never a share above 100 %."""
+    return f"{share:.1%} of the data" if share <= 1.0 else f"{share:.1f} times the data"
+
+
 def conservation_reason(signals: SnapshotSignals, conserve_max: float) -> str:
     """The sentence of a snapshot flagged by conservation (``conservation: ...``), naming what was
     measured on the freed side: structure that became zeros in the snapshot's bytes
@@ -3025,8 +3032,9 @@ def conservation_reason(signals: SnapshotSignals, conserve_max: float) -> str:
            else "the old blocks discarded" if not signals.structure_released
            else "the old blocks partly discarded, partly left in place")
     return (f"conservation: {freed + released:.1%} of the data was structured and left the files "
-            f"({'; '.join(parts) or 'nothing measured'}) while {signals.random_filled / data:.1%} was written as "
-            f"random bytes where there were zeros (conserved {signals.conserved:.1%}, above conserve_max "
+            f"({'; '.join(parts) or 'nothing measured'}) while random bytes were written where there were zeros, "
+            f"{signals.random_filled:.0f} blocks' worth ({_as_much(signals.random_filled / data)}) "
+            f"(conserved {signals.conserved:.1%}, above conserve_max "
             f"{conserve_max:.1%}): files rewritten as ciphertext elsewhere (copy-encrypt-delete, or truncated and "
             f"rewritten), {how}")
 
