@@ -25,11 +25,17 @@ SHARE_KEYS = frozenset({"score", "baseline", "cumulative", "conserved", "conserv
 UNITS = {"data_blocks": "blocks", "changed_blocks": "blocks", "turned_random": "blocks", "fresh_random": "blocks",
          "wiped": "blocks", "cold_rewritten": "blocks", "ransom_note": "blocks", "sparse_random": "blocks",
          "structure_freed": "blocks' worth", "random_filled": "blocks' worth", "structure_released": "blocks' worth",
+         "ciphertext_files": "blocks' worth", "released_since_anchor": "blocks' worth",
          "renamed": "file names",
          "magic_destroyed": "blocks"}
 """The unit of each count of a snapshot's signals (``anomaly.SnapshotSignals.summary``), printed
 after it; in a nested map (``magic_destroyed``: per header kind) it applies to every value.
 Keys ending in ``_bytes`` are sizes, ``_blocks`` blocks; shares (:data:`SHARE_KEYS`) percentages."""
+
+
+def _counted(n: Any, noun: str) -> str:
+    """``1 snapshot``, ``2 snapshots`` (``? snapshots`` when not a number)."""
+    return f"{n} {noun}" if n == 1 else f"{n if isinstance(n, int) else '?'} {noun}s"
 
 
 def percent(share: Any) -> str:
@@ -195,8 +201,8 @@ def evidence_lines(e: Mapping[str, Any]) -> list[str]:
                          f"{percent(w.get('total', 0))} "
                          f"of max {percent(w.get('max', 0))}"
                          + ("" if began is None else f", began at #{began} ("
-                            + (f"{w.get('count')} distinct blocks)" if name in ("coverage", "wipes")
-                               else f"{w.get('snapshots')} snapshots)"))
+                            + (_counted(w.get('count'), "distinct block") if name in ("coverage", "wipes")
+                               else _counted(w.get('snapshots'), "snapshot")) + ")")
                          + (", FLAGGED" if w.get("flagged") else ""))
     reasons = here.get("reasons") or []
     if reasons:

@@ -202,8 +202,10 @@ def _snapshots(name: str, old: dict, new: dict) -> list[str]:
             confirmed.append(seq)
     if suspect:
         first = _d(now[suspect[0]])
+        why = (facts_text({"reason": first.get("verdict_reason")}) if first.get("verdict_reason")
+               else "no reason recorded")  # not reason="" (a tryout's finding)
         out.append(f"volume {name}: {len(suspect)} snapshot(s) judged suspect, seqs {_seqs(suspect)} (#{suspect[0]}: "
-                   f"{facts_text({'reason': first.get('verdict_reason')})})")
+                   f"{why})")
     if cleared:
         out.append(f"volume {name}: {len(cleared)} suspect snapshot(s) cleared, seqs {_seqs(cleared)}")
     if confirmed:

@@ -232,3 +232,17 @@ def test_the_conservation_reason_says_what_was_measured(freed: float, released: 
     v = anomaly.judge_relative(2, s, [], [], dict(anomaly.POLICY_DEFAULTS))
     (reason,) = [r for r in v.reasons if r.startswith("conservation:")]
     assert all(x in reason for x in says) and not any(x in reason for x in never), reason
+
+
+def test_the_conservation_reason_never_says_more_than_all_of_the_data() -> None:
+    """Random bytes copied into free space can pass the size of the data before them (a volume
+    that held little): said as blocks and ``times the data``, never ``206.3%`` of it."""
+    s = anomaly.SnapshotSignals(data_blocks=36)
+    s.structure_freed, s.structure_released, s.random_filled = 0.0, 36.0, 74.27
+    (reason,) = [r for r in anomaly.judge_relative(2, s, [], [], dict(anomaly.POLICY_DEFAULTS)).reasons
+                 if r.startswith("conservation:")]
+    assert "74 blocks' worth (2.1 times the data)" in reason and "206" not in reason, reason
+    s.random_filled = 18.0
+    (reason,) = [r for r in anomaly.judge_relative(2, s, [], [], dict(anomaly.POLICY_DEFAULTS)).reasons
+                 if r.startswith("conservation:")]
+    assert "18 blocks' worth (50.0% of the data)" in reason, reason

@@ -22,3 +22,15 @@ def test_the_evidence_lines_show_a_renamed_extension_from_ciphertext_escaped() -
     assert "\ufffd" not in text and "\x1b" not in text and "\x01" not in text, text
     assert 'renamed_extension: "1\\ufffdea\\ufffdm\\ufffdw\\ufffd" (not text)' in text, text
     assert '"mass rename \\x1b[31m" (not text)' in text, text
+
+
+def test_paired_counts_carry_their_unit_and_one_snapshot_is_singular() -> None:
+    e = {"here": {"site": "site-b", "verdict": "suspect", "base_seq": 9, "score": 0.0, "baseline": 0.0,
+                  "signals": {"ciphertext_files": 36.18, "released_since_anchor": 35.67},
+                  "slow": {"anchor": 1, "relative": {"total": 0.04, "max": 0.03, "began": 12, "snapshots": 1},
+                           "coverage": {"total": 0.01, "max": 0.03, "began": 12, "count": 1}},
+                  "reasons": []}}
+    text = "\n".join(evidence_lines(e))
+    assert "ciphertext_files: 36.18 blocks' worth" in text and "released_since_anchor: 35.67 blocks' worth" in text, \
+        text
+    assert "began at #12 (1 snapshot)" in text and "(1 distinct block)" in text and "(1 snapshots)" not in text, text

@@ -104,6 +104,10 @@ def test_rules_membership_keys_snapshots_and_verdicts() -> None:
     assert any(line.startswith("member c changed: keys [ed25519:c] -> [ed25519:other]") for line in lines)
     assert "volume ehr: 15 snapshot(s) committed, seqs [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ... 5 more]" in lines
     assert "volume ehr: 2 snapshot(s) judged suspect, seqs [3, 4] (#3: reason=entropy)" in lines
+    unexplained = copy.deepcopy(changed)
+    unexplained["volumes"]["ehr"]["snapshots"][3]["verdict_reason"] = ""
+    assert "volume ehr: 2 snapshot(s) judged suspect, seqs [3, 4] (#3: no reason recorded)" in \
+        state_changes(s, unexplained)
     cleared = copy.deepcopy(changed)
     cleared["volumes"]["ehr"]["snapshots"][3].update(verdict="clean", confirmed=True)
     del cleared["volumes"]["ehr"]["snapshots"][1]
