@@ -903,7 +903,8 @@ def _request_line(r: dict) -> str:
             + f"; approvals {', '.join(r.get('approvals') or [])} ({approvals_text(r.get('approvals'), r.get('needed'))})"
             + (f"; expires {_utc(r.get('expires_ns'))}" if r["status"] == "pending" else "")
             + (f"; takes effect {_utc(r.get('effective_ns'))} unless vetoed" if r["status"] == "approved" else "")
-            + (f"; vetoed by {r.get('vetoed_by')}" if r["status"] == "vetoed" else ""))
+            + (f"; vetoed by {r.get('vetoed_by')}" if r["status"] == "vetoed" else "")
+            + (f"; MOOT: {r['moot']}: applied, it would change nothing" if r.get("moot") else ""))
 
 
 def _render_requests(data: dict) -> None:
@@ -915,6 +916,9 @@ def _render_requests(data: dict) -> None:
     if any(r.get("status") in ("pending", "approved") for r in reqs):
         console.print(f"at THIS site ({data.get('site_id')}): replicad approve REQ, or replicad veto REQ "
                       "(each site uses its own admin token)")
+    if any(r.get("moot") for r in reqs):  # its effect is in force already: nothing to decide about it
+        console.print("a MOOT request's effect is in force already: approved or not, it changes nothing, and it "
+                      "needs no veto (a pending one expires)", markup=False, soft_wrap=True)
 
 
 def _render_request_state(r: dict) -> None:

@@ -166,6 +166,80 @@ def with_changes(requests: list[dict], view: dict) -> list[dict]:
     return out
 
 
+MOOT_BY_DIFF = ("set_retention", "set_detection", "set_max_size", "set_members", "mark_verdict")
+"""Actions whose request is moot when :func:`request_changes` finds nothing that differs from the
+state now. Not ``promote``/``demote``: a role change to the role in force still starts a new
+epoch (fencing), so it is never called moot here."""
+
+
+def moot_reason(r: dict, view: dict) -> str | None:
+    """Why request record ``r`` (:func:`replicad.core.state.list_requests`), still waiting
+    (``pending`` or ``approved``), would change nothing if it applied now: its effect is in force
+    already in ``view`` (the Raft state this site holds). A sentence: ``site site-c is revoked
+    already (its keys, by site-a)``, ``volume pacs is no longer in the cluster state``,
+    ``snapshots #3, #4 of ehr are no longer in the cluster state``, ``what it asks is in force
+    already: nothing differs (17 keys as now)``; None when it would change something, when it
+    no longer waits, or when this cannot be told from ``view``. Display only (``replicad
+    requests``): the request stays as it is and may still be approved, vetoed or expire. Pure;
+    never raises on any shape."""
+    if not isinstance(r, dict) or r.get("status") not in ("pending", "approved") or not isinstance(view, dict):
+        return None
+    action = r.get("action")
+    args = r.get("args") if isinstance(r.get("args"), dict) else {}
+    volumes = view.get("volumes") if isinstance(view.get("volumes"), dict) else {}
+    try:
+        if action == "revoke_site":
+            return _revocation_moot(args, view)
+        if action == "remove_volume" and isinstance(args.get("volume"), str) and args["volume"] not in volumes:
+            return f"volume {args['volume']} is no longer in the cluster state"
+        if action == "prune_snapshots" and isinstance(args.get("volume"), str) and isinstance(args.get("seqs"), list) \
+                and args["seqs"]:
+            vol = volumes.get(args["volume"])
+            snaps = vol.get("snapshots") if isinstance(vol, dict) and isinstance(vol.get("snapshots"), dict) else {}
+            if not any(seq in snaps or str(seq) in snaps for seq in args["seqs"]):
+                shown = ", ".join(f"#{seq}" for seq in args["seqs"][:ITEMS_SHOWN])
+                more = f" and {len(args['seqs']) - ITEMS_SHOWN} more" if len(args["seqs"]) > ITEMS_SHOWN else ""
+                return f"snapshots {shown}{more} of {args['volume']} are no longer in the cluster state"
+            return None
+        if action in MOOT_BY_DIFF:
+            diff = request_changes(r, view)
+            if diff is not None and diff["against"] == "now" and not diff["changes"]:
+                return f"what it asks is in force already: nothing differs ({diff['unchanged']} key(s) as now)"
+    except (KeyError, TypeError, ValueError, AttributeError):  # a shape this code does not know: no claim
+        return None
+    return None
+
+
+def with_moot(requests: list[dict], view: dict) -> list[dict]:
+    """``requests`` each with ``moot`` (:func:`moot_reason`; absent when None). Pure."""
+    out = []
+    for r in requests:
+        reason = moot_reason(r, view)
+        out.append({**r, "moot": reason} if reason is not None else r)
+    return out
+
+
+def _revocation_moot(args: dict, view: dict) -> str | None:
+    """A revocation is moot when its site is revoked now (not rejoined with a new key since) and
+    every key it names is among the keys revoked: a key it names that is not revoked yet (a site
+    rebuilt but not registered again) is still something it would revoke."""
+    from replicad.core.identity import parse_public_key
+
+    site = args.get("site_id")
+    revoked = view.get("revoked") if isinstance(view.get("revoked"), dict) else {}
+    entry = revoked.get(site) if isinstance(site, str) else None
+    if not isinstance(entry, dict) or "rejoined_ns" in entry or not isinstance(args.get("keys"), list):
+        return None
+    done = {bytes(k) for k in entry.get("keys") or () if isinstance(k, (bytes, bytearray))}
+    try:
+        named = {parse_public_key(k) for k in args["keys"]}
+    except (ValueError, TypeError):
+        return None
+    if not named <= done:
+        return None
+    return f"site {site} is revoked already ({len(done)} key(s), by a request of {entry.get('by')})"
+
+
 def args_summary(args: Any, limit: int = 400) -> dict:
     """``args`` with every value whose JSON text is longer than ``limit`` characters replaced by
     a count: a map by ``"<N keys>"``, a list by ``"<N items>"``, a string by its first ``limit``

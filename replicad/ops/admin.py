@@ -114,7 +114,7 @@ from aiohttp import web
 
 from replicad.ops import auth
 from replicad.ops.exportlimits import IdleExports, requested_ttl_s
-from replicad.core.requestdiff import request_changes, with_changes
+from replicad.core.requestdiff import request_changes, with_changes, with_moot
 from replicad.storage.audit import AuditLog, verify_chain
 from replicad.peer.netreason import connection_reason, unreachable_detail
 from replicad.core.errors import (ConflictError, InternalError, MethodNotAllowedError, NotFoundError,
@@ -406,7 +406,7 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
     async def status(request: web.Request) -> web.Response:
         report = site.status.report()
         view = site.cluster.view()
-        report["requests"] = with_changes(with_previous(report.get("requests") or [], view), view)
+        report["requests"] = with_moot(with_changes(with_previous(report.get("requests") or [], view), view), view)
         return _ok(report | {"members": members(site)["members"]})
 
     async def volumes(request: web.Request) -> web.Response:
@@ -688,7 +688,8 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
 
     async def requests_get(request: web.Request) -> web.Response:
         view = site.cluster.view()
-        return _ok({"requests": with_changes(with_previous(list_requests(view), view), view), "site_id": site.site_id})
+        return _ok({"requests": with_moot(with_changes(with_previous(list_requests(view), view), view), view),
+                    "site_id": site.site_id})
 
     async def requests_approve(request: web.Request) -> web.Response:
         req_id = request.match_info["request_id"]

@@ -230,6 +230,11 @@ SCHEMAS: dict[str, dict] = {
                             "{key, old, new}, or {key, added, removed} for a list; 'now': the agreed state "
                             "now (the request waits), 'before': what it replaced (applied); absent when "
                             "there is nothing to compare with")},
+                        "moot": {**_STR, "description": (
+                            "a request still waiting (pending, approved) whose effect is in force already, "
+                            "why, in words (a revocation of a site revoked already, a document equal to the "
+                            "one in force, a volume or snapshots no longer in the state): applied, it would "
+                            "change nothing; absent otherwise (display only)")},
                         "vetoed_by": _STR}),
     "Requests": _object({"requests": {"type": "array", "items": _ref("Request")}, "site_id": _STR}),
     "Evidence": _object({"volume": _STR, "seq": _INT, "verdict": _STR, "verdict_reason": _STR, "confirmed": _BOOL,
