@@ -19,14 +19,20 @@ approvals were given.
    and count it (``replicad_request_withdrawn_total{action="set_detection",approved="true"}``).
 5. site-b approves r_a: it is approved by site-a and site-b and cools off (site-c's veto of it
    would be a counted veto, not a withdrawal).
+
+A site that was away when the copy was withdrawn and caught up from the leader's full state (its
+log compacted meanwhile: ``REPLICAD_LAB_COMPACTION_ENTRIES``) says it at ERROR too and counts it
+(before: "forgotten (finished records are bounded per requester)", at WARNING).
 """
 
 from __future__ import annotations
 
 import random
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +40,7 @@ import requests
 
 from replicad.lab.localcluster import LocalCluster
 from tests.integration.conftest import VOL, write_image
+from tests.integration.test_incarnation import _leader
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -64,6 +71,10 @@ def _vetoes(c: LocalCluster, site: str) -> float:
 
 def _pending(c: LocalCluster, site: str, req_id: str) -> bool:
     return any(r["id"] == req_id and r["status"] == "pending" for r in c.api(site, "GET", "/v1/requests")["requests"])
+
+
+def _lab(config: str) -> str:
+    return config.replace('log_level = "info"\n', 'log_level = "info"\nlab = true\n', 1)
 
 
 @pytest.fixture
@@ -130,3 +141,54 @@ def test_a_copied_request_does_not_take_the_honest_answer_and_its_withdrawal_is_
     # 5. the honest request is still there to approve, and approving it starts its cooling-off
     ap = c.api("site-b", "POST", f"/v1/requests/{r_a}/approve", {})
     assert ap["status"] == "approved" and ap["approvals"] == ["site-a", "site-b"], ap
+
+
+@pytest.fixture
+def compacting_cluster(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPLICAD_LAB_CHECKPOINT_EVERY", "8")  # a log compacted every 24 entries: site-b, back,
+    monkeypatch.setenv("REPLICAD_LAB_COMPACTION_ENTRIES", "24")  # catches up from the leader's full state
+    c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2, cooling_off="300s")
+    for s in ("site-a", "site-b", "site-c"):
+        c.sites[s].config_path.write_text(_lab(c.sites[s].config_path.read_text()))
+    write_image(c.sites["site-a"].volume_path(VOL), 16, random.Random(7))
+    try:
+        c.start("site-a")
+        c.start("site-b")
+        c.start("site-c", module="tests.security.copying_requester", args=("run",))
+        c.wait_ready(120)
+        yield c
+    finally:
+        c.stop_all()
+
+
+def test_a_site_away_when_the_copy_was_withdrawn_says_it_at_error_after_its_catch_up(compacting_cluster) -> None:
+    c = compacting_cluster
+    r_a = c.api("site-a", "PUT", f"/v1/volumes/{VOL}/detection", STRICTER)["request"]
+    c.wait_for("site-c sees a's request", lambda: _pending(c, "site-c", r_a), 30)
+    r_c = c.api("site-c", "PUT", f"/v1/volumes/{VOL}/detection", STRICTER)["request"]
+    c.wait_for("site-b sees c's copy", lambda: _pending(c, "site-b", r_c), 30)
+    assert c.api("site-b", "POST", f"/v1/requests/{r_c}/approve", {})["status"] == "approved"
+    c.kill("site-b", signal.SIGTERM)  # it sees the rest when it is back
+
+    assert c.api("site-c", "POST", f"/v1/requests/{r_c}/veto", {})["status"] == "withdrawn"
+    for i in range(14):  # c's own requests it withdraws at once: enough entries for the leader to compact
+        q = c.api("site-c", "PUT", f"/v1/volumes/{VOL}/detection",
+                  {"detection": {"min_score": round(0.3 + i / 100, 2)}, "reason": "x"})
+        assert c.api("site-c", "POST", f"/v1/requests/{q['request']}/veto", {})["status"] == "withdrawn"
+    c.wait_for("site-a counts the withdrawal live", lambda: _withdrawn(c, "site-a", "true") == 1, 30)
+    assert _withdrawn(c, "site-a", "false") == 14
+    done = time.time()
+    leader = c.wait_for("a leader", lambda: _leader(c, ("site-a", "site-c")), 30)
+    dump = c.sites[leader].dir / "data" / "raft" / "raft.dump"
+    c.wait_for(f"{leader} compacted its log", lambda: dump.exists() and dump.stat().st_mtime > done, 90)
+
+    c.start("site-b")
+    c.wait_for("site-b installed the leader's full state", lambda: c.status("site-b")["raft"].get("dump_installs", 0)
+               >= 1, 90)
+    line = re.compile(rf"ERROR .*AUDIT \(committed while this site was away; received whole from the leader, "
+                      rf"commands \d+\.\.\d+\) request {r_c} \(set_detection, approved, requested by site-c\) gone "
+                      r"unfinished: withdrawn by its requester after site-b approved it \(their approvals are void\)")
+    c.wait_for("site-b's ERROR", lambda: line.search(c.sites["site-b"].log_path.read_text()), 30)
+    assert len(line.findall(c.sites["site-b"].log_path.read_text())) == 1
+    c.wait_for("site-b counts it", lambda: _withdrawn(c, "site-b", "true") == 1, 30)
+    assert "forgotten (finished records are bounded" not in c.sites["site-b"].log_path.read_text()
