@@ -1374,10 +1374,12 @@ def _suggest(key: str, known: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def membership_differences(agreed: list[dict], configured: list[dict]) -> list[str]:
+def membership_differences(agreed: list[dict], configured: list[dict], *, hints: bool = True) -> list[str]:
     """How ``configured`` (:meth:`SiteConfig.membership`) differs from the ``agreed`` membership
     recorded in the Raft state, one line per difference naming the site and the field (site
-    missing or extra, ``raft`` address, ``kind``, pinned ``keys``); [] when they agree.
+    missing or extra, ``raft`` address, ``kind``, pinned ``keys``); [] when they agree. With
+    ``hints`` an added site and changed keys carry how to make such a change on purpose (members
+    propose first); without, the differences alone (a change already approved).
     Pure; both arguments are lists of ``{"site_id", "raft", "kind", "keys"}``."""
     ours = {m["site_id"]: m for m in configured}
     theirs = {m["site_id"]: m for m in agreed}
@@ -1385,8 +1387,8 @@ def membership_differences(agreed: list[dict], configured: list[dict]) -> list[s
     for site in sorted(set(theirs) - set(ours)):
         out.append(f"sites: {site} is a member of the cluster (raft {theirs[site]['raft']}) but not in this config")
     for site in sorted(set(ours) - set(theirs)):
-        out.append(f"sites: {site} (raft {ours[site]['raft']}) is in this config but not a member of the cluster "
-                   f"(adding it on purpose: {_PROPOSE_FIRST})")
+        out.append(f"sites: {site} (raft {ours[site]['raft']}) is in this config but not a member of the cluster"
+                   + (f" (adding it on purpose: {_PROPOSE_FIRST})" if hints else ""))
     for site in sorted(set(ours) & set(theirs)):
         a, b = theirs[site], ours[site]
         if a["raft"] != b["raft"]:
@@ -1395,8 +1397,8 @@ def membership_differences(agreed: list[dict], configured: list[dict]) -> list[s
             out.append(f"sites.{site}.kind: the cluster has {a['kind']}, this config {b['kind']}")
         if sorted(a["keys"]) != sorted(b["keys"]):
             out.append(f"sites.{site}.public_key: the cluster pins {sorted(a['keys']) or 'none'}, this config "
-                       f"{sorted(b['keys']) or 'none'} (a key rotation on purpose: {_PROPOSE_FIRST}, approved by "
-                       f"{site} itself too)")
+                       f"{sorted(b['keys']) or 'none'}" + (f" (a key rotation on purpose: {_PROPOSE_FIRST}, approved by "
+                                                            f"{site} itself too)" if hints else ""))
     return out
 
 

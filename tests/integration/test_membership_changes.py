@@ -183,6 +183,10 @@ def test_a_rotated_key_pinned_through_members_propose_signs_after_the_restart(be
 
     # the runbook's order: members propose + approvals (site-a's own among them), then configs
     _change_members(c, rotated(c.sites["site-b"].config_path.read_text()), "site-b", ("site-a", "site-c"))
+    for s in three:  # the expected path, said calmly: which request, what differs, restart (a tryout's finding)
+        line = next(x for x in c.sites[s].log_path.read_text().splitlines() if CHANGED in x)
+        assert "(set_members, applied)" in line and f"sites.site-a.public_key: the cluster pins" in line, line
+        assert "security incident" not in line and "BEFORE installing" not in line and len(line) < 700, line
     past = {s: _raft(c, s)["checkpoint"]["n"] for s in three}
     for s in three:  # step 4: every file pins both keys
         c.sites[s].config_path.write_text(rotated(c.sites[s].config_path.read_text()))
