@@ -60,7 +60,7 @@ from replicad.core import anomaly
 from replicad.core.backoff import Backoff
 from replicad.core.errors import (ConflictError, MembershipMismatchError, NotFoundError, ReplicadError,
                                   RulesVersionError, facts_text, from_os_error, is_transient)
-from replicad.core.state import CLOCK_REPORT_PERIOD_NS, DEFAULT_RETENTION, REQUESTS_MAX, RULES_MAX, rules
+from replicad.core.state import CLOCK_REPORT_PERIOD_NS, DEFAULT_RETENTION, REQUESTS_MAX, RULES_MAX, list_requests, rules
 from replicad.peer import conngate
 from replicad.peer.tls import check_site_tls, client_context, server_context
 from replicad.peer.transport import PeerClient, peer_routes
@@ -300,12 +300,37 @@ class SiteDaemon:
                 action=MEMBERSHIP_RUNBOOK))
             return
         if problems:
-            log.warning("site %s: an approved set_members request changed the cluster's agreed membership and it no "
-                        "longer matches this config (%s); this site keeps running but will refuse to start with this "
-                        "config. %s", self.site_id, "; ".join(problems), MEMBERSHIP_COMPARE)
+            applied = self._applied_set_members(agreed)
+            if applied is not None:  # the expected path of a key rotation or a membership change: said calmly
+                log.warning("site %s: request %s (set_members, applied) changed the cluster's agreed membership and "
+                            "this site still runs with the config before it (%s): restart this site with a config "
+                            "that matches, one site at a time (README 'Rotate a site's key' step 4); it runs on until "
+                            "then", self.site_id, applied,
+                            "; ".join(membership_differences(agreed, self.cfg.membership(), hints=False)))
+            else:
+                log.warning("site %s: an approved set_members request changed the cluster's agreed membership and it "
+                            "no longer matches this config (%s); this site keeps running but will refuse to start "
+                            "with this config. %s", self.site_id, "; ".join(problems), MEMBERSHIP_COMPARE)
         if self.catalog is not None and self.catalog.membership() != agreed:
             self.catalog.set_membership(agreed)
         self._agreed_at_start = self._agreed_at_start or agreed
+
+    def _applied_set_members(self, agreed: list[dict]) -> str | None:
+        """The id of the applied ``set_members`` request whose members are ``agreed`` (the newest
+        such), else None (read from this site's Raft view; never raises)."""
+        try:
+            requests = list_requests(self.raft.view()) if self.raft is not None else []
+        except Exception:  # noqa: BLE001 - only the wording of a log line depends on it
+            return None
+        want = sorted(((m.get("site_id"), m.get("raft"), m.get("kind"), tuple(sorted(m.get("keys") or ())))
+                       for m in agreed), key=str)
+        for r in requests:  # newest first
+            members = (r.get("args") or {}).get("members") if r.get("action") == "set_members" else None
+            if r.get("status") == "applied" and isinstance(members, list) and sorted(
+                    ((m.get("site_id"), m.get("raft"), m.get("kind"), tuple(sorted(m.get("keys") or ())))
+                     for m in members if isinstance(m, dict)), key=str) == want:
+                return str(r.get("id"))
+        return None
 
     def _fail(self, err: ReplicadError) -> None:
         """Stop the site because of ``err`` (logged at ERROR; ``run_site`` exits with its code)."""
