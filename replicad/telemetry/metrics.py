@@ -99,7 +99,9 @@ replicad_sites_revoked                                                         R
 replicad_requests_open                                      action             Raft state: requests waiting
                                                                                for approvals or in their
                                                                                cooling-off (0 per action
-                                                                               from the start)
+                                                                               from the start); not a moot
+                                                                               one (its effect in force
+                                                                               already: requestdiff)
 replicad_rules_version / _rules_max                                            Raft state's rules version /
                                                                                this release's RULES_MAX
 replicad_rules_raise_waiting                                                   1 while this site waits for
@@ -230,6 +232,7 @@ from replicad.core.anomaly import score_of
 from replicad.core import state as cluster_state
 from replicad.core.roles import ROLES
 from replicad.core import health
+from replicad.core.requestdiff import moot_reason
 
 if TYPE_CHECKING:
     from replicad.config import SiteConfig
@@ -297,7 +300,8 @@ STATE_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "replicad_raft_has_quorum": ("1 if this site's Raft node is in contact with a majority", ()),
     "replicad_sites_revoked": ("sites whose keys a majority revoked through Raft (replicad revoke)", ()),
     "replicad_requests_open": ("Requests (Raft state) still waiting for approvals or in their cooling-off, by "
-                               "action: each can still be vetoed (replicad requests / veto)", ("action",)),
+                               "action: each can still be vetoed (replicad requests / veto); not those whose "
+                               "effect is in force already (replicad requests: MOOT)", ("action",)),
     "replicad_clock_offset_seconds": ("A site's last clock report (Raft state) minus the majority's clock "
                                       "(core.state.quorum_now_ns): > 0 = its clock is ahead; < 0 = behind, or "
                                       "the site is silent", ("peer",)),
@@ -436,7 +440,8 @@ class StateCollector(Collector):
                 put("replicad_sites_revoked", len(state.get("revoked") or {}))
                 open_requests = dict.fromkeys(cluster_state.REQUEST_ACTIONS, 0)
                 for entry in cluster_state.list_requests(state):
-                    if entry.get("status") in ("pending", "approved") and entry.get("action") in open_requests:
+                    if entry.get("status") in ("pending", "approved") and entry.get("action") in open_requests \
+                            and moot_reason(entry, state) is None:  # a moot one decides nothing: no alert for it
                         open_requests[entry["action"]] += 1
                 for action, count in open_requests.items():
                     put("replicad_requests_open", count, action)

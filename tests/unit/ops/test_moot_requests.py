@@ -72,6 +72,29 @@ def test_a_revocation_asked_twice_at_once_is_moot_once_the_other_applied(admin_s
     assert "a MOOT request's effect is in force already" in text and text.count("MOOT:") == 1, text
 
 
+def test_a_moot_revocation_is_not_an_open_request_for_the_alerts(tmp_path) -> None:
+    """``replicad_requests_open`` (ReplicadMembershipRequestOpen, critical: "the window to stop
+    it") counted the moot one too: it fired for a revocation that decides nothing."""
+    from tests.unit.telemetry.test_metrics import samples, value
+    from replicad.telemetry.metrics import SiteMetrics
+
+    c = cluster()
+    keys = MEMBERS[2]["keys"]
+    for by in ("a", "b"):
+        assert apply(c, signed(by, "request", action="revoke_site", args={"site_id": "c", "keys": keys},
+                               reason="host compromised"))["ok"]
+
+    def open_revocations() -> float:
+        m = SiteMetrics("a", lambda: {"view": {"current": True}}, state_fn=lambda: c.cluster, data_dir=tmp_path)
+        return value(samples(m), "replicad_requests_open", site="a", action="revoke_site")
+
+    assert open_revocations() == 2
+    apply(c, signed("b", "approve", request="r1"))
+    assert open_revocations() == 2  # r1 cooling off, r2 pending: both still decide something
+    past_cooling_off(c, "r1")
+    assert open_revocations() == 0  # r1 applied, r2 moot
+
+
 def test_a_retention_request_asking_what_is_in_force_is_moot_and_a_change_is_not() -> None:
     c = cluster()
     shorter = {**RETENTION, "hourly_s": 2 * 86400}
