@@ -307,6 +307,11 @@ class VolumeLoop:
                 vs = self.cluster.volume_state(volume)
                 if vs is not None and vs["primary"] == self.site_id and runner.acting_epoch != vs["epoch"]:
                     await self.promotion.become_primary(runner, vs)
+            if vs is not None and vs["primary"] is None:  # demoted: no site takes snapshots until one is promoted
+                raise NotPrimaryError(f"{volume} has no primary (demoted at epoch {vs['epoch']}): no site takes "
+                                      f"snapshots of it until one is promoted; at the site that should serve it: "
+                                      f"replicad promote {volume} --force", volume=volume, primary=None,
+                                      hint=f"replicad promote {volume} --force")
             if vs is None or vs["primary"] != self.site_id or runner.acting_epoch != vs["epoch"]:
                 raise NotPrimaryError(f"{self.site_id} is not the primary of {volume}", volume=volume,
                                       primary=vs["primary"] if vs else None)

@@ -45,6 +45,12 @@ def test_demote_at_the_primary_commits_the_writes_since_the_last_snapshot(cluste
     assert a_img.read_bytes() == expected  # the demoted site did not rewrite it away
     st = c.status("site-a")["volumes"][VOL]
     assert st["role"] == "replica" and st["acting_epoch"] is None
+    # a snapshot asked of the demoted volume says it has no primary and how one is made (a tryout's finding)
+    from .test_operator_cli import cli, flat
+
+    res = cli(c, "site-a", "snapshot", VOL)
+    assert res.returncode != 0 and f"{VOL} has no primary (demoted at epoch 2)" in flat(res) \
+        and f"replicad promote {VOL} --force" in flat(res) and "primary: null" not in flat(res), flat(res)
 
 
 def test_demote_whose_final_snapshot_cannot_commit_keeps_the_image_as_divergent(tmp_path: Path) -> None:
