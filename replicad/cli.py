@@ -43,6 +43,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -399,11 +400,18 @@ def _standby_shown(v: dict) -> str:
     return f"{seq} (behind: ?)"
 
 
+def _seq_shown(seq: object, mark: str = "") -> str:
+    """A snapshot number (``7``, or ``#7`` with ``mark="#"``); ``none yet`` when there is none
+    (not Python's ``None``)."""
+    return "none yet" if seq is None else f"{mark}{seq}"
+
+
 def _volume_cells(v: dict) -> dict[str, str]:
     """The per-volume figures ``replicad status`` shows, as text."""
     rpo = v.get("rpo_s")
     return {"role": _role_shown(v), "primary": _primary_shown(v), "epoch": str(v.get("epoch")),
-            "newest": str(v.get("newest_committed")), "clean": str(v.get("newest_clean")), "standby": _standby_shown(v),
+            "newest": _seq_shown(v.get("newest_committed"), "#"), "clean": _seq_shown(v.get("newest_clean"), "#"),
+            "standby": _standby_shown(v),
             "rpo": f"{rpo:.1f}" if rpo is not None else "-", "age": _newest_age_shown(v),
             "suspect": ",".join(map(str, v.get("suspect", []))) or "-",
             "divergent": ",".join(f"{d['epoch']}:{d['seq']}" for d in v.get("divergent", [])) or "-",
@@ -435,8 +443,8 @@ def _render_volumes_table(data: dict) -> None:
         t.add_column(col)
     for name, v in data.get("volumes", {}).items():
         rpo = v.get("rpo_s")
-        t.add_row(name, _role_shown(v), _primary_shown(v), str(v.get("epoch")), str(v.get("newest_committed")),
-                  str(v.get("newest_clean")), _standby_shown(v), f"{rpo:.1f}" if rpo is not None else "-",
+        t.add_row(name, _role_shown(v), _primary_shown(v), str(v.get("epoch")), _seq_shown(v.get("newest_committed")),
+                  _seq_shown(v.get("newest_clean")), _standby_shown(v), f"{rpo:.1f}" if rpo is not None else "-",
                   _newest_age_shown(v),
                   ",".join(map(str, v.get("suspect", []))) or "-",
                   ",".join(f"{d['epoch']}:{d['seq']}" for d in v.get("divergent", [])) or "-",
@@ -1459,13 +1467,18 @@ def _policy_value(key: str, text: str) -> Any:
         if not isinstance(notes, list):
             raise UsageError(f"--set {key}=...: a JSON list of regular expressions", field=key)
         return notes
-    try:
-        if key.endswith("_s"):
+    if key.endswith("_s"):
+        try:
             return int(parse_duration(text))
+        except (ValueError, TypeError, ReplicadError) as err:
+            raise UsageError(f"--set {key}={text}: not a duration ({err})", field=key) from None
+    try:
         number = float(text)
-    except (ValueError, TypeError, ReplicadError) as err:
-        raise UsageError(f"--set {key}={text}: not a {'duration' if key.endswith('_s') else 'number'} ({err})",
-                         field=key) from None
+    except (ValueError, TypeError):  # not Python's "could not convert string to float"
+        raise UsageError(f"--set {key}={text}: not a number (a decimal such as 0.05 or 2; shares are fractions: "
+                         f"0.05 is 5 %)", field=key, value=text) from None
+    if not math.isfinite(number):
+        raise UsageError(f"--set {key}={text}: not a finite number", field=key, value=text)
     return int(number) if number.is_integer() and "." not in text else number
 
 
