@@ -392,7 +392,12 @@ names up in its own modules):
    ``leader_over_budget`` (:class:`LeaderBudgetWatch`). An honest leader's own traffic is what it would
    forward as a follower, within the same budget and share. The ERROR "not compacting the log" names
    the sites that vouched none of the checkpoints kept (:func:`~replicad.consensus.checkpoint.lagging`)
-   and the log kept per signing site. Left: a leader's replays of other sites' captured commands
+   and the log kept per signing site. And (R16 F2: one member forced every site to compact in 20 s
+   with ~280 accepted no-ops a second, so that a site away 20 s caught up from a full state) the door
+   and the relay check take commands of ops outside :data:`ROUTINE_OPS` from one member at
+   :data:`OPS_PER_S`, bursts of :data:`OPS_BURST` (``forwarded_ops_over_rate``, ``relay_ops_over_rate``,
+   keyed as ``clock`` commands are). Left: a leader's own such ops are held to the budget only, not to
+   that rate; a leader's replays of other sites' captured commands
    (refused as ``replayed``, not its own) are not charged; a leader that keeps a follower out of sync
    (a commit index it never reaches) escapes the rate there, not the share.
 
@@ -571,6 +576,24 @@ LOG_SHARE_SLACK = 1.25
 """Point 22: a follower judges its leader's own site over its share only beyond this many times
 :data:`LOG_SHARE_BYTES` / :data:`LOG_SHARE_ENTRIES`: each node counts since its own last compaction,
 and nodes compact at different moments (pysyncobj: every 5,000 entries or 300 s when allowed)."""
+ROUTINE_OPS = frozenset({"clock", "vouch", "commit_snapshot", "add_holder", "mark_verdict", "prune_snapshots"})
+"""Point 22: the ops a site's daemon proposes by itself as it runs (``clock`` has its own rate,
+:data:`~replicad.consensus.guard.CLOCK_PER_S`); every other op is an operator's or a site's event
+(a volume added, a request, an approval, a promotion, a registration) and is held to :data:`OPS_PER_S`."""
+OPS_PER_S = 2.0
+"""Point 22 (attacker review R16 F2): commands of ops outside :data:`ROUTINE_OPS` a member may forward
+(or relay for one site) a second, sustained, in bursts of :data:`OPS_BURST`. R16 F2: one member
+forwarded ~280 accepted no-ops a second (``add_volume`` of an existing volume) from 32 tasks and so
+forced every site to compact its log (5,000 entries) in 20 s, making a site away for 20 s catch up
+from a full state; at this rate it takes ~40 minutes through the door alone. An honest site proposes
+such ops at a person's pace, or at once at its start (at most 128 ``add_volume``, ``state.VOLUMES_PER_SITE_MAX``,
+and its ``register_site``), within the burst."""
+OPS_BURST = 300
+"""Point 22: commands outside :data:`ROUTINE_OPS` the leader takes from a member at once."""
+OPS_REASONS = ("forwarded_ops_over_rate", "relay_ops_over_rate")
+"""Point 22: counted refusals (``replicad_raft_refused_total{reason}``, WARNING): a member forwarded,
+or relayed for one site, more commands outside :data:`ROUTINE_OPS` than :data:`OPS_PER_S` (a follower
+passes relays on at half of it per site, as for ``clock``)."""
 LOG_SHARE_OWN = 0.9
 """Point 22: a node refuses its own proposals beyond this many times its site's share, before the
 leader's door would (a command the door refuses stays in point 19's watch, and its site would depose
@@ -2702,6 +2725,8 @@ class RaftNode:
                                             debt=(1.0, float(MAX_COMMAND_BYTES)))
         self._clock_rate = ClockRate()  # r13 F3: forwarded per member, relayed per member and site (leader)
         self._clock_pass = ClockRate(CLOCK_PER_S / 2, CLOCK_BURST / 2)  # relayed clocks a follower passes on, per site
+        self._ops_rate = ClockRate(OPS_PER_S, OPS_BURST)  # point 22: ops outside ROUTINE_OPS, keyed as clocks
+        self._ops_pass = ClockRate(OPS_PER_S / 2, OPS_BURST / 2)
         self._dump_installs = 0  # full states received from a leader and installed since start
 
     # -- lifecycle
@@ -2757,7 +2782,8 @@ class RaftNode:
         """Tick thread: ``(reason, detail)`` when the ``apply_command`` payload ``command`` that
         member ``node_id`` forwarded must not be appended (point 17, :meth:`_door_problem`; then a
         ``clock`` past its site's rate, :meth:`_clock_check`), else None."""
-        return self._door_problem(command, node_id) or self._clock_check(command, node_id, relayed=False)
+        return self._door_problem(command, node_id) or self._clock_check(command, node_id, relayed=False) \
+            or self._ops_check(command, node_id, relayed=False)
 
     def _clock_check(self, command: Any, node_id: str, relayed: bool) -> tuple[str, str] | None:
         """Attacker review r13, F3 (tick thread): a ``clock`` command that passed the door (point 17)
@@ -2785,6 +2811,32 @@ class RaftNode:
                 ("relay_clock_over_rate", self._clock_rate.detail(f"site {by!r} relayed by member {node_id}"))
         return None if self._clock_pass.take(by, now) else \
             ("relay_clock_over_rate", self._clock_pass.detail(f"site {by!r} relayed through this follower"))
+
+    def _ops_check(self, command: Any, node_id: str, relayed: bool) -> tuple[str, str] | None:
+        """Point 22 (attacker review R16 F2, tick thread): a command of an op outside
+        :data:`ROUTINE_OPS` that passed the door (point 17) or the relay check (point 20) past
+        :data:`OPS_PER_S` is refused, keyed as :meth:`_clock_check` keys ``clock`` commands:
+        ``forwarded_ops_over_rate`` per forwarding member, ``relay_ops_over_rate`` per sending member
+        and signing site at a leader, per signing site at a follower passing relays on (at half the
+        rate). None for a routine op or a command that is not a map."""
+        entry = entry_call(command)
+        decoded = None if entry is None else checkpoint.decode_command(entry[1])
+        if not isinstance(decoded, dict) or decoded.get("op") in ROUTINE_OPS:
+            return None
+        by, now, op = str(decoded.get("by"))[:64], monotonic_time(), str(decoded.get("op"))[:40]
+        if relayed and self._checked_command(command)[1] is None:
+            by = "*"  # unsigned or not founded: ``by`` unchecked (as for clock, r2 F1)
+        text = (f"more commands outside the routine ops (this one: {op!r}) than {OPS_PER_S:g} a second "
+                f"(bursts of {OPS_BURST}); refused")
+        if not relayed:
+            return None if self._ops_rate.take(node_id, now) else \
+                ("forwarded_ops_over_rate", f"member {node_id} (site {by!r}): {text}")
+        syncobj = self._syncobj
+        if syncobj is None or syncobj._SyncObj__raftState == _RAFT_STATE_LEADER:
+            return None if self._ops_rate.take(f"{node_id} {by}", now) else \
+                ("relay_ops_over_rate", f"site {by!r} relayed by member {node_id}: {text}")
+        return None if self._ops_pass.take(by, now) else \
+            ("relay_ops_over_rate", f"site {by!r} relayed through this follower: {text}")
 
     def _door_problem(self, command: Any, node_id: str) -> tuple[str, str] | None:
         """Point 17 (tick thread): ``(reason, detail)`` when the forwarded ``command`` must not be
@@ -2839,7 +2891,8 @@ class RaftNode:
     # -- point 20
     def _relay_check(self, command: Any, node_id: str) -> tuple[str, str] | None:
         """Tick thread: :meth:`_relay_problem`, then a ``clock`` past its site's rate (:meth:`_clock_check`)."""
-        return self._relay_problem(command, node_id) or self._clock_check(command, node_id, relayed=True)
+        return self._relay_problem(command, node_id) or self._clock_check(command, node_id, relayed=True) \
+            or self._ops_check(command, node_id, relayed=True)
 
     def _relay_problem(self, command: Any, node_id: str) -> tuple[str, str] | None:
         """Tick thread: why the ``relay_command`` payload ``command`` (a regular pysyncobj entry of our
@@ -3392,7 +3445,7 @@ class RaftNode:
             status = dict(self._status)
             status["partners"] = dict(self._status["partners"])
         status["dump_error"] = self._dump_error
-        status["refused"] = {**dict.fromkeys(KNOWN_REASONS, 0), **dict.fromkeys((*FORWARD_REASONS, *CLOCK_REASONS), 0),
+        status["refused"] = {**dict.fromkeys(KNOWN_REASONS, 0), **dict.fromkeys((*FORWARD_REASONS, *CLOCK_REASONS, *OPS_REASONS), 0),
                              **dict.fromkeys((*checkpoint.DUMP_REASONS, "checkpoint_divergent", *DEPOSE_REASONS), 0),
                              **self._refusals.counts(), **self._consumer.divergences.counts()}
         with self._consumer.lock:
