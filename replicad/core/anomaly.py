@@ -163,6 +163,7 @@ import base64
 import functools
 import itertools
 import math
+import os
 import re
 import statistics
 import struct
@@ -1832,7 +1833,16 @@ fills, runs of one word; never counted as copied)."""
 _NEAR_C1, _NEAR_C2 = (_np.uint64(0x9E3779B97F4A7C15), _np.uint64(0xC2B2AE3D27D4EB4F)) if _np is not None else (0, 0)
 
 
-def near_windows(raw: bytes, positions: bool = False):
+def near_key() -> tuple[int, int]:
+    """A fresh key for :func:`near_windows` (two 64-bit words from ``os.urandom``): which windows
+    are chosen depends on it, so a writer cannot know which 16-byte pieces of a block a judgement
+    looks for (a decoy holding only the chosen windows of a block it encrypted, 1/8 of its bytes,
+    would pass as a copy of it under a known selection)."""
+    raw = os.urandom(16)
+    return int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
+
+
+def near_windows(raw: bytes, positions: bool = False, key: tuple[int, int] = (0, 0)):
     """The chosen windows of ``raw`` (:data:`NEAR_WINDOW` bytes at every :data:`NEAR_ALIGN`-byte
     offset, kept when their 64-bit hash is 0 modulo :data:`NEAR_SELECT`), as ``uint64`` hashes
     (unsorted, with repeats). A window whose two words are equal or either is zero (zeros,
@@ -1840,15 +1850,17 @@ def near_windows(raw: bytes, positions: bool = False):
     is a multiply-xorshift of the two little-endian words (Steele, Lea and Flood 2014, SplitMix
     constants): not a cryptographic hash; what an attacker can do with a collision is make an
     old block's content look copied, which its own copy does anyway. ``positions``: also return
-    each chosen window's byte offset (``int64``), as ``(hashes, offsets)``. Needs numpy; no
-    errors."""
+    each chosen window's byte offset (``int64``), as ``(hashes, offsets)``. ``key``: mixed into
+    the hash (:func:`near_key`; the old versions and the index of one judgement share one).
+    Needs numpy; no errors."""
     a = _np.frombuffer(raw[:len(raw) // NEAR_ALIGN * NEAR_ALIGN], dtype="<u8")
     if len(a) < 2:
         empty = _np.zeros(0, dtype=_np.uint64)
         return (empty, _np.zeros(0, dtype=_np.int64)) if positions else empty
     x, y = a[:-1], a[1:]
+    k1, k2 = _np.uint64(key[0] & (2**64 - 1)), _np.uint64(key[1] & (2**64 - 1))
     with _np.errstate(over="ignore"):
-        h = x * _NEAR_C1 + (y ^ (y >> _np.uint64(31))) * _NEAR_C2
+        h = (x ^ k1) * _NEAR_C1 + ((y ^ k2) ^ ((y ^ k2) >> _np.uint64(31))) * _NEAR_C2
         h ^= h >> _np.uint64(29)
         h *= _NEAR_C1
         h ^= h >> _np.uint64(32)
@@ -1864,10 +1876,12 @@ block's content went (a phrase of a letter template, a repeated record): left ou
 class NearIndex:
     """Chosen windows (:func:`near_windows`) of some data, each with the *place* it was found in
     (the file holding it: an ext4 owner, ``ext4alloc.Ext4Allocation.owner``), sorted by hash
-    (:func:`near_copied`). ``parts``: ``(hashes, place)`` pairs (several may name one place);
-    a hash repeated within one place is kept once. Needs numpy; no errors."""
+    (:func:`near_copied`). ``parts``: ``(hashes, place)`` pairs (several may name one place),
+    chosen with ``key`` (:func:`near_windows`); a hash repeated within one place is kept once.
+    Needs numpy; no errors."""
 
-    def __init__(self, parts: "Sequence[tuple[_np.ndarray, int]]" = ()) -> None:
+    def __init__(self, parts: "Sequence[tuple[_np.ndarray, int]]" = (), key: tuple[int, int] = (0, 0)) -> None:
+        self.key = key  # the key the parts' windows were chosen with (near_copied chooses the same)
         h = _np.concatenate([p[0] for p in parts]) if parts else _np.zeros(0, _np.uint64)
         b = _np.concatenate([_np.full(len(p[0]), p[1], dtype=_np.int64) for p in parts]) if parts \
             else _np.zeros(0, _np.int64)
@@ -1889,7 +1903,7 @@ def near_copied(raw: bytes, index: NearIndex) -> bool:
     place (one file). Windows common to many places (templates, repeated records) or scattered
     over many files (rows of the same shape elsewhere) do not make a copy; a table rewritten
     into a new file does, wherever the file system put its extents. Pure; needs numpy."""
-    q = _np.unique(near_windows(raw))
+    q = _np.unique(near_windows(raw, key=index.key))
     if len(q) < NEAR_WINDOWS_MIN or not len(index):
         return False
     lo = _np.searchsorted(index.hashes, q, side="left")

@@ -871,18 +871,19 @@ class Detection:
         written = np.concatenate([new.written, np.zeros((-new.blocks) % per, np.uint8)]).reshape(-1, per)
         fsz = new.block_size
         parts = []
+        key = anomaly.near_key()  # this judgement's choice of windows: unknown to the volume's writer
         for v in since_all.tolist():
             w = np.flatnonzero(written[v])
             if not len(w) or readers["m"].digest(v) == ZERO_DIGEST:
                 continue
             raw = readers["m"].block(v)
-            hashes, at = anomaly.near_windows(raw, positions=True)  # the block at once; each window's piece
+            hashes, at = anomaly.near_windows(raw, positions=True, key=key)  # the block at once; each window's piece
             piece = at // fsz
             inside = (at % fsz <= fsz - anomaly.NEAR_WINDOW) & (written[v][np.minimum(piece, per - 1)] != 0)
             owner = new.owner(v * per + piece[inside])
             for o in np.unique(owner).tolist():
                 parts.append((hashes[inside][owner == o], int(o)))
-        index_ = anomaly.NearIndex(parts)
+        index_ = anomaly.NearIndex(parts, key)
 
         def copied(index: int) -> bool:
             if index >= was.n_blocks or readers["was"].digest(index) == ZERO_DIGEST:
@@ -963,6 +964,7 @@ class Detection:
         if not left:
             return 0.0
         windows = []
+        near = anomaly.near_key()  # this judgement's choice of windows
         for v in moved.tolist():  # the files' pieces in changed blocks: a copy of a released piece excuses it
             if readers[1].digest(v) == ZERO_DIGEST:
                 continue
@@ -970,13 +972,13 @@ class Detection:
             for k in np.flatnonzero(written[v]).tolist():
                 key = hashlib.blake2b(raw[k * fs:(k + 1) * fs], digest_size=16).digest()
                 place = new.owner(np.array([v * per + k]))  # the file holding it (owners not kept: the block)
-                windows.append((anomaly.near_windows(raw[k * fs:(k + 1) * fs]),
+                windows.append((anomaly.near_windows(raw[k * fs:(k + 1) * fs], key=near),
                                 int(place[0]) if place is not None else -1 - v))
                 if left.get(key):
                     left[key] -= 1
         # a piece found nearly whole in what the files wrote (VACUUM FULL's new tuple headers):
         # moved too
-        index = anomaly.NearIndex(windows)
+        index = anomaly.NearIndex(windows, near)
         for key, n in left.items():
             if n and anomaly.near_copied(pieces[key], index):
                 left[key] = 0

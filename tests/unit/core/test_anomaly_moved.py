@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from replicad.core import anomaly
+from replicad.core.manifest import changed_rows
 from replicad.site.detection import Detection
 from replicad.sources.file import take_snapshot
 from replicad.storage.chunkstore import ChunkStore
@@ -28,11 +29,11 @@ from tests.unit.core.test_ext4alloc import _mkfs, _mounted, needs_root
 WORDS = (b"patient", b"ward", b"dose", b"blood", b"pressure", b"admission", b"discharge", b"nurse", b"letter")
 
 
-def _rows(r: random.Random, n: int) -> bytes:
-    """``n`` 128-byte rows like a pgbench table's: a 24-byte header (ids, a visibility word), an
-    id, a balance, a name, blank filler."""
+def _rows(r: random.Random, n: int, first: int = 0) -> bytes:
+    """``n`` 128-byte rows like a pgbench table's, keys from ``first``: a 24-byte header (ids, a
+    visibility word), an id, a balance, a name, blank filler."""
     out = bytearray()
-    for i in range(n):
+    for i in range(first, first + n):
         head = i.to_bytes(8, "little") + r.getrandbits(32).to_bytes(4, "little") + bytes(12)
         body = i.to_bytes(4, "little") + r.randint(-99999, 99999).to_bytes(4, "little", signed=True)
         body += b" ".join(r.choice(WORDS) for _ in range(3))[:40].ljust(40, b"_") + bytes(8)
@@ -54,19 +55,23 @@ def test_near_copies_found_after_new_headers_and_shifts_not_in_other_data() -> N
     bytes, not in other rows of the same shape, and zeros or filler are never judged."""
     r = random.Random(1)
     old = _rows(r, 512)
+    key = anomaly.near_key()
+
     def index(*blocks: bytes, at: int = 100) -> anomaly.NearIndex:
-        return anomaly.NearIndex([(anomaly.near_windows(b), at + 7 * i) for i, b in enumerate(blocks)])
+        return anomaly.NearIndex([(anomaly.near_windows(b, key=key), at + 7 * i) for i, b in enumerate(blocks)], key)
 
     vac = _vacuumed(old)
-    assert anomaly.near_copied(old, anomaly.NearIndex([(anomaly.near_windows(vac[:40960]), 50),
-                                                       (anomaly.near_windows(vac[40960:]), 51)]))
+    # a full copy keeps ~75 % of the windows here (the rest hold a changed header word)
+    assert anomaly.near_copied(old, anomaly.NearIndex([(anomaly.near_windows(vac[:57344], key=key), 50),
+                                                       (anomaly.near_windows(vac[57344:], key=key), 51)], key))
     assert anomaly.near_copied(old, index(vac))
-    assert not anomaly.near_copied(old, index(*[_rows(random.Random(s), 512) for s in (2, 3)], os.urandom(1 << 16)))
+    assert not anomaly.near_copied(old, index(*[_rows(random.Random(s), 512, 10_000 * s) for s in (2, 3)],
+                                              os.urandom(1 << 16)))
     assert not anomaly.near_copied(bytes(1 << 16), index(vac))
     assert not anomaly.near_copied(b" " * (1 << 16), index(b" " * (1 << 16)))
     assert not anomaly.near_copied(old, anomaly.NearIndex())
-    # half the rows copied: still moved; a quarter: not
-    assert anomaly.near_copied(old, index(vac[:40 * 1024]))
+    # most rows copied: still moved; a quarter: not
+    assert anomaly.near_copied(old, index(vac[:56 * 1024]))
     assert not anomaly.near_copied(old, index(vac[:16 * 1024]))
     # the copy scattered in pieces over many files: not one copy
     pieces = [vac[i:i + 4096] for i in range(0, len(vac), 4096)]
@@ -75,6 +80,13 @@ def test_near_copies_found_after_new_headers_and_shifts_not_in_other_data() -> N
     assert not anomaly.near_copied(old, index(*[vac] * (anomaly.NEAR_COMMON_MAX + 1)))
     # a template's common windows left out, the rest of a copy judged
     assert anomaly.near_copied(old, index(vac, *[vac[:8192]] * anomaly.NEAR_COMMON_MAX))
+    # a decoy of the windows one key chooses (an eighth of the bytes) is no copy under another key
+    h, at = anomaly.near_windows(old, positions=True, key=(0, 0))
+    decoy = bytearray(len(old))
+    for a in at.tolist():
+        decoy[a:a + anomaly.NEAR_WINDOW] = old[a:a + anomaly.NEAR_WINDOW]
+    assert anomaly.near_copied(old, anomaly.NearIndex([(anomaly.near_windows(bytes(decoy)), 9)]))  # the known key
+    assert not anomaly.near_copied(old, index(bytes(decoy)))
 
 
 def test_coverage_keeps_moved_blocks_counts_them_when_lost_and_round_trips() -> None:
@@ -193,6 +205,17 @@ def test_a_table_rewritten_into_a_new_file_is_clean_encryption_is_not(tmp_path: 
     rewrite(copy=False)
     sig, v = _judge(det, snap(m1c), m1c)
     assert v.verdict == "suspect" and not sig.moved, (v.reasons, sig.summary())
+    # the old table released and left in place beside its copy (no import): its pieces moved, not
+    # released (conservation's released side; no piece of the copy is byte-identical)
+    fresh()
+    m1e = snap(None)
+    with _mounted(img, mnt):
+        (mnt / "table.new").write_bytes(_vacuumed((mnt / "table").read_bytes()))
+        (mnt / "table").unlink()
+        os.sync()
+    m2e = snap(m1e)
+    changed = np.concatenate([i for i, _, _ in changed_rows(m1e, m2e, store.get)])
+    assert det._released(m2e, m1e, changed) <= 0.1 * TABLE / 65536  # of the 128 blocks the table held
     # in place (the same inode) while a copy exists: counted
     fresh()
     m1d = snap(None)
