@@ -688,9 +688,20 @@ class SiteDaemon:
         op = command.get("op")
         fields = {k: command[k] for k in CLUSTER_WIDE_FIELDS.get(op, ()) if k in command}
         outcome = {k: result[k] for k in ("epoch", "previous_primary", "cleared", "weakened") if k in result}
-        log.warning("%s %s of volume %s by %s (a command signed by %s, applied at every site): %s", audit, op,
-                    command.get("volume"), by, by, facts_text({**fields, **outcome}))
+        expected = op == "add_volume" and self._as_configured(command)  # a new cluster's volumes: no warning
+        log.log(logging.INFO if expected else logging.WARNING,
+                "%s %s of volume %s by %s (a command signed by %s, applied at every site%s): %s", audit, op,
+                command.get("volume"), by, by, "; as this site's config [[volumes]] names it" if expected else "",
+                facts_text({**fields, **outcome}))
         self._logged_live()  # after the line: a crash before the mark is written logs it again, never loses it
+
+    def _as_configured(self, command: dict) -> bool:
+        """An ``add_volume`` registering a volume exactly as this site's config names it: the
+        same name, ``initial_primary`` the signing site, the same block size (what every site of a
+        new cluster sees once per volume; anything else is logged at WARNING)."""
+        v = next((v for v in self.cfg.volumes if v.name == command.get("volume")), None)
+        return v is not None and v.initial_primary == command.get("by") == command.get("primary") \
+            and v.block_size_bytes == command.get("block_size")
 
     def _rules_event(self, command: dict, result: dict) -> None:
         """Tick thread: a raise of the cluster's rules is logged at every site at WARNING, naming the
@@ -701,6 +712,8 @@ class SiteDaemon:
         before it under rules 1."""
         level, audit = self._audit_prefix()
         if command.get("op") == "found":  # the founding carried them (state.founding_rules)
+            if audit.startswith("AUDIT (committed before this site first joined"):
+                audit = "AUDIT"  # the founding this site joins now, not history from before it
             dropped = result.get("dropped") or {}
             log.log(level if not dropped else logging.WARNING,
                     "%s the cluster is founded under rules %s (%s's found proposal carried them)%s%s", audit,
