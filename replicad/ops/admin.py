@@ -123,6 +123,8 @@ from replicad.core.errors import (ConflictError, InternalError, MethodNotAllowed
 from replicad.core import anomaly  # issue 14
 from replicad.core.state import AUDIT_DROPPED, AUDIT_KEPT_MAX, RULES_AUDIT_BY_SIGNER, audit_share
 from replicad.core.state import rules as cluster_rules
+from replicad.core.health import degraded_reasons
+from replicad.core.state import CLOCK_LAG_MARGIN_NS, CLOCK_REPORT_PERIOD_NS, clock_offsets_ns
 from replicad.core.state import (RETENTION_MAX_S, SIZE_BYTES_MAX, detection_policy, held_by_marks, list_requests,
                                  is_revoked, max_size_bytes, newest_confirmed, retention_weakened)
 from replicad.core.units import parse_duration, parse_size
@@ -298,26 +300,38 @@ class _Guard:
                  fields["who"], status, rec["hash"])
 
 
+SILENT_AFTER_NS = 3 * CLOCK_REPORT_PERIOD_NS + CLOCK_LAG_MARGIN_NS
+"""A member whose last clock report (every site reports its clock through Raft every
+``CLOCK_REPORT_PERIOD_NS``, 5 s) trails the majority's clock by more than this (25 s) is not
+counted reachable, even with its Raft connection open: a paused process (SIGSTOP, a frozen VM)
+keeps its TCP connections, and between two followers Raft itself is legitimately silent."""
+
+
 def members(site: "SiteDaemon") -> dict:
     """The Raft group as this site sees it: every configured site with its addresses, whether
-    it registered through Raft, whether it leads, and whether this site's Raft node is
-    connected to it (``reachable``; this site itself is always reachable)."""
+    it registered through Raft, whether it leads, and whether it is ``reachable``: this site's
+    Raft node is connected to it and its clock reports have not stopped (``silent_s``, present
+    when they trail the majority's clock by more than :data:`SILENT_AFTER_NS`: stopped, paused,
+    catching up, or a clock that far behind); this site itself is always reachable."""
     assert site.raft is not None
     st = site.raft.state()
     raft = site.raft.status()
     registered = st.get("sites", {})
     partners = raft.get("partners", {})
     leader_addr = raft.get("leader")
+    silent = {name: -off / 1e9 for name, off in clock_offsets_ns(st).items() if off < -SILENT_AFTER_NS}
     out = []
     leader = None
     for s in site.cfg.sites:
         is_self = s.site_id == site.site_id
         if leader_addr == s.raft:
             leader = s.site_id
+        quiet = None if is_self else silent.get(s.site_id)
         out.append({"site_id": s.site_id, "kind": s.kind, "raft": s.raft, "peer_url": s.peer_url,
                     "admin_url": s.admin_url, "self": is_self, "registered": s.site_id in registered,
                     "leader": leader_addr == s.raft,
-                    "reachable": True if is_self else bool(partners.get(s.raft, False))})
+                    "reachable": True if is_self else bool(partners.get(s.raft, False)) and quiet is None,
+                    **({"silent_s": round(quiet, 1)} if quiet is not None else {})})
     return {"members": out, "leader": leader, "term": raft.get("term"), "has_quorum": bool(raft.get("has_quorum"))}
 
 
@@ -407,7 +421,9 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
         report = site.status.report()
         view = site.cluster.view()
         report["requests"] = with_moot(with_changes(with_previous(report.get("requests") or [], view), view), view)
-        return _ok(report | {"members": members(site)["members"]})
+        report["members"] = members(site)["members"]
+        reasons = degraded_reasons(report)  # with the members: a paused one (silent) is unreachable too
+        return _ok(report | {"degraded": bool(reasons), "degraded_reasons": reasons})
 
     async def volumes(request: web.Request) -> web.Response:
         st = site.raft.state()
