@@ -52,7 +52,11 @@ SCHEMAS: dict[str, dict] = {
     "Ready": _object({"ready": _BOOL, "leader": _NSTR}, {"has_quorum": _BOOL, "why": _NSTR}),
     "Member": _object({"site_id": _STR, "kind": {"enum": ["data", "witness"]}, "raft": _STR, "peer_url": _STR,
                        "admin_url": _STR, "self": _BOOL, "registered": _BOOL, "leader": _BOOL,
-                       "reachable": _BOOL}),
+                       "reachable": {**_BOOL, "description": (
+                           "connected over Raft and its clock reports not stopped (see silent_s)")}},
+                      {"silent_s": {**_NUM, "description": (
+                          "present when its clock reports trail the majority's clock by more than 25 s: a "
+                          "paused or hung site keeps its Raft connection open; then reachable is false")}}),
     "Members": _object({"members": {"type": "array", "items": _ref("Member")}, "leader": _NSTR,
                         "term": _NINT, "has_quorum": _BOOL}),
     "RaftStatus": _object({"leader": _NSTR, "term": _INT, "commit_index": _INT, "has_quorum": _BOOL,
