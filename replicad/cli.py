@@ -845,7 +845,8 @@ def _render_members(data: dict) -> None:
     for col in ("site", "kind", "raft", "admin", "registered", "reachable", "leader"):
         t.add_column(col)
     for m in data.get("members", []):
-        reach = "this site" if m.get("self") else ("yes" if m.get("reachable") else "NO")
+        reach = "this site" if m.get("self") else ("yes" if m.get("reachable") else
+                                                   f"NO (silent {m['silent_s']:.0f} s)" if m.get("silent_s") else "NO")
         t.add_row(m["site_id"], m["kind"], m["raft"], m["admin_url"], "yes" if m.get("registered") else "no",
                   reach, "*" if m.get("leader") else "", style=None if m.get("reachable") else "red")
     console.print(t)
