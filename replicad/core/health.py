@@ -53,15 +53,19 @@ def degraded_reasons(data: dict) -> list[dict]:
     if raft.get("synced") is False:
         add("view_not_current", "this site's Raft view is not current")
     revoked = cut_off_sites(data)
+    silent: dict[str, object] = {}
     if data.get("members") is not None:
         down = [str(m.get("site_id")) for m in data["members"] if not m.get("self") and not m.get("reachable")]
+        silent = {str(m.get("site_id")): m.get("silent_s") for m in data["members"] if m.get("silent_s") is not None}
     else:
         names = data.get("raft_sites") or {}
         down = [str(names.get(addr, addr)) for addr, up in sorted((raft.get("partners") or {}).items()) if not up]
     for site in down:
         if site in revoked:  # cut off as intended: not a fault (the status shows it under revoked)
             continue
-        add("member_unreachable", f"site {site} unreachable", site=site)
+        add("member_unreachable", f"site {site} unreachable" + (
+            f" (its Raft connection is open, but its clock reports stopped {silent[site]} s ago by the majority's "
+            f"clock: paused, hung or still catching up)" if site in silent else ""), site=site)
     pending = (data.get("store") or {}).get("repairs_pending")
     if pending:
         add("repairs_pending", f"{pending} chunks lost here are being re-fetched from the other sites (new "
