@@ -94,6 +94,7 @@ def request_changes(r: dict, view: dict) -> dict | None:
     vol = (view.get("volumes") or {}).get(args.get("volume")) if isinstance(view.get("volumes"), dict) else None
     waiting = status != "applied"  # waiting, or ended without effect: compared with the state now
     against = "now" if waiting else "before"
+    unit = "key"  # what ``unchanged`` counts (changes_text)
     from replicad.core.state import detection_policy, max_size_bytes  # the CLI imports this module for its text
 
     try:
@@ -121,6 +122,7 @@ def request_changes(r: dict, view: dict) -> dict | None:
         elif action == "set_members" and waiting and isinstance(args.get("members"), list):
             inc = view.get("incarnation") if isinstance(view.get("incarnation"), dict) else {}
             changes, same = _members_changes(inc.get("members") or [], args["members"])
+            unit = "site"  # what stays as it is: whole members, not keys
         elif action in ("promote", "demote") and waiting and isinstance(vol, dict):
             new = args.get("to") if action == "promote" else None
             change = _value_change("primary", vol.get("primary"), new)
@@ -140,7 +142,7 @@ def request_changes(r: dict, view: dict) -> dict | None:
             return None
     except (KeyError, TypeError, ValueError, AttributeError):  # a record of a shape this code does not know
         return None
-    return {"against": against, "changes": changes, "unchanged": same}
+    return {"against": against, "changes": changes, "unchanged": same, **({"unit": unit} if unit != "key" else {})}
 
 
 def document_changes(old: Any, new: Any) -> dict | None:
@@ -340,6 +342,7 @@ def changes_text(diff: dict) -> str:
     against = {"now": "now", "defaults": "the defaults"}.get(diff.get("against"), "before")
     text = ", ".join(change_text(c) for c in changes) if changes else f"nothing differs from {against}"
     unchanged = diff.get("unchanged") or 0
+    unit = diff.get("unit") if diff.get("unit") in ("key", "site") else "key"  # a membership counts sites
     if changes and unchanged:
-        text += f" ({unchanged} other {'key' if unchanged == 1 else 'keys'} as {against})"
+        text += f" ({unchanged} other {unit if unchanged == 1 else unit + 's'} as {against})"
     return f"compared with the defaults: {text}" if diff.get("against") == "defaults" and changes else text

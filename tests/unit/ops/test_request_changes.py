@@ -50,7 +50,7 @@ def test_retention_max_size_membership_and_role_changes_name_old_and_new() -> No
         (_request("promote", {"volume": "ehr", "to": "site-b", "expected_epoch": 3}), "primary: site-a -> site-b"),
         (_request("mark_verdict", {"volume": "ehr", "seq": 4, "verdict": "clean"}), "#4 verdict: suspect -> clean"),
         (_request("set_members", {"members": [{**MEMBERS[0], "kind": "witness"}, MEMBERS[1]]}),
-         "site-a.kind: data -> witness, site-c: data at 127.0.0.1:7002, 1 key(s) -> none (1 other key as now)"),
+         "site-a.kind: data -> witness, site-c: data at 127.0.0.1:7002, 1 key(s) -> none (1 other site as now)"),
     ]
     for r, text in cases:
         line = _request_line(with_changes([r], VIEW)[0])
