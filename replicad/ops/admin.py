@@ -652,9 +652,18 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
             seq = int(request.match_info["seq"])
         except ValueError:
             raise UsageError("seq must be a snapshot number", field="seq") from None
-        if site.cluster.volume_state(name) is None:
+        vs = site.cluster.volume_state(name)
+        if vs is None:
             _raise_not_found(name)
-        return _ok(site.detection.evidence(name, seq))
+        doc = site.detection.evidence(name, seq)
+        first = (doc.get("here") or {}).get("first_suspect_seq") if isinstance(doc.get("here"), dict) else None
+        if isinstance(first, int):  # snapshots just before it the cluster calls suspect: the incident began earlier
+            snaps, earlier = vs.get("snapshots") or {}, []
+            while first - 1 - len(earlier) in snaps and snaps[first - 1 - len(earlier)].get("verdict") == "suspect":
+                earlier.append(first - 1 - len(earlier))
+            if earlier:
+                doc = {**doc, "suspect_before_first": earlier}
+        return _ok(doc)
 
     async def detection_get(request: web.Request) -> web.Response:  # issue 14: detection policy
         name = request.match_info["volume"]
