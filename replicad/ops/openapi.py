@@ -243,7 +243,10 @@ SCHEMAS: dict[str, dict] = {
     "Requests": _object({"requests": {"type": "array", "items": _ref("Request")}, "site_id": _STR}),
     "Evidence": _object({"volume": _STR, "seq": _INT, "verdict": _STR, "verdict_reason": _STR, "confirmed": _BOOL,
                          "disagreement": _BOOL, "opinions": _OBJ, "marks": _OBJ, "policy": _OBJ},
-                        {"here": {"type": ["object", "null"]}}),
+                        {"here": {"type": ["object", "null"]}, "suspect_before_first": {
+                            "type": "array", "items": _INT, "description": (
+                                "the snapshots just before here.first_suspect_seq that the cluster calls suspect, "
+                                "newest first: the incident began there or earlier")}}),
     "Detection": _object({"volume": _STR, "detection": _OBJ, "effective_here": _OBJ}),
     "DetectionSet": _object({"volume": _STR, "detection": _OBJ, "previous": _OBJ}, {"status": _STR}),
     "RequestState": _object({"request": _STR, "status": {"enum": ["pending", "approved", "applied", "vetoed",
