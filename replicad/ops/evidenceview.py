@@ -169,7 +169,7 @@ def evidence_lines(e: Mapping[str, Any]) -> list[str]:
     """What this site saw of the snapshot (``e["here"]``) as lines, after the opinions table.
 
     Args:
-        e: the evidence document (``{volume, seq, verdict, opinions, here: {site, verdict, score,
+        e: the evidence document (``{volume, seq, verdict, opinions, suspect_before_first?, here: {site, verdict, score,
             baseline, cumulative, base_seq, first_suspect_seq, restore_seq, reasons, signals,
             blocks: [{index, ...}], ransom_notes: [{index, patterns}], cpu_s, judged_at_ns}}``).
     Returns:
@@ -185,7 +185,11 @@ def evidence_lines(e: Mapping[str, Any]) -> list[str]:
              f"cumulative {percent(here.get('cumulative', 0))}), not the primary's commit-time screen"]
     marks = []
     if here.get("first_suspect_seq") is not None:
-        marks.append(f"first suspicious #{here['first_suspect_seq']}")
+        before = [x for x in e.get("suspect_before_first") or () if isinstance(x, int)]
+        marks.append(f"first suspicious #{here['first_suspect_seq']}" + (
+            f" by this site's signals of #{e.get('seq')} (the cluster already calls "
+            f"{', '.join(f'#{x}' for x in before)} before it suspect: the incident began at #{min(before)} "
+            f"or earlier)" if before else ""))
     if here.get("restore_seq") is not None:
         marks.append(f"restore point #{here['restore_seq']}")
     if marks:

@@ -34,3 +34,14 @@ def test_paired_counts_carry_their_unit_and_one_snapshot_is_singular() -> None:
     assert "ciphertext_files: 36.18 blocks' worth" in text and "released_since_anchor: 35.67 blocks' worth" in text, \
         text
     assert "began at #12 (1 snapshot)" in text and "(1 distinct block)" in text and "(1 snapshots)" not in text, text
+
+
+def test_a_first_suspicious_snapshot_after_suspect_ones_names_them() -> None:
+    e = {"volume": "ehr", "seq": 13, "suspect_before_first": [12, 11],
+         "here": {"site": "site-b", "verdict": "suspect", "base_seq": 10, "score": 0.2, "baseline": 0.0,
+                  "first_suspect_seq": 13, "restore_seq": 10, "reasons": []}}
+    text = "\n".join(evidence_lines(e))
+    assert "first suspicious #13 by this site's signals of #13 (the cluster already calls #12, #11 before it " \
+           "suspect: the incident began at #11 or earlier); restore point #10" in text, text
+    e.pop("suspect_before_first")
+    assert "first suspicious #13; restore point #10" in "\n".join(evidence_lines(e))
