@@ -528,6 +528,9 @@ def admin_routes(site: "SiteDaemon") -> list[web.RouteDef]:
                 return _ok(await _forward(site, vs["primary"], request.path, body,
                                           request.headers.get("Authorization")))
         res = await site.promotion.promote(name, to, force, snapshot=snapshot, instant=instant)
+        warning = _revocation_pending(site.cluster.view(), site.site_id if force else str(res.get("primary") or to))
+        if warning is not None:
+            res = {**res, "warning": warning}
         if force:  # answered once this site restored and verified the volume (instant: serves it): ready
             return _ok({**res, "ready": True})
         # a planned switchover: the new primary still restores and verifies its image; answer
@@ -1074,6 +1077,21 @@ def _request_answer(res: dict) -> dict:
     if res.get("result") is not None:
         out["result"] = res["result"]
     return out
+
+
+def _revocation_pending(view: dict, target: str) -> str | None:
+    """A warning when a revocation of ``target`` (a volume's new primary) is pending or approved and
+    cooling off in ``view``: once it applies every command ``target`` signs is refused, so the
+    volume then needs another primary; None otherwise. Pure."""
+    r = next((r for r in list_requests(view) if r.get("action") == "revoke_site" and r.get("status") in
+              ("pending", "approved") and (r.get("args") or {}).get("site_id") == target), None)
+    if r is None:
+        return None
+    when = (f"approved, it takes effect at {_utc_text(r.get('effective_ns'))} unless a site vetoes it"
+            if r.get("status") == "approved" else "pending")
+    return (f"a revocation of {target} is {when} ({r.get('id')}, requested by {r.get('by')}): once it applies, "
+            f"every command {target} signs is refused and this volume needs another primary (promote it at "
+            f"another site); if the revocation is a mistake, veto {r.get('id')} at a site")
 
 
 def _identical_approved(view: dict, action: str, args: dict) -> dict | None:
