@@ -604,6 +604,8 @@ def _render_promote(r: dict) -> None:
     if r.get("final_seq") is not None:
         line += f"; final snapshot #{r['final_seq']} committed before the handover"
     console.print(line, markup=False, soft_wrap=True)
+    if r.get("warning"):  # the new primary is being revoked
+        err_console.print(f"[yellow]warning[/yellow]: {esc(r['warning'])}", markup=True, soft_wrap=True)
     inst = r.get("instant")
     if inst is not None:  # issue 16: promote --instant
         after = (f" {inst['serving_after_s']:.2f} s after the request"
