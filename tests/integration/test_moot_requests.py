@@ -2,17 +2,19 @@
 the approved one cools off is answered with it (a second request stayed pending after the first
 applied, keeping the critical ReplicadMembershipRequestOpen firing until it expired); a
 ``members propose`` of the agreed members is refused, nothing to change (real daemons, the real
-CLI)."""
+CLI); a forced promotion at the site being revoked is warned about."""
 
 from __future__ import annotations
 
 import json
+import random
 import re
 
 import pytest
 
 from replicad.lab.localcluster import LocalCluster
 
+from .conftest import VOL, write_image
 from .test_revoke_requests import cli, requests_at
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -20,6 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 def test_cooling_off_revocation_answers_a_repeat_and_a_no_op_membership_is_refused(tmp_path) -> None:
     c = LocalCluster(tmp_path / "c", min_copies=1, membership_cooling_off="10m")
+    write_image(c.sites["site-a"].volume_path(VOL), 32, random.Random(1))
     try:
         c.start_all()
         c.wait_ready(60)
@@ -44,5 +47,12 @@ def test_cooling_off_revocation_answers_a_repeat_and_a_no_op_membership_is_refus
         assert same.returncode == 4 and "nothing to change" in same.stderr and "Traceback" not in same.stderr, \
             (same.stdout, same.stderr)
         assert [r["id"] for r in requests_at(c, "site-a")] == [req]
+
+        # a forced promotion at the site being revoked is warned about (it would need another primary soon)
+        assert c.api("site-a", "POST", f"/v1/volumes/{VOL}/snapshot", {})["committed"]
+        promoted = cli(c, "site-c", "promote", VOL, "--force")
+        text = " ".join((promoted.stdout + promoted.stderr).split())
+        assert promoted.returncode == 0 and f"warning: a revocation of site-c is approved, it takes effect at" in text \
+            and f"({req}, requested by site-b)" in text and "needs another primary" in text, text
     finally:
         c.stop_all()
