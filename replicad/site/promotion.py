@@ -660,7 +660,10 @@ class Promotion:
                     "site approves it there with: replicad approve %s", volume, op, self.site_id, rule, err, req, req)
         raise ApprovalRequiredError(
             f"{why}: this forced {op} is request {req}; it applies as soon as an operator of another site runs "
-            f"'replicad approve {req}' there", volume=volume, request=req, status=res.get("status"),
+            f"'replicad approve {req}' there" + (
+                f", and then this site takes {volume} over by itself (restores and verifies its image; no command "
+                f"to run again here): start the application only once 'replicad status' here shows {volume} "
+                f"primary" if op == "promote" else ""), volume=volume, request=req, status=res.get("status"),
             needed=res.get("needed"), refusal=refusal, hint=f"replicad approve {req} (at another site)")
 
     async def _await_instant(self, runner: VolumeRunner, volume: str, target: str, res: dict, t0: float,

@@ -100,6 +100,8 @@ def test_one_site_cannot_churn_the_epoch_or_keep_the_honest_sites_out(cluster: L
     with pytest.raises(ReplicadError) as info:
         c.api("site-b", "POST", f"/v1/volumes/{VOL}/promote", {"force": True})
     assert info.value.code == "approval_required", info.value
+    assert "then this site takes ehr over by itself" in info.value.message and "shows ehr primary" in \
+        info.value.message, info.value.message  # the requester is told what happens after the approval
     req = info.value.evidence["request"]
     lines = churn(c, tmp_path / "attacker", rounds=0, mode="veto")
     assert (req, "conflict") in [(r["request"], r["error"]) for r in lines], lines
