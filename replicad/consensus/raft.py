@@ -576,9 +576,12 @@ LOG_SHARE_SLACK = 1.25
 """Point 22: a follower judges its leader's own site over its share only beyond this many times
 :data:`LOG_SHARE_BYTES` / :data:`LOG_SHARE_ENTRIES`: each node counts since its own last compaction,
 and nodes compact at different moments (pysyncobj: every 5,000 entries or 300 s when allowed)."""
-ROUTINE_OPS = frozenset({"clock", "vouch", "commit_snapshot", "add_holder", "mark_verdict", "prune_snapshots"})
+ROUTINE_OPS = frozenset({"clock", "vouch", "commit_snapshot", "site_verdict", "add_holder", "remove_holder",
+                         "mark_verdict", "prune_snapshots"})
 """Point 22: the ops a site's daemon proposes by itself as it runs (``clock`` has its own rate,
-:data:`~replicad.consensus.guard.CLOCK_PER_S`); every other op is an operator's or a site's event
+:data:`~replicad.consensus.guard.CLOCK_PER_S`; ``site_verdict``: every data site's own verdict on
+every snapshot of every volume, 12.8 a second from a site judging 128 volumes at the 10 s default
+interval, far over :data:`OPS_PER_S`; the same set as ``site.catchup.ROUTINE_OPS`` counts); every other op is an operator's or a site's event
 (a volume added, a request, an approval, a promotion, a registration) and is held to :data:`OPS_PER_S`."""
 OPS_PER_S = 2.0
 """Point 22 (attacker review R16 F2): commands of ops outside :data:`ROUTINE_OPS` a member may forward
