@@ -428,7 +428,7 @@ def _render_volumes_narrow(data: dict) -> None:
         console.print(f"[{style}]{esc(name)}[/{style}]: {esc(c['role'])} (primary {esc(c['primary'])}, epoch "
                       f"{esc(c['epoch'])}), RPO {esc(c['rpo'])} s (newest clean), newest {esc(c['age'])} s old",
                       soft_wrap=False, markup=True)
-        console.print(f"  snapshots: newest #{c['newest']}, newest clean #{c['clean']}, standby {c['standby']}",
+        console.print(f"  snapshots: newest {c['newest']}, newest clean {c['clean']}, standby {c['standby']}",
                       markup=False)
         if c["suspect"] != "-" or c["divergent"] != "-":
             console.print(f"  suspect: {c['suspect']}   divergent: {c['divergent']}", style=style)
