@@ -251,7 +251,8 @@ def test_repeated_and_self_directed_requests_propose_nothing(cluster: LocalClust
                             token=NO_TOKEN)
     assert status == 202 and other["request"] == req and other["existing"] is True and other["own"] is False, other
     assert other["by"] == "site-a" and other["reason"] == "first" and other["approvals"] == ["site-a"], other
-    assert other["next"].startswith(f"{req} by site-a is pending: approve it with replicad approve {req}"), other
+    assert other["next"].startswith(f"{req} by site-a is pending (the oldest identical request): approve it with "
+                                    f"replicad approve {req}"), other
     status, _, again = call(cluster, "site-a", "PUT", path, {"retention": {"daily_s": daily}, "reason": "other"})
     assert status == 202 and again["request"] == req and again["own"] is True and again["reason"] == "first"
     assert len(requests("site-a")) == count + 1
