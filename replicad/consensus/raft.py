@@ -529,13 +529,6 @@ ISOLATED_AFTER_S = 10.0
 # pysyncobj redials a member it is not connected to at most this often (its default, 5 s, made
 # a site that started before its peers listened, or a member back from a partition, wait up to
 # 5 s more to be heard; a refused dial is one TCP SYN, refusals are logged at most every few s).
-PARTNER_SILENT_S = 5.0
-"""Seconds a follower may leave the leader's append_entries unanswered before the leader's status
-shows it unreachable although its connection stays open (``RaftNode.status`` ``partners``,
-``replicad_raft_peer_up``): over three times pysyncobj's ``raftMaxTimeout`` (1.4 s), the time
-after which a silent leader is replaced, so a follower merely slow for a moment is not called
-unreachable."""
-
 REDIAL_S = 1.0
 # Point 15: a leader that cannot read its dump steps down after this many failed reads within
 # the window (one try per member per guard.DUMP_SEND_RETRY_S: ~1 s), then stays out of
@@ -2183,19 +2176,6 @@ class _HardenedSyncObj(SyncObj):
         heard = 1 + sum(1 for n in self._SyncObj__otherNodes if now - last.get(n, float("-inf")) < within_s)
         return heard > (len(self._SyncObj__otherNodes) + 1) / 2
 
-    def silent_followers(self, within_s: float) -> frozenset[str]:
-        """Leader only: the members (ids) that answered no append_entries within ``within_s``
-        seconds, whatever their connection says: a frozen process (SIGSTOP, a hung host) keeps its
-        TCP connection open, and the kernel answers its keepalives, so pysyncobj reports it
-        connected for as long as it is frozen (operator try-out 3: ``replicad status`` and
-        ``replicad_raft_peer_up`` said a site stopped for 2 min was reachable). Empty on a follower:
-        between two followers the link is silent by design. Tick thread."""
-        if self._SyncObj__raftState != _RAFT_STATE_LEADER:
-            return frozenset()
-        now = monotonic_time()
-        last = self._SyncObj__lastResponseTime  # reset to now when this node became leader (pysyncobj)
-        return frozenset(str(n.id) for n in self._SyncObj__otherNodes if now - last.get(n, now) > within_s)
-
     def _in_lease(self) -> bool:
         """Raft thesis §4.2.3 (and etcd's CheckQuorum): a follower that heard from its leader
         within ``raftMinTimeout``, or a leader that heard from a majority within it."""
@@ -3453,13 +3433,11 @@ class RaftNode:
 
         ``{"self": addr, "leader": addr|None, "is_leader": bool, "term": int,
         "commit_index": int, "last_applied": int, "has_quorum": bool,
-        "partners": {addr: reachable}, "dump_error": str|None,
+        "partners": {addr: connected}, "dump_error": str|None,
         "refused": {reason: count}, "commands_refused": {reason: count}, "signed": bool,
         "leader_commit_index": int|None, "caught_up": bool, "behind_s": float, "stalled_s": float,
         "dump_send_failures": int, "deposed": {addr: {"site", "term", "hold_s"}}, "dump_installs": int}``
-        (``partners``: connected, and on the leader answering within :data:`PARTNER_SILENT_S`
-        (``_HardenedSyncObj.silent_followers``: a frozen member keeps its connection);
-        ``deposed``: leaders this node deposed whose hold runs, point 18; ``refused``: Raft traffic refused since start, see :mod:`replicad.consensus.channel`
+        (``deposed``: leaders this node deposed whose hold runs, point 18; ``refused``: Raft traffic refused since start, see :mod:`replicad.consensus.channel`
         and :mod:`replicad.consensus.guard`; ``commands_refused``: commands in the log the
         state machine refused as ``bad_signature``, ``replayed`` or ``expired``, counted as
         applied here, since start, journal replays included; ``signed``: this node signs;
@@ -3499,13 +3477,11 @@ class RaftNode:
             log.exception("raft: cannot propose a vouch")
         try:
             leader = syncobj._getLeader()
-            silent = syncobj.silent_followers(PARTNER_SILENT_S)
             status = {"self": self._self_addr, "leader": None if leader is None else str(leader.id),
                       "is_leader": bool(syncobj._isLeader()), "term": syncobj.raftCurrentTerm,
                       "commit_index": syncobj.raftCommitIndex, "last_applied": syncobj.raftLastApplied,
                       "has_quorum": bool(syncobj.hasQuorum),
-                      "partners": {str(n.id): syncobj.isNodeConnected(n) and str(n.id) not in silent
-                                   for n in syncobj.otherNodes},
+                      "partners": {str(n.id): syncobj.isNodeConnected(n) for n in syncobj.otherNodes},
                       "deposed": syncobj.deposed_status(), **syncobj.catch_up_status()}
         except Exception:
             log.exception("cannot read raft status")

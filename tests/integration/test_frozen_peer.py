@@ -1,8 +1,11 @@
-"""A frozen member keeps its Raft connections (SIGSTOP, a hung host: the kernel still answers
-TCP keepalives), so pysyncobj reported it connected for as long as it was frozen and
-``replicad_raft_peer_up`` stayed 1 (operator try-out 3: ReplicadRaftPeerUnreachable never fired
-for a site stopped 2 min). The leader now shows a follower that answered no append_entries for
-``raft.PARTNER_SILENT_S`` as unreachable, and reachable again once it answers. Real daemons."""
+"""A frozen member (SIGSTOP, a hung host) keeps its TCP connections open; operator try-out 3 saw
+``replicad status`` call a site stopped for 2 min reachable. At the Raft leader the link is not
+idle (append_entries every tick), so pysyncobj's connection timeout drops the frozen follower's
+connection within seconds: the leader's status ``partners`` and ``replicad_raft_peer_up`` go to
+0 and ReplicadRaftPeerUnreachable can fire from the leader's metrics; they come back once it
+answers. (Between two followers the link is idle by design: there a frozen site shows through its
+clock reports, ``ops.admin.members`` ``silent_s``.) Real daemons; a regression guard of that
+path."""
 
 from __future__ import annotations
 
