@@ -285,16 +285,23 @@ def _requests(before: dict, after: dict) -> list[str]:
         elif _d(prior).get("status") != entry.get("status") or _d(prior).get("approvals") != entry.get("approvals"):
             out.append(f"request {req_id} ({what}, requested by {entry.get('by', '?')}): "
                        f"{_d(prior).get('status')} -> {entry.get('status')}, approvals [{approvals}]" + _outcome(entry))
+    ends = gone_unfinished(before, after)
     for req_id in was:
         if req_id not in now:
             prior = _d(was[req_id])
-            if prior.get("status") in ("pending", "approved"):  # not finished: its requester withdrew it
+            how = ends.get(req_id)
+            if how == "withdrawn":  # the state proves its requester withdrew it
                 voided = [str(s) for s in (prior.get("approvals") or ()) if s != prior.get("by")]
                 out.append(f"request {req_id} ({prior.get('action')}, {prior.get('status')}, requested by "
                            f"{prior.get('by', '?')}) gone unfinished: withdrawn by its requester"
-                           + (f" after {', '.join(voided)} approved it (their approvals are void)" if voided else "")
-                           + (", or pushed out of the request table (rules 1)" if cluster_state.rules(after) < 2
-                              else ""))
+                           + (f" after {', '.join(voided)} approved it (their approvals are void)" if voided else ""))
+                continue
+            if how == "unknown":  # withdrawn, or finished since and pushed out: the state cannot tell
+                out.append(f"request {req_id} ({prior.get('action')}, {prior.get('status')}, requested by "
+                           f"{prior.get('by', '?')}) gone: withdrawn by its requester, or finished and forgotten "
+                           f"since (the state keeps {cluster_state.REQUESTS_MAX} finished records per requester"
+                           + (", or 64 in all under rules 1" if cluster_state.rules(after) < 2 else "")
+                           + ", and no withdrawal of it among the answers it keeps)")
                 continue
             out.append(f"request {req_id} ({prior.get('action')}, {prior.get('status')}, requested by "
                        f"{prior.get('by', '?')}) forgotten (finished records are bounded per requester)")
@@ -305,19 +312,65 @@ def _requests(before: dict, after: dict) -> list[str]:
     return out
 
 
-def withdrawn_after_approval(before: Any, after: Any) -> list[dict]:
-    """The requests ``before`` held pending or approved, with the approval of a site other than
-    their requester, that ``after`` no longer holds (withdrawn by their requester, the requester's
-    own veto; under rules 1 also pushed out of the request table): ``[{"request", "action", "by",
-    "voided": [site]}]`` in ``before``'s order. What the live ``AUDIT request ... withdrawn by its
-    requester ... after ... approved it`` ERROR line says, for a site that caught up from a full
-    state (attack review R16, F1). Pure; never raises."""
-    out = []
+def gone_unfinished(before: Any, after: Any) -> dict[str, str]:
+    """How each request ``before`` held pending or approved and ``after`` no longer holds left:
+    ``{request id: "withdrawn" | "forgotten" | "unknown"}``. A finished record is forgotten too
+    (:func:`replicad.core.state._bounded_requests`: :data:`~replicad.core.state.REQUESTS_MAX` per
+    requester), so a record gone over many commands proves nothing by itself. ``"withdrawn"`` only
+    when the state proves it: a kept answer (``applied_ops``) of its requester's withdrawal of it, or,
+    under rules 2 and later before and after, its requester holding fewer than ``REQUESTS_MAX``
+    finished records (a forgetting leaves that many, and only a forgetting removes one);
+    ``"forgotten"`` when a kept answer names it forgotten; else ``"unknown"``. Requests gone finished
+    are not listed. Pure; never raises (a malformed state: ``{}``)."""
+    out: dict[str, str] = {}
     try:
         was, now = _d(_d(before).get("requests")), _d(_d(after).get("requests"))
-        for req_id, prior in was.items():
+        gone = {r: _d(p) for r, p in was.items() if r not in now and _d(p).get("status") in ("pending", "approved")}
+        if not gone:
+            return out
+        withdrawn, forgotten = set(), set()
+        for result in _d(_d(after).get("applied_ops")).values():
+            result = _d(result)
+            if result.get("ok") is not True:
+                continue
+            if result.get("status") == "withdrawn" and result.get("request") in gone and \
+                    result.get("withdrawn_by") == gone[result["request"]].get("by"):
+                withdrawn.add(result["request"])
+            for f in result.get("forgotten") or () if isinstance(result.get("forgotten"), list) else ():
+                if isinstance(f, dict) and f.get("request") in gone:
+                    forgotten.add(f["request"])
+        bounded = cluster_state.rules(_d(before)) >= 2 and cluster_state.rules(_d(after)) >= 2
+        finished: dict[Any, int] = {}
+        for entry in now.values():
+            entry = _d(entry)
+            if entry.get("status") not in ("pending", "approved"):
+                finished[entry.get("by")] = finished.get(entry.get("by"), 0) + 1
+        for req_id, prior in gone.items():
+            if req_id in withdrawn or (req_id not in forgotten and bounded and
+                                       finished.get(prior.get("by"), 0) < cluster_state.REQUESTS_MAX):
+                out[req_id] = "withdrawn"
+            else:
+                out[req_id] = "forgotten" if req_id in forgotten else "unknown"
+    except Exception:  # a malformed state: _requests says it cannot compare
+        return {}
+    return out
+
+
+def withdrawn_after_approval(before: Any, after: Any) -> list[dict]:
+    """The requests ``before`` held pending or approved, with the approval of a site other than
+    their requester, that ``after`` no longer holds and that :func:`gone_unfinished` proves their
+    requester withdrew (the requester's own veto): ``[{"request", "action", "by", "voided": [site]}]``
+    in ``before``'s order. A record that may have finished and been forgotten since is not listed
+    (its line says "withdrawn ..., or finished and forgotten", at the catch-up's level, not counted):
+    an honest requester is not named. What the live ``AUDIT request ... withdrawn by its requester
+    ... after ... approved it`` ERROR line says, for a site that caught up from a full state (attack
+    review R16, F1). Pure; never raises."""
+    out = []
+    try:
+        ends = gone_unfinished(before, after)
+        for req_id, prior in _d(_d(before).get("requests")).items():
             prior = _d(prior)
-            if req_id in now or prior.get("status") not in ("pending", "approved"):
+            if ends.get(req_id) != "withdrawn":
                 continue
             voided = [str(s) for s in (prior.get("approvals") or ()) if s != prior.get("by")]
             if voided:

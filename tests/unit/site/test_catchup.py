@@ -373,6 +373,9 @@ def test_a_request_withdrawn_after_another_sites_approval_is_named_in_the_catch_
                for line in lines), lines
     assert catchup.withdrawn_after_approval(was, s) == [
         {"request": req["request"], "action": "set_retention", "by": "c", "voided": ["b"]}]
+    # proven without the kept answer too: c holds fewer finished records than a forgetting leaves
+    assert catchup.withdrawn_after_approval(was, {**s, "applied_ops": {}}) == \
+        catchup.withdrawn_after_approval(was, s)
     # the catch-up's line of it is an ERROR, as the live line (site.daemon); the others stay WARNING
     report = install_report(counted(was, 30), counted(s, 31), at_start=False, mark=30)
     loud = [line for level, line in report if level == logging.ERROR]
@@ -385,3 +388,32 @@ def test_a_request_withdrawn_after_another_sites_approval_is_named_in_the_catch_
     assert catchup.withdrawn_after_approval(s2, s3) == []
     assert {level for level, _ in install_report(counted(s2, 30), counted(s3, 31), at_start=False, mark=30)} == \
         {logging.WARNING}
+
+
+def test_an_approved_request_that_finished_and_was_forgotten_is_no_withdrawal() -> None:
+    # reader F2: a's approved revocation of c applied, then a's 65 later requests pushed its record out
+    # (64 finished records kept per requester): the site that was away named a as a withdrawer at ERROR
+    s, req = run(base(), cmd("request", "a", action="revoke_site", args=revoke("c"), reason="compromised"))
+    s, approved = run(s, cmd("approve", "b", request=req["request"]))
+    assert approved["status"] == "approved", approved
+    was = s
+    s, _ = after(s, MIN15 + 1)
+    assert s["requests"][req["request"]]["status"] == "applied"
+    for i in range(st.REQUESTS_MAX + 1):
+        s, more = run(s, cmd("request", "a", action="set_retention",
+                             args={"volume": "ehr", "retention": {**LONGER, "lock_s": LONGER["lock_s"] + i}}))
+        s, done = run(s, cmd("approve", "b", request=more["request"]))
+        assert done["status"] == "applied", done
+    assert req["request"] not in s["requests"]
+    assert catchup.withdrawn_after_approval(was, s) == []
+    assert catchup.gone_unfinished(was, s) == {req["request"]: "forgotten"}  # a kept answer names it
+    forgot = {**s, "applied_ops": {}}  # the answers dropped too (APPLIED_OPS_MAX): the state cannot tell
+    assert catchup.gone_unfinished(was, forgot) == {req["request"]: "unknown"}
+    assert catchup.withdrawn_after_approval(was, forgot) == []
+    for state in (s, forgot):
+        report = install_report(counted(was, 30), counted(state, 500), at_start=False, mark=30)
+        assert logging.ERROR not in {level for level, _ in report}, report
+        named = [line for _, line in report if f"request {req['request']} (revoke_site" in line]
+        assert len(named) == 1 and "withdrawn by its requester after" not in named[0], named
+    assert any("gone: withdrawn by its requester, or finished and forgotten since" in line
+               for _, line in install_report(counted(was, 30), counted(forgot, 500), at_start=False, mark=30))
