@@ -481,10 +481,14 @@ all, ~140 KB of msgpack in a dump (ARCHITECTURE.md, Choices, "One site's share o
 AUDIT_KEPT_AFTER_TRIM = AUDIT_KEPT_MAX * 3 // 4
 """What :func:`audit_trim` cuts the list to (1,500): a quarter at once, so that the O(records) cut is
 paid once every 500 audited commands, not at each (as :data:`SEEN_PER_SITE_MAX`'s)."""
-AUDIT_ROUTINE_OPS = frozenset({"clock", "vouch", "commit_snapshot", "site_verdict", "add_holder", "remove_holder"})
+AUDIT_ROUTINE_OPS = frozenset({"clock", "vouch", "commit_snapshot", "site_verdict", "add_holder", "remove_holder",
+                               "prune_snapshots"})
 """Ops whose accepted records a share loses before its notable ones (:func:`audit_trim`): the
-daemons' own routine (heartbeats, checkpoint vouches, each snapshot's commit, verdicts and holders),
-dozens an hour per volume and site (``site.catchup.ROUTINE_OPS`` counts them likewise)."""
+daemons' own routine (heartbeats, checkpoint vouches, each snapshot's commit, verdicts and holders,
+the retention loop's prunes by the cluster's retention), dozens an hour per volume and site
+(``site.catchup.ROUTINE_OPS`` counts most of them likewise). Without the prunes (one a minute per
+volume from its primary), a primary of 64 volumes pushed its own request out of its share in 13
+minutes (attack review R17, F3)."""
 AUDIT_DROPPED = "audit_dropped"
 """State key (rules 4 and later): ``{share: [records dropped, newest command count among them]}``
 of :func:`audit_trim` (share: the signing site, ``""`` for the unattributed records), at most
