@@ -60,6 +60,7 @@ from replicad.core import anomaly
 from replicad.core.backoff import Backoff
 from replicad.core.errors import (ConflictError, MembershipMismatchError, NotFoundError, ReplicadError,
                                   RulesVersionError, facts_text, from_os_error, is_transient)
+from replicad.core.identity import parse_public_key
 from replicad.core.state import CLOCK_REPORT_PERIOD_NS, DEFAULT_RETENTION, REQUESTS_MAX, RULES_MAX, list_requests, rules
 from replicad.peer import conngate
 from replicad.peer.tls import check_site_tls, client_context, server_context
@@ -914,7 +915,9 @@ class SiteDaemon:
         initial primary not registered yet) waits for it. Any other refusal is permanent (the
         agreed membership or the state refuses this site's word: ``conflict``, ``not_self``, a
         revoked or unknown key): logged at ERROR once, naming the cause, and not tried again
-        (a restart tries again, once the cause is fixed); the site runs on unregistered."""
+        (a restart tries again, once the cause is fixed); the site runs on unregistered. So is a
+        refusal at the leader's door (``request_denied``, transient otherwise) that this site's
+        applied view shows permanent (:meth:`_denied_for_good`: its key revoked, or not a member)."""
         backoff = Backoff(*REGISTER_BACKOFF_S)
         while True:
             try:
@@ -939,6 +942,12 @@ class SiteDaemon:
                 else:  # try again as soon as the initial primaries registered
                     await _until(registered, 1.0)
             except ReplicadError as err:
+                denied = self._denied_for_good(err)
+                if denied is not None:
+                    log.error("site %s: registration refused at the leader's door, not tried again: %s (this site "
+                              "runs unregistered: no volume of it replicates; %s, then restart the site)",
+                              self.site_id, *denied)
+                    return
                 if not is_transient(err):
                     log.error("site %s: registration refused, not tried again: %s %s (this site runs unregistered: "
                               "no volume of it replicates; fix what the refusal names, then restart the site)",
@@ -948,6 +957,32 @@ class SiteDaemon:
                 log.warning("site %s: registration not committed (%s); try %d in %.1f s", self.site_id, err,
                             backoff.failures + 1, delay_s)
                 await asyncio.sleep(delay_s)
+
+    def _denied_for_good(self, err: ReplicadError) -> tuple[str, str] | None:
+        """``(why, what to do)`` when a proposal the leader refused at its door (``NoQuorumError``
+        reason ``request_denied``, :mod:`replicad.consensus.raft` point 17) will be refused every
+        time, by this site's applied view: this site's signing key revoked (``revoke_site``), or this
+        site not a member of the founded cluster. None otherwise (a door refusal for a spent forwarding budget or rate passes:
+        transient). The door refuses both as ``forwarded_bad_signature`` and the proposer sees only
+        ``request_denied``, which :meth:`_register` retried for ever (a WARNING a minute)."""
+        if (err.evidence or {}).get("reason") != "request_denied" or self.raft is None:
+            return None
+        view = self.raft.view()
+        entry = (view.get("revoked") or {}).get(self.site_id)
+        if self._signer is not None and isinstance(entry, dict):
+            try:
+                mine = parse_public_key(self._signer.public_key)
+            except ValueError:
+                mine = None
+            if mine is not None and mine in (entry.get("keys") or ()):
+                return (f"this site's key {self._signer.public_key} is revoked in the cluster state",
+                        "rebuild it with a new key pinned in every site's config (README \"A site is compromised\")")
+        members = (view.get("incarnation") or {}).get("members")
+        if members and all(m.get("site_id") != self.site_id for m in members):
+            return (f"site {self.site_id!r} is not a member of the agreed membership "
+                    f"({', '.join(str(m.get('site_id')) for m in members)})",
+                    "have the members add it (`replicad members propose` at a member) or correct this config")
+        return None
 
     def _raise_rules(self) -> None:
         """Raise the cluster state's rules version to this code's :data:`~replicad.core.state.RULES_MAX`
