@@ -61,7 +61,8 @@ from replicad.core.backoff import Backoff
 from replicad.core.errors import (ConflictError, MembershipMismatchError, NotFoundError, ReplicadError,
                                   RulesVersionError, facts_text, from_os_error, is_transient)
 from replicad.core.identity import parse_public_key
-from replicad.core.state import CLOCK_REPORT_PERIOD_NS, DEFAULT_RETENTION, REQUESTS_MAX, RULES_MAX, list_requests, rules
+from replicad.core.state import (CLOCK_REPORT_PERIOD_NS, DEFAULT_RETENTION, REQUESTS_MAX, REQUESTS_PENDING_PER_SITE,
+                                 RULES_MAX, list_requests, request_expired, rules)
 from replicad.peer import conngate
 from replicad.peer.tls import check_site_tls, client_context, server_context
 from replicad.peer.transport import PeerClient, peer_routes
@@ -640,6 +641,7 @@ class SiteDaemon:
 
     _seen_upto: int | None = None  # the applied count up to which every AUDIT line was logged live
     _history_requests: list | None = None  # (request id, AUDIT head) named in lines of history, until joined
+    _initial_lock: asyncio.Lock | None = None  # the volumes' initial requests, one at a time (_initial_requests)
     _seen_task: asyncio.Future | None = None
 
     def _logged_live(self) -> None:
@@ -1095,9 +1097,32 @@ class SiteDaemon:
 
     async def _initial_requests(self, v: VolumeConfig, registered: dict, configured: dict) -> None:
         """The requests of a volume this site just registered: its ``[volumes.detection]``, then
-        its ``[volumes.retention]`` (each through :func:`request_with_retry`)."""
-        await self._request_initial_policy(v)
-        await self._request_initial_retention(v, registered, configured)
+        its ``[volumes.retention]`` (each through :func:`request_with_retry`), one volume's after
+        another's (a lock), each only while this site has fewer pending requests than the state
+        allows (:meth:`_room_for_request`). A site registering its 128 volumes
+        (``state.VOLUMES_PER_SITE_MAX``) at its first start proposed up to 256 requests at once, the
+        state refusing all but :data:`~replicad.core.state.REQUESTS_PENDING_PER_SITE`: with its 129
+        registrations, 385 commands past the leader's door's burst (``raft.OPS_BURST``, 300), whose
+        refusals read as an attack (``ReplicadRaftTrafficRefused``)."""
+        if self._initial_lock is None:
+            self._initial_lock = asyncio.Lock()
+        async with self._initial_lock:
+            await self._request_initial_policy(v)
+            await self._request_initial_retention(v, registered, configured)
+
+    def _room_for_request(self, what: str, meanwhile: str) -> bool:
+        """True while this site has fewer pending, unexpired requests in its applied view than
+        :data:`~replicad.core.state.REQUESTS_PENDING_PER_SITE` (the state refuses a request past them,
+        ``conflict``); else logs at WARNING that ``what`` is not requested and ``meanwhile`` (as
+        :func:`request_with_retry` logs a refusal) and returns False: not proposed at all."""
+        view = self.cluster.view()
+        pending = [r for r, e in (view.get("requests") or {}).items() if isinstance(e, dict) and
+                   e.get("by") == self.site_id and e.get("status") == "pending" and not request_expired(view, e)]
+        if len(pending) < REQUESTS_PENDING_PER_SITE:
+            return True
+        log.warning("%s could not be requested (this site has %d pending requests, %s, the most a site may have: "
+                    "not proposed); %s", what, len(pending), ", ".join(pending), meanwhile)
+        return False
 
     async def _request_initial_retention(self, v: VolumeConfig, registered: dict, configured: dict) -> None:
         """``[volumes.retention]`` longer than :data:`~replicad.core.state.DEFAULT_RETENTION` for a
@@ -1110,11 +1135,12 @@ class SiteDaemon:
             return
         keys = ", ".join(f"{k.removesuffix('_s')} = {configured[k]} s" for k in sorted(configured)
                          if configured[k] != registered[k])
-        res = await request_with_retry(self.cluster, f"volume {v.name}: [volumes.retention] {keys}", "set_retention",
-                                       {"volume": v.name, "retention": configured},
-                                       f"[volumes.retention] {keys} in {self.site_id}'s config",
-                                       f"the volume keeps {registered} until 'replicad retention {v.name} --set ...' "
-                                       "is approved")
+        what = f"volume {v.name}: [volumes.retention] {keys}"
+        meanwhile = f"the volume keeps {registered} until 'replicad retention {v.name} --set ...' is approved"
+        if not self._room_for_request(what, meanwhile):
+            return
+        res = await request_with_retry(self.cluster, what, "set_retention", {"volume": v.name, "retention": configured},
+                                       f"[volumes.retention] {keys} in {self.site_id}'s config", meanwhile)
         if res is None:
             return
         log.warning("AUDIT volume %s: [volumes.retention] %s: requested as %s; the volume keeps the defaults for "
@@ -1136,11 +1162,12 @@ class SiteDaemon:
             return
         keys = ", ".join(f"{k} = {x!r}" for k, x in sorted(configured.items()) if x != anomaly.POLICY_DEFAULTS[k])
         weakened = anomaly.weakened_keys(anomaly.POLICY_DEFAULTS, policy)
-        res = await request_with_retry(self.cluster, f"volume {v.name}: [volumes.detection] {keys}", "set_detection",
-                                       {"volume": v.name, "policy": policy},
-                                       f"[volumes.detection] {keys} in {self.site_id}'s config",
-                                       f"it is judged with the default policy until 'replicad detection {v.name} "
-                                       "--set ...' is approved")
+        what = f"volume {v.name}: [volumes.detection] {keys}"
+        meanwhile = f"it is judged with the default policy until 'replicad detection {v.name} --set ...' is approved"
+        if not self._room_for_request(what, meanwhile):
+            return
+        res = await request_with_retry(self.cluster, what, "set_detection", {"volume": v.name, "policy": policy},
+                                       f"[volumes.detection] {keys} in {self.site_id}'s config", meanwhile)
         if res is None:
             return
         log.warning("AUDIT volume %s: [volumes.detection] %s%s: requested as %s; judged with the default policy until "
