@@ -590,7 +590,8 @@ forwarded ~280 accepted no-ops a second (``add_volume`` of an existing volume) f
 forced every site to compact its log (5,000 entries) in 20 s, making a site away for 20 s catch up
 from a full state; at this rate it takes ~40 minutes through the door alone. An honest site proposes
 such ops at a person's pace, or at once at its start (at most 128 ``add_volume``, ``state.VOLUMES_PER_SITE_MAX``,
-and its ``register_site``), within the burst."""
+its ``register_site`` and the requests of its volumes' configured policies, which it files only while the state
+takes more pending ones: ``state.REQUESTS_PENDING_PER_SITE``, 8), within the burst."""
 OPS_BURST = 300
 """Point 22: commands outside :data:`ROUTINE_OPS` the leader takes from a member at once."""
 OPS_REASONS = ("forwarded_ops_over_rate", "relay_ops_over_rate")
