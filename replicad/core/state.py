@@ -32,6 +32,7 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
      "audit": [{"op", "by", "volume", "ok", "error", "at_ns"}, ...],   # last AUDIT_MAX; rules >= 4: also
                                                                        # "signer", "n"; shares (audit_trim)
      "audit_dropped": {share: [count, newest n]},                      # rules >= 4: AUDIT_DROPPED
+     "audit_uncounted": int,                                           # rules >= 4: AUDIT_UNCOUNTED
      "applied_ops": {op_id: result},                                   # last APPLIED_OPS_MAX; rules >= 3:
                                                                        # {applied_key(by, op_id): result}
      "clocks": {site_id: now_ns},                                      # registered sites only
@@ -150,7 +151,8 @@ the answers kept from before by the one site whose replay memory holds their op 
 the others (:func:`applied_by_signer`). What rules 4 change: the audit is kept per signing site
 (:func:`_with_audit`, :func:`audit_trim`); the raise (or a founding) to rules 4 attributes the
 records kept from before (:func:`audit_by_signer`: an accepted one to its site, a refused one to
-nobody). Only the ``rules`` command (``to``, ``reports``, :func:`_op_rules`) changes
+nobody; their commands' counts are not known, :data:`AUDIT_UNCOUNTED` bounds them). Only the
+``rules`` command (``to``, ``reports``, :func:`_op_rules`) changes
 the version: by a registered site, only upward, at most :data:`RULES_MAX` (the highest this code
 applies), in a founded cluster with a majority clock, and only with signed release reports
 (:func:`rules_reports_problems`: ``[rules_max, at_ns, sig]``, "I run a release applying rules
@@ -494,6 +496,12 @@ AUDIT_DROPPED = "audit_dropped"
 of :func:`audit_trim` (share: the signing site, ``""`` for the unattributed records), at most
 :data:`AUDIT_DROPPED_KEYS_MAX` shares (those that dropped the newest kept). What a catch-up tells
 with it (:func:`audit_kept_since`): whether every record of the commands after a count is kept."""
+AUDIT_UNCOUNTED = "audit_uncounted"
+"""State key (rules 4 and later, set by the raise or founding to :data:`RULES_AUDIT_BY_SIGNER`): the
+count of the last command before it (``state["applied"]`` then). The records kept from before carry
+``n`` None (:func:`audit_by_signer`) and are of commands up to this count: :func:`audit_trim` counts
+a dropped one as of it in :data:`AUDIT_DROPPED`, so that :func:`audit_kept_since` can compare it
+(with ``n`` None there, every later count would read as incomplete for ever)."""
 AUDIT_DROPPED_KEYS_MAX = 129
 """Shares :data:`AUDIT_DROPPED` names at most: twice :data:`SITES_MAX` and the unattributed one (a
 share is a member or a registered site; members change only by approved requests)."""
@@ -727,6 +735,7 @@ def founding_start(state: dict, to: int) -> dict:
         start["applied_ops"] = applied_by_signer(start)
     if to >= RULES_AUDIT_BY_SIGNER > rules(state):
         start["audit"] = audit_by_signer(start)
+        start[AUDIT_UNCOUNTED] = _applied_count(start)
     return start
 
 
@@ -1321,14 +1330,13 @@ def _with_audit(state: dict, command: Any, result: dict, signer: str | None = No
         audit = list(state.get("audit", ()))[-(AUDIT_MAX - 1):]
         audit.append(record)
         return {**state, "audit": audit}
-    applied = state.get("applied", 0)
     record["signer"] = signer
-    record["n"] = (applied if _is_int(applied) and applied >= 0 else 0) + 1
+    record["n"] = _applied_count(state) + 1
     audit = list(state.get("audit", ()))
     audit.append(record)
     if len(audit) <= AUDIT_KEPT_MAX:
         return {**state, "audit": audit}
-    kept, dropped = audit_trim(audit, AUDIT_KEPT_AFTER_TRIM)
+    kept, dropped = audit_trim(audit, AUDIT_KEPT_AFTER_TRIM, state.get(AUDIT_UNCOUNTED))
     counts = dict(state.get(AUDIT_DROPPED) or {})
     for share, (n, newest) in dropped.items():
         was = counts.get(share) if isinstance(counts.get(share), list) else [0, None]
@@ -1354,13 +1362,16 @@ def audit_notable(record: Any) -> bool:
     return isinstance(record, dict) and record.get("ok") is True and record.get("op") not in AUDIT_ROUTINE_OPS
 
 
-def audit_trim(audit: list, target: int) -> tuple[list, dict[str, tuple[int, int | None]]]:
+def audit_trim(audit: list, target: int,
+               uncounted: int | None = None) -> tuple[list, dict[str, tuple[int, int | None]]]:
     """``(kept, dropped)``: ``audit`` (records oldest first) cut to at most ``target`` records by
     shares (:func:`audit_share`): the level is the highest count ``L`` with ``sum(min(count, L))``
     at most ``target`` over the shares; every share above it keeps ``L`` of its records, losing its
     oldest not :func:`audit_notable` ones first, then its oldest notable ones; the others keep all.
     ``kept`` is in ``audit``'s order; ``dropped`` is ``{share: (records dropped, the newest ``n``
-    among them)}``. A flood of one share (one signing site, or the unattributed claims) thus drops
+    among them)}``, a record without ``n`` (kept from before the raise to rules 4) counted as of
+    command ``uncounted`` (:data:`AUDIT_UNCOUNTED`; None: not counted). A flood of one share (one
+    signing site, or the unattributed claims) thus drops
     only its own records (max-min fair shares; ARCHITECTURE.md, Choices, "One site's share of the
     kept audit"). Pure; O(records)."""
     counts: dict[str, int] = {}
@@ -1388,7 +1399,9 @@ def audit_trim(audit: list, target: int) -> tuple[list, dict[str, tuple[int, int
     for share, n in excess.items():
         gone = (routine[share] + notable[share])[:n]
         drop.update(gone)
-        ns = [audit[i].get("n") for i in gone if isinstance(audit[i], dict) and _is_int(audit[i].get("n"))]
+        ns = [audit[i].get("n") if _is_int(audit[i].get("n")) else uncounted
+              for i in gone if isinstance(audit[i], dict)]
+        ns = [n for n in ns if _is_int(n)]
         dropped[share] = (len(gone), max(ns) if ns else None)
     return [r for i, r in enumerate(audit) if i not in drop], dropped
 
@@ -1396,9 +1409,12 @@ def audit_trim(audit: list, target: int) -> tuple[list, dict[str, tuple[int, int
 def audit_signer(state: dict, command: Any, trust: Trust | None) -> str | None:
     """The site a command's audit record is attributed to (:func:`audit_share`), once its
     signature, key and freshness were checked: its ``by`` when that is a site the command could be
-    checked for (once founded, a member of the agreed membership; before, a site ``trust`` pins
-    keys for; in unsigned mode, and with ``trust`` None in unit tests, a registered site), else
-    None. The caller passes it only for a command not refused for its envelope or identity. Pure."""
+    checked for (once founded, a member of the agreed membership; before, a site with keys in what
+    its signature was checked against, :func:`signing_keys`: a ``found``'s own members, for any
+    other command those ``trust`` pins, so that a ``found`` is attributed alike at every site
+    whatever its ``[[sites]]`` says; in unsigned mode, and with ``trust`` None in unit tests, a
+    registered site), else None. The caller passes it only for a command not refused for its
+    envelope or identity. Pure."""
     by = _peek_str(command, "by")
     if by is None:
         return None
@@ -1406,7 +1422,7 @@ def audit_signer(state: dict, command: Any, trust: Trust | None) -> str | None:
         return by if by in (state.get("sites") or {}) else None
     if state.get("incarnation") is not None:
         return by if any(m.get("site_id") == by for m in state["incarnation"].get("members") or ()) else None
-    return by if by in trust.keys else None
+    return by if signing_keys(state, command, trust) else None
 
 
 def audit_by_signer(state: dict) -> list:
@@ -1414,7 +1430,7 @@ def audit_by_signer(state: dict) -> list:
     :data:`RULES_AUDIT_BY_SIGNER`: ``signer`` its ``by`` for an accepted record of a site
     :func:`audit_signer` would attribute now (the command was accepted: its signature had been
     checked), None for a refused one (its ``by`` is a claim nobody checked); ``n`` None (the count
-    of its command is not known). Order kept. Pure."""
+    of its command is not known: at most the raise's :data:`AUDIT_UNCOUNTED`). Order kept. Pure."""
     out = []
     for record in state.get("audit") or ():
         if not isinstance(record, dict):
@@ -1438,6 +1454,12 @@ def audit_kept_since(state: Any, count: int) -> bool | None:
         if not _is_int(newest) or newest > count:
             return False
     return True
+
+
+def _applied_count(state: dict) -> int:
+    """``state["applied"]`` (the commands the Raft node counted), 0 when absent or malformed."""
+    applied = state.get("applied", 0)
+    return applied if _is_int(applied) and applied >= 0 else 0
 
 
 def _with_applied(state: dict, op_id: str, result: dict) -> dict:
@@ -3618,6 +3640,7 @@ def _op_rules(state: dict, cmd: dict, max_rules: int = RULES_MAX) -> tuple[dict,
         raised["applied_ops"] = applied_by_signer(state)
     if current < RULES_AUDIT_BY_SIGNER <= to:  # the audit is kept per signing site from now on
         raised["audit"] = audit_by_signer(state)
+        raised[AUDIT_UNCOUNTED] = _applied_count(state)  # the records kept are of commands up to it
     return (raised,
             {"ok": True, "rules": to, "previous": current, "changed": True, "behind": problems,
              **({"consented": consented} if problems else {})})
