@@ -4,8 +4,8 @@
 Rules 4 keep the audit per signing site (``state.RULES_AUDIT_BY_SIGNER``, attack review R15, F2:
 under rules 3 one site's flood of cheap signed commands pushed every other site's records out of
 the last ``AUDIT_MAX``). A cluster still running 64af970 at some sites during a rolling upgrade
-must keep one state: the same logs, a refused flood past ``AUDIT_MAX`` among them, and the ``rules``
-and ``found`` commands that a bound of 4 would answer otherwise than 64af970's bound of 3 (rules 4
+must keep one state: the same logs, a refused flood past ``AUDIT_MAX`` among them, a detection
+policy change run as a due request once its cooling-off ended, and the ``rules`` and ``found`` commands that a bound of 4 would answer otherwise than 64af970's bound of 3 (rules 4
 without or with bad reports, rules 5, a found carrying rules 4 in a founded cluster), run through
 this checkout's ``state.apply`` and through 64af970's (its package tree from the repository's
 history, in a child process of its own): every result and every state digest must be equal, under
@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from replicad.consensus.checkpoint import state_digest
+from replicad.core.anomaly import POLICY_DEFAULTS
 from replicad.core import identity
 from replicad.core import state as st
 from replicad.core.identity import Trust
@@ -181,17 +182,38 @@ def rules_commands(to: int) -> list[dict]:
     ]
 
 
+def detection_and_due(log: list[dict]) -> list[dict]:
+    """After ``log``: a stricter detection policy requested by a (``set_detection``: it cools off),
+    b's approval, then the clocks of a, b and c past the cooling-off (the request runs when the
+    majority clock passes it, the other pending requests expire), and a's set_detection to the
+    same policy (``changed`` false, no approval needed)."""
+    policy = {**POLICY_DEFAULTS, "min_score": POLICY_DEFAULTS["min_score"] / 2}
+    ask = signed("request", "a", action="set_detection", args={"volume": "v", "policy": policy}, reason="stricter")
+    _, current = run_current(log + [ask], TRUST, {"members": list(SITES)})
+    assert current[-1][0]["status"] == "pending", current[-1][0]
+    end = NOW + TRUST.cooling_off_ns + S
+    return [ask, signed("approve", "b", request=current[-1][0]["request"]),
+            *(signed("clock", s, now_ns=end + i) for i, s in enumerate(SITES)),
+            signed("set_detection", "a", volume="v", policy=policy, now_ns=end + 10)]
+
+
 def test_rules_3_decide_as_64af970_through_a_refused_flood(tree) -> None:
     log = founded(3) + honest_and_flood() + rules_commands(4)
+    log += detection_and_due(log)
     state, current = run_current(log, TRUST, {"members": list(SITES)})
     assert st.rules(state) == 3 and state.get("incarnation") and "v" in state["volumes"]
     assert len(state["audit"]) == st.AUDIT_MAX and all(r["by"] == "c" or not r["ok"] for r in state["audit"][:-30])
-    assert not any(r["op"] == "request" and r["by"] == "a" for r in state["audit"])  # pushed out under rules 3
-    first = len(log) - len(rules_commands(4))
+    asked = [r["at_ns"] for r in state["audit"] if r["op"] == "request" and r["by"] == "a"]
+    assert asked == [log[-6]["now_ns"]], asked  # a's requests before the flood: pushed out under rules 3
+    first = len(log) - len(rules_commands(4)) - 6
     for res, _ in current[first:first + 5]:
         assert (res["error"], res["evidence"]["max_rules"]) == ("out_of_range", 3), res
     found4 = current[first + 9][0]
     assert (found4["error"], found4["evidence"]["max_rules"]) == ("out_of_range", 3), found4
+    due = [r for res, _ in current[-4:-1] for r in res.get("requests_applied") or ()]
+    assert [(r["action"], r["status"]) for r in due] == [("set_detection", "applied")], current[-4:]
+    assert st.detection_policy(state["volumes"]["v"])["min_score"] == POLICY_DEFAULTS["min_score"] / 2
+    assert current[-1][0]["ok"] and current[-1][0]["changed"] is False, current[-1][0]
     assert_alike(log, run_previous(tree, log, PUBLIC, {"members": list(SITES)}), current)
 
 
