@@ -396,10 +396,19 @@ names up in its own modules):
    with ~280 accepted no-ops a second, so that a site away 20 s caught up from a full state) the door
    and the relay check take commands of ops outside :data:`ROUTINE_OPS` from one member at
    :data:`OPS_PER_S`, bursts of :data:`OPS_BURST` (``forwarded_ops_over_rate``, ``relay_ops_over_rate``,
-   keyed as ``clock`` commands are). Left: a leader's own such ops are held to the budget only, not to
-   that rate; a leader's replays of other sites' captured commands
-   (refused as ``replayed``, not its own) are not charged; a leader that keeps a follower out of sync
-   (a commit index it never reaches) escapes the rate there, not the share.
+   keyed as ``clock`` commands are). And (attacker review R17 F1: a leader re-appended an honest site's
+   own applied entries, refused as ``replayed``, which the share charged to that site: its proposals
+   were refused and the ERROR named it as filling the log) an entry the state machine refuses for its
+   identity (``state.IDENTITY_REFUSALS``) is charged to the site of the leader of the term that appended
+   it (:meth:`_HardenedSyncObj.appender_site`; ``"?"`` when not known here), and
+   :data:`REPLAYED_DEPOSE_AFTER` entries of one term refused as ``replayed`` depose that term's leader as
+   in point 18 (an honest leader never re-appends applied bytes: :meth:`_HardenedSyncObj._appended_already`);
+   a node refusing its own proposal for the share says so at ERROR (:data:`OWN_SHARE_LOG_EVERY_S`).
+   Left: a leader's own such ops are held to the budget only, not to that rate; a leader's copies of
+   another site's entries still remembered for exactly-once answers (not ``replayed``: answered with the
+   first answer) are charged to that site; fewer than :data:`REPLAYED_DEPOSE_AFTER` copies a term depose
+   nobody; a leader that keeps a follower out of sync (a commit index it never reaches) escapes the rate
+   there, not the share.
 
 16. **What the members say the membership is.** A site that has not joined the cluster yet
    cannot trust its own replay of the log to learn the agreed membership when its config
@@ -602,6 +611,9 @@ LOG_SHARE_OWN = 0.9
 """Point 22: a node refuses its own proposals beyond this many times its site's share, before the
 leader's door would (a command the door refuses stays in point 19's watch, and its site would depose
 an honest leader for it; the counts of two nodes differ by what one compacted and the other not yet)."""
+OWN_SHARE_LOG_EVERY_S = 60.0
+"""Point 22: a node refusing its own proposals for its share logs it at ERROR at most once per this many
+seconds (attacker review R17 F1: the refusal was only returned to the caller)."""
 SHARE_EXEMPT_BYTES = 1024
 """Point 22: a ``vouch`` of at most this many bytes is never refused for the share (vouches are what
 lets the log compact again; an honest one is 228 bytes)."""
@@ -610,6 +622,16 @@ DEPOSE_AFTER = 64
 (point 17) refuses (:func:`door_refusal`) before it deposes that term's leader. An honest leader
 appends none (the door refuses them, its own commands verify), bar a key change in flight, which
 :data:`DEPOSE_GRACE_ENTRIES` covers."""
+REPLAYED_DEPOSE_AFTER = 1024
+"""Point 22 (attacker review R17 F1): entries of one term a follower's state machine refused as
+``replayed`` (copies of signed commands applied already) before it deposes that term's leader as in
+point 18. An honest leader never appends bytes it applied or queued in its term
+(:meth:`_HardenedSyncObj._appended_already`); a copy reaches its log only when a site relays one of its
+own commands (point 20) whose original this leader appended in an earlier term or more than 4,096
+forwarded commands ago, while that site's log still lacks it after :data:`WITHHELD_RESEND_S`: at most
+once per command and term, and a site keeps at most ``WithheldWatch.MAX_TRACKED`` (1,024) own commands.
+So this is one site's whole relay memory; a leader re-appending captured entries at R17's pace (~400 a
+second) reaches it within seconds."""
 DEPOSE_HOLD_S = 300.0
 """Point 18: how long a follower refuses a deposed leader's votes, pre-votes and append entries."""
 DEPOSE_GRACE_ENTRIES = 4096
@@ -1143,7 +1165,11 @@ def share_exempt(decoded: Any, size: int) -> bool:
 class LogShare:
     """Point 22: per signing site (a command's ``by``), ``(commands, bytes)`` applied since this
     node's log was last compacted (or a full state installed), i.e. what the log keeps of each
-    site. At most :attr:`MAX_SITES` sites; others (an unsigned cluster's made-up names) share the
+    site. An entry the state machine refuses for its identity (``state.IDENTITY_REFUSALS``: a forgery,
+    a replay, an expired stamp, a revoked key) is charged to the site of the leader of the term that
+    appended it instead (:meth:`_StateConsumer.apply_command`; ``"?"`` when this node does not know
+    that leader), never to the site it names (attacker review R17 F1: a leader's replays of another
+    site's captured entries filled that site's share and muted it). At most :attr:`MAX_SITES` sites; others (an unsigned cluster's made-up names) share the
     key ``"*"``. Written on the tick thread (under the consumer's lock); a read of one site is a
     dict lookup (any thread)."""
 
@@ -1299,6 +1325,8 @@ class _HardenedSyncObj(SyncObj):
     _withheld_checked: float = float("-inf")
     # point 22: the leader's own entries against a member's budget and share, tick thread only
     _leader_budget: LeaderBudgetWatch | None = None
+    _replays: MisbehaviourCount | None = None  # entries refused as replayed per term (REPLAYED_DEPOSE_AFTER)
+    _term_sites: dict | None = None  # term -> site of its leader as seen here (newest 16), tick thread only
     share_over: Callable[[str, float], tuple[int, int] | None] = staticmethod(lambda site, factor: None)  # RaftNode
     # point 20: relay of this site's own signed commands through the other members
     relay_check: Callable[[Any, str], tuple[str, str] | None] = staticmethod(lambda command, node_id: None)
@@ -1328,6 +1356,8 @@ class _HardenedSyncObj(SyncObj):
         self._misbehaviour = MisbehaviourCount()
         self._withheld = WithheldWatch()
         self._leader_budget = LeaderBudgetWatch()
+        self._replays = MisbehaviourCount(REPLAYED_DEPOSE_AFTER)
+        self._term_sites = {}
         self._own, self._own_results, self._own_lock = {}, {}, threading.Lock()
         self._own_ops, self._front_runs, self._front_runs_said = {}, {}, {}
         self._relay_in = MemberBudget(RELAY_CMDS_PER_S, RELAY_BYTES_PER_S)
@@ -1367,27 +1397,64 @@ class _HardenedSyncObj(SyncObj):
             if hidden is not None and self._SyncObj__raftElectionDeadline == float("inf"):
                 self._SyncObj__raftElectionDeadline = hidden
         self._track_catch_up()
+        self._note_term_site()  # point 22
         self._depose_check()
         self._leader_budget_check()
         self._withheld_check()
 
     # -- point 18: a leader that appends what an honest leader's door refuses is deposed
-    def _note_applied(self, command: Any) -> None:
+    def _note_applied(self, command: Any, entry: tuple | None = None) -> None:
         """After each applied entry but no-ops (tick thread): count it against its term when an
         honest leader would have refused to append it: not a replicad command (:meth:`_acceptable`,
         which an honest leader checks for its own and forwarded commands alike), or refused by the
-        state machine for a reason the door refuses (:func:`door_refusal`)."""
+        state machine for a reason the door refuses (:func:`door_refusal`); and apart (point 22,
+        :data:`REPLAYED_DEPOSE_AFTER`) when refused as ``replayed`` (``entry``: the consumer's
+        ``(state before, command, result, trust)``): an honest leader never re-appends applied bytes."""
         reason = self.take_door_refusal()  # always taken: it belongs to this entry only
         if not self._acceptable(command):
             reason = "malformed"
-        if reason is None or self._misbehaviour is None:
+        result = entry[2] if entry is not None else None
+        replayed = reason is None and isinstance(result, dict) and result.get("error") == "replayed"
+        if (reason is None and not replayed) or self._misbehaviour is None or self._replays is None:
             return
         idx = self._SyncObj__raftLastApplied + 1  # pysyncobj moves it after the entry was applied
         log_ = self._SyncObj__raftLog
         first = log_[0][1]
         if not first <= idx < first + len(log_):
             return
-        self._misbehaviour.note(log_[idx - first][2], idx, reason)
+        if replayed:
+            self._replays.note(log_[idx - first][2], idx, "replayed")
+        else:
+            self._misbehaviour.note(log_[idx - first][2], idx, reason)
+
+    # -- point 22: the site of the leader that appended an entry
+    def _note_term_site(self) -> None:
+        """Tick thread, outside the state machine's lock: remember the site of the leader of the current
+        term (this node's own when it leads), for :meth:`appender_site`. The newest 16 terms are kept."""
+        leader, term, sites = self._SyncObj__raftLeader, self._SyncObj__raftCurrentTerm, self._term_sites
+        if leader is None or sites is None or sites.get(term) is not None:
+            return
+        try:
+            site = self.site_of(str(leader.id))
+        except Exception:  # not known: the entry is charged to "?"
+            return
+        if site is None:
+            return
+        sites[term] = site
+        for old in sorted(sites)[:-16]:
+            del sites[old]
+
+    def appender_site(self) -> str | None:
+        """Tick thread, inside the state machine (never takes its lock): the site of the leader of the term
+        of the entry being applied, as this node saw it (:meth:`_note_term_site`), else None."""
+        idx = self._SyncObj__raftLastApplied + 1  # pysyncobj moves it after the entry was applied
+        log_ = self._SyncObj__raftLog
+        if not len(log_) or self._term_sites is None:
+            return None
+        first = log_[0][1]
+        if not first <= idx < first + len(log_):
+            return None
+        return self._term_sites.get(log_[idx - first][2])
 
     def holds_deposed(self, node_id: Any, term: int | None = None) -> bool:
         """``node_id`` was deposed here (at ``term`` or before, when given) and its hold runs."""
@@ -1406,16 +1473,21 @@ class _HardenedSyncObj(SyncObj):
             return
         term = self._SyncObj__raftCurrentTerm
         evidence = self._misbehaviour.over(term)
+        what = "that the door of an honest leader refuses"
+        if evidence is None and self._replays is not None:
+            evidence = self._replays.over(term)  # point 22
+            what = "that are copies of signed entries applied already, which an honest leader never appends"
         if evidence is None or self.holds_deposed(leader.id, term):
             return
         site = self._depose(leader, term)
         reasons = ", ".join(f"{r}: {n}" for r, n in sorted(evidence["reasons"].items()))
         self.refusals.refuse(
-            "leader_deposed", "the leader of term %d, %s (site %s), appended %d entries (log %d-%d) that the door of "
-            "an honest leader refuses (%s): deposing it (this site accepts no append entries from it and grants it "
+            "leader_deposed", "the leader of term %d, %s (site %s), appended %d entries (log %d-%d) %s "
+            "(%s): deposing it (this site accepts no append entries from it and grants it "
             "no vote or pre-vote for %.0fs) and asking for the election of another leader. A compromised site: "
             "README \"A site is compromised\"", term, leader.id, site or "unknown", evidence["count"],
-            evidence["first_idx"], evidence["last_idx"], reasons, DEPOSE_HOLD_S, level=logging.ERROR, every_s=0.0)
+            evidence["first_idx"], evidence["last_idx"], what, reasons, DEPOSE_HOLD_S, level=logging.ERROR,
+            every_s=0.0)
 
     def _depose(self, leader: Any, term: int, hold_s: float = DEPOSE_HOLD_S) -> str | None:
         """Points 18 and 19: hold ``leader`` as deposed at ``term`` for ``hold_s`` seconds, forget
@@ -2407,8 +2479,9 @@ class _HardenedSyncObj(SyncObj):
                 return None
         finally:
             try:
-                self._note_applied(command)  # point 18
                 entry = self.take_applied_entry()  # point 21: always taken, it belongs to this entry only
+                self._note_applied(command, entry)  # points 18, 22
+                self._note_term_site()  # point 22 (after the entry: the state machine's lock is free)
                 self._note_leader_entry(command, entry)  # point 22
                 if self._withheld is not None:
                     self._withheld.applied(command)  # point 19
@@ -2480,7 +2553,10 @@ class _StateConsumer(SyncObjConsumer):
             new_state, result, command = checkpoint.advance(before, payload, self.trust)
             self.cluster = new_state
             if not share_exempt(command, len(payload)):
-                self.share.note(command.get("by") if isinstance(command, dict) else None, len(payload))
+                by = command.get("by") if isinstance(command, dict) else None
+                if result.get("error") in cluster_state.IDENTITY_REFUSALS:  # R17 F1: not its `by`'s doing
+                    by = self.appender() if self.appender is not None else None
+                self.share.note(by, len(payload))
             try:
                 point = self.checkpoints.record(new_state, payload)
             except Exception:  # a checkpoint must never stop the state machine
@@ -2539,6 +2615,10 @@ class _StateConsumer(SyncObjConsumer):
         self._members_seen = members
         self._since_change = 0 if changed else min(self._since_change + 1, DEPOSE_GRACE_ENTRIES)
 
+    appender: Callable[[], str | None] | None = None
+    """Set by the Raft node (point 22, :meth:`_HardenedSyncObj.appender_site`): the site of the leader that
+    appended the entry being applied, charged with it when the state machine refuses it for its identity
+    (called under :attr:`lock`: it must not take it)."""
     leader_of: Callable[[], str] | None = None
     """Set by the Raft node (tick thread): the leader this node follows, as text, for a forged
     ``found``'s ERROR line (:meth:`_count_refusal`)."""
@@ -2721,6 +2801,7 @@ class RaftNode:
         self._consumer = _StateConsumer(on_applied, limits, trust)  # consumer pattern: built before SyncObj
         self._signer = signer
         self._refusals = RefusalLog()
+        self._share_said = float("-inf")  # point 22: when the own-share ERROR was last logged (monotonic)
         self._syncobj: _HardenedSyncObj | None = None
         self._dump_error: str | None = None
         self._status_lock = threading.Lock()
@@ -2775,6 +2856,7 @@ class RaftNode:
         syncobj.take_door_refusal = self._consumer.take_door_refusal
         syncobj.share_over = self._consumer.share_over
         syncobj.take_applied_entry = self._consumer.take_applied_entry
+        self._consumer.appender = syncobj.appender_site
         self._consumer.leader_of = self._leader_text
         syncobj.site_of = self._site_of
         syncobj.relay_check = self._relay_check
@@ -3369,6 +3451,18 @@ class RaftNode:
         held = None if self._signer is None or share_exempt(command, len(payload)) else \
             self._consumer.share_over(command.get("by"), LOG_SHARE_OWN)
         if held is not None:  # point 22: the leader's door would refuse it (a leader: its followers depose it)
+            now = monotonic_time()
+            if now - self._share_said >= OWN_SHARE_LOG_EVERY_S:  # R17 F1 (c): said at this site, not only returned
+                self._share_said = now
+                log.error(
+                    "raft: this site's own commands are refused (%s, op id %s, and every other command but a vouch): "
+                    "the Raft log kept since its last compaction holds %d commands (%.1f MiB) signed by this site, "
+                    "over %.0f%% of a site's share (%d commands or %d MiB). Likely cause: the log has not compacted "
+                    "for long (a site down, or a member that does not vouch checkpoints: see the ERROR \"not "
+                    "compacting the log\"), so this site's own traffic accumulated; bring the sites that are down "
+                    "back. The log holds per site: %s. (At most one line per %.0fs.)", str(op)[:40], str(op_id)[:64],
+                    held[0], held[1] / 2**20, LOG_SHARE_OWN * 100, LOG_SHARE_ENTRIES, LOG_SHARE_BYTES // 2**20,
+                    self._consumer.share.text(), OWN_SHARE_LOG_EVERY_S)
             raise errors.NoQuorumError(
                 f"raft did not take the command: the log kept since its last compaction holds {held[0]} commands "
                 f"({held[1] / 2**20:.1f} MiB) of this site, over a site's share ({LOG_SHARE_ENTRIES} commands or "
