@@ -11,11 +11,7 @@ the site whose replay memory holds their op id. Real signed commands, real ``sta
 from __future__ import annotations
 
 import copy
-import importlib.util
 import itertools
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -23,9 +19,9 @@ from replicad.consensus.checkpoint import state_digest
 from replicad.core import identity
 from replicad.core import state as st
 from replicad.core.identity import Trust
+from tests.unit.core.frozen import release_state
 
 PREVIOUS_RELEASE = "74f9f08"  # the last release whose RULES_MAX is 2 (state.py as of 125b4b6)
-REPO = Path(__file__).resolve().parents[3]
 S = 1_000_000_000
 NOW = 1_700_000_000 * S
 SITES = ("a", "b", "c")
@@ -46,17 +42,7 @@ def signed(op: str, by: str, op_id: str | None = None, **args) -> dict:
 @pytest.fixture(scope="module")
 def previous():
     """The previous release's ``replicad.core.state`` (RULES_MAX 2), from the repository's history."""
-    try:
-        text = subprocess.run(["git", "-C", str(REPO), "show", f"{PREVIOUS_RELEASE}:replicad/core/state.py"],
-                              check=True, capture_output=True, text=True).stdout
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.fail(f"release {PREVIOUS_RELEASE}'s state machine is not in this checkout's history: {exc}")
-    assert "\nRULES_MAX = 2\n" in text
-    spec = importlib.util.spec_from_loader("replicad_state_rules2_release", loader=None)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    exec(compile(text, f"{PREVIOUS_RELEASE}:replicad/core/state.py", "exec"), module.__dict__)
-    return module
+    return release_state(PREVIOUS_RELEASE, rules_max=2)
 
 
 def founding(rules: int) -> list[dict]:

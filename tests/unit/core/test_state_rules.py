@@ -11,10 +11,7 @@ carries (:mod:`replicad.core.state_rules1`), whose text is checked against it to
 from __future__ import annotations
 
 import copy
-import importlib.util
 import itertools
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,9 +21,9 @@ from replicad.core import state as st
 from replicad.core import state_rules1
 from replicad.core import identity
 from replicad.core.identity import Trust
+from tests.unit.core.frozen import release_state
 
 OLD_RELEASE = "b976d0a"
-REPO = Path(__file__).resolve().parents[3]
 S = 1_000_000_000
 NOW = 1_700_000_000 * S
 MIN15 = 15 * 60 * S
@@ -46,17 +43,7 @@ def cmd(op: str, by: str, now_ns: int = NOW, **args) -> dict:
 @pytest.fixture(scope="module")
 def old():
     """b976d0a's ``replicad.core.state``, from the repository's history, as a module of its own."""
-    try:
-        text = subprocess.run(["git", "-C", str(REPO), "show", f"{OLD_RELEASE}:replicad/core/state.py"],
-                              check=True, capture_output=True, text=True).stdout
-    except (OSError, subprocess.CalledProcessError) as exc:  # a checkout without history
-        pytest.fail(f"release {OLD_RELEASE}'s state machine is not in this checkout's history: {exc}")
-    spec = importlib.util.spec_from_loader("replicad_state_b976d0a", loader=None)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses and annotations look their module up
-    exec(compile(text, f"{OLD_RELEASE}:replicad/core/state.py", "exec"), module.__dict__)
-    module.SOURCE = text
-    return module
+    return release_state(OLD_RELEASE)
 
 
 FOUNDING = [*(cmd("register_site", site, site_id=site, peer_url=f"http://{site}", kind="data") for site in "abc"),

@@ -11,15 +11,14 @@ caller frozen beside its helper)."""
 from __future__ import annotations
 
 import ast
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from replicad.core import state_rules1
+from tests.unit.core.frozen import REPO, release_source
 
 OLD_RELEASE = "b976d0a"
-REPO = Path(__file__).resolve().parents[3]
 MODULES = {"anomaly": "replicad/core/anomaly.py", "identity": "replicad/core/identity.py",
            "retention": "replicad/core/retention.py"}
 
@@ -77,11 +76,8 @@ def changed(old_text: str, new_text: str, roots: set[str]) -> list[str]:
 
 
 def old_source(path: str) -> str:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), "show", f"{OLD_RELEASE}:{path}"], check=True,
-                              capture_output=True, text=True).stdout
-    except (OSError, subprocess.CalledProcessError) as exc:  # a checkout without history
-        pytest.fail(f"release {OLD_RELEASE}'s {path} is not in this checkout's history: {exc}")
+    """``path`` as of :data:`OLD_RELEASE`."""
+    return release_source(OLD_RELEASE, path)
 
 
 @pytest.mark.parametrize("alias", sorted(MODULES))

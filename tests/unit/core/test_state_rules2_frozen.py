@@ -17,13 +17,7 @@ founding adopted. Real signed commands, real state machines of all three release
 from __future__ import annotations
 
 import copy
-import io
 import itertools
-import os
-import pickle
-import subprocess
-import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -32,9 +26,9 @@ from replicad.consensus.checkpoint import state_digest
 from replicad.core import identity
 from replicad.core import state as st
 from replicad.core.identity import Trust
+from tests.unit.core.frozen import assert_alike, release_tree, run_release
 
 RELEASES = ("84f7f0f", "74f9f08")  # RULES_MAX 2; 74f9f08's found carries rules (the founding under them)
-REPO = Path(__file__).resolve().parents[3]
 S = 1_000_000_000
 NOW = 1_700_000_000 * S
 SITES = ("a", "b", "c")
@@ -45,27 +39,6 @@ MEMBERS = [{"site_id": s, "raft": f"127.0.0.1:{7000 + i}", "kind": "data",
             "keys": [identity.format_public_key(PUBLIC[s][0])]} for i, s in enumerate(SITES)]
 _ids = itertools.count()
 _clock = itertools.count(1)
-
-# the child: applies a pickled log with a release's state machine, from that release's own tree
-_RUNNER = """
-import pickle, sys
-tree = sys.argv[1]
-sys.path.insert(0, tree)
-from replicad.core import state as st
-from replicad.core.identity import Trust
-from replicad.consensus.checkpoint import state_digest
-assert st.__file__.startswith(tree), st.__file__
-assert st.RULES_MAX == 2, st.RULES_MAX
-job = pickle.load(sys.stdin.buffer)
-trust = None if job["keys"] is None else Trust(cluster_id="c", keys=job["keys"])
-s = st.initial_state(**job["initial"])
-out = []
-for command in job["log"]:
-    s, res = st.apply(s, command, trust)
-    out.append((res, state_digest(s)))
-sys.stdout.buffer.write(pickle.dumps(out))
-"""
-
 
 def signed(op: str, by: str, op_id: str | None = None, **args) -> dict:
     """``by``'s command, signed with its key, stamped a little later than the last one."""
@@ -87,28 +60,12 @@ def reports(rules_max: int, sites: str = "abc") -> dict:
 @pytest.fixture(scope="module")
 def trees(tmp_path_factory) -> dict[str, Path]:
     """Each release's ``replicad`` package tree (:data:`RELEASES`), from the repository's history."""
-    out = {}
-    for release in RELEASES:
-        try:
-            blob = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", release, "replicad"],
-                                  check=True, capture_output=True).stdout
-        except (OSError, subprocess.CalledProcessError) as exc:
-            pytest.fail(f"release {release} is not in this checkout's history: {exc}")
-        tree = tmp_path_factory.mktemp(f"release{release}")
-        with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
-            tar.extractall(tree, filter="data")
-        assert "\nRULES_MAX = 2\n" in (tree / "replicad" / "core" / "state.py").read_text()
-        out[release] = tree
-    return out
+    return {release: release_tree(tmp_path_factory, release, 2) for release in RELEASES}
 
 
 def run_previous(tree: Path, log: list[dict], keys: dict | None, initial: dict) -> list[tuple[dict, bytes]]:
     """``log`` applied by the previous release: each result and the state digest after it."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
-    done = subprocess.run([sys.executable, "-c", _RUNNER, str(tree)], cwd=tree, env=env, timeout=120,
-                          input=pickle.dumps({"log": log, "keys": keys, "initial": initial}), capture_output=True)
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    return pickle.loads(done.stdout)
+    return run_release(tree, 2, log, keys, initial, counted=False, timeout=120)
 
 
 def run_current(log: list[dict], trust: Trust | None, initial: dict,
@@ -123,15 +80,6 @@ def run_current(log: list[dict], trust: Trust | None, initial: dict,
         digested = {k: v for k, v in s.items() if k != st.FOUNDED_RULES} if unmarked else s
         out.append((res, state_digest(digested)))
     return s, out
-
-
-def assert_alike(log: list[dict], previous: list, current: list) -> None:
-    """Every result and every digest equal, step by step (the first difference named)."""
-    assert len(previous) == len(current) == len(log)
-    for command, (old_res, old_digest), (new_res, new_digest) in zip(log, previous, current):
-        what = {k: command.get(k) for k in ("op", "op_id", "to", "rules")}
-        assert new_res == old_res, (what, new_res, old_res)
-        assert new_digest == old_digest, what
 
 
 def founded_under_2_signed() -> list[dict]:

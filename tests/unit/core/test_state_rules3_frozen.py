@@ -15,13 +15,7 @@ same flood after it: the honest sites' records stay. Real signed commands, real 
 from __future__ import annotations
 
 import copy
-import io
 import itertools
-import os
-import pickle
-import subprocess
-import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -31,9 +25,9 @@ from replicad.core.anomaly import POLICY_DEFAULTS
 from replicad.core import identity
 from replicad.core import state as st
 from replicad.core.identity import Trust
+from tests.unit.core.frozen import assert_alike, release_tree, run_release
 
 RELEASE = "64af970"  # RULES_MAX 3
-REPO = Path(__file__).resolve().parents[3]
 S = 1_000_000_000
 NOW = 1_700_000_000 * S
 SITES = ("a", "b", "c")
@@ -46,29 +40,6 @@ FLOOD = st.AUDIT_MAX + 150
 """Site c's refused commands: more than rules 1..3 keep records of."""
 _ids = itertools.count()
 _clock = itertools.count(1)
-
-# the child: applies a pickled log with 64af970's state machine, from its own tree, counting the
-# commands as the Raft node does (checkpoint.advance: "applied")
-_RUNNER = """
-import pickle, sys
-tree = sys.argv[1]
-sys.path.insert(0, tree)
-from replicad.core import state as st
-from replicad.core.identity import Trust
-from replicad.consensus.checkpoint import advance, state_digest
-import msgpack
-assert st.__file__.startswith(tree), st.__file__
-assert st.RULES_MAX == 3, st.RULES_MAX
-job = pickle.load(sys.stdin.buffer)
-trust = None if job["keys"] is None else Trust(cluster_id="c", keys=job["keys"])
-s = st.initial_state(**job["initial"])
-out = []
-for command in job["log"]:
-    s, res, _ = advance(s, msgpack.packb(command, use_bin_type=True), trust)
-    out.append((res, state_digest(s)))
-sys.stdout.buffer.write(pickle.dumps(out))
-"""
-
 
 def signed(op: str, by: str, op_id: str | None = None, **args) -> dict:
     """``by``'s command, signed with its key, stamped a little later than the last one."""
@@ -90,25 +61,12 @@ def reports(rules_max: int, sites: str = "abc") -> dict:
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
     """64af970's ``replicad`` package tree, from the repository's history."""
-    try:
-        blob = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", RELEASE, "replicad"],
-                              check=True, capture_output=True).stdout
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.fail(f"release {RELEASE} is not in this checkout's history: {exc}")
-    out = tmp_path_factory.mktemp(f"release{RELEASE}")
-    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
-        tar.extractall(out, filter="data")
-    assert "\nRULES_MAX = 3\n" in (out / "replicad" / "core" / "state.py").read_text()
-    return out
+    return release_tree(tmp_path_factory, RELEASE, 3)
 
 
 def run_previous(tree: Path, log: list[dict], keys: dict | None, initial: dict) -> list[tuple[dict, bytes]]:
-    """``log`` applied by 64af970: each result and the state digest after it."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
-    done = subprocess.run([sys.executable, "-c", _RUNNER, str(tree)], cwd=tree, env=env, timeout=300,
-                          input=pickle.dumps({"log": log, "keys": keys, "initial": initial}), capture_output=True)
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    return pickle.loads(done.stdout)
+    """``log`` applied by 64af970, counted as the Raft node counts: each result and the state digest after it."""
+    return run_release(tree, 3, log, keys, initial, counted=True, timeout=300)
 
 
 def run_current(log: list[dict], trust: Trust | None, initial: dict) -> tuple[dict, list[tuple[dict, bytes]]]:
@@ -121,15 +79,6 @@ def run_current(log: list[dict], trust: Trust | None, initial: dict) -> tuple[di
         s = {**new, "applied": s.get("applied", 0) + 1}
         out.append((res, state_digest(s)))
     return s, out
-
-
-def assert_alike(log: list[dict], previous: list, current: list) -> None:
-    """Every result and every digest equal, step by step (the first difference named)."""
-    assert len(previous) == len(current) == len(log)
-    for i, (command, (old_res, old_digest), (new_res, new_digest)) in enumerate(zip(log, previous, current)):
-        what = {k: command.get(k) for k in ("op", "op_id", "to", "rules", "by")}
-        assert new_res == old_res, (i, what, new_res, old_res)
-        assert new_digest == old_digest, (i, what)
 
 
 def founded(rules: int) -> list[dict]:
