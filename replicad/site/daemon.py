@@ -1124,6 +1124,20 @@ class SiteDaemon:
                     "not proposed); %s", what, len(pending), ", ".join(pending), meanwhile)
         return False
 
+    async def _request_configured(self, v: VolumeConfig, section: str, keys: str, op: str, args: dict,
+                                  meanwhile: str) -> dict | None:
+        """The ``[volumes.<section>]`` keys of ``v`` (``keys``: "name = value, ..." as logged)
+        requested as ``op`` with ``args`` (the volume's name added), if this site has room for
+        another pending request (:meth:`_room_for_request`), tried again while not committed
+        (:func:`request_with_retry`): the committed answer, or None (no room, refused, or not
+        committed after the last try: logged at WARNING, ``meanwhile`` saying what holds until
+        the operator asks again)."""
+        what = f"volume {v.name}: [volumes.{section}] {keys}"
+        if not self._room_for_request(what, meanwhile):
+            return None
+        return await request_with_retry(self.cluster, what, op, {"volume": v.name, **args},
+                                        f"[volumes.{section}] {keys} in {self.site_id}'s config", meanwhile)
+
     async def _request_initial_retention(self, v: VolumeConfig, registered: dict, configured: dict) -> None:
         """``[volumes.retention]`` longer than :data:`~replicad.core.state.DEFAULT_RETENTION` for a
         volume this site just registered (with the defaults for those keys): requested as a
@@ -1135,12 +1149,9 @@ class SiteDaemon:
             return
         keys = ", ".join(f"{k.removesuffix('_s')} = {configured[k]} s" for k in sorted(configured)
                          if configured[k] != registered[k])
-        what = f"volume {v.name}: [volumes.retention] {keys}"
         meanwhile = f"the volume keeps {registered} until 'replicad retention {v.name} --set ...' is approved"
-        if not self._room_for_request(what, meanwhile):
-            return
-        res = await request_with_retry(self.cluster, what, "set_retention", {"volume": v.name, "retention": configured},
-                                       f"[volumes.retention] {keys} in {self.site_id}'s config", meanwhile)
+        res = await self._request_configured(v, "retention", keys, "set_retention", {"retention": configured},
+                                             meanwhile)
         if res is None:
             return
         log.warning("AUDIT volume %s: [volumes.retention] %s: requested as %s; the volume keeps the defaults for "
@@ -1162,12 +1173,8 @@ class SiteDaemon:
             return
         keys = ", ".join(f"{k} = {x!r}" for k, x in sorted(configured.items()) if x != anomaly.POLICY_DEFAULTS[k])
         weakened = anomaly.weakened_keys(anomaly.POLICY_DEFAULTS, policy)
-        what = f"volume {v.name}: [volumes.detection] {keys}"
         meanwhile = f"it is judged with the default policy until 'replicad detection {v.name} --set ...' is approved"
-        if not self._room_for_request(what, meanwhile):
-            return
-        res = await request_with_retry(self.cluster, what, "set_detection", {"volume": v.name, "policy": policy},
-                                       f"[volumes.detection] {keys} in {self.site_id}'s config", meanwhile)
+        res = await self._request_configured(v, "detection", keys, "set_detection", {"policy": policy}, meanwhile)
         if res is None:
             return
         log.warning("AUDIT volume %s: [volumes.detection] %s%s: requested as %s; judged with the default policy until "
