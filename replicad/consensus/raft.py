@@ -1162,6 +1162,28 @@ def share_exempt(decoded: Any, size: int) -> bool:
     return isinstance(decoded, dict) and decoded.get("op") == "vouch" and size <= SHARE_EXEMPT_BYTES
 
 
+def copy_of_applied(before: Any, command: Any, result: Any) -> bool:
+    """Point 22: True when the state machine answered ``command`` as a copy of a command applied already:
+    refused ``replayed``, or answered from the exactly-once memory of ``before`` (``result`` is the stored
+    answer itself: :func:`replicad.core.state.applied_key`). A leader that re-appends another site's
+    applied entries gets one of the two for each (R17 F1: ``clock`` copies are refused ``replayed``; a
+    copy of a remembered command, e.g. a ``commit_snapshot``, gets its first answer and changes nothing),
+    so both are charged to the appending leader's site and count toward :data:`REPLAYED_DEPOSE_AFTER`.
+    Pure; never raises."""
+    if isinstance(result, dict) and result.get("error") == "replayed":
+        return True
+    if not isinstance(command, dict) or not isinstance(before, dict) or not isinstance(command.get("op_id"), str):
+        return False
+    memory = before.get("applied_ops")
+    if not isinstance(memory, dict) or result is None:
+        return False
+    try:
+        stored = memory.get(cluster_state.applied_key(before, command.get("by"), command["op_id"]))
+    except Exception:  # a malformed state: not a copy this check can tell
+        return False
+    return stored is result
+
+
 class LogShare:
     """Point 22: per signing site (a command's ``by``), ``(commands, bytes)`` applied since this
     node's log was last compacted (or a full state installed), i.e. what the log keeps of each
@@ -1414,7 +1436,7 @@ class _HardenedSyncObj(SyncObj):
         if not self._acceptable(command):
             reason = "malformed"
         result = entry[2] if entry is not None else None
-        replayed = reason is None and isinstance(result, dict) and result.get("error") == "replayed"
+        replayed = reason is None and entry is not None and copy_of_applied(entry[0], entry[1], result)
         if (reason is None and not replayed) or self._misbehaviour is None or self._replays is None:
             return
         idx = self._SyncObj__raftLastApplied + 1  # pysyncobj moves it after the entry was applied
@@ -2554,7 +2576,8 @@ class _StateConsumer(SyncObjConsumer):
             self.cluster = new_state
             if not share_exempt(command, len(payload)):
                 by = command.get("by") if isinstance(command, dict) else None
-                if result.get("error") in cluster_state.IDENTITY_REFUSALS:  # R17 F1: not its `by`'s doing
+                if result.get("error") in cluster_state.IDENTITY_REFUSALS or copy_of_applied(before, command, result):
+                    # R17 F1: a forgery or a copy of an applied command is not its `by`'s doing
                     by = self.appender() if self.appender is not None else None
                 self.share.note(by, len(payload))
             try:

@@ -49,13 +49,16 @@ def synced(nodes, leader) -> bool:
     return not leader._SyncObj__commandsQueue._FastQueue__queue and all(n._SyncObj__raftLastApplied >= last for n in nodes)
 
 
-def test_a_leaders_replays_of_another_sites_entries_are_charged_to_it_and_depose_it(nodes, caplog):
+@pytest.mark.parametrize("op,args", [("clock", {}), ("veto", {"request": "r999"})], ids=["replayed", "remembered"])
+def test_a_leaders_replays_of_another_sites_entries_are_charged_to_it_and_depose_it(nodes, caplog, op, args):
+    """``clock`` copies are refused ``replayed``; copies of a remembered command (a refused ``veto`` is
+    kept in the exactly-once memory) get their first answer and change nothing: both are the leader's."""
     sites = wired(nodes)
     leader, followers = elect(nodes)
     lead_site = sites[leader._SyncObj__selfNode.id]
     victim = sites[followers[0]._SyncObj__selfNode.id]
     # the victim's honest commands, appended once (as forwarded ones are)
-    honest = [packed(signed(victim)) for _ in range(20)]
+    honest = [packed(signed(victim, op, **args)) for _ in range(20)]
     for payload in honest:
         leader.consumer.apply_command(payload, callback=None)
     assert tick(nodes, lambda: synced(nodes, leader) and all(charged(n, victim) >= 20 for n in nodes), 30.0)
