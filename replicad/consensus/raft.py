@@ -402,11 +402,10 @@ names up in its own modules):
    identity (``state.IDENTITY_REFUSALS``) is charged to the site of the leader of the term that appended
    it (:meth:`_HardenedSyncObj.appender_site`; ``"?"`` when not known here), and
    :data:`REPLAYED_DEPOSE_AFTER` entries of one term refused as ``replayed`` depose that term's leader as
-   in point 18 (an honest leader never re-appends applied bytes: :meth:`_HardenedSyncObj._appended_already`);
+   in point 18 (an honest leader never re-appends applied bytes: :meth:`_HardenedSyncObj._appended_already`),
+   copies answered from the exactly-once memory likewise (:func:`copy_of_applied`);
    a node refusing its own proposal for the share says so at ERROR (:data:`OWN_SHARE_LOG_EVERY_S`).
-   Left: a leader's own such ops are held to the budget only, not to that rate; a leader's copies of
-   another site's entries still remembered for exactly-once answers (not ``replayed``: answered with the
-   first answer) are charged to that site; fewer than :data:`REPLAYED_DEPOSE_AFTER` copies a term depose
+   Left: a leader's own such ops are held to the budget only, not to that rate; fewer than :data:`REPLAYED_DEPOSE_AFTER` copies a term depose
    nobody; a leader that keeps a follower out of sync (a commit index it never reaches) escapes the rate
    there, not the share.
 
