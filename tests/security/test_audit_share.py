@@ -30,7 +30,8 @@ import pytest
 from replicad.core.state import RULES_MAX
 from replicad.lab.localcluster import LocalCluster
 from tests.integration.conftest import VOL, write_image
-from tests.integration.test_incarnation import _lead, _leader
+from tests.integration.test_incarnation import _lead
+from tests.security.full_state import leader_compacted, start_from_full_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -96,15 +97,10 @@ def test_a_flood_of_one_site_leaves_the_other_sites_records_in_the_state_and_the
     answer = c.api("site-a", "GET", "/v1/audit?limit=1")
     assert set(answer.get("dropped") or {}) == {"site-c"}, answer
 
-    leader = c.wait_for("a leader", lambda: _leader(c, ("site-a", "site-c")), 30)
-    dump = c.sites[leader].dir / "data" / "raft" / "raft.dump"
-    c.wait_for(f"{leader} compacted its log after the flood", lambda: dump.exists()
-               and dump.stat().st_mtime > flood_done, 120)
+    leader_compacted(c, flood_done, 120, after=" after the flood")
 
     # site-b, back, catches up from the leader's full state: its AUDIT lines list site-a's records
-    c.start("site-b")
-    c.wait_for("site-b installed the leader's full state", lambda: c.status("site-b")["raft"].get("dump_installs", 0)
-               >= 1, 120)
+    start_from_full_state(c, 120)
     c.wait_ready(90)
     log = c.sites["site-b"].log_path.read_text()
     head = "AUDIT (committed while this site was away; received whole from the leader, commands "

@@ -37,6 +37,7 @@ from replicad.core.units import format_duration
 from replicad.lab.localcluster import LocalCluster
 from tests.integration.conftest import VOL, write_image
 from tests.integration.test_incarnation import _leader
+from tests.security.full_state import leader_compacted, start_from_full_state
 from tests.security.test_signed_commands import raft_refused
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -110,15 +111,10 @@ def test_a_site_that_catches_up_from_a_full_state_logs_what_it_missed(cluster: L
         answers = list(pool.map(lambda _: veto_own_revocation(c, revoke["request"]), range(VETOES)))
     assert answers == ["conflict"] * VETOES, answers
     events_done = time.time()
-    leader = c.wait_for("a leader", lambda: _leader(c, ("site-a", "site-c")), 30)
-    dump = c.sites[leader].dir / "data" / "raft" / "raft.dump"
-    c.wait_for(f"{leader} compacted its log after the changes", lambda: dump.exists()
-               and dump.stat().st_mtime > events_done, 90)
+    leader = leader_compacted(c, events_done, 90, after=" after the changes")
     assert "AUDIT request" in c.log_tail("site-a", 400)  # the live sites logged each change
 
-    c.start("site-b")
-    c.wait_for("site-b installed the leader's full state", lambda: c.status("site-b")["raft"].get("dump_installs", 0)
-               >= 1, 90)
+    start_from_full_state(c, 90)
     c.wait_ready(90)
     log = c.sites["site-b"].log_path.read_text()
     head = "AUDIT (committed while this site was away; received whole from the leader, commands "

@@ -27,6 +27,7 @@ log compacted meanwhile: ``REPLICAD_LAB_COMPACTION_ENTRIES``) says it at ERROR t
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import signal
@@ -40,7 +41,7 @@ import requests
 
 from replicad.lab.localcluster import LocalCluster
 from tests.integration.conftest import VOL, write_image
-from tests.integration.test_incarnation import _leader
+from tests.security.full_state import leader_compacted, start_from_full_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -77,18 +78,26 @@ def _lab(config: str) -> str:
     return config.replace('log_level = "info"\n', 'log_level = "info"\nlab = true\n', 1)
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2, cooling_off="300s")
+@contextlib.contextmanager
+def _running(c: LocalCluster):
+    """``c`` running (site-a's volume written first): site-a and site-b honest, site-c copying the
+    requests it sees (:mod:`tests.security.copying_requester`); every site stopped after."""
     write_image(c.sites["site-a"].volume_path(VOL), 16, random.Random(7))
     try:
         c.start("site-a")
         c.start("site-b")
         c.start("site-c", module="tests.security.copying_requester", args=("run",))
         c.wait_ready(120)
-        yield c
+        yield
     finally:
         c.stop_all()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2, cooling_off="300s")
+    with _running(c):
+        yield c
 
 
 def test_a_copied_request_does_not_take_the_honest_answer_and_its_withdrawal_is_an_error(cluster) -> None:
@@ -150,15 +159,8 @@ def compacting_cluster(tmp_path, monkeypatch):
     c = LocalCluster(tmp_path / "cluster", interval="1h", min_copies=2, cooling_off="300s")
     for s in ("site-a", "site-b", "site-c"):
         c.sites[s].config_path.write_text(_lab(c.sites[s].config_path.read_text()))
-    write_image(c.sites["site-a"].volume_path(VOL), 16, random.Random(7))
-    try:
-        c.start("site-a")
-        c.start("site-b")
-        c.start("site-c", module="tests.security.copying_requester", args=("run",))
-        c.wait_ready(120)
+    with _running(c):
         yield c
-    finally:
-        c.stop_all()
 
 
 def test_a_site_away_when_the_copy_was_withdrawn_says_it_at_error_after_its_catch_up(compacting_cluster) -> None:
@@ -178,13 +180,9 @@ def test_a_site_away_when_the_copy_was_withdrawn_says_it_at_error_after_its_catc
     c.wait_for("site-a counts the withdrawal live", lambda: _withdrawn(c, "site-a", "true") == 1, 30)
     assert _withdrawn(c, "site-a", "false") == 14
     done = time.time()
-    leader = c.wait_for("a leader", lambda: _leader(c, ("site-a", "site-c")), 30)
-    dump = c.sites[leader].dir / "data" / "raft" / "raft.dump"
-    c.wait_for(f"{leader} compacted its log", lambda: dump.exists() and dump.stat().st_mtime > done, 90)
+    leader_compacted(c, done, 90)
 
-    c.start("site-b")
-    c.wait_for("site-b installed the leader's full state", lambda: c.status("site-b")["raft"].get("dump_installs", 0)
-               >= 1, 90)
+    start_from_full_state(c, 90)
     line = re.compile(rf"ERROR .*AUDIT \(committed while this site was away; received whole from the leader, "
                       rf"commands \d+\.\.\d+\) request {r_c} \(set_detection, approved, requested by site-c\) gone "
                       r"unfinished: withdrawn by its requester after site-b approved it \(their approvals are void\)")

@@ -40,7 +40,7 @@ import requests
 from replicad.lab.localcluster import LocalCluster
 from replicad.site.rules_raise import LAB_FOUND_RULES_ENV, LAB_REPORT_RULES_MAX_ENV
 from tests.integration.conftest import VOL, write_image
-from tests.integration.test_incarnation import _leader
+from tests.security.full_state import leader_compacted, start_from_full_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -122,15 +122,10 @@ def test_a_revocation_erased_by_its_targets_flood_is_announced_and_reported(clus
     c.wait_for("site-c's forged entry", lambda: "FORGED RECORD appended" in c.sites["site-c"].log_path.read_text(), 30)
 
     flood_done = time.time()
-    leader = c.wait_for("a leader", lambda: _leader(c, ("site-a", "site-c")), 30)
-    dump = c.sites[leader].dir / "data" / "raft" / "raft.dump"
-    c.wait_for(f"{leader} compacted its log after the flood", lambda: dump.exists()
-               and dump.stat().st_mtime > flood_done, 90)
+    leader_compacted(c, flood_done, 90, after=" after the flood")
 
     # 3. a and b say so, at ERROR, naming the request and the site whose request pushed it out, and count it
-    c.start("site-b")
-    c.wait_for("site-b installed the leader's full state", lambda: c.status("site-b")["raft"].get("dump_installs", 0)
-               >= 1, 90)
+    start_from_full_state(c, 90)
     line = re.compile(rf"ERROR .*AUDIT (?:\(committed while this site was away\) )?request {rid} \(revoke_site "
                       rf"site_id=site-c, requested by site-a, approved by site-a, site-b, .*VANISHED .*(pushed out of "
                       r"the request table by request r\d+ of site-c|gone while this site caught up from a full "
