@@ -111,6 +111,31 @@ async def propose(node, command: dict) -> str:
         return getattr(exc, "code", type(exc).__name__)
 
 
+def member_node(cfg, signer: identity.Signer, work_dir: Path, on_applied=None):
+    """This site's own Raft member (:class:`replicad.consensus.raft.RaftNode`, started) of ``cfg``'s
+    cluster, its Raft log under ``work_dir``: the state machine, trust, signer, partners and initial
+    members the daemon has, so it applies what every site applies. ``on_applied``: ``(command,
+    result)`` called after each applied command (on the node's tick thread)."""
+    from replicad.consensus.raft import RaftNode
+
+    node = RaftNode(cfg.self_ref().raft, [s.raft for s in cfg.sites if s.site_id != cfg.site_id], work_dir,
+                    cfg.raft_password.get_secret_value(), on_applied=on_applied, trust=cfg.trust(), signer=signer,
+                    sites={s.raft: s.site_id for s in cfg.sites},
+                    members=[s.site_id for s in cfg.sites])  # as the daemon: the same initial state
+    node.start()
+    return node
+
+
+def run_then_close(node, main) -> int:
+    """Runs the coroutine ``main`` to its end, then closes ``node`` (also when ``main`` raises):
+    the exit status, 0."""
+    try:
+        asyncio.run(main)
+    finally:
+        node.close()
+    return 0
+
+
 async def wait_synced(node, volume: str, timeout_s: float) -> None:
     """Until a leader is known and the replicated log (the volume's snapshots included) is applied here."""
     deadline = time.monotonic() + timeout_s
@@ -187,7 +212,6 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config)
     signer = load_signer(cfg)
     assert signer is not None, "the attacker's site signs"
-    from replicad.consensus.raft import RaftNode
 
     captured: list[dict] = []
     got = threading.Event()
@@ -197,12 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             captured.append(dict(command))
             got.set()
 
-    partners = [s.raft for s in cfg.sites if s.site_id != cfg.site_id]
-    node = RaftNode(cfg.self_ref().raft, partners, args.work_dir, cfg.raft_password.get_secret_value(),
-                    on_applied=on_applied, trust=cfg.trust(), signer=signer,  # the same state machine as every site
-                    sites={s.raft: s.site_id for s in cfg.sites},
-                    members=[s.site_id for s in cfg.sites])  # as the daemon: the same initial state
-    node.start()
+    node = member_node(cfg, signer, args.work_dir, on_applied)
     node._signer = None  # its Raft connections prove this site; the forged commands carry what the attacker made
 
     async def found() -> None:
@@ -486,11 +505,7 @@ def main(argv: list[str] | None = None) -> int:
             out(mode="replay", op=command["op"], by=command["by"], op_id=command["op_id"],
                 error=await propose(node, command))
 
-    try:
-        asyncio.run(run())
-    finally:
-        node.close()
-    return 0
+    return run_then_close(node, run())
 
 
 if __name__ == "__main__":

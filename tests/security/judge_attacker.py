@@ -17,7 +17,6 @@ and ``seq``. Exits 0 whatever happened: the test judges the honest sites.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import tempfile
 import time
@@ -32,7 +31,7 @@ from replicad.core.manifest import V1_PAGE_ENTRIES as PAGE_ENTRIES, Manifest
 from replicad.peer.tls import client_context
 from replicad.peer.transport import PeerClient
 from replicad.storage.chunkstore import ChunkStore
-from tests.security.command_attacker import out, propose, wait_synced
+from tests.security.command_attacker import member_node, out, propose, run_then_close, wait_synced
 
 
 async def _ship(cfg, volume: str, epoch: int, seq: int, pages: int, block_size: int,
@@ -76,13 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config)
     signer = load_signer(cfg)
     assert signer is not None, "the attacker's site signs"
-    from replicad.consensus.raft import RaftNode
-
-    partners = [s.raft for s in cfg.sites if s.site_id != cfg.site_id]
-    node = RaftNode(cfg.self_ref().raft, partners, args.work_dir, cfg.raft_password.get_secret_value(),
-                    trust=cfg.trust(), signer=signer, sites={s.raft: s.site_id for s in cfg.sites},
-                    members=[s.site_id for s in cfg.sites])  # as the daemon: the same initial state
-    node.start()
+    node = member_node(cfg, signer, args.work_dir)
 
     async def run() -> None:
         await wait_synced(node, args.volume, args.wait_s)
@@ -99,11 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "size_bytes": m.size_bytes, "acks": acks})
             out(mode="commit", seq=seq, error=await propose(node, command))
 
-    try:
-        asyncio.run(run())
-    finally:
-        node.close()
-    return 0
+    return run_then_close(node, run())
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from replicad.config import load_config, load_signer
 from replicad.core import anomaly
-from tests.security.command_attacker import out, propose
+from tests.security.command_attacker import member_node, out, propose, run_then_close
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,13 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config)
     signer = load_signer(cfg)
     assert signer is not None, "the attacker's site signs"
-    from replicad.consensus.raft import RaftNode
-
-    partners = [s.raft for s in cfg.sites if s.site_id != cfg.site_id]
-    node = RaftNode(cfg.self_ref().raft, partners, args.work_dir, cfg.raft_password.get_secret_value(),
-                    trust=cfg.trust(), signer=signer, sites={s.raft: s.site_id for s in cfg.sites},
-                    members=[s.site_id for s in cfg.sites])  # as the daemon: the same initial state
-    node.start()
+    node = member_node(cfg, signer, args.work_dir)
     node._signer = None  # its Raft connections prove this site; the commands carry its own signature
     me = cfg.site_id
 
@@ -138,11 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                       reason="ransom note seen here")
         out(attempt="suspect", op=command["op"], error=await propose(node, command))
 
-    try:
-        asyncio.run(run())
-    finally:
-        node.close()
-    return 0
+    return run_then_close(node, run())
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 from replicad.config import load_config, load_signer
-from tests.security.command_attacker import out, propose
+from tests.security.command_attacker import member_node, out, propose, run_then_close
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,13 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config)
     signer = load_signer(cfg)
     assert signer is not None, "the site signs"
-    from replicad.consensus.raft import RaftNode
-
     me = cfg.site_id
-    node = RaftNode(cfg.self_ref().raft, [s.raft for s in cfg.sites if s.site_id != me], args.work_dir,
-                    cfg.raft_password.get_secret_value(), trust=cfg.trust(), signer=signer,
-                    sites={s.raft: s.site_id for s in cfg.sites}, members=[s.site_id for s in cfg.sites])
-    node.start()
+    node = member_node(cfg, signer, args.work_dir)
     node._signer = None  # the commands below are signed here, each in this site's own name
 
     def own(op: str, **fields) -> dict:
@@ -73,11 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             await asyncio.sleep(1.0)
 
-    try:
-        asyncio.run(run())
-    finally:
-        node.close()
-    return 0
+    return run_then_close(node, run())
 
 
 if __name__ == "__main__":
