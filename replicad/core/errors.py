@@ -142,6 +142,14 @@ class MethodNotAllowedError(UsageError):
     http_status = 405
 
 
+class BodyTooLargeError(UsageError):
+    """An admin API request body longer than the listener takes (HTTP 413; evidence ``limit_bytes``):
+    refused before it is read whole, nothing done."""
+
+    code = "body_too_large"
+    http_status = 413
+
+
 class ReflinkUnsupportedError(UsageError):
     """A ``reflink`` volume's image cannot be cloned or mapped: ``ioctl(FICLONE)`` or
     ``FS_IOC_FIEMAP`` answered EOPNOTSUPP/ENOTTY/EINVAL (ext4, XFS without ``reflink=1``, a block

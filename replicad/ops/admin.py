@@ -117,7 +117,7 @@ from replicad.ops.exportlimits import IdleExports, requested_ttl_s
 from replicad.core.requestdiff import request_changes, with_changes, with_moot
 from replicad.storage.audit import AuditLog, verify_chain
 from replicad.peer.netreason import connection_reason, unreachable_detail
-from replicad.core.errors import (ConflictError, InternalError, MethodNotAllowedError, NotFoundError,
+from replicad.core.errors import (BodyTooLargeError, ConflictError, InternalError, MethodNotAllowedError, NotFoundError,
                                   NotSupportedError, PeerUnavailableError,
                                   ReplicadError, UnauthenticatedError, UsageError, _jsonable, facts_text, from_dict)
 from replicad.core import anomaly  # issue 14
@@ -166,7 +166,8 @@ _BODY_KEY = "replicad.json_body"  # the body as _json_body parsed it (read once:
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object body (``{}`` without a body), parsed once per request.
-    UsageError (400 ``bad_request``) when it is not JSON or not an object."""
+    UsageError (400 ``bad_request``) when it is not JSON or not an object; BodyTooLargeError (413
+    ``body_too_large``) past the admin listener's ``client_max_size`` (aiohttp's default: 1 MiB)."""
     if _BODY_KEY in request:
         return request[_BODY_KEY]
     if not request.can_read_body:
@@ -175,6 +176,9 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"request body is not JSON: {err}") from None
+    except web.HTTPRequestEntityTooLarge:  # aiohttp's client_max_size: a typed 413, not an internal error
+        raise BodyTooLargeError(f"request body longer than the admin listener takes ({request.client_max_size} "
+                                "bytes)", limit_bytes=request.client_max_size) from None
     if not isinstance(body, dict):
         raise UsageError("request body must be a JSON object")
     request[_BODY_KEY] = body

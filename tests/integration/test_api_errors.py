@@ -2,7 +2,8 @@
 (a tryout's findings): an unknown path 404 ``not_found``, a method a path does not serve 405
 ``method_not_allowed`` with ``Allow`` (aiohttp's text/plain pages before), and a malformed body
 400 ``bad_request`` on every route, also one that reads no body: ``POST .../snapshot`` with
-``{bad`` took a snapshot and answered 200 (real daemons)."""
+``{bad`` took a snapshot and answered 200; a body past 1 MiB 413 ``body_too_large`` (it was a 500
+with a traceback) (real daemons)."""
 
 from __future__ import annotations
 
@@ -48,3 +49,10 @@ def test_unknown_paths_methods_and_malformed_bodies_are_typed_json_errors(cluste
     assert status == 400 and json.loads(body)["error"] == "bad_request"
     status, _, body = raw(base + f"/v1/volumes/{VOL}/snapshot", "POST", b"{}")  # an empty object still works
     assert status == 200 and json.loads(body)["committed"], body
+
+    # a body past the listener's 1 MiB: a typed 413 on every route, no traceback in the journal (tryout)
+    for method, path in (("PUT", f"/v1/volumes/{VOL}/detection"), ("POST", "/v1/requests/r1/approve")):
+        status, _, body = raw(base + path, method, b"a" * 3_000_000)
+        err = json.loads(body)
+        assert status == 413 and err["error"] == "body_too_large" and err["evidence"]["limit_bytes"] == 2**20, body
+    assert "Traceback" not in c.sites["site-a"].log_path.read_text()
