@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from replicad.core.state import RULES_MAX
 from replicad.lab.localcluster import LocalCluster
 from tests.security.test_signed_commands import refused
 
@@ -63,7 +64,7 @@ def test_a_forged_found_is_refused_and_the_honest_sites_found_the_cluster(tmp_pa
         c.wait_ready(120)
         for site in ("site-a", "site-b", "site-c"):
             assert running(c, site) and not lines(c, site, "the site stops"), c.log_tail(site)
-            assert c.status(site)["rules"]["version"] == 3
+            assert c.status(site)["rules"]["version"] == RULES_MAX
         # each daemon compares the agreed membership (keys included) with its config and stops on a
         # difference: all three run, so the cluster pins site-a's true key
         assert refused(c, "site-a", "bad_signature") >= 1  # replayed at site-a: the same refusal

@@ -11,7 +11,7 @@ existed anywhere, nothing was logged and site-c kept leading. Now each honest si
 was front-run logs ERROR naming site-c (``replicad_raft_refused_total{reason="leader_front_runs"}``,
 alert ``ReplicadRaftLeaderFrontRuns``), and:
 
-* under rules 3 (a cluster founded by this release) the front-run entry cannot answer for the
+* under rules 3 and later (a cluster founded by this release) the front-run entry cannot answer for the
   honest command at all: a's revocation request and b's retention request are applied and
   answered as such the first time; and nobody deposes site-c (a deposition cut site-a off for
   2 minutes while site-b kept following c, r14 A2): a's next requests, front-run again, are
@@ -33,6 +33,7 @@ import pytest
 
 from replicad.core.errors import ReplicadError
 from replicad.lab.localcluster import LocalCluster
+from replicad.core.state import RULES_MAX
 from replicad.site.rules_raise import LAB_FOUND_RULES_ENV, LAB_REPORT_RULES_MAX_ENV
 from tests.integration.conftest import VOL, write_image
 from tests.integration.test_incarnation import _lead
@@ -57,7 +58,7 @@ def requests_at(c: LocalCluster, site: str) -> list[dict]:
     return c.api(site, "GET", "/v1/requests")["requests"]
 
 
-@pytest.mark.parametrize("rules", [2, 3])
+@pytest.mark.parametrize("rules", [2, RULES_MAX])  # RULES_MAX: a cluster this release founds (3 and later)
 def test_a_front_running_leader_cancels_nothing_and_is_alerted(tmp_path: Path, monkeypatch, rules: int) -> None:
     if rules == 2:  # founded under rules 2 and every site reports the previous release: no raise
         monkeypatch.setenv(LAB_FOUND_RULES_ENV, "2")
@@ -100,15 +101,15 @@ def test_a_front_running_leader_cancels_nothing_and_is_alerted(tmp_path: Path, m
                 assert rules == 2 and answer.code in ("no_quorum", "commit_unknown", "leader_front_run"), (site, answer)
             else:  # never {"request": null}: the command applied and is answered as such
                 assert answer.get("request") and answer.get("status") == "pending", (site, answer)
-        if rules == 3:
+        if rules >= 3:
             assert not any(isinstance(a, ReplicadError) for a in answers.values()), answers
 
         for site in HONEST:  # alerted, naming c: under rules 2 deposed, under rules 3 not (below)
             c.wait_for(f"{site} alerts", lambda: raft_refused(c, site, "leader_front_runs") >= 1, 60)
             found = lines(c, site, "raft refused [leader_front_runs]")
             assert found and "ERROR" in found[0] and f"{c_addr} (site site-c)" in found[0], c.log_tail(site)
-            assert ("NOT deposed" in found[0]) is (rules == 3), found[0]
-        if rules == 3:
+            assert ("NOT deposed" in found[0]) is (rules >= 3), found[0]
+        if rules >= 3:
             _not_cut_off(c, trigger, answers, c_addr)
             return
         leader = c.wait_for("an honest leader", lambda: next((s for s in HONEST if raft_of(c, s)["is_leader"]), None),
