@@ -34,7 +34,8 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
      "audit_dropped": {share: [count, newest n]},                      # rules >= 4: AUDIT_DROPPED
      "audit_uncounted": int,                                           # rules >= 4: AUDIT_UNCOUNTED
      "applied_ops": {op_id: result},                                   # last APPLIED_OPS_MAX; rules >= 3:
-                                                                       # {applied_key(by, op_id): result}
+                                                                       # {applied_key(by, op_id): result};
+                                                                       # rules >= 4: shares (applied_trim)
      "clocks": {site_id: now_ns},                                      # registered sites only
      "seen": {site_id: {"ops": {op_id: now_ns}, "floor_ns": int}},     # replay memory, see below
      "requests": {req_id: {...}}, "request_seq": int,                  # see list_requests
@@ -54,7 +55,8 @@ State shape (plain msgpack-able data: dict/list/str/int/bytes/bool/None only)::
 Bounds (the state is replicated to and kept by every site; a member holding the Raft
 password must not be able to grow it without limit): ``audit`` keeps the last
 :data:`AUDIT_MAX` records (rules 4 and later: at most :data:`AUDIT_KEPT_MAX`, cut by signing site:
-:func:`audit_trim`), ``applied_ops`` the last :data:`APPLIED_OPS_MAX` results; at most
+:func:`audit_trim`), ``applied_ops`` the last :data:`APPLIED_OPS_MAX` results (rules 4 and later:
+at most :data:`APPLIED_KEPT_MAX`, cut by signing site: :func:`applied_trim`); at most
 ``max_sites`` (default :data:`SITES_MAX`) sites and, when ``members`` is set, only those
 site ids (the configured ``[[sites]]``, given to :func:`initial_state` by the Raft node);
 at most :data:`VOLUMES_MAX` volumes, :data:`VOLUMES_PER_SITE_MAX` of them registered by one
@@ -151,7 +153,11 @@ the answers kept from before by the one site whose replay memory holds their op 
 the others (:func:`applied_by_signer`). What rules 4 change: the audit is kept per signing site
 (:func:`_with_audit`, :func:`audit_trim`); the raise (or a founding) to rules 4 attributes the
 records kept from before (:func:`audit_by_signer`: an accepted one to its site, a refused one to
-nobody; their commands' counts are not known, :data:`AUDIT_UNCOUNTED` bounds them). Only the
+nobody; their commands' counts are not known, :data:`AUDIT_UNCOUNTED` bounds them), and so is the
+exactly-once memory (:func:`_with_applied`, :func:`applied_trim`: one site's flood of remembered
+commands no longer pushes another site's stored answers out, attack review R16, R-a); its keys
+carry the signing site since rules 3 (:func:`applied_key`), so the raise (or a founding) to rules 4
+converts nothing there. Only the
 ``rules`` command (``to``, ``reports``, :func:`_op_rules`) changes
 the version: by a registered site, only upward, at most :data:`RULES_MAX` (the highest this code
 applies), in a founded cluster with a majority clock, and only with signed release reports
@@ -506,6 +512,18 @@ AUDIT_DROPPED_KEYS_MAX = 129
 """Shares :data:`AUDIT_DROPPED` names at most: twice :data:`SITES_MAX` and the unattributed one (a
 share is a member or a registered site; members change only by approved requests)."""
 APPLIED_OPS_MAX = 5000
+"""Answers the exactly-once memory (``applied_ops``) keeps: under rules 1..3 the last ones of every
+command, whoever signed it; under :data:`RULES_AUDIT_BY_SIGNER` and later what :func:`applied_trim`
+cuts it to."""
+APPLIED_KEPT_MAX = 6000
+"""Answers the exactly-once memory keeps at most under :data:`RULES_AUDIT_BY_SIGNER` and later. Past it
+the memory is cut to :data:`APPLIED_OPS_MAX` at once (:func:`applied_trim`), by shares: each signing
+site's answers (the ``by`` of :func:`applied_key`) are one share; the largest shares are cut to one
+level (:func:`fair_level`), each losing its own oldest answers. So one site's flood of remembered
+commands (accepted no-op ``add_volume``, its own ``commit_snapshot``) pushes out only its own
+answers, and another site's retry of a committed command still gets its first answer instead of
+``replayed`` (attack review R16, R-a). The O(answers) cut is paid once every 1,000 remembered
+commands, not at each; the memory holds at most a fifth more answers than under rules 3."""
 ROOT_SIZE_BYTES = 32  # BLAKE3-256 manifest root (DESIGN §3)
 NAME_MAX_CHARS = 255
 OP_ID_MAX_CHARS = 128
@@ -1380,13 +1398,7 @@ def audit_trim(audit: list, target: int,
         counts[share] = counts.get(share, 0) + 1
     if len(audit) <= target:
         return list(audit), {}
-    low, high = 0, max(counts.values())  # the level: the highest L with sum(min(count, L)) <= target
-    while low < high:
-        mid = (low + high + 1) // 2
-        if sum(min(c, mid) for c in counts.values()) <= target:
-            low = mid
-        else:
-            high = mid - 1
+    low = fair_level(counts, target)
     excess = {share: c - low for share, c in counts.items() if c > low}
     routine: dict[str, list[int]] = {share: [] for share in excess}
     notable: dict[str, list[int]] = {share: [] for share in excess}
@@ -1404,6 +1416,45 @@ def audit_trim(audit: list, target: int,
         ns = [n for n in ns if _is_int(n)]
         dropped[share] = (len(gone), max(ns) if ns else None)
     return [r for i, r in enumerate(audit) if i not in drop], dropped
+
+
+def fair_level(counts: dict[str, int], target: int) -> int:
+    """The max-min fair level of shares holding ``counts`` (``{share: items}``, each >= 0) cut to
+    ``target`` items: the highest ``L`` (0 <= L <= the largest count) with ``sum(min(count, L))`` at
+    most ``target`` (binary search; :func:`audit_trim`, :func:`applied_trim`). Pure;
+    O(shares * log(items))."""
+    low, high = 0, max(counts.values(), default=0)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if sum(min(c, mid) for c in counts.values()) <= target:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def applied_trim(applied: dict, target: int) -> dict:
+    """``applied`` (the exactly-once memory keyed by :func:`applied_key` under
+    :data:`RULES_SIGNER_KEYED` and later, oldest first) cut to at most ``target`` answers by shares:
+    a key's share is its signing site (the text before its first NUL; a key without one is its own
+    empty-site share, as :func:`applied_key` keys a ``by`` that is not a string); every share above
+    the level (:func:`fair_level`) keeps its newest ``L`` answers, losing its own oldest; the others
+    keep all. Insertion order kept (msgpack keeps it: every site cuts alike). Pure; O(answers)."""
+    if len(applied) <= target:
+        return dict(applied)
+    shares = [key.partition("\x00")[0] if isinstance(key, str) else "" for key in applied]
+    counts: dict[str, int] = {}
+    for share in shares:
+        counts[share] = counts.get(share, 0) + 1
+    level = fair_level(counts, target)
+    drop = {share: c - level for share, c in counts.items() if c > level}
+    kept = {}
+    for share, (key, result) in zip(shares, applied.items()):
+        if drop.get(share, 0) > 0:
+            drop[share] -= 1
+            continue
+        kept[key] = result
+    return kept
 
 
 def audit_signer(state: dict, command: Any, trust: Trust | None) -> str | None:
@@ -1463,8 +1514,16 @@ def _applied_count(state: dict) -> int:
 
 
 def _with_applied(state: dict, op_id: str, result: dict) -> dict:
+    """``state`` with ``result`` stored under ``op_id`` (its :func:`applied_key`) in the exactly-once
+    memory: under rules 1..3 the last :data:`APPLIED_OPS_MAX` kept, oldest first out whoever signed
+    it; under :data:`RULES_AUDIT_BY_SIGNER` and later, past :data:`APPLIED_KEPT_MAX` cut to
+    :data:`APPLIED_OPS_MAX` by signing site (:func:`applied_trim`). Pure."""
     applied = dict(state.get("applied_ops", {}))
     applied[op_id] = result
+    if rules(state) >= RULES_AUDIT_BY_SIGNER:
+        if len(applied) > APPLIED_KEPT_MAX:
+            applied = applied_trim(applied, APPLIED_OPS_MAX)
+        return {**state, "applied_ops": applied}
     while len(applied) > APPLIED_OPS_MAX:
         del applied[next(iter(applied))]
     return {**state, "applied_ops": applied}
