@@ -98,6 +98,18 @@ def _request_changes(r: Mapping[str, Any], state: Mapping[str, Any]) -> str:
     return changes_text(diff) if diff is not None else args_brief(r.get("action"), r.get("args"))
 
 
+def _request_status(r: Mapping[str, Any], state: Mapping[str, Any]) -> str:
+    """The status cell of a shown request, escaped: its status, and for one whose effect is in
+    force already in ``state`` the same ``MOOT: ...`` mark as ``replicad requests``
+    (:func:`replicad.core.requestdiff.moot_reason`)."""
+    from replicad.core.requestdiff import moot_reason
+
+    reason = moot_reason(dict(r), dict(state))
+    if not reason:
+        return _e(r.get("status"))
+    return _e(r.get("status")) + "; " + _cls("muted", f"MOOT: {reason}: applied, it would change nothing")
+
+
 def _request_when(r: Mapping[str, Any]) -> str:
     """When a shown request ends: a pending one ``expires ...``, an approved one (cooling off)
     ``takes effect ... unless vetoed``."""
@@ -288,7 +300,7 @@ def render(status: Mapping[str, Any], state: Mapping[str, Any], operations: list
     ] for x in exports or []]
     req_rows = [[_e(r.get("id")), _e(r.get("action")), _e(r.get("by")), _e(r.get("reason")),
                  _e(_request_changes(r, state)),
-                 _e(approvals_text(r.get("approvals"), r.get("needed"))), _e(r.get("status")),
+                 _e(approvals_text(r.get("approvals"), r.get("needed"))), _request_status(r, state),
                  _e(_request_when(r))]
                 for r in status.get("requests") or [] if r.get("status") in ("pending", "approved")]
     op_rows = []

@@ -211,3 +211,24 @@ def test_an_approved_request_says_when_it_takes_effect_and_what_it_changes() -> 
     assert "takes effect 2027-01-15 08:00:00 UTC unless vetoed" in row and "expires" not in row, row
     assert "site_id: site-a" in row and "keys: &#x27;ed25519:AAAA" in row and "requests --json" not in row, row
     assert "3 (2 needed)" in row and "3 of 2" not in row, row
+
+
+def test_a_moot_request_carries_the_same_mark_as_replicad_requests() -> None:
+    """A waiting request whose effect is in force already showed as plain ``pending`` on the page
+    while ``replicad requests``/``status`` marked it ``MOOT:`` (tryout 2, item 3)."""
+    status = _status()
+    status["requests"] = [{"id": "r5", "action": "remove_volume", "by": "site-b", "reason": "gone",
+                           "args": {"volume": "pacs"}, "approvals": ["site-b"], "needed": 2,
+                           "status": "pending", "expires_ns": 2 * 10**18},
+                          {"id": "r6", "action": "remove_volume", "by": "site-b", "reason": "still here",
+                           "args": {"volume": "ehr"}, "approvals": ["site-b"], "needed": 2,
+                           "status": "pending", "expires_ns": 2 * 10**18}]
+    page = statuspage.render(status, STATE, OPS, {"ehr": 60.0, "pacs": 60.0}, 1000.0)
+
+    def row(rid: str) -> str:
+        r = page[page.index(f"<td>{rid}</td>"):]
+        return r[:r.index("</tr>")]
+
+    assert "pending; <span class=\"muted\">MOOT: volume pacs is no longer in the cluster state: applied, it would " \
+           "change nothing</span>" in row("r5"), row("r5")
+    assert "MOOT" not in row("r6") and "<td>pending</td>" in row("r6"), row("r6")
