@@ -82,8 +82,11 @@ def request_words(action: Any, args: Any, reason: Any = None) -> str:
     ``set_retention volume=ehr retention={...} reason="..."`` (:func:`~replicad.core.errors.facts_text`);
     an argument longer than 400 characters (a detection policy's ransom-note patterns) counted
     (``policy=<18 keys>``: :func:`~replicad.core.requestdiff.args_summary`; the request record
-    keeps it whole); ``?`` for an action not known here."""
+    keeps it whole); ``?`` for an action not known here. The reason is shown once: an argument
+    ``reason`` equal to ``reason`` (a verdict's) is left out of the arguments."""
     words = str(action or "?")
+    if isinstance(args, dict) and reason and args.get("reason") == reason:
+        args = {k: v for k, v in args.items() if k != "reason"}
     if isinstance(args, dict) and args:
         words += " " + facts_text(args_summary(args))
     if reason:

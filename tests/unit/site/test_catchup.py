@@ -417,3 +417,13 @@ def test_an_approved_request_that_finished_and_was_forgotten_is_no_withdrawal() 
         assert len(named) == 1 and "withdrawn by its requester after" not in named[0], named
     assert any("gone: withdrawn by its requester, or finished and forgotten since" in line
                for _, line in install_report(counted(was, 30), counted(forgot, 500), at_start=False, mark=30))
+
+
+def test_a_verdicts_reason_is_shown_once() -> None:
+    """A verdict request carries its reason both as an argument and as the request's reason: the
+    line printed it twice (``reason="c down" reason="c down"``, tryout 2, item 8)."""
+    words = catchup.request_words("mark_verdict", {"volume": "ehr", "seq": 7, "verdict": "clean",
+                                                   "reason": "c down"}, "c down")
+    assert words == 'mark_verdict volume=ehr seq=7 verdict=clean reason="c down"', words
+    # a different argument named reason is an argument of its own: both shown
+    assert catchup.request_words("x", {"reason": "a"}, "b") == 'x reason=a reason=b'
