@@ -1039,6 +1039,21 @@ not). Any other settled status contradicts the ask (``conflict``, exit 4): a scr
 that an approved change did not happen, or that a veto came too late."""
 
 
+def withdrawal_of(view: Any, req_id: str) -> dict | None:
+    """The kept answer (``applied_ops``, the exactly-once memory of :mod:`replicad.core.state`)
+    of the withdrawal of request ``req_id`` by its requester (its own veto, which leaves no request
+    record): ``{"ok": True, "request", "status": "withdrawn", "withdrawn_by", "requested_by",
+    "approvals", "needed", "action", "volume", "was"}``; None when ``view`` keeps no such answer
+    (never withdrawn, or the answer was pushed out of the memory since). Pure; never raises."""
+    ops = view.get("applied_ops") if isinstance(view, dict) else None
+    for result in reversed(list(ops.values())) if isinstance(ops, dict) else ():
+        if isinstance(result, dict) and result.get("ok") is True and result.get("status") == "withdrawn" \
+                and result.get("request") == req_id and result.get("withdrawn_by") is not None \
+                and result.get("withdrawn_by") == result.get("requested_by"):
+            return result
+    return None
+
+
 def _settled_answer(site: "SiteDaemon", req_id: str, before: dict | None, op: str) -> web.Response | None:
     """The answer to ``op`` (``approve`` | ``veto``) of request ``req_id`` when this site's current
     view (:meth:`Cluster.raft_synced`) already settles it, proposing no Raft command: a repeated
@@ -1047,9 +1062,18 @@ def _settled_answer(site: "SiteDaemon", req_id: str, before: dict | None, op: st
     not there). Returns 200 ``{"request", "status", ..., "already": True}`` when the status is in
     :data:`SETTLED_OK`; raises NotFoundError for an id the current view does not hold, and
     ConflictError for a contradicting settled status; None (propose as before) while the request
-    is pending or approved, or when the view is not current (the state machine decides)."""
+    is pending or approved, or when the view is not current (the state machine decides). A veto
+    of a request its requester withdrew (:func:`withdrawal_of`) answers like a vetoed one:
+    ``status: withdrawn``, ``already``."""
     if not site.cluster.raft_synced():
         return None
+    withdrawal = withdrawal_of(site.cluster.view(), req_id) if before is None and op == "veto" else None
+    if withdrawal is not None:  # a withdrawn request leaves no record, but it will not happen either: as vetoed
+        log.info("AUDIT request %s: veto asked at %s, already withdrawn by %s (nothing proposed)", req_id,
+                 site.site_id, withdrawal.get("withdrawn_by"))
+        return _ok({"request": req_id, "status": "withdrawn", "already": True,
+                    **{k: withdrawal[k] for k in ("approvals", "needed", "action", "withdrawn_by", "volume")
+                       if withdrawal.get(k) is not None}})
     if before is None:
         raise NotFoundError(f"no request {req_id} at this site (replicad requests lists them; a withdrawn request "
                             "leaves no record)", request=req_id)
