@@ -1602,6 +1602,11 @@ def cmd_hash_token(args: argparse.Namespace) -> int:
     """Print the SHA-256 of a token read from stdin (or of a new random one with --generate)."""
     from replicad.ops.auth import MIN_TOKEN_CHARS, generate_token, hash_token
 
+    given = [o for o, k in (("--token", "token"), ("--token-file", "token_file")) if getattr(args, k, None)]
+    if given:  # the admin API's token, which this offline command never uses: not silently ignored
+        raise UsageError(f"hash-token reads the token to hash from stdin (echo \"$TOKEN\" | replicad hash-token), "
+                         f"or makes one with --generate; it takes no {' or '.join(given)} (nothing hashed)",
+                         options=given)
     if args.generate:
         token = generate_token()
     else:
@@ -2063,6 +2068,10 @@ def main(argv: list[str] | None = None) -> int:
     p = command("hash-token", help="print the sha256 of a token read from stdin, for [[admin.tokens]]",
                 parent=json_only)
     p.add_argument("--generate", action="store_true", help="make a new random token and print it with its hash")
+    # accepted after the command as every global option is, only to be refused by name (the token
+    # to hash comes from stdin): not argparse's "unrecognized arguments", never silently ignored
+    p.add_argument("--token", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--token-file", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.set_defaults(fn=cmd_hash_token)
 
     if signal.getsignal(signal.SIGINT) is _interrupted_early:  # from here on: KeyboardInterrupt, caught below

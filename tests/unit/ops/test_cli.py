@@ -3,6 +3,7 @@ through the same ``main()`` in this process)."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -835,3 +836,27 @@ def test_a_request_asked_again_says_so_in_text(admin_stub) -> None:
                                                 "needed": 2, "already": True})
     res = run_env({}, "--admin", url, "approve", "r1")
     assert res.returncode == 0 and "request r1 is already applied: nothing proposed" in res.stdout, res.stdout
+
+
+@pytest.mark.parametrize("argv", [["hash-token", "--token", "T" * 32], ["--token", "T" * 32, "hash-token"],
+                                  ["hash-token", "--token-file", "/nonexistent/x"],
+                                  ["hash-token", "--generate", "--token=" + "T" * 32]],
+                         ids=["after", "before", "token-file", "with-generate"])
+def test_hash_token_refuses_a_token_option_it_would_ignore(argv: list[str]) -> None:
+    """``hash-token --token X`` was argparse's "unrecognized arguments", ``--token X hash-token``
+    hashed stdin (empty: "length 0") ignoring X (tryout 2, item 10): the token to hash comes from
+    stdin, so a --token is refused by name, the token never echoed, nothing hashed."""
+    res = subprocess.run([sys.executable, "-m", "replicad", *argv], input="S" * 40 + "\n", capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert "reads the token to hash from stdin" in res.stderr and "unrecognized" not in res.stderr, res.stderr
+    assert "T" * 32 not in res.stdout + res.stderr and res.stdout == "", res.stdout
+
+
+def test_hash_token_hashes_stdin_and_generates() -> None:
+    res = subprocess.run([sys.executable, "-m", "replicad", "hash-token"], input="S" * 40 + "\n",
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == hashlib.sha256(b"S" * 40).hexdigest(), res
+    res = run("hash-token", "--generate", "--json")
+    doc = _json.loads(res.stdout)
+    assert res.returncode == 0 and doc["sha256"] == hashlib.sha256(doc["token"].encode()).hexdigest(), res
