@@ -387,7 +387,9 @@ def test_live_answers_match_the_openapi_document(cluster: LocalCluster, tmp_path
         ("/v1/requests/{request_id}/approve", "POST", "/v1/requests/r999/approve", {}, ADMIN),
         ("/v1/requests/{request_id}/approve", "POST", "/v1/requests/{req}/approve", {}, VIEWER),
         ("/v1/requests/{request_id}/veto", "POST", "/v1/requests/{req}/veto", {}, ADMIN),
-        ("/v1/requests/{request_id}/veto", "POST", "/v1/requests/{req}/veto", {}, ADMIN),  # already vetoed
+        ("/v1/requests/{request_id}/veto", "POST", "/v1/requests/{req}/veto", {}, ADMIN),  # already vetoed (200)
+        ("/v1/requests/{request_id}/veto", "POST", "/v1/requests/r999/veto", {}, ADMIN),  # no such request
+        ("/v1/requests/{request_id}/veto", "POST", "/v1/requests/{req}/veto", {}, VIEWER),
         ("/v1/sites/{site_id}/revoke", "POST", "/v1/sites/site-c/revoke", {"reason": "test"}, ADMIN),
         ("/v1/sites/{site_id}/revoke", "POST", "/v1/sites/nowhere/revoke", {}, ADMIN),
         ("/v1/sites/{site_id}/revoke", "POST", "/v1/sites/site-c/revoke", {}, VIEWER),
